@@ -1,0 +1,92 @@
+# halflife - see README.md. `make` builds build/halflife and build/libhalflife.a;
+# `make test` runs every test; `make test SAN=1` runs them under
+# AddressSanitizer and UBSan; `make bench` prints the benchmarks as JSON lines.
+
+CC      ?= cc
+SAN     ?= 0
+ifeq ($(SAN),1)
+BUILD   := build/san
+SANFLAGS:= -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT     := -O1
+else
+BUILD   := build
+SANFLAGS:=
+OPT     := -O2
+endif
+
+PKGS     := rdkafka avro-c openblas libmicrohttpd
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS   += -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) $(SANFLAGS) -MMD -MP \
+            $(shell pkg-config --cflags openblas 2>/dev/null)
+CORE_LIBS:= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -lm
+ALL_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lrdkafka -lavro -lopenblas -lmicrohttpd) -lpthread -lm
+LDFLAGS  += $(SANFLAGS)
+
+CORE_SRC   := $(sort $(wildcard core/*.c))
+WORKER_SRC := $(sort $(filter-out worker/main.c,$(wildcard worker/*.c)))
+TEST_SRC   := $(sort $(wildcard tests/test_*.c))
+BENCH_SRC  := $(sort $(wildcard tests/bench/bench_*.c))
+FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+
+CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/%.o)
+WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o)
+TESTS      := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+BENCHES    := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
+FUZZERS    := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+
+.PHONY: all test bench run deps check-layering fuzz clean
+all: $(BUILD)/halflife $(BUILD)/libhalflife.a
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Icore -Iworker -c $< -o $@
+
+$(BUILD)/libhalflife.a: $(CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libhlworker.a: $(WORKER_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/halflife: $(BUILD)/worker/main.o $(WORKER_OBJ) $(BUILD)/libhalflife.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(ALL_LIBS)
+
+# Test binaries link both libraries so worker/ parts (codec, config) are testable.
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Icore -Iworker -Itests -o $@ $< $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a $(ALL_LIBS)
+
+$(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Icore -Iworker -Itests -o $@ $< $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a $(ALL_LIBS)
+
+# libFuzzer targets: clang only; tests/integration/fuzz.sh runs each briefly.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags avro-c 2>/dev/null)
+build/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(WORKER_SRC)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -Icore -Iworker -o $@ $< $(CORE_SRC) $(WORKER_SRC) $(ALL_LIBS)
+
+fuzz: $(FUZZERS)
+
+deps:
+	@deploy/deps.sh
+
+check-layering:
+	@! grep -nE '#include *[<"](librdkafka/|pthread\.h|sys/socket\.h|microhttpd\.h)' core/*.[ch] \
+	  || { echo "core/ must not include Kafka, threads or sockets (STYLE.md section 1)"; exit 1; }
+
+FUZZ_WANTED := $(if $(shell command -v clang 2>/dev/null),$(FUZZERS))
+test: deps check-layering $(BUILD)/halflife $(TESTS) $(FUZZ_WANTED)
+	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) tests/run.sh $(abspath $(BUILD))
+
+bench: deps $(BUILD)/halflife $(BENCHES)
+	@for b in $(BENCHES); do $$b || exit 1; done
+
+run: deps $(BUILD)/halflife
+	$(BUILD)/halflife demo
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

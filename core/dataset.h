@@ -1,0 +1,52 @@
+/* dataset.h - readers for the event files of DESIGN.md section 7:
+ * movielens-csv, movielens-dat, seq, taobao, events-csv.
+ *
+ * A reader turns a file into events with string ids. A bad line is counted
+ * and its line number kept (the first few), never a reason to stop. */
+#ifndef HL_DATASET_H
+#define HL_DATASET_H
+
+#include "hl.h"
+#include <stdio.h>
+
+typedef enum hl_dataset_format {
+    HL_FMT_MOVIELENS_CSV, HL_FMT_MOVIELENS_DAT, HL_FMT_SEQ, HL_FMT_TAOBAO,
+    HL_FMT_EVENTS_CSV,
+} hl_dataset_format;
+
+/* Parses a format name; HL_EINVAL with the list of names if unknown. */
+int hl_dataset_format_parse(const char *name, hl_dataset_format *fmt,
+                            char *errbuf, size_t errlen);
+
+typedef struct hl_dataset_event {
+    const char *user;  uint32_t user_len;   /* borrowed: valid until next */
+    const char *item;  uint32_t item_len;
+    int         type;                       /* HL_VIEW.. */
+    int64_t     ts_ms;
+    float       weight;                     /* the event's weight field, 1 if none */
+    int         has_weight;
+    int64_t     line;                       /* 1-based source line */
+} hl_dataset_event;
+
+typedef struct hl_dataset_reader hl_dataset_reader;  /* opaque */
+
+typedef struct hl_dataset_opts {
+    hl_dataset_format format;
+    int64_t           seq_step_ms;    /* seq: event i gets time i x step (default 1 h) */
+} hl_dataset_opts;
+
+hl_dataset_reader *hl_dataset_open(const char *path, const hl_dataset_opts *o,
+                                   char *errbuf, size_t errlen);
+/* 1 and *ev filled, 0 at end of file, HL_EIO on a read error. Bad lines are
+ * skipped and counted, not returned. */
+int  hl_dataset_next(hl_dataset_reader *r, hl_dataset_event *ev,
+                     char *errbuf, size_t errlen);
+typedef struct hl_dataset_stats {
+    int64_t lines, events, bad_lines;
+    int64_t first_bad_line[8];         /* line numbers of the first bad lines */
+    char    first_bad_why[8][96];
+} hl_dataset_stats;
+void hl_dataset_stats_get(const hl_dataset_reader *r, hl_dataset_stats *st);
+void hl_dataset_close(hl_dataset_reader *r);            /* NULL is a no-op */
+
+#endif

@@ -1,0 +1,50 @@
+/* decay.h - exact exponentially decayed sums, one per timescale ("head").
+ *
+ * DESIGN.md section 4. For each head h with half-life T_h,
+ * lambda_h = ln 2 / T_h, a user's state at its reference time t_ref is
+ *
+ *     s_h = sum_i w_i exp(-lambda_h (t_ref - t_i)) x_i     (dim floats)
+ *     m_h = sum_i w_i exp(-lambda_h (t_ref - t_i))         (decayed mass)
+ *
+ * An event at t >= t_ref decays s and m to t, adds w x and moves t_ref to t;
+ * a late event (t < t_ref) adds w exp(-lambda_h (t_ref - t)) x and leaves
+ * t_ref. Both are exact, so every arrival order gives the same state up to
+ * float rounding. Time is an argument; nothing here reads a clock. */
+#ifndef HL_DECAY_H
+#define HL_DECAY_H
+
+#include "hl.h"
+
+typedef struct hl_decay {
+    int    n_heads;                        /* 1..HL_MAX_HEADS */
+    int    dim;                            /* floats per head vector */
+    double half_life_ms[HL_MAX_HEADS];
+    double lambda_per_ms[HL_MAX_HEADS];    /* ln 2 / half_life_ms */
+} hl_decay;
+
+/* Default heads: 1 hour, 1 day, 30 days. */
+#define HL_DEFAULT_HEADS 3
+extern const double hl_default_half_life_ms[HL_DEFAULT_HEADS];
+
+/* Fills d. Fails with HL_EINVAL (and a reason) on a head count outside
+ * 1..HL_MAX_HEADS, dim < 1, or a half-life that is not finite and > 0. */
+int hl_decay_init(hl_decay *d, int n_heads, int dim, const double *half_life_ms,
+                  char *errbuf, size_t errlen);
+
+/* Applies one event of weight w at time t_ms to the state s (n_heads, dim),
+ * m (n_heads), *t_ref_ms. x is the item's input vector (dim floats); NULL
+ * means an item outside the model: the state is decayed to t_ms when
+ * t_ms > *t_ref_ms but nothing is added. A fresh state is all zeros with
+ * *t_ref_ms = INT64_MIN. */
+void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,
+                  int64_t t_ms, float w, const float *x);
+
+/* Plain-loop twin of hl_decay_add, for tests (STYLE.md section 8). */
+void hl_decay_add_naive(const hl_decay *d, float *s, float *m,
+                        int64_t *t_ref_ms, int64_t t_ms, float w,
+                        const float *x);
+
+/* f[h] = exp(-lambda_h dt_ms) for dt_ms >= 0 (1 for dt_ms <= 0). */
+void hl_decay_factors(const hl_decay *d, int64_t dt_ms, float *f);
+
+#endif

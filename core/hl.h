@@ -1,0 +1,46 @@
+/* hl.h - what every halflife file shares: error codes, hl_err(), limits.
+ *
+ * Functions return 0 on success and a negative HL_E* on failure (libuv
+ * style). A function that can fail for a reason worth reading also takes
+ * (char *errbuf, size_t errlen) and writes the reason there once, where the
+ * error is detected, through hl_err(). */
+#ifndef HL_H
+#define HL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    HL_OK       =  0,
+    HL_EINVAL   = -1,   /* bad argument or configuration */
+    HL_ENOMEM   = -2,   /* allocation failed */
+    HL_EIO      = -3,   /* a system call failed */
+    HL_EFORMAT  = -4,   /* bytes that do not parse: input, snapshot, model */
+    HL_EFULL    = -5,   /* a bounded structure is full */
+    HL_ENOENT   = -6,   /* not found */
+    HL_ECRC     = -7,   /* checksum mismatch */
+    HL_EVERSION = -8,   /* a format version we do not read */
+    HL_ERANGE   = -9,   /* a value outside its allowed range */
+    HL_EMISMATCH= -10,  /* two parts that must agree do not (model vs state) */
+};
+
+#define HL_MAX_HEADS    8     /* decay timescales per user */
+#define HL_MAX_ID_LEN   256   /* user_id and item_id, bytes (DESIGN.md section 3) */
+
+/* Event types, in the order of the BehaviourEvent enum (schemas/). */
+enum { HL_VIEW, HL_CLICK, HL_FAVORITE, HL_ADD_TO_CART, HL_PURCHASE, HL_RATE,
+       HL_N_TYPES };
+
+/* Formats fmt into errbuf (if errbuf is not NULL) and returns code, so the
+ * detecting site can write `return hl_err(errbuf, errlen, HL_EIO, ...)`. */
+int hl_err(char *errbuf, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* A short name for an HL_E* code ("EFORMAT"); never NULL. */
+const char *hl_strerror(int code);
+
+/* Event type names as the Avro enum spells them ("VIEW"); -1 if unknown. */
+const char *hl_type_name(int type);
+int         hl_type_parse(const char *s, size_t len);
+
+#endif

@@ -1,0 +1,121 @@
+/* table.h - one shard's users: user_id -> row of decayed heads and history.
+ *
+ * A table is one shard (one input partition). Exactly one thread, the
+ * shard's owner, calls anything here; nothing locks. Rows are carved from
+ * large blocks and never move, so a row id stays valid until that user is
+ * evicted. DESIGN.md sections 2 and 4. */
+#ifndef HL_TABLE_H
+#define HL_TABLE_H
+
+#include "decay.h"
+
+typedef struct hl_table hl_table;   /* opaque */
+
+typedef struct hl_table_opts {
+    hl_decay decay;          /* heads and dim (copied) */
+    int      history;        /* events kept per user (state.history), 1..255 */
+    size_t   max_users;      /* state.max.users: beyond it the least recently
+                                active users are evicted */
+    float    evict_mass;     /* state.evict.mass; 0 disables mass eviction */
+    size_t   expected_users; /* sizing hint only; the table grows */
+} hl_table_opts;
+
+/* One decoded event, ready to apply. */
+typedef struct hl_event {
+    const char *user;        /* user_id bytes, not NUL-terminated */
+    uint32_t    user_len;    /* 1..HL_MAX_ID_LEN */
+    int32_t     item;        /* model row, or -1 for an item outside the model */
+    uint8_t     type;        /* HL_VIEW.. */
+    float       w;           /* type weight x the event's weight field */
+    int64_t     ts_ms;       /* event time */
+    int64_t     offset;      /* input position: the idempotence key */
+} hl_event;
+
+/* A borrowed look at one row; valid until the next call that may evict
+ * (hl_table_apply, hl_table_sweep, hl_table_restore). */
+typedef struct hl_row_view {
+    const char    *user;
+    uint32_t       user_len;
+    const float   *s;            /* (n_heads, dim) decayed sums at t_ref_ms */
+    const float   *m;            /* (n_heads) decayed masses at t_ref_ms */
+    int64_t        t_ref_ms;     /* newest event time applied */
+    int64_t        last_offset;  /* offset of the last applied event */
+    uint64_t       active_seq;   /* shard-wide apply counter at last touch (LRU) */
+    int            history;      /* ring length */
+    int            n_hist;       /* entries in use, <= history */
+    int            hist_head;    /* ring index of the oldest entry */
+    const int32_t *hist_item;    /* ring storage, history entries each */
+    const uint8_t *hist_type;
+    const int64_t *hist_ts_ms;
+} hl_row_view;
+
+/* The i-th history entry, 0 = oldest, i < v->n_hist. */
+static inline int hl_row_hist_index(const hl_row_view *v, int i)
+{
+    return (v->hist_head + i) % v->history;
+}
+
+typedef struct hl_table_stats {
+    size_t   users;               /* live rows */
+    size_t   bytes;               /* memory held: rows, index, keys */
+    size_t   payload_bytes;       /* what the live rows' fields need */
+    uint64_t applied;             /* events that changed state */
+    uint64_t duplicates;          /* skipped: offset <= the row's last */
+    uint64_t inserted;            /* users created */
+    uint64_t evicted_mass;        /* dropped by state.evict.mass */
+    uint64_t evicted_capacity;    /* dropped by state.max.users */
+    int64_t  newest_ts_ms;        /* newest event time this shard has seen */
+} hl_table_stats;
+
+/* Returns NULL and writes a reason into errbuf on bad options or no memory. */
+hl_table *hl_table_create(const hl_table_opts *o, char *errbuf, size_t errlen);
+void      hl_table_destroy(hl_table *tbl);       /* NULL is a no-op */
+const hl_table_opts *hl_table_opts_get(const hl_table *tbl);
+
+/* Applies ev[0..n) in order. e_in is the model's input embeddings
+ * (n_items, dim) row-major; events whose item is -1 or >= n_items add
+ * nothing to the heads but are still recorded in the history. An event whose
+ * offset is not above its user's last_offset changes nothing (idempotence).
+ * status[i], if status is not NULL: 1 applied, 0 duplicate, or a negative
+ * HL_E* (HL_ENOMEM when the table cannot grow). Every applied user is marked
+ * dirty. Returns the number of events applied. */
+int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
+                   const float *e_in, int32_t n_items, int8_t *status);
+
+/* Moves up to max ids of rows marked dirty since the last call into rows
+ * (each once, evicted rows left out) and clears their mark; returns the
+ * count. Call again while it returns max. */
+int hl_table_take_dirty(hl_table *tbl, uint32_t *rows, int max);
+
+/* Row id of user, or -1. */
+int64_t hl_table_find(const hl_table *tbl, const char *user, size_t user_len);
+
+/* Fills v for a live row id. */
+void hl_table_view(const hl_table *tbl, uint32_t row, hl_row_view *v);
+
+/* Row ids are below this bound; hl_table_row_live() says which are in use.
+ * Iteration in id order is how snapshots walk a table. */
+uint32_t hl_table_row_limit(const hl_table *tbl);
+int      hl_table_row_live(const hl_table *tbl, uint32_t row);
+
+/* Examines up to max_rows rows from a cursor that wraps around and evicts
+ * those whose mass, decayed to newest_ts_ms, is below evict_mass in every
+ * head. Returns the number evicted. Bounded work, so call it between batches. */
+size_t hl_table_sweep(hl_table *tbl, size_t max_rows);
+
+/* Creates a row holding exactly v's contents (snapshot load). Fails with
+ * HL_EINVAL if the user exists or v does not fit the table's shape. */
+int hl_table_restore(hl_table *tbl, const hl_row_view *v);
+
+/* Shard-wide values a snapshot must carry to make a restored table behave
+ * exactly like the original. */
+typedef struct hl_table_meta {
+    int64_t  newest_ts_ms;
+    uint64_t active_seq;
+} hl_table_meta;
+void hl_table_meta_get(const hl_table *tbl, hl_table_meta *meta);
+void hl_table_meta_set(hl_table *tbl, const hl_table_meta *meta);
+
+void hl_table_stats_get(const hl_table *tbl, hl_table_stats *st);
+
+#endif

@@ -1,0 +1,15 @@
+/* cmd.h - the subcommands of build/halflife (DESIGN.md section 7).
+ * Each takes the arguments after its name (argv[0] is the subcommand) and
+ * returns the process exit status: 0 success, 1 failure, 2 usage error. */
+#ifndef HL_CMD_H
+#define HL_CMD_H
+
+int hl_cmd_run(int argc, char **argv);       /* worker.c    */
+int hl_cmd_demo(int argc, char **argv);      /* demo.c      */
+int hl_cmd_broker(int argc, char **argv);    /* broker.c    */
+int hl_cmd_produce(int argc, char **argv);   /* produce.c   */
+int hl_cmd_train(int argc, char **argv);     /* cmd_train.c */
+int hl_cmd_eval(int argc, char **argv);      /* cmd_eval.c  */
+int hl_cmd_snapshot(int argc, char **argv);  /* cmd_snapshot.c */
+
+#endif

@@ -1,0 +1,82 @@
+/* log.c - key=value log lines on stderr, a level filter and a rate limiter.
+ * The level is process-wide configuration set once at start; the limiter
+ * state lives in the caller's struct (STYLE.md section 6). */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static _Atomic int min_level = HL_LOG_INFO;
+
+void hl_log_set_level(int level) { atomic_store(&min_level, level); }
+
+int hl_log_level_parse(const char *s)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, names[i]) == 0)
+            return i;
+    return -1;
+}
+
+int64_t hl_now_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t hl_now_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void hl_log(int level, const char *event, const char *fmt, ...)
+{
+    static const char *const lv[] = {"debug", "info", "warn", "error"};
+    if (level < atomic_load(&min_level))
+        return;
+    char line[2048];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = snprintf(line, sizeof line,
+                     "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s event=%s",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                     tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+                     lv[level & 3], event);
+    if (fmt != NULL && *fmt != '\0' && n < (int)sizeof line - 2) {
+        line[n++] = ' ';
+        va_list ap;
+        va_start(ap, fmt);
+        int m = vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+        va_end(ap);
+        n += m;
+    }
+    if (n > (int)sizeof line - 2)
+        n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    ssize_t w = write(STDERR_FILENO, line, (size_t)n);
+    (void)w;                    /* nowhere left to report a failed log write */
+}
+
+int hl_log_limit_pass(hl_log_limit *lim, uint64_t *suppressed_out)
+{
+    int64_t now = hl_now_mono_ms();
+    if (lim->last_ms != 0 && now - lim->last_ms < lim->interval_ms) {
+        lim->suppressed++;
+        return 0;
+    }
+    lim->last_ms = now;
+    if (suppressed_out)
+        *suppressed_out = lim->suppressed;
+    lim->suppressed = 0;
+    return 1;
+}

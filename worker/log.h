@@ -1,0 +1,38 @@
+/* log.h - one line per event on stderr, key=value (STYLE.md section 11):
+ *   ts=2026-11-23T08:00:00.123Z level=warn event=snapshot_failed path=... err="..."
+ * Thread-safe: each line is one write(2). */
+#ifndef HL_LOG_H
+#define HL_LOG_H
+
+#include <stdint.h>
+
+enum { HL_LOG_DEBUG, HL_LOG_INFO, HL_LOG_WARN, HL_LOG_ERROR };
+
+/* Lines below this level are dropped (default HL_LOG_INFO; HALFLIFE_LOG_LEVEL
+ * = debug|info|warn|error sets it at start through hl_log_set_level). */
+void hl_log_set_level(int level);
+int  hl_log_level_parse(const char *s);     /* -1 if unknown */
+
+/* event is a short snake_case name; fmt continues the line with more
+ * key=value pairs (quote values that may hold spaces with %s in "..."). */
+void hl_log(int level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* A limiter for lines that bad input could repeat millions of times: at
+ * most one line per interval_ms; the next line that passes reports how many
+ * were suppressed. Owned by whoever logs (a struct field, not a static). */
+typedef struct hl_log_limit {
+    int64_t  interval_ms;
+    int64_t  last_ms;
+    uint64_t suppressed;
+} hl_log_limit;
+
+/* 1 if a line may be written now (and *suppressed_out gets the count
+ * dropped since the last one), 0 if it should be dropped (and is counted). */
+int hl_log_limit_pass(hl_log_limit *lim, uint64_t *suppressed_out);
+
+/* Monotonic and wall clocks in ms: worker/ only, core/ never reads a clock. */
+int64_t hl_now_mono_ms(void);
+int64_t hl_now_wall_ms(void);
+
+#endif

@@ -1,0 +1,91 @@
+/* codec.h - Avro bytes <-> events and lists (DESIGN.md section 3), with avro-c.
+ *
+ * Decoding never trusts its input: every way a payload can be wrong is a
+ * named hl_codec_reason returned to the caller, never a crash. A codec is
+ * used by one thread at a time (it holds avro-c readers and scratch space);
+ * each worker thread creates its own. */
+#ifndef HL_CODEC_H
+#define HL_CODEC_H
+
+#include "hl.h"
+
+typedef enum hl_codec_reason {
+    HL_CODEC_OK = 0,
+    HL_CODEC_TOO_SHORT,          /* fewer bytes than the framing needs */
+    HL_CODEC_BAD_MAGIC,          /* Confluent framing: byte 0 is not 0 */
+    HL_CODEC_UNKNOWN_SCHEMA,     /* no schemas.dir/<id>.avsc, or it does not resolve */
+    HL_CODEC_TRUNCATED,          /* the Avro body ends early (incl. truncated varint) */
+    HL_CODEC_BAD_VARINT,         /* a varint longer than 10 bytes */
+    HL_CODEC_NEGATIVE_LENGTH,    /* a string/bytes/array/map length below 0 */
+    HL_CODEC_STRING_TOO_LONG,    /* an id outside 1..HL_MAX_ID_LEN bytes */
+    HL_CODEC_BAD_TIMESTAMP,      /* outside [codec opts min, max] */
+    HL_CODEC_BAD_ENUM,           /* event_type index outside the enum */
+    HL_CODEC_BAD_UNION,          /* a union branch index out of range */
+    HL_CODEC_BAD_WEIGHT,         /* weight NaN, infinite or negative */
+    HL_CODEC_TRAILING_BYTES,     /* bytes left after the record */
+    HL_CODEC_N_REASONS
+} hl_codec_reason;
+
+/* snake_case name of a reason ("too_short"), as used in metrics and DLQ
+ * headers. */
+const char *hl_codec_reason_name(hl_codec_reason r);
+
+typedef enum { HL_FRAMING_CONFLUENT, HL_FRAMING_RAW } hl_framing;
+
+typedef struct hl_codec_opts {
+    hl_framing  input_framing;     /* input.format */
+    hl_framing  output_framing;    /* output.format */
+    const char *schemas_dir;       /* writer schemas by id: <dir>/<id>.avsc */
+    int32_t     output_schema_id;  /* output.schema.id */
+    int64_t     min_ts_ms, max_ts_ms; /* accepted event times */
+} hl_codec_opts;
+
+typedef struct hl_codec hl_codec;  /* opaque */
+
+hl_codec *hl_codec_create(const hl_codec_opts *o, char *errbuf, size_t errlen);
+void      hl_codec_destroy(hl_codec *c);                 /* NULL is a no-op */
+
+/* A decoded BehaviourEvent. Strings point into the payload or the codec's
+ * scratch space: valid until the next decode on this codec. */
+typedef struct hl_codec_event {
+    const char *user;  uint32_t user_len;
+    const char *item;  uint32_t item_len;
+    int         type;          /* HL_VIEW.. */
+    int64_t     ts_ms;
+    float       weight;        /* 1 when the field is null */
+    int         has_weight;
+} hl_codec_event;
+
+/* Decodes one Kafka message value. HL_CODEC_OK and *ev filled, or a reason;
+ * detail (may be NULL) gets a human sentence for logs. */
+hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
+                                      hl_codec_event *ev,
+                                      char *detail, size_t detaillen);
+
+/* Encodes one BehaviourEvent (for `halflife produce` and tests) in the input
+ * framing with writer schema id 1. Returns bytes written into out, or a
+ * negative HL_E* (HL_EFULL if cap is too small). */
+int hl_codec_encode_event(hl_codec *c, const hl_codec_event *ev,
+                          void *out, size_t cap);
+
+/* One item of a RecommendationList. */
+typedef struct hl_codec_rec {
+    const char *item;     uint32_t item_len;
+    float       score;
+    const char *because;  uint32_t because_len;   /* NULL: null */
+} hl_codec_rec;
+
+typedef struct hl_codec_list {
+    const char *user;  uint32_t user_len;
+    int64_t     generated_at_ms;   /* the event time the list reflects */
+    const char *model_version;
+    const hl_codec_rec *items;  int n_items;
+    const char *src_topic;  int32_t src_partition;  int64_t src_offset;
+} hl_codec_list;
+
+/* Encodes a RecommendationList in the output framing. Returns bytes written
+ * into out, or a negative HL_E* (HL_EFULL if cap is too small). */
+int hl_codec_encode_list(hl_codec *c, const hl_codec_list *l,
+                         void *out, size_t cap);
+
+#endif

@@ -1,0 +1,64 @@
+/* metrics.h - a registry of counters, gauges and histograms, rendered in the
+ * Prometheus text format (names prefixed halflife_, base units, counters end
+ * in _total). Registration takes a mutex; updates are relaxed atomics, so any
+ * thread may update while the HTTP thread renders. */
+#ifndef HL_METRICS_H
+#define HL_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct hl_metrics   hl_metrics;     /* opaque */
+typedef struct hl_counter   hl_counter;
+typedef struct hl_gauge     hl_gauge;
+typedef struct hl_histogram hl_histogram;
+
+hl_metrics *hl_metrics_create(void);
+void        hl_metrics_destroy(hl_metrics *reg);          /* NULL is a no-op */
+
+/* Each returns the series for (name, labels), creating it on first use; the
+ * same call again returns the same series. labels is NULL or the inside of
+ * the braces, already escaped: "reason=\"too_short\",partition=\"3\"".
+ * help is used by the first registration of a name. Never NULL (aborts on
+ * out-of-memory at registration, which happens at start or on assignment). */
+hl_counter   *hl_metrics_counter(hl_metrics *reg, const char *name,
+                                 const char *help, const char *labels);
+hl_gauge     *hl_metrics_gauge(hl_metrics *reg, const char *name,
+                               const char *help, const char *labels);
+/* bounds: n ascending upper bounds in the metric's unit (seconds, ...);
+ * +Inf is added. The first registration of a name fixes its bounds. */
+hl_histogram *hl_metrics_histogram(hl_metrics *reg, const char *name,
+                                   const char *help, const char *labels,
+                                   const double *bounds, int n);
+
+void hl_counter_add(hl_counter *c, uint64_t n);
+uint64_t hl_counter_get(const hl_counter *c);
+void hl_gauge_set(hl_gauge *g, double v);
+void hl_gauge_add(hl_gauge *g, double v);
+void hl_histogram_observe(hl_histogram *h, double v);
+
+/* Latency bounds in seconds shared by the stage histograms: 50 us .. 10 s. */
+extern const double hl_latency_bounds_s[];
+extern const int    hl_latency_bounds_n;
+
+/* Called under the registry lock just before each render, so gauges that
+ * are cheaper to compute on demand (users per shard, lag) can be set then. */
+void hl_metrics_on_render(hl_metrics *reg, void (*fn)(void *arg), void *arg);
+
+/* Renders every series into a malloc'd NUL-terminated buffer (*out, *len);
+ * the caller frees it. 0 or HL_ENOMEM. */
+int hl_metrics_render(hl_metrics *reg, char **out, size_t *len);
+
+/* The HTTP endpoint (libmicrohttpd, its own thread): /metrics, /healthz
+ * (200 while the process runs), /readyz (200 when ready(arg) returns 1, else
+ * 503 with the reason ready() wrote). port 0 picks a free port; see
+ * hl_http_port(). NULL and a reason on failure (port in use, ...). */
+typedef struct hl_http hl_http;
+typedef int (*hl_ready_fn)(void *arg, char *why, size_t whylen);
+hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,
+                       hl_ready_fn ready, void *arg,
+                       char *errbuf, size_t errlen);
+int      hl_http_port(const hl_http *http);
+void     hl_http_stop(hl_http *http);                    /* NULL is a no-op */
+
+#endif

@@ -31,6 +31,18 @@ hl_histogram *hl_metrics_histogram(hl_metrics *reg, const char *name,
                                    const char *help, const char *labels,
                                    const double *bounds, int n);
 
+/* Stops rendering the series (name, labels) until it is registered again,
+ * for per-partition series of a partition this worker no longer owns (so a
+ * stale value does not outlive the assignment). The pointer stays valid and
+ * updates through it are kept; registering again shows it with its value.
+ * Unknown series: no-op. */
+void hl_metrics_hide(hl_metrics *reg, const char *name, const char *labels);
+
+/* Escapes a label value for the labels argument (backslash, double quote,
+ * newline), like snprintf: writes at most dstlen bytes including the NUL
+ * and returns the length the whole escaped value needs. */
+size_t hl_metrics_escape(char *dst, size_t dstlen, const char *value);
+
 void hl_counter_add(hl_counter *c, uint64_t n);
 uint64_t hl_counter_get(const hl_counter *c);
 void hl_gauge_set(hl_gauge *g, double v);
@@ -42,7 +54,9 @@ extern const double hl_latency_bounds_s[];
 extern const int    hl_latency_bounds_n;
 
 /* Called under the registry lock just before each render, so gauges that
- * are cheaper to compute on demand (users per shard, lag) can be set then. */
+ * are cheaper to compute on demand (users per shard, lag) can be set then.
+ * The callback runs on the rendering thread (the HTTP thread); it may
+ * register or hide series (the lock is recursive). */
 void hl_metrics_on_render(hl_metrics *reg, void (*fn)(void *arg), void *arg);
 
 /* Renders every series into a malloc'd NUL-terminated buffer (*out, *len);

@@ -1,0 +1,396 @@
+/* test_metrics.c - the metrics registry (worker/metrics.c) and the HTTP
+ * endpoint (worker/http.c): exact exposition text, cumulative histogram
+ * buckets, label escaping, hiding, render hooks, lock-free updates from
+ * several threads, and real HTTP over a socket to 127.0.0.1.
+ *
+ * With HL_METRICS_DUMP=path it instead writes a rendering that holds every
+ * kind of series (and awkward label values) to path and exits, so
+ * tests/integration/test_metrics_promtool.sh can hand it to promtool. */
+#define T_SUITE "test_metrics"
+#include "test.h"
+
+#include "hl.h"
+#include "metrics.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+static char *render(hl_metrics *reg)
+{
+    char *out = NULL;
+    size_t len = 0;
+    int rc = hl_metrics_render(reg, &out, &len);
+    CHECKF(rc == 0, "render returned %d", rc);
+    CHECK(out == NULL || strlen(out) == len);
+    return out;
+}
+
+/* Registers one series of every kind, with labels a careless renderer
+ * would break on. Used by the tests and by the dump mode. */
+static void fill_sample(hl_metrics *reg)
+{
+    static const double size_bounds[] = {1, 10, 100, 1000, 10000};
+    char esc[128], labels[192];
+
+    hl_counter_add(hl_metrics_counter(reg, "halflife_events_consumed_total",
+                                      "Events read from the input topic.", "partition=\"0\""), 41);
+    hl_counter_add(hl_metrics_counter(reg, "halflife_events_consumed_total", NULL,
+                                      "partition=\"1\""), 1);
+    hl_counter_add(hl_metrics_counter(reg, "halflife_batches_total", "Batches applied.", NULL), 3);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_state_bytes",
+                                  "Bytes of state per shard.", "partition=\"0\""), 1.5e9);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_consumer_lag",
+                                  "Messages behind the high watermark.\nSecond line \\ with a backslash.",
+                                  "partition=\"0\""), 0);
+    hl_metrics_escape(esc, sizeof esc, "v1 \"quoted\" back\\slash\nnewline");
+    snprintf(labels, sizeof labels, "version=\"%s\",items=\"1000\",dim=\"64\"", esc);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_model_info", "The model in use.", labels), 1);
+    hl_histogram *h = hl_metrics_histogram(reg, "halflife_stage_duration_seconds",
+                                           "Time per batch stage.", "stage=\"decode\"",
+                                           hl_latency_bounds_s, hl_latency_bounds_n);
+    hl_histogram_observe(h, 0.00003);
+    hl_histogram_observe(h, 0.002);
+    hl_histogram_observe(h, 42);
+    h = hl_metrics_histogram(reg, "halflife_batch_size", "Events per batch.", NULL,
+                             size_bounds, 5);
+    hl_histogram_observe(h, 10);
+    hl_histogram_observe(h, 11);
+}
+
+static void test_counter_text(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hl_counter *a = hl_metrics_counter(reg, "halflife_x_total", "Things.", NULL);
+    hl_counter *b = hl_metrics_counter(reg, "halflife_y_total", "Others.", "reason=\"too_short\"");
+    hl_counter_add(a, 2);
+    hl_counter_add(a, 3);
+    hl_counter_add(b, 1);
+    CHECK(hl_metrics_counter(reg, "halflife_x_total", "ignored", NULL) == a);
+    CHECK(hl_metrics_counter(reg, "halflife_x_total", NULL, "") == a);
+    CHECK(hl_counter_get(a) == 5);
+    char *out = render(reg);
+    const char *want =
+        "# HELP halflife_x_total Things.\n"
+        "# TYPE halflife_x_total counter\n"
+        "halflife_x_total 5\n"
+        "# HELP halflife_y_total Others.\n"
+        "# TYPE halflife_y_total counter\n"
+        "halflife_y_total{reason=\"too_short\"} 1\n";
+    CHECKF(out && strcmp(out, want) == 0, "got:\n%s", out ? out : "(null)");
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
+static void test_gauge_values(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hl_gauge *g = hl_metrics_gauge(reg, "halflife_g", "A gauge.", "p=\"1\"");
+    hl_gauge *inf = hl_metrics_gauge(reg, "halflife_g", NULL, "p=\"2\"");
+    hl_gauge *nan = hl_metrics_gauge(reg, "halflife_g", NULL, "p=\"3\"");
+    hl_gauge_set(g, 0.1);
+    hl_gauge_add(g, 0.2);
+    hl_gauge_add(g, -1);
+    hl_gauge_set(inf, -INFINITY);
+    hl_gauge_set(nan, NAN);
+    char *out = render(reg);
+    CHECKF(out && strstr(out, "halflife_g{p=\"1\"} -0.7\n"), "got:\n%s", out);
+    CHECKF(out && strstr(out, "halflife_g{p=\"2\"} -Inf\n"), "got:\n%s", out);
+    CHECKF(out && strstr(out, "halflife_g{p=\"3\"} NaN\n"), "got:\n%s", out);
+    CHECK(out && strstr(out, "# TYPE halflife_g gauge\n"));
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
+static void test_histogram_buckets(void)
+{
+    static const double bounds[] = {0.001, 0.01, 0.1};
+    hl_metrics *reg = hl_metrics_create();
+    hl_histogram *h = hl_metrics_histogram(reg, "halflife_h_seconds", "Latency.",
+                                           "stage=\"apply\"", bounds, 3);
+    double obs[] = {0.0005, 0.001, 0.005, 0.05, 0.05, 3, NAN};
+    for (size_t i = 0; i < sizeof obs / sizeof obs[0]; i++) hl_histogram_observe(h, obs[i]);
+    char *out = render(reg);
+    const char *want =
+        "# HELP halflife_h_seconds Latency.\n"
+        "# TYPE halflife_h_seconds histogram\n"
+        "halflife_h_seconds_bucket{stage=\"apply\",le=\"0.001\"} 2\n"   /* le is inclusive */
+        "halflife_h_seconds_bucket{stage=\"apply\",le=\"0.01\"} 3\n"
+        "halflife_h_seconds_bucket{stage=\"apply\",le=\"0.1\"} 5\n"
+        "halflife_h_seconds_bucket{stage=\"apply\",le=\"+Inf\"} 6\n"
+        "halflife_h_seconds_sum{stage=\"apply\"} 3.1065\n"
+        "halflife_h_seconds_count{stage=\"apply\"} 6\n";
+    CHECKF(out && strcmp(out, want) == 0, "got:\n%s", out ? out : "(null)");
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
+static void test_histogram_unlabelled_and_shared_bounds(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hl_histogram *h = hl_metrics_histogram(reg, "halflife_l_seconds", "L.", NULL,
+                                           hl_latency_bounds_s, hl_latency_bounds_n);
+    hl_histogram_observe(h, 0.00005);
+    char *out = render(reg);
+    CHECKF(out && strstr(out, "halflife_l_seconds_bucket{le=\"5e-05\"} 1\n"), "got:\n%s", out);
+    CHECKF(out && strstr(out, "halflife_l_seconds_bucket{le=\"0.00025\"} 1\n"), "got:\n%s", out);
+    CHECKF(out && strstr(out, "halflife_l_seconds_bucket{le=\"10\"} 1\n"), "got:\n%s", out);
+    CHECK(out && strstr(out, "halflife_l_seconds_count 1\n"));
+    CHECK(out && strstr(out, "halflife_l_seconds_sum 5e-05\n"));
+    for (int i = 1; i < hl_latency_bounds_n; i++)
+        CHECK(hl_latency_bounds_s[i] > hl_latency_bounds_s[i - 1]);
+    CHECK(hl_latency_bounds_s[0] == 0.00005 && hl_latency_bounds_s[hl_latency_bounds_n - 1] == 10);
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
+static void test_escaping(void)
+{
+    char buf[64];
+    size_t n = hl_metrics_escape(buf, sizeof buf, "a\"b\\c\nd");
+    CHECKF(strcmp(buf, "a\\\"b\\\\c\\nd") == 0, "got %s", buf);
+    CHECK(n == strlen(buf));
+    n = hl_metrics_escape(buf, 4, "\"\"\"");          /* truncates like snprintf */
+    CHECK(n == 6 && strcmp(buf, "\\\"\\") == 0);
+    CHECK(hl_metrics_escape(NULL, 0, "ab\n") == 4);
+
+    hl_metrics *reg = hl_metrics_create();
+    hl_metrics_counter(reg, "halflife_e_total", "Line one\nback\\slash", NULL);
+    char *out = render(reg);
+    CHECKF(out && strstr(out, "# HELP halflife_e_total Line one\\nback\\\\slash\n"), "got:\n%s", out);
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
+static void test_hide(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hl_gauge *g0 = hl_metrics_gauge(reg, "halflife_lag", "Lag.", "partition=\"0\"");
+    hl_gauge *g1 = hl_metrics_gauge(reg, "halflife_lag", "Lag.", "partition=\"1\"");
+    hl_gauge_set(g0, 5);
+    hl_gauge_set(g1, 7);
+    hl_metrics_hide(reg, "halflife_lag", "partition=\"1\"");
+    hl_metrics_hide(reg, "halflife_nothing", NULL);          /* no-op */
+    char *out = render(reg);
+    CHECK(out && strstr(out, "partition=\"0\"} 5") && !strstr(out, "partition=\"1\""));
+    free(out);
+    hl_metrics_hide(reg, "halflife_lag", "partition=\"0\"");
+    out = render(reg);
+    CHECKF(out && out[0] == '\0', "a family with nothing shown is left out, got:\n%s", out);
+    free(out);
+    CHECK(hl_metrics_gauge(reg, "halflife_lag", NULL, "partition=\"1\"") == g1);
+    out = render(reg);
+    CHECK(out && strstr(out, "halflife_lag{partition=\"1\"} 7\n"));
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
+typedef struct hook_ctx {
+    hl_metrics *reg;
+    int         calls;
+} hook_ctx;
+
+/* Registers from inside the hook, which must not deadlock. */
+static void hook(void *arg)
+{
+    hook_ctx *c = arg;
+    c->calls++;
+    hl_gauge_set(hl_metrics_gauge(c->reg, "halflife_users", "Users.", "partition=\"9\""),
+                 c->calls * 10);
+}
+
+static void test_on_render(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hook_ctx c = {reg, 0};
+    hl_metrics_on_render(reg, hook, &c);
+    char *out = render(reg);
+    CHECKF(out && strstr(out, "halflife_users{partition=\"9\"} 10\n"), "got:\n%s", out);
+    free(out);
+    out = render(reg);
+    CHECK(out && strstr(out, "halflife_users{partition=\"9\"} 20\n") && c.calls == 2);
+    free(out);
+    hl_metrics_destroy(reg);
+    hl_metrics_destroy(NULL);
+}
+
+#define N_THREADS 4
+#define N_ITERS   200000
+
+typedef struct upd_ctx {
+    hl_counter   *c;
+    hl_gauge     *g;
+    hl_histogram *h;
+} upd_ctx;
+
+static void *updater(void *arg)
+{
+    upd_ctx *u = arg;
+    for (int i = 0; i < N_ITERS; i++) {
+        hl_counter_add(u->c, 1);
+        hl_gauge_add(u->g, 0.5);
+        hl_histogram_observe(u->h, (i % 4) * 0.001);
+    }
+    return NULL;
+}
+
+/* Updates race each other and a renderer; no increment may be lost. */
+static void test_concurrent_updates(void)
+{
+    static const double bounds[] = {0.0015};
+    hl_metrics *reg = hl_metrics_create();
+    upd_ctx u = {
+        hl_metrics_counter(reg, "halflife_c_total", "C.", NULL),
+        hl_metrics_gauge(reg, "halflife_g", "G.", NULL),
+        hl_metrics_histogram(reg, "halflife_h", "H.", NULL, bounds, 1),
+    };
+    pthread_t th[N_THREADS];
+    for (int i = 0; i < N_THREADS; i++) pthread_create(&th[i], NULL, updater, &u);
+    for (int i = 0; i < 20; i++) free(render(reg));
+    for (int i = 0; i < N_THREADS; i++) pthread_join(th[i], NULL);
+    char *out = render(reg), want[128];
+    CHECK(hl_counter_get(u.c) == (uint64_t)N_THREADS * N_ITERS);
+    snprintf(want, sizeof want, "halflife_g %d\n", N_THREADS * N_ITERS / 2);
+    CHECKF(out && strstr(out, want), "want %s got:\n%s", want, out);
+    snprintf(want, sizeof want, "halflife_h_bucket{le=\"0.0015\"} %d\n", N_THREADS * N_ITERS / 2);
+    CHECKF(out && strstr(out, want), "want %s", want);
+    snprintf(want, sizeof want, "halflife_h_count %d\n", N_THREADS * N_ITERS);
+    CHECKF(out && strstr(out, want), "want %s", want);
+    const char *sum = out ? strstr(out, "halflife_h_sum ") : NULL;
+    double got = sum ? strtod(sum + strlen("halflife_h_sum "), NULL) : -1;
+    CHECKF(fabs(got - 1200.0) < 1e-6, "sum %.17g, want 1200", got);   /* rounding only */
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
+/* ---- HTTP over a plain socket */
+
+typedef struct http_rsp {
+    int  status;
+    char head[1024];
+    char body[16384];
+} http_rsp;
+
+/* GET path (HTTP/1.0, so the server closes when done) from 127.0.0.1:port. */
+static int http_get(int port, const char *method, const char *path, http_rsp *r)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct timeval tv = {5, 0};
+    char req[256], all[sizeof r->head + sizeof r->body];
+    size_t got = 0;
+    ssize_t n;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    memset(r, 0, sizeof *r);
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", method, path);
+    if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) { close(fd); return -1; }
+    while (got + 1 < sizeof all && (n = read(fd, all + got, sizeof all - 1 - got)) > 0)
+        got += (size_t)n;
+    close(fd);
+    all[got] = '\0';
+    char *sep = strstr(all, "\r\n\r\n");
+    if (sep == NULL || sscanf(all, "HTTP/1.%*d %d", &r->status) != 1) return -1;
+    *sep = '\0';
+    size_t hlen = strlen(all), blen = strlen(sep + 4);
+    if (hlen >= sizeof r->head || blen >= sizeof r->body) return -1;
+    memcpy(r->head, all, hlen + 1);
+    memcpy(r->body, sep + 4, blen + 1);
+    return 0;
+}
+
+static int ready_flag;
+
+static int ready_cb(void *arg, char *why, size_t whylen)
+{
+    int *flag = arg;
+    if (*flag) return 1;
+    snprintf(why, whylen, "partition 3 restoring");
+    return 0;
+}
+
+static void test_http_endpoints(void)
+{
+    char err[256] = "";
+    http_rsp r;
+    hl_metrics *reg = hl_metrics_create();
+    fill_sample(reg);
+    ready_flag = 0;
+    hl_http *http = hl_http_start("127.0.0.1", 0, reg, ready_cb, &ready_flag, err, sizeof err);
+    CHECKF(http != NULL, "start: %s", err);
+    if (http == NULL) { hl_metrics_destroy(reg); return; }
+    int port = hl_http_port(http);
+    CHECKF(port > 0 && port < 65536, "port %d", port);
+
+    CHECK(http_get(port, "GET", "/metrics", &r) == 0 && r.status == 200);
+    CHECKF(strstr(r.head, "Content-Type: text/plain; version=0.0.4"), "head:\n%s", r.head);
+    CHECK(strstr(r.body, "halflife_events_consumed_total{partition=\"0\"} 41\n") != NULL);
+    CHECK(strstr(r.body, "halflife_batch_size_bucket{le=\"+Inf\"} 2\n") != NULL);
+    CHECK(http_get(port, "GET", "/healthz", &r) == 0 && r.status == 200);
+    CHECK(http_get(port, "GET", "/readyz", &r) == 0 && r.status == 503);
+    CHECKF(strstr(r.body, "partition 3 restoring"), "body: %s", r.body);
+    ready_flag = 1;
+    CHECK(http_get(port, "GET", "/readyz", &r) == 0 && r.status == 200);
+    CHECK(http_get(port, "GET", "/nope", &r) == 0 && r.status == 404);
+    CHECK(http_get(port, "GET", "/metricsx", &r) == 0 && r.status == 404);
+    CHECK(http_get(port, "POST", "/metrics", &r) == 0 && r.status == 405);
+
+    /* The same port again fails with a reason naming it. */
+    char want[32];
+    snprintf(want, sizeof want, ":%d", port);
+    hl_http *again = hl_http_start("127.0.0.1", port, reg, NULL, NULL, err, sizeof err);
+    CHECKF(again == NULL && strstr(err, want), "second start: %s", err);
+    hl_http_stop(again);
+    CHECK(hl_http_start("not-an-ip", 0, reg, NULL, NULL, err, sizeof err) == NULL);
+    CHECKF(strstr(err, "not-an-ip") != NULL, "err: %s", err);
+
+    hl_http_stop(http);
+    hl_http_stop(NULL);
+    CHECK(http_get(port, "GET", "/healthz", &r) != 0);      /* stopped: refused */
+    hl_metrics_destroy(reg);
+}
+
+/* HL_METRICS_DUMP=path: write a sample rendering for promtool, then exit. */
+static int dump(const char *path)
+{
+    hl_metrics *reg = hl_metrics_create();
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f;
+    int rc = 1;
+
+    fill_sample(reg);
+    if (hl_metrics_render(reg, &out, &len) == 0 && (f = fopen(path, "w")) != NULL) {
+        rc = fwrite(out, 1, len, f) == len ? 0 : 1;
+        rc |= fclose(f) != 0;
+    }
+    if (rc) fprintf(stderr, "test_metrics: cannot write %s\n", path);
+    free(out);
+    hl_metrics_destroy(reg);
+    return rc;
+}
+
+int main(void)
+{
+    const char *dump_path = getenv("HL_METRICS_DUMP");
+    if (dump_path && *dump_path) return dump(dump_path);
+
+    RUN(test_counter_text);
+    RUN(test_gauge_values);
+    RUN(test_histogram_buckets);
+    RUN(test_histogram_unlabelled_and_shared_bounds);
+    RUN(test_escaping);
+    RUN(test_hide);
+    RUN(test_on_render);
+    RUN(test_concurrent_updates);
+    RUN(test_http_endpoints);
+    TEST_EXIT();
+}

@@ -3,7 +3,8 @@
  *
  * hl_model_open() maps a file read-only, validates every size and value and
  * builds the item_id -> row index; the arrays it hands out point into the
- * mapping and are valid until hl_model_close(). */
+ * mapping, start on 64-byte boundaries, and are valid until hl_model_close().
+ * A model is immutable once open: any number of threads may read it. */
 #ifndef HL_MODEL_H
 #define HL_MODEL_H
 
@@ -27,7 +28,10 @@ typedef struct hl_model_info {
     int      n_layers;                       /* 1..HL_MAX_LAYERS */
     int      layer_out[HL_MAX_LAYERS];
     char     version[64];                    /* NUL-terminated */
-    uint64_t fingerprint;                    /* of the whole file's contents */
+    uint64_t fingerprint;                    /* FNV-1a 64 of the 512-byte header,
+                                                which holds the CRC-32 of every
+                                                other byte: it identifies the
+                                                whole file's contents */
 } hl_model_info;
 
 /* Width of the encoder input for an info: n_heads * (dim + 1). */
@@ -36,15 +40,24 @@ static inline int hl_model_input_dim(const hl_model_info *mi)
     return mi->n_heads * (mi->dim + 1);
 }
 
-/* Maps and validates path. NULL with a reason naming what is wrong (magic,
- * version, a size that does not add up, a non-finite value, a duplicate
- * item id) on any damage. */
+/* Input width of layer l (0..n_layers-1): hl_model_input_dim for the first,
+ * layer_out[l - 1] after it. */
+static inline int hl_model_layer_in(const hl_model_info *mi, int l)
+{
+    return l == 0 ? hl_model_input_dim(mi) : mi->layer_out[l - 1];
+}
+
+/* Maps and validates path: magic, format version, dims in range, section
+ * offsets and sizes adding up to the file length, the CRC-32 of the file,
+ * zero padding, finite floats, item ids 1..HL_MAX_ID_LEN bytes and unique.
+ * NULL on any damage, with a reason naming the field, what was expected and
+ * what was found. Costs one pass over the file (CRC and finite checks). */
 hl_model *hl_model_open(const char *path, char *errbuf, size_t errlen);
 void      hl_model_close(hl_model *m);           /* NULL is a no-op */
 
 const hl_model_info *hl_model_info_get(const hl_model *m);
 
-/* Row of an item id, or -1 for an item outside the model. */
+/* Row of an item id, or -1 for an item outside the model. No allocation. */
 int32_t     hl_model_item_find(const hl_model *m, const char *id, size_t len);
 /* The id of row (not NUL-terminated); *len set. */
 const char *hl_model_item_id(const hl_model *m, int32_t row, uint32_t *len);
@@ -52,7 +65,8 @@ const char *hl_model_item_id(const hl_model *m, int32_t row, uint32_t *len);
 const float *hl_model_e_in(const hl_model *m);           /* (n_items, dim) */
 const float *hl_model_e_out(const hl_model *m);          /* (n_items, dim) */
 const float *hl_model_bias(const hl_model *m);           /* (n_items) */
-const float *hl_model_layer_w(const hl_model *m, int l); /* (out, in) */
+const float *hl_model_layer_w(const hl_model *m, int l); /* (out, in); NULL if
+                                                            l >= n_layers */
 const float *hl_model_layer_b(const hl_model *m, int l); /* (out) */
 
 /* Everything a model file holds, as the writer takes it. */
@@ -64,7 +78,11 @@ typedef struct hl_model_parts {
     const float        *layer_w[HL_MAX_LAYERS], *layer_b[HL_MAX_LAYERS];
 } hl_model_parts;
 
-/* Writes p to path atomically (temporary file, fsync, rename). */
+/* Writes p to path atomically (path.tmp, fsync, rename, fsync of the
+ * directory): a crash leaves the old file or the new one. Refuses (HL_EINVAL,
+ * nothing written) what hl_model_open would refuse: dims out of range, ids
+ * outside 1..HL_MAX_ID_LEN bytes or repeated, non-finite floats.
+ * layer_w/layer_b beyond info.n_layers are ignored. */
 int hl_model_write(const char *path, const hl_model_parts *p,
                    char *errbuf, size_t errlen);
 

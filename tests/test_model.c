@@ -1,0 +1,468 @@
+/* test_model.c - the .hlm file: round trip, lookups, and every kind of damage
+ * refused with a message that names it.
+ *
+ * Damaged files are made by patching bytes of a good one; where the damage is
+ * one a CRC would also catch (a NaN, a repeated id), the test recomputes the
+ * CRC with its own bit-at-a-time CRC-32 so the open reaches the check under
+ * test. That twin also checks model.c's slice-by-8 CRC on every good open.
+ *
+ * With HL_HLM_ROUNDTRIP_IN and HL_HLM_ROUNDTRIP_OUT set, it instead opens the
+ * first and rewrites it with hl_model_write to the second (for
+ * tests/integration/test_hlm.py, which compares the arrays in Python). */
+#define T_SUITE "test_model"
+#include "test.h"
+#include "model.h"
+
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
+#define OFF_CRC       12
+#define OFF_VERSION   8
+#define OFF_DIM       28
+#define OFF_SECTIONS  224
+
+typedef struct toy {
+    hl_model_parts p;
+    char         **ids;
+    uint32_t      *lens;
+    float         *e_in, *e_out, *bias, *w[HL_MAX_LAYERS], *b[HL_MAX_LAYERS];
+} toy;
+
+static uint64_t rng_state = 88172645463325252ull;
+
+static float frand(void)
+{
+    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) / (double)(1 << 24)) * 2.0f - 1.0f;
+}
+
+static float *rand_floats(size_t n)
+{
+    float *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = frand();
+    return x;
+}
+
+/* n items, dim d, 3 heads, layers [2d, d]. */
+static void toy_init(toy *t, int n, int d)
+{
+    hl_model_info *mi = &t->p.info;
+    memset(t, 0, sizeof *t);
+    mi->dim = d;
+    mi->n_heads = 3;
+    mi->half_life_ms[0] = 3600e3; mi->half_life_ms[1] = 86400e3; mi->half_life_ms[2] = 2592000e3;
+    for (int i = 0; i < HL_N_TYPES; i++) mi->type_weight[i] = 1.0f + (float)i;
+    mi->n_items = n;
+    mi->n_layers = 2;
+    mi->layer_out[0] = 2 * d;
+    mi->layer_out[1] = d;
+    snprintf(mi->version, sizeof mi->version, "toy-%d-%d", n, d);
+    t->ids = malloc((size_t)n * sizeof *t->ids);
+    t->lens = malloc((size_t)n * sizeof *t->lens);
+    for (int r = 0; r < n; r++) {
+        t->ids[r] = malloc(32);
+        t->lens[r] = (uint32_t)snprintf(t->ids[r], 32, "item-%d", r * 7 + 1);
+    }
+    t->e_in = rand_floats((size_t)n * d);
+    t->e_out = rand_floats((size_t)n * d);
+    t->bias = rand_floats((size_t)n);
+    for (int l = 0; l < mi->n_layers; l++) {
+        t->w[l] = rand_floats((size_t)mi->layer_out[l] * hl_model_layer_in(mi, l));
+        t->b[l] = rand_floats((size_t)mi->layer_out[l]);
+        t->p.layer_w[l] = t->w[l];
+        t->p.layer_b[l] = t->b[l];
+    }
+    t->p.item_id = (const char *const *)t->ids;
+    t->p.item_id_len = t->lens;
+    t->p.e_in = t->e_in; t->p.e_out = t->e_out; t->p.bias = t->bias;
+}
+
+static void toy_free(toy *t)
+{
+    for (int r = 0; r < t->p.info.n_items; r++) free(t->ids[r]);
+    free(t->ids); free(t->lens); free(t->e_in); free(t->e_out); free(t->bias);
+    for (int l = 0; l < HL_MAX_LAYERS; l++) { free(t->w[l]); free(t->b[l]); }
+}
+
+static char tmpdir[64];
+
+static const char *tpath(const char *name)
+{
+    static char buf[4][256];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
+    return buf[k];
+}
+
+/* ---- raw file helpers for damage ---- */
+
+static uint8_t *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    uint8_t *b;
+    if (f == NULL) return NULL;
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    b = malloc(*len + 1);
+    if (fread(b, 1, *len, f) != *len) { free(b); b = NULL; }
+    fclose(f);
+    return b;
+}
+
+static void spit(const char *path, const uint8_t *b, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    fwrite(b, 1, len, f);
+    fclose(f);
+}
+
+/* Bit-at-a-time CRC-32 (zlib's): the plain twin of model.c's slice-by-8. */
+static uint32_t crc32_plain(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+    }
+    return ~c;
+}
+
+static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+
+static void fix_crc(uint8_t *b, size_t len) { wr32(b + OFF_CRC, crc32_plain(b + 16, len - 16)); }
+
+static uint64_t sec_off(const uint8_t *b, int s) { return rd64(b + OFF_SECTIONS + 16 * s); }
+
+/* Opens path expecting failure with a message containing want. */
+static void expect_refused(const char *path, const char *want)
+{
+    char err[512] = "";
+    hl_model *m = hl_model_open(path, err, sizeof err);
+    CHECKF(m == NULL, "%s: opened, want refusal containing \"%s\"", path, want);
+    CHECKF(strstr(err, want) != NULL, "message \"%s\" lacks \"%s\"", err, want);
+    hl_model_close(m);
+}
+
+static const char *good_path(void)
+{
+    static int done;
+    const char *p = tpath("good.hlm");
+    if (!done) {
+        toy t;
+        char err[256];
+        toy_init(&t, 40, 8);
+        if (hl_model_write(p, &t.p, err, sizeof err) != 0) printf("    write: %s\n", err);
+        toy_free(&t);
+        done = 1;
+    }
+    return p;
+}
+
+/* ---- cases ---- */
+
+static void test_roundtrip(void)
+{
+    toy t;
+    char err[256] = "";
+    hl_model *m;
+    const hl_model_info *mi;
+
+    toy_init(&t, 300, 16);
+    CHECKF(hl_model_write(tpath("rt.hlm"), &t.p, err, sizeof err) == 0, "%s", err);
+    m = hl_model_open(tpath("rt.hlm"), err, sizeof err);
+    CHECKF(m != NULL, "%s", err);
+    if (m == NULL) { toy_free(&t); return; }
+    mi = hl_model_info_get(m);
+    CHECK(mi->dim == 16 && mi->n_heads == 3 && mi->n_items == 300 && mi->n_layers == 2);
+    CHECK(mi->layer_out[0] == 32 && mi->layer_out[1] == 16);
+    CHECK(mi->half_life_ms[1] == 86400e3 && mi->type_weight[HL_RATE] == 6.0f);
+    CHECK(strcmp(mi->version, "toy-300-16") == 0);
+    CHECK(mi->fingerprint != 0);
+    CHECK_CLOSE(hl_model_e_in(m), t.e_in, 300 * 16, 0);
+    CHECK_CLOSE(hl_model_e_out(m), t.e_out, 300 * 16, 0);
+    CHECK_CLOSE(hl_model_bias(m), t.bias, 300, 0);
+    CHECK_CLOSE(hl_model_layer_w(m, 0), t.w[0], 32 * 3 * 17, 0);
+    CHECK_CLOSE(hl_model_layer_b(m, 1), t.b[1], 16, 0);
+    CHECK(hl_model_layer_w(m, 2) == NULL && hl_model_layer_b(m, -1) == NULL);
+    CHECK(((uintptr_t)hl_model_e_in(m) & 63) == 0 && ((uintptr_t)hl_model_e_out(m) & 63) == 0);
+    CHECK(((uintptr_t)hl_model_bias(m) & 63) == 0 && ((uintptr_t)hl_model_layer_w(m, 1) & 63) == 0);
+    for (int r = 0; r < 300; r++) {
+        uint32_t len;
+        const char *id = hl_model_item_id(m, r, &len);
+        CHECK(len == t.lens[r] && memcmp(id, t.ids[r], len) == 0);
+        CHECK(hl_model_item_find(m, t.ids[r], t.lens[r]) == r);
+    }
+    hl_model_close(m);
+    toy_free(&t);
+}
+
+static void test_item_find_misses(void)
+{
+    char err[256] = "";
+    hl_model *m = hl_model_open(good_path(), err, sizeof err);
+    char big[300];
+    CHECKF(m != NULL, "%s", err);
+    if (m == NULL) return;
+    memset(big, 'x', sizeof big);
+    CHECK(hl_model_item_find(m, "item-8", 6) == 1);
+    CHECK(hl_model_item_find(m, "item-2", 6) == -1);
+    CHECK(hl_model_item_find(m, "item-8x", 7) == -1);
+    CHECK(hl_model_item_find(m, "item-", 5) == -1);
+    CHECK(hl_model_item_find(m, "", 0) == -1);
+    CHECK(hl_model_item_find(m, big, sizeof big) == -1);
+    hl_model_close(m);
+}
+
+/* Same contents give the same fingerprint; one changed float changes it. */
+static void test_fingerprint(void)
+{
+    toy t;
+    char err[256] = "";
+    hl_model *a, *b, *c;
+
+    toy_init(&t, 20, 4);
+    hl_model_write(tpath("fa.hlm"), &t.p, err, sizeof err);
+    hl_model_write(tpath("fb.hlm"), &t.p, err, sizeof err);
+    t.e_out[7] += 1.0f;
+    hl_model_write(tpath("fc.hlm"), &t.p, err, sizeof err);
+    a = hl_model_open(tpath("fa.hlm"), err, sizeof err);
+    b = hl_model_open(tpath("fb.hlm"), err, sizeof err);
+    c = hl_model_open(tpath("fc.hlm"), err, sizeof err);
+    CHECK(a && b && c);
+    if (a && b && c) {
+        CHECK(hl_model_info_get(a)->fingerprint == hl_model_info_get(b)->fingerprint);
+        CHECK(hl_model_info_get(a)->fingerprint != hl_model_info_get(c)->fingerprint);
+    }
+    hl_model_close(a); hl_model_close(b); hl_model_close(c);
+    hl_model_close(NULL);
+    toy_free(&t);
+}
+
+static void test_writer_refuses(void)
+{
+    toy t;
+    char err[256] = "", *saved;
+    uint32_t saved_len;
+
+    toy_init(&t, 10, 4);
+    t.e_in[5] = NAN;
+    CHECK(hl_model_write(tpath("w1.hlm"), &t.p, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "e_in[1][1]") != NULL, "%s", err);
+    t.e_in[5] = 0;
+    saved = t.ids[3];
+    t.ids[3] = t.ids[2];
+    CHECK(hl_model_write(tpath("w2.hlm"), &t.p, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "duplicate item id \"item-15\" at rows 2 and 3") != NULL, "%s", err);
+    t.ids[3] = saved;
+    saved_len = t.lens[4];
+    t.lens[4] = 257;
+    CHECK(hl_model_write(tpath("w3.hlm"), &t.p, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "row 4: length 257") != NULL, "%s", err);
+    t.lens[4] = saved_len;
+    t.p.info.layer_out[1] = 5;
+    CHECK(hl_model_write(tpath("w4.hlm"), &t.p, err, sizeof err) != 0);
+    CHECKF(strstr(err, "layer_out[1]: expected dim 4, found 5") != NULL, "%s", err);
+    CHECK(access(tpath("w1.hlm"), F_OK) != 0 && access(tpath("w2.hlm"), F_OK) != 0);
+    CHECK(access(tpath("w4.hlm.tmp"), F_OK) != 0);
+    toy_free(&t);
+}
+
+static void test_refuse_missing_and_short(void)
+{
+    uint8_t b[100] = { 0 };
+    expect_refused(tpath("nonexistent.hlm"), "No such file");
+    spit(tpath("short.hlm"), b, sizeof b);
+    expect_refused(tpath("short.hlm"), "truncated: 100 bytes");
+}
+
+static void test_refuse_truncated(void)
+{
+    size_t len;
+    uint8_t *b = slurp(good_path(), &len);
+    CHECK(b != NULL);
+    if (b == NULL) return;
+    spit(tpath("trunc.hlm"), b, len - 10);
+    expect_refused(tpath("trunc.hlm"), "file has");
+    free(b);
+}
+
+static void test_refuse_magic_and_version(void)
+{
+    size_t len;
+    uint8_t *b = slurp(good_path(), &len);
+    if (b == NULL) { CHECK(0); return; }
+    b[0] = 'X';
+    spit(tpath("magic.hlm"), b, len);
+    expect_refused(tpath("magic.hlm"), "field magic");
+    b[0] = 'H';
+    wr32(b + OFF_VERSION, 2);
+    spit(tpath("version.hlm"), b, len);
+    expect_refused(tpath("version.hlm"), "field format_version: expected 1, found 2");
+    free(b);
+}
+
+/* A shape field that disagrees with the sections is named, before the CRC. */
+static void test_refuse_size_mismatch(void)
+{
+    size_t len;
+    uint8_t *b = slurp(good_path(), &len);
+    if (b == NULL) { CHECK(0); return; }
+    wr32(b + OFF_DIM, 9);
+    spit(tpath("dim.hlm"), b, len);
+    expect_refused(tpath("dim.hlm"), "layer_out[1]: expected dim 9, found 8");
+    wr32(b + OFF_DIM, 0);
+    spit(tpath("dim0.hlm"), b, len);
+    expect_refused(tpath("dim0.hlm"), "field dim: expected 1..4096, found 0");
+    wr32(b + OFF_DIM, 8);
+    b[OFF_SECTIONS + 16 * 2 + 8] ^= 4;              /* e_in size */
+    spit(tpath("sec.hlm"), b, len);
+    expect_refused(tpath("sec.hlm"), "section e_in: expected offset");
+    free(b);
+}
+
+static void test_refuse_crc(void)
+{
+    size_t len;
+    uint8_t *b = slurp(good_path(), &len);
+    if (b == NULL) { CHECK(0); return; }
+    b[len - 3] ^= 0x10;                             /* a bit of the last bias */
+    spit(tpath("crc.hlm"), b, len);
+    expect_refused(tpath("crc.hlm"), "field crc32");
+    free(b);
+}
+
+static void test_refuse_nan(void)
+{
+    size_t len;
+    uint8_t *b = slurp(good_path(), &len);
+    float nan = NAN;
+    if (b == NULL) { CHECK(0); return; }
+    /* e_out row 3, column 2: dim 8 */
+    memcpy(b + sec_off(b, 11) + 4 * (3 * 8 + 2), &nan, 4);
+    fix_crc(b, len);
+    spit(tpath("nan.hlm"), b, len);
+    expect_refused(tpath("nan.hlm"), "e_out[3][2] is nan");
+    free(b);
+}
+
+static void test_refuse_duplicate_id(void)
+{
+    size_t len;
+    uint8_t *b = slurp(good_path(), &len);
+    if (b == NULL) { CHECK(0); return; }
+    /* ids "item-1" (row 0) and "item-8" (row 1): make row 1 "item-1". */
+    uint64_t ids = sec_off(b, 1), off1 = rd64(b + sec_off(b, 0) + 8);
+    CHECK(memcmp(b + ids + off1, "item-8", 6) == 0);
+    b[ids + off1 + 5] = '1';
+    fix_crc(b, len);
+    spit(tpath("dup.hlm"), b, len);
+    expect_refused(tpath("dup.hlm"), "duplicate item id \"item-1\" at rows 0 and 1");
+    free(b);
+}
+
+static void test_refuse_bad_id_offsets(void)
+{
+    size_t len;
+    uint8_t *b = slurp(good_path(), &len);
+    if (b == NULL) { CHECK(0); return; }
+    uint64_t o = sec_off(b, 0);
+    memset(b + o + 8, 0, 8);                        /* offsets[1] := 0: empty id */
+    fix_crc(b, len);
+    spit(tpath("idoff.hlm"), b, len);
+    expect_refused(tpath("idoff.hlm"), "item id at row 0");
+    free(b);
+}
+
+/* Times open (CRC + finite scan + index) on a 50k x 64 model. */
+static void test_open_rate(void)
+{
+    toy t;
+    char err[256] = "";
+    struct timespec a, z;
+    hl_model *m;
+    size_t len;
+    FILE *f;
+
+    toy_init(&t, 50000, 64);
+    CHECKF(hl_model_write(tpath("big.hlm"), &t.p, err, sizeof err) == 0, "%s", err);
+    toy_free(&t);
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    m = hl_model_open(tpath("big.hlm"), err, sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &z);
+    CHECKF(m != NULL, "%s", err);
+    f = fopen(tpath("big.hlm"), "rb");
+    fseek(f, 0, SEEK_END);
+    len = (size_t)ftell(f);
+    fclose(f);
+    printf("note: hl_model_open %zu bytes in %.1f ms = %.2f GB/s\n", len,
+           ((double)(z.tv_sec - a.tv_sec) * 1e3 + (double)(z.tv_nsec - a.tv_nsec) / 1e6),
+           (double)len / ((double)(z.tv_sec - a.tv_sec) * 1e9 + (double)(z.tv_nsec - a.tv_nsec)));
+    hl_model_close(m);
+}
+
+/* ---- the round trip for tests/integration/test_hlm.py ---- */
+
+static int roundtrip_env(const char *in, const char *out)
+{
+    char err[512] = "";
+    hl_model *m = hl_model_open(in, err, sizeof err);
+    const hl_model_info *mi;
+    hl_model_parts p;
+    char **ids;
+    uint32_t *lens;
+    int rc;
+
+    if (m == NULL) { printf("FAIL test_model.roundtrip_env: %s\n", err); return 1; }
+    mi = hl_model_info_get(m);
+    memset(&p, 0, sizeof p);
+    p.info = *mi;
+    ids = malloc((size_t)mi->n_items * sizeof *ids);
+    lens = malloc((size_t)mi->n_items * sizeof *lens);
+    for (int32_t r = 0; r < mi->n_items; r++)
+        ids[r] = (char *)hl_model_item_id(m, r, &lens[r]);
+    p.item_id = (const char *const *)ids;
+    p.item_id_len = lens;
+    p.e_in = hl_model_e_in(m); p.e_out = hl_model_e_out(m); p.bias = hl_model_bias(m);
+    for (int l = 0; l < mi->n_layers; l++) {
+        p.layer_w[l] = hl_model_layer_w(m, l);
+        p.layer_b[l] = hl_model_layer_b(m, l);
+    }
+    rc = hl_model_write(out, &p, err, sizeof err);
+    if (rc != 0) printf("FAIL test_model.roundtrip_env: %s\n", err);
+    else printf("PASS test_model.roundtrip_env fingerprint=%016llx\n",
+                (unsigned long long)mi->fingerprint);
+    free(ids); free(lens);
+    hl_model_close(m);
+    return rc != 0;
+}
+
+int main(void)
+{
+    const char *in = getenv("HL_HLM_ROUNDTRIP_IN"), *out = getenv("HL_HLM_ROUNDTRIP_OUT");
+    if (in && out) return roundtrip_env(in, out);
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/hl_test_model.XXXXXX");
+    if (mkdtemp(tmpdir) == NULL) { perror("mkdtemp"); return 1; }
+    RUN(test_roundtrip);
+    RUN(test_item_find_misses);
+    RUN(test_fingerprint);
+    RUN(test_writer_refuses);
+    RUN(test_refuse_missing_and_short);
+    RUN(test_refuse_truncated);
+    RUN(test_refuse_magic_and_version);
+    RUN(test_refuse_size_mismatch);
+    RUN(test_refuse_crc);
+    RUN(test_refuse_nan);
+    RUN(test_refuse_duplicate_id);
+    RUN(test_refuse_bad_id_offsets);
+    RUN(test_open_rate);
+    if (t_n_failed == 0) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+        if (system(cmd) != 0) printf("note: could not remove %s\n", tmpdir);
+    }
+    TEST_EXIT();
+}

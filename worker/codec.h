@@ -62,6 +62,17 @@ hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
                                       hl_codec_event *ev,
                                       char *detail, size_t detaillen);
 
+/* How payloads with Confluent schema id `id` are decoded (loading the writer
+ * schema if it is not cached yet): HL_CODEC_WRITER_FAST when the writer
+ * schema equals our reader schema (the hand-checked decoder),
+ * HL_CODEC_WRITER_RESOLVED when avro-c resolves it, HL_CODEC_WRITER_UNKNOWN
+ * when it is missing or does not resolve (payloads get
+ * HL_CODEC_UNKNOWN_SCHEMA). For logs and tests. */
+typedef enum {
+    HL_CODEC_WRITER_UNKNOWN, HL_CODEC_WRITER_FAST, HL_CODEC_WRITER_RESOLVED
+} hl_codec_writer_kind;
+hl_codec_writer_kind hl_codec_writer(hl_codec *c, int32_t id);
+
 /* Encodes one BehaviourEvent (for `halflife produce` and tests) in the input
  * framing with writer schema id 1. Returns bytes written into out, or a
  * negative HL_E* (HL_EFULL if cap is too small). */

@@ -3,7 +3,31 @@
  * and a `because` item for each result (DESIGN.md section 5).
  *
  * A ranker holds scratch space sized at create time for max_batch users, so
- * a refresh never allocates. One thread uses a ranker at a time. */
+ * a refresh never allocates. One thread uses a ranker at a time.
+ *
+ * Order: best score first; equal scores put the lower item row first. The
+ * full (users x items) score matrix is never stored: items are scored in
+ * blocks of block_items with one SGEMM per block and each user's top-K is
+ * kept as the blocks go by. A user's scores can differ in the last bits
+ * with the batch it is refreshed in (SGEMM's kernels depend on the shape).
+ *
+ * Exclusions: with exclude_seen, every item in the user's history ring
+ * (hl_row_view.hist_item, the last state.history events) is left out; the
+ * _ex variant adds an explicit list per user (halflife eval uses it to
+ * exclude all of a user's earlier items, which can outnumber the ring).
+ *
+ * `because` of a returned item j: among the ring's entries e with a known
+ * item i_e (0 <= i_e < n_items), the one maximising
+ *
+ *     c_e(j) = a_e x (e_in[i_e] . e_out[j]),
+ *     a_e    = type_weight[type_e] x sum_h exp(-lambda_h (t_ref - t_e)) / max(m_h, eps)
+ *
+ * i.e. the event's share of each head's weighted mean (the encoder's input),
+ * summed over heads, times how well its item predicts j. The MLP is not
+ * linear, so this is an explanation, not an exact attribution. The event's
+ * own weight field is not kept in the ring, so only its type weight counts.
+ * because = i_e of the best entry (the newest on equal c), or -1 when no
+ * entry has c > 0 (no known history, or nothing in it points towards j). */
 #ifndef HL_RANK_H
 #define HL_RANK_H
 
@@ -15,7 +39,8 @@ typedef struct hl_ranker hl_ranker;   /* opaque */
 typedef struct hl_rank_opts {
     int k;               /* list length (recs.k), 1..1000 */
     int exclude_seen;    /* drop items in the user's history (recs.exclude.seen) */
-    int max_batch;       /* most users per hl_ranker_refresh call */
+    int max_batch;       /* most users per hl_ranker_refresh call, 1..65536 */
+    int block_items;     /* items per scoring block; 0 = default (512) */
 } hl_rank_opts;
 
 typedef struct hl_rec {
@@ -28,6 +53,12 @@ typedef struct hl_rec {
 /* The model is borrowed and must outlive the ranker. */
 hl_ranker *hl_ranker_create(const hl_model *m, const hl_rank_opts *o,
                             char *errbuf, size_t errlen);
+/* The same from arrays in memory (tests, the trainer): p->info gives the
+ * shapes, half-lives and type weights; item ids are not used. p's arrays
+ * are borrowed and must outlive the ranker. */
+hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
+                                  const hl_rank_opts *o,
+                                  char *errbuf, size_t errlen);
 void       hl_ranker_destroy(hl_ranker *r);               /* NULL is a no-op */
 
 /* Refreshes users[0..n), n <= max_batch. out is (n, k): user u's list is
@@ -35,5 +66,24 @@ void       hl_ranker_destroy(hl_ranker *r);               /* NULL is a no-op */
  * remain after exclusions. Returns 0 or a negative HL_E*. */
 int hl_ranker_refresh(hl_ranker *r, const hl_row_view *users, int n,
                       hl_rec *out, int *n_out);
+
+/* Extra items to leave out for one user: model rows in any order,
+ * duplicates allowed, rows outside 0..n_items-1 ignored. */
+typedef struct hl_rank_exclude {
+    const int32_t *item;
+    int            n;
+} hl_rank_exclude;
+
+/* hl_ranker_refresh, also leaving out extra[u]'s items for user u (extra
+ * may be NULL). The ring is still excluded when exclude_seen is set. */
+int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
+                         const hl_rank_exclude *extra, hl_rec *out, int *n_out);
+
+/* Plain-loop twin for tests: scores every item with plain loops (double
+ * accumulation), sorts them all, same exclusions, same `because`. It
+ * allocates, so keep it out of the hot path. */
+int hl_ranker_refresh_naive(hl_ranker *r, const hl_row_view *users, int n,
+                            const hl_rank_exclude *extra, hl_rec *out,
+                            int *n_out);
 
 #endif

@@ -1,0 +1,543 @@
+/* rank.c - batch refresh: encoder, blocked scoring, running top-K,
+ * exclusions and `because` (the definitions are in rank.h).
+ *
+ * The score matrix of a batch (n users x N items) is too large to keep
+ * (256 x 1M floats is 1 GiB), and writing it out would cost more than
+ * computing it. So items go by in blocks of r->block: one SGEMM writes the
+ * (n, block) scores into a scratch that stays in cache, excluded items are
+ * overwritten with -inf, and one pass per row offers each score to the
+ * row's min-heap of the k best so far. The pass compares eight scores at a
+ * time against the row's threshold (the heap's worst entry once it is full)
+ * and only touches the heap when one beats it, which after the first few
+ * blocks is rare: the pass costs a small fraction of the SGEMM.
+ *
+ * Ties: blocks and rows are scanned in ascending item order and an item
+ * enters a full heap only if its score is strictly above the threshold, so
+ * among equal scores the lower row wins; the heap's order ("worse" below)
+ * breaks ties the same way. Every buffer is sized at create: refresh never
+ * allocates. hl_ranker_refresh_naive is the plain-loop twin. */
+#include "rank.h"
+#include "encoder.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#define DEFAULT_BLOCK 512
+#define MAX_K         1000
+#define MAX_BATCH     65536
+#define MAX_RING      255      /* table.h: state.history is 1..255 */
+
+struct hl_ranker {
+    hl_encoder_net net;
+    const float   *e_in, *e_out, *bias;     /* (n_items, dim), (n_items) */
+    int32_t        n_items;
+    int            dim, n_heads;
+    double         lambda_per_ms[HL_MAX_HEADS];
+    float          type_weight[HL_N_TYPES];
+    int            k, exclude_seen, max_batch, block;
+    float         *X;          /* (max_batch, in_dim) encoder input */
+    float         *act;        /* encoder activations, Q (max_batch, dim) last */
+    float         *S;          /* (max_batch, block) one block's scores */
+    float         *top_score;  /* (max_batch, k): one min-heap per user */
+    int32_t       *top_item;
+    int           *top_n;      /* (max_batch) entries in each heap */
+    float         *bc_hist;    /* (MAX_RING, dim) e_in rows of known history */
+    float         *bc_rec;     /* (k, dim) e_out rows of the returned items */
+    float         *bc_dot;     /* (MAX_RING, k) hist . rec */
+    float         *bc_a;       /* (MAX_RING) a_e of each history entry */
+    int32_t       *bc_item;    /* (MAX_RING) item of each history entry */
+};
+
+/* ---- create / destroy ---- */
+
+static int check_opts(const hl_model_parts *p, const hl_rank_opts *o,
+                      char *errbuf, size_t errlen)
+{
+    if (o->k < 1 || o->k > MAX_K)
+        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: k %d (1..%d)", o->k, MAX_K);
+    if (o->max_batch < 1 || o->max_batch > MAX_BATCH)
+        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: max_batch %d (1..%d)",
+                      o->max_batch, MAX_BATCH);
+    if (o->block_items < 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: block_items %d",
+                      o->block_items);
+    if (p->info.n_items < 1 || !p->e_in || !p->e_out || !p->bias)
+        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: model has no items");
+    for (int h = 0; h < p->info.n_heads && h < HL_MAX_HEADS; h++)
+        if (!(p->info.half_life_ms[h] > 0.0) || !isfinite(p->info.half_life_ms[h]))
+            return hl_err(errbuf, errlen, HL_EINVAL,
+                          "ranker: head %d half-life %g ms", h,
+                          p->info.half_life_ms[h]);
+    return 0;
+}
+
+static int alloc_scratch(hl_ranker *r)
+{
+    size_t nb = (size_t)r->max_batch, k = (size_t)r->k, dim = (size_t)r->dim;
+
+    r->X = malloc(nb * (size_t)hl_encoder_in_dim(&r->net) * sizeof(float));
+    r->act = malloc(hl_encoder_act_floats(&r->net, r->max_batch) * sizeof(float));
+    r->S = malloc(nb * (size_t)r->block * sizeof(float));
+    r->top_score = malloc(nb * k * sizeof(float));
+    r->top_item = malloc(nb * k * sizeof(int32_t));
+    r->top_n = malloc(nb * sizeof(int));
+    r->bc_hist = malloc(MAX_RING * dim * sizeof(float));
+    r->bc_rec = malloc(k * dim * sizeof(float));
+    r->bc_dot = malloc(MAX_RING * k * sizeof(float));
+    r->bc_a = malloc(MAX_RING * sizeof(float));
+    r->bc_item = malloc(MAX_RING * sizeof(int32_t));
+    if (!r->X || !r->act || !r->S || !r->top_score || !r->top_item ||
+        !r->top_n || !r->bc_hist || !r->bc_rec || !r->bc_dot || !r->bc_a ||
+        !r->bc_item)
+        return HL_ENOMEM;
+    return 0;
+}
+
+hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
+                                  const hl_rank_opts *o,
+                                  char *errbuf, size_t errlen)
+{
+    hl_ranker *r = NULL;
+
+    if (check_opts(p, o, errbuf, errlen) != 0)
+        return NULL;
+    if ((r = calloc(1, sizeof *r)) == NULL)
+        goto nomem;
+    hl_encoder_net_from_parts(&r->net, p);
+    if (hl_encoder_net_check(&r->net, errbuf, errlen) != 0)
+        goto fail;
+    r->e_in = p->e_in;
+    r->e_out = p->e_out;
+    r->bias = p->bias;
+    r->n_items = p->info.n_items;
+    r->dim = p->info.dim;
+    r->n_heads = p->info.n_heads;
+    for (int h = 0; h < r->n_heads; h++)
+        r->lambda_per_ms[h] = log(2.0) / p->info.half_life_ms[h];
+    memcpy(r->type_weight, p->info.type_weight, sizeof r->type_weight);
+    r->k = o->k;
+    r->exclude_seen = o->exclude_seen;
+    r->max_batch = o->max_batch;
+    r->block = o->block_items > 0 ? o->block_items : DEFAULT_BLOCK;
+    if (r->block > r->n_items)
+        r->block = r->n_items;
+    if (alloc_scratch(r) != 0)
+        goto nomem;
+    return r;
+nomem:
+    hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory (max_batch %d, k %d)",
+           o->max_batch, o->k);
+fail:
+    hl_ranker_destroy(r);
+    return NULL;
+}
+
+hl_ranker *hl_ranker_create(const hl_model *m, const hl_rank_opts *o,
+                            char *errbuf, size_t errlen)
+{
+    hl_model_parts p;
+
+    memset(&p, 0, sizeof p);
+    p.info = *hl_model_info_get(m);
+    p.e_in = hl_model_e_in(m);
+    p.e_out = hl_model_e_out(m);
+    p.bias = hl_model_bias(m);
+    for (int l = 0; l < p.info.n_layers && l < HL_MAX_LAYERS; l++) {
+        p.layer_w[l] = hl_model_layer_w(m, l);
+        p.layer_b[l] = hl_model_layer_b(m, l);
+    }
+    return hl_ranker_create_parts(&p, o, errbuf, errlen);
+}
+
+void hl_ranker_destroy(hl_ranker *r)
+{
+    if (r == NULL)
+        return;
+    free(r->X);
+    free(r->act);
+    free(r->S);
+    free(r->top_score);
+    free(r->top_item);
+    free(r->top_n);
+    free(r->bc_hist);
+    free(r->bc_rec);
+    free(r->bc_dot);
+    free(r->bc_a);
+    free(r->bc_item);
+    free(r);
+}
+
+/* ---- the running top-K: a min-heap whose root is the worst entry ---- */
+
+/* Is (sa, ia) worse than (sb, ib)? Lower score, or equal score and higher row. */
+static inline int worse(float sa, int32_t ia, float sb, int32_t ib)
+{
+    return sa < sb || (sa == sb && ia > ib);
+}
+
+static void sift_down(float *hs, int32_t *hi, int n, int i)
+{
+    float s = hs[i];
+    int32_t it = hi[i];
+
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && worse(hs[c + 1], hi[c + 1], hs[c], hi[c]))
+            c++;
+        if (!worse(hs[c], hi[c], s, it))
+            break;
+        hs[i] = hs[c];
+        hi[i] = hi[c];
+        i = c;
+    }
+    hs[i] = s;
+    hi[i] = it;
+}
+
+static void sift_up(float *hs, int32_t *hi, int i)
+{
+    float s = hs[i];
+    int32_t it = hi[i];
+
+    while (i > 0) {
+        int p = (i - 1) / 2;
+        if (!worse(s, it, hs[p], hi[p]))
+            break;
+        hs[i] = hs[p];
+        hi[i] = hi[p];
+        i = p;
+    }
+    hs[i] = s;
+    hi[i] = it;
+}
+
+/* Offers (s, item) to a heap of capacity k holding *n; the caller has
+ * checked s beats the threshold. Returns the new threshold. */
+static float heap_offer(float *hs, int32_t *hi, int *n, int k, float s,
+                        int32_t item)
+{
+    if (*n < k) {
+        hs[*n] = s;
+        hi[*n] = item;
+        sift_up(hs, hi, (*n)++);
+        return *n == k ? hs[0] : -INFINITY;
+    }
+    hs[0] = s;
+    hi[0] = item;
+    sift_down(hs, hi, k, 0);
+    return hs[0];
+}
+
+/* Sorts a heap in place, best first (heapsort: the worst goes to the end). */
+static void heap_sort(float *hs, int32_t *hi, int n)
+{
+    for (int end = n - 1; end > 0; end--) {
+        float s = hs[0];
+        int32_t it = hi[0];
+        hs[0] = hs[end];
+        hi[0] = hi[end];
+        hs[end] = s;
+        hi[end] = it;
+        sift_down(hs, hi, end, 0);
+    }
+}
+
+/* ---- one block ---- */
+
+static void mark_excluded(float *srow, int32_t j0, int nb, const int32_t *items,
+                          int n)
+{
+    for (int i = 0; i < n; i++) {
+        int64_t off = (int64_t)items[i] - j0;
+        if (off >= 0 && off < nb)
+            srow[off] = -INFINITY;
+    }
+}
+
+static void mark_ring(float *srow, int32_t j0, int nb, const hl_row_view *v)
+{
+    for (int i = 0; i < v->n_hist; i++) {
+        int64_t off = (int64_t)v->hist_item[hl_row_hist_index(v, i)] - j0;
+        if (off >= 0 && off < nb)
+            srow[off] = -INFINITY;
+    }
+}
+
+/* Offers srow[j] + brow[j], j < nb, to user u's heap. Excluded entries are
+ * -inf, which never beats a threshold (the threshold of a heap that is not
+ * full is -inf and the test is strict). */
+static void scan_row(hl_ranker *r, int u, const float *srow, const float *brow,
+                     int32_t j0, int nb)
+{
+    float *hs = r->top_score + (size_t)u * r->k;
+    int32_t *hi = r->top_item + (size_t)u * r->k;
+    int *hn = &r->top_n[u];
+    float thr = *hn == r->k ? hs[0] : -INFINITY;
+    int j = 0;
+
+#if defined(__SSE2__)
+    for (; j + 8 <= nb; j += 8) {
+        __m128 t = _mm_set1_ps(thr);
+        __m128 a = _mm_add_ps(_mm_loadu_ps(srow + j), _mm_loadu_ps(brow + j));
+        __m128 b = _mm_add_ps(_mm_loadu_ps(srow + j + 4), _mm_loadu_ps(brow + j + 4));
+        int mask = _mm_movemask_ps(_mm_cmpgt_ps(a, t)) |
+                   _mm_movemask_ps(_mm_cmpgt_ps(b, t)) << 4;
+        for (; mask != 0; mask &= mask - 1) {
+            int q = __builtin_ctz((unsigned)mask);
+            float s = srow[j + q] + brow[j + q];
+            if (s > thr)        /* thr may have risen within these eight */
+                thr = heap_offer(hs, hi, hn, r->k, s, j0 + j + q);
+        }
+    }
+#endif
+    for (; j < nb; j++) {
+        float s = srow[j] + brow[j];
+        if (s > thr)
+            thr = heap_offer(hs, hi, hn, r->k, s, j0 + j);
+    }
+}
+
+/* S (n, nb) = Q (n, dim) e_out[j0 .. j0+nb)^T, then exclusions and top-K. */
+static void score_block(hl_ranker *r, const float *Q, const hl_row_view *users,
+                        int n, const hl_rank_exclude *extra, int32_t j0, int nb)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nb, r->dim, 1.0f,
+                Q, r->dim, r->e_out + (size_t)j0 * r->dim, r->dim, 0.0f, r->S, nb);
+    for (int u = 0; u < n; u++) {
+        float *srow = r->S + (size_t)u * nb;
+        if (r->exclude_seen)
+            mark_ring(srow, j0, nb, &users[u]);
+        if (extra != NULL)
+            mark_excluded(srow, j0, nb, extra[u].item, extra[u].n);
+        scan_row(r, u, srow, r->bias + j0, j0, nb);
+    }
+}
+
+/* ---- because ---- */
+
+/* Fills bc_item and bc_a with the ring's known entries, newest first (so
+ * that the strict argmax below prefers the newest on equal c). Returns
+ * their count. */
+static int history_weights(const hl_ranker *r, const hl_row_view *v,
+                           int32_t *item, float *a)
+{
+    int n = 0;
+
+    for (int i = v->n_hist - 1; i >= 0; i--) {
+        int slot = hl_row_hist_index(v, i);
+        int32_t it = v->hist_item[slot];
+        int type = v->hist_type[slot];
+        if (it < 0 || it >= r->n_items || n >= MAX_RING)
+            continue;
+        double dt = (double)(v->t_ref_ms - v->hist_ts_ms[slot]);
+        double share = 0.0;
+        for (int h = 0; h < r->n_heads; h++) {
+            double decay = dt > 0.0 ? exp(-r->lambda_per_ms[h] * dt) : 1.0;
+            share += decay / fmax((double)v->m[h], (double)HL_ENCODER_EPS);
+        }
+        item[n] = it;
+        a[n++] = (float)(share * (type < HL_N_TYPES ? r->type_weight[type] : 0.0f));
+    }
+    return n;
+}
+
+/* dot (n_hist, n_rec) = e_in[hist] . e_out[rec] as one SGEMM, then the
+ * argmax of a_e x dot per returned item. */
+static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
+                         int n_rec)
+{
+    int dim = r->dim;
+    int n_hist = history_weights(r, v, r->bc_item, r->bc_a);
+
+    for (int j = 0; j < n_rec; j++)
+        recs[j].because = -1;
+    if (n_hist == 0 || n_rec == 0)
+        return;
+    for (int e = 0; e < n_hist; e++)
+        memcpy(r->bc_hist + (size_t)e * dim, r->e_in + (size_t)r->bc_item[e] * dim,
+               (size_t)dim * sizeof(float));
+    for (int j = 0; j < n_rec; j++)
+        memcpy(r->bc_rec + (size_t)j * dim, r->e_out + (size_t)recs[j].item * dim,
+               (size_t)dim * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_hist, n_rec, dim,
+                1.0f, r->bc_hist, dim, r->bc_rec, dim, 0.0f, r->bc_dot, n_rec);
+    for (int j = 0; j < n_rec; j++) {
+        float best = 0.0f;
+        for (int e = 0; e < n_hist; e++) {
+            float c = r->bc_a[e] * r->bc_dot[(size_t)e * n_rec + j];
+            if (c > best) {
+                best = c;
+                recs[j].because = r->bc_item[e];
+            }
+        }
+    }
+}
+
+/* ---- refresh ---- */
+
+static const float *encode(hl_ranker *r, const hl_row_view *users, int n)
+{
+    hl_encoder_features_rows(&r->net, users, n, r->X);
+    return hl_encoder_forward(&r->net, r->X, n, r->act);
+}
+
+static void emit(hl_ranker *r, const hl_row_view *users, int n, hl_rec *out,
+                 int *n_out)
+{
+    for (int u = 0; u < n; u++) {
+        float *hs = r->top_score + (size_t)u * r->k;
+        int32_t *hi = r->top_item + (size_t)u * r->k;
+        hl_rec *o = out + (size_t)u * r->k;
+        heap_sort(hs, hi, r->top_n[u]);
+        for (int j = 0; j < r->top_n[u]; j++) {
+            o[j].item = hi[j];
+            o[j].score = hs[j];
+        }
+        n_out[u] = r->top_n[u];
+        because_fast(r, &users[u], o, n_out[u]);
+    }
+}
+
+int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
+                         const hl_rank_exclude *extra, hl_rec *out, int *n_out)
+{
+    if (n < 0 || n > r->max_batch)
+        return HL_EINVAL;
+    if (n == 0)
+        return 0;
+    const float *Q = encode(r, users, n);
+    memset(r->top_n, 0, (size_t)n * sizeof(int));
+    for (int32_t j0 = 0; j0 < r->n_items; j0 += r->block) {
+        int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
+        score_block(r, Q, users, n, extra, j0, nb);
+    }
+    emit(r, users, n, out, n_out);
+    return 0;
+}
+
+int hl_ranker_refresh(hl_ranker *r, const hl_row_view *users, int n,
+                      hl_rec *out, int *n_out)
+{
+    return hl_ranker_refresh_ex(r, users, n, NULL, out, n_out);
+}
+
+/* ---- the plain-loop twin ---- */
+
+typedef struct naive_cand {
+    float   score;
+    int32_t item;
+} naive_cand;
+
+static int cand_cmp(const void *pa, const void *pb)
+{
+    const naive_cand *a = pa, *b = pb;
+    if (a->score != b->score)
+        return a->score > b->score ? -1 : 1;
+    return (a->item > b->item) - (a->item < b->item);
+}
+
+static void because_naive(const hl_ranker *r, const hl_row_view *v,
+                          hl_rec *recs, int n_rec, int32_t *item, float *a)
+{
+    int n_hist = history_weights(r, v, item, a);
+
+    for (int j = 0; j < n_rec; j++) {
+        double best = 0.0;
+        recs[j].because = -1;
+        for (int e = 0; e < n_hist; e++) {
+            double dot = 0.0;
+            for (int d = 0; d < r->dim; d++)
+                dot += (double)r->e_in[(size_t)item[e] * r->dim + d] *
+                       r->e_out[(size_t)recs[j].item * r->dim + d];
+            double c = (double)a[e] * dot;
+            if (c > best) {
+                best = c;
+                recs[j].because = item[e];
+            }
+        }
+    }
+}
+
+/* Marks user u's excluded items in excl (n_items bytes, zeroed). */
+static void naive_mark(const hl_ranker *r, const hl_row_view *v,
+                       const hl_rank_exclude *ex, uint8_t *excl)
+{
+    if (r->exclude_seen)
+        for (int i = 0; i < v->n_hist; i++) {
+            int32_t it = v->hist_item[hl_row_hist_index(v, i)];
+            if (it >= 0 && it < r->n_items)
+                excl[it] = 1;
+        }
+    if (ex != NULL)
+        for (int i = 0; i < ex->n; i++)
+            if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+                excl[ex->item[i]] = 1;
+}
+
+static int naive_user(const hl_ranker *r, const hl_row_view *v, const float *q,
+                      const hl_rank_exclude *ex, naive_cand *cand,
+                      uint8_t *excl, hl_rec *out)
+{
+    int n_cand = 0;
+
+    memset(excl, 0, (size_t)r->n_items);
+    naive_mark(r, v, ex, excl);
+    for (int32_t j = 0; j < r->n_items; j++) {
+        if (excl[j])
+            continue;
+        double s = r->bias[j];
+        for (int d = 0; d < r->dim; d++)
+            s += (double)q[d] * r->e_out[(size_t)j * r->dim + d];
+        cand[n_cand].score = (float)s;
+        cand[n_cand++].item = j;
+    }
+    qsort(cand, (size_t)n_cand, sizeof *cand, cand_cmp);
+    int n_out = n_cand < r->k ? n_cand : r->k;
+    for (int j = 0; j < n_out; j++) {
+        out[j].item = cand[j].item;
+        out[j].score = cand[j].score;
+    }
+    return n_out;
+}
+
+int hl_ranker_refresh_naive(hl_ranker *r, const hl_row_view *users, int n,
+                            const hl_rank_exclude *extra, hl_rec *out,
+                            int *n_out)
+{
+    int in_dim = hl_encoder_in_dim(&r->net), rc = HL_ENOMEM;
+    float *x = malloc((size_t)in_dim * sizeof(float));
+    float *act = malloc(hl_encoder_act_floats(&r->net, 1) * sizeof(float));
+    naive_cand *cand = malloc((size_t)r->n_items * sizeof *cand);
+    uint8_t *excl = malloc((size_t)r->n_items);
+    int32_t item[MAX_RING];
+    float a[MAX_RING];
+
+    if (n < 0 || n > r->max_batch) {
+        rc = HL_EINVAL;
+        goto out;
+    }
+    if (!x || !act || !cand || !excl)
+        goto out;
+    for (int u = 0; u < n; u++) {
+        hl_encoder_features(r->n_heads, r->dim, users[u].s, users[u].m, x);
+        const float *q = hl_encoder_forward_naive(&r->net, x, 1, act);
+        hl_rec *o = out + (size_t)u * r->k;
+        n_out[u] = naive_user(r, &users[u], q, extra ? &extra[u] : NULL,
+                              cand, excl, o);
+        because_naive(r, &users[u], o, n_out[u], item, a);
+    }
+    rc = 0;
+out:
+    free(x);
+    free(act);
+    free(cand);
+    free(excl);
+    return rc;
+}

@@ -1,8 +1,20 @@
 /* dataset.h - readers for the event files of DESIGN.md section 7:
- * movielens-csv, movielens-dat, seq, taobao, events-csv.
+ *
+ *   movielens-csv  userId,movieId,rating,timestamp   header line; seconds;
+ *                  type RATE, weight = rating
+ *   movielens-dat  userId::movieId::rating::timestamp  same, no header
+ *   seq            user item item ...  (spaces or tabs) one line per user,
+ *                  items in time order; item i (0-based) gets time
+ *                  i x seq_step_ms; type VIEW, no weight
+ *   taobao         user,item,category,behavior,timestamp  no header; seconds;
+ *                  pv, cart, fav, buy -> VIEW, ADD_TO_CART, FAVORITE, PURCHASE
+ *   events-csv     user_id,item_id,event_type,timestamp_ms[,weight]  header
+ *                  line; event_type spelled as the Avro enum (VIEW, ...)
  *
  * A reader turns a file into events with string ids. A bad line is counted
- * and its line number kept (the first few), never a reason to stop. */
+ * and its line number kept (the first few), never a reason to stop. LF and
+ * CRLF line ends both work; blank lines are counted apart and skipped. Line
+ * 1 of a format with a header is skipped when it does not parse as data. */
 #ifndef HL_DATASET_H
 #define HL_DATASET_H
 
@@ -17,12 +29,15 @@ typedef enum hl_dataset_format {
 /* Parses a format name; HL_EINVAL with the list of names if unknown. */
 int hl_dataset_format_parse(const char *name, hl_dataset_format *fmt,
                             char *errbuf, size_t errlen);
+const char *hl_dataset_format_name(hl_dataset_format fmt);  /* "seq"; never NULL */
 
 typedef struct hl_dataset_event {
-    const char *user;  uint32_t user_len;   /* borrowed: valid until next */
+    const char *user;  uint32_t user_len;   /* borrowed: valid until the next
+                                               hl_dataset_next; NUL-terminated
+                                               except in seq */
     const char *item;  uint32_t item_len;
     int         type;                       /* HL_VIEW.. */
-    int64_t     ts_ms;
+    int64_t     ts_ms;                      /* event time, ms (seconds x 1000) */
     float       weight;                     /* the event's weight field, 1 if none */
     int         has_weight;
     int64_t     line;                       /* 1-based source line */
@@ -32,9 +47,11 @@ typedef struct hl_dataset_reader hl_dataset_reader;  /* opaque */
 
 typedef struct hl_dataset_opts {
     hl_dataset_format format;
-    int64_t           seq_step_ms;    /* seq: event i gets time i x step (default 1 h) */
+    int64_t           seq_step_ms;    /* seq: event i gets time i x step; <= 0
+                                         means the default, 3600000 (1 h) */
 } hl_dataset_opts;
 
+/* Opens path ("-" is stdin) for reading; NULL with a reason if it cannot. */
 hl_dataset_reader *hl_dataset_open(const char *path, const hl_dataset_opts *o,
                                    char *errbuf, size_t errlen);
 /* 1 and *ev filled, 0 at end of file, HL_EIO on a read error. Bad lines are
@@ -42,9 +59,10 @@ hl_dataset_reader *hl_dataset_open(const char *path, const hl_dataset_opts *o,
 int  hl_dataset_next(hl_dataset_reader *r, hl_dataset_event *ev,
                      char *errbuf, size_t errlen);
 typedef struct hl_dataset_stats {
-    int64_t lines, events, bad_lines;
+    int64_t lines, events, bad_lines;  /* lines counts every line read */
     int64_t first_bad_line[8];         /* line numbers of the first bad lines */
-    char    first_bad_why[8][96];
+    char    first_bad_why[8][96];      /* and why each is bad */
+    int64_t blank_lines;               /* empty or whitespace only; not bad */
 } hl_dataset_stats;
 void hl_dataset_stats_get(const hl_dataset_reader *r, hl_dataset_stats *st);
 void hl_dataset_close(hl_dataset_reader *r);            /* NULL is a no-op */

@@ -1,0 +1,315 @@
+/* test_dataset.c - every dataset format on small files written to a temp
+ * dir, good lines and bad ones (missing fields, non-numeric timestamps,
+ * unknown behaviours, ids too long, blank lines, CRLF ends), and, when
+ * HL_DATASETS is set, the event counts of the three shared datasets against
+ * datasets/README.md. */
+#define T_SUITE "test_dataset"
+#include "test.h"
+#include "dataset.h"
+
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_EV 64
+
+typedef struct got {
+    int              n;
+    char             user[MAX_EV][300], item[MAX_EV][300];
+    hl_dataset_event ev[MAX_EV];
+    hl_dataset_stats st;
+    int              rc;               /* of the last hl_dataset_next */
+} got;
+
+static char tmpdir[64];
+
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[256];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    f = fopen(path, "wb");
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+/* Reads every event of text as format fmt into g (ids copied). */
+static void read_all(const char *text, hl_dataset_format fmt, int64_t step, got *g)
+{
+    hl_dataset_opts o = { .format = fmt, .seq_step_ms = step };
+    char err[256] = "";
+    hl_dataset_reader *r = hl_dataset_open(write_file("in.txt", text), &o, err, sizeof err);
+    hl_dataset_event ev;
+
+    memset(g, 0, sizeof *g);
+    CHECKF(r != NULL, "%s", err);
+    if (r == NULL) return;
+    while ((g->rc = hl_dataset_next(r, &ev, err, sizeof err)) == 1) {
+        if (g->n == MAX_EV) continue;
+        snprintf(g->user[g->n], sizeof g->user[0], "%.*s", (int)ev.user_len, ev.user);
+        snprintf(g->item[g->n], sizeof g->item[0], "%.*s", (int)ev.item_len, ev.item);
+        g->ev[g->n++] = ev;
+    }
+    CHECKF(g->rc == 0, "hl_dataset_next returned %d: %s", g->rc, err);
+    hl_dataset_stats_get(r, &g->st);
+    hl_dataset_close(r);
+}
+
+/* The i-th kept bad line is line `line` and its reason contains `why`. */
+static void check_bad(const got *g, int i, int64_t line, const char *why)
+{
+    CHECKF(g->st.first_bad_line[i] == line, "bad line %d is line %lld, want %lld",
+           i, (long long)g->st.first_bad_line[i], (long long)line);
+    CHECKF(strstr(g->st.first_bad_why[i], why) != NULL, "bad line %d: \"%s\" lacks \"%s\"",
+           i, g->st.first_bad_why[i], why);
+}
+
+static void check_event(const got *g, int i, const char *user, const char *item,
+                        int type, int64_t ts_ms, float w, int has_w, int64_t line)
+{
+    if (i >= g->n) { CHECKF(0, "event %d missing (have %d)", i, g->n); return; }
+    CHECKF(strcmp(g->user[i], user) == 0 && strcmp(g->item[i], item) == 0,
+           "event %d: %s/%s, want %s/%s", i, g->user[i], g->item[i], user, item);
+    CHECKF(g->ev[i].type == type, "event %d: type %d, want %d", i, g->ev[i].type, type);
+    CHECKF(g->ev[i].ts_ms == ts_ms, "event %d: ts %lld, want %lld", i,
+           (long long)g->ev[i].ts_ms, (long long)ts_ms);
+    CHECKF(g->ev[i].weight == w && g->ev[i].has_weight == has_w,
+           "event %d: weight %g/%d, want %g/%d", i, (double)g->ev[i].weight,
+           g->ev[i].has_weight, (double)w, has_w);
+    CHECKF(g->ev[i].line == line, "event %d: line %lld, want %lld", i,
+           (long long)g->ev[i].line, (long long)line);
+}
+
+static void test_format_parse(void)
+{
+    hl_dataset_format f;
+    char err[256] = "";
+    CHECK(hl_dataset_format_parse("seq", &f, err, sizeof err) == 0 && f == HL_FMT_SEQ);
+    CHECK(hl_dataset_format_parse("taobao", &f, err, sizeof err) == 0 && f == HL_FMT_TAOBAO);
+    CHECK(hl_dataset_format_parse("events-csv", &f, err, sizeof err) == 0 && f == HL_FMT_EVENTS_CSV);
+    CHECK(hl_dataset_format_parse("csv", &f, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "\"csv\"") && strstr(err, "movielens-dat"), "%s", err);
+    CHECK(strcmp(hl_dataset_format_name(HL_FMT_MOVIELENS_DAT), "movielens-dat") == 0);
+}
+
+static void test_open_missing(void)
+{
+    hl_dataset_opts o = { .format = HL_FMT_SEQ };
+    char err[256] = "";
+    CHECK(hl_dataset_open("/nonexistent/x.txt", &o, err, sizeof err) == NULL);
+    CHECKF(strstr(err, "/nonexistent/x.txt") && strstr(err, "No such file"), "%s", err);
+    hl_dataset_close(NULL);
+}
+
+static void test_movielens_csv(void)
+{
+    got g;
+    read_all("userId,movieId,rating,timestamp\r\n"
+             "1,31,2.5,1260759144\r\n"
+             "1,1029\r\n"                          /* 3: missing fields */
+             "\r\n"                                /* 4: blank */
+             "2,10,4.0,12x\n"                      /* 5: non-numeric timestamp */
+             "2,11,abc,1260759144\n"               /* 6: rating */
+             "3,17,0.5,964982703",                 /* no final newline */
+             HL_FMT_MOVIELENS_CSV, 0, &g);
+    CHECK(g.n == 2);
+    check_event(&g, 0, "1", "31", HL_RATE, 1260759144000, 2.5f, 1, 2);
+    check_event(&g, 1, "3", "17", HL_RATE, 964982703000, 0.5f, 1, 7);
+    CHECK(g.st.lines == 7 && g.st.events == 2 && g.st.bad_lines == 3 && g.st.blank_lines == 1);
+    check_bad(&g, 0, 3, "missing fields");
+    check_bad(&g, 1, 5, "timestamp is not an integer");
+    check_bad(&g, 2, 6, "rating is not a number");
+}
+
+static void test_movielens_dat(void)
+{
+    got g;
+    read_all("1::1193::5::978300760\n"
+             "1::661::3\n"
+             "1::914::3::978301968::9\n"
+             "2::1357::4.5::978298709\n",
+             HL_FMT_MOVIELENS_DAT, 0, &g);
+    CHECK(g.n == 2 && g.st.bad_lines == 2);
+    check_event(&g, 0, "1", "1193", HL_RATE, 978300760000, 5.0f, 1, 1);
+    check_event(&g, 1, "2", "1357", HL_RATE, 978298709000, 4.5f, 1, 4);
+    check_bad(&g, 0, 2, "missing fields");
+    check_bad(&g, 1, 3, "too many fields");
+}
+
+static void test_seq(void)
+{
+    char text[1024], longid[300];
+    got g;
+    memset(longid, 'x', 257);
+    longid[257] = '\0';
+    snprintf(text, sizeof text,
+             "u1 a b  c\n"
+             "u2\n"                                /* 2: no items */
+             "\n"                                  /* 3: blank */
+             "u3\tx\r\n"
+             "u4 p %s q\n"                         /* 5: item too long: whole line */
+             "u5 z", longid);
+    read_all(text, HL_FMT_SEQ, 0, &g);
+    CHECK(g.n == 5);
+    check_event(&g, 0, "u1", "a", HL_VIEW, 0, 1.0f, 0, 1);
+    check_event(&g, 1, "u1", "b", HL_VIEW, 3600000, 1.0f, 0, 1);
+    check_event(&g, 2, "u1", "c", HL_VIEW, 7200000, 1.0f, 0, 1);
+    check_event(&g, 3, "u3", "x", HL_VIEW, 0, 1.0f, 0, 4);
+    check_event(&g, 4, "u5", "z", HL_VIEW, 0, 1.0f, 0, 6);
+    CHECK(g.st.lines == 6 && g.st.events == 5 && g.st.bad_lines == 2 && g.st.blank_lines == 1);
+    check_bad(&g, 0, 2, "missing fields");
+    check_bad(&g, 1, 5, "item id longer than 256 bytes");
+    read_all("u a b c\n", HL_FMT_SEQ, 1000, &g);
+    check_event(&g, 2, "u", "c", HL_VIEW, 2000, 1.0f, 0, 1);
+}
+
+static void test_taobao(void)
+{
+    got g;
+    read_all("1,2268318,2520377,pv,1511544070\n"
+             "1,2333346,2520771,cart,1511561733\r\n"
+             "1,2576651,149192,fav,1511572885\n"
+             "2,3830808,4181361,buy,1511593493\n"
+             "2,3830808,4181361,click,1511593493\n"   /* 5: unknown behaviour */
+             "2,3830808,4181361,pv\n"                 /* 6: missing field */
+             "2,3830808,4181361,pv,yesterday\n"       /* 7: timestamp */
+             "   \n"                                  /* 8: blank */
+             ",3830808,4181361,pv,1511593493\n",      /* 9: empty user */
+             HL_FMT_TAOBAO, 0, &g);
+    CHECK(g.n == 4);
+    check_event(&g, 0, "1", "2268318", HL_VIEW, 1511544070000, 1.0f, 0, 1);
+    check_event(&g, 1, "1", "2333346", HL_ADD_TO_CART, 1511561733000, 1.0f, 0, 2);
+    check_event(&g, 2, "1", "2576651", HL_FAVORITE, 1511572885000, 1.0f, 0, 3);
+    check_event(&g, 3, "2", "3830808", HL_PURCHASE, 1511593493000, 1.0f, 0, 4);
+    CHECK(g.st.bad_lines == 4 && g.st.blank_lines == 1);
+    check_bad(&g, 0, 5, "unknown behavior");
+    check_bad(&g, 1, 6, "missing fields");
+    check_bad(&g, 2, 7, "timestamp is not an integer");
+    check_bad(&g, 3, 9, "empty user id");
+}
+
+static void test_events_csv(void)
+{
+    char text[1024], longid[300];
+    got g;
+    memset(longid, 'u', 257);
+    longid[257] = '\0';
+    snprintf(text, sizeof text,
+             "user_id,item_id,event_type,timestamp_ms,weight\n"
+             "alice,i1,PURCHASE,1700000000123,2.5\n"
+             "alice,i2,VIEW,1700000000200\n"
+             "bob,i3,CLICK,1700000000300,\r\n"         /* empty weight: none */
+             "bob,i4,view,1700000000400\n"             /* 5: unknown event_type */
+             "bob,i4,RATE,1700000000400,high\n"        /* 6: weight */
+             "bob,i4,RATE,1700000000400,1,2\n"         /* 7: too many fields */
+             "%s,i5,VIEW,1\n"                          /* 8: user too long */
+             "bob,,VIEW,1\n"                           /* 9: empty item */
+             "bob,i6,ADD_TO_CART,-5\n", longid);
+    read_all(text, HL_FMT_EVENTS_CSV, 0, &g);
+    CHECK(g.n == 4);
+    check_event(&g, 0, "alice", "i1", HL_PURCHASE, 1700000000123, 2.5f, 1, 2);
+    check_event(&g, 1, "alice", "i2", HL_VIEW, 1700000000200, 1.0f, 0, 3);
+    check_event(&g, 2, "bob", "i3", HL_CLICK, 1700000000300, 1.0f, 0, 4);
+    check_event(&g, 3, "bob", "i6", HL_ADD_TO_CART, -5, 1.0f, 0, 10);
+    CHECK(g.st.bad_lines == 5);
+    check_bad(&g, 0, 5, "unknown event_type");
+    check_bad(&g, 1, 6, "weight is not a number");
+    check_bad(&g, 2, 7, "too many fields");
+    check_bad(&g, 3, 8, "user id longer than 256 bytes");
+    check_bad(&g, 4, 9, "empty item id");
+}
+
+/* Line 1 is a header only if it does not parse as data. */
+static void test_headerless_first_line_kept(void)
+{
+    got g;
+    read_all("a,b,VIEW,5\n", HL_FMT_EVENTS_CSV, 0, &g);
+    CHECK(g.n == 1 && g.st.bad_lines == 0);
+    read_all("1,2,3.0,4\n", HL_FMT_MOVIELENS_CSV, 0, &g);
+    CHECK(g.n == 1 && g.st.bad_lines == 0);
+    read_all("user,item,category,behavior,timestamp\n", HL_FMT_TAOBAO, 0, &g);
+    CHECK(g.n == 0 && g.st.bad_lines == 1);          /* taobao has no header */
+}
+
+/* Many bad lines: all counted, the first 8 kept; a 100 kB line is fine. */
+static void test_many_bad_lines(void)
+{
+    size_t cap = 200000, len = 0;
+    char *text = malloc(cap);
+    got g;
+    for (int i = 0; i < 20; i++) len += (size_t)snprintf(text + len, cap - len, "junk %d\n", i);
+    len += (size_t)snprintf(text + len, cap - len, "u");
+    for (int i = 0; i < 20000; i++) len += (size_t)snprintf(text + len, cap - len, " i%d", i % 1000);
+    snprintf(text + len, cap - len, "\n");
+    read_all(text, HL_FMT_TAOBAO, 0, &g);
+    CHECK(g.st.bad_lines == 21 && g.st.first_bad_line[7] == 8);
+    read_all(text, HL_FMT_SEQ, 0, &g);
+    CHECK(g.st.events == 20 * 1 + 20000 && g.st.bad_lines == 0);
+    free(text);
+}
+
+/* The shared datasets: counts from datasets/README.md, no bad lines. */
+static void count_file(const char *dir, const char *file, hl_dataset_format fmt,
+                       int64_t want_events)
+{
+    hl_dataset_opts o = { .format = fmt };
+    char path[1024], err[256] = "";
+    hl_dataset_reader *r;
+    hl_dataset_event ev;
+    hl_dataset_stats st;
+    struct timespec a, z;
+    double s;
+    int rc;
+
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    r = hl_dataset_open(path, &o, err, sizeof err);
+    CHECKF(r != NULL, "%s", err);
+    if (r == NULL) return;
+    while ((rc = hl_dataset_next(r, &ev, err, sizeof err)) == 1) {}
+    clock_gettime(CLOCK_MONOTONIC, &z);
+    CHECKF(rc == 0, "%s", err);
+    hl_dataset_stats_get(r, &st);
+    s = (double)(z.tv_sec - a.tv_sec) + (double)(z.tv_nsec - a.tv_nsec) * 1e-9;
+    printf("note: %s: %lld events, %lld lines, %lld bad in %.1f ms (%.1f M events/s)\n",
+           file, (long long)st.events, (long long)st.lines, (long long)st.bad_lines,
+           s * 1e3, (double)st.events / s / 1e6);
+    CHECKF(st.events == want_events, "%s: %lld events, README says %lld", file,
+           (long long)st.events, (long long)want_events);
+    CHECKF(st.bad_lines == 0, "%s: %lld bad lines, first %lld: %s", file,
+           (long long)st.bad_lines, (long long)st.first_bad_line[0], st.first_bad_why[0]);
+    hl_dataset_close(r);
+}
+
+static void test_shared_datasets(void)
+{
+    const char *d = t_datasets_dir();
+    if (d == NULL) SKIP("HL_DATASETS is unset (../shared/datasets absent)");
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/ml-latest-small", d);
+    count_file(dir, "ratings.csv", HL_FMT_MOVIELENS_CSV, 100836);
+    snprintf(dir, sizeof dir, "%s/amazon-beauty", d);
+    count_file(dir, "Beauty.txt", HL_FMT_SEQ, 198502);
+    snprintf(dir, sizeof dir, "%s/taobao-sample", d);
+    count_file(dir, "UserBehavior.csv", HL_FMT_TAOBAO, 84475);
+}
+
+int main(void)
+{
+    char cmd[128];
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/hl_test_dataset.XXXXXX");
+    if (mkdtemp(tmpdir) == NULL) { perror("mkdtemp"); return 1; }
+    RUN(test_format_parse);
+    RUN(test_open_missing);
+    RUN(test_movielens_csv);
+    RUN(test_movielens_dat);
+    RUN(test_seq);
+    RUN(test_taobao);
+    RUN(test_events_csv);
+    RUN(test_headerless_first_line_kept);
+    RUN(test_many_bad_lines);
+    RUN(test_shared_datasets);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0) printf("note: could not remove %s\n", tmpdir);
+    TEST_EXIT();
+}

@@ -4,8 +4,11 @@
 set -eu
 pkgs="build-essential pkg-config clang librdkafka-dev libavro-dev libopenblas-dev
 libmicrohttpd-dev kcat python3 python3-confluent-kafka python3-avro python3-numpy
-prometheus kubernetes-client docker-compose"
+prometheus docker-compose"
 command -v npm >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"
+# Any kubectl with kustomize will do; Debian's kubernetes-client cannot be
+# installed over another package's /usr/bin/kubectl (dpkg refuses).
+command -v kubectl >/dev/null 2>&1 || pkgs="$pkgs kubernetes-client"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

@@ -1,0 +1,210 @@
+/* test_config.c - worker/config.c: defaults, the precedence file < env < -X,
+ * refusals that name the key, the value and what is allowed, and kafka.*
+ * passthrough. */
+#define T_SUITE "config"
+#include "test.h"
+
+#include "config.h"
+
+#include <unistd.h>
+
+static char path[64];
+
+static void write_props(const char *text)
+{
+    FILE *f;
+    snprintf(path, sizeof path, "/tmp/hl_test_config_%d.properties", (int)getpid());
+    f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_defaults(void)
+{
+    hl_config *cfg = hl_config_create();
+    CHECK(!strcmp(hl_config_str(cfg, "group.id"), "halflife"));
+    CHECK(!strcmp(hl_config_str(cfg, "input.topic"), "behaviour-events"));
+    CHECK(!strcmp(hl_config_str(cfg, "output.topic"), "recommendations"));
+    CHECK(!strcmp(hl_config_str(cfg, "dlq.topic"), "behaviour-events.dlq"));
+    CHECK(hl_config_str(cfg, "model.path") == NULL);
+    CHECK(hl_config_int(cfg, "recs.k") == 20);
+    CHECK(hl_config_bool(cfg, "recs.exclude.seen") == 1);
+    CHECK(hl_config_int(cfg, "output.schema.id") == 2);
+    CHECK(hl_config_int(cfg, "input.format") == 0);       /* confluent */
+    CHECK(hl_config_int(cfg, "batch.max.messages") == 10000);
+    CHECK(hl_config_int(cfg, "batch.max.ms") == 5);
+    CHECK(hl_config_int(cfg, "state.history") == 32);
+    CHECK(hl_config_int(cfg, "state.max.users") == 10000000);
+    CHECK(hl_config_num(cfg, "state.evict.mass") == 1e-6);
+    CHECK(hl_config_int(cfg, "snapshot.interval.ms") == 30000);
+    CHECK(hl_config_int(cfg, "snapshot.retain") == 2);
+    CHECK(hl_config_int(cfg, "shutdown.timeout.ms") == 30000);
+    CHECK(hl_config_int(cfg, "metrics.port") == 9464);
+    CHECK(hl_config_int(cfg, "worker.threads") >= 1);
+    CHECK(isnan(hl_config_num(cfg, "weight.click")));
+    CHECK(!hl_config_is_set(cfg, "recs.k"));
+    CHECK(!hl_config_is_set(cfg, "kafka.bootstrap.servers"));
+    int n = -1;
+    hl_config_kafka(cfg, &n);
+    CHECK(n == 0);
+    hl_config_destroy(cfg);
+    hl_config_destroy(NULL);
+}
+
+static void test_precedence_file_env_args(void)
+{
+    char err[256] = "";
+    hl_config *cfg = hl_config_create();
+    char *env[] = { "HALFLIFE_RECS_K=30", "HALFLIFE_BATCH_MAX_MS=7", "PATH=/bin",
+                    "HALFLIFE_WEIGHT_ADD_TO_CART=3.5", NULL };
+    char *args[] = { "recs.k=40", "input.topic = in2" };
+    write_props("# comment\n\nrecs.k = 10\nbatch.max.ms=9\nbatch.max.messages=77\n"
+                "  ! also a comment\ngroup.id=g1\n");
+    int rc = hl_config_load(cfg, path, env, args, 2, err, sizeof err);
+    CHECKF(rc == 0, "%s", err);
+    CHECK(hl_config_int(cfg, "recs.k") == 40);              /* -X beats env and file */
+    CHECK(hl_config_int(cfg, "batch.max.ms") == 7);         /* env beats file */
+    CHECK(hl_config_int(cfg, "batch.max.messages") == 77);  /* file beats default */
+    CHECK(!strcmp(hl_config_str(cfg, "group.id"), "g1"));
+    CHECK(!strcmp(hl_config_str(cfg, "input.topic"), "in2"));
+    CHECK(!strcmp(hl_config_str(cfg, "dlq.topic"), "in2.dlq"));
+    CHECK(hl_config_num(cfg, "weight.add_to_cart") == 3.5);
+    CHECK(hl_config_is_set(cfg, "recs.k") && !hl_config_is_set(cfg, "recs.exclude.seen"));
+    hl_config_destroy(cfg);
+    unlink(path);
+}
+
+/* Expect set(key, value) to fail with a message holding every needle. */
+static void expect_refused(const char *key, const char *value, const char *n1, const char *n2)
+{
+    char err[256] = "";
+    hl_config *cfg = hl_config_create();
+    int rc = hl_config_set(cfg, key, value, "-X", err, sizeof err);
+    CHECKF(rc == HL_EINVAL, "%s=%s accepted", key, value);
+    CHECKF(strstr(err, key) != NULL, "message lacks the key: %s", err);
+    CHECKF(strstr(err, n1) != NULL, "message lacks \"%s\": %s", n1, err);
+    CHECKF(n2 == NULL || strstr(err, n2) != NULL, "message lacks \"%s\": %s", n2, err);
+    hl_config_destroy(cfg);
+}
+
+static void test_bad_values_refused(void)
+{
+    expect_refused("recs.k", "abc", "abc", "1..1000");
+    expect_refused("recs.k", "0", "out of range", "1..1000");
+    expect_refused("recs.k", "1001", "1001", "1..1000");
+    expect_refused("recs.k", "12x", "12x", "integer");
+    expect_refused("recs.k", "", "integer", NULL);
+    expect_refused("recs.k", "99999999999999999999999", "integer", NULL);
+    expect_refused("state.evict.mass", "-1", "out of range", NULL);
+    expect_refused("state.evict.mass", "nan", "number", NULL);
+    expect_refused("recs.exclude.seen", "maybe", "maybe", "true|false");
+    expect_refused("input.format", "json", "json", "confluent|raw");
+    expect_refused("log.level", "loud", "loud", "debug|info|warn|error");
+    expect_refused("metrics.port", "70000", "0..65535", NULL);
+    expect_refused("input.topic", "", "length", NULL);
+}
+
+static void test_unknown_key_refused(void)
+{
+    char err[256] = "";
+    hl_config *cfg = hl_config_create();
+    CHECK(hl_config_set(cfg, "recs.kk", "3", "-X", err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "recs.kk") && strstr(err, "unknown"), "%s", err);
+    CHECK(hl_config_set_arg(cfg, "recs.k", err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "key=value"), "%s", err);
+    char *env[] = { "HALFLIFE_NO_SUCH_KEY=1", NULL };
+    CHECK(hl_config_load_env(cfg, env, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "HALFLIFE_NO_SUCH_KEY"), "%s", err);
+    char *env2[] = { "HALFLIFE_RECS_K=zero", NULL };
+    CHECK(hl_config_load_env(cfg, env2, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "recs.k") && strstr(err, "zero") && strstr(err, "HALFLIFE_RECS_K"), "%s", err);
+    write_props("recs.k=5\nthis line has no equals\n");
+    CHECK(hl_config_load_file(cfg, path, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "line 2"), "%s", err);
+    write_props("recs.k=5\nnope.key=1\n");
+    CHECK(hl_config_load_file(cfg, path, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "nope.key") && strstr(err, "line 2"), "%s", err);
+    unlink(path);
+    CHECK(hl_config_load_file(cfg, "/nonexistent/x.properties", err, sizeof err) == HL_EIO);
+    hl_config_destroy(cfg);
+}
+
+static void test_kafka_passthrough(void)
+{
+    char err[256] = "";
+    hl_config *cfg = hl_config_create();
+    char *env[] = { "HALFLIFE_KAFKA_BOOTSTRAP_SERVERS=envhost:9092",
+                    "HALFLIFE_KAFKA_STATISTICS_INTERVAL_MS=1000", NULL };
+    char *args[] = { "kafka.bootstrap.servers=127.0.0.1:1234", "kafka.linger.ms=3" };
+    int n;
+    CHECKF(hl_config_load(cfg, NULL, env, args, 2, err, sizeof err) == 0, "%s", err);
+    const hl_kafka_prop *p = hl_config_kafka(cfg, &n);
+    CHECK(n == 3);
+    CHECK(n == 3 && !strcmp(p[0].key, "bootstrap.servers") && !strcmp(p[0].value, "127.0.0.1:1234"));
+    CHECK(n == 3 && !strcmp(p[1].key, "statistics.interval.ms") && !strcmp(p[1].value, "1000"));
+    CHECK(!strcmp(hl_config_kafka_get(cfg, "linger.ms"), "3"));
+    CHECK(hl_config_is_set(cfg, "kafka.linger.ms"));
+    CHECK(hl_config_set(cfg, "kafka.no.such.property", "1", "-X", err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "kafka.no.such.property"), "%s", err);
+    CHECK(hl_config_set(cfg, "kafka.linger.ms", "soon", "-X", err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "soon"), "%s", err);
+    hl_worker_opts o;
+    hl_config_worker_opts(cfg, &o);
+    CHECK(o.bootstrap && !strcmp(o.bootstrap, "127.0.0.1:1234") && o.n_kafka == 3);
+    hl_config_destroy(cfg);
+}
+
+static void test_cross_key_checks(void)
+{
+    char err[256] = "";
+    hl_config *cfg = hl_config_create();
+    char *args[] = { "event.min.ts.ms=100", "event.max.ts.ms=50" };
+    CHECK(hl_config_load(cfg, NULL, NULL, args, 2, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "event.min.ts.ms"), "%s", err);
+    hl_config_destroy(cfg);
+}
+
+static void test_worker_opts(void)
+{
+    char err[256] = "";
+    hl_config *cfg = hl_config_create();
+    char *args[] = { "input.format=raw", "worker.threads=3", "dlq.topic=", "recs.enabled=false" };
+    hl_worker_opts o;
+    CHECKF(hl_config_load(cfg, NULL, NULL, args, 4, err, sizeof err) == 0, "%s", err);
+    hl_config_worker_opts(cfg, &o);
+    CHECK(o.codec.input_framing == HL_FRAMING_RAW && o.codec.output_framing == HL_FRAMING_CONFLUENT);
+    CHECK(o.threads == 3 && o.recs_k == 20 && !o.recs_enabled);
+    CHECK(o.dlq_topic != NULL && o.dlq_topic[0] == '\0');
+    CHECK(o.bootstrap == NULL && o.n_kafka == 0);
+    CHECK(!strcmp(o.codec.schemas_dir, "schemas") && o.codec.output_schema_id == 2);
+    CHECK(o.codec.min_ts_ms == 0 && o.codec.max_ts_ms == 4102444800000LL);
+    hl_config_destroy(cfg);
+}
+
+static void test_help_lists_every_key(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    hl_config_print_help(f);
+    fclose(f);
+    const char *must[] = { "kafka.bootstrap.servers", "group.id", "input.format", "schemas.dir",
+                           "output.schema.id", "dlq.topic", "recs.k", "worker.threads",
+                           "snapshot.interval.ms", "metrics.port", "weight.purchase", "30000" };
+    for (size_t i = 0; i < sizeof must / sizeof must[0]; i++)
+        CHECKF(strstr(buf, must[i]) != NULL, "--help lacks %s", must[i]);
+    free(buf);
+}
+
+int main(void)
+{
+    RUN(test_defaults);
+    RUN(test_precedence_file_env_args);
+    RUN(test_bad_values_refused);
+    RUN(test_unknown_key_refused);
+    RUN(test_kafka_passthrough);
+    RUN(test_cross_key_checks);
+    RUN(test_worker_opts);
+    RUN(test_help_lists_every_key);
+    TEST_EXIT();
+}

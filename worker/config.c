@@ -1,0 +1,531 @@
+/* config.c - the key table, the three layers (file < environment < -X) and
+ * the typed getters.
+ *
+ * The table below is the single source of truth: its defaults are what the
+ * getters return before anything is set, its ranges and choices are what
+ * hl_config_set() enforces, and its help text is `halflife run --help`.
+ * A value is parsed and checked once, when it is set, so a getter never
+ * fails. kafka.* keys are not in the table: each is tried on a scratch
+ * librdkafka configuration when set, so a misspelt Kafka property is
+ * refused at start like any other key, then kept (prefix removed) in the
+ * order first set. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <librdkafka/rdkafka.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum { T_STR, T_INT, T_NUM, T_BOOL, T_ENUM } key_type;
+
+typedef struct key_def {
+    const char *key;
+    key_type    type;
+    const char *def;        /* NULL: no default (see the getters) */
+    double      min, max;   /* T_INT, T_NUM: range; T_STR: length range */
+    const char *choices;    /* T_ENUM: "a|b|c" */
+    const char *help;
+} key_def;
+
+#define MAX_TS 4102444800000.0            /* 2100-01-01 in ms */
+#define BIG    1e15
+
+static const key_def keys[] = {
+    {"group.id",            T_STR,  "halflife", 1, 255, NULL, "consumer group"},
+    {"input.topic",         T_STR,  "behaviour-events", 1, 249, NULL, "topic of BehaviourEvents, keyed by user_id"},
+    {"output.topic",        T_STR,  "recommendations", 1, 249, NULL, "topic of RecommendationLists, keyed by user_id"},
+    {"dlq.topic",           T_STR,  NULL, 0, 249, NULL, "dead letters (default <input.topic>.dlq); empty disables"},
+    {"input.format",        T_ENUM, "confluent", 0, 0, "confluent|raw", "input framing: Confluent (magic 0, schema id) or plain Avro binary"},
+    {"output.format",       T_ENUM, "confluent", 0, 0, "confluent|raw", "output framing"},
+    {"schemas.dir",         T_STR,  "schemas", 1, 4095, NULL, "writer schemas by id, <dir>/<id>.avsc"},
+    {"output.schema.id",    T_INT,  "2", 0, 2147483647.0, NULL, "schema id written before each list in Confluent framing"},
+    {"event.min.ts.ms",     T_INT,  "0", -BIG, BIG, NULL, "events before this time (ms since 1970) are invalid (bad_timestamp)"},
+    {"event.max.ts.ms",     T_INT,  "4102444800000", -BIG, BIG, NULL, "events after this time are invalid (default 2100-01-01)"},
+    {"model.path",          T_STR,  NULL, 1, 4095, NULL, "the .hlm model file (demo: trains one when unset)"},
+    {"recs.enabled",        T_BOOL, "true", 0, 0, NULL, "publish lists; false keeps state only"},
+    {"recs.k",              T_INT,  "20", 1, 1000, NULL, "list length"},
+    {"recs.exclude.seen",   T_BOOL, "true", 0, 0, NULL, "drop items in the user's history from the list"},
+    {"recs.min.interval.ms",T_INT,  "0", 0, BIG, NULL, "refresh a user at most this often (event time); 0 = after every batch that touched it"},
+    {"worker.threads",      T_INT,  "0", 0, 256, NULL, "shard-owning threads; 0 = number of online cores"},
+    {"batch.max.messages",  T_INT,  "10000", 1, 1000000, NULL, "most records per batch"},
+    {"batch.max.ms",        T_INT,  "5", 0, 60000, NULL, "longest wait to fill a batch"},
+    {"state.history",       T_INT,  "32", 1, 255, NULL, "events kept per user (seen items, because, rebuilds)"},
+    {"state.max.users",     T_INT,  "10000000", 1, 1e9, NULL, "users per shard; the least recently active go first beyond"},
+    {"state.evict.mass",    T_NUM,  "1e-6", 0, 1e30, NULL, "a user whose decayed mass is below this in every head is dropped"},
+    {"weight.view",         T_NUM,  NULL, 0, 1e6, NULL, "type weight of VIEW (default: the model's)"},
+    {"weight.click",        T_NUM,  NULL, 0, 1e6, NULL, "type weight of CLICK (default: the model's)"},
+    {"weight.favorite",     T_NUM,  NULL, 0, 1e6, NULL, "type weight of FAVORITE (default: the model's)"},
+    {"weight.add_to_cart",  T_NUM,  NULL, 0, 1e6, NULL, "type weight of ADD_TO_CART (default: the model's)"},
+    {"weight.purchase",     T_NUM,  NULL, 0, 1e6, NULL, "type weight of PURCHASE (default: the model's)"},
+    {"weight.rate",         T_NUM,  NULL, 0, 1e6, NULL, "type weight of RATE (default: the model's)"},
+    {"snapshot.dir",        T_STR,  "snapshots", 1, 4095, NULL, "directory of shard snapshots"},
+    {"snapshot.interval.ms",T_INT,  "30000", 0, 86400000, NULL, "time between snapshots of a shard; 0 = only on revocation and shutdown"},
+    {"snapshot.retain",     T_INT,  "2", 1, 1000, NULL, "snapshots kept per shard"},
+    {"shutdown.timeout.ms", T_INT,  "30000", 0, 3600000, NULL, "graceful stop bound"},
+    {"metrics.port",        T_INT,  "9464", 0, 65535, NULL, "HTTP port of /metrics, /healthz, /readyz; 0 disables"},
+    {"auto.offset.reset",   T_ENUM, "earliest", 0, 0, "earliest|latest", "where a partition without snapshot or committed offset starts"},
+    {"log.level",           T_ENUM, "info", 0, 0, "debug|info|warn|error", "lowest level logged"},
+    {"embedded.partitions", T_INT,  "4", 1, 1000, NULL, "partitions per topic of the embedded broker (no kafka.bootstrap.servers)"},
+};
+#define N_KEYS ((int)(sizeof keys / sizeof keys[0]))
+
+typedef struct setting {
+    char   *text;           /* as set (or the default); NULL: unset, no default */
+    int64_t i;              /* T_INT, T_BOOL, T_ENUM (index in choices) */
+    double  d;              /* T_NUM */
+    int     is_set;
+} setting;
+
+struct hl_config {
+    setting        v[N_KEYS];
+    hl_kafka_prop *kafka;   /* keys and values malloc'd */
+    int            n_kafka, cap_kafka;
+    char          *dlq_default;   /* "<input.topic>.dlq", rebuilt by the getter */
+};
+
+static int find_key(const char *key)
+{
+    for (int k = 0; k < N_KEYS; k++)
+        if (strcmp(keys[k].key, key) == 0)
+            return k;
+    return -1;
+}
+
+/* The index of s in "a|b|c", or -1. */
+static int choice_index(const char *choices, const char *s)
+{
+    size_t n = strlen(s);
+    int i = 0;
+    for (const char *p = choices; ; i++) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, s, n) == 0)
+            return i;
+        if (!bar)
+            return -1;
+        p = bar + 1;
+    }
+}
+
+static int parse_bool(const char *s)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on"};
+    static const char *const no[] = {"false", "0", "no", "off"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) return 1;
+        if (strcasecmp(s, no[i]) == 0) return 0;
+    }
+    return -1;
+}
+
+/* Parses text for key k into *out; a reason naming key, value, origin and
+ * what is allowed otherwise. */
+static int parse_value(int k, const char *text, const char *origin, setting *out,
+                       char *errbuf, size_t errlen)
+{
+    const key_def *d = &keys[k];
+    char *end;
+    double x;
+    size_t len = strlen(text);
+
+    switch (d->type) {
+    case T_STR:
+        if (len < d->min || len > d->max)
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): length %zu, allowed %.0f..%.0f",
+                          d->key, text, origin, len, d->min, d->max);
+        return 0;
+    case T_INT:
+        errno = 0;
+        out->i = strtoll(text, &end, 10);
+        if (len == 0 || *end != '\0' || errno != 0 || isspace((unsigned char)text[0]))
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): not an integer; allowed %.0f..%.0f",
+                          d->key, text, origin, d->min, d->max);
+        if ((double)out->i < d->min || (double)out->i > d->max)
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=%s (from %s): out of range; allowed %.0f..%.0f",
+                          d->key, text, origin, d->min, d->max);
+        return 0;
+    case T_NUM:
+        errno = 0;
+        x = strtod(text, &end);
+        if (len == 0 || *end != '\0' || errno != 0 || !isfinite(x) || isspace((unsigned char)text[0]))
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): not a number; allowed %g..%g",
+                          d->key, text, origin, d->min, d->max);
+        if (x < d->min || x > d->max)
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=%s (from %s): out of range; allowed %g..%g",
+                          d->key, text, origin, d->min, d->max);
+        out->d = x;
+        return 0;
+    case T_BOOL:
+        if ((out->i = parse_bool(text)) < 0)
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): allowed true|false",
+                          d->key, text, origin);
+        return 0;
+    case T_ENUM:
+        if ((out->i = choice_index(d->choices, text)) < 0)
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): allowed %s",
+                          d->key, text, origin, d->choices);
+        return 0;
+    }
+    return HL_EINVAL;
+}
+
+/* Replaces slot k's value with text, parsed. */
+static int store(setting *slot, int k, const char *text, const char *origin, int is_set,
+                 char *errbuf, size_t errlen)
+{
+    setting nv = {0};
+    int rc = parse_value(k, text, origin, &nv, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    if ((nv.text = strdup(text)) == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "config: out of memory");
+    nv.is_set = is_set;
+    free(slot->text);
+    *slot = nv;
+    return 0;
+}
+
+hl_config *hl_config_create(void)
+{
+    hl_config *cfg = calloc(1, sizeof *cfg);
+    if (cfg == NULL)
+        return NULL;
+    for (int k = 0; k < N_KEYS; k++) {
+        if (keys[k].def == NULL) {
+            cfg->v[k].d = NAN;
+            continue;
+        }
+        /* A default that does not parse is a bug in the table above. */
+        if (store(&cfg->v[k], k, keys[k].def, "default", 0, NULL, 0) != 0) {
+            hl_config_destroy(cfg);
+            return NULL;
+        }
+    }
+    return cfg;
+}
+
+void hl_config_destroy(hl_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (int k = 0; k < N_KEYS; k++)
+        free(cfg->v[k].text);
+    for (int i = 0; i < cfg->n_kafka; i++) {
+        free((char *)cfg->kafka[i].key);
+        free((char *)cfg->kafka[i].value);
+    }
+    free(cfg->kafka);
+    free(cfg->dlq_default);
+    free(cfg);
+}
+
+/* kafka.<key>: librdkafka must accept it (a scratch conf tells), then it is
+ * kept, replacing an earlier value of the same key. */
+static int set_kafka(hl_config *cfg, const char *key, const char *text, const char *origin,
+                     char *errbuf, size_t errlen)
+{
+    char why[512];
+    char *k2, *v2;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, key, text, why, sizeof why);
+    rd_kafka_conf_destroy(conf);
+    if (*key == '\0' || res != RD_KAFKA_CONF_OK)
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=\"%s\" (from %s): librdkafka refuses it: %s",
+                      key, text, origin, *key ? why : "empty property name");
+    if ((v2 = strdup(text)) == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "config: out of memory");
+    for (int i = 0; i < cfg->n_kafka; i++) {
+        if (strcmp(cfg->kafka[i].key, key) == 0) {
+            free((char *)cfg->kafka[i].value);
+            cfg->kafka[i].value = v2;
+            return 0;
+        }
+    }
+    if (cfg->n_kafka == cfg->cap_kafka) {
+        int cap = cfg->cap_kafka ? cfg->cap_kafka * 2 : 8;
+        hl_kafka_prop *np = realloc(cfg->kafka, (size_t)cap * sizeof *np);
+        if (np == NULL) {
+            free(v2);
+            return hl_err(errbuf, errlen, HL_ENOMEM, "config: out of memory");
+        }
+        cfg->kafka = np;
+        cfg->cap_kafka = cap;
+    }
+    if ((k2 = strdup(key)) == NULL) {
+        free(v2);
+        return hl_err(errbuf, errlen, HL_ENOMEM, "config: out of memory");
+    }
+    cfg->kafka[cfg->n_kafka].key = k2;
+    cfg->kafka[cfg->n_kafka].value = v2;
+    cfg->n_kafka++;
+    return 0;
+}
+
+int hl_config_set(hl_config *cfg, const char *key, const char *value, const char *origin,
+                  char *errbuf, size_t errlen)
+{
+    int k;
+    if (strncmp(key, "kafka.", 6) == 0)
+        return set_kafka(cfg, key + 6, value, origin, errbuf, errlen);
+    if ((k = find_key(key)) < 0)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "unknown key \"%s\" (from %s); 'halflife run --help' lists the keys",
+                      key, origin);
+    return store(&cfg->v[k], k, value, origin, 1, errbuf, errlen);
+}
+
+static char *trim(char *s)
+{
+    char *e;
+    while (isspace((unsigned char)*s))
+        s++;
+    e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+/* One "key=value" with the key and value trimmed (as Kafka users write
+ * properties files, "key = value" is allowed). */
+static int set_pair(hl_config *cfg, char *line, const char *origin, char *errbuf, size_t errlen)
+{
+    char *eq = strchr(line, '=');
+    if (eq == NULL)
+        return hl_err(errbuf, errlen, HL_EINVAL, "%s: \"%s\" is not key=value", origin, line);
+    *eq = '\0';
+    return hl_config_set(cfg, trim(line), trim(eq + 1), origin, errbuf, errlen);
+}
+
+int hl_config_load_file(hl_config *cfg, const char *path, char *errbuf, size_t errlen)
+{
+    char line[8192], origin[512];
+    int rc = 0, n = 0;
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return hl_err(errbuf, errlen, HL_EIO, "config file %s: %s", path, strerror(errno));
+    while (rc == 0 && fgets(line, sizeof line, f) != NULL) {
+        char *s = trim(line);
+        n++;
+        if (*s == '\0' || *s == '#' || *s == '!')
+            continue;
+        snprintf(origin, sizeof origin, "%s line %d", path, n);
+        rc = set_pair(cfg, s, origin, errbuf, errlen);
+    }
+    if (rc == 0 && ferror(f))
+        rc = hl_err(errbuf, errlen, HL_EIO, "config file %s: read error", path);
+    fclose(f);
+    return rc;
+}
+
+/* HALFLIFE_RECS_K -> recs.k: the table key whose upper-cased, '.'->'_' form
+ * matches; HALFLIFE_KAFKA_X_Y -> kafka.x.y (librdkafka keys have no '_'). */
+static int env_key(const char *name, char *key, size_t keylen)
+{
+    for (int k = 0; k < N_KEYS; k++) {
+        const char *a = keys[k].key;
+        size_t i;
+        for (i = 0; a[i] && name[i]; i++)
+            if ((a[i] == '.' ? '_' : toupper((unsigned char)a[i])) != name[i])
+                break;
+        if (a[i] == '\0' && name[i] == '\0') {
+            snprintf(key, keylen, "%s", a);
+            return 0;
+        }
+    }
+    if (strncmp(name, "KAFKA_", 6) == 0 && strlen(name) < keylen) {
+        size_t i;
+        for (i = 0; name[i]; i++)
+            key[i] = name[i] == '_' ? '.' : (char)tolower((unsigned char)name[i]);
+        key[i] = '\0';
+        return 0;
+    }
+    return -1;
+}
+
+int hl_config_load_env(hl_config *cfg, char *const *envp, char *errbuf, size_t errlen)
+{
+    char name[256], key[256];
+    for (; envp != NULL && *envp != NULL; envp++) {
+        const char *e = *envp, *eq = strchr(e, '=');
+        int rc;
+        if (strncmp(e, "HALFLIFE_", 9) != 0 || eq == NULL)
+            continue;
+        snprintf(name, sizeof name, "%.*s", (int)(eq - e), e);
+        if (env_key(name + 9, key, sizeof key) != 0)
+            return hl_err(errbuf, errlen, HL_EINVAL,
+                          "environment variable %s names no key; 'halflife run --help' lists the keys",
+                          name);
+        if ((rc = hl_config_set(cfg, key, eq + 1, name, errbuf, errlen)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int hl_config_set_arg(hl_config *cfg, const char *arg, char *errbuf, size_t errlen)
+{
+    char *copy = strdup(arg);
+    int rc;
+    if (copy == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "config: out of memory");
+    rc = set_pair(cfg, copy, "-X", errbuf, errlen);
+    free(copy);
+    return rc;
+}
+
+int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
+                   char *const *args, int n_args, char *errbuf, size_t errlen)
+{
+    int rc;
+    if (file != NULL && (rc = hl_config_load_file(cfg, file, errbuf, errlen)) != 0)
+        return rc;
+    if ((rc = hl_config_load_env(cfg, envp, errbuf, errlen)) != 0)
+        return rc;
+    for (int i = 0; i < n_args; i++)
+        if ((rc = hl_config_set_arg(cfg, args[i], errbuf, errlen)) != 0)
+            return rc;
+    if (hl_config_int(cfg, "event.min.ts.ms") > hl_config_int(cfg, "event.max.ts.ms"))
+        return hl_err(errbuf, errlen, HL_EINVAL, "event.min.ts.ms=%lld is after event.max.ts.ms=%lld",
+                      (long long)hl_config_int(cfg, "event.min.ts.ms"),
+                      (long long)hl_config_int(cfg, "event.max.ts.ms"));
+    return 0;
+}
+
+/* ---- getters -------------------------------------------------------------- */
+
+/* The slot of key, which must be of type t: anything else is a bug in the
+ * caller, reported and aborted on (not input: keys are literals). */
+static const setting *slot_of(const hl_config *cfg, const char *key, key_type t)
+{
+    int k = find_key(key);
+    int ok = k >= 0 && (keys[k].type == t || (t == T_INT && keys[k].type == T_ENUM));
+    if (!ok) {
+        fprintf(stderr, "halflife: bug: config key %s read with the wrong type or unknown\n", key);
+        abort();
+    }
+    return &cfg->v[k];
+}
+
+const char *hl_config_str(const hl_config *cfg, const char *key)
+{
+    int k = find_key(key);
+    if (k < 0) {
+        fprintf(stderr, "halflife: bug: unknown config key %s\n", key);
+        abort();
+    }
+    if (cfg->v[k].text == NULL && strcmp(key, "dlq.topic") == 0) {
+        const char *in = hl_config_str(cfg, "input.topic");
+        hl_config *mut = (hl_config *)cfg;   /* a cache of a derived default */
+        free(mut->dlq_default);
+        if ((mut->dlq_default = malloc(strlen(in) + 5)) == NULL)
+            return NULL;
+        sprintf(mut->dlq_default, "%s.dlq", in);
+        return mut->dlq_default;
+    }
+    return cfg->v[k].text;
+}
+
+int64_t hl_config_int(const hl_config *cfg, const char *key)
+{
+    const setting *v = slot_of(cfg, key, T_INT);
+    if (v->i == 0 && strcmp(key, "worker.threads") == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        return n > 0 ? n : 1;
+    }
+    return v->i;
+}
+
+double hl_config_num(const hl_config *cfg, const char *key)
+{
+    const setting *v = slot_of(cfg, key, T_NUM);
+    return v->text != NULL ? v->d : NAN;
+}
+
+int hl_config_bool(const hl_config *cfg, const char *key)
+{
+    return (int)slot_of(cfg, key, T_BOOL)->i;
+}
+
+int hl_config_is_set(const hl_config *cfg, const char *key)
+{
+    int k;
+    if (strncmp(key, "kafka.", 6) == 0)
+        return hl_config_kafka_get(cfg, key + 6) != NULL;
+    k = find_key(key);
+    return k >= 0 && cfg->v[k].is_set;
+}
+
+const hl_kafka_prop *hl_config_kafka(const hl_config *cfg, int *n)
+{
+    *n = cfg->n_kafka;
+    return cfg->kafka;
+}
+
+const char *hl_config_kafka_get(const hl_config *cfg, const char *key)
+{
+    for (int i = 0; i < cfg->n_kafka; i++)
+        if (strcmp(cfg->kafka[i].key, key) == 0)
+            return cfg->kafka[i].value;
+    return NULL;
+}
+
+void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->bootstrap = hl_config_kafka_get(cfg, "bootstrap.servers");
+    o->group_id = hl_config_str(cfg, "group.id");
+    o->input_topic = hl_config_str(cfg, "input.topic");
+    o->output_topic = hl_config_str(cfg, "output.topic");
+    o->dlq_topic = hl_config_str(cfg, "dlq.topic");
+    o->codec.input_framing = hl_config_int(cfg, "input.format") == 1 ? HL_FRAMING_RAW
+                                                                      : HL_FRAMING_CONFLUENT;
+    o->codec.output_framing = hl_config_int(cfg, "output.format") == 1 ? HL_FRAMING_RAW
+                                                                        : HL_FRAMING_CONFLUENT;
+    o->codec.schemas_dir = hl_config_str(cfg, "schemas.dir");
+    o->codec.output_schema_id = (int32_t)hl_config_int(cfg, "output.schema.id");
+    o->codec.min_ts_ms = hl_config_int(cfg, "event.min.ts.ms");
+    o->codec.max_ts_ms = hl_config_int(cfg, "event.max.ts.ms");
+    o->recs_enabled = hl_config_bool(cfg, "recs.enabled");
+    o->recs_k = (int)hl_config_int(cfg, "recs.k");
+    o->recs_exclude_seen = hl_config_bool(cfg, "recs.exclude.seen");
+    o->threads = (int)hl_config_int(cfg, "worker.threads");
+    o->batch_max_messages = (int)hl_config_int(cfg, "batch.max.messages");
+    o->batch_max_ms = (int)hl_config_int(cfg, "batch.max.ms");
+    o->state_history = (int)hl_config_int(cfg, "state.history");
+    o->state_max_users = (size_t)hl_config_int(cfg, "state.max.users");
+    o->state_evict_mass = (float)hl_config_num(cfg, "state.evict.mass");
+    o->shutdown_timeout_ms = (int)hl_config_int(cfg, "shutdown.timeout.ms");
+    o->embedded_partitions = (int)hl_config_int(cfg, "embedded.partitions");
+    o->kafka = hl_config_kafka(cfg, &o->n_kafka);
+}
+
+/* ---- --help ----------------------------------------------------------------- */
+
+static void allowed_text(const key_def *d, char *buf, size_t len)
+{
+    switch (d->type) {
+    case T_STR:  snprintf(buf, len, "string"); break;
+    case T_INT:  snprintf(buf, len, "integer %.0f..%.0f", d->min, d->max); break;
+    case T_NUM:  snprintf(buf, len, "number %g..%g", d->min, d->max); break;
+    case T_BOOL: snprintf(buf, len, "true|false"); break;
+    case T_ENUM: snprintf(buf, len, "%s", d->choices); break;
+    }
+}
+
+void hl_config_print_help(FILE *f)
+{
+    char allowed[96];
+    fprintf(f, "configuration keys (properties file < HALFLIFE_<KEY> environment < -X key=value):\n\n");
+    fprintf(f, "  %-24s %-18s %s\n      %s\n", "kafka.bootstrap.servers", "(none)",
+            "Kafka brokers; unset starts an embedded broker in the process", "string");
+    fprintf(f, "  %-24s %-18s %s\n      %s\n", "kafka.*", "",
+            "any librdkafka property, passed without the kafka. prefix", "as librdkafka documents");
+    for (int k = 0; k < N_KEYS; k++) {
+        const key_def *d = &keys[k];
+        allowed_text(d, allowed, sizeof allowed);
+        fprintf(f, "  %-24s %-18s %s\n      %s\n", d->key, d->def ? d->def : "(none)",
+                d->help, allowed);
+    }
+}

@@ -1,0 +1,148 @@
+/* snapshot.h - one shard's table in a file, written without stalling its
+ * owner and loaded back exactly (DESIGN.md sections 2 and 6; the bytes are
+ * in schemas/snapshot.md).
+ *
+ * Writing is incremental, because core/ has no threads and a 1M-user shard
+ * is over a gigabyte: hl_snapshot_begin() opens the temporary file,
+ * hl_snapshot_step() serialises a bounded number of rows (the owner calls
+ * it between batches; the table may change in between), and
+ * hl_snapshot_commit() makes the file durable and visible without touching
+ * the table, so the worker may run it on another thread. The result is a
+ * fuzzy snapshot that still restores exactly: every row carries the offset
+ * of the last event applied to it, and the header's next_offset is the one
+ * given to begin, so replaying from it re-applies whatever a row missed and
+ * skips what it already holds.
+ *
+ * Files are named <topic>.<partition>.<next_offset, 20 digits>.hls so many
+ * shards share one directory; the newest `retain` per shard are kept. */
+#ifndef HL_SNAPSHOT_H
+#define HL_SNAPSHOT_H
+
+#include "io.h"
+#include "table.h"
+
+#define HL_SNAPSHOT_VERSION    1
+#define HL_SNAPSHOT_TOPIC_MAX  249      /* Kafka's limit on a topic name */
+#define HL_SNAPSHOT_MAX_DIM    65536    /* what a reader accepts */
+#define HL_SNAPSHOT_STEP_ROWS  4096     /* default budget of one step */
+#define HL_SNAPSHOT_RETAIN     2        /* snapshot.retain default */
+#define HL_SNAPSHOT_PATH_MAX   4096
+
+/* What identifies a snapshot besides its rows. */
+typedef struct hl_snapshot_meta {
+    char     topic[HL_SNAPSHOT_TOPIC_MAX + 1];  /* NUL-terminated, [A-Za-z0-9._-] */
+    int32_t  partition;                         /* >= 0 */
+    int64_t  next_offset;      /* first input offset NOT applied at begin, >= 0 */
+    uint64_t model_fingerprint;                 /* hl_model_info.fingerprint */
+} hl_snapshot_meta;
+
+/* ---- writing ---------------------------------------------------------- */
+
+typedef struct hl_snapshot_writer hl_snapshot_writer;   /* opaque */
+
+/* Opens dir/<name>.hls.tmp and writes the header. Every event with an
+ * offset below meta->next_offset must already be applied to tbl. io NULL
+ * means hl_io_posix(). On success *wp owns the open file; finish with
+ * hl_snapshot_commit() or hl_snapshot_abort(). Owner thread. */
+int hl_snapshot_begin(const hl_io *io, const char *dir,
+                      const hl_snapshot_meta *meta, const hl_table *tbl,
+                      hl_snapshot_writer **wp, char *errbuf, size_t errlen);
+
+/* Serialises the rows with the next budget_rows ids (0 means
+ * HL_SNAPSHOT_STEP_ROWS) of the same tbl. Returns 1 when every row is out
+ * (the table meta is captured then), 0 when more remain, or a negative
+ * HL_E*; after an error only hl_snapshot_abort() is valid. Owner thread,
+ * between batches: the table may change between steps. */
+int hl_snapshot_step(hl_snapshot_writer *w, const hl_table *tbl,
+                     size_t budget_rows, char *errbuf, size_t errlen);
+
+typedef struct hl_snapshot_result {
+    char     path[HL_SNAPSHOT_PATH_MAX];  /* the published file */
+    uint64_t n_rows;
+    uint64_t bytes;                       /* file size */
+    int      n_deleted;                   /* older files removed by retention */
+    int      n_delete_failed;             /* ... that could not be removed */
+} hl_snapshot_result;
+
+/* After step returned 1: writes the trailer, fsyncs, closes, renames over
+ * the final name, fsyncs the directory, then keeps the newest `retain`
+ * (< 1 means HL_SNAPSHOT_RETAIN) files of this topic and partition and
+ * deletes older ones (a failed delete is counted in res, not an error).
+ * Never touches the table, so any thread may call it. Always consumes w;
+ * on failure the temporary file is removed and older snapshots are intact.
+ * res may be NULL. */
+int hl_snapshot_commit(hl_snapshot_writer *w, int retain,
+                       hl_snapshot_result *res, char *errbuf, size_t errlen);
+
+/* Closes and removes the temporary file and frees w. NULL is a no-op. */
+void hl_snapshot_abort(hl_snapshot_writer *w);
+
+/* begin + step until done + commit, for tests and tools. */
+int hl_snapshot_write(const hl_io *io, const char *dir,
+                      const hl_snapshot_meta *meta, const hl_table *tbl,
+                      int retain, hl_snapshot_result *res,
+                      char *errbuf, size_t errlen);
+
+/* The file name (no directory) of a snapshot: fails with HL_EINVAL on a
+ * topic outside [A-Za-z0-9._-]{1,249}, a negative partition or offset. */
+int hl_snapshot_name(const hl_snapshot_meta *meta, char *name, size_t len,
+                     char *errbuf, size_t errlen);
+
+/* ---- reading ---------------------------------------------------------- */
+
+typedef struct hl_snapshot_info {
+    uint32_t         version;
+    hl_snapshot_meta meta;
+    int              dim, n_heads, history;
+    double           half_life_ms[HL_MAX_HEADS];
+    hl_table_meta    table_meta;       /* from the trailer */
+    uint64_t         n_rows;           /* rows in the file */
+    uint64_t         n_dup_rows;       /* loading: rows of a user already
+                                          restored, skipped (see snapshot.c) */
+    uint64_t         bytes;            /* bytes read: the file size */
+    int              crc_ok;
+    uint32_t         crc_stored, crc_computed;
+    uint64_t         hist_entries;     /* sum of the rows' n_hist */
+    int64_t          min_t_ref_ms, max_t_ref_ms, max_last_offset;
+} hl_snapshot_info;
+
+/* Called for each row in file order with the row id it had in the written
+ * table; v is valid during the call only, its history ring has hist_head 0
+ * and history = the file's history length. A non-zero return stops the
+ * read and is returned by hl_snapshot_read(). */
+typedef int (*hl_snapshot_row_fn)(void *arg, const hl_snapshot_info *info,
+                                  uint32_t row, const hl_row_view *v);
+
+/* Reads and checks path without building a table (inspect, dump). Rows are
+ * handed to fn (may be NULL) as they are parsed, before the CRC at the end
+ * is known. Returns 0, HL_ECRC with info complete and crc_ok 0, or another
+ * HL_E* with a reason naming the file, what is wrong and where. */
+int hl_snapshot_read(const hl_io *io, const char *path, hl_snapshot_info *info,
+                     hl_snapshot_row_fn fn, void *arg,
+                     char *errbuf, size_t errlen);
+
+/* Creates a table with options o and loads path into it. The file's dim,
+ * heads and half-lives must equal o's and its model fingerprint must equal
+ * model_fingerprint, else HL_EMISMATCH. A file whose history length differs
+ * from o->history loads keeping each user's newest entries. On success
+ * *tblp owns the table (hl_table_destroy); on failure it is NULL and
+ * nothing leaks. info may be NULL. */
+int hl_snapshot_load(const hl_io *io, const char *path, const hl_table_opts *o,
+                     uint64_t model_fingerprint, hl_table **tblp,
+                     hl_snapshot_info *info, char *errbuf, size_t errlen);
+
+/* Tries dir's snapshots of topic/partition newest first and loads the first
+ * valid one. Each newer file that was rejected is described in report
+ * ("rejected PATH: reason; ...", may be NULL) for the caller to log; path
+ * (may be NULL) receives the file loaded. Returns 0; HL_ENOENT when there
+ * is no snapshot of this shard at all (start from auto.offset.reset); or,
+ * when every file was rejected, the newest file's error. */
+int hl_snapshot_load_newest(const hl_io *io, const char *dir,
+                            const char *topic, int32_t partition,
+                            const hl_table_opts *o, uint64_t model_fingerprint,
+                            hl_table **tblp, hl_snapshot_info *info,
+                            char *path, size_t path_len,
+                            char *report, size_t report_len,
+                            char *errbuf, size_t errlen);
+
+#endif

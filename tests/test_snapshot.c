@@ -1,0 +1,742 @@
+/* test_snapshot.c - CRC32C, snapshot files, fault injection, fuzzy snapshots
+ * and replay (core/crc32c.c, core/io.c, core/snapshot.c). */
+#define T_SUITE "snapshot"
+#include "test.h"
+
+#include "crc32c.h"
+#include "io.h"
+#include "snapshot.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DIM      8
+#define N_HEADS  3
+#define HISTORY  5
+#define N_ITEMS  40
+#define N_USERS  300
+#define N_EVENTS 6000
+#define FP       0x1234abcdULL
+
+static float   e_in[N_ITEMS * DIM];
+static hl_event events[N_EVENTS];
+static char    user_names[N_USERS][16];
+
+static uint64_t rng_state = 88172645463325252ULL;
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* Users with Zipf-ish activity, times mostly rising with late events mixed
+ * in, some items outside the model; offsets 0..N_EVENTS-1. */
+static void make_events(void)
+{
+    int64_t t = 1700000000000LL;
+    for (int i = 0; i < N_ITEMS * DIM; i++)
+        e_in[i] = (float)((double)(rnd() % 2000) / 1000.0 - 1.0);
+    for (int u = 0; u < N_USERS; u++)
+        snprintf(user_names[u], sizeof user_names[u], "user-%d", u);
+    for (int i = 0; i < N_EVENTS; i++) {
+        int u = (int)(rnd() % N_USERS);
+        if (rnd() % 2) u = u % 20;
+        t += (int64_t)(rnd() % 60000);
+        hl_event *e = &events[i];
+        e->user = user_names[u];
+        e->user_len = (uint32_t)strlen(user_names[u]);
+        e->item = rnd() % 10 == 0 ? -1 : (int32_t)(rnd() % N_ITEMS);
+        e->type = (uint8_t)(rnd() % HL_N_TYPES);
+        e->w = 0.5f + (float)(rnd() % 100) / 50.0f;
+        e->ts_ms = rnd() % 8 == 0 ? t - (int64_t)(rnd() % 7200000) : t;
+        e->offset = i;
+    }
+}
+
+static hl_table_opts opts_with(int dim, int history, size_t max_users)
+{
+    hl_table_opts o;
+    char err[256];
+    memset(&o, 0, sizeof o);
+    hl_decay_init(&o.decay, N_HEADS, dim, hl_default_half_life_ms, err, sizeof err);
+    o.history = history;
+    o.max_users = max_users;
+    o.evict_mass = 0;
+    o.expected_users = 64;
+    return o;
+}
+
+static hl_table_opts opts(void)
+{
+    return opts_with(DIM, HISTORY, 0);
+}
+
+static void apply_range(hl_table *tbl, int from, int to)
+{
+    for (int i = from; i < to; i += 97) {
+        int n = to - i < 97 ? to - i : 97;
+        hl_table_apply(tbl, events + i, n, e_in, N_ITEMS, NULL);
+    }
+}
+
+static hl_table *table_upto(const hl_table_opts *o, int k)
+{
+    char err[256];
+    hl_table *tbl = hl_table_create(o, err, sizeof err);
+    if (tbl) apply_range(tbl, 0, k);
+    return tbl;
+}
+
+static hl_snapshot_meta meta_at(const char *topic, int partition, int64_t next)
+{
+    hl_snapshot_meta m;
+    memset(&m, 0, sizeof m);
+    snprintf(m.topic, sizeof m.topic, "%s", topic);
+    m.partition = partition;
+    m.next_offset = next;
+    m.model_fingerprint = FP;
+    return m;
+}
+
+/* Same users with bit-identical state; active_seq too if with_seq. */
+static int rows_equal(const hl_row_view *a, const hl_row_view *b, int with_seq)
+{
+    if (a->t_ref_ms != b->t_ref_ms || a->last_offset != b->last_offset ||
+        a->n_hist != b->n_hist || (with_seq && a->active_seq != b->active_seq) ||
+        memcmp(a->m, b->m, N_HEADS * sizeof(float)) != 0 ||
+        memcmp(a->s, b->s, (size_t)N_HEADS * DIM * sizeof(float)) != 0)
+        return 0;
+    for (int i = 0; i < a->n_hist; i++) {
+        int x = hl_row_hist_index(a, i), y = hl_row_hist_index(b, i);
+        if (a->hist_item[x] != b->hist_item[y] || a->hist_type[x] != b->hist_type[y] ||
+            a->hist_ts_ms[x] != b->hist_ts_ms[y])
+            return 0;
+    }
+    return 1;
+}
+
+static int tables_equal(const hl_table *a, const hl_table *b, int with_seq)
+{
+    hl_table_stats sa, sb;
+    hl_table_stats_get(a, &sa);
+    hl_table_stats_get(b, &sb);
+    if (sa.users != sb.users) {
+        printf("    users %zu vs %zu\n", sa.users, sb.users);
+        return 0;
+    }
+    for (uint32_t r = 0; r < hl_table_row_limit(a); r++) {
+        if (!hl_table_row_live(a, r)) continue;
+        hl_row_view va, vb;
+        hl_table_view(a, r, &va);
+        int64_t rb = hl_table_find(b, va.user, va.user_len);
+        if (rb < 0) return 0;
+        hl_table_view(b, (uint32_t)rb, &vb);
+        if (!rows_equal(&va, &vb, with_seq)) {
+            printf("    user %.*s differs\n", (int)va.user_len, va.user);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---- scratch directories and files ------------------------------------ */
+
+static char dir[512];
+
+static void fresh_dir(void)
+{
+    char cmd[600];
+    const char *b = getenv("HL_BUILD");
+    if (dir[0]) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) perror("rm");
+    }
+    snprintf(dir, sizeof dir, "%s/snaptest.XXXXXX", b && *b ? b : "/tmp");
+    if (mkdtemp(dir) == NULL) perror("mkdtemp");
+}
+
+static long count_files(const char *suffix)
+{
+    char cmd[700], buf[64];
+    snprintf(cmd, sizeof cmd, "ls '%s' | grep -c '%s$'", dir, suffix);
+    FILE *f = popen(cmd, "r");
+    long n = -1;
+    if (f && fgets(buf, sizeof buf, f)) n = atol(buf);
+    if (f) pclose(f);
+    return n;
+}
+
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *b = NULL;
+    long n;
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    b = malloc((size_t)n + 1);
+    if (fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+static void spit(const char *path, const unsigned char *b, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return;
+    if (len) fwrite(b, 1, len, f);
+    fclose(f);
+}
+
+/* ---- CRC32C ------------------------------------------------------------- */
+
+static void test_crc32c_vectors(void)
+{
+    unsigned char zeros[32] = {0}, ones[32], inc[32];
+    memset(ones, 0xff, sizeof ones);
+    for (int i = 0; i < 32; i++) inc[i] = (unsigned char)i;
+    /* RFC 3720 (iSCSI) appendix B.4 and the check value of the catalogue. */
+    CHECK(hl_crc32c(0, "123456789", 9) == 0xE3069283u);
+    CHECK(hl_crc32c_sw(0, "123456789", 9) == 0xE3069283u);
+    CHECK(hl_crc32c(0, zeros, 32) == 0x8A9136AAu);
+    CHECK(hl_crc32c(0, ones, 32) == 0x62A8AB43u);
+    CHECK(hl_crc32c(0, inc, 32) == 0x46DD794Eu);
+    CHECK(hl_crc32c(0, "", 0) == 0);
+    CHECK(hl_crc32c(hl_crc32c(0, "1234", 4), "56789", 5) == 0xE3069283u);
+}
+
+static void test_crc32c_hw_matches_table(void)
+{
+    enum { N = 5000 };
+    unsigned char *buf = malloc(N + 8);
+    for (int i = 0; i < N + 8; i++) buf[i] = (unsigned char)rnd();
+    if (!hl_crc32c_hw()) printf("    note: no SSE4.2 here, both paths are the table\n");
+    for (int trial = 0; trial < 300; trial++) {
+        size_t off = rnd() % 8, len = rnd() % N, cut = len ? rnd() % len : 0;
+        uint32_t seed = (uint32_t)rnd();
+        uint32_t hw = hl_crc32c(seed, buf + off, len), sw = hl_crc32c_sw(seed, buf + off, len);
+        CHECKF(hw == sw, "off %zu len %zu: %08x vs %08x", off, len, hw, sw);
+        uint32_t split = hl_crc32c(hl_crc32c(seed, buf + off, cut), buf + off + cut, len - cut);
+        CHECK(split == hw);
+        if (t_case_failed) break;
+    }
+    free(buf);
+}
+
+/* ---- names and round trip --------------------------------------------- */
+
+static void test_names(void)
+{
+    char name[300], err[256];
+    hl_snapshot_meta m = meta_at("behaviour-events", 3, 42);
+    CHECK(hl_snapshot_name(&m, name, sizeof name, err, sizeof err) == 0);
+    CHECK(strcmp(name, "behaviour-events.3.00000000000000000042.hls") == 0);
+    m = meta_at("../etc", 0, 1);
+    CHECK(hl_snapshot_name(&m, name, sizeof name, err, sizeof err) == HL_EINVAL);
+    m = meta_at("a/b", 0, 1);
+    CHECK(hl_snapshot_name(&m, name, sizeof name, err, sizeof err) == HL_EINVAL);
+    m = meta_at("t", -1, 1);
+    CHECK(hl_snapshot_name(&m, name, sizeof name, err, sizeof err) == HL_EINVAL);
+}
+
+static void test_round_trip_bit_exact(void)
+{
+    hl_table_opts o = opts_with(DIM, HISTORY, 200);  /* capacity evictions: holes */
+    hl_table *a = table_upto(&o, N_EVENTS), *b = NULL;
+    hl_snapshot_meta m = meta_at("ev", 0, N_EVENTS);
+    hl_snapshot_result r1, r2;
+    hl_snapshot_info info;
+    char err[512], dir2[600], path[4200];
+    size_t n1 = 0, n2 = 0;
+
+    fresh_dir();
+    CHECK(a != NULL);
+    hl_table_sweep(a, 37);   /* a sweep cursor that is not 0 */
+    CHECKF(hl_snapshot_write(NULL, dir, &m, a, 2, &r1, err, sizeof err) == 0, "%s", err);
+    CHECKF(hl_snapshot_load(NULL, r1.path, &o, FP, &b, &info, err, sizeof err) == 0, "%s", err);
+    if (b == NULL) { hl_table_destroy(a); return; }
+    CHECK(tables_equal(a, b, 1));
+    CHECK(info.n_rows == r1.n_rows && info.bytes == r1.bytes && info.crc_ok);
+    CHECK(info.meta.next_offset == N_EVENTS && info.meta.model_fingerprint == FP);
+    hl_table_meta ma, mb;
+    hl_table_meta_get(a, &ma);
+    hl_table_meta_get(b, &mb);
+    CHECK(ma.newest_ts_ms == mb.newest_ts_ms && ma.active_seq == mb.active_seq &&
+          ma.sweep_cursor == mb.sweep_cursor);
+    snprintf(dir2, sizeof dir2, "%s/again", dir);
+    mkdir(dir2, 0755);
+    CHECKF(hl_snapshot_write(NULL, dir2, &m, b, 2, &r2, err, sizeof err) == 0, "%s", err);
+    unsigned char *x = slurp(r1.path, &n1), *y = slurp(r2.path, &n2);
+    CHECK(x && y && n1 == n2 && memcmp(x, y, n1) == 0);
+    /* And the restored table keeps behaving like the original. */
+    apply_range(a, 0, 50);
+    snprintf(path, sizeof path, "%s", r1.path);
+    free(x);
+    free(y);
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+}
+
+static void test_empty_table(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = table_upto(&o, 0), *b = NULL;
+    hl_snapshot_meta m = meta_at("ev", 1, 0);
+    hl_snapshot_result r;
+    char err[512];
+    fresh_dir();
+    CHECKF(hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0, "%s", err);
+    CHECK(r.n_rows == 0);
+    CHECKF(hl_snapshot_load(NULL, r.path, &o, FP, &b, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(b != NULL && tables_equal(a, b, 1));
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+}
+
+static void test_retention(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = table_upto(&o, 500);
+    hl_snapshot_result r;
+    char err[512], stale[700];
+    fresh_dir();
+    hl_snapshot_meta other = meta_at("ev", 10, 5);   /* another shard, same dir */
+    CHECK(hl_snapshot_write(NULL, dir, &other, a, 1, NULL, err, sizeof err) == 0);
+    other = meta_at("ev.1", 0, 5);                    /* a topic with a dot */
+    CHECK(hl_snapshot_write(NULL, dir, &other, a, 1, NULL, err, sizeof err) == 0);
+    snprintf(stale, sizeof stale, "%s/ev.1.00000000000000000001.hls.tmp", dir);
+    spit(stale, (const unsigned char *)"x", 1);
+    for (int k = 1; k <= 5; k++) {
+        hl_snapshot_meta m = meta_at("ev", 1, 100 * k);
+        CHECKF(hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0, "%s", err);
+    }
+    CHECK(r.n_deleted == 1 && r.n_delete_failed == 0);   /* one per write from the 3rd */
+    CHECK(count_files(".hls") == 4);
+    CHECK(count_files(".tmp") == 0);
+    CHECK(access(stale, F_OK) != 0);
+    char p[700];
+    snprintf(p, sizeof p, "%s/ev.1.00000000000000000400.hls", dir);
+    CHECK(access(p, F_OK) == 0);
+    snprintf(p, sizeof p, "%s/ev.1.00000000000000000300.hls", dir);
+    CHECK(access(p, F_OK) != 0);
+    snprintf(p, sizeof p, "%s/ev.10.00000000000000000005.hls", dir);
+    CHECK(access(p, F_OK) == 0);
+    hl_table_destroy(a);
+}
+
+/* ---- damaged files ----------------------------------------------------- */
+
+/* Writes A at offset 100 and B at 200 and returns B's bytes. */
+static unsigned char *two_snapshots(hl_table **ta, char *path_b, size_t *len_b)
+{
+    hl_table_opts o = opts();
+    hl_table *b = table_upto(&o, 3000);
+    hl_snapshot_meta m = meta_at("ev", 0, 100);
+    hl_snapshot_result r;
+    char err[512];
+    fresh_dir();
+    *ta = table_upto(&o, 1500);
+    hl_snapshot_write(NULL, dir, &m, *ta, 5, NULL, err, sizeof err);
+    m.next_offset = 200;
+    hl_snapshot_write(NULL, dir, &m, b, 5, &r, err, sizeof err);
+    hl_table_destroy(b);
+    strcpy(path_b, r.path);
+    return slurp(r.path, len_b);
+}
+
+/* B, damaged, is refused with want (and words) and A still loads. */
+static void check_refused(const hl_table *ta, const char *path_b, int want,
+                          const char *words, const char *what)
+{
+    hl_table_opts o = opts();
+    hl_table *t = NULL;
+    char err[1024], report[2048], loaded[4200];
+    int rc = hl_snapshot_load(NULL, path_b, &o, FP, &t, NULL, err, sizeof err);
+    CHECKF(rc == want && t == NULL, "%s: got %s, want %s: %s", what, hl_strerror(rc),
+           hl_strerror(want), err);
+    CHECKF(strstr(err, path_b) && strstr(err, words), "%s: message '%s'", what, err);
+    rc = hl_snapshot_load_newest(NULL, dir, "ev", 0, &o, FP, &t, NULL, loaded, sizeof loaded,
+                                 report, sizeof report, err, sizeof err);
+    CHECKF(rc == 0 && t != NULL && strstr(loaded, "00100.hls"), "%s: newest: %s", what, err);
+    CHECKF(strstr(report, path_b) && strstr(report, words), "%s: report '%s'", what, report);
+    if (t) CHECK(tables_equal(ta, t, 1));
+    hl_table_destroy(t);
+}
+
+static void test_truncated_refused(void)
+{
+    hl_table *ta;
+    char pb[4200];
+    size_t n;
+    unsigned char *b = two_snapshots(&ta, pb, &n);
+    size_t cuts[] = {1, 7, 13, 40, n / 3, n / 2, n - 31, n - 5, n - 1};
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0] && !t_case_failed; i++) {
+        char what[64];
+        spit(pb, b, cuts[i]);
+        snprintf(what, sizeof what, "cut at %zu of %zu", cuts[i], n);
+        check_refused(ta, pb, HL_EFORMAT, "truncated", what);
+    }
+    spit(pb, b, n - 20);
+    hl_table_opts o = opts();
+    hl_table *t;
+    char err[1024];
+    hl_snapshot_load(NULL, pb, &o, FP, &t, NULL, err, sizeof err);
+    CHECKF(strstr(err, "damaged or torn") != NULL, "%s", err);
+    free(b);
+    hl_table_destroy(ta);
+}
+
+static void test_empty_file_refused(void)
+{
+    hl_table *ta;
+    char pb[4200];
+    size_t n;
+    unsigned char *b = two_snapshots(&ta, pb, &n);
+    spit(pb, b, 0);
+    check_refused(ta, pb, HL_EFORMAT, "empty file", "empty");
+    free(b);
+    hl_table_destroy(ta);
+}
+
+static void test_bit_flips_refused(void)
+{
+    hl_table *ta;
+    char pb[4200];
+    size_t n;
+    unsigned char *b = two_snapshots(&ta, pb, &n);
+    hl_table_opts o = opts();
+    /* Every byte of the header and trailer, and a spread of row bytes. */
+    for (size_t pos = 0; pos < n && !t_case_failed; pos += (pos < 120 || pos > n - 40) ? 1 : 53) {
+        b[pos] ^= (unsigned char)(1u << (pos % 8));
+        spit(pb, b, n);
+        b[pos] ^= (unsigned char)(1u << (pos % 8));
+        hl_table *t = NULL;
+        char err[1024];
+        int rc = hl_snapshot_load(NULL, pb, &o, FP, &t, NULL, err, sizeof err);
+        CHECKF(rc < 0 && t == NULL && strstr(err, pb), "flip at %zu: rc %d: %s", pos, rc, err);
+        if (rc == HL_EFORMAT)   /* a structural error still says the file is damaged */
+            CHECKF(strstr(err, "damaged"), "flip at %zu: %s", pos, err);
+        hl_table_destroy(t);
+    }
+    b[n / 2] ^= 4;
+    spit(pb, b, n);
+    check_refused(ta, pb, HL_ECRC, "CRC32C mismatch", "flip in a row");
+    free(b);
+    hl_table_destroy(ta);
+}
+
+static void test_wrong_version_refused(void)
+{
+    hl_table *ta;
+    char pb[4200];
+    size_t n;
+    unsigned char *b = two_snapshots(&ta, pb, &n);
+    b[8] = 2;   /* version, little-endian u32 after the 8-byte magic */
+    spit(pb, b, n);
+    check_refused(ta, pb, HL_EVERSION, "version 2", "version 2");
+    b[8] = 1;
+    b[0] = 'X';
+    spit(pb, b, n);
+    check_refused(ta, pb, HL_EFORMAT, "bad magic", "magic");
+    b[0] = 'H';
+    unsigned char *big = malloc(n + 3);
+    memcpy(big, b, n);
+    memcpy(big + n, "abc", 3);
+    spit(pb, big, n + 3);
+    check_refused(ta, pb, HL_EFORMAT, "follow the trailer", "glued");
+    free(big);
+    free(b);
+    hl_table_destroy(ta);
+}
+
+static void test_mismatch_refused(void)
+{
+    hl_table *ta;
+    char pb[4200], err[1024];
+    size_t n;
+    unsigned char *b = two_snapshots(&ta, pb, &n);
+    hl_table_opts o = opts_with(DIM + 1, HISTORY, 0);
+    hl_table *t = NULL;
+    CHECK(hl_snapshot_load(NULL, pb, &o, FP, &t, NULL, err, sizeof err) == HL_EMISMATCH);
+    CHECK(strstr(err, "dim 8") != NULL);
+    o = opts();
+    CHECK(hl_snapshot_load(NULL, pb, &o, FP + 1, &t, NULL, err, sizeof err) == HL_EMISMATCH);
+    CHECK(strstr(err, "model") != NULL);
+    double hl[3] = {1, 2, 3};
+    hl_decay_init(&o.decay, 3, DIM, hl, err, sizeof err);
+    CHECK(hl_snapshot_load(NULL, pb, &o, FP, &t, NULL, err, sizeof err) == HL_EMISMATCH);
+    CHECK(t == NULL);
+    free(b);
+    hl_table_destroy(ta);
+}
+
+static void test_shorter_history_keeps_newest(void)
+{
+    hl_table_opts o = opts(), o2 = opts_with(DIM, 2, 0);
+    hl_table *a = table_upto(&o, 2000), *b = NULL;
+    hl_snapshot_meta m = meta_at("ev", 0, 2000);
+    hl_snapshot_result r;
+    char err[512];
+    fresh_dir();
+    CHECK(hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0);
+    CHECKF(hl_snapshot_load(NULL, r.path, &o2, FP, &b, NULL, err, sizeof err) == 0, "%s", err);
+    int64_t ra = hl_table_find(a, "user-1", 6), rb = b ? hl_table_find(b, "user-1", 6) : -1;
+    CHECK(ra >= 0 && rb >= 0);
+    if (ra >= 0 && rb >= 0) {
+        hl_row_view va, vb;
+        hl_table_view(a, (uint32_t)ra, &va);
+        hl_table_view(b, (uint32_t)rb, &vb);
+        CHECK(va.n_hist == HISTORY && vb.n_hist == 2);
+        CHECK(vb.hist_ts_ms[hl_row_hist_index(&vb, 1)] == va.hist_ts_ms[hl_row_hist_index(&va, HISTORY - 1)]);
+        CHECK(vb.hist_item[hl_row_hist_index(&vb, 0)] == va.hist_item[hl_row_hist_index(&va, HISTORY - 2)]);
+    }
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+}
+
+/* ---- fault injection -------------------------------------------------- */
+
+typedef struct faulty {
+    hl_io io;
+    int   n_write, n_fsync, n_rename, n_dirsync;
+    int   fail_write, fail_fsync, fail_rename, fail_dirsync;  /* Nth call, 1-based; 0 never */
+} faulty;
+
+static ssize_t f_write(void *ctx, int fd, const void *buf, size_t len)
+{
+    faulty *f = ctx;
+    if (++f->n_write == f->fail_write) { errno = ENOSPC; return -1; }
+    return hl_io_posix()->write(NULL, fd, buf, len);
+}
+static int f_fsync(void *ctx, int fd)
+{
+    faulty *f = ctx;
+    if (++f->n_fsync == f->fail_fsync) { errno = EIO; return -1; }
+    return hl_io_posix()->fsync(NULL, fd);
+}
+static int f_rename(void *ctx, const char *a, const char *b)
+{
+    faulty *f = ctx;
+    if (++f->n_rename == f->fail_rename) { errno = EXDEV; return -1; }
+    return hl_io_posix()->rename(NULL, a, b);
+}
+static int f_dirsync(void *ctx, const char *d)
+{
+    faulty *f = ctx;
+    if (++f->n_dirsync == f->fail_dirsync) { errno = EIO; return -1; }
+    return hl_io_posix()->fsync_dir(NULL, d);
+}
+
+static faulty faulty_io(void)
+{
+    faulty f;
+    memset(&f, 0, sizeof f);
+    f.io = *hl_io_posix();
+    f.io.write = f_write;
+    f.io.fsync = f_fsync;
+    f.io.rename = f_rename;
+    f.io.fsync_dir = f_dirsync;
+    return f;
+}
+
+/* One snapshot at 100 exists; a failed one at 200 must leave it the newest
+ * valid, with no temporary file behind. */
+static void check_after_failure(const hl_table *ta, const char *what)
+{
+    hl_table_opts o = opts();
+    hl_table *t = NULL;
+    char err[1024] = "", loaded[4200];
+    int rc = hl_snapshot_load_newest(NULL, dir, "ev", 0, &o, FP, &t, NULL, loaded,
+                                     sizeof loaded, NULL, 0, err, sizeof err);
+    CHECKF(rc == 0 && t && tables_equal(ta, t, 1), "%s: %s", what, err);
+    CHECKF(count_files(".tmp") == 0, "%s: temporary file left", what);
+    hl_table_destroy(t);
+}
+
+static void test_injected_failures(void)
+{
+    hl_table_opts o = opts();
+    hl_table *ta = table_upto(&o, 1500), *tb = table_upto(&o, 6000);
+    hl_snapshot_meta m = meta_at("ev", 0, 100);
+    char err[1024], what[64];
+    int writes;
+
+    /* Count the calls a clean write of B makes (in its own directory),
+     * then fail each write in turn, then the fsync, rename, dir fsync. */
+    fresh_dir();
+    faulty f = faulty_io();
+    f.io.ctx = &f;
+    m.next_offset = 200;
+    CHECK(hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err) == 0);
+    writes = f.n_write;
+    CHECK(writes >= 2 && f.n_fsync == 1 && f.n_rename == 1 && f.n_dirsync == 1);
+    fresh_dir();
+    m.next_offset = 100;
+    CHECK(hl_snapshot_write(NULL, dir, &m, ta, 5, NULL, err, sizeof err) == 0);
+    m.next_offset = 200;
+    for (int n = 1; n <= writes && !t_case_failed; n++) {
+        f = faulty_io();
+        f.io.ctx = &f;
+        f.fail_write = n;
+        int rc = hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err);
+        snprintf(what, sizeof what, "write %d of %d", n, writes);
+        CHECKF(rc == HL_EIO && strstr(err, "write") && strstr(err, "No space"), "%s: %d %s", what, rc, err);
+        check_after_failure(ta, what);
+    }
+    f = faulty_io(); f.io.ctx = &f; f.fail_fsync = 1;
+    CHECK(hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err) == HL_EIO);
+    CHECKF(strstr(err, "fsync"), "%s", err);
+    check_after_failure(ta, "fsync");
+    f = faulty_io(); f.io.ctx = &f; f.fail_rename = 1;
+    CHECK(hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err) == HL_EIO);
+    CHECKF(strstr(err, "rename"), "%s", err);
+    check_after_failure(ta, "rename");
+    /* The directory fsync fails after the rename: the new file is in place
+     * and valid, the caller is told it may not be durable. */
+    f = faulty_io(); f.io.ctx = &f; f.fail_dirsync = 1;
+    CHECK(hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err) == HL_EIO);
+    CHECKF(strstr(err, "fsync directory"), "%s", err);
+    CHECK(count_files(".tmp") == 0);
+    hl_table_destroy(ta);
+    hl_table_destroy(tb);
+}
+
+/* ---- fuzzy snapshots and replay --------------------------------------- */
+
+/* Snapshot begun at offset k with the table changing between small steps,
+ * then restored and replayed from k: equal to the run that never stopped. */
+static void test_fuzzy_snapshot_exact_after_replay(void)
+{
+    hl_table_opts o = opts();
+    const int k = 2500;
+    hl_table *live = table_upto(&o, k), *back = NULL;
+    hl_snapshot_meta m = meta_at("ev", 0, k);
+    hl_snapshot_writer *w;
+    hl_snapshot_result r;
+    char err[512];
+    int rc, next = k, steps = 0;
+
+    fresh_dir();
+    CHECK(hl_snapshot_begin(NULL, dir, &m, live, &w, err, sizeof err) == 0);
+    while ((rc = hl_snapshot_step(w, live, 7, err, sizeof err)) == 0) {
+        int n = 40 < N_EVENTS - next ? 40 : N_EVENTS - next;
+        apply_range(live, next, next + n);   /* new users among them */
+        next += n;
+        steps++;
+    }
+    CHECKF(rc == 1, "%s", err);
+    CHECK(steps > 10);
+    CHECKF(hl_snapshot_commit(w, 2, &r, err, sizeof err) == 0, "%s", err);
+    apply_range(live, next, N_EVENTS);
+    CHECKF(hl_snapshot_load(NULL, r.path, &o, FP, &back, NULL, err, sizeof err) == 0, "%s", err);
+    if (back) {
+        apply_range(back, k, N_EVENTS);
+        CHECK(tables_equal(live, back, 0));
+    }
+    hl_table_destroy(live);
+    hl_table_destroy(back);
+}
+
+/* Snapshot at k; replaying from any j <= k gives the uninterrupted state. */
+static void test_replay_from_earlier_offsets(void)
+{
+    hl_table_opts o = opts();
+    const int k = 3000;
+    hl_table *full = table_upto(&o, N_EVENTS), *at_k = table_upto(&o, k);
+    hl_snapshot_meta m = meta_at("ev", 0, k);
+    hl_snapshot_result r;
+    char err[512];
+    int js[] = {0, 1, k / 2, k - 1, k};
+
+    fresh_dir();
+    CHECK(hl_snapshot_write(NULL, dir, &m, at_k, 2, &r, err, sizeof err) == 0);
+    for (size_t i = 0; i < sizeof js / sizeof js[0]; i++) {
+        hl_table *t = NULL;
+        hl_snapshot_info info;
+        CHECKF(hl_snapshot_load(NULL, r.path, &o, FP, &t, &info, err, sizeof err) == 0, "%s", err);
+        if (!t) break;
+        CHECK(info.meta.next_offset == k);
+        apply_range(t, js[i], N_EVENTS);
+        CHECKF(tables_equal(full, t, 0), "replay from %d", js[i]);
+        hl_table_destroy(t);
+    }
+    hl_table_destroy(full);
+    hl_table_destroy(at_k);
+}
+
+static int count_cb(void *arg, const hl_snapshot_info *info, uint32_t row,
+                    const hl_row_view *v)
+{
+    (*(uint64_t *)arg) += (uint64_t)v->n_hist;
+    return 0;
+}
+
+static void test_read_info(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = table_upto(&o, 4000);
+    hl_snapshot_meta m = meta_at("ev", 2, 4000);
+    hl_snapshot_result r;
+    hl_snapshot_info in;
+    hl_table_stats st;
+    uint64_t hist = 0;
+    char err[512];
+    fresh_dir();
+    CHECK(hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0);
+    CHECKF(hl_snapshot_read(NULL, r.path, &in, count_cb, &hist, err, sizeof err) == 0, "%s", err);
+    hl_table_stats_get(a, &st);
+    CHECK(in.n_rows == st.users && in.hist_entries == hist && in.crc_ok);
+    CHECK(in.dim == DIM && in.n_heads == N_HEADS && in.history == HISTORY);
+    CHECK(in.meta.partition == 2 && strcmp(in.meta.topic, "ev") == 0);
+    CHECK(in.max_last_offset == 3999 && in.min_t_ref_ms <= in.max_t_ref_ms);
+    CHECK(hl_snapshot_read(NULL, "/nonexistent/x.hls", &in, NULL, NULL, err, sizeof err) == HL_ENOENT);
+    hl_table_destroy(a);
+}
+
+static void test_no_snapshot_is_enoent(void)
+{
+    hl_table_opts o = opts();
+    hl_table *t = NULL;
+    char err[512], rep[64];
+    fresh_dir();
+    CHECK(hl_snapshot_load_newest(NULL, dir, "ev", 0, &o, FP, &t, NULL, NULL, 0, rep,
+                                  sizeof rep, err, sizeof err) == HL_ENOENT);
+    CHECK(hl_snapshot_load_newest(NULL, "/nonexistent-dir", "ev", 0, &o, FP, &t, NULL, NULL,
+                                  0, rep, sizeof rep, err, sizeof err) == HL_ENOENT);
+    CHECK(t == NULL);
+}
+
+int main(void)
+{
+    make_events();
+    RUN(test_crc32c_vectors);
+    RUN(test_crc32c_hw_matches_table);
+    RUN(test_names);
+    RUN(test_round_trip_bit_exact);
+    RUN(test_empty_table);
+    RUN(test_retention);
+    RUN(test_truncated_refused);
+    RUN(test_empty_file_refused);
+    RUN(test_bit_flips_refused);
+    RUN(test_wrong_version_refused);
+    RUN(test_mismatch_refused);
+    RUN(test_shorter_history_keeps_newest);
+    RUN(test_injected_failures);
+    RUN(test_fuzzy_snapshot_exact_after_replay);
+    RUN(test_replay_from_earlier_offsets);
+    RUN(test_read_info);
+    RUN(test_no_snapshot_is_enoent);
+    if (dir[0]) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) perror("rm");
+    }
+    TEST_EXIT();
+}

@@ -14,8 +14,10 @@ typedef struct hl_table hl_table;   /* opaque */
 typedef struct hl_table_opts {
     hl_decay decay;          /* heads and dim (copied) */
     int      history;        /* events kept per user (state.history), 1..255 */
-    size_t   max_users;      /* state.max.users: beyond it the least recently
-                                active users are evicted */
+    size_t   max_users;      /* state.max.users: inserting a new user at this
+                                count first evicts the max(1, max_users/64)
+                                least recently active users (by active_seq);
+                                0 means no limit */
     float    evict_mass;     /* state.evict.mass; 0 disables mass eviction */
     size_t   expected_users; /* sizing hint only; the table grows */
 } hl_table_opts;
@@ -98,20 +100,35 @@ void hl_table_view(const hl_table *tbl, uint32_t row, hl_row_view *v);
 uint32_t hl_table_row_limit(const hl_table *tbl);
 int      hl_table_row_live(const hl_table *tbl, uint32_t row);
 
-/* Examines up to max_rows rows from a cursor that wraps around and evicts
- * those whose mass, decayed to newest_ts_ms, is below evict_mass in every
- * head. Returns the number evicted. Bounded work, so call it between batches. */
+/* Examines up to max_rows live rows in row id order from a cursor that wraps
+ * around and evicts those whose mass, decayed to newest_ts_ms, is below
+ * evict_mass in every head (a user whose events all named unknown items has
+ * mass 0 and goes too). Returns the number evicted. Bounded work, so call it
+ * between batches. */
 size_t hl_table_sweep(hl_table *tbl, size_t max_rows);
 
-/* Creates a row holding exactly v's contents (snapshot load). Fails with
- * HL_EINVAL if the user exists or v does not fit the table's shape. */
+/* Creates a row holding exactly v's contents (snapshot load) at the lowest
+ * free row id; v->s and v->m must hold n_heads x dim and n_heads floats.
+ * Fails with HL_EINVAL if the user exists or v does not fit the table's
+ * shape (history length, ring indices, user_len), HL_ENOMEM if the table
+ * cannot grow. Rows restored in id order into a fresh table get ids
+ * 0, 1, 2, ...: the original's ids when it had no holes. Row ids never
+ * change what a table does apart from the order hl_table_sweep visits rows. */
 int hl_table_restore(hl_table *tbl, const hl_row_view *v);
+
+/* Like hl_table_restore, at a given row id (which must be free and below
+ * HL_TABLE_MAX_ROWS). A table rebuilt from another's rows with their ids
+ * and its meta behaves exactly like it, sweeps included. */
+#define HL_TABLE_MAX_ROWS 0xFFFFFFF0u
+int hl_table_restore_at(hl_table *tbl, uint32_t row, const hl_row_view *v);
 
 /* Shard-wide values a snapshot must carry to make a restored table behave
  * exactly like the original. */
 typedef struct hl_table_meta {
     int64_t  newest_ts_ms;
     uint64_t active_seq;
+    uint32_t sweep_cursor;   /* next row id hl_table_sweep examines; a value
+                                at or beyond the row limit means 0 */
 } hl_table_meta;
 void hl_table_meta_get(const hl_table *tbl, hl_table_meta *meta);
 void hl_table_meta_set(hl_table *tbl, const hl_table_meta *meta);

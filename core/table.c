@@ -1,0 +1,959 @@
+/* table.c - one shard's users: user_id -> row of decayed heads and history.
+ *
+ * Rows live in blocks of ROWS_PER_BLOCK fixed-size rows, each block one
+ * anonymous mapping (2 MB aligned, transparent huge pages requested: random
+ * access over gigabytes of rows is TLB bound otherwise). Untouched pages of a
+ * block cost nothing, so a block is large in address space only. A row id is
+ * (block << ROWS_SHIFT) | index and a row never moves: ids are stable until
+ * the user is evicted. A new user takes the lowest free id, so the set of
+ * live ids alone decides future ids (what makes restore_at exact).
+ *
+ * One row (stride rounded up to 64 bytes):
+ *
+ *   0  row_hdr: t_ref, last_offset, active_seq, next_dirty, user_len,
+ *      hist_head, n_hist                                  (32 bytes)
+ *   32 flags (live is in the block bitmap, not here)       (1)
+ *   33 user_id bytes inline, key_cap of them; a longer id is kept in a
+ *      malloc'd copy whose pointer is stored here instead
+ *   m  (n_heads) floats, s (n_heads, dim) floats (32-byte aligned)
+ *   hist_ts (history) int64, hist_item (history) int32, hist_type (history)
+ *      uint8: separate arrays so the payload is tight.
+ *
+ * The key sits in the row's first lines, which an update touches anyway.
+ *
+ * The index is open addressing with linear probing over 64-bit slots
+ * (hash tag << 32 | row + 1; 0 is empty). The tag is 32 bits of the key's
+ * hash; the home slot is the top bits of tag * golden ratio, so a tag alone
+ * re-homes an entry without touching its row, and doubling the table sends
+ * home h to 2h or 2h + 1: migration writes the new table in order. Growth is
+ * incremental, as Redis's dict does it: a new table twice the size takes all
+ * inserts while each insert and each apply call copies a bounded number of
+ * old slots across; lookups try the new table, then the old. Deletion in the
+ * new table shifts entries back (no tombstones); in the old table, which
+ * only shrinks to nothing, it leaves a tombstone.
+ *
+ * Dirty rows form an intrusive FIFO list through next_dirty; eviction clears
+ * the dirty mark and leaves the id in the list, take_dirty skips it.
+ *
+ * One thread, the shard's owner, calls everything; nothing locks. No I/O,
+ * no clock: time comes in with the events. */
+#include "table.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define ROWS_SHIFT      14
+#define ROWS_PER_BLOCK  (1u << ROWS_SHIFT)
+#define WORDS_PER_BLOCK (ROWS_PER_BLOCK / 64)
+#define HUGE_PAGE       (2u << 20)
+#define NONE            UINT32_MAX
+
+#define F_DIRTY   1u    /* changed since the last take_dirty */
+#define F_INLIST  2u    /* id is on the dirty list (maybe no longer dirty) */
+#define F_HEAPKEY 4u    /* user_id is in a malloc'd copy */
+
+#define SLOT_EMPTY 0ull
+#define SLOT_TOMB  UINT64_MAX
+#define MIN_SLOTS  64u
+#define MIGRATE_PER_INSERT 16u  /* old slots copied per new user */
+#define MIGRATE_PER_APPLY  1024u/* and per apply call */
+#define PIPE 16                 /* events in flight: lookup ahead, rows ahead */
+#define RING 64                 /* > 2 PIPE, a power of two */
+
+typedef struct row_hdr {
+    int64_t  t_ref_ms;
+    int64_t  last_offset;
+    uint64_t active_seq;
+    uint32_t next_dirty;
+    uint16_t user_len;
+    uint8_t  hist_head;
+    uint8_t  n_hist;
+} row_hdr;
+
+typedef struct block {
+    uint8_t *rows;                     /* ROWS_PER_BLOCK * stride bytes */
+    size_t   map_bytes;
+    uint64_t live[WORDS_PER_BLOCK];    /* bit set: row in use */
+} block;
+
+typedef struct index_tab {
+    uint64_t *slot;
+    size_t    map_bytes;
+    uint32_t  bits;                    /* slots = 1 << bits */
+    size_t    used;                    /* entries, tombstones excluded */
+} index_tab;
+
+struct hl_table {
+    hl_table_opts o;
+    int      n_heads, dim, history;
+    size_t   stride, key_cap;
+    size_t   off_m, off_s, off_hts, off_hitem, off_htype;
+    size_t   payload_fixed;            /* payload bytes of a row but its id */
+
+    block  **blocks;
+    uint32_t n_blocks, cap_blocks;
+    uint32_t row_limit;                /* 1 + highest live id */
+    uint32_t free_hint;                /* no free id below it */
+    size_t   users, key_bytes, heap_key_bytes;
+
+    index_tab ix[2];                   /* [0] current, [1] old while growing */
+    int       growing;
+    size_t    migrate_pos;             /* next old slot to copy */
+
+    uint32_t dirty_head, dirty_tail;
+    uint64_t active_seq;
+    int64_t  newest_ts_ms;
+    uint32_t sweep_cursor;
+    size_t   evict_batch;
+    hl_table_stats st;
+
+    uint64_t pipe_hash[RING];          /* apply's lookahead, see hl_table_apply */
+    int64_t  pipe_row[RING];
+};
+
+/* ---- rows ---------------------------------------------------------------- */
+
+static uint8_t *row_ptr(const hl_table *tbl, uint32_t r)
+{
+    return tbl->blocks[r >> ROWS_SHIFT]->rows
+         + (size_t)(r & (ROWS_PER_BLOCK - 1)) * tbl->stride;
+}
+
+static row_hdr *hdr(uint8_t *p)            { return (row_hdr *)p; }
+static uint8_t *flags(uint8_t *p)          { return p + sizeof(row_hdr); }
+static float   *row_m(const hl_table *tbl, uint8_t *p) { return (float *)(p + tbl->off_m); }
+static float   *row_s(const hl_table *tbl, uint8_t *p) { return (float *)(p + tbl->off_s); }
+static int64_t *row_hts(const hl_table *tbl, uint8_t *p) { return (int64_t *)(p + tbl->off_hts); }
+static int32_t *row_hitem(const hl_table *tbl, uint8_t *p) { return (int32_t *)(p + tbl->off_hitem); }
+static uint8_t *row_htype(const hl_table *tbl, uint8_t *p) { return p + tbl->off_htype; }
+
+static const char *row_key(uint8_t *p)
+{
+    const char *inl = (const char *)flags(p) + 1, *heap;
+    if (!(*flags(p) & F_HEAPKEY)) return inl;
+    memcpy(&heap, inl, sizeof heap);
+    return heap;
+}
+
+static int row_is_live(const hl_table *tbl, uint32_t r)
+{
+    if (r >> ROWS_SHIFT >= tbl->n_blocks) return 0;
+    const block *b = tbl->blocks[r >> ROWS_SHIFT];
+    uint32_t i = r & (ROWS_PER_BLOCK - 1);
+    return (b->live[i / 64] >> (i % 64)) & 1;
+}
+
+static void set_live(hl_table *tbl, uint32_t r, int on)
+{
+    block *b = tbl->blocks[r >> ROWS_SHIFT];
+    uint32_t i = r & (ROWS_PER_BLOCK - 1);
+    if (on) b->live[i / 64] |= 1ull << (i % 64);
+    else    b->live[i / 64] &= ~(1ull << (i % 64));
+}
+
+static size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+/* Offsets for a given inline key capacity; returns the bytes used. */
+static size_t layout(hl_table *tbl, size_t key_cap)
+{
+    size_t nh = (size_t)tbl->n_heads, hist = (size_t)tbl->history;
+    tbl->key_cap   = key_cap;
+    tbl->off_m     = align_up(sizeof(row_hdr) + 1 + key_cap, 4);
+    tbl->off_s     = align_up(tbl->off_m + nh * 4, 32);
+    tbl->off_hts   = align_up(tbl->off_s + nh * (size_t)tbl->dim * 4, 8);
+    tbl->off_hitem = tbl->off_hts + hist * 8;
+    tbl->off_htype = tbl->off_hitem + hist * 4;
+    return tbl->off_htype + hist;
+}
+
+/* Stride is the layout with a 24-byte key rounded up to a cache line; the
+ * rounding slack then goes to the key (up to 255 bytes). */
+static void plan_rows(hl_table *tbl)
+{
+    tbl->stride = align_up(layout(tbl, 24), 64);
+    size_t cap = 24;
+    while (cap < 255 && layout(tbl, cap + 1) <= tbl->stride) cap++;
+    layout(tbl, cap);
+    tbl->payload_fixed = (size_t)tbl->n_heads * tbl->dim * 4
+                       + (size_t)tbl->n_heads * 4 + 8 + 8
+                       + (size_t)tbl->history * (4 + 1 + 8);
+}
+
+/* ---- memory -------------------------------------------------------------- */
+
+/* An anonymous mapping of at least bytes, 2 MB aligned, huge pages asked
+ * for; zero-filled and lazily backed. */
+static void *map_aligned(size_t bytes, size_t *map_bytes)
+{
+    size_t len = align_up(bytes, HUGE_PAGE);
+    uint8_t *p = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uint8_t *a = (uint8_t *)align_up((uintptr_t)p, HUGE_PAGE);
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (a + len < p + len + HUGE_PAGE)
+        munmap(a + len, (size_t)(p + len + HUGE_PAGE - (a + len)));
+#ifdef MADV_HUGEPAGE
+    madvise(a, len, MADV_HUGEPAGE);
+#endif
+    *map_bytes = len;
+    return a;
+}
+
+static int add_block(hl_table *tbl)
+{
+    if ((size_t)(tbl->n_blocks + 1) << ROWS_SHIFT > HL_TABLE_MAX_ROWS)
+        return HL_EFULL;
+    if (tbl->n_blocks == tbl->cap_blocks) {
+        uint32_t cap = tbl->cap_blocks ? tbl->cap_blocks * 2 : 16;
+        block **nb = realloc(tbl->blocks, cap * sizeof *nb);
+        if (nb == NULL) return HL_ENOMEM;
+        tbl->blocks = nb;
+        tbl->cap_blocks = cap;
+    }
+    block *b = calloc(1, sizeof *b);
+    if (b == NULL) return HL_ENOMEM;
+    b->rows = map_aligned((size_t)ROWS_PER_BLOCK * tbl->stride, &b->map_bytes);
+    if (b->rows == NULL) {
+        free(b);
+        return HL_ENOMEM;
+    }
+    tbl->blocks[tbl->n_blocks++] = b;
+    return 0;
+}
+
+/* ---- hashing and the index ----------------------------------------------- */
+
+/* 64-bit hash of a short string: 8 bytes at a time, multiply-xorshift, then
+ * a murmur-style finaliser so every output bit depends on every input bit. */
+static uint64_t hash_key(const char *p, size_t n)
+{
+    uint64_t h = 0x6a09e667f3bcc909ull ^ (n * 0x9e3779b97f4a7c15ull);
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        h = (h ^ v) * 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 29;
+    }
+    uint64_t v = 0;
+    memcpy(&v, p, n);
+    h = (h ^ v ^ ((uint64_t)n << 59)) * 0x94d049bb133111ebull;
+    h ^= h >> 32;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h;
+}
+
+static uint32_t tag_of(uint64_t h)        { return (uint32_t)(h >> 32); }
+static uint32_t slot_tag(uint64_t v)      { return (uint32_t)(v >> 32); }
+static uint32_t slot_row(uint64_t v)      { return (uint32_t)v - 1; }
+static uint64_t make_slot(uint32_t tag, uint32_t r)
+{
+    return (uint64_t)tag << 32 | (uint64_t)(r + 1);
+}
+
+static size_t home(const index_tab *ix, uint32_t tag)
+{
+    return (uint32_t)(tag * 0x9e3779b1u) >> (32 - ix->bits);
+}
+
+static size_t ix_mask(const index_tab *ix) { return ((size_t)1 << ix->bits) - 1; }
+
+static int index_alloc(index_tab *ix, uint32_t bits)
+{
+    ix->slot = map_aligned(sizeof(uint64_t) << bits, &ix->map_bytes);
+    if (ix->slot == NULL) return HL_ENOMEM;
+    ix->bits = bits;
+    ix->used = 0;
+    return 0;
+}
+
+static void index_free(index_tab *ix)
+{
+    if (ix->slot != NULL) munmap(ix->slot, ix->map_bytes);
+    memset(ix, 0, sizeof *ix);
+}
+
+static int key_eq(uint8_t *p, const char *user, size_t len)
+{
+    return hdr(p)->user_len == len && memcmp(row_key(p), user, len) == 0;
+}
+
+static int64_t index_find(const hl_table *tbl, const index_tab *ix, uint64_t h,
+                          const char *user, size_t len)
+{
+    uint32_t tag = tag_of(h);
+    size_t mask = ix_mask(ix);
+    for (size_t i = home(ix, tag);; i = (i + 1) & mask) {
+        uint64_t v = ix->slot[i];
+        if (v == SLOT_EMPTY) return -1;
+        if (v != SLOT_TOMB && slot_tag(v) == tag
+            && key_eq(row_ptr(tbl, slot_row(v)), user, len))
+            return slot_row(v);
+    }
+}
+
+static int64_t lookup(const hl_table *tbl, uint64_t h, const char *user,
+                      size_t len)
+{
+    int64_t r = index_find(tbl, &tbl->ix[0], h, user, len);
+    if (r < 0 && tbl->growing) r = index_find(tbl, &tbl->ix[1], h, user, len);
+    return r;
+}
+
+static void index_put(index_tab *ix, uint64_t v)
+{
+    size_t mask = ix_mask(ix);
+    size_t i = home(ix, slot_tag(v));
+    while (ix->slot[i] != SLOT_EMPTY) i = (i + 1) & mask;
+    ix->slot[i] = v;
+    ix->used++;
+}
+
+/* Copies up to n old slots into the new table; frees the old one when done. */
+static void migrate(hl_table *tbl, size_t n)
+{
+    index_tab *old = &tbl->ix[1];
+    size_t end = (size_t)1 << old->bits;
+    for (; n > 0 && tbl->migrate_pos < end; n--, tbl->migrate_pos++) {
+        uint64_t v = old->slot[tbl->migrate_pos];
+        if (v != SLOT_EMPTY && v != SLOT_TOMB) index_put(&tbl->ix[0], v);
+    }
+    if (tbl->migrate_pos == end) {
+        index_free(old);
+        tbl->growing = 0;
+    }
+}
+
+/* Entries already migrated are in both tables; the current one is sized so
+ * that it holds everything before the old one runs out. When a second growth
+ * is due before the first has finished, the first is finished at once; with
+ * the rates above that needs a table growing >2x while migrating, which the
+ * load factor rules out, so it is a safety net, not a path. */
+static int maybe_grow(hl_table *tbl)
+{
+    index_tab *cur = &tbl->ix[0];
+    if ((cur->used + 1) * 10 <= ((size_t)7 << cur->bits)) return 0;
+    if (tbl->growing) migrate(tbl, SIZE_MAX);
+    if ((cur->used + 1) * 10 <= ((size_t)7 << cur->bits)) return 0;
+    if (cur->bits >= 32) return HL_EFULL;
+    index_tab next;
+    if (index_alloc(&next, cur->bits + 1) != 0) return HL_ENOMEM;
+    tbl->ix[1] = *cur;
+    tbl->ix[0] = next;
+    tbl->growing = 1;
+    tbl->migrate_pos = 0;
+    return 0;
+}
+
+static void index_del_current(index_tab *ix, uint32_t tag, uint32_t r)
+{
+    size_t mask = ix_mask(ix);
+    size_t i = home(ix, tag);
+    while (ix->slot[i] != make_slot(tag, r)) {
+        if (ix->slot[i] == SLOT_EMPTY) return;
+        i = (i + 1) & mask;
+    }
+    /* Backward shift: pull later entries of the run into the hole unless
+     * their home lies cyclically in (i, j]. */
+    for (size_t j = (i + 1) & mask;; j = (j + 1) & mask) {
+        uint64_t v = ix->slot[j];
+        if (v == SLOT_EMPTY) break;
+        size_t k = home(ix, slot_tag(v));
+        int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (!stays) {
+            ix->slot[i] = v;
+            i = j;
+        }
+    }
+    ix->slot[i] = SLOT_EMPTY;
+    ix->used--;
+}
+
+static void index_del_old(index_tab *ix, uint32_t tag, uint32_t r)
+{
+    size_t mask = ix_mask(ix);
+    for (size_t i = home(ix, tag); ix->slot[i] != SLOT_EMPTY; i = (i + 1) & mask)
+        if (ix->slot[i] == make_slot(tag, r)) {
+            ix->slot[i] = SLOT_TOMB;
+            ix->used--;
+            return;
+        }
+}
+
+/* ---- create / destroy ---------------------------------------------------- */
+
+static int check_opts(const hl_table_opts *o, char *errbuf, size_t errlen)
+{
+    const hl_decay *d = &o->decay;
+    if (d->n_heads < 1 || d->n_heads > HL_MAX_HEADS || d->dim < 1)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "table: %d heads of dim %d, want 1..%d heads, dim >= 1",
+                      d->n_heads, d->dim, HL_MAX_HEADS);
+    if (o->history < 1 || o->history > 255)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "table: history %d, want 1..255", o->history);
+    if (!(o->evict_mass >= 0) || o->evict_mass > 3.4e38f)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "table: evict_mass %g, want finite and >= 0",
+                      (double)o->evict_mass);
+    if (o->max_users > HL_TABLE_MAX_ROWS)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "table: max_users %zu, want <= %u", o->max_users,
+                      HL_TABLE_MAX_ROWS);
+    return 0;
+}
+
+static uint32_t index_bits_for(size_t users)
+{
+    uint32_t bits = 6;
+    while (bits < 31 && ((size_t)7 << bits) < users * 10 + 10) bits++;
+    return bits;
+}
+
+hl_table *hl_table_create(const hl_table_opts *o, char *errbuf, size_t errlen)
+{
+    if (check_opts(o, errbuf, errlen) != 0) return NULL;
+    hl_table *tbl = calloc(1, sizeof *tbl);
+    if (tbl == NULL) goto nomem;
+    tbl->o = *o;
+    tbl->n_heads = o->decay.n_heads;
+    tbl->dim = o->decay.dim;
+    tbl->history = o->history;
+    plan_rows(tbl);
+    tbl->dirty_head = tbl->dirty_tail = NONE;
+    tbl->newest_ts_ms = INT64_MIN;
+    tbl->st.newest_ts_ms = INT64_MIN;
+    tbl->evict_batch = o->max_users / 64 > 0 ? o->max_users / 64 : 1;
+    if (index_alloc(&tbl->ix[0], index_bits_for(o->expected_users)) != 0)
+        goto nomem;
+    return tbl;
+nomem:
+    hl_table_destroy(tbl);
+    hl_err(errbuf, errlen, HL_ENOMEM, "table: out of memory");
+    return NULL;
+}
+
+static void free_heap_key(hl_table *tbl, uint8_t *p)
+{
+    if (!(*flags(p) & F_HEAPKEY)) return;
+    char *k = (char *)row_key(p);
+    tbl->heap_key_bytes -= hdr(p)->user_len;
+    free(k);
+    *flags(p) &= (uint8_t)~F_HEAPKEY;
+}
+
+void hl_table_destroy(hl_table *tbl)
+{
+    if (tbl == NULL) return;
+    for (uint32_t r = 0; r < tbl->row_limit; r++)
+        if (row_is_live(tbl, r)) free_heap_key(tbl, row_ptr(tbl, r));
+    for (uint32_t b = 0; b < tbl->n_blocks; b++) {
+        munmap(tbl->blocks[b]->rows, tbl->blocks[b]->map_bytes);
+        free(tbl->blocks[b]);
+    }
+    free(tbl->blocks);
+    index_free(&tbl->ix[0]);
+    index_free(&tbl->ix[1]);
+    free(tbl);
+}
+
+const hl_table_opts *hl_table_opts_get(const hl_table *tbl) { return &tbl->o; }
+
+/* ---- row ids -------------------------------------------------------------- */
+
+/* Lowest id with a clear live bit, scanning words from free_hint; may add a
+ * block. The hint only moves down on eviction, so scanning is amortised. */
+static int take_id(hl_table *tbl, uint32_t *out)
+{
+    for (uint32_t w = tbl->free_hint / 64;; w++) {
+        uint32_t b = w / WORDS_PER_BLOCK;
+        if (b >= tbl->n_blocks) {
+            int rc = add_block(tbl);
+            if (rc != 0) return rc;
+        }
+        uint64_t bits = tbl->blocks[b]->live[w % WORDS_PER_BLOCK];
+        if (bits != UINT64_MAX) {
+            *out = w * 64 + (uint32_t)__builtin_ctzll(~bits);
+            tbl->free_hint = *out;
+            return 0;
+        }
+    }
+}
+
+static int claim_id(hl_table *tbl, uint32_t r)
+{
+    while ((r >> ROWS_SHIFT) >= tbl->n_blocks) {
+        int rc = add_block(tbl);
+        if (rc != 0) return rc;
+    }
+    return row_is_live(tbl, r) ? HL_EINVAL : 0;
+}
+
+static void mark_live(hl_table *tbl, uint32_t r)
+{
+    set_live(tbl, r, 1);
+    if (r >= tbl->row_limit) tbl->row_limit = r + 1;
+    if (r == tbl->free_hint) tbl->free_hint = r + 1;
+}
+
+static void mark_dead(hl_table *tbl, uint32_t r)
+{
+    set_live(tbl, r, 0);
+    if (r < tbl->free_hint) tbl->free_hint = r;
+    while (tbl->row_limit > 0 && !row_is_live(tbl, tbl->row_limit - 1))
+        tbl->row_limit--;
+}
+
+/* ---- dirty list ----------------------------------------------------------- */
+
+static void mark_dirty(hl_table *tbl, uint32_t r, uint8_t *p)
+{
+    uint8_t *f = flags(p);
+    *f |= F_DIRTY;
+    if (*f & F_INLIST) return;
+    *f |= F_INLIST;
+    hdr(p)->next_dirty = NONE;
+    if (tbl->dirty_tail == NONE) tbl->dirty_head = r;
+    else hdr(row_ptr(tbl, tbl->dirty_tail))->next_dirty = r;
+    tbl->dirty_tail = r;
+}
+
+int hl_table_take_dirty(hl_table *tbl, uint32_t *rows, int max)
+{
+    int n = 0;
+    while (n < max && tbl->dirty_head != NONE) {
+        uint32_t r = tbl->dirty_head;
+        uint8_t *p = row_ptr(tbl, r);
+        tbl->dirty_head = hdr(p)->next_dirty;
+        if (tbl->dirty_head == NONE) tbl->dirty_tail = NONE;
+        *flags(p) &= (uint8_t)~F_INLIST;
+        if ((*flags(p) & F_DIRTY) && row_is_live(tbl, r)) {
+            *flags(p) &= (uint8_t)~F_DIRTY;
+            rows[n++] = r;
+        }
+    }
+    return n;
+}
+
+/* ---- insert and evict ----------------------------------------------------- */
+
+/* Writes the user's id into a fresh row: inline, or a heap copy if long. */
+static int set_key(hl_table *tbl, uint8_t *p, const char *user, size_t len)
+{
+    char *dst = (char *)flags(p) + 1;
+    hdr(p)->user_len = (uint16_t)len;
+    if (len <= tbl->key_cap) {
+        memcpy(dst, user, len);
+        return 0;
+    }
+    char *k = malloc(len);
+    if (k == NULL) return HL_ENOMEM;
+    memcpy(k, user, len);
+    memcpy(dst, &k, sizeof k);
+    *flags(p) |= F_HEAPKEY;
+    tbl->heap_key_bytes += len;
+    return 0;
+}
+
+/* Empties row memory for a new user, keeping only its dirty-list link. */
+static void clear_row(hl_table *tbl, uint8_t *p)
+{
+    uint32_t next = hdr(p)->next_dirty;
+    uint8_t keep = *flags(p) & F_INLIST;
+    memset(p, 0, tbl->stride);
+    hdr(p)->next_dirty = next;
+    *flags(p) = keep;
+}
+
+static void evict(hl_table *tbl, uint32_t r)
+{
+    uint8_t *p = row_ptr(tbl, r);
+    uint32_t tag = tag_of(hash_key(row_key(p), hdr(p)->user_len));
+    index_del_current(&tbl->ix[0], tag, r);
+    if (tbl->growing) index_del_old(&tbl->ix[1], tag, r);
+    tbl->key_bytes -= hdr(p)->user_len;
+    free_heap_key(tbl, p);
+    *flags(p) &= (uint8_t)~F_DIRTY;
+    mark_dead(tbl, r);
+    tbl->users--;
+}
+
+/* Max-heap on active_seq of (seq, row) pairs, for picking the oldest rows. */
+typedef struct seq_row { uint64_t seq; uint32_t row; } seq_row;
+
+static void heap_sift_down(seq_row *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, big = i;
+        if (l < n && h[l].seq > h[big].seq) big = l;
+        if (l + 1 < n && h[l + 1].seq > h[big].seq) big = l + 1;
+        if (big == i) return;
+        seq_row t = h[i]; h[i] = h[big]; h[big] = t;
+        i = big;
+    }
+}
+
+static void heap_push(seq_row *h, size_t n, seq_row x)
+{
+    size_t i = n;
+    h[i] = x;
+    while (i > 0 && h[(i - 1) / 2].seq < h[i].seq) {
+        seq_row t = h[i]; h[i] = h[(i - 1) / 2]; h[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+/* Evicts the evict_batch least recently active users (smallest active_seq;
+ * seqs are unique, so the choice is exact). One pass over the rows keeping
+ * the k smallest in a max-heap: O(n) per batch, amortised over the
+ * max_users/64 inserts that fill the room it makes. */
+static int evict_oldest(hl_table *tbl)
+{
+    size_t k = tbl->evict_batch < tbl->users ? tbl->evict_batch : tbl->users;
+    seq_row *h = malloc(k * sizeof *h);
+    if (h == NULL) return HL_ENOMEM;
+    size_t n = 0;
+    for (uint32_t r = 0; r < tbl->row_limit; r++) {
+        if (!row_is_live(tbl, r)) continue;
+        seq_row x = { hdr(row_ptr(tbl, r))->active_seq, r };
+        if (n < k) heap_push(h, n++, x);
+        else if (x.seq < h[0].seq) {
+            h[0] = x;
+            heap_sift_down(h, n, 0);
+        }
+    }
+    for (size_t i = 0; i < n; i++) evict(tbl, h[i].row);
+    tbl->st.evicted_capacity += n;
+    free(h);
+    return 0;
+}
+
+/* A row for a user not in the table: capacity first, then an id, the key,
+ * and the index entry. */
+static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,
+                       uint32_t *out)
+{
+    int rc;
+    if (tbl->o.max_users > 0 && tbl->users >= tbl->o.max_users
+        && (rc = evict_oldest(tbl)) != 0)
+        return rc;
+    if ((rc = maybe_grow(tbl)) != 0) return rc;
+    uint32_t r;
+    if ((rc = take_id(tbl, &r)) != 0) return rc;
+    uint8_t *p = row_ptr(tbl, r);
+    clear_row(tbl, p);
+    if ((rc = set_key(tbl, p, user, len)) != 0) return rc;
+    hdr(p)->t_ref_ms = INT64_MIN;
+    hdr(p)->last_offset = INT64_MIN;
+    index_put(&tbl->ix[0], make_slot(tag_of(h), r));
+    if (tbl->growing) migrate(tbl, MIGRATE_PER_INSERT);
+    mark_live(tbl, r);
+    tbl->users++;
+    tbl->key_bytes += len;
+    tbl->st.inserted++;
+    *out = r;
+    return 0;
+}
+
+/* ---- apply ---------------------------------------------------------------- */
+
+static void push_history(hl_table *tbl, uint8_t *p, const hl_event *e)
+{
+    row_hdr *rh = hdr(p);
+    int i;
+    if (rh->n_hist < tbl->history) {
+        i = (rh->hist_head + rh->n_hist) % tbl->history;
+        rh->n_hist++;
+    } else {
+        i = rh->hist_head;
+        rh->hist_head = (uint8_t)((rh->hist_head + 1) % tbl->history);
+    }
+    row_hts(tbl, p)[i] = e->ts_ms;
+    row_hitem(tbl, p)[i] = e->item;
+    row_htype(tbl, p)[i] = e->type;
+}
+
+/* Applies one event to row r: 1 applied, 0 duplicate. */
+static int apply_one(hl_table *tbl, uint32_t r, const hl_event *e,
+                     const float *e_in, int32_t n_items)
+{
+    uint8_t *p = row_ptr(tbl, r);
+    row_hdr *rh = hdr(p);
+    if (e->offset <= rh->last_offset) {
+        tbl->st.duplicates++;
+        return 0;
+    }
+    const float *x = NULL;
+    if (e_in != NULL && e->item >= 0 && e->item < n_items)
+        x = e_in + (size_t)e->item * tbl->dim;
+    hl_decay_add(&tbl->o.decay, row_s(tbl, p), row_m(tbl, p), &rh->t_ref_ms,
+                 e->ts_ms, e->w, x);
+    push_history(tbl, p, e);
+    rh->last_offset = e->offset;
+    rh->active_seq = ++tbl->active_seq;
+    if (e->ts_ms > tbl->newest_ts_ms) tbl->newest_ts_ms = e->ts_ms;
+    mark_dirty(tbl, r, p);
+    tbl->st.applied++;
+    return 1;
+}
+
+/* The row a hinted lookup named, if it still holds this user (an earlier
+ * event of the batch may have evicted it or inserted the user since). */
+static int64_t resolve(hl_table *tbl, int64_t hint, uint64_t h,
+                       const hl_event *e, int *rc)
+{
+    if (hint >= 0 && row_is_live(tbl, (uint32_t)hint)
+        && key_eq(row_ptr(tbl, (uint32_t)hint), e->user, e->user_len))
+        return hint;
+    int64_t r = lookup(tbl, h, e->user, e->user_len);
+    if (r >= 0) return r;
+    uint32_t nr;
+    if ((*rc = insert_user(tbl, h, e->user, e->user_len, &nr)) != 0) return -1;
+    return nr;
+}
+
+static void prefetch_slot(const hl_table *tbl, uint64_t h)
+{
+    const index_tab *ix = &tbl->ix[0];
+    __builtin_prefetch(&ix->slot[home(ix, tag_of(h))], 0, 3);
+    if (tbl->growing) {
+        ix = &tbl->ix[1];
+        __builtin_prefetch(&ix->slot[home(ix, tag_of(h))], 0, 3);
+    }
+}
+
+/* First tag match in the current (then old) table, without touching rows:
+ * a guess that resolve() confirms once the row is in cache. */
+static int64_t guess_row(const hl_table *tbl, uint64_t h)
+{
+    uint32_t tag = tag_of(h);
+    for (int t = 0; t <= tbl->growing; t++) {
+        const index_tab *ix = &tbl->ix[t];
+        size_t mask = ix_mask(ix);
+        for (size_t i = home(ix, tag);; i = (i + 1) & mask) {
+            uint64_t v = ix->slot[i];
+            if (v == SLOT_EMPTY) break;
+            if (v != SLOT_TOMB && slot_tag(v) == tag) return slot_row(v);
+        }
+    }
+    return -1;
+}
+
+/* Touches the lines an update writes: header, key, masses, heads. */
+static void prefetch_row(const hl_table *tbl, int64_t r)
+{
+    if (r < 0 || (uint32_t)r >> ROWS_SHIFT >= tbl->n_blocks) return;
+    const uint8_t *p = row_ptr(tbl, (uint32_t)r);
+    for (size_t off = 0; off < tbl->off_hts; off += 64)
+        __builtin_prefetch(p + off, 1, 3);
+}
+
+int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
+                   const float *e_in, int32_t n_items, int8_t *status)
+{
+    int applied = 0;
+    if (tbl->growing) migrate(tbl, MIGRATE_PER_APPLY);
+    /* A three-stage pipeline over the batch: event i + 2 PIPE is hashed and
+     * its index slot prefetched, i + PIPE's slot is read and its row
+     * prefetched, and i is applied, so the misses of many events overlap. */
+    for (int i = -2 * PIPE; i < n; i++) {
+        int a = i + 2 * PIPE, b = i + PIPE;
+        if (a < n) {
+            uint64_t h = hash_key(ev[a].user, ev[a].user_len);
+            tbl->pipe_hash[a & (RING - 1)] = h;
+            prefetch_slot(tbl, h);
+        }
+        if (b >= 0 && b < n) {
+            int64_t g = guess_row(tbl, tbl->pipe_hash[b & (RING - 1)]);
+            tbl->pipe_row[b & (RING - 1)] = g;
+            prefetch_row(tbl, g);
+        }
+        if (i < 0) continue;
+        int rc = 0;
+        int64_t r = resolve(tbl, tbl->pipe_row[i & (RING - 1)],
+                            tbl->pipe_hash[i & (RING - 1)], &ev[i], &rc);
+        int got = r < 0 ? rc : apply_one(tbl, (uint32_t)r, &ev[i], e_in, n_items);
+        if (got > 0) applied++;
+        if (status != NULL) status[i] = (int8_t)got;
+    }
+    return applied;
+}
+
+/* ---- lookups and views ---------------------------------------------------- */
+
+int64_t hl_table_find(const hl_table *tbl, const char *user, size_t user_len)
+{
+    return lookup(tbl, hash_key(user, user_len), user, user_len);
+}
+
+void hl_table_view(const hl_table *tbl, uint32_t row, hl_row_view *v)
+{
+    uint8_t *p = row_ptr(tbl, row);
+    row_hdr *rh = hdr(p);
+    *v = (hl_row_view){
+        .user = row_key(p), .user_len = rh->user_len,
+        .s = row_s(tbl, p), .m = row_m(tbl, p),
+        .t_ref_ms = rh->t_ref_ms, .last_offset = rh->last_offset,
+        .active_seq = rh->active_seq, .history = tbl->history,
+        .n_hist = rh->n_hist, .hist_head = rh->hist_head,
+        .hist_item = row_hitem(tbl, p), .hist_type = row_htype(tbl, p),
+        .hist_ts_ms = row_hts(tbl, p),
+    };
+}
+
+uint32_t hl_table_row_limit(const hl_table *tbl) { return tbl->row_limit; }
+
+int hl_table_row_live(const hl_table *tbl, uint32_t row)
+{
+    return row < tbl->row_limit && row_is_live(tbl, row);
+}
+
+/* ---- mass eviction -------------------------------------------------------- */
+
+/* Mass decayed to the newest time the shard has seen, below the bar in
+ * every head? */
+static int mass_gone(const hl_table *tbl, uint8_t *p)
+{
+    float f[HL_MAX_HEADS];
+    int64_t t_ref = hdr(p)->t_ref_ms, now = tbl->newest_ts_ms;
+    hl_decay_factors(&tbl->o.decay, now > t_ref ? now - t_ref : 0, f);
+    const float *m = row_m(tbl, p);
+    for (int h = 0; h < tbl->n_heads; h++)
+        if (!(m[h] * f[h] < tbl->o.evict_mass)) return 0;
+    return 1;
+}
+
+/* Next live id at or after r (wrapping once to 0), or NONE if none is live. */
+static uint32_t next_live(const hl_table *tbl, uint32_t r)
+{
+    for (int pass = 0; pass < 2; pass++, r = 0) {
+        for (uint32_t w = r / 64; w * 64 < tbl->row_limit; w++) {
+            uint64_t bits = tbl->blocks[w / WORDS_PER_BLOCK]->live[w % WORDS_PER_BLOCK];
+            if (w == r / 64) bits &= UINT64_MAX << (r % 64);
+            if (bits != 0) return w * 64 + (uint32_t)__builtin_ctzll(bits);
+        }
+    }
+    return NONE;
+}
+
+size_t hl_table_sweep(hl_table *tbl, size_t max_rows)
+{
+    size_t gone = 0;
+    if (!(tbl->o.evict_mass > 0)) return 0;
+    for (size_t i = 0; i < max_rows && tbl->users > 0; i++) {
+        uint32_t r = next_live(tbl, tbl->sweep_cursor);
+        tbl->sweep_cursor = r + 1;
+        if (mass_gone(tbl, row_ptr(tbl, r))) {
+            evict(tbl, r);
+            gone++;
+        }
+    }
+    if (tbl->sweep_cursor >= tbl->row_limit) tbl->sweep_cursor = 0;
+    tbl->st.evicted_mass += gone;
+    return gone;
+}
+
+/* ---- restore and meta ----------------------------------------------------- */
+
+static int view_fits(const hl_table *tbl, const hl_row_view *v)
+{
+    return v->history == tbl->history && v->n_hist >= 0
+        && v->n_hist <= tbl->history && v->hist_head >= 0
+        && v->hist_head < tbl->history && v->user_len >= 1
+        && v->user_len <= HL_MAX_ID_LEN && v->user != NULL
+        && v->s != NULL && v->m != NULL
+        && (v->n_hist == 0 || (v->hist_item != NULL && v->hist_type != NULL
+                               && v->hist_ts_ms != NULL));
+}
+
+static void copy_view(hl_table *tbl, uint8_t *p, const hl_row_view *v)
+{
+    row_hdr *rh = hdr(p);
+    size_t nh = (size_t)tbl->n_heads;
+    rh->t_ref_ms = v->t_ref_ms;
+    rh->last_offset = v->last_offset;
+    rh->active_seq = v->active_seq;
+    rh->hist_head = (uint8_t)v->hist_head;
+    rh->n_hist = (uint8_t)v->n_hist;
+    memcpy(row_m(tbl, p), v->m, nh * sizeof(float));
+    memcpy(row_s(tbl, p), v->s, nh * (size_t)tbl->dim * sizeof(float));
+    if (v->n_hist > 0) {
+        size_t hist = (size_t)tbl->history;
+        memcpy(row_hts(tbl, p), v->hist_ts_ms, hist * sizeof(int64_t));
+        memcpy(row_hitem(tbl, p), v->hist_item, hist * sizeof(int32_t));
+        memcpy(row_htype(tbl, p), v->hist_type, hist);
+    }
+}
+
+static int restore_row(hl_table *tbl, uint32_t r, const hl_row_view *v)
+{
+    uint64_t h = hash_key(v->user, v->user_len);
+    int rc;
+    if ((rc = maybe_grow(tbl)) != 0) return rc;
+    uint8_t *p = row_ptr(tbl, r);
+    clear_row(tbl, p);
+    if ((rc = set_key(tbl, p, v->user, v->user_len)) != 0) return rc;
+    copy_view(tbl, p, v);
+    index_put(&tbl->ix[0], make_slot(tag_of(h), r));
+    if (tbl->growing) migrate(tbl, MIGRATE_PER_INSERT);
+    mark_live(tbl, r);
+    tbl->users++;
+    tbl->key_bytes += v->user_len;
+    if (v->active_seq > tbl->active_seq) tbl->active_seq = v->active_seq;
+    return 0;
+}
+
+int hl_table_restore_at(hl_table *tbl, uint32_t row, const hl_row_view *v)
+{
+    if (!view_fits(tbl, v) || row >= HL_TABLE_MAX_ROWS
+        || hl_table_find(tbl, v->user, v->user_len) >= 0)
+        return HL_EINVAL;
+    int rc = claim_id(tbl, row);
+    if (rc != 0) return rc;
+    return restore_row(tbl, row, v);
+}
+
+int hl_table_restore(hl_table *tbl, const hl_row_view *v)
+{
+    if (!view_fits(tbl, v) || hl_table_find(tbl, v->user, v->user_len) >= 0)
+        return HL_EINVAL;
+    uint32_t r;
+    int rc = take_id(tbl, &r);
+    if (rc != 0) return rc;
+    return restore_row(tbl, r, v);
+}
+
+void hl_table_meta_get(const hl_table *tbl, hl_table_meta *meta)
+{
+    *meta = (hl_table_meta){ .newest_ts_ms = tbl->newest_ts_ms,
+                             .active_seq = tbl->active_seq,
+                             .sweep_cursor = tbl->sweep_cursor };
+}
+
+void hl_table_meta_set(hl_table *tbl, const hl_table_meta *meta)
+{
+    tbl->newest_ts_ms = meta->newest_ts_ms;
+    if (meta->active_seq > tbl->active_seq) tbl->active_seq = meta->active_seq;
+    tbl->sweep_cursor = meta->sweep_cursor < tbl->row_limit
+                      ? meta->sweep_cursor : 0;
+}
+
+void hl_table_stats_get(const hl_table *tbl, hl_table_stats *st)
+{
+    *st = tbl->st;
+    st->users = tbl->users;
+    st->newest_ts_ms = tbl->newest_ts_ms;
+    st->payload_bytes = tbl->users * tbl->payload_fixed + tbl->key_bytes;
+    /* Rows up to the highest id ever carved in each block are touched;
+     * untouched pages of a mapping are not counted. */
+    size_t bytes = sizeof *tbl + tbl->cap_blocks * sizeof(block *)
+                 + tbl->heap_key_bytes;
+    for (uint32_t b = 0; b < tbl->n_blocks; b++)
+        bytes += sizeof(block);
+    bytes += (size_t)tbl->row_limit * tbl->stride;
+    for (int t = 0; t < 2; t++)
+        if (tbl->ix[t].slot != NULL) bytes += sizeof(uint64_t) << tbl->ix[t].bits;
+    st->bytes = bytes;
+}

@@ -1,0 +1,387 @@
+/* broker.c - `halflife broker`: librdkafka's mock cluster as a standalone
+ * process speaking the Kafka protocol over TCP, for tests and development.
+ *
+ * The mock cluster needs a client handle to live in (a producer that never
+ * connects anywhere); it then listens on 127.0.0.1 with kernel-chosen ports.
+ * librdkafka 2.0.2 cannot be told a port, so --port P puts a small TCP relay
+ * on 127.0.0.1:P in front of broker 1: clients bootstrap through it, and the
+ * metadata they get back sends them straight to the brokers' own ports.
+ *
+ * Signals: SIGTERM/SIGINT stop, SIGUSR1 takes every broker down, SIGUSR2
+ * brings them back (the broker-outage test of the worker); each is logged.
+ * They cannot simply be blocked and taken with sigwaitinfo(): OpenBLAS,
+ * linked into the binary, starts its threads in a constructor with no
+ * signal blocked, and the kernel would deliver a SIGTERM to one of those.
+ * So a handler counts each signal in a file-static array (a signal handler
+ * can reach nothing else: the same exception STYLE.md section 6 makes for
+ * main.c's stop flag) and the main loop looks at the counts every 50 ms.
+ *
+ * Limits (DESIGN.md section 9): the mock keeps at most 5 MiB and 100,000
+ * message sets per partition and silently drops older data, so whoever
+ * pushes more must spread it over partitions and check the watermarks. */
+#include "cmd.h"
+#include "hl.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_TOPICS "behaviour-events,recommendations,behaviour-events.dlq"
+#define RELAY_MAX_CONNS 64
+
+enum { SIG_STOP, SIG_DOWN, SIG_UP, N_SIGS };
+static volatile sig_atomic_t signals_seen[N_SIGS];
+
+static void on_signal(int sig)
+{
+    int which = (sig == SIGUSR1) ? SIG_DOWN : (sig == SIGUSR2) ? SIG_UP : SIG_STOP;
+    signals_seen[which]++;
+}
+
+typedef struct broker_args {
+    int         port;         /* 0: no relay */
+    int         partitions;
+    int         brokers;
+    const char *topics;
+} broker_args;
+
+/* --port: client fd i is relayed to upstream fd i. */
+typedef struct relay {
+    int                listen_fd;
+    int                stop_pipe[2];
+    struct sockaddr_in upstream;
+    int                client[RELAY_MAX_CONNS], server[RELAY_MAX_CONNS];
+    int                n;
+    pthread_t          thread;
+    int                running;
+} relay;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: halflife broker [--port P] [--partitions N] [--topics a,b] [--brokers B]\n\n"
+        "Runs librdkafka's mock Kafka cluster on 127.0.0.1 and prints its bootstrap\n"
+        "address as one line on stdout. SIGTERM or SIGINT stops it; SIGUSR1 takes all\n"
+        "brokers down, SIGUSR2 brings them back up.\n\n"
+        "  --port P        bootstrap port (a relay to broker 1; default: a free port)\n"
+        "  --partitions N  partitions per topic (default 4)\n"
+        "  --topics a,b    topics to create (default " DEFAULT_TOPICS ");\n"
+        "                  other topics are created on first use\n"
+        "  --brokers B     brokers in the cluster (default 1)\n\n"
+        "The mock keeps at most 5 MiB and 100,000 message sets per partition and\n"
+        "drops older data silently: spread big streams over enough partitions.\n");
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || errno != 0 || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
+static int parse_args(int argc, char **argv, broker_args *a)
+{
+    *a = (broker_args){ 0, 4, 1, DEFAULT_TOPICS };
+    for (int i = 1; i < argc; i += 2) {
+        const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        if (val == NULL) {
+            fprintf(stderr, "halflife broker: %s needs a value\n", opt);
+            return 2;
+        }
+        if (!strcmp(opt, "--port"))            bad = parse_int(val, 1, 65535, &a->port);
+        else if (!strcmp(opt, "--partitions")) bad = parse_int(val, 1, 10000, &a->partitions);
+        else if (!strcmp(opt, "--brokers"))    bad = parse_int(val, 1, 16, &a->brokers);
+        else if (!strcmp(opt, "--topics"))     a->topics = val;
+        else {
+            fprintf(stderr, "halflife broker: unknown option %s\n\n", opt);
+            usage(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "halflife broker: %s %s: not an allowed number\n", opt, val);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+/* ---- the --port relay --------------------------------------------------- */
+
+static int relay_listen(relay *r, int port, char *errbuf, size_t errlen)
+{
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                               .sin_addr = { htonl(INADDR_LOOPBACK) } };
+    int on = 1;
+    if ((r->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+        return hl_err(errbuf, errlen, HL_EIO, "socket: %s", strerror(errno));
+    setsockopt(r->listen_fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (bind(r->listen_fd, (struct sockaddr *)&sin, sizeof sin) != 0 ||
+        listen(r->listen_fd, 16) != 0)
+        return hl_err(errbuf, errlen, HL_EIO, "listen on 127.0.0.1:%d: %s", port, strerror(errno));
+    return 0;
+}
+
+static void relay_drop(relay *r, int i)
+{
+    close(r->client[i]);
+    close(r->server[i]);
+    r->n--;
+    r->client[i] = r->client[r->n];
+    r->server[i] = r->server[r->n];
+}
+
+static void relay_accept(relay *r)
+{
+    int c = accept4(r->listen_fd, NULL, NULL, SOCK_CLOEXEC), s;
+    if (c < 0)
+        return;
+    s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (r->n == RELAY_MAX_CONNS || s < 0 ||
+        connect(s, (struct sockaddr *)&r->upstream, sizeof r->upstream) != 0) {
+        close(c);                       /* the client retries, as with a real broker */
+        if (s >= 0) close(s);
+        return;
+    }
+    r->client[r->n] = c;
+    r->server[r->n] = s;
+    r->n++;
+}
+
+/* Moves what is readable on from to to; -1 when either side is done. */
+static int relay_pump(int from, int to)
+{
+    char buf[65536];
+    ssize_t n = read(from, buf, sizeof buf), off = 0;
+    if (n <= 0)
+        return -1;
+    while (off < n) {
+        ssize_t w = write(to, buf + off, (size_t)(n - off));
+        if (w <= 0)
+            return -1;
+        off += w;
+    }
+    return 0;
+}
+
+static void *relay_main(void *arg)
+{
+    relay *r = arg;
+    struct pollfd pfd[2 + 2 * RELAY_MAX_CONNS];
+    for (;;) {
+        int n = r->n;
+        pfd[0] = (struct pollfd){ r->stop_pipe[0], POLLIN, 0 };
+        pfd[1] = (struct pollfd){ r->listen_fd, POLLIN, 0 };
+        for (int i = 0; i < n; i++) {
+            pfd[2 + 2 * i] = (struct pollfd){ r->client[i], POLLIN, 0 };
+            pfd[3 + 2 * i] = (struct pollfd){ r->server[i], POLLIN, 0 };
+        }
+        if (poll(pfd, (nfds_t)(2 + 2 * n), -1) < 0 && errno != EINTR)
+            break;
+        if (pfd[0].revents)
+            break;
+        /* Backwards, so dropping pair i moves an already visited pair. */
+        for (int i = n - 1; i >= 0; i--) {
+            int bad = 0;
+            if (pfd[2 + 2 * i].revents)
+                bad |= relay_pump(r->client[i], r->server[i]);
+            if (pfd[3 + 2 * i].revents)
+                bad |= relay_pump(r->server[i], r->client[i]);
+            if (bad)
+                relay_drop(r, i);
+        }
+        if (pfd[1].revents & POLLIN)
+            relay_accept(r);
+    }
+    while (r->n > 0)
+        relay_drop(r, 0);
+    return NULL;
+}
+
+/* "127.0.0.1:1234,..." -> the first address. */
+static int parse_bootstrap(const char *bs, struct sockaddr_in *sin)
+{
+    char host[64];
+    int port;
+    if (sscanf(bs, "%63[^:]:%d", host, &port) != 2)
+        return -1;
+    memset(sin, 0, sizeof *sin);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons((uint16_t)port);
+    return inet_pton(AF_INET, host, &sin->sin_addr) == 1 ? 0 : -1;
+}
+
+static int relay_start(relay *r, int port, const char *bootstraps, char *errbuf, size_t errlen)
+{
+    int rc;
+    memset(r, 0, sizeof *r);
+    r->listen_fd = r->stop_pipe[0] = r->stop_pipe[1] = -1;
+    if (parse_bootstrap(bootstraps, &r->upstream) != 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "cannot parse mock bootstrap %s", bootstraps);
+    if ((rc = relay_listen(r, port, errbuf, errlen)) != 0)
+        return rc;
+    if (pipe2(r->stop_pipe, O_CLOEXEC) != 0)
+        return hl_err(errbuf, errlen, HL_EIO, "pipe: %s", strerror(errno));
+    if (pthread_create(&r->thread, NULL, relay_main, r) != 0)
+        return hl_err(errbuf, errlen, HL_EIO, "cannot start the relay thread");
+    r->running = 1;
+    return 0;
+}
+
+static void relay_stop(relay *r)
+{
+    if (r->running) {
+        if (write(r->stop_pipe[1], "x", 1) != 1)
+            hl_log(HL_LOG_WARN, "relay_stop_failed", "err=\"%s\"", strerror(errno));
+        pthread_join(r->thread, NULL);
+        r->running = 0;
+    }
+    if (r->listen_fd >= 0) close(r->listen_fd);
+    if (r->stop_pipe[0] >= 0) close(r->stop_pipe[0]);
+    if (r->stop_pipe[1] >= 0) close(r->stop_pipe[1]);
+    r->listen_fd = r->stop_pipe[0] = r->stop_pipe[1] = -1;
+}
+
+/* ---- the cluster -------------------------------------------------------- */
+
+/* A producer handle for the mock cluster to live in; it never connects. */
+static rd_kafka_t *host_handle(char *errbuf, size_t errlen)
+{
+    char why[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_t *rk;
+    rd_kafka_conf_set(conf, "log_level", "4", why, sizeof why);   /* warnings and worse */
+    rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);     /* rd_kafka_new frees conf only on success */
+        hl_err(errbuf, errlen, HL_EINVAL, "mock host handle: %s", why);
+    }
+    return rk;
+}
+
+static int create_topics(rd_kafka_mock_cluster_t *mc, const broker_args *a,
+                         char *errbuf, size_t errlen)
+{
+    char *list = strdup(a->topics), *save = NULL;
+    int rc = 0;
+    if (list == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
+    for (char *t = strtok_r(list, ",", &save); t && rc == 0; t = strtok_r(NULL, ",", &save)) {
+        rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(mc, t, a->partitions, 1);
+        if (err)
+            rc = hl_err(errbuf, errlen, HL_EINVAL, "create topic %s: %s", t, rd_kafka_err2str(err));
+    }
+    free(list);
+    return rc;
+}
+
+static void set_all(rd_kafka_mock_cluster_t *mc, int brokers, int up)
+{
+    for (int id = 1; id <= brokers; id++) {
+        rd_kafka_resp_err_t err = up ? rd_kafka_mock_broker_set_up(mc, id)
+                                     : rd_kafka_mock_broker_set_down(mc, id);
+        if (err)
+            hl_log(HL_LOG_WARN, "broker_set_failed", "broker=%d up=%d err=\"%s\"", id, up,
+                   rd_kafka_err2str(err));
+    }
+    hl_log(HL_LOG_INFO, up ? "brokers_up" : "brokers_down", "brokers=%d", brokers);
+}
+
+static void install_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL);
+}
+
+/* Serves signals until SIGTERM or SIGINT. Down and up requests are applied
+ * in the order they can be told apart: a down then an up within one 50 ms
+ * tick leaves the brokers up. */
+static void serve_signals(rd_kafka_mock_cluster_t *mc, const broker_args *a)
+{
+    sig_atomic_t seen_down = 0, seen_up = 0;
+    const struct timespec tick = { 0, 50 * 1000 * 1000 };
+    while (signals_seen[SIG_STOP] == 0) {
+        int down = signals_seen[SIG_DOWN] != seen_down, up = signals_seen[SIG_UP] != seen_up;
+        seen_down = signals_seen[SIG_DOWN];
+        seen_up = signals_seen[SIG_UP];
+        if (down)
+            set_all(mc, a->brokers, 0);
+        if (up)
+            set_all(mc, a->brokers, 1);
+        nanosleep(&tick, NULL);
+    }
+    hl_log(HL_LOG_INFO, "broker_stopping", "reason=signal");
+}
+
+int hl_cmd_broker(int argc, char **argv)
+{
+    broker_args a;
+    char err[512], addr[256];
+    rd_kafka_t *rk = NULL;
+    rd_kafka_mock_cluster_t *mc = NULL;
+    relay r = { .listen_fd = -1, .stop_pipe = { -1, -1 } };
+    int rc = parse_args(argc, argv, &a);
+
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    install_handlers();
+    rc = 1;
+    if ((rk = host_handle(err, sizeof err)) == NULL)
+        goto out;
+    if ((mc = rd_kafka_mock_cluster_new(rk, a.brokers)) == NULL) {
+        snprintf(err, sizeof err, "cannot start the mock cluster");
+        goto out;
+    }
+    if (create_topics(mc, &a, err, sizeof err) != 0)
+        goto out;
+    snprintf(addr, sizeof addr, "%s", rd_kafka_mock_cluster_bootstraps(mc));
+    if (a.port != 0) {
+        if (relay_start(&r, a.port, addr, err, sizeof err) != 0)
+            goto out;
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", a.port);
+    }
+    printf("%s\n", addr);
+    fflush(stdout);
+    hl_log(HL_LOG_INFO, "broker_started", "bootstrap=%s brokers=%d partitions=%d topics=%s",
+           addr, a.brokers, a.partitions, a.topics);
+    serve_signals(mc, &a);
+    rc = 0;
+out:
+    if (rc != 0)
+        fprintf(stderr, "halflife broker: %s\n", err);
+    relay_stop(&r);
+    if (mc != NULL)
+        rd_kafka_mock_cluster_destroy(mc);
+    if (rk != NULL)
+        rd_kafka_destroy(rk);
+    return rc;
+}

@@ -1,0 +1,145 @@
+"""test_e2e.py - the worker end to end, as separate processes over TCP.
+
+A `halflife broker`; events produced by python3-confluent-kafka with
+python3-avro in Confluent framing (schema id 1); `halflife run` with a small
+random model; the lists read back and decoded with python3-avro. Every
+user's last list must equal what core/ computes offline from the same events
+with the same model (build/tests/test_offline): same items in the same
+order, scores within 1e-4, same `because` items. Also: the list's
+generated_at is the user's newest event time and its source is the user's
+newest event; /metrics accounts for every event; SIGTERM exits 0.
+"""
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e_util as U  # noqa: E402
+
+N_EVENTS, N_USERS, N_ITEMS = 6000, 400, 1000
+
+
+def read_lists(bootstrap, want_last, deadline):
+    """Consumes recommendations until every user's newest list comes from
+    its last event (or the deadline); returns {user: list}."""
+    from confluent_kafka import Consumer
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader-%d" % os.getpid(),
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe(["recommendations"])
+    reader = U.avro.io.DatumReader(U.load_schema("recommendation_list.avsc"))
+    lists = {}
+    done = set()
+    try:
+        while time.time() < deadline and len(done) < len(want_last):
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            d = U.decode_list(reader, msg.value())
+            u = d["user_id"]
+            prev = lists.get(u)
+            if prev is None or prev["source"]["offset"] <= d["source"]["offset"]:
+                lists[u] = d
+            want = want_last.get(u)
+            if want and (d["source"]["partition"], d["source"]["offset"]) == want:
+                done.add(u)
+    finally:
+        c.close()
+    return lists, done
+
+
+def compare(lists, offline, events):
+    """Returns a list of mismatch descriptions (empty when all agree)."""
+    bad = []
+    newest = {}
+    for (u, _i, _t, ts, _w) in events:
+        newest[u] = max(newest.get(u, ts), ts)
+    for u, ref in offline.items():
+        got = lists.get(u)
+        if got is None:
+            bad.append("%s: no list published" % u)
+            continue
+        gi = [x["item_id"] for x in got["items"]]
+        ri = [x[0] for x in ref["items"]]
+        if gi != ri:
+            bad.append("%s: items %s.. differ from offline %s.." % (u, gi[:5], ri[:5]))
+            continue
+        for g, r in zip(got["items"], ref["items"]):
+            if abs(g["score"] - r[1]) > 1e-4:
+                bad.append("%s: score of %s %.7f vs offline %.7f" % (u, r[0], g["score"], r[1]))
+                break
+            if g["because_item_id"] != r[2]:
+                bad.append("%s: because of %s %s vs offline %s" % (u, r[0], g["because_item_id"], r[2]))
+                break
+        if got["generated_at"] != newest[u]:
+            bad.append("%s: generated_at %d, newest event %d" % (u, got["generated_at"], newest[u]))
+    return bad
+
+
+def main():
+    why = U.have_prereqs()
+    if why:
+        print("SKIP e2e.lists_match_offline: %s" % why)
+        return 0
+    tmp = tempfile.mkdtemp(prefix="hl_e2e_")
+    model, events_csv = os.path.join(tmp, "m.hlm"), os.path.join(tmp, "e.csv")
+    U.make_model(model, N_ITEMS, 16)
+    U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
+    # A few events whose items the model does not know: history only.
+    with open(events_csv, "a") as f:
+        for k in range(20):
+            f.write("u%06d,unknown-%d,VIEW,%d,\n" % (k, k, 1767225600000 + 10**9 + k))
+    events = U.read_events_csv(events_csv)
+    broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
+                      os.path.join(tmp, "broker.log"))
+    worker = None
+    failed = 0
+    try:
+        worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"),
+                          extra=["worker.threads=2"])
+        t0 = time.time()
+        last = U.produce_events(broker.bootstrap, "behaviour-events", events)
+        lists, done = read_lists(broker.bootstrap, last, time.time() + 40)
+        elapsed = time.time() - t0
+        offline = U.offline_lists(events_csv, model)
+        if len(done) != len(last):
+            print("FAIL e2e.lists_match_offline: %d of %d users got the list of their last "
+                  "event within 40 s (log %s)" % (len(done), len(last), worker.log_path))
+            failed += 1
+        else:
+            bad = compare(lists, offline, events)
+            if bad or len(offline) != len(last):
+                print("FAIL e2e.lists_match_offline: %d mismatches of %d users, e.g. %s"
+                      % (len(bad), len(offline), bad[:3]))
+                failed += 1
+            else:
+                print("PASS e2e.lists_match_offline (%d users, %d events, %.1f s)"
+                      % (len(offline), len(events), elapsed))
+        consumed = worker.metric("halflife_events_consumed_total")
+        unknown = worker.metric("halflife_unknown_items_total")
+        invalid = worker.metric("halflife_events_invalid_total")
+        if consumed == len(events) and unknown == 20 and invalid == 0:
+            print("PASS e2e.metrics_account_for_every_event")
+        else:
+            print("FAIL e2e.metrics_account_for_every_event: consumed %d (want %d), unknown %d "
+                  "(want 20), invalid %d" % (consumed, len(events), unknown, invalid))
+            failed += 1
+        rc = worker.stop()
+        worker = None
+        if rc == 0:
+            print("PASS e2e.sigterm_exits_0")
+        else:
+            print("FAIL e2e.sigterm_exits_0: exit status %s" % rc)
+            failed += 1
+    finally:
+        if worker:
+            worker.stop()
+        broker.stop()
+    if not failed:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+/* test_offline.c - what core/ computes for a stream, without Kafka: the
+ * reference the end-to-end test (tests/integration/test_e2e.py) compares
+ * the worker's published lists with.
+ *
+ * Modes, chosen by environment variables:
+ *   HL_OFFLINE_MAKE_MODEL=path [HL_OFFLINE_ITEMS=n HL_OFFLINE_DIM=d]
+ *       write a random model whose items are the synthetic stream's ids
+ *       ("i000000"..), so tests need no training;
+ *   HL_OFFLINE_MAKE_EVENTS=path [HL_OFFLINE_N=n HL_OFFLINE_USERS=u]
+ *       write n synthetic events as events-csv;
+ *   HL_OFFLINE_EVENTS=path HL_OFFLINE_MODEL=path [HL_OFFLINE_K=k]
+ *       apply an events-csv file (file order = each user's order, as the
+ *       producer sends it) with hl_table and rank every user with hl_ranker
+ *       exactly as the worker does; print one JSON line per user:
+ *       {"user":..,"t_ref":..,"items":[[item,score,because|null],..]};
+ *   none: the self-tests below. */
+#define T_SUITE "offline"
+#include "test.h"
+
+#include "dataset.h"
+#include "model.h"
+#include "rank.h"
+#include "synth.h"
+#include "table.h"
+
+#include <stdint.h>
+#include <unistd.h>
+
+static float frand(uint64_t *s)
+{
+    *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
+    return (float)((double)(*s >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
+}
+
+static int make_model(const char *path, int n_items, int dim, char *err, size_t errlen)
+{
+    hl_model_parts p;
+    memset(&p, 0, sizeof p);
+    hl_model_info *mi = &p.info;
+    mi->dim = dim;
+    mi->n_heads = 3;
+    mi->half_life_ms[0] = 3600e3; mi->half_life_ms[1] = 86400e3; mi->half_life_ms[2] = 30 * 86400e3;
+    const float tw[HL_N_TYPES] = {1, 2, 3, 4, 5, 1};
+    memcpy(mi->type_weight, tw, sizeof tw);
+    mi->n_items = n_items;
+    mi->n_layers = 1;
+    mi->layer_out[0] = dim;
+    snprintf(mi->version, sizeof mi->version, "offline-random-%d-%d", n_items, dim);
+    int in = hl_model_input_dim(mi);
+    size_t ne = (size_t)n_items * dim;
+    float *e_in = malloc(ne * 4), *e_out = malloc(ne * 4), *bias = malloc((size_t)n_items * 4);
+    float *w = malloc((size_t)dim * in * 4), *b = malloc((size_t)dim * 4);
+    char **ids = malloc(sizeof *ids * (size_t)n_items);
+    uint32_t *lens = malloc(sizeof *lens * (size_t)n_items);
+    uint64_t s = 12345;
+    for (size_t i = 0; i < ne; i++) { e_in[i] = frand(&s); e_out[i] = frand(&s) * 0.5f; }
+    for (int i = 0; i < n_items; i++) {
+        bias[i] = frand(&s) * 0.1f;
+        ids[i] = malloc(16);
+        lens[i] = (uint32_t)hl_synth_item_id(i, ids[i]);
+    }
+    for (int i = 0; i < dim * in; i++) w[i] = frand(&s) * 0.3f;
+    for (int i = 0; i < dim; i++) b[i] = frand(&s) * 0.1f;
+    p.item_id = (const char *const *)ids;
+    p.item_id_len = lens;
+    p.e_in = e_in; p.e_out = e_out; p.bias = bias;
+    p.layer_w[0] = w; p.layer_b[0] = b;
+    int rc = hl_model_write(path, &p, err, errlen);
+    for (int i = 0; i < n_items; i++) free(ids[i]);
+    free(ids); free(lens); free(e_in); free(e_out); free(bias); free(w); free(b);
+    return rc;
+}
+
+static int make_events(const char *path, int n, int users, int items)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    hl_synth_opts so;
+    hl_synth_opts_default(&so);
+    so.n_users = users;
+    so.n_items = items;
+    so.n_topics = items >= 20 ? 20 : 1;
+    hl_synth *s = hl_synth_create(&so, NULL, 0);
+    hl_synth_event ev;
+    fprintf(f, "user_id,item_id,event_type,timestamp_ms,weight\n");
+    for (int i = 0; i < n; i++) {
+        hl_synth_next(s, &ev);
+        if (ev.has_weight)
+            fprintf(f, "%s,%s,%s,%lld,%g\n", ev.user, ev.item, hl_type_name(ev.type),
+                    (long long)ev.ts_ms, (double)ev.weight);
+        else
+            fprintf(f, "%s,%s,%s,%lld,\n", ev.user, ev.item, hl_type_name(ev.type),
+                    (long long)ev.ts_ms);
+    }
+    hl_synth_destroy(s);
+    return fclose(f);
+}
+
+/* Reads path into tbl the way the worker applies events. Returns events or <0. */
+static long apply_file(hl_table *tbl, const hl_model *m, const char *path, char *err, size_t errlen)
+{
+    hl_dataset_opts dopts = {.format = HL_FMT_EVENTS_CSV};
+    hl_dataset_reader *r = hl_dataset_open(path, &dopts, err, errlen);
+    if (r == NULL)
+        return -1;
+    const hl_model_info *mi = hl_model_info_get(m);
+    hl_dataset_event de;
+    long n = 0;
+    while (hl_dataset_next(r, &de, err, errlen) == 1) {
+        hl_event ev = {.user = de.user, .user_len = de.user_len,
+                       .item = hl_model_item_find(m, de.item, de.item_len),
+                       .type = (uint8_t)de.type, .w = mi->type_weight[de.type] * de.weight,
+                       .ts_ms = de.ts_ms, .offset = n};
+        hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), mi->n_items, NULL);
+        n++;
+    }
+    hl_dataset_close(r);
+    return n;
+}
+
+static hl_table *new_table(const hl_model *m)
+{
+    const hl_model_info *mi = hl_model_info_get(m);
+    hl_table_opts to = {.history = 32, .max_users = 10000000, .evict_mass = 1e-6f,
+                        .expected_users = 1024};
+    if (hl_decay_init(&to.decay, mi->n_heads, mi->dim, mi->half_life_ms, NULL, 0) != 0)
+        return NULL;
+    return hl_table_create(&to, NULL, 0);
+}
+
+static void json_str(FILE *f, const char *s, uint32_t n)
+{
+    fputc('"', f);
+    for (uint32_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static void print_list(FILE *f, const hl_model *m, const hl_row_view *v,
+                       const hl_rec *recs, int n)
+{
+    uint32_t len;
+    fprintf(f, "{\"user\":");
+    json_str(f, v->user, v->user_len);
+    fprintf(f, ",\"t_ref\":%lld,\"items\":[", (long long)v->t_ref_ms);
+    for (int j = 0; j < n; j++) {
+        const char *id = hl_model_item_id(m, recs[j].item, &len);
+        fprintf(f, "%s[", j ? "," : "");
+        json_str(f, id, len);
+        fprintf(f, ",%.9g,", (double)recs[j].score);
+        if (recs[j].because >= 0) {
+            id = hl_model_item_id(m, recs[j].because, &len);
+            json_str(f, id, len);
+        } else {
+            fprintf(f, "null");
+        }
+        fprintf(f, "]");
+    }
+    fprintf(f, "]}\n");
+}
+
+/* Ranks every live user of tbl; prints to f. Returns users ranked or <0. */
+static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
+{
+    enum { B = 256 };
+    hl_rank_opts ro = {.k = k, .exclude_seen = 1, .max_batch = B};
+    hl_ranker *r = hl_ranker_create(m, &ro, NULL, 0);
+    hl_row_view *v = calloc(B, sizeof *v);
+    hl_rec *recs = calloc((size_t)B * k, sizeof *recs);
+    int n_out[B];
+    long users = 0;
+    uint32_t lim = hl_table_row_limit(tbl);
+    for (uint32_t row = 0; r && row < lim;) {
+        int n = 0;
+        for (; row < lim && n < B; row++)
+            if (hl_table_row_live(tbl, row))
+                hl_table_view(tbl, row, &v[n++]);
+        if (n == 0 || hl_ranker_refresh(r, v, n, recs, n_out) != 0)
+            continue;
+        for (int i = 0; i < n; i++)
+            print_list(f, m, &v[i], recs + (size_t)i * k, n_out[i]);
+        users += n;
+    }
+    hl_ranker_destroy(r);
+    free(v);
+    free(recs);
+    return r ? users : -1;
+}
+
+static int offline_main(const char *events, const char *model, int k)
+{
+    char err[512];
+    hl_model *m = hl_model_open(model, err, sizeof err);
+    if (m == NULL) {
+        fprintf(stderr, "offline: %s\n", err);
+        return 1;
+    }
+    hl_table *tbl = new_table(m);
+    long n = apply_file(tbl, m, events, err, sizeof err);
+    long users = n >= 0 ? rank_all(tbl, m, k, stdout) : -1;
+    if (n < 0 || users < 0)
+        fprintf(stderr, "offline: %s\n", n < 0 ? err : "ranking failed");
+    hl_table_destroy(tbl);
+    hl_model_close(m);
+    return n < 0 || users < 0;
+}
+
+static int env_int(const char *name, int def)
+{
+    const char *v = getenv(name);
+    return v && *v ? atoi(v) : def;
+}
+
+/* ---- self-tests -------------------------------------------------------- */
+
+static char tmpdir[64];
+
+static void test_model_roundtrip(void)
+{
+    char path[128], err[256];
+    snprintf(path, sizeof path, "%s/m.hlm", tmpdir);
+    CHECKF(make_model(path, 300, 16, err, sizeof err) == 0, "%s", err);
+    hl_model *m = hl_model_open(path, err, sizeof err);
+    CHECKF(m != NULL, "%s", err);
+    if (m == NULL)
+        return;
+    CHECK(hl_model_info_get(m)->n_items == 300);
+    CHECK(hl_model_item_find(m, "i000299", 7) == 299);
+    hl_model_close(m);
+}
+
+/* The offline reference must not depend on how users are split into
+ * shards: applying everything in one table or per user-hash shard gives the
+ * same lists (what lets the e2e test ignore partitioning). */
+static void test_sharding_invariant(void)
+{
+    char mpath[128], epath[128], err[256];
+    snprintf(mpath, sizeof mpath, "%s/m2.hlm", tmpdir);
+    snprintf(epath, sizeof epath, "%s/e.csv", tmpdir);
+    CHECK(make_model(mpath, 200, 8, err, sizeof err) == 0);
+    CHECK(make_events(epath, 3000, 50, 200) == 0);
+    hl_model *m = hl_model_open(mpath, err, sizeof err);
+    CHECKF(m != NULL, "%s", err);
+    if (m == NULL)
+        return;
+    hl_table *one = new_table(m);
+    CHECK(apply_file(one, m, epath, err, sizeof err) == 3000);
+    char *a = NULL, *b = NULL;
+    size_t al = 0, bl = 0;
+    FILE *fa = open_memstream(&a, &al);
+    CHECK(rank_all(one, m, 10, fa) == 50);
+    fclose(fa);
+    /* Two tables split by the first byte parity of the user's last digit. */
+    hl_table *sh[2] = {new_table(m), new_table(m)};
+    hl_dataset_opts dopts = {.format = HL_FMT_EVENTS_CSV};
+    hl_dataset_reader *r = hl_dataset_open(epath, &dopts, err, sizeof err);
+    const hl_model_info *mi = hl_model_info_get(m);
+    hl_dataset_event de;
+    long n = 0;
+    while (r && hl_dataset_next(r, &de, err, sizeof err) == 1) {
+        hl_event ev = {.user = de.user, .user_len = de.user_len,
+                       .item = hl_model_item_find(m, de.item, de.item_len),
+                       .type = (uint8_t)de.type, .w = mi->type_weight[de.type] * de.weight,
+                       .ts_ms = de.ts_ms, .offset = n++};
+        hl_table_apply(sh[de.user[de.user_len - 1] & 1], &ev, 1, hl_model_e_in(m), mi->n_items, NULL);
+    }
+    hl_dataset_close(r);
+    FILE *fb = open_memstream(&b, &bl);
+    CHECK(rank_all(sh[0], m, 10, fb) + rank_all(sh[1], m, 10, fb) == 50);
+    fclose(fb);
+    /* Same set of lines, in a different order: compare sorted line sets by
+     * total length and by each line of a appearing in b. */
+    CHECK(al == bl);
+    for (char *line = a; line && *line;) {
+        char *nl = strchr(line, '\n');
+        *nl = '\0';
+        CHECKF(strstr(b, line) != NULL, "line missing: %.80s", line);
+        line = nl + 1;
+    }
+    free(a);
+    free(b);
+    hl_table_destroy(one);
+    hl_table_destroy(sh[0]);
+    hl_table_destroy(sh[1]);
+    hl_model_close(m);
+}
+
+int main(void)
+{
+    const char *mk = getenv("HL_OFFLINE_MAKE_MODEL"), *me = getenv("HL_OFFLINE_MAKE_EVENTS");
+    const char *ev = getenv("HL_OFFLINE_EVENTS"), *mo = getenv("HL_OFFLINE_MODEL");
+    char err[512];
+    if (mk && *mk) {
+        if (make_model(mk, env_int("HL_OFFLINE_ITEMS", 1000), env_int("HL_OFFLINE_DIM", 16),
+                       err, sizeof err) != 0) {
+            fprintf(stderr, "offline: %s\n", err);
+            return 1;
+        }
+        return 0;
+    }
+    if (me && *me)
+        return make_events(me, env_int("HL_OFFLINE_N", 10000), env_int("HL_OFFLINE_USERS", 500),
+                           env_int("HL_OFFLINE_ITEMS", 1000)) != 0;
+    if (ev && *ev && mo && *mo)
+        return offline_main(ev, mo, env_int("HL_OFFLINE_K", 20));
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/hl_offline_XXXXXX");
+    if (mkdtemp(tmpdir) == NULL)
+        return 1;
+    RUN(test_model_roundtrip);
+    RUN(test_sharding_invariant);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0)
+        return 1;
+    TEST_EXIT();
+}

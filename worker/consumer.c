@@ -1,0 +1,244 @@
+/* consumer.c - configuration and reports of the worker's consumer.
+ *
+ * Offsets: enable.auto.offset.store=false, so librdkafka commits only what
+ * the worker stored with rd_kafka_offsets_store() after a batch's lists were
+ * delivered; auto-commit then sends those stored offsets every few seconds
+ * and at close. queued.min.messages is raised to 1,000,000 because
+ * librdkafka 2.0.2 stalls below it (DESIGN.md section 9).
+ *
+ * Statistics arrive as JSON every statistics.interval.ms; the only numbers
+ * taken from it are each partition's consumer_lag and whether any broker is
+ * UP. The scan below is deliberately narrow: it finds the input topic's
+ * object and walks its "partition"/"consumer_lag" pairs in order. */
+#include "consumer.h"
+#include "log.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct hl_consumer {
+    rd_kafka_t      *rk;
+    hl_consumer_opts o;
+    hl_gauge        *broker_up;      /* halflife_broker_up */
+    atomic_int       up;
+    atomic_int       fatal;
+    hl_log_limit     err_limit;
+};
+
+static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
+                    char *errbuf, size_t errlen)
+{
+    char why[256];
+    if (rd_kafka_conf_set(conf, k, v, why, sizeof why) != RD_KAFKA_CONF_OK)
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%s: %s", k, v, why);
+    return 0;
+}
+
+/* Producer-only keys are skipped: librdkafka would warn about each. */
+static int consumer_key(const char *key)
+{
+    static const char *const producer_only[] = {
+        "enable.idempotence", "linger.ms", "queue.buffering.max.ms",
+        "queue.buffering.max.messages", "queue.buffering.max.kbytes",
+        "message.timeout.ms", "delivery.timeout.ms", "acks", "request.required.acks",
+        "batch.num.messages", "batch.size", "compression.type", "compression.codec",
+        "transactional.id", "max.in.flight.requests.per.connection",
+        "max.in.flight", "retries", "message.send.max.retries",
+    };
+    for (size_t i = 0; i < sizeof producer_only / sizeof producer_only[0]; i++)
+        if (strcmp(key, producer_only[i]) == 0)
+            return 0;
+    return 1;
+}
+
+static void set_up(hl_consumer *c, int up)
+{
+    atomic_store(&c->up, up);
+    if (c->broker_up)
+        hl_gauge_set(c->broker_up, up);
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    hl_consumer *c = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        set_up(c, 0);
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[512];
+        rd_kafka_fatal_error(rk, why, sizeof why);
+        atomic_store(&c->fatal, 1);
+        hl_log(HL_LOG_ERROR, "kafka_fatal", "err=\"%s\"", why);
+        return;
+    }
+    uint64_t sup = 0;
+    if (hl_log_limit_pass(&c->err_limit, &sup))
+        hl_log(HL_LOG_WARN, "kafka_error", "err=%s reason=\"%s\" suppressed=%llu",
+               rd_kafka_err2name(err), reason, (unsigned long long)sup);
+}
+
+/* Position just after "key": in s, searching from s up to end; NULL if absent. */
+static const char *find_key(const char *s, const char *end, const char *key)
+{
+    size_t n = strlen(key);
+    for (const char *p = s; p && p + n <= end; p++) {
+        p = memchr(p, key[0], (size_t)(end - p));
+        if (p == NULL || p + n > end)
+            return NULL;
+        if (memcmp(p, key, n) == 0)
+            return p + n;
+    }
+    return NULL;
+}
+
+static void stats_lag(hl_consumer *c, const char *json, const char *end)
+{
+    char key[320];
+    snprintf(key, sizeof key, "\"topic\":\"%s\"", c->o.topic);
+    const char *p = find_key(json, end, key);
+    while (p && (p = find_key(p, end, "\"partition\":")) != NULL) {
+        long part = strtol(p, NULL, 10);
+        const char *lag_at = find_key(p, end, "\"consumer_lag\":");
+        const char *next = find_key(p, end, "\"partition\":");
+        if (lag_at == NULL || (next && lag_at > next))
+            continue;
+        long long lag = strtoll(lag_at, NULL, 10);
+        if (part >= 0 && lag >= 0) {
+            char labels[48];
+            snprintf(labels, sizeof labels, "partition=\"%ld\"", part);
+            hl_gauge_set(hl_metrics_gauge(c->o.reg, "halflife_consumer_lag",
+                         "Records behind the partition's high watermark "
+                         "(librdkafka statistics).", labels), (double)lag);
+        }
+    }
+}
+
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    hl_consumer *c = opaque;
+    const char *end = json + len;
+    if (find_key(json, end, "\"state\":\"UP\"") != NULL)
+        set_up(c, 1);
+    const char *topics = find_key(json, end, "\"topics\":");
+    if (topics && c->o.reg && c->o.topic)
+        stats_lag(c, topics, end);
+    return 0;                   /* librdkafka frees json */
+}
+
+/* The conf's opaque is this struct (the error and stats callbacks need it);
+ * the worker's own opaque travels in o.opaque. */
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    hl_consumer *c = opaque;
+    c->o.rebalance(rk, err, parts, c->o.opaque);
+}
+
+static int set_defaults(hl_consumer *c, rd_kafka_conf_t *conf, char *errbuf, size_t errlen)
+{
+    const hl_kafka_prop defaults[] = {
+        {"bootstrap.servers", c->o.bootstrap},
+        {"group.id", c->o.group_id},
+        {"partition.assignment.strategy", "cooperative-sticky"},
+        {"enable.auto.offset.store", "false"},
+        {"enable.auto.commit", "true"},
+        {"auto.offset.reset", "earliest"},
+        {"queued.min.messages", "1000000"},
+        {"statistics.interval.ms", c->o.reg ? "5000" : "0"},
+    };
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+        if (conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
+            return HL_EINVAL;
+    for (int i = 0; i < c->o.n_kafka; i++)
+        if (consumer_key(c->o.kafka[i].key) &&
+            conf_set(conf, c->o.kafka[i].key, c->o.kafka[i].value, errbuf, errlen) != 0)
+            return HL_EINVAL;
+    return 0;
+}
+
+hl_consumer *hl_consumer_create(const hl_consumer_opts *o, char *errbuf, size_t errlen)
+{
+    char why[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    hl_consumer *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "consumer: out of memory");
+        goto fail;
+    }
+    c->o = *o;
+    c->err_limit.interval_ms = 5000;
+    atomic_init(&c->up, 1);
+    if (o->reg)
+        c->broker_up = hl_metrics_gauge(o->reg, "halflife_broker_up",
+            "1 while a Kafka broker is reachable, else 0.", NULL);
+    set_up(c, 1);
+    if (set_defaults(c, conf, errbuf, errlen) != 0)
+        goto fail;
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_stats_cb(conf, on_stats);
+    rd_kafka_conf_set_opaque(conf, c);
+    if ((c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why)) == NULL) {
+        hl_err(errbuf, errlen, HL_EINVAL, "consumer: %s", why);
+        goto fail;
+    }
+    conf = NULL;                /* owned and freed by the handle now */
+    rd_kafka_poll_set_consumer(c->rk);
+    return c;
+fail:
+    if (conf)
+        rd_kafka_conf_destroy(conf);
+    free(c);
+    return NULL;
+}
+
+void hl_consumer_destroy(hl_consumer *c)
+{
+    if (c == NULL)
+        return;
+    if (c->rk)
+        rd_kafka_destroy(c->rk);
+    free(c);
+}
+
+rd_kafka_t *hl_consumer_handle(hl_consumer *c) { return c->rk; }
+
+int hl_consumer_broker_up(const hl_consumer *c) { return atomic_load(&c->up); }
+
+int hl_consumer_subscribe(hl_consumer *c, const char *topic, char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(c->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err)
+        return hl_err(errbuf, errlen, HL_EIO, "subscribe %s: %s", topic, rd_kafka_err2str(err));
+    return 0;
+}
+
+int hl_consumer_serve(hl_consumer *c, int timeout_ms)
+{
+    rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, timeout_ms);
+    if (rkm != NULL) {
+        if (rkm->err == RD_KAFKA_RESP_ERR__FATAL)
+            atomic_store(&c->fatal, 1);
+        else if (rkm->err)
+            on_error(c->rk, rkm->err, rd_kafka_message_errstr(rkm), c);
+        else
+            hl_log(HL_LOG_WARN, "unrouted_record", "partition=%d offset=%lld",
+                   (int)rkm->partition, (long long)rkm->offset);
+        rd_kafka_message_destroy(rkm);
+    }
+    return atomic_load(&c->fatal);
+}
+
+void hl_consumer_close(hl_consumer *c)
+{
+    rd_kafka_resp_err_t err = rd_kafka_commit(c->rk, NULL, 0);
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        hl_log(HL_LOG_WARN, "commit_failed", "err=\"%s\"", rd_kafka_err2str(err));
+    err = rd_kafka_consumer_close(c->rk);
+    if (err)
+        hl_log(HL_LOG_WARN, "consumer_close_failed", "err=\"%s\"", rd_kafka_err2str(err));
+}

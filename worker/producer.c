@@ -1,0 +1,200 @@
+/* producer.c - one idempotent librdkafka producer shared by every worker
+ * thread, with per-batch delivery tickets.
+ *
+ * The invariant: a ticket's pending count is raised before a record is
+ * handed to librdkafka and lowered only in the delivery report of that
+ * record, so pending == 0 means every record of the batch has been
+ * acknowledged by the broker (or has definitely failed and been counted).
+ * Delivery reports run in whichever thread polls; they touch only atomics.
+ * What to do with a failed record is the caller's decision. */
+#include "producer.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct hl_producer {
+    rd_kafka_t   *rk;
+    hl_counter   *delivery_errors;
+    hl_log_limit  err_limit;
+    atomic_ulong  n_failed;
+};
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
+{
+    hl_producer *p = opaque;
+    hl_ticket *t = rkm->_private;
+    if (rkm->err) {
+        atomic_fetch_add(&p->n_failed, 1);
+        if (p->delivery_errors)
+            hl_counter_add(p->delivery_errors, 1);
+        if (t)
+            atomic_fetch_add(&t->failed, 1);
+        if (t && t->fail_counter)
+            hl_counter_add(t->fail_counter, 1);
+        /* The limiter is not thread-safe; a rare race only misreports the
+         * suppressed count of a log line. */
+        uint64_t sup = 0;
+        if (hl_log_limit_pass(&p->err_limit, &sup))
+            hl_log(HL_LOG_WARN, "delivery_failed", "topic=%s err=\"%s\" suppressed=%llu",
+                   rd_kafka_topic_name(rkm->rkt), rd_kafka_err2str(rkm->err),
+                   (unsigned long long)sup);
+    }
+    if (t)
+        atomic_fetch_sub_explicit(&t->pending, 1, memory_order_release);
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
+                    char *errbuf, size_t errlen)
+{
+    char why[256];
+    if (rd_kafka_conf_set(conf, k, v, why, sizeof why) != RD_KAFKA_CONF_OK)
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%s: %s", k, v, why);
+    return 0;
+}
+
+static int prop_given(const hl_kafka_prop *props, int n, const char *key)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(props[i].key, key) == 0)
+            return 1;
+    return 0;
+}
+
+/* Consumer-only keys in props are skipped: librdkafka would warn about each. */
+static int producer_key(const char *key)
+{
+    static const char *const consumer_only[] = {
+        "group.id", "group.instance.id", "auto.offset.reset", "enable.auto.commit",
+        "auto.commit.interval.ms", "enable.auto.offset.store", "session.timeout.ms",
+        "heartbeat.interval.ms", "max.poll.interval.ms", "partition.assignment.strategy",
+        "queued.min.messages", "queued.max.messages.kbytes", "fetch.wait.max.ms",
+        "fetch.min.bytes", "fetch.max.bytes", "fetch.message.max.bytes",
+        "isolation.level", "enable.partition.eof", "check.crcs",
+    };
+    for (size_t i = 0; i < sizeof consumer_only / sizeof consumer_only[0]; i++)
+        if (strcmp(key, consumer_only[i]) == 0)
+            return 0;
+    return 1;
+}
+
+hl_producer *hl_producer_create(const hl_kafka_prop *props, int n_props,
+                                hl_counter *delivery_errors,
+                                char *errbuf, size_t errlen)
+{
+    static const hl_kafka_prop defaults[] = {
+        {"enable.idempotence", "true"}, {"linger.ms", "1"},
+        {"message.timeout.ms", "0"}, {"queue.buffering.max.messages", "1000000"},
+    };
+    char why[512];
+    hl_producer *p = calloc(1, sizeof *p);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (p == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "producer: out of memory");
+        goto fail;
+    }
+    p->delivery_errors = delivery_errors;
+    p->err_limit.interval_ms = 5000;
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+        if (!prop_given(props, n_props, defaults[i].key) &&
+            conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
+            goto fail;
+    for (int i = 0; i < n_props; i++)
+        if (producer_key(props[i].key) &&
+            conf_set(conf, props[i].key, props[i].value, errbuf, errlen) != 0)
+            goto fail;
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_opaque(conf, p);
+    p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
+    if (p->rk == NULL) {
+        hl_err(errbuf, errlen, HL_EINVAL, "producer: %s", why);
+        goto fail;
+    }
+    return p;                  /* conf is owned and freed by the handle now */
+fail:
+    rd_kafka_conf_destroy(conf);
+    free(p);
+    return NULL;
+}
+
+void hl_producer_destroy(hl_producer *p, int flush_ms)
+{
+    if (p == NULL)
+        return;
+    if (rd_kafka_flush(p->rk, flush_ms) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        hl_log(HL_LOG_WARN, "producer_flush_incomplete", "in_flight=%d",
+               rd_kafka_outq_len(p->rk));
+    rd_kafka_destroy(p->rk);
+    free(p);
+}
+
+rd_kafka_t *hl_producer_handle(hl_producer *p) { return p->rk; }
+
+static rd_kafka_resp_err_t produce_once(hl_producer *p, const char *topic,
+                                        int32_t partition,
+                                        const void *key, size_t key_len,
+                                        const void *value, size_t value_len,
+                                        const hl_header *headers, hl_ticket *ticket)
+{
+    rd_kafka_headers_t *hdrs = NULL;
+    if (headers != NULL) {
+        int n = 0;
+        while (headers[n].name)
+            n++;
+        hdrs = rd_kafka_headers_new((size_t)n);
+        for (int i = 0; i < n; i++)
+            rd_kafka_header_add(hdrs, headers[i].name, -1, headers[i].value,
+                                (ssize_t)headers[i].len);
+    }
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+        RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE((void *)value, value_len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(ticket),
+        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+    if (err && hdrs)
+        rd_kafka_headers_destroy(hdrs);   /* owned by the message only on success */
+    return err;
+}
+
+int hl_producer_send(hl_producer *p, const char *topic, int32_t partition,
+                     const void *key, size_t key_len,
+                     const void *value, size_t value_len,
+                     const hl_header *headers, hl_ticket *ticket,
+                     char *errbuf, size_t errlen)
+{
+    if (ticket)
+        atomic_fetch_add(&ticket->pending, 1);
+    for (;;) {
+        rd_kafka_resp_err_t err = produce_once(p, topic, partition, key, key_len,
+                                               value, value_len, headers, ticket);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            return 0;
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            if (ticket)
+                atomic_fetch_sub(&ticket->pending, 1);
+            return hl_err(errbuf, errlen, HL_EIO, "produce to %s: %s", topic,
+                          rd_kafka_err2str(err));
+        }
+        rd_kafka_poll(p->rk, 10);   /* make room: serve delivery reports */
+    }
+}
+
+void hl_producer_poll(hl_producer *p, int timeout_ms)
+{
+    rd_kafka_poll(p->rk, timeout_ms);
+}
+
+int hl_producer_wait(hl_producer *p, hl_ticket *ticket, int timeout_ms,
+                     const atomic_int *stop)
+{
+    int64_t deadline = hl_now_mono_ms() + timeout_ms;
+    while (!hl_ticket_done(ticket)) {
+        if (timeout_ms >= 0 && hl_now_mono_ms() >= deadline)
+            return 0;
+        if (stop && atomic_load(stop) > 1)
+            return 0;
+        rd_kafka_poll(p->rk, 1);
+    }
+    return 1;
+}

@@ -1,0 +1,79 @@
+/* producer.h - the worker's idempotent Kafka producer and the delivery
+ * tickets that tell a batch when all of its records are in the broker.
+ *
+ * A ticket counts a batch's records still in flight: hl_producer_send()
+ * adds one before handing a record to librdkafka, the delivery report takes
+ * it away. A batch stores its input offsets only once its ticket reads zero
+ * (DESIGN.md section 2: output is at-least-once). Any thread may send and
+ * poll; tickets are atomics. */
+#ifndef HL_PRODUCER_H
+#define HL_PRODUCER_H
+
+#include "hl.h"
+#include "metrics.h"
+
+#include <stdatomic.h>
+#include <librdkafka/rdkafka.h>
+
+typedef struct hl_ticket {
+    atomic_int      pending;      /* records sent and not yet reported */
+    atomic_int      failed;       /* records whose delivery failed */
+    hl_counter     *fail_counter; /* also counts failures, if not NULL */
+} hl_ticket;
+
+static inline void hl_ticket_reset(hl_ticket *t)
+{
+    atomic_store(&t->pending, 0);
+    atomic_store(&t->failed, 0);
+}
+
+static inline int hl_ticket_done(hl_ticket *t)
+{
+    return atomic_load_explicit(&t->pending, memory_order_acquire) == 0;
+}
+
+typedef struct hl_producer hl_producer;   /* opaque */
+
+/* One kafka.* property, key without the "kafka." prefix. */
+typedef struct hl_kafka_prop {
+    const char *key, *value;
+} hl_kafka_prop;
+
+/* Creates the producer: enable.idempotence=true, linger.ms=1 and
+ * message.timeout.ms=0 (a list is never given up on: with the broker away
+ * the worker waits instead of losing output) unless props say otherwise.
+ * delivery_errors may be NULL. */
+hl_producer *hl_producer_create(const hl_kafka_prop *props, int n_props,
+                                hl_counter *delivery_errors,
+                                char *errbuf, size_t errlen);
+/* Flushes for at most flush_ms, then frees. NULL is a no-op. */
+void         hl_producer_destroy(hl_producer *p, int flush_ms);
+
+rd_kafka_t  *hl_producer_handle(hl_producer *p);
+
+/* Header for DLQ records; NULL name ends a list. */
+typedef struct hl_header {
+    const char *name;
+    const void *value;
+    size_t      len;
+} hl_header;
+
+/* Sends one record (copied) to topic, counting it on ticket (may be NULL).
+ * partition -1 lets the partitioner pick by key. Blocks, polling, while
+ * librdkafka's queue is full. headers may be NULL. 0 or HL_EIO with a
+ * reason. */
+int hl_producer_send(hl_producer *p, const char *topic, int32_t partition,
+                     const void *key, size_t key_len,
+                     const void *value, size_t value_len,
+                     const hl_header *headers, hl_ticket *ticket,
+                     char *errbuf, size_t errlen);
+
+/* Serves delivery reports for up to timeout_ms. */
+void hl_producer_poll(hl_producer *p, int timeout_ms);
+
+/* Polls until ticket is done or timeout_ms passes (-1: no limit, but stop,
+ * if not NULL, is checked each poll). 1 if done. */
+int hl_producer_wait(hl_producer *p, hl_ticket *ticket, int timeout_ms,
+                     const atomic_int *stop);
+
+#endif

@@ -1,0 +1,101 @@
+/* shard.c - a partition's table plus the batch of events waiting for it.
+ *
+ * The batch arrays are sized once at create time (the thread's
+ * batch.max.messages), so filling and applying a batch never allocates
+ * (STYLE.md section 9). The table itself may grow as users arrive. */
+#include "shard.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static void register_series(hl_shard *sh, hl_metrics *reg)
+{
+    char labels[48];
+    snprintf(labels, sizeof labels, "partition=\"%d\"", (int)sh->partition);
+    sh->series.consumed = hl_metrics_counter(reg, "halflife_events_consumed_total",
+        "Input records consumed (valid or not), by partition.", labels);
+    sh->series.users = hl_metrics_gauge(reg, "halflife_users",
+        "Users held in the shard's state.", labels);
+    sh->series.state_bytes = hl_metrics_gauge(reg, "halflife_state_bytes",
+        "Memory held by the shard's state.", labels);
+}
+
+hl_shard *hl_shard_create(int32_t partition, const hl_table_opts *o, int cap_ev,
+                          hl_metrics *reg, char *errbuf, size_t errlen)
+{
+    hl_shard *sh = calloc(1, sizeof *sh);
+    if (sh == NULL)
+        goto nomem;
+    sh->partition = partition;
+    sh->cap_ev = cap_ev;
+    sh->ev = malloc(sizeof *sh->ev * (size_t)cap_ev);
+    sh->status = malloc((size_t)cap_ev);
+    if (sh->ev == NULL || sh->status == NULL)
+        goto nomem;
+    if ((sh->tbl = hl_table_create(o, errbuf, errlen)) == NULL)
+        goto fail;
+    if (reg != NULL)
+        register_series(sh, reg);
+    hl_shard_batch_begin(sh);
+    return sh;
+nomem:
+    hl_err(errbuf, errlen, HL_ENOMEM, "shard %d: out of memory", (int)partition);
+fail:
+    hl_shard_destroy(sh);
+    return NULL;
+}
+
+void hl_shard_destroy(hl_shard *sh)
+{
+    if (sh == NULL)
+        return;
+    hl_table_destroy(sh->tbl);
+    free(sh->ev);
+    free(sh->status);
+    free(sh);
+}
+
+void hl_shard_batch_begin(hl_shard *sh)
+{
+    sh->n_ev = 0;
+    sh->n_seen = 0;
+    sh->batch_next_offset = -1;
+    sh->batch_newest_off = -1;
+}
+
+int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed)
+{
+    *n_dup = *n_failed = 0;
+    if (sh->n_ev == 0)
+        return 0;
+    const hl_model_info *mi = hl_model_info_get(m);
+    int n = hl_table_apply(sh->tbl, sh->ev, sh->n_ev, hl_model_e_in(m),
+                           mi->n_items, sh->status);
+    uint64_t dup = 0, failed = 0;
+    for (int i = 0; i < sh->n_ev; i++) {
+        dup += sh->status[i] == 0;
+        failed += sh->status[i] < 0;
+    }
+    atomic_fetch_add_explicit(&sh->applied, (uint64_t)n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sh->duplicates, dup, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sh->failed, failed, memory_order_relaxed);
+    *n_dup = (int)dup;
+    *n_failed = (int)failed;
+    return n;
+}
+
+void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2])
+{
+    hl_table_stats st;
+    hl_table_stats_get(sh->tbl, &st);
+    if (sh->series.users) {
+        hl_gauge_set(sh->series.users, (double)st.users);
+        hl_gauge_set(sh->series.state_bytes, (double)st.bytes);
+    }
+    if (evictions != NULL) {
+        hl_counter_add(evictions[0], st.evicted_mass - sh->evicted_mass_seen);
+        hl_counter_add(evictions[1], st.evicted_capacity - sh->evicted_capacity_seen);
+    }
+    sh->evicted_mass_seen = st.evicted_mass;
+    sh->evicted_capacity_seen = st.evicted_capacity;
+}

@@ -1,0 +1,641 @@
+/* worker.c - the worker process: the embedded broker when none is
+ * configured, the consumer group membership, the shard-owning threads and
+ * the hand-over of partitions between them (DESIGN.md sections 1, 2, 6).
+ *
+ * The calling thread of hl_worker_run() serves the consumer's own queue:
+ * rebalances, errors and statistics. Records never reach it: before a
+ * partition is assigned, its queue is forwarded to the queue of the thread
+ * chosen to own it (the one with the fewest shards), and librdkafka keeps an
+ * application forward across fetch restarts. On revocation the callback asks
+ * each owning thread to let go and waits: the thread finishes its batch,
+ * waits for that batch's lists to be delivered and stores its offsets, and
+ * only then does the callback unassign. So every stored offset is backed by
+ * applied state and delivered lists, and no two threads ever hold a shard. */
+#include "worker.h"
+#include "config.h"
+#include "consumer.h"
+#include "log.h"
+#include "thread.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct hl_worker {
+    hl_worker_opts    o;
+    char              dlq[320];
+    char              bootstrap[512];
+    const hl_model   *m;
+    hl_metrics       *reg;
+    rd_kafka_t       *mock_rk;        /* hosts the embedded broker */
+    rd_kafka_mock_cluster_t *mock;
+    hl_consumer      *cons;
+    hl_producer      *prod;
+    hl_wshared        ctx;
+    hl_wthread      **th;
+    int               n_th;
+    int              *th_load;        /* shards per thread, main thread's view */
+    hl_wthread      **owner;          /* by partition; main thread only */
+    int               cap_owner;
+    atomic_int        stop;
+    atomic_int        assigned;
+    atomic_int        have_assignment;
+    hl_gauge         *assigned_g;
+    hl_counter       *rebalances;
+    pthread_mutex_t   lat_mu;
+    uint64_t          lat_prev[HL_LAT_BUCKETS];
+};
+
+void hl_worker_opts_default(hl_worker_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->group_id = "halflife";
+    o->input_topic = "behaviour-events";
+    o->output_topic = "recommendations";
+    o->codec.input_framing = HL_FRAMING_CONFLUENT;
+    o->codec.output_framing = HL_FRAMING_CONFLUENT;
+    o->codec.schemas_dir = "schemas";
+    o->codec.output_schema_id = 2;
+    o->codec.min_ts_ms = 0;
+    o->codec.max_ts_ms = 4102444800000LL;      /* 2100-01-01 */
+    o->recs_enabled = 1;
+    o->recs_k = 20;
+    o->recs_exclude_seen = 1;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    o->threads = n > 0 ? (int)n : 1;
+    o->batch_max_messages = 10000;
+    o->batch_max_ms = 5;
+    o->state_history = 32;
+    o->state_max_users = 10000000;
+    o->state_evict_mass = 1e-6f;
+    o->shutdown_timeout_ms = 30000;
+    o->embedded_partitions = 4;
+}
+
+/* ---- the embedded broker ----------------------------------------------- */
+
+static int embedded_start(hl_worker *w, char *errbuf, size_t errlen)
+{
+    char why[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "log_level", "3", why, sizeof why);
+    if ((w->mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why)) == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return hl_err(errbuf, errlen, HL_EIO, "embedded broker: %s", why);
+    }
+    if ((w->mock = rd_kafka_mock_cluster_new(w->mock_rk, 1)) == NULL)
+        return hl_err(errbuf, errlen, HL_EIO, "embedded broker: cannot start mock cluster");
+    const char *topics[] = {w->o.input_topic, w->o.output_topic, w->ctx.dlq_topic};
+    for (int i = 0; i < 3; i++) {
+        if (topics[i] == NULL)
+            continue;
+        rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(w->mock, topics[i],
+                                                             w->o.embedded_partitions, 1);
+        if (err)
+            return hl_err(errbuf, errlen, HL_EIO, "embedded broker: topic %s: %s",
+                          topics[i], rd_kafka_err2str(err));
+    }
+    snprintf(w->bootstrap, sizeof w->bootstrap, "%s", rd_kafka_mock_cluster_bootstraps(w->mock));
+    hl_log(HL_LOG_INFO, "embedded_broker", "bootstrap=%s partitions=%d", w->bootstrap,
+           w->o.embedded_partitions);
+    return 0;
+}
+
+static void embedded_stop(hl_worker *w)
+{
+    if (w->mock)
+        rd_kafka_mock_cluster_destroy(w->mock);
+    if (w->mock_rk)
+        rd_kafka_destroy(w->mock_rk);
+    w->mock = NULL;
+    w->mock_rk = NULL;
+}
+
+/* ---- metrics ----------------------------------------------------------- */
+
+static void register_metrics(hl_worker *w)
+{
+    static const double size_bounds[] = {1, 10, 100, 1000, 10000, 100000};
+    static const char *const stages[4] = {"decode", "apply", "refresh", "produce"};
+    hl_metrics *reg = w->reg;
+    char labels[128];
+    for (int r = 1; r < HL_CODEC_N_REASONS; r++) {
+        snprintf(labels, sizeof labels, "reason=\"%s\"", hl_codec_reason_name(r));
+        w->ctx.mx.invalid[r] = hl_metrics_counter(reg, "halflife_events_invalid_total",
+            "Input records that could not be decoded, by reason.", labels);
+        w->ctx.mx.dlq[r] = hl_metrics_counter(reg, "halflife_dlq_records_total",
+            "Records copied to the dead-letter topic, by reason.", labels);
+    }
+    w->ctx.mx.dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
+        "Dead letters that could not be written.", NULL);
+    w->ctx.mx.unknown = hl_metrics_counter(reg, "halflife_unknown_items_total",
+        "Events whose item is not in the model (kept in history only).", NULL);
+    w->ctx.mx.batches = hl_metrics_counter(reg, "halflife_batches_total",
+        "Batches processed.", NULL);
+    w->ctx.mx.lists = hl_metrics_counter(reg, "halflife_lists_published_total",
+        "Recommendation lists produced.", NULL);
+    w->ctx.mx.evictions[0] = hl_metrics_counter(reg, "halflife_evictions_total",
+        "Users dropped from state, by reason.", "reason=\"mass\"");
+    w->ctx.mx.evictions[1] = hl_metrics_counter(reg, "halflife_evictions_total",
+        "Users dropped from state, by reason.", "reason=\"capacity\"");
+    w->ctx.mx.batch_size = hl_metrics_histogram(reg, "halflife_batch_size",
+        "Records per batch.", NULL, size_bounds, 6);
+    for (int s = 0; s < 4; s++) {
+        snprintf(labels, sizeof labels, "stage=\"%s\"", stages[s]);
+        w->ctx.mx.stage[s] = hl_metrics_histogram(reg, "halflife_stage_duration_seconds",
+            "Time per batch in each stage.", labels, hl_latency_bounds_s, hl_latency_bounds_n);
+    }
+    w->ctx.mx.e2p = hl_metrics_histogram(reg, "halflife_event_to_publish_seconds",
+        "From an event's Kafka timestamp to the delivery of the list it changed.",
+        NULL, hl_latency_bounds_s, hl_latency_bounds_n);
+    hl_metrics_counter(reg, "halflife_delivery_errors_total",
+        "Records the producer failed to deliver.", NULL);
+    w->rebalances = hl_metrics_counter(reg, "halflife_rebalances_total",
+        "Rebalance callbacks served (assign and revoke).", NULL);
+    w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
+        "Input partitions this worker owns.", NULL);
+    const hl_model_info *mi = hl_model_info_get(w->m);
+    snprintf(labels, sizeof labels, "version=\"%.60s\",items=\"%d\",dim=\"%d\"",
+             mi->version, (int)mi->n_items, mi->dim);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_model_info",
+        "The model in use (always 1).", labels), 1);
+}
+
+/* ---- rebalance --------------------------------------------------------- */
+
+static int least_loaded(hl_worker *w)
+{
+    int best = 0;
+    for (int i = 1; i < w->n_th; i++)
+        if (w->th_load[i] < w->th_load[best])
+            best = i;
+    return best;
+}
+
+static int owner_slot(hl_worker *w, int32_t p)
+{
+    if (p >= w->cap_owner) {
+        int cap = p + 64;
+        hl_wthread **o = realloc(w->owner, sizeof *o * (size_t)cap);
+        if (o == NULL)
+            return -1;
+        memset(o + w->cap_owner, 0, sizeof *o * (size_t)(cap - w->cap_owner));
+        w->owner = o;
+        w->cap_owner = cap;
+    }
+    return 0;
+}
+
+static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p)
+{
+    char err[256];
+    if (owner_slot(w, p) != 0 || w->owner[p] != NULL)
+        return w->owner[p] != NULL ? 0 : HL_ENOMEM;
+    hl_shard *sh = hl_shard_create(p, &w->ctx.topts, w->o.batch_max_messages, w->reg,
+                                   err, sizeof err);
+    if (sh == NULL) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
+        return HL_ENOMEM;
+    }
+    int i = least_loaded(w);
+    rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(rk, w->o.input_topic, p);
+    rd_kafka_queue_forward(pq, hl_wthread_queue(w->th[i]));
+    rd_kafka_queue_destroy(pq);
+    hl_wthread_give(w->th[i], sh);
+    w->owner[p] = w->th[i];
+    w->th_load[i]++;
+    hl_log(HL_LOG_INFO, "partition_assigned", "partition=%d thread=%d", (int)p, i);
+    return 0;
+}
+
+static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts)
+{
+    for (int i = 0; i < parts->cnt; i++) {
+        if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0)
+            continue;
+        if (assign_one(w, rk, parts->elems[i].partition) != 0)
+            atomic_store(&w->stop, 1);   /* cannot serve it: leave cleanly */
+        else
+            atomic_fetch_add(&w->assigned, 1);
+    }
+}
+
+static int thread_index(hl_worker *w, hl_wthread *t)
+{
+    for (int i = 0; i < w->n_th; i++)
+        if (w->th[i] == t)
+            return i;
+    return -1;
+}
+
+static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
+{
+    hl_shard *back[64];
+    for (int i = 0; i < parts->cnt; i++) {
+        int32_t p = parts->elems[i].partition;
+        if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0 ||
+            p >= w->cap_owner || w->owner[p] == NULL)
+            continue;
+        hl_wthread_post_take(w->owner[p], p);
+    }
+    for (int t = 0; t < w->n_th; t++) {
+        int n;
+        while ((n = hl_wthread_wait_taken(w->th[t], back, 64)) > 0) {
+            for (int j = 0; j < n; j++) {
+                int32_t p = back[j]->partition;
+                hl_log(HL_LOG_INFO, "partition_revoked", "partition=%d thread=%d", (int)p, t);
+                w->th_load[thread_index(w, w->owner[p])]--;
+                w->owner[p] = NULL;
+                atomic_fetch_sub(&w->assigned, 1);
+                hl_shard_destroy(back[j]);
+            }
+        }
+    }
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    hl_worker *w = opaque;
+    int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    rd_kafka_error_t *error = NULL;
+    if (w->rebalances)
+        hl_counter_add(w->rebalances, 1);
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        assign_parts(w, rk, parts);
+        if (coop)
+            error = rd_kafka_incremental_assign(rk, parts);
+        else
+            rd_kafka_assign(rk, parts);
+        atomic_store(&w->have_assignment, 1);
+    } else {
+        if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+            hl_log(HL_LOG_WARN, "rebalance_error", "err=\"%s\"", rd_kafka_err2str(err));
+        revoke_parts(w, parts);
+        if (coop)
+            error = rd_kafka_incremental_unassign(rk, parts);
+        else
+            rd_kafka_assign(rk, NULL);
+    }
+    if (error) {
+        hl_log(HL_LOG_ERROR, "rebalance_failed", "err=\"%s\"", rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    }
+    if (w->assigned_g)
+        hl_gauge_set(w->assigned_g, atomic_load(&w->assigned));
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+static int table_opts(hl_worker *w, char *errbuf, size_t errlen)
+{
+    const hl_model_info *mi = hl_model_info_get(w->m);
+    hl_table_opts *t = &w->ctx.topts;
+    for (int i = 0; i < HL_N_TYPES; i++) {
+        float ov = w->o.type_weight[i];
+        w->ctx.type_weight[i] = w->o.has_type_weight && ov == ov ? ov : mi->type_weight[i];
+    }
+    t->history = w->o.state_history;
+    t->max_users = w->o.state_max_users;
+    t->evict_mass = w->o.state_evict_mass;
+    t->expected_users = 1024;
+    return hl_decay_init(&t->decay, mi->n_heads, mi->dim, mi->half_life_ms, errbuf, errlen);
+}
+
+static int check_opts(const hl_worker_opts *o, char *errbuf, size_t errlen)
+{
+    if (o->threads < 1 || o->threads > 256)
+        return hl_err(errbuf, errlen, HL_EINVAL, "worker.threads=%d: want 1..256", o->threads);
+    if (o->batch_max_messages < 1 || o->batch_max_ms < 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "batch.max.messages >= 1 and batch.max.ms >= 0");
+    if (o->recs_k < 1 || o->recs_k > 1000)
+        return hl_err(errbuf, errlen, HL_EINVAL, "recs.k=%d: want 1..1000", o->recs_k);
+    return 0;
+}
+
+static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
+{
+    if (w->o.bootstrap == NULL || w->o.bootstrap[0] == '\0') {
+        if (embedded_start(w, errbuf, errlen) != 0)
+            return HL_EIO;
+    } else {
+        snprintf(w->bootstrap, sizeof w->bootstrap, "%s", w->o.bootstrap);
+    }
+    hl_kafka_prop props[260];
+    int n = 0;
+    props[n++] = (hl_kafka_prop){"bootstrap.servers", w->bootstrap};
+    for (int i = 0; i < w->o.n_kafka && n < 260; i++)
+        if (strcmp(w->o.kafka[i].key, "bootstrap.servers") != 0)
+            props[n++] = w->o.kafka[i];
+    hl_counter *derr = w->reg ? hl_metrics_counter(w->reg, "halflife_delivery_errors_total",
+                                                   "Records the producer failed to deliver.",
+                                                   NULL) : NULL;
+    if ((w->prod = hl_producer_create(props, n, derr, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    hl_consumer_opts co = {
+        .bootstrap = w->bootstrap, .group_id = w->o.group_id,
+        .kafka = props + 1, .n_kafka = n - 1, .rebalance = on_rebalance, .opaque = w,
+        .reg = w->reg, .topic = w->o.input_topic,
+    };
+    if ((w->cons = hl_consumer_create(&co, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    return 0;
+}
+
+static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
+{
+    w->th = calloc((size_t)w->o.threads, sizeof *w->th);
+    w->th_load = calloc((size_t)w->o.threads, sizeof *w->th_load);
+    if (w->th == NULL || w->th_load == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "worker: out of memory");
+    for (int i = 0; i < w->o.threads; i++) {
+        if ((w->th[i] = hl_wthread_create(i, &w->ctx, errbuf, errlen)) == NULL)
+            return HL_ENOMEM;
+        w->n_th++;
+    }
+    return 0;
+}
+
+hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
+                            hl_metrics *reg, char *errbuf, size_t errlen)
+{
+    if (check_opts(o, errbuf, errlen) != 0)
+        return NULL;
+    hl_worker *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "worker: out of memory");
+        return NULL;
+    }
+    w->o = *o;
+    w->m = m;
+    w->reg = reg;
+    pthread_mutex_init(&w->lat_mu, NULL);
+    if (o->dlq_topic == NULL)
+        snprintf(w->dlq, sizeof w->dlq, "%s.dlq", o->input_topic);
+    else
+        snprintf(w->dlq, sizeof w->dlq, "%s", o->dlq_topic);
+    w->ctx = (hl_wshared){.o = &w->o, .m = m, .stop = &w->stop, .reg = reg,
+                          .dlq_topic = w->dlq[0] ? w->dlq : NULL};
+    openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
+    if (reg)
+        register_metrics(w);
+    if (table_opts(w, errbuf, errlen) != 0 || start_kafka(w, errbuf, errlen) != 0)
+        goto fail;
+    w->ctx.consumer = hl_consumer_handle(w->cons);
+    w->ctx.prod = w->prod;
+    if (start_threads(w, errbuf, errlen) != 0)
+        goto fail;
+    return w;
+fail:
+    hl_worker_destroy(w);
+    return NULL;
+}
+
+void hl_worker_destroy(hl_worker *w)
+{
+    if (w == NULL)
+        return;
+    for (int i = 0; i < w->n_th; i++)
+        hl_wthread_destroy(w->th[i]);
+    hl_consumer_destroy(w->cons);
+    hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
+    embedded_stop(w);
+    pthread_mutex_destroy(&w->lat_mu);
+    free(w->th);
+    free(w->th_load);
+    free(w->owner);
+    free(w);
+}
+
+const char *hl_worker_bootstrap(const hl_worker *w) { return w->bootstrap; }
+
+void hl_worker_stop(hl_worker *w)
+{
+    int zero = 0;
+    atomic_compare_exchange_strong(&w->stop, &zero, 1);
+}
+
+int hl_worker_ready(const hl_worker *w)
+{
+    return atomic_load(&((hl_worker *)w)->have_assignment) && !atomic_load(&((hl_worker *)w)->stop);
+}
+
+static void log_totals(hl_worker *w)
+{
+    hl_worker_stats st;
+    hl_worker_stats_get(w, &st);
+    hl_log(HL_LOG_INFO, "worker_totals",
+           "consumed=%llu applied=%llu duplicates=%llu invalid=%llu failed=%llu "
+           "unknown_items=%llu lists=%llu batches=%llu dlq=%llu users=%llu",
+           (unsigned long long)st.consumed, (unsigned long long)st.applied,
+           (unsigned long long)st.duplicates, (unsigned long long)st.invalid,
+           (unsigned long long)st.failed, (unsigned long long)st.unknown_items,
+           (unsigned long long)st.lists, (unsigned long long)st.batches,
+           (unsigned long long)st.dlq_records, (unsigned long long)st.users);
+}
+
+int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
+{
+    char err[512];
+    int rc = 0;
+    if (hl_consumer_subscribe(w->cons, w->o.input_topic, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "subscribe_failed", "err=\"%s\"", err);
+        return HL_EIO;
+    }
+    for (int i = 0; i < w->n_th; i++)
+        if (hl_wthread_start(w->th[i], err, sizeof err) != 0) {
+            hl_log(HL_LOG_ERROR, "thread_start_failed", "err=\"%s\"", err);
+            atomic_store(&w->stop, 2);
+            rc = HL_EIO;
+        }
+    hl_log(HL_LOG_INFO, "worker_started", "bootstrap=%s group=%s topic=%s threads=%d",
+           w->bootstrap, w->o.group_id, w->o.input_topic, w->o.threads);
+    while (atomic_load(&w->stop) == 0) {
+        if (hl_consumer_serve(w->cons, 100)) {
+            atomic_store(&w->stop, 2);
+            rc = HL_EIO;
+        }
+        if (sig && *sig)
+            hl_worker_stop(w);
+        hl_producer_poll(w->prod, 0);
+    }
+    hl_log(HL_LOG_INFO, "worker_stopping", "drain=%d", atomic_load(&w->stop) == 1);
+    for (int i = 0; i < w->n_th; i++)
+        hl_wthread_join(w->th[i]);
+    hl_consumer_close(w->cons);
+    rd_kafka_flush(hl_producer_handle(w->prod), w->o.shutdown_timeout_ms);
+    log_totals(w);
+    return rc;
+}
+
+/* p-th quantile from bucket counts: bucket i holds values below 2^(i/4) ms. */
+static double lat_quantile(const uint64_t *b, uint64_t total, double q)
+{
+    if (total == 0)
+        return 0;
+    uint64_t want = (uint64_t)(q * (double)total), seen = 0;
+    for (int i = 0; i < HL_LAT_BUCKETS; i++) {
+        seen += b[i];
+        if (seen > want)
+            return i == 0 ? 0.001 : exp2((double)i / 4.0) / 1000.0;
+    }
+    return exp2((double)(HL_LAT_BUCKETS - 1) / 4.0) / 1000.0;
+}
+
+void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    for (int i = 0; i < w->n_th; i++)
+        hl_wthread_stats_add(w->th[i], st);
+    st->assigned = atomic_load(&w->assigned);
+    uint64_t d[HL_LAT_BUCKETS], total = 0;
+    pthread_mutex_lock(&w->lat_mu);
+    for (int i = 0; i < HL_LAT_BUCKETS; i++) {
+        uint64_t v = atomic_load(&w->ctx.lat[i]);
+        d[i] = v - w->lat_prev[i];
+        w->lat_prev[i] = v;
+        total += d[i];
+    }
+    pthread_mutex_unlock(&w->lat_mu);
+    st->lat_p50_s = lat_quantile(d, total, 0.50);
+    st->lat_p99_s = lat_quantile(d, total, 0.99);
+}
+
+/* ---- halflife run ------------------------------------------------------ */
+
+static void run_usage(FILE *f)
+{
+    fprintf(f, "usage: halflife run [-c FILE] [-X key=value]...\n\n"
+               "Consumes behaviour events, keeps each user's decayed interest state and\n"
+               "publishes refreshed top-K lists. Without kafka.bootstrap.servers an\n"
+               "embedded broker runs inside the process. SIGTERM/SIGINT stop gracefully;\n"
+               "a second signal exits at once.\n\n");
+    hl_config_print_help(f);
+}
+
+/* Parses argv into cfg. -1 to go on, else the exit status. */
+static int run_parse(hl_config *cfg, int argc, char **argv)
+{
+    extern char **environ;
+    const char *file = NULL;
+    char **args = calloc((size_t)argc + 1, sizeof *args);
+    char err[512];
+    int n_args = 0, rc = -1;
+    for (int i = 1; i < argc && rc < 0; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            run_usage(stdout);
+            rc = 0;
+        } else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
+            file = argv[++i];
+        } else if (!strcmp(argv[i], "-X") && i + 1 < argc) {
+            args[n_args++] = argv[++i];
+        } else {
+            fprintf(stderr, "halflife run: unexpected argument '%s' (see --help)\n", argv[i]);
+            rc = 2;
+        }
+    }
+    if (rc < 0 && hl_config_load(cfg, file, environ, args, n_args, err, sizeof err) != 0) {
+        fprintf(stderr, "halflife run: %s\n", err);
+        rc = 2;
+    }
+    if (rc < 0 && hl_config_str(cfg, "model.path") == NULL) {
+        fprintf(stderr, "halflife run: model.path is required (-X model.path=FILE)\n");
+        rc = 2;
+    }
+    free(args);
+    return rc;
+}
+
+/* Options the config has beyond hl_config_worker_opts(). */
+static void run_extra_opts(const hl_config *cfg, hl_worker_opts *o, hl_kafka_prop *kafka)
+{
+    static const char *const wkeys[HL_N_TYPES] = {"weight.view", "weight.click",
+        "weight.favorite", "weight.add_to_cart", "weight.purchase", "weight.rate"};
+    for (int t = 0; t < HL_N_TYPES; t++) {
+        double v = hl_config_num(cfg, wkeys[t]);
+        o->type_weight[t] = (float)v;       /* NAN: the model's */
+    }
+    o->has_type_weight = 1;
+    /* auto.offset.reset is a worker key that librdkafka reads. */
+    int n = 0;
+    for (int i = 0; i < o->n_kafka && n < 255; i++)
+        kafka[n++] = o->kafka[i];
+    if (hl_config_kafka_get(cfg, "auto.offset.reset") == NULL)
+        kafka[n++] = (hl_kafka_prop){"auto.offset.reset", hl_config_str(cfg, "auto.offset.reset")};
+    o->kafka = kafka;
+    o->n_kafka = n;
+    int lv = hl_log_level_parse(hl_config_str(cfg, "log.level"));
+    if (lv >= 0)
+        hl_log_set_level(lv);
+}
+
+static volatile sig_atomic_t run_signalled;
+
+static void on_signal(int sig)
+{
+    if (run_signalled)
+        _exit(128 + sig);       /* the second signal: exit at once */
+    run_signalled = 1;
+}
+
+static int worker_ready(void *arg, char *why, size_t whylen)
+{
+    if (hl_worker_ready(arg))
+        return 1;
+    snprintf(why, whylen, "no partitions assigned yet");
+    return 0;
+}
+
+int hl_cmd_run(int argc, char **argv)
+{
+    char err[512];
+    int rc = 1;
+    hl_config *cfg = hl_config_create();
+    hl_model *m = NULL;
+    hl_metrics *reg = NULL;
+    hl_http *http = NULL;
+    hl_worker *w = NULL;
+    hl_worker_opts o;
+    hl_kafka_prop kafka[256];
+    int prc = cfg ? run_parse(cfg, argc, argv) : 1;
+    if (prc >= 0) {
+        rc = prc;
+        goto out;
+    }
+    hl_config_worker_opts(cfg, &o);
+    run_extra_opts(cfg, &o, kafka);
+    const char *model_path = hl_config_str(cfg, "model.path");
+    if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
+        hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);
+        goto out;
+    }
+    reg = hl_metrics_create();
+    if ((w = hl_worker_create(&o, m, reg, err, sizeof err)) == NULL) {
+        hl_log(HL_LOG_ERROR, "worker_create_failed", "err=\"%s\"", err);
+        goto out;
+    }
+    int port = (int)hl_config_int(cfg, "metrics.port");
+    if (port > 0) {
+        if ((http = hl_http_start("0.0.0.0", port, reg, worker_ready, w, err, sizeof err)) == NULL) {
+            hl_log(HL_LOG_ERROR, "http_start_failed", "port=%d err=\"%s\"", port, err);
+            goto out;
+        }
+        hl_log(HL_LOG_INFO, "metrics_listening", "port=%d", hl_http_port(http));
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    rc = hl_worker_run(w, &run_signalled) == 0 ? 0 : 1;
+out:
+    hl_http_stop(http);
+    hl_worker_destroy(w);
+    hl_metrics_destroy(reg);
+    hl_model_close(m);
+    hl_config_destroy(cfg);
+    return rc;
+}

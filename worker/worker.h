@@ -1,0 +1,81 @@
+/* worker.h - the stream worker behind `halflife run` and `halflife demo`:
+ * a consumer group member that turns behaviour events into published
+ * recommendation lists (DESIGN.md sections 1, 2, 6).
+ *
+ * One hl_worker per process. hl_worker_run() runs the consumer's main loop
+ * (rebalances, errors, statistics) in the calling thread and starts
+ * `threads` shard-owning threads that do the batches. */
+#ifndef HL_WORKER_H
+#define HL_WORKER_H
+
+#include "codec.h"
+#include "model.h"
+#include "metrics.h"
+#include "producer.h"
+
+#include <signal.h>
+
+typedef struct hl_worker hl_worker;   /* opaque */
+
+/* Everything the worker reads from configuration (worker/config.c fills it
+ * from the keys of DESIGN.md section 7). Strings are borrowed and must
+ * outlive the worker. */
+typedef struct hl_worker_opts {
+    const char *bootstrap;          /* kafka.bootstrap.servers; NULL or "": embedded broker */
+    const char *group_id;
+    const char *input_topic, *output_topic;
+    const char *dlq_topic;          /* NULL: <input>.dlq; "": disabled */
+    hl_codec_opts codec;
+    int         recs_enabled;       /* 0: state only, no lists (benchmarks) */
+    int         recs_k, recs_exclude_seen;
+    int         threads;            /* shard-owning threads, >= 1 */
+    int         batch_max_messages, batch_max_ms;
+    int         state_history;
+    size_t      state_max_users;
+    float       state_evict_mass;
+    int         shutdown_timeout_ms;
+    int         embedded_partitions; /* partitions of the embedded broker's topics */
+    int         has_type_weight;     /* type_weight[] holds overrides */
+    float       type_weight[HL_N_TYPES]; /* weight.*: NAN keeps the model's */
+    const hl_kafka_prop *kafka;      /* kafka.* keys, prefix removed */
+    int         n_kafka;
+    /* Called by a worker thread for every list produced (the demo watches
+     * lists this way); NULL for none. Must be quick and thread-safe. */
+    void      (*on_list)(void *arg, const hl_codec_list *l);
+    void       *on_list_arg;
+} hl_worker_opts;
+
+/* Defaults of DESIGN.md section 7 (threads = online cores). */
+void hl_worker_opts_default(hl_worker_opts *o);
+
+/* m and reg are borrowed and must outlive the worker; reg may be NULL.
+ * Starts the embedded broker when o->bootstrap is empty. */
+hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
+                            hl_metrics *reg, char *errbuf, size_t errlen);
+void       hl_worker_destroy(hl_worker *w);          /* NULL is a no-op */
+
+/* The bootstrap address in use (the embedded broker's when it runs). */
+const char *hl_worker_bootstrap(const hl_worker *w);
+
+/* Runs until hl_worker_stop() or *sig becomes non-zero (sig may be NULL;
+ * a value of 2 or more means stop at once, without draining), then drains:
+ * finishes each thread's batch, waits for deliveries, stores and commits
+ * offsets and leaves the group. 0, or a negative HL_E* on a fatal error. */
+int  hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig);
+void hl_worker_stop(hl_worker *w);                   /* any thread */
+
+/* 1 once the worker holds an assignment and every shard is set up. */
+int  hl_worker_ready(const hl_worker *w);
+
+/* Totals since start, summed over threads (any thread may read). */
+typedef struct hl_worker_stats {
+    uint64_t consumed, applied, duplicates, invalid, unknown_items, failed;
+    uint64_t invalid_by_reason[HL_CODEC_N_REASONS];
+    uint64_t lists, batches, dlq_records;
+    uint64_t users;
+    int      assigned;
+    double   lat_p50_s, lat_p99_s;   /* event-to-publish, recent window */
+} hl_worker_stats;
+void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st);
+
+#endif

@@ -9,8 +9,8 @@
  *
  * Integrity: a CRC-32 (zlib's polynomial, so Python's zlib.crc32 checks it
  * too) over every byte after the CRC field is computed at write time and
- * verified at open, slice-by-8 (several GB/s, so 512 MB costs a fraction
- * of a second). The fingerprint is FNV-1a 64 of the 512-byte header, which
+ * verified at open: by carry-less multiplication where the CPU has it
+ * (PCLMULQDQ, over 10 GB/s), slice-by-8 tables elsewhere (~1.5 GB/s). The fingerprint is FNV-1a 64 of the 512-byte header, which
  * holds that CRC: it changes with any byte of the file and costs nothing.
  *
  * Open also checks what a CRC cannot: every float finite, every id 1..256
@@ -30,6 +30,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define HLM_MAGIC       "HLMODEL"     /* 8 bytes with its NUL */
 #define HLM_VERSION     1u
@@ -127,11 +130,14 @@ static void put_f64(uint8_t *p, double d)
     put_u64(p, u);
 }
 
-/* ---- CRC-32 (reflected 0xEDB88320, as zlib), slice-by-8 ---- */
+/* ---- CRC-32 (reflected 0xEDB88320, as zlib) ---- */
 
 /* The tables live in the caller's struct, built per file (a few
  * microseconds), so there is no global to initialise. */
-typedef struct crc_tab { uint32_t t[8][256]; } crc_tab;
+typedef struct crc_tab {
+    uint32_t t[8][256];
+    int      clmul;              /* the CPU has PCLMULQDQ: fold 64-byte blocks */
+} crc_tab;
 
 static void crc_tab_init(crc_tab *ct)
 {
@@ -143,14 +149,17 @@ static void crc_tab_init(crc_tab *ct)
     for (int s = 1; s < 8; s++)
         for (int i = 0; i < 256; i++)
             ct->t[s][i] = (ct->t[s - 1][i] >> 8) ^ ct->t[0][ct->t[s - 1][i] & 0xff];
+#if defined(__x86_64__)
+    ct->clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#else
+    ct->clmul = 0;
+#endif
 }
 
-/* crc of (previous bytes, p[0..n)) given crc of the previous bytes; start
- * with 0. Same value as zlib.crc32(data, crc). */
-static uint32_t crc_update(const crc_tab *ct, uint32_t crc, const void *p, size_t n)
+/* Slice-by-8 on the raw register (no pre/post inversion): eight table
+ * lookups per 8 bytes. The portable path, and every tail. */
+static uint32_t crc_raw_tab(const crc_tab *ct, uint32_t crc, const uint8_t *b, size_t n)
 {
-    const uint8_t *b = p;
-    crc = ~crc;
     for (; n >= 8; n -= 8, b += 8) {
         uint32_t lo = get_u32(b) ^ crc, hi = get_u32(b + 4);
         crc = ct->t[7][lo & 0xff] ^ ct->t[6][(lo >> 8) & 0xff] ^
@@ -159,7 +168,72 @@ static uint32_t crc_update(const crc_tab *ct, uint32_t crc, const void *p, size_
               ct->t[1][(hi >> 16) & 0xff] ^ ct->t[0][hi >> 24];
     }
     while (n--) crc = (crc >> 8) ^ ct->t[0][(crc ^ *b++) & 0xff];
-    return ~crc;
+    return crc;
+}
+
+#if defined(__x86_64__)
+/* Carry-less folding (the method of Intel's "Fast CRC Computation for
+ * Generic Polynomials Using PCLMULQDQ"): a 128-bit lane A, D bits before a
+ * lane B, is replaced by lo(A) * (x^(D+32) mod P) ^ hi(A) * (x^(D-32) mod P),
+ * which has A x^D's residue in B's frame; the constants are bit-reflected
+ * and shifted left one for the reflected CRC. Four lanes fold over 64-byte
+ * steps (D = 512), then into one (D = 128), and the last 16 bytes go
+ * through the table: the CRC of the lane equals the CRC of what it folds. */
+#define K_512_LO 0x154442bd4ll   /* x^544 mod P */
+#define K_512_HI 0x1c6e41596ll   /* x^480 mod P */
+#define K_128_LO 0x1751997d0ll   /* x^160 mod P */
+#define K_128_HI 0x0ccaa009ell   /* x^96  mod P */
+
+__attribute__((target("pclmul,sse4.1")))
+static inline __m128i crc_fold1(__m128i a, __m128i k, __m128i b)
+{
+    return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(a, k, 0x00),
+                                       _mm_clmulepi64_si128(a, k, 0x11)), b);
+}
+
+/* Raw CRC register after n64 (>= 1) whole 64-byte blocks at b. */
+__attribute__((target("pclmul,sse4.1")))
+static uint32_t crc_raw_clmul(const crc_tab *ct, uint32_t crc, const uint8_t *b, size_t n64)
+{
+    const __m128i k512 = _mm_set_epi64x(K_512_HI, K_512_LO);
+    const __m128i k128 = _mm_set_epi64x(K_128_HI, K_128_LO);
+    __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)b);
+    __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(b + 16));
+    __m128i x2 = _mm_loadu_si128((const __m128i *)(const void *)(b + 32));
+    __m128i x3 = _mm_loadu_si128((const __m128i *)(const void *)(b + 48));
+    uint8_t last[16];
+
+    x0 = _mm_xor_si128(x0, _mm_cvtsi32_si128((int)crc));   /* the register enters the first 4 bytes */
+    for (size_t i = 1; i < n64; i++) {
+        b += 64;
+        x0 = crc_fold1(x0, k512, _mm_loadu_si128((const __m128i *)(const void *)b));
+        x1 = crc_fold1(x1, k512, _mm_loadu_si128((const __m128i *)(const void *)(b + 16)));
+        x2 = crc_fold1(x2, k512, _mm_loadu_si128((const __m128i *)(const void *)(b + 32)));
+        x3 = crc_fold1(x3, k512, _mm_loadu_si128((const __m128i *)(const void *)(b + 48)));
+    }
+    x1 = crc_fold1(x0, k128, x1);
+    x2 = crc_fold1(x1, k128, x2);
+    x3 = crc_fold1(x2, k128, x3);
+    _mm_storeu_si128((__m128i *)(void *)last, x3);
+    return crc_raw_tab(ct, 0, last, 16);
+}
+#endif
+
+/* crc of (previous bytes, p[0..n)) given crc of the previous bytes; start
+ * with 0. Same value as zlib.crc32(data, crc). */
+static uint32_t crc_update(const crc_tab *ct, uint32_t crc, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (ct->clmul && n >= 256) {
+        size_t n64 = n / 64;
+        crc = crc_raw_clmul(ct, crc, b, n64);
+        b += 64 * n64;
+        n -= 64 * n64;
+    }
+#endif
+    return ~crc_raw_tab(ct, crc, b, n);
 }
 
 static uint64_t fnv1a64(const void *p, size_t n)
@@ -423,20 +497,29 @@ static int sections_check(const uint8_t *h, const hl_model_info *mi, layout *lo,
 
 /* ---- body checks ---- */
 
-/* Index of the first non-finite float in x[0..n), or -1. The scan is
- * chunked so the common all-finite case is a vectorisable OR. */
+/* 1 if any of x[0..n) is inf or nan. An exponent of all ones plus one
+ * carries into bit 31, so the test is AND, ADD and OR only: it vectorises. */
+static int any_nonfinite(const float *x, size_t n)
+{
+    uint32_t acc = 0, u;
+    for (size_t j = 0; j < n; j++) {
+        memcpy(&u, &x[j], sizeof u);
+        acc |= (u & 0x7f800000u) + 0x00800000u;
+    }
+    return (acc & 0x80000000u) != 0;
+}
+
+/* Index of the first non-finite float in x[0..n), or -1. Chunks of a fixed
+ * size keep the common all-finite scan a loop the compiler vectorises. */
 static int64_t first_nonfinite(const float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i += 4096) {
-        size_t end = n - i < 4096 ? n : i + 4096;
-        uint32_t bad = 0, u;
-        for (size_t j = i; j < end; j++) {
-            memcpy(&u, &x[j], sizeof u);        /* exponent all ones: inf or nan */
-            bad |= (u & 0x7f800000u) == 0x7f800000u;
-        }
-        if (bad)
-            for (size_t j = i; j < end; j++)
-                if (!isfinite(x[j])) return (int64_t)j;
+    enum { CHUNK = 4096 };
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t len = n - i < CHUNK ? n - i : CHUNK;
+        if (len == CHUNK ? !any_nonfinite(x + i, CHUNK) : !any_nonfinite(x + i, len))
+            continue;
+        for (size_t j = i; j < i + len; j++)
+            if (!isfinite(x[j])) return (int64_t)j;
     }
     return -1;
 }

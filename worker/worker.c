@@ -317,6 +317,14 @@ static int check_opts(const hl_worker_opts *o, char *errbuf, size_t errlen)
     return 0;
 }
 
+static int kafka_given(const hl_worker_opts *o, const char *key)
+{
+    for (int i = 0; i < o->n_kafka; i++)
+        if (strcmp(o->kafka[i].key, key) == 0)
+            return 1;
+    return 0;
+}
+
 static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
 {
     if (w->o.bootstrap == NULL || w->o.bootstrap[0] == '\0') {
@@ -328,6 +336,11 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
     hl_kafka_prop props[260];
     int n = 0;
     props[n++] = (hl_kafka_prop){"bootstrap.servers", w->bootstrap};
+    /* librdkafka's mock broker holds an empty fetch for the whole
+     * fetch.wait.max.ms (500 ms) even when records arrive meanwhile, which
+     * a real broker does not: keep it short on the embedded broker. */
+    if (w->mock && !kafka_given(&w->o, "fetch.wait.max.ms"))
+        props[n++] = (hl_kafka_prop){"fetch.wait.max.ms", "10"};
     for (int i = 0; i < w->o.n_kafka && n < 260; i++)
         if (strcmp(w->o.kafka[i].key, "bootstrap.servers") != 0)
             props[n++] = w->o.kafka[i];

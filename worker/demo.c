@@ -1,0 +1,594 @@
+/* demo.c - `halflife demo`: the whole system on one machine.
+ *
+ * The worker with its embedded broker (no kafka.bootstrap.servers), a model
+ * (trained at start on the synthetic stream of synth.c, or --model), a
+ * producer thread replaying a stream into the input topic (synthetic by
+ * default, or --input FILE --format F), and a status line each second:
+ * events/s, lists/s, p99 event-to-publish latency, users, and the
+ * prequential hit rate: before an event is produced, is its item in the
+ * list the worker last published for that user (test, then learn)?
+ *
+ * The worker tells the demo about each list through hl_worker_opts.on_list;
+ * the demo keeps each user's newest list in a small hash map under one
+ * mutex, which the producer thread reads. Nothing here is on the worker's
+ * hot path except that callback. */
+#include "cmd.h"
+#include "config.h"
+#include "dataset.h"
+#include "log.h"
+#include "synth.h"
+#include "train.h"
+#include "worker.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SEEN_K      10      /* list items remembered per user for the hit rate */
+#define SAMPLE_LEN  512
+
+typedef struct entry {
+    char    *user;
+    char    *items;          /* SEEN_K NUL-separated ids, n_items of them */
+    int      n_items;
+} entry;
+
+typedef struct demo {
+    /* arguments */
+    double       duration_s;
+    double       rate;               /* events/s; 0 = as fast as possible */
+    const char  *model_path, *input, *format;
+    /* parts */
+    hl_worker   *w;
+    hl_producer *prod;
+    hl_codec    *codec;
+    const char  *topic;
+    /* users' newest lists, under mu */
+    pthread_mutex_t mu;
+    entry       *map;
+    size_t       cap, used;
+    char         sample[3][SAMPLE_LEN];
+    int          n_sample;
+    atomic_int   want_sample;
+    /* counters */
+    atomic_ullong produced, trials, hits;
+    atomic_int   stop;
+    int          input_done;
+} demo;
+
+static volatile sig_atomic_t demo_signalled;
+
+static void on_signal(int sig)
+{
+    if (demo_signalled)
+        _exit(128 + sig);
+    demo_signalled = 1;
+}
+
+/* ---- users' newest lists ----------------------------------------------- */
+
+static uint64_t hash(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* Under mu. The entry of user, created if absent (NULL when out of memory). */
+static entry *map_get(demo *d, const char *user, size_t n, int create)
+{
+    if (create && (d->used + 1) * 2 > d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 4096;
+        entry *m = calloc(cap, sizeof *m);
+        if (m == NULL)
+            return NULL;
+        for (size_t i = 0; i < d->cap; i++) {
+            if (!d->map[i].user)
+                continue;
+            size_t j = hash(d->map[i].user, strlen(d->map[i].user)) & (cap - 1);
+            while (m[j].user)
+                j = (j + 1) & (cap - 1);
+            m[j] = d->map[i];
+        }
+        free(d->map);
+        d->map = m;
+        d->cap = cap;
+    }
+    if (d->cap == 0)
+        return NULL;
+    for (size_t j = hash(user, n) & (d->cap - 1);; j = (j + 1) & (d->cap - 1)) {
+        entry *e = &d->map[j];
+        if (e->user == NULL) {
+            if (!create)
+                return NULL;
+            e->user = strndup(user, n);
+            d->used++;
+            return e;
+        }
+        if (strlen(e->user) == n && memcmp(e->user, user, n) == 0)
+            return e;
+    }
+}
+
+static void format_sample(demo *d, const hl_codec_list *l)
+{
+    char *s = d->sample[d->n_sample % 3];
+    int n = snprintf(s, SAMPLE_LEN, "  %.*s ->", (int)l->user_len, l->user);
+    for (int i = 0; i < l->n_items && i < 4 && n < SAMPLE_LEN; i++) {
+        const hl_codec_rec *r = &l->items[i];
+        n += snprintf(s + n, SAMPLE_LEN - (size_t)n, " %.*s (%.2f, because %.*s)",
+                      (int)r->item_len, r->item, (double)r->score,
+                      r->because ? (int)r->because_len : 1, r->because ? r->because : "-");
+    }
+    d->n_sample++;
+}
+
+/* on_list: called by worker threads for every list produced. */
+static void on_list(void *arg, const hl_codec_list *l)
+{
+    demo *d = arg;
+    pthread_mutex_lock(&d->mu);
+    entry *e = map_get(d, l->user, l->user_len, 1);
+    if (e != NULL) {
+        size_t need = 0;
+        int n = l->n_items < SEEN_K ? l->n_items : SEEN_K;
+        for (int i = 0; i < n; i++)
+            need += l->items[i].item_len + 1;
+        char *buf = realloc(e->items, need ? need : 1);
+        if (buf != NULL) {
+            e->items = buf;
+            for (int i = 0; i < n; i++) {
+                memcpy(buf, l->items[i].item, l->items[i].item_len);
+                buf[l->items[i].item_len] = '\0';
+                buf += l->items[i].item_len + 1;
+            }
+            e->n_items = n;
+        }
+    }
+    int one = 1;
+    if (atomic_compare_exchange_strong(&d->want_sample, &one, 0))
+        format_sample(d, l);
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Test, then learn: was item in the user's newest list? -1 if no list yet. */
+static int hit(demo *d, const char *user, size_t ulen, const char *item, size_t ilen)
+{
+    int r = -1;
+    pthread_mutex_lock(&d->mu);
+    entry *e = map_get(d, user, ulen, 0);
+    if (e != NULL && e->n_items > 0) {
+        r = 0;
+        const char *p = e->items;
+        for (int i = 0; i < e->n_items && !r; i++, p += strlen(p) + 1)
+            r = strlen(p) == ilen && memcmp(p, item, ilen) == 0;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return r;
+}
+
+/* ---- the producer thread ----------------------------------------------- */
+
+static void pace(demo *d, double t0, uint64_t n)
+{
+    if (d->rate <= 0)
+        return;
+    double due = t0 + (double)n / d->rate, now;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    if (due > now + 0.0005) {
+        ts.tv_sec = (time_t)(due - now);
+        ts.tv_nsec = (long)((due - now - (double)ts.tv_sec) * 1e9);
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void send_event(demo *d, const hl_codec_event *ev)
+{
+    uint8_t buf[1024];
+    char err[256];
+    int h = hit(d, ev->user, ev->user_len, ev->item, ev->item_len);
+    if (h >= 0) {
+        atomic_fetch_add(&d->trials, 1);
+        atomic_fetch_add(&d->hits, (uint64_t)h);
+    }
+    int len = hl_codec_encode_event(d->codec, ev, buf, sizeof buf);
+    if (len < 0)
+        return;
+    if (hl_producer_send(d->prod, d->topic, -1, ev->user, ev->user_len, buf, (size_t)len,
+                         NULL, NULL, err, sizeof err) != 0) {
+        hl_log(HL_LOG_WARN, "demo_produce_failed", "err=\"%s\"", err);
+        return;
+    }
+    atomic_fetch_add(&d->produced, 1);
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void replay_synthetic(demo *d)
+{
+    hl_synth_opts so;
+    hl_synth_opts_default(&so);
+    so.seed = 2;                 /* same items and topics as training, new draws */
+    hl_synth *s = hl_synth_create(&so, NULL, 0);
+    hl_synth_event se;
+    double t0 = mono_s();
+    for (uint64_t n = 0; s && !atomic_load(&d->stop); n++) {
+        hl_synth_next(s, &se);
+        hl_codec_event ev = {se.user, se.user_len, se.item, se.item_len, se.type,
+                             se.ts_ms, se.weight, se.has_weight};
+        send_event(d, &ev);
+        pace(d, t0, n + 1);
+        if ((n & 255) == 0)
+            hl_producer_poll(d->prod, 0);
+    }
+    hl_synth_destroy(s);
+}
+
+static void replay_file(demo *d)
+{
+    char err[512];
+    hl_dataset_opts o = {.seq_step_ms = 3600 * 1000};
+    if (hl_dataset_format_parse(d->format, &o.format, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "demo_input", "err=\"%s\"", err);
+        return;
+    }
+    hl_dataset_reader *r = hl_dataset_open(d->input, &o, err, sizeof err);
+    if (r == NULL) {
+        hl_log(HL_LOG_ERROR, "demo_input", "err=\"%s\"", err);
+        return;
+    }
+    hl_dataset_event de;
+    double t0 = mono_s();
+    for (uint64_t n = 0; !atomic_load(&d->stop) && hl_dataset_next(r, &de, err, sizeof err) == 1; n++) {
+        hl_codec_event ev = {de.user, de.user_len, de.item, de.item_len, de.type,
+                             de.ts_ms, de.weight, de.has_weight};
+        send_event(d, &ev);
+        pace(d, t0, n + 1);
+        if ((n & 255) == 0)
+            hl_producer_poll(d->prod, 0);
+    }
+    hl_dataset_close(r);
+    hl_log(HL_LOG_INFO, "demo_input_done", "events=%llu",
+           (unsigned long long)atomic_load(&d->produced));
+}
+
+static void *producer_main(void *arg)
+{
+    demo *d = arg;
+    if (d->input)
+        replay_file(d);
+    else
+        replay_synthetic(d);
+    d->input_done = 1;
+    return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    hl_worker_run(arg, NULL);
+    return NULL;
+}
+
+/* ---- the model --------------------------------------------------------- */
+
+static void train_progress(void *ctx, const hl_train_progress *p)
+{
+    hl_log(HL_LOG_INFO, "demo_train_epoch", "epoch=%d/%d loss=%.4f examples=%lld",
+           p->epoch, p->epochs, p->loss, (long long)p->examples);
+}
+
+/* Fills arrays with n synthetic events for training. */
+static int synth_data(hl_train_data *td, int64_t n, hl_synth_opts *so)
+{
+    int32_t *user = malloc(sizeof *user * (size_t)n), *item = malloc(sizeof *item * (size_t)n);
+    uint8_t *type = malloc((size_t)n);
+    int64_t *ts = malloc(sizeof *ts * (size_t)n);
+    float *wt = malloc(sizeof *wt * (size_t)n);
+    hl_synth *s = hl_synth_create(so, NULL, 0);
+    if (!user || !item || !type || !ts || !wt || !s) {
+        free(user); free(item); free(type); free(ts); free(wt);
+        hl_synth_destroy(s);
+        return HL_ENOMEM;
+    }
+    hl_synth_event ev;
+    for (int64_t i = 0; i < n; i++) {
+        hl_synth_next(s, &ev);
+        user[i] = ev.user_row;
+        item[i] = ev.item_row;
+        type[i] = (uint8_t)ev.type;
+        ts[i] = ev.ts_ms;
+        wt[i] = ev.weight;
+    }
+    hl_synth_destroy(s);
+    *td = (hl_train_data){n, so->n_users, so->n_items, user, item, type, ts, wt};
+    return 0;
+}
+
+static void free_data(hl_train_data *td)
+{
+    free((void *)td->user); free((void *)td->item); free((void *)td->type);
+    free((void *)td->ts_ms); free((void *)td->weight);
+}
+
+static int write_trained(const hl_train_result *res, int32_t n_items, const char *path,
+                         char *err, size_t errlen)
+{
+    char **ids = calloc((size_t)n_items, sizeof *ids);
+    uint32_t *lens = calloc((size_t)n_items, sizeof *lens);
+    int rc = HL_ENOMEM;
+    if (ids && lens) {
+        rc = 0;
+        for (int32_t i = 0; i < n_items && rc == 0; i++) {
+            if ((ids[i] = malloc(16)) == NULL)
+                rc = HL_ENOMEM;
+            else
+                lens[i] = (uint32_t)hl_synth_item_id(i, ids[i]);
+        }
+    }
+    if (rc == 0) {
+        hl_model_parts p;
+        hl_train_result_parts(res, (const char *const *)ids, lens, &p);
+        snprintf(p.info.version, sizeof p.info.version, "demo-synthetic");
+        rc = hl_model_write(path, &p, err, errlen);
+    }
+    for (int32_t i = 0; ids && i < n_items; i++)
+        free(ids[i]);
+    free(ids);
+    free(lens);
+    return rc;
+}
+
+/* Trains a small model on the synthetic stream into a temporary file and
+ * opens it (the mapping outlives the unlinked file). */
+static hl_model *train_model(char *err, size_t errlen)
+{
+    hl_synth_opts so;
+    hl_synth_opts_default(&so);
+    hl_train_data td;
+    hl_train_opts to;
+    hl_train_result res;
+    hl_model *m = NULL;
+    char path[] = "/tmp/halflife-demo-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        hl_err(err, errlen, HL_EIO, "demo: temporary model file: %s", strerror(errno));
+        return NULL;
+    }
+    close(fd);
+    if (synth_data(&td, 60000, &so) != 0) {
+        hl_err(err, errlen, HL_ENOMEM, "demo: out of memory");
+        unlink(path);
+        return NULL;
+    }
+    hl_train_opts_default(&to);
+    to.dim = 32;
+    to.hidden[0] = 64;
+    to.epochs = 3;
+    to.max_history = 64;
+    to.progress = train_progress;
+    double t0 = mono_s();
+    hl_log(HL_LOG_INFO, "demo_train", "events=%lld users=%d items=%d dim=%d epochs=%d",
+           (long long)td.n_events, td.n_users, td.n_items, to.dim, to.epochs);
+    openblas_set_num_threads(2);
+    if (hl_train_run(&to, &td, &res, err, errlen) == 0) {
+        if (write_trained(&res, td.n_items, path, err, errlen) == 0)
+            m = hl_model_open(path, err, errlen);
+        hl_train_result_reset(&res);
+    }
+    hl_log(HL_LOG_INFO, "demo_trained", "seconds=%.1f ok=%d", mono_s() - t0, m != NULL);
+    free_data(&td);
+    unlink(path);
+    return m;
+}
+
+/* ---- status ------------------------------------------------------------ */
+
+static void status_line(demo *d, hl_worker_stats *prev, double dt)
+{
+    hl_worker_stats st;
+    hl_worker_stats_get(d->w, &st);
+    uint64_t trials = atomic_load(&d->trials), hits = atomic_load(&d->hits);
+    printf("events/s %8.0f | lists/s %8.0f | p99 publish %6.1f ms | users %7llu | "
+           "hit@%d %5.1f%% | produced %llu consumed %llu invalid %llu\n",
+           (double)(st.consumed - prev->consumed) / dt, (double)(st.lists - prev->lists) / dt,
+           st.lat_p99_s * 1000.0, (unsigned long long)st.users, SEEN_K,
+           trials ? 100.0 * (double)hits / (double)trials : 0.0,
+           (unsigned long long)atomic_load(&d->produced), (unsigned long long)st.consumed,
+           (unsigned long long)st.invalid);
+    *prev = st;
+}
+
+static void print_samples(demo *d)
+{
+    pthread_mutex_lock(&d->mu);
+    int n = d->n_sample < 3 ? d->n_sample : 3;
+    if (n > 0)
+        printf("sample lists (item, score, because):\n");
+    for (int i = 0; i < n; i++)
+        printf("%s\n", d->sample[i]);
+    pthread_mutex_unlock(&d->mu);
+    fflush(stdout);
+}
+
+static void watch(demo *d)
+{
+    hl_worker_stats prev;
+    memset(&prev, 0, sizeof prev);
+    double t0 = mono_s(), last = t0;
+    for (int tick = 1; !demo_signalled; tick++) {
+        struct timespec ts = {0, 100 * 1000000L};
+        while (!demo_signalled && mono_s() < t0 + tick)
+            nanosleep(&ts, NULL);
+        double now = mono_s();
+        status_line(d, &prev, now - last);
+        last = now;
+        if (tick % 5 == 0)
+            print_samples(d);
+        atomic_store(&d->want_sample, 1);
+        fflush(stdout);
+        if (d->duration_s > 0 && now - t0 >= d->duration_s)
+            break;
+    }
+}
+
+/* ---- arguments and lifecycle ------------------------------------------- */
+
+static void demo_usage(FILE *f)
+{
+    fprintf(f, "usage: halflife demo [--duration S] [--model M] [--input FILE --format F]\n"
+               "                     [--rate N] [-X key=value]...\n\n"
+               "Runs the worker with an embedded broker, a model (trained now on a\n"
+               "synthetic stream whose users' interests drift, unless --model), and a\n"
+               "producer replaying a stream (synthetic unless --input), printing a status\n"
+               "line each second. Ctrl-C stops it (default: runs until then).\n\n"
+               "  --duration S   stop after S seconds (0: until Ctrl-C)\n"
+               "  --model M      use this .hlm instead of training one\n"
+               "  --input FILE   replay a dataset; --format movielens-csv|movielens-dat|seq|taobao|events-csv\n"
+               "  --rate N       events per second (default 5000; 0: as fast as possible)\n"
+               "  -X key=value   any key of 'halflife run --help'\n");
+}
+
+/* -1 to go on, else the exit status. */
+static int demo_parse(demo *d, hl_config *cfg, int argc, char **argv)
+{
+    char **args = calloc((size_t)argc + 1, sizeof *args);
+    char err[512];
+    int n_args = 0, rc = -1;
+    d->rate = 5000;
+    for (int i = 1; i < argc && rc < 0; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { demo_usage(stdout); rc = 0; }
+        else if (!strcmp(a, "--duration") && v) { d->duration_s = atof(v); i++; }
+        else if (!strcmp(a, "--rate") && v) { d->rate = atof(v); i++; }
+        else if (!strcmp(a, "--model") && v) { d->model_path = v; i++; }
+        else if (!strcmp(a, "--input") && v) { d->input = v; i++; }
+        else if (!strcmp(a, "--format") && v) { d->format = v; i++; }
+        else if (!strcmp(a, "-X") && v) { args[n_args++] = argv[++i]; }
+        else { fprintf(stderr, "halflife demo: unexpected argument '%s'\n", a); rc = 2; }
+    }
+    if (rc < 0 && d->input && !d->format) {
+        fprintf(stderr, "halflife demo: --input needs --format\n");
+        rc = 2;
+    }
+    if (rc < 0 && hl_config_load(cfg, NULL, NULL, args, n_args, err, sizeof err) != 0) {
+        fprintf(stderr, "halflife demo: %s\n", err);
+        rc = 2;
+    }
+    if (rc < 0 && !d->model_path)
+        d->model_path = hl_config_str(cfg, "model.path");
+    free(args);
+    return rc;
+}
+
+static int demo_start(demo *d, hl_config *cfg, hl_model *m, hl_metrics *reg,
+                      char *err, size_t errlen)
+{
+    hl_worker_opts o;
+    hl_config_worker_opts(cfg, &o);
+    if (!hl_config_is_set(cfg, "worker.threads"))
+        o.threads = 1;          /* leave a core for the producer and the broker */
+    o.on_list = on_list;
+    o.on_list_arg = d;
+    if ((d->w = hl_worker_create(&o, m, reg, err, errlen)) == NULL)
+        return HL_EINVAL;
+    hl_kafka_prop props[] = {{"bootstrap.servers", hl_worker_bootstrap(d->w)},
+                             {"enable.idempotence", "false"}, {"linger.ms", "5"}};
+    if ((d->prod = hl_producer_create(props, 3, NULL, err, errlen)) == NULL)
+        return HL_EINVAL;
+    hl_codec_opts co = o.codec;
+    co.input_framing = HL_FRAMING_CONFLUENT;
+    if ((d->codec = hl_codec_create(&co, err, errlen)) == NULL)
+        return HL_EINVAL;
+    d->topic = o.input_topic;
+    return 0;
+}
+
+static int demo_ready(void *arg, char *why, size_t whylen)
+{
+    if (hl_worker_ready(arg))
+        return 1;
+    snprintf(why, whylen, "no partitions assigned yet");
+    return 0;
+}
+
+static void demo_free(demo *d)
+{
+    for (size_t i = 0; i < d->cap; i++) {
+        free(d->map[i].user);
+        free(d->map[i].items);
+    }
+    free(d->map);
+    hl_codec_destroy(d->codec);
+    pthread_mutex_destroy(&d->mu);
+}
+
+int hl_cmd_demo(int argc, char **argv)
+{
+    demo d;
+    char err[512];
+    int rc = 1;
+    memset(&d, 0, sizeof d);
+    pthread_mutex_init(&d.mu, NULL);
+    hl_config *cfg = hl_config_create();
+    hl_model *m = NULL;
+    hl_metrics *reg = hl_metrics_create();
+    hl_http *http = NULL;
+    pthread_t wt, pt;
+    int prc = cfg ? demo_parse(&d, cfg, argc, argv) : 1;
+    if (prc >= 0) {
+        rc = prc;
+        goto out;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    m = d.model_path ? hl_model_open(d.model_path, err, sizeof err) : train_model(err, sizeof err);
+    if (m == NULL) {
+        hl_log(HL_LOG_ERROR, "demo_model", "err=\"%s\"", err);
+        goto out;
+    }
+    if (demo_start(&d, cfg, m, reg, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "demo_start_failed", "err=\"%s\"", err);
+        goto out;
+    }
+    int port = (int)hl_config_int(cfg, "metrics.port");
+    if (port > 0 && (http = hl_http_start("0.0.0.0", port, reg, demo_ready, d.w, err, sizeof err)) == NULL)
+        hl_log(HL_LOG_WARN, "demo_no_metrics", "port=%d err=\"%s\"", port, err);
+    else if (http)
+        hl_log(HL_LOG_INFO, "metrics_listening", "url=http://localhost:%d/metrics", hl_http_port(http));
+    pthread_create(&wt, NULL, worker_main, d.w);
+    pthread_create(&pt, NULL, producer_main, &d);
+    watch(&d);
+    atomic_store(&d.stop, 1);
+    pthread_join(pt, NULL);
+    hl_producer_destroy(d.prod, 5000);
+    d.prod = NULL;
+    hl_worker_stop(d.w);
+    pthread_join(wt, NULL);
+    rc = 0;
+out:
+    hl_http_stop(http);
+    hl_producer_destroy(d.prod, 0);
+    hl_worker_destroy(d.w);
+    hl_metrics_destroy(reg);
+    hl_model_close(m);
+    hl_config_destroy(cfg);
+    demo_free(&d);
+    return rc;
+}

@@ -110,13 +110,12 @@ static int parse_f32(const char *s, float *v)
     return 0;
 }
 
-/* Why an id is bad, or NULL. */
-static const char *id_bad(const char *s, size_t len, const char *what)
+/* Why an id of len bytes is bad, or NULL; user says which id it is. */
+static const char *id_bad(size_t len, int user)
 {
-    (void)s;
-    if (len == 0) return what[0] == 'u' ? "empty user id" : "empty item id";
+    if (len == 0) return user ? "empty user id" : "empty item id";
     if (len > HL_MAX_ID_LEN)
-        return what[0] == 'u' ? "user id longer than 256 bytes" : "item id longer than 256 bytes";
+        return user ? "user id longer than 256 bytes" : "item id longer than 256 bytes";
     return NULL;
 }
 
@@ -127,8 +126,8 @@ static const char *set_ids(hl_dataset_event *ev, const char *user, const char *i
     ev->user_len = (uint32_t)strlen(user);
     ev->item = item;
     ev->item_len = (uint32_t)strlen(item);
-    if ((why = id_bad(user, ev->user_len, "user")) != NULL) return why;
-    return id_bad(item, ev->item_len, "item");
+    if ((why = id_bad(ev->user_len, 1)) != NULL) return why;
+    return id_bad(ev->item_len, 0);
 }
 
 static const char *seconds_to_ms(const char *s, int64_t *ms)
@@ -241,9 +240,9 @@ static const char *seq_check(const hl_dataset_reader *r)
     const char *why;
     int64_t step = r->o.seq_step_ms;
     if (r->n_toks < 2) return "missing fields: expected user item [item ...]";
-    if ((why = id_bad(NULL, r->toks[0].len, "user")) != NULL) return why;
+    if ((why = id_bad(r->toks[0].len, 1)) != NULL) return why;
     for (size_t i = 1; i < r->n_toks; i++)
-        if ((why = id_bad(NULL, r->toks[i].len, "item")) != NULL) return why;
+        if ((why = id_bad(r->toks[i].len, 0)) != NULL) return why;
     if ((int64_t)r->n_toks > INT64_MAX / step) return "too many items for --seq-step";
     return NULL;
 }

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# test_deploy.sh - the operations files check out without a cluster, a
+# container engine or Grafana: each tool that would reject them in real use
+# is run on them here.
+#
+#   promtool      alerts.yml parses, every alert's unit test passes, the
+#                 compose Prometheus config (with its rule file) is valid;
+#   kubectl       `kubectl kustomize` builds the base and the example overlay;
+#   docker-compose `config -q` accepts deploy/docker-compose.yml;
+#   npm packages  (installed into build/node from deploy/package-lock.json)
+#                 every built manifest validates against the Kubernetes, KEDA
+#                 and Prometheus Operator schemas and type-checks against
+#                 their TypeScript models (misspelt fields too), the rules of
+#                 DESIGN.md section 8 hold (deploy/checks/k8s.mjs), the
+#                 dashboard type-checks against @grafana/schema and names
+#                 only exported metrics (deploy/checks/dashboard.mjs), and
+#                 dockerfile-utils lints the Dockerfile.
+# A missing tool, or npm without a registry, gives SKIP lines that say so.
+set -u
+top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
+node_dir="$top/build/node"      # shared by make test and make test SAN=1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$top" || exit 1
+
+failed=0
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; failed=1; }
+skip() { echo "SKIP $1: $2"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+# run NAME CMD...: PASS if CMD succeeds, else FAIL with its output indented.
+run() {
+  local name=$1 out; shift
+  if out=$("$@" 2>&1); then pass "$name"; else
+    fail "$name" "$*"
+    printf '%s\n' "$out" | head -n 30 | sed 's/^/    /'
+  fi
+}
+
+# ---- promtool
+if have promtool; then
+  run promtool_check_rules promtool check rules deploy/prometheus/alerts.yml
+  run promtool_test_rules bash -c 'cd deploy/prometheus && promtool test rules alerts_test.yml'
+  run promtool_check_config promtool check config deploy/prometheus/prometheus.yml
+else
+  for c in promtool_check_rules promtool_test_rules promtool_check_config; do
+    skip $c "promtool not installed (Debian package prometheus; make deps)"
+  done
+fi
+
+# ---- kustomize
+overlays="base overlays/example"
+for o in $overlays; do
+  n=$(basename "$o")
+  if ! have kubectl; then skip "kustomize_$n" "kubectl not installed (Debian package kubernetes-client)"; continue; fi
+  if kubectl kustomize "deploy/k8s/$o" >"$tmp/$n.yaml" 2>"$tmp/$n.err"; then pass "kustomize_$n"
+  else fail "kustomize_$n" "kubectl kustomize deploy/k8s/$o: $(head -c 400 "$tmp/$n.err")"; rm -f "$tmp/$n.yaml"; fi
+done
+
+# ---- docker-compose
+if have docker-compose; then
+  run compose_config docker-compose -f deploy/docker-compose.yml config -q
+else
+  skip compose_config "docker-compose not installed (Debian package docker-compose)"
+fi
+
+# ---- Dockerfile rules that need no linter: bookworm stages, a runtime stage
+# with only runtime packages, a non-root user and a health check.
+dockerfile_rules() {
+  local f=deploy/Dockerfile errs="" final
+  grep -E '^FROM ' "$f" | grep -vqE '^FROM debian:bookworm(-slim)?( |$)' && errs="$errs; a stage is not Debian bookworm"
+  [ "$(grep -cE '^FROM ' "$f")" -ge 2 ] || errs="$errs; not multi-stage"
+  final=$(awk '/^FROM /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$f")
+  local pkgs
+  pkgs=$(printf '%s' "$final" | sed -n '/apt-get install/,/&&/p' | tr ' \\' '\n\n' |
+         grep -E '^[a-z0-9][a-z0-9.+-]+$' | grep -vE '^(apt-get|install|rm|y|q)$' | sort -u)
+  for p in $pkgs; do
+    case $p in
+      librdkafka1|libavro23|libopenblas0-pthread|libmicrohttpd12|ca-certificates) ;;
+      *) errs="$errs; final stage installs $p";;
+    esac
+  done
+  for p in librdkafka1 libavro23 libopenblas0-pthread libmicrohttpd12; do
+    printf '%s\n' $pkgs | grep -qx "$p" || errs="$errs; final stage lacks $p"
+  done
+  printf '%s' "$final" | grep -qE '^USER +(10001|[a-z][a-z0-9_-]*)' &&
+    ! printf '%s' "$final" | grep -qE '^USER +(root|0)\b' || errs="$errs; final stage must switch to a non-root USER"
+  printf '%s' "$final" | sed -n '/^HEALTHCHECK/,/[^\\]$/p' | grep -q '/healthz' ||
+    errs="$errs; no HEALTHCHECK on /healthz"
+  if [ -n "$errs" ]; then fail dockerfile_rules "${errs#; }"; else pass dockerfile_rules; fi
+}
+dockerfile_rules
+
+# ---- npm-based checks
+npm_ready() {
+  have node && have npm || { echo "node/npm not installed (Debian packages nodejs npm)"; return 1; }
+  mkdir -p "$node_dir"
+  if cmp -s deploy/package-lock.json "$node_dir/package-lock.json" &&
+     [ -f "$node_dir/node_modules/.package-lock.json" ]; then return 0; fi
+  cp deploy/package.json deploy/package-lock.json "$node_dir/"
+  if ! (cd "$node_dir" && timeout 300 npm ci --no-audit --no-fund --loglevel=error \
+          --fetch-retries=1 --fetch-timeout=30000 >"$tmp/npm.log" 2>&1); then
+    rm -f "$node_dir/package-lock.json"     # retry next time
+    echo "npm ci failed (no registry?): $(grep -m1 -iE 'err' "$tmp/npm.log" | head -c 200)"
+    return 1
+  fi
+}
+npm_checks="dockerfile_lint dashboard_rules dashboard_types"
+for o in $overlays; do n=$(basename "$o"); npm_checks="$npm_checks k8s_schema_$n k8s_rules_$n k8s_types_$n"; done
+
+if ! why=$(npm_ready); then
+  for c in $npm_checks; do skip "$c" "$why"; done
+else
+  rm -rf "$node_dir/checks" "$node_dir/gen"
+  cp -r deploy/checks "$node_dir/checks"
+  gen="$node_dir/gen"
+  run dockerfile_lint "$node_dir/node_modules/.bin/dockerfile-utils" lint deploy/Dockerfile
+  node "$node_dir/checks/dashboard.mjs" dashboards/halflife.json "$gen" || failed=1
+  for o in $overlays; do
+    n=$(basename "$o")
+    if [ -f "$tmp/$n.yaml" ]; then
+      node "$node_dir/checks/k8s.mjs" "$n" "$tmp/$n.yaml" deploy/prometheus/alerts.yml "$gen" || failed=1
+    else
+      skip "k8s_schema_$n" "kustomize did not build it"; skip "k8s_rules_$n" "kustomize did not build it"
+    fi
+  done
+  cat >"$gen/tsconfig.json" <<'EOF'
+{
+  "compilerOptions": {
+    "strict": true, "noEmit": true, "skipLibCheck": true, "types": [],
+    "module": "nodenext", "moduleResolution": "nodenext", "target": "es2022"
+  },
+  "include": ["*.ts"]
+}
+EOF
+  (cd "$node_dir" && node_modules/.bin/tsc -p gen/tsconfig.json >"$tmp/tsc.out" 2>&1)
+  for ts in "$gen"/*.ts; do
+    [ -f "$ts" ] || continue
+    b=$(basename "$ts" .ts)
+    case $b in dashboard) c=dashboard_types;; *) c=k8s_types_$b;; esac
+    if grep -q "^gen/$b.ts(" "$tmp/tsc.out"; then
+      fail "$c" "tsc found $(grep -c "^gen/$b.ts(" "$tmp/tsc.out") type errors"
+      grep "^gen/$b.ts(" "$tmp/tsc.out" | head -n 10 | cut -c1-300 | sed 's/^/    /'
+    else
+      pass "$c"
+    fi
+  done
+  if grep -vq "^gen/\|^ " "$tmp/tsc.out"; then
+    fail typescript "tsc: $(grep -v '^gen/' "$tmp/tsc.out" | head -n 5)"
+  fi
+fi
+exit $failed

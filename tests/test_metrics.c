@@ -334,11 +334,13 @@ static void test_http_endpoints(void)
     CHECKF(strstr(r.head, "Content-Type: text/plain; version=0.0.4"), "head:\n%s", r.head);
     CHECK(strstr(r.body, "halflife_events_consumed_total{partition=\"0\"} 41\n") != NULL);
     CHECK(strstr(r.body, "halflife_batch_size_bucket{le=\"+Inf\"} 2\n") != NULL);
+    CHECKF(strstr(r.body, "\nhalflife_ready 0\n") != NULL, "not ready yet:\n%s", r.body);
     CHECK(http_get(port, "GET", "/healthz", &r) == 0 && r.status == 200);
     CHECK(http_get(port, "GET", "/readyz", &r) == 0 && r.status == 503);
     CHECKF(strstr(r.body, "partition 3 restoring"), "body: %s", r.body);
     ready_flag = 1;
     CHECK(http_get(port, "GET", "/readyz", &r) == 0 && r.status == 200);
+    CHECK(http_get(port, "GET", "/metrics", &r) == 0 && strstr(r.body, "\nhalflife_ready 1\n"));
     CHECK(http_get(port, "GET", "/nope", &r) == 0 && r.status == 404);
     CHECK(http_get(port, "GET", "/metricsx", &r) == 0 && r.status == 404);
     CHECK(http_get(port, "POST", "/metrics", &r) == 0 && r.status == 405);

@@ -8,7 +8,8 @@
  * process is alive", which is what a liveness probe should restart on.
  * /readyz asks the worker through ready(), so Kubernetes sends no traffic
  * (and KEDA counts no replica as serving) until every assigned shard has
- * been restored from its snapshot.
+ * been restored from its snapshot. The same answer is exported as the gauge
+ * halflife_ready, refreshed on every scrape, for alerts.
  *
  * libmicrohttpd's own error messages are routed to hl_log(), and while the
  * daemon starts they are captured as the reason hl_http_start() returns
@@ -33,6 +34,7 @@ struct hl_http {
     hl_metrics *reg;
     hl_ready_fn ready;
     void       *ready_arg;
+    hl_gauge   *ready_gauge;       /* halflife_ready: /readyz as a number */
     int         port;
     int         starting;          /* 1 while MHD_start_daemon runs */
     char        start_err[256];    /* MHD's last message while starting */
@@ -80,11 +82,20 @@ static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status,
     return reply(conn, status, CT_TEXT, (char *)text, strlen(text), 0);
 }
 
+static int is_ready(hl_http *http, char *why, size_t whylen)
+{
+    return http->ready == NULL || http->ready(http->ready_arg, why, whylen) == 1;
+}
+
+/* halflife_ready is set here, outside the registry lock, rather than in an
+ * on-render hook: ready() may take the worker's locks, and the worker takes
+ * the registry lock while holding them when it registers series. */
 static enum MHD_Result serve_metrics(hl_http *http, struct MHD_Connection *conn)
 {
-    char *body;
+    char *body, why[256];
     size_t len;
 
+    hl_gauge_set(http->ready_gauge, is_ready(http, why, sizeof why));
     if (hl_metrics_render(http->reg, &body, &len) != 0)
         return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
     return reply(conn, MHD_HTTP_OK, CT_METRICS, body, len, 1);
@@ -97,7 +108,7 @@ static enum MHD_Result serve_ready(hl_http *http, struct MHD_Connection *conn)
     char why[256] = "", *body;
     int ok, n;
 
-    ok = http->ready == NULL || http->ready(http->ready_arg, why, sizeof why) == 1;
+    ok = is_ready(http, why, sizeof why);
     if (ok) return reply_text(conn, MHD_HTTP_OK, "ready\n");
     n = asprintf(&body, "not ready: %s\n", why[0] ? why : "no reason given");
     if (n < 0) return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
@@ -163,6 +174,8 @@ hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,
     http->reg = reg;
     http->ready = ready;
     http->ready_arg = arg;
+    http->ready_gauge = hl_metrics_gauge(reg, "halflife_ready",
+        "1 when /readyz answers 200 (every assigned partition restored), else 0.", NULL);
     http->starting = 1;
     errno = 0;
     http->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, http,

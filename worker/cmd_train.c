@@ -1,0 +1,476 @@
+/* cmd_train.c - `halflife train`: read an event file, fit a model with
+ * core/train.c, write the .hlm.
+ *
+ * This file owns what core/ may not do: parsing the command line, mapping
+ * string ids to dense rows, reading the clock for events/s, printing
+ * progress, and choosing the OpenBLAS thread count (the only parallelism
+ * training has, so --threads fixes the result for a given seed). */
+#include "cmd.h"
+#include "dataset.h"
+#include "model.h"
+#include "train.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- string ids to dense rows ---------------------------------------------------- */
+
+/* Open addressing over (hash, row); ids live in one growing arena so the
+ * model writer can borrow them afterwards. */
+typedef struct idmap {
+    int32_t  *slot;        /* row + 1, 0 = empty */
+    size_t    cap;         /* power of two */
+    int32_t   n;
+    char     *arena;
+    size_t    arena_len, arena_cap;
+    size_t   *off;         /* (n): id i is arena + off[i] */
+    uint32_t *len;
+    size_t    rows_cap;
+} idmap;
+
+static uint64_t id_hash(const char *s, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;                   /* FNV-1a */
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+static void idmap_free(idmap *m)
+{
+    free(m->slot); free(m->arena); free(m->off); free(m->len);
+    memset(m, 0, sizeof *m);
+}
+
+static int idmap_grow(idmap *m)
+{
+    size_t cap = m->cap ? m->cap * 2 : 1024;
+    int32_t *slot = calloc(cap, sizeof *slot);
+    if (!slot) return HL_ENOMEM;
+    for (int32_t r = 0; r < m->n; r++) {
+        size_t i = id_hash(m->arena + m->off[r], m->len[r]) & (cap - 1);
+        while (slot[i]) i = (i + 1) & (cap - 1);
+        slot[i] = r + 1;
+    }
+    free(m->slot);
+    m->slot = slot;
+    m->cap = cap;
+    return 0;
+}
+
+static int idmap_append(idmap *m, const char *s, uint32_t len)
+{
+    if (m->arena_len + len > m->arena_cap) {
+        size_t cap = (m->arena_cap + len) * 2;
+        char *a = realloc(m->arena, cap);
+        if (!a) return HL_ENOMEM;
+        m->arena = a;
+        m->arena_cap = cap;
+    }
+    if ((size_t)m->n == m->rows_cap) {
+        size_t cap = m->rows_cap ? m->rows_cap * 2 : 1024;
+        size_t *off = realloc(m->off, cap * sizeof *off);
+        if (off) m->off = off;
+        uint32_t *ln = realloc(m->len, cap * sizeof *ln);
+        if (ln) m->len = ln;
+        if (!off || !ln) return HL_ENOMEM;
+        m->rows_cap = cap;
+    }
+    memcpy(m->arena + m->arena_len, s, len);
+    m->off[m->n] = m->arena_len;
+    m->len[m->n] = len;
+    m->arena_len += len;
+    return 0;
+}
+
+/* Row of id, added if new; negative HL_E* on allocation failure. */
+static int32_t idmap_put(idmap *m, const char *s, uint32_t len)
+{
+    if ((size_t)(m->n + 1) * 2 > m->cap && idmap_grow(m)) return HL_ENOMEM;
+    size_t i = id_hash(s, len) & (m->cap - 1);
+    for (; m->slot[i]; i = (i + 1) & (m->cap - 1)) {
+        int32_t r = m->slot[i] - 1;
+        if (m->len[r] == len && memcmp(m->arena + m->off[r], s, len) == 0) return r;
+    }
+    if (idmap_append(m, s, len)) return HL_ENOMEM;
+    m->slot[i] = m->n + 1;
+    return m->n++;
+}
+
+/* ---- loading ------------------------------------------------------------------------------ */
+
+typedef struct events {
+    int64_t  n, cap;
+    int32_t *user, *item;
+    uint8_t *type;
+    int64_t *ts_ms;
+    float   *weight;
+    idmap    users, items;
+} events;
+
+static void events_free(events *e)
+{
+    free(e->user); free(e->item); free(e->type); free(e->ts_ms); free(e->weight);
+    idmap_free(&e->users);
+    idmap_free(&e->items);
+}
+
+static int events_push(events *e, const hl_dataset_event *ev)
+{
+    if (e->n == e->cap) {
+        int64_t cap = e->cap ? e->cap * 2 : 65536;
+        void *p;
+#define GROW(a) if ((p = realloc(e->a, (size_t)cap * sizeof *e->a)) == NULL) return HL_ENOMEM; e->a = p
+        GROW(user); GROW(item); GROW(type); GROW(ts_ms); GROW(weight);
+#undef GROW
+        e->cap = cap;
+    }
+    int32_t u = idmap_put(&e->users, ev->user, ev->user_len);
+    int32_t i = idmap_put(&e->items, ev->item, ev->item_len);
+    if (u < 0 || i < 0) return HL_ENOMEM;
+    e->user[e->n] = u;
+    e->item[e->n] = i;
+    e->type[e->n] = (uint8_t)ev->type;
+    e->ts_ms[e->n] = ev->ts_ms;
+    e->weight[e->n] = ev->weight;
+    e->n++;
+    return 0;
+}
+
+static void report_bad_lines(const char *path, const hl_dataset_reader *r)
+{
+    hl_dataset_stats st;
+    hl_dataset_stats_get(r, &st);
+    if (st.bad_lines == 0) return;
+    fprintf(stderr, "halflife train: %s: %lld bad lines skipped\n", path,
+            (long long)st.bad_lines);
+    for (int i = 0; i < 8 && i < st.bad_lines; i++)
+        fprintf(stderr, "  line %lld: %s\n", (long long)st.first_bad_line[i],
+                st.first_bad_why[i]);
+}
+
+static int load(const char *path, const hl_dataset_opts *dopt, events *e,
+                char *errbuf, size_t errlen)
+{
+    hl_dataset_reader *r = hl_dataset_open(path, dopt, errbuf, errlen);
+    hl_dataset_event ev;
+    int rc;
+
+    if (!r) return HL_EIO;
+    while ((rc = hl_dataset_next(r, &ev, errbuf, errlen)) == 1)
+        if (events_push(e, &ev)) {
+            rc = hl_err(errbuf, errlen, HL_ENOMEM, "%s: no memory after %lld events",
+                        path, (long long)e->n);
+            break;
+        }
+    report_bad_lines(path, r);
+    hl_dataset_close(r);
+    if (rc == 0 && e->n == 0)
+        rc = hl_err(errbuf, errlen, HL_EINVAL, "%s: no events", path);
+    return rc;
+}
+
+/* ---- options ------------------------------------------------------------------------------ */
+
+typedef struct train_args {
+    const char       *input, *out, *format;
+    hl_dataset_opts   dopt;
+    hl_train_opts     o;
+    int               threads, quiet;
+    char              heads_text[64];
+} train_args;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: halflife train --input FILE --format F --out MODEL [options]\n\n"
+"Fits e_in, the encoder MLP, e_out and item biases by next-item prediction\n"
+"over each user's events in time order, with the decayed heads the worker\n"
+"computes, and writes the .hlm model. Deterministic for a given seed and\n"
+"thread count. Progress (epoch, loss, events/s, validation HR@10) goes to\n"
+"stderr; a JSON summary to stdout.\n\n"
+"  --input FILE          event file\n"
+"  --format F            movielens-csv | movielens-dat | seq | taobao | events-csv\n"
+"  --out MODEL           the .hlm to write\n"
+"  --dim N               embedding and query width (64)\n"
+"  --hidden N[,N..]      hidden layer widths of the encoder MLP, 0 for none (256)\n"
+"  --half-lives LIST     heads, e.g. 1h,1d,30d (units ms s m h d) (1h,1d,30d)\n"
+"  --seq-step-ms N       seq format: time between a user's events (3600000)\n"
+"  --epochs N            passes over the data (20)\n"
+"  --batch N             examples per Adam step (256)\n"
+"  --lr X                Adam step size, cosine-decayed to lr x lr-final (0.001)\n"
+"  --lr-final X          (0.1)\n"
+"  --l2 X                decoupled weight decay (0)\n"
+"  --dropout X           on the encoder input and hidden layers (0)\n"
+"  --max-history N       newest events per training example's heads (256)\n"
+"  --full-softmax-max N  full softmax up to N items, sampled beyond (50000)\n"
+"  --negatives N         sampled softmax: shared negatives per batch (2048)\n"
+"  --tie                 share e_in and e_out during training\n"
+"  --holdout loo         keep each user's last two events out of training:\n"
+"                        the second to last validates (HR@10 per epoch, best\n"
+"                        epoch kept), the last is the test item\n"
+"  --seed S              (1)\n"
+"  --threads T           OpenBLAS threads (number of cores)\n"
+"  --quiet               no progress lines\n");
+}
+
+/* "90s", "1h", "30d", "500ms" or a bare number of ms. */
+static int parse_duration_ms(const char *s, size_t len, double *ms)
+{
+    char buf[32], *end;
+    if (len == 0 || len >= sizeof buf) return HL_EINVAL;
+    memcpy(buf, s, len);
+    buf[len] = 0;
+    double v = strtod(buf, &end);
+    static const struct { const char *u; double ms; } units[] = {
+        {"", 1}, {"ms", 1}, {"s", 1e3}, {"m", 6e4}, {"h", 3.6e6}, {"d", 8.64e7},
+    };
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcmp(end, units[i].u) == 0 && end != buf && isfinite(v) && v > 0) {
+            *ms = v * units[i].ms;
+            return 0;
+        }
+    return HL_EINVAL;
+}
+
+static int parse_half_lives(train_args *a, const char *s)
+{
+    hl_train_opts *o = &a->o;
+    o->n_heads = 0;
+    snprintf(a->heads_text, sizeof a->heads_text, "%s", s);
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        if (o->n_heads == HL_MAX_HEADS ||
+            parse_duration_ms(s, len, &o->half_life_ms[o->n_heads]))
+            return HL_EINVAL;
+        o->n_heads++;
+        s += len + (s[len] == ',');
+    }
+    return o->n_heads > 0 ? 0 : HL_EINVAL;
+}
+
+static int parse_hidden(hl_train_opts *o, const char *s)
+{
+    o->n_hidden = 0;
+    if (strcmp(s, "0") == 0) return 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1 || v > 65536 || o->n_hidden == HL_MAX_LAYERS - 1)
+            return HL_EINVAL;
+        o->hidden[o->n_hidden++] = (int)v;
+        s = end + (*end == ',');
+        if (*end && *end != ',') return HL_EINVAL;
+    }
+    return 0;
+}
+
+static int num_arg(const char *s, double lo, double hi, double *v)
+{
+    char *end;
+    *v = strtod(s, &end);
+    return (end != s && *end == 0 && *v >= lo && *v <= hi) ? 0 : HL_EINVAL;
+}
+
+enum { O_DIM = 256, O_HIDDEN, O_HL, O_STEP, O_EPOCHS, O_BATCH, O_LR, O_LRF, O_L2,
+       O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET };
+
+static const struct option long_opts[] = {
+    {"input", 1, 0, 'i'}, {"format", 1, 0, 'f'}, {"out", 1, 0, 'o'}, {"help", 0, 0, 'h'},
+    {"dim", 1, 0, O_DIM}, {"hidden", 1, 0, O_HIDDEN}, {"half-lives", 1, 0, O_HL},
+    {"seq-step-ms", 1, 0, O_STEP}, {"epochs", 1, 0, O_EPOCHS}, {"batch", 1, 0, O_BATCH},
+    {"lr", 1, 0, O_LR}, {"lr-final", 1, 0, O_LRF}, {"l2", 1, 0, O_L2},
+    {"dropout", 1, 0, O_DROP}, {"max-history", 1, 0, O_HIST},
+    {"full-softmax-max", 1, 0, O_FULLMAX}, {"negatives", 1, 0, O_NEG}, {"tie", 0, 0, O_TIE},
+    {"holdout", 1, 0, O_HOLDOUT}, {"seed", 1, 0, O_SEED}, {"threads", 1, 0, O_THREADS},
+    {"quiet", 0, 0, O_QUIET}, {0, 0, 0, 0},
+};
+
+static const char *opt_name(int opt)
+{
+    for (const struct option *lo = long_opts; lo->name; lo++)
+        if (lo->val == opt) return lo->name;
+    return "?";
+}
+
+/* One numeric option into its field; HL_EINVAL if out of range. */
+static int set_number(train_args *a, int opt, const char *s)
+{
+    hl_train_opts *o = &a->o;
+    double v;
+    switch (opt) {
+    case O_DIM:     if (num_arg(s, 1, 4096, &v)) return HL_EINVAL; o->dim = (int)v; break;
+    case O_STEP:    if (num_arg(s, 1, 1e15, &v)) return HL_EINVAL; a->dopt.seq_step_ms = (int64_t)v; break;
+    case O_EPOCHS:  if (num_arg(s, 0, 1e6, &v)) return HL_EINVAL; o->epochs = (int)v; break;
+    case O_BATCH:   if (num_arg(s, 1, 65536, &v)) return HL_EINVAL; o->batch = (int)v; break;
+    case O_LR:      if (num_arg(s, 1e-9, 10, &v)) return HL_EINVAL; o->lr = (float)v; break;
+    case O_LRF:     if (num_arg(s, 0, 1, &v)) return HL_EINVAL; o->lr_final = (float)v; break;
+    case O_L2:      if (num_arg(s, 0, 10, &v)) return HL_EINVAL; o->l2 = (float)v; break;
+    case O_DROP:    if (num_arg(s, 0, 0.95, &v)) return HL_EINVAL; o->dropout = (float)v; break;
+    case O_HIST:    if (num_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->max_history = (int)v; break;
+    case O_FULLMAX: if (num_arg(s, 1, 1e9, &v)) return HL_EINVAL; o->full_softmax_max_items = (int)v; break;
+    case O_NEG:     if (num_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->n_negatives = (int)v; break;
+    case O_SEED:    if (num_arg(s, 0, 1.8e19, &v)) return HL_EINVAL; o->seed = (uint64_t)strtoull(s, NULL, 10); break;
+    case O_THREADS: if (num_arg(s, 1, 256, &v)) return HL_EINVAL; a->threads = (int)v; break;
+    default:        return HL_EINVAL;
+    }
+    return 0;
+}
+
+static int set_option(train_args *a, int opt, const char *s)
+{
+    switch (opt) {
+    case 'i':       a->input = s; return 0;
+    case 'f':       a->format = s; return 0;
+    case 'o':       a->out = s; return 0;
+    case O_HIDDEN:  return parse_hidden(&a->o, s);
+    case O_HL:      return parse_half_lives(a, s);
+    case O_TIE:     a->o.tie = 1; return 0;
+    case O_QUIET:   a->quiet = 1; return 0;
+    case O_HOLDOUT:
+        if (strcmp(s, "loo") == 0) a->o.holdout_loo = 1;
+        else if (strcmp(s, "none") == 0) a->o.holdout_loo = 0;
+        else return HL_EINVAL;
+        return 0;
+    default:        return set_number(a, opt, s);
+    }
+}
+
+/* 0, 1 after --help (exit 0), or 2 on a usage error (already reported). */
+static int parse_args(train_args *a, int argc, char **argv)
+{
+    char err[256];
+    int opt;
+
+    memset(a, 0, sizeof *a);
+    hl_train_opts_default(&a->o);
+    a->threads = openblas_get_num_procs();
+    snprintf(a->heads_text, sizeof a->heads_text, "1h,1d,30d");
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "i:f:o:h", long_opts, NULL)) != -1) {
+        if (opt == 'h') { usage(stdout); return 1; }
+        if (opt == '?') { usage(stderr); return 2; }
+        if (set_option(a, opt, optarg)) {
+            fprintf(stderr, "halflife train: bad value for --%s: \"%s\"\n",
+                    opt_name(opt), optarg);
+            return 2;
+        }
+    }
+    if (!a->input || !a->format || !a->out || optind < argc) {
+        fprintf(stderr, "halflife train: --input, --format and --out are required\n");
+        usage(stderr);
+        return 2;
+    }
+    if (hl_dataset_format_parse(a->format, &a->dopt.format, err, sizeof err)) {
+        fprintf(stderr, "halflife train: %s\n", err);
+        return 2;
+    }
+    return 0;
+}
+
+/* ---- running ------------------------------------------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef struct progress_ctx { double t0, t_last; int quiet; } progress_ctx;
+
+static void on_progress(void *ctx, const hl_train_progress *p)
+{
+    progress_ctx *c = ctx;
+    double t = now_s(), dt = t - c->t_last;
+    c->t_last = t;
+    if (c->quiet) return;
+    fprintf(stderr, "train: epoch %d/%d loss %.4f events/s %.0f", p->epoch, p->epochs,
+            p->loss, dt > 0 ? (double)p->examples / dt : 0.0);
+    if (p->valid_hr10 >= 0) fprintf(stderr, " valid_hr@10 %.4f", p->valid_hr10);
+    fprintf(stderr, " elapsed %.1fs\n", t - c->t0);
+}
+
+static void version_string(char *v, size_t len, const train_args *a)
+{
+    const hl_train_opts *o = &a->o;
+    char hid[48] = "0";
+    for (int l = 0, n = 0; l < o->n_hidden; l++)
+        n += snprintf(hid + n, sizeof hid - (size_t)n, "%s%d", l ? "," : "", o->hidden[l]);
+    /* A long --half-lives list is cut; the file's header holds the real ones. */
+    if (snprintf(v, len, "halflife-train d%d h%s l%s e%d seed=%llu", o->dim, a->heads_text,
+                 hid, o->epochs, (unsigned long long)o->seed) >= (int)len)
+        v[len - 1] = 0;
+}
+
+static int write_model(const train_args *a, const events *e, hl_train_result *res,
+                       char *errbuf, size_t errlen)
+{
+    const idmap *im = &e->items;
+    const char **ids = malloc((size_t)im->n * sizeof *ids);
+    hl_model_parts p;
+    int rc;
+
+    if (!ids) return hl_err(errbuf, errlen, HL_ENOMEM, "no memory for %d item ids", im->n);
+    for (int32_t i = 0; i < im->n; i++) ids[i] = im->arena + im->off[i];
+    version_string(res->info.version, sizeof res->info.version, a);
+    hl_train_result_parts(res, ids, im->len, &p);
+    rc = hl_model_write(a->out, &p, errbuf, errlen);
+    free(ids);
+    return rc;
+}
+
+static void print_summary(const train_args *a, const events *e,
+                          const hl_train_result *res, double secs)
+{
+    printf("{\"model\":\"%s\",\"events\":%lld,\"users\":%d,\"items\":%d,"
+           "\"examples_per_epoch\":%lld,\"epochs\":%d,\"threads\":%d,"
+           "\"train_seconds\":%.1f,\"final_loss\":%.4f", a->out, (long long)e->n,
+           e->users.n, e->items.n, (long long)res->examples_per_epoch, a->o.epochs,
+           a->threads, secs, res->final_loss);
+    if (a->o.holdout_loo)
+        printf(",\"valid_hr10\":%.4f,\"test_hr10\":%.4f,\"test_ndcg10\":%.4f",
+               res->valid_hr10, res->test_hr10, res->test_ndcg10);
+    printf("}\n");
+}
+
+int hl_cmd_train(int argc, char **argv)
+{
+    train_args a;
+    events e;
+    hl_train_result res;
+    char err[512];
+    int rc;
+
+    if ((rc = parse_args(&a, argc, argv)) != 0) return rc == 1 ? 0 : rc;
+    memset(&e, 0, sizeof e);
+    memset(&res, 0, sizeof res);
+    openblas_set_num_threads(a.threads);
+    progress_ctx pc = {now_s(), now_s(), a.quiet};
+    a.o.progress = on_progress;
+    a.o.progress_ctx = &pc;
+    rc = 1;
+    if (load(a.input, &a.dopt, &e, err, sizeof err)) goto fail;
+    hl_train_data d = {e.n, e.users.n, e.items.n, e.user, e.item, e.type, e.ts_ms, e.weight};
+    if (!a.quiet)
+        fprintf(stderr, "train: %lld events, %d users, %d items\n", (long long)e.n,
+                e.users.n, e.items.n);
+    double t0 = now_s();
+    if (hl_train_run(&a.o, &d, &res, err, sizeof err)) goto fail;
+    double secs = now_s() - t0;
+    if (write_model(&a, &e, &res, err, sizeof err)) goto fail;
+    print_summary(&a, &e, &res, secs);
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "halflife train: %s\n", err);
+out:
+    hl_train_result_reset(&res);
+    events_free(&e);
+    return rc;
+}

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# test_dashboard_live.sh - the dashboard and the alerts against a real
+# worker: `halflife demo` runs (embedded broker, producer, worker), Debian's
+# Prometheus scrapes its /metrics every second on 127.0.0.1, and then
+#   - `promtool check metrics` accepts the live /metrics text;
+#   - every metric the alert rules name is one the worker exports (an alert
+#     on a metric nobody exports never fires, silently);
+#   - every PromQL expression in dashboards/halflife.json, with $job,
+#     $instance and $__rate_interval substituted as Grafana would, returns
+#     data through the query API: at least one series with a number that is
+#     not NaN. A panel whose metric the worker does not export fails here,
+#     named with its expression.
+# Expressions get until the deadline (about 40 s) to return data, because
+# some only do once the demo has published lists and taken snapshots.
+set -u
+top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
+hl=${HL_HALFLIFE:-$top/build/halflife}
+py=/usr/bin/python3
+name=dashboard_live
+
+if [ ! -x "$hl" ] || ! "$hl" demo --help >/dev/null 2>&1; then
+  echo "SKIP $name: halflife demo not built ($hl demo --help fails)"; exit 0
+fi
+for tool in prometheus promtool curl; do
+  command -v $tool >/dev/null 2>&1 || { echo "SKIP $name: $tool not installed (make deps)"; exit 0; }
+done
+
+tmp=$(mktemp -d)
+demo_pid="" prom_pid=""
+cleanup() {
+  [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null
+  [ -n "$prom_pid" ] && kill "$prom_pid" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() {
+  $py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_http() {   # URL TIMEOUT_S
+  local i
+  for ((i = 0; i < $2 * 5; i++)); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+metrics_port=$(free_port)
+prom_port=$(free_port)
+# Snapshots every second so the snapshot panels have data within the test.
+(cd "$tmp" && exec "$hl" demo --duration 90 --rate 3000 -X schemas.dir="$top/schemas" \
+   -X metrics.port="$metrics_port" -X snapshot.dir="$tmp/snapshots" \
+   -X snapshot.interval.ms=1000) >"$tmp/demo.out" 2>"$tmp/demo.err" &
+demo_pid=$!
+if ! wait_http "http://127.0.0.1:$metrics_port/healthz" 30; then
+  echo "FAIL $name: halflife demo did not serve /healthz on port $metrics_port within 30 s"
+  tail -n 20 "$tmp/demo.err" | sed 's/^/    /'
+  exit 1
+fi
+
+cat >"$tmp/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: halflife
+    static_configs:
+      - targets: ["127.0.0.1:$metrics_port"]
+EOF
+prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/tsdb" \
+  --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$tmp/prom.log" 2>&1 &
+prom_pid=$!
+if ! wait_http "http://127.0.0.1:$prom_port/-/ready" 30; then
+  echo "FAIL $name: prometheus did not become ready"; tail -n 20 "$tmp/prom.log" | sed 's/^/    /'
+  exit 1
+fi
+
+# ---- the live exposition text
+curl -fsS "http://127.0.0.1:$metrics_port/metrics" >"$tmp/metrics.txt"
+if out=$(promtool check metrics <"$tmp/metrics.txt" 2>&1); then
+  echo "PASS metrics_live_promtool"
+else
+  echo "FAIL metrics_live_promtool: $(echo "$out" | head -n 5 | tr '\n' ' ')"
+fi
+
+# ---- the dashboard's queries (and the alerts' metric names), in Python for the JSON
+HL_TOP="$top" PROM="http://127.0.0.1:$prom_port" METRICS="http://127.0.0.1:$metrics_port/metrics" \
+$py - <<'EOF'
+import json, math, os, re, sys, time, urllib.parse, urllib.request
+
+top, prom, metrics_url = os.environ["HL_TOP"], os.environ["PROM"], os.environ["METRICS"]
+deadline = time.time() + 45
+
+def fetch(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+# The dashboard's expressions, substituted as Grafana would with job=halflife,
+# instance=All and a 1 s scrape interval ($__rate_interval = 4 scrapes).
+dash = json.load(open(os.path.join(top, "dashboards/halflife.json")))
+subst = {"$__rate_interval": "4s", "$__interval": "1s", "$__range": "1m",
+         "$job": "halflife", "$instance": ".+", "${job}": "halflife", "${instance}": ".+"}
+queries = []
+def panels(ps):
+    for p in ps:
+        yield p
+        yield from panels(p.get("panels", []))
+for p in panels(dash.get("panels", [])):
+    for t in p.get("targets", []):
+        e = t.get("expr")
+        if not e:
+            continue
+        for k in sorted(subst, key=len, reverse=True):
+            e = e.replace(k, subst[k])
+        queries.append((f'panel {p.get("id")} {t.get("refId")} "{p.get("title")}"', t["expr"], e))
+
+def evaluate(expr):
+    url = prom + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        body = json.loads(fetch(url))
+    except Exception as ex:          # a 400 is a bad expression: say so
+        return "error", str(ex)
+    if body.get("status") != "success":
+        return "error", body.get("error", "query failed")
+    res = body["data"]["result"]
+    if body["data"]["resultType"] == "scalar":
+        res = [{"value": res}]
+    if not res:
+        return "empty", "no series"
+    if all(math.isnan(float(r["value"][1])) for r in res):
+        return "nan", f"{len(res)} series, every value NaN"
+    return "ok", f"{len(res)} series"
+
+pending = {q[0]: q for q in queries}
+last = {}
+time.sleep(5)                        # a few scrapes first
+while pending and time.time() < deadline:
+    for key, (_, _, e) in list(pending.items()):
+        state, why = evaluate(e)
+        last[key] = (state, why)
+        if state == "ok":
+            print(f"PASS dashboard_live {key}: {why}")
+            del pending[key]
+        elif state == "error":
+            break
+    if pending:
+        time.sleep(2)
+for key, (_, raw, e) in pending.items():
+    state, why = last.get(key, ("empty", "never evaluated"))
+    print(f"FAIL dashboard_live {key}: {why} for {e}")
+print(f"dashboard_live: {len(queries) - len(pending)} of {len(queries)} expressions returned data")
+
+# After the run, when every series has been registered: every metric an
+# alert rule names must be one the worker exports.
+exported = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", fetch(metrics_url), re.M))
+rules = open(os.path.join(top, "deploy/prometheus/alerts.yml")).read()
+wanted = {re.sub(r"_bucket$", "", m) for m in re.findall(r"\b(halflife_[a-z0-9_]+)", rules)}
+def exported_name(m):
+    return m in exported or any(m + s in exported for s in ("_bucket", "_sum", "_count"))
+missing = sorted(m for m in wanted if not exported_name(m))
+if missing:
+    print("FAIL alerts_metrics_exported: alerts.yml names metrics the worker does not export: "
+          + ", ".join(missing))
+else:
+    print("PASS alerts_metrics_exported")
+
+
+sys.exit(1 if pending or missing else 0)
+EOF
+rc=$?
+if [ $rc -ne 0 ]; then
+  echo "    demo stderr (last lines):"; tail -n 8 "$tmp/demo.err" | sed 's/^/    /'
+fi
+exit $rc

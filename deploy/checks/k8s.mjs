@@ -124,6 +124,8 @@ function checkWorker(errs, sts, props) {
   for (const kind of ["requests", "limits"])
     for (const r of ["cpu", "memory"])
       if (!c.resources?.[kind]?.[r]) errs.push(`${id(sts)}: resources.${kind}.${r} missing`);
+  if (pod.enableServiceLinks !== false)
+    errs.push(`${id(sts)}: enableServiceLinks must be false (Service env vars HALFLIFE_* would be read as configuration)`);
   if (pod.securityContext?.runAsNonRoot !== true && c.securityContext?.runAsNonRoot !== true)
     errs.push(`${id(sts)}: must run as non-root`);
   return c;

@@ -30,9 +30,10 @@
  * exclusions: in loo the counts of every event but the targets (on Beauty
  * HR@10 0.0135, NDCG@10 0.0061; the published 0.0152 / 0.0068 is exactly
  * what counting the targets too gives: --popularity-counts all); in
- * prequential the running counts before the event (equal counts: the item
- * that reached the count first ranks first). It needs no model: without
- * --model the catalogue is every item of the file. */
+ * prequential the running counts before the event. Equal counts rank the
+ * lower row first (without a model, rows number the items in order of first
+ * appearance in the file). It needs no model: without --model the
+ * catalogue is every item of the file. */
 #include "cmd.h"
 #include "dataset.h"
 #include "decay.h"
@@ -439,71 +440,108 @@ static void progress_line(progress *pg, const char *what, int64_t done, int64_t 
 
 /* ---- popularity ----------------------------------------------------------- */
 
-/* Items in descending count order, kept sorted under +1 updates in O(1):
- * lo[c] is the number of items counted more than c times, so the items
- * counted exactly c times sit at [lo[c], lo[c-1]). */
+/* Items ranked by count, equal counts lower row first (the ranker's tie
+ * rule). loo's counts are fixed: one sort, then a walk per user. The
+ * prequential counts change after every event, so they live in a segment
+ * tree whose nodes hold the best item below them: an update is O(log n),
+ * and the top k comes from popping the best (taking it out of the tree)
+ * until k non-excluded items are out, then putting the popped back. */
 typedef struct popularity {
     int32_t  n;
-    int32_t *order, *pos;       /* (n) items by rank, rank of each item */
     int64_t *count;             /* (n) */
-    int64_t *lo;                /* (max_count + 2) */
     int32_t *stamp;             /* (n) exclusion marks, by query number */
     int32_t  query;
+    int32_t *order;             /* (n) loo: items best first, after pop_sort */
+    int32_t  size;              /* prequential: leaves, a power of two >= n */
+    int32_t *tree;              /* (2 size) best item in each subtree, or -1 */
+    uint8_t *out;               /* (n) popped during the current query */
+    int32_t *popped;            /* (max_popped) */
+    int      max_popped;
 } popularity;
 
-static int pop_init(popularity *p, int32_t n, int64_t max_count)
+static int pop_better(const popularity *p, int32_t a, int32_t b)
+{
+    if (a < 0) return 0;
+    if (b < 0) return 1;
+    return p->count[a] > p->count[b] || (p->count[a] == p->count[b] && a < b);
+}
+
+/* Recomputes the leaf of item and its ancestors. */
+static void pop_fix(popularity *p, int32_t item)
+{
+    int32_t i = p->size + item;
+    p->tree[i] = p->out[item] ? -1 : item;
+    for (i >>= 1; i >= 1; i >>= 1) {
+        int32_t l = p->tree[2 * i], r = p->tree[2 * i + 1];
+        p->tree[i] = pop_better(p, l, r) ? l : r;
+    }
+}
+
+static int pop_init_tree(popularity *p, int max_popped)
+{
+    for (p->size = 1; p->size < p->n; p->size *= 2)
+        ;
+    p->tree = malloc(2 * (size_t)p->size * sizeof *p->tree);
+    p->out = calloc((size_t)p->n, 1);
+    p->popped = malloc((size_t)max_popped * sizeof *p->popped);
+    p->max_popped = max_popped;
+    if (!p->tree || !p->out || !p->popped)
+        return HL_ENOMEM;
+    for (int32_t i = 0; i < p->size; i++)
+        p->tree[p->size + i] = i < p->n ? i : -1;
+    for (int32_t i = p->size - 1; i >= 1; i--)   /* all counts 0: lowest row */
+        p->tree[i] = pop_better(p, p->tree[2 * i], p->tree[2 * i + 1])
+                   ? p->tree[2 * i] : p->tree[2 * i + 1];
+    return 0;
+}
+
+/* max_popped > 0 makes a prequential (tree) ranking, 0 a loo (sorted) one. */
+static int pop_init(popularity *p, int32_t n, int max_popped)
 {
     memset(p, 0, sizeof *p);
     p->n = n;
-    p->order = malloc((size_t)n * sizeof *p->order);
-    p->pos = malloc((size_t)n * sizeof *p->pos);
     p->count = calloc((size_t)n, sizeof *p->count);
-    p->lo = calloc((size_t)max_count + 2, sizeof *p->lo);
     p->stamp = calloc((size_t)n, sizeof *p->stamp);
-    if (!p->order || !p->pos || !p->count || !p->lo || !p->stamp)
+    if (!p->count || !p->stamp)
         return HL_ENOMEM;
-    for (int32_t i = 0; i < n; i++)
-        p->order[i] = p->pos[i] = i;
-    return 0;
+    return max_popped > 0 ? pop_init_tree(p, max_popped) : 0;
 }
 
 static void pop_free(popularity *p)
 {
-    free(p->order);
-    free(p->pos);
     free(p->count);
-    free(p->lo);
     free(p->stamp);
+    free(p->order);
+    free(p->tree);
+    free(p->out);
+    free(p->popped);
 }
 
 static void pop_add(popularity *p, int32_t item)
 {
     if (item < 0 || item >= p->n)
         return;
-    int64_t c = p->count[item]++;
-    int32_t at = p->pos[item], first = (int32_t)p->lo[c];
-    int32_t other = p->order[first];
-    p->order[first] = item;
-    p->pos[item] = first;
-    p->order[at] = other;
-    p->pos[other] = at;
-    p->lo[c]++;
+    p->count[item]++;
+    if (p->tree)
+        pop_fix(p, item);
 }
 
 static int cmp_by_count(const void *pa, const void *pb, void *ctx)
 {
-    const int64_t *count = ctx;
+    const popularity *p = ctx;
     int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    if (count[a] != count[b]) return count[a] > count[b] ? -1 : 1;
-    return (a > b) - (a < b);
+    return pop_better(p, a, b) ? -1 : pop_better(p, b, a) ? 1 : 0;
 }
 
-/* Static counts (loo): equal counts rank the lower item first. */
-static void pop_sort(popularity *p)
+/* loo: ranks the items once the counts are final. */
+static int pop_sort(popularity *p)
 {
-    qsort_r(p->order, (size_t)p->n, sizeof *p->order, cmp_by_count, p->count);
+    if ((p->order = malloc((size_t)p->n * sizeof *p->order)) == NULL)
+        return HL_ENOMEM;
     for (int32_t i = 0; i < p->n; i++)
-        p->pos[p->order[i]] = i;
+        p->order[i] = i;
+    qsort_r(p->order, (size_t)p->n, sizeof *p->order, cmp_by_count, p);
+    return 0;
 }
 
 /* Starts a query: the next pop_exclude marks belong to it. */
@@ -515,13 +553,33 @@ static void pop_exclude(popularity *p, int32_t item)
         p->stamp[item] = p->query;
 }
 
+static int pop_top_tree(popularity *p, int k, int32_t *top)
+{
+    int n = 0, n_popped = 0;
+    while (n < k && n_popped < p->max_popped && p->tree[1] >= 0) {
+        int32_t best = p->tree[1];
+        p->out[best] = 1;
+        pop_fix(p, best);
+        p->popped[n_popped++] = best;
+        if (p->stamp[best] != p->query)
+            top[n++] = best;
+    }
+    for (int i = 0; i < n_popped; i++) {
+        p->out[p->popped[i]] = 0;
+        pop_fix(p, p->popped[i]);
+    }
+    return n;
+}
+
 /* The k most popular items not excluded in this query; returns the count. */
-static int pop_top(const popularity *p, int k, int32_t *out)
+static int pop_top(popularity *p, int k, int32_t *top)
 {
     int n = 0;
+    if (p->tree)
+        return pop_top_tree(p, k, top);
     for (int32_t i = 0; i < p->n && n < k; i++)
         if (p->stamp[p->order[i]] != p->query)
-            out[n++] = p->order[i];
+            top[n++] = p->order[i];
     return n;
 }
 
@@ -675,13 +733,13 @@ static int loo_popularity(loo_run *lr, const int32_t *rows)
     const eval_data *d = lr->d;
     popularity p;
     int32_t *top = malloc((size_t)lr->a->k * sizeof *top);
-    int rc = pop_init(&p, d->n_rows, d->n_ev);
+    int rc = pop_init(&p, d->n_rows, 0);
 
     for (int32_t u = 0; rc == 0 && top && u < d->users.n; u++)
         for (int64_t i = lr->start[u]; i + 1 < lr->start[u + 1] + lr->a->pop_counts_all; i++)
             pop_add(&p, rows[i]);
     if (rc == 0 && top)
-        pop_sort(&p);
+        rc = pop_sort(&p);
     for (int32_t u = 0; rc == 0 && top && u < d->users.n; u++) {
         if (!loo_is_user(lr, u))
             continue;
@@ -851,7 +909,7 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
     pr->win_pop = calloc((size_t)a->windows, sizeof *pr->win_pop);
     if (!pr->views || !pr->recs || !pr->n_out || !pr->top || !pr->win_model ||
         !pr->win_pop || copies_alloc(pr) != 0 ||
-        (a->baseline && pop_init(&pr->pop, pr->d->n_rows, pr->d->n_ev) != 0))
+        (a->baseline && pop_init(&pr->pop, pr->d->n_rows, a->k + a->history) != 0))
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory");
     if ((pr->tbl = make_table(pr->m, a->history, pr->d->users.n, errbuf, errlen)) == NULL)
         return HL_EINVAL;

@@ -58,8 +58,8 @@
 #define MIN_SLOTS  64u
 #define MIGRATE_PER_INSERT 16u  /* old slots copied per new user */
 #define MIGRATE_PER_APPLY  1024u/* and per apply call */
-#define PIPE 16                 /* events in flight: lookup ahead, rows ahead */
-#define RING 64                 /* > 2 PIPE, a power of two */
+#define PIPE 8                  /* events between pipeline stages */
+#define RING 64                 /* > 3 PIPE, a power of two */
 
 typedef struct row_hdr {
     int64_t  t_ref_ms;
@@ -110,6 +110,7 @@ struct hl_table {
 
     uint64_t pipe_hash[RING];          /* apply's lookahead, see hl_table_apply */
     int64_t  pipe_row[RING];
+    int      pipe_hist[RING];
 };
 
 /* ---- rows ---------------------------------------------------------------- */
@@ -714,12 +715,15 @@ static int64_t resolve(hl_table *tbl, int64_t hint, uint64_t h,
     return nr;
 }
 
-static void prefetch_slot(const hl_table *tbl, uint64_t h)
+/* Pipeline stage one: hash event a's user and prefetch its index slots.
+ * (The stages store into the table: a helper that only prefetched would look
+ * side-effect free to gcc's IPA, which then drops the call, prefetch and all.) */
+static void stage_hash(hl_table *tbl, const hl_event *e, int a)
 {
-    const index_tab *ix = &tbl->ix[0];
-    __builtin_prefetch(&ix->slot[home(ix, tag_of(h))], 0, 3);
-    if (tbl->growing) {
-        ix = &tbl->ix[1];
+    uint64_t h = hash_key(e->user, e->user_len);
+    tbl->pipe_hash[a & (RING - 1)] = h;
+    for (int t = 0; t <= tbl->growing; t++) {
+        const index_tab *ix = &tbl->ix[t];
         __builtin_prefetch(&ix->slot[home(ix, tag_of(h))], 0, 3);
     }
 }
@@ -741,13 +745,37 @@ static int64_t guess_row(const hl_table *tbl, uint64_t h)
     return -1;
 }
 
-/* Touches the lines an update writes: header, key, masses, heads. */
-static void prefetch_row(const hl_table *tbl, int64_t r)
+/* Stage two: guess event b's row and prefetch the lines an update writes
+ * (header, key, masses, heads) and the item's embedding. */
+static void stage_guess(hl_table *tbl, const hl_event *e, int b,
+                        const float *e_in, int32_t n_items)
 {
-    if (r < 0 || (uint32_t)r >> ROWS_SHIFT >= tbl->n_blocks) return;
+    int64_t r = guess_row(tbl, tbl->pipe_hash[b & (RING - 1)]);
+    tbl->pipe_row[b & (RING - 1)] = r;
+    if (e_in != NULL && e->item >= 0 && e->item < n_items) {
+        const float *x = e_in + (size_t)e->item * tbl->dim;
+        for (int j = 0; j < tbl->dim; j += 16) __builtin_prefetch(x + j, 0, 3);
+    }
+    if (r < 0) return;
     const uint8_t *p = row_ptr(tbl, (uint32_t)r);
     for (size_t off = 0; off < tbl->off_hts; off += 64)
         __builtin_prefetch(p + off, 1, 3);
+}
+
+/* Stage three: with c's row header in cache by now, prefetch the history
+ * entries its event will write (three arrays, three lines). */
+static void stage_hist(hl_table *tbl, int c)
+{
+    int64_t r = tbl->pipe_row[c & (RING - 1)];
+    if (r < 0) return;
+    uint8_t *p = row_ptr(tbl, (uint32_t)r);
+    row_hdr *rh = hdr(p);
+    int k = rh->n_hist < tbl->history ? (rh->hist_head + rh->n_hist) % tbl->history
+                                      : rh->hist_head;
+    tbl->pipe_hist[c & (RING - 1)] = k;    /* a store: see stage_hash */
+    __builtin_prefetch(row_hts(tbl, p) + k, 1, 3);
+    __builtin_prefetch(row_hitem(tbl, p) + k, 1, 3);
+    __builtin_prefetch(row_htype(tbl, p) + k, 1, 3);
 }
 
 int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
@@ -755,21 +783,15 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
 {
     int applied = 0;
     if (tbl->growing) migrate(tbl, MIGRATE_PER_APPLY);
-    /* A three-stage pipeline over the batch: event i + 2 PIPE is hashed and
-     * its index slot prefetched, i + PIPE's slot is read and its row
-     * prefetched, and i is applied, so the misses of many events overlap. */
-    for (int i = -2 * PIPE; i < n; i++) {
-        int a = i + 2 * PIPE, b = i + PIPE;
-        if (a < n) {
-            uint64_t h = hash_key(ev[a].user, ev[a].user_len);
-            tbl->pipe_hash[a & (RING - 1)] = h;
-            prefetch_slot(tbl, h);
-        }
-        if (b >= 0 && b < n) {
-            int64_t g = guess_row(tbl, tbl->pipe_hash[b & (RING - 1)]);
-            tbl->pipe_row[b & (RING - 1)] = g;
-            prefetch_row(tbl, g);
-        }
+    /* A four-stage pipeline over the batch, so the cache misses of many
+     * events overlap: event i + 3 PIPE is hashed and its index slot
+     * prefetched, i + 2 PIPE's slot read and its row and item prefetched,
+     * i + PIPE's history slots prefetched, and i applied. */
+    for (int i = -3 * PIPE; i < n; i++) {
+        int a = i + 3 * PIPE, b = i + 2 * PIPE, c = i + PIPE;
+        if (a < n) stage_hash(tbl, &ev[a], a);
+        if (b >= 0 && b < n) stage_guess(tbl, &ev[b], b, e_in, n_items);
+        if (c >= 0 && c < n) stage_hist(tbl, c);
         if (i < 0) continue;
         int rc = 0;
         int64_t r = resolve(tbl, tbl->pipe_row[i & (RING - 1)],

@@ -1,0 +1,370 @@
+/* produce.c - `halflife produce`: replay a dataset file into Kafka as Avro
+ * BehaviourEvents, for tests, benchmarks and the demo.
+ *
+ * Each event is keyed by its user_id, so Kafka's key partitioning keeps a
+ * user on one partition and the producer keeps the file's order within it;
+ * with enable.idempotence=true librdkafka's retries neither reorder nor
+ * duplicate. The partitioner is murmur2_random, the Java client's, so
+ * events of a user land where a Java producer would put them too.
+ *
+ * Configuration is the worker's (worker/config.c): -X kafka.* reaches
+ * librdkafka, -X input.format=raw drops the Confluent framing, and
+ * HALFLIFE_* variables apply. --rate paces the events per second; 0 is as
+ * fast as the producer goes. At the end every message is waited for and
+ * the delivered and failed counts are reported: the exit status is 1 if
+ * any message failed. */
+#include "cmd.h"
+#include "codec.h"
+#include "config.h"
+#include "dataset.h"
+#include "log.h"
+
+#include <errno.h>
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+extern char **environ;
+
+#define MAX_X_ARGS 64
+
+typedef struct produce_args {
+    const char *input, *format, *topic;
+    double      rate;                   /* events/s, 0 = unlimited */
+    int64_t     limit;                  /* most events, 0 = all */
+    int         partitions;             /* create the topic with this many, 0 = no */
+    char       *xs[MAX_X_ARGS];
+    int         n_xs;
+} produce_args;
+
+/* Delivery reports land here (librdkafka calls them from rd_kafka_poll in
+ * this thread). */
+typedef struct produce_counts {
+    int64_t  delivered, failed;
+    char     first_error[256];
+} produce_counts;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: halflife produce --input FILE --format F [--topic T] [--rate N]\n"
+        "                        [--limit N] [--partitions N] [-X key=value]...\n\n"
+        "Replays a dataset into Kafka as Avro BehaviourEvents keyed by user_id\n"
+        "(Confluent framing with schema id 1, or -X input.format=raw).\n\n"
+        "  --input FILE      the dataset file\n"
+        "  --format F        movielens-csv, movielens-dat, seq, taobao or events-csv\n"
+        "  --topic T         target topic (default: input.topic, behaviour-events)\n"
+        "  --rate N          events per second, 0 = as fast as possible (default 0)\n"
+        "  --limit N         stop after N events (default: all)\n"
+        "  --partitions N    create the topic with N partitions if it does not exist\n"
+        "                    (real Kafka only: the mock cluster of 'halflife broker'\n"
+        "                    creates only the topics of its --topics)\n"
+        "  -X key=value      configuration; kafka.bootstrap.servers is required\n");
+}
+
+static int parse_num(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    *out = strtod(s, &end);
+    return (*s == '\0' || *end != '\0' || errno != 0 || *out < lo || *out > hi) ? -1 : 0;
+}
+
+/* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
+static int parse_args(int argc, char **argv, produce_args *a)
+{
+    memset(a, 0, sizeof *a);
+    for (int i = 1; i < argc; i += 2) {
+        const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        double x = 0;
+        int bad = 0;
+        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        if (val == NULL) {
+            fprintf(stderr, "halflife produce: %s needs a value\n", opt);
+            return 2;
+        }
+        if (!strcmp(opt, "--input"))       a->input = val;
+        else if (!strcmp(opt, "--format")) a->format = val;
+        else if (!strcmp(opt, "--topic"))  a->topic = val;
+        else if (!strcmp(opt, "--rate"))   bad = parse_num(val, 0, 1e9, &a->rate);
+        else if (!strcmp(opt, "--limit"))  { bad = parse_num(val, 0, 9e18, &x); a->limit = (int64_t)x; }
+        else if (!strcmp(opt, "--partitions")) { bad = parse_num(val, 1, 100000, &x); a->partitions = (int)x; }
+        else if (!strcmp(opt, "-X") && a->n_xs < MAX_X_ARGS) a->xs[a->n_xs++] = argv[i + 1];
+        else {
+            fprintf(stderr, "halflife produce: unknown option %s\n\n", opt);
+            usage(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "halflife produce: %s %s: not an allowed number\n", opt, val);
+            return 2;
+        }
+    }
+    if (a->input == NULL || a->format == NULL) {
+        fprintf(stderr, "halflife produce: --input and --format are required\n\n");
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    produce_counts *n = opaque;
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        n->delivered++;
+        return;
+    }
+    if (n->failed++ == 0)
+        snprintf(n->first_error, sizeof n->first_error, "%s", rd_kafka_err2str(m->err));
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
+                    char *errbuf, size_t errlen)
+{
+    char why[256];
+    if (rd_kafka_conf_set(conf, k, v, why, sizeof why) != RD_KAFKA_CONF_OK)
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%s: %s", k, v, why);
+    return 0;
+}
+
+/* An idempotent producer with our defaults, then the kafka.* keys. */
+static rd_kafka_t *make_producer(const hl_config *cfg, produce_counts *counts,
+                                 char *errbuf, size_t errlen)
+{
+    char why[512];
+    int n;
+    const hl_kafka_prop *p = hl_config_kafka(cfg, &n);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_t *rk;
+
+    if (conf_set(conf, "enable.idempotence", "true", errbuf, errlen) ||
+        conf_set(conf, "linger.ms", "5", errbuf, errlen) ||
+        conf_set(conf, "partitioner", "murmur2_random", errbuf, errlen) ||
+        conf_set(conf, "queue.buffering.max.messages", "1000000", errbuf, errlen))
+        goto fail;
+    for (int i = 0; i < n; i++)
+        if (conf_set(conf, p[i].key, p[i].value, errbuf, errlen))
+            goto fail;
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_opaque(conf, counts);
+    if ((rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why)) == NULL) {
+        hl_err(errbuf, errlen, HL_EINVAL, "producer: %s", why);
+        goto fail;
+    }
+    return rk;                  /* rk owns conf now */
+fail:
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+}
+
+/* Creates topic with n partitions; one that exists already is fine. For a
+ * real Kafka cluster: the mock cluster of librdkafka 2.0.2 names no
+ * controller, so there the request times out after 5 s and the caller only
+ * warns (`halflife broker --topics T --partitions N` creates topics there). */
+static int create_topic(rd_kafka_t *rk, const char *topic, int n, char *errbuf, size_t errlen)
+{
+    char why[256];
+    int rc = 0;
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, n, -1, why, sizeof why);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_event_t *ev;
+
+    if (nt == NULL) {
+        rd_kafka_queue_destroy(q);
+        return hl_err(errbuf, errlen, HL_EINVAL, "topic %s: %s", topic, why);
+    }
+    rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(ao, 5000, why, sizeof why);
+    rd_kafka_CreateTopics(rk, &nt, 1, ao, q);
+    rd_kafka_AdminOptions_destroy(ao);
+    if ((ev = rd_kafka_queue_poll(q, 6000)) == NULL) {
+        rc = hl_err(errbuf, errlen, HL_EIO, "create topic %s: no answer within 6 s", topic);
+    } else {
+        const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
+        size_t cnt = 0;
+        const rd_kafka_topic_result_t **tr = res ? rd_kafka_CreateTopics_result_topics(res, &cnt) : NULL;
+        rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
+        if (err == 0 && cnt == 1)
+            err = rd_kafka_topic_result_error(tr[0]);
+        if (err != 0 && err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+            rc = hl_err(errbuf, errlen, HL_EIO, "create topic %s: %s", topic, rd_kafka_err2str(err));
+        rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_queue_destroy(q);
+    return rc;
+}
+
+/* Sleeps as long as the events sent are ahead of rate x elapsed. */
+static void pace(double rate, int64_t sent, int64_t start_ms)
+{
+    int64_t due_ms = start_ms + (int64_t)((double)sent * 1000.0 / rate);
+    int64_t ahead = due_ms - hl_now_mono_ms();
+    if (ahead > 0) {
+        struct timespec ts = { ahead / 1000, (ahead % 1000) * 1000000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Hands one encoded event to librdkafka, waiting while its queue is full. */
+static int send_event(rd_kafka_t *rk, const char *topic, const hl_dataset_event *ev,
+                      const void *buf, size_t len, char *errbuf, size_t errlen)
+{
+    for (;;) {
+        rd_kafka_resp_err_t err = rd_kafka_producev(
+            rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(ev->user, ev->user_len),
+            RD_KAFKA_V_VALUE((void *)buf, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_END);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            return 0;
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            return hl_err(errbuf, errlen, HL_EIO, "produce to %s: %s", topic, rd_kafka_err2str(err));
+        rd_kafka_poll(rk, 50);
+    }
+}
+
+typedef struct replay {
+    rd_kafka_t        *rk;
+    hl_codec          *codec;
+    hl_dataset_reader *rd;
+    const char        *topic;
+    produce_counts     counts;
+    int64_t            sent;
+} replay;
+
+static void progress(const replay *r, int64_t start_ms, const char *event)
+{
+    double s = (double)(hl_now_mono_ms() - start_ms) / 1000.0;
+    hl_log(HL_LOG_INFO, event, "topic=%s events=%lld delivered=%lld failed=%lld rate_eps=%.0f",
+           r->topic, (long long)r->sent, (long long)r->counts.delivered,
+           (long long)r->counts.failed, s > 0 ? (double)r->sent / s : 0.0);
+}
+
+/* Reads, encodes and sends every event (up to a->limit). */
+static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t errlen)
+{
+    uint8_t buf[2048];
+    hl_dataset_event ev;
+    int64_t start_ms = hl_now_mono_ms(), last_ms = start_ms;
+    int rc;
+
+    while (a->limit == 0 || r->sent < a->limit) {
+        if ((rc = hl_dataset_next(r->rd, &ev, errbuf, errlen)) <= 0)
+            return rc;
+        hl_codec_event ce = { ev.user, ev.user_len, ev.item, ev.item_len, ev.type,
+                              ev.ts_ms, ev.weight, ev.has_weight };
+        int n = hl_codec_encode_event(r->codec, &ce, buf, sizeof buf);
+        if (n < 0)
+            return hl_err(errbuf, errlen, n, "%s line %lld: cannot encode the event (%s)",
+                          a->input, (long long)ev.line, hl_strerror(n));
+        if ((rc = send_event(r->rk, r->topic, &ev, buf, (size_t)n, errbuf, errlen)) != 0)
+            return rc;
+        r->sent++;
+        if ((r->sent & 1023) == 0) {
+            rd_kafka_poll(r->rk, 0);
+            if (hl_now_mono_ms() - last_ms >= 1000) {
+                last_ms = hl_now_mono_ms();
+                progress(r, start_ms, "produce_progress");
+            }
+        }
+        if (a->rate > 0)
+            pace(a->rate, r->sent, start_ms);
+    }
+    return 0;
+}
+
+/* Waits until librdkafka has a delivery report for every message. */
+static void wait_delivered(replay *r)
+{
+    int64_t last_ms = hl_now_mono_ms();
+    while (rd_kafka_outq_len(r->rk) > 0) {
+        rd_kafka_flush(r->rk, 1000);
+        if (hl_now_mono_ms() - last_ms >= 5000) {
+            last_ms = hl_now_mono_ms();
+            hl_log(HL_LOG_INFO, "produce_waiting", "in_flight=%d", rd_kafka_outq_len(r->rk));
+        }
+    }
+}
+
+static int open_input(replay *r, const produce_args *a, const hl_config *cfg,
+                      char *errbuf, size_t errlen)
+{
+    hl_dataset_opts dopts = { 0 };
+    hl_worker_opts wo;
+    int rc;
+    if ((rc = hl_dataset_format_parse(a->format, &dopts.format, errbuf, errlen)) != 0)
+        return rc;
+    if ((r->rd = hl_dataset_open(a->input, &dopts, errbuf, errlen)) == NULL)
+        return HL_EIO;
+    hl_config_worker_opts(cfg, &wo);
+    wo.codec.min_ts_ms = INT64_MIN;              /* the encoder does not check */
+    wo.codec.max_ts_ms = INT64_MAX;
+    if ((r->codec = hl_codec_create(&wo.codec, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    return 0;
+}
+
+static void report(const replay *r, const produce_args *a)
+{
+    hl_dataset_stats st;
+    hl_dataset_stats_get(r->rd, &st);
+    hl_log(HL_LOG_INFO, "produce_done",
+           "topic=%s events=%lld delivered=%lld failed=%lld bad_lines=%lld first_error=\"%s\"",
+           r->topic, (long long)r->sent, (long long)r->counts.delivered,
+           (long long)r->counts.failed, (long long)st.bad_lines, r->counts.first_error);
+    for (int i = 0; i < 8 && i < st.bad_lines; i++)
+        hl_log(HL_LOG_WARN, "bad_line", "file=%s line=%lld why=\"%s\"", a->input,
+               (long long)st.first_bad_line[i], st.first_bad_why[i]);
+}
+
+int hl_cmd_produce(int argc, char **argv)
+{
+    produce_args a;
+    replay r;
+    char err[512] = "";
+    hl_config *cfg = NULL;
+    int replay_rc, rc = parse_args(argc, argv, &a);
+
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    memset(&r, 0, sizeof r);
+    rc = 1;
+    if ((cfg = hl_config_create()) == NULL ||
+        hl_config_load(cfg, NULL, environ, a.xs, a.n_xs, err, sizeof err) != 0)
+        goto out;
+    if (hl_config_kafka_get(cfg, "bootstrap.servers") == NULL) {
+        snprintf(err, sizeof err, "-X kafka.bootstrap.servers=HOST:PORT is required "
+                 "(a 'halflife broker' prints one)");
+        goto out;
+    }
+    r.topic = a.topic != NULL ? a.topic : hl_config_str(cfg, "input.topic");
+    if (open_input(&r, &a, cfg, err, sizeof err) != 0 ||
+        (r.rk = make_producer(cfg, &r.counts, err, sizeof err)) == NULL)
+        goto out;
+    if (a.partitions > 0 && create_topic(r.rk, r.topic, a.partitions, err, sizeof err) != 0)
+        hl_log(HL_LOG_WARN, "create_topic_failed", "topic=%s err=\"%s\"", r.topic, err);
+    replay_rc = replay_all(&r, &a, err, sizeof err);
+    wait_delivered(&r);
+    report(&r, &a);
+    if (replay_rc != 0)
+        goto out;
+    rc = (r.counts.failed == 0 && r.counts.delivered == r.sent) ? 0 : 1;
+    if (rc != 0)
+        snprintf(err, sizeof err, "%lld of %lld events not delivered: %s",
+                 (long long)(r.sent - r.counts.delivered), (long long)r.sent, r.counts.first_error);
+out:
+    if (rc != 0)
+        fprintf(stderr, "halflife produce: %s\n", err[0] ? err : "out of memory");
+    if (r.rk != NULL)
+        rd_kafka_destroy(r.rk);
+    hl_codec_destroy(r.codec);
+    hl_dataset_close(r.rd);
+    hl_config_destroy(cfg);
+    return rc;
+}

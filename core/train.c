@@ -518,7 +518,7 @@ static void batch_inputs(trainer *t, const int64_t *idx, int B, int train)
 #define HOT
 #endif
 
-/* exp(x) for x <= 0 within 2e-7 relative: 2^(x log2 e) split into an
+/* exp(x) for x <= 0 within 1e-5 relative (y - n loses a few bits): 2^(x log2 e) split into an
  * integer n, put into the exponent bits, and 2^f (|f| <= 0.5) by its
  * degree-6 Taylor polynomial. Written branch-free so loops vectorise. */
 HOT static inline float fast_exp(float x)

@@ -1,0 +1,406 @@
+/* test_train.c - core/train.c: the backward pass against finite
+ * differences (full softmax, sampled softmax, tied embeddings), identical
+ * bytes for the same seed, a sequence rule that must be learned, the
+ * training forward against the serving encoder (core/encoder.h), the model
+ * file round trip, and the optimised kernels against their plain twins.
+ *
+ * It includes train.c itself (with HL_TEST) to reach the static trainer;
+ * the library's copy of train.o is then never pulled in. */
+#define T_SUITE "test_train"
+#define HL_TEST
+#include "train.c"
+#include "test.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+/* ---- synthetic data ---------------------------------------------------------------------- */
+
+#define HOUR_MS 3600000LL
+
+typedef struct synth {
+    int64_t n;
+    int32_t user[4096], item[4096];
+    uint8_t type[4096];
+    int64_t ts[4096];
+    float   weight[4096];
+    hl_train_data d;
+} synth;
+
+/* n_users users of len events; the next item is (item + 7) mod n_items (one
+ * cycle through every item, so a target is never a seen item), the first
+ * one random. Types cycle so type weights matter. */
+static void synth_rule(synth *s, int n_users, int len, int n_items, uint64_t seed)
+{
+    rng r = {seed};
+    s->n = 0;
+    for (int u = 0; u < n_users; u++) {
+        int32_t it = (int32_t)(rng_next(&r) % (uint64_t)n_items);
+        for (int k = 0; k < len && s->n < 4096; k++) {
+            s->user[s->n] = u;
+            s->item[s->n] = it;
+            s->type[s->n] = (uint8_t)(k % 3 == 2 ? HL_PURCHASE : HL_VIEW);
+            s->ts[s->n] = k * HOUR_MS + (int64_t)(rng_next(&r) % 1000);
+            s->weight[s->n] = 1.0f + 0.25f * (float)(k % 2);
+            s->n++;
+            it = (it + 7) % n_items;
+        }
+    }
+    s->d = (hl_train_data){s->n, n_users, n_items, s->user, s->item, s->type,
+                           s->ts, s->weight};
+}
+
+static void tiny_opts(hl_train_opts *o)
+{
+    hl_train_opts_default(o);
+    o->dim = 4;
+    o->n_heads = 2;
+    o->half_life_ms[0] = 1.0 * HOUR_MS;
+    o->half_life_ms[1] = 24.0 * HOUR_MS;
+    o->hidden[0] = 6;
+    o->batch = 8;
+    o->epochs = 1;
+    o->max_history = 5;          /* shorter than the sequences: truncation is exercised */
+}
+
+/* ---- gradient check ---------------------------------------------------------------------- */
+
+/* Loss of one fixed batch (summed; the gradient is of the mean). The
+ * generator is rewound so sampled negatives are the same every call. */
+static double batch_loss(trainer *t, const int64_t *idx, int B, rng r0)
+{
+    t->r = r0;
+    double loss = batch_grad(t, idx, B, 0);
+    memset(t->g_block, 0, t->p.n_params * sizeof(float));
+    return loss;
+}
+
+static void grad_check(hl_train_opts *o, int max_bad)
+{
+    synth s;
+    trainer t;
+    char err[256];
+    synth_rule(&s, 4, 9, 11, 5);
+    int rc = trainer_init(&t, o, &s.d, err, sizeof err);
+    CHECKF(rc == 0, "trainer_init: %s", err);
+    if (rc) { trainer_free(&t); return; }
+    int B = 6;
+    int64_t idx[6] = {0, 3, 7, 12, 20, 25};
+    rng r0 = t.r;
+    memset(t.g_block, 0, t.p.n_params * sizeof(float));
+    t.r = r0;
+    batch_grad(&t, idx, B, 0);
+    float *g = malloc(t.p.n_params * sizeof *g);
+    memcpy(g, t.g_block, t.p.n_params * sizeof *g);
+    memset(t.g_block, 0, t.p.n_params * sizeof(float));
+    int bad = 0;
+    for (size_t i = 0; i < t.p.n_params; i++) {
+        float keep = t.p_block[i], h = 1e-2f;
+        t.p_block[i] = keep + h;
+        double lp = batch_loss(&t, idx, B, r0);
+        t.p_block[i] = keep - h;
+        double lm = batch_loss(&t, idx, B, r0);
+        t.p_block[i] = keep;
+        double fd = (lp - lm) / (2.0 * h) / B;
+        if (fabs(fd - g[i]) > 2e-3 + 3e-2 * fabs(fd)) {
+            if (bad < 3) printf("    param %zu: backward %.6g, finite difference %.6g\n",
+                                i, g[i], fd);
+            bad++;
+        }
+    }
+    /* A ReLU kink inside +-h can spoil a handful; a wrong formula spoils many. */
+    CHECKF(bad <= max_bad, "%d of %zu gradients disagree with finite differences",
+           bad, t.p.n_params);
+    free(g);
+    trainer_free(&t);
+}
+
+static void test_grad_full_softmax(void)
+{
+    hl_train_opts o;
+    tiny_opts(&o);
+    grad_check(&o, 2);
+}
+
+static void test_grad_sampled_softmax(void)
+{
+    hl_train_opts o;
+    tiny_opts(&o);
+    o.full_softmax_max_items = 5;      /* 11 items: sampled */
+    o.n_negatives = 7;
+    grad_check(&o, 2);
+}
+
+static void test_grad_tied_no_hidden(void)
+{
+    hl_train_opts o;
+    tiny_opts(&o);
+    o.tie = 1;
+    o.n_hidden = 0;
+    grad_check(&o, 0);
+}
+
+/* ---- determinism and learning ------------------------------------------------------------ */
+
+static void train_or_fail(const hl_train_opts *o, const hl_train_data *d, hl_train_result *r)
+{
+    char err[256];
+    int rc = hl_train_run(o, d, r, err, sizeof err);
+    CHECKF(rc == 0, "hl_train_run: %s", err);
+}
+
+static int results_equal(const hl_train_result *a, const hl_train_result *b)
+{
+    size_t emb = (size_t)a->info.n_items * a->info.dim * sizeof(float);
+    int same = memcmp(a->e_in, b->e_in, emb) == 0 && memcmp(a->e_out, b->e_out, emb) == 0 &&
+               memcmp(a->bias, b->bias, (size_t)a->info.n_items * sizeof(float)) == 0;
+    net n;
+    net_of_result(&n, a);
+    for (int l = 0; l < n.n_layers; l++)
+        same &= memcmp(a->layer_w[l], b->layer_w[l],
+                       (size_t)n.layer_in[l] * n.layer_out[l] * sizeof(float)) == 0;
+    return same;
+}
+
+static void test_same_seed_same_bytes(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result a, b, c;
+    synth_rule(&s, 40, 10, 30, 9);
+    tiny_opts(&o);
+    o.dim = 8;
+    o.epochs = 3;
+    o.dropout = 0.2f;
+    o.holdout_loo = 1;
+    train_or_fail(&o, &s.d, &a);
+    train_or_fail(&o, &s.d, &b);
+    o.seed = 2;
+    train_or_fail(&o, &s.d, &c);
+    if (a.e_in && b.e_in && c.e_in) {
+        CHECK(results_equal(&a, &b));
+        CHECK(!results_equal(&a, &c));
+        CHECK(a.valid_hr10 == b.valid_hr10 && a.test_hr10 == b.test_hr10);
+    }
+    hl_train_result_reset(&a);
+    hl_train_result_reset(&b);
+    hl_train_result_reset(&c);
+}
+
+static void test_sequence_rule_is_learned(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result r;
+    synth_rule(&s, 200, 12, 50, 3);
+    hl_train_opts_default(&o);
+    o.dim = 16;
+    o.hidden[0] = 32;
+    o.epochs = 12;
+    o.batch = 64;
+    o.lr = 5e-3f;
+    o.holdout_loo = 1;
+    train_or_fail(&o, &s.d, &r);
+    CHECKF(r.test_hr10 >= 0.95, "test HR@10 %.3f (valid %.3f), want >= 0.95",
+           r.test_hr10, r.valid_hr10);
+    CHECKF(r.test_ndcg10 >= 0.7, "test NDCG@10 %.3f", r.test_ndcg10);
+    /* The public evaluation agrees with the one run inside training. */
+    double hr, ndcg;
+    char err[256];
+    CHECK(hl_train_eval_loo(&r, &s.d, 1, 0, &hr, &ndcg, err, sizeof err) == 0);
+    CHECK(hr == r.test_hr10 && ndcg == r.test_ndcg10);
+    hl_train_result_reset(&r);
+}
+
+static void test_sampled_rule_is_learned(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result r;
+    synth_rule(&s, 200, 12, 50, 4);
+    hl_train_opts_default(&o);
+    o.dim = 16;
+    o.hidden[0] = 32;
+    o.epochs = 12;
+    o.batch = 64;
+    o.lr = 5e-3f;
+    o.holdout_loo = 1;
+    o.full_softmax_max_items = 10;
+    o.n_negatives = 16;
+    train_or_fail(&o, &s.d, &r);
+    CHECKF(r.test_hr10 >= 0.9, "sampled softmax: test HR@10 %.3f", r.test_hr10);
+    hl_train_result_reset(&r);
+}
+
+/* ---- training forward == serving encoder ------------------------------------------------ */
+
+static void test_forward_equals_encoder(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result r;
+    synth_rule(&s, 20, 8, 25, 11);
+    tiny_opts(&o);
+    o.dim = 8;
+    o.n_hidden = 2;
+    o.hidden[0] = 12;
+    o.hidden[1] = 10;
+    o.epochs = 2;
+    train_or_fail(&o, &s.d, &r);
+    if (!r.e_in) return;
+
+    /* The heads of user 3 after all its events, applied by the worker's
+     * code, turned into x by the encoder, must equal heads_input's x. */
+    hl_decay dec;
+    seqs sq;
+    char err[256];
+    CHECK(hl_decay_init(&dec, o.n_heads, o.dim, o.half_life_ms, err, sizeof err) == 0);
+    CHECK(seqs_build(&sq, &s.d, o.type_weight, err, sizeof err) == 0);
+    int in_dim = o.n_heads * (o.dim + 1);
+    float xs[4 * 32], xt[4 * 32], sbuf[64], st[64], m[HL_MAX_HEADS] = {0};
+    int64_t t_ref = INT64_MIN;
+    memset(st, 0, sizeof st);
+    for (int64_t i = sq.off[3]; i < sq.off[4]; i++)
+        hl_decay_add(&dec, st, m, &t_ref, sq.ts_ms[i], sq.w[i], r.e_in + (size_t)sq.item[i] * o.dim);
+    hl_encoder_features(o.n_heads, o.dim, st, m, xs);
+    heads_input(&dec, r.e_in, &sq, sq.off[3], sq.off[4] - 1, sbuf, xt, NULL);
+    CHECK_CLOSE(xt, xs, in_dim, 0);
+
+    /* Four rows of x through the training MLP and through the encoder. */
+    for (int i = in_dim; i < 4 * in_dim; i++) xs[i] = (float)((i * 37) % 11) / 5.0f - 1.0f;
+    float q_train[4 * 8], act[4 * (12 + 10 + 8)];
+    hl_model_parts p;
+    hl_encoder_net en;
+    CHECK(hl_train_encode(&r, xs, 4, q_train, err, sizeof err) == 0);
+    hl_train_result_parts(&r, NULL, NULL, &p);
+    hl_encoder_net_from_parts(&en, &p);
+    CHECK(hl_encoder_net_check(&en, err, sizeof err) == 0);
+    CHECK(hl_encoder_act_floats(&en, 4) <= sizeof act / sizeof act[0]);
+    const float *q_enc = hl_encoder_forward(&en, xs, 4, act);
+    CHECK_CLOSE(q_train, q_enc, 4 * o.dim, 1e-5);
+    seqs_free(&sq);
+    hl_train_result_reset(&r);
+}
+
+/* ---- model file --------------------------------------------------------------------------- */
+
+static void test_model_round_trip(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result r;
+    synth_rule(&s, 10, 6, 12, 2);
+    tiny_opts(&o);
+    train_or_fail(&o, &s.d, &r);
+    if (!r.e_in) return;
+    char ids[12][8], path[64], err[256];
+    const char *idp[12];
+    uint32_t idl[12];
+    for (int i = 0; i < 12; i++) {
+        idl[i] = (uint32_t)snprintf(ids[i], sizeof ids[i], "it%d", i);
+        idp[i] = ids[i];
+    }
+    snprintf(path, sizeof path, "/tmp/test_train_%d.hlm", (int)getpid());
+    snprintf(r.info.version, sizeof r.info.version, "halflife-train test seed=1");
+    hl_model_parts p;
+    hl_train_result_parts(&r, idp, idl, &p);
+    int rc = hl_model_write(path, &p, err, sizeof err);
+    CHECKF(rc == 0, "hl_model_write: %s", err);
+    hl_model *m = rc ? NULL : hl_model_open(path, err, sizeof err);
+    CHECKF(rc || m, "hl_model_open: %s", err);
+    if (m) {
+        const hl_model_info *mi = hl_model_info_get(m);
+        CHECK(mi->dim == 4 && mi->n_heads == 2 && mi->n_items == 12 && mi->n_layers == 2);
+        CHECK(mi->half_life_ms[1] == 24.0 * HOUR_MS);
+        CHECK(mi->type_weight[HL_PURCHASE] == o.type_weight[HL_PURCHASE]);
+        CHECK(hl_model_item_find(m, "it7", 3) == 7);
+        CHECK_CLOSE(hl_model_e_in(m), r.e_in, 12 * 4, 0);
+        CHECK_CLOSE(hl_model_e_out(m), r.e_out, 12 * 4, 0);
+        CHECK_CLOSE(hl_model_layer_w(m, 1), r.layer_w[1], 4 * 6, 0);
+        hl_model_close(m);
+    }
+    unlink(path);
+    hl_train_result_reset(&r);
+}
+
+/* ---- kernels against their twins -------------------------------------------------------- */
+
+static void test_fast_exp_accuracy(void)
+{
+    double worst = 0;
+    for (float x = -80.0f; x <= 0.0f; x += 0.0137f) {
+        double want = exp((double)x), rel = fabs(fast_exp(x) - want) / want;
+        worst = rel > worst ? rel : worst;
+    }
+    CHECKF(worst < 1e-5, "fast_exp worst relative error %.3g", worst);
+    CHECK(fast_exp(-INFINITY) >= 0.0f && fast_exp(-INFINITY) < 1e-37f);
+    CHECK(fast_exp(0.0f) == 1.0f);
+}
+
+static void test_softmax_matches_naive(void)
+{
+    enum { B = 5, C = 301 };
+    static float a[B * C], b[B * C], bias[C];
+    int32_t tc[B] = {0, 7, 300, 150, 42};
+    rng r = {77};
+    for (int i = 0; i < B * C; i++) a[i] = b[i] = 8.0f * rng_normal(&r);
+    for (int j = 0; j < C; j++) bias[j] = rng_normal(&r);
+    a[3 * C + 5] = b[3 * C + 5] = -INFINITY;           /* a masked column */
+    double la = softmax_xent(a, bias, B, C, tc), lb = softmax_xent_naive(b, bias, B, C, tc);
+    CHECKF(fabs(la - lb) < 1e-4 * fabs(lb), "loss %.9g vs naive %.9g", la, lb);
+    CHECK_CLOSE(a, b, B * C, 1e-5);
+}
+
+static void test_adam_simd_matches_scalar(void)
+{
+    enum { N = 1003 };
+    static float p1[N], g1[N], m1[N], v1[N], p2[N], g2[N], m2[N], v2[N];
+    rng r = {5};
+    for (int i = 0; i < N; i++) {
+        p1[i] = p2[i] = rng_normal(&r);
+        g1[i] = g2[i] = rng_normal(&r);
+        m1[i] = m2[i] = 0.1f * rng_normal(&r);
+        v1[i] = v2[i] = fabsf(rng_normal(&r));
+    }
+    adam_k k = {1e-3f, 1e-5f, 0.01f};
+    adam_update(p1, g1, m1, v1, N, k);
+    adam_scalar(p2, g2, m2, v2, 0, N, k);
+    CHECK_CLOSE(p1, p2, N, 1e-6);
+    CHECK_CLOSE(m1, m2, N, 1e-6);
+    CHECK_CLOSE(v1, v2, N, 1e-6);
+    CHECK(g1[0] == 0.0f && g1[N - 1] == 0.0f);
+}
+
+static void test_bad_input_is_refused(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result r;
+    char err[256] = "";
+    synth_rule(&s, 4, 4, 6, 1);
+    tiny_opts(&o);
+    s.item[3] = 6;                                   /* out of range */
+    CHECK(hl_train_run(&o, &s.d, &r, err, sizeof err) == HL_EINVAL);
+    CHECK(strstr(err, "event 3") != NULL);
+    s.item[3] = 0;
+    o.dropout = 1.0f;
+    CHECK(hl_train_run(&o, &s.d, &r, err, sizeof err) == HL_EINVAL);
+    CHECK(r.e_in == NULL);
+}
+
+int main(void)
+{
+    RUN(test_grad_full_softmax);
+    RUN(test_grad_sampled_softmax);
+    RUN(test_grad_tied_no_hidden);
+    RUN(test_same_seed_same_bytes);
+    RUN(test_sequence_rule_is_learned);
+    RUN(test_sampled_rule_is_learned);
+    RUN(test_forward_equals_encoder);
+    RUN(test_model_round_trip);
+    RUN(test_fast_exp_accuracy);
+    RUN(test_softmax_matches_naive);
+    RUN(test_adam_simd_matches_scalar);
+    RUN(test_bad_input_is_refused);
+    TEST_EXIT();
+}

@@ -21,6 +21,7 @@
 #include "worker.h"
 
 #include <cblas.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -50,6 +51,8 @@ typedef struct demo {
     hl_producer *prod;
     hl_codec    *codec;
     const char  *topic;
+    hl_kafka_prop kafka[256];
+    char         snapdir[64];
     /* users' newest lists, under mu */
     pthread_mutex_t mu;
     entry       *map;
@@ -499,7 +502,9 @@ static int demo_start(demo *d, hl_config *cfg, hl_model *m, hl_metrics *reg,
                       char *err, size_t errlen)
 {
     hl_worker_opts o;
-    hl_config_worker_opts(cfg, &o);
+    hl_worker_opts_from_config(cfg, &o, d->kafka);
+    if (!hl_config_is_set(cfg, "snapshot.dir"))
+        o.snapshot_dir = d->snapdir;    /* the embedded broker's data is gone after */
     if (!hl_config_is_set(cfg, "worker.threads"))
         o.threads = 1;          /* leave a core for the producer and the broker */
     o.on_list = on_list;
@@ -526,8 +531,27 @@ static int demo_ready(void *arg, char *why, size_t whylen)
     return 0;
 }
 
+/* Removes the demo's snapshot directory and the files in it. */
+static void remove_dir(const char *dir)
+{
+    DIR *dp = opendir(dir);
+    struct dirent *de;
+    char path[512];
+    while (dp && (de = readdir(dp)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        unlink(path);
+    }
+    if (dp)
+        closedir(dp);
+    rmdir(dir);
+}
+
 static void demo_free(demo *d)
 {
+    if (d->snapdir[0])
+        remove_dir(d->snapdir);
     for (size_t i = 0; i < d->cap; i++) {
         free(d->map[i].user);
         free(d->map[i].items);
@@ -558,6 +582,12 @@ int hl_cmd_demo(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    snprintf(d.snapdir, sizeof d.snapdir, "/tmp/halflife-demo-snap-XXXXXX");
+    if (mkdtemp(d.snapdir) == NULL) {
+        hl_log(HL_LOG_ERROR, "demo_snapshot_dir", "err=\"%s\"", strerror(errno));
+        d.snapdir[0] = '\0';
+        goto out;
+    }
     m = d.model_path ? hl_model_open(d.model_path, err, sizeof err) : train_model(err, sizeof err);
     if (m == NULL) {
         hl_log(HL_LOG_ERROR, "demo_model", "err=\"%s\"", err);

@@ -48,6 +48,7 @@ struct hl_wthread {
     pthread_cond_t  cv;
     hl_shard   **give;    int n_give;
     int32_t     *take;    int n_take;
+    int32_t     *take_copy;
     hl_shard   **taken;   int n_taken;
     int          exited;
     atomic_int   mail;
@@ -85,6 +86,13 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -102,6 +110,7 @@ static int alloc_buffers(hl_wthread *t, char *errbuf, size_t errlen)
     t->enc_cap = 1024 + k * (2 * HL_MAX_ID_LEN + 32);
     t->give = calloc(MAX_PARTS, sizeof *t->give);
     t->take = calloc(MAX_PARTS, sizeof *t->take);
+    t->take_copy = calloc(MAX_PARTS, sizeof *t->take_copy);
     t->taken = calloc(MAX_PARTS, sizeof *t->taken);
     t->own = calloc(MAX_PARTS, sizeof *t->own);
     t->msgs = calloc(bm, sizeof *t->msgs);
@@ -111,7 +120,7 @@ static int alloc_buffers(hl_wthread *t, char *errbuf, size_t errlen)
     t->n_out = calloc(REFRESH_MAX, sizeof *t->n_out);
     t->crec = calloc(k, sizeof *t->crec);
     t->enc = malloc(t->enc_cap);
-    int ok = t->give && t->take && t->taken && t->own && t->msgs && t->arena &&
+    int ok = t->give && t->take && t->take_copy && t->taken && t->own && t->msgs && t->arena &&
              t->views && t->recs && t->n_out && t->crec && t->enc;
     for (int i = 0; ok && i < N_FLIGHTS; i++)
         ok = (t->fl[i].ts_ms = malloc(bm * sizeof(int64_t))) != NULL;
@@ -169,7 +178,7 @@ void hl_wthread_destroy(hl_wthread *t)
         rd_kafka_queue_destroy(t->q);
     hl_ranker_destroy(t->ranker);
     hl_codec_destroy(t->codec);
-    free(t->give); free(t->take); free(t->taken); free(t->own); free(t->by_part);
+    free(t->give); free(t->take); free(t->take_copy); free(t->taken); free(t->own); free(t->by_part);
     free(t->msgs); free(t->arena); free(t->views); free(t->recs); free(t->n_out);
     free(t->crec); free(t->enc);
     pthread_mutex_destroy(&t->mu);
@@ -196,6 +205,7 @@ static void own_add(hl_wthread *t, hl_shard *sh)
     }
     t->by_part[p] = sh;
     t->own[t->n_own++] = sh;
+    sh->snap_due_ms = mono_ms() + t->ctx->snap.interval_ms;
     atomic_store(&t->n_shards, t->n_own);
 }
 
@@ -511,6 +521,7 @@ static void note_offsets(hl_wthread *t, flight *f)
             continue;
         rd_kafka_topic_partition_list_add(f->offs, t->ctx->o->input_topic,
                                           sh->partition)->offset = sh->batch_next_offset;
+        sh->next_offset = sh->batch_next_offset;
     }
 }
 
@@ -589,6 +600,72 @@ static void run_batch(hl_wthread *t, int n)
     batch_metrics(t, n);
 }
 
+/* ---- snapshots --------------------------------------------------------- */
+
+static void snap_failed(hl_wthread *t, hl_shard *sh, const char *err)
+{
+    hl_log(HL_LOG_ERROR, "snapshot_failed", "partition=%d dir=%s err=\"%s\"",
+           (int)sh->partition, t->ctx->snap.dir, err);
+}
+
+/* A complete snapshot now (revocation, shutdown). Flights drained first,
+ * so the snapshot never holds state whose lists were not delivered. */
+static void snap_now(hl_wthread *t, hl_shard *sh)
+{
+    char err[512];
+    double a = now_s();
+    int64_t off = sh->next_offset;
+    if (!hl_shard_snap_stale(sh) && sh->snap == NULL)
+        return;
+    if (hl_shard_snap_now(sh, &t->ctx->snap, err, sizeof err) != 0)
+        snap_failed(t, sh, err);
+    else
+        hl_log(HL_LOG_INFO, "snapshot_written", "partition=%d next_offset=%lld seconds=%.3f",
+               (int)sh->partition, (long long)off, now_s() - a);
+}
+
+static hl_shard *snap_running(hl_wthread *t)
+{
+    for (int i = 0; i < t->n_own; i++)
+        if (t->own[i]->snap != NULL)
+            return t->own[i];
+    return NULL;
+}
+
+/* Between batches: advance the running snapshot by one step, or start the
+ * periodic snapshot of one shard that is due. One at a time per thread, so
+ * a step costs about a millisecond of the batch loop. */
+static void snap_tick(hl_wthread *t)
+{
+    char err[512];
+    const hl_snap_cfg *c = &t->ctx->snap;
+    hl_shard *sh = snap_running(t);
+    if (sh != NULL) {
+        int rc = hl_shard_snap_step(sh, c, 0, err, sizeof err);
+        if (rc < 0)
+            snap_failed(t, sh, err);
+        else if (rc == 1)
+            hl_log(HL_LOG_DEBUG, "snapshot_written", "partition=%d next_offset=%lld",
+                   (int)sh->partition, (long long)sh->snap_offset);
+        return;
+    }
+    if (c->interval_ms <= 0)
+        return;
+    int64_t now = mono_ms();
+    for (int i = 0; i < t->n_own; i++) {
+        sh = t->own[i];
+        if (sh->snap_due_ms > now)
+            continue;
+        sh->snap_due_ms = now + c->interval_ms;
+        if (!hl_shard_snap_stale(sh))
+            continue;
+        drain(t);
+        if (hl_shard_snap_begin(sh, c, err, sizeof err) != 0)
+            snap_failed(t, sh, err);
+        return;
+    }
+}
+
 /* ---- the loop ---------------------------------------------------------- */
 
 static void serve_mail(hl_wthread *t, int with_takes)
@@ -597,11 +674,17 @@ static void serve_mail(hl_wthread *t, int with_takes)
         return;
     pthread_mutex_lock(&t->mu);
     accept_gives(t);
-    int takes = t->n_take > 0;
+    int n_take = t->n_take;
+    memcpy(t->take_copy, t->take, sizeof *t->take * (size_t)n_take);
     pthread_mutex_unlock(&t->mu);
-    if (!with_takes || !takes)
+    if (!with_takes || !n_take)
         return;
     drain(t);                   /* the batch's lists delivered, offsets stored */
+    for (int i = 0; i < n_take; i++) {
+        hl_shard *sh = shard_of(t, t->take_copy[i]);
+        if (sh != NULL)
+            snap_now(t, sh);    /* the next owner starts from here */
+    }
     pthread_mutex_lock(&t->mu);
     answer_takes(t);
     atomic_store(&t->mail, t->n_give > 0 || t->n_take > 0);
@@ -621,9 +704,11 @@ static void *thread_main(void *arg)
             run_batch(t, (int)n);
         hl_producer_poll(ctx->prod, 0);
         retire(t);
+        snap_tick(t);
     }
-    if (atomic_load(ctx->stop) == 1)
-        drain(t);
+    if (atomic_load(ctx->stop) == 1 && drain(t))
+        for (int i = 0; i < t->n_own; i++)
+            snap_now(t, t->own[i]);
     pthread_mutex_lock(&t->mu);
     t->exited = 1;
     pthread_cond_broadcast(&t->cv);

@@ -20,7 +20,9 @@
 #include <cblas.h>
 #include <math.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <errno.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -44,7 +46,7 @@ struct hl_worker {
     atomic_int        stop;
     atomic_int        assigned;
     atomic_int        have_assignment;
-    hl_gauge         *assigned_g;
+    hl_gauge         *assigned_g, *restore_g;
     hl_counter       *rebalances;
     pthread_mutex_t   lat_mu;
     uint64_t          lat_prev[HL_LAT_BUCKETS];
@@ -74,6 +76,9 @@ void hl_worker_opts_default(hl_worker_opts *o)
     o->state_evict_mass = 1e-6f;
     o->shutdown_timeout_ms = 30000;
     o->embedded_partitions = 4;
+    o->snapshot_dir = "snapshots";
+    o->snapshot_interval_ms = 30000;
+    o->snapshot_retain = 2;
 }
 
 /* ---- the embedded broker ----------------------------------------------- */
@@ -158,6 +163,11 @@ static void register_metrics(hl_worker *w)
         "Rebalance callbacks served (assign and revoke).", NULL);
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
         "Input partitions this worker owns.", NULL);
+    w->restore_g = hl_metrics_gauge(reg, "halflife_restore_duration_seconds",
+        "Time the newest shard restore from a snapshot took.", NULL);
+    w->ctx.snap.duration = hl_metrics_histogram(reg, "halflife_snapshot_duration_seconds",
+        "From the start of a shard snapshot to its commit.", NULL,
+        hl_latency_bounds_s, hl_latency_bounds_n);
     const hl_model_info *mi = hl_model_info_get(w->m);
     snprintf(labels, sizeof labels, "version=\"%.60s\",items=\"%d\",dim=\"%d\"",
              mi->version, (int)mi->n_items, mi->dim);
@@ -190,13 +200,49 @@ static int owner_slot(hl_worker *w, int32_t p)
     return 0;
 }
 
-static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p)
+/* Loads the partition's newest valid snapshot: its table (or NULL) and the
+ * offset to start from (the snapshot's, else auto.offset.reset: DESIGN.md
+ * section 6 rebuilds state from the topic rather than trust a committed
+ * offset without the state that goes with it). */
+static hl_table *restore(hl_worker *w, int32_t p, int64_t *offset)
+{
+    char path[HL_SNAPSHOT_PATH_MAX], report[1024] = "", err[512];
+    hl_snapshot_info info;
+    hl_table *tbl = NULL;
+    *offset = w->o.offset_reset_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+    if (w->ctx.snap.dir == NULL)
+        return NULL;
+    int64_t t0 = hl_now_mono_ms();
+    int rc = hl_snapshot_load_newest(NULL, w->ctx.snap.dir, w->o.input_topic, p,
+                                     &w->ctx.topts, w->ctx.snap.fingerprint, &tbl, &info,
+                                     path, sizeof path, report, sizeof report, err, sizeof err);
+    if (report[0])
+        hl_log(HL_LOG_WARN, "snapshot_rejected", "partition=%d report=\"%s\"", (int)p, report);
+    if (rc == HL_ENOENT)
+        return NULL;
+    if (rc != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"%s\" action=rebuild_from_earliest",
+               (int)p, err);
+        *offset = RD_KAFKA_OFFSET_BEGINNING;
+        return NULL;
+    }
+    double secs = (double)(hl_now_mono_ms() - t0) / 1000.0;
+    *offset = info.meta.next_offset;
+    hl_log(HL_LOG_INFO, "restored", "partition=%d path=%s users=%llu next_offset=%lld seconds=%.3f",
+           (int)p, path, (unsigned long long)info.n_rows, (long long)*offset, secs);
+    if (w->restore_g)
+        hl_gauge_set(w->restore_g, secs);
+    return tbl;
+}
+
+static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
 {
     char err[256];
     if (owner_slot(w, p) != 0 || w->owner[p] != NULL)
-        return w->owner[p] != NULL ? 0 : HL_ENOMEM;
-    hl_shard *sh = hl_shard_create(p, &w->ctx.topts, w->o.batch_max_messages, w->reg,
-                                   err, sizeof err);
+        return w->owner[p] != NULL ? 1 : HL_ENOMEM;
+    hl_table *tbl = restore(w, p, offset);
+    hl_shard *sh = hl_shard_create(p, &w->ctx.topts, tbl, *offset, w->o.batch_max_messages,
+                                   w->reg, err, sizeof err);
     if (sh == NULL) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
         return HL_ENOMEM;
@@ -217,9 +263,10 @@ static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_
     for (int i = 0; i < parts->cnt; i++) {
         if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0)
             continue;
-        if (assign_one(w, rk, parts->elems[i].partition) != 0)
+        int rc = assign_one(w, rk, parts->elems[i].partition, &parts->elems[i].offset);
+        if (rc < 0)
             atomic_store(&w->stop, 1);   /* cannot serve it: leave cleanly */
-        else
+        else if (rc == 0)
             atomic_fetch_add(&w->assigned, 1);
     }
 }
@@ -304,6 +351,26 @@ static int table_opts(hl_worker *w, char *errbuf, size_t errlen)
     t->evict_mass = w->o.state_evict_mass;
     t->expected_users = 1024;
     return hl_decay_init(&t->decay, mi->n_heads, mi->dim, mi->half_life_ms, errbuf, errlen);
+}
+
+/* mkdir -p dir (NULL: nothing to do). */
+static int make_dirs(const char *dir, char *errbuf, size_t errlen)
+{
+    char p[HL_SNAPSHOT_PATH_MAX];
+    if (dir == NULL)
+        return 0;
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST)
+            return hl_err(errbuf, errlen, HL_EIO, "snapshot.dir %s: %s", p, strerror(errno));
+        *s = c;
+        if (c == '\0')
+            return 0;
+    }
 }
 
 static int check_opts(const hl_worker_opts *o, char *errbuf, size_t errlen)
@@ -393,10 +460,16 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         snprintf(w->dlq, sizeof w->dlq, "%s", o->dlq_topic);
     w->ctx = (hl_wshared){.o = &w->o, .m = m, .stop = &w->stop, .reg = reg,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
+    w->ctx.snap.dir = o->snapshot_dir && o->snapshot_dir[0] ? o->snapshot_dir : NULL;
+    w->ctx.snap.topic = o->input_topic;
+    w->ctx.snap.fingerprint = hl_model_info_get(m)->fingerprint;
+    w->ctx.snap.retain = o->snapshot_retain;
+    w->ctx.snap.interval_ms = o->snapshot_interval_ms;
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
     if (reg)
         register_metrics(w);
-    if (table_opts(w, errbuf, errlen) != 0 || start_kafka(w, errbuf, errlen) != 0)
+    if (table_opts(w, errbuf, errlen) != 0 || make_dirs(w->ctx.snap.dir, errbuf, errlen) != 0 ||
+        start_kafka(w, errbuf, errlen) != 0)
         goto fail;
     w->ctx.consumer = hl_consumer_handle(w->cons);
     w->ctx.prod = w->prod;
@@ -563,17 +636,22 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
     return rc;
 }
 
-/* Options the config has beyond hl_config_worker_opts(). */
-static void run_extra_opts(const hl_config *cfg, hl_worker_opts *o, hl_kafka_prop *kafka)
+void hl_worker_opts_from_config(const hl_config *cfg, hl_worker_opts *o, hl_kafka_prop *kafka)
 {
     static const char *const wkeys[HL_N_TYPES] = {"weight.view", "weight.click",
         "weight.favorite", "weight.add_to_cart", "weight.purchase", "weight.rate"};
-    for (int t = 0; t < HL_N_TYPES; t++) {
-        double v = hl_config_num(cfg, wkeys[t]);
-        o->type_weight[t] = (float)v;       /* NAN: the model's */
-    }
+    hl_config_worker_opts(cfg, o);
+    for (int t = 0; t < HL_N_TYPES; t++)
+        o->type_weight[t] = (float)hl_config_num(cfg, wkeys[t]);   /* NAN: the model's */
     o->has_type_weight = 1;
-    /* auto.offset.reset is a worker key that librdkafka reads. */
+    o->snapshot_dir = hl_config_str(cfg, "snapshot.dir");
+    o->snapshot_interval_ms = hl_config_int(cfg, "snapshot.interval.ms");
+    o->snapshot_retain = (int)hl_config_int(cfg, "snapshot.retain");
+    const char *reset = hl_config_kafka_get(cfg, "auto.offset.reset");
+    if (reset == NULL)
+        reset = hl_config_str(cfg, "auto.offset.reset");
+    o->offset_reset_latest = strcmp(reset, "latest") == 0 || strcmp(reset, "end") == 0;
+    /* auto.offset.reset is a worker key that librdkafka reads too. */
     int n = 0;
     for (int i = 0; i < o->n_kafka && n < 255; i++)
         kafka[n++] = o->kafka[i];
@@ -619,8 +697,7 @@ int hl_cmd_run(int argc, char **argv)
         rc = prc;
         goto out;
     }
-    hl_config_worker_opts(cfg, &o);
-    run_extra_opts(cfg, &o, kafka);
+    hl_worker_opts_from_config(cfg, &o, kafka);
     const char *model_path = hl_config_str(cfg, "model.path");
     if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);

@@ -35,6 +35,10 @@ typedef struct hl_worker_opts {
     float       state_evict_mass;
     int         shutdown_timeout_ms;
     int         embedded_partitions; /* partitions of the embedded broker's topics */
+    const char *snapshot_dir;        /* NULL: no snapshots (tests of core only) */
+    int64_t     snapshot_interval_ms;/* 0: only on revocation and shutdown */
+    int         snapshot_retain;
+    int         offset_reset_latest; /* auto.offset.reset=latest */
     int         has_type_weight;     /* type_weight[] holds overrides */
     float       type_weight[HL_N_TYPES]; /* weight.*: NAN keeps the model's */
     const hl_kafka_prop *kafka;      /* kafka.* keys, prefix removed */
@@ -47,6 +51,13 @@ typedef struct hl_worker_opts {
 
 /* Defaults of DESIGN.md section 7 (threads = online cores). */
 void hl_worker_opts_default(hl_worker_opts *o);
+
+/* hl_config_worker_opts() plus the keys it leaves out (snapshot.*,
+ * weight.*, auto.offset.reset, log.level). kafka is room for 256 props
+ * that o->kafka will point to; cfg and kafka must outlive o. */
+struct hl_config;
+void hl_worker_opts_from_config(const struct hl_config *cfg, hl_worker_opts *o,
+                                hl_kafka_prop *kafka);
 
 /* m and reg are borrowed and must outlive the worker; reg may be NULL.
  * Starts the embedded broker when o->bootstrap is empty. */

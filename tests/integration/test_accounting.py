@@ -89,7 +89,8 @@ def main():
         print("PASS accounting.broker_holds_everything")
         t0 = time.time()
         worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"),
-                          extra=["kafka.fetch.wait.max.ms=10", "dlq.topic="])
+                          extra=["kafka.fetch.wait.max.ms=10", "dlq.topic=",
+                                 "snapshot.dir=" + os.path.join(tmp, "snapshots")])
         consumed = 0
         while time.time() - t0 < 50:
             time.sleep(1)

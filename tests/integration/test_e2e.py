@@ -25,7 +25,8 @@ def read_lists(bootstrap, want_last, deadline):
     """Consumes recommendations until every user's newest list comes from
     its last event (or the deadline); returns {user: list}."""
     from confluent_kafka import Consumer
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader-%d" % os.getpid(),
+    c = Consumer({"bootstrap.servers": bootstrap,
+                  "group.id": "e2e-reader-%d-%d" % (os.getpid(), time.time_ns()),
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.subscribe(["recommendations"])
     reader = U.avro.io.DatumReader(U.load_schema("recommendation_list.avsc"))
@@ -91,47 +92,70 @@ def main():
         for k in range(20):
             f.write("u%06d,unknown-%d,VIEW,%d,\n" % (k, k, 1767225600000 + 10**9 + k))
     events = U.read_events_csv(events_csv)
+    first, second = events[:4000], events[4000:]
+    snapdir = os.path.join(tmp, "snapshots")
     broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
                       os.path.join(tmp, "broker.log"))
+    # The mock broker keeps a group whose last member left rebalancing for
+    # session.timeout.ms - 1 s before a new member gets an assignment: keep
+    # it short so the restart is quick.
+    extra = ["worker.threads=2", "snapshot.dir=" + snapdir, "kafka.fetch.wait.max.ms=10",
+             "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=1000"]
     worker = None
     failed = 0
-    try:
-        worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"),
-                          extra=["worker.threads=2"])
-        t0 = time.time()
-        last = U.produce_events(broker.bootstrap, "behaviour-events", events)
-        lists, done = read_lists(broker.bootstrap, last, time.time() + 40)
-        elapsed = time.time() - t0
-        offline = U.offline_lists(events_csv, model)
-        if len(done) != len(last):
-            print("FAIL e2e.lists_match_offline: %d of %d users got the list of their last "
-                  "event within 40 s (log %s)" % (len(done), len(last), worker.log_path))
-            failed += 1
+
+    def check(name, ok, why):
+        nonlocal failed
+        if ok:
+            print("PASS e2e.%s" % name)
         else:
-            bad = compare(lists, offline, events)
-            if bad or len(offline) != len(last):
-                print("FAIL e2e.lists_match_offline: %d mismatches of %d users, e.g. %s"
-                      % (len(bad), len(offline), bad[:3]))
-                failed += 1
-            else:
-                print("PASS e2e.lists_match_offline (%d users, %d events, %.1f s)"
-                      % (len(offline), len(events), elapsed))
+            print("FAIL e2e.%s: %s" % (name, why))
+            failed += 1
+
+    try:
+        # Run 1: the first events, then SIGTERM (snapshot on the way out).
+        worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker1.log"), extra=extra)
+        last1 = U.produce_events(broker.bootstrap, "behaviour-events", first)
+        lists, done = read_lists(broker.bootstrap, last1, time.time() + 30)
+        check("first_run_publishes", len(done) == len(last1),
+              "%d of %d users got their last list" % (len(done), len(last1)))
         consumed = worker.metric("halflife_events_consumed_total")
         unknown = worker.metric("halflife_unknown_items_total")
         invalid = worker.metric("halflife_events_invalid_total")
-        if consumed == len(events) and unknown == 20 and invalid == 0:
-            print("PASS e2e.metrics_account_for_every_event")
-        else:
-            print("FAIL e2e.metrics_account_for_every_event: consumed %d (want %d), unknown %d "
-                  "(want 20), invalid %d" % (consumed, len(events), unknown, invalid))
-            failed += 1
+        check("metrics_account_for_every_event",
+              consumed == len(first) and invalid == 0,
+              "consumed %d (want %d), unknown %d, invalid %d" % (consumed, len(first), unknown, invalid))
         rc = worker.stop()
         worker = None
-        if rc == 0:
-            print("PASS e2e.sigterm_exits_0")
+        snaps = os.listdir(snapdir) if os.path.isdir(snapdir) else []
+        check("sigterm_exits_0_with_snapshots", rc == 0 and len(snaps) == 4,
+              "exit status %s, snapshots %s" % (rc, snaps))
+
+        # Run 2: restart from the snapshots, then the rest of the stream.
+        t0 = time.time()
+        worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker2.log"), extra=extra)
+        last = U.produce_events(broker.bootstrap, "behaviour-events", second)
+        want = dict(last1)
+        want.update(last)
+        lists, done = read_lists(broker.bootstrap, want, time.time() + 40)
+        elapsed = time.time() - t0
+        consumed2 = worker.metric("halflife_events_consumed_total")
+        unknown2 = worker.metric("halflife_unknown_items_total")
+        check("restart_resumes_exactly", consumed2 == len(second) and unknown + unknown2 == 20,
+              "second run consumed %d (want %d: resume at the snapshot offset), unknown %d+%d"
+              % (consumed2, len(second), unknown, unknown2))
+        offline = U.offline_lists(events_csv, model)
+        if len(done) != len(want):
+            check("lists_match_offline", False, "%d of %d users got the list of their last "
+                  "event within 40 s (logs in %s)" % (len(done), len(want), tmp))
         else:
-            print("FAIL e2e.sigterm_exits_0: exit status %s" % rc)
-            failed += 1
+            bad = compare(lists, offline, events)
+            check("lists_match_offline", not bad and len(offline) == len(want),
+                  "%d mismatches of %d users, e.g. %s" % (len(bad), len(offline), bad[:3]))
+            print("    (%d users, %d events, second run %.1f s)" % (len(offline), len(events), elapsed))
+        rc = worker.stop()
+        worker = None
+        check("second_sigterm_exits_0", rc == 0, "exit status %s" % rc)
     finally:
         if worker:
             worker.stop()

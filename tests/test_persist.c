@@ -1,0 +1,690 @@
+/* test_persist.c - shard snapshots inside the worker (worker/persist.c)
+ * against real tables and the real core snapshot code in a scratch
+ * directory: restore with and without files, periodic fuzzy snapshots
+ * while the table keeps changing, replay equal to an uninterrupted run,
+ * the background committer, injected I/O failures, flush deadlines, and
+ * the longest single tick (printed as a NOTE line). */
+#define T_SUITE "persist"
+#include "test.h"
+
+#include "io.h"
+#include "log.h"
+#include "persist.h"
+#include "snapshot.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DIM      8
+#define N_HEADS  3
+#define HISTORY  5
+#define N_ITEMS  40
+#define N_USERS  3000
+#define N_EVENTS 40000
+#define BATCH    100
+#define FP       0x5eed5eedULL
+#define TOPIC    "ev"
+
+static float    e_in[N_ITEMS * DIM];
+static hl_event events[N_EVENTS];
+static char     user_names[N_USERS][24];
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* Skewed users, mostly rising times with late events, some unknown items;
+ * offsets 0..N_EVENTS-1. */
+static void make_events(void)
+{
+    int64_t t = 1700000000000LL;
+    for (int i = 0; i < N_ITEMS * DIM; i++)
+        e_in[i] = (float)((double)(rnd() % 2000) / 1000.0 - 1.0);
+    for (int u = 0; u < N_USERS; u++)
+        snprintf(user_names[u], sizeof user_names[u], "user-%d", u);
+    for (int i = 0; i < N_EVENTS; i++) {
+        int u = (int)(rnd() % N_USERS);
+        if (rnd() % 2) u = u % 50;
+        t += (int64_t)(rnd() % 60000);
+        hl_event *e = &events[i];
+        e->user = user_names[u];
+        e->user_len = (uint32_t)strlen(user_names[u]);
+        e->item = rnd() % 10 == 0 ? -1 : (int32_t)(rnd() % N_ITEMS);
+        e->type = (uint8_t)(rnd() % HL_N_TYPES);
+        e->w = 0.5f + (float)(rnd() % 100) / 50.0f;
+        e->ts_ms = rnd() % 8 == 0 ? t - (int64_t)(rnd() % 7200000) : t;
+        e->offset = i;
+    }
+}
+
+static hl_table_opts topts_dim(int dim)
+{
+    hl_table_opts o;
+    char err[256];
+    memset(&o, 0, sizeof o);
+    hl_decay_init(&o.decay, N_HEADS, dim, hl_default_half_life_ms, err, sizeof err);
+    o.history = HISTORY;
+    o.expected_users = 64;
+    return o;
+}
+
+static hl_table *new_table(void)
+{
+    char err[256];
+    hl_table_opts o = topts_dim(DIM);
+    return hl_table_create(&o, err, sizeof err);
+}
+
+static void apply_range(hl_table *tbl, int from, int to)
+{
+    for (int i = from; i < to; i += 97) {
+        int n = to - i < 97 ? to - i : 97;
+        hl_table_apply(tbl, events + i, n, e_in, N_ITEMS, NULL);
+    }
+}
+
+/* Same users holding the same state (views compared field by field). */
+static int rows_equal(const hl_row_view *a, const hl_row_view *b)
+{
+    if (a->t_ref_ms != b->t_ref_ms || a->last_offset != b->last_offset ||
+        a->n_hist != b->n_hist ||
+        memcmp(a->m, b->m, N_HEADS * sizeof(float)) != 0 ||
+        memcmp(a->s, b->s, (size_t)N_HEADS * DIM * sizeof(float)) != 0)
+        return 0;
+    for (int i = 0; i < a->n_hist; i++) {
+        int x = hl_row_hist_index(a, i), y = hl_row_hist_index(b, i);
+        if (a->hist_item[x] != b->hist_item[y] || a->hist_type[x] != b->hist_type[y] ||
+            a->hist_ts_ms[x] != b->hist_ts_ms[y])
+            return 0;
+    }
+    return 1;
+}
+
+static int tables_equal(const hl_table *a, const hl_table *b)
+{
+    hl_table_stats sa, sb;
+    hl_table_stats_get(a, &sa);
+    hl_table_stats_get(b, &sb);
+    if (sa.users != sb.users) {
+        printf("    users %zu vs %zu\n", sa.users, sb.users);
+        return 0;
+    }
+    for (uint32_t r = 0; r < hl_table_row_limit(a); r++) {
+        hl_row_view va, vb;
+        if (!hl_table_row_live(a, r))
+            continue;
+        hl_table_view(a, r, &va);
+        int64_t rb = hl_table_find(b, va.user, va.user_len);
+        if (rb < 0)
+            return 0;
+        hl_table_view(b, (uint32_t)rb, &vb);
+        if (!rows_equal(&va, &vb)) {
+            printf("    user %.*s differs\n", (int)va.user_len, va.user);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---- scratch directory -------------------------------------------------- */
+
+static char dir[512];
+
+static void fresh_dir(void)
+{
+    char cmd[600];
+    const char *b = getenv("HL_BUILD");
+    if (dir[0]) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) perror("rm");
+    }
+    snprintf(dir, sizeof dir, "%s/persisttest.XXXXXX", b && *b ? b : "/tmp");
+    if (mkdtemp(dir) == NULL) perror("mkdtemp");
+}
+
+static long count_files(const char *suffix)
+{
+    char cmd[700], buf[64];
+    snprintf(cmd, sizeof cmd, "ls '%s' | grep -c '%s$'", dir, suffix);
+    FILE *f = popen(cmd, "r");
+    long n = -1;
+    if (f && fgets(buf, sizeof buf, f)) n = atol(buf);
+    if (f) pclose(f);
+    return n;
+}
+
+/* ---- an hl_io that fails or slows down on request ----------------------- */
+
+typedef struct faulty {
+    hl_io       io;
+    atomic_int  n_write, n_fsync;
+    atomic_int  fail_write, fail_fsync;     /* Nth call from now, 1-based; 0 never */
+    atomic_int  fsync_sleep_ms;
+    atomic_int  fsync_on_caller;            /* an fsync ran on the test's thread */
+    pthread_t   caller;
+} faulty;
+
+static ssize_t f_write(void *ctx, int fd, const void *buf, size_t len)
+{
+    faulty *f = ctx;
+    if (atomic_fetch_add(&f->n_write, 1) + 1 == atomic_load(&f->fail_write)) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return hl_io_posix()->write(NULL, fd, buf, len);
+}
+
+static int f_fsync(void *ctx, int fd)
+{
+    faulty *f = ctx;
+    if (pthread_equal(pthread_self(), f->caller))
+        atomic_store(&f->fsync_on_caller, 1);
+    if (atomic_load(&f->fsync_sleep_ms) > 0)
+        usleep((useconds_t)atomic_load(&f->fsync_sleep_ms) * 1000);
+    if (atomic_fetch_add(&f->n_fsync, 1) + 1 == atomic_load(&f->fail_fsync)) {
+        errno = EIO;
+        return -1;
+    }
+    return hl_io_posix()->fsync(NULL, fd);
+}
+
+static void faulty_init(faulty *f)
+{
+    memset(f, 0, sizeof *f);
+    f->io = *hl_io_posix();
+    f->io.ctx = f;
+    f->io.write = f_write;
+    f->io.fsync = f_fsync;
+    f->caller = pthread_self();
+}
+
+/* Arms a failure at the Nth write/fsync from now. */
+static void fail_next(atomic_int *count, atomic_int *at, int n)
+{
+    atomic_store(at, atomic_load(count) + n);
+}
+
+static hl_persist *new_persist(int64_t interval_ms, size_t step_rows, int64_t budget_us,
+                               const hl_io *io, hl_metrics *reg)
+{
+    char err[512];
+    hl_persist_opts o = {.dir = dir, .topic = TOPIC, .retain = 2, .interval_ms = interval_ms,
+                         .model_fingerprint = FP, .step_rows = step_rows,
+                         .tick_budget_us = budget_us, .io = io, .reg = reg};
+    hl_persist *p = hl_persist_create(&o, err, sizeof err);
+    if (p == NULL)
+        printf("    hl_persist_create: %s\n", err);
+    return p;
+}
+
+/* Waits up to 10 s for the committer to go idle. */
+static void wait_committer(hl_persist *p)
+{
+    hl_persist_stats st;
+    for (int i = 0; i < 10000; i++) {
+        hl_persist_stats_get(p, &st);
+        if (st.queued == 0)
+            return;
+        usleep(1000);
+    }
+}
+
+/* ---- cases -------------------------------------------------------------- */
+
+static void test_restore_none(void)
+{
+    char err[512];
+    hl_persist_restored r;
+    fresh_dir();
+    hl_persist *p = new_persist(1000, 0, 0, NULL, NULL);
+    hl_table *tbl = new_table(), *before = tbl;
+    CHECK(p != NULL && tbl != NULL);
+    int rc = hl_persist_restore(p, 3, &tbl, &r, err, sizeof err);
+    CHECKF(rc == 0, "%d %s", rc, err);
+    CHECK(r.next_offset == HL_PERSIST_NO_OFFSET && r.path[0] == '\0' && r.n_rejected == 0);
+    CHECK(tbl == before);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
+/* A snapshot dir that does not exist yet is created. */
+static void test_creates_dir(void)
+{
+    char err[512], sub[600];
+    fresh_dir();
+    snprintf(sub, sizeof sub, "%s/a/b", dir);
+    hl_persist_opts o = {.dir = sub, .topic = TOPIC, .retain = 2, .model_fingerprint = FP};
+    hl_persist *p = hl_persist_create(&o, err, sizeof err);
+    CHECKF(p != NULL, "%s", err);
+    CHECK(access(sub, W_OK) == 0);
+    hl_persist_destroy(p);
+    o.dir = dir;
+    o.topic = "bad topic";
+    CHECK(hl_persist_create(&o, err, sizeof err) == NULL);
+}
+
+/* Feeds events in batches, ticking between batches with a simulated clock
+ * (1 ms per batch) and next_offset one batch behind (lists in flight), as
+ * a thread loop would. Returns the number of ticks that found a snapshot
+ * in progress, i.e. the table changed between its steps. */
+static void wait_committer(hl_persist *p);
+
+static int run_ticks(hl_persist *p, hl_persist_shard *ps, hl_table *tbl, int from, int to,
+                     int64_t *now_ms)
+{
+    int busy_ticks = 0;
+    int64_t delivered = from;
+    for (int i = from; i < to; i += BATCH) {
+        int end = i + BATCH < to ? i + BATCH : to;
+        apply_range(tbl, i, end);
+        busy_ticks += hl_persist_shard_busy(ps);
+        int rc = hl_persist_tick(ps, tbl, delivered, *now_ms);
+        CHECKF(rc == 0, "tick at %d: %d", i, rc);
+        delivered = end;
+        *now_ms += 1;
+        wait_committer(p);      /* a commit takes real time; the clock is simulated */
+    }
+    return busy_ticks;
+}
+
+/* Periodic fuzzy snapshots while the table changes between ticks; "crash"
+ * (no flush), restore the newest, replay from its offset: equal to an
+ * uninterrupted run. Then flush, restore into a fresh table as the next
+ * owner, replay the rest: equal again. */
+static void test_periodic_restore_replay(void)
+{
+    char err[512];
+    hl_persist_restored r;
+    hl_persist_done done[64];
+    const int cut = 30000;
+    int64_t now_ms = 1000;
+    fresh_dir();
+    hl_persist *p = new_persist(40, 64, 1, NULL, NULL);   /* one 64-row step per tick */
+    hl_table *tbl = new_table(), *full = new_table();
+    hl_persist_shard *ps = p ? hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET) : NULL;
+    CHECK(p && tbl && full && ps);
+    if (!ps) return;
+    apply_range(full, 0, N_EVENTS);
+
+    int busy = run_ticks(p, ps, tbl, 0, cut, &now_ms);
+    wait_committer(p);
+    int n = hl_persist_poll(p, done, 64), ok = 0;
+    for (int i = 0; i < n; i++) {
+        CHECKF(done[i].rc == 0, "snapshot %d: %s", i, done[i].err);
+        ok += done[i].rc == 0 && done[i].bytes > 0;
+    }
+    CHECKF(ok >= 3 && busy > 20, "snapshots %d, busy ticks %d", ok, busy);
+    int64_t durable = hl_persist_shard_durable(ps);
+    CHECK(n > 0 && durable == done[n - 1].next_offset && durable > 0 && durable < cut);
+    CHECK(count_files(".hls") == 2 && count_files(".tmp") <= 1);
+
+    /* Crash: a second worker restores the newest periodic snapshot. */
+    hl_persist *p2 = new_persist(40, 0, 0, NULL, NULL);
+    hl_table *t2 = new_table();
+    int rc = hl_persist_restore(p2, 0, &t2, &r, err, sizeof err);
+    CHECKF(rc == 0 && r.next_offset == durable && r.n_rows > 0, "%d %lld %s", rc,
+           (long long)r.next_offset, err);
+    apply_range(t2, (int)r.next_offset, N_EVENTS);
+    CHECKF(tables_equal(full, t2), "fuzzy snapshot at %lld + replay", (long long)r.next_offset);
+    hl_table_destroy(t2);
+
+    /* Revocation: flush at the delivered offset, the next owner restores. */
+    rc = hl_persist_flush(ps, tbl, cut, hl_now_mono_ms() + 5000, err, sizeof err);
+    CHECKF(rc == 0, "flush: %s", err);
+    CHECK(hl_persist_shard_durable(ps) == cut && !hl_persist_shard_busy(ps));
+    hl_persist_shard_destroy(ps);
+    t2 = new_table();
+    rc = hl_persist_restore(p2, 0, &t2, &r, err, sizeof err);
+    CHECKF(rc == 0 && r.next_offset == cut, "%d %lld %s", rc, (long long)r.next_offset, err);
+    CHECK(r.duration_s >= 0 && r.bytes > 0);
+    hl_persist_shard *ps2 = hl_persist_shard_create(p2, 0, r.next_offset);
+    run_ticks(p2, ps2, t2, cut, N_EVENTS, &now_ms);
+    CHECK(tables_equal(full, t2));
+    CHECK(hl_persist_flush(ps2, t2, N_EVENTS, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    hl_persist_shard_destroy(ps2);
+    hl_table_destroy(t2);
+    hl_persist_destroy(p2);
+    hl_table_destroy(tbl);
+    hl_table_destroy(full);
+    hl_persist_destroy(p);
+}
+
+/* The commit (fsync) runs on the committer thread: the tick that finishes
+ * the rows returns at once although fsync takes 500 ms. */
+static void test_commit_in_background(void)
+{
+    faulty f;
+    hl_persist_done d;
+    hl_metrics *reg = hl_metrics_create();
+    fresh_dir();
+    faulty_init(&f);
+    atomic_store(&f.fsync_sleep_ms, 500);
+    hl_persist *p = new_persist(10, 0, 1000000, &f.io, reg)   /* rows out in one tick */;
+    hl_table *tbl = new_table();
+    hl_persist_shard *ps = hl_persist_shard_create(p, 1, HL_PERSIST_NO_OFFSET);
+    apply_range(tbl, 0, 5000);
+    CHECK(hl_persist_tick(ps, tbl, 5000, 0) == 0);       /* arms the interval */
+    int64_t t0 = hl_now_mono_ms();
+    CHECK(hl_persist_tick(ps, tbl, 5000, 20) == 0);      /* begins, rows out, queued */
+    int64_t took = hl_now_mono_ms() - t0;
+    CHECKF(took < 300, "tick took %lld ms", (long long)took);
+    CHECK(hl_persist_shard_busy(ps) && hl_persist_shard_durable(ps) == HL_PERSIST_NO_OFFSET);
+    CHECK(hl_persist_poll(p, &d, 1) == 0);
+    wait_committer(p);
+    CHECK(hl_persist_poll(p, &d, 1) == 1 && d.rc == 0 && d.partition == 1 &&
+          d.next_offset == 5000 && d.commit_s >= 0.45 && d.bytes > 0);
+    CHECK(!atomic_load(&f.fsync_on_caller));
+    CHECK(hl_persist_shard_durable(ps) == 5000);
+    /* Nothing applied since: the next due tick skips. */
+    hl_persist_stats st;
+    CHECK(hl_persist_tick(ps, tbl, 5000, 40) == 0);
+    hl_persist_stats_get(p, &st);
+    CHECK(st.ok == 1 && st.skipped == 1 && !hl_persist_shard_busy(ps));
+    char *txt = NULL;
+    size_t len = 0;
+    CHECK(hl_metrics_render(reg, &txt, &len) == 0);
+    CHECKF(txt && strstr(txt, "halflife_snapshot_bytes{partition=\"1\"}") &&
+           strstr(txt, "halflife_snapshot_last_success_timestamp_seconds{partition=\"1\"}") &&
+           strstr(txt, "halflife_snapshots_total{result=\"ok\"} 1") &&
+           strstr(txt, "halflife_snapshot_duration_seconds_count 1"), "%s", txt ? txt : "");
+    free(txt);
+    hl_persist_shard_destroy(ps);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+    hl_metrics_destroy(reg);
+}
+
+/* A failing fsync (committer) or write (owner) leaves the previous snapshot
+ * loadable and no temporary file, and is reported, not fatal. */
+static void test_io_failure_keeps_previous(void)
+{
+    faulty f;
+    char err[512];
+    hl_persist_done d;
+    hl_persist_restored r;
+    hl_persist_stats st;
+    fresh_dir();
+    faulty_init(&f);
+    hl_persist *p = new_persist(10, 256, 1, &f.io, NULL);
+    hl_table *tbl = new_table();
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    apply_range(tbl, 0, 10000);
+    CHECK(hl_persist_flush(ps, tbl, 10000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    CHECK(hl_persist_poll(p, &d, 1) == 1 && d.rc == 0);
+
+    apply_range(tbl, 10000, 20000);
+    fail_next(&f.n_fsync, &f.fail_fsync, 1);
+    int rc = hl_persist_flush(ps, tbl, 20000, hl_now_mono_ms() + 5000, err, sizeof err);
+    CHECKF(rc == HL_EIO && strstr(err, "fsync"), "%d %s", rc, err);
+    CHECK(hl_persist_poll(p, &d, 1) == 1 && d.rc == HL_EIO && d.next_offset == 20000);
+    CHECK(hl_persist_shard_durable(ps) == 10000);
+
+    /* A write failing in the commit (the table fits the writer's buffer,
+     * so the committer writes it). */
+    fail_next(&f.n_write, &f.fail_write, 1);
+    rc = hl_persist_flush(ps, tbl, 20000, hl_now_mono_ms() + 5000, err, sizeof err);
+    CHECKF(rc == HL_EIO && strstr(err, "write"), "%d %s", rc, err);
+    CHECK(hl_persist_poll(p, &d, 1) == 1 && d.rc == HL_EIO && strstr(d.err, "write"));
+    CHECK(!hl_persist_shard_busy(ps) && hl_persist_shard_durable(ps) == 10000);
+    hl_persist_stats_get(p, &st);
+    CHECK(st.ok == 1 && st.failed == 2);
+    CHECK(count_files(".tmp") == 0 && count_files(".hls") == 1);
+
+    hl_table *t2 = new_table();
+    rc = hl_persist_restore(p, 0, &t2, &r, err, sizeof err);
+    CHECK(rc == 0 && r.next_offset == 10000);
+    apply_range(t2, 10000, 20000);
+    CHECK(tables_equal(tbl, t2));
+    hl_table_destroy(t2);
+    /* The disk is back: the next flush succeeds. */
+    CHECK(hl_persist_flush(ps, tbl, 20000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    CHECK(hl_persist_shard_durable(ps) == 20000);
+    hl_persist_shard_destroy(ps);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
+/* A corrupt newest file is rejected (and counted), the older one loads. */
+static void test_restore_skips_corrupt(void)
+{
+    char err[512], path[HL_SNAPSHOT_PATH_MAX];
+    hl_persist_restored r;
+    fresh_dir();
+    hl_persist *p = new_persist(0, 0, 0, NULL, NULL);
+    hl_table *tbl = new_table();
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    apply_range(tbl, 0, 3000);
+    CHECK(hl_persist_flush(ps, tbl, 3000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    apply_range(tbl, 3000, 6000);
+    CHECK(hl_persist_flush(ps, tbl, 6000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    snprintf(path, sizeof path, "%s/" TOPIC ".0.%020d.hls", dir, 6000);
+    FILE *fp = fopen(path, "r+b");
+    CHECKF(fp != NULL, "%s", path);
+    if (fp) {
+        fseek(fp, 200, SEEK_SET);
+        fputc(0x5a ^ fgetc(fp), fp);
+        fclose(fp);
+    }
+    hl_table *t2 = new_table();
+    CHECK(hl_persist_restore(p, 0, &t2, &r, err, sizeof err) == 0);
+    CHECKF(r.next_offset == 3000 && r.n_rejected == 1, "%lld %d", (long long)r.next_offset,
+           r.n_rejected);
+    /* Another model: every file is rejected, the shard starts from reset. */
+    hl_persist_opts o = {.dir = dir, .topic = TOPIC, .retain = 2, .model_fingerprint = FP + 1};
+    hl_persist *p3 = hl_persist_create(&o, err, sizeof err);
+    hl_table *t3 = new_table();
+    CHECK(hl_persist_restore(p3, 0, &t3, &r, err, sizeof err) == 0);
+    CHECK(r.next_offset == HL_PERSIST_NO_OFFSET && r.n_rejected == 2);
+    hl_table_destroy(t3);
+    hl_persist_destroy(p3);
+    hl_table_destroy(t2);
+    hl_persist_shard_destroy(ps);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
+/* A flush returns by its deadline: waiting for a slow commit, or while
+ * writing rows; the previous snapshot stays valid. */
+static void test_flush_deadline(void)
+{
+    faulty f;
+    char err[512];
+    hl_persist_restored r;
+    fresh_dir();
+    faulty_init(&f);
+    hl_persist *p = new_persist(0, 16, 0, &f.io, NULL);
+    hl_table *tbl = new_table();
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    apply_range(tbl, 0, 8000);
+    CHECK(hl_persist_flush(ps, tbl, 8000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+
+    apply_range(tbl, 8000, 16000);
+    atomic_store(&f.fsync_sleep_ms, 1500);
+    int64_t t0 = hl_now_mono_ms();
+    int rc = hl_persist_flush(ps, tbl, 16000, t0 + 100, err, sizeof err);
+    int64_t took = hl_now_mono_ms() - t0;
+    CHECKF(rc == HL_EIO && strstr(err, "deadline"), "%d %s", rc, err);
+    CHECKF(took >= 90 && took < 1000, "flush took %lld ms for a 100 ms deadline", (long long)took);
+    hl_table *t2 = new_table();
+    CHECK(hl_persist_restore(p, 0, &t2, &r, err, sizeof err) == 0 && r.next_offset == 8000);
+    hl_table_destroy(t2);
+    wait_committer(p);                  /* the late commit lands */
+    CHECK(hl_persist_shard_durable(ps) == 16000);
+    atomic_store(&f.fsync_sleep_ms, 0);
+
+    /* A deadline already passed while rows remain: abandoned, reported. */
+    apply_range(tbl, 16000, 20000);
+    rc = hl_persist_flush(ps, tbl, 20000, hl_now_mono_ms() - 1, err, sizeof err);
+    CHECKF(rc == HL_EIO && strstr(err, "deadline"), "%d %s", rc, err);
+    CHECK(!hl_persist_shard_busy(ps) && hl_persist_shard_durable(ps) == 16000);
+    CHECK(count_files(".tmp") == 0);
+    hl_persist_shard_destroy(ps);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
+/* A shard destroyed while its commit is queued: the commit completes. */
+static void test_destroy_with_commit_queued(void)
+{
+    faulty f;
+    hl_persist_done d;
+    fresh_dir();
+    faulty_init(&f);
+    atomic_store(&f.fsync_sleep_ms, 100);
+    hl_persist *p = new_persist(5, 0, 1000000, &f.io, NULL);
+    hl_table *tbl = new_table();
+    hl_persist_shard *ps = hl_persist_shard_create(p, 7, HL_PERSIST_NO_OFFSET);
+    apply_range(tbl, 0, 2000);
+    hl_persist_tick(ps, tbl, 2000, 0);
+    hl_persist_tick(ps, tbl, 2000, 10);
+    CHECK(hl_persist_shard_busy(ps));
+    hl_persist_shard_destroy(ps);
+    hl_persist_destroy(p);               /* waits for the queued commit */
+    CHECK(count_files(".hls") == 1);
+    (void)d;
+    hl_table_destroy(tbl);
+}
+
+/* A table of n_users users at dim 64 (about 830 bytes a row), offsets
+ * 0..n_users-1; *next_offset gets n_users. */
+static hl_table *big_table(int n_users, int64_t *next_offset)
+{
+    static float emb[N_ITEMS * 64];
+    char err[512], names[256][24];
+    hl_table_opts o = topts_dim(64);
+    hl_table *tbl = hl_table_create(&o, err, sizeof err);
+    hl_event ev[256];
+    int64_t off = 0;
+    for (int i = 0; i < N_ITEMS * 64; i++)
+        emb[i] = (float)(i % 17) * 0.1f;
+    for (int u = 0; tbl && u < n_users; u += 256) {
+        int n = n_users - u < 256 ? n_users - u : 256;
+        for (int k = 0; k < n; k++, off++) {
+            snprintf(names[k], sizeof names[k], "u%d", u + k);
+            ev[k] = (hl_event){.user = names[k], .user_len = (uint32_t)strlen(names[k]),
+                               .item = k % N_ITEMS, .type = HL_VIEW, .w = 1,
+                               .ts_ms = 1700000000000LL + off, .offset = off};
+        }
+        hl_table_apply(tbl, ev, n, emb, N_ITEMS, NULL);
+    }
+    *next_offset = off;
+    return tbl;
+}
+
+static int64_t t_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* A write failing while rows are stepped (on the owner thread): the tick
+ * reports it, the previous snapshot stays. The table is larger than the
+ * writer's 1 MB buffer so writes happen during steps. */
+static void test_owner_write_failure(void)
+{
+    faulty f;
+    char err[512];
+    hl_persist_done d;
+    int64_t off;
+    fresh_dir();
+    faulty_init(&f);
+    hl_table *tbl = big_table(6000, &off);
+    hl_persist *p = new_persist(10, 256, 1, &f.io, NULL);
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    CHECK(hl_persist_flush(ps, tbl, 1000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    CHECK(hl_persist_poll(p, &d, 1) == 1 && d.rc == 0);
+    CHECK(hl_persist_tick(ps, tbl, off, 0) == 0);
+    fail_next(&f.n_write, &f.fail_write, 2);
+    int rc = 0, ticks = 0;
+    while ((rc = hl_persist_tick(ps, tbl, off, 20)) == 0 && ticks++ < 1000 &&
+           hl_persist_shard_busy(ps))
+        ;
+    CHECKF(rc == HL_EIO && ticks > 1, "tick rc %d after %d ticks", rc, ticks);
+    CHECK(hl_persist_poll(p, &d, 1) == 1 && d.rc == HL_EIO && strstr(d.err, "write"));
+    CHECK(!hl_persist_shard_busy(ps) && hl_persist_shard_durable(ps) == 1000);
+    CHECK(count_files(".tmp") == 0 && count_files(".hls") == 1);
+    /* The next try is an interval later, and succeeds. */
+    CHECK(hl_persist_tick(ps, tbl, off, 25) == 0 && !hl_persist_shard_busy(ps));
+    while (hl_persist_tick(ps, tbl, off, 31) == 0 && hl_persist_shard_busy(ps))
+        wait_committer(p);
+    CHECK(hl_persist_shard_durable(ps) == off);
+    hl_persist_shard_destroy(ps);
+    hl_persist_destroy(p);
+    hl_table_destroy(tbl);
+}
+
+/* How long one tick holds the owner thread with the default budget, on a
+ * table of 50k users at dim 64 (41 MB of rows), a batch's worth of sleep
+ * between ticks: printed as a NOTE (p50, p99, max). */
+static void test_max_tick_stall(void)
+{
+    static int64_t us[100000];
+    hl_persist_stats st;
+    int64_t off, now = 0;
+    int n = 0;
+    fresh_dir();
+    hl_table *tbl = big_table(50000, &off);
+    hl_persist *p = new_persist(10, 0, 0, NULL, NULL);
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    hl_persist_tick(ps, tbl, off, now);
+    now = 100;
+    int64_t t0 = hl_now_mono_ms();
+    do {
+        int64_t a = t_now_us();
+        CHECK(hl_persist_tick(ps, tbl, off, now) == 0);
+        us[n++] = t_now_us() - a;
+        usleep(200);                    /* a batch runs in between */
+        hl_persist_stats_get(p, &st);
+    } while (st.queued == 0 && hl_persist_shard_durable(ps) != off && n < 100000);
+    wait_committer(p);
+    int64_t total = hl_now_mono_ms() - t0;
+    hl_persist_stats_get(p, &st);
+    qsort(us, (size_t)n, sizeof us[0], cmp_i64);
+    CHECK(st.ok == 1 && st.failed == 0);
+    CHECKF(us[n / 2] < 10000, "median tick %lld us", (long long)us[n / 2]);
+    printf("NOTE persist.tick_stall: p50 %lld us, p99 %lld us, max %lld us (budget %d us, "
+           "%d-row steps; 50000 users dim 64, %llu bytes: %d ticks, %lld ms until every row "
+           "was out; fsync on the committer)\n", (long long)us[n / 2],
+           (long long)us[(n * 99) / 100], (long long)st.max_tick_us, HL_PERSIST_TICK_US,
+           HL_SNAPSHOT_STEP_ROWS, (unsigned long long)st.bytes, n, (long long)total);
+    hl_persist_shard_destroy(ps);
+    hl_persist_destroy(p);
+    hl_table_destroy(tbl);
+}
+
+int main(void)
+{
+    hl_log_set_level(HL_LOG_ERROR + 1);     /* the cases provoke warnings on purpose */
+    make_events();
+    RUN(test_restore_none);
+    RUN(test_creates_dir);
+    RUN(test_periodic_restore_replay);
+    RUN(test_commit_in_background);
+    RUN(test_io_failure_keeps_previous);
+    RUN(test_owner_write_failure);
+    RUN(test_restore_skips_corrupt);
+    RUN(test_flush_deadline);
+    RUN(test_destroy_with_commit_queued);
+    RUN(test_max_tick_stall);
+    if (dir[0]) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) perror("rm");
+    }
+    TEST_EXIT();
+}

@@ -1,0 +1,672 @@
+/* persist.c - shard snapshots inside the worker: restore, periodic
+ * incremental snapshots, synchronous ones on revocation and shutdown.
+ *
+ * Two threads touch a snapshot. The shard's owner begins it and steps it a
+ * bounded time per tick between batches (the table may change between
+ * steps: core/snapshot.c makes such a fuzzy file restore exactly, because
+ * each row carries its last offset). When every row is out, the writer is
+ * queued to this module's committer thread, which does the slow, table-free
+ * part: fsync, rename, directory fsync, retention. The owner never waits
+ * on the disk unless it asks to (hl_persist_flush).
+ *
+ * Invariants: a shard has at most one writer being stepped (ps->w, owner
+ * only) and, for ticks, at most one commit queued; a commit's result is
+ * folded into its shard under p->mu. A shard struct is reference counted
+ * (its owner plus each queued commit), so a revoked shard can be destroyed
+ * while its last commit is still running. A failed snapshot is logged,
+ * counted and reported, never fatal: core/ leaves the previous file intact.
+ *
+ * What it does not do: Kafka (seeking, storing offsets) and choosing the
+ * offsets; the caller passes the shard's next input offset. */
+#include "persist.h"
+#include "log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define DONE_MAX      64          /* completions kept for hl_persist_poll */
+#define FLUSH_STEP_X  16          /* flush steps this many times step_rows per call */
+
+typedef struct job {
+    struct job         *next;
+    hl_persist_shard   *ps;
+    hl_snapshot_writer *w;
+    int64_t             next_offset;
+    int64_t             t0_us;      /* when the snapshot began */
+} job;
+
+struct hl_persist {
+    hl_persist_opts  o;             /* dir and topic point at the copies below */
+    char             dir[HL_SNAPSHOT_PATH_MAX];
+    char             topic[HL_SNAPSHOT_TOPIC_MAX + 1];
+    const hl_io     *io;
+
+    pthread_t        tid;
+    int              started;
+    pthread_mutex_t  mu;
+    pthread_cond_t   work_cv;       /* the committer waits for jobs */
+    pthread_cond_t   done_cv;       /* flushes wait for commits (monotonic clock) */
+
+    /* under mu */
+    job             *head, *tail;
+    int              queued;        /* waiting or running */
+    int              quit;
+    hl_persist_done  done[DONE_MAX];
+    int              done_head, done_n;
+    uint64_t         n_ok, n_failed, n_bytes, n_skipped;
+
+    atomic_llong     max_tick_us;
+
+    hl_histogram    *m_duration, *m_restore;
+    hl_counter      *m_ok, *m_failed;
+};
+
+struct hl_persist_shard {
+    hl_persist         *p;
+    int32_t             partition;
+
+    /* owner thread only */
+    hl_snapshot_writer *w;
+    int64_t             w_offset;
+    int64_t             w_t0_us;
+    int64_t             due_ms;
+    int                 due_set;
+
+    /* under p->mu */
+    int                 refs;
+    int                 in_flight;  /* commits queued or running */
+    int                 last_rc;
+    char                last_err[256];
+
+    atomic_llong        durable;    /* next_offset of the newest durable file */
+    char                labels[48];
+    hl_gauge           *g_bytes, *g_success;
+};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ---- creation ---------------------------------------------------------- */
+
+/* mkdir -p: a fresh volume has no snapshot directory yet. */
+static int make_dir(const char *dir, char *errbuf, size_t errlen)
+{
+    char path[HL_SNAPSHOT_PATH_MAX];
+    snprintf(path, sizeof path, "%s", dir);
+    for (char *s = path + 1; ; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return hl_err(errbuf, errlen, HL_EIO, "snapshot.dir %s: mkdir %s: %s",
+                          dir, path, strerror(errno));
+        if ((*s = c) == '\0')
+            return 0;
+    }
+}
+
+static int check_opts(const hl_persist_opts *o, char *errbuf, size_t errlen)
+{
+    hl_snapshot_meta meta = {.partition = 0, .next_offset = 0};
+    char name[HL_SNAPSHOT_TOPIC_MAX + 48];
+    if (o->dir == NULL || o->dir[0] == '\0' || strlen(o->dir) >= HL_SNAPSHOT_PATH_MAX - 300)
+        return hl_err(errbuf, errlen, HL_EINVAL, "snapshot.dir: empty or too long");
+    if (o->retain < 1 || o->interval_ms < 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "snapshot.retain=%d (>= 1), "
+                      "snapshot.interval.ms=%lld (>= 0)", o->retain, (long long)o->interval_ms);
+    snprintf(meta.topic, sizeof meta.topic, "%s", o->topic ? o->topic : "");
+    return hl_snapshot_name(&meta, name, sizeof name, errbuf, errlen);
+}
+
+static void register_metrics(hl_persist *p)
+{
+    static const double dur_bounds[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+    hl_metrics *reg = p->o.reg;
+    p->m_duration = hl_metrics_histogram(reg, "halflife_snapshot_duration_seconds",
+        "From the start of a shard snapshot to its file being durable.", NULL,
+        dur_bounds, (int)(sizeof dur_bounds / sizeof dur_bounds[0]));
+    p->m_restore = hl_metrics_histogram(reg, "halflife_restore_duration_seconds",
+        "Time to load a shard's snapshot on assignment.", NULL,
+        dur_bounds, (int)(sizeof dur_bounds / sizeof dur_bounds[0]));
+    p->m_ok = hl_metrics_counter(reg, "halflife_snapshots_total",
+        "Shard snapshots attempted, by result.", "result=\"ok\"");
+    p->m_failed = hl_metrics_counter(reg, "halflife_snapshots_total",
+        "Shard snapshots attempted, by result.", "result=\"failed\"");
+}
+
+static void *committer_main(void *arg);
+
+hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t errlen)
+{
+    hl_persist *p;
+    pthread_condattr_t ca;
+    if (check_opts(o, errbuf, errlen) != 0 || make_dir(o->dir, errbuf, errlen) != 0)
+        return NULL;
+    if ((p = calloc(1, sizeof *p)) == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "persist: out of memory");
+        return NULL;
+    }
+    p->o = *o;
+    snprintf(p->dir, sizeof p->dir, "%s", o->dir);
+    snprintf(p->topic, sizeof p->topic, "%s", o->topic);
+    p->o.dir = p->dir;
+    p->o.topic = p->topic;
+    p->io = o->io ? o->io : hl_io_posix();
+    if (p->o.step_rows == 0)
+        p->o.step_rows = HL_SNAPSHOT_STEP_ROWS;
+    if (p->o.tick_budget_us <= 0)
+        p->o.tick_budget_us = HL_PERSIST_TICK_US;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work_cv, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->done_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (o->reg)
+        register_metrics(p);
+    if (pthread_create(&p->tid, NULL, committer_main, p) != 0) {
+        hl_err(errbuf, errlen, HL_EIO, "persist: cannot start the committer thread");
+        hl_persist_destroy(p);
+        return NULL;
+    }
+    p->started = 1;
+    return p;
+}
+
+void hl_persist_destroy(hl_persist *p)
+{
+    if (p == NULL)
+        return;
+    if (p->started) {
+        pthread_mutex_lock(&p->mu);
+        p->quit = 1;
+        pthread_cond_signal(&p->work_cv);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(p->tid, NULL);     /* it commits what is queued first */
+    }
+    pthread_cond_destroy(&p->done_cv);
+    pthread_cond_destroy(&p->work_cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+/* ---- completions --------------------------------------------------------- */
+
+/* Under mu. */
+static void push_done(hl_persist *p, const hl_persist_done *d)
+{
+    if (p->done_n == DONE_MAX) {                 /* drop the oldest */
+        p->done_head = (p->done_head + 1) % DONE_MAX;
+        p->done_n--;
+    }
+    p->done[(p->done_head + p->done_n) % DONE_MAX] = *d;
+    p->done_n++;
+    if (d->rc == 0) {
+        p->n_ok++;
+        p->n_bytes += d->bytes;
+    } else {
+        p->n_failed++;
+    }
+}
+
+int hl_persist_poll(hl_persist *p, hl_persist_done *out, int max)
+{
+    int n = 0;
+    pthread_mutex_lock(&p->mu);
+    while (p->done_n > 0 && n < max) {
+        out[n++] = p->done[p->done_head];
+        p->done_head = (p->done_head + 1) % DONE_MAX;
+        p->done_n--;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void hl_persist_stats_get(hl_persist *p, hl_persist_stats *st)
+{
+    pthread_mutex_lock(&p->mu);
+    st->ok = p->n_ok;
+    st->failed = p->n_failed;
+    st->bytes = p->n_bytes;
+    st->skipped = p->n_skipped;
+    st->queued = p->queued;
+    pthread_mutex_unlock(&p->mu);
+    st->max_tick_us = atomic_load_explicit(&p->max_tick_us, memory_order_relaxed);
+}
+
+/* A snapshot that failed on the owner thread (begin or step): the writer
+ * is gone, older files are intact. Logged, counted, reported. */
+static int owner_failed(hl_persist_shard *ps, int64_t offset, int rc, const char *stage,
+                        const char *why)
+{
+    hl_persist *p = ps->p;
+    hl_persist_done d = {.partition = ps->partition, .rc = rc, .next_offset = offset,
+                         .wall_ms = hl_now_wall_ms()};
+    snprintf(d.err, sizeof d.err, "%s", why);
+    pthread_mutex_lock(&p->mu);
+    push_done(p, &d);
+    ps->last_rc = rc;
+    snprintf(ps->last_err, sizeof ps->last_err, "%s", why);
+    pthread_mutex_unlock(&p->mu);
+    if (p->m_failed)
+        hl_counter_add(p->m_failed, 1);
+    hl_log(HL_LOG_WARN, "snapshot_failed", "partition=%d next_offset=%lld stage=%s err=\"%s\"",
+           (int)ps->partition, (long long)offset, stage, why);
+    return rc;
+}
+
+/* ---- the committer thread ------------------------------------------------ */
+
+static void shard_unref_locked(hl_persist_shard *ps, int *free_it)
+{
+    *free_it = --ps->refs == 0;
+}
+
+static void shard_free(hl_persist_shard *ps)
+{
+    if (ps->g_bytes) {
+        hl_metrics_hide(ps->p->o.reg, "halflife_snapshot_bytes", ps->labels);
+        hl_metrics_hide(ps->p->o.reg, "halflife_snapshot_last_success_timestamp_seconds",
+                        ps->labels);
+    }
+    free(ps);
+}
+
+/* Commits j's writer (no lock held) and describes the outcome in d. */
+static void run_job(hl_persist *p, job *j, hl_persist_done *d)
+{
+    hl_snapshot_result res;
+    int64_t t = now_us();
+    memset(d, 0, sizeof *d);
+    d->partition = j->ps->partition;
+    d->next_offset = j->next_offset;
+    d->rc = hl_snapshot_commit(j->w, p->o.retain, &res, d->err, sizeof d->err);
+    j->w = NULL;                            /* commit always consumes it */
+    int64_t end = now_us();
+    d->commit_s = (double)(end - t) / 1e6;
+    d->duration_s = (double)(end - j->t0_us) / 1e6;
+    d->wall_ms = hl_now_wall_ms();
+    if (d->rc == 0) {
+        d->bytes = res.bytes;
+        d->n_rows = res.n_rows;
+        if (res.n_delete_failed)
+            hl_log(HL_LOG_WARN, "snapshot_retention", "partition=%d delete_failed=%d",
+                   (int)d->partition, res.n_delete_failed);
+    }
+}
+
+static void job_metrics(hl_persist *p, hl_persist_shard *ps, const hl_persist_done *d)
+{
+    if (d->rc != 0) {
+        if (p->m_failed)
+            hl_counter_add(p->m_failed, 1);
+        hl_log(HL_LOG_WARN, "snapshot_failed", "partition=%d next_offset=%lld stage=commit "
+               "err=\"%s\"", (int)d->partition, (long long)d->next_offset, d->err);
+        return;
+    }
+    if (p->m_ok) {
+        hl_counter_add(p->m_ok, 1);
+        hl_histogram_observe(p->m_duration, d->duration_s);
+    }
+    if (ps->g_bytes) {
+        hl_gauge_set(ps->g_bytes, (double)d->bytes);
+        hl_gauge_set(ps->g_success, (double)d->wall_ms / 1000.0);
+    }
+    hl_log(HL_LOG_INFO, "snapshot_written", "partition=%d next_offset=%lld rows=%llu "
+           "bytes=%llu duration_s=%.3f commit_s=%.3f", (int)d->partition,
+           (long long)d->next_offset, (unsigned long long)d->n_rows,
+           (unsigned long long)d->bytes, d->duration_s, d->commit_s);
+}
+
+/* Under mu: fold the outcome into the shard and wake flushes. */
+static void finish_job(hl_persist *p, job *j, const hl_persist_done *d, int *free_it)
+{
+    hl_persist_shard *ps = j->ps;
+    push_done(p, d);
+    ps->in_flight--;
+    ps->last_rc = d->rc;
+    snprintf(ps->last_err, sizeof ps->last_err, "%s", d->rc ? d->err : "");
+    if (d->rc == 0 && d->next_offset > atomic_load(&ps->durable))
+        atomic_store(&ps->durable, d->next_offset);
+    p->queued--;
+    pthread_cond_broadcast(&p->done_cv);
+    shard_unref_locked(ps, free_it);
+}
+
+static void *committer_main(void *arg)
+{
+    hl_persist *p = arg;
+    hl_persist_done d;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->head == NULL && !p->quit)
+            pthread_cond_wait(&p->work_cv, &p->mu);
+        job *j = p->head;
+        if (j == NULL)
+            break;                              /* quit, and nothing left */
+        if ((p->head = j->next) == NULL)
+            p->tail = NULL;
+        pthread_mutex_unlock(&p->mu);
+        run_job(p, j, &d);
+        job_metrics(p, j->ps, &d);
+        int free_it;
+        pthread_mutex_lock(&p->mu);
+        finish_job(p, j, &d, &free_it);
+        pthread_mutex_unlock(&p->mu);
+        if (free_it)
+            shard_free(j->ps);
+        free(j);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* Owner thread: hands the finished writer to the committer. */
+static int enqueue(hl_persist_shard *ps)
+{
+    hl_persist *p = ps->p;
+    job *j = malloc(sizeof *j);
+    if (j == NULL) {
+        hl_snapshot_abort(ps->w);
+        ps->w = NULL;
+        return owner_failed(ps, ps->w_offset, HL_ENOMEM, "queue", "out of memory");
+    }
+    *j = (job){.ps = ps, .w = ps->w, .next_offset = ps->w_offset, .t0_us = ps->w_t0_us};
+    ps->w = NULL;
+    pthread_mutex_lock(&p->mu);
+    ps->in_flight++;
+    ps->refs++;
+    p->queued++;
+    if (p->tail)
+        p->tail->next = j;
+    else
+        p->head = j;
+    p->tail = j;
+    pthread_cond_signal(&p->work_cv);
+    pthread_mutex_unlock(&p->mu);
+    return 1;
+}
+
+/* ---- restore ----------------------------------------------------------- */
+
+static int count_rejected(const char *report)
+{
+    int n = 0;
+    for (const char *s = report; (s = strstr(s, "rejected ")) != NULL; s += 9)
+        n++;
+    return n;
+}
+
+static void restore_log(hl_persist *p, int32_t partition, int rc, const hl_persist_restored *out,
+                        const char *why)
+{
+    if (rc == 0)
+        hl_log(HL_LOG_INFO, "snapshot_restored", "partition=%d path=%s next_offset=%lld "
+               "rows=%llu bytes=%llu duration_s=%.3f rejected=%d", (int)partition, out->path,
+               (long long)out->next_offset, (unsigned long long)out->n_rows,
+               (unsigned long long)out->bytes, out->duration_s, out->n_rejected);
+    else if (rc == HL_ENOENT)
+        hl_log(HL_LOG_INFO, "snapshot_none", "partition=%d dir=%s start=auto.offset.reset",
+               (int)partition, p->dir);
+    else
+        hl_log(HL_LOG_ERROR, "snapshot_unusable", "partition=%d dir=%s "
+               "start=auto.offset.reset err=\"%s\"", (int)partition, p->dir, why);
+}
+
+int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
+                       hl_persist_restored *out, char *errbuf, size_t errlen)
+{
+    hl_table_opts o = *hl_table_opts_get(*tblp);   /* copied: *tblp may go */
+    hl_snapshot_info info;
+    hl_table *tbl = NULL;
+    char report[2048], why[1024];
+    int64_t t0 = now_us();
+
+    memset(out, 0, sizeof *out);
+    out->next_offset = HL_PERSIST_NO_OFFSET;
+    int rc = hl_snapshot_load_newest(p->io, p->dir, p->topic, partition, &o,
+                                     p->o.model_fingerprint, &tbl, &info, out->path,
+                                     sizeof out->path, report, sizeof report,
+                                     why, sizeof why);
+    out->duration_s = (double)(now_us() - t0) / 1e6;
+    out->n_rejected = count_rejected(report);
+    if (report[0])
+        hl_log(HL_LOG_WARN, "snapshot_rejected", "partition=%d n=%d detail=\"%s\"",
+               (int)partition, out->n_rejected, report);
+    if (rc == 0) {
+        hl_table_destroy(*tblp);
+        *tblp = tbl;
+        out->next_offset = info.meta.next_offset;
+        out->n_rows = info.n_rows;
+        out->bytes = info.bytes;
+    } else {
+        out->path[0] = '\0';
+    }
+    if (p->m_restore)
+        hl_histogram_observe(p->m_restore, out->duration_s);
+    restore_log(p, partition, rc, out, why);
+    if (rc == HL_ENOMEM)
+        return hl_err(errbuf, errlen, rc, "%s", why);
+    return 0;
+}
+
+/* ---- per shard ----------------------------------------------------------- */
+
+hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
+                                          int64_t restored_offset)
+{
+    hl_persist_shard *ps = calloc(1, sizeof *ps);
+    if (ps == NULL)
+        return NULL;
+    ps->p = p;
+    ps->partition = partition;
+    ps->refs = 1;
+    atomic_store(&ps->durable, restored_offset >= 0 ? restored_offset : HL_PERSIST_NO_OFFSET);
+    snprintf(ps->labels, sizeof ps->labels, "partition=\"%d\"", (int)partition);
+    if (p->o.reg) {
+        ps->g_bytes = hl_metrics_gauge(p->o.reg, "halflife_snapshot_bytes",
+            "Size of the shard's newest snapshot file.", ps->labels);
+        ps->g_success = hl_metrics_gauge(p->o.reg,
+            "halflife_snapshot_last_success_timestamp_seconds",
+            "Wall time of the shard's newest durable snapshot.", ps->labels);
+    }
+    return ps;
+}
+
+void hl_persist_shard_destroy(hl_persist_shard *ps)
+{
+    int free_it;
+    if (ps == NULL)
+        return;
+    hl_snapshot_abort(ps->w);
+    ps->w = NULL;
+    pthread_mutex_lock(&ps->p->mu);
+    shard_unref_locked(ps, &free_it);
+    pthread_mutex_unlock(&ps->p->mu);
+    if (free_it)
+        shard_free(ps);
+}
+
+int64_t hl_persist_shard_durable(const hl_persist_shard *ps)
+{
+    return atomic_load(&((hl_persist_shard *)ps)->durable);
+}
+
+static int in_flight(hl_persist_shard *ps)
+{
+    pthread_mutex_lock(&ps->p->mu);
+    int n = ps->in_flight;
+    pthread_mutex_unlock(&ps->p->mu);
+    return n;
+}
+
+int hl_persist_shard_busy(const hl_persist_shard *ps)
+{
+    return ps->w != NULL || in_flight((hl_persist_shard *)ps) > 0;
+}
+
+/* Opens a snapshot of tbl at next_offset. 0, or a failure (reported). */
+static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
+                 char *errbuf, size_t errlen)
+{
+    hl_persist *p = ps->p;
+    hl_snapshot_meta meta;
+    memset(&meta, 0, sizeof meta);
+    snprintf(meta.topic, sizeof meta.topic, "%s", p->topic);
+    meta.partition = ps->partition;
+    meta.next_offset = next_offset;
+    meta.model_fingerprint = p->o.model_fingerprint;
+    ps->w_t0_us = now_us();
+    ps->w_offset = next_offset;
+    int rc = hl_snapshot_begin(p->io, p->dir, &meta, tbl, &ps->w, errbuf, errlen);
+    return rc == 0 ? 0 : owner_failed(ps, next_offset, rc, "begin", errbuf);
+}
+
+/* Steps the running snapshot, rows at a time, until it is out or until_us
+ * passes (at least one step). 0 more remain, 1 queued for commit, or a
+ * failure (reported; the writer is gone). */
+static int step_until(hl_persist_shard *ps, const hl_table *tbl, size_t rows,
+                      int64_t until_us, char *errbuf, size_t errlen)
+{
+    int rc;
+    do
+        rc = hl_snapshot_step(ps->w, tbl, rows, errbuf, errlen);
+    while (rc == 0 && now_us() < until_us);
+    if (rc == 1)
+        return enqueue(ps);
+    if (rc < 0) {
+        hl_snapshot_abort(ps->w);
+        ps->w = NULL;
+        return owner_failed(ps, ps->w_offset, rc, "step", errbuf);
+    }
+    return 0;
+}
+
+/* 1 if a periodic snapshot should begin now; moves the due time. */
+static int due(hl_persist_shard *ps, int64_t next_offset, int64_t now_ms)
+{
+    hl_persist *p = ps->p;
+    if (p->o.interval_ms <= 0)
+        return 0;
+    if (!ps->due_set) {
+        ps->due_set = 1;
+        ps->due_ms = now_ms + p->o.interval_ms;
+        return 0;
+    }
+    if (now_ms < ps->due_ms || in_flight(ps) > 0)
+        return 0;       /* a commit still queued: try again at the next tick */
+    ps->due_ms = now_ms + p->o.interval_ms;
+    if (next_offset < 0 || next_offset <= hl_persist_shard_durable(ps)) {
+        pthread_mutex_lock(&p->mu);
+        p->n_skipped++;                         /* nothing new since the newest */
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+    }
+    return 1;
+}
+
+static void note_tick(hl_persist *p, int64_t us)
+{
+    long long cur = atomic_load_explicit(&p->max_tick_us, memory_order_relaxed);
+    while (us > cur && !atomic_compare_exchange_weak(&p->max_tick_us, &cur, us))
+        ;
+}
+
+int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl,
+                    int64_t next_offset, int64_t now_ms)
+{
+    char err[512];
+    int64_t t0 = now_us();
+    int rc = 0;
+    if (ps->w == NULL) {
+        if (!due(ps, next_offset, now_ms))
+            return 0;
+        if ((rc = begin(ps, tbl, next_offset, err, sizeof err)) != 0)
+            goto out;
+    }
+    rc = step_until(ps, tbl, ps->p->o.step_rows, t0 + ps->p->o.tick_budget_us,
+                    err, sizeof err);
+out:
+    note_tick(ps->p, now_us() - t0);
+    return rc < 0 ? rc : 0;
+}
+
+/* Waits until no commit of ps is queued or running, up to deadline_ms. */
+static int wait_idle(hl_persist_shard *ps, int64_t deadline_ms, char *errbuf, size_t errlen)
+{
+    hl_persist *p = ps->p;
+    struct timespec ts = {.tv_sec = deadline_ms / 1000,
+                          .tv_nsec = (long)(deadline_ms % 1000) * 1000000};
+    int rc = 0;
+    pthread_mutex_lock(&p->mu);
+    while (ps->in_flight > 0 && rc == 0)
+        rc = pthread_cond_timedwait(&p->done_cv, &p->mu, &ts);
+    int left = ps->in_flight;
+    pthread_mutex_unlock(&p->mu);
+    if (left > 0)
+        return hl_err(errbuf, errlen, HL_EIO, "snapshot of partition %d: deadline passed "
+                      "waiting for its commit", (int)ps->partition);
+    return 0;
+}
+
+/* Steps the running snapshot to the end, in large steps, checking the
+ * deadline between them. */
+static int step_all(hl_persist_shard *ps, const hl_table *tbl, int64_t deadline_ms,
+                    char *errbuf, size_t errlen)
+{
+    size_t rows = ps->p->o.step_rows * FLUSH_STEP_X;
+    int rc;
+    while ((rc = step_until(ps, tbl, rows, 0, errbuf, errlen)) == 0) {
+        if (hl_now_mono_ms() >= deadline_ms) {
+            char why[160];
+            snprintf(why, sizeof why, "deadline passed while writing rows");
+            hl_snapshot_abort(ps->w);
+            ps->w = NULL;
+            owner_failed(ps, ps->w_offset, HL_EIO, "flush", why);
+            return hl_err(errbuf, errlen, HL_EIO, "snapshot of partition %d: %s",
+                          (int)ps->partition, why);
+        }
+    }
+    return rc < 0 ? rc : 0;
+}
+
+int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
+                     int64_t deadline_ms, char *errbuf, size_t errlen)
+{
+    hl_persist *p = ps->p;
+    int rc;
+    if (ps->w != NULL && ps->w_offset != next_offset) {
+        hl_snapshot_abort(ps->w);       /* begun earlier: a fresh one replays less */
+        ps->w = NULL;
+    }
+    if (ps->w == NULL) {
+        /* A queued commit may already hold next_offset. */
+        if ((rc = wait_idle(ps, deadline_ms, errbuf, errlen)) != 0)
+            return rc;
+        if (next_offset < 0 || next_offset <= hl_persist_shard_durable(ps))
+            return 0;
+        if ((rc = begin(ps, tbl, next_offset, errbuf, errlen)) != 0)
+            return rc;
+    }
+    if ((rc = step_all(ps, tbl, deadline_ms, errbuf, errlen)) != 0 ||
+        (rc = wait_idle(ps, deadline_ms, errbuf, errlen)) != 0)
+        return rc;
+    pthread_mutex_lock(&p->mu);
+    rc = ps->last_rc;
+    if (rc != 0)
+        hl_err(errbuf, errlen, rc, "%s", ps->last_err);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}

@@ -1,0 +1,145 @@
+/* persist.h - each shard's snapshots inside the worker: restore on
+ * assignment, a periodic incremental snapshot that never stalls the owner
+ * thread, and a synchronous one on revocation and shutdown (DESIGN.md
+ * sections 2 and 6, issue 5). No Kafka here: the caller turns the offsets
+ * into seeks and stored offsets.
+ *
+ * One hl_persist per worker owns a committer thread. A shard's owner thread
+ * serialises rows with hl_snapshot_step() a few milliseconds at a time
+ * (hl_persist_tick between batches); when every row is out, the writer goes
+ * to the committer, which runs hl_snapshot_commit() (fsync, rename,
+ * directory fsync, retention: it never touches the table), so the owner
+ * never waits on the disk. Completions update the snapshot metrics when a
+ * registry is given and can be read with hl_persist_poll().
+ *
+ * Offsets: next_offset, wherever a call takes it, is the shard's next
+ * input offset: every record below it is applied to the table AND its
+ * lists are delivered (the offset the worker would store). Every record
+ * below it being applied is what a snapshot's header promises. */
+#ifndef HL_PERSIST_H
+#define HL_PERSIST_H
+
+#include "io.h"
+#include "metrics.h"
+#include "snapshot.h"
+#include "table.h"
+
+#include <stdint.h>
+
+#define HL_PERSIST_NO_OFFSET   (-1)    /* no snapshot: use auto.offset.reset */
+#define HL_PERSIST_TICK_US     2000    /* default time budget of one tick */
+
+typedef struct hl_persist       hl_persist;        /* opaque, one per worker */
+typedef struct hl_persist_shard hl_persist_shard;  /* opaque, one per shard */
+
+typedef struct hl_persist_opts {
+    const char  *dir;               /* snapshot.dir (copied); created if missing */
+    const char  *topic;             /* the input topic (copied) */
+    int          retain;            /* snapshot.retain, >= 1 */
+    int64_t      interval_ms;       /* snapshot.interval.ms; 0: only flushes */
+    uint64_t     model_fingerprint; /* hl_model_info.fingerprint */
+    size_t       step_rows;         /* rows per hl_snapshot_step; 0: HL_SNAPSHOT_STEP_ROWS */
+    int64_t      tick_budget_us;    /* a tick steps until this is spent; 0: HL_PERSIST_TICK_US */
+    const hl_io *io;                /* NULL: hl_io_posix(); tests inject faults */
+    hl_metrics  *reg;               /* may be NULL: no metrics, poll only */
+} hl_persist_opts;
+
+/* Creates the directory if missing and starts the committer thread.
+ * NULL and a reason on failure. */
+hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t errlen);
+
+/* Commits what is queued, then stops the committer and frees p. Every
+ * hl_persist_shard must be destroyed first. NULL is a no-op. */
+void hl_persist_destroy(hl_persist *p);
+
+/* ---- restore on assignment -------------------------------------------- */
+
+typedef struct hl_persist_restored {
+    int64_t  next_offset;       /* where to seek; HL_PERSIST_NO_OFFSET: no usable
+                                   snapshot, start from auto.offset.reset */
+    double   duration_s;        /* also observed into halflife_restore_duration_seconds */
+    uint64_t n_rows, bytes;
+    int      n_rejected;        /* newer files that failed their checks (logged) */
+    char     path[HL_SNAPSHOT_PATH_MAX];   /* the file loaded, "" if none */
+} hl_persist_restored;
+
+/* Loads the newest valid snapshot of partition into a table. *tblp must be
+ * an empty table created with the shard's options; on a load it is
+ * destroyed and replaced by the loaded table (same options), otherwise it
+ * is left as it is. Files that fail their checks (CRC, format, another
+ * model) are logged and skipped; when none is usable the result is
+ * next_offset = HL_PERSIST_NO_OFFSET and 0 is returned, so the shard is
+ * rebuilt from the topic. Negative HL_E* only when the shard cannot be
+ * served at all (no memory). Any thread; the table is not yet shared. */
+int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
+                       hl_persist_restored *out, char *errbuf, size_t errlen);
+
+/* ---- per shard -------------------------------------------------------- */
+
+/* A shard's snapshot state. restored_offset is the next_offset the shard
+ * was restored at (hl_persist_restored.next_offset), so an untouched shard
+ * is not snapshotted again. The first periodic snapshot is due
+ * interval_ms after the first tick. NULL on no memory. */
+hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
+                                          int64_t restored_offset);
+
+/* Abandons a snapshot in progress (its temporary file is removed); a commit
+ * already queued still completes. Owner thread or after the hand-back.
+ * NULL is a no-op. */
+void hl_persist_shard_destroy(hl_persist_shard *ps);
+
+/* Between batches, on the owner thread. Begins a snapshot at next_offset
+ * when one is due (interval elapsed, next_offset >= 0 and different from
+ * the newest snapshot's, no commit of this shard still queued), and steps a
+ * running one for at most the tick budget; when every row is out, queues
+ * the commit. now_ms is monotonic. 0, or a negative HL_E* when the
+ * snapshot failed (already logged and counted; the previous file stays,
+ * the next try is an interval later): never a reason to stop. */
+int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl,
+                    int64_t next_offset, int64_t now_ms);
+
+/* On revocation and shutdown, owner thread, after the last batch's lists
+ * are delivered: makes a snapshot holding next_offset durable before
+ * deadline_ms (monotonic, hl_now_mono_ms). A running snapshot begun at
+ * another offset is abandoned for a fresh one; nothing is written when the
+ * newest snapshot already holds next_offset or no offset is known (< 0).
+ * Waits for the commit. 0 once durable, else a negative HL_E* with the
+ * reason (HL_EIO "deadline ..." when time ran out: the commit may still
+ * land later; the previous snapshot stays valid either way). */
+int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
+                     int64_t deadline_ms, char *errbuf, size_t errlen);
+
+/* The next_offset of the newest durable snapshot of this shard (written or
+ * restored), HL_PERSIST_NO_OFFSET if none. Any thread. */
+int64_t hl_persist_shard_durable(const hl_persist_shard *ps);
+
+/* 1 while a snapshot of this shard is being stepped or committed. */
+int hl_persist_shard_busy(const hl_persist_shard *ps);
+
+/* ---- completions and totals ------------------------------------------- */
+
+typedef struct hl_persist_done {
+    int32_t  partition;
+    int      rc;                /* 0 or the HL_E* of the failure */
+    int64_t  next_offset;
+    double   duration_s;        /* begin to durable */
+    double   commit_s;          /* the committer's part (fsync, rename, ...) */
+    uint64_t bytes, n_rows;
+    int64_t  wall_ms;           /* when it completed */
+    char     err[256];          /* the reason when rc != 0 */
+} hl_persist_done;
+
+/* Moves up to max completions (oldest first) into out; returns the count.
+ * At most 64 are kept: older ones are dropped first. Any thread. */
+int hl_persist_poll(hl_persist *p, hl_persist_done *out, int max);
+
+typedef struct hl_persist_stats {
+    uint64_t ok, failed;        /* snapshots made durable / failed anywhere */
+    uint64_t bytes;             /* written by successful snapshots */
+    uint64_t skipped;           /* due but unchanged since the newest one */
+    int64_t  max_tick_us;       /* longest single hl_persist_tick */
+    int      queued;            /* commits waiting or running */
+} hl_persist_stats;
+void hl_persist_stats_get(hl_persist *p, hl_persist_stats *st);
+
+#endif

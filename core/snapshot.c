@@ -43,6 +43,8 @@
 static const unsigned char magic[8] = {'H', 'L', 'S', 'N', 'A', 'P', '\r', '\n'};
 
 #define BUF_MIN     (1u << 20)    /* I/O buffer: big writes, few syscalls */
+#define RD_FIRST    (64u << 10)   /* reading starts small (a small file costs
+                                     little) and doubles up to BUF_MIN */
 #define TRAILER_LEN (2 + 8 + 8 + 8 + 4 + 4)
 #define ROW_FIXED   (2 + 4 + 8 + 8 + 8 + 2)  /* user_len, row id, t_ref, offset, seq, n_hist */
 #define HIST_BYTES  (4 + 8 + 1)           /* item, ts_ms, type */
@@ -68,18 +70,28 @@ static unsigned char *put_u64(unsigned char *p, uint64_t v)
     return p + 8;
 }
 
-static uint16_t get_u16(const unsigned char *p)
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define NATIVE_LE 1     /* the file's byte order: fields are plain copies */
+#endif
+
+static inline uint16_t get_u16(const unsigned char *p)
 {
     return (uint16_t)(p[0] | (p[1] << 8));
 }
 
-static uint32_t get_u32(const unsigned char *p)
+static inline uint32_t get_u32(const unsigned char *p)
 {
+#ifdef NATIVE_LE
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+#else
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
            (uint32_t)p[3] << 24;
+#endif
 }
 
-static uint64_t get_u64(const unsigned char *p)
+static inline uint64_t get_u64(const unsigned char *p)
 {
     return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
 }
@@ -102,7 +114,7 @@ static double get_f64(const unsigned char *p)
 /* n floats, bit for bit: a plain copy on little-endian hosts. */
 static unsigned char *put_f32s(unsigned char *p, const float *x, size_t n)
 {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#ifdef NATIVE_LE
     memcpy(p, x, n * 4);
 #else
     for (size_t i = 0; i < n; i++) {
@@ -116,7 +128,7 @@ static unsigned char *put_f32s(unsigned char *p, const float *x, size_t n)
 
 static void get_f32s(float *x, const unsigned char *p, size_t n)
 {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#ifdef NATIVE_LE
     memcpy(x, p, n * 4);
 #else
     for (size_t i = 0; i < n; i++) {
@@ -314,6 +326,28 @@ static size_t put_header(hl_snapshot_writer *w, const hl_table_opts *o)
     return (size_t)(p - w->buf);
 }
 
+/* A history field of v's ring, oldest first: at most two pieces of the
+ * ring, each a plain copy on little-endian hosts. */
+static unsigned char *put_ring(unsigned char *p, const void *ring, size_t size,
+                               const hl_row_view *v)
+{
+    const unsigned char *base = ring;
+#ifdef NATIVE_LE
+    size_t n = (size_t)v->n_hist, head = (size_t)v->hist_head;
+    size_t first = n < (size_t)v->history - head ? n : (size_t)v->history - head;
+    memcpy(p, base + head * size, first * size);
+    memcpy(p + first * size, base, (n - first) * size);
+    return p + n * size;
+#else
+    for (int i = 0; i < v->n_hist; i++) {
+        const unsigned char *e = base + (size_t)hl_row_hist_index(v, i) * size;
+        uint64_t x = size == 8 ? *(const uint64_t *)e : size == 4 ? *(const uint32_t *)e : *e;
+        for (size_t b = 0; b < size; b++) *p++ = (unsigned char)(x >> (8 * b));
+    }
+    return p;
+#endif
+}
+
 /* One row as schemas/snapshot.md lays it out; history oldest first. */
 static size_t put_row(unsigned char *start, const hl_snapshot_writer *w,
                       uint32_t row, const hl_row_view *v)
@@ -329,12 +363,9 @@ static size_t put_row(unsigned char *start, const hl_snapshot_writer *w,
     p = put_u16(p, (uint16_t)v->n_hist);
     p = put_f32s(p, v->m, (size_t)w->n_heads);
     p = put_f32s(p, v->s, n_s);
-    for (int i = 0; i < v->n_hist; i++)
-        p = put_u32(p, (uint32_t)v->hist_item[hl_row_hist_index(v, i)]);
-    for (int i = 0; i < v->n_hist; i++)
-        p = put_u64(p, (uint64_t)v->hist_ts_ms[hl_row_hist_index(v, i)]);
-    for (int i = 0; i < v->n_hist; i++)
-        *p++ = v->hist_type[hl_row_hist_index(v, i)];
+    p = put_ring(p, v->hist_item, 4, v);
+    p = put_ring(p, v->hist_ts_ms, 8, v);
+    p = put_ring(p, v->hist_type, 1, v);
     return (size_t)(p - start);
 }
 
@@ -594,8 +625,12 @@ static int rd_grow(reader *r, size_t cap, char *errbuf, size_t errlen)
     return 0;
 }
 
-/* Makes n bytes available at buf + pos, or says the file ends inside `what`. */
-static int rd_need(reader *r, size_t n, const char *what, char *errbuf, size_t errlen)
+#define NO_ROW UINT64_MAX
+
+/* Makes n bytes available at buf + pos, or says the file ends inside
+ * `what` (row number `row` unless NO_ROW). */
+static int rd_need(reader *r, size_t n, const char *what, uint64_t row,
+                   char *errbuf, size_t errlen)
 {
     int rc;
 
@@ -608,6 +643,9 @@ static int rd_need(reader *r, size_t n, const char *what, char *errbuf, size_t e
     r->base += r->pos;
     r->end -= r->pos;
     r->pos = r->crc_pos = 0;
+    if (!r->eof && r->cap < BUF_MIN && r->base > 0 &&
+        (rc = rd_grow(r, 2 * r->cap, errbuf, errlen)) != 0)
+        return rc;      /* the file outgrew the buffer once: read more per call */
     while (r->end < n && !r->eof) {
         ssize_t got = hl_io_read_full(r->io, r->fd, r->buf + r->end, r->cap - r->end);
         if (got < 0)
@@ -621,9 +659,12 @@ static int rd_need(reader *r, size_t n, const char *what, char *errbuf, size_t e
     if (r->base + r->end == 0)
         return hl_err(errbuf, errlen, HL_EFORMAT, "snapshot %s: empty file (0 bytes)",
                       r->path);
+    char where[64];
+    if (row == NO_ROW) snprintf(where, sizeof where, "%s", what);
+    else snprintf(where, sizeof where, "%s %llu", what, (unsigned long long)row);
     return hl_err(errbuf, errlen, HL_EFORMAT,
                   "snapshot %s: truncated: the file ends at byte %llu, inside %s",
-                  r->path, (unsigned long long)(r->base + r->end), what);
+                  r->path, (unsigned long long)(r->base + r->end), where);
 }
 
 static const unsigned char *rd_take(reader *r, size_t n)
@@ -660,7 +701,7 @@ static int bad(char *errbuf, size_t errlen, const reader *r, const char *fmt, lo
 
 static int read_magic(reader *r, hl_snapshot_info *info, char *errbuf, size_t errlen)
 {
-    int rc = rd_need(r, sizeof magic + 4 + 2, "the header", errbuf, errlen);
+    int rc = rd_need(r, sizeof magic + 4 + 2, "the header", NO_ROW, errbuf, errlen);
     const unsigned char *p;
 
     if (rc != 0)
@@ -685,7 +726,7 @@ static int read_topic(reader *r, hl_snapshot_info *info, char *errbuf, size_t er
     if (len == 0 || len > HL_SNAPSHOT_TOPIC_MAX)
         return bad(errbuf, errlen, r, "topic length %lld outside 1..%lld", (long long)len,
                    HL_SNAPSHOT_TOPIC_MAX);
-    if ((rc = rd_need(r, len + 4 + 8 + 8 + 4 + 4, "the header", errbuf, errlen)) != 0)
+    if ((rc = rd_need(r, len + 4 + 8 + 8 + 4 + 4, "the header", NO_ROW, errbuf, errlen)) != 0)
         return rc;
     memcpy(info->meta.topic, rd_take(r, len), len);
     info->meta.topic[len] = '\0';
@@ -711,7 +752,7 @@ static int read_shape(reader *r, hl_snapshot_info *info, char *errbuf, size_t er
     if (dim < 1 || dim > HL_SNAPSHOT_MAX_DIM || n_heads < 1 || n_heads > HL_MAX_HEADS)
         return bad(errbuf, errlen, r, "dim %lld or head count %lld out of range",
                    (long long)dim, (long long)n_heads);
-    if ((rc = rd_need(r, 8 * n_heads + 4, "the header", errbuf, errlen)) != 0)
+    if ((rc = rd_need(r, 8 * n_heads + 4, "the header", NO_ROW, errbuf, errlen)) != 0)
         return rc;
     p = rd_take(r, 8 * n_heads + 4);
     for (uint32_t h = 0; h < n_heads; h++) {
@@ -743,8 +784,7 @@ static int alloc_scratch(parse *ps, reader *r, char *errbuf, size_t errlen)
     if (!ps->m || !ps->hist_item || !ps->hist_ts || !ps->hist_type)
         return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot %s: no memory", r->path);
     ps->s = ps->m + in->n_heads;
-    size_t want = 2 * row_max(in->n_heads, in->dim, in->history);
-    return rd_grow(r, want > BUF_MIN ? want : BUF_MIN, errbuf, errlen);
+    return rd_grow(r, 2 * row_max(in->n_heads, in->dim, in->history), errbuf, errlen);
 }
 
 static int read_header(reader *r, parse *ps, char *errbuf, size_t errlen)
@@ -778,12 +818,16 @@ static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t user_
     p += ROW_FIXED - 2;
     get_f32s(ps->m, p, n_f);          /* m then s, as in the file */
     p += 4 * n_f;
-    for (size_t i = 0; i < n_hist; i++)
+#ifdef NATIVE_LE
+    memcpy(ps->hist_item, p, 4 * n_hist);
+    memcpy(ps->hist_ts, p + 4 * n_hist, 8 * n_hist);
+#else
+    for (size_t i = 0; i < n_hist; i++) {
         ps->hist_item[i] = (int32_t)get_u32(p + 4 * i);
-    p += 4 * n_hist;
-    for (size_t i = 0; i < n_hist; i++)
-        ps->hist_ts[i] = (int64_t)get_u64(p + 8 * i);
-    p += 8 * n_hist;
+        ps->hist_ts[i] = (int64_t)get_u64(p + 4 * n_hist + 8 * i);
+    }
+#endif
+    p += 12 * n_hist;
     for (size_t i = 0; i < n_hist; i++) {
         if (p[i] >= HL_N_TYPES)
             return bad(errbuf, errlen, r, "row %lld: event type %lld unknown",
@@ -807,11 +851,9 @@ static int read_row(reader *r, parse *ps, int *end, char *errbuf, size_t errlen)
 {
     const hl_snapshot_info *in = ps->info;
     size_t n_f = (size_t)in->n_heads * ((size_t)in->dim + 1), user_len, n_hist, full;
-    char what[64];
     int rc;
 
-    snprintf(what, sizeof what, "row %llu", (unsigned long long)in->n_rows);
-    if ((rc = rd_need(r, 2, what, errbuf, errlen)) != 0)
+    if ((rc = rd_need(r, 2, "row", in->n_rows, errbuf, errlen)) != 0)
         return rc;
     user_len = get_u16(r->buf + r->pos);
     if (user_len == 0) {
@@ -821,14 +863,14 @@ static int read_row(reader *r, parse *ps, int *end, char *errbuf, size_t errlen)
     if (user_len > HL_MAX_ID_LEN)
         return bad(errbuf, errlen, r, "row %lld: user_id length %lld over 256",
                    (long long)in->n_rows, (long long)user_len);
-    if ((rc = rd_need(r, ROW_FIXED + user_len, what, errbuf, errlen)) != 0)
+    if ((rc = rd_need(r, ROW_FIXED + user_len, "row", in->n_rows, errbuf, errlen)) != 0)
         return rc;
     n_hist = get_u16(r->buf + r->pos + user_len + ROW_FIXED - 2);
     if (n_hist > (size_t)in->history)
         return bad(errbuf, errlen, r, "row %lld: %lld history entries, more than the header's length",
                    (long long)in->n_rows, (long long)n_hist);
     full = ROW_FIXED + user_len + 4 * n_f + HIST_BYTES * n_hist;
-    if ((rc = rd_need(r, full, what, errbuf, errlen)) != 0)
+    if ((rc = rd_need(r, full, "row", in->n_rows, errbuf, errlen)) != 0)
         return rc;
     return decode_row(r, ps, rd_take(r, full), user_len, n_hist, errbuf, errlen);
 }
@@ -857,7 +899,7 @@ static int read_rows(reader *r, parse *ps, char *errbuf, size_t errlen)
 /* 1 if bytes follow the trailer (the file was appended to or glued). */
 static int rd_more(reader *r)
 {
-    return r->pos < r->end || rd_need(r, 1, "", NULL, 0) == 0;
+    return r->pos < r->end || rd_need(r, 1, "", NO_ROW, NULL, 0) == 0;
 }
 
 static int read_trailer(reader *r, hl_snapshot_info *in, char *errbuf, size_t errlen)
@@ -866,7 +908,7 @@ static int read_trailer(reader *r, hl_snapshot_info *in, char *errbuf, size_t er
     uint64_t n_rows;
     int rc;
 
-    if ((rc = rd_need(r, TRAILER_LEN, "the trailer", errbuf, errlen)) != 0)
+    if ((rc = rd_need(r, TRAILER_LEN, "the trailer", NO_ROW, errbuf, errlen)) != 0)
         return rc;
     p = rd_take(r, TRAILER_LEN - 4);
     n_rows = get_u64(p + 2);
@@ -937,7 +979,7 @@ static int read_file(const hl_io *io, const char *path, parse *ps,
     if ((r.fd = io->open(io->ctx, path, O_RDONLY, 0)) < 0)
         return hl_err(errbuf, errlen, errno == ENOENT ? HL_ENOENT : HL_EIO,
                       "snapshot %s: open: %s", path, strerror(errno));
-    if ((rc = rd_grow(&r, BUF_MIN, errbuf, errlen)) == 0 &&
+    if ((rc = rd_grow(&r, RD_FIRST, errbuf, errlen)) == 0 &&
         (rc = read_header(&r, ps, errbuf, errlen)) == 0 &&
         (rc = read_rows(&r, ps, errbuf, errlen)) == 0)
         rc = read_trailer(&r, in, errbuf, errlen);
@@ -1035,13 +1077,14 @@ static int load_row(void *arg, const hl_snapshot_info *in, uint32_t row,
     return 0;
 }
 
-/* A table of these options never needs row ids much above its user bound:
- * ids of evicted rows are reused before the table grows. */
+/* A table of these options never has row ids above its user bound: a new
+ * user takes the lowest free id (table.c). Files from a table with a larger
+ * bound still load, their rows then packed at the lowest free ids. */
 static uint32_t row_bound(const hl_table_opts *o)
 {
     uint64_t users = o->max_users ? o->max_users : (uint64_t)1 << 26;
-    if (o->expected_users > users) users = o->expected_users;
-    uint64_t b = 2 * users + ((uint64_t)1 << 20);
+    if (o->max_users == 0 && o->expected_users > users) users = o->expected_users;
+    uint64_t b = 2 * users + 1024;
     return b < HL_TABLE_MAX_ROWS ? (uint32_t)b : HL_TABLE_MAX_ROWS;
 }
 

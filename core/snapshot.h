@@ -24,7 +24,8 @@
 #define HL_SNAPSHOT_VERSION    1
 #define HL_SNAPSHOT_TOPIC_MAX  249      /* Kafka's limit on a topic name */
 #define HL_SNAPSHOT_MAX_DIM    65536    /* what a reader accepts */
-#define HL_SNAPSHOT_STEP_ROWS  4096     /* default budget of one step */
+#define HL_SNAPSHOT_STEP_ROWS  1024     /* default budget of one step: about
+                                           1 ms at dim 64, 3 heads, history 32 */
 #define HL_SNAPSHOT_RETAIN     2        /* snapshot.retain default */
 #define HL_SNAPSHOT_PATH_MAX   4096
 

@@ -1,0 +1,289 @@
+/* bench_snapshot.c - snapshot write and load throughput for a 1M-user shard
+ * and the longest stall a snapshot imposes on the shard's owner.
+ *
+ * Shard: 1M users, dim 64, three heads, a full history ring of 32 (about
+ * 1.2 GB of snapshot). Rows are made with hl_table_restore from random
+ * values, which is quicker than applying 32M events and gives the same
+ * bytes per row. Figures, each the median of REPS runs, one JSON line each:
+ *
+ *   snapshot_write     bytes / (begin + every step + commit, fsync included);
+ *                      ceiling: write() of the same byte count in 1 MiB
+ *                      pieces + fsync to the same directory.
+ *   snapshot_steps     bytes / time in begin + steps alone: what the owner
+ *                      pays, the file in the page cache; ceiling: memcpy.
+ *   snapshot_load      bytes / hl_snapshot_load (CRC, parse, table build),
+ *                      file in the page cache. Two ceilings: read() of the
+ *                      file into a reused 1 MiB buffer ("ceiling"), and
+ *                      ("ceiling_fresh") read() of it into fresh memory the
+ *                      size of the loaded table, all of it touched: a load
+ *                      builds a table in memory the process never touched,
+ *                      and on these VMs first-touching a page costs more
+ *                      than reading it from the page cache.
+ *   snapshot_stall_max the longest single hl_snapshot_step with the default
+ *                      budget (HL_SNAPSHOT_STEP_ROWS); target 10 ms.
+ *   crc32c             hl_crc32c over 256 MiB in memory; ceiling: memcpy.
+ *
+ * Usage: bench_snapshot [DIR] (default $HL_BUILD or build; the files are
+ * removed at the end). HL_BENCH_USERS overrides the user count. */
+#include "crc32c.h"
+#include "snapshot.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DIM     64
+#define HEADS   3
+#define HISTORY 32
+#define REPS    3
+#define FP      42
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(void)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return rng;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+static void die(const char *what, const char *err)
+{
+    fprintf(stderr, "bench_snapshot: %s: %s\n", what, err);
+    exit(1);
+}
+
+static hl_table_opts shard_opts(size_t users)
+{
+    hl_table_opts o;
+    char err[256];
+    memset(&o, 0, sizeof o);
+    if (hl_decay_init(&o.decay, HEADS, DIM, hl_default_half_life_ms, err, sizeof err) != 0)
+        die("decay", err);
+    o.history = HISTORY;
+    o.max_users = 0;
+    o.expected_users = users;
+    return o;
+}
+
+static hl_table *make_shard(const hl_table_opts *o, size_t users)
+{
+    char err[256], id[32];
+    float s[HEADS * DIM], m[HEADS];
+    int32_t item[HISTORY];
+    int64_t ts[HISTORY];
+    uint8_t type[HISTORY];
+    hl_table *tbl = hl_table_create(o, err, sizeof err);
+    if (tbl == NULL) die("table", err);
+    for (size_t u = 0; u < users; u++) {
+        int64_t t = 1700000000000LL + (int64_t)(rnd() % 1000000000);
+        for (int i = 0; i < HEADS * DIM; i++) s[i] = (float)(rnd() % 20000) * 1e-4f - 1.0f;
+        for (int h = 0; h < HEADS; h++) m[h] = (float)(rnd() % 1000) * 0.01f;
+        for (int i = 0; i < HISTORY; i++) {
+            item[i] = (int32_t)(rnd() % 100000);
+            ts[i] = t - (HISTORY - i) * 1000;
+            type[i] = (uint8_t)(rnd() % HL_N_TYPES);
+        }
+        snprintf(id, sizeof id, "user-%08zu", u * 7919 % 100000000);
+        hl_row_view v = {.user = id, .user_len = (uint32_t)strlen(id), .s = s, .m = m,
+                         .t_ref_ms = t, .last_offset = (int64_t)u, .active_seq = u + 1,
+                         .history = HISTORY, .n_hist = HISTORY, .hist_head = 0,
+                         .hist_item = item, .hist_type = type, .hist_ts_ms = ts};
+        if (hl_table_restore(tbl, &v) != 0) die("restore", id);
+    }
+    return tbl;
+}
+
+typedef struct write_run {
+    double total_s, steps_s, stall_max_s;
+    uint64_t bytes;
+    char path[HL_SNAPSHOT_PATH_MAX];
+} write_run;
+
+static write_run snapshot_once(const char *dir, const hl_table *tbl, int64_t next)
+{
+    hl_snapshot_meta meta = {.topic = "bench", .partition = 0, .next_offset = next,
+                             .model_fingerprint = FP};
+    hl_snapshot_writer *w;
+    hl_snapshot_result res;
+    write_run r = {0};
+    char err[512];
+    int rc;
+    double t0 = now_s(), t;
+
+    if (hl_snapshot_begin(NULL, dir, &meta, tbl, &w, err, sizeof err) != 0) die("begin", err);
+    r.steps_s = now_s() - t0;
+    do {
+        t = now_s();
+        rc = hl_snapshot_step(w, tbl, 0, err, sizeof err);
+        t = now_s() - t;
+        r.steps_s += t;
+        if (t > r.stall_max_s) r.stall_max_s = t;
+    } while (rc == 0);
+    if (rc < 0) die("step", err);
+    if (hl_snapshot_commit(w, 1, &res, err, sizeof err) != 0) die("commit", err);
+    r.total_s = now_s() - t0;
+    r.bytes = res.bytes;
+    snprintf(r.path, sizeof r.path, "%s", res.path);
+    return r;
+}
+
+/* The machine's rate for the same bytes: write + fsync, then read back. */
+static double raw_write(const char *path, uint64_t bytes, unsigned char *buf, size_t chunk)
+{
+    double t0 = now_s();
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) die("open", path);
+    for (uint64_t done = 0; done < bytes; done += chunk) {
+        size_t n = bytes - done < chunk ? (size_t)(bytes - done) : chunk;
+        if (write(fd, buf, n) != (ssize_t)n) die("write", path);
+    }
+    if (fsync(fd) != 0) die("fsync", path);
+    close(fd);
+    return (double)bytes / (now_s() - t0);
+}
+
+static double raw_read(const char *path, unsigned char *buf, size_t chunk)
+{
+    double t0 = now_s();
+    uint64_t total = 0;
+    ssize_t n;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("open", path);
+    while ((n = read(fd, buf, chunk)) > 0) total += (uint64_t)n;
+    close(fd);
+    return (double)total / (now_s() - t0);
+}
+
+static double raw_read_fresh(const char *path, size_t table_bytes)
+{
+    double t0 = now_s();
+    unsigned char *mem = mmap(NULL, table_bytes, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t got = 0;
+    ssize_t n;
+    int fd = open(path, O_RDONLY);
+    if (mem == MAP_FAILED || fd < 0) die("fresh read", path);
+    while (got < table_bytes &&
+           (n = read(fd, mem + got, table_bytes - got < (1 << 20) ? table_bytes - got : 1 << 20)) > 0)
+        got += (size_t)n;
+    close(fd);
+    memset(mem + got, 0, table_bytes - got);
+    munmap(mem, table_bytes);
+    return (double)got / (now_s() - t0);
+}
+
+static void mem_rates(double *memcpy_bps, double *crc_bps)
+{
+    size_t n = (size_t)256 << 20;
+    unsigned char *a = malloc(n), *b = malloc(n);
+    double mc[REPS], cr[REPS];
+    volatile uint32_t sink = 0;
+    if (!a || !b) die("memory", "256 MiB");
+    memset(a, 1, n);
+    memset(b, 2, n);
+    for (int i = 0; i < REPS; i++) {
+        double t0 = now_s();
+        memcpy(b, a, n);
+        mc[i] = (double)n / (now_s() - t0);
+        t0 = now_s();
+        sink += hl_crc32c(0, b, n);
+        cr[i] = (double)n / (now_s() - t0);
+    }
+    (void)sink;
+    *memcpy_bps = median(mc, REPS);
+    *crc_bps = median(cr, REPS);
+    free(a);
+    free(b);
+}
+
+static void line(const char *bench, size_t users, double value, const char *unit,
+                 double ceiling, const char *extra)
+{
+    printf("{\"bench\":\"%s\",\"users\":%zu,\"value\":%.4g,\"unit\":\"%s\","
+           "\"ceiling\":%.4g,\"ratio\":%.3f%s}\n", bench, users, value, unit, ceiling,
+           ceiling > 0 ? value / ceiling : 0.0, extra);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+    const char *base = argc > 1 ? argv[1] : getenv("HL_BUILD");
+    const char *env_users = getenv("HL_BENCH_USERS");
+    size_t users = env_users ? (size_t)atol(env_users) : 1000000;
+    char dir[1024], raw[1100], err[512], extra[160];
+    double w_tot[REPS], w_steps[REPS], stall = 0, load[REPS], cw[REPS], cr[REPS], cf[REPS];
+    double mcpy, crc;
+    hl_table_stats st;
+    unsigned char *buf = malloc(1 << 20);
+    write_run r = {0};
+
+    snprintf(dir, sizeof dir, "%s/bench-snapshot.%d", base && *base ? base : "build",
+             (int)getpid());
+    if (mkdir(dir, 0755) != 0) die("mkdir", dir);
+    snprintf(raw, sizeof raw, "%s/raw.bin", dir);
+    memset(buf, 0x5a, 1 << 20);
+    hl_table_opts o = shard_opts(users);
+    hl_table *tbl = make_shard(&o, users);
+    hl_table_stats_get(tbl, &st);
+
+    for (int i = 0; i < REPS; i++) {
+        r = snapshot_once(dir, tbl, 1000 + i);
+        w_tot[i] = (double)r.bytes / r.total_s;
+        w_steps[i] = (double)r.bytes / r.steps_s;
+        if (r.stall_max_s > stall) stall = r.stall_max_s;
+        cw[i] = raw_write(raw, r.bytes, buf, 1 << 20);
+    }
+    for (int i = 0; i < REPS; i++) {
+        hl_table *t = NULL;
+        double t0 = now_s();
+        if (hl_snapshot_load(NULL, r.path, &o, FP, &t, NULL, err, sizeof err) != 0)
+            die("load", err);
+        load[i] = (double)r.bytes / (now_s() - t0);
+        hl_table_destroy(t);
+        cr[i] = raw_read(r.path, buf, 1 << 20);
+        cf[i] = raw_read_fresh(r.path, st.bytes > r.bytes ? st.bytes : r.bytes);
+    }
+    mem_rates(&mcpy, &crc);
+
+    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"fsync\":true", (unsigned long long)r.bytes);
+    line("snapshot_write", users, median(w_tot, REPS) / 1e9, "GB/s", median(cw, REPS) / 1e9, extra);
+    snprintf(extra, sizeof extra, ",\"bytes\":%llu", (unsigned long long)r.bytes);
+    line("snapshot_steps", users, median(w_steps, REPS) / 1e9, "GB/s", mcpy / 1e9, extra);
+    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"ceiling_fresh\":%.4g,\"ratio_fresh\":%.3f",
+             (unsigned long long)r.bytes, median(cf, REPS) / 1e9, median(load, REPS) / median(cf, REPS));
+    line("snapshot_load", users, median(load, REPS) / 1e9, "GB/s", median(cr, REPS) / 1e9, extra);
+    snprintf(extra, sizeof extra, ",\"budget_rows\":%d,\"target\":10", HL_SNAPSHOT_STEP_ROWS);
+    printf("{\"bench\":\"snapshot_stall_max\",\"users\":%zu,\"value\":%.3f,\"unit\":\"ms\"%s}\n",
+           users, stall * 1e3, extra);
+    line("crc32c", 0, crc / 1e9, "GB/s", mcpy / 1e9, hl_crc32c_hw() ? ",\"sse42\":true" : ",\"sse42\":false");
+
+    unlink(raw);
+    unlink(r.path);
+    rmdir(dir);
+    hl_table_destroy(tbl);
+    free(buf);
+    return 0;
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# fuzz.sh - run every libFuzzer target briefly, so make test catches a
+# parser that crashes, leaks or trips a sanitizer on hostile bytes.
+#
+# The Makefile builds build/fuzz/fuzz_<name> from tests/fuzz/fuzz_<name>.c
+# with clang (-fsanitize=fuzzer,address,undefined) when clang exists. Each
+# runs for HL_FUZZ_SECONDS (default 15) from a fresh seed corpus in a
+# temporary directory: the target writes its own seeds there from
+# LLVMFuzzerInitialize when HL_FUZZ_SEEDS=DIR is set (fuzz_snapshot.c does),
+# and files in tests/fuzz/corpus/<name>/, if any, are copied in. A crash
+# input is kept in $HL_BUILD/fuzz-artifacts/ for `build/fuzz/fuzz_<name> FILE`.
+# Under HL_SAN=1 (make test SAN=1) it skips: the plain pass already ran them.
+set -u
+top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
+build=${HL_BUILD:-$top/build}
+secs=${HL_FUZZ_SECONDS:-15}
+
+if [ "${HL_SAN:-0}" = 1 ]; then
+  echo "SKIP fuzz: HL_SAN=1, the fuzzers ran in the plain make test"; exit 0
+fi
+if ! command -v clang >/dev/null 2>&1; then
+  echo "SKIP fuzz: clang is not installed, no libFuzzer targets"; exit 0
+fi
+shopt -s nullglob
+targets=("$top"/build/fuzz/fuzz_*)
+if [ ${#targets[@]} -eq 0 ]; then
+  echo "SKIP fuzz: no binaries in $top/build/fuzz (make build/fuzz/fuzz_<name>)"; exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+artifacts="$build/fuzz-artifacts"
+mkdir -p "$artifacts"
+
+failed=0
+for bin in "${targets[@]}"; do
+  [ -x "$bin" ] || continue
+  case $bin in *.d|*.o) continue ;; esac
+  name=$(basename "$bin")
+  corpus="$tmp/$name"
+  mkdir -p "$corpus"
+  if [ -d "$top/tests/fuzz/corpus/${name#fuzz_}" ]; then
+    cp "$top/tests/fuzz/corpus/${name#fuzz_}"/* "$corpus"/ 2>/dev/null
+  fi
+  log="$tmp/$name.log"
+  if HL_FUZZ_SEEDS="$corpus" "$bin" -max_total_time="$secs" -rss_limit_mb=2048 \
+       -timeout=10 -print_final_stats=1 -artifact_prefix="$artifacts/$name-" \
+       "$corpus" >"$log" 2>&1; then
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    echo "PASS $name (${runs:-?} inputs in ${secs}s, $(ls "$corpus" | wc -l) in corpus)"
+  else
+    echo "FAIL $name: crashed or a sanitizer fired; input kept in $artifacts/"
+    grep -E 'ERROR|SUMMARY|deadly signal|^ *#[0-5] 0x' "$log" | head -n 12 | sed 's/^/    /'
+    failed=1
+  fi
+done
+exit $failed

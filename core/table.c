@@ -660,16 +660,24 @@ static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,
 
 /* ---- apply ---------------------------------------------------------------- */
 
+/* Ring index the next event goes to (a wrap by subtraction: a division by
+ * the runtime history length costs more than the rest of this). */
+static int hist_next(const hl_table *tbl, const row_hdr *rh)
+{
+    int i = rh->hist_head + rh->n_hist;
+    if (rh->n_hist == tbl->history) i = rh->hist_head;
+    return i >= tbl->history ? i - tbl->history : i;
+}
+
 static void push_history(hl_table *tbl, uint8_t *p, const hl_event *e)
 {
     row_hdr *rh = hdr(p);
-    int i;
+    int i = hist_next(tbl, rh);
     if (rh->n_hist < tbl->history) {
-        i = (rh->hist_head + rh->n_hist) % tbl->history;
         rh->n_hist++;
     } else {
-        i = rh->hist_head;
-        rh->hist_head = (uint8_t)((rh->hist_head + 1) % tbl->history);
+        int next = rh->hist_head + 1;
+        rh->hist_head = (uint8_t)(next == tbl->history ? 0 : next);
     }
     row_hts(tbl, p)[i] = e->ts_ms;
     row_hitem(tbl, p)[i] = e->item;
@@ -770,8 +778,7 @@ static void stage_hist(hl_table *tbl, int c)
     if (r < 0) return;
     uint8_t *p = row_ptr(tbl, (uint32_t)r);
     row_hdr *rh = hdr(p);
-    int k = rh->n_hist < tbl->history ? (rh->hist_head + rh->n_hist) % tbl->history
-                                      : rh->hist_head;
+    int k = hist_next(tbl, rh);
     tbl->pipe_hist[c & (RING - 1)] = k;    /* a store: see stage_hash */
     __builtin_prefetch(row_hts(tbl, p) + k, 1, 3);
     __builtin_prefetch(row_hitem(tbl, p) + k, 1, 3);

@@ -299,6 +299,34 @@ static void test_factors(void)
     for (int h = 0; h < HEADS; h++) CHECK(f[h] == 0.0f);
 }
 
+/* The hot path's own exp (decay.c's fast_factor) against libm's over
+ * gaps from 1 ms to past underflow: each decayed mass within float rounding
+ * (2 ulp) of the exact factor, and exactly 1 at a zero gap. */
+static void test_factor_accuracy(void)
+{
+    hl_decay d = default_decay();
+    double worst_rel = 0;
+    for (double dt = 1; dt < 1e13; dt *= 1.0137) {
+        float s[HEADS * DIM] = {0}, m[HEADS] = {0};
+        int64_t t_ref = INT64_MIN;
+        hl_decay_add(&d, s, m, &t_ref, 0, 1.0f, NULL);
+        for (int h = 0; h < HEADS; h++) m[h] = 1.0f;
+        hl_decay_add(&d, s, m, &t_ref, (int64_t)dt, 0.0f, NULL);
+        for (int h = 0; h < HEADS; h++) {
+            double want = exp(-d.lambda_per_ms[h] * (double)(int64_t)dt);
+            if (want < 0.99e-30) { CHECK(m[h] == 0.0f); continue; }
+            if (want < 1.01e-30) continue;   /* either side of the cut */
+            double rel = fabs(m[h] - want) / want;
+            if (rel > worst_rel) worst_rel = rel;
+        }
+    }
+    CHECKF(worst_rel <= 1.2e-7, "worst relative error %.3g", worst_rel);
+    float s[HEADS * DIM] = {0}, m[HEADS] = { 1, 1, 1 };
+    int64_t t_ref = 5;
+    hl_decay_add(&d, s, m, &t_ref, 5, 0.0f, NULL);
+    for (int h = 0; h < HEADS; h++) CHECK(m[h] == 1.0f);
+}
+
 static void test_init_rejects(void)
 {
     hl_decay d;
@@ -357,6 +385,7 @@ int main(void)
     RUN(test_huge_weights);
     RUN(test_unknown_item);
     RUN(test_factors);
+    RUN(test_factor_accuracy);
     RUN(test_init_rejects);
     RUN(test_shapes_match_naive);
     TEST_EXIT();

@@ -336,6 +336,8 @@ static int check_opts(const hl_train_opts *o, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL, "train: epochs, batch or max_history");
     if (!(o->lr > 0) || !(o->l2 >= 0) || !(o->dropout >= 0 && o->dropout < 1))
         return hl_err(errbuf, errlen, HL_EINVAL, "train: lr must be > 0, l2 >= 0, dropout in [0,1)");
+    if (!(o->train_fraction > 0 && o->train_fraction <= 1))
+        return hl_err(errbuf, errlen, HL_EINVAL, "train: train_fraction must be in (0,1]");
     if (o->n_negatives < 1)
         return hl_err(errbuf, errlen, HL_EINVAL, "train: n_negatives must be >= 1");
     for (int i = 0; i < HL_N_TYPES; i++)
@@ -344,16 +346,40 @@ static int check_opts(const hl_train_opts *o, char *errbuf, size_t errlen)
     return 0;
 }
 
-/* Examples: every position whose next event is a training target. */
+static int cmp_i64(const void *pa, const void *pb)
+{
+    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+    return (a > b) - (a < b);
+}
+
+/* The time before which events train, for train_fraction < 1: the time of
+ * the event at that quantile; INT64_MAX otherwise. */
+static int64_t train_until_ms(const seqs *sq, float fraction)
+{
+    int64_t n = sq->off[sq->n_users];
+    if (fraction >= 1.0f) return INT64_MAX;
+    int64_t *ts = malloc((size_t)n * sizeof *ts), cut;
+    if (!ts) return INT64_MIN;
+    memcpy(ts, sq->ts_ms, (size_t)n * sizeof *ts);
+    qsort(ts, (size_t)n, sizeof *ts, cmp_i64);
+    cut = ts[(int64_t)((double)fraction * (double)(n - 1))];
+    free(ts);
+    return cut;
+}
+
+/* Examples: every position whose next event is a training target. With
+ * holdout_loo a user's last two events are no target and no input; with
+ * train_fraction < 1 neither are the events at or after the cut time. */
 static int build_examples(trainer *t)
 {
     const seqs *sq = &t->sq;
-    int64_t n = 0;
+    int64_t n = 0, until = train_until_ms(sq, t->o->train_fraction);
     t->train_len = malloc((size_t)sq->n_users * sizeof *t->train_len);
-    if (!t->train_len) return HL_ENOMEM;
+    if (!t->train_len || until == INT64_MIN) return HL_ENOMEM;
     for (int32_t u = 0; u < sq->n_users; u++) {
         int64_t len = sq->off[u + 1] - sq->off[u];
         if (t->o->holdout_loo) len = len >= 3 ? len - 2 : 0;
+        while (len > 0 && sq->ts_ms[sq->off[u] + len - 1] >= until) len--;
         t->train_len[u] = (int32_t)len;
         n += len > 1 ? len - 1 : 0;
     }
@@ -931,6 +957,7 @@ void hl_train_opts_default(hl_train_opts *o)
     o->max_history = 256;
     o->full_softmax_max_items = 50000;
     o->n_negatives = 2048;
+    o->train_fraction = 1.0f;
     o->seed = 1;
 }
 

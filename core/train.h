@@ -52,6 +52,10 @@ typedef struct hl_train_opts {
     float    dropout;                      /* on the encoder input and hidden */
     int      max_history;                  /* events per example's heads (newest) */
     int      holdout_loo;                  /* keep each user's last two events out */
+    float    train_fraction;               /* train on events before the time of
+                                              this quantile of all events (1 = all):
+                                              the rest stays unseen for a later
+                                              prequential evaluation */
     int      full_softmax_max_items;       /* full softmax up to this many items */
     int      n_negatives;                  /* sampled softmax: shared negatives */
     int      tie;                          /* e_out = e_in during training */

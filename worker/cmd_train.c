@@ -214,6 +214,9 @@ static void usage(FILE *f)
 "  --holdout loo         keep each user's last two events out of training:\n"
 "                        the second to last validates (HR@10 per epoch, best\n"
 "                        epoch kept), the last is the test item\n"
+"  --holdout time:F      train only on events before the time of the F\n"
+"                        quantile (e.g. 0.8): later events stay unseen for\n"
+"                        `halflife eval --protocol prequential` (its windows)\n"
 "  --seed S              (1)\n"
 "  --threads T           OpenBLAS threads (number of cores)\n"
 "  --quiet               no progress lines\n");
@@ -335,7 +338,11 @@ static int set_option(train_args *a, int opt, const char *s)
     case O_HOLDOUT:
         if (strcmp(s, "loo") == 0) a->o.holdout_loo = 1;
         else if (strcmp(s, "none") == 0) a->o.holdout_loo = 0;
-        else return HL_EINVAL;
+        else if (strncmp(s, "time:", 5) == 0) {
+            double v;
+            if (num_arg(s + 5, 0.01, 1, &v)) return HL_EINVAL;
+            a->o.train_fraction = (float)v;
+        } else return HL_EINVAL;
         return 0;
     default:        return set_number(a, opt, s);
     }

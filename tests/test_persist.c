@@ -286,7 +286,7 @@ static int run_ticks(hl_persist *p, hl_persist_shard *ps, hl_table *tbl, int fro
         int end = i + BATCH < to ? i + BATCH : to;
         apply_range(tbl, i, end);
         busy_ticks += hl_persist_shard_busy(ps);
-        int rc = hl_persist_tick(ps, tbl, delivered, *now_ms);
+        int rc = hl_persist_tick(ps, tbl, end, delivered, *now_ms);
         CHECKF(rc == 0, "tick at %d: %d", i, rc);
         delivered = end;
         *now_ms += 1;
@@ -371,9 +371,9 @@ static void test_commit_in_background(void)
     hl_table *tbl = new_table();
     hl_persist_shard *ps = hl_persist_shard_create(p, 1, HL_PERSIST_NO_OFFSET);
     apply_range(tbl, 0, 5000);
-    CHECK(hl_persist_tick(ps, tbl, 5000, 0) == 0);       /* arms the interval */
+    CHECK(hl_persist_tick(ps, tbl, 5000, 5000, 0) == 0);       /* arms the interval */
     int64_t t0 = hl_now_mono_ms();
-    CHECK(hl_persist_tick(ps, tbl, 5000, 20) == 0);      /* begins, rows out, queued */
+    CHECK(hl_persist_tick(ps, tbl, 5000, 5000, 20) == 0);      /* begins, rows out, queued */
     int64_t took = hl_now_mono_ms() - t0;
     CHECKF(took < 300, "tick took %lld ms", (long long)took);
     CHECK(hl_persist_shard_busy(ps) && hl_persist_shard_durable(ps) == HL_PERSIST_NO_OFFSET);
@@ -385,7 +385,7 @@ static void test_commit_in_background(void)
     CHECK(hl_persist_shard_durable(ps) == 5000);
     /* Nothing applied since: the next due tick skips. */
     hl_persist_stats st;
-    CHECK(hl_persist_tick(ps, tbl, 5000, 40) == 0);
+    CHECK(hl_persist_tick(ps, tbl, 5000, 5000, 40) == 0);
     hl_persist_stats_get(p, &st);
     CHECK(st.ok == 1 && st.skipped == 1 && !hl_persist_shard_busy(ps));
     char *txt = NULL;
@@ -400,6 +400,30 @@ static void test_commit_in_background(void)
     hl_table_destroy(tbl);
     hl_persist_destroy(p);
     hl_metrics_destroy(reg);
+}
+
+/* A snapshot whose rows are out is committed only once the lists of the
+ * events applied by then are delivered: its rows may hold them. */
+static void test_commit_waits_for_delivery(void)
+{
+    hl_persist_stats st;
+    fresh_dir();
+    hl_persist *p = new_persist(10, 0, 1000000, NULL, NULL);
+    hl_table *tbl = new_table();
+    hl_persist_shard *ps = hl_persist_shard_create(p, 2, HL_PERSIST_NO_OFFSET);
+    apply_range(tbl, 0, 3000);
+    CHECK(hl_persist_tick(ps, tbl, 3000, 2000, 0) == 0);
+    CHECK(hl_persist_tick(ps, tbl, 3000, 2000, 20) == 0);      /* begins at 2000, rows out */
+    apply_range(tbl, 3000, 4000);
+    CHECK(hl_persist_tick(ps, tbl, 4000, 2900, 21) == 0);      /* 3000 not delivered yet */
+    hl_persist_stats_get(p, &st);
+    CHECK(st.queued == 0 && st.ok == 0 && hl_persist_shard_busy(ps));
+    CHECK(hl_persist_tick(ps, tbl, 4000, 3000, 22) == 0);      /* now it may go */
+    wait_committer(p);
+    CHECK(hl_persist_shard_durable(ps) == 2000 && !hl_persist_shard_busy(ps));
+    hl_persist_shard_destroy(ps);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
 }
 
 /* A failing fsync (committer) or write (owner) leaves the previous snapshot
@@ -543,8 +567,8 @@ static void test_destroy_with_commit_queued(void)
     hl_table *tbl = new_table();
     hl_persist_shard *ps = hl_persist_shard_create(p, 7, HL_PERSIST_NO_OFFSET);
     apply_range(tbl, 0, 2000);
-    hl_persist_tick(ps, tbl, 2000, 0);
-    hl_persist_tick(ps, tbl, 2000, 10);
+    hl_persist_tick(ps, tbl, 2000, 2000, 0);
+    hl_persist_tick(ps, tbl, 2000, 2000, 10);
     CHECK(hl_persist_shard_busy(ps));
     hl_persist_shard_destroy(ps);
     hl_persist_destroy(p);               /* waits for the queued commit */
@@ -608,10 +632,10 @@ static void test_owner_write_failure(void)
     hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
     CHECK(hl_persist_flush(ps, tbl, 1000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
     CHECK(hl_persist_poll(p, &d, 1) == 1 && d.rc == 0);
-    CHECK(hl_persist_tick(ps, tbl, off, 0) == 0);
+    CHECK(hl_persist_tick(ps, tbl, off, off, 0) == 0);
     fail_next(&f.n_write, &f.fail_write, 2);
     int rc = 0, ticks = 0;
-    while ((rc = hl_persist_tick(ps, tbl, off, 20)) == 0 && ticks++ < 1000 &&
+    while ((rc = hl_persist_tick(ps, tbl, off, off, 20)) == 0 && ticks++ < 1000 &&
            hl_persist_shard_busy(ps))
         ;
     CHECKF(rc == HL_EIO && ticks > 1, "tick rc %d after %d ticks", rc, ticks);
@@ -619,8 +643,8 @@ static void test_owner_write_failure(void)
     CHECK(!hl_persist_shard_busy(ps) && hl_persist_shard_durable(ps) == 1000);
     CHECK(count_files(".tmp") == 0 && count_files(".hls") == 1);
     /* The next try is an interval later, and succeeds. */
-    CHECK(hl_persist_tick(ps, tbl, off, 25) == 0 && !hl_persist_shard_busy(ps));
-    while (hl_persist_tick(ps, tbl, off, 31) == 0 && hl_persist_shard_busy(ps))
+    CHECK(hl_persist_tick(ps, tbl, off, off, 25) == 0 && !hl_persist_shard_busy(ps));
+    while (hl_persist_tick(ps, tbl, off, off, 31) == 0 && hl_persist_shard_busy(ps))
         wait_committer(p);
     CHECK(hl_persist_shard_durable(ps) == off);
     hl_persist_shard_destroy(ps);
@@ -641,12 +665,12 @@ static void test_max_tick_stall(void)
     hl_table *tbl = big_table(50000, &off);
     hl_persist *p = new_persist(10, 0, 0, NULL, NULL);
     hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
-    hl_persist_tick(ps, tbl, off, now);
+    hl_persist_tick(ps, tbl, off, off, now);
     now = 100;
     int64_t t0 = hl_now_mono_ms();
     do {
         int64_t a = t_now_us();
-        CHECK(hl_persist_tick(ps, tbl, off, now) == 0);
+        CHECK(hl_persist_tick(ps, tbl, off, off, now) == 0);
         us[n++] = t_now_us() - a;
         usleep(200);                    /* a batch runs in between */
         hl_persist_stats_get(p, &st);
@@ -658,10 +682,10 @@ static void test_max_tick_stall(void)
     CHECK(st.ok == 1 && st.failed == 0);
     CHECKF(us[n / 2] < 10000, "median tick %lld us", (long long)us[n / 2]);
     printf("NOTE persist.tick_stall: p50 %lld us, p99 %lld us, max %lld us (budget %d us, "
-           "%d-row steps; 50000 users dim 64, %llu bytes: %d ticks, %lld ms until every row "
+           "256 KB steps; 50000 users dim 64, %llu bytes: %d ticks, %lld ms until every row "
            "was out; fsync on the committer)\n", (long long)us[n / 2],
            (long long)us[(n * 99) / 100], (long long)st.max_tick_us, HL_PERSIST_TICK_US,
-           HL_SNAPSHOT_STEP_ROWS, (unsigned long long)st.bytes, n, (long long)total);
+           (unsigned long long)st.bytes, n, (long long)total);
     hl_persist_shard_destroy(ps);
     hl_persist_destroy(p);
     hl_table_destroy(tbl);
@@ -675,6 +699,7 @@ int main(void)
     RUN(test_creates_dir);
     RUN(test_periodic_restore_replay);
     RUN(test_commit_in_background);
+    RUN(test_commit_waits_for_delivery);
     RUN(test_io_failure_keeps_previous);
     RUN(test_owner_write_failure);
     RUN(test_restore_skips_corrupt);

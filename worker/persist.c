@@ -7,7 +7,9 @@
  * each row carries its last offset). When every row is out, the writer is
  * queued to this module's committer thread, which does the slow, table-free
  * part: fsync, rename, directory fsync, retention. The owner never waits
- * on the disk unless it asks to (hl_persist_flush).
+ * on the disk unless it asks to (hl_persist_flush). A file is committed
+ * only once the lists of every event in its rows are delivered (see
+ * commit_when_delivered), so a crash right after it loses no list.
  *
  * Invariants: a shard has at most one writer being stepped (ps->w, owner
  * only) and, for ticks, at most one commit queued; a commit's result is
@@ -32,6 +34,8 @@
 
 #define DONE_MAX      64          /* completions kept for hl_persist_poll */
 #define FLUSH_STEP_X  16          /* flush steps this many times step_rows per call */
+#define STEP_BYTES    (256 * 1024) /* default step: about 0.2 ms of copying, so the
+                                     tick budget is checked often */
 
 typedef struct job {
     struct job         *next;
@@ -63,7 +67,8 @@ struct hl_persist {
 
     atomic_llong     max_tick_us;
 
-    hl_histogram    *m_duration, *m_restore;
+    hl_histogram    *m_duration;
+    hl_gauge        *m_restore;
     hl_counter      *m_ok, *m_failed;
 };
 
@@ -75,6 +80,9 @@ struct hl_persist_shard {
     hl_snapshot_writer *w;
     int64_t             w_offset;
     int64_t             w_t0_us;
+    size_t              w_rows;     /* rows per step */
+    int                 w_out;      /* every row is out; waiting for delivery */
+    int64_t             w_need;     /* commit once delivered_offset reaches this */
     int64_t             due_ms;
     int                 due_set;
 
@@ -131,14 +139,14 @@ static int check_opts(const hl_persist_opts *o, char *errbuf, size_t errlen)
 
 static void register_metrics(hl_persist *p)
 {
+    /* Seconds to minutes: a 1M-user shard is over a gigabyte. */
     static const double dur_bounds[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
     hl_metrics *reg = p->o.reg;
     p->m_duration = hl_metrics_histogram(reg, "halflife_snapshot_duration_seconds",
-        "From the start of a shard snapshot to its file being durable.", NULL,
+        "From the start of a shard snapshot to its commit.", NULL,
         dur_bounds, (int)(sizeof dur_bounds / sizeof dur_bounds[0]));
-    p->m_restore = hl_metrics_histogram(reg, "halflife_restore_duration_seconds",
-        "Time to load a shard's snapshot on assignment.", NULL,
-        dur_bounds, (int)(sizeof dur_bounds / sizeof dur_bounds[0]));
+    p->m_restore = hl_metrics_gauge(reg, "halflife_restore_duration_seconds",
+        "Time the newest shard restore from a snapshot took.", NULL);
     p->m_ok = hl_metrics_counter(reg, "halflife_snapshots_total",
         "Shard snapshots attempted, by result.", "result=\"ok\"");
     p->m_failed = hl_metrics_counter(reg, "halflife_snapshots_total",
@@ -163,8 +171,6 @@ hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t err
     p->o.dir = p->dir;
     p->o.topic = p->topic;
     p->io = o->io ? o->io : hl_io_posix();
-    if (p->o.step_rows == 0)
-        p->o.step_rows = HL_SNAPSHOT_STEP_ROWS;
     if (p->o.tick_budget_us <= 0)
         p->o.tick_budget_us = HL_PERSIST_TICK_US;
     pthread_mutex_init(&p->mu, NULL);
@@ -275,11 +281,6 @@ static void shard_unref_locked(hl_persist_shard *ps, int *free_it)
 
 static void shard_free(hl_persist_shard *ps)
 {
-    if (ps->g_bytes) {
-        hl_metrics_hide(ps->p->o.reg, "halflife_snapshot_bytes", ps->labels);
-        hl_metrics_hide(ps->p->o.reg, "halflife_snapshot_last_success_timestamp_seconds",
-                        ps->labels);
-    }
     free(ps);
 }
 
@@ -385,6 +386,7 @@ static int enqueue(hl_persist_shard *ps)
     }
     *j = (job){.ps = ps, .w = ps->w, .next_offset = ps->w_offset, .t0_us = ps->w_t0_us};
     ps->w = NULL;
+    ps->w_out = 0;
     pthread_mutex_lock(&p->mu);
     ps->in_flight++;
     ps->refs++;
@@ -454,8 +456,8 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
     } else {
         out->path[0] = '\0';
     }
-    if (p->m_restore)
-        hl_histogram_observe(p->m_restore, out->duration_s);
+    if (p->m_restore && rc == 0)
+        hl_gauge_set(p->m_restore, out->duration_s);
     restore_log(p, partition, rc, out, why);
     if (rc == HL_ENOMEM)
         return hl_err(errbuf, errlen, rc, "%s", why);
@@ -492,6 +494,13 @@ void hl_persist_shard_destroy(hl_persist_shard *ps)
         return;
     hl_snapshot_abort(ps->w);
     ps->w = NULL;
+    /* Hidden now, not when the last commit ends: by then the partition may
+     * be back with a new shard struct showing the same series. */
+    if (ps->g_bytes) {
+        hl_metrics_hide(ps->p->o.reg, "halflife_snapshot_bytes", ps->labels);
+        hl_metrics_hide(ps->p->o.reg, "halflife_snapshot_last_success_timestamp_seconds",
+                        ps->labels);
+    }
     pthread_mutex_lock(&ps->p->mu);
     shard_unref_locked(ps, &free_it);
     pthread_mutex_unlock(&ps->p->mu);
@@ -517,6 +526,18 @@ int hl_persist_shard_busy(const hl_persist_shard *ps)
     return ps->w != NULL || in_flight((hl_persist_shard *)ps) > 0;
 }
 
+/* Rows per step: the configured count, else about STEP_BYTES of rows. */
+static size_t step_rows(const hl_persist *p, const hl_table *tbl)
+{
+    const hl_table_opts *o = hl_table_opts_get(tbl);
+    if (p->o.step_rows > 0)
+        return p->o.step_rows;
+    size_t row = (size_t)o->decay.n_heads * ((size_t)o->decay.dim + 1) * sizeof(float) +
+                 (size_t)o->history * 13 + 64;    /* heads, masses, history, key */
+    size_t n = STEP_BYTES / row;
+    return n < 16 ? 16 : n > HL_SNAPSHOT_STEP_ROWS ? HL_SNAPSHOT_STEP_ROWS : n;
+}
+
 /* Opens a snapshot of tbl at next_offset. 0, or a failure (reported). */
 static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
                  char *errbuf, size_t errlen)
@@ -530,28 +551,33 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
     meta.model_fingerprint = p->o.model_fingerprint;
     ps->w_t0_us = now_us();
     ps->w_offset = next_offset;
+    ps->w_out = 0;
+    ps->w_need = -1;
+    ps->w_rows = step_rows(p, tbl);
     int rc = hl_snapshot_begin(p->io, p->dir, &meta, tbl, &ps->w, errbuf, errlen);
     return rc == 0 ? 0 : owner_failed(ps, next_offset, rc, "begin", errbuf);
 }
 
 /* Steps the running snapshot, rows at a time, until it is out or until_us
- * passes (at least one step). 0 more remain, 1 queued for commit, or a
- * failure (reported; the writer is gone). */
+ * passes (at least one step). 0 more remain, 1 every row is out (ps->w_out),
+ * or a failure (reported; the writer is gone). */
 static int step_until(hl_persist_shard *ps, const hl_table *tbl, size_t rows,
                       int64_t until_us, char *errbuf, size_t errlen)
 {
     int rc;
+    if (ps->w_out)
+        return 1;
     do
         rc = hl_snapshot_step(ps->w, tbl, rows, errbuf, errlen);
     while (rc == 0 && now_us() < until_us);
     if (rc == 1)
-        return enqueue(ps);
+        ps->w_out = 1;
     if (rc < 0) {
         hl_snapshot_abort(ps->w);
         ps->w = NULL;
         return owner_failed(ps, ps->w_offset, rc, "step", errbuf);
     }
-    return 0;
+    return rc;
 }
 
 /* 1 if a periodic snapshot should begin now; moves the due time. */
@@ -584,20 +610,35 @@ static void note_tick(hl_persist *p, int64_t us)
         ;
 }
 
-int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl,
-                    int64_t next_offset, int64_t now_ms)
+/* The rows of a fuzzy snapshot may hold events at or above its next_offset
+ * (applied while it was stepped); a restore replays them as duplicates and
+ * publishes no list for them. So the file becomes visible only once every
+ * event applied when its last row went out has its lists delivered: a crash
+ * then never loses a list. */
+static int commit_when_delivered(hl_persist_shard *ps, int64_t applied_offset,
+                                 int64_t delivered_offset)
+{
+    if (ps->w_need < 0)
+        ps->w_need = applied_offset > ps->w_offset ? applied_offset : ps->w_offset;
+    return delivered_offset >= ps->w_need ? enqueue(ps) : 0;
+}
+
+int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_offset,
+                    int64_t delivered_offset, int64_t now_ms)
 {
     char err[512];
     int64_t t0 = now_us();
     int rc = 0;
     if (ps->w == NULL) {
-        if (!due(ps, next_offset, now_ms))
+        if (!due(ps, delivered_offset, now_ms))
             return 0;
-        if ((rc = begin(ps, tbl, next_offset, err, sizeof err)) != 0)
+        if ((rc = begin(ps, tbl, delivered_offset, err, sizeof err)) != 0)
             goto out;
     }
-    rc = step_until(ps, tbl, ps->p->o.step_rows, t0 + ps->p->o.tick_budget_us,
+    rc = step_until(ps, tbl, ps->w_rows, t0 + ps->p->o.tick_budget_us,
                     err, sizeof err);
+    if (rc == 1)
+        rc = commit_when_delivered(ps, applied_offset, delivered_offset);
 out:
     note_tick(ps->p, now_us() - t0);
     return rc < 0 ? rc : 0;
@@ -626,7 +667,7 @@ static int wait_idle(hl_persist_shard *ps, int64_t deadline_ms, char *errbuf, si
 static int step_all(hl_persist_shard *ps, const hl_table *tbl, int64_t deadline_ms,
                     char *errbuf, size_t errlen)
 {
-    size_t rows = ps->p->o.step_rows * FLUSH_STEP_X;
+    size_t rows = ps->w_rows * FLUSH_STEP_X;
     int rc;
     while ((rc = step_until(ps, tbl, rows, 0, errbuf, errlen)) == 0) {
         if (hl_now_mono_ms() >= deadline_ms) {
@@ -639,7 +680,12 @@ static int step_all(hl_persist_shard *ps, const hl_table *tbl, int64_t deadline_
                           (int)ps->partition, why);
         }
     }
-    return rc < 0 ? rc : 0;
+    if (rc < 0)
+        return rc;
+    if ((rc = enqueue(ps)) < 0)
+        return hl_err(errbuf, errlen, rc, "snapshot of partition %d: out of memory",
+                      (int)ps->partition);
+    return 0;
 }
 
 int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,

@@ -12,10 +12,10 @@
  * never waits on the disk. Completions update the snapshot metrics when a
  * registry is given and can be read with hl_persist_poll().
  *
- * Offsets: next_offset, wherever a call takes it, is the shard's next
- * input offset: every record below it is applied to the table AND its
- * lists are delivered (the offset the worker would store). Every record
- * below it being applied is what a snapshot's header promises. */
+ * Offsets: a snapshot's next_offset is a delivered offset: every record
+ * below it is applied to the table AND its lists are delivered (the offset
+ * the worker stores). Applied is what the snapshot header promises;
+ * delivered is what makes a restart re-publish every list a crash lost. */
 #ifndef HL_PERSIST_H
 #define HL_PERSIST_H
 
@@ -38,7 +38,8 @@ typedef struct hl_persist_opts {
     int          retain;            /* snapshot.retain, >= 1 */
     int64_t      interval_ms;       /* snapshot.interval.ms; 0: only flushes */
     uint64_t     model_fingerprint; /* hl_model_info.fingerprint */
-    size_t       step_rows;         /* rows per hl_snapshot_step; 0: HL_SNAPSHOT_STEP_ROWS */
+    size_t       step_rows;         /* rows per hl_snapshot_step; 0: about 256 KB
+                                       of rows, at most HL_SNAPSHOT_STEP_ROWS */
     int64_t      tick_budget_us;    /* a tick steps until this is spent; 0: HL_PERSIST_TICK_US */
     const hl_io *io;                /* NULL: hl_io_posix(); tests inject faults */
     hl_metrics  *reg;               /* may be NULL: no metrics, poll only */
@@ -88,15 +89,21 @@ hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
  * NULL is a no-op. */
 void hl_persist_shard_destroy(hl_persist_shard *ps);
 
-/* Between batches, on the owner thread. Begins a snapshot at next_offset
- * when one is due (interval elapsed, next_offset >= 0 and different from
- * the newest snapshot's, no commit of this shard still queued), and steps a
- * running one for at most the tick budget; when every row is out, queues
- * the commit. now_ms is monotonic. 0, or a negative HL_E* when the
- * snapshot failed (already logged and counted; the previous file stays,
- * the next try is an interval later): never a reason to stop. */
-int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl,
-                    int64_t next_offset, int64_t now_ms);
+/* Between batches, on the owner thread. applied_offset is the offset after
+ * the newest record applied to tbl; delivered_offset (<= applied_offset)
+ * the one below which every record is applied and its lists delivered,
+ * i.e. the offset the worker stores. Begins a snapshot at delivered_offset
+ * when one is due (interval elapsed, delivered_offset >= 0 and above the
+ * newest snapshot's, no commit of this shard still queued) and steps a
+ * running one for at most the tick budget. When every row is out it waits
+ * (ticks return at once) until delivered_offset reaches the applied_offset
+ * of that moment, then queues the commit: rows stepped while batches ran
+ * may hold newer events, and their lists must be out before the file is
+ * visible. now_ms is monotonic. 0, or a negative HL_E* when the snapshot
+ * failed (already logged and counted; the previous file stays, the next
+ * try is an interval later): never a reason to stop. */
+int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_offset,
+                    int64_t delivered_offset, int64_t now_ms);
 
 /* On revocation and shutdown, owner thread, after the last batch's lists
  * are delivered: makes a snapshot holding next_offset durable before

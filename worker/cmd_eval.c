@@ -42,6 +42,7 @@
 #include "rank.h"
 #include "table.h"
 
+#include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -58,6 +59,7 @@ typedef struct eval_args {
     const char *model, *input, *format, *protocol, *baseline;
     int         k, history, batch, windows, exclude_seen, quiet;
     int         pop_counts_all;   /* loo: popularity also counts the targets */
+    int         threads;          /* OpenBLAS threads */
     int64_t     seq_step_ms;
 } eval_args;
 
@@ -89,6 +91,8 @@ static void usage(FILE *f)
         "  --exclude-seen yes|no  leave seen items out of the lists (default yes)\n"
         "  --batch N            users (loo) or events (prequential) per refresh (default %d)\n"
         "  --windows N          prequential: report HR per 1/N of the stream (default %d)\n"
+        "  --threads N          OpenBLAS threads (default 1: the refresh batches are\n"
+        "                       small, and the worker scores on one core per shard too)\n"
         "  --popularity-counts history|all\n"
         "                       loo: count every event but the targets (history, the\n"
         "                       default), or every event, targets included (all: the\n"
@@ -129,6 +133,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--k"))             { bad = parse_int(val, 1, 1000, &x); a->k = (int)x; }
     else if (!strcmp(opt, "--history"))       { bad = parse_int(val, 1, 255, &x); a->history = (int)x; }
     else if (!strcmp(opt, "--batch"))         { bad = parse_int(val, 1, 4096, &x); a->batch = (int)x; }
+    else if (!strcmp(opt, "--threads"))       { bad = parse_int(val, 1, 256, &x); a->threads = (int)x; }
     else if (!strcmp(opt, "--windows"))       { bad = parse_int(val, 1, 1000, &x); a->windows = (int)x; }
     else if (!strcmp(opt, "--seq-step-ms"))   { bad = parse_int(val, 1, (long)1e15, &x); a->seq_step_ms = x; }
     else if (!strcmp(opt, "--exclude-seen"))  bad = parse_yes_no(val, &a->exclude_seen);
@@ -166,7 +171,7 @@ static int check_args(const eval_args *a)
 static int parse_args(int argc, char **argv, eval_args *a)
 {
     *a = (eval_args){.k = DEFAULT_K, .history = DEFAULT_HISTORY, .batch = DEFAULT_BATCH,
-                     .windows = DEFAULT_WINDOWS, .exclude_seen = 1};
+                     .windows = DEFAULT_WINDOWS, .exclude_seen = 1, .threads = 1};
     for (int i = 1; i < argc; i += 2) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
@@ -1081,6 +1086,7 @@ int hl_cmd_eval(int argc, char **argv)
     if (rc != 0)
         return rc == 1 ? 0 : 2;
     memset(&d, 0, sizeof d);
+    openblas_set_num_threads(a.threads);
     if (a.model && (m = hl_model_open(a.model, err, sizeof err)) == NULL) {
         fprintf(stderr, "halflife eval: %s\n", err);
         return 1;

@@ -15,8 +15,8 @@
  *
  * Ties: blocks and rows are scanned in ascending item order and an item
  * enters a full heap only if its score is strictly above the threshold, so
- * among equal scores the lower row wins; the heap's order ("worse" below)
- * breaks ties the same way. Every buffer is sized at create: refresh never
+ * among equal scores the lower row wins; the heap's keys (make_key) break
+ * ties the same way. Every buffer is sized at create: refresh never
  * allocates. hl_ranker_refresh_naive is the plain-loop twin. */
 #include "rank.h"
 #include "encoder.h"
@@ -51,8 +51,7 @@ struct hl_ranker {
     float         *X;          /* (max_batch, in_dim) encoder input */
     float         *act;        /* encoder activations, Q (max_batch, dim) last */
     float         *S;          /* (max_batch, block) one block's scores */
-    float         *top_score;  /* (max_batch, k): one min-heap per user */
-    int32_t       *top_item;
+    uint64_t      *top;        /* (max_batch, k): one min-heap of keys per user */
     int           *top_n;      /* (max_batch) entries in each heap */
     int32_t       *seen;       /* (max_batch, MAX_RING) ring items, sorted */
     int           *seen_n;     /* (max_batch) entries in seen */
@@ -96,8 +95,7 @@ static int alloc_scratch(hl_ranker *r)
     r->X = malloc(nb * (size_t)hl_encoder_in_dim(&r->net) * sizeof(float));
     r->act = malloc(hl_encoder_act_floats(&r->net, r->max_batch) * sizeof(float));
     r->S = malloc(nb * (size_t)r->block * sizeof(float));
-    r->top_score = malloc(nb * k * sizeof(float));
-    r->top_item = malloc(nb * k * sizeof(int32_t));
+    r->top = malloc(nb * k * sizeof(uint64_t));
     r->top_n = malloc(nb * sizeof(int));
     r->seen = malloc(nb * MAX_RING * sizeof(int32_t));
     r->seen_n = malloc(nb * sizeof(int));
@@ -107,7 +105,7 @@ static int alloc_scratch(hl_ranker *r)
     r->bc_dot = malloc(MAX_RING * k * sizeof(float));
     r->bc_a = malloc(MAX_RING * sizeof(float));
     r->bc_item = malloc(MAX_RING * sizeof(int32_t));
-    if (!r->X || !r->act || !r->S || !r->top_score || !r->top_item ||
+    if (!r->X || !r->act || !r->S || !r->top ||
         !r->top_n || !r->seen || !r->seen_n || !r->seen_pos || !r->bc_hist || !r->bc_rec || !r->bc_dot || !r->bc_a ||
         !r->bc_item)
         return HL_ENOMEM;
@@ -178,8 +176,7 @@ void hl_ranker_destroy(hl_ranker *r)
     free(r->X);
     free(r->act);
     free(r->S);
-    free(r->top_score);
-    free(r->top_item);
+    free(r->top);
     free(r->top_n);
     free(r->seen);
     free(r->seen_n);
@@ -194,78 +191,88 @@ void hl_ranker_destroy(hl_ranker *r)
 
 /* ---- the running top-K: a min-heap whose root is the worst entry ---- */
 
-/* Is (sa, ia) worse than (sb, ib)? Lower score, or equal score and higher row. */
-static inline int worse(float sa, int32_t ia, float sb, int32_t ib)
+/* An entry is one 64-bit key that orders like (score, -item): the score's
+ * bits made to sort as unsigned integers above, the complement of the
+ * item below. A larger key is a better entry (higher score, or equal score
+ * and lower row), so the heap compares integers, not pairs. */
+static inline uint64_t make_key(float score, int32_t item)
 {
-    return sa < sb || (sa == sb && ia > ib);
+    uint32_t u;
+    if (score == 0.0f)
+        score = 0.0f;                         /* -0 and +0 are one score */
+    memcpy(&u, &score, sizeof u);
+    u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
+    return (uint64_t)u << 32 | (uint32_t)~(uint32_t)item;
 }
 
-static void sift_down(float *hs, int32_t *hi, int n, int i)
+static inline float key_score(uint64_t key)
 {
-    float s = hs[i];
-    int32_t it = hi[i];
+    uint32_t u = (uint32_t)(key >> 32);
+    float f;
+    u = (u & 0x80000000u) ? u & 0x7fffffffu : ~u;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline int32_t key_item(uint64_t key)
+{
+    return (int32_t)~(uint32_t)key;
+}
+
+static void sift_down(uint64_t *h, int n, int i)
+{
+    uint64_t key = h[i];
 
     for (;;) {
         int c = 2 * i + 1;
         if (c >= n)
             break;
-        if (c + 1 < n && worse(hs[c + 1], hi[c + 1], hs[c], hi[c]))
+        if (c + 1 < n && h[c + 1] < h[c])
             c++;
-        if (!worse(hs[c], hi[c], s, it))
+        if (h[c] >= key)
             break;
-        hs[i] = hs[c];
-        hi[i] = hi[c];
+        h[i] = h[c];
         i = c;
     }
-    hs[i] = s;
-    hi[i] = it;
+    h[i] = key;
 }
 
-static void sift_up(float *hs, int32_t *hi, int i)
+static void sift_up(uint64_t *h, int i)
 {
-    float s = hs[i];
-    int32_t it = hi[i];
+    uint64_t key = h[i];
 
     while (i > 0) {
         int p = (i - 1) / 2;
-        if (!worse(s, it, hs[p], hi[p]))
+        if (h[p] <= key)
             break;
-        hs[i] = hs[p];
-        hi[i] = hi[p];
+        h[i] = h[p];
         i = p;
     }
-    hs[i] = s;
-    hi[i] = it;
+    h[i] = key;
 }
 
 /* Offers (s, item) to a heap of capacity k holding *n; the caller has
  * checked s beats the threshold. Returns the new threshold. */
-static float heap_offer(float *hs, int32_t *hi, int *n, int k, float s,
-                        int32_t item)
+static float heap_offer(uint64_t *h, int *n, int k, float s, int32_t item)
 {
     if (*n < k) {
-        hs[*n] = s;
-        hi[*n] = item;
-        sift_up(hs, hi, (*n)++);
-        return *n == k ? hs[0] : -INFINITY;
+        h[*n] = make_key(s, item);
+        sift_up(h, (*n)++);
+        return *n == k ? key_score(h[0]) : -INFINITY;
     }
-    hs[0] = s;
-    hi[0] = item;
-    sift_down(hs, hi, k, 0);
-    return hs[0];
+    h[0] = make_key(s, item);
+    sift_down(h, k, 0);
+    return key_score(h[0]);
 }
 
 /* Sorts a heap in place, best first (heapsort: the worst goes to the end). */
-static void heap_sort(float *hs, int32_t *hi, int n)
+static void heap_sort(uint64_t *h, int n)
 {
     for (int end = n - 1; end > 0; end--) {
-        float s = hs[0];
-        int32_t it = hi[0];
-        hs[0] = hs[end];
-        hi[0] = hi[end];
-        hs[end] = s;
-        hi[end] = it;
-        sift_down(hs, hi, end, 0);
+        uint64_t key = h[0];
+        h[0] = h[end];
+        h[end] = key;
+        sift_down(h, end, 0);
     }
 }
 
@@ -318,15 +325,14 @@ static void mark_seen(hl_ranker *r, int u, float *srow, int32_t j0, int nb)
 static void scan_row(hl_ranker *r, int u, const float *srow, const float *brow,
                      int32_t j0, int nb)
 {
-    float *hs = r->top_score + (size_t)u * r->k;
-    int32_t *hi = r->top_item + (size_t)u * r->k;
+    uint64_t *h = r->top + (size_t)u * r->k;
     int *hn = &r->top_n[u];
-    float thr = *hn == r->k ? hs[0] : -INFINITY;
+    float thr = *hn == r->k ? key_score(h[0]) : -INFINITY;
 
     for (int j = 0; j < nb; j++) {
         float s = srow[j] + brow[j];
         if (s > thr)
-            thr = heap_offer(hs, hi, hn, r->k, s, j0 + j);
+            thr = heap_offer(h, hn, r->k, s, j0 + j);
     }
 }
 
@@ -340,10 +346,9 @@ __attribute__((target("avx2")))
 static void scan_row_avx2(hl_ranker *r, int u, const float *srow,
                           const float *brow, int32_t j0, int nb)
 {
-    float *hs = r->top_score + (size_t)u * r->k;
-    int32_t *hi = r->top_item + (size_t)u * r->k;
+    uint64_t *h = r->top + (size_t)u * r->k;
     int *hn = &r->top_n[u];
-    float thr = *hn == r->k ? hs[0] : -INFINITY;
+    float thr = *hn == r->k ? key_score(h[0]) : -INFINITY;
     __m256 t = _mm256_set1_ps(thr);
     int j = 0;
 
@@ -359,14 +364,14 @@ static void scan_row_avx2(hl_ranker *r, int u, const float *srow,
             int q = __builtin_ctz(mask);
             float s = srow[j + q] + brow[j + q];
             if (s > thr)        /* thr may have risen within these sixteen */
-                thr = heap_offer(hs, hi, hn, r->k, s, j0 + j + q);
+                thr = heap_offer(h, hn, r->k, s, j0 + j + q);
         }
         t = _mm256_set1_ps(thr);
     }
     for (; j < nb; j++) {
         float s = srow[j] + brow[j];
         if (s > thr)
-            thr = heap_offer(hs, hi, hn, r->k, s, j0 + j);
+            thr = heap_offer(h, hn, r->k, s, j0 + j);
     }
 }
 #endif
@@ -468,13 +473,12 @@ static void emit(hl_ranker *r, const hl_row_view *users, int n, hl_rec *out,
                  int *n_out)
 {
     for (int u = 0; u < n; u++) {
-        float *hs = r->top_score + (size_t)u * r->k;
-        int32_t *hi = r->top_item + (size_t)u * r->k;
+        uint64_t *h = r->top + (size_t)u * r->k;
         hl_rec *o = out + (size_t)u * r->k;
-        heap_sort(hs, hi, r->top_n[u]);
+        heap_sort(h, r->top_n[u]);
         for (int j = 0; j < r->top_n[u]; j++) {
-            o[j].item = hi[j];
-            o[j].score = hs[j];
+            o[j].item = key_item(h[j]);
+            o[j].score = key_score(h[j]);
         }
         n_out[u] = r->top_n[u];
         because_fast(r, &users[u], o, n_out[u]);

@@ -748,7 +748,7 @@ void hl_codec_destroy(hl_codec *c)
 
 /* ---- encode ------------------------------------------------------------- */
 
-static void put_raw(out *o, const void *p, size_t n)
+static inline void put_raw(out *o, const void *p, size_t n)
 {
     if (o->full || (size_t)(o->end - o->p) < n) {
         o->full = 1;
@@ -758,26 +758,31 @@ static void put_raw(out *o, const void *p, size_t n)
     o->p += n;
 }
 
-static void put_long(out *o, int64_t v)
+/* A zigzag varint, written in place when 10 bytes are free (the common
+ * case), through a scratch buffer near the end. */
+static inline void put_long(out *o, int64_t v)
 {
-    uint8_t b[10];
+    uint8_t b[10], *d = (o->end - o->p >= 10) ? o->p : b;
     uint64_t u = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);   /* zigzag */
     size_t n = 0;
     while (u >= 0x80) {
-        b[n++] = (uint8_t)(u | 0x80);
+        d[n++] = (uint8_t)(u | 0x80);
         u >>= 7;
     }
-    b[n++] = (uint8_t)u;
-    put_raw(o, b, n);
+    d[n++] = (uint8_t)u;
+    if (d == o->p && !o->full)
+        o->p += n;
+    else if (d == b)
+        put_raw(o, b, n);
 }
 
-static void put_string(out *o, const char *s, size_t len)
+static inline void put_string(out *o, const char *s, size_t len)
 {
     put_long(o, (int64_t)len);
     put_raw(o, s, len);
 }
 
-static void put_float(out *o, float f)
+static inline void put_float(out *o, float f)
 {
     uint32_t u;
     uint8_t b[4];

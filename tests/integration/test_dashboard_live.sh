@@ -159,6 +159,26 @@ for key, (_, raw, e) in pending.items():
     print(f"FAIL dashboard_live {key}: {why} for {e}")
 print(f"dashboard_live: {len(queries) - len(pending)} of {len(queries)} expressions returned data")
 
+# The job and instance variables' label_values() queries must offer a value,
+# or Grafana shows an empty dashboard with nothing to pick.
+bad_vars = 0
+for v in dash.get("templating", {}).get("list", []):
+    q = v.get("query")
+    q = q.get("query", "") if isinstance(q, dict) else (q or "")
+    m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\)\s*", q)
+    if v.get("type") != "query" or not m:
+        continue
+    sel, label = m.group(1), m.group(2)
+    for k in sorted(subst, key=len, reverse=True):
+        sel = sel.replace(k, subst[k])
+    url = f"{prom}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": sel})
+    values = json.loads(fetch(url)).get("data", [])
+    if values:
+        print(f"PASS dashboard_live variable {v['name']}: {', '.join(values)}")
+    else:
+        bad_vars += 1
+        print(f"FAIL dashboard_live variable {v['name']}: label_values({sel}, {label}) offers nothing")
+
 # After the run, when every series has been registered: every metric an
 # alert rule names must be one the worker exports.
 exported = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", fetch(metrics_url), re.M))
@@ -174,7 +194,7 @@ else:
     print("PASS alerts_metrics_exported")
 
 
-sys.exit(1 if pending or missing else 0)
+sys.exit(1 if pending or missing or bad_vars else 0)
 EOF
 rc=$?
 if [ $rc -ne 0 ]; then

@@ -150,7 +150,7 @@ static double time_avro_generic(const payloads *pl, uint64_t *sum)
     avro_generic_value_new(iface, &v);
     t0 = now_s();
     for (int i = 0; i < N_EVENTS; i++) {
-        int64_t ts;
+        int64_t ts = 0;
         avro_reader_memory_set_source(rd, (const char *)pl->buf + pl->off[i] + 5,
                                       (int64_t)(pl->off[i + 1] - pl->off[i] - 5));
         avro_value_reset(&v);

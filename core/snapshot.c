@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -276,40 +277,106 @@ static int join(char *out, size_t len, const char *dir, const char *name)
 
 /* ---- writing ------------------------------------------------------------ */
 
+/* Rows are serialised into a ring of N_BUFS buffers. The filler (step, on
+ * the owner thread) takes buffer `filled % N_BUFS`; a full one is published
+ * by a release-store of `filled`, and the drainer writes buffers
+ * [drained, filled) in order and publishes each by a release-store of
+ * `drained`. Without hl_snapshot_async() the filler drains inline, so
+ * only one buffer is ever in use; with it, another thread drains and a
+ * step that finds the ring full stops early instead of waiting for the
+ * disk. */
+#define N_BUFS 4
+
 struct hl_snapshot_writer {
     const hl_io     *io;
     int              fd;
-    int              done;          /* every row is in buf or the file */
+    int              done;          /* every row is in a buffer or the file */
+    int              async;         /* another thread drains */
     int              n_heads, dim, history;
     size_t           max_row;
     uint32_t         next_row;      /* first row id not yet examined */
-    uint64_t         n_rows, bytes;
-    uint32_t         crc;           /* of the bytes written so far */
-    unsigned char   *buf;
-    size_t           cap, len;
+    uint64_t         n_rows;
+    unsigned char   *bufs[N_BUFS];
+    size_t           lens[N_BUFS];  /* of published buffers */
+    size_t           cap;           /* bytes per buffer */
+    unsigned char   *buf;           /* the buffer being filled, bufs[filled % N_BUFS] */
+    size_t           len;
+    _Atomic uint64_t filled, drained;
+    _Atomic int      io_rc;         /* the drainer's first failure */
+    char             io_err[512];   /* ... its reason, written before io_rc */
+    uint64_t         bytes;         /* drainer only: written so far */
+    uint32_t         crc;           /* drainer only: of the bytes written */
     hl_snapshot_meta meta;
     char             dir[HL_SNAPSHOT_PATH_MAX];
     char             path[HL_SNAPSHOT_PATH_MAX];
     char             tmp[HL_SNAPSHOT_PATH_MAX];
 };
 
-static int flush(hl_snapshot_writer *w, char *errbuf, size_t errlen)
+/* Writes the published buffers. One drainer at a time. Returns how many
+ * it wrote or the first failure (which also sticks in io_rc). */
+static int drain(hl_snapshot_writer *w)
 {
+    uint64_t d = atomic_load_explicit(&w->drained, memory_order_relaxed);
+    uint64_t f = atomic_load_explicit(&w->filled, memory_order_acquire);
+    int rc = atomic_load_explicit(&w->io_rc, memory_order_acquire), n = 0;
+
+    if (rc != 0)
+        return rc;
+    for (; d < f; d++, n++) {
+        const unsigned char *b = w->bufs[d % N_BUFS];
+        size_t len = w->lens[d % N_BUFS];
+        w->crc = hl_crc32c(w->crc, b, len);
+        if (hl_io_write_all(w->io, w->fd, b, len) != 0) {
+            rc = hl_err(w->io_err, sizeof w->io_err, HL_EIO, "snapshot: write %s: %s",
+                        w->tmp, strerror(errno));
+            atomic_store_explicit(&w->io_rc, rc, memory_order_release);
+            return rc;
+        }
+        w->bytes += len;
+        atomic_store_explicit(&w->drained, d + 1, memory_order_release);
+    }
+    return n;
+}
+
+static int io_failed(hl_snapshot_writer *w, char *errbuf, size_t errlen)
+{
+    int rc = atomic_load_explicit(&w->io_rc, memory_order_acquire);
+    if (rc != 0)
+        hl_err(errbuf, errlen, rc, "%s", w->io_err);
+    return rc;
+}
+
+/* Hands the current buffer to the drainer and moves to the next one.
+ * Returns 0, 1 when the ring is full (async only: try again later), or
+ * the drainer's failure. */
+static int publish_buf(hl_snapshot_writer *w, char *errbuf, size_t errlen)
+{
+    uint64_t f = atomic_load_explicit(&w->filled, memory_order_relaxed);
+    uint64_t d = atomic_load_explicit(&w->drained, memory_order_acquire);
     if (w->len == 0)
         return 0;
-    w->crc = hl_crc32c(w->crc, w->buf, w->len);
-    if (hl_io_write_all(w->io, w->fd, w->buf, w->len) != 0)
-        return hl_err(errbuf, errlen, HL_EIO, "snapshot: write %s: %s",
-                      w->tmp, strerror(errno));
-    w->bytes += w->len;
+    if (f + 1 - d >= N_BUFS)     /* the next buffer is still being written */
+        return io_failed(w, errbuf, errlen) ? HL_EIO : 1;
+    w->lens[f % N_BUFS] = w->len;
+    atomic_store_explicit(&w->filled, f + 1, memory_order_release);
+    w->buf = w->bufs[(f + 1) % N_BUFS];
     w->len = 0;
-    return 0;
+    if (!w->async)
+        drain(w);
+    return io_failed(w, errbuf, errlen);
+}
+
+/* Room for need more bytes in the current buffer: 0, 1 if the ring is full
+ * (async), or a failure. */
+static int make_room(hl_snapshot_writer *w, size_t need, char *errbuf, size_t errlen)
+{
+    return w->cap - w->len >= need ? 0 : publish_buf(w, errbuf, errlen);
 }
 
 static size_t put_header(hl_snapshot_writer *w, const hl_table_opts *o)
 {
     unsigned char *p = w->buf;
-    size_t topic_len = strlen(w->meta.topic);
+    size_t topic_len = strlen(w->meta.topic);   /* <= 249, checked by the name */
 
     memcpy(p, magic, sizeof magic);
     p = put_u32(p + sizeof magic, HL_SNAPSHOT_VERSION);
@@ -390,8 +457,11 @@ static int writer_init(hl_snapshot_writer *w, const hl_io *io, const char *dir,
         return hl_err(errbuf, errlen, HL_EINVAL, "snapshot: path too long: %s", dir);
     w->max_row = row_max(w->n_heads, w->dim, w->history);
     w->cap = 2 * w->max_row > BUF_MIN ? 2 * w->max_row : BUF_MIN;
-    if ((w->buf = malloc(w->cap)) == NULL)
-        return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot: no memory for %zu bytes", w->cap);
+    for (int i = 0; i < N_BUFS; i++)
+        if ((w->bufs[i] = malloc(w->cap)) == NULL)
+            return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot: no memory for %zu bytes",
+                          w->cap);
+    w->buf = w->bufs[0];
     return 0;
 }
 
@@ -419,9 +489,21 @@ int hl_snapshot_begin(const hl_io *io, const char *dir,
     *wp = w;
     return 0;
 fail:
-    free(w->buf);
+    for (int i = 0; i < N_BUFS; i++)
+        free(w->bufs[i]);
     free(w);
     return rc;
+}
+
+void hl_snapshot_async(hl_snapshot_writer *w)
+{
+    w->async = 1;
+}
+
+int hl_snapshot_drain(hl_snapshot_writer *w, char *errbuf, size_t errlen)
+{
+    int rc = drain(w);
+    return rc < 0 ? io_failed(w, errbuf, errlen) : rc;
 }
 
 /* The trailer minus its CRC: end-of-rows mark, row count, table meta. */
@@ -449,26 +531,26 @@ int hl_snapshot_step(hl_snapshot_writer *w, const hl_table *tbl,
 
     if (w->done)
         return 1;
+    if ((rc = io_failed(w, errbuf, errlen)) != 0)
+        return rc;
     if (budget_rows == 0)
         budget_rows = HL_SNAPSHOT_STEP_ROWS;
     /* Rows inserted since begin may raise the limit; taking them is fine. */
     end = w->next_row >= limit ? limit
         : (limit - w->next_row > budget_rows ? w->next_row + (uint32_t)budget_rows : limit);
-    for (uint32_t row = w->next_row; row < end; row++) {
-        if (!hl_table_row_live(tbl, row))
+    for (; w->next_row < end; w->next_row++) {
+        if (!hl_table_row_live(tbl, w->next_row))
             continue;
-        if (w->cap - w->len < w->max_row && (rc = flush(w, errbuf, errlen)) != 0)
-            return rc;
-        hl_table_view(tbl, row, &v);
-        w->len += put_row(w->buf + w->len, w, row, &v);
+        if ((rc = make_room(w, w->max_row, errbuf, errlen)) != 0)
+            return rc < 0 ? rc : 0;     /* ring full: the rest next time */
+        hl_table_view(tbl, w->next_row, &v);
+        w->len += put_row(w->buf + w->len, w, w->next_row, &v);
         w->n_rows++;
     }
-    if (end > w->next_row)
-        w->next_row = end;
     if (w->next_row < limit)
         return 0;
-    if (w->cap - w->len < TRAILER_LEN && (rc = flush(w, errbuf, errlen)) != 0)
-        return rc;
+    if ((rc = make_room(w, TRAILER_LEN, errbuf, errlen)) != 0)
+        return rc < 0 ? rc : 0;
     put_trailer(w, tbl);
     return 1;
 }
@@ -480,8 +562,13 @@ static int publish(hl_snapshot_writer *w, char *errbuf, size_t errlen)
     unsigned char crc[4];
     int close_rc, rc;
 
-    if ((rc = flush(w, errbuf, errlen)) != 0)
-        return rc;
+    /* The steps are over and drains too (the caller's promise), so this
+     * thread is the only one left: make room, publish the last buffer. */
+    if (drain(w) < 0 || publish_buf(w, errbuf, errlen) != 0 || drain(w) < 0) {
+        rc = io_failed(w, errbuf, errlen);
+        return rc != 0 ? rc : hl_err(errbuf, errlen, HL_EIO, "snapshot: %s: buffers stuck",
+                                     w->tmp);
+    }
     put_u32(crc, w->crc);
     if (hl_io_write_all(io, w->fd, crc, sizeof crc) != 0)
         return hl_err(errbuf, errlen, HL_EIO, "snapshot: write %s: %s", w->tmp,
@@ -552,7 +639,8 @@ int hl_snapshot_commit(hl_snapshot_writer *w, int retain,
     res->n_rows = w->n_rows;
     res->bytes = w->bytes;
     retain_newest(w, retain < 1 ? HL_SNAPSHOT_RETAIN : retain, res);
-    free(w->buf);
+    for (int i = 0; i < N_BUFS; i++)
+        free(w->bufs[i]);
     free(w);
     return 0;
 }
@@ -564,7 +652,8 @@ void hl_snapshot_abort(hl_snapshot_writer *w)
     if (w->fd >= 0)
         w->io->close(w->io->ctx, w->fd);
     w->io->unlink(w->io->ctx, w->tmp);   /* gone already after a rename */
-    free(w->buf);
+    for (int i = 0; i < N_BUFS; i++)
+        free(w->bufs[i]);
     free(w);
 }
 

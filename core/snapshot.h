@@ -75,6 +75,23 @@ typedef struct hl_snapshot_result {
 int hl_snapshot_commit(hl_snapshot_writer *w, int retain,
                        hl_snapshot_result *res, char *errbuf, size_t errlen);
 
+/* Moves the file writes off the owner thread. Without it a step writes
+ * each full 1 MiB buffer itself, and write() into the page cache can take
+ * tens of milliseconds on a busy machine. After hl_snapshot_async(w)
+ * (called once, before the first step) steps only fill a ring of buffers
+ * and another thread calls hl_snapshot_drain() to write them; a step that
+ * finds the ring full returns 0 early, so the owner never waits for the
+ * disk. */
+void hl_snapshot_async(hl_snapshot_writer *w);
+
+/* Writes the buffers steps have filled, in order; blocks in write(). Any
+ * one thread at a time, concurrently with hl_snapshot_step on the owner.
+ * Returns the number of buffers written (0: nothing was ready) or a
+ * negative HL_E*; a failure is also returned by the next step. Commit and
+ * abort must not run while a drain does (the drainer may be the thread
+ * that commits: it drains, then commits, after the last step). */
+int hl_snapshot_drain(hl_snapshot_writer *w, char *errbuf, size_t errlen);
+
 /* Closes and removes the temporary file and frees w. NULL is a no-op. */
 void hl_snapshot_abort(hl_snapshot_writer *w);
 

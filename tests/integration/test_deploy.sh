@@ -7,6 +7,8 @@
 #                 compose Prometheus config (with its rule file) is valid;
 #   kubectl       `kubectl kustomize` builds the base and the example overlay;
 #   docker-compose `config -q` accepts deploy/docker-compose.yml;
+#   the image   the build stage's COPY list builds build/halflife, and every
+#               shared library the binary needs is installed by the final stage;
 #   npm packages  (installed into build/node from deploy/package-lock.json)
 #                 every built manifest validates against the Kubernetes, KEDA
 #                 and Prometheus Operator schemas and type-checks against
@@ -90,6 +92,34 @@ dockerfile_rules() {
   if [ -n "$errs" ]; then fail dockerfile_rules "${errs#; }"; else pass dockerfile_rules; fi
 }
 dockerfile_rules
+
+# ---- the image's stages against the real build: the build stage's COPY
+# list is enough to build the binary, and every shared library the binary
+# needs comes from a package the final stage installs (or the base image).
+dockerfile_build_context() {
+  local ctx="$tmp/ctx" srcs
+  mkdir -p "$ctx"
+  srcs=$(awk '/^FROM /{n++} n==1 && /^COPY / && !/--from/ {for (i = 2; i < NF; i++) print $i}' deploy/Dockerfile)
+  for s in $srcs; do cp -r "${s%/}" "$ctx/" || { fail dockerfile_build_context "COPY $s: not in the repository"; return; }; done
+  # -O0: this checks that the sources are all there, not how fast they run.
+  if (cd "$ctx" && make -j2 OPT=-O0 build/halflife >"$tmp/ctx.log" 2>&1); then pass dockerfile_build_context
+  else fail dockerfile_build_context "make build/halflife with only: $(echo $srcs)"; tail -n 10 "$tmp/ctx.log" | sed 's/^/    /'; fi
+}
+dockerfile_runtime_libs() {
+  local bin=${HL_HALFLIFE:-$top/build/halflife} errs="" lib path pkg
+  if [ ! -x "$bin" ]; then skip dockerfile_runtime_libs "$bin not built"; return; fi
+  for lib in $(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
+    case $lib in libc.so.*|libm.so.*|libpthread.so.*|libdl.so.*|librt.so.*|libgcc_s.so.*) continue;; esac
+    path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')
+    pkg=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -n 1 | cut -d: -f1)
+    [ -n "$pkg" ] || pkg=$(dpkg -S "*/$lib" 2>/dev/null | head -n 1 | cut -d: -f1)
+    awk '/^FROM /{n++} n>=2' deploy/Dockerfile | grep -qw -- "$pkg" ||
+      errs="$errs; $lib (package ${pkg:-unknown}) is not installed by the final stage"
+  done
+  if [ -n "$errs" ]; then fail dockerfile_runtime_libs "${errs#; }"; else pass dockerfile_runtime_libs; fi
+}
+if have make && have cc; then dockerfile_build_context; else skip dockerfile_build_context "no make/cc"; fi
+if have readelf && have dpkg; then dockerfile_runtime_libs; else skip dockerfile_runtime_libs "no readelf/dpkg"; fi
 
 # ---- npm-based checks
 npm_ready() {

@@ -3,6 +3,7 @@
 #define T_SUITE "snapshot"
 #include "test.h"
 
+#include "cmd.h"
 #include "crc32c.h"
 #include "io.h"
 #include "snapshot.h"
@@ -657,6 +658,52 @@ static void test_fuzzy_snapshot_exact_after_replay(void)
     hl_table_destroy(back);
 }
 
+/* A user evicted after its row was copied and inserted again at a higher
+ * row id is in the file twice; the load keeps the first and counts it. */
+static void test_fuzzy_duplicate_user_loads(void)
+{
+    hl_table_opts o = opts();
+    o.evict_mass = 0.5f;
+    char err[512];
+    hl_table *tbl = hl_table_create(&o, err, sizeof err), *back = NULL;
+    hl_snapshot_meta m = meta_at("ev", 0, 3);
+    hl_snapshot_writer *w;
+    hl_snapshot_result r;
+    hl_snapshot_info in;
+    const int64_t late = 100000000000LL;    /* three years on: A's mass is gone */
+    hl_event ev[5] = {
+        {.user = "A", .user_len = 1, .item = 1, .w = 1, .ts_ms = 0, .offset = 0},
+        {.user = "B", .user_len = 1, .item = 2, .w = 1, .ts_ms = late, .offset = 1},
+        {.user = "C", .user_len = 1, .item = 3, .w = 1, .ts_ms = late, .offset = 2},
+        {.user = "D", .user_len = 1, .item = 4, .w = 1, .ts_ms = late, .offset = 3},
+        {.user = "A", .user_len = 1, .item = 5, .w = 1, .ts_ms = late + 1, .offset = 4},
+    };
+    fresh_dir();
+    hl_table_apply(tbl, ev, 3, e_in, N_ITEMS, NULL);
+    CHECK(hl_snapshot_begin(NULL, dir, &m, tbl, &w, err, sizeof err) == 0);
+    CHECK(hl_snapshot_step(w, tbl, 1, err, sizeof err) == 0);     /* A, row 0 */
+    CHECK(hl_table_sweep(tbl, 10) == 1);                          /* A evicted */
+    hl_table_apply(tbl, ev + 3, 2, e_in, N_ITEMS, NULL);          /* D row 0, A row 3 */
+    CHECK(hl_table_find(tbl, "A", 1) == 3);
+    while (hl_snapshot_step(w, tbl, 1, err, sizeof err) == 0)
+        ;
+    CHECKF(hl_snapshot_commit(w, 2, &r, err, sizeof err) == 0, "%s", err);
+    CHECK(r.n_rows == 4);
+    CHECKF(hl_snapshot_load(NULL, r.path, &o, FP, &back, &in, err, sizeof err) == 0, "%s", err);
+    CHECK(in.n_dup_rows == 1);
+    if (back) {
+        hl_row_view v;
+        int64_t row = hl_table_find(back, "A", 1);
+        CHECK(row == 0 && hl_table_find(back, "D", 1) < 0);
+        if (row >= 0) {
+            hl_table_view(back, (uint32_t)row, &v);
+            CHECK(v.last_offset == 0);          /* the first copy */
+        }
+    }
+    hl_table_destroy(tbl);
+    hl_table_destroy(back);
+}
+
 /* Snapshot at k; replaying from any j <= k gives the uninterrupted state. */
 static void test_replay_from_earlier_offsets(void)
 {
@@ -841,6 +888,69 @@ static void test_read_info(void)
     hl_table_destroy(a);
 }
 
+/* Runs `halflife snapshot ARGS` in this process with stdout and stderr
+ * sent to out; returns its exit status. */
+static int run_cmd(const char *out, const char *a1, const char *a2, const char *a3)
+{
+    char *argv[] = {"snapshot", (char *)a1, (char *)a2, (char *)a3, NULL};
+    int argc = a3 ? 4 : a2 ? 3 : 2;
+    fflush(stdout);
+    fflush(stderr);
+    int o = dup(1), e = dup(2), fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    int rc = hl_cmd_snapshot(argc, argv);
+    fflush(stdout);
+    fflush(stderr);
+    dup2(o, 1);
+    dup2(e, 2);
+    close(fd);
+    close(o);
+    close(e);
+    return rc;
+}
+
+static void test_inspect_and_dump_command(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = table_upto(&o, 3000);
+    hl_snapshot_meta m = meta_at("ev", 4, 3000);
+    hl_snapshot_result r;
+    hl_table_stats st;
+    char err[512], out[700], want[64], *text;
+    size_t n;
+
+    fresh_dir();
+    hl_table_stats_get(a, &st);
+    CHECK(hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0);
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    CHECK(run_cmd(out, "inspect", r.path, NULL) == 0);
+    text = (char *)slurp(out, &n);
+    snprintf(want, sizeof want, "\"users\":%zu,", st.users);
+    CHECKF(text && strstr(text, "\"crc_ok\":true") && strstr(text, want) &&
+           strstr(text, "\"partition\":4,\"next_offset\":3000,") && strchr(text, '\n') == text + n - 1,
+           "%s", text ? text : "(none)");
+    free(text);
+    CHECK(run_cmd(out, "dump", r.path, NULL) == 0);
+    text = (char *)slurp(out, &n);
+    size_t lines = 0;
+    for (size_t i = 0; text && i < n; i++) lines += text[i] == '\n';
+    CHECKF(lines == st.users && strstr(text, "\"user\":\"user-1\",") && strstr(text, "s_hash"),
+           "%zu lines", lines);
+    free(text);
+    poke(r.path, r.bytes / 2, 0x55);
+    poke(r.path, r.bytes / 2 + 1, 0xAA);
+    CHECK(run_cmd(out, "inspect", r.path, NULL) == 1);
+    text = (char *)slurp(out, &n);
+    CHECKF(text && strstr(text, "\"crc_ok\":false") && strstr(text, "CRC32C mismatch"), "%s", text);
+    free(text);
+    CHECK(run_cmd(out, "inspect", "/nonexistent.hls", NULL) == 1);
+    CHECK(run_cmd(out, "inspect", NULL, NULL) == 2);
+    CHECK(run_cmd(out, "frobnicate", r.path, NULL) == 2);
+    CHECK(run_cmd(out, "--help", NULL, NULL) == 0);
+    hl_table_destroy(a);
+}
+
 static void test_no_snapshot_is_enoent(void)
 {
     hl_table_opts o = opts();
@@ -874,8 +984,10 @@ int main(void)
     RUN(test_async_thread_and_failure);
     RUN(test_fuzzy_snapshot_exact_after_replay);
     RUN(test_replay_from_earlier_offsets);
+    RUN(test_fuzzy_duplicate_user_loads);
     RUN(test_read_info);
     RUN(test_no_snapshot_is_enoent);
+    RUN(test_inspect_and_dump_command);
     if (dir[0]) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -7,8 +7,8 @@
 #                 compose Prometheus config (with its rule file) is valid;
 #   kubectl       `kubectl kustomize` builds the base and the example overlay;
 #   docker-compose `config -q` accepts deploy/docker-compose.yml;
-#   the image   the build stage's COPY list builds build/halflife, and every
-#               shared library the binary needs is installed by the final stage;
+#   the image     the build stage's COPY list builds build/halflife, and every
+#                 shared library the binary needs is installed by the final stage;
 #   npm packages  (installed into build/node from deploy/package-lock.json)
 #                 every built manifest validates against the Kubernetes, KEDA
 #                 and Prometheus Operator schemas and type-checks against

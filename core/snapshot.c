@@ -1228,6 +1228,9 @@ int hl_snapshot_load_newest(const hl_io *io, const char *dir,
     *tblp = NULL;
     io = io_or_posix(io);
     if (report && report_len) report[0] = '\0';
+    if (!topic_ok(topic) || partition < 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "snapshot: bad topic '%.*s' or partition %d",
+                      HL_SNAPSHOT_TOPIC_MAX, topic, (int)partition);
     if ((rc = collect(io, dir, topic, partition, &l, errbuf, errlen)) != 0)
         return rc;
     for (size_t i = 0; i < l.n && *tblp == NULL; i++) {

@@ -24,6 +24,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +37,7 @@ struct hl_http {
     void       *ready_arg;
     hl_gauge   *ready_gauge;       /* halflife_ready: /readyz as a number */
     int         port;
-    int         starting;          /* 1 while MHD_start_daemon runs */
+    _Atomic int starting;          /* 1 while MHD_start_daemon runs */
     char        start_err[256];    /* MHD's last message while starting */
 };
 

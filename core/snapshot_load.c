@@ -1,0 +1,612 @@
+/* snapshot_load.c - read a snapshot file back: check it, describe it, or
+ * load it into a new table (the format is in schemas/snapshot.md; writing
+ * and the invariant that makes a fuzzy snapshot exact are in snapshot.c).
+ *
+ * The loader trusts no byte: it is fed damaged files and, by
+ * tests/fuzz/fuzz_snapshot.c, arbitrary ones. Every length is checked
+ * against the header's shape and against what is left of the file before
+ * it is used, and a CRC32C over everything before the trailer's last field
+ * must match. Rows stream through a buffer of at most a few MiB, so a
+ * snapshot larger than memory's spare room still loads; since rows are
+ * restored before the CRC at the end is known, a failed load destroys the
+ * table it was building. This file does not decide what to do with a bad
+ * snapshot: it reports the file and the reason, the worker logs and picks
+ * the next one (hl_snapshot_load_newest). */
+#include "snapshot_format.h"
+
+#include "crc32c.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RD_FIRST (64u << 10)   /* reading starts small (a small file costs
+                                  little) and doubles up to BUF_MIN */
+
+/* ---- reading ------------------------------------------------------------ */
+
+/* A forward-only buffered reader that keeps a running CRC of the bytes it
+ * has handed out. buf[pos, end) is unread; buf[crc_pos, pos) is read but
+ * not yet in crc (folded in large pieces, not per field). */
+typedef struct reader {
+    const hl_io   *io;
+    int            fd;
+    const char    *path;
+    unsigned char *buf;
+    size_t         cap, pos, end, crc_pos;
+    uint64_t       base;      /* file offset of buf[0] */
+    uint32_t       crc;
+    int            eof;
+} reader;
+
+static uint64_t rd_offset(const reader *r)
+{
+    return r->base + r->pos;
+}
+
+static void rd_fold_crc(reader *r)
+{
+    r->crc = hl_crc32c(r->crc, r->buf + r->crc_pos, r->pos - r->crc_pos);
+    r->crc_pos = r->pos;
+}
+
+static int rd_grow(reader *r, size_t cap, char *errbuf, size_t errlen)
+{
+    unsigned char *nb;
+    if (cap <= r->cap)
+        return 0;
+    if ((nb = realloc(r->buf, cap)) == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot %s: no memory for %zu bytes",
+                      r->path, cap);
+    r->buf = nb;
+    r->cap = cap;
+    return 0;
+}
+
+#define NO_ROW UINT64_MAX
+
+/* Makes n bytes available at buf + pos, or says the file ends inside
+ * `what` (row number `row` unless NO_ROW). */
+static int rd_need(reader *r, size_t n, const char *what, uint64_t row,
+                   char *errbuf, size_t errlen)
+{
+    int rc;
+
+    if (r->end - r->pos >= n)
+        return 0;
+    if ((rc = rd_grow(r, n, errbuf, errlen)) != 0)
+        return rc;
+    rd_fold_crc(r);
+    memmove(r->buf, r->buf + r->pos, r->end - r->pos);
+    r->base += r->pos;
+    r->end -= r->pos;
+    r->pos = r->crc_pos = 0;
+    if (!r->eof && r->cap < BUF_MIN && r->base > 0 &&
+        (rc = rd_grow(r, 2 * r->cap, errbuf, errlen)) != 0)
+        return rc;      /* the file outgrew the buffer once: read more per call */
+    while (r->end < n && !r->eof) {
+        ssize_t got = hl_io_read_full(r->io, r->fd, r->buf + r->end, r->cap - r->end);
+        if (got < 0)
+            return hl_err(errbuf, errlen, HL_EIO, "snapshot %s: read: %s", r->path,
+                          strerror(errno));
+        r->eof = (size_t)got < r->cap - r->end;
+        r->end += (size_t)got;
+    }
+    if (r->end >= n)
+        return 0;
+    if (r->base + r->end == 0)
+        return hl_err(errbuf, errlen, HL_EFORMAT, "snapshot %s: empty file (0 bytes)",
+                      r->path);
+    char where[64];
+    if (row == NO_ROW) snprintf(where, sizeof where, "%s", what);
+    else snprintf(where, sizeof where, "%s %llu", what, (unsigned long long)row);
+    return hl_err(errbuf, errlen, HL_EFORMAT,
+                  "snapshot %s: truncated: the file ends at byte %llu, inside %s",
+                  r->path, (unsigned long long)(r->base + r->end), where);
+}
+
+static const unsigned char *rd_take(reader *r, size_t n)
+{
+    const unsigned char *p = r->buf + r->pos;
+    r->pos += n;
+    return p;
+}
+
+/* The parse in progress: the header's shape and one decoded row. */
+typedef struct parse {
+    hl_snapshot_info *info;
+    hl_row_view       v;
+    uint32_t          row;            /* the row's id in the written table */
+    float            *s, *m;          /* (n_heads, dim), (n_heads) */
+    int32_t          *hist_item;      /* history entries each */
+    int64_t          *hist_ts;
+    uint8_t          *hist_type;
+    int (*on_header)(void *arg, const hl_snapshot_info *info, char *errbuf, size_t errlen);
+    hl_snapshot_row_fn on_row;
+    void             *arg;
+    int               hist_cap;       /* history scratch at least this long:
+                                         hl_table_restore copies a whole ring */
+} parse;
+
+static int bad(char *errbuf, size_t errlen, const reader *r, const char *fmt, long long a,
+               long long b)
+{
+    char what[160];
+    snprintf(what, sizeof what, fmt, a, b);
+    return hl_err(errbuf, errlen, HL_EFORMAT, "snapshot %s: %s (byte %llu)", r->path,
+                  what, (unsigned long long)rd_offset(r));
+}
+
+static int read_magic(reader *r, hl_snapshot_info *info, char *errbuf, size_t errlen)
+{
+    const size_t n_magic = sizeof hl_snapshot_magic;
+    int rc = rd_need(r, n_magic + 4 + 2, "the header", NO_ROW, errbuf, errlen);
+    const unsigned char *p;
+
+    if (rc != 0)
+        return rc;
+    p = rd_take(r, n_magic + 4);
+    if (memcmp(p, hl_snapshot_magic, n_magic) != 0)
+        return hl_err(errbuf, errlen, HL_EFORMAT,
+                      "snapshot %s: not a halflife snapshot (bad magic)", r->path);
+    info->version = get_u32(p + n_magic);
+    if (info->version != HL_SNAPSHOT_VERSION)
+        return hl_err(errbuf, errlen, HL_EVERSION,
+                      "snapshot %s: format version %u, this build reads version %d",
+                      r->path, info->version, HL_SNAPSHOT_VERSION);
+    return 0;
+}
+
+static int read_topic(reader *r, hl_snapshot_info *info, char *errbuf, size_t errlen)
+{
+    size_t len = get_u16(rd_take(r, 2));
+    int rc;
+
+    if (len == 0 || len > HL_SNAPSHOT_TOPIC_MAX)
+        return bad(errbuf, errlen, r, "topic length %lld outside 1..%lld", (long long)len,
+                   HL_SNAPSHOT_TOPIC_MAX);
+    if ((rc = rd_need(r, len + 4 + 8 + 8 + 4 + 4, "the header", NO_ROW, errbuf, errlen)) != 0)
+        return rc;
+    memcpy(info->meta.topic, rd_take(r, len), len);
+    info->meta.topic[len] = '\0';
+    if (!hl_snapshot_topic_ok(info->meta.topic))
+        return bad(errbuf, errlen, r, "topic name has bytes outside [A-Za-z0-9._-]", 0, 0);
+    return 0;
+}
+
+static int read_shape(reader *r, hl_snapshot_info *info, char *errbuf, size_t errlen)
+{
+    const unsigned char *p = rd_take(r, 4 + 8 + 8 + 4 + 4);
+    uint32_t dim, n_heads, history;
+    int rc;
+
+    info->meta.partition = (int32_t)get_u32(p);
+    info->meta.next_offset = (int64_t)get_u64(p + 4);
+    info->meta.model_fingerprint = get_u64(p + 12);
+    dim = get_u32(p + 20);
+    n_heads = get_u32(p + 24);
+    if (info->meta.partition < 0 || info->meta.next_offset < 0)
+        return bad(errbuf, errlen, r, "negative partition %lld or next offset %lld",
+                   info->meta.partition, (long long)info->meta.next_offset);
+    if (dim < 1 || dim > HL_SNAPSHOT_MAX_DIM || n_heads < 1 || n_heads > HL_MAX_HEADS)
+        return bad(errbuf, errlen, r, "dim %lld or head count %lld out of range",
+                   (long long)dim, (long long)n_heads);
+    if ((rc = rd_need(r, 8 * n_heads + 4, "the header", NO_ROW, errbuf, errlen)) != 0)
+        return rc;
+    p = rd_take(r, 8 * n_heads + 4);
+    for (uint32_t h = 0; h < n_heads; h++) {
+        info->half_life_ms[h] = get_f64(p + 8 * h);
+        if (!isfinite(info->half_life_ms[h]) || !(info->half_life_ms[h] > 0))
+            return bad(errbuf, errlen, r, "half-life of head %lld is not finite and > 0",
+                       (long long)h, 0);
+    }
+    history = get_u32(p + 8 * n_heads);
+    if (history < 1 || history > 65535)
+        return bad(errbuf, errlen, r, "history length %lld outside 1..%lld",
+                   (long long)history, 65535);
+    info->dim = (int)dim;
+    info->n_heads = (int)n_heads;
+    info->history = (int)history;
+    return 0;
+}
+
+static int alloc_scratch(parse *ps, reader *r, char *errbuf, size_t errlen)
+{
+    const hl_snapshot_info *in = ps->info;
+    size_t n_f = (size_t)in->n_heads * ((size_t)in->dim + 1);
+    size_t n_h = (size_t)(in->history > ps->hist_cap ? in->history : ps->hist_cap);
+
+    ps->m = malloc(n_f * sizeof(float));
+    ps->hist_item = calloc(n_h, sizeof(int32_t));
+    ps->hist_ts = calloc(n_h, sizeof(int64_t));
+    ps->hist_type = calloc(n_h, 1);
+    if (!ps->m || !ps->hist_item || !ps->hist_ts || !ps->hist_type)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot %s: no memory", r->path);
+    ps->s = ps->m + in->n_heads;
+    return rd_grow(r, 2 * row_max(in->n_heads, in->dim, in->history), errbuf, errlen);
+}
+
+static int read_header(reader *r, parse *ps, char *errbuf, size_t errlen)
+{
+    int rc;
+    if ((rc = read_magic(r, ps->info, errbuf, errlen)) != 0 ||
+        (rc = read_topic(r, ps->info, errbuf, errlen)) != 0 ||
+        (rc = read_shape(r, ps->info, errbuf, errlen)) != 0)
+        return rc;
+    if (ps->on_header && (rc = ps->on_header(ps->arg, ps->info, errbuf, errlen)) != 0)
+        return rc;
+    return alloc_scratch(ps, r, errbuf, errlen);
+}
+
+
+/* Fills the view from one whole row at p, user_len and n_hist checked. */
+static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t user_len,
+                      size_t n_hist, char *errbuf, size_t errlen)
+{
+    const hl_snapshot_info *in = ps->info;
+    size_t n_f = (size_t)in->n_heads * ((size_t)in->dim + 1);
+    hl_row_view *v = &ps->v;
+
+    v->user = (const char *)p + 2;
+    v->user_len = (uint32_t)user_len;
+    p += 2 + user_len;
+    ps->row = get_u32(p);
+    v->t_ref_ms = (int64_t)get_u64(p + 4);
+    v->last_offset = (int64_t)get_u64(p + 12);
+    v->active_seq = get_u64(p + 20);
+    p += ROW_FIXED - 2;
+    get_f32s(ps->m, p, n_f);          /* m then s, as in the file */
+    p += 4 * n_f;
+#ifdef NATIVE_LE
+    memcpy(ps->hist_item, p, 4 * n_hist);
+    memcpy(ps->hist_ts, p + 4 * n_hist, 8 * n_hist);
+#else
+    for (size_t i = 0; i < n_hist; i++) {
+        ps->hist_item[i] = (int32_t)get_u32(p + 4 * i);
+        ps->hist_ts[i] = (int64_t)get_u64(p + 4 * n_hist + 8 * i);
+    }
+#endif
+    p += 12 * n_hist;
+    for (size_t i = 0; i < n_hist; i++) {
+        if (p[i] >= HL_N_TYPES)
+            return bad(errbuf, errlen, r, "row %lld: event type %lld unknown",
+                       (long long)in->n_rows, p[i]);
+        ps->hist_type[i] = p[i];
+    }
+    v->s = ps->s;
+    v->m = ps->m;
+    v->history = in->history;
+    v->n_hist = (int)n_hist;
+    v->hist_head = 0;
+    v->hist_item = ps->hist_item;
+    v->hist_ts_ms = ps->hist_ts;
+    v->hist_type = ps->hist_type;
+    return 0;
+}
+
+/* Reads the next row into ps->v; *end set instead at the end-of-rows mark.
+ * Sizes are peeked before the row is taken so it stays whole in buf. */
+static int read_row(reader *r, parse *ps, int *end, char *errbuf, size_t errlen)
+{
+    const hl_snapshot_info *in = ps->info;
+    size_t n_f = (size_t)in->n_heads * ((size_t)in->dim + 1), user_len, n_hist, full;
+    int rc;
+
+    if ((rc = rd_need(r, 2, "row", in->n_rows, errbuf, errlen)) != 0)
+        return rc;
+    user_len = get_u16(r->buf + r->pos);
+    if (user_len == 0) {
+        *end = 1;
+        return 0;
+    }
+    if (user_len > HL_MAX_ID_LEN)
+        return bad(errbuf, errlen, r, "row %lld: user_id length %lld over 256",
+                   (long long)in->n_rows, (long long)user_len);
+    if ((rc = rd_need(r, ROW_FIXED + user_len, "row", in->n_rows, errbuf, errlen)) != 0)
+        return rc;
+    n_hist = get_u16(r->buf + r->pos + user_len + ROW_FIXED - 2);
+    if (n_hist > (size_t)in->history)
+        return bad(errbuf, errlen, r, "row %lld: %lld history entries, more than the header's length",
+                   (long long)in->n_rows, (long long)n_hist);
+    full = ROW_FIXED + user_len + 4 * n_f + HIST_BYTES * n_hist;
+    if ((rc = rd_need(r, full, "row", in->n_rows, errbuf, errlen)) != 0)
+        return rc;
+    return decode_row(r, ps, rd_take(r, full), user_len, n_hist, errbuf, errlen);
+}
+
+static void count_row(hl_snapshot_info *in, const hl_row_view *v)
+{
+    in->n_rows++;
+    in->hist_entries += (uint64_t)v->n_hist;
+    if (v->t_ref_ms < in->min_t_ref_ms) in->min_t_ref_ms = v->t_ref_ms;
+    if (v->t_ref_ms > in->max_t_ref_ms) in->max_t_ref_ms = v->t_ref_ms;
+    if (v->last_offset > in->max_last_offset) in->max_last_offset = v->last_offset;
+}
+
+static int read_rows(reader *r, parse *ps, char *errbuf, size_t errlen)
+{
+    for (;;) {
+        int end = 0, rc = read_row(r, ps, &end, errbuf, errlen);
+        if (rc != 0 || end)
+            return rc;
+        count_row(ps->info, &ps->v);
+        if (ps->on_row && (rc = ps->on_row(ps->arg, ps->info, ps->row, &ps->v)) != 0)
+            return rc;
+    }
+}
+
+/* 1 if bytes follow the trailer (the file was appended to or glued). */
+static int rd_more(reader *r)
+{
+    return r->pos < r->end || rd_need(r, 1, "", NO_ROW, NULL, 0) == 0;
+}
+
+static int read_trailer(reader *r, hl_snapshot_info *in, char *errbuf, size_t errlen)
+{
+    const unsigned char *p;
+    uint64_t n_rows;
+    int rc;
+
+    if ((rc = rd_need(r, TRAILER_LEN, "the trailer", NO_ROW, errbuf, errlen)) != 0)
+        return rc;
+    p = rd_take(r, TRAILER_LEN - 4);
+    n_rows = get_u64(p + 2);
+    in->table_meta.newest_ts_ms = (int64_t)get_u64(p + 10);
+    in->table_meta.active_seq = get_u64(p + 18);
+    in->table_meta.sweep_cursor = get_u32(p + 26);
+    rd_fold_crc(r);
+    in->crc_stored = get_u32(rd_take(r, 4));
+    in->crc_computed = r->crc;
+    in->crc_ok = in->crc_stored == in->crc_computed;
+    in->bytes = rd_offset(r);
+    if (rd_more(r))
+        return bad(errbuf, errlen, r, "bytes follow the trailer that ends at byte %lld",
+                   (long long)in->bytes, 0);
+    if (!in->crc_ok)
+        return hl_err(errbuf, errlen, HL_ECRC,
+                      "snapshot %s: CRC32C mismatch: stored %08x, computed %08x over "
+                      "%llu bytes: the file is damaged", r->path, in->crc_stored,
+                      in->crc_computed, (unsigned long long)(in->bytes - 4));
+    if (n_rows != in->n_rows)
+        return hl_err(errbuf, errlen, HL_EFORMAT,
+                      "snapshot %s: the trailer counts %llu rows, the file holds %llu",
+                      r->path, (unsigned long long)n_rows, (unsigned long long)in->n_rows);
+    return 0;
+}
+
+/* After a structural error: does the file's last word still match the
+ * CRC32C of the rest? Tells a damaged file from a writer bug. */
+static void append_crc_note(const hl_io *io, const char *path, char *errbuf, size_t errlen)
+{
+    enum { CHUNK = 1 << 20 };
+    unsigned char *buf = malloc(CHUNK + 4);
+    size_t carry = 0, len = errbuf ? strlen(errbuf) : 0;
+    uint32_t crc = 0;
+    ssize_t got = 1;
+    int fd;
+
+    if (buf == NULL || errbuf == NULL || len + 1 >= errlen ||
+        (fd = io->open(io->ctx, path, O_RDONLY, 0)) < 0) {
+        free(buf);
+        return;
+    }
+    while ((got = hl_io_read_full(io, fd, buf + carry, CHUNK)) > 0) {
+        size_t n = carry + (size_t)got;
+        crc = hl_crc32c(crc, buf, n - 4 < n ? n - 4 : 0);
+        if (n >= 4) { memmove(buf, buf + n - 4, 4); carry = 4; }
+        else carry = n;     /* only a file under 4 bytes gets here */
+    }
+    io->close(io->ctx, fd);
+    if (got == 0 && carry == 4)
+        snprintf(errbuf + len, errlen - len, get_u32(buf) == crc
+                 ? "; the CRC32C at its end matches, so the writer was faulty"
+                 : "; the CRC32C at its end does not match either: the file is damaged or torn");
+    free(buf);
+}
+
+static int read_file(const hl_io *io, const char *path, parse *ps,
+                     char *errbuf, size_t errlen)
+{
+    reader r = {.io = io, .fd = -1, .path = path};
+    hl_snapshot_info *in = ps->info;
+    int rc;
+
+    memset(in, 0, sizeof *in);
+    in->min_t_ref_ms = INT64_MAX;
+    in->max_t_ref_ms = INT64_MIN;
+    in->max_last_offset = INT64_MIN;
+    if ((r.fd = io->open(io->ctx, path, O_RDONLY, 0)) < 0)
+        return hl_err(errbuf, errlen, errno == ENOENT ? HL_ENOENT : HL_EIO,
+                      "snapshot %s: open: %s", path, strerror(errno));
+    if ((rc = rd_grow(&r, RD_FIRST, errbuf, errlen)) == 0 &&
+        (rc = read_header(&r, ps, errbuf, errlen)) == 0 &&
+        (rc = read_rows(&r, ps, errbuf, errlen)) == 0)
+        rc = read_trailer(&r, in, errbuf, errlen);
+    io->close(io->ctx, r.fd);
+    if (rc == HL_EFORMAT && r.base + r.end >= 4)
+        append_crc_note(io, path, errbuf, errlen);
+    free(r.buf);
+    free(ps->m);
+    free(ps->hist_item);
+    free(ps->hist_ts);
+    free(ps->hist_type);
+    return rc;
+}
+
+int hl_snapshot_read(const hl_io *io, const char *path, hl_snapshot_info *info,
+                     hl_snapshot_row_fn fn, void *arg, char *errbuf, size_t errlen)
+{
+    parse ps = {.info = info, .on_row = fn, .arg = arg};
+    return read_file(io_or_posix(io), path, &ps, errbuf, errlen);
+}
+
+/* ---- loading into a table ----------------------------------------------- */
+
+typedef struct loader {
+    const hl_table_opts *o;
+    uint64_t             fingerprint;
+    const char          *path;
+    hl_table            *tbl;
+    hl_table_meta        seen;        /* the newest t_ref and seq of any row */
+    uint32_t             row_bound;   /* ids at or above are not trusted */
+    char                *errbuf;
+    size_t               errlen;
+} loader;
+
+static int shape_matches(const hl_table_opts *o, const hl_snapshot_info *in)
+{
+    if (o->decay.dim != in->dim || o->decay.n_heads != in->n_heads)
+        return 0;
+    for (int h = 0; h < in->n_heads; h++)
+        if (o->decay.half_life_ms[h] != in->half_life_ms[h])
+            return 0;
+    return 1;
+}
+
+static int load_header(void *arg, const hl_snapshot_info *in, char *errbuf, size_t errlen)
+{
+    loader *ld = arg;
+
+    if (!shape_matches(ld->o, in))
+        return hl_err(errbuf, errlen, HL_EMISMATCH,
+                      "snapshot %s: state of dim %d with %d heads (half-life[0] %.0f ms), "
+                      "the table is dim %d with %d heads (half-life[0] %.0f ms)",
+                      ld->path, in->dim, in->n_heads, in->half_life_ms[0],
+                      ld->o->decay.dim, ld->o->decay.n_heads, ld->o->decay.half_life_ms[0]);
+    if (in->meta.model_fingerprint != ld->fingerprint)
+        return hl_err(errbuf, errlen, HL_EMISMATCH,
+                      "snapshot %s: made with model %016llx, the loaded model is %016llx",
+                      ld->path, (unsigned long long)in->meta.model_fingerprint,
+                      (unsigned long long)ld->fingerprint);
+    if ((ld->tbl = hl_table_create(ld->o, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    return 0;
+}
+
+static int load_row(void *arg, const hl_snapshot_info *in, uint32_t row,
+                    const hl_row_view *v)
+{
+    loader *ld = arg;
+    hl_row_view rv = *v;
+    int rc;
+
+    /* A shorter configured history keeps each user's newest entries. */
+    rv.history = ld->o->history;
+    if (rv.n_hist > rv.history) {
+        int skip = rv.n_hist - rv.history;
+        rv.n_hist = rv.history;
+        rv.hist_item += skip;
+        rv.hist_ts_ms += skip;
+        rv.hist_type += skip;
+    }
+    /* Rows keep their ids, so sweeps visit them in the original order; an
+     * id no table of these options reaches (damage) takes the lowest free
+     * one instead of making the table allocate up to it. */
+    rc = row < ld->row_bound ? hl_table_restore_at(ld->tbl, row, &rv)
+                             : hl_table_restore(ld->tbl, &rv);
+    if (rc != 0) {
+        if (hl_table_find(ld->tbl, v->user, v->user_len) < 0)
+            return hl_err(ld->errbuf, ld->errlen, rc,
+                          "snapshot %s: row %llu does not fit the table (%s)", ld->path,
+                          (unsigned long long)in->n_rows - 1, hl_strerror(rc));
+        ((hl_snapshot_info *)in)->n_dup_rows++;   /* see the file overview */
+    }
+    if (v->t_ref_ms > ld->seen.newest_ts_ms) ld->seen.newest_ts_ms = v->t_ref_ms;
+    if (v->active_seq > ld->seen.active_seq) ld->seen.active_seq = v->active_seq;
+    return 0;
+}
+
+/* A table of these options never has row ids above its user bound: a new
+ * user takes the lowest free id (table.c). Files from a table with a larger
+ * bound still load, their rows then packed at the lowest free ids. */
+static uint32_t row_bound(const hl_table_opts *o)
+{
+    uint64_t users = o->max_users ? o->max_users : (uint64_t)1 << 26;
+    if (o->max_users == 0 && o->expected_users > users) users = o->expected_users;
+    uint64_t b = 2 * users + 1024;
+    return b < HL_TABLE_MAX_ROWS ? (uint32_t)b : HL_TABLE_MAX_ROWS;
+}
+
+int hl_snapshot_load(const hl_io *io, const char *path, const hl_table_opts *o,
+                     uint64_t model_fingerprint, hl_table **tblp,
+                     hl_snapshot_info *info, char *errbuf, size_t errlen)
+{
+    hl_snapshot_info local;
+    loader ld = {.o = o, .fingerprint = model_fingerprint, .path = path,
+                 .seen = {INT64_MIN, 0, 0}, .row_bound = row_bound(o),
+                 .errbuf = errbuf, .errlen = errlen};
+    parse ps = {.info = info ? info : &local, .on_header = load_header,
+                .on_row = load_row, .arg = &ld, .hist_cap = o->history};
+    int rc;
+
+    *tblp = NULL;
+    if ((rc = read_file(io_or_posix(io), path, &ps, errbuf, errlen)) != 0) {
+        hl_table_destroy(ld.tbl);
+        return rc;
+    }
+    /* The trailer's meta is never older than a row, unless forged. */
+    hl_table_meta tm = ps.info->table_meta;
+    if (ld.seen.newest_ts_ms > tm.newest_ts_ms) tm.newest_ts_ms = ld.seen.newest_ts_ms;
+    if (ld.seen.active_seq > tm.active_seq) tm.active_seq = ld.seen.active_seq;
+    hl_table_meta_set(ld.tbl, &tm);
+    *tblp = ld.tbl;
+    return 0;
+}
+
+static void report_add(char *report, size_t report_len, const char *msg)
+{
+    size_t n;
+    if (report == NULL || report_len == 0)
+        return;
+    n = strnlen(report, report_len);
+    if (n + 1 < report_len)
+        snprintf(report + n, report_len - n, "%srejected %s", n ? "; " : "", msg);
+}
+
+int hl_snapshot_load_newest(const hl_io *io, const char *dir,
+                            const char *topic, int32_t partition,
+                            const hl_table_opts *o, uint64_t model_fingerprint,
+                            hl_table **tblp, hl_snapshot_info *info,
+                            char *path, size_t path_len,
+                            char *report, size_t report_len,
+                            char *errbuf, size_t errlen)
+{
+    char file[HL_SNAPSHOT_PATH_MAX], why[1024], first[1024] = "";
+    int rc, first_rc = 0, tried = 0;
+    hl_snapshot_file *f;
+    size_t n;
+
+    *tblp = NULL;
+    io = io_or_posix(io);
+    if (report && report_len) report[0] = '\0';
+    if (!hl_snapshot_topic_ok(topic) || partition < 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "snapshot: bad topic '%.*s' or partition %d",
+                      HL_SNAPSHOT_TOPIC_MAX, topic, (int)partition);
+    if ((rc = hl_snapshot_list(io, dir, topic, partition, &f, &n, errbuf, errlen)) != 0)
+        return rc;
+    for (size_t i = 0; i < n && *tblp == NULL; i++) {
+        if (f[i].tmp || hl_snapshot_join(file, sizeof file, dir, f[i].name) != 0)
+            continue;
+        rc = hl_snapshot_load(io, file, o, model_fingerprint, tblp, info, why, sizeof why);
+        if (rc == 0) {
+            if (path) snprintf(path, path_len, "%s", file);
+            break;
+        }
+        report_add(report, report_len, why);
+        if (tried++ == 0) {
+            first_rc = rc;
+            snprintf(first, sizeof first, "%s", why);
+        }
+    }
+    free(f);
+    if (*tblp != NULL)
+        return 0;
+    if (tried == 0)
+        return hl_err(errbuf, errlen, HL_ENOENT, "snapshot: none of %s/%d in %s",
+                      topic, (int)partition, dir);
+    return hl_err(errbuf, errlen, first_rc, "snapshot: all %d snapshots of %s/%d "
+                  "rejected; newest: %s", tried, topic, (int)partition, first);
+}

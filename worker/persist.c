@@ -628,20 +628,21 @@ int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_o
 {
     char err[512];
     int64_t t0 = now_us();
-    int rc = 0;
+    int rc = 0, stepped = 0;
     if (ps->w == NULL) {
         if (!due(ps, delivered_offset, now_ms))
             return 0;
         if ((rc = begin(ps, tbl, delivered_offset, err, sizeof err)) != 0)
             goto out;
     }
+    stepped = !ps->w_out;
     rc = step_until(ps, tbl, ps->w_rows, t0 + ps->p->o.tick_budget_us,
                     err, sizeof err);
     if (rc == 1)
         rc = commit_when_delivered(ps, applied_offset, delivered_offset);
 out:
     note_tick(ps->p, now_us() - t0);
-    return rc < 0 ? rc : 0;
+    return rc < 0 ? rc : stepped;
 }
 
 /* Waits until no commit of ps is queued or running, up to deadline_ms. */

@@ -99,9 +99,11 @@ void hl_persist_shard_destroy(hl_persist_shard *ps);
  * (ticks return at once) until delivered_offset reaches the applied_offset
  * of that moment, then queues the commit: rows stepped while batches ran
  * may hold newer events, and their lists must be out before the file is
- * visible. now_ms is monotonic. 0, or a negative HL_E* when the snapshot
- * failed (already logged and counted; the previous file stays, the next
- * try is an interval later): never a reason to stop. */
+ * visible. now_ms is monotonic. Returns 1 when it spent its budget writing
+ * rows (a thread owning several shards may stop ticking the others for this
+ * round), 0 when it had nothing to write, or a negative HL_E* when the
+ * snapshot failed (already logged and counted; the previous file stays,
+ * the next try is an interval later): never a reason to stop. */
 int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_offset,
                     int64_t delivered_offset, int64_t now_ms);
 

@@ -15,8 +15,9 @@
 #                 their TypeScript models (misspelt fields too), the rules of
 #                 DESIGN.md section 8 hold (deploy/checks/k8s.mjs), the
 #                 dashboard type-checks against @grafana/schema and names
-#                 only exported metrics (deploy/checks/dashboard.mjs), and
-#                 dockerfile-utils lints the Dockerfile.
+#                 only exported metrics (deploy/checks/dashboard.mjs), the
+#                 compose file wires what it promises (deploy/checks/compose.mjs),
+#                 and dockerfile-utils lints the Dockerfile.
 # A missing tool, or npm without a registry, gives SKIP lines that say so.
 set -u
 top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -62,6 +63,7 @@ done
 # ---- docker-compose
 if have docker-compose; then
   run compose_config docker-compose -f deploy/docker-compose.yml config -q
+  docker-compose -f deploy/docker-compose.yml config >"$tmp/compose.yaml" 2>/dev/null || rm -f "$tmp/compose.yaml"
 else
   skip compose_config "docker-compose not installed (Debian package docker-compose)"
 fi
@@ -135,7 +137,7 @@ npm_ready() {
     return 1
   fi
 }
-npm_checks="dockerfile_lint dashboard_types"
+npm_checks="dockerfile_lint dashboard_types compose_rules"
 for o in $overlays; do n=$(basename "$o"); npm_checks="$npm_checks k8s_schema_$n k8s_rules_$n k8s_types_$n"; done
 
 # dashboard.mjs needs node only; it also writes the .ts that tsc checks below.
@@ -150,6 +152,12 @@ if ! why=$(npm_ready); then
   for c in $npm_checks; do skip "$c" "$why"; done
 else
   run dockerfile_lint "$node_dir/node_modules/.bin/dockerfile-utils" lint deploy/Dockerfile
+  if [ -f "$tmp/compose.yaml" ]; then
+    node "$node_dir/checks/compose.mjs" "$tmp/compose.yaml" deploy/prometheus/prometheus.yml \
+      dashboards/provisioning || failed=1
+  else
+    skip compose_rules "docker-compose config did not run"
+  fi
   for o in $overlays; do
     n=$(basename "$o")
     if [ -f "$tmp/$n.yaml" ]; then

@@ -16,7 +16,9 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char *render(hl_metrics *reg)
@@ -184,6 +186,56 @@ static void test_hide(void)
     CHECK(hl_metrics_gauge(reg, "halflife_lag", NULL, "partition=\"1\"") == g1);
     out = render(reg);
     CHECK(out && strstr(out, "halflife_lag{partition=\"1\"} 7\n"));
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
+/* Runs fn in a child process; 1 if it aborted (SIGABRT). */
+static int aborts(void (*fn)(void))
+{
+    int status = 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stderr);
+        fn();
+        _exit(0);
+    }
+    if (pid < 0 || waitpid(pid, &status, 0) != pid) return 0;
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
+}
+
+static void register_two_kinds(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hl_metrics_counter(reg, "halflife_a_total", "A.", NULL);
+    hl_metrics_gauge(reg, "halflife_a_total", "A.", NULL);
+}
+
+/* A name registered as two kinds is a bug that stops the process; labels
+ * that would make Prometheus reject the scrape are quarantined into one
+ * escaped label instead (they may come from a model file); good label
+ * strings pass unchanged. */
+static void test_registration_mistakes(void)
+{
+    CHECK(aborts(register_two_kinds));
+
+    hl_metrics *reg = hl_metrics_create();
+    const char *bad[] = {"reason=too_short", "reason=\"a\\tb\"", "a=\"1\",", "v=\"x\"y\"", "=\"1\""};
+    for (int pass = 0; pass < 2; pass++)            /* the second finds the same series */
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+            hl_counter_add(hl_metrics_counter(reg, "halflife_q_total", "Q.", bad[i]), 1);
+    char *out = render(reg);
+    CHECKF(out && strstr(out, "halflife_q_total{invalid_labels=\"reason=too_short\"} 2\n"), "got:\n%s", out);
+    CHECKF(out && strstr(out, "halflife_q_total{invalid_labels=\"v=\\\"x\\\"y\\\"\"} 2\n"), "got:\n%s", out);
+    free(out);
+    hl_metrics_destroy(reg);
+
+    reg = hl_metrics_create();
+    hl_metrics_counter(reg, "halflife_b_total", NULL, "a=\"\",b_2=\"x\\\"y\\\\z\\n\"");
+    hl_metrics_counter(reg, "halflife_b_total", "Late help.", NULL);
+    out = render(reg);
+    CHECKF(out && strstr(out, "# HELP halflife_b_total Late help.\n"), "got:\n%s", out);
+    CHECKF(out && strstr(out, "halflife_b_total{a=\"\",b_2=\"x\\\"y\\\\z\\n\"} 0\n"), "got:\n%s", out);
     free(out);
     hl_metrics_destroy(reg);
 }
@@ -391,6 +443,7 @@ int main(void)
     RUN(test_histogram_unlabelled_and_shared_bounds);
     RUN(test_escaping);
     RUN(test_hide);
+    RUN(test_registration_mistakes);
     RUN(test_on_render);
     RUN(test_concurrent_updates);
     RUN(test_http_endpoints);

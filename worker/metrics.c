@@ -40,7 +40,9 @@ struct hl_histogram {
 };
 
 typedef struct series {
-    char *labels;                   /* inside of the braces, "" for none */
+    char *key;                      /* the labels it was registered with */
+    char *labels;                   /* inside of the braces, "" for none; the
+                                       same string as key unless quarantined */
     int   hidden;                   /* see hl_metrics_hide() */
     union {
         struct hl_counter   c;
@@ -131,7 +133,8 @@ static void series_free(series *s, enum kind kind)
 {
     if (s == NULL) return;
     if (kind == K_HISTOGRAM) free((void *)s->u.h.buckets);
-    free(s->labels);
+    if (s->labels != s->key) free(s->labels);
+    free(s->key);
     free(s);
 }
 
@@ -170,6 +173,28 @@ static int valid_name(const char *s)
     return 1;
 }
 
+/* labels is `name="value"` pairs joined by commas, values escaped as
+ * hl_metrics_escape() does. One malformed series makes Prometheus reject
+ * the whole scrape, so a bad string is caught at registration. */
+static int valid_labels(const char *s)
+{
+    while (*s) {
+        const char *start = s;
+        while ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_' ||
+               (s > start && *s >= '0' && *s <= '9'))
+            s++;
+        if (s == start || *s++ != '=' || *s++ != '"') return 0;
+        for (; *s != '"'; s++) {
+            if (*s == '\0' || *s == '\n') return 0;
+            if (*s == '\\' && *++s != '\\' && *s != '"' && *s != 'n') return 0;
+        }
+        s++;
+        if (*s == ',' && s[1] != '\0') s++;
+        else if (*s != '\0') return 0;
+    }
+    return 1;
+}
+
 static family *family_find(hl_metrics *reg, const char *name)
 {
     for (int i = 0; i < reg->n_f; i++)
@@ -186,6 +211,10 @@ static family *family_get(hl_metrics *reg, const char *name, const char *help,
             fprintf(stderr, "halflife: metric %s registered as %s and %s\n",
                     name, kind_names[f->kind], kind_names[kind]);
             abort();
+        }
+        if (f->help[0] == '\0' && help != NULL && help[0] != '\0') {
+            free(f->help);              /* the first caller passed no help */
+            f->help = xstrdup(help);
         }
         return f;
     }
@@ -208,8 +237,24 @@ static family *family_get(hl_metrics *reg, const char *name, const char *help,
 static series *series_find(const family *f, const char *labels)
 {
     for (int i = 0; i < f->n_s; i++)
-        if (strcmp(f->s[i]->labels, labels) == 0) return f->s[i];
+        if (strcmp(f->s[i]->key, labels) == 0) return f->s[i];
     return NULL;
+}
+
+/* Malformed labels (an unescaped value from a file, say) must not break
+ * every scrape, nor stop the worker: the series keeps the whole string,
+ * escaped, as the one label invalid_labels, and stderr says so once (a
+ * second registration finds the series by its original string). */
+static char *quarantine(const char *name, const char *labels)
+{
+    size_t need = hl_metrics_escape(NULL, 0, labels) + sizeof "invalid_labels=\"\"";
+    char *out = xcalloc(need, 1);
+
+    fprintf(stderr, "halflife: metric %s: malformed labels, exported as invalid_labels\n", name);
+    memcpy(out, "invalid_labels=\"", 16);
+    hl_metrics_escape(out + 16, need - 16, labels);
+    strcat(out, "\"");
+    return out;
 }
 
 /* Returns the family's series for labels, created (and un-hidden) as needed. */
@@ -225,7 +270,8 @@ static series *series_get(hl_metrics *reg, const char *name, const char *help,
     if (labels == NULL) labels = "";
     if ((s = series_find(f, labels)) == NULL) {
         s = xcalloc(1, sizeof *s);
-        s->labels = xstrdup(labels);
+        s->key = xstrdup(labels);
+        s->labels = valid_labels(labels) ? s->key : quarantine(name, labels);
         if (kind == K_HISTOGRAM) {
             s->u.h.bounds = f->bounds;
             s->u.h.n = f->n_bounds;

@@ -19,8 +19,12 @@ void        hl_metrics_destroy(hl_metrics *reg);          /* NULL is a no-op */
 /* Each returns the series for (name, labels), creating it on first use; the
  * same call again returns the same series. labels is NULL or the inside of
  * the braces, already escaped: "reason=\"too_short\",partition=\"3\"".
- * help is used by the first registration of a name. Never NULL (aborts on
- * out-of-memory at registration, which happens at start or on assignment). */
+ * help is used by the first registration of a name that has one. Never
+ * NULL: aborts on out-of-memory at registration (which happens at start or
+ * on assignment) and on a programmer's mistake that would break every
+ * scrape (an invalid metric name, one name registered as two kinds).
+ * Malformed labels do not abort: the series is exported with the one label
+ * invalid_labels="<the string, escaped>" and stderr says so. */
 hl_counter   *hl_metrics_counter(hl_metrics *reg, const char *name,
                                  const char *help, const char *labels);
 hl_gauge     *hl_metrics_gauge(hl_metrics *reg, const char *name,

@@ -130,9 +130,9 @@ static int check_opts(const hl_persist_opts *o, char *errbuf, size_t errlen)
     char name[HL_SNAPSHOT_TOPIC_MAX + 48];
     if (o->dir == NULL || o->dir[0] == '\0' || strlen(o->dir) >= HL_SNAPSHOT_PATH_MAX - 300)
         return hl_err(errbuf, errlen, HL_EINVAL, "snapshot.dir: empty or too long");
-    if (o->retain < 1 || o->interval_ms < 0)
-        return hl_err(errbuf, errlen, HL_EINVAL, "snapshot.retain=%d (>= 1), "
-                      "snapshot.interval.ms=%lld (>= 0)", o->retain, (long long)o->interval_ms);
+    if (o->interval_ms < 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "snapshot.interval.ms=%lld: want >= 0",
+                      (long long)o->interval_ms);
     snprintf(meta.topic, sizeof meta.topic, "%s", o->topic ? o->topic : "");
     return hl_snapshot_name(&meta, name, sizeof name, errbuf, errlen);
 }

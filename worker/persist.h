@@ -35,7 +35,7 @@ typedef struct hl_persist_shard hl_persist_shard;  /* opaque, one per shard */
 typedef struct hl_persist_opts {
     const char  *dir;               /* snapshot.dir (copied); created if missing */
     const char  *topic;             /* the input topic (copied) */
-    int          retain;            /* snapshot.retain, >= 1 */
+    int          retain;            /* snapshot.retain; < 1: HL_SNAPSHOT_RETAIN */
     int64_t      interval_ms;       /* snapshot.interval.ms; 0: only flushes */
     uint64_t     model_fingerprint; /* hl_model_info.fingerprint */
     size_t       step_rows;         /* rows per hl_snapshot_step; 0: about 256 KB

@@ -6,7 +6,6 @@
 #include "shard.h"
 
 #include <stdio.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,39 +19,35 @@ static void register_series(hl_shard *sh, hl_metrics *reg)
         "Users held in the shard's state.", labels);
     sh->series.state_bytes = hl_metrics_gauge(reg, "halflife_state_bytes",
         "Memory held by the shard's state.", labels);
-    sh->series.snap_bytes = hl_metrics_gauge(reg, "halflife_snapshot_bytes",
-        "Size of the shard's newest snapshot file.", labels);
-    sh->series.snap_success = hl_metrics_gauge(reg,
-        "halflife_snapshot_last_success_timestamp_seconds",
-        "Wall time of the shard's newest snapshot.", labels);
 }
 
-hl_shard *hl_shard_create(int32_t partition, const hl_table_opts *o, hl_table *tbl,
-                          int64_t snap_offset, int cap_ev, hl_metrics *reg,
+hl_shard *hl_shard_create(int32_t partition, hl_table *tbl, int64_t restored_offset,
+                          hl_persist_shard *ps, int cap_ev, hl_metrics *reg,
                           char *errbuf, size_t errlen)
 {
     hl_shard *sh = calloc(1, sizeof *sh);
     if (sh == NULL) {
         hl_table_destroy(tbl);
+        hl_persist_shard_destroy(ps);
         goto nomem;
     }
     sh->partition = partition;
     sh->tbl = tbl;
-    sh->next_offset = sh->snap_offset = tbl ? snap_offset : -1;
+    sh->ps = ps;
+    sh->next_offset = sh->delivered_offset = restored_offset;
     sh->cap_ev = cap_ev;
     sh->ev = malloc(sizeof *sh->ev * (size_t)cap_ev);
     sh->status = malloc((size_t)cap_ev);
     if (sh->ev == NULL || sh->status == NULL)
         goto nomem;
-    if (sh->tbl == NULL && (sh->tbl = hl_table_create(o, errbuf, errlen)) == NULL)
-        goto fail;
+    if (tbl == NULL)
+        goto nomem;
     if (reg != NULL)
         register_series(sh, reg);
     hl_shard_batch_begin(sh);
     return sh;
 nomem:
     hl_err(errbuf, errlen, HL_ENOMEM, "shard %d: out of memory", (int)partition);
-fail:
     hl_shard_destroy(sh);
     return NULL;
 }
@@ -61,7 +56,7 @@ void hl_shard_destroy(hl_shard *sh)
 {
     if (sh == NULL)
         return;
-    hl_snapshot_abort(sh->snap);
+    hl_persist_shard_destroy(sh->ps);
     hl_table_destroy(sh->tbl);
     free(sh->ev);
     free(sh->status);
@@ -111,81 +106,4 @@ void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2])
     }
     sh->evicted_mass_seen = st.evicted_mass;
     sh->evicted_capacity_seen = st.evicted_capacity;
-}
-
-/* ---- snapshots --------------------------------------------------------- */
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void fill_meta(const hl_shard *sh, const hl_snap_cfg *c, hl_snapshot_meta *meta)
-{
-    memset(meta, 0, sizeof *meta);
-    snprintf(meta->topic, sizeof meta->topic, "%s", c->topic);
-    meta->partition = sh->partition;
-    meta->next_offset = sh->next_offset;
-    meta->model_fingerprint = c->fingerprint;
-}
-
-int hl_shard_snap_begin(hl_shard *sh, const hl_snap_cfg *c, char *errbuf, size_t errlen)
-{
-    hl_snapshot_meta meta;
-    if (sh->snap != NULL || !hl_shard_snap_stale(sh))
-        return hl_err(errbuf, errlen, HL_EINVAL, "shard %d: nothing to snapshot",
-                      (int)sh->partition);
-    fill_meta(sh, c, &meta);
-    sh->snap_t0 = mono_s();
-    sh->snap_begin_offset = sh->next_offset;
-    return hl_snapshot_begin(NULL, c->dir, &meta, sh->tbl, &sh->snap, errbuf, errlen);
-}
-
-static void snap_done(hl_shard *sh, const hl_snap_cfg *c, const hl_snapshot_result *res)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    sh->snap_offset = sh->snap_begin_offset;
-    if (c->duration)
-        hl_histogram_observe(c->duration, mono_s() - sh->snap_t0);
-    if (sh->series.snap_bytes) {
-        hl_gauge_set(sh->series.snap_bytes, (double)res->bytes);
-        hl_gauge_set(sh->series.snap_success, (double)ts.tv_sec + ts.tv_nsec * 1e-9);
-    }
-}
-
-int hl_shard_snap_step(hl_shard *sh, const hl_snap_cfg *c, size_t budget_rows,
-                       char *errbuf, size_t errlen)
-{
-    hl_snapshot_result res;
-    if (sh->snap == NULL)
-        return 1;
-    int rc = hl_snapshot_step(sh->snap, sh->tbl, budget_rows, errbuf, errlen);
-    if (rc == 0)
-        return 0;
-    if (rc < 0) {
-        hl_snapshot_abort(sh->snap);
-        sh->snap = NULL;
-        return rc;
-    }
-    rc = hl_snapshot_commit(sh->snap, c->retain, &res, errbuf, errlen);
-    sh->snap = NULL;            /* commit always consumes the writer */
-    if (rc != 0)
-        return rc;
-    snap_done(sh, c, &res);
-    return 1;
-}
-
-int hl_shard_snap_now(hl_shard *sh, const hl_snap_cfg *c, char *errbuf, size_t errlen)
-{
-    hl_snapshot_abort(sh->snap);
-    sh->snap = NULL;
-    if (!hl_shard_snap_stale(sh))
-        return 0;
-    int rc = hl_shard_snap_begin(sh, c, errbuf, errlen);
-    while (rc == 0)
-        rc = hl_shard_snap_step(sh, c, 1 << 20, errbuf, errlen);
-    return rc < 0 ? rc : 0;
 }

@@ -11,7 +11,7 @@
 #include "table.h"
 #include "model.h"
 #include "metrics.h"
-#include "snapshot.h"
+#include "persist.h"
 
 #include <stdatomic.h>
 
@@ -19,19 +19,8 @@ typedef struct hl_shard_series {
     hl_counter *consumed;       /* halflife_events_consumed_total{partition} */
     hl_gauge   *users;          /* halflife_users{partition} */
     hl_gauge   *state_bytes;    /* halflife_state_bytes{partition} */
-    hl_gauge   *snap_bytes;     /* halflife_snapshot_bytes{partition} */
-    hl_gauge   *snap_success;   /* halflife_snapshot_last_success_timestamp_seconds{partition} */
 } hl_shard_series;
 
-/* Where and how shards write snapshots; shared, read-only. */
-typedef struct hl_snap_cfg {
-    const char   *dir;           /* snapshot.dir */
-    const char   *topic;         /* the input topic: part of the file name */
-    uint64_t      fingerprint;   /* the model's */
-    int           retain;        /* snapshot.retain */
-    int64_t       interval_ms;   /* snapshot.interval.ms; 0: only on revoke/stop */
-    hl_histogram *duration;      /* halflife_snapshot_duration_seconds, may be NULL */
-} hl_snap_cfg;
 
 typedef struct hl_shard {
     int32_t     partition;
@@ -52,23 +41,21 @@ typedef struct hl_shard {
     atomic_ullong consumed, applied, duplicates, invalid, unknown_items, failed;
 
     /* Offsets: next_offset follows the batches (after the newest message
-     * processed, -1 before any); snap_offset is the next_offset of the
-     * newest snapshot written or restored (-1 none). */
-    int64_t     next_offset, snap_offset;
-    hl_snapshot_writer *snap;        /* an incremental snapshot in progress */
-    int64_t     snap_begin_offset;
-    double      snap_t0;             /* monotonic seconds at begin */
-    int64_t     snap_due_ms;         /* monotonic ms of the next periodic one */
+     * applied, -1 before any); delivered_offset is the one below which
+     * every list is delivered and the offset stored (persist.h). */
+    int64_t     next_offset, delivered_offset;
+    hl_persist_shard *ps;            /* its snapshots; NULL without snapshot.dir */
     uint64_t    evicted_mass_seen, evicted_capacity_seen;
     hl_shard_series series;
 } hl_shard;
 
-/* Creates a shard for partition with room for cap_ev events per batch:
- * around tbl if not NULL (ownership moves, restored from a snapshot whose
- * next offset is snap_offset), else with an empty table. reg may be NULL
- * (no per-partition series). On failure tbl is destroyed. */
-hl_shard *hl_shard_create(int32_t partition, const hl_table_opts *o, hl_table *tbl,
-                          int64_t snap_offset, int cap_ev, hl_metrics *reg,
+/* Creates a shard for partition with room for cap_ev events per batch
+ * around tbl (ownership moves; on failure tbl is destroyed), restored at
+ * restored_offset (-1: an empty table). ps (may be NULL) is the shard's
+ * snapshot state, owned from now on. reg may be NULL (no per-partition
+ * series). */
+hl_shard *hl_shard_create(int32_t partition, hl_table *tbl, int64_t restored_offset,
+                          hl_persist_shard *ps, int cap_ev, hl_metrics *reg,
                           char *errbuf, size_t errlen);
 void      hl_shard_destroy(hl_shard *sh);            /* NULL is a no-op */
 
@@ -101,26 +88,5 @@ int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed);
 /* Refreshes the users/state_bytes gauges and the eviction counters from the
  * table's stats. evictions is {mass, capacity} or NULL. */
 void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2]);
-
-/* Starts an incremental snapshot at the shard's next_offset. Owner thread,
- * between batches, with the batch's lists delivered. HL_EINVAL if one runs
- * already or nothing was consumed since the last. */
-int hl_shard_snap_begin(hl_shard *sh, const hl_snap_cfg *c, char *errbuf, size_t errlen);
-
-/* Writes up to budget_rows more rows of the running snapshot; commits it
- * when all are out. 1 when committed (or none runs), 0 if more remain, or
- * a negative HL_E* (the snapshot is abandoned; older files are intact). */
-int hl_shard_snap_step(hl_shard *sh, const hl_snap_cfg *c, size_t budget_rows,
-                       char *errbuf, size_t errlen);
-
-/* Abandons a running snapshot, then writes a complete one now unless the
- * newest already holds next_offset. 0 or a negative HL_E*. */
-int hl_shard_snap_now(hl_shard *sh, const hl_snap_cfg *c, char *errbuf, size_t errlen);
-
-/* 1 if the state changed since the newest snapshot. */
-static inline int hl_shard_snap_stale(const hl_shard *sh)
-{
-    return sh->next_offset >= 0 && sh->next_offset != sh->snap_offset;
-}
 
 #endif

@@ -205,7 +205,6 @@ static void own_add(hl_wthread *t, hl_shard *sh)
     }
     t->by_part[p] = sh;
     t->own[t->n_own++] = sh;
-    sh->snap_due_ms = mono_ms() + t->ctx->snap.interval_ms;
     atomic_store(&t->n_shards, t->n_own);
 }
 
@@ -284,6 +283,11 @@ int hl_wthread_wait_taken(hl_wthread *t, hl_shard **out, int max)
 static void retire_one(hl_wthread *t, flight *f)
 {
     hl_wshared *ctx = t->ctx;
+    for (int i = 0; i < f->offs->cnt; i++) {
+        hl_shard *sh = shard_of(t, f->offs->elems[i].partition);
+        if (sh != NULL)
+            sh->delivered_offset = f->offs->elems[i].offset;
+    }
     if (f->offs->cnt > 0) {
         rd_kafka_resp_err_t err = rd_kafka_offsets_store(ctx->consumer, f->offs);
         uint64_t sup;
@@ -600,69 +604,32 @@ static void run_batch(hl_wthread *t, int n)
     batch_metrics(t, n);
 }
 
-/* ---- snapshots --------------------------------------------------------- */
+/* ---- snapshots (persist.h) -------------------------------------------- */
 
-static void snap_failed(hl_wthread *t, hl_shard *sh, const char *err)
-{
-    hl_log(HL_LOG_ERROR, "snapshot_failed", "partition=%d dir=%s err=\"%s\"",
-           (int)sh->partition, t->ctx->snap.dir, err);
-}
-
-/* A complete snapshot now (revocation, shutdown). Flights drained first,
- * so the snapshot never holds state whose lists were not delivered. */
+/* A durable snapshot now (revocation, shutdown). The flights are drained
+ * first, so it holds no state whose lists were not delivered. */
 static void snap_now(hl_wthread *t, hl_shard *sh)
 {
     char err[512];
-    double a = now_s();
-    int64_t off = sh->next_offset;
-    if (!hl_shard_snap_stale(sh) && sh->snap == NULL)
+    if (sh->ps == NULL)
         return;
-    if (hl_shard_snap_now(sh, &t->ctx->snap, err, sizeof err) != 0)
-        snap_failed(t, sh, err);
-    else
-        hl_log(HL_LOG_INFO, "snapshot_written", "partition=%d next_offset=%lld seconds=%.3f",
-               (int)sh->partition, (long long)off, now_s() - a);
+    int64_t deadline = mono_ms() + t->ctx->o->shutdown_timeout_ms;
+    if (hl_persist_flush(sh->ps, sh->tbl, sh->next_offset, deadline, err, sizeof err) != 0)
+        hl_log(HL_LOG_ERROR, "snapshot_flush_failed", "partition=%d err=\"%s\"",
+               (int)sh->partition, err);
 }
 
-static hl_shard *snap_running(hl_wthread *t)
-{
-    for (int i = 0; i < t->n_own; i++)
-        if (t->own[i]->snap != NULL)
-            return t->own[i];
-    return NULL;
-}
-
-/* Between batches: advance the running snapshot by one step, or start the
- * periodic snapshot of one shard that is due. One at a time per thread, so
- * a step costs about a millisecond of the batch loop. */
+/* Between batches: lets each shard's snapshot advance within its time
+ * budget; one shard that wrote rows ends the round, so the batch loop is
+ * held up by at most one tick. */
 static void snap_tick(hl_wthread *t)
 {
-    char err[512];
-    const hl_snap_cfg *c = &t->ctx->snap;
-    hl_shard *sh = snap_running(t);
-    if (sh != NULL) {
-        int rc = hl_shard_snap_step(sh, c, 0, err, sizeof err);
-        if (rc < 0)
-            snap_failed(t, sh, err);
-        else if (rc == 1)
-            hl_log(HL_LOG_DEBUG, "snapshot_written", "partition=%d next_offset=%lld",
-                   (int)sh->partition, (long long)sh->snap_offset);
-        return;
-    }
-    if (c->interval_ms <= 0)
-        return;
     int64_t now = mono_ms();
     for (int i = 0; i < t->n_own; i++) {
-        sh = t->own[i];
-        if (sh->snap_due_ms > now)
-            continue;
-        sh->snap_due_ms = now + c->interval_ms;
-        if (!hl_shard_snap_stale(sh))
-            continue;
-        drain(t);
-        if (hl_shard_snap_begin(sh, c, err, sizeof err) != 0)
-            snap_failed(t, sh, err);
-        return;
+        hl_shard *sh = t->own[i];
+        if (sh->ps && hl_persist_tick(sh->ps, sh->tbl, sh->next_offset,
+                                      sh->delivered_offset, now) == 1)
+            return;
     }
 }
 

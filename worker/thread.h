@@ -34,7 +34,7 @@ typedef struct hl_wshared {
     atomic_int           *stop;           /* 0 run, 1 drain and stop, 2 stop now */
     hl_table_opts         topts;
     float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
-    hl_snap_cfg           snap;
+    hl_persist           *persist;        /* NULL: no snapshots */
     hl_metrics           *reg;            /* may be NULL */
     struct {
         hl_counter   *invalid[HL_CODEC_N_REASONS];

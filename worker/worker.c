@@ -15,14 +15,13 @@
 #include "config.h"
 #include "consumer.h"
 #include "log.h"
+#include "persist.h"
 #include "thread.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <librdkafka/rdkafka_mock.h>
-#include <errno.h>
 #include <stdio.h>
-#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -46,7 +45,8 @@ struct hl_worker {
     atomic_int        stop;
     atomic_int        assigned;
     atomic_int        have_assignment;
-    hl_gauge         *assigned_g, *restore_g;
+    hl_gauge         *assigned_g;
+    hl_persist       *persist;        /* NULL without snapshot.dir */
     hl_counter       *rebalances;
     pthread_mutex_t   lat_mu;
     uint64_t          lat_prev[HL_LAT_BUCKETS];
@@ -163,11 +163,6 @@ static void register_metrics(hl_worker *w)
         "Rebalance callbacks served (assign and revoke).", NULL);
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
         "Input partitions this worker owns.", NULL);
-    w->restore_g = hl_metrics_gauge(reg, "halflife_restore_duration_seconds",
-        "Time the newest shard restore from a snapshot took.", NULL);
-    w->ctx.snap.duration = hl_metrics_histogram(reg, "halflife_snapshot_duration_seconds",
-        "From the start of a shard snapshot to its commit.", NULL,
-        hl_latency_bounds_s, hl_latency_bounds_n);
     const hl_model_info *mi = hl_model_info_get(w->m);
     snprintf(labels, sizeof labels, "version=\"%.60s\",items=\"%d\",dim=\"%d\"",
              mi->version, (int)mi->n_items, mi->dim);
@@ -200,38 +195,30 @@ static int owner_slot(hl_worker *w, int32_t p)
     return 0;
 }
 
-/* Loads the partition's newest valid snapshot: its table (or NULL) and the
- * offset to start from (the snapshot's, else auto.offset.reset: DESIGN.md
- * section 6 rebuilds state from the topic rather than trust a committed
- * offset without the state that goes with it). */
-static hl_table *restore(hl_worker *w, int32_t p, int64_t *offset)
+/* The partition's table: its newest valid snapshot's, and the offset to
+ * start from (the snapshot's, else auto.offset.reset: DESIGN.md section 6
+ * rebuilds state from the topic rather than trust a committed offset
+ * without the state that goes with it). NULL when out of memory. */
+static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset)
 {
-    char path[HL_SNAPSHOT_PATH_MAX], report[1024] = "", err[512];
-    hl_snapshot_info info;
-    hl_table *tbl = NULL;
+    char err[512];
+    hl_persist_restored r;
+    hl_table *tbl = hl_table_create(&w->ctx.topts, err, sizeof err);
+    *restored = -1;
     *offset = w->o.offset_reset_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
-    if (w->ctx.snap.dir == NULL)
-        return NULL;
-    int64_t t0 = hl_now_mono_ms();
-    int rc = hl_snapshot_load_newest(NULL, w->ctx.snap.dir, w->o.input_topic, p,
-                                     &w->ctx.topts, w->ctx.snap.fingerprint, &tbl, &info,
-                                     path, sizeof path, report, sizeof report, err, sizeof err);
-    if (report[0])
-        hl_log(HL_LOG_WARN, "snapshot_rejected", "partition=%d report=\"%s\"", (int)p, report);
-    if (rc == HL_ENOENT)
-        return NULL;
-    if (rc != 0) {
-        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"%s\" action=rebuild_from_earliest",
-               (int)p, err);
-        *offset = RD_KAFKA_OFFSET_BEGINNING;
+    if (tbl == NULL || w->persist == NULL)
+        return tbl;
+    if (hl_persist_restore(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"%s\"", (int)p, err);
+        hl_table_destroy(tbl);
         return NULL;
     }
-    double secs = (double)(hl_now_mono_ms() - t0) / 1000.0;
-    *offset = info.meta.next_offset;
-    hl_log(HL_LOG_INFO, "restored", "partition=%d path=%s users=%llu next_offset=%lld seconds=%.3f",
-           (int)p, path, (unsigned long long)info.n_rows, (long long)*offset, secs);
-    if (w->restore_g)
-        hl_gauge_set(w->restore_g, secs);
+    if (r.next_offset != HL_PERSIST_NO_OFFSET) {
+        *restored = *offset = r.next_offset;
+        hl_log(HL_LOG_INFO, "restored", "partition=%d path=%s users=%llu next_offset=%lld "
+               "seconds=%.3f", (int)p, r.path, (unsigned long long)r.n_rows,
+               (long long)r.next_offset, r.duration_s);
+    }
     return tbl;
 }
 
@@ -240,8 +227,11 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     char err[256];
     if (owner_slot(w, p) != 0 || w->owner[p] != NULL)
         return w->owner[p] != NULL ? 1 : HL_ENOMEM;
-    hl_table *tbl = restore(w, p, offset);
-    hl_shard *sh = hl_shard_create(p, &w->ctx.topts, tbl, *offset, w->o.batch_max_messages,
+    int64_t restored;
+    hl_table *tbl = restore(w, p, &restored, offset);
+    hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, restored)
+                                             : NULL;
+    hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
                                    w->reg, err, sizeof err);
     if (sh == NULL) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
@@ -353,24 +343,19 @@ static int table_opts(hl_worker *w, char *errbuf, size_t errlen)
     return hl_decay_init(&t->decay, mi->n_heads, mi->dim, mi->half_life_ms, errbuf, errlen);
 }
 
-/* mkdir -p dir (NULL: nothing to do). */
-static int make_dirs(const char *dir, char *errbuf, size_t errlen)
+static int start_persist(hl_worker *w, char *errbuf, size_t errlen)
 {
-    char p[HL_SNAPSHOT_PATH_MAX];
-    if (dir == NULL)
+    if (w->o.snapshot_dir == NULL || w->o.snapshot_dir[0] == '\0')
         return 0;
-    snprintf(p, sizeof p, "%s", dir);
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0')
-            continue;
-        char c = *s;
-        *s = '\0';
-        if (mkdir(p, 0755) != 0 && errno != EEXIST)
-            return hl_err(errbuf, errlen, HL_EIO, "snapshot.dir %s: %s", p, strerror(errno));
-        *s = c;
-        if (c == '\0')
-            return 0;
-    }
+    hl_persist_opts po = {
+        .dir = w->o.snapshot_dir, .topic = w->o.input_topic, .retain = w->o.snapshot_retain,
+        .interval_ms = w->o.snapshot_interval_ms,
+        .model_fingerprint = hl_model_info_get(w->m)->fingerprint, .reg = w->reg,
+    };
+    if ((w->persist = hl_persist_create(&po, errbuf, errlen)) == NULL)
+        return HL_EIO;
+    w->ctx.persist = w->persist;
+    return 0;
 }
 
 static int check_opts(const hl_worker_opts *o, char *errbuf, size_t errlen)
@@ -460,15 +445,10 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         snprintf(w->dlq, sizeof w->dlq, "%s", o->dlq_topic);
     w->ctx = (hl_wshared){.o = &w->o, .m = m, .stop = &w->stop, .reg = reg,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
-    w->ctx.snap.dir = o->snapshot_dir && o->snapshot_dir[0] ? o->snapshot_dir : NULL;
-    w->ctx.snap.topic = o->input_topic;
-    w->ctx.snap.fingerprint = hl_model_info_get(m)->fingerprint;
-    w->ctx.snap.retain = o->snapshot_retain;
-    w->ctx.snap.interval_ms = o->snapshot_interval_ms;
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
     if (reg)
         register_metrics(w);
-    if (table_opts(w, errbuf, errlen) != 0 || make_dirs(w->ctx.snap.dir, errbuf, errlen) != 0 ||
+    if (table_opts(w, errbuf, errlen) != 0 || start_persist(w, errbuf, errlen) != 0 ||
         start_kafka(w, errbuf, errlen) != 0)
         goto fail;
     w->ctx.consumer = hl_consumer_handle(w->cons);
@@ -487,6 +467,7 @@ void hl_worker_destroy(hl_worker *w)
         return;
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
+    hl_persist_destroy(w->persist);     /* after every shard is gone */
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
     embedded_stop(w);

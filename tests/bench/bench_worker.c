@@ -1,0 +1,651 @@
+/* bench_worker.c - the worker end to end, as processes over TCP: a
+ * `halflife broker`, `halflife run`, and this program producing events and
+ * reading the results (issue 4's benchmarks). One JSON line per figure:
+ *
+ *  worker_state_only: events/s with list refresh off (recs.enabled=false),
+ *    over a whole 1.5M-event topic on 32 partitions, read off the worker's
+ *    /metrics (polled every 10 ms). Ceiling: a do-nothing librdkafka consumer (same
+ *    queued.min.messages and fetch settings) reading the same topic from
+ *    the same broker in the same run.
+ *  worker_lists: lists/s with a 100k-item, dim-64 model, k 20, where
+ *    nearly every event is a different user (500k users) so every event
+ *    triggers a refresh. Ceiling: hl_ranker_refresh in this process on the
+ *    same model, batches of 256, times the worker's threads.
+ *  worker_event_to_publish: p50/p99 latency at half the lists/s rate above:
+ *    events stamped with the wall clock, and for each list read back, its
+ *    Kafka timestamp (when the worker produced it) minus its generated_at
+ *    (the newest event's time). Target p99 < 50 ms.
+ *
+ * Medians of 3 repetitions (1 for the latency run). The mock broker keeps
+ * at most 5 MiB per partition (DESIGN.md section 9): the watermarks are
+ * checked after producing, so a figure never hides lost data.
+ * Usage: bench_worker [halflife binary]  (default: build/halflife) */
+#include "codec.h"
+#include "model.h"
+#include "producer.h"
+#include "rank.h"
+#include "synth.h"
+#include "table.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <librdkafka/rdkafka.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REPS        3
+#define N_STATE     1500000
+#define N_LISTS     40000
+#define PARTS       32
+static int THREADS = 2;   /* HL_BENCH_THREADS */
+#define LAT_SECONDS 10
+#define WARMUP_S    3
+
+static const char *hl_bin = "build/halflife";
+static char tmp[64], bootstrap[256];
+static pid_t broker_pid;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench_worker: %s\n", what);
+    if (broker_pid > 0)
+        kill(broker_pid, SIGTERM);
+    exit(1);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+/* ---- processes --------------------------------------------------------- */
+
+/* fork/exec argv with stdout and stderr to log (or stdout to *out_fd). */
+static pid_t spawn(char *const argv[], const char *log, int *out_fd)
+{
+    int pfd[2] = {-1, -1};
+    if (out_fd && pipe(pfd) != 0)
+        die("pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 2);
+        dup2(out_fd ? pfd[1] : fd, 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    if (out_fd) {
+        close(pfd[1]);
+        *out_fd = pfd[0];
+    }
+    return pid;
+}
+
+static int stop(pid_t pid)
+{
+    int st = 0;
+    kill(pid, SIGTERM);
+    waitpid(pid, &st, 0);
+    return st;
+}
+
+static void start_broker(void)
+{
+    char log[128], parts[16];
+    int fd;
+    snprintf(log, sizeof log, "%s/broker.log", tmp);
+    snprintf(parts, sizeof parts, "%d", PARTS);
+    char *argv[] = {(char *)hl_bin, "broker", "--partitions", parts, "--topics",
+                    "b1,b2,b3,b2-recs,b3-recs", NULL};
+    broker_pid = spawn(argv, log, &fd);
+    FILE *f = fdopen(fd, "r");
+    if (f == NULL || fgets(bootstrap, sizeof bootstrap, f) == NULL)
+        die("halflife broker printed no address");
+    bootstrap[strcspn(bootstrap, "\r\n")] = '\0';
+}
+
+static int free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    bind(s, (struct sockaddr *)&a, sizeof a);
+    getsockname(s, (struct sockaddr *)&a, &len);
+    close(s);
+    return ntohs(a.sin_port);
+}
+
+/* Starts `halflife run` on topic with extra -X pairs (NULL-terminated). */
+static pid_t start_worker(const char *topic, const char *group, const char *model,
+                          int port, const char *const *extra, const char *log)
+{
+    char *argv[64];
+    static char buf[16][512];
+    int n = 0, b = 0;
+    argv[n++] = (char *)hl_bin;
+    argv[n++] = "run";
+#define X(...) do { snprintf(buf[b], sizeof buf[b], __VA_ARGS__); \
+                    argv[n++] = "-X"; argv[n++] = buf[b++]; } while (0)
+    X("kafka.bootstrap.servers=%s", bootstrap);
+    X("input.topic=%s", topic);
+    X("group.id=%s", group);
+    X("model.path=%s", model);
+    X("metrics.port=%d", port);
+    X("snapshot.dir=%s/snap-%s", tmp, group);
+    X("worker.threads=%d", THREADS);
+    X("kafka.fetch.wait.max.ms=10");
+    X("dlq.topic=");
+#undef X
+    for (int i = 0; extra && extra[i]; i++) {
+        argv[n++] = "-X";
+        argv[n++] = (char *)extra[i];
+    }
+    argv[n] = NULL;
+    return spawn(argv, log, NULL);
+}
+
+/* Sum of the samples of a metric on 127.0.0.1:port/metrics; -1 if the
+ * endpoint does not answer. */
+static double metric(int port, const char *name)
+{
+    static char resp[1 << 20];
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(s);
+        return -1;
+    }
+    const char *req = "GET /metrics HTTP/1.0\r\n\r\n";
+    if (write(s, req, strlen(req)) < 0) {
+        close(s);
+        return -1;
+    }
+    size_t got = 0;
+    ssize_t r;
+    while ((r = read(s, resp + got, sizeof resp - 1 - got)) > 0)
+        got += (size_t)r;
+    close(s);
+    resp[got] = '\0';
+    double sum = 0;
+    size_t nl = strlen(name);
+    char *body = strstr(resp, "\r\n\r\n");
+    for (char *line = body ? body + 4 : NULL; line && *line;) {
+        char *next = strchr(line, '\n');
+        if (strncmp(line, name, nl) == 0 && (line[nl] == ' ' || line[nl] == '{')) {
+            char *val = line[nl] == '{' ? strchr(line, '}') : line + nl;
+            if (val)
+                sum += strtod(strchr(val, ' '), NULL);
+        }
+        line = next ? next + 1 : NULL;
+    }
+    return sum;
+}
+
+/* ---- producing --------------------------------------------------------- */
+
+static hl_producer *bench_producer(void)
+{
+    char err[512];
+    hl_kafka_prop props[] = {{"bootstrap.servers", bootstrap}, {"linger.ms", "5"},
+                             {"batch.num.messages", "10000"},
+                             {"enable.idempotence", "false"}};
+    hl_producer *p = hl_producer_create(props, 4, NULL, err, sizeof err);
+    if (p == NULL)
+        die(err);
+    return p;
+}
+
+static hl_codec *bench_codec(void)
+{
+    char err[512];
+    hl_codec_opts o = {.input_framing = HL_FRAMING_CONFLUENT, .output_framing = HL_FRAMING_CONFLUENT,
+                       .schemas_dir = "schemas", .output_schema_id = 2,
+                       .min_ts_ms = 0, .max_ts_ms = INT64_MAX};
+    hl_codec *c = hl_codec_create(&o, err, sizeof err);
+    if (c == NULL)
+        die(err);
+    return c;
+}
+
+static void send_synth(hl_producer *p, hl_codec *c, const char *topic, hl_synth *s,
+                       int64_t ts_override)
+{
+    hl_synth_event se;
+    uint8_t buf[1024];
+    char err[256];
+    hl_synth_next(s, &se);
+    hl_codec_event ev = {se.user, se.user_len, se.item, se.item_len, se.type,
+                         ts_override ? ts_override : se.ts_ms, se.weight, se.has_weight};
+    int len = hl_codec_encode_event(c, &ev, buf, sizeof buf);
+    if (len < 0 || hl_producer_send(p, topic, -1, se.user, se.user_len, buf, (size_t)len,
+                                    NULL, NULL, err, sizeof err) != 0)
+        die("produce failed");
+}
+
+static int64_t topic_count(rd_kafka_t *rk, const char *topic)
+{
+    int64_t total = 0, lo, hi;
+    for (int p = 0; p < PARTS; p++) {
+        if (rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000))
+            die("watermarks");
+        if (lo != 0)
+            die("the broker dropped data (low watermark > 0): spread over more partitions");
+        total += hi;
+    }
+    return total;
+}
+
+/* Produces n synthetic events with users drawn from n_users as fast as
+ * possible and checks the broker holds all of them. */
+static void fill_topic(const char *topic, int n, int n_users, int n_items)
+{
+    hl_producer *p = bench_producer();
+    hl_codec *c = bench_codec();
+    hl_synth_opts so;
+    hl_synth_opts_default(&so);
+    so.n_users = n_users;
+    so.n_items = n_items;
+    so.n_topics = 100;
+    hl_synth *s = hl_synth_create(&so, NULL, 0);
+    for (int i = 0; i < n; i++) {
+        send_synth(p, c, topic, s, 0);
+        if ((i & 1023) == 0)
+            hl_producer_poll(p, 0);
+    }
+    rd_kafka_flush(hl_producer_handle(p), 60000);
+    if (topic_count(hl_producer_handle(p), topic) != n)
+        die("the broker does not hold every event produced");
+    hl_synth_destroy(s);
+    hl_codec_destroy(c);
+    hl_producer_destroy(p, 1000);
+}
+
+/* ---- the ceiling consumer ---------------------------------------------- */
+
+/* A do-nothing consumer reading topic; events/s from its first record to
+ * its n-th (the whole read: a window that starts later would mostly time
+ * records already prefetched into memory). */
+static double ceiling_consumer(const char *topic, const char *group, int n)
+{
+    char err[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    const char *kv[][2] = {{"bootstrap.servers", bootstrap}, {"group.id", group},
+                           {"auto.offset.reset", "earliest"}, {"enable.auto.commit", "false"},
+                           {"queued.min.messages", "1000000"}, {"fetch.wait.max.ms", "10"},
+                           {"partition.assignment.strategy", "cooperative-sticky"}};
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+        rd_kafka_conf_set(conf, kv[i][0], kv[i][1], err, sizeof err);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (rk == NULL)
+        die(err);
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_subscribe(rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rk);
+    static rd_kafka_message_t *msgs[10000];
+    long got = 0;
+    double t10 = 0, t90 = 0, deadline = now_s() + 60;
+    while (got < n && now_s() < deadline) {
+        ssize_t k = rd_kafka_consume_batch_queue(q, 100, msgs, 10000);
+        for (ssize_t i = 0; i < k; i++) {
+            got += msgs[i]->err == 0;
+            rd_kafka_message_destroy(msgs[i]);
+        }
+        if (!t10 && got > 0) t10 = now_s();
+        if (!t90 && got >= n) t90 = now_s();
+    }
+    rd_kafka_queue_destroy(q);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    if (got < n)
+        die("the ceiling consumer did not read every event");
+    return (double)n / (t90 - t10);
+}
+
+/* ---- the worker's rate ------------------------------------------------- */
+
+/* Polls the worker's /metrics every 10 ms until `events` events were
+ * consumed; returns the rate of what_metric from the first poll that saw
+ * a consumed event to the one that saw them all (as the ceiling). */
+static double worker_rate(int port, int events, const char *what_metric)
+{
+    double t10 = 0, t90 = 0, v10 = 0, v90 = 0, deadline = now_s() + 120;
+    struct timespec nap = {0, 10 * 1000000L};
+    while (now_s() < deadline) {
+        double c = metric(port, "halflife_events_consumed_total");
+        if (c > 0 && !t10) { t10 = now_s(); v10 = metric(port, what_metric); }
+        if (c >= events && !t90) { t90 = now_s(); v90 = metric(port, what_metric); }
+        if (c >= events)
+            break;
+        nanosleep(&nap, NULL);
+    }
+    if (!t90)
+        die("the worker did not consume every event in time");
+    return (v90 - v10) / (t90 - t10);
+}
+
+static double worker_run(const char *topic, const char *group, const char *model, int events,
+                         const char *const *extra, const char *what_metric)
+{
+    char log[256];
+    int port = free_port();
+    snprintf(log, sizeof log, "%s/worker-%s.log", tmp, group);
+    pid_t pid = start_worker(topic, group, model, port, extra, log);
+    double r = worker_rate(port, events, what_metric);
+    int st = stop(pid);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        die("the worker did not exit 0 on SIGTERM");
+    return r;
+}
+
+/* ---- models and the ranker ceiling ------------------------------------- */
+
+static float frand(uint64_t *s)
+{
+    *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
+    return (float)((double)(*s >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
+}
+
+/* A random model with items "i000000".. (the synthetic stream's ids). */
+static void write_model(const char *path, int n_items, int dim)
+{
+    hl_model_parts p;
+    memset(&p, 0, sizeof p);
+    hl_model_info *mi = &p.info;
+    mi->dim = dim;
+    mi->n_heads = 3;
+    mi->half_life_ms[0] = 3600e3; mi->half_life_ms[1] = 86400e3; mi->half_life_ms[2] = 2592e6;
+    for (int t = 0; t < HL_N_TYPES; t++)
+        mi->type_weight[t] = 1;
+    mi->n_items = n_items;
+    mi->n_layers = 2;
+    mi->layer_out[0] = 256;
+    mi->layer_out[1] = dim;
+    snprintf(mi->version, sizeof mi->version, "bench-%d-%d", n_items, dim);
+    int in = hl_model_input_dim(mi);
+    size_t ne = (size_t)n_items * dim;
+    float *e_in = malloc(ne * 4), *e_out = malloc(ne * 4), *bias = malloc((size_t)n_items * 4);
+    float *w0 = malloc((size_t)256 * in * 4), *b0 = calloc(256, 4);
+    float *w1 = malloc((size_t)dim * 256 * 4), *b1 = calloc((size_t)dim, 4);
+    char (*ids)[16] = malloc((size_t)n_items * 16);
+    const char **idp = malloc(sizeof *idp * (size_t)n_items);
+    uint32_t *lens = malloc(sizeof *lens * (size_t)n_items);
+    uint64_t s = 99;
+    for (size_t i = 0; i < ne; i++) { e_in[i] = frand(&s); e_out[i] = frand(&s) * 0.3f; }
+    for (int i = 0; i < 256 * in; i++) w0[i] = frand(&s) * 0.1f;
+    for (int i = 0; i < dim * 256; i++) w1[i] = frand(&s) * 0.1f;
+    for (int i = 0; i < n_items; i++) {
+        bias[i] = frand(&s) * 0.1f;
+        lens[i] = (uint32_t)hl_synth_item_id(i, ids[i]);
+        idp[i] = ids[i];
+    }
+    p.item_id = idp; p.item_id_len = lens;
+    p.e_in = e_in; p.e_out = e_out; p.bias = bias;
+    p.layer_w[0] = w0; p.layer_b[0] = b0; p.layer_w[1] = w1; p.layer_b[1] = b1;
+    char err[512];
+    if (hl_model_write(path, &p, err, sizeof err) != 0)
+        die(err);
+    free(e_in); free(e_out); free(bias); free(w0); free(b0); free(w1); free(b1);
+    free(ids); free(idp); free(lens);
+}
+
+/* hl_ranker_refresh lists/s on one thread: 256 users with 32 events each. */
+static double ranker_ceiling(const char *model_path)
+{
+    enum { B = 256 };
+    char err[512];
+    hl_model *m = hl_model_open(model_path, err, sizeof err);
+    if (m == NULL)
+        die(err);
+    const hl_model_info *mi = hl_model_info_get(m);
+    hl_table_opts to = {.history = 32, .max_users = 1 << 20, .expected_users = B};
+    hl_decay_init(&to.decay, mi->n_heads, mi->dim, mi->half_life_ms, NULL, 0);
+    hl_table *tbl = hl_table_create(&to, NULL, 0);
+    char users[B][16];
+    uint64_t s = 7;
+    for (int u = 0; u < B; u++) {
+        snprintf(users[u], 16, "u%d", u);
+        for (int e = 0; e < 32; e++) {
+            hl_event ev = {users[u], (uint32_t)strlen(users[u]),
+                           (int32_t)((frand(&s) + 1) * 0.5 * (mi->n_items - 1)), 0, 1,
+                           1000 * e, e};
+            hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), mi->n_items, NULL);
+        }
+    }
+    hl_row_view v[B];
+    for (int u = 0; u < B; u++)
+        hl_table_view(tbl, (uint32_t)hl_table_find(tbl, users[u], strlen(users[u])), &v[u]);
+    hl_rank_opts ro = {.k = 20, .exclude_seen = 1, .max_batch = B};
+    hl_ranker *r = hl_ranker_create(m, &ro, err, sizeof err);
+    static hl_rec out[B * 20];
+    int n_out[B];
+    double rates[REPS];
+    for (int rep = 0; rep < REPS; rep++) {
+        double t0 = now_s();
+        int iters = 0;
+        while (now_s() - t0 < 0.7) {
+            hl_ranker_refresh(r, v, B, out, n_out);
+            iters++;
+        }
+        rates[rep] = (double)iters * B / (now_s() - t0);
+    }
+    hl_ranker_destroy(r);
+    hl_table_destroy(tbl);
+    hl_model_close(m);
+    return median(rates, REPS);
+}
+
+/* ---- the figures ------------------------------------------------------- */
+
+static void bench_state_only(const char *model)
+{
+    double w[REPS], c[REPS];
+    char group[32];
+    const char *extra[] = {"recs.enabled=false", NULL};
+    fill_topic("b1", N_STATE, 100000, 1000);
+    for (int rep = 0; rep < REPS; rep++) {
+        snprintf(group, sizeof group, "ceil%d", rep);
+        c[rep] = ceiling_consumer("b1", group, N_STATE);
+        snprintf(group, sizeof group, "state%d", rep);
+        w[rep] = worker_run("b1", group, model, N_STATE, extra, "halflife_events_consumed_total");
+    }
+    double wm = median(w, REPS), cm = median(c, REPS);
+    printf("{\"bench\":\"worker_state_only\",\"events\":%d,\"partitions\":%d,\"threads\":%d,"
+           "\"value\":%.4g,\"unit\":\"events/s\",\"ceiling\":%.4g,\"ratio\":%.2f}\n",
+           N_STATE, PARTS, THREADS, wm, cm, wm / cm);
+    fflush(stdout);
+}
+
+static double bench_lists(const char *model)
+{
+    double w[REPS];
+    char group[32];
+    const char *extra[] = {"output.topic=b2-recs", "recs.k=20", NULL};
+    double ceil1 = ranker_ceiling(model);
+    fill_topic("b2", N_LISTS, 500000, 100000);
+    for (int rep = 0; rep < REPS; rep++) {
+        snprintf(group, sizeof group, "lists%d", rep);
+        w[rep] = worker_run("b2", group, model, N_LISTS, extra, "halflife_lists_published_total");
+    }
+    double wm = median(w, REPS);
+    printf("{\"bench\":\"worker_lists\",\"items\":100000,\"dim\":64,\"k\":20,\"threads\":%d,"
+           "\"value\":%.4g,\"unit\":\"lists/s\",\"ceiling\":%.4g,\"ratio\":%.2f,"
+           "\"ceiling_is\":\"hl_ranker_refresh lists/s on one thread x threads\"}\n",
+           THREADS, wm, ceil1 * THREADS, wm / (ceil1 * THREADS));
+    fflush(stdout);
+    return wm;
+}
+
+/* Avro long (zigzag varint) at p[*i..len); 0 or -1 if truncated. */
+static int read_long(const uint8_t *p, size_t len, size_t *i, int64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; *i < len && shift < 64; shift += 7) {
+        uint8_t b = p[(*i)++];
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Reads b3-recs: for each list, Kafka timestamp minus generated_at (the
+ * list is Confluent-framed: 5 header bytes, user_id, generated_at). */
+static int read_latencies(rd_kafka_t *rk, double *lat, int cap, double until)
+{
+    int n = 0;
+    while (now_s() < until && n < cap) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1);
+        if (m == NULL)
+            continue;
+        size_t i = 5;
+        int64_t ulen, gen;
+        if (!m->err && m->len > 5 && read_long(m->payload, m->len, &i, &ulen) == 0) {
+            i += (size_t)ulen;
+            if (read_long(m->payload, m->len, &i, &gen) == 0)
+                lat[n++] = (double)(rd_kafka_message_timestamp(m, NULL) - gen);
+        }
+        rd_kafka_message_destroy(m);
+    }
+    return n;
+}
+
+static rd_kafka_t *latency_reader(void)
+{
+    char err[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof err);
+    rd_kafka_conf_set(conf, "group.id", "latreader", err, sizeof err);
+    rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof err);
+    rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", err, sizeof err);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, "b3-recs", RD_KAFKA_PARTITION_UA);
+    rd_kafka_subscribe(rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    return rk;
+}
+
+static void bench_latency(const char *model, double rate)
+{
+    char log[256];
+    int port = free_port();
+    const char *extra[] = {"output.topic=b3-recs", NULL};
+    snprintf(log, sizeof log, "%s/worker-latency.log", tmp);
+    pid_t pid = start_worker("b3", "lat", model, port, extra, log);
+    rd_kafka_t *reader = latency_reader();
+    double deadline = now_s() + 30;
+    while (metric(port, "halflife_assigned_partitions") < PARTS && now_s() < deadline)
+        usleep(100000);
+    hl_producer *p = bench_producer();
+    hl_codec *c = bench_codec();
+    hl_synth_opts so;
+    hl_synth_opts_default(&so);
+    so.n_users = 500000;
+    so.n_items = 100000;
+    so.n_topics = 100;
+    hl_synth *s = hl_synth_create(&so, NULL, 0);
+    /* Warm up for 3 s (fetchers starting, first lists, the reader's own
+     * assignment), then measure for LAT_SECONDS. */
+    double t0 = now_s();
+    long n = 0;
+    static double lat[1 << 20];
+    int n_lat = 0;
+    while (now_s() - t0 < LAT_SECONDS + WARMUP_S) {
+        int warm = now_s() - t0 < WARMUP_S;
+        for (; n < (long)((now_s() - t0) * rate); n++)
+            send_synth(p, c, "b3", s, wall_ms());
+        hl_producer_poll(p, 0);
+        n_lat += read_latencies(reader, lat + n_lat, (1 << 20) - n_lat, now_s() + 0.001);
+        if (warm)
+            n_lat = 0;
+    }
+    rd_kafka_flush(hl_producer_handle(p), 10000);
+    n_lat += read_latencies(reader, lat + n_lat, (1 << 20) - n_lat, now_s() + 3);
+    stop(pid);
+    rd_kafka_consumer_close(reader);
+    rd_kafka_destroy(reader);
+    hl_synth_destroy(s);
+    hl_codec_destroy(c);
+    hl_producer_destroy(p, 1000);
+    if (n_lat < 100)
+        die("too few lists read back for the latency figure");
+    qsort(lat, (size_t)n_lat, sizeof *lat, cmp_double);
+    double p50 = lat[n_lat / 2], p99 = lat[(int)(n_lat * 0.99)];
+    printf("{\"bench\":\"worker_event_to_publish\",\"rate\":%.0f,\"events\":%ld,\"lists\":%d,"
+           "\"p50_ms\":%.1f,\"p99_ms\":%.1f,\"value\":%.1f,\"unit\":\"ms p99\",\"target\":50,"
+           "\"ceiling\":null}\n", rate, n, n_lat, p50, p99, p99);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+    char small[128], big[128];
+    if (argc > 1)
+        hl_bin = argv[1];
+    else if (getenv("HL_HALFLIFE"))
+        hl_bin = getenv("HL_HALFLIFE");
+    if (access(hl_bin, X_OK) != 0)
+        die("no halflife binary (build/halflife, argv[1] or HL_HALFLIFE)");
+    snprintf(tmp, sizeof tmp, "/tmp/hl_bench_worker_XXXXXX");
+    if (mkdtemp(tmp) == NULL)
+        die("mkdtemp");
+    signal(SIGPIPE, SIG_IGN);
+    if (getenv("HL_BENCH_THREADS"))
+        THREADS = atoi(getenv("HL_BENCH_THREADS"));
+    snprintf(small, sizeof small, "%s/small.hlm", tmp);
+    snprintf(big, sizeof big, "%s/big.hlm", tmp);
+    write_model(small, 1000, 16);
+    write_model(big, 100000, 64);
+    start_broker();
+    /* HL_BENCH_ONLY=state|lists|latency runs one figure (latency at
+     * HL_BENCH_RATE events/s, default half the lists/s figure). */
+    const char *only = getenv("HL_BENCH_ONLY"), *rate = getenv("HL_BENCH_RATE");
+    if (!only || !strcmp(only, "state"))
+        bench_state_only(small);
+    double lists = rate ? 2 * atof(rate) : 0;
+    if (!only || !strcmp(only, "lists") || (!strcmp(only, "latency") && !rate))
+        lists = bench_lists(big);
+    if (!only || !strcmp(only, "latency"))
+        bench_latency(big, lists / 2);
+    stop(broker_pid);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    return system(cmd) != 0;
+}

@@ -107,7 +107,7 @@ static void make_schemas_dir(void)
 static void remove_schemas_dir(void)
 {
     char path[512];
-    for (int id = 1; id <= 6; id++) {
+    for (int id = 1; id <= 8; id++) {
         snprintf(path, sizeof path, "%s/%d.avsc", dir, id);
         unlink(path);
     }
@@ -435,6 +435,21 @@ static void test_enum_resolves_by_symbol(void)
     hl_codec_destroy(c);
 }
 
+/* A schema file deployed after the first record that needs it is picked up
+ * without a restart (hl_codec_writer looks again at once; the decoder
+ * within 5 s). */
+static void test_schema_deployed_later(void)
+{
+    hl_codec *c = new_codec(HL_FRAMING_CONFLUENT);
+    char path[512];
+    EXPECT(c, 8, HL_CODEC_UNKNOWN_SCHEMA, 0xd0, 0x0f, 0x00, 0x02, 'i', 0x02, 'u', 0x00, 0x02, 0x00);
+    snprintf(path, sizeof path, "%s/8.avsc", dir);
+    write_file(path, evolved_json);
+    CHECK(hl_codec_writer(c, 8) == HL_CODEC_WRITER_RESOLVED);
+    EXPECT(c, 8, HL_CODEC_OK, 0xd0, 0x0f, 0x00, 0x02, 'i', 0x02, 'u', 0x00, 0x02, 0x00);
+    hl_codec_destroy(c);
+}
+
 static void test_raw_framing(void)
 {
     hl_codec *c = new_codec(HL_FRAMING_RAW);
@@ -675,6 +690,7 @@ int main(void)
     RUN(test_string_longer_than_limit);
     RUN(test_malformed_body_resolved_path);
     RUN(test_enum_resolves_by_symbol);
+    RUN(test_schema_deployed_later);
     RUN(test_raw_framing);
     RUN(test_prefixes_and_bit_flips);
     RUN(test_bad_options);

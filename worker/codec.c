@@ -26,6 +26,7 @@
  * Not thread-safe: one codec per thread (it holds avro-c values and a
  * reader). */
 #include "codec.h"
+#include "log.h"
 
 #include <avro.h>
 #include <limits.h>
@@ -57,6 +58,7 @@ enum { F_USER, F_ITEM, F_TYPE, F_TS, F_WEIGHT, F_CONTEXT };
 #define MAX_SCHEMA_BYTES  (1 << 20) /* a writer schema file larger is refused */
 #define MAX_WRITERS       256       /* cached ids; more are loaded per call */
 #define MAX_DEPTH         32        /* nesting the walker follows */
+#define RETRY_MS          5000      /* a refused id is looked up again after */
 
 typedef enum { W_FAST, W_RESOLVE, W_BAD } writer_kind;
 
@@ -77,6 +79,7 @@ typedef struct writer {
     avro_value_t        resolved, dest;
     int                 has_values;
     char                why[200];     /* W_BAD: why the id is refused */
+    int64_t             retry_at_ms;  /* W_BAD: when to look at the file again */
 } writer;
 
 struct hl_codec {
@@ -541,9 +544,21 @@ static int reader_for(hl_codec *c, writer *w)
     return 0;
 }
 
+static void writer_load_once(hl_codec *c, writer *w, int32_t id);
+
+/* writer_load_once, and for a refused id the time to look again: a schema
+ * file may be deployed after the first record that needs it, and the
+ * worker should not need a restart to see it. */
+static void writer_load(hl_codec *c, writer *w, int32_t id)
+{
+    writer_load_once(c, w, id);
+    if (w->kind == W_BAD)
+        w->retry_at_ms = hl_now_mono_ms() + RETRY_MS;
+}
+
 /* Fills w for id: W_FAST if the writer schema is the reader's, W_RESOLVE if
  * avro-c can resolve it, W_BAD (with w->why) otherwise. */
-static void writer_load(hl_codec *c, writer *w, int32_t id)
+static void writer_load_once(hl_codec *c, writer *w, int32_t id)
 {
     char *text;
     memset(w, 0, sizeof *w);
@@ -588,11 +603,10 @@ static void writer_load(hl_codec *c, writer *w, int32_t id)
     w->kind = W_RESOLVE;
 }
 
-/* The cached writer for id, loading it on first use; NULL only when out of
- * memory. Entries are allocated one by one so a pointer to one (c->last,
+/* The cached writer for id, loading it on first use; never NULL. Entries are allocated one by one so a pointer to one (c->last,
  * and avro-c's resolved value pointing at its dest) never moves. Beyond
  * MAX_WRITERS ids, one scratch entry is reloaded per call. */
-static writer *writer_get(hl_codec *c, int32_t id)
+static writer *writer_find(hl_codec *c, int32_t id)
 {
     writer *w;
     if (c->last != NULL && c->last->id == id)
@@ -616,6 +630,18 @@ static writer *writer_get(hl_codec *c, int32_t id)
     writer_clear(&c->scratch);
     writer_load(c, &c->scratch, id);
     return c->last = &c->scratch;
+}
+
+/* writer_find, looking again at a refused id once its retry time has come
+ * (or at once with force). */
+static writer *writer_get(hl_codec *c, int32_t id, int force)
+{
+    writer *w = writer_find(c, id);
+    if (w->kind == W_BAD && (force || hl_now_mono_ms() >= w->retry_at_ms)) {
+        writer_clear(w);
+        writer_load(c, w, id);
+    }
+    return w;
 }
 
 /* ---- decode ------------------------------------------------------------- */
@@ -672,9 +698,7 @@ hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
     if (c->o.input_framing == HL_FRAMING_CONFLUENT) {
         if ((r = read_header(&in, &id, detail, detaillen)) != HL_CODEC_OK)
             return r;
-        if ((w = writer_get(c, id)) == NULL)
-            return fail(detail, detaillen, HL_CODEC_UNKNOWN_SCHEMA,
-                        "schema id %d: out of memory", (int)id);
+        w = writer_get(c, id, 0);
         if (w->kind == W_BAD)
             return fail(detail, detaillen, HL_CODEC_UNKNOWN_SCHEMA, "%s", w->why);
     }
@@ -861,8 +885,8 @@ int hl_codec_encode_list(hl_codec *c, const hl_codec_list *l,
 
 hl_codec_writer_kind hl_codec_writer(hl_codec *c, int32_t id)
 {
-    writer *w = writer_get(c, id);
-    if (w == NULL || w->kind == W_BAD)
+    writer *w = writer_get(c, id, 1);
+    if (w->kind == W_BAD)
         return HL_CODEC_WRITER_UNKNOWN;
     return w->kind == W_FAST ? HL_CODEC_WRITER_FAST : HL_CODEC_WRITER_RESOLVED;
 }

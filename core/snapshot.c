@@ -335,6 +335,9 @@ static int writer_init(hl_snapshot_writer *w, const hl_io *io, const char *dir,
     w->history = o->history;
     if ((rc = hl_snapshot_name(meta, name, sizeof name, errbuf, errlen)) != 0)
         return rc;
+    if (w->dim > HL_SNAPSHOT_MAX_DIM || w->history > 65535)
+        return hl_err(errbuf, errlen, HL_EINVAL, "snapshot: dim %d / history %d beyond "
+                      "what the format holds", w->dim, w->history);
     if (snprintf(w->dir, sizeof w->dir, "%s", dir) >= (int)sizeof w->dir ||
         hl_snapshot_join(w->path, sizeof w->path, dir, name) != 0 ||
         snprintf(w->tmp, sizeof w->tmp, "%s.tmp", w->path) >= (int)sizeof w->tmp)

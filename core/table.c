@@ -39,6 +39,8 @@
  * no clock: time comes in with the events. */
 #include "table.h"
 
+#include "lru.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -58,6 +60,8 @@
 #define MIN_SLOTS  64u
 #define MIGRATE_PER_INSERT 16u  /* old slots copied per new user */
 #define MIGRATE_PER_APPLY  1024u/* and per apply call */
+#define LRU_SCAN_PER_INSERT 64u /* rows an LRU scan advances per new user */
+#define MAX_EVICT_BATCH 64u     /* users evicted at once at capacity */
 #define PIPE 8                  /* events between pipeline stages */
 #define RING 64                 /* > 3 PIPE, a power of two */
 
@@ -98,6 +102,8 @@ struct hl_table {
     size_t   users, key_bytes, heap_key_bytes;
 
     index_tab ix[2];                   /* [0] current, [1] old while growing */
+    index_tab spare;                   /* the next [0], faulted in ahead */
+    size_t    prefault_pos;            /* bytes of spare touched so far */
     int       growing;
     size_t    migrate_pos;             /* next old slot to copy */
 
@@ -105,7 +111,8 @@ struct hl_table {
     uint64_t active_seq;
     int64_t  newest_ts_ms;
     uint32_t sweep_cursor;
-    size_t   evict_batch;
+    size_t   evict_batch;              /* clamp(max_users / 64, 1, 64) */
+    hl_lru   lru;                      /* exact oldest rows, see lru.h */
     hl_table_stats st;
 
     uint64_t pipe_hash[RING];          /* apply's lookahead, see hl_table_apply */
@@ -339,13 +346,37 @@ static int maybe_grow(hl_table *tbl)
     if (tbl->growing) migrate(tbl, SIZE_MAX);
     if ((cur->used + 1) * 10 <= ((size_t)7 << cur->bits)) return 0;
     if (cur->bits >= 32) return HL_EFULL;
-    index_tab next;
-    if (index_alloc(&next, cur->bits + 1) != 0) return HL_ENOMEM;
+    index_tab next = tbl->spare;
+    memset(&tbl->spare, 0, sizeof tbl->spare);
+    if (next.slot == NULL && index_alloc(&next, cur->bits + 1) != 0)
+        return HL_ENOMEM;
     tbl->ix[1] = *cur;
     tbl->ix[0] = next;
     tbl->growing = 1;
     tbl->migrate_pos = 0;
     return 0;
+}
+
+/* Called once per apply: from load 0.45 on, map the index the next
+ * doubling will need and fault in one huge page (512 small ones) of it per
+ * call, so that the doubling finds its memory ready. Without this, the first
+ * batch after a doubling paid for zeroing the whole new table at once
+ * (181 ms at 3M users on this VM). On failure nothing is lost: maybe_grow
+ * maps the table itself. */
+static void prepare_growth(hl_table *tbl)
+{
+    index_tab *cur = &tbl->ix[0], *nx = &tbl->spare;
+    if (tbl->growing || cur->bits >= 32) return;
+    if (nx->slot == NULL) {
+        if (cur->used * 20 < ((size_t)9 << cur->bits)) return;
+        if (index_alloc(nx, cur->bits + 1) != 0) return;
+        tbl->prefault_pos = 0;
+    }
+    volatile uint8_t *p = (volatile uint8_t *)nx->slot;
+    size_t end = tbl->prefault_pos + HUGE_PAGE;
+    for (; tbl->prefault_pos < end && tbl->prefault_pos < nx->map_bytes;
+         tbl->prefault_pos += 4096)
+        p[tbl->prefault_pos] = 0;
 }
 
 static void index_del_current(index_tab *ix, uint32_t tag, uint32_t r)
@@ -426,7 +457,11 @@ hl_table *hl_table_create(const hl_table_opts *o, char *errbuf, size_t errlen)
     tbl->dirty_head = tbl->dirty_tail = NONE;
     tbl->newest_ts_ms = INT64_MIN;
     tbl->st.newest_ts_ms = INT64_MIN;
-    tbl->evict_batch = o->max_users / 64 > 0 ? o->max_users / 64 : 1;
+    tbl->evict_batch = o->max_users / 64;
+    if (tbl->evict_batch < 1) tbl->evict_batch = 1;
+    if (tbl->evict_batch > MAX_EVICT_BATCH) tbl->evict_batch = MAX_EVICT_BATCH;
+    hl_lru_init(&tbl->lru, o->max_users / 16 > 4 * tbl->evict_batch
+                           ? o->max_users / 16 : 4 * tbl->evict_batch);
     if (index_alloc(&tbl->ix[0], index_bits_for(o->expected_users)) != 0)
         goto nomem;
     return tbl;
@@ -457,6 +492,8 @@ void hl_table_destroy(hl_table *tbl)
     free(tbl->blocks);
     index_free(&tbl->ix[0]);
     index_free(&tbl->ix[1]);
+    index_free(&tbl->spare);
+    hl_lru_free(&tbl->lru);
     free(tbl);
 }
 
@@ -581,53 +618,58 @@ static void evict(hl_table *tbl, uint32_t r)
     tbl->users--;
 }
 
-/* Max-heap on active_seq of (seq, row) pairs, for picking the oldest rows. */
-typedef struct seq_row { uint64_t seq; uint32_t row; } seq_row;
-
-static void heap_sift_down(seq_row *h, size_t n, size_t i)
+/* Advances the LRU scan by up to rows row ids; finishes it at the end. */
+static void lru_step(hl_table *tbl, size_t rows)
 {
-    for (;;) {
-        size_t l = 2 * i + 1, big = i;
-        if (l < n && h[l].seq > h[big].seq) big = l;
-        if (l + 1 < n && h[l + 1].seq > h[big].seq) big = l + 1;
-        if (big == i) return;
-        seq_row t = h[i]; h[i] = h[big]; h[big] = t;
-        i = big;
-    }
+    hl_lru *l = &tbl->lru;
+    for (; rows > 0 && l->pos < tbl->row_limit; rows--, l->pos++)
+        if (row_is_live(tbl, l->pos))
+            hl_lru_offer(l, l->pos, hdr(row_ptr(tbl, l->pos))->active_seq);
+    if (l->pos >= tbl->row_limit) hl_lru_finish(l);
 }
 
-static void heap_push(seq_row *h, size_t n, seq_row x)
+/* Once per new user: within max_users/16 of the cap with the pool below
+ * half, start a scan; advance a running one LRU_SCAN_PER_INSERT rows. A
+ * scan of n rows then ends within n/64 inserts, before the k = n/16 pool
+ * (or what is left of it) runs out, so no insert pays for a whole scan. */
+static int lru_tick(hl_table *tbl)
 {
-    size_t i = n;
-    h[i] = x;
-    while (i > 0 && h[(i - 1) / 2].seq < h[i].seq) {
-        seq_row t = h[i]; h[i] = h[(i - 1) / 2]; h[(i - 1) / 2] = t;
-        i = (i - 1) / 2;
+    hl_lru *l = &tbl->lru;
+    size_t cap = tbl->o.max_users;
+    if (cap == 0) return 0;
+    if (!l->scanning && l->pool_n < l->k / 2 && tbl->users + cap / 16 >= cap) {
+        int rc = hl_lru_begin(l, tbl->active_seq + 1);
+        if (rc != 0) return rc;
     }
+    if (l->scanning) lru_step(tbl, LRU_SCAN_PER_INSERT);
+    return 0;
 }
 
-/* Evicts the evict_batch least recently active users (smallest active_seq;
- * seqs are unique, so the choice is exact). One pass over the rows keeping
- * the k smallest in a max-heap: O(n) per batch, amortised over the
- * max_users/64 inserts that fill the room it makes. */
+/* Evicts the evict_batch least recently active users: smallest active_seq,
+ * unique per row, so the choice is exact and deterministic. Candidates come
+ * from the LRU pool (lru.h); one that was evicted or touched since its scan
+ * is skipped. Only when the pool runs dry does a scan run here in full. */
 static int evict_oldest(hl_table *tbl)
 {
-    size_t k = tbl->evict_batch < tbl->users ? tbl->evict_batch : tbl->users;
-    seq_row *h = malloc(k * sizeof *h);
-    if (h == NULL) return HL_ENOMEM;
-    size_t n = 0;
-    for (uint32_t r = 0; r < tbl->row_limit; r++) {
-        if (!row_is_live(tbl, r)) continue;
-        seq_row x = { hdr(row_ptr(tbl, r))->active_seq, r };
-        if (n < k) heap_push(h, n++, x);
-        else if (x.seq < h[0].seq) {
-            h[0] = x;
-            heap_sift_down(h, n, 0);
+    hl_lru *l = &tbl->lru;
+    size_t want = tbl->evict_batch < tbl->users ? tbl->evict_batch : tbl->users;
+    size_t done = 0;
+    hl_lru_ent e;
+    while (done < want) {
+        if (!hl_lru_pop(l, &e)) {
+            int rc;
+            if (!l->scanning && (rc = hl_lru_begin(l, tbl->active_seq + 1)) != 0)
+                return rc;
+            lru_step(tbl, SIZE_MAX);
+            if (l->pool_n == 0) break;
+            continue;
         }
+        if (!row_is_live(tbl, e.row) || hdr(row_ptr(tbl, e.row))->active_seq != e.seq)
+            continue;
+        evict(tbl, e.row);
+        done++;
     }
-    for (size_t i = 0; i < n; i++) evict(tbl, h[i].row);
-    tbl->st.evicted_capacity += n;
-    free(h);
+    tbl->st.evicted_capacity += done;
     return 0;
 }
 
@@ -637,6 +679,7 @@ static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,
                        uint32_t *out)
 {
     int rc;
+    if ((rc = lru_tick(tbl)) != 0) return rc;
     if (tbl->o.max_users > 0 && tbl->users >= tbl->o.max_users
         && (rc = evict_oldest(tbl)) != 0)
         return rc;
@@ -790,6 +833,7 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
 {
     int applied = 0;
     if (tbl->growing) migrate(tbl, MIGRATE_PER_APPLY);
+    else prepare_growth(tbl);
     /* A four-stage pipeline over the batch, so the cache misses of many
      * events overlap: event i + 3 PIPE is hashed and its index slot
      * prefetched, i + 2 PIPE's slot read and its row and item prefetched,
@@ -978,11 +1022,12 @@ void hl_table_stats_get(const hl_table *tbl, hl_table_stats *st)
     /* Rows up to the highest id ever carved in each block are touched;
      * untouched pages of a mapping are not counted. */
     size_t bytes = sizeof *tbl + tbl->cap_blocks * sizeof(block *)
-                 + tbl->heap_key_bytes;
+                 + tbl->heap_key_bytes + hl_lru_bytes(&tbl->lru);
     for (uint32_t b = 0; b < tbl->n_blocks; b++)
         bytes += sizeof(block);
     bytes += (size_t)tbl->row_limit * tbl->stride;
     for (int t = 0; t < 2; t++)
         if (tbl->ix[t].slot != NULL) bytes += sizeof(uint64_t) << tbl->ix[t].bits;
+    if (tbl->spare.slot != NULL) bytes += tbl->prefault_pos;
     st->bytes = bytes;
 }

@@ -15,9 +15,9 @@ typedef struct hl_table_opts {
     hl_decay decay;          /* heads and dim (copied) */
     int      history;        /* events kept per user (state.history), 1..255 */
     size_t   max_users;      /* state.max.users: inserting a new user at this
-                                count first evicts the max(1, max_users/64)
-                                least recently active users (by active_seq);
-                                0 means no limit */
+                                count first evicts the clamp(max_users/64,
+                                1, 64) least recently active users (smallest
+                                active_seq); 0 means no limit */
     float    evict_mass;     /* state.evict.mass; 0 disables mass eviction */
     size_t   expected_users; /* sizing hint only; the table grows */
 } hl_table_opts;

@@ -11,7 +11,9 @@
  * fuzzy snapshot that still restores exactly: every row carries the offset
  * of the last event applied to it, and the header's next_offset is the one
  * given to begin, so replaying from it re-applies whatever a row missed and
- * skips what it already holds.
+ * skips what it already holds. A step writes each full 1 MiB buffer
+ * itself unless hl_snapshot_async() hands the writes to another thread.
+ * Reading (hl_snapshot_read, _load, _load_newest) is in snapshot_load.c.
  *
  * Files are named <topic>.<partition>.<next_offset, 20 digits>.hls so many
  * shards share one directory; the newest `retain` per shard are kept. */
@@ -51,9 +53,10 @@ int hl_snapshot_begin(const hl_io *io, const char *dir,
 
 /* Serialises the rows with the next budget_rows ids (0 means
  * HL_SNAPSHOT_STEP_ROWS) of the same tbl. Returns 1 when every row is out
- * (the table meta is captured then), 0 when more remain, or a negative
- * HL_E*; after an error only hl_snapshot_abort() is valid. Owner thread,
- * between batches: the table may change between steps. */
+ * (the table meta is captured then), 0 when more remain (or, async, when
+ * the buffers are all waiting for the drainer), or a negative HL_E*; after
+ * an error only hl_snapshot_abort() is valid. Owner thread, between
+ * batches: the table may change between steps. */
 int hl_snapshot_step(hl_snapshot_writer *w, const hl_table *tbl,
                      size_t budget_rows, char *errbuf, size_t errlen);
 

@@ -88,6 +88,10 @@ def last_offsets(bootstrap):
     return last
 
 
+def has_snapshots(snapdir):
+    return os.path.isdir(snapdir) and any(n.endswith(".hls") for n in os.listdir(snapdir))
+
+
 def wait_assigned(worker, timeout):
     """True once the worker logged a partition assignment."""
     deadline = time.time() + timeout
@@ -173,11 +177,16 @@ def main():
         prod = threading.Thread(target=produce_paced,
                                 args=(broker.bootstrap, events, RATE, done, errors))
         prod.start()
-        kills, restored, in_stream = 0, 0, 0
+        kills, restored, in_stream, expect = 0, 0, 0, 0
         for k in range(KILLS):
+            expect += has_snapshots(snap_a)
             worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w%d.log" % k),
                               extra=crashed)
             wait_assigned(worker, 20)
+            if k == 0:                              # so that every later life has one
+                t_end = time.time() + 20
+                while not has_snapshots(snap_a) and time.time() < t_end:
+                    time.sleep(0.05)
             time.sleep(rng.uniform(0.3, 2.0))       # mid-batch, mid-snapshot, anywhere
             in_stream += not done.is_set()
             worker.p.send_signal(signal.SIGKILL)
@@ -192,6 +201,7 @@ def main():
 
         # The last life: runs to the end of the stream, then SIGTERM.
         want = last_offsets(broker.bootstrap)
+        expect += has_snapshots(snap_a)
         worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w-final.log"), extra=crashed)
         lists, got = E.read_lists(broker.bootstrap, want, time.time() + 60)
         wait_idle(worker)                   # caught up: the final snapshots hold everything
@@ -200,9 +210,10 @@ def main():
             "event=snapshot_restored" in worker.log_text()
         worker = None
         check("killed_five_times_and_restored",
-              kills == KILLS and restored >= KILLS and in_stream >= KILLS - 1,
-              "%d kills (%d while the stream flowed), %d lives restored a snapshot"
-              % (kills, in_stream, restored))
+              kills == KILLS and restored == expect and expect >= KILLS and
+              in_stream >= KILLS - 1,
+              "%d kills (%d while the stream flowed), %d lives restored a snapshot, "
+              "%d found one" % (kills, in_stream, restored, expect))
         check("final_sigterm_exits_0", rc == 0, "exit status %s" % rc)
 
         # Every user's last list: the one computed offline from all events.

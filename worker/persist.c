@@ -423,8 +423,8 @@ static void restore_log(hl_persist *p, int32_t partition, int rc, const hl_persi
         hl_log(HL_LOG_INFO, "snapshot_none", "partition=%d dir=%s start=auto.offset.reset",
                (int)partition, p->dir);
     else
-        hl_log(HL_LOG_ERROR, "snapshot_unusable", "partition=%d dir=%s "
-               "start=auto.offset.reset err=\"%s\"", (int)partition, p->dir, why);
+        hl_log(HL_LOG_ERROR, "snapshot_unusable", "partition=%d dir=%s state=rebuilt "
+               "err=\"%s\"", (int)partition, p->dir, why);
 }
 
 int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,

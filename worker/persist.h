@@ -70,7 +70,8 @@ typedef struct hl_persist_restored {
  * is left as it is. Files that fail their checks (CRC, format, another
  * model) are logged and skipped; when none is usable the result is
  * next_offset = HL_PERSIST_NO_OFFSET and 0 is returned, so the shard is
- * rebuilt from the topic. Negative HL_E* only when the shard cannot be
+ * rebuilt from the topic (n_rejected > 0 tells the caller files existed:
+ * it may then prefer the earliest offset over auto.offset.reset=latest). Negative HL_E* only when the shard cannot be
  * served at all (no memory). Any thread; the table is not yet shared. */
 int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
                        hl_persist_restored *out, char *errbuf, size_t errlen);

@@ -363,7 +363,7 @@ static void test_against_reference(void)
     g = (gen){ .k = 12000, .hot = 1500, .now = 1700000000000LL };
     rng_state = 42;
     fill_items();
-    run_random(tbl, &R, &g, 3000000 / SAN_SLOW, 200);
+    run_random(tbl, &R, &g, 2000000 / SAN_SLOW, 200);
     hl_table_stats st;
     hl_table_stats_get(tbl, &st);
     /* The workload must exercise what it claims to. */
@@ -389,7 +389,7 @@ static void test_small_capacity_against_reference(void)
     g = (gen){ .k = 3000, .hot = 200, .now = 1700000000000LL };
     rng_state = 31337;
     fill_items();
-    run_random(tbl, &R, &g, 1000000 / SAN_SLOW, 100);
+    run_random(tbl, &R, &g, 500000 / SAN_SLOW, 100);
     hl_table_stats st;
     hl_table_stats_get(tbl, &st);
     CHECK(st.evicted_capacity > 100000 / SAN_SLOW);
@@ -409,7 +409,7 @@ static void test_growth_against_reference(void)
     g = (gen){ .k = MAX_K, .hot = MAX_K, .now = 1700000000000LL };
     rng_state = 4242;
     fill_items();
-    run_random(tbl, &R, &g, 400000 / SAN_SLOW, 100);
+    run_random(tbl, &R, &g, 250000 / SAN_SLOW, 200);
     hl_table_stats st;
     hl_table_stats_get(tbl, &st);
     CHECK(st.users > 30000 / SAN_SLOW);
@@ -422,7 +422,7 @@ static void test_growth_against_reference(void)
  * even with sweeps evicting during the index migration. */
 static void test_growth_large(void)
 {
-    int n_users = 600000 / SAN_SLOW;
+    int n_users = 300000 / SAN_SLOW;
     hl_table_opts o = small_opts(0, 0.5f);
     hl_table *tbl = hl_table_create(&o, NULL, 0);
     static char names[1000][16];

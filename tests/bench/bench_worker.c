@@ -11,10 +11,13 @@
  *    nearly every event is a different user (500k users) so every event
  *    triggers a refresh. Ceiling: hl_ranker_refresh in this process on the
  *    same model, batches of 256, times the worker's threads.
- *  worker_event_to_publish: p50/p99 latency at half the lists/s rate above:
- *    events stamped with the wall clock, and for each list read back, its
- *    Kafka timestamp (when the worker produced it) minus its generated_at
- *    (the newest event's time). Target p99 < 50 ms.
+ *  worker_event_to_publish: p50/p99 latency at half the highest rate the
+ *    worker sustains live (ascending probes from a fraction of the lists/s
+ *    above, which is a catch-up rate with full 256-user refreshes; live
+ *    batches are small and a refresh scans all of e_out whatever its user
+ *    count). Events are stamped with the wall clock; for each list read
+ *    back, latency = its Kafka timestamp (when the worker produced it)
+ *    minus its generated_at (the newest event's time). Target p99 < 50 ms.
  *
  * Medians of 3 repetitions (1 for the latency run). The mock broker keeps
  * at most 5 MiB per partition (DESIGN.md section 9): the watermarks are
@@ -169,6 +172,10 @@ static pid_t start_worker(const char *topic, const char *group, const char *mode
     for (int i = 0; extra && extra[i]; i++) {
         argv[n++] = "-X";
         argv[n++] = (char *)extra[i];
+    }
+    if (getenv("HL_BENCH_X")) {          /* one more key=value for experiments */
+        argv[n++] = "-X";
+        argv[n++] = getenv("HL_BENCH_X");
     }
     argv[n] = NULL;
     return spawn(argv, log, NULL);
@@ -530,7 +537,8 @@ static int read_latencies(rd_kafka_t *rk, double *lat, int cap, double until)
 {
     int n = 0;
     while (now_s() < until && n < cap) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1);
+        int wait_ms = (int)((until - now_s()) * 1000);
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, wait_ms > 0 ? wait_ms : 0);
         if (m == NULL)
             continue;
         size_t i = 5;
@@ -562,55 +570,116 @@ static rd_kafka_t *latency_reader(void)
     return rk;
 }
 
-static void bench_latency(const char *model, double rate)
+/* A live stream at a fixed rate into a running worker, its lists read
+ * back: the producer, the codec, the synthetic users and the reader. */
+typedef struct live {
+    hl_producer *p;
+    hl_codec    *c;
+    hl_synth    *s;
+    rd_kafka_t  *reader;
+    int          port;
+} live;
+
+static double lat[1 << 20];
+
+/* Sends rate events/s for warm_s + secs seconds; the latencies of the lists
+ * read during the last secs seconds go to lat. Returns how many; *sent is
+ * the number of events sent in that window. */
+static int live_run(live *L, double rate, double warm_s, double secs, long *sent)
+{
+    double t0 = now_s();
+    long n = 0, n_warm = -1;
+    int n_lat = 0;
+    while (now_s() - t0 < warm_s + secs) {
+        int warm = now_s() - t0 < warm_s;
+        for (; n < (long)((now_s() - t0) * rate); n++)
+            send_synth(L->p, L->c, "b3", L->s, wall_ms());
+        hl_producer_poll(L->p, 0);
+        /* Blocking reads between sends, so this process does not spin on
+         * a core the worker needs. */
+        n_lat += read_latencies(L->reader, lat + n_lat, (1 << 20) - n_lat, now_s() + 0.004);
+        if (warm)
+            n_lat = 0;
+        else if (n_warm < 0)
+            n_warm = n;
+    }
+    *sent = n - (n_warm < 0 ? 0 : n_warm);
+    return n_lat;
+}
+
+/* Waits (reading lists) until the worker consumed everything produced. */
+static void live_drain(live *L, long total)
+{
+    double deadline = now_s() + 60;
+    while (metric(L->port, "halflife_events_consumed_total") < total && now_s() < deadline)
+        read_latencies(L->reader, lat, 1 << 20, now_s() + 0.1);
+    read_latencies(L->reader, lat, 1 << 20, now_s() + 0.5);
+}
+
+/* The highest rate the worker keeps up with live (not catching up, where
+ * batches are large and SGEMM efficient): ascending probes of 1 + 3 s from
+ * a fraction of the catch-up lists/s; a probe passes when the lists read
+ * in its window are >= 95% of the events sent and their p50 < 250 ms. */
+static double live_sustainable(live *L, double catchup, long *total)
+{
+    static const double frac[] = {0.08, 0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0};
+    double best = 0;
+    for (size_t i = 0; i < sizeof frac / sizeof frac[0]; i++) {
+        long sent;
+        double r = catchup * frac[i];
+        int n = live_run(L, r, 1.0, 3.0, &sent);
+        *total += (long)(r * 4.0) + 1;
+        qsort(lat, (size_t)n, sizeof *lat, cmp_double);
+        int ok = n >= 0.95 * sent && n > 0 && lat[n / 2] < 250;
+        fprintf(stderr, "bench_worker: live probe %.0f events/s: %d lists for %ld events, "
+                "p50 %.0f ms: %s\n", r, n, sent, n ? lat[n / 2] : -1.0, ok ? "kept up" : "fell behind");
+        if (!ok)
+            break;
+        best = r;
+    }
+    live_drain(L, *total);
+    return best;
+}
+
+static void bench_latency(const char *model, double catchup, double fixed_rate)
 {
     char log[256];
-    int port = free_port();
+    live L = {.port = free_port()};
     const char *extra[] = {"output.topic=b3-recs", NULL};
     snprintf(log, sizeof log, "%s/worker-latency.log", tmp);
-    pid_t pid = start_worker("b3", "lat", model, port, extra, log);
-    rd_kafka_t *reader = latency_reader();
+    pid_t pid = start_worker("b3", "lat", model, L.port, extra, log);
+    L.reader = latency_reader();
     double deadline = now_s() + 30;
-    while (metric(port, "halflife_assigned_partitions") < PARTS && now_s() < deadline)
+    while (metric(L.port, "halflife_assigned_partitions") < PARTS && now_s() < deadline)
         usleep(100000);
-    hl_producer *p = bench_producer();
-    hl_codec *c = bench_codec();
+    L.p = bench_producer();
+    L.c = bench_codec();
     hl_synth_opts so;
     hl_synth_opts_default(&so);
     so.n_users = 500000;
     so.n_items = 100000;
     so.n_topics = 100;
-    hl_synth *s = hl_synth_create(&so, NULL, 0);
-    /* Warm up for 3 s (fetchers starting, first lists, the reader's own
-     * assignment), then measure for LAT_SECONDS. */
-    double t0 = now_s();
-    long n = 0;
-    static double lat[1 << 20];
-    int n_lat = 0;
-    while (now_s() - t0 < LAT_SECONDS + WARMUP_S) {
-        int warm = now_s() - t0 < WARMUP_S;
-        for (; n < (long)((now_s() - t0) * rate); n++)
-            send_synth(p, c, "b3", s, wall_ms());
-        hl_producer_poll(p, 0);
-        n_lat += read_latencies(reader, lat + n_lat, (1 << 20) - n_lat, now_s() + 0.001);
-        if (warm)
-            n_lat = 0;
-    }
-    rd_kafka_flush(hl_producer_handle(p), 10000);
-    n_lat += read_latencies(reader, lat + n_lat, (1 << 20) - n_lat, now_s() + 3);
+    L.s = hl_synth_create(&so, NULL, 0);
+    long total = 0, sent;
+    live_run(&L, 200, WARMUP_S, 0, &sent);      /* fetchers, first lists, the reader */
+    total += (long)(200 * WARMUP_S) + 1;
+    double sustained = fixed_rate > 0 ? 2 * fixed_rate : live_sustainable(&L, catchup, &total);
+    double rate = sustained / 2;
+    int n_lat = rate > 0 ? live_run(&L, rate, 1.0, LAT_SECONDS, &sent) : 0;
     stop(pid);
-    rd_kafka_consumer_close(reader);
-    rd_kafka_destroy(reader);
-    hl_synth_destroy(s);
-    hl_codec_destroy(c);
-    hl_producer_destroy(p, 1000);
+    rd_kafka_consumer_close(L.reader);
+    rd_kafka_destroy(L.reader);
+    hl_synth_destroy(L.s);
+    hl_codec_destroy(L.c);
+    hl_producer_destroy(L.p, 1000);
     if (n_lat < 100)
         die("too few lists read back for the latency figure");
     qsort(lat, (size_t)n_lat, sizeof *lat, cmp_double);
     double p50 = lat[n_lat / 2], p99 = lat[(int)(n_lat * 0.99)];
-    printf("{\"bench\":\"worker_event_to_publish\",\"rate\":%.0f,\"events\":%ld,\"lists\":%d,"
-           "\"p50_ms\":%.1f,\"p99_ms\":%.1f,\"value\":%.1f,\"unit\":\"ms p99\",\"target\":50,"
-           "\"ceiling\":null}\n", rate, n, n_lat, p50, p99, p99);
+    printf("{\"bench\":\"worker_event_to_publish\",\"rate\":%.0f,\"sustainable_live\":%.0f,"
+           "\"events\":%ld,\"lists\":%d,\"p50_ms\":%.1f,\"p99_ms\":%.1f,\"value\":%.1f,"
+           "\"unit\":\"ms p99\",\"target\":50,\"ceiling\":null}\n",
+           rate, sustained, sent, n_lat, p50, p99, p99);
     fflush(stdout);
 }
 
@@ -635,15 +704,15 @@ int main(int argc, char **argv)
     write_model(big, 100000, 64);
     start_broker();
     /* HL_BENCH_ONLY=state|lists|latency runs one figure (latency at
-     * HL_BENCH_RATE events/s, default half the lists/s figure). */
+     * HL_BENCH_RATE events/s instead of half the live sustainable rate). */
     const char *only = getenv("HL_BENCH_ONLY"), *rate = getenv("HL_BENCH_RATE");
     if (!only || !strcmp(only, "state"))
         bench_state_only(small);
-    double lists = rate ? 2 * atof(rate) : 0;
+    double lists = 0;
     if (!only || !strcmp(only, "lists") || (!strcmp(only, "latency") && !rate))
         lists = bench_lists(big);
     if (!only || !strcmp(only, "latency"))
-        bench_latency(big, lists / 2);
+        bench_latency(big, lists, rate ? atof(rate) : 0);
     stop(broker_pid);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);

@@ -511,8 +511,21 @@ static void test_shorter_history_keeps_newest(void)
         CHECK(vb.hist_ts_ms[hl_row_hist_index(&vb, 1)] == va.hist_ts_ms[hl_row_hist_index(&va, HISTORY - 1)]);
         CHECK(vb.hist_item[hl_row_hist_index(&vb, 0)] == va.hist_item[hl_row_hist_index(&va, HISTORY - 2)]);
     }
+    /* And back: a history-2 file into a history-5 table keeps all 2. */
+    hl_table *c = NULL;
+    hl_snapshot_meta m2 = meta_at("short", 0, 2000);
+    CHECK(b && hl_snapshot_write(NULL, dir, &m2, b, 2, &r, err, sizeof err) == 0);
+    CHECKF(hl_snapshot_load(NULL, r.path, &o, FP, &c, NULL, err, sizeof err) == 0, "%s", err);
+    int64_t rc_ = c ? hl_table_find(c, "user-1", 6) : -1;
+    if (rc_ >= 0 && rb >= 0) {
+        hl_row_view vb, vc;
+        hl_table_view(b, (uint32_t)rb, &vb);
+        hl_table_view(c, (uint32_t)rc_, &vc);
+        CHECK(vc.n_hist == 2 && vc.history == HISTORY && rows_equal(&vb, &vc, 1));
+    }
     hl_table_destroy(a);
     hl_table_destroy(b);
+    hl_table_destroy(c);
 }
 
 /* ---- fault injection -------------------------------------------------- */

@@ -635,9 +635,9 @@ static void test_owner_write_failure(void)
     CHECK(hl_persist_tick(ps, tbl, off, off, 0) == 0);
     fail_next(&f.n_write, &f.fail_write, 2);
     int rc = 0, ticks = 0;
-    while ((rc = hl_persist_tick(ps, tbl, off, off, 20)) >= 0 && ticks++ < 1000 &&
+    while ((rc = hl_persist_tick(ps, tbl, off, off, 20)) >= 0 && ticks++ < 5000 &&
            hl_persist_shard_busy(ps))
-        ;
+        usleep(200);                    /* a batch; the committer drains meanwhile */
     CHECKF(rc == HL_EIO && ticks > 1, "tick rc %d after %d ticks", rc, ticks);
     CHECK(hl_persist_poll(p, &d, 1) == 1 && d.rc == HL_EIO && strstr(d.err, "write"));
     CHECK(!hl_persist_shard_busy(ps) && hl_persist_shard_durable(ps) == 1000);
@@ -654,17 +654,20 @@ static void test_owner_write_failure(void)
 
 /* How long one tick holds the owner thread with the default budget, on a
  * table of 50k users at dim 64 (41 MB of rows), a batch's worth of sleep
- * between ticks: printed as a NOTE (p50, p99, max). */
-static void test_max_tick_stall(void)
+ * between ticks; writes on the owner (sync_writes) or on the committer.
+ * Printed as a NOTE: p50, p99, max, and the first tick (which opens the
+ * file) apart. */
+static void tick_stall(hl_table *tbl, int64_t off, int sync_writes, int32_t partition)
 {
     static int64_t us[100000];
+    char err[512];
     hl_persist_stats st;
-    int64_t off, now = 0;
+    int64_t now = 0, first;
     int n = 0;
-    fresh_dir();
-    hl_table *tbl = big_table(50000, &off);
-    hl_persist *p = new_persist(10, 0, 0, NULL, NULL);
-    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    hl_persist_opts o = {.dir = dir, .topic = TOPIC, .retain = 2, .interval_ms = 10,
+                         .model_fingerprint = FP, .sync_writes = sync_writes};
+    hl_persist *p = hl_persist_create(&o, err, sizeof err);
+    hl_persist_shard *ps = hl_persist_shard_create(p, partition, HL_PERSIST_NO_OFFSET);
     hl_persist_tick(ps, tbl, off, off, now);
     now = 100;
     int64_t t0 = hl_now_mono_ms();
@@ -678,16 +681,28 @@ static void test_max_tick_stall(void)
     wait_committer(p);
     int64_t total = hl_now_mono_ms() - t0;
     hl_persist_stats_get(p, &st);
+    first = us[0];
     qsort(us, (size_t)n, sizeof us[0], cmp_i64);
     CHECK(st.ok == 1 && st.failed == 0);
-    CHECKF(us[n / 2] < 10000, "median tick %lld us", (long long)us[n / 2]);
-    printf("NOTE persist.tick_stall: p50 %lld us, p99 %lld us, max %lld us (budget %d us, "
-           "256 KB steps; 50000 users dim 64, %llu bytes: %d ticks, %lld ms until every row "
-           "was out; fsync on the committer)\n", (long long)us[n / 2],
-           (long long)us[(n * 99) / 100], (long long)st.max_tick_us, HL_PERSIST_TICK_US,
-           (unsigned long long)st.bytes, n, (long long)total);
+    /* Loose: sanitizers and a loaded machine. */
+    CHECKF(us[n / 2] < 50000, "median tick %lld us", (long long)us[n / 2]);
+    printf("NOTE persist.tick_stall writes=%s: p50 %lld us, p99 %lld us, max %lld us, "
+           "first (open) %lld us; %d ticks of budget %d us, 256 KB steps, %lld ms begin to "
+           "durable (50000 users dim 64, %llu bytes)\n",
+           sync_writes ? "owner" : "committer", (long long)us[n / 2],
+           (long long)us[(n * 99) / 100], (long long)us[n - 1], (long long)first, n,
+           HL_PERSIST_TICK_US, (long long)total, (unsigned long long)st.bytes);
     hl_persist_shard_destroy(ps);
     hl_persist_destroy(p);
+}
+
+static void test_max_tick_stall(void)
+{
+    int64_t off;
+    hl_table *tbl = big_table(50000, &off);
+    fresh_dir();
+    tick_stall(tbl, off, 1, 0);
+    tick_stall(tbl, off, 0, 1);
     hl_table_destroy(tbl);
 }
 

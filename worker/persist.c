@@ -6,14 +6,18 @@
  * steps: core/snapshot.c makes such a fuzzy file restore exactly, because
  * each row carries its last offset). When every row is out, the writer is
  * queued to this module's committer thread, which does the slow, table-free
- * part: fsync, rename, directory fsync, retention. The owner never waits
+ * part: fsync, rename, directory fsync, retention. The same thread also
+ * drains the writer's buffers while the owner steps (hl_snapshot_async:
+ * a step only fills buffers, write() runs here), so the owner never waits
  * on the disk unless it asks to (hl_persist_flush). A file is committed
  * only once the lists of every event in its rows are delivered (see
  * commit_when_delivered), so a crash right after it loses no list.
  *
  * Invariants: a shard has at most one writer being stepped (ps->w, owner
  * only) and, for ticks, at most one commit queued; a commit's result is
- * folded into its shard under p->mu. A shard struct is reference counted
+ * folded into its shard under p->mu. One committer thread both drains and
+ * commits, so a writer is never drained and committed at once; the owner
+ * detaches a writer from draining before it aborts or queues it. A shard struct is reference counted
  * (its owner plus each queued commit), so a revoked shard can be destroyed
  * while its last commit is still running. A failed snapshot is logged,
  * counted and reported, never fatal: core/ leaves the previous file intact.
@@ -36,6 +40,7 @@
 #define FLUSH_STEP_X  16          /* flush steps this many times step_rows per call */
 #define STEP_BYTES    (256 * 1024) /* default step: about 0.2 ms of copying, so the
                                      tick budget is checked often */
+#define RING_FULL_US  3           /* a step this quick wrote nothing */
 
 typedef struct job {
     struct job         *next;
@@ -59,6 +64,7 @@ struct hl_persist {
 
     /* under mu */
     job             *head, *tail;
+    hl_persist_shard *drain_head;   /* shards whose writer has buffers to write */
     int              queued;        /* waiting or running */
     int              quit;
     hl_persist_done  done[DONE_MAX];
@@ -66,6 +72,7 @@ struct hl_persist {
     uint64_t         n_ok, n_failed, n_bytes, n_skipped;
 
     atomic_llong     max_tick_us;
+    int              async;         /* steps only fill buffers; the committer writes */
 
     hl_histogram    *m_duration;
     hl_gauge        *m_restore;
@@ -87,6 +94,9 @@ struct hl_persist_shard {
     int                 due_set;
 
     /* under p->mu */
+    hl_snapshot_writer *drain_w;    /* ps->w while the committer may drain it */
+    hl_persist_shard   *drain_next; /* in p's drain list */
+    int                 drain_queued, draining;
     int                 refs;
     int                 in_flight;  /* commits queued or running */
     int                 last_rc;
@@ -171,6 +181,7 @@ hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t err
     p->o.dir = p->dir;
     p->o.topic = p->topic;
     p->io = o->io ? o->io : hl_io_posix();
+    p->async = !o->sync_writes;
     if (p->o.tick_budget_us <= 0)
         p->o.tick_budget_us = HL_PERSIST_TICK_US;
     pthread_mutex_init(&p->mu, NULL);
@@ -345,33 +356,120 @@ static void finish_job(hl_persist *p, job *j, const hl_persist_done *d, int *fre
     shard_unref_locked(ps, free_it);
 }
 
+/* Under mu: the next shard whose writer has buffers to write, marked as
+ * being drained, or NULL. */
+static hl_persist_shard *take_drain(hl_persist *p)
+{
+    hl_persist_shard *ps = p->drain_head;
+    if (ps == NULL)
+        return NULL;
+    p->drain_head = ps->drain_next;
+    ps->drain_next = NULL;
+    ps->drain_queued = 0;
+    ps->draining = 1;
+    return ps;
+}
+
+/* Writes what ps's writer has filled (no lock held: the owner clears
+ * drain_w only while no drain runs). A failure stays in the writer: the
+ * owner's next step returns it and reports it. */
+static void run_drain(hl_persist *p, hl_persist_shard *ps)
+{
+    char err[256];
+    hl_snapshot_drain(ps->drain_w, err, sizeof err);
+    pthread_mutex_lock(&p->mu);
+    ps->draining = 0;
+    pthread_cond_broadcast(&p->done_cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void run_commit(hl_persist *p, job *j)
+{
+    hl_persist_done d;
+    int free_it;
+    run_job(p, j, &d);
+    job_metrics(p, j->ps, &d);
+    pthread_mutex_lock(&p->mu);
+    finish_job(p, j, &d, &free_it);
+    pthread_mutex_unlock(&p->mu);
+    if (free_it)
+        shard_free(j->ps);
+    free(j);
+}
+
+/* Commits first (they make files durable), then drains. */
 static void *committer_main(void *arg)
 {
     hl_persist *p = arg;
-    hl_persist_done d;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (p->head == NULL && !p->quit)
+        while (p->head == NULL && p->drain_head == NULL && !p->quit)
             pthread_cond_wait(&p->work_cv, &p->mu);
         job *j = p->head;
-        if (j == NULL)
+        hl_persist_shard *ps = j ? NULL : take_drain(p);
+        if (j == NULL && ps == NULL)
             break;                              /* quit, and nothing left */
-        if ((p->head = j->next) == NULL)
+        if (j != NULL && (p->head = j->next) == NULL)
             p->tail = NULL;
         pthread_mutex_unlock(&p->mu);
-        run_job(p, j, &d);
-        job_metrics(p, j->ps, &d);
-        int free_it;
-        pthread_mutex_lock(&p->mu);
-        finish_job(p, j, &d, &free_it);
-        pthread_mutex_unlock(&p->mu);
-        if (free_it)
-            shard_free(j->ps);
-        free(j);
+        if (j != NULL)
+            run_commit(p, j);
+        else
+            run_drain(p, ps);
         pthread_mutex_lock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
+}
+
+/* Owner thread: asks the committer to write what the steps filled. */
+static void request_drain(hl_persist_shard *ps)
+{
+    hl_persist *p = ps->p;
+    pthread_mutex_lock(&p->mu);
+    if (ps->drain_w != NULL && !ps->drain_queued) {
+        ps->drain_queued = 1;
+        ps->drain_next = p->drain_head;
+        p->drain_head = ps;
+        pthread_cond_signal(&p->work_cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Under mu: takes ps out of the drain list. */
+static void unlist_drain(hl_persist_shard *ps)
+{
+    hl_persist_shard **pp = &ps->p->drain_head;
+    while (*pp != NULL && *pp != ps)
+        pp = &(*pp)->drain_next;
+    if (*pp == ps)
+        *pp = ps->drain_next;
+    ps->drain_next = NULL;
+    ps->drain_queued = 0;
+}
+
+/* Owner thread, before an abort frees the writer: no more drains of it,
+ * and none running. */
+static void detach_drain(hl_persist_shard *ps)
+{
+    hl_persist *p = ps->p;
+    pthread_mutex_lock(&p->mu);
+    unlist_drain(ps);
+    while (ps->draining)
+        pthread_cond_wait(&p->done_cv, &p->mu);
+    ps->drain_w = NULL;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Owner thread: abandons the running writer; its temporary file goes. */
+static void drop_writer(hl_persist_shard *ps)
+{
+    if (ps->w == NULL)
+        return;
+    detach_drain(ps);
+    hl_snapshot_abort(ps->w);
+    ps->w = NULL;
+    ps->w_out = 0;
 }
 
 /* Owner thread: hands the finished writer to the committer. */
@@ -380,14 +478,18 @@ static int enqueue(hl_persist_shard *ps)
     hl_persist *p = ps->p;
     job *j = malloc(sizeof *j);
     if (j == NULL) {
-        hl_snapshot_abort(ps->w);
-        ps->w = NULL;
+        drop_writer(ps);
         return owner_failed(ps, ps->w_offset, HL_ENOMEM, "queue", "out of memory");
     }
     *j = (job){.ps = ps, .w = ps->w, .next_offset = ps->w_offset, .t0_us = ps->w_t0_us};
     ps->w = NULL;
     ps->w_out = 0;
     pthread_mutex_lock(&p->mu);
+    /* No wait for a drain still running: it ends before this job runs, on
+     * the same thread. The job's commit writes what is left. */
+    unlist_drain(ps);
+    if (!ps->draining)
+        ps->drain_w = NULL;
     ps->in_flight++;
     ps->refs++;
     p->queued++;
@@ -492,8 +594,7 @@ void hl_persist_shard_destroy(hl_persist_shard *ps)
     int free_it;
     if (ps == NULL)
         return;
-    hl_snapshot_abort(ps->w);
-    ps->w = NULL;
+    drop_writer(ps);
     /* Hidden now, not when the last commit ends: by then the partition may
      * be back with a new shard struct showing the same series. */
     if (ps->g_bytes) {
@@ -538,8 +639,9 @@ static size_t step_rows(const hl_persist *p, const hl_table *tbl)
     return n < 16 ? 16 : n > HL_SNAPSHOT_STEP_ROWS ? HL_SNAPSHOT_STEP_ROWS : n;
 }
 
-/* Opens a snapshot of tbl at next_offset. 0, or a failure (reported). */
-static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
+/* Opens a snapshot of tbl at next_offset, its writes drained by the
+ * committer if async. 0, or a failure (reported). */
+static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset, int async,
                  char *errbuf, size_t errlen)
 {
     hl_persist *p = ps->p;
@@ -555,7 +657,15 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
     ps->w_need = -1;
     ps->w_rows = step_rows(p, tbl);
     int rc = hl_snapshot_begin(p->io, p->dir, &meta, tbl, &ps->w, errbuf, errlen);
-    return rc == 0 ? 0 : owner_failed(ps, next_offset, rc, "begin", errbuf);
+    if (rc != 0)
+        return owner_failed(ps, next_offset, rc, "begin", errbuf);
+    if (async) {
+        hl_snapshot_async(ps->w);
+        pthread_mutex_lock(&p->mu);
+        ps->drain_w = ps->w;
+        pthread_mutex_unlock(&p->mu);
+    }
+    return 0;
 }
 
 /* Steps the running snapshot, rows at a time, until it is out or until_us
@@ -564,18 +674,26 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
 static int step_until(hl_persist_shard *ps, const hl_table *tbl, size_t rows,
                       int64_t until_us, char *errbuf, size_t errlen)
 {
+    int64_t t, t_prev = now_us();
     int rc;
     if (ps->w_out)
         return 1;
-    do
+    for (;;) {
         rc = hl_snapshot_step(ps->w, tbl, rows, errbuf, errlen);
-    while (rc == 0 && now_us() < until_us);
+        t = now_us();
+        /* A step that wrote rows takes tens of microseconds at least; one
+         * that returns 0 at once found the drain ring full: stop, the
+         * committer is writing. */
+        if (rc != 0 || t >= until_us || t - t_prev < RING_FULL_US)
+            break;
+        t_prev = t;
+    }
     if (rc == 1)
         ps->w_out = 1;
     if (rc < 0) {
-        hl_snapshot_abort(ps->w);
-        ps->w = NULL;
-        return owner_failed(ps, ps->w_offset, rc, "step", errbuf);
+        int64_t off = ps->w_offset;
+        drop_writer(ps);
+        return owner_failed(ps, off, rc, "step", errbuf);
     }
     return rc;
 }
@@ -632,12 +750,14 @@ int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_o
     if (ps->w == NULL) {
         if (!due(ps, delivered_offset, now_ms))
             return 0;
-        if ((rc = begin(ps, tbl, delivered_offset, err, sizeof err)) != 0)
+        if ((rc = begin(ps, tbl, delivered_offset, ps->p->async, err, sizeof err)) != 0)
             goto out;
     }
     stepped = !ps->w_out;
     rc = step_until(ps, tbl, ps->w_rows, t0 + ps->p->o.tick_budget_us,
                     err, sizeof err);
+    if (stepped && rc >= 0 && ps->w != NULL)
+        request_drain(ps);
     if (rc == 1)
         rc = commit_when_delivered(ps, applied_offset, delivered_offset);
 out:
@@ -673,10 +793,10 @@ static int step_all(hl_persist_shard *ps, const hl_table *tbl, int64_t deadline_
     while ((rc = step_until(ps, tbl, rows, 0, errbuf, errlen)) == 0) {
         if (hl_now_mono_ms() >= deadline_ms) {
             char why[160];
+            int64_t off = ps->w_offset;
             snprintf(why, sizeof why, "deadline passed while writing rows");
-            hl_snapshot_abort(ps->w);
-            ps->w = NULL;
-            owner_failed(ps, ps->w_offset, HL_EIO, "flush", why);
+            drop_writer(ps);
+            owner_failed(ps, off, HL_EIO, "flush", why);
             return hl_err(errbuf, errlen, HL_EIO, "snapshot of partition %d: %s",
                           (int)ps->partition, why);
         }
@@ -694,17 +814,18 @@ int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_off
 {
     hl_persist *p = ps->p;
     int rc;
-    if (ps->w != NULL && ps->w_offset != next_offset) {
-        hl_snapshot_abort(ps->w);       /* begun earlier: a fresh one replays less */
-        ps->w = NULL;
-    }
+    /* One begun earlier is dropped: a fresh one replays less. One drained by
+     * the committer is too: here the owner waits anyway, and writing
+     * itself spares a round trip per buffer. */
+    if (ps->w != NULL && (ps->w_offset != next_offset || p->async))
+        drop_writer(ps);
     if (ps->w == NULL) {
         /* A queued commit may already hold next_offset. */
         if ((rc = wait_idle(ps, deadline_ms, errbuf, errlen)) != 0)
             return rc;
         if (next_offset < 0 || next_offset <= hl_persist_shard_durable(ps))
             return 0;
-        if ((rc = begin(ps, tbl, next_offset, errbuf, errlen)) != 0)
+        if ((rc = begin(ps, tbl, next_offset, 0, errbuf, errlen)) != 0)
             return rc;
     }
     if ((rc = step_all(ps, tbl, deadline_ms, errbuf, errlen)) != 0 ||

@@ -42,6 +42,8 @@ typedef struct hl_persist_opts {
                                        of rows, at most HL_SNAPSHOT_STEP_ROWS */
     int64_t      tick_budget_us;    /* a tick steps until this is spent; 0: HL_PERSIST_TICK_US */
     const hl_io *io;                /* NULL: hl_io_posix(); tests inject faults */
+    int          sync_writes;       /* 1: steps write their buffers themselves
+                                       (default: the committer writes them) */
     hl_metrics  *reg;               /* may be NULL: no metrics, poll only */
 } hl_persist_opts;
 

@@ -29,7 +29,7 @@ const exported = new Set([
   "halflife_lists_published_total", "halflife_delivery_errors_total",
   "halflife_snapshot_duration_seconds", "halflife_snapshot_bytes",
   "halflife_snapshot_last_success_timestamp_seconds",
-  "halflife_restore_duration_seconds", "halflife_rebalances_total",
+  "halflife_restore_duration_seconds", "halflife_snapshots_total", "halflife_rebalances_total",
   "halflife_assigned_partitions", "halflife_consumer_lag",
   "halflife_model_info", "halflife_evictions_total",
   "halflife_dlq_records_total", "halflife_dlq_errors_total",

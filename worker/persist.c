@@ -357,8 +357,8 @@ static void finish_job(hl_persist *p, job *j, const hl_persist_done *d, int *fre
 }
 
 /* Under mu: the next shard whose writer has buffers to write, marked as
- * being drained, or NULL. */
-static hl_persist_shard *take_drain(hl_persist *p)
+ * being drained, with that writer in *w; or NULL. */
+static hl_persist_shard *take_drain(hl_persist *p, hl_snapshot_writer **w)
 {
     hl_persist_shard *ps = p->drain_head;
     if (ps == NULL)
@@ -367,16 +367,17 @@ static hl_persist_shard *take_drain(hl_persist *p)
     ps->drain_next = NULL;
     ps->drain_queued = 0;
     ps->draining = 1;
+    *w = ps->drain_w;
     return ps;
 }
 
-/* Writes what ps's writer has filled (no lock held: the owner clears
- * drain_w only while no drain runs). A failure stays in the writer: the
- * owner's next step returns it and reports it. */
-static void run_drain(hl_persist *p, hl_persist_shard *ps)
+/* Writes what w has filled (no lock held: an abort waits for it, and a
+ * commit of w runs later on this thread). A failure stays in the writer:
+ * the owner's next step returns it and reports it. */
+static void run_drain(hl_persist *p, hl_persist_shard *ps, hl_snapshot_writer *w)
 {
     char err[256];
-    hl_snapshot_drain(ps->drain_w, err, sizeof err);
+    hl_snapshot_drain(w, err, sizeof err);
     pthread_mutex_lock(&p->mu);
     ps->draining = 0;
     pthread_cond_broadcast(&p->done_cv);
@@ -406,7 +407,8 @@ static void *committer_main(void *arg)
         while (p->head == NULL && p->drain_head == NULL && !p->quit)
             pthread_cond_wait(&p->work_cv, &p->mu);
         job *j = p->head;
-        hl_persist_shard *ps = j ? NULL : take_drain(p);
+        hl_snapshot_writer *w = NULL;
+        hl_persist_shard *ps = j ? NULL : take_drain(p, &w);
         if (j == NULL && ps == NULL)
             break;                              /* quit, and nothing left */
         if (j != NULL && (p->head = j->next) == NULL)
@@ -415,7 +417,7 @@ static void *committer_main(void *arg)
         if (j != NULL)
             run_commit(p, j);
         else
-            run_drain(p, ps);
+            run_drain(p, ps, w);
         pthread_mutex_lock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
@@ -488,8 +490,7 @@ static int enqueue(hl_persist_shard *ps)
     /* No wait for a drain still running: it ends before this job runs, on
      * the same thread. The job's commit writes what is left. */
     unlist_drain(ps);
-    if (!ps->draining)
-        ps->drain_w = NULL;
+    ps->drain_w = NULL;
     ps->in_flight++;
     ps->refs++;
     p->queued++;

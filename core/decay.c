@@ -115,30 +115,73 @@ void hl_decay_factors(const hl_decay *d, int64_t dt_ms, float *f)
 /* s[0..dim) = a s + b x: the hot loop. gcc 12's -O2 vectorises only loops
  * whose trip count it knows, so the body is a fixed 8-wide block (which it
  * and clang turn into SIMD) and a scalar tail; restrict + ivdep rule out
- * runtime alias checks. */
-static void axpby(float *restrict s, const float *restrict x, float a, float b,
-                  int dim)
-{
-    int j = 0;
-    for (; j + 8 <= dim; j += 8) {
-        IVDEP
-        for (int k = 0; k < 8; k++)
-            s[j + k] = a * s[j + k] + b * x[j + k];
-    }
-    for (; j < dim; j++)
-        s[j] = a * s[j] + b * x[j];
+ * runtime alias checks. KERNELS() stamps out the SSE2 baseline and, where
+ * the compiler can target it, an AVX2 copy picked at run time: one 8-wide
+ * block is then one instruction instead of two, which matters when rows
+ * are in cache. */
+#define KERNELS(ATTR, SUFFIX)                                                 \
+ATTR static void axpby##SUFFIX(float *restrict s, const float *restrict x,    \
+                               float a, float b, int dim)                    \
+{                                                                             \
+    int j = 0;                                                                \
+    for (; j + 8 <= dim; j += 8) {                                            \
+        IVDEP                                                                 \
+        for (int k = 0; k < 8; k++)                                           \
+            s[j + k] = a * s[j + k] + b * x[j + k];                           \
+    }                                                                         \
+    for (; j < dim; j++)                                                      \
+        s[j] = a * s[j] + b * x[j];                                           \
+}                                                                             \
+ATTR static void scale##SUFFIX(float *restrict s, float a, int dim)           \
+{                                                                             \
+    int j = 0;                                                                \
+    for (; j + 8 <= dim; j += 8) {                                            \
+        IVDEP                                                                 \
+        for (int k = 0; k < 8; k++)                                           \
+            s[j + k] *= a;                                                    \
+    }                                                                         \
+    for (; j < dim; j++)                                                      \
+        s[j] *= a;                                                            \
 }
 
-static void scale(float *restrict s, float a, int dim)
+KERNELS(, _base)
+#if defined(__x86_64__) && defined(__GNUC__)
+KERNELS(__attribute__((target("avx2"))), _avx2)
+#define HAVE_AVX2 1
+#endif
+
+/* The CPU model __builtin_cpu_supports reads is set up before main by the
+ * compiler's runtime; reading it is one load. */
+static int use_avx2(void)
 {
-    int j = 0;
-    for (; j + 8 <= dim; j += 8) {
-        IVDEP
-        for (int k = 0; k < 8; k++)
-            s[j + k] *= a;
+#ifdef HAVE_AVX2
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+static void axpby(float *restrict s, const float *restrict x, float a, float b,
+                  int dim, int avx2)
+{
+#ifdef HAVE_AVX2
+    if (avx2) {
+        axpby_avx2(s, x, a, b, dim);
+        return;
     }
-    for (; j < dim; j++)
-        s[j] *= a;
+#endif
+    axpby_base(s, x, a, b, dim);
+}
+
+static void scale(float *restrict s, float a, int dim, int avx2)
+{
+#ifdef HAVE_AVX2
+    if (avx2) {
+        scale_avx2(s, a, dim);
+        return;
+    }
+#endif
+    scale_base(s, a, dim);
 }
 
 void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,
@@ -147,6 +190,7 @@ void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,
     int late = *t_ref_ms != INT64_MIN && t_ms < *t_ref_ms;
     double gap = late ? (double)*t_ref_ms - (double)t_ms
                       : gap_ms(t_ms, *t_ref_ms);
+    int avx2 = use_avx2();
     double gs[HL_MAX_HEADS];
     for (int h = 0; h < d->n_heads; h++)   /* independent: they overlap */
         gs[h] = fast_factor(d->lambda_per_ms[h], gap);
@@ -156,10 +200,10 @@ void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,
         float b = late ? (float)((double)w * g) : w;
         float *sh = s + (size_t)h * d->dim;
         if (x != NULL) {
-            axpby(sh, x, a, b, d->dim);
+            axpby(sh, x, a, b, d->dim, avx2);
             m[h] = (float)((double)a * m[h] + b);
         } else if (a != 1.0f) {
-            scale(sh, a, d->dim);
+            scale(sh, a, d->dim, avx2);
             m[h] *= a;
         }
     }

@@ -236,6 +236,7 @@ typedef struct replay {
     const char        *topic;
     produce_counts     counts;
     int64_t            sent;
+    int64_t            skipped;      /* ids outside 1..HL_MAX_ID_LEN bytes */
 } replay;
 
 static void progress(const replay *r, int64_t start_ms, const char *event)
@@ -257,6 +258,14 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
     while (a->limit == 0 || r->sent < a->limit) {
         if ((rc = hl_dataset_next(r->rd, &ev, errbuf, errlen)) <= 0)
             return rc;
+        /* The worker would refuse these (string_too_long): not worth sending. */
+        if (ev.user_len < 1 || ev.user_len > HL_MAX_ID_LEN ||
+            ev.item_len < 1 || ev.item_len > HL_MAX_ID_LEN) {
+            if (r->skipped++ < 5)
+                hl_log(HL_LOG_WARN, "event_skipped", "file=%s line=%lld why=\"id length outside 1..%d\"",
+                       a->input, (long long)ev.line, HL_MAX_ID_LEN);
+            continue;
+        }
         hl_codec_event ce = { ev.user, ev.user_len, ev.item, ev.item_len, ev.type,
                               ev.ts_ms, ev.weight, ev.has_weight };
         int n = hl_codec_encode_event(r->codec, &ce, buf, sizeof buf);
@@ -266,7 +275,7 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
         if ((rc = send_event(r->rk, r->topic, &ev, buf, (size_t)n, errbuf, errlen)) != 0)
             return rc;
         r->sent++;
-        if ((r->sent & 1023) == 0) {
+        if ((r->sent & 1023) == 0 || a->rate > 0) {
             rd_kafka_poll(r->rk, 0);
             if (hl_now_mono_ms() - last_ms >= 1000) {
                 last_ms = hl_now_mono_ms();
@@ -315,9 +324,11 @@ static void report(const replay *r, const produce_args *a)
     hl_dataset_stats st;
     hl_dataset_stats_get(r->rd, &st);
     hl_log(HL_LOG_INFO, "produce_done",
-           "topic=%s events=%lld delivered=%lld failed=%lld bad_lines=%lld first_error=\"%s\"",
+           "topic=%s events=%lld delivered=%lld failed=%lld bad_lines=%lld skipped=%lld "
+           "first_error=\"%s\"",
            r->topic, (long long)r->sent, (long long)r->counts.delivered,
-           (long long)r->counts.failed, (long long)st.bad_lines, r->counts.first_error);
+           (long long)r->counts.failed, (long long)st.bad_lines, (long long)r->skipped,
+           r->counts.first_error);
     for (int i = 0; i < 8 && i < st.bad_lines; i++)
         hl_log(HL_LOG_WARN, "bad_line", "file=%s line=%lld why=\"%s\"", a->input,
                (long long)st.first_bad_line[i], st.first_bad_why[i]);

@@ -26,6 +26,7 @@ static void test_defaults(void)
     CHECK(!strcmp(hl_config_str(cfg, "input.topic"), "behaviour-events"));
     CHECK(!strcmp(hl_config_str(cfg, "output.topic"), "recommendations"));
     CHECK(!strcmp(hl_config_str(cfg, "dlq.topic"), "behaviour-events.dlq"));
+    CHECK(hl_config_str(cfg, "dlq.topic") == hl_config_str(cfg, "dlq.topic"));  /* stable */
     CHECK(hl_config_str(cfg, "model.path") == NULL);
     CHECK(hl_config_int(cfg, "recs.k") == 20);
     CHECK(hl_config_bool(cfg, "recs.exclude.seen") == 1);

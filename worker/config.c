@@ -408,6 +408,24 @@ static const setting *slot_of(const hl_config *cfg, const char *key, key_type t)
     return &cfg->v[k];
 }
 
+/* "<input.topic>.dlq", built on first use and kept, so every caller gets
+ * the same pointer (rebuilt only if input.topic changed since). */
+static const char *dlq_default(const hl_config *cfg)
+{
+    const char *in = hl_config_str(cfg, "input.topic");
+    hl_config *mut = (hl_config *)cfg;       /* a cache of a derived default */
+    size_t n = strlen(in);
+    if (mut->dlq_default != NULL && strncmp(mut->dlq_default, in, n) == 0 &&
+        strcmp(mut->dlq_default + n, ".dlq") == 0)
+        return mut->dlq_default;
+    free(mut->dlq_default);
+    if ((mut->dlq_default = malloc(n + 5)) == NULL)
+        return NULL;
+    memcpy(mut->dlq_default, in, n);
+    memcpy(mut->dlq_default + n, ".dlq", 5);
+    return mut->dlq_default;
+}
+
 const char *hl_config_str(const hl_config *cfg, const char *key)
 {
     int k = find_key(key);
@@ -415,15 +433,8 @@ const char *hl_config_str(const hl_config *cfg, const char *key)
         fprintf(stderr, "halflife: bug: unknown config key %s\n", key);
         abort();
     }
-    if (cfg->v[k].text == NULL && strcmp(key, "dlq.topic") == 0) {
-        const char *in = hl_config_str(cfg, "input.topic");
-        hl_config *mut = (hl_config *)cfg;   /* a cache of a derived default */
-        free(mut->dlq_default);
-        if ((mut->dlq_default = malloc(strlen(in) + 5)) == NULL)
-            return NULL;
-        sprintf(mut->dlq_default, "%s.dlq", in);
-        return mut->dlq_default;
-    }
+    if (cfg->v[k].text == NULL && strcmp(key, "dlq.topic") == 0)
+        return dlq_default(cfg);
     return cfg->v[k].text;
 }
 

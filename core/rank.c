@@ -45,7 +45,7 @@ struct hl_ranker {
     const float   *e_in, *e_out, *bias;     /* (n_items, dim), (n_items) */
     int32_t        n_items;
     int            dim, n_heads;
-    double         lambda_per_ms[HL_MAX_HEADS];
+    float          lambda_per_ms[HL_MAX_HEADS];
     float          type_weight[HL_N_TYPES];
     int            k, exclude_seen, max_batch, block;
     float         *X;          /* (max_batch, in_dim) encoder input */
@@ -58,7 +58,7 @@ struct hl_ranker {
     int           *seen_pos;   /* (max_batch) first entry not yet passed */
     float         *bc_hist;    /* (MAX_RING, dim) e_in rows of known history */
     float         *bc_rec;     /* (k, dim) e_out rows of the returned items */
-    float         *bc_dot;     /* (MAX_RING, k) hist . rec */
+    float         *bc_dot;     /* (k, MAX_RING) rec . hist */
     float         *bc_a;       /* (MAX_RING) a_e of each history entry */
     int32_t       *bc_item;    /* (MAX_RING) item of each history entry */
 };
@@ -105,9 +105,9 @@ static int alloc_scratch(hl_ranker *r)
     r->bc_dot = malloc(MAX_RING * k * sizeof(float));
     r->bc_a = malloc(MAX_RING * sizeof(float));
     r->bc_item = malloc(MAX_RING * sizeof(int32_t));
-    if (!r->X || !r->act || !r->S || !r->top ||
-        !r->top_n || !r->seen || !r->seen_n || !r->seen_pos || !r->bc_hist || !r->bc_rec || !r->bc_dot || !r->bc_a ||
-        !r->bc_item)
+    if (!r->X || !r->act || !r->S || !r->top || !r->top_n || !r->seen ||
+        !r->seen_n || !r->seen_pos || !r->bc_hist || !r->bc_rec || !r->bc_dot ||
+        !r->bc_a || !r->bc_item)
         return HL_ENOMEM;
     return 0;
 }
@@ -132,7 +132,7 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
     r->dim = p->info.dim;
     r->n_heads = p->info.n_heads;
     for (int h = 0; h < r->n_heads; h++)
-        r->lambda_per_ms[h] = log(2.0) / p->info.half_life_ms[h];
+        r->lambda_per_ms[h] = (float)(log(2.0) / p->info.half_life_ms[h]);
     memcpy(r->type_weight, p->info.type_weight, sizeof r->type_weight);
     r->k = o->k;
     r->exclude_seen = o->exclude_seen;
@@ -409,28 +409,34 @@ static void score_block(hl_ranker *r, const float *Q, const hl_row_view *users,
 static int history_weights(const hl_ranker *r, const hl_row_view *v,
                            int32_t *item, float *a)
 {
+    float inv_m[HL_MAX_HEADS];
     int n = 0;
 
+    for (int h = 0; h < r->n_heads; h++)
+        inv_m[h] = 1.0f / fmaxf(v->m[h], HL_ENCODER_EPS);
     for (int i = v->n_hist - 1; i >= 0; i--) {
         int slot = hl_row_hist_index(v, i);
         int32_t it = v->hist_item[slot];
         int type = v->hist_type[slot];
         if (it < 0 || it >= r->n_items || n >= MAX_RING)
             continue;
-        double dt = (double)(v->t_ref_ms - v->hist_ts_ms[slot]);
-        double share = 0.0;
-        for (int h = 0; h < r->n_heads; h++) {
-            double decay = dt > 0.0 ? exp(-r->lambda_per_ms[h] * dt) : 1.0;
-            share += decay / fmax((double)v->m[h], (double)HL_ENCODER_EPS);
-        }
+        float dt = (float)(v->t_ref_ms - v->hist_ts_ms[slot]), share = 0.0f;
+        for (int h = 0; h < r->n_heads; h++)
+            share += (dt > 0.0f ? expf(-r->lambda_per_ms[h] * dt) : 1.0f) * inv_m[h];
         item[n] = it;
-        a[n++] = (float)(share * (type < HL_N_TYPES ? r->type_weight[type] : 0.0f));
+        a[n++] = share * (type < HL_N_TYPES ? r->type_weight[type] : 0.0f);
     }
     return n;
 }
 
-/* dot (n_hist, n_rec) = e_in[hist] . e_out[rec] as one SGEMM, then the
- * argmax of a_e x dot per returned item. */
+static void prefetch_row(const float *row, int dim)
+{
+    for (int d = 0; d < dim; d += 16)      /* one 64-byte line per 16 floats */
+        __builtin_prefetch(row + d);
+}
+
+/* dot (n_rec, n_hist) = e_out[rec] . e_in[hist] as one SGEMM, then the
+ * argmax of a_e x dot along each returned item's row. */
 static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
                          int n_rec)
 {
@@ -441,18 +447,24 @@ static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
         recs[j].because = -1;
     if (n_hist == 0 || n_rec == 0)
         return;
+    /* The rows are scattered over the tables: start every miss at once. */
+    for (int e = 0; e < n_hist; e++)
+        prefetch_row(r->e_in + (size_t)r->bc_item[e] * dim, dim);
+    for (int j = 0; j < n_rec; j++)
+        prefetch_row(r->e_out + (size_t)recs[j].item * dim, dim);
     for (int e = 0; e < n_hist; e++)
         memcpy(r->bc_hist + (size_t)e * dim, r->e_in + (size_t)r->bc_item[e] * dim,
                (size_t)dim * sizeof(float));
     for (int j = 0; j < n_rec; j++)
         memcpy(r->bc_rec + (size_t)j * dim, r->e_out + (size_t)recs[j].item * dim,
                (size_t)dim * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_hist, n_rec, dim,
-                1.0f, r->bc_hist, dim, r->bc_rec, dim, 0.0f, r->bc_dot, n_rec);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_rec, n_hist, dim,
+                1.0f, r->bc_rec, dim, r->bc_hist, dim, 0.0f, r->bc_dot, n_hist);
     for (int j = 0; j < n_rec; j++) {
+        const float *dot = r->bc_dot + (size_t)j * n_hist;
         float best = 0.0f;
         for (int e = 0; e < n_hist; e++) {
-            float c = r->bc_a[e] * r->bc_dot[(size_t)e * n_rec + j];
+            float c = r->bc_a[e] * dot[e];
             if (c > best) {
                 best = c;
                 recs[j].because = r->bc_item[e];

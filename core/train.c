@@ -950,10 +950,10 @@ void hl_train_opts_default(hl_train_opts *o)
     o->hidden[0] = 256;
     o->epochs = 20;
     o->batch = 256;
-    o->lr = 1e-3f;
+    o->lr = 3e-3f;
     o->lr_final = 0.1f;
     o->l2 = 0.0f;
-    o->dropout = 0.0f;
+    o->dropout = 0.3f;
     o->max_history = 256;
     o->full_softmax_max_items = 50000;
     o->n_negatives = 2048;

@@ -199,6 +199,7 @@ static void test_sequence_rule_is_learned(void)
     o.epochs = 12;
     o.batch = 64;
     o.lr = 5e-3f;
+    o.dropout = 0.0f;
     o.holdout_loo = 1;
     train_or_fail(&o, &s.d, &r);
     CHECKF(r.test_hr10 >= 0.95, "test HR@10 %.3f (valid %.3f), want >= 0.95",
@@ -225,6 +226,7 @@ static void test_sampled_rule_is_learned(void)
     o.batch = 64;
     o.lr = 5e-3f;
     o.holdout_loo = 1;
+    o.dropout = 0.0f;
     o.full_softmax_max_items = 10;
     o.n_negatives = 16;
     train_or_fail(&o, &s.d, &r);

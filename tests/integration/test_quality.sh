@@ -33,8 +33,9 @@ if [ ! -f "$beauty" ]; then
 fi
 
 # The full budget: what the quality report quotes (see the header).
-full=(--dim 64 --hidden 256 --epochs 20 --lr 0.001 --dropout 0.3)
-short=(--dim 32 --hidden 128 --epochs 2 --lr 0.004)
+full=(--dim 64 --hidden 256 --half-lives 15m,1h,4h,1d,30d --epochs 10 --lr 0.003
+      --dropout 0.3 --tie --full-softmax-max 5000 --negatives 2048 --threads 1)
+short=(--dim 32 --hidden 128 --epochs 3 --lr 0.004 --dropout 0.2 --full-softmax-max 1000 --negatives 1024 --threads 1)
 mode=short floor_hr=0.03 floor_ndcg=0.015 input=$beauty
 args=("${short[@]}")
 if [ "${HL_QUALITY_FULL:-0}" = 1 ]; then

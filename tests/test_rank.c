@@ -7,6 +7,7 @@
 #include "encoder.h"
 
 #include <stdint.h>
+#include <unistd.h>
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
@@ -338,6 +339,56 @@ static void test_refresh_is_repeatable(void)
     tmodel_free(&t);
 }
 
+/* hl_ranker_create on a model file gives the lists create_parts gives on
+ * the same arrays in memory. */
+static void test_model_file_matches_parts(void)
+{
+    tmodel t;
+    tuser users[6];
+    hl_row_view v[6];
+    hl_rec a[60], b[60];
+    int na[6], nb[6];
+    char dir[] = "/tmp/hl_test_rank_XXXXXX", path[64], err[256] = "";
+    char ids[500][8];
+    const char *id[500];
+    uint32_t id_len[500];
+
+    tmodel_init(&t, 500, 16, 3, 1, 32);
+    for (int i = 0; i < 500; i++) {
+        id_len[i] = (uint32_t)snprintf(ids[i], sizeof ids[i], "it%d", i);
+        id[i] = ids[i];
+    }
+    t.p.item_id = id;
+    t.p.item_id_len = id_len;
+    snprintf(t.p.info.version, sizeof t.p.info.version, "test_rank");
+    for (int u = 0; u < 6; u++) {
+        tuser_init(&users[u], &t, T_RING);
+        v[u] = users[u].v;
+    }
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/m.hlm", dir);
+    CHECKF(hl_model_write(path, &t.p, err, sizeof err) == 0, "write: %s", err);
+    hl_model *m = hl_model_open(path, err, sizeof err);
+    CHECKF(m != NULL, "open: %s", err);
+    hl_rank_opts o = {.k = 10, .exclude_seen = 1, .max_batch = 6};
+    hl_ranker *r1 = m ? hl_ranker_create(m, &o, err, sizeof err) : NULL;
+    hl_ranker *r2 = make_ranker(&t, 10, 1, 6, 0);
+    CHECK(r1 != NULL && r2 != NULL);
+    memset(a, 0, sizeof a);
+    memset(b, 0, sizeof b);
+    if (r1 && r2) {
+        CHECK(hl_ranker_refresh(r1, v, 6, a, na) == 0);
+        CHECK(hl_ranker_refresh(r2, v, 6, b, nb) == 0);
+        CHECK(memcmp(na, nb, sizeof na) == 0 && memcmp(a, b, sizeof a) == 0);
+    }
+    hl_ranker_destroy(r1);
+    hl_ranker_destroy(r2);
+    hl_model_close(m);
+    unlink(path);
+    rmdir(dir);
+    tmodel_free(&t);
+}
+
 static void test_bad_arguments(void)
 {
     tmodel t;
@@ -380,6 +431,7 @@ int main(void)
     RUN(test_ties_lower_row_first);
     RUN(test_because_by_hand);
     RUN(test_refresh_is_repeatable);
+    RUN(test_model_file_matches_parts);
     RUN(test_bad_arguments);
     TEST_EXIT();
 }

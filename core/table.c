@@ -21,16 +21,13 @@
  *
  * The key sits in the row's first lines, which an update touches anyway.
  *
- * The index is open addressing with linear probing over 64-bit slots
- * (hash tag << 32 | row + 1; 0 is empty). The tag is 32 bits of the key's
- * hash; the home slot is the top bits of tag * golden ratio, so a tag alone
- * re-homes an entry without touching its row, and doubling the table sends
- * home h to 2h or 2h + 1: migration writes the new table in order. Growth is
- * incremental, as Redis's dict does it: a new table twice the size takes all
- * inserts while each insert and each apply call copies a bounded number of
- * old slots across; lookups try the new table, then the old. Deletion in the
- * new table shifts entries back (no tombstones); in the old table, which
- * only shrinks to nothing, it leaves a tombstone.
+ * Users are found through index.c (32-bit hash tag -> row id, grown
+ * incrementally) and confirmed by key. hl_table_apply runs a batch as a
+ * four-stage software pipeline (hash + index prefetch, row guess + row and
+ * embedding prefetch, history prefetch, apply) so the misses of many events
+ * overlap. Capacity eviction takes the exact least recently active users
+ * from a candidate pool that lru.c keeps, refilled by a scan spread over
+ * inserts; no single call scans the table.
  *
  * Dirty rows form an intrusive FIFO list through next_dirty; eviction clears
  * the dirty mark and leaves the id in the list, take_dirty skips it.
@@ -39,6 +36,7 @@
  * no clock: time comes in with the events. */
 #include "table.h"
 
+#include "index.h"
 #include "lru.h"
 
 #include <stdlib.h>
@@ -48,18 +46,12 @@
 #define ROWS_SHIFT      14
 #define ROWS_PER_BLOCK  (1u << ROWS_SHIFT)
 #define WORDS_PER_BLOCK (ROWS_PER_BLOCK / 64)
-#define HUGE_PAGE       (2u << 20)
 #define NONE            UINT32_MAX
 
 #define F_DIRTY   1u    /* changed since the last take_dirty */
 #define F_INLIST  2u    /* id is on the dirty list (maybe no longer dirty) */
 #define F_HEAPKEY 4u    /* user_id is in a malloc'd copy */
 
-#define SLOT_EMPTY 0ull
-#define SLOT_TOMB  UINT64_MAX
-#define MIN_SLOTS  64u
-#define MIGRATE_PER_INSERT 16u  /* old slots copied per new user */
-#define MIGRATE_PER_APPLY  1024u/* and per apply call */
 #define LRU_SCAN_PER_INSERT 64u /* rows an LRU scan advances per new user */
 #define MAX_EVICT_BATCH 64u     /* users evicted at once at capacity */
 #define PIPE 8                  /* events between pipeline stages */
@@ -81,13 +73,6 @@ typedef struct block {
     uint64_t live[WORDS_PER_BLOCK];    /* bit set: row in use */
 } block;
 
-typedef struct index_tab {
-    uint64_t *slot;
-    size_t    map_bytes;
-    uint32_t  bits;                    /* slots = 1 << bits */
-    size_t    used;                    /* entries, tombstones excluded */
-} index_tab;
-
 struct hl_table {
     hl_table_opts o;
     int      n_heads, dim, history;
@@ -101,11 +86,7 @@ struct hl_table {
     uint32_t free_hint;                /* no free id below it */
     size_t   users, key_bytes, heap_key_bytes;
 
-    index_tab ix[2];                   /* [0] current, [1] old while growing */
-    index_tab spare;                   /* the next [0], faulted in ahead */
-    size_t    prefault_pos;            /* bytes of spare touched so far */
-    int       growing;
-    size_t    migrate_pos;             /* next old slot to copy */
+    hl_index ix;                       /* tag -> row id, see index.h */
 
     uint32_t dirty_head, dirty_tail;
     uint64_t active_seq;
@@ -190,25 +171,6 @@ static void plan_rows(hl_table *tbl)
 
 /* ---- memory -------------------------------------------------------------- */
 
-/* An anonymous mapping of at least bytes, 2 MB aligned, huge pages asked
- * for; zero-filled and lazily backed. */
-static void *map_aligned(size_t bytes, size_t *map_bytes)
-{
-    size_t len = align_up(bytes, HUGE_PAGE);
-    uint8_t *p = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-    uint8_t *a = (uint8_t *)align_up((uintptr_t)p, HUGE_PAGE);
-    if (a > p) munmap(p, (size_t)(a - p));
-    if (a + len < p + len + HUGE_PAGE)
-        munmap(a + len, (size_t)(p + len + HUGE_PAGE - (a + len)));
-#ifdef MADV_HUGEPAGE
-    madvise(a, len, MADV_HUGEPAGE);
-#endif
-    *map_bytes = len;
-    return a;
-}
-
 static int add_block(hl_table *tbl)
 {
     if ((size_t)(tbl->n_blocks + 1) << ROWS_SHIFT > HL_TABLE_MAX_ROWS)
@@ -222,7 +184,7 @@ static int add_block(hl_table *tbl)
     }
     block *b = calloc(1, sizeof *b);
     if (b == NULL) return HL_ENOMEM;
-    b->rows = map_aligned((size_t)ROWS_PER_BLOCK * tbl->stride, &b->map_bytes);
+    b->rows = hl_map_huge((size_t)ROWS_PER_BLOCK * tbl->stride, &b->map_bytes);
     if (b->rows == NULL) {
         free(b);
         return HL_ENOMEM;
@@ -253,165 +215,23 @@ static uint64_t hash_key(const char *p, size_t n)
     return h;
 }
 
-static uint32_t tag_of(uint64_t h)        { return (uint32_t)(h >> 32); }
-static uint32_t slot_tag(uint64_t v)      { return (uint32_t)(v >> 32); }
-static uint32_t slot_row(uint64_t v)      { return (uint32_t)v - 1; }
-static uint64_t make_slot(uint32_t tag, uint32_t r)
-{
-    return (uint64_t)tag << 32 | (uint64_t)(r + 1);
-}
-
-static size_t home(const index_tab *ix, uint32_t tag)
-{
-    return (uint32_t)(tag * 0x9e3779b1u) >> (32 - ix->bits);
-}
-
-static size_t ix_mask(const index_tab *ix) { return ((size_t)1 << ix->bits) - 1; }
-
-static int index_alloc(index_tab *ix, uint32_t bits)
-{
-    ix->slot = map_aligned(sizeof(uint64_t) << bits, &ix->map_bytes);
-    if (ix->slot == NULL) return HL_ENOMEM;
-    ix->bits = bits;
-    ix->used = 0;
-    return 0;
-}
-
-static void index_free(index_tab *ix)
-{
-    if (ix->slot != NULL) munmap(ix->slot, ix->map_bytes);
-    memset(ix, 0, sizeof *ix);
-}
+static uint32_t tag_of(uint64_t h) { return (uint32_t)(h >> 32); }
 
 static int key_eq(uint8_t *p, const char *user, size_t len)
 {
     return hdr(p)->user_len == len && memcmp(row_key(p), user, len) == 0;
 }
 
-static int64_t index_find(const hl_table *tbl, const index_tab *ix, uint64_t h,
-                          const char *user, size_t len)
-{
-    uint32_t tag = tag_of(h);
-    size_t mask = ix_mask(ix);
-    for (size_t i = home(ix, tag);; i = (i + 1) & mask) {
-        uint64_t v = ix->slot[i];
-        if (v == SLOT_EMPTY) return -1;
-        if (v != SLOT_TOMB && slot_tag(v) == tag
-            && key_eq(row_ptr(tbl, slot_row(v)), user, len))
-            return slot_row(v);
-    }
-}
-
+/* Row of user, or -1: index candidates by tag, confirmed by key. */
 static int64_t lookup(const hl_table *tbl, uint64_t h, const char *user,
                       size_t len)
 {
-    int64_t r = index_find(tbl, &tbl->ix[0], h, user, len);
-    if (r < 0 && tbl->growing) r = index_find(tbl, &tbl->ix[1], h, user, len);
-    return r;
-}
-
-static void index_put(index_tab *ix, uint64_t v)
-{
-    size_t mask = ix_mask(ix);
-    size_t i = home(ix, slot_tag(v));
-    while (ix->slot[i] != SLOT_EMPTY) i = (i + 1) & mask;
-    ix->slot[i] = v;
-    ix->used++;
-}
-
-/* Copies up to n old slots into the new table; frees the old one when done. */
-static void migrate(hl_table *tbl, size_t n)
-{
-    index_tab *old = &tbl->ix[1];
-    size_t end = (size_t)1 << old->bits;
-    for (; n > 0 && tbl->migrate_pos < end; n--, tbl->migrate_pos++) {
-        uint64_t v = old->slot[tbl->migrate_pos];
-        if (v != SLOT_EMPTY && v != SLOT_TOMB) index_put(&tbl->ix[0], v);
-    }
-    if (tbl->migrate_pos == end) {
-        index_free(old);
-        tbl->growing = 0;
-    }
-}
-
-/* Entries already migrated are in both tables; the current one is sized so
- * that it holds everything before the old one runs out. When a second growth
- * is due before the first has finished, the first is finished at once; with
- * the rates above that needs a table growing >2x while migrating, which the
- * load factor rules out, so it is a safety net, not a path. */
-static int maybe_grow(hl_table *tbl)
-{
-    index_tab *cur = &tbl->ix[0];
-    if ((cur->used + 1) * 10 <= ((size_t)7 << cur->bits)) return 0;
-    if (tbl->growing) migrate(tbl, SIZE_MAX);
-    if ((cur->used + 1) * 10 <= ((size_t)7 << cur->bits)) return 0;
-    if (cur->bits >= 32) return HL_EFULL;
-    index_tab next = tbl->spare;
-    memset(&tbl->spare, 0, sizeof tbl->spare);
-    if (next.slot == NULL && index_alloc(&next, cur->bits + 1) != 0)
-        return HL_ENOMEM;
-    tbl->ix[1] = *cur;
-    tbl->ix[0] = next;
-    tbl->growing = 1;
-    tbl->migrate_pos = 0;
-    return 0;
-}
-
-/* Called once per apply: from load 0.45 on, map the index the next
- * doubling will need and fault in one huge page (512 small ones) of it per
- * call, so that the doubling finds its memory ready. Without this, the first
- * batch after a doubling paid for zeroing the whole new table at once
- * (181 ms at 3M users on this VM). On failure nothing is lost: maybe_grow
- * maps the table itself. */
-static void prepare_growth(hl_table *tbl)
-{
-    index_tab *cur = &tbl->ix[0], *nx = &tbl->spare;
-    if (tbl->growing || cur->bits >= 32) return;
-    if (nx->slot == NULL) {
-        if (cur->used * 20 < ((size_t)9 << cur->bits)) return;
-        if (index_alloc(nx, cur->bits + 1) != 0) return;
-        tbl->prefault_pos = 0;
-    }
-    volatile uint8_t *p = (volatile uint8_t *)nx->slot;
-    size_t end = tbl->prefault_pos + HUGE_PAGE;
-    for (; tbl->prefault_pos < end && tbl->prefault_pos < nx->map_bytes;
-         tbl->prefault_pos += 4096)
-        p[tbl->prefault_pos] = 0;
-}
-
-static void index_del_current(index_tab *ix, uint32_t tag, uint32_t r)
-{
-    size_t mask = ix_mask(ix);
-    size_t i = home(ix, tag);
-    while (ix->slot[i] != make_slot(tag, r)) {
-        if (ix->slot[i] == SLOT_EMPTY) return;
-        i = (i + 1) & mask;
-    }
-    /* Backward shift: pull later entries of the run into the hole unless
-     * their home lies cyclically in (i, j]. */
-    for (size_t j = (i + 1) & mask;; j = (j + 1) & mask) {
-        uint64_t v = ix->slot[j];
-        if (v == SLOT_EMPTY) break;
-        size_t k = home(ix, slot_tag(v));
-        int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
-        if (!stays) {
-            ix->slot[i] = v;
-            i = j;
-        }
-    }
-    ix->slot[i] = SLOT_EMPTY;
-    ix->used--;
-}
-
-static void index_del_old(index_tab *ix, uint32_t tag, uint32_t r)
-{
-    size_t mask = ix_mask(ix);
-    for (size_t i = home(ix, tag); ix->slot[i] != SLOT_EMPTY; i = (i + 1) & mask)
-        if (ix->slot[i] == make_slot(tag, r)) {
-            ix->slot[i] = SLOT_TOMB;
-            ix->used--;
-            return;
-        }
+    hl_index_it it;
+    int64_t r;
+    hl_index_first(&tbl->ix, tag_of(h), &it);
+    while ((r = hl_index_next(&tbl->ix, tag_of(h), &it)) >= 0)
+        if (key_eq(row_ptr(tbl, (uint32_t)r), user, len)) return r;
+    return -1;
 }
 
 /* ---- create / destroy ---------------------------------------------------- */
@@ -437,13 +257,6 @@ static int check_opts(const hl_table_opts *o, char *errbuf, size_t errlen)
     return 0;
 }
 
-static uint32_t index_bits_for(size_t users)
-{
-    uint32_t bits = 6;
-    while (bits < 31 && ((size_t)7 << bits) < users * 10 + 10) bits++;
-    return bits;
-}
-
 hl_table *hl_table_create(const hl_table_opts *o, char *errbuf, size_t errlen)
 {
     if (check_opts(o, errbuf, errlen) != 0) return NULL;
@@ -462,7 +275,7 @@ hl_table *hl_table_create(const hl_table_opts *o, char *errbuf, size_t errlen)
     if (tbl->evict_batch > MAX_EVICT_BATCH) tbl->evict_batch = MAX_EVICT_BATCH;
     hl_lru_init(&tbl->lru, o->max_users / 16 > 4 * tbl->evict_batch
                            ? o->max_users / 16 : 4 * tbl->evict_batch);
-    if (index_alloc(&tbl->ix[0], index_bits_for(o->expected_users)) != 0)
+    if (hl_index_init(&tbl->ix, o->expected_users) != 0)
         goto nomem;
     return tbl;
 nomem:
@@ -490,9 +303,7 @@ void hl_table_destroy(hl_table *tbl)
         free(tbl->blocks[b]);
     }
     free(tbl->blocks);
-    index_free(&tbl->ix[0]);
-    index_free(&tbl->ix[1]);
-    index_free(&tbl->spare);
+    hl_index_free(&tbl->ix);
     hl_lru_free(&tbl->lru);
     free(tbl);
 }
@@ -609,8 +420,7 @@ static void evict(hl_table *tbl, uint32_t r)
 {
     uint8_t *p = row_ptr(tbl, r);
     uint32_t tag = tag_of(hash_key(row_key(p), hdr(p)->user_len));
-    index_del_current(&tbl->ix[0], tag, r);
-    if (tbl->growing) index_del_old(&tbl->ix[1], tag, r);
+    hl_index_del(&tbl->ix, tag, r);
     tbl->key_bytes -= hdr(p)->user_len;
     free_heap_key(tbl, p);
     *flags(p) &= (uint8_t)~F_DIRTY;
@@ -683,7 +493,7 @@ static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,
     if (tbl->o.max_users > 0 && tbl->users >= tbl->o.max_users
         && (rc = evict_oldest(tbl)) != 0)
         return rc;
-    if ((rc = maybe_grow(tbl)) != 0) return rc;
+    if ((rc = hl_index_reserve(&tbl->ix)) != 0) return rc;
     uint32_t r;
     if ((rc = take_id(tbl, &r)) != 0) return rc;
     uint8_t *p = row_ptr(tbl, r);
@@ -691,8 +501,7 @@ static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,
     if ((rc = set_key(tbl, p, user, len)) != 0) return rc;
     hdr(p)->t_ref_ms = INT64_MIN;
     hdr(p)->last_offset = INT64_MIN;
-    index_put(&tbl->ix[0], make_slot(tag_of(h), r));
-    if (tbl->growing) migrate(tbl, MIGRATE_PER_INSERT);
+    hl_index_put(&tbl->ix, tag_of(h), r);
     mark_live(tbl, r);
     tbl->users++;
     tbl->key_bytes += len;
@@ -773,27 +582,16 @@ static void stage_hash(hl_table *tbl, const hl_event *e, int a)
 {
     uint64_t h = hash_key(e->user, e->user_len);
     tbl->pipe_hash[a & (RING - 1)] = h;
-    for (int t = 0; t <= tbl->growing; t++) {
-        const index_tab *ix = &tbl->ix[t];
-        __builtin_prefetch(&ix->slot[home(ix, tag_of(h))], 0, 3);
-    }
+    hl_index_prefetch(&tbl->ix, tag_of(h));
 }
 
 /* First tag match in the current (then old) table, without touching rows:
  * a guess that resolve() confirms once the row is in cache. */
 static int64_t guess_row(const hl_table *tbl, uint64_t h)
 {
-    uint32_t tag = tag_of(h);
-    for (int t = 0; t <= tbl->growing; t++) {
-        const index_tab *ix = &tbl->ix[t];
-        size_t mask = ix_mask(ix);
-        for (size_t i = home(ix, tag);; i = (i + 1) & mask) {
-            uint64_t v = ix->slot[i];
-            if (v == SLOT_EMPTY) break;
-            if (v != SLOT_TOMB && slot_tag(v) == tag) return slot_row(v);
-        }
-    }
-    return -1;
+    hl_index_it it;
+    hl_index_first(&tbl->ix, tag_of(h), &it);
+    return hl_index_next(&tbl->ix, tag_of(h), &it);
 }
 
 /* Stage two: guess event b's row and prefetch the lines an update writes
@@ -832,8 +630,7 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
                    const float *e_in, int32_t n_items, int8_t *status)
 {
     int applied = 0;
-    if (tbl->growing) migrate(tbl, MIGRATE_PER_APPLY);
-    else prepare_growth(tbl);
+    hl_index_step(&tbl->ix);
     /* A four-stage pipeline over the batch, so the cache misses of many
      * events overlap: event i + 3 PIPE is hashed and its index slot
      * prefetched, i + 2 PIPE's slot read and its row and item prefetched,
@@ -964,13 +761,12 @@ static int restore_row(hl_table *tbl, uint32_t r, const hl_row_view *v)
 {
     uint64_t h = hash_key(v->user, v->user_len);
     int rc;
-    if ((rc = maybe_grow(tbl)) != 0) return rc;
+    if ((rc = hl_index_reserve(&tbl->ix)) != 0) return rc;
     uint8_t *p = row_ptr(tbl, r);
     clear_row(tbl, p);
     if ((rc = set_key(tbl, p, v->user, v->user_len)) != 0) return rc;
     copy_view(tbl, p, v);
-    index_put(&tbl->ix[0], make_slot(tag_of(h), r));
-    if (tbl->growing) migrate(tbl, MIGRATE_PER_INSERT);
+    hl_index_put(&tbl->ix, tag_of(h), r);
     mark_live(tbl, r);
     tbl->users++;
     tbl->key_bytes += v->user_len;
@@ -1026,8 +822,6 @@ void hl_table_stats_get(const hl_table *tbl, hl_table_stats *st)
     for (uint32_t b = 0; b < tbl->n_blocks; b++)
         bytes += sizeof(block);
     bytes += (size_t)tbl->row_limit * tbl->stride;
-    for (int t = 0; t < 2; t++)
-        if (tbl->ix[t].slot != NULL) bytes += sizeof(uint64_t) << tbl->ix[t].bits;
-    if (tbl->spare.slot != NULL) bytes += tbl->prefault_pos;
+    bytes += hl_index_bytes(&tbl->ix);
     st->bytes = bytes;
 }

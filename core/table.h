@@ -79,7 +79,8 @@ const hl_table_opts *hl_table_opts_get(const hl_table *tbl);
  * nothing to the heads but are still recorded in the history. An event whose
  * offset is not above its user's last_offset changes nothing (idempotence).
  * status[i], if status is not NULL: 1 applied, 0 duplicate, or a negative
- * HL_E* (HL_ENOMEM when the table cannot grow). Every applied user is marked
+ * HL_E* (HL_ENOMEM when the table cannot grow, HL_EINVAL for a user_len
+ * outside 1..HL_MAX_ID_LEN). Every applied user is marked
  * dirty. Returns the number of events applied. */
 int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
                    const float *e_in, int32_t n_items, int8_t *status);

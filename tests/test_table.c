@@ -662,6 +662,24 @@ static void test_long_user_ids(void)
     hl_table_destroy(tbl);
 }
 
+/* A user_len no row can hold is refused per event; the batch goes on. */
+static void test_bad_user_len(void)
+{
+    hl_table_opts o = small_opts(0, 0);
+    hl_table *tbl = hl_table_create(&o, NULL, 0);
+    static char big[HL_MAX_ID_LEN + 1];
+    memset(big, 'z', sizeof big);
+    hl_event e[3] = { one("ok", 1, 0, 1), one("", 1, 0, 2), one(big, 1, 0, 3) };
+    e[2].user_len = HL_MAX_ID_LEN + 1;
+    int8_t st[3];
+    CHECK(hl_table_apply(tbl, e, 3, e_in, N_ITEMS, st) == 1);
+    CHECK(st[0] == 1 && st[1] == HL_EINVAL && st[2] == HL_EINVAL);
+    hl_table_stats sts;
+    hl_table_stats_get(tbl, &sts);
+    CHECK(sts.users == 1);
+    hl_table_destroy(tbl);
+}
+
 static void test_create_rejects(void)
 {
     char err[128] = "";
@@ -855,6 +873,7 @@ int main(void)
     RUN(test_capacity_eviction);
     RUN(test_mass_eviction);
     RUN(test_long_user_ids);
+    RUN(test_bad_user_len);
     RUN(test_create_rejects);
     RUN(test_stats_bytes);
     RUN(test_restore_equivalence);

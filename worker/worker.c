@@ -269,6 +269,20 @@ static int thread_index(hl_worker *w, hl_wthread *t)
     return -1;
 }
 
+/* A revoked partition's gauges leave /metrics with it, so no stale value
+ * outlives the assignment (its counters stay: they only grow). */
+static void hide_series(hl_worker *w, int32_t p)
+{
+    static const char *const gauges[] = {"halflife_users", "halflife_state_bytes",
+                                         "halflife_consumer_lag"};
+    char labels[48];
+    if (w->reg == NULL)
+        return;
+    snprintf(labels, sizeof labels, "partition=\"%d\"", (int)p);
+    for (size_t i = 0; i < sizeof gauges / sizeof gauges[0]; i++)
+        hl_metrics_hide(w->reg, gauges[i], labels);
+}
+
 static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
 {
     hl_shard *back[64];
@@ -288,6 +302,7 @@ static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
                 w->th_load[thread_index(w, w->owner[p])]--;
                 w->owner[p] = NULL;
                 atomic_fetch_sub(&w->assigned, 1);
+                hide_series(w, p);
                 hl_shard_destroy(back[j]);
             }
         }

@@ -31,6 +31,7 @@
 #include "table.h"
 
 #include <arpa/inet.h>
+#include <cblas.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <librdkafka/rdkafka.h>
@@ -459,6 +460,7 @@ static double ranker_ceiling(const char *model_path)
         hl_table_view(tbl, (uint32_t)hl_table_find(tbl, users[u], strlen(users[u])), &v[u]);
     hl_rank_opts ro = {.k = 20, .exclude_seen = 1, .max_batch = B};
     hl_ranker *r = hl_ranker_create(m, &ro, err, sizeof err);
+    openblas_set_num_threads(1);        /* as in each worker thread */
     static hl_rec out[B * 20];
     int n_out[B];
     double rates[REPS];

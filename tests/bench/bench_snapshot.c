@@ -6,9 +6,11 @@
  * values, which is quicker than applying 32M events and gives the same
  * bytes per row. Figures, each the median of REPS runs, one JSON line each:
  *
- *   snapshot_write     bytes / (begin + every step + commit, fsync included);
- *                      ceiling: write() of the same byte count in 1 MiB
- *                      pieces + fsync to the same directory.
+ *   snapshot_write     bytes / (begin + every step + commit, fsync included),
+ *                      steps back to back, the owner writing; ceiling:
+ *                      write() of the same byte count in 1 MiB pieces +
+ *                      fsync to the same directory. _async: the same with a
+ *                      drain thread and 200 us between steps (a batch).
  *   snapshot_steps     bytes / time in begin + steps alone: what the owner
  *                      pays, with a drain thread writing (and _sync: the
  *                      owner writing into the page cache); ceiling: memcpy.
@@ -19,7 +21,9 @@
  *                      size of the loaded table, all of it touched: a load
  *                      builds a table in memory the process never touched,
  *                      and on these VMs first-touching a page costs more
- *                      than reading it from the page cache.
+ *                      than reading it from the page cache. ceiling_fresh_thp
+ *                      is the same into memory advised for huge pages, as
+ *                      table.c maps its rows.
  *   snapshot_stall_max the longest single hl_snapshot_step with the default
  *                      budget (HL_SNAPSHOT_STEP_ROWS) and a drain thread
  *                      writing the buffers (hl_snapshot_async), as the
@@ -230,11 +234,13 @@ static double raw_read(const char *path, unsigned char *buf, size_t chunk)
     return (double)total / (now_s() - t0);
 }
 
-static double raw_read_fresh(const char *path, size_t table_bytes)
+static double raw_read_fresh(const char *path, size_t table_bytes, int huge)
 {
     double t0 = now_s();
     unsigned char *mem = mmap(NULL, table_bytes, PROT_READ | PROT_WRITE,
                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (huge && mem != MAP_FAILED)
+        madvise(mem, table_bytes, MADV_HUGEPAGE);   /* as table.c maps its rows */
     size_t got = 0;
     ssize_t n;
     int fd = open(path, O_RDONLY);
@@ -286,9 +292,9 @@ int main(int argc, char **argv)
     const char *base = argc > 1 ? argv[1] : getenv("HL_BUILD");
     const char *env_users = getenv("HL_BENCH_USERS");
     size_t users = env_users ? (size_t)atol(env_users) : 1000000;
-    char dir[1024], raw[1100], err[512], extra[160];
+    char dir[1024], raw[1100], err[512], extra[256];
     double w_tot[REPS], w_steps[2][REPS], stall[2] = {0, 0}, p99[2] = {0, 0}, cpu[2] = {0, 0};
-    double load[REPS], cw[REPS], cr[REPS], cf[REPS];
+    double load[REPS], cw[REPS], cr[REPS], cf[REPS], ch[REPS], w_sync[REPS];
     double mcpy, crc;
     hl_table_stats st;
     unsigned char *buf = malloc(1 << 20);
@@ -306,6 +312,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < REPS; i++) {
         r = snapshot_once(dir, tbl, 1000 + i, 0);       /* the owner writes */
         w_steps[0][i] = (double)r.bytes / r.steps_s;
+        w_sync[i] = (double)r.bytes / r.total_s;
         if (r.stall_max_s > stall[0]) stall[0] = r.stall_max_s;
         if (r.stall_p99_s > p99[0]) p99[0] = r.stall_p99_s;
         if (r.cpu_max_s > cpu[0]) cpu[0] = r.cpu_max_s;
@@ -325,17 +332,22 @@ int main(int argc, char **argv)
         load[i] = (double)r.bytes / (now_s() - t0);
         hl_table_destroy(t);
         cr[i] = raw_read(r.path, buf, 1 << 20);
-        cf[i] = raw_read_fresh(r.path, st.bytes > r.bytes ? st.bytes : r.bytes);
+        cf[i] = raw_read_fresh(r.path, st.bytes > r.bytes ? st.bytes : r.bytes, 0);
+        ch[i] = raw_read_fresh(r.path, st.bytes > r.bytes ? st.bytes : r.bytes, 1);
     }
     mem_rates(&mcpy, &crc);
 
     snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"fsync\":true", (unsigned long long)r.bytes);
-    line("snapshot_write", users, median(w_tot, REPS) / 1e9, "GB/s", median(cw, REPS) / 1e9, extra);
+    line("snapshot_write", users, median(w_sync, REPS) / 1e9, "GB/s", median(cw, REPS) / 1e9, extra);
+    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"fsync\":true,\"owner_gap_us\":200",
+             (unsigned long long)r.bytes);
+    line("snapshot_write_async", users, median(w_tot, REPS) / 1e9, "GB/s", median(cw, REPS) / 1e9, extra);
     snprintf(extra, sizeof extra, ",\"bytes\":%llu", (unsigned long long)r.bytes);
     line("snapshot_steps", users, median(w_steps[1], REPS) / 1e9, "GB/s", mcpy / 1e9, extra);
     line("snapshot_steps_sync", users, median(w_steps[0], REPS) / 1e9, "GB/s", mcpy / 1e9, extra);
-    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"ceiling_fresh\":%.4g,\"ratio_fresh\":%.3f",
-             (unsigned long long)r.bytes, median(cf, REPS) / 1e9, median(load, REPS) / median(cf, REPS));
+    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"ceiling_fresh\":%.4g,\"ratio_fresh\":%.3f,"
+             "\"ceiling_fresh_thp\":%.4g", (unsigned long long)r.bytes, median(cf, REPS) / 1e9,
+             median(load, REPS) / median(cf, REPS), median(ch, REPS) / 1e9);
     line("snapshot_load", users, median(load, REPS) / 1e9, "GB/s", median(cr, REPS) / 1e9, extra);
     for (int m = 1; m >= 0; m--)
         printf("{\"bench\":\"snapshot_stall_max%s\",\"users\":%zu,\"value\":%.3f,\"unit\":\"ms\","

@@ -324,12 +324,19 @@ static void retire(hl_wthread *t)
     }
 }
 
-/* Waits for every flight (polling the producer). 0 if told to stop now. */
+/* Waits for every flight (polling the producer). 0 if told to stop now, or
+ * when stopping and shutdown.timeout.ms has run out (the broker is away):
+ * the undelivered batches' offsets are then not stored, so they are read
+ * and published again after a restart. */
 static int drain(hl_wthread *t)
 {
     while (t->fl_n > 0) {
-        if (atomic_load(t->ctx->stop) >= 2)
+        int stop = atomic_load(t->ctx->stop);
+        if (stop >= 2 || (stop == 1 && mono_ms() > atomic_load(&t->ctx->stop_deadline_ms))) {
+            hl_log(HL_LOG_WARN, "drain_abandoned", "thread=%d batches_in_flight=%d",
+                   t->id, t->fl_n);
             return 0;
+        }
         hl_producer_poll(t->ctx->prod, 1);
         retire(t);
     }
@@ -658,6 +665,28 @@ static void serve_mail(hl_wthread *t, int with_takes)
     pthread_mutex_unlock(&t->mu);
 }
 
+/* Up to bm records within batch.max.ms, one rd_kafka_consume_queue() at a
+ * time. Not rd_kafka_consume_batch_queue(): in librdkafka 2.0.2 it moves a
+ * partition's application position past records it then purges when a
+ * rebalance pauses the assignment, and the resume fetches from that
+ * position, so those records are never seen (librdkafka PR #4208, fixed in
+ * 2.1.0; tests/integration/test_rebalance.py lost them on the partitions a
+ * worker kept while it was given another). A single consume moves the
+ * position only for the record it returns. */
+static int consume_batch(hl_wthread *t, int bm)
+{
+    int64_t end = mono_ms() + t->ctx->o->batch_max_ms;
+    int n = 0;
+    while (n < bm) {
+        int64_t left = end - mono_ms();
+        rd_kafka_message_t *m = rd_kafka_consume_queue(t->q, left > 0 ? (int)left : 0);
+        if (m == NULL)
+            break;
+        t->msgs[n++] = m;
+    }
+    return n;
+}
+
 static void *thread_main(void *arg)
 {
     hl_wthread *t = arg;
@@ -665,7 +694,7 @@ static void *thread_main(void *arg)
     int bm = ctx->o->batch_max_messages;
     while (atomic_load(ctx->stop) == 0) {
         serve_mail(t, 1);
-        ssize_t n = rd_kafka_consume_batch_queue(t->q, ctx->o->batch_max_ms, t->msgs, (size_t)bm);
+        int n = consume_batch(t, bm);
         serve_mail(t, 0);       /* shards given during the wait own these records */
         if (n > 0)
             run_batch(t, (int)n);

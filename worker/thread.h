@@ -32,6 +32,7 @@ typedef struct hl_wshared {
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */
     atomic_int           *stop;           /* 0 run, 1 drain and stop, 2 stop now */
+    atomic_llong          stop_deadline_ms; /* monotonic: a drain for stop gives up then */
     hl_table_opts         topts;
     float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
     hl_persist           *persist;        /* NULL: no snapshots */

@@ -20,10 +20,12 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct hl_worker {
@@ -48,7 +50,10 @@ struct hl_worker {
     hl_gauge         *assigned_g;
     hl_persist       *persist;        /* NULL without snapshot.dir */
     hl_counter       *rebalances;
-    pthread_mutex_t   lat_mu;
+    pthread_mutex_t   lat_mu;         /* also guards closed */
+    pthread_cond_t    closed_cv;
+    int               closed;         /* the consumer has left the group */
+    int               abandoned;      /* close timed out: handles leaked on purpose */
     uint64_t          lat_prev[HL_LAT_BUCKETS];
 };
 
@@ -255,7 +260,7 @@ static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_
             continue;
         int rc = assign_one(w, rk, parts->elems[i].partition, &parts->elems[i].offset);
         if (rc < 0)
-            atomic_store(&w->stop, 1);   /* cannot serve it: leave cleanly */
+            hl_worker_stop(w);          /* cannot serve it: leave cleanly */
         else if (rc == 0)
             atomic_fetch_add(&w->assigned, 1);
     }
@@ -454,6 +459,7 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
     w->m = m;
     w->reg = reg;
     pthread_mutex_init(&w->lat_mu, NULL);
+    pthread_cond_init(&w->closed_cv, NULL);
     if (o->dlq_topic == NULL)
         snprintf(w->dlq, sizeof w->dlq, "%s.dlq", o->input_topic);
     else
@@ -478,8 +484,8 @@ fail:
 
 void hl_worker_destroy(hl_worker *w)
 {
-    if (w == NULL)
-        return;
+    if (w == NULL || w->abandoned)
+        return;                 /* abandoned: librdkafka would block; the process ends */
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
     hl_persist_destroy(w->persist);     /* after every shard is gone */
@@ -487,6 +493,7 @@ void hl_worker_destroy(hl_worker *w)
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
     embedded_stop(w);
     pthread_mutex_destroy(&w->lat_mu);
+    pthread_cond_destroy(&w->closed_cv);
     free(w->th);
     free(w->th_load);
     free(w->owner);
@@ -498,6 +505,7 @@ const char *hl_worker_bootstrap(const hl_worker *w) { return w->bootstrap; }
 void hl_worker_stop(hl_worker *w)
 {
     int zero = 0;
+    atomic_store(&w->ctx.stop_deadline_ms, hl_now_mono_ms() + w->o.shutdown_timeout_ms);
     atomic_compare_exchange_strong(&w->stop, &zero, 1);
 }
 
@@ -518,6 +526,56 @@ static void log_totals(hl_worker *w)
            (unsigned long long)st.failed, (unsigned long long)st.unknown_items,
            (unsigned long long)st.lists, (unsigned long long)st.batches,
            (unsigned long long)st.dlq_records, (unsigned long long)st.users);
+}
+
+static void *closer_main(void *arg)
+{
+    hl_worker *w = arg;
+    hl_consumer_close(w->cons);
+    pthread_mutex_lock(&w->lat_mu);
+    w->closed = 1;
+    pthread_cond_broadcast(&w->closed_cv);
+    pthread_mutex_unlock(&w->lat_mu);
+    return NULL;
+}
+
+/* Commits and leaves the group, within what is left of shutdown.timeout.ms.
+ * librdkafka 2.0.2's close has no timeout and blocks while no broker
+ * answers, so it runs on its own thread; when time runs out the handles are
+ * abandoned (never destroyed: that would block too) and HL_EIO is returned.
+ * The snapshots already hold the offsets, so a restart loses nothing. */
+static int close_within(hl_worker *w)
+{
+    pthread_t tid;
+    int64_t deadline = atomic_load(&w->ctx.stop_deadline_ms);
+    if (deadline == 0)
+        deadline = hl_now_mono_ms() + w->o.shutdown_timeout_ms;
+    if (pthread_create(&tid, NULL, closer_main, w) != 0) {
+        hl_consumer_close(w->cons);
+        return 0;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t left = deadline - hl_now_mono_ms();
+    if (left < 1000)
+        left = 1000;                /* leaving the group takes a round trip */
+    ts.tv_sec += left / 1000;
+    ts.tv_nsec += (left % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    pthread_mutex_lock(&w->lat_mu);
+    while (!w->closed && pthread_cond_timedwait(&w->closed_cv, &w->lat_mu, &ts) == 0)
+        ;
+    int closed = w->closed;
+    pthread_mutex_unlock(&w->lat_mu);
+    if (closed) {
+        pthread_join(tid, NULL);
+        return 0;
+    }
+    pthread_detach(tid);
+    w->abandoned = 1;
+    hl_log(HL_LOG_WARN, "consumer_close_timeout", "broker_up=%d action=exit_without_leaving",
+           hl_consumer_broker_up(w->cons));
+    return HL_EIO;
 }
 
 int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
@@ -548,8 +606,12 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
     hl_log(HL_LOG_INFO, "worker_stopping", "drain=%d", atomic_load(&w->stop) == 1);
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_join(w->th[i]);
-    hl_consumer_close(w->cons);
-    rd_kafka_flush(hl_producer_handle(w->prod), w->o.shutdown_timeout_ms);
+    if (close_within(w) != 0) {
+        log_totals(w);
+        return HL_EIO;
+    }
+    int64_t left = atomic_load(&w->ctx.stop_deadline_ms) - hl_now_mono_ms();
+    rd_kafka_flush(hl_producer_handle(w->prod), left > 0 ? (int)left : 0);
     log_totals(w);
     return rc;
 }
@@ -658,15 +720,23 @@ void hl_worker_opts_from_config(const hl_config *cfg, hl_worker_opts *o, hl_kafk
     int lv = hl_log_level_parse(hl_config_str(cfg, "log.level"));
     if (lv >= 0)
         hl_log_set_level(lv);
+    if (hl_config_int(cfg, "recs.min.interval.ms") != 0)
+        hl_log(HL_LOG_WARN, "config_ignored", "key=recs.min.interval.ms reason=\"not "
+               "implemented yet: every batch refreshes the users it touched\"");
 }
 
 static volatile sig_atomic_t run_signalled;
+static unsigned run_deadline_s;         /* set once before the handlers */
 
+/* The first signal asks for a graceful stop and arms a last-resort alarm a
+ * few seconds past shutdown.timeout.ms (SIGALRM's default action ends the
+ * process); the second exits at once. */
 static void on_signal(int sig)
 {
     if (run_signalled)
-        _exit(128 + sig);       /* the second signal: exit at once */
+        _exit(128 + sig);
     run_signalled = 1;
+    alarm(run_deadline_s);
 }
 
 static int worker_ready(void *arg, char *why, size_t whylen)
@@ -714,9 +784,17 @@ int hl_cmd_run(int argc, char **argv)
     }
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
+    run_deadline_s = (unsigned)(o.shutdown_timeout_ms / 1000) + 5;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     rc = hl_worker_run(w, &run_signalled) == 0 ? 0 : 1;
+    alarm(0);
+    if (rc != 0) {
+        /* The worker may have abandoned librdkafka handles whose threads
+         * still run (close_within): freeing what they use is not safe. */
+        hl_http_stop(http);
+        _exit(rc);
+    }
 out:
     hl_http_stop(http);
     hl_worker_destroy(w);

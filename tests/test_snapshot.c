@@ -770,6 +770,39 @@ static hl_table *big_table(const hl_table_opts *o)
     return tbl;
 }
 
+/* A file of many buffers: failing any one of its writes, in the middle
+ * too, leaves the previous snapshot the newest valid one. */
+static void test_injected_failures_mid_file(void)
+{
+    hl_table_opts o = opts(), ob = opts_with(BIG_DIM, HISTORY, 0);
+    hl_table *ta = table_upto(&o, 1500), *tb = big_table(&ob);
+    hl_snapshot_meta m = meta_at("ev", 0, 100);
+    char err[1024], what[64];
+    int writes;
+
+    fresh_dir();
+    if (!tb) { CHECK(tb != NULL); hl_table_destroy(ta); return; }
+    faulty f = faulty_io();
+    f.io.ctx = &f;
+    CHECK(hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err) == 0);
+    writes = f.n_write;
+    CHECKF(writes >= 8, "%d writes", writes);
+    fresh_dir();
+    CHECK(hl_snapshot_write(NULL, dir, &m, ta, 5, NULL, err, sizeof err) == 0);
+    m.next_offset = 200;
+    for (int n = 1; n <= writes && !t_case_failed; n++) {
+        f = faulty_io();
+        f.io.ctx = &f;
+        f.fail_write = n;
+        int rc = hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err);
+        snprintf(what, sizeof what, "write %d of %d", n, writes);
+        CHECKF(rc == HL_EIO && strstr(err, "No space"), "%s: %d %s", what, rc, err);
+        check_after_failure(ta, what);
+    }
+    hl_table_destroy(ta);
+    hl_table_destroy(tb);
+}
+
 /* One thread: steps stop early while the ring is full and resume after a
  * drain; the file equals the synchronous one byte for byte. */
 static void test_async_ring_backpressure(void)
@@ -993,6 +1026,7 @@ int main(void)
     RUN(test_mismatch_refused);
     RUN(test_shorter_history_keeps_newest);
     RUN(test_injected_failures);
+    RUN(test_injected_failures_mid_file);
     RUN(test_async_ring_backpressure);
     RUN(test_async_thread_and_failure);
     RUN(test_fuzzy_snapshot_exact_after_replay);

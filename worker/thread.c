@@ -515,6 +515,11 @@ static void refresh_shard(hl_wthread *t, hl_shard *sh, flight *f)
 {
     uint32_t rows[REFRESH_MAX];
     int n;
+    /* State only (recs.enabled=false): the dirty list is left alone. It
+     * threads through the rows themselves, holds each user at most once,
+     * and walking it would cost a cache miss per user per batch. */
+    if (t->ranker == NULL)
+        return;
     do {
         n = hl_table_take_dirty(sh->tbl, rows, REFRESH_MAX);
         if (n > 0 && t->ranker != NULL)
@@ -666,13 +671,15 @@ static void serve_mail(hl_wthread *t, int with_takes)
 }
 
 /* Up to bm records within batch.max.ms, one rd_kafka_consume_queue() at a
- * time. Not rd_kafka_consume_batch_queue(): in librdkafka 2.0.2 it moves a
- * partition's application position past records it then purges when a
- * rebalance pauses the assignment, and the resume fetches from that
- * position, so those records are never seen (librdkafka PR #4208, fixed in
- * 2.1.0; tests/integration/test_rebalance.py lost them on the partitions a
- * worker kept while it was given another). A single consume moves the
- * position only for the record it returns. */
+ * time. Not rd_kafka_consume_batch_queue(): librdkafka 2.0.x lists it as a
+ * known issue (CHANGELOG, v2.0.0) that with more than one message per call
+ * and a seek, pause, resume or rebalance in parallel, messages may be lost.
+ * The rebalance callback on the main thread pauses the assignment while a
+ * shard thread is inside that call; the call moves a partition's
+ * application position past records it then purges, and the resume fetches
+ * from there. tests/integration/test_rebalance.py lost such records on the
+ * partitions a worker kept while it was given another. A single consume
+ * moves the position only for the record it returns. */
 static int consume_batch(hl_wthread *t, int bm)
 {
     int64_t end = mono_ms() + t->ctx->o->batch_max_ms;

@@ -53,9 +53,13 @@ static int consumer_key(const char *key)
     return 1;
 }
 
+/* Logs each change of state: the error line that caused it may be
+ * suppressed by the rate limit, and an operator needs both edges. */
 static void set_up(hl_consumer *c, int up)
 {
-    atomic_store(&c->up, up);
+    if (atomic_exchange(&c->up, up) != up)
+        hl_log(up ? HL_LOG_INFO : HL_LOG_WARN, up ? "broker_up" : "broker_down",
+               "reachable=%d", up);
     if (c->broker_up)
         hl_gauge_set(c->broker_up, up);
 }

@@ -22,6 +22,14 @@ static size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 void *hl_map_huge(size_t bytes, size_t *map_bytes)
 {
+    if (bytes < HUGE_PAGE) {            /* small: a huge page would be waste */
+        size_t small = align_up(bytes, 4096);
+        void *q = mmap(NULL, small, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (q == MAP_FAILED) return NULL;
+        *map_bytes = small;
+        return q;
+    }
     size_t len = align_up(bytes, HUGE_PAGE);
     uint8_t *p = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

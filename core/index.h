@@ -59,9 +59,10 @@ void hl_index_step(hl_index *ix);
 
 size_t hl_index_bytes(const hl_index *ix);
 
-/* An anonymous mapping of at least bytes, 2 MB aligned with transparent huge
- * pages requested, zero-filled and lazily backed; NULL on failure. Release
- * with munmap(p, *map_bytes). Shared with table.c's row blocks. */
+/* An anonymous mapping of at least bytes, zero-filled and lazily backed;
+ * from 2 MB up it is 2 MB aligned with transparent huge pages requested (a
+ * small table's index stays in small pages). NULL on failure. Release with
+ * munmap(p, *map_bytes). Shared with table.c's row blocks. */
 void *hl_map_huge(size_t bytes, size_t *map_bytes);
 
 #endif

@@ -284,7 +284,7 @@ typedef struct trainer {
     int       B, H, n_cols, sampled;
     float    *x, *x_mask, *s_scratch, *z[HL_MAX_LAYERS], *a[HL_MAX_LAYERS],
              *mask[HL_MAX_LAYERS], *logits, *d1, *d2;
-    int32_t  *hist_item, *target, *cand;
+    int32_t  *hist_item, *target, *cand, *diag;
     int      *hist_n;
     float    *hist_coef, *cand_e, *cand_b, *cand_ge, *cand_gb;
     double   *pop_cdf;              /* sampled softmax: cumulative q_j */
@@ -302,7 +302,7 @@ static void trainer_free(trainer *t)
         free(t->z[l]); free(t->a[l]); free(t->mask[l]);
     }
     free(t->logits); free(t->d1); free(t->d2);
-    free(t->hist_item); free(t->target); free(t->cand); free(t->hist_n);
+    free(t->hist_item); free(t->target); free(t->cand); free(t->diag); free(t->hist_n);
     free(t->hist_coef); free(t->cand_e); free(t->cand_b);
     free(t->cand_ge); free(t->cand_gb); free(t->pop_cdf); free(t->pop_logq);
     free(t->train_len);
@@ -461,6 +461,8 @@ static int alloc_scratch(trainer *t)
     ALLOC(t->target, B);
     if (t->sampled) {
         ALLOC(t->cand, t->n_cols);
+        ALLOC(t->diag, B);                  /* row r's target is column r */
+        for (int r = 0; r < B; r++) t->diag[r] = r;
         ALLOC(t->cand_e, (size_t)t->n_cols * n->dim);
         ALLOC(t->cand_b, t->n_cols);
         ALLOC(t->cand_ge, (size_t)t->n_cols * n->dim);
@@ -667,21 +669,19 @@ static double output_sampled(trainer *t, const float *q, int B)
     const net *n = &t->p;
     int C = B + t->o->n_negatives, dim = n->dim;
     double S = t->o->n_negatives;
-    int32_t tcol[B];
     for (int c = 0; c < C; c++) {
         int32_t j = c < B ? t->target[c] : sample_item(t);
         t->cand[c] = j;
         memcpy(t->cand_e + (size_t)c * dim, n->e_out + (size_t)j * dim, dim * sizeof(float));
         t->cand_b[c] = n->bias[j] - (t->pop_logq[j] + (float)log(S));
     }
-    for (int r = 0; r < B; r++) tcol[r] = r;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, C, dim, 1.0f, q, dim,
                 t->cand_e, dim, 0.0f, t->logits, C);
     for (int r = 0; r < B; r++)
         for (int c = 0; c < C; c++)
             if (c != r && (c < B || t->cand[c] == t->target[r]))
                 t->logits[(size_t)r * C + c] = -INFINITY;
-    double loss = softmax_xent(t->logits, t->cand_b, B, C, tcol);
+    double loss = softmax_xent(t->logits, t->cand_b, B, C, t->diag);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, dim, C, 1.0f,
                 t->logits, C, t->cand_e, dim, 0.0f, t->d1, dim);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, dim, B, 1.0f,
@@ -827,13 +827,14 @@ static double train_epoch(trainer *t, int64_t *order)
 typedef struct evalbuf {
     float   *x, *s, *scores, *z[HL_MAX_LAYERS], *a[HL_MAX_LAYERS];
     int32_t *user;
+    uint8_t *seen;         /* (n_items) marks of one user's input items */
     double   hits, ndcg;
     int64_t  n;
 } evalbuf;
 
 static void evalbuf_free(evalbuf *e)
 {
-    free(e->x); free(e->s); free(e->scores); free(e->user);
+    free(e->x); free(e->s); free(e->scores); free(e->user); free(e->seen);
     for (int l = 0; l < HL_MAX_LAYERS; l++) { free(e->z[l]); free(e->a[l]); }
 }
 
@@ -845,6 +846,7 @@ static int evalbuf_init(evalbuf *e, const net *n)
     ALLOC(e->s, (size_t)n->n_heads * n->dim);
     ALLOC(e->scores, (size_t)nb * n->n_items);
     ALLOC(e->user, nb);
+    if ((e->seen = calloc((size_t)n->n_items, 1)) == NULL) return HL_ENOMEM;
     for (int l = 0; l < n->n_layers; l++) {
         ALLOC(e->z[l], (size_t)nb * n->layer_out[l]);
         ALLOC(e->a[l], (size_t)nb * n->layer_out[l]);
@@ -867,10 +869,10 @@ static void eval_one(evalbuf *e, const net *n, const seqs *sq, const float *sc,
         above += sc[j] > ts;
     for (int64_t i = first; i <= last; i++) {       /* seen items do not count */
         int32_t j = sq->item[i];
-        int dup = 0;
-        for (int64_t k = first; k < i; k++) dup |= sq->item[k] == j;
-        if (!dup && sc[j] > ts) above--;
+        if (!e->seen[j] && sc[j] > ts) above--;
+        e->seen[j] = 1;
     }
+    for (int64_t i = first; i <= last; i++) e->seen[sq->item[i]] = 0;
     e->n++;
     if (above < 10) {
         e->hits += 1;

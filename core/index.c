@@ -74,12 +74,18 @@ static void tab_free(hl_index_tab *t)
     memset(t, 0, sizeof *t);
 }
 
-int hl_index_init(hl_index *ix, size_t expected)
+/* Slots for expected entries at load <= 0.7. */
+static uint32_t bits_for(size_t expected)
 {
     uint32_t bits = 6;
     while (bits < 31 && ((size_t)7 << bits) < expected * 10 + 10) bits++;
+    return bits;
+}
+
+int hl_index_init(hl_index *ix, size_t expected)
+{
     memset(ix, 0, sizeof *ix);
-    return tab_alloc(&ix->cur, bits);
+    return tab_alloc(&ix->cur, bits_for(expected));
 }
 
 void hl_index_free(hl_index *ix)
@@ -159,6 +165,39 @@ int hl_index_reserve(hl_index *ix)
     ix->cur = next;
     ix->growing = 1;
     ix->migrate_pos = 0;
+    return 0;
+}
+
+int64_t hl_index_put_absent(hl_index *ix, uint32_t tag, uint32_t row,
+                            int (*same)(const void *ctx, uint32_t row), const void *ctx)
+{
+    hl_index_tab *t = &ix->cur;
+    if (ix->growing) {                  /* two tables to probe: the slow way */
+        hl_index_it it;
+        int64_t r;
+        hl_index_first(ix, tag, &it);
+        while ((r = hl_index_next(ix, tag, &it)) >= 0)
+            if (same(ctx, (uint32_t)r)) return r;
+        hl_index_put(ix, tag, row);
+        return -1;
+    }
+    /* cur alone holds no tombstones, so the first empty slot of the probe
+     * ends the search and is where tab_put would put the entry. */
+    size_t m = mask(t), i = home(t, tag);
+    for (uint64_t v; (v = t->slot[i]) != SLOT_EMPTY; i = (i + 1) & m)
+        if (slot_tag(v) == tag && same(ctx, slot_row(v))) return slot_row(v);
+    t->slot[i] = make_slot(tag, row);
+    t->used++;
+    return -1;
+}
+
+int hl_index_presize(hl_index *ix, size_t expected)
+{
+    hl_index fresh;
+    if (ix->cur.used > 0 || ix->growing || bits_for(expected) <= ix->cur.bits) return 0;
+    if (hl_index_init(&fresh, expected) != 0) return HL_ENOMEM;
+    hl_index_free(ix);
+    *ix = fresh;
     return 0;
 }
 

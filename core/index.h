@@ -53,6 +53,17 @@ int  hl_index_reserve(hl_index *ix);
 void hl_index_put(hl_index *ix, uint32_t tag, uint32_t row);
 void hl_index_del(hl_index *ix, uint32_t tag, uint32_t row);
 
+/* Insert-if-absent in one probe (snapshot loads): returns the row of an
+ * entry with tag that same(ctx, row) accepts, or puts row under tag and
+ * returns -1. Call hl_index_reserve first, as for hl_index_put. */
+int64_t hl_index_put_absent(hl_index *ix, uint32_t tag, uint32_t row,
+                            int (*same)(const void *ctx, uint32_t row), const void *ctx);
+
+/* An empty index re-sized for expected entries at once (a load that knows
+ * its row count skips the doublings); a no-op if entries exist or it is
+ * large enough. 0 or HL_ENOMEM (the index is then unchanged). */
+int hl_index_presize(hl_index *ix, size_t expected);
+
 /* Bounded background work, once per batch: migration, or faulting in the
  * spare table. */
 void hl_index_step(hl_index *ix);

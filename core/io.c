@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int px_open(void *ctx, const char *path, int flags, int mode)
@@ -84,11 +85,23 @@ static int px_fsync_dir(void *ctx, const char *dir)
     return rc;
 }
 
+static int px_write_behind(void *ctx, int fd, off_t off, off_t len)
+{
+    return sync_file_range(fd, off, len, SYNC_FILE_RANGE_WRITE);
+}
+
+static off_t px_size(void *ctx, int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 ? st.st_size : -1;
+}
+
 static const hl_io posix_io = {
     .ctx = NULL,
     .open = px_open, .write = px_write, .read = px_read, .fsync = px_fsync,
     .close = px_close, .rename = px_rename, .unlink = px_unlink,
     .list = px_list, .fsync_dir = px_fsync_dir,
+    .write_behind = px_write_behind, .size = px_size,
 };
 
 const hl_io *hl_io_posix(void)

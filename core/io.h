@@ -29,6 +29,14 @@ typedef struct hl_io {
     int     (*list)(void *ctx, const char *dir, hl_io_entry_fn fn, void *arg);
     /* Makes a rename inside dir durable (open the directory, fsync it). */
     int     (*fsync_dir)(void *ctx, const char *dir);
+    /* Optional, NULL means "not available"; both are hints, never needed
+     * for correctness, so a test table that leaves them out still works.
+     * write_behind starts writeback of [off, off + len) of fd without
+     * waiting for it (sync_file_range WRITE), so the final fsync has
+     * little left to do; size is fd's file size or -1 (fstat), which a
+     * load uses to size the table's index once. */
+    int     (*write_behind)(void *ctx, int fd, off_t off, off_t len);
+    off_t   (*size)(void *ctx, int fd);
 } hl_io;
 
 /* The POSIX instance (ctx NULL); a static const table, never NULL. */

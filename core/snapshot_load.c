@@ -124,11 +124,14 @@ typedef struct parse {
     int32_t          *hist_item;      /* history entries each */
     int64_t          *hist_ts;
     uint8_t          *hist_type;
-    int (*on_header)(void *arg, const hl_snapshot_info *info, char *errbuf, size_t errlen);
+    int (*on_header)(void *arg, const hl_snapshot_info *info, uint64_t file_bytes,
+                     char *errbuf, size_t errlen);
     hl_snapshot_row_fn on_row;
+    void            (*on_next_user)(void *arg, const char *user, size_t user_len);
     void             *arg;
     int               hist_cap;       /* history scratch at least this long:
                                          hl_table_restore copies a whole ring */
+    uint64_t          file_bytes;     /* the file's size, 0 if unknown */
 } parse;
 
 static int bad(char *errbuf, size_t errlen, const reader *r, const char *fmt, long long a,
@@ -236,7 +239,8 @@ static int read_header(reader *r, parse *ps, char *errbuf, size_t errlen)
         (rc = read_topic(r, ps->info, errbuf, errlen)) != 0 ||
         (rc = read_shape(r, ps->info, errbuf, errlen)) != 0)
         return rc;
-    if (ps->on_header && (rc = ps->on_header(ps->arg, ps->info, errbuf, errlen)) != 0)
+    if (ps->on_header &&
+        (rc = ps->on_header(ps->arg, ps->info, ps->file_bytes, errbuf, errlen)) != 0)
         return rc;
     return alloc_scratch(ps, r, errbuf, errlen);
 }
@@ -326,12 +330,28 @@ static void count_row(hl_snapshot_info *in, const hl_row_view *v)
     if (v->last_offset > in->max_last_offset) in->max_last_offset = v->last_offset;
 }
 
+/* Shows the next row's user id, when it is already in the buffer, before
+ * the current row is handed on (the loader prefetches its index slot). */
+static void peek_next_user(reader *r, parse *ps)
+{
+    size_t left = r->end - r->pos, len;
+    if (ps->on_next_user == NULL || left < 2)
+        return;
+    len = get_u16(r->buf + r->pos);
+    if (len >= 1 && len <= HL_MAX_ID_LEN && left >= 2 + len)
+        ps->on_next_user(ps->arg, (const char *)r->buf + r->pos + 2, len);
+}
+
 static int read_rows(reader *r, parse *ps, char *errbuf, size_t errlen)
 {
     for (;;) {
         int end = 0, rc = read_row(r, ps, &end, errbuf, errlen);
         if (rc != 0 || end)
             return rc;
+        /* The CRC of the row while it is in L1, not a pass over the
+         * buffer later. */
+        rd_fold_crc(r);
+        peek_next_user(r, ps);
         count_row(ps->info, &ps->v);
         if (ps->on_row && (rc = ps->on_row(ps->arg, ps->info, ps->row, &ps->v)) != 0)
             return rc;
@@ -421,6 +441,10 @@ static int read_file(const hl_io *io, const char *path, parse *ps,
     if ((r.fd = io->open(io->ctx, path, O_RDONLY, 0)) < 0)
         return hl_err(errbuf, errlen, errno == ENOENT ? HL_ENOENT : HL_EIO,
                       "snapshot %s: open: %s", path, strerror(errno));
+    if (io->size != NULL) {
+        off_t size = io->size(io->ctx, r.fd);
+        ps->file_bytes = size > 0 ? (uint64_t)size : 0;
+    }
     if ((rc = rd_grow(&r, RD_FIRST, errbuf, errlen)) == 0 &&
         (rc = read_header(&r, ps, errbuf, errlen)) == 0 &&
         (rc = read_rows(&r, ps, errbuf, errlen)) == 0)
@@ -466,7 +490,17 @@ static int shape_matches(const hl_table_opts *o, const hl_snapshot_info *in)
     return 1;
 }
 
-static int load_header(void *arg, const hl_snapshot_info *in, char *errbuf, size_t errlen)
+/* About how many rows file_bytes hold: rows with half their history, so a
+ * typical file is not far over (the index grows past an underestimate). */
+static size_t rows_in(const hl_snapshot_info *in, uint64_t file_bytes)
+{
+    size_t row = ROW_FIXED + 12 + 4 * (size_t)in->n_heads * ((size_t)in->dim + 1) +
+                 HIST_BYTES * (size_t)in->history / 2;
+    return (size_t)(file_bytes / row);
+}
+
+static int load_header(void *arg, const hl_snapshot_info *in, uint64_t file_bytes,
+                       char *errbuf, size_t errlen)
 {
     loader *ld = arg;
 
@@ -483,6 +517,11 @@ static int load_header(void *arg, const hl_snapshot_info *in, char *errbuf, size
                       (unsigned long long)ld->fingerprint);
     if ((ld->tbl = hl_table_create(ld->o, errbuf, errlen)) == NULL)
         return HL_EINVAL;
+    /* One index of the right size rather than doublings as rows arrive
+     * (the worker's tables start at 1,024 users). */
+    if (hl_table_reserve(ld->tbl, rows_in(in, file_bytes)) != 0)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot %s: no memory for the index of "
+                      "%zu rows", ld->path, rows_in(in, file_bytes));
     return 0;
 }
 
@@ -519,6 +558,12 @@ static int load_row(void *arg, const hl_snapshot_info *in, uint32_t row,
     return 0;
 }
 
+static void load_next_user(void *arg, const char *user, size_t user_len)
+{
+    loader *ld = arg;
+    hl_table_prefetch(ld->tbl, user, user_len);
+}
+
 /* A table of these options never has row ids above its user bound: a new
  * user takes the lowest free id (table.c). Files from a table with a larger
  * bound still load, their rows then packed at the lowest free ids. */
@@ -539,7 +584,8 @@ int hl_snapshot_load(const hl_io *io, const char *path, const hl_table_opts *o,
                  .seen = {INT64_MIN, 0, 0}, .row_bound = row_bound(o),
                  .errbuf = errbuf, .errlen = errlen};
     parse ps = {.info = info ? info : &local, .on_header = load_header,
-                .on_row = load_row, .arg = &ld, .hist_cap = o->history};
+                .on_row = load_row, .on_next_user = load_next_user, .arg = &ld,
+                .hist_cap = o->history};
     int rc;
 
     *tblp = NULL;

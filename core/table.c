@@ -758,16 +758,36 @@ static void copy_view(hl_table *tbl, uint8_t *p, const hl_row_view *v)
     }
 }
 
+typedef struct key_ref {
+    const hl_table *tbl;
+    const char     *user;
+    size_t          len;
+} key_ref;
+
+static int same_key(const void *ctx, uint32_t r)
+{
+    const key_ref *k = ctx;
+    return key_eq(row_ptr(k->tbl, r), k->user, k->len);
+}
+
+/* Fills row r (claimed, not yet live) from v and indexes it, unless the
+ * user is in the table already (HL_EINVAL): the duplicate check and the
+ * insert are one probe of the index, as a load restores a row per call. */
 static int restore_row(hl_table *tbl, uint32_t r, const hl_row_view *v)
 {
     uint64_t h = hash_key(v->user, v->user_len);
+    key_ref k = {tbl, v->user, v->user_len};
     int rc;
     if ((rc = hl_index_reserve(&tbl->ix)) != 0) return rc;
+    if (hl_index_put_absent(&tbl->ix, tag_of(h), r, same_key, &k) >= 0)
+        return HL_EINVAL;
     uint8_t *p = row_ptr(tbl, r);
     clear_row(tbl, p);
-    if ((rc = set_key(tbl, p, v->user, v->user_len)) != 0) return rc;
+    if ((rc = set_key(tbl, p, v->user, v->user_len)) != 0) {
+        hl_index_del(&tbl->ix, tag_of(h), r);
+        return rc;
+    }
     copy_view(tbl, p, v);
-    hl_index_put(&tbl->ix, tag_of(h), r);
     mark_live(tbl, r);
     tbl->users++;
     tbl->key_bytes += v->user_len;
@@ -777,8 +797,7 @@ static int restore_row(hl_table *tbl, uint32_t r, const hl_row_view *v)
 
 int hl_table_restore_at(hl_table *tbl, uint32_t row, const hl_row_view *v)
 {
-    if (!view_fits(tbl, v) || row >= HL_TABLE_MAX_ROWS
-        || hl_table_find(tbl, v->user, v->user_len) >= 0)
+    if (!view_fits(tbl, v) || row >= HL_TABLE_MAX_ROWS)
         return HL_EINVAL;
     int rc = claim_id(tbl, row);
     if (rc != 0) return rc;
@@ -787,12 +806,23 @@ int hl_table_restore_at(hl_table *tbl, uint32_t row, const hl_row_view *v)
 
 int hl_table_restore(hl_table *tbl, const hl_row_view *v)
 {
-    if (!view_fits(tbl, v) || hl_table_find(tbl, v->user, v->user_len) >= 0)
+    if (!view_fits(tbl, v))
         return HL_EINVAL;
     uint32_t r;
     int rc = take_id(tbl, &r);
     if (rc != 0) return rc;
     return restore_row(tbl, r, v);
+}
+
+void hl_table_prefetch(const hl_table *tbl, const char *user, size_t user_len)
+{
+    hl_index_prefetch(&tbl->ix, tag_of(hash_key(user, user_len)));
+}
+
+int hl_table_reserve(hl_table *tbl, size_t users)
+{
+    if (tbl->o.max_users > 0 && users > tbl->o.max_users) users = tbl->o.max_users;
+    return hl_index_presize(&tbl->ix, users);
 }
 
 void hl_table_meta_get(const hl_table *tbl, hl_table_meta *meta)

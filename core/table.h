@@ -123,6 +123,17 @@ int hl_table_restore(hl_table *tbl, const hl_row_view *v);
 #define HL_TABLE_MAX_ROWS 0xFFFFFFF0u
 int hl_table_restore_at(hl_table *tbl, uint32_t row, const hl_row_view *v);
 
+/* A hint: starts loading the index slot of user, which a restore or find
+ * soon after will probe (a load calls it one row ahead: the index is far
+ * larger than the cache, so each row's probe is otherwise a miss). */
+void hl_table_prefetch(const hl_table *tbl, const char *user, size_t user_len);
+
+/* Sizes an empty table's index for users rows at once (capped at
+ * max_users), so a load of that many does no incremental doubling. A
+ * sizing hint like expected_users: 0, or HL_ENOMEM with the table as it
+ * was. No-op on a table that holds users. */
+int hl_table_reserve(hl_table *tbl, size_t users);
+
 /* Shard-wide values a snapshot must carry to make a restored table behave
  * exactly like the original. */
 typedef struct hl_table_meta {

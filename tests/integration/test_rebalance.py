@@ -35,7 +35,8 @@ COMMON = ["worker.threads=1", "kafka.fetch.wait.max.ms=10",
 
 def handovers(workers):
     """(moves, problems): a move is a partition revoked by one worker and
-    later assigned to another; it must restore the offset the first wrote."""
+    later assigned to another. Every assignment after a revocation must
+    restore the offset the last owner wrote when it let go."""
     revokes, assigns, written, restored = [], [], {}, {}
     for wi, w in enumerate(workers):
         for ts, kv in w.events("partition_revoked"):
@@ -48,13 +49,13 @@ def handovers(workers):
             restored.setdefault((wi, int(kv["partition"])), []).append((ts, int(kv["next_offset"])))
     moves, problems = 0, []
     for ts_a, p, wa in assigns:
-        before = [r for r in revokes if r[1] == p and r[0] <= ts_a and r[2] != wa]
+        before = [r for r in revokes if r[1] == p and r[0] <= ts_a]
         if not before:
             continue
-        ts_r, _p, wr = max(before)
+        ts_r, _p, wr = max(before)          # the last owner, possibly wa itself
         snaps = [o for t, o in written.get((wr, p), []) if t <= ts_r]
         rest = [o for t, o in restored.get((wa, p), []) if ts_r <= t <= ts_a]
-        moves += 1
+        moves += wr != wa
         want = max(snaps) if snaps else None
         if want is None or not rest or rest[-1] != want:
             problems.append("partition %d: w%d let go at %s after writing offset %s; w%d "

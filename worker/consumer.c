@@ -108,7 +108,8 @@ static void stats_lag(hl_consumer *c, const char *json, const char *end)
         if (lag_at == NULL || (next && lag_at > next))
             continue;
         long long lag = strtoll(lag_at, NULL, 10);
-        if (part >= 0 && lag >= 0) {
+        if (part >= 0 && lag >= 0 &&
+            (c->o.owns == NULL || c->o.owns(c->o.opaque, (int32_t)part))) {
             char labels[48];
             snprintf(labels, sizeof labels, "partition=\"%ld\"", part);
             hl_gauge_set(hl_metrics_gauge(c->o.reg, "halflife_consumer_lag",

@@ -25,6 +25,10 @@ typedef struct hl_consumer_opts {
     void                *opaque;        /* passed to rebalance */
     hl_metrics          *reg;           /* may be NULL: no lag/broker metrics */
     const char          *topic;         /* the input topic (for lag) */
+    /* 1 if the worker owns partition now (lag is exported for those only:
+     * librdkafka's statistics still list a revoked partition). NULL: all.
+     * Called with opaque on the thread of hl_consumer_serve. */
+    int                (*owns)(void *opaque, int32_t partition);
 } hl_consumer_opts;
 
 typedef struct hl_consumer hl_consumer;   /* opaque */

@@ -488,6 +488,8 @@ static void publish_list(hl_wthread *t, const hl_row_view *v, const hl_rec *recs
         ctx->o->on_list(ctx->o->on_list_arg, &l);
 }
 
+/* Refreshes rows[0..n) of sh (live rows, each once) and produces their
+ * lists into flight f. */
 static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int n,
                           flight *f)
 {
@@ -505,10 +507,43 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
                    (int)sh->partition, hl_strerror(rc));
         return;
     }
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         publish_list(t, &t->views[i], t->recs + (size_t)i * k, t->n_out[i],
                      sh->partition, f);
+        hl_shard_refreshed(sh, rows[i], &t->views[i]);
+    }
     t->stage_s[STAGE_PRODUCE] += now_s() - b;
+}
+
+/* With recs.min.interval.ms: the dirty rows whose time has come, then the
+ * pending rows whose time has come, in chunks of REFRESH_MAX. */
+static void refresh_gated(hl_wthread *t, hl_shard *sh, flight *f, int64_t newest_ms)
+{
+    uint32_t dirty[REFRESH_MAX], rows[REFRESH_MAX];
+    int n_rows = 0, n;
+    hl_row_view v;
+    do {
+        n = hl_table_take_dirty(sh->tbl, dirty, REFRESH_MAX);
+        for (int i = 0; i < n; i++) {
+            hl_table_view(sh->tbl, dirty[i], &v);
+            if (!hl_shard_gate(sh, dirty[i], &v, newest_ms))
+                continue;
+            rows[n_rows++] = dirty[i];
+            if (n_rows == REFRESH_MAX) {
+                refresh_chunk(t, sh, rows, n_rows, f);
+                n_rows = 0;
+            }
+        }
+    } while (n == REFRESH_MAX);
+    do {
+        n = hl_shard_take_due(sh, rows + n_rows, REFRESH_MAX - n_rows, newest_ms);
+        n_rows += n;
+        if (n_rows == REFRESH_MAX || (n_rows > 0 && n == 0)) {
+            refresh_chunk(t, sh, rows, n_rows, f);
+            n_rows = 0;
+            n = 1;
+        }
+    } while (n > 0);
 }
 
 static void refresh_shard(hl_wthread *t, hl_shard *sh, flight *f)
@@ -520,24 +555,37 @@ static void refresh_shard(hl_wthread *t, hl_shard *sh, flight *f)
      * and walking it would cost a cache miss per user per batch. */
     if (t->ranker == NULL)
         return;
+    if (sh->min_interval_ms > 0) {
+        hl_table_meta meta;
+        hl_table_meta_get(sh->tbl, &meta);
+        refresh_gated(t, sh, f, meta.newest_ts_ms);
+        return;
+    }
     do {
         n = hl_table_take_dirty(sh->tbl, rows, REFRESH_MAX);
-        if (n > 0 && t->ranker != NULL)
+        if (n > 0)
             refresh_chunk(t, sh, rows, n, f);
     } while (n == REFRESH_MAX);
 }
 
 /* ---- one batch --------------------------------------------------------- */
 
+/* Puts each shard's publishable offset (hl_shard_publishable_offset: every
+ * event below it applied and its list produced, in this flight or an
+ * earlier one) into flight f when it moved; it becomes the delivered and
+ * stored offset once f and the flights before it are delivered. */
 static void note_offsets(hl_wthread *t, flight *f)
 {
     for (int i = 0; i < t->n_own; i++) {
         hl_shard *sh = t->own[i];
-        if (sh->batch_next_offset < 0)
+        if (sh->batch_next_offset >= 0)
+            sh->next_offset = sh->batch_next_offset;
+        int64_t off = hl_shard_publishable_offset(sh);
+        if (off <= sh->noted_offset)
             continue;
         rd_kafka_topic_partition_list_add(f->offs, t->ctx->o->input_topic,
-                                          sh->partition)->offset = sh->batch_next_offset;
-        sh->next_offset = sh->batch_next_offset;
+                                          sh->partition)->offset = off;
+        sh->noted_offset = off;
     }
 }
 
@@ -618,15 +666,53 @@ static void run_batch(hl_wthread *t, int n)
 
 /* ---- snapshots (persist.h) -------------------------------------------- */
 
-/* A durable snapshot now (revocation, shutdown). The flights are drained
- * first, so it holds no state whose lists were not delivered. */
-static void snap_now(hl_wthread *t, hl_shard *sh)
+/* Revocation and shutdown: refreshes every user recs.min.interval.ms still
+ * holds back, into one flight with the shards' publishable offsets, so no
+ * user's last list goes unpublished and drain() then delivers them. */
+static void flush_pending(hl_wthread *t, hl_shard **shs, int n_sh)
+{
+    uint32_t rows[REFRESH_MAX];
+    int any = 0;
+    for (int i = 0; i < n_sh && !any; i++)
+        any = shs[i] != NULL && shs[i]->n_heap > 0;
+    if (!any || t->ranker == NULL || atomic_load(t->ctx->stop) >= 2)
+        return;
+    flight *f = flight_begin(t);
+    memset(t->stage_s, 0, sizeof t->stage_s);
+    t->b_lists = 0;
+    for (int i = 0; i < n_sh; i++) {
+        int n;
+        if (shs[i] == NULL)
+            continue;
+        while ((n = hl_shard_take_due(shs[i], rows, REFRESH_MAX, INT64_MAX)) > 0)
+            refresh_chunk(t, shs[i], rows, n, f);
+    }
+    note_offsets(t, f);
+    atomic_fetch_add_explicit(&t->lists, t->b_lists, memory_order_relaxed);
+    if (t->ctx->mx.lists)
+        hl_counter_add(t->ctx->mx.lists, t->b_lists);
+}
+
+/* A durable snapshot now (revocation, shutdown), before deadline_ms
+ * (monotonic). Only when every list of the shard's applied events is
+ * delivered (the flights drained): a snapshot's rows may hold events up to
+ * next_offset, and an event the restart would read as already applied
+ * would never see its list published again. Otherwise the previous
+ * snapshot stays, and a restart replays from there. */
+static void snap_now(hl_wthread *t, hl_shard *sh, int64_t deadline_ms)
 {
     char err[512];
     if (sh->ps == NULL)
         return;
-    int64_t deadline = mono_ms() + t->ctx->o->shutdown_timeout_ms;
-    if (hl_persist_flush(sh->ps, sh->tbl, sh->next_offset, deadline, err, sizeof err) != 0)
+    if (sh->delivered_offset != sh->next_offset) {
+        hl_log(HL_LOG_WARN, "snapshot_flush_skipped", "partition=%d next_offset=%lld "
+               "delivered_offset=%lld reason=\"lists not delivered; the previous snapshot "
+               "stays\"", (int)sh->partition, (long long)sh->next_offset,
+               (long long)sh->delivered_offset);
+        return;
+    }
+    if (hl_persist_flush(sh->ps, sh->tbl, sh->delivered_offset, deadline_ms,
+                         err, sizeof err) != 0)
         hl_log(HL_LOG_ERROR, "snapshot_flush_failed", "partition=%d err=\"%s\"",
                (int)sh->partition, err);
 }
@@ -658,11 +744,21 @@ static void serve_mail(hl_wthread *t, int with_takes)
     pthread_mutex_unlock(&t->mu);
     if (!with_takes || !n_take)
         return;
+    for (int i = 0; i < n_take; i += 64) {
+        hl_shard *shs[64];
+        int n_sh = 0;
+        for (int j = i; j < n_take && n_sh < 64; j++)
+            shs[n_sh++] = shard_of(t, t->take_copy[j]);
+        flush_pending(t, shs, n_sh);
+    }
     drain(t);                   /* the batch's lists delivered, offsets stored */
+    /* One deadline for all: a stop's, or shutdown.timeout.ms from now. */
+    int64_t deadline = atomic_load(t->ctx->stop) ? atomic_load(&t->ctx->stop_deadline_ms)
+                                                 : mono_ms() + t->ctx->o->shutdown_timeout_ms;
     for (int i = 0; i < n_take; i++) {
         hl_shard *sh = shard_of(t, t->take_copy[i]);
         if (sh != NULL)
-            snap_now(t, sh);    /* the next owner starts from here */
+            snap_now(t, sh, deadline);    /* the next owner starts from here */
     }
     pthread_mutex_lock(&t->mu);
     answer_takes(t);
@@ -709,9 +805,16 @@ static void *thread_main(void *arg)
         retire(t);
         snap_tick(t);
     }
-    if (atomic_load(ctx->stop) == 1 && drain(t))
-        for (int i = 0; i < t->n_own; i++)
-            snap_now(t, t->own[i]);
+    if (atomic_load(ctx->stop) == 1) {
+        flush_pending(t, t->own, t->n_own);
+        if (drain(t)) {
+            /* One deadline for every shard: N shards never take N times
+             * shutdown.timeout.ms. */
+            int64_t deadline = atomic_load(&ctx->stop_deadline_ms);
+            for (int i = 0; i < t->n_own; i++)
+                snap_now(t, t->own[i], deadline);
+        }
+    }
     pthread_mutex_lock(&t->mu);
     t->exited = 1;
     pthread_cond_broadcast(&t->cv);

@@ -132,7 +132,7 @@ static void register_metrics(hl_worker *w)
     static const double size_bounds[] = {1, 10, 100, 1000, 10000, 100000};
     static const char *const stages[4] = {"decode", "apply", "refresh", "produce"};
     hl_metrics *reg = w->reg;
-    char labels[128];
+    char labels[256];
     for (int r = 1; r < HL_CODEC_N_REASONS; r++) {
         snprintf(labels, sizeof labels, "reason=\"%s\"", hl_codec_reason_name(r));
         w->ctx.mx.invalid[r] = hl_metrics_counter(reg, "halflife_events_invalid_total",
@@ -169,8 +169,10 @@ static void register_metrics(hl_worker *w)
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
         "Input partitions this worker owns.", NULL);
     const hl_model_info *mi = hl_model_info_get(w->m);
-    snprintf(labels, sizeof labels, "version=\"%.60s\",items=\"%d\",dim=\"%d\"",
-             mi->version, (int)mi->n_items, mi->dim);
+    char version[sizeof mi->version * 2 + 1];      /* a label value: escaped */
+    hl_metrics_escape(version, sizeof version, mi->version);
+    snprintf(labels, sizeof labels, "version=\"%s\",items=\"%d\",dim=\"%d\"",
+             version, (int)mi->n_items, mi->dim);
     hl_gauge_set(hl_metrics_gauge(reg, "halflife_model_info",
         "The model in use (always 1).", labels), 1);
 }
@@ -242,6 +244,7 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
         return HL_ENOMEM;
     }
+    hl_shard_set_min_interval(sh, w->o.recs_min_interval_ms);
     int i = least_loaded(w);
     rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(rk, w->o.input_topic, p);
     rd_kafka_queue_forward(pq, hl_wthread_queue(w->th[i]));
@@ -274,12 +277,15 @@ static int thread_index(hl_worker *w, hl_wthread *t)
     return -1;
 }
 
-/* A revoked partition's gauges leave /metrics with it, so no stale value
- * outlives the assignment (its counters stay: they only grow). */
+/* A revoked partition's series leave /metrics with it, so no stale value
+ * outlives the assignment. Its consumed counter goes too (another worker
+ * now counts that partition); a later assignment registers it again with
+ * the value it had, so it never goes down. */
 static void hide_series(hl_worker *w, int32_t p)
 {
     static const char *const gauges[] = {"halflife_users", "halflife_state_bytes",
-                                         "halflife_consumer_lag"};
+                                         "halflife_consumer_lag",
+                                         "halflife_events_consumed_total"};
     char labels[48];
     if (w->reg == NULL)
         return;
@@ -312,6 +318,13 @@ static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
             }
         }
     }
+}
+
+/* hl_consumer_opts.owns: main thread, like every use of owner[]. */
+static int owns_partition(void *opaque, int32_t p)
+{
+    hl_worker *w = opaque;
+    return p >= 0 && p < w->cap_owner && w->owner[p] != NULL;
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -424,7 +437,7 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
     hl_consumer_opts co = {
         .bootstrap = w->bootstrap, .group_id = w->o.group_id,
         .kafka = props + 1, .n_kafka = n - 1, .rebalance = on_rebalance, .opaque = w,
-        .reg = w->reg, .topic = w->o.input_topic,
+        .reg = w->reg, .topic = w->o.input_topic, .owns = owns_partition,
     };
     if ((w->cons = hl_consumer_create(&co, errbuf, errlen)) == NULL)
         return HL_EINVAL;
@@ -720,9 +733,7 @@ void hl_worker_opts_from_config(const hl_config *cfg, hl_worker_opts *o, hl_kafk
     int lv = hl_log_level_parse(hl_config_str(cfg, "log.level"));
     if (lv >= 0)
         hl_log_set_level(lv);
-    if (hl_config_int(cfg, "recs.min.interval.ms") != 0)
-        hl_log(HL_LOG_WARN, "config_ignored", "key=recs.min.interval.ms reason=\"not "
-               "implemented yet: every batch refreshes the users it touched\"");
+    o->recs_min_interval_ms = hl_config_int(cfg, "recs.min.interval.ms");
 }
 
 static volatile sig_atomic_t run_signalled;

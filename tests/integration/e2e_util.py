@@ -201,6 +201,35 @@ def make_model(path, items=1000, dim=16):
     subprocess.run([os.path.join(BUILD, "tests", "test_offline")], env=env, check=True)
 
 
+def set_model_version(path, version):
+    """Rewrites the version string of an .hlm file in place (same length as
+    the old one, so no field moves) and its CRC-32 (bytes 12..15, over
+    bytes 16..), e.g. to give it characters a label must escape."""
+    import zlib
+    with open(path, "rb") as f:
+        d = bytearray(f.read())
+    at = 160                                    # schemas/model.md: version[64]
+    old_len = d[at:at + 64].index(0)
+    new = version.encode()
+    if len(new) != old_len:
+        raise ValueError("version must keep the old length %d" % old_len)
+    d[at:at + old_len] = new
+    d[12:16] = struct.pack("<I", zlib.crc32(bytes(d[16:])) & 0xffffffff)
+    with open(path, "wb") as f:
+        f.write(d)
+
+
+def promtool_check(text):
+    """None if `promtool check metrics` accepts text (or promtool is absent:
+    then the string 'absent'), else its complaint."""
+    import shutil as sh
+    if sh.which("promtool") is None:
+        return "absent"
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True)
+    return None if r.returncode == 0 else (r.stdout + r.stderr)[:300]
+
+
 def make_events(path, n, users, items=1000):
     env = dict(os.environ, HL_OFFLINE_MAKE_EVENTS=path, HL_OFFLINE_N=str(n),
                HL_OFFLINE_USERS=str(users), HL_OFFLINE_ITEMS=str(items))

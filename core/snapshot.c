@@ -216,6 +216,11 @@ static int drain(hl_snapshot_writer *w)
             atomic_store_explicit(&w->io_rc, rc, memory_order_release);
             return rc;
         }
+        /* Writeback of this piece starts now, while the next ones are
+         * made, rather than all of it in the final fsync; a hint, so its
+         * failure is ignored (fsync still reports any real one). */
+        if (w->io->write_behind != NULL)
+            w->io->write_behind(w->io->ctx, w->fd, (off_t)w->bytes, (off_t)len);
         w->bytes += len;
         atomic_store_explicit(&w->drained, d + 1, memory_order_release);
     }

@@ -104,12 +104,16 @@ dockerfile_build_context() {
   srcs=$(awk '/^FROM /{n++} n==1 && /^COPY / && !/--from/ {for (i = 2; i < NF; i++) print $i}' deploy/Dockerfile)
   for s in $srcs; do cp -r "${s%/}" "$ctx/" || { fail dockerfile_build_context "COPY $s: not in the repository"; return; }; done
   # -O0: this checks that the sources are all there, not how fast they run.
-  if (cd "$ctx" && make -j2 OPT=-O0 build/halflife >"$tmp/ctx.log" 2>&1); then pass dockerfile_build_context
+  # A clean environment: under `make test SAN=1` the outer make's SAN=1 would
+  # reach this make through MAKEFLAGS and build build/san/ instead.
+  if (cd "$ctx" && env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make -j2 SAN=0 OPT=-O0 build/halflife >"$tmp/ctx.log" 2>&1); then pass dockerfile_build_context
   else fail dockerfile_build_context "make build/halflife with only: $(echo $srcs)"; tail -n 10 "$tmp/ctx.log" | sed 's/^/    /'; fi
 }
 dockerfile_runtime_libs() {
-  local bin=${HL_HALFLIFE:-$top/build/halflife} errs="" lib path pkg
-  if [ ! -x "$bin" ]; then skip dockerfile_runtime_libs "$bin not built"; return; fi
+  # The image ships the plain build, never the sanitizer one (HL_HALFLIFE
+  # under SAN=1), so check the binary the Dockerfile builds.
+  local bin=$top/build/halflife errs="" lib path pkg
+  if [ ! -x "$bin" ]; then skip dockerfile_runtime_libs "$bin not built (run make first)"; return; fi
   for lib in $(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
     case $lib in libc.so.*|libm.so.*|libpthread.so.*|libdl.so.*|librt.so.*|libgcc_s.so.*) continue;; esac
     path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')

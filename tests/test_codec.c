@@ -450,6 +450,24 @@ static void test_schema_deployed_later(void)
     hl_codec_destroy(c);
 }
 
+/* Id 1 is our own schema: a worker started where no schemas/ directory
+ * exists (outside the source tree) must still read what halflife writes,
+ * while other ids still need their file. */
+static void test_own_schema_built_in(void)
+{
+    char err[256];
+    hl_codec_opts o = { HL_FRAMING_CONFLUENT, HL_FRAMING_CONFLUENT,
+                        "/nonexistent/halflife-schemas", 2, MIN_TS, MAX_TS };
+    hl_codec *c = hl_codec_create(&o, err, sizeof err);
+    CHECKF(c != NULL, "%s", err);
+    if (c == NULL)
+        return;
+    CHECK(hl_codec_writer(c, 1) == HL_CODEC_WRITER_FAST);
+    EXPECT(c, 1, HL_CODEC_OK, GOOD1);
+    EXPECT(c, 3, HL_CODEC_UNKNOWN_SCHEMA, GOOD1);
+    hl_codec_destroy(c);
+}
+
 static void test_raw_framing(void)
 {
     hl_codec *c = new_codec(HL_FRAMING_RAW);
@@ -691,6 +709,7 @@ int main(void)
     RUN(test_malformed_body_resolved_path);
     RUN(test_enum_resolves_by_symbol);
     RUN(test_schema_deployed_later);
+    RUN(test_own_schema_built_in);
     RUN(test_raw_framing);
     RUN(test_prefixes_and_bit_flips);
     RUN(test_bad_options);

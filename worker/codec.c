@@ -16,7 +16,8 @@
  *    not by symbol.
  * Both paths end in check_event(), the semantic checks (id lengths, enum,
  * timestamp range, weight). Writer schemas are loaded from
- * <schemas_dir>/<id>.avsc on first use and cached per id, failures included,
+ * <schemas_dir>/<id>.avsc on first use and cached per id, failures included;
+ * id 1, our own schema, is built in when no such file exists,
  * so a flood of records with a bad id costs one file read.
  *
  * Encoding writes Avro binary directly (no avro-c values): both schemas are
@@ -568,8 +569,13 @@ static void writer_load_once(hl_codec *c, writer *w, int32_t id)
         hl_err(w->why, sizeof w->why, HL_EINVAL, "schema id %d is negative", (int)id);
         return;
     }
-    if ((text = read_schema_file(c->schemas_dir, id, w->why, sizeof w->why)) == NULL)
-        return;
+    if ((text = read_schema_file(c->schemas_dir, id, w->why, sizeof w->why)) == NULL) {
+        /* Id 1 is the schema halflife itself writes (hl_codec_encode_event,
+         * halflife produce): built in, so a worker started outside the
+         * source tree still reads it. A file of that id overrides it. */
+        if (id != EVENT_WRITER_ID || (text = strdup(reader_json)) == NULL)
+            return;
+    }
     if (avro_schema_from_json_length(text, strlen(text), &w->schema) != 0) {
         hl_err(w->why, sizeof w->why, HL_EINVAL, "writer schema id %d: %s", (int)id, avro_strerror());
         w->schema = NULL;

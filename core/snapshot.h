@@ -12,7 +12,9 @@
  * of the last event applied to it, and the header's next_offset is the one
  * given to begin, so replaying from it re-applies whatever a row missed and
  * skips what it already holds. A step writes each full 1 MiB buffer
- * itself unless hl_snapshot_async() hands the writes to another thread.
+ * itself unless hl_snapshot_async() hands the writes to another thread;
+ * whoever writes a buffer also starts its writeback (hl_io.write_behind),
+ * so the commit's fsync waits for little more than the last buffers.
  * Reading (hl_snapshot_read, _load, _load_newest) is in snapshot_load.c.
  *
  * Files are named <topic>.<partition>.<next_offset, 20 digits>.hls so many
@@ -87,7 +89,8 @@ int hl_snapshot_commit(hl_snapshot_writer *w, int retain,
  * disk. */
 void hl_snapshot_async(hl_snapshot_writer *w);
 
-/* Writes the buffers steps have filled, in order; blocks in write(). Any
+/* Writes the buffers steps have filled, in order, starting writeback of
+ * each; blocks in write() and when the device's queue is full. Any
  * one thread at a time, concurrently with hl_snapshot_step on the owner.
  * Returns the number of buffers written (0: nothing was ready) or a
  * negative HL_E*; a failure is also returned by the next step. Commit and

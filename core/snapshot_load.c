@@ -6,10 +6,13 @@
  * tests/fuzz/fuzz_snapshot.c, arbitrary ones. Every length is checked
  * against the header's shape and against what is left of the file before
  * it is used, and a CRC32C over everything before the trailer's last field
- * must match. Rows stream through a buffer of at most a few MiB, so a
- * snapshot larger than memory's spare room still loads; since rows are
- * restored before the CRC at the end is known, a failed load destroys the
- * table it was building. This file does not decide what to do with a bad
+ * must match, folded in row by row while each row is in L1. Rows stream
+ * through a buffer of about 1 MiB, so a snapshot larger than memory's
+ * spare room still loads; since rows are restored before the CRC at the
+ * end is known, a failed load destroys the table it was building. A load
+ * sizes the table's index once from the file size and restores each row
+ * with one index probe, prefetched a row ahead (the index is far larger
+ * than the cache). This file does not decide what to do with a bad
  * snapshot: it reports the file and the reason, the worker logs and picks
  * the next one (hl_snapshot_load_newest). */
 #include "snapshot_format.h"

@@ -780,11 +780,16 @@ static int consume_batch(hl_wthread *t, int bm)
 {
     int64_t end = mono_ms() + t->ctx->o->batch_max_ms;
     int n = 0;
+    /* batch.max.ms bounds the wait, not the take: while records are queued
+     * they are taken without a timeout, so no clock is read per record
+     * (a clock read per record showed as 9% of a state-only profile). */
     while (n < bm) {
-        int64_t left = end - mono_ms();
-        rd_kafka_message_t *m = rd_kafka_consume_queue(t->q, left > 0 ? (int)left : 0);
-        if (m == NULL)
-            break;
+        rd_kafka_message_t *m = rd_kafka_consume_queue(t->q, 0);
+        if (m == NULL) {
+            int64_t left = end - mono_ms();
+            if (left <= 0 || (m = rd_kafka_consume_queue(t->q, (int)left)) == NULL)
+                break;
+        }
         t->msgs[n++] = m;
     }
     return n;

@@ -17,7 +17,9 @@ quote and a backslash, so halflife_model_info's label must be escaped
 (sharing its snapshot.dir) the partitions it gives up leave its /metrics:
 no halflife_users, halflife_state_bytes, halflife_consumer_lag or
 halflife_events_consumed_total series for them, even after several
-librdkafka statistics rounds.
+librdkafka statistics rounds. Last, a gated worker killed with SIGKILL
+while it holds users back, restarted, then fed events of only half the
+users: every user's last list still equals the offline reference.
 """
 import os
 import shutil
@@ -109,6 +111,62 @@ def check_metrics(w, check, tmp, common, bootstrap, model):
     check("third_member_exits_0", rc == 0, "exit status %s" % rc)
 
 
+def wait_settled(w, at_least, timeout=60):
+    """Waits until w consumed at least at_least events and then nothing more
+    for 1.5 s; returns the count."""
+    deadline, last, since = time.time() + timeout, -1, time.time()
+    n = 0
+    while time.time() < deadline:
+        try:
+            n = w.metric("halflife_events_consumed_total")
+        except OSError:
+            n = 0                       # /metrics not listening yet
+        if n != last:
+            last, since = n, time.time()
+        elif n >= at_least and time.time() - since >= 1.5:
+            break
+        time.sleep(0.2)
+    return n
+
+
+def crash_phase(check, tmp, common, bootstrap, model, events):
+    """kill -9 while users are held back, then a second half that touches only
+    some users: the others' last lists must still come out (their pending
+    events are never behind a snapshot's offset)."""
+    import signal
+    first = events[:3000]
+    second = [e for e in events[3000:] if int(e[0][1:]) < N_USERS // 2]
+    path = os.path.join(tmp, "crash.csv")
+    with open(path, "w") as f:
+        f.write("user_id,item_id,event_type,timestamp_ms,weight\n")
+        for (u, i, t, ts, w) in first + second:
+            f.write("%s,%s,%s,%d,%s\n" % (u, i, t, ts, "" if w is None else repr(w)))
+    extra = common + ["group.id=mi-crash", "input.topic=crash-events", "output.topic=recs-crash",
+                      "snapshot.dir=" + os.path.join(tmp, "crash"), "snapshot.interval.ms=100",
+                      "recs.min.interval.ms=%d" % INTERVAL_MS]
+    U.produce_events(bootstrap, "crash-events", first)
+    w = U.Worker(bootstrap, model, os.path.join(tmp, "crash1.log"), extra=extra)
+    n1 = wait_settled(w, len(first))
+    time.sleep(0.5)                                 # a few snapshot rounds
+    w.p.send_signal(signal.SIGKILL)
+    w.p.wait()
+    w.log.close()
+    U.produce_events(bootstrap, "crash-events", second)
+    w = U.Worker(bootstrap, model, os.path.join(tmp, "crash2.log"), extra=extra)
+    n2 = wait_settled(w, 1)
+    rc = w.stop()
+    check("crash_consumed_and_restarted", n1 == len(first) and n2 >= len(second) and rc == 0,
+          "first life consumed %d of %d, second %d (>= %d), exit %s"
+          % (n1, len(first), n2, len(second), rc))
+    by_user, _ = read_all(bootstrap, "recs-crash")
+    last = {u: ls[-1] for u, ls in by_user.items()}
+    offline = U.offline_lists(path, model)
+    bad = compare(last, offline, first + second)
+    check("crash_last_lists_match_offline", not bad and len(last) == len(offline),
+          "%d mismatches of %d users (%d published), e.g. %s"
+          % (len(bad), len(offline), len(last), bad[:3]))
+
+
 def main():
     why = U.have_prereqs()
     if why:
@@ -121,7 +179,8 @@ def main():
     U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
     events = U.read_events_csv(events_csv)
     broker = U.Broker(4, ["behaviour-events", "recs-every", "recs-gated",
-                          "behaviour-events.dlq"], os.path.join(tmp, "broker.log"))
+                          "behaviour-events.dlq", "crash-events", "recs-crash"],
+                      os.path.join(tmp, "broker.log"))
     common = ["worker.threads=2", "batch.max.messages=50", "kafka.fetch.wait.max.ms=10",
               "kafka.statistics.interval.ms=300", "kafka.heartbeat.interval.ms=500",
               "kafka.session.timeout.ms=6000"]
@@ -164,6 +223,7 @@ def main():
         over = ["%s: %d" % (u, len(ls)) for u, ls in gated.items() if len(ls) > bound]
         check("lists_bounded_by_interval", not over,
               "%d users got more than %d lists, e.g. %s" % (len(over), bound, over[:3]))
+        crash_phase(check, tmp, common, broker.bootstrap, model, events)
         offline = U.offline_lists(events_csv, model)
         for name, by_user in (("every", every), ("gated", gated)):
             last = {u: max(ls, key=lambda d: d["source"]["offset"]) for u, ls in by_user.items()}

@@ -123,8 +123,11 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 {
     hl_consumer *c = opaque;
     const char *end = json + len;
-    if (find_key(json, end, "\"state\":\"UP\"") != NULL)
-        set_up(c, 1);
+    /* A broker reads "UP" only once its ApiVersion exchange is done, so a
+     * report with none UP means none is reachable. ALL_BROKERS_DOWN alone
+     * misses that when a broker never contacted sits in INIT: it is not
+     * counted as down, and the error never comes. */
+    set_up(c, find_key(json, end, "\"state\":\"UP\"") != NULL);
     const char *topics = find_key(json, end, "\"topics\":");
     if (topics && c->o.reg && c->o.topic)
         stats_lag(c, topics, end);

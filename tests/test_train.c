@@ -4,11 +4,15 @@
  * training forward against the serving encoder (core/encoder.h), the model
  * file round trip, and the optimised kernels against their plain twins.
  *
- * It includes train.c itself (with HL_TEST) to reach the static trainer;
- * the library's copy of train.o is then never pulled in. */
+ * It includes the core/train*.c files themselves (with HL_TEST) to reach
+ * the static trainer and kernels; the library's copies are then never
+ * pulled in. */
 #define T_SUITE "test_train"
 #define HL_TEST
 #include "train.c"
+#include "train_eval.c"
+#include "train_kernels.c"
+#include "train_net.c"
 #include "test.h"
 
 #include <stdio.h>
@@ -155,7 +159,7 @@ static int results_equal(const hl_train_result *a, const hl_train_result *b)
     int same = memcmp(a->e_in, b->e_in, emb) == 0 && memcmp(a->e_out, b->e_out, emb) == 0 &&
                memcmp(a->bias, b->bias, (size_t)a->info.n_items * sizeof(float)) == 0;
     net n;
-    net_of_result(&n, a);
+    hl_train_net_of_result(&n, a);
     for (int l = 0; l < n.n_layers; l++)
         same &= memcmp(a->layer_w[l], b->layer_w[l],
                        (size_t)n.layer_in[l] * n.layer_out[l] * sizeof(float)) == 0;
@@ -252,12 +256,13 @@ static void test_forward_equals_encoder(void)
     if (!r.e_in) return;
 
     /* The heads of user 3 after all its events, applied by the worker's
-     * code, turned into x by the encoder, must equal heads_input's x. */
+     * code, turned into x by the encoder, must equal hl_train_heads_input's
+     * x. */
     hl_decay dec;
     seqs sq;
     char err[256];
     CHECK(hl_decay_init(&dec, o.n_heads, o.dim, o.half_life_ms, err, sizeof err) == 0);
-    CHECK(seqs_build(&sq, &s.d, o.type_weight, err, sizeof err) == 0);
+    CHECK(hl_train_seqs_build(&sq, &s.d, o.type_weight, err, sizeof err) == 0);
     int in_dim = o.n_heads * (o.dim + 1);
     float xs[4 * 32], xt[4 * 32], sbuf[64], st[64], m[HL_MAX_HEADS] = {0};
     int64_t t_ref = INT64_MIN;
@@ -265,7 +270,7 @@ static void test_forward_equals_encoder(void)
     for (int64_t i = sq.off[3]; i < sq.off[4]; i++)
         hl_decay_add(&dec, st, m, &t_ref, sq.ts_ms[i], sq.w[i], r.e_in + (size_t)sq.item[i] * o.dim);
     hl_encoder_features(o.n_heads, o.dim, st, m, xs);
-    heads_input(&dec, r.e_in, &sq, sq.off[3], sq.off[4] - 1, sbuf, xt, NULL);
+    hl_train_heads_input(&dec, r.e_in, &sq, sq.off[3], sq.off[4] - 1, sbuf, xt, NULL);
     CHECK_CLOSE(xt, xs, in_dim, 0);
 
     /* Four rows of x through the training MLP and through the encoder. */
@@ -280,7 +285,7 @@ static void test_forward_equals_encoder(void)
     CHECK(hl_encoder_act_floats(&en, 4) <= sizeof act / sizeof act[0]);
     const float *q_enc = hl_encoder_forward(&en, xs, 4, act);
     CHECK_CLOSE(q_train, q_enc, 4 * o.dim, 1e-5);
-    seqs_free(&sq);
+    hl_train_seqs_free(&sq);
     hl_train_result_reset(&r);
 }
 
@@ -348,7 +353,8 @@ static void test_softmax_matches_naive(void)
     for (int i = 0; i < B * C; i++) a[i] = b[i] = 8.0f * rng_normal(&r);
     for (int j = 0; j < C; j++) bias[j] = rng_normal(&r);
     a[3 * C + 5] = b[3 * C + 5] = -INFINITY;           /* a masked column */
-    double la = softmax_xent(a, bias, B, C, tc), lb = softmax_xent_naive(b, bias, B, C, tc);
+    double la = hl_train_softmax_xent(a, bias, B, C, tc);
+    double lb = softmax_xent_naive(b, bias, B, C, tc);
     CHECKF(fabs(la - lb) < 1e-4 * fabs(lb), "loss %.9g vs naive %.9g", la, lb);
     CHECK_CLOSE(a, b, B * C, 1e-5);
 }

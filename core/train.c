@@ -281,8 +281,8 @@ static void batch_inputs(trainer *t, const int64_t *idx, int B, int train)
             t->hist_item[(size_t)r * t->H + (i - first)] = t->sq.item[i];
         t->target[r] = t->sq.item[last + 1];
         hl_train_heads_input(&t->dec, n->e_in, &t->sq, first, last, t->s_scratch,
-                    t->x + (size_t)r * n->in_dim,
-                    t->hist_coef + (size_t)r * t->H * n->n_heads);
+                             t->x + (size_t)r * n->in_dim,
+                             t->hist_coef + (size_t)r * t->H * n->n_heads);
     }
     size_t nx = (size_t)B * n->in_dim;
     for (size_t i = 0; i < nx; i++) {

@@ -1,0 +1,182 @@
+/* cmd_eval.h - what the files of `halflife eval` share. Private to them;
+ * the command's contract is hl_cmd_eval() in cmd.h.
+ *
+ *   cmd_eval.c       the command line, the events read into memory, and
+ *                    the state table and metrics both protocols use
+ *   cmd_eval_loo.c   the leave-one-out protocol
+ *   cmd_eval_preq.c  the prequential protocol
+ *   cmd_eval_pop.c   the popularity baseline's ranking
+ *
+ * The small helpers (string keys, metric counting, a target's rank in a
+ * list) are inline here; the rest are declared with their contract. */
+#ifndef HL_CMD_EVAL_H
+#define HL_CMD_EVAL_H
+
+#include "dataset.h"
+#include "model.h"
+#include "rank.h"
+#include "table.h"
+
+#include <math.h>
+
+#define DEFAULT_K        10
+#define DEFAULT_HISTORY  32
+#define DEFAULT_BATCH    256
+#define DEFAULT_WINDOWS  10
+#define PROGRESS_MS      2000
+
+typedef struct eval_args {
+    const char *model, *input, *format, *protocol, *baseline;
+    int         k, history, batch, windows, exclude_seen, quiet;
+    int         pop_counts_all;   /* loo: popularity also counts the targets */
+    int         threads;          /* OpenBLAS threads */
+    int64_t     seq_step_ms;
+} eval_args;
+
+/* ---- the events (cmd_eval.c) --------------------------------------------- */
+
+/* String interning: user and item ids to dense ids. */
+typedef struct strmap {
+    char     *arena;       /* every key, back to back */
+    size_t    arena_len, arena_cap;
+    size_t   *off;         /* (n) key offsets into arena */
+    uint32_t *len;         /* (n) key lengths */
+    int32_t   n, cap;      /* keys, and room in off/len */
+    int32_t  *slot;        /* (n_slots) open addressing: id or -1 */
+    uint32_t  n_slots;     /* power of two, > 2 n */
+} strmap;
+
+static inline const char *strmap_key(const strmap *sm, int32_t id, uint32_t *len)
+{
+    *len = sm->len[id];
+    return sm->arena + sm->off[id];
+}
+
+typedef struct ev_rec {
+    int64_t ts_ms, idx;     /* idx: file order, the tie-break */
+    int32_t user, item;     /* dense user id; model row (or file item id), -1 unknown */
+    float   w;              /* type weight x weight field */
+    uint8_t type;
+} ev_rec;
+
+typedef struct eval_data {
+    strmap           users, items;
+    ev_rec          *ev;
+    int64_t          n_ev, cap;
+    int32_t          n_rows;        /* catalogue size */
+    int64_t          unknown;       /* events whose item the model lacks */
+    hl_dataset_stats st;
+} eval_data;
+
+/* Event e of d as the table takes it; borrows the user key from d. */
+hl_event hl_eval_event(const eval_data *d, const ev_rec *e, int64_t offset);
+
+/* ---- the state (cmd_eval.c) ---------------------------------------------- */
+
+/* A table shaped for the model (or, for popularity alone, a minimal one
+ * that only keeps the rings). Nothing is evicted. NULL with errbuf set on
+ * failure. */
+hl_table *hl_eval_table_create(const hl_model *m, int history, int32_t n_users,
+                               char *errbuf, size_t errlen);
+
+/* Applies one event with the model's e_in (m may be NULL). */
+int hl_eval_apply(hl_table *tbl, const hl_model *m, const hl_event *ev,
+                  char *errbuf, size_t errlen);
+
+/* ---- metrics and progress (cmd_eval.c) ----------------------------------- */
+
+typedef struct metric {
+    int64_t n, hits;
+    double  ndcg;
+} metric;
+
+/* rank: 0-based position of the target in the list, or -1. */
+static inline void metric_add(metric *mt, int rank)
+{
+    mt->n++;
+    if (rank >= 0) {
+        mt->hits++;
+        mt->ndcg += 1.0 / log2(rank + 2.0);
+    }
+}
+
+static inline double metric_hr(const metric *mt)
+{
+    return mt->n ? (double)mt->hits / mt->n : 0.0;
+}
+
+static inline double metric_ndcg(const metric *mt)
+{
+    return mt->n ? mt->ndcg / mt->n : 0.0;
+}
+
+static inline int rank_in_recs(const hl_rec *recs, int n, int32_t target)
+{
+    for (int j = 0; target >= 0 && j < n; j++)
+        if (recs[j].item == target)
+            return j;
+    return -1;
+}
+
+static inline int rank_in_items(const int32_t *items, int n, int32_t target)
+{
+    for (int j = 0; target >= 0 && j < n; j++)
+        if (items[j] == target)
+            return j;
+    return -1;
+}
+
+/* Prints `,"name":{"hr":..,["ndcg":..,]"hits":..,"n":..}` on stdout. */
+void hl_eval_print_metric(const char *name, const metric *mt, int with_ndcg);
+
+typedef struct progress {
+    int     quiet;
+    int64_t last_ms;
+} progress;
+
+/* A progress line on stderr at most every PROGRESS_MS, and at the end;
+ * model and pop may be NULL. */
+void hl_eval_progress(progress *pg, const char *what, int64_t done, int64_t total,
+                      const metric *model, const metric *pop);
+
+/* ---- the popularity baseline (cmd_eval_pop.c) ---------------------------- */
+
+/* Items ranked by count, equal counts lower row first (the ranker's tie
+ * rule); see cmd_eval_pop.c for the two ways it keeps them ranked. */
+typedef struct popularity {
+    int32_t  n;
+    int64_t *count;             /* (n) */
+    int32_t *stamp;             /* (n) exclusion marks, by query number */
+    int32_t  query;
+    int32_t *order;             /* (n) loo: items best first, once sorted */
+    int32_t  size;              /* prequential: leaves, a power of two >= n */
+    int32_t *tree;              /* (2 size) best item in each subtree, or -1 */
+    uint8_t *out;               /* (n) popped during the current query */
+    int32_t *popped;            /* (max_popped) */
+    int      max_popped;
+} popularity;
+
+/* max_popped > 0 makes a prequential (tree) ranking, 0 a loo (sorted) one.
+ * 0 or HL_ENOMEM; hl_popularity_free releases p either way. */
+int  hl_popularity_init(popularity *p, int32_t n, int max_popped);
+void hl_popularity_free(popularity *p);
+/* Counts one event of item (out of range: ignored). */
+void hl_popularity_add(popularity *p, int32_t item);
+/* loo: ranks the items once the counts are final. 0 or HL_ENOMEM. */
+int  hl_popularity_sort(popularity *p);
+/* Starts a query: the next hl_popularity_exclude marks belong to it. */
+void hl_popularity_begin(popularity *p);
+void hl_popularity_exclude(popularity *p, int32_t item);
+/* The k most popular items not excluded in this query; returns the count. */
+int  hl_popularity_top(popularity *p, int k, int32_t *top);
+
+/* ---- the protocols ------------------------------------------------------- */
+
+/* Each sorts d->ev its own way, prints one JSON object on stdout and
+ * returns 0, or a negative HL_E* with errbuf set. */
+int hl_eval_run_loo(const eval_args *a, const hl_model *m, eval_data *d,
+                    char *errbuf, size_t errlen);            /* cmd_eval_loo.c  */
+int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
+                            char *errbuf, size_t errlen);    /* cmd_eval_preq.c */
+
+#endif

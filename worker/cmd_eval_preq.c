@@ -1,0 +1,254 @@
+/* cmd_eval_preq.c - the prequential protocol of `halflife eval` (test,
+ * then learn, in time order).
+ *
+ * Before an event is applied, is its item in the user's current top K?
+ * The worker's exclusion applies: the ring's last --history items (default
+ * 32, state.history's default). Lists are computed in batches of --batch
+ * events: each event of a batch gets a copy of its user's state just
+ * before it (earlier events of the same batch applied), and the copies are
+ * refreshed in one call, which is exact and keeps the SGEMM busy. Reported
+ * overall and per tenth of the stream (--windows). */
+#include "cmd_eval.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int cmp_time(const void *pa, const void *pb)
+{
+    const ev_rec *a = pa, *b = pb;
+    if (a->ts_ms != b->ts_ms) return a->ts_ms < b->ts_ms ? -1 : 1;
+    return (a->idx > b->idx) - (a->idx < b->idx);
+}
+
+/* A copy of one user's state just before one event. */
+typedef struct state_copy {
+    float       *s, *m;
+    int32_t     *item;
+    uint8_t     *type;
+    int64_t     *ts;
+    hl_row_view  v;
+} state_copy;
+
+typedef struct preq_run {
+    const eval_args *a;
+    const hl_model  *m;
+    eval_data       *d;
+    hl_table        *tbl;
+    hl_ranker       *rk;
+    popularity       pop;
+    state_copy      *copy;      /* (batch) */
+    hl_row_view     *views;     /* (batch) */
+    hl_rec          *recs;      /* (batch, k) */
+    int             *n_out;     /* (batch) */
+    int32_t         *top;       /* (k) */
+    metric           model, popm;
+    metric          *win_model, *win_pop;   /* (windows) */
+    int              n_heads, dim;
+    progress         pg;
+} preq_run;
+
+static int copies_alloc(preq_run *pr)
+{
+    size_t n = (size_t)pr->a->batch, hist = (size_t)pr->a->history;
+    pr->copy = calloc(n, sizeof *pr->copy);
+    if (pr->copy == NULL)
+        return HL_ENOMEM;
+    for (size_t b = 0; b < n; b++) {
+        state_copy *c = &pr->copy[b];
+        c->s = malloc((size_t)pr->n_heads * pr->dim * sizeof *c->s);
+        c->m = malloc((size_t)pr->n_heads * sizeof *c->m);
+        c->item = malloc(hist * sizeof *c->item);
+        c->type = malloc(hist * sizeof *c->type);
+        c->ts = malloc(hist * sizeof *c->ts);
+        if (!c->s || !c->m || !c->item || !c->type || !c->ts)
+            return HL_ENOMEM;
+    }
+    return 0;
+}
+
+static void copies_free(preq_run *pr)
+{
+    for (int b = 0; pr->copy && b < pr->a->batch; b++) {
+        free(pr->copy[b].s);
+        free(pr->copy[b].m);
+        free(pr->copy[b].item);
+        free(pr->copy[b].type);
+        free(pr->copy[b].ts);
+    }
+    free(pr->copy);
+}
+
+static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
+{
+    const eval_args *a = pr->a;
+    pr->n_heads = pr->m ? hl_model_info_get(pr->m)->n_heads : 1;
+    pr->dim = pr->m ? hl_model_info_get(pr->m)->dim : 1;
+    pr->views = malloc((size_t)a->batch * sizeof *pr->views);
+    pr->recs = malloc((size_t)a->batch * a->k * sizeof *pr->recs);
+    pr->n_out = malloc((size_t)a->batch * sizeof *pr->n_out);
+    pr->top = malloc((size_t)a->k * sizeof *pr->top);
+    pr->win_model = calloc((size_t)a->windows, sizeof *pr->win_model);
+    pr->win_pop = calloc((size_t)a->windows, sizeof *pr->win_pop);
+    if (!pr->views || !pr->recs || !pr->n_out || !pr->top || !pr->win_model ||
+        !pr->win_pop || copies_alloc(pr) != 0 ||
+        (a->baseline && hl_popularity_init(&pr->pop, pr->d->n_rows, a->k + a->history) != 0))
+        return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory");
+    pr->tbl = hl_eval_table_create(pr->m, a->history, pr->d->users.n, errbuf, errlen);
+    if (pr->tbl == NULL)
+        return HL_EINVAL;
+    hl_rank_opts ro = {.k = a->k, .exclude_seen = a->exclude_seen, .max_batch = a->batch};
+    if (pr->m && (pr->rk = hl_ranker_create(pr->m, &ro, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    return 0;
+}
+
+static void preq_free(preq_run *pr)
+{
+    hl_ranker_destroy(pr->rk);
+    hl_table_destroy(pr->tbl);
+    if (pr->a->baseline)
+        hl_popularity_free(&pr->pop);
+    copies_free(pr);
+    free(pr->views); free(pr->recs); free(pr->n_out); free(pr->top);
+    free(pr->win_model); free(pr->win_pop);
+}
+
+/* Copies the user's current state (zeros for a user not seen yet). */
+static void copy_state(preq_run *pr, const ev_rec *e, state_copy *c)
+{
+    uint32_t len;
+    const char *key = strmap_key(&pr->d->users, e->user, &len);
+    int64_t row = hl_table_find(pr->tbl, key, len);
+    size_t n_s = (size_t)pr->n_heads * pr->dim;
+    hl_row_view v = {.history = pr->a->history, .t_ref_ms = INT64_MIN};
+
+    if (row >= 0)
+        hl_table_view(pr->tbl, (uint32_t)row, &v);
+    if (row >= 0) {
+        memcpy(c->s, v.s, n_s * sizeof *c->s);
+        memcpy(c->m, v.m, (size_t)pr->n_heads * sizeof *c->m);
+        memcpy(c->item, v.hist_item, (size_t)v.history * sizeof *c->item);
+        memcpy(c->type, v.hist_type, (size_t)v.history * sizeof *c->type);
+        memcpy(c->ts, v.hist_ts_ms, (size_t)v.history * sizeof *c->ts);
+    } else {
+        memset(c->s, 0, n_s * sizeof *c->s);
+        memset(c->m, 0, (size_t)pr->n_heads * sizeof *c->m);
+    }
+    c->v = v;
+    c->v.user = key;
+    c->v.user_len = len;
+    c->v.s = c->s;
+    c->v.m = c->m;
+    c->v.hist_item = c->item;
+    c->v.hist_type = c->type;
+    c->v.hist_ts_ms = c->ts;
+}
+
+static int window_of(const preq_run *pr, int64_t i)
+{
+    return (int)(i * pr->a->windows / pr->d->n_ev);
+}
+
+/* Popularity's list for event i from the running counts, then counts it. */
+static void preq_popularity(preq_run *pr, int64_t i, const state_copy *c)
+{
+    const ev_rec *e = &pr->d->ev[i];
+    hl_popularity_begin(&pr->pop);
+    for (int h = 0; pr->a->exclude_seen && h < c->v.n_hist; h++)
+        hl_popularity_exclude(&pr->pop, c->v.hist_item[hl_row_hist_index(&c->v, h)]);
+    int n = hl_popularity_top(&pr->pop, pr->a->k, pr->top);
+    int rank = rank_in_items(pr->top, n, e->item);
+    metric_add(&pr->popm, rank);
+    metric_add(&pr->win_pop[window_of(pr, i)], rank);
+    hl_popularity_add(&pr->pop, e->item);
+}
+
+/* Events [first, first + n): copy each user's state just before its event,
+ * apply the event, then refresh all the copies at once. */
+static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t errlen)
+{
+    int rc;
+    for (int b = 0; b < n; b++) {
+        const ev_rec *e = &pr->d->ev[first + b];
+        copy_state(pr, e, &pr->copy[b]);
+        pr->views[b] = pr->copy[b].v;
+        if (pr->a->baseline)
+            preq_popularity(pr, first + b, &pr->copy[b]);
+        hl_event ev = hl_eval_event(pr->d, e, first + b);
+        if ((rc = hl_eval_apply(pr->tbl, pr->m, &ev, errbuf, errlen)) != 0)
+            return rc;
+    }
+    if (pr->rk == NULL)
+        return 0;
+    if ((rc = hl_ranker_refresh(pr->rk, pr->views, n, pr->recs, pr->n_out)) != 0)
+        return hl_err(errbuf, errlen, rc, "eval: refresh failed: %s", hl_strerror(rc));
+    for (int b = 0; b < n; b++) {
+        int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b],
+                                pr->d->ev[first + b].item);
+        metric_add(&pr->model, rank);
+        metric_add(&pr->win_model[window_of(pr, first + b)], rank);
+    }
+    return 0;
+}
+
+static void preq_print_windows(const preq_run *pr)
+{
+    printf(",\"windows\":[");
+    for (int w = 0; w < pr->a->windows; w++) {
+        int64_t lo = (w * pr->d->n_ev + pr->a->windows - 1) / pr->a->windows;
+        int64_t hi = ((w + 1) * pr->d->n_ev + pr->a->windows - 1) / pr->a->windows - 1;
+        if (hi < lo)
+            continue;
+        printf("%s{\"from_ts_ms\":%lld,\"to_ts_ms\":%lld,\"events\":%lld",
+               w ? "," : "", (long long)pr->d->ev[lo].ts_ms,
+               (long long)pr->d->ev[hi].ts_ms, (long long)(hi - lo + 1));
+        if (pr->m)
+            printf(",\"model_hr\":%.6f", metric_hr(&pr->win_model[w]));
+        if (pr->a->baseline)
+            printf(",\"popularity_hr\":%.6f", metric_hr(&pr->win_pop[w]));
+        printf("}");
+    }
+    printf("]");
+}
+
+static void preq_print(const preq_run *pr, double seconds)
+{
+    const eval_data *d = pr->d;
+    printf("{\"protocol\":\"prequential\",\"k\":%d,\"events\":%lld,\"users\":%d,"
+           "\"items\":%d,\"bad_lines\":%lld,\"history\":%d,\"exclude_seen\":%s,"
+           "\"events_item_unknown\":%lld",
+           pr->a->k, (long long)d->n_ev, d->users.n, d->n_rows,
+           (long long)d->st.bad_lines, pr->a->history,
+           pr->a->exclude_seen ? "true" : "false", (long long)d->unknown);
+    if (pr->m)
+        hl_eval_print_metric("model", &pr->model, 0);
+    if (pr->a->baseline)
+        hl_eval_print_metric("popularity", &pr->popm, 0);
+    preq_print_windows(pr);
+    printf(",\"seconds\":%.2f}\n", seconds);
+}
+
+int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
+                            char *errbuf, size_t errlen)
+{
+    int64_t t0 = hl_now_mono_ms();
+    preq_run pr = {.a = a, .m = m, .d = d, .pg = {.quiet = a->quiet, .last_ms = t0}};
+    int rc;
+
+    qsort(d->ev, (size_t)d->n_ev, sizeof *d->ev, cmp_time);
+    if ((rc = preq_alloc(&pr, errbuf, errlen)) != 0)
+        goto out;
+    for (int64_t i = 0; rc == 0 && i < d->n_ev; i += a->batch) {
+        int n = d->n_ev - i < a->batch ? (int)(d->n_ev - i) : a->batch;
+        rc = preq_batch(&pr, i, n, errbuf, errlen);
+        hl_eval_progress(&pr.pg, "prequential events", i + n, d->n_ev,
+                         m ? &pr.model : NULL, a->baseline ? &pr.popm : NULL);
+    }
+    if (rc == 0)
+        preq_print(&pr, (hl_now_mono_ms() - t0) / 1000.0);
+out:
+    preq_free(&pr);
+    return rc;
+}

@@ -27,43 +27,9 @@
 #define BATCH    100
 #define FP       0x5eed5eedULL
 #define TOPIC    "ev"
+#define SCRATCH_NAME "persisttest"
 
-static float    e_in[N_ITEMS * DIM];
-static hl_event events[N_EVENTS];
-static char     user_names[N_USERS][24];
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-/* Skewed users, mostly rising times with late events, some unknown items;
- * offsets 0..N_EVENTS-1. */
-static void make_events(void)
-{
-    int64_t t = 1700000000000LL;
-    for (int i = 0; i < N_ITEMS * DIM; i++)
-        e_in[i] = (float)((double)(rnd() % 2000) / 1000.0 - 1.0);
-    for (int u = 0; u < N_USERS; u++)
-        snprintf(user_names[u], sizeof user_names[u], "user-%d", u);
-    for (int i = 0; i < N_EVENTS; i++) {
-        int u = (int)(rnd() % N_USERS);
-        if (rnd() % 2) u = u % 50;
-        t += (int64_t)(rnd() % 60000);
-        hl_event *e = &events[i];
-        e->user = user_names[u];
-        e->user_len = (uint32_t)strlen(user_names[u]);
-        e->item = rnd() % 10 == 0 ? -1 : (int32_t)(rnd() % N_ITEMS);
-        e->type = (uint8_t)(rnd() % HL_N_TYPES);
-        e->w = 0.5f + (float)(rnd() % 100) / 50.0f;
-        e->ts_ms = rnd() % 8 == 0 ? t - (int64_t)(rnd() % 7200000) : t;
-        e->offset = i;
-    }
-}
+#include "table_util.h"
 
 static hl_table_opts topts_dim(int dim)
 {
@@ -81,84 +47,6 @@ static hl_table *new_table(void)
     char err[256];
     hl_table_opts o = topts_dim(DIM);
     return hl_table_create(&o, err, sizeof err);
-}
-
-static void apply_range(hl_table *tbl, int from, int to)
-{
-    for (int i = from; i < to; i += 97) {
-        int n = to - i < 97 ? to - i : 97;
-        hl_table_apply(tbl, events + i, n, e_in, N_ITEMS, NULL);
-    }
-}
-
-/* Same users holding the same state (views compared field by field). */
-static int rows_equal(const hl_row_view *a, const hl_row_view *b)
-{
-    if (a->t_ref_ms != b->t_ref_ms || a->last_offset != b->last_offset ||
-        a->n_hist != b->n_hist ||
-        memcmp(a->m, b->m, N_HEADS * sizeof(float)) != 0 ||
-        memcmp(a->s, b->s, (size_t)N_HEADS * DIM * sizeof(float)) != 0)
-        return 0;
-    for (int i = 0; i < a->n_hist; i++) {
-        int x = hl_row_hist_index(a, i), y = hl_row_hist_index(b, i);
-        if (a->hist_item[x] != b->hist_item[y] || a->hist_type[x] != b->hist_type[y] ||
-            a->hist_ts_ms[x] != b->hist_ts_ms[y])
-            return 0;
-    }
-    return 1;
-}
-
-static int tables_equal(const hl_table *a, const hl_table *b)
-{
-    hl_table_stats sa, sb;
-    hl_table_stats_get(a, &sa);
-    hl_table_stats_get(b, &sb);
-    if (sa.users != sb.users) {
-        printf("    users %zu vs %zu\n", sa.users, sb.users);
-        return 0;
-    }
-    for (uint32_t r = 0; r < hl_table_row_limit(a); r++) {
-        hl_row_view va, vb;
-        if (!hl_table_row_live(a, r))
-            continue;
-        hl_table_view(a, r, &va);
-        int64_t rb = hl_table_find(b, va.user, va.user_len);
-        if (rb < 0)
-            return 0;
-        hl_table_view(b, (uint32_t)rb, &vb);
-        if (!rows_equal(&va, &vb)) {
-            printf("    user %.*s differs\n", (int)va.user_len, va.user);
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* ---- scratch directory -------------------------------------------------- */
-
-static char dir[512];
-
-static void fresh_dir(void)
-{
-    char cmd[600];
-    const char *b = getenv("HL_BUILD");
-    if (dir[0]) {
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0) perror("rm");
-    }
-    snprintf(dir, sizeof dir, "%s/persisttest.XXXXXX", b && *b ? b : "/tmp");
-    if (mkdtemp(dir) == NULL) perror("mkdtemp");
-}
-
-static long count_files(const char *suffix)
-{
-    char cmd[700], buf[64];
-    snprintf(cmd, sizeof cmd, "ls '%s' | grep -c '%s$'", dir, suffix);
-    FILE *f = popen(cmd, "r");
-    long n = -1;
-    if (f && fgets(buf, sizeof buf, f)) n = atol(buf);
-    if (f) pclose(f);
-    return n;
 }
 
 /* ---- an hl_io that fails or slows down on request ----------------------- */
@@ -333,7 +221,8 @@ static void test_periodic_restore_replay(void)
     CHECKF(rc == 0 && r.next_offset == durable && r.n_rows > 0, "%d %lld %s", rc,
            (long long)r.next_offset, err);
     apply_range(t2, (int)r.next_offset, N_EVENTS);
-    CHECKF(tables_equal(full, t2), "fuzzy snapshot at %lld + replay", (long long)r.next_offset);
+    CHECKF(tables_equal(full, t2, 0), "fuzzy snapshot at %lld + replay",
+           (long long)r.next_offset);
     hl_table_destroy(t2);
 
     /* Revocation: flush at the delivered offset, the next owner restores. */
@@ -347,7 +236,7 @@ static void test_periodic_restore_replay(void)
     CHECK(r.duration_s >= 0 && r.bytes > 0);
     hl_persist_shard *ps2 = hl_persist_shard_create(p2, 0, r.next_offset);
     run_ticks(p2, ps2, t2, cut, N_EVENTS, &now_ms);
-    CHECK(tables_equal(full, t2));
+    CHECK(tables_equal(full, t2, 0));
     CHECK(hl_persist_flush(ps2, t2, N_EVENTS, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
     hl_persist_shard_destroy(ps2);
     hl_table_destroy(t2);
@@ -466,7 +355,7 @@ static void test_io_failure_keeps_previous(void)
     rc = hl_persist_restore(p, 0, &t2, &r, err, sizeof err);
     CHECK(rc == 0 && r.next_offset == 10000);
     apply_range(t2, 10000, 20000);
-    CHECK(tables_equal(tbl, t2));
+    CHECK(tables_equal(tbl, t2, 0));
     hl_table_destroy(t2);
     /* The disk is back: the next flush succeeds. */
     CHECK(hl_persist_flush(ps, tbl, 20000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
@@ -709,7 +598,7 @@ static void test_max_tick_stall(void)
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR + 1);     /* the cases provoke warnings on purpose */
-    make_events();
+    make_events(0x9e3779b97f4a7c15ULL, 50);
     RUN(test_restore_none);
     RUN(test_creates_dir);
     RUN(test_periodic_restore_replay);

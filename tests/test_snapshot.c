@@ -23,43 +23,9 @@
 #define N_USERS  300
 #define N_EVENTS 6000
 #define FP       0x1234abcdULL
+#define SCRATCH_NAME "snaptest"
 
-static float   e_in[N_ITEMS * DIM];
-static hl_event events[N_EVENTS];
-static char    user_names[N_USERS][24];
-
-static uint64_t rng_state = 88172645463325252ULL;
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-/* Users with Zipf-ish activity, times mostly rising with late events mixed
- * in, some items outside the model; offsets 0..N_EVENTS-1. */
-static void make_events(void)
-{
-    int64_t t = 1700000000000LL;
-    for (int i = 0; i < N_ITEMS * DIM; i++)
-        e_in[i] = (float)((double)(rnd() % 2000) / 1000.0 - 1.0);
-    for (int u = 0; u < N_USERS; u++)
-        snprintf(user_names[u], sizeof user_names[u], "user-%d", u);
-    for (int i = 0; i < N_EVENTS; i++) {
-        int u = (int)(rnd() % N_USERS);
-        if (rnd() % 2) u = u % 20;
-        t += (int64_t)(rnd() % 60000);
-        hl_event *e = &events[i];
-        e->user = user_names[u];
-        e->user_len = (uint32_t)strlen(user_names[u]);
-        e->item = rnd() % 10 == 0 ? -1 : (int32_t)(rnd() % N_ITEMS);
-        e->type = (uint8_t)(rnd() % HL_N_TYPES);
-        e->w = 0.5f + (float)(rnd() % 100) / 50.0f;
-        e->ts_ms = rnd() % 8 == 0 ? t - (int64_t)(rnd() % 7200000) : t;
-        e->offset = i;
-    }
-}
+#include "table_util.h"
 
 static hl_table_opts opts_with(int dim, int history, size_t max_users)
 {
@@ -77,14 +43,6 @@ static hl_table_opts opts_with(int dim, int history, size_t max_users)
 static hl_table_opts opts(void)
 {
     return opts_with(DIM, HISTORY, 0);
-}
-
-static void apply_range(hl_table *tbl, int from, int to)
-{
-    for (int i = from; i < to; i += 97) {
-        int n = to - i < 97 ? to - i : 97;
-        hl_table_apply(tbl, events + i, n, e_in, N_ITEMS, NULL);
-    }
 }
 
 static hl_table *table_upto(const hl_table_opts *o, int k)
@@ -106,73 +64,7 @@ static hl_snapshot_meta meta_at(const char *topic, int partition, int64_t next)
     return m;
 }
 
-/* Same users with bit-identical state; active_seq too if with_seq. */
-static int rows_equal(const hl_row_view *a, const hl_row_view *b, int with_seq)
-{
-    if (a->t_ref_ms != b->t_ref_ms || a->last_offset != b->last_offset ||
-        a->n_hist != b->n_hist || (with_seq && a->active_seq != b->active_seq) ||
-        memcmp(a->m, b->m, N_HEADS * sizeof(float)) != 0 ||
-        memcmp(a->s, b->s, (size_t)N_HEADS * DIM * sizeof(float)) != 0)
-        return 0;
-    for (int i = 0; i < a->n_hist; i++) {
-        int x = hl_row_hist_index(a, i), y = hl_row_hist_index(b, i);
-        if (a->hist_item[x] != b->hist_item[y] || a->hist_type[x] != b->hist_type[y] ||
-            a->hist_ts_ms[x] != b->hist_ts_ms[y])
-            return 0;
-    }
-    return 1;
-}
-
-static int tables_equal(const hl_table *a, const hl_table *b, int with_seq)
-{
-    hl_table_stats sa, sb;
-    hl_table_stats_get(a, &sa);
-    hl_table_stats_get(b, &sb);
-    if (sa.users != sb.users) {
-        printf("    users %zu vs %zu\n", sa.users, sb.users);
-        return 0;
-    }
-    for (uint32_t r = 0; r < hl_table_row_limit(a); r++) {
-        if (!hl_table_row_live(a, r)) continue;
-        hl_row_view va, vb;
-        hl_table_view(a, r, &va);
-        int64_t rb = hl_table_find(b, va.user, va.user_len);
-        if (rb < 0) return 0;
-        hl_table_view(b, (uint32_t)rb, &vb);
-        if (!rows_equal(&va, &vb, with_seq)) {
-            printf("    user %.*s differs\n", (int)va.user_len, va.user);
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* ---- scratch directories and files ------------------------------------ */
-
-static char dir[512];
-
-static void fresh_dir(void)
-{
-    char cmd[600];
-    const char *b = getenv("HL_BUILD");
-    if (dir[0]) {
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0) perror("rm");
-    }
-    snprintf(dir, sizeof dir, "%s/snaptest.XXXXXX", b && *b ? b : "/tmp");
-    if (mkdtemp(dir) == NULL) perror("mkdtemp");
-}
-
-static long count_files(const char *suffix)
-{
-    char cmd[700], buf[64];
-    snprintf(cmd, sizeof cmd, "ls '%s' | grep -c '%s$'", dir, suffix);
-    FILE *f = popen(cmd, "r");
-    long n = -1;
-    if (f && fgets(buf, sizeof buf, f)) n = atol(buf);
-    if (f) pclose(f);
-    return n;
-}
+/* ---- scratch files ------------------------------------------------------ */
 
 static unsigned char *slurp(const char *path, size_t *len)
 {
@@ -1048,7 +940,7 @@ static void test_no_snapshot_is_enoent(void)
 
 int main(void)
 {
-    make_events();
+    make_events(88172645463325252ULL, 20);
     RUN(test_crc32c_vectors);
     RUN(test_crc32c_hw_matches_table);
     RUN(test_names);

@@ -1,25 +1,70 @@
 """cluster_util.py - pieces shared by the multi-process worker tests
-(test_rebalance.py, test_shutdown.py, test_outage.py): processes started in
-their own process groups and all killed on the way out, a paced producer, the
-group's committed offsets, the newest snapshot of each partition, the final
-state as `halflife snapshot dump` prints it, and a clean single-worker run to
-compare against.
+(test_rebalance.py, test_shutdown.py, test_outage.py): the frame of their
+main() (skip without prerequisites, PASS/FAIL lines, a scratch directory kept
+when a check fails), processes started in their own process groups and all
+killed on the way out, a paced producer, the group's committed offsets, the
+newest snapshot of each partition, the final state as `halflife snapshot
+dump` prints it, and the two checks every one of them ends with: each user's
+last list equals the offline reference, and the final state equals a clean
+single-worker run's.
 
 Builds on e2e_util.py (the broker's bootstrap line, the Avro encoding, the
-offline reference); run with /usr/bin/python3.
+offline reference) and test_e2e.py (reading the lists back, comparing them);
+run with /usr/bin/python3.
 """
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
 import e2e_util as U
+import test_e2e as E
 
 TOPIC = "behaviour-events"
 TOPICS = [TOPIC, "recommendations", TOPIC + ".dlq"]
+
+
+class Checks:
+    """One test file's PASS/FAIL lines, its scratch directory (named in every
+    FAIL) and the processes it started."""
+
+    def __init__(self, suite):
+        self.suite = suite
+        self.tmp = tempfile.mkdtemp(prefix="hl_%s_" % suite)
+        self.procs = Procs()
+        self.failed = 0
+
+    def check(self, name, ok, why):
+        print(("PASS %s.%s" % (self.suite, name)) if ok else
+              ("FAIL %s.%s: %s (logs in %s)" % (self.suite, name, why, self.tmp)))
+        self.failed += 0 if ok else 1
+
+
+def run_main(suite, skip_case, body):
+    """The main() of a cluster test: prints SKIP suite.skip_case without the
+    prerequisites; else runs body(ck) with a fresh Checks ck, reports an
+    exception as the FAIL of suite.ran, kills every process it started, and
+    removes the scratch directory unless a check failed. Returns the exit
+    status."""
+    why = U.have_prereqs()
+    if why:
+        print("SKIP %s.%s: %s" % (suite, skip_case, why))
+        return 0
+    ck = Checks(suite)
+    try:
+        body(ck)
+    except Exception as e:  # noqa: BLE001 - reported as a FAIL line, never silent
+        ck.check("ran", False, "%s: %s" % (type(e).__name__, e))
+    finally:
+        ck.procs.kill_all()
+    if not ck.failed:
+        shutil.rmtree(ck.tmp, ignore_errors=True)
+    return 1 if ck.failed else 0
 
 
 class Procs:
@@ -297,3 +342,28 @@ def prepare(tmp, n_events, n_users, n_items):
     U.make_model(model, n_items, 16)
     U.make_events(events_csv, n_events, n_users, n_items)
     return model, events_csv, U.read_events_csv(events_csv)
+
+
+def check_last_lists(ck, lists, got, last, events_csv, model, events):
+    """last_lists_equal_offline: every user got the list of its last event
+    (got, from E.read_lists) and each equals the offline reference."""
+    offline = U.offline_lists(events_csv, model)
+    bad = E.compare(lists, offline, events) if len(got) == len(last) else \
+        ["%d of %d users got the list of their last event" % (len(got), len(last))]
+    ck.check("last_lists_equal_offline", not bad and len(offline) == len(last),
+             "%d mismatches of %d users, e.g. %s" % (len(bad), len(offline), bad[:3]))
+
+
+def check_final_state(ck, name, bootstrap, model, snapdir, n_events, n_users, high, common):
+    """name: the newest snapshots in snapdir hold the state of a clean
+    single-worker run over the whole topic (clean_run), at the same offsets,
+    the high watermarks. Returns the clean run's state."""
+    state, offs = dump_state(snapdir)
+    ref, ref_offs, _tot, ref_rc = clean_run(ck.procs, bootstrap, model, ck.tmp, n_events, common)
+    diff = state_diff(state, ref)
+    ck.check(name, ref_rc == 0 and offs == ref_offs == high and not diff and len(ref) == n_users,
+             "uninterrupted exit %s, %d users; offsets %s vs %s (high %s); %d users differ, "
+             "e.g. %s vs %s" % (ref_rc, len(ref), offs, ref_offs, high, len(diff),
+                                state.get(diff[0]) if diff else None,
+                                ref.get(diff[0]) if diff else None))
+    return ref

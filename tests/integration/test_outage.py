@@ -17,14 +17,11 @@ the outage, so it also loses and regains its group membership. Checks:
   uninterrupted run's (`halflife snapshot dump` of every partition).
 """
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_util as C  # noqa: E402
-import e2e_util as U  # noqa: E402
 import test_e2e as E  # noqa: E402
 
 N_EVENTS, N_USERS, N_ITEMS, PARTS = 8000, 400, 1000, 4
@@ -52,97 +49,66 @@ def watch_up(w, seconds, until=None):
     return seen
 
 
+def run(ck):
+    model, events_csv, events = C.prepare(ck.tmp, N_EVENTS, N_USERS, N_ITEMS)
+    broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker.log"))
+    snapdir = os.path.join(ck.tmp, "snapshots")
+    w = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "worker.log"),
+                 COMMON + ["snapshot.dir=" + snapdir, "snapshot.interval.ms=2000",
+                           "group.id=outage"])
+    errors = []
+    t0 = time.time()
+    prod = C.paced_producer(broker.bootstrap, events, RATE, errors)
+    assigned = w.wait_event("partition_assigned", 20, count=PARTS)
+    time.sleep(max(0.0, t0 + 5 - time.time()))
+    before = w.metric_or("halflife_events_consumed_total")
+    before_up = w.metric_or("halflife_broker_up")
+    t_down = time.time()
+    broker.down()
+    during = watch_up(w, OUTAGE_S - 0.3)
+    time.sleep(max(0.0, t_down + OUTAGE_S - time.time()))
+    broker.up()
+    t_up = time.time()
+    alive = w.p.poll() is None
+    after = watch_up(w, 20, until=1.0)
+    back_s = time.time() - t_up
+    ck.check("worker_waits", assigned and alive and w.p.poll() is None and before > 0,
+             "assigned %s, alive through the outage %s, consumed %d before it"
+             % (assigned, alive, before))
+    ck.check("broker_up_metric_0_then_1",
+             before_up == 1 and 0 in during and after and after[-1] == 1,
+             "before %s, during %s, after %s" % (before_up, sorted(set(during)), after[-5:]))
+    downs, ups = w.events("broker_down"), w.events("broker_up")
+    ck.check("outage_logged", bool(downs) and bool(ups) and downs[0][0] <= ups[0][0] and
+             ups[-1][0] >= downs[-1][0] and downs[0][0] >= ts_iso(t_down - 1),
+             "want event=broker_down lines from the outage on, the last transition "
+             "event=broker_up; got down at %s, up at %s"
+             % ([d[0] for d in downs], [u[0] for u in ups]))
+
+    prod.join(90)
+    ck.check("stream_produced", not prod.is_alive() and not errors, "producer: %s" % errors[:3])
+    last, high = C.read_topic(broker.bootstrap, PARTS)
+    lists, got = E.read_lists(broker.bootstrap, last, time.time() + 40)
+    C.wait_idle([w], 20)
+    rc, _secs = w.term(30)
+    t = w.totals() or {}
+    ck.check("every_event_applied_once",
+             rc == 0 and t.get("applied") == len(events) == sum(high.values()) and
+             t.get("invalid") == 0 and t.get("failed") == 0 and
+             t.get("consumed") == t.get("applied", 0) + t.get("duplicates", 0),
+             "exit %s, totals %s, produced %d (high watermarks %s)" % (rc, t, len(events), high))
+
+    C.check_last_lists(ck, lists, got, last, events_csv, model, events)
+    C.check_final_state(ck, "final_state_equals_uninterrupted", broker.bootstrap, model,
+                        snapdir, len(events), N_USERS, high, COMMON)
+    print("    (%d events; %d consumed before the %d s outage; broker_up back to 1 "
+          "%.1f s after it; %d duplicates; %.0f s in all)"
+          % (len(events), before, OUTAGE_S, back_s,
+             t.get("duplicates", -1), time.time() - t0))
+
+
 def main():
-    why = U.have_prereqs()
-    if why:
-        print("SKIP outage.resumes_without_loss: %s" % why)
-        return 0
-    tmp = tempfile.mkdtemp(prefix="hl_outage_")
-    procs = C.Procs()
-    failed = 0
-
-    def check(name, ok, why):
-        nonlocal failed
-        print(("PASS outage.%s" % name) if ok else ("FAIL outage.%s: %s (logs in %s)"
-                                                     % (name, why, tmp)))
-        failed += 0 if ok else 1
-
-    try:
-        model, events_csv, events = C.prepare(tmp, N_EVENTS, N_USERS, N_ITEMS)
-        broker = C.Broker(procs, PARTS, os.path.join(tmp, "broker.log"))
-        snapdir = os.path.join(tmp, "snapshots")
-        w = C.Worker(procs, broker.bootstrap, model, os.path.join(tmp, "worker.log"),
-                     COMMON + ["snapshot.dir=" + snapdir, "snapshot.interval.ms=2000",
-                               "group.id=outage"])
-        errors = []
-        t0 = time.time()
-        prod = C.paced_producer(broker.bootstrap, events, RATE, errors)
-        assigned = w.wait_event("partition_assigned", 20, count=PARTS)
-        time.sleep(max(0.0, t0 + 5 - time.time()))
-        before = w.metric_or("halflife_events_consumed_total")
-        before_up = w.metric_or("halflife_broker_up")
-        t_down = time.time()
-        broker.down()
-        during = watch_up(w, OUTAGE_S - 0.3)
-        time.sleep(max(0.0, t_down + OUTAGE_S - time.time()))
-        broker.up()
-        t_up = time.time()
-        alive = w.p.poll() is None
-        after = watch_up(w, 20, until=1.0)
-        back_s = time.time() - t_up
-        check("worker_waits", assigned and alive and w.p.poll() is None and before > 0,
-              "assigned %s, alive through the outage %s, consumed %d before it"
-              % (assigned, alive, before))
-        check("broker_up_metric_0_then_1",
-              before_up == 1 and 0 in during and after and after[-1] == 1,
-              "before %s, during %s, after %s" % (before_up, sorted(set(during)), after[-5:]))
-        downs, ups = w.events("broker_down"), w.events("broker_up")
-        check("outage_logged", bool(downs) and bool(ups) and downs[0][0] <= ups[0][0] and
-              ups[-1][0] >= downs[-1][0] and downs[0][0] >= ts_iso(t_down - 1),
-              "want event=broker_down lines from the outage on, the last transition "
-              "event=broker_up; got down at %s, up at %s"
-              % ([d[0] for d in downs], [u[0] for u in ups]))
-
-        prod.join(90)
-        check("stream_produced", not prod.is_alive() and not errors, "producer: %s" % errors[:3])
-        last, high = C.read_topic(broker.bootstrap, PARTS)
-        lists, got = E.read_lists(broker.bootstrap, last, time.time() + 40)
-        C.wait_idle([w], 20)
-        rc, _secs = w.term(30)
-        t = w.totals() or {}
-        check("every_event_applied_once",
-              rc == 0 and t.get("applied") == len(events) == sum(high.values()) and
-              t.get("invalid") == 0 and t.get("failed") == 0 and
-              t.get("consumed") == t.get("applied", 0) + t.get("duplicates", 0),
-              "exit %s, totals %s, produced %d (high watermarks %s)" % (rc, t, len(events), high))
-
-        offline = U.offline_lists(events_csv, model)
-        bad = E.compare(lists, offline, events) if len(got) == len(last) else \
-            ["%d of %d users got the list of their last event" % (len(got), len(last))]
-        check("last_lists_equal_offline", not bad and len(offline) == len(last),
-              "%d mismatches of %d users, e.g. %s" % (len(bad), len(offline), bad[:3]))
-
-        state, offs = C.dump_state(snapdir)
-        ref, ref_offs, _tot, ref_rc = C.clean_run(procs, broker.bootstrap, model, tmp,
-                                                  len(events), COMMON)
-        diff = C.state_diff(state, ref)
-        check("final_state_equals_uninterrupted",
-              ref_rc == 0 and offs == ref_offs == high and not diff and len(ref) == N_USERS,
-              "uninterrupted exit %s, %d users; offsets %s vs %s (high %s); %d users differ, "
-              "e.g. %s vs %s" % (ref_rc, len(ref), offs, ref_offs, high, len(diff),
-                                 state.get(diff[0]) if diff else None,
-                                 ref.get(diff[0]) if diff else None))
-        print("    (%d events; %d consumed before the %d s outage; broker_up back to 1 "
-              "%.1f s after it; %d duplicates; %.0f s in all)"
-              % (len(events), before, OUTAGE_S, back_s,
-                 t.get("duplicates", -1), time.time() - t0))
-    except Exception as e:  # noqa: BLE001 - reported as a FAIL line, never silent
-        check("ran", False, "%s: %s" % (type(e).__name__, e))
-    finally:
-        procs.kill_all()
-    if not failed:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failed else 0
+    return C.run_main("outage", "resumes_without_loss", run)
 
 
 if __name__ == "__main__":

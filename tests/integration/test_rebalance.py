@@ -17,14 +17,11 @@ the other two). Checks:
   watermarks), and every user's last list equals the offline reference.
 """
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_util as C  # noqa: E402
-import e2e_util as U  # noqa: E402
 import test_e2e as E  # noqa: E402
 
 N_EVENTS, N_USERS, N_ITEMS, PARTS = 9000, 300, 1000, 6
@@ -63,89 +60,58 @@ def handovers(workers):
     return moves, problems
 
 
+def run(ck):
+    model, events_csv, events = C.prepare(ck.tmp, N_EVENTS, N_USERS, N_ITEMS)
+    broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker.log"))
+    snapdir = os.path.join(ck.tmp, "snapshots")
+    group = COMMON + ["snapshot.dir=" + snapdir, "snapshot.interval.ms=1000",
+                      "group.id=rebalance"]
+    w = [C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "w%d.log" % i), group)
+         for i in (1, 2)]
+    errors = []
+    t0 = time.time()
+    prod = C.paced_producer(broker.bootstrap, events, RATE, errors)
+    joined = all(x.wait_event("partition_assigned", 20) for x in w)
+    time.sleep(max(0.0, t0 + 6 - time.time()))
+    w.append(C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "w3.log"), group))
+    joined = joined and w[2].wait_event("partition_assigned", 20)
+    time.sleep(3)
+    mid_stream = prod.is_alive()
+    rc1, secs1 = w[0].term(30)
+    ck.check("two_then_three_then_two", joined and mid_stream and rc1 == 0,
+             "all joined %s, w1 left while the stream flowed %s, its exit status %s"
+             % (joined, mid_stream, rc1))
+    prod.join(120)
+    ck.check("stream_produced", not prod.is_alive() and not errors, "producer: %s" % errors[:3])
+
+    last, high = C.read_topic(broker.bootstrap, PARTS)
+    lists, got = E.read_lists(broker.bootstrap, last, time.time() + 40)
+    C.wait_idle(w[1:], 20)
+    rcs = [x.term(30)[0] for x in w[1:]]
+    tot = [x.totals() or {} for x in w]
+    consumed = sum(t.get("consumed", 0) for t in tot)
+    applied = sum(t.get("applied", 0) for t in tot)
+    dup = sum(t.get("duplicates", 0) for t in tot)
+    ck.check("every_worker_exits_0", rcs == [0, 0] and all(tot), "exit %s, totals %s" % (rcs, tot))
+
+    moves, problems = handovers(w)
+    ck.check("state_follows_each_partition", moves >= 2 and not problems,
+             "%d moves: %s" % (moves, problems[:3]))
+    ck.check("nothing_lost_nothing_twice",
+             consumed == applied == len(events) and dup == 0 and
+             sum(high.values()) == len(events),
+             "consumed %d, applied %d, duplicates %d, produced %d (high watermarks %s)"
+             % (consumed, applied, dup, len(events), high))
+
+    C.check_last_lists(ck, lists, got, last, events_csv, model, events)
+    ref = C.check_final_state(ck, "final_state_equals_single_worker", broker.bootstrap, model,
+                              snapdir, len(events), N_USERS, high, COMMON)
+    print("    (%d events, %d users, %d partition moves, w1 stopped in %.1f s, %.0f s in all)"
+          % (len(events), len(ref), moves, secs1, time.time() - t0))
+
+
 def main():
-    why = U.have_prereqs()
-    if why:
-        print("SKIP rebalance.state_follows_partitions: %s" % why)
-        return 0
-    tmp = tempfile.mkdtemp(prefix="hl_rebalance_")
-    procs = C.Procs()
-    failed = 0
-
-    def check(name, ok, why):
-        nonlocal failed
-        print(("PASS rebalance.%s" % name) if ok else ("FAIL rebalance.%s: %s (logs in %s)"
-                                                        % (name, why, tmp)))
-        failed += 0 if ok else 1
-
-    try:
-        model, events_csv, events = C.prepare(tmp, N_EVENTS, N_USERS, N_ITEMS)
-        broker = C.Broker(procs, PARTS, os.path.join(tmp, "broker.log"))
-        snapdir = os.path.join(tmp, "snapshots")
-        group = COMMON + ["snapshot.dir=" + snapdir, "snapshot.interval.ms=1000",
-                          "group.id=rebalance"]
-        w = [C.Worker(procs, broker.bootstrap, model, os.path.join(tmp, "w%d.log" % i), group)
-             for i in (1, 2)]
-        errors = []
-        t0 = time.time()
-        prod = C.paced_producer(broker.bootstrap, events, RATE, errors)
-        joined = all(x.wait_event("partition_assigned", 20) for x in w)
-        time.sleep(max(0.0, t0 + 6 - time.time()))
-        w.append(C.Worker(procs, broker.bootstrap, model, os.path.join(tmp, "w3.log"), group))
-        joined = joined and w[2].wait_event("partition_assigned", 20)
-        time.sleep(3)
-        mid_stream = prod.is_alive()
-        rc1, secs1 = w[0].term(30)
-        check("two_then_three_then_two", joined and mid_stream and rc1 == 0,
-              "all joined %s, w1 left while the stream flowed %s, its exit status %s"
-              % (joined, mid_stream, rc1))
-        prod.join(120)
-        check("stream_produced", not prod.is_alive() and not errors, "producer: %s" % errors[:3])
-
-        last, high = C.read_topic(broker.bootstrap, PARTS)
-        lists, got = E.read_lists(broker.bootstrap, last, time.time() + 40)
-        C.wait_idle(w[1:], 20)
-        rcs = [x.term(30)[0] for x in w[1:]]
-        tot = [x.totals() or {} for x in w]
-        consumed = sum(t.get("consumed", 0) for t in tot)
-        applied = sum(t.get("applied", 0) for t in tot)
-        dup = sum(t.get("duplicates", 0) for t in tot)
-        check("every_worker_exits_0", rcs == [0, 0] and all(tot), "exit %s, totals %s" % (rcs, tot))
-
-        moves, problems = handovers(w)
-        check("state_follows_each_partition", moves >= 2 and not problems,
-              "%d moves: %s" % (moves, problems[:3]))
-        check("nothing_lost_nothing_twice",
-              consumed == applied == len(events) and dup == 0 and
-              sum(high.values()) == len(events),
-              "consumed %d, applied %d, duplicates %d, produced %d (high watermarks %s)"
-              % (consumed, applied, dup, len(events), high))
-
-        offline = U.offline_lists(events_csv, model)
-        bad = E.compare(lists, offline, events) if len(got) == len(last) else \
-            ["%d of %d users got the list of their last event" % (len(got), len(last))]
-        check("last_lists_equal_offline", not bad and len(offline) == len(last),
-              "%d mismatches of %d users, e.g. %s" % (len(bad), len(offline), bad[:3]))
-
-        state, offs = C.dump_state(snapdir)
-        ref, ref_offs, ref_tot, ref_rc = C.clean_run(procs, broker.bootstrap, model, tmp,
-                                                     len(events), COMMON)
-        diff = C.state_diff(state, ref)
-        check("final_state_equals_single_worker",
-              ref_rc == 0 and offs == ref_offs == high and not diff and len(ref) == N_USERS,
-              "single worker exit %s, %d users; offsets %s vs single %s (high %s); %d users "
-              "differ, e.g. %s vs %s" % (ref_rc, len(ref), offs, ref_offs, high, len(diff),
-                                        state.get(diff[0]) if diff else None,
-                                        ref.get(diff[0]) if diff else None))
-        print("    (%d events, %d users, %d partition moves, w1 stopped in %.1f s, %.0f s in all)"
-              % (len(events), len(ref), moves, secs1, time.time() - t0))
-    except Exception as e:  # noqa: BLE001 - reported as a FAIL line, never silent
-        check("ran", False, "%s: %s" % (type(e).__name__, e))
-    finally:
-        procs.kill_all()
-    if not failed:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failed else 0
+    return C.run_main("rebalance", "state_follows_partitions", run)
 
 
 if __name__ == "__main__":

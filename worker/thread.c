@@ -58,7 +58,9 @@ struct hl_wthread {
     hl_shard   **by_part; int cap_part;
     hl_codec    *codec;
     hl_ranker   *ranker;
-    rd_kafka_message_t **msgs;
+    int          n_batch;                    /* records taken into this batch */
+    double       serve_t0;                   /* first record of a serve_queue() */
+    int64_t     *ts_ms;   int n_ts;          /* their Kafka timestamps (recs on) */
     char        *arena;   size_t arena_used, arena_cap;
     hl_row_view *views;
     hl_rec      *recs;
@@ -113,14 +115,14 @@ static int alloc_buffers(hl_wthread *t, char *errbuf, size_t errlen)
     t->take_copy = calloc(MAX_PARTS, sizeof *t->take_copy);
     t->taken = calloc(MAX_PARTS, sizeof *t->taken);
     t->own = calloc(MAX_PARTS, sizeof *t->own);
-    t->msgs = calloc(bm, sizeof *t->msgs);
+    t->ts_ms = malloc(bm * sizeof *t->ts_ms);
     t->arena = malloc(t->arena_cap);
     t->views = calloc(REFRESH_MAX, sizeof *t->views);
     t->recs = calloc(REFRESH_MAX * k, sizeof *t->recs);
     t->n_out = calloc(REFRESH_MAX, sizeof *t->n_out);
     t->crec = calloc(k, sizeof *t->crec);
     t->enc = malloc(t->enc_cap);
-    int ok = t->give && t->take && t->take_copy && t->taken && t->own && t->msgs && t->arena &&
+    int ok = t->give && t->take && t->take_copy && t->taken && t->own && t->ts_ms && t->arena &&
              t->views && t->recs && t->n_out && t->crec && t->enc;
     for (int i = 0; ok && i < N_FLIGHTS; i++)
         ok = (t->fl[i].ts_ms = malloc(bm * sizeof(int64_t))) != NULL;
@@ -179,7 +181,7 @@ void hl_wthread_destroy(hl_wthread *t)
     hl_ranker_destroy(t->ranker);
     hl_codec_destroy(t->codec);
     free(t->give); free(t->take); free(t->take_copy); free(t->taken); free(t->own); free(t->by_part);
-    free(t->msgs); free(t->arena); free(t->views); free(t->recs); free(t->n_out);
+    free(t->ts_ms); free(t->arena); free(t->views); free(t->recs); free(t->n_out);
     free(t->crec); free(t->enc);
     pthread_mutex_destroy(&t->mu);
     pthread_cond_destroy(&t->cv);
@@ -203,6 +205,7 @@ static void own_add(hl_wthread *t, hl_shard *sh)
         t->by_part = bp;
         t->cap_part = cap;
     }
+    hl_shard_batch_begin(sh);   /* may join a batch already being filled */
     t->by_part[p] = sh;
     t->own[t->n_own++] = sh;
     atomic_store(&t->n_shards, t->n_own);
@@ -419,7 +422,10 @@ static void record_error(hl_wthread *t, const rd_kafka_message_t *rkm)
                rd_kafka_message_errstr(rkm), (unsigned long long)sup);
 }
 
-static void decode_one(hl_wthread *t, rd_kafka_message_t *rkm, flight *f)
+static void serve_mail(hl_wthread *t, int with_takes);
+
+/* One record, borrowed for the duration of the call (consume_batch). */
+static void decode_one(hl_wthread *t, const rd_kafka_message_t *rkm)
 {
     char detail[160];
     hl_codec_event cev;
@@ -428,6 +434,10 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t *rkm, flight *f)
         return;
     }
     hl_shard *sh = shard_of(t, rkm->partition);
+    if (sh == NULL && atomic_load(&t->mail)) {
+        serve_mail(t, 0);       /* given during this batch: it owns this record */
+        sh = shard_of(t, rkm->partition);
+    }
     if (sh == NULL)
         return;                 /* a partition this thread let go of */
     hl_shard_saw(sh, rkm->offset);
@@ -447,7 +457,8 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t *rkm, flight *f)
     t->arena_used += cev.user_len;
     t->b_unknown += ev.item < 0;
     hl_shard_push(sh, &ev);
-    f->ts_ms[f->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);
+    if (t->ranker)              /* only event-to-publish latency reads them */
+        t->ts_ms[t->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);
 }
 
 /* ---- refresh and produce ----------------------------------------------- */
@@ -630,20 +641,21 @@ static void batch_begin(hl_wthread *t)
     for (int i = 0; i < t->n_own; i++)
         hl_shard_batch_begin(t->own[i]);
     t->arena_used = 0;
+    t->n_batch = t->n_ts = 0;
     t->b_unknown = t->b_lists = 0;
     memset(t->b_invalid, 0, sizeof t->b_invalid);
     memset(t->stage_s, 0, sizeof t->stage_s);
 }
 
-static void run_batch(hl_wthread *t, int n)
+/* The batch's records are decoded into their shards (consume_batch, which
+ * took decode_s doing it); applies, refreshes and publishes them. */
+static void run_batch(hl_wthread *t, int n, double decode_s)
 {
     flight *f = flight_begin(t);
-    batch_begin(t);
-    double a = now_s();
-    for (int i = 0; i < n; i++)
-        decode_one(t, t->msgs[i], f);
-    for (int i = 0; i < n; i++)
-        rd_kafka_message_destroy(t->msgs[i]);
+    int64_t *ts = f->ts_ms;     /* the flight keeps this batch's timestamps */
+    f->ts_ms = t->ts_ms;
+    f->n_ts = t->n_ts;
+    t->ts_ms = ts;
     double b = now_s();
     uint64_t applied = 0, dup = 0, failed = 0;
     for (int i = 0; i < t->n_own; i++) {
@@ -656,7 +668,7 @@ static void run_batch(hl_wthread *t, int n)
     atomic_fetch_add_explicit(&t->duplicates, dup, memory_order_relaxed);
     atomic_fetch_add_explicit(&t->failed, failed, memory_order_relaxed);
     double c = now_s();
-    t->stage_s[STAGE_DECODE] = b - a;
+    t->stage_s[STAGE_DECODE] = decode_s;
     t->stage_s[STAGE_APPLY] = c - b;
     for (int i = 0; i < t->n_own; i++)
         refresh_shard(t, t->own[i], f);
@@ -766,33 +778,63 @@ static void serve_mail(hl_wthread *t, int with_takes)
     pthread_mutex_unlock(&t->mu);
 }
 
-/* Up to bm records within batch.max.ms, one rd_kafka_consume_queue() at a
- * time. Not rd_kafka_consume_batch_queue(): librdkafka 2.0.x lists it as a
- * known issue (CHANGELOG, v2.0.0) that with more than one message per call
- * and a seek, pause, resume or rebalance in parallel, messages may be lost.
- * The rebalance callback on the main thread pauses the assignment while a
- * shard thread is inside that call; the call moves a partition's
- * application position past records it then purges, and the resume fetches
- * from there. tests/integration/test_rebalance.py lost such records on the
- * partitions a worker kept while it was given another. A single consume
- * moves the position only for the record it returns. */
-static int consume_batch(hl_wthread *t, int bm)
+/* librdkafka's callback for each record served: decodes it into its shard
+ * at once (the record is librdkafka's, valid only during this call) and
+ * stops the serving at batch.max.messages. */
+static void on_record(rd_kafka_message_t *rkm, void *opaque)
+{
+    hl_wthread *t = opaque;
+    if (t->serve_t0 == 0)
+        t->serve_t0 = now_s();  /* the first record of this call: decoding starts */
+    decode_one(t, rkm);
+    if (++t->n_batch >= t->ctx->o->batch_max_messages)
+        rd_kafka_yield(t->ctx->consumer);   /* the rest go back to the queue's head */
+}
+
+/* Serves the queue once (waiting up to timeout_ms for a first record);
+ * how many ops it served, the time spent decoding added to *decode_s. */
+static int serve_queue(hl_wthread *t, int timeout_ms, double *decode_s)
+{
+    t->serve_t0 = 0;
+    int n = rd_kafka_consume_callback_queue(t->q, timeout_ms, on_record, t);
+    if (t->serve_t0 != 0)
+        *decode_s += now_s() - t->serve_t0;
+    return n;
+}
+
+/* Fills the batch begun by batch_begin() with up to bm records within
+ * batch.max.ms, decoding each as it is served; returns how many.
+ *
+ * Records are served by rd_kafka_consume_callback_queue(), which takes the
+ * queue's lock once per call and reads the clock once per call; one
+ * rd_kafka_consume_queue() per record did both per record (the queue lock,
+ * contended by the broker thread, and two clock reads showed as about a
+ * fifth of a state-only profile). Each record is still checked against
+ * its partition's current version just before it is handed over, and its
+ * position moves only then, exactly as one rd_kafka_consume_queue() does.
+ * Not rd_kafka_consume_batch_queue(): librdkafka 2.0.x lists it as a known
+ * issue (CHANGELOG, v2.0.0) that with more than one message per call and a
+ * seek, pause, resume or rebalance in parallel, messages may be lost: it
+ * moves each partition's position while it collects the batch and then
+ * drops the records a pause made outdated, and the resume fetches from
+ * past them. tests/integration/test_rebalance.py lost such records on the
+ * partitions a worker kept while it was given another.
+ *
+ * batch.max.ms bounds the wait, not the take: while records are queued
+ * they are taken without a timeout, and the clock is read only when the
+ * queue runs dry. */
+static int consume_batch(hl_wthread *t, int bm, double *decode_s)
 {
     int64_t end = mono_ms() + t->ctx->o->batch_max_ms;
-    int n = 0;
-    /* batch.max.ms bounds the wait, not the take: while records are queued
-     * they are taken without a timeout, so no clock is read per record
-     * (a clock read per record showed as 9% of a state-only profile). */
-    while (n < bm) {
-        rd_kafka_message_t *m = rd_kafka_consume_queue(t->q, 0);
-        if (m == NULL) {
-            int64_t left = end - mono_ms();
-            if (left <= 0 || (m = rd_kafka_consume_queue(t->q, (int)left)) == NULL)
-                break;
-        }
-        t->msgs[n++] = m;
+    *decode_s = 0;
+    while (t->n_batch < bm) {
+        if (serve_queue(t, 0, decode_s) > 0)
+            continue;
+        int64_t left = end - mono_ms();
+        if (left <= 0 || serve_queue(t, (int)left, decode_s) == 0)
+            break;
     }
-    return n;
+    return t->n_batch;
 }
 
 static void *thread_main(void *arg)
@@ -801,11 +843,12 @@ static void *thread_main(void *arg)
     hl_wshared *ctx = t->ctx;
     int bm = ctx->o->batch_max_messages;
     while (atomic_load(ctx->stop) == 0) {
+        double decode_s;
         serve_mail(t, 1);
-        int n = consume_batch(t, bm);
-        serve_mail(t, 0);       /* shards given during the wait own these records */
+        batch_begin(t);
+        int n = consume_batch(t, bm, &decode_s);
         if (n > 0)
-            run_batch(t, (int)n);
+            run_batch(t, n, decode_s);
         hl_producer_poll(ctx->prod, 0);
         retire(t);
         snap_tick(t);

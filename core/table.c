@@ -16,8 +16,9 @@
  *   33 user_id bytes inline, key_cap of them; a longer id is kept in a
  *      malloc'd copy whose pointer is stored here instead
  *   m  (n_heads) floats, s (n_heads, dim) floats (32-byte aligned)
- *   hist_ts (history) int64, hist_item (history) int32, hist_type (history)
- *      uint8: separate arrays so the payload is tight.
+ *   hist_type (history) uint8, hist_item (history) int32, hist_ts (history)
+ *      int64: separate arrays so the payload is tight, the types first so
+ *      they share the last line of s (an update then writes one line less).
  *
  * The key sits in the row's first lines, which an update touches anyway.
  *
@@ -81,6 +82,7 @@ struct hl_table {
     size_t   payload_fixed;            /* payload bytes of a row but its id */
 
     block  **blocks;
+    uint8_t **rows;                    /* blocks[b]->rows: one load, not two */
     uint32_t n_blocks, cap_blocks;
     uint32_t row_limit;                /* 1 + highest live id */
     uint32_t free_hint;                /* no free id below it */
@@ -98,6 +100,8 @@ struct hl_table {
 
     uint64_t pipe_hash[RING];          /* apply's lookahead, see hl_table_apply */
     int64_t  pipe_row[RING];
+    uint64_t pipe_gen[RING];
+    uint64_t evictions;                /* ever; a guess older than one is rechecked */
     int      pipe_hist[RING];
 };
 
@@ -105,7 +109,7 @@ struct hl_table {
 
 static uint8_t *row_ptr(const hl_table *tbl, uint32_t r)
 {
-    return tbl->blocks[r >> ROWS_SHIFT]->rows
+    return tbl->rows[r >> ROWS_SHIFT]
          + (size_t)(r & (ROWS_PER_BLOCK - 1)) * tbl->stride;
 }
 
@@ -150,10 +154,10 @@ static size_t layout(hl_table *tbl, size_t key_cap)
     tbl->key_cap   = key_cap;
     tbl->off_m     = align_up(sizeof(row_hdr) + 1 + key_cap, 4);
     tbl->off_s     = align_up(tbl->off_m + nh * 4, 32);
-    tbl->off_hts   = align_up(tbl->off_s + nh * (size_t)tbl->dim * 4, 8);
-    tbl->off_hitem = tbl->off_hts + hist * 8;
-    tbl->off_htype = tbl->off_hitem + hist * 4;
-    return tbl->off_htype + hist;
+    tbl->off_htype = tbl->off_s + nh * (size_t)tbl->dim * 4;
+    tbl->off_hitem = align_up(tbl->off_htype + hist, 4);
+    tbl->off_hts   = align_up(tbl->off_hitem + hist * 4, 8);
+    return tbl->off_hts + hist * 8;
 }
 
 /* Stride is the layout with a 24-byte key rounded up to a cache line; the
@@ -180,6 +184,9 @@ static int add_block(hl_table *tbl)
         block **nb = realloc(tbl->blocks, cap * sizeof *nb);
         if (nb == NULL) return HL_ENOMEM;
         tbl->blocks = nb;
+        uint8_t **nr = realloc(tbl->rows, cap * sizeof *nr);
+        if (nr == NULL) return HL_ENOMEM;
+        tbl->rows = nr;
         tbl->cap_blocks = cap;
     }
     block *b = calloc(1, sizeof *b);
@@ -189,6 +196,7 @@ static int add_block(hl_table *tbl)
         free(b);
         return HL_ENOMEM;
     }
+    tbl->rows[tbl->n_blocks] = b->rows;
     tbl->blocks[tbl->n_blocks++] = b;
     return 0;
 }
@@ -303,6 +311,7 @@ void hl_table_destroy(hl_table *tbl)
         free(tbl->blocks[b]);
     }
     free(tbl->blocks);
+    free(tbl->rows);
     hl_index_free(&tbl->ix);
     hl_lru_free(&tbl->lru);
     free(tbl);
@@ -425,6 +434,7 @@ static void evict(hl_table *tbl, uint32_t r)
     free_heap_key(tbl, p);
     *flags(p) &= (uint8_t)~F_DIRTY;
     mark_dead(tbl, r);
+    tbl->evictions++;
     tbl->users--;
 }
 
@@ -561,11 +571,13 @@ static int apply_one(hl_table *tbl, uint32_t r, const hl_event *e,
 }
 
 /* The row a hinted lookup named, if it still holds this user (an earlier
- * event of the batch may have evicted it or inserted the user since). */
-static int64_t resolve(hl_table *tbl, int64_t hint, uint64_t h,
+ * event of the batch may have evicted it or inserted the user since). The
+ * index holds live rows only, so a hint taken with no eviction since is
+ * live without a look at the bitmap (a cache miss of its own at 5M users). */
+static int64_t resolve(hl_table *tbl, int64_t hint, uint64_t gen, uint64_t h,
                        const hl_event *e, int *rc)
 {
-    if (hint >= 0 && row_is_live(tbl, (uint32_t)hint)
+    if (hint >= 0 && (gen == tbl->evictions || row_is_live(tbl, (uint32_t)hint))
         && key_eq(row_ptr(tbl, (uint32_t)hint), e->user, e->user_len))
         return hint;
     int64_t r = lookup(tbl, h, e->user, e->user_len);
@@ -601,13 +613,14 @@ static void stage_guess(hl_table *tbl, const hl_event *e, int b,
 {
     int64_t r = guess_row(tbl, tbl->pipe_hash[b & (RING - 1)]);
     tbl->pipe_row[b & (RING - 1)] = r;
+    tbl->pipe_gen[b & (RING - 1)] = tbl->evictions;
     if (e_in != NULL && e->item >= 0 && e->item < n_items) {
         const float *x = e_in + (size_t)e->item * tbl->dim;
         for (int j = 0; j < tbl->dim; j += 16) __builtin_prefetch(x + j, 0, 3);
     }
     if (r < 0) return;
     const uint8_t *p = row_ptr(tbl, (uint32_t)r);
-    for (size_t off = 0; off < tbl->off_hts; off += 64)
+    for (size_t off = 0; off < tbl->off_htype; off += 64)
         __builtin_prefetch(p + off, 1, 3);
 }
 
@@ -643,7 +656,7 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
         if (i < 0) continue;
         int rc = HL_EINVAL;                /* a user_id no row can hold */
         int64_t r = ev[i].user_len < 1 || ev[i].user_len > HL_MAX_ID_LEN ? -1
-                  : resolve(tbl, tbl->pipe_row[i & (RING - 1)],
+                  : resolve(tbl, tbl->pipe_row[i & (RING - 1)], tbl->pipe_gen[i & (RING - 1)],
                             tbl->pipe_hash[i & (RING - 1)], &ev[i], &rc);
         int got = r < 0 ? rc : apply_one(tbl, (uint32_t)r, &ev[i], e_in, n_items);
         if (got > 0) applied++;
@@ -848,7 +861,7 @@ void hl_table_stats_get(const hl_table *tbl, hl_table_stats *st)
     st->payload_bytes = tbl->users * tbl->payload_fixed + tbl->key_bytes;
     /* Rows up to the highest id ever carved in each block are touched;
      * untouched pages of a mapping are not counted. */
-    size_t bytes = sizeof *tbl + tbl->cap_blocks * sizeof(block *)
+    size_t bytes = sizeof *tbl + tbl->cap_blocks * (sizeof(block *) + sizeof(uint8_t *))
                  + tbl->heap_key_bytes + hl_lru_bytes(&tbl->lru);
     for (uint32_t b = 0; b < tbl->n_blocks; b++)
         bytes += sizeof(block);

@@ -338,8 +338,11 @@ static void bench_capacity(uint32_t n_users, uint32_t n_new)
 int main(int argc, char **argv)
 {
     int small_only = argc > 1 && strcmp(argv[1], "--small") == 0;
-    bench(50000, 3000000);
-    bench_capacity(small_only ? 50000 : 1000000, small_only ? 20000 : 200000);
+    int big_only = argc > 1 && strcmp(argv[1], "--big") == 0;
+    if (!big_only) {
+        bench(50000, 3000000);
+        bench_capacity(small_only ? 50000 : 1000000, small_only ? 20000 : 200000);
+    }
     if (!small_only) bench(5000000, 8000000);
     return 0;
 }

@@ -58,9 +58,7 @@ struct hl_wthread {
     hl_shard   **by_part; int cap_part;
     hl_codec    *codec;
     hl_ranker   *ranker;
-    int          n_batch;                    /* records taken into this batch */
-    double       serve_t0;                   /* first record of a serve_queue() */
-    int64_t     *ts_ms;   int n_ts;          /* their Kafka timestamps (recs on) */
+    rd_kafka_message_t **msgs;
     char        *arena;   size_t arena_used, arena_cap;
     hl_row_view *views;
     hl_rec      *recs;
@@ -115,14 +113,14 @@ static int alloc_buffers(hl_wthread *t, char *errbuf, size_t errlen)
     t->take_copy = calloc(MAX_PARTS, sizeof *t->take_copy);
     t->taken = calloc(MAX_PARTS, sizeof *t->taken);
     t->own = calloc(MAX_PARTS, sizeof *t->own);
-    t->ts_ms = malloc(bm * sizeof *t->ts_ms);
+    t->msgs = calloc(bm, sizeof *t->msgs);
     t->arena = malloc(t->arena_cap);
     t->views = calloc(REFRESH_MAX, sizeof *t->views);
     t->recs = calloc(REFRESH_MAX * k, sizeof *t->recs);
     t->n_out = calloc(REFRESH_MAX, sizeof *t->n_out);
     t->crec = calloc(k, sizeof *t->crec);
     t->enc = malloc(t->enc_cap);
-    int ok = t->give && t->take && t->take_copy && t->taken && t->own && t->ts_ms && t->arena &&
+    int ok = t->give && t->take && t->take_copy && t->taken && t->own && t->msgs && t->arena &&
              t->views && t->recs && t->n_out && t->crec && t->enc;
     for (int i = 0; ok && i < N_FLIGHTS; i++)
         ok = (t->fl[i].ts_ms = malloc(bm * sizeof(int64_t))) != NULL;
@@ -181,7 +179,7 @@ void hl_wthread_destroy(hl_wthread *t)
     hl_ranker_destroy(t->ranker);
     hl_codec_destroy(t->codec);
     free(t->give); free(t->take); free(t->take_copy); free(t->taken); free(t->own); free(t->by_part);
-    free(t->ts_ms); free(t->arena); free(t->views); free(t->recs); free(t->n_out);
+    free(t->msgs); free(t->arena); free(t->views); free(t->recs); free(t->n_out);
     free(t->crec); free(t->enc);
     pthread_mutex_destroy(&t->mu);
     pthread_cond_destroy(&t->cv);
@@ -205,7 +203,6 @@ static void own_add(hl_wthread *t, hl_shard *sh)
         t->by_part = bp;
         t->cap_part = cap;
     }
-    hl_shard_batch_begin(sh);   /* may join a batch already being filled */
     t->by_part[p] = sh;
     t->own[t->n_own++] = sh;
     atomic_store(&t->n_shards, t->n_own);
@@ -422,10 +419,7 @@ static void record_error(hl_wthread *t, const rd_kafka_message_t *rkm)
                rd_kafka_message_errstr(rkm), (unsigned long long)sup);
 }
 
-static void serve_mail(hl_wthread *t, int with_takes);
-
-/* One record, borrowed for the duration of the call (consume_batch). */
-static void decode_one(hl_wthread *t, const rd_kafka_message_t *rkm)
+static void decode_one(hl_wthread *t, rd_kafka_message_t *rkm, flight *f)
 {
     char detail[160];
     hl_codec_event cev;
@@ -434,10 +428,6 @@ static void decode_one(hl_wthread *t, const rd_kafka_message_t *rkm)
         return;
     }
     hl_shard *sh = shard_of(t, rkm->partition);
-    if (sh == NULL && atomic_load(&t->mail)) {
-        serve_mail(t, 0);       /* given during this batch: it owns this record */
-        sh = shard_of(t, rkm->partition);
-    }
     if (sh == NULL)
         return;                 /* a partition this thread let go of */
     hl_shard_saw(sh, rkm->offset);
@@ -457,8 +447,7 @@ static void decode_one(hl_wthread *t, const rd_kafka_message_t *rkm)
     t->arena_used += cev.user_len;
     t->b_unknown += ev.item < 0;
     hl_shard_push(sh, &ev);
-    if (t->ranker)              /* only event-to-publish latency reads them */
-        t->ts_ms[t->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);
+    f->ts_ms[f->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);
 }
 
 /* ---- refresh and produce ----------------------------------------------- */
@@ -641,21 +630,20 @@ static void batch_begin(hl_wthread *t)
     for (int i = 0; i < t->n_own; i++)
         hl_shard_batch_begin(t->own[i]);
     t->arena_used = 0;
-    t->n_batch = t->n_ts = 0;
     t->b_unknown = t->b_lists = 0;
     memset(t->b_invalid, 0, sizeof t->b_invalid);
     memset(t->stage_s, 0, sizeof t->stage_s);
 }
 
-/* The batch's records are decoded into their shards (consume_batch, which
- * took decode_s doing it); applies, refreshes and publishes them. */
-static void run_batch(hl_wthread *t, int n, double decode_s)
+static void run_batch(hl_wthread *t, int n)
 {
     flight *f = flight_begin(t);
-    int64_t *ts = f->ts_ms;     /* the flight keeps this batch's timestamps */
-    f->ts_ms = t->ts_ms;
-    f->n_ts = t->n_ts;
-    t->ts_ms = ts;
+    batch_begin(t);
+    double a = now_s();
+    for (int i = 0; i < n; i++)
+        decode_one(t, t->msgs[i], f);
+    for (int i = 0; i < n; i++)
+        rd_kafka_message_destroy(t->msgs[i]);
     double b = now_s();
     uint64_t applied = 0, dup = 0, failed = 0;
     for (int i = 0; i < t->n_own; i++) {
@@ -668,7 +656,7 @@ static void run_batch(hl_wthread *t, int n, double decode_s)
     atomic_fetch_add_explicit(&t->duplicates, dup, memory_order_relaxed);
     atomic_fetch_add_explicit(&t->failed, failed, memory_order_relaxed);
     double c = now_s();
-    t->stage_s[STAGE_DECODE] = decode_s;
+    t->stage_s[STAGE_DECODE] = b - a;
     t->stage_s[STAGE_APPLY] = c - b;
     for (int i = 0; i < t->n_own; i++)
         refresh_shard(t, t->own[i], f);
@@ -778,63 +766,37 @@ static void serve_mail(hl_wthread *t, int with_takes)
     pthread_mutex_unlock(&t->mu);
 }
 
-/* librdkafka's callback for each record served: decodes it into its shard
- * at once (the record is librdkafka's, valid only during this call) and
- * stops the serving at batch.max.messages. */
-static void on_record(rd_kafka_message_t *rkm, void *opaque)
-{
-    hl_wthread *t = opaque;
-    if (t->serve_t0 == 0)
-        t->serve_t0 = now_s();  /* the first record of this call: decoding starts */
-    decode_one(t, rkm);
-    if (++t->n_batch >= t->ctx->o->batch_max_messages)
-        rd_kafka_yield(t->ctx->consumer);   /* the rest go back to the queue's head */
-}
-
-/* Serves the queue once (waiting up to timeout_ms for a first record);
- * how many ops it served, the time spent decoding added to *decode_s. */
-static int serve_queue(hl_wthread *t, int timeout_ms, double *decode_s)
-{
-    t->serve_t0 = 0;
-    int n = rd_kafka_consume_callback_queue(t->q, timeout_ms, on_record, t);
-    if (t->serve_t0 != 0)
-        *decode_s += now_s() - t->serve_t0;
-    return n;
-}
-
-/* Fills the batch begun by batch_begin() with up to bm records within
- * batch.max.ms, decoding each as it is served; returns how many.
- *
- * Records are served by rd_kafka_consume_callback_queue(), which takes the
- * queue's lock once per call and reads the clock once per call; one
- * rd_kafka_consume_queue() per record did both per record (the queue lock,
- * contended by the broker thread, and two clock reads showed as about a
- * fifth of a state-only profile). Each record is still checked against
- * its partition's current version just before it is handed over, and its
- * position moves only then, exactly as one rd_kafka_consume_queue() does.
- * Not rd_kafka_consume_batch_queue(): librdkafka 2.0.x lists it as a known
- * issue (CHANGELOG, v2.0.0) that with more than one message per call and a
- * seek, pause, resume or rebalance in parallel, messages may be lost: it
- * moves each partition's position while it collects the batch and then
- * drops the records a pause made outdated, and the resume fetches from
- * past them. tests/integration/test_rebalance.py lost such records on the
- * partitions a worker kept while it was given another.
- *
- * batch.max.ms bounds the wait, not the take: while records are queued
- * they are taken without a timeout, and the clock is read only when the
- * queue runs dry. */
-static int consume_batch(hl_wthread *t, int bm, double *decode_s)
+/* Up to bm records within batch.max.ms, one rd_kafka_consume_queue() at a
+ * time. Not rd_kafka_consume_batch_queue(): librdkafka 2.0.x lists it as a
+ * known issue (CHANGELOG, v2.0.0) that with more than one message per call
+ * and a seek, pause, resume or rebalance in parallel, messages may be lost.
+ * The rebalance callback on the main thread pauses the assignment while a
+ * shard thread is inside that call; the call moves a partition's
+ * application position past records it then purges, and the resume fetches
+ * from there. tests/integration/test_rebalance.py lost such records on the
+ * partitions a worker kept while it was given another. A single consume
+ * moves the position only for the record it returns.
+ * rd_kafka_consume_callback_queue() (one lock and clock read per call,
+ * each record version-checked as here) was tried and measured: no gain in
+ * events/s or worker CPU against this loop (bench_worker, A/B pairs in one
+ * run), on a deprecated API, so this loop stays. */
+static int consume_batch(hl_wthread *t, int bm)
 {
     int64_t end = mono_ms() + t->ctx->o->batch_max_ms;
-    *decode_s = 0;
-    while (t->n_batch < bm) {
-        if (serve_queue(t, 0, decode_s) > 0)
-            continue;
-        int64_t left = end - mono_ms();
-        if (left <= 0 || serve_queue(t, (int)left, decode_s) == 0)
-            break;
+    int n = 0;
+    /* batch.max.ms bounds the wait, not the take: while records are queued
+     * they are taken without a timeout, so no clock is read per record
+     * (a clock read per record showed as 9% of a state-only profile). */
+    while (n < bm) {
+        rd_kafka_message_t *m = rd_kafka_consume_queue(t->q, 0);
+        if (m == NULL) {
+            int64_t left = end - mono_ms();
+            if (left <= 0 || (m = rd_kafka_consume_queue(t->q, (int)left)) == NULL)
+                break;
+        }
+        t->msgs[n++] = m;
     }
-    return t->n_batch;
+    return n;
 }
 
 static void *thread_main(void *arg)
@@ -843,12 +805,11 @@ static void *thread_main(void *arg)
     hl_wshared *ctx = t->ctx;
     int bm = ctx->o->batch_max_messages;
     while (atomic_load(ctx->stop) == 0) {
-        double decode_s;
         serve_mail(t, 1);
-        batch_begin(t);
-        int n = consume_batch(t, bm, &decode_s);
+        int n = consume_batch(t, bm);
+        serve_mail(t, 0);       /* shards given during the wait own these records */
         if (n > 0)
-            run_batch(t, n, decode_s);
+            run_batch(t, (int)n);
         hl_producer_poll(ctx->prod, 0);
         retire(t);
         snap_tick(t);

@@ -214,8 +214,20 @@ static uint64_t hash_key(const char *p, size_t n)
         h = (h ^ v) * 0xbf58476d1ce4e5b9ull;
         h ^= h >> 29;
     }
+    /* The 0..7 tail in at most two loads (overlapping for 4..7, three
+     * bytes for 1..3): a variable-length memcpy into a word was a byte loop
+     * whose stores the word load then waited on. Every byte counts once the
+     * length is known, and n is mixed in. */
     uint64_t v = 0;
-    memcpy(&v, p, n);
+    if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + n - 4, 4);
+        v = (uint64_t)a << 32 | b;
+    } else if (n > 0) {
+        const uint8_t *q = (const uint8_t *)p;
+        v = (uint64_t)q[0] << 16 | (uint64_t)q[n >> 1] << 8 | q[n - 1];
+    }
     h = (h ^ v ^ ((uint64_t)n << 59)) * 0x94d049bb133111ebull;
     h ^= h >> 32;
     h *= 0xff51afd7ed558ccdull;

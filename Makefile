@@ -34,7 +34,7 @@ TESTS      := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES    := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZERS    := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all test bench run deps check-layering fuzz clean
+.PHONY: all test bench run deps check-layering check-clang fuzz clean
 all: $(BUILD)/halflife $(BUILD)/libhalflife.a
 
 $(BUILD)/%.o: %.c
@@ -76,8 +76,19 @@ check-layering:
 	@! grep -nE '#include *[<"](librdkafka/|pthread\.h|sys/socket\.h|microhttpd\.h)' core/*.[ch] \
 	  || { echo "core/ must not include Kafka, threads or sockets (STYLE.md section 1)"; exit 1; }
 
+# Warnings are errors with clang too: every source is parsed with clang and
+# the same warning flags (-fsyntax-only: seconds, no objects to keep apart).
+CLANG_SRC := $(CORE_SRC) $(WORKER_SRC) worker/main.c $(TEST_SRC) $(BENCH_SRC)
+check-clang:
+	@if command -v clang >/dev/null; then \
+	  for f in $(CLANG_SRC); do \
+	    clang -std=c11 -D_GNU_SOURCE $(WARN) $(shell pkg-config --cflags openblas 2>/dev/null) \
+	      -Icore -Iworker -Itests -fsyntax-only $$f || { echo "clang warnings in $$f"; exit 1; }; \
+	  done; \
+	else echo "SKIP check-clang: clang not installed"; fi
+
 FUZZ_WANTED := $(if $(shell command -v clang 2>/dev/null),$(FUZZERS))
-test: deps check-layering $(BUILD)/halflife $(TESTS) $(FUZZ_WANTED)
+test: deps check-layering check-clang $(BUILD)/halflife $(TESTS) $(FUZZ_WANTED)
 	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) tests/run.sh $(abspath $(BUILD))
 
 bench: deps $(BUILD)/halflife $(BENCHES)

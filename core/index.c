@@ -12,8 +12,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define SLOT_EMPTY HL_INDEX_EMPTY
-#define SLOT_TOMB  HL_INDEX_TOMB
+#define SLOT_EMPTY 0ull
+#define SLOT_TOMB  UINT64_MAX
 #define HUGE_PAGE  (2u << 20)
 #define MIGRATE_PER_PUT  16u    /* old slots copied per insert */
 #define MIGRATE_PER_STEP 1024u  /* and per hl_index_step */
@@ -45,15 +45,19 @@ void *hl_map_huge(size_t bytes, size_t *map_bytes)
     return a;
 }
 
-static uint32_t slot_tag(uint64_t v) { return hl_index_slot_tag(v); }
+static uint32_t slot_tag(uint64_t v) { return (uint32_t)(v >> 32); }
 static uint32_t slot_row(uint64_t v) { return (uint32_t)v - 1; }
 static uint64_t make_slot(uint32_t tag, uint32_t r)
 {
     return (uint64_t)tag << 32 | (uint64_t)(r + 1);
 }
 
-static size_t home(const hl_index_tab *t, uint32_t tag) { return hl_index_home(t, tag); }
-static size_t mask(const hl_index_tab *t) { return hl_index_mask(t); }
+static size_t home(const hl_index_tab *t, uint32_t tag)
+{
+    return (uint32_t)(tag * 0x9e3779b1u) >> (32 - t->bits);
+}
+
+static size_t mask(const hl_index_tab *t) { return ((size_t)1 << t->bits) - 1; }
 
 static int tab_alloc(hl_index_tab *t, uint32_t bits)
 {
@@ -89,6 +93,33 @@ void hl_index_free(hl_index *ix)
     tab_free(&ix->cur);
     tab_free(&ix->old);
     tab_free(&ix->spare);
+}
+
+void hl_index_prefetch(const hl_index *ix, uint32_t tag)
+{
+    __builtin_prefetch(&ix->cur.slot[home(&ix->cur, tag)], 0, 3);
+    if (ix->growing) __builtin_prefetch(&ix->old.slot[home(&ix->old, tag)], 0, 3);
+}
+
+void hl_index_first(const hl_index *ix, uint32_t tag, hl_index_it *it)
+{
+    it->t = 0;
+    it->i = home(&ix->cur, tag);
+}
+
+int64_t hl_index_next(const hl_index *ix, uint32_t tag, hl_index_it *it)
+{
+    while (it->t <= ix->growing) {
+        const hl_index_tab *t = it->t ? &ix->old : &ix->cur;
+        uint64_t v = t->slot[it->i];
+        if (v == SLOT_EMPTY) {
+            if (++it->t <= ix->growing) it->i = home(&ix->old, tag);
+            continue;
+        }
+        it->i = (it->i + 1) & mask(t);
+        if (v != SLOT_TOMB && slot_tag(v) == tag) return slot_row(v);
+    }
+    return -1;
 }
 
 static void tab_put(hl_index_tab *t, uint64_t v)

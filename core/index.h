@@ -40,51 +40,12 @@ typedef struct hl_index_it { int t; size_t i; } hl_index_it;
 int  hl_index_init(hl_index *ix, size_t expected);
 void hl_index_free(hl_index *ix);
 
-/* The probe functions are inline: table.c calls them once per event and
- * a call each showed in its profile. */
-#define HL_INDEX_EMPTY 0ull
-#define HL_INDEX_TOMB  UINT64_MAX
-
-static inline uint32_t hl_index_slot_tag(uint64_t v) { return (uint32_t)(v >> 32); }
-
-static inline size_t hl_index_home(const hl_index_tab *t, uint32_t tag)
-{
-    return (uint32_t)(tag * 0x9e3779b1u) >> (32 - t->bits);
-}
-
-static inline size_t hl_index_mask(const hl_index_tab *t)
-{
-    return ((size_t)1 << t->bits) - 1;
-}
-
-static inline void hl_index_prefetch(const hl_index *ix, uint32_t tag)
-{
-    __builtin_prefetch(&ix->cur.slot[hl_index_home(&ix->cur, tag)], 0, 3);
-    if (ix->growing) __builtin_prefetch(&ix->old.slot[hl_index_home(&ix->old, tag)], 0, 3);
-}
+void hl_index_prefetch(const hl_index *ix, uint32_t tag);
 
 /* Rows whose entry carries tag, the current table first: call first, then
  * next until it returns -1. No put or del in between. */
-static inline void hl_index_first(const hl_index *ix, uint32_t tag, hl_index_it *it)
-{
-    it->t = 0;
-    it->i = hl_index_home(&ix->cur, tag);
-}
-
-static inline int64_t hl_index_next(const hl_index *ix, uint32_t tag, hl_index_it *it)
-{
-    while (it->t <= ix->growing) {
-        const hl_index_tab *t = it->t ? &ix->old : &ix->cur;
-        uint64_t v = t->slot[it->i];
-        if (v == HL_INDEX_EMPTY) {
-            if (++it->t <= ix->growing) it->i = hl_index_home(&ix->old, tag);
-            continue;
-        }
-        it->i = (it->i + 1) & hl_index_mask(t);
-        if (v != HL_INDEX_TOMB && hl_index_slot_tag(v) == tag) return (uint32_t)v - 1;
-    }
-    return -1;
-}
+void    hl_index_first(const hl_index *ix, uint32_t tag, hl_index_it *it);
+int64_t hl_index_next(const hl_index *ix, uint32_t tag, hl_index_it *it);
 
 /* Makes room for one more entry, starting a doubling if due: 0, HL_ENOMEM
  * or HL_EFULL (2^32 slots). Call before each hl_index_put. */

@@ -85,6 +85,8 @@ struct hl_table {
     uint8_t **rows;                    /* blocks[b]->rows: one load, not two */
     uint32_t n_blocks, cap_blocks;
     uint32_t row_limit;                /* 1 + highest live id */
+    uint32_t row_ever;                 /* 1 + highest id ever live: above
+                                          it rows are untouched memory */
     uint32_t free_hint;                /* no free id below it */
     size_t   users, key_bytes, heap_key_bytes;
 
@@ -365,6 +367,7 @@ static void mark_live(hl_table *tbl, uint32_t r)
 {
     set_live(tbl, r, 1);
     if (r >= tbl->row_limit) tbl->row_limit = r + 1;
+    if (r >= tbl->row_ever) tbl->row_ever = r + 1;
     if (r == tbl->free_hint) tbl->free_hint = r + 1;
 }
 
@@ -427,9 +430,13 @@ static int set_key(hl_table *tbl, uint8_t *p, const char *user, size_t len)
     return 0;
 }
 
-/* Empties row memory for a new user, keeping only its dirty-list link. */
-static void clear_row(hl_table *tbl, uint8_t *p)
+/* Empties row memory for a new user, keeping only its dirty-list link. A
+ * row never used is left unread: it is zero already, and a read would
+ * first map the huge zero page, so the write after it faults again (a
+ * second fault and a TLB flush per fresh 2 MB of rows). */
+static void clear_row(hl_table *tbl, uint32_t r, uint8_t *p)
 {
+    if (r >= tbl->row_ever) return;
     uint32_t next = hdr(p)->next_dirty;
     uint8_t keep = *flags(p) & F_INLIST;
     memset(p, 0, tbl->stride);
@@ -519,7 +526,7 @@ static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,
     uint32_t r;
     if ((rc = take_id(tbl, &r)) != 0) return rc;
     uint8_t *p = row_ptr(tbl, r);
-    clear_row(tbl, p);
+    clear_row(tbl, r, p);
     if ((rc = set_key(tbl, p, user, len)) != 0) return rc;
     hdr(p)->t_ref_ms = INT64_MIN;
     hdr(p)->last_offset = INT64_MIN;
@@ -807,7 +814,7 @@ static int restore_row(hl_table *tbl, uint32_t r, const hl_row_view *v)
     if (hl_index_put_absent(&tbl->ix, tag_of(h), r, same_key, &k) >= 0)
         return HL_EINVAL;
     uint8_t *p = row_ptr(tbl, r);
-    clear_row(tbl, p);
+    clear_row(tbl, r, p);
     if ((rc = set_key(tbl, p, v->user, v->user_len)) != 0) {
         hl_index_del(&tbl->ix, tag_of(h), r);
         return rc;

@@ -70,7 +70,7 @@ def run(ck):
     broker.up()
     t_up = time.time()
     alive = w.p.poll() is None
-    after = watch_up(w, 20, until=1.0)
+    after = watch_up(w, 30, until=1.0)  # reconnect backoff (max 10 s) + a 5 s stats period
     back_s = time.time() - t_up
     ck.check("worker_waits", assigned and alive and w.p.poll() is None and before > 0,
              "assigned %s, alive through the outage %s, consumed %d before it"

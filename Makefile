@@ -22,14 +22,19 @@ CORE_LIBS:= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -
 ALL_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lrdkafka -lavro -lopenblas -lmicrohttpd) -lpthread -lm
 LDFLAGS  += $(SANFLAGS)
 
+# core/: what the worker links; core/train/: offline fitting and evaluation;
+# worker/: the running process; worker/cmd/: one file per subcommand.
 CORE_SRC   := $(sort $(wildcard core/*.c))
+TRAIN_SRC  := $(sort $(wildcard core/train/*.c))
 WORKER_SRC := $(sort $(filter-out worker/main.c,$(wildcard worker/*.c)))
+CMD_SRC    := $(sort $(wildcard worker/cmd/*.c))
 TEST_SRC   := $(sort $(wildcard tests/test_*.c))
 BENCH_SRC  := $(sort $(wildcard tests/bench/bench_*.c))
 FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 
-CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/%.o)
-WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o)
+CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/%.o) $(TRAIN_SRC:%.c=$(BUILD)/%.o)
+WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o) $(CMD_SRC:%.c=$(BUILD)/%.o)
+INCLUDES   := -Icore -Icore/train -Iworker -Iworker/cmd
 TESTS      := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES    := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZERS    := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
@@ -37,9 +42,11 @@ FUZZERS    := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 .PHONY: all test bench run deps check-layering check-clang fuzz clean
 all: $(BUILD)/halflife $(BUILD)/libhalflife.a
 
-$(BUILD)/%.o: %.c
+# Order-only on deps: with make -j the compiler must not run before the
+# headers are installed on a fresh machine.
+$(BUILD)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Icore -Iworker -c $< -o $@
+	$(CC) $(CFLAGS) $(INCLUDES) -c $< -o $@
 
 $(BUILD)/libhalflife.a: $(CORE_OBJ)
 	@rm -f $@
@@ -55,35 +62,41 @@ $(BUILD)/halflife: $(BUILD)/worker/main.o $(WORKER_OBJ) $(BUILD)/libhalflife.a
 # Test binaries link both libraries so worker/ parts (codec, config) are testable.
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a tests/test.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Icore -Iworker -Itests -o $@ $< $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a $(ALL_LIBS)
+	$(CC) $(CFLAGS) $(INCLUDES) -Itests -o $@ $< $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a $(ALL_LIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Icore -Iworker -Itests -o $@ $< $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a $(ALL_LIBS)
+	$(CC) $(CFLAGS) $(INCLUDES) -Itests -o $@ $< $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a $(ALL_LIBS)
 
 # libFuzzer targets: clang only; tests/integration/fuzz.sh runs each briefly.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags avro-c 2>/dev/null)
-build/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(WORKER_SRC)
+build/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(WORKER_SRC) | deps
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -Icore -Iworker -o $@ $< $(CORE_SRC) $(WORKER_SRC) $(ALL_LIBS)
+	clang $(FUZZ_CFLAGS) $(INCLUDES) -o $@ $< $(CORE_SRC) $(WORKER_SRC) $(ALL_LIBS)
 
 fuzz: $(FUZZERS)
 
 deps:
 	@deploy/deps.sh
 
+# core/ and core/train/: no Kafka, threads, sockets, HTTP or clock; core/ does
+# not reach into core/train/ (serving never links the trainer's internals).
 check-layering:
-	@! grep -nE '#include *[<"](librdkafka/|pthread\.h|sys/socket\.h|microhttpd\.h)' core/*.[ch] \
-	  || { echo "core/ must not include Kafka, threads or sockets (STYLE.md section 1)"; exit 1; }
+	@! grep -nE '#include *[<"](librdkafka/|pthread\.h|sys/socket\.h|microhttpd\.h|time\.h|sys/time\.h)' core/*.[ch] core/train/*.[ch] \
+	  || { echo "core/ and core/train/ must not include Kafka, threads, sockets or the clock (STYLE.md section 1)"; exit 1; }
+	@! grep -nE 'clock_gettime|gettimeofday|getenv' core/*.[ch] core/train/*.[ch] \
+	  || { echo "core/ and core/train/ must not read the clock or the environment (STYLE.md section 1)"; exit 1; }
+	@! grep -nE '#include *"(train|train_internal|dataset|synth)\.h"' core/*.[ch] \
+	  || { echo "core/ must not include core/train/ (STYLE.md section 1)"; exit 1; }
 
 # Warnings are errors with clang too: every source is parsed with clang and
 # the same warning flags (-fsyntax-only: seconds, no objects to keep apart).
-CLANG_SRC := $(CORE_SRC) $(WORKER_SRC) worker/main.c $(TEST_SRC) $(BENCH_SRC)
-check-clang:
+CLANG_SRC := $(CORE_SRC) $(TRAIN_SRC) $(WORKER_SRC) $(CMD_SRC) worker/main.c $(TEST_SRC) $(BENCH_SRC)
+check-clang: deps
 	@if command -v clang >/dev/null; then \
 	  for f in $(CLANG_SRC); do \
 	    clang -std=c11 -D_GNU_SOURCE $(WARN) $(shell pkg-config --cflags openblas 2>/dev/null) \
-	      -Icore -Iworker -Itests -fsyntax-only $$f || { echo "clang warnings in $$f"; exit 1; }; \
+	      $(INCLUDES) -Itests -fsyntax-only $$f || { echo "clang warnings in $$f"; exit 1; }; \
 	  done; \
 	else echo "SKIP check-clang: clang not installed"; fi
 

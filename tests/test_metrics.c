@@ -11,6 +11,7 @@
 
 #include "hl.h"
 #include "metrics.h"
+#include "http.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -9,10 +9,10 @@
  * pulled in. */
 #define T_SUITE "test_train"
 #define HL_TEST
-#include "train.c"
-#include "train_eval.c"
-#include "train_kernels.c"
-#include "train_net.c"
+#include "train/train.c"
+#include "train/train_eval.c"
+#include "train/train_kernels.c"
+#include "train/train_net.c"
 #include "test.h"
 
 #include <stdio.h>

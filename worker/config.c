@@ -10,6 +10,7 @@
  * refused at start like any other key, then kept (prefix removed) in the
  * order first set. */
 #include "config.h"
+#include "log.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -511,6 +512,38 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->embedded_partitions = (int)hl_config_int(cfg, "embedded.partitions");
     o->kafka = hl_config_kafka(cfg, &o->n_kafka);
 }
+
+/* hl_config_worker_opts() plus the keys it leaves out (snapshot.*,
+ * weight.*, auto.offset.reset, log.level). */
+void hl_worker_opts_from_config(const hl_config *cfg, hl_worker_opts *o, hl_kafka_prop *kafka)
+{
+    static const char *const wkeys[HL_N_TYPES] = {"weight.view", "weight.click",
+        "weight.favorite", "weight.add_to_cart", "weight.purchase", "weight.rate"};
+    hl_config_worker_opts(cfg, o);
+    for (int t = 0; t < HL_N_TYPES; t++)
+        o->type_weight[t] = (float)hl_config_num(cfg, wkeys[t]);   /* NAN: the model's */
+    o->has_type_weight = 1;
+    o->snapshot_dir = hl_config_str(cfg, "snapshot.dir");
+    o->snapshot_interval_ms = hl_config_int(cfg, "snapshot.interval.ms");
+    o->snapshot_retain = (int)hl_config_int(cfg, "snapshot.retain");
+    const char *reset = hl_config_kafka_get(cfg, "auto.offset.reset");
+    if (reset == NULL)
+        reset = hl_config_str(cfg, "auto.offset.reset");
+    o->offset_reset_latest = strcmp(reset, "latest") == 0 || strcmp(reset, "end") == 0;
+    /* auto.offset.reset is a worker key that librdkafka reads too. */
+    int n = 0;
+    for (int i = 0; i < o->n_kafka && n < 255; i++)
+        kafka[n++] = o->kafka[i];
+    if (hl_config_kafka_get(cfg, "auto.offset.reset") == NULL)
+        kafka[n++] = (hl_kafka_prop){"auto.offset.reset", hl_config_str(cfg, "auto.offset.reset")};
+    o->kafka = kafka;
+    o->n_kafka = n;
+    int lv = hl_log_level_parse(hl_config_str(cfg, "log.level"));
+    if (lv >= 0)
+        hl_log_set_level(lv);
+    o->recs_min_interval_ms = hl_config_int(cfg, "recs.min.interval.ms");
+}
+
 
 /* ---- --help ----------------------------------------------------------------- */
 

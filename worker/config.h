@@ -71,6 +71,12 @@ const char *hl_config_kafka_get(const hl_config *cfg, const char *key);
  * outlive them. on_list is left NULL. */
 void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o);
 
+/* hl_config_worker_opts() plus the keys it leaves out (snapshot.*,
+ * weight.*, auto.offset.reset, log.level). kafka is room for 256 props
+ * that o->kafka will point to; cfg and kafka must outlive o. */
+void hl_worker_opts_from_config(const hl_config *cfg, hl_worker_opts *o,
+                                hl_kafka_prop *kafka);
+
 /* Prints every key with its default, allowed values and meaning (the
  * listing of `halflife run --help`). */
 void hl_config_print_help(FILE *f);

@@ -14,7 +14,7 @@
  * libmicrohttpd's own error messages are routed to hl_log(), and while the
  * daemon starts they are captured as the reason hl_http_start() returns
  * (a port in use is an operator's mistake worth a precise message). */
-#include "metrics.h"
+#include "http.h"
 
 #include "hl.h"
 #include "log.h"

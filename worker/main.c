@@ -6,16 +6,6 @@
 
 typedef int (*cmd_fn)(int, char **);
 
-/* Weak while the project grows: a subcommand whose file is not written yet
- * says so instead of breaking the build. */
-#pragma weak hl_cmd_run
-#pragma weak hl_cmd_demo
-#pragma weak hl_cmd_broker
-#pragma weak hl_cmd_produce
-#pragma weak hl_cmd_train
-#pragma weak hl_cmd_eval
-#pragma weak hl_cmd_snapshot
-
 static const struct {
     const char *name;
     cmd_fn      fn;
@@ -55,10 +45,6 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < N_CMDS; i++) {
         if (strcmp(argv[1], cmds[i].name) != 0)
             continue;
-        if (cmds[i].fn == NULL) {
-            fprintf(stderr, "halflife %s: not built in this version\n", cmds[i].name);
-            return 1;
-        }
         return cmds[i].fn(argc - 1, argv + 1);
     }
     fprintf(stderr, "halflife: unknown command '%s'\n\n", argv[1]);

@@ -67,19 +67,4 @@ void hl_metrics_on_render(hl_metrics *reg, void (*fn)(void *arg), void *arg);
  * the caller frees it. 0 or HL_ENOMEM. */
 int hl_metrics_render(hl_metrics *reg, char **out, size_t *len);
 
-/* The HTTP endpoint (libmicrohttpd, its own thread): /metrics, /healthz
- * (200 while the process runs), /readyz (200 when ready(arg) returns 1, else
- * 503 with the reason ready() wrote). port 0 picks a free port; see
- * hl_http_port(). NULL and a reason on failure (port in use, ...).
- * It registers the gauge halflife_ready in reg and sets it from ready()
- * before each /metrics render. ready() runs on the HTTP thread, never under
- * the registry lock. */
-typedef struct hl_http hl_http;
-typedef int (*hl_ready_fn)(void *arg, char *why, size_t whylen);
-hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,
-                       hl_ready_fn ready, void *arg,
-                       char *errbuf, size_t errlen);
-int      hl_http_port(const hl_http *http);
-void     hl_http_stop(hl_http *http);                    /* NULL is a no-op */
-
 #endif

@@ -50,16 +50,6 @@ typedef struct hl_worker_opts {
     void       *on_list_arg;
 } hl_worker_opts;
 
-/* Defaults of DESIGN.md section 7 (threads = online cores). */
-void hl_worker_opts_default(hl_worker_opts *o);
-
-/* hl_config_worker_opts() plus the keys it leaves out (snapshot.*,
- * weight.*, auto.offset.reset, log.level). kafka is room for 256 props
- * that o->kafka will point to; cfg and kafka must outlive o. */
-struct hl_config;
-void hl_worker_opts_from_config(const struct hl_config *cfg, hl_worker_opts *o,
-                                hl_kafka_prop *kafka);
-
 /* m and reg are borrowed and must outlive the worker; reg may be NULL.
  * Starts the embedded broker when o->bootstrap is empty. */
 hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,

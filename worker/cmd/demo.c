@@ -14,6 +14,7 @@
  * hot path except that callback. */
 #include "cmd.h"
 #include "config.h"
+#include "http.h"
 #include "dataset.h"
 #include "log.h"
 #include "synth.h"

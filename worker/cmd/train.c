@@ -1,4 +1,4 @@
-/* cmd_train.c - `halflife train`: read an event file, fit a model with
+/* train.c - `halflife train`: read an event file, fit a model with
  * core/train.c, write the .hlm.
  *
  * This file owns what core/ may not do: parsing the command line, mapping

@@ -1,4 +1,4 @@
-/* cmd_eval.c - `halflife eval`: how good are a model's lists, measured the
+/* eval.c - `halflife eval`: how good are a model's lists, measured the
  * way they are served.
  *
  * The heads come from core/table.c (hl_table_apply with the model's e_in)
@@ -8,13 +8,13 @@
  * This file reads the command line and the event file (user ids interned
  * to dense ids, items mapped to the model's rows, or interned too without
  * a model), and holds what both protocols use: the state table, the
- * metrics and the progress line. The protocols are cmd_eval_loo.c
- * (leave-one-out, full ranking) and cmd_eval_preq.c (prequential: test,
+ * metrics and the progress line. The protocols are eval_loo.c
+ * (leave-one-out, full ranking) and eval_preq.c (prequential: test,
  * then learn, in time order); --baseline popularity ranks by counts under
- * the same protocol and exclusions (cmd_eval_pop.c). It needs no model:
+ * the same protocol and exclusions (eval_pop.c). It needs no model:
  * without --model the catalogue is every item of the file. */
 #include "cmd.h"
-#include "cmd_eval.h"
+#include "eval_internal.h"
 #include "decay.h"
 #include "log.h"
 

@@ -1,4 +1,4 @@
-/* cmd_eval_pop.c - the popularity baseline of `halflife eval`: items
+/* eval_pop.c - the popularity baseline of `halflife eval`: items
  * ranked by count, under the same protocol and exclusions as the model.
  *
  * In loo the counts are those of every event but the targets (on Beauty
@@ -13,7 +13,7 @@
  * nodes hold the best item below them: an update is O(log n), and the top
  * k comes from popping the best (taking it out of the tree) until k
  * non-excluded items are out, then putting the popped back. */
-#include "cmd_eval.h"
+#include "eval_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

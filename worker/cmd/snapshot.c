@@ -1,4 +1,4 @@
-/* cmd_snapshot.c - `halflife snapshot inspect|dump FILE`: look into a shard
+/* snapshot.c - `halflife snapshot inspect|dump FILE`: look into a shard
  * snapshot without a worker.
  *
  * inspect prints one JSON object (header, trailer, counts, CRC verdict);

@@ -1,4 +1,4 @@
-/* cmd_eval_loo.c - the leave-one-out protocol of `halflife eval` (full
+/* eval_loo.c - the leave-one-out protocol of `halflife eval` (full
  * ranking; the protocol of the published Beauty table).
  *
  * Each user's last event (by time, file order on ties) is the target; the
@@ -11,7 +11,7 @@
  * 1 / log2(rank + 2) over hits (rank 0-based). Users with a single event
  * have no history and are skipped (counted). A target the model does not
  * know is a miss. */
-#include "cmd_eval.h"
+#include "eval_internal.h"
 #include "log.h"
 
 #include <stdio.h>

@@ -1,11 +1,11 @@
-/* cmd_eval.h - what the files of `halflife eval` share. Private to them;
+/* eval_internal.h - what the files of `halflife eval` share. Private to them;
  * the command's contract is hl_cmd_eval() in cmd.h.
  *
- *   cmd_eval.c       the command line, the events read into memory, and
+ *   eval.c       the command line, the events read into memory, and
  *                    the state table and metrics both protocols use
- *   cmd_eval_loo.c   the leave-one-out protocol
- *   cmd_eval_preq.c  the prequential protocol
- *   cmd_eval_pop.c   the popularity baseline's ranking
+ *   eval_loo.c   the leave-one-out protocol
+ *   eval_preq.c  the prequential protocol
+ *   eval_pop.c   the popularity baseline's ranking
  *
  * The small helpers (string keys, metric counting, a target's rank in a
  * list) are inline here; the rest are declared with their contract. */
@@ -33,7 +33,7 @@ typedef struct eval_args {
     int64_t     seq_step_ms;
 } eval_args;
 
-/* ---- the events (cmd_eval.c) --------------------------------------------- */
+/* ---- the events (eval.c) --------------------------------------------- */
 
 /* String interning: user and item ids to dense ids. */
 typedef struct strmap {
@@ -71,7 +71,7 @@ typedef struct eval_data {
 /* Event e of d as the table takes it; borrows the user key from d. */
 hl_event hl_eval_event(const eval_data *d, const ev_rec *e, int64_t offset);
 
-/* ---- the state (cmd_eval.c) ---------------------------------------------- */
+/* ---- the state (eval.c) ---------------------------------------------- */
 
 /* A table shaped for the model (or, for popularity alone, a minimal one
  * that only keeps the rings). Nothing is evicted. NULL with errbuf set on
@@ -83,7 +83,7 @@ hl_table *hl_eval_table_create(const hl_model *m, int history, int32_t n_users,
 int hl_eval_apply(hl_table *tbl, const hl_model *m, const hl_event *ev,
                   char *errbuf, size_t errlen);
 
-/* ---- metrics and progress (cmd_eval.c) ----------------------------------- */
+/* ---- metrics and progress (eval.c) ----------------------------------- */
 
 typedef struct metric {
     int64_t n, hits;
@@ -139,10 +139,10 @@ typedef struct progress {
 void hl_eval_progress(progress *pg, const char *what, int64_t done, int64_t total,
                       const metric *model, const metric *pop);
 
-/* ---- the popularity baseline (cmd_eval_pop.c) ---------------------------- */
+/* ---- the popularity baseline (eval_pop.c) ---------------------------- */
 
 /* Items ranked by count, equal counts lower row first (the ranker's tie
- * rule); see cmd_eval_pop.c for the two ways it keeps them ranked. */
+ * rule); see eval_pop.c for the two ways it keeps them ranked. */
 typedef struct popularity {
     int32_t  n;
     int64_t *count;             /* (n) */
@@ -175,8 +175,8 @@ int  hl_popularity_top(popularity *p, int k, int32_t *top);
 /* Each sorts d->ev its own way, prints one JSON object on stdout and
  * returns 0, or a negative HL_E* with errbuf set. */
 int hl_eval_run_loo(const eval_args *a, const hl_model *m, eval_data *d,
-                    char *errbuf, size_t errlen);            /* cmd_eval_loo.c  */
+                    char *errbuf, size_t errlen);            /* eval_loo.c  */
 int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
-                            char *errbuf, size_t errlen);    /* cmd_eval_preq.c */
+                            char *errbuf, size_t errlen);    /* eval_preq.c */
 
 #endif

@@ -1,4 +1,4 @@
-/* cmd_eval_preq.c - the prequential protocol of `halflife eval` (test,
+/* eval_preq.c - the prequential protocol of `halflife eval` (test,
  * then learn, in time order).
  *
  * Before an event is applied, is its item in the user's current top K?
@@ -8,7 +8,7 @@
  * before it (earlier events of the same batch applied), and the copies are
  * refreshed in one call, which is exact and keeps the SGEMM busy. Reported
  * overall and per tenth of the stream (--windows). */
-#include "cmd_eval.h"
+#include "eval_internal.h"
 #include "log.h"
 
 #include <stdio.h>

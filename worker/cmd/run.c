@@ -1,0 +1,141 @@
+/* run.c - `halflife run`: the worker process of DESIGN.md section 7. Reads
+ * the configuration (file < environment < -X), opens the model, starts the
+ * HTTP endpoint and runs the worker (worker.c) until SIGTERM or SIGINT.
+ *
+ * Signals: the first asks for a graceful stop (finish the batch, publish,
+ * snapshot, commit, leave the group) and arms a last-resort alarm a few
+ * seconds past shutdown.timeout.ms; a second signal exits at once. */
+#include "cmd.h"
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "worker.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+
+static void run_usage(FILE *f)
+{
+    fprintf(f, "usage: halflife run [-c FILE] [-X key=value]...\n\n"
+               "Consumes behaviour events, keeps each user's decayed interest state and\n"
+               "publishes refreshed top-K lists. Without kafka.bootstrap.servers an\n"
+               "embedded broker runs inside the process. SIGTERM/SIGINT stop gracefully;\n"
+               "a second signal exits at once.\n\n");
+    hl_config_print_help(f);
+}
+
+/* Parses argv into cfg. -1 to go on, else the exit status. */
+static int run_parse(hl_config *cfg, int argc, char **argv)
+{
+    extern char **environ;
+    const char *file = NULL;
+    char **args = calloc((size_t)argc + 1, sizeof *args);
+    char err[512];
+    int n_args = 0, rc = -1;
+    for (int i = 1; i < argc && rc < 0; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            run_usage(stdout);
+            rc = 0;
+        } else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
+            file = argv[++i];
+        } else if (!strcmp(argv[i], "-X") && i + 1 < argc) {
+            args[n_args++] = argv[++i];
+        } else {
+            fprintf(stderr, "halflife run: unexpected argument '%s' (see --help)\n", argv[i]);
+            rc = 2;
+        }
+    }
+    if (rc < 0 && hl_config_load(cfg, file, environ, args, n_args, err, sizeof err) != 0) {
+        fprintf(stderr, "halflife run: %s\n", err);
+        rc = 2;
+    }
+    if (rc < 0 && hl_config_str(cfg, "model.path") == NULL) {
+        fprintf(stderr, "halflife run: model.path is required (-X model.path=FILE)\n");
+        rc = 2;
+    }
+    free(args);
+    return rc;
+}
+
+static volatile sig_atomic_t run_signalled;
+static unsigned run_deadline_s;         /* set once before the handlers */
+
+/* The first signal asks for a graceful stop and arms a last-resort alarm a
+ * few seconds past shutdown.timeout.ms (SIGALRM's default action ends the
+ * process); the second exits at once. */
+static void on_signal(int sig)
+{
+    if (run_signalled)
+        _exit(128 + sig);
+    run_signalled = 1;
+    alarm(run_deadline_s);
+}
+
+static int worker_ready(void *arg, char *why, size_t whylen)
+{
+    if (hl_worker_ready(arg))
+        return 1;
+    snprintf(why, whylen, "no partitions assigned yet");
+    return 0;
+}
+
+int hl_cmd_run(int argc, char **argv)
+{
+    char err[512];
+    int rc = 1;
+    hl_config *cfg = hl_config_create();
+    hl_model *m = NULL;
+    hl_metrics *reg = NULL;
+    hl_http *http = NULL;
+    hl_worker *w = NULL;
+    hl_worker_opts o;
+    hl_kafka_prop kafka[256];
+    int prc = cfg ? run_parse(cfg, argc, argv) : 1;
+    if (prc >= 0) {
+        rc = prc;
+        goto out;
+    }
+    hl_worker_opts_from_config(cfg, &o, kafka);
+    const char *model_path = hl_config_str(cfg, "model.path");
+    if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
+        hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);
+        goto out;
+    }
+    reg = hl_metrics_create();
+    if ((w = hl_worker_create(&o, m, reg, err, sizeof err)) == NULL) {
+        hl_log(HL_LOG_ERROR, "worker_create_failed", "err=\"%s\"", err);
+        goto out;
+    }
+    int port = (int)hl_config_int(cfg, "metrics.port");
+    if (port > 0) {
+        if ((http = hl_http_start("0.0.0.0", port, reg, worker_ready, w, err, sizeof err)) == NULL) {
+            hl_log(HL_LOG_ERROR, "http_start_failed", "port=%d err=\"%s\"", port, err);
+            goto out;
+        }
+        hl_log(HL_LOG_INFO, "metrics_listening", "port=%d", hl_http_port(http));
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    run_deadline_s = (unsigned)(o.shutdown_timeout_ms / 1000) + 5;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    rc = hl_worker_run(w, &run_signalled) == 0 ? 0 : 1;
+    alarm(0);
+    if (rc != 0) {
+        /* The worker may have abandoned librdkafka handles whose threads
+         * still run (close_within): freeing what they use is not safe. */
+        hl_http_stop(http);
+        _exit(rc);
+    }
+out:
+    hl_http_stop(http);
+    hl_worker_destroy(w);
+    hl_metrics_destroy(reg);
+    hl_model_close(m);
+    hl_config_destroy(cfg);
+    return rc;
+}

@@ -1,6 +1,6 @@
 /* test_metrics.c - the metrics registry (worker/metrics.c) and the HTTP
  * endpoint (worker/http.c): exact exposition text, cumulative histogram
- * buckets, label escaping, hiding, render hooks, lock-free updates from
+ * buckets, label escaping, hiding, read-back of totals, lock-free updates from
  * several threads, and real HTTP over a socket to 127.0.0.1.
  *
  * With HL_METRICS_DUMP=path it instead writes a rendering that holds every
@@ -241,31 +241,36 @@ static void test_registration_mistakes(void)
     hl_metrics_destroy(reg);
 }
 
-typedef struct hook_ctx {
-    hl_metrics *reg;
-    int         calls;
-} hook_ctx;
-
-/* Registers from inside the hook, which must not deadlock. */
-static void hook(void *arg)
+/* The totals the worker reports besides /metrics are read back from the
+ * registry: counters summed with hidden series (a revoked partition's count
+ * stays in the total), gauges without them, histograms bucket by bucket. */
+static void test_read_back(void)
 {
-    hook_ctx *c = arg;
-    c->calls++;
-    hl_gauge_set(hl_metrics_gauge(c->reg, "halflife_users", "Users.", "partition=\"9\""),
-                 c->calls * 10);
-}
-
-static void test_on_render(void)
-{
+    static const double bounds[] = {0.01, 0.1, 1};
     hl_metrics *reg = hl_metrics_create();
-    hook_ctx c = {reg, 0};
-    hl_metrics_on_render(reg, hook, &c);
-    char *out = render(reg);
-    CHECKF(out && strstr(out, "halflife_users{partition=\"9\"} 10\n"), "got:\n%s", out);
-    free(out);
-    out = render(reg);
-    CHECK(out && strstr(out, "halflife_users{partition=\"9\"} 20\n") && c.calls == 2);
-    free(out);
+    hl_counter_add(hl_metrics_counter(reg, "halflife_x_total", "X.", "partition=\"1\""), 5);
+    hl_counter_add(hl_metrics_counter(reg, "halflife_x_total", "X.", "partition=\"2\""), 7);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_users", "U.", "partition=\"1\""), 10);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_users", "U.", "partition=\"2\""), 20);
+    hl_metrics_hide(reg, "halflife_x_total", "partition=\"2\"");
+    hl_metrics_hide(reg, "halflife_users", "partition=\"2\"");
+    CHECK(hl_metrics_counter_sum(reg, "halflife_x_total") == 12);
+    CHECK(hl_metrics_gauge_sum(reg, "halflife_users") == 10);
+    CHECK(hl_metrics_counter_sum(reg, "halflife_none_total") == 0);
+    CHECK(hl_metrics_counter_sum(reg, "halflife_users") == 0);     /* not a counter */
+    hl_histogram *h = hl_metrics_histogram(reg, "halflife_h_seconds", "H.", NULL, bounds, 3);
+    hl_histogram_observe(h, 0.005);
+    hl_histogram_observe(h, 0.5);
+    hl_histogram_observe(h, 0.5);
+    hl_histogram_observe(h, 5);
+    uint64_t c[8];
+    int nb = 0;
+    const double *b = hl_histogram_bounds(h, &nb);
+    CHECK(hl_histogram_counts(h, c, 8) == 4 && nb == 3 && b[2] == 1);
+    CHECKF(c[0] == 1 && c[1] == 0 && c[2] == 2 && c[3] == 1, "%llu %llu %llu %llu",
+           (unsigned long long)c[0], (unsigned long long)c[1], (unsigned long long)c[2],
+           (unsigned long long)c[3]);
+    CHECK(hl_histogram_counts(h, c, 2) == 2);
     hl_metrics_destroy(reg);
     hl_metrics_destroy(NULL);
 }
@@ -445,7 +450,7 @@ int main(void)
     RUN(test_escaping);
     RUN(test_hide);
     RUN(test_registration_mistakes);
-    RUN(test_on_render);
+    RUN(test_read_back);
     RUN(test_concurrent_updates);
     RUN(test_http_endpoints);
     TEST_EXIT();

@@ -34,5 +34,6 @@ int hl_log_limit_pass(hl_log_limit *lim, uint64_t *suppressed_out);
 /* Monotonic and wall clocks in ms: worker/ only, core/ never reads a clock. */
 int64_t hl_now_mono_ms(void);
 int64_t hl_now_wall_ms(void);
+double  hl_now_mono_s(void);       /* for timing stages: sub-ms resolution */
 
 #endif

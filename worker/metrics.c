@@ -63,17 +63,10 @@ typedef struct family {
     int      n_s, cap_s;
 } family;
 
-typedef struct render_cb {
-    void (*fn)(void *arg);
-    void  *arg;
-} render_cb;
-
 struct hl_metrics {
-    pthread_mutex_t mu;             /* recursive: callbacks may register */
+    pthread_mutex_t mu;             /* recursive */
     family  **f;                    /* registration order */
     int       n_f, cap_f;
-    render_cb *cb;
-    int       n_cb, cap_cb;
 };
 
 const double hl_latency_bounds_s[] = {
@@ -157,7 +150,6 @@ void hl_metrics_destroy(hl_metrics *reg)
     if (reg == NULL) return;
     for (int i = 0; i < reg->n_f; i++) family_free(reg->f[i]);
     free(reg->f);
-    free(reg->cb);
     pthread_mutex_destroy(&reg->mu);
     free(reg);
 }
@@ -201,6 +193,9 @@ static int valid_labels(const char *s)
 
 static void fmt_double(char *out, size_t outlen, double v);
 static char *make_head(const family *f);
+
+static double bits_to_double(uint64_t b) { double d; memcpy(&d, &b, sizeof d); return d; }
+static uint64_t double_to_bits(double d) { uint64_t b; memcpy(&b, &d, sizeof b); return b; }
 
 static family *family_find(hl_metrics *reg, const char *name)
 {
@@ -329,14 +324,30 @@ void hl_metrics_hide(hl_metrics *reg, const char *name, const char *labels)
     pthread_mutex_unlock(&reg->mu);
 }
 
-void hl_metrics_on_render(hl_metrics *reg, void (*fn)(void *arg), void *arg)
+uint64_t hl_metrics_counter_sum(hl_metrics *reg, const char *name)
 {
+    uint64_t sum = 0;
+    family *f;
     pthread_mutex_lock(&reg->mu);
-    reg->cb = grow(reg->cb, reg->n_cb, &reg->cap_cb, sizeof *reg->cb);
-    reg->cb[reg->n_cb].fn = fn;
-    reg->cb[reg->n_cb].arg = arg;
-    reg->n_cb++;
+    if ((f = family_find(reg, name)) != NULL && f->kind == K_COUNTER)
+        for (int i = 0; i < f->n_s; i++)
+            sum += hl_counter_get(&f->s[i]->u.c);
     pthread_mutex_unlock(&reg->mu);
+    return sum;
+}
+
+double hl_metrics_gauge_sum(hl_metrics *reg, const char *name)
+{
+    double sum = 0;
+    family *f;
+    pthread_mutex_lock(&reg->mu);
+    if ((f = family_find(reg, name)) != NULL && f->kind == K_GAUGE)
+        for (int i = 0; i < f->n_s; i++)
+            if (!f->s[i]->hidden)
+                sum += bits_to_double(atomic_load_explicit(&f->s[i]->u.g.bits,
+                                                           memory_order_relaxed));
+    pthread_mutex_unlock(&reg->mu);
+    return sum;
 }
 
 size_t hl_metrics_escape(char *dst, size_t dstlen, const char *value)
@@ -355,8 +366,6 @@ size_t hl_metrics_escape(char *dst, size_t dstlen, const char *value)
 /* ---- updates: lock-free, relaxed (a scrape needs no ordering with the
  * data it describes, only values that are not torn) */
 
-static double bits_to_double(uint64_t b) { double d; memcpy(&d, &b, sizeof d); return d; }
-static uint64_t double_to_bits(double d) { uint64_t b; memcpy(&b, &d, sizeof b); return b; }
 
 static void atomic_add_double(_Atomic uint64_t *bits, double v)
 {
@@ -400,6 +409,20 @@ void hl_histogram_observe(hl_histogram *h, double v)
     }
     atomic_fetch_add_explicit(&h->buckets[lo], 1, memory_order_relaxed);
     atomic_add_double(&h->sum_bits, v);
+}
+
+int hl_histogram_counts(const hl_histogram *h, uint64_t *out, int max)
+{
+    int n = h->n + 1 < max ? h->n + 1 : max;
+    for (int i = 0; i < n; i++)
+        out[i] = atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
+    return n;
+}
+
+const double *hl_histogram_bounds(const hl_histogram *h, int *n)
+{
+    *n = h->n;
+    return h->bounds;
 }
 
 /* ---- rendering
@@ -577,7 +600,6 @@ int hl_metrics_render(hl_metrics *reg, char **out, size_t *len)
     buf b = {0};
 
     pthread_mutex_lock(&reg->mu);
-    for (int i = 0; i < reg->n_cb; i++) reg->cb[i].fn(reg->cb[i].arg);
     b.cap = 4096;
     if ((b.p = malloc(b.cap)) == NULL) b.oom = 1;
     for (int i = 0; i < reg->n_f && !b.oom; i++) render_family(&b, reg->f[i]);

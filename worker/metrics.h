@@ -57,11 +57,18 @@ void hl_histogram_observe(hl_histogram *h, double v);
 extern const double hl_latency_bounds_s[];
 extern const int    hl_latency_bounds_n;
 
-/* Called under the registry lock just before each render, so gauges that
- * are cheaper to compute on demand (users per shard, lag) can be set then.
- * The callback runs on the rendering thread (the HTTP thread); it may
- * register or hide series (the lock is recursive). */
-void hl_metrics_on_render(hl_metrics *reg, void (*fn)(void *arg), void *arg);
+/* Read back (any thread), for totals the process reports besides
+ * /metrics (the demo's status line, the final worker_totals line):
+ *  - hl_metrics_counter_sum: every series of a counter, hidden ones too (a
+ *    count outlives its series being hidden); 0 for an unknown name;
+ *  - hl_metrics_gauge_sum: the visible series of a gauge;
+ *  - hl_histogram_counts: up to max of the n+1 bucket counts (not
+ *    cumulative; the last is +Inf), returns how many; hl_histogram_bounds:
+ *    the n finite upper bounds. */
+uint64_t      hl_metrics_counter_sum(hl_metrics *reg, const char *name);
+double        hl_metrics_gauge_sum(hl_metrics *reg, const char *name);
+int           hl_histogram_counts(const hl_histogram *h, uint64_t *out, int max);
+const double *hl_histogram_bounds(const hl_histogram *h, int *n);
 
 /* Renders every series into a malloc'd NUL-terminated buffer (*out, *len);
  * the caller frees it. 0 or HL_ENOMEM. */

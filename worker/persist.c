@@ -784,6 +784,16 @@ static int wait_idle(hl_persist_shard *ps, int64_t deadline_ms, char *errbuf, si
     return 0;
 }
 
+/* A flush whose commit did not finish by its deadline: logged here, like
+ * every other failure of a flush (owner_failed, the committer), so the
+ * caller never logs it a second time. The commit may still land. */
+static int flush_wait_failed(hl_persist_shard *ps, int64_t offset, int rc, const char *why)
+{
+    hl_log(HL_LOG_WARN, "snapshot_failed", "partition=%d next_offset=%lld stage=flush_wait "
+           "err=\"%s\"", (int)ps->partition, (long long)offset, why);
+    return rc;
+}
+
 /* Steps the running snapshot to the end, in large steps, checking the
  * deadline between them. */
 static int step_all(hl_persist_shard *ps, const hl_table *tbl, int64_t deadline_ms,
@@ -823,18 +833,19 @@ int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_off
     if (ps->w == NULL) {
         /* A queued commit may already hold next_offset. */
         if ((rc = wait_idle(ps, deadline_ms, errbuf, errlen)) != 0)
-            return rc;
+            return flush_wait_failed(ps, next_offset, rc, errbuf);
         if (next_offset < 0 || next_offset <= hl_persist_shard_durable(ps))
             return 0;
         if ((rc = begin(ps, tbl, next_offset, 0, errbuf, errlen)) != 0)
             return rc;
     }
-    if ((rc = step_all(ps, tbl, deadline_ms, errbuf, errlen)) != 0 ||
-        (rc = wait_idle(ps, deadline_ms, errbuf, errlen)) != 0)
-        return rc;
+    if ((rc = step_all(ps, tbl, deadline_ms, errbuf, errlen)) != 0)
+        return rc;              /* logged by owner_failed */
+    if ((rc = wait_idle(ps, deadline_ms, errbuf, errlen)) != 0)
+        return flush_wait_failed(ps, next_offset, rc, errbuf);
     pthread_mutex_lock(&p->mu);
     rc = ps->last_rc;
-    if (rc != 0)
+    if (rc != 0)            /* the committer logged it */
         hl_err(errbuf, errlen, rc, "%s", ps->last_err);
     pthread_mutex_unlock(&p->mu);
     return rc;

@@ -115,7 +115,9 @@ int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_o
  * deadline_ms (monotonic, hl_now_mono_ms). A running snapshot begun at
  * another offset is abandoned for a fresh one; nothing is written when the
  * newest snapshot already holds next_offset or no offset is known (< 0).
- * Waits for the commit. 0 once durable, else a negative HL_E* with the
+ * Waits for the commit. Every failure is logged here (event=snapshot_failed
+ * with its stage): the caller does not log it again. 0 once durable, else a
+ * negative HL_E* with the
  * reason (HL_EIO "deadline ..." when time ran out: the commit may still
  * land later; the previous snapshot stays valid either way). */
 int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,

@@ -1,5 +1,6 @@
 /* shard.h - one assigned input partition inside the worker: its hl_table,
- * the events of the batch in hand, and its counters (DESIGN.md section 6).
+ * the events of the batch in hand, its offsets, its snapshots and its
+ * recs.min.interval.ms gate (DESIGN.md section 6).
  *
  * A shard is owned by exactly one worker thread at a time; ownership moves
  * only through the rebalance hand-over in worker.c, between batches. The
@@ -12,8 +13,7 @@
 #include "model.h"
 #include "metrics.h"
 #include "persist.h"
-
-#include <stdatomic.h>
+#include "gate.h"
 
 typedef struct hl_shard_series {
     hl_counter *consumed;       /* halflife_events_consumed_total{partition} */
@@ -36,10 +36,6 @@ typedef struct hl_shard {
                                         this batch, -1 if none */
     int64_t     batch_newest_off;    /* offset of that message */
 
-    /* Totals since the shard was created (atomics: /metrics and the final
-     * accounting read them from other threads). */
-    atomic_ullong consumed, applied, duplicates, invalid, unknown_items, failed;
-
     /* Offsets: next_offset follows the batches (after the newest message
      * applied, -1 before any); delivered_offset is the one below which
      * every list is delivered and the offset stored (persist.h). */
@@ -50,24 +46,17 @@ typedef struct hl_shard {
     uint64_t    evicted_mass_seen, evicted_capacity_seen;
     hl_shard_series series;
 
-    /* recs.min.interval.ms (0: off, the fields below stay empty). Kept
-     * beside the table, keyed by row id, so the core row does not grow:
-     * per row the event time of its last refresh, whether it is pending,
-     * and a hash of its user id to tell a reused row id from its old user. */
-    int64_t     min_interval_ms;
-    struct hl_shard_mark *mark;      uint32_t cap_mark;
-    struct hl_shard_due  *heap;      size_t n_heap, cap_heap;   /* by due time */
-    struct hl_shard_due  *fifo;      size_t fifo_head, fifo_n, cap_fifo; /* by offset */
+    hl_gate    *gate;                /* recs.min.interval.ms; NULL when 0 */
 } hl_shard;
 
 /* Creates a shard for partition with room for cap_ev events per batch
  * around tbl (ownership moves; on failure tbl is destroyed), restored at
  * restored_offset (-1: an empty table). ps (may be NULL) is the shard's
- * snapshot state, owned from now on. reg may be NULL (no per-partition
- * series). */
+ * snapshot state, owned from now on. min_interval_ms is
+ * recs.min.interval.ms (0: off). Registers the per-partition series in reg. */
 hl_shard *hl_shard_create(int32_t partition, hl_table *tbl, int64_t restored_offset,
-                          hl_persist_shard *ps, int cap_ev, hl_metrics *reg,
-                          char *errbuf, size_t errlen);
+                          hl_persist_shard *ps, int cap_ev, int64_t min_interval_ms,
+                          hl_metrics *reg, char *errbuf, size_t errlen);
 void      hl_shard_destroy(hl_shard *sh);            /* NULL is a no-op */
 
 /* Starts a new batch: forgets the previous batch's events. */
@@ -97,37 +86,27 @@ static inline void hl_shard_saw(hl_shard *sh, int64_t offset)
  * returns the number applied. */
 int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed);
 
-/* ---- recs.min.interval.ms (owner thread) ------------------------------
- * A user refreshed at event time r (its t_ref_ms then) is refreshed again
- * only once the shard's newest event time reaches r + interval; until then
- * it is pending. A row never refreshed by this shard (new user, restored
- * row, reused row id) is refreshed at once. Lists of pending users are not
- * out yet, so hl_shard_publishable_offset() stays at or below the first
- * offset of the batch that made the oldest of them pending: a snapshot or a
- * stored offset never passes an event whose list was held back. */
+/* min(next_offset, the gate's bound): the offset below which every
+ * applied event has its list produced (gate.h). */
+static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
+{
+    return hl_gate_publishable_offset(sh->gate, sh->next_offset);
+}
 
-/* Sets the interval (0: off) before the shard's first batch. */
-void hl_shard_set_min_interval(hl_shard *sh, int64_t interval_ms);
+/* ---- snapshots (persist.h), owner thread ------------------------------ */
 
-/* For a dirty row taken from the table (v is its view): 1 to refresh it
- * now, 0 when it is (or stays) pending. Grows the side arrays; on no
- * memory it answers 1 (refresh: never hold a list back for lack of room). */
-int hl_shard_gate(hl_shard *sh, uint32_t row, const hl_row_view *v, int64_t newest_ms);
+/* Between batches: lets the shard's periodic snapshot advance within its
+ * time budget. 1 if it wrote rows (the caller ends its round), else 0. */
+int  hl_shard_snapshot_tick(hl_shard *sh, int64_t now_ms);
 
-/* Moves up to max pending rows whose time has come (due <= newest_ms; every
- * pending row when newest_ms is INT64_MAX: revocation, shutdown) into rows,
- * live rows of their own users only. Call again while it returns max. */
-int hl_shard_take_due(hl_shard *sh, uint32_t *rows, int max, int64_t newest_ms);
-
-/* Records that the row's list was produced from a view with t_ref_ms. */
-void hl_shard_refreshed(hl_shard *sh, uint32_t row, const hl_row_view *v);
-
-/* min(next_offset, first offset of the oldest pending user's batch): the
- * offset below which every applied event has its list produced. */
-int64_t hl_shard_publishable_offset(hl_shard *sh);
+/* Revocation and shutdown: a durable snapshot now, before deadline_ms
+ * (monotonic), only when every list of the shard's applied events is
+ * delivered; otherwise the previous snapshot stays (logged). Failures are
+ * logged by persist.c. */
+void hl_shard_snapshot_now(hl_shard *sh, int64_t deadline_ms);
 
 /* Refreshes the users/state_bytes gauges and the eviction counters from the
- * table's stats. evictions is {mass, capacity} or NULL. */
+ * table's stats; evictions is {mass, capacity}. */
 void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2]);
 
 #endif

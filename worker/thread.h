@@ -4,9 +4,11 @@
  * user once, produce the lists, store the offsets once they are delivered.
  *
  * Shards enter and leave a thread through its mailbox, which it reads
- * between batches: hl_wthread_give() hands one over; hl_wthread_take() asks
- * for one back and the thread answers after finishing its batch and
- * waiting for that batch's lists to be delivered and its offsets stored. */
+ * between batches: hl_wthread_give() hands one over; hl_wthread_post_take()
+ * asks for one back and hl_wthread_wait_taken() waits for the answer, which
+ * the thread gives after finishing its batch, waiting for that batch's
+ * lists to be delivered and its offsets stored, and snapshotting the shard.
+ * The thread stops when *ctx->stop becomes non-zero. */
 #ifndef HL_THREAD_H
 #define HL_THREAD_H
 
@@ -21,8 +23,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-#define HL_LAT_BUCKETS 64   /* event-to-publish: bucket i holds < 2^(i/4) ms */
-
 /* What every thread shares: read-only after start, apart from atomics and
  * metric series (which are atomics inside). */
 typedef struct hl_wshared {
@@ -36,21 +36,23 @@ typedef struct hl_wshared {
     hl_table_opts         topts;
     float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
     hl_persist           *persist;        /* NULL: no snapshots */
-    hl_metrics           *reg;            /* may be NULL */
+    hl_metrics           *reg;            /* never NULL */
+    /* The worker's counters: one series per fact, in reg (hl_worker_stats
+     * reads them back from there). */
     struct {
         hl_counter   *invalid[HL_CODEC_N_REASONS];
         hl_counter   *dlq[HL_CODEC_N_REASONS];
         hl_counter   *dlq_errors, *unknown, *batches, *lists;
+        hl_counter   *applied, *duplicates, *failed;
         hl_counter   *evictions[2];       /* mass, capacity */
         hl_histogram *batch_size, *stage[4], *e2p;
     } mx;
-    atomic_ullong         lat[HL_LAT_BUCKETS];
 } hl_wshared;
 
 typedef struct hl_wthread hl_wthread;   /* opaque */
 
 hl_wthread *hl_wthread_create(int id, hl_wshared *ctx, char *errbuf, size_t errlen);
-/* Joins the thread if it runs (hl_wthread_stop first), frees. */
+/* Joins the thread if it runs (set *ctx->stop first), frees. */
 void        hl_wthread_destroy(hl_wthread *t);
 int         hl_wthread_start(hl_wthread *t, char *errbuf, size_t errlen);
 /* Waits for the thread to exit after ctx->stop was set. */
@@ -59,16 +61,15 @@ void        hl_wthread_join(hl_wthread *t);
 rd_kafka_queue_t *hl_wthread_queue(hl_wthread *t);
 int         hl_wthread_n_shards(hl_wthread *t);
 
-/* Hands sh to the thread (ownership moves). Main thread, any time. */
-void        hl_wthread_give(hl_wthread *t, hl_shard *sh);
-/* Asks the thread to let go of partition; returns at once. */
-void        hl_wthread_post_take(hl_wthread *t, int32_t partition);
+/* Hands sh to the thread (ownership moves on success). Main thread, any
+ * time. HL_ENOMEM when the mailbox cannot grow: sh stays the caller's. */
+int         hl_wthread_give(hl_wthread *t, hl_shard *sh);
+/* Asks the thread to let go of partition; returns at once. HL_ENOMEM when
+ * the mailbox cannot grow (nothing was posted). */
+int         hl_wthread_post_take(hl_wthread *t, int32_t partition);
 /* Waits until every posted take is answered (or the thread has exited,
  * in which case the caller's thread does the hand-back itself) and returns
  * the shards released, ownership to the caller: up to max into out. */
 int         hl_wthread_wait_taken(hl_wthread *t, hl_shard **out, int max);
-
-/* Totals of this thread (any thread may read). */
-void        hl_wthread_stats_add(hl_wthread *t, hl_worker_stats *st);
 
 #endif

@@ -28,6 +28,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define HL_E2P_BUCKETS 24
+
 struct hl_worker {
     hl_worker_opts    o;
     char              dlq[320];
@@ -54,7 +56,8 @@ struct hl_worker {
     pthread_cond_t    closed_cv;
     int               closed;         /* the consumer has left the group */
     int               abandoned;      /* close timed out: handles leaked on purpose */
-    uint64_t          lat_prev[HL_LAT_BUCKETS];
+    uint64_t          lat_prev[HL_E2P_BUCKETS + 1]; /* e2p counts at the last stats read */
+    hl_metrics       *own_reg;        /* the registry when the caller gave none */
 };
 
 /* ---- the embedded broker ----------------------------------------------- */
@@ -98,6 +101,14 @@ static void embedded_stop(hl_worker *w)
 
 /* ---- metrics ----------------------------------------------------------- */
 
+/* Event-to-publish: finer than the stage bounds where lists are expected
+ * (1-500 ms) and past 10 s, so the alert on a p99 above 10 s can fire and
+ * the status line's p50/p99 (read back from these buckets) are close. */
+static const double e2p_bounds_s[HL_E2P_BUCKETS] = {
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60,
+};
+
 static void register_metrics(hl_worker *w)
 {
     static const double size_bounds[] = {1, 10, 100, 1000, 10000, 100000};
@@ -113,6 +124,12 @@ static void register_metrics(hl_worker *w)
     }
     w->ctx.mx.dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
         "Dead letters that could not be written.", NULL);
+    w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
+        "Events applied to a user's state.", NULL);
+    w->ctx.mx.duplicates = hl_metrics_counter(reg, "halflife_events_duplicate_total",
+        "Events skipped as already applied (a replay after a restart or rebalance).", NULL);
+    w->ctx.mx.failed = hl_metrics_counter(reg, "halflife_events_failed_total",
+        "Events that could not be applied (no room for a new user).", NULL);
     w->ctx.mx.unknown = hl_metrics_counter(reg, "halflife_unknown_items_total",
         "Events whose item is not in the model (kept in history only).", NULL);
     w->ctx.mx.batches = hl_metrics_counter(reg, "halflife_batches_total",
@@ -132,7 +149,7 @@ static void register_metrics(hl_worker *w)
     }
     w->ctx.mx.e2p = hl_metrics_histogram(reg, "halflife_event_to_publish_seconds",
         "From an event's Kafka timestamp to the delivery of the list it changed.",
-        NULL, hl_latency_bounds_s, hl_latency_bounds_n);
+        NULL, e2p_bounds_s, HL_E2P_BUCKETS);
     hl_metrics_counter(reg, "halflife_delivery_errors_total",
         "Records the producer failed to deliver.", NULL);
     w->rebalances = hl_metrics_counter(reg, "halflife_rebalances_total",
@@ -203,24 +220,30 @@ static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *of
 static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
 {
     char err[256];
-    if (owner_slot(w, p) != 0 || w->owner[p] != NULL)
-        return w->owner[p] != NULL ? 1 : HL_ENOMEM;
+    if (owner_slot(w, p) != 0)
+        return HL_ENOMEM;
+    if (w->owner[p] != NULL)
+        return 1;
     int64_t restored;
     hl_table *tbl = restore(w, p, &restored, offset);
     hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, restored)
                                              : NULL;
     hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
-                                   w->reg, err, sizeof err);
+                                   w->o.recs_min_interval_ms, w->reg, err, sizeof err);
     if (sh == NULL) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
         return HL_ENOMEM;
     }
-    hl_shard_set_min_interval(sh, w->o.recs_min_interval_ms);
     int i = least_loaded(w);
+    if (hl_wthread_give(w->th[i], sh) != 0) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
+               (int)p);
+        hl_shard_destroy(sh);
+        return HL_ENOMEM;
+    }
     rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(rk, w->o.input_topic, p);
     rd_kafka_queue_forward(pq, hl_wthread_queue(w->th[i]));
     rd_kafka_queue_destroy(pq);
-    hl_wthread_give(w->th[i], sh);
     w->owner[p] = w->th[i];
     w->th_load[i]++;
     hl_log(HL_LOG_INFO, "partition_assigned", "partition=%d thread=%d", (int)p, i);
@@ -258,8 +281,6 @@ static void hide_series(hl_worker *w, int32_t p)
                                          "halflife_consumer_lag",
                                          "halflife_events_consumed_total"};
     char labels[48];
-    if (w->reg == NULL)
-        return;
     snprintf(labels, sizeof labels, "partition=\"%d\"", (int)p);
     for (size_t i = 0; i < sizeof gauges / sizeof gauges[0]; i++)
         hl_metrics_hide(w->reg, gauges[i], labels);
@@ -273,7 +294,12 @@ static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
         if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0 ||
             p >= w->cap_owner || w->owner[p] == NULL)
             continue;
-        hl_wthread_post_take(w->owner[p], p);
+        if (hl_wthread_post_take(w->owner[p], p) != 0) {
+            /* Its shard stays with the thread until the exit. */
+            hl_log(HL_LOG_ERROR, "revoke_failed", "partition=%d err=\"out of memory\" "
+                   "action=stop", (int)p);
+            hl_worker_stop(w);
+        }
     }
     for (int t = 0; t < w->n_th; t++) {
         int n;
@@ -304,8 +330,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     hl_worker *w = opaque;
     int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
     rd_kafka_error_t *error = NULL;
-    if (w->rebalances)
-        hl_counter_add(w->rebalances, 1);
+    hl_counter_add(w->rebalances, 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         assign_parts(w, rk, parts);
         if (coop)
@@ -326,8 +351,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         hl_log(HL_LOG_ERROR, "rebalance_failed", "err=\"%s\"", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
     }
-    if (w->assigned_g)
-        hl_gauge_set(w->assigned_g, atomic_load(&w->assigned));
+    hl_gauge_set(w->assigned_g, atomic_load(&w->assigned));
 }
 
 /* ---- lifecycle --------------------------------------------------------- */
@@ -400,9 +424,8 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
     for (int i = 0; i < w->o.n_kafka && n < 260; i++)
         if (strcmp(w->o.kafka[i].key, "bootstrap.servers") != 0)
             props[n++] = w->o.kafka[i];
-    hl_counter *derr = w->reg ? hl_metrics_counter(w->reg, "halflife_delivery_errors_total",
-                                                   "Records the producer failed to deliver.",
-                                                   NULL) : NULL;
+    hl_counter *derr = hl_metrics_counter(w->reg, "halflife_delivery_errors_total",
+                                          "Records the producer failed to deliver.", NULL);
     if ((w->prod = hl_producer_create(props, n, derr, errbuf, errlen)) == NULL)
         return HL_EINVAL;
     hl_consumer_opts co = {
@@ -441,6 +464,13 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
     }
     w->o = *o;
     w->m = m;
+    /* The counters live in the registry whether or not anyone scrapes it
+     * (hl_worker_stats_get reads them back), so there is always one. */
+    if (reg == NULL && (reg = w->own_reg = hl_metrics_create()) == NULL) {
+        free(w);
+        hl_err(errbuf, errlen, HL_ENOMEM, "worker: out of memory");
+        return NULL;
+    }
     w->reg = reg;
     pthread_mutex_init(&w->lat_mu, NULL);
     pthread_cond_init(&w->closed_cv, NULL);
@@ -451,8 +481,7 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
     w->ctx = (hl_wshared){.o = &w->o, .m = m, .stop = &w->stop, .reg = reg,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
-    if (reg)
-        register_metrics(w);
+    register_metrics(w);
     if (table_opts(w, errbuf, errlen) != 0 || start_persist(w, errbuf, errlen) != 0 ||
         start_kafka(w, errbuf, errlen) != 0)
         goto fail;
@@ -481,6 +510,7 @@ void hl_worker_destroy(hl_worker *w)
     free(w->th);
     free(w->th_load);
     free(w->owner);
+    hl_metrics_destroy(w->own_reg);
     free(w);
 }
 
@@ -498,10 +528,11 @@ int hl_worker_ready(const hl_worker *w)
     return atomic_load(&((hl_worker *)w)->have_assignment) && !atomic_load(&((hl_worker *)w)->stop);
 }
 
-static void log_totals(hl_worker *w)
+/* Taken once every thread has stopped, before leaving the group: the
+ * revocation that leaving brings hides the partitions' user gauges. */
+static void log_totals(const hl_worker_stats *totals)
 {
-    hl_worker_stats st;
-    hl_worker_stats_get(w, &st);
+    hl_worker_stats st = *totals;
     hl_log(HL_LOG_INFO, "worker_totals",
            "consumed=%llu applied=%llu duplicates=%llu invalid=%llu failed=%llu "
            "unknown_items=%llu lists=%llu batches=%llu dlq=%llu users=%llu",
@@ -590,45 +621,64 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
     hl_log(HL_LOG_INFO, "worker_stopping", "drain=%d", atomic_load(&w->stop) == 1);
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_join(w->th[i]);
+    hl_worker_stats totals;
+    hl_worker_stats_get(w, &totals);
     if (close_within(w) != 0) {
-        log_totals(w);
+        log_totals(&totals);
         return HL_EIO;
     }
     int64_t left = atomic_load(&w->ctx.stop_deadline_ms) - hl_now_mono_ms();
     rd_kafka_flush(hl_producer_handle(w->prod), left > 0 ? (int)left : 0);
-    log_totals(w);
+    log_totals(&totals);
     return rc;
 }
 
-/* p-th quantile from bucket counts: bucket i holds values below 2^(i/4) ms. */
-static double lat_quantile(const uint64_t *b, uint64_t total, double q)
+/* The q-quantile of a window of bucket counts (n finite bounds, counts
+ * n+1), interpolated linearly inside its bucket as Prometheus's
+ * histogram_quantile does; the last finite bound when it lies in +Inf. */
+static double quantile(const double *bounds, int n, const uint64_t *c, uint64_t total,
+                       double q)
 {
     if (total == 0)
         return 0;
-    uint64_t want = (uint64_t)(q * (double)total), seen = 0;
-    for (int i = 0; i < HL_LAT_BUCKETS; i++) {
-        seen += b[i];
-        if (seen > want)
-            return i == 0 ? 0.001 : exp2((double)i / 4.0) / 1000.0;
+    double want = q * (double)total, seen = 0;
+    for (int i = 0; i < n; i++) {
+        if (seen + (double)c[i] >= want && c[i] > 0) {
+            double lo = i == 0 ? 0 : bounds[i - 1];
+            return lo + (bounds[i] - lo) * (want - seen) / (double)c[i];
+        }
+        seen += (double)c[i];
     }
-    return exp2((double)(HL_LAT_BUCKETS - 1) / 4.0) / 1000.0;
+    return bounds[n - 1];
 }
 
 void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
 {
+    hl_wshared *ctx = &w->ctx;
     memset(st, 0, sizeof *st);
-    for (int i = 0; i < w->n_th; i++)
-        hl_wthread_stats_add(w->th[i], st);
+    st->consumed = hl_metrics_counter_sum(w->reg, "halflife_events_consumed_total");
+    st->applied = hl_counter_get(ctx->mx.applied);
+    st->duplicates = hl_counter_get(ctx->mx.duplicates);
+    st->failed = hl_counter_get(ctx->mx.failed);
+    st->unknown_items = hl_counter_get(ctx->mx.unknown);
+    st->lists = hl_counter_get(ctx->mx.lists);
+    st->batches = hl_counter_get(ctx->mx.batches);
+    st->users = (uint64_t)hl_metrics_gauge_sum(w->reg, "halflife_users");
+    for (int r = 1; r < HL_CODEC_N_REASONS; r++) {
+        st->invalid_by_reason[r] = hl_counter_get(ctx->mx.invalid[r]);
+        st->invalid += st->invalid_by_reason[r];
+        st->dlq_records += hl_counter_get(ctx->mx.dlq[r]);
+    }
     st->assigned = atomic_load(&w->assigned);
-    uint64_t d[HL_LAT_BUCKETS], total = 0;
+    uint64_t c[HL_E2P_BUCKETS + 1], d[HL_E2P_BUCKETS + 1], total = 0;
+    int n_b = hl_histogram_counts(ctx->mx.e2p, c, HL_E2P_BUCKETS + 1);
     pthread_mutex_lock(&w->lat_mu);
-    for (int i = 0; i < HL_LAT_BUCKETS; i++) {
-        uint64_t v = atomic_load(&w->ctx.lat[i]);
-        d[i] = v - w->lat_prev[i];
-        w->lat_prev[i] = v;
+    for (int i = 0; i < n_b; i++) {
+        d[i] = c[i] - w->lat_prev[i];
+        w->lat_prev[i] = c[i];
         total += d[i];
     }
     pthread_mutex_unlock(&w->lat_mu);
-    st->lat_p50_s = lat_quantile(d, total, 0.50);
-    st->lat_p99_s = lat_quantile(d, total, 0.99);
+    st->lat_p50_s = quantile(e2p_bounds_s, HL_E2P_BUCKETS, d, total, 0.50);
+    st->lat_p99_s = quantile(e2p_bounds_s, HL_E2P_BUCKETS, d, total, 0.99);
 }

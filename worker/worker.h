@@ -50,7 +50,8 @@ typedef struct hl_worker_opts {
     void       *on_list_arg;
 } hl_worker_opts;
 
-/* m and reg are borrowed and must outlive the worker; reg may be NULL.
+/* m and reg are borrowed and must outlive the worker; reg may be NULL (the
+ * worker then keeps its counters in a registry of its own).
  * Starts the embedded broker when o->bootstrap is empty. */
 hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
                             hl_metrics *reg, char *errbuf, size_t errlen);
@@ -60,7 +61,7 @@ void       hl_worker_destroy(hl_worker *w);          /* NULL is a no-op */
 const char *hl_worker_bootstrap(const hl_worker *w);
 
 /* Runs until hl_worker_stop() or *sig becomes non-zero (sig may be NULL;
- * a value of 2 or more means stop at once, without draining), then drains:
+ * any non-zero value asks for the graceful stop), then drains:
  * finishes each thread's batch, waits for deliveries, stores and commits
  * offsets and leaves the group. 0, or a negative HL_E* on a fatal error. */
 int  hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig);
@@ -69,7 +70,9 @@ void hl_worker_stop(hl_worker *w);                   /* any thread */
 /* 1 once the worker holds an assignment and every shard is set up. */
 int  hl_worker_ready(const hl_worker *w);
 
-/* Totals since start, summed over threads (any thread may read). */
+/* Totals since start, read back from the worker's metrics registry, where
+ * each is kept once (any thread may read). The latency quantiles cover the
+ * lists delivered since the previous call. */
 typedef struct hl_worker_stats {
     uint64_t consumed, applied, duplicates, invalid, unknown_items, failed;
     uint64_t invalid_by_reason[HL_CODEC_N_REASONS];

@@ -1,0 +1,240 @@
+/* batch.c - one batch of one shard-owning thread (DESIGN.md section 1):
+ * consume up to batch.max.messages or batch.max.ms from the thread's queue,
+ * decode each record (a bad one is counted, logged rate-limited and copied
+ * with its bytes and reason to the DLQ), group the events by shard in
+ * offset order, apply them, then publish (publish.c) and note the offsets
+ * in the batch's flight (flight.c). What the batch counted goes to the
+ * registry once, at its end.
+ *
+ * Nothing here allocates per batch: the record array, the arena for user
+ * ids and the shards' event arrays are sized at create time (STYLE.md
+ * section 9); librdkafka's own records and one partition list per flight
+ * are the only allocations. */
+#include "thread_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen)
+{
+    const hl_worker_opts *o = t->ctx->o;
+    size_t bm = (size_t)o->batch_max_messages;
+    t->bad_limit.interval_ms = 1000;
+    t->err_limit.interval_ms = 5000;
+    t->dlq_ticket.fail_counter = t->ctx->mx.dlq_errors;
+    t->arena_cap = bm * HL_MAX_ID_LEN;
+    t->msgs = calloc(bm, sizeof *t->msgs);
+    t->arena = malloc(t->arena_cap);
+    if (t->msgs == NULL || t->arena == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
+    if ((t->codec = hl_codec_create(&o->codec, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    return 0;
+}
+
+void hl_batch_free(hl_wthread *t)
+{
+    hl_codec_destroy(t->codec);
+    free(t->msgs);
+    free(t->arena);
+}
+
+/* Up to batch.max.messages records within batch.max.ms, one
+ * rd_kafka_consume_queue() at a time. Not rd_kafka_consume_batch_queue():
+ * librdkafka 2.0.x lists it as a known issue (CHANGELOG, v2.0.0) that with
+ * more than one message per call and a seek, pause, resume or rebalance in
+ * parallel, messages may be lost. The rebalance callback on the main thread
+ * pauses the assignment while a shard thread is inside that call; the call
+ * moves a partition's application position past records it then purges,
+ * and the resume fetches from there. tests/integration/test_rebalance.py
+ * lost such records on the partitions a worker kept while it was given
+ * another. A single consume moves the position only for the record it
+ * returns. rd_kafka_consume_callback_queue() (one lock and clock read per
+ * call, each record version-checked as here) was tried and measured: no
+ * gain in events/s or worker CPU against this loop (bench_worker, A/B pairs
+ * in one run), on a deprecated API, so this loop stays. */
+int hl_batch_consume(hl_wthread *t)
+{
+    int bm = t->ctx->o->batch_max_messages;
+    int64_t end = hl_now_mono_ms() + t->ctx->o->batch_max_ms;
+    int n = 0;
+    /* batch.max.ms bounds the wait, not the take: while records are queued
+     * they are taken without a timeout, so no clock is read per record
+     * (a clock read per record showed as 9% of a state-only profile). */
+    while (n < bm) {
+        rd_kafka_message_t *m = rd_kafka_consume_queue(t->q, 0);
+        if (m == NULL) {
+            int64_t left = end - hl_now_mono_ms();
+            if (left <= 0 || (m = rd_kafka_consume_queue(t->q, (int)left)) == NULL)
+                break;
+        }
+        t->msgs[n++] = m;
+    }
+    return n;
+}
+
+/* ---- decode ------------------------------------------------------------ */
+
+static void send_dlq(hl_wthread *t, const rd_kafka_message_t *rkm, hl_codec_reason r)
+{
+    hl_wshared *ctx = t->ctx;
+    char part[16], off[24], err[256];
+    const char *rn = hl_codec_reason_name(r);
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    snprintf(part, sizeof part, "%d", (int)rkm->partition);
+    snprintf(off, sizeof off, "%lld", (long long)rkm->offset);
+    hl_header h[] = {
+        {"halflife.reason", rn, strlen(rn)},
+        {"halflife.source.topic", topic, strlen(topic)},
+        {"halflife.source.partition", part, strlen(part)},
+        {"halflife.source.offset", off, strlen(off)},
+        {NULL, NULL, 0},
+    };
+    if (hl_producer_send(ctx->prod, ctx->dlq_topic, RD_KAFKA_PARTITION_UA,
+                         rkm->key, rkm->key_len, rkm->payload, rkm->len, h,
+                         &t->dlq_ticket, err, sizeof err) != 0) {
+        hl_counter_add(ctx->mx.dlq_errors, 1);
+        hl_log(HL_LOG_WARN, "dlq_failed", "err=\"%s\"", err);
+        return;
+    }
+    hl_counter_add(ctx->mx.dlq[r], 1);
+}
+
+static void bad_record(hl_wthread *t, const rd_kafka_message_t *rkm, hl_codec_reason r,
+                       const char *detail)
+{
+    uint64_t sup = 0;
+    t->b.invalid[r]++;
+    if (hl_log_limit_pass(&t->bad_limit, &sup))
+        hl_log(HL_LOG_WARN, "bad_record",
+               "partition=%d offset=%lld reason=%s detail=\"%s\" dlq=%s suppressed=%llu",
+               (int)rkm->partition, (long long)rkm->offset, hl_codec_reason_name(r),
+               detail, t->ctx->dlq_topic ? t->ctx->dlq_topic : "off",
+               (unsigned long long)sup);
+    if (t->ctx->dlq_topic)
+        send_dlq(t, rkm, r);
+}
+
+/* A record that carries an error instead of data. A fatal one (idempotence
+ * or fencing broken beyond repair) stops the worker at once; the record's
+ * own text is generic, rd_kafka_fatal_error() holds the cause. */
+static void record_error(hl_wthread *t, const rd_kafka_message_t *rkm)
+{
+    uint64_t sup = 0;
+    if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    if (rkm->err == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[512];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(t->ctx->consumer, why, sizeof why);
+        atomic_store(t->ctx->stop, 2);
+        hl_log(HL_LOG_ERROR, "kafka_fatal", "err=\"%s\" cause=%s reason=\"%s\"",
+               rd_kafka_message_errstr(rkm), rd_kafka_err2name(orig),
+               orig ? why : "unknown");
+        return;
+    }
+    if (hl_log_limit_pass(&t->err_limit, &sup))
+        hl_log(HL_LOG_WARN, "consume_error", "err=\"%s\" suppressed=%llu",
+               rd_kafka_message_errstr(rkm), (unsigned long long)sup);
+}
+
+static void decode_one(hl_wthread *t, rd_kafka_message_t *rkm, flight *f)
+{
+    char detail[160];
+    hl_codec_event cev;
+    if (rkm->err) {
+        record_error(t, rkm);
+        return;
+    }
+    hl_shard *sh = hl_wthread_shard_of(t, rkm->partition);
+    if (sh == NULL)
+        return;                 /* a partition this thread let go of */
+    hl_shard_saw(sh, rkm->offset);
+    hl_codec_reason r = hl_codec_decode_event(t->codec, rkm->payload ? rkm->payload : "",
+                                              rkm->len, &cev, detail, sizeof detail);
+    if (r != HL_CODEC_OK) {
+        bad_record(t, rkm, r, detail);
+        return;
+    }
+    hl_event ev = {
+        .user = t->arena + t->arena_used, .user_len = cev.user_len,
+        .item = hl_model_item_find(t->ctx->m, cev.item, cev.item_len),
+        .type = (uint8_t)cev.type, .w = t->ctx->type_weight[cev.type] * cev.weight,
+        .ts_ms = cev.ts_ms, .offset = rkm->offset,
+    };
+    memcpy(t->arena + t->arena_used, cev.user, cev.user_len);
+    t->arena_used += cev.user_len;
+    t->b.unknown += ev.item < 0;
+    hl_shard_push(sh, &ev);
+    f->ts_ms[f->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);
+}
+
+/* ---- counters ---------------------------------------------------------- */
+
+/* The batch's counts into the registry: one add per series per batch. */
+static void count_batch(hl_wthread *t, int n_msgs)
+{
+    hl_wshared *ctx = t->ctx;
+    for (int i = 0; i < t->n_own; i++) {
+        hl_shard *sh = t->own[i];
+        if (sh->n_seen)
+            hl_counter_add(sh->series.consumed, (uint64_t)sh->n_seen);
+        hl_shard_publish_stats(sh, ctx->mx.evictions);
+    }
+    for (int r = 1; r < HL_CODEC_N_REASONS; r++)
+        if (t->b.invalid[r])
+            hl_counter_add(ctx->mx.invalid[r], t->b.invalid[r]);
+    hl_counter_add(ctx->mx.applied, t->b.applied);
+    hl_counter_add(ctx->mx.duplicates, t->b.duplicates);
+    hl_counter_add(ctx->mx.failed, t->b.failed);
+    hl_counter_add(ctx->mx.unknown, t->b.unknown);
+    hl_counter_add(ctx->mx.lists, t->b.lists);
+    hl_counter_add(ctx->mx.batches, 1);
+    hl_histogram_observe(ctx->mx.batch_size, n_msgs);
+    for (int s = 0; s < N_STAGES; s++)
+        hl_histogram_observe(ctx->mx.stage[s], t->b.stage_s[s]);
+}
+
+void hl_batch_count_lists(hl_wthread *t)
+{
+    hl_counter_add(t->ctx->mx.lists, t->b.lists);
+    t->b.lists = 0;
+}
+
+/* ---- one batch --------------------------------------------------------- */
+
+static void batch_begin(hl_wthread *t)
+{
+    for (int i = 0; i < t->n_own; i++)
+        hl_shard_batch_begin(t->own[i]);
+    t->arena_used = 0;
+    memset(&t->b, 0, sizeof t->b);
+}
+
+static void apply_all(hl_wthread *t)
+{
+    for (int i = 0; i < t->n_own; i++) {
+        int d = 0, fl = 0;
+        t->b.applied += (uint64_t)hl_shard_apply(t->own[i], t->ctx->m, &d, &fl);
+        t->b.duplicates += (uint64_t)d;
+        t->b.failed += (uint64_t)fl;
+    }
+}
+
+void hl_batch_run(hl_wthread *t, int n)
+{
+    flight *f = hl_flight_begin(t);
+    batch_begin(t);
+    double a = hl_now_mono_s();
+    for (int i = 0; i < n; i++)
+        decode_one(t, t->msgs[i], f);
+    for (int i = 0; i < n; i++)
+        rd_kafka_message_destroy(t->msgs[i]);
+    double b = hl_now_mono_s();
+    apply_all(t);
+    t->b.stage_s[STAGE_DECODE] = b - a;
+    t->b.stage_s[STAGE_APPLY] = hl_now_mono_s() - b;
+    for (int i = 0; i < t->n_own; i++)
+        hl_publish_shard(t, t->own[i], f);
+    hl_flight_note_offsets(t, f);
+    count_batch(t, n);
+}

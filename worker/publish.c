@@ -1,0 +1,195 @@
+/* publish.c - the refresh half of a batch: every dirty user of a shard is
+ * scored once (hl_ranker_refresh, REFRESH_MAX users per SGEMM), its list
+ * encoded as a RecommendationList and produced to the output topic with
+ * the batch's delivery ticket (flight.c stores the offsets once it reads
+ * zero). With recs.min.interval.ms the shard's gate (gate.c) decides which
+ * dirty users go now and which wait; revocation and shutdown publish the
+ * waiting ones (hl_publish_pending), so no user's last list is held back.
+ *
+ * A list that cannot be encoded or sent is logged (rate-limited) and not
+ * retried: the user's next event refreshes it, and a crash replays it. */
+#include "thread_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
+{
+    const hl_worker_opts *o = t->ctx->o;
+    size_t k = (size_t)o->recs_k;
+    if (!o->recs_enabled)
+        return 0;               /* state only: no ranker, no buffers */
+    t->enc_cap = 1024 + k * (2 * HL_MAX_ID_LEN + 32);
+    t->views = calloc(REFRESH_MAX, sizeof *t->views);
+    t->recs = calloc(REFRESH_MAX * k, sizeof *t->recs);
+    t->n_out = calloc(REFRESH_MAX, sizeof *t->n_out);
+    t->crec = calloc(k, sizeof *t->crec);
+    t->enc = malloc(t->enc_cap);
+    if (!t->views || !t->recs || !t->n_out || !t->crec || !t->enc)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
+    hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
+                       .max_batch = REFRESH_MAX};
+    if ((t->ranker = hl_ranker_create(t->ctx->m, &ro, errbuf, errlen)) == NULL)
+        return HL_ENOMEM;
+    return 0;
+}
+
+void hl_publish_free(hl_wthread *t)
+{
+    hl_ranker_destroy(t->ranker);
+    free(t->views);
+    free(t->recs);
+    free(t->n_out);
+    free(t->crec);
+    free(t->enc);
+}
+
+/* The list's items as the codec wants them: ids borrowed from the model. */
+static void fill_items(hl_wthread *t, const hl_rec *recs, int n)
+{
+    const hl_model *m = t->ctx->m;
+    for (int j = 0; j < n; j++) {
+        hl_codec_rec *cr = &t->crec[j];
+        cr->item = hl_model_item_id(m, recs[j].item, &cr->item_len);
+        cr->score = recs[j].score;
+        cr->because = recs[j].because >= 0
+            ? hl_model_item_id(m, recs[j].because, &cr->because_len) : NULL;
+        if (cr->because == NULL)
+            cr->because_len = 0;
+    }
+}
+
+static void send_list(hl_wthread *t, const hl_row_view *v, const hl_rec *recs, int n,
+                      int32_t partition, flight *f)
+{
+    hl_wshared *ctx = t->ctx;
+    char err[256];
+    fill_items(t, recs, n);
+    hl_codec_list l = {
+        .user = v->user, .user_len = v->user_len, .generated_at_ms = v->t_ref_ms,
+        .model_version = hl_model_info_get(ctx->m)->version, .items = t->crec, .n_items = n,
+        .src_topic = ctx->o->input_topic, .src_partition = partition,
+        .src_offset = v->last_offset,
+    };
+    int len = hl_codec_encode_list(t->codec, &l, t->enc, t->enc_cap);
+    if (len < 0 || hl_producer_send(ctx->prod, ctx->o->output_topic, RD_KAFKA_PARTITION_UA,
+                                    v->user, v->user_len, t->enc, (size_t)len, NULL,
+                                    &f->t, err, sizeof err) != 0) {
+        uint64_t sup;
+        if (hl_log_limit_pass(&t->err_limit, &sup))
+            hl_log(HL_LOG_WARN, "list_not_sent", "len=%d err=\"%s\"", len,
+                   len < 0 ? hl_strerror(len) : err);
+        return;
+    }
+    t->b.lists++;
+    if (ctx->o->on_list)
+        ctx->o->on_list(ctx->o->on_list_arg, &l);
+}
+
+/* Refreshes rows[0..n) of sh (live rows, each once) and produces their
+ * lists into flight f. */
+static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int n,
+                          flight *f)
+{
+    int k = t->ctx->o->recs_k;
+    for (int i = 0; i < n; i++)
+        hl_table_view(sh->tbl, rows[i], &t->views[i]);
+    double a = hl_now_mono_s();
+    int rc = hl_ranker_refresh(t->ranker, t->views, n, t->recs, t->n_out);
+    double b = hl_now_mono_s();
+    t->b.stage_s[STAGE_REFRESH] += b - a;
+    if (rc != 0) {
+        uint64_t sup;
+        if (hl_log_limit_pass(&t->err_limit, &sup))
+            hl_log(HL_LOG_ERROR, "refresh_failed", "partition=%d err=%s",
+                   (int)sh->partition, hl_strerror(rc));
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        send_list(t, &t->views[i], t->recs + (size_t)i * k, t->n_out[i], sh->partition, f);
+        hl_gate_refreshed(sh->gate, rows[i], &t->views[i]);
+    }
+    t->b.stage_s[STAGE_PRODUCE] += hl_now_mono_s() - b;
+}
+
+/* Collects rows into chunks of REFRESH_MAX; refresh_chunk runs on each. */
+typedef struct chunk {
+    uint32_t rows[REFRESH_MAX];
+    int      n;
+} chunk;
+
+static void chunk_add(hl_wthread *t, hl_shard *sh, chunk *c, uint32_t row, flight *f)
+{
+    c->rows[c->n++] = row;
+    if (c->n == REFRESH_MAX) {
+        refresh_chunk(t, sh, c->rows, c->n, f);
+        c->n = 0;
+    }
+}
+
+/* With recs.min.interval.ms: the dirty rows the gate lets through, then the
+ * waiting rows whose time has come. */
+static void publish_gated(hl_wthread *t, hl_shard *sh, flight *f)
+{
+    uint32_t dirty[REFRESH_MAX], due[REFRESH_MAX];
+    chunk c = {.n = 0};
+    hl_row_view v;
+    hl_table_meta meta;
+    int n;
+    hl_table_meta_get(sh->tbl, &meta);
+    do {
+        n = hl_table_take_dirty(sh->tbl, dirty, REFRESH_MAX);
+        for (int i = 0; i < n; i++) {
+            hl_table_view(sh->tbl, dirty[i], &v);
+            if (hl_gate_pass(sh->gate, dirty[i], &v, meta.newest_ts_ms, sh->batch_first_off))
+                chunk_add(t, sh, &c, dirty[i], f);
+        }
+    } while (n == REFRESH_MAX);
+    while ((n = hl_gate_take_due(sh->gate, sh->tbl, due, REFRESH_MAX, meta.newest_ts_ms)) > 0)
+        for (int i = 0; i < n; i++)
+            chunk_add(t, sh, &c, due[i], f);
+    if (c.n > 0)
+        refresh_chunk(t, sh, c.rows, c.n, f);
+}
+
+void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f)
+{
+    uint32_t rows[REFRESH_MAX];
+    int n;
+    /* State only (recs.enabled=false): the dirty list is left alone. It
+     * threads through the rows themselves, holds each user at most once,
+     * and walking it would cost a cache miss per user per batch. */
+    if (t->ranker == NULL)
+        return;
+    if (sh->gate != NULL) {
+        publish_gated(t, sh, f);
+        return;
+    }
+    do {
+        n = hl_table_take_dirty(sh->tbl, rows, REFRESH_MAX);
+        if (n > 0)
+            refresh_chunk(t, sh, rows, n, f);
+    } while (n == REFRESH_MAX);
+}
+
+void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)
+{
+    uint32_t rows[REFRESH_MAX];
+    int any = 0;
+    for (int i = 0; i < n_sh && !any; i++)
+        any = shs[i] != NULL && hl_gate_waiting(shs[i]->gate) > 0;
+    if (!any || t->ranker == NULL || atomic_load(t->ctx->stop) >= 2)
+        return;
+    flight *f = hl_flight_begin(t);
+    memset(&t->b, 0, sizeof t->b);
+    for (int i = 0; i < n_sh; i++) {
+        int n;
+        if (shs[i] == NULL)
+            continue;
+        while ((n = hl_gate_take_due(shs[i]->gate, shs[i]->tbl, rows, REFRESH_MAX,
+                                     INT64_MAX)) > 0)
+            refresh_chunk(t, shs[i], rows, n, f);
+    }
+    hl_flight_note_offsets(t, f);
+    hl_batch_count_lists(t);
+}

@@ -1,0 +1,112 @@
+/* thread_internal.h - what the files of one shard-owning thread share.
+ * Private to them; the contract is thread.h.
+ *
+ *   thread.c   the thread, its mailbox (shards given and taken back) and
+ *              the loop that calls the others between mail checks
+ *   batch.c    one batch: consume, decode (bad records to the DLQ), apply,
+ *              then hand the dirty users to publish.c; the batch's counters
+ *   publish.c  refresh: score each dirty user once, encode the list,
+ *              produce it; recs.min.interval.ms through the shard's gate
+ *   flight.c   the batches whose lists are in flight: their offsets are
+ *              stored only once those lists are delivered, in order
+ *
+ * The struct is one block so each file reads the fields it needs without
+ * accessor noise; each field says which file owns it. Everything below
+ * "owned by the thread" is touched only by the thread itself (or by the
+ * destroying thread after it has exited). */
+#ifndef HL_THREAD_INTERNAL_H
+#define HL_THREAD_INTERNAL_H
+
+#include "thread.h"
+#include "log.h"
+#include "rank.h"
+
+#include <pthread.h>
+
+#define REFRESH_MAX 256     /* users per hl_ranker_refresh: SGEMM runs well from 64 */
+#define N_FLIGHTS   8       /* batches whose lists may be in flight at once */
+
+enum { STAGE_DECODE, STAGE_APPLY, STAGE_REFRESH, STAGE_PRODUCE, N_STAGES };
+
+/* One batch's lists on their way (flight.c). */
+typedef struct flight {
+    hl_ticket t;
+    rd_kafka_topic_partition_list_t *offs;   /* next offset per partition */
+    int64_t  *ts_ms;                         /* Kafka timestamps of the events */
+    int       n_ts;
+} flight;
+
+/* What one batch counted, added to the registry once at its end (batch.c). */
+typedef struct batch_counts {
+    uint64_t unknown, lists, applied, duplicates, failed;
+    uint64_t invalid[HL_CODEC_N_REASONS];
+    double   stage_s[N_STAGES];
+} batch_counts;
+
+struct hl_wthread {
+    int          id;
+    hl_wshared  *ctx;
+    pthread_t    tid;
+    int          started;
+    rd_kafka_queue_t *q;
+
+    /* mailbox, under mu (thread.c); every array grows on demand */
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;
+    hl_shard   **give;    int n_give, cap_give;
+    int32_t     *take;    int n_take, cap_take;
+    hl_shard   **taken;   int n_taken, cap_taken;   /* room for n_taken + n_take */
+    int          exited;
+    atomic_int   mail;
+    atomic_int   n_shards;
+
+    /* ---- owned by the thread ---- */
+    int32_t     *take_copy; int cap_take_copy;      /* thread.c */
+    hl_shard   **own;     int n_own, cap_own;       /* thread.c */
+    hl_shard   **by_part; int cap_part;             /* thread.c: by partition */
+
+    hl_codec    *codec;                             /* batch.c */
+    rd_kafka_message_t **msgs;
+    char        *arena;   size_t arena_used, arena_cap;  /* user ids of the batch */
+    hl_ticket    dlq_ticket;
+    hl_log_limit bad_limit, err_limit;
+    batch_counts b;
+
+    hl_ranker   *ranker;                            /* publish.c; NULL: state only */
+    hl_row_view *views;
+    hl_rec      *recs;
+    int         *n_out;
+    hl_codec_rec *crec;
+    uint8_t     *enc;     size_t enc_cap;
+
+    flight       fl[N_FLIGHTS];                     /* flight.c: a ring */
+    int          fl_head, fl_n;
+};
+
+/* thread.c */
+hl_shard *hl_wthread_shard_of(hl_wthread *t, int32_t partition);   /* NULL: not ours */
+
+/* batch.c */
+int  hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen);
+void hl_batch_free(hl_wthread *t);
+int  hl_batch_consume(hl_wthread *t);               /* records taken into t->msgs */
+void hl_batch_run(hl_wthread *t, int n);
+void hl_batch_count_lists(hl_wthread *t);           /* after publish_pending */
+
+/* publish.c */
+int  hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen);
+void hl_publish_free(hl_wthread *t);
+void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f);
+/* Revocation and shutdown: refreshes every user recs.min.interval.ms holds
+ * back in shs[0..n_sh) (NULL entries skipped) into one flight. */
+void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh);
+
+/* flight.c */
+int     hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen);
+void    hl_flight_free(hl_wthread *t);
+flight *hl_flight_begin(hl_wthread *t);
+void    hl_flight_note_offsets(hl_wthread *t, flight *f);
+void    hl_flight_retire(hl_wthread *t);
+int     hl_flight_drain(hl_wthread *t);
+
+#endif

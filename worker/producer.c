@@ -45,15 +45,6 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
         atomic_fetch_sub_explicit(&t->pending, 1, memory_order_release);
 }
 
-static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
-                    char *errbuf, size_t errlen)
-{
-    char why[256];
-    if (rd_kafka_conf_set(conf, k, v, why, sizeof why) != RD_KAFKA_CONF_OK)
-        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%s: %s", k, v, why);
-    return 0;
-}
-
 static int prop_given(const hl_kafka_prop *props, int n, const char *key)
 {
     for (int i = 0; i < n; i++)
@@ -98,11 +89,11 @@ hl_producer *hl_producer_create(const hl_kafka_prop *props, int n_props,
     p->err_limit.interval_ms = 5000;
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         if (!prop_given(props, n_props, defaults[i].key) &&
-            conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
+            hl_kafka_conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
             goto fail;
     for (int i = 0; i < n_props; i++)
         if (producer_key(props[i].key) &&
-            conf_set(conf, props[i].key, props[i].value, errbuf, errlen) != 0)
+            hl_kafka_conf_set(conf, props[i].key, props[i].value, errbuf, errlen) != 0)
             goto fail;
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_opaque(conf, p);

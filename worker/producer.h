@@ -10,6 +10,7 @@
 #define HL_PRODUCER_H
 
 #include "hl.h"
+#include "kafka_conf.h"
 #include "metrics.h"
 
 #include <stdatomic.h>
@@ -33,11 +34,6 @@ static inline int hl_ticket_done(hl_ticket *t)
 }
 
 typedef struct hl_producer hl_producer;   /* opaque */
-
-/* One kafka.* property, key without the "kafka." prefix. */
-typedef struct hl_kafka_prop {
-    const char *key, *value;
-} hl_kafka_prop;
 
 /* Creates the producer: enable.idempotence=true, linger.ms=1 and
  * message.timeout.ms=0 (a list is never given up on: with the broker away

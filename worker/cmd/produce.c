@@ -9,22 +9,22 @@
  *
  * Configuration is the worker's (worker/config.c): -X kafka.* reaches
  * librdkafka, -X input.format=raw drops the Confluent framing, and
- * HALFLIFE_* variables apply. --rate paces the events per second; 0 is as
- * fast as the producer goes. At the end every message is waited for and
- * the delivered and failed counts are reported: the exit status is 1 if
- * any message failed. */
+ * HALFLIFE_* variables apply. --rate paces the events per second
+ * (worker/pace.c); 0 is as fast as the producer goes. At the end every
+ * message is waited for and the delivered and failed counts are reported:
+ * the exit status is 1 if any message failed. */
 #include "cmd.h"
 #include "codec.h"
 #include "config.h"
 #include "dataset.h"
 #include "log.h"
+#include "pace.h"
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 extern char **environ;
 
@@ -201,17 +201,6 @@ static int create_topic(rd_kafka_t *rk, const char *topic, int n, char *errbuf, 
     return rc;
 }
 
-/* Sleeps as long as the events sent are ahead of rate x elapsed. */
-static void pace(double rate, int64_t sent, int64_t start_ms)
-{
-    int64_t due_ms = start_ms + (int64_t)((double)sent * 1000.0 / rate);
-    int64_t ahead = due_ms - hl_now_mono_ms();
-    if (ahead > 0) {
-        struct timespec ts = { ahead / 1000, (ahead % 1000) * 1000000 };
-        nanosleep(&ts, NULL);
-    }
-}
-
 /* Hands one encoded event to librdkafka, waiting while its queue is full. */
 static int send_event(rd_kafka_t *rk, const char *topic, const hl_dataset_event *ev,
                       const void *buf, size_t len, char *errbuf, size_t errlen)
@@ -253,8 +242,10 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
     uint8_t buf[2048];
     hl_dataset_event ev;
     int64_t start_ms = hl_now_mono_ms(), last_ms = start_ms;
+    hl_pace pc;
     int rc;
 
+    hl_pace_init(&pc, a->rate);
     while (a->limit == 0 || r->sent < a->limit) {
         if ((rc = hl_dataset_next(r->rd, &ev, errbuf, errlen)) <= 0)
             return rc;
@@ -282,8 +273,7 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
                 progress(r, start_ms, "produce_progress");
             }
         }
-        if (a->rate > 0)
-            pace(a->rate, r->sent, start_ms);
+        hl_pace_sent(&pc);
     }
     return 0;
 }

@@ -11,6 +11,7 @@
  * UP. The scan below is deliberately narrow: it finds the input topic's
  * object and walks its "partition"/"consumer_lag" pairs in order. */
 #include "consumer.h"
+#include "kafka_conf.h"
 #include "log.h"
 
 #include <stdatomic.h>
@@ -26,15 +27,6 @@ struct hl_consumer {
     atomic_int       fatal;
     hl_log_limit     err_limit;
 };
-
-static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
-                    char *errbuf, size_t errlen)
-{
-    char why[256];
-    if (rd_kafka_conf_set(conf, k, v, why, sizeof why) != RD_KAFKA_CONF_OK)
-        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%s: %s", k, v, why);
-    return 0;
-}
 
 /* Producer-only keys are skipped: librdkafka would warn about each. */
 static int consumer_key(const char *key)
@@ -156,11 +148,11 @@ static int set_defaults(hl_consumer *c, rd_kafka_conf_t *conf, char *errbuf, siz
         {"statistics.interval.ms", c->o.reg ? "5000" : "0"},
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
-        if (conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
+        if (hl_kafka_conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
             return HL_EINVAL;
     for (int i = 0; i < c->o.n_kafka; i++)
         if (consumer_key(c->o.kafka[i].key) &&
-            conf_set(conf, c->o.kafka[i].key, c->o.kafka[i].value, errbuf, errlen) != 0)
+            hl_kafka_conf_set(conf, c->o.kafka[i].key, c->o.kafka[i].value, errbuf, errlen) != 0)
             return HL_EINVAL;
     return 0;
 }

@@ -1,6 +1,7 @@
-/* log.c - key=value log lines on stderr, a level filter and a rate limiter.
- * The level is process-wide configuration set once at start; the limiter
- * state lives in the caller's struct (STYLE.md section 6). */
+/* log.c - key=value log lines on stderr, a level filter, a rate limiter and
+ * the worker's clocks (every other worker/ file reads the time through
+ * these). The level is process-wide configuration set once at start; the
+ * limiter state lives in the caller's struct (STYLE.md section 6). */
 #include "log.h"
 
 #include <stdarg.h>
@@ -28,6 +29,13 @@ int64_t hl_now_mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t hl_now_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 double hl_now_mono_s(void)

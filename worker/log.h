@@ -31,9 +31,13 @@ typedef struct hl_log_limit {
  * dropped since the last one), 0 if it should be dropped (and is counted). */
 int hl_log_limit_pass(hl_log_limit *lim, uint64_t *suppressed_out);
 
-/* Monotonic and wall clocks in ms: worker/ only, core/ never reads a clock. */
+/* The clocks, for worker/ only: core/ never reads one (time comes in as an
+ * argument). Monotonic for durations and deadlines, wall for timestamps
+ * others read. hl_now_mono_s is the monotonic clock in seconds, for
+ * durations printed as rates. */
 int64_t hl_now_mono_ms(void);
+int64_t hl_now_mono_us(void);
+double  hl_now_mono_s(void);
 int64_t hl_now_wall_ms(void);
-double  hl_now_mono_s(void);       /* for timing stages: sub-ms resolution */
 
 #endif

@@ -107,13 +107,6 @@ struct hl_persist_shard {
     hl_gauge           *g_bytes, *g_success;
 };
 
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* ---- creation ---------------------------------------------------------- */
 
 /* mkdir -p: a fresh volume has no snapshot directory yet. */
@@ -299,13 +292,13 @@ static void shard_free(hl_persist_shard *ps)
 static void run_job(hl_persist *p, job *j, hl_persist_done *d)
 {
     hl_snapshot_result res;
-    int64_t t = now_us();
+    int64_t t = hl_now_mono_us();
     memset(d, 0, sizeof *d);
     d->partition = j->ps->partition;
     d->next_offset = j->next_offset;
     d->rc = hl_snapshot_commit(j->w, p->o.retain, &res, d->err, sizeof d->err);
     j->w = NULL;                            /* commit always consumes it */
-    int64_t end = now_us();
+    int64_t end = hl_now_mono_us();
     d->commit_s = (double)(end - t) / 1e6;
     d->duration_s = (double)(end - j->t0_us) / 1e6;
     d->wall_ms = hl_now_wall_ms();
@@ -537,7 +530,7 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
     hl_snapshot_info info;
     hl_table *tbl = NULL;
     char report[2048], why[1024];
-    int64_t t0 = now_us();
+    int64_t t0 = hl_now_mono_us();
 
     memset(out, 0, sizeof *out);
     out->next_offset = HL_PERSIST_NO_OFFSET;
@@ -545,7 +538,7 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
                                      p->o.model_fingerprint, &tbl, &info, out->path,
                                      sizeof out->path, report, sizeof report,
                                      why, sizeof why);
-    out->duration_s = (double)(now_us() - t0) / 1e6;
+    out->duration_s = (double)(hl_now_mono_us() - t0) / 1e6;
     out->n_rejected = count_rejected(report);
     if (report[0])
         hl_log(HL_LOG_WARN, "snapshot_rejected", "partition=%d n=%d detail=\"%s\"",
@@ -652,7 +645,7 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
     meta.partition = ps->partition;
     meta.next_offset = next_offset;
     meta.model_fingerprint = p->o.model_fingerprint;
-    ps->w_t0_us = now_us();
+    ps->w_t0_us = hl_now_mono_us();
     ps->w_offset = next_offset;
     ps->w_out = 0;
     ps->w_need = -1;
@@ -675,13 +668,13 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
 static int step_until(hl_persist_shard *ps, const hl_table *tbl, size_t rows,
                       int64_t until_us, char *errbuf, size_t errlen)
 {
-    int64_t t, t_prev = now_us();
+    int64_t t, t_prev = hl_now_mono_us();
     int rc;
     if (ps->w_out)
         return 1;
     for (;;) {
         rc = hl_snapshot_step(ps->w, tbl, rows, errbuf, errlen);
-        t = now_us();
+        t = hl_now_mono_us();
         /* A step that wrote rows takes tens of microseconds at least; one
          * that returns 0 at once found the drain ring full: stop, the
          * committer is writing. */
@@ -746,7 +739,7 @@ int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_o
                     int64_t delivered_offset, int64_t now_ms)
 {
     char err[512];
-    int64_t t0 = now_us();
+    int64_t t0 = hl_now_mono_us();
     int rc = 0, stepped = 0;
     if (ps->w == NULL) {
         if (!due(ps, delivered_offset, now_ms))
@@ -762,7 +755,7 @@ int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_o
     if (rc == 1)
         rc = commit_when_delivered(ps, applied_offset, delivered_offset);
 out:
-    note_tick(ps->p, now_us() - t0);
+    note_tick(ps->p, hl_now_mono_us() - t0);
     return rc < 0 ? rc : stepped;
 }
 

@@ -6,7 +6,10 @@
  * record, so pending == 0 means every record of the batch has been
  * acknowledged by the broker (or has definitely failed and been counted).
  * Delivery reports run in whichever thread polls; they touch only atomics.
- * What to do with a failed record is the caller's decision. */
+ * Every report is also counted on the producer itself (delivered, failed,
+ * the first cause), for callers that send without tickets: `halflife
+ * produce` and the demo. What to do with a failed record is the caller's
+ * decision. */
 #include "producer.h"
 #include "log.h"
 
@@ -18,14 +21,19 @@ struct hl_producer {
     rd_kafka_t   *rk;
     hl_counter   *delivery_errors;
     hl_log_limit  err_limit;
-    atomic_ulong  n_failed;
+    atomic_ullong n_delivered, n_failed;
+    atomic_int    first_err;    /* rd_kafka_resp_err_t; set once, by the first failure */
 };
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
     hl_producer *p = opaque;
     hl_ticket *t = rkm->_private;
-    if (rkm->err) {
+    if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        atomic_fetch_add_explicit(&p->n_delivered, 1, memory_order_relaxed);
+    } else {
+        int none = 0;
+        atomic_compare_exchange_strong(&p->first_err, &none, (int)rkm->err);
         atomic_fetch_add(&p->n_failed, 1);
         if (p->delivery_errors)
             hl_counter_add(p->delivery_errors, 1);
@@ -43,15 +51,6 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     }
     if (t)
         atomic_fetch_sub_explicit(&t->pending, 1, memory_order_release);
-}
-
-static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
-                    char *errbuf, size_t errlen)
-{
-    char why[256];
-    if (rd_kafka_conf_set(conf, k, v, why, sizeof why) != RD_KAFKA_CONF_OK)
-        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%s: %s", k, v, why);
-    return 0;
 }
 
 static int prop_given(const hl_kafka_prop *props, int n, const char *key)
@@ -98,11 +97,11 @@ hl_producer *hl_producer_create(const hl_kafka_prop *props, int n_props,
     p->err_limit.interval_ms = 5000;
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         if (!prop_given(props, n_props, defaults[i].key) &&
-            conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
+            hl_kafka_conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
             goto fail;
     for (int i = 0; i < n_props; i++)
         if (producer_key(props[i].key) &&
-            conf_set(conf, props[i].key, props[i].value, errbuf, errlen) != 0)
+            hl_kafka_conf_set(conf, props[i].key, props[i].value, errbuf, errlen) != 0)
             goto fail;
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_opaque(conf, p);
@@ -122,9 +121,9 @@ void hl_producer_destroy(hl_producer *p, int flush_ms)
 {
     if (p == NULL)
         return;
-    if (rd_kafka_flush(p->rk, flush_ms) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        hl_log(HL_LOG_WARN, "producer_flush_incomplete", "in_flight=%d",
-               rd_kafka_outq_len(p->rk));
+    int in_flight = hl_producer_flush(p, flush_ms);
+    if (in_flight > 0)
+        hl_log(HL_LOG_WARN, "producer_flush_incomplete", "in_flight=%d", in_flight);
     rd_kafka_destroy(p->rk);
     free(p);
 }
@@ -183,6 +182,19 @@ int hl_producer_send(hl_producer *p, const char *topic, int32_t partition,
 void hl_producer_poll(hl_producer *p, int timeout_ms)
 {
     rd_kafka_poll(p->rk, timeout_ms);
+}
+
+int hl_producer_flush(hl_producer *p, int timeout_ms)
+{
+    rd_kafka_flush(p->rk, timeout_ms);
+    return rd_kafka_outq_len(p->rk);
+}
+
+void hl_producer_stats_get(hl_producer *p, hl_producer_stats *st)
+{
+    st->delivered = atomic_load_explicit(&p->n_delivered, memory_order_relaxed);
+    st->failed = atomic_load(&p->n_failed);
+    st->first_err = (rd_kafka_resp_err_t)atomic_load(&p->first_err);
 }
 
 int hl_producer_wait(hl_producer *p, hl_ticket *ticket, int timeout_ms,

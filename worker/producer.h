@@ -1,5 +1,6 @@
-/* producer.h - the worker's idempotent Kafka producer and the delivery
- * tickets that tell a batch when all of its records are in the broker.
+/* producer.h - the worker's idempotent Kafka producer (also the one
+ * `halflife produce` and the demo send with) and the delivery tickets that
+ * tell a batch when all of its records are in the broker.
  *
  * A ticket counts a batch's records still in flight: hl_producer_send()
  * adds one before handing a record to librdkafka, the delivery report takes
@@ -10,6 +11,7 @@
 #define HL_PRODUCER_H
 
 #include "hl.h"
+#include "kafka_conf.h"
 #include "metrics.h"
 
 #include <stdatomic.h>
@@ -34,19 +36,16 @@ static inline int hl_ticket_done(hl_ticket *t)
 
 typedef struct hl_producer hl_producer;   /* opaque */
 
-/* One kafka.* property, key without the "kafka." prefix. */
-typedef struct hl_kafka_prop {
-    const char *key, *value;
-} hl_kafka_prop;
-
 /* Creates the producer: enable.idempotence=true, linger.ms=1 and
  * message.timeout.ms=0 (a list is never given up on: with the broker away
  * the worker waits instead of losing output) unless props say otherwise.
- * delivery_errors may be NULL. */
+ * props are set in order, so a later key overrides an earlier one;
+ * consumer-only keys are skipped. delivery_errors may be NULL. */
 hl_producer *hl_producer_create(const hl_kafka_prop *props, int n_props,
                                 hl_counter *delivery_errors,
                                 char *errbuf, size_t errlen);
-/* Flushes for at most flush_ms, then frees. NULL is a no-op. */
+/* Flushes for at most flush_ms (logging what is still in flight then),
+ * then frees. NULL is a no-op. */
 void         hl_producer_destroy(hl_producer *p, int flush_ms);
 
 rd_kafka_t  *hl_producer_handle(hl_producer *p);
@@ -70,6 +69,21 @@ int hl_producer_send(hl_producer *p, const char *topic, int32_t partition,
 
 /* Serves delivery reports for up to timeout_ms. */
 void hl_producer_poll(hl_producer *p, int timeout_ms);
+
+/* Waits up to timeout_ms for every record sent to get its delivery report,
+ * serving reports meanwhile. Returns how many records and requests are
+ * still in flight: 0 means all are reported. */
+int  hl_producer_flush(hl_producer *p, int timeout_ms);
+
+/* Delivery reports so far, whether or not the records carried a ticket:
+ * what a caller without a metrics registry reports. Any thread. */
+typedef struct hl_producer_stats {
+    uint64_t            delivered;   /* acknowledged by the broker */
+    uint64_t            failed;      /* given up on (also counted in delivery_errors) */
+    rd_kafka_resp_err_t first_err;   /* the first failure's cause; 0 if none */
+} hl_producer_stats;
+
+void hl_producer_stats_get(hl_producer *p, hl_producer_stats *st);
 
 /* Polls until ticket is done or timeout_ms passes (-1: no limit, but stop,
  * if not NULL, is checked each poll). 1 if done. */

@@ -17,6 +17,7 @@
 #include "http.h"
 #include "dataset.h"
 #include "log.h"
+#include "pace.h"
 #include "synth.h"
 #include "train.h"
 #include "worker.h"
@@ -181,21 +182,6 @@ static int hit(demo *d, const char *user, size_t ulen, const char *item, size_t 
 
 /* ---- the producer thread ----------------------------------------------- */
 
-static void pace(demo *d, double t0, uint64_t n)
-{
-    if (d->rate <= 0)
-        return;
-    double due = t0 + (double)n / d->rate, now;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    now = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-    if (due > now + 0.0005) {
-        ts.tv_sec = (time_t)(due - now);
-        ts.tv_nsec = (long)((due - now - (double)ts.tv_sec) * 1e9);
-        nanosleep(&ts, NULL);
-    }
-}
-
 static void send_event(demo *d, const hl_codec_event *ev)
 {
     uint8_t buf[1024];
@@ -216,13 +202,6 @@ static void send_event(demo *d, const hl_codec_event *ev)
     atomic_fetch_add(&d->produced, 1);
 }
 
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void replay_synthetic(demo *d)
 {
     hl_synth_opts so;
@@ -230,13 +209,14 @@ static void replay_synthetic(demo *d)
     so.seed = 2;                 /* same items and topics as training, new draws */
     hl_synth *s = hl_synth_create(&so, NULL, 0);
     hl_synth_event se;
-    double t0 = mono_s();
+    hl_pace pc;
+    hl_pace_init(&pc, d->rate);
     for (uint64_t n = 0; s && !atomic_load(&d->stop); n++) {
         hl_synth_next(s, &se);
         hl_codec_event ev = {se.user, se.user_len, se.item, se.item_len, se.type,
                              se.ts_ms, se.weight, se.has_weight};
         send_event(d, &ev);
-        pace(d, t0, n + 1);
+        hl_pace_sent(&pc);
         if ((n & 255) == 0)
             hl_producer_poll(d->prod, 0);
     }
@@ -257,12 +237,13 @@ static void replay_file(demo *d)
         return;
     }
     hl_dataset_event de;
-    double t0 = mono_s();
+    hl_pace pc;
+    hl_pace_init(&pc, d->rate);
     for (uint64_t n = 0; !atomic_load(&d->stop) && hl_dataset_next(r, &de, err, sizeof err) == 1; n++) {
         hl_codec_event ev = {de.user, de.user_len, de.item, de.item_len, de.type,
                              de.ts_ms, de.weight, de.has_weight};
         send_event(d, &ev);
-        pace(d, t0, n + 1);
+        hl_pace_sent(&pc);
         if ((n & 255) == 0)
             hl_producer_poll(d->prod, 0);
     }
@@ -385,7 +366,7 @@ static hl_model *train_model(char *err, size_t errlen)
     to.epochs = 3;
     to.max_history = 64;
     to.progress = train_progress;
-    double t0 = mono_s();
+    double t0 = hl_now_mono_s();
     hl_log(HL_LOG_INFO, "demo_train", "events=%lld users=%d items=%d dim=%d epochs=%d",
            (long long)td.n_events, td.n_users, td.n_items, to.dim, to.epochs);
     openblas_set_num_threads(2);
@@ -394,7 +375,7 @@ static hl_model *train_model(char *err, size_t errlen)
             m = hl_model_open(path, err, errlen);
         hl_train_result_reset(&res);
     }
-    hl_log(HL_LOG_INFO, "demo_trained", "seconds=%.1f ok=%d", mono_s() - t0, m != NULL);
+    hl_log(HL_LOG_INFO, "demo_trained", "seconds=%.1f ok=%d", hl_now_mono_s() - t0, m != NULL);
     free_data(&td);
     unlink(path);
     return m;
@@ -433,12 +414,12 @@ static void watch(demo *d)
 {
     hl_worker_stats prev;
     memset(&prev, 0, sizeof prev);
-    double t0 = mono_s(), last = t0;
+    double t0 = hl_now_mono_s(), last = t0;
     for (int tick = 1; !demo_signalled; tick++) {
         struct timespec ts = {0, 100 * 1000000L};
-        while (!demo_signalled && mono_s() < t0 + tick)
+        while (!demo_signalled && hl_now_mono_s() < t0 + tick)
             nanosleep(&ts, NULL);
-        double now = mono_s();
+        double now = hl_now_mono_s();
         status_line(d, &prev, now - last);
         last = now;
         if (tick % 5 == 0)

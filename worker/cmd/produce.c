@@ -9,22 +9,24 @@
  *
  * Configuration is the worker's (worker/config.c): -X kafka.* reaches
  * librdkafka, -X input.format=raw drops the Confluent framing, and
- * HALFLIFE_* variables apply. --rate paces the events per second; 0 is as
- * fast as the producer goes. At the end every message is waited for and
- * the delivered and failed counts are reported: the exit status is 1 if
- * any message failed. */
+ * HALFLIFE_* variables apply. So is the producer (worker/producer.c), with
+ * a few defaults of this command's own (make_producer). --rate paces the
+ * events per second (worker/pace.c); 0 is as fast as the producer goes. At
+ * the end every message is waited for and the delivered and failed counts
+ * are reported: the exit status is 1 if any message failed. */
 #include "cmd.h"
 #include "codec.h"
 #include "config.h"
 #include "dataset.h"
 #include "log.h"
+#include "pace.h"
+#include "producer.h"
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 extern char **environ;
 
@@ -38,13 +40,6 @@ typedef struct produce_args {
     char       *xs[MAX_X_ARGS];
     int         n_xs;
 } produce_args;
-
-/* Delivery reports land here (librdkafka calls them from rd_kafka_poll in
- * this thread). */
-typedef struct produce_counts {
-    int64_t  delivered, failed;
-    char     first_error[256];
-} produce_counts;
 
 static void usage(FILE *f)
 {
@@ -113,54 +108,32 @@ static int parse_args(int argc, char **argv, produce_args *a)
     return 0;
 }
 
-static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+/* The worker's idempotent producer (enable.idempotence=true, a queue of a
+ * million records) with this command's defaults before the kafka.* keys,
+ * which override them: linger.ms=5 for fuller batches, the Java client's
+ * partitioner, and librdkafka's own message.timeout.ms of 5 minutes, so a
+ * replay whose broker never comes back ends and says so instead of
+ * waiting for ever as the worker does. */
+static hl_producer *make_producer(const hl_config *cfg, char *errbuf, size_t errlen)
 {
-    produce_counts *n = opaque;
-    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        n->delivered++;
-        return;
+    static const hl_kafka_prop defaults[] = {
+        {"linger.ms", "5"}, {"partitioner", "murmur2_random"},
+        {"message.timeout.ms", "300000"},
+    };
+    enum { N_DEFAULTS = sizeof defaults / sizeof defaults[0] };
+    int n_user;
+    const hl_kafka_prop *user = hl_config_kafka(cfg, &n_user);
+    hl_kafka_prop *props = malloc((size_t)(N_DEFAULTS + n_user) * sizeof *props);
+    if (props == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "producer: out of memory");
+        return NULL;
     }
-    if (n->failed++ == 0)
-        snprintf(n->first_error, sizeof n->first_error, "%s", rd_kafka_err2str(m->err));
-}
-
-static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
-                    char *errbuf, size_t errlen)
-{
-    char why[256];
-    if (rd_kafka_conf_set(conf, k, v, why, sizeof why) != RD_KAFKA_CONF_OK)
-        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%s: %s", k, v, why);
-    return 0;
-}
-
-/* An idempotent producer with our defaults, then the kafka.* keys. */
-static rd_kafka_t *make_producer(const hl_config *cfg, produce_counts *counts,
-                                 char *errbuf, size_t errlen)
-{
-    char why[512];
-    int n;
-    const hl_kafka_prop *p = hl_config_kafka(cfg, &n);
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_t *rk;
-
-    if (conf_set(conf, "enable.idempotence", "true", errbuf, errlen) ||
-        conf_set(conf, "linger.ms", "5", errbuf, errlen) ||
-        conf_set(conf, "partitioner", "murmur2_random", errbuf, errlen) ||
-        conf_set(conf, "queue.buffering.max.messages", "1000000", errbuf, errlen))
-        goto fail;
-    for (int i = 0; i < n; i++)
-        if (conf_set(conf, p[i].key, p[i].value, errbuf, errlen))
-            goto fail;
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_opaque(conf, counts);
-    if ((rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why)) == NULL) {
-        hl_err(errbuf, errlen, HL_EINVAL, "producer: %s", why);
-        goto fail;
-    }
-    return rk;                  /* rk owns conf now */
-fail:
-    rd_kafka_conf_destroy(conf);
-    return NULL;
+    memcpy(props, defaults, sizeof defaults);
+    if (n_user > 0)
+        memcpy(props + N_DEFAULTS, user, (size_t)n_user * sizeof *props);
+    hl_producer *prod = hl_producer_create(props, N_DEFAULTS + n_user, NULL, errbuf, errlen);
+    free(props);
+    return prod;
 }
 
 /* Creates topic with n partitions; one that exists already is fine. For a
@@ -201,50 +174,23 @@ static int create_topic(rd_kafka_t *rk, const char *topic, int n, char *errbuf, 
     return rc;
 }
 
-/* Sleeps as long as the events sent are ahead of rate x elapsed. */
-static void pace(double rate, int64_t sent, int64_t start_ms)
-{
-    int64_t due_ms = start_ms + (int64_t)((double)sent * 1000.0 / rate);
-    int64_t ahead = due_ms - hl_now_mono_ms();
-    if (ahead > 0) {
-        struct timespec ts = { ahead / 1000, (ahead % 1000) * 1000000 };
-        nanosleep(&ts, NULL);
-    }
-}
-
-/* Hands one encoded event to librdkafka, waiting while its queue is full. */
-static int send_event(rd_kafka_t *rk, const char *topic, const hl_dataset_event *ev,
-                      const void *buf, size_t len, char *errbuf, size_t errlen)
-{
-    for (;;) {
-        rd_kafka_resp_err_t err = rd_kafka_producev(
-            rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(ev->user, ev->user_len),
-            RD_KAFKA_V_VALUE((void *)buf, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_END);
-        if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-            return 0;
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-            return hl_err(errbuf, errlen, HL_EIO, "produce to %s: %s", topic, rd_kafka_err2str(err));
-        rd_kafka_poll(rk, 50);
-    }
-}
-
 typedef struct replay {
-    rd_kafka_t        *rk;
+    hl_producer       *prod;
     hl_codec          *codec;
     hl_dataset_reader *rd;
     const char        *topic;
-    produce_counts     counts;
     int64_t            sent;
     int64_t            skipped;      /* ids outside 1..HL_MAX_ID_LEN bytes */
 } replay;
 
 static void progress(const replay *r, int64_t start_ms, const char *event)
 {
+    hl_producer_stats st;
+    hl_producer_stats_get(r->prod, &st);
     double s = (double)(hl_now_mono_ms() - start_ms) / 1000.0;
-    hl_log(HL_LOG_INFO, event, "topic=%s events=%lld delivered=%lld failed=%lld rate_eps=%.0f",
-           r->topic, (long long)r->sent, (long long)r->counts.delivered,
-           (long long)r->counts.failed, s > 0 ? (double)r->sent / s : 0.0);
+    hl_log(HL_LOG_INFO, event, "topic=%s events=%lld delivered=%llu failed=%llu rate_eps=%.0f",
+           r->topic, (long long)r->sent, (unsigned long long)st.delivered,
+           (unsigned long long)st.failed, s > 0 ? (double)r->sent / s : 0.0);
 }
 
 /* Reads, encodes and sends every event (up to a->limit). */
@@ -253,8 +199,10 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
     uint8_t buf[2048];
     hl_dataset_event ev;
     int64_t start_ms = hl_now_mono_ms(), last_ms = start_ms;
+    hl_pace pc;
     int rc;
 
+    hl_pace_init(&pc, a->rate);
     while (a->limit == 0 || r->sent < a->limit) {
         if ((rc = hl_dataset_next(r->rd, &ev, errbuf, errlen)) <= 0)
             return rc;
@@ -272,18 +220,19 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
         if (n < 0)
             return hl_err(errbuf, errlen, n, "%s line %lld: cannot encode the event (%s)",
                           a->input, (long long)ev.line, hl_strerror(n));
-        if ((rc = send_event(r->rk, r->topic, &ev, buf, (size_t)n, errbuf, errlen)) != 0)
+        /* Keyed by user, no ticket: the delivery counts are the producer's. */
+        if ((rc = hl_producer_send(r->prod, r->topic, -1, ev.user, ev.user_len,
+                                   buf, (size_t)n, NULL, NULL, errbuf, errlen)) != 0)
             return rc;
         r->sent++;
         if ((r->sent & 1023) == 0 || a->rate > 0) {
-            rd_kafka_poll(r->rk, 0);
+            hl_producer_poll(r->prod, 0);
             if (hl_now_mono_ms() - last_ms >= 1000) {
                 last_ms = hl_now_mono_ms();
                 progress(r, start_ms, "produce_progress");
             }
         }
-        if (a->rate > 0)
-            pace(a->rate, r->sent, start_ms);
+        hl_pace_sent(&pc);
     }
     return 0;
 }
@@ -292,11 +241,11 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
 static void wait_delivered(replay *r)
 {
     int64_t last_ms = hl_now_mono_ms();
-    while (rd_kafka_outq_len(r->rk) > 0) {
-        rd_kafka_flush(r->rk, 1000);
+    int in_flight;
+    while ((in_flight = hl_producer_flush(r->prod, 1000)) > 0) {
         if (hl_now_mono_ms() - last_ms >= 5000) {
             last_ms = hl_now_mono_ms();
-            hl_log(HL_LOG_INFO, "produce_waiting", "in_flight=%d", rd_kafka_outq_len(r->rk));
+            hl_log(HL_LOG_INFO, "produce_waiting", "in_flight=%d", in_flight);
         }
     }
 }
@@ -319,16 +268,22 @@ static int open_input(replay *r, const produce_args *a, const hl_config *cfg,
     return 0;
 }
 
-static void report(const replay *r, const produce_args *a)
+/* librdkafka's text for the first delivery failure, "" if none. */
+static const char *first_error(const hl_producer_stats *ps)
+{
+    return ps->first_err ? rd_kafka_err2str(ps->first_err) : "";
+}
+
+static void report(const replay *r, const produce_args *a, const hl_producer_stats *ps)
 {
     hl_dataset_stats st;
     hl_dataset_stats_get(r->rd, &st);
     hl_log(HL_LOG_INFO, "produce_done",
-           "topic=%s events=%lld delivered=%lld failed=%lld bad_lines=%lld skipped=%lld "
+           "topic=%s events=%lld delivered=%llu failed=%llu bad_lines=%lld skipped=%lld "
            "first_error=\"%s\"",
-           r->topic, (long long)r->sent, (long long)r->counts.delivered,
-           (long long)r->counts.failed, (long long)st.bad_lines, (long long)r->skipped,
-           r->counts.first_error);
+           r->topic, (long long)r->sent, (unsigned long long)ps->delivered,
+           (unsigned long long)ps->failed, (long long)st.bad_lines, (long long)r->skipped,
+           first_error(ps));
     for (int i = 0; i < 8 && i < st.bad_lines; i++)
         hl_log(HL_LOG_WARN, "bad_line", "file=%s line=%lld why=\"%s\"", a->input,
                (long long)st.first_bad_line[i], st.first_bad_why[i]);
@@ -338,6 +293,7 @@ int hl_cmd_produce(int argc, char **argv)
 {
     produce_args a;
     replay r;
+    hl_producer_stats ps;
     char err[512] = "";
     hl_config *cfg = NULL;
     int replay_rc, rc = parse_args(argc, argv, &a);
@@ -356,24 +312,26 @@ int hl_cmd_produce(int argc, char **argv)
     }
     r.topic = a.topic != NULL ? a.topic : hl_config_str(cfg, "input.topic");
     if (open_input(&r, &a, cfg, err, sizeof err) != 0 ||
-        (r.rk = make_producer(cfg, &r.counts, err, sizeof err)) == NULL)
+        (r.prod = make_producer(cfg, err, sizeof err)) == NULL)
         goto out;
-    if (a.partitions > 0 && create_topic(r.rk, r.topic, a.partitions, err, sizeof err) != 0)
+    if (a.partitions > 0 &&
+        create_topic(hl_producer_handle(r.prod), r.topic, a.partitions, err, sizeof err) != 0)
         hl_log(HL_LOG_WARN, "create_topic_failed", "topic=%s err=\"%s\"", r.topic, err);
     replay_rc = replay_all(&r, &a, err, sizeof err);
     wait_delivered(&r);
-    report(&r, &a);
+    hl_producer_stats_get(r.prod, &ps);
+    report(&r, &a, &ps);
     if (replay_rc != 0)
         goto out;
-    rc = (r.counts.failed == 0 && r.counts.delivered == r.sent) ? 0 : 1;
+    rc = (ps.failed == 0 && ps.delivered == (uint64_t)r.sent) ? 0 : 1;
     if (rc != 0)
         snprintf(err, sizeof err, "%lld of %lld events not delivered: %s",
-                 (long long)(r.sent - r.counts.delivered), (long long)r.sent, r.counts.first_error);
+                 (long long)(r.sent - (int64_t)ps.delivered), (long long)r.sent,
+                 first_error(&ps));
 out:
     if (rc != 0)
         fprintf(stderr, "halflife produce: %s\n", err[0] ? err : "out of memory");
-    if (r.rk != NULL)
-        rd_kafka_destroy(r.rk);
+    hl_producer_destroy(r.prod, 0);      /* every record is reported by now */
     hl_codec_destroy(r.codec);
     hl_dataset_close(r.rd);
     hl_config_destroy(cfg);

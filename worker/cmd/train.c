@@ -7,6 +7,7 @@
  * training has, so --threads fixes the result for a given seed). */
 #include "cmd.h"
 #include "dataset.h"
+#include "log.h"
 #include "model.h"
 #include "train.h"
 
@@ -17,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* ---- string ids to dense rows ---------------------------------------------------- */
 
@@ -382,19 +382,12 @@ static int parse_args(train_args *a, int argc, char **argv)
 
 /* ---- running ------------------------------------------------------------------------------- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 typedef struct progress_ctx { double t0, t_last; int quiet; } progress_ctx;
 
 static void on_progress(void *ctx, const hl_train_progress *p)
 {
     progress_ctx *c = ctx;
-    double t = now_s(), dt = t - c->t_last;
+    double t = hl_now_mono_s(), dt = t - c->t_last;
     c->t_last = t;
     if (c->quiet) return;
     fprintf(stderr, "train: epoch %d/%d loss %.4f events/s %.0f", p->epoch, p->epochs,
@@ -458,7 +451,7 @@ int hl_cmd_train(int argc, char **argv)
     memset(&e, 0, sizeof e);
     memset(&res, 0, sizeof res);
     openblas_set_num_threads(a.threads);
-    progress_ctx pc = {now_s(), now_s(), a.quiet};
+    progress_ctx pc = {hl_now_mono_s(), hl_now_mono_s(), a.quiet};
     a.o.progress = on_progress;
     a.o.progress_ctx = &pc;
     rc = 1;
@@ -467,9 +460,9 @@ int hl_cmd_train(int argc, char **argv)
     if (!a.quiet)
         fprintf(stderr, "train: %lld events, %d users, %d items\n", (long long)e.n,
                 e.users.n, e.items.n);
-    double t0 = now_s();
+    double t0 = hl_now_mono_s();
     if (hl_train_run(&a.o, &d, &res, err, sizeof err)) goto fail;
-    double secs = now_s() - t0;
+    double secs = hl_now_mono_s() - t0;
     if (write_model(&a, &e, &res, err, sizeof err)) goto fail;
     print_summary(&a, &e, &res, secs);
     rc = 0;

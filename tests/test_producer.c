@@ -1,0 +1,74 @@
+/* test_producer.c - the worker's producer (worker/producer.c) and the one
+ * kafka.* setter (worker/kafka_conf.c) without a broker: configuration
+ * errors name the key, and records that cannot be delivered are counted by
+ * the producer's own statistics and by their ticket, with the first cause.
+ * Delivery to a broker is covered by tests/integration/test_broker_produce.py
+ * (`halflife produce`) and the worker's integration tests. */
+#define T_SUITE "test_producer"
+#include "test.h"
+
+#include "hl.h"
+#include "kafka_conf.h"
+#include "producer.h"
+
+static void test_conf_set_names_key(void)
+{
+    char err[256] = "";
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    CHECK(hl_kafka_conf_set(conf, "linger.ms", "5", err, sizeof err) == 0);
+    CHECK(hl_kafka_conf_set(conf, "no.such.key", "1", err, sizeof err) == HL_EINVAL);
+    CHECKF(strncmp(err, "kafka.no.such.key=1: ", 21) == 0, "err \"%s\"", err);
+    rd_kafka_conf_destroy(conf);
+}
+
+static void test_create_refuses_bad_value(void)
+{
+    char err[256] = "";
+    hl_kafka_prop props[] = {{"bootstrap.servers", "127.0.0.1:1"}, {"linger.ms", "abc"}};
+    hl_producer *p = hl_producer_create(props, 2, NULL, err, sizeof err);
+    CHECK(p == NULL);
+    CHECKF(strstr(err, "kafka.linger.ms=abc") != NULL, "err \"%s\"", err);
+    hl_producer_destroy(p, 0);
+}
+
+/* Nothing listens on port 1: with a short message.timeout.ms every record
+ * fails, and flush returns once each has its report. */
+static void test_undeliverable_counted(void)
+{
+    char err[256] = "";
+    hl_kafka_prop props[] = {
+        {"bootstrap.servers", "127.0.0.1:1"}, {"message.timeout.ms", "200"},
+        {"log_level", "0"}, {"group.id", "skipped-for-a-producer"},
+    };
+    hl_producer *p = hl_producer_create(props, 4, NULL, err, sizeof err);
+    CHECKF(p != NULL, "create: %s", err);
+    if (p == NULL)
+        return;
+    hl_ticket t;
+    hl_ticket_reset(&t);
+    t.fail_counter = NULL;
+    CHECK(hl_producer_send(p, "t", -1, "u1", 2, "v", 1, NULL, NULL, err, sizeof err) == 0);
+    CHECK(hl_producer_send(p, "t", -1, "u2", 2, "v", 1, NULL, NULL, err, sizeof err) == 0);
+    CHECK(hl_producer_send(p, "t", -1, "u3", 2, "v", 1, NULL, &t, err, sizeof err) == 0);
+    int in_flight = -1;
+    for (int i = 0; i < 20 && in_flight != 0; i++)
+        in_flight = hl_producer_flush(p, 500);
+    CHECKF(in_flight == 0, "%d still in flight after 10 s", in_flight);
+    hl_producer_stats st;
+    hl_producer_stats_get(p, &st);
+    CHECKF(st.delivered == 0 && st.failed == 3, "delivered %llu failed %llu",
+           (unsigned long long)st.delivered, (unsigned long long)st.failed);
+    CHECKF(st.first_err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT, "first_err %s",
+           rd_kafka_err2str(st.first_err));
+    CHECK(hl_ticket_done(&t));
+    CHECK(atomic_load(&t.failed) == 1);
+    hl_producer_destroy(p, 0);
+}
+
+int main(void)
+{
+    RUN(test_conf_set_names_key);
+    RUN(test_create_refuses_bad_value);
+    RUN(test_undeliverable_counted);
+    TEST_EXIT();
+}

@@ -93,13 +93,13 @@ int hl_cmd_run(int argc, char **argv)
     hl_http *http = NULL;
     hl_worker *w = NULL;
     hl_worker_opts o;
-    hl_kafka_prop kafka[256];
     int prc = cfg ? run_parse(cfg, argc, argv) : 1;
     if (prc >= 0) {
         rc = prc;
         goto out;
     }
-    hl_worker_opts_from_config(cfg, &o, kafka);
+    hl_log_set_level(hl_config_log_level(cfg));
+    hl_config_worker_opts(cfg, &o);
     const char *model_path = hl_config_str(cfg, "model.path");
     if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);

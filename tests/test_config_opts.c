@@ -1,7 +1,9 @@
-/* test_config_opts.c - worker/config.c from the key table to hl_worker_opts:
+/* test_config_opts.c - worker/config.c from the key table to its readers:
  * hl_config_worker_opts() maps every key the worker uses (a key added to
  * the table and forgotten there fails here), auto.offset.reset follows
- * kafka.auto.offset.reset, and log.level reads as an HL_LOG_* level. */
+ * kafka.auto.offset.reset, log.level reads as an HL_LOG_* level, and the
+ * Markdown listing has a row per key of --help. The README side is
+ * tests/integration/test_config_docs.sh. */
 #define T_SUITE "config_opts"
 #include "test.h"
 
@@ -131,11 +133,43 @@ static void test_log_level(void)
     hl_config_destroy(cfg);
 }
 
+/* One row per key of --help, four cells each: a '|' inside a cell is
+ * escaped, and so is a '<' that could open an HTML tag. */
+static void test_markdown_rows(void)
+{
+    char *buf = NULL, *help = help_text(), *line, *save = NULL;
+    size_t len = 0;
+    int rows = 0, keys = 0;
+    FILE *f = open_memstream(&buf, &len);
+    hl_config_print_markdown(f);
+    fclose(f);
+    for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        int bars = 0;
+        for (const char *p = line; *p; p++)
+            bars += *p == '|' && (p == line || p[-1] != '\\');
+        CHECKF(bars == 5, "%d cell borders in: %s", bars, line);
+        rows += strncmp(line, "| `", 3) == 0;
+    }
+    for (line = strtok_r(help, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+        keys += strncmp(line, "  ", 2) == 0 && line[2] != ' ';
+    CHECKF(rows == keys && rows > 30, "%d Markdown rows, %d keys in --help", rows, keys);
+    free(buf);                  /* cut by strtok_r: print it again whole */
+    f = open_memstream(&buf, &len);
+    hl_config_print_markdown(f);
+    fclose(f);
+    CHECK(strstr(buf, "| `input.format` | `confluent` | confluent\\|raw |") != NULL);
+    CHECK(strstr(buf, "\\<dir>/\\<id>.avsc") != NULL);
+    CHECK(strstr(buf, "| `kafka.bootstrap.servers` | (none) |") != NULL);
+    free(buf);
+    free(help);
+}
+
 int main(void)
 {
     RUN(test_every_worker_key_maps);
     RUN(test_snapshot_weights_interval);
     RUN(test_offset_reset);
     RUN(test_log_level);
+    RUN(test_markdown_rows);
     TEST_EXIT();
 }

@@ -3,7 +3,8 @@
  *
  * The table below is the single source of truth: its defaults are what the
  * getters return before anything is set, its ranges and choices are what
- * hl_config_set() enforces, and its help text is `halflife run --help`.
+ * hl_config_set() enforces, and its help text is `halflife run --help` and
+ * README.md's key list (`halflife run --help-markdown`, `make readme-keys`).
  * hl_config_worker_opts() is the one place a key becomes a field of
  * hl_worker_opts.
  * A value is parsed and checked once, when it is set, so a getter never
@@ -560,7 +561,16 @@ int hl_config_log_level(const hl_config *cfg)
     return hl_log_level_parse(hl_config_str(cfg, "log.level"));
 }
 
-/* ---- --help ----------------------------------------------------------------- */
+/* ---- the listings: --help and README.md ------------------------------------ */
+
+/* One row of the listings: the two kafka.* rows, which are librdkafka's
+ * (set_kafka asks it), then the table's keys. def NULL: no default. */
+typedef struct help_row {
+    const char *key, *def, *help;
+    char        allowed[96];
+} help_row;
+
+#define N_HELP_ROWS (2 + N_KEYS)
 
 static void allowed_text(const key_def *d, char *buf, size_t len)
 {
@@ -573,18 +583,62 @@ static void allowed_text(const key_def *d, char *buf, size_t len)
     }
 }
 
+static void help_row_get(int i, help_row *r)
+{
+    static const help_row kafka_rows[2] = {
+        {"kafka.bootstrap.servers", NULL,
+         "Kafka brokers; unset starts an embedded broker in the process", "string"},
+        {"kafka.*", "", "any librdkafka property, passed without the kafka. prefix",
+         "as librdkafka documents"},
+    };
+    const key_def *d;
+    if (i < 2) {
+        *r = kafka_rows[i];
+        return;
+    }
+    d = &keys[i - 2];
+    r->key = d->key;
+    r->def = d->def;
+    r->help = d->help;
+    allowed_text(d, r->allowed, sizeof r->allowed);
+}
+
 void hl_config_print_help(FILE *f)
 {
-    char allowed[96];
+    help_row r;
     fprintf(f, "configuration keys (properties file < HALFLIFE_<KEY> environment < -X key=value):\n\n");
-    fprintf(f, "  %-24s %-18s %s\n      %s\n", "kafka.bootstrap.servers", "(none)",
-            "Kafka brokers; unset starts an embedded broker in the process", "string");
-    fprintf(f, "  %-24s %-18s %s\n      %s\n", "kafka.*", "",
-            "any librdkafka property, passed without the kafka. prefix", "as librdkafka documents");
-    for (int k = 0; k < N_KEYS; k++) {
-        const key_def *d = &keys[k];
-        allowed_text(d, allowed, sizeof allowed);
-        fprintf(f, "  %-24s %-18s %s\n      %s\n", d->key, d->def ? d->def : "(none)",
-                d->help, allowed);
+    for (int i = 0; i < N_HELP_ROWS; i++) {
+        help_row_get(i, &r);
+        fprintf(f, "  %-24s %-18s %s\n      %s\n", r.key, r.def ? r.def : "(none)",
+                r.help, r.allowed);
+    }
+}
+
+/* s as one Markdown table cell, in a code span if code. '|' would end the
+ * cell even in a code span (GitHub's tables), and outside one '<' could
+ * open an HTML tag ("<dir>/<id>.avsc"), so both are escaped. */
+static void md_cell(FILE *f, const char *s, int code)
+{
+    fputs(code ? " `" : " ", f);
+    for (; *s; s++) {
+        if (*s == '|' || (*s == '<' && !code))
+            fputc('\\', f);
+        fputc(*s, f);
+    }
+    fputs(code ? "` |" : " |", f);
+}
+
+void hl_config_print_markdown(FILE *f)
+{
+    help_row r;
+    fprintf(f, "| key | default | allowed | meaning |\n|---|---|---|---|\n");
+    for (int i = 0; i < N_HELP_ROWS; i++) {
+        help_row_get(i, &r);
+        fputc('|', f);
+        md_cell(f, r.key, 1);
+        md_cell(f, r.def ? r.def : "(none)", r.def != NULL && r.def[0] != '\0');
+        md_cell(f, r.allowed, 0);
+        md_cell(f, r.help, 0);
+        fputc('\n', f);
     }
 }

@@ -82,4 +82,8 @@ int hl_config_log_level(const hl_config *cfg);
  * listing of `halflife run --help`). */
 void hl_config_print_help(FILE *f);
 
+/* The same listing as a Markdown table (key | default | allowed | meaning):
+ * README.md's key list, which `make readme-keys` regenerates from it. */
+void hl_config_print_markdown(FILE *f);
+
 #endif

@@ -112,6 +112,15 @@ bench: deps $(BUILD)/halflife $(BENCHES)
 run: deps $(BUILD)/halflife
 	$(BUILD)/halflife demo
 
+# README.md's key list, between its keys:begin and keys:end lines, is
+# generated from the key table (worker/config.c); test_config_docs.sh
+# fails when it is stale.
+.PHONY: readme-keys
+readme-keys: $(BUILD)/halflife
+	@grep -q '^<!-- keys:begin' README.md && grep -q '^<!-- keys:end' README.md
+	@{ sed '/^<!-- keys:begin/q' README.md; echo; $(BUILD)/halflife run --help-markdown; echo; \
+	   sed -n '/^<!-- keys:end/,$$p' README.md; } >README.md.tmp && mv README.md.tmp README.md
+
 clean:
 	rm -rf build
 

@@ -3,7 +3,10 @@
  *
  * The table below is the single source of truth: its defaults are what the
  * getters return before anything is set, its ranges and choices are what
- * hl_config_set() enforces, and its help text is `halflife run --help`.
+ * hl_config_set() enforces, and its help text is `halflife run --help` and
+ * README.md's key list (`halflife run --help-markdown`, `make readme-keys`).
+ * hl_config_worker_opts() is the one place a key becomes a field of
+ * hl_worker_opts.
  * A value is parsed and checked once, when it is set, so a getter never
  * fails. kafka.* keys are not in the table: each is tried on a scratch
  * librdkafka configuration when set, so a misspelt Kafka property is
@@ -67,7 +70,7 @@ static const key_def keys[] = {
     {"snapshot.retain",     T_INT,  "2", 1, 1000, NULL, "snapshots kept per shard"},
     {"shutdown.timeout.ms", T_INT,  "30000", 0, 3600000, NULL, "graceful stop bound"},
     {"metrics.port",        T_INT,  "9464", 0, 65535, NULL, "HTTP port of /metrics, /healthz, /readyz; 0 disables"},
-    {"auto.offset.reset",   T_ENUM, "earliest", 0, 0, "earliest|latest", "where a partition without snapshot or committed offset starts"},
+    {"auto.offset.reset",   T_ENUM, "earliest", 0, 0, "earliest|latest", "where a partition without snapshot or committed offset starts (kafka.auto.offset.reset wins if set)"},
     {"log.level",           T_ENUM, "info", 0, 0, "debug|info|warn|error", "lowest level logged"},
     {"embedded.partitions", T_INT,  "4", 1, 1000, NULL, "partitions per topic of the embedded broker (no kafka.bootstrap.servers)"},
 };
@@ -483,69 +486,91 @@ const char *hl_config_kafka_get(const hl_config *cfg, const char *key)
     return NULL;
 }
 
+/* ---- the worker's options ------------------------------------------------- */
+
+/* input.format and output.format: "confluent|raw". */
+static hl_framing framing(const hl_config *cfg, const char *key)
+{
+    return hl_config_int(cfg, key) == 1 ? HL_FRAMING_RAW : HL_FRAMING_CONFLUENT;
+}
+
+static void codec_opts(const hl_config *cfg, hl_codec_opts *c)
+{
+    c->input_framing = framing(cfg, "input.format");
+    c->output_framing = framing(cfg, "output.format");
+    c->schemas_dir = hl_config_str(cfg, "schemas.dir");
+    c->output_schema_id = (int32_t)hl_config_int(cfg, "output.schema.id");
+    c->min_ts_ms = hl_config_int(cfg, "event.min.ts.ms");
+    c->max_ts_ms = hl_config_int(cfg, "event.max.ts.ms");
+}
+
+/* weight.<type> by HL_VIEW..; NAN (unset) keeps the model's weight. */
+static void type_weights(const hl_config *cfg, hl_worker_opts *o)
+{
+    static const char *const wkeys[HL_N_TYPES] = {"weight.view", "weight.click",
+        "weight.favorite", "weight.add_to_cart", "weight.purchase", "weight.rate"};
+    for (int t = 0; t < HL_N_TYPES; t++)
+        o->type_weight[t] = (float)hl_config_num(cfg, wkeys[t]);
+    o->has_type_weight = 1;
+}
+
+/* auto.offset.reset is the worker's key and a librdkafka property. Given as
+ * kafka.auto.offset.reset it wins for both ("latest" and "end" are
+ * librdkafka's names of the newest offset); otherwise the worker hands its
+ * own value to librdkafka (start_kafka in worker.c). */
+static int offset_reset_latest(const hl_config *cfg)
+{
+    const char *reset = hl_config_kafka_get(cfg, "auto.offset.reset");
+    if (reset == NULL)
+        reset = hl_config_str(cfg, "auto.offset.reset");
+    return strcmp(reset, "latest") == 0 || strcmp(reset, "end") == 0;
+}
+
 void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->bootstrap = hl_config_kafka_get(cfg, "bootstrap.servers");
+    o->kafka = hl_config_kafka(cfg, &o->n_kafka);
     o->group_id = hl_config_str(cfg, "group.id");
     o->input_topic = hl_config_str(cfg, "input.topic");
     o->output_topic = hl_config_str(cfg, "output.topic");
     o->dlq_topic = hl_config_str(cfg, "dlq.topic");
-    o->codec.input_framing = hl_config_int(cfg, "input.format") == 1 ? HL_FRAMING_RAW
-                                                                      : HL_FRAMING_CONFLUENT;
-    o->codec.output_framing = hl_config_int(cfg, "output.format") == 1 ? HL_FRAMING_RAW
-                                                                        : HL_FRAMING_CONFLUENT;
-    o->codec.schemas_dir = hl_config_str(cfg, "schemas.dir");
-    o->codec.output_schema_id = (int32_t)hl_config_int(cfg, "output.schema.id");
-    o->codec.min_ts_ms = hl_config_int(cfg, "event.min.ts.ms");
-    o->codec.max_ts_ms = hl_config_int(cfg, "event.max.ts.ms");
+    codec_opts(cfg, &o->codec);
     o->recs_enabled = hl_config_bool(cfg, "recs.enabled");
     o->recs_k = (int)hl_config_int(cfg, "recs.k");
     o->recs_exclude_seen = hl_config_bool(cfg, "recs.exclude.seen");
+    o->recs_min_interval_ms = hl_config_int(cfg, "recs.min.interval.ms");
     o->threads = (int)hl_config_int(cfg, "worker.threads");
     o->batch_max_messages = (int)hl_config_int(cfg, "batch.max.messages");
     o->batch_max_ms = (int)hl_config_int(cfg, "batch.max.ms");
     o->state_history = (int)hl_config_int(cfg, "state.history");
     o->state_max_users = (size_t)hl_config_int(cfg, "state.max.users");
     o->state_evict_mass = (float)hl_config_num(cfg, "state.evict.mass");
-    o->shutdown_timeout_ms = (int)hl_config_int(cfg, "shutdown.timeout.ms");
-    o->embedded_partitions = (int)hl_config_int(cfg, "embedded.partitions");
-    o->kafka = hl_config_kafka(cfg, &o->n_kafka);
-}
-
-/* hl_config_worker_opts() plus the keys it leaves out (snapshot.*,
- * weight.*, auto.offset.reset, log.level). */
-void hl_worker_opts_from_config(const hl_config *cfg, hl_worker_opts *o, hl_kafka_prop *kafka)
-{
-    static const char *const wkeys[HL_N_TYPES] = {"weight.view", "weight.click",
-        "weight.favorite", "weight.add_to_cart", "weight.purchase", "weight.rate"};
-    hl_config_worker_opts(cfg, o);
-    for (int t = 0; t < HL_N_TYPES; t++)
-        o->type_weight[t] = (float)hl_config_num(cfg, wkeys[t]);   /* NAN: the model's */
-    o->has_type_weight = 1;
+    type_weights(cfg, o);
     o->snapshot_dir = hl_config_str(cfg, "snapshot.dir");
     o->snapshot_interval_ms = hl_config_int(cfg, "snapshot.interval.ms");
     o->snapshot_retain = (int)hl_config_int(cfg, "snapshot.retain");
-    const char *reset = hl_config_kafka_get(cfg, "auto.offset.reset");
-    if (reset == NULL)
-        reset = hl_config_str(cfg, "auto.offset.reset");
-    o->offset_reset_latest = strcmp(reset, "latest") == 0 || strcmp(reset, "end") == 0;
-    /* auto.offset.reset is a worker key that librdkafka reads too. */
-    int n = 0;
-    for (int i = 0; i < o->n_kafka && n < 255; i++)
-        kafka[n++] = o->kafka[i];
-    if (hl_config_kafka_get(cfg, "auto.offset.reset") == NULL)
-        kafka[n++] = (hl_kafka_prop){"auto.offset.reset", hl_config_str(cfg, "auto.offset.reset")};
-    o->kafka = kafka;
-    o->n_kafka = n;
-    int lv = hl_log_level_parse(hl_config_str(cfg, "log.level"));
-    if (lv >= 0)
-        hl_log_set_level(lv);
-    o->recs_min_interval_ms = hl_config_int(cfg, "recs.min.interval.ms");
+    o->shutdown_timeout_ms = (int)hl_config_int(cfg, "shutdown.timeout.ms");
+    o->offset_reset_latest = offset_reset_latest(cfg);
+    o->embedded_partitions = (int)hl_config_int(cfg, "embedded.partitions");
 }
 
+int hl_config_log_level(const hl_config *cfg)
+{
+    /* The table allows only the names hl_log_level_parse() knows. */
+    return hl_log_level_parse(hl_config_str(cfg, "log.level"));
+}
 
-/* ---- --help ----------------------------------------------------------------- */
+/* ---- the listings: --help and README.md ------------------------------------ */
+
+/* One row of the listings: the two kafka.* rows, which are librdkafka's
+ * (set_kafka asks it), then the table's keys. def NULL: no default. */
+typedef struct help_row {
+    const char *key, *def, *help;
+    char        allowed[96];
+} help_row;
+
+#define N_HELP_ROWS (2 + N_KEYS)
 
 static void allowed_text(const key_def *d, char *buf, size_t len)
 {
@@ -558,18 +583,62 @@ static void allowed_text(const key_def *d, char *buf, size_t len)
     }
 }
 
+static void help_row_get(int i, help_row *r)
+{
+    static const help_row kafka_rows[2] = {
+        {"kafka.bootstrap.servers", NULL,
+         "Kafka brokers; unset starts an embedded broker in the process", "string"},
+        {"kafka.*", "", "any librdkafka property, passed without the kafka. prefix",
+         "as librdkafka documents"},
+    };
+    const key_def *d;
+    if (i < 2) {
+        *r = kafka_rows[i];
+        return;
+    }
+    d = &keys[i - 2];
+    r->key = d->key;
+    r->def = d->def;
+    r->help = d->help;
+    allowed_text(d, r->allowed, sizeof r->allowed);
+}
+
 void hl_config_print_help(FILE *f)
 {
-    char allowed[96];
+    help_row r;
     fprintf(f, "configuration keys (properties file < HALFLIFE_<KEY> environment < -X key=value):\n\n");
-    fprintf(f, "  %-24s %-18s %s\n      %s\n", "kafka.bootstrap.servers", "(none)",
-            "Kafka brokers; unset starts an embedded broker in the process", "string");
-    fprintf(f, "  %-24s %-18s %s\n      %s\n", "kafka.*", "",
-            "any librdkafka property, passed without the kafka. prefix", "as librdkafka documents");
-    for (int k = 0; k < N_KEYS; k++) {
-        const key_def *d = &keys[k];
-        allowed_text(d, allowed, sizeof allowed);
-        fprintf(f, "  %-24s %-18s %s\n      %s\n", d->key, d->def ? d->def : "(none)",
-                d->help, allowed);
+    for (int i = 0; i < N_HELP_ROWS; i++) {
+        help_row_get(i, &r);
+        fprintf(f, "  %-24s %-18s %s\n      %s\n", r.key, r.def ? r.def : "(none)",
+                r.help, r.allowed);
+    }
+}
+
+/* s as one Markdown table cell, in a code span if code. '|' would end the
+ * cell even in a code span (GitHub's tables), and outside one '<' could
+ * open an HTML tag ("<dir>/<id>.avsc"), so both are escaped. */
+static void md_cell(FILE *f, const char *s, int code)
+{
+    fputs(code ? " `" : " ", f);
+    for (; *s; s++) {
+        if (*s == '|' || (*s == '<' && !code))
+            fputc('\\', f);
+        fputc(*s, f);
+    }
+    fputs(code ? "` |" : " |", f);
+}
+
+void hl_config_print_markdown(FILE *f)
+{
+    help_row r;
+    fprintf(f, "| key | default | allowed | meaning |\n|---|---|---|---|\n");
+    for (int i = 0; i < N_HELP_ROWS; i++) {
+        help_row_get(i, &r);
+        fputc('|', f);
+        md_cell(f, r.key, 1);
+        md_cell(f, r.def ? r.def : "(none)", r.def != NULL && r.def[0] != '\0');
+        md_cell(f, r.allowed, 0);
+        md_cell(f, r.help, 0);
+        fputc('\n', f);
     }
 }

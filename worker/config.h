@@ -67,18 +67,23 @@ const hl_kafka_prop *hl_config_kafka(const hl_config *cfg, int *n);
 /* The value of kafka.<key> (key without the prefix), or NULL if unset. */
 const char *hl_config_kafka_get(const hl_config *cfg, const char *key);
 
-/* Fills the worker's options from cfg: strings borrowed from cfg, which must
- * outlive them. on_list is left NULL. */
+/* Fills every field of o that a key sets, each from its key: the topics,
+ * the codec, recs.*, worker.threads, batch.*, state.*, snapshot.*,
+ * weight.*, auto.offset.reset, shutdown.timeout.ms, embedded.partitions
+ * and the kafka.* list. Strings and o->kafka are borrowed from cfg, which
+ * must outlive o. on_list is left NULL. Keys that are not the worker's are
+ * read by the commands: model.path, metrics.port, log.level. */
 void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o);
 
-/* hl_config_worker_opts() plus the keys it leaves out (snapshot.*,
- * weight.*, auto.offset.reset, log.level). kafka is room for 256 props
- * that o->kafka will point to; cfg and kafka must outlive o. */
-void hl_worker_opts_from_config(const hl_config *cfg, hl_worker_opts *o,
-                                hl_kafka_prop *kafka);
+/* log.level as an HL_LOG_* level, for hl_log_set_level(). */
+int hl_config_log_level(const hl_config *cfg);
 
 /* Prints every key with its default, allowed values and meaning (the
  * listing of `halflife run --help`). */
 void hl_config_print_help(FILE *f);
+
+/* The same listing as a Markdown table (key | default | allowed | meaning):
+ * README.md's key list, which `make readme-keys` regenerates from it. */
+void hl_config_print_markdown(FILE *f);
 
 #endif

@@ -421,6 +421,12 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
      * a real broker does not: keep it short on the embedded broker. */
     if (w->mock && !kafka_given(&w->o, "fetch.wait.max.ms"))
         props[n++] = (hl_kafka_prop){"fetch.wait.max.ms", "10"};
+    /* auto.offset.reset is the worker's key (restore() starts there) and
+     * librdkafka's (offsets out of range): one value for both. A given
+     * kafka.auto.offset.reset already sets both (hl_config_worker_opts). */
+    if (!kafka_given(&w->o, "auto.offset.reset"))
+        props[n++] = (hl_kafka_prop){"auto.offset.reset",
+                                     w->o.offset_reset_latest ? "latest" : "earliest"};
     for (int i = 0; i < w->o.n_kafka && n < 260; i++)
         if (strcmp(w->o.kafka[i].key, "bootstrap.servers") != 0)
             props[n++] = w->o.kafka[i];

@@ -39,10 +39,11 @@ typedef struct hl_worker_opts {
     const char *snapshot_dir;        /* NULL: no snapshots (tests of core only) */
     int64_t     snapshot_interval_ms;/* 0: only on revocation and shutdown */
     int         snapshot_retain;
-    int         offset_reset_latest; /* auto.offset.reset=latest */
+    int         offset_reset_latest; /* auto.offset.reset=latest; librdkafka gets it too
+                                      * unless kafka[] holds auto.offset.reset */
     int         has_type_weight;     /* type_weight[] holds overrides */
     float       type_weight[HL_N_TYPES]; /* weight.*: NAN keeps the model's */
-    const hl_kafka_prop *kafka;      /* kafka.* keys, prefix removed */
+    const hl_kafka_prop *kafka;      /* kafka.* keys, prefix removed, as given */
     int         n_kafka;
     /* Called by a worker thread for every list produced (the demo watches
      * lists this way); NULL for none. Must be quick and thread-safe. */

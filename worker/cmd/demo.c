@@ -53,7 +53,6 @@ typedef struct demo {
     hl_producer *prod;
     hl_codec    *codec;
     const char  *topic;
-    hl_kafka_prop kafka[256];
     char         snapdir[64];
     /* users' newest lists, under mu */
     pthread_mutex_t mu;
@@ -484,7 +483,8 @@ static int demo_start(demo *d, hl_config *cfg, hl_model *m, hl_metrics *reg,
                       char *err, size_t errlen)
 {
     hl_worker_opts o;
-    hl_worker_opts_from_config(cfg, &o, d->kafka);
+    hl_log_set_level(hl_config_log_level(cfg));
+    hl_config_worker_opts(cfg, &o);
     if (!hl_config_is_set(cfg, "snapshot.dir"))
         o.snapshot_dir = d->snapdir;    /* the embedded broker's data is gone after */
     if (!hl_config_is_set(cfg, "worker.threads"))

@@ -20,11 +20,13 @@
 
 static void run_usage(FILE *f)
 {
-    fprintf(f, "usage: halflife run [-c FILE] [-X key=value]...\n\n"
+    fprintf(f, "usage: halflife run [-c FILE] [-X key=value]...\n"
+               "       halflife run --help | --help-markdown\n\n"
                "Consumes behaviour events, keeps each user's decayed interest state and\n"
                "publishes refreshed top-K lists. Without kafka.bootstrap.servers an\n"
                "embedded broker runs inside the process. SIGTERM/SIGINT stop gracefully;\n"
-               "a second signal exits at once.\n\n");
+               "a second signal exits at once. --help-markdown prints the keys below as\n"
+               "the Markdown table of README.md (make readme-keys).\n\n");
     hl_config_print_help(f);
 }
 
@@ -39,6 +41,9 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
     for (int i = 1; i < argc && rc < 0; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             run_usage(stdout);
+            rc = 0;
+        } else if (!strcmp(argv[i], "--help-markdown")) {
+            hl_config_print_markdown(stdout);
             rc = 0;
         } else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
             file = argv[++i];
@@ -93,13 +98,13 @@ int hl_cmd_run(int argc, char **argv)
     hl_http *http = NULL;
     hl_worker *w = NULL;
     hl_worker_opts o;
-    hl_kafka_prop kafka[256];
     int prc = cfg ? run_parse(cfg, argc, argv) : 1;
     if (prc >= 0) {
         rc = prc;
         goto out;
     }
-    hl_worker_opts_from_config(cfg, &o, kafka);
+    hl_log_set_level(hl_config_log_level(cfg));
+    hl_config_worker_opts(cfg, &o);
     const char *model_path = hl_config_str(cfg, "model.path");
     if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# test_config_docs.sh - README.md's key list, `halflife run --help` and the
+# key table of worker/config.c agree. The README's list (between the
+# keys:begin and keys:end lines) must be byte for byte what
+# `halflife run --help-markdown` prints, as `make readme-keys` writes it;
+# and the keys of that list and of --help must be the same set, so a key
+# added to, renamed in or removed from the table shows up in both or fails.
+set -u
+name=config_docs
+top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
+hl=${HL_HALFLIFE:-${HL_BUILD:-$top/build}/halflife}
+readme=$top/README.md
+
+if [ ! -x "$hl" ]; then
+  echo "SKIP $name: $hl not built"; exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+
+# The README's section as make readme-keys writes it: a blank line, the
+# table, a blank line, between the marker lines.
+if ! grep -q '^<!-- keys:begin' "$readme" || ! grep -q '^<!-- keys:end' "$readme"; then
+  echo "FAIL $name.readme_current: README.md lacks the <!-- keys:begin --> / <!-- keys:end --> lines"
+  exit 1
+fi
+awk '/^<!-- keys:end/ {f = 0} f; /^<!-- keys:begin/ {f = 1}' "$readme" >"$tmp/readme.md"
+{ echo; "$hl" run --help-markdown; echo; } >"$tmp/gen.md"
+if cmp -s "$tmp/readme.md" "$tmp/gen.md"; then
+  echo "PASS $name.readme_current"
+else
+  echo "FAIL $name.readme_current: README.md's key list is not what 'halflife run --help-markdown' prints; run make readme-keys"
+  diff -u "$tmp/readme.md" "$tmp/gen.md" | head -40 | sed 's/^/    /'
+  fail=1
+fi
+
+# The keys: first column of the README's table rows; first word of each
+# listing line of --help (two spaces in; the allowed values are six in).
+sed -n 's/^| `\([^`]*\)` |.*/\1/p' "$tmp/readme.md" | sort >"$tmp/readme.keys"
+"$hl" run --help | awk '/^configuration keys/ {f = 1; next} f && /^  [^ ]/ {print $1}' \
+  | sort >"$tmp/help.keys"
+if [ ! -s "$tmp/help.keys" ] || [ ! -s "$tmp/readme.keys" ]; then
+  echo "FAIL $name.keys: no keys found (--help: $(wc -l <"$tmp/help.keys"), README: $(wc -l <"$tmp/readme.keys"))"
+  exit 1
+fi
+only_readme=$(comm -23 "$tmp/readme.keys" "$tmp/help.keys" | tr '\n' ' ')
+only_help=$(comm -13 "$tmp/readme.keys" "$tmp/help.keys" | tr '\n' ' ')
+if [ -z "$only_readme" ]; then
+  echo "PASS $name.readme_keys_in_help"
+else
+  echo "FAIL $name.readme_keys_in_help: README.md lists keys the table lacks: $only_readme(run make readme-keys)"
+  fail=1
+fi
+if [ -z "$only_help" ]; then
+  echo "PASS $name.help_keys_in_readme"
+else
+  echo "FAIL $name.help_keys_in_readme: README.md lacks keys of the table: $only_help(run make readme-keys)"
+  fail=1
+fi
+dups=$(uniq -d "$tmp/help.keys" | tr '\n' ' ')
+if [ -z "$dups" ]; then
+  echo "PASS $name.keys_unique"
+else
+  echo "FAIL $name.keys_unique: the table lists twice: $dups"
+  fail=1
+fi
+exit $fail

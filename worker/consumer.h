@@ -38,7 +38,10 @@ typedef struct hl_consumer hl_consumer;   /* opaque */
  * auto.offset.reset=earliest, statistics every 5 s when reg is set), then
  * the kafka.* overrides. Does not subscribe. */
 hl_consumer *hl_consumer_create(const hl_consumer_opts *o, char *errbuf, size_t errlen);
-/* Destroys the handle (call hl_consumer_close first). NULL is a no-op. */
+/* Destroys the handle (call hl_consumer_close first). NULL is a no-op.
+ * A subscribed cooperative-sticky consumer that never got an assignment is
+ * not destroyed but left, closed, to the process exit: librdkafka 2.0.2
+ * may abort destroying it (consumer.c, destroy_would_abort). */
 void         hl_consumer_destroy(hl_consumer *c);
 
 rd_kafka_t  *hl_consumer_handle(hl_consumer *c);

@@ -27,6 +27,8 @@ take about 20 s. The third worker logs librdkafka's group debug lines
   state of the abort);
 - rejoining: the sync failed and it joins again (the state of the abort);
 - owning: it holds all 4 partitions and has consumed every event.
+Then a worker gets SIGTERM 20 ms, 150 ms and 500 ms after it starts (while
+it reads its model and starts): exit 0 as well.
 Checks, for each: exit status 0 within shutdown.timeout.ms and no assertion
 in its output; before any assignment it owned nothing and wrote no
 snapshot; when owning, the newest snapshot of every partition is at the
@@ -160,6 +162,25 @@ def run(ck):
         "%s: SIGTERM at +%.1f s, exit %s in %.2f s"
         % (n, out.get(n, {}).get("at_s", -1), out.get(n, {}).get("rc"),
            out.get(n, {}).get("secs", -1)) for n in CASES), time.time() - t0))
+
+    sigterm_at_start(ck, broker, model)
+
+
+def sigterm_at_start(ck, broker, model):
+    """A SIGTERM while the model loads or the worker starts is a clean stop
+    too (the handler is installed before anything is started), not the
+    default action's exit 143: exit 0, nothing owned, no snapshot."""
+    bad = []
+    for i, delay in enumerate((0.02, 0.15, 0.5)):
+        snapdir = os.path.join(ck.tmp, "snap-start-%d" % i)
+        w = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "start%d.log" % i),
+                     COMMON + ["group.id=start-%d" % i, "snapshot.dir=" + snapdir])
+        time.sleep(delay)
+        rc, secs = w.term(TIMEOUT_MS / 1000.0 + 5)
+        if rc != 0 or C.newest_snapshots(snapdir) or "Assertion" in w.log_text():
+            bad.append("SIGTERM at +%.2f s: exit %s after %.2f s" % (delay, rc, secs))
+    ck.check("sigterm_at_start", not bad, "; ".join(bad))
+
 
 def main():
     return C.run_main("shutdown_rebalance", "sigterm_while_group_pending", run)

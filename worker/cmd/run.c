@@ -80,6 +80,18 @@ static void on_signal(int sig)
     alarm(run_deadline_s);
 }
 
+/* Installed as soon as the configuration is read, so a SIGTERM while the
+ * model loads or the worker starts (Kubernetes may send one at any moment)
+ * is a clean stop too, not the default action's exit 143. */
+static void install_signals(int shutdown_timeout_ms)
+{
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    run_deadline_s = (unsigned)(shutdown_timeout_ms / 1000) + 5;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
 static int worker_ready(void *arg, char *why, size_t whylen)
 {
     if (hl_worker_ready(arg))
@@ -105,6 +117,7 @@ int hl_cmd_run(int argc, char **argv)
     }
     hl_log_set_level(hl_config_log_level(cfg));
     hl_config_worker_opts(cfg, &o);
+    install_signals(o.shutdown_timeout_ms);
     const char *model_path = hl_config_str(cfg, "model.path");
     if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);
@@ -115,6 +128,11 @@ int hl_cmd_run(int argc, char **argv)
         hl_log(HL_LOG_ERROR, "worker_create_failed", "err=\"%s\"", err);
         goto out;
     }
+    if (run_signalled) {
+        hl_log(HL_LOG_INFO, "worker_stopped_before_start", "owned_partitions=0");
+        rc = 0;                 /* nothing was owned yet: nothing to hand over */
+        goto out;
+    }
     int port = (int)hl_config_int(cfg, "metrics.port");
     if (port > 0) {
         if ((http = hl_http_start("0.0.0.0", port, reg, worker_ready, w, err, sizeof err)) == NULL) {
@@ -123,11 +141,6 @@ int hl_cmd_run(int argc, char **argv)
         }
         hl_log(HL_LOG_INFO, "metrics_listening", "port=%d", hl_http_port(http));
     }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    run_deadline_s = (unsigned)(o.shutdown_timeout_ms / 1000) + 5;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
     rc = hl_worker_run(w, &run_signalled) == 0 ? 0 : 1;
     alarm(0);
     if (rc != 0) {

@@ -88,7 +88,7 @@ check-layering:
 	  || { echo "core/ and core/train/ must not include Kafka, threads, sockets or the clock (STYLE.md section 1)"; exit 1; }
 	@! grep -nE 'clock_gettime|gettimeofday|getenv' core/*.[ch] core/train/*.[ch] \
 	  || { echo "core/ and core/train/ must not read the clock or the environment (STYLE.md section 1)"; exit 1; }
-	@! grep -nE '#include *"(train|train_internal|dataset|synth)\.h"' core/*.[ch] \
+	@! grep -nE '#include *"(train|train_net|train_kernels|train_eval|dataset|synth)\.h"' core/*.[ch] \
 	  || { echo "core/ must not include core/train/ (STYLE.md section 1)"; exit 1; }
 
 # Warnings are errors with clang too: every source is parsed with clang and

@@ -194,12 +194,6 @@ static void count_batch(hl_wthread *t, int n_msgs)
         hl_histogram_observe(ctx->mx.stage[s], t->b.stage_s[s]);
 }
 
-void hl_batch_count_lists(hl_wthread *t)
-{
-    hl_counter_add(t->ctx->mx.lists, t->b.lists);
-    t->b.lists = 0;
-}
-
 /* ---- one batch --------------------------------------------------------- */
 
 static void batch_begin(hl_wthread *t)

@@ -191,5 +191,5 @@ void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)
             refresh_chunk(t, shs[i], rows, n, f);
     }
     hl_flight_note_offsets(t, f);
-    hl_batch_count_lists(t);
+    hl_counter_add(t->ctx->mx.lists, t->b.lists);
 }

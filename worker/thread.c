@@ -118,11 +118,6 @@ static hl_shard *own_remove(hl_wthread *t, int32_t p)
     return NULL;
 }
 
-hl_shard *hl_wthread_shard_of(hl_wthread *t, int32_t p)
-{
-    return p >= 0 && p < t->cap_part ? t->by_part[p] : NULL;
-}
-
 /* ---- the mailbox ------------------------------------------------------- */
 
 int hl_wthread_give(hl_wthread *t, hl_shard *sh)

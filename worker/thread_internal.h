@@ -10,8 +10,9 @@
  *   flight.c   the batches whose lists are in flight: their offsets are
  *              stored only once those lists are delivered, in order
  *
- * The struct is one block so each file reads the fields it needs without
- * accessor noise; each field says which file owns it. Everything below
+ * The calls run one way: thread.c -> batch.c -> publish.c -> flight.c (and
+ * thread.c to each). The struct is one block so each file reads the fields
+ * it needs without accessor noise; each field says which file owns it. Everything below
  * "owned by the thread" is touched only by the thread itself (or by the
  * destroying thread after it has exited). */
 #ifndef HL_THREAD_INTERNAL_H
@@ -83,15 +84,17 @@ struct hl_wthread {
     int          fl_head, fl_n;
 };
 
-/* thread.c */
-hl_shard *hl_wthread_shard_of(hl_wthread *t, int32_t partition);   /* NULL: not ours */
+/* The shard of partition, NULL when not this thread's (any of the files). */
+static inline hl_shard *hl_wthread_shard_of(hl_wthread *t, int32_t p)
+{
+    return p >= 0 && p < t->cap_part ? t->by_part[p] : NULL;
+}
 
 /* batch.c */
 int  hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen);
 void hl_batch_free(hl_wthread *t);
 int  hl_batch_consume(hl_wthread *t);               /* records taken into t->msgs */
 void hl_batch_run(hl_wthread *t, int n);
-void hl_batch_count_lists(hl_wthread *t);           /* after publish_pending */
 
 /* publish.c */
 int  hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen);

@@ -24,8 +24,11 @@
  * backward, the epochs and hl_train_run. The events grouped by user, the
  * parameter layout and the forward pass are in train_net.c, the softmax
  * and AdamW kernels in train_kernels.c, the leave-one-out check in
- * train_eval.c; train_internal.h is what they share. */
-#include "train_internal.h"
+ * train_eval.c; each has its header (train_net.h, train_kernels.h,
+ * train_eval.h), included in one direction only. */
+#include "train_eval.h"
+#include "train_kernels.h"
+#include "train_net.h"
 
 #include <cblas.h>
 

@@ -7,7 +7,7 @@
  * rank among the items the user has not seen in its input events. The
  * worker's ranker is not used: `halflife eval` (worker/cmd_eval*.c)
  * measures through it; this is the trainer's own, faster check. */
-#include "train_internal.h"
+#include "train_eval.h"
 
 #include <cblas.h>
 

@@ -6,7 +6,11 @@
  * Adam) and each keeps a plain twin that test_train.c holds them to
  * (softmax_xent_naive, adam_scalar). Every sum runs in a fixed order, so a
  * run is deterministic for a given seed. */
-#include "train_internal.h"
+#include "train_kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #ifdef __SSE__
 #include <xmmintrin.h>

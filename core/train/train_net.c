@@ -8,7 +8,7 @@
  * parameters, their gradient and the Adam moments share one layout (net),
  * so an optimiser step is one pass over a flat block (train_kernels.c).
  * Nothing here knows about batches, losses or epochs (train.c). */
-#include "train_internal.h"
+#include "train_net.h"
 #include "encoder.h"
 
 #include <cblas.h>

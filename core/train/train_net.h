@@ -1,17 +1,13 @@
-/* train_internal.h - what the four core/train*.c files share. Private to
- * them; the contract is train.h.
+/* train_net.h - the trainer's data and network: events grouped by user
+ * (seqs), the parameters in one block (net), the forward pass, and the one
+ * seeded generator (rng) that drives everything random in training.
+ * Private to core/train/ (train_net.c implements it); the trainer's
+ * contract is train.h.
  *
- *   train.c          the trainer: examples, batches, forward and backward,
- *                    the epochs, hl_train_run
- *   train_net.c      events grouped by user (seqs), the parameters in one
- *                    block (net), the forward pass, the trained result
- *   train_kernels.c  softmax cross-entropy and AdamW, each with its twin
- *   train_eval.c     leave-one-out HR@10 / NDCG@10 of a net
- *
- * One seeded generator (rng) drives everything random in training, so it
- * lives here as inline functions rather than in any one of them. */
-#ifndef HL_TRAIN_INTERNAL_H
-#define HL_TRAIN_INTERNAL_H
+ * The trainer's files include one another's headers in one direction
+ * only: train.c -> train_eval.h, train_kernels.h -> train_net.h -> train.h. */
+#ifndef HL_TRAIN_NET_H
+#define HL_TRAIN_NET_H
 
 #include "train.h"
 #include "decay.h"
@@ -102,27 +98,5 @@ void hl_train_heads_input(const hl_decay *dec, const float *e_in, const seqs *sq
  * no ReLU and a[L-1] is q. x_in is the (already masked) input. */
 void hl_train_mlp_forward(const net *nt, const float *x_in, int n, float **z,
                           float **a, float *const *mask);
-
-/* ---- kernels (train_kernels.c) ------------------------------------------ */
-
-/* Softmax cross-entropy of each row of L (B, C) (plus bias[j] if bias is
- * not NULL) against column tcol[r]; L becomes dLoss/dL (divided by B).
- * Returns the summed loss. */
-double hl_train_softmax_xent(float *L, const float *bias, int B, int C,
-                             const int32_t *tcol);
-/* g[j] += sum_r G[r][j] for G (B, C): column sums in row order. */
-void   hl_train_add_colsums(float *g, const float *G, int B, int C);
-/* AdamW step number `step` (1-based) over the n parameters p with
- * gradient g and moments m, v; weight decay lr x l2. Clears g. */
-void   hl_train_adam_step(float *p, float *g, float *m, float *v, size_t n,
-                          int64_t step, float lr, float l2);
-
-/* ---- evaluation (train_eval.c) ------------------------------------------ */
-
-/* HR@10 and NDCG@10 of n on the item `back` from the end of each user's
- * sequence; at most max_users users (evenly strided, 0 = all). 0 or
- * HL_ENOMEM. */
-int hl_train_eval_net(const net *n, const hl_decay *dec, const seqs *sq, int back,
-                      int max_users, double *hr, double *ndcg);
 
 #endif

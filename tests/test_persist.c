@@ -159,6 +159,23 @@ static void test_creates_dir(void)
     CHECK(hl_persist_create(&o, err, sizeof err) == NULL);
 }
 
+/* A regular file at snapshot.dir is refused at create (issue 16, item 12):
+ * it used to be accepted (mkdir said EEXIST) and then fail every snapshot,
+ * interval after interval, and the final one at shutdown. */
+static void test_refuses_file_as_dir(void)
+{
+    char err[512], file[600];
+    fresh_dir();
+    snprintf(file, sizeof file, "%s/snapshots", dir);
+    FILE *f = fopen(file, "w");
+    if (f) fclose(f);
+    hl_persist_opts o = {.dir = file, .topic = TOPIC, .retain = 2, .model_fingerprint = FP};
+    hl_persist *p = hl_persist_create(&o, err, sizeof err);
+    CHECKF(p == NULL && strstr(err, "not a directory (a regular file)") && strstr(err, file),
+           "created: %s", p ? "yes" : err);
+    hl_persist_destroy(p);
+}
+
 /* Feeds events in batches, ticking between batches with a simulated clock
  * (1 ms per batch) and next_offset one batch behind (lists in flight), as
  * a thread loop would. Returns the number of ticks that found a snapshot
@@ -635,6 +652,7 @@ int main(void)
     make_events(0x9e3779b97f4a7c15ULL, 50);
     RUN(test_restore_none);
     RUN(test_creates_dir);
+    RUN(test_refuses_file_as_dir);
     RUN(test_periodic_restore_replay);
     RUN(test_commit_in_background);
     RUN(test_commit_waits_for_delivery);

@@ -48,7 +48,9 @@ typedef struct hl_persist_opts {
 } hl_persist_opts;
 
 /* Creates the directory if missing and starts the committer thread.
- * NULL and a reason on failure. */
+ * NULL and a reason on failure, among them a dir that is not a directory
+ * (a regular file) or is not writable: refused here rather than failing
+ * every snapshot later. */
 hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t errlen);
 
 /* Commits what is queued, then stops the committer and frees p. Every

@@ -246,12 +246,15 @@ static int info_check(const hl_model_info *mi, const char *path,
     for (int h = 0; h < mi->n_heads; h++)
         if (!isfinite(mi->half_life_ms[h]) || mi->half_life_ms[h] <= 0)
             return hl_err(errbuf, errlen, HL_EFORMAT,
-                          "model %s: field half_life_ms[%d]: expected > 0, found %g",
+                          "model %s: field half_life_ms[%d]: expected finite and > 0, found %g",
                           path, h, mi->half_life_ms[h]);
+    /* A negative weight makes a head's mass negative: x_h = s_h / max(m_h,
+     * eps) then divides by eps and lists score in the millions. Zero is a
+     * weight ("ignore this type"), so only below zero is refused. */
     for (int t = 0; t < HL_N_TYPES; t++)
-        if (!isfinite(mi->type_weight[t]))
+        if (!isfinite(mi->type_weight[t]) || mi->type_weight[t] < 0)
             return hl_err(errbuf, errlen, HL_EFORMAT,
-                          "model %s: field type_weight[%s]: expected finite, found %g",
+                          "model %s: field type_weight[%s]: expected finite and >= 0, found %g",
                           path, hl_type_name(t), (double)mi->type_weight[t]);
     if (memchr(mi->version, '\0', sizeof mi->version) == NULL)
         return hl_err(errbuf, errlen, HL_EFORMAT,
@@ -605,7 +608,10 @@ static int map_file(const char *path, const uint8_t **map, size_t *len,
                     char *errbuf, size_t errlen)
 {
     struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = HL_EIO;
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+     * writer, and startup would hang without a word; it changes nothing
+     * for a regular file, and anything else is refused below. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), rc = HL_EIO;
     void *p;
 
     if (fd < 0)
@@ -613,6 +619,12 @@ static int map_file(const char *path, const uint8_t **map, size_t *len,
                       "model %s: open: %s", path, strerror(errno));
     if (fstat(fd, &st) != 0) {
         hl_err(errbuf, errlen, rc, "model %s: fstat: %s", path, strerror(errno));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = hl_err(errbuf, errlen, HL_EINVAL, "model %s: not a regular file (%s)", path,
+                    S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO" :
+                    S_ISSOCK(st.st_mode) ? "a socket" : "a device");
         goto out;
     }
     if (st.st_size < (off_t)HLM_HEADER_SIZE) {

@@ -17,8 +17,8 @@ typedef struct hl_model hl_model;   /* opaque */
 typedef struct hl_model_info {
     int      dim;                            /* embedding and query width */
     int      n_heads;
-    double   half_life_ms[HL_MAX_HEADS];
-    float    type_weight[HL_N_TYPES];        /* by HL_VIEW.. */
+    double   half_life_ms[HL_MAX_HEADS];     /* finite, > 0 */
+    float    type_weight[HL_N_TYPES];        /* by HL_VIEW..; finite, >= 0 */
     int32_t  n_items;
     /* The encoder MLP. Its input is n_heads x (dim + 1): per head the
      * weighted mean s_h / max(m_h, eps) then log(1 + m_h). Layer l maps
@@ -47,7 +47,9 @@ static inline int hl_model_layer_in(const hl_model_info *mi, int l)
     return l == 0 ? hl_model_input_dim(mi) : mi->layer_out[l - 1];
 }
 
-/* Maps and validates path: magic, format version, dims in range, section
+/* Maps and validates path: a regular file (a FIFO, directory or device is
+ * refused at once, never waited on), magic, format version, dims in range,
+ * half-lives finite and > 0, type weights finite and >= 0, section
  * offsets and sizes adding up to the file length, the CRC-32 of the file,
  * zero padding, finite floats, item ids 1..HL_MAX_ID_LEN bytes and unique.
  * NULL on any damage, with a reason naming the field, what was expected and
@@ -80,8 +82,9 @@ typedef struct hl_model_parts {
 
 /* Writes p to path atomically (path.tmp, fsync, rename, fsync of the
  * directory): a crash leaves the old file or the new one. Refuses (HL_EINVAL,
- * nothing written) what hl_model_open would refuse: dims out of range, ids
- * outside 1..HL_MAX_ID_LEN bytes or repeated, non-finite floats.
+ * nothing written) what hl_model_open would refuse: dims out of range, a
+ * half-life or type weight out of range, ids outside 1..HL_MAX_ID_LEN
+ * bytes or repeated, non-finite floats.
  * layer_w/layer_b beyond info.n_layers are ignored. */
 int hl_model_write(const char *path, const hl_model_parts *p,
                    char *errbuf, size_t errlen);

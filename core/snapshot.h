@@ -156,7 +156,10 @@ int hl_snapshot_load(const hl_io *io, const char *path, const hl_table_opts *o,
                      hl_snapshot_info *info, char *errbuf, size_t errlen);
 
 /* Tries dir's snapshots of topic/partition newest first and loads the first
- * valid one. Each newer file that was rejected is described in report
+ * valid one. Valid includes a header naming the same topic, partition and
+ * next offset as the file name (else HL_EMISMATCH: a renamed or copied
+ * file, e.g. another partition's). Each newer file that was rejected is
+ * described in report
  * ("rejected PATH: reason; ...", may be NULL) for the caller to log; path
  * (may be NULL) receives the file loaded. Returns 0; HL_ENOENT when there
  * is no snapshot of this shard at all (start from auto.offset.reset); or,

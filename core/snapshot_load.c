@@ -12,9 +12,11 @@
  * end is known, a failed load destroys the table it was building. A load
  * sizes the table's index once from the file size and restores each row
  * with one index probe, prefetched a row ahead (the index is far larger
- * than the cache). This file does not decide what to do with a bad
- * snapshot: it reports the file and the reason, the worker logs and picks
- * the next one (hl_snapshot_load_newest). */
+ * than the cache). Picking a shard's newest file goes by the name, so each
+ * one's header must name the same topic, partition and next offset, or it
+ * is rejected (a renamed or copied file). This file does not decide what
+ * to do with a bad snapshot: it reports the file and the reason, the
+ * worker logs and picks the next one (hl_snapshot_load_newest). */
 #include "snapshot_format.h"
 
 #include "crc32c.h"
@@ -475,6 +477,8 @@ int hl_snapshot_read(const hl_io *io, const char *path, hl_snapshot_info *info,
 typedef struct loader {
     const hl_table_opts *o;
     uint64_t             fingerprint;
+    const hl_snapshot_meta *expect;   /* topic, partition and next offset the
+                                         file's name promises; NULL: any */
     const char          *path;
     hl_table            *tbl;
     hl_table_meta        seen;        /* the newest t_ref and seq of any row */
@@ -502,11 +506,36 @@ static size_t rows_in(const hl_snapshot_info *in, uint64_t file_bytes)
     return (size_t)(file_bytes / row);
 }
 
+/* A file's name is what picks it for a shard and orders it, but only its
+ * header says whose rows it holds: a file of partition 1 renamed (or copied
+ * by hand) to partition 0's name with a higher offset would otherwise
+ * replace partition 0's users with partition 1's, and seek to an offset
+ * partition 0 never had. So the three must agree, and a file where they do
+ * not is rejected like a damaged one: the previous snapshot is used. */
+static int name_matches(const loader *ld, const hl_snapshot_info *in,
+                        char *errbuf, size_t errlen)
+{
+    const hl_snapshot_meta *e = ld->expect;
+    if (e == NULL || (strcmp(in->meta.topic, e->topic) == 0 &&
+                      in->meta.partition == e->partition &&
+                      in->meta.next_offset == e->next_offset))
+        return 0;
+    return hl_err(errbuf, errlen, HL_EMISMATCH,
+                  "snapshot %s: the header says topic %s partition %d next offset %lld, "
+                  "the file name says topic %s partition %d offset %lld (a renamed or "
+                  "copied file)", ld->path, in->meta.topic, (int)in->meta.partition,
+                  (long long)in->meta.next_offset, e->topic, (int)e->partition,
+                  (long long)e->next_offset);
+}
+
 static int load_header(void *arg, const hl_snapshot_info *in, uint64_t file_bytes,
                        char *errbuf, size_t errlen)
 {
     loader *ld = arg;
+    int rc;
 
+    if ((rc = name_matches(ld, in, errbuf, errlen)) != 0)
+        return rc;
     if (!shape_matches(ld->o, in))
         return hl_err(errbuf, errlen, HL_EMISMATCH,
                       "snapshot %s: state of dim %d with %d heads (half-life[0] %.0f ms), "
@@ -578,12 +607,14 @@ static uint32_t row_bound(const hl_table_opts *o)
     return b < HL_TABLE_MAX_ROWS ? (uint32_t)b : HL_TABLE_MAX_ROWS;
 }
 
-int hl_snapshot_load(const hl_io *io, const char *path, const hl_table_opts *o,
-                     uint64_t model_fingerprint, hl_table **tblp,
-                     hl_snapshot_info *info, char *errbuf, size_t errlen)
+/* hl_snapshot_load, refusing a file whose header is not expect's (NULL:
+ * no expectation). */
+static int load_as(const hl_io *io, const char *path, const hl_table_opts *o,
+                   uint64_t model_fingerprint, const hl_snapshot_meta *expect,
+                   hl_table **tblp, hl_snapshot_info *info, char *errbuf, size_t errlen)
 {
     hl_snapshot_info local;
-    loader ld = {.o = o, .fingerprint = model_fingerprint, .path = path,
+    loader ld = {.o = o, .fingerprint = model_fingerprint, .expect = expect, .path = path,
                  .seen = {INT64_MIN, 0, 0}, .row_bound = row_bound(o),
                  .errbuf = errbuf, .errlen = errlen};
     parse ps = {.info = info ? info : &local, .on_header = load_header,
@@ -603,6 +634,13 @@ int hl_snapshot_load(const hl_io *io, const char *path, const hl_table_opts *o,
     hl_table_meta_set(ld.tbl, &tm);
     *tblp = ld.tbl;
     return 0;
+}
+
+int hl_snapshot_load(const hl_io *io, const char *path, const hl_table_opts *o,
+                     uint64_t model_fingerprint, hl_table **tblp,
+                     hl_snapshot_info *info, char *errbuf, size_t errlen)
+{
+    return load_as(io, path, o, model_fingerprint, NULL, tblp, info, errbuf, errlen);
 }
 
 static void report_add(char *report, size_t report_len, const char *msg)
@@ -639,7 +677,9 @@ int hl_snapshot_load_newest(const hl_io *io, const char *dir,
     for (size_t i = 0; i < n && *tblp == NULL; i++) {
         if (f[i].tmp || hl_snapshot_join(file, sizeof file, dir, f[i].name) != 0)
             continue;
-        rc = hl_snapshot_load(io, file, o, model_fingerprint, tblp, info, why, sizeof why);
+        hl_snapshot_meta expect = {.partition = partition, .next_offset = f[i].offset};
+        snprintf(expect.topic, sizeof expect.topic, "%s", topic);
+        rc = load_as(io, file, o, model_fingerprint, &expect, tblp, info, why, sizeof why);
         if (rc == 0) {
             if (path) snprintf(path, path_len, "%s", file);
             break;

@@ -38,6 +38,7 @@ MAX_HEADS = 8
 MAX_DIM = 4096
 MAX_WIDTH = 65536
 MAX_ID_LEN = 256
+F32_MAX = 3.4028234663852886e38
 TYPES = ("VIEW", "CLICK", "FAVORITE", "ADD_TO_CART", "PURCHASE", "RATE")
 
 # Header: (name, struct format, offset); see schemas/model.md.
@@ -143,10 +144,15 @@ def _check_shape(dim, n_heads, n_items, layer_out, half_life_ms, type_weight):
                        f" found {layer_out[-1]}")
     for h, t in enumerate(half_life_ms):
         if not (math.isfinite(t) and t > 0):
-            raise HlmError(f"field half_life_ms[{h}]: expected > 0, found {t}")
+            raise HlmError(f"field half_life_ms[{h}]: expected finite and > 0, found {t}")
+    # A negative weight makes a head's mass negative and s_h / max(m_h, eps)
+    # explode; one beyond float32 would be written as inf.
     for name, w in zip(TYPES, type_weight):
-        if not math.isfinite(w):
-            raise HlmError(f"field type_weight[{name}]: expected finite, found {w}")
+        if not (math.isfinite(w) and w >= 0):
+            raise HlmError(f"field type_weight[{name}]: expected finite and >= 0, found {w}")
+        if w > F32_MAX:
+            raise HlmError(f"field type_weight[{name}]: expected at most {F32_MAX:g}"
+                           f" (float32), found {w}")
 
 
 def _check_finite(name, a):

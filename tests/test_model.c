@@ -12,8 +12,13 @@
 #define T_SUITE "test_model"
 #include "test.h"
 #include "model.h"
+#include "train.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,6 +26,8 @@
 #define OFF_VERSION   8
 #define OFF_DIM       28
 #define OFF_SECTIONS  224
+#define OFF_HALF_LIFE 64
+#define OFF_TYPE_WEIGHT 128
 
 typedef struct toy {
     hl_model_parts p;
@@ -377,6 +384,101 @@ static void test_refuse_bad_id_offsets(void)
     free(b);
 }
 
+/* A negative type weight makes a head's mass negative and the encoder's
+ * s_h / max(m_h, eps) explode (issue 16, item 3): a file holding one, or a
+ * half-life that is not finite and > 0, is refused naming the field, even
+ * with a CRC that matches. */
+static void test_refuse_bad_weights(void)
+{
+    static const struct { int off; double v; int f64; const char *want; } cases[] = {
+        { OFF_TYPE_WEIGHT + 4 * HL_VIEW, -5, 0,
+          "field type_weight[VIEW]: expected finite and >= 0, found -5" },
+        { OFF_TYPE_WEIGHT + 4 * HL_RATE, NAN, 0, "field type_weight[RATE]: expected finite" },
+        { OFF_TYPE_WEIGHT + 4 * HL_CLICK, INFINITY, 0, "field type_weight[CLICK]" },
+        { OFF_HALF_LIFE + 8, -3600e3, 1,
+          "field half_life_ms[1]: expected finite and > 0, found -3.6e+06" },
+        { OFF_HALF_LIFE, INFINITY, 1, "field half_life_ms[0]" },
+    };
+    size_t len;
+    uint8_t *good = slurp(good_path(), &len), *b;
+    if (good == NULL) { CHECK(0); return; }
+    b = malloc(len);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        float f = (float)cases[i].v;
+        memcpy(b, good, len);
+        if (cases[i].f64) memcpy(b + cases[i].off, &cases[i].v, 8);
+        else memcpy(b + cases[i].off, &f, 4);
+        fix_crc(b, len);
+        spit(tpath("weights.hlm"), b, len);
+        expect_refused(tpath("weights.hlm"), cases[i].want);
+    }
+    /* A zero weight is a weight ("ignore this type"), not damage. */
+    memcpy(b, good, len);
+    memset(b + OFF_TYPE_WEIGHT + 4 * HL_VIEW, 0, 4);
+    fix_crc(b, len);
+    spit(tpath("zero.hlm"), b, len);
+    char err[256] = "";
+    hl_model *m = hl_model_open(tpath("zero.hlm"), err, sizeof err);
+    CHECKF(m != NULL, "zero weight refused: %s", err);
+    hl_model_close(m);
+    free(b);
+    free(good);
+}
+
+/* The writer and the trainer refuse the same values before writing or
+ * training anything, naming the field as the file does. */
+static void test_writer_and_trainer_refuse_bad_weights(void)
+{
+    toy t;
+    char err[256] = "";
+    toy_init(&t, 10, 4);
+    t.p.info.type_weight[HL_VIEW] = -5;
+    CHECK(hl_model_write(tpath("neg.hlm"), &t.p, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "field type_weight[VIEW]: expected finite and >= 0, found -5"), "%s", err);
+    t.p.info.type_weight[HL_VIEW] = 1;
+    t.p.info.half_life_ms[2] = NAN;
+    CHECK(hl_model_write(tpath("neg.hlm"), &t.p, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "field half_life_ms[2]") != NULL, "%s", err);
+    CHECK(access(tpath("neg.hlm"), F_OK) != 0 && access(tpath("neg.hlm.tmp"), F_OK) != 0);
+    toy_free(&t);
+
+    hl_train_opts o;
+    hl_train_data d;
+    hl_train_result res;
+    memset(&d, 0, sizeof d);       /* the options are checked before the data */
+    hl_train_opts_default(&o);
+    o.type_weight[HL_VIEW] = -5;
+    CHECK(hl_train_run(&o, &d, &res, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "type_weight[VIEW]: expected finite and >= 0, found -5"), "%s", err);
+    hl_train_opts_default(&o);
+    o.half_life_ms[1] = INFINITY;
+    CHECK(hl_train_run(&o, &d, &res, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "half_life_ms[1]: expected finite and > 0, found inf"), "%s", err);
+}
+
+/* A FIFO as the model path is refused at once: opening it for reading
+ * used to wait for a writer, so startup hung without a log line. The open
+ * runs in a child the test kills after 5 s, so a regression fails, not hangs. */
+static void test_refuse_fifo_and_directory(void)
+{
+    const char *fifo = tpath("model.fifo");
+    pid_t pid;
+    int status = 0;
+    unlink(fifo);
+    if (mkfifo(fifo, 0600) != 0) SKIP("mkfifo: %s", strerror(errno));
+    if ((pid = fork()) == 0) {
+        char err[256] = "";
+        alarm(5);
+        hl_model *m = hl_model_open(fifo, err, sizeof err);
+        _exit(m == NULL && strstr(err, "not a regular file (a FIFO)") ? 0 : 1);
+    }
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: %s",
+           WIFSIGNALED(status) ? "hung (killed by the alarm)" : "no clear refusal");
+    expect_refused(tmpdir, "not a regular file (a directory)");
+    unlink(fifo);
+}
+
 /* The file's CRC (folded with PCLMULQDQ where the CPU has it, tables
  * elsewhere) equals the bit-at-a-time twin for files of many lengths, so
  * every tail length of the 64-byte folding is covered. */
@@ -528,6 +630,9 @@ int main(void)
     RUN(test_refuse_nan);
     RUN(test_refuse_duplicate_id);
     RUN(test_refuse_bad_id_offsets);
+    RUN(test_refuse_bad_weights);
+    RUN(test_writer_and_trainer_refuse_bad_weights);
+    RUN(test_refuse_fifo_and_directory);
     RUN(test_random_damage);
     RUN(test_open_rate);
     if (t_n_failed == 0) {

@@ -159,6 +159,23 @@ static void test_creates_dir(void)
     CHECK(hl_persist_create(&o, err, sizeof err) == NULL);
 }
 
+/* A regular file at snapshot.dir is refused at create (issue 16, item 12):
+ * it used to be accepted (mkdir said EEXIST) and then fail every snapshot,
+ * interval after interval, and the final one at shutdown. */
+static void test_refuses_file_as_dir(void)
+{
+    char err[512], file[600];
+    fresh_dir();
+    snprintf(file, sizeof file, "%s/snapshots", dir);
+    FILE *f = fopen(file, "w");
+    if (f) fclose(f);
+    hl_persist_opts o = {.dir = file, .topic = TOPIC, .retain = 2, .model_fingerprint = FP};
+    hl_persist *p = hl_persist_create(&o, err, sizeof err);
+    CHECKF(p == NULL && strstr(err, "not a directory (a regular file)") && strstr(err, file),
+           "created: %s", p ? "yes" : err);
+    hl_persist_destroy(p);
+}
+
 /* Feeds events in batches, ticking between batches with a simulated clock
  * (1 ms per batch) and next_offset one batch behind (lists in flight), as
  * a thread loop would. Returns the number of ticks that found a snapshot
@@ -404,6 +421,40 @@ static void test_restore_skips_corrupt(void)
     hl_persist_destroy(p);
 }
 
+/* Issue 16, item 7: partition 1's snapshot renamed to partition 0's name
+ * with a higher offset used to be restored into partition 0, its rows
+ * replacing partition 0's and its offset becoming partition 0's seek. Now
+ * it is rejected and counted like a corrupt file, and partition 0 restores
+ * its own newest snapshot. */
+static void test_restore_refuses_renamed(void)
+{
+    char err[512], from[HL_SNAPSHOT_PATH_MAX], to[HL_SNAPSHOT_PATH_MAX];
+    hl_persist_restored r;
+    fresh_dir();
+    hl_persist *p = new_persist(0, 0, 0, NULL, NULL);
+    hl_table *t0 = new_table(), *t1 = new_table();
+    hl_persist_shard *s0 = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    hl_persist_shard *s1 = hl_persist_shard_create(p, 1, HL_PERSIST_NO_OFFSET);
+    apply_range(t0, 0, 2000);
+    apply_range(t1, 2000, 9000);
+    CHECK(hl_persist_flush(s0, t0, 2000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    CHECK(hl_persist_flush(s1, t1, 9000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    snprintf(from, sizeof from, "%s/" TOPIC ".1.%020d.hls", dir, 9000);
+    snprintf(to, sizeof to, "%s/" TOPIC ".0.%020d.hls", dir, 9000);
+    CHECKF(rename(from, to) == 0, "rename %s: %s", from, strerror(errno));
+    hl_table *t2 = new_table();
+    CHECK(hl_persist_restore(p, 0, &t2, &r, err, sizeof err) == 0);
+    CHECKF(r.next_offset == 2000 && r.n_rejected == 1, "restored at %lld from %s, %d rejected",
+           (long long)r.next_offset, r.path, r.n_rejected);
+    CHECK(tables_equal(t0, t2, 1));
+    hl_table_destroy(t2);
+    hl_persist_shard_destroy(s0);
+    hl_persist_shard_destroy(s1);
+    hl_table_destroy(t0);
+    hl_table_destroy(t1);
+    hl_persist_destroy(p);
+}
+
 /* A flush returns by its deadline: waiting for a slow commit, or while
  * writing rows; the previous snapshot stays valid. */
 static void test_flush_deadline(void)
@@ -601,12 +652,14 @@ int main(void)
     make_events(0x9e3779b97f4a7c15ULL, 50);
     RUN(test_restore_none);
     RUN(test_creates_dir);
+    RUN(test_refuses_file_as_dir);
     RUN(test_periodic_restore_replay);
     RUN(test_commit_in_background);
     RUN(test_commit_waits_for_delivery);
     RUN(test_io_failure_keeps_previous);
     RUN(test_owner_write_failure);
     RUN(test_restore_skips_corrupt);
+    RUN(test_restore_refuses_renamed);
     RUN(test_flush_deadline);
     RUN(test_destroy_with_commit_queued);
     RUN(test_max_tick_stall);

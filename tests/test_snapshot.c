@@ -419,6 +419,59 @@ static void test_mismatch_refused(void)
     hl_table_destroy(ta);
 }
 
+/* Issue 16, item 7: a snapshot is picked by its name, so a file renamed
+ * to another shard's name must not be loaded into that shard. Partition
+ * 1's file renamed to partition 0's name with a higher offset, and
+ * partition 0's own file copied to a higher offset, are both rejected with
+ * a message saying what the header and the name say; partition 0's own
+ * file loads, rows and all. The plain loader (inspect, dump) still reads
+ * a renamed file: only picking by name needs the check. */
+static void test_renamed_file_refused(void)
+{
+    hl_table_opts o = opts();
+    hl_table *p0 = table_upto(&o, 1500), *p1 = table_upto(&o, 3000), *t = NULL;
+    hl_snapshot_meta m0 = meta_at("ev", 0, 100), m1 = meta_at("ev", 1, 150);
+    hl_snapshot_result r0, r1;
+    char err[1024], report[4096], loaded[4200], renamed[700], copied[700];
+    size_t n;
+    fresh_dir();
+    CHECK(hl_snapshot_write(NULL, dir, &m0, p0, 5, &r0, err, sizeof err) == 0);
+    CHECK(hl_snapshot_write(NULL, dir, &m1, p1, 5, &r1, err, sizeof err) == 0);
+    snprintf(renamed, sizeof renamed, "%s/ev.0.%020d.hls", dir, 300);
+    CHECK(rename(r1.path, renamed) == 0);
+    int rc = hl_snapshot_load_newest(NULL, dir, "ev", 0, &o, FP, &t, NULL, loaded,
+                                     sizeof loaded, report, sizeof report, err, sizeof err);
+    CHECKF(rc == 0 && t != NULL && strcmp(loaded, r0.path) == 0, "loaded '%s': %s", loaded, err);
+    CHECKF(strstr(report, renamed) && strstr(report, "header says topic ev partition 1 "
+           "next offset 150, the file name says topic ev partition 0 offset 300 (a renamed"),
+           "report '%s'", report);
+    if (t) CHECK(tables_equal(p0, t, 1));          /* partition 0's rows, not 1's */
+    hl_table_destroy(t);
+    t = NULL;
+
+    unsigned char *b = slurp(r0.path, &n);
+    snprintf(copied, sizeof copied, "%s/ev.0.%020d.hls", dir, 400);
+    if (b) spit(copied, b, n);
+    free(b);
+    rc = hl_snapshot_load_newest(NULL, dir, "ev", 0, &o, FP, &t, NULL, loaded,
+                                 sizeof loaded, report, sizeof report, err, sizeof err);
+    CHECKF(rc == 0 && t != NULL && strcmp(loaded, r0.path) == 0, "loaded '%s': %s", loaded, err);
+    CHECKF(strstr(report, copied) && strstr(report, "partition 0 next offset 100, the file name "
+           "says topic ev partition 0 offset 400") && strstr(report, renamed), "report '%s'", report);
+    hl_table_destroy(t);
+    t = NULL;
+
+    /* Only renamed files left: every one rejected, HL_EMISMATCH, nothing loaded. */
+    unlink(r0.path);
+    rc = hl_snapshot_load_newest(NULL, dir, "ev", 0, &o, FP, &t, NULL, NULL, 0, report,
+                                 sizeof report, err, sizeof err);
+    CHECKF(rc == HL_EMISMATCH && t == NULL && strstr(err, "all 2 snapshots"), "%d %s", rc, err);
+    CHECK(hl_snapshot_load(NULL, renamed, &o, FP, &t, NULL, err, sizeof err) == 0 && t != NULL);
+    hl_table_destroy(t);
+    hl_table_destroy(p0);
+    hl_table_destroy(p1);
+}
+
 static void test_shorter_history_keeps_newest(void)
 {
     hl_table_opts o = opts(), o2 = opts_with(DIM, 2, 0);
@@ -953,6 +1006,7 @@ int main(void)
     RUN(test_bit_flips_refused);
     RUN(test_wrong_version_refused);
     RUN(test_mismatch_refused);
+    RUN(test_renamed_file_refused);
     RUN(test_shorter_history_keeps_newest);
     RUN(test_injected_failures);
     RUN(test_injected_failures_mid_file);

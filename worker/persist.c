@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define DONE_MAX      64          /* completions kept for hl_persist_poll */
 #define FLUSH_STEP_X  16          /* flush steps this many times step_rows per call */
@@ -127,6 +128,26 @@ static int make_dir(const char *dir, char *errbuf, size_t errlen)
     }
 }
 
+/* After make_dir: snapshot.dir must be a directory this process can write
+ * now. A regular file there (or a read-only directory) would otherwise be
+ * accepted at start and then fail every snapshot, interval after interval,
+ * and the final one at shutdown; refused at start, the operator sees it at
+ * once. access() also answers EROFS for a read-only mount, even as root. */
+static int check_dir(const char *dir, char *errbuf, size_t errlen)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return hl_err(errbuf, errlen, HL_EIO, "snapshot.dir %s: stat: %s", dir,
+                      strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return hl_err(errbuf, errlen, HL_EINVAL, "snapshot.dir %s: not a directory (%s)",
+                      dir, S_ISREG(st.st_mode) ? "a regular file" : "a special file");
+    if (access(dir, W_OK | X_OK) != 0)
+        return hl_err(errbuf, errlen, HL_EIO, "snapshot.dir %s: not writable: %s", dir,
+                      strerror(errno));
+    return 0;
+}
+
 static int check_opts(const hl_persist_opts *o, char *errbuf, size_t errlen)
 {
     hl_snapshot_meta meta = {.partition = 0, .next_offset = 0};
@@ -162,7 +183,8 @@ hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t err
 {
     hl_persist *p;
     pthread_condattr_t ca;
-    if (check_opts(o, errbuf, errlen) != 0 || make_dir(o->dir, errbuf, errlen) != 0)
+    if (check_opts(o, errbuf, errlen) != 0 || make_dir(o->dir, errbuf, errlen) != 0 ||
+        check_dir(o->dir, errbuf, errlen) != 0)
         return NULL;
     if ((p = calloc(1, sizeof *p)) == NULL) {
         hl_err(errbuf, errlen, HL_ENOMEM, "persist: out of memory");

@@ -48,7 +48,9 @@ typedef struct hl_persist_opts {
 } hl_persist_opts;
 
 /* Creates the directory if missing and starts the committer thread.
- * NULL and a reason on failure. */
+ * NULL and a reason on failure, among them a dir that is not a directory
+ * (a regular file) or is not writable: refused here rather than failing
+ * every snapshot later. */
 hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t errlen);
 
 /* Commits what is queued, then stops the committer and frees p. Every
@@ -70,7 +72,8 @@ typedef struct hl_persist_restored {
  * an empty table created with the shard's options; on a load it is
  * destroyed and replaced by the loaded table (same options), otherwise it
  * is left as it is. Files that fail their checks (CRC, format, another
- * model) are logged and skipped; when none is usable the result is
+ * model, a header whose topic, partition or next offset is not the file
+ * name's: a renamed file) are logged, counted in n_rejected and skipped; when none is usable the result is
  * next_offset = HL_PERSIST_NO_OFFSET and 0 is returned, so the shard is
  * rebuilt from the topic (n_rejected > 0 tells the caller files existed:
  * it may then prefer the earliest offset over auto.offset.reset=latest). Negative HL_E* only when the shard cannot be

@@ -121,17 +121,23 @@ int hl_shard_snapshot_tick(hl_shard *sh, int64_t now_ms)
 /* A snapshot's rows may hold events up to next_offset, and an event the
  * restart would read as already applied would never see its list published
  * again: so only with every list delivered. */
-void hl_shard_snapshot_now(hl_shard *sh, int64_t deadline_ms)
+int hl_shard_snapshot_now(hl_shard *sh, int64_t deadline_ms)
 {
     char err[512];
     if (sh->ps == NULL)
-        return;
+        return 0;
     if (sh->delivered_offset != sh->next_offset) {
         hl_log(HL_LOG_WARN, "snapshot_flush_skipped", "partition=%d next_offset=%lld "
                "delivered_offset=%lld reason=\"lists not delivered; the previous snapshot "
                "stays\"", (int)sh->partition, (long long)sh->next_offset,
                (long long)sh->delivered_offset);
-        return;
+        return HL_EIO;
     }
-    hl_persist_flush(sh->ps, sh->tbl, sh->delivered_offset, deadline_ms, err, sizeof err);
+    return hl_persist_flush(sh->ps, sh->tbl, sh->delivered_offset, deadline_ms, err,
+                            sizeof err);
+}
+
+int hl_shard_unsaved(const hl_shard *sh)
+{
+    return sh->ps != NULL && sh->next_offset > hl_persist_shard_durable(sh->ps);
 }

@@ -101,9 +101,17 @@ int  hl_shard_snapshot_tick(hl_shard *sh, int64_t now_ms);
 
 /* Revocation and shutdown: a durable snapshot now, before deadline_ms
  * (monotonic), only when every list of the shard's applied events is
- * delivered; otherwise the previous snapshot stays (logged). Failures are
- * logged by persist.c. */
-void hl_shard_snapshot_now(hl_shard *sh, int64_t deadline_ms);
+ * delivered; otherwise the previous snapshot stays (logged). 0 when every
+ * applied event is in a durable snapshot afterwards (or the shard has no
+ * snapshots), else a negative HL_E*: the flush failed (logged by
+ * persist.c) or was skipped for undelivered lists (HL_EIO, logged here).
+ * The caller decides whether that fails the process (a graceful stop
+ * does: thread.c, worker.c). */
+int  hl_shard_snapshot_now(hl_shard *sh, int64_t deadline_ms);
+
+/* 1 if the shard has snapshots and applied events newer than its newest
+ * durable one: what a stop that ends now would leave to be replayed. */
+int  hl_shard_unsaved(const hl_shard *sh);
 
 /* Refreshes the users/state_bytes gauges and the eviction counters from the
  * table's stats; evictions is {mass, capacity}. */

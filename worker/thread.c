@@ -210,9 +210,21 @@ static int copy_takes(hl_wthread *t)
     return n;
 }
 
+/* A shard a graceful stop leaves unsaved: hl_worker_run reports it and
+ * fails the run, so an orchestrator sees it (a restart replays the shard
+ * from its previous snapshot: nothing is lost, but it should not look
+ * like a clean stop). */
+static void note_unsaved(hl_wthread *t, const hl_shard *sh)
+{
+    int i = atomic_fetch_add(&t->ctx->n_unsaved, 1);
+    if (i < HL_UNSAVED_MAX)
+        atomic_store(&t->ctx->unsaved[i], sh->partition);
+}
+
 /* Lets go of the n_take shards in take_copy: their held-back lists
  * published and delivered, offsets stored, snapshots written, one deadline
- * for all (a stop's, or shutdown.timeout.ms from now). */
+ * for all (a stop's, or shutdown.timeout.ms from now). A revocation while
+ * stopping is part of the stop: a shard it could not save is noted. */
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
@@ -227,8 +239,11 @@ static void release(hl_wthread *t, int n_take)
                                                  : hl_now_mono_ms() + t->ctx->o->shutdown_timeout_ms;
     for (int i = 0; i < n_take; i++) {
         hl_shard *sh = hl_wthread_shard_of(t, t->take_copy[i]);
-        if (sh != NULL)
-            hl_shard_snapshot_now(sh, deadline);    /* the next owner starts here */
+        if (sh == NULL)
+            continue;
+        /* The next owner starts here. */
+        if (hl_shard_snapshot_now(sh, deadline) != 0 && atomic_load(t->ctx->stop))
+            note_unsaved(t, sh);
     }
 }
 
@@ -265,15 +280,21 @@ static void snapshot_tick(hl_wthread *t)
 
 /* A graceful stop: every held-back list out, every list delivered, then a
  * snapshot of each shard, all within one deadline (N shards never take N
- * times shutdown.timeout.ms). */
+ * times shutdown.timeout.ms). A shard left unsaved (its snapshot failed,
+ * or lists never got delivered, so none was attempted) is noted. */
 static void stop_gracefully(hl_wthread *t)
 {
     hl_publish_pending(t, t->own, t->n_own);
-    if (!hl_flight_drain(t))
+    if (!hl_flight_drain(t)) {
+        for (int i = 0; i < t->n_own; i++)
+            if (hl_shard_unsaved(t->own[i]))
+                note_unsaved(t, t->own[i]);
         return;
+    }
     int64_t deadline = atomic_load(&t->ctx->stop_deadline_ms);
     for (int i = 0; i < t->n_own; i++)
-        hl_shard_snapshot_now(t->own[i], deadline);
+        if (hl_shard_snapshot_now(t->own[i], deadline) != 0)
+            note_unsaved(t, t->own[i]);
 }
 
 static void *thread_main(void *arg)

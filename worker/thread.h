@@ -23,6 +23,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#define HL_UNSAVED_MAX 64    /* partitions named by a stop that could not save */
+
 /* What every thread shares: read-only after start, apart from atomics and
  * metric series (which are atomics inside). */
 typedef struct hl_wshared {
@@ -37,6 +39,13 @@ typedef struct hl_wshared {
     float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
     hl_persist           *persist;        /* NULL: no snapshots */
     hl_metrics           *reg;            /* never NULL */
+    /* Shards a graceful stop could not save (final snapshot failed, or
+     * skipped because lists were undelivered): threads add them as they
+     * stop, hl_worker_run reads them once every thread has joined and
+     * fails the run naming them. The partitions of the first
+     * HL_UNSAVED_MAX are kept. */
+    atomic_int            n_unsaved;
+    atomic_int            unsaved[HL_UNSAVED_MAX];
     /* The worker's counters: one series per fact, in reg (hl_worker_stats
      * reads them back from there). */
     struct {

@@ -63,8 +63,11 @@ const char *hl_worker_bootstrap(const hl_worker *w);
 
 /* Runs until hl_worker_stop() or *sig becomes non-zero (sig may be NULL;
  * any non-zero value asks for the graceful stop), then drains:
- * finishes each thread's batch, waits for deliveries, stores and commits
- * offsets and leaves the group. 0, or a negative HL_E* on a fatal error. */
+ * finishes each thread's batch, waits for deliveries, snapshots every
+ * owned shard, stores and commits offsets and leaves the group. 0, or a
+ * negative HL_E* on a fatal error or when the stop could not save every
+ * shard it owned (logged as event=shutdown_unsaved naming the partitions;
+ * the offsets are still committed and the group left). */
 int  hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig);
 void hl_worker_stop(hl_worker *w);                   /* any thread */
 

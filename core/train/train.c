@@ -106,9 +106,20 @@ static int check_opts(const hl_train_opts *o, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL, "train: train_fraction must be in (0,1]");
     if (o->n_negatives < 1)
         return hl_err(errbuf, errlen, HL_EINVAL, "train: n_negatives must be >= 1");
+    /* What the model file refuses (model.c), refused before any training,
+     * named as the file names it. */
+    if (o->n_heads < 1 || o->n_heads > HL_MAX_HEADS)
+        return hl_err(errbuf, errlen, HL_EINVAL, "train: n_heads %d outside 1..%d",
+                      o->n_heads, HL_MAX_HEADS);
+    for (int h = 0; h < o->n_heads; h++)
+        if (!isfinite(o->half_life_ms[h]) || !(o->half_life_ms[h] > 0))
+            return hl_err(errbuf, errlen, HL_EINVAL, "train: half_life_ms[%d]: expected "
+                          "finite and > 0, found %g", h, o->half_life_ms[h]);
     for (int i = 0; i < HL_N_TYPES; i++)
         if (!isfinite(o->type_weight[i]) || o->type_weight[i] < 0)
-            return hl_err(errbuf, errlen, HL_EINVAL, "train: bad type weight");
+            return hl_err(errbuf, errlen, HL_EINVAL, "train: type_weight[%s]: expected "
+                          "finite and >= 0, found %g", hl_type_name(i),
+                          (double)o->type_weight[i]);
     return 0;
 }
 

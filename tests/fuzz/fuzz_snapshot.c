@@ -7,7 +7,10 @@
  * time with its last four bytes replaced by the CRC32C of the rest, so the
  * fuzzer also reaches what happens after a CRC passes. A crash, a leak, a
  * sanitizer report or a table that loads from bytes the reader rejected is
- * a bug.
+ * a bug. The same bytes are also picked by name, as the worker picks them
+ * (hl_snapshot_load_newest over a directory holding them as
+ * fuzz.0.<offset 0>.hls): a file loaded that way whose header is not that
+ * topic, partition and offset (a renamed file) is a bug too.
  *
  * With HL_FUZZ_SEEDS=DIR set, LLVMFuzzerInitialize writes a few
  * valid snapshots of that shape into DIR first (tests/integration/fuzz.sh
@@ -59,7 +62,13 @@ static ssize_t m_write(void *ctx, int fd, const void *buf, size_t len) { errno =
 static int m_fail(void *ctx, int fd) { errno = EBADF; return -1; }
 static int m_fail2(void *ctx, const char *a, const char *b) { errno = EROFS; return -1; }
 static int m_fail1(void *ctx, const char *a) { errno = EROFS; return -1; }
-static int m_list(void *ctx, const char *d, hl_io_entry_fn fn, void *arg) { return 0; }
+/* The directory holds the one file, under partition 0's name at offset 0
+ * (the seeds of partition 0 are at offset 0). */
+#define FUZZ_NAME "fuzz.0.00000000000000000000.hls"
+static int m_list(void *ctx, const char *d, hl_io_entry_fn fn, void *arg)
+{
+    return fn(arg, FUZZ_NAME);
+}
 
 static hl_table_opts fuzz_opts(void)
 {
@@ -94,6 +103,17 @@ static void try_load(const uint8_t *data, size_t size)
         hl_table_stats_get(tbl, &st);
         if (st.users + info.n_dup_rows != info.n_rows) abort();
     }
+    hl_table_destroy(tbl);
+    tbl = NULL;
+    char path[64], report[1024];
+    int rc_newest = hl_snapshot_load_newest(&io, "mem", "fuzz", 0, &o, FP, &tbl, &info,
+                                            path, sizeof path, report, sizeof report,
+                                            err, sizeof err);
+    if (m.open) abort();
+    if ((rc_newest == 0) != (tbl != NULL)) abort();
+    if (rc_newest == 0 && (rc_load != 0 || info.meta.partition != 0 ||
+                           info.meta.next_offset != 0 || strcmp(info.meta.topic, "fuzz") != 0))
+        abort();                                  /* picked a file its name does not describe */
     hl_table_destroy(tbl);
 }
 

@@ -57,7 +57,7 @@ def odd_model(seed=1):
     1..256 bytes including non-ASCII ones."""
     m = hlm.random_model(300, 7, n_heads=2, hidden=(5, 9), seed=seed, version="odd-é")
     m.item_ids = ([f"x{i}" for i in range(297)] + ["é" * 128, "z" * 256, "7"])
-    m.type_weight = [0.5, 1.5, 3.0, 4.0, 8.0, -1.0]
+    m.type_weight = [0.5, 1.5, 3.0, 4.0, 8.0, 0.0]     # 0: the type is ignored, allowed
     return m
 
 
@@ -152,6 +152,11 @@ def damage_refused_by_both():
             ("crc", lambda b: b.__setitem__(len(b) - 1, b[-1] ^ 1), False, "field crc32"),
             ("nan", nan, True, "e_out[2][5] is nan"),
             ("dup", dup, True, "duplicate item id 'item-0' at rows 0 and 1"),
+            # A negative type weight (issue 16): masses go negative, scores explode.
+            ("neg_weight", lambda b: struct.pack_into("<f", b, 128, -5.0), True,
+             "field type_weight[VIEW]: expected finite and >= 0, found -5"),
+            ("nan_half_life", lambda b: struct.pack_into("<d", b, 64 + 8, float("nan")), True,
+             "field half_life_ms[1]: expected finite and > 0, found nan"),
         ]
         for name, edit, fix, want in cases:
             p = os.path.join(d, f"{name}.hlm")
@@ -189,6 +194,36 @@ def writer_refuses():
         assert "duplicate item id 'x4' at rows 4 and 5" in str(e), str(e)
 
 
+def writer_refuses_bad_weights():
+    """hlm.write refuses a negative, non-finite or float32-overflowing type
+    weight and a half-life that is not finite and > 0, naming the field,
+    and leaves no file; `hlm.py verify` says the same of a file holding one."""
+    bad = [("type_weight", 0, -5.0, "field type_weight[VIEW]: expected finite and >= 0, found -5.0"),
+           ("type_weight", 5, float("inf"), "field type_weight[RATE]: expected finite"),
+           ("type_weight", 1, 1e39, "field type_weight[CLICK]: expected at most"),
+           ("half_life_ms", 2, -1.0, "field half_life_ms[2]: expected finite and > 0"),
+           ("half_life_ms", 0, float("nan"), "field half_life_ms[0]: expected finite and > 0")]
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "bad.hlm")
+        for field, i, v, want in bad:
+            m = hlm.random_model(20, 4, seed=5)
+            getattr(m, field)[i] = v
+            try:
+                hlm.write(out, m)
+                raise AssertionError(f"write accepted {field}[{i}] = {v}")
+            except hlm.HlmError as e:
+                assert want in str(e), f"{field}[{i}] = {v}: {e}"
+            assert not os.path.exists(out) and not os.path.exists(out + ".tmp"), \
+                f"{field}[{i}] = {v}: a file was left"
+        good = os.path.join(d, "good.hlm")
+        hlm.write(good, hlm.random_model(20, 4, seed=5))
+        patched(good, out, lambda b: struct.pack_into("<f", b, 128, -5.0))
+        r = subprocess.run(["/usr/bin/python3", os.path.join(TOP, "schemas", "hlm.py"),
+                            "verify", out], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "field type_weight[VIEW]" in r.stderr, \
+            f"verify: exit {r.returncode}, {r.stderr.strip()!r}"
+
+
 def cli_info():
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, "m.hlm")
@@ -205,6 +240,7 @@ def cli_info():
         assert j["fingerprint"] == f"{hlm.read(p).fingerprint:016x}", j
 
 
-for c in (roundtrip_both_ways, random_shapes, damage_refused_by_both, writer_refuses, cli_info):
+for c in (roundtrip_both_ways, random_shapes, damage_refused_by_both, writer_refuses,
+          writer_refuses_bad_weights, cli_info):
     case(c)
 sys.exit(1 if failed else 0)

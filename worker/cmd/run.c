@@ -4,7 +4,13 @@
  *
  * Signals: the first asks for a graceful stop (finish the batch, publish,
  * snapshot, commit, leave the group) and arms a last-resort alarm a few
- * seconds past shutdown.timeout.ms; a second signal exits at once. */
+ * seconds past shutdown.timeout.ms; a second signal exits at once.
+ *
+ * Exit status: 0 after a clean stop; 2 for bad usage or configuration; 1
+ * when the worker cannot start (model, snapshot.dir, ...), fails, or stops
+ * without having saved every shard it owned (a final snapshot failed: the
+ * worker logs event=shutdown_unsaved naming the partitions), so an
+ * orchestrator's logs show it. */
 #include "cmd.h"
 #include "config.h"
 #include "http.h"
@@ -25,7 +31,8 @@ static void run_usage(FILE *f)
                "Consumes behaviour events, keeps each user's decayed interest state and\n"
                "publishes refreshed top-K lists. Without kafka.bootstrap.servers an\n"
                "embedded broker runs inside the process. SIGTERM/SIGINT stop gracefully;\n"
-               "a second signal exits at once. --help-markdown prints the keys below as\n"
+               "a second signal exits at once. Exit status 1 when the stop could not\n"
+               "snapshot every partition it owned. --help-markdown prints the keys below as\n"
                "the Markdown table of README.md (make readme-keys).\n\n");
     hl_config_print_help(f);
 }

@@ -233,8 +233,11 @@ static int parse_duration_ms(const char *s, size_t len, double *ms)
     static const struct { const char *u; double ms; } units[] = {
         {"", 1}, {"ms", 1}, {"s", 1e3}, {"m", 6e4}, {"h", 3.6e6}, {"d", 8.64e7},
     };
+    /* The product is checked too: "1e308d" is a finite number of days but
+     * an infinite number of ms, which the model file refuses. */
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcmp(end, units[i].u) == 0 && end != buf && isfinite(v) && v > 0) {
+        if (strcmp(end, units[i].u) == 0 && end != buf && isfinite(v * units[i].ms) &&
+            v > 0) {
             *ms = v * units[i].ms;
             return 0;
         }

@@ -29,8 +29,9 @@ void       hl_config_destroy(hl_config *cfg);         /* NULL is a no-op */
 int hl_config_set(hl_config *cfg, const char *key, const char *value,
                   const char *origin, char *errbuf, size_t errlen);
 
-/* Reads a properties file. HL_EIO if it cannot be read, HL_EINVAL on a bad
- * line (no '=') or a refused key, naming the file and line. */
+/* Reads a properties file, lines of any length. HL_EIO if it cannot be
+ * read, HL_EINVAL on a bad line (no '=', a NUL byte) or a refused key,
+ * naming the file and line. */
 int hl_config_load_file(hl_config *cfg, const char *path, char *errbuf, size_t errlen);
 
 /* Applies every HALFLIFE_* variable of envp (NULL-terminated, as environ).
@@ -42,7 +43,8 @@ int hl_config_set_arg(hl_config *cfg, const char *arg, char *errbuf, size_t errl
 
 /* The three layers in order: file (NULL: none), then envp (NULL: none),
  * then the n_args "key=value" strings, then the checks across keys
- * (event.min.ts.ms <= event.max.ts.ms). */
+ * (event.min.ts.ms <= event.max.ts.ms; neither output.topic nor dlq.topic
+ * is input.topic, which would loop). */
 int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
                    char *const *args, int n_args, char *errbuf, size_t errlen);
 

@@ -197,6 +197,19 @@ static void test_topic_loops_refused(void)
     hl_config_destroy(cfg);
 }
 
+static void test_metrics_bind(void)
+{
+    char *v6[] = { "metrics.bind=::1" };
+    char *bad[] = { "metrics.bind=localhost" };
+    char err[256] = "";
+    hl_config *cfg = hl_config_create();
+    CHECK(!strcmp(hl_config_str(cfg, "metrics.bind"), "0.0.0.0"));   /* Kubernetes: pod IP */
+    CHECKF(hl_config_load(cfg, NULL, NULL, v6, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(!strcmp(hl_config_str(cfg, "metrics.bind"), "::1"));
+    hl_config_destroy(cfg);
+    expect_load_refused(bad, 1, "metrics.bind", "localhost");
+}
+
 /* Lines of any length: with an 8 KB buffer the tail of a long comment came
  * back as a line of its own and set the group. */
 static char *long_text(const char *head, size_t n, char fill, const char *tail)
@@ -291,5 +304,6 @@ int main(void)
     RUN(test_long_lines);
     RUN(test_worker_opts);
     RUN(test_help_lists_every_key);
+    RUN(test_metrics_bind);
     TEST_EXIT();
 }

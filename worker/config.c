@@ -15,6 +15,7 @@
 #include "config.h"
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
@@ -70,6 +71,7 @@ static const key_def keys[] = {
     {"snapshot.retain",     T_INT,  "2", 1, 1000, NULL, "snapshots kept per shard"},
     {"shutdown.timeout.ms", T_INT,  "30000", 0, 3600000, NULL, "graceful stop bound"},
     {"metrics.port",        T_INT,  "9464", 0, 65535, NULL, "HTTP port of /metrics, /healthz, /readyz; 0 disables"},
+    {"metrics.bind",        T_STR,  "0.0.0.0", 1, 45, NULL, "IP address the HTTP endpoint listens on: 0.0.0.0 every IPv4 interface (Kubernetes probes and scrapes reach the pod IP), 127.0.0.1 this host only, :: IPv6"},
     {"auto.offset.reset",   T_ENUM, "earliest", 0, 0, "earliest|latest", "where a partition without snapshot or committed offset starts (kafka.auto.offset.reset wins if set)"},
     {"log.level",           T_ENUM, "info", 0, 0, "debug|info|warn|error", "lowest level logged"},
     {"embedded.partitions", T_INT,  "4", 1, 1000, NULL, "partitions per topic of the embedded broker (no kafka.bootstrap.servers)"},
@@ -419,6 +421,19 @@ static int check_topics(const hl_config *cfg, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* metrics.bind is checked here, with the other keys, so a typo exits 2 at
+ * start rather than when the HTTP endpoint opens (http.c parses it again). */
+static int check_bind(const hl_config *cfg, char *errbuf, size_t errlen)
+{
+    const char *addr = hl_config_str(cfg, "metrics.bind");
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, addr, buf) != 1 && inet_pton(AF_INET6, addr, buf) != 1)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "metrics.bind=\"%s\": not an IPv4 or IPv6 address (0.0.0.0: every IPv4 interface)",
+                      addr);
+    return 0;
+}
+
 int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
                    char *const *args, int n_args, char *errbuf, size_t errlen)
 {
@@ -434,7 +449,9 @@ int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
         return hl_err(errbuf, errlen, HL_EINVAL, "event.min.ts.ms=%lld is after event.max.ts.ms=%lld",
                       (long long)hl_config_int(cfg, "event.min.ts.ms"),
                       (long long)hl_config_int(cfg, "event.max.ts.ms"));
-    return check_topics(cfg, errbuf, errlen);
+    if ((rc = check_topics(cfg, errbuf, errlen)) != 0)
+        return rc;
+    return check_bind(cfg, errbuf, errlen);
 }
 
 /* ---- getters -------------------------------------------------------------- */

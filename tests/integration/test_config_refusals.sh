@@ -7,7 +7,8 @@
 #    ever;
 #  - a properties file whose long comment ended in a setting (the tail of a
 #    line over 8,191 bytes became a line of its own); a bad line after a
-#    1 MB comment is blamed on its own line number.
+#    1 MB comment is blamed on its own line number;
+#  - metrics.bind that is not an IP address.
 # Each refusal happens before the model is opened, so no broker is needed.
 set -u
 name=config_refusals
@@ -37,6 +38,7 @@ expect() {
 expect dlq_is_input 'dlq.topic="behaviour-events" is the input.topic' -X dlq.topic=behaviour-events
 expect dlq_is_input_renamed 'dlq.topic="ev" is the input.topic' -X input.topic=ev -X dlq.topic=ev
 expect output_is_input 'output.topic="ev" is the input.topic' -X input.topic=ev -X output.topic=ev
+expect bind_not_ip 'metrics.bind="localhost"' -X metrics.bind=localhost
 
 # Line 2 is a comment of 8,191 bytes followed by recs.k=hijacked, then
 # line 3 a refused group.id. Split at 8,191 bytes, the comment's tail was

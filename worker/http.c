@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -335,6 +336,20 @@ static int guard_create(hl_http *http, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* Linux hands a connection to accept() only once its first bytes have
+ * arrived (or after about REQUEST_TIMEOUT_MS): a client that connects and
+ * sends nothing costs a kernel request socket, not a slot, and a probe is
+ * accepted with its request already readable, so it is served in the turn
+ * that accepts it and a flood of newer arrivals cannot displace it first.
+ * Best effort: without it the guard still bounds everything. */
+static void defer_accept(struct MHD_Daemon *d)
+{
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
+    int secs = REQUEST_TIMEOUT_MS / 1000;
+    if (info != NULL)
+        (void)setsockopt(info->listen_fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof secs);
+}
+
 static void http_free(hl_http *http)
 {
     hl_http_guard_destroy(http->guard);
@@ -384,6 +399,7 @@ hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,
     }
     info = MHD_get_daemon_info(http->d, MHD_DAEMON_INFO_BIND_PORT);
     http->port = info && info->port ? info->port : port;
+    defer_accept(http->d);
     return http;
 fail:
     http_free(http);

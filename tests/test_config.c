@@ -165,6 +165,101 @@ static void test_cross_key_checks(void)
     hl_config_destroy(cfg);
 }
 
+/* A topic the worker writes equal to the one it reads would loop: a dead
+ * letter on the input is consumed, dead-lettered and consumed again. */
+static void expect_load_refused(char **args, int n, const char *n1, const char *n2)
+{
+    char err[512] = "";
+    hl_config *cfg = hl_config_create();
+    int rc = hl_config_load(cfg, NULL, NULL, args, n, err, sizeof err);
+    CHECKF(rc == HL_EINVAL, "%s ... accepted", args[0]);
+    CHECKF(strstr(err, n1) != NULL, "message lacks \"%s\": %s", n1, err);
+    CHECKF(n2 == NULL || strstr(err, n2) != NULL, "message lacks \"%s\": %s", n2, err);
+    hl_config_destroy(cfg);
+}
+
+static void test_topic_loops_refused(void)
+{
+    char *dlq_is_input[] = { "dlq.topic=behaviour-events" };
+    char *dlq_is_input2[] = { "input.topic=ev", "dlq.topic=ev" };
+    char *out_is_input[] = { "output.topic=behaviour-events" };
+    char *input_is_out[] = { "input.topic=recommendations" };
+    char *fine[] = { "input.topic=ev", "dlq.topic=", "output.topic=ev.recs" };
+    char err[256] = "";
+    hl_config *cfg;
+
+    expect_load_refused(dlq_is_input, 1, "dlq.topic", "input.topic");
+    expect_load_refused(dlq_is_input2, 2, "dlq.topic=\"ev\"", "input.topic");
+    expect_load_refused(out_is_input, 1, "output.topic", "input.topic");
+    expect_load_refused(input_is_out, 1, "output.topic=\"recommendations\"", "input.topic");
+    cfg = hl_config_create();
+    CHECKF(hl_config_load(cfg, NULL, NULL, fine, 3, err, sizeof err) == 0, "%s", err);
+    hl_config_destroy(cfg);
+}
+
+static void test_metrics_bind(void)
+{
+    char *v6[] = { "metrics.bind=::1" };
+    char *bad[] = { "metrics.bind=localhost" };
+    char err[256] = "";
+    hl_config *cfg = hl_config_create();
+    CHECK(!strcmp(hl_config_str(cfg, "metrics.bind"), "0.0.0.0"));   /* Kubernetes: pod IP */
+    CHECKF(hl_config_load(cfg, NULL, NULL, v6, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(!strcmp(hl_config_str(cfg, "metrics.bind"), "::1"));
+    hl_config_destroy(cfg);
+    expect_load_refused(bad, 1, "metrics.bind", "localhost");
+}
+
+/* Lines of any length: with an 8 KB buffer the tail of a long comment came
+ * back as a line of its own and set the group. */
+static char *long_text(const char *head, size_t n, char fill, const char *tail)
+{
+    size_t h = strlen(head), t = strlen(tail);
+    char *s = malloc(h + n + t + 1);
+    memcpy(s, head, h);
+    memset(s + h, fill, n);
+    memcpy(s + h + n, tail, t + 1);
+    return s;
+}
+
+static void test_long_lines(void)
+{
+    char err[512] = "";
+    hl_config *cfg = hl_config_create();
+    /* "#" and 8,190 bytes: the old 8 KB buffer ended exactly before "group.id". */
+    char *comment = long_text("recs.k=5\n#", 8190, 'x', "group.id=hijacked\nbatch.max.ms=9\n");
+    write_props(comment);
+    CHECKF(hl_config_load_file(cfg, path, err, sizeof err) == 0, "%s", err);
+    CHECKF(!strcmp(hl_config_str(cfg, "group.id"), "halflife"), "group.id=%s from a comment",
+           hl_config_str(cfg, "group.id"));
+    CHECK(hl_config_int(cfg, "recs.k") == 5 && hl_config_int(cfg, "batch.max.ms") == 9);
+    free(comment);
+
+    /* A 1 MB comment is a comment; the bad line after it is line 3. */
+    comment = long_text("recs.k=6\n#", 1 << 20, 'y', "\nno equals here\n");
+    write_props(comment);
+    CHECK(hl_config_load_file(cfg, path, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "line 3:") && strstr(err, "no equals"), "%s", err);
+    CHECK(hl_config_int(cfg, "recs.k") == 6);
+    free(comment);
+
+    /* A value too long for its key names the line, however long the value. */
+    comment = long_text("recs.k=7\ngroup.id=", 100000, 'g', "\n");
+    write_props(comment);
+    CHECK(hl_config_load_file(cfg, path, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "line 2") && strstr(err, "group.id") && strstr(err, "length 100000"), "%s", err);
+    free(comment);
+
+    /* A NUL byte would cut a line short without a word: refused. */
+    FILE *f = fopen(path, "w");
+    fwrite("recs.k=8\ngroup.id=a\0b\n", 1, 22, f);
+    fclose(f);
+    CHECK(hl_config_load_file(cfg, path, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "line 2") && strstr(err, "NUL"), "%s", err);
+    unlink(path);
+    hl_config_destroy(cfg);
+}
+
 static void test_worker_opts(void)
 {
     char err[256] = "";
@@ -205,7 +300,10 @@ int main(void)
     RUN(test_unknown_key_refused);
     RUN(test_kafka_passthrough);
     RUN(test_cross_key_checks);
+    RUN(test_topic_loops_refused);
+    RUN(test_long_lines);
     RUN(test_worker_opts);
     RUN(test_help_lists_every_key);
+    RUN(test_metrics_bind);
     TEST_EXIT();
 }

@@ -14,7 +14,8 @@
 static int commands_key(const char *key)
 {
     return !strncmp(key, "kafka.", 6) || !strcmp(key, "model.path") ||
-           !strcmp(key, "metrics.port") || !strcmp(key, "log.level");
+           !strcmp(key, "metrics.port") || !strcmp(key, "metrics.bind") ||
+           !strcmp(key, "log.level");
 }
 
 /* The text of --help, malloc'd. */

@@ -12,6 +12,7 @@
 #include "hl.h"
 #include "metrics.h"
 #include "http.h"
+#include "log.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -418,6 +419,82 @@ static void test_http_endpoints(void)
     hl_metrics_destroy(reg);
 }
 
+/* A connected socket to 127.0.0.1:port, or -1. */
+static int connect_local(int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct timeval tv = {5, 0};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (fd < 0) return -1;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* POST /metrics with a body of n bytes: the status read back, or -1 when
+ * the connection broke (answered before the body was read, the client's
+ * kernel sees a reset). */
+static int post_body(int port, size_t n)
+{
+    char head[128], buf[512];
+    static char chunk[65536];
+    size_t sent = 0;
+    ssize_t k, got = 0;
+    int status = -1, fd = connect_local(port);
+
+    if (fd < 0) return -1;
+    snprintf(head, sizeof head, "POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n", n);
+    if (write(fd, head, strlen(head)) != (ssize_t)strlen(head)) goto out;
+    memset(chunk, 'a', sizeof chunk);
+    while (sent < n) {
+        size_t want = n - sent < sizeof chunk ? n - sent : sizeof chunk;
+        if ((k = send(fd, chunk, want, MSG_NOSIGNAL)) <= 0) goto out;
+        sent += (size_t)k;
+    }
+    while (got < (ssize_t)sizeof buf - 1 && (k = read(fd, buf + got, sizeof buf - 1 - (size_t)got)) > 0)
+        got += k;
+    buf[got] = '\0';
+    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1) status = -1;
+out:
+    close(fd);
+    return status;
+}
+
+/* libmicrohttpd alone kept 64 connections and then stopped accepting, so
+ * 100 idle connections left a probe waiting for their 10 s timeout; a big
+ * body was met with a reset instead of the 405. */
+static void test_http_idle_connections_and_bodies(void)
+{
+    char err[256] = "";
+    http_rsp r;
+    int fds[100], n_open = 0;
+    hl_metrics *reg = hl_metrics_create();
+    hl_http *http = hl_http_start("127.0.0.1", 0, reg, NULL, NULL, err, sizeof err);
+    CHECKF(http != NULL, "start: %s", err);
+    if (http == NULL) { hl_metrics_destroy(reg); return; }
+    int port = hl_http_port(http);
+    for (int i = 0; i < 100; i++)
+        if ((fds[n_open] = connect_local(port)) >= 0) n_open++;
+    CHECK(n_open == 100);
+    usleep(200 * 1000);             /* let the server accept them all */
+    double t0 = hl_now_mono_s();
+    CHECK(http_get(port, "GET", "/healthz", &r) == 0 && r.status == 200);
+    CHECKF(hl_now_mono_s() - t0 < 2.0, "probe took %.1f s", hl_now_mono_s() - t0);
+    for (int i = 0; i < n_open; i++) close(fds[i]);
+    int st = post_body(port, 5u << 20);
+    CHECKF(st == 405, "POST with 5 MB body: status %d", st);
+    st = post_body(port, 17u << 20);
+    CHECKF(st == -1, "POST with 17 MB body: status %d, want the connection closed", st);
+    CHECK(http_get(port, "GET", "/healthz", &r) == 0 && r.status == 200);
+    hl_http_stop(http);
+    hl_metrics_destroy(reg);
+}
+
 /* HL_METRICS_DUMP=path: write a sample rendering for promtool, then exit. */
 static int dump(const char *path)
 {
@@ -453,5 +530,6 @@ int main(void)
     RUN(test_read_back);
     RUN(test_concurrent_updates);
     RUN(test_http_endpoints);
+    RUN(test_http_idle_connections_and_bodies);
     TEST_EXIT();
 }

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
@@ -70,6 +71,7 @@ static const key_def keys[] = {
     {"snapshot.retain",     T_INT,  "2", 1, 1000, NULL, "snapshots kept per shard"},
     {"shutdown.timeout.ms", T_INT,  "30000", 0, 3600000, NULL, "graceful stop bound"},
     {"metrics.port",        T_INT,  "9464", 0, 65535, NULL, "HTTP port of /metrics, /healthz, /readyz; 0 disables"},
+    {"metrics.bind",        T_STR,  "0.0.0.0", 1, 45, NULL, "IP address the HTTP endpoint listens on: 0.0.0.0 every IPv4 interface (Kubernetes probes and scrapes reach the pod IP), 127.0.0.1 this host only, :: IPv6"},
     {"auto.offset.reset",   T_ENUM, "earliest", 0, 0, "earliest|latest", "where a partition without snapshot or committed offset starts (kafka.auto.offset.reset wins if set)"},
     {"log.level",           T_ENUM, "info", 0, 0, "debug|info|warn|error", "lowest level logged"},
     {"embedded.partitions", T_INT,  "4", 1, 1000, NULL, "partitions per topic of the embedded broker (no kafka.bootstrap.servers)"},
@@ -137,9 +139,11 @@ static int parse_value(int k, const char *text, const char *origin, setting *out
 
     switch (d->type) {
     case T_STR:
+        /* At most 64 bytes of the value: a long one would push the origin
+         * (which file line) out of errbuf. */
         if (len < d->min || len > d->max)
-            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): length %zu, allowed %.0f..%.0f",
-                          d->key, text, origin, len, d->min, d->max);
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): length %zu, allowed %.0f..%.0f",
+                          d->key, text, len > 64 ? "..." : "", origin, len, d->min, d->max);
         return 0;
     case T_INT:
         errno = 0;
@@ -276,8 +280,8 @@ int hl_config_set(hl_config *cfg, const char *key, const char *value, const char
         return set_kafka(cfg, key + 6, value, origin, errbuf, errlen);
     if ((k = find_key(key)) < 0)
         return hl_err(errbuf, errlen, HL_EINVAL,
-                      "unknown key \"%s\" (from %s); 'halflife run --help' lists the keys",
-                      key, origin);
+                      "unknown key \"%.64s%s\" (from %s); 'halflife run --help' lists the keys",
+                      key, strlen(key) > 64 ? "..." : "", origin);
     return store(&cfg->v[k], k, value, origin, 1, errbuf, errlen);
 }
 
@@ -298,28 +302,44 @@ static int set_pair(hl_config *cfg, char *line, const char *origin, char *errbuf
 {
     char *eq = strchr(line, '=');
     if (eq == NULL)
-        return hl_err(errbuf, errlen, HL_EINVAL, "%s: \"%s\" is not key=value", origin, line);
+        return hl_err(errbuf, errlen, HL_EINVAL, "%s: \"%.64s%s\" is not key=value", origin, line,
+                      strlen(line) > 64 ? "..." : "");
     *eq = '\0';
     return hl_config_set(cfg, trim(line), trim(eq + 1), origin, errbuf, errlen);
 }
 
+/* Lines are read whole, however long (getline), so a comment stays one
+ * comment: with a fixed buffer the tail of a long comment came back as a
+ * line of its own and "# ...group.id=hijacked" set the group. A NUL byte
+ * would cut a line short without a word, so it is refused instead. */
 int hl_config_load_file(hl_config *cfg, const char *path, char *errbuf, size_t errlen)
 {
-    char line[8192], origin[512];
+    char *line = NULL, origin[512];
+    size_t cap = 0;
+    ssize_t len;
     int rc = 0, n = 0;
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return hl_err(errbuf, errlen, HL_EIO, "config file %s: %s", path, strerror(errno));
-    while (rc == 0 && fgets(line, sizeof line, f) != NULL) {
-        char *s = trim(line);
+    while (rc == 0 && (len = getline(&line, &cap, f)) >= 0) {
+        char *s;
         n++;
+        snprintf(origin, sizeof origin, "%s line %d", path, n);
+        if (strlen(line) != (size_t)len) {
+            rc = hl_err(errbuf, errlen, HL_EINVAL, "%s: contains a NUL byte", origin);
+            break;
+        }
+        s = trim(line);
         if (*s == '\0' || *s == '#' || *s == '!')
             continue;
-        snprintf(origin, sizeof origin, "%s line %d", path, n);
         rc = set_pair(cfg, s, origin, errbuf, errlen);
     }
-    if (rc == 0 && ferror(f))
-        rc = hl_err(errbuf, errlen, HL_EIO, "config file %s: read error", path);
+    /* getline also stops on ENOMEM without setting the error flag: only
+     * the end of the file is a clean end. */
+    if (rc == 0 && (ferror(f) || !feof(f)))
+        rc = hl_err(errbuf, errlen, HL_EIO, "config file %s line %d: %s", path, n + 1,
+                    errno ? strerror(errno) : "read error");
+    free(line);
     fclose(f);
     return rc;
 }
@@ -379,6 +399,41 @@ int hl_config_set_arg(hl_config *cfg, const char *arg, char *errbuf, size_t errl
     return rc;
 }
 
+/* A topic the worker writes must not be the one it reads. A dead letter
+ * written to the input is consumed again, is bad again and is written again
+ * in a tight loop (95 a second, measured), and the topic grows without
+ * bound; a list written to the input is not a BehaviourEvent, so each one
+ * is dead-lettered in turn. dlq.topic is compared as the worker will use it
+ * (its default is "<input.topic>.dlq"; empty disables it). */
+static int check_topics(const hl_config *cfg, char *errbuf, size_t errlen)
+{
+    const char *in = hl_config_str(cfg, "input.topic");
+    const char *out = hl_config_str(cfg, "output.topic");
+    const char *dlq = hl_config_str(cfg, "dlq.topic");
+    if (strcmp(out, in) == 0)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "output.topic=\"%s\" is the input.topic: the worker would consume its own lists", out);
+    if (dlq != NULL && strcmp(dlq, in) == 0)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "dlq.topic=\"%s\" is the input.topic: every bad record would be consumed, "
+                      "dead-lettered and consumed again for ever (unset dlq.topic for \"%s.dlq\", "
+                      "or set it empty to disable dead letters)", dlq, in);
+    return 0;
+}
+
+/* metrics.bind is checked here, with the other keys, so a typo exits 2 at
+ * start rather than when the HTTP endpoint opens (http.c parses it again). */
+static int check_bind(const hl_config *cfg, char *errbuf, size_t errlen)
+{
+    const char *addr = hl_config_str(cfg, "metrics.bind");
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, addr, buf) != 1 && inet_pton(AF_INET6, addr, buf) != 1)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "metrics.bind=\"%s\": not an IPv4 or IPv6 address (0.0.0.0: every IPv4 interface)",
+                      addr);
+    return 0;
+}
+
 int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
                    char *const *args, int n_args, char *errbuf, size_t errlen)
 {
@@ -394,7 +449,9 @@ int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
         return hl_err(errbuf, errlen, HL_EINVAL, "event.min.ts.ms=%lld is after event.max.ts.ms=%lld",
                       (long long)hl_config_int(cfg, "event.min.ts.ms"),
                       (long long)hl_config_int(cfg, "event.max.ts.ms"));
-    return 0;
+    if ((rc = check_topics(cfg, errbuf, errlen)) != 0)
+        return rc;
+    return check_bind(cfg, errbuf, errlen);
 }
 
 /* ---- getters -------------------------------------------------------------- */

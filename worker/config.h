@@ -29,8 +29,9 @@ void       hl_config_destroy(hl_config *cfg);         /* NULL is a no-op */
 int hl_config_set(hl_config *cfg, const char *key, const char *value,
                   const char *origin, char *errbuf, size_t errlen);
 
-/* Reads a properties file. HL_EIO if it cannot be read, HL_EINVAL on a bad
- * line (no '=') or a refused key, naming the file and line. */
+/* Reads a properties file, lines of any length. HL_EIO if it cannot be
+ * read, HL_EINVAL on a bad line (no '=', a NUL byte) or a refused key,
+ * naming the file and line. */
 int hl_config_load_file(hl_config *cfg, const char *path, char *errbuf, size_t errlen);
 
 /* Applies every HALFLIFE_* variable of envp (NULL-terminated, as environ).
@@ -42,7 +43,8 @@ int hl_config_set_arg(hl_config *cfg, const char *arg, char *errbuf, size_t errl
 
 /* The three layers in order: file (NULL: none), then envp (NULL: none),
  * then the n_args "key=value" strings, then the checks across keys
- * (event.min.ts.ms <= event.max.ts.ms). */
+ * (event.min.ts.ms <= event.max.ts.ms; neither output.topic nor dlq.topic
+ * is input.topic, which would loop; metrics.bind is an IP address). */
 int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
                    char *const *args, int n_args, char *errbuf, size_t errlen);
 
@@ -72,7 +74,7 @@ const char *hl_config_kafka_get(const hl_config *cfg, const char *key);
  * weight.*, auto.offset.reset, shutdown.timeout.ms, embedded.partitions
  * and the kafka.* list. Strings and o->kafka are borrowed from cfg, which
  * must outlive o. on_list is left NULL. Keys that are not the worker's are
- * read by the commands: model.path, metrics.port, log.level. */
+ * read by the commands: model.path, metrics.port, metrics.bind, log.level. */
 void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o);
 
 /* log.level as an HL_LOG_* level, for hl_log_set_level(). */

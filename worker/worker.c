@@ -394,6 +394,14 @@ static int check_opts(const hl_worker_opts *o, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL, "batch.max.messages >= 1 and batch.max.ms >= 0");
     if (o->recs_k < 1 || o->recs_k > 1000)
         return hl_err(errbuf, errlen, HL_EINVAL, "recs.k=%d: want 1..1000", o->recs_k);
+    /* hl_config_load refuses these too; callers that fill the options
+     * themselves (tests, demo) get the same guard against a topic that
+     * feeds the worker its own output, which would loop for ever. */
+    if (o->output_topic && o->input_topic && strcmp(o->output_topic, o->input_topic) == 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "output.topic=\"%s\" is the input.topic", o->output_topic);
+    if (o->dlq_topic && o->input_topic && strcmp(o->dlq_topic, o->input_topic) == 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "dlq.topic=\"%s\" is the input.topic: bad records would loop",
+                      o->dlq_topic);
     return 0;
 }
 

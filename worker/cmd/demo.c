@@ -580,7 +580,8 @@ int hl_cmd_demo(int argc, char **argv)
         goto out;
     }
     int port = (int)hl_config_int(cfg, "metrics.port");
-    if (port > 0 && (http = hl_http_start("0.0.0.0", port, reg, demo_ready, d.w, err, sizeof err)) == NULL)
+    if (port > 0 && (http = hl_http_start(hl_config_str(cfg, "metrics.bind"), port, reg, demo_ready,
+                                          d.w, err, sizeof err)) == NULL)
         hl_log(HL_LOG_WARN, "demo_no_metrics", "port=%d err=\"%s\"", port, err);
     else if (http)
         hl_log(HL_LOG_INFO, "metrics_listening", "url=http://localhost:%d/metrics", hl_http_port(http));

@@ -141,12 +141,13 @@ int hl_cmd_run(int argc, char **argv)
         goto out;
     }
     int port = (int)hl_config_int(cfg, "metrics.port");
+    const char *bind_addr = hl_config_str(cfg, "metrics.bind");
     if (port > 0) {
-        if ((http = hl_http_start("0.0.0.0", port, reg, worker_ready, w, err, sizeof err)) == NULL) {
+        if ((http = hl_http_start(bind_addr, port, reg, worker_ready, w, err, sizeof err)) == NULL) {
             hl_log(HL_LOG_ERROR, "http_start_failed", "port=%d err=\"%s\"", port, err);
             goto out;
         }
-        hl_log(HL_LOG_INFO, "metrics_listening", "port=%d", hl_http_port(http));
+        hl_log(HL_LOG_INFO, "metrics_listening", "bind=%s port=%d", bind_addr, hl_http_port(http));
     }
     rc = hl_worker_run(w, &run_signalled) == 0 ? 0 : 1;
     alarm(0);

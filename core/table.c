@@ -40,6 +40,7 @@
 #include "index.h"
 #include "lru.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -565,7 +566,22 @@ static void push_history(hl_table *tbl, uint8_t *p, const hl_event *e)
     row_htype(tbl, p)[i] = e->type;
 }
 
-/* Applies one event to row r: 1 applied, 0 duplicate. */
+/* Could an event of weight w take one of row p's masses past
+ * HL_TABLE_MAX_MASS? A mass moves by at most |w| per event (every decay
+ * factor is <= 1), so |m| + |w| bounds it; a NaN anywhere says yes. Checked
+ * before the update, so a refused event needs no undo; n_heads floats on
+ * lines the update reads anyway. */
+static int mass_would_overflow(const hl_table *tbl, uint8_t *p, float w)
+{
+    const float *m = row_m(tbl, p);
+    float aw = fabsf(w);
+    for (int h = 0; h < tbl->n_heads; h++)
+        if (!(fabsf(m[h]) + aw <= HL_TABLE_MAX_MASS)) return 1;
+    return 0;
+}
+
+/* Applies one event to row r: 1 applied, 0 duplicate, HL_ERANGE refused
+ * by the mass guard. */
 static int apply_one(hl_table *tbl, uint32_t r, const hl_event *e,
                      const float *e_in, int32_t n_items)
 {
@@ -574,6 +590,10 @@ static int apply_one(hl_table *tbl, uint32_t r, const hl_event *e,
     if (e->offset <= rh->last_offset) {
         tbl->st.duplicates++;
         return 0;
+    }
+    if (mass_would_overflow(tbl, p, e->w)) {
+        tbl->st.non_finite++;
+        return HL_ERANGE;
     }
     const float *x = NULL;
     if (e_in != NULL && e->item >= 0 && e->item < n_items)
@@ -674,9 +694,14 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
         if (c >= 0 && c < n) stage_hist(tbl, c);
         if (i < 0) continue;
         int rc = HL_EINVAL;                /* a user_id no row can hold */
-        int64_t r = ev[i].user_len < 1 || ev[i].user_len > HL_MAX_ID_LEN ? -1
-                  : resolve(tbl, tbl->pipe_row[i & (RING - 1)], tbl->pipe_gen[i & (RING - 1)],
-                            tbl->pipe_hash[i & (RING - 1)], &ev[i], &rc);
+        int64_t r = -1;
+        if (!(fabsf(ev[i].w) <= HL_TABLE_MAX_MASS)) {
+            rc = HL_ERANGE;                /* refused before it creates a user */
+            tbl->st.non_finite++;
+        } else if (ev[i].user_len >= 1 && ev[i].user_len <= HL_MAX_ID_LEN) {
+            r = resolve(tbl, tbl->pipe_row[i & (RING - 1)], tbl->pipe_gen[i & (RING - 1)],
+                        tbl->pipe_hash[i & (RING - 1)], &ev[i], &rc);
+        }
         int got = r < 0 ? rc : apply_one(tbl, (uint32_t)r, &ev[i], e_in, n_items);
         if (got > 0) applied++;
         if (status != NULL) status[i] = (int8_t)got;

@@ -66,6 +66,8 @@ typedef struct hl_table_stats {
     uint64_t inserted;            /* users created */
     uint64_t evicted_mass;        /* dropped by state.evict.mass */
     uint64_t evicted_capacity;    /* dropped by state.max.users */
+    uint64_t non_finite;          /* refused: would take a mass past
+                                     HL_TABLE_MAX_MASS (see hl_table_apply) */
     int64_t  newest_ts_ms;        /* newest event time this shard has seen */
 } hl_table_stats;
 
@@ -78,10 +80,16 @@ const hl_table_opts *hl_table_opts_get(const hl_table *tbl);
  * (n_items, dim) row-major; events whose item is -1 or >= n_items add
  * nothing to the heads but are still recorded in the history. An event whose
  * offset is not above its user's last_offset changes nothing (idempotence).
+ * An event that could take one of its user's masses past HL_TABLE_MAX_MASS
+ * (|m| + |w| above it, or w or m not finite) changes nothing either and is
+ * counted in stats.non_finite: so every mass stays finite, and every head
+ * vector too while the model's embeddings are below 1e8 in magnitude
+ * (|s_h[j]| <= m_h max|x[j]| for weights >= 0).
  * status[i], if status is not NULL: 1 applied, 0 duplicate, or a negative
  * HL_E* (HL_ENOMEM when the table cannot grow, HL_EINVAL for a user_len
- * outside 1..HL_MAX_ID_LEN). Every applied user is marked
- * dirty. Returns the number of events applied. */
+ * outside 1..HL_MAX_ID_LEN, HL_ERANGE for the guard). Every applied user is
+ * marked dirty. Returns the number of events applied. */
+#define HL_TABLE_MAX_MASS 1e30f
 int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
                    const float *e_in, int32_t n_items, int8_t *status);
 

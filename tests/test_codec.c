@@ -17,6 +17,7 @@
 #include "codec.h"
 
 #include <avro.h>
+#include <float.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -51,6 +52,37 @@ static const char enum_json[] =
     "{\"name\":\"event_type\",\"type\":{\"type\":\"enum\",\"name\":\"EventType\","
     "\"symbols\":[\"SHARE\",\"RATE\",\"PURCHASE\",\"ADD_TO_CART\",\"FAVORITE\",\"CLICK\",\"VIEW\"]}},"
     "{\"name\":\"timestamp\",\"type\":\"long\"}]}";
+
+/* A writer with an extra array<null> field: valid Avro whose items take no
+ * bytes, so a count alone says how many there are. */
+static const char nulls_json[] =
+    "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":\"halflife\","
+    "\"fields\":["
+    "{\"name\":\"user_id\",\"type\":\"string\"},"
+    "{\"name\":\"item_id\",\"type\":\"string\"},"
+    "{\"name\":\"timestamp\",\"type\":\"long\"},"
+    "{\"name\":\"nulls\",\"type\":{\"type\":\"array\",\"items\":\"null\"}}]}";
+
+/* A writer whose last field nests `levels` records, the innermost holding
+ * one int. Valid Avro; the walker follows 32 levels. */
+static char *deep_json(int levels)
+{
+    size_t cap = 256 + (size_t)levels * 96;
+    char *j = malloc(cap);
+    size_t n = (size_t)snprintf(j, cap,
+        "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":\"halflife\","
+        "\"fields\":[{\"name\":\"user_id\",\"type\":\"string\"},"
+        "{\"name\":\"item_id\",\"type\":\"string\"},"
+        "{\"name\":\"timestamp\",\"type\":\"long\"},{\"name\":\"deep\",\"type\":");
+    for (int i = 0; i < levels; i++)
+        n += (size_t)snprintf(j + n, cap - n,
+                              "{\"type\":\"record\",\"name\":\"R%d\",\"fields\":[{\"name\":\"f\",\"type\":", i);
+    n += (size_t)snprintf(j + n, cap - n, "\"int\"");
+    for (int i = 0; i < levels; i++)
+        n += (size_t)snprintf(j + n, cap - n, "}]}");
+    snprintf(j + n, cap - n, "}]}");
+    return j;
+}
 
 /* A writer schema that cannot resolve: user_id is an int. */
 static const char incompatible_json[] =
@@ -88,7 +120,8 @@ static const char *top(void)
 }
 
 /* Temp schemas dir: 1 = our schemas/behaviour_event.avsc, 3 = evolved,
- * 4 = not JSON, 5 = incompatible. */
+ * 4 = not JSON, 5 = incompatible, 6 = enum reordered, 7 = array<null>,
+ * 9 = nested 40 records deep, 10 = 30 deep (8 is test_schema_deployed_later's). */
 static void make_schemas_dir(void)
 {
     char path[512], *be;
@@ -101,13 +134,19 @@ static void make_schemas_dir(void)
     snprintf(path, sizeof path, "%s/4.avsc", dir);  write_file(path, "{not json");
     snprintf(path, sizeof path, "%s/5.avsc", dir);  write_file(path, incompatible_json);
     snprintf(path, sizeof path, "%s/6.avsc", dir);  write_file(path, enum_json);
+    snprintf(path, sizeof path, "%s/7.avsc", dir);  write_file(path, nulls_json);
+    char *deep = deep_json(40), *deep_ok = deep_json(30);
+    snprintf(path, sizeof path, "%s/9.avsc", dir);  write_file(path, deep);
+    snprintf(path, sizeof path, "%s/10.avsc", dir); write_file(path, deep_ok);
+    free(deep);
+    free(deep_ok);
     free(be);
 }
 
 static void remove_schemas_dir(void)
 {
     char path[512];
-    for (int id = 1; id <= 8; id++) {
+    for (int id = 1; id <= 10; id++) {
         snprintf(path, sizeof path, "%s/%d.avsc", dir, id);
         unlink(path);
     }
@@ -117,7 +156,7 @@ static void remove_schemas_dir(void)
 static hl_codec *new_codec(hl_framing in)
 {
     char err[256];
-    hl_codec_opts o = { in, HL_FRAMING_CONFLUENT, dir, 2, MIN_TS, MAX_TS };
+    hl_codec_opts o = { in, HL_FRAMING_CONFLUENT, dir, 2, MIN_TS, MAX_TS, 0 };
     hl_codec *c = hl_codec_create(&o, err, sizeof err);
     if (c == NULL) { printf("codec: %s\n", err); exit(1); }
     return c;
@@ -201,6 +240,8 @@ static void test_reason_names(void)
     CHECK(!strcmp(hl_codec_reason_name(HL_CODEC_N_REASONS), "unknown"));
     for (int r = 0; r < HL_CODEC_N_REASONS; r++)
         CHECK(strchr(hl_codec_reason_name(r), ' ') == NULL);
+    CHECK(!strcmp(hl_codec_reason_name(HL_CODEC_BAD_UTF8), "bad_utf8"));
+    CHECK(!strcmp(hl_codec_reason_name(HL_CODEC_TOO_COMPLEX), "too_complex"));
 }
 
 static void test_schema_files_match_reader(void)
@@ -457,7 +498,7 @@ static void test_own_schema_built_in(void)
 {
     char err[256];
     hl_codec_opts o = { HL_FRAMING_CONFLUENT, HL_FRAMING_CONFLUENT,
-                        "/nonexistent/halflife-schemas", 2, MIN_TS, MAX_TS };
+                        "/nonexistent/halflife-schemas", 2, MIN_TS, MAX_TS, 0 };
     hl_codec *c = hl_codec_create(&o, err, sizeof err);
     CHECKF(c != NULL, "%s", err);
     if (c == NULL)
@@ -505,11 +546,126 @@ static void test_prefixes_and_bit_flips(void)
     hl_codec_destroy(c);
 }
 
+/* Issue 16: a weight of 1e38 is a valid Avro float, and one such event
+ * made a user's state inf and NaN. Weights outside [0, event.max.weight]
+ * (default 1e6), NaN and infinities are bad_weight, on both paths. */
+static void test_weight_range(void)
+{
+    hl_codec *c = new_codec(HL_FRAMING_CONFLUENT);
+#define W(b0, b1, b2, b3) 0x02, 'u', 0x02, 'i', 0x02, 0xd0, 0x0f, 0x02, b0, b1, b2, b3, 0x00
+    EXPECT(c, 1, HL_CODEC_BAD_WEIGHT, W(0x99, 0x76, 0x96, 0x7e));    /* 1e38 */
+    EXPECT(c, 1, HL_CODEC_BAD_WEIGHT, W(0xff, 0xff, 0x7f, 0x7f));    /* FLT_MAX */
+    EXPECT(c, 1, HL_CODEC_BAD_WEIGHT, W(0x00, 0x00, 0x80, 0x7f));    /* +inf */
+    EXPECT(c, 1, HL_CODEC_BAD_WEIGHT, W(0x00, 0x00, 0x80, 0xff));    /* -inf */
+    EXPECT(c, 1, HL_CODEC_BAD_WEIGHT, W(0x01, 0x00, 0x80, 0x7f));    /* signalling NaN */
+    EXPECT(c, 1, HL_CODEC_BAD_WEIGHT, W(0x00, 0x00, 0xc0, 0xff));    /* -NaN */
+    EXPECT(c, 1, HL_CODEC_BAD_WEIGHT, W(0x00, 0x00, 0x80, 0xbf));    /* -1 */
+    EXPECT(c, 1, HL_CODEC_BAD_WEIGHT, W(0x01, 0x00, 0x00, 0x80));    /* -1e-45 */
+    EXPECT(c, 1, HL_CODEC_BAD_WEIGHT, W(0x09, 0x24, 0x74, 0x49));    /* 1000000.5625 */
+    EXPECT(c, 1, HL_CODEC_OK, W(0x00, 0x24, 0x74, 0x49));            /* 1e6: the bound */
+    EXPECT(c, 1, HL_CODEC_OK, W(0x00, 0x00, 0x00, 0x00));            /* 0 */
+    EXPECT(c, 1, HL_CODEC_OK, W(0x00, 0x00, 0x00, 0x80));            /* -0 */
+    EXPECT(c, 1, HL_CODEC_OK, W(0x01, 0x00, 0x00, 0x00));            /* 1e-45 */
+#undef W
+    /* The resolved path (id 3: ts, session, item, user, weight, type, context). */
+    EXPECT(c, 3, HL_CODEC_BAD_WEIGHT, 0xd0, 0x0f, 0x00, 0x02, 'i', 0x02, 'u', 0x02,
+           0x99, 0x76, 0x96, 0x7e, 0x02, 0x00);                      /* 1e38 */
+    EXPECT(c, 3, HL_CODEC_OK, 0xd0, 0x0f, 0x00, 0x02, 'i', 0x02, 'u', 0x02,
+           0x00, 0x24, 0x74, 0x49, 0x02, 0x00);                      /* 1e6 */
+    hl_codec_destroy(c);
+    /* A configured bound. */
+    char err[128];
+    hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, dir, 2, MIN_TS, MAX_TS, 10.0 };
+    c = hl_codec_create(&o, err, sizeof err);
+    CHECKF(c != NULL, "%s", err);
+    if (c == NULL)
+        return;
+    hl_codec_event ev = mk_event("u", "i", HL_RATE, 5, 1, 10.0f), out;
+    uint8_t buf[64];
+    char detail[200] = "";
+    int n = hl_codec_encode_event(c, &ev, buf, sizeof buf);
+    CHECK(n > 0 && hl_codec_decode_event(c, buf, (size_t)n, &out, NULL, 0) == HL_CODEC_OK);
+    ev.weight = 10.5f;
+    n = hl_codec_encode_event(c, &ev, buf, sizeof buf);
+    CHECK(n > 0 && hl_codec_decode_event(c, buf, (size_t)n, &out, detail, sizeof detail) ==
+                   HL_CODEC_BAD_WEIGHT);
+    CHECKF(strstr(detail, "10.5") && strstr(detail, "event.max.weight"), "%s", detail);
+    hl_codec_destroy(c);
+}
+
+/* Issue 16: an item_id that is not UTF-8 was applied and published in a
+ * list python3-avro could not decode (Avro strings are UTF-8). Both ids
+ * are checked, on both paths; valid multi-byte UTF-8 passes. */
+static void test_bad_utf8(void)
+{
+    hl_codec *c = new_codec(HL_FRAMING_CONFLUENT);
+#define ID(...) 0x02, 'u', 0x08, __VA_ARGS__, 0x02, 0xd0, 0x0f, 0x00, 0x00  /* item: 4 bytes */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID('a', 'b', 'c', 0xff));               /* never valid */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID('a', 'b', 0x80, 'c'));               /* lone continuation */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID('a', 'b', 'c', 0xc3));               /* cut short */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID('a', 0xc3, 'b', 'c'));               /* no continuation */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID('a', 'b', 0xc0, 0xaf));              /* overlong '/' */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID('a', 0xe0, 0x80, 0xaf));             /* overlong, 3 bytes */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID('a', 0xed, 0xa0, 0x80));             /* surrogate D800 */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID(0xf4, 0x90, 0x80, 0x80));            /* U+110000 */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID(0xf0, 0x80, 0x80, 0xaf));            /* overlong, 4 bytes */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, ID(0xf8, 0x88, 0x80, 0x80));            /* 5-byte form */
+    EXPECT(c, 1, HL_CODEC_OK, ID('a', 'b', 0xc3, 0xa9));                    /* e-acute */
+    EXPECT(c, 1, HL_CODEC_OK, ID('a', 0xe2, 0x82, 0xac));                   /* euro sign */
+    EXPECT(c, 1, HL_CODEC_OK, ID(0xf0, 0x9f, 0x98, 0x80));                  /* emoji */
+    EXPECT(c, 1, HL_CODEC_OK, ID(0xf4, 0x8f, 0xbf, 0xbf));                  /* U+10FFFF */
+    EXPECT(c, 1, HL_CODEC_OK, ID('a', 0xed, 0x9f, 0xbf));                   /* U+D7FF */
+#undef ID
+    /* user_id; and a long ASCII id whose bad byte comes after the 8-byte
+     * fast path's words. */
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, 0x04, 'u', 0xfe, 0x02, 'i', 0x02, 0xd0, 0x0f, 0x00, 0x00);
+    EXPECT(c, 1, HL_CODEC_BAD_UTF8, 0x22, '0', '1', '2', '3', '4', '5', '6', '7', '8', '9',
+           'a', 'b', 'c', 'd', 'e', 'f', 0x9f, 0x02, 'i', 0x02, 0xd0, 0x0f, 0x00, 0x00);
+    /* The resolved path (id 3). */
+    EXPECT(c, 3, HL_CODEC_BAD_UTF8, 0xd0, 0x0f, 0x00, 0x02, 0xff, 0x02, 'u', 0x00, 0x02, 0x00);
+    EXPECT(c, 3, HL_CODEC_BAD_UTF8, 0xd0, 0x0f, 0x00, 0x02, 'i', 0x02, 0xc3, 0x00, 0x02, 0x00);
+    hl_codec_destroy(c);
+}
+
+/* Issue 16: valid Avro the walker cannot follow was refused as truncated.
+ * array<null> items take no bytes, so any count is valid: up to 4096 per
+ * record decode (avro-c skips them), more are too_complex (a count alone
+ * must not make anyone loop 2^63 times). Nesting deeper than 32 levels is
+ * too_complex; 30 levels decode. */
+static void test_too_complex(void)
+{
+    hl_codec *c = new_codec(HL_FRAMING_CONFLUENT);
+    CHECK(hl_codec_writer(c, 7) == HL_CODEC_WRITER_RESOLVED);
+    EXPECT(c, 7, HL_CODEC_OK, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f, 0x00);          /* [] */
+    EXPECT(c, 7, HL_CODEC_OK, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f, 0x06, 0x00);    /* 3 nulls */
+    EXPECT(c, 7, HL_CODEC_OK, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f, 0x05, 0x00, 0x00); /* -3, 0 bytes */
+    EXPECT(c, 7, HL_CODEC_OK, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f, 0x80, 0x40, 0x00); /* 4096 */
+    EXPECT(c, 7, HL_CODEC_TOO_COMPLEX, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f, 0x82, 0x40, 0x00);
+    EXPECT(c, 7, HL_CODEC_TOO_COMPLEX, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f,
+           0xf0, 0x2e, 0xf0, 0x2e, 0x00);                                      /* 3000 + 3000 */
+    EXPECT(c, 7, HL_CODEC_TOO_COMPLEX, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f,
+           0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00);  /* 2^63 - 1 */
+    EXPECT(c, 7, HL_CODEC_TRUNCATED, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f, 0x06);   /* no end */
+    CHECK(hl_codec_writer(c, 9) == HL_CODEC_WRITER_RESOLVED);
+    EXPECT(c, 9, HL_CODEC_TOO_COMPLEX, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f, 0x02);
+    CHECK(hl_codec_writer(c, 10) == HL_CODEC_WRITER_RESOLVED);
+    EXPECT(c, 10, HL_CODEC_OK, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f, 0x02);
+    EXPECT(c, 10, HL_CODEC_TRUNCATED, 0x02, 'u', 0x02, 'i', 0xd0, 0x0f);
+    hl_codec_destroy(c);
+}
+
 static void test_bad_options(void)
 {
     char err[128] = "";
-    hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, NULL, 2, 10, 5 };
+    hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, NULL, 2, 10, 5, 0 };
     CHECK(hl_codec_create(&o, err, sizeof err) == NULL && strstr(err, "timestamp"));
+    o.min_ts_ms = 0;
+    o.max_weight = NAN;
+    CHECK(hl_codec_create(&o, err, sizeof err) == NULL && strstr(err, "weight"));
+    o.max_weight = INFINITY;
+    CHECK(hl_codec_create(&o, err, sizeof err) == NULL && strstr(err, "weight"));
+    o.max_weight = -1;
+    CHECK(hl_codec_create(&o, err, sizeof err) == NULL && strstr(err, "weight"));
     hl_codec_destroy(NULL);
 }
 
@@ -588,7 +744,7 @@ static hl_codec *env_codec(void)
     char err[256];
     hl_codec_opts o = { in && !strcmp(in, "raw") ? HL_FRAMING_RAW : HL_FRAMING_CONFLUENT,
                         outf && !strcmp(outf, "raw") ? HL_FRAMING_RAW : HL_FRAMING_CONFLUENT,
-                        d ? d : "schemas", 2, MIN_TS, MAX_TS };
+                        d ? d : "schemas", 2, MIN_TS, MAX_TS, 0 };
     hl_codec *c = hl_codec_create(&o, err, sizeof err);
     if (c == NULL) { fprintf(stderr, "codec: %s\n", err); exit(1); }
     return c;
@@ -712,6 +868,9 @@ int main(void)
     RUN(test_own_schema_built_in);
     RUN(test_raw_framing);
     RUN(test_prefixes_and_bit_flips);
+    RUN(test_weight_range);
+    RUN(test_bad_utf8);
+    RUN(test_too_complex);
     RUN(test_bad_options);
     RUN(test_encode_list);
     remove_schemas_dir();

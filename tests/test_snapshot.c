@@ -7,6 +7,7 @@
 #include "crc32c.h"
 #include "io.h"
 #include "snapshot.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -978,6 +979,145 @@ static void test_inspect_and_dump_command(void)
     hl_table_destroy(a);
 }
 
+/* ---- a strict JSON checker (RFC 8259: no NaN, no Infinity) ------------- */
+
+static const char *json_value(const char *p);
+
+static const char *json_ws(const char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    return p;
+}
+
+static const char *json_string(const char *p)
+{
+    if (*p++ != '"') return NULL;
+    while (*p != '"') {
+        if ((unsigned char)*p < 0x20) return NULL;
+        if (*p++ != '\\') continue;
+        if (*p == 'u') {
+            for (int i = 1; i <= 4; i++)
+                if (!strchr("0123456789abcdefABCDEF", p[i]) || !p[i]) return NULL;
+            p += 5;
+        } else if (*p && strchr("\"\\/bfnrt", *p)) {
+            p++;
+        } else {
+            return NULL;
+        }
+    }
+    return p + 1;
+}
+
+static const char *json_digits(const char *p)
+{
+    if (*p < '0' || *p > '9') return NULL;
+    while (*p >= '0' && *p <= '9') p++;
+    return p;
+}
+
+static const char *json_number(const char *p)
+{
+    if (*p == '-') p++;
+    if (*p == '0') p++;
+    else if ((p = json_digits(p)) == NULL) return NULL;
+    if (*p == '.' && (p = json_digits(p + 1)) == NULL) return NULL;
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-') p++;
+        p = json_digits(p);
+    }
+    return p;
+}
+
+/* Object or array items up to the closing bracket; members of an object
+ * are "key": value. */
+static const char *json_items(const char *p, char close, int is_object)
+{
+    p = json_ws(p);
+    if (*p == close) return p + 1;
+    for (;;) {
+        if (is_object) {
+            if ((p = json_string(json_ws(p))) == NULL) return NULL;
+            p = json_ws(p);
+            if (*p++ != ':') return NULL;
+        }
+        if ((p = json_value(p)) == NULL) return NULL;
+        p = json_ws(p);
+        if (*p == close) return p + 1;
+        if (*p++ != ',') return NULL;
+    }
+}
+
+static const char *json_value(const char *p)
+{
+    p = json_ws(p);
+    if (*p == '{') return json_items(p + 1, '}', 1);
+    if (*p == '[') return json_items(p + 1, ']', 0);
+    if (*p == '"') return json_string(p);
+    if (!strncmp(p, "true", 4)) return p + 4;
+    if (!strncmp(p, "false", 5)) return p + 5;
+    if (!strncmp(p, "null", 4)) return p + 4;
+    return json_number(p);
+}
+
+/* Every line of text is one valid JSON value, and text is UTF-8. */
+static int json_lines_valid(const char *text, size_t n)
+{
+    if (!hl_utf8_valid(text, n)) return 0;
+    for (const char *p = text; *p;) {
+        const char *end = json_value(p);
+        if (end == NULL || *end != '\n') return 0;
+        p = end + 1;
+    }
+    return 1;
+}
+
+/* Issue 16: an event of weight 1e38 made a user's masses inf and NaN, and
+ * `snapshot dump` printed "m":[-nan,inf,inf], which no JSON reader takes;
+ * an id that is not UTF-8 did the same to the user field. Whatever a file
+ * holds, dump, dump --values and inspect print valid JSON: non-finite
+ * floats as null, bad bytes as U+FFFD. */
+static void test_dump_non_finite_and_bad_utf8(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = hl_table_create(&o, NULL, 0);
+    hl_snapshot_meta m = meta_at("ev", 1, 10);
+    hl_snapshot_result r;
+    char err[512], out[700], *text;
+    size_t n;
+    float s[N_HEADS * DIM], mass[N_HEADS] = { NAN, INFINITY, -INFINITY };
+    for (int i = 0; i < N_HEADS * DIM; i++) s[i] = i % 3 ? -NAN : INFINITY;
+    int32_t hitem[HISTORY] = { 3 };
+    uint8_t htype[HISTORY] = { 1 };
+    int64_t hts[HISTORY] = { 1000 };
+    const char user[] = "bad\xff\xc3(\xed\xa0\x80id\"\xf0\x9f\x98\x80";
+    hl_row_view v = { .user = user, .user_len = sizeof user - 1, .s = s, .m = mass,
+                      .t_ref_ms = 1000, .last_offset = 9, .active_seq = 1,
+                      .history = HISTORY, .n_hist = 1, .hist_head = 0,
+                      .hist_item = hitem, .hist_type = htype, .hist_ts_ms = hts };
+    fresh_dir();
+    CHECK(a != NULL && hl_table_restore(a, &v) == 0);
+    CHECK(hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0);
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    const char *modes[3][2] = { {"dump", NULL}, {"dump", "--values"}, {"inspect", NULL} };
+    for (int k = 0; k < 3; k++) {
+        CHECK(run_cmd(out, modes[k][0], modes[k][1] ? modes[k][1] : r.path,
+                      modes[k][1] ? r.path : NULL) == 0);
+        text = (char *)slurp(out, &n);
+        if (text) text[n] = 0;
+        CHECKF(text && json_lines_valid(text, n), "%s %s: not JSON: %s", modes[k][0],
+               modes[k][1] ? modes[k][1] : "", text ? text : "(none)");
+        if (k < 2)
+            CHECKF(text && strstr(text, "\"m\":[null,null,null]") &&
+                   strstr(text, "\"user\":\"bad\\ufffd\\ufffd(\\ufffd\\ufffd\\ufffdid\\\"\xf0\x9f\x98\x80\""),
+                   "%s", text ? text : "(none)");
+        if (k == 1)
+            CHECKF(text && strstr(text, "\"s\":[null,null,null,"), "%s", text ? text : "(none)");
+        free(text);
+    }
+    hl_table_destroy(a);
+}
+
 static void test_no_snapshot_is_enoent(void)
 {
     hl_table_opts o = opts();
@@ -1018,6 +1158,7 @@ int main(void)
     RUN(test_read_info);
     RUN(test_no_snapshot_is_enoent);
     RUN(test_inspect_and_dump_command);
+    RUN(test_dump_non_finite_and_bad_utf8);
     if (dir[0]) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -680,6 +680,66 @@ static void test_bad_user_len(void)
     hl_table_destroy(tbl);
 }
 
+static int all_finite(const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* Issue 16: one event of weight 1e38 (a valid Avro float) made a user's
+ * masses inf and NaN, and its list noise. The guard refuses, before
+ * anything changes, every event that could take a mass past
+ * HL_TABLE_MAX_MASS (|m| + |w| > 1e30, or a weight that is not finite):
+ * on time, late or for an unknown item, for an existing user or a new one
+ * (which is then not created). Each is counted in non_finite and reported
+ * as HL_ERANGE. Below the bound weights add up as before. */
+static void test_non_finite_guard(void)
+{
+    hl_table_opts o = small_opts(0, 0);
+    hl_table *tbl = hl_table_create(&o, NULL, 0);
+    fill_items();
+    hl_event ok = one("eve", 2, 1000, 1);
+    int8_t st[7];
+    CHECK(hl_table_apply(tbl, &ok, 1, e_in, N_ITEMS, st) == 1);
+    hl_row_view v0, v1;
+    float s0[HEADS * DIM], m0[HEADS], s1[HEADS * DIM], m1[HEADS];
+    snapshot_row(tbl, "eve", &v0, s0, m0);
+    hl_event bad[7] = { one("eve", 3, 2000, 2), one("eve", 3, 2000, 3), one("eve", 3, 2000, 4),
+                        one("eve", 3, 500, 5), one("eve", -1, 3000, 6), one("eve", 3, 2000, 7),
+                        one("mallory", 3, 2000, 8) };
+    bad[0].w = 1e38f;       /* late and unknown-item paths too */
+    bad[1].w = INFINITY;
+    bad[2].w = NAN;
+    bad[3].w = 1e38f;
+    bad[4].w = 1e38f;
+    bad[5].w = -INFINITY;
+    bad[6].w = 1e38f;
+    CHECK(hl_table_apply(tbl, bad, 7, e_in, N_ITEMS, st) == 0);
+    for (int i = 0; i < 7; i++)
+        CHECKF(st[i] == HL_ERANGE, "event %d: status %d, want HL_ERANGE", i, st[i]);
+    snapshot_row(tbl, "eve", &v1, s1, m1);
+    CHECK(memcmp(s0, s1, sizeof s0) == 0 && memcmp(m0, m1, sizeof m0) == 0);
+    CHECK(v1.n_hist == 1 && v1.last_offset == 1 && v1.t_ref_ms == 1000);
+    CHECK(hl_table_find(tbl, "mallory", 7) < 0);
+    CHECK(hl_table_take_dirty(tbl, (uint32_t[8]){0}, 8) == 1);   /* eve, from ok */
+    /* Large finite weights add up to the bound; the one that would cross
+     * it is refused, and everything stays finite. */
+    hl_event big[3] = { one("trent", 3, 1000, 10), one("trent", 4, 1000, 11),
+                        one("trent", 5, 1000, 12) };
+    for (int i = 0; i < 3; i++) big[i].w = 4e29f;
+    CHECK(hl_table_apply(tbl, big, 3, e_in, N_ITEMS, st) == 2);
+    CHECK(st[0] == 1 && st[1] == 1 && st[2] == HL_ERANGE);
+    snapshot_row(tbl, "trent", &v1, s1, m1);
+    CHECK(all_finite(m1, HEADS) && all_finite(s1, HEADS * DIM));
+    CHECK(fabs(m1[2] - 8e29) < 1e24);
+    hl_table_stats sts;
+    hl_table_stats_get(tbl, &sts);
+    CHECKF(sts.non_finite == 8 && sts.applied == 3, "non_finite %llu applied %llu",
+           (unsigned long long)sts.non_finite, (unsigned long long)sts.applied);
+    hl_table_destroy(tbl);
+}
+
 static void test_create_rejects(void)
 {
     char err[128] = "";
@@ -874,6 +934,7 @@ int main(void)
     RUN(test_mass_eviction);
     RUN(test_long_user_ids);
     RUN(test_bad_user_len);
+    RUN(test_non_finite_guard);
     RUN(test_create_rejects);
     RUN(test_stats_bytes);
     RUN(test_restore_equivalence);

@@ -204,6 +204,26 @@ static void batch_begin(hl_wthread *t)
     memset(&t->b, 0, sizeof t->b);
 }
 
+/* Events the table's mass guard refused (status HL_ERANGE: they would
+ * have made a user's state non-finite) get their own series as well as
+ * failed. Rare, so the series (registered by worker.c) is looked up here
+ * rather than kept in a field. The line shares err_limit with consume
+ * errors, not bad_limit: a burst of bad records (the likely neighbours of
+ * a huge weight) would otherwise hide it. */
+static void count_non_finite(hl_wthread *t, const hl_shard *sh)
+{
+    uint64_t n = 0, sup = 0;
+    for (int i = 0; i < sh->n_ev; i++)
+        n += sh->status[i] == HL_ERANGE;
+    if (n == 0)
+        return;
+    hl_counter_add(hl_metrics_counter(t->ctx->reg, "halflife_events_non_finite_total",
+                                      NULL, NULL), n);
+    if (hl_log_limit_pass(&t->err_limit, &sup))
+        hl_log(HL_LOG_WARN, "non_finite_refused", "partition=%d events=%llu suppressed=%llu",
+               (int)sh->partition, (unsigned long long)n, (unsigned long long)sup);
+}
+
 static void apply_all(hl_wthread *t)
 {
     for (int i = 0; i < t->n_own; i++) {
@@ -211,6 +231,8 @@ static void apply_all(hl_wthread *t)
         t->b.applied += (uint64_t)hl_shard_apply(t->own[i], t->ctx->m, &d, &fl);
         t->b.duplicates += (uint64_t)d;
         t->b.failed += (uint64_t)fl;
+        if (fl > 0)
+            count_non_finite(t, t->own[i]);
     }
 }
 

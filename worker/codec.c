@@ -14,9 +14,15 @@
  *    filled here (see reader_for): it refuses a writer that lacks a reader
  *    field even when the field has a default, and it maps enums by index,
  *    not by symbol.
- * Both paths end in check_event(), the semantic checks (id lengths, enum,
- * timestamp range, weight). Writer schemas are loaded from
- * <schemas_dir>/<id>.avsc on first use and cached per id, failures included;
+ * The walker follows at most MAX_DEPTH levels of nesting (a recursive
+ * writer schema lets the payload choose the depth) and at most
+ * MAX_EMPTY_ITEMS array items that take no bytes (array<null>: a count
+ * alone could otherwise make it and avro-c loop 2^63 times); beyond either,
+ * a record is too_complex.
+ * Both paths end in check_event(), the semantic checks (id lengths, ids
+ * valid UTF-8, enum, timestamp range, weight range). Writer schemas are
+ * loaded from <schemas_dir>/<id>.avsc on first use and cached per id,
+ * failures included;
  * id 1, our own schema, is built in when no such file exists,
  * so a flood of records with a bad id costs one file read.
  *
@@ -28,6 +34,7 @@
  * reader). */
 #include "codec.h"
 #include "log.h"
+#include "utf8.h"
 
 #include <avro.h>
 #include <limits.h>
@@ -59,6 +66,7 @@ enum { F_USER, F_ITEM, F_TYPE, F_TS, F_WEIGHT, F_CONTEXT };
 #define MAX_SCHEMA_BYTES  (1 << 20) /* a writer schema file larger is refused */
 #define MAX_WRITERS       256       /* cached ids; more are loaded per call */
 #define MAX_DEPTH         32        /* nesting the walker follows */
+#define MAX_EMPTY_ITEMS   4096      /* zero-byte array items per record */
 #define RETRY_MS          5000      /* a refused id is looked up again after */
 
 typedef enum { W_FAST, W_RESOLVE, W_BAD } writer_kind;
@@ -95,9 +103,11 @@ struct hl_codec {
     writer              scratch;      /* an id loaded when the cache is full */
 };
 
-/* A read position in a payload. */
+/* A read position in a payload; empty_left is what the walker still
+ * accepts of zero-byte array items (the fast path reads no such array). */
 typedef struct cur {
     const uint8_t *p, *end;
+    int64_t        empty_left;
 } cur;
 
 /* A write position; full is set (and writing stops) when out of room. */
@@ -109,7 +119,8 @@ typedef struct out {
 static const char *const reason_names[HL_CODEC_N_REASONS] = {
     "ok", "too_short", "bad_magic", "unknown_schema", "truncated",
     "bad_varint", "negative_length", "string_too_long", "bad_timestamp",
-    "bad_enum", "bad_union", "bad_weight", "trailing_bytes",
+    "bad_enum", "bad_union", "bad_weight", "trailing_bytes", "bad_utf8",
+    "too_complex",
 };
 
 const char *hl_codec_reason_name(hl_codec_reason r)
@@ -201,10 +212,12 @@ static inline hl_codec_reason read_branch(cur *c, int64_t n, int64_t *branch)
 }
 
 /* The count of one array/map block; a negative count is followed by the
- * block's byte size (Avro spec). 0 ends the array. Every item takes at
- * least one byte in the schemas we read, so a count beyond the bytes left
- * is a truncation, caught here before anyone loops over it. */
-static hl_codec_reason read_block(cur *c, int64_t *count)
+ * block's byte size (Avro spec). 0 ends the array. An item that takes at
+ * least one byte makes a count beyond the bytes left a truncation, caught
+ * here before anyone loops over it. Items of no bytes (empty_items: null,
+ * fixed(0), a record of those) are valid Avro in any number, so they are
+ * counted against c->empty_left instead. */
+static hl_codec_reason read_block(cur *c, int64_t *count, int empty_items)
 {
     int64_t size;
     hl_codec_reason r = read_long(c, count);
@@ -218,6 +231,12 @@ static hl_codec_reason read_block(cur *c, int64_t *count)
             return r;
         if (size < 0)
             return HL_CODEC_NEGATIVE_LENGTH;
+    }
+    if (empty_items) {
+        if (*count > c->empty_left)
+            return HL_CODEC_TOO_COMPLEX;
+        c->empty_left -= *count;
+        return HL_CODEC_OK;
     }
     return *count > c->end - c->p ? HL_CODEC_TRUNCATED : HL_CODEC_OK;
 }
@@ -243,7 +262,7 @@ static hl_codec_reason skip_context(cur *c)
     if (r != HL_CODEC_OK || branch == 0)
         return r;
     for (;;) {
-        if ((r = read_block(c, &count)) != HL_CODEC_OK || count == 0)
+        if ((r = read_block(c, &count, 0)) != HL_CODEC_OK || count == 0)
             return r;
         for (int64_t i = 0; i < count; i++) {
             if ((r = read_string(c, &s, &len)) != HL_CODEC_OK ||   /* key */
@@ -284,15 +303,42 @@ static hl_codec_reason decode_fast(cur *c, hl_codec_event *ev)
 
 static hl_codec_reason check_value(avro_schema_t s, cur *c, int depth);
 
+/* Does every value of s take zero bytes (null, fixed(0), a record of
+ * those)? A schema nested beyond MAX_DEPTH says no, so the walk over its
+ * items refuses it by depth. */
+static int zero_width(avro_schema_t s, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return 0;
+    switch (avro_typeof(s)) {
+    case AVRO_NULL:
+        return 1;
+    case AVRO_FIXED:
+        return avro_schema_fixed_size(s) == 0;
+    case AVRO_RECORD:
+        for (size_t i = 0; i < avro_schema_record_size(s); i++)
+            if (!zero_width(avro_schema_record_field_get_by_index(s, (int)i), depth + 1))
+                return 0;
+        return 1;
+    case AVRO_LINK:
+        return zero_width(avro_schema_link_target(s), depth + 1);
+    default:
+        return 0;
+    }
+}
+
 static hl_codec_reason check_blocks(avro_schema_t items, int is_map, cur *c,
                                     int depth)
 {
     int64_t count, n;
     hl_codec_reason r;
+    /* A map entry has its key's bytes; zero-byte items have nothing to
+     * walk once counted. */
+    int empty = !is_map && zero_width(items, depth + 1);
     for (;;) {
-        if ((r = read_block(c, &count)) != HL_CODEC_OK || count == 0)
+        if ((r = read_block(c, &count, empty)) != HL_CODEC_OK || count == 0)
             return r;
-        for (int64_t i = 0; i < count; i++) {
+        for (int64_t i = 0; i < count && !empty; i++) {
             if (is_map && ((r = read_len(c, &n)) != HL_CODEC_OK ||
                            (r = skip_bytes(c, n)) != HL_CODEC_OK))
                 return r;
@@ -323,7 +369,7 @@ static hl_codec_reason check_value(avro_schema_t s, cur *c, int depth)
     hl_codec_reason r;
 
     if (depth > MAX_DEPTH)
-        return HL_CODEC_TRUNCATED;
+        return HL_CODEC_TOO_COMPLEX;
     switch (avro_typeof(s)) {
     case AVRO_NULL:
         return HL_CODEC_OK;
@@ -419,6 +465,7 @@ static hl_codec_reason decode_resolved(hl_codec *c, writer *w, cur *in,
                                        size_t detaillen)
 {
     const uint8_t *body = in->p;
+    in->empty_left = MAX_EMPTY_ITEMS;
     hl_codec_reason r = check_value(w->schema, in, 0);
     if (r != HL_CODEC_OK)
         return fail(detail, detaillen, r, "%s at byte %td of the body (writer schema id %d)",
@@ -662,6 +709,14 @@ static hl_codec_reason check_event(const hl_codec *c, const hl_codec_event *ev,
     if (ev->item_len < 1 || ev->item_len > HL_MAX_ID_LEN)
         return fail(detail, detaillen, HL_CODEC_STRING_TOO_LONG,
                     "item_id is %u bytes, allowed 1..%d", ev->item_len, HL_MAX_ID_LEN);
+    if (!hl_utf8_valid(ev->user, ev->user_len))
+        return fail(detail, detaillen, HL_CODEC_BAD_UTF8,
+                    "user_id is not valid UTF-8 (byte %zu of %u)",
+                    hl_utf8_valid_prefix(ev->user, ev->user_len), ev->user_len);
+    if (!hl_utf8_valid(ev->item, ev->item_len))
+        return fail(detail, detaillen, HL_CODEC_BAD_UTF8,
+                    "item_id is not valid UTF-8 (byte %zu of %u)",
+                    hl_utf8_valid_prefix(ev->item, ev->item_len), ev->item_len);
     if (ev->type < 0 || ev->type >= HL_N_TYPES)
         return fail(detail, detaillen, HL_CODEC_BAD_ENUM,
                     "event_type index %d outside 0..%d", ev->type, HL_N_TYPES - 1);
@@ -669,9 +724,11 @@ static hl_codec_reason check_event(const hl_codec *c, const hl_codec_event *ev,
         return fail(detail, detaillen, HL_CODEC_BAD_TIMESTAMP,
                     "timestamp %lld ms outside [%lld, %lld]", (long long)ev->ts_ms,
                     (long long)c->o.min_ts_ms, (long long)c->o.max_ts_ms);
-    if (!isfinite(ev->weight) || ev->weight < 0)
+    /* Written so that NaN fails too. */
+    if (!(ev->weight >= 0 && ev->weight <= c->o.max_weight))
         return fail(detail, detaillen, HL_CODEC_BAD_WEIGHT,
-                    "weight %g is not a finite number >= 0", (double)ev->weight);
+                    "weight %g outside [0, %g] (event.max.weight)", (double)ev->weight,
+                    c->o.max_weight);
     return HL_CODEC_OK;
 }
 
@@ -694,7 +751,7 @@ hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
                                       hl_codec_event *ev,
                                       char *detail, size_t detaillen)
 {
-    cur in = { buf, (const uint8_t *)buf + len };
+    cur in = { buf, (const uint8_t *)buf + len, 0 };
     writer *w = NULL;
     int32_t id = 0;
     hl_codec_reason r;
@@ -729,11 +786,18 @@ hl_codec *hl_codec_create(const hl_codec_opts *o, char *errbuf, size_t errlen)
                (long long)o->min_ts_ms, (long long)o->max_ts_ms);
         return NULL;
     }
+    if (!(o->max_weight >= 0) || isinf(o->max_weight)) {
+        hl_err(errbuf, errlen, HL_EINVAL, "codec: max weight %g, want a finite number >= 0",
+               o->max_weight);
+        return NULL;
+    }
     if ((c = calloc(1, sizeof *c)) == NULL) {
         hl_err(errbuf, errlen, HL_ENOMEM, "codec: out of memory");
         return NULL;
     }
     c->o = *o;
+    if (c->o.max_weight == 0)
+        c->o.max_weight = HL_CODEC_DEFAULT_MAX_WEIGHT;
     c->schemas_dir = strdup(o->schemas_dir != NULL ? o->schemas_dir : "schemas");
     c->o.schemas_dir = c->schemas_dir;
     if (c->schemas_dir == NULL) {

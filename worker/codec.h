@@ -21,8 +21,12 @@ typedef enum hl_codec_reason {
     HL_CODEC_BAD_TIMESTAMP,      /* outside [codec opts min, max] */
     HL_CODEC_BAD_ENUM,           /* event_type index outside the enum */
     HL_CODEC_BAD_UNION,          /* a union branch index out of range */
-    HL_CODEC_BAD_WEIGHT,         /* weight NaN, infinite or negative */
+    HL_CODEC_BAD_WEIGHT,         /* weight NaN, infinite, negative or above max_weight */
     HL_CODEC_TRAILING_BYTES,     /* bytes left after the record */
+    HL_CODEC_BAD_UTF8,           /* user_id or item_id is not valid UTF-8 */
+    HL_CODEC_TOO_COMPLEX,        /* valid Avro beyond the walker's limits: nested
+                                    deeper than 32 levels, or more than 4096
+                                    zero-byte array items (array<null>) */
     HL_CODEC_N_REASONS
 } hl_codec_reason;
 
@@ -38,10 +42,20 @@ typedef struct hl_codec_opts {
     const char *schemas_dir;       /* writer schemas by id: <dir>/<id>.avsc */
     int32_t     output_schema_id;  /* output.schema.id */
     int64_t     min_ts_ms, max_ts_ms; /* accepted event times */
+    double      max_weight;        /* event.max.weight: larger weights are
+                                      bad_weight; 0 means
+                                      HL_CODEC_DEFAULT_MAX_WEIGHT */
 } hl_codec_opts;
+
+/* A weight field far beyond any rating or count, yet small enough that a
+ * user's decayed mass stays finite (1e38 is a valid Avro float, and one
+ * such event made a user's state inf and NaN). */
+#define HL_CODEC_DEFAULT_MAX_WEIGHT 1e6
 
 typedef struct hl_codec hl_codec;  /* opaque */
 
+/* Fails (NULL, errbuf) on min_ts_ms > max_ts_ms or a max_weight that is
+ * not a finite number >= 0. */
 hl_codec *hl_codec_create(const hl_codec_opts *o, char *errbuf, size_t errlen);
 void      hl_codec_destroy(hl_codec *c);                 /* NULL is a no-op */
 

@@ -49,6 +49,7 @@ static const key_def keys[] = {
     {"output.schema.id",    T_INT,  "2", 0, 2147483647.0, NULL, "schema id written before each list in Confluent framing"},
     {"event.min.ts.ms",     T_INT,  "0", -BIG, BIG, NULL, "events before this time (ms since 1970) are invalid (bad_timestamp)"},
     {"event.max.ts.ms",     T_INT,  "4102444800000", -BIG, BIG, NULL, "events after this time are invalid (default 2100-01-01)"},
+    {"event.max.weight",    T_NUM,  "1e6", 1e-6, 1e30, NULL, "events whose weight field is above this (or NaN, infinite, negative) are invalid (bad_weight)"},
     {"model.path",          T_STR,  NULL, 1, 4095, NULL, "the .hlm model file (demo: trains one when unset)"},
     {"recs.enabled",        T_BOOL, "true", 0, 0, NULL, "publish lists; false keeps state only"},
     {"recs.k",              T_INT,  "20", 1, 1000, NULL, "list length"},
@@ -559,6 +560,7 @@ static void codec_opts(const hl_config *cfg, hl_codec_opts *c)
     c->output_schema_id = (int32_t)hl_config_int(cfg, "output.schema.id");
     c->min_ts_ms = hl_config_int(cfg, "event.min.ts.ms");
     c->max_ts_ms = hl_config_int(cfg, "event.max.ts.ms");
+    c->max_weight = hl_config_num(cfg, "event.max.weight");
 }
 
 /* weight.<type> by HL_VIEW..; NAN (unset) keeps the model's weight. */

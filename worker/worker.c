@@ -130,6 +130,9 @@ static void register_metrics(hl_worker *w)
         "Events skipped as already applied (a replay after a restart or rebalance).", NULL);
     w->ctx.mx.failed = hl_metrics_counter(reg, "halflife_events_failed_total",
         "Events that could not be applied (no room for a new user).", NULL);
+    hl_metrics_counter(reg, "halflife_events_non_finite_total",  /* added to by batch.c */
+        "Events refused because they could make a user's state non-finite "
+        "(a decayed mass past 1e30); also counted as failed.", NULL);
     w->ctx.mx.unknown = hl_metrics_counter(reg, "halflife_unknown_items_total",
         "Events whose item is not in the model (kept in history only).", NULL);
     w->ctx.mx.batches = hl_metrics_counter(reg, "halflife_batches_total",

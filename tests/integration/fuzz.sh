@@ -6,7 +6,9 @@
 # with clang (-fsanitize=fuzzer,address,undefined) when clang exists. Each
 # runs for HL_FUZZ_SECONDS (default 15) from a fresh seed corpus in a
 # temporary directory: the target writes its own seeds there from
-# LLVMFuzzerInitialize when HL_FUZZ_SEEDS=DIR is set (fuzz_snapshot.c does),
+# LLVMFuzzerInitialize when HL_FUZZ_SEEDS=DIR is set (fuzz_snapshot.c and
+# fuzz_codec.c do: the latter's seeds include weights of 1e38, NaN, inf and
+# -1 and ids that are not UTF-8),
 # and files in tests/fuzz/corpus/<name>/, if any, are copied in. A crash
 # input is kept in $HL_BUILD/fuzz-artifacts/ for `build/fuzz/fuzz_<name> FILE`.
 # Under HL_SAN=1 (make test SAN=1) it skips: the plain pass already ran them.

@@ -58,6 +58,7 @@ def bad_records():
         "bad_union": HDR + avro_str(b"u1") + avro_str(b"i1") + b"\x00" + zz(1767225600000) + b"\x08",
         "bad_weight": HDR + body(weight=float("nan")),
         "trailing_bytes": HDR + body(extra=b"\x01\x02"),
+        "bad_utf8": HDR + body(item=b"i\xff"),
     }
 
 

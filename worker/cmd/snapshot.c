@@ -7,11 +7,19 @@
  * hl_snapshot_read(), the loader's own parser, so what they accept is
  * exactly what a worker would. A damaged file gets a message on stderr and
  * exit status 1; inspect still prints what it read when only the CRC is
- * wrong, with "crc_ok":false. */
+ * wrong, with "crc_ok":false.
+ *
+ * The output is valid JSON whatever the file holds: a float that is not
+ * finite (a NaN or infinite mass, as an event of weight 1e38 once made)
+ * prints as null, and a byte that is not part of valid UTF-8 (a user id
+ * from before the codec checked) as U+FFFD, so a reader can still parse
+ * the line and find the broken row. */
 #include "cmd.h"
 
 #include "snapshot.h"
+#include "utf8.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -28,22 +36,43 @@ static void usage(FILE *f)
         "         t_ref_ms, last_offset, active_seq, m (masses), s_hash (FNV-1a of\n"
         "         the head vectors' bytes; --values prints s itself) and the\n"
         "         history as [item, type, ts_ms] oldest first.\n\n"
+        "Floats that are not finite print as null, bytes that are not valid\n"
+        "UTF-8 as U+FFFD, so both always print valid JSON.\n\n"
         "A damaged file (truncated, bit flips, wrong version) is reported on\n"
         "stderr with exit status 1. The format is in schemas/snapshot.md.\n");
 }
 
-/* A JSON string: quotes, backslashes and control bytes escaped, other
- * bytes as they are. */
+/* A JSON string: quotes, backslashes and control bytes escaped, valid
+ * UTF-8 as it is, and each byte that is not part of it as U+FFFD (JSON
+ * text is UTF-8; one bad id must not make the whole dump unreadable). */
 static void json_str(FILE *f, const char *s, size_t n)
 {
     fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+        size_t k = hl_utf8_char_len(s + i, n - i);
+        if (k == 0) {
+            fputs("\\ufffd", f);
+            k = 1;
+        } else if (c == '"' || c == '\\') {
+            fprintf(f, "\\%c", c);
+        } else if (c < 0x20) {
+            fprintf(f, "\\u%04x", c);
+        } else {
+            fwrite(s + i, 1, k, f);
+        }
+        i += k;
     }
     fputc('"', f);
+}
+
+/* A JSON number with digits significant digits, or null for NaN and
+ * infinities (JSON has neither). */
+static void json_num(FILE *f, const char *sep, int digits, double x)
+{
+    fputs(sep, f);
+    if (isfinite(x)) fprintf(f, "%.*g", digits, x);
+    else fputs("null", f);
 }
 
 static void print_info(const char *path, const hl_snapshot_info *in)
@@ -59,7 +88,7 @@ static void print_info(const char *path, const hl_snapshot_info *in)
             (long long)in->meta.next_offset, (unsigned long long)in->meta.model_fingerprint,
             in->dim, in->n_heads);
     for (int h = 0; h < in->n_heads; h++)
-        fprintf(f, "%s%.17g", h ? "," : "", in->half_life_ms[h]);
+        json_num(f, h ? "," : "", 17, in->half_life_ms[h]);
     fprintf(f, "],\"history\":%d,\"users\":%llu,\"hist_entries\":%llu", in->history,
             (unsigned long long)in->n_rows, (unsigned long long)in->hist_entries);
     if (in->n_rows > 0)
@@ -103,7 +132,7 @@ static uint64_t fnv1a(const void *p, size_t n)
 static void print_floats(FILE *f, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        fprintf(f, "%s%.9g", i ? "," : "", (double)x[i]);
+        json_num(f, i ? "," : "", 9, (double)x[i]);
 }
 
 static int dump_row(void *arg, const hl_snapshot_info *in, uint32_t row,

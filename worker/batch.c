@@ -2,9 +2,10 @@
  * consume up to batch.max.messages or batch.max.ms from the thread's queue,
  * decode each record (a bad one is counted, logged rate-limited and copied
  * with its bytes and reason to the DLQ), group the events by shard in
- * offset order, apply them, then publish (publish.c) and note the offsets
- * in the batch's flight (flight.c). What the batch counted goes to the
- * registry once, at its end.
+ * offset order, apply them, then publish (publish.c), sweep each shard for
+ * users whose mass has decayed below state.evict.mass (bounded work,
+ * shard.c), and note the offsets in the batch's flight (flight.c). What
+ * the batch counted goes to the registry once, at its end.
  *
  * Nothing here allocates per batch: the record array, the arena for user
  * ids and the shards' event arrays are sized at create time (STYLE.md
@@ -227,8 +228,10 @@ void hl_batch_run(hl_wthread *t, int n)
     apply_all(t);
     t->b.stage_s[STAGE_DECODE] = b - a;
     t->b.stage_s[STAGE_APPLY] = hl_now_mono_s() - b;
-    for (int i = 0; i < t->n_own; i++)
+    for (int i = 0; i < t->n_own; i++) {
         hl_publish_shard(t, t->own[i], f);
+        hl_shard_sweep(t->own[i]);  /* after publishing: every touched user has its list */
+    }
     hl_flight_note_offsets(t, f);
     count_batch(t, n);
 }

@@ -17,7 +17,22 @@
  * enters a full heap only if its score is strictly above the threshold, so
  * among equal scores the lower row wins; the heap's keys (make_key) break
  * ties the same way. Every buffer is sized at create: refresh never
- * allocates. hl_ranker_refresh_naive is the plain-loop twin. */
+ * allocates. hl_ranker_refresh_naive is the plain-loop twin.
+ *
+ * Batch independence. SGEMM's result for one row depends in its last bits
+ * on the shape of the call (OpenBLAS picks kernels and edge paths by M, N
+ * and K), so a user scored alone and in a batch of 256 got scores 6e-8
+ * apart, enough to swap two near-equal items after a crash replay. So
+ * nothing published depends on the batch: each user's query is encoded in
+ * a call of its own (always n = 1, same buffers); the blocked SGEMM only
+ * picks k + DET_PAD candidates per user; each candidate is rescored with a
+ * fixed-order dot product (det_score) and the list is the best k of those
+ * scores, lower row first on equal scores. The candidates provably hold
+ * that list when the k-th exact score beats the worst candidate's SGEMM
+ * score by more than both scores' rounding bound (det_margin: the textbook
+ * bound gamma_n sum |q_d e_d|, with Cauchy-Schwarz over every item); when
+ * it does not (exact ties at the cut), that user is rescored over every
+ * item with det_score (rescan_exact), which is slow but rare. */
 #include "rank.h"
 #include "encoder.h"
 
@@ -34,6 +49,7 @@
 #define MAX_K         1000
 #define MAX_BATCH     65536
 #define MAX_RING      255      /* table.h: state.history is 1..255 */
+#define DET_PAD       16       /* candidates kept beyond k for the exact rescoring */
 
 struct hl_ranker;
 typedef void (*scan_fn)(struct hl_ranker *r, int u, const float *srow,
@@ -48,10 +64,15 @@ struct hl_ranker {
     float          lambda_per_ms[HL_MAX_HEADS];
     float          type_weight[HL_N_TYPES];
     int            k, exclude_seen, max_batch, block;
-    float         *X;          /* (max_batch, in_dim) encoder input */
-    float         *act;        /* encoder activations, Q (max_batch, dim) last */
+    int            kc;         /* candidates per user: k + DET_PAD */
+    double         e_norm_max; /* max_j ||e_out[j]||_2 */
+    double         bias_max;   /* max_j |bias[j]| */
+    float         *x1, *act1;  /* one user's encoder input and activations */
+    float         *Q;          /* (max_batch, dim) queries, each encoded alone */
+    float         *q_norm;     /* (max_batch) ||q||_2 */
     float         *S;          /* (max_batch, block) one block's scores */
-    uint64_t      *top;        /* (max_batch, k): one min-heap of keys per user */
+    uint64_t      *top;        /* (max_batch, kc): one min-heap of keys per user */
+    uint8_t       *excl;       /* (n_items) rescan_exact's marks, zero between uses */
     int           *top_n;      /* (max_batch) entries in each heap */
     int32_t       *seen;       /* (max_batch, MAX_RING) ring items, sorted */
     int           *seen_n;     /* (max_batch) entries in seen */
@@ -92,10 +113,13 @@ static int alloc_scratch(hl_ranker *r)
 {
     size_t nb = (size_t)r->max_batch, k = (size_t)r->k, dim = (size_t)r->dim;
 
-    r->X = malloc(nb * (size_t)hl_encoder_in_dim(&r->net) * sizeof(float));
-    r->act = malloc(hl_encoder_act_floats(&r->net, r->max_batch) * sizeof(float));
+    r->x1 = malloc((size_t)hl_encoder_in_dim(&r->net) * sizeof(float));
+    r->act1 = malloc(hl_encoder_act_floats(&r->net, 1) * sizeof(float));
+    r->Q = malloc(nb * dim * sizeof(float));
+    r->q_norm = malloc(nb * sizeof(float));
+    r->excl = calloc((size_t)r->n_items, 1);
     r->S = malloc(nb * (size_t)r->block * sizeof(float));
-    r->top = malloc(nb * k * sizeof(uint64_t));
+    r->top = malloc(nb * (size_t)r->kc * sizeof(uint64_t));
     r->top_n = malloc(nb * sizeof(int));
     r->seen = malloc(nb * MAX_RING * sizeof(int32_t));
     r->seen_n = malloc(nb * sizeof(int));
@@ -105,11 +129,28 @@ static int alloc_scratch(hl_ranker *r)
     r->bc_dot = malloc(MAX_RING * k * sizeof(float));
     r->bc_a = malloc(MAX_RING * sizeof(float));
     r->bc_item = malloc(MAX_RING * sizeof(int32_t));
-    if (!r->X || !r->act || !r->S || !r->top || !r->top_n || !r->seen ||
+    if (!r->x1 || !r->act1 || !r->Q || !r->q_norm || !r->excl || !r->S || !r->top ||
+        !r->top_n || !r->seen ||
         !r->seen_n || !r->seen_pos || !r->bc_hist || !r->bc_rec || !r->bc_dot ||
         !r->bc_a || !r->bc_item)
         return HL_ENOMEM;
     return 0;
+}
+
+/* The largest item norm and bias, for det_margin: one pass over e_out. */
+static void model_bounds(hl_ranker *r)
+{
+    double e2 = 0.0, b = 0.0;
+    for (int32_t j = 0; j < r->n_items; j++) {
+        const float *e = r->e_out + (size_t)j * r->dim;
+        double s = 0.0;
+        for (int d = 0; d < r->dim; d++)
+            s += (double)e[d] * e[d];
+        e2 = s > e2 ? s : e2;
+        b = fabs(r->bias[j]) > b ? fabs(r->bias[j]) : b;
+    }
+    r->e_norm_max = sqrt(e2);
+    r->bias_max = b;
 }
 
 hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
@@ -135,6 +176,7 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
         r->lambda_per_ms[h] = (float)(log(2.0) / p->info.half_life_ms[h]);
     memcpy(r->type_weight, p->info.type_weight, sizeof r->type_weight);
     r->k = o->k;
+    r->kc = o->k + DET_PAD;
     r->exclude_seen = o->exclude_seen;
     r->max_batch = o->max_batch;
     r->block = o->block_items > 0 ? o->block_items : DEFAULT_BLOCK;
@@ -142,6 +184,7 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
         r->block = r->n_items;
     if (alloc_scratch(r) != 0)
         goto nomem;
+    model_bounds(r);
     r->scan = pick_scan();
     return r;
 nomem:
@@ -173,8 +216,11 @@ void hl_ranker_destroy(hl_ranker *r)
 {
     if (r == NULL)
         return;
-    free(r->X);
-    free(r->act);
+    free(r->x1);
+    free(r->act1);
+    free(r->Q);
+    free(r->q_norm);
+    free(r->excl);
     free(r->S);
     free(r->top);
     free(r->top_n);
@@ -325,14 +371,14 @@ static void mark_seen(hl_ranker *r, int u, float *srow, int32_t j0, int nb)
 static void scan_row(hl_ranker *r, int u, const float *srow, const float *brow,
                      int32_t j0, int nb)
 {
-    uint64_t *h = r->top + (size_t)u * r->k;
+    uint64_t *h = r->top + (size_t)u * r->kc;
     int *hn = &r->top_n[u];
-    float thr = *hn == r->k ? key_score(h[0]) : -INFINITY;
+    float thr = *hn == r->kc ? key_score(h[0]) : -INFINITY;
 
     for (int j = 0; j < nb; j++) {
         float s = srow[j] + brow[j];
         if (s > thr)
-            thr = heap_offer(h, hn, r->k, s, j0 + j);
+            thr = heap_offer(h, hn, r->kc, s, j0 + j);
     }
 }
 
@@ -346,9 +392,9 @@ __attribute__((target("avx2")))
 static void scan_row_avx2(hl_ranker *r, int u, const float *srow,
                           const float *brow, int32_t j0, int nb)
 {
-    uint64_t *h = r->top + (size_t)u * r->k;
+    uint64_t *h = r->top + (size_t)u * r->kc;
     int *hn = &r->top_n[u];
-    float thr = *hn == r->k ? key_score(h[0]) : -INFINITY;
+    float thr = *hn == r->kc ? key_score(h[0]) : -INFINITY;
     __m256 t = _mm256_set1_ps(thr);
     int j = 0;
 
@@ -364,14 +410,14 @@ static void scan_row_avx2(hl_ranker *r, int u, const float *srow,
             int q = __builtin_ctz(mask);
             float s = srow[j + q] + brow[j + q];
             if (s > thr)        /* thr may have risen within these sixteen */
-                thr = heap_offer(h, hn, r->k, s, j0 + j + q);
+                thr = heap_offer(h, hn, r->kc, s, j0 + j + q);
         }
         t = _mm256_set1_ps(thr);
     }
     for (; j < nb; j++) {
         float s = srow[j] + brow[j];
         if (s > thr)
-            thr = heap_offer(h, hn, r->k, s, j0 + j);
+            thr = heap_offer(h, hn, r->kc, s, j0 + j);
     }
 }
 #endif
@@ -475,24 +521,130 @@ static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
 
 /* ---- refresh ---- */
 
+/* Q (n, dim): each user's query from an encoder call of its own (n = 1,
+ * the same input and activation buffers every time), so a query never
+ * depends on the users it is refreshed with. The encoder is a small part
+ * of a refresh (its weights stay in cache); scoring dominates. */
 static const float *encode(hl_ranker *r, const hl_row_view *users, int n)
 {
-    hl_encoder_features_rows(&r->net, users, n, r->X);
-    return hl_encoder_forward(&r->net, r->X, n, r->act);
+    int dim = r->dim;
+    for (int u = 0; u < n; u++) {
+        hl_encoder_features(r->n_heads, dim, users[u].s, users[u].m, r->x1);
+        const float *q = hl_encoder_forward(&r->net, r->x1, 1, r->act1);
+        float *dst = r->Q + (size_t)u * dim;
+        double ss = 0.0;
+        for (int d = 0; d < dim; d++) {
+            dst[d] = q[d];
+            ss += (double)q[d] * q[d];
+        }
+        r->q_norm[u] = (float)sqrt(ss);
+    }
+    return r->Q;
 }
 
-static void emit(hl_ranker *r, const hl_row_view *users, int n, hl_rec *out,
-                 int *n_out)
+/* q . e + b in one fixed order: eight running sums over d (so the compiler
+ * may use one vector register, lane by lane, without reordering), combined
+ * pairwise, then the tail, then the bias. The same inputs give the same
+ * bits whatever else is being scored. */
+static float det_score(const float *q, const float *e, int dim, float b)
+{
+    float acc[8] = {0};
+    int d = 0;
+    for (; d + 8 <= dim; d += 8)
+        for (int l = 0; l < 8; l++)
+            acc[l] += q[d + l] * e[d + l];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; d < dim; d++)
+        s += q[d] * e[d];
+    return s + b;
+}
+
+/* How far an SGEMM score and det_score of one item can lie apart for user
+ * u: each is within gamma_{dim+2} (|q| |e| + |b|) of the exact value
+ * (Higham's bound for a sum of dim products and the bias in any order,
+ * fused or not, with sum |q_d e_d| <= |q| |e| by Cauchy-Schwarz), with 1%
+ * for the rounding of the bound itself. */
+static double det_margin(const hl_ranker *r, int u)
+{
+    double unit = ldexp(1.0, -24), nu = (r->dim + 2) * unit;
+    double gamma = nu / (1.0 - nu);
+    return 2.0 * gamma * ((double)r->q_norm[u] * r->e_norm_max + r->bias_max) * 1.01;
+}
+
+/* The exact list of user u over every item (exclusions as in the blocked
+ * path) into its heap, best first; returns its length. The slow path:
+ * n_items dot products, only when the candidates cannot be proven to hold
+ * the list (exact or near ties at the cut). */
+static int rescan_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    const int32_t *seen = r->seen + (size_t)u * MAX_RING;
+    int n_seen = r->exclude_seen ? r->seen_n[u] : 0, n = 0;
+    int n_ex = ex != NULL ? ex->n : 0;
+
+    for (int i = 0; i < n_seen; i++)
+        r->excl[seen[i]] = 1;
+    for (int i = 0; i < n_ex; i++)
+        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+            r->excl[ex->item[i]] = 1;
+    for (int32_t j = 0; j < r->n_items; j++) {
+        if (r->excl[j])
+            continue;
+        uint64_t key = make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
+                                          r->bias[j]), j);
+        if (n < r->k) {
+            h[n] = key;
+            sift_up(h, n++);
+        } else if (key > h[0]) {
+            h[0] = key;
+            sift_down(h, n, 0);
+        }
+    }
+    for (int i = 0; i < n_seen; i++)
+        r->excl[seen[i]] = 0;
+    for (int i = 0; i < n_ex; i++)
+        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+            r->excl[ex->item[i]] = 0;
+    heap_sort(h, n);
+    return n;
+}
+
+/* User u's list from its SGEMM candidates: each rescored with det_score,
+ * sorted best first in its heap; returns the list's length. When the
+ * candidate heap was full, an item left out scored at most its worst
+ * entry (thr) by SGEMM, so at most thr + det_margin exactly: the k-th
+ * rescored candidate must beat that, or the user is rescanned. */
+static int select_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    int n = r->top_n[u];
+    float thr = n == r->kc ? key_score(h[0]) : -INFINITY;
+
+    for (int i = 0; i < n; i++) {
+        int32_t j = key_item(h[i]);
+        h[i] = make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim, r->bias[j]), j);
+    }
+    for (int i = n / 2 - 1; i >= 0; i--)
+        sift_down(h, n, i);
+    heap_sort(h, n);
+    if (n == r->kc && !((double)key_score(h[r->k - 1]) > (double)thr + det_margin(r, u)))
+        return rescan_exact(r, u, ex);
+    return n < r->k ? n : r->k;
+}
+
+static void emit(hl_ranker *r, const hl_row_view *users, int n,
+                 const hl_rank_exclude *extra, hl_rec *out, int *n_out)
 {
     for (int u = 0; u < n; u++) {
-        uint64_t *h = r->top + (size_t)u * r->k;
+        uint64_t *h = r->top + (size_t)u * r->kc;
         hl_rec *o = out + (size_t)u * r->k;
-        heap_sort(h, r->top_n[u]);
-        for (int j = 0; j < r->top_n[u]; j++) {
+        n_out[u] = select_exact(r, u, extra != NULL ? &extra[u] : NULL);
+        for (int j = 0; j < n_out[u]; j++) {
             o[j].item = key_item(h[j]);
             o[j].score = key_score(h[j]);
         }
-        n_out[u] = r->top_n[u];
         because_fast(r, &users[u], o, n_out[u]);
     }
 }
@@ -513,7 +665,7 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
         int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
         score_block(r, Q, users, n, extra, j0, nb);
     }
-    emit(r, users, n, out, n_out);
+    emit(r, users, n, extra, out, n_out);
     return 0;
 }
 

@@ -1,7 +1,8 @@
 /* batch.c - one batch of one shard-owning thread (DESIGN.md section 1):
  * consume up to batch.max.messages or batch.max.ms from the thread's queue,
  * decode each record (a bad one is counted, logged rate-limited and copied
- * with its bytes and reason to the DLQ), group the events by shard in
+ * with its bytes and reason to the DLQ; the batch's flight holds it until
+ * the copy is delivered or kept on disk), group the events by shard in
  * offset order, apply them, then publish (publish.c), sweep each shard for
  * users whose mass has decayed below state.evict.mass (bounded work,
  * shard.c), and note the offsets in the batch's flight (flight.c). What
@@ -22,7 +23,6 @@ int hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     size_t bm = (size_t)o->batch_max_messages;
     t->bad_limit.interval_ms = 1000;
     t->err_limit.interval_ms = 5000;
-    t->dlq_ticket.fail_counter = t->ctx->mx.dlq_errors;
     t->arena_cap = bm * HL_MAX_ID_LEN;
     t->msgs = calloc(bm, sizeof *t->msgs);
     t->arena = malloc(t->arena_cap);
@@ -76,34 +76,40 @@ int hl_batch_consume(hl_wthread *t)
 
 /* ---- decode ------------------------------------------------------------ */
 
-static void send_dlq(hl_wthread *t, const rd_kafka_message_t *rkm, hl_codec_reason r)
+/* Copies a bad record to the DLQ with batch f's flight: the record is held
+ * (taken from *rkmp) until the copy is delivered or kept on disk
+ * (flight.c), so no stored offset passes it before. */
+static void send_dlq(hl_wthread *t, rd_kafka_message_t **rkmp, hl_codec_reason r, flight *f)
 {
     hl_wshared *ctx = t->ctx;
-    char part[16], off[24], err[256];
-    const char *rn = hl_codec_reason_name(r);
-    const char *topic = rd_kafka_topic_name(rkm->rkt);
-    snprintf(part, sizeof part, "%d", (int)rkm->partition);
-    snprintf(off, sizeof off, "%lld", (long long)rkm->offset);
-    hl_header h[] = {
-        {"halflife.reason", rn, strlen(rn)},
-        {"halflife.source.topic", topic, strlen(topic)},
-        {"halflife.source.partition", part, strlen(part)},
-        {"halflife.source.offset", off, strlen(off)},
-        {NULL, NULL, 0},
-    };
+    rd_kafka_message_t *rkm = *rkmp;
+    dlq_hdr_buf hb;
+    hl_header h[6];
+    dead_letter *dl = hl_flight_dead_letter(t, f);
+    if (dl == NULL)
+        return;                 /* f is held: its offsets are never stored */
+    dl->rkm = rkm;
+    dl->reason = r;
+    *rkmp = NULL;
+    hl_flight_dlq_headers(rkm, r, &hb, h);
     if (hl_producer_send(ctx->prod, ctx->dlq_topic, RD_KAFKA_PARTITION_UA,
                          rkm->key, rkm->key_len, rkm->payload, rkm->len, h,
-                         &t->dlq_ticket, err, sizeof err) != 0) {
+                         &dl->t, dl->err, sizeof dl->err) != 0) {
+        dl->send_failed = 1;
         hl_counter_add(ctx->mx.dlq_errors, 1);
-        hl_log(HL_LOG_WARN, "dlq_failed", "err=\"%s\"", err);
+        hl_log(HL_LOG_WARN, "dlq_failed", "partition=%d offset=%lld reason=%s bytes=%zu "
+               "err=\"%s\" action=\"kept under %s before the offset moves\"",
+               (int)rkm->partition, (long long)rkm->offset, hl_codec_reason_name(r),
+               rkm->len, dl->err, t->dl_dir);
         return;
     }
     hl_counter_add(ctx->mx.dlq[r], 1);
 }
 
-static void bad_record(hl_wthread *t, const rd_kafka_message_t *rkm, hl_codec_reason r,
-                       const char *detail)
+static void bad_record(hl_wthread *t, rd_kafka_message_t **rkmp, hl_codec_reason r,
+                       const char *detail, flight *f)
 {
+    const rd_kafka_message_t *rkm = *rkmp;
     uint64_t sup = 0;
     t->b.invalid[r]++;
     if (hl_log_limit_pass(&t->bad_limit, &sup))
@@ -113,7 +119,7 @@ static void bad_record(hl_wthread *t, const rd_kafka_message_t *rkm, hl_codec_re
                detail, t->ctx->dlq_topic ? t->ctx->dlq_topic : "off",
                (unsigned long long)sup);
     if (t->ctx->dlq_topic)
-        send_dlq(t, rkm, r);
+        send_dlq(t, rkmp, r, f);
 }
 
 /* A record that carries an error instead of data. A fatal one (idempotence
@@ -138,8 +144,9 @@ static void record_error(hl_wthread *t, const rd_kafka_message_t *rkm)
                rd_kafka_message_errstr(rkm), (unsigned long long)sup);
 }
 
-static void decode_one(hl_wthread *t, rd_kafka_message_t *rkm, flight *f)
+static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, flight *f)
 {
+    rd_kafka_message_t *rkm = *rkmp;
     char detail[160];
     hl_codec_event cev;
     if (rkm->err) {
@@ -153,7 +160,7 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t *rkm, flight *f)
     hl_codec_reason r = hl_codec_decode_event(t->codec, rkm->payload ? rkm->payload : "",
                                               rkm->len, &cev, detail, sizeof detail);
     if (r != HL_CODEC_OK) {
-        bad_record(t, rkm, r, detail);
+        bad_record(t, rkmp, r, detail, f);
         return;
     }
     hl_event ev = {
@@ -221,9 +228,10 @@ void hl_batch_run(hl_wthread *t, int n)
     batch_begin(t);
     double a = hl_now_mono_s();
     for (int i = 0; i < n; i++)
-        decode_one(t, t->msgs[i], f);
+        decode_one(t, &t->msgs[i], f);
     for (int i = 0; i < n; i++)
-        rd_kafka_message_destroy(t->msgs[i]);
+        if (t->msgs[i] != NULL)         /* NULL: held by f's dead letters */
+            rd_kafka_message_destroy(t->msgs[i]);
     double b = hl_now_mono_s();
     apply_all(t);
     t->b.stage_s[STAGE_DECODE] = b - a;

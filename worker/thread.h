@@ -45,6 +45,7 @@ typedef struct hl_wshared {
         hl_counter   *dlq_errors, *unknown, *batches, *lists;
         hl_counter   *applied, *duplicates, *failed;
         hl_counter   *evictions[2];       /* mass, capacity */
+        hl_counter   *dl_kept;            /* bad records kept in the local dead-letter file */
         hl_histogram *batch_size, *stage[4], *e2p;
     } mx;
 } hl_wshared;

@@ -124,6 +124,8 @@ static void register_metrics(hl_worker *w)
     }
     w->ctx.mx.dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
         "Dead letters that could not be written.", NULL);
+    w->ctx.mx.dl_kept = hl_metrics_counter(reg, "halflife_dead_letters_kept_total",
+        "Bad records whose DLQ copy failed, kept in snapshot.dir/dead-letters instead.", NULL);
     w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
         "Events applied to a user's state.", NULL);
     w->ctx.mx.duplicates = hl_metrics_counter(reg, "halflife_events_duplicate_total",
@@ -432,7 +434,23 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
             props[n++] = w->o.kafka[i];
     hl_counter *derr = hl_metrics_counter(w->reg, "halflife_delivery_errors_total",
                                           "Records the producer failed to deliver.", NULL);
-    if ((w->prod = hl_producer_create(props, n, derr, errbuf, errlen)) == NULL)
+    /* A bad record goes to the DLQ with its original bytes, so the producer
+     * must carry anything the consumer can fetch: a record up to
+     * receive.message.max.bytes (librdkafka's default 100000000; a record
+     * larger than fetch.max.bytes still comes, alone). The producer's own
+     * default (1000000) refused a 3 MB record. Producer only: on the
+     * consumer message.max.bytes would raise fetch.max.bytes with it. */
+    int n_prod = n;
+    hl_kafka_prop prod_props[261];
+    memcpy(prod_props, props, sizeof *props * (size_t)n);
+    if (!kafka_given(&w->o, "message.max.bytes")) {
+        const char *rmax = "100000000";
+        for (int i = 0; i < w->o.n_kafka; i++)
+            if (strcmp(w->o.kafka[i].key, "receive.message.max.bytes") == 0)
+                rmax = w->o.kafka[i].value;
+        prod_props[n_prod++] = (hl_kafka_prop){"message.max.bytes", rmax};
+    }
+    if ((w->prod = hl_producer_create(prod_props, n_prod, derr, errbuf, errlen)) == NULL)
         return HL_EINVAL;
     hl_consumer_opts co = {
         .bootstrap = w->bootstrap, .group_id = w->o.group_id,

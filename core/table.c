@@ -674,10 +674,12 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
         if (c >= 0 && c < n) stage_hist(tbl, c);
         if (i < 0) continue;
         int rc = HL_EINVAL;                /* a user_id no row can hold */
+        uint64_t inserted = tbl->st.inserted;
         int64_t r = ev[i].user_len < 1 || ev[i].user_len > HL_MAX_ID_LEN ? -1
                   : resolve(tbl, tbl->pipe_row[i & (RING - 1)], tbl->pipe_gen[i & (RING - 1)],
                             tbl->pipe_hash[i & (RING - 1)], &ev[i], &rc);
         int got = r < 0 ? rc : apply_one(tbl, (uint32_t)r, &ev[i], e_in, n_items);
+        if (got > 0 && tbl->st.inserted != inserted) got = 2;   /* it created its user */
         if (got > 0) applied++;
         if (status != NULL) status[i] = (int8_t)got;
     }

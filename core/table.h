@@ -78,7 +78,9 @@ const hl_table_opts *hl_table_opts_get(const hl_table *tbl);
  * (n_items, dim) row-major; events whose item is -1 or >= n_items add
  * nothing to the heads but are still recorded in the history. An event whose
  * offset is not above its user's last_offset changes nothing (idempotence).
- * status[i], if status is not NULL: 1 applied, 0 duplicate, or a negative
+ * status[i], if status is not NULL: 1 applied, 2 applied to a user this
+ * event inserted (its first in the table: what the worker checks for a
+ * user in two partitions), 0 duplicate, or a negative
  * HL_E* (HL_ENOMEM when the table cannot grow, HL_EINVAL for a user_len
  * outside 1..HL_MAX_ID_LEN). Every applied user is marked
  * dirty. Returns the number of events applied. */

@@ -23,6 +23,7 @@ int hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     size_t bm = (size_t)o->batch_max_messages;
     t->bad_limit.interval_ms = 1000;
     t->err_limit.interval_ms = 5000;
+    t->multi_limit.interval_ms = 10000;
     t->arena_cap = bm * HL_MAX_ID_LEN;
     t->msgs = calloc(bm, sizeof *t->msgs);
     t->arena = malloc(t->arena_cap);
@@ -194,6 +195,8 @@ static void count_batch(hl_wthread *t, int n_msgs)
     hl_counter_add(ctx->mx.applied, t->b.applied);
     hl_counter_add(ctx->mx.duplicates, t->b.duplicates);
     hl_counter_add(ctx->mx.failed, t->b.failed);
+    if (t->b.multipart)
+        hl_counter_add(ctx->mx.multipart, t->b.multipart);
     hl_counter_add(ctx->mx.unknown, t->b.unknown);
     hl_counter_add(ctx->mx.lists, t->b.lists);
     hl_counter_add(ctx->mx.batches, 1);
@@ -212,6 +215,31 @@ static void batch_begin(hl_wthread *t)
     memset(&t->b, 0, sizeof t->b);
 }
 
+/* DESIGN.md section 2: a user seen in two partitions is counted and
+ * reported. Only the users the batch inserted are checked (status 2), so
+ * the cost is one map probe per new user, not per event (multipart.h
+ * states the odds of a false or missed report). */
+static void check_new_users(hl_wthread *t, hl_shard *sh)
+{
+    for (int i = 0; i < sh->n_ev; i++) {
+        if (sh->status[i] != 2)
+            continue;
+        const hl_event *e = &sh->ev[i];
+        int32_t other = hl_multipart_note(t->ctx->multipart, e->user, e->user_len,
+                                          sh->partition);
+        if (other < 0)
+            continue;
+        uint64_t sup = 0;
+        t->b.multipart++;
+        if (hl_log_limit_pass(&t->multi_limit, &sup))
+            hl_log(HL_LOG_WARN, "user_multi_partition", "user=\"%.*s\" partition=%d "
+                   "other_partition=%d offset=%lld reason=\"events must be keyed by "
+                   "user_id; the two states are kept apart\" suppressed=%llu",
+                   (int)(e->user_len < 64 ? e->user_len : 64), e->user, (int)sh->partition,
+                   (int)other, (long long)e->offset, (unsigned long long)sup);
+    }
+}
+
 static void apply_all(hl_wthread *t)
 {
     for (int i = 0; i < t->n_own; i++) {
@@ -219,6 +247,7 @@ static void apply_all(hl_wthread *t)
         t->b.applied += (uint64_t)hl_shard_apply(t->own[i], t->ctx->m, &d, &fl);
         t->b.duplicates += (uint64_t)d;
         t->b.failed += (uint64_t)fl;
+        check_new_users(t, t->own[i]);
     }
 }
 

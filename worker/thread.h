@@ -15,6 +15,7 @@
 #include "codec.h"
 #include "metrics.h"
 #include "model.h"
+#include "multipart.h"
 #include "producer.h"
 #include "shard.h"
 #include "worker.h"
@@ -36,6 +37,7 @@ typedef struct hl_wshared {
     hl_table_opts         topts;
     float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
     hl_persist           *persist;        /* NULL: no snapshots */
+    hl_multipart         *multipart;      /* users seen in two partitions; never NULL */
     hl_metrics           *reg;            /* never NULL */
     /* The worker's counters: one series per fact, in reg (hl_worker_stats
      * reads them back from there). */
@@ -45,7 +47,8 @@ typedef struct hl_wshared {
         hl_counter   *dlq_errors, *unknown, *batches, *lists;
         hl_counter   *applied, *duplicates, *failed;
         hl_counter   *evictions[2];       /* mass, capacity */
-        hl_counter   *dl_kept;            /* bad records kept in the local dead-letter file */
+        hl_counter   *dl_kept;
+        hl_counter   *multipart;          /* users seen in two partitions */            /* bad records kept in the local dead-letter file */
         hl_histogram *batch_size, *stage[4], *e2p;
     } mx;
 } hl_wshared;

@@ -55,7 +55,7 @@ typedef struct flight {
 
 /* What one batch counted, added to the registry once at its end (batch.c). */
 typedef struct batch_counts {
-    uint64_t unknown, lists, applied, duplicates, failed;
+    uint64_t unknown, lists, applied, duplicates, failed, multipart;
     uint64_t invalid[HL_CODEC_N_REASONS];
     double   stage_s[N_STAGES];
 } batch_counts;
@@ -85,7 +85,7 @@ struct hl_wthread {
     hl_codec    *codec;                             /* batch.c */
     rd_kafka_message_t **msgs;
     char        *arena;   size_t arena_used, arena_cap;  /* user ids of the batch */
-    hl_log_limit bad_limit, err_limit;
+    hl_log_limit bad_limit, err_limit, multi_limit;
     batch_counts b;
 
     hl_ranker   *ranker;                            /* publish.c; NULL: state only */

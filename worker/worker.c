@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #define HL_E2P_BUCKETS 24
+#define MULTIPART_BITS 20   /* 2^20 slots, 8 MB: see multipart.h for the odds */
 
 struct hl_worker {
     hl_worker_opts    o;
@@ -124,6 +125,9 @@ static void register_metrics(hl_worker *w)
     }
     w->ctx.mx.dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
         "Dead letters that could not be written.", NULL);
+    w->ctx.mx.multipart = hl_metrics_counter(reg, "halflife_users_multi_partition_total",
+        "Users inserted in one partition while noted in another (input not keyed by user_id).",
+        NULL);
     w->ctx.mx.dl_kept = hl_metrics_counter(reg, "halflife_dead_letters_kept_total",
         "Bad records whose DLQ copy failed, kept in snapshot.dir/dead-letters instead.", NULL);
     w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
@@ -506,6 +510,10 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
     register_metrics(w);
+    if ((w->ctx.multipart = hl_multipart_create(MULTIPART_BITS)) == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "worker: out of memory");
+        goto fail;
+    }
     if (table_opts(w, errbuf, errlen) != 0 || start_persist(w, errbuf, errlen) != 0 ||
         start_kafka(w, errbuf, errlen) != 0)
         goto fail;
@@ -526,6 +534,7 @@ void hl_worker_destroy(hl_worker *w)
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
     hl_persist_destroy(w->persist);     /* after every shard is gone */
+    hl_multipart_destroy(w->ctx.multipart);
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
     embedded_stop(w);

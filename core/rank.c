@@ -23,8 +23,9 @@
  * on the shape of the call (OpenBLAS picks kernels and edge paths by M, N
  * and K), so a user scored alone and in a batch of 256 got scores 6e-8
  * apart, enough to swap two near-equal items after a crash replay. So
- * nothing published depends on the batch: each user's query is encoded in
- * a call of its own (always n = 1, same buffers); the blocked SGEMM only
+ * nothing published depends on the batch: each user's query is encoded by
+ * a kernel here whose every output is one fixed chain of fused
+ * multiply-adds (encode, layer_avx2 / layer_plain); the blocked SGEMM only
  * picks k + DET_PAD candidates per user; each candidate is rescored with a
  * fixed-order dot product (det_score) and the list is the best k of those
  * scores, lower row first on equal scores. The candidates provably hold
@@ -38,6 +39,9 @@
 
 #include <cblas.h>
 #include <math.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -49,15 +53,24 @@
 #define MAX_K         1000
 #define MAX_BATCH     65536
 #define MAX_RING      255      /* table.h: state.history is 1..255 */
-#define DET_PAD       16       /* candidates kept beyond k for the exact rescoring */
+#define DET_PAD       4        /* candidates kept beyond k for the exact rescoring: a
+                                  near tie at the cut costs a rescan, a larger heap
+                                  costs every refresh (16 cost 8% at 10k items) */
+#define ENC_GROUP     4        /* users encoded together (register blocking only) */
 
 struct hl_ranker;
 typedef void (*scan_fn)(struct hl_ranker *r, int u, const float *srow,
                         const float *brow, int32_t j0, int nb);
+typedef void (*layer_fn)(const float *const *in, int n_users, int n_in, int n_out,
+                         const float *wt, const float *b, int relu, float *const *out);
 
 struct hl_ranker {
     hl_encoder_net net;
     scan_fn        scan;       /* scan_row_avx2 where the CPU has it */
+    layer_fn       layer;      /* layer_avx2 where the CPU has it */
+    float         *wt[HL_MAX_LAYERS]; /* W_l^T (layer_in, layer_out): the encoder's weights
+                                         laid out for one user at a time */
+    int            width_max;  /* widest layer input or output */
     const float   *e_in, *e_out, *bias;     /* (n_items, dim), (n_items) */
     int32_t        n_items;
     int            dim, n_heads;
@@ -67,7 +80,8 @@ struct hl_ranker {
     int            kc;         /* candidates per user: k + DET_PAD */
     double         e_norm_max; /* max_j ||e_out[j]||_2 */
     double         bias_max;   /* max_j |bias[j]| */
-    float         *x1, *act1;  /* one user's encoder input and activations */
+    float         *x1, *act1;  /* ENC_GROUP users' encoder inputs and activations
+                                  (ENC_GROUP, width_max) each, ping-pong */
     float         *Q;          /* (max_batch, dim) queries, each encoded alone */
     float         *q_norm;     /* (max_batch) ||q||_2 */
     float         *S;          /* (max_batch, block) one block's scores */
@@ -85,6 +99,7 @@ struct hl_ranker {
 };
 
 static scan_fn pick_scan(void);
+static layer_fn pick_layer(void);
 
 /* ---- create / destroy ---- */
 
@@ -113,8 +128,19 @@ static int alloc_scratch(hl_ranker *r)
 {
     size_t nb = (size_t)r->max_batch, k = (size_t)r->k, dim = (size_t)r->dim;
 
-    r->x1 = malloc((size_t)hl_encoder_in_dim(&r->net) * sizeof(float));
-    r->act1 = malloc(hl_encoder_act_floats(&r->net, 1) * sizeof(float));
+    int w = hl_encoder_in_dim(&r->net);
+    for (int l = 0; l < r->net.n_layers; l++) {
+        int n_in = hl_encoder_layer_in(&r->net, l), n_out = r->net.layer_out[l];
+        w = n_out > w ? n_out : w;
+        if ((r->wt[l] = malloc((size_t)n_in * n_out * sizeof(float))) == NULL)
+            return HL_ENOMEM;
+        for (int o = 0; o < n_out; o++)         /* W_l is (n_out, n_in) */
+            for (int i = 0; i < n_in; i++)
+                r->wt[l][(size_t)i * n_out + o] = r->net.layer_w[l][(size_t)o * n_in + i];
+    }
+    r->width_max = w;
+    r->x1 = malloc((size_t)ENC_GROUP * w * sizeof(float));
+    r->act1 = malloc((size_t)ENC_GROUP * w * sizeof(float));
     r->Q = malloc(nb * dim * sizeof(float));
     r->q_norm = malloc(nb * sizeof(float));
     r->excl = calloc((size_t)r->n_items, 1);
@@ -186,6 +212,7 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
         goto nomem;
     model_bounds(r);
     r->scan = pick_scan();
+    r->layer = pick_layer();
     return r;
 nomem:
     hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory (max_batch %d, k %d)",
@@ -218,6 +245,8 @@ void hl_ranker_destroy(hl_ranker *r)
         return;
     free(r->x1);
     free(r->act1);
+    for (int l = 0; l < HL_MAX_LAYERS; l++)
+        free(r->wt[l]);
     free(r->Q);
     free(r->q_norm);
     free(r->excl);
@@ -521,23 +550,145 @@ static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
 
 /* ---- refresh ---- */
 
-/* Q (n, dim): each user's query from an encoder call of its own (n = 1,
- * the same input and activation buffers every time), so a query never
- * depends on the users it is refreshed with. The encoder is a small part
- * of a refresh (its weights stay in cache); scoring dominates. */
+/* One encoder layer for n_users (<= ENC_GROUP) users:
+ * out[u][o] = b[o] + sum_i in[u][i] wt[i][o], i ascending, one fused
+ * multiply-add (one rounding) per term, so the vector path and this one
+ * agree to the bit; ReLU if asked. Each
+ * user's outputs depend on its own input only, whoever else is in the
+ * group: that is what makes a query independent of its batch. */
+static void layer_plain(const float *const *in, int n_users, int n_in, int n_out,
+                        const float *wt, const float *b, int relu, float *const *out)
+{
+    for (int u = 0; u < n_users; u++)
+        for (int o = 0; o < n_out; o++) {
+            float acc = b[o];
+            for (int i = 0; i < n_in; i++)
+                acc = fmaf(in[u][i], wt[(size_t)i * n_out + o], acc);
+            out[u][o] = relu && !(acc > 0.0f) ? 0.0f : acc;
+        }
+}
+
+#ifdef HAVE_AVX2_SCAN
+__attribute__((target("avx2,fma")))
+static inline __m256 relu8(__m256 a, int relu)
+{
+    return relu ? _mm256_and_ps(a, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ)) : a;
+}
+
+/* One user's outputs from o on, 32 then 8 at a time (four independent
+ * sums in flight); returns the first output left for the scalar tail. */
+__attribute__((target("avx2,fma")))
+static int layer_one_avx2(const float *in, int n_in, int n_out, int o, const float *wt,
+                          const float *b, int relu, float *out)
+{
+    for (; o + 32 <= n_out; o += 32) {
+        __m256 a0 = _mm256_loadu_ps(b + o), a1 = _mm256_loadu_ps(b + o + 8);
+        __m256 a2 = _mm256_loadu_ps(b + o + 16), a3 = _mm256_loadu_ps(b + o + 24);
+        for (int i = 0; i < n_in; i++) {
+            const float *w = wt + (size_t)i * n_out + o;
+            __m256 x = _mm256_broadcast_ss(in + i);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w), a0);
+            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 8), a1);
+            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 16), a2);
+            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 24), a3);
+        }
+        _mm256_storeu_ps(out + o, relu8(a0, relu));
+        _mm256_storeu_ps(out + o + 8, relu8(a1, relu));
+        _mm256_storeu_ps(out + o + 16, relu8(a2, relu));
+        _mm256_storeu_ps(out + o + 24, relu8(a3, relu));
+    }
+    for (; o + 8 <= n_out; o += 8) {
+        __m256 a = _mm256_loadu_ps(b + o);
+        for (int i = 0; i < n_in; i++)
+            a = _mm256_fmadd_ps(_mm256_broadcast_ss(in + i),
+                                _mm256_loadu_ps(wt + (size_t)i * n_out + o), a);
+        _mm256_storeu_ps(out + o, relu8(a, relu));
+    }
+    return o;
+}
+
+/* layer_plain with the same operations per output (so the same bits):
+ * eight outputs of four users per step, each weight load serving all
+ * four; a smaller group user by user; the last outputs plainly. */
+__attribute__((target("avx2,fma")))
+static void layer_avx2(const float *const *in, int n_users, int n_in, int n_out,
+                       const float *wt, const float *b, int relu, float *const *out)
+{
+    int o = 0;
+    if (n_users < ENC_GROUP) {
+        for (int u = 0; u < n_users; u++)
+            o = layer_one_avx2(in[u], n_in, n_out, 0, wt, b, relu, out[u]);
+    } else {
+        for (; o + 8 <= n_out; o += 8) {
+            __m256 a0 = _mm256_loadu_ps(b + o), a1 = a0, a2 = a0, a3 = a0;
+            for (int i = 0; i < n_in; i++) {
+                __m256 w = _mm256_loadu_ps(wt + (size_t)i * n_out + o);
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(in[0] + i), w, a0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(in[1] + i), w, a1);
+                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(in[2] + i), w, a2);
+                a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(in[3] + i), w, a3);
+            }
+            _mm256_storeu_ps(out[0] + o, relu8(a0, relu));
+            _mm256_storeu_ps(out[1] + o, relu8(a1, relu));
+            _mm256_storeu_ps(out[2] + o, relu8(a2, relu));
+            _mm256_storeu_ps(out[3] + o, relu8(a3, relu));
+        }
+    }
+    for (int u = 0; u < n_users; u++)       /* groups under ENC_GROUP, the last outputs */
+        for (int oo = o; oo < n_out; oo++) {
+            float acc = b[oo];
+            for (int i = 0; i < n_in; i++)
+                acc = fmaf(in[u][i], wt[(size_t)i * n_out + oo], acc);
+            out[u][oo] = relu && !(acc > 0.0f) ? 0.0f : acc;
+        }
+}
+#endif
+
+static layer_fn pick_layer(void)
+{
+#ifdef HAVE_AVX2_SCAN
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return layer_avx2;
+#endif
+    return layer_plain;
+}
+
+/* Q (n, dim): the encoder (encoder.h's definition: features, then each
+ * layer W_l a + b_l, ReLU between layers) for groups of ENC_GROUP users,
+ * each user's numbers computed the same way whatever its group, so a
+ * query never depends on the users it is refreshed with. (SGEMM over the
+ * batch, as hl_encoder_forward does, rounds a row differently with the
+ * batch's shape; an SGEMM per user packs the weights each call and cost a
+ * quarter of the refresh rate at 10k items.) */
 static const float *encode(hl_ranker *r, const hl_row_view *users, int n)
 {
-    int dim = r->dim;
-    for (int u = 0; u < n; u++) {
-        hl_encoder_features(r->n_heads, dim, users[u].s, users[u].m, r->x1);
-        const float *q = hl_encoder_forward(&r->net, r->x1, 1, r->act1);
-        float *dst = r->Q + (size_t)u * dim;
-        double ss = 0.0;
-        for (int d = 0; d < dim; d++) {
-            dst[d] = q[d];
-            ss += (double)q[d] * q[d];
+    int dim = r->dim, w = r->width_max;
+    for (int u0 = 0; u0 < n; u0 += ENC_GROUP) {
+        int g = n - u0 < ENC_GROUP ? n - u0 : ENC_GROUP;
+        const float *in[ENC_GROUP];
+        float *out[ENC_GROUP];
+        for (int u = 0; u < g; u++) {
+            float *x = r->x1 + (size_t)u * w;
+            hl_encoder_features(r->n_heads, dim, users[u0 + u].s, users[u0 + u].m, x);
+            in[u] = x;
         }
-        r->q_norm[u] = (float)sqrt(ss);
+        float *bufs[2] = {r->act1, r->x1};
+        for (int l = 0; l < r->net.n_layers; l++) {
+            int last = l == r->net.n_layers - 1;
+            for (int u = 0; u < g; u++)
+                out[u] = last ? r->Q + (size_t)(u0 + u) * dim : bufs[l % 2] + (size_t)u * w;
+            r->layer(in, g, hl_encoder_layer_in(&r->net, l), r->net.layer_out[l], r->wt[l],
+                     r->net.layer_b[l], !last, out);
+            for (int u = 0; u < g; u++)
+                in[u] = out[u];
+        }
+        for (int u = 0; u < g; u++) {
+            const float *q = r->Q + (size_t)(u0 + u) * dim;
+            double ss = 0.0;
+            for (int d = 0; d < dim; d++)
+                ss += (double)q[d] * q[d];
+            r->q_norm[u0 + u] = (float)sqrt(ss);
+        }
     }
     return r->Q;
 }
@@ -550,6 +701,17 @@ static float det_score(const float *q, const float *e, int dim, float b)
 {
     float acc[8] = {0};
     int d = 0;
+#if defined(__SSE2__)
+    /* The same eight sums as the loop below, four lanes at a time (SSE is
+     * part of x86-64, so every such CPU takes this path). */
+    __m128 lo = _mm_setzero_ps(), hi = _mm_setzero_ps();
+    for (; d + 8 <= dim; d += 8) {
+        lo = _mm_add_ps(lo, _mm_mul_ps(_mm_loadu_ps(q + d), _mm_loadu_ps(e + d)));
+        hi = _mm_add_ps(hi, _mm_mul_ps(_mm_loadu_ps(q + d + 4), _mm_loadu_ps(e + d + 4)));
+    }
+    _mm_storeu_ps(acc, lo);
+    _mm_storeu_ps(acc + 4, hi);
+#endif
     for (; d + 8 <= dim; d += 8)
         for (int l = 0; l < 8; l++)
             acc[l] += q[d + l] * e[d + l];

@@ -76,7 +76,12 @@ def main():
                                  "snapshot.dir=" + snap])
         U.produce_events(broker.bootstrap, "behaviour-events", evs)
         deadline = time.time() + 40
-        while time.time() < deadline and worker.metric("halflife_events_consumed_total") < len(evs):
+        while time.time() < deadline:
+            try:
+                if worker.metric("halflife_events_consumed_total") >= len(evs):
+                    break
+            except OSError:
+                pass                        # /metrics is not up yet
             time.sleep(0.3)
         time.sleep(1.0)                     # the last batch's counts reach the registry
         mass = worker.metric("halflife_evictions_total", 'reason="mass"')

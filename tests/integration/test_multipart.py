@@ -55,7 +55,12 @@ def main():
         produce_split(broker.bootstrap)
         total = len(events) + 4
         deadline = time.time() + 30
-        while time.time() < deadline and worker.metric("halflife_events_consumed_total") < total:
+        while time.time() < deadline:
+            try:
+                if worker.metric("halflife_events_consumed_total") >= total:
+                    break
+            except OSError:
+                pass                        # /metrics is not up yet
             time.sleep(0.3)
         time.sleep(0.5)
         n = worker.metric("halflife_users_multi_partition_total")

@@ -17,12 +17,31 @@
  * enters a full heap only if its score is strictly above the threshold, so
  * among equal scores the lower row wins; the heap's keys (make_key) break
  * ties the same way. Every buffer is sized at create: refresh never
- * allocates. hl_ranker_refresh_naive is the plain-loop twin. */
+ * allocates. hl_ranker_refresh_naive is the plain-loop twin.
+ *
+ * Batch independence. SGEMM's result for one row depends in its last bits
+ * on the shape of the call (OpenBLAS picks kernels and edge paths by M, N
+ * and K), so a user scored alone and in a batch of 256 got scores 6e-8
+ * apart, enough to swap two near-equal items after a crash replay. So
+ * nothing published depends on the batch: each user's query is encoded by
+ * a kernel here whose every output is one fixed chain of fused
+ * multiply-adds (encode, layer_avx2 / layer_plain); the blocked SGEMM only
+ * picks k + DET_PAD candidates per user; each candidate is rescored with a
+ * fixed-order dot product (det_score) and the list is the best k of those
+ * scores, lower row first on equal scores. The candidates provably hold
+ * that list when the k-th exact score beats the worst candidate's SGEMM
+ * score by more than both scores' rounding bound (det_margin: the textbook
+ * bound gamma_n sum |q_d e_d|, with Cauchy-Schwarz over every item); when
+ * it does not (exact ties at the cut), that user is rescored over every
+ * item with det_score (rescan_exact), which is slow but rare. */
 #include "rank.h"
 #include "encoder.h"
 
 #include <cblas.h>
 #include <math.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -34,24 +53,40 @@
 #define MAX_K         1000
 #define MAX_BATCH     65536
 #define MAX_RING      255      /* table.h: state.history is 1..255 */
+#define DET_PAD       4        /* candidates kept beyond k for the exact rescoring: a
+                                  near tie at the cut costs a rescan, a larger heap
+                                  costs every refresh (16 cost 8% at 10k items) */
+#define ENC_GROUP     4        /* users encoded together (register blocking only) */
 
 struct hl_ranker;
 typedef void (*scan_fn)(struct hl_ranker *r, int u, const float *srow,
                         const float *brow, int32_t j0, int nb);
+typedef void (*layer_fn)(const float *const *in, int n_users, int n_in, int n_out,
+                         const float *wt, const float *b, int relu, float *const *out);
 
 struct hl_ranker {
     hl_encoder_net net;
     scan_fn        scan;       /* scan_row_avx2 where the CPU has it */
+    layer_fn       layer;      /* layer_avx2 where the CPU has it */
+    float         *wt[HL_MAX_LAYERS]; /* W_l^T (layer_in, layer_out): the encoder's weights
+                                         laid out for one user at a time */
+    int            width_max;  /* widest layer input or output */
     const float   *e_in, *e_out, *bias;     /* (n_items, dim), (n_items) */
     int32_t        n_items;
     int            dim, n_heads;
     float          lambda_per_ms[HL_MAX_HEADS];
     float          type_weight[HL_N_TYPES];
     int            k, exclude_seen, max_batch, block;
-    float         *X;          /* (max_batch, in_dim) encoder input */
-    float         *act;        /* encoder activations, Q (max_batch, dim) last */
+    int            kc;         /* candidates per user: k + DET_PAD */
+    double         e_norm_max; /* max_j ||e_out[j]||_2 */
+    double         bias_max;   /* max_j |bias[j]| */
+    float         *x1, *act1;  /* ENC_GROUP users' encoder inputs and activations
+                                  (ENC_GROUP, width_max) each, ping-pong */
+    float         *Q;          /* (max_batch, dim) queries, each encoded alone */
+    float         *q_norm;     /* (max_batch) ||q||_2 */
     float         *S;          /* (max_batch, block) one block's scores */
-    uint64_t      *top;        /* (max_batch, k): one min-heap of keys per user */
+    uint64_t      *top;        /* (max_batch, kc): one min-heap of keys per user */
+    uint8_t       *excl;       /* (n_items) rescan_exact's marks, zero between uses */
     int           *top_n;      /* (max_batch) entries in each heap */
     int32_t       *seen;       /* (max_batch, MAX_RING) ring items, sorted */
     int           *seen_n;     /* (max_batch) entries in seen */
@@ -64,6 +99,7 @@ struct hl_ranker {
 };
 
 static scan_fn pick_scan(void);
+static layer_fn pick_layer(void);
 
 /* ---- create / destroy ---- */
 
@@ -92,10 +128,24 @@ static int alloc_scratch(hl_ranker *r)
 {
     size_t nb = (size_t)r->max_batch, k = (size_t)r->k, dim = (size_t)r->dim;
 
-    r->X = malloc(nb * (size_t)hl_encoder_in_dim(&r->net) * sizeof(float));
-    r->act = malloc(hl_encoder_act_floats(&r->net, r->max_batch) * sizeof(float));
+    int w = hl_encoder_in_dim(&r->net);
+    for (int l = 0; l < r->net.n_layers; l++) {
+        int n_in = hl_encoder_layer_in(&r->net, l), n_out = r->net.layer_out[l];
+        w = n_out > w ? n_out : w;
+        if ((r->wt[l] = malloc((size_t)n_in * n_out * sizeof(float))) == NULL)
+            return HL_ENOMEM;
+        for (int o = 0; o < n_out; o++)         /* W_l is (n_out, n_in) */
+            for (int i = 0; i < n_in; i++)
+                r->wt[l][(size_t)i * n_out + o] = r->net.layer_w[l][(size_t)o * n_in + i];
+    }
+    r->width_max = w;
+    r->x1 = malloc((size_t)ENC_GROUP * w * sizeof(float));
+    r->act1 = malloc((size_t)ENC_GROUP * w * sizeof(float));
+    r->Q = malloc(nb * dim * sizeof(float));
+    r->q_norm = malloc(nb * sizeof(float));
+    r->excl = calloc((size_t)r->n_items, 1);
     r->S = malloc(nb * (size_t)r->block * sizeof(float));
-    r->top = malloc(nb * k * sizeof(uint64_t));
+    r->top = malloc(nb * (size_t)r->kc * sizeof(uint64_t));
     r->top_n = malloc(nb * sizeof(int));
     r->seen = malloc(nb * MAX_RING * sizeof(int32_t));
     r->seen_n = malloc(nb * sizeof(int));
@@ -105,11 +155,28 @@ static int alloc_scratch(hl_ranker *r)
     r->bc_dot = malloc(MAX_RING * k * sizeof(float));
     r->bc_a = malloc(MAX_RING * sizeof(float));
     r->bc_item = malloc(MAX_RING * sizeof(int32_t));
-    if (!r->X || !r->act || !r->S || !r->top || !r->top_n || !r->seen ||
+    if (!r->x1 || !r->act1 || !r->Q || !r->q_norm || !r->excl || !r->S || !r->top ||
+        !r->top_n || !r->seen ||
         !r->seen_n || !r->seen_pos || !r->bc_hist || !r->bc_rec || !r->bc_dot ||
         !r->bc_a || !r->bc_item)
         return HL_ENOMEM;
     return 0;
+}
+
+/* The largest item norm and bias, for det_margin: one pass over e_out. */
+static void model_bounds(hl_ranker *r)
+{
+    double e2 = 0.0, b = 0.0;
+    for (int32_t j = 0; j < r->n_items; j++) {
+        const float *e = r->e_out + (size_t)j * r->dim;
+        double s = 0.0;
+        for (int d = 0; d < r->dim; d++)
+            s += (double)e[d] * e[d];
+        e2 = s > e2 ? s : e2;
+        b = fabs(r->bias[j]) > b ? fabs(r->bias[j]) : b;
+    }
+    r->e_norm_max = sqrt(e2);
+    r->bias_max = b;
 }
 
 hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
@@ -135,6 +202,7 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
         r->lambda_per_ms[h] = (float)(log(2.0) / p->info.half_life_ms[h]);
     memcpy(r->type_weight, p->info.type_weight, sizeof r->type_weight);
     r->k = o->k;
+    r->kc = o->k + DET_PAD;
     r->exclude_seen = o->exclude_seen;
     r->max_batch = o->max_batch;
     r->block = o->block_items > 0 ? o->block_items : DEFAULT_BLOCK;
@@ -142,7 +210,9 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
         r->block = r->n_items;
     if (alloc_scratch(r) != 0)
         goto nomem;
+    model_bounds(r);
     r->scan = pick_scan();
+    r->layer = pick_layer();
     return r;
 nomem:
     hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory (max_batch %d, k %d)",
@@ -173,8 +243,13 @@ void hl_ranker_destroy(hl_ranker *r)
 {
     if (r == NULL)
         return;
-    free(r->X);
-    free(r->act);
+    free(r->x1);
+    free(r->act1);
+    for (int l = 0; l < HL_MAX_LAYERS; l++)
+        free(r->wt[l]);
+    free(r->Q);
+    free(r->q_norm);
+    free(r->excl);
     free(r->S);
     free(r->top);
     free(r->top_n);
@@ -325,14 +400,14 @@ static void mark_seen(hl_ranker *r, int u, float *srow, int32_t j0, int nb)
 static void scan_row(hl_ranker *r, int u, const float *srow, const float *brow,
                      int32_t j0, int nb)
 {
-    uint64_t *h = r->top + (size_t)u * r->k;
+    uint64_t *h = r->top + (size_t)u * r->kc;
     int *hn = &r->top_n[u];
-    float thr = *hn == r->k ? key_score(h[0]) : -INFINITY;
+    float thr = *hn == r->kc ? key_score(h[0]) : -INFINITY;
 
     for (int j = 0; j < nb; j++) {
         float s = srow[j] + brow[j];
         if (s > thr)
-            thr = heap_offer(h, hn, r->k, s, j0 + j);
+            thr = heap_offer(h, hn, r->kc, s, j0 + j);
     }
 }
 
@@ -346,9 +421,9 @@ __attribute__((target("avx2")))
 static void scan_row_avx2(hl_ranker *r, int u, const float *srow,
                           const float *brow, int32_t j0, int nb)
 {
-    uint64_t *h = r->top + (size_t)u * r->k;
+    uint64_t *h = r->top + (size_t)u * r->kc;
     int *hn = &r->top_n[u];
-    float thr = *hn == r->k ? key_score(h[0]) : -INFINITY;
+    float thr = *hn == r->kc ? key_score(h[0]) : -INFINITY;
     __m256 t = _mm256_set1_ps(thr);
     int j = 0;
 
@@ -364,14 +439,14 @@ static void scan_row_avx2(hl_ranker *r, int u, const float *srow,
             int q = __builtin_ctz(mask);
             float s = srow[j + q] + brow[j + q];
             if (s > thr)        /* thr may have risen within these sixteen */
-                thr = heap_offer(h, hn, r->k, s, j0 + j + q);
+                thr = heap_offer(h, hn, r->kc, s, j0 + j + q);
         }
         t = _mm256_set1_ps(thr);
     }
     for (; j < nb; j++) {
         float s = srow[j] + brow[j];
         if (s > thr)
-            thr = heap_offer(h, hn, r->k, s, j0 + j);
+            thr = heap_offer(h, hn, r->kc, s, j0 + j);
     }
 }
 #endif
@@ -475,24 +550,263 @@ static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
 
 /* ---- refresh ---- */
 
-static const float *encode(hl_ranker *r, const hl_row_view *users, int n)
+/* One encoder layer for n_users (<= ENC_GROUP) users:
+ * out[u][o] = b[o] + sum_i in[u][i] wt[i][o], i ascending, one fused
+ * multiply-add (one rounding) per term, so the vector path and this one
+ * agree to the bit; ReLU if asked. Each
+ * user's outputs depend on its own input only, whoever else is in the
+ * group: that is what makes a query independent of its batch. */
+static void layer_plain(const float *const *in, int n_users, int n_in, int n_out,
+                        const float *wt, const float *b, int relu, float *const *out)
 {
-    hl_encoder_features_rows(&r->net, users, n, r->X);
-    return hl_encoder_forward(&r->net, r->X, n, r->act);
+    for (int u = 0; u < n_users; u++)
+        for (int o = 0; o < n_out; o++) {
+            float acc = b[o];
+            for (int i = 0; i < n_in; i++)
+                acc = fmaf(in[u][i], wt[(size_t)i * n_out + o], acc);
+            out[u][o] = relu && !(acc > 0.0f) ? 0.0f : acc;
+        }
 }
 
-static void emit(hl_ranker *r, const hl_row_view *users, int n, hl_rec *out,
-                 int *n_out)
+#ifdef HAVE_AVX2_SCAN
+__attribute__((target("avx2,fma")))
+static inline __m256 relu8(__m256 a, int relu)
+{
+    return relu ? _mm256_and_ps(a, _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_GT_OQ)) : a;
+}
+
+/* One user's outputs from o on, 32 then 8 at a time (four independent
+ * sums in flight); returns the first output left for the scalar tail. */
+__attribute__((target("avx2,fma")))
+static int layer_one_avx2(const float *in, int n_in, int n_out, int o, const float *wt,
+                          const float *b, int relu, float *out)
+{
+    for (; o + 32 <= n_out; o += 32) {
+        __m256 a0 = _mm256_loadu_ps(b + o), a1 = _mm256_loadu_ps(b + o + 8);
+        __m256 a2 = _mm256_loadu_ps(b + o + 16), a3 = _mm256_loadu_ps(b + o + 24);
+        for (int i = 0; i < n_in; i++) {
+            const float *w = wt + (size_t)i * n_out + o;
+            __m256 x = _mm256_broadcast_ss(in + i);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w), a0);
+            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 8), a1);
+            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 16), a2);
+            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + 24), a3);
+        }
+        _mm256_storeu_ps(out + o, relu8(a0, relu));
+        _mm256_storeu_ps(out + o + 8, relu8(a1, relu));
+        _mm256_storeu_ps(out + o + 16, relu8(a2, relu));
+        _mm256_storeu_ps(out + o + 24, relu8(a3, relu));
+    }
+    for (; o + 8 <= n_out; o += 8) {
+        __m256 a = _mm256_loadu_ps(b + o);
+        for (int i = 0; i < n_in; i++)
+            a = _mm256_fmadd_ps(_mm256_broadcast_ss(in + i),
+                                _mm256_loadu_ps(wt + (size_t)i * n_out + o), a);
+        _mm256_storeu_ps(out + o, relu8(a, relu));
+    }
+    return o;
+}
+
+/* layer_plain with the same operations per output (so the same bits):
+ * eight outputs of four users per step, each weight load serving all
+ * four; a smaller group user by user; the last outputs plainly. */
+__attribute__((target("avx2,fma")))
+static void layer_avx2(const float *const *in, int n_users, int n_in, int n_out,
+                       const float *wt, const float *b, int relu, float *const *out)
+{
+    int o = 0;
+    if (n_users < ENC_GROUP) {
+        for (int u = 0; u < n_users; u++)
+            o = layer_one_avx2(in[u], n_in, n_out, 0, wt, b, relu, out[u]);
+    } else {
+        for (; o + 8 <= n_out; o += 8) {
+            __m256 a0 = _mm256_loadu_ps(b + o), a1 = a0, a2 = a0, a3 = a0;
+            for (int i = 0; i < n_in; i++) {
+                __m256 w = _mm256_loadu_ps(wt + (size_t)i * n_out + o);
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(in[0] + i), w, a0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(in[1] + i), w, a1);
+                a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(in[2] + i), w, a2);
+                a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(in[3] + i), w, a3);
+            }
+            _mm256_storeu_ps(out[0] + o, relu8(a0, relu));
+            _mm256_storeu_ps(out[1] + o, relu8(a1, relu));
+            _mm256_storeu_ps(out[2] + o, relu8(a2, relu));
+            _mm256_storeu_ps(out[3] + o, relu8(a3, relu));
+        }
+    }
+    for (int u = 0; u < n_users; u++)       /* groups under ENC_GROUP, the last outputs */
+        for (int oo = o; oo < n_out; oo++) {
+            float acc = b[oo];
+            for (int i = 0; i < n_in; i++)
+                acc = fmaf(in[u][i], wt[(size_t)i * n_out + oo], acc);
+            out[u][oo] = relu && !(acc > 0.0f) ? 0.0f : acc;
+        }
+}
+#endif
+
+static layer_fn pick_layer(void)
+{
+#ifdef HAVE_AVX2_SCAN
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return layer_avx2;
+#endif
+    return layer_plain;
+}
+
+/* Q (n, dim): the encoder (encoder.h's definition: features, then each
+ * layer W_l a + b_l, ReLU between layers) for groups of ENC_GROUP users,
+ * each user's numbers computed the same way whatever its group, so a
+ * query never depends on the users it is refreshed with. (SGEMM over the
+ * batch, as hl_encoder_forward does, rounds a row differently with the
+ * batch's shape; an SGEMM per user packs the weights each call and cost a
+ * quarter of the refresh rate at 10k items.) */
+static const float *encode(hl_ranker *r, const hl_row_view *users, int n)
+{
+    int dim = r->dim, w = r->width_max;
+    for (int u0 = 0; u0 < n; u0 += ENC_GROUP) {
+        int g = n - u0 < ENC_GROUP ? n - u0 : ENC_GROUP;
+        const float *in[ENC_GROUP];
+        float *out[ENC_GROUP];
+        for (int u = 0; u < g; u++) {
+            float *x = r->x1 + (size_t)u * w;
+            hl_encoder_features(r->n_heads, dim, users[u0 + u].s, users[u0 + u].m, x);
+            in[u] = x;
+        }
+        float *bufs[2] = {r->act1, r->x1};
+        for (int l = 0; l < r->net.n_layers; l++) {
+            int last = l == r->net.n_layers - 1;
+            for (int u = 0; u < g; u++)
+                out[u] = last ? r->Q + (size_t)(u0 + u) * dim : bufs[l % 2] + (size_t)u * w;
+            r->layer(in, g, hl_encoder_layer_in(&r->net, l), r->net.layer_out[l], r->wt[l],
+                     r->net.layer_b[l], !last, out);
+            for (int u = 0; u < g; u++)
+                in[u] = out[u];
+        }
+        for (int u = 0; u < g; u++) {
+            const float *q = r->Q + (size_t)(u0 + u) * dim;
+            double ss = 0.0;
+            for (int d = 0; d < dim; d++)
+                ss += (double)q[d] * q[d];
+            r->q_norm[u0 + u] = (float)sqrt(ss);
+        }
+    }
+    return r->Q;
+}
+
+/* q . e + b in one fixed order: eight running sums over d (so the compiler
+ * may use one vector register, lane by lane, without reordering), combined
+ * pairwise, then the tail, then the bias. The same inputs give the same
+ * bits whatever else is being scored. */
+static float det_score(const float *q, const float *e, int dim, float b)
+{
+    float acc[8] = {0};
+    int d = 0;
+#if defined(__SSE2__)
+    /* The same eight sums as the loop below, four lanes at a time (SSE is
+     * part of x86-64, so every such CPU takes this path). */
+    __m128 lo = _mm_setzero_ps(), hi = _mm_setzero_ps();
+    for (; d + 8 <= dim; d += 8) {
+        lo = _mm_add_ps(lo, _mm_mul_ps(_mm_loadu_ps(q + d), _mm_loadu_ps(e + d)));
+        hi = _mm_add_ps(hi, _mm_mul_ps(_mm_loadu_ps(q + d + 4), _mm_loadu_ps(e + d + 4)));
+    }
+    _mm_storeu_ps(acc, lo);
+    _mm_storeu_ps(acc + 4, hi);
+#endif
+    for (; d + 8 <= dim; d += 8)
+        for (int l = 0; l < 8; l++)
+            acc[l] += q[d + l] * e[d + l];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; d < dim; d++)
+        s += q[d] * e[d];
+    return s + b;
+}
+
+/* How far an SGEMM score and det_score of one item can lie apart for user
+ * u: each is within gamma_{dim+2} (|q| |e| + |b|) of the exact value
+ * (Higham's bound for a sum of dim products and the bias in any order,
+ * fused or not, with sum |q_d e_d| <= |q| |e| by Cauchy-Schwarz), with 1%
+ * for the rounding of the bound itself. */
+static double det_margin(const hl_ranker *r, int u)
+{
+    double unit = ldexp(1.0, -24), nu = (r->dim + 2) * unit;
+    double gamma = nu / (1.0 - nu);
+    return 2.0 * gamma * ((double)r->q_norm[u] * r->e_norm_max + r->bias_max) * 1.01;
+}
+
+/* The exact list of user u over every item (exclusions as in the blocked
+ * path) into its heap, best first; returns its length. The slow path:
+ * n_items dot products, only when the candidates cannot be proven to hold
+ * the list (exact or near ties at the cut). */
+static int rescan_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    const int32_t *seen = r->seen + (size_t)u * MAX_RING;
+    int n_seen = r->exclude_seen ? r->seen_n[u] : 0, n = 0;
+    int n_ex = ex != NULL ? ex->n : 0;
+
+    for (int i = 0; i < n_seen; i++)
+        r->excl[seen[i]] = 1;
+    for (int i = 0; i < n_ex; i++)
+        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+            r->excl[ex->item[i]] = 1;
+    for (int32_t j = 0; j < r->n_items; j++) {
+        if (r->excl[j])
+            continue;
+        uint64_t key = make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
+                                          r->bias[j]), j);
+        if (n < r->k) {
+            h[n] = key;
+            sift_up(h, n++);
+        } else if (key > h[0]) {
+            h[0] = key;
+            sift_down(h, n, 0);
+        }
+    }
+    for (int i = 0; i < n_seen; i++)
+        r->excl[seen[i]] = 0;
+    for (int i = 0; i < n_ex; i++)
+        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+            r->excl[ex->item[i]] = 0;
+    heap_sort(h, n);
+    return n;
+}
+
+/* User u's list from its SGEMM candidates: each rescored with det_score,
+ * sorted best first in its heap; returns the list's length. When the
+ * candidate heap was full, an item left out scored at most its worst
+ * entry (thr) by SGEMM, so at most thr + det_margin exactly: the k-th
+ * rescored candidate must beat that, or the user is rescanned. */
+static int select_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    int n = r->top_n[u];
+    float thr = n == r->kc ? key_score(h[0]) : -INFINITY;
+
+    for (int i = 0; i < n; i++) {
+        int32_t j = key_item(h[i]);
+        h[i] = make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim, r->bias[j]), j);
+    }
+    for (int i = n / 2 - 1; i >= 0; i--)
+        sift_down(h, n, i);
+    heap_sort(h, n);
+    if (n == r->kc && !((double)key_score(h[r->k - 1]) > (double)thr + det_margin(r, u)))
+        return rescan_exact(r, u, ex);
+    return n < r->k ? n : r->k;
+}
+
+static void emit(hl_ranker *r, const hl_row_view *users, int n,
+                 const hl_rank_exclude *extra, hl_rec *out, int *n_out)
 {
     for (int u = 0; u < n; u++) {
-        uint64_t *h = r->top + (size_t)u * r->k;
+        uint64_t *h = r->top + (size_t)u * r->kc;
         hl_rec *o = out + (size_t)u * r->k;
-        heap_sort(h, r->top_n[u]);
-        for (int j = 0; j < r->top_n[u]; j++) {
+        n_out[u] = select_exact(r, u, extra != NULL ? &extra[u] : NULL);
+        for (int j = 0; j < n_out[u]; j++) {
             o[j].item = key_item(h[j]);
             o[j].score = key_score(h[j]);
         }
-        n_out[u] = r->top_n[u];
         because_fast(r, &users[u], o, n_out[u]);
     }
 }
@@ -513,7 +827,7 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
         int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
         score_block(r, Q, users, n, extra, j0, nb);
     }
-    emit(r, users, n, out, n_out);
+    emit(r, users, n, extra, out, n_out);
     return 0;
 }
 

@@ -8,8 +8,11 @@
  * Order: best score first; equal scores put the lower item row first. The
  * full (users x items) score matrix is never stored: items are scored in
  * blocks of block_items with one SGEMM per block and each user's top-K is
- * kept as the blocks go by. A user's scores can differ in the last bits
- * with the batch it is refreshed in (SGEMM's kernels depend on the shape).
+ * kept as the blocks go by (k + 4 candidates per user); the candidates
+ * are then rescored in a fixed order, so a user's list (items, order,
+ * scores, because) is the same to the bit whether it is refreshed alone or
+ * with any other users, on the same build, CPU and OpenBLAS (see rank.c,
+ * "Batch independence").
  *
  * Exclusions: with exclude_seen, every item in the user's history ring
  * (hl_row_view.hist_item, the last state.history events) is left out; the

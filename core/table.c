@@ -694,6 +694,7 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
         if (c >= 0 && c < n) stage_hist(tbl, c);
         if (i < 0) continue;
         int rc = HL_EINVAL;                /* a user_id no row can hold */
+        uint64_t inserted = tbl->st.inserted;
         int64_t r = -1;
         if (!(fabsf(ev[i].w) <= HL_TABLE_MAX_MASS)) {
             rc = HL_ERANGE;                /* refused before it creates a user */
@@ -703,6 +704,7 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
                         tbl->pipe_hash[i & (RING - 1)], &ev[i], &rc);
         }
         int got = r < 0 ? rc : apply_one(tbl, (uint32_t)r, &ev[i], e_in, n_items);
+        if (got > 0 && tbl->st.inserted != inserted) got = 2;   /* it created its user */
         if (got > 0) applied++;
         if (status != NULL) status[i] = (int8_t)got;
     }

@@ -85,7 +85,9 @@ const hl_table_opts *hl_table_opts_get(const hl_table *tbl);
  * counted in stats.non_finite: so every mass stays finite, and every head
  * vector too while the model's embeddings are below 1e8 in magnitude
  * (|s_h[j]| <= m_h max|x[j]| for weights >= 0).
- * status[i], if status is not NULL: 1 applied, 0 duplicate, or a negative
+ * status[i], if status is not NULL: 1 applied, 2 applied to a user this
+ * event inserted (its first in the table: what the worker checks for a
+ * user in two partitions), 0 duplicate, or a negative
  * HL_E* (HL_ENOMEM when the table cannot grow, HL_EINVAL for a user_len
  * outside 1..HL_MAX_ID_LEN, HL_ERANGE for the guard). Every applied user is
  * marked dirty. Returns the number of events applied. */

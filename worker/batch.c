@@ -1,10 +1,12 @@
 /* batch.c - one batch of one shard-owning thread (DESIGN.md section 1):
  * consume up to batch.max.messages or batch.max.ms from the thread's queue,
  * decode each record (a bad one is counted, logged rate-limited and copied
- * with its bytes and reason to the DLQ), group the events by shard in
- * offset order, apply them, then publish (publish.c) and note the offsets
- * in the batch's flight (flight.c). What the batch counted goes to the
- * registry once, at its end.
+ * with its bytes and reason to the DLQ; the batch's flight holds it until
+ * the copy is delivered or kept on disk), group the events by shard in
+ * offset order, apply them, then publish (publish.c), sweep each shard for
+ * users whose mass has decayed below state.evict.mass (bounded work,
+ * shard.c), and note the offsets in the batch's flight (flight.c). What
+ * the batch counted goes to the registry once, at its end.
  *
  * Nothing here allocates per batch: the record array, the arena for user
  * ids and the shards' event arrays are sized at create time (STYLE.md
@@ -21,7 +23,7 @@ int hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     size_t bm = (size_t)o->batch_max_messages;
     t->bad_limit.interval_ms = 1000;
     t->err_limit.interval_ms = 5000;
-    t->dlq_ticket.fail_counter = t->ctx->mx.dlq_errors;
+    t->multi_limit.interval_ms = 10000;
     t->arena_cap = bm * HL_MAX_ID_LEN;
     t->msgs = calloc(bm, sizeof *t->msgs);
     t->arena = malloc(t->arena_cap);
@@ -75,34 +77,40 @@ int hl_batch_consume(hl_wthread *t)
 
 /* ---- decode ------------------------------------------------------------ */
 
-static void send_dlq(hl_wthread *t, const rd_kafka_message_t *rkm, hl_codec_reason r)
+/* Copies a bad record to the DLQ with batch f's flight: the record is held
+ * (taken from *rkmp) until the copy is delivered or kept on disk
+ * (flight.c), so no stored offset passes it before. */
+static void send_dlq(hl_wthread *t, rd_kafka_message_t **rkmp, hl_codec_reason r, flight *f)
 {
     hl_wshared *ctx = t->ctx;
-    char part[16], off[24], err[256];
-    const char *rn = hl_codec_reason_name(r);
-    const char *topic = rd_kafka_topic_name(rkm->rkt);
-    snprintf(part, sizeof part, "%d", (int)rkm->partition);
-    snprintf(off, sizeof off, "%lld", (long long)rkm->offset);
-    hl_header h[] = {
-        {"halflife.reason", rn, strlen(rn)},
-        {"halflife.source.topic", topic, strlen(topic)},
-        {"halflife.source.partition", part, strlen(part)},
-        {"halflife.source.offset", off, strlen(off)},
-        {NULL, NULL, 0},
-    };
+    rd_kafka_message_t *rkm = *rkmp;
+    dlq_hdr_buf hb;
+    hl_header h[6];
+    dead_letter *dl = hl_flight_dead_letter(t, f);
+    if (dl == NULL)
+        return;                 /* f is held: its offsets are never stored */
+    dl->rkm = rkm;
+    dl->reason = r;
+    *rkmp = NULL;
+    hl_flight_dlq_headers(rkm, r, &hb, h);
     if (hl_producer_send(ctx->prod, ctx->dlq_topic, RD_KAFKA_PARTITION_UA,
                          rkm->key, rkm->key_len, rkm->payload, rkm->len, h,
-                         &t->dlq_ticket, err, sizeof err) != 0) {
+                         &dl->t, dl->err, sizeof dl->err) != 0) {
+        dl->send_failed = 1;
         hl_counter_add(ctx->mx.dlq_errors, 1);
-        hl_log(HL_LOG_WARN, "dlq_failed", "err=\"%s\"", err);
+        hl_log(HL_LOG_WARN, "dlq_failed", "partition=%d offset=%lld reason=%s bytes=%zu "
+               "err=\"%s\" action=\"kept under %s before the offset moves\"",
+               (int)rkm->partition, (long long)rkm->offset, hl_codec_reason_name(r),
+               rkm->len, dl->err, t->dl_dir);
         return;
     }
     hl_counter_add(ctx->mx.dlq[r], 1);
 }
 
-static void bad_record(hl_wthread *t, const rd_kafka_message_t *rkm, hl_codec_reason r,
-                       const char *detail)
+static void bad_record(hl_wthread *t, rd_kafka_message_t **rkmp, hl_codec_reason r,
+                       const char *detail, flight *f)
 {
+    const rd_kafka_message_t *rkm = *rkmp;
     uint64_t sup = 0;
     t->b.invalid[r]++;
     if (hl_log_limit_pass(&t->bad_limit, &sup))
@@ -112,7 +120,7 @@ static void bad_record(hl_wthread *t, const rd_kafka_message_t *rkm, hl_codec_re
                detail, t->ctx->dlq_topic ? t->ctx->dlq_topic : "off",
                (unsigned long long)sup);
     if (t->ctx->dlq_topic)
-        send_dlq(t, rkm, r);
+        send_dlq(t, rkmp, r, f);
 }
 
 /* A record that carries an error instead of data. A fatal one (idempotence
@@ -137,8 +145,9 @@ static void record_error(hl_wthread *t, const rd_kafka_message_t *rkm)
                rd_kafka_message_errstr(rkm), (unsigned long long)sup);
 }
 
-static void decode_one(hl_wthread *t, rd_kafka_message_t *rkm, flight *f)
+static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, flight *f)
 {
+    rd_kafka_message_t *rkm = *rkmp;
     char detail[160];
     hl_codec_event cev;
     if (rkm->err) {
@@ -152,7 +161,7 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t *rkm, flight *f)
     hl_codec_reason r = hl_codec_decode_event(t->codec, rkm->payload ? rkm->payload : "",
                                               rkm->len, &cev, detail, sizeof detail);
     if (r != HL_CODEC_OK) {
-        bad_record(t, rkm, r, detail);
+        bad_record(t, rkmp, r, detail, f);
         return;
     }
     hl_event ev = {
@@ -186,6 +195,8 @@ static void count_batch(hl_wthread *t, int n_msgs)
     hl_counter_add(ctx->mx.applied, t->b.applied);
     hl_counter_add(ctx->mx.duplicates, t->b.duplicates);
     hl_counter_add(ctx->mx.failed, t->b.failed);
+    if (t->b.multipart)
+        hl_counter_add(ctx->mx.multipart, t->b.multipart);
     hl_counter_add(ctx->mx.unknown, t->b.unknown);
     hl_counter_add(ctx->mx.lists, t->b.lists);
     hl_counter_add(ctx->mx.batches, 1);
@@ -224,6 +235,31 @@ static void count_non_finite(hl_wthread *t, const hl_shard *sh)
                (int)sh->partition, (unsigned long long)n, (unsigned long long)sup);
 }
 
+/* DESIGN.md section 2: a user seen in two partitions is counted and
+ * reported. Only the users the batch inserted are checked (status 2), so
+ * the cost is one map probe per new user, not per event (multipart.h
+ * states the odds of a false or missed report). */
+static void check_new_users(hl_wthread *t, hl_shard *sh)
+{
+    for (int i = 0; i < sh->n_ev; i++) {
+        if (sh->status[i] != 2)
+            continue;
+        const hl_event *e = &sh->ev[i];
+        int32_t other = hl_multipart_note(t->ctx->multipart, e->user, e->user_len,
+                                          sh->partition);
+        if (other < 0)
+            continue;
+        uint64_t sup = 0;
+        t->b.multipart++;
+        if (hl_log_limit_pass(&t->multi_limit, &sup))
+            hl_log(HL_LOG_WARN, "user_multi_partition", "user=\"%.*s\" partition=%d "
+                   "other_partition=%d offset=%lld reason=\"events must be keyed by "
+                   "user_id; the two states are kept apart\" suppressed=%llu",
+                   (int)(e->user_len < 64 ? e->user_len : 64), e->user, (int)sh->partition,
+                   (int)other, (long long)e->offset, (unsigned long long)sup);
+    }
+}
+
 static void apply_all(hl_wthread *t)
 {
     for (int i = 0; i < t->n_own; i++) {
@@ -233,6 +269,7 @@ static void apply_all(hl_wthread *t)
         t->b.failed += (uint64_t)fl;
         if (fl > 0)
             count_non_finite(t, t->own[i]);
+        check_new_users(t, t->own[i]);
     }
 }
 
@@ -242,15 +279,18 @@ void hl_batch_run(hl_wthread *t, int n)
     batch_begin(t);
     double a = hl_now_mono_s();
     for (int i = 0; i < n; i++)
-        decode_one(t, t->msgs[i], f);
+        decode_one(t, &t->msgs[i], f);
     for (int i = 0; i < n; i++)
-        rd_kafka_message_destroy(t->msgs[i]);
+        if (t->msgs[i] != NULL)         /* NULL: held by f's dead letters */
+            rd_kafka_message_destroy(t->msgs[i]);
     double b = hl_now_mono_s();
     apply_all(t);
     t->b.stage_s[STAGE_DECODE] = b - a;
     t->b.stage_s[STAGE_APPLY] = hl_now_mono_s() - b;
-    for (int i = 0; i < t->n_own; i++)
+    for (int i = 0; i < t->n_own; i++) {
         hl_publish_shard(t, t->own[i], f);
+        hl_shard_sweep(t->own[i]);  /* after publishing: every touched user has its list */
+    }
     hl_flight_note_offsets(t, f);
     count_batch(t, n);
 }

@@ -8,18 +8,51 @@
  * broker: that is what makes output at-least-once across a crash. Retiring
  * also observes each event's Kafka-timestamp-to-delivery latency.
  *
+ * A flight also holds its batch's bad records until their copies reach the
+ * DLQ topic. A copy that fails (refused at once, or its delivery report
+ * says so) is written with its headers to the local dead-letter file
+ * (deadletter.h, under snapshot.dir) before the flight retires; while that
+ * write fails the flight stays, and so does every later one: the input
+ * offset never moves past a bad record that is neither in the DLQ topic
+ * nor on disk (a stop then abandons the flights, so a restart reads the
+ * record again).
+ *
  * Owner thread only. */
 #include "thread_internal.h"
+#include "deadletter.h"
 
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen)
 {
     size_t bm = (size_t)t->ctx->o->batch_max_messages;
+    const char *sd = t->ctx->o->snapshot_dir;
+    size_t dl_len = (sd && sd[0] ? strlen(sd) + 1 : 0) + sizeof HL_DEADLETTER_SUBDIR;
+    t->dl_limit.interval_ms = 5000;
+    if ((t->dl_dir = malloc(dl_len)) == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
+    snprintf(t->dl_dir, dl_len, "%s%s%s", sd && sd[0] ? sd : "", sd && sd[0] ? "/" : "",
+             HL_DEADLETTER_SUBDIR);
     for (int i = 0; i < N_FLIGHTS; i++)
         if ((t->fl[i].ts_ms = malloc(bm * sizeof(int64_t))) == NULL)
             return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     return 0;
+}
+
+/* Lets go of f's held records (their copies are settled, or the flight is
+ * dropped without storing its offsets). */
+static void release_dead_letters(flight *f)
+{
+    while (f->dl != NULL) {
+        dead_letter *dl = f->dl;
+        f->dl = dl->next;
+        rd_kafka_message_destroy(dl->rkm);
+        free(dl);
+    }
+    f->hold = 0;
 }
 
 void hl_flight_free(hl_wthread *t)
@@ -28,7 +61,94 @@ void hl_flight_free(hl_wthread *t)
         free(t->fl[i].ts_ms);
         if (t->fl[i].offs)
             rd_kafka_topic_partition_list_destroy(t->fl[i].offs);
+        release_dead_letters(&t->fl[i]);
     }
+    free(t->dl_dir);
+}
+
+void hl_flight_dlq_headers(const rd_kafka_message_t *rkm, hl_codec_reason r,
+                           dlq_hdr_buf *buf, hl_header h[6])
+{
+    const char *rn = hl_codec_reason_name(r);
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    snprintf(buf->part, sizeof buf->part, "%d", (int)rkm->partition);
+    snprintf(buf->off, sizeof buf->off, "%lld", (long long)rkm->offset);
+    h[0] = (hl_header){"halflife.reason", rn, strlen(rn)};
+    h[1] = (hl_header){"halflife.source.topic", topic, strlen(topic)};
+    h[2] = (hl_header){"halflife.source.partition", buf->part, strlen(buf->part)};
+    h[3] = (hl_header){"halflife.source.offset", buf->off, strlen(buf->off)};
+    h[4] = (hl_header){NULL, NULL, 0};
+    h[5] = (hl_header){NULL, NULL, 0};
+}
+
+/* One allocation per bad record: they are the exception, not the batch. */
+dead_letter *hl_flight_dead_letter(hl_wthread *t, flight *f)
+{
+    dead_letter *dl = calloc(1, sizeof *dl);
+    if (dl == NULL) {
+        int zero = 0;
+        f->hold = 1;
+        atomic_compare_exchange_strong(t->ctx->stop, &zero, 1);
+        hl_log(HL_LOG_ERROR, "dead_letter_out_of_memory", "thread=%d action=\"offsets held; "
+               "stopping\"", t->id);
+        return NULL;
+    }
+    hl_ticket_reset(&dl->t);
+    dl->t.fail_counter = t->ctx->mx.dlq_errors;
+    dl->next = f->dl;
+    f->dl = dl;
+    return dl;
+}
+
+/* Writes one undelivered copy to the local dead-letter file. 0 once it is
+ * durable. */
+static int keep_one(hl_wthread *t, dead_letter *dl)
+{
+    const rd_kafka_message_t *rkm = dl->rkm;
+    char path[PATH_MAX], err[512];
+    const char *why = dl->send_failed ? dl->err : "delivery failed (see event=delivery_failed)";
+    dlq_hdr_buf hb;
+    hl_header h[8];
+    hl_flight_dlq_headers(rkm, dl->reason, &hb, h);
+    h[4] = (hl_header){"halflife.dlq.topic", t->ctx->dlq_topic, strlen(t->ctx->dlq_topic)};
+    h[5] = (hl_header){"halflife.dlq.error", why, strlen(why)};
+    h[6] = (hl_header){NULL, NULL, 0};
+    int rc = hl_deadletter_write(t->dl_dir, rd_kafka_topic_name(rkm->rkt), rkm->partition,
+                                 rkm->offset, h, rkm->key, rkm->key_len,
+                                 rkm->payload, rkm->len, path, sizeof path, err, sizeof err);
+    if (rc != 0) {
+        uint64_t sup = 0;
+        if (hl_log_limit_pass(&t->dl_limit, &sup))
+            hl_log(HL_LOG_ERROR, "dead_letter_not_kept", "partition=%d offset=%lld err=\"%s\" "
+                   "action=\"offsets held; retrying\" suppressed=%llu", (int)rkm->partition,
+                   (long long)rkm->offset, err, (unsigned long long)sup);
+        return rc;
+    }
+    hl_counter_add(t->ctx->mx.dl_kept, 1);
+    hl_log(HL_LOG_WARN, "dead_letter_kept", "partition=%d offset=%lld reason=%s path=%s "
+           "dlq_err=\"%s\"", (int)rkm->partition, (long long)rkm->offset,
+           hl_codec_reason_name(dl->reason), path, why);
+    return 0;
+}
+
+/* 1 when every bad record of f is in the DLQ topic or on disk: waits for
+ * none, writes the failed ones (each once: a kept one is marked). */
+static int dead_letters_settled(hl_wthread *t, flight *f)
+{
+    if (f->hold)
+        return 0;
+    for (dead_letter *dl = f->dl; dl != NULL; dl = dl->next)
+        if (!hl_ticket_done(&dl->t))
+            return 0;
+    for (dead_letter *dl = f->dl; dl != NULL; dl = dl->next) {
+        if (!dl->send_failed && atomic_load(&dl->t.failed) == 0)
+            continue;
+        if (keep_one(t, dl) != 0)
+            return 0;
+        dl->send_failed = 0;            /* kept: never written twice */
+        atomic_store(&dl->t.failed, 0);
+    }
+    return 1;
 }
 
 /* Event-to-publish: from each event's Kafka timestamp to now, when the list
@@ -62,11 +182,13 @@ static void retire_one(hl_wthread *t, flight *f)
         observe_latency(t, f);
     rd_kafka_topic_partition_list_destroy(f->offs);
     f->offs = NULL;
+    release_dead_letters(f);
 }
 
 void hl_flight_retire(hl_wthread *t)
 {
-    while (t->fl_n > 0 && hl_ticket_done(&t->fl[t->fl_head].t)) {
+    while (t->fl_n > 0 && hl_ticket_done(&t->fl[t->fl_head].t) &&
+           dead_letters_settled(t, &t->fl[t->fl_head])) {
         retire_one(t, &t->fl[t->fl_head]);
         t->fl_head = (t->fl_head + 1) % N_FLIGHTS;
         t->fl_n--;
@@ -106,6 +228,7 @@ flight *hl_flight_begin(hl_wthread *t)
          * not stored, so a restart reads those events again. */
         rd_kafka_topic_partition_list_destroy(t->fl[t->fl_head].offs);
         t->fl[t->fl_head].offs = NULL;
+        release_dead_letters(&t->fl[t->fl_head]);
         t->fl_head = (t->fl_head + 1) % N_FLIGHTS;
         t->fl_n--;
     }

@@ -96,6 +96,28 @@ int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed)
     return n;
 }
 
+/* Rows examined per batch: a floor so that small batches still make
+ * progress, plus one row per two events, so a pass over the table keeps
+ * pace with the inserts that fill it (each new user is examined within
+ * about 2U events of a table of U) while the apply path stays the cost of
+ * a batch. The capacity eviction bounds its work per insert in the same
+ * spirit (table.c's LRU_SCAN_PER_INSERT). */
+#define SWEEP_MIN_ROWS      256
+#define SWEEP_EVENTS_PER_ROW  2
+
+/* Rows already evicted leave the gate and the snapshot in progress as a
+ * capacity eviction does: the gate drops a waiting row whose user is gone
+ * (gate.c), a snapshot step skips dead rows and the fuzzy-snapshot rules
+ * (core/snapshot.c) cover a row evicted after it was copied. */
+size_t hl_shard_sweep(hl_shard *sh)
+{
+    if (sh->n_ev == 0)
+        return 0;           /* the decay reference (newest event time) did not move */
+    size_t rows = SWEEP_MIN_ROWS + (size_t)sh->n_ev / SWEEP_EVENTS_PER_ROW;
+    size_t limit = hl_table_row_limit(sh->tbl);
+    return hl_table_sweep(sh->tbl, rows < limit ? rows : limit);
+}
+
 void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2])
 {
     hl_table_stats st;

@@ -86,6 +86,16 @@ static inline void hl_shard_saw(hl_shard *sh, int64_t offset)
  * returns the number applied. */
 int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed);
 
+/* Mass eviction (state.evict.mass, DESIGN.md section 2) after a batch:
+ * examines a bounded number of rows (proportional to the batch's events,
+ * so a pass over U users takes about 2U events) and drops those whose mass,
+ * decayed to the newest event time the shard has seen, is below the bar in
+ * every head. Call it once the batch's lists are produced, so a user the
+ * batch touched has its list out before it can go. Owner thread; counted
+ * through the table's stats (hl_shard_publish_stats). Returns the users
+ * evicted. */
+size_t hl_shard_sweep(hl_shard *sh);
+
 /* min(next_offset, the gate's bound): the offset below which every
  * applied event has its list produced (gate.h). */
 static inline int64_t hl_shard_publishable_offset(hl_shard *sh)

@@ -204,7 +204,9 @@ int hl_wthread_wait_taken(hl_wthread *t, hl_shard **out, int max)
 static int copy_takes(hl_wthread *t)
 {
     int n = t->n_take;
-    if (n == 0 || reserve(&t->take_copy, &t->cap_take_copy, n, sizeof *t->take_copy) != 0)
+    if (n == 0)
+        return 0;           /* mail was a give: take_copy may still be NULL */
+    if (reserve(&t->take_copy, &t->cap_take_copy, n, sizeof *t->take_copy) != 0)
         return 0;
     memcpy(t->take_copy, t->take, sizeof *t->take * (size_t)n);
     return n;

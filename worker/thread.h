@@ -15,6 +15,7 @@
 #include "codec.h"
 #include "metrics.h"
 #include "model.h"
+#include "multipart.h"
 #include "producer.h"
 #include "shard.h"
 #include "worker.h"
@@ -38,6 +39,7 @@ typedef struct hl_wshared {
     hl_table_opts         topts;
     float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
     hl_persist           *persist;        /* NULL: no snapshots */
+    hl_multipart         *multipart;      /* users seen in two partitions; never NULL */
     hl_metrics           *reg;            /* never NULL */
     /* Shards a graceful stop could not save (final snapshot failed, or
      * skipped because lists were undelivered): threads add them as they
@@ -54,6 +56,8 @@ typedef struct hl_wshared {
         hl_counter   *dlq_errors, *unknown, *batches, *lists;
         hl_counter   *applied, *duplicates, *failed;
         hl_counter   *evictions[2];       /* mass, capacity */
+        hl_counter   *dl_kept;
+        hl_counter   *multipart;          /* users seen in two partitions */            /* bad records kept in the local dead-letter file */
         hl_histogram *batch_size, *stage[4], *e2p;
     } mx;
 } hl_wshared;

@@ -29,17 +29,33 @@
 
 enum { STAGE_DECODE, STAGE_APPLY, STAGE_REFRESH, STAGE_PRODUCE, N_STAGES };
 
+/* A bad record's copy to the DLQ (batch.c sends it, flight.c settles it).
+ * The input record is held until the copy is delivered or, when it is not,
+ * written to the local dead-letter file: until then its flight does not
+ * retire, so no stored offset passes it. */
+typedef struct dead_letter {
+    hl_ticket            t;          /* this one record's delivery: the producer
+                                        holds its address, so it never moves */
+    struct dead_letter  *next;
+    rd_kafka_message_t  *rkm;        /* the input record, held */
+    hl_codec_reason      reason;
+    int                  send_failed;/* produce() refused it at once (err says why) */
+    char                 err[160];
+} dead_letter;
+
 /* One batch's lists on their way (flight.c). */
 typedef struct flight {
     hl_ticket t;
     rd_kafka_topic_partition_list_t *offs;   /* next offset per partition */
     int64_t  *ts_ms;                         /* Kafka timestamps of the events */
     int       n_ts;
+    dead_letter *dl;                         /* its bad records' DLQ copies, newest first */
+    int       hold;                          /* a copy could not be tracked: never retire */
 } flight;
 
 /* What one batch counted, added to the registry once at its end (batch.c). */
 typedef struct batch_counts {
-    uint64_t unknown, lists, applied, duplicates, failed;
+    uint64_t unknown, lists, applied, duplicates, failed, multipart;
     uint64_t invalid[HL_CODEC_N_REASONS];
     double   stage_s[N_STAGES];
 } batch_counts;
@@ -69,8 +85,7 @@ struct hl_wthread {
     hl_codec    *codec;                             /* batch.c */
     rd_kafka_message_t **msgs;
     char        *arena;   size_t arena_used, arena_cap;  /* user ids of the batch */
-    hl_ticket    dlq_ticket;
-    hl_log_limit bad_limit, err_limit;
+    hl_log_limit bad_limit, err_limit, multi_limit;
     batch_counts b;
 
     hl_ranker   *ranker;                            /* publish.c; NULL: state only */
@@ -82,6 +97,8 @@ struct hl_wthread {
 
     flight       fl[N_FLIGHTS];                     /* flight.c: a ring */
     int          fl_head, fl_n;
+    char        *dl_dir;                            /* local dead letters */
+    hl_log_limit dl_limit;
 };
 
 /* The shard of partition, NULL when not this thread's (any of the files). */
@@ -109,6 +126,15 @@ int     hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen);
 void    hl_flight_free(hl_wthread *t);
 flight *hl_flight_begin(hl_wthread *t);
 void    hl_flight_note_offsets(hl_wthread *t, flight *f);
+/* A new DLQ copy in f (ticket reset, fail_counter set), or NULL when out
+ * of memory: then f is held (never retires, so its offsets are never
+ * stored) and the worker stops. */
+dead_letter *hl_flight_dead_letter(hl_wthread *t, flight *f);
+/* The DLQ headers of a bad record: h (6 entries, NULL-terminated) points
+ * into buf's strings. */
+typedef struct dlq_hdr_buf { char part[16], off[24]; } dlq_hdr_buf;
+void    hl_flight_dlq_headers(const rd_kafka_message_t *rkm, hl_codec_reason r,
+                              dlq_hdr_buf *buf, hl_header h[6]);
 void    hl_flight_retire(hl_wthread *t);
 int     hl_flight_drain(hl_wthread *t);
 

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #define HL_E2P_BUCKETS 24
+#define MULTIPART_BITS 20   /* 2^20 slots, 8 MB: see multipart.h for the odds */
 
 struct hl_worker {
     hl_worker_opts    o;
@@ -124,6 +125,11 @@ static void register_metrics(hl_worker *w)
     }
     w->ctx.mx.dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
         "Dead letters that could not be written.", NULL);
+    w->ctx.mx.multipart = hl_metrics_counter(reg, "halflife_users_multi_partition_total",
+        "Users inserted in one partition while noted in another (input not keyed by user_id).",
+        NULL);
+    w->ctx.mx.dl_kept = hl_metrics_counter(reg, "halflife_dead_letters_kept_total",
+        "Bad records whose DLQ copy failed, kept in snapshot.dir/dead-letters instead.", NULL);
     w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
         "Events applied to a user's state.", NULL);
     w->ctx.mx.duplicates = hl_metrics_counter(reg, "halflife_events_duplicate_total",
@@ -443,7 +449,23 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
             props[n++] = w->o.kafka[i];
     hl_counter *derr = hl_metrics_counter(w->reg, "halflife_delivery_errors_total",
                                           "Records the producer failed to deliver.", NULL);
-    if ((w->prod = hl_producer_create(props, n, derr, errbuf, errlen)) == NULL)
+    /* A bad record goes to the DLQ with its original bytes, so the producer
+     * must carry anything the consumer can fetch: a record up to
+     * receive.message.max.bytes (librdkafka's default 100000000; a record
+     * larger than fetch.max.bytes still comes, alone). The producer's own
+     * default (1000000) refused a 3 MB record. Producer only: on the
+     * consumer message.max.bytes would raise fetch.max.bytes with it. */
+    int n_prod = n;
+    hl_kafka_prop prod_props[261];
+    memcpy(prod_props, props, sizeof *props * (size_t)n);
+    if (!kafka_given(&w->o, "message.max.bytes")) {
+        const char *rmax = "100000000";
+        for (int i = 0; i < w->o.n_kafka; i++)
+            if (strcmp(w->o.kafka[i].key, "receive.message.max.bytes") == 0)
+                rmax = w->o.kafka[i].value;
+        prod_props[n_prod++] = (hl_kafka_prop){"message.max.bytes", rmax};
+    }
+    if ((w->prod = hl_producer_create(prod_props, n_prod, derr, errbuf, errlen)) == NULL)
         return HL_EINVAL;
     hl_consumer_opts co = {
         .bootstrap = w->bootstrap, .group_id = w->o.group_id,
@@ -499,6 +521,10 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
     register_metrics(w);
+    if ((w->ctx.multipart = hl_multipart_create(MULTIPART_BITS)) == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "worker: out of memory");
+        goto fail;
+    }
     if (table_opts(w, errbuf, errlen) != 0 || start_persist(w, errbuf, errlen) != 0 ||
         start_kafka(w, errbuf, errlen) != 0)
         goto fail;
@@ -519,6 +545,7 @@ void hl_worker_destroy(hl_worker *w)
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
     hl_persist_destroy(w->persist);     /* after every shard is gone */
+    hl_multipart_destroy(w->ctx.multipart);
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
     embedded_stop(w);

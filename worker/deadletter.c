@@ -1,0 +1,104 @@
+/* deadletter.c - a bad record that the dead-letter topic did not take,
+ * kept on local disk (the format is in deadletter.h).
+ *
+ * The caller holds the record's input offset back until this returns 0,
+ * so the write must be durable before it returns: temporary name, fsync,
+ * rename, directory fsync (the scheme snapshots use). A failure leaves no
+ * file under the final name; the caller retries later. */
+#include "deadletter.h"
+#include "io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The text head of the file into buf; its length, or -1 if it does not fit. */
+static int format_head(char *buf, size_t cap, const hl_header *headers,
+                       size_t key_len, size_t value_len)
+{
+    size_t n = 0;
+    int w = snprintf(buf, cap, "halflife dead letter 1\n");
+    for (int i = 0; w >= 0 && (n += (size_t)w) < cap && headers[i].name; i++)
+        w = snprintf(buf + n, cap - n, "%s: %.*s\n", headers[i].name,
+                     (int)headers[i].len, (const char *)headers[i].value);
+    if (w < 0 || n >= cap)
+        return -1;
+    w = snprintf(buf + n, cap - n, "key.bytes: %zu\nvalue.bytes: %zu\n\n", key_len, value_len);
+    if (w < 0 || (n += (size_t)w) >= cap)
+        return -1;
+    return (int)n;
+}
+
+/* dir, made durable in its parent when this call creates it. */
+static int make_dir(const hl_io *io, const char *dir)
+{
+    char parent[PATH_MAX];
+    if (mkdir(dir, 0755) != 0)
+        return errno == EEXIST ? 0 : -1;
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash == NULL)
+        snprintf(parent, sizeof parent, ".");
+    else if (slash == parent)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    return io->fsync_dir(io->ctx, parent);
+}
+
+static int write_file(const hl_io *io, const char *tmp, const char *head, size_t head_len,
+                      const void *key, size_t key_len, const void *value, size_t value_len)
+{
+    int fd = io->open(io->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return -1;
+    int rc = hl_io_write_all(io, fd, head, head_len);
+    if (rc == 0 && key_len > 0)
+        rc = hl_io_write_all(io, fd, key, key_len);
+    if (rc == 0 && value_len > 0)
+        rc = hl_io_write_all(io, fd, value, value_len);
+    if (rc == 0)
+        rc = io->fsync(io->ctx, fd);
+    int saved = errno;
+    if (io->close(io->ctx, fd) != 0 && rc == 0)
+        return -1;
+    errno = saved;
+    return rc;
+}
+
+int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
+                        int64_t offset, const hl_header *headers,
+                        const void *key, size_t key_len,
+                        const void *value, size_t value_len,
+                        char *path, size_t path_len, char *errbuf, size_t errlen)
+{
+    const hl_io *io = hl_io_posix();
+    char final[PATH_MAX], tmp[PATH_MAX + 8], head[4096];
+    int head_len = format_head(head, sizeof head, headers, key_len, value_len);
+    if (head_len < 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "dead letter %s/%d/%lld: headers too long",
+                      topic, (int)partition, (long long)offset);
+    if (snprintf(final, sizeof final, "%s/%s.%d.%020lld.dead", dir, topic, (int)partition,
+                 (long long)offset) >= (int)sizeof final)
+        return hl_err(errbuf, errlen, HL_EINVAL, "dead letter: path too long in %s", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", final);
+    if (make_dir(io, dir) != 0)
+        return hl_err(errbuf, errlen, HL_EIO, "dead letter: mkdir %s: %s", dir, strerror(errno));
+    if (write_file(io, tmp, head, (size_t)head_len, key, key_len, value, value_len) != 0) {
+        hl_err(errbuf, errlen, HL_EIO, "dead letter %s: %s", tmp, strerror(errno));
+        io->unlink(io->ctx, tmp);
+        return HL_EIO;
+    }
+    if (io->rename(io->ctx, tmp, final) != 0 || io->fsync_dir(io->ctx, dir) != 0) {
+        hl_err(errbuf, errlen, HL_EIO, "dead letter %s: publish: %s", final, strerror(errno));
+        io->unlink(io->ctx, tmp);
+        return HL_EIO;
+    }
+    if (path != NULL)
+        snprintf(path, path_len, "%s", final);
+    return 0;
+}

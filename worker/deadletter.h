@@ -1,0 +1,42 @@
+/* deadletter.h - the local dead-letter file: where a bad input record is
+ * kept when its copy to the dead-letter topic could not be delivered
+ * (DESIGN.md section 2: bad input is never silently lost; issue 16 item 5).
+ *
+ * One file per record, <dir>/<topic>.<partition>.<offset, 20 digits>.dead,
+ * written to a temporary name, fsynced, renamed and the directory fsynced,
+ * so once hl_deadletter_write() returns 0 the record survives a crash and
+ * the input offset may move past it. The file is the DLQ record as it
+ * would have been produced, readable with head(1):
+ *
+ *   halflife dead letter 1
+ *   <header name>: <value>        one line per DLQ header (halflife.reason,
+ *   ...                           halflife.source.topic/partition/offset),
+ *                                 then halflife.dlq.topic and
+ *                                 halflife.dlq.error (why the copy failed)
+ *   key.bytes: <n>
+ *   value.bytes: <n>
+ *   <empty line>
+ *   <the key's n bytes><the value's n bytes, the original record>
+ *
+ * Header values are written as they are; the worker's (reason names,
+ * topic names, numbers, error texts) hold no newline. Any thread. */
+#ifndef HL_DEADLETTER_H
+#define HL_DEADLETTER_H
+
+#include "producer.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HL_DEADLETTER_SUBDIR "dead-letters"
+
+/* Writes one record durably into dir (created if missing, one level).
+ * headers ends with a NULL name. The file's path goes to path (may be
+ * NULL). 0, or HL_EIO / HL_EINVAL with a reason naming the file. */
+int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
+                        int64_t offset, const hl_header *headers,
+                        const void *key, size_t key_len,
+                        const void *value, size_t value_len,
+                        char *path, size_t path_len, char *errbuf, size_t errlen);
+
+#endif

@@ -27,8 +27,9 @@ take about 20 s. The third worker logs librdkafka's group debug lines
   state of the abort);
 - rejoining: the sync failed and it joins again (the state of the abort);
 - owning: it holds all 4 partitions and has consumed every event.
-Then a worker gets SIGTERM 20 ms, 150 ms and 500 ms after it starts (while
-it reads its model and starts): exit 0 as well.
+Then a worker gets SIGTERM 0, 20, 150 and 500 ms after its handler is
+installed (while it reads its configuration and model and starts): exit 0
+as well.
 Checks, for each: exit status 0 within shutdown.timeout.ms and no assertion
 in its output; before any assignment it owned nothing and wrote no
 snapshot; when owning, the newest snapshot of every partition is at the
@@ -36,6 +37,7 @@ partition's high watermark.
 """
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -68,7 +70,7 @@ CASES = {
 
 def wait_text(w, text, count, timeout):
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while True:
         if w.log_text().count(text) >= count:
             return True
         if w.p.poll() is not None:
@@ -166,19 +168,64 @@ def run(ck):
     sigterm_at_start(ck, broker, model)
 
 
+def sigterm_handled(pid, timeout=10):
+    """Waits until pid catches SIGTERM (its handler is installed: the first
+    thing `halflife run` does); before that the signal's default action
+    ends any process, which no program can help."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                cgt = [ln for ln in f if ln.startswith("SigCgt:")]
+            if cgt and int(cgt[0].split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+                return True
+        except OSError:
+            return False
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.002)
+
+
 def sigterm_at_start(ck, broker, model):
-    """A SIGTERM while the model loads or the worker starts is a clean stop
-    too (the handler is installed before anything is started), not the
-    default action's exit 143: exit 0, nothing owned, no snapshot."""
+    """A SIGTERM while the configuration is read, the model loads or the
+    worker starts is a clean stop too, not the default action's exit 143:
+    exit 0, nothing owned, no snapshot."""
     bad = []
-    for i, delay in enumerate((0.02, 0.15, 0.5)):
+    for i, delay in enumerate((0.0, 0.02, 0.15, 0.5)):
         snapdir = os.path.join(ck.tmp, "snap-start-%d" % i)
         w = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "start%d.log" % i),
                      COMMON + ["group.id=start-%d" % i, "snapshot.dir=" + snapdir])
+        handled = sigterm_handled(w.p.pid)
         time.sleep(delay)
         rc, secs = w.term(TIMEOUT_MS / 1000.0 + 5)
-        if rc != 0 or C.newest_snapshots(snapdir) or "Assertion" in w.log_text():
-            bad.append("SIGTERM at +%.2f s: exit %s after %.2f s" % (delay, rc, secs))
+        if not handled or rc != 0 or C.newest_snapshots(snapdir) or "Assertion" in w.log_text():
+            bad.append("SIGTERM %.2f s after the handler (seen: %s): exit %s after %.2f s"
+                       % (delay, handled, rc, secs))
+    # The handler must come first, not after the model and the worker:
+    # while the properties file (a FIFO nobody writes yet) is being opened,
+    # SIGTERM must already be caught. Then the file is given (empty) and the
+    # SIGTERM that follows is a clean stop.
+    fifo = os.path.join(ck.tmp, "props.fifo")
+    os.mkfifo(fifo)
+    log = open(os.path.join(ck.tmp, "start-fifo.log"), "w")
+    p = ck.procs.popen([C.U.HL, "run", "-c", fifo, "-X", "kafka.bootstrap.servers=" +
+                        broker.bootstrap, "-X", "model.path=" + model, "-X", "metrics.port=0",
+                        "-X", "schemas.dir=" + C.U.SCHEMAS, "-X", "group.id=start-fifo",
+                        "-X", "snapshot.dir=" + os.path.join(ck.tmp, "sf")],
+                       stdout=log, stderr=subprocess.STDOUT)
+    handled = sigterm_handled(p.pid, timeout=5)
+    with open(fifo, "w"):
+        pass                            # an empty properties file
+    time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    try:
+        rc = p.wait(TIMEOUT_MS / 1000.0 + 5)
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    log.close()
+    if not handled or rc != 0:
+        bad.append("while reading its properties file the SIGTERM handler was %sinstalled; "
+                   "exit %s" % ("" if handled else "not ", rc))
     ck.check("sigterm_at_start", not bad, "; ".join(bad))
 
 

@@ -87,14 +87,15 @@ static void on_signal(int sig)
     alarm(run_deadline_s);
 }
 
-/* Installed as soon as the configuration is read, so a SIGTERM while the
- * model loads or the worker starts (Kubernetes may send one at any moment)
- * is a clean stop too, not the default action's exit 143. */
-static void install_signals(int shutdown_timeout_ms)
+/* Installed first thing, so a SIGTERM while the configuration is read,
+ * the model loads or the worker starts (Kubernetes may send one at any
+ * moment) is a clean stop too, not the default action's exit 143. The
+ * last-resort alarm's delay follows shutdown.timeout.ms once it is known. */
+static void install_signals(void)
 {
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
-    run_deadline_s = (unsigned)(shutdown_timeout_ms / 1000) + 5;
+    run_deadline_s = 30 + 5;            /* shutdown.timeout.ms's default */
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 }
@@ -111,6 +112,7 @@ int hl_cmd_run(int argc, char **argv)
 {
     char err[512];
     int rc = 1;
+    install_signals();
     hl_config *cfg = hl_config_create();
     hl_model *m = NULL;
     hl_metrics *reg = NULL;
@@ -124,7 +126,7 @@ int hl_cmd_run(int argc, char **argv)
     }
     hl_log_set_level(hl_config_log_level(cfg));
     hl_config_worker_opts(cfg, &o);
-    install_signals(o.shutdown_timeout_ms);
+    run_deadline_s = (unsigned)(o.shutdown_timeout_ms / 1000) + 5;
     const char *model_path = hl_config_str(cfg, "model.path");
     if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);

@@ -217,8 +217,7 @@ static void batch_begin(hl_wthread *t)
 
 /* Events the table's mass guard refused (status HL_ERANGE: they would
  * have made a user's state non-finite) get their own series as well as
- * failed. Rare, so the series (registered by worker.c) is looked up here
- * rather than kept in a field. The line shares err_limit with consume
+ * failed. The line shares err_limit with consume
  * errors, not bad_limit: a burst of bad records (the likely neighbours of
  * a huge weight) would otherwise hide it. */
 static void count_non_finite(hl_wthread *t, const hl_shard *sh)
@@ -228,8 +227,7 @@ static void count_non_finite(hl_wthread *t, const hl_shard *sh)
         n += sh->status[i] == HL_ERANGE;
     if (n == 0)
         return;
-    hl_counter_add(hl_metrics_counter(t->ctx->reg, "halflife_events_non_finite_total",
-                                      NULL, NULL), n);
+    hl_counter_add(t->ctx->mx.non_finite, n);
     if (hl_log_limit_pass(&t->err_limit, &sup))
         hl_log(HL_LOG_WARN, "non_finite_refused", "partition=%d events=%llu suppressed=%llu",
                (int)sh->partition, (unsigned long long)n, (unsigned long long)sup);

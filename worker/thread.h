@@ -54,7 +54,7 @@ typedef struct hl_wshared {
         hl_counter   *invalid[HL_CODEC_N_REASONS];
         hl_counter   *dlq[HL_CODEC_N_REASONS];
         hl_counter   *dlq_errors, *unknown, *batches, *lists;
-        hl_counter   *applied, *duplicates, *failed;
+        hl_counter   *applied, *duplicates, *failed, *non_finite;
         hl_counter   *evictions[2];       /* mass, capacity */
         hl_counter   *dl_kept;
         hl_counter   *multipart;          /* users seen in two partitions */            /* bad records kept in the local dead-letter file */

@@ -110,12 +110,12 @@ static const double e2p_bounds_s[HL_E2P_BUCKETS] = {
     0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60,
 };
 
-static void register_metrics(hl_worker *w)
+/* What happened to the input: one counter per fact (hl_worker_stats reads
+ * them back). */
+static void register_event_counters(hl_worker *w)
 {
-    static const double size_bounds[] = {1, 10, 100, 1000, 10000, 100000};
-    static const char *const stages[4] = {"decode", "apply", "refresh", "produce"};
     hl_metrics *reg = w->reg;
-    char labels[256];
+    char labels[64];
     for (int r = 1; r < HL_CODEC_N_REASONS; r++) {
         snprintf(labels, sizeof labels, "reason=\"%s\"", hl_codec_reason_name(r));
         w->ctx.mx.invalid[r] = hl_metrics_counter(reg, "halflife_events_invalid_total",
@@ -136,7 +136,7 @@ static void register_metrics(hl_worker *w)
         "Events skipped as already applied (a replay after a restart or rebalance).", NULL);
     w->ctx.mx.failed = hl_metrics_counter(reg, "halflife_events_failed_total",
         "Events that could not be applied (no room for a new user).", NULL);
-    hl_metrics_counter(reg, "halflife_events_non_finite_total",  /* added to by batch.c */
+    w->ctx.mx.non_finite = hl_metrics_counter(reg, "halflife_events_non_finite_total",
         "Events refused because they could make a user's state non-finite "
         "(a decayed mass past 1e30); also counted as failed.", NULL);
     w->ctx.mx.unknown = hl_metrics_counter(reg, "halflife_unknown_items_total",
@@ -149,6 +149,15 @@ static void register_metrics(hl_worker *w)
         "Users dropped from state, by reason.", "reason=\"mass\"");
     w->ctx.mx.evictions[1] = hl_metrics_counter(reg, "halflife_evictions_total",
         "Users dropped from state, by reason.", "reason=\"capacity\"");
+}
+
+/* How long things take: per batch stage, and event to published list. */
+static void register_timings(hl_worker *w)
+{
+    static const double size_bounds[] = {1, 10, 100, 1000, 10000, 100000};
+    static const char *const stages[4] = {"decode", "apply", "refresh", "produce"};
+    hl_metrics *reg = w->reg;
+    char labels[64];
     w->ctx.mx.batch_size = hl_metrics_histogram(reg, "halflife_batch_size",
         "Records per batch.", NULL, size_bounds, 6);
     for (int s = 0; s < 4; s++) {
@@ -159,6 +168,13 @@ static void register_metrics(hl_worker *w)
     w->ctx.mx.e2p = hl_metrics_histogram(reg, "halflife_event_to_publish_seconds",
         "From an event's Kafka timestamp to the delivery of the list it changed.",
         NULL, e2p_bounds_s, HL_E2P_BUCKETS);
+}
+
+/* The process: deliveries, group membership, the model in use. */
+static void register_process(hl_worker *w)
+{
+    hl_metrics *reg = w->reg;
+    char labels[256];
     hl_metrics_counter(reg, "halflife_delivery_errors_total",
         "Records the producer failed to deliver.", NULL);
     w->rebalances = hl_metrics_counter(reg, "halflife_rebalances_total",
@@ -172,6 +188,13 @@ static void register_metrics(hl_worker *w)
              version, (int)mi->n_items, mi->dim);
     hl_gauge_set(hl_metrics_gauge(reg, "halflife_model_info",
         "The model in use (always 1).", labels), 1);
+}
+
+static void register_metrics(hl_worker *w)
+{
+    register_event_counters(w);
+    register_timings(w);
+    register_process(w);
 }
 
 /* ---- rebalance --------------------------------------------------------- */

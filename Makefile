@@ -14,12 +14,12 @@ SANFLAGS:=
 OPT     := -O2
 endif
 
-PKGS     := rdkafka avro-c openblas libmicrohttpd
+PKGS     := rdkafka avro-c openblas libmicrohttpd libcurl jansson
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS   += -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) $(SANFLAGS) -MMD -MP \
             $(shell pkg-config --cflags openblas 2>/dev/null)
 CORE_LIBS:= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -lm
-ALL_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lrdkafka -lavro -lopenblas -lmicrohttpd) -lpthread -lm
+ALL_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lrdkafka -lavro -lopenblas -lmicrohttpd -lcurl -ljansson) -lpthread -lm
 LDFLAGS  += $(SANFLAGS)
 
 # core/: what the worker links; core/train/: offline fitting and evaluation;

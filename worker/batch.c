@@ -36,6 +36,7 @@ int hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen)
 
 void hl_batch_free(hl_wthread *t)
 {
+    hl_park_free(t);
     hl_codec_destroy(t->codec);
     free(t->msgs);
     free(t->arena);
@@ -59,7 +60,7 @@ int hl_batch_consume(hl_wthread *t)
 {
     int bm = t->ctx->o->batch_max_messages;
     int64_t end = hl_now_mono_ms() + t->ctx->o->batch_max_ms;
-    int n = 0;
+    int n = t->n_waits > 0 ? hl_park_take_ready(t, t->msgs, bm) : 0;  /* they come first */
     /* batch.max.ms bounds the wait, not the take: while records are queued
      * they are taken without a timeout, so no clock is read per record
      * (a clock read per record showed as 9% of a state-only profile). */
@@ -157,9 +158,17 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, flight *f)
     hl_shard *sh = hl_wthread_shard_of(t, rkm->partition);
     if (sh == NULL)
         return;                 /* a partition this thread let go of */
-    hl_shard_saw(sh, rkm->offset);
+    if (t->n_waits > 0 && hl_park_waiting(t, rkm->partition)) {
+        hl_park_add(t, rkmp, "behind a record that waits");   /* keeps the order */
+        return;
+    }
     hl_codec_reason r = hl_codec_decode_event(t->codec, rkm->payload ? rkm->payload : "",
                                               rkm->len, &cev, detail, sizeof detail);
+    if (r == HL_CODEC_WAIT) {   /* not seen: no stored offset passes it */
+        hl_park_add(t, rkmp, detail);
+        return;
+    }
+    hl_shard_saw(sh, rkm->offset);
     if (r != HL_CODEC_OK) {
         bad_record(t, rkmp, r, detail, f);
         return;

@@ -46,7 +46,15 @@ static const key_def keys[] = {
     {"input.format",        T_ENUM, "confluent", 0, 0, "confluent|raw", "input framing: Confluent (magic 0, schema id) or plain Avro binary"},
     {"output.format",       T_ENUM, "confluent", 0, 0, "confluent|raw", "output framing"},
     {"schemas.dir",         T_STR,  "schemas", 1, 4095, NULL, "writer schemas by id, <dir>/<id>.avsc"},
-    {"output.schema.id",    T_INT,  "2", 0, 2147483647.0, NULL, "schema id written before each list in Confluent framing"},
+    {"output.schema.id",    T_INT,  "2", 0, 2147483647.0, NULL, "schema id written before each list in Confluent framing (without schema.registry.url)"},
+    {"schema.registry.url", T_STR,  NULL, 1, 4095, NULL, "Schema Registry URLs, comma-separated, tried in turn; set: writer schemas come from it by id and the lists' schema is registered under <output.topic>-value (schemas.dir and output.schema.id are then unused)"},
+    {"schema.registry.timeout.ms", T_INT, "10000", 1, 600000, NULL, "longest wait for one registry request to one URL"},
+    {"schema.registry.auto.register", T_BOOL, "true", 0, 0, NULL, "register the lists' schema at start; false: only look its id up (it must be registered)"},
+    {"schema.registry.basic.auth.user.info", T_STR, NULL, 3, 1024, NULL, "user:password for HTTP Basic auth to the registry (never printed)"},
+    {"schema.registry.ssl.ca.location", T_STR, NULL, 1, 4095, NULL, "CA certificates file to verify the registry's TLS certificate (default: the system's)"},
+    {"schema.registry.ssl.certificate.location", T_STR, NULL, 1, 4095, NULL, "client certificate file (PEM) for TLS to the registry"},
+    {"schema.registry.ssl.key.location", T_STR, NULL, 1, 4095, NULL, "private key file (PEM) of that certificate"},
+    {"schema.registry.fallback.dir", T_STR, NULL, 1, 4095, NULL, "writer schemas <dir>/<id>.avsc used only for ids the registry answers 404 for; unset: none"},
     {"event.min.ts.ms",     T_INT,  "0", -BIG, BIG, NULL, "events before this time (ms since 1970) are invalid (bad_timestamp)"},
     {"event.max.ts.ms",     T_INT,  "4102444800000", -BIG, BIG, NULL, "events after this time are invalid (default 2100-01-01)"},
     {"event.max.weight",    T_NUM,  "1e6", 1e-6, 1e30, NULL, "events whose weight field is above this (or NaN, infinite, negative) are invalid (bad_weight)"},
@@ -128,6 +136,12 @@ static int parse_bool(const char *s)
     return -1;
 }
 
+/* A key whose value is never printed: credentials. */
+static int is_secret(const key_def *d)
+{
+    return strstr(d->key, "user.info") != NULL || strstr(d->key, "password") != NULL;
+}
+
 /* Parses text for key k into *out; a reason naming key, value, origin and
  * what is allowed otherwise. */
 static int parse_value(int k, const char *text, const char *origin, setting *out,
@@ -142,6 +156,9 @@ static int parse_value(int k, const char *text, const char *origin, setting *out
     case T_STR:
         /* At most 64 bytes of the value: a long one would push the origin
          * (which file line) out of errbuf. */
+        if ((len < d->min || len > d->max) && is_secret(d))
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s (from %s): length %zu, allowed %.0f..%.0f "
+                          "(the value is not shown)", d->key, origin, len, d->min, d->max);
         if (len < d->min || len > d->max)
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): length %zu, allowed %.0f..%.0f",
                           d->key, text, len > 64 ? "..." : "", origin, len, d->min, d->max);
@@ -558,6 +575,7 @@ static void codec_opts(const hl_config *cfg, hl_codec_opts *c)
     c->output_framing = framing(cfg, "output.format");
     c->schemas_dir = hl_config_str(cfg, "schemas.dir");
     c->output_schema_id = (int32_t)hl_config_int(cfg, "output.schema.id");
+    c->event_schema_id = 0;
     c->min_ts_ms = hl_config_int(cfg, "event.min.ts.ms");
     c->max_ts_ms = hl_config_int(cfg, "event.max.ts.ms");
     c->max_weight = hl_config_num(cfg, "event.max.weight");
@@ -583,6 +601,21 @@ static int offset_reset_latest(const hl_config *cfg)
     if (reset == NULL)
         reset = hl_config_str(cfg, "auto.offset.reset");
     return strcmp(reset, "latest") == 0 || strcmp(reset, "end") == 0;
+}
+
+/* schema.registry.*: registry.urls NULL when no registry is configured. */
+static void registry_opts(const hl_config *cfg, hl_worker_opts *o)
+{
+    o->registry = (hl_registry_opts){
+        .urls = hl_config_str(cfg, "schema.registry.url"),
+        .timeout_ms = (int)hl_config_int(cfg, "schema.registry.timeout.ms"),
+        .user_info = hl_config_str(cfg, "schema.registry.basic.auth.user.info"),
+        .ssl_ca = hl_config_str(cfg, "schema.registry.ssl.ca.location"),
+        .ssl_cert = hl_config_str(cfg, "schema.registry.ssl.certificate.location"),
+        .ssl_key = hl_config_str(cfg, "schema.registry.ssl.key.location"),
+    };
+    o->registry_auto_register = hl_config_bool(cfg, "schema.registry.auto.register");
+    o->registry_fallback_dir = hl_config_str(cfg, "schema.registry.fallback.dir");
 }
 
 void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
@@ -612,6 +645,7 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->shutdown_timeout_ms = (int)hl_config_int(cfg, "shutdown.timeout.ms");
     o->offset_reset_latest = offset_reset_latest(cfg);
     o->embedded_partitions = (int)hl_config_int(cfg, "embedded.partitions");
+    registry_opts(cfg, o);
 }
 
 int hl_config_log_level(const hl_config *cfg)

@@ -58,6 +58,7 @@ typedef struct hl_wshared {
         hl_counter   *evictions[2];       /* mass, capacity */
         hl_counter   *dl_kept;
         hl_counter   *multipart;          /* users seen in two partitions */            /* bad records kept in the local dead-letter file */
+        hl_gauge     *schema_waiting;     /* partitions paused for a writer schema */
         hl_histogram *batch_size, *stage[4], *e2p;
     } mx;
 } hl_wshared;

@@ -9,6 +9,8 @@
  *              produce it; recs.min.interval.ms through the shard's gate
  *   flight.c   the batches whose lists are in flight: their offsets are
  *              stored only once those lists are delivered, in order
+ *   park.c     records waiting for their writer schema (Schema Registry),
+ *              their partitions paused meanwhile
  *
  * The calls run one way: thread.c -> batch.c -> publish.c -> flight.c (and
  * thread.c to each). The struct is one block so each file reads the fields
@@ -53,6 +55,13 @@ typedef struct flight {
     int       hold;                          /* a copy could not be tracked: never retire */
 } flight;
 
+/* A partition paused until schema_id has an answer (park.c). */
+typedef struct park_wait {
+    int32_t partition, schema_id;
+    int64_t since_ms;
+    int     ready;                           /* answered, at the last look */
+} park_wait;
+
 /* What one batch counted, added to the registry once at its end (batch.c). */
 typedef struct batch_counts {
     uint64_t unknown, lists, applied, duplicates, failed, multipart;
@@ -95,6 +104,9 @@ struct hl_wthread {
     hl_codec_rec *crec;
     uint8_t     *enc;     size_t enc_cap;
 
+    rd_kafka_message_t **park; int n_park, cap_park;/* park.c: in arrival order */
+    park_wait   *waits;   int n_waits, cap_waits;
+
     flight       fl[N_FLIGHTS];                     /* flight.c: a ring */
     int          fl_head, fl_n;
     char        *dl_dir;                            /* local dead letters */
@@ -120,6 +132,21 @@ void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f);
 /* Revocation and shutdown: refreshes every user recs.min.interval.ms holds
  * back in shs[0..n_sh) (NULL entries skipped) into one flight. */
 void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh);
+
+/* park.c */
+int  hl_park_waiting(hl_wthread *t, int32_t partition);
+/* Parks *rkmp (taken: *rkmp becomes NULL) behind its partition's earlier
+ * parked records, pausing the partition if it was not waiting; why is the
+ * codec's sentence. Out of memory: the record is left to the caller (not
+ * seen, so its offset is never stored) and the worker stops. */
+void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why);
+/* Before a batch: the parked records of partitions whose schema has an
+ * answer now, in order, into out (at most max); such a partition resumes
+ * once none of its records is left parked. */
+int  hl_park_take_ready(hl_wthread *t, rd_kafka_message_t **out, int max);
+/* A partition let go of: its parked records dropped, the partition resumed. */
+void hl_park_drop(hl_wthread *t, int32_t partition);
+void hl_park_free(hl_wthread *t);
 
 /* flight.c */
 int     hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen);

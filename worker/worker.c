@@ -16,6 +16,7 @@
 #include "consumer.h"
 #include "log.h"
 #include "persist.h"
+#include "schema_store.h"
 #include "thread.h"
 
 #include <cblas.h>
@@ -52,6 +53,7 @@ struct hl_worker {
     atomic_int        have_assignment;
     hl_gauge         *assigned_g;
     hl_persist       *persist;        /* NULL without snapshot.dir */
+    hl_schema_store  *schemas;        /* NULL without schema.registry.url */
     hl_counter       *rebalances;
     pthread_mutex_t   lat_mu;         /* also guards closed */
     pthread_cond_t    closed_cv;
@@ -158,6 +160,9 @@ static void register_timings(hl_worker *w)
     static const char *const stages[4] = {"decode", "apply", "refresh", "produce"};
     hl_metrics *reg = w->reg;
     char labels[64];
+    w->ctx.mx.schema_waiting = hl_metrics_gauge(reg, "halflife_partitions_waiting_schema",
+        "Input partitions paused because a record waits for its writer schema from the "
+        "Schema Registry.", NULL);
     w->ctx.mx.batch_size = hl_metrics_histogram(reg, "halflife_batch_size",
         "Records per batch.", NULL, size_bounds, 6);
     for (int s = 0; s < 4; s++) {
@@ -500,6 +505,66 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* The lists' schema id under "<output.topic>-value" (TopicNameStrategy):
+ * registered, or only looked up. An unreachable registry is tried 4 times,
+ * 1, 2 and 4 s apart, then the start fails (an orchestrator restarts it). */
+static int list_schema_id(hl_worker *w, hl_registry *r, int32_t *id, char *errbuf,
+                          size_t errlen)
+{
+    char subject[300];
+    int rc = HL_EAGAIN;
+    snprintf(subject, sizeof subject, "%s-value", w->o.output_topic);
+    for (int attempt = 0; attempt < 4 && rc == HL_EAGAIN && !atomic_load(&w->stop); attempt++) {
+        if (attempt > 0)
+            sleep(1u << (attempt - 1));
+        rc = w->o.registry_auto_register
+                 ? hl_registry_register(r, subject, hl_codec_list_schema(), id, errbuf, errlen)
+                 : hl_registry_lookup(r, subject, hl_codec_list_schema(), id, errbuf, errlen);
+    }
+    if (rc == HL_ENOENT && !w->o.registry_auto_register)
+        return hl_err(errbuf, errlen, rc, "the lists' schema is not registered under subject "
+                      "%s (schema.registry.auto.register=false): register "
+                      "schemas/recommendation_list.avsc there, or allow auto.register", subject);
+    if (rc == 0)
+        hl_log(HL_LOG_INFO, "list_schema", "subject=%s id=%d how=%s", subject, (int)*id,
+               w->o.registry_auto_register ? "registered" : "looked_up");
+    return rc;
+}
+
+/* With schema.registry.url: the lists carry the registry's id, and the
+ * codecs read writer schemas through the store (schema_store.h). */
+static int start_registry(hl_worker *w, char *errbuf, size_t errlen)
+{
+    char why[512], shown[1024];
+    int32_t id = 0;
+    if (w->o.registry.urls == NULL || w->o.registry.urls[0] == '\0')
+        return 0;
+    hl_registry *r = hl_registry_create(&w->o.registry, errbuf, errlen);
+    if (r == NULL)
+        return HL_EINVAL;
+    hl_registry_urls_redacted(r, shown, sizeof shown);
+    if (w->o.codec.output_framing == HL_FRAMING_CONFLUENT &&
+        list_schema_id(w, r, &id, why, sizeof why) != 0) {
+        hl_registry_destroy(r);
+        return hl_err(errbuf, errlen, HL_EINVAL, "schema registry at start: %s", why);
+    }
+    w->o.codec.output_schema_id = id;
+    if (w->o.codec.input_framing != HL_FRAMING_CONFLUENT) {
+        hl_registry_destroy(r);             /* raw input names no schema id */
+        return 0;
+    }
+    if ((w->schemas = hl_schema_store_create(r, w->o.registry_fallback_dir, w->reg, errbuf,
+                                             errlen)) == NULL)
+        return HL_ENOMEM;
+    if (w->o.codec.output_framing == HL_FRAMING_CONFLUENT)
+        hl_schema_store_set_probe(w->schemas, id);
+    w->o.codec.schema_fn = hl_schema_store_get;
+    w->o.codec.schema_arg = w->schemas;
+    hl_log(HL_LOG_INFO, "schema_registry", "url=%s fallback_dir=%s", shown,
+           w->o.registry_fallback_dir ? w->o.registry_fallback_dir : "none");
+    return 0;
+}
+
 static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
 {
     w->th = calloc((size_t)w->o.threads, sizeof *w->th);
@@ -553,7 +618,7 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         goto fail;
     w->ctx.consumer = hl_consumer_handle(w->cons);
     w->ctx.prod = w->prod;
-    if (start_threads(w, errbuf, errlen) != 0)
+    if (start_registry(w, errbuf, errlen) != 0 || start_threads(w, errbuf, errlen) != 0)
         goto fail;
     return w;
 fail:
@@ -567,6 +632,7 @@ void hl_worker_destroy(hl_worker *w)
         return;                 /* abandoned: librdkafka would block; the process ends */
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
+    hl_schema_store_destroy(w->schemas);  /* after every codec that asks it */
     hl_persist_destroy(w->persist);     /* after every shard is gone */
     hl_multipart_destroy(w->ctx.multipart);
     hl_consumer_destroy(w->cons);

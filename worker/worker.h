@@ -12,6 +12,7 @@
 #include "model.h"
 #include "metrics.h"
 #include "producer.h"
+#include "registry.h"
 
 #include <signal.h>
 
@@ -26,6 +27,13 @@ typedef struct hl_worker_opts {
     const char *input_topic, *output_topic;
     const char *dlq_topic;          /* NULL: <input>.dlq; "": disabled */
     hl_codec_opts codec;
+    /* schema.registry.*: urls NULL for none (schemas.dir and
+     * output.schema.id then apply). With one, hl_worker_create registers
+     * (auto_register) or looks up the lists' schema under
+     * "<output_topic>-value" and fetches writer schemas by id from it. */
+    hl_registry_opts registry;
+    int         registry_auto_register;
+    const char *registry_fallback_dir;   /* NULL: none */
     int         recs_enabled;       /* 0: state only, no lists (benchmarks) */
     int         recs_k, recs_exclude_seen;
     int64_t     recs_min_interval_ms; /* 0: refresh after every batch that touched a user */

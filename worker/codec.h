@@ -52,17 +52,17 @@ typedef struct hl_codec_opts {
     hl_framing  input_framing;     /* input.format */
     hl_framing  output_framing;    /* output.format */
     const char *schemas_dir;       /* writer schemas by id: <dir>/<id>.avsc */
-    hl_codec_schema_fn schema_fn;  /* set: writer schemas come from it, not
-                                      from schemas_dir (and id 1 is not built
-                                      in: ids are the registry's) */
-    void       *schema_arg;
     int32_t     output_schema_id;  /* output.schema.id, or the registry's id */
-    int32_t     event_schema_id;   /* the id hl_codec_encode_event writes;
-                                      0 means 1 (schemas/1.avsc) */
     int64_t     min_ts_ms, max_ts_ms; /* accepted event times */
     double      max_weight;        /* event.max.weight: larger weights are
                                       bad_weight; 0 means
                                       HL_CODEC_DEFAULT_MAX_WEIGHT */
+    hl_codec_schema_fn schema_fn;  /* set: writer schemas come from it, not
+                                      from schemas_dir (and id 1 is not built
+                                      in: ids are the registry's) */
+    void       *schema_arg;
+    int32_t     event_schema_id;   /* the id hl_codec_encode_event writes;
+                                      0 means 1 (schemas/1.avsc) */
 } hl_codec_opts;
 
 /* A weight field far beyond any rating or count, yet small enough that a

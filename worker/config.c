@@ -50,7 +50,7 @@ static const key_def keys[] = {
     {"schema.registry.url", T_STR,  NULL, 1, 4095, NULL, "Schema Registry URLs, comma-separated, tried in turn; set: writer schemas come from it by id and the lists' schema is registered under <output.topic>-value (schemas.dir and output.schema.id are then unused)"},
     {"schema.registry.timeout.ms", T_INT, "10000", 1, 600000, NULL, "longest wait for one registry request to one URL"},
     {"schema.registry.auto.register", T_BOOL, "true", 0, 0, NULL, "register the lists' schema at start; false: only look its id up (it must be registered)"},
-    {"schema.registry.basic.auth.user.info", T_STR, NULL, 3, 1024, NULL, "user:password for HTTP Basic auth to the registry (never printed)"},
+    {"schema.registry.basic.auth.user.info", T_STR, NULL, 1, 1024, NULL, "user:password for HTTP Basic auth to the registry (never printed)"},
     {"schema.registry.ssl.ca.location", T_STR, NULL, 1, 4095, NULL, "CA certificates file to verify the registry's TLS certificate (default: the system's)"},
     {"schema.registry.ssl.certificate.location", T_STR, NULL, 1, 4095, NULL, "client certificate file (PEM) for TLS to the registry"},
     {"schema.registry.ssl.key.location", T_STR, NULL, 1, 4095, NULL, "private key file (PEM) of that certificate"},

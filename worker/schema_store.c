@@ -241,9 +241,7 @@ static void fetch(hl_schema_store *s, int32_t id, int probe)
     int rc = hl_registry_schema_by_id(s->reg, id, &text, err, sizeof err);
     pthread_mutex_lock(&s->mu);
     if (rc == HL_EAGAIN || rc == HL_EDENIED || rc == HL_ENOMEM) {
-        if (rc == HL_EDENIED)
-            hl_log(HL_LOG_ERROR, "schema_registry_denied", "err=\"%s\"", err);
-        failed(s, err);
+        failed(s, err);             /* the down line names the cause: 401 too */
         return;
     }
     answered(s);

@@ -65,6 +65,11 @@ class State:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in one segment: written apart on a kept-alive
+    # connection, Nagle's algorithm held the body until the client's
+    # delayed ACK, 40 ms per request (a real registry does not do that).
+    disable_nagle_algorithm = True
+    wbufsize = 1 << 16
     state = None
     user = None                    # "user:password" or None
 

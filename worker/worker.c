@@ -505,21 +505,39 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* Sleeps ms in steps of 100, 1 if told to give up meanwhile. */
+static int nap_or_abort(const hl_worker *w, int64_t ms)
+{
+    for (int64_t t = 0; t < ms; t += 100) {
+        if (w->o.start_abort != NULL && *w->o.start_abort)
+            return 1;
+        usleep(100000);
+    }
+    return w->o.start_abort != NULL && *w->o.start_abort;
+}
+
 /* The lists' schema id under "<output.topic>-value" (TopicNameStrategy):
- * registered, or only looked up. An unreachable registry is tried 4 times,
- * 1, 2 and 4 s apart, then the start fails (an orchestrator restarts it). */
+ * registered, or only looked up. Nothing can be published without it, so
+ * an unreachable registry (or 5xx) is waited for, 1, 2, 4 then 5 s apart,
+ * one line each, until it answers or start_abort is set; anything else
+ * (credentials refused, not registered) fails the start at once. */
 static int list_schema_id(hl_worker *w, hl_registry *r, int32_t *id, char *errbuf,
                           size_t errlen)
 {
     char subject[300];
-    int rc = HL_EAGAIN;
+    int rc;
     snprintf(subject, sizeof subject, "%s-value", w->o.output_topic);
-    for (int attempt = 0; attempt < 4 && rc == HL_EAGAIN && !atomic_load(&w->stop); attempt++) {
-        if (attempt > 0)
-            sleep(1u << (attempt - 1));
+    for (int64_t backoff_ms = 1000; ; backoff_ms = backoff_ms < 4000 ? backoff_ms * 2 : 5000) {
         rc = w->o.registry_auto_register
                  ? hl_registry_register(r, subject, hl_codec_list_schema(), id, errbuf, errlen)
                  : hl_registry_lookup(r, subject, hl_codec_list_schema(), id, errbuf, errlen);
+        if (rc != HL_EAGAIN)
+            break;
+        hl_log(HL_LOG_WARN, "schema_registry_wait_start", "err=\"%s\" retry_ms=%lld "
+               "action=\"the lists' schema id is needed before the worker joins its group\"",
+               errbuf, (long long)backoff_ms);
+        if (nap_or_abort(w, backoff_ms))
+            return hl_err(errbuf, errlen, HL_EAGAIN, "stopped while waiting for the registry");
     }
     if (rc == HL_ENOENT && !w->o.registry_auto_register)
         return hl_err(errbuf, errlen, rc, "the lists' schema is not registered under subject "

@@ -57,6 +57,10 @@ typedef struct hl_worker_opts {
      * lists this way); NULL for none. Must be quick and thread-safe. */
     void      (*on_list)(void *arg, const hl_codec_list *l);
     void       *on_list_arg;
+    /* Looked at while hl_worker_create waits for an unreachable Schema
+     * Registry (the lists' schema id is needed before anything is
+     * published): non-zero gives up. NULL: wait until it answers. */
+    volatile sig_atomic_t *start_abort;
 } hl_worker_opts;
 
 /* m and reg are borrowed and must outlive the worker; reg may be NULL (the

@@ -16,6 +16,10 @@ application/vnd.schemaregistry.v1+json. Ids are global: one id per distinct
 schema (compared as parsed JSON), shared across subjects, as Confluent's
 registry assigns them; versions count per subject from 1.
 
+SIGUSR1 makes every GET /schemas/ids/{id} answer 503 + 50001 (the error of
+a registry whose backing store is away) until SIGUSR2; registration still
+works, so a test can play a registry that half fails.
+
 State (schemas, subjects) lives in --state FILE, rewritten after each
 registration, so a stopped and restarted stand-in keeps its ids (tests stop
 it to play an outage). It prints "port=N" on stdout once it listens.
@@ -26,6 +30,7 @@ import argparse
 import base64
 import json
 import os
+import signal
 import sys
 import threading
 import urllib.parse
@@ -61,6 +66,9 @@ class State:
             if json.loads(s) == want:
                 return i + 1
         return None
+
+
+FAILING = threading.Event()     # set: schema reads answer 503
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -113,6 +121,8 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         with st.lock:
             if len(p) == 3 and p[:2] == ["schemas", "ids"] and p[2].isdigit():
+                if FAILING.is_set():
+                    return self.error(503, 50001, "Error in the backend data store")
                 i = int(p[2])
                 if 1 <= i <= len(st.schemas):
                     return self.answer(200, {"schema": st.schemas[i - 1]})
@@ -177,6 +187,8 @@ def main():
     a = ap.parse_args()
     Handler.state = State(a.state)
     Handler.user = a.user
+    signal.signal(signal.SIGUSR1, lambda *_: FAILING.set())
+    signal.signal(signal.SIGUSR2, lambda *_: FAILING.clear())
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
     print("port=%d" % srv.server_address[1], flush=True)

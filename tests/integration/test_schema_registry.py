@@ -22,6 +22,8 @@ Cases:
       and every list carries its id; python3-avro decodes every list with the
       schema fetched from the registry by that id
   wrong_credentials_refused_at_start / password_in_no_log_line
+  start_waits_for_registry          a worker started while the registry is
+      away waits for it, starts once it is back, stops cleanly on SIGTERM
 """
 import io
 import json
@@ -313,6 +315,32 @@ def check_wrong_credentials(tmp, bootstrap, model, url):
     return log
 
 
+def check_start_waits(tmp, bootstrap, model, reg):
+    """A worker started while the registry is away waits for it (the lists'
+    schema id comes first), then starts; a SIGTERM meanwhile is a clean stop."""
+    reg.stop()
+    extra = ["schema.registry.url=" + reg.url, "schemas.dir=" + os.path.join(tmp, "none"),
+             "schema.registry.basic.auth.user.info=%s:%s" % (USER, PASSWORD),
+             "snapshot.dir=" + os.path.join(tmp, "snap_wait")]
+    w = U.Worker(bootstrap, model, os.path.join(tmp, "worker_wait.log"), extra=extra)
+    w2 = U.Worker(bootstrap, model, os.path.join(tmp, "worker_wait2.log"), extra=extra)
+    deadline = time.time() + 20
+    while time.time() < deadline and "schema_registry_wait_start" not in w.log_text() + "":
+        time.sleep(0.2)
+    waiting = w.p.poll() is None and "schema_registry_wait_start" in w.log_text()
+    rc2 = w2.stop()                                 # SIGTERM while it waits
+    reg.start()
+    deadline = time.time() + 20
+    while time.time() < deadline and "event=list_schema" not in w.log_text():
+        time.sleep(0.2)
+    started = "event=list_schema" in w.log_text() and w.p.poll() is None
+    rc = w.stop()
+    check("start_waits_for_registry", waiting and started and rc == 0 and rc2 == 0,
+          "waited %s, started once back %s, exit %s, exit of the one stopped while "
+          "waiting %s" % (waiting, started, rc, rc2))
+    return w.log_text() + w2.log_text()
+
+
 def scenario(tmp, model, events_csv, events):
     reg = Standin(tmp, user="%s:%s" % (USER, PASSWORD))
     broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
@@ -367,6 +395,7 @@ def scenario(tmp, model, events_csv, events):
         logs.append(worker.log_text())
         worker = None
         logs.append(check_wrong_credentials(tmp, broker.bootstrap, model, reg.url))
+        logs.append(check_start_waits(tmp, broker.bootstrap, model, reg))
     finally:
         if worker:
             worker.stop()

@@ -23,7 +23,13 @@ Cases:
       schema fetched from the registry by that id
   wrong_credentials_refused_at_start / password_in_no_log_line
   start_waits_for_registry          a worker started while the registry is
-      away waits for it, starts once it is back, stops cleanly on SIGTERM
+      away waits for it, starts once it is back (looking the lists' id up
+      with auto.register=false), stops cleanly on SIGTERM
+  lookup_only_refuses_unregistered  auto.register=false and a subject without
+      the lists' schema: refused at start, naming the subject
+  404_fallback_file_or_dead_letter  an id the registry lacks comes from
+      schema.registry.fallback.dir when there, else is dead-lettered
+      (unknown_schema); URLs are tried in turn (the first one is dead)
 """
 import io
 import json
@@ -315,6 +321,25 @@ def check_wrong_credentials(tmp, bootstrap, model, url):
     return log
 
 
+def check_not_in_registry(worker, prod, schemas):
+    """An id the registry answers 404 for: read from schema.registry.fallback.dir
+    when there (9998), else dead-lettered as unknown_schema (9999)."""
+    ev = ("fallback-user", "i000001", "VIEW", 1767225600000, None)
+    prod.send(encode(schemas[1], 9998, ev, {}), ev[0])
+    ev = ("unknown-user", "i000001", "VIEW", 1767225600000, None)
+    prod.send(encode(schemas[1], 9999, ev, {}), ev[0])
+    prod.flush()
+    consumed = wait_metric(worker, "halflife_events_consumed_total", 2002, 30)
+    dlq = wait_metric(worker, "halflife_dlq_records_total", 1, 10)
+    unknown = worker.metric("halflife_dlq_records_total", 'reason="unknown_schema"')
+    log = worker.log_text()
+    check("404_fallback_file_or_dead_letter",
+          consumed == 2002 and dlq == 1 and unknown == 1 and
+          "event=schema_fetched id=9998 source=fallback_dir" in log and
+          "event=schema_unknown id=9999" in log,
+          "consumed %d of 2002, dlq %d (unknown_schema %d)" % (consumed, dlq, unknown))
+
+
 def check_start_waits(tmp, bootstrap, model, reg):
     """A worker started while the registry is away waits for it (the lists'
     schema id comes first), then starts; a SIGTERM meanwhile is a clean stop."""
@@ -322,7 +347,8 @@ def check_start_waits(tmp, bootstrap, model, reg):
     extra = ["schema.registry.url=" + reg.url, "schemas.dir=" + os.path.join(tmp, "none"),
              "schema.registry.basic.auth.user.info=%s:%s" % (USER, PASSWORD),
              "snapshot.dir=" + os.path.join(tmp, "snap_wait")]
-    w = U.Worker(bootstrap, model, os.path.join(tmp, "worker_wait.log"), extra=extra)
+    w = U.Worker(bootstrap, model, os.path.join(tmp, "worker_wait.log"),
+                 extra=extra + ["schema.registry.auto.register=false"])
     w2 = U.Worker(bootstrap, model, os.path.join(tmp, "worker_wait2.log"), extra=extra)
     deadline = time.time() + 20
     while time.time() < deadline and "schema_registry_wait_start" not in w.log_text() + "":
@@ -333,8 +359,19 @@ def check_start_waits(tmp, bootstrap, model, reg):
     deadline = time.time() + 20
     while time.time() < deadline and "event=list_schema" not in w.log_text():
         time.sleep(0.2)
-    started = "event=list_schema" in w.log_text() and w.p.poll() is None
+    started = "how=looked_up" in w.log_text() and w.p.poll() is None
     rc = w.stop()
+    w3 = U.Worker(bootstrap, model, os.path.join(tmp, "worker_lookup.log"),
+                  extra=extra + ["schema.registry.auto.register=false",
+                                 "output.topic=never-registered"])
+    try:
+        rc3 = w3.p.wait(30)
+    except subprocess.TimeoutExpired:
+        rc3 = "still running"
+    w3.stop()
+    check("lookup_only_refuses_unregistered",
+          rc3 == 1 and "not registered under subject never-registered-value" in w3.log_text(),
+          "exit %s, log %s" % (rc3, w3.log_text()[-300:]))
     check("start_waits_for_registry", waiting and started and rc == 0 and rc2 == 0,
           "waited %s, started once back %s, exit %s, exit of the one stopped while "
           "waiting %s" % (waiting, started, rc, rc2))
@@ -355,10 +392,16 @@ def scenario(tmp, model, events_csv, events):
         ids = {1: sr.register_schema("behaviour-events-value", Schema(event_schema_text(), "AVRO")),
                2: sr.register_schema("behaviour-events-value",
                                      Schema(event_schema_text([V2_FIELD]), "AVRO"))}
-        empty = os.path.join(tmp, "no-schemas")
+        empty, fallback = os.path.join(tmp, "no-schemas"), os.path.join(tmp, "fallback")
         os.makedirs(empty)
+        os.makedirs(fallback)
+        with open(os.path.join(fallback, "9998.avsc"), "w") as f:
+            f.write(event_schema_text())
+        # The first URL refuses connections: the second must answer.
         worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"),
-                          extra=["schema.registry.url=" + reg.url, "schemas.dir=" + empty,
+                          extra=["schema.registry.url=http://127.0.0.1:1," + reg.url,
+                                 "schemas.dir=" + empty,
+                                 "schema.registry.fallback.dir=" + fallback,
                                  "schema.registry.basic.auth.user.info=%s:%s" % (USER, PASSWORD),
                                  "snapshot.dir=" + os.path.join(tmp, "snap"),
                                  "kafka.fetch.wait.max.ms=10", "worker.threads=2"])
@@ -374,21 +417,24 @@ def scenario(tmp, model, events_csv, events):
         invalid = worker.metric("halflife_events_invalid_total")
         check("two_versions_decode_the_same", consumed == 2000 and invalid == 0,
               "consumed %d of 2000, invalid %d" % (consumed, invalid))
+        check_not_in_registry(worker, prod, schemas)
         ids[3] = sr.register_schema("behaviour-events-value",
                                     Schema(event_schema_text([V2_FIELD, V3_FIELD]), "AVRO"))
-        seen = outage(worker, reg, prod, c, ids, schemas, 2000)
-        consumed = wait_metric(worker, "halflife_events_consumed_total", len(events), 30)
+        seen = outage(worker, reg, prod, c, ids, schemas, 2002)
+        consumed = wait_metric(worker, "halflife_events_consumed_total", len(events) + 2, 30) - 2
         invalid = worker.metric("halflife_events_invalid_total")
         dlq = worker.metric("halflife_dlq_records_total")
         check("registry_outage_loses_nothing",
               seen["flowed"] >= seen["others"] and seen["p0"] > 0 and seen["up"] == 0 and
-              seen["waiting"] >= 1 and seen["dlq"] == 0 and consumed == len(events) and
-              invalid == 0 and dlq == 0 and worker.metric("halflife_schema_registry_up") == 1,
+              seen["waiting"] >= 1 and seen["dlq"] == 1 and consumed == len(events) and
+              invalid == 1 and dlq == 1 and worker.metric("halflife_schema_registry_up") == 1,
               "during: %s; after: consumed %d of %d, invalid %d, dlq %d"
               % (seen, consumed, len(events), invalid, dlq))
         last = {}
-        for k, v in read_all_last(broker.bootstrap, len(events)).items():
-            last[k] = v
+        users = {ev[0] for ev in events}
+        for k, v in read_all_last(broker.bootstrap, len(events) + 2).items():
+            if k in users:
+                last[k] = v
         check_lists(broker.bootstrap, sr, events, events_csv, model, last)
         rc = worker.stop()
         check("sigterm_exits_0", rc == 0, "exit status %s" % rc)

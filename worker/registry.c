@@ -240,6 +240,20 @@ static int status_code(long status)
     return HL_EINVAL;
 }
 
+/* A TLS failure is the configuration's (wrong CA, no or bad client
+ * certificate), not the network's: HL_EDENIED, so a start fails at once. */
+static int tls_failure(CURLcode cc)
+{
+    switch (cc) {
+    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_CIPHER: case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* One request to one URL. 0 with the answer in b, else the code and a
  * sentence. */
 static int request_one(hl_registry *r, int i, const char *path, const char *post,
@@ -256,6 +270,10 @@ static int request_one(hl_registry *r, int i, const char *path, const char *post
     if (b->too_big)
         return hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: answer larger than %d "
                       "bytes", r->shown[i], path, HL_REGISTRY_MAX_BODY);
+    if (cc != CURLE_OK && tls_failure(cc))
+        return hl_err(errbuf, errlen, HL_EDENIED, "schema registry %s%s: TLS: %s; check "
+                      "schema.registry.ssl.ca.location, .certificate.location and "
+                      ".key.location", r->shown[i], path, curl_easy_strerror(cc));
     if (cc != CURLE_OK)
         return hl_err(errbuf, errlen, HL_EAGAIN, "schema registry %s%s: %s", r->shown[i], path,
                       curl_easy_strerror(cc));

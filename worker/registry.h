@@ -11,7 +11,8 @@
  *   0           the answer
  *   HL_ENOENT   the registry has no such id, subject or schema (HTTP 404)
  *   HL_EAGAIN   no URL answered, or each answered 5xx: transient, retry
- *   HL_EDENIED  HTTP 401 or 403: the credentials are wrong
+ *   HL_EDENIED  HTTP 401 or 403: the credentials are wrong; or the TLS
+ *               handshake failed (CA, client certificate)
  *   HL_EINVAL   any other refusal (422 invalid schema, 409 incompatible)
  *   HL_EFORMAT  an answer that is not the documented JSON
  * Error texts name the URL without its user info and the registry's own

@@ -240,8 +240,12 @@ static void fetch(hl_schema_store *s, int32_t id, int probe)
     pthread_mutex_unlock(&s->mu);
     int rc = hl_registry_schema_by_id(s->reg, id, &text, err, sizeof err);
     pthread_mutex_lock(&s->mu);
-    if (rc == HL_EAGAIN || rc == HL_EDENIED || rc == HL_ENOMEM) {
-        failed(s, err);             /* the down line names the cause: 401 too */
+    /* Only the registry saying "no such id" (404) or giving a schema we
+     * cannot use makes a record bad; anything else (no answer, 5xx, 401,
+     * TLS, a refusal of the request itself) is not the record's fault: it
+     * waits. The down line names the cause. */
+    if (rc != 0 && rc != HL_ENOENT && rc != HL_EFORMAT) {
+        failed(s, err);
         return;
     }
     answered(s);

@@ -24,13 +24,18 @@ State (schemas, subjects) lives in --state FILE, rewritten after each
 registration, so a stopped and restarted stand-in keeps its ids (tests stop
 it to play an outage). It prints "port=N" on stdout once it listens.
 
+With --tls CERT KEY it serves HTTPS, and with --client-ca CA it also
+requires a client certificate signed by CA (mutual TLS).
+
 Run: /usr/bin/python3 registry_standin.py --port 0 --state FILE [--user u:pw]
+         [--tls CERT KEY [--client-ca CA]]
 """
 import argparse
 import base64
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 import urllib.parse
@@ -184,6 +189,9 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--state", default="")
     ap.add_argument("--user", default=None, help="user:password required (Basic auth)")
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve HTTPS")
+    ap.add_argument("--client-ca", default=None, help="with --tls: require a client "
+                    "certificate signed by this CA")
     a = ap.parse_args()
     Handler.state = State(a.state)
     Handler.user = a.user
@@ -191,6 +199,13 @@ def main():
     signal.signal(signal.SIGUSR2, lambda *_: FAILING.clear())
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
+    if a.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls[0], a.tls[1])
+        if a.client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(a.client_ca)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print("port=%d" % srv.server_address[1], flush=True)
     srv.serve_forever()
 

@@ -216,7 +216,10 @@ def wait_metric(worker, name, want, timeout):
     deadline = time.time() + timeout
     v = -1
     while time.time() < deadline:
-        v = worker.metric(name)
+        try:
+            v = worker.metric(name)
+        except OSError:                 # not listening yet
+            v = -1
         if v >= want:
             break
         time.sleep(0.3)

@@ -452,6 +452,24 @@ static int check_bind(const hl_config *cfg, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* schema.registry.url: each comma-separated URL is http:// or https://, so
+ * a typo exits 2 at start like any other bad key (registry.c checks again). */
+static int check_registry_urls(const hl_config *cfg, char *errbuf, size_t errlen)
+{
+    const char *urls = hl_config_str(cfg, "schema.registry.url");
+    int i = 0;
+    for (const char *p = urls; p != NULL && *p; i++) {
+        size_t n = strcspn(p, ",");
+        const char *u = p + strspn(p, " ");
+        /* Not shown: a URL may carry user:password. */
+        if (u < p + n && strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0)
+            return hl_err(errbuf, errlen, HL_EINVAL, "schema.registry.url: URL %d of the list "
+                          "does not begin with http:// or https://", i + 1);
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
 int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
                    char *const *args, int n_args, char *errbuf, size_t errlen)
 {
@@ -467,7 +485,8 @@ int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
         return hl_err(errbuf, errlen, HL_EINVAL, "event.min.ts.ms=%lld is after event.max.ts.ms=%lld",
                       (long long)hl_config_int(cfg, "event.min.ts.ms"),
                       (long long)hl_config_int(cfg, "event.max.ts.ms"));
-    if ((rc = check_topics(cfg, errbuf, errlen)) != 0)
+    if ((rc = check_topics(cfg, errbuf, errlen)) != 0 ||
+        (rc = check_registry_urls(cfg, errbuf, errlen)) != 0)
         return rc;
     return check_bind(cfg, errbuf, errlen);
 }

@@ -1,7 +1,8 @@
 /* test_registry.c - the Schema Registry parts that need no registry:
  * worker/registry.c (URL checks, redaction, an unreachable URL is
  * transient and its error text holds no secret), worker/schema_store.c (an
- * unknown id waits while the registry is away; the up gauge says so), the
+ * unknown id waits while the registry is away; the up gauge says so; a
+ * request to a registry that never answers does not hold up destroy), the
  * codec's schema source (a waiting id decodes as HL_CODEC_WAIT, then as the
  * same event as the file path once the text comes; a refused id is
  * unknown_schema; encode writes event_schema_id), the embedded lists'
@@ -17,7 +18,11 @@
 #include "registry.h"
 #include "schema_store.h"
 
+#include <arpa/inet.h>
 #include <avro.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Port 1 on the loopback: nothing listens, the connection is refused at
@@ -99,6 +104,53 @@ static void test_store_waits_while_registry_away(void)
     CHECK(text == NULL);
     hl_schema_store_destroy(s);
     hl_metrics_destroy(m);
+}
+
+/* A loopback listener that never answers: connections complete in the
+ * kernel's backlog and requests wait for a reply that never comes. */
+static int silent_listener(int *port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 16) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A store's destroy ends a request in progress at once, not after
+ * schema.registry.timeout.ms (here 30 s). */
+static void test_destroy_does_not_wait_for_a_silent_registry(void)
+{
+    char url[64], err[512], why[256], *text = NULL;
+    int port, fd = silent_listener(&port);
+    if (fd < 0)
+        SKIP("no loopback listener");
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = 30000};
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
+                                                NULL, err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    if (s != NULL) {
+        CHECK(hl_schema_store_get(s, 3, &text, why, sizeof why) == HL_EAGAIN);
+        usleep(300000);                     /* the request is waiting now */
+        double t0 = now_s();
+        hl_schema_store_destroy(s);
+        CHECKF(now_s() - t0 < 3.0, "destroy took %.1f s", now_s() - t0);
+    }
+    close(fd);
 }
 
 /* A schema source for the codec: what a registry would answer, by id. */
@@ -238,6 +290,7 @@ int main(void)
     RUN(test_user_info_needs_a_colon);
     RUN(test_unreachable_is_transient);
     RUN(test_store_waits_while_registry_away);
+    RUN(test_destroy_does_not_wait_for_a_silent_registry);
     RUN(test_codec_waits_then_decodes);
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);

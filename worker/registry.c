@@ -31,6 +31,7 @@ struct hl_registry {
     char  *user_info, *ssl_ca, *ssl_cert, *ssl_key;
     CURL  *curl;
     struct curl_slist *headers;
+    const atomic_int *abort;                 /* non-zero: stop the request */
 };
 
 /* An answer being received; full once it passes HL_REGISTRY_MAX_BODY. */
@@ -185,6 +186,18 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg)
     return len;
 }
 
+void hl_registry_set_abort(hl_registry *r, const atomic_int *flag)
+{
+    r->abort = flag;
+}
+
+/* libcurl calls this about once a second, also while connecting. */
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    const atomic_int *flag = arg;
+    return atomic_load(flag) != 0;          /* non-zero aborts the transfer */
+}
+
 static void set_options(hl_registry *r, const char *url, const char *post, body *b)
 {
     CURL *c = r->curl;
@@ -204,6 +217,11 @@ static void set_options(hl_registry *r, const char *url, const char *post, body 
     if (r->user_info != NULL) {
         curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
         curl_easy_setopt(c, CURLOPT_USERPWD, r->user_info);
+    }
+    if (r->abort != NULL) {
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)r->abort);
     }
     if (r->ssl_ca != NULL)
         curl_easy_setopt(c, CURLOPT_CAINFO, r->ssl_ca);

@@ -24,6 +24,8 @@
 
 #include "hl.h"
 
+#include <stdatomic.h>
+
 typedef struct hl_registry_opts {
     const char *urls;          /* schema.registry.url: "http://a:8081,http://b:8081" */
     int         timeout_ms;    /* schema.registry.timeout.ms, per request and URL */
@@ -58,6 +60,11 @@ int hl_registry_register(hl_registry *r, const char *subject, const char *schema
  * subject or the schema is not there. */
 int hl_registry_lookup(hl_registry *r, const char *subject, const char *schema,
                        int32_t *id, char *errbuf, size_t errlen);
+
+/* flag (may be NULL; borrowed) stops a request in progress within about a
+ * second once it reads non-zero: the call then returns HL_EAGAIN. For a
+ * thread that must not wait schema.registry.timeout.ms per URL to stop. */
+void hl_registry_set_abort(hl_registry *r, const atomic_int *flag);
 
 /* The URLs as given with user info ("user:pw@") replaced by "***@", for
  * logs. */

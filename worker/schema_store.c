@@ -50,7 +50,7 @@ struct hl_schema_store {
     int             started;
     pthread_mutex_t mu;
     pthread_cond_t  cv;
-    int             stop;
+    atomic_int      stop;        /* also ends a request in progress (registry.h) */
     entry          *e;
     int             n_e, cap_e;
     int32_t         probe_id;    /* -1: none */
@@ -274,7 +274,7 @@ static void *fetch_main(void *arg)
 {
     hl_schema_store *s = arg;
     pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
+    while (!atomic_load(&s->stop)) {
         int64_t now = hl_now_mono_ms();
         if (now < s->next_try_ms) {
             wait_ms(s, s->next_try_ms - now);
@@ -323,6 +323,7 @@ hl_schema_store *hl_schema_store_create(hl_registry *reg, const char *fallback_d
         return NULL;
     }
     s->reg = reg;
+    hl_registry_set_abort(reg, &s->stop);
     s->probe_id = -1;
     atomic_store(&s->up, 1);
     s->last_answer_ms = hl_now_mono_ms();
@@ -351,10 +352,10 @@ void hl_schema_store_destroy(hl_schema_store *s)
         return;
     if (s->started) {
         pthread_mutex_lock(&s->mu);
-        s->stop = 1;
+        atomic_store(&s->stop, 1);
         pthread_cond_broadcast(&s->cv);
         pthread_mutex_unlock(&s->mu);
-        pthread_join(s->tid, NULL);     /* at most one request's timeout */
+        pthread_join(s->tid, NULL);     /* a request in progress ends within ~1 s */
     }
     for (int i = 0; i < s->n_e; i++)
         free(s->e[i].text);

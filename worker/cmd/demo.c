@@ -473,6 +473,13 @@ static int demo_parse(demo *d, hl_config *cfg, int argc, char **argv)
         fprintf(stderr, "halflife demo: %s\n", err);
         rc = 2;
     }
+    /* The demo's own producer writes schema id 1, which means our schema
+     * only without a registry: the demo stays registry-free. */
+    if (rc < 0 && hl_config_str(cfg, "schema.registry.url") != NULL) {
+        fprintf(stderr, "halflife demo: runs without a Schema Registry (its producer writes "
+                "schema id 1); use schema.registry.url with halflife run and halflife produce\n");
+        rc = 2;
+    }
     if (rc < 0 && !d->model_path)
         d->model_path = hl_config_str(cfg, "model.path");
     free(args);

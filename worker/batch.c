@@ -159,13 +159,13 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, flight *f)
     if (sh == NULL)
         return;                 /* a partition this thread let go of */
     if (t->n_waits > 0 && hl_park_waiting(t, rkm->partition)) {
-        hl_park_add(t, rkmp, "behind a record that waits");   /* keeps the order */
+        hl_park_add(t, rkmp, "behind a record that waits", f);   /* keeps the order */
         return;
     }
     hl_codec_reason r = hl_codec_decode_event(t->codec, rkm->payload ? rkm->payload : "",
                                               rkm->len, &cev, detail, sizeof detail);
     if (r == HL_CODEC_WAIT) {   /* not seen: no stored offset passes it */
-        hl_park_add(t, rkmp, detail);
+        hl_park_add(t, rkmp, detail, f);
         return;
     }
     hl_shard_saw(sh, rkm->offset);

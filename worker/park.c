@@ -90,7 +90,7 @@ static void wait_end(hl_wthread *t, park_wait *pw, const char *how)
     *pw = t->waits[--t->n_waits];
 }
 
-void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why)
+void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why, flight *f)
 {
     rd_kafka_message_t *rkm = *rkmp;
     if (t->n_park == t->cap_park) {
@@ -103,11 +103,15 @@ void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why)
     }
     if (t->n_park == t->cap_park ||
         (!hl_park_waiting(t, rkm->partition) && wait_begin(t, rkm, why) != 0)) {
-        /* Not kept, not seen: its offset is never stored, a restart reads it. */
+        /* Not kept, not seen; later records of its partition in this batch
+         * may be, so the batch's flight is held (it never retires: no
+         * stored offset passes this record, as for a dead letter without
+         * memory) and the worker stops; a restart reads it again. */
         int zero = 0;
+        f->hold = 1;
         atomic_compare_exchange_strong(t->ctx->stop, &zero, 1);
-        hl_log(HL_LOG_ERROR, "park_out_of_memory", "partition=%d offset=%lld action=stop",
-               (int)rkm->partition, (long long)rkm->offset);
+        hl_log(HL_LOG_ERROR, "park_out_of_memory", "partition=%d offset=%lld "
+               "action=\"offsets held; stopping\"", (int)rkm->partition, (long long)rkm->offset);
         return;
     }
     t->park[t->n_park++] = rkm;

@@ -138,8 +138,9 @@ int  hl_park_waiting(hl_wthread *t, int32_t partition);
 /* Parks *rkmp (taken: *rkmp becomes NULL) behind its partition's earlier
  * parked records, pausing the partition if it was not waiting; why is the
  * codec's sentence. Out of memory: the record is left to the caller (not
- * seen, so its offset is never stored) and the worker stops. */
-void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why);
+ * seen), the batch's flight f is held (no stored offset passes it) and the
+ * worker stops. */
+void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why, flight *f);
 /* Before a batch: the parked records of partitions whose schema has an
  * answer now, in order, into out (at most max); such a partition resumes
  * once none of its records is left parked. */

@@ -9,6 +9,8 @@ Cases:
       404 40403, 401: what the API documentation says, through the client
   produce_registers_event_schema    `halflife produce` registers the event
       schema under behaviour-events-value and every record carries its id
+  produce_wrong_credentials_refused `halflife produce` with a wrong password
+      exits 1 naming the subject and the refusal (and the password nowhere)
   two_versions_decode_the_same      events written with two registered
       versions (the second adds an optional field) all apply, none invalid
   registry_outage_loses_nothing     the stand-in stopped for 10 s mid-stream
@@ -324,6 +326,25 @@ def check_wrong_credentials(tmp, bootstrap, model, url):
     return log
 
 
+def check_produce_wrong_credentials(tmp, bootstrap, url, events):
+    """`halflife produce` with a wrong password sends nothing and says why."""
+    path = os.path.join(tmp, "few.csv")
+    with open(path, "w") as f:
+        f.write("user_id,item_id,event_type,timestamp_ms,weight\n")
+        for (u, i, t, ts, w) in events:
+            f.write("%s,%s,%s,%d,\n" % (u, i, t, ts))
+    r = subprocess.run([U.HL, "produce", "--input", path, "--format", "events-csv",
+                        "-X", "kafka.bootstrap.servers=" + bootstrap,
+                        "-X", "schema.registry.url=" + url,
+                        "-X", "schema.registry.basic.auth.user.info=%s:%s-wrong" % (USER, PASSWORD)],
+                       capture_output=True, text=True, timeout=60)
+    out = r.stdout + r.stderr
+    check("produce_wrong_credentials_refused",
+          r.returncode == 1 and "credentials refused" in out and "behaviour-events-value" in out,
+          "exit %d, output %s" % (r.returncode, out[-300:]))
+    return out
+
+
 def check_not_in_registry(worker, prod, schemas):
     """An id the registry answers 404 for: read from schema.registry.fallback.dir
     when there (9998), else dead-lettered as unknown_schema (9999)."""
@@ -414,6 +435,7 @@ def scenario(tmp, model, events_csv, events):
         if rc != 0:
             raise RuntimeError("halflife produce failed: %s" % out[-300:])
         check_event_ids(broker.bootstrap, sr, len(a))
+        logs.append(check_produce_wrong_credentials(tmp, broker.bootstrap, reg.url, a[:5]))
         prod = Producer(broker.bootstrap)
         produce_versions(prod, b, ids, schemas, lambda k, ev: 1 + (k & 1))
         consumed = wait_metric(worker, "halflife_events_consumed_total", 2000, 30)

@@ -275,6 +275,10 @@ static void test_config_never_prints_the_password(void)
     CHECK(hl_config_set(cfg, "schema.registry.basic.auth.user.info", big, "-X", err,
                         sizeof err) == HL_EINVAL);
     CHECKF(strstr(err, "QQQQ") == NULL && strstr(err, "not shown") != NULL, "%s", err);
+    /* librdkafka's own secrets too, when it refuses one. */
+    CHECK(hl_config_set(cfg, "kafka.no.such.password", "hunter2", "-X", err, sizeof err) ==
+          HL_EINVAL);
+    CHECKF(strstr(err, "hunter2") == NULL && strstr(err, "not shown") != NULL, "%s", err);
     CHECK(hl_config_set(cfg, "schema.registry.basic.auth.user.info", "u:pw", "-X", err,
                         sizeof err) == 0);
     hl_worker_opts o;

@@ -136,10 +136,17 @@ static int parse_bool(const char *s)
     return -1;
 }
 
-/* A key whose value is never printed: credentials. */
+/* A key whose value is never printed: credentials (ours, and librdkafka's
+ * sasl.password, ssl.key.password, sasl.oauthbearer.client.secret, ...). */
+static int is_secret_name(const char *key)
+{
+    return strstr(key, "user.info") != NULL || strstr(key, "password") != NULL ||
+           strstr(key, "secret") != NULL;
+}
+
 static int is_secret(const key_def *d)
 {
-    return strstr(d->key, "user.info") != NULL || strstr(d->key, "password") != NULL;
+    return is_secret_name(d->key);
 }
 
 /* Parses text for key k into *out; a reason naming key, value, origin and
@@ -258,6 +265,9 @@ static int set_kafka(hl_config *cfg, const char *key, const char *text, const ch
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, key, text, why, sizeof why);
     rd_kafka_conf_destroy(conf);
+    if ((*key == '\0' || res != RD_KAFKA_CONF_OK) && is_secret_name(key))
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s (from %s): librdkafka refuses it "
+                      "(the value is not shown): %s", key, origin, why);
     if (*key == '\0' || res != RD_KAFKA_CONF_OK)
         return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=\"%s\" (from %s): librdkafka refuses it: %s",
                       key, text, origin, *key ? why : "empty property name");

@@ -7,7 +7,11 @@
  * paused (rd_kafka_pause_partitions). librdkafka's pause raises a version
  * barrier at once, so nothing more of the partition comes out of the queue,
  * and on resume it fetches from the offset after the last record handed to
- * us, which is the last one parked: no record is read twice or skipped.
+ * us, which is the last one parked: no record is read twice or skipped
+ * (librdkafka 2.0.2, rd_kafka_toppar_pause_resume: a pause sets the next
+ * fetch offset to the application's). An application pause outlives an
+ * unassignment (only the library's own pause is cleared on assign), so a
+ * partition let go of while waiting is resumed first (hl_park_drop).
  * Parked records are never "seen" by their shard (hl_shard_saw), so no
  * stored offset passes them (flight.c) and a crash or a revocation re-reads
  * them. Other partitions of the thread go on meanwhile.

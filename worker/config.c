@@ -574,15 +574,16 @@ static void type_weights(const hl_config *cfg, hl_worker_opts *o)
 }
 
 /* auto.offset.reset is the worker's key and a librdkafka property. Given as
- * kafka.auto.offset.reset it wins for both ("latest" and "end" are
- * librdkafka's names of the newest offset); otherwise the worker hands its
+ * kafka.auto.offset.reset it wins for both ("latest", "largest" and "end"
+ * are librdkafka's names of the newest offset); otherwise the worker hands its
  * own value to librdkafka (start_kafka in worker.c). */
 static int offset_reset_latest(const hl_config *cfg)
 {
     const char *reset = hl_config_kafka_get(cfg, "auto.offset.reset");
     if (reset == NULL)
         reset = hl_config_str(cfg, "auto.offset.reset");
-    return strcmp(reset, "latest") == 0 || strcmp(reset, "end") == 0;
+    return strcmp(reset, "latest") == 0 || strcmp(reset, "largest") == 0 ||
+           strcmp(reset, "end") == 0;
 }
 
 void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)

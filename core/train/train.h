@@ -59,6 +59,9 @@ typedef struct hl_train_opts {
     int      full_softmax_max_items;       /* full softmax up to this many items */
     int      n_negatives;                  /* sampled softmax: shared negatives */
     int      tie;                          /* e_out = e_in during training */
+    int      learn_half_lives;             /* train each head's decay rate too:
+                                              half_life_ms is the start, the
+                                              model gets the learned ones */
     uint64_t seed;
     hl_train_progress_fn progress;         /* may be NULL */
     void    *progress_ctx;

@@ -211,6 +211,9 @@ static void usage(FILE *f)
 "  --full-softmax-max N  full softmax up to N items, sampled beyond (50000)\n"
 "  --negatives N         sampled softmax: shared negatives per batch (2048)\n"
 "  --tie                 share e_in and e_out during training\n"
+"  --learn-half-lives    train each head's half-life with the rest, starting\n"
+"                        from --half-lives (kept ordered, 1 s .. 10 years);\n"
+"                        the model holds the learned ones\n"
 "  --holdout loo         keep each user's last two events out of training:\n"
 "                        the second to last validates (HR@10 per epoch, best\n"
 "                        epoch kept), the last is the test item\n"
@@ -284,7 +287,7 @@ static int num_arg(const char *s, double lo, double hi, double *v)
 }
 
 enum { O_DIM = 256, O_HIDDEN, O_HL, O_STEP, O_EPOCHS, O_BATCH, O_LR, O_LRF, O_L2,
-       O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET };
+       O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET, O_LEARN_HL };
 
 static const struct option long_opts[] = {
     {"input", 1, 0, 'i'}, {"format", 1, 0, 'f'}, {"out", 1, 0, 'o'}, {"help", 0, 0, 'h'},
@@ -294,7 +297,7 @@ static const struct option long_opts[] = {
     {"dropout", 1, 0, O_DROP}, {"max-history", 1, 0, O_HIST},
     {"full-softmax-max", 1, 0, O_FULLMAX}, {"negatives", 1, 0, O_NEG}, {"tie", 0, 0, O_TIE},
     {"holdout", 1, 0, O_HOLDOUT}, {"seed", 1, 0, O_SEED}, {"threads", 1, 0, O_THREADS},
-    {"quiet", 0, 0, O_QUIET}, {0, 0, 0, 0},
+    {"quiet", 0, 0, O_QUIET}, {"learn-half-lives", 0, 0, O_LEARN_HL}, {0, 0, 0, 0},
 };
 
 static const char *opt_name(int opt)
@@ -337,6 +340,7 @@ static int set_option(train_args *a, int opt, const char *s)
     case O_HIDDEN:  return parse_hidden(&a->o, s);
     case O_HL:      return parse_half_lives(a, s);
     case O_TIE:     a->o.tie = 1; return 0;
+    case O_LEARN_HL: a->o.learn_half_lives = 1; return 0;
     case O_QUIET:   a->quiet = 1; return 0;
     case O_HOLDOUT:
         if (strcmp(s, "loo") == 0) a->o.holdout_loo = 1;
@@ -436,6 +440,11 @@ static void print_summary(const train_args *a, const events *e,
            "\"train_seconds\":%.1f,\"final_loss\":%.4f", a->out, (long long)e->n,
            e->users.n, e->items.n, (long long)res->examples_per_epoch, a->o.epochs,
            a->threads, secs, res->final_loss);
+    printf(",\"events_per_second_per_core\":%.0f,\"half_lives_s\":[",
+           secs > 0 ? (double)res->examples_per_epoch * a->o.epochs / secs / a->threads : 0.0);
+    for (int h = 0; h < res->info.n_heads; h++)
+        printf("%s%.6g", h ? "," : "", res->info.half_life_ms[h] / 1000.0);
+    printf("]");
     if (a->o.holdout_loo)
         printf(",\"valid_hr10\":%.4f,\"test_hr10\":%.4f,\"test_ndcg10\":%.4f",
                res->valid_hr10, res->test_hr10, res->test_ndcg10);

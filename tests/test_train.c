@@ -65,6 +65,10 @@ static void tiny_opts(hl_train_opts *o)
     o->batch = 8;
     o->epochs = 1;
     o->max_history = 5;          /* shorter than the sequences: truncation is exercised */
+    o->learn_half_lives = 0;     /* the tests that want it say so */
+    o->tie = 0;
+    o->dropout = 0.3f;
+    o->full_softmax_max_items = 50000;
 }
 
 /* ---- gradient check ---------------------------------------------------------------------- */

@@ -544,25 +544,28 @@ static double train_epoch(trainer *t, int64_t *order)
 
 void hl_train_opts_default(hl_train_opts *o)
 {
+    static const double heads_ms[] = {15 * 60e3, 3600e3, 4 * 3600e3, 86400e3, 30 * 86400e3};
     memset(o, 0, sizeof *o);
-    o->dim = 64;
-    o->n_heads = HL_DEFAULT_HEADS;
-    for (int h = 0; h < HL_DEFAULT_HEADS; h++)
-        o->half_life_ms[h] = hl_default_half_life_ms[h];
+    o->dim = 128;
+    o->n_heads = (int)(sizeof heads_ms / sizeof heads_ms[0]);
+    for (int h = 0; h < o->n_heads; h++)
+        o->half_life_ms[h] = heads_ms[h];
+    o->learn_half_lives = 1;
     for (int i = 0; i < HL_N_TYPES; i++) o->type_weight[i] = 1.0f;
     o->type_weight[HL_FAVORITE] = 2.0f;
     o->type_weight[HL_ADD_TO_CART] = 2.0f;
     o->type_weight[HL_PURCHASE] = 3.0f;
     o->n_hidden = 1;
     o->hidden[0] = 256;
-    o->epochs = 20;
+    o->epochs = 16;
     o->batch = 256;
     o->lr = 3e-3f;
     o->lr_final = 0.1f;
     o->l2 = 0.0f;
-    o->dropout = 0.3f;
+    o->dropout = 0.5f;
     o->max_history = 256;
-    o->full_softmax_max_items = 50000;
+    o->tie = 1;
+    o->full_softmax_max_items = 5000;
     o->n_negatives = 2048;
     o->train_fraction = 1.0f;
     o->seed = 1;

@@ -33,15 +33,28 @@
  * score by more than both scores' rounding bound (det_margin: the textbook
  * bound gamma_n sum |q_d e_d|, with Cauchy-Schwarz over every item); when
  * it does not (exact ties at the cut), that user is rescored over every
- * item with det_score (rescan_exact), which is slow but rare. */
+ * item with det_score (rescan_exact), which is slow but rare.
+ *
+ * Two-stage scoring (HL_SCORING_TWO_STAGE). The published list is defined
+ * by det_score alone: the best k of det_score over the items not excluded,
+ * lower row first on equal scores. The exact path above finds it with
+ * SGEMM candidates; the two-stage path finds it with candidates from the
+ * int8 copy of e_out (qscore.c), whose bound covers det_score's own
+ * rounding, and rescores them with the same det_score (select_cands). So
+ * the two paths publish the same items, order and bits, and SGEMM's
+ * summation order, which differs from det_score's, never decides a near
+ * tie in either. A user whose candidates cannot be bounded is rescanned
+ * exactly (counted: hl_ranker_fallbacks). */
 #include "rank.h"
 #include "encoder.h"
+#include "qscore.h"
 
 #include <cblas.h>
 #include <math.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -96,10 +109,32 @@ struct hl_ranker {
     float         *bc_dot;     /* (k, MAX_RING) rec . hist */
     float         *bc_a;       /* (MAX_RING) a_e of each history entry */
     int32_t       *bc_item;    /* (MAX_RING) item of each history entry */
+    hl_qitems     *qi;         /* two-stage: the int8 copy of e_out, else NULL */
+    hl_qscan      *qs;         /* two-stage: its scan scratch */
+    hl_qscan_user *qusers;     /* (max_batch) two-stage: each user's query and exclusions */
+    uint64_t       fallbacks;  /* two-stage users rescanned exactly */
+    char           scoring_name[32];
 };
 
 static scan_fn pick_scan(void);
 static layer_fn pick_layer(void);
+
+/* The int8 copy and its scratch (two-stage scoring). */
+static int two_stage_create(hl_ranker *r, const hl_rank_opts *o, char *errbuf,
+                            size_t errlen)
+{
+    r->qi = hl_qitems_create(r->e_out, r->bias, r->n_items, r->dim, o->qkernel,
+                             errbuf, errlen);
+    if (r->qi == NULL)
+        return HL_EINVAL;
+    if ((r->qs = hl_qscan_create(r->qi, r->max_batch, r->k, errbuf, errlen)) == NULL)
+        return HL_ENOMEM;
+    if ((r->qusers = calloc((size_t)r->max_batch, sizeof *r->qusers)) == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory");
+    snprintf(r->scoring_name, sizeof r->scoring_name, "two-stage/%s",
+             hl_qitems_kernel(r->qi));
+    return 0;
+}
 
 /* ---- create / destroy ---- */
 
@@ -114,6 +149,13 @@ static int check_opts(const hl_model_parts *p, const hl_rank_opts *o,
     if (o->block_items < 0)
         return hl_err(errbuf, errlen, HL_EINVAL, "ranker: block_items %d",
                       o->block_items);
+    if (o->scoring != HL_SCORING_EXACT && o->scoring != HL_SCORING_TWO_STAGE)
+        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: scoring %d (exact 0, two-stage 1)",
+                      o->scoring);
+    if (o->scoring == HL_SCORING_TWO_STAGE && p->info.dim > HL_QSCORE_MAX_DIM)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "ranker: two-stage scoring handles dim up to %d, the model has %d; "
+                      "use recs.scoring=exact", HL_QSCORE_MAX_DIM, p->info.dim);
     if (p->info.n_items < 1 || !p->e_in || !p->e_out || !p->bias)
         return hl_err(errbuf, errlen, HL_EINVAL, "ranker: model has no items");
     for (int h = 0; h < p->info.n_heads && h < HL_MAX_HEADS; h++)
@@ -213,6 +255,9 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
     model_bounds(r);
     r->scan = pick_scan();
     r->layer = pick_layer();
+    snprintf(r->scoring_name, sizeof r->scoring_name, "exact");
+    if (o->scoring == HL_SCORING_TWO_STAGE && two_stage_create(r, o, errbuf, errlen) != 0)
+        goto fail;
     return r;
 nomem:
     hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory (max_batch %d, k %d)",
@@ -261,6 +306,9 @@ void hl_ranker_destroy(hl_ranker *r)
     free(r->bc_dot);
     free(r->bc_a);
     free(r->bc_item);
+    hl_qscan_destroy(r->qs);
+    hl_qitems_destroy(r->qi);
+    free(r->qusers);
     free(r);
 }
 
@@ -733,6 +781,18 @@ static double det_margin(const hl_ranker *r, int u)
     return 2.0 * gamma * ((double)r->q_norm[u] * r->e_norm_max + r->bias_max) * 1.01;
 }
 
+/* Keeps the k largest keys in the min-heap h of *n entries. */
+static inline void push_best(uint64_t *h, int *n, int k, uint64_t key)
+{
+    if (*n < k) {
+        h[*n] = key;
+        sift_up(h, (*n)++);
+    } else if (key > h[0]) {
+        h[0] = key;
+        sift_down(h, *n, 0);
+    }
+}
+
 /* The exact list of user u over every item (exclusions as in the blocked
  * path) into its heap, best first; returns its length. The slow path:
  * n_items dot products, only when the candidates cannot be proven to hold
@@ -753,15 +813,8 @@ static int rescan_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
     for (int32_t j = 0; j < r->n_items; j++) {
         if (r->excl[j])
             continue;
-        uint64_t key = make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
-                                          r->bias[j]), j);
-        if (n < r->k) {
-            h[n] = key;
-            sift_up(h, n++);
-        } else if (key > h[0]) {
-            h[0] = key;
-            sift_down(h, n, 0);
-        }
+        push_best(h, &n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim,
+                                                  r->dim, r->bias[j]), j));
     }
     for (int i = 0; i < n_seen; i++)
         r->excl[seen[i]] = 0;
@@ -796,13 +849,56 @@ static int select_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
     return n < r->k ? n : r->k;
 }
 
+/* User u's list from its two-stage candidates (qscore.h: they hold every
+ * item of the exact list): each scored with det_score, the best k kept,
+ * sorted best first in its heap. A user whose candidates could not be
+ * bounded is rescanned over every item. Returns the list's length. */
+static int select_cands(hl_ranker *r, int u, const hl_rank_exclude *ex)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    int nc, n = 0;
+    const int32_t *cand = hl_qscan_cands(r->qs, u, &nc);
+
+    if (cand == NULL) {
+        r->fallbacks++;
+        return rescan_exact(r, u, ex);
+    }
+    for (int i = 0; i < nc && i < 8; i++)      /* rows are scattered: run ahead */
+        prefetch_row(r->e_out + (size_t)cand[i] * r->dim, r->dim);
+    for (int i = 0; i < nc; i++) {
+        int32_t j = cand[i];
+        if (i + 8 < nc)
+            prefetch_row(r->e_out + (size_t)cand[i + 8] * r->dim, r->dim);
+        push_best(h, &n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
+                                                  r->bias[j]), j));
+    }
+    heap_sort(h, n);
+    return n;
+}
+
+/* Two-stage: every user's query and exclusions to the int8 scan. */
+static void two_stage_scan(hl_ranker *r, int n, const hl_rank_exclude *extra)
+{
+    for (int u = 0; u < n; u++) {
+        hl_qscan_user *qu = &r->qusers[u];
+        qu->q = r->Q + (size_t)u * r->dim;
+        qu->seen = r->seen + (size_t)u * MAX_RING;
+        qu->n_seen = r->exclude_seen ? r->seen_n[u] : 0;
+        qu->extra = extra != NULL ? extra[u].item : NULL;
+        qu->n_extra = extra != NULL ? extra[u].n : 0;
+    }
+    hl_qscan_run(r->qs, r->qusers, n);
+}
+
 static void emit(hl_ranker *r, const hl_row_view *users, int n,
                  const hl_rank_exclude *extra, hl_rec *out, int *n_out)
 {
     for (int u = 0; u < n; u++) {
         uint64_t *h = r->top + (size_t)u * r->kc;
         hl_rec *o = out + (size_t)u * r->k;
-        n_out[u] = select_exact(r, u, extra != NULL ? &extra[u] : NULL);
+        const hl_rank_exclude *ex = extra != NULL ? &extra[u] : NULL;
+        n_out[u] = r->qs != NULL ? select_cands(r, u, ex) : select_exact(r, u, ex);
         for (int j = 0; j < n_out[u]; j++) {
             o[j].item = key_item(h[j]);
             o[j].score = key_score(h[j]);
@@ -823,12 +919,25 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
     if (r->exclude_seen)
         for (int u = 0; u < n; u++)
             load_seen(r, u, &users[u]);
-    for (int32_t j0 = 0; j0 < r->n_items; j0 += r->block) {
-        int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
-        score_block(r, Q, users, n, extra, j0, nb);
-    }
+    if (r->qs != NULL)
+        two_stage_scan(r, n, extra);
+    else
+        for (int32_t j0 = 0; j0 < r->n_items; j0 += r->block) {
+            int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
+            score_block(r, Q, users, n, extra, j0, nb);
+        }
     emit(r, users, n, extra, out, n_out);
     return 0;
+}
+
+const char *hl_ranker_scoring(const hl_ranker *r)
+{
+    return r->scoring_name;
+}
+
+uint64_t hl_ranker_fallbacks(const hl_ranker *r)
+{
+    return r->fallbacks;
 }
 
 int hl_ranker_refresh(hl_ranker *r, const hl_row_view *users, int n,

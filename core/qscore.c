@@ -1,0 +1,678 @@
+/* qscore.c - int8 copy of e_out and the candidate scan of two-stage
+ * scoring (the promise is in qscore.h).
+ *
+ * Layout. Items go in chunks of 16. A chunk holds its int8 rows stored as
+ * unsigned bytes (eu = eq + 128), four dimensions of sixteen items per 64
+ * bytes, which is the operand of one AVX-512 VNNI vpdpbusd: sixteen 4-term
+ * dot products per instruction, no horizontal sums. The chunk's sixteen
+ * row scales and biases follow, so a scan reads one stream: at dim 64 a
+ * chunk is 1,152 bytes, 72 per item against 260 for the fp32 row and bias.
+ * The query is signed int8 with its own scale, so
+ *     D_j = sum_d qq_d eq_jd = sum_d qq_d eu_jd - 128 sum_d qq_d,
+ * the correction being one number per user.
+ *
+ * The bound. With q^ = s_q qq, e^_j = s_j eq_j (real numbers),
+ *     q . e_j - q^ . e^_j = q^ . (e_j - e^_j) + (q - q^) . e_j,
+ * so |q . e_j - s_q s_j D_j| <= ||q^|| ||e_j - e^_j|| + ||q - q^|| ||e_j||
+ * (Cauchy-Schwarz). Both row norms are computed once, in double, rounded
+ * up; a chunk keeps their maxima, which the vector test uses, and the
+ * per-item values are read only for items that pass it. G, one number per
+ * user, covers every float rounding: det_score's (Higham's gamma_{dim+2}
+ * bound, as rank.c's det_margin), that of a_j = fl(fl(D s_q s_j) + b_j)
+ * (D is exact in float: |D| < 2^24 for dim <= 1024), and that of a_j +- U,
+ * each a few units in the last place of (||q|| + ||q - q^||) (max ||e|| +
+ * max ||e - e^||) + max |b|; G takes 4 (dim + 16) of them, and 1e-30 for
+ * underflow. A query the bound cannot cover (non-finite, or scores near
+ * the float range) is not scanned: its user is scored exactly by rank.c.
+ *
+ * The scan keeps per user a min-heap of the k largest lower bounds a - U
+ * (its root is L) and the proposals with their upper bounds a + U >= L.
+ * L only rises, so a proposal can later fall below it: when the buffer is
+ * full, those are dropped; if half of it is still needed (a crowd of
+ * near-ties), the user is given up to rank.c's exact scan. Items are
+ * visited in ascending order per user, so the sorted seen list is walked
+ * with a cursor; the extra exclusions (eval) are searched linearly, and
+ * only for items that pass the test.
+ *
+ * Blocking: items go by in blocks of BLOCK_CHUNKS chunks (at dim 64,
+ * 147 KB: stays in L2) and each block meets every user of the batch, four
+ * users by two chunks per step (eight accumulators, each row load serving
+ * four users). A single user takes four chunks per step: its scan is a
+ * read of the table at memory bandwidth. */
+#include "qscore.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_VNNI 1
+#include <immintrin.h>
+#endif
+
+#define CHUNK        16
+#define BLOCK_CHUNKS 128
+#define CAND_SLACK   512      /* proposals kept beyond 2k per user */
+
+struct hl_qitems {
+    int32_t  n_items, n_chunks;
+    int      dim, dp, ng;     /* dp = dim rounded up to 4; ng = dp / 4 */
+    size_t   chunk_bytes;     /* 16 dp + 128 */
+    uint8_t *chunks;          /* (n_chunks, chunk_bytes), 64-byte aligned */
+    float   *r, *nrm;         /* (n_items) ||e - e^||, ||e||, rounded up */
+    float   *rmax, *nmax;     /* (n_chunks) their maxima per chunk */
+    double   r_max, n_max, bias_max;
+    int      vnni;
+};
+
+struct hl_qscan {
+    const hl_qitems *qi;
+    int       max_users, k, cap;
+    int8_t   *qq;             /* (max_users, dp) quantized queries */
+    float    *s_q, *c1, *c2, *G, *L;
+    int32_t  *corr;
+    float    *lb;             /* (max_users, k) min-heaps of lower bounds */
+    int      *n_lb;
+    int32_t  *cand;           /* (max_users, cap) proposals */
+    float    *cand_ub;        /* (max_users, cap) their upper bounds */
+    int      *n_cand;
+    uint8_t  *failed;         /* user given up to the exact scan */
+    int      *seen_pos;
+    const hl_qscan_user *users;
+};
+
+static float up(double x)      /* a float >= x */
+{
+    return nextafterf((float)x, INFINITY);
+}
+
+static inline uint8_t *chunk_rows(const hl_qitems *qi, int32_t c)
+{
+    return qi->chunks + (size_t)c * qi->chunk_bytes;
+}
+
+static inline const float *chunk_scale(const hl_qitems *qi, int32_t c)
+{
+    return (const float *)(chunk_rows(qi, c) + (size_t)16 * qi->dp);
+}
+
+static inline const float *chunk_bias(const hl_qitems *qi, int32_t c)
+{
+    return chunk_scale(qi, c) + CHUNK;
+}
+
+/* ---- the int8 table ---- */
+
+static int check_items(const float *e_out, const float *bias, int32_t n_items,
+                       int dim, char *errbuf, size_t errlen)
+{
+    if (n_items < 1 || dim < 1 || dim > HL_QSCORE_MAX_DIM || !e_out || !bias)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "quantized items: %d items of dim %d (need >= 1 item, dim 1..%d)",
+                      n_items, dim, HL_QSCORE_MAX_DIM);
+    for (size_t i = 0; i < (size_t)n_items * dim; i++)
+        if (!isfinite(e_out[i]))
+            return hl_err(errbuf, errlen, HL_EFORMAT,
+                          "quantized items: e_out[%zu] is not finite", i);
+    for (int32_t j = 0; j < n_items; j++)
+        if (!isfinite(bias[j]))
+            return hl_err(errbuf, errlen, HL_EFORMAT,
+                          "quantized items: bias[%d] is not finite", j);
+    return 0;
+}
+
+/* Row j into its chunk: scale, int8 values, bias; its two norms. */
+static void quantize_row(hl_qitems *qi, const float *e, float b, int32_t j)
+{
+    int32_t c = j / CHUNK;
+    int i = j % CHUNK;
+    uint8_t *rows = chunk_rows(qi, c);
+    double amax = 0.0, r2 = 0.0, n2 = 0.0;
+
+    for (int d = 0; d < qi->dim; d++)
+        amax = fmax(amax, fabs(e[d]));
+    float s = (float)(amax / 127.0);
+    for (int d = 0; d < qi->dim; d++) {
+        long v = s > 0.0f ? lrint((double)e[d] / s) : 0;
+        v = v > 127 ? 127 : v < -127 ? -127 : v;
+        rows[(size_t)(d / 4) * 64 + i * 4 + d % 4] = (uint8_t)(v + 128);
+        double err = (double)e[d] - (double)s * (double)v;
+        r2 += err * err;
+        n2 += (double)e[d] * e[d];
+    }
+    ((float *)chunk_scale(qi, c))[i] = s;
+    ((float *)chunk_bias(qi, c))[i] = b;
+    qi->r[j] = up(sqrt(r2) * (1.0 + 1e-12));
+    qi->nrm[j] = up(sqrt(n2) * (1.0 + 1e-12));
+    qi->rmax[c] = fmaxf(qi->rmax[c], qi->r[j]);
+    qi->nmax[c] = fmaxf(qi->nmax[c], qi->nrm[j]);
+    qi->r_max = fmax(qi->r_max, qi->r[j]);
+    qi->n_max = fmax(qi->n_max, qi->nrm[j]);
+    qi->bias_max = fmax(qi->bias_max, fabs(b));
+}
+
+static int pick_vnni(int kernel)
+{
+#ifdef HAVE_VNNI
+    return kernel == HL_QKERNEL_AUTO && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    (void)kernel;
+    return 0;
+#endif
+}
+
+hl_qitems *hl_qitems_create(const float *e_out, const float *bias, int32_t n_items,
+                            int dim, int kernel, char *errbuf, size_t errlen)
+{
+    hl_qitems *qi;
+
+    if (check_items(e_out, bias, n_items, dim, errbuf, errlen) != 0)
+        return NULL;
+    if ((qi = calloc(1, sizeof *qi)) == NULL)
+        goto nomem;
+    qi->n_items = n_items;
+    qi->n_chunks = (n_items + CHUNK - 1) / CHUNK;
+    qi->dim = dim;
+    qi->dp = (dim + 3) & ~3;
+    qi->ng = qi->dp / 4;
+    qi->chunk_bytes = (size_t)16 * qi->dp + 2 * CHUNK * sizeof(float);
+    qi->chunks = aligned_alloc(64, (size_t)qi->n_chunks * qi->chunk_bytes);
+    qi->r = malloc((size_t)n_items * sizeof(float));
+    qi->nrm = malloc((size_t)n_items * sizeof(float));
+    qi->rmax = calloc((size_t)qi->n_chunks, sizeof(float));
+    qi->nmax = calloc((size_t)qi->n_chunks, sizeof(float));
+    if (!qi->chunks || !qi->r || !qi->nrm || !qi->rmax || !qi->nmax)
+        goto nomem;
+    /* Padding (rows past n_items, dimensions past dim) is eq = 0, scale 0. */
+    memset(qi->chunks, 0, (size_t)qi->n_chunks * qi->chunk_bytes);
+    for (int32_t c = 0; c < qi->n_chunks; c++)
+        memset(chunk_rows(qi, c), 128, (size_t)16 * qi->dp);
+    for (int32_t j = 0; j < n_items; j++)
+        quantize_row(qi, e_out + (size_t)j * dim, bias[j], j);
+    qi->vnni = pick_vnni(kernel);
+    return qi;
+nomem:
+    hl_qitems_destroy(qi);
+    hl_err(errbuf, errlen, HL_ENOMEM, "quantized items: out of memory (%d items, dim %d)",
+           n_items, dim);
+    return NULL;
+}
+
+void hl_qitems_destroy(hl_qitems *qi)
+{
+    if (qi == NULL)
+        return;
+    free(qi->chunks);
+    free(qi->r);
+    free(qi->nrm);
+    free(qi->rmax);
+    free(qi->nmax);
+    free(qi);
+}
+
+const char *hl_qitems_kernel(const hl_qitems *qi)
+{
+    return qi->vnni ? "avx512-vnni" : "plain";
+}
+
+size_t hl_qitems_scan_bytes(const hl_qitems *qi)
+{
+    return (size_t)qi->n_chunks * qi->chunk_bytes;
+}
+
+/* ---- scan scratch ---- */
+
+hl_qscan *hl_qscan_create(const hl_qitems *qi, int max_users, int k,
+                          char *errbuf, size_t errlen)
+{
+    hl_qscan *qs;
+    size_t nu = (size_t)max_users;
+
+    if (max_users < 1 || k < 1) {
+        hl_err(errbuf, errlen, HL_EINVAL, "quantized scan: %d users, k %d", max_users, k);
+        return NULL;
+    }
+    if ((qs = calloc(1, sizeof *qs)) == NULL)
+        goto nomem;
+    qs->qi = qi;
+    qs->max_users = max_users;
+    qs->k = k;
+    qs->cap = 2 * k + CAND_SLACK;
+    qs->qq = aligned_alloc(64, ((nu * qi->dp + 63) & ~(size_t)63));
+    qs->s_q = malloc(nu * sizeof(float));
+    qs->c1 = malloc(nu * sizeof(float));
+    qs->c2 = malloc(nu * sizeof(float));
+    qs->G = malloc(nu * sizeof(float));
+    qs->L = malloc(nu * sizeof(float));
+    qs->corr = malloc(nu * sizeof(int32_t));
+    qs->lb = malloc(nu * (size_t)k * sizeof(float));
+    qs->n_lb = malloc(nu * sizeof(int));
+    qs->cand = malloc(nu * (size_t)qs->cap * sizeof(int32_t));
+    qs->cand_ub = malloc(nu * (size_t)qs->cap * sizeof(float));
+    qs->n_cand = malloc(nu * sizeof(int));
+    qs->failed = malloc(nu);
+    qs->seen_pos = malloc(nu * sizeof(int));
+    if (!qs->qq || !qs->s_q || !qs->c1 || !qs->c2 || !qs->G || !qs->L || !qs->corr ||
+        !qs->lb || !qs->n_lb || !qs->cand || !qs->cand_ub || !qs->n_cand ||
+        !qs->failed || !qs->seen_pos)
+        goto nomem;
+    return qs;
+nomem:
+    hl_qscan_destroy(qs);
+    hl_err(errbuf, errlen, HL_ENOMEM, "quantized scan: out of memory (%d users, k %d)",
+           max_users, k);
+    return NULL;
+}
+
+void hl_qscan_destroy(hl_qscan *qs)
+{
+    if (qs == NULL)
+        return;
+    free(qs->qq);
+    free(qs->s_q);
+    free(qs->c1);
+    free(qs->c2);
+    free(qs->G);
+    free(qs->L);
+    free(qs->corr);
+    free(qs->lb);
+    free(qs->n_lb);
+    free(qs->cand);
+    free(qs->cand_ub);
+    free(qs->n_cand);
+    free(qs->failed);
+    free(qs->seen_pos);
+    free(qs);
+}
+
+/* ---- one user's query ---- */
+
+/* The float rounding slack G of user u (see the top of the file), or a
+ * negative value when the bound cannot be trusted (non-finite or near the
+ * float range): the user is then scored exactly. */
+static double rounding_slack(const hl_qitems *qi, double q_norm, double c2)
+{
+    double u = ldexp(1.0, -24);
+    double m = (q_norm + c2) * (qi->n_max + qi->r_max) + qi->bias_max;
+    if (!isfinite(m) || m > 1e30)
+        return -1.0;
+    return 4.0 * (qi->dim + 16) * u * m + 1e-30;
+}
+
+/* Quantizes user u's query; marks the user failed if it cannot be bounded. */
+static void prep_query(hl_qscan *qs, int u, const float *q)
+{
+    const hl_qitems *qi = qs->qi;
+    int8_t *qq = qs->qq + (size_t)u * qi->dp;
+    double amax = 0.0, qh2 = 0.0, dq2 = 0.0, q2 = 0.0;
+    int32_t sum = 0;
+
+    for (int d = 0; d < qi->dim; d++)
+        amax = fmax(amax, fabs(q[d]));         /* fmax drops a NaN: checked below */
+    float s = (float)(amax / 127.0);
+    for (int d = 0; d < qi->dim; d++) {
+        long v = s > 0.0f ? lrint((double)q[d] / s) : 0;
+        v = v > 127 ? 127 : v < -127 ? -127 : v;
+        qq[d] = (int8_t)v;
+        sum += (int32_t)v;
+        double qh = (double)s * (double)v, dq = (double)q[d] - qh;
+        qh2 += qh * qh;
+        dq2 += dq * dq;
+        q2 += (double)q[d] * q[d];
+    }
+    memset(qq + qi->dim, 0, (size_t)(qi->dp - qi->dim));
+    double c1 = sqrt(qh2) * (1.0 + 1e-12), c2 = sqrt(dq2) * (1.0 + 1e-12);
+    double G = isfinite(q2) ? rounding_slack(qi, sqrt(q2), c2) : -1.0;
+    qs->s_q[u] = s;
+    qs->corr[u] = 128 * sum;
+    qs->c1[u] = up(c1);
+    qs->c2[u] = up(c2);
+    qs->G[u] = G >= 0.0 ? up(G) : 0.0f;
+    qs->failed[u] = !(G >= 0.0);
+    qs->L[u] = qs->failed[u] ? INFINITY : -INFINITY;   /* failed: nothing passes */
+    qs->n_lb[u] = 0;
+    qs->n_cand[u] = 0;
+    qs->seen_pos[u] = 0;
+}
+
+/* U = c1 r + c2 n + G: float operations, each monotone, so a chunk's
+ * maxima give a bound no smaller than any of its items'. */
+static inline float item_bound(const hl_qscan *qs, int u, float r, float n)
+{
+    return (qs->c1[u] * r + qs->c2[u] * n) + qs->G[u];
+}
+
+/* a_j from the exact integer dot product: the same two float operations
+ * in every kernel. */
+static inline float approx_score(const hl_qscan *qs, int u, int32_t d_raw, float s, float b)
+{
+    return fmaf((float)(d_raw - qs->corr[u]), qs->s_q[u] * s, b);
+}
+
+/* ---- proposals ---- */
+
+static int is_excluded(hl_qscan *qs, int u, int32_t j)
+{
+    const hl_qscan_user *us = &qs->users[u];
+    int pos = qs->seen_pos[u];
+
+    while (pos < us->n_seen && us->seen[pos] < j)
+        pos++;
+    qs->seen_pos[u] = pos;
+    if (pos < us->n_seen && us->seen[pos] == j)
+        return 1;
+    for (int i = 0; i < us->n_extra; i++)
+        if (us->extra[i] == j)
+            return 1;
+    return 0;
+}
+
+static void lb_sift_down(float *h, int n, int i)
+{
+    float v = h[i];
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && h[c + 1] < h[c])
+            c++;
+        if (!(h[c] < v))
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = v;
+}
+
+/* Offers a lower bound to user u's heap of the k largest; updates L. */
+static void offer_lower(hl_qscan *qs, int u, float lb)
+{
+    float *h = qs->lb + (size_t)u * qs->k;
+    int *n = &qs->n_lb[u];
+
+    if (*n < qs->k) {
+        int i = (*n)++;
+        for (; i > 0 && h[(i - 1) / 2] > lb; i = (i - 1) / 2)
+            h[i] = h[(i - 1) / 2];
+        h[i] = lb;
+        if (*n == qs->k)
+            qs->L[u] = h[0];
+    } else if (lb > h[0]) {
+        h[0] = lb;
+        lb_sift_down(h, qs->k, 0);
+        qs->L[u] = h[0];
+    }
+}
+
+/* Drops proposals whose upper bound fell below L; gives the user up when
+ * more than half the buffer is still needed. */
+static void compact(hl_qscan *qs, int u)
+{
+    int32_t *cand = qs->cand + (size_t)u * qs->cap;
+    float *ub = qs->cand_ub + (size_t)u * qs->cap, L = qs->L[u];
+    int n = 0;
+
+    for (int i = 0; i < qs->n_cand[u]; i++)
+        if (ub[i] >= L) {
+            cand[n] = cand[i];
+            ub[n++] = ub[i];
+        }
+    qs->n_cand[u] = n;
+    if (2 * n > qs->cap) {
+        qs->failed[u] = 1;
+        qs->L[u] = INFINITY;
+    }
+}
+
+/* Item j passed the chunk's test for user u: its own bound decides. */
+static void propose(hl_qscan *qs, int u, int32_t j, float a)
+{
+    const hl_qitems *qi = qs->qi;
+    float U = item_bound(qs, u, qi->r[j], qi->nrm[j]);
+    float ub = a + U;
+
+    if (!(ub >= qs->L[u]) || is_excluded(qs, u, j))
+        return;
+    if (qs->n_cand[u] == qs->cap) {
+        compact(qs, u);
+        if (qs->failed[u])
+            return;
+    }
+    qs->cand[(size_t)u * qs->cap + qs->n_cand[u]] = j;
+    qs->cand_ub[(size_t)u * qs->cap + qs->n_cand[u]++] = ub;
+    offer_lower(qs, u, a - U);
+}
+
+/* ---- plain kernel ---- */
+
+static void dots_plain(const uint8_t *rows, const int8_t *qq, int ng, int32_t *D)
+{
+    for (int i = 0; i < CHUNK; i++) {
+        int32_t s = 0;
+        for (int g = 0; g < ng; g++) {
+            const uint8_t *e = rows + (size_t)g * 64 + i * 4;
+            const int8_t *x = qq + g * 4;
+            s += e[0] * x[0] + e[1] * x[1] + e[2] * x[2] + e[3] * x[3];
+        }
+        D[i] = s;
+    }
+}
+
+static int chunk_len(const hl_qitems *qi, int32_t c)
+{
+    int32_t rem = qi->n_items - c * CHUNK;
+    return rem < CHUNK ? (int)rem : CHUNK;
+}
+
+static void chunk_plain(hl_qscan *qs, int u, int32_t c)
+{
+    const hl_qitems *qi = qs->qi;
+    const float *s = chunk_scale(qi, c), *b = chunk_bias(qi, c);
+    int32_t D[CHUNK];
+
+    dots_plain(chunk_rows(qi, c), qs->qq + (size_t)u * qi->dp, qi->ng, D);
+    float Uc = item_bound(qs, u, qi->rmax[c], qi->nmax[c]);
+    for (int i = 0, n = chunk_len(qi, c); i < n; i++) {
+        float a = approx_score(qs, u, D[i], s[i], b[i]);
+        if (a + Uc >= qs->L[u])
+            propose(qs, u, c * CHUNK + i, a);
+    }
+}
+
+static void scan_plain(hl_qscan *qs, int n)
+{
+    for (int32_t c0 = 0; c0 < qs->qi->n_chunks; c0 += BLOCK_CHUNKS) {
+        int32_t c1 = c0 + BLOCK_CHUNKS < qs->qi->n_chunks ? c0 + BLOCK_CHUNKS
+                                                           : qs->qi->n_chunks;
+        for (int u = 0; u < n; u++)
+            if (!qs->failed[u])
+                for (int32_t c = c0; c < c1; c++)
+                    chunk_plain(qs, u, c);
+    }
+}
+
+/* ---- AVX-512 VNNI kernel ---- */
+
+#ifdef HAVE_VNNI
+#define VNNI_TARGET __attribute__((target("avx512f,avx512vnni")))
+
+/* The sixteen a_j of chunk c for user u from the raw dot products: the
+ * same operations as approx_score, lane by lane. */
+VNNI_TARGET static inline __m512 approx16(const hl_qscan *qs, int u, int32_t c, __m512i d)
+{
+    const hl_qitems *qi = qs->qi;
+    __m512 df = _mm512_cvtepi32_ps(_mm512_sub_epi32(d, _mm512_set1_epi32(qs->corr[u])));
+    __m512 sqs = _mm512_mul_ps(_mm512_set1_ps(qs->s_q[u]), _mm512_load_ps(chunk_scale(qi, c)));
+    return _mm512_fmadd_ps(df, sqs, _mm512_load_ps(chunk_bias(qi, c)));
+}
+
+/* chunk_plain's test on sixteen lanes; the rare passes go to propose. */
+VNNI_TARGET static inline void post16(hl_qscan *qs, int u, int32_t c, __m512i d)
+{
+    const hl_qitems *qi = qs->qi;
+    __m512 a = approx16(qs, u, c, d);
+    float Uc = item_bound(qs, u, qi->rmax[c], qi->nmax[c]);
+    __m512 ub = _mm512_add_ps(a, _mm512_set1_ps(Uc));
+    unsigned m = _mm512_cmp_ps_mask(ub, _mm512_set1_ps(qs->L[u]), _CMP_GE_OQ);
+    int n = chunk_len(qi, c);
+    m &= n == CHUNK ? 0xffffu : (1u << n) - 1u;
+    if (m == 0)
+        return;
+    float av[CHUNK];
+    _mm512_storeu_ps(av, a);
+    for (; m != 0; m &= m - 1) {
+        int i = __builtin_ctz(m);
+        if (av[i] + Uc >= qs->L[u])      /* L may have risen within the chunk */
+            propose(qs, u, c * CHUNK + i, av[i]);
+    }
+}
+
+static inline int32_t load4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* nu users (u0..) by nc chunks (c..): nu x nc accumulators, each 64-byte
+ * row load serving nu users. Constant arguments let the compiler unroll
+ * and keep the accumulators in registers. */
+VNNI_TARGET static inline __attribute__((always_inline)) void
+tile(hl_qscan *qs, int u0, int nu, int32_t c, int nc)
+{
+    const hl_qitems *qi = qs->qi;
+    const uint8_t *base = chunk_rows(qi, c);
+    const int8_t *qq = qs->qq + (size_t)u0 * qi->dp;
+    __m512i acc[4][4];
+
+    for (int u = 0; u < nu; u++)
+        for (int x = 0; x < nc; x++)
+            acc[u][x] = _mm512_setzero_si512();
+    for (int g = 0; g < qi->ng; g++) {
+        __m512i e[4];
+        for (int x = 0; x < nc; x++)
+            e[x] = _mm512_load_si512(base + x * qi->chunk_bytes + (size_t)g * 64);
+        for (int u = 0; u < nu; u++) {
+            __m512i qb = _mm512_set1_epi32(load4(qq + (size_t)u * qi->dp + g * 4));
+            for (int x = 0; x < nc; x++)
+                acc[u][x] = _mm512_dpbusd_epi32(acc[u][x], e[x], qb);
+        }
+    }
+    for (int x = 0; x < nc; x++)
+        for (int u = 0; u < nu; u++)
+            if (!qs->failed[u0 + u])
+                post16(qs, u0 + u, c + x, acc[u][x]);
+}
+
+VNNI_TARGET static void tile_4x2(hl_qscan *qs, int u0, int32_t c) { tile(qs, u0, 4, c, 2); }
+VNNI_TARGET static void tile_4x1(hl_qscan *qs, int u0, int32_t c) { tile(qs, u0, 4, c, 1); }
+VNNI_TARGET static void tile_1x4(hl_qscan *qs, int u0, int32_t c) { tile(qs, u0, 1, c, 4); }
+VNNI_TARGET static void tile_1x1(hl_qscan *qs, int u0, int32_t c) { tile(qs, u0, 1, c, 1); }
+
+VNNI_TARGET static void scan_vnni(hl_qscan *qs, int n)
+{
+    int32_t nc = qs->qi->n_chunks;
+
+    for (int32_t c0 = 0; c0 < nc; c0 += BLOCK_CHUNKS) {
+        int32_t c1 = c0 + BLOCK_CHUNKS < nc ? c0 + BLOCK_CHUNKS : nc, c;
+        int u = 0;
+        for (; u + 4 <= n; u += 4) {
+            for (c = c0; c + 2 <= c1; c += 2)
+                tile_4x2(qs, u, c);
+            if (c < c1)
+                tile_4x1(qs, u, c);
+        }
+        for (; u < n; u++) {
+            if (qs->failed[u])
+                continue;
+            for (c = c0; c + 4 <= c1; c += 4)
+                tile_1x4(qs, u, c);
+            for (; c < c1; c++)
+                tile_1x1(qs, u, c);
+        }
+    }
+}
+
+VNNI_TARGET static void approx_vnni(hl_qscan *qs, float *a)
+{
+    const hl_qitems *qi = qs->qi;
+    for (int32_t c = 0; c < qi->n_chunks; c++) {
+        __m512i acc = _mm512_setzero_si512();
+        for (int g = 0; g < qi->ng; g++)
+            acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(chunk_rows(qi, c) + (size_t)g * 64),
+                                      _mm512_set1_epi32(load4(qs->qq + g * 4)));
+        float av[CHUNK];
+        _mm512_storeu_ps(av, approx16(qs, 0, c, acc));
+        memcpy(a + (size_t)c * CHUNK, av, (size_t)chunk_len(qi, c) * sizeof(float));
+    }
+}
+#endif
+
+/* ---- running a scan ---- */
+
+static void finish_user(hl_qscan *qs, int u)
+{
+    if (qs->failed[u])
+        return;
+    compact(qs, u);              /* the final L: keeps exactly ub >= L */
+    qs->failed[u] = 0;           /* compact's give-up rule is for a full buffer only */
+}
+
+int hl_qscan_run(hl_qscan *qs, const hl_qscan_user *users, int n)
+{
+    if (n < 0 || n > qs->max_users)
+        return HL_EINVAL;
+    qs->users = users;
+    for (int u = 0; u < n; u++)
+        prep_query(qs, u, users[u].q);
+#ifdef HAVE_VNNI
+    if (qs->qi->vnni)
+        scan_vnni(qs, n);
+    else
+#endif
+        scan_plain(qs, n);
+    for (int u = 0; u < n; u++)
+        finish_user(qs, u);
+    qs->users = NULL;
+    return 0;
+}
+
+const int32_t *hl_qscan_cands(const hl_qscan *qs, int u, int *n_cand)
+{
+    if (qs->failed[u]) {
+        *n_cand = 0;
+        return NULL;
+    }
+    *n_cand = qs->n_cand[u];
+    return qs->cand + (size_t)u * qs->cap;
+}
+
+int hl_qitems_approx(const hl_qitems *qi, const float *q, float *a)
+{
+    char err[128];
+    hl_qscan *qs = hl_qscan_create(qi, 1, 1, err, sizeof err);
+    int rc = 0;
+
+    if (qs == NULL)
+        return HL_ENOMEM;
+    prep_query(qs, 0, q);
+    if (qs->failed[0]) {
+        rc = HL_ERANGE;
+    }
+#ifdef HAVE_VNNI
+    else if (qi->vnni) {
+        approx_vnni(qs, a);
+    }
+#endif
+    else {
+        for (int32_t c = 0; c < qi->n_chunks; c++) {
+            int32_t D[CHUNK];
+            dots_plain(chunk_rows(qi, c), qs->qq, qi->ng, D);
+            for (int i = 0, n = chunk_len(qi, c); i < n; i++)
+                a[(size_t)c * CHUNK + i] = approx_score(qs, 0, D[i], chunk_scale(qi, c)[i],
+                                                        chunk_bias(qi, c)[i]);
+        }
+    }
+    hl_qscan_destroy(qs);
+    return rc;
+}

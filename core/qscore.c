@@ -15,8 +15,9 @@
  *     q . e_j - q^ . e^_j = q^ . (e_j - e^_j) + (q - q^) . e_j,
  * so |q . e_j - s_q s_j D_j| <= ||q^|| ||e_j - e^_j|| + ||q - q^|| ||e_j||
  * (Cauchy-Schwarz). Both row norms are computed once, in double, rounded
- * up; a chunk keeps their maxima, which the vector test uses, and the
- * per-item values are read only for items that pass it. G, one number per
+ * up. A first test, a_j >= L - U_max with the table's largest norms, costs
+ * five vector operations per sixteen items; the per-item norms are read
+ * only for items that pass it (propose). G, one number per
  * user, covers every float rounding: det_score's (Higham's gamma_{dim+2}
  * bound, as rank.c's det_margin), that of a_j = fl(fl(D s_q s_j) + b_j)
  * (D is exact in float: |D| < 2^24 for dim <= 1024), and that of a_j +- U,
@@ -36,8 +37,8 @@
  *
  * Blocking: items go by in blocks of BLOCK_CHUNKS chunks (at dim 64,
  * 147 KB: stays in L2) and each block meets every user of the batch, four
- * users by two chunks per step (eight accumulators, each row load serving
- * four users). A single user takes four chunks per step: its scan is a
+ * users by four chunks per step (sixteen accumulators, each row load
+ * serving four users). A single user takes four chunks per step: its scan is a
  * read of the table at memory bandwidth. */
 #include "qscore.h"
 
@@ -59,7 +60,6 @@ struct hl_qitems {
     size_t   chunk_bytes;     /* 16 dp + 128 */
     uint8_t *chunks;          /* (n_chunks, chunk_bytes), 64-byte aligned */
     float   *r, *nrm;         /* (n_items) ||e - e^||, ||e||, rounded up */
-    float   *rmax, *nmax;     /* (n_chunks) their maxima per chunk */
     double   r_max, n_max, bias_max;
     int      vnni;
 };
@@ -69,6 +69,7 @@ struct hl_qscan {
     int       max_users, k, cap;
     int8_t   *qq;             /* (max_users, dp) quantized queries */
     float    *s_q, *c1, *c2, *G, *L;
+    float    *Ug;             /* (max_users) the bound of the table's largest rows */
     int32_t  *corr;
     float    *lb;             /* (max_users, k) min-heaps of lower bounds */
     int      *n_lb;
@@ -143,8 +144,6 @@ static void quantize_row(hl_qitems *qi, const float *e, float b, int32_t j)
     ((float *)chunk_bias(qi, c))[i] = b;
     qi->r[j] = up(sqrt(r2) * (1.0 + 1e-12));
     qi->nrm[j] = up(sqrt(n2) * (1.0 + 1e-12));
-    qi->rmax[c] = fmaxf(qi->rmax[c], qi->r[j]);
-    qi->nmax[c] = fmaxf(qi->nmax[c], qi->nrm[j]);
     qi->r_max = fmax(qi->r_max, qi->r[j]);
     qi->n_max = fmax(qi->n_max, qi->nrm[j]);
     qi->bias_max = fmax(qi->bias_max, fabs(b));
@@ -179,9 +178,7 @@ hl_qitems *hl_qitems_create(const float *e_out, const float *bias, int32_t n_ite
     qi->chunks = aligned_alloc(64, (size_t)qi->n_chunks * qi->chunk_bytes);
     qi->r = malloc((size_t)n_items * sizeof(float));
     qi->nrm = malloc((size_t)n_items * sizeof(float));
-    qi->rmax = calloc((size_t)qi->n_chunks, sizeof(float));
-    qi->nmax = calloc((size_t)qi->n_chunks, sizeof(float));
-    if (!qi->chunks || !qi->r || !qi->nrm || !qi->rmax || !qi->nmax)
+    if (!qi->chunks || !qi->r || !qi->nrm)
         goto nomem;
     /* Padding (rows past n_items, dimensions past dim) is eq = 0, scale 0. */
     memset(qi->chunks, 0, (size_t)qi->n_chunks * qi->chunk_bytes);
@@ -205,8 +202,6 @@ void hl_qitems_destroy(hl_qitems *qi)
     free(qi->chunks);
     free(qi->r);
     free(qi->nrm);
-    free(qi->rmax);
-    free(qi->nmax);
     free(qi);
 }
 
@@ -244,6 +239,7 @@ hl_qscan *hl_qscan_create(const hl_qitems *qi, int max_users, int k,
     qs->c2 = malloc(nu * sizeof(float));
     qs->G = malloc(nu * sizeof(float));
     qs->L = malloc(nu * sizeof(float));
+    qs->Ug = malloc(nu * sizeof(float));
     qs->corr = malloc(nu * sizeof(int32_t));
     qs->lb = malloc(nu * (size_t)k * sizeof(float));
     qs->n_lb = malloc(nu * sizeof(int));
@@ -252,7 +248,7 @@ hl_qscan *hl_qscan_create(const hl_qitems *qi, int max_users, int k,
     qs->n_cand = malloc(nu * sizeof(int));
     qs->failed = malloc(nu);
     qs->seen_pos = malloc(nu * sizeof(int));
-    if (!qs->qq || !qs->s_q || !qs->c1 || !qs->c2 || !qs->G || !qs->L || !qs->corr ||
+    if (!qs->qq || !qs->s_q || !qs->c1 || !qs->c2 || !qs->G || !qs->L || !qs->Ug || !qs->corr ||
         !qs->lb || !qs->n_lb || !qs->cand || !qs->cand_ub || !qs->n_cand ||
         !qs->failed || !qs->seen_pos)
         goto nomem;
@@ -274,6 +270,7 @@ void hl_qscan_destroy(hl_qscan *qs)
     free(qs->c2);
     free(qs->G);
     free(qs->L);
+    free(qs->Ug);
     free(qs->corr);
     free(qs->lb);
     free(qs->n_lb);
@@ -297,6 +294,13 @@ static double rounding_slack(const hl_qitems *qi, double q_norm, double c2)
     if (!isfinite(m) || m > 1e30)
         return -1.0;
     return 4.0 * (qi->dim + 16) * u * m + 1e-30;
+}
+
+/* U = c1 r + c2 n + G: float operations, each monotone, so the table's
+ * largest norms give a bound (Ug) no smaller than any item's. */
+static inline float item_bound(const hl_qscan *qs, int u, float r, float n)
+{
+    return (qs->c1[u] * r + qs->c2[u] * n) + qs->G[u];
 }
 
 /* Quantizes user u's query; marks the user failed if it cannot be bounded. */
@@ -328,18 +332,12 @@ static void prep_query(hl_qscan *qs, int u, const float *q)
     qs->c1[u] = up(c1);
     qs->c2[u] = up(c2);
     qs->G[u] = G >= 0.0 ? up(G) : 0.0f;
+    qs->Ug[u] = item_bound(qs, u, (float)qi->r_max, (float)qi->n_max);
     qs->failed[u] = !(G >= 0.0);
     qs->L[u] = qs->failed[u] ? INFINITY : -INFINITY;   /* failed: nothing passes */
     qs->n_lb[u] = 0;
     qs->n_cand[u] = 0;
     qs->seen_pos[u] = 0;
-}
-
-/* U = c1 r + c2 n + G: float operations, each monotone, so a chunk's
- * maxima give a bound no smaller than any of its items'. */
-static inline float item_bound(const hl_qscan *qs, int u, float r, float n)
-{
-    return (qs->c1[u] * r + qs->c2[u] * n) + qs->G[u];
 }
 
 /* a_j from the exact integer dot product: the same two float operations
@@ -424,7 +422,15 @@ static void compact(hl_qscan *qs, int u)
     }
 }
 
-/* Item j passed the chunk's test for user u: its own bound decides. */
+/* The first test, a_j >= L - Ug: with the largest rows' bound, so every
+ * item that can pass its own (propose) passes it (G covers the rounding
+ * of the subtraction). */
+static inline float first_test(const hl_qscan *qs, int u)
+{
+    return qs->L[u] - qs->Ug[u];
+}
+
+/* Item j passed the first test for user u: its own bound decides. */
 static void propose(hl_qscan *qs, int u, int32_t j, float a)
 {
     const hl_qitems *qi = qs->qi;
@@ -471,10 +477,9 @@ static void chunk_plain(hl_qscan *qs, int u, int32_t c)
     int32_t D[CHUNK];
 
     dots_plain(chunk_rows(qi, c), qs->qq + (size_t)u * qi->dp, qi->ng, D);
-    float Uc = item_bound(qs, u, qi->rmax[c], qi->nmax[c]);
     for (int i = 0, n = chunk_len(qi, c); i < n; i++) {
         float a = approx_score(qs, u, D[i], s[i], b[i]);
-        if (a + Uc >= qs->L[u])
+        if (a >= first_test(qs, u))
             propose(qs, u, c * CHUNK + i, a);
     }
 }
@@ -496,35 +501,13 @@ static void scan_plain(hl_qscan *qs, int n)
 #ifdef HAVE_VNNI
 #define VNNI_TARGET __attribute__((target("avx512f,avx512vnni")))
 
-/* The sixteen a_j of chunk c for user u from the raw dot products: the
- * same operations as approx_score, lane by lane. */
+/* The sixteen a_j of chunk c for user u from dot products already
+ * corrected by -corr: the same operations as approx_score, lane by lane. */
 VNNI_TARGET static inline __m512 approx16(const hl_qscan *qs, int u, int32_t c, __m512i d)
 {
     const hl_qitems *qi = qs->qi;
-    __m512 df = _mm512_cvtepi32_ps(_mm512_sub_epi32(d, _mm512_set1_epi32(qs->corr[u])));
     __m512 sqs = _mm512_mul_ps(_mm512_set1_ps(qs->s_q[u]), _mm512_load_ps(chunk_scale(qi, c)));
-    return _mm512_fmadd_ps(df, sqs, _mm512_load_ps(chunk_bias(qi, c)));
-}
-
-/* chunk_plain's test on sixteen lanes; the rare passes go to propose. */
-VNNI_TARGET static inline void post16(hl_qscan *qs, int u, int32_t c, __m512i d)
-{
-    const hl_qitems *qi = qs->qi;
-    __m512 a = approx16(qs, u, c, d);
-    float Uc = item_bound(qs, u, qi->rmax[c], qi->nmax[c]);
-    __m512 ub = _mm512_add_ps(a, _mm512_set1_ps(Uc));
-    unsigned m = _mm512_cmp_ps_mask(ub, _mm512_set1_ps(qs->L[u]), _CMP_GE_OQ);
-    int n = chunk_len(qi, c);
-    m &= n == CHUNK ? 0xffffu : (1u << n) - 1u;
-    if (m == 0)
-        return;
-    float av[CHUNK];
-    _mm512_storeu_ps(av, a);
-    for (; m != 0; m &= m - 1) {
-        int i = __builtin_ctz(m);
-        if (av[i] + Uc >= qs->L[u])      /* L may have risen within the chunk */
-            propose(qs, u, c * CHUNK + i, av[i]);
-    }
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sqs, _mm512_load_ps(chunk_bias(qi, c)));
 }
 
 static inline int32_t load4(const int8_t *p)
@@ -534,61 +517,158 @@ static inline int32_t load4(const int8_t *p)
     return v;
 }
 
-/* nu users (u0..) by nc chunks (c..): nu x nc accumulators, each 64-byte
- * row load serving nu users. Constant arguments let the compiler unroll
- * and keep the accumulators in registers. */
-VNNI_TARGET static inline __attribute__((always_inline)) void
-tile(hl_qscan *qs, int u0, int nu, int32_t c, int nc)
+/* The lanes that passed the first test in a tile (rare): the same
+ * proposals in the same order as chunk_plain, each user's items ascending,
+ * the test redone against the user's current L. */
+VNNI_TARGET static void tile_passes(hl_qscan *qs, int u0, int nu, int32_t c, int nc,
+                                    const __m512i *acc, const unsigned *mask)
 {
-    const hl_qitems *qi = qs->qi;
-    const uint8_t *base = chunk_rows(qi, c);
-    const int8_t *qq = qs->qq + (size_t)u0 * qi->dp;
-    __m512i acc[4][4];
-
     for (int u = 0; u < nu; u++)
-        for (int x = 0; x < nc; x++)
-            acc[u][x] = _mm512_setzero_si512();
-    for (int g = 0; g < qi->ng; g++) {
-        __m512i e[4];
-        for (int x = 0; x < nc; x++)
-            e[x] = _mm512_load_si512(base + x * qi->chunk_bytes + (size_t)g * 64);
-        for (int u = 0; u < nu; u++) {
-            __m512i qb = _mm512_set1_epi32(load4(qq + (size_t)u * qi->dp + g * 4));
-            for (int x = 0; x < nc; x++)
-                acc[u][x] = _mm512_dpbusd_epi32(acc[u][x], e[x], qb);
+        for (int x = 0; x < nc; x++) {
+            unsigned m = mask[u * 4 + x];
+            if (m == 0 || qs->failed[u0 + u])
+                continue;
+            float av[CHUNK];
+            _mm512_storeu_ps(av, approx16(qs, u0 + u, c + x, acc[u * 4 + x]));
+            for (; m != 0; m &= m - 1) {
+                int i = __builtin_ctz(m);
+                if (av[i] >= first_test(qs, u0 + u))
+                    propose(qs, u0 + u, (c + x) * CHUNK + i, av[i]);
+            }
         }
-    }
-    for (int x = 0; x < nc; x++)
-        for (int u = 0; u < nu; u++)
-            if (!qs->failed[u0 + u])
-                post16(qs, u0 + u, c + x, acc[u][x]);
 }
 
-VNNI_TARGET static void tile_4x2(hl_qscan *qs, int u0, int32_t c) { tile(qs, u0, 4, c, 2); }
-VNNI_TARGET static void tile_4x1(hl_qscan *qs, int u0, int32_t c) { tile(qs, u0, 4, c, 1); }
-VNNI_TARGET static void tile_1x4(hl_qscan *qs, int u0, int32_t c) { tile(qs, u0, 1, c, 4); }
-VNNI_TARGET static void tile_1x1(hl_qscan *qs, int u0, int32_t c) { tile(qs, u0, 1, c, 1); }
+#define DPB(a, e, q) a = _mm512_dpbusd_epi32(a, e, q)
+
+/* D (16 lanes) of users u0..u0+3 by chunks c..c+3 into out[u * 4 + x]:
+ * sixteen accumulators in named registers (an array of them defeated the
+ * register allocator), each 64-byte row load serving four users. They
+ * start at -corr, so they end as D_j. */
+VNNI_TARGET static void dots_4x4(const hl_qscan *qs, int u0, int32_t c, __m512i *out)
+{
+    const hl_qitems *qi = qs->qi;
+    const uint8_t *e0 = chunk_rows(qi, c), *e1 = e0 + qi->chunk_bytes,
+                  *e2 = e1 + qi->chunk_bytes, *e3 = e2 + qi->chunk_bytes;
+    const int8_t *q0 = qs->qq + (size_t)u0 * qi->dp, *q1 = q0 + qi->dp,
+                 *q2 = q1 + qi->dp, *q3 = q2 + qi->dp;
+    __m512i a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33;
+    a00 = a01 = a02 = a03 = _mm512_set1_epi32(-qs->corr[u0]);
+    a10 = a11 = a12 = a13 = _mm512_set1_epi32(-qs->corr[u0 + 1]);
+    a20 = a21 = a22 = a23 = _mm512_set1_epi32(-qs->corr[u0 + 2]);
+    a30 = a31 = a32 = a33 = _mm512_set1_epi32(-qs->corr[u0 + 3]);
+    for (int g = 0; g < qi->ng; g++) {
+        size_t o = (size_t)g * 64;
+        __m512i x0 = _mm512_load_si512(e0 + o), x1 = _mm512_load_si512(e1 + o);
+        __m512i x2 = _mm512_load_si512(e2 + o), x3 = _mm512_load_si512(e3 + o);
+        __m512i q = _mm512_set1_epi32(load4(q0 + g * 4));
+        DPB(a00, x0, q); DPB(a01, x1, q); DPB(a02, x2, q); DPB(a03, x3, q);
+        q = _mm512_set1_epi32(load4(q1 + g * 4));
+        DPB(a10, x0, q); DPB(a11, x1, q); DPB(a12, x2, q); DPB(a13, x3, q);
+        q = _mm512_set1_epi32(load4(q2 + g * 4));
+        DPB(a20, x0, q); DPB(a21, x1, q); DPB(a22, x2, q); DPB(a23, x3, q);
+        q = _mm512_set1_epi32(load4(q3 + g * 4));
+        DPB(a30, x0, q); DPB(a31, x1, q); DPB(a32, x2, q); DPB(a33, x3, q);
+    }
+    out[0] = a00; out[1] = a01; out[2] = a02; out[3] = a03;
+    out[4] = a10; out[5] = a11; out[6] = a12; out[7] = a13;
+    out[8] = a20; out[9] = a21; out[10] = a22; out[11] = a23;
+    out[12] = a30; out[13] = a31; out[14] = a32; out[15] = a33;
+}
+
+/* One user by chunks c..c+3 into out[0..3]. Nothing is reused, so this is
+ * a read of the table: the rows PREFETCH_CHUNKS ahead are asked for now,
+ * which keeps enough misses in flight to reach the memory bandwidth. */
+#define PREFETCH_CHUNKS 16
+VNNI_TARGET static void dots_1x4(const hl_qscan *qs, int u, int32_t c, __m512i *out)
+{
+    const hl_qitems *qi = qs->qi;
+    const uint8_t *e0 = chunk_rows(qi, c);
+    const size_t cb = qi->chunk_bytes;
+    const int8_t *q0 = qs->qq + (size_t)u * qi->dp;
+    __m512i a0, a1, a2, a3;
+    a0 = a1 = a2 = a3 = _mm512_set1_epi32(-qs->corr[u]);
+    if (c + 4 + PREFETCH_CHUNKS <= qi->n_chunks) {
+        const char *pf = (const char *)e0 + PREFETCH_CHUNKS * cb;
+        for (size_t o = 0; o < 4 * cb; o += 64)
+            _mm_prefetch(pf + o, _MM_HINT_T0);
+    }
+    for (int g = 0; g < qi->ng; g++) {
+        size_t o = (size_t)g * 64;
+        __m512i q = _mm512_set1_epi32(load4(q0 + g * 4));
+        DPB(a0, _mm512_load_si512(e0 + o), q);
+        DPB(a1, _mm512_load_si512(e0 + cb + o), q);
+        DPB(a2, _mm512_load_si512(e0 + 2 * cb + o), q);
+        DPB(a3, _mm512_load_si512(e0 + 3 * cb + o), q);
+    }
+    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
+}
+
+/* One user by one chunk (the ends of blocks and batches). */
+VNNI_TARGET static void dots_1x1(const hl_qscan *qs, int u, int32_t c, __m512i *out)
+{
+    const hl_qitems *qi = qs->qi;
+    __m512i a = _mm512_set1_epi32(-qs->corr[u]);
+    for (int g = 0; g < qi->ng; g++)
+        DPB(a, _mm512_load_si512(chunk_rows(qi, c) + (size_t)g * 64),
+            _mm512_set1_epi32(load4(qs->qq + (size_t)u * qi->dp + g * 4)));
+    out[0] = a;
+}
+
+/* The first test on the dot products D[u * 4 + x] of nu users by nc
+ * chunks; all the tile's tests are computed before one branch, so they
+ * overlap. */
+VNNI_TARGET static void tile_test(hl_qscan *qs, int u0, int nu, int32_t c, int nc,
+                                  const __m512i *D)
+{
+    unsigned mask[16], any = 0;
+
+    for (int x = 0; x < nc; x++) {
+        int n = chunk_len(qs->qi, c + x);
+        unsigned valid = n == CHUNK ? 0xffffu : (1u << n) - 1u;
+        __m512 s = _mm512_load_ps(chunk_scale(qs->qi, c + x));
+        __m512 b = _mm512_load_ps(chunk_bias(qs->qi, c + x));
+        for (int u = 0; u < nu; u++) {
+            __m512 sqs = _mm512_mul_ps(_mm512_set1_ps(qs->s_q[u0 + u]), s);
+            __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(D[u * 4 + x]), sqs, b);
+            mask[u * 4 + x] = valid & _mm512_cmp_ps_mask(a, _mm512_set1_ps(first_test(qs, u0 + u)),
+                                                         _CMP_GE_OQ);
+            any |= mask[u * 4 + x];
+        }
+    }
+    if (any != 0)
+        tile_passes(qs, u0, nu, c, nc, D, mask);
+}
 
 VNNI_TARGET static void scan_vnni(hl_qscan *qs, int n)
 {
     int32_t nc = qs->qi->n_chunks;
+    __m512i D[16];
 
     for (int32_t c0 = 0; c0 < nc; c0 += BLOCK_CHUNKS) {
         int32_t c1 = c0 + BLOCK_CHUNKS < nc ? c0 + BLOCK_CHUNKS : nc, c;
         int u = 0;
         for (; u + 4 <= n; u += 4) {
-            for (c = c0; c + 2 <= c1; c += 2)
-                tile_4x2(qs, u, c);
-            if (c < c1)
-                tile_4x1(qs, u, c);
+            for (c = c0; c + 4 <= c1; c += 4) {
+                dots_4x4(qs, u, c, D);
+                tile_test(qs, u, 4, c, 4, D);
+            }
+            for (; c < c1; c++)
+                for (int v = u; v < u + 4; v++) {
+                    dots_1x1(qs, v, c, D);
+                    tile_test(qs, v, 1, c, 1, D);
+                }
         }
         for (; u < n; u++) {
             if (qs->failed[u])
                 continue;
-            for (c = c0; c + 4 <= c1; c += 4)
-                tile_1x4(qs, u, c);
-            for (; c < c1; c++)
-                tile_1x1(qs, u, c);
+            for (c = c0; c + 4 <= c1; c += 4) {
+                dots_1x4(qs, u, c, D);
+                tile_test(qs, u, 1, c, 4, D);
+            }
+            for (; c < c1; c++) {
+                dots_1x1(qs, u, c, D);
+                tile_test(qs, u, 1, c, 1, D);
+            }
         }
     }
 }
@@ -597,7 +677,7 @@ VNNI_TARGET static void approx_vnni(hl_qscan *qs, float *a)
 {
     const hl_qitems *qi = qs->qi;
     for (int32_t c = 0; c < qi->n_chunks; c++) {
-        __m512i acc = _mm512_setzero_si512();
+        __m512i acc = _mm512_set1_epi32(-qs->corr[0]);
         for (int g = 0; g < qi->ng; g++)
             acc = _mm512_dpbusd_epi32(acc, _mm512_load_si512(chunk_rows(qi, c) + (size_t)g * 64),
                                       _mm512_set1_epi32(load4(qs->qq + g * 4)));

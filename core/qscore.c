@@ -38,8 +38,8 @@
  * Blocking: items go by in blocks of BLOCK_CHUNKS chunks (at dim 64,
  * 147 KB: stays in L2) and each block meets every user of the batch, four
  * users by four chunks per step (sixteen accumulators, each row load
- * serving four users). A single user takes four chunks per step: its scan is a
- * read of the table at memory bandwidth. */
+ * serving four users). A single user reads the chunks in order: its scan
+ * is a read of the table at memory bandwidth. */
 #include "qscore.h"
 
 #include <math.h>
@@ -575,35 +575,10 @@ VNNI_TARGET static void dots_4x4(const hl_qscan *qs, int u0, int32_t c, __m512i 
     out[12] = a30; out[13] = a31; out[14] = a32; out[15] = a33;
 }
 
-/* One user by chunks c..c+3 into out[0..3]. Nothing is reused, so this is
- * a read of the table: the rows PREFETCH_CHUNKS ahead are asked for now,
- * which keeps enough misses in flight to reach the memory bandwidth. */
-#define PREFETCH_CHUNKS 16
-VNNI_TARGET static void dots_1x4(const hl_qscan *qs, int u, int32_t c, __m512i *out)
-{
-    const hl_qitems *qi = qs->qi;
-    const uint8_t *e0 = chunk_rows(qi, c);
-    const size_t cb = qi->chunk_bytes;
-    const int8_t *q0 = qs->qq + (size_t)u * qi->dp;
-    __m512i a0, a1, a2, a3;
-    a0 = a1 = a2 = a3 = _mm512_set1_epi32(-qs->corr[u]);
-    if (c + 4 + PREFETCH_CHUNKS <= qi->n_chunks) {
-        const char *pf = (const char *)e0 + PREFETCH_CHUNKS * cb;
-        for (size_t o = 0; o < 4 * cb; o += 64)
-            _mm_prefetch(pf + o, _MM_HINT_T0);
-    }
-    for (int g = 0; g < qi->ng; g++) {
-        size_t o = (size_t)g * 64;
-        __m512i q = _mm512_set1_epi32(load4(q0 + g * 4));
-        DPB(a0, _mm512_load_si512(e0 + o), q);
-        DPB(a1, _mm512_load_si512(e0 + cb + o), q);
-        DPB(a2, _mm512_load_si512(e0 + 2 * cb + o), q);
-        DPB(a3, _mm512_load_si512(e0 + 3 * cb + o), q);
-    }
-    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
-}
-
-/* One user by one chunk (the ends of blocks and batches). */
+/* One user by one chunk. A single user reuses nothing, so its scan is a
+ * read of the table: chunk after chunk, a single sequential stream, which
+ * the hardware prefetchers follow at memory bandwidth (four chunks read in
+ * interleaved rows, or software prefetches ahead, ran at half of it). */
 VNNI_TARGET static void dots_1x1(const hl_qscan *qs, int u, int32_t c, __m512i *out)
 {
     const hl_qitems *qi = qs->qi;
@@ -662,7 +637,8 @@ VNNI_TARGET static void scan_vnni(hl_qscan *qs, int n)
             if (qs->failed[u])
                 continue;
             for (c = c0; c + 4 <= c1; c += 4) {
-                dots_1x4(qs, u, c, D);
+                for (int x = 0; x < 4; x++)     /* chunk after chunk: one stream */
+                    dots_1x1(qs, u, c + x, D + x);
                 tile_test(qs, u, 1, c, 4, D);
             }
             for (; c < c1; c++) {

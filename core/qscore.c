@@ -160,6 +160,11 @@ static int pick_vnni(int kernel)
 #endif
 }
 
+int hl_qscore_has_vector_kernel(void)
+{
+    return pick_vnni(HL_QKERNEL_AUTO);
+}
+
 hl_qitems *hl_qitems_create(const float *e_out, const float *bias, int32_t n_items,
                             int dim, int kernel, char *errbuf, size_t errlen)
 {

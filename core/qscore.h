@@ -35,6 +35,11 @@ typedef struct hl_qscan  hl_qscan;    /* opaque: one ranker's scan scratch */
 hl_qitems *hl_qitems_create(const float *e_out, const float *bias, int32_t n_items,
                             int dim, int kernel, char *errbuf, size_t errlen);
 void       hl_qitems_destroy(hl_qitems *qi);                /* NULL is a no-op */
+/* 1 when this CPU runs the AVX-512 VNNI kernel (HL_QKERNEL_AUTO picks it),
+ * 0 when only the plain one, which is for portability, not speed: it
+ * scores about 16x slower than SGEMM at batch 256 (recs.scoring=auto then
+ * keeps the exact path). */
+int        hl_qscore_has_vector_kernel(void);
 /* "avx512-vnni" or "plain": the kernel in use. */
 const char *hl_qitems_kernel(const hl_qitems *qi);
 /* Bytes a scan reads per user when it cannot reuse them (batch 1). */

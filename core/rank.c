@@ -109,7 +109,8 @@ struct hl_ranker {
     float         *bc_dot;     /* (k, MAX_RING) rec . hist */
     float         *bc_a;       /* (MAX_RING) a_e of each history entry */
     int32_t       *bc_item;    /* (MAX_RING) item of each history entry */
-    hl_qitems     *qi;         /* two-stage: the int8 copy of e_out, else NULL */
+    const hl_qitems *qi;       /* two-stage: the int8 copy of e_out, else NULL */
+    hl_qitems     *own_qi;     /* the same when the ranker built it, else NULL */
     hl_qscan      *qs;         /* two-stage: its scan scratch */
     hl_qscan_user *qusers;     /* (max_batch) two-stage: each user's query and exclusions */
     uint64_t       fallbacks;  /* two-stage users rescanned exactly */
@@ -123,8 +124,10 @@ static layer_fn pick_layer(void);
 static int two_stage_create(hl_ranker *r, const hl_rank_opts *o, char *errbuf,
                             size_t errlen)
 {
-    r->qi = hl_qitems_create(r->e_out, r->bias, r->n_items, r->dim, o->qkernel,
-                             errbuf, errlen);
+    r->qi = o->qitems;
+    if (r->qi == NULL)
+        r->qi = r->own_qi = hl_qitems_create(r->e_out, r->bias, r->n_items, r->dim,
+                                             o->qkernel, errbuf, errlen);
     if (r->qi == NULL)
         return HL_EINVAL;
     if ((r->qs = hl_qscan_create(r->qi, r->max_batch, r->k, errbuf, errlen)) == NULL)
@@ -307,7 +310,7 @@ void hl_ranker_destroy(hl_ranker *r)
     free(r->bc_a);
     free(r->bc_item);
     hl_qscan_destroy(r->qs);
-    hl_qitems_destroy(r->qi);
+    hl_qitems_destroy(r->own_qi);
     free(r->qusers);
     free(r);
 }

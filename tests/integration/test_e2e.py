@@ -134,6 +134,10 @@ def main():
         check("metrics_account_for_every_event",
               consumed == len(first) and invalid == 0,
               "consumed %d (want %d), unknown %d, invalid %d" % (consumed, len(first), unknown, invalid))
+        text = worker.metrics()
+        check("two_stage_bounded_every_user", "\nhalflife_rank_fallbacks_total 0\n" in text,
+              "halflife_rank_fallbacks_total is missing or not 0: some users' candidates "
+              "could not be bounded on a random model")
         rc = worker.stop()
         worker = None
         with open(os.path.join(tmp, "worker1.log")) as f:

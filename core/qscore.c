@@ -755,7 +755,7 @@ const int32_t *hl_qscan_cands(const hl_qscan *qs, int u, int *n_cand)
     return qs->cand + (size_t)u * qs->cap;
 }
 
-int hl_qitems_approx(const hl_qitems *qi, const float *q, float *a)
+int hl_qitems_approx(const hl_qitems *qi, const float *q, float *a, float *U)
 {
     char err[128];
     hl_qscan *qs = hl_qscan_create(qi, 1, 1, err, sizeof err);
@@ -781,6 +781,8 @@ int hl_qitems_approx(const hl_qitems *qi, const float *q, float *a)
                                                         chunk_bias(qi, c)[i]);
         }
     }
+    for (int32_t j = 0; rc == 0 && U != NULL && j < qi->n_items; j++)
+        U[j] = item_bound(qs, 0, qi->r[j], qi->nrm[j]);
     hl_qscan_destroy(qs);
     return rc;
 }

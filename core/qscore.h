@@ -69,8 +69,10 @@ int hl_qscan_run(hl_qscan *qs, const hl_qscan_user *users, int n);
 const int32_t *hl_qscan_cands(const hl_qscan *qs, int u, int *n_cand);
 
 /* Tests: the approximate score a_j of every item (n_items floats) for one
- * query with the table's kernel. Two tables of one e_out, one plain, must
- * agree to the bit. Returns 0, or HL_ERANGE for a query it cannot bound. */
-int hl_qitems_approx(const hl_qitems *qi, const float *q, float *a);
+ * query with the table's kernel, and when U is not NULL the bound U_j the
+ * scan uses (|q . e_j + b_j - a_j| <= U_j, rounding of det_score included).
+ * Two tables of one e_out, one plain, must agree to the bit. Returns 0, or
+ * HL_ERANGE for a query it cannot bound. */
+int hl_qitems_approx(const hl_qitems *qi, const float *q, float *a, float *U);
 
 #endif

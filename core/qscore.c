@@ -600,11 +600,17 @@ VNNI_TARGET static void dots_4x4(const hl_qscan *qs, int u0, int32_t c, __m512i 
 VNNI_TARGET static void dots_1x1(const hl_qscan *qs, int u, int32_t c, __m512i *out)
 {
     const hl_qitems *qi = qs->qi;
-    __m512i a = _mm512_set1_epi32(-qs->corr[u]);
-    for (int g = 0; g < qi->ng; g++)
-        DPB(a, _mm512_load_si512(chunk_rows(qi, c) + (size_t)g * 64),
-            _mm512_set1_epi32(load4(qs->qq + (size_t)u * qi->dp + g * 4)));
-    out[0] = a;
+    const uint8_t *e = chunk_rows(qi, c);
+    const int8_t *q = qs->qq + (size_t)u * qi->dp;
+    __m512i a = _mm512_set1_epi32(-qs->corr[u]), b = _mm512_setzero_si512();
+    int g = 0;
+    for (; g + 2 <= qi->ng; g += 2) {      /* two chains: half the latency */
+        DPB(a, _mm512_load_si512(e + (size_t)g * 64), _mm512_set1_epi32(load4(q + g * 4)));
+        DPB(b, _mm512_load_si512(e + (size_t)g * 64 + 64), _mm512_set1_epi32(load4(q + g * 4 + 4)));
+    }
+    if (g < qi->ng)
+        DPB(a, _mm512_load_si512(e + (size_t)g * 64), _mm512_set1_epi32(load4(q + g * 4)));
+    out[0] = _mm512_add_epi32(a, b);
 }
 
 /* The first test on the dot products D[u * 4 + x] of nu users by nc
@@ -618,6 +624,22 @@ VNNI_TARGET static void tile_test(hl_qscan *qs, int u0, int nu, int32_t c, int n
             any |= first_mask(qs, u0 + u, c + x, D[u * 4 + x]);
     if (any != 0)
         tile_passes(qs, u0, nu, c, nc, D);
+}
+
+/* tile_test for one user by four whole chunks (batch 1's hot path). */
+VNNI_TARGET static inline void tile_test_1x4(hl_qscan *qs, int u, int32_t c, const __m512i *D)
+{
+    __m512 sq = _mm512_set1_ps(qs->s_q[u]), t = _mm512_set1_ps(first_test(qs, u));
+    __mmask16 any = 0;
+#pragma GCC unroll 4
+    for (int x = 0; x < 4; x++) {
+        __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(D[x]),
+                                   _mm512_mul_ps(sq, _mm512_load_ps(chunk_scale(qs->qi, c + x))),
+                                   _mm512_load_ps(chunk_bias(qs->qi, c + x)));
+        any |= _mm512_cmp_ps_mask(a, t, _CMP_GE_OQ);
+    }
+    if (any != 0)
+        tile_passes(qs, u, 1, c, 4, D);
 }
 
 /* tile_test for four users by four whole chunks, the batch's hot path:
@@ -691,7 +713,10 @@ VNNI_TARGET static void scan_vnni(hl_qscan *qs, int n)
             for (c = c0; c + 4 <= c1; c += 4) {
                 for (int x = 0; x < 4; x++)     /* chunk after chunk: one stream */
                     dots_1x1(qs, u, c + x, D + x);
-                tile_test(qs, u, 1, c, 4, D);
+                if ((c + 4) * CHUNK <= qs->qi->n_items)
+                    tile_test_1x4(qs, u, c, D);
+                else
+                    tile_test(qs, u, 1, c, 4, D);
             }
             for (; c < c1; c++) {
                 dots_1x1(qs, u, c, D);

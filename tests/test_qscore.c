@@ -1,5 +1,6 @@
-/* test_qscore.c - two-stage scoring: the int8 kernel against its plain
- * twin (the same approximate scores and proposals to the bit), and the
+/* test_qscore.c - two-stage scoring: the bound (|q.e + b - a| <= U on
+ * every item), the int8 kernel against its plain twin (the same
+ * approximate scores and proposals to the bit), and the
  * ranker's two-stage lists against its exact (fp32) lists: the same items,
  * order and scores, on random and adversarial models (near-ties, exact
  * ties, large and mixed norms, negative biases), with seen and extra

@@ -119,6 +119,13 @@ static void test_offset_reset(void)
     CHECK(hl_config_set(cfg, "kafka.auto.offset.reset", "end", "-X", err, sizeof err) == 0);
     hl_config_worker_opts(cfg, &o);
     CHECK(o.offset_reset_latest);
+    /* Every name librdkafka accepts for the newest offset is the newest. */
+    CHECK(hl_config_set(cfg, "kafka.auto.offset.reset", "largest", "-X", err, sizeof err) == 0);
+    hl_config_worker_opts(cfg, &o);
+    CHECK(o.offset_reset_latest);
+    CHECK(hl_config_set(cfg, "kafka.auto.offset.reset", "smallest", "-X", err, sizeof err) == 0);
+    hl_config_worker_opts(cfg, &o);
+    CHECK(!o.offset_reset_latest);
     hl_config_destroy(cfg);
 }
 

@@ -15,6 +15,7 @@
 #include "codec.h"
 #include "metrics.h"
 #include "model.h"
+#include "rank.h"
 #include "multipart.h"
 #include "producer.h"
 #include "shard.h"
@@ -31,6 +32,9 @@
 typedef struct hl_wshared {
     const hl_worker_opts *o;
     const hl_model       *m;
+    const hl_qitems      *qitems;         /* two-stage scoring: m's int8 copy, read by
+                                             every thread's ranker; NULL: exact */
+    hl_counter           *rank_fallbacks;  /* two-stage users scored over every item */
     rd_kafka_t           *consumer;
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */

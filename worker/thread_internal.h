@@ -98,6 +98,8 @@ struct hl_wthread {
     batch_counts b;
 
     hl_ranker   *ranker;                            /* publish.c; NULL: state only */
+    uint64_t     rank_fallbacks;                    /* the ranker's count, last added to
+                                                       ctx->rank_fallbacks */
     hl_row_view *views;
     hl_rec      *recs;
     int         *n_out;

@@ -45,6 +45,7 @@ struct hl_worker {
     hl_wshared        ctx;
     hl_wthread      **th;
     int               n_th;
+    hl_qitems        *qitems;         /* two-stage scoring; ctx.qitems borrows it */
     int              *th_load;        /* shards per thread, main thread's view */
     hl_wthread      **owner;          /* by partition; main thread only */
     int               cap_owner;
@@ -597,6 +598,28 @@ static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* Two-stage scoring: the model's int8 copy, built once at load and read by
+ * every thread's ranker (at 1M items, dim 64, 72 MB). */
+static int start_scoring(hl_worker *w, char *errbuf, size_t errlen)
+{
+    const hl_model_info *mi = hl_model_info_get(w->m);
+    w->ctx.rank_fallbacks = hl_metrics_counter(w->reg, "halflife_rank_fallbacks_total",
+        "Users whose two-stage candidates could not be bounded (a crowd of near-ties), "
+        "scored over every item instead; the list is the same, only slower.", NULL);
+    if (!w->o.recs_enabled || w->o.recs_scoring != HL_SCORING_TWO_STAGE) {
+        hl_log(HL_LOG_INFO, "scoring", "mode=exact");
+        return 0;
+    }
+    w->qitems = hl_qitems_create(hl_model_e_out(w->m), hl_model_bias(w->m), mi->n_items,
+                                 mi->dim, HL_QKERNEL_AUTO, errbuf, errlen);
+    if (w->qitems == NULL)
+        return HL_EINVAL;
+    w->ctx.qitems = w->qitems;
+    hl_log(HL_LOG_INFO, "scoring", "mode=two-stage kernel=%s table_bytes=%zu",
+           hl_qitems_kernel(w->qitems), hl_qitems_scan_bytes(w->qitems));
+    return 0;
+}
+
 hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
                             hl_metrics *reg, char *errbuf, size_t errlen)
 {
@@ -636,7 +659,8 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         goto fail;
     w->ctx.consumer = hl_consumer_handle(w->cons);
     w->ctx.prod = w->prod;
-    if (start_registry(w, errbuf, errlen) != 0 || start_threads(w, errbuf, errlen) != 0)
+    if (start_registry(w, errbuf, errlen) != 0 || start_scoring(w, errbuf, errlen) != 0 ||
+        start_threads(w, errbuf, errlen) != 0)
         goto fail;
     return w;
 fail:
@@ -652,6 +676,7 @@ void hl_worker_destroy(hl_worker *w)
         hl_wthread_destroy(w->th[i]);
     hl_schema_store_destroy(w->schemas);  /* after every codec that asks it */
     hl_persist_destroy(w->persist);     /* after every shard is gone */
+    hl_qitems_destroy(w->qitems);       /* after every ranker is gone */
     hl_multipart_destroy(w->ctx.multipart);
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);

@@ -36,6 +36,7 @@ typedef struct hl_worker_opts {
     const char *registry_fallback_dir;   /* NULL: none */
     int         recs_enabled;       /* 0: state only, no lists (benchmarks) */
     int         recs_k, recs_exclude_seen;
+    int         recs_scoring;       /* HL_SCORING_EXACT or _TWO_STAGE (recs.scoring, auto resolved) */
     int64_t     recs_min_interval_ms; /* 0: refresh after every batch that touched a user */
     int         threads;            /* shard-owning threads, >= 1 */
     int         batch_max_messages, batch_max_ms;

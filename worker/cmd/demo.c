@@ -16,6 +16,7 @@
 #include "config.h"
 #include "http.h"
 #include "dataset.h"
+#include "decay.h"
 #include "log.h"
 #include "pace.h"
 #include "synth.h"
@@ -360,10 +361,17 @@ static hl_model *train_model(char *err, size_t errlen)
         return NULL;
     }
     hl_train_opts_default(&to);
+    /* A small fixed recipe, quick on a laptop: three heads at 1h/1d/30d. */
     to.dim = 32;
     to.hidden[0] = 64;
     to.epochs = 3;
     to.max_history = 64;
+    to.n_heads = HL_DEFAULT_HEADS;
+    for (int h = 0; h < HL_DEFAULT_HEADS; h++)
+        to.half_life_ms[h] = hl_default_half_life_ms[h];
+    to.learn_half_lives = 0;
+    to.tie = 0;
+    to.dropout = 0.3f;
     to.progress = train_progress;
     double t0 = hl_now_mono_s();
     hl_log(HL_LOG_INFO, "demo_train", "events=%lld users=%d items=%d dim=%d epochs=%d",

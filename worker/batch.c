@@ -179,6 +179,21 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, flight *f)
 
 /* ---- counters ---------------------------------------------------------- */
 
+/* Records the consumer jumped over: on a non-transactional topic they
+ * were deleted by retention before this worker read them (the embedded
+ * broker keeps 5 MiB per partition), so they are lost to the state. */
+static void report_skipped(hl_wthread *t, const hl_shard *sh)
+{
+    uint64_t sup = 0;
+    hl_counter_add(t->ctx->mx.skipped, (uint64_t)sh->skipped);
+    if (hl_log_limit_pass(&t->err_limit, &sup))
+        hl_log(HL_LOG_WARN, "input_offsets_skipped", "partition=%d from=%lld records=%lld "
+               "reason=\"never received: deleted by retention before they were read (the "
+               "worker lags too far), or transaction markers\" suppressed=%llu",
+               (int)sh->partition, (long long)sh->skip_first, (long long)sh->skipped,
+               (unsigned long long)sup);
+}
+
 /* The batch's counts into the registry: one add per series per batch. */
 static void count_batch(hl_wthread *t, int n_msgs)
 {
@@ -187,6 +202,8 @@ static void count_batch(hl_wthread *t, int n_msgs)
         hl_shard *sh = t->own[i];
         if (sh->n_seen)
             hl_counter_add(sh->series.consumed, (uint64_t)sh->n_seen);
+        if (sh->skipped > 0)
+            report_skipped(t, sh);
         hl_shard_publish_stats(sh, ctx->mx.evictions);
     }
     for (int r = 1; r < HL_CODEC_N_REASONS; r++)

@@ -128,6 +128,9 @@ static void register_event_counters(hl_worker *w)
     w->ctx.mx.multipart = hl_metrics_counter(reg, "halflife_users_multi_partition_total",
         "Users inserted in one partition while noted in another (input not keyed by user_id).",
         NULL);
+    w->ctx.mx.skipped = hl_metrics_counter(reg, "halflife_input_offsets_skipped_total",
+        "Input offsets the consumer jumped over: records deleted by retention before "
+        "they were read (lost to the state), or transaction markers.", NULL);
     w->ctx.mx.dl_kept = hl_metrics_counter(reg, "halflife_dead_letters_kept_total",
         "Bad records whose DLQ copy failed, kept in snapshot.dir/dead-letters instead.", NULL);
     w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
@@ -756,6 +759,7 @@ void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
     st->unknown_items = hl_counter_get(ctx->mx.unknown);
     st->lists = hl_counter_get(ctx->mx.lists);
     st->batches = hl_counter_get(ctx->mx.batches);
+    st->skipped = hl_counter_get(ctx->mx.skipped);
     st->users = (uint64_t)hl_metrics_gauge_sum(w->reg, "halflife_users");
     for (int r = 1; r < HL_CODEC_N_REASONS; r++) {
         st->invalid_by_reason[r] = hl_counter_get(ctx->mx.invalid[r]);

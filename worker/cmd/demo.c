@@ -63,6 +63,7 @@ typedef struct demo {
     atomic_int   want_sample;
     /* counters */
     atomic_ullong produced, trials, hits;
+    uint64_t     prev_trials, prev_hits;     /* status line's window */
     atomic_int   stop;
     int          input_done;
 } demo;
@@ -382,18 +383,37 @@ static hl_model *train_model(char *err, size_t errlen)
 
 /* ---- status ------------------------------------------------------------ */
 
+/* The hit rate of the last second (not since start, which hides a trend). */
+static double window_hit_rate(demo *d)
+{
+    uint64_t trials = atomic_load(&d->trials), hits = atomic_load(&d->hits);
+    uint64_t dt = trials - d->prev_trials, dh = hits - d->prev_hits;
+    d->prev_trials = trials;
+    d->prev_hits = hits;
+    return dt ? 100.0 * (double)dh / (double)dt : 0.0;
+}
+
 static void status_line(demo *d, hl_worker_stats *prev, double dt)
 {
     hl_worker_stats st;
     hl_worker_stats_get(d->w, &st);
-    uint64_t trials = atomic_load(&d->trials), hits = atomic_load(&d->hits);
-    printf("events/s %8.0f | lists/s %8.0f | p99 publish %6.1f ms | users %7llu | "
-           "hit@%d %5.1f%% | produced %llu consumed %llu invalid %llu\n",
-           (double)(st.consumed - prev->consumed) / dt, (double)(st.lists - prev->lists) / dt,
-           st.lat_p99_s * 1000.0, (unsigned long long)st.users, SEEN_K,
-           trials ? 100.0 * (double)hits / (double)trials : 0.0,
-           (unsigned long long)atomic_load(&d->produced), (unsigned long long)st.consumed,
-           (unsigned long long)st.invalid);
+    uint64_t produced = atomic_load(&d->produced);
+    double ev_s = (double)(st.consumed - prev->consumed) / dt;
+    double lag_s = d->rate > 0 && produced > st.consumed
+                   ? (double)(produced - st.consumed) / d->rate : 0.0;
+    printf("events/s %6.0f | lists/s %6.0f | publish p50 %5.1f p99 %6.1f ms | lag %5.2f s | "
+           "users %6llu | hit@%d %4.1f%% | produced %llu consumed %llu invalid %llu skipped %llu\n",
+           ev_s, (double)(st.lists - prev->lists) / dt, st.lat_p50_s * 1000.0,
+           st.lat_p99_s * 1000.0, lag_s, (unsigned long long)st.users, SEEN_K,
+           window_hit_rate(d), (unsigned long long)produced, (unsigned long long)st.consumed,
+           (unsigned long long)st.invalid, (unsigned long long)st.skipped);
+    if (lag_s > 1.0)
+        printf("  the worker is %.1f s behind the producer: see halflife_stage_seconds on "
+               "/metrics for where the time goes\n", lag_s);
+    if (st.skipped > prev->skipped)
+        printf("  %llu input records were deleted by the embedded broker before the worker "
+               "read them (it keeps 5 MiB per partition)\n",
+               (unsigned long long)(st.skipped - prev->skipped));
     *prev = st;
 }
 
@@ -479,6 +499,27 @@ static int demo_parse(demo *d, hl_config *cfg, int argc, char **argv)
     return rc;
 }
 
+/* The embedded broker (librdkafka 2.0.2's mock cluster) finds the message
+ * set a fetch asks for by walking the partition's retained sets from the
+ * oldest (rd_kafka_mock_msgset_find, "FIXME: Maintain an index"), keeps up
+ * to 5 MiB of them per partition, and answers each fetch with one set. So
+ * every set the worker reads costs a walk over all those retained: with
+ * tiny sets (linger.ms=5 at 5,000 events/s over 4 partitions: 6 events, some
+ * 9,000 sets per partition once the log is full) its one thread spent a
+ * whole core walking after a minute and the worker fell behind for good.
+ * The cost per second grows with (sets per second) x (sets retained), both
+ * inversely with the events per set, so the producer lingers long enough
+ * for about 25 events per set and partition, at most 50 ms (at low rates
+ * the log then holds few, larger sets; tests/integration/test_live.py runs
+ * the demo's rate for minutes and checks the lag and the watermarks). */
+static int demo_linger_ms(double rate, int partitions)
+{
+    if (rate <= 0)
+        return 5;               /* as fast as possible: sets fill anyway */
+    double ms = 25.0 * 1000.0 * partitions / rate;
+    return ms < 5 ? 5 : ms > 50 ? 50 : (int)ms;
+}
+
 static int demo_start(demo *d, hl_config *cfg, hl_model *m, hl_metrics *reg,
                       char *err, size_t errlen)
 {
@@ -489,12 +530,19 @@ static int demo_start(demo *d, hl_config *cfg, hl_model *m, hl_metrics *reg,
         o.snapshot_dir = d->snapdir;    /* the embedded broker's data is gone after */
     if (!hl_config_is_set(cfg, "worker.threads"))
         o.threads = 1;          /* leave a core for the producer and the broker */
+    /* One thread reads every partition anyway; each partition more makes
+     * the embedded broker's message sets smaller and its scans longer
+     * (see demo_linger). */
+    if (!hl_config_is_set(cfg, "embedded.partitions"))
+        o.embedded_partitions = 1;
     o.on_list = on_list;
     o.on_list_arg = d;
     if ((d->w = hl_worker_create(&o, m, reg, err, errlen)) == NULL)
         return HL_EINVAL;
+    char linger[16];
+    snprintf(linger, sizeof linger, "%d", demo_linger_ms(d->rate, o.embedded_partitions));
     hl_kafka_prop props[] = {{"bootstrap.servers", hl_worker_bootstrap(d->w)},
-                             {"enable.idempotence", "false"}, {"linger.ms", "5"}};
+                             {"enable.idempotence", "false"}, {"linger.ms", linger}};
     if ((d->prod = hl_producer_create(props, 3, NULL, err, errlen)) == NULL)
         return HL_EINVAL;
     hl_codec_opts co = o.codec;

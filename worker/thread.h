@@ -60,6 +60,8 @@ typedef struct hl_wshared {
         hl_counter   *multipart;          /* users seen in two partitions */
         hl_counter   *skipped;            /* input offsets never received */
         hl_histogram *batch_size, *stage[4], *e2p;
+        hl_histogram *live[6];            /* halflife_event_stage_seconds, LIVE_* */
+        hl_histogram *worker_share;       /* fetched -> delivered */
     } mx;
 } hl_wshared;
 

@@ -57,6 +57,33 @@ void hl_batch_free(hl_wthread *t)
  * call, each record version-checked as here) was tried and measured: no
  * gain in events/s or worker CPU against this loop (bench_worker, A/B pairs
  * in one run), on a deprecated API, so this loop stays. */
+#define CADENCE_DECAY 0.9    /* each older batch weighs 0.9 of the next in the fits */
+
+/* With records in hand and none queued: how long to wait for more
+ * (cadence.h decides from the fitted refresh cost and the arrival rate);
+ * 0 to refresh now. */
+static int cadence_wait_ms(hl_wthread *t, int n, int64_t now_us)
+{
+    const hl_worker_opts *o = t->ctx->o;
+    hl_cadence_in in = {
+        .n_taken = n, .max_messages = o->batch_max_messages,
+        .age_ms = (double)(now_us - t->fetch_us[0]) / 1000.0, .max_ms = o->batch_max_ms,
+        .rate_per_ms = hl_cadence_rate_get(&t->cad_rate),
+    };
+    hl_cadence_fit_get(&t->cad_fit, &in.a_ms, &in.b_ms);
+    double w = hl_cadence_wait_ms(&in);
+    return w >= 0.5 ? (int)(w + 0.5) : 0;   /* the queue waits whole ms */
+}
+
+/* The rate seen by this batch (records since the previous batch's start). */
+static void cadence_note_batch(hl_wthread *t, int n, int64_t start_us)
+{
+    if (t->cad_last_us > 0)
+        hl_cadence_rate_add(&t->cad_rate, n, (double)(start_us - t->cad_last_us) / 1000.0,
+                            CADENCE_DECAY);
+    t->cad_last_us = start_us;
+}
+
 int hl_batch_consume(hl_wthread *t)
 {
     int bm = t->ctx->o->batch_max_messages;
@@ -70,7 +97,11 @@ int hl_batch_consume(hl_wthread *t)
     while (n < bm) {
         rd_kafka_message_t *m = rd_kafka_consume_queue(t->q, 0);
         if (m == NULL) {
-            int64_t left = end - hl_now_mono_ms();
+            /* No record waits: before the first, wait out batch.max.ms (the
+             * loop then serves mail and flights); with some in hand, only
+             * as long as the cadence rule says more are worth waiting for. */
+            now_us = hl_now_mono_us();
+            int64_t left = n == 0 ? end - now_us / 1000 : cadence_wait_ms(t, n, now_us);
             if (left <= 0 || (m = rd_kafka_consume_queue(t->q, (int)left)) == NULL)
                 break;
             now_us = hl_now_mono_us();
@@ -322,6 +353,9 @@ void hl_batch_run(hl_wthread *t, int n)
      * scoring time after it was applied, "produced" the end of it all. */
     f->refreshed_us = f->applied_us + (int64_t)(t->b.stage_s[STAGE_REFRESH] * 1e6);
     f->produced_us = hl_now_mono_us();
+    cadence_note_batch(t, n, f->start_us);
+    hl_cadence_fit_add(&t->cad_fit, n, (double)(f->produced_us - f->start_us) / 1000.0,
+                       CADENCE_DECAY);
     hl_flight_note_offsets(t, f);
     count_batch(t, n);
 }

@@ -19,6 +19,7 @@
 #define HL_THREAD_INTERNAL_H
 
 #include "thread.h"
+#include "cadence.h"
 #include "log.h"
 #include "rank.h"
 
@@ -94,6 +95,9 @@ struct hl_wthread {
     hl_codec    *codec;                             /* batch.c */
     rd_kafka_message_t **msgs;
     int64_t     *fetch_us;                          /* per record: when taken */
+    hl_cadence_fit  cad_fit;                        /* batch work ms = a + b records */
+    hl_cadence_rate cad_rate;                       /* records per ms arriving */
+    int64_t      cad_last_us;                       /* the previous batch's start */
     char        *arena;   size_t arena_used, arena_cap;  /* user ids of the batch */
     hl_log_limit bad_limit, err_limit, multi_limit;
     batch_counts b;

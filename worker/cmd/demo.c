@@ -500,6 +500,25 @@ static void watch(demo *d)
     }
 }
 
+/* After the producer stopped: waits (at most 10 s, or until a second
+ * signal) for the worker to consume what was produced, so a stop leaves
+ * nothing unread, and logs both counts. */
+static void drain(demo *d)
+{
+    hl_worker_stats st;
+    uint64_t produced = atomic_load(&d->produced);
+    double until = hl_now_mono_s() + 10;
+    struct timespec ts = {0, 20 * 1000000L};
+    hl_worker_stats_get(d->w, &st);
+    while (st.consumed + st.skipped < produced && hl_now_mono_s() < until) {
+        nanosleep(&ts, NULL);
+        hl_worker_stats_get(d->w, &st);
+    }
+    hl_log(HL_LOG_INFO, "demo_stopped", "produced=%llu consumed=%llu skipped=%llu",
+           (unsigned long long)produced, (unsigned long long)st.consumed,
+           (unsigned long long)st.skipped);
+}
+
 /* ---- arguments and lifecycle ------------------------------------------- */
 
 static void demo_usage(FILE *f)
@@ -693,6 +712,7 @@ int hl_cmd_demo(int argc, char **argv)
     pthread_join(pt, NULL);
     hl_producer_destroy(d.prod, 5000);
     d.prod = NULL;
+    drain(&d);
     hl_worker_stop(d.w);
     pthread_join(wt, NULL);
     rc = 0;

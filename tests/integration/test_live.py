@@ -110,7 +110,9 @@ def run(tmp, failed):
     stop = threading.Event()
     watcher = None
     try:
-        bootstrap = wait_bootstrap(err_path, proc)
+        # The demo trains its model before it starts the broker: seconds, or
+        # a minute and more under the sanitizers.
+        bootstrap = wait_bootstrap(err_path, proc, timeout=400 if san else 120)
         check("embedded_broker_started", bootstrap is not None, "no event=embedded_broker in "
               + err_path, failed)
         if bootstrap is None:

@@ -76,6 +76,7 @@ void hl_shard_batch_begin(hl_shard *sh)
     sh->n_seen = 0;
     sh->batch_next_offset = -1;
     sh->batch_newest_off = -1;
+    sh->skipped = 0;
 }
 
 int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed)

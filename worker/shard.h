@@ -35,6 +35,11 @@ typedef struct hl_shard {
     int64_t     batch_next_offset;   /* offset after the newest message of
                                         this batch, -1 if none */
     int64_t     batch_newest_off;    /* offset of that message */
+    int64_t     skipped;             /* offsets this batch jumped over (never
+                                        received: retention deleted them
+                                        before they were read, or transaction
+                                        markers); the first gap's start */
+    int64_t     skip_first;
 
     /* Offsets: next_offset follows the batches (after the newest message
      * applied, -1 before any); delivered_offset is the one below which
@@ -70,9 +75,17 @@ static inline void hl_shard_push(hl_shard *sh, const hl_event *ev)
 }
 
 /* Notes that the message at offset was consumed (valid or not), so its
- * offset may be stored once the batch is published. */
+ * offset may be stored once the batch is published. An offset beyond the
+ * one expected (the last seen + 1, or the restored one) is a gap: records
+ * this worker never received, counted in skipped. */
 static inline void hl_shard_saw(hl_shard *sh, int64_t offset)
 {
+    int64_t want = sh->batch_next_offset >= 0 ? sh->batch_next_offset : sh->next_offset;
+    if (want >= 0 && offset > want) {
+        if (sh->skipped == 0)
+            sh->skip_first = want;
+        sh->skipped += offset - want;
+    }
     if (sh->n_seen++ == 0 || offset < sh->batch_first_off)
         sh->batch_first_off = offset;
     if (offset + 1 > sh->batch_next_offset) {

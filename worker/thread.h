@@ -61,9 +61,12 @@ typedef struct hl_wshared {
         hl_counter   *applied, *duplicates, *failed, *non_finite;
         hl_counter   *evictions[2];       /* mass, capacity */
         hl_counter   *dl_kept;
-        hl_counter   *multipart;          /* users seen in two partitions */            /* bad records kept in the local dead-letter file */
+        hl_counter   *multipart;          /* users seen in two partitions */
+        hl_counter   *skipped;            /* input offsets never received */
         hl_gauge     *schema_waiting;     /* partitions paused for a writer schema */
         hl_histogram *batch_size, *stage[4], *e2p;
+        hl_histogram *live[6];            /* halflife_event_stage_seconds, LIVE_* */
+        hl_histogram *worker_share;       /* fetched -> delivered */
     } mx;
 } hl_wshared;
 

@@ -21,6 +21,7 @@
 #define HL_THREAD_INTERNAL_H
 
 #include "thread.h"
+#include "cadence.h"
 #include "log.h"
 #include "rank.h"
 
@@ -30,6 +31,12 @@
 #define N_FLIGHTS   8       /* batches whose lists may be in flight at once */
 
 enum { STAGE_DECODE, STAGE_APPLY, STAGE_REFRESH, STAGE_PRODUCE, N_STAGES };
+
+/* The live path of one event, as halflife_event_stage_seconds{stage} sees
+ * it: its Kafka timestamp -> fetched (taken from the thread's queue) ->
+ * batch start -> applied -> refreshed -> produced -> delivered. */
+enum { LIVE_BROKER, LIVE_WAIT, LIVE_APPLY, LIVE_REFRESH, LIVE_PRODUCE, LIVE_DELIVER,
+       N_LIVE };
 
 /* A bad record's copy to the DLQ (batch.c sends it, flight.c settles it).
  * The input record is held until the copy is delivered or, when it is not,
@@ -50,7 +57,10 @@ typedef struct flight {
     hl_ticket t;
     rd_kafka_topic_partition_list_t *offs;   /* next offset per partition */
     int64_t  *ts_ms;                         /* Kafka timestamps of the events */
+    int64_t  *fetch_us;                      /* when each was fetched (monotonic) */
     int       n_ts;
+    int64_t   start_us, applied_us, refreshed_us, produced_us;   /* the batch's */
+    int64_t   wall_off_ms;                   /* wall - monotonic clock, ms */
     dead_letter *dl;                         /* its bad records' DLQ copies, newest first */
     int       hold;                          /* a copy could not be tracked: never retire */
 } flight;
@@ -93,6 +103,10 @@ struct hl_wthread {
 
     hl_codec    *codec;                             /* batch.c */
     rd_kafka_message_t **msgs;
+    int64_t     *fetch_us;                          /* per record: when taken */
+    hl_cadence_fit  cad_fit;                        /* batch work ms = a + b records */
+    hl_cadence_rate cad_rate;                       /* records per ms arriving */
+    int64_t      cad_last_us;                       /* the previous batch's start */
     char        *arena;   size_t arena_used, arena_cap;  /* user ids of the batch */
     hl_log_limit bad_limit, err_limit, multi_limit;
     batch_counts b;

@@ -29,7 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HL_E2P_BUCKETS 24
+#define WIN_BUCKETS 64      /* >= hl_live_bounds_n + 1 */
+#define N_WIN (2 + 6)      /* e2p, fetch to delivery, the six live stages */
 #define MULTIPART_BITS 20   /* 2^20 slots, 8 MB: see multipart.h for the odds */
 
 struct hl_worker {
@@ -60,7 +61,7 @@ struct hl_worker {
     pthread_cond_t    closed_cv;
     int               closed;         /* the consumer has left the group */
     int               abandoned;      /* close timed out: handles leaked on purpose */
-    uint64_t          lat_prev[HL_E2P_BUCKETS + 1]; /* e2p counts at the last stats read */
+    uint64_t          win_prev[N_WIN][WIN_BUCKETS]; /* live counts at the last stats read */
     hl_metrics       *own_reg;        /* the registry when the caller gave none */
 };
 
@@ -105,13 +106,6 @@ static void embedded_stop(hl_worker *w)
 
 /* ---- metrics ----------------------------------------------------------- */
 
-/* Event-to-publish: finer than the stage bounds where lists are expected
- * (1-500 ms) and past 10 s, so the alert on a p99 above 10 s can fire and
- * the status line's p50/p99 (read back from these buckets) are close. */
-static const double e2p_bounds_s[HL_E2P_BUCKETS] = {
-    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
-    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60,
-};
 
 /* What happened to the input: one counter per fact (hl_worker_stats reads
  * them back). */
@@ -131,6 +125,9 @@ static void register_event_counters(hl_worker *w)
     w->ctx.mx.multipart = hl_metrics_counter(reg, "halflife_users_multi_partition_total",
         "Users inserted in one partition while noted in another (input not keyed by user_id).",
         NULL);
+    w->ctx.mx.skipped = hl_metrics_counter(reg, "halflife_input_offsets_skipped_total",
+        "Input offsets the consumer jumped over: records deleted by retention before "
+        "they were read (lost to the state), or transaction markers.", NULL);
     w->ctx.mx.dl_kept = hl_metrics_counter(reg, "halflife_dead_letters_kept_total",
         "Bad records whose DLQ copy failed, kept in snapshot.dir/dead-letters instead.", NULL);
     w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
@@ -154,6 +151,26 @@ static void register_event_counters(hl_worker *w)
         "Users dropped from state, by reason.", "reason=\"capacity\"");
 }
 
+/* The live path of each event by stage (thread_internal.h, LIVE_*), and
+ * the worker's own share of it. */
+static void register_live_stages(hl_worker *w)
+{
+    static const char *const live[6] = {"broker", "wait", "apply", "refresh", "produce",
+                                        "deliver"};
+    char labels[64];
+    for (int s = 0; s < 6; s++) {
+        snprintf(labels, sizeof labels, "stage=\"%s\"", live[s]);
+        w->ctx.mx.live[s] = hl_metrics_histogram(w->reg, "halflife_event_stage_seconds",
+            "The live path of each event by stage: broker (Kafka timestamp to fetched: "
+            "producer linger, broker, fetch), wait (fetched to batch start), apply, "
+            "refresh, produce, deliver (produced to delivered).", labels,
+            hl_live_bounds_s, hl_live_bounds_n);
+    }
+    w->ctx.mx.worker_share = hl_metrics_histogram(w->reg, "halflife_fetch_to_delivery_seconds",
+        "The worker's own share of event to publish: from the event's fetch to the "
+        "delivery of the list it changed.", NULL, hl_live_bounds_s, hl_live_bounds_n);
+}
+
 /* How long things take: per batch stage, and event to published list. */
 static void register_timings(hl_worker *w)
 {
@@ -173,7 +190,8 @@ static void register_timings(hl_worker *w)
     }
     w->ctx.mx.e2p = hl_metrics_histogram(reg, "halflife_event_to_publish_seconds",
         "From an event's Kafka timestamp to the delivery of the list it changed.",
-        NULL, e2p_bounds_s, HL_E2P_BUCKETS);
+        NULL, hl_live_bounds_s, hl_live_bounds_n);
+    register_live_stages(w);
 }
 
 /* The process: deliveries, group membership, the model in use. */
@@ -854,6 +872,22 @@ static double quantile(const double *bounds, int n, const uint64_t *c, uint64_t 
     return bounds[n - 1];
 }
 
+/* Under lat_mu: p50 and p99 of what h counted since prev (then updated). */
+static void window(hl_worker *w, hl_histogram *h, uint64_t *prev, double *p50, double *p99)
+{
+    uint64_t c[WIN_BUCKETS], d[WIN_BUCKETS], total = 0;
+    int n_bounds;
+    const double *bounds = hl_histogram_bounds(h, &n_bounds);
+    int n_b = hl_histogram_counts(h, c, WIN_BUCKETS);
+    for (int i = 0; i < n_b; i++) {
+        d[i] = c[i] - prev[i];
+        prev[i] = c[i];
+        total += d[i];
+    }
+    *p50 = quantile(bounds, n_bounds, d, total, 0.50);
+    *p99 = quantile(bounds, n_bounds, d, total, 0.99);
+}
+
 void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
 {
     hl_wshared *ctx = &w->ctx;
@@ -865,6 +899,7 @@ void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
     st->unknown_items = hl_counter_get(ctx->mx.unknown);
     st->lists = hl_counter_get(ctx->mx.lists);
     st->batches = hl_counter_get(ctx->mx.batches);
+    st->skipped = hl_counter_get(ctx->mx.skipped);
     st->users = (uint64_t)hl_metrics_gauge_sum(w->reg, "halflife_users");
     for (int r = 1; r < HL_CODEC_N_REASONS; r++) {
         st->invalid_by_reason[r] = hl_counter_get(ctx->mx.invalid[r]);
@@ -872,15 +907,13 @@ void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
         st->dlq_records += hl_counter_get(ctx->mx.dlq[r]);
     }
     st->assigned = atomic_load(&w->assigned);
-    uint64_t c[HL_E2P_BUCKETS + 1], d[HL_E2P_BUCKETS + 1], total = 0;
-    int n_b = hl_histogram_counts(ctx->mx.e2p, c, HL_E2P_BUCKETS + 1);
+    hl_histogram *hs[N_WIN] = {ctx->mx.e2p, ctx->mx.worker_share};
+    for (int s = 0; s < 6; s++)
+        hs[2 + s] = ctx->mx.live[s];
     pthread_mutex_lock(&w->lat_mu);
-    for (int i = 0; i < n_b; i++) {
-        d[i] = c[i] - w->lat_prev[i];
-        w->lat_prev[i] = c[i];
-        total += d[i];
-    }
+    window(w, hs[0], w->win_prev[0], &st->lat_p50_s, &st->lat_p99_s);
+    window(w, hs[1], w->win_prev[1], &st->worker_p50_s, &st->worker_p99_s);
+    for (int s = 0; s < 6; s++)
+        window(w, hs[2 + s], w->win_prev[2 + s], &st->stage_p50_s[s], &st->stage_p99_s[s]);
     pthread_mutex_unlock(&w->lat_mu);
-    st->lat_p50_s = quantile(e2p_bounds_s, HL_E2P_BUCKETS, d, total, 0.50);
-    st->lat_p99_s = quantile(e2p_bounds_s, HL_E2P_BUCKETS, d, total, 0.99);
 }

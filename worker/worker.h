@@ -94,9 +94,14 @@ typedef struct hl_worker_stats {
     uint64_t consumed, applied, duplicates, invalid, unknown_items, failed;
     uint64_t invalid_by_reason[HL_CODEC_N_REASONS];
     uint64_t lists, batches, dlq_records;
+    uint64_t skipped;                /* input offsets never received */
     uint64_t users;
     int      assigned;
     double   lat_p50_s, lat_p99_s;   /* event-to-publish, recent window */
+    double   worker_p50_s, worker_p99_s;   /* fetched to delivered, same window */
+    /* The same window by stage: broker, wait, apply, refresh, produce,
+     * deliver (halflife_event_stage_seconds). */
+    double   stage_p50_s[6], stage_p99_s[6];
 } hl_worker_stats;
 void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st);
 

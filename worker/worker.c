@@ -16,6 +16,7 @@
 #include "consumer.h"
 #include "log.h"
 #include "persist.h"
+#include "changelog.h"
 #include "thread.h"
 
 #include <cblas.h>
@@ -52,6 +53,8 @@ struct hl_worker {
     atomic_int        have_assignment;
     hl_gauge         *assigned_g;
     hl_persist       *persist;        /* NULL without snapshot.dir */
+    hl_changelog     *changelog;      /* state.store=kafka; else NULL */
+    char              state_topic[256];
     hl_counter       *rebalances;
     pthread_mutex_t   lat_mu;         /* also guards closed */
     pthread_cond_t    closed_cv;
@@ -74,8 +77,9 @@ static int embedded_start(hl_worker *w, char *errbuf, size_t errlen)
     }
     if ((w->mock = rd_kafka_mock_cluster_new(w->mock_rk, 1)) == NULL)
         return hl_err(errbuf, errlen, HL_EIO, "embedded broker: cannot start mock cluster");
-    const char *topics[] = {w->o.input_topic, w->o.output_topic, w->ctx.dlq_topic};
-    for (int i = 0; i < 3; i++) {
+    const char *topics[] = {w->o.input_topic, w->o.output_topic, w->ctx.dlq_topic,
+                            w->o.state_kafka ? w->state_topic : NULL};
+    for (int i = 0; i < 4; i++) {
         if (topics[i] == NULL)
             continue;
         rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(w->mock, topics[i],
@@ -222,17 +226,64 @@ static int owner_slot(hl_worker *w, int32_t p)
     return 0;
 }
 
-/* The partition's table: its newest valid snapshot's, and the offset to
- * start from (the snapshot's, else auto.offset.reset: DESIGN.md section 6
- * rebuilds state from the topic rather than trust a committed offset
- * without the state that goes with it). NULL when out of memory. */
-static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset)
+/* Marks where the partition's state came from: halflife_restore_source
+ * {partition, source} is 1 for the source of the last restore. */
+static void restore_source(hl_worker *w, int32_t p, const char *source)
+{
+    static const char *const all[] = {"snapshot", "changelog", "both", "none"};
+    char labels[80];
+    for (int i = 0; i < 4; i++) {
+        snprintf(labels, sizeof labels, "partition=\"%d\",source=\"%s\"", (int)p, all[i]);
+        hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_source",
+            "Where the last restore of the partition read its state (1 for that source).",
+            labels), strcmp(all[i], source) == 0);
+    }
+}
+
+/* state.store=kafka: the partition's table read from its changelog and
+ * claimed (changelog.h). NULL when the changelog cannot be read: the
+ * partition must not be served from an empty table. */
+static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
+                                   int64_t *offset, hl_changelog_restored *r)
+{
+    char err[512];
+    if (hl_changelog_restore(w->changelog, p, tbl, r, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"%s\"",
+               (int)p, err);
+        hl_table_destroy(tbl);
+        return NULL;
+    }
+    if (r->next_offset != HL_CHANGELOG_NO_OFFSET)
+        *restored = *offset = r->next_offset;
+    else if (r->n_rows > 0)
+        *offset = RD_KAFKA_OFFSET_BEGINNING;   /* rows of an unfinished first flush */
+    restore_source(w, p, r->n_records > 0 ? "changelog" : "none");
+    hl_log(HL_LOG_INFO, "restored", "partition=%d source=changelog records=%llu rows=%llu "
+           "tombstones=%llu checkpoints=%llu stale=%llu bad=%llu bytes=%llu low=%lld high=%lld "
+           "next_offset=%lld epoch=%lld seconds=%.3f", (int)p,
+           (unsigned long long)r->n_records, (unsigned long long)r->n_rows,
+           (unsigned long long)r->n_tombstones, (unsigned long long)r->n_checkpoints,
+           (unsigned long long)r->n_stale, (unsigned long long)r->n_bad,
+           (unsigned long long)r->bytes, (long long)r->low, (long long)r->high,
+           (long long)r->next_offset, (long long)r->epoch, r->duration_s);
+    return tbl;
+}
+
+/* The partition's table: its newest valid snapshot's (or, with
+ * state.store=kafka, its changelog's), and the offset to start from (the
+ * snapshot's, else auto.offset.reset: DESIGN.md section 6 rebuilds state
+ * from the topic rather than trust a committed offset without the state
+ * that goes with it). NULL when out of memory. */
+static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset,
+                         hl_changelog_restored *cr)
 {
     char err[512];
     hl_persist_restored r;
     hl_table *tbl = hl_table_create(&w->ctx.topts, err, sizeof err);
     *restored = -1;
     *offset = w->o.offset_reset_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+    if (tbl != NULL && w->changelog != NULL)
+        return restore_changelog(w, p, tbl, restored, offset, cr);
     if (tbl == NULL || w->persist == NULL)
         return tbl;
     if (hl_persist_restore(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
@@ -257,13 +308,25 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     if (w->owner[p] != NULL)
         return 1;
     int64_t restored;
-    hl_table *tbl = restore(w, p, &restored, offset);
-    hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, restored)
+    hl_changelog_restored cr;
+    hl_table *tbl = restore(w, p, &restored, offset, &cr);
+    if (tbl == NULL && w->changelog != NULL)
+        return HL_EIO;
+    /* With the changelog no local file holds the restored offset yet. */
+    int64_t on_disk = w->changelog ? HL_PERSIST_NO_OFFSET : restored;
+    hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, on_disk)
                                              : NULL;
     hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
                                    w->o.recs_min_interval_ms, w->reg, err, sizeof err);
     if (sh == NULL) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
+        return HL_ENOMEM;
+    }
+    if (w->changelog != NULL &&
+        (sh->cl = hl_changelog_shard_create(w->changelog, p, sh->tbl, &cr)) == NULL) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
+               (int)p);
+        hl_shard_destroy(sh);
         return HL_ENOMEM;
     }
     int i = least_loaded(w);
@@ -500,6 +563,26 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* state.store=kafka: the changelog topic checked (or created) before the
+ * worker joins its group. The embedded broker made it already. */
+static int start_changelog(hl_worker *w, char *errbuf, size_t errlen)
+{
+    if (!w->o.state_kafka)
+        return 0;
+    hl_changelog_opts co = {
+        .topic = w->state_topic, .input_topic = w->o.input_topic, .bootstrap = w->bootstrap,
+        .kafka = w->o.kafka, .n_kafka = w->o.n_kafka, .flush_ms = w->o.state_flush_ms,
+        .model_fingerprint = hl_model_info_get(w->m)->fingerprint, .topts = &w->ctx.topts,
+        .prod = w->prod, .consumer = hl_consumer_handle(w->cons), .reg = w->reg,
+        .create = w->mock == NULL, .timeout_ms = 10000,
+    };
+    if ((w->changelog = hl_changelog_create(&co, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    hl_log(HL_LOG_INFO, "state_store", "store=kafka topic=%s flush_ms=%lld", w->state_topic,
+           (long long)w->o.state_flush_ms);
+    return 0;
+}
+
 static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
 {
     w->th = calloc((size_t)w->o.threads, sizeof *w->th);
@@ -548,8 +631,12 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         hl_err(errbuf, errlen, HL_ENOMEM, "worker: out of memory");
         goto fail;
     }
+    if (o->state_topic && o->state_topic[0])
+        snprintf(w->state_topic, sizeof w->state_topic, "%s", o->state_topic);
+    else
+        snprintf(w->state_topic, sizeof w->state_topic, "%s-state", o->group_id);
     if (table_opts(w, errbuf, errlen) != 0 || start_persist(w, errbuf, errlen) != 0 ||
-        start_kafka(w, errbuf, errlen) != 0)
+        start_kafka(w, errbuf, errlen) != 0 || start_changelog(w, errbuf, errlen) != 0)
         goto fail;
     w->ctx.consumer = hl_consumer_handle(w->cons);
     w->ctx.prod = w->prod;
@@ -568,6 +655,7 @@ void hl_worker_destroy(hl_worker *w)
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
     hl_persist_destroy(w->persist);     /* after every shard is gone */
+    hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);

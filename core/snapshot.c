@@ -279,6 +279,8 @@ static size_t put_header(hl_snapshot_writer *w, const hl_table_opts *o)
     for (int h = 0; h < o->decay.n_heads; h++)
         p = put_f64(p, o->decay.half_life_ms[h]);
     p = put_u32(p, (uint32_t)o->history);
+    p = put_u64(p, (uint64_t)w->meta.changelog_offset);
+    p = put_u64(p, (uint64_t)w->meta.changelog_epoch);
     return (size_t)(p - w->buf);
 }
 

@@ -25,7 +25,7 @@
 #include "io.h"
 #include "table.h"
 
-#define HL_SNAPSHOT_VERSION    1
+#define HL_SNAPSHOT_VERSION    2        /* 2 added the changelog fields; 1 still loads */
 #define HL_SNAPSHOT_TOPIC_MAX  249      /* Kafka's limit on a topic name */
 #define HL_SNAPSHOT_MAX_DIM    65536    /* what a reader accepts */
 #define HL_SNAPSHOT_STEP_ROWS  1024     /* default budget of one step: about
@@ -39,6 +39,12 @@ typedef struct hl_snapshot_meta {
     int32_t  partition;                         /* >= 0 */
     int64_t  next_offset;      /* first input offset NOT applied at begin, >= 0 */
     uint64_t model_fingerprint;                 /* hl_model_info.fingerprint */
+    /* state.store=kafka (worker/changelog.h): the changelog offset from
+     * which a restore must read on top of this file, and the owner epoch
+     * in force there. 0 and 0 (what a zeroed meta and a version 1 file
+     * give) mean the whole changelog: always correct, never a saving. */
+    int64_t  changelog_offset;                  /* >= 0 */
+    int64_t  changelog_epoch;                   /* >= 0 */
 } hl_snapshot_meta;
 
 /* ---- writing ---------------------------------------------------------- */

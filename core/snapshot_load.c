@@ -161,9 +161,9 @@ static int read_magic(reader *r, hl_snapshot_info *info, char *errbuf, size_t er
         return hl_err(errbuf, errlen, HL_EFORMAT,
                       "snapshot %s: not a halflife snapshot (bad magic)", r->path);
     info->version = get_u32(p + n_magic);
-    if (info->version != HL_SNAPSHOT_VERSION)
+    if (info->version < 1 || info->version > HL_SNAPSHOT_VERSION)
         return hl_err(errbuf, errlen, HL_EVERSION,
-                      "snapshot %s: format version %u, this build reads version %d",
+                      "snapshot %s: format version %u, this build reads versions 1..%d",
                       r->path, info->version, HL_SNAPSHOT_VERSION);
     return 0;
 }
@@ -182,6 +182,23 @@ static int read_topic(reader *r, hl_snapshot_info *info, char *errbuf, size_t er
     info->meta.topic[len] = '\0';
     if (!hl_snapshot_topic_ok(info->meta.topic))
         return bad(errbuf, errlen, r, "topic name has bytes outside [A-Za-z0-9._-]", 0, 0);
+    return 0;
+}
+
+/* Version 2: the changelog offset and epoch the file covers (snapshot.h). */
+static int read_changelog_fields(reader *r, hl_snapshot_info *info, char *errbuf,
+                                 size_t errlen)
+{
+    int rc = rd_need(r, 16, "the header", NO_ROW, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    const unsigned char *p = rd_take(r, 16);
+    info->meta.changelog_offset = (int64_t)get_u64(p);
+    info->meta.changelog_epoch = (int64_t)get_u64(p + 8);
+    if (info->meta.changelog_offset < 0 || info->meta.changelog_epoch < 0)
+        return bad(errbuf, errlen, r, "negative changelog offset %lld or epoch %lld",
+                   (long long)info->meta.changelog_offset,
+                   (long long)info->meta.changelog_epoch);
     return 0;
 }
 
@@ -218,7 +235,7 @@ static int read_shape(reader *r, hl_snapshot_info *info, char *errbuf, size_t er
     info->dim = (int)dim;
     info->n_heads = (int)n_heads;
     info->history = (int)history;
-    return 0;
+    return info->version >= 2 ? read_changelog_fields(r, info, errbuf, errlen) : 0;
 }
 
 static int alloc_scratch(parse *ps, reader *r, char *errbuf, size_t errlen)

@@ -381,9 +381,9 @@ static void test_wrong_version_refused(void)
     char pb[4200];
     size_t n;
     unsigned char *b = two_snapshots(&ta, pb, &n);
-    b[8] = 2;   /* version, little-endian u32 after the 8-byte magic */
+    b[8] = 3;   /* version, little-endian u32 after the 8-byte magic */
     spit(pb, b, n);
-    check_refused(ta, pb, HL_EVERSION, "version 2", "version 2");
+    check_refused(ta, pb, HL_EVERSION, "version 3", "version 3");
     b[8] = 1;
     b[0] = 'X';
     spit(pb, b, n);

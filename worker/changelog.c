@@ -80,6 +80,12 @@ void hl_changelog_ck_key_init(hl_changelog *cl)
 
 enum { IDLE, ENCODED, SENT };
 
+#define N_COVERS 64          /* durable flushes remembered for hl_changelog_cover */
+
+typedef struct cover {
+    int64_t input_offset, changelog_end, epoch;
+} cover;
+
 struct hl_changelog_shard {
     hl_changelog  *cl;
     int32_t        partition;
@@ -101,7 +107,32 @@ struct hl_changelog_shard {
     size_t         tomb_len, tomb_cap;
     int            tomb_lost;      /* an eviction could not be noted */
     hl_log_limit   limit;
+    cover          covers[N_COVERS];   /* a ring of the newest durable flushes */
+    int            n_covers, next_cover;
 };
+
+static void remember(hl_changelog_shard *cs, int64_t input_offset, int64_t changelog_end)
+{
+    cs->covers[cs->next_cover] = (cover){input_offset, changelog_end, cs->epoch};
+    cs->next_cover = (cs->next_cover + 1) % N_COVERS;
+    if (cs->n_covers < N_COVERS)
+        cs->n_covers++;
+}
+
+void hl_changelog_cover(void *arg, int64_t next_offset, int64_t *changelog_offset,
+                        int64_t *changelog_epoch)
+{
+    const hl_changelog_shard *cs = arg;
+    const cover *best = NULL;
+    for (int i = 0; i < cs->n_covers; i++) {
+        const cover *c = &cs->covers[i];
+        if (c->input_offset <= next_offset && c->changelog_end > 0 &&
+            (best == NULL || c->changelog_end > best->changelog_end))
+            best = c;
+    }
+    *changelog_offset = best ? best->changelog_end : 0;
+    *changelog_epoch = best ? best->epoch : 0;
+}
 
 static int grow(unsigned char **buf, size_t *cap, size_t need)
 {
@@ -142,6 +173,7 @@ hl_changelog_shard *hl_changelog_shard_create(hl_changelog *cl, int32_t p, hl_ta
     cs->epoch = r->epoch;
     cs->durable = r->next_offset;
     cs->limit.interval_ms = 5000;
+    remember(cs, r->next_offset, r->claim_end);
     hl_table_on_evict(tbl, on_evict, cs);
     return cs;
 }
@@ -273,6 +305,7 @@ static int settle(hl_changelog_shard *cs, int64_t delivered, int64_t now_ms)
         return HL_EIO;
     }
     cs->durable = cs->offset;
+    remember(cs, cs->offset, atomic_load(&cs->t.last_offset) + 1);
     memmove(cs->tomb, cs->tomb + cs->tomb_cut, cs->tomb_len - cs->tomb_cut);
     cs->tomb_len -= cs->tomb_cut;
     hl_histogram_observe(cl->mx.flush_s, (double)(now_ms - cs->t0_ms) / 1000.0);

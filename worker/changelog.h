@@ -76,28 +76,44 @@ typedef struct hl_changelog_opts {
 hl_changelog *hl_changelog_create(const hl_changelog_opts *o, char *errbuf, size_t errlen);
 void          hl_changelog_destroy(hl_changelog *cl);     /* NULL is a no-op */
 
-/* The bytes a caller must pass to hl_changelog_create for an embedded or
- * mock broker, which it creates with the input's partition count itself. */
+/* The changelog topic's name. */
 const char   *hl_changelog_topic(const hl_changelog *cl);
+
+/* A local snapshot already loaded into the table (the cache): the input
+ * offset it holds and the changelog offset and epoch it covers
+ * (hl_snapshot_meta). */
+typedef struct hl_changelog_base {
+    int64_t next_offset;
+    int64_t changelog_offset, changelog_epoch;
+} hl_changelog_base;
 
 typedef struct hl_changelog_restored {
     int64_t  next_offset;       /* the last checkpoint's input offset, or
                                    HL_CHANGELOG_NO_OFFSET: none */
     int64_t  epoch;             /* the epoch claimed for this owner */
+    int64_t  claim_end;         /* changelog offset after the claim */
+    int      used_base;         /* the base was read on top of, not discarded */
     uint64_t n_records, n_rows, n_tombstones, n_checkpoints, n_stale, n_bad;
     uint64_t bytes;
     int64_t  low, high;         /* watermarks read between */
     double   duration_s;
 } hl_changelog_restored;
 
-/* Reads partition p of the changelog into *tblp (an empty table of the
- * shards' options), as the overview says, and claims it (the claim
- * checkpoint is produced before this returns; the shard's flushes follow
- * it in order). Main thread (the rebalance callback). 0, or a negative
- * HL_E* when the changelog cannot be read (the caller must not serve the
- * partition from an empty table: state would be lost). */
+/* Reads partition p of the changelog into tbl, as the overview says, and
+ * claims it (the claim checkpoint is delivered before this returns; the
+ * shard's flushes follow it in order). tbl is empty (base NULL), or holds
+ * a local snapshot described by base: then only the changelog from
+ * base->changelog_offset on is read, and the input resumes at the last
+ * checkpoint read, else at base->next_offset. HL_ENOENT when base's
+ * changelog offset is not within the partition's watermarks (the topic
+ * was recreated, or retention dropped the tail): the caller restores
+ * again into an empty table without base. Main thread (the rebalance
+ * callback). 0, or a negative HL_E* when the changelog cannot be read
+ * (the caller must not serve the partition from an empty table: state
+ * would be lost). */
 int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
-                         hl_changelog_restored *out, char *errbuf, size_t errlen);
+                         const hl_changelog_base *base, hl_changelog_restored *out,
+                         char *errbuf, size_t errlen);
 
 /* The shard's flush state: epoch and restored offset from the restore.
  * Installs the eviction hook on tbl (tombstones). NULL on no memory. */
@@ -129,5 +145,12 @@ int64_t hl_changelog_storable(const hl_changelog_shard *cs, int64_t off);
 
 /* The input offset of the newest durable flush (restored or written). */
 int64_t hl_changelog_durable(const hl_changelog_shard *cs);
+
+/* hl_persist_cover_fn (arg: the hl_changelog_shard): the changelog offset
+ * after the newest durable flush whose input offset is at most
+ * next_offset, and its epoch, for a local snapshot at next_offset; 0 and
+ * 0 (the whole changelog) when none is remembered. Owner thread. */
+void hl_changelog_cover(void *arg, int64_t next_offset, int64_t *changelog_offset,
+                        int64_t *changelog_epoch);
 
 #endif

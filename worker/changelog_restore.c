@@ -191,15 +191,16 @@ static int claim(restorer *rs, int32_t p, char *errbuf, size_t errlen)
                       "(epoch %lld) was not delivered", cl->topic, (int)p,
                       (long long)c.epoch);
     }
+    rs->out->claim_end = atomic_load(&t.last_offset) + 1;
     hl_counter_add(cl->mx.records[KIND_CHECKPOINT], 1);
     return 0;
 }
 
 /* After the last record: the shard-wide meta and where the input resumes. */
-static void finish(restorer *rs)
+static void finish(restorer *rs, const hl_changelog_base *base)
 {
     hl_changelog_restored *out = rs->out;
-    out->next_offset = HL_CHANGELOG_NO_OFFSET;
+    out->next_offset = base ? base->next_offset : HL_CHANGELOG_NO_OFFSET;
     if (rs->have_ck && rs->ck.offset >= 0) {
         hl_table_meta meta = rs->ck.meta;
         if (rs->seen.active_seq > meta.active_seq) meta.active_seq = rs->seen.active_seq;
@@ -233,7 +234,8 @@ static void restorer_free(restorer *rs)
 }
 
 int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
-                         hl_changelog_restored *out, char *errbuf, size_t errlen)
+                         const hl_changelog_base *base, hl_changelog_restored *out,
+                         char *errbuf, size_t errlen)
 {
     int64_t t0 = hl_now_mono_ms();
     const hl_table_opts *o = cl->o.topts;
@@ -259,10 +261,23 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
                     (int)p, rd_kafka_err2str(err));
         goto out;
     }
-    if (out->high > out->low &&
-        (rc = read_range(&rs, p, out->low, out->high, errbuf, errlen)) != 0)
+    int64_t from = out->low;
+    if (base != NULL) {
+        if (base->changelog_offset < out->low || base->changelog_offset > out->high) {
+            rc = hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
+                        "covers up to offset %lld, outside the watermarks %lld..%lld",
+                        cl->topic, (int)p, (long long)base->changelog_offset,
+                        (long long)out->low, (long long)out->high);
+            goto out;
+        }
+        from = base->changelog_offset;
+        rs.max_epoch = base->changelog_epoch;
+        hl_table_meta_get(tbl, &rs.seen);
+        out->used_base = 1;
+    }
+    if (out->high > from && (rc = read_range(&rs, p, from, out->high, errbuf, errlen)) != 0)
         goto out;
-    finish(&rs);
+    finish(&rs, base);
     if (rs.foreign) {
         rc = hl_err(errbuf, errlen, HL_EMISMATCH, "changelog %s [%d]: written under another "
                     "model (fingerprint %016llx); serving it needs that model, or a new "

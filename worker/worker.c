@@ -240,33 +240,73 @@ static void restore_source(hl_worker *w, int32_t p, const char *source)
     }
 }
 
-/* state.store=kafka: the partition's table read from its changelog and
- * claimed (changelog.h). NULL when the changelog cannot be read: the
- * partition must not be served from an empty table. */
-static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
-                                   int64_t *offset, hl_changelog_restored *r)
+/* The local snapshot as a cache (state.store=kafka): loaded into *tblp
+ * when there is one, described in base. 0, or a negative HL_E* (logged). */
+static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_base *base)
 {
     char err[512];
-    if (hl_changelog_restore(w->changelog, p, tbl, r, err, sizeof err) != 0) {
+    hl_persist_restored pr;
+    base->next_offset = HL_PERSIST_NO_OFFSET;
+    if (w->persist == NULL)
+        return 0;
+    if (hl_persist_restore(w->persist, p, tblp, &pr, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=snapshot err=\"%s\"",
+               (int)p, err);
+        return HL_ENOMEM;
+    }
+    *base = (hl_changelog_base){pr.next_offset, pr.changelog_offset, pr.changelog_epoch};
+    return 0;
+}
+
+/* state.store=kafka: the partition's table read from its local snapshot
+ * (if any) and the changelog after it, or from the changelog alone, and
+ * claimed (changelog.h). NULL when neither can be read: the partition
+ * must not be served from an empty table. *on_disk: the local file's
+ * offset, when one was used. */
+static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
+                                   int64_t *offset, int64_t *on_disk, hl_changelog_restored *r)
+{
+    char err[512];
+    hl_changelog_base base;
+    if (restore_cache(w, p, &tbl, &base) != 0)
+        goto fail;
+    const hl_changelog_base *bp = base.next_offset >= 0 ? &base : NULL;
+    int rc = hl_changelog_restore(w->changelog, p, tbl, bp, r, err, sizeof err);
+    if (rc == HL_ENOENT && bp != NULL) {
+        hl_log(HL_LOG_WARN, "snapshot_not_usable", "partition=%d err=\"%s\" "
+               "action=\"read the whole changelog\"", (int)p, err);
+        hl_table_destroy(tbl);
+        if ((tbl = hl_table_create(&w->ctx.topts, err, sizeof err)) == NULL)
+            goto fail;
+        bp = NULL;
+        rc = hl_changelog_restore(w->changelog, p, tbl, NULL, r, err, sizeof err);
+    }
+    if (rc != 0) {
         hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"%s\"",
                (int)p, err);
-        hl_table_destroy(tbl);
-        return NULL;
+        goto fail;
     }
+    *on_disk = bp ? bp->next_offset : HL_PERSIST_NO_OFFSET;
     if (r->next_offset != HL_CHANGELOG_NO_OFFSET)
         *restored = *offset = r->next_offset;
     else if (r->n_rows > 0)
         *offset = RD_KAFKA_OFFSET_BEGINNING;   /* rows of an unfinished first flush */
-    restore_source(w, p, r->n_records > 0 ? "changelog" : "none");
-    hl_log(HL_LOG_INFO, "restored", "partition=%d source=changelog records=%llu rows=%llu "
+    const char *src = bp ? (r->n_records > 0 ? "both" : "snapshot")
+                         : (r->n_records > 0 ? "changelog" : "none");
+    restore_source(w, p, src);
+    hl_log(HL_LOG_INFO, "restored", "partition=%d source=%s records=%llu rows=%llu "
            "tombstones=%llu checkpoints=%llu stale=%llu bad=%llu bytes=%llu low=%lld high=%lld "
-           "next_offset=%lld epoch=%lld seconds=%.3f", (int)p,
+           "from=%lld next_offset=%lld epoch=%lld seconds=%.3f", (int)p, src,
            (unsigned long long)r->n_records, (unsigned long long)r->n_rows,
            (unsigned long long)r->n_tombstones, (unsigned long long)r->n_checkpoints,
            (unsigned long long)r->n_stale, (unsigned long long)r->n_bad,
            (unsigned long long)r->bytes, (long long)r->low, (long long)r->high,
-           (long long)r->next_offset, (long long)r->epoch, r->duration_s);
+           (long long)(bp ? bp->changelog_offset : r->low), (long long)r->next_offset,
+           (long long)r->epoch, r->duration_s);
     return tbl;
+fail:
+    hl_table_destroy(tbl);
+    return NULL;
 }
 
 /* The partition's table: its newest valid snapshot's (or, with
@@ -275,7 +315,7 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
  * from the topic rather than trust a committed offset without the state
  * that goes with it). NULL when out of memory. */
 static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset,
-                         hl_changelog_restored *cr)
+                         int64_t *on_disk, hl_changelog_restored *cr)
 {
     char err[512];
     hl_persist_restored r;
@@ -283,7 +323,7 @@ static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *of
     *restored = -1;
     *offset = w->o.offset_reset_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
     if (tbl != NULL && w->changelog != NULL)
-        return restore_changelog(w, p, tbl, restored, offset, cr);
+        return restore_changelog(w, p, tbl, restored, offset, on_disk, cr);
     if (tbl == NULL || w->persist == NULL)
         return tbl;
     if (hl_persist_restore(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
@@ -309,11 +349,12 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
         return 1;
     int64_t restored;
     hl_changelog_restored cr;
-    hl_table *tbl = restore(w, p, &restored, offset, &cr);
+    int64_t on_disk = -1;
+    hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr);
     if (tbl == NULL && w->changelog != NULL)
         return HL_EIO;
-    /* With the changelog no local file holds the restored offset yet. */
-    int64_t on_disk = w->changelog ? HL_PERSIST_NO_OFFSET : restored;
+    if (w->changelog == NULL)
+        on_disk = restored;     /* with the changelog: the cache file's, if one was used */
     hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, on_disk)
                                              : NULL;
     hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
@@ -329,6 +370,8 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
         hl_shard_destroy(sh);
         return HL_ENOMEM;
     }
+    if (sh->cl != NULL && sh->ps != NULL)
+        hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
     int i = least_loaded(w);
     if (hl_wthread_give(w->th[i], sh) != 0) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",

@@ -22,7 +22,11 @@ Cases:
              nothing applied twice, last lists equal offline;
 - zombie:    a worker SIGSTOPped past its session timeout while another
              takes its partitions, then SIGCONT: its late writes, if any,
-             are fenced (refused, or ignored by the restorer).
+             are fenced (refused, or ignored by the restorer); then late
+             writes forged from its own records must be ignored;
+- cache:     a worker killed and restarted on the same snapshot.dir loads
+             its local snapshot and reads only the changelog after the
+             offset the snapshot records (records read counted).
 """
 import os
 import random
@@ -224,10 +228,42 @@ def case_zombie(ck):
           "the reader, %d changelog records, exits %s)" % (fenced, stale, total, rcs))
 
 
+def case_cache(ck):
+    model, _csv, events, group, broker = setup(ck, "cache")
+    errors = []
+    prod = C.paced_producer(broker.bootstrap, events, RATE, errors)
+    a, snap = worker(ck, broker, model, "cache-a", group)
+    a.wait_event("snapshot_written", 30, count=2 * PARTS)
+    time.sleep(1.2)
+    a.p.send_signal(signal.SIGKILL)              # the pod dies; its volume stays
+    a.p.wait()
+    a.log.close()
+    b = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "cache-b.log"),
+                 COMMON + ["group.id=" + group, "snapshot.dir=" + snap])
+    ok = b.wait_event("restored", 30, count=PARTS)
+    rest = [kv for _ts, kv in b.events("restored")]
+    tail = sum(int(kv["records"]) for kv in rest)
+    whole = sum(int(kv["high"]) - int(kv["low"]) for kv in rest)
+    exact = all(int(kv["records"]) == int(kv["high"]) - int(kv["from"]) for kv in rest)
+    sources = sorted(set(kv["source"] for kv in rest))
+    ck.check("cache.restart_reads_only_the_tail",
+             ok and exact and 0 < tail < whole / 2 and set(sources) <= {"both", "snapshot"},
+             "restores %d, sources %s, records read %d of %d in the changelog, exact tail %s"
+             % (len(rest), sources, tail, whole, exact))
+    prod.join(120)
+    last, high = C.read_topic(broker.bootstrap, PARTS)
+    C.wait_idle([b], 20)
+    rc, _secs = b.term(30)
+    ck.check("cache.stream_produced", not errors and rc == 0, "producer %s, exit %s"
+             % (errors[:3], rc))
+    print("    (cache: read %d of %d changelog records on restart)" % (tail, whole))
+    verify_from_changelog(ck, "cache", broker, model, group, len(events), high)
+
+
 def run(ck):
     only = os.environ.get("HL_CASE")
     for name, fn in (("crash", case_crash), ("rebalance", case_rebalance),
-                     ("zombie", case_zombie)):
+                     ("zombie", case_zombie), ("cache", case_cache)):
         if only and only != name:
             continue
         t0 = time.time()

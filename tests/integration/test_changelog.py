@@ -260,10 +260,37 @@ def case_cache(ck):
     verify_from_changelog(ck, "cache", broker, model, group, len(events), high)
 
 
+def case_refused(ck):
+    """No changelog topic on a broker that cannot create one (the mock
+    answers no CreateTopics): the worker refuses to start and says how to
+    create it. A changelog with another partition count: refused too."""
+    model, _csv, _events = C.prepare(ck.tmp, 10, 5, N_ITEMS)
+    broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "refused-broker.log"),
+                      topics=C.TOPICS)
+    w, _ = worker(ck, broker, model, "refused-missing", "nostate")
+    rc = w.p.wait(30)
+    text = w.log_text()
+    ck.check("refused.missing_topic", rc != 0 and "kafka-topics.sh --create --topic "
+             "nostate-state --partitions %d --config cleanup.policy=compact" % PARTS in text,
+             "exit %s, log: %s" % (rc, text[-400:]))
+    broker.stop()
+    other = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "refused-broker2.log"),
+                     topics=C.TOPICS)
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": other.bootstrap})
+    p.produce("small-state", value=b"x", partition=0)   # auto-created with the mock's default
+    p.flush(10)
+    w2, _ = worker(ck, other, model, "refused-count", "small")
+    rc2 = w2.p.wait(30)
+    ck.check("refused.partition_count", rc2 != 0 and "partitions, the input %d" % PARTS
+             in w2.log_text(), "exit %s, log: %s" % (rc2, w2.log_text()[-400:]))
+
+
 def run(ck):
     only = os.environ.get("HL_CASE")
     for name, fn in (("crash", case_crash), ("rebalance", case_rebalance),
-                     ("zombie", case_zombie), ("cache", case_cache)):
+                     ("zombie", case_zombie), ("cache", case_cache),
+                     ("refused", case_refused)):
         if only and only != name:
             continue
         t0 = time.time()

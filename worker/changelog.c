@@ -182,10 +182,16 @@ void hl_changelog_shard_destroy(hl_changelog_shard *cs)
 {
     if (cs == NULL)
         return;
-    /* A flush still in the air holds cs in no callback (its ticket is
-     * ours): wait briefly so no delivery report touches freed memory. */
-    if (cs->state == SENT)
-        hl_producer_wait(cs->cl->o.prod, &cs->t, 10000, NULL);
+    /* A flush still in the air: its delivery reports will write its
+     * ticket, which lives in cs. Wait a little; if they still do not come
+     * (the broker is away), cs is left allocated on purpose rather than
+     * freed under them (the process is usually stopping then). */
+    if (cs->state == SENT && !hl_producer_wait(cs->cl->o.prod, &cs->t, 1000, NULL)) {
+        hl_log(HL_LOG_WARN, "changelog_flush_abandoned", "partition=%d offset=%lld "
+               "reason=\"undelivered at hand-back; its offsets were not stored\"",
+               (int)cs->partition, (long long)cs->offset);
+        return;
+    }
     free(cs->buf);
     free(cs->tomb);
     free(cs);

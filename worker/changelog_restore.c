@@ -171,27 +171,34 @@ static int claim(restorer *rs, int32_t p, char *errbuf, size_t errlen)
     hl_changelog *cl = rs->cl;
     unsigned char ck[CK_BYTES];
     char ep[24];
-    hl_ticket t;
+    hl_ticket *t = malloc(sizeof *t);     /* left allocated if never reported */
+    if (t == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "changelog claim: out of memory");
     hl_changelog_ck c = {.offset = rs->out->next_offset, .fingerprint = cl->o.model_fingerprint,
                          .epoch = rs->out->epoch};
     hl_table_meta_get(rs->tbl, &c.meta);
     snprintf(ep, sizeof ep, "%lld", (long long)c.epoch);
     hl_header h[2] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}};
-    hl_ticket_reset(&t);
+    hl_ticket_reset(t);
+    t->fail_counter = NULL;
     if (hl_producer_send(cl->o.prod, cl->topic, p, cl->ck_key, sizeof cl->ck_key, ck,
-                         hl_changelog_ck_encode(ck, &c), h, &t, errbuf, errlen) != 0)
+                         hl_changelog_ck_encode(ck, &c), h, t, errbuf, errlen) != 0) {
+        free(t);
         return HL_EIO;
-    /* Waited for: the claim must be in the log before this owner's first
-     * flush can matter, and the ticket lives on this stack. */
-    if (!hl_producer_wait(cl->o.prod, &t, cl->o.timeout_ms, NULL) ||
-        atomic_load(&t.failed) > 0) {
-        if (!hl_ticket_done(&t))
-            hl_producer_wait(cl->o.prod, &t, -1, NULL);
-        return hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: the claim checkpoint "
-                      "(epoch %lld) was not delivered", cl->topic, (int)p,
-                      (long long)c.epoch);
     }
-    rs->out->claim_end = atomic_load(&t.last_offset) + 1;
+    /* Waited for: the claim must be in the log before this owner's first
+     * flush can matter. A claim that does not land in time fails the
+     * restore; its ticket is then left to the delivery report. */
+    int done = hl_producer_wait(cl->o.prod, t, cl->o.timeout_ms, NULL);
+    if (!done || atomic_load(&t->failed) > 0) {
+        if (done)
+            free(t);
+        return hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: the claim checkpoint "
+                      "(epoch %lld) was not delivered within %d ms", cl->topic, (int)p,
+                      (long long)c.epoch, cl->o.timeout_ms);
+    }
+    rs->out->claim_end = atomic_load(&t->last_offset) + 1;
+    free(t);
     hl_counter_add(cl->mx.records[KIND_CHECKPOINT], 1);
     return 0;
 }

@@ -24,6 +24,9 @@ Cases:
              takes its partitions, then SIGCONT: its late writes, if any,
              are fenced (refused, or ignored by the restorer); then late
              writes forged from its own records must be ignored;
+- tombstones: users evicted by state.evict.mass are deleted from the
+             changelog: a restore from it equals the writer's final state;
+- refused:   no usable changelog topic: the worker refuses to start;
 - cache:     a worker killed and restarted on the same snapshot.dir loads
              its local snapshot and reads only the changelog after the
              offset the snapshot records (records read counted).
@@ -260,6 +263,47 @@ def case_cache(ck):
     verify_from_changelog(ck, "cache", broker, model, group, len(events), high)
 
 
+def case_tombstones(ck):
+    """Evicted users leave the changelog too: with state.evict.mass=100,
+    light users (one VIEW, mass 1) are swept away and heavy ones (weight
+    1000) stay. The state a fresh worker restores from the changelog alone
+    equals the writer's own final snapshot, user for user, and its restore
+    read tombstones."""
+    model, _csv, _events = C.prepare(ck.tmp, 10, 5, N_ITEMS)
+    group = "tomb-group"
+    broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "tomb-broker.log"),
+                      topics=C.TOPICS + [state_topic(group)])
+    t0 = 1767225600000
+    evs = [("light-%d" % u, "i%06d" % (u % 1000), "VIEW", t0 + u * 1000, None)
+           for u in range(1500)]
+    evs += [("heavy-%d" % u, "i%06d" % u, "PURCHASE", t0 + (1500 + u) * 1000, 1000.0)
+            for u in range(30)]
+    extra = ["state.evict.mass=100"]
+    a, snap_a = worker(ck, broker, model, "tomb-a", group, extra)
+    a.wait_event("partition_assigned", 20)
+    errors = []
+    prod = C.paced_producer(broker.bootstrap, evs, 1000, errors)
+    prod.join(60)
+    C.wait_consumed([a], len(evs), 30)
+    C.wait_idle([a], 20)
+    evicted = a.metric_or("halflife_evictions_total", 0, 'reason="mass"')
+    rc, _secs = a.term(30)
+    want, _offs = C.dump_state(snap_a)
+    r, snap_r = worker(ck, broker, model, "tomb-reader", group, extra)
+    ok = r.wait_event("restored", 40, count=PARTS)
+    C.wait_idle([r], 5)
+    rc_r, _secs = r.term(30)
+    got, _offs = C.dump_state(snap_r)
+    tombs = sum(int(kv.get("tombstones", 0)) for _ts, kv in r.events("restored"))
+    diff = C.state_diff(got, want)
+    ck.check("tombstones.evictions_reach_the_changelog",
+             rc == 0 and rc_r == 0 and ok and not errors and evicted > 1000 and tombs > 1000
+             and not diff and len(want) < 600,
+             "exits %s/%s, %d evicted, %d tombstones read, writer kept %d users, reader %d, "
+             "%d differ (e.g. %s)" % (rc, rc_r, evicted, tombs, len(want), len(got), len(diff),
+                                       diff[:3]))
+
+
 def case_refused(ck):
     """No changelog topic on a broker that cannot create one (the mock
     answers no CreateTopics): the worker refuses to start and says how to
@@ -290,7 +334,7 @@ def run(ck):
     only = os.environ.get("HL_CASE")
     for name, fn in (("crash", case_crash), ("rebalance", case_rebalance),
                      ("zombie", case_zombie), ("cache", case_cache),
-                     ("refused", case_refused)):
+                     ("tombstones", case_tombstones), ("refused", case_refused)):
         if only and only != name:
             continue
         t0 = time.time()

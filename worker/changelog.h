@@ -96,7 +96,8 @@ typedef struct hl_changelog_restored {
     uint64_t n_records, n_rows, n_tombstones, n_checkpoints, n_stale, n_bad;
     uint64_t bytes;
     int64_t  low, high;         /* watermarks read between */
-    double   duration_s;
+    double   duration_s;        /* the whole restore: watermarks, read, claim */
+    double   read_s;            /* of it, assign to the last record applied */
 } hl_changelog_restored;
 
 /* Reads partition p of the changelog into tbl, as the overview says, and

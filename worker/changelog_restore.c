@@ -68,8 +68,11 @@ static int apply_row(restorer *rs, const rd_kafka_message_t *m)
         v.hist_type += skip;
     }
     v.history = cl->history;
-    hl_table_remove(rs->tbl, v.user, v.user_len);
-    int rc = row < rs->row_bound ? hl_table_restore_at(rs->tbl, row, &v) : HL_EINVAL;
+    /* Most records name a user not yet restored: try that first, and
+     * replace an existing row (later wins) only when the insert fails. */
+    int at = row < rs->row_bound, rc = at ? hl_table_restore_at(rs->tbl, row, &v) : HL_EINVAL;
+    if (rc != 0 && hl_table_remove(rs->tbl, v.user, v.user_len) == 0 && at)
+        rc = hl_table_restore_at(rs->tbl, row, &v);
     if (rc != 0 && (rc = hl_table_restore(rs->tbl, &v)) != 0)
         return rc;
     if (v.t_ref_ms > rs->seen.newest_ts_ms) rs->seen.newest_ts_ms = v.t_ref_ms;
@@ -282,8 +285,14 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
         hl_table_meta_get(tbl, &rs.seen);
         out->used_base = 1;
     }
+    /* Sized once for what the range can hold (a sizing hint: no-op on a
+     * table that holds a snapshot), so the index never doubles mid-read. */
+    if (base == NULL && out->high > from)
+        hl_table_reserve(tbl, (size_t)(out->high - from));
+    int64_t t_read = hl_now_mono_us();
     if (out->high > from && (rc = read_range(&rs, p, from, out->high, errbuf, errlen)) != 0)
         goto out;
+    out->read_s = (double)(hl_now_mono_us() - t_read) / 1e6;
     finish(&rs, base);
     if (rs.foreign) {
         rc = hl_err(errbuf, errlen, HL_EMISMATCH, "changelog %s [%d]: written under another "

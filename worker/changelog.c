@@ -312,8 +312,10 @@ static int settle(hl_changelog_shard *cs, int64_t delivered, int64_t now_ms)
     }
     cs->durable = cs->offset;
     remember(cs, cs->offset, atomic_load(&cs->t.last_offset) + 1);
-    memmove(cs->tomb, cs->tomb + cs->tomb_cut, cs->tomb_len - cs->tomb_cut);
-    cs->tomb_len -= cs->tomb_cut;
+    if (cs->tomb_cut > 0) {             /* tomb is NULL until the first eviction */
+        memmove(cs->tomb, cs->tomb + cs->tomb_cut, cs->tomb_len - cs->tomb_cut);
+        cs->tomb_len -= cs->tomb_cut;
+    }
     hl_histogram_observe(cl->mx.flush_s, (double)(now_ms - cs->t0_ms) / 1000.0);
     store_offset(cs, delivered);
     hl_log(HL_LOG_DEBUG, "changelog_flushed", "partition=%d offset=%lld rows=%llu",

@@ -28,8 +28,9 @@
  *                     200k users a real broker would; the watermarks are
  *                     checked so no dropped record hides in the figure.
  *
- * Usage: bench_changelog. HL_BENCH_USERS (default 1000000) and
- * HL_BENCH_SECONDS (default 5 per phase) change the flush figure's size. */
+ * Usage: bench_changelog. HL_BENCH_USERS (default 1000000), HL_BENCH_SECONDS
+ * (default 5 per phase) and HL_BENCH_ACTIVE_PCT (default 1) change the
+ * flush figure's size. */
 #include "changelog.h"
 #include "log.h"
 #include "snapshot.h"
@@ -175,7 +176,9 @@ static phase run_phase(env *e, hl_changelog *cl, hl_table *tbl, size_t users, do
     hl_changelog_shard *cs = cl ? hl_changelog_shard_create(cl, 0, tbl, &r) : NULL;
     uint64_t rows0 = hl_metrics_counter_sum(e->reg, "halflife_changelog_records_total");
     uint64_t bytes0 = hl_metrics_counter_sum(e->reg, "halflife_changelog_bytes_total");
-    size_t active = users / 100;
+    double pct = getenv("HL_BENCH_ACTIVE_PCT") ? atof(getenv("HL_BENCH_ACTIVE_PCT")) : 1;
+    size_t active = (size_t)((double)users * pct / 100);
+    if (active < 1) active = 1;
     double t0 = now_s(), t;
     uint64_t n = 0;
     while ((t = now_s()) - t0 < secs) {
@@ -223,11 +226,12 @@ static void bench_flush(void)
     phase kafka = run_phase(&e, cl, tbl, users, secs);
     phase none2 = run_phase(&e, NULL, tbl, users, secs);
     double ceiling = (none.events_per_s + none2.events_per_s) / 2;
-    printf("{\"bench\":\"changelog_flush\",\"users\":%zu,\"active_share_per_s\":0.01,"
+    double pct = getenv("HL_BENCH_ACTIVE_PCT") ? atof(getenv("HL_BENCH_ACTIVE_PCT")) : 1;
+    printf("{\"bench\":\"changelog_flush\",\"users\":%zu,\"active_share_per_s\":%g,"
            "\"flush_ms\":1000,\"figure\":%.0f,\"unit\":\"events/s\",\"ceiling\":%.0f,"
            "\"ceiling_what\":\"the same apply loop with no store work\",\"ratio\":%.3f,"
            "\"target_ratio\":0.8,\"records_flushed_per_s\":%.0f,\"mb_flushed_per_s\":%.1f}\n",
-           users, kafka.events_per_s, ceiling, kafka.events_per_s / ceiling,
+           users, pct / 100, kafka.events_per_s, ceiling, kafka.events_per_s / ceiling,
            (double)kafka.rows / secs, (double)kafka.bytes / secs / 1e6);
     fflush(stdout);
     hl_changelog_destroy(cl);

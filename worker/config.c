@@ -80,6 +80,9 @@ static const key_def keys[] = {
     {"snapshot.dir",        T_STR,  "snapshots", 1, 4095, NULL, "directory of shard snapshots"},
     {"snapshot.interval.ms",T_INT,  "30000", 0, 86400000, NULL, "time between snapshots of a shard; 0 = only on revocation and shutdown"},
     {"snapshot.retain",     T_INT,  "2", 1, 1000, NULL, "snapshots kept per shard"},
+    {"state.store",         T_ENUM, "file", 0, 0, "file|kafka", "where a shard's durable state lives: file (snapshot.dir alone; one machine or a shared volume) or kafka (a compacted changelog topic, snapshot.dir a local cache)"},
+    {"state.topic",         T_STR,  NULL, 0, 249, NULL, "changelog topic of state.store=kafka (default <group.id>-state)"},
+    {"state.flush.ms",      T_INT,  NULL, 1, 86400000, NULL, "time between changelog flushes of a shard (default snapshot.interval.ms, or 1000 when that is 0)"},
     {"shutdown.timeout.ms", T_INT,  "30000", 0, 3600000, NULL, "graceful stop bound"},
     {"metrics.port",        T_INT,  "9464", 0, 65535, NULL, "HTTP port of /metrics, /healthz, /readyz; 0 disables"},
     {"metrics.bind",        T_STR,  "0.0.0.0", 1, 45, NULL, "IP address the HTTP endpoint listens on: 0.0.0.0 every IPv4 interface (Kubernetes probes and scrapes reach the pod IP), 127.0.0.1 this host only, :: IPv6"},
@@ -448,6 +451,12 @@ static int check_topics(const hl_config *cfg, char *errbuf, size_t errlen)
                       "dlq.topic=\"%s\" is the input.topic: every bad record would be consumed, "
                       "dead-lettered and consumed again for ever (unset dlq.topic for \"%s.dlq\", "
                       "or set it empty to disable dead letters)", dlq, in);
+    const char *st = hl_config_str(cfg, "state.topic");
+    if (st != NULL && (strcmp(st, in) == 0 || strcmp(st, out) == 0 ||
+                       (dlq != NULL && strcmp(st, dlq) == 0)))
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "state.topic=\"%s\" is also the input, output or dead-letter topic: "
+                      "the changelog needs a topic of its own", st);
     return 0;
 }
 
@@ -662,6 +671,18 @@ static void registry_opts(const hl_config *cfg, hl_worker_opts *o)
     o->registry_fallback_dir = hl_config_str(cfg, "schema.registry.fallback.dir");
 }
 
+/* state.store and its two keys; state.topic and state.flush.ms have
+ * defaults that depend on other keys, so they are resolved here. */
+static void state_store_opts(const hl_config *cfg, hl_worker_opts *o)
+{
+    o->state_kafka = strcmp(hl_config_str(cfg, "state.store"), "kafka") == 0;
+    o->state_topic = hl_config_str(cfg, "state.topic");      /* NULL: <group.id>-state */
+    if (hl_config_is_set(cfg, "state.flush.ms"))
+        o->state_flush_ms = hl_config_int(cfg, "state.flush.ms");
+    else
+        o->state_flush_ms = o->snapshot_interval_ms > 0 ? o->snapshot_interval_ms : 1000;
+}
+
 void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -688,6 +709,7 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->snapshot_interval_ms = hl_config_int(cfg, "snapshot.interval.ms");
     o->snapshot_retain = (int)hl_config_int(cfg, "snapshot.retain");
     o->shutdown_timeout_ms = (int)hl_config_int(cfg, "shutdown.timeout.ms");
+    state_store_opts(cfg, o);
     o->offset_reset_latest = offset_reset_latest(cfg);
     o->embedded_partitions = (int)hl_config_int(cfg, "embedded.partitions");
     registry_opts(cfg, o);

@@ -198,6 +198,12 @@ static void retire_one(hl_wthread *t, flight *f)
         hl_shard *sh = hl_wthread_shard_of(t, f->offs->elems[i].partition);
         if (sh != NULL)
             sh->delivered_offset = f->offs->elems[i].offset;
+        /* state.store=kafka: never past the newest flush the broker holds
+         * (changelog.c stores the rest when a flush lands). */
+        if (sh != NULL && sh->cl != NULL)
+            f->offs->elems[i].offset = hl_changelog_storable(sh->cl, sh->delivered_offset);
+        if (f->offs->elems[i].offset < 0)
+            rd_kafka_topic_partition_list_del_by_idx(f->offs, i--);
     }
     if (f->offs->cnt > 0) {
         rd_kafka_resp_err_t err = rd_kafka_offsets_store(ctx->consumer, f->offs);

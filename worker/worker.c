@@ -17,6 +17,7 @@
 #include "log.h"
 #include "persist.h"
 #include "schema_store.h"
+#include "changelog.h"
 #include "thread.h"
 
 #include <cblas.h>
@@ -56,6 +57,8 @@ struct hl_worker {
     hl_gauge         *assigned_g;
     hl_persist       *persist;        /* NULL without snapshot.dir */
     hl_schema_store  *schemas;        /* NULL without schema.registry.url */
+    hl_changelog     *changelog;      /* state.store=kafka; else NULL */
+    char              state_topic[256];
     hl_counter       *rebalances;
     pthread_mutex_t   lat_mu;         /* also guards closed */
     pthread_cond_t    closed_cv;
@@ -78,8 +81,9 @@ static int embedded_start(hl_worker *w, char *errbuf, size_t errlen)
     }
     if ((w->mock = rd_kafka_mock_cluster_new(w->mock_rk, 1)) == NULL)
         return hl_err(errbuf, errlen, HL_EIO, "embedded broker: cannot start mock cluster");
-    const char *topics[] = {w->o.input_topic, w->o.output_topic, w->ctx.dlq_topic};
-    for (int i = 0; i < 3; i++) {
+    const char *topics[] = {w->o.input_topic, w->o.output_topic, w->ctx.dlq_topic,
+                            w->o.state_kafka ? w->state_topic : NULL};
+    for (int i = 0; i < 4; i++) {
         if (topics[i] == NULL)
             continue;
         rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(w->mock, topics[i],
@@ -246,17 +250,109 @@ static int owner_slot(hl_worker *w, int32_t p)
     return 0;
 }
 
-/* The partition's table: its newest valid snapshot's, and the offset to
- * start from (the snapshot's, else auto.offset.reset: DESIGN.md section 6
- * rebuilds state from the topic rather than trust a committed offset
- * without the state that goes with it). NULL when out of memory. */
-static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset)
+/* Marks where the partition's state came from: halflife_restore_source
+ * {partition, source} is 1 for the source of the last restore. */
+static void restore_source(hl_worker *w, int32_t p, const char *source)
+{
+    static const char *const all[] = {"snapshot", "changelog", "both", "none"};
+    char labels[80];
+    for (int i = 0; i < 4; i++) {
+        snprintf(labels, sizeof labels, "partition=\"%d\",source=\"%s\"", (int)p, all[i]);
+        hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_source",
+            "Where the last restore of the partition read its state (1 for that source).",
+            labels), strcmp(all[i], source) == 0);
+    }
+}
+
+/* The local snapshot as a cache (state.store=kafka): loaded into *tblp
+ * when there is one, described in base. 0, or a negative HL_E* (logged). */
+static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_base *base)
+{
+    char err[512];
+    hl_persist_restored pr;
+    base->next_offset = HL_PERSIST_NO_OFFSET;
+    if (w->persist == NULL)
+        return 0;
+    if (hl_persist_restore(w->persist, p, tblp, &pr, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=snapshot err=\"%s\"",
+               (int)p, err);
+        return HL_ENOMEM;
+    }
+    *base = (hl_changelog_base){pr.next_offset, pr.changelog_offset, pr.changelog_epoch};
+    return 0;
+}
+
+/* state.store=kafka: the partition's table read from its local snapshot
+ * (if any) and the changelog after it, or from the changelog alone, and
+ * claimed (changelog.h). NULL when neither can be read: the partition
+ * must not be served from an empty table. *on_disk: the local file's
+ * offset, when one was used. */
+static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
+                                   int64_t *offset, int64_t *on_disk, hl_changelog_restored *r)
+{
+    char err[512];
+    hl_changelog_base base;
+    int64_t t0 = hl_now_mono_us();
+    if (restore_cache(w, p, &tbl, &base) != 0)
+        goto fail;
+    const hl_changelog_base *bp = base.next_offset >= 0 ? &base : NULL;
+    int rc = hl_changelog_restore(w->changelog, p, tbl, bp, r, err, sizeof err);
+    if (rc == HL_ENOENT && bp != NULL) {
+        hl_log(HL_LOG_WARN, "snapshot_not_usable", "partition=%d err=\"%s\" "
+               "action=\"read the whole changelog\"", (int)p, err);
+        hl_table_destroy(tbl);
+        if ((tbl = hl_table_create(&w->ctx.topts, err, sizeof err)) == NULL)
+            goto fail;
+        bp = NULL;
+        rc = hl_changelog_restore(w->changelog, p, tbl, NULL, r, err, sizeof err);
+    }
+    if (rc != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"%s\"",
+               (int)p, err);
+        goto fail;
+    }
+    *on_disk = bp ? bp->next_offset : HL_PERSIST_NO_OFFSET;
+    if (r->next_offset != HL_CHANGELOG_NO_OFFSET)
+        *restored = *offset = r->next_offset;
+    else if (r->n_rows > 0)
+        *offset = RD_KAFKA_OFFSET_BEGINNING;   /* rows of an unfinished first flush */
+    const char *src = bp ? (r->n_records > 0 ? "both" : "snapshot")
+                         : (r->n_records > 0 ? "changelog" : "none");
+    restore_source(w, p, src);
+    /* The worker-wide figure the dashboard shows: the whole restore. */
+    hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_duration_seconds",
+                                  "Time the newest shard restore from a snapshot took.", NULL),
+                 (double)(hl_now_mono_us() - t0) / 1e6);
+    hl_log(HL_LOG_INFO, "restored", "partition=%d source=%s records=%llu rows=%llu "
+           "tombstones=%llu checkpoints=%llu stale=%llu bad=%llu bytes=%llu low=%lld high=%lld "
+           "from=%lld next_offset=%lld epoch=%lld seconds=%.3f", (int)p, src,
+           (unsigned long long)r->n_records, (unsigned long long)r->n_rows,
+           (unsigned long long)r->n_tombstones, (unsigned long long)r->n_checkpoints,
+           (unsigned long long)r->n_stale, (unsigned long long)r->n_bad,
+           (unsigned long long)r->bytes, (long long)r->low, (long long)r->high,
+           (long long)(bp ? bp->changelog_offset : r->low), (long long)r->next_offset,
+           (long long)r->epoch, r->duration_s);
+    return tbl;
+fail:
+    hl_table_destroy(tbl);
+    return NULL;
+}
+
+/* The partition's table: its newest valid snapshot's (or, with
+ * state.store=kafka, its changelog's), and the offset to start from (the
+ * snapshot's, else auto.offset.reset: DESIGN.md section 6 rebuilds state
+ * from the topic rather than trust a committed offset without the state
+ * that goes with it). NULL when out of memory. */
+static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset,
+                         int64_t *on_disk, hl_changelog_restored *cr)
 {
     char err[512];
     hl_persist_restored r;
     hl_table *tbl = hl_table_create(&w->ctx.topts, err, sizeof err);
     *restored = -1;
     *offset = w->o.offset_reset_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+    if (tbl != NULL && w->changelog != NULL)
+        return restore_changelog(w, p, tbl, restored, offset, on_disk, cr);
     if (tbl == NULL || w->persist == NULL)
         return tbl;
     if (hl_persist_restore(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
@@ -281,8 +377,14 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     if (w->owner[p] != NULL)
         return 1;
     int64_t restored;
-    hl_table *tbl = restore(w, p, &restored, offset);
-    hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, restored)
+    hl_changelog_restored cr;
+    int64_t on_disk = -1;
+    hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr);
+    if (tbl == NULL && w->changelog != NULL)
+        return HL_EIO;
+    if (w->changelog == NULL)
+        on_disk = restored;     /* with the changelog: the cache file's, if one was used */
+    hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, on_disk)
                                              : NULL;
     hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
                                    w->o.recs_min_interval_ms, w->reg, err, sizeof err);
@@ -290,6 +392,15 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
         return HL_ENOMEM;
     }
+    if (w->changelog != NULL &&
+        (sh->cl = hl_changelog_shard_create(w->changelog, p, sh->tbl, &cr)) == NULL) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
+               (int)p);
+        hl_shard_destroy(sh);
+        return HL_ENOMEM;
+    }
+    if (sh->cl != NULL && sh->ps != NULL)
+        hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
     int i = least_loaded(w);
     if (hl_wthread_give(w->th[i], sh) != 0) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
@@ -602,6 +713,26 @@ static int start_registry(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* state.store=kafka: the changelog topic checked (or created) before the
+ * worker joins its group. The embedded broker made it already. */
+static int start_changelog(hl_worker *w, char *errbuf, size_t errlen)
+{
+    if (!w->o.state_kafka)
+        return 0;
+    hl_changelog_opts co = {
+        .topic = w->state_topic, .input_topic = w->o.input_topic, .bootstrap = w->bootstrap,
+        .kafka = w->o.kafka, .n_kafka = w->o.n_kafka, .flush_ms = w->o.state_flush_ms,
+        .model_fingerprint = hl_model_info_get(w->m)->fingerprint, .topts = &w->ctx.topts,
+        .prod = w->prod, .consumer = hl_consumer_handle(w->cons), .reg = w->reg,
+        .create = w->mock == NULL, .timeout_ms = 10000,
+    };
+    if ((w->changelog = hl_changelog_create(&co, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    hl_log(HL_LOG_INFO, "state_store", "store=kafka topic=%s flush_ms=%lld", w->state_topic,
+           (long long)w->o.state_flush_ms);
+    return 0;
+}
+
 static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
 {
     w->th = calloc((size_t)w->o.threads, sizeof *w->th);
@@ -672,8 +803,12 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         hl_err(errbuf, errlen, HL_ENOMEM, "worker: out of memory");
         goto fail;
     }
+    if (o->state_topic && o->state_topic[0])
+        snprintf(w->state_topic, sizeof w->state_topic, "%s", o->state_topic);
+    else
+        snprintf(w->state_topic, sizeof w->state_topic, "%s-state", o->group_id);
     if (table_opts(w, errbuf, errlen) != 0 || start_persist(w, errbuf, errlen) != 0 ||
-        start_kafka(w, errbuf, errlen) != 0)
+        start_kafka(w, errbuf, errlen) != 0 || start_changelog(w, errbuf, errlen) != 0)
         goto fail;
     w->ctx.consumer = hl_consumer_handle(w->cons);
     w->ctx.prod = w->prod;
@@ -695,6 +830,7 @@ void hl_worker_destroy(hl_worker *w)
     hl_schema_store_destroy(w->schemas);  /* after every codec that asks it */
     hl_persist_destroy(w->persist);     /* after every shard is gone */
     hl_qitems_destroy(w->qitems);       /* after every ranker is gone */
+    hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);

@@ -50,6 +50,9 @@ typedef struct hl_worker_opts {
     int         snapshot_retain;
     int         offset_reset_latest; /* auto.offset.reset=latest; librdkafka gets it too
                                       * unless kafka[] holds auto.offset.reset */
+    int         state_kafka;         /* state.store=kafka: the changelog (changelog.h) */
+    const char *state_topic;         /* NULL or "": <group_id>-state */
+    int64_t     state_flush_ms;      /* changelog flush interval, >= 1 */
     int         has_type_weight;     /* type_weight[] holds overrides */
     float       type_weight[HL_N_TYPES]; /* weight.*: NAN keeps the model's */
     const hl_kafka_prop *kafka;      /* kafka.* keys, prefix removed, as given */

@@ -96,10 +96,23 @@ struct hl_ranker {
     float         *bc_dot;     /* (k, MAX_RING) rec . hist */
     float         *bc_a;       /* (MAX_RING) a_e of each history entry */
     int32_t       *bc_item;    /* (MAX_RING) item of each history entry */
+    hl_rank_catalogue cat;     /* the live catalogue: hidden rows, side items */
 };
 
 static scan_fn pick_scan(void);
 static layer_fn pick_layer(void);
+
+/* e_out row and bias of a ranker row: the model's, or a side item's. */
+static inline const float *out_row(const hl_ranker *r, int32_t j)
+{
+    return j < r->n_items ? r->e_out + (size_t)j * r->dim
+                          : r->cat.e_out + (size_t)(j - r->n_items) * r->dim;
+}
+
+static inline float bias_of(const hl_ranker *r, int32_t j)
+{
+    return j < r->n_items ? r->bias[j] : r->cat.bias[j - r->n_items];
+}
 
 /* ---- create / destroy ---- */
 
@@ -239,6 +252,14 @@ hl_ranker *hl_ranker_create(const hl_model *m, const hl_rank_opts *o,
     return hl_ranker_create_parts(&p, o, errbuf, errlen);
 }
 
+void hl_ranker_set_catalogue(hl_ranker *r, const hl_rank_catalogue *c)
+{
+    if (c != NULL)
+        r->cat = *c;
+    else
+        memset(&r->cat, 0, sizeof r->cat);
+}
+
 void hl_ranker_destroy(hl_ranker *r)
 {
     if (r == NULL)
@@ -353,6 +374,21 @@ static void heap_sort(uint64_t *h, int n)
 
 /* ---- one block ---- */
 
+/* 0 when ex (may be NULL) names row. */
+static int listed(const hl_rank_exclude *ex, int32_t row)
+{
+    for (int i = 0; ex != NULL && i < ex->n; i++)
+        if (ex->item[i] == row)
+            return 0;
+    return 1;
+}
+
+static int cmp_row(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
 static void mark_excluded(float *srow, int32_t j0, int nb, const int32_t *items,
                           int n)
 {
@@ -460,19 +496,68 @@ static scan_fn pick_scan(void)
     return scan_row;
 }
 
-/* S (n, nb) = Q (n, dim) e_out[j0 .. j0+nb)^T, then exclusions and top-K. */
+/* The catalogue's hidden rows in [j0, j0 + nb): *lo is the first (the
+ * blocks go by in order, so the caller keeps it as a cursor); returns the
+ * end. */
+static int32_t hidden_in(const hl_ranker *r, int32_t *lo, int32_t j0, int nb)
+{
+    const int32_t *h = r->cat.hidden;
+    int32_t i = *lo;
+    while (i < r->cat.n_hidden && h[i] < j0)
+        i++;
+    *lo = i;
+    while (i < r->cat.n_hidden && h[i] < j0 + nb)
+        i++;
+    return i;
+}
+
+/* S (n, nb) = Q (n, dim) e_out[j0 .. j0+nb)^T, then exclusions (seen,
+ * extra, the catalogue's hidden rows) and top-K. *hid is the hidden-row
+ * cursor. */
 static void score_block(hl_ranker *r, const float *Q, const hl_row_view *users,
-                        int n, const hl_rank_exclude *extra, int32_t j0, int nb)
+                        int n, const hl_rank_exclude *extra, int32_t j0, int nb,
+                        int32_t *hid)
 {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nb, r->dim, 1.0f,
                 Q, r->dim, r->e_out + (size_t)j0 * r->dim, r->dim, 0.0f, r->S, nb);
+    int32_t h_end = hidden_in(r, hid, j0, nb);
     for (int u = 0; u < n; u++) {
         float *srow = r->S + (size_t)u * nb;
         if (r->exclude_seen)
             mark_seen(r, u, srow, j0, nb);
+        for (int32_t i = *hid; i < h_end; i++)
+            srow[r->cat.hidden[i] - j0] = -INFINITY;
         if (extra != NULL)
             mark_excluded(srow, j0, nb, extra[u].item, extra[u].n);
         r->scan(r, u, srow, r->bias + j0, j0, nb);
+    }
+}
+
+static float det_score(const float *q, const float *e, int dim, float b);
+
+/* The catalogue's side items, after the model's blocks: each scored
+ * exactly (det_score) and offered to every user's heap, hidden rows
+ * (from cursor hid on: side rows follow model rows) and extra rows left
+ * out. An exact score that loses to the heap's threshold also loses to
+ * every candidate select_exact keeps, so the proof there still holds. */
+static void score_side(hl_ranker *r, int n, const hl_rank_exclude *extra, int32_t hid)
+{
+    for (int32_t s = 0; s < r->cat.n_side; s++) {
+        int32_t row = r->n_items + s;
+        while (hid < r->cat.n_hidden && r->cat.hidden[hid] < row)
+            hid++;
+        if (hid < r->cat.n_hidden && r->cat.hidden[hid] == row)
+            continue;
+        const float *e = r->cat.e_out + (size_t)s * r->dim;
+        for (int u = 0; u < n; u++) {
+            if (extra != NULL && !listed(&extra[u], row))
+                continue;
+            uint64_t *h = r->top + (size_t)u * r->kc;
+            float thr = r->top_n[u] == r->kc ? key_score(h[0]) : -INFINITY;
+            float sc = det_score(r->Q + (size_t)u * r->dim, e, r->dim, r->cat.bias[s]);
+            if (sc > thr)
+                heap_offer(h, &r->top_n[u], r->kc, sc, row);
+        }
     }
 }
 
@@ -526,12 +611,12 @@ static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
     for (int e = 0; e < n_hist; e++)
         prefetch_row(r->e_in + (size_t)r->bc_item[e] * dim, dim);
     for (int j = 0; j < n_rec; j++)
-        prefetch_row(r->e_out + (size_t)recs[j].item * dim, dim);
+        prefetch_row(out_row(r, recs[j].item), dim);
     for (int e = 0; e < n_hist; e++)
         memcpy(r->bc_hist + (size_t)e * dim, r->e_in + (size_t)r->bc_item[e] * dim,
                (size_t)dim * sizeof(float));
     for (int j = 0; j < n_rec; j++)
-        memcpy(r->bc_rec + (size_t)j * dim, r->e_out + (size_t)recs[j].item * dim,
+        memcpy(r->bc_rec + (size_t)j * dim, out_row(r, recs[j].item),
                (size_t)dim * sizeof(float));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_rec, n_hist, dim,
                 1.0f, r->bc_rec, dim, r->bc_hist, dim, 0.0f, r->bc_dot, n_hist);
@@ -737,37 +822,51 @@ static double det_margin(const hl_ranker *r, int u)
  * path) into its heap, best first; returns its length. The slow path:
  * n_items dot products, only when the candidates cannot be proven to hold
  * the list (exact or near ties at the cut). */
+static void mark_excl(hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v)
+{
+    const int32_t *seen = r->seen + (size_t)u * MAX_RING;
+    int n_seen = r->exclude_seen ? r->seen_n[u] : 0;
+    for (int i = 0; i < n_seen; i++)
+        r->excl[seen[i]] = v;
+    for (int i = 0; ex != NULL && i < ex->n; i++)
+        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+            r->excl[ex->item[i]] = v;
+    for (int32_t i = 0; i < r->cat.n_hidden && r->cat.hidden[i] < r->n_items; i++)
+        r->excl[r->cat.hidden[i]] = v;
+}
+
+static void rescan_one(hl_ranker *r, uint64_t *h, int *n, const float *q, int32_t j)
+{
+    uint64_t key = make_key(det_score(q, out_row(r, j), r->dim, bias_of(r, j)), j);
+    if (*n < r->k) {
+        h[*n] = key;
+        sift_up(h, (*n)++);
+    } else if (key > h[0]) {
+        h[0] = key;
+        sift_down(h, *n, 0);
+    }
+}
+
+static int side_hidden(const hl_ranker *r, int32_t row)
+{
+    return bsearch(&row, r->cat.hidden, (size_t)r->cat.n_hidden, sizeof row,
+                   cmp_row) != NULL;
+}
+
 static int rescan_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
 {
     uint64_t *h = r->top + (size_t)u * r->kc;
     const float *q = r->Q + (size_t)u * r->dim;
-    const int32_t *seen = r->seen + (size_t)u * MAX_RING;
-    int n_seen = r->exclude_seen ? r->seen_n[u] : 0, n = 0;
-    int n_ex = ex != NULL ? ex->n : 0;
+    int n = 0;
 
-    for (int i = 0; i < n_seen; i++)
-        r->excl[seen[i]] = 1;
-    for (int i = 0; i < n_ex; i++)
-        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
-            r->excl[ex->item[i]] = 1;
-    for (int32_t j = 0; j < r->n_items; j++) {
-        if (r->excl[j])
-            continue;
-        uint64_t key = make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
-                                          r->bias[j]), j);
-        if (n < r->k) {
-            h[n] = key;
-            sift_up(h, n++);
-        } else if (key > h[0]) {
-            h[0] = key;
-            sift_down(h, n, 0);
-        }
-    }
-    for (int i = 0; i < n_seen; i++)
-        r->excl[seen[i]] = 0;
-    for (int i = 0; i < n_ex; i++)
-        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
-            r->excl[ex->item[i]] = 0;
+    mark_excl(r, u, ex, 1);
+    for (int32_t j = 0; j < r->n_items; j++)
+        if (!r->excl[j])
+            rescan_one(r, h, &n, q, j);
+    mark_excl(r, u, ex, 0);
+    for (int32_t j = r->n_items; j < r->n_items + r->cat.n_side; j++)
+        if (!side_hidden(r, j) && listed(ex, j))
+            rescan_one(r, h, &n, q, j);
     heap_sort(h, n);
     return n;
 }
@@ -786,7 +885,7 @@ static int select_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
 
     for (int i = 0; i < n; i++) {
         int32_t j = key_item(h[i]);
-        h[i] = make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim, r->bias[j]), j);
+        h[i] = make_key(det_score(q, out_row(r, j), r->dim, bias_of(r, j)), j);
     }
     for (int i = n / 2 - 1; i >= 0; i--)
         sift_down(h, n, i);
@@ -823,10 +922,13 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
     if (r->exclude_seen)
         for (int u = 0; u < n; u++)
             load_seen(r, u, &users[u]);
+    int32_t hid = 0;
     for (int32_t j0 = 0; j0 < r->n_items; j0 += r->block) {
         int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
-        score_block(r, Q, users, n, extra, j0, nb);
+        score_block(r, Q, users, n, extra, j0, nb, &hid);
     }
+    if (r->cat.n_side > 0)
+        score_side(r, n, extra, hid);
     emit(r, users, n, extra, out, n_out);
     return 0;
 }
@@ -864,7 +966,7 @@ static void because_naive(const hl_ranker *r, const hl_row_view *v,
             double dot = 0.0;
             for (int d = 0; d < r->dim; d++)
                 dot += (double)r->e_in[(size_t)item[e] * r->dim + d] *
-                       r->e_out[(size_t)recs[j].item * r->dim + d];
+                       out_row(r, recs[j].item)[d];
             double c = (double)a[e] * dot;
             if (c > best) {
                 best = c;
@@ -874,7 +976,7 @@ static void because_naive(const hl_ranker *r, const hl_row_view *v,
     }
 }
 
-/* Marks user u's excluded items in excl (n_items bytes, zeroed). */
+/* Marks user u's excluded items in excl (n_items + n_side bytes, zeroed). */
 static void naive_mark(const hl_ranker *r, const hl_row_view *v,
                        const hl_rank_exclude *ex, uint8_t *excl)
 {
@@ -886,8 +988,11 @@ static void naive_mark(const hl_ranker *r, const hl_row_view *v,
         }
     if (ex != NULL)
         for (int i = 0; i < ex->n; i++)
-            if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+            if (ex->item[i] >= 0 && ex->item[i] < r->n_items + r->cat.n_side)
                 excl[ex->item[i]] = 1;
+    for (int32_t i = 0; i < r->cat.n_hidden; i++)      /* one flag per hidden row */
+        if (r->cat.hidden[i] >= 0 && r->cat.hidden[i] < r->n_items + r->cat.n_side)
+            excl[r->cat.hidden[i]] = 1;
 }
 
 static int naive_user(const hl_ranker *r, const hl_row_view *v, const float *q,
@@ -896,14 +1001,16 @@ static int naive_user(const hl_ranker *r, const hl_row_view *v, const float *q,
 {
     int n_cand = 0;
 
-    memset(excl, 0, (size_t)r->n_items);
+    int32_t n_all = r->n_items + r->cat.n_side;
+    memset(excl, 0, (size_t)n_all);
     naive_mark(r, v, ex, excl);
-    for (int32_t j = 0; j < r->n_items; j++) {
+    for (int32_t j = 0; j < n_all; j++) {
         if (excl[j])
             continue;
-        double s = r->bias[j];
+        const float *e = out_row(r, j);
+        double s = bias_of(r, j);
         for (int d = 0; d < r->dim; d++)
-            s += (double)q[d] * r->e_out[(size_t)j * r->dim + d];
+            s += (double)q[d] * e[d];
         cand[n_cand].score = (float)s;
         cand[n_cand++].item = j;
     }
@@ -923,8 +1030,9 @@ int hl_ranker_refresh_naive(hl_ranker *r, const hl_row_view *users, int n,
     int in_dim = hl_encoder_in_dim(&r->net), rc = HL_ENOMEM;
     float *x = malloc((size_t)in_dim * sizeof(float));
     float *act = malloc(hl_encoder_act_floats(&r->net, 1) * sizeof(float));
-    naive_cand *cand = malloc((size_t)r->n_items * sizeof *cand);
-    uint8_t *excl = malloc((size_t)r->n_items);
+    size_t n_all = (size_t)r->n_items + (size_t)r->cat.n_side;
+    naive_cand *cand = malloc(n_all * sizeof *cand);
+    uint8_t *excl = malloc(n_all);
     int32_t item[MAX_RING];
     float a[MAX_RING];
 

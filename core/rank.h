@@ -47,7 +47,8 @@ typedef struct hl_rank_opts {
 } hl_rank_opts;
 
 typedef struct hl_rec {
-    int32_t item;        /* model row */
+    int32_t item;        /* model row, or n_items + s for side item s of the
+                            catalogue (hl_ranker_set_catalogue) */
     float   score;       /* q . e_out[item] + bias[item] */
     int32_t because;     /* model row of the history item that contributed
                             most, or -1 */
@@ -70,8 +71,8 @@ void       hl_ranker_destroy(hl_ranker *r);               /* NULL is a no-op */
 int hl_ranker_refresh(hl_ranker *r, const hl_row_view *users, int n,
                       hl_rec *out, int *n_out);
 
-/* Extra items to leave out for one user: model rows in any order,
- * duplicates allowed, rows outside 0..n_items-1 ignored. */
+/* Extra items to leave out for one user: rows in any order, duplicates
+ * allowed, rows outside 0..n_items+n_side-1 ignored. */
 typedef struct hl_rank_exclude {
     const int32_t *item;
     int            n;
@@ -81,6 +82,23 @@ typedef struct hl_rank_exclude {
  * may be NULL). The ring is still excluded when exclude_seen is set. */
 int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
                          const hl_rank_exclude *extra, hl_rec *out, int *n_out);
+
+/* The live catalogue's part in a refresh (core/catalogue.h builds it):
+ * rows no list may hold, masked inside the blocked top-K exactly as seen
+ * items are (so a list stays k long when enough items remain), and side
+ * items, rows n_items..n_items+n_side-1, scored with det_score after the
+ * model's blocks and merged into the same top-K. Side rows never count as
+ * seen (the history ring names model rows only). */
+typedef struct hl_rank_catalogue {
+    const int32_t *hidden;   /* ascending rows (model or side), n_hidden of them */
+    int32_t        n_hidden;
+    const float   *e_in, *e_out, *bias;  /* (n_side, dim), (n_side, dim), (n_side) */
+    int32_t        n_side;
+} hl_rank_catalogue;
+
+/* c and its arrays are borrowed until the next call (NULL: the model
+ * alone). Owner thread of the ranker, between refreshes. */
+void hl_ranker_set_catalogue(hl_ranker *r, const hl_rank_catalogue *c);
 
 /* Plain-loop twin for tests: scores every item with plain loops (double
  * accumulation), sorts them all, same exclusions, same `because`. It

@@ -94,6 +94,7 @@ struct hl_wthread {
     int         *n_out;
     hl_codec_rec *crec;
     uint8_t     *enc;     size_t enc_cap;
+    hl_items_local cat;                             /* the catalogue view in use */
 
     flight       fl[N_FLIGHTS];                     /* flight.c: a ring */
     int          fl_head, fl_n;

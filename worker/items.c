@@ -52,6 +52,7 @@ struct hl_items {
     int64_t         retry_at_ms;
     uint64_t        viewed_version;
     int             published;          /* a view was made current */
+    uint64_t        pending;            /* updates applied, not yet counted */
     float          *vec;                /* 2 * dim floats */
     hl_log_limit    bad_limit;
     hl_gauge       *g_hidden, *g_added, *g_loaded;
@@ -272,7 +273,19 @@ static void handle(hl_items *it, const rd_kafka_message_t *rkm)
         bad_update(it, rkm, r, detail);
         return;
     }
-    hl_counter_add(it->c_updates, 1);
+    it->pending++;
+}
+
+/* halflife_item_updates_total counts an update once a view holding it is
+ * current, so a reader that sees the count knows every batch started
+ * afterwards ranks with it (the integration test relies on that). */
+static void count_updates(hl_items *it)
+{
+    if (it->pending > 0 && (it->viewed_version == hl_catalogue_version(it->cat) ||
+                            !atomic_load(&it->loaded))) {
+        hl_counter_add(it->c_updates, it->pending);
+        it->pending = 0;
+    }
 }
 
 /* ---- the thread ---- */
@@ -304,6 +317,7 @@ static void *items_main(void *arg)
         if (hl_catalogue_version(it->cat) != it->viewed_version && atomic_load(&it->loaded))
             publish_view(it);
         check_loaded(it);
+        count_updates(it);
     }
     return NULL;
 }

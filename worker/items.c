@@ -53,6 +53,7 @@ struct hl_items {
     uint64_t        viewed_version;
     int             published;          /* a view was made current */
     uint64_t        pending;            /* updates applied, not yet counted */
+    int             absent;             /* the cluster says the topic does not exist */
     float          *vec;                /* 2 * dim floats */
     hl_log_limit    bad_limit;
     hl_gauge       *g_hidden, *g_added, *g_loaded;
@@ -136,6 +137,11 @@ static int make_consumer(hl_items *it, char *errbuf, size_t errlen)
         rc = hl_kafka_conf_set(conf, "enable.partition.eof", "true", errbuf, errlen);
     if (rc == 0)
         rc = hl_kafka_conf_set(conf, "enable.auto.commit", "false", errbuf, errlen);
+    /* librdkafka's consumer poll needs a group id even when partitions are
+     * assigned by hand; with assign() and nothing committed the reader never
+     * joins that group. */
+    if (rc == 0)
+        rc = hl_kafka_conf_set(conf, "group.id", "halflife-items-reader", errbuf, errlen);
     if (rc != 0) {
         rd_kafka_conf_destroy(conf);
         return rc;
@@ -149,23 +155,31 @@ static int make_consumer(hl_items *it, char *errbuf, size_t errlen)
 }
 
 /* Partitions and their ends; assigns them all from the beginning. 0 with
- * n_parts 0 when the topic is not there (yet). */
+ * n_parts 0 when the cluster says the topic does not exist (an empty
+ * catalogue, asked again later); HL_EIO when the cluster did not answer
+ * (not loaded: lists must not go out without the catalogue). */
 static int find_partitions(hl_items *it)
 {
     const rd_kafka_metadata_t *md = NULL;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(it->rk, it->topic, NULL);
     rd_kafka_resp_err_t err = rkt ? rd_kafka_metadata(it->rk, 0, rkt, &md, METADATA_MS)
                                   : RD_KAFKA_RESP_ERR__INVALID_ARG;
-    int n = err == 0 && md->topic_cnt == 1 && md->topics[0].err == 0
-            ? md->topics[0].partition_cnt : 0;
+    if (err == 0 && md->topic_cnt == 1)
+        err = md->topics[0].err;
+    int n = err == 0 && md->topic_cnt == 1 ? md->topics[0].partition_cnt : 0;
     if (rkt)
         rd_kafka_topic_destroy(rkt);
     if (n == 0) {
         if (md)
             rd_kafka_metadata_destroy(md);
         it->retry_at_ms = hl_now_mono_ms() + RETRY_TOPIC_MS;
-        return 0;
+        it->absent = err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || (err == 0 && n == 0);
+        if (!it->absent)
+            hl_log(HL_LOG_WARN, "items_metadata_failed", "topic=%s err=\"%s\" action=retry",
+                   it->topic, rd_kafka_err2str(err));
+        return it->absent ? 0 : HL_EIO;
     }
+    it->absent = 0;
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n);
     free(it->end);
     free(it->done);
@@ -192,7 +206,7 @@ static int find_partitions(hl_items *it)
 
 static void check_loaded(hl_items *it)
 {
-    if (atomic_load(&it->loaded))
+    if (atomic_load(&it->loaded) || (it->n_parts == 0 && !it->absent))
         return;
     for (int p = 0; p < it->n_parts; p++)
         if (!it->done[p])

@@ -15,8 +15,10 @@ Four phases of one synthetic stream:
    reason and dead-lettered with the reason in a header;
 3. X available again: X is back in lists;
 4. restart (SIGTERM, a new process; the topic is re-read before the worker
-   joins the group): the lists of phase 4 still lack Z and Y, hold new-a
-   and X, and each user's last list equals what core/ computes offline
+   joins the group) and rebalance (a second member joins the group, so
+   partitions move): the lists of phase 4, from both members, still lack Z
+   and Y, hold new-a and X, and each user's last list equals what core/
+   computes offline
    (build/tests/test_offline with HL_OFFLINE_CATALOGUE) from every event
    with the same catalogue: the same items in the same order, the same
    scores, added item included.
@@ -195,11 +197,32 @@ def phase4(ck, ctx, expiry):
     w = ctx["w"] = U.Worker(ctx["bootstrap"], ctx["model_path"], os.path.join(ctx["tmp"], "w2.log"),
                             extra=ctx["common"])
     loaded = wait_metric(w, "halflife_items_loaded", 1)
+    wait_metric(w, "halflife_assigned_partitions", 4)
+    w3 = U.Worker(ctx["bootstrap"], ctx["model_path"], os.path.join(ctx["tmp"], "w3.log"),
+                  extra=ctx["common"])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            split = (w.metric("halflife_assigned_partitions"), w3.metric("halflife_assigned_partitions"))
+        except OSError:
+            split = (0, 0)
+        if split[0] > 0 and split[1] > 0 and sum(split) == 4:
+            break
+        time.sleep(0.3)
     log = w.log_text()
     order_ok = "catalogue_loaded" in log and log.find("catalogue_loaded") < log.find("worker_started")
     high = watermarks(ctx["bootstrap"], "behaviour-events")
     U.produce_events(ctx["bootstrap"], "behaviour-events", ctx["events"][3 * PHASE:])
-    wait_settled(w, PHASE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        n = w.metric("halflife_events_consumed_total") + w3.metric("halflife_events_consumed_total")
+        if n >= PHASE:
+            break
+        time.sleep(0.3)
+    time.sleep(1.5)
+    ck.check("rebalanced", split[0] > 0 and split[1] > 0 and n >= PHASE,
+             "partitions split %s, consumed %d of %d in phase 4" % (split, n, PHASE))
+    w3_rc = w3.stop()
     after = lists_after(ctx["bootstrap"], high)
     items = [[i["item_id"] for i in d["items"]] for d in after]
     bad = [it for it in items if ctx["z"] in it or ctx["y"] in it or len(it) != K]
@@ -223,7 +246,8 @@ def phase4(ck, ctx, expiry):
     ck.check("last_lists_match_offline_catalogue", not mism and offline and with_new > 0,
              "%d mismatches of %d users (offline lists with new-a: %d), e.g. %s"
              % (len(mism), len(offline), with_new, mism[:3]))
-    ck.check("second_exit_0", w.stop() == 0, "SIGTERM exit status")
+    rc2 = w.stop()
+    ck.check("second_exit_0", rc2 == 0 and w3_rc == 0, "SIGTERM exit status %s, %s" % (rc2, w3_rc))
 
 
 def main():

@@ -21,7 +21,7 @@
 #include <string.h>
 
 typedef struct entry {
-    const char *id;            /* the model's bytes, or own (model_row < 0) */
+    const char *id;            /* own copy (a model swap must not leave it dangling) */
     uint32_t    id_len;
     int32_t     model_row;     /* -1: unknown to the model */
     int32_t     side;          /* side slot, -1: none */
@@ -146,7 +146,7 @@ void hl_catalogue_destroy(hl_catalogue *c)
     if (c == NULL)
         return;
     for (int32_t i = 0; i < c->n_ent; i++)
-        if (c->ent[i].used && c->ent[i].model_row < 0)
+        if (c->ent[i].used)
             free((char *)c->ent[i].id);
     free(c->ent);
     free(c->slot);
@@ -236,10 +236,9 @@ static void forget(hl_catalogue *c, uint32_t slot)
     slot_del(c, slot);
     if (e->side >= 0)
         side_free(c, e->side);
-    if (e->model_row < 0) {
-        free((char *)e->id);
+    free((char *)e->id);
+    if (e->model_row < 0)
         c->n_new--;
-    }
     e->used = 0;
     e->next_free = c->free_ent;
     c->free_ent = i;
@@ -261,19 +260,17 @@ static int insert(hl_catalogue *c, const hl_item_update *u, uint32_t *slot,
         *slot = probe(c, u->id, u->id_len);
     }
     int32_t i = ent_alloc(c);
-    char *own = row < 0 ? malloc(u->id_len) : NULL;
-    if (i < 0 || (row < 0 && own == NULL)) {
+    char *own = malloc(u->id_len);
+    if (i < 0 || own == NULL) {
         free(own);
         if (i >= 0) { c->ent[i].next_free = c->free_ent; c->free_ent = i; }
         return hl_err(errbuf, errlen, HL_ENOMEM, "catalogue: out of memory");
     }
     entry *e = &c->ent[i];
     memset(e, 0, sizeof *e);
-    if (row < 0) {
-        memcpy(own, u->id, u->id_len);
-        c->n_new++;
-    }
-    e->id = row < 0 ? own : hl_model_item_id(c->m, row, &e->id_len);
+    memcpy(own, u->id, u->id_len);
+    c->n_new += row < 0;
+    e->id = own;
     e->id_len = u->id_len;
     e->model_row = row;
     e->side = -1;
@@ -346,6 +343,41 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
     count(c, e, +1);
     c->version++;
     return rc;
+}
+
+int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, int32_t *n_dropped)
+{
+    int dim = hl_model_info_get(m)->dim;
+    *n_dropped = 0;
+    if (dim != c->dim) {
+        for (int32_t i = 0; i < c->n_ent; i++)   /* every side slot goes */
+            if (c->ent[i].used && c->ent[i].side >= 0) {
+                count(c, &c->ent[i], -1);
+                c->ent[i].side = -1;
+                count(c, &c->ent[i], +1);
+                (*n_dropped)++;
+            }
+        free(c->s_in);               /* side_alloc grows them anew at the new width */
+        free(c->s_out);
+        c->s_in = c->s_out = NULL;
+        c->cap_side = c->n_side_hw = 0;
+        c->free_side = -1;
+        c->dim = dim;
+    }
+    c->m = m;
+    c->n_model = hl_model_info_get(m)->n_items;
+    c->n_new = 0;
+    for (int32_t i = 0; i < c->n_ent; i++) {
+        entry *e = &c->ent[i];
+        if (!e->used)
+            continue;
+        count(c, e, -1);
+        e->model_row = hl_model_item_find(m, e->id, e->id_len);
+        c->n_new += e->model_row < 0;
+        count(c, e, +1);
+    }
+    c->version++;
+    return 0;
 }
 
 /* ---- views ---- */

@@ -53,6 +53,17 @@ void          hl_catalogue_destroy(hl_catalogue *c);        /* NULL is a no-op *
 int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
                        char *errbuf, size_t errlen);
 
+/* Model swap (DESIGN.md section 10): re-resolves every kept item against
+ * m (borrowed from now on; the old model may be closed after this
+ * returns), keeping its availability and expiry. An embedding whose dim is
+ * not m's is dropped (the item keeps its other fields; *n_dropped counts
+ * them); one whose dim fits is kept as it is, in the new model's space by
+ * assumption (the writer of the item topic re-publishes it otherwise).
+ * Items the new model knows stop counting against max_new. Views built
+ * before name items through the old model: keep it open until they are
+ * destroyed. Returns 0. */
+int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, int32_t *n_dropped);
+
 /* Changes applied since create (each apply that returned 0). */
 uint64_t hl_catalogue_version(const hl_catalogue *c);
 

@@ -397,6 +397,60 @@ static void test_list_full_while_items_remain(void)
     tm_free(&a);
 }
 
+/* A model swap keeps hides and expiries, re-resolves which items the model
+ * knows, keeps embeddings whose dim fits and drops (counts) the others. */
+static void test_rebind_to_new_model(void)
+{
+    tm a, b, c3;
+    tm_init(&a, N);
+    tm_init(&b, N + 10);                  /* knows i300..i309 too */
+    hl_model *ma = tm_open(&a, "ra"), *mb = tm_open(&b, "rb");
+    char err[256];
+    float e[DIM] = {1};
+    hl_catalogue *c = hl_catalogue_create(ma, 8, err, sizeof err);
+    hl_item_update u = upd("i305");       /* unknown to a, known to b */
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("i4");
+    u.available = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catalogue_stats st;
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.added == 1 && st.overridden == 0 && st.hidden == 1);
+    int32_t dropped = -1;
+    CHECK(hl_catalogue_rebind(c, mb, &dropped) == 0 && dropped == 0);
+    hl_model_close(ma);                   /* nothing may point into it now */
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.added == 0 && st.overridden == 1 && st.hidden == 1);
+    hl_catview *v = hl_catalogue_view(c);
+    int32_t out[8];
+    int64_t next;
+    int32_t n = hl_catview_hidden_at(v, 0, out, &next);
+    CHECK(n == 2 && out[0] == 4 && out[1] == 305);   /* i305's model row is replaced */
+    hl_catview_destroy(v);
+    /* Another dim: the embedding is dropped, the hide stays. */
+    tm_init(&c3, N);
+    c3.p.info.dim = DIM / 2;
+    c3.p.info.layer_out[0] = DIM / 2;
+    hl_model *mc = tm_open(&c3, "rc");
+    CHECK(mc != NULL && hl_catalogue_rebind(c, mc, &dropped) == 0 && dropped == 1);
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.added == 0 && st.overridden == 0 && st.hidden == 1);
+    float e2[DIM / 2] = {2};
+    u = upd("brand-new");
+    u.e_in = u.e_out = e2;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    v = hl_catalogue_view(c);
+    CHECK(hl_catview_n_side(v) == 1 && hl_catview_side_e_out(v)[0] == 2.0f);
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(mb);
+    hl_model_close(mc);
+    tm_free(&a);
+    tm_free(&b);
+    tm_free(&c3);
+}
+
 int main(void)
 {
     RUN(test_updates_replace_and_tombstones_forget);
@@ -404,5 +458,6 @@ int main(void)
     RUN(test_expiry_by_event_time);
     RUN(test_masked_top_k_equals_model_without_them);
     RUN(test_list_full_while_items_remain);
+    RUN(test_rebind_to_new_model);
     TEST_EXIT();
 }

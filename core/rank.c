@@ -33,7 +33,12 @@
  * score by more than both scores' rounding bound (det_margin: the textbook
  * bound gamma_n sum |q_d e_d|, with Cauchy-Schwarz over every item); when
  * it does not (exact ties at the cut), that user is rescored over every
- * item with det_score (rescan_exact), which is slow but rare. */
+ * item with det_score (rescan_exact), which is slow but rare.
+ *
+ * The live catalogue (hl_ranker_set_catalogue) adds two things: its hidden
+ * rows are set to -inf in each block next to the seen items, and its side
+ * items are more blocks after the model's, read from their own matrix
+ * (out_row, bias_of), so the model's e_out is never copied or grown. */
 #include "rank.h"
 #include "encoder.h"
 
@@ -80,6 +85,7 @@ struct hl_ranker {
     int            kc;         /* candidates per user: k + DET_PAD */
     double         e_norm_max; /* max_j ||e_out[j]||_2 */
     double         bias_max;   /* max_j |bias[j]| */
+    double         side_norm_max, side_bias_max;  /* the same over the side items */
     float         *x1, *act1;  /* ENC_GROUP users' encoder inputs and activations
                                   (ENC_GROUP, width_max) each, ping-pong */
     float         *Q;          /* (max_batch, dim) queries, each encoded alone */
@@ -176,20 +182,26 @@ static int alloc_scratch(hl_ranker *r)
     return 0;
 }
 
-/* The largest item norm and bias, for det_margin: one pass over e_out. */
-static void model_bounds(hl_ranker *r)
+/* The largest norm and |bias| of n rows of e_out, for det_margin. */
+static void row_bounds(const float *e_out, const float *bias, int32_t n, int dim,
+                       double *norm_max, double *bias_max)
 {
     double e2 = 0.0, b = 0.0;
-    for (int32_t j = 0; j < r->n_items; j++) {
-        const float *e = r->e_out + (size_t)j * r->dim;
+    for (int32_t j = 0; j < n; j++) {
+        const float *e = e_out + (size_t)j * dim;
         double s = 0.0;
-        for (int d = 0; d < r->dim; d++)
+        for (int d = 0; d < dim; d++)
             s += (double)e[d] * e[d];
         e2 = s > e2 ? s : e2;
-        b = fabs(r->bias[j]) > b ? fabs(r->bias[j]) : b;
+        b = fabs(bias[j]) > b ? fabs(bias[j]) : b;
     }
-    r->e_norm_max = sqrt(e2);
-    r->bias_max = b;
+    *norm_max = sqrt(e2);
+    *bias_max = b;
+}
+
+static void model_bounds(hl_ranker *r)
+{
+    row_bounds(r->e_out, r->bias, r->n_items, r->dim, &r->e_norm_max, &r->bias_max);
 }
 
 hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
@@ -258,6 +270,10 @@ void hl_ranker_set_catalogue(hl_ranker *r, const hl_rank_catalogue *c)
         r->cat = *c;
     else
         memset(&r->cat, 0, sizeof r->cat);
+    r->side_norm_max = r->side_bias_max = 0.0;
+    if (r->cat.n_side > 0)          /* the side rows are SGEMM-scored too */
+        row_bounds(r->cat.e_out, r->cat.bias, r->cat.n_side, r->dim, &r->side_norm_max,
+                   &r->side_bias_max);
 }
 
 void hl_ranker_destroy(hl_ranker *r)
@@ -512,52 +528,27 @@ static int32_t hidden_in(const hl_ranker *r, int32_t *lo, int32_t j0, int nb)
 }
 
 /* S (n, nb) = Q (n, dim) e_out[j0 .. j0+nb)^T, then exclusions (seen,
- * extra, the catalogue's hidden rows) and top-K. *hid is the hidden-row
- * cursor. */
+ * extra, the catalogue's hidden rows) and top-K. A block lies wholly in
+ * the model's rows or wholly in the side rows (out_row(j0) on). *hid is
+ * the hidden-row cursor. */
 static void score_block(hl_ranker *r, const float *Q, const hl_row_view *users,
                         int n, const hl_rank_exclude *extra, int32_t j0, int nb,
                         int32_t *hid)
 {
+    int side = j0 >= r->n_items;
+    const float *brow = side ? r->cat.bias + (j0 - r->n_items) : r->bias + j0;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nb, r->dim, 1.0f,
-                Q, r->dim, r->e_out + (size_t)j0 * r->dim, r->dim, 0.0f, r->S, nb);
+                Q, r->dim, out_row(r, j0), r->dim, 0.0f, r->S, nb);
     int32_t h_end = hidden_in(r, hid, j0, nb);
     for (int u = 0; u < n; u++) {
         float *srow = r->S + (size_t)u * nb;
-        if (r->exclude_seen)
+        if (r->exclude_seen && !side)      /* the ring names model rows only */
             mark_seen(r, u, srow, j0, nb);
         for (int32_t i = *hid; i < h_end; i++)
             srow[r->cat.hidden[i] - j0] = -INFINITY;
         if (extra != NULL)
             mark_excluded(srow, j0, nb, extra[u].item, extra[u].n);
-        r->scan(r, u, srow, r->bias + j0, j0, nb);
-    }
-}
-
-static float det_score(const float *q, const float *e, int dim, float b);
-
-/* The catalogue's side items, after the model's blocks: each scored
- * exactly (det_score) and offered to every user's heap, hidden rows
- * (from cursor hid on: side rows follow model rows) and extra rows left
- * out. An exact score that loses to the heap's threshold also loses to
- * every candidate select_exact keeps, so the proof there still holds. */
-static void score_side(hl_ranker *r, int n, const hl_rank_exclude *extra, int32_t hid)
-{
-    for (int32_t s = 0; s < r->cat.n_side; s++) {
-        int32_t row = r->n_items + s;
-        while (hid < r->cat.n_hidden && r->cat.hidden[hid] < row)
-            hid++;
-        if (hid < r->cat.n_hidden && r->cat.hidden[hid] == row)
-            continue;
-        const float *e = r->cat.e_out + (size_t)s * r->dim;
-        for (int u = 0; u < n; u++) {
-            if (extra != NULL && !listed(&extra[u], row))
-                continue;
-            uint64_t *h = r->top + (size_t)u * r->kc;
-            float thr = r->top_n[u] == r->kc ? key_score(h[0]) : -INFINITY;
-            float sc = det_score(r->Q + (size_t)u * r->dim, e, r->dim, r->cat.bias[s]);
-            if (sc > thr)
-                heap_offer(h, &r->top_n[u], r->kc, sc, row);
-        }
+        r->scan(r, u, srow, brow, j0, nb);
     }
 }
 
@@ -815,7 +806,9 @@ static double det_margin(const hl_ranker *r, int u)
 {
     double unit = ldexp(1.0, -24), nu = (r->dim + 2) * unit;
     double gamma = nu / (1.0 - nu);
-    return 2.0 * gamma * ((double)r->q_norm[u] * r->e_norm_max + r->bias_max) * 1.01;
+    double e = r->e_norm_max > r->side_norm_max ? r->e_norm_max : r->side_norm_max;
+    double b = r->bias_max > r->side_bias_max ? r->bias_max : r->side_bias_max;
+    return 2.0 * gamma * ((double)r->q_norm[u] * e + b) * 1.01;
 }
 
 /* The exact list of user u over every item (exclusions as in the blocked
@@ -927,8 +920,11 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
         int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
         score_block(r, Q, users, n, extra, j0, nb, &hid);
     }
-    if (r->cat.n_side > 0)
-        score_side(r, n, extra, hid);
+    int32_t end = r->n_items + r->cat.n_side;
+    for (int32_t j0 = r->n_items; j0 < end; j0 += r->block) {   /* the side items */
+        int nb = end - j0 < r->block ? (int)(end - j0) : r->block;
+        score_block(r, Q, users, n, extra, j0, nb, &hid);
+    }
     emit(r, users, n, extra, out, n_out);
     return 0;
 }

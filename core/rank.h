@@ -86,9 +86,11 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
 /* The live catalogue's part in a refresh (core/catalogue.h builds it):
  * rows no list may hold, masked inside the blocked top-K exactly as seen
  * items are (so a list stays k long when enough items remain), and side
- * items, rows n_items..n_items+n_side-1, scored with det_score after the
- * model's blocks and merged into the same top-K. Side rows never count as
- * seen (the history ring names model rows only). */
+ * items, rows n_items..n_items+n_side-1, scored in blocks after the
+ * model's (the same SGEMM, top-K and exact rescoring, with the rounding
+ * bound taken over both). Side rows never count as seen (the history ring
+ * names model rows only). Setting a catalogue costs one pass over its side
+ * e_out (the bound). */
 typedef struct hl_rank_catalogue {
     const int32_t *hidden;   /* ascending rows (model or side), n_hidden of them */
     int32_t        n_hidden;

@@ -418,8 +418,10 @@ static int check_topics(const hl_config *cfg, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "output.topic=\"%s\" is the input.topic: the worker would consume its own lists", out);
     const char *items = hl_config_str(cfg, "items.topic");
-    if (items[0] != '\0' && (strcmp(items, in) == 0 || strcmp(items, out) == 0 ||
-                             (dlq != NULL && strcmp(items, dlq) == 0)))
+    size_t in_len = strlen(in);
+    int items_is_dlq = dlq != NULL ? strcmp(items, dlq) == 0
+                                   : strncmp(items, in, in_len) == 0 && !strcmp(items + in_len, ".dlq");
+    if (items[0] != '\0' && (strcmp(items, in) == 0 || strcmp(items, out) == 0 || items_is_dlq))
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "items.topic=\"%s\" is also the input, output or dead-letter topic: "
                       "give the catalogue a topic of its own (or set it empty to disable it)", items);

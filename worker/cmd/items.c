@@ -143,9 +143,7 @@ static const char *parse_vectors(items_run *r, char **f, int n, hl_item_update *
     int dim = (n - 4) / 2;
     if (n < 6 || (n - 4) % 2 != 0)
         return "vectors: want bias then e_in and e_out of dim floats each";
-    if (r->co.dim == 0)
-        r->co.dim = dim;
-    if (dim != r->co.dim)
+    if (r->co.dim != 0 && dim != r->co.dim)
         return "vectors of another dim than the first line's (or --dim)";
     if (parse_float(f[3], &u->bias) != 0)
         return "bias is not a finite number";
@@ -154,6 +152,7 @@ static const char *parse_vectors(items_run *r, char **f, int n, hl_item_update *
             return "a vector value is not a finite number";
     u->e_in = r->vec;
     u->e_out = r->vec + dim;
+    r->co.dim = dim;            /* the first valid line with vectors sets it */
     return NULL;
 }
 
@@ -171,6 +170,8 @@ static const char *parse_line(items_run *r, char *line, hl_item_update *u)
     if (n < 2 || (u->available = parse_available(f[1])) < 0)
         return "available is not true, false, 1, 0 or delete";
     u->tombstone = u->available == 2;
+    if (u->tombstone && n > 2)
+        return "delete takes no other fields";
     if (n >= 3 && f[2][0] != '\0') {
         char *end;
         errno = 0;
@@ -179,7 +180,7 @@ static const char *parse_line(items_run *r, char *line, hl_item_update *u)
             return "expires_at_ms is not an integer";
     }
     if (n > 3)
-        return u->tombstone ? "delete takes no other fields" : parse_vectors(r, f, n, u);
+        return parse_vectors(r, f, n, u);
     return NULL;
 }
 
@@ -253,9 +254,19 @@ static int open_run(items_run *r, const items_args *a, const hl_config *cfg,
     r->vec = malloc(2 * MAX_DIM * sizeof(float));
     if (r->buf == NULL || r->vec == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
+    /* As `halflife produce`: librdkafka's own message.timeout.ms (5 min)
+     * before the kafka.* keys, so a broker that never answers ends the run
+     * with an error instead of a wait for ever. */
     int n_user;
     const hl_kafka_prop *user = hl_config_kafka(cfg, &n_user);
-    r->prod = hl_producer_create(user, n_user, NULL, errbuf, errlen);
+    hl_kafka_prop *props = malloc((size_t)(n_user + 1) * sizeof *props);
+    if (props == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
+    props[0] = (hl_kafka_prop){"message.timeout.ms", "300000"};
+    if (n_user > 0)
+        memcpy(props + 1, user, (size_t)n_user * sizeof *props);
+    r->prod = hl_producer_create(props, n_user + 1, NULL, errbuf, errlen);
+    free(props);
     return r->prod == NULL ? HL_EINVAL : 0;
 }
 
@@ -284,11 +295,15 @@ int hl_cmd_items(int argc, char **argv)
     }
     if (open_run(&r, &a, cfg, err, sizeof err) != 0 || send_all(&r, in, err, sizeof err) != 0)
         goto out;
-    while (hl_producer_flush(r.prod, 1000) > 0)
-        progress(&r, "items_waiting");
-    progress(&r, "items_done");
     hl_producer_stats ps;
-    hl_producer_stats_get(r.prod, &ps);
+    for (;;) {                  /* every update reported (message.timeout.ms bounds it) */
+        hl_producer_stats_get(r.prod, &ps);
+        if (ps.delivered + ps.failed >= (uint64_t)r.sent)
+            break;
+        hl_producer_flush(r.prod, 1000);
+        progress(&r, "items_waiting");
+    }
+    progress(&r, "items_done");
     rc = ps.failed == 0 && ps.delivered == (uint64_t)r.sent && r.bad == 0 ? 0 : 1;
     if (rc != 0)
         snprintf(err, sizeof err, "%lld bad lines, %llu of %lld updates not delivered",

@@ -274,7 +274,12 @@ def main():
                       os.path.join(tmp, "broker.log"))
     ctx["bootstrap"] = broker.bootstrap
     ctx["log"] = open(os.path.join(tmp, "items_cmd.log"), "w")
+    # Short sessions, as the other multi-member tests set: a member that
+    # joins or leaves while the mock's group is rebalancing otherwise waits
+    # out the default 45 s session (seen once: a restart took 44 s to get
+    # partitions and its SIGTERM outlived the test's 30 s).
     ctx["common"] = ["worker.threads=2", "batch.max.messages=50", "kafka.fetch.wait.max.ms=10",
+                     "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=500",
                      "snapshot.dir=" + os.path.join(tmp, "snap"), "schemas.dir=" + U.SCHEMAS]
     try:
         ctx["w"] = U.Worker(broker.bootstrap, ctx["model_path"], os.path.join(tmp, "w1.log"),

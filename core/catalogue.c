@@ -504,7 +504,8 @@ int32_t hl_catview_hidden_at(const hl_catview *v, int64_t now_ms, int32_t *out,
                              int64_t *next_ms)
 {
     int32_t n = v->n_always, i = 0;
-    memcpy(out, v->always, (size_t)n * sizeof *out);
+    if (n > 0)                  /* out may be NULL when nothing can be hidden */
+        memcpy(out, v->always, (size_t)n * sizeof *out);
     for (; i < v->n_exp && v->exp[i].at_ms <= now_ms; i++)
         out[n++] = v->exp[i].row;
     *next_ms = i < v->n_exp ? v->exp[i].at_ms : HL_CATALOGUE_NO_EXPIRY;

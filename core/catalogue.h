@@ -95,8 +95,9 @@ int32_t hl_catview_row_find(const hl_catview *v, const char *id, size_t len);
 /* Most rows hl_catview_hidden_at can return. */
 int32_t hl_catview_hidden_max(const hl_catview *v);
 /* The rows no list may hold at event time now_ms, ascending, into out
- * (room for hl_catview_hidden_max; NULL when that is 0): items with available=false, items whose
- * expires_at <= now_ms, and model rows an embedding replaces. *next_ms gets
+ * (room for hl_catview_hidden_max; may be NULL when that is 0): items with
+ * available=false, items whose expires_at <= now_ms, and model rows an
+ * embedding replaces. *next_ms gets
  * the earliest expires_at above now_ms (HL_CATALOGUE_NO_EXPIRY if none):
  * the answer holds for every time in [now_ms, *next_ms). Returns the count. */
 int32_t hl_catview_hidden_at(const hl_catview *v, int64_t now_ms, int32_t *out,

@@ -93,6 +93,8 @@ struct hl_persist_shard {
     int64_t             w_need;     /* commit once delivered_offset reaches this */
     int64_t             due_ms;
     int                 due_set;
+    hl_persist_cover_fn cover;      /* NULL: the changelog fields stay 0 */
+    void               *cover_arg;
 
     /* under p->mu */
     hl_snapshot_writer *drain_w;    /* ps->w while the committer may drain it */
@@ -569,6 +571,8 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
         hl_table_destroy(*tblp);
         *tblp = tbl;
         out->next_offset = info.meta.next_offset;
+        out->changelog_offset = info.meta.changelog_offset;
+        out->changelog_epoch = info.meta.changelog_epoch;
         out->n_rows = info.n_rows;
         out->bytes = info.bytes;
     } else {
@@ -655,6 +659,12 @@ static size_t step_rows(const hl_persist *p, const hl_table *tbl)
     return n < 16 ? 16 : n > HL_SNAPSHOT_STEP_ROWS ? HL_SNAPSHOT_STEP_ROWS : n;
 }
 
+void hl_persist_shard_set_cover(hl_persist_shard *ps, hl_persist_cover_fn fn, void *arg)
+{
+    ps->cover = fn;
+    ps->cover_arg = arg;
+}
+
 /* Opens a snapshot of tbl at next_offset, its writes drained by the
  * committer if async. 0, or a failure (reported). */
 static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset, int async,
@@ -667,6 +677,8 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
     meta.partition = ps->partition;
     meta.next_offset = next_offset;
     meta.model_fingerprint = p->o.model_fingerprint;
+    if (ps->cover != NULL)
+        ps->cover(ps->cover_arg, next_offset, &meta.changelog_offset, &meta.changelog_epoch);
     ps->w_t0_us = hl_now_mono_us();
     ps->w_offset = next_offset;
     ps->w_out = 0;

@@ -234,6 +234,8 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
+    for (int i = 0; i < n_take; i++)
+        hl_park_drop(t, t->take_copy[i]);   /* the next owner reads them again */
     for (int i = 0; i < n_take; i += 64) {
         int n_sh = 0;
         for (int j = i; j < n_take && n_sh < 64; j++)

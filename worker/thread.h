@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "items.h"
+#include "rank.h"
 #include "multipart.h"
 #include "producer.h"
 #include "shard.h"
@@ -32,6 +33,9 @@
 typedef struct hl_wshared {
     const hl_worker_opts *o;
     const hl_model       *m;
+    const hl_qitems      *qitems;         /* two-stage scoring: m's int8 copy, read by
+                                             every thread's ranker; NULL: exact */
+    hl_counter           *rank_fallbacks;  /* two-stage users scored over every item */
     rd_kafka_t           *consumer;
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */
@@ -59,8 +63,12 @@ typedef struct hl_wshared {
         hl_counter   *applied, *duplicates, *failed, *non_finite;
         hl_counter   *evictions[2];       /* mass, capacity */
         hl_counter   *dl_kept;
-        hl_counter   *multipart;          /* users seen in two partitions */            /* bad records kept in the local dead-letter file */
+        hl_counter   *multipart;          /* users seen in two partitions */
+        hl_counter   *skipped;            /* input offsets never received */
+        hl_gauge     *schema_waiting;     /* partitions paused for a writer schema */
         hl_histogram *batch_size, *stage[4], *e2p;
+        hl_histogram *live[6];            /* halflife_event_stage_seconds, LIVE_* */
+        hl_histogram *worker_share;       /* fetched -> delivered */
     } mx;
 } hl_wshared;
 

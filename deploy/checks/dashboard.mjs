@@ -33,7 +33,7 @@ const exported = new Set([
   "halflife_assigned_partitions", "halflife_consumer_lag",
   "halflife_model_info", "halflife_evictions_total",
   "halflife_dlq_records_total", "halflife_dlq_errors_total",
-  "halflife_broker_up", "halflife_ready",
+  "halflife_broker_up", "halflife_ready", "halflife_partitions_waiting_schema",
 ]);
 const histograms = ["halflife_batch_size", "halflife_stage_duration_seconds",
   "halflife_event_to_publish_seconds", "halflife_snapshot_duration_seconds"];

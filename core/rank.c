@@ -38,7 +38,10 @@
  * The live catalogue (hl_ranker_set_catalogue) adds two things: its hidden
  * rows are set to -inf in each block next to the seen items, and its side
  * items are more blocks after the model's, read from their own matrix
- * (out_row, bias_of), so the model's e_out is never copied or grown.
+ * (out_row, bias_of), so the model's e_out is never copied or grown. On the
+ * two-stage path the hidden rows are excluded inside the int8 scan like
+ * the user's exclusions, and the side items are scored with det_score and
+ * seed the scan's k-th lower bound (two_stage_scan, select_cands).
  *
  * Two-stage scoring (HL_SCORING_TWO_STAGE). The published list is defined
  * by det_score alone: the best k of det_score over the items not excluded,
@@ -89,7 +92,8 @@ static int two_stage_create(hl_ranker *r, const hl_rank_opts *o, char *errbuf,
         return HL_EINVAL;
     if ((r->qs = hl_qscan_create(r->qi, r->max_batch, r->k, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
-    if ((r->qusers = calloc((size_t)r->max_batch, sizeof *r->qusers)) == NULL)
+    if ((r->qusers = calloc((size_t)r->max_batch, sizeof *r->qusers)) == NULL ||
+        (r->seed = malloc((size_t)r->max_batch * r->k * sizeof(float))) == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory");
     snprintf(r->scoring_name, sizeof r->scoring_name, "two-stage/%s",
              hl_qitems_kernel(r->qi));
@@ -287,6 +291,7 @@ void hl_ranker_destroy(hl_ranker *r)
     hl_qscan_destroy(r->qs);
     hl_qitems_destroy(r->own_qi);
     free(r->qusers);
+    free(r->seed);
     free(r);
 }
 
@@ -883,14 +888,15 @@ static int select_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
 }
 
 /* User u's list from its two-stage candidates (qscore.h: they hold every
- * item of the exact list): each scored with det_score, the best k kept,
- * sorted best first in its heap. A user whose candidates could not be
+ * model item of the exact list): each scored with det_score into the heap
+ * that already holds the user's best side items, the best k kept, sorted
+ * best first. A user whose candidates could not be
  * bounded is rescanned over every item. Returns the list's length. */
 static int select_cands(hl_ranker *r, int u, const hl_rank_exclude *ex)
 {
     uint64_t *h = r->top + (size_t)u * r->kc;
     const float *q = r->Q + (size_t)u * r->dim;
-    int nc, n = 0;
+    int nc, n = r->top_n[u];          /* the side items two_stage_scan kept */
     const int32_t *cand = hl_qscan_cands(r->qs, u, &nc);
 
     if (cand == NULL) {
@@ -910,7 +916,31 @@ static int select_cands(hl_ranker *r, int u, const hl_rank_exclude *ex)
     return n;
 }
 
-/* Two-stage: every user's query and exclusions to the int8 scan. */
+/* User u's side items (the catalogue's, not hidden, not excluded) scored
+ * with det_score into its heap, the best k kept; their scores become the
+ * scan's seeds: exact scores count as lower bounds, so the k-th lower bound
+ * the scan proposes against may come from side items and the bound stays
+ * rigorous over model and side items together. */
+static void side_seeds(hl_ranker *r, int u, const hl_rank_exclude *ex, hl_qscan_user *qu)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    float *seed = r->seed + (size_t)u * r->k;
+    int n = 0;
+
+    for (int32_t j = r->n_items; j < r->n_items + r->cat.n_side; j++)
+        if (!side_hidden(r, j) && listed(ex, j))
+            rescan_one(r, h, &n, q, j);
+    r->top_n[u] = n;
+    qu->n_seed = 0;
+    for (int i = 0; i < n; i++)
+        if (!isnan(key_score(h[i])))
+            seed[qu->n_seed++] = key_score(h[i]);
+    qu->seed = seed;
+}
+
+/* Two-stage: every user's query and exclusions (the catalogue's hidden
+ * rows with them) and side-item seeds to the int8 scan. */
 static void two_stage_scan(hl_ranker *r, int n, const hl_rank_exclude *extra)
 {
     for (int u = 0; u < n; u++) {
@@ -920,6 +950,9 @@ static void two_stage_scan(hl_ranker *r, int n, const hl_rank_exclude *extra)
         qu->n_seen = r->exclude_seen ? r->seen_n[u] : 0;
         qu->extra = extra != NULL ? extra[u].item : NULL;
         qu->n_extra = extra != NULL ? extra[u].n : 0;
+        qu->hidden = r->cat.hidden;
+        qu->n_hidden = r->cat.n_hidden;
+        side_seeds(r, u, extra != NULL ? &extra[u] : NULL, qu);
     }
     hl_qscan_run(r->qs, r->qusers, n);
 }

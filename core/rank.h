@@ -108,7 +108,11 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
  * model's (the same SGEMM, top-K and exact rescoring, with the rounding
  * bound taken over both). Side rows never count as seen (the history ring
  * names model rows only). Setting a catalogue costs one pass over its side
- * e_out (the bound). */
+ * e_out (the bound). Two-stage scoring applies it the same way, so lists
+ * are still the exact path's: hidden rows are excluded inside the int8
+ * scan, and side items (overriding embeddings included: their model rows
+ * are hidden) are scored with det_score and join the candidates and the
+ * scan's k-th lower bound. */
 typedef struct hl_rank_catalogue {
     const int32_t *hidden;   /* ascending rows (model or side), n_hidden of them */
     int32_t        n_hidden;

@@ -56,6 +56,8 @@ struct hl_ranker {
     uint64_t       fallbacks;  /* two-stage users rescanned exactly */
     char           scoring_name[32];
     hl_rank_catalogue cat;     /* the live catalogue: hidden rows, side items */
+    float         *seed;       /* (max_batch, k) two-stage: each user's best side
+                                  item scores, the scan's seeds */
 };
 
 /* e_out row and bias of a ranker row: the model's, or a side item's. */

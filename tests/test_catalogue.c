@@ -7,6 +7,7 @@
 #define T_SUITE "catalogue"
 #include "test.h"
 #include "catalogue.h"
+#include "qscore.h"
 #include "rank.h"
 
 #include <stdint.h>
@@ -273,7 +274,9 @@ static const char *rec_id(const tm *t, const hl_catview *v, int32_t row, uint32_
     return t->ids[row];
 }
 
-static void test_masked_top_k_equals_model_without_them(void)
+/* scoring: HL_SCORING_EXACT or HL_SCORING_TWO_STAGE; qkernel for the
+ * latter (the int8 scan's kernel). The reference is always exact. */
+static void masked_top_k_equals_model_without_them(int scoring, int qkernel)
 {
     tm a, b;
     tm_init(&a, N);
@@ -283,7 +286,11 @@ static void test_masked_top_k_equals_model_without_them(void)
     tu us[NU];
     users_init(us);
     hl_rank_opts ro = {.k = K, .exclude_seen = 1, .max_batch = NU, .block_items = 64};
-    hl_ranker *r0 = hl_ranker_create(m, &ro, err, sizeof err);
+    hl_rank_opts rs = ro;
+    rs.scoring = scoring;
+    rs.qkernel = qkernel;
+    hl_ranker *r0 = hl_ranker_create(m, &rs, err, sizeof err);
+    CHECKF(r0 != NULL, "%s", err);
     hl_rec base[NU * K];
     int n_base[NU];
     hl_ranker_refresh(r0, views, 1, base, n_base);   /* warm: check shapes */
@@ -354,6 +361,8 @@ static void test_masked_top_k_equals_model_without_them(void)
         }
     }
     CHECKF(side_seen > 0, "no added item reached any list: the test shows nothing");
+    CHECKF(hl_ranker_fallbacks(r0) == 0, "%s: %llu users rescanned: the scan was not tested",
+           hl_ranker_scoring(r0), (unsigned long long)hl_ranker_fallbacks(r0));
     hl_ranker_destroy(r0);
     hl_ranker_destroy(r1);
     hl_catview_destroy(v);
@@ -363,8 +372,23 @@ static void test_masked_top_k_equals_model_without_them(void)
     tm_free(&b);
 }
 
+static void test_masked_top_k_equals_model_without_them(void)
+{
+    masked_top_k_equals_model_without_them(HL_SCORING_EXACT, HL_QKERNEL_AUTO);
+}
+
+static void test_masked_top_k_two_stage(void)
+{
+    masked_top_k_equals_model_without_them(HL_SCORING_TWO_STAGE, HL_QKERNEL_AUTO);
+}
+
+static void test_masked_top_k_two_stage_plain(void)
+{
+    masked_top_k_equals_model_without_them(HL_SCORING_TWO_STAGE, HL_QKERNEL_PLAIN);
+}
+
 /* With almost everything hidden the list is as long as what is left. */
-static void test_list_full_while_items_remain(void)
+static void list_full_while_items_remain(int scoring)
 {
     tm a;
     tm_init(&a, 40);
@@ -372,7 +396,8 @@ static void test_list_full_while_items_remain(void)
     char err[256];
     tu us[NU];
     users_init(us);
-    hl_rank_opts ro = {.k = K, .exclude_seen = 1, .max_batch = NU, .block_items = 16};
+    hl_rank_opts ro = {.k = K, .exclude_seen = 1, .max_batch = NU, .block_items = 16,
+                       .scoring = scoring};
     hl_ranker *r = hl_ranker_create(m, &ro, err, sizeof err);
     int32_t hid[40];
     for (int i = 0; i < 25; i++)
@@ -395,6 +420,16 @@ static void test_list_full_while_items_remain(void)
     hl_ranker_destroy(r);
     hl_model_close(m);
     tm_free(&a);
+}
+
+static void test_list_full_while_items_remain(void)
+{
+    list_full_while_items_remain(HL_SCORING_EXACT);
+}
+
+static void test_list_full_two_stage(void)
+{
+    list_full_while_items_remain(HL_SCORING_TWO_STAGE);
 }
 
 /* A model swap keeps hides and expiries, re-resolves which items the model
@@ -457,7 +492,10 @@ int main(void)
     RUN(test_new_items_are_bounded);
     RUN(test_expiry_by_event_time);
     RUN(test_masked_top_k_equals_model_without_them);
+    RUN(test_masked_top_k_two_stage);
+    RUN(test_masked_top_k_two_stage_plain);
     RUN(test_list_full_while_items_remain);
+    RUN(test_list_full_two_stage);
     RUN(test_rebind_to_new_model);
     TEST_EXIT();
 }

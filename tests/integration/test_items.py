@@ -22,6 +22,11 @@ Four phases of one synthetic stream:
    (build/tests/test_offline with HL_OFFLINE_CATALOGUE) from every event
    with the same catalogue: the same items in the same order, the same
    scores, added item included.
+
+The workers score two-stage (recs.scoring=two-stage: int8 candidates with
+the catalogue's hidden rows excluded inside the scan, side items scored
+exactly) and the offline reference scores exact fp32 over every item, so
+phase 4 also shows the two paths publish the same lists.
 """
 import collections
 import io
@@ -237,6 +242,10 @@ def phase4(ck, ctx, expiry):
     for d in after:
         if d["user_id"] not in last or d["source"]["offset"] > last[d["user_id"]]["source"]["offset"]:
             last[d["user_id"]] = d
+    with open(os.path.join(ctx["tmp"], "w1.log")) as f:
+        two_stage = "event=scoring mode=two-stage" in f.read()
+    ck.check("scores_two_stage", two_stage and "event=scoring mode=two-stage" in log,
+             "a worker's log does not say mode=two-stage (see w1.log, w2.log)")
     os.environ["HL_OFFLINE_CATALOGUE"] = ctx["cat"]      # offline_lists passes os.environ on
     offline = U.offline_lists(ctx["events_csv"], ctx["model_path"], K)
     del os.environ["HL_OFFLINE_CATALOGUE"]
@@ -246,6 +255,10 @@ def phase4(ck, ctx, expiry):
     ck.check("last_lists_match_offline_catalogue", not mism and offline and with_new > 0,
              "%d mismatches of %d users (offline lists with new-a: %d), e.g. %s"
              % (len(mism), len(offline), with_new, mism[:3]))
+    fallbacks = w.metric("halflife_rank_fallbacks_total")
+    ck.check("two_stage_bounded_every_user", fallbacks == 0,
+             "halflife_rank_fallbacks_total %s: some users were rescanned exactly, so the "
+             "int8 scan's handling of the catalogue was not what made the lists" % fallbacks)
     rc2 = w.stop()
     ck.check("second_exit_0", rc2 == 0 and w3_rc == 0, "SIGTERM exit status %s, %s" % (rc2, w3_rc))
 
@@ -280,7 +293,8 @@ def main():
     # partitions and its SIGTERM outlived the test's 30 s).
     ctx["common"] = ["worker.threads=2", "batch.max.messages=50", "kafka.fetch.wait.max.ms=10",
                      "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=500",
-                     "snapshot.dir=" + os.path.join(tmp, "snap"), "schemas.dir=" + U.SCHEMAS]
+                     "snapshot.dir=" + os.path.join(tmp, "snap"), "schemas.dir=" + U.SCHEMAS,
+                     "recs.scoring=two-stage"]
     try:
         ctx["w"] = U.Worker(broker.bootstrap, ctx["model_path"], os.path.join(tmp, "w1.log"),
                             extra=ctx["common"])

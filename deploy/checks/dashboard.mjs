@@ -34,9 +34,11 @@ const exported = new Set([
   "halflife_model_info", "halflife_evictions_total",
   "halflife_dlq_records_total", "halflife_dlq_errors_total",
   "halflife_broker_up", "halflife_ready", "halflife_partitions_waiting_schema",
+  "halflife_input_offsets_skipped_total",
 ]);
 const histograms = ["halflife_batch_size", "halflife_stage_duration_seconds",
-  "halflife_event_to_publish_seconds", "halflife_snapshot_duration_seconds"];
+  "halflife_event_to_publish_seconds", "halflife_snapshot_duration_seconds",
+  "halflife_event_stage_seconds", "halflife_fetch_to_delivery_seconds"];
 
 // The metric names in a PromQL expression: identifiers followed by { or [,
 // or standing alone, minus functions, keywords and label names.

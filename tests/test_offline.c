@@ -14,10 +14,15 @@
  *       as the worker does, scoring exact fp32 over every item (the
  *       reference: a worker scoring two-stage must publish the same lists); print one JSON line per user:
  *       {"user":..,"t_ref":..,"items":[[item,score,because|null],..]};
+ *       with HL_OFFLINE_CATALOGUE=path (lines as `halflife items` reads
+ *       them: item_id,available[,expires_at_ms[,bias,e_in..,e_out..]]) the
+ *       live catalogue of that file is applied, expiry at HL_OFFLINE_NOW
+ *       (ms; default: the newest event time);
  *   none: the self-tests below. */
 #define T_SUITE "offline"
 #include "test.h"
 
+#include "catalogue.h"
 #include "dataset.h"
 #include "model.h"
 #include "rank.h"
@@ -142,6 +147,55 @@ static void json_str(FILE *f, const char *s, uint32_t n)
     fputc('"', f);
 }
 
+/* The catalogue of a `halflife items` file; NULL and a reason on failure. */
+static hl_catalogue *read_catalogue(const hl_model *m, const char *path, char *err,
+                                    size_t errlen)
+{
+    int dim = hl_model_info_get(m)->dim;
+    FILE *f = fopen(path, "r");
+    hl_catalogue *c = f ? hl_catalogue_create(m, 100000, err, errlen) : NULL;
+    float *vec = malloc(2 * (size_t)dim * sizeof(float));
+    char line[65536];
+    while (c && vec && fgets(line, sizeof line, f)) {
+        char *fld[4 + 2 * 256];
+        int n = 0;
+        line[strcspn(line, "\r\n")] = '\0';
+        for (char *p = line; n < 4 + 2 * 256 && p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+            fld[n++] = p;
+        for (char *p = strchr(line, ','); p; p = strchr(p + 1, ','))
+            *p = '\0';
+        hl_item_update u = {.id = fld[0], .id_len = (uint32_t)strlen(fld[0]),
+                            .available = n > 1 && !strcmp(fld[1], "true"),
+                            .tombstone = n > 1 && !strcmp(fld[1], "delete"),
+                            .expires_at_ms = n > 2 && fld[2][0] ? strtoll(fld[2], NULL, 10)
+                                                                : HL_CATALOGUE_NO_EXPIRY};
+        if (n == 4 + 2 * dim) {
+            u.bias = strtof(fld[3], NULL);
+            for (int d = 0; d < 2 * dim; d++)
+                vec[d] = strtof(fld[4 + d], NULL);
+            u.e_in = vec;
+            u.e_out = vec + dim;
+        }
+        if (n >= 2 && hl_catalogue_apply(c, &u, err, errlen) != 0) {
+            hl_catalogue_destroy(c);
+            c = NULL;
+        }
+    }
+    if (f == NULL)
+        snprintf(err, errlen, "cannot open %s", path);
+    if (f)
+        fclose(f);
+    free(vec);
+    return c;
+}
+
+static const hl_catview *g_view;    /* the offline run's catalogue, if any */
+
+static const char *row_id(const hl_model *m, int32_t row, uint32_t *len)
+{
+    return g_view ? hl_catview_item_id(g_view, row, len) : hl_model_item_id(m, row, len);
+}
+
 static void print_list(FILE *f, const hl_model *m, const hl_row_view *v,
                        const hl_rec *recs, int n)
 {
@@ -150,7 +204,7 @@ static void print_list(FILE *f, const hl_model *m, const hl_row_view *v,
     json_str(f, v->user, v->user_len);
     fprintf(f, ",\"t_ref\":%lld,\"items\":[", (long long)v->t_ref_ms);
     for (int j = 0; j < n; j++) {
-        const char *id = hl_model_item_id(m, recs[j].item, &len);
+        const char *id = row_id(m, recs[j].item, &len);
         fprintf(f, "%s[", j ? "," : "");
         json_str(f, id, len);
         fprintf(f, ",%.9g,", (double)recs[j].score);
@@ -165,6 +219,12 @@ static void print_list(FILE *f, const hl_model *m, const hl_row_view *v,
     fprintf(f, "]}\n");
 }
 
+static int64_t env_ms(const char *name, int64_t def)
+{
+    const char *v = getenv(name);
+    return v && *v ? strtoll(v, NULL, 10) : def;
+}
+
 /* Ranks every live user of tbl; prints to f. Returns users ranked or <0. */
 static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
 {
@@ -173,6 +233,20 @@ static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
                        .scoring = HL_SCORING_EXACT};
     hl_ranker *r = hl_ranker_create(m, &ro, NULL, 0);
     hl_row_view *v = calloc(B, sizeof *v);
+    hl_rank_catalogue rc = {0};
+    int32_t *hidden = NULL;
+    if (g_view != NULL && r != NULL) {
+        hl_table_meta meta;
+        int64_t next, now = env_ms("HL_OFFLINE_NOW", 0);
+        hl_table_meta_get(tbl, &meta);
+        hidden = malloc(((size_t)hl_catview_hidden_max(g_view) + 1) * sizeof *hidden);
+        rc = (hl_rank_catalogue){
+            .hidden = hidden,
+            .n_hidden = hl_catview_hidden_at(g_view, now ? now : meta.newest_ts_ms, hidden, &next),
+            .e_in = hl_catview_side_e_in(g_view), .e_out = hl_catview_side_e_out(g_view),
+            .bias = hl_catview_side_bias(g_view), .n_side = hl_catview_n_side(g_view)};
+        hl_ranker_set_catalogue(r, &rc);
+    }
     hl_rec *recs = calloc((size_t)B * k, sizeof *recs);
     int n_out[B];
     long users = 0;
@@ -189,6 +263,7 @@ static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
         users += n;
     }
     hl_ranker_destroy(r);
+    free(hidden);
     free(v);
     free(recs);
     return r ? users : -1;
@@ -202,12 +277,26 @@ static int offline_main(const char *events, const char *model, int k)
         fprintf(stderr, "offline: %s\n", err);
         return 1;
     }
+    const char *cpath = getenv("HL_OFFLINE_CATALOGUE");
+    hl_catalogue *cat = NULL;
+    hl_catview *view = NULL;
+    if (cpath && *cpath) {
+        if ((cat = read_catalogue(m, cpath, err, sizeof err)) == NULL ||
+            (view = hl_catalogue_view(cat)) == NULL) {
+            fprintf(stderr, "offline: catalogue: %s\n", err);
+            return 1;
+        }
+        g_view = view;
+    }
     hl_table *tbl = new_table(m);
     long n = apply_file(tbl, m, events, err, sizeof err);
     long users = n >= 0 ? rank_all(tbl, m, k, stdout) : -1;
     if (n < 0 || users < 0)
         fprintf(stderr, "offline: %s\n", n < 0 ? err : "ranking failed");
     hl_table_destroy(tbl);
+    g_view = NULL;
+    hl_catview_destroy(view);
+    hl_catalogue_destroy(cat);
     hl_model_close(m);
     return n < 0 || users < 0;
 }

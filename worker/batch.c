@@ -349,6 +349,22 @@ static void apply_all(hl_wthread *t)
     }
 }
 
+/* The live catalogue at the batch boundary: the stream time moves to the
+ * newest event applied, and the lists of this batch are ranked with the
+ * newest catalogue view (items.h). */
+static void catalogue_boundary(hl_wthread *t)
+{
+    hl_items *it = t->ctx->items;
+    if (it == NULL)
+        return;
+    for (int i = 0; i < t->n_own; i++) {
+        hl_table_meta meta;
+        hl_table_meta_get(t->own[i]->tbl, &meta);
+        hl_items_saw_ts(it, meta.newest_ts_ms);
+    }
+    hl_items_local_update(it, &t->cat, t->ranker);
+}
+
 void hl_batch_run(hl_wthread *t, int n)
 {
     flight *f = hl_flight_begin(t);
@@ -363,6 +379,7 @@ void hl_batch_run(hl_wthread *t, int n)
             rd_kafka_message_destroy(t->msgs[i]);
     double b = hl_now_mono_s();
     apply_all(t);
+    catalogue_boundary(t);
     t->b.stage_s[STAGE_DECODE] = b - a;
     double c = hl_now_mono_s();
     t->b.stage_s[STAGE_APPLY] = c - b;

@@ -44,6 +44,9 @@ static const key_def keys[] = {
     {"input.topic",         T_STR,  "behaviour-events", 1, 249, NULL, "topic of BehaviourEvents, keyed by user_id"},
     {"output.topic",        T_STR,  "recommendations", 1, 249, NULL, "topic of RecommendationLists, keyed by user_id"},
     {"dlq.topic",           T_STR,  NULL, 0, 249, NULL, "dead letters (default <input.topic>.dlq); empty disables"},
+    {"items.topic",         T_STR,  "items", 0, 249, NULL, "topic of ItemUpdates (compacted, keyed by item_id), read whole by every worker before it reports ready, then followed; empty disables"},
+    {"items.schema.id",     T_INT,  "3", 0, 2147483647.0, NULL, "schema id of ItemUpdates in Confluent framing (others are unknown_schema)"},
+    {"catalogue.max.new.items", T_INT, "100000", 0, 10000000, NULL, "items unknown to the model the catalogue keeps (added from the item topic); beyond, an update is refused and counted (catalogue_full)"},
     {"input.format",        T_ENUM, "confluent", 0, 0, "confluent|raw", "input framing: Confluent (magic 0, schema id) or plain Avro binary"},
     {"output.format",       T_ENUM, "confluent", 0, 0, "confluent|raw", "output framing"},
     {"schemas.dir",         T_STR,  "schemas", 1, 4095, NULL, "writer schemas by id, <dir>/<id>.avsc"},
@@ -446,6 +449,14 @@ static int check_topics(const hl_config *cfg, char *errbuf, size_t errlen)
     if (strcmp(out, in) == 0)
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "output.topic=\"%s\" is the input.topic: the worker would consume its own lists", out);
+    const char *items = hl_config_str(cfg, "items.topic");
+    size_t in_len = strlen(in);
+    int items_is_dlq = dlq != NULL ? strcmp(items, dlq) == 0
+                                   : strncmp(items, in, in_len) == 0 && !strcmp(items + in_len, ".dlq");
+    if (items[0] != '\0' && (strcmp(items, in) == 0 || strcmp(items, out) == 0 || items_is_dlq))
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "items.topic=\"%s\" is also the input, output or dead-letter topic: "
+                      "give the catalogue a topic of its own (or set it empty to disable it)", items);
     if (dlq != NULL && strcmp(dlq, in) == 0)
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "dlq.topic=\"%s\" is the input.topic: every bad record would be consumed, "
@@ -712,6 +723,9 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     state_store_opts(cfg, o);
     o->offset_reset_latest = offset_reset_latest(cfg);
     o->embedded_partitions = (int)hl_config_int(cfg, "embedded.partitions");
+    o->items_topic = hl_config_str(cfg, "items.topic");
+    o->items_schema_id = (int32_t)hl_config_int(cfg, "items.schema.id");
+    o->catalogue_max_new = (int32_t)hl_config_int(cfg, "catalogue.max.new.items");
     registry_opts(cfg, o);
 }
 

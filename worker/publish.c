@@ -37,6 +37,7 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
 
 void hl_publish_free(hl_wthread *t)
 {
+    hl_items_local_reset(t->ctx->items, &t->cat);
     hl_ranker_destroy(t->ranker);
     free(t->views);
     free(t->recs);
@@ -51,7 +52,7 @@ static void fill_items(hl_wthread *t, const hl_rec *recs, int n)
     const hl_model *m = t->ctx->m;
     for (int j = 0; j < n; j++) {
         hl_codec_rec *cr = &t->crec[j];
-        cr->item = hl_model_item_id(m, recs[j].item, &cr->item_len);
+        cr->item = hl_items_local_id(&t->cat, m, recs[j].item, &cr->item_len);
         cr->score = recs[j].score;
         cr->because = recs[j].because >= 0
             ? hl_model_item_id(m, recs[j].because, &cr->because_len) : NULL;

@@ -15,6 +15,7 @@
 #include "codec.h"
 #include "metrics.h"
 #include "model.h"
+#include "items.h"
 #include "rank.h"
 #include "multipart.h"
 #include "producer.h"
@@ -44,6 +45,7 @@ typedef struct hl_wshared {
     float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
     hl_persist           *persist;        /* NULL: no snapshots */
     hl_multipart         *multipart;      /* users seen in two partitions; never NULL */
+    hl_items             *items;          /* the live catalogue; NULL: no item topic */
     hl_metrics           *reg;            /* never NULL */
     /* Shards a graceful stop could not save (final snapshot failed, or
      * skipped because lists were undelivered): threads add them as they

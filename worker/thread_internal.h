@@ -119,6 +119,7 @@ struct hl_wthread {
     int         *n_out;
     hl_codec_rec *crec;
     uint8_t     *enc;     size_t enc_cap;
+    hl_items_local cat;                             /* the catalogue view in use */
 
     rd_kafka_message_t **park; int n_park, cap_park;/* park.c: in arrival order */
     park_wait   *waits;   int n_waits, cap_waits;

@@ -44,6 +44,7 @@ struct hl_worker {
     rd_kafka_mock_cluster_t *mock;
     hl_consumer      *cons;
     hl_producer      *prod;
+    hl_items         *items;          /* NULL: items.topic empty */
     hl_wshared        ctx;
     hl_wthread      **th;
     int               n_th;
@@ -82,9 +83,9 @@ static int embedded_start(hl_worker *w, char *errbuf, size_t errlen)
     if ((w->mock = rd_kafka_mock_cluster_new(w->mock_rk, 1)) == NULL)
         return hl_err(errbuf, errlen, HL_EIO, "embedded broker: cannot start mock cluster");
     const char *topics[] = {w->o.input_topic, w->o.output_topic, w->ctx.dlq_topic,
-                            w->o.state_kafka ? w->state_topic : NULL};
-    for (int i = 0; i < 4; i++) {
-        if (topics[i] == NULL)
+                            w->o.items_topic, w->o.state_kafka ? w->state_topic : NULL};
+    for (int i = 0; i < 5; i++) {
+        if (topics[i] == NULL || topics[i][0] == '\0')
             continue;
         rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(w->mock, topics[i],
                                                              w->o.embedded_partitions, 1);
@@ -580,6 +581,29 @@ static int kafka_given(const hl_worker_opts *o, const char *key)
     return 0;
 }
 
+/* The live catalogue's reader (items.h), when items.topic is set. Its
+ * thread starts in hl_worker_run, which waits for the whole topic before
+ * joining the group. */
+static int start_items(hl_worker *w, const hl_kafka_prop *props, int n_props,
+                       char *errbuf, size_t errlen)
+{
+    if (w->o.items_topic == NULL || w->o.items_topic[0] == '\0')
+        return 0;
+    const hl_model_info *mi = hl_model_info_get(w->m);
+    hl_items_opts io = {
+        .bootstrap = w->bootstrap, .kafka = props, .n_kafka = n_props,
+        .topic = w->o.items_topic, .m = w->m, .max_new = w->o.catalogue_max_new,
+        .codec = {.framing = w->o.codec.input_framing, .schema_id = w->o.items_schema_id,
+                  .dim = mi->dim, .min_ts_ms = w->o.codec.min_ts_ms,
+                  .max_ts_ms = w->o.codec.max_ts_ms},
+        .prod = w->prod, .dlq_topic = w->ctx.dlq_topic, .reg = w->reg,
+    };
+    if ((w->items = hl_items_create(&io, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    w->ctx.items = w->items;
+    return 0;
+}
+
 static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
 {
     if (w->o.bootstrap == NULL || w->o.bootstrap[0] == '\0') {
@@ -632,7 +656,7 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
     };
     if ((w->cons = hl_consumer_create(&co, errbuf, errlen)) == NULL)
         return HL_EINVAL;
-    return 0;
+    return start_items(w, props + 1, n - 1, errbuf, errlen);
 }
 
 /* Sleeps ms in steps of 100, 1 if told to give up meanwhile. */
@@ -832,6 +856,7 @@ void hl_worker_destroy(hl_worker *w)
     hl_qitems_destroy(w->qitems);       /* after every ranker is gone */
     hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
+    hl_items_destroy(w->items);         /* after the threads let go of its views */
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
     embedded_stop(w);
@@ -947,10 +972,37 @@ static int report_unsaved(hl_worker *w)
     return HL_EIO;
 }
 
+/* Reads the whole item topic before joining the group, so no list goes out
+ * without the catalogue (and /readyz waits for it). 0, or HL_EIO when the
+ * thread cannot start or a stop came first. */
+static int load_items(hl_worker *w, volatile sig_atomic_t *sig)
+{
+    char err[256];
+    if (w->items == NULL)
+        return 0;
+    int64_t t0 = hl_now_mono_ms();
+    if (hl_items_start(w->items, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "items_start_failed", "err=\"%s\"", err);
+        return HL_EIO;
+    }
+    while (!hl_items_loaded(w->items)) {
+        if (sig && *sig)
+            hl_worker_stop(w);
+        if (atomic_load(&w->stop))
+            return HL_EIO;
+        hl_producer_poll(w->prod, 20);
+    }
+    hl_log(HL_LOG_INFO, "items_read", "topic=%s ms=%lld", w->o.items_topic,
+           (long long)(hl_now_mono_ms() - t0));
+    return 0;
+}
+
 int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
 {
     char err[512];
     int rc = 0;
+    if (load_items(w, sig) != 0)
+        return atomic_load(&w->stop) ? 0 : HL_EIO;
     if (hl_consumer_subscribe(w->cons, w->o.input_topic, err, sizeof err) != 0) {
         hl_log(HL_LOG_ERROR, "subscribe_failed", "err=\"%s\"", err);
         return HL_EIO;

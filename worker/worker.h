@@ -45,6 +45,9 @@ typedef struct hl_worker_opts {
     float       state_evict_mass;
     int         shutdown_timeout_ms;
     int         embedded_partitions; /* partitions of the embedded broker's topics */
+    const char *items_topic;         /* the live catalogue's topic; NULL or "": none */
+    int32_t     items_schema_id;     /* ItemUpdate schema id (Confluent framing) */
+    int32_t     catalogue_max_new;   /* items unknown to the model kept at most */
     const char *snapshot_dir;        /* NULL: no snapshots (tests of core only) */
     int64_t     snapshot_interval_ms;/* 0: only on revocation and shutdown */
     int         snapshot_retain;

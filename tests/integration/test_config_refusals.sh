@@ -8,7 +8,8 @@
 #  - a properties file whose long comment ended in a setting (the tail of a
 #    line over 8,191 bytes became a line of its own); a bad line after a
 #    1 MB comment is blamed on its own line number;
-#  - metrics.bind that is not an IP address.
+#  - metrics.bind that is not an IP address;
+#  - items.topic equal to the input, output or dead-letter topic (issue 11).
 # Each refusal happens before the model is opened, so no broker is needed.
 set -u
 name=config_refusals
@@ -39,6 +40,9 @@ expect dlq_is_input 'dlq.topic="behaviour-events" is the input.topic' -X dlq.top
 expect dlq_is_input_renamed 'dlq.topic="ev" is the input.topic' -X input.topic=ev -X dlq.topic=ev
 expect output_is_input 'output.topic="ev" is the input.topic' -X input.topic=ev -X output.topic=ev
 expect bind_not_ip 'metrics.bind="localhost"' -X metrics.bind=localhost
+expect items_is_input 'items.topic="behaviour-events" is also the input' -X items.topic=behaviour-events
+expect items_is_default_dlq 'items.topic="behaviour-events.dlq" is also the input' -X items.topic=behaviour-events.dlq
+expect items_is_output 'items.topic="recommendations" is also the input' -X items.topic=recommendations
 
 # Line 2 is a comment of 8,191 bytes followed by recs.k=hijacked, then
 # line 3 a refused group.id. Split at 8,191 bytes, the comment's tail was

@@ -53,6 +53,8 @@
 #define F_DIRTY   1u    /* changed since the last take_dirty */
 #define F_INLIST  2u    /* id is on the dirty list (maybe no longer dirty) */
 #define F_HEAPKEY 4u    /* user_id is in a malloc'd copy */
+#define F_GEN     8u    /* the model generation's parity the heads are in
+                           (hl_table_flip_generation) */
 
 #define LRU_SCAN_PER_INSERT 64u /* rows an LRU scan advances per new user */
 #define MAX_EVICT_BATCH 64u     /* users evicted at once at capacity */
@@ -97,6 +99,7 @@ struct hl_table {
     uint64_t active_seq;
     int64_t  newest_ts_ms;
     uint32_t sweep_cursor;
+    uint8_t  gen_flag;                 /* F_GEN or 0: the parity fresh rows carry */
     size_t   evict_batch;              /* clamp(max_users / 64, 1, 64) */
     hl_lru   lru;                      /* exact oldest rows, see lru.h */
     hl_table_stats st;
@@ -445,6 +448,12 @@ static void clear_row(hl_table *tbl, uint32_t r, uint8_t *p)
     *flags(p) = keep;
 }
 
+/* A new or restored row's heads are in the table's current generation. */
+static void set_fresh(const hl_table *tbl, uint8_t *p)
+{
+    *flags(p) = (uint8_t)((*flags(p) & ~F_GEN) | tbl->gen_flag);
+}
+
 static void evict(hl_table *tbl, uint32_t r)
 {
     uint8_t *p = row_ptr(tbl, r);
@@ -528,6 +537,7 @@ static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,
     if ((rc = take_id(tbl, &r)) != 0) return rc;
     uint8_t *p = row_ptr(tbl, r);
     clear_row(tbl, r, p);
+    set_fresh(tbl, p);
     if ((rc = set_key(tbl, p, user, len)) != 0) return rc;
     hdr(p)->t_ref_ms = INT64_MIN;
     hdr(p)->last_offset = INT64_MIN;
@@ -740,6 +750,42 @@ int hl_table_row_live(const hl_table *tbl, uint32_t row)
     return row < tbl->row_limit && row_is_live(tbl, row);
 }
 
+/* ---- model generations ---------------------------------------------------- */
+
+void hl_table_flip_generation(hl_table *tbl)
+{
+    tbl->gen_flag ^= F_GEN;
+}
+
+int hl_table_row_stale(const hl_table *tbl, uint32_t row)
+{
+    return (*flags(row_ptr(tbl, row)) & F_GEN) != tbl->gen_flag;
+}
+
+void hl_table_edit(hl_table *tbl, uint32_t row, hl_row_edit *e)
+{
+    uint8_t *p = row_ptr(tbl, row);
+    hl_table_view(tbl, row, &e->v);
+    e->s = row_s(tbl, p);
+    e->hist_item = row_hitem(tbl, p);
+}
+
+void hl_table_row_done(hl_table *tbl, uint32_t row)
+{
+    set_fresh(tbl, row_ptr(tbl, row));
+}
+
+uint32_t hl_table_next_live(const hl_table *tbl, uint32_t row)
+{
+    if (row >= tbl->row_limit) return UINT32_MAX;
+    for (uint32_t w = row / 64; w * 64 < tbl->row_limit; w++) {
+        uint64_t bits = tbl->blocks[w / WORDS_PER_BLOCK]->live[w % WORDS_PER_BLOCK];
+        if (w == row / 64) bits &= UINT64_MAX << (row % 64);
+        if (bits != 0) return w * 64 + (uint32_t)__builtin_ctzll(bits);
+    }
+    return UINT32_MAX;
+}
+
 /* ---- mass eviction -------------------------------------------------------- */
 
 /* Mass decayed to the newest time the shard has seen, below the bar in
@@ -842,6 +888,7 @@ static int restore_row(hl_table *tbl, uint32_t r, const hl_row_view *v)
         return HL_EINVAL;
     uint8_t *p = row_ptr(tbl, r);
     clear_row(tbl, r, p);
+    set_fresh(tbl, p);
     if ((rc = set_key(tbl, p, v->user, v->user_len)) != 0) {
         hl_index_del(&tbl->ix, tag_of(h), r);
         return rc;

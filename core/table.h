@@ -106,6 +106,31 @@ int64_t hl_table_find(const hl_table *tbl, const char *user, size_t user_len);
 /* Fills v for a live row id. */
 void hl_table_view(const hl_table *tbl, uint32_t row, hl_row_view *v);
 
+/* ---- model generations (DESIGN.md section 10) --------------------------
+ * Every row carries the parity of the model generation its heads are in.
+ * hl_table_flip_generation() makes every live row stale at once (O(1));
+ * rows inserted or restored afterwards are fresh. The caller migrates each
+ * stale row (hl_table_edit, then hl_table_row_done) and must finish every
+ * row before it flips again: a parity tells two generations apart, not
+ * three. */
+void hl_table_flip_generation(hl_table *tbl);
+int  hl_table_row_stale(const hl_table *tbl, uint32_t row);  /* live row */
+void hl_table_row_done(hl_table *tbl, uint32_t row);         /* now fresh */
+
+/* Writable heads and ring items of a live row, for a migration: s is
+ * (n_heads, dim), hist_item the ring's model rows (history entries); v
+ * is the rest, read-only. Valid like a view. Masses, times and offsets
+ * are not for editing. */
+typedef struct hl_row_edit {
+    hl_row_view v;
+    float      *s;
+    int32_t    *hist_item;
+} hl_row_edit;
+void hl_table_edit(hl_table *tbl, uint32_t row, hl_row_edit *e);
+
+/* The first live row id at or after row, UINT32_MAX when none (no wrap). */
+uint32_t hl_table_next_live(const hl_table *tbl, uint32_t row);
+
 /* Row ids are below this bound; hl_table_row_live() says which are in use.
  * Iteration in id order is how snapshots walk a table. */
 uint32_t hl_table_row_limit(const hl_table *tbl);

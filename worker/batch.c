@@ -166,8 +166,8 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, flight *f)
     }
     hl_event ev = {
         .user = t->arena + t->arena_used, .user_len = cev.user_len,
-        .item = hl_model_item_find(t->ctx->m, cev.item, cev.item_len),
-        .type = (uint8_t)cev.type, .w = t->ctx->type_weight[cev.type] * cev.weight,
+        .item = hl_model_item_find(t->mref->m, cev.item, cev.item_len),
+        .type = (uint8_t)cev.type, .w = t->mref->tw[cev.type] * cev.weight,
         .ts_ms = cev.ts_ms, .offset = rkm->offset,
     };
     memcpy(t->arena + t->arena_used, cev.user, cev.user_len);
@@ -262,7 +262,7 @@ static void apply_all(hl_wthread *t)
 {
     for (int i = 0; i < t->n_own; i++) {
         int d = 0, fl = 0;
-        t->b.applied += (uint64_t)hl_shard_apply(t->own[i], t->ctx->m, &d, &fl);
+        t->b.applied += (uint64_t)hl_shard_apply(t->own[i], t->mref->m, &d, &fl);
         t->b.duplicates += (uint64_t)d;
         t->b.failed += (uint64_t)fl;
         if (fl > 0)

@@ -133,6 +133,17 @@ int64_t hl_persist_shard_durable(const hl_persist_shard *ps);
 /* 1 while a snapshot of this shard is being stepped or committed. */
 int hl_persist_shard_busy(const hl_persist_shard *ps);
 
+/* ---- model swaps (DESIGN.md section 10) -------------------------------- */
+
+/* The model fingerprint restores accept from now on. Any thread. */
+void hl_persist_set_model(hl_persist *p, uint64_t fingerprint);
+
+/* The shard's rows are now in the model of fingerprint (all of them: call
+ * it once a migration is complete). A snapshot in progress is abandoned,
+ * and the next one is due even at an offset already saved, so the newest
+ * file soon names the new model. Owner thread; NULL is a no-op. */
+void hl_persist_shard_set_model(hl_persist_shard *ps, uint64_t fingerprint);
+
 /* ---- completions and totals ------------------------------------------- */
 
 typedef struct hl_persist_done {

@@ -15,6 +15,7 @@
 #include "codec.h"
 #include "metrics.h"
 #include "model.h"
+#include "models.h"
 #include "multipart.h"
 #include "producer.h"
 #include "shard.h"
@@ -30,14 +31,13 @@
  * metric series (which are atomics inside). */
 typedef struct hl_wshared {
     const hl_worker_opts *o;
-    const hl_model       *m;
+    hl_models            *models;         /* the served model; threads switch at a batch's top */
     rd_kafka_t           *consumer;
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */
     atomic_int           *stop;           /* 0 run, 1 drain and stop, 2 stop now */
     atomic_llong          stop_deadline_ms; /* monotonic: a drain for stop gives up then */
     hl_table_opts         topts;
-    float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
     hl_persist           *persist;        /* NULL: no snapshots */
     hl_multipart         *multipart;      /* users seen in two partitions; never NULL */
     hl_metrics           *reg;            /* never NULL */
@@ -57,7 +57,8 @@ typedef struct hl_wshared {
         hl_counter   *applied, *duplicates, *failed, *non_finite;
         hl_counter   *evictions[2];       /* mass, capacity */
         hl_counter   *dl_kept;
-        hl_counter   *multipart;          /* users seen in two partitions */            /* bad records kept in the local dead-letter file */
+        hl_counter   *multipart;          /* users seen in two partitions */
+        hl_counter   *migrated, *rebuilt; /* users moved into a new model / rebuilt from the ring */
         hl_histogram *batch_size, *stage[4], *e2p;
     } mx;
 } hl_wshared;

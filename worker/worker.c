@@ -35,7 +35,8 @@ struct hl_worker {
     hl_worker_opts    o;
     char              dlq[320];
     char              bootstrap[512];
-    const hl_model   *m;
+    const hl_model   *m;              /* the model given at start (its shape is every model's) */
+    hl_models        *models;         /* the one served now, and its reloads */
     hl_metrics       *reg;
     rd_kafka_t       *mock_rk;        /* hosts the embedded broker */
     rd_kafka_mock_cluster_t *mock;
@@ -174,20 +175,17 @@ static void register_timings(hl_worker *w)
 static void register_process(hl_worker *w)
 {
     hl_metrics *reg = w->reg;
-    char labels[256];
     hl_metrics_counter(reg, "halflife_delivery_errors_total",
         "Records the producer failed to deliver.", NULL);
     w->rebalances = hl_metrics_counter(reg, "halflife_rebalances_total",
         "Rebalance callbacks served (assign and revoke).", NULL);
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
         "Input partitions this worker owns.", NULL);
-    const hl_model_info *mi = hl_model_info_get(w->m);
-    char version[sizeof mi->version * 2 + 1];      /* a label value: escaped */
-    hl_metrics_escape(version, sizeof version, mi->version);
-    snprintf(labels, sizeof labels, "version=\"%s\",items=\"%d\",dim=\"%d\"",
-             version, (int)mi->n_items, mi->dim);
-    hl_gauge_set(hl_metrics_gauge(reg, "halflife_model_info",
-        "The model in use (always 1).", labels), 1);
+    w->ctx.mx.migrated = hl_metrics_counter(reg, "halflife_users_migrated_total",
+        "Users whose state moved into a new model's space (live swap or snapshot).", NULL);
+    w->ctx.mx.rebuilt = hl_metrics_counter(reg, "halflife_users_rebuilt_total",
+        "Users whose heads were rebuilt from their history ring alone (the old model was "
+        "not at hand).", NULL);
 }
 
 static void register_metrics(hl_worker *w)
@@ -266,6 +264,10 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
         return HL_ENOMEM;
     }
+    /* Restored (or empty) under the current model: swaps happen on this
+     * thread too, so it cannot change in between. */
+    sh->mref = hl_models_acquire(w->models);
+    sh->c_migrated = w->ctx.mx.migrated;
     int i = least_loaded(w);
     if (hl_wthread_give(w->th[i], sh) != 0) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
@@ -388,14 +390,23 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ---- lifecycle --------------------------------------------------------- */
 
+/* The served models: model.path reloads, weight.* overrides for each. */
+static int start_models(hl_worker *w, char *errbuf, size_t errlen)
+{
+    hl_models_opts mo = {.path = w->o.model_path, .check_ms = w->o.model_check_ms,
+                         .tw_override = w->o.has_type_weight ? w->o.type_weight : NULL,
+                         .reg = w->reg};
+    if ((w->models = hl_models_create(&mo, (hl_model *)w->m, errbuf, errlen)) == NULL)
+        return HL_ENOMEM;
+    w->ctx.models = w->models;
+    return 0;
+}
+
+/* Every model served has this shape: a swap to another is refused. */
 static int table_opts(hl_worker *w, char *errbuf, size_t errlen)
 {
     const hl_model_info *mi = hl_model_info_get(w->m);
     hl_table_opts *t = &w->ctx.topts;
-    for (int i = 0; i < HL_N_TYPES; i++) {
-        float ov = w->o.type_weight[i];
-        w->ctx.type_weight[i] = w->o.has_type_weight && ov == ov ? ov : mi->type_weight[i];
-    }
     t->history = w->o.state_history;
     t->max_users = w->o.state_max_users;
     t->evict_mass = w->o.state_evict_mass;
@@ -540,10 +551,12 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         snprintf(w->dlq, sizeof w->dlq, "%s.dlq", o->input_topic);
     else
         snprintf(w->dlq, sizeof w->dlq, "%s", o->dlq_topic);
-    w->ctx = (hl_wshared){.o = &w->o, .m = m, .stop = &w->stop, .reg = reg,
+    w->ctx = (hl_wshared){.o = &w->o, .stop = &w->stop, .reg = reg,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
     register_metrics(w);
+    if (start_models(w, errbuf, errlen) != 0)
+        goto fail;
     if ((w->ctx.multipart = hl_multipart_create(MULTIPART_BITS)) == NULL) {
         hl_err(errbuf, errlen, HL_ENOMEM, "worker: out of memory");
         goto fail;
@@ -568,6 +581,7 @@ void hl_worker_destroy(hl_worker *w)
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
     hl_persist_destroy(w->persist);     /* after every shard is gone */
+    hl_models_destroy(w->models);       /* after every thread and shard */
     hl_multipart_destroy(w->ctx.multipart);
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
@@ -684,6 +698,20 @@ static int report_unsaved(hl_worker *w)
     return HL_EIO;
 }
 
+/* model.path, when its check is due or SIGHUP asked: a new model becomes
+ * current here, and restores from now on expect its fingerprint. */
+static void check_model(hl_worker *w)
+{
+    int force = w->o.reload_sig != NULL && *w->o.reload_sig;
+    if (force)
+        *w->o.reload_sig = 0;
+    if (hl_models_check(w->models, hl_now_mono_ms(), force) == 1 && w->persist) {
+        hl_mref *r = hl_models_acquire(w->models);
+        hl_persist_set_model(w->persist, r->mi->fingerprint);
+        hl_mref_release(r);
+    }
+}
+
 int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
 {
     char err[512];
@@ -707,6 +735,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
         }
         if (sig && *sig)
             hl_worker_stop(w);
+        check_model(w);
         hl_producer_poll(w->prod, 0);
     }
     hl_log(HL_LOG_INFO, "worker_stopping", "drain=%d", atomic_load(&w->stop) == 1);

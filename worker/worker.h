@@ -41,6 +41,9 @@ typedef struct hl_worker_opts {
     int         snapshot_retain;
     int         offset_reset_latest; /* auto.offset.reset=latest; librdkafka gets it too
                                       * unless kafka[] holds auto.offset.reset */
+    const char *model_path;          /* model.path: reloaded when it changes; NULL: never */
+    int64_t     model_check_ms;      /* model.check.ms; 0: only on SIGHUP */
+    volatile sig_atomic_t *reload_sig; /* set by SIGHUP: check model.path now; NULL: none */
     int         has_type_weight;     /* type_weight[] holds overrides */
     float       type_weight[HL_N_TYPES]; /* weight.*: NAN keeps the model's */
     const hl_kafka_prop *kafka;      /* kafka.* keys, prefix removed, as given */

@@ -31,7 +31,9 @@ const exported = new Set([
   "halflife_snapshot_last_success_timestamp_seconds",
   "halflife_restore_duration_seconds", "halflife_snapshots_total", "halflife_rebalances_total",
   "halflife_assigned_partitions", "halflife_consumer_lag",
-  "halflife_model_info", "halflife_evictions_total",
+  "halflife_model_info", "halflife_evictions_total", "halflife_model_swaps_total",
+  "halflife_model_swap_failures_total", "halflife_users_migrated_total",
+  "halflife_users_rebuilt_total", "halflife_model_loaded_timestamp_seconds",
   "halflife_dlq_records_total", "halflife_dlq_errors_total",
   "halflife_broker_up", "halflife_ready",
 ]);

@@ -41,6 +41,11 @@ int          hl_migration_shared(const hl_migration *mg); /* items both know */
  * least 2 n_heads dim floats. */
 void hl_migration_row(const hl_migration *mg, hl_row_edit *e, float *scratch);
 
+/* The same for n rows at once (one SGEMM for all their remainders);
+ * scratch holds at least 2 n n_heads dim floats. Each row's result equals
+ * hl_migration_row's up to SGEMM's rounding. */
+void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scratch);
+
 /* M = argmin ||A M - B||_F for A (n, dim_a) and B (n, dim_b), row-major;
  * M is (dim_a, dim_b) row-major. With n = 0 M is zero. Rank-deficient A
  * gets the minimum-norm solution (singular values below 1e-6 of the

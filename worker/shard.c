@@ -68,6 +68,7 @@ void hl_shard_destroy(hl_shard *sh)
     hl_mref_release(sh->mig_from);
     hl_migration_destroy(sh->mig_own);
     free(sh->mig_scratch);
+    free(sh->mig_edit);
     free(sh->ev);
     free(sh->status);
     hl_gate_destroy(sh->gate);

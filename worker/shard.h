@@ -56,7 +56,9 @@ typedef struct hl_shard {
     hl_mref    *mig_from;            /* NULL: no migration running */
     const hl_migration *mig;         /* mref->from_prev, or mig_own */
     hl_migration *mig_own;           /* fitted for this shard (older model) */
-    float      *mig_scratch;         /* 2 n_heads dim floats */
+    float      *mig_scratch;         /* 2 HL_MIG_CHUNK n_heads dim floats */
+    hl_row_edit *mig_edit;           /* rows queued for one hl_migration_rows */
+    int         mig_n;
     uint32_t    mig_cursor;          /* the sweep's next row id */
     uint64_t    mig_rows;            /* rows this migration moved */
     int64_t     mig_t0_us;
@@ -116,6 +118,8 @@ static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
 {
     return hl_gate_publishable_offset(sh->gate, sh->next_offset);
 }
+
+#define HL_MIG_CHUNK 64               /* rows migrated per SGEMM */
 
 /* ---- model swaps (swap.c, DESIGN.md section 10), owner thread ---------- */
 

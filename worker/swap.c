@@ -16,13 +16,25 @@
 
 #include <stdlib.h>
 
+/* Migrates the queued rows, HL_MIG_CHUNK at most, in one SGEMM. */
+static void flush(hl_shard *sh)
+{
+    if (sh->mig_n == 0)
+        return;
+    hl_migration_rows(sh->mig, sh->mig_edit, sh->mig_n, sh->mig_scratch);
+    sh->mig_rows += (uint64_t)sh->mig_n;
+    sh->mig_n = 0;
+}
+
+/* Queues a stale row; it counts as migrated from here on (a second event
+ * of the same user in the batch does not queue it again). The queue is
+ * flushed before anything else touches the table. */
 static void migrate_row(hl_shard *sh, uint32_t row)
 {
-    hl_row_edit e;
-    hl_table_edit(sh->tbl, row, &e);
-    hl_migration_row(sh->mig, &e, sh->mig_scratch);
+    hl_table_edit(sh->tbl, row, &sh->mig_edit[sh->mig_n++]);
     hl_table_row_done(sh->tbl, row);
-    sh->mig_rows++;
+    if (sh->mig_n == HL_MIG_CHUNK)
+        flush(sh);
 }
 
 static void done(hl_shard *sh)
@@ -34,6 +46,8 @@ static void done(hl_shard *sh)
     hl_mref_release(sh->mig_from);
     hl_migration_destroy(sh->mig_own);
     free(sh->mig_scratch);
+    free(sh->mig_edit);
+    sh->mig_edit = NULL;
     sh->mig_from = NULL;
     sh->mig_own = NULL;
     sh->mig = NULL;
@@ -69,10 +83,15 @@ int hl_shard_swap_begin(hl_shard *sh, hl_mref *to)
         return 0;
     }
     hl_shard_swap_finish(sh);
-    size_t n = 2 * (size_t)to->mi->n_heads * (size_t)to->mi->dim;
-    if ((sh->mig_scratch = malloc(sizeof(float) * n)) == NULL || plan(sh, to) != 0) {
+    size_t n = 2 * (size_t)HL_MIG_CHUNK * (size_t)to->mi->n_heads * (size_t)to->mi->dim;
+    sh->mig_scratch = malloc(sizeof(float) * n);
+    sh->mig_edit = malloc(sizeof *sh->mig_edit * HL_MIG_CHUNK);
+    sh->mig_n = 0;
+    if (sh->mig_scratch == NULL || sh->mig_edit == NULL || plan(sh, to) != 0) {
         free(sh->mig_scratch);
+        free(sh->mig_edit);
         sh->mig_scratch = NULL;
+        sh->mig_edit = NULL;
         return HL_ENOMEM;
     }
     hl_table_flip_generation(sh->tbl);
@@ -91,6 +110,7 @@ void hl_shard_swap_touch(hl_shard *sh, uint32_t row)
 {
     if (sh->mig_from != NULL && hl_table_row_stale(sh->tbl, row)) {
         migrate_row(sh, row);
+        flush(sh);
         hl_counter_add(sh->c_migrated, 1);
     }
 }
@@ -105,21 +125,26 @@ void hl_shard_swap_touch_batch(hl_shard *sh)
         if (row >= 0 && hl_table_row_stale(sh->tbl, (uint32_t)row))
             migrate_row(sh, (uint32_t)row);
     }
+    flush(sh);
     hl_counter_add(sh->c_migrated, sh->mig_rows - before);
 }
 
 /* Up to max_rows from the cursor; 1 when the sweep has passed every row. */
 static int sweep(hl_shard *sh, size_t max_rows)
 {
-    for (size_t i = 0; i < max_rows; i++) {
+    int end = 0;
+    for (size_t i = 0; i < max_rows && !end; i++) {
         uint32_t row = hl_table_next_live(sh->tbl, sh->mig_cursor);
-        if (row == UINT32_MAX)
-            return 1;
+        if (row == UINT32_MAX) {
+            end = 1;
+            break;
+        }
         if (hl_table_row_stale(sh->tbl, row))
             migrate_row(sh, row);
         sh->mig_cursor = row + 1;
     }
-    return 0;
+    flush(sh);
+    return end;
 }
 
 #define SLICE_ROWS 64       /* rows between two looks at the clock */

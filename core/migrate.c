@@ -34,6 +34,10 @@ struct hl_migration {
     float    *m;              /* (dim, dim) */
     int32_t  *row_map;        /* from's n_items: to's row or -1 */
     int32_t   n_from, n_to;
+    uint64_t *key_slot;       /* to's items by hl_item_key: open addressing */
+    int32_t  *key_row;        /* of (key, row), key 0 empty */
+    size_t    key_mask;
+    int       rebuild;        /* no from: heads and masses from the ring alone */
     const float *e_from, *e_to;
 };
 
@@ -90,6 +94,53 @@ out:
     free(ac);
     free(bc);
     return rc;
+}
+
+/* ---- to's items by key ---------------------------------------------------- */
+
+static int index_keys(hl_migration *mg);
+
+static int index_keys_of(hl_migration *mg, const hl_model *to)
+{
+    mg->to = to;
+    mg->n_to = hl_model_info_get(to)->n_items;
+    return index_keys(mg);
+}
+
+static int index_keys(hl_migration *mg)
+{
+    size_t cap = 16;
+    while (cap < 2 * (size_t)mg->n_to) cap *= 2;
+    mg->key_slot = calloc(cap, sizeof *mg->key_slot);
+    mg->key_row = malloc(cap * sizeof *mg->key_row);
+    if (mg->key_slot == NULL || mg->key_row == NULL)
+        return HL_ENOMEM;
+    mg->key_mask = cap - 1;
+    for (int32_t r = 0; r < mg->n_to; r++) {
+        uint32_t len;
+        const char *id = hl_model_item_id(mg->to, r, &len);
+        uint64_t k = hl_item_key(id, len);
+        size_t i = (size_t)(k * 0x9E3779B97F4A7C15ull >> 20) & mg->key_mask;
+        while (mg->key_slot[i] != 0 && mg->key_slot[i] != k) i = (i + 1) & mg->key_mask;
+        if (mg->key_slot[i] == 0) {         /* two ids of one key: the first */
+            mg->key_slot[i] = k;
+            mg->key_row[i] = r;
+        }
+    }
+    return 0;
+}
+
+/* to's row of an item key, -1 when to does not know it (or key 0). */
+static int32_t key_find(const hl_migration *mg, uint64_t k)
+{
+    if (k == 0)
+        return -1;
+    size_t i = (size_t)(k * 0x9E3779B97F4A7C15ull >> 20) & mg->key_mask;
+    while (mg->key_slot[i] != 0) {
+        if (mg->key_slot[i] == k) return mg->key_row[i];
+        i = (i + 1) & mg->key_mask;
+    }
+    return -1;
 }
 
 /* ---- building one ------------------------------------------------------- */
@@ -156,7 +207,8 @@ hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
     memcpy(mg->tw, tw, sizeof mg->tw);
     mg->m = malloc(sizeof *mg->m * (size_t)a->dim * a->dim);
     mg->row_map = malloc(sizeof *mg->row_map * ((size_t)a->n_items + 1));
-    if (mg->m == NULL || mg->row_map == NULL || match_items(mg, &ea, &eb) != 0) {
+    if (mg->m == NULL || mg->row_map == NULL || index_keys(mg) != 0 ||
+        match_items(mg, &ea, &eb) != 0) {
         hl_err(errbuf, errlen, HL_ENOMEM, "migration: out of memory (%d items)", (int)a->n_items);
         goto fail;
     }
@@ -170,12 +222,36 @@ fail:
     return NULL;
 }
 
+hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES],
+                                   char *errbuf, size_t errlen)
+{
+    const hl_model_info *b = hl_model_info_get(to);
+    hl_migration *mg = calloc(1, sizeof *mg);
+    if (mg == NULL || index_keys_of(mg, to) != 0) {
+        hl_migration_destroy(mg);
+        hl_err(errbuf, errlen, HL_ENOMEM, "rebuild: out of memory (%d items)", (int)b->n_items);
+        return NULL;
+    }
+    mg->rebuild = 1;
+    mg->dim = b->dim;
+    mg->n_heads = b->n_heads;
+    mg->e_to = hl_model_e_in(to);
+    memcpy(mg->tw, tw, sizeof mg->tw);
+    if (hl_decay_init(&mg->decay, b->n_heads, b->dim, b->half_life_ms, errbuf, errlen) != 0) {
+        hl_migration_destroy(mg);
+        return NULL;
+    }
+    return mg;
+}
+
 void hl_migration_destroy(hl_migration *mg)
 {
     if (mg == NULL)
         return;
     free(mg->m);
     free(mg->row_map);
+    free(mg->key_slot);
+    free(mg->key_row);
     free(mg);
 }
 
@@ -184,8 +260,30 @@ int hl_migration_shared(const hl_migration *mg) { return mg->n_shared; }
 
 /* ---- one row ------------------------------------------------------------ */
 
-/* r_old, r_new (n_heads, dim) += the ring's events in each space. */
-static void ring_parts(const hl_migration *mg, const hl_row_edit *e, float *r_old, float *r_new)
+/* The ring entry k's row in to: through from's row when from knew the
+ * item, else by its key (an item only the new model knows). */
+static int32_t new_row(const hl_migration *mg, const hl_row_edit *e, int k)
+{
+    int32_t item = e->hist_item[k];
+    if (!mg->rebuild && item >= 0 && item < mg->n_from)
+        return mg->row_map[item];
+    return e->v.hist_key ? key_find(mg, e->v.hist_key[k]) : -1;
+}
+
+/* The weight entry k was applied with; a ring restored from a format-1
+ * snapshot does not know it: the type's weight then (model.md). */
+static float entry_weight(const hl_migration *mg, const hl_row_view *v, int k)
+{
+    float w = v->hist_w ? v->hist_w[k] : NAN;
+    if (w == w)
+        return w;
+    return v->hist_type[k] < HL_N_TYPES ? mg->tw[v->hist_type[k]] : 0.0f;
+}
+
+/* r_old, r_new (n_heads, dim) += the ring's events in each space; m_new
+ * (n_heads) += their masses in the new space. */
+static void ring_parts(const hl_migration *mg, const hl_row_edit *e, float *r_old, float *r_new,
+                       float *m_new)
 {
     const hl_row_view *v = &e->v;
     int d = mg->dim;
@@ -193,17 +291,18 @@ static void ring_parts(const hl_migration *mg, const hl_row_edit *e, float *r_ol
     for (int i = 0; i < v->n_hist; i++) {
         int k = hl_row_hist_index(v, i);
         int32_t item = e->hist_item[k];
-        if (item < 0 || item >= mg->n_from) continue;    /* added nothing */
-        uint8_t type = v->hist_type[k];
-        float w = type < HL_N_TYPES ? mg->tw[type] : 0.0f;
+        int known = !mg->rebuild && item >= 0 && item < mg->n_from;
+        int32_t to = new_row(mg, e, k);
+        if (!known && to < 0) continue;                  /* nothing either side */
+        float w = entry_weight(mg, v, k);
         int64_t dt = v->t_ref_ms - v->hist_ts_ms[k];
         hl_decay_factors(&mg->decay, dt > 0 ? dt : 0, f);
-        const float *xo = mg->e_from + (size_t)item * d;
-        int32_t to = mg->row_map[item];
+        const float *xo = known ? mg->e_from + (size_t)item * d : NULL;
         const float *xn = to >= 0 ? mg->e_to + (size_t)to * d : NULL;
+        for (int h = 0; h < mg->n_heads && xn; h++) m_new[h] += w * f[h];
         for (int h = 0; h < mg->n_heads; h++) {
             float c = w * f[h];
-            cblas_saxpy(d, c, xo, 1, r_old + (size_t)h * d, 1);
+            if (xo) cblas_saxpy(d, c, xo, 1, r_old + (size_t)h * d, 1);
             if (xn) cblas_saxpy(d, c, xn, 1, r_new + (size_t)h * d, 1);
         }
     }
@@ -213,8 +312,7 @@ static void map_ring_items(const hl_migration *mg, hl_row_edit *e)
 {
     for (int i = 0; i < e->v.n_hist; i++) {
         int k = hl_row_hist_index(&e->v, i);
-        int32_t item = e->hist_item[k];
-        e->hist_item[k] = item >= 0 && item < mg->n_from ? mg->row_map[item] : -1;
+        e->hist_item[k] = new_row(mg, e, k);
     }
 }
 
@@ -234,12 +332,15 @@ void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scr
      * (n nh, dim) x (dim, dim) product for all n rows: SGEMM runs far
      * better on many rows than on three. */
     for (int r = 0; r < n; r++) {
-        float *ro = rem + per * (size_t)r;
-        ring_parts(mg, &e[r], ro, r_new + per * (size_t)r);
+        float *ro = rem + per * (size_t)r, m_new[HL_MAX_HEADS] = {0};
+        ring_parts(mg, &e[r], ro, r_new + per * (size_t)r, m_new);
         for (size_t j = 0; j < per; j++) ro[j] = e[r].s[j] - ro[j];
+        if (mg->rebuild)        /* the ring alone: its masses too */
+            memcpy(e[r].m, m_new, sizeof(float) * (size_t)nh);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n * nh, d, d, 1.0f,
-                rem, d, mg->m, d, 1.0f, r_new, d);
+    if (!mg->rebuild)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n * nh, d, d, 1.0f,
+                    rem, d, mg->m, d, 1.0f, r_new, d);
     for (int r = 0; r < n; r++) {
         memcpy(e[r].s, r_new + per * (size_t)r, sizeof(float) * per);
         map_ring_items(mg, &e[r]);

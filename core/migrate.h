@@ -33,12 +33,20 @@ hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
                                   char *errbuf, size_t errlen);
 void          hl_migration_destroy(hl_migration *mg);   /* NULL is a no-op */
 
+/* When the old model is not at hand (a snapshot of a model no longer
+ * kept): rows are rebuilt from their ring alone, heads and masses, with
+ * to's e_in by each entry's item key and its recorded weight (tw[type]
+ * when the ring does not know it). What is older than the ring is lost. */
+hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES],
+                                   char *errbuf, size_t errlen);
+
 const float *hl_migration_map(const hl_migration *mg);  /* M: (dim, dim) row-major */
 int          hl_migration_shared(const hl_migration *mg); /* items both know */
 
 /* Migrates one row in place: its heads into to's space, its ring's item
- * rows to to's rows (-1 for an item to does not know). scratch holds at
- * least 2 n_heads dim floats. */
+ * rows to to's rows (-1 for an item to does not know; an item from did
+ * not know but to does is found by its key and now counts in the ring's
+ * part). scratch holds at least 2 n_heads dim floats. */
 void hl_migration_row(const hl_migration *mg, hl_row_edit *e, float *scratch);
 
 /* The same for n rows at once (one SGEMM for all their remainders);

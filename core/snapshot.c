@@ -322,6 +322,8 @@ static size_t put_row(unsigned char *start, const hl_snapshot_writer *w,
     p = put_ring(p, v->hist_item, 4, v);
     p = put_ring(p, v->hist_ts_ms, 8, v);
     p = put_ring(p, v->hist_type, 1, v);
+    p = put_ring(p, v->hist_key, 8, v);
+    p = put_ring(p, v->hist_w, 4, v);
     return (size_t)(p - start);
 }
 

@@ -25,7 +25,8 @@
 #include "io.h"
 #include "table.h"
 
-#define HL_SNAPSHOT_VERSION    1
+#define HL_SNAPSHOT_VERSION    2        /* 2 adds each history entry's item key
+                                           and weight; 1 is still read */
 #define HL_SNAPSHOT_TOPIC_MAX  249      /* Kafka's limit on a topic name */
 #define HL_SNAPSHOT_MAX_DIM    65536    /* what a reader accepts */
 #define HL_SNAPSHOT_STEP_ROWS  1024     /* default budget of one step: about

@@ -129,6 +129,8 @@ typedef struct parse {
     int32_t          *hist_item;      /* history entries each */
     int64_t          *hist_ts;
     uint8_t          *hist_type;
+    uint64_t         *hist_key;       /* format 2 only */
+    float            *hist_w;
     int (*on_header)(void *arg, const hl_snapshot_info *info, uint64_t file_bytes,
                      char *errbuf, size_t errlen);
     hl_snapshot_row_fn on_row;
@@ -161,9 +163,9 @@ static int read_magic(reader *r, hl_snapshot_info *info, char *errbuf, size_t er
         return hl_err(errbuf, errlen, HL_EFORMAT,
                       "snapshot %s: not a halflife snapshot (bad magic)", r->path);
     info->version = get_u32(p + n_magic);
-    if (info->version != HL_SNAPSHOT_VERSION)
+    if (info->version != HL_SNAPSHOT_VERSION && info->version != 1)
         return hl_err(errbuf, errlen, HL_EVERSION,
-                      "snapshot %s: format version %u, this build reads version %d",
+                      "snapshot %s: format version %u, this build reads versions 1 and %d",
                       r->path, info->version, HL_SNAPSHOT_VERSION);
     return 0;
 }
@@ -231,7 +233,10 @@ static int alloc_scratch(parse *ps, reader *r, char *errbuf, size_t errlen)
     ps->hist_item = calloc(n_h, sizeof(int32_t));
     ps->hist_ts = calloc(n_h, sizeof(int64_t));
     ps->hist_type = calloc(n_h, 1);
-    if (!ps->m || !ps->hist_item || !ps->hist_ts || !ps->hist_type)
+    ps->hist_key = calloc(n_h, sizeof(uint64_t));
+    ps->hist_w = calloc(n_h, sizeof(float));
+    if (!ps->m || !ps->hist_item || !ps->hist_ts || !ps->hist_type || !ps->hist_key ||
+        !ps->hist_w)
         return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot %s: no memory", r->path);
     ps->s = ps->m + in->n_heads;
     return rd_grow(r, 2 * row_max(in->n_heads, in->dim, in->history), errbuf, errlen);
@@ -250,6 +255,25 @@ static int read_header(reader *r, parse *ps, char *errbuf, size_t errlen)
     return alloc_scratch(ps, r, errbuf, errlen);
 }
 
+
+/* Format 2's item keys and weights after the types; format 1 has none:
+ * the view says unknown (NULL), which a restore records as key 0 and
+ * weight NAN (a later model swap then falls back, see schemas/model.md). */
+static void decode_keys(parse *ps, const unsigned char *p, size_t n_hist)
+{
+    if (ps->info->version == 1) {
+        ps->v.hist_key = NULL;
+        ps->v.hist_w = NULL;
+        return;
+    }
+    for (size_t i = 0; i < n_hist; i++) {
+        uint32_t u = get_u32(p + 8 * n_hist + 4 * i);
+        ps->hist_key[i] = get_u64(p + 8 * i);
+        memcpy(&ps->hist_w[i], &u, 4);
+    }
+    ps->v.hist_key = ps->hist_key;
+    ps->v.hist_w = ps->hist_w;
+}
 
 /* Fills the view from one whole row at p, user_len and n_hist checked. */
 static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t user_len,
@@ -285,6 +309,8 @@ static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t user_
                        (long long)in->n_rows, p[i]);
         ps->hist_type[i] = p[i];
     }
+    p += n_hist;
+    decode_keys(ps, p, n_hist);
     v->s = ps->s;
     v->m = ps->m;
     v->history = in->history;
@@ -295,6 +321,7 @@ static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t user_
     v->hist_type = ps->hist_type;
     return 0;
 }
+
 
 /* Reads the next row into ps->v; *end set instead at the end-of-rows mark.
  * Sizes are peeked before the row is taken so it stays whole in buf. */
@@ -320,7 +347,8 @@ static int read_row(reader *r, parse *ps, int *end, char *errbuf, size_t errlen)
     if (n_hist > (size_t)in->history)
         return bad(errbuf, errlen, r, "row %lld: %lld history entries, more than the header's length",
                    (long long)in->n_rows, (long long)n_hist);
-    full = ROW_FIXED + user_len + 4 * n_f + HIST_BYTES * n_hist;
+    full = ROW_FIXED + user_len + 4 * n_f +
+           (in->version == 1 ? HIST_BYTES_V1 : HIST_BYTES) * n_hist;
     if ((rc = rd_need(r, full, "row", in->n_rows, errbuf, errlen)) != 0)
         return rc;
     return decode_row(r, ps, rd_take(r, full), user_len, n_hist, errbuf, errlen);
@@ -462,6 +490,8 @@ static int read_file(const hl_io *io, const char *path, parse *ps,
     free(ps->hist_item);
     free(ps->hist_ts);
     free(ps->hist_type);
+    free(ps->hist_key);
+    free(ps->hist_w);
     return rc;
 }
 
@@ -572,6 +602,8 @@ static int load_row(void *arg, const hl_snapshot_info *in, uint32_t row,
         rv.hist_item += skip;
         rv.hist_ts_ms += skip;
         rv.hist_type += skip;
+        if (rv.hist_key) rv.hist_key += skip;
+        if (rv.hist_w) rv.hist_w += skip;
     }
     /* Rows keep their ids, so sweeps visit them in the original order; an
      * id no table of these options reaches (damage) takes the lowest free

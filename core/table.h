@@ -27,6 +27,7 @@ typedef struct hl_event {
     const char *user;        /* user_id bytes, not NUL-terminated */
     uint32_t    user_len;    /* 1..HL_MAX_ID_LEN */
     int32_t     item;        /* model row, or -1 for an item outside the model */
+    uint64_t    item_key;    /* hl_item_key of its id; 0: unknown */
     uint8_t     type;        /* HL_VIEW.. */
     float       w;           /* type weight x the event's weight field */
     int64_t     ts_ms;       /* event time */
@@ -49,6 +50,10 @@ typedef struct hl_row_view {
     const int32_t *hist_item;    /* ring storage, history entries each */
     const uint8_t *hist_type;
     const int64_t *hist_ts_ms;
+    const uint64_t *hist_key;    /* hl_item_key per entry, 0 unknown; NULL in a
+                                    view given to restore: all unknown */
+    const float   *hist_w;       /* the weight each was applied with, NAN
+                                    unknown; NULL in a restore: all unknown */
 } hl_row_view;
 
 /* The i-th history entry, 0 = oldest, i < v->n_hist. */
@@ -124,6 +129,7 @@ void hl_table_row_done(hl_table *tbl, uint32_t row);         /* now fresh */
 typedef struct hl_row_edit {
     hl_row_view v;
     float      *s;
+    float      *m;           /* a rebuild from the ring sets masses too */
     int32_t    *hist_item;
 } hl_row_edit;
 void hl_table_edit(hl_table *tbl, uint32_t row, hl_row_edit *e);

@@ -83,7 +83,8 @@ static void apply_all(hl_table *tbl, const hl_model *m, const int *item, int n, 
         int len = snprintf(id, sizeof id, "it%d", item[i]);
         uint8_t type = (uint8_t)(i % HL_N_TYPES);
         hl_event ev = {.user = "u1", .user_len = 2, .item = hl_model_item_find(m, id, (size_t)len),
-                       .type = type, .w = tw[type],
+                       .item_key = hl_item_key(id, (size_t)len),
+                       .type = type, .w = tw[type] * (1.0f + 0.5f * (float)(i % 3)),
                        .ts_ms = 1000000 + (int64_t)(i * 7919 % 13) * 600000 + i * 1000,
                        .offset = first_off + i};
         hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), hl_model_info_get(m)->n_items, NULL);
@@ -154,9 +155,10 @@ static void test_identical_models_are_identity(void)
 }
 
 /* B knows items 10..69 under other rows and other vectors; A knows 0..49.
- * Every event names an item A knows; some B does not (they add nothing
- * there). With the ring holding every event, migration equals a build
- * under B. */
+ * Events name items both know, items only A knows (they add nothing in B)
+ * and items only B knows (found by their key). Weights vary beyond the
+ * type's (the ring keeps each). With the ring holding every event,
+ * migration gives B's heads exactly; masses stay A's. */
 static void test_full_ring_is_exact(void)
 {
     hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
@@ -164,7 +166,7 @@ static void test_full_ring_is_exact(void)
     CHECK(a != NULL && b != NULL);
     if (a == NULL || b == NULL) goto out;
     int item[24];
-    for (int i = 0; i < 24; i++) item[i] = (i * 13) % 50;
+    for (int i = 0; i < 24; i++) item[i] = (i * 13) % 70;
     hl_table *ta = table_for(32), *tb = table_for(32);
     apply_all(ta, a, item, 24, 0);
     apply_all(tb, b, item, 24, 0);
@@ -174,6 +176,9 @@ static void test_full_ring_is_exact(void)
     if (mg) {
         CHECK(hl_migration_shared(mg) == 40);
         hl_row_view va, vb;
+        int only_b = 0;
+        for (int i = 0; i < 24; i++) only_b += item[i] >= 50;
+        CHECK(only_b > 0);
         float mass[HEADS];
         heads_of(ta, &va);
         memcpy(mass, va.m, sizeof mass);
@@ -217,6 +222,41 @@ static void test_linear_map_migrates_remainder(void)
         migrate_user(ta, mg);
         hl_row_view va, vb;
         CHECK_CLOSE(heads_of(ta, &va), heads_of(tb, &vb), HEADS * DIM, 1e-3);
+    }
+    hl_migration_destroy(mg);
+    hl_table_destroy(ta);
+    hl_table_destroy(tb);
+out:
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
+/* Without the old model: heads and masses rebuilt from the ring alone by
+ * item key; with the ring holding every event that is B's build exactly
+ * (masses too: only items B knows count). */
+static void test_rebuild_from_ring(void)
+{
+    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    hl_model *b = model_at("/tmp/test_migrate_b.hlm", 10, 60, 99, NULL, NULL);
+    CHECK(a != NULL && b != NULL);
+    if (a == NULL || b == NULL) goto out;
+    int item[24];
+    for (int i = 0; i < 24; i++) item[i] = (i * 13) % 70;
+    hl_table *ta = table_for(32), *tb = table_for(32);
+    apply_all(ta, a, item, 24, 0);
+    apply_all(tb, b, item, 24, 0);
+    char err[256];
+    hl_migration *mg = hl_migration_rebuild(b, k_tw, err, sizeof err);
+    CHECKF(mg != NULL, "%s", err);
+    if (mg) {
+        migrate_user(ta, mg);
+        hl_row_view va, vb;
+        CHECK_CLOSE(heads_of(ta, &va), heads_of(tb, &vb), HEADS * DIM, 1e-4);
+        CHECK_CLOSE(va.m, vb.m, HEADS, 1e-5);
+        for (int i = 0; i < va.n_hist; i++) {
+            int k = hl_row_hist_index(&va, i);
+            CHECK(va.hist_item[k] == vb.hist_item[k]);
+        }
     }
     hl_migration_destroy(mg);
     hl_table_destroy(ta);
@@ -272,6 +312,7 @@ int main(void)
     RUN(test_identical_models_are_identity);
     RUN(test_full_ring_is_exact);
     RUN(test_linear_map_migrates_remainder);
+    RUN(test_rebuild_from_ring);
     RUN(test_table_generations);
     RUN(test_shape_mismatch_refused);
     unlink("/tmp/test_migrate_a.hlm");

@@ -128,6 +128,7 @@ static long apply_file_at(hl_table *tbl, const hl_model *m, const char *path, lo
     while (hl_dataset_next(r, &de, err, errlen) == 1) {
         hl_event ev = {.user = de.user, .user_len = de.user_len,
                        .item = hl_model_item_find(m, de.item, de.item_len),
+                       .item_key = hl_item_key(de.item, de.item_len),
                        .type = (uint8_t)de.type, .w = mi->type_weight[de.type] * de.weight,
                        .ts_ms = de.ts_ms, .offset = base + n};
         hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), mi->n_items, NULL);

@@ -167,6 +167,7 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, flight *f)
     hl_event ev = {
         .user = t->arena + t->arena_used, .user_len = cev.user_len,
         .item = hl_model_item_find(t->mref->m, cev.item, cev.item_len),
+        .item_key = hl_item_key(cev.item, cev.item_len),
         .type = (uint8_t)cev.type, .w = t->mref->tw[cev.type] * cev.weight,
         .ts_ms = cev.ts_ms, .offset = rkm->offset,
     };

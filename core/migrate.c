@@ -346,3 +346,31 @@ void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scr
         map_ring_items(mg, &e[r]);
     }
 }
+
+int64_t hl_migration_table(const hl_migration *mg, hl_table *tbl)
+{
+    size_t per = (size_t)mg->n_heads * (size_t)mg->dim;
+    float *scratch = malloc(sizeof(float) * 2 * per * HL_MIG_ROWS);
+    hl_row_edit *e = malloc(sizeof *e * HL_MIG_ROWS);
+    int64_t done = 0;
+    int n = 0;
+    if (scratch == NULL || e == NULL) {
+        free(scratch);
+        free(e);
+        return HL_ENOMEM;
+    }
+    for (uint32_t row = hl_table_next_live(tbl, 0); row != UINT32_MAX;
+         row = hl_table_next_live(tbl, row + 1)) {
+        hl_table_edit(tbl, row, &e[n++]);
+        if (n == HL_MIG_ROWS) {
+            hl_migration_rows(mg, e, n, scratch);
+            done += n;
+            n = 0;
+        }
+    }
+    if (n > 0)
+        hl_migration_rows(mg, e, n, scratch);
+    free(scratch);
+    free(e);
+    return done + n;
+}

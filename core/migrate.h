@@ -54,6 +54,12 @@ void hl_migration_row(const hl_migration *mg, hl_row_edit *e, float *scratch);
  * hl_migration_row's up to SGEMM's rounding. */
 void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scratch);
 
+/* Migrates every live row of tbl (a restore from a snapshot written under
+ * the old model), HL_MIG_ROWS at a time. Returns the rows migrated, or a
+ * negative HL_ENOMEM (the table is then partly migrated: drop it). */
+#define HL_MIG_ROWS 64
+int64_t hl_migration_table(const hl_migration *mg, hl_table *tbl);
+
 /* M = argmin ||A M - B||_F for A (n, dim_a) and B (n, dim_b), row-major;
  * M is (dim_a, dim_b) row-major. With n = 0 M is zero. Rank-deficient A
  * gets the minimum-norm solution (singular values below 1e-6 of the

@@ -146,9 +146,14 @@ int hl_snapshot_read(const hl_io *io, const char *path, hl_snapshot_info *info,
                      hl_snapshot_row_fn fn, void *arg,
                      char *errbuf, size_t errlen);
 
+/* Any model: a model_fingerprint of 0 loads a file written under any model
+ * (the caller reads info->meta.model_fingerprint and migrates the rows). */
+#define HL_SNAPSHOT_ANY_MODEL 0
+
 /* Creates a table with options o and loads path into it. The file's dim,
  * heads and half-lives must equal o's and its model fingerprint must equal
- * model_fingerprint, else HL_EMISMATCH. A file whose history length differs
+ * model_fingerprint (unless that is HL_SNAPSHOT_ANY_MODEL), else
+ * HL_EMISMATCH. A file whose history length differs
  * from o->history loads keeping each user's newest entries. On success
  * *tblp owns the table (hl_table_destroy); on failure it is NULL and
  * nothing leaks. info may be NULL. */

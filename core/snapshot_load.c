@@ -572,7 +572,7 @@ static int load_header(void *arg, const hl_snapshot_info *in, uint64_t file_byte
                       "the table is dim %d with %d heads (half-life[0] %.0f ms)",
                       ld->path, in->dim, in->n_heads, in->half_life_ms[0],
                       ld->o->decay.dim, ld->o->decay.n_heads, ld->o->decay.half_life_ms[0]);
-    if (in->meta.model_fingerprint != ld->fingerprint)
+    if (ld->fingerprint != HL_SNAPSHOT_ANY_MODEL && in->meta.model_fingerprint != ld->fingerprint)
         return hl_err(errbuf, errlen, HL_EMISMATCH,
                       "snapshot %s: made with model %016llx, the loaded model is %016llx",
                       ld->path, (unsigned long long)in->meta.model_fingerprint,

@@ -240,27 +240,18 @@ static void print_state(FILE *f, const hl_row_view *v, int n_s, int n_heads)
     fprintf(f, "]}\n");
 }
 
-/* Every live row of tbl from a's space into b's. */
+/* Every live row of tbl from a's space into b's, or (HL_OFFLINE_REBUILD
+ * set: the old model is not at hand) rebuilt from the rings with b. */
 static int migrate_all(hl_table *tbl, const hl_model *a, const hl_model *b, char *err,
                        size_t errlen)
 {
-    const hl_model_info *mi = hl_model_info_get(a);
-    hl_migration *mg = hl_migration_create(a, b, mi->type_weight, err, errlen);
-    float *scratch = malloc(sizeof(float) * 2 * (size_t)mi->n_heads * (size_t)mi->dim);
-    if (mg == NULL || scratch == NULL) {
-        hl_migration_destroy(mg);
-        free(scratch);
-        return -1;
-    }
-    for (uint32_t row = 0; row < hl_table_row_limit(tbl); row++) {
-        hl_row_edit e;
-        if (!hl_table_row_live(tbl, row)) continue;
-        hl_table_edit(tbl, row, &e);
-        hl_migration_row(mg, &e, scratch);
-    }
+    const char *rb = getenv("HL_OFFLINE_REBUILD");
+    hl_migration *mg = rb && *rb
+        ? hl_migration_rebuild(b, hl_model_info_get(b)->type_weight, err, errlen)
+        : hl_migration_create(a, b, hl_model_info_get(a)->type_weight, err, errlen);
+    int64_t n = mg ? hl_migration_table(mg, tbl) : -1;
     hl_migration_destroy(mg);
-    free(scratch);
-    return 0;
+    return n < 0 ? -1 : 0;
 }
 
 static int swap_main(const char *pre, const char *post, const char *ma, const char *mb)

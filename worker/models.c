@@ -12,7 +12,11 @@
 
 #include "log.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +56,119 @@ static int file_stat(const char *path, file_id *id)
     id->size = st.st_size;
     id->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
     return 0;
+}
+
+/* ---- the store: models served, by fingerprint ---------------------------- */
+
+static int kept_path(const hl_models *ms, uint64_t fp, const char *suffix, char *out, size_t len)
+{
+    return snprintf(out, len, "%s/%016llx.hlm%s", ms->o.store_dir, (unsigned long long)fp,
+                    suffix) < (int)len ? 0 : -1;
+}
+
+/* mkdir -p: model.dir under a snapshot.dir that does not exist yet. */
+static void mkdir_p(const char *dir)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = '\0';
+            mkdir(p, 0755);
+            *s = '/';
+        }
+    mkdir(p, 0755);
+}
+
+/* src to dst byte for byte (a hard link when both are on one mount). */
+static int copy_file(const char *src, const char *dst)
+{
+    if (link(src, dst) == 0)
+        return 0;
+    int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, rc = -1;
+    char buf[1 << 16];
+    ssize_t n;
+    if (in < 0 || (out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+        goto done;
+    while ((n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n)
+            goto done;
+    rc = n == 0 && fsync(out) == 0 ? 0 : -1;
+done:
+    if (in >= 0) close(in);
+    if (out >= 0 && close(out) != 0) rc = -1;
+    return rc;
+}
+
+/* Deletes the oldest kept models beyond store_retain (by mtime). */
+static void prune(hl_models *ms)
+{
+    DIR *d = opendir(ms->o.store_dir);
+    struct dirent *de;
+    char path[4352], oldest[4352];
+    for (;;) {
+        int n = 0;
+        int64_t t_old = INT64_MAX;
+        if (d == NULL) return;
+        rewinddir(d);
+        while ((de = readdir(d)) != NULL) {
+            size_t len = strlen(de->d_name);
+            struct stat st;
+            if (len != 20 || strcmp(de->d_name + 16, ".hlm") != 0) continue;
+            snprintf(path, sizeof path, "%s/%s", ms->o.store_dir, de->d_name);
+            if (stat(path, &st) != 0) continue;
+            n++;
+            int64_t t = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+            if (t < t_old) { t_old = t; snprintf(oldest, sizeof oldest, "%s", path); }
+        }
+        if (n <= ms->o.store_retain || unlink(oldest) != 0) break;
+    }
+    closedir(d);
+}
+
+/* Keeps the file at path (model m, just validated) in the store. A file
+ * replaced in between is caught by the fingerprint check of the copy. */
+static void keep(hl_models *ms, const char *path, const hl_model_info *mi)
+{
+    char dst[4352], tmp[4352], err[512];
+    if (ms->o.store_dir == NULL || kept_path(ms, mi->fingerprint, "", dst, sizeof dst) ||
+        kept_path(ms, mi->fingerprint, ".tmp", tmp, sizeof tmp) || access(dst, F_OK) == 0)
+        return;
+    mkdir_p(ms->o.store_dir);
+    unlink(tmp);
+    hl_model *m = copy_file(path, tmp) == 0 ? hl_model_open(tmp, err, sizeof err) : NULL;
+    if (m != NULL && hl_model_info_get(m)->fingerprint == mi->fingerprint &&
+        rename(tmp, dst) == 0) {
+        hl_log(HL_LOG_INFO, "model_kept", "path=%s fingerprint=%016llx", dst,
+               (unsigned long long)mi->fingerprint);
+        prune(ms);
+    } else {
+        hl_log(HL_LOG_WARN, "model_keep_failed", "dir=%s fingerprint=%016llx err=\"%s\" "
+               "action=\"snapshots of this model will be rebuilt from their rings after a "
+               "restart with another model\"", ms->o.store_dir,
+               (unsigned long long)mi->fingerprint, m ? "the file changed meanwhile" :
+               errno ? strerror(errno) : err);
+        unlink(tmp);
+    }
+    hl_model_close(m);
+}
+
+hl_model *hl_models_open_kept(hl_models *ms, uint64_t fingerprint, char *errbuf, size_t errlen)
+{
+    char path[4352];
+    if (ms->o.store_dir == NULL || kept_path(ms, fingerprint, "", path, sizeof path))
+        return hl_err(errbuf, errlen, HL_ENOENT, "no model.dir"), NULL;
+    if (access(path, F_OK) != 0)
+        return hl_err(errbuf, errlen, HL_ENOENT, "model %016llx is not in %s",
+                      (unsigned long long)fingerprint, ms->o.store_dir), NULL;
+    hl_model *m = hl_model_open(path, errbuf, errlen);
+    if (m != NULL && hl_model_info_get(m)->fingerprint != fingerprint) {
+        hl_err(errbuf, errlen, HL_EMISMATCH, "%s holds model %016llx", path,
+               (unsigned long long)hl_model_info_get(m)->fingerprint);
+        hl_model_close(m);
+        return NULL;
+    }
+    return m;
 }
 
 /* ---- references --------------------------------------------------------- */
@@ -144,6 +261,8 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
     atomic_store(&ms->gen, 1);
     /* The file first served: a periodic check opens only a changed one. */
     ms->seen_set = o->path != NULL && file_stat(o->path, &ms->seen) == 0;
+    if (o->path != NULL)
+        keep(ms, o->path, ms->cur->mi);
     register_metrics(ms);
     show_model(ms, ms->cur);
     return ms;
@@ -216,6 +335,7 @@ static int load(hl_models *ms)
         return refuse(ms, err);
     }
     install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
+    keep(ms, ms->o.path, r->mi);
     return 1;
 }
 

@@ -41,6 +41,11 @@ typedef struct hl_models_opts {
     int64_t      check_ms;             /* model.check.ms; 0: only on SIGHUP */
     const float *tw_override;          /* HL_N_TYPES, NAN keeps the model's; NULL: none */
     hl_metrics  *reg;                  /* never NULL */
+    const char  *store_dir;            /* model.dir: every model served is kept
+                                          there as <fingerprint>.hlm, so a snapshot
+                                          written under it can be migrated after
+                                          a restart; NULL: none kept */
+    int          store_retain;         /* model.retain: newest files kept there */
 } hl_models_opts;
 
 /* first is borrowed: the caller closes it after hl_models_destroy. Strings
@@ -60,6 +65,12 @@ uint64_t   hl_models_gen(hl_models *ms);
 hl_mref   *hl_mref_get(hl_mref *r);
 /* Drops a reference; the last one frees r. NULL is a no-op. Any thread. */
 void       hl_mref_release(hl_mref *r);
+
+/* A model served before, from the store by fingerprint (validated, and its
+ * fingerprint checked). NULL and a reason when it is not kept there. The
+ * caller closes it. */
+hl_model  *hl_models_open_kept(hl_models *ms, uint64_t fingerprint,
+                               char *errbuf, size_t errlen);
 
 /* Main thread: looks at model.path when the check is due (now_ms is
  * monotonic) or force is set (SIGHUP). 1 when a new model became current,

@@ -498,6 +498,12 @@ void hl_persist_set_model(hl_persist *p, uint64_t fingerprint)
     atomic_store(&p->fp, fingerprint);
 }
 
+void hl_persist_shard_resave(hl_persist_shard *ps)
+{
+    if (ps != NULL)
+        ps->fp_changed = 1;
+}
+
 void hl_persist_shard_set_model(hl_persist_shard *ps, uint64_t fingerprint)
 {
     if (ps == NULL || ps->fp == fingerprint)
@@ -575,7 +581,7 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
     memset(out, 0, sizeof *out);
     out->next_offset = HL_PERSIST_NO_OFFSET;
     int rc = hl_snapshot_load_newest(p->io, p->dir, p->topic, partition, &o,
-                                     atomic_load(&p->fp), &tbl, &info, out->path,
+                                     HL_SNAPSHOT_ANY_MODEL, &tbl, &info, out->path,
                                      sizeof out->path, report, sizeof report,
                                      why, sizeof why);
     out->duration_s = (double)(hl_now_mono_us() - t0) / 1e6;
@@ -587,6 +593,7 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
         hl_table_destroy(*tblp);
         *tblp = tbl;
         out->next_offset = info.meta.next_offset;
+        out->model_fingerprint = info.meta.model_fingerprint;
         out->n_rows = info.n_rows;
         out->bytes = info.bytes;
     } else {

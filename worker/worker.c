@@ -35,6 +35,7 @@ struct hl_worker {
     hl_worker_opts    o;
     char              dlq[320];
     char              bootstrap[512];
+    char              model_dir[4096]; /* <snapshot.dir>/models when model.dir is unset */
     const hl_model   *m;              /* the model given at start (its shape is every model's) */
     hl_models        *models;         /* the one served now, and its reloads */
     hl_metrics       *reg;
@@ -220,11 +221,61 @@ static int owner_slot(hl_worker *w, int32_t p)
     return 0;
 }
 
+/* The model served now (the main thread is the one that changes it). */
+static const hl_model *cur_model(hl_worker *w)
+{
+    hl_mref *r = hl_models_acquire(w->models);
+    const hl_model *m = r->m;
+    hl_mref_release(r);         /* the set still holds it */
+    return m;
+}
+
+/* A snapshot written under another model (a restart with a new one):
+ * its rows move into the current model as a live swap moves them, when
+ * that model is kept in model.dir; else they are rebuilt from their rings
+ * alone (counted in halflife_users_rebuilt_total). Never refused. */
+static int migrate_restored(hl_worker *w, int32_t p, hl_table *tbl, uint64_t fp)
+{
+    char err[512], why[512] = "";
+    hl_mref *cur = hl_models_acquire(w->models);
+    hl_model *old = hl_models_open_kept(w->models, fp, why, sizeof why);
+    hl_migration *mg = NULL;
+    float tw[HL_N_TYPES];
+    for (int i = 0; i < HL_N_TYPES && old; i++) {
+        float ov = w->o.has_type_weight ? w->o.type_weight[i] : NAN;
+        tw[i] = ov == ov ? ov : hl_model_info_get(old)->type_weight[i];
+    }
+    if (old != NULL && (mg = hl_migration_create(old, cur->m, tw, why, sizeof why)) == NULL)
+        hl_model_close(old), old = NULL;
+    int rebuilt = mg == NULL;
+    if (rebuilt)
+        mg = hl_migration_rebuild(cur->m, cur->tw, err, sizeof err);
+    int64_t t0 = hl_now_mono_us(), n = mg ? hl_migration_table(mg, tbl) : HL_ENOMEM;
+    if (n >= 0) {
+        hl_counter_add(rebuilt ? w->ctx.mx.rebuilt : w->ctx.mx.migrated, (uint64_t)n);
+        hl_log(rebuilt ? HL_LOG_WARN : HL_LOG_INFO, rebuilt ? "snapshot_rebuilt"
+               : "snapshot_migrated", "partition=%d from=%016llx to=%016llx users=%lld "
+               "seconds=%.3f%s%s%s", (int)p, (unsigned long long)fp,
+               (unsigned long long)cur->mi->fingerprint, (long long)n,
+               (double)(hl_now_mono_us() - t0) / 1e6, rebuilt ? " reason=\"" : "",
+               rebuilt ? why : "", rebuilt ? "; heads and masses rebuilt from the "
+               "history rings alone\"" : "");
+    } else {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"out of memory migrating "
+               "the snapshot into the current model\"", (int)p);
+    }
+    hl_migration_destroy(mg);
+    hl_model_close(old);
+    hl_mref_release(cur);
+    return n >= 0 ? 0 : HL_ENOMEM;
+}
+
 /* The partition's table: its newest valid snapshot's, and the offset to
  * start from (the snapshot's, else auto.offset.reset: DESIGN.md section 6
  * rebuilds state from the topic rather than trust a committed offset
  * without the state that goes with it). NULL when out of memory. */
-static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset)
+static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset,
+                         int *moved)
 {
     char err[512];
     hl_persist_restored r;
@@ -235,6 +286,12 @@ static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *of
         return tbl;
     if (hl_persist_restore(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
         hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"%s\"", (int)p, err);
+        hl_table_destroy(tbl);
+        return NULL;
+    }
+    *moved = r.next_offset != HL_PERSIST_NO_OFFSET &&
+             r.model_fingerprint != hl_model_info_get(cur_model(w))->fingerprint;
+    if (*moved && migrate_restored(w, p, tbl, r.model_fingerprint) != 0) {
         hl_table_destroy(tbl);
         return NULL;
     }
@@ -255,9 +312,12 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     if (w->owner[p] != NULL)
         return 1;
     int64_t restored;
-    hl_table *tbl = restore(w, p, &restored, offset);
+    int moved = 0;
+    hl_table *tbl = restore(w, p, &restored, offset, &moved);
     hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, restored)
                                              : NULL;
+    if (moved)
+        hl_persist_shard_resave(ps);    /* the newest file names the old model */
     hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
                                    w->o.recs_min_interval_ms, w->reg, err, sizeof err);
     if (sh == NULL) {
@@ -395,7 +455,12 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
 {
     hl_models_opts mo = {.path = w->o.model_path, .check_ms = w->o.model_check_ms,
                          .tw_override = w->o.has_type_weight ? w->o.type_weight : NULL,
-                         .reg = w->reg};
+                         .reg = w->reg, .store_dir = w->o.model_dir,
+                         .store_retain = w->o.model_retain > 0 ? w->o.model_retain : 4};
+    if (mo.store_dir == NULL && w->o.snapshot_dir != NULL && w->o.snapshot_dir[0] != '\0') {
+        snprintf(w->model_dir, sizeof w->model_dir, "%s/models", w->o.snapshot_dir);
+        mo.store_dir = w->model_dir;
+    }
     if ((w->models = hl_models_create(&mo, (hl_model *)w->m, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
     w->ctx.models = w->models;

@@ -43,6 +43,8 @@ typedef struct hl_worker_opts {
                                       * unless kafka[] holds auto.offset.reset */
     const char *model_path;          /* model.path: reloaded when it changes; NULL: never */
     int64_t     model_check_ms;      /* model.check.ms; 0: only on SIGHUP */
+    const char *model_dir;           /* model.dir; NULL: <snapshot_dir>/models */
+    int         model_retain;        /* model.retain; < 1: 4 */
     volatile sig_atomic_t *reload_sig; /* set by SIGHUP: check model.path now; NULL: none */
     int         has_type_weight;     /* type_weight[] holds overrides */
     float       type_weight[HL_N_TYPES]; /* weight.*: NAN keeps the model's */

@@ -127,7 +127,7 @@ def main():
               "consumed %d (want %d), unknown %d, invalid %d" % (consumed, len(first), unknown, invalid))
         rc = worker.stop()
         worker = None
-        snaps = os.listdir(snapdir) if os.path.isdir(snapdir) else []
+        snaps = [f for f in os.listdir(snapdir) if f.endswith(".hls")] if os.path.isdir(snapdir) else []
         check("sigterm_exits_0_with_snapshots", rc == 0 and len(snaps) == 4,
               "exit status %s, snapshots %s" % (rc, snaps))
 

@@ -58,6 +58,8 @@ void hl_batch_free(hl_wthread *t)
 int hl_batch_consume(hl_wthread *t)
 {
     int bm = t->ctx->o->batch_max_messages;
+    if (t->migrating && bm > HL_SWAP_BATCH_MAX)
+        bm = HL_SWAP_BATCH_MAX;         /* bounds what one batch migrates */
     int64_t end = hl_now_mono_ms() + t->ctx->o->batch_max_ms;
     int n = 0;
     /* batch.max.ms bounds the wait, not the take: while records are queued

@@ -120,6 +120,12 @@ static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
 }
 
 #define HL_MIG_CHUNK 64               /* rows migrated per SGEMM */
+/* Records per batch while a shard of the thread migrates: each stale user
+ * a batch touches is migrated before its event (~5-8 us at dim 64, 3
+ * heads, history 32), so this bounds the stall a swap adds to one batch
+ * (bench_swap) at the price of smaller batches for the migration's few
+ * seconds. */
+#define HL_SWAP_BATCH_MAX 1024
 
 /* ---- model swaps (swap.c, DESIGN.md section 10), owner thread ---------- */
 

@@ -286,17 +286,30 @@ static void snapshot_tick(hl_wthread *t)
 
 #define SWAP_TICK_US 2000   /* migration work between two batches */
 
-/* At the top of a batch: a new current model becomes this thread's (a
- * ranker for it first: without one the old model keeps serving and the
- * next batch tries again), and every shard whose rows are in another model
- * starts migrating into it. A shard that cannot (no memory for a
+/* A shard given with a newer model than the thread's (restored by the main
+ * thread after a swap the thread has not seen yet). */
+static int newer_shard(const hl_wthread *t)
+{
+    for (int i = 0; i < t->n_own; i++)
+        if (t->own[i]->mref != NULL && t->own[i]->mref->gen > t->mref->gen)
+            return 1;
+    return 0;
+}
+
+/* Before a batch is consumed (top) and again before it runs. A new current
+ * model becomes this thread's before the consume, so the first batch after
+ * a swap is already capped at HL_SWAP_BATCH_MAX (after the consume only
+ * when a shard given meanwhile is in it already); a ranker for it comes
+ * first: without one the old model keeps serving and the next batch tries
+ * again. Then every shard whose rows are in another model starts migrating
+ * into the thread's. A shard that cannot (no memory for a
  * migration) must not see events decoded for the new model: the worker
  * stops gracefully, and -1 tells the caller to drop the batch unapplied
  * (its offsets are never stored, so the next owner replays it). */
-static int model_sync(hl_wthread *t)
+static int model_sync(hl_wthread *t, int top)
 {
     char err[512];
-    if (hl_models_gen(t->ctx->models) != t->mref->gen) {
+    if (hl_models_gen(t->ctx->models) != t->mref->gen && (top || newer_shard(t))) {
         hl_mref *nm = hl_models_acquire(t->ctx->models);
         if (hl_publish_model(t, nm->m, err, sizeof err) != 0) {
             hl_log(HL_LOG_ERROR, "thread_model_failed", "thread=%d version=\"%s\" "
@@ -308,21 +321,27 @@ static int model_sync(hl_wthread *t)
             t->mref = nm;
         }
     }
-    for (int i = 0; i < t->n_own; i++)
+    t->migrating = 0;
+    for (int i = 0; i < t->n_own; i++) {
         if (hl_shard_swap_begin(t->own[i], t->mref) != 0) {
             int zero = 0;
             atomic_compare_exchange_strong(t->ctx->stop, &zero, 1);
             return -1;
         }
+        t->migrating |= t->own[i]->mig_from != NULL;
+    }
     return 0;
 }
 
 /* Between batches: migration slices, one shard per round while it lasts. */
 static void swap_tick(hl_wthread *t)
 {
+    int busy = 0;
+    for (int i = 0; i < t->n_own && !busy; i++)
+        busy = hl_shard_swap_tick(t->own[i], SWAP_TICK_US) > 0;
+    t->migrating = 0;
     for (int i = 0; i < t->n_own; i++)
-        if (hl_shard_swap_tick(t->own[i], SWAP_TICK_US) > 0)
-            return;
+        t->migrating |= t->own[i]->mig_from != NULL;
 }
 
 /* A graceful stop: every held-back list out, every list delivered, then a
@@ -350,9 +369,11 @@ static void *thread_main(void *arg)
     hl_wshared *ctx = t->ctx;
     while (atomic_load(ctx->stop) == 0) {
         serve_mail(t, 1);
+        if (model_sync(t, 1) != 0)
+            break;
         int n = hl_batch_consume(t);
         serve_mail(t, 0);       /* shards given during the wait own these records */
-        if (model_sync(t) != 0) {
+        if (model_sync(t, 0) != 0) {
             for (int i = 0; i < n; i++)
                 rd_kafka_message_destroy(t->msgs[i]);
             break;

@@ -79,6 +79,7 @@ struct hl_wthread {
 
     /* ---- owned by the thread ---- */
     hl_mref     *mref;                              /* thread.c: the model served */
+    int          migrating;                         /* thread.c: a shard migrates */
     int32_t     *take_copy; int cap_take_copy;      /* thread.c */
     hl_shard   **own;     int n_own, cap_own;       /* thread.c */
     hl_shard   **by_part; int cap_part;             /* thread.c: by partition */

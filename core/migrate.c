@@ -260,6 +260,17 @@ int hl_migration_shared(const hl_migration *mg) { return mg->n_shared; }
 
 /* ---- one row ------------------------------------------------------------ */
 
+/* y += c x over n floats. Blocks of a fixed 8 so the compiler vectorises
+ * them at -O2; a saxpy call per (entry, head) cost more than its 64
+ * multiply-adds (192 calls per row at history 32, 3 heads). */
+static void axpy8(float *restrict y, float c, const float *restrict x, int n)
+{
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int u = 0; u < 8; u++) y[j + u] += c * x[j + u];
+    for (; j < n; j++) y[j] += c * x[j];
+}
+
 /* The ring entry k's row in to: through from's row when from knew the
  * item, else by its key (an item only the new model knows). */
 static int32_t new_row(const hl_migration *mg, const hl_row_edit *e, int k)
@@ -302,8 +313,8 @@ static void ring_parts(const hl_migration *mg, const hl_row_edit *e, float *r_ol
         for (int h = 0; h < mg->n_heads && xn; h++) m_new[h] += w * f[h];
         for (int h = 0; h < mg->n_heads; h++) {
             float c = w * f[h];
-            if (xo) cblas_saxpy(d, c, xo, 1, r_old + (size_t)h * d, 1);
-            if (xn) cblas_saxpy(d, c, xn, 1, r_new + (size_t)h * d, 1);
+            if (xo) axpy8(r_old + (size_t)h * d, c, xo, d);
+            if (xn) axpy8(r_new + (size_t)h * d, c, xn, d);
         }
     }
 }

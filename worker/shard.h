@@ -125,7 +125,7 @@ static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
  * heads, history 32), so this bounds the stall a swap adds to one batch
  * (bench_swap) at the price of smaller batches for the migration's few
  * seconds. */
-#define HL_SWAP_BATCH_MAX 1024
+#define HL_SWAP_BATCH_MAX 512
 
 /* ---- model swaps (swap.c, DESIGN.md section 10), owner thread ---------- */
 

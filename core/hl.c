@@ -30,6 +30,8 @@ const char *hl_strerror(int code)
     case HL_EVERSION:  return "EVERSION";
     case HL_ERANGE:    return "ERANGE";
     case HL_EMISMATCH: return "EMISMATCH";
+    case HL_EAGAIN:    return "EAGAIN";
+    case HL_EDENIED:   return "EDENIED";
     }
     return "EUNKNOWN";
 }

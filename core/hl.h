@@ -22,6 +22,8 @@ enum {
     HL_EVERSION = -8,   /* a format version we do not read */
     HL_ERANGE   = -9,   /* a value outside its allowed range */
     HL_EMISMATCH= -10,  /* two parts that must agree do not (model vs state) */
+    HL_EAGAIN   = -11,  /* not yet: a remote service is away or still answering */
+    HL_EDENIED  = -12,  /* a remote service refused our credentials */
 };
 
 #define HL_MAX_HEADS    8     /* decay timescales per user */

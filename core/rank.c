@@ -17,7 +17,7 @@
  * enters a full heap only if its score is strictly above the threshold, so
  * among equal scores the lower row wins; the heap's keys (make_key) break
  * ties the same way. Every buffer is sized at create: refresh never
- * allocates. hl_ranker_refresh_naive is the plain-loop twin.
+ * allocates. hl_ranker_refresh_naive (rank_naive.c) is the plain-loop twin.
  *
  * Batch independence. SGEMM's result for one row depends in its last bits
  * on the shape of the call (OpenBLAS picks kernels and edge paths by M, N
@@ -33,15 +33,26 @@
  * score by more than both scores' rounding bound (det_margin: the textbook
  * bound gamma_n sum |q_d e_d|, with Cauchy-Schwarz over every item); when
  * it does not (exact ties at the cut), that user is rescored over every
- * item with det_score (rescan_exact), which is slow but rare. */
-#include "rank.h"
-#include "encoder.h"
+ * item with det_score (rescan_exact), which is slow but rare.
+ *
+ * Two-stage scoring (HL_SCORING_TWO_STAGE). The published list is defined
+ * by det_score alone: the best k of det_score over the items not excluded,
+ * lower row first on equal scores. The exact path above finds it with
+ * SGEMM candidates; the two-stage path finds it with candidates from the
+ * int8 copy of e_out (qscore.c), whose bound covers det_score's own
+ * rounding, and rescores them with the same det_score (select_cands). So
+ * the two paths publish the same items, order and bits, and SGEMM's
+ * summation order, which differs from det_score's, never decides a near
+ * tie in either. A user whose candidates cannot be bounded is rescanned
+ * exactly (counted: hl_ranker_fallbacks). */
+#include "rank_internal.h"
 
 #include <cblas.h>
 #include <math.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -52,54 +63,33 @@
 #define DEFAULT_BLOCK 512
 #define MAX_K         1000
 #define MAX_BATCH     65536
-#define MAX_RING      255      /* table.h: state.history is 1..255 */
 #define DET_PAD       4        /* candidates kept beyond k for the exact rescoring: a
                                   near tie at the cut costs a rescan, a larger heap
                                   costs every refresh (16 cost 8% at 10k items) */
 #define ENC_GROUP     4        /* users encoded together (register blocking only) */
 
-struct hl_ranker;
-typedef void (*scan_fn)(struct hl_ranker *r, int u, const float *srow,
-                        const float *brow, int32_t j0, int nb);
-typedef void (*layer_fn)(const float *const *in, int n_users, int n_in, int n_out,
-                         const float *wt, const float *b, int relu, float *const *out);
-
-struct hl_ranker {
-    hl_encoder_net net;
-    scan_fn        scan;       /* scan_row_avx2 where the CPU has it */
-    layer_fn       layer;      /* layer_avx2 where the CPU has it */
-    float         *wt[HL_MAX_LAYERS]; /* W_l^T (layer_in, layer_out): the encoder's weights
-                                         laid out for one user at a time */
-    int            width_max;  /* widest layer input or output */
-    const float   *e_in, *e_out, *bias;     /* (n_items, dim), (n_items) */
-    int32_t        n_items;
-    int            dim, n_heads;
-    float          lambda_per_ms[HL_MAX_HEADS];
-    float          type_weight[HL_N_TYPES];
-    int            k, exclude_seen, max_batch, block;
-    int            kc;         /* candidates per user: k + DET_PAD */
-    double         e_norm_max; /* max_j ||e_out[j]||_2 */
-    double         bias_max;   /* max_j |bias[j]| */
-    float         *x1, *act1;  /* ENC_GROUP users' encoder inputs and activations
-                                  (ENC_GROUP, width_max) each, ping-pong */
-    float         *Q;          /* (max_batch, dim) queries, each encoded alone */
-    float         *q_norm;     /* (max_batch) ||q||_2 */
-    float         *S;          /* (max_batch, block) one block's scores */
-    uint64_t      *top;        /* (max_batch, kc): one min-heap of keys per user */
-    uint8_t       *excl;       /* (n_items) rescan_exact's marks, zero between uses */
-    int           *top_n;      /* (max_batch) entries in each heap */
-    int32_t       *seen;       /* (max_batch, MAX_RING) ring items, sorted */
-    int           *seen_n;     /* (max_batch) entries in seen */
-    int           *seen_pos;   /* (max_batch) first entry not yet passed */
-    float         *bc_hist;    /* (MAX_RING, dim) e_in rows of known history */
-    float         *bc_rec;     /* (k, dim) e_out rows of the returned items */
-    float         *bc_dot;     /* (k, MAX_RING) rec . hist */
-    float         *bc_a;       /* (MAX_RING) a_e of each history entry */
-    int32_t       *bc_item;    /* (MAX_RING) item of each history entry */
-};
 
 static scan_fn pick_scan(void);
 static layer_fn pick_layer(void);
+
+/* The int8 copy and its scratch (two-stage scoring). */
+static int two_stage_create(hl_ranker *r, const hl_rank_opts *o, char *errbuf,
+                            size_t errlen)
+{
+    r->qi = o->qitems;
+    if (r->qi == NULL)
+        r->qi = r->own_qi = hl_qitems_create(r->e_out, r->bias, r->n_items, r->dim,
+                                             o->qkernel, errbuf, errlen);
+    if (r->qi == NULL)
+        return HL_EINVAL;
+    if ((r->qs = hl_qscan_create(r->qi, r->max_batch, r->k, errbuf, errlen)) == NULL)
+        return HL_ENOMEM;
+    if ((r->qusers = calloc((size_t)r->max_batch, sizeof *r->qusers)) == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory");
+    snprintf(r->scoring_name, sizeof r->scoring_name, "two-stage/%s",
+             hl_qitems_kernel(r->qi));
+    return 0;
+}
 
 /* ---- create / destroy ---- */
 
@@ -114,6 +104,13 @@ static int check_opts(const hl_model_parts *p, const hl_rank_opts *o,
     if (o->block_items < 0)
         return hl_err(errbuf, errlen, HL_EINVAL, "ranker: block_items %d",
                       o->block_items);
+    if (o->scoring != HL_SCORING_EXACT && o->scoring != HL_SCORING_TWO_STAGE)
+        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: scoring %d (exact 0, two-stage 1)",
+                      o->scoring);
+    if (o->scoring == HL_SCORING_TWO_STAGE && p->info.dim > HL_QSCORE_MAX_DIM)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "ranker: two-stage scoring handles dim up to %d, the model has %d; "
+                      "use recs.scoring=exact", HL_QSCORE_MAX_DIM, p->info.dim);
     if (p->info.n_items < 1 || !p->e_in || !p->e_out || !p->bias)
         return hl_err(errbuf, errlen, HL_EINVAL, "ranker: model has no items");
     for (int h = 0; h < p->info.n_heads && h < HL_MAX_HEADS; h++)
@@ -213,6 +210,9 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
     model_bounds(r);
     r->scan = pick_scan();
     r->layer = pick_layer();
+    snprintf(r->scoring_name, sizeof r->scoring_name, "exact");
+    if (o->scoring == HL_SCORING_TWO_STAGE && two_stage_create(r, o, errbuf, errlen) != 0)
+        goto fail;
     return r;
 nomem:
     hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory (max_batch %d, k %d)",
@@ -261,6 +261,9 @@ void hl_ranker_destroy(hl_ranker *r)
     free(r->bc_dot);
     free(r->bc_a);
     free(r->bc_item);
+    hl_qscan_destroy(r->qs);
+    hl_qitems_destroy(r->own_qi);
+    free(r->qusers);
     free(r);
 }
 
@@ -481,8 +484,8 @@ static void score_block(hl_ranker *r, const float *Q, const hl_row_view *users,
 /* Fills bc_item and bc_a with the ring's known entries, newest first (so
  * that the strict argmax below prefers the newest on equal c). Returns
  * their count. */
-static int history_weights(const hl_ranker *r, const hl_row_view *v,
-                           int32_t *item, float *a)
+int hl_rank_history_weights(const hl_ranker *r, const hl_row_view *v,
+                            int32_t *item, float *a)
 {
     float inv_m[HL_MAX_HEADS];
     int n = 0;
@@ -516,7 +519,7 @@ static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
                          int n_rec)
 {
     int dim = r->dim;
-    int n_hist = history_weights(r, v, r->bc_item, r->bc_a);
+    int n_hist = hl_rank_history_weights(r, v, r->bc_item, r->bc_a);
 
     for (int j = 0; j < n_rec; j++)
         recs[j].because = -1;
@@ -733,6 +736,18 @@ static double det_margin(const hl_ranker *r, int u)
     return 2.0 * gamma * ((double)r->q_norm[u] * r->e_norm_max + r->bias_max) * 1.01;
 }
 
+/* Keeps the k largest keys in the min-heap h of *n entries. */
+static inline void push_best(uint64_t *h, int *n, int k, uint64_t key)
+{
+    if (*n < k) {
+        h[*n] = key;
+        sift_up(h, (*n)++);
+    } else if (key > h[0]) {
+        h[0] = key;
+        sift_down(h, *n, 0);
+    }
+}
+
 /* The exact list of user u over every item (exclusions as in the blocked
  * path) into its heap, best first; returns its length. The slow path:
  * n_items dot products, only when the candidates cannot be proven to hold
@@ -753,15 +768,8 @@ static int rescan_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
     for (int32_t j = 0; j < r->n_items; j++) {
         if (r->excl[j])
             continue;
-        uint64_t key = make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
-                                          r->bias[j]), j);
-        if (n < r->k) {
-            h[n] = key;
-            sift_up(h, n++);
-        } else if (key > h[0]) {
-            h[0] = key;
-            sift_down(h, n, 0);
-        }
+        push_best(h, &n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim,
+                                                  r->dim, r->bias[j]), j));
     }
     for (int i = 0; i < n_seen; i++)
         r->excl[seen[i]] = 0;
@@ -796,13 +804,56 @@ static int select_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
     return n < r->k ? n : r->k;
 }
 
+/* User u's list from its two-stage candidates (qscore.h: they hold every
+ * item of the exact list): each scored with det_score, the best k kept,
+ * sorted best first in its heap. A user whose candidates could not be
+ * bounded is rescanned over every item. Returns the list's length. */
+static int select_cands(hl_ranker *r, int u, const hl_rank_exclude *ex)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    int nc, n = 0;
+    const int32_t *cand = hl_qscan_cands(r->qs, u, &nc);
+
+    if (cand == NULL) {
+        r->fallbacks++;
+        return rescan_exact(r, u, ex);
+    }
+    for (int i = 0; i < nc && i < 8; i++)      /* rows are scattered: run ahead */
+        prefetch_row(r->e_out + (size_t)cand[i] * r->dim, r->dim);
+    for (int i = 0; i < nc; i++) {
+        int32_t j = cand[i];
+        if (i + 8 < nc)
+            prefetch_row(r->e_out + (size_t)cand[i + 8] * r->dim, r->dim);
+        push_best(h, &n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
+                                                  r->bias[j]), j));
+    }
+    heap_sort(h, n);
+    return n;
+}
+
+/* Two-stage: every user's query and exclusions to the int8 scan. */
+static void two_stage_scan(hl_ranker *r, int n, const hl_rank_exclude *extra)
+{
+    for (int u = 0; u < n; u++) {
+        hl_qscan_user *qu = &r->qusers[u];
+        qu->q = r->Q + (size_t)u * r->dim;
+        qu->seen = r->seen + (size_t)u * MAX_RING;
+        qu->n_seen = r->exclude_seen ? r->seen_n[u] : 0;
+        qu->extra = extra != NULL ? extra[u].item : NULL;
+        qu->n_extra = extra != NULL ? extra[u].n : 0;
+    }
+    hl_qscan_run(r->qs, r->qusers, n);
+}
+
 static void emit(hl_ranker *r, const hl_row_view *users, int n,
                  const hl_rank_exclude *extra, hl_rec *out, int *n_out)
 {
     for (int u = 0; u < n; u++) {
         uint64_t *h = r->top + (size_t)u * r->kc;
         hl_rec *o = out + (size_t)u * r->k;
-        n_out[u] = select_exact(r, u, extra != NULL ? &extra[u] : NULL);
+        const hl_rank_exclude *ex = extra != NULL ? &extra[u] : NULL;
+        n_out[u] = r->qs != NULL ? select_cands(r, u, ex) : select_exact(r, u, ex);
         for (int j = 0; j < n_out[u]; j++) {
             o[j].item = key_item(h[j]);
             o[j].score = key_score(h[j]);
@@ -823,130 +874,29 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
     if (r->exclude_seen)
         for (int u = 0; u < n; u++)
             load_seen(r, u, &users[u]);
-    for (int32_t j0 = 0; j0 < r->n_items; j0 += r->block) {
-        int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
-        score_block(r, Q, users, n, extra, j0, nb);
-    }
+    if (r->qs != NULL)
+        two_stage_scan(r, n, extra);
+    else
+        for (int32_t j0 = 0; j0 < r->n_items; j0 += r->block) {
+            int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
+            score_block(r, Q, users, n, extra, j0, nb);
+        }
     emit(r, users, n, extra, out, n_out);
     return 0;
+}
+
+const char *hl_ranker_scoring(const hl_ranker *r)
+{
+    return r->scoring_name;
+}
+
+uint64_t hl_ranker_fallbacks(const hl_ranker *r)
+{
+    return r->fallbacks;
 }
 
 int hl_ranker_refresh(hl_ranker *r, const hl_row_view *users, int n,
                       hl_rec *out, int *n_out)
 {
     return hl_ranker_refresh_ex(r, users, n, NULL, out, n_out);
-}
-
-/* ---- the plain-loop twin ---- */
-
-typedef struct naive_cand {
-    float   score;
-    int32_t item;
-} naive_cand;
-
-static int cand_cmp(const void *pa, const void *pb)
-{
-    const naive_cand *a = pa, *b = pb;
-    if (a->score != b->score)
-        return a->score > b->score ? -1 : 1;
-    return (a->item > b->item) - (a->item < b->item);
-}
-
-static void because_naive(const hl_ranker *r, const hl_row_view *v,
-                          hl_rec *recs, int n_rec, int32_t *item, float *a)
-{
-    int n_hist = history_weights(r, v, item, a);
-
-    for (int j = 0; j < n_rec; j++) {
-        double best = 0.0;
-        recs[j].because = -1;
-        for (int e = 0; e < n_hist; e++) {
-            double dot = 0.0;
-            for (int d = 0; d < r->dim; d++)
-                dot += (double)r->e_in[(size_t)item[e] * r->dim + d] *
-                       r->e_out[(size_t)recs[j].item * r->dim + d];
-            double c = (double)a[e] * dot;
-            if (c > best) {
-                best = c;
-                recs[j].because = item[e];
-            }
-        }
-    }
-}
-
-/* Marks user u's excluded items in excl (n_items bytes, zeroed). */
-static void naive_mark(const hl_ranker *r, const hl_row_view *v,
-                       const hl_rank_exclude *ex, uint8_t *excl)
-{
-    if (r->exclude_seen)
-        for (int i = 0; i < v->n_hist; i++) {
-            int32_t it = v->hist_item[hl_row_hist_index(v, i)];
-            if (it >= 0 && it < r->n_items)
-                excl[it] = 1;
-        }
-    if (ex != NULL)
-        for (int i = 0; i < ex->n; i++)
-            if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
-                excl[ex->item[i]] = 1;
-}
-
-static int naive_user(const hl_ranker *r, const hl_row_view *v, const float *q,
-                      const hl_rank_exclude *ex, naive_cand *cand,
-                      uint8_t *excl, hl_rec *out)
-{
-    int n_cand = 0;
-
-    memset(excl, 0, (size_t)r->n_items);
-    naive_mark(r, v, ex, excl);
-    for (int32_t j = 0; j < r->n_items; j++) {
-        if (excl[j])
-            continue;
-        double s = r->bias[j];
-        for (int d = 0; d < r->dim; d++)
-            s += (double)q[d] * r->e_out[(size_t)j * r->dim + d];
-        cand[n_cand].score = (float)s;
-        cand[n_cand++].item = j;
-    }
-    qsort(cand, (size_t)n_cand, sizeof *cand, cand_cmp);
-    int n_out = n_cand < r->k ? n_cand : r->k;
-    for (int j = 0; j < n_out; j++) {
-        out[j].item = cand[j].item;
-        out[j].score = cand[j].score;
-    }
-    return n_out;
-}
-
-int hl_ranker_refresh_naive(hl_ranker *r, const hl_row_view *users, int n,
-                            const hl_rank_exclude *extra, hl_rec *out,
-                            int *n_out)
-{
-    int in_dim = hl_encoder_in_dim(&r->net), rc = HL_ENOMEM;
-    float *x = malloc((size_t)in_dim * sizeof(float));
-    float *act = malloc(hl_encoder_act_floats(&r->net, 1) * sizeof(float));
-    naive_cand *cand = malloc((size_t)r->n_items * sizeof *cand);
-    uint8_t *excl = malloc((size_t)r->n_items);
-    int32_t item[MAX_RING];
-    float a[MAX_RING];
-
-    if (n < 0 || n > r->max_batch) {
-        rc = HL_EINVAL;
-        goto out;
-    }
-    if (!x || !act || !cand || !excl)
-        goto out;
-    for (int u = 0; u < n; u++) {
-        hl_encoder_features(r->n_heads, r->dim, users[u].s, users[u].m, x);
-        const float *q = hl_encoder_forward_naive(&r->net, x, 1, act);
-        hl_rec *o = out + (size_t)u * r->k;
-        n_out[u] = naive_user(r, &users[u], q, extra ? &extra[u] : NULL,
-                              cand, excl, o);
-        because_naive(r, &users[u], o, n_out[u], item, a);
-    }
-    rc = 0;
-out:
-    free(x);
-    free(act);
-    free(cand);
-    free(excl);
-    return rc;
 }

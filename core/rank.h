@@ -36,6 +36,7 @@
 
 #include "model.h"
 #include "table.h"
+#include "qscore.h"
 
 typedef struct hl_ranker hl_ranker;   /* opaque */
 
@@ -44,7 +45,17 @@ typedef struct hl_rank_opts {
     int exclude_seen;    /* drop items in the user's history (recs.exclude.seen) */
     int max_batch;       /* most users per hl_ranker_refresh call, 1..65536 */
     int block_items;     /* items per scoring block; 0 = default (512) */
+    int scoring;         /* HL_SCORING_EXACT or HL_SCORING_TWO_STAGE (recs.scoring) */
+    int qkernel;         /* two-stage: HL_QKERNEL_AUTO, or HL_QKERNEL_PLAIN (tests) */
+    const hl_qitems *qitems; /* two-stage: the model's int8 copy, shared by the
+                                rankers of every thread (borrowed, must outlive
+                                them); NULL: the ranker builds its own */
 } hl_rank_opts;
+
+/* How candidates are found; the list is the same either way (rank.c,
+ * "Two-stage scoring"). EXACT: blocked SGEMM over fp32 e_out. TWO_STAGE:
+ * an int8 copy of e_out built at create (qscore.h) proposes them. */
+enum { HL_SCORING_EXACT = 0, HL_SCORING_TWO_STAGE = 1 };
 
 typedef struct hl_rec {
     int32_t item;        /* model row */
@@ -63,6 +74,13 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
                                   const hl_rank_opts *o,
                                   char *errbuf, size_t errlen);
 void       hl_ranker_destroy(hl_ranker *r);               /* NULL is a no-op */
+
+/* "exact", or "two-stage/avx512-vnni" or "two-stage/plain": for the log. */
+const char *hl_ranker_scoring(const hl_ranker *r);
+/* Users whose two-stage candidates could not be bounded (near-ties beyond
+ * the scratch, or a query near the float range) and were scored over
+ * every item instead; 0 with exact scoring. */
+uint64_t    hl_ranker_fallbacks(const hl_ranker *r);
 
 /* Refreshes users[0..n), n <= max_batch. out is (n, k): user u's list is
  * out[u*k .. u*k + n_out[u]), best first; n_out[u] < k only when fewer items

@@ -111,6 +111,8 @@ struct hl_table {
     uint64_t pipe_gen[RING];
     uint64_t evictions;                /* ever; a guess older than one is rechecked */
     int      pipe_hist[RING];
+    hl_table_evict_fn on_evict;        /* hl_table_on_evict; NULL: none */
+    void    *on_evict_arg;
 };
 
 /* ---- rows ---------------------------------------------------------------- */
@@ -464,6 +466,8 @@ static void evict(hl_table *tbl, uint32_t r)
 {
     uint8_t *p = row_ptr(tbl, r);
     uint32_t tag = tag_of(hash_key(row_key(p), hdr(p)->user_len));
+    if (tbl->on_evict != NULL)
+        tbl->on_evict(tbl->on_evict_arg, row_key(p), hdr(p)->user_len);
     hl_index_del(&tbl->ix, tag, r);
     tbl->key_bytes -= hdr(p)->user_len;
     free_heap_key(tbl, p);
@@ -839,6 +843,25 @@ size_t hl_table_sweep(hl_table *tbl, size_t max_rows)
     if (tbl->sweep_cursor >= tbl->row_limit) tbl->sweep_cursor = 0;
     tbl->st.evicted_mass += gone;
     return gone;
+}
+
+/* ---- removal and the eviction hook ----------------------------------------- */
+
+void hl_table_on_evict(hl_table *tbl, hl_table_evict_fn fn, void *arg)
+{
+    tbl->on_evict = fn;
+    tbl->on_evict_arg = arg;
+}
+
+int hl_table_remove(hl_table *tbl, const char *user, size_t user_len)
+{
+    int64_t r = hl_table_find(tbl, user, user_len);
+    if (r < 0) return HL_ENOENT;
+    hl_table_evict_fn fn = tbl->on_evict;
+    tbl->on_evict = NULL;               /* a removal is not an eviction */
+    evict(tbl, (uint32_t)r);
+    tbl->on_evict = fn;
+    return 0;
 }
 
 /* ---- restore and meta ----------------------------------------------------- */

@@ -175,6 +175,19 @@ void hl_table_prefetch(const hl_table *tbl, const char *user, size_t user_len);
  * was. No-op on a table that holds users. */
 int hl_table_reserve(hl_table *tbl, size_t users);
 
+/* Called with the user id of every row evicted from now on (by
+ * state.max.users inside hl_table_apply, or by hl_table_sweep), before the
+ * row is gone: the Kafka changelog turns each into a tombstone. user is
+ * valid during the call only; fn must not call into the table. NULL fn
+ * removes the hook. */
+typedef void (*hl_table_evict_fn)(void *arg, const char *user, uint32_t user_len);
+void hl_table_on_evict(hl_table *tbl, hl_table_evict_fn fn, void *arg);
+
+/* Drops the user's row (a changelog tombstone or a newer copy of the row
+ * being restored); not counted as an eviction and not reported to the
+ * hook. HL_ENOENT if the user has no row. */
+int hl_table_remove(hl_table *tbl, const char *user, size_t user_len);
+
 /* Shard-wide values a snapshot must carry to make a restored table behave
  * exactly like the original. */
 typedef struct hl_table_meta {

@@ -11,7 +11,8 @@
  *   HL_OFFLINE_EVENTS=path HL_OFFLINE_MODEL=path [HL_OFFLINE_K=k]
  *       apply an events-csv file (file order = each user's order, as the
  *       producer sends it) with hl_table and rank every user with hl_ranker
- *       exactly as the worker does; print one JSON line per user:
+ *       as the worker does, scoring exact fp32 over every item (the
+ *       reference: a worker scoring two-stage must publish the same lists); print one JSON line per user:
  *       {"user":..,"t_ref":..,"items":[[item,score,because|null],..]};
  *   HL_OFFLINE_SWAP_PRE=path HL_OFFLINE_SWAP_POST=path HL_OFFLINE_MODEL=A
  *   HL_OFFLINE_MODEL_B=B
@@ -187,7 +188,8 @@ static void print_list(FILE *f, const hl_model *m, const hl_row_view *v,
 static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
 {
     enum { B = 256 };
-    hl_rank_opts ro = {.k = k, .exclude_seen = 1, .max_batch = B};
+    hl_rank_opts ro = {.k = k, .exclude_seen = 1, .max_batch = B,
+                       .scoring = HL_SCORING_EXACT};
     hl_ranker *r = hl_ranker_create(m, &ro, NULL, 0);
     hl_row_view *v = calloc(B, sizeof *v);
     hl_rec *recs = calloc((size_t)B * k, sizeof *recs);

@@ -65,6 +65,10 @@ static void tiny_opts(hl_train_opts *o)
     o->batch = 8;
     o->epochs = 1;
     o->max_history = 5;          /* shorter than the sequences: truncation is exercised */
+    o->learn_half_lives = 0;     /* the tests that want it say so */
+    o->tie = 0;
+    o->dropout = 0.3f;
+    o->full_softmax_max_items = 50000;
 }
 
 /* ---- gradient check ---------------------------------------------------------------------- */
@@ -144,6 +148,47 @@ static void test_grad_tied_no_hidden(void)
     grad_check(&o, 0);
 }
 
+/* The gradient through each head's decay rate (learn_half_lives) against
+ * finite differences of log lambda, with the mean and the mass features,
+ * the normalisation and history truncation all in play. */
+static void test_grad_decay_rates(void)
+{
+    hl_train_opts o;
+    synth s;
+    trainer t;
+    char err[256];
+    tiny_opts(&o);
+    o.learn_half_lives = 1;
+    synth_rule(&s, 4, 9, 11, 5);
+    int rc = trainer_init(&t, &o, &s.d, err, sizeof err);
+    CHECKF(rc == 0, "trainer_init: %s", err);
+    if (rc) { trainer_free(&t); return; }
+    int B = 6, bad = 0;
+    int64_t idx[6] = {0, 3, 7, 12, 20, 25};
+    rng r0 = t.r;
+    t.r = r0;
+    batch_grad(&t, idx, B, 0);
+    float g[HL_MAX_HEADS];
+    memcpy(g, t.th_g, sizeof g);
+    for (int h = 0; h < o.n_heads; h++) {
+        float keep = t.th[h], d = 1e-2f;
+        t.th[h] = keep + d;
+        decay_from_theta(&t.dec, t.th);
+        double lp = batch_loss(&t, idx, B, r0);
+        t.th[h] = keep - d;
+        decay_from_theta(&t.dec, t.th);
+        double lm = batch_loss(&t, idx, B, r0);
+        t.th[h] = keep;
+        decay_from_theta(&t.dec, t.th);
+        double fd = (lp - lm) / (2.0 * d) / B;
+        printf("    head %d: backward %.6g, finite difference %.6g\n", h, g[h], fd);
+        bad += fabs(fd - g[h]) > 1e-3 + 2e-2 * fabs(fd) || fabs(fd) < 1e-6;
+    }
+    CHECKF(bad == 0, "%d of %d decay-rate gradients disagree with finite differences",
+           bad, o.n_heads);
+    trainer_free(&t);
+}
+
 /* ---- determinism and learning ------------------------------------------------------------ */
 
 static void train_or_fail(const hl_train_opts *o, const hl_train_data *d, hl_train_result *r)
@@ -164,6 +209,32 @@ static int results_equal(const hl_train_result *a, const hl_train_result *b)
         same &= memcmp(a->layer_w[l], b->layer_w[l],
                        (size_t)n.layer_in[l] * n.layer_out[l] * sizeof(float)) == 0;
     return same;
+}
+
+/* Learned half-lives reach the model: they move from their start, stay
+ * ordered and in range, and the result's encoder uses them. */
+static void test_half_lives_are_learned(void)
+{
+    hl_train_opts o;
+    synth s;
+    hl_train_result r;
+    tiny_opts(&o);
+    o.learn_half_lives = 1;
+    o.epochs = 4;
+    o.lr = 0.05f;
+    synth_rule(&s, 60, 12, 23, 9);
+    train_or_fail(&o, &s.d, &r);
+    const hl_model_info *mi = &r.info;
+    int moved = 0, ordered = 1;
+    for (int h = 0; h < mi->n_heads; h++) {
+        moved += fabs(mi->half_life_ms[h] / o.half_life_ms[h] - 1) > 0.01;
+        ordered &= mi->half_life_ms[h] >= HL_MIN_MS && mi->half_life_ms[h] <= HL_MAX_MS;
+        if (h > 0) ordered &= mi->half_life_ms[h] >= 1.049 * mi->half_life_ms[h - 1];
+    }
+    printf("    learned half-lives: %.3g h, %.3g h (from 1 h, 24 h)\n",
+           mi->half_life_ms[0] / HOUR_MS, mi->half_life_ms[1] / HOUR_MS);
+    CHECKF(moved > 0 && ordered, "moved %d, ordered and in range %d", moved, ordered);
+    hl_train_result_reset(&r);
 }
 
 static void test_same_seed_same_bytes(void)
@@ -453,6 +524,8 @@ int main(void)
     RUN(test_grad_full_softmax);
     RUN(test_grad_sampled_softmax);
     RUN(test_grad_tied_no_hidden);
+    RUN(test_grad_decay_rates);
+    RUN(test_half_lives_are_learned);
     RUN(test_same_seed_same_bytes);
     RUN(test_sequence_rule_is_learned);
     RUN(test_sampled_rule_is_learned);

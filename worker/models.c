@@ -201,6 +201,8 @@ void hl_mref_release(hl_mref *r)
     if (r == NULL || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
     hl_migration_destroy(r->from_prev);
+    if (r->qitems_owned)        /* no ranker holds it: each holds a reference */
+        hl_qitems_destroy((hl_qitems *)r->qitems);
     if (r->owned)
         hl_model_close(r->m);
     free(r);
@@ -257,6 +259,7 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
         hl_err(errbuf, errlen, HL_ENOMEM, "models: out of memory");
         return NULL;
     }
+    ms->cur->qitems = o->first_qitems;
     pthread_mutex_init(&ms->mu, NULL);
     atomic_store(&ms->gen, 1);
     /* The file first served: a periodic check opens only a changed one. */
@@ -333,6 +336,18 @@ static int load(hl_models *ms)
     if (r->from_prev == NULL) {
         hl_mref_release(r);
         return refuse(ms, err);
+    }
+    /* Two-stage: the new model's int8 table, before it goes live (a
+     * ranker over m with the old model's table would rank other items). */
+    if (ms->o.first_qitems != NULL) {
+        const hl_model_info *mi = r->mi;
+        r->qitems = hl_qitems_create(hl_model_e_out(m), hl_model_bias(m), mi->n_items, mi->dim,
+                                     HL_QKERNEL_AUTO, err, sizeof err);
+        r->qitems_owned = 1;
+        if (r->qitems == NULL) {
+            hl_mref_release(r);
+            return refuse(ms, err);
+        }
     }
     install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
     keep(ms, ms->o.path, r->mi);

@@ -19,6 +19,7 @@
 #include "metrics.h"
 #include "migrate.h"
 #include "model.h"
+#include "qscore.h"
 
 #include <stdatomic.h>
 
@@ -30,8 +31,11 @@ typedef struct hl_mref {
                                           overrides, else the model's */
     hl_migration        *from_prev;    /* the map from the model of generation
                                           gen - 1 (NULL for the first) */
+    const hl_qitems     *qitems;       /* two-stage scoring: m's int8 copy, built
+                                          before m goes live; NULL: exact */
     atomic_int           refs;
     int                  owned;        /* the last release closes m */
+    int                  qitems_owned; /* the last release destroys qitems */
 } hl_mref;
 
 typedef struct hl_models hl_models;    /* opaque */
@@ -46,6 +50,9 @@ typedef struct hl_models_opts {
                                           written under it can be migrated after
                                           a restart; NULL: none kept */
     int          store_retain;         /* model.retain: newest files kept there */
+    const hl_qitems *first_qitems;     /* two-stage: the first model's table
+                                          (borrowed); NULL: exact scoring, and
+                                          swapped-in models get none either */
 } hl_models_opts;
 
 /* first is borrowed: the caller closes it after hl_models_destroy. Strings

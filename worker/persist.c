@@ -96,6 +96,8 @@ struct hl_persist_shard {
     int                 due_set;
     uint64_t            fp;         /* model fingerprint of the rows now */
     int                 fp_changed; /* since the newest snapshot began */
+    hl_persist_cover_fn cover;      /* NULL: the changelog fields stay 0 */
+    void               *cover_arg;
 
     /* under p->mu */
     hl_snapshot_writer *drain_w;    /* ps->w while the committer may drain it */
@@ -594,6 +596,8 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
         *tblp = tbl;
         out->next_offset = info.meta.next_offset;
         out->model_fingerprint = info.meta.model_fingerprint;
+        out->changelog_offset = info.meta.changelog_offset;
+        out->changelog_epoch = info.meta.changelog_epoch;
         out->n_rows = info.n_rows;
         out->bytes = info.bytes;
     } else {
@@ -681,6 +685,12 @@ static size_t step_rows(const hl_persist *p, const hl_table *tbl)
     return n < 16 ? 16 : n > HL_SNAPSHOT_STEP_ROWS ? HL_SNAPSHOT_STEP_ROWS : n;
 }
 
+void hl_persist_shard_set_cover(hl_persist_shard *ps, hl_persist_cover_fn fn, void *arg)
+{
+    ps->cover = fn;
+    ps->cover_arg = arg;
+}
+
 /* Opens a snapshot of tbl at next_offset, its writes drained by the
  * committer if async. 0, or a failure (reported). */
 static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset, int async,
@@ -693,6 +703,8 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
     meta.partition = ps->partition;
     meta.next_offset = next_offset;
     meta.model_fingerprint = ps->fp;
+    if (ps->cover != NULL)
+        ps->cover(ps->cover_arg, next_offset, &meta.changelog_offset, &meta.changelog_epoch);
     ps->w_t0_us = hl_now_mono_us();
     ps->w_offset = next_offset;
     ps->w_out = 0;

@@ -68,6 +68,7 @@ typedef struct hl_persist_restored {
     uint64_t model_fingerprint; /* the model the rows are in: another than the
                                    current one's means the caller migrates */
     char     path[HL_SNAPSHOT_PATH_MAX];   /* the file loaded, "" if none */
+    int64_t  changelog_offset, changelog_epoch;   /* what it covers (snapshot.h) */
 } hl_persist_restored;
 
 /* Loads the newest valid snapshot of partition into a table, written
@@ -92,6 +93,13 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
  * interval_ms after the first tick. NULL on no memory. */
 hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
                                           int64_t restored_offset);
+
+/* state.store=kafka: fills the changelog offset and epoch a snapshot at
+ * next_offset covers (hl_snapshot_meta), asked on the owner thread as each
+ * snapshot begins. Without it both are 0: the whole changelog. */
+typedef void (*hl_persist_cover_fn)(void *arg, int64_t next_offset,
+                                    int64_t *changelog_offset, int64_t *changelog_epoch);
+void hl_persist_shard_set_cover(hl_persist_shard *ps, hl_persist_cover_fn fn, void *arg);
 
 /* Abandons a snapshot in progress (its temporary file is removed); a commit
  * already queued still completes. Owner thread or after the hand-back.

@@ -28,20 +28,24 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     if (!t->views || !t->recs || !t->n_out || !t->crec || !t->enc)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
-                       .max_batch = REFRESH_MAX};
+                       .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
+                       .qitems = t->mref->qitems};
     if ((t->ranker = hl_ranker_create(t->mref->m, &ro, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
     return 0;
 }
 
-int hl_publish_model(hl_wthread *t, const hl_model *m, char *errbuf, size_t errlen)
+int hl_publish_model(hl_wthread *t, const hl_mref *r, char *errbuf, size_t errlen)
 {
     const hl_worker_opts *o = t->ctx->o;
     if (t->ranker == NULL)
         return 0;
+    /* r's own int8 table: the thread holds r (and so the table) for as
+     * long as this ranker lives. */
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
-                       .max_batch = REFRESH_MAX};
-    hl_ranker *rk = hl_ranker_create(m, &ro, errbuf, errlen);
+                       .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
+                       .qitems = r->qitems};
+    hl_ranker *rk = hl_ranker_create(r->m, &ro, errbuf, errlen);
     if (rk == NULL)
         return HL_ENOMEM;
     hl_ranker_destroy(t->ranker);
@@ -115,6 +119,9 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
     int rc = hl_ranker_refresh(t->ranker, t->views, n, t->recs, t->n_out);
     double b = hl_now_mono_s();
     t->b.stage_s[STAGE_REFRESH] += b - a;
+    uint64_t fb = hl_ranker_fallbacks(t->ranker);
+    hl_counter_add(t->ctx->rank_fallbacks, fb - t->rank_fallbacks);
+    t->rank_fallbacks = fb;
     if (rc != 0) {
         uint64_t sup;
         if (hl_log_limit_pass(&t->err_limit, &sup))

@@ -15,6 +15,7 @@
 #include "persist.h"
 #include "gate.h"
 #include "models.h"
+#include "changelog.h"
 
 typedef struct hl_shard_series {
     hl_counter *consumed;       /* halflife_events_consumed_total{partition} */
@@ -36,12 +37,19 @@ typedef struct hl_shard {
     int64_t     batch_next_offset;   /* offset after the newest message of
                                         this batch, -1 if none */
     int64_t     batch_newest_off;    /* offset of that message */
+    int64_t     skipped;             /* offsets this batch jumped over (never
+                                        received: retention deleted them
+                                        before they were read, or transaction
+                                        markers); the first gap's start */
+    int64_t     skip_first;
 
     /* Offsets: next_offset follows the batches (after the newest message
      * applied, -1 before any); delivered_offset is the one below which
      * every list is delivered and the offset stored (persist.h). */
     int64_t     next_offset, delivered_offset;
     hl_persist_shard *ps;            /* its snapshots; NULL without snapshot.dir */
+    hl_changelog_shard *cl;          /* state.store=kafka: its changelog flushes
+                                        (set after create, owned); else NULL */
     int64_t     noted_offset;        /* the last offset handed to a flight */
     int64_t     batch_first_off;     /* offset of this batch's oldest message */
     uint64_t    evicted_mass_seen, evicted_capacity_seen;
@@ -86,9 +94,17 @@ static inline void hl_shard_push(hl_shard *sh, const hl_event *ev)
 }
 
 /* Notes that the message at offset was consumed (valid or not), so its
- * offset may be stored once the batch is published. */
+ * offset may be stored once the batch is published. An offset beyond the
+ * one expected (the last seen + 1, or the restored one) is a gap: records
+ * this worker never received, counted in skipped. */
 static inline void hl_shard_saw(hl_shard *sh, int64_t offset)
 {
+    int64_t want = sh->batch_next_offset >= 0 ? sh->batch_next_offset : sh->next_offset;
+    if (want >= 0 && offset > want) {
+        if (sh->skipped == 0)
+            sh->skip_first = want;
+        sh->skipped += offset - want;
+    }
     if (sh->n_seen++ == 0 || offset < sh->batch_first_off)
         sh->batch_first_off = offset;
     if (offset + 1 > sh->batch_next_offset) {
@@ -150,8 +166,9 @@ void hl_shard_swap_finish(hl_shard *sh);
 
 /* ---- snapshots (persist.h), owner thread ------------------------------ */
 
-/* Between batches: lets the shard's periodic snapshot advance within its
- * time budget. 1 if it wrote rows (the caller ends its round), else 0. */
+/* Between batches: lets the shard's periodic snapshot and its changelog
+ * flush advance within their time budget. 1 if either wrote rows (the
+ * caller ends its round), else 0. */
 int  hl_shard_snapshot_tick(hl_shard *sh, int64_t now_ms);
 
 /* Revocation and shutdown: a durable snapshot now, before deadline_ms
@@ -164,8 +181,9 @@ int  hl_shard_snapshot_tick(hl_shard *sh, int64_t now_ms);
  * does: thread.c, worker.c). */
 int  hl_shard_snapshot_now(hl_shard *sh, int64_t deadline_ms);
 
-/* 1 if the shard has snapshots and applied events newer than its newest
- * durable one: what a stop that ends now would leave to be replayed. */
+/* 1 if the shard has snapshots (or a changelog) and applied events newer
+ * than its newest durable one: what a stop that ends now would leave to be
+ * replayed. */
 int  hl_shard_unsaved(const hl_shard *sh);
 
 /* Refreshes the users/state_bytes gauges and the eviction counters from the

@@ -53,6 +53,7 @@ static void done(hl_shard *sh)
     sh->mig = NULL;
     sh->mig_scratch = NULL;
     hl_persist_shard_set_model(sh->ps, sh->mref->mi->fingerprint);
+    hl_changelog_shard_set_model(sh->cl, sh->mref->mi->fingerprint);
 }
 
 /* The migration from sh->mref into to: to's own when it replaced sh's

@@ -168,12 +168,15 @@ static void accept_gives(hl_wthread *t)
     t->n_give = 0;
 }
 
-/* Under mu: answers every posted take (room in taken was reserved when it
- * was posted). The caller has drained the flights. */
-static void answer_takes(hl_wthread *t)
+/* Under mu: answers the first n posted takes (room in taken was reserved
+ * when each was posted). The caller has released those n shards (their
+ * lists out, their snapshots written); a take posted after the caller
+ * copied the list stays posted, for the next look: answering it here would
+ * hand its shard back unsaved, and its next owner would replay it. */
+static void answer_takes(hl_wthread *t, int n)
 {
     accept_gives(t);
-    for (int i = 0; i < t->n_take; i++) {
+    for (int i = 0; i < n; i++) {
         hl_shard *sh = own_remove(t, t->take[i]);
         for (int j = 0; sh == NULL && j < t->n_give; j++)
             if (t->give[j]->partition == t->take[i]) {   /* never accepted */
@@ -183,7 +186,8 @@ static void answer_takes(hl_wthread *t)
         if (sh)
             t->taken[t->n_taken++] = sh;
     }
-    t->n_take = 0;
+    memmove(t->take, t->take + n, sizeof *t->take * (size_t)(t->n_take - n));
+    t->n_take -= n;
     pthread_cond_broadcast(&t->cv);
 }
 
@@ -193,7 +197,7 @@ int hl_wthread_wait_taken(hl_wthread *t, hl_shard **out, int max)
     while (t->n_take > 0 && !t->exited)
         pthread_cond_wait(&t->cv, &t->mu);
     if (t->n_take > 0)
-        answer_takes(t);        /* the thread is gone: nobody else owns them */
+        answer_takes(t, t->n_take);    /* the thread is gone: nobody else owns them */
     int n = 0;
     while (t->n_taken > 0 && n < max)
         out[n++] = t->taken[--t->n_taken];
@@ -232,6 +236,8 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
+    for (int i = 0; i < n_take; i++)
+        hl_park_drop(t, t->take_copy[i]);   /* the next owner reads them again */
     for (int i = 0; i < n_take; i += 64) {
         int n_sh = 0;
         for (int j = i; j < n_take && n_sh < 64; j++)
@@ -264,7 +270,7 @@ static void serve_mail(hl_wthread *t, int with_takes)
         return;
     release(t, n_take);
     pthread_mutex_lock(&t->mu);
-    answer_takes(t);
+    answer_takes(t, n_take);
     atomic_store(&t->mail, t->n_give > 0 || t->n_take > 0);
     pthread_mutex_unlock(&t->mu);
 }
@@ -311,7 +317,7 @@ static int model_sync(hl_wthread *t, int top)
     char err[512];
     if (hl_models_gen(t->ctx->models) != t->mref->gen && (top || newer_shard(t))) {
         hl_mref *nm = hl_models_acquire(t->ctx->models);
-        if (hl_publish_model(t, nm->m, err, sizeof err) != 0) {
+        if (hl_publish_model(t, nm, err, sizeof err) != 0) {
             hl_log(HL_LOG_ERROR, "thread_model_failed", "thread=%d version=\"%s\" "
                    "err=\"%s\" action=\"retry at the next batch\"", t->id,
                    nm->mi->version, err);

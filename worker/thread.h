@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "models.h"
+#include "rank.h"
 #include "multipart.h"
 #include "producer.h"
 #include "shard.h"
@@ -32,6 +33,7 @@
 typedef struct hl_wshared {
     const hl_worker_opts *o;
     hl_models            *models;         /* the served model; threads switch at a batch's top */
+    hl_counter           *rank_fallbacks;  /* two-stage users scored over every item */
     rd_kafka_t           *consumer;
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */
@@ -59,7 +61,11 @@ typedef struct hl_wshared {
         hl_counter   *dl_kept;
         hl_counter   *multipart;          /* users seen in two partitions */
         hl_counter   *migrated, *rebuilt; /* users moved into a new model / rebuilt from the ring */
+        hl_counter   *skipped;            /* input offsets never received */
+        hl_gauge     *schema_waiting;     /* partitions paused for a writer schema */
         hl_histogram *batch_size, *stage[4], *e2p;
+        hl_histogram *live[6];            /* halflife_event_stage_seconds, LIVE_* */
+        hl_histogram *worker_share;       /* fetched -> delivered */
     } mx;
 } hl_wshared;
 

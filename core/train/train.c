@@ -29,6 +29,7 @@
 #include "train_eval.h"
 #include "train_kernels.h"
 #include "train_net.h"
+#include "encoder.h"
 
 #include <cblas.h>
 
@@ -56,6 +57,12 @@ typedef struct trainer {
     double   *pop_cdf;              /* sampled softmax: cumulative q_j */
     float    *pop_logq;             /* log q_j */
     int32_t  *train_len;            /* events per user used for training */
+    /* learn_half_lives: theta_h = log lambda_h (per ms), its gradient, Adam
+     * moments and the best epoch's; x before dropout and each history
+     * event's age (t_ref - t_i, ms), for the gradient through lambda */
+    float     th[HL_MAX_HEADS], th_g[HL_MAX_HEADS], th_m[HL_MAX_HEADS],
+              th_v[HL_MAX_HEADS], th_best[HL_MAX_HEADS];
+    float    *x_raw, *hist_age;
 } trainer;
 
 static void trainer_free(trainer *t)
@@ -71,7 +78,7 @@ static void trainer_free(trainer *t)
     free(t->hist_item); free(t->target); free(t->cand); free(t->diag); free(t->hist_n);
     free(t->hist_coef); free(t->cand_e); free(t->cand_b);
     free(t->cand_ge); free(t->cand_gb); free(t->pop_cdf); free(t->pop_logq);
-    free(t->train_len);
+    free(t->train_len); free(t->x_raw); free(t->hist_age);
 }
 
 static void info_from_opts(hl_model_info *mi, const hl_train_opts *o, int32_t n_items)
@@ -233,6 +240,10 @@ static int alloc_scratch(trainer *t)
     ALLOC(t->hist_coef, (size_t)B * t->H * n->n_heads);
     ALLOC(t->hist_n, B);
     ALLOC(t->target, B);
+    if (t->o->learn_half_lives) {
+        ALLOC(t->x_raw, (size_t)B * n->in_dim);
+        ALLOC(t->hist_age, (size_t)B * t->H);
+    }
     if (t->sampled) {
         ALLOC(t->cand, t->n_cols);
         ALLOC(t->diag, B);                  /* row r's target is column r */
@@ -318,6 +329,8 @@ static int trainer_init(trainer *t, const hl_train_opts *o, const hl_train_data 
         return rc;
     if (build_examples(t) || alloc_scratch(t) || (t->sampled && build_sampler(t)))
         return hl_err(errbuf, errlen, HL_ENOMEM, "train: no memory for the batch buffers");
+    for (int h = 0; h < o->n_heads; h++)
+        t->th[h] = t->th_best[h] = (float)log(t->dec.lambda_per_ms[h]);
     return 0;
 }
 
@@ -338,6 +351,13 @@ static void batch_inputs(trainer *t, const int64_t *idx, int B, int train)
         hl_train_heads_input(&t->dec, n->e_in, &t->sq, first, last, t->s_scratch,
                              t->x + (size_t)r * n->in_dim,
                              t->hist_coef + (size_t)r * t->H * n->n_heads);
+        if (t->x_raw) {
+            memcpy(t->x_raw + (size_t)r * n->in_dim, t->x + (size_t)r * n->in_dim,
+                   (size_t)n->in_dim * sizeof(float));
+            for (int64_t i = first; i <= last; i++)
+                t->hist_age[(size_t)r * t->H + (i - first)] =
+                    (float)(t->sq.ts_ms[last] - t->sq.ts_ms[i]);
+        }
     }
     size_t nx = (size_t)B * n->in_dim;
     for (size_t i = 0; i < nx; i++) {
@@ -405,6 +425,42 @@ static double output_sampled(trainer *t, const float *q, int B)
     return loss;
 }
 
+/* The gradient through each head's decay rate, into th_g (d/d log lambda).
+ * With a_i = t_ref - t_i, u_i = w_i exp(-lambda a_i), m = sum u_i and
+ * c_i = u_i / max(m, eps) (hist_coef), the head's mean part x = sum c_i e_i
+ * moves as dx/dlambda = -sum c_i a_i (e_i - x) while m >= eps (the
+ * normalisation) and -sum c_i a_i e_i below it; its mass feature
+ * log(1 + m) as -sum u_i a_i / (1 + m). dX is the gradient at the
+ * encoder input before dropout. */
+static void decay_grad(trainer *t, int B, const float *dX)
+{
+    const net *n = &t->p;
+    int dim = n->dim, nh = n->n_heads;
+    for (int r = 0; r < B; r++) {
+        const float *dx = dX + (size_t)r * n->in_dim, *x = t->x_raw + (size_t)r * n->in_dim;
+        const float *age = t->hist_age + (size_t)r * t->H;
+        for (int h = 0; h < nh; h++) {
+            const float *dxh = dx + (size_t)h * (dim + 1), *xh = x + (size_t)h * (dim + 1);
+            float m = expm1f(xh[dim]);                  /* the mass feature's inverse */
+            int normed = m >= HL_ENCODER_EPS;
+            double g = 0, ca_sum = 0, dxx = 0;
+            for (int j = 0; normed && j < dim; j++) dxx += (double)dxh[j] * xh[j];
+            for (int i = 0; i < t->hist_n[r]; i++) {
+                const float *e = n->e_in + (size_t)t->hist_item[(size_t)r * t->H + i] * dim;
+                double ca = (double)t->hist_coef[((size_t)r * t->H + i) * nh + h] * age[i];
+                double de = 0;
+                if (ca == 0) continue;
+                for (int j = 0; j < dim; j++) de += (double)dxh[j] * e[j];
+                g -= ca * (normed ? de - dxx : de);
+                ca_sum += ca;
+            }
+            /* sum u_i a_i = max(m, eps) sum c_i a_i */
+            g -= (double)dxh[dim] * fmax(m, HL_ENCODER_EPS) * ca_sum / (1.0 + m);
+            t->th_g[h] += (float)(g * t->dec.lambda_per_ms[h]);
+        }
+    }
+}
+
 /* Backward from dq (t->d1) through the MLP to dX, then into e_in. */
 static void backward_encoder(trainer *t, int B)
 {
@@ -442,12 +498,51 @@ static void backward_encoder(trainer *t, int B)
             }
         }
     }
+    if (t->x_raw)
+        decay_grad(t, B, dz);
 }
+/* The learned half-lives stay ordered (each head at least 1.05 times the
+ * one before) and within 1 s .. 10 years. */
+#define TH_GAP   0.04879f                     /* log 1.05 */
+#define HL_MIN_MS 1e3
+#define HL_MAX_MS 3.156e11
+
+/* Sets the decay the next batch computes with from th. */
+static void decay_from_theta(hl_decay *dec, const float *th)
+{
+    for (int h = 0; h < dec->n_heads; h++) {
+        dec->lambda_per_ms[h] = exp((double)th[h]);
+        dec->half_life_ms[h] = M_LN2 / dec->lambda_per_ms[h];
+    }
+}
+
+/* Adam on theta (no weight decay: it would pull every rate to 1/ms), then
+ * the range and order constraints, by projection. */
+static void theta_step(trainer *t, float lr)
+{
+    const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+    float c1 = 1.0f - powf(b1, (float)t->step), c2 = 1.0f - powf(b2, (float)t->step);
+    float lo = (float)log(M_LN2 / HL_MAX_MS), hi = (float)log(M_LN2 / HL_MIN_MS);
+    for (int h = 0; h < t->dec.n_heads; h++) {
+        float g = t->th_g[h];
+        t->th_m[h] = b1 * t->th_m[h] + (1 - b1) * g;
+        t->th_v[h] = b2 * t->th_v[h] + (1 - b2) * g * g;
+        t->th[h] -= lr * (t->th_m[h] / c1) / (sqrtf(t->th_v[h] / c2) + eps);
+        t->th_g[h] = 0;
+        t->th[h] = fminf(fmaxf(t->th[h], lo), hi);
+        if (h > 0 && t->th[h] > t->th[h - 1] - TH_GAP)
+            t->th[h] = t->th[h - 1] - TH_GAP;     /* longer half-life, smaller rate */
+    }
+    decay_from_theta(&t->dec, t->th);
+}
+
 static void adam_step(trainer *t, float lr)
 {
     t->step++;
     hl_train_adam_step(t->p_block, t->g_block, t->m_block, t->v_block, t->p.n_params,
                        t->step, lr, t->o->l2);
+    if (t->x_raw)
+        theta_step(t, lr);
 }
 
 /* Forward and backward of one batch (examples idx[0..B)); gradients are
@@ -490,25 +585,28 @@ static double train_epoch(trainer *t, int64_t *order)
 
 void hl_train_opts_default(hl_train_opts *o)
 {
+    static const double heads_ms[] = {15 * 60e3, 3600e3, 4 * 3600e3, 86400e3, 30 * 86400e3};
     memset(o, 0, sizeof *o);
-    o->dim = 64;
-    o->n_heads = HL_DEFAULT_HEADS;
-    for (int h = 0; h < HL_DEFAULT_HEADS; h++)
-        o->half_life_ms[h] = hl_default_half_life_ms[h];
+    o->dim = 128;
+    o->n_heads = (int)(sizeof heads_ms / sizeof heads_ms[0]);
+    for (int h = 0; h < o->n_heads; h++)
+        o->half_life_ms[h] = heads_ms[h];
+    o->learn_half_lives = 1;
     for (int i = 0; i < HL_N_TYPES; i++) o->type_weight[i] = 1.0f;
     o->type_weight[HL_FAVORITE] = 2.0f;
     o->type_weight[HL_ADD_TO_CART] = 2.0f;
     o->type_weight[HL_PURCHASE] = 3.0f;
     o->n_hidden = 1;
     o->hidden[0] = 256;
-    o->epochs = 20;
+    o->epochs = 16;
     o->batch = 256;
     o->lr = 3e-3f;
     o->lr_final = 0.1f;
     o->l2 = 0.0f;
-    o->dropout = 0.3f;
+    o->dropout = 0.5f;
     o->max_history = 256;
-    o->full_softmax_max_items = 50000;
+    o->tie = 1;
+    o->full_softmax_max_items = 5000;
     o->n_negatives = 2048;
     o->train_fraction = 1.0f;
     o->seed = 1;
@@ -519,6 +617,7 @@ static int result_take(hl_train_result *res, const trainer *t, const float *bloc
     hl_model_info mi;
     info_from_opts(&mi, t->o, t->p.n_items);
     memset(res, 0, sizeof *res);
+    memcpy(mi.half_life_ms, t->dec.half_life_ms, sizeof mi.half_life_ms);
     res->info = mi;
     net n = t->p;
     hl_train_net_bind(&n, (float *)block);
@@ -558,6 +657,7 @@ static int run_epochs(trainer *t, double *final_loss, double *best_hr)
     t->total_steps = (int64_t)t->o->epochs * ((t->n_ex + t->B - 1) / t->B);
     *best_hr = -1;
     if (t->best_block) memcpy(t->best_block, t->p_block, t->p.n_params * sizeof(float));
+    memcpy(t->th_best, t->th, sizeof t->th);
     for (int ep = 1; ep <= t->o->epochs; ep++) {
         double vhr = -1, vndcg;
         *final_loss = train_epoch(t, order);
@@ -569,6 +669,7 @@ static int run_epochs(trainer *t, double *final_loss, double *best_hr)
             if (vhr > *best_hr) {
                 *best_hr = vhr;
                 memcpy(t->best_block, t->p_block, t->p.n_params * sizeof(float));
+                memcpy(t->th_best, t->th, sizeof t->th);
             }
         }
         report_epoch(t, ep, *final_loss, vhr);
@@ -594,6 +695,8 @@ int hl_train_run(const hl_train_opts *o, const hl_train_data *d,
         goto out;
     }
     const float *block = t.best_block && best_hr >= 0 ? t.best_block : t.p_block;
+    if (block == t.best_block && o->learn_half_lives)
+        decay_from_theta(&t.dec, t.th_best);      /* the kept epoch's rates */
     if ((rc = result_take(res, &t, block))) {
         hl_err(errbuf, errlen, rc, "train: no memory for the result");
         goto out;

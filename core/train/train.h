@@ -59,6 +59,9 @@ typedef struct hl_train_opts {
     int      full_softmax_max_items;       /* full softmax up to this many items */
     int      n_negatives;                  /* sampled softmax: shared negatives */
     int      tie;                          /* e_out = e_in during training */
+    int      learn_half_lives;             /* train each head's decay rate too:
+                                              half_life_ms is the start, the
+                                              model gets the learned ones */
     uint64_t seed;
     /* A warm start (`halflife train --init`): training item i starts from
      * row init_row[i] of init (its e_in, and e_out and bias unless tie),
@@ -70,9 +73,11 @@ typedef struct hl_train_opts {
     void    *progress_ctx;
 } hl_train_opts;
 
-/* Defaults: dim 64, heads 1h/1d/30d, one hidden layer of 256, 20 epochs,
- * batch 256, lr 3e-3 (cosine to 3e-4), dropout 0.3, full softmax up to
- * 50,000 items (the values tuned on Amazon Beauty, see test_quality.sh). */
+/* Defaults: the best recipe measured on Amazon Beauty (leave-one-out,
+ * tests/integration/test_quality.sh): dim 128 tied in and out, heads
+ * starting at 15m/1h/4h/1d/30d and learned, one hidden layer of 256,
+ * dropout 0.5, 16 epochs of batch 256, lr 3e-3 cosine to 3e-4, full
+ * softmax up to 5,000 items and 2,048 sampled negatives beyond. */
 void hl_train_opts_default(hl_train_opts *o);
 
 /* The trained parameters, owned (hl_train_result_reset frees them). */

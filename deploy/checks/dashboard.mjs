@@ -35,7 +35,7 @@ const exported = new Set([
   "halflife_model_swap_failures_total", "halflife_users_migrated_total",
   "halflife_users_rebuilt_total", "halflife_model_loaded_timestamp_seconds",
   "halflife_dlq_records_total", "halflife_dlq_errors_total",
-  "halflife_broker_up", "halflife_ready",
+  "halflife_broker_up", "halflife_ready", "halflife_partitions_waiting_schema",
 ]);
 const histograms = ["halflife_batch_size", "halflife_stage_duration_seconds",
   "halflife_event_to_publish_seconds", "halflife_snapshot_duration_seconds"];

@@ -1,20 +1,29 @@
-/* bench_rank.c - refreshes per second on one core: encoder, blocked
- * scoring, top-K and exclusions together, against the SGEMM ceiling.
+/* bench_rank.c - refreshes per second on one core: encoder, scoring,
+ * top-K and exclusions together, exact (fp32) and two-stage scoring,
+ * against this machine's physical limits measured in the same run.
  *
  * dim 64, three heads, one hidden layer of 256 (the trainer's default
  * shape), k 20, seen items excluded, random users with a full history ring
- * of 32. For each catalogue size (10k, 100k, 1M items) and batch (1, 16,
- * 256 users) it prints one JSON line. The ceiling is what scoring alone
- * would allow at the SGEMM rate this machine reaches for that shape,
- * measured in the same run: a plain cblas_sgemm of (batch x 64) x (64 x
- * items), streamed in column blocks into a reused output (the full output
- * for 1M items would not fit in memory); the best of a few block sizes is
- * kept, so the ceiling is the best SGEMM rate we found, not the ranker's.
- * ceiling refreshes/s = sgemm FLOP/s / (2 x items x dim). Figures are
- * medians of 5 repetitions of this thread's CPU time, the ranker and the
- * SGEMM timed in alternation so that other load on the machine (caches,
- * memory bandwidth) hits both alike.
- * Usage: bench_rank [block_items] */
+ * of 32. For each catalogue size (10k, 100k, 1M items), batch (1, 16, 256
+ * users) and scoring it prints one JSON line. The ceiling:
+ *  - batch 1: memory bandwidth (a read of a 256 MiB buffer, best of three)
+ *    over the bytes a refresh must read: e_out and the biases for exact,
+ *    the int8 table (rows, scales, biases) for two-stage;
+ *  - batches 16 and 256: arithmetic peak (a loop of independent AVX-512
+ *    FMAs, or VNNI dot products for two-stage, on this thread) over the
+ *    multiply-adds of scoring every item: items x dim per user.
+ * At 10k and 100k items the int8 table (0.7 and 7 MB) stays in this
+ * machine's 32 MB L3 between refreshes, so batch 1 can beat the DRAM
+ * ceiling there; at 1M items (72 MB) it cannot.
+ * "speedup" on a two-stage line is its rate over the exact line's. Then,
+ * per size, one "rank_two_stage_mismatch" line: the lists of 10,000 users
+ * (40 batches of 256 random users) from both paths, compared item, order
+ * and score bit for bit; "mismatches" counts users whose lists differ
+ * (must be 0), "fallbacks" users the two-stage scan gave to the exact one.
+ * Figures are medians of 5 repetitions of this thread's CPU time, the two
+ * paths timed in alternation so that other load on the machine hits both
+ * alike.
+ * Usage: bench_rank [max_items] (default 1000000) */
 #include "rank.h"
 
 #include <cblas.h>
@@ -184,89 +193,229 @@ static void do_refresh(void *p)
     hl_ranker_refresh(c->r, c->v, c->n, c->out, c->n_out);
 }
 
-/* Plain SGEMM (n x DIM) x (DIM x n_items), the output streamed in column
- * blocks of `block` items into one reused buffer C. */
-typedef struct sgemm_ctx {
-    const float *Q, *E;
-    float       *C;
-    int          n, block;
-    int32_t      n_items;
-} sgemm_ctx;
+/* ---- the machine's limits, measured here ---- */
 
-static void do_sgemm(void *p)
+typedef struct ceilings {
+    double fma_per_s;    /* fp32 multiply-adds per second (0: not measured) */
+    double vnni_per_s;   /* int8 multiply-adds per second by VNNI (0: none) */
+    double bytes_per_s;  /* memory read bandwidth */
+} ceilings;
+
+#define PEAK_ITERS 20000000L
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* Twelve independent FMA chains: enough to cover the latency. */
+__attribute__((target("avx512f")))
+static double fma_peak_avx512(void)
 {
-    sgemm_ctx *c = p;
-    for (int32_t j0 = 0; j0 < c->n_items; j0 += c->block) {
-        int nb = c->n_items - j0 < c->block ? c->n_items - j0 : c->block;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->n, nb, DIM,
-                    1.0f, c->Q, DIM, c->E + (size_t)j0 * DIM, DIM, 0.0f, c->C, nb);
-    }
+    __m512 a[12], x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-3f);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm512_set1_ps((float)i);
+    double t0 = now_s();
+    for (long it = 0; it < PEAK_ITERS; it++)
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++)
+            a[i] = _mm512_fmadd_ps(a[i], x, y);
+    double t = now_s() - t0;
+    __m512 s = a[0];
+    for (int i = 1; i < 12; i++)
+        s = _mm512_add_ps(s, a[i]);
+    volatile float sink = _mm512_reduce_add_ps(s);
+    (void)sink;
+    return PEAK_ITERS * 12.0 * 16.0 / t;
 }
 
-#define N_SG_BLOCKS 4
-static const int sg_blocks[N_SG_BLOCKS] = {256, 512, 1024, 4096};
-
-/* Times the ranker and the plain SGEMM at each block size in alternation,
- * REPS times, so load from other processes hits both alike. Prints one line. */
-static void bench_batch(hl_ranker *r, const bench_users *bu, const float *Q,
-                        const float *E, int n, int32_t n_items, float *C)
+__attribute__((target("avx512f,avx512vnni")))
+static double vnni_peak(void)
 {
-    static refresh_ctx rc;
-    sgemm_ctx sc[N_SG_BLOCKS];
-    int r_calls, s_calls[N_SG_BLOCKS], best = 0;
-    double r_rate[REPS], s_rate[N_SG_BLOCKS][REPS], s_med[N_SG_BLOCKS];
-    double flop = 2.0 * n * (double)n_items * DIM;
+    __m512i a[12], x = _mm512_set1_epi32(0x01020304), y = _mm512_set1_epi32(0x01ff01ff);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm512_set1_epi32(i);
+    double t0 = now_s();
+    for (long it = 0; it < PEAK_ITERS; it++)
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++)
+            a[i] = _mm512_dpbusd_epi32(a[i], x, y);
+    double t = now_s() - t0;
+    __m512i s = a[0];
+    for (int i = 1; i < 12; i++)
+        s = _mm512_add_epi32(s, a[i]);
+    volatile int sink = _mm512_reduce_add_epi32(s);
+    (void)sink;
+    return PEAK_ITERS * 12.0 * 64.0 / t;
+}
 
-    rc.r = r;
-    rc.v = bu->v;
-    rc.n = n;
-    r_calls = calibrate(do_refresh, &rc);
-    for (int b = 0; b < N_SG_BLOCKS; b++) {
-        sc[b] = (sgemm_ctx){Q, E, C, n, sg_blocks[b], n_items};
-        s_calls[b] = calibrate(do_sgemm, &sc[b]);
+__attribute__((target("avx2")))
+static double read_pass(const float *a, size_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    double t0 = now_s();
+    for (size_t i = 0; i < n; i += 32) {
+        s0 = _mm256_add_ps(s0, _mm256_load_ps(a + i));
+        s1 = _mm256_add_ps(s1, _mm256_load_ps(a + i + 8));
+        s2 = _mm256_add_ps(s2, _mm256_load_ps(a + i + 16));
+        s3 = _mm256_add_ps(s3, _mm256_load_ps(a + i + 24));
     }
-    for (int rep = 0; rep < REPS; rep++) {
-        r_rate[rep] = (double)n * r_calls / time_calls(do_refresh, &rc, r_calls);
-        for (int b = 0; b < N_SG_BLOCKS; b++)
-            s_rate[b][rep] = flop * s_calls[b] / time_calls(do_sgemm, &sc[b], s_calls[b]);
+    double t = now_s() - t0;
+    float v[8];
+    _mm256_storeu_ps(v, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    volatile float sink = v[0];
+    (void)sink;
+    return (double)n * sizeof(float) / t;
+}
+#endif
+
+static double bandwidth(void)
+{
+    size_t n = (size_t)64 << 20;                       /* 256 MiB of floats */
+    float *a = aligned_alloc(64, n * sizeof(float));
+    double best = 0.0;
+    if (a == NULL)
+        return 0.0;
+    for (size_t i = 0; i < n; i++)
+        a[i] = 1.0f;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2"))
+        for (int rep = 0; rep < 3; rep++) {
+            double bw = read_pass(a, n);
+            best = bw > best ? bw : best;
+        }
+#endif
+    free(a);
+    return best;
+}
+
+static ceilings measure_ceilings(void)
+{
+    ceilings c = {0, 0, 0};
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f"))
+        c.fma_per_s = fma_peak_avx512();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni"))
+        c.vnni_per_s = vnni_peak();
+#endif
+    c.bytes_per_s = bandwidth();
+    return c;
+}
+
+/* Refreshes/s the machine allows one path at batch n. */
+static double ceiling_of(const ceilings *c, const hl_ranker *r, int two_stage, int n,
+                         int32_t n_items, size_t q_bytes, const char **kind)
+{
+    if (n == 1) {
+        *kind = "memory_bandwidth";
+        double bytes = two_stage ? (double)q_bytes : (double)n_items * (DIM + 1) * 4.0;
+        return c->bytes_per_s / bytes;
     }
-    for (int b = 0; b < N_SG_BLOCKS; b++) {
-        s_med[b] = median(s_rate[b], REPS);
-        if (s_med[b] > s_med[best])
-            best = b;
-    }
-    double value = median(r_rate, REPS), ceiling = s_med[best] / (2.0 * n_items * DIM);
+    *kind = two_stage ? "vnni_peak" : "fma_peak";
+    double per_s = two_stage ? c->vnni_per_s : c->fma_per_s;
+    return per_s / ((double)n_items * DIM);
+}
+
+/* ---- one line per (items, batch, scoring) ---- */
+
+typedef struct path {
+    hl_ranker  *r;
+    int         two_stage;
+    double      rate;
+} path;
+
+static void print_line(const path *p, const ceilings *c, int n, int32_t n_items,
+                       size_t q_bytes, double exact_rate)
+{
+    const char *kind;
+    double ceiling = ceiling_of(c, p->r, p->two_stage, n, n_items, q_bytes, &kind);
     printf("{\"bench\":\"rank_refresh\",\"items\":%d,\"dim\":%d,\"batch\":%d,"
-           "\"k\":%d,\"history\":%d,\"value\":%.4g,\"unit\":\"refreshes/s\","
-           "\"ceiling\":%.4g,\"ratio\":%.3f,\"sgemm_gflops\":%.2f,"
-           "\"sgemm_block\":%d,\"clock\":\"thread_cpu\"}\n", n_items, DIM, n, K, RING, value, ceiling,
-           value / ceiling, s_med[best] / 1e9, sg_blocks[best]);
+           "\"k\":%d,\"history\":%d,\"scoring\":\"%s\",\"value\":%.4g,"
+           "\"unit\":\"refreshes/s\",\"ceiling\":%.4g,\"ceiling_kind\":\"%s\","
+           "\"ratio\":%.3f", n_items, DIM, n, K, RING, hl_ranker_scoring(p->r), p->rate,
+           ceiling, kind, ceiling > 0 ? p->rate / ceiling : 0.0);
+    if (p->two_stage)
+        printf(",\"speedup\":%.2f", p->rate / exact_rate);
+    printf(",\"bandwidth_gbs\":%.1f,\"fma_gflops\":%.1f,\"vnni_gmacs\":%.1f,"
+           "\"clock\":\"thread_cpu\"}\n",
+           c->bytes_per_s / 1e9, 2.0 * c->fma_per_s / 1e9, c->vnni_per_s / 1e9);
     fflush(stdout);
 }
 
-static int bench_items(int32_t n_items, int block, bench_users *bu)
+/* Times both paths in alternation, REPS times; prints two lines. */
+static void bench_batch(path *paths, const ceilings *c, const bench_users *bu, int n,
+                        int32_t n_items, size_t q_bytes)
+{
+    static refresh_ctx rc[2];
+    int calls[2];
+    double rate[2][REPS];
+
+    for (int i = 0; i < 2; i++) {
+        rc[i].r = paths[i].r;
+        rc[i].v = bu->v;
+        rc[i].n = n;
+        calls[i] = calibrate(do_refresh, &rc[i]);
+    }
+    for (int rep = 0; rep < REPS; rep++)
+        for (int i = 0; i < 2; i++)
+            rate[i][rep] = (double)n * calls[i] / time_calls(do_refresh, &rc[i], calls[i]);
+    for (int i = 0; i < 2; i++)
+        paths[i].rate = median(rate[i], REPS);
+    for (int i = 0; i < 2; i++)
+        print_line(&paths[i], c, n, n_items, q_bytes, paths[0].rate);
+}
+
+/* Users of a 10k sample whose two-stage list differs from the exact one
+ * in any item, position or score bit. */
+static void count_mismatches(path *paths, bench_users *bu, int32_t n_items)
+{
+    static hl_rec out[2][MAX_N * K];
+    static int n_out[2][MAX_N];
+    long mism = 0, users = 0;
+    uint64_t fb0 = hl_ranker_fallbacks(paths[1].r);
+
+    for (int b = 0; b < 10000 / MAX_N + 1 && users < 10000; b++) {
+        int n = 10000 - users < MAX_N ? (int)(10000 - users) : MAX_N;
+        users_init(bu, n_items);
+        for (int i = 0; i < 2; i++)
+            hl_ranker_refresh(paths[i].r, bu->v, n, out[i], n_out[i]);
+        for (int u = 0; u < n; u++)
+            mism += n_out[0][u] != n_out[1][u] ||
+                    memcmp(out[0] + (size_t)u * K, out[1] + (size_t)u * K,
+                           (size_t)n_out[0][u] * sizeof(hl_rec)) != 0;
+        users += n;
+    }
+    printf("{\"bench\":\"rank_two_stage_mismatch\",\"items\":%d,\"dim\":%d,\"k\":%d,"
+           "\"users\":%ld,\"value\":%ld,\"unit\":\"mismatched lists\",\"target\":0,"
+           "\"fallbacks\":%llu}\n", n_items, DIM, K, users, mism,
+           (unsigned long long)(hl_ranker_fallbacks(paths[1].r) - fb0));
+    fflush(stdout);
+}
+
+static int bench_items(int32_t n_items, bench_users *bu)
 {
     static const int batches[] = {1, 16, 256};
     char err[256];
     bench_model bm;
+    path paths[2] = {{NULL, 0, 0}, {NULL, 1, 0}};
 
     model_init(&bm, n_items);
     users_init(bu, n_items);
-    hl_rank_opts o = {.k = K, .exclude_seen = 1, .max_batch = MAX_N,
-                      .block_items = block};
-    hl_ranker *r = hl_ranker_create_parts(&bm.p, &o, err, sizeof err);
-    if (r == NULL) {
-        fprintf(stderr, "bench_rank: %s\n", err);
-        model_free(&bm);
-        return 1;
+    for (int i = 0; i < 2; i++) {
+        hl_rank_opts o = {.k = K, .exclude_seen = 1, .max_batch = MAX_N,
+                          .scoring = i ? HL_SCORING_TWO_STAGE : HL_SCORING_EXACT};
+        if ((paths[i].r = hl_ranker_create_parts(&bm.p, &o, err, sizeof err)) == NULL) {
+            fprintf(stderr, "bench_rank: %s\n", err);
+            hl_ranker_destroy(paths[0].r);
+            model_free(&bm);
+            return 1;
+        }
     }
-    float *Q = rand_array((size_t)MAX_N * DIM, 1.0f);
-    float *C = malloc((size_t)MAX_N * sg_blocks[N_SG_BLOCKS - 1] * sizeof(float));
+    /* the int8 table's bytes: (16 dim + 128) per chunk of 16 items */
+    size_t q_bytes = (size_t)((n_items + 15) / 16) * (16 * DIM + 128);
+    ceilings c = measure_ceilings();
     for (size_t i = 0; i < sizeof batches / sizeof batches[0]; i++)
-        bench_batch(r, bu, Q, bm.p.e_out, batches[i], n_items, C);
-    free(C);
-    free(Q);
-    hl_ranker_destroy(r);
+        bench_batch(paths, &c, bu, batches[i], n_items, q_bytes);
+    count_mismatches(paths, bu, n_items);
+    for (int i = 0; i < 2; i++)
+        hl_ranker_destroy(paths[i].r);
     model_free(&bm);
     return 0;
 }
@@ -274,12 +423,12 @@ static int bench_items(int32_t n_items, int block, bench_users *bu)
 int main(int argc, char **argv)
 {
     static const int32_t sizes[] = {10000, 100000, 1000000};
-    int block = argc > 1 ? atoi(argv[1]) : 0;
+    long max_items = argc > 1 ? atol(argv[1]) : 1000000;
     bench_users *bu = malloc(sizeof *bu);
 
     openblas_set_num_threads(1);   /* one core: the worker's setting */
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-        if (bench_items(sizes[i], block, bu) != 0)
+        if (sizes[i] <= max_items && bench_items(sizes[i], bu) != 0)
             return 1;
     free(bu);
     return 0;

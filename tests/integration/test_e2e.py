@@ -5,12 +5,15 @@ python3-avro in Confluent framing (schema id 1); `halflife run` with a small
 random model; the lists read back and decoded with python3-avro. Every
 user's last list must equal what core/ computes offline from the same events
 with the same model (build/tests/test_offline): same items in the same
-order, scores within 1e-4, same `because` items. Also: the list's
+order, same `because` items, and the same float scores to the bit: the
+worker scores two-stage (recs.scoring=two-stage: int8 candidates, exact
+fp32 rescoring), the offline reference scores exact fp32 over every item. Also: the list's
 generated_at is the user's newest event time and its source is the user's
 newest event; /metrics accounts for every event; SIGTERM exits 0.
 """
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -50,6 +53,11 @@ def read_lists(bootstrap, want_last, deadline):
     return lists, done
 
 
+def f32(x):
+    """x rounded to a float32, as the list carries it."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
 def compare(lists, offline, events):
     """Returns a list of mismatch descriptions (empty when all agree)."""
     bad = []
@@ -67,8 +75,8 @@ def compare(lists, offline, events):
             bad.append("%s: items %s.. differ from offline %s.." % (u, gi[:5], ri[:5]))
             continue
         for g, r in zip(got["items"], ref["items"]):
-            if abs(g["score"] - r[1]) > 1e-4:
-                bad.append("%s: score of %s %.7f vs offline %.7f" % (u, r[0], g["score"], r[1]))
+            if f32(g["score"]) != f32(r[1]):
+                bad.append("%s: score of %s %.9g vs offline %.9g" % (u, r[0], g["score"], r[1]))
                 break
             if g["because_item_id"] != r[2]:
                 bad.append("%s: because of %s %s vs offline %s" % (u, r[0], g["because_item_id"], r[2]))
@@ -100,7 +108,8 @@ def main():
     # session.timeout.ms - 1 s before a new member gets an assignment: keep
     # it short so the restart is quick.
     extra = ["worker.threads=2", "snapshot.dir=" + snapdir, "kafka.fetch.wait.max.ms=10",
-             "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=1000"]
+             "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=1000",
+             "recs.scoring=two-stage"]
     worker = None
     failed = 0
 
@@ -125,8 +134,16 @@ def main():
         check("metrics_account_for_every_event",
               consumed == len(first) and invalid == 0,
               "consumed %d (want %d), unknown %d, invalid %d" % (consumed, len(first), unknown, invalid))
+        text = worker.metrics()
+        check("two_stage_bounded_every_user", "\nhalflife_rank_fallbacks_total 0\n" in text,
+              "halflife_rank_fallbacks_total is missing or not 0: some users' candidates "
+              "could not be bounded on a random model")
         rc = worker.stop()
         worker = None
+        with open(os.path.join(tmp, "worker1.log")) as f:
+            log1 = f.read()
+        check("scores_two_stage", "event=scoring mode=two-stage" in log1,
+              "the worker's log does not say mode=two-stage (see %s)" % tmp)
         snaps = [f for f in os.listdir(snapdir) if f.endswith(".hls")] if os.path.isdir(snapdir) else []
         check("sigterm_exits_0_with_snapshots", rc == 0 and len(snaps) == 4,
               "exit status %s, snapshots %s" % (rc, snaps))

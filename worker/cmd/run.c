@@ -138,13 +138,14 @@ int hl_cmd_run(int argc, char **argv)
     hl_config_worker_opts(cfg, &o);
     o.reload_sig = &run_reload;
     run_deadline_s = (unsigned)(o.shutdown_timeout_ms / 1000) + 5;
+    o.start_abort = &run_signalled;     /* a SIGTERM while waiting for the registry */
     const char *model_path = hl_config_str(cfg, "model.path");
     if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);
         goto out;
     }
     reg = hl_metrics_create();
-    if ((w = hl_worker_create(&o, m, reg, err, sizeof err)) == NULL) {
+    if ((w = hl_worker_create(&o, m, reg, err, sizeof err)) == NULL && !run_signalled) {
         hl_log(HL_LOG_ERROR, "worker_create_failed", "err=\"%s\"", err);
         goto out;
     }

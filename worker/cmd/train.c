@@ -198,20 +198,25 @@ static void usage(FILE *f)
 "  --input FILE          event file\n"
 "  --format F            movielens-csv | movielens-dat | seq | taobao | events-csv\n"
 "  --out MODEL           the .hlm to write\n"
-"  --dim N               embedding and query width (64)\n"
+"  --dim N               embedding and query width (128)\n"
 "  --hidden N[,N..]      hidden layer widths of the encoder MLP, 0 for none (256)\n"
-"  --half-lives LIST     heads, e.g. 1h,1d,30d (units ms s m h d) (1h,1d,30d)\n"
+"  --half-lives LIST     heads, e.g. 1h,1d,30d (units ms s m h d)\n"
+"                        (15m,1h,4h,1d,30d)\n"
 "  --seq-step-ms N       seq format: time between a user's events (3600000)\n"
-"  --epochs N            passes over the data (20)\n"
+"  --epochs N            passes over the data (16)\n"
 "  --batch N             examples per Adam step (256)\n"
 "  --lr X                Adam step size, cosine-decayed to lr x lr-final (0.003)\n"
 "  --lr-final X          (0.1)\n"
 "  --l2 X                decoupled weight decay (0)\n"
-"  --dropout X           on the encoder input and hidden layers (0.3)\n"
+"  --dropout X           on the encoder input and hidden layers (0.5)\n"
 "  --max-history N       newest events per training example's heads (256)\n"
-"  --full-softmax-max N  full softmax up to N items, sampled beyond (50000)\n"
+"  --full-softmax-max N  full softmax up to N items, sampled beyond (5000)\n"
 "  --negatives N         sampled softmax: shared negatives per batch (2048)\n"
-"  --tie                 share e_in and e_out during training\n"
+"  --tie, --no-tie       share e_in and e_out during training, or not (tie)\n"
+"  --learn-half-lives, --fixed-half-lives\n"
+"                        train each head's half-life with the rest, starting\n"
+"                        from --half-lives (kept ordered, 1 s .. 10 years;\n"
+"                        the model holds the learned ones), or keep them (learn)\n"
 "  --holdout loo         keep each user's last two events out of training:\n"
 "                        the second to last validates (HR@10 per epoch, best\n"
 "                        epoch kept), the last is the test item\n"
@@ -290,7 +295,7 @@ static int num_arg(const char *s, double lo, double hi, double *v)
 
 enum { O_DIM = 256, O_HIDDEN, O_HL, O_STEP, O_EPOCHS, O_BATCH, O_LR, O_LRF, O_L2,
        O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET,
-       O_INIT };
+       O_INIT, O_LEARN_HL, O_FIXED_HL, O_NO_TIE };
 
 static const struct option long_opts[] = {
     {"input", 1, 0, 'i'}, {"format", 1, 0, 'f'}, {"out", 1, 0, 'o'}, {"help", 0, 0, 'h'},
@@ -300,7 +305,8 @@ static const struct option long_opts[] = {
     {"dropout", 1, 0, O_DROP}, {"max-history", 1, 0, O_HIST},
     {"full-softmax-max", 1, 0, O_FULLMAX}, {"negatives", 1, 0, O_NEG}, {"tie", 0, 0, O_TIE},
     {"holdout", 1, 0, O_HOLDOUT}, {"seed", 1, 0, O_SEED}, {"threads", 1, 0, O_THREADS},
-    {"quiet", 0, 0, O_QUIET}, {"init", 1, 0, O_INIT}, {0, 0, 0, 0},
+    {"quiet", 0, 0, O_QUIET}, {"init", 1, 0, O_INIT}, {"learn-half-lives", 0, 0, O_LEARN_HL},
+    {"fixed-half-lives", 0, 0, O_FIXED_HL}, {"no-tie", 0, 0, O_NO_TIE}, {0, 0, 0, 0},
 };
 
 static const char *opt_name(int opt)
@@ -343,6 +349,9 @@ static int set_option(train_args *a, int opt, const char *s)
     case O_HIDDEN:  return parse_hidden(&a->o, s);
     case O_HL:      return parse_half_lives(a, s);
     case O_TIE:     a->o.tie = 1; return 0;
+    case O_NO_TIE:  a->o.tie = 0; return 0;
+    case O_LEARN_HL: a->o.learn_half_lives = 1; return 0;
+    case O_FIXED_HL: a->o.learn_half_lives = 0; return 0;
     case O_QUIET:   a->quiet = 1; return 0;
     case O_INIT:    a->init = s; return 0;
     case O_HOLDOUT:
@@ -367,7 +376,7 @@ static int parse_args(train_args *a, int argc, char **argv)
     memset(a, 0, sizeof *a);
     hl_train_opts_default(&a->o);
     a->threads = openblas_get_num_procs();
-    snprintf(a->heads_text, sizeof a->heads_text, "1h,1d,30d");
+    snprintf(a->heads_text, sizeof a->heads_text, "15m,1h,4h,1d,30d");
     optind = 1;
     while ((opt = getopt_long(argc, argv, "i:f:o:h", long_opts, NULL)) != -1) {
         if (opt == 'h') { usage(stdout); return 1; }
@@ -443,6 +452,11 @@ static void print_summary(const train_args *a, const events *e,
            "\"train_seconds\":%.1f,\"final_loss\":%.4f", a->out, (long long)e->n,
            e->users.n, e->items.n, (long long)res->examples_per_epoch, a->o.epochs,
            a->threads, secs, res->final_loss);
+    printf(",\"events_per_second_per_core\":%.0f,\"half_lives_s\":[",
+           secs > 0 ? (double)res->examples_per_epoch * a->o.epochs / secs / a->threads : 0.0);
+    for (int h = 0; h < res->info.n_heads; h++)
+        printf("%s%.6g", h ? "," : "", res->info.half_life_ms[h] / 1000.0);
+    printf("]");
     if (a->o.holdout_loo)
         printf(",\"valid_hr10\":%.4f,\"test_hr10\":%.4f,\"test_ndcg10\":%.4f",
                res->valid_hr10, res->test_hr10, res->test_ndcg10);

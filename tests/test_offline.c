@@ -19,7 +19,9 @@
  *       a model swap as core/ computes it (test_model_swap.py's reference):
  *       apply PRE under A, migrate every user into B (hl_migration with A's
  *       type weights, as the worker does), apply POST under B; print one
- *       JSON line per user: {"user":..,"m":[..],"s":[..]};
+ *       JSON line per user: {"user":..,"m":[..],"s":[..]}; with
+ *       HL_OFFLINE_SWAP_LISTS=1, each user's list under B instead, scored
+ *       exact fp32 (as HL_OFFLINE_EVENTS prints them, k HL_OFFLINE_K);
  *   none: the self-tests below. */
 #define T_SUITE "offline"
 #include "test.h"
@@ -266,7 +268,12 @@ static int swap_main(const char *pre, const char *post, const char *ma, const ch
     if (tbl != NULL && (n = apply_file(tbl, a, pre, err, sizeof err)) >= 0 && b != NULL &&
         migrate_all(tbl, a, b, err, sizeof err) == 0)
         n2 = apply_file_at(tbl, b, post, n, err, sizeof err);
-    if (n2 >= 0) {
+    const char *lists = getenv("HL_OFFLINE_SWAP_LISTS");
+    if (n2 >= 0 && lists && *lists) {
+        const char *k = getenv("HL_OFFLINE_K");
+        if (rank_all(tbl, b, k && *k ? atoi(k) : 20, stdout) < 0)
+            n2 = -1;
+    } else if (n2 >= 0) {
         const hl_model_info *mi = hl_model_info_get(b);
         for (uint32_t row = 0; row < hl_table_row_limit(tbl); row++) {
             hl_row_view v;

@@ -38,8 +38,9 @@ import e2e_util as U  # noqa: E402
 SUITE = "model_swap"
 PARTS = 4
 N_EVENTS, N_USERS, N_ITEMS = 12000, 300, 1000
+# two-stage scoring: a swap must build B's int8 table before B serves
 COMMON = ["worker.threads=2", "kafka.fetch.wait.max.ms=10", "model.check.ms=200",
-          "snapshot.interval.ms=0", "batch.max.messages=500"]
+          "snapshot.interval.ms=0", "batch.max.messages=500", "recs.scoring=two-stage"]
 
 
 def make_model(path, items, dim, seed):
@@ -95,7 +96,8 @@ def produce_paced(bootstrap, events, rate, at_fraction, action):
 
 
 def read_lists(bootstrap, timeout=30, want=0):
-    """Every list on the output topic: [(partition, offset of its source, version)]."""
+    """Every list on the output topic: [(user, partition, offset of its source,
+    version, [(item, score)])]."""
     from confluent_kafka import Consumer
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "swap-reader-%d" % time.time_ns(),
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -111,7 +113,7 @@ def read_lists(bootstrap, timeout=30, want=0):
             idle = 0
             d = U.decode_list(reader, m.value())
             out.append((d["user_id"], d["source"]["partition"], d["source"]["offset"],
-                        d["model_version"]))
+                        d["model_version"], [(x["item_id"], x["score"]) for x in d["items"]]))
     finally:
         c.close()
     return out
@@ -129,7 +131,7 @@ def dump_values(snapdir):
     return state
 
 
-def offline_swap(tmp, events, where, swap_at, model_a, model_b, rebuild=False):
+def offline_swap(tmp, events, where, swap_at, model_a, model_b, rebuild=False, lists=False):
     """{user: {"m", "s"}} as core/ computes the swap (test_offline)."""
     pre, post = os.path.join(tmp, "pre.csv"), os.path.join(tmp, "post.csv")
     with open(pre, "w") as fa, open(post, "w") as fb:
@@ -140,7 +142,8 @@ def offline_swap(tmp, events, where, swap_at, model_a, model_b, rebuild=False):
             f.write("%s,%s,%s,%d,%s\n" % (u, i, t, ts, "" if w is None else repr(w)))
     env = dict(os.environ, HL_OFFLINE_SWAP_PRE=pre, HL_OFFLINE_SWAP_POST=post,
                HL_OFFLINE_MODEL=model_a, HL_OFFLINE_MODEL_B=model_b,
-               HL_OFFLINE_REBUILD="1" if rebuild else "")
+               HL_OFFLINE_REBUILD="1" if rebuild else "",
+               HL_OFFLINE_SWAP_LISTS="1" if lists else "")
     out = subprocess.run([os.path.join(U.BUILD, "tests", "test_offline")], env=env,
                          check=True, capture_output=True, text=True).stdout
     return {d["user"]: d for d in map(json.loads, out.splitlines())}
@@ -212,12 +215,45 @@ def check_exactly_once(ck, alive, totals, events, where, state):
 
 def check_lists(ck, br, swap_at, va, vb, n_min):
     lists = read_lists(br.bootstrap, want=n_min)
-    wrong = [(u, p, off, v) for (u, p, off, v) in lists
+    wrong = [(u, p, off, v) for (u, p, off, v, _i) in lists
              if v != (vb if off >= swap_at.get(p, -1) else va)]
-    after = sum(1 for (_u, p, off, _v) in lists if off >= swap_at.get(p, -1))
+    after = sum(1 for (_u, p, off, _v, _i) in lists if off >= swap_at.get(p, -1))
     ck.check("lists_carry_model_version", lists and not wrong and after > 0,
              "%d lists, %d after the swap, %d with the wrong version, e.g. %s"
              % (len(lists), after, len(wrong), wrong[:3]))
+    return lists
+
+
+def same_list(got, ref, tol=1e-4):
+    """Items in the same order with the same scores, up to the migration's
+    float error (final_state_equals_offline's tolerance): two items may
+    trade places, or one enter at the tail, only where scores tie within it."""
+    def near(x, y):
+        return abs(x - y) <= tol * max(1.0, abs(y))
+    if len(got) != len(ref) or not all(near(g[1], r[1]) for g, r in zip(got, ref)):
+        return False
+    kth = ref[-1][1] if ref else 0.0
+    only = set(g[0] for g in got) ^ set(r[0] for r in ref)
+    score = dict([(g[0], g[1]) for g in got] + [(r[0], r[1]) for r in ref])
+    return all(near(score[i], kth) for i in only)
+
+
+def check_lists_two_stage(ck, lists, swap_at, events, where, model_a, model_b):
+    """Each user's last list, published after the swap by a worker scoring
+    two-stage, equals the exact fp32 list of B over core/'s swapped state."""
+    last_event = {}
+    for (u, *_r), (p, off) in zip(events, where):
+        last_event[u] = (p, off)
+    newest = {}
+    for (u, p, off, _v, items) in lists:
+        if (p, off) == last_event.get(u) and off >= swap_at.get(p, -1):
+            newest[u] = items
+    ref = offline_swap(ck.tmp, events, where, swap_at, model_a, model_b, lists=True)
+    bad = [u for u in newest if u not in ref or not same_list(newest[u], ref[u]["items"])]
+    ck.check("two_stage_lists_after_swap_equal_exact_b", newest and not bad,
+             "%d users' last lists after the swap, %d differ from B's exact lists, e.g. %s"
+             % (len(newest), len(bad), [(u, newest[u][:3], ref.get(u, {}).get("items", [])[:3])
+                                       for u in bad[:2]]))
 
 
 def check_bad_files(ck, w, live, tmp, model_b):
@@ -343,7 +379,8 @@ def body(ck):
     rc, _secs = w.term(30)
     state = dump_values(snapdir)
     check_exactly_once(ck, alive, totals, events, where, state)
-    check_lists(ck, br, swap_at, version_of(model_a), version_of(model_b), 1000)
+    lists = check_lists(ck, br, swap_at, version_of(model_a), version_of(model_b), 1000)
+    check_lists_two_stage(ck, lists, swap_at, events, where, model_a, model_b)
     ref = offline_swap(tmp, events, where, swap_at, model_a, model_b)
     diff = same_state(state, ref)
     ck.check("final_state_equals_offline", rc == 0 and ref and not diff and

@@ -91,6 +91,8 @@ struct hl_changelog_shard {
     int32_t        partition;
     int64_t        epoch;
     uint64_t       fp;             /* the model the rows are in (flushes name it) */
+    uint64_t       full_want, full_done, full_enc; /* whole-table flushes asked for,
+                                      the newest durable one, the one in flight */
     int64_t        durable;        /* input offset of the newest durable flush */
     int64_t        next_due_ms;    /* 0: at the first tick + flush_ms */
     int            state;
@@ -228,7 +230,11 @@ static int add_row(hl_changelog_shard *cs, uint32_t row, const hl_row_view *v)
 static int encode(hl_changelog_shard *cs, const hl_table *tbl, int64_t applied)
 {
     uint32_t limit = hl_table_row_limit(tbl);
-    int64_t since = cs->durable < 0 ? INT64_MIN : cs->durable;
+    /* Every row after a change of model: the changelog's older rows of
+     * untouched users are in the old model's space. */
+    int full = cs->full_want != cs->full_done;
+    int64_t since = cs->durable < 0 || full ? INT64_MIN : cs->durable;
+    cs->full_enc = full ? cs->full_want : cs->full_done;
     hl_row_view v;
     cs->len = 0;
     cs->n_rows = 0;
@@ -296,8 +302,16 @@ void hl_changelog_set_model(hl_changelog *cl, uint64_t fingerprint)
 
 void hl_changelog_shard_set_model(hl_changelog_shard *cs, uint64_t fingerprint)
 {
+    if (cs == NULL || cs->fp == fingerprint)
+        return;
+    cs->fp = fingerprint;
+    hl_changelog_shard_resave(cs);
+}
+
+void hl_changelog_shard_resave(hl_changelog_shard *cs)
+{
     if (cs != NULL)
-        cs->fp = fingerprint;
+        cs->full_want++;
 }
 
 /* Stores the input offset the flush made durable (capped by the lists'). */
@@ -327,6 +341,7 @@ static int settle(hl_changelog_shard *cs, int64_t delivered, int64_t now_ms)
         return HL_EIO;
     }
     cs->durable = cs->offset;
+    cs->full_done = cs->full_enc;
     remember(cs, cs->offset, atomic_load(&cs->t.last_offset) + 1);
     if (cs->tomb_cut > 0) {             /* tomb is NULL until the first eviction */
         memmove(cs->tomb, cs->tomb + cs->tomb_cut, cs->tomb_len - cs->tomb_cut);
@@ -391,7 +406,8 @@ int hl_changelog_tick(hl_changelog_shard *cs, hl_table *tbl, int64_t applied_off
     if (cs->next_due_ms == 0)
         cs->next_due_ms = now_ms + cs->cl->o.flush_ms;
     if (now_ms < cs->next_due_ms || applied_offset < 0 ||
-        (applied_offset <= cs->durable && cs->tomb_len == 0))
+        (applied_offset <= cs->durable && cs->tomb_len == 0 &&
+         cs->full_want == cs->full_done))
         return 0;
     cs->next_due_ms = now_ms + cs->cl->o.flush_ms;
     if (fenced(cs))
@@ -410,7 +426,8 @@ int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_o
         if (cs->state == ENCODED)
             produce(cs);
         if (cs->state == IDLE) {
-            if (next_offset < 0 || (next_offset <= cs->durable && cs->tomb_len == 0))
+            if (next_offset < 0 || (next_offset <= cs->durable && cs->tomb_len == 0 &&
+                                    cs->full_want == cs->full_done))
                 return 0;
             if (fenced(cs))
                 return HL_EIO;

@@ -28,6 +28,11 @@ typedef struct restorer {
     hl_table_meta          seen;               /* newest row values, for the meta */
     hl_snapshot_row_scratch sc;
     uint32_t               row_bound;
+    uint8_t               *fp_of;      /* row_bound: the model of the row restored at
+                                          that id, 1 + index in fps; 0: not from
+                                          the changelog (the base's, or none) */
+    uint64_t               fps[254];
+    int                    n_fps;
 } restorer;
 
 /* ---- one record ---------------------------------------------------------- */
@@ -68,13 +73,40 @@ static uint64_t model_of(const rd_kafka_message_t *m)
     return *end == '\0' ? (uint64_t)fp : 0;
 }
 
-/* Folds a row's model into out: one model for all, else mixed. */
-static void note_model(hl_changelog_restored *out, uint64_t fp)
+/* Remembers the model of the row now at id row (restored there). A row
+ * naming no model, or one restored elsewhere, makes the rows mixed. */
+static void note_model(restorer *rs, uint32_t row, int at_row, uint64_t fp)
 {
-    if (fp == 0 || (out->model_fingerprint != 0 && out->model_fingerprint != fp))
-        out->mixed = 1;
+    int k = 0;
+    while (k < rs->n_fps && rs->fps[k] != fp)
+        k++;
+    if (k == rs->n_fps && fp != 0 && k < (int)(sizeof rs->fps / sizeof rs->fps[0]))
+        rs->fps[rs->n_fps++] = fp;
+    if (fp == 0 || k == rs->n_fps || !at_row)
+        rs->out->mixed = 1;
     else
+        rs->fp_of[row] = (uint8_t)(k + 1);
+}
+
+/* After the read: the models of the rows the table holds now (a user's
+ * older rows, replaced since, do not count). */
+static void models_held(restorer *rs)
+{
+    hl_changelog_restored *out = rs->out;
+    uint32_t lim = hl_table_row_limit(rs->tbl);
+    for (uint32_t r = 0; r < lim; r++) {
+        if (!hl_table_row_live(rs->tbl, r))
+            continue;
+        int k = r < rs->row_bound ? rs->fp_of[r] : 0;
+        if (k == 0) {
+            out->base_rows = 1;
+            continue;
+        }
+        uint64_t fp = rs->fps[k - 1];
+        if (out->model_fingerprint != 0 && out->model_fingerprint != fp)
+            out->mixed = 1;
         out->model_fingerprint = fp;
+    }
 }
 
 /* A row: replaces the user's row (later wins) at the id it had. */
@@ -103,12 +135,13 @@ static int apply_row(restorer *rs, const rd_kafka_message_t *m)
     int at = row < rs->row_bound, rc = at ? hl_table_restore_at(rs->tbl, row, &v) : HL_EINVAL;
     if (rc != 0 && hl_table_remove(rs->tbl, v.user, v.user_len) == 0 && at)
         rc = hl_table_restore_at(rs->tbl, row, &v);
+    int at_row = rc == 0;
     if (rc != 0 && (rc = hl_table_restore(rs->tbl, &v)) != 0)
         return rc;
     if (v.t_ref_ms > rs->seen.newest_ts_ms) rs->seen.newest_ts_ms = v.t_ref_ms;
     if (v.active_seq > rs->seen.active_seq) rs->seen.active_seq = v.active_seq;
     rs->out->n_rows++;
-    note_model(rs->out, model_of(m));
+    note_model(rs, row, at_row, model_of(m));
     return 0;
 }
 
@@ -273,6 +306,7 @@ static void restorer_free(restorer *rs)
     free(rs->sc.hist_type);
     free(rs->sc.hist_key);
     free(rs->sc.hist_w);
+    free(rs->fp_of);
 }
 
 int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
@@ -292,9 +326,10 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
     rs.sc.hist_type = malloc(HIST_MAX);
     rs.sc.hist_key = malloc(sizeof(uint64_t) * HIST_MAX);
     rs.sc.hist_w = malloc(sizeof(float) * HIST_MAX);
+    rs.fp_of = calloc(rs.row_bound, 1);
     int rc = HL_ENOMEM;
     if (!rs.sc.m || !rs.sc.hist_item || !rs.sc.hist_ts || !rs.sc.hist_type ||
-        !rs.sc.hist_key || !rs.sc.hist_w) {
+        !rs.sc.hist_key || !rs.sc.hist_w || !rs.fp_of) {
         hl_err(errbuf, errlen, rc, "changelog restore: out of memory");
         goto out;
     }
@@ -329,6 +364,7 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
         goto out;
     out->read_s = (double)(hl_now_mono_us() - t_read) / 1e6;
     finish(&rs, base);
+    models_held(&rs);
     rc = claim(&rs, p, errbuf, errlen);
 out:
     out->duration_s = (double)(hl_now_mono_ms() - t0) / 1000.0;

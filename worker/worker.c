@@ -333,20 +333,19 @@ static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_
     return 0;
 }
 
-/* The changelog's rows (and the cache file's under them, base_fp when one
- * was read) in another model's space than the current one: moved into it
+/* The rows held after a changelog restore (the changelog's, each naming its
+ * model, and the cache file's not replaced since, in base_fp) in another
+ * model's space than the current one: moved into it
  * as a file restore moves them (migrate_restored) when they are all in one
  * model, else (rows of two models, or rows that name none) rebuilt from
  * their rings alone, counted in halflife_users_rebuilt_total. */
 static int changelog_migrate(hl_worker *w, int32_t p, hl_table *tbl, uint64_t base_fp,
                              const hl_changelog_restored *r, int *moved)
 {
-    uint64_t cur = hl_model_info_get(cur_model(w))->fingerprint, fp = base_fp;
-    int mixed = r->mixed;
-    if (r->n_rows > 0) {
-        mixed |= fp != 0 && fp != r->model_fingerprint;
-        fp = r->model_fingerprint;
-    }
+    uint64_t cur = hl_model_info_get(cur_model(w))->fingerprint;
+    uint64_t fp = r->base_rows ? base_fp : r->model_fingerprint;
+    int mixed = r->mixed || (r->base_rows && r->model_fingerprint != 0 &&
+                             r->model_fingerprint != base_fp);
     if (!mixed && (fp == 0 || fp == cur))
         return 0;
     *moved = 1;
@@ -490,6 +489,8 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     }
     if (sh->cl != NULL && sh->ps != NULL)
         hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
+    if (moved)
+        hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's */
     int i = least_loaded(w);
     if (hl_wthread_give(w->th[i], sh) != 0) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",

@@ -36,9 +36,12 @@ const exported = new Set([
   "halflife_users_rebuilt_total", "halflife_model_loaded_timestamp_seconds",
   "halflife_dlq_records_total", "halflife_dlq_errors_total",
   "halflife_broker_up", "halflife_ready", "halflife_partitions_waiting_schema",
+  "halflife_event_stage_seconds", "halflife_fetch_to_delivery_seconds",
+  "halflife_input_offsets_skipped_total",
 ]);
 const histograms = ["halflife_batch_size", "halflife_stage_duration_seconds",
-  "halflife_event_to_publish_seconds", "halflife_snapshot_duration_seconds"];
+  "halflife_event_to_publish_seconds", "halflife_snapshot_duration_seconds",
+  "halflife_event_stage_seconds", "halflife_fetch_to_delivery_seconds"];
 
 // The metric names in a PromQL expression: identifiers followed by { or [,
 // or standing alone, minus functions, keywords and label names.

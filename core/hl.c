@@ -52,3 +52,13 @@ int hl_type_parse(const char *s, size_t len)
             return t;
     return -1;
 }
+
+uint64_t hl_item_key(const char *id, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)id[i];
+        h *= 0x100000001b3ull;
+    }
+    return h ? h : 1;
+}

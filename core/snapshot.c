@@ -326,6 +326,8 @@ size_t hl_snapshot_row_encode(unsigned char *start, int n_heads, int dim,
     p = put_ring(p, v->hist_item, 4, v);
     p = put_ring(p, v->hist_ts_ms, 8, v);
     p = put_ring(p, v->hist_type, 1, v);
+    p = put_ring(p, v->hist_key, 8, v);
+    p = put_ring(p, v->hist_w, 4, v);
     return (size_t)(p - start);
 }
 

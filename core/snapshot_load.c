@@ -129,6 +129,8 @@ typedef struct parse {
     int32_t          *hist_item;      /* history entries each */
     int64_t          *hist_ts;
     uint8_t          *hist_type;
+    uint64_t         *hist_key;       /* format 2 only */
+    float            *hist_w;
     int (*on_header)(void *arg, const hl_snapshot_info *info, uint64_t file_bytes,
                      char *errbuf, size_t errlen);
     hl_snapshot_row_fn on_row;
@@ -248,7 +250,10 @@ static int alloc_scratch(parse *ps, reader *r, char *errbuf, size_t errlen)
     ps->hist_item = calloc(n_h, sizeof(int32_t));
     ps->hist_ts = calloc(n_h, sizeof(int64_t));
     ps->hist_type = calloc(n_h, 1);
-    if (!ps->m || !ps->hist_item || !ps->hist_ts || !ps->hist_type)
+    ps->hist_key = calloc(n_h, sizeof(uint64_t));
+    ps->hist_w = calloc(n_h, sizeof(float));
+    if (!ps->m || !ps->hist_item || !ps->hist_ts || !ps->hist_type || !ps->hist_key ||
+        !ps->hist_w)
         return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot %s: no memory", r->path);
     ps->s = ps->m + in->n_heads;
     return rd_grow(r, 2 * row_max(in->n_heads, in->dim, in->history), errbuf, errlen);
@@ -268,19 +273,40 @@ static int read_header(reader *r, parse *ps, char *errbuf, size_t errlen)
 }
 
 
+/* Format 2's item keys and weights after the types; format 1 has none:
+ * the view says unknown (NULL), which a restore records as key 0 and
+ * weight NAN (a later model swap then falls back, see schemas/model.md). */
+static void decode_keys(hl_snapshot_row_scratch *sc, hl_row_view *v, int has_keys,
+                        const unsigned char *p, size_t n_hist)
+{
+    if (!has_keys) {
+        v->hist_key = NULL;
+        v->hist_w = NULL;
+        return;
+    }
+    for (size_t i = 0; i < n_hist; i++) {
+        uint32_t u = get_u32(p + 8 * n_hist + 4 * i);
+        sc->hist_key[i] = get_u64(p + 8 * i);
+        memcpy(&sc->hist_w[i], &u, 4);
+    }
+    v->hist_key = sc->hist_key;
+    v->hist_w = sc->hist_w;
+}
+
 int hl_snapshot_row_decode(const unsigned char *p, size_t len, int n_heads, int dim,
-                           int history, hl_snapshot_row_scratch *sc, uint32_t *row,
-                           hl_row_view *v)
+                           int history, uint32_t version, hl_snapshot_row_scratch *sc,
+                           uint32_t *row, hl_row_view *v)
 {
     size_t n_f = (size_t)n_heads * ((size_t)dim + 1), user_len, n_hist;
+    size_t hist_bytes = version == 1 ? HIST_BYTES_V1 : HIST_BYTES;
 
-    if (len < ROW_FIXED)
+    if (version < 1 || version > HL_SNAPSHOT_VERSION || len < ROW_FIXED)
         return HL_EFORMAT;
     user_len = get_u16(p);
     if (user_len < 1 || user_len > HL_MAX_ID_LEN || len < ROW_FIXED + user_len)
         return HL_EFORMAT;
     n_hist = get_u16(p + user_len + ROW_FIXED - 2);
-    if (n_hist > (size_t)history || len != ROW_FIXED + user_len + 4 * n_f + HIST_BYTES * n_hist)
+    if (n_hist > (size_t)history || len != ROW_FIXED + user_len + 4 * n_f + hist_bytes * n_hist)
         return HL_EFORMAT;
     v->user = (const char *)p + 2;
     v->user_len = (uint32_t)user_len;
@@ -307,6 +333,8 @@ int hl_snapshot_row_decode(const unsigned char *p, size_t len, int n_heads, int 
             return HL_ERANGE;
         sc->hist_type[i] = p[i];
     }
+    p += n_hist;
+    decode_keys(sc, v, version >= 2, p, n_hist);
     v->s = sc->m + n_heads;
     v->m = sc->m;
     v->history = history;
@@ -324,9 +352,10 @@ static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t full,
                       char *errbuf, size_t errlen)
 {
     const hl_snapshot_info *in = ps->info;
-    hl_snapshot_row_scratch sc = {ps->m, ps->hist_item, ps->hist_ts, ps->hist_type};
-    int rc = hl_snapshot_row_decode(p, full, in->n_heads, in->dim, in->history, &sc,
-                                    &ps->row, &ps->v);
+    hl_snapshot_row_scratch sc = {ps->m, ps->hist_item, ps->hist_ts, ps->hist_type,
+                                   ps->hist_key, ps->hist_w};
+    int rc = hl_snapshot_row_decode(p, full, in->n_heads, in->dim, in->history,
+                                    in->version, &sc, &ps->row, &ps->v);
     if (rc == HL_ERANGE)
         return bad(errbuf, errlen, r, "row %lld: an event type is unknown",
                    (long long)in->n_rows, 0);
@@ -334,6 +363,7 @@ static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t full,
         return bad(errbuf, errlen, r, "row %lld: malformed", (long long)in->n_rows, 0);
     return 0;
 }
+
 
 /* Reads the next row into ps->v; *end set instead at the end-of-rows mark.
  * Sizes are peeked before the row is taken so it stays whole in buf. */
@@ -359,7 +389,8 @@ static int read_row(reader *r, parse *ps, int *end, char *errbuf, size_t errlen)
     if (n_hist > (size_t)in->history)
         return bad(errbuf, errlen, r, "row %lld: %lld history entries, more than the header's length",
                    (long long)in->n_rows, (long long)n_hist);
-    full = ROW_FIXED + user_len + 4 * n_f + HIST_BYTES * n_hist;
+    full = ROW_FIXED + user_len + 4 * n_f +
+           (in->version == 1 ? HIST_BYTES_V1 : HIST_BYTES) * n_hist;
     if ((rc = rd_need(r, full, "row", in->n_rows, errbuf, errlen)) != 0)
         return rc;
     return decode_row(r, ps, rd_take(r, full), full, errbuf, errlen);
@@ -501,6 +532,8 @@ static int read_file(const hl_io *io, const char *path, parse *ps,
     free(ps->hist_item);
     free(ps->hist_ts);
     free(ps->hist_type);
+    free(ps->hist_key);
+    free(ps->hist_w);
     return rc;
 }
 
@@ -581,7 +614,7 @@ static int load_header(void *arg, const hl_snapshot_info *in, uint64_t file_byte
                       "the table is dim %d with %d heads (half-life[0] %.0f ms)",
                       ld->path, in->dim, in->n_heads, in->half_life_ms[0],
                       ld->o->decay.dim, ld->o->decay.n_heads, ld->o->decay.half_life_ms[0]);
-    if (in->meta.model_fingerprint != ld->fingerprint)
+    if (ld->fingerprint != HL_SNAPSHOT_ANY_MODEL && in->meta.model_fingerprint != ld->fingerprint)
         return hl_err(errbuf, errlen, HL_EMISMATCH,
                       "snapshot %s: made with model %016llx, the loaded model is %016llx",
                       ld->path, (unsigned long long)in->meta.model_fingerprint,
@@ -611,6 +644,8 @@ static int load_row(void *arg, const hl_snapshot_info *in, uint32_t row,
         rv.hist_item += skip;
         rv.hist_ts_ms += skip;
         rv.hist_type += skip;
+        if (rv.hist_key) rv.hist_key += skip;
+        if (rv.hist_w) rv.hist_w += skip;
     }
     /* Rows keep their ids, so sweeps visit them in the original order; an
      * id no table of these options reaches (damage) takes the lowest free

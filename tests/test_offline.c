@@ -18,12 +18,21 @@
  *       them: item_id,available[,expires_at_ms[,bias,e_in..,e_out..]]) the
  *       live catalogue of that file is applied, expiry at HL_OFFLINE_NOW
  *       (ms; default: the newest event time);
+ *   HL_OFFLINE_SWAP_PRE=path HL_OFFLINE_SWAP_POST=path HL_OFFLINE_MODEL=A
+ *   HL_OFFLINE_MODEL_B=B
+ *       a model swap as core/ computes it (test_model_swap.py's reference):
+ *       apply PRE under A, migrate every user into B (hl_migration with A's
+ *       type weights, as the worker does), apply POST under B; print one
+ *       JSON line per user: {"user":..,"m":[..],"s":[..]}; with
+ *       HL_OFFLINE_SWAP_LISTS=1, each user's list under B instead, scored
+ *       exact fp32 (as HL_OFFLINE_EVENTS prints them, k HL_OFFLINE_K);
  *   none: the self-tests below. */
 #define T_SUITE "offline"
 #include "test.h"
 
 #include "catalogue.h"
 #include "dataset.h"
+#include "migrate.h"
 #include "model.h"
 #include "rank.h"
 #include "synth.h"
@@ -58,7 +67,8 @@ static int make_model(const char *path, int n_items, int dim, char *err, size_t 
     float *w = malloc((size_t)dim * in * 4), *b = malloc((size_t)dim * 4);
     char **ids = malloc(sizeof *ids * (size_t)n_items);
     uint32_t *lens = malloc(sizeof *lens * (size_t)n_items);
-    uint64_t s = 12345;
+    const char *seed = getenv("HL_OFFLINE_SEED");   /* another model, same ids */
+    uint64_t s = seed && *seed ? strtoull(seed, NULL, 10) | 1 : 12345;
     for (size_t i = 0; i < ne; i++) { e_in[i] = frand(&s); e_out[i] = frand(&s) * 0.5f; }
     for (int i = 0; i < n_items; i++) {
         bias[i] = frand(&s) * 0.1f;
@@ -104,7 +114,17 @@ static int make_events(const char *path, int n, int users, int items)
 }
 
 /* Reads path into tbl the way the worker applies events. Returns events or <0. */
+static long apply_file_at(hl_table *tbl, const hl_model *m, const char *path, long base,
+                          char *err, size_t errlen);
+
 static long apply_file(hl_table *tbl, const hl_model *m, const char *path, char *err, size_t errlen)
+{
+    return apply_file_at(tbl, m, path, 0, err, errlen);
+}
+
+/* Like apply_file, numbering the events' offsets from base. */
+static long apply_file_at(hl_table *tbl, const hl_model *m, const char *path, long base,
+                          char *err, size_t errlen)
 {
     hl_dataset_opts dopts = {.format = HL_FMT_EVENTS_CSV};
     hl_dataset_reader *r = hl_dataset_open(path, &dopts, err, errlen);
@@ -116,8 +136,9 @@ static long apply_file(hl_table *tbl, const hl_model *m, const char *path, char 
     while (hl_dataset_next(r, &de, err, errlen) == 1) {
         hl_event ev = {.user = de.user, .user_len = de.user_len,
                        .item = hl_model_item_find(m, de.item, de.item_len),
+                       .item_key = hl_item_key(de.item, de.item_len),
                        .type = (uint8_t)de.type, .w = mi->type_weight[de.type] * de.weight,
-                       .ts_ms = de.ts_ms, .offset = n};
+                       .ts_ms = de.ts_ms, .offset = base + n};
         hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), mi->n_items, NULL);
         n++;
     }
@@ -301,6 +322,63 @@ static int offline_main(const char *events, const char *model, int k)
     return n < 0 || users < 0;
 }
 
+static void print_state(FILE *f, const hl_row_view *v, int n_s, int n_heads)
+{
+    fprintf(f, "{\"user\":");
+    json_str(f, v->user, v->user_len);
+    fprintf(f, ",\"m\":[");
+    for (int h = 0; h < n_heads; h++) fprintf(f, "%s%.9g", h ? "," : "", (double)v->m[h]);
+    fprintf(f, "],\"s\":[");
+    for (int j = 0; j < n_s; j++) fprintf(f, "%s%.9g", j ? "," : "", (double)v->s[j]);
+    fprintf(f, "]}\n");
+}
+
+/* Every live row of tbl from a's space into b's, or (HL_OFFLINE_REBUILD
+ * set: the old model is not at hand) rebuilt from the rings with b. */
+static int migrate_all(hl_table *tbl, const hl_model *a, const hl_model *b, char *err,
+                       size_t errlen)
+{
+    const char *rb = getenv("HL_OFFLINE_REBUILD");
+    hl_migration *mg = rb && *rb
+        ? hl_migration_rebuild(b, hl_model_info_get(b)->type_weight, err, errlen)
+        : hl_migration_create(a, b, hl_model_info_get(a)->type_weight, err, errlen);
+    int64_t n = mg ? hl_migration_table(mg, tbl) : -1;
+    hl_migration_destroy(mg);
+    return n < 0 ? -1 : 0;
+}
+
+static int swap_main(const char *pre, const char *post, const char *ma, const char *mb)
+{
+    char err[512] = "";
+    hl_model *a = hl_model_open(ma, err, sizeof err);
+    hl_model *b = a ? hl_model_open(mb, err, sizeof err) : NULL;
+    hl_table *tbl = a ? new_table(a) : NULL;
+    long n = -1, n2 = -1;
+    if (tbl != NULL && (n = apply_file(tbl, a, pre, err, sizeof err)) >= 0 && b != NULL &&
+        migrate_all(tbl, a, b, err, sizeof err) == 0)
+        n2 = apply_file_at(tbl, b, post, n, err, sizeof err);
+    const char *lists = getenv("HL_OFFLINE_SWAP_LISTS");
+    if (n2 >= 0 && lists && *lists) {
+        const char *k = getenv("HL_OFFLINE_K");
+        if (rank_all(tbl, b, k && *k ? atoi(k) : 20, stdout) < 0)
+            n2 = -1;
+    } else if (n2 >= 0) {
+        const hl_model_info *mi = hl_model_info_get(b);
+        for (uint32_t row = 0; row < hl_table_row_limit(tbl); row++) {
+            hl_row_view v;
+            if (!hl_table_row_live(tbl, row)) continue;
+            hl_table_view(tbl, row, &v);
+            print_state(stdout, &v, mi->n_heads * mi->dim, mi->n_heads);
+        }
+    } else {
+        fprintf(stderr, "offline swap: %s\n", err[0] ? err : "failed");
+    }
+    hl_table_destroy(tbl);
+    hl_model_close(a);
+    hl_model_close(b);
+    return n2 < 0;
+}
+
 static int env_int(const char *name, int def)
 {
     const char *v = getenv(name);
@@ -399,6 +477,10 @@ int main(void)
                            env_int("HL_OFFLINE_ITEMS", 1000)) != 0;
     if (ev && *ev && mo && *mo)
         return offline_main(ev, mo, env_int("HL_OFFLINE_K", 20));
+    const char *pre = getenv("HL_OFFLINE_SWAP_PRE"), *post = getenv("HL_OFFLINE_SWAP_POST");
+    const char *mb = getenv("HL_OFFLINE_MODEL_B");
+    if (pre && *pre && post && mo && mb)
+        return swap_main(pre, post, mo, mb);
     snprintf(tmpdir, sizeof tmpdir, "/tmp/hl_offline_XXXXXX");
     if (mkdtemp(tmpdir) == NULL)
         return 1;

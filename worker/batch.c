@@ -98,6 +98,8 @@ static void cadence_note_batch(hl_wthread *t, int n, int64_t start_us)
 int hl_batch_consume(hl_wthread *t)
 {
     int bm = t->ctx->o->batch_max_messages;
+    if (t->migrating && bm > HL_SWAP_BATCH_MAX)
+        bm = HL_SWAP_BATCH_MAX;         /* bounds what one batch migrates */
     int64_t now_us = hl_now_mono_us(), end = now_us / 1000 + t->ctx->o->batch_max_ms;
     int n = t->n_waits > 0 ? hl_park_take_ready(t, t->msgs, bm) : 0;  /* they come first */
     for (int i = 0; i < n; i++)
@@ -226,8 +228,9 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
     }
     hl_event ev = {
         .user = t->arena + t->arena_used, .user_len = cev.user_len,
-        .item = hl_model_item_find(t->ctx->m, cev.item, cev.item_len),
-        .type = (uint8_t)cev.type, .w = t->ctx->type_weight[cev.type] * cev.weight,
+        .item = hl_model_item_find(t->mref->m, cev.item, cev.item_len),
+        .item_key = hl_item_key(cev.item, cev.item_len),
+        .type = (uint8_t)cev.type, .w = t->mref->tw[cev.type] * cev.weight,
         .ts_ms = cev.ts_ms, .offset = rkm->offset,
     };
     memcpy(t->arena + t->arena_used, cev.user, cev.user_len);
@@ -340,7 +343,7 @@ static void apply_all(hl_wthread *t)
 {
     for (int i = 0; i < t->n_own; i++) {
         int d = 0, fl = 0;
-        t->b.applied += (uint64_t)hl_shard_apply(t->own[i], t->ctx->m, &d, &fl);
+        t->b.applied += (uint64_t)hl_shard_apply(t->own[i], t->mref->m, &d, &fl);
         t->b.duplicates += (uint64_t)d;
         t->b.failed += (uint64_t)fl;
         if (fl > 0)

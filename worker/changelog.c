@@ -90,6 +90,9 @@ struct hl_changelog_shard {
     hl_changelog  *cl;
     int32_t        partition;
     int64_t        epoch;
+    uint64_t       fp;             /* the model the rows are in (flushes name it) */
+    uint64_t       full_want, full_done, full_enc; /* whole-table flushes asked for,
+                                      the newest durable one, the one in flight */
     int64_t        durable;        /* input offset of the newest durable flush */
     int64_t        next_due_ms;    /* 0: at the first tick + flush_ms */
     int            state;
@@ -171,6 +174,7 @@ hl_changelog_shard *hl_changelog_shard_create(hl_changelog *cl, int32_t p, hl_ta
     cs->cl = cl;
     cs->partition = p;
     cs->epoch = r->epoch;
+    cs->fp = atomic_load(&cl->fp);     /* restored into the current model */
     cs->durable = r->next_offset;
     cs->limit.interval_ms = 5000;
     remember(cs, r->next_offset, r->claim_end);
@@ -226,7 +230,11 @@ static int add_row(hl_changelog_shard *cs, uint32_t row, const hl_row_view *v)
 static int encode(hl_changelog_shard *cs, const hl_table *tbl, int64_t applied)
 {
     uint32_t limit = hl_table_row_limit(tbl);
-    int64_t since = cs->durable < 0 ? INT64_MIN : cs->durable;
+    /* Every row after a change of model: the changelog's older rows of
+     * untouched users are in the old model's space. */
+    int full = cs->full_want != cs->full_done;
+    int64_t since = cs->durable < 0 || full ? INT64_MIN : cs->durable;
+    cs->full_enc = full ? cs->full_want : cs->full_done;
     hl_row_view v;
     cs->len = 0;
     cs->n_rows = 0;
@@ -247,9 +255,12 @@ static int send_one(hl_changelog_shard *cs, const void *key, size_t key_len,
                 const void *value, size_t value_len, int kind)
 {
     hl_changelog *cl = cs->cl;
-    char ep[24], err[256];
+    char ep[24], fp[24], err[256];
     snprintf(ep, sizeof ep, "%" PRId64, cs->epoch);
-    hl_header h[2] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}};
+    snprintf(fp, sizeof fp, "%016" PRIx64, cs->fp);
+    hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}, {NULL, NULL, 0}};
+    if (kind == KIND_ROW)
+        h[1] = (hl_header){HL_CHANGELOG_MODEL_HDR, fp, strlen(fp)};
     if (hl_producer_send(cl->o.prod, cl->topic, cs->partition, key, key_len, value, value_len,
                          h, &cs->t, err, sizeof err) != 0) {
         atomic_fetch_add(&cs->t.failed, 1);
@@ -277,11 +288,30 @@ static void produce(hl_changelog_shard *cs)
         send_one(cs, cs->buf + i + 8, kl, cs->buf + i + 8 + kl, vl, KIND_ROW);
         i += 8 + kl + vl;
     }
-    hl_changelog_ck c = {.offset = cs->offset, .fingerprint = cs->cl->o.model_fingerprint,
+    hl_changelog_ck c = {.offset = cs->offset, .fingerprint = cs->fp,
                          .meta = cs->meta, .epoch = cs->epoch};
     send_one(cs, cs->cl->ck_key, sizeof cs->cl->ck_key, ck, hl_changelog_ck_encode(ck, &c),
          KIND_CHECKPOINT);
     cs->state = SENT;
+}
+
+void hl_changelog_set_model(hl_changelog *cl, uint64_t fingerprint)
+{
+    atomic_store(&cl->fp, fingerprint);
+}
+
+void hl_changelog_shard_set_model(hl_changelog_shard *cs, uint64_t fingerprint)
+{
+    if (cs == NULL || cs->fp == fingerprint)
+        return;
+    cs->fp = fingerprint;
+    hl_changelog_shard_resave(cs);
+}
+
+void hl_changelog_shard_resave(hl_changelog_shard *cs)
+{
+    if (cs != NULL)
+        cs->full_want++;
 }
 
 /* Stores the input offset the flush made durable (capped by the lists'). */
@@ -311,6 +341,7 @@ static int settle(hl_changelog_shard *cs, int64_t delivered, int64_t now_ms)
         return HL_EIO;
     }
     cs->durable = cs->offset;
+    cs->full_done = cs->full_enc;
     remember(cs, cs->offset, atomic_load(&cs->t.last_offset) + 1);
     if (cs->tomb_cut > 0) {             /* tomb is NULL until the first eviction */
         memmove(cs->tomb, cs->tomb + cs->tomb_cut, cs->tomb_len - cs->tomb_cut);
@@ -375,7 +406,8 @@ int hl_changelog_tick(hl_changelog_shard *cs, hl_table *tbl, int64_t applied_off
     if (cs->next_due_ms == 0)
         cs->next_due_ms = now_ms + cs->cl->o.flush_ms;
     if (now_ms < cs->next_due_ms || applied_offset < 0 ||
-        (applied_offset <= cs->durable && cs->tomb_len == 0))
+        (applied_offset <= cs->durable && cs->tomb_len == 0 &&
+         cs->full_want == cs->full_done))
         return 0;
     cs->next_due_ms = now_ms + cs->cl->o.flush_ms;
     if (fenced(cs))
@@ -394,7 +426,8 @@ int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_o
         if (cs->state == ENCODED)
             produce(cs);
         if (cs->state == IDLE) {
-            if (next_offset < 0 || (next_offset <= cs->durable && cs->tomb_len == 0))
+            if (next_offset < 0 || (next_offset <= cs->durable && cs->tomb_len == 0 &&
+                                    cs->full_want == cs->full_done))
                 return 0;
             if (fenced(cs))
                 return HL_EIO;

@@ -88,6 +88,10 @@ typedef struct hl_changelog_base {
 } hl_changelog_base;
 
 typedef struct hl_changelog_restored {
+    uint64_t model_fingerprint; /* the model of every row held that the changelog
+                                   wrote (halflife.model); 0: none */
+    int      mixed;             /* rows held of more than one model, or naming none */
+    int      base_rows;         /* rows held that came from base, not the changelog */
     int64_t  next_offset;       /* the last checkpoint's input offset, or
                                    HL_CHANGELOG_NO_OFFSET: none */
     int64_t  epoch;             /* the epoch claimed for this owner */
@@ -151,6 +155,21 @@ int64_t hl_changelog_durable(const hl_changelog_shard *cs);
  * after the newest durable flush whose input offset is at most
  * next_offset, and its epoch, for a local snapshot at next_offset; 0 and
  * 0 (the whole changelog) when none is remembered. Owner thread. */
+/* The model restores and claims expect from now on (a live swap made it
+ * current). Main thread. */
+void hl_changelog_set_model(hl_changelog *cl, uint64_t fingerprint);
+
+/* The model the shard's rows are in from now on: its flushes name it, and
+ * the next one writes every row (resave). A shard never flushes while it
+ * migrates (shard.c), so a flush's rows are all in one model. Owner
+ * thread; NULL is a no-op. */
+void hl_changelog_shard_set_model(hl_changelog_shard *cs, uint64_t fingerprint);
+
+/* The next flush writes every row, not only the changed ones (a change
+ * of model: set_model asks for it; a restore that migrated the rows).
+ * Owner thread (or before the shard is given to one); NULL is a no-op. */
+void hl_changelog_shard_resave(hl_changelog_shard *cs);
+
 void hl_changelog_cover(void *arg, int64_t next_offset, int64_t *changelog_offset,
                         int64_t *changelog_epoch);
 

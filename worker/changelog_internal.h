@@ -9,6 +9,10 @@
 #include "log.h"
 
 #define HL_CHANGELOG_EPOCH_HDR "halflife.epoch"
+/* On each row: the fingerprint (16 hex digits) of the model whose space
+ * the row's heads are in, so a restore knows what it reads even for the
+ * rows of a flush whose checkpoint never landed. */
+#define HL_CHANGELOG_MODEL_HDR "halflife.model"
 #define CK_BYTES 52                 /* a checkpoint's value (changelog.c) */
 #define HL_CHANGELOG_RECORD_MAX 1000000   /* Kafka's default max.message.bytes */
 
@@ -39,6 +43,7 @@ struct hl_changelog {
     rd_kafka_t  *rk;                 /* the restorer's consumer */
     changelog_metrics mx;
     char         ck_key[HL_MAX_ID_LEN + 1];   /* the checkpoints' key */
+    _Atomic uint64_t fp;             /* the current model (hl_changelog_set_model) */
 };
 
 size_t      hl_changelog_ck_encode(unsigned char *buf, const hl_changelog_ck *ck);

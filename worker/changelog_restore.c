@@ -23,11 +23,16 @@ typedef struct restorer {
     hl_table              *tbl;
     hl_changelog_restored *out;
     int64_t                max_epoch;
-    int                    have_ck, foreign;   /* a checkpoint seen; of another model */
+    int                    have_ck;            /* a checkpoint seen */
     hl_changelog_ck        ck;
     hl_table_meta          seen;               /* newest row values, for the meta */
     hl_snapshot_row_scratch sc;
     uint32_t               row_bound;
+    uint8_t               *fp_of;      /* row_bound: the model of the row restored at
+                                          that id, 1 + index in fps; 0: not from
+                                          the changelog (the base's, or none) */
+    uint64_t               fps[254];
+    int                    n_fps;
 } restorer;
 
 /* ---- one record ---------------------------------------------------------- */
@@ -49,14 +54,69 @@ static int64_t epoch_of(const rd_kafka_message_t *m)
     return *end == '\0' && e >= 0 ? e : -1;
 }
 
+/* The model a row record names (HL_CHANGELOG_MODEL_HDR); 0 when it names
+ * none (a writer from before the header). */
+static uint64_t model_of(const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *h = NULL;
+    const void *v;
+    size_t len;
+    char buf[24];
+    if (rd_kafka_message_headers(m, &h) != 0 ||
+        rd_kafka_header_get_last(h, HL_CHANGELOG_MODEL_HDR, &v, &len) != 0 ||
+        v == NULL || len == 0 || len >= sizeof buf)
+        return 0;
+    memcpy(buf, v, len);
+    buf[len] = '\0';
+    char *end;
+    unsigned long long fp = strtoull(buf, &end, 16);
+    return *end == '\0' ? (uint64_t)fp : 0;
+}
+
+/* Remembers the model of the row now at id row (restored there). A row
+ * naming no model, or one restored elsewhere, makes the rows mixed. */
+static void note_model(restorer *rs, uint32_t row, int at_row, uint64_t fp)
+{
+    int k = 0;
+    while (k < rs->n_fps && rs->fps[k] != fp)
+        k++;
+    if (k == rs->n_fps && fp != 0 && k < (int)(sizeof rs->fps / sizeof rs->fps[0]))
+        rs->fps[rs->n_fps++] = fp;
+    if (fp == 0 || k == rs->n_fps || !at_row)
+        rs->out->mixed = 1;
+    else
+        rs->fp_of[row] = (uint8_t)(k + 1);
+}
+
+/* After the read: the models of the rows the table holds now (a user's
+ * older rows, replaced since, do not count). */
+static void models_held(restorer *rs)
+{
+    hl_changelog_restored *out = rs->out;
+    uint32_t lim = hl_table_row_limit(rs->tbl);
+    for (uint32_t r = 0; r < lim; r++) {
+        if (!hl_table_row_live(rs->tbl, r))
+            continue;
+        int k = r < rs->row_bound ? rs->fp_of[r] : 0;
+        if (k == 0) {
+            out->base_rows = 1;
+            continue;
+        }
+        uint64_t fp = rs->fps[k - 1];
+        if (out->model_fingerprint != 0 && out->model_fingerprint != fp)
+            out->mixed = 1;
+        out->model_fingerprint = fp;
+    }
+}
+
 /* A row: replaces the user's row (later wins) at the id it had. */
 static int apply_row(restorer *rs, const rd_kafka_message_t *m)
 {
     hl_changelog *cl = rs->cl;
     hl_row_view v;
     uint32_t row;
-    if (hl_snapshot_row_decode(m->payload, m->len, cl->n_heads, cl->dim, HIST_MAX, &rs->sc,
-                               &row, &v) != 0 ||
+    if (hl_snapshot_row_decode(m->payload, m->len, cl->n_heads, cl->dim, HIST_MAX,
+                               HL_SNAPSHOT_VERSION, &rs->sc, &row, &v) != 0 ||
         v.user_len != m->key_len || memcmp(v.user, m->key, m->key_len) != 0)
         return HL_EFORMAT;
     /* A shorter configured history keeps each user's newest entries. */
@@ -66,6 +126,8 @@ static int apply_row(restorer *rs, const rd_kafka_message_t *m)
         v.hist_item += skip;
         v.hist_ts_ms += skip;
         v.hist_type += skip;
+        v.hist_key += skip;         /* never NULL: changelog rows are format 2 */
+        v.hist_w += skip;
     }
     v.history = cl->history;
     /* Most records name a user not yet restored: try that first, and
@@ -73,11 +135,13 @@ static int apply_row(restorer *rs, const rd_kafka_message_t *m)
     int at = row < rs->row_bound, rc = at ? hl_table_restore_at(rs->tbl, row, &v) : HL_EINVAL;
     if (rc != 0 && hl_table_remove(rs->tbl, v.user, v.user_len) == 0 && at)
         rc = hl_table_restore_at(rs->tbl, row, &v);
+    int at_row = rc == 0;
     if (rc != 0 && (rc = hl_table_restore(rs->tbl, &v)) != 0)
         return rc;
     if (v.t_ref_ms > rs->seen.newest_ts_ms) rs->seen.newest_ts_ms = v.t_ref_ms;
     if (v.active_seq > rs->seen.active_seq) rs->seen.active_seq = v.active_seq;
     rs->out->n_rows++;
+    note_model(rs, row, at_row, model_of(m));
     return 0;
 }
 
@@ -86,7 +150,6 @@ static int apply_checkpoint(restorer *rs, const rd_kafka_message_t *m)
     hl_changelog_ck ck;
     if (m->payload == NULL || hl_changelog_ck_decode(m->payload, m->len, &ck) != 0)
         return HL_EFORMAT;
-    rs->foreign = ck.fingerprint != rs->cl->o.model_fingerprint;
     rs->ck = ck;
     rs->have_ck = 1;
     rs->out->n_checkpoints++;
@@ -177,7 +240,7 @@ static int claim(restorer *rs, int32_t p, char *errbuf, size_t errlen)
     hl_ticket *t = malloc(sizeof *t);     /* left allocated if never reported */
     if (t == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "changelog claim: out of memory");
-    hl_changelog_ck c = {.offset = rs->out->next_offset, .fingerprint = cl->o.model_fingerprint,
+    hl_changelog_ck c = {.offset = rs->out->next_offset, .fingerprint = atomic_load(&cl->fp),
                          .epoch = rs->out->epoch};
     hl_table_meta_get(rs->tbl, &c.meta);
     snprintf(ep, sizeof ep, "%lld", (long long)c.epoch);
@@ -241,6 +304,9 @@ static void restorer_free(restorer *rs)
     free(rs->sc.hist_item);
     free(rs->sc.hist_ts);
     free(rs->sc.hist_type);
+    free(rs->sc.hist_key);
+    free(rs->sc.hist_w);
+    free(rs->fp_of);
 }
 
 int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
@@ -258,8 +324,12 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
     rs.sc.hist_item = malloc(sizeof(int32_t) * HIST_MAX);
     rs.sc.hist_ts = malloc(sizeof(int64_t) * HIST_MAX);
     rs.sc.hist_type = malloc(HIST_MAX);
+    rs.sc.hist_key = malloc(sizeof(uint64_t) * HIST_MAX);
+    rs.sc.hist_w = malloc(sizeof(float) * HIST_MAX);
+    rs.fp_of = calloc(rs.row_bound, 1);
     int rc = HL_ENOMEM;
-    if (!rs.sc.m || !rs.sc.hist_item || !rs.sc.hist_ts || !rs.sc.hist_type) {
+    if (!rs.sc.m || !rs.sc.hist_item || !rs.sc.hist_ts || !rs.sc.hist_type ||
+        !rs.sc.hist_key || !rs.sc.hist_w || !rs.fp_of) {
         hl_err(errbuf, errlen, rc, "changelog restore: out of memory");
         goto out;
     }
@@ -294,13 +364,7 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
         goto out;
     out->read_s = (double)(hl_now_mono_us() - t_read) / 1e6;
     finish(&rs, base);
-    if (rs.foreign) {
-        rc = hl_err(errbuf, errlen, HL_EMISMATCH, "changelog %s [%d]: written under another "
-                    "model (fingerprint %016llx); serving it needs that model, or a new "
-                    "state.topic to rebuild from the input", cl->topic, (int)p,
-                    (unsigned long long)rs.ck.fingerprint);
-        goto out;
-    }
+    models_held(&rs);
     rc = claim(&rs, p, errbuf, errlen);
 out:
     out->duration_s = (double)(hl_now_mono_ms() - t0) / 1000.0;

@@ -219,6 +219,7 @@ hl_changelog *hl_changelog_create(const hl_changelog_opts *o, char *errbuf, size
         return NULL;
     }
     cl->o = *o;
+    atomic_store(&cl->fp, o->model_fingerprint);
     snprintf(cl->topic, sizeof cl->topic, "%s", o->topic);
     snprintf(cl->input_topic, sizeof cl->input_topic, "%s", o->input_topic);
     cl->o.topic = cl->topic;

@@ -62,7 +62,10 @@ static const key_def keys[] = {
     {"event.min.ts.ms",     T_INT,  "0", -BIG, BIG, NULL, "events before this time (ms since 1970) are invalid (bad_timestamp)"},
     {"event.max.ts.ms",     T_INT,  "4102444800000", -BIG, BIG, NULL, "events after this time are invalid (default 2100-01-01)"},
     {"event.max.weight",    T_NUM,  "1e6", 1e-6, 1e30, NULL, "events whose weight field is above this (or NaN, infinite, negative) are invalid (bad_weight)"},
-    {"model.path",          T_STR,  NULL, 1, 4095, NULL, "the .hlm model file (demo: trains one when unset)"},
+    {"model.path",          T_STR,  NULL, 1, 4095, NULL, "the .hlm model file (demo: trains one when unset); replace it by rename to swap models live"},
+    {"model.dir",           T_STR,  NULL, 1, 4095, NULL, "where every model served is kept as <fingerprint>.hlm, so snapshots written under it migrate after a restart with another model (default <snapshot.dir>/models)"},
+    {"model.retain",        T_INT,  "4", 1, 1000, NULL, "models kept in model.dir (the oldest go first)"},
+    {"model.check.ms",      T_INT,  "10000", 0, 86400000, NULL, "how often model.path is checked for a new model (also on SIGHUP); 0 = only on SIGHUP"},
     {"recs.enabled",        T_BOOL, "true", 0, 0, NULL, "publish lists; false keeps state only"},
     {"recs.k",              T_INT,  "20", 1, 1000, NULL, "list length"},
     {"recs.exclude.seen",   T_BOOL, "true", 0, 0, NULL, "drop items in the user's history from the list"},
@@ -716,6 +719,10 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->state_max_users = (size_t)hl_config_int(cfg, "state.max.users");
     o->state_evict_mass = (float)hl_config_num(cfg, "state.evict.mass");
     type_weights(cfg, o);
+    o->model_path = hl_config_str(cfg, "model.path");
+    o->model_check_ms = hl_config_int(cfg, "model.check.ms");
+    o->model_dir = hl_config_str(cfg, "model.dir");
+    o->model_retain = (int)hl_config_int(cfg, "model.retain");
     o->snapshot_dir = hl_config_str(cfg, "snapshot.dir");
     o->snapshot_interval_ms = hl_config_int(cfg, "snapshot.interval.ms");
     o->snapshot_retain = (int)hl_config_int(cfg, "snapshot.retain");

@@ -43,6 +43,7 @@ struct hl_items {
     int             started;
     atomic_int      stop, loaded;
     atomic_llong    stream_ts_ms;
+    atomic_llong    applied;        /* updates applied since start (hl_items_applied) */
     pthread_mutex_t mu;
     catref         *cur;                /* under mu */
     /* the reader thread's own */
@@ -287,6 +288,7 @@ static void handle(hl_items *it, const rd_kafka_message_t *rkm)
         bad_update(it, rkm, r, detail);
         return;
     }
+    atomic_fetch_add(&it->applied, 1);
     it->pending++;
 }
 
@@ -491,4 +493,9 @@ void hl_items_local_reset(hl_items *it, hl_items_local *loc)
     ref_release(loc->ref);
     free(loc->hidden);
     memset(loc, 0, sizeof *loc);
+}
+
+long long hl_items_applied(const hl_items *it)
+{
+    return atomic_load(&((hl_items *)it)->applied);
 }

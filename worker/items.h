@@ -43,6 +43,10 @@ void      hl_items_destroy(hl_items *it);
 
 /* 1 once every partition was read up to its end as of the start. */
 int       hl_items_loaded(const hl_items *it);
+/* Updates applied to the catalogue since start; any thread. A live model
+ * swap is deferred while it is not 0: the catalogue names the start
+ * model's rows, and rebinding it to a new model is not wired yet. */
+long long hl_items_applied(const hl_items *it);
 
 /* Raises the stream time (the newest event time read), against which
  * expires_at is compared. Any thread. */

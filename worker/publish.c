@@ -29,9 +29,27 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
-                       .qitems = t->ctx->qitems};
-    if ((t->ranker = hl_ranker_create(t->ctx->m, &ro, errbuf, errlen)) == NULL)
+                       .qitems = t->mref->qitems};
+    if ((t->ranker = hl_ranker_create(t->mref->m, &ro, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
+    return 0;
+}
+
+int hl_publish_model(hl_wthread *t, const hl_mref *r, char *errbuf, size_t errlen)
+{
+    const hl_worker_opts *o = t->ctx->o;
+    if (t->ranker == NULL)
+        return 0;
+    /* r's own int8 table: the thread holds r (and so the table) for as
+     * long as this ranker lives. */
+    hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
+                       .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
+                       .qitems = r->qitems};
+    hl_ranker *rk = hl_ranker_create(r->m, &ro, errbuf, errlen);
+    if (rk == NULL)
+        return HL_ENOMEM;
+    hl_ranker_destroy(t->ranker);
+    t->ranker = rk;
     return 0;
 }
 
@@ -49,7 +67,7 @@ void hl_publish_free(hl_wthread *t)
 /* The list's items as the codec wants them: ids borrowed from the model. */
 static void fill_items(hl_wthread *t, const hl_rec *recs, int n)
 {
-    const hl_model *m = t->ctx->m;
+    const hl_model *m = t->mref->m;
     for (int j = 0; j < n; j++) {
         hl_codec_rec *cr = &t->crec[j];
         cr->item = hl_items_local_id(&t->cat, m, recs[j].item, &cr->item_len);
@@ -69,7 +87,7 @@ static void send_list(hl_wthread *t, const hl_row_view *v, const hl_rec *recs, i
     fill_items(t, recs, n);
     hl_codec_list l = {
         .user = v->user, .user_len = v->user_len, .generated_at_ms = v->t_ref_ms,
-        .model_version = hl_model_info_get(ctx->m)->version, .items = t->crec, .n_items = n,
+        .model_version = t->mref->mi->version, .items = t->crec, .n_items = n,
         .src_topic = ctx->o->input_topic, .src_partition = partition,
         .src_offset = v->last_offset,
     };
@@ -94,8 +112,10 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
                           flight *f)
 {
     int k = t->ctx->o->recs_k;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        hl_shard_swap_touch(sh, rows[i]);   /* a row held back by the gate */
         hl_table_view(sh->tbl, rows[i], &t->views[i]);
+    }
     double a = hl_now_mono_s();
     int rc = hl_ranker_refresh(t->ranker, t->views, n, t->recs, t->n_out);
     double b = hl_now_mono_s();

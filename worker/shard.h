@@ -14,6 +14,7 @@
 #include "metrics.h"
 #include "persist.h"
 #include "gate.h"
+#include "models.h"
 #include "changelog.h"
 
 typedef struct hl_shard_series {
@@ -55,6 +56,21 @@ typedef struct hl_shard {
     hl_shard_series series;
 
     hl_gate    *gate;                /* recs.min.interval.ms; NULL when 0 */
+
+    /* The model its rows are in (a reference), and while they move into
+     * it (swap.c) the one they come from: a row the table calls stale is
+     * still in mig_from's space. */
+    hl_mref    *mref;
+    hl_mref    *mig_from;            /* NULL: no migration running */
+    const hl_migration *mig;         /* mref->from_prev, or mig_own */
+    hl_migration *mig_own;           /* fitted for this shard (older model) */
+    float      *mig_scratch;         /* 2 HL_MIG_CHUNK n_heads dim floats */
+    hl_row_edit *mig_edit;           /* rows queued for one hl_migration_rows */
+    int         mig_n;
+    uint32_t    mig_cursor;          /* the sweep's next row id */
+    uint64_t    mig_rows;            /* rows this migration moved */
+    int64_t     mig_t0_us;
+    hl_counter *c_migrated;          /* halflife_users_migrated_total */
 } hl_shard;
 
 /* Creates a shard for partition with room for cap_ev events per batch
@@ -118,6 +134,35 @@ static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
 {
     return hl_gate_publishable_offset(sh->gate, sh->next_offset);
 }
+
+#define HL_MIG_CHUNK 64               /* rows migrated per SGEMM */
+/* Records per batch while a shard of the thread migrates: each stale user
+ * a batch touches is migrated before its event (~5-8 us at dim 64, 3
+ * heads, history 32), so this bounds the stall a swap adds to one batch
+ * (bench_swap) at the price of smaller batches for the migration's few
+ * seconds. */
+#define HL_SWAP_BATCH_MAX 512
+
+/* ---- model swaps (swap.c, DESIGN.md section 10), owner thread ---------- */
+
+/* Starts moving the shard's rows from sh->mref into to (a reference is
+ * taken): every row becomes stale and is migrated when next touched, by
+ * hl_shard_swap_tick, or all at once before a snapshot. A migration still
+ * running is finished first. 0, or HL_ENOMEM / HL_EMISMATCH (logged) when
+ * no migration could be built: the shard stays in its model. */
+int  hl_shard_swap_begin(hl_shard *sh, hl_mref *to);
+
+/* Migrates the stale rows among the batch's events' users (before they
+ * are applied) and row (before it is refreshed), when one runs. */
+void hl_shard_swap_touch_batch(hl_shard *sh);
+void hl_shard_swap_touch(hl_shard *sh, uint32_t row);
+
+/* Between batches: migrates rows until budget_us is spent. Returns the
+ * rows moved; finishing the migration releases the old model. */
+size_t hl_shard_swap_tick(hl_shard *sh, int64_t budget_us);
+
+/* Migrates every row left (a snapshot or hand-over needs one model). */
+void hl_shard_swap_finish(hl_shard *sh);
 
 /* ---- snapshots (persist.h), owner thread ------------------------------ */
 

@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "items.h"
+#include "models.h"
 #include "rank.h"
 #include "multipart.h"
 #include "producer.h"
@@ -32,9 +33,7 @@
  * metric series (which are atomics inside). */
 typedef struct hl_wshared {
     const hl_worker_opts *o;
-    const hl_model       *m;
-    const hl_qitems      *qitems;         /* two-stage scoring: m's int8 copy, read by
-                                             every thread's ranker; NULL: exact */
+    hl_models            *models;         /* the served model; threads switch at a batch's top */
     hl_counter           *rank_fallbacks;  /* two-stage users scored over every item */
     rd_kafka_t           *consumer;
     hl_producer          *prod;
@@ -42,7 +41,6 @@ typedef struct hl_wshared {
     atomic_int           *stop;           /* 0 run, 1 drain and stop, 2 stop now */
     atomic_llong          stop_deadline_ms; /* monotonic: a drain for stop gives up then */
     hl_table_opts         topts;
-    float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
     hl_persist           *persist;        /* NULL: no snapshots */
     hl_multipart         *multipart;      /* users seen in two partitions; never NULL */
     hl_items             *items;          /* the live catalogue; NULL: no item topic */
@@ -64,6 +62,7 @@ typedef struct hl_wshared {
         hl_counter   *evictions[2];       /* mass, capacity */
         hl_counter   *dl_kept;
         hl_counter   *multipart;          /* users seen in two partitions */
+        hl_counter   *migrated, *rebuilt; /* users moved into a new model / rebuilt from the ring */
         hl_counter   *skipped;            /* input offsets never received */
         hl_gauge     *schema_waiting;     /* partitions paused for a writer schema */
         hl_histogram *batch_size, *stage[4], *e2p;

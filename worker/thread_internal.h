@@ -97,6 +97,8 @@ struct hl_wthread {
     atomic_int   n_shards;
 
     /* ---- owned by the thread ---- */
+    hl_mref     *mref;                              /* thread.c: the model served */
+    int          migrating;                         /* thread.c: a shard migrates */
     int32_t     *take_copy; int cap_take_copy;      /* thread.c */
     hl_shard   **own;     int n_own, cap_own;       /* thread.c */
     hl_shard   **by_part; int cap_part;             /* thread.c: by partition */
@@ -145,6 +147,9 @@ void hl_batch_run(hl_wthread *t, int n);
 /* publish.c */
 int  hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen);
 void hl_publish_free(hl_wthread *t);
+/* A ranker for m in place of the current one (thread.c on a swap); the
+ * old one stays on failure. */
+int  hl_publish_model(hl_wthread *t, const hl_mref *r, char *errbuf, size_t errlen);
 void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f);
 /* Revocation and shutdown: refreshes every user recs.min.interval.ms holds
  * back in shs[0..n_sh) (NULL entries skipped) into one flight. */

@@ -38,17 +38,21 @@ struct hl_worker {
     hl_worker_opts    o;
     char              dlq[320];
     char              bootstrap[512];
-    const hl_model   *m;
+    char              model_dir[4096]; /* <snapshot.dir>/models when model.dir is unset */
+    const hl_model   *m;              /* the model given at start (its shape is every model's) */
+    hl_models        *models;         /* the one served now, and its reloads */
     hl_metrics       *reg;
     rd_kafka_t       *mock_rk;        /* hosts the embedded broker */
     rd_kafka_mock_cluster_t *mock;
     hl_consumer      *cons;
     hl_producer      *prod;
     hl_items         *items;          /* NULL: items.topic empty */
+    int64_t           swap_deferred_log_ms;  /* next model_swap_deferred line */
     hl_wshared        ctx;
     hl_wthread      **th;
     int               n_th;
-    hl_qitems        *qitems;         /* two-stage scoring; ctx.qitems borrows it */
+    hl_qitems        *qitems;         /* two-stage scoring: the first model's table;
+                                         models borrow it (the first mref's) */
     int              *th_load;        /* shards per thread, main thread's view */
     hl_wthread      **owner;          /* by partition; main thread only */
     int               cap_owner;
@@ -203,20 +207,17 @@ static void register_timings(hl_worker *w)
 static void register_process(hl_worker *w)
 {
     hl_metrics *reg = w->reg;
-    char labels[256];
     hl_metrics_counter(reg, "halflife_delivery_errors_total",
         "Records the producer failed to deliver.", NULL);
     w->rebalances = hl_metrics_counter(reg, "halflife_rebalances_total",
         "Rebalance callbacks served (assign and revoke).", NULL);
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
         "Input partitions this worker owns.", NULL);
-    const hl_model_info *mi = hl_model_info_get(w->m);
-    char version[sizeof mi->version * 2 + 1];      /* a label value: escaped */
-    hl_metrics_escape(version, sizeof version, mi->version);
-    snprintf(labels, sizeof labels, "version=\"%s\",items=\"%d\",dim=\"%d\"",
-             version, (int)mi->n_items, mi->dim);
-    hl_gauge_set(hl_metrics_gauge(reg, "halflife_model_info",
-        "The model in use (always 1).", labels), 1);
+    w->ctx.mx.migrated = hl_metrics_counter(reg, "halflife_users_migrated_total",
+        "Users whose state moved into a new model's space (live swap or snapshot).", NULL);
+    w->ctx.mx.rebuilt = hl_metrics_counter(reg, "halflife_users_rebuilt_total",
+        "Users whose heads were rebuilt from their history ring alone (the old model was "
+        "not at hand).", NULL);
 }
 
 static void register_metrics(hl_worker *w)
@@ -251,6 +252,55 @@ static int owner_slot(hl_worker *w, int32_t p)
     return 0;
 }
 
+/* The model served now (the main thread is the one that changes it). */
+static const hl_model *cur_model(hl_worker *w)
+{
+    hl_mref *r = hl_models_acquire(w->models);
+    const hl_model *m = r->m;
+    hl_mref_release(r);         /* the set still holds it */
+    return m;
+}
+
+/* A snapshot written under another model (a restart with a new one):
+ * its rows move into the current model as a live swap moves them, when
+ * that model is kept in model.dir; else they are rebuilt from their rings
+ * alone (counted in halflife_users_rebuilt_total). Never refused. */
+static int migrate_restored(hl_worker *w, int32_t p, hl_table *tbl, uint64_t fp)
+{
+    char err[512], why[512] = "";
+    hl_mref *cur = hl_models_acquire(w->models);
+    hl_model *old = hl_models_open_kept(w->models, fp, why, sizeof why);
+    hl_migration *mg = NULL;
+    float tw[HL_N_TYPES];
+    for (int i = 0; i < HL_N_TYPES && old; i++) {
+        float ov = w->o.has_type_weight ? w->o.type_weight[i] : NAN;
+        tw[i] = ov == ov ? ov : hl_model_info_get(old)->type_weight[i];
+    }
+    if (old != NULL && (mg = hl_migration_create(old, cur->m, tw, why, sizeof why)) == NULL)
+        hl_model_close(old), old = NULL;
+    int rebuilt = mg == NULL;
+    if (rebuilt)
+        mg = hl_migration_rebuild(cur->m, cur->tw, err, sizeof err);
+    int64_t t0 = hl_now_mono_us(), n = mg ? hl_migration_table(mg, tbl) : HL_ENOMEM;
+    if (n >= 0) {
+        hl_counter_add(rebuilt ? w->ctx.mx.rebuilt : w->ctx.mx.migrated, (uint64_t)n);
+        hl_log(rebuilt ? HL_LOG_WARN : HL_LOG_INFO, rebuilt ? "snapshot_rebuilt"
+               : "snapshot_migrated", "partition=%d from=%016llx to=%016llx users=%lld "
+               "seconds=%.3f%s%s%s", (int)p, (unsigned long long)fp,
+               (unsigned long long)cur->mi->fingerprint, (long long)n,
+               (double)(hl_now_mono_us() - t0) / 1e6, rebuilt ? " reason=\"" : "",
+               rebuilt ? why : "", rebuilt ? "; heads and masses rebuilt from the "
+               "history rings alone\"" : "");
+    } else {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"out of memory migrating "
+               "the snapshot into the current model\"", (int)p);
+    }
+    hl_migration_destroy(mg);
+    hl_model_close(old);
+    hl_mref_release(cur);
+    return n >= 0 ? 0 : HL_ENOMEM;
+}
+
 /* Marks where the partition's state came from: halflife_restore_source
  * {partition, source} is 1 for the source of the last restore. */
 static void restore_source(hl_worker *w, int32_t p, const char *source)
@@ -267,7 +317,8 @@ static void restore_source(hl_worker *w, int32_t p, const char *source)
 
 /* The local snapshot as a cache (state.store=kafka): loaded into *tblp
  * when there is one, described in base. 0, or a negative HL_E* (logged). */
-static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_base *base)
+static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_base *base,
+                         uint64_t *fp)
 {
     char err[512];
     hl_persist_restored pr;
@@ -280,7 +331,28 @@ static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_
         return HL_ENOMEM;
     }
     *base = (hl_changelog_base){pr.next_offset, pr.changelog_offset, pr.changelog_epoch};
+    *fp = pr.model_fingerprint;
     return 0;
+}
+
+/* The rows held after a changelog restore (the changelog's, each naming its
+ * model, and the cache file's not replaced since, in base_fp) in another
+ * model's space than the current one: moved into it
+ * as a file restore moves them (migrate_restored) when they are all in one
+ * model, else (rows of two models, or rows that name none) rebuilt from
+ * their rings alone, counted in halflife_users_rebuilt_total. */
+static int changelog_migrate(hl_worker *w, int32_t p, hl_table *tbl, uint64_t base_fp,
+                             const hl_changelog_restored *r, int *moved)
+{
+    uint64_t cur = hl_model_info_get(cur_model(w))->fingerprint;
+    uint64_t fp = r->base_rows ? base_fp : r->model_fingerprint;
+    int mixed = r->mixed || (r->base_rows && r->model_fingerprint != 0 &&
+                             r->model_fingerprint != base_fp);
+    if (!mixed && (fp == 0 || fp == cur))
+        return 0;
+    *moved = 1;
+    /* No model has fingerprint 0: migrate_restored then rebuilds. */
+    return migrate_restored(w, p, tbl, mixed ? 0 : fp);
 }
 
 /* state.store=kafka: the partition's table read from its local snapshot
@@ -289,12 +361,14 @@ static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_
  * must not be served from an empty table. *on_disk: the local file's
  * offset, when one was used. */
 static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
-                                   int64_t *offset, int64_t *on_disk, hl_changelog_restored *r)
+                                   int64_t *offset, int64_t *on_disk, hl_changelog_restored *r,
+                                   int *moved)
 {
     char err[512];
     hl_changelog_base base;
+    uint64_t base_fp = 0;
     int64_t t0 = hl_now_mono_us();
-    if (restore_cache(w, p, &tbl, &base) != 0)
+    if (restore_cache(w, p, &tbl, &base, &base_fp) != 0)
         goto fail;
     const hl_changelog_base *bp = base.next_offset >= 0 ? &base : NULL;
     int rc = hl_changelog_restore(w->changelog, p, tbl, bp, r, err, sizeof err);
@@ -312,6 +386,8 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
                (int)p, err);
         goto fail;
     }
+    if (changelog_migrate(w, p, tbl, bp ? base_fp : 0, r, moved) != 0)
+        goto fail;
     *on_disk = bp ? bp->next_offset : HL_PERSIST_NO_OFFSET;
     if (r->next_offset != HL_CHANGELOG_NO_OFFSET)
         *restored = *offset = r->next_offset;
@@ -345,7 +421,7 @@ fail:
  * from the topic rather than trust a committed offset without the state
  * that goes with it). NULL when out of memory. */
 static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset,
-                         int64_t *on_disk, hl_changelog_restored *cr)
+                         int64_t *on_disk, hl_changelog_restored *cr, int *moved)
 {
     char err[512];
     hl_persist_restored r;
@@ -353,11 +429,17 @@ static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *of
     *restored = -1;
     *offset = w->o.offset_reset_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
     if (tbl != NULL && w->changelog != NULL)
-        return restore_changelog(w, p, tbl, restored, offset, on_disk, cr);
+        return restore_changelog(w, p, tbl, restored, offset, on_disk, cr, moved);
     if (tbl == NULL || w->persist == NULL)
         return tbl;
     if (hl_persist_restore(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
         hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"%s\"", (int)p, err);
+        hl_table_destroy(tbl);
+        return NULL;
+    }
+    *moved = r.next_offset != HL_PERSIST_NO_OFFSET &&
+             r.model_fingerprint != hl_model_info_get(cur_model(w))->fingerprint;
+    if (*moved && migrate_restored(w, p, tbl, r.model_fingerprint) != 0) {
         hl_table_destroy(tbl);
         return NULL;
     }
@@ -378,21 +460,28 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     if (w->owner[p] != NULL)
         return 1;
     int64_t restored;
+    int moved = 0;
     hl_changelog_restored cr;
     int64_t on_disk = -1;
-    hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr);
+    hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr, &moved);
     if (tbl == NULL && w->changelog != NULL)
         return HL_EIO;
     if (w->changelog == NULL)
         on_disk = restored;     /* with the changelog: the cache file's, if one was used */
     hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, on_disk)
                                              : NULL;
+    if (moved)
+        hl_persist_shard_resave(ps);    /* the newest file names the old model */
     hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
                                    w->o.recs_min_interval_ms, w->reg, err, sizeof err);
     if (sh == NULL) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
         return HL_ENOMEM;
     }
+    /* Restored (or empty) under the current model: swaps happen on this
+     * thread too, so it cannot change in between. */
+    sh->mref = hl_models_acquire(w->models);
+    sh->c_migrated = w->ctx.mx.migrated;
     if (w->changelog != NULL &&
         (sh->cl = hl_changelog_shard_create(w->changelog, p, sh->tbl, &cr)) == NULL) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
@@ -402,6 +491,8 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     }
     if (sh->cl != NULL && sh->ps != NULL)
         hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
+    if (moved)
+        hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's */
     int i = least_loaded(w);
     if (hl_wthread_give(w->th[i], sh) != 0) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
@@ -524,14 +615,29 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ---- lifecycle --------------------------------------------------------- */
 
+/* The served models: model.path reloads, weight.* overrides for each. */
+static int start_models(hl_worker *w, char *errbuf, size_t errlen)
+{
+    hl_models_opts mo = {.path = w->o.model_path, .check_ms = w->o.model_check_ms,
+                         .tw_override = w->o.has_type_weight ? w->o.type_weight : NULL,
+                         .reg = w->reg, .store_dir = w->o.model_dir,
+                         .store_retain = w->o.model_retain > 0 ? w->o.model_retain : 4,
+                         .first_qitems = w->qitems};
+    if (mo.store_dir == NULL && w->o.snapshot_dir != NULL && w->o.snapshot_dir[0] != '\0') {
+        snprintf(w->model_dir, sizeof w->model_dir, "%s/models", w->o.snapshot_dir);
+        mo.store_dir = w->model_dir;
+    }
+    if ((w->models = hl_models_create(&mo, (hl_model *)w->m, errbuf, errlen)) == NULL)
+        return HL_ENOMEM;
+    w->ctx.models = w->models;
+    return 0;
+}
+
+/* Every model served has this shape: a swap to another is refused. */
 static int table_opts(hl_worker *w, char *errbuf, size_t errlen)
 {
     const hl_model_info *mi = hl_model_info_get(w->m);
     hl_table_opts *t = &w->ctx.topts;
-    for (int i = 0; i < HL_N_TYPES; i++) {
-        float ov = w->o.type_weight[i];
-        w->ctx.type_weight[i] = w->o.has_type_weight && ov == ov ? ov : mi->type_weight[i];
-    }
     t->history = w->o.state_history;
     t->max_users = w->o.state_max_users;
     t->evict_mass = w->o.state_evict_mass;
@@ -787,7 +893,6 @@ static int start_scoring(hl_worker *w, char *errbuf, size_t errlen)
                                  mi->dim, HL_QKERNEL_AUTO, errbuf, errlen);
     if (w->qitems == NULL)
         return HL_EINVAL;
-    w->ctx.qitems = w->qitems;
     hl_log(HL_LOG_INFO, "scoring", "mode=two-stage kernel=%s table_bytes=%zu",
            hl_qitems_kernel(w->qitems), hl_qitems_scan_bytes(w->qitems));
     return 0;
@@ -819,7 +924,7 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         snprintf(w->dlq, sizeof w->dlq, "%s.dlq", o->input_topic);
     else
         snprintf(w->dlq, sizeof w->dlq, "%s", o->dlq_topic);
-    w->ctx = (hl_wshared){.o = &w->o, .m = m, .stop = &w->stop, .reg = reg,
+    w->ctx = (hl_wshared){.o = &w->o, .stop = &w->stop, .reg = reg,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
     register_metrics(w);
@@ -836,8 +941,9 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         goto fail;
     w->ctx.consumer = hl_consumer_handle(w->cons);
     w->ctx.prod = w->prod;
+    /* The models after scoring: the first model's int8 table is theirs. */
     if (start_registry(w, errbuf, errlen) != 0 || start_scoring(w, errbuf, errlen) != 0 ||
-        start_threads(w, errbuf, errlen) != 0)
+        start_models(w, errbuf, errlen) != 0 || start_threads(w, errbuf, errlen) != 0)
         goto fail;
     return w;
 fail:
@@ -853,7 +959,8 @@ void hl_worker_destroy(hl_worker *w)
         hl_wthread_destroy(w->th[i]);
     hl_schema_store_destroy(w->schemas);  /* after every codec that asks it */
     hl_persist_destroy(w->persist);     /* after every shard is gone */
-    hl_qitems_destroy(w->qitems);       /* after every ranker is gone */
+    hl_models_destroy(w->models);       /* after every thread and shard */
+    hl_qitems_destroy(w->qitems);       /* after every ranker and the first model's ref */
     hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
     hl_items_destroy(w->items);         /* after the threads let go of its views */
@@ -997,6 +1104,37 @@ static int load_items(hl_worker *w, volatile sig_atomic_t *sig)
     return 0;
 }
 
+/* model.path, when its check is due or SIGHUP asked: a new model becomes
+ * current here, and restores from now on expect its fingerprint. */
+static void check_model(hl_worker *w)
+{
+    int force = w->o.reload_sig != NULL && *w->o.reload_sig;
+    if (force)
+        *w->o.reload_sig = 0;
+    /* The live catalogue names the start model's rows (hl_catalogue_rebind
+     * exists, nothing calls it yet): with items in it, a swap would hide
+     * and add the wrong rows, so it waits for a restart, which re-reads
+     * the item topic against the new model. */
+    if (w->items != NULL && hl_items_applied(w->items) > 0) {
+        int64_t now = hl_now_mono_ms();
+        if (force || now >= w->swap_deferred_log_ms) {
+            w->swap_deferred_log_ms = now + 600000;
+            hl_log(HL_LOG_WARN, "model_swap_deferred", "reason=\"the live catalogue holds "
+                   "item updates, which are not yet rebound to a new model\" "
+                   "action=\"restart the worker to serve a new model file\"");
+        }
+        return;
+    }
+    if (hl_models_check(w->models, hl_now_mono_ms(), force) == 1) {
+        hl_mref *r = hl_models_acquire(w->models);
+        if (w->persist)
+            hl_persist_set_model(w->persist, r->mi->fingerprint);
+        if (w->changelog)
+            hl_changelog_set_model(w->changelog, r->mi->fingerprint);
+        hl_mref_release(r);
+    }
+}
+
 int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
 {
     char err[512];
@@ -1022,6 +1160,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
         }
         if (sig && *sig)
             hl_worker_stop(w);
+        check_model(w);
         hl_producer_poll(w->prod, 0);
     }
     hl_log(HL_LOG_INFO, "worker_stopping", "drain=%d", atomic_load(&w->stop) == 1);

@@ -53,6 +53,11 @@ typedef struct hl_worker_opts {
     int         snapshot_retain;
     int         offset_reset_latest; /* auto.offset.reset=latest; librdkafka gets it too
                                       * unless kafka[] holds auto.offset.reset */
+    const char *model_path;          /* model.path: reloaded when it changes; NULL: never */
+    int64_t     model_check_ms;      /* model.check.ms; 0: only on SIGHUP */
+    const char *model_dir;           /* model.dir; NULL: <snapshot_dir>/models */
+    int         model_retain;        /* model.retain; < 1: 4 */
+    volatile sig_atomic_t *reload_sig; /* set by SIGHUP: check model.path now; NULL: none */
     int         state_kafka;         /* state.store=kafka: the changelog (changelog.h) */
     const char *state_topic;         /* NULL or "": <group_id>-state */
     int64_t     state_flush_ms;      /* changelog flush interval, >= 1 */

@@ -513,9 +513,9 @@ static double ranker_ceiling(const char *model_path)
     for (int u = 0; u < B; u++) {
         snprintf(users[u], 16, "u%d", u);
         for (int e = 0; e < 1 + (u & 1); e++) {
-            hl_event ev = {users[u], (uint32_t)strlen(users[u]),
-                           (int32_t)((frand(&s) + 1) * 0.5 * (mi->n_items - 1)), 0, 1,
-                           1000 * e, e};
+            hl_event ev = {.user = users[u], .user_len = (uint32_t)strlen(users[u]),
+                           .item = (int32_t)((frand(&s) + 1) * 0.5 * (mi->n_items - 1)),
+                           .type = 0, .w = 1, .ts_ms = 1000 * e, .offset = e};
             hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), mi->n_items, NULL);
         }
     }

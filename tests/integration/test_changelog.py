@@ -29,8 +29,14 @@ Cases:
 - refused:   no usable changelog topic: the worker refuses to start;
 - cache:     a worker killed and restarted on the same snapshot.dir loads
              its local snapshot and reads only the changelog after the
-             offset the snapshot records (records read counted).
+             offset the snapshot records (records read counted);
+- model:     a changelog written under model A restored by a worker serving
+             B (a restart with a retrained model): every user is migrated
+             (A kept in model.dir), never refused; that worker's flushes
+             rewrite every row in B, so the next restore under B reads rows
+             of B only (nothing migrated or rebuilt) and equals its state.
 """
+import subprocess
 import os
 import random
 import signal
@@ -330,6 +336,49 @@ def case_refused(ck):
              in w2.log_text(), "exit %s, log: %s" % (rc2, w2.log_text()[-400:]))
 
 
+def case_model(ck):
+    model, _csv, events = C.prepare(ck.tmp, 3000, 200, N_ITEMS)
+    model_b = os.path.join(ck.tmp, "b.hlm")
+    subprocess.run([os.path.join(C.U.BUILD, "tests", "test_offline")], check=True,
+                   env=dict(os.environ, HL_OFFLINE_MAKE_MODEL=model_b, HL_OFFLINE_SEED="777",
+                            HL_OFFLINE_ITEMS=str(N_ITEMS), HL_OFFLINE_DIM="16"))
+    group = "model-group"
+    broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "model-broker.log"),
+                      topics=C.TOPICS + [state_topic(group)])
+    a, snap_a = worker(ck, broker, model, "model-a", group)
+    a.wait_event("partition_assigned", 20)
+    errors = []
+    C.paced_producer(broker.bootstrap, events, 2000, errors).join(60)
+    C.wait_consumed([a], len(events), 30)
+    C.wait_idle([a], 10)
+    rc_a, _secs = a.term(30)
+    users = len({e[0] for e in events})
+    kept = ["model.dir=" + os.path.join(snap_a, "models")]
+    b, snap_b = worker(ck, broker, model_b, "model-b", group, kept)
+    ok_b = b.wait_event("restored", 40, count=PARTS)
+    C.wait_idle([b], 5)
+    migrated = b.metric_or("halflife_users_migrated_total", 0)
+    rebuilt = b.metric_or("halflife_users_rebuilt_total", 0)
+    rc_b, _secs = b.term(30)
+    ck.check("model.other_model_migrated", rc_a == 0 and rc_b == 0 and ok_b and not errors
+             and migrated == users and rebuilt == 0,
+             "exits %s/%s, restored %s, migrated %s rebuilt %s of %d users" % (
+                 rc_a, rc_b, ok_b, migrated, rebuilt, users))
+    want, _offs = C.dump_state(snap_b)
+    r, snap_r = worker(ck, broker, model_b, "model-r", group)
+    ok_r = r.wait_event("restored", 40, count=PARTS)
+    C.wait_idle([r], 5)
+    moved = (r.metric_or("halflife_users_migrated_total", 0),
+             r.metric_or("halflife_users_rebuilt_total", 0))
+    rc_r, _secs = r.term(30)
+    got, _offs = C.dump_state(snap_r)
+    diff = C.state_diff(got, want)
+    ck.check("model.rewritten_in_the_new_model", rc_r == 0 and ok_r and moved == (0, 0) and
+             not diff and len(want) == users,
+             "exit %s, restored %s, migrated/rebuilt %s, %d of %d users differ (e.g. %s)" % (
+                 rc_r, ok_r, moved, len(diff), len(want), diff[:3]))
+
+
 # make test runs the quick cases (each of the others waits out session
 # timeouts for over a minute); make test-long (HL_LONG=1, also in .ci/run)
 # runs the others. HL_CASE=name runs one case either way.
@@ -341,7 +390,8 @@ def run(ck):
     long_run = os.environ.get("HL_LONG") == "1"
     for name, fn in (("crash", case_crash), ("rebalance", case_rebalance),
                      ("zombie", case_zombie), ("cache", case_cache),
-                     ("tombstones", case_tombstones), ("refused", case_refused)):
+                     ("tombstones", case_tombstones), ("refused", case_refused),
+                     ("model", case_model)):
         if only and only != name:
             continue
         if not only and (name in QUICK) == long_run:

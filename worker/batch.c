@@ -365,7 +365,7 @@ static void catalogue_boundary(hl_wthread *t)
         hl_table_meta_get(t->own[i]->tbl, &meta);
         hl_items_saw_ts(it, meta.newest_ts_ms);
     }
-    hl_items_local_update(it, &t->cat, t->ranker);
+    hl_items_local_update(it, &t->cat, t->ranker, t->mref->m);
 }
 
 void hl_batch_run(hl_wthread *t, int n)

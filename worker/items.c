@@ -454,10 +454,27 @@ static int recompute(hl_items_local *loc, int64_t now_ms)
     return 0;
 }
 
-void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r)
+void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r,
+                           const hl_model *m)
 {
     if (it == NULL)
         return;
+    /* The catalogue names the start model's rows; a thread that serves a
+     * model swapped in since ranks without it (the swap waits while the
+     * catalogue holds updates: worker.c check_model), and an update that
+     * arrives after such a swap waits for a restart, said once. */
+    if (m != it->o.m) {
+        int state = hl_items_applied(it) > 0 ? 2 : 1;
+        if (!loc->detached && r != NULL)
+            hl_ranker_set_catalogue(r, NULL);
+        if (state == 2 && loc->detached != 2)
+            hl_log(HL_LOG_ERROR, "catalogue_not_applied", "reason=\"item updates arrived "
+                   "after a model swap; they are not rebound to the new model yet\" "
+                   "action=\"restart the worker\"");
+        loc->detached = state;
+        return;
+    }
+    loc->detached = 0;
     catref *ref = ref_acquire(it), *old = loc->ref;
     int64_t now = atomic_load_explicit(&it->stream_ts_ms, memory_order_relaxed);
     if (ref == NULL || (ref == old && now < loc->next_ms)) {
@@ -482,7 +499,7 @@ void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r)
 const char *hl_items_local_id(const hl_items_local *loc, const hl_model *m, int32_t row,
                               uint32_t *len)
 {
-    if (loc->ref != NULL)
+    if (loc->ref != NULL && !loc->detached)
         return hl_catview_item_id(loc->ref->v, row, len);
     return hl_model_item_id(m, row, len);
 }

@@ -59,13 +59,16 @@ typedef struct hl_items_local {
     int32_t            cap_hidden;
     int64_t            next_ms;      /* hidden holds until this stream time */
     hl_rank_catalogue  rc;           /* what the ranker is given */
+    int                detached;     /* the thread serves another model than the
+                                        catalogue's: ids come from that model */
 } hl_items_local;
 
 /* At a batch boundary: takes the newest view, recomputes the hidden rows
  * when the view or the stream time asks for it, and gives the ranker (may
  * be NULL) its catalogue. it NULL: nothing (no item topic). Allocates only
  * when the view changed and holds more hidden rows than before. */
-void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r);
+void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r,
+                           const hl_model *m);
 /* The id of ranker row `row` (model or side), through the held view or
  * else the model. */
 const char *hl_items_local_id(const hl_items_local *loc, const hl_model *m, int32_t row,

@@ -591,7 +591,15 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     rd_kafka_error_t *error = NULL;
     hl_counter_add(w->rebalances, 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        assign_parts(w, rk, parts);
+        /* Leaving the group can bring an assignment (another member left
+         * meanwhile); once stopping, the threads take no new shard, so the
+         * partitions are only acknowledged, left unserved and uncommitted:
+         * their next owner resumes where they were. */
+        if (atomic_load(&w->stop) == 0)
+            assign_parts(w, rk, parts);
+        else
+            hl_log(HL_LOG_INFO, "assignment_ignored", "reason=\"stopping\" partitions=%d",
+                   parts->cnt);
         if (coop)
             error = rd_kafka_incremental_assign(rk, parts);
         else

@@ -74,12 +74,31 @@ static void check_after_failure(const hl_table *ta, const char *what)
     hl_table_destroy(t);
 }
 
+/* Fails the first, second, .. writes-th write of tb's snapshot (meta m) in
+ * turn: each attempt must fail with HL_EIO, its message saying "No space"
+ * and must_say, and leave ta's snapshot the newest valid one. */
+static void fail_each_write(const hl_table *ta, const hl_table *tb,
+                            const hl_snapshot_meta *m, int writes, const char *must_say)
+{
+    char err[1024], what[64];
+    for (int n = 1; n <= writes && !t_case_failed; n++) {
+        faulty f = faulty_io();
+        f.io.ctx = &f;
+        f.fail_write = n;
+        int rc = hl_snapshot_write(&f.io, dir, m, tb, 5, NULL, err, sizeof err);
+        snprintf(what, sizeof what, "write %d of %d", n, writes);
+        CHECKF(rc == HL_EIO && strstr(err, must_say) && strstr(err, "No space"),
+               "%s: %d %s", what, rc, err);
+        check_after_failure(ta, what);
+    }
+}
+
 static void test_injected_failures(void)
 {
     hl_table_opts o = opts();
     hl_table *ta = table_upto(&o, 1500), *tb = table_upto(&o, 6000);
     hl_snapshot_meta m = meta_at("ev", 0, 100);
-    char err[1024], what[64];
+    char err[1024];
     int writes;
 
     /* Count the calls a clean write of B makes (in its own directory),
@@ -95,15 +114,7 @@ static void test_injected_failures(void)
     m.next_offset = 100;
     CHECK(hl_snapshot_write(NULL, dir, &m, ta, 5, NULL, err, sizeof err) == 0);
     m.next_offset = 200;
-    for (int n = 1; n <= writes && !t_case_failed; n++) {
-        f = faulty_io();
-        f.io.ctx = &f;
-        f.fail_write = n;
-        int rc = hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err);
-        snprintf(what, sizeof what, "write %d of %d", n, writes);
-        CHECKF(rc == HL_EIO && strstr(err, "write") && strstr(err, "No space"), "%s: %d %s", what, rc, err);
-        check_after_failure(ta, what);
-    }
+    fail_each_write(ta, tb, &m, writes, "write");
     f = faulty_io(); f.io.ctx = &f; f.fail_fsync = 1;
     CHECK(hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err) == HL_EIO);
     CHECKF(strstr(err, "fsync"), "%s", err);
@@ -264,7 +275,7 @@ static void test_injected_failures_mid_file(void)
     hl_table_opts o = opts(), ob = opts_with(BIG_DIM, HISTORY, 0);
     hl_table *ta = table_upto(&o, 1500), *tb = big_table(&ob);
     hl_snapshot_meta m = meta_at("ev", 0, 100);
-    char err[1024], what[64];
+    char err[1024];
     int writes;
 
     fresh_dir();
@@ -277,15 +288,7 @@ static void test_injected_failures_mid_file(void)
     fresh_dir();
     CHECK(hl_snapshot_write(NULL, dir, &m, ta, 5, NULL, err, sizeof err) == 0);
     m.next_offset = 200;
-    for (int n = 1; n <= writes && !t_case_failed; n++) {
-        f = faulty_io();
-        f.io.ctx = &f;
-        f.fail_write = n;
-        int rc = hl_snapshot_write(&f.io, dir, &m, tb, 5, NULL, err, sizeof err);
-        snprintf(what, sizeof what, "write %d of %d", n, writes);
-        CHECKF(rc == HL_EIO && strstr(err, "No space"), "%s: %d %s", what, rc, err);
-        check_after_failure(ta, what);
-    }
+    fail_each_write(ta, tb, &m, writes, "No space");
     hl_table_destroy(ta);
     hl_table_destroy(tb);
 }

@@ -234,6 +234,16 @@ static void send_event(demo *d, const hl_codec_event *ev)
     atomic_fetch_add(&d->produced, 1);
 }
 
+/* Event n of a replay, sent at the demo's rate; every 256th also serves
+ * the producer's delivery reports. */
+static void send_paced(demo *d, hl_pace *pc, const hl_codec_event *ev, uint64_t n)
+{
+    send_event(d, ev);
+    hl_pace_sent(pc);
+    if ((n & 255) == 0)
+        hl_producer_poll(d->prod, 0);
+}
+
 static void replay_synthetic(demo *d)
 {
     hl_synth_opts so;
@@ -247,10 +257,7 @@ static void replay_synthetic(demo *d)
         hl_synth_next(s, &se);
         hl_codec_event ev = {se.user, se.user_len, se.item, se.item_len, se.type,
                              se.ts_ms, se.weight, se.has_weight};
-        send_event(d, &ev);
-        hl_pace_sent(&pc);
-        if ((n & 255) == 0)
-            hl_producer_poll(d->prod, 0);
+        send_paced(d, &pc, &ev, n);
     }
     hl_synth_destroy(s);
 }
@@ -274,10 +281,7 @@ static void replay_file(demo *d)
     for (uint64_t n = 0; !atomic_load(&d->stop) && hl_dataset_next(r, &de, err, sizeof err) == 1; n++) {
         hl_codec_event ev = {de.user, de.user_len, de.item, de.item_len, de.type,
                              de.ts_ms, de.weight, de.has_weight};
-        send_event(d, &ev);
-        hl_pace_sent(&pc);
-        if ((n & 255) == 0)
-            hl_producer_poll(d->prod, 0);
+        send_paced(d, &pc, &ev, n);
     }
     hl_dataset_close(r);
     hl_log(HL_LOG_INFO, "demo_input_done", "events=%llu",

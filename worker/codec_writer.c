@@ -223,8 +223,7 @@ void hl_codec_writer_clear(writer *w)
     memset(w, 0, sizeof *w);
 }
 
-/* Reads <dir>/<id>.avsc into a malloc'd NUL-terminated string. */
-static char *read_schema_file(const char *dir, int32_t id, char *why, size_t whylen)
+char *hl_codec_schema_file(const char *dir, int32_t id, char *why, size_t whylen)
 {
     char path[PATH_MAX];
     char *text = NULL;
@@ -339,7 +338,7 @@ static void writer_load_once(hl_codec *c, writer *w, int32_t id)
             w->kind = W_WAIT;
         if (rc != 0)
             return;
-    } else if ((text = read_schema_file(c->schemas_dir, id, w->why, sizeof w->why)) == NULL) {
+    } else if ((text = hl_codec_schema_file(c->schemas_dir, id, w->why, sizeof w->why)) == NULL) {
         /* Id 1 is the schema halflife itself writes (hl_codec_encode_event,
          * halflife produce): built in, so a worker started outside the
          * source tree still reads it. A file of that id overrides it. */

@@ -1,7 +1,7 @@
 /* io.c - the POSIX hl_io and the loops that make write/read complete.
  *
  * Nothing here decides anything: each function is the system call it names,
- * with ctx ignored, so that swapping the table (tests/test_snapshot.c fails
+ * with ctx ignored, so that swapping the table (tests/test_snapshot_write.c fails
  * the Nth call; tests/fuzz/ serves a file from memory) changes only where
  * the bytes go, never what snapshot.c does with them. */
 #include "io.h"

@@ -36,126 +36,20 @@
  * the dirty mark and leaves the id in the list, take_dirty skips it.
  *
  * One thread, the shard's owner, calls everything; nothing locks. No I/O,
- * no clock: time comes in with the events. */
-#include "table.h"
-
-#include "index.h"
-#include "lru.h"
+ * no clock: time comes in with the events.
+ *
+ * This file holds the event path: create, row ids, the dirty list, insert,
+ * eviction (capacity, mass, removal) and apply. Rows in and out away from
+ * it (views, edits for a model swap, restore, meta, stats) are in
+ * table_rows.c; the struct and row accessors both use, in table_internal.h. */
+#include "table_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
-#define ROWS_SHIFT      14
-#define ROWS_PER_BLOCK  (1u << ROWS_SHIFT)
-#define WORDS_PER_BLOCK (ROWS_PER_BLOCK / 64)
-#define NONE            UINT32_MAX
-
-#define F_DIRTY   1u    /* changed since the last take_dirty */
-#define F_INLIST  2u    /* id is on the dirty list (maybe no longer dirty) */
-#define F_HEAPKEY 4u    /* user_id is in a malloc'd copy */
-#define F_GEN     8u    /* the model generation's parity the heads are in
-                           (hl_table_flip_generation) */
-
-#define LRU_SCAN_PER_INSERT 64u /* rows an LRU scan advances per new user */
-#define MAX_EVICT_BATCH 64u     /* users evicted at once at capacity */
-#define PIPE 8                  /* events between pipeline stages */
-#define RING 64                 /* > 3 PIPE, a power of two */
-
-typedef struct row_hdr {
-    int64_t  t_ref_ms;
-    int64_t  last_offset;
-    uint64_t active_seq;
-    uint32_t next_dirty;
-    uint16_t user_len;
-    uint8_t  hist_head;
-    uint8_t  n_hist;
-} row_hdr;
-
-typedef struct block {
-    uint8_t *rows;                     /* ROWS_PER_BLOCK * stride bytes */
-    size_t   map_bytes;
-    uint64_t live[WORDS_PER_BLOCK];    /* bit set: row in use */
-} block;
-
-struct hl_table {
-    hl_table_opts o;
-    int      n_heads, dim, history;
-    size_t   stride, key_cap;
-    size_t   off_m, off_s, off_hts, off_hitem, off_htype, off_hkey, off_hw;
-    size_t   payload_fixed;            /* payload bytes of a row but its id */
-
-    block  **blocks;
-    uint8_t **rows;                    /* blocks[b]->rows: one load, not two */
-    uint32_t n_blocks, cap_blocks;
-    uint32_t row_limit;                /* 1 + highest live id */
-    uint32_t row_ever;                 /* 1 + highest id ever live: above
-                                          it rows are untouched memory */
-    uint32_t free_hint;                /* no free id below it */
-    size_t   users, key_bytes, heap_key_bytes;
-
-    hl_index ix;                       /* tag -> row id, see index.h */
-
-    uint32_t dirty_head, dirty_tail;
-    uint64_t active_seq;
-    int64_t  newest_ts_ms;
-    uint32_t sweep_cursor;
-    uint8_t  gen_flag;                 /* F_GEN or 0: the parity fresh rows carry */
-    size_t   evict_batch;              /* clamp(max_users / 64, 1, 64) */
-    hl_lru   lru;                      /* exact oldest rows, see lru.h */
-    hl_table_stats st;
-
-    uint64_t pipe_hash[RING];          /* apply's lookahead, see hl_table_apply */
-    int64_t  pipe_row[RING];
-    uint64_t pipe_gen[RING];
-    uint64_t evictions;                /* ever; a guess older than one is rechecked */
-    int      pipe_hist[RING];
-    hl_table_evict_fn on_evict;        /* hl_table_on_evict; NULL: none */
-    void    *on_evict_arg;
-};
-
-/* ---- rows ---------------------------------------------------------------- */
-
-static uint8_t *row_ptr(const hl_table *tbl, uint32_t r)
-{
-    return tbl->rows[r >> ROWS_SHIFT]
-         + (size_t)(r & (ROWS_PER_BLOCK - 1)) * tbl->stride;
-}
-
-static row_hdr *hdr(uint8_t *p)            { return (row_hdr *)p; }
-static uint8_t *flags(uint8_t *p)          { return p + sizeof(row_hdr); }
-static float   *row_m(const hl_table *tbl, uint8_t *p) { return (float *)(p + tbl->off_m); }
-static float   *row_s(const hl_table *tbl, uint8_t *p) { return (float *)(p + tbl->off_s); }
-static int64_t *row_hts(const hl_table *tbl, uint8_t *p) { return (int64_t *)(p + tbl->off_hts); }
-static int32_t *row_hitem(const hl_table *tbl, uint8_t *p) { return (int32_t *)(p + tbl->off_hitem); }
-static uint8_t *row_htype(const hl_table *tbl, uint8_t *p) { return p + tbl->off_htype; }
-static uint64_t *row_hkey(const hl_table *tbl, uint8_t *p) { return (uint64_t *)(p + tbl->off_hkey); }
-static float   *row_hw(const hl_table *tbl, uint8_t *p) { return (float *)(p + tbl->off_hw); }
-
-static const char *row_key(uint8_t *p)
-{
-    const char *inl = (const char *)flags(p) + 1, *heap;
-    if (!(*flags(p) & F_HEAPKEY)) return inl;
-    memcpy(&heap, inl, sizeof heap);
-    return heap;
-}
-
-static int row_is_live(const hl_table *tbl, uint32_t r)
-{
-    if (r >> ROWS_SHIFT >= tbl->n_blocks) return 0;
-    const block *b = tbl->blocks[r >> ROWS_SHIFT];
-    uint32_t i = r & (ROWS_PER_BLOCK - 1);
-    return (b->live[i / 64] >> (i % 64)) & 1;
-}
-
-static void set_live(hl_table *tbl, uint32_t r, int on)
-{
-    block *b = tbl->blocks[r >> ROWS_SHIFT];
-    uint32_t i = r & (ROWS_PER_BLOCK - 1);
-    if (on) b->live[i / 64] |= 1ull << (i % 64);
-    else    b->live[i / 64] &= ~(1ull << (i % 64));
-}
+/* ---- row layout ---------------------------------------------------------- */
 
 static size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
@@ -213,59 +107,6 @@ static int add_block(hl_table *tbl)
     tbl->rows[tbl->n_blocks] = b->rows;
     tbl->blocks[tbl->n_blocks++] = b;
     return 0;
-}
-
-/* ---- hashing and the index ----------------------------------------------- */
-
-/* 64-bit hash of a short string: 8 bytes at a time, multiply-xorshift, then
- * a murmur-style finaliser so every output bit depends on every input bit. */
-static uint64_t hash_key(const char *p, size_t n)
-{
-    uint64_t h = 0x6a09e667f3bcc909ull ^ (n * 0x9e3779b97f4a7c15ull);
-    for (; n >= 8; p += 8, n -= 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        h = (h ^ v) * 0xbf58476d1ce4e5b9ull;
-        h ^= h >> 29;
-    }
-    /* The 0..7 tail in at most two loads (overlapping for 4..7, three
-     * bytes for 1..3): a variable-length memcpy into a word was a byte loop
-     * whose stores the word load then waited on. Every byte counts once the
-     * length is known, and n is mixed in. */
-    uint64_t v = 0;
-    if (n >= 4) {
-        uint32_t a, b;
-        memcpy(&a, p, 4);
-        memcpy(&b, p + n - 4, 4);
-        v = (uint64_t)a << 32 | b;
-    } else if (n > 0) {
-        const uint8_t *q = (const uint8_t *)p;
-        v = (uint64_t)q[0] << 16 | (uint64_t)q[n >> 1] << 8 | q[n - 1];
-    }
-    h = (h ^ v ^ ((uint64_t)n << 59)) * 0x94d049bb133111ebull;
-    h ^= h >> 32;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return h;
-}
-
-static uint32_t tag_of(uint64_t h) { return (uint32_t)(h >> 32); }
-
-static int key_eq(uint8_t *p, const char *user, size_t len)
-{
-    return hdr(p)->user_len == len && memcmp(row_key(p), user, len) == 0;
-}
-
-/* Row of user, or -1: index candidates by tag, confirmed by key. */
-static int64_t lookup(const hl_table *tbl, uint64_t h, const char *user,
-                      size_t len)
-{
-    hl_index_it it;
-    int64_t r;
-    hl_index_first(&tbl->ix, tag_of(h), &it);
-    while ((r = hl_index_next(&tbl->ix, tag_of(h), &it)) >= 0)
-        if (key_eq(row_ptr(tbl, (uint32_t)r), user, len)) return r;
-    return -1;
 }
 
 /* ---- create / destroy ---------------------------------------------------- */
@@ -349,7 +190,7 @@ const hl_table_opts *hl_table_opts_get(const hl_table *tbl) { return &tbl->o; }
 
 /* Lowest id with a clear live bit, scanning words from free_hint; may add a
  * block. The hint only moves down on eviction, so scanning is amortised. */
-static int take_id(hl_table *tbl, uint32_t *out)
+int hl_table_take_id(hl_table *tbl, uint32_t *out)
 {
     for (uint32_t w = tbl->free_hint / 64;; w++) {
         uint32_t b = w / WORDS_PER_BLOCK;
@@ -366,7 +207,7 @@ static int take_id(hl_table *tbl, uint32_t *out)
     }
 }
 
-static int claim_id(hl_table *tbl, uint32_t r)
+int hl_table_claim_id(hl_table *tbl, uint32_t r)
 {
     while ((r >> ROWS_SHIFT) >= tbl->n_blocks) {
         int rc = add_block(tbl);
@@ -375,7 +216,7 @@ static int claim_id(hl_table *tbl, uint32_t r)
     return row_is_live(tbl, r) ? HL_EINVAL : 0;
 }
 
-static void mark_live(hl_table *tbl, uint32_t r)
+void hl_table_mark_live(hl_table *tbl, uint32_t r)
 {
     set_live(tbl, r, 1);
     if (r >= tbl->row_limit) tbl->row_limit = r + 1;
@@ -425,7 +266,7 @@ int hl_table_take_dirty(hl_table *tbl, uint32_t *rows, int max)
 /* ---- insert and evict ----------------------------------------------------- */
 
 /* Writes the user's id into a fresh row: inline, or a heap copy if long. */
-static int set_key(hl_table *tbl, uint8_t *p, const char *user, size_t len)
+int hl_table_set_key(hl_table *tbl, uint8_t *p, const char *user, size_t len)
 {
     char *dst = (char *)flags(p) + 1;
     hdr(p)->user_len = (uint16_t)len;
@@ -446,7 +287,7 @@ static int set_key(hl_table *tbl, uint8_t *p, const char *user, size_t len)
  * row never used is left unread: it is zero already, and a read would
  * first map the huge zero page, so the write after it faults again (a
  * second fault and a TLB flush per fresh 2 MB of rows). */
-static void clear_row(hl_table *tbl, uint32_t r, uint8_t *p)
+void hl_table_clear_row(hl_table *tbl, uint32_t r, uint8_t *p)
 {
     if (r >= tbl->row_ever) return;
     uint32_t next = hdr(p)->next_dirty;
@@ -454,12 +295,6 @@ static void clear_row(hl_table *tbl, uint32_t r, uint8_t *p)
     memset(p, 0, tbl->stride);
     hdr(p)->next_dirty = next;
     *flags(p) = keep;
-}
-
-/* A new or restored row's heads are in the table's current generation. */
-static void set_fresh(const hl_table *tbl, uint8_t *p)
-{
-    *flags(p) = (uint8_t)((*flags(p) & ~F_GEN) | tbl->gen_flag);
 }
 
 static void evict(hl_table *tbl, uint32_t r)
@@ -544,15 +379,15 @@ static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,
         return rc;
     if ((rc = hl_index_reserve(&tbl->ix)) != 0) return rc;
     uint32_t r;
-    if ((rc = take_id(tbl, &r)) != 0) return rc;
+    if ((rc = hl_table_take_id(tbl, &r)) != 0) return rc;
     uint8_t *p = row_ptr(tbl, r);
-    clear_row(tbl, r, p);
+    hl_table_clear_row(tbl, r, p);
     set_fresh(tbl, p);
-    if ((rc = set_key(tbl, p, user, len)) != 0) return rc;
+    if ((rc = hl_table_set_key(tbl, p, user, len)) != 0) return rc;
     hdr(p)->t_ref_ms = INT64_MIN;
     hdr(p)->last_offset = INT64_MIN;
     hl_index_put(&tbl->ix, tag_of(h), r);
-    mark_live(tbl, r);
+    hl_table_mark_live(tbl, r);
     tbl->users++;
     tbl->key_bytes += len;
     tbl->st.inserted++;
@@ -733,73 +568,6 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
     return applied;
 }
 
-/* ---- lookups and views ---------------------------------------------------- */
-
-int64_t hl_table_find(const hl_table *tbl, const char *user, size_t user_len)
-{
-    return lookup(tbl, hash_key(user, user_len), user, user_len);
-}
-
-void hl_table_view(const hl_table *tbl, uint32_t row, hl_row_view *v)
-{
-    uint8_t *p = row_ptr(tbl, row);
-    row_hdr *rh = hdr(p);
-    *v = (hl_row_view){
-        .user = row_key(p), .user_len = rh->user_len,
-        .s = row_s(tbl, p), .m = row_m(tbl, p),
-        .t_ref_ms = rh->t_ref_ms, .last_offset = rh->last_offset,
-        .active_seq = rh->active_seq, .history = tbl->history,
-        .n_hist = rh->n_hist, .hist_head = rh->hist_head,
-        .hist_item = row_hitem(tbl, p), .hist_type = row_htype(tbl, p),
-        .hist_ts_ms = row_hts(tbl, p), .hist_key = row_hkey(tbl, p),
-        .hist_w = row_hw(tbl, p),
-    };
-}
-
-uint32_t hl_table_row_limit(const hl_table *tbl) { return tbl->row_limit; }
-
-int hl_table_row_live(const hl_table *tbl, uint32_t row)
-{
-    return row < tbl->row_limit && row_is_live(tbl, row);
-}
-
-/* ---- model generations ---------------------------------------------------- */
-
-void hl_table_flip_generation(hl_table *tbl)
-{
-    tbl->gen_flag ^= F_GEN;
-}
-
-int hl_table_row_stale(const hl_table *tbl, uint32_t row)
-{
-    return (*flags(row_ptr(tbl, row)) & F_GEN) != tbl->gen_flag;
-}
-
-void hl_table_edit(hl_table *tbl, uint32_t row, hl_row_edit *e)
-{
-    uint8_t *p = row_ptr(tbl, row);
-    hl_table_view(tbl, row, &e->v);
-    e->s = row_s(tbl, p);
-    e->m = row_m(tbl, p);
-    e->hist_item = row_hitem(tbl, p);
-}
-
-void hl_table_row_done(hl_table *tbl, uint32_t row)
-{
-    set_fresh(tbl, row_ptr(tbl, row));
-}
-
-uint32_t hl_table_next_live(const hl_table *tbl, uint32_t row)
-{
-    if (row >= tbl->row_limit) return UINT32_MAX;
-    for (uint32_t w = row / 64; w * 64 < tbl->row_limit; w++) {
-        uint64_t bits = tbl->blocks[w / WORDS_PER_BLOCK]->live[w % WORDS_PER_BLOCK];
-        if (w == row / 64) bits &= UINT64_MAX << (row % 64);
-        if (bits != 0) return w * 64 + (uint32_t)__builtin_ctzll(bits);
-    }
-    return UINT32_MAX;
-}
-
 /* ---- mass eviction -------------------------------------------------------- */
 
 /* Mass decayed to the newest time the shard has seen, below the bar in
@@ -862,150 +630,4 @@ int hl_table_remove(hl_table *tbl, const char *user, size_t user_len)
     evict(tbl, (uint32_t)r);
     tbl->on_evict = fn;
     return 0;
-}
-
-/* ---- restore and meta ----------------------------------------------------- */
-
-static int view_fits(const hl_table *tbl, const hl_row_view *v)
-{
-    return v->history == tbl->history && v->n_hist >= 0
-        && v->n_hist <= tbl->history && v->hist_head >= 0
-        && v->hist_head < tbl->history && v->user_len >= 1
-        && v->user_len <= HL_MAX_ID_LEN && v->user != NULL
-        && v->s != NULL && v->m != NULL
-        && (v->n_hist == 0 || (v->hist_item != NULL && v->hist_type != NULL
-                               && v->hist_ts_ms != NULL));
-}
-
-/* Ring keys and weights, or "unknown" for a view without them (a
- * snapshot of format 1). */
-static void copy_keys(hl_table *tbl, uint8_t *p, const hl_row_view *v)
-{
-    size_t hist = (size_t)tbl->history;
-    uint64_t *k = row_hkey(tbl, p);
-    float *w = row_hw(tbl, p);
-    for (size_t i = 0; i < hist; i++) {
-        k[i] = v->hist_key ? v->hist_key[i] : 0;
-        w[i] = v->hist_w ? v->hist_w[i] : NAN;
-    }
-}
-
-static void copy_view(hl_table *tbl, uint8_t *p, const hl_row_view *v)
-{
-    row_hdr *rh = hdr(p);
-    size_t nh = (size_t)tbl->n_heads;
-    rh->t_ref_ms = v->t_ref_ms;
-    rh->last_offset = v->last_offset;
-    rh->active_seq = v->active_seq;
-    rh->hist_head = (uint8_t)v->hist_head;
-    rh->n_hist = (uint8_t)v->n_hist;
-    memcpy(row_m(tbl, p), v->m, nh * sizeof(float));
-    memcpy(row_s(tbl, p), v->s, nh * (size_t)tbl->dim * sizeof(float));
-    if (v->n_hist > 0) {
-        size_t hist = (size_t)tbl->history;
-        memcpy(row_hts(tbl, p), v->hist_ts_ms, hist * sizeof(int64_t));
-        memcpy(row_hitem(tbl, p), v->hist_item, hist * sizeof(int32_t));
-        memcpy(row_htype(tbl, p), v->hist_type, hist);
-        copy_keys(tbl, p, v);
-    }
-}
-
-typedef struct key_ref {
-    const hl_table *tbl;
-    const char     *user;
-    size_t          len;
-} key_ref;
-
-static int same_key(const void *ctx, uint32_t r)
-{
-    const key_ref *k = ctx;
-    return key_eq(row_ptr(k->tbl, r), k->user, k->len);
-}
-
-/* Fills row r (claimed, not yet live) from v and indexes it, unless the
- * user is in the table already (HL_EINVAL): the duplicate check and the
- * insert are one probe of the index, as a load restores a row per call. */
-static int restore_row(hl_table *tbl, uint32_t r, const hl_row_view *v)
-{
-    uint64_t h = hash_key(v->user, v->user_len);
-    key_ref k = {tbl, v->user, v->user_len};
-    int rc;
-    if ((rc = hl_index_reserve(&tbl->ix)) != 0) return rc;
-    if (hl_index_put_absent(&tbl->ix, tag_of(h), r, same_key, &k) >= 0)
-        return HL_EINVAL;
-    uint8_t *p = row_ptr(tbl, r);
-    clear_row(tbl, r, p);
-    set_fresh(tbl, p);
-    if ((rc = set_key(tbl, p, v->user, v->user_len)) != 0) {
-        hl_index_del(&tbl->ix, tag_of(h), r);
-        return rc;
-    }
-    copy_view(tbl, p, v);
-    mark_live(tbl, r);
-    tbl->users++;
-    tbl->key_bytes += v->user_len;
-    if (v->active_seq > tbl->active_seq) tbl->active_seq = v->active_seq;
-    return 0;
-}
-
-int hl_table_restore_at(hl_table *tbl, uint32_t row, const hl_row_view *v)
-{
-    if (!view_fits(tbl, v) || row >= HL_TABLE_MAX_ROWS)
-        return HL_EINVAL;
-    int rc = claim_id(tbl, row);
-    if (rc != 0) return rc;
-    return restore_row(tbl, row, v);
-}
-
-int hl_table_restore(hl_table *tbl, const hl_row_view *v)
-{
-    if (!view_fits(tbl, v))
-        return HL_EINVAL;
-    uint32_t r;
-    int rc = take_id(tbl, &r);
-    if (rc != 0) return rc;
-    return restore_row(tbl, r, v);
-}
-
-void hl_table_prefetch(const hl_table *tbl, const char *user, size_t user_len)
-{
-    hl_index_prefetch(&tbl->ix, tag_of(hash_key(user, user_len)));
-}
-
-int hl_table_reserve(hl_table *tbl, size_t users)
-{
-    if (tbl->o.max_users > 0 && users > tbl->o.max_users) users = tbl->o.max_users;
-    return hl_index_presize(&tbl->ix, users);
-}
-
-void hl_table_meta_get(const hl_table *tbl, hl_table_meta *meta)
-{
-    *meta = (hl_table_meta){ .newest_ts_ms = tbl->newest_ts_ms,
-                             .active_seq = tbl->active_seq,
-                             .sweep_cursor = tbl->sweep_cursor };
-}
-
-void hl_table_meta_set(hl_table *tbl, const hl_table_meta *meta)
-{
-    tbl->newest_ts_ms = meta->newest_ts_ms;
-    if (meta->active_seq > tbl->active_seq) tbl->active_seq = meta->active_seq;
-    tbl->sweep_cursor = meta->sweep_cursor < tbl->row_limit
-                      ? meta->sweep_cursor : 0;
-}
-
-void hl_table_stats_get(const hl_table *tbl, hl_table_stats *st)
-{
-    *st = tbl->st;
-    st->users = tbl->users;
-    st->newest_ts_ms = tbl->newest_ts_ms;
-    st->payload_bytes = tbl->users * tbl->payload_fixed + tbl->key_bytes;
-    /* Rows up to the highest id ever carved in each block are touched;
-     * untouched pages of a mapping are not counted. */
-    size_t bytes = sizeof *tbl + tbl->cap_blocks * (sizeof(block *) + sizeof(uint8_t *))
-                 + tbl->heap_key_bytes + hl_lru_bytes(&tbl->lru);
-    for (uint32_t b = 0; b < tbl->n_blocks; b++)
-        bytes += sizeof(block);
-    bytes += (size_t)tbl->row_limit * tbl->stride;
-    bytes += hl_index_bytes(&tbl->ix);
-    st->bytes = bytes;
 }

@@ -1,6 +1,7 @@
-/* table_util.h - what the tests of table state on disk share
- * (test_snapshot.c, test_persist.c): a synthetic event stream, applying it
- * to a table, comparing two tables row by row, and a scratch directory.
+/* table_util.h - what the tests of table state on disk share (test_persist.c,
+ * and test_snapshot*.c through snapshot_util.h): a synthetic event stream,
+ * applying it to a table, comparing two tables row by row, and a scratch
+ * directory.
  *
  * The including file first defines DIM, N_HEADS, N_ITEMS, N_USERS and
  * N_EVENTS (the stream's shape) and SCRATCH_NAME (the scratch directory's
@@ -116,16 +117,21 @@ static inline int tables_equal(const hl_table *a, const hl_table *b, int with_se
 
 static char dir[512];
 
+/* Removes the scratch directory, if there is one: the end of main(). */
+static inline void remove_dir(void)
+{
+    char cmd[600];
+    if (!dir[0]) return;
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) perror("rm");
+}
+
 /* Removes the previous scratch directory and makes a new one under
  * $HL_BUILD (else /tmp). */
 static inline void fresh_dir(void)
 {
-    char cmd[600];
     const char *b = getenv("HL_BUILD");
-    if (dir[0]) {
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0) perror("rm");
-    }
+    remove_dir();
     snprintf(dir, sizeof dir, "%s/" SCRATCH_NAME ".XXXXXX", b && *b ? b : "/tmp");
     if (mkdtemp(dir) == NULL) perror("mkdtemp");
 }

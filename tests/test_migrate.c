@@ -10,6 +10,8 @@
 
 #define DIM   8
 #define HEADS 3
+#define PATH_A "/tmp/test_migrate_a.hlm"
+#define PATH_B "/tmp/test_migrate_b.hlm"
 
 static double g_half_life0 = 3600e3;    /* head 0's, for the mismatch case */
 
@@ -129,7 +131,7 @@ static void test_fit_recovers_constructed_map(void)
 
 static void test_identical_models_are_identity(void)
 {
-    hl_model *m = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    hl_model *m = model_at(PATH_A, 0, 50, 11, NULL, NULL);
     CHECK(m != NULL);
     if (m == NULL) return;
     hl_table *tbl = table_for(4);           /* the ring holds 4 of 20 */
@@ -154,6 +156,60 @@ static void test_identical_models_are_identity(void)
     hl_model_close(m);
 }
 
+/* Old model A (items 0..49) and new model B, and one user's n events
+ * (item i is it<(i * step) % mod>) applied twice: under A into ta, under B
+ * into tb, the state B would have built from the start. */
+typedef struct twin {
+    hl_model *a, *b;
+    hl_table *ta, *tb;
+    int       item[32];
+} twin;
+
+/* B holds items b_first.. (b_n of them) with vectors from b_seed, or, with
+ * amap, A's e_in times amap. 0, or -1 (checked and said) when a model could
+ * not be built; t can be closed either way. */
+static int twin_open(twin *t, int b_first, int b_n, uint64_t b_seed, const float *amap,
+                     int history, int n, int step, int mod)
+{
+    memset(t, 0, sizeof *t);
+    t->a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    t->b = t->a ? model_at(PATH_B, b_first, b_n, b_seed, amap, t->a) : NULL;
+    CHECK(t->a != NULL && t->b != NULL);
+    if (t->a == NULL || t->b == NULL) return -1;
+    for (int i = 0; i < n; i++) t->item[i] = (i * step) % mod;
+    t->ta = table_for(history);
+    t->tb = table_for(history);
+    apply_all(t->ta, t->a, t->item, n, 0);
+    apply_all(t->tb, t->b, t->item, n, 0);
+    return 0;
+}
+
+static void twin_close(twin *t)
+{
+    hl_table_destroy(t->ta);
+    hl_table_destroy(t->tb);
+    hl_model_close(t->a);
+    hl_model_close(t->b);
+}
+
+/* Migrates ta's user with mg; its heads must then be tb's within tol.
+ * va and vb are left viewing both rows for the caller's own checks. */
+static void check_migrated(twin *t, const hl_migration *mg, double tol,
+                           hl_row_view *va, hl_row_view *vb)
+{
+    migrate_user(t->ta, mg);
+    CHECK_CLOSE(heads_of(t->ta, va), heads_of(t->tb, vb), HEADS * DIM, tol);
+}
+
+/* The ring keeps its items (by position) through a migration. */
+static void check_same_ring(const hl_row_view *va, const hl_row_view *vb)
+{
+    for (int i = 0; i < va->n_hist; i++) {
+        int k = hl_row_hist_index(va, i);
+        CHECK(va->hist_item[k] == vb->hist_item[k]);
+    }
+}
+
 /* B knows items 10..69 under other rows and other vectors; A knows 0..49.
  * Events name items both know, items only A knows (they add nothing in B)
  * and items only B knows (found by their key). Weights vary beyond the
@@ -161,41 +217,27 @@ static void test_identical_models_are_identity(void)
  * migration gives B's heads exactly; masses stay A's. */
 static void test_full_ring_is_exact(void)
 {
-    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
-    hl_model *b = model_at("/tmp/test_migrate_b.hlm", 10, 60, 99, NULL, NULL);
-    CHECK(a != NULL && b != NULL);
-    if (a == NULL || b == NULL) goto out;
-    int item[24];
-    for (int i = 0; i < 24; i++) item[i] = (i * 13) % 70;
-    hl_table *ta = table_for(32), *tb = table_for(32);
-    apply_all(ta, a, item, 24, 0);
-    apply_all(tb, b, item, 24, 0);
+    twin t;
     char err[256];
-    hl_migration *mg = hl_migration_create(a, b, k_tw, err, sizeof err);
+    if (twin_open(&t, 10, 60, 99, NULL, 32, 24, 13, 70) != 0) goto out;
+    hl_migration *mg = hl_migration_create(t.a, t.b, k_tw, err, sizeof err);
     CHECKF(mg != NULL, "%s", err);
     if (mg) {
         CHECK(hl_migration_shared(mg) == 40);
         hl_row_view va, vb;
         int only_b = 0;
-        for (int i = 0; i < 24; i++) only_b += item[i] >= 50;
+        for (int i = 0; i < 24; i++) only_b += t.item[i] >= 50;
         CHECK(only_b > 0);
         float mass[HEADS];
-        heads_of(ta, &va);
+        heads_of(t.ta, &va);
         memcpy(mass, va.m, sizeof mass);
-        migrate_user(ta, mg);
-        CHECK_CLOSE(heads_of(ta, &va), heads_of(tb, &vb), HEADS * DIM, 1e-4);
+        check_migrated(&t, mg, 1e-4, &va, &vb);
         CHECK_CLOSE(va.m, mass, HEADS, 0);      /* masses carry over as they are */
-        for (int i = 0; i < va.n_hist; i++) {
-            int k = hl_row_hist_index(&va, i);
-            CHECK(va.hist_item[k] == vb.hist_item[k]);
-        }
+        check_same_ring(&va, &vb);
     }
     hl_migration_destroy(mg);
-    hl_table_destroy(ta);
-    hl_table_destroy(tb);
 out:
-    hl_model_close(a);
-    hl_model_close(b);
+    twin_close(&t);
 }
 
 /* B's e_in is A's times a fixed A_map for every item: M recovers it, so
@@ -205,30 +247,19 @@ static void test_linear_map_migrates_remainder(void)
     float amap[DIM * DIM];
     uint64_t s = 3;
     for (int i = 0; i < DIM * DIM; i++) amap[i] = frand(&s);
-    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
-    hl_model *b = a ? model_at("/tmp/test_migrate_b.hlm", 0, 50, 5, amap, a) : NULL;
-    CHECK(a != NULL && b != NULL);
-    if (a == NULL || b == NULL) goto out;
-    int item[30];
-    for (int i = 0; i < 30; i++) item[i] = (i * 7) % 50;
-    hl_table *ta = table_for(5), *tb = table_for(5);
-    apply_all(ta, a, item, 30, 0);
-    apply_all(tb, b, item, 30, 0);
+    twin t;
     char err[256];
-    hl_migration *mg = hl_migration_create(a, b, k_tw, err, sizeof err);
+    if (twin_open(&t, 0, 50, 5, amap, 5, 30, 7, 50) != 0) goto out;
+    hl_migration *mg = hl_migration_create(t.a, t.b, k_tw, err, sizeof err);
     CHECKF(mg != NULL, "%s", err);
     if (mg) {
         CHECK_CLOSE(hl_migration_map(mg), amap, DIM * DIM, 1e-3);
-        migrate_user(ta, mg);
         hl_row_view va, vb;
-        CHECK_CLOSE(heads_of(ta, &va), heads_of(tb, &vb), HEADS * DIM, 1e-3);
+        check_migrated(&t, mg, 1e-3, &va, &vb);
     }
     hl_migration_destroy(mg);
-    hl_table_destroy(ta);
-    hl_table_destroy(tb);
 out:
-    hl_model_close(a);
-    hl_model_close(b);
+    twin_close(&t);
 }
 
 /* Without the old model: heads and masses rebuilt from the ring alone by
@@ -236,41 +267,27 @@ out:
  * (masses too: only items B knows count). */
 static void test_rebuild_from_ring(void)
 {
-    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
-    hl_model *b = model_at("/tmp/test_migrate_b.hlm", 10, 60, 99, NULL, NULL);
-    CHECK(a != NULL && b != NULL);
-    if (a == NULL || b == NULL) goto out;
-    int item[24];
-    for (int i = 0; i < 24; i++) item[i] = (i * 13) % 70;
-    hl_table *ta = table_for(32), *tb = table_for(32);
-    apply_all(ta, a, item, 24, 0);
-    apply_all(tb, b, item, 24, 0);
+    twin t;
     char err[256];
-    hl_migration *mg = hl_migration_rebuild(b, k_tw, err, sizeof err);
+    if (twin_open(&t, 10, 60, 99, NULL, 32, 24, 13, 70) != 0) goto out;
+    hl_migration *mg = hl_migration_rebuild(t.b, k_tw, err, sizeof err);
     CHECKF(mg != NULL, "%s", err);
     if (mg) {
-        migrate_user(ta, mg);
         hl_row_view va, vb;
-        CHECK_CLOSE(heads_of(ta, &va), heads_of(tb, &vb), HEADS * DIM, 1e-4);
+        check_migrated(&t, mg, 1e-4, &va, &vb);
         CHECK_CLOSE(va.m, vb.m, HEADS, 1e-5);
-        for (int i = 0; i < va.n_hist; i++) {
-            int k = hl_row_hist_index(&va, i);
-            CHECK(va.hist_item[k] == vb.hist_item[k]);
-        }
+        check_same_ring(&va, &vb);
     }
     hl_migration_destroy(mg);
-    hl_table_destroy(ta);
-    hl_table_destroy(tb);
 out:
-    hl_model_close(a);
-    hl_model_close(b);
+    twin_close(&t);
 }
 
 /* The table's generation parity: a flip makes every row stale, rows added
  * afterwards are fresh, done marks one fresh. */
 static void test_table_generations(void)
 {
-    hl_model *m = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    hl_model *m = model_at(PATH_A, 0, 50, 11, NULL, NULL);
     if (m == NULL) { CHECK(0); return; }
     hl_table *tbl = table_for(4);
     int item[3] = {1, 2, 3};
@@ -292,9 +309,9 @@ static void test_table_generations(void)
 
 static void test_shape_mismatch_refused(void)
 {
-    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
     g_half_life0 = 7200e3;
-    hl_model *b = model_at("/tmp/test_migrate_b.hlm", 0, 50, 12, NULL, NULL);
+    hl_model *b = model_at(PATH_B, 0, 50, 12, NULL, NULL);
     g_half_life0 = 3600e3;
     CHECK(a != NULL && b != NULL);
     char err[256] = "";
@@ -315,7 +332,7 @@ int main(void)
     RUN(test_rebuild_from_ring);
     RUN(test_table_generations);
     RUN(test_shape_mismatch_refused);
-    unlink("/tmp/test_migrate_a.hlm");
-    unlink("/tmp/test_migrate_b.hlm");
+    unlink(PATH_A);
+    unlink(PATH_B);
     TEST_EXIT();
 }

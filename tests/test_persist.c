@@ -666,10 +666,6 @@ int main(void)
     RUN(test_flush_deadline);
     RUN(test_destroy_with_commit_queued);
     RUN(test_max_tick_stall);
-    if (dir[0]) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0) perror("rm");
-    }
+    remove_dir();
     TEST_EXIT();
 }

@@ -7,39 +7,13 @@
  * exclusions, at dims 8..256. */
 #define T_SUITE "qscore"
 #include "test.h"
+#define RNG_SEED 0x243F6A8885A308D3ull
+#include "rank_util.h"
 #include "qscore.h"
-#include "rank.h"
 
 #include <stdint.h>
 
-static uint64_t rng = 0x243F6A8885A308D3ull;
-
-static uint32_t urand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-
-static float frand(void)   /* uniform in [-1, 1) */
-{
-    return (float)(urand() >> 8) / (float)(1 << 23) - 1.0f;
-}
-
-static float *rand_array(size_t n, float scale)
-{
-    float *a = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        a[i] = scale * frand();
-    return a;
-}
-
 enum { M_RANDOM, M_TIES, M_NEAR_TIES, M_NORMS, M_NEG_BIAS, M_HUGE };
-
-/* A model in memory: three heads, one hidden layer of 32. */
-typedef struct tmodel {
-    hl_model_parts p;
-    float *e_in, *e_out, *bias, *w[2], *b[2];
-} tmodel;
 
 /* Reshapes a random e_out and bias into the adversarial kind. */
 static void make_adversarial(tmodel *t, int kind)
@@ -68,43 +42,11 @@ static void make_adversarial(tmodel *t, int kind)
     }
 }
 
-static void tmodel_init(tmodel *t, int32_t n_items, int dim, int kind)
+/* A model of three heads and one hidden layer of 32, of the given kind. */
+static void qmodel_init(tmodel *t, int32_t n_items, int dim, int kind)
 {
-    hl_model_info *mi = &t->p.info;
-    memset(t, 0, sizeof *t);
-    mi->dim = dim;
-    mi->n_heads = 3;
-    mi->n_items = n_items;
-    for (int h = 0; h < 3; h++)
-        mi->half_life_ms[h] = 3600e3 * (1 << (3 * h));
-    for (int ty = 0; ty < HL_N_TYPES; ty++)
-        mi->type_weight[ty] = 1.0f + ty;
-    mi->n_layers = 2;
-    mi->layer_out[0] = 32;
-    mi->layer_out[1] = dim;
-    t->w[0] = rand_array((size_t)32 * 3 * (dim + 1), 0.3f);
-    t->b[0] = rand_array(32, 0.1f);
-    t->w[1] = rand_array((size_t)dim * 32, 0.3f);
-    t->b[1] = rand_array((size_t)dim, 0.1f);
-    for (int l = 0; l < 2; l++) {
-        t->p.layer_w[l] = t->w[l];
-        t->p.layer_b[l] = t->b[l];
-    }
-    t->p.e_in = t->e_in = rand_array((size_t)n_items * dim, 1.0f);
-    t->p.e_out = t->e_out = rand_array((size_t)n_items * dim, 1.0f);
-    t->p.bias = t->bias = rand_array((size_t)n_items, 0.5f);
+    tmodel_init(t, n_items, dim, 3, 1, 32);
     make_adversarial(t, kind);
-}
-
-static void tmodel_free(tmodel *t)
-{
-    for (int l = 0; l < 2; l++) {
-        free(t->w[l]);
-        free(t->b[l]);
-    }
-    free(t->e_in);
-    free(t->e_out);
-    free(t->bias);
 }
 
 /* Users with random heads and a ring of 32 known (and a few unknown)
@@ -287,7 +229,7 @@ static void test_bound_holds(void)
                 tmodel t;
                 char err[256];
                 int dim = dims[i];
-                tmodel_init(&t, 2000, dim, kind);
+                qmodel_init(&t, 2000, dim, kind);
                 hl_qitems *qi = hl_qitems_create(t.e_out, t.bias, 2000, dim, 0, err, sizeof err);
                 float *q = rand_array((size_t)dim, scales[si]);
                 float *a = malloc(2000 * sizeof(float)), *U = malloc(2000 * sizeof(float));
@@ -320,7 +262,7 @@ static void test_kernels_propose_alike(void)
         SKIP("this CPU has no AVX-512 VNNI: the plain kernel is the only one");
     for (int kind = M_RANDOM; kind <= M_HUGE; kind++) {
         tmodel t;
-        tmodel_init(&t, 3001, 24, kind);
+        qmodel_init(&t, 3001, 24, kind);
         hl_ranker *rv = make_ranker(&t, 10, HL_SCORING_TWO_STAGE, HL_QKERNEL_AUTO, 9);
         hl_ranker *rp = make_ranker(&t, 10, HL_SCORING_TWO_STAGE, HL_QKERNEL_PLAIN, 9);
         CHECK(rv && rp && strcmp(hl_ranker_scoring(rv), "two-stage/avx512-vnni") == 0 &&
@@ -342,7 +284,7 @@ static void test_random_equals_exact(void)
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
         tmodel t;
         char what[64];
-        tmodel_init(&t, 20000 + (int32_t)(urand() % 100), dims[i], M_RANDOM);
+        qmodel_init(&t, 20000 + (int32_t)(urand() % 100), dims[i], M_RANDOM);
         snprintf(what, sizeof what, "random dim %d", dims[i]);
         uint64_t fb = compare_scoring(&t, 20, 23, HL_QKERNEL_AUTO, 1, what);
         CHECKF(fb <= 2, "%s: %llu of 23 users fell back to the exact scan", what,
@@ -363,7 +305,7 @@ static void test_adversarial_equals_exact(void)
         for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
             tmodel t;
             char what[64];
-            tmodel_init(&t, 5000, dims[i], kind);
+            qmodel_init(&t, 5000, dims[i], kind);
             snprintf(what, sizeof what, "%s dim %d", names[kind], dims[i]);
             compare_scoring(&t, 20, 17, HL_QKERNEL_AUTO, 1, what);
             compare_scoring(&t, 1, 4, HL_QKERNEL_AUTO, 1, what);
@@ -379,7 +321,7 @@ static void test_short_catalogues(void)
     static const int32_t sizes[] = {1, 5, 16, 17, 40};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         tmodel t;
-        tmodel_init(&t, sizes[i], 8, M_RANDOM);
+        qmodel_init(&t, sizes[i], 8, M_RANDOM);
         compare_scoring(&t, 30, 6, HL_QKERNEL_AUTO, 1, "short");
         compare_scoring(&t, 30, 6, HL_QKERNEL_PLAIN, 1, "short plain");
         tmodel_free(&t);
@@ -413,7 +355,7 @@ static void test_bad_input(void)
     hl_qscan_destroy(qs);
     hl_qitems_destroy(qi);
     tmodel t;
-    tmodel_init(&t, 10, 8, M_RANDOM);
+    qmodel_init(&t, 10, 8, M_RANDOM);
     hl_rank_opts o = {.k = 5, .max_batch = 1, .scoring = 7};
     CHECK(hl_ranker_create_parts(&t.p, &o, err, sizeof err) == NULL && strstr(err, "scoring"));
     tmodel_free(&t);

@@ -109,6 +109,12 @@ typedef enum {
 } hl_codec_writer_kind;
 hl_codec_writer_kind hl_codec_writer(hl_codec *c, int32_t id);
 
+/* <dir>/<id>.avsc, a writer schema file, as a malloc'd NUL-terminated
+ * string (the caller frees it); NULL, with why saying so, when it is
+ * absent, unreadable or over 1 MiB. Shared with schema_store.c's fallback
+ * directory, so both read a schema file alike. */
+char *hl_codec_schema_file(const char *dir, int32_t id, char *why, size_t whylen);
+
 /* The reader schema's JSON (schemas/behaviour_event.avsc): what
  * `halflife produce` registers. */
 const char *hl_codec_event_schema(void);

@@ -16,9 +16,9 @@
  * registry is away (its answer is awaited: a file must not shadow an id
  * the registry has). */
 #include "schema_store.h"
+#include "codec.h"
 #include "log.h"
 
-#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -30,7 +30,6 @@
 #define BACKOFF_MAX_MS   2000
 #define RECHECK_MS       5000    /* a "no such id" is asked again at most this often */
 #define PROBE_MS         30000   /* idle and up: how often the probe id is asked */
-#define MAX_FILE_BYTES   (1 << 20)
 
 typedef enum { E_WANTED, E_FOUND, E_MISSING } entry_state;
 
@@ -140,28 +139,6 @@ int hl_schema_store_up(const hl_schema_store *s)
 
 /* ---- the fetch thread --------------------------------------------------- */
 
-/* <dir>/<id>.avsc into a malloc'd string, NULL when absent or unreadable. */
-static char *read_file(const char *dir, int32_t id)
-{
-    char path[PATH_MAX];
-    char *text = NULL;
-    long n;
-    snprintf(path, sizeof path, "%s/%d.avsc", dir, (int)id);
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || n > MAX_FILE_BYTES ||
-        fseek(f, 0, SEEK_SET) != 0 || (text = malloc((size_t)n + 1)) == NULL ||
-        fread(text, 1, (size_t)n, f) != (size_t)n) {
-        free(text);
-        fclose(f);
-        return NULL;
-    }
-    text[n] = '\0';
-    fclose(f);
-    return text;
-}
-
 /* The registry went away or came back: the gauge, and one log line. */
 static void set_up(hl_schema_store *s, int up, const char *err)
 {
@@ -202,7 +179,7 @@ static void answered(hl_schema_store *s)
 static void settle(hl_schema_store *s, int32_t id, int rc, char *text, const char *err)
 {
     entry *en = find(s, id);
-    if (rc == HL_ENOENT && s->fallback_dir != NULL && (text = read_file(s->fallback_dir, id)))
+    if (rc == HL_ENOENT && s->fallback_dir != NULL && (text = hl_codec_schema_file(s->fallback_dir, id, NULL, 0)))
         rc = 1;                                     /* found in the fallback directory */
     if (en == NULL) {
         free(text);

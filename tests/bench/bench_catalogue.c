@@ -9,55 +9,15 @@
  * The variants are timed in alternation, REPS times, each repetition at
  * least 0.2 s of this thread's CPU time; medians are printed, one JSON line
  * per variant. Usage: bench_catalogue [items] */
-#include "rank.h"
+#define BENCH_NAME "bench_catalogue"
+#define BENCH_SEED 0x9E3779B97F4A7C15ull
+#include "bench_util.h"
 
 #include <cblas.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
-#define DIM     64
-#define HEADS   3
-#define HIDDEN  256
 #define K       20
-#define RING    32
 #define REPS    7
-#define N       256
-
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-
-static float frand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 40) / (double)(1 << 24)) * 2.0f - 1.0f;
-}
-
-static float *rand_array(size_t n, float scale)
-{
-    float *a = malloc(n * sizeof(float));
-    if (a == NULL) {
-        fprintf(stderr, "bench_catalogue: out of memory\n");
-        exit(1);
-    }
-    for (size_t i = 0; i < n; i++)
-        a[i] = scale * frand();
-    return a;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#define N       MAX_N
 
 static int cmp_i32(const void *a, const void *b)
 {
@@ -65,39 +25,11 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-typedef struct users {
-    float   s[N][HEADS * DIM], m[N][HEADS];
-    int32_t item[N][RING];
-    uint8_t type[N][RING];
-    int64_t ts[N][RING];
-    hl_row_view v[N];
-} users;
-
-static void users_init(users *bu, int32_t n_items)
-{
-    memset(bu, 0, sizeof *bu);
-    for (int u = 0; u < N; u++) {
-        for (int h = 0; h < HEADS; h++) {
-            bu->m[u][h] = 2.0f + frand();
-            for (int d = 0; d < DIM; d++)
-                bu->s[u][h * DIM + d] = bu->m[u][h] * frand();
-        }
-        for (int i = 0; i < RING; i++) {
-            bu->item[u][i] = (int32_t)((frand() + 1.0f) * 0.5f * (float)(n_items - 1));
-            bu->ts[u][i] = 1700000000000 - (int64_t)(RING - i) * 60000;
-        }
-        bu->v[u] = (hl_row_view){.user = "bench", .user_len = 5, .s = bu->s[u], .m = bu->m[u],
-                                 .t_ref_ms = 1700000000000, .history = RING, .n_hist = RING,
-                                 .hist_item = bu->item[u], .hist_type = bu->type[u],
-                                 .hist_ts_ms = bu->ts[u]};
-    }
-}
-
 static hl_rec out[N * K];
 static int n_out[N];
 
 /* Refreshes per second of one timed repetition (>= 0.2 s). */
-static double rate(hl_ranker *r, const users *bu, const hl_rank_catalogue *c)
+static double rate(hl_ranker *r, const bench_users *bu, const hl_rank_catalogue *c)
 {
     int calls = 0;
     hl_ranker_set_catalogue(r, c);
@@ -114,24 +46,12 @@ int main(int argc, char **argv)
     int32_t n_items = argc > 1 ? atoi(argv[1]) : 100000;
     int32_t n_hid = n_items / 100, n_side = n_items / 100;
     char err[256];
-    hl_model_parts p;
-    memset(&p, 0, sizeof p);
+    bench_model bm;
     openblas_set_num_threads(1);
-    p.info = (hl_model_info){.dim = DIM, .n_heads = HEADS, .n_items = n_items, .n_layers = 2,
-                             .layer_out = {HIDDEN, DIM},
-                             .half_life_ms = {3600e3, 86400e3, 30 * 86400e3}};
-    for (int t = 0; t < HL_N_TYPES; t++)
-        p.info.type_weight[t] = 1.0f;
-    p.layer_w[0] = rand_array((size_t)HIDDEN * HEADS * (DIM + 1), 0.1f);
-    p.layer_b[0] = rand_array(HIDDEN, 0.1f);
-    p.layer_w[1] = rand_array((size_t)DIM * HIDDEN, 0.1f);
-    p.layer_b[1] = rand_array(DIM, 0.1f);
-    p.e_in = rand_array((size_t)n_items * DIM, 1.0f);
-    p.e_out = rand_array((size_t)n_items * DIM, 1.0f);
-    p.bias = rand_array((size_t)n_items, 0.1f);
+    model_init(&bm, n_items);
     hl_rank_opts o = {.k = K, .exclude_seen = 1, .max_batch = N};
-    hl_ranker *r = hl_ranker_create_parts(&p, &o, err, sizeof err);
-    users *bu = malloc(sizeof *bu);
+    hl_ranker *r = hl_ranker_create_parts(&bm.p, &o, err, sizeof err);
+    bench_users *bu = malloc(sizeof *bu);
     int32_t *hidden = malloc((size_t)n_hid * sizeof *hidden);
     if (r == NULL || bu == NULL || hidden == NULL) {
         fprintf(stderr, "bench_catalogue: %s\n", r ? "out of memory" : err);
@@ -163,5 +83,6 @@ int main(int argc, char **argv)
                name[v], n_items, DIM, N, K, rt[v][REPS / 2], rt[0][REPS / 2],
                rt[v][REPS / 2] / rt[0][REPS / 2], spread);
     hl_ranker_destroy(r);
+    model_free(&bm);
     return 0;
 }

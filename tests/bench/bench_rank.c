@@ -24,143 +24,14 @@
  * paths timed in alternation so that other load on the machine hits both
  * alike.
  * Usage: bench_rank [max_items] (default 1000000) */
-#include "rank.h"
+#define BENCH_NAME "bench_rank"
+#define BENCH_SEED 0x2545F4914F6CDD1Dull
+#include "bench_util.h"
 
 #include <cblas.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
-#define DIM     64
-#define HEADS   3
-#define HIDDEN  256
 #define K       20
-#define RING    32
 #define REPS    5
-#define MAX_N   256
-
-static uint64_t rng = 0x2545F4914F6CDD1Dull;
-
-static float frand(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 40) / (double)(1 << 24)) * 2.0f - 1.0f;
-}
-
-static float *rand_array(size_t n, float scale)
-{
-    float *a = malloc(n * sizeof(float));
-    if (a == NULL) {
-        fprintf(stderr, "bench_rank: out of memory\n");
-        exit(1);
-    }
-    for (size_t i = 0; i < n; i++)
-        a[i] = scale * frand();
-    return a;
-}
-
-/* This thread's CPU time: OpenBLAS runs on this one thread, so on an idle
- * machine it equals the wall clock, and on a shared one (2 cores, several
- * builds and tests running) time spent descheduled does not count. */
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[n / 2];
-}
-
-typedef struct bench_model {
-    hl_model_parts p;
-    float *w[2], *b[2];
-} bench_model;
-
-static void model_init(bench_model *bm, int32_t n_items)
-{
-    hl_model_info *mi = &bm->p.info;
-    memset(bm, 0, sizeof *bm);
-    mi->dim = DIM;
-    mi->n_heads = HEADS;
-    mi->n_items = n_items;
-    for (int h = 0; h < HEADS; h++)
-        mi->half_life_ms[h] = h == 0 ? 3600e3 : h == 1 ? 86400e3 : 30 * 86400e3;
-    for (int t = 0; t < HL_N_TYPES; t++)
-        mi->type_weight[t] = 1.0f;
-    mi->n_layers = 2;
-    mi->layer_out[0] = HIDDEN;
-    mi->layer_out[1] = DIM;
-    bm->w[0] = rand_array((size_t)HIDDEN * HEADS * (DIM + 1), 0.1f);
-    bm->b[0] = rand_array(HIDDEN, 0.1f);
-    bm->w[1] = rand_array((size_t)DIM * HIDDEN, 0.1f);
-    bm->b[1] = rand_array(DIM, 0.1f);
-    for (int l = 0; l < 2; l++) {
-        bm->p.layer_w[l] = bm->w[l];
-        bm->p.layer_b[l] = bm->b[l];
-    }
-    bm->p.e_in = rand_array((size_t)n_items * DIM, 1.0f);
-    bm->p.e_out = rand_array((size_t)n_items * DIM, 1.0f);
-    bm->p.bias = rand_array((size_t)n_items, 0.1f);
-}
-
-static void model_free(bench_model *bm)
-{
-    for (int l = 0; l < 2; l++) {
-        free(bm->w[l]);
-        free(bm->b[l]);
-    }
-    free((void *)bm->p.e_in);
-    free((void *)bm->p.e_out);
-    free((void *)bm->p.bias);
-}
-
-/* MAX_N users with random heads and a full ring of known items. */
-typedef struct bench_users {
-    float   s[MAX_N][HEADS * DIM], m[MAX_N][HEADS];
-    int32_t item[MAX_N][RING];
-    uint8_t type[MAX_N][RING];
-    int64_t ts[MAX_N][RING];
-    hl_row_view v[MAX_N];
-} bench_users;
-
-static void users_init(bench_users *bu, int32_t n_items)
-{
-    memset(bu, 0, sizeof *bu);
-    for (int u = 0; u < MAX_N; u++) {
-        hl_row_view *v = &bu->v[u];
-        for (int h = 0; h < HEADS; h++) {
-            bu->m[u][h] = 2.0f + frand();
-            for (int d = 0; d < DIM; d++)
-                bu->s[u][h * DIM + d] = bu->m[u][h] * frand();
-        }
-        for (int i = 0; i < RING; i++) {
-            bu->item[u][i] = (int32_t)((frand() + 1.0f) * 0.5f * (float)(n_items - 1));
-            bu->ts[u][i] = 1700000000000 - (int64_t)(RING - i) * 60000;
-        }
-        v->user = "bench";
-        v->user_len = 5;
-        v->s = bu->s[u];
-        v->m = bu->m[u];
-        v->t_ref_ms = 1700000000000;
-        v->history = RING;
-        v->n_hist = RING;
-        v->hist_item = bu->item[u];
-        v->hist_type = bu->type[u];
-        v->hist_ts_ms = bu->ts[u];
-    }
-}
 
 /* Calls of fn(ctx) per timed repetition so that one takes >= 0.1 s. */
 static int calibrate(void (*fn)(void *), void *ctx)
@@ -205,44 +76,50 @@ typedef struct ceilings {
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-/* Twelve independent FMA chains: enough to cover the latency. */
+/* The one body of both arithmetic ceilings, fp32 FMA (exact scoring) and
+ * int8 VNNI (two-stage), so the two are measured alike: twelve independent
+ * chains a[i] = STEP(a[i]) from INIT(i), enough to cover the instruction's
+ * latency, PEAK_ITERS rounds timed into t; the chains' sum, through
+ * REDUCE, goes to a volatile sink so the compiler keeps the loop. */
+#define PEAK_CHAINS(VEC, INIT, STEP, ADD, SINK, REDUCE, t) do {             \
+    VEC a_[12];                                                             \
+    for (int i_ = 0; i_ < 12; i_++)                                         \
+        a_[i_] = INIT(i_);                                                  \
+    double t0_ = now_s();                                                   \
+    for (long it_ = 0; it_ < PEAK_ITERS; it_++)                             \
+        _Pragma("GCC unroll 12")                                            \
+        for (int i_ = 0; i_ < 12; i_++)                                     \
+            a_[i_] = STEP(a_[i_]);                                          \
+    (t) = now_s() - t0_;                                                    \
+    VEC s_ = a_[0];                                                         \
+    for (int i_ = 1; i_ < 12; i_++)                                         \
+        s_ = ADD(s_, a_[i_]);                                               \
+    volatile SINK sink_ = REDUCE(s_);                                       \
+    (void)sink_;                                                            \
+} while (0)
+
+#define FMA_INIT(i)  _mm512_set1_ps((float)(i))
+#define FMA_STEP(v)  _mm512_fmadd_ps(v, x, y)
+#define VNNI_INIT(i) _mm512_set1_epi32(i)
+#define VNNI_STEP(v) _mm512_dpbusd_epi32(v, x, y)
+
+/* fp32 multiply-adds per second: 16 lanes per FMA. */
 __attribute__((target("avx512f")))
 static double fma_peak_avx512(void)
 {
-    __m512 a[12], x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-3f);
-    for (int i = 0; i < 12; i++)
-        a[i] = _mm512_set1_ps((float)i);
-    double t0 = now_s();
-    for (long it = 0; it < PEAK_ITERS; it++)
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++)
-            a[i] = _mm512_fmadd_ps(a[i], x, y);
-    double t = now_s() - t0;
-    __m512 s = a[0];
-    for (int i = 1; i < 12; i++)
-        s = _mm512_add_ps(s, a[i]);
-    volatile float sink = _mm512_reduce_add_ps(s);
-    (void)sink;
+    __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-3f);
+    double t;
+    PEAK_CHAINS(__m512, FMA_INIT, FMA_STEP, _mm512_add_ps, float, _mm512_reduce_add_ps, t);
     return PEAK_ITERS * 12.0 * 16.0 / t;
 }
 
+/* int8 multiply-adds per second: 64 per dot-product instruction. */
 __attribute__((target("avx512f,avx512vnni")))
 static double vnni_peak(void)
 {
-    __m512i a[12], x = _mm512_set1_epi32(0x01020304), y = _mm512_set1_epi32(0x01ff01ff);
-    for (int i = 0; i < 12; i++)
-        a[i] = _mm512_set1_epi32(i);
-    double t0 = now_s();
-    for (long it = 0; it < PEAK_ITERS; it++)
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++)
-            a[i] = _mm512_dpbusd_epi32(a[i], x, y);
-    double t = now_s() - t0;
-    __m512i s = a[0];
-    for (int i = 1; i < 12; i++)
-        s = _mm512_add_epi32(s, a[i]);
-    volatile int sink = _mm512_reduce_add_epi32(s);
-    (void)sink;
+    __m512i x = _mm512_set1_epi32(0x01020304), y = _mm512_set1_epi32(0x01ff01ff);
+    double t;
+    PEAK_CHAINS(__m512i, VNNI_INIT, VNNI_STEP, _mm512_add_epi32, int, _mm512_reduce_add_epi32, t);
     return PEAK_ITERS * 12.0 * 64.0 / t;
 }
 

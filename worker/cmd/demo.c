@@ -234,6 +234,16 @@ static void send_event(demo *d, const hl_codec_event *ev)
     atomic_fetch_add(&d->produced, 1);
 }
 
+/* Event n of a replay, sent at the demo's rate; every 256th also serves
+ * the producer's delivery reports. */
+static void send_paced(demo *d, hl_pace *pc, const hl_codec_event *ev, uint64_t n)
+{
+    send_event(d, ev);
+    hl_pace_sent(pc);
+    if ((n & 255) == 0)
+        hl_producer_poll(d->prod, 0);
+}
+
 static void replay_synthetic(demo *d)
 {
     hl_synth_opts so;
@@ -247,10 +257,7 @@ static void replay_synthetic(demo *d)
         hl_synth_next(s, &se);
         hl_codec_event ev = {se.user, se.user_len, se.item, se.item_len, se.type,
                              se.ts_ms, se.weight, se.has_weight};
-        send_event(d, &ev);
-        hl_pace_sent(&pc);
-        if ((n & 255) == 0)
-            hl_producer_poll(d->prod, 0);
+        send_paced(d, &pc, &ev, n);
     }
     hl_synth_destroy(s);
 }
@@ -274,10 +281,7 @@ static void replay_file(demo *d)
     for (uint64_t n = 0; !atomic_load(&d->stop) && hl_dataset_next(r, &de, err, sizeof err) == 1; n++) {
         hl_codec_event ev = {de.user, de.user_len, de.item, de.item_len, de.type,
                              de.ts_ms, de.weight, de.has_weight};
-        send_event(d, &ev);
-        hl_pace_sent(&pc);
-        if ((n & 255) == 0)
-            hl_producer_poll(d->prod, 0);
+        send_paced(d, &pc, &ev, n);
     }
     hl_dataset_close(r);
     hl_log(HL_LOG_INFO, "demo_input_done", "events=%llu",
@@ -678,6 +682,57 @@ static void demo_free(demo *d)
     pthread_mutex_destroy(&d->mu);
 }
 
+/* SIGINT and SIGTERM end the demo; a scratch directory holds its snapshots
+ * (the embedded broker's data is gone after, so they would be stale).
+ * 0, or -1 logged. */
+static int demo_prepare(demo *d)
+{
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    snprintf(d->snapdir, sizeof d->snapdir, "/tmp/halflife-demo-snap-XXXXXX");
+    if (mkdtemp(d->snapdir) == NULL) {
+        hl_log(HL_LOG_ERROR, "demo_snapshot_dir", "err=\"%s\"", strerror(errno));
+        d->snapdir[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+/* /metrics on metrics.port, if set; a port that cannot be bound is a
+ * warning, not the end of the demo. NULL when not serving. */
+static hl_http *demo_metrics(demo *d, hl_config *cfg, hl_metrics *reg)
+{
+    char err[512];
+    hl_http *http = NULL;
+    int port = (int)hl_config_int(cfg, "metrics.port");
+    if (port > 0 && (http = hl_http_start(hl_config_str(cfg, "metrics.bind"), port, reg, demo_ready,
+                                          d->w, err, sizeof err)) == NULL)
+        hl_log(HL_LOG_WARN, "demo_no_metrics", "port=%d err=\"%s\"", port, err);
+    else if (http)
+        hl_log(HL_LOG_INFO, "metrics_listening", "url=http://localhost:%d/metrics", hl_http_port(http));
+    return http;
+}
+
+/* Runs the worker and the producer until watch() returns, then stops the
+ * producer first (its queued events delivered), lets the worker drain
+ * them, and stops it. */
+static void demo_run(demo *d)
+{
+    pthread_t wt, pt;
+    pthread_create(&wt, NULL, worker_main, d->w);
+    pthread_create(&pt, NULL, producer_main, d);
+    watch(d);
+    atomic_store(&d->stop, 1);
+    pthread_join(pt, NULL);
+    hl_producer_destroy(d->prod, 5000);
+    d->prod = NULL;
+    drain(d);
+    hl_worker_stop(d->w);
+    pthread_join(wt, NULL);
+}
+
 int hl_cmd_demo(int argc, char **argv)
 {
     demo d;
@@ -689,22 +744,13 @@ int hl_cmd_demo(int argc, char **argv)
     hl_model *m = NULL;
     hl_metrics *reg = hl_metrics_create();
     hl_http *http = NULL;
-    pthread_t wt, pt;
     int prc = cfg ? demo_parse(&d, cfg, argc, argv) : 1;
     if (prc >= 0) {
         rc = prc;
         goto out;
     }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    snprintf(d.snapdir, sizeof d.snapdir, "/tmp/halflife-demo-snap-XXXXXX");
-    if (mkdtemp(d.snapdir) == NULL) {
-        hl_log(HL_LOG_ERROR, "demo_snapshot_dir", "err=\"%s\"", strerror(errno));
-        d.snapdir[0] = '\0';
+    if (demo_prepare(&d) != 0)
         goto out;
-    }
     m = d.model_path ? hl_model_open(d.model_path, err, sizeof err) : train_model(err, sizeof err);
     if (m == NULL) {
         hl_log(HL_LOG_ERROR, "demo_model", "err=\"%s\"", err);
@@ -714,22 +760,8 @@ int hl_cmd_demo(int argc, char **argv)
         hl_log(HL_LOG_ERROR, "demo_start_failed", "err=\"%s\"", err);
         goto out;
     }
-    int port = (int)hl_config_int(cfg, "metrics.port");
-    if (port > 0 && (http = hl_http_start(hl_config_str(cfg, "metrics.bind"), port, reg, demo_ready,
-                                          d.w, err, sizeof err)) == NULL)
-        hl_log(HL_LOG_WARN, "demo_no_metrics", "port=%d err=\"%s\"", port, err);
-    else if (http)
-        hl_log(HL_LOG_INFO, "metrics_listening", "url=http://localhost:%d/metrics", hl_http_port(http));
-    pthread_create(&wt, NULL, worker_main, d.w);
-    pthread_create(&pt, NULL, producer_main, &d);
-    watch(&d);
-    atomic_store(&d.stop, 1);
-    pthread_join(pt, NULL);
-    hl_producer_destroy(d.prod, 5000);
-    d.prod = NULL;
-    drain(&d);
-    hl_worker_stop(d.w);
-    pthread_join(wt, NULL);
+    http = demo_metrics(&d, cfg, reg);
+    demo_run(&d);
     rc = 0;
 out:
     hl_http_stop(http);

@@ -307,7 +307,9 @@ static int resolve_id(hl_items *it, int32_t id, char *why, size_t whylen)
     int rc = it->o.schema_fn(it->o.schema_arg, id, &text, why, whylen);
     if (rc != 0)
         return rc;
-    rc = hl_item_schema_is_ours(text, why, whylen);
+    char what[256];
+    if ((rc = hl_item_schema_is_ours(text, what, sizeof what)) != 0)
+        hl_err(why, whylen, rc, "schema id %d: %s", (int)id, what);
     free(text);
     if (it->n_known < KNOWN_IDS)
         it->known[it->n_known++] = (known_id){id, rc == 0};

@@ -396,12 +396,16 @@ static int handle(hl_items *it, rd_kafka_message_t *rkm)
     int r = writer_opts(it, rkm, &co, detail, sizeof detail);
     /* A paused partition yields nothing more (librdkafka's pause drops what
      * it had queued), so a second record of a kept partition cannot come;
-     * if it did, it is refused rather than applied out of order. */
+     * if it did, it is dead-lettered (its bytes kept) rather than applied
+     * out of order, and said. */
     if (r < 0 && rkm->partition >= 0 && rkm->partition < it->n_parts &&
         it->kept[rkm->partition] == NULL) {
         keep(it, rkm, detail);
         return 1;
     }
+    if (r < 0)
+        snprintf(detail, sizeof detail, "a second record of a partition already waiting for "
+                 "a schema id (librdkafka delivered past a pause)");
     apply(it, rkm, &co, r < 0 ? HL_ITEM_UNKNOWN_SCHEMA : (hl_item_reason)r, detail,
           sizeof detail);
     return 0;

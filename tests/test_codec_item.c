@@ -125,11 +125,46 @@ static void test_not_finite_and_truncations(void)
     }
 }
 
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    static char buf[8192];
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    return n > 0 ? buf : NULL;
+}
+
+/* The built-in schema (what `halflife items` registers and what a
+ * registry's writer schema is compared with) is schemas/item_update.avsc,
+ * and the comparison refuses any other schema and anything not a schema. */
+static void test_schema_is_ours(void)
+{
+    char path[512], why[256];
+    const char *t = getenv("HL_TOP");
+    snprintf(path, sizeof path, "%s/schemas/item_update.avsc", t && *t ? t : ".");
+    char *file = slurp(path);
+    CHECKF(file != NULL, "cannot read %s (run from the repository top or set HL_TOP)", path);
+    if (file != NULL)
+        CHECKF(hl_item_schema_is_ours(file, why, sizeof why) == 0, "%s", why);
+    CHECK(hl_item_schema_is_ours(hl_item_schema(), why, sizeof why) == 0);
+    /* the same name with fewer fields: another layout */
+    const char *other = "{\"type\":\"record\",\"name\":\"ItemUpdate\",\"namespace\":"
+        "\"halflife\",\"fields\":[{\"name\":\"item_id\",\"type\":\"string\"},"
+        "{\"name\":\"available\",\"type\":\"boolean\"}]}";
+    CHECK(hl_item_schema_is_ours(other, why, sizeof why) == HL_EFORMAT);
+    CHECK(strstr(why, "item_update.avsc") != NULL);
+    CHECK(hl_item_schema_is_ours("{not json", why, sizeof why) == HL_EFORMAT);
+    CHECK(strstr(why, "not an Avro schema") != NULL);
+}
+
 int main(void)
 {
     RUN(test_round_trip);
     RUN(test_tombstone);
     RUN(test_each_reason);
     RUN(test_not_finite_and_truncations);
+    RUN(test_schema_is_ours);
     TEST_EXIT();
 }

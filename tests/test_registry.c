@@ -2,7 +2,8 @@
  * worker/registry.c (URL checks, redaction, an unreachable URL is
  * transient and its error text holds no secret), worker/schema_store.c (an
  * unknown id waits while the registry is away; the up gauge says so; a
- * request to a registry that never answers does not hold up destroy), the
+ * request to a registry that never answers does not hold up destroy, nor
+ * a known id, and ends at schema.registry.timeout.ms), the
  * codec's schema source (a waiting id decodes as HL_CODEC_WAIT, then as the
  * same event as the file path once the text comes; a refused id is
  * unknown_schema; encode writes event_schema_id), the embedded lists'
@@ -21,6 +22,7 @@
 #include <arpa/inet.h>
 #include <avro.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -151,6 +153,89 @@ static void test_destroy_does_not_wait_for_a_silent_registry(void)
         CHECKF(now_s() - t0 < 3.0, "destroy took %.1f s", now_s() - t0);
     }
     close(fd);
+}
+
+/* A registry that answers one request (with a schema) and then no more:
+ * later connections complete in the listen backlog and wait for ever. */
+typedef struct one_answer {
+    int fd;
+} one_answer;
+
+static void *answer_once(void *arg)
+{
+    static const char body[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\"}\"}";
+    char req[4096], head[256];
+    one_answer *oa = arg;
+    int c = accept(oa->fd, NULL, NULL);
+    size_t got = 0;
+    ssize_t n;
+    if (c < 0)
+        return NULL;
+    while (got < sizeof req - 1 && (n = read(c, req + got, sizeof req - 1 - got)) > 0) {
+        got += (size_t)n;
+        req[got] = '\0';
+        if (strstr(req, "\r\n\r\n") != NULL)
+            break;
+    }
+    int hn = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: "
+                      "application/vnd.schemaregistry.v1+json\r\nContent-Length: %zu\r\n"
+                      "Connection: close\r\n\r\n", sizeof body - 1);
+    if (write(c, head, (size_t)hn) != hn || write(c, body, sizeof body - 1) < 0)
+        perror("answer_once");
+    close(c);
+    return NULL;
+}
+
+/* A fetch that hangs on a registry that stopped answering holds up nobody
+ * who asks for an id already known (the store's lock is not held across
+ * the request), and schema.registry.timeout.ms ends it: the registry is
+ * then down and the new id still waits, never "no such id". */
+static void test_known_ids_do_not_wait_for_a_silent_registry(void)
+{
+    char url[64], err[512], why[256], *text = NULL;
+    pthread_t tid;
+    int port;
+    one_answer oa = {silent_listener(&port)};
+    if (oa.fd < 0 || pthread_create(&tid, NULL, answer_once, &oa) != 0)
+        SKIP("no loopback listener");
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = 1500};
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
+                                                NULL, err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    if (s == NULL)
+        goto out;
+    int rc = HL_EAGAIN;
+    for (int i = 0; i < 200 && (rc = hl_schema_store_get(s, 1, &text, why, sizeof why)) ==
+                                HL_EAGAIN; i++)
+        usleep(10000);
+    CHECKF(rc == 0 && text && !strcmp(text, "{\"type\":\"string\"}"), "id 1: %d %s", rc, why);
+    free(text);
+    double t0 = now_s(), worst = 0;
+    CHECK(hl_schema_store_get(s, 2, &text, why, sizeof why) == HL_EAGAIN);   /* hangs now */
+    usleep(200000);
+    for (int i = 0; i < 20000; i++) {
+        double t1 = now_s();
+        rc = hl_schema_store_get(s, 1, &text, why, sizeof why);
+        worst = now_s() - t1 > worst ? now_s() - t1 : worst;
+        free(text);
+        text = NULL;
+        CHECK(rc == 0);
+        if (rc != 0)
+            break;
+    }
+    CHECKF(worst < 0.1, "a known id took %.3f s while another id's fetch hung", worst);
+    CHECKF(hl_schema_store_up(s), "down after %.2f s, before the 1.5 s timeout", now_s() - t0);
+    for (int i = 0; i < 400 && hl_schema_store_up(s); i++)
+        usleep(10000);
+    double down_s = now_s() - t0;
+    CHECKF(!hl_schema_store_up(s) && down_s >= 1.4 && down_s < 4.0,
+           "registry down after %.2f s; schema.registry.timeout.ms is 1.5 s", down_s);
+    CHECK(hl_schema_store_get(s, 2, &text, why, sizeof why) == HL_EAGAIN);
+    hl_schema_store_destroy(s);
+out:
+    pthread_join(tid, NULL);
+    close(oa.fd);
 }
 
 /* A schema source for the codec: what a registry would answer, by id. */
@@ -295,6 +380,7 @@ int main(void)
     RUN(test_unreachable_is_transient);
     RUN(test_store_waits_while_registry_away);
     RUN(test_destroy_does_not_wait_for_a_silent_registry);
+    RUN(test_known_ids_do_not_wait_for_a_silent_registry);
     RUN(test_codec_waits_then_decodes);
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);

@@ -39,6 +39,7 @@
  * Writer schemas by id and the resolving path are in codec_writer.c; the
  * state and the checked Avro reader both use, in codec_internal.h. */
 #include "codec_internal.h"
+#include "framing.h"
 #include "utf8.h"
 
 #include <limits.h>
@@ -195,18 +196,16 @@ static hl_codec_reason check_event(const hl_codec *c, const hl_codec_event *ev,
     return HL_CODEC_OK;
 }
 
-/* The Confluent header: magic 0 and a big-endian schema id. */
+/* The Confluent header: magic 0 and a big-endian schema id (framing.c,
+ * shared with the item updates' codec). */
 static hl_codec_reason read_header(cur *in, int32_t *id, char *detail, size_t detaillen)
 {
-    if (in->end - in->p < 5)
-        return fail(detail, detaillen, HL_CODEC_TOO_SHORT,
-                    "%td bytes, Confluent framing needs at least 5", in->end - in->p);
-    if (in->p[0] != 0)
-        return fail(detail, detaillen, HL_CODEC_BAD_MAGIC,
-                    "magic byte is %u, not 0", (unsigned)in->p[0]);
-    *id = (int32_t)((uint32_t)in->p[1] << 24 | (uint32_t)in->p[2] << 16 |
-                    (uint32_t)in->p[3] << 8 | (uint32_t)in->p[4]);
-    in->p += 5;
+    switch (hl_frame_read(in->p, (size_t)(in->end - in->p), id, detail, detaillen)) {
+    case HL_FRAME_TOO_SHORT: return HL_CODEC_TOO_SHORT;
+    case HL_FRAME_BAD_MAGIC: return HL_CODEC_BAD_MAGIC;
+    default:                 break;
+    }
+    in->p += HL_FRAME_HEADER_LEN;
     return HL_CODEC_OK;
 }
 
@@ -353,8 +352,8 @@ static inline void put_float(out *o, float f)
 
 static void put_header(out *o, hl_framing framing, int32_t id)
 {
-    uint8_t h[5] = { 0, (uint8_t)((uint32_t)id >> 24), (uint8_t)((uint32_t)id >> 16),
-                     (uint8_t)((uint32_t)id >> 8), (uint8_t)id };
+    uint8_t h[HL_FRAME_HEADER_LEN];
+    hl_frame_write(h, id);
     if (framing == HL_FRAMING_CONFLUENT)
         put_raw(o, h, sizeof h);
 }

@@ -11,8 +11,10 @@
  * is read, so no record can make the decoder read past its end or write
  * past vec. */
 #include "codec_item.h"
+#include "framing.h"
 #include "utf8.h"
 
+#include <avro.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,6 +30,55 @@ static const char *const reason_names[HL_ITEM_N_REASONS] = {
 const char *hl_item_reason_name(hl_item_reason r)
 {
     return (r >= 0 && r < HL_ITEM_N_REASONS) ? reason_names[r] : "unknown";
+}
+
+/* schemas/item_update.avsc without its docs (test_codec_item checks the
+ * two are the same schema): what `halflife items` registers, and what a
+ * registry's writer schema must be for the hand-written decoder below. */
+static const char item_json[] =
+    "{\"type\":\"record\",\"name\":\"ItemUpdate\",\"namespace\":\"halflife\",\"fields\":["
+    "{\"name\":\"item_id\",\"type\":\"string\"},"
+    "{\"name\":\"available\",\"type\":\"boolean\",\"default\":true},"
+    "{\"name\":\"expires_at\",\"type\":[\"null\",{\"type\":\"long\","
+    "\"logicalType\":\"timestamp-millis\"}],\"default\":null},"
+    "{\"name\":\"embedding\",\"type\":[\"null\",{\"type\":\"record\",\"name\":"
+    "\"ItemEmbedding\",\"fields\":["
+    "{\"name\":\"e_in\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
+    "{\"name\":\"e_out\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
+    "{\"name\":\"bias\",\"type\":\"float\"}]}],\"default\":null}]}";
+
+const char *hl_item_schema(void)
+{
+    return item_json;
+}
+
+/* avro_schema_equal compares names, fields, types and symbols, so a
+ * registry's copy of our schema (reformatted, docs dropped) passes and
+ * any other record does not. */
+int hl_item_schema_is_ours(const char *text, char *why, size_t whylen)
+{
+    avro_schema_t ours = NULL, theirs = NULL;
+    int rc = HL_EFORMAT;
+    if (avro_schema_from_json_length(text, strlen(text), &theirs) != 0) {
+        hl_err(why, whylen, rc, "not an Avro schema: %s", avro_strerror());
+        goto out;
+    }
+    if (avro_schema_from_json_length(item_json, strlen(item_json), &ours) != 0) {
+        hl_err(why, whylen, rc, "built-in ItemUpdate schema: %s", avro_strerror());
+        goto out;
+    }
+    if (!avro_schema_equal(ours, theirs)) {
+        hl_err(why, whylen, rc, "not schemas/item_update.avsc: item updates are decoded for "
+               "exactly that schema (no resolution of other writer schemas)");
+        goto out;
+    }
+    rc = 0;
+out:
+    if (theirs != NULL)
+        avro_schema_decref(theirs);
+    if (ours != NULL)
+        avro_schema_decref(ours);
+    return rc;
 }
 
 typedef struct cur { const uint8_t *p, *end; } cur;
@@ -188,16 +239,15 @@ static hl_item_reason read_body(const hl_item_codec_opts *o, cur *c, float *vec,
 static hl_item_reason read_header(const hl_item_codec_opts *o, cur *c, char *detail,
                                   size_t dl)
 {
+    int32_t id;
     if (o->framing != HL_FRAMING_CONFLUENT)
         return HL_ITEM_OK;
-    if (c->end - c->p < 5)
-        return fail(detail, dl, HL_ITEM_TOO_SHORT, "%zu bytes, the header needs 5",
-                    (size_t)(c->end - c->p));
-    if (c->p[0] != 0)
-        return fail(detail, dl, HL_ITEM_BAD_MAGIC, "magic byte %u, want 0", c->p[0]);
-    int32_t id = (int32_t)((uint32_t)c->p[1] << 24 | (uint32_t)c->p[2] << 16 |
-                           (uint32_t)c->p[3] << 8 | c->p[4]);
-    c->p += 5;
+    switch (hl_frame_read(c->p, (size_t)(c->end - c->p), &id, detail, dl)) {
+    case HL_FRAME_TOO_SHORT: return HL_ITEM_TOO_SHORT;
+    case HL_FRAME_BAD_MAGIC: return HL_ITEM_BAD_MAGIC;
+    default:                 break;
+    }
+    c->p += HL_FRAME_HEADER_LEN;
     if (id != o->schema_id)
         return fail(detail, dl, HL_ITEM_UNKNOWN_SCHEMA, "schema id %d; item updates are "
                     "read with id %d (items.schema.id)", (int)id, (int)o->schema_id);
@@ -295,10 +345,9 @@ int hl_item_encode(const hl_item_codec_opts *o, const hl_item_update *u,
 {
     out w = {buf, (uint8_t *)buf + cap, 0};
     if (o->framing == HL_FRAMING_CONFLUENT) {
-        uint32_t id = (uint32_t)o->schema_id;
-        uint8_t h[5] = {0, (uint8_t)(id >> 24), (uint8_t)(id >> 16), (uint8_t)(id >> 8),
-                        (uint8_t)id};
-        put(&w, h, 5);
+        uint8_t h[HL_FRAME_HEADER_LEN];
+        hl_frame_write(h, o->schema_id);
+        put(&w, h, sizeof h);
     }
     put_long(&w, u->id_len);
     put(&w, u->id, u->id_len);

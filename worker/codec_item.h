@@ -5,8 +5,10 @@
  * Decoding never trusts its input: every way a record can be wrong is a
  * named reason, counted and dead-lettered by the caller. The writer schema
  * must be ours: Confluent framing with items.schema.id (schemas/3.avsc), or
- * raw. Schema resolution of other writer schemas is not done for item
- * updates (such records are unknown_schema). No state: any thread. */
+ * raw; with a Schema Registry the reader (items.c) checks the id's schema
+ * with hl_item_schema_is_ours and then decodes with that id. Schema
+ * resolution of other writer schemas is not done for item updates (such
+ * records are unknown_schema). No state: any thread. */
 #ifndef HL_CODEC_ITEM_H
 #define HL_CODEC_ITEM_H
 
@@ -52,6 +54,14 @@ typedef struct hl_item_codec_opts {
 hl_item_reason hl_item_decode(const hl_item_codec_opts *o, const void *key, size_t key_len,
                               const void *buf, size_t len, float *vec,
                               hl_item_update *u, char *detail, size_t detaillen);
+
+/* schemas/item_update.avsc's JSON: what `halflife items` registers. */
+const char *hl_item_schema(void);
+
+/* 0 when text (a writer schema's JSON, e.g. from a registry) is our
+ * ItemUpdate schema, so hl_item_decode reads its records; HL_EFORMAT and a
+ * sentence in why when it is not, or is not an Avro schema. */
+int hl_item_schema_is_ours(const char *text, char *why, size_t whylen);
 
 /* Encodes u (not a tombstone: that is a null value) in o's framing.
  * Returns bytes written into out, or HL_EFULL when cap is too small. */

@@ -17,8 +17,20 @@
  *
  * Bad records are counted by reason, logged (rate-limited) and copied to
  * the dead-letter topic with the reason in a header. Nothing is committed,
- * so a bad record is dead-lettered again at each start. */
+ * so a bad record is dead-lettered again at each start.
+ *
+ * With a Schema Registry (opts.schema_fn) each update's writer schema id
+ * is resolved through the worker's schema store, as the events' are. An id
+ * the store cannot answer yet (registry unreachable, 5xx) is not a bad
+ * record: the record is kept aside and its partition paused, the way
+ * park.c holds events (librdkafka drops what it had queued for the
+ * partition and fetches again after the kept record on resume), so the
+ * partition's order, which compaction and "the newest update wins" rely
+ * on, is kept and nothing is dead-lettered because the registry is down.
+ * Other partitions go on. A kept partition does not count as read to its
+ * end, so a worker starting while the registry is down waits for it. */
 #include "items.h"
+#include "framing.h"
 #include "log.h"
 
 #include <pthread.h>
@@ -28,6 +40,12 @@
 #define BURST           10000   /* records applied between two views at most */
 #define METADATA_MS      5000
 #define RETRY_TOPIC_MS   5000   /* a missing topic is looked for again this often */
+#define KNOWN_IDS          64   /* registry ids whose schema was checked, kept */
+
+typedef struct known_id {
+    int32_t id;
+    int     ours;               /* the id's schema is schemas/item_update.avsc */
+} known_id;
 
 typedef struct catref {
     hl_catview *v;
@@ -56,6 +74,11 @@ struct hl_items {
     uint64_t        pending;            /* updates applied, not yet counted */
     int             absent;             /* the cluster says the topic does not exist */
     float          *vec;                /* 2 * dim floats */
+    rd_kafka_message_t **kept;          /* per partition: the update waiting for its
+                                           schema id (the partition is paused) */
+    int             n_kept;
+    known_id        known[KNOWN_IDS];   /* registry ids whose schema was checked */
+    int             n_known;
     hl_log_limit    bad_limit;
     hl_gauge       *g_hidden, *g_added, *g_loaded;
     hl_counter     *c_updates, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
@@ -184,9 +207,11 @@ static int find_partitions(hl_items *it)
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n);
     free(it->end);
     free(it->done);
+    free(it->kept);                     /* n_parts was 0: nothing was kept */
     it->end = calloc((size_t)n, sizeof *it->end);
     it->done = calloc((size_t)n, 1);
-    for (int i = 0; i < n && it->end && it->done; i++) {
+    it->kept = calloc((size_t)n, sizeof *it->kept);
+    for (int i = 0; i < n && it->end && it->done && it->kept; i++) {
         int32_t p = md->topics[0].partitions[i].id;
         int64_t lo = 0, hi = 0;
         if (p < 0 || p >= n)
@@ -197,7 +222,7 @@ static int find_partitions(hl_items *it)
         rd_kafka_topic_partition_list_add(parts, it->topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
     }
     rd_kafka_metadata_destroy(md);
-    int ok = it->end && it->done && rd_kafka_assign(it->rk, parts) == 0;
+    int ok = it->end && it->done && it->kept && rd_kafka_assign(it->rk, parts) == 0;
     rd_kafka_topic_partition_list_destroy(parts);
     it->n_parts = ok ? n : 0;
     if (!ok)
@@ -260,28 +285,89 @@ static void bad_update(hl_items *it, const rd_kafka_message_t *rkm, hl_item_reas
 
 static void note_position(hl_items *it, int32_t p, int64_t next, int eof)
 {
-    if (p >= 0 && p < it->n_parts && (eof || next >= it->end[p]))
+    if (p >= 0 && p < it->n_parts && it->kept[p] == NULL && (eof || next >= it->end[p]))
         it->done[p] = 1;
 }
 
-static void handle(hl_items *it, const rd_kafka_message_t *rkm)
+/* ---- writer schema ids from a registry ---- */
+
+/* The registry's answer for the writer schema id of an update: 0 our
+ * ItemUpdate schema; HL_EAGAIN not known yet (the update waits); anything
+ * else unusable (unknown_schema; why says). Ids are immutable in a
+ * registry, so a schema checked once is remembered (the first KNOWN_IDS
+ * ids; beyond, checked again: the store answers from its cache). A 404 is
+ * not remembered here: the store asks again itself. */
+static int resolve_id(hl_items *it, int32_t id, char *why, size_t whylen)
 {
-    char detail[256] = "";
+    char *text = NULL;
+    for (int i = 0; i < it->n_known; i++)
+        if (it->known[i].id == id)
+            return it->known[i].ours ? 0 : hl_err(why, whylen, HL_EFORMAT, "schema id %d "
+                       "is not schemas/item_update.avsc", (int)id);
+    int rc = it->o.schema_fn(it->o.schema_arg, id, &text, why, whylen);
+    if (rc != 0)
+        return rc;
+    char what[256];
+    if ((rc = hl_item_schema_is_ours(text, what, sizeof what)) != 0)
+        hl_err(why, whylen, rc, "schema id %d: %s", (int)id, what);
+    free(text);
+    if (it->n_known < KNOWN_IDS)
+        it->known[it->n_known++] = (known_id){id, rc == 0};
+    return rc;
+}
+
+/* The codec options for rkm: with a registry, those of its writer schema
+ * id. HL_ITEM_OK, HL_ITEM_UNKNOWN_SCHEMA (detail says why), or -1: the id
+ * is not known yet. A record without a valid header is left to the
+ * decoder, which names its fault. */
+static int writer_opts(hl_items *it, const rd_kafka_message_t *rkm, hl_item_codec_opts *co,
+                       char *detail, size_t dl)
+{
+    int32_t id;
+    *co = it->o.codec;
+    if (it->o.schema_fn == NULL || co->framing != HL_FRAMING_CONFLUENT || rkm->len == 0 ||
+        hl_frame_read(rkm->payload, rkm->len, &id, NULL, 0) != HL_FRAME_OK)
+        return HL_ITEM_OK;
+    int rc = resolve_id(it, id, detail, dl);
+    if (rc == HL_EAGAIN)
+        return -1;
+    co->schema_id = id;
+    return rc == 0 ? HL_ITEM_OK : HL_ITEM_UNKNOWN_SCHEMA;
+}
+
+static void set_paused(hl_items *it, int32_t p, int paused)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, it->topic, p);
+    if (paused)
+        rd_kafka_pause_partitions(it->rk, l);
+    else
+        rd_kafka_resume_partitions(it->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Keeps rkm (ownership moves here) and pauses its partition. */
+static void keep(hl_items *it, rd_kafka_message_t *rkm, const char *why)
+{
+    set_paused(it, rkm->partition, 1);
+    it->kept[rkm->partition] = rkm;
+    it->n_kept++;
+    hl_log(HL_LOG_INFO, "item_update_waits", "topic=%s partition=%d offset=%lld why=\"%s\" "
+           "action=\"the partition waits for the schema registry; nothing is dead-lettered "
+           "for it\"", it->topic, (int)rkm->partition, (long long)rkm->offset, why);
+}
+
+/* Decodes and applies one update whose writer schema is settled. */
+static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_codec_opts *co,
+                  hl_item_reason r, char *detail, size_t dl)
+{
     hl_item_update u;
-    if (rkm->err) {
-        uint64_t sup = 0;
-        if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-            note_position(it, rkm->partition, rkm->offset, 1);
-        else if (hl_log_limit_pass(&it->bad_limit, &sup))
-            hl_log(HL_LOG_WARN, "items_consume_error", "topic=%s err=\"%s\"", it->topic,
-                   rd_kafka_message_errstr(rkm));
-        return;
-    }
     note_position(it, rkm->partition, rkm->offset + 1, 0);
-    hl_item_reason r = hl_item_decode(&it->o.codec, rkm->key, rkm->key_len, rkm->payload,
-                                      rkm->len, it->vec, &u, detail, sizeof detail);
+    if (r == HL_ITEM_OK)
+        r = hl_item_decode(co, rkm->key, rkm->key_len, rkm->payload, rkm->len, it->vec, &u,
+                           detail, dl);
     if (r == HL_ITEM_OK) {
-        int rc = hl_catalogue_apply(it->cat, &u, detail, sizeof detail);
+        int rc = hl_catalogue_apply(it->cat, &u, detail, dl);
         r = rc == HL_EFULL ? HL_ITEM_CATALOGUE_FULL : rc != 0 ? HL_ITEM_NOT_FINITE : r;
     }
     if (r != HL_ITEM_OK) {
@@ -290,6 +376,58 @@ static void handle(hl_items *it, const rd_kafka_message_t *rkm)
     }
     atomic_fetch_add(&it->applied, 1);
     it->pending++;
+}
+
+/* 1 when rkm was kept (its id is being fetched): the caller must not
+ * destroy it. */
+static int handle(hl_items *it, rd_kafka_message_t *rkm)
+{
+    char detail[256] = "";
+    hl_item_codec_opts co;
+    if (rkm->err) {
+        uint64_t sup = 0;
+        if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            note_position(it, rkm->partition, rkm->offset, 1);
+        else if (hl_log_limit_pass(&it->bad_limit, &sup))
+            hl_log(HL_LOG_WARN, "items_consume_error", "topic=%s err=\"%s\"", it->topic,
+                   rd_kafka_message_errstr(rkm));
+        return 0;
+    }
+    int r = writer_opts(it, rkm, &co, detail, sizeof detail);
+    /* A paused partition yields nothing more (librdkafka's pause drops what
+     * it had queued), so a second record of a kept partition cannot come;
+     * if it did, it is dead-lettered (its bytes kept) rather than applied
+     * out of order, and said. */
+    if (r < 0 && rkm->partition >= 0 && rkm->partition < it->n_parts &&
+        it->kept[rkm->partition] == NULL) {
+        keep(it, rkm, detail);
+        return 1;
+    }
+    if (r < 0)
+        snprintf(detail, sizeof detail, "a second record of a partition already waiting for "
+                 "a schema id (librdkafka delivered past a pause)");
+    apply(it, rkm, &co, r < 0 ? HL_ITEM_UNKNOWN_SCHEMA : (hl_item_reason)r, detail,
+          sizeof detail);
+    return 0;
+}
+
+/* Each kept update whose id has an answer now is applied (or
+ * dead-lettered: a 404) and its partition resumed. */
+static void retry_kept(hl_items *it)
+{
+    for (int p = 0; it->n_kept > 0 && p < it->n_parts; p++) {
+        char detail[256] = "";
+        hl_item_codec_opts co;
+        rd_kafka_message_t *rkm = it->kept[p];
+        int r;
+        if (rkm == NULL || (r = writer_opts(it, rkm, &co, detail, sizeof detail)) < 0)
+            continue;
+        it->kept[p] = NULL;
+        it->n_kept--;
+        apply(it, rkm, &co, (hl_item_reason)r, detail, sizeof detail);
+        rd_kafka_message_destroy(rkm);
+        set_paused(it, p, 0);
+    }
 }
 
 /* halflife_item_updates_total counts an update once a view holding it is
@@ -310,8 +448,8 @@ static void poll_burst(hl_items *it)
 {
     rd_kafka_message_t *rkm = rd_kafka_consumer_poll(it->rk, 100);
     for (int n = 0; rkm != NULL; n++) {
-        handle(it, rkm);
-        rd_kafka_message_destroy(rkm);
+        if (!handle(it, rkm))
+            rd_kafka_message_destroy(rkm);
         rkm = n + 1 < BURST ? rd_kafka_consumer_poll(it->rk, 0) : NULL;
     }
 }
@@ -329,6 +467,7 @@ static void *items_main(void *arg)
                 continue;
             }
         }
+        retry_kept(it);
         poll_burst(it);
         if (hl_catalogue_version(it->cat) != it->viewed_version && atomic_load(&it->loaded))
             publish_view(it);
@@ -404,6 +543,9 @@ void hl_items_destroy(hl_items *it)
     atomic_store(&it->stop, 1);
     if (it->started)
         pthread_join(it->tid, NULL);
+    for (int p = 0; it->kept != NULL && p < it->n_parts; p++)
+        if (it->kept[p] != NULL)        /* before the handle they refer to */
+            rd_kafka_message_destroy(it->kept[p]);
     if (it->rk != NULL) {
         rd_kafka_consumer_close(it->rk);
         rd_kafka_destroy(it->rk);
@@ -411,6 +553,7 @@ void hl_items_destroy(hl_items *it)
     ref_release(it->cur);
     hl_catalogue_destroy(it->cat);
     pthread_mutex_destroy(&it->mu);
+    free(it->kept);
     free(it->end);
     free(it->done);
     free(it->vec);

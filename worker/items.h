@@ -31,6 +31,13 @@ typedef struct hl_items_opts {
     hl_producer         *prod;      /* for dead letters; borrowed */
     const char          *dlq_topic; /* NULL: none */
     hl_metrics          *reg;
+    /* Set (schema.registry.url): the writer schema id of each update is
+     * resolved through it, as the events' are (hl_codec_schema_fn; the
+     * schema must be ours, hl_item_schema_is_ours); an id it does not know
+     * yet pauses that partition until it does, and codec.schema_id is
+     * unused. NULL: codec.schema_id alone. */
+    hl_codec_schema_fn   schema_fn;
+    void                *schema_arg;
 } hl_items_opts;
 
 /* Creates the reader's consumer and catalogue; the thread starts with

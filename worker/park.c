@@ -24,6 +24,7 @@
  * Owner thread only. Parked records are what librdkafka had fetched
  * anyway (at most one batch's worth per partition: the pause stops the
  * rest); the arrays grow on demand, the exception path. */
+#include "framing.h"
 #include "thread_internal.h"
 
 #include <stdlib.h>
@@ -32,10 +33,8 @@
 /* The Confluent schema id of a payload, -1 if it has none. */
 static int32_t schema_id_of(const rd_kafka_message_t *rkm)
 {
-    const uint8_t *p = rkm->payload;
-    if (p == NULL || rkm->len < 5 || p[0] != 0)
-        return -1;
-    return (int32_t)((uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4]);
+    int32_t id;
+    return hl_frame_read(rkm->payload, rkm->len, &id, NULL, 0) == HL_FRAME_OK ? id : -1;
 }
 
 static park_wait *wait_of(hl_wthread *t, int32_t partition)

@@ -711,6 +711,7 @@ static int start_items(hl_worker *w, const hl_kafka_prop *props, int n_props,
                   .dim = mi->dim, .min_ts_ms = w->o.codec.min_ts_ms,
                   .max_ts_ms = w->o.codec.max_ts_ms},
         .prod = w->prod, .dlq_topic = w->ctx.dlq_topic, .reg = w->reg,
+        .schema_fn = w->o.codec.schema_fn, .schema_arg = w->o.codec.schema_arg,
     };
     if ((w->items = hl_items_create(&io, errbuf, errlen)) == NULL)
         return HL_EINVAL;
@@ -944,13 +945,16 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         snprintf(w->state_topic, sizeof w->state_topic, "%s", o->state_topic);
     else
         snprintf(w->state_topic, sizeof w->state_topic, "%s-state", o->group_id);
+    /* The registry before Kafka: the item topic's reader reads through its
+     * schema store. */
     if (table_opts(w, errbuf, errlen) != 0 || start_persist(w, errbuf, errlen) != 0 ||
-        start_kafka(w, errbuf, errlen) != 0 || start_changelog(w, errbuf, errlen) != 0)
+        start_registry(w, errbuf, errlen) != 0 || start_kafka(w, errbuf, errlen) != 0 ||
+        start_changelog(w, errbuf, errlen) != 0)
         goto fail;
     w->ctx.consumer = hl_consumer_handle(w->cons);
     w->ctx.prod = w->prod;
     /* The models after scoring: the first model's int8 table is theirs. */
-    if (start_registry(w, errbuf, errlen) != 0 || start_scoring(w, errbuf, errlen) != 0 ||
+    if (start_scoring(w, errbuf, errlen) != 0 ||
         start_models(w, errbuf, errlen) != 0 || start_threads(w, errbuf, errlen) != 0)
         goto fail;
     return w;
@@ -965,13 +969,13 @@ void hl_worker_destroy(hl_worker *w)
         return;                 /* abandoned: librdkafka would block; the process ends */
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
-    hl_schema_store_destroy(w->schemas);  /* after every codec that asks it */
     hl_persist_destroy(w->persist);     /* after every shard is gone */
     hl_models_destroy(w->models);       /* after every thread and shard */
     hl_qitems_destroy(w->qitems);       /* after every ranker and the first model's ref */
     hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
     hl_items_destroy(w->items);         /* after the threads let go of its views */
+    hl_schema_store_destroy(w->schemas);  /* after every codec and the item reader */
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
     embedded_stop(w);

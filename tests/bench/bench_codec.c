@@ -8,6 +8,7 @@
  * be copied (memcpy of the whole payload set, in the same run): a decoder
  * must read every byte, an encoder write every byte. Figures are medians of
  * 5 repetitions over 200,000 realistic events (ids like "user-123456"). */
+#include "bench_events.h"
 #include "codec.h"
 
 #include <avro.h>
@@ -18,18 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define N_EVENTS 200000
 #define REPS     5
 
-static const char ours_json[] =
-    "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":\"halflife\",\"fields\":["
-    "{\"name\":\"user_id\",\"type\":\"string\"},{\"name\":\"item_id\",\"type\":\"string\"},"
-    "{\"name\":\"event_type\",\"type\":{\"type\":\"enum\",\"name\":\"EventType\",\"symbols\":"
-    "[\"VIEW\",\"CLICK\",\"FAVORITE\",\"ADD_TO_CART\",\"PURCHASE\",\"RATE\"],\"default\":\"VIEW\"},"
-    "\"default\":\"VIEW\"},"
-    "{\"name\":\"timestamp\",\"type\":{\"type\":\"long\",\"logicalType\":\"timestamp-millis\"}},"
-    "{\"name\":\"weight\",\"type\":[\"null\",\"float\"],\"default\":null},"
-    "{\"name\":\"context\",\"type\":[\"null\",{\"type\":\"map\",\"values\":\"string\"}],\"default\":null}]}";
+static const char ours_json[] = BENCH_OURS_FIELDS "]}";
 
 static const char evolved_json[] =
     "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":\"halflife\",\"fields\":["
@@ -40,31 +32,6 @@ static const char evolved_json[] =
     "{\"name\":\"event_type\",\"type\":{\"type\":\"enum\",\"name\":\"EventType\",\"symbols\":"
     "[\"VIEW\",\"CLICK\",\"FAVORITE\",\"ADD_TO_CART\",\"PURCHASE\",\"RATE\"]}},"
     "{\"name\":\"context\",\"type\":[\"null\",{\"type\":\"map\",\"values\":\"string\"}],\"default\":null}]}";
-
-typedef struct payloads {
-    uint8_t *buf;
-    size_t   off[N_EVENTS + 1];
-} payloads;
-
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static double median(double *v)
 {
@@ -91,50 +58,28 @@ static void put_str(uint8_t **p, const char *s)
 static void make_payloads(hl_codec *c, payloads *pl, int layout)
 {
     uint8_t *p;
+    if (layout == 1) {
+        bench_make_payloads(c, pl, NULL, 0);
+        return;
+    }
     pl->buf = malloc((size_t)N_EVENTS * 64);
     p = pl->buf;
     rng = 0x9E3779B97F4A7C15ull;
     for (int i = 0; i < N_EVENTS; i++) {
         char user[32], item[32];
-        int type = (int)(rnd() % HL_N_TYPES), has_w = rnd() & 1;
-        int64_t ts = 1700000000000LL + i * 37;
-        float w = (float)(rnd() % 50) / 10.0f;
-        snprintf(user, sizeof user, "user-%u", rnd() % 1000000);
-        snprintf(item, sizeof item, "item-%u", rnd() % 100000);
+        hl_codec_event ev = bench_event(i, user, item);
         pl->off[i] = (size_t)(p - pl->buf);
-        if (layout == 1) {
-            hl_codec_event ev = { user, (uint32_t)strlen(user), item, (uint32_t)strlen(item),
-                                  type, ts, has_w ? w : 1.0f, has_w };
-            p += hl_codec_encode_event(c, &ev, p, 64);
-            continue;
-        }
         *p++ = 0; *p++ = 0; *p++ = 0; *p++ = 0; *p++ = 3;
-        put_long(&p, ts);
+        put_long(&p, ev.ts_ms);
         put_long(&p, 0);                       /* session: null */
         put_str(&p, item);
         put_str(&p, user);
-        put_long(&p, has_w);
-        if (has_w) { memcpy(p, &w, 4); p += 4; }
-        put_long(&p, type);
+        put_long(&p, ev.has_weight);
+        if (ev.has_weight) { memcpy(p, &ev.weight, 4); p += 4; }
+        put_long(&p, ev.type);
         put_long(&p, 0);                       /* context: null */
     }
     pl->off[N_EVENTS] = (size_t)(p - pl->buf);
-}
-
-/* Events/s through the codec; checksum keeps the work observable. */
-static double time_codec(hl_codec *c, const payloads *pl, uint64_t *sum)
-{
-    double t0 = now_s();
-    for (int i = 0; i < N_EVENTS; i++) {
-        hl_codec_event ev;
-        if (hl_codec_decode_event(c, pl->buf + pl->off[i], pl->off[i + 1] - pl->off[i],
-                                  &ev, NULL, 0) != HL_CODEC_OK) {
-            fprintf(stderr, "bench_codec: event %d does not decode\n", i);
-            exit(1);
-        }
-        *sum += (uint64_t)ev.ts_ms + ev.user_len;
-    }
-    return N_EVENTS / (now_s() - t0);
 }
 
 /* avro-c's generic decoder alone, reader = writer, no checks. */
@@ -242,8 +187,8 @@ int main(void)
     make_payloads(c, &p3, 3);
     uint8_t *dst = malloc((size_t)N_EVENTS * 512);
     for (int r = 0; r < REPS; r++) {
-        fast[r] = time_codec(c, &p1, &sum);
-        resolved[r] = time_codec(c, &p3, &sum);
+        fast[r] = bench_time_decode(c, &p1, &sum);
+        resolved[r] = bench_time_decode(c, &p3, &sum);
         generic[r] = time_avro_generic(&p1, &sum);
         copy1[r] = time_copy(&p1, dst);
         copy3[r] = time_copy(&p3, dst);

@@ -18,7 +18,9 @@
  *
  * Needs /usr/bin/python3 with python3-avro; run from the repository top
  * (make bench does), or set HL_TOP. Figures are medians of 5 repetitions. */
+#include "bench_events.h"
 #include "codec.h"
+#include "framing.h"
 #include "registry.h"
 #include "log.h"
 #include "schema_store.h"
@@ -33,53 +35,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define N_EVENTS 200000
 #define REPS     5
 #define BATCH    1000
 #define N_NEW    200            /* batches that meet a new id */
 
-/* Ours (worker/codec.c's reader schema), with %s for extra fields a later
- * writer version adds. */
-static const char ours_json[] =
-    "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":\"halflife\",\"fields\":["
-    "{\"name\":\"user_id\",\"type\":\"string\"},{\"name\":\"item_id\",\"type\":\"string\"},"
-    "{\"name\":\"event_type\",\"type\":{\"type\":\"enum\",\"name\":\"EventType\",\"symbols\":"
-    "[\"VIEW\",\"CLICK\",\"FAVORITE\",\"ADD_TO_CART\",\"PURCHASE\",\"RATE\"],\"default\":\"VIEW\"},"
-    "\"default\":\"VIEW\"},"
-    "{\"name\":\"timestamp\",\"type\":{\"type\":\"long\",\"logicalType\":\"timestamp-millis\"}},"
-    "{\"name\":\"weight\",\"type\":[\"null\",\"float\"],\"default\":null},"
-    "{\"name\":\"context\",\"type\":[\"null\",{\"type\":\"map\",\"values\":\"string\"}],\"default\":null}%s]}";
-
-typedef struct payloads {
-    uint8_t *buf;
-    size_t   off[N_EVENTS + 1];
-} payloads;
-
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double quantile(double *v, int n, double q)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[(int)(q * (n - 1))];
-}
+/* Ours, with %s for extra fields a later writer version adds. */
+static const char ours_json[] = BENCH_OURS_FIELDS "%s]}";
 
 static void die(const char *what, const char *why)
 {
@@ -133,47 +94,9 @@ static int32_t register_schema(hl_registry *r, const char *extra)
 
 /* ---- payloads ----------------------------------------------------------- */
 
-/* N_EVENTS of our layout with writer id `id`; tail bytes appended to each
- * body (the extra fields of a later writer version). */
-static void make_payloads(hl_codec *c, payloads *pl, const uint8_t *tail, size_t tail_len)
-{
-    uint8_t *p = pl->buf = malloc((size_t)N_EVENTS * 72);
-    rng = 0x9E3779B97F4A7C15ull;
-    for (int i = 0; i < N_EVENTS; i++) {
-        char user[32], item[32];
-        int type = (int)(rnd() % HL_N_TYPES), has_w = rnd() & 1;
-        float w = (float)(rnd() % 50) / 10.0f;
-        snprintf(user, sizeof user, "user-%u", rnd() % 1000000);
-        snprintf(item, sizeof item, "item-%u", rnd() % 100000);
-        hl_codec_event ev = { user, (uint32_t)strlen(user), item, (uint32_t)strlen(item),
-                              type, 1700000000000LL + i * 37, has_w ? w : 1.0f, has_w };
-        pl->off[i] = (size_t)(p - pl->buf);
-        p += hl_codec_encode_event(c, &ev, p, 64);
-        if (tail_len > 0)
-            memcpy(p, tail, tail_len);
-        p += tail_len;
-    }
-    pl->off[N_EVENTS] = (size_t)(p - pl->buf);
-}
-
 static void set_id(uint8_t *payload, int32_t id)
 {
-    payload[1] = (uint8_t)((uint32_t)id >> 24); payload[2] = (uint8_t)((uint32_t)id >> 16);
-    payload[3] = (uint8_t)((uint32_t)id >> 8);  payload[4] = (uint8_t)id;
-}
-
-static double time_decode(hl_codec *c, const payloads *pl, uint64_t *sum)
-{
-    double t0 = now_s();
-    for (int i = 0; i < N_EVENTS; i++) {
-        hl_codec_event ev;
-        char detail[160];
-        if (hl_codec_decode_event(c, pl->buf + pl->off[i], pl->off[i + 1] - pl->off[i], &ev,
-                                  detail, sizeof detail) != HL_CODEC_OK)
-            die("decode", detail);
-        *sum += (uint64_t)ev.ts_ms + ev.user_len;
-    }
-    return N_EVENTS / (now_s() - t0);
+    hl_frame_write(payload, id);
 }
 
 /* ---- codecs ------------------------------------------------------------- */
@@ -309,8 +232,8 @@ int main(void)
     if (s == NULL)
         die("store", err);
     hl_codec *cf = codec_files(dir), *cs = codec_store(s);
-    make_payloads(cf, &p_ours, NULL, 0);
-    make_payloads(cf, &p_v2, v2_tail, sizeof v2_tail);
+    bench_make_payloads(cf, &p_ours, NULL, 0);
+    bench_make_payloads(cf, &p_v2, v2_tail, sizeof v2_tail);
     for (int i = 0; i < N_EVENTS; i++) {
         set_id(p_ours.buf + p_ours.off[i], id_ours);
         set_id(p_v2.buf + p_v2.off[i], id_v2);
@@ -318,10 +241,10 @@ int main(void)
     warm(cs, id_ours);
     warm(cs, id_v2);
     for (int k = 0; k < REPS; k++) {
-        ff[k] = time_decode(cf, &p_ours, &sum);
-        rf[k] = time_decode(cs, &p_ours, &sum);
-        fr[k] = time_decode(cf, &p_v2, &sum);
-        rr[k] = time_decode(cs, &p_v2, &sum);
+        ff[k] = bench_time_decode(cf, &p_ours, &sum);
+        rf[k] = bench_time_decode(cs, &p_ours, &sum);
+        fr[k] = bench_time_decode(cf, &p_v2, &sum);
+        rr[k] = bench_time_decode(cs, &p_v2, &sum);
     }
     line("registry_decode_fast", quantile(rf, REPS, 0.5), "events/s", quantile(ff, REPS, 0.5), "");
     line("registry_decode_resolved", quantile(rr, REPS, 0.5), "events/s", quantile(fr, REPS, 0.5),

@@ -20,6 +20,7 @@
  * message sets per partition and silently drops older data, so whoever
  * pushes more must spread it over partitions and check the watermarks. */
 #include "cmd.h"
+#include "cmd_common.h"
 #include "hl.h"
 #include "log.h"
 
@@ -85,48 +86,19 @@ static void usage(FILE *f)
         "drops older data silently: spread big streams over enough partitions.\n");
 }
 
-static int parse_int(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    long v;
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || errno != 0 || v < lo || v > hi)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
 /* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
 static int parse_args(int argc, char **argv, broker_args *a)
 {
     *a = (broker_args){ 0, 4, 1, DEFAULT_TOPICS };
-    for (int i = 1; i < argc; i += 2) {
-        const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0;
-        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
-            usage(stdout);
-            return 1;
-        }
-        if (val == NULL) {
-            fprintf(stderr, "halflife broker: %s needs a value\n", opt);
-            return 2;
-        }
-        if (!strcmp(opt, "--port"))            bad = parse_int(val, 1, 65535, &a->port);
-        else if (!strcmp(opt, "--partitions")) bad = parse_int(val, 1, 10000, &a->partitions);
-        else if (!strcmp(opt, "--brokers"))    bad = parse_int(val, 1, 16, &a->brokers);
-        else if (!strcmp(opt, "--topics"))     a->topics = val;
-        else {
-            fprintf(stderr, "halflife broker: unknown option %s\n\n", opt);
-            usage(stderr);
-            return 2;
-        }
-        if (bad) {
-            fprintf(stderr, "halflife broker: %s %s: not an allowed number\n", opt, val);
-            return 2;
-        }
-    }
-    return 0;
+    const hl_arg opts[] = {
+        {"--port", HL_ARG_INT, 1, 65535, &a->port},
+        {"--partitions", HL_ARG_INT, 1, 10000, &a->partitions},
+        {"--brokers", HL_ARG_INT, 1, 16, &a->brokers},
+        {"--topics", HL_ARG_STR, 0, 0, &a->topics},
+    };
+    hl_cmd_args args = {.cmd = "broker", .opts = opts, .usage = usage,
+                        .n_opts = (int)(sizeof opts / sizeof opts[0])};
+    return hl_cmd_parse_args(&args, argc, argv);
 }
 
 /* ---- the --port relay --------------------------------------------------- */

@@ -15,8 +15,12 @@
  *
  * Records are keyed by item_id and go through the worker's producer and
  * configuration, as `halflife produce` does; progress is logged every
- * second and the delivered count at the end. */
+ * second and the delivered count at the end. With schema.registry.url the
+ * ItemUpdate schema is registered under "<topic>-value" (or only looked
+ * up with schema.registry.auto.register=false) and every record carries
+ * the registry's id instead of items.schema.id. */
 #include "cmd.h"
+#include "cmd_common.h"
 #include "codec_item.h"
 #include "config.h"
 #include "log.h"
@@ -30,15 +34,13 @@
 
 extern char **environ;
 
-#define MAX_X_ARGS  64
 #define MAX_DIM     4096
 #define MAX_LINE    (1 << 20)
 
 typedef struct items_args {
     const char *input, *topic;
     int         dim;                    /* 0: from the first embedding line */
-    char       *xs[MAX_X_ARGS];
-    int         n_xs;
+    hl_cmd_xs   xs;                     /* -X key=value */
 } items_args;
 
 typedef struct items_run {
@@ -63,45 +65,29 @@ static void usage(FILE *f)
         "  --input FILE   the file ('-' reads standard input)\n"
         "  --topic T      target topic (default: items.topic, items)\n"
         "  --dim D        floats per vector (default: from the first line with vectors)\n"
-        "  -X key=value   configuration; kafka.bootstrap.servers is required\n");
+        "  -X key=value   configuration; kafka.bootstrap.servers is required; with\n"
+        "                 schema.registry.url the schema is registered under\n"
+        "                 <topic>-value and records carry its id\n");
 }
 
+/* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
 static int parse_args(int argc, char **argv, items_args *a)
 {
     memset(a, 0, sizeof *a);
-    for (int i = 1; i < argc; i += 2) {
-        const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
-            usage(stdout);
-            return 1;
-        }
-        if (val == NULL) {
-            fprintf(stderr, "halflife items: %s needs a value\n", opt);
-            return 2;
-        }
-        if (!strcmp(opt, "--input"))      a->input = val;
-        else if (!strcmp(opt, "--topic")) a->topic = val;
-        else if (!strcmp(opt, "--dim")) {
-            char *end;
-            long d = strtol(val, &end, 10);
-            if (*end != '\0' || d < 1 || d > MAX_DIM) {
-                fprintf(stderr, "halflife items: --dim %s: want 1..%d\n", val, MAX_DIM);
-                return 2;
-            }
-            a->dim = (int)d;
-        } else if (!strcmp(opt, "-X") && a->n_xs < MAX_X_ARGS) a->xs[a->n_xs++] = argv[i + 1];
-        else {
-            fprintf(stderr, "halflife items: unknown option %s\n\n", opt);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (a->input == NULL) {
+    const hl_arg opts[] = {
+        {"--input", HL_ARG_STR, 0, 0, &a->input},
+        {"--topic", HL_ARG_STR, 0, 0, &a->topic},
+        {"--dim", HL_ARG_INT, 1, MAX_DIM, &a->dim},
+    };
+    hl_cmd_args args = {.cmd = "items", .opts = opts, .usage = usage, .xs = &a->xs,
+                        .n_opts = (int)(sizeof opts / sizeof opts[0])};
+    int rc = hl_cmd_parse_args(&args, argc, argv);
+    if (rc == 0 && a->input == NULL) {
         fprintf(stderr, "halflife items: --input is required\n\n");
         usage(stderr);
         return 2;
     }
-    return 0;
+    return rc;
 }
 
 /* ---- one line ---- */
@@ -249,6 +235,13 @@ static int open_run(items_run *r, const items_args *a, const hl_config *cfg,
         return hl_err(errbuf, errlen, HL_EINVAL, "no topic: items.topic is empty and no --topic");
     r->co = (hl_item_codec_opts){.framing = wo.codec.input_framing,
                                  .schema_id = wo.items_schema_id, .dim = a->dim};
+    int32_t id = 0;
+    int rc = hl_cmd_schema_id(&wo, r->topic, hl_item_schema(), "item_schema", &id, errbuf,
+                              errlen);
+    if (rc != 0)
+        return rc;
+    if (id != 0)                /* with a registry its id, not items.schema.id */
+        r->co.schema_id = id;
     r->cap = 64 + HL_MAX_ID_LEN + 2 * (size_t)MAX_DIM * 4 + 64;
     r->buf = malloc(r->cap);
     r->vec = malloc(2 * MAX_DIM * sizeof(float));
@@ -283,7 +276,7 @@ int hl_cmd_items(int argc, char **argv)
     memset(&r, 0, sizeof r);
     rc = 1;
     if ((cfg = hl_config_create()) == NULL ||
-        hl_config_load(cfg, NULL, environ, a.xs, a.n_xs, err, sizeof err) != 0)
+        hl_config_load(cfg, NULL, environ, a.xs.v, a.xs.n, err, sizeof err) != 0)
         goto out;
     if (hl_config_kafka_get(cfg, "bootstrap.servers") == NULL) {
         snprintf(err, sizeof err, "-X kafka.bootstrap.servers=HOST:PORT is required");

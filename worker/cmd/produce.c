@@ -19,13 +19,13 @@
  * "<topic>-value" (or only looked up with schema.registry.auto.register=
  * false) and every event carries the registry's id instead of 1. */
 #include "cmd.h"
+#include "cmd_common.h"
 #include "codec.h"
 #include "config.h"
 #include "dataset.h"
 #include "log.h"
 #include "pace.h"
 #include "producer.h"
-#include "registry.h"
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
@@ -35,15 +35,12 @@
 
 extern char **environ;
 
-#define MAX_X_ARGS 64
-
 typedef struct produce_args {
     const char *input, *format, *topic;
     double      rate;                   /* events/s, 0 = unlimited */
     int64_t     limit;                  /* most events, 0 = all */
     int         partitions;             /* create the topic with this many, 0 = no */
-    char       *xs[MAX_X_ARGS];
-    int         n_xs;
+    hl_cmd_xs   xs;                     /* -X key=value */
 } produce_args;
 
 static void usage(FILE *f)
@@ -65,53 +62,27 @@ static void usage(FILE *f)
         "  -X key=value      configuration; kafka.bootstrap.servers is required\n");
 }
 
-static int parse_num(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    *out = strtod(s, &end);
-    return (*s == '\0' || *end != '\0' || errno != 0 || *out < lo || *out > hi) ? -1 : 0;
-}
-
 /* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
 static int parse_args(int argc, char **argv, produce_args *a)
 {
     memset(a, 0, sizeof *a);
-    for (int i = 1; i < argc; i += 2) {
-        const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        double x = 0;
-        int bad = 0;
-        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
-            usage(stdout);
-            return 1;
-        }
-        if (val == NULL) {
-            fprintf(stderr, "halflife produce: %s needs a value\n", opt);
-            return 2;
-        }
-        if (!strcmp(opt, "--input"))       a->input = val;
-        else if (!strcmp(opt, "--format")) a->format = val;
-        else if (!strcmp(opt, "--topic"))  a->topic = val;
-        else if (!strcmp(opt, "--rate"))   bad = parse_num(val, 0, 1e9, &a->rate);
-        else if (!strcmp(opt, "--limit"))  { bad = parse_num(val, 0, 9e18, &x); a->limit = (int64_t)x; }
-        else if (!strcmp(opt, "--partitions")) { bad = parse_num(val, 1, 100000, &x); a->partitions = (int)x; }
-        else if (!strcmp(opt, "-X") && a->n_xs < MAX_X_ARGS) a->xs[a->n_xs++] = argv[i + 1];
-        else {
-            fprintf(stderr, "halflife produce: unknown option %s\n\n", opt);
-            usage(stderr);
-            return 2;
-        }
-        if (bad) {
-            fprintf(stderr, "halflife produce: %s %s: not an allowed number\n", opt, val);
-            return 2;
-        }
-    }
-    if (a->input == NULL || a->format == NULL) {
+    const hl_arg opts[] = {
+        {"--input", HL_ARG_STR, 0, 0, &a->input},
+        {"--format", HL_ARG_STR, 0, 0, &a->format},
+        {"--topic", HL_ARG_STR, 0, 0, &a->topic},
+        {"--rate", HL_ARG_NUM, 0, 1e9, &a->rate},
+        {"--limit", HL_ARG_I64, 0, 9e18, &a->limit},
+        {"--partitions", HL_ARG_INT, 1, 100000, &a->partitions},
+    };
+    hl_cmd_args args = {.cmd = "produce", .opts = opts, .usage = usage, .xs = &a->xs,
+                        .n_opts = (int)(sizeof opts / sizeof opts[0])};
+    int rc = hl_cmd_parse_args(&args, argc, argv);
+    if (rc == 0 && (a->input == NULL || a->format == NULL)) {
         fprintf(stderr, "halflife produce: --input and --format are required\n\n");
         usage(stderr);
         return 2;
     }
-    return 0;
+    return rc;
 }
 
 /* The worker's idempotent producer (enable.idempotence=true, a queue of a
@@ -256,30 +227,6 @@ static void wait_delivered(replay *r)
     }
 }
 
-/* With a registry: the event schema's id under "<topic>-value", registered
- * or looked up; 0 (the default id 1) without one. */
-static int event_schema_id(const hl_worker_opts *wo, const char *topic, int32_t *id,
-                           char *errbuf, size_t errlen)
-{
-    char subject[300], why[512];
-    int rc;
-    *id = 0;
-    if (wo->registry.urls == NULL || wo->codec.input_framing != HL_FRAMING_CONFLUENT)
-        return 0;
-    hl_registry *reg = hl_registry_create(&wo->registry, errbuf, errlen);
-    if (reg == NULL)
-        return HL_EINVAL;
-    snprintf(subject, sizeof subject, "%s-value", topic);
-    rc = wo->registry_auto_register
-             ? hl_registry_register(reg, subject, hl_codec_event_schema(), id, why, sizeof why)
-             : hl_registry_lookup(reg, subject, hl_codec_event_schema(), id, why, sizeof why);
-    hl_registry_destroy(reg);
-    if (rc != 0)
-        return hl_err(errbuf, errlen, rc, "event schema under subject %s: %s", subject, why);
-    hl_log(HL_LOG_INFO, "event_schema", "subject=%s id=%d", subject, (int)*id);
-    return 0;
-}
-
 static int open_input(replay *r, const produce_args *a, const hl_config *cfg,
                       char *errbuf, size_t errlen)
 {
@@ -291,7 +238,8 @@ static int open_input(replay *r, const produce_args *a, const hl_config *cfg,
     if ((r->rd = hl_dataset_open(a->input, &dopts, errbuf, errlen)) == NULL)
         return HL_EIO;
     hl_config_worker_opts(cfg, &wo);
-    if ((rc = event_schema_id(&wo, r->topic, &wo.codec.event_schema_id, errbuf, errlen)) != 0)
+    if ((rc = hl_cmd_schema_id(&wo, r->topic, hl_codec_event_schema(), "event_schema",
+                               &wo.codec.event_schema_id, errbuf, errlen)) != 0)
         return rc;
     wo.codec.min_ts_ms = INT64_MIN;              /* the encoder does not check */
     wo.codec.max_ts_ms = INT64_MAX;
@@ -335,7 +283,7 @@ int hl_cmd_produce(int argc, char **argv)
     memset(&r, 0, sizeof r);
     rc = 1;
     if ((cfg = hl_config_create()) == NULL ||
-        hl_config_load(cfg, NULL, environ, a.xs, a.n_xs, err, sizeof err) != 0)
+        hl_config_load(cfg, NULL, environ, a.xs.v, a.xs.n, err, sizeof err) != 0)
         goto out;
     if (hl_config_kafka_get(cfg, "bootstrap.servers") == NULL) {
         snprintf(err, sizeof err, "-X kafka.bootstrap.servers=HOST:PORT is required "

@@ -1,0 +1,111 @@
+/* cmd_common.c - what broker, produce and items share (the contract is
+ * cmd_common.h). Every option takes exactly one value, so the loop steps
+ * by two; a number is refused whole (trailing text, out of range) rather
+ * than read as far as it parses. */
+#include "cmd_common.h"
+#include "log.h"
+#include "registry.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int parse_num(const char *s, double lo, double hi, int integer, double *out)
+{
+    char *end;
+    errno = 0;
+    *out = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || errno != 0 || !(*out >= lo && *out <= hi))
+        return -1;
+    return integer && *out != floor(*out) ? -1 : 0;
+}
+
+static int set_value(const hl_arg *o, const char *val)
+{
+    double x;
+    if (o->kind == HL_ARG_STR) {
+        *(const char **)o->dst = val;
+        return 0;
+    }
+    if (parse_num(val, o->lo, o->hi, o->kind != HL_ARG_NUM, &x) != 0)
+        return -1;
+    if (o->kind == HL_ARG_INT)
+        *(int *)o->dst = (int)x;
+    else if (o->kind == HL_ARG_I64)
+        *(int64_t *)o->dst = (int64_t)x;
+    else
+        *(double *)o->dst = x;
+    return 0;
+}
+
+static const hl_arg *find(const hl_cmd_args *a, const char *name)
+{
+    for (int i = 0; i < a->n_opts; i++)
+        if (strcmp(a->opts[i].name, name) == 0)
+            return &a->opts[i];
+    return NULL;
+}
+
+static int unknown(const hl_cmd_args *a, const char *opt)
+{
+    fprintf(stderr, "halflife %s: unknown option %s\n\n", a->cmd, opt);
+    a->usage(stderr);
+    return 2;
+}
+
+int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv)
+{
+    if (a->xs != NULL)
+        a->xs->n = 0;
+    for (int i = 1; i < argc; i += 2) {
+        const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        const hl_arg *o = find(a, opt);
+        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
+            a->usage(stdout);
+            return 1;
+        }
+        if (o == NULL && !(a->xs != NULL && !strcmp(opt, "-X")))
+            return unknown(a, opt);
+        if (val == NULL) {
+            fprintf(stderr, "halflife %s: %s needs a value\n", a->cmd, opt);
+            return 2;
+        }
+        if (o == NULL && a->xs->n == HL_CMD_MAX_X) {
+            fprintf(stderr, "halflife %s: more than %d -X options: put them in "
+                    "HALFLIFE_* variables\n", a->cmd, HL_CMD_MAX_X);
+            return 2;
+        }
+        if (o == NULL)
+            a->xs->v[a->xs->n++] = argv[i + 1];
+        else if (set_value(o, val) != 0) {
+            fprintf(stderr, "halflife %s: %s %s: want %s %.17g..%.17g\n", a->cmd, opt, val,
+                    o->kind == HL_ARG_NUM ? "a number in" : "an integer in", o->lo, o->hi);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+int hl_cmd_schema_id(const hl_worker_opts *wo, const char *topic, const char *schema,
+                     const char *what, int32_t *id, char *errbuf, size_t errlen)
+{
+    char subject[300], why[512];
+    int rc;
+    *id = 0;
+    if (wo->registry.urls == NULL || wo->registry.urls[0] == '\0' ||
+        wo->codec.input_framing != HL_FRAMING_CONFLUENT)
+        return 0;
+    hl_registry *reg = hl_registry_create(&wo->registry, errbuf, errlen);
+    if (reg == NULL)
+        return HL_EINVAL;
+    snprintf(subject, sizeof subject, "%s-value", topic);
+    rc = wo->registry_auto_register
+             ? hl_registry_register(reg, subject, schema, id, why, sizeof why)
+             : hl_registry_lookup(reg, subject, schema, id, why, sizeof why);
+    hl_registry_destroy(reg);
+    if (rc != 0)
+        return hl_err(errbuf, errlen, rc, "%s under subject %s: %s", what, subject, why);
+    hl_log(HL_LOG_INFO, what, "subject=%s id=%d", subject, (int)*id);
+    return 0;
+}

@@ -1,0 +1,59 @@
+/* cmd_common.h - what `halflife broker`, `produce` and `items` share: the
+ * argument parsing (options that each take one value, `--port 9092`; -h
+ * and --help; numbers checked against a range; -X key=value collected for
+ * the configuration) and, for the two that write Avro, the Schema
+ * Registry id of the schema they write. Private to worker/cmd/ (only
+ * subcommands include it). */
+#ifndef HL_CMD_COMMON_H
+#define HL_CMD_COMMON_H
+
+#include "config.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum {
+    HL_ARG_STR,     /* dst is const char **: the argv string itself */
+    HL_ARG_INT,     /* dst is int *, an integer in lo..hi */
+    HL_ARG_I64,     /* dst is int64_t *, an integer in lo..hi */
+    HL_ARG_NUM      /* dst is double *, a number in lo..hi */
+} hl_arg_kind;
+
+typedef struct hl_arg {
+    const char  *name;          /* "--port" */
+    hl_arg_kind  kind;
+    double       lo, hi;        /* allowed range of numbers */
+    void        *dst;
+} hl_arg;
+
+#define HL_CMD_MAX_X 64
+
+/* The -X key=value arguments, as hl_config_load takes them. */
+typedef struct hl_cmd_xs {
+    char *v[HL_CMD_MAX_X];
+    int   n;
+} hl_cmd_xs;
+
+typedef struct hl_cmd_args {
+    const char   *cmd;          /* "produce", for messages */
+    const hl_arg *opts;
+    int           n_opts;
+    void        (*usage)(FILE *f);
+    hl_cmd_xs    *xs;           /* -X key=value go here; NULL: -X is unknown */
+} hl_cmd_args;
+
+/* Fills the options' destinations (those not given keep their values) and
+ * a->xs. 0; 1 when --help was printed (exit 0); 2 on a usage error, said on
+ * stderr with what was wrong (exit 2). Required options are the
+ * command's to check. */
+int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv);
+
+/* With schema.registry.url (and Confluent framing): the id of schema
+ * under "<topic>-value" (TopicNameStrategy), registered, or only looked
+ * up with schema.registry.auto.register=false, logged with `what`
+ * ("event_schema"); *id 0 without a registry. Fails with a sentence
+ * naming the subject. */
+int hl_cmd_schema_id(const hl_worker_opts *wo, const char *topic, const char *schema,
+                     const char *what, int32_t *id, char *errbuf, size_t errlen);
+
+#endif

@@ -91,6 +91,30 @@ static int two_stage_create(hl_ranker *r, const hl_rank_opts *o, char *errbuf,
     return 0;
 }
 
+/* The index's scratch (recs.index=ivf); it replaces both candidate scans. */
+static int index_create(hl_ranker *r, const hl_rank_opts *o, char *errbuf, size_t errlen)
+{
+    int32_t n_items;
+    int dim;
+    hl_ivf_shape(o->ivf, &n_items, &dim);
+    if (n_items != r->n_items || dim != r->dim)
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "ranker: the index has %d items of dim %d, the model %d of dim %d",
+                      (int)n_items, dim, (int)r->n_items, r->dim);
+    r->ivf = o->ivf;
+    r->nprobe = o->nprobe;
+    r->shadow_every = o->shadow_every;
+    if ((r->is = hl_ivf_scan_create(r->ivf, r->kc, errbuf, errlen)) == NULL)
+        return HL_ENOMEM;
+    r->icand = malloc((size_t)r->kc * sizeof(int32_t));
+    r->shadow = malloc((size_t)r->k * sizeof(int32_t));
+    if (r->icand == NULL || r->shadow == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory");
+    snprintf(r->scoring_name, sizeof r->scoring_name, "ivf/nlist=%d/nprobe=%d",
+             hl_ivf_nlist(r->ivf), r->nprobe);
+    return 0;
+}
+
 /* ---- create / destroy ---- */
 
 static int check_opts(const hl_model_parts *p, const hl_rank_opts *o,
@@ -111,6 +135,9 @@ static int check_opts(const hl_model_parts *p, const hl_rank_opts *o,
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "ranker: two-stage scoring handles dim up to %d, the model has %d; "
                       "use recs.scoring=exact", HL_QSCORE_MAX_DIM, p->info.dim);
+    if (o->ivf != NULL && (o->nprobe < 1 || o->shadow_every < 0))
+        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: index nprobe %d (>= 1), "
+                      "shadow_every %d (>= 0)", o->nprobe, o->shadow_every);
     if (p->info.n_items < 1 || !p->e_in || !p->e_out || !p->bias)
         return hl_err(errbuf, errlen, HL_EINVAL, "ranker: model has no items");
     for (int h = 0; h < p->info.n_heads && h < HL_MAX_HEADS; h++)
@@ -211,7 +238,10 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
     r->scan = pick_scan();
     r->layer = pick_layer();
     snprintf(r->scoring_name, sizeof r->scoring_name, "exact");
-    if (o->scoring == HL_SCORING_TWO_STAGE && two_stage_create(r, o, errbuf, errlen) != 0)
+    if (o->ivf != NULL) {
+        if (index_create(r, o, errbuf, errlen) != 0)
+            goto fail;
+    } else if (o->scoring == HL_SCORING_TWO_STAGE && two_stage_create(r, o, errbuf, errlen) != 0)
         goto fail;
     return r;
 nomem:
@@ -264,6 +294,9 @@ void hl_ranker_destroy(hl_ranker *r)
     hl_qscan_destroy(r->qs);
     hl_qitems_destroy(r->own_qi);
     free(r->qusers);
+    hl_ivf_scan_destroy(r->is);
+    free(r->icand);
+    free(r->shadow);
     free(r);
 }
 
@@ -748,6 +781,19 @@ static inline void push_best(uint64_t *h, int *n, int k, uint64_t key)
     }
 }
 
+/* Sets (v 1) or clears (v 0) user u's excluded items in r->excl: its
+ * ring when exclude_seen, and ex's items (rows outside the model ignored). */
+static void set_excl(hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v)
+{
+    const int32_t *seen = r->seen + (size_t)u * MAX_RING;
+    int n_seen = r->exclude_seen ? r->seen_n[u] : 0, n_ex = ex != NULL ? ex->n : 0;
+    for (int i = 0; i < n_seen; i++)
+        r->excl[seen[i]] = v;
+    for (int i = 0; i < n_ex; i++)
+        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+            r->excl[ex->item[i]] = v;
+}
+
 /* The exact list of user u over every item (exclusions as in the blocked
  * path) into its heap, best first; returns its length. The slow path:
  * n_items dot products, only when the candidates cannot be proven to hold
@@ -756,26 +802,16 @@ static int rescan_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
 {
     uint64_t *h = r->top + (size_t)u * r->kc;
     const float *q = r->Q + (size_t)u * r->dim;
-    const int32_t *seen = r->seen + (size_t)u * MAX_RING;
-    int n_seen = r->exclude_seen ? r->seen_n[u] : 0, n = 0;
-    int n_ex = ex != NULL ? ex->n : 0;
+    int n = 0;
 
-    for (int i = 0; i < n_seen; i++)
-        r->excl[seen[i]] = 1;
-    for (int i = 0; i < n_ex; i++)
-        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
-            r->excl[ex->item[i]] = 1;
+    set_excl(r, u, ex, 1);
     for (int32_t j = 0; j < r->n_items; j++) {
         if (r->excl[j])
             continue;
         push_best(h, &n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim,
                                                   r->dim, r->bias[j]), j));
     }
-    for (int i = 0; i < n_seen; i++)
-        r->excl[seen[i]] = 0;
-    for (int i = 0; i < n_ex; i++)
-        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
-            r->excl[ex->item[i]] = 0;
+    set_excl(r, u, ex, 0);
     heap_sort(h, n);
     return n;
 }
@@ -832,6 +868,51 @@ static int select_cands(hl_ranker *r, int u, const hl_rank_exclude *ex)
     return n;
 }
 
+/* The shadow check: how many of the exact list's n_exact items (r->shadow)
+ * the index's list h[0..n) holds. */
+static void shadow_count(hl_ranker *r, const uint64_t *h, int n, int n_exact)
+{
+    for (int i = 0; i < n_exact; i++)
+        for (int j = 0; j < n; j++)
+            if (key_item(h[j]) == r->shadow[i]) {
+                r->shadow_hits++;
+                break;
+            }
+    r->shadow_total += (uint64_t)n_exact;
+}
+
+/* User u's list from the index (recs.index=ivf): the k + DET_PAD best
+ * items of the probed lists, excluded items left out inside the search,
+ * each rescored with det_score, the best k kept, sorted best first in its
+ * heap. Every shadow_every-th user is first scored over every item too
+ * (the shadow check), at the cost of one exact refresh. Returns the
+ * list's length: k unless fewer items remain after exclusions. */
+static int select_ivf(hl_ranker *r, int u, const hl_rank_exclude *ex)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    int n = 0, n_exact = -1;
+
+    if (r->shadow_every > 0 && r->refreshed % (uint64_t)r->shadow_every == 0) {
+        n_exact = rescan_exact(r, u, ex);
+        for (int i = 0; i < n_exact; i++)
+            r->shadow[i] = key_item(h[i]);
+    }
+    r->refreshed++;
+    set_excl(r, u, ex, 1);
+    int nc = hl_ivf_search(r->ivf, r->is, q, r->nprobe, r->kc, r->excl, r->icand, NULL);
+    set_excl(r, u, ex, 0);
+    for (int i = 0; i < nc; i++) {
+        int32_t j = r->icand[i];
+        push_best(h, &n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
+                                                  r->bias[j]), j));
+    }
+    heap_sort(h, n);
+    if (n_exact >= 0)
+        shadow_count(r, h, n, n_exact);
+    return n;
+}
+
 /* Two-stage: every user's query and exclusions to the int8 scan. */
 static void two_stage_scan(hl_ranker *r, int n, const hl_rank_exclude *extra)
 {
@@ -853,7 +934,8 @@ static void emit(hl_ranker *r, const hl_row_view *users, int n,
         uint64_t *h = r->top + (size_t)u * r->kc;
         hl_rec *o = out + (size_t)u * r->k;
         const hl_rank_exclude *ex = extra != NULL ? &extra[u] : NULL;
-        n_out[u] = r->qs != NULL ? select_cands(r, u, ex) : select_exact(r, u, ex);
+        n_out[u] = r->ivf != NULL ? select_ivf(r, u, ex)
+                 : r->qs != NULL ? select_cands(r, u, ex) : select_exact(r, u, ex);
         for (int j = 0; j < n_out[u]; j++) {
             o[j].item = key_item(h[j]);
             o[j].score = key_score(h[j]);
@@ -874,7 +956,9 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
     if (r->exclude_seen)
         for (int u = 0; u < n; u++)
             load_seen(r, u, &users[u]);
-    if (r->qs != NULL)
+    if (r->ivf != NULL)
+        ;                       /* each user searches the index in emit */
+    else if (r->qs != NULL)
         two_stage_scan(r, n, extra);
     else
         for (int32_t j0 = 0; j0 < r->n_items; j0 += r->block) {
@@ -888,6 +972,12 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
 const char *hl_ranker_scoring(const hl_ranker *r)
 {
     return r->scoring_name;
+}
+
+void hl_ranker_index_recall(const hl_ranker *r, uint64_t *hits, uint64_t *total)
+{
+    *hits = r->shadow_hits;
+    *total = r->shadow_total;
 }
 
 uint64_t hl_ranker_fallbacks(const hl_ranker *r)

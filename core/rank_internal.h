@@ -53,6 +53,13 @@ struct hl_ranker {
     hl_qscan      *qs;         /* two-stage: its scan scratch */
     hl_qscan_user *qusers;     /* (max_batch) two-stage: each user's query and exclusions */
     uint64_t       fallbacks;  /* two-stage users rescanned exactly */
+    const hl_ivf  *ivf;        /* recs.index=ivf: the index, else NULL */
+    hl_ivf_scan   *is;         /* its search scratch */
+    int32_t       *icand;      /* (kc) one user's index candidates */
+    int32_t       *shadow;     /* (k) the exact list of a shadow-checked user */
+    int            nprobe, shadow_every;
+    uint64_t       refreshed;  /* users refreshed through the index */
+    uint64_t       shadow_hits, shadow_total; /* hl_ranker_index_recall */
     char           scoring_name[32];
 };
 

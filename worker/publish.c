@@ -29,7 +29,9 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
-                       .qitems = t->ctx->qitems};
+                       .qitems = t->ctx->qitems, .ivf = t->ctx->ivf,
+                       .nprobe = o->recs_index_nprobe,
+                       .shadow_every = o->recs_index_shadow_every};
     if ((t->ranker = hl_ranker_create(t->ctx->m, &ro, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
     return 0;
@@ -87,6 +89,24 @@ static void send_list(hl_wthread *t, const hl_row_view *v, const hl_rec *recs, i
         ctx->o->on_list(ctx->o->on_list_arg, &l);
 }
 
+/* The index's shadow check: this ranker's new counts into the shared
+ * counters, and the recall gauge from their totals (every thread's). */
+static void shadow_report(hl_wthread *t)
+{
+    uint64_t hits, items;
+    hl_ranker_index_recall(t->ranker, &hits, &items);
+    if (items == t->shadow_items)
+        return;
+    hl_counter_add(t->ctx->shadow_hits, hits - t->shadow_hits);
+    hl_counter_add(t->ctx->shadow_items, items - t->shadow_items);
+    t->shadow_hits = hits;
+    t->shadow_items = items;
+    uint64_t all = hl_counter_get(t->ctx->shadow_items);
+    if (all > 0)
+        hl_gauge_set(t->ctx->index_recall,
+                     (double)hl_counter_get(t->ctx->shadow_hits) / (double)all);
+}
+
 /* Refreshes rows[0..n) of sh (live rows, each once) and produces their
  * lists into flight f. */
 static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int n,
@@ -102,6 +122,8 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
     uint64_t fb = hl_ranker_fallbacks(t->ranker);
     hl_counter_add(t->ctx->rank_fallbacks, fb - t->rank_fallbacks);
     t->rank_fallbacks = fb;
+    if (t->ctx->ivf != NULL)
+        shadow_report(t);
     if (rc != 0) {
         uint64_t sup;
         if (hl_log_limit_pass(&t->err_limit, &sup))

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #define ASSIGN_BLOCK 1024      /* sample rows per assignment SGEMM */
+#define LIST_CHUNK   512       /* list rows per batch SGEMM */
 
 struct hl_ivf {
     int32_t  n_items;
@@ -41,11 +42,17 @@ struct hl_ivf {
 };
 
 struct hl_ivf_scan {
-    int       max_cand;
-    float    *cs;              /* (nlist) centroid scores */
+    int       max_cand, max_users, max_nprobe;
+    float    *cs;              /* (max_users, nlist) centroid scores */
     uint64_t *lists;           /* (nlist) list keys: probed first, best first */
     float    *sc;              /* (max_list) one list's scores */
-    uint64_t *heap;            /* (max_cand) the best candidates so far */
+    uint64_t *heap;            /* (max_users, max_cand) each user's best candidates */
+    int      *heap_n;          /* (max_users) entries in each heap */
+    int      *lu_off;          /* (nlist + 1) batch: list l's users are lu[lu_off[l]..] */
+    int      *lu;              /* (max_users x max_nprobe) users by list */
+    int      *probe;           /* (max_users, max_nprobe) each user's probed lists */
+    float    *Qg;              /* (max_users, dim) one list's users' queries */
+    float    *S;               /* (max_users, LIST_CHUNK) their scores */
 };
 
 /* ---- keys: (score, -id) as one integer, larger is better ---- */
@@ -375,22 +382,34 @@ size_t hl_ivf_bytes(const hl_ivf *ix)
 
 /* ---- search ---- */
 
-hl_ivf_scan *hl_ivf_scan_create(const hl_ivf *ix, int max_cand, char *errbuf,
-                                size_t errlen)
+hl_ivf_scan *hl_ivf_scan_create(const hl_ivf *ix, int max_users, int max_nprobe,
+                                int max_cand, char *errbuf, size_t errlen)
 {
-    if (max_cand < 1) {
-        hl_err(errbuf, errlen, HL_EINVAL, "index: max_cand %d", max_cand);
+    if (max_cand < 1 || max_users < 1 || max_nprobe < 1) {
+        hl_err(errbuf, errlen, HL_EINVAL, "index: scratch for %d users, nprobe %d, %d candidates",
+               max_users, max_nprobe, max_cand);
         return NULL;
     }
+    max_nprobe = max_nprobe < ix->nlist ? max_nprobe : ix->nlist;
     hl_ivf_scan *s = calloc(1, sizeof *s);
     if (s != NULL) {
+        size_t nu = (size_t)max_users;
         s->max_cand = max_cand;
-        s->cs = malloc((size_t)ix->nlist * sizeof(float));
+        s->max_users = max_users;
+        s->max_nprobe = max_nprobe;
+        s->cs = malloc(nu * ix->nlist * sizeof(float));
         s->lists = malloc((size_t)ix->nlist * sizeof(uint64_t));
         s->sc = malloc((size_t)(ix->max_list > 0 ? ix->max_list : 1) * sizeof(float));
-        s->heap = malloc((size_t)max_cand * sizeof(uint64_t));
+        s->heap = malloc(nu * max_cand * sizeof(uint64_t));
+        s->heap_n = malloc(nu * sizeof(int));
+        s->lu_off = malloc((size_t)(ix->nlist + 1) * sizeof(int));
+        s->lu = malloc(nu * max_nprobe * sizeof(int));
+        s->probe = malloc(nu * max_nprobe * sizeof(int));
+        s->Qg = malloc(nu * ix->dim * sizeof(float));
+        s->S = malloc(nu * LIST_CHUNK * sizeof(float));
     }
-    if (s == NULL || !s->cs || !s->lists || !s->sc || !s->heap) {
+    if (s == NULL || !s->cs || !s->lists || !s->sc || !s->heap || !s->heap_n || !s->lu_off ||
+        !s->lu || !s->probe || !s->Qg || !s->S) {
         hl_ivf_scan_destroy(s);
         hl_err(errbuf, errlen, HL_ENOMEM, "index: out of memory");
         return NULL;
@@ -406,6 +425,12 @@ void hl_ivf_scan_destroy(hl_ivf_scan *s)
     free(s->lists);
     free(s->sc);
     free(s->heap);
+    free(s->heap_n);
+    free(s->lu_off);
+    free(s->lu);
+    free(s->probe);
+    free(s->Qg);
+    free(s->S);
     free(s);
 }
 
@@ -476,6 +501,94 @@ int hl_ivf_search(const hl_ivf *ix, hl_ivf_scan *s, const float *q, int nprobe,
     return n;
 }
 
+/* ---- batch search: each probed list read once for all its users ---- */
+
+/* Every user's centroid scores (one SGEMM) and its nprobe best lists into
+ * s->probe; users with cap 0 probe nothing. */
+static void pick_lists_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n,
+                             int nprobe, const int *cap)
+{
+    for (int u = 0; u < n; u++)
+        for (int c = 0; c < ix->nlist; c++)
+            s->cs[(size_t)u * ix->nlist + c] = ix->cent[(size_t)c * ix->da + ix->dim];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ix->nlist, ix->dim, 1.0f, Q,
+                ix->dim, ix->cent, ix->da, 1.0f, s->cs, ix->nlist);
+    for (int u = 0; u < n; u++) {
+        int m = 0;
+        const float *cs = s->cs + (size_t)u * ix->nlist;
+        if (cap[u] == 0)
+            continue;
+        for (int c = 0; c < ix->nlist; c++)
+            push_best(s->lists, &m, nprobe, make_key(cs[c], c));
+        for (int i = 0; i < m; i++)
+            s->probe[(size_t)u * s->max_nprobe + i] = key_id(s->lists[i]);
+    }
+}
+
+/* Users by list (counting sort of the (user, list) pairs). */
+static void group_by_list(const hl_ivf *ix, hl_ivf_scan *s, int n, int nprobe, const int *cap)
+{
+    memset(s->lu_off, 0, (size_t)(ix->nlist + 1) * sizeof(int));
+    for (int u = 0; u < n; u++)
+        for (int i = 0; cap[u] > 0 && i < nprobe; i++)
+            s->lu_off[s->probe[(size_t)u * s->max_nprobe + i] + 1]++;
+    for (int l = 0; l < ix->nlist; l++)
+        s->lu_off[l + 1] += s->lu_off[l];
+    for (int u = 0; u < n; u++)
+        for (int i = 0; cap[u] > 0 && i < nprobe; i++)
+            s->lu[s->lu_off[s->probe[(size_t)u * s->max_nprobe + i]]++] = u;
+    for (int l = ix->nlist; l > 0; l--)       /* the fill moved each start to the next's */
+        s->lu_off[l] = s->lu_off[l - 1];
+    s->lu_off[0] = 0;
+}
+
+/* List l against its m users (lu): S = Qg X^T chunk by chunk, each score
+ * plus the bias offered to its user's heap. */
+static void scan_list_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int l,
+                            const int *lu, int m, const int *cap)
+{
+    for (int i = 0; i < m; i++)
+        memcpy(s->Qg + (size_t)i * ix->dim, Q + (size_t)lu[i] * ix->dim,
+               (size_t)ix->dim * sizeof(float));
+    for (int64_t o = ix->off[l]; o < ix->off[l + 1]; o += LIST_CHUNK) {
+        int len = ix->off[l + 1] - o < LIST_CHUNK ? (int)(ix->off[l + 1] - o) : LIST_CHUNK;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, len, ix->dim, 1.0f, s->Qg,
+                    ix->dim, ix->xs + (size_t)o * ix->dim, ix->dim, 0.0f, s->S, len);
+        for (int i = 0; i < m; i++) {
+            int u = lu[i];
+            uint64_t *h = s->heap + (size_t)u * s->max_cand;
+            const float *sr = s->S + (size_t)i * len;
+            for (int p = 0; p < len; p++)
+                push_best(h, &s->heap_n[u], cap[u], make_key(sr[p] + ix->bs[o + p], ix->ids[o + p]));
+        }
+    }
+}
+
+int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n, int nprobe,
+                        const int *cap, int32_t *cand, int stride, int *n_found)
+{
+    if (n < 0 || n > s->max_users || nprobe < 1 || nprobe > s->max_nprobe)
+        return HL_EINVAL;
+    for (int u = 0; u < n; u++)
+        if (cap[u] < 0 || cap[u] > s->max_cand || cap[u] > stride)
+            return HL_EINVAL;
+    pick_lists_batch(ix, s, Q, n, nprobe, cap);
+    group_by_list(ix, s, n, nprobe, cap);
+    memset(s->heap_n, 0, (size_t)n * sizeof(int));
+    for (int l = 0; l < ix->nlist; l++) {
+        int m = s->lu_off[l + 1] - s->lu_off[l];
+        if (m > 0)
+            scan_list_batch(ix, s, Q, l, s->lu + s->lu_off[l], m, cap);
+    }
+    for (int u = 0; u < n; u++) {
+        const uint64_t *h = s->heap + (size_t)u * s->max_cand;
+        n_found[u] = s->heap_n[u];
+        for (int i = 0; i < s->heap_n[u]; i++)
+            cand[(size_t)u * stride + i] = key_id(h[i]);
+    }
+    return 0;
+}
+
 /* ---- recall against an exact scan ---- */
 
 /* The exact top k of q over every item (plain loop), ids into top. */
@@ -506,7 +619,7 @@ double hl_ivf_recall(const hl_ivf *ix, const float *Q, int n_q, int k, int nprob
 {
     if (n_q < 1 || k < 1 || nprobe < 1)
         return -1.0;
-    hl_ivf_scan *s = hl_ivf_scan_create(ix, k, NULL, 0);
+    hl_ivf_scan *s = hl_ivf_scan_create(ix, 1, nprobe, k, NULL, 0);
     uint64_t *h = malloc((size_t)k * sizeof *h);
     int32_t *ex = malloc((size_t)k * sizeof *ex), *ap = malloc((size_t)k * sizeof *ap);
     double sum = -1.0;

@@ -48,9 +48,10 @@ int     hl_ivf_nlist(const hl_ivf *ix);
 void    hl_ivf_shape(const hl_ivf *ix, int32_t *n_items, int *dim);
 size_t  hl_ivf_bytes(const hl_ivf *ix);                 /* memory held */
 
-/* Scratch for searches of up to max_cand candidates. One thread at a time. */
-hl_ivf_scan *hl_ivf_scan_create(const hl_ivf *ix, int max_cand, char *errbuf,
-                                size_t errlen);
+/* Scratch for searches of up to max_users users (batch), nprobe up to
+ * max_nprobe and max_cand candidates each. One thread at a time. */
+hl_ivf_scan *hl_ivf_scan_create(const hl_ivf *ix, int max_users, int max_nprobe,
+                                int max_cand, char *errbuf, size_t errlen);
 void         hl_ivf_scan_destroy(hl_ivf_scan *s);       /* NULL is a no-op */
 
 /* The n_cand best items of the nprobe probed lists by q . e + b, leaving
@@ -63,6 +64,17 @@ void         hl_ivf_scan_destroy(hl_ivf_scan *s);       /* NULL is a no-op */
  * number of items whose score was computed. No allocation. */
 int hl_ivf_search(const hl_ivf *ix, hl_ivf_scan *s, const float *q, int nprobe,
                   int n_cand, const uint8_t *excl, int32_t *cand, size_t *scanned);
+
+/* The same for users[0..n) with queries Q (n, dim) and no exclusions:
+ * user u gets the cap[u] best items of its nprobe lists (cap[u] 0: the
+ * user is skipped), their rows in no particular order at cand + u x
+ * stride, n_found[u] of them (fewer than cap[u] only when its probed lists
+ * hold fewer items). Each list probed by any user is read once and scored
+ * for all its users by one SGEMM, so a batch costs much less than its
+ * users alone; the caller filters exclusions (ask for k + the number
+ * excluded). HL_EINVAL on bad sizes. No allocation. */
+int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n, int nprobe,
+                        const int *cap, int32_t *cand, int stride, int *n_found);
 
 /* Recall@k of the index against an exact scan for queries Q (n_q, dim):
  * the share of each query's exact top k (no exclusions) that the index's

@@ -66,6 +66,8 @@
 #define DET_PAD       4        /* candidates kept beyond k for the exact rescoring: a
                                   near tie at the cut costs a rescan, a larger heap
                                   costs every refresh (16 cost 8% at 10k items) */
+#define IVF_EXTRA     64       /* extra exclusions a user may have and still join the
+                                  index's batch search (more: searched alone) */
 #define ENC_GROUP     4        /* users encoded together (register blocking only) */
 
 
@@ -104,11 +106,15 @@ static int index_create(hl_ranker *r, const hl_rank_opts *o, char *errbuf, size_
     r->ivf = o->ivf;
     r->nprobe = o->nprobe;
     r->shadow_every = o->shadow_every;
-    if ((r->is = hl_ivf_scan_create(r->ivf, r->kc, errbuf, errlen)) == NULL)
+    r->istride = r->kc + MAX_RING + IVF_EXTRA;
+    if ((r->is = hl_ivf_scan_create(r->ivf, r->max_batch, r->nprobe, r->istride, errbuf,
+                                    errlen)) == NULL)
         return HL_ENOMEM;
-    r->icand = malloc((size_t)r->kc * sizeof(int32_t));
+    r->icand = malloc((size_t)r->max_batch * r->istride * sizeof(int32_t));
+    r->icap = malloc((size_t)r->max_batch * sizeof(int));
+    r->ifound = malloc((size_t)r->max_batch * sizeof(int));
     r->shadow = malloc((size_t)r->k * sizeof(int32_t));
-    if (r->icand == NULL || r->shadow == NULL)
+    if (!r->icand || !r->icap || !r->ifound || !r->shadow)
         return hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory");
     snprintf(r->scoring_name, sizeof r->scoring_name, "ivf/nlist=%d/nprobe=%d",
              hl_ivf_nlist(r->ivf), r->nprobe);
@@ -296,6 +302,8 @@ void hl_ranker_destroy(hl_ranker *r)
     free(r->qusers);
     hl_ivf_scan_destroy(r->is);
     free(r->icand);
+    free(r->icap);
+    free(r->ifound);
     free(r->shadow);
     free(r);
 }
@@ -881,16 +889,56 @@ static void shadow_count(hl_ranker *r, const uint64_t *h, int n, int n_exact)
     r->shadow_total += (uint64_t)n_exact;
 }
 
-/* User u's list from the index (recs.index=ivf): the k + DET_PAD best
- * items of the probed lists, excluded items left out inside the search,
- * each rescored with det_score, the best k kept, sorted best first in its
- * heap. Every shadow_every-th user is first scored over every item too
- * (the shadow check), at the cost of one exact refresh. Returns the
- * list's length: k unless fewer items remain after exclusions. */
-static int select_ivf(hl_ranker *r, int u, const hl_rank_exclude *ex)
+/* User u's index candidates from the batch search, excluded ones left
+ * out, rescored with det_score into its heap (best k); returns how many
+ * were not excluded. */
+static int rescore_ivf(hl_ranker *r, int u, const hl_rank_exclude *ex, int *n)
 {
     uint64_t *h = r->top + (size_t)u * r->kc;
     const float *q = r->Q + (size_t)u * r->dim;
+    const int32_t *cand = r->icand + (size_t)u * r->istride;
+    int kept = 0;
+    set_excl(r, u, ex, 1);
+    for (int i = 0; i < r->ifound[u]; i++) {
+        int32_t j = cand[i];
+        if (r->excl[j])
+            continue;
+        kept++;
+        push_best(h, n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
+                                                 r->bias[j]), j));
+    }
+    set_excl(r, u, ex, 0);
+    return kept;
+}
+
+/* User u searched alone, excluded items left out inside the search (which
+ * probes further lists when they leave fewer than k + DET_PAD), rescored
+ * with det_score into its heap. */
+static void search_alone(hl_ranker *r, int u, const hl_rank_exclude *ex, int *n)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    int32_t *cand = r->icand + (size_t)u * r->istride;
+    *n = 0;
+    set_excl(r, u, ex, 1);
+    int nc = hl_ivf_search(r->ivf, r->is, q, r->nprobe, r->kc, r->excl, cand, NULL);
+    set_excl(r, u, ex, 0);
+    for (int i = 0; i < nc; i++)
+        push_best(h, n, r->k, make_key(det_score(q, r->e_out + (size_t)cand[i] * r->dim,
+                                                 r->dim, r->bias[cand[i]]), cand[i]));
+}
+
+/* User u's list from the index (recs.index=ivf): its batch candidates
+ * (k + DET_PAD + the number it excludes), excluded ones dropped, each
+ * rescored with det_score, the best k kept, sorted best first in its heap.
+ * Fewer than k left (exclusions crowded the probed lists), or more
+ * exclusions than the batch allows: the user is searched alone, which
+ * filters inside and probes further. Every shadow_every-th user is first
+ * scored over every item too (the shadow check), at the cost of one exact
+ * refresh. Returns the list's length: k unless the catalogue runs out. */
+static int select_ivf(hl_ranker *r, int u, const hl_rank_exclude *ex)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
     int n = 0, n_exact = -1;
 
     if (r->shadow_every > 0 && r->refreshed % (uint64_t)r->shadow_every == 0) {
@@ -899,18 +947,27 @@ static int select_ivf(hl_ranker *r, int u, const hl_rank_exclude *ex)
             r->shadow[i] = key_item(h[i]);
     }
     r->refreshed++;
-    set_excl(r, u, ex, 1);
-    int nc = hl_ivf_search(r->ivf, r->is, q, r->nprobe, r->kc, r->excl, r->icand, NULL);
-    set_excl(r, u, ex, 0);
-    for (int i = 0; i < nc; i++) {
-        int32_t j = r->icand[i];
-        push_best(h, &n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
-                                                  r->bias[j]), j));
-    }
+    if (r->icap[u] == 0 || rescore_ivf(r, u, ex, &n) < r->k)
+        search_alone(r, u, ex, &n);
     heap_sort(h, n);
     if (n_exact >= 0)
         shadow_count(r, h, n, n_exact);
     return n;
+}
+
+/* The index's batch search for users[0..n): each asks for k + DET_PAD +
+ * the items it excludes, so that k remain after they are dropped. */
+static void ivf_batch(hl_ranker *r, int n, const hl_rank_exclude *extra)
+{
+    for (int u = 0; u < n; u++) {
+        int want = r->kc + (r->exclude_seen ? r->seen_n[u] : 0) +
+                   (extra != NULL ? extra[u].n : 0);
+        r->icap[u] = want <= r->istride ? want : 0;
+    }
+    if (hl_ivf_search_batch(r->ivf, r->is, r->Q, n, r->nprobe, r->icap, r->icand,
+                            r->istride, r->ifound) != 0)
+        for (int u = 0; u < n; u++)
+            r->icap[u] = 0;            /* cannot happen (sizes are checked at create) */
 }
 
 /* Two-stage: every user's query and exclusions to the int8 scan. */
@@ -957,7 +1014,7 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
         for (int u = 0; u < n; u++)
             load_seen(r, u, &users[u]);
     if (r->ivf != NULL)
-        ;                       /* each user searches the index in emit */
+        ivf_batch(r, n, extra);
     else if (r->qs != NULL)
         two_stage_scan(r, n, extra);
     else

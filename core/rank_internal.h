@@ -55,7 +55,10 @@ struct hl_ranker {
     uint64_t       fallbacks;  /* two-stage users rescanned exactly */
     const hl_ivf  *ivf;        /* recs.index=ivf: the index, else NULL */
     hl_ivf_scan   *is;         /* its search scratch */
-    int32_t       *icand;      /* (kc) one user's index candidates */
+    int32_t       *icand;      /* (max_batch, istride) the batch search's candidates */
+    int           *icap;       /* (max_batch) candidates asked per user; 0: alone */
+    int           *ifound;     /* (max_batch) candidates found per user */
+    int            istride;    /* kc + MAX_RING + IVF_EXTRA */
     int32_t       *shadow;     /* (k) the exact list of a shadow-checked user */
     int            nprobe, shadow_every;
     uint64_t       refreshed;  /* users refreshed through the index */

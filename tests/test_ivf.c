@@ -164,18 +164,20 @@ static hl_rank_exclude *make_extra(int32_t n_items, int n_extra, int32_t *buf)
 /* 1,000 items, so the exact ranker's k = 1000 lists every item not
  * excluded with its exact score: every score the index path returns must
  * be that score to the bit, no excluded item may appear, and each list
- * must be K long. Half the catalogue is excluded for some users, which
- * empties many probed lists: the search must go on to further lists. */
-static void test_lists_exact_scores_no_excluded(void)
+ * must be K long. With n_extra 40 every user goes through the batch
+ * search (which asks for k + the exclusions and drops them); with 500,
+ * half the catalogue, users are searched alone and their probed lists
+ * run dry: the search must go on to further lists. */
+static void lists_exact_scores_no_excluded(int n_extra)
 {
     tmodel t;
     tusers *tu = malloc(sizeof *tu);
     static hl_rec out[USERS * K], all[USERS * 1000];
     static int n_out[USERS], n_all[USERS];
-    int32_t *buf = malloc((size_t)USERS * 500 * sizeof(int32_t));
+    int32_t *buf = malloc((size_t)USERS * n_extra * sizeof(int32_t));
     tmodel_init(&t, 1000, 0);
     tusers_init(tu, 1000);
-    hl_rank_exclude *ex = make_extra(1000, 500, buf);
+    hl_rank_exclude *ex = make_extra(1000, n_extra, buf);
     hl_ivf *ix = make_index(&t, 32);
     hl_ranker *ri = make_ranker(&t, K, ix, 2, 0), *re = make_ranker(&t, 1000, NULL, 0, 0);
     if (ix == NULL || ri == NULL || re == NULL)
@@ -207,6 +209,16 @@ out:
     tmodel_free(&t);
     free(buf);
     free(tu);
+}
+
+static void test_batch_lists_exact_scores_no_excluded(void)
+{
+    lists_exact_scores_no_excluded(40);
+}
+
+static void test_alone_lists_exact_scores_no_excluded(void)
+{
+    lists_exact_scores_no_excluded(500);
 }
 
 /* Recall@20 of the index path against the exact path on a clustered model
@@ -311,7 +323,7 @@ static void test_refusals(void)
         o.nprobe = 2;
         CHECK(hl_ranker_create_parts(&p, &o, err, sizeof err) == NULL);
         CHECKF(strstr(err, "the index has 100 items") != NULL, "err: %s", err);
-        hl_ivf_scan *s = hl_ivf_scan_create(ix, 5, err, sizeof err);
+        hl_ivf_scan *s = hl_ivf_scan_create(ix, 1, 2, 5, err, sizeof err);
         int32_t cand[8];
         CHECK(s != NULL && hl_ivf_search(ix, s, t.e_out, 2, 6, NULL, cand, NULL) == HL_EINVAL);
         CHECK(s != NULL && hl_ivf_search(ix, s, t.e_out, 0, 5, NULL, cand, NULL) == HL_EINVAL);
@@ -324,7 +336,8 @@ static void test_refusals(void)
 
 int main(void)
 {
-    RUN(test_lists_exact_scores_no_excluded);
+    RUN(test_batch_lists_exact_scores_no_excluded);
+    RUN(test_alone_lists_exact_scores_no_excluded);
     RUN(test_recall_floor_clustered);
     RUN(test_short_catalogue);
     RUN(test_refusals);

@@ -8,7 +8,10 @@
 #  - a properties file whose long comment ended in a setting (the tail of a
 #    line over 8,191 bytes became a line of its own); a bad line after a
 #    1 MB comment is blamed on its own line number;
-#  - metrics.bind that is not an IP address.
+#  - metrics.bind that is not an IP address;
+#  - recs.index values outside their range (issue 14; the refusals that
+#    need the model, nlist above the item count and nprobe above nlist,
+#    are in test_index_start.sh).
 # Each refusal happens before the model is opened, so no broker is needed.
 set -u
 name=config_refusals
@@ -39,6 +42,9 @@ expect dlq_is_input 'dlq.topic="behaviour-events" is the input.topic' -X dlq.top
 expect dlq_is_input_renamed 'dlq.topic="ev" is the input.topic' -X input.topic=ev -X dlq.topic=ev
 expect output_is_input 'output.topic="ev" is the input.topic' -X input.topic=ev -X output.topic=ev
 expect bind_not_ip 'metrics.bind="localhost"' -X metrics.bind=localhost
+expect index_unknown 'recs.index="hnsw" (from -X): allowed none|ivf' -X recs.index=hnsw
+expect index_nprobe_zero 'recs.index.nprobe=0 (from -X): out of range' -X recs.index=ivf -X recs.index.nprobe=0
+expect index_nlist_negative 'recs.index.nlist=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nlist=-1
 
 # Line 2 is a comment of 8,191 bytes followed by recs.k=hijacked, then
 # line 3 a refused group.id. Split at 8,191 bytes, the comment's tail was

@@ -48,6 +48,8 @@ struct hl_ivf_scan {
     float    *sc;              /* (max_list) one list's scores */
     uint64_t *heap;            /* (max_users, max_cand) each user's best candidates */
     int      *heap_n;          /* (max_users) entries in each heap */
+    float    *thr;             /* (max_users) score of each full heap's worst entry,
+                                  -inf until it is full: most scores lose to it */
     int      *lu_off;          /* (nlist + 1) batch: list l's users are lu[lu_off[l]..] */
     int      *lu;              /* (max_users x max_nprobe) users by list */
     int      *probe;           /* (max_users, max_nprobe) each user's probed lists */
@@ -65,6 +67,15 @@ static inline uint64_t make_key(float score, int32_t id)
     memcpy(&u, &score, sizeof u);
     u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
     return (uint64_t)u << 32 | (uint32_t)~(uint32_t)id;
+}
+
+static inline float key_score(uint64_t key)
+{
+    uint32_t u = (uint32_t)(key >> 32);
+    float f;
+    u = (u & 0x80000000u) ? u & 0x7fffffffu : ~u;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
 
 static inline int32_t key_id(uint64_t key)
@@ -402,13 +413,14 @@ hl_ivf_scan *hl_ivf_scan_create(const hl_ivf *ix, int max_users, int max_nprobe,
         s->sc = malloc((size_t)(ix->max_list > 0 ? ix->max_list : 1) * sizeof(float));
         s->heap = malloc(nu * max_cand * sizeof(uint64_t));
         s->heap_n = malloc(nu * sizeof(int));
+        s->thr = malloc(nu * sizeof(float));
         s->lu_off = malloc((size_t)(ix->nlist + 1) * sizeof(int));
         s->lu = malloc(nu * max_nprobe * sizeof(int));
         s->probe = malloc(nu * max_nprobe * sizeof(int));
         s->Qg = malloc(nu * ix->dim * sizeof(float));
         s->S = malloc(nu * LIST_CHUNK * sizeof(float));
     }
-    if (s == NULL || !s->cs || !s->lists || !s->sc || !s->heap || !s->heap_n || !s->lu_off ||
+    if (s == NULL || !s->cs || !s->lists || !s->sc || !s->heap || !s->heap_n || !s->thr || !s->lu_off ||
         !s->lu || !s->probe || !s->Qg || !s->S) {
         hl_ivf_scan_destroy(s);
         hl_err(errbuf, errlen, HL_ENOMEM, "index: out of memory");
@@ -426,6 +438,7 @@ void hl_ivf_scan_destroy(hl_ivf_scan *s)
     free(s->sc);
     free(s->heap);
     free(s->heap_n);
+    free(s->thr);
     free(s->lu_off);
     free(s->lu);
     free(s->probe);
@@ -542,6 +555,26 @@ static void group_by_list(const hl_ivf *ix, hl_ivf_scan *s, int n, int nprobe, c
     s->lu_off[0] = 0;
 }
 
+/* One user's scores sr of list rows o..o+len offered to its heap. A score
+ * below the full heap's worst cannot enter, so it costs one compare (equal
+ * ones go on to the key, which breaks the tie by row). */
+static void offer_row(const hl_ivf *ix, hl_ivf_scan *s, int u, int cap, const float *sr,
+                      int64_t o, int len)
+{
+    uint64_t *h = s->heap + (size_t)u * s->max_cand;
+    int *n = &s->heap_n[u];
+    float thr = s->thr[u];
+    for (int p = 0; p < len; p++) {
+        float v = sr[p] + ix->bs[o + p];
+        if (!(v >= thr))
+            continue;
+        push_best(h, n, cap, make_key(v, ix->ids[o + p]));
+        if (*n == cap)
+            thr = key_score(h[0]);
+    }
+    s->thr[u] = thr;
+}
+
 /* List l against its m users (lu): S = Qg X^T chunk by chunk, each score
  * plus the bias offered to its user's heap. */
 static void scan_list_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int l,
@@ -554,13 +587,8 @@ static void scan_list_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, in
         int len = ix->off[l + 1] - o < LIST_CHUNK ? (int)(ix->off[l + 1] - o) : LIST_CHUNK;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, len, ix->dim, 1.0f, s->Qg,
                     ix->dim, ix->xs + (size_t)o * ix->dim, ix->dim, 0.0f, s->S, len);
-        for (int i = 0; i < m; i++) {
-            int u = lu[i];
-            uint64_t *h = s->heap + (size_t)u * s->max_cand;
-            const float *sr = s->S + (size_t)i * len;
-            for (int p = 0; p < len; p++)
-                push_best(h, &s->heap_n[u], cap[u], make_key(sr[p] + ix->bs[o + p], ix->ids[o + p]));
-        }
+        for (int i = 0; i < m; i++)
+            offer_row(ix, s, lu[i], cap[lu[i]], s->S + (size_t)i * len, o, len);
     }
 }
 
@@ -575,6 +603,8 @@ int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n,
     pick_lists_batch(ix, s, Q, n, nprobe, cap);
     group_by_list(ix, s, n, nprobe, cap);
     memset(s->heap_n, 0, (size_t)n * sizeof(int));
+    for (int u = 0; u < n; u++)
+        s->thr[u] = -INFINITY;
     for (int l = 0; l < ix->nlist; l++) {
         int m = s->lu_off[l + 1] - s->lu_off[l];
         if (m > 0)

@@ -90,7 +90,10 @@ static void send_list(hl_wthread *t, const hl_row_view *v, const hl_rec *recs, i
 }
 
 /* The index's shadow check: this ranker's new counts into the shared
- * counters, and the recall gauge from their totals (every thread's). */
+ * counters, and the recall gauge from their totals (every thread's). The
+ * gauge's series is registered here, at the first check, so it never
+ * shows a recall no check measured (registration locks: 1 in
+ * recs.index.shadow.every users gets here). */
 static void shadow_report(hl_wthread *t)
 {
     uint64_t hits, items;
@@ -103,7 +106,8 @@ static void shadow_report(hl_wthread *t)
     t->shadow_items = items;
     uint64_t all = hl_counter_get(t->ctx->shadow_items);
     if (all > 0)
-        hl_gauge_set(t->ctx->index_recall,
+        hl_gauge_set(hl_metrics_gauge(t->ctx->reg, "halflife_index_recall", NULL,
+                                      "check=\"shadow\""),
                      (double)hl_counter_get(t->ctx->shadow_hits) / (double)all);
 }
 

@@ -38,7 +38,6 @@ typedef struct hl_wshared {
     const hl_ivf         *ivf;            /* recs.index=ivf: m's index, read by every
                                              thread's ranker; NULL: none */
     hl_counter           *shadow_hits, *shadow_items; /* the index's shadow check */
-    hl_gauge             *index_recall;   /* shadow_hits / shadow_items */
     rd_kafka_t           *consumer;
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */

@@ -545,10 +545,10 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
 {
     const hl_model_info *mi = hl_model_info_get(w->m);
     hl_ivf_opts io = {.nlist = w->o.recs_index_nlist};
-    w->ctx.index_recall = hl_metrics_gauge(w->reg, "halflife_index_recall",
+    hl_gauge *at_load = hl_metrics_gauge(w->reg, "halflife_index_recall",
         "Recall@k of the approximate index (recs.index=ivf) against exact scoring: "
-        "check=\"shadow\" over sampled refreshes scored both ways, check=\"load\" "
-        "on a sample at model load.", "check=\"shadow\"");
+        "check=\"load\" on a sample at model load, check=\"shadow\" (once a refresh "
+        "was checked) over the refreshes scored both ways.", "check=\"load\"");
     w->ctx.shadow_hits = hl_metrics_counter(w->reg, "halflife_index_shadow_hits_total",
         "Items of the shadow check's exact lists that the index's lists also held.", NULL);
     w->ctx.shadow_items = hl_metrics_counter(w->reg, "halflife_index_shadow_items_total",
@@ -565,8 +565,7 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
                       w->o.recs_index_nprobe, hl_ivf_nlist(w->ivf));
     double t1 = hl_now_mono_s(), recall = index_recall_at_load(w);
     w->ctx.ivf = w->ivf;
-    hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_index_recall", NULL, "check=\"load\""),
-                 recall);
+    hl_gauge_set(at_load, recall);
     hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f bytes=%zu "
            "recall_at_%d=%.4f sample=%d recall_s=%.2f", (int)mi->n_items, hl_ivf_nlist(w->ivf),
            w->o.recs_index_nprobe, t1 - t0, hl_ivf_bytes(w->ivf), w->o.recs_k, recall,

@@ -1,0 +1,120 @@
+"""test_index_e2e.py - recs.index=ivf end to end (issue 14).
+
+One `halflife broker`; a stream of 3,000 events of 200 users over 1,000
+items (python3-confluent-kafka + python3-avro); one `halflife run` with
+recs.index=ivf, 8 of its 126 lists probed, and the shadow check on every
+refresh (recs.index.shadow.every=1). Then, for each user's last list
+(the one from its last event):
+- it is 20 items long and holds no item of the user's last 32 events (the
+  history ring the worker excludes);
+- every item it shares with the offline exact reference
+  (build/tests/test_offline) carries the reference's score to the float32
+  bit: the index only chooses candidates, exact scoring decides;
+- recall@20 against the reference is reported, and must be above 0 and
+  at most 1.
+And /metrics: every refresh was shadow-checked, so
+halflife_index_shadow_items_total is 20 per list published, and
+halflife_index_recall{check="shadow"} is hits / items, in (0, 1].
+"""
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e_util as U  # noqa: E402
+from test_e2e import f32, read_lists  # noqa: E402
+
+N_EVENTS, N_USERS, N_ITEMS, K, RING = 3000, 200, 1000, 20, 32
+
+
+def seen_items(events):
+    """{user: set of the items of its last RING events}."""
+    by_user = {}
+    for (u, i, _t, _ts, _w) in events:
+        by_user.setdefault(u, []).append(i)
+    return {u: set(items[-RING:]) for u, items in by_user.items()}
+
+
+def check_lists(lists, offline, seen):
+    """(problems, recall): lists against the exact reference."""
+    bad, hits, total = [], 0, 0
+    for u, ref in offline.items():
+        got = lists.get(u)
+        if got is None:
+            bad.append("%s: no list" % u)
+            continue
+        items = [x["item_id"] for x in got["items"]]
+        if len(items) != K:
+            bad.append("%s: %d items, want %d" % (u, len(items), K))
+        if seen[u] & set(items):
+            bad.append("%s: lists seen items %s" % (u, sorted(seen[u] & set(items))[:3]))
+        ref_score = {r[0]: r[1] for r in ref["items"]}
+        for x in got["items"]:
+            if x["item_id"] in ref_score and f32(x["score"]) != f32(ref_score[x["item_id"]]):
+                bad.append("%s: score of %s %.9g, exact %.9g" % (u, x["item_id"], x["score"],
+                                                                 ref_score[x["item_id"]]))
+        hits += len(set(items) & set(ref_score))
+        total += len(ref_score)
+    return bad, (hits / total if total else 0.0)
+
+
+def main():
+    why = U.have_prereqs()
+    if why:
+        print("SKIP index_e2e.lists: %s" % why)
+        return 0
+    tmp = tempfile.mkdtemp(prefix="hl_index_e2e_")
+    model, events_csv = os.path.join(tmp, "m.hlm"), os.path.join(tmp, "e.csv")
+    U.make_model(model, N_ITEMS, 16)
+    U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
+    events = U.read_events_csv(events_csv)
+    broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
+                      os.path.join(tmp, "broker.log"))
+    extra = ["worker.threads=2", "snapshot.dir=" + os.path.join(tmp, "snapshots"),
+             "kafka.fetch.wait.max.ms=10", "recs.index=ivf", "recs.index.nprobe=8",
+             "recs.index.shadow.every=1"]
+    worker = None
+    failed = 0
+
+    def check(name, ok, why):
+        nonlocal failed
+        print(("PASS index_e2e.%s" % name) if ok else ("FAIL index_e2e.%s: %s" % (name, why)))
+        failed += 0 if ok else 1
+
+    try:
+        worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"), extra=extra)
+        last = U.produce_events(broker.bootstrap, "behaviour-events", events)
+        lists, done = read_lists(broker.bootstrap, last, time.time() + 40)
+        check("every_user_listed", len(done) == len(last),
+              "%d of %d users got the list of their last event (logs in %s)"
+              % (len(done), len(last), tmp))
+        offline = U.offline_lists(events_csv, model, K)
+        bad, recall = check_lists(lists, offline, seen_items(events))
+        check("lists_k_long_unseen_exact_scores", not bad, "; ".join(bad[:5]))
+        print("    recall@20 of the users' last lists against exact: %.4f" % recall)
+        check("recall_in_range", 0.0 < recall <= 1.0, "recall %.4f" % recall)
+        published = worker.metric("halflife_lists_published_total")
+        items = worker.metric("halflife_index_shadow_items_total")
+        hits = worker.metric("halflife_index_shadow_hits_total")
+        gauge = worker.metric("halflife_index_recall", 'check="shadow"')
+        check("shadow_checks_every_refresh",
+              published > 0 and items == K * published and 0 < gauge <= 1
+              and abs(gauge - hits / items) < 1e-9,
+              "lists %d, shadow items %d (want %d), hits %d, gauge %.4f"
+              % (published, items, K * published, hits, gauge))
+        log = worker.log_text()
+        check("logs_index_at_load", "event=index mode=ivf items=1000 nlist=126 nprobe=8" in log
+              and "recall_at_20=" in log, "no index line in %s" % os.path.join(tmp, "worker.log"))
+    finally:
+        if worker is not None:
+            worker.stop()
+        broker.stop()
+    if failed == 0:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

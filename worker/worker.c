@@ -559,6 +559,8 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
                                 mi->dim, &io, why, sizeof why)) == NULL)
         return hl_err(errbuf, errlen, HL_EINVAL, "recs.index=ivf: recs.index.nlist=%d: %s",
                       w->o.recs_index_nlist, why);
+    if (w->o.recs_index_nprobe == 0)
+        w->o.recs_index_nprobe = hl_ivf_nlist(w->ivf) / 16 > 0 ? hl_ivf_nlist(w->ivf) / 16 : 1;
     if (w->o.recs_index_nprobe > hl_ivf_nlist(w->ivf))
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "recs.index.nprobe=%d: more than the index's %d lists (recs.index.nlist)",

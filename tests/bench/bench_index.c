@@ -302,7 +302,8 @@ static void print_index_line(const ref *rf, int nprobe, double rate, double rate
 /* One index path per nprobe; returns the fastest rate with recall >= 0.95
  * (0: none) and its nprobe. */
 static double sweep(const ref *rf, const bench_model *bm, const hl_ivf *ix,
-                    const bench_users *bu, int *best_nprobe, double *best_recall)
+                    const bench_users *bu, int *best_nprobe, double *best_recall,
+                    double *best_rate1)
 {
     static const int nprobes[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
     static hl_rec out[SAMPLE * K];
@@ -331,6 +332,7 @@ static double sweep(const ref *rf, const bench_model *bm, const hl_ivf *ix,
             best = rate;
             *best_nprobe = nprobes[i];
             *best_recall = recall;
+            *best_rate1 = rate1;
         }
         if (recall >= 0.995)
             break;                    /* more lists only cost time */
@@ -389,11 +391,11 @@ static void bench_model_kind(int32_t n_items, int clustered, bench_users *bu, do
     fflush(stdout);
     exact_ref(&rf, &bm, bu);
     int np = 0;
-    double rec = 0.0, best = sweep(&rf, &bm, ix, bu, &np, &rec);
+    double rec = 0.0, rate1 = 0.0, best = sweep(&rf, &bm, ix, bu, &np, &rec, &rate1);
     printf("{\"bench\":\"index_target\",\"model\":\"%s\",\"items\":%d,\"nprobe\":%d,"
            "\"recall_at_20\":%.4f,\"value\":%.2f,\"unit\":\"speedup over exact batch 256\","
            "\"speedup_vs_exact_b1\":%.2f,\"target\":10,\"target_met\":%s}\n", rf.model,
-           n_items, np, rec, best / rf.exact256, best / rf.exact1,
+           n_items, np, rec, best / rf.exact256, rate1 / rf.exact1,
            best / rf.exact256 >= 10.0 ? "true" : "false");
     fflush(stdout);
     hl_ivf_destroy(ix);

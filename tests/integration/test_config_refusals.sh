@@ -43,7 +43,7 @@ expect dlq_is_input_renamed 'dlq.topic="ev" is the input.topic' -X input.topic=e
 expect output_is_input 'output.topic="ev" is the input.topic' -X input.topic=ev -X output.topic=ev
 expect bind_not_ip 'metrics.bind="localhost"' -X metrics.bind=localhost
 expect index_unknown 'recs.index="hnsw" (from -X): allowed none|ivf' -X recs.index=hnsw
-expect index_nprobe_zero 'recs.index.nprobe=0 (from -X): out of range' -X recs.index=ivf -X recs.index.nprobe=0
+expect index_nprobe_negative 'recs.index.nprobe=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nprobe=-1
 expect index_nlist_negative 'recs.index.nlist=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nlist=-1
 
 # Line 2 is a comment of 8,191 bytes followed by recs.k=hijacked, then

@@ -4,6 +4,7 @@
 # only the model can judge are refused with a message naming the key:
 #  - recs.index.nlist above the model's item count,
 #  - recs.index.nprobe above the index's number of lists.
+# and recs.index.nprobe left at 0 probes nlist / 16 lists.
 # The model is a random one written by schemas/hlm.py (2,000 items, dim
 # 16). The bootstrap address is a closed port: the index is built before
 # the worker needs a broker, so the good start is stopped once it logs.
@@ -63,6 +64,14 @@ if [ -n "$recall" ] && awk -v r="$recall" 'BEGIN { exit !(r > 0 && r < 1) }'; th
   echo "PASS $name.few_probes_lose_recall"
 else
   echo "FAIL $name.few_probes_lose_recall: recall_at_10=${recall:-none} with 2 of 40 lists, want in (0, 1)"
+  fail=1
+fi
+# recs.index.nprobe unset (0): nlist / 16 lists.
+run 5 -X recs.index.nlist=64
+if grep -q 'event=index mode=ivf items=2000 nlist=64 nprobe=4 ' "$tmp/out"; then
+  echo "PASS $name.default_nprobe_is_nlist_over_16"
+else
+  echo "FAIL $name.default_nprobe_is_nlist_over_16: $(grep 'event=index ' "$tmp/out" | head -c 300)"
   fail=1
 fi
 exit $fail

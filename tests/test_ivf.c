@@ -270,7 +270,8 @@ out:
 }
 
 /* A catalogue smaller than k after exclusions: the list holds what is
- * left, every list probed. */
+ * left, every list probed (nprobe 1 for some users, more than nlist for
+ * others, which probes every list). */
 static void test_short_catalogue(void)
 {
     tmodel t;
@@ -280,9 +281,11 @@ static void test_short_catalogue(void)
     tmodel_init(&t, 40, 0);
     tusers_init(tu, 40);
     hl_ivf *ix = make_index(&t, 8);
-    hl_ranker *ri = make_ranker(&t, K, ix, 1, 0);
-    if (ix != NULL && ri != NULL) {
-        CHECK(hl_ranker_refresh(ri, tu->v, USERS, out, n_out) == 0);
+    hl_ranker *ri = make_ranker(&t, K, ix, 1, 0), *rall = make_ranker(&t, K, ix, 100, 0);
+    if (ix != NULL && ri != NULL && rall != NULL) {
+        CHECK(hl_ranker_refresh(ri, tu->v, USERS / 2, out, n_out) == 0);
+        CHECK(hl_ranker_refresh(rall, tu->v + USERS / 2, USERS - USERS / 2,
+                                out + (size_t)(USERS / 2) * K, n_out + USERS / 2) == 0);
         for (int u = 0; u < USERS; u++) {
             int left = 40;
             for (int j = 0; j < 40; j++)
@@ -292,6 +295,7 @@ static void test_short_catalogue(void)
         }
     }
     hl_ranker_destroy(ri);
+    hl_ranker_destroy(rall);
     hl_ivf_destroy(ix);
     tmodel_free(&t);
     free(tu);

@@ -14,7 +14,8 @@ refresh (recs.index.shadow.every=1). Then, for each user's last list
   at most 1.
 And /metrics: every refresh was shadow-checked, so
 halflife_index_shadow_items_total is 20 per list published, and
-halflife_index_recall{check="shadow"} is hits / items, in (0, 1].
+halflife_index_recall{check="shadow"} is hits / items, in (0, 1]; the
+exposition passes `promtool check metrics` (when promtool is installed).
 """
 import os
 import sys
@@ -103,6 +104,9 @@ def main():
               and abs(gauge - hits / items) < 1e-9,
               "lists %d, shadow items %d (want %d), hits %d, gauge %.4f"
               % (published, items, K * published, hits, gauge))
+        problem = U.promtool_check(worker.metrics())
+        check("metrics_parse", problem in (None, "absent"),
+              "promtool check metrics: %s" % problem)
         log = worker.log_text()
         check("logs_index_at_load", "event=index mode=ivf items=1000 nlist=126 nprobe=8" in log
               and "recall_at_20=" in log, "no index line in %s" % os.path.join(tmp, "worker.log"))

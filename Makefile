@@ -14,12 +14,12 @@ SANFLAGS:=
 OPT     := -O2
 endif
 
-PKGS     := rdkafka avro-c openblas libmicrohttpd
+PKGS     := rdkafka avro-c openblas libmicrohttpd libcurl jansson
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS   += -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) $(SANFLAGS) -MMD -MP \
             $(shell pkg-config --cflags openblas 2>/dev/null)
 CORE_LIBS:= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -lm
-ALL_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lrdkafka -lavro -lopenblas -lmicrohttpd) -lpthread -lm
+ALL_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lrdkafka -lavro -lopenblas -lmicrohttpd -lcurl -ljansson) -lpthread -lm
 LDFLAGS  += $(SANFLAGS)
 
 # core/: what the worker links; core/train/: offline fitting and evaluation;
@@ -105,6 +105,17 @@ check-clang: deps
 FUZZ_WANTED := $(if $(shell command -v clang 2>/dev/null),$(FUZZERS))
 test: deps check-layering check-clang $(BUILD)/halflife $(TESTS) $(FUZZ_WANTED)
 	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) tests/run.sh $(abspath $(BUILD))
+
+# The long runs that do not fit in make test's ten minutes: the demo at its
+# default rate for ten minutes (test_live.py runs 75 s inside make test).
+.PHONY: test-long
+test-long: deps $(BUILD)/halflife $(BUILD)/tests/test_offline
+	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) HL_BUILD=$(abspath $(BUILD)) \
+	  HL_TOP=$(CURDIR) HL_LIVE_SECONDS=600 /usr/bin/python3 tests/integration/test_live.py
+	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) HL_BUILD=$(abspath $(BUILD)) \
+	  HL_TOP=$(CURDIR) HL_LONG=1 /usr/bin/python3 tests/integration/test_changelog.py
+	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) HL_BUILD=$(abspath $(BUILD)) \
+	  HL_TOP=$(CURDIR) HL_LONG=1 /usr/bin/python3 tests/integration/test_min_interval.py
 
 bench: deps $(BUILD)/halflife $(BENCHES)
 	@for b in $(BENCHES); do $$b || exit 1; done

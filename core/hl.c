@@ -30,6 +30,8 @@ const char *hl_strerror(int code)
     case HL_EVERSION:  return "EVERSION";
     case HL_ERANGE:    return "ERANGE";
     case HL_EMISMATCH: return "EMISMATCH";
+    case HL_EAGAIN:    return "EAGAIN";
+    case HL_EDENIED:   return "EDENIED";
     }
     return "EUNKNOWN";
 }
@@ -49,4 +51,14 @@ int hl_type_parse(const char *s, size_t len)
         if (strlen(type_names[t]) == len && memcmp(type_names[t], s, len) == 0)
             return t;
     return -1;
+}
+
+uint64_t hl_item_key(const char *id, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)id[i];
+        h *= 0x100000001b3ull;
+    }
+    return h ? h : 1;
 }

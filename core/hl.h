@@ -22,6 +22,8 @@ enum {
     HL_EVERSION = -8,   /* a format version we do not read */
     HL_ERANGE   = -9,   /* a value outside its allowed range */
     HL_EMISMATCH= -10,  /* two parts that must agree do not (model vs state) */
+    HL_EAGAIN   = -11,  /* not yet: a remote service is away or still answering */
+    HL_EDENIED  = -12,  /* a remote service refused our credentials */
 };
 
 #define HL_MAX_HEADS    8     /* decay timescales per user */
@@ -38,6 +40,13 @@ int hl_err(char *errbuf, size_t errlen, int code, const char *fmt, ...)
 
 /* A short name for an HL_E* code ("EFORMAT"); never NULL. */
 const char *hl_strerror(int code);
+
+/* The name of an item that no model's dictionary decides: FNV-1a 64 of
+ * its item_id bytes, 0 reserved for "unknown" (a hash of 0 becomes 1).
+ * History rings keep it, so a user's events can be looked up in any later
+ * model (DESIGN.md section 10). Two ids with one key are taken as one
+ * item; at 64 bits that is ~1 in 10^7 for a catalogue of 10^6 items. */
+uint64_t hl_item_key(const char *id, size_t len);
 
 /* Event type names as the Avro enum spells them ("VIEW"); -1 if unknown. */
 const char *hl_type_name(int type);

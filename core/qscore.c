@@ -31,9 +31,11 @@
  * L only rises, so a proposal can later fall below it: when the buffer is
  * full, those are dropped; if half of it is still needed (a crowd of
  * near-ties), the user is given up to rank.c's exact scan. Items are
- * visited in ascending order per user, so the sorted seen list is walked
- * with a cursor; the extra exclusions (eval) are searched linearly, and
- * only for items that pass the test.
+ * visited in ascending order per user, so the sorted seen list and the
+ * catalogue's sorted hidden rows are walked with cursors; the extra
+ * exclusions (eval) are searched linearly, and only for items that pass
+ * the test. Seeds (exact scores of the catalogue's side items) enter the
+ * lower-bound heap before the scan, so L may come from them.
  *
  * Blocking: items go by in blocks of BLOCK_CHUNKS chunks (at dim 64,
  * 147 KB: stays in L2) and each block meets every user of the batch, four
@@ -78,6 +80,7 @@ struct hl_qscan {
     int      *n_cand;
     uint8_t  *failed;         /* user given up to the exact scan */
     int      *seen_pos;
+    int      *hid_pos;        /* (max_users) cursor in each user's hidden rows */
     const hl_qscan_user *users;
 };
 
@@ -253,9 +256,10 @@ hl_qscan *hl_qscan_create(const hl_qitems *qi, int max_users, int k,
     qs->n_cand = malloc(nu * sizeof(int));
     qs->failed = malloc(nu);
     qs->seen_pos = malloc(nu * sizeof(int));
+    qs->hid_pos = malloc(nu * sizeof(int));
     if (!qs->qq || !qs->s_q || !qs->c1 || !qs->c2 || !qs->G || !qs->L || !qs->Ug || !qs->corr ||
         !qs->lb || !qs->n_lb || !qs->cand || !qs->cand_ub || !qs->n_cand ||
-        !qs->failed || !qs->seen_pos)
+        !qs->failed || !qs->seen_pos || !qs->hid_pos)
         goto nomem;
     return qs;
 nomem:
@@ -284,6 +288,7 @@ void hl_qscan_destroy(hl_qscan *qs)
     free(qs->n_cand);
     free(qs->failed);
     free(qs->seen_pos);
+    free(qs->hid_pos);
     free(qs);
 }
 
@@ -343,6 +348,7 @@ static void prep_query(hl_qscan *qs, int u, const float *q)
     qs->n_lb[u] = 0;
     qs->n_cand[u] = 0;
     qs->seen_pos[u] = 0;
+    qs->hid_pos[u] = 0;
 }
 
 /* a_j from the exact integer dot product: the same two float operations
@@ -363,6 +369,12 @@ static int is_excluded(hl_qscan *qs, int u, int32_t j)
         pos++;
     qs->seen_pos[u] = pos;
     if (pos < us->n_seen && us->seen[pos] == j)
+        return 1;
+    pos = qs->hid_pos[u];
+    while (pos < us->n_hidden && us->hidden[pos] < j)
+        pos++;
+    qs->hid_pos[u] = pos;
+    if (pos < us->n_hidden && us->hidden[pos] == j)
         return 1;
     for (int i = 0; i < us->n_extra; i++)
         if (us->extra[i] == j)
@@ -756,8 +768,12 @@ int hl_qscan_run(hl_qscan *qs, const hl_qscan_user *users, int n)
     if (n < 0 || n > qs->max_users)
         return HL_EINVAL;
     qs->users = users;
-    for (int u = 0; u < n; u++)
+    for (int u = 0; u < n; u++) {
         prep_query(qs, u, users[u].q);
+        for (int i = 0; !qs->failed[u] && i < users[u].n_seed; i++)
+            if (!isnan(users[u].seed[i]))   /* NaN would stall L: not a bound */
+                offer_lower(qs, u, users[u].seed[i]);
+    }
 #ifdef HAVE_VNNI
     if (qs->qi->vnni)
         scan_vnni(qs, n);

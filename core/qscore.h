@@ -56,6 +56,13 @@ typedef struct hl_qscan_user {
     int            n_seen;
     const int32_t *extra;    /* more excluded items, any order (may be NULL) */
     int            n_extra;
+    const int32_t *hidden;   /* more excluded items, ascending (the live catalogue's
+                                hidden rows; rows >= n_items ignored; may be NULL) */
+    int            n_hidden;
+    const float   *seed;     /* exact scores of items outside the table (the
+                                catalogue's side items): they count toward L as
+                                lower bounds, so L may come from them (may be NULL) */
+    int            n_seed;
 } hl_qscan_user;
 
 /* Scans every item for users[0..n), n <= max_users. Returns 0 or

@@ -35,6 +35,14 @@
  * it does not (exact ties at the cut), that user is rescored over every
  * item with det_score (rescan_exact), which is slow but rare.
  *
+ * The live catalogue (hl_ranker_set_catalogue) adds two things: its hidden
+ * rows are set to -inf in each block next to the seen items, and its side
+ * items are more blocks after the model's, read from their own matrix
+ * (out_row, bias_of), so the model's e_out is never copied or grown. On the
+ * two-stage path the hidden rows are excluded inside the int8 scan like
+ * the user's exclusions, and the side items are scored with det_score and
+ * seed the scan's k-th lower bound (two_stage_scan, select_cands).
+ *
  * Two-stage scoring (HL_SCORING_TWO_STAGE). The published list is defined
  * by det_score alone: the best k of det_score over the items not excluded,
  * lower row first on equal scores. The exact path above finds it with
@@ -86,7 +94,8 @@ static int two_stage_create(hl_ranker *r, const hl_rank_opts *o, char *errbuf,
         return HL_EINVAL;
     if ((r->qs = hl_qscan_create(r->qi, r->max_batch, r->k, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
-    if ((r->qusers = calloc((size_t)r->max_batch, sizeof *r->qusers)) == NULL)
+    if ((r->qusers = calloc((size_t)r->max_batch, sizeof *r->qusers)) == NULL ||
+        (r->seed = malloc((size_t)r->max_batch * r->k * sizeof(float))) == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "ranker: out of memory");
     snprintf(r->scoring_name, sizeof r->scoring_name, "two-stage/%s",
              hl_qitems_kernel(r->qi));
@@ -193,20 +202,26 @@ static int alloc_scratch(hl_ranker *r)
     return 0;
 }
 
-/* The largest item norm and bias, for det_margin: one pass over e_out. */
-static void model_bounds(hl_ranker *r)
+/* The largest norm and |bias| of n rows of e_out, for det_margin. */
+static void row_bounds(const float *e_out, const float *bias, int32_t n, int dim,
+                       double *norm_max, double *bias_max)
 {
     double e2 = 0.0, b = 0.0;
-    for (int32_t j = 0; j < r->n_items; j++) {
-        const float *e = r->e_out + (size_t)j * r->dim;
+    for (int32_t j = 0; j < n; j++) {
+        const float *e = e_out + (size_t)j * dim;
         double s = 0.0;
-        for (int d = 0; d < r->dim; d++)
+        for (int d = 0; d < dim; d++)
             s += (double)e[d] * e[d];
         e2 = s > e2 ? s : e2;
-        b = fabs(r->bias[j]) > b ? fabs(r->bias[j]) : b;
+        b = fabs(bias[j]) > b ? fabs(bias[j]) : b;
     }
-    r->e_norm_max = sqrt(e2);
-    r->bias_max = b;
+    *norm_max = sqrt(e2);
+    *bias_max = b;
+}
+
+static void model_bounds(hl_ranker *r)
+{
+    row_bounds(r->e_out, r->bias, r->n_items, r->dim, &r->e_norm_max, &r->bias_max);
 }
 
 hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
@@ -275,6 +290,18 @@ hl_ranker *hl_ranker_create(const hl_model *m, const hl_rank_opts *o,
     return hl_ranker_create_parts(&p, o, errbuf, errlen);
 }
 
+void hl_ranker_set_catalogue(hl_ranker *r, const hl_rank_catalogue *c)
+{
+    if (c != NULL)
+        r->cat = *c;
+    else
+        memset(&r->cat, 0, sizeof r->cat);
+    r->side_norm_max = r->side_bias_max = 0.0;
+    if (r->cat.n_side > 0)          /* the side rows are SGEMM-scored too */
+        row_bounds(r->cat.e_out, r->cat.bias, r->cat.n_side, r->dim, &r->side_norm_max,
+                   &r->side_bias_max);
+}
+
 void hl_ranker_destroy(hl_ranker *r)
 {
     if (r == NULL)
@@ -305,6 +332,7 @@ void hl_ranker_destroy(hl_ranker *r)
     free(r->icap);
     free(r->ifound);
     free(r->shadow);
+    free(r->seed);
     free(r);
 }
 
@@ -396,6 +424,21 @@ static void heap_sort(uint64_t *h, int n)
 }
 
 /* ---- one block ---- */
+
+/* 0 when ex (may be NULL) names row. */
+static int listed(const hl_rank_exclude *ex, int32_t row)
+{
+    for (int i = 0; ex != NULL && i < ex->n; i++)
+        if (ex->item[i] == row)
+            return 0;
+    return 1;
+}
+
+static int cmp_row(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
 
 static void mark_excluded(float *srow, int32_t j0, int nb, const int32_t *items,
                           int n)
@@ -504,19 +547,43 @@ static scan_fn pick_scan(void)
     return scan_row;
 }
 
-/* S (n, nb) = Q (n, dim) e_out[j0 .. j0+nb)^T, then exclusions and top-K. */
-static void score_block(hl_ranker *r, const float *Q, const hl_row_view *users,
-                        int n, const hl_rank_exclude *extra, int32_t j0, int nb)
+/* The catalogue's hidden rows in [j0, j0 + nb): *lo is the first (the
+ * blocks go by in order, so the caller keeps it as a cursor); returns the
+ * end. */
+static int32_t hidden_in(const hl_ranker *r, int32_t *lo, int32_t j0, int nb)
 {
+    const int32_t *h = r->cat.hidden;
+    int32_t i = *lo;
+    while (i < r->cat.n_hidden && h[i] < j0)
+        i++;
+    *lo = i;
+    while (i < r->cat.n_hidden && h[i] < j0 + nb)
+        i++;
+    return i;
+}
+
+/* S (n, nb) = Q (n, dim) e_out[j0 .. j0+nb)^T, then exclusions (seen,
+ * extra, the catalogue's hidden rows) and top-K. A block lies wholly in
+ * the model's rows or wholly in the side rows (out_row(j0) on). *hid is
+ * the hidden-row cursor. */
+static void score_block(hl_ranker *r, const float *Q, const hl_row_view *users,
+                        int n, const hl_rank_exclude *extra, int32_t j0, int nb,
+                        int32_t *hid)
+{
+    int side = j0 >= r->n_items;
+    const float *brow = side ? r->cat.bias + (j0 - r->n_items) : r->bias + j0;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nb, r->dim, 1.0f,
-                Q, r->dim, r->e_out + (size_t)j0 * r->dim, r->dim, 0.0f, r->S, nb);
+                Q, r->dim, out_row(r, j0), r->dim, 0.0f, r->S, nb);
+    int32_t h_end = hidden_in(r, hid, j0, nb);
     for (int u = 0; u < n; u++) {
         float *srow = r->S + (size_t)u * nb;
-        if (r->exclude_seen)
+        if (r->exclude_seen && !side)      /* the ring names model rows only */
             mark_seen(r, u, srow, j0, nb);
+        for (int32_t i = *hid; i < h_end; i++)
+            srow[r->cat.hidden[i] - j0] = -INFINITY;
         if (extra != NULL)
             mark_excluded(srow, j0, nb, extra[u].item, extra[u].n);
-        r->scan(r, u, srow, r->bias + j0, j0, nb);
+        r->scan(r, u, srow, brow, j0, nb);
     }
 }
 
@@ -570,12 +637,12 @@ static void because_fast(hl_ranker *r, const hl_row_view *v, hl_rec *recs,
     for (int e = 0; e < n_hist; e++)
         prefetch_row(r->e_in + (size_t)r->bc_item[e] * dim, dim);
     for (int j = 0; j < n_rec; j++)
-        prefetch_row(r->e_out + (size_t)recs[j].item * dim, dim);
+        prefetch_row(out_row(r, recs[j].item), dim);
     for (int e = 0; e < n_hist; e++)
         memcpy(r->bc_hist + (size_t)e * dim, r->e_in + (size_t)r->bc_item[e] * dim,
                (size_t)dim * sizeof(float));
     for (int j = 0; j < n_rec; j++)
-        memcpy(r->bc_rec + (size_t)j * dim, r->e_out + (size_t)recs[j].item * dim,
+        memcpy(r->bc_rec + (size_t)j * dim, out_row(r, recs[j].item),
                (size_t)dim * sizeof(float));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_rec, n_hist, dim,
                 1.0f, r->bc_rec, dim, r->bc_hist, dim, 0.0f, r->bc_dot, n_hist);
@@ -774,7 +841,9 @@ static double det_margin(const hl_ranker *r, int u)
 {
     double unit = ldexp(1.0, -24), nu = (r->dim + 2) * unit;
     double gamma = nu / (1.0 - nu);
-    return 2.0 * gamma * ((double)r->q_norm[u] * r->e_norm_max + r->bias_max) * 1.01;
+    double e = r->e_norm_max > r->side_norm_max ? r->e_norm_max : r->side_norm_max;
+    double b = r->bias_max > r->side_bias_max ? r->bias_max : r->side_bias_max;
+    return 2.0 * gamma * ((double)r->q_norm[u] * e + b) * 1.01;
 }
 
 /* Keeps the k largest keys in the min-heap h of *n entries. */
@@ -789,37 +858,48 @@ static inline void push_best(uint64_t *h, int *n, int k, uint64_t key)
     }
 }
 
-/* Sets (v 1) or clears (v 0) user u's excluded items in r->excl: its
- * ring when exclude_seen, and ex's items (rows outside the model ignored). */
-static void set_excl(hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v)
-{
-    const int32_t *seen = r->seen + (size_t)u * MAX_RING;
-    int n_seen = r->exclude_seen ? r->seen_n[u] : 0, n_ex = ex != NULL ? ex->n : 0;
-    for (int i = 0; i < n_seen; i++)
-        r->excl[seen[i]] = v;
-    for (int i = 0; i < n_ex; i++)
-        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
-            r->excl[ex->item[i]] = v;
-}
-
 /* The exact list of user u over every item (exclusions as in the blocked
  * path) into its heap, best first; returns its length. The slow path:
  * n_items dot products, only when the candidates cannot be proven to hold
  * the list (exact or near ties at the cut). */
+static void mark_excl(hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v)
+{
+    const int32_t *seen = r->seen + (size_t)u * MAX_RING;
+    int n_seen = r->exclude_seen ? r->seen_n[u] : 0;
+    for (int i = 0; i < n_seen; i++)
+        r->excl[seen[i]] = v;
+    for (int i = 0; ex != NULL && i < ex->n; i++)
+        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+            r->excl[ex->item[i]] = v;
+    for (int32_t i = 0; i < r->cat.n_hidden && r->cat.hidden[i] < r->n_items; i++)
+        r->excl[r->cat.hidden[i]] = v;
+}
+
+static void rescan_one(hl_ranker *r, uint64_t *h, int *n, const float *q, int32_t j)
+{
+    push_best(h, n, r->k, make_key(det_score(q, out_row(r, j), r->dim, bias_of(r, j)), j));
+}
+
+static int side_hidden(const hl_ranker *r, int32_t row)
+{
+    return bsearch(&row, r->cat.hidden, (size_t)r->cat.n_hidden, sizeof row,
+                   cmp_row) != NULL;
+}
+
 static int rescan_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
 {
     uint64_t *h = r->top + (size_t)u * r->kc;
     const float *q = r->Q + (size_t)u * r->dim;
     int n = 0;
 
-    set_excl(r, u, ex, 1);
-    for (int32_t j = 0; j < r->n_items; j++) {
-        if (r->excl[j])
-            continue;
-        push_best(h, &n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim,
-                                                  r->dim, r->bias[j]), j));
-    }
-    set_excl(r, u, ex, 0);
+    mark_excl(r, u, ex, 1);
+    for (int32_t j = 0; j < r->n_items; j++)
+        if (!r->excl[j])
+            rescan_one(r, h, &n, q, j);
+    mark_excl(r, u, ex, 0);
+    for (int32_t j = r->n_items; j < r->n_items + r->cat.n_side; j++)
+        if (!side_hidden(r, j) && listed(ex, j))
+            rescan_one(r, h, &n, q, j);
     heap_sort(h, n);
     return n;
 }
@@ -838,7 +918,7 @@ static int select_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
 
     for (int i = 0; i < n; i++) {
         int32_t j = key_item(h[i]);
-        h[i] = make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim, r->bias[j]), j);
+        h[i] = make_key(det_score(q, out_row(r, j), r->dim, bias_of(r, j)), j);
     }
     for (int i = n / 2 - 1; i >= 0; i--)
         sift_down(h, n, i);
@@ -849,14 +929,15 @@ static int select_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
 }
 
 /* User u's list from its two-stage candidates (qscore.h: they hold every
- * item of the exact list): each scored with det_score, the best k kept,
- * sorted best first in its heap. A user whose candidates could not be
+ * model item of the exact list): each scored with det_score into the heap
+ * that already holds the user's best side items, the best k kept, sorted
+ * best first. A user whose candidates could not be
  * bounded is rescanned over every item. Returns the list's length. */
 static int select_cands(hl_ranker *r, int u, const hl_rank_exclude *ex)
 {
     uint64_t *h = r->top + (size_t)u * r->kc;
     const float *q = r->Q + (size_t)u * r->dim;
-    int nc, n = 0;
+    int nc, n = r->top_n[u];          /* the side items two_stage_scan kept */
     const int32_t *cand = hl_qscan_cands(r->qs, u, &nc);
 
     if (cand == NULL) {
@@ -898,7 +979,7 @@ static int rescore_ivf(hl_ranker *r, int u, const hl_rank_exclude *ex, int *n)
     const float *q = r->Q + (size_t)u * r->dim;
     const int32_t *cand = r->icand + (size_t)u * r->istride;
     int kept = 0;
-    set_excl(r, u, ex, 1);
+    mark_excl(r, u, ex, 1);
     for (int i = 0; i < r->ifound[u]; i++) {
         int32_t j = cand[i];
         if (r->excl[j])
@@ -907,7 +988,7 @@ static int rescore_ivf(hl_ranker *r, int u, const hl_rank_exclude *ex, int *n)
         push_best(h, n, r->k, make_key(det_score(q, r->e_out + (size_t)j * r->dim, r->dim,
                                                  r->bias[j]), j));
     }
-    set_excl(r, u, ex, 0);
+    mark_excl(r, u, ex, 0);
     return kept;
 }
 
@@ -920,9 +1001,9 @@ static void search_alone(hl_ranker *r, int u, const hl_rank_exclude *ex, int *n)
     const float *q = r->Q + (size_t)u * r->dim;
     int32_t *cand = r->icand + (size_t)u * r->istride;
     *n = 0;
-    set_excl(r, u, ex, 1);
+    mark_excl(r, u, ex, 1);
     int nc = hl_ivf_search(r->ivf, r->is, q, r->nprobe, r->kc, r->excl, cand, NULL);
-    set_excl(r, u, ex, 0);
+    mark_excl(r, u, ex, 0);
     for (int i = 0; i < nc; i++)
         push_best(h, n, r->k, make_key(det_score(q, r->e_out + (size_t)cand[i] * r->dim,
                                                  r->dim, r->bias[cand[i]]), cand[i]));
@@ -971,6 +1052,31 @@ static void ivf_batch(hl_ranker *r, int n, const hl_rank_exclude *extra)
 }
 
 /* Two-stage: every user's query and exclusions to the int8 scan. */
+/* User u's side items (the catalogue's, not hidden, not excluded) scored
+ * with det_score into its heap, the best k kept; their scores become the
+ * scan's seeds: exact scores count as lower bounds, so the k-th lower bound
+ * the scan proposes against may come from side items and the bound stays
+ * rigorous over model and side items together. */
+static void side_seeds(hl_ranker *r, int u, const hl_rank_exclude *ex, hl_qscan_user *qu)
+{
+    uint64_t *h = r->top + (size_t)u * r->kc;
+    const float *q = r->Q + (size_t)u * r->dim;
+    float *seed = r->seed + (size_t)u * r->k;
+    int n = 0;
+
+    for (int32_t j = r->n_items; j < r->n_items + r->cat.n_side; j++)
+        if (!side_hidden(r, j) && listed(ex, j))
+            rescan_one(r, h, &n, q, j);
+    r->top_n[u] = n;
+    qu->n_seed = 0;
+    for (int i = 0; i < n; i++)
+        if (!isnan(key_score(h[i])))
+            seed[qu->n_seed++] = key_score(h[i]);
+    qu->seed = seed;
+}
+
+/* Two-stage: every user's query and exclusions (the catalogue's hidden
+ * rows with them) and side-item seeds to the int8 scan. */
 static void two_stage_scan(hl_ranker *r, int n, const hl_rank_exclude *extra)
 {
     for (int u = 0; u < n; u++) {
@@ -980,6 +1086,9 @@ static void two_stage_scan(hl_ranker *r, int n, const hl_rank_exclude *extra)
         qu->n_seen = r->exclude_seen ? r->seen_n[u] : 0;
         qu->extra = extra != NULL ? extra[u].item : NULL;
         qu->n_extra = extra != NULL ? extra[u].n : 0;
+        qu->hidden = r->cat.hidden;
+        qu->n_hidden = r->cat.n_hidden;
+        side_seeds(r, u, extra != NULL ? &extra[u] : NULL, qu);
     }
     hl_qscan_run(r->qs, r->qusers, n);
 }
@@ -1013,15 +1122,22 @@ int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
     if (r->exclude_seen)
         for (int u = 0; u < n; u++)
             load_seen(r, u, &users[u]);
-    if (r->ivf != NULL)
+    if (r->ivf != NULL) {
         ivf_batch(r, n, extra);
-    else if (r->qs != NULL)
+    } else if (r->qs != NULL) {
         two_stage_scan(r, n, extra);
-    else
+    } else {
+        int32_t hid = 0;
         for (int32_t j0 = 0; j0 < r->n_items; j0 += r->block) {
             int nb = r->n_items - j0 < r->block ? (int)(r->n_items - j0) : r->block;
-            score_block(r, Q, users, n, extra, j0, nb);
+            score_block(r, Q, users, n, extra, j0, nb, &hid);
         }
+        int32_t end = r->n_items + r->cat.n_side;
+        for (int32_t j0 = r->n_items; j0 < end; j0 += r->block) {   /* the side items */
+            int nb = end - j0 < r->block ? (int)(end - j0) : r->block;
+            score_block(r, Q, users, n, extra, j0, nb, &hid);
+        }
+    }
     emit(r, users, n, extra, out, n_out);
     return 0;
 }

@@ -66,7 +66,8 @@ typedef struct hl_rank_opts {
 enum { HL_SCORING_EXACT = 0, HL_SCORING_TWO_STAGE = 1 };
 
 typedef struct hl_rec {
-    int32_t item;        /* model row */
+    int32_t item;        /* model row, or n_items + s for side item s of the
+                            catalogue (hl_ranker_set_catalogue) */
     float   score;       /* q . e_out[item] + bias[item] */
     int32_t because;     /* model row of the history item that contributed
                             most, or -1 */
@@ -101,8 +102,8 @@ void        hl_ranker_index_recall(const hl_ranker *r, uint64_t *hits, uint64_t 
 int hl_ranker_refresh(hl_ranker *r, const hl_row_view *users, int n,
                       hl_rec *out, int *n_out);
 
-/* Extra items to leave out for one user: model rows in any order,
- * duplicates allowed, rows outside 0..n_items-1 ignored. */
+/* Extra items to leave out for one user: rows in any order, duplicates
+ * allowed, rows outside 0..n_items+n_side-1 ignored. */
 typedef struct hl_rank_exclude {
     const int32_t *item;
     int            n;
@@ -112,6 +113,29 @@ typedef struct hl_rank_exclude {
  * may be NULL). The ring is still excluded when exclude_seen is set. */
 int hl_ranker_refresh_ex(hl_ranker *r, const hl_row_view *users, int n,
                          const hl_rank_exclude *extra, hl_rec *out, int *n_out);
+
+/* The live catalogue's part in a refresh (core/catalogue.h builds it):
+ * rows no list may hold, masked inside the blocked top-K exactly as seen
+ * items are (so a list stays k long when enough items remain), and side
+ * items, rows n_items..n_items+n_side-1, scored in blocks after the
+ * model's (the same SGEMM, top-K and exact rescoring, with the rounding
+ * bound taken over both). Side rows never count as seen (the history ring
+ * names model rows only). Setting a catalogue costs one pass over its side
+ * e_out (the bound). Two-stage scoring applies it the same way, so lists
+ * are still the exact path's: hidden rows are excluded inside the int8
+ * scan, and side items (overriding embeddings included: their model rows
+ * are hidden) are scored with det_score and join the candidates and the
+ * scan's k-th lower bound. */
+typedef struct hl_rank_catalogue {
+    const int32_t *hidden;   /* ascending rows (model or side), n_hidden of them */
+    int32_t        n_hidden;
+    const float   *e_in, *e_out, *bias;  /* (n_side, dim), (n_side, dim), (n_side) */
+    int32_t        n_side;
+} hl_rank_catalogue;
+
+/* c and its arrays are borrowed until the next call (NULL: the model
+ * alone). Owner thread of the ranker, between refreshes. */
+void hl_ranker_set_catalogue(hl_ranker *r, const hl_rank_catalogue *c);
 
 /* Plain-loop twin for tests: scores every item with plain loops (double
  * accumulation), sorts them all, same exclusions, same `because`. It

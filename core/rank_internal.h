@@ -32,6 +32,7 @@ struct hl_ranker {
     int            kc;         /* candidates per user: k + DET_PAD */
     double         e_norm_max; /* max_j ||e_out[j]||_2 */
     double         bias_max;   /* max_j |bias[j]| */
+    double         side_norm_max, side_bias_max;  /* the same over the side items */
     float         *x1, *act1;  /* ENC_GROUP users' encoder inputs and activations
                                   (ENC_GROUP, width_max) each, ping-pong */
     float         *Q;          /* (max_batch, dim) queries, each encoded alone */
@@ -64,7 +65,22 @@ struct hl_ranker {
     uint64_t       refreshed;  /* users refreshed through the index */
     uint64_t       shadow_hits, shadow_total; /* hl_ranker_index_recall */
     char           scoring_name[32];
+    hl_rank_catalogue cat;     /* the live catalogue: hidden rows, side items */
+    float         *seed;       /* (max_batch, k) two-stage: each user's best side
+                                  item scores, the scan's seeds */
 };
+
+/* e_out row and bias of a ranker row: the model's, or a side item's. */
+static inline const float *out_row(const struct hl_ranker *r, int32_t j)
+{
+    return j < r->n_items ? r->e_out + (size_t)j * r->dim
+                          : r->cat.e_out + (size_t)(j - r->n_items) * r->dim;
+}
+
+static inline float bias_of(const struct hl_ranker *r, int32_t j)
+{
+    return j < r->n_items ? r->bias[j] : r->cat.bias[j - r->n_items];
+}
 
 /* Fills item and a with the ring's known entries, newest first, and their
  * weights a_e (rank.h, `because`); returns their count. */

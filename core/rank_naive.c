@@ -1,6 +1,7 @@
 /* rank_naive.c - the ranker's plain-loop twin (hl_ranker_refresh_naive):
  * every item scored with plain loops in double, all of them sorted, the
- * same exclusions and `because` as rank.c, for tests to compare the
+ * same exclusions (the live catalogue's hidden rows and side items too)
+ * and `because` as rank.c, for tests to compare the
  * blocked and two-stage paths with. It allocates: never on the hot path. */
 #include "rank_internal.h"
 
@@ -32,7 +33,7 @@ static void because_naive(const hl_ranker *r, const hl_row_view *v,
             double dot = 0.0;
             for (int d = 0; d < r->dim; d++)
                 dot += (double)r->e_in[(size_t)item[e] * r->dim + d] *
-                       r->e_out[(size_t)recs[j].item * r->dim + d];
+                       out_row(r, recs[j].item)[d];
             double c = (double)a[e] * dot;
             if (c > best) {
                 best = c;
@@ -42,7 +43,7 @@ static void because_naive(const hl_ranker *r, const hl_row_view *v,
     }
 }
 
-/* Marks user u's excluded items in excl (n_items bytes, zeroed). */
+/* Marks user u's excluded items in excl (n_items + n_side bytes, zeroed). */
 static void naive_mark(const hl_ranker *r, const hl_row_view *v,
                        const hl_rank_exclude *ex, uint8_t *excl)
 {
@@ -54,8 +55,11 @@ static void naive_mark(const hl_ranker *r, const hl_row_view *v,
         }
     if (ex != NULL)
         for (int i = 0; i < ex->n; i++)
-            if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
+            if (ex->item[i] >= 0 && ex->item[i] < r->n_items + r->cat.n_side)
                 excl[ex->item[i]] = 1;
+    for (int32_t i = 0; i < r->cat.n_hidden; i++)      /* one flag per hidden row */
+        if (r->cat.hidden[i] >= 0 && r->cat.hidden[i] < r->n_items + r->cat.n_side)
+            excl[r->cat.hidden[i]] = 1;
 }
 
 static int naive_user(const hl_ranker *r, const hl_row_view *v, const float *q,
@@ -64,14 +68,16 @@ static int naive_user(const hl_ranker *r, const hl_row_view *v, const float *q,
 {
     int n_cand = 0;
 
-    memset(excl, 0, (size_t)r->n_items);
+    int32_t n_all = r->n_items + r->cat.n_side;
+    memset(excl, 0, (size_t)n_all);
     naive_mark(r, v, ex, excl);
-    for (int32_t j = 0; j < r->n_items; j++) {
+    for (int32_t j = 0; j < n_all; j++) {
         if (excl[j])
             continue;
-        double s = r->bias[j];
+        const float *e = out_row(r, j);
+        double s = bias_of(r, j);
         for (int d = 0; d < r->dim; d++)
-            s += (double)q[d] * r->e_out[(size_t)j * r->dim + d];
+            s += (double)q[d] * e[d];
         cand[n_cand].score = (float)s;
         cand[n_cand++].item = j;
     }
@@ -91,8 +97,9 @@ int hl_ranker_refresh_naive(hl_ranker *r, const hl_row_view *users, int n,
     int in_dim = hl_encoder_in_dim(&r->net), rc = HL_ENOMEM;
     float *x = malloc((size_t)in_dim * sizeof(float));
     float *act = malloc(hl_encoder_act_floats(&r->net, 1) * sizeof(float));
-    naive_cand *cand = malloc((size_t)r->n_items * sizeof *cand);
-    uint8_t *excl = malloc((size_t)r->n_items);
+    size_t n_all = (size_t)r->n_items + (size_t)r->cat.n_side;
+    naive_cand *cand = malloc(n_all * sizeof *cand);
+    uint8_t *excl = malloc(n_all);
     int32_t item[MAX_RING];
     float a[MAX_RING];
 

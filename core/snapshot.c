@@ -279,6 +279,8 @@ static size_t put_header(hl_snapshot_writer *w, const hl_table_opts *o)
     for (int h = 0; h < o->decay.n_heads; h++)
         p = put_f64(p, o->decay.half_life_ms[h]);
     p = put_u32(p, (uint32_t)o->history);
+    p = put_u64(p, (uint64_t)w->meta.changelog_offset);
+    p = put_u64(p, (uint64_t)w->meta.changelog_epoch);
     return (size_t)(p - w->buf);
 }
 
@@ -304,12 +306,14 @@ static unsigned char *put_ring(unsigned char *p, const void *ring, size_t size,
 #endif
 }
 
-/* One row as schemas/snapshot.md lays it out; history oldest first. */
-static size_t put_row(unsigned char *start, const hl_snapshot_writer *w,
-                      uint32_t row, const hl_row_view *v)
+/* One row as schemas/snapshot.md lays it out; history oldest first. The
+ * changelog (worker/changelog.c) sends rows in this same layout, so a
+ * change of the row format reaches both. */
+size_t hl_snapshot_row_encode(unsigned char *start, int n_heads, int dim,
+                              uint32_t row, const hl_row_view *v)
 {
     unsigned char *p = put_u16(start, (uint16_t)v->user_len);
-    size_t n_s = (size_t)w->n_heads * (size_t)w->dim;
+    size_t n_s = (size_t)n_heads * (size_t)dim;
 
     memcpy(p, v->user, v->user_len);
     p = put_u32(p + v->user_len, row);
@@ -317,12 +321,25 @@ static size_t put_row(unsigned char *start, const hl_snapshot_writer *w,
     p = put_u64(p, (uint64_t)v->last_offset);
     p = put_u64(p, v->active_seq);
     p = put_u16(p, (uint16_t)v->n_hist);
-    p = put_f32s(p, v->m, (size_t)w->n_heads);
+    p = put_f32s(p, v->m, (size_t)n_heads);
     p = put_f32s(p, v->s, n_s);
     p = put_ring(p, v->hist_item, 4, v);
     p = put_ring(p, v->hist_ts_ms, 8, v);
     p = put_ring(p, v->hist_type, 1, v);
+    p = put_ring(p, v->hist_key, 8, v);
+    p = put_ring(p, v->hist_w, 4, v);
     return (size_t)(p - start);
+}
+
+size_t hl_snapshot_row_max(int n_heads, int dim, int history)
+{
+    return row_max(n_heads, dim, history);
+}
+
+static size_t put_row(unsigned char *start, const hl_snapshot_writer *w,
+                      uint32_t row, const hl_row_view *v)
+{
+    return hl_snapshot_row_encode(start, w->n_heads, w->dim, row, v);
 }
 
 static int writer_init(hl_snapshot_writer *w, const hl_io *io, const char *dir,

@@ -25,7 +25,9 @@
 #include "io.h"
 #include "table.h"
 
-#define HL_SNAPSHOT_VERSION    1
+#define HL_SNAPSHOT_VERSION    2        /* 2 added the changelog fields to the
+                                           header and each history entry's item
+                                           key and weight; 1 is still read */
 #define HL_SNAPSHOT_TOPIC_MAX  249      /* Kafka's limit on a topic name */
 #define HL_SNAPSHOT_MAX_DIM    65536    /* what a reader accepts */
 #define HL_SNAPSHOT_STEP_ROWS  1024     /* default budget of one step: about
@@ -39,6 +41,12 @@ typedef struct hl_snapshot_meta {
     int32_t  partition;                         /* >= 0 */
     int64_t  next_offset;      /* first input offset NOT applied at begin, >= 0 */
     uint64_t model_fingerprint;                 /* hl_model_info.fingerprint */
+    /* state.store=kafka (worker/changelog.h): the changelog offset from
+     * which a restore must read on top of this file, and the owner epoch
+     * in force there. 0 and 0 (what a zeroed meta and a version 1 file
+     * give) mean the whole changelog: always correct, never a saving. */
+    int64_t  changelog_offset;                  /* >= 0 */
+    int64_t  changelog_epoch;                   /* >= 0 */
 } hl_snapshot_meta;
 
 /* ---- writing ---------------------------------------------------------- */
@@ -112,6 +120,43 @@ int hl_snapshot_write(const hl_io *io, const char *dir,
 int hl_snapshot_name(const hl_snapshot_meta *meta, char *name, size_t len,
                      char *errbuf, size_t errlen);
 
+/* ---- one row ----------------------------------------------------------- */
+
+/* One row in the layout of schemas/snapshot.md: what a snapshot file holds
+ * per user and what the Kafka changelog (worker/changelog.c) holds as a
+ * record's value, so the two never drift apart. */
+
+/* Largest encoding of a row of this shape. */
+size_t hl_snapshot_row_max(int n_heads, int dim, int history);
+
+/* Writes v (row id row) at buf, which has room for hl_snapshot_row_max();
+ * returns the bytes written. History is written oldest first. */
+size_t hl_snapshot_row_encode(unsigned char *buf, int n_heads, int dim,
+                              uint32_t row, const hl_row_view *v);
+
+/* Where a decoded row's numbers go: m holds n_heads * (dim + 1) floats,
+ * the three history arrays history entries each. */
+typedef struct hl_snapshot_row_scratch {
+    float   *m;
+    int32_t *hist_item;
+    int64_t *hist_ts;
+    uint8_t *hist_type;
+    uint64_t *hist_key;     /* history entries each; unused for version 1 */
+    float   *hist_w;
+} hl_snapshot_row_scratch;
+
+/* Decodes exactly len bytes at p as one row of this shape, in the row
+ * layout of file format version (1 or HL_SNAPSHOT_VERSION; the changelog
+ * always writes HL_SNAPSHOT_VERSION), into v (user points into p, the
+ * numbers into sc; hist_head 0, history = history). A version 1 row has no
+ * item keys or weights: v->hist_key and v->hist_w are then NULL.
+ * HL_EFORMAT when the lengths do not add up to len (or a user_len outside
+ * 1..HL_MAX_ID_LEN, more history entries than history), HL_ERANGE for an
+ * unknown event type. Never reads outside p[0, len). */
+int hl_snapshot_row_decode(const unsigned char *p, size_t len, int n_heads, int dim,
+                           int history, uint32_t version, hl_snapshot_row_scratch *sc,
+                           uint32_t *row, hl_row_view *v);
+
 /* ---- reading ---------------------------------------------------------- */
 
 typedef struct hl_snapshot_info {
@@ -145,9 +190,14 @@ int hl_snapshot_read(const hl_io *io, const char *path, hl_snapshot_info *info,
                      hl_snapshot_row_fn fn, void *arg,
                      char *errbuf, size_t errlen);
 
+/* Any model: a model_fingerprint of 0 loads a file written under any model
+ * (the caller reads info->meta.model_fingerprint and migrates the rows). */
+#define HL_SNAPSHOT_ANY_MODEL 0
+
 /* Creates a table with options o and loads path into it. The file's dim,
  * heads and half-lives must equal o's and its model fingerprint must equal
- * model_fingerprint, else HL_EMISMATCH. A file whose history length differs
+ * model_fingerprint (unless that is HL_SNAPSHOT_ANY_MODEL), else
+ * HL_EMISMATCH. A file whose history length differs
  * from o->history loads keeping each user's newest entries. On success
  * *tblp owns the table (hl_table_destroy); on failure it is NULL and
  * nothing leaks. info may be NULL. */

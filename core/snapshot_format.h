@@ -14,7 +14,8 @@ static const unsigned char hl_snapshot_magic[8] = {'H', 'L', 'S', 'N', 'A', 'P',
 #define BUF_MIN     (1u << 20)    /* I/O buffer: big writes, few syscalls */
 #define TRAILER_LEN (2 + 8 + 8 + 8 + 4 + 4)
 #define ROW_FIXED   (2 + 4 + 8 + 8 + 8 + 2)  /* user_len, row id, t_ref, offset, seq, n_hist */
-#define HIST_BYTES  (4 + 8 + 1)           /* item, ts_ms, type */
+#define HIST_BYTES_V1 (4 + 8 + 1)         /* item, ts_ms, type */
+#define HIST_BYTES  (4 + 8 + 1 + 8 + 4)   /* + item key, weight (format 2) */
 
 /* ---- little-endian encoding ------------------------------------------- */
 

@@ -129,6 +129,8 @@ typedef struct parse {
     int32_t          *hist_item;      /* history entries each */
     int64_t          *hist_ts;
     uint8_t          *hist_type;
+    uint64_t         *hist_key;       /* format 2 only */
+    float            *hist_w;
     int (*on_header)(void *arg, const hl_snapshot_info *info, uint64_t file_bytes,
                      char *errbuf, size_t errlen);
     hl_snapshot_row_fn on_row;
@@ -161,9 +163,9 @@ static int read_magic(reader *r, hl_snapshot_info *info, char *errbuf, size_t er
         return hl_err(errbuf, errlen, HL_EFORMAT,
                       "snapshot %s: not a halflife snapshot (bad magic)", r->path);
     info->version = get_u32(p + n_magic);
-    if (info->version != HL_SNAPSHOT_VERSION)
+    if (info->version < 1 || info->version > HL_SNAPSHOT_VERSION)
         return hl_err(errbuf, errlen, HL_EVERSION,
-                      "snapshot %s: format version %u, this build reads version %d",
+                      "snapshot %s: format version %u, this build reads versions 1..%d",
                       r->path, info->version, HL_SNAPSHOT_VERSION);
     return 0;
 }
@@ -182,6 +184,23 @@ static int read_topic(reader *r, hl_snapshot_info *info, char *errbuf, size_t er
     info->meta.topic[len] = '\0';
     if (!hl_snapshot_topic_ok(info->meta.topic))
         return bad(errbuf, errlen, r, "topic name has bytes outside [A-Za-z0-9._-]", 0, 0);
+    return 0;
+}
+
+/* Version 2: the changelog offset and epoch the file covers (snapshot.h). */
+static int read_changelog_fields(reader *r, hl_snapshot_info *info, char *errbuf,
+                                 size_t errlen)
+{
+    int rc = rd_need(r, 16, "the header", NO_ROW, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    const unsigned char *p = rd_take(r, 16);
+    info->meta.changelog_offset = (int64_t)get_u64(p);
+    info->meta.changelog_epoch = (int64_t)get_u64(p + 8);
+    if (info->meta.changelog_offset < 0 || info->meta.changelog_epoch < 0)
+        return bad(errbuf, errlen, r, "negative changelog offset %lld or epoch %lld",
+                   (long long)info->meta.changelog_offset,
+                   (long long)info->meta.changelog_epoch);
     return 0;
 }
 
@@ -218,7 +237,7 @@ static int read_shape(reader *r, hl_snapshot_info *info, char *errbuf, size_t er
     info->dim = (int)dim;
     info->n_heads = (int)n_heads;
     info->history = (int)history;
-    return 0;
+    return info->version >= 2 ? read_changelog_fields(r, info, errbuf, errlen) : 0;
 }
 
 static int alloc_scratch(parse *ps, reader *r, char *errbuf, size_t errlen)
@@ -231,7 +250,10 @@ static int alloc_scratch(parse *ps, reader *r, char *errbuf, size_t errlen)
     ps->hist_item = calloc(n_h, sizeof(int32_t));
     ps->hist_ts = calloc(n_h, sizeof(int64_t));
     ps->hist_type = calloc(n_h, 1);
-    if (!ps->m || !ps->hist_item || !ps->hist_ts || !ps->hist_type)
+    ps->hist_key = calloc(n_h, sizeof(uint64_t));
+    ps->hist_w = calloc(n_h, sizeof(float));
+    if (!ps->m || !ps->hist_item || !ps->hist_ts || !ps->hist_type || !ps->hist_key ||
+        !ps->hist_w)
         return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot %s: no memory", r->path);
     ps->s = ps->m + in->n_heads;
     return rd_grow(r, 2 * row_max(in->n_heads, in->dim, in->history), errbuf, errlen);
@@ -251,50 +273,97 @@ static int read_header(reader *r, parse *ps, char *errbuf, size_t errlen)
 }
 
 
-/* Fills the view from one whole row at p, user_len and n_hist checked. */
-static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t user_len,
-                      size_t n_hist, char *errbuf, size_t errlen)
+/* Format 2's item keys and weights after the types; format 1 has none:
+ * the view says unknown (NULL), which a restore records as key 0 and
+ * weight NAN (a later model swap then falls back, see schemas/model.md). */
+static void decode_keys(hl_snapshot_row_scratch *sc, hl_row_view *v, int has_keys,
+                        const unsigned char *p, size_t n_hist)
 {
-    const hl_snapshot_info *in = ps->info;
-    size_t n_f = (size_t)in->n_heads * ((size_t)in->dim + 1);
-    hl_row_view *v = &ps->v;
+    if (!has_keys) {
+        v->hist_key = NULL;
+        v->hist_w = NULL;
+        return;
+    }
+    for (size_t i = 0; i < n_hist; i++) {
+        uint32_t u = get_u32(p + 8 * n_hist + 4 * i);
+        sc->hist_key[i] = get_u64(p + 8 * i);
+        memcpy(&sc->hist_w[i], &u, 4);
+    }
+    v->hist_key = sc->hist_key;
+    v->hist_w = sc->hist_w;
+}
 
+int hl_snapshot_row_decode(const unsigned char *p, size_t len, int n_heads, int dim,
+                           int history, uint32_t version, hl_snapshot_row_scratch *sc,
+                           uint32_t *row, hl_row_view *v)
+{
+    size_t n_f = (size_t)n_heads * ((size_t)dim + 1), user_len, n_hist;
+    size_t hist_bytes = version == 1 ? HIST_BYTES_V1 : HIST_BYTES;
+
+    if (version < 1 || version > HL_SNAPSHOT_VERSION || len < ROW_FIXED)
+        return HL_EFORMAT;
+    user_len = get_u16(p);
+    if (user_len < 1 || user_len > HL_MAX_ID_LEN || len < ROW_FIXED + user_len)
+        return HL_EFORMAT;
+    n_hist = get_u16(p + user_len + ROW_FIXED - 2);
+    if (n_hist > (size_t)history || len != ROW_FIXED + user_len + 4 * n_f + hist_bytes * n_hist)
+        return HL_EFORMAT;
     v->user = (const char *)p + 2;
     v->user_len = (uint32_t)user_len;
     p += 2 + user_len;
-    ps->row = get_u32(p);
+    *row = get_u32(p);
     v->t_ref_ms = (int64_t)get_u64(p + 4);
     v->last_offset = (int64_t)get_u64(p + 12);
     v->active_seq = get_u64(p + 20);
     p += ROW_FIXED - 2;
-    get_f32s(ps->m, p, n_f);          /* m then s, as in the file */
+    get_f32s(sc->m, p, n_f);          /* m then s, as in the file */
     p += 4 * n_f;
 #ifdef NATIVE_LE
-    memcpy(ps->hist_item, p, 4 * n_hist);
-    memcpy(ps->hist_ts, p + 4 * n_hist, 8 * n_hist);
+    memcpy(sc->hist_item, p, 4 * n_hist);
+    memcpy(sc->hist_ts, p + 4 * n_hist, 8 * n_hist);
 #else
     for (size_t i = 0; i < n_hist; i++) {
-        ps->hist_item[i] = (int32_t)get_u32(p + 4 * i);
-        ps->hist_ts[i] = (int64_t)get_u64(p + 4 * n_hist + 8 * i);
+        sc->hist_item[i] = (int32_t)get_u32(p + 4 * i);
+        sc->hist_ts[i] = (int64_t)get_u64(p + 4 * n_hist + 8 * i);
     }
 #endif
     p += 12 * n_hist;
     for (size_t i = 0; i < n_hist; i++) {
         if (p[i] >= HL_N_TYPES)
-            return bad(errbuf, errlen, r, "row %lld: event type %lld unknown",
-                       (long long)in->n_rows, p[i]);
-        ps->hist_type[i] = p[i];
+            return HL_ERANGE;
+        sc->hist_type[i] = p[i];
     }
-    v->s = ps->s;
-    v->m = ps->m;
-    v->history = in->history;
+    p += n_hist;
+    decode_keys(sc, v, version >= 2, p, n_hist);
+    v->s = sc->m + n_heads;
+    v->m = sc->m;
+    v->history = history;
     v->n_hist = (int)n_hist;
     v->hist_head = 0;
-    v->hist_item = ps->hist_item;
-    v->hist_ts_ms = ps->hist_ts;
-    v->hist_type = ps->hist_type;
+    v->hist_item = sc->hist_item;
+    v->hist_ts_ms = sc->hist_ts;
+    v->hist_type = sc->hist_type;
     return 0;
 }
+
+/* Fills the view from one whole row at p (full bytes), user_len and n_hist
+ * checked. */
+static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t full,
+                      char *errbuf, size_t errlen)
+{
+    const hl_snapshot_info *in = ps->info;
+    hl_snapshot_row_scratch sc = {ps->m, ps->hist_item, ps->hist_ts, ps->hist_type,
+                                   ps->hist_key, ps->hist_w};
+    int rc = hl_snapshot_row_decode(p, full, in->n_heads, in->dim, in->history,
+                                    in->version, &sc, &ps->row, &ps->v);
+    if (rc == HL_ERANGE)
+        return bad(errbuf, errlen, r, "row %lld: an event type is unknown",
+                   (long long)in->n_rows, 0);
+    if (rc != 0)
+        return bad(errbuf, errlen, r, "row %lld: malformed", (long long)in->n_rows, 0);
+    return 0;
+}
+
 
 /* Reads the next row into ps->v; *end set instead at the end-of-rows mark.
  * Sizes are peeked before the row is taken so it stays whole in buf. */
@@ -320,10 +389,11 @@ static int read_row(reader *r, parse *ps, int *end, char *errbuf, size_t errlen)
     if (n_hist > (size_t)in->history)
         return bad(errbuf, errlen, r, "row %lld: %lld history entries, more than the header's length",
                    (long long)in->n_rows, (long long)n_hist);
-    full = ROW_FIXED + user_len + 4 * n_f + HIST_BYTES * n_hist;
+    full = ROW_FIXED + user_len + 4 * n_f +
+           (in->version == 1 ? HIST_BYTES_V1 : HIST_BYTES) * n_hist;
     if ((rc = rd_need(r, full, "row", in->n_rows, errbuf, errlen)) != 0)
         return rc;
-    return decode_row(r, ps, rd_take(r, full), user_len, n_hist, errbuf, errlen);
+    return decode_row(r, ps, rd_take(r, full), full, errbuf, errlen);
 }
 
 static void count_row(hl_snapshot_info *in, const hl_row_view *v)
@@ -462,6 +532,8 @@ static int read_file(const hl_io *io, const char *path, parse *ps,
     free(ps->hist_item);
     free(ps->hist_ts);
     free(ps->hist_type);
+    free(ps->hist_key);
+    free(ps->hist_w);
     return rc;
 }
 
@@ -542,7 +614,7 @@ static int load_header(void *arg, const hl_snapshot_info *in, uint64_t file_byte
                       "the table is dim %d with %d heads (half-life[0] %.0f ms)",
                       ld->path, in->dim, in->n_heads, in->half_life_ms[0],
                       ld->o->decay.dim, ld->o->decay.n_heads, ld->o->decay.half_life_ms[0]);
-    if (in->meta.model_fingerprint != ld->fingerprint)
+    if (ld->fingerprint != HL_SNAPSHOT_ANY_MODEL && in->meta.model_fingerprint != ld->fingerprint)
         return hl_err(errbuf, errlen, HL_EMISMATCH,
                       "snapshot %s: made with model %016llx, the loaded model is %016llx",
                       ld->path, (unsigned long long)in->meta.model_fingerprint,
@@ -572,6 +644,8 @@ static int load_row(void *arg, const hl_snapshot_info *in, uint32_t row,
         rv.hist_item += skip;
         rv.hist_ts_ms += skip;
         rv.hist_type += skip;
+        if (rv.hist_key) rv.hist_key += skip;
+        if (rv.hist_w) rv.hist_w += skip;
     }
     /* Rows keep their ids, so sweeps visit them in the original order; an
      * id no table of these options reaches (damage) takes the lowest free

@@ -17,8 +17,10 @@
  *      malloc'd copy whose pointer is stored here instead
  *   m  (n_heads) floats, s (n_heads, dim) floats (32-byte aligned)
  *   hist_type (history) uint8, hist_item (history) int32, hist_ts (history)
- *      int64: separate arrays so the payload is tight, the types first so
- *      they share the last line of s (an update then writes one line less).
+ *      int64, hist_key (history) uint64, hist_w (history) float: separate
+ *      arrays so the payload is tight, the types first so they share the
+ *      last line of s (an update then writes one line less). Keys and
+ *      weights are what a model swap needs (migrate.c), nothing else.
  *
  * The key sits in the row's first lines, which an update touches anyway.
  *
@@ -53,6 +55,8 @@
 #define F_DIRTY   1u    /* changed since the last take_dirty */
 #define F_INLIST  2u    /* id is on the dirty list (maybe no longer dirty) */
 #define F_HEAPKEY 4u    /* user_id is in a malloc'd copy */
+#define F_GEN     8u    /* the model generation's parity the heads are in
+                           (hl_table_flip_generation) */
 
 #define LRU_SCAN_PER_INSERT 64u /* rows an LRU scan advances per new user */
 #define MAX_EVICT_BATCH 64u     /* users evicted at once at capacity */
@@ -79,7 +83,7 @@ struct hl_table {
     hl_table_opts o;
     int      n_heads, dim, history;
     size_t   stride, key_cap;
-    size_t   off_m, off_s, off_hts, off_hitem, off_htype;
+    size_t   off_m, off_s, off_hts, off_hitem, off_htype, off_hkey, off_hw;
     size_t   payload_fixed;            /* payload bytes of a row but its id */
 
     block  **blocks;
@@ -97,6 +101,7 @@ struct hl_table {
     uint64_t active_seq;
     int64_t  newest_ts_ms;
     uint32_t sweep_cursor;
+    uint8_t  gen_flag;                 /* F_GEN or 0: the parity fresh rows carry */
     size_t   evict_batch;              /* clamp(max_users / 64, 1, 64) */
     hl_lru   lru;                      /* exact oldest rows, see lru.h */
     hl_table_stats st;
@@ -106,6 +111,8 @@ struct hl_table {
     uint64_t pipe_gen[RING];
     uint64_t evictions;                /* ever; a guess older than one is rechecked */
     int      pipe_hist[RING];
+    hl_table_evict_fn on_evict;        /* hl_table_on_evict; NULL: none */
+    void    *on_evict_arg;
 };
 
 /* ---- rows ---------------------------------------------------------------- */
@@ -123,6 +130,8 @@ static float   *row_s(const hl_table *tbl, uint8_t *p) { return (float *)(p + tb
 static int64_t *row_hts(const hl_table *tbl, uint8_t *p) { return (int64_t *)(p + tbl->off_hts); }
 static int32_t *row_hitem(const hl_table *tbl, uint8_t *p) { return (int32_t *)(p + tbl->off_hitem); }
 static uint8_t *row_htype(const hl_table *tbl, uint8_t *p) { return p + tbl->off_htype; }
+static uint64_t *row_hkey(const hl_table *tbl, uint8_t *p) { return (uint64_t *)(p + tbl->off_hkey); }
+static float   *row_hw(const hl_table *tbl, uint8_t *p) { return (float *)(p + tbl->off_hw); }
 
 static const char *row_key(uint8_t *p)
 {
@@ -160,7 +169,9 @@ static size_t layout(hl_table *tbl, size_t key_cap)
     tbl->off_htype = tbl->off_s + nh * (size_t)tbl->dim * 4;
     tbl->off_hitem = align_up(tbl->off_htype + hist, 4);
     tbl->off_hts   = align_up(tbl->off_hitem + hist * 4, 8);
-    return tbl->off_hts + hist * 8;
+    tbl->off_hkey  = tbl->off_hts + hist * 8;
+    tbl->off_hw    = tbl->off_hkey + hist * 8;
+    return tbl->off_hw + hist * 4;
 }
 
 /* Stride is the layout with a 24-byte key rounded up to a cache line; the
@@ -173,7 +184,7 @@ static void plan_rows(hl_table *tbl)
     layout(tbl, cap);
     tbl->payload_fixed = (size_t)tbl->n_heads * tbl->dim * 4
                        + (size_t)tbl->n_heads * 4 + 8 + 8
-                       + (size_t)tbl->history * (4 + 1 + 8);
+                       + (size_t)tbl->history * (4 + 1 + 8 + 8 + 4);
 }
 
 /* ---- memory -------------------------------------------------------------- */
@@ -445,10 +456,18 @@ static void clear_row(hl_table *tbl, uint32_t r, uint8_t *p)
     *flags(p) = keep;
 }
 
+/* A new or restored row's heads are in the table's current generation. */
+static void set_fresh(const hl_table *tbl, uint8_t *p)
+{
+    *flags(p) = (uint8_t)((*flags(p) & ~F_GEN) | tbl->gen_flag);
+}
+
 static void evict(hl_table *tbl, uint32_t r)
 {
     uint8_t *p = row_ptr(tbl, r);
     uint32_t tag = tag_of(hash_key(row_key(p), hdr(p)->user_len));
+    if (tbl->on_evict != NULL)
+        tbl->on_evict(tbl->on_evict_arg, row_key(p), hdr(p)->user_len);
     hl_index_del(&tbl->ix, tag, r);
     tbl->key_bytes -= hdr(p)->user_len;
     free_heap_key(tbl, p);
@@ -528,6 +547,7 @@ static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,
     if ((rc = take_id(tbl, &r)) != 0) return rc;
     uint8_t *p = row_ptr(tbl, r);
     clear_row(tbl, r, p);
+    set_fresh(tbl, p);
     if ((rc = set_key(tbl, p, user, len)) != 0) return rc;
     hdr(p)->t_ref_ms = INT64_MIN;
     hdr(p)->last_offset = INT64_MIN;
@@ -564,6 +584,8 @@ static void push_history(hl_table *tbl, uint8_t *p, const hl_event *e)
     row_hts(tbl, p)[i] = e->ts_ms;
     row_hitem(tbl, p)[i] = e->item;
     row_htype(tbl, p)[i] = e->type;
+    row_hkey(tbl, p)[i] = e->item_key;
+    row_hw(tbl, p)[i] = e->w;
 }
 
 /* Could an event of weight w take one of row p's masses past
@@ -729,7 +751,8 @@ void hl_table_view(const hl_table *tbl, uint32_t row, hl_row_view *v)
         .active_seq = rh->active_seq, .history = tbl->history,
         .n_hist = rh->n_hist, .hist_head = rh->hist_head,
         .hist_item = row_hitem(tbl, p), .hist_type = row_htype(tbl, p),
-        .hist_ts_ms = row_hts(tbl, p),
+        .hist_ts_ms = row_hts(tbl, p), .hist_key = row_hkey(tbl, p),
+        .hist_w = row_hw(tbl, p),
     };
 }
 
@@ -738,6 +761,43 @@ uint32_t hl_table_row_limit(const hl_table *tbl) { return tbl->row_limit; }
 int hl_table_row_live(const hl_table *tbl, uint32_t row)
 {
     return row < tbl->row_limit && row_is_live(tbl, row);
+}
+
+/* ---- model generations ---------------------------------------------------- */
+
+void hl_table_flip_generation(hl_table *tbl)
+{
+    tbl->gen_flag ^= F_GEN;
+}
+
+int hl_table_row_stale(const hl_table *tbl, uint32_t row)
+{
+    return (*flags(row_ptr(tbl, row)) & F_GEN) != tbl->gen_flag;
+}
+
+void hl_table_edit(hl_table *tbl, uint32_t row, hl_row_edit *e)
+{
+    uint8_t *p = row_ptr(tbl, row);
+    hl_table_view(tbl, row, &e->v);
+    e->s = row_s(tbl, p);
+    e->m = row_m(tbl, p);
+    e->hist_item = row_hitem(tbl, p);
+}
+
+void hl_table_row_done(hl_table *tbl, uint32_t row)
+{
+    set_fresh(tbl, row_ptr(tbl, row));
+}
+
+uint32_t hl_table_next_live(const hl_table *tbl, uint32_t row)
+{
+    if (row >= tbl->row_limit) return UINT32_MAX;
+    for (uint32_t w = row / 64; w * 64 < tbl->row_limit; w++) {
+        uint64_t bits = tbl->blocks[w / WORDS_PER_BLOCK]->live[w % WORDS_PER_BLOCK];
+        if (w == row / 64) bits &= UINT64_MAX << (row % 64);
+        if (bits != 0) return w * 64 + (uint32_t)__builtin_ctzll(bits);
+    }
+    return UINT32_MAX;
 }
 
 /* ---- mass eviction -------------------------------------------------------- */
@@ -785,6 +845,25 @@ size_t hl_table_sweep(hl_table *tbl, size_t max_rows)
     return gone;
 }
 
+/* ---- removal and the eviction hook ----------------------------------------- */
+
+void hl_table_on_evict(hl_table *tbl, hl_table_evict_fn fn, void *arg)
+{
+    tbl->on_evict = fn;
+    tbl->on_evict_arg = arg;
+}
+
+int hl_table_remove(hl_table *tbl, const char *user, size_t user_len)
+{
+    int64_t r = hl_table_find(tbl, user, user_len);
+    if (r < 0) return HL_ENOENT;
+    hl_table_evict_fn fn = tbl->on_evict;
+    tbl->on_evict = NULL;               /* a removal is not an eviction */
+    evict(tbl, (uint32_t)r);
+    tbl->on_evict = fn;
+    return 0;
+}
+
 /* ---- restore and meta ----------------------------------------------------- */
 
 static int view_fits(const hl_table *tbl, const hl_row_view *v)
@@ -796,6 +875,19 @@ static int view_fits(const hl_table *tbl, const hl_row_view *v)
         && v->s != NULL && v->m != NULL
         && (v->n_hist == 0 || (v->hist_item != NULL && v->hist_type != NULL
                                && v->hist_ts_ms != NULL));
+}
+
+/* Ring keys and weights, or "unknown" for a view without them (a
+ * snapshot of format 1). */
+static void copy_keys(hl_table *tbl, uint8_t *p, const hl_row_view *v)
+{
+    size_t hist = (size_t)tbl->history;
+    uint64_t *k = row_hkey(tbl, p);
+    float *w = row_hw(tbl, p);
+    for (size_t i = 0; i < hist; i++) {
+        k[i] = v->hist_key ? v->hist_key[i] : 0;
+        w[i] = v->hist_w ? v->hist_w[i] : NAN;
+    }
 }
 
 static void copy_view(hl_table *tbl, uint8_t *p, const hl_row_view *v)
@@ -814,6 +906,7 @@ static void copy_view(hl_table *tbl, uint8_t *p, const hl_row_view *v)
         memcpy(row_hts(tbl, p), v->hist_ts_ms, hist * sizeof(int64_t));
         memcpy(row_hitem(tbl, p), v->hist_item, hist * sizeof(int32_t));
         memcpy(row_htype(tbl, p), v->hist_type, hist);
+        copy_keys(tbl, p, v);
     }
 }
 
@@ -842,6 +935,7 @@ static int restore_row(hl_table *tbl, uint32_t r, const hl_row_view *v)
         return HL_EINVAL;
     uint8_t *p = row_ptr(tbl, r);
     clear_row(tbl, r, p);
+    set_fresh(tbl, p);
     if ((rc = set_key(tbl, p, v->user, v->user_len)) != 0) {
         hl_index_del(&tbl->ix, tag_of(h), r);
         return rc;

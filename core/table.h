@@ -27,6 +27,7 @@ typedef struct hl_event {
     const char *user;        /* user_id bytes, not NUL-terminated */
     uint32_t    user_len;    /* 1..HL_MAX_ID_LEN */
     int32_t     item;        /* model row, or -1 for an item outside the model */
+    uint64_t    item_key;    /* hl_item_key of its id; 0: unknown */
     uint8_t     type;        /* HL_VIEW.. */
     float       w;           /* type weight x the event's weight field */
     int64_t     ts_ms;       /* event time */
@@ -49,6 +50,10 @@ typedef struct hl_row_view {
     const int32_t *hist_item;    /* ring storage, history entries each */
     const uint8_t *hist_type;
     const int64_t *hist_ts_ms;
+    const uint64_t *hist_key;    /* hl_item_key per entry, 0 unknown; NULL in a
+                                    view given to restore: all unknown */
+    const float   *hist_w;       /* the weight each was applied with, NAN
+                                    unknown; NULL in a restore: all unknown */
 } hl_row_view;
 
 /* The i-th history entry, 0 = oldest, i < v->n_hist. */
@@ -106,6 +111,32 @@ int64_t hl_table_find(const hl_table *tbl, const char *user, size_t user_len);
 /* Fills v for a live row id. */
 void hl_table_view(const hl_table *tbl, uint32_t row, hl_row_view *v);
 
+/* ---- model generations (DESIGN.md section 10) --------------------------
+ * Every row carries the parity of the model generation its heads are in.
+ * hl_table_flip_generation() makes every live row stale at once (O(1));
+ * rows inserted or restored afterwards are fresh. The caller migrates each
+ * stale row (hl_table_edit, then hl_table_row_done) and must finish every
+ * row before it flips again: a parity tells two generations apart, not
+ * three. */
+void hl_table_flip_generation(hl_table *tbl);
+int  hl_table_row_stale(const hl_table *tbl, uint32_t row);  /* live row */
+void hl_table_row_done(hl_table *tbl, uint32_t row);         /* now fresh */
+
+/* Writable heads and ring items of a live row, for a migration: s is
+ * (n_heads, dim), hist_item the ring's model rows (history entries); v
+ * is the rest, read-only. Valid like a view. Masses, times and offsets
+ * are not for editing. */
+typedef struct hl_row_edit {
+    hl_row_view v;
+    float      *s;
+    float      *m;           /* a rebuild from the ring sets masses too */
+    int32_t    *hist_item;
+} hl_row_edit;
+void hl_table_edit(hl_table *tbl, uint32_t row, hl_row_edit *e);
+
+/* The first live row id at or after row, UINT32_MAX when none (no wrap). */
+uint32_t hl_table_next_live(const hl_table *tbl, uint32_t row);
+
 /* Row ids are below this bound; hl_table_row_live() says which are in use.
  * Iteration in id order is how snapshots walk a table. */
 uint32_t hl_table_row_limit(const hl_table *tbl);
@@ -143,6 +174,19 @@ void hl_table_prefetch(const hl_table *tbl, const char *user, size_t user_len);
  * sizing hint like expected_users: 0, or HL_ENOMEM with the table as it
  * was. No-op on a table that holds users. */
 int hl_table_reserve(hl_table *tbl, size_t users);
+
+/* Called with the user id of every row evicted from now on (by
+ * state.max.users inside hl_table_apply, or by hl_table_sweep), before the
+ * row is gone: the Kafka changelog turns each into a tombstone. user is
+ * valid during the call only; fn must not call into the table. NULL fn
+ * removes the hook. */
+typedef void (*hl_table_evict_fn)(void *arg, const char *user, uint32_t user_len);
+void hl_table_on_evict(hl_table *tbl, hl_table_evict_fn fn, void *arg);
+
+/* Drops the user's row (a changelog tombstone or a newer copy of the row
+ * being restored); not counted as an eviction and not reported to the
+ * hook. HL_ENOENT if the user has no row. */
+int hl_table_remove(hl_table *tbl, const char *user, size_t user_len);
 
 /* Shard-wide values a snapshot must carry to make a restored table behave
  * exactly like the original. */

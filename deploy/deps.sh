@@ -3,7 +3,7 @@
 # Runs apt-get as root, or through sudo; prints what it installs and why.
 set -eu
 pkgs="build-essential pkg-config clang librdkafka-dev libavro-dev libopenblas-dev
-libmicrohttpd-dev kcat python3 python3-confluent-kafka python3-avro python3-numpy
+libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev kcat python3 python3-confluent-kafka python3-avro python3-numpy
 prometheus docker-compose"
 command -v npm >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"
 # Any kubectl with kustomize will do; Debian's kubernetes-client cannot be

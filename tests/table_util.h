@@ -50,6 +50,7 @@ static inline void make_events(uint64_t seed, int n_hot)
         e->user_len = (uint32_t)strlen(user_names[u]);
         e->item = rnd() % 10 == 0 ? -1 : (int32_t)(rnd() % N_ITEMS);
         e->type = (uint8_t)(rnd() % HL_N_TYPES);
+        e->item_key = rnd() | 1;     /* any id, also one the model lacks */
         e->w = 0.5f + (float)(rnd() % 100) / 50.0f;
         e->ts_ms = rnd() % 8 == 0 ? t - (int64_t)(rnd() % 7200000) : t;
         e->offset = i;
@@ -77,6 +78,10 @@ static inline int rows_equal(const hl_row_view *a, const hl_row_view *b, int wit
         int x = hl_row_hist_index(a, i), y = hl_row_hist_index(b, i);
         if (a->hist_item[x] != b->hist_item[y] || a->hist_type[x] != b->hist_type[y] ||
             a->hist_ts_ms[x] != b->hist_ts_ms[y])
+            return 0;
+        /* Keys and weights (format 2): bit for bit, NAN (unknown) included. */
+        if (a->hist_key && b->hist_key && (a->hist_key[x] != b->hist_key[y] ||
+            memcmp(&a->hist_w[x], &b->hist_w[y], sizeof(float)) != 0))
             return 0;
     }
     return 1;

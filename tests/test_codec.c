@@ -156,7 +156,7 @@ static void remove_schemas_dir(void)
 static hl_codec *new_codec(hl_framing in)
 {
     char err[256];
-    hl_codec_opts o = { in, HL_FRAMING_CONFLUENT, dir, 2, MIN_TS, MAX_TS, 0 };
+    hl_codec_opts o = { in, HL_FRAMING_CONFLUENT, dir, 2, MIN_TS, MAX_TS, 0, NULL, NULL, 0 };
     hl_codec *c = hl_codec_create(&o, err, sizeof err);
     if (c == NULL) { printf("codec: %s\n", err); exit(1); }
     return c;
@@ -498,7 +498,7 @@ static void test_own_schema_built_in(void)
 {
     char err[256];
     hl_codec_opts o = { HL_FRAMING_CONFLUENT, HL_FRAMING_CONFLUENT,
-                        "/nonexistent/halflife-schemas", 2, MIN_TS, MAX_TS, 0 };
+                        "/nonexistent/halflife-schemas", 2, MIN_TS, MAX_TS, 0, NULL, NULL, 0 };
     hl_codec *c = hl_codec_create(&o, err, sizeof err);
     CHECKF(c != NULL, "%s", err);
     if (c == NULL)
@@ -575,7 +575,7 @@ static void test_weight_range(void)
     hl_codec_destroy(c);
     /* A configured bound. */
     char err[128];
-    hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, dir, 2, MIN_TS, MAX_TS, 10.0 };
+    hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, dir, 2, MIN_TS, MAX_TS, 10.0, NULL, NULL, 0 };
     c = hl_codec_create(&o, err, sizeof err);
     CHECKF(c != NULL, "%s", err);
     if (c == NULL)
@@ -657,7 +657,7 @@ static void test_too_complex(void)
 static void test_bad_options(void)
 {
     char err[128] = "";
-    hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, NULL, 2, 10, 5, 0 };
+    hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, NULL, 2, 10, 5, 0, NULL, NULL, 0 };
     CHECK(hl_codec_create(&o, err, sizeof err) == NULL && strstr(err, "timestamp"));
     o.min_ts_ms = 0;
     o.max_weight = NAN;
@@ -744,7 +744,7 @@ static hl_codec *env_codec(void)
     char err[256];
     hl_codec_opts o = { in && !strcmp(in, "raw") ? HL_FRAMING_RAW : HL_FRAMING_CONFLUENT,
                         outf && !strcmp(outf, "raw") ? HL_FRAMING_RAW : HL_FRAMING_CONFLUENT,
-                        d ? d : "schemas", 2, MIN_TS, MAX_TS, 0 };
+                        d ? d : "schemas", 2, MIN_TS, MAX_TS, 0, NULL, NULL, 0 };
     hl_codec *c = hl_codec_create(&o, err, sizeof err);
     if (c == NULL) { fprintf(stderr, "codec: %s\n", err); exit(1); }
     return c;

@@ -98,6 +98,34 @@ static void test_snapshot_weights_interval(void)
     hl_config_destroy(cfg);
 }
 
+/* state.store and its keys: file by default; state.flush.ms follows
+ * snapshot.interval.ms unless set (1000 when that is 0); a state.topic that
+ * is another topic of the worker is refused. */
+static void test_state_store(void)
+{
+    char err[256] = "";
+    hl_worker_opts o;
+    hl_config *cfg = hl_config_create();
+    hl_config_worker_opts(cfg, &o);
+    CHECK(!o.state_kafka && o.state_topic == NULL && o.state_flush_ms == 30000);
+    char *a1[] = {"state.store=kafka", "snapshot.interval.ms=0"};
+    CHECKF(hl_config_load(cfg, NULL, NULL, a1, 2, err, sizeof err) == 0, "%s", err);
+    hl_config_worker_opts(cfg, &o);
+    CHECK(o.state_kafka && o.state_flush_ms == 1000);
+    char *a2[] = {"state.flush.ms=250", "state.topic=mystate"};
+    CHECKF(hl_config_load(cfg, NULL, NULL, a2, 2, err, sizeof err) == 0, "%s", err);
+    hl_config_worker_opts(cfg, &o);
+    CHECK(o.state_flush_ms == 250 && !strcmp(o.state_topic, "mystate"));
+    hl_config_destroy(cfg);
+    cfg = hl_config_create();
+    char *a3[] = {"state.topic=behaviour-events"};
+    CHECK(hl_config_load(cfg, NULL, NULL, a3, 1, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "state.topic") != NULL, "%s", err);
+    char *a4[] = {"state.store=s3"};
+    CHECK(hl_config_load(cfg, NULL, NULL, a4, 1, err, sizeof err) == HL_EINVAL);
+    hl_config_destroy(cfg);
+}
+
 /* The worker key sets both the worker's start and librdkafka's (start_kafka
  * adds it); kafka.auto.offset.reset wins for both and o.kafka is the
  * config's own list, nothing appended. */
@@ -177,6 +205,7 @@ int main(void)
     RUN(test_every_worker_key_maps);
     RUN(test_snapshot_weights_interval);
     RUN(test_offset_reset);
+    RUN(test_state_store);
     RUN(test_log_level);
     RUN(test_markdown_rows);
     TEST_EXIT();

@@ -132,6 +132,37 @@ static void test_histogram_buckets(void)
     hl_metrics_destroy(reg);
 }
 
+/* A batch's events share a stage: n observations in one call count as n,
+ * sum n v; n = 0 and NaN change nothing. The live bounds step 1 ms to 10 ms. */
+static void test_histogram_observe_n(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hl_histogram *h = hl_metrics_histogram(reg, "halflife_live_seconds", "Live.", NULL,
+                                           hl_live_bounds_s, hl_live_bounds_n);
+    hl_histogram_observe_n(h, 0.0034, 250);
+    hl_histogram_observe_n(h, 0.0034, 0);
+    hl_histogram_observe_n(h, NAN, 5);
+    hl_histogram_observe(h, 0.0101);
+    uint64_t c[64];
+    int n = hl_histogram_counts(h, c, 64);
+    CHECK(n == hl_live_bounds_n + 1);
+    int at = -1, total = 0;
+    for (int i = 0; i < n; i++) {
+        total += (int)c[i];
+        if (c[i] == 250)
+            at = i;
+    }
+    CHECKF(total == 251, "%d observations", total);
+    CHECKF(at >= 0 && hl_live_bounds_s[at] == 0.004 && hl_live_bounds_s[at - 1] == 0.003,
+           "250 landed in bucket %d", at);
+    for (int i = 1; i < hl_live_bounds_n && hl_live_bounds_s[i] <= 0.010; i++)
+        CHECK(hl_live_bounds_s[i] - hl_live_bounds_s[i - 1] <= 0.001 + 1e-12);
+    char *out = render(reg);
+    CHECKF(out && strstr(out, "halflife_live_seconds_sum 0.8601\n"), "got:\n%s", out ? out : "");
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
 static void test_histogram_unlabelled_and_shared_bounds(void)
 {
     hl_metrics *reg = hl_metrics_create();
@@ -523,6 +554,7 @@ int main(void)
     RUN(test_counter_text);
     RUN(test_gauge_values);
     RUN(test_histogram_buckets);
+    RUN(test_histogram_observe_n);
     RUN(test_histogram_unlabelled_and_shared_bounds);
     RUN(test_escaping);
     RUN(test_hide);

@@ -14,11 +14,25 @@
  *       as the worker does, scoring exact fp32 over every item (the
  *       reference: a worker scoring two-stage must publish the same lists); print one JSON line per user:
  *       {"user":..,"t_ref":..,"items":[[item,score,because|null],..]};
+ *       with HL_OFFLINE_CATALOGUE=path (lines as `halflife items` reads
+ *       them: item_id,available[,expires_at_ms[,bias,e_in..,e_out..]]) the
+ *       live catalogue of that file is applied, expiry at HL_OFFLINE_NOW
+ *       (ms; default: the newest event time);
+ *   HL_OFFLINE_SWAP_PRE=path HL_OFFLINE_SWAP_POST=path HL_OFFLINE_MODEL=A
+ *   HL_OFFLINE_MODEL_B=B
+ *       a model swap as core/ computes it (test_model_swap.py's reference):
+ *       apply PRE under A, migrate every user into B (hl_migration with A's
+ *       type weights, as the worker does), apply POST under B; print one
+ *       JSON line per user: {"user":..,"m":[..],"s":[..]}; with
+ *       HL_OFFLINE_SWAP_LISTS=1, each user's list under B instead, scored
+ *       exact fp32 (as HL_OFFLINE_EVENTS prints them, k HL_OFFLINE_K);
  *   none: the self-tests below. */
 #define T_SUITE "offline"
 #include "test.h"
 
+#include "catalogue.h"
 #include "dataset.h"
+#include "migrate.h"
 #include "model.h"
 #include "rank.h"
 #include "synth.h"
@@ -53,7 +67,8 @@ static int make_model(const char *path, int n_items, int dim, char *err, size_t 
     float *w = malloc((size_t)dim * in * 4), *b = malloc((size_t)dim * 4);
     char **ids = malloc(sizeof *ids * (size_t)n_items);
     uint32_t *lens = malloc(sizeof *lens * (size_t)n_items);
-    uint64_t s = 12345;
+    const char *seed = getenv("HL_OFFLINE_SEED");   /* another model, same ids */
+    uint64_t s = seed && *seed ? strtoull(seed, NULL, 10) | 1 : 12345;
     for (size_t i = 0; i < ne; i++) { e_in[i] = frand(&s); e_out[i] = frand(&s) * 0.5f; }
     for (int i = 0; i < n_items; i++) {
         bias[i] = frand(&s) * 0.1f;
@@ -99,7 +114,17 @@ static int make_events(const char *path, int n, int users, int items)
 }
 
 /* Reads path into tbl the way the worker applies events. Returns events or <0. */
+static long apply_file_at(hl_table *tbl, const hl_model *m, const char *path, long base,
+                          char *err, size_t errlen);
+
 static long apply_file(hl_table *tbl, const hl_model *m, const char *path, char *err, size_t errlen)
+{
+    return apply_file_at(tbl, m, path, 0, err, errlen);
+}
+
+/* Like apply_file, numbering the events' offsets from base. */
+static long apply_file_at(hl_table *tbl, const hl_model *m, const char *path, long base,
+                          char *err, size_t errlen)
 {
     hl_dataset_opts dopts = {.format = HL_FMT_EVENTS_CSV};
     hl_dataset_reader *r = hl_dataset_open(path, &dopts, err, errlen);
@@ -111,8 +136,9 @@ static long apply_file(hl_table *tbl, const hl_model *m, const char *path, char 
     while (hl_dataset_next(r, &de, err, errlen) == 1) {
         hl_event ev = {.user = de.user, .user_len = de.user_len,
                        .item = hl_model_item_find(m, de.item, de.item_len),
+                       .item_key = hl_item_key(de.item, de.item_len),
                        .type = (uint8_t)de.type, .w = mi->type_weight[de.type] * de.weight,
-                       .ts_ms = de.ts_ms, .offset = n};
+                       .ts_ms = de.ts_ms, .offset = base + n};
         hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), mi->n_items, NULL);
         n++;
     }
@@ -142,6 +168,55 @@ static void json_str(FILE *f, const char *s, uint32_t n)
     fputc('"', f);
 }
 
+/* The catalogue of a `halflife items` file; NULL and a reason on failure. */
+static hl_catalogue *read_catalogue(const hl_model *m, const char *path, char *err,
+                                    size_t errlen)
+{
+    int dim = hl_model_info_get(m)->dim;
+    FILE *f = fopen(path, "r");
+    hl_catalogue *c = f ? hl_catalogue_create(m, 100000, err, errlen) : NULL;
+    float *vec = malloc(2 * (size_t)dim * sizeof(float));
+    char line[65536];
+    while (c && vec && fgets(line, sizeof line, f)) {
+        char *fld[4 + 2 * 256];
+        int n = 0;
+        line[strcspn(line, "\r\n")] = '\0';
+        for (char *p = line; n < 4 + 2 * 256 && p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+            fld[n++] = p;
+        for (char *p = strchr(line, ','); p; p = strchr(p + 1, ','))
+            *p = '\0';
+        hl_item_update u = {.id = fld[0], .id_len = (uint32_t)strlen(fld[0]),
+                            .available = n > 1 && !strcmp(fld[1], "true"),
+                            .tombstone = n > 1 && !strcmp(fld[1], "delete"),
+                            .expires_at_ms = n > 2 && fld[2][0] ? strtoll(fld[2], NULL, 10)
+                                                                : HL_CATALOGUE_NO_EXPIRY};
+        if (n == 4 + 2 * dim) {
+            u.bias = strtof(fld[3], NULL);
+            for (int d = 0; d < 2 * dim; d++)
+                vec[d] = strtof(fld[4 + d], NULL);
+            u.e_in = vec;
+            u.e_out = vec + dim;
+        }
+        if (n >= 2 && hl_catalogue_apply(c, &u, err, errlen) != 0) {
+            hl_catalogue_destroy(c);
+            c = NULL;
+        }
+    }
+    if (f == NULL)
+        snprintf(err, errlen, "cannot open %s", path);
+    if (f)
+        fclose(f);
+    free(vec);
+    return c;
+}
+
+static const hl_catview *g_view;    /* the offline run's catalogue, if any */
+
+static const char *row_id(const hl_model *m, int32_t row, uint32_t *len)
+{
+    return g_view ? hl_catview_item_id(g_view, row, len) : hl_model_item_id(m, row, len);
+}
+
 static void print_list(FILE *f, const hl_model *m, const hl_row_view *v,
                        const hl_rec *recs, int n)
 {
@@ -150,7 +225,7 @@ static void print_list(FILE *f, const hl_model *m, const hl_row_view *v,
     json_str(f, v->user, v->user_len);
     fprintf(f, ",\"t_ref\":%lld,\"items\":[", (long long)v->t_ref_ms);
     for (int j = 0; j < n; j++) {
-        const char *id = hl_model_item_id(m, recs[j].item, &len);
+        const char *id = row_id(m, recs[j].item, &len);
         fprintf(f, "%s[", j ? "," : "");
         json_str(f, id, len);
         fprintf(f, ",%.9g,", (double)recs[j].score);
@@ -165,6 +240,12 @@ static void print_list(FILE *f, const hl_model *m, const hl_row_view *v,
     fprintf(f, "]}\n");
 }
 
+static int64_t env_ms(const char *name, int64_t def)
+{
+    const char *v = getenv(name);
+    return v && *v ? strtoll(v, NULL, 10) : def;
+}
+
 /* Ranks every live user of tbl; prints to f. Returns users ranked or <0. */
 static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
 {
@@ -173,6 +254,20 @@ static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
                        .scoring = HL_SCORING_EXACT};
     hl_ranker *r = hl_ranker_create(m, &ro, NULL, 0);
     hl_row_view *v = calloc(B, sizeof *v);
+    hl_rank_catalogue rc = {0};
+    int32_t *hidden = NULL;
+    if (g_view != NULL && r != NULL) {
+        hl_table_meta meta;
+        int64_t next, now = env_ms("HL_OFFLINE_NOW", 0);
+        hl_table_meta_get(tbl, &meta);
+        hidden = malloc(((size_t)hl_catview_hidden_max(g_view) + 1) * sizeof *hidden);
+        rc = (hl_rank_catalogue){
+            .hidden = hidden,
+            .n_hidden = hl_catview_hidden_at(g_view, now ? now : meta.newest_ts_ms, hidden, &next),
+            .e_in = hl_catview_side_e_in(g_view), .e_out = hl_catview_side_e_out(g_view),
+            .bias = hl_catview_side_bias(g_view), .n_side = hl_catview_n_side(g_view)};
+        hl_ranker_set_catalogue(r, &rc);
+    }
     hl_rec *recs = calloc((size_t)B * k, sizeof *recs);
     int n_out[B];
     long users = 0;
@@ -189,6 +284,7 @@ static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
         users += n;
     }
     hl_ranker_destroy(r);
+    free(hidden);
     free(v);
     free(recs);
     return r ? users : -1;
@@ -202,14 +298,85 @@ static int offline_main(const char *events, const char *model, int k)
         fprintf(stderr, "offline: %s\n", err);
         return 1;
     }
+    const char *cpath = getenv("HL_OFFLINE_CATALOGUE");
+    hl_catalogue *cat = NULL;
+    hl_catview *view = NULL;
+    if (cpath && *cpath) {
+        if ((cat = read_catalogue(m, cpath, err, sizeof err)) == NULL ||
+            (view = hl_catalogue_view(cat)) == NULL) {
+            fprintf(stderr, "offline: catalogue: %s\n", err);
+            return 1;
+        }
+        g_view = view;
+    }
     hl_table *tbl = new_table(m);
     long n = apply_file(tbl, m, events, err, sizeof err);
     long users = n >= 0 ? rank_all(tbl, m, k, stdout) : -1;
     if (n < 0 || users < 0)
         fprintf(stderr, "offline: %s\n", n < 0 ? err : "ranking failed");
     hl_table_destroy(tbl);
+    g_view = NULL;
+    hl_catview_destroy(view);
+    hl_catalogue_destroy(cat);
     hl_model_close(m);
     return n < 0 || users < 0;
+}
+
+static void print_state(FILE *f, const hl_row_view *v, int n_s, int n_heads)
+{
+    fprintf(f, "{\"user\":");
+    json_str(f, v->user, v->user_len);
+    fprintf(f, ",\"m\":[");
+    for (int h = 0; h < n_heads; h++) fprintf(f, "%s%.9g", h ? "," : "", (double)v->m[h]);
+    fprintf(f, "],\"s\":[");
+    for (int j = 0; j < n_s; j++) fprintf(f, "%s%.9g", j ? "," : "", (double)v->s[j]);
+    fprintf(f, "]}\n");
+}
+
+/* Every live row of tbl from a's space into b's, or (HL_OFFLINE_REBUILD
+ * set: the old model is not at hand) rebuilt from the rings with b. */
+static int migrate_all(hl_table *tbl, const hl_model *a, const hl_model *b, char *err,
+                       size_t errlen)
+{
+    const char *rb = getenv("HL_OFFLINE_REBUILD");
+    hl_migration *mg = rb && *rb
+        ? hl_migration_rebuild(b, hl_model_info_get(b)->type_weight, err, errlen)
+        : hl_migration_create(a, b, hl_model_info_get(a)->type_weight, err, errlen);
+    int64_t n = mg ? hl_migration_table(mg, tbl) : -1;
+    hl_migration_destroy(mg);
+    return n < 0 ? -1 : 0;
+}
+
+static int swap_main(const char *pre, const char *post, const char *ma, const char *mb)
+{
+    char err[512] = "";
+    hl_model *a = hl_model_open(ma, err, sizeof err);
+    hl_model *b = a ? hl_model_open(mb, err, sizeof err) : NULL;
+    hl_table *tbl = a ? new_table(a) : NULL;
+    long n = -1, n2 = -1;
+    if (tbl != NULL && (n = apply_file(tbl, a, pre, err, sizeof err)) >= 0 && b != NULL &&
+        migrate_all(tbl, a, b, err, sizeof err) == 0)
+        n2 = apply_file_at(tbl, b, post, n, err, sizeof err);
+    const char *lists = getenv("HL_OFFLINE_SWAP_LISTS");
+    if (n2 >= 0 && lists && *lists) {
+        const char *k = getenv("HL_OFFLINE_K");
+        if (rank_all(tbl, b, k && *k ? atoi(k) : 20, stdout) < 0)
+            n2 = -1;
+    } else if (n2 >= 0) {
+        const hl_model_info *mi = hl_model_info_get(b);
+        for (uint32_t row = 0; row < hl_table_row_limit(tbl); row++) {
+            hl_row_view v;
+            if (!hl_table_row_live(tbl, row)) continue;
+            hl_table_view(tbl, row, &v);
+            print_state(stdout, &v, mi->n_heads * mi->dim, mi->n_heads);
+        }
+    } else {
+        fprintf(stderr, "offline swap: %s\n", err[0] ? err : "failed");
+    }
+    hl_table_destroy(tbl);
+    hl_model_close(a);
+    hl_model_close(b);
+    return n2 < 0;
 }
 
 static int env_int(const char *name, int def)
@@ -310,6 +477,10 @@ int main(void)
                            env_int("HL_OFFLINE_ITEMS", 1000)) != 0;
     if (ev && *ev && mo && *mo)
         return offline_main(ev, mo, env_int("HL_OFFLINE_K", 20));
+    const char *pre = getenv("HL_OFFLINE_SWAP_PRE"), *post = getenv("HL_OFFLINE_SWAP_POST");
+    const char *mb = getenv("HL_OFFLINE_MODEL_B");
+    if (pre && *pre && post && mo && mb)
+        return swap_main(pre, post, mo, mb);
     snprintf(tmpdir, sizeof tmpdir, "/tmp/hl_offline_XXXXXX");
     if (mkdtemp(tmpdir) == NULL)
         return 1;

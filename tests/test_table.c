@@ -588,6 +588,46 @@ static void test_dirty_set(void)
     hl_table_destroy(tbl);
 }
 
+typedef struct evicted_log { char names[16][8]; int n; } evicted_log;
+
+static void note_evicted(void *arg, const char *user, uint32_t len)
+{
+    evicted_log *l = arg;
+    if (l->n < 16 && len < 8) {
+        memcpy(l->names[l->n], user, len);
+        l->names[l->n++][len] = '\0';
+    }
+}
+
+/* The hook sees every capacity eviction (the changelog's tombstones) and
+ * no removal; a removed user is gone and its row id free again. */
+static void test_evict_hook_and_remove(void)
+{
+    hl_table_opts o = small_opts(4, 0);
+    hl_table *tbl = hl_table_create(&o, NULL, 0);
+    evicted_log log = {.n = 0};
+    hl_table_on_evict(tbl, note_evicted, &log);
+    const char *names[] = {"a", "b", "c", "d", "e"};
+    for (int i = 0; i < 5; i++) {
+        hl_event e = one(names[i], 1, 100 + i, i);
+        hl_table_apply(tbl, &e, 1, e_in, N_ITEMS, NULL);
+    }
+    CHECKF(log.n == 1 && strcmp(log.names[0], "a") == 0, "%d evicted, first %s", log.n,
+           log.n ? log.names[0] : "-");
+    CHECK(hl_table_remove(tbl, "c", 1) == 0);
+    CHECK(hl_table_remove(tbl, "c", 1) == HL_ENOENT);
+    CHECK(hl_table_find(tbl, "c", 1) < 0);
+    CHECK(log.n == 1);
+    hl_table_stats st;
+    hl_table_stats_get(tbl, &st);
+    CHECK(st.users == 3 && st.evicted_capacity == 1 && st.evicted_mass == 0);
+    hl_event e = one("f", 1, 200, 10);
+    hl_table_apply(tbl, &e, 1, e_in, N_ITEMS, NULL);
+    CHECK(hl_table_find(tbl, "f", 1) == 2);       /* c's row, the lowest free id */
+    hl_table_on_evict(tbl, NULL, NULL);
+    hl_table_destroy(tbl);
+}
+
 /* Capacity: the oldest max_users/64 by last activity go, exactly. */
 static void test_capacity_eviction(void)
 {
@@ -775,7 +815,7 @@ static void test_stats_bytes(void)
     }
     hl_table_stats st;
     hl_table_stats_get(tbl, &st);
-    size_t per = 3 * 64 * 4 + 3 * 4 + 8 + 8 + 32 * 13;
+    size_t per = 3 * 64 * 4 + 3 * 4 + 8 + 8 + 32 * (13 + 12);   /* + item keys, weights */
     CHECK(st.payload_bytes == 20000 * (per + 12));
     double ratio = (double)st.bytes / (double)st.payload_bytes;
     CHECKF(ratio >= 1.0 && ratio < 1.3, "bytes/payload %.3f", ratio);
@@ -941,5 +981,6 @@ int main(void)
     RUN(test_create_rejects);
     RUN(test_stats_bytes);
     RUN(test_restore_equivalence);
+    RUN(test_evict_hook_and_remove);
     TEST_EXIT();
 }

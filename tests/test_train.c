@@ -401,6 +401,58 @@ static void test_model_round_trip(void)
     hl_train_result_reset(&r);
 }
 
+/* --init: items the old model knows start from its rows, the MLP from its
+ * weights; the others start fresh; another dim is refused. Epochs 0 shows
+ * the starting point itself. */
+static void test_warm_start(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result a, b;
+    char ids[12][8], path[64], err[256];
+    const char *idp[12];
+    uint32_t idl[12];
+    synth_rule(&s, 10, 6, 12, 2);
+    tiny_opts(&o);
+    train_or_fail(&o, &s.d, &a);
+    if (!a.e_in) return;
+    for (int i = 0; i < 12; i++) {
+        idl[i] = (uint32_t)snprintf(ids[i], sizeof ids[i], "it%d", i);
+        idp[i] = ids[i];
+    }
+    snprintf(path, sizeof path, "/tmp/test_train_init_%d.hlm", (int)getpid());
+    snprintf(a.info.version, sizeof a.info.version, "init");
+    hl_model_parts p;
+    hl_train_result_parts(&a, idp, idl, &p);
+    hl_model *m = hl_model_write(path, &p, err, sizeof err) == 0
+                ? hl_model_open(path, err, sizeof err) : NULL;
+    CHECKF(m != NULL, "%s", err);
+    int32_t rows[12];
+    for (int i = 0; i < 12; i++) rows[i] = i < 6 ? 11 - i : -1;   /* another order */
+    o.init = m;
+    o.init_row = rows;
+    o.epochs = 0;
+    o.seed = 99;
+    train_or_fail(&o, &s.d, &b);
+    if (m && b.e_in) {
+        for (int i = 0; i < 6; i++) {
+            CHECK_CLOSE(b.e_in + i * 4, a.e_in + (11 - i) * 4, 4, 0);
+            CHECK_CLOSE(b.e_out + i * 4, a.e_out + (11 - i) * 4, 4, 0);
+        }
+        CHECK(memcmp(b.e_in + 6 * 4, a.e_in + 6 * 4, 6 * 4 * sizeof(float)) != 0);
+        CHECK_CLOSE(b.layer_w[0], a.layer_w[0], 6 * 2 * 5, 0);
+        CHECK_CLOSE(b.layer_w[1], a.layer_w[1], 4 * 6, 0);
+        hl_train_result_reset(&b);
+        o.dim = 8;
+        CHECK(hl_train_run(&o, &s.d, &b, err, sizeof err) == HL_EINVAL);
+        CHECKF(strstr(err, "--init model has dim 4") != NULL, "err=%s", err);
+    }
+    hl_model_close(m);
+    unlink(path);
+    hl_train_result_reset(&a);
+    hl_train_result_reset(&b);
+}
+
 /* ---- kernels against their twins -------------------------------------------------------- */
 
 static void test_fast_exp_accuracy(void)
@@ -479,6 +531,7 @@ int main(void)
     RUN(test_sampled_rule_is_learned);
     RUN(test_forward_equals_encoder);
     RUN(test_model_round_trip);
+    RUN(test_warm_start);
     RUN(test_fast_exp_accuracy);
     RUN(test_softmax_matches_naive);
     RUN(test_adam_simd_matches_scalar);

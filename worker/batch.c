@@ -26,8 +26,9 @@ int hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     t->multi_limit.interval_ms = 10000;
     t->arena_cap = bm * HL_MAX_ID_LEN;
     t->msgs = calloc(bm, sizeof *t->msgs);
+    t->fetch_us = calloc(bm, sizeof *t->fetch_us);
     t->arena = malloc(t->arena_cap);
-    if (t->msgs == NULL || t->arena == NULL)
+    if (t->msgs == NULL || t->fetch_us == NULL || t->arena == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     if ((t->codec = hl_codec_create(&o->codec, errbuf, errlen)) == NULL)
         return HL_EINVAL;
@@ -36,8 +37,10 @@ int hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen)
 
 void hl_batch_free(hl_wthread *t)
 {
+    hl_park_free(t);
     hl_codec_destroy(t->codec);
     free(t->msgs);
+    free(t->fetch_us);
     free(t->arena);
 }
 
@@ -55,21 +58,71 @@ void hl_batch_free(hl_wthread *t)
  * call, each record version-checked as here) was tried and measured: no
  * gain in events/s or worker CPU against this loop (bench_worker, A/B pairs
  * in one run), on a deprecated API, so this loop stays. */
+#define CADENCE_DECAY 0.9    /* each older batch weighs 0.9 of the next in the fits */
+
+/* With records in hand and none queued: how long to wait for more
+ * (cadence.h decides from the fitted refresh cost and the arrival rate);
+ * 0 to refresh now. */
+static int cadence_wait_ms(hl_wthread *t, int n, int64_t now_us)
+{
+    const hl_worker_opts *o = t->ctx->o;
+    hl_cadence_in in = {
+        .n_taken = n, .max_messages = o->batch_max_messages,
+        .age_ms = (double)(now_us - t->fetch_us[0]) / 1000.0, .max_ms = o->batch_max_ms,
+        .rate_per_ms = hl_cadence_rate_get(&t->cad_rate),
+    };
+    hl_cadence_fit_get(&t->cad_fit, &in.a_ms, &in.b_ms);
+    double w = hl_cadence_wait_ms(&in);
+    return w >= 0.5 ? (int)(w + 0.5) : 0;   /* the queue waits whole ms */
+}
+
+/* Before the first record: the rest of batch.max.ms, but at most 1 ms
+ * while lists are in flight, so the loop polls the producer and a
+ * delivery is seen (and the offsets stored) within about a millisecond
+ * rather than after the whole wait (the demo's "deliver" stage: p50
+ * 5.4 ms at batch.max.ms=5). */
+static int64_t first_wait_ms(const hl_wthread *t, int64_t left)
+{
+    return t->fl_n > 0 && left > 1 ? 1 : left;
+}
+
+/* The rate seen by this batch (records since the previous batch's start). */
+static void cadence_note_batch(hl_wthread *t, int n, int64_t start_us)
+{
+    if (t->cad_last_us > 0)
+        hl_cadence_rate_add(&t->cad_rate, n, (double)(start_us - t->cad_last_us) / 1000.0,
+                            CADENCE_DECAY);
+    t->cad_last_us = start_us;
+}
+
 int hl_batch_consume(hl_wthread *t)
 {
     int bm = t->ctx->o->batch_max_messages;
-    int64_t end = hl_now_mono_ms() + t->ctx->o->batch_max_ms;
-    int n = 0;
+    if (t->migrating && bm > HL_SWAP_BATCH_MAX)
+        bm = HL_SWAP_BATCH_MAX;         /* bounds what one batch migrates */
+    int64_t now_us = hl_now_mono_us(), end = now_us / 1000 + t->ctx->o->batch_max_ms;
+    int n = t->n_waits > 0 ? hl_park_take_ready(t, t->msgs, bm) : 0;  /* they come first */
+    for (int i = 0; i < n; i++)
+        t->fetch_us[i] = now_us;        /* a parked record's wait is the registry's */
     /* batch.max.ms bounds the wait, not the take: while records are queued
      * they are taken without a timeout, so no clock is read per record
-     * (a clock read per record showed as 9% of a state-only profile). */
+     * (a clock read per record showed as 9% of a state-only profile). A
+     * record taken at once was fetched by the last clock read, so that is
+     * its fetch time; one that was waited for gets a clock of its own. */
     while (n < bm) {
         rd_kafka_message_t *m = rd_kafka_consume_queue(t->q, 0);
         if (m == NULL) {
-            int64_t left = end - hl_now_mono_ms();
+            /* No record waits: before the first, wait out batch.max.ms (the
+             * loop then serves mail and flights); with some in hand, only
+             * as long as the cadence rule says more are worth waiting for. */
+            now_us = hl_now_mono_us();
+            int64_t left = n == 0 ? first_wait_ms(t, end - now_us / 1000)
+                                  : cadence_wait_ms(t, n, now_us);
             if (left <= 0 || (m = rd_kafka_consume_queue(t->q, (int)left)) == NULL)
                 break;
+            now_us = hl_now_mono_us();
         }
+        t->fetch_us[n] = now_us;
         t->msgs[n++] = m;
     }
     return n;
@@ -145,7 +198,8 @@ static void record_error(hl_wthread *t, const rd_kafka_message_t *rkm)
                rd_kafka_message_errstr(rkm), (unsigned long long)sup);
 }
 
-static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, flight *f)
+static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_us,
+                       flight *f)
 {
     rd_kafka_message_t *rkm = *rkmp;
     char detail[160];
@@ -157,27 +211,52 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, flight *f)
     hl_shard *sh = hl_wthread_shard_of(t, rkm->partition);
     if (sh == NULL)
         return;                 /* a partition this thread let go of */
-    hl_shard_saw(sh, rkm->offset);
+    if (t->n_waits > 0 && hl_park_waiting(t, rkm->partition)) {
+        hl_park_add(t, rkmp, "behind a record that waits", f);   /* keeps the order */
+        return;
+    }
     hl_codec_reason r = hl_codec_decode_event(t->codec, rkm->payload ? rkm->payload : "",
                                               rkm->len, &cev, detail, sizeof detail);
+    if (r == HL_CODEC_WAIT) {   /* not seen: no stored offset passes it */
+        hl_park_add(t, rkmp, detail, f);
+        return;
+    }
+    hl_shard_saw(sh, rkm->offset);
     if (r != HL_CODEC_OK) {
         bad_record(t, rkmp, r, detail, f);
         return;
     }
     hl_event ev = {
         .user = t->arena + t->arena_used, .user_len = cev.user_len,
-        .item = hl_model_item_find(t->ctx->m, cev.item, cev.item_len),
-        .type = (uint8_t)cev.type, .w = t->ctx->type_weight[cev.type] * cev.weight,
+        .item = hl_model_item_find(t->mref->m, cev.item, cev.item_len),
+        .item_key = hl_item_key(cev.item, cev.item_len),
+        .type = (uint8_t)cev.type, .w = t->mref->tw[cev.type] * cev.weight,
         .ts_ms = cev.ts_ms, .offset = rkm->offset,
     };
     memcpy(t->arena + t->arena_used, cev.user, cev.user_len);
     t->arena_used += cev.user_len;
     t->b.unknown += ev.item < 0;
     hl_shard_push(sh, &ev);
+    f->fetch_us[f->n_ts] = fetch_us;
     f->ts_ms[f->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);
 }
 
 /* ---- counters ---------------------------------------------------------- */
+
+/* Records the consumer jumped over: on a non-transactional topic they
+ * were deleted by retention before this worker read them (the embedded
+ * broker keeps 5 MiB per partition), so they are lost to the state. */
+static void report_skipped(hl_wthread *t, const hl_shard *sh)
+{
+    uint64_t sup = 0;
+    hl_counter_add(t->ctx->mx.skipped, (uint64_t)sh->skipped);
+    if (hl_log_limit_pass(&t->err_limit, &sup))
+        hl_log(HL_LOG_WARN, "input_offsets_skipped", "partition=%d from=%lld records=%lld "
+               "reason=\"never received: deleted by retention before they were read (the "
+               "worker lags too far), or transaction markers\" suppressed=%llu",
+               (int)sh->partition, (long long)sh->skip_first, (long long)sh->skipped,
+               (unsigned long long)sup);
+}
 
 /* The batch's counts into the registry: one add per series per batch. */
 static void count_batch(hl_wthread *t, int n_msgs)
@@ -187,6 +266,8 @@ static void count_batch(hl_wthread *t, int n_msgs)
         hl_shard *sh = t->own[i];
         if (sh->n_seen)
             hl_counter_add(sh->series.consumed, (uint64_t)sh->n_seen);
+        if (sh->skipped > 0)
+            report_skipped(t, sh);
         hl_shard_publish_stats(sh, ctx->mx.evictions);
     }
     for (int r = 1; r < HL_CODEC_N_REASONS; r++)
@@ -262,7 +343,7 @@ static void apply_all(hl_wthread *t)
 {
     for (int i = 0; i < t->n_own; i++) {
         int d = 0, fl = 0;
-        t->b.applied += (uint64_t)hl_shard_apply(t->own[i], t->ctx->m, &d, &fl);
+        t->b.applied += (uint64_t)hl_shard_apply(t->own[i], t->mref->m, &d, &fl);
         t->b.duplicates += (uint64_t)d;
         t->b.failed += (uint64_t)fl;
         if (fl > 0)
@@ -271,24 +352,52 @@ static void apply_all(hl_wthread *t)
     }
 }
 
+/* The live catalogue at the batch boundary: the stream time moves to the
+ * newest event applied, and the lists of this batch are ranked with the
+ * newest catalogue view (items.h). */
+static void catalogue_boundary(hl_wthread *t)
+{
+    hl_items *it = t->ctx->items;
+    if (it == NULL)
+        return;
+    for (int i = 0; i < t->n_own; i++) {
+        hl_table_meta meta;
+        hl_table_meta_get(t->own[i]->tbl, &meta);
+        hl_items_saw_ts(it, meta.newest_ts_ms);
+    }
+    hl_items_local_update(it, &t->cat, t->ranker, t->mref->m);
+}
+
 void hl_batch_run(hl_wthread *t, int n)
 {
     flight *f = hl_flight_begin(t);
     batch_begin(t);
     double a = hl_now_mono_s();
+    f->start_us = (int64_t)(a * 1e6);
+    f->wall_off_ms = hl_now_wall_ms() - f->start_us / 1000;
     for (int i = 0; i < n; i++)
-        decode_one(t, &t->msgs[i], f);
+        decode_one(t, &t->msgs[i], t->fetch_us[i], f);
     for (int i = 0; i < n; i++)
         if (t->msgs[i] != NULL)         /* NULL: held by f's dead letters */
             rd_kafka_message_destroy(t->msgs[i]);
     double b = hl_now_mono_s();
     apply_all(t);
+    catalogue_boundary(t);
     t->b.stage_s[STAGE_DECODE] = b - a;
-    t->b.stage_s[STAGE_APPLY] = hl_now_mono_s() - b;
+    double c = hl_now_mono_s();
+    t->b.stage_s[STAGE_APPLY] = c - b;
+    f->applied_us = (int64_t)(c * 1e6);
     for (int i = 0; i < t->n_own; i++) {
         hl_publish_shard(t, t->own[i], f);
         hl_shard_sweep(t->own[i]);  /* after publishing: every touched user has its list */
     }
+    /* Refreshes and sends interleave by chunk: "refreshed" is the batch's
+     * scoring time after it was applied, "produced" the end of it all. */
+    f->refreshed_us = f->applied_us + (int64_t)(t->b.stage_s[STAGE_REFRESH] * 1e6);
+    f->produced_us = hl_now_mono_us();
+    cadence_note_batch(t, n, f->start_us);
+    hl_cadence_fit_add(&t->cad_fit, n, (double)(f->produced_us - f->start_us) / 1000.0,
+                       CADENCE_DECAY);
     hl_flight_note_offsets(t, f);
     count_batch(t, n);
 }

@@ -21,8 +21,10 @@
  * a record is too_complex.
  * Both paths end in check_event(), the semantic checks (id lengths, ids
  * valid UTF-8, enum, timestamp range, weight range). Writer schemas are
- * loaded from <schemas_dir>/<id>.avsc on first use and cached per id,
- * failures included;
+ * loaded on first use, from <schemas_dir>/<id>.avsc or, with a Schema
+ * Registry, from opts.schema_fn (schema_store.c), and cached per id in the
+ * same table whatever their source, failures included (an id schema_fn
+ * does not know yet is asked again at each use: HL_CODEC_WAIT);
  * id 1, our own schema, is built in when no such file exists,
  * so a flood of records with a bad id costs one file read.
  *
@@ -59,6 +61,27 @@ static const char reader_json[] =
     "{\"name\":\"context\",\"type\":[\"null\",{\"type\":\"map\",\"values\":\"string\"}],"
     "\"default\":null}]}";
 
+/* schemas/recommendation_list.avsc without its docs (a test checks they
+ * are the same schema): what the worker registers for its lists. */
+static const char list_json[] =
+    "{\"type\":\"record\",\"name\":\"RecommendationList\",\"namespace\":\"halflife\","
+    "\"fields\":["
+    "{\"name\":\"user_id\",\"type\":\"string\"},"
+    "{\"name\":\"generated_at\",\"type\":{\"type\":\"long\",\"logicalType\":\"timestamp-millis\"}},"
+    "{\"name\":\"model_version\",\"type\":\"string\"},"
+    "{\"name\":\"items\",\"type\":{\"type\":\"array\",\"items\":{"
+    "\"type\":\"record\",\"name\":\"RecommendedItem\",\"fields\":["
+    "{\"name\":\"item_id\",\"type\":\"string\"},"
+    "{\"name\":\"score\",\"type\":\"float\"},"
+    "{\"name\":\"because_item_id\",\"type\":[\"null\",\"string\"],\"default\":null}]}}},"
+    "{\"name\":\"source\",\"type\":{\"type\":\"record\",\"name\":\"Source\",\"fields\":["
+    "{\"name\":\"topic\",\"type\":\"string\"},"
+    "{\"name\":\"partition\",\"type\":\"int\"},"
+    "{\"name\":\"offset\",\"type\":\"long\"}]}}]}";
+
+const char *hl_codec_event_schema(void) { return reader_json; }
+const char *hl_codec_list_schema(void) { return list_json; }
+
 /* Reader field indexes, in the order above. */
 enum { F_USER, F_ITEM, F_TYPE, F_TS, F_WEIGHT, F_CONTEXT };
 
@@ -69,7 +92,8 @@ enum { F_USER, F_ITEM, F_TYPE, F_TS, F_WEIGHT, F_CONTEXT };
 #define MAX_EMPTY_ITEMS   4096      /* zero-byte array items per record */
 #define RETRY_MS          5000      /* a refused id is looked up again after */
 
-typedef enum { W_FAST, W_RESOLVE, W_BAD } writer_kind;
+/* W_WAIT: schema_fn does not know the id yet; asked again on each use. */
+typedef enum { W_FAST, W_RESOLVE, W_BAD, W_WAIT } writer_kind;
 
 /* One writer schema id. For W_RESOLVE, resolved wraps dest (a value of
  * rschema, our reader schema minus the fields this writer lacks), so reading
@@ -125,6 +149,8 @@ static const char *const reason_names[HL_CODEC_N_REASONS] = {
 
 const char *hl_codec_reason_name(hl_codec_reason r)
 {
+    if (r == HL_CODEC_WAIT)
+        return "schema_wait";
     return (r >= 0 && r < HL_CODEC_N_REASONS) ? reason_names[r] : "unknown";
 }
 
@@ -616,7 +642,13 @@ static void writer_load_once(hl_codec *c, writer *w, int32_t id)
         hl_err(w->why, sizeof w->why, HL_EINVAL, "schema id %d is negative", (int)id);
         return;
     }
-    if ((text = read_schema_file(c->schemas_dir, id, w->why, sizeof w->why)) == NULL) {
+    if (c->o.schema_fn != NULL) {
+        int rc = c->o.schema_fn(c->o.schema_arg, id, &text, w->why, sizeof w->why);
+        if (rc == HL_EAGAIN)
+            w->kind = W_WAIT;
+        if (rc != 0)
+            return;
+    } else if ((text = read_schema_file(c->schemas_dir, id, w->why, sizeof w->why)) == NULL) {
         /* Id 1 is the schema halflife itself writes (hl_codec_encode_event,
          * halflife produce): built in, so a worker started outside the
          * source tree still reads it. A file of that id overrides it. */
@@ -690,7 +722,8 @@ static writer *writer_find(hl_codec *c, int32_t id)
 static writer *writer_get(hl_codec *c, int32_t id, int force)
 {
     writer *w = writer_find(c, id);
-    if (w->kind == W_BAD && (force || hl_now_mono_ms() >= w->retry_at_ms)) {
+    if (w->kind == W_WAIT ||
+        (w->kind == W_BAD && (force || hl_now_mono_ms() >= w->retry_at_ms))) {
         writer_clear(w);
         writer_load(c, w, id);
     }
@@ -762,6 +795,8 @@ hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
         if ((r = read_header(&in, &id, detail, detaillen)) != HL_CODEC_OK)
             return r;
         w = writer_get(c, id, 0);
+        if (w->kind == W_WAIT)
+            return fail(detail, detaillen, HL_CODEC_WAIT, "%s", w->why);
         if (w->kind == W_BAD)
             return fail(detail, detaillen, HL_CODEC_UNKNOWN_SCHEMA, "%s", w->why);
     }
@@ -905,7 +940,8 @@ int hl_codec_encode_event(hl_codec *c, const hl_codec_event *ev,
     out o = { buf, (uint8_t *)buf + cap, 0 };
     if (ev->type < 0 || ev->type >= HL_N_TYPES || cap > INT_MAX)
         return HL_EINVAL;
-    put_header(&o, c->o.input_framing, EVENT_WRITER_ID);
+    put_header(&o, c->o.input_framing, c->o.event_schema_id > 0 ? c->o.event_schema_id
+                                                                 : EVENT_WRITER_ID);
     put_string(&o, ev->user, ev->user_len);
     put_string(&o, ev->item, ev->item_len);
     put_long(&o, ev->type);
@@ -956,6 +992,8 @@ int hl_codec_encode_list(hl_codec *c, const hl_codec_list *l,
 hl_codec_writer_kind hl_codec_writer(hl_codec *c, int32_t id)
 {
     writer *w = writer_get(c, id, 1);
+    if (w->kind == W_WAIT)
+        return HL_CODEC_WRITER_WAIT;
     if (w->kind == W_BAD)
         return HL_CODEC_WRITER_UNKNOWN;
     return w->kind == W_FAST ? HL_CODEC_WRITER_FAST : HL_CODEC_WRITER_RESOLVED;

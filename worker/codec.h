@@ -10,10 +10,14 @@
 #include "hl.h"
 
 typedef enum hl_codec_reason {
+    HL_CODEC_WAIT = -1,          /* not a bad record: its writer schema is being
+                                    fetched (schema_fn said HL_EAGAIN); decode
+                                    it again later */
     HL_CODEC_OK = 0,
     HL_CODEC_TOO_SHORT,          /* fewer bytes than the framing needs */
     HL_CODEC_BAD_MAGIC,          /* Confluent framing: byte 0 is not 0 */
-    HL_CODEC_UNKNOWN_SCHEMA,     /* no schemas.dir/<id>.avsc, or it does not resolve */
+    HL_CODEC_UNKNOWN_SCHEMA,     /* no such writer schema id (no schemas.dir/<id>.avsc,
+                                    or the registry has none), or it does not resolve */
     HL_CODEC_TRUNCATED,          /* the Avro body ends early (incl. truncated varint) */
     HL_CODEC_BAD_VARINT,         /* a varint longer than 10 bytes */
     HL_CODEC_NEGATIVE_LENGTH,    /* a string/bytes/array/map length below 0 */
@@ -36,15 +40,29 @@ const char *hl_codec_reason_name(hl_codec_reason r);
 
 typedef enum { HL_FRAMING_CONFLUENT, HL_FRAMING_RAW } hl_framing;
 
+/* Where writer schemas come from when not from schemas_dir (a Schema
+ * Registry: schema_store.h). 0 and *text (malloc'd, the codec frees it);
+ * HL_EAGAIN: not known yet, the record waits (HL_CODEC_WAIT); any other
+ * code: no such id (unknown_schema), why says so. Called from the
+ * codec's thread; must not block. */
+typedef int (*hl_codec_schema_fn)(void *arg, int32_t id, char **text,
+                                  char *why, size_t whylen);
+
 typedef struct hl_codec_opts {
     hl_framing  input_framing;     /* input.format */
     hl_framing  output_framing;    /* output.format */
     const char *schemas_dir;       /* writer schemas by id: <dir>/<id>.avsc */
-    int32_t     output_schema_id;  /* output.schema.id */
+    int32_t     output_schema_id;  /* output.schema.id, or the registry's id */
     int64_t     min_ts_ms, max_ts_ms; /* accepted event times */
     double      max_weight;        /* event.max.weight: larger weights are
                                       bad_weight; 0 means
                                       HL_CODEC_DEFAULT_MAX_WEIGHT */
+    hl_codec_schema_fn schema_fn;  /* set: writer schemas come from it, not
+                                      from schemas_dir (and id 1 is not built
+                                      in: ids are the registry's) */
+    void       *schema_arg;
+    int32_t     event_schema_id;   /* the id hl_codec_encode_event writes;
+                                      0 means 1 (schemas/1.avsc) */
 } hl_codec_opts;
 
 /* A weight field far beyond any rating or count, yet small enough that a
@@ -86,12 +104,19 @@ hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
  * at most every 5 s (a schema file deployed late is picked up without a
  * restart), and by this call every time. */
 typedef enum {
-    HL_CODEC_WRITER_UNKNOWN, HL_CODEC_WRITER_FAST, HL_CODEC_WRITER_RESOLVED
+    HL_CODEC_WRITER_UNKNOWN, HL_CODEC_WRITER_FAST, HL_CODEC_WRITER_RESOLVED,
+    HL_CODEC_WRITER_WAIT        /* schema_fn does not know yet (HL_EAGAIN) */
 } hl_codec_writer_kind;
 hl_codec_writer_kind hl_codec_writer(hl_codec *c, int32_t id);
 
+/* The reader schema's JSON (schemas/behaviour_event.avsc): what
+ * `halflife produce` registers. */
+const char *hl_codec_event_schema(void);
+/* schemas/recommendation_list.avsc's JSON: what the worker registers. */
+const char *hl_codec_list_schema(void);
+
 /* Encodes one BehaviourEvent (for `halflife produce` and tests) in the input
- * framing with writer schema id 1. Returns bytes written into out, or a
+ * framing with writer schema id event_schema_id (1 by default). Returns bytes written into out, or a
  * negative HL_E* (HL_EFULL if cap is too small). */
 int hl_codec_encode_event(hl_codec *c, const hl_codec_event *ev,
                           void *out, size_t cap);

@@ -44,14 +44,28 @@ static const key_def keys[] = {
     {"input.topic",         T_STR,  "behaviour-events", 1, 249, NULL, "topic of BehaviourEvents, keyed by user_id"},
     {"output.topic",        T_STR,  "recommendations", 1, 249, NULL, "topic of RecommendationLists, keyed by user_id"},
     {"dlq.topic",           T_STR,  NULL, 0, 249, NULL, "dead letters (default <input.topic>.dlq); empty disables"},
+    {"items.topic",         T_STR,  "items", 0, 249, NULL, "topic of ItemUpdates (compacted, keyed by item_id), read whole by every worker before it reports ready, then followed; empty disables"},
+    {"items.schema.id",     T_INT,  "3", 0, 2147483647.0, NULL, "schema id of ItemUpdates in Confluent framing (others are unknown_schema)"},
+    {"catalogue.max.new.items", T_INT, "100000", 0, 10000000, NULL, "items unknown to the model the catalogue keeps (added from the item topic); beyond, an update is refused and counted (catalogue_full)"},
     {"input.format",        T_ENUM, "confluent", 0, 0, "confluent|raw", "input framing: Confluent (magic 0, schema id) or plain Avro binary"},
     {"output.format",       T_ENUM, "confluent", 0, 0, "confluent|raw", "output framing"},
     {"schemas.dir",         T_STR,  "schemas", 1, 4095, NULL, "writer schemas by id, <dir>/<id>.avsc"},
-    {"output.schema.id",    T_INT,  "2", 0, 2147483647.0, NULL, "schema id written before each list in Confluent framing"},
+    {"output.schema.id",    T_INT,  "2", 0, 2147483647.0, NULL, "schema id written before each list in Confluent framing (without schema.registry.url)"},
+    {"schema.registry.url", T_STR,  NULL, 1, 4095, NULL, "Schema Registry URLs, comma-separated, tried in turn; set: writer schemas come from it by id and the lists' schema is registered under <output.topic>-value (schemas.dir and output.schema.id are then unused)"},
+    {"schema.registry.timeout.ms", T_INT, "10000", 1, 600000, NULL, "longest wait for one registry request to one URL"},
+    {"schema.registry.auto.register", T_BOOL, "true", 0, 0, NULL, "register the lists' schema at start; false: only look its id up (it must be registered)"},
+    {"schema.registry.basic.auth.user.info", T_STR, NULL, 1, 1024, NULL, "user:password for HTTP Basic auth to the registry (never printed)"},
+    {"schema.registry.ssl.ca.location", T_STR, NULL, 1, 4095, NULL, "CA certificates file to verify the registry's TLS certificate (default: the system's)"},
+    {"schema.registry.ssl.certificate.location", T_STR, NULL, 1, 4095, NULL, "client certificate file (PEM) for TLS to the registry"},
+    {"schema.registry.ssl.key.location", T_STR, NULL, 1, 4095, NULL, "private key file (PEM) of that certificate"},
+    {"schema.registry.fallback.dir", T_STR, NULL, 1, 4095, NULL, "writer schemas <dir>/<id>.avsc used only for ids the registry answers 404 for; unset: none"},
     {"event.min.ts.ms",     T_INT,  "0", -BIG, BIG, NULL, "events before this time (ms since 1970) are invalid (bad_timestamp)"},
     {"event.max.ts.ms",     T_INT,  "4102444800000", -BIG, BIG, NULL, "events after this time are invalid (default 2100-01-01)"},
     {"event.max.weight",    T_NUM,  "1e6", 1e-6, 1e30, NULL, "events whose weight field is above this (or NaN, infinite, negative) are invalid (bad_weight)"},
-    {"model.path",          T_STR,  NULL, 1, 4095, NULL, "the .hlm model file (demo: trains one when unset)"},
+    {"model.path",          T_STR,  NULL, 1, 4095, NULL, "the .hlm model file (demo: trains one when unset); replace it by rename to swap models live"},
+    {"model.dir",           T_STR,  NULL, 1, 4095, NULL, "where every model served is kept as <fingerprint>.hlm, so snapshots written under it migrate after a restart with another model (default <snapshot.dir>/models)"},
+    {"model.retain",        T_INT,  "4", 1, 1000, NULL, "models kept in model.dir (the oldest go first)"},
+    {"model.check.ms",      T_INT,  "10000", 0, 86400000, NULL, "how often model.path is checked for a new model (also on SIGHUP); 0 = only on SIGHUP"},
     {"recs.enabled",        T_BOOL, "true", 0, 0, NULL, "publish lists; false keeps state only"},
     {"recs.k",              T_INT,  "20", 1, 1000, NULL, "list length"},
     {"recs.exclude.seen",   T_BOOL, "true", 0, 0, NULL, "drop items in the user's history from the list"},
@@ -76,6 +90,9 @@ static const key_def keys[] = {
     {"snapshot.dir",        T_STR,  "snapshots", 1, 4095, NULL, "directory of shard snapshots"},
     {"snapshot.interval.ms",T_INT,  "30000", 0, 86400000, NULL, "time between snapshots of a shard; 0 = only on revocation and shutdown"},
     {"snapshot.retain",     T_INT,  "2", 1, 1000, NULL, "snapshots kept per shard"},
+    {"state.store",         T_ENUM, "file", 0, 0, "file|kafka", "where a shard's durable state lives: file (snapshot.dir alone; one machine or a shared volume) or kafka (a compacted changelog topic, snapshot.dir a local cache)"},
+    {"state.topic",         T_STR,  NULL, 0, 249, NULL, "changelog topic of state.store=kafka (default <group.id>-state)"},
+    {"state.flush.ms",      T_INT,  NULL, 1, 86400000, NULL, "time between changelog flushes of a shard (default snapshot.interval.ms, or 1000 when that is 0)"},
     {"shutdown.timeout.ms", T_INT,  "30000", 0, 3600000, NULL, "graceful stop bound"},
     {"metrics.port",        T_INT,  "9464", 0, 65535, NULL, "HTTP port of /metrics, /healthz, /readyz; 0 disables"},
     {"metrics.bind",        T_STR,  "0.0.0.0", 1, 45, NULL, "IP address the HTTP endpoint listens on: 0.0.0.0 every IPv4 interface (Kubernetes probes and scrapes reach the pod IP), 127.0.0.1 this host only, :: IPv6"},
@@ -134,6 +151,19 @@ static int parse_bool(const char *s)
     return -1;
 }
 
+/* A key whose value is never printed: credentials (ours, and librdkafka's
+ * sasl.password, ssl.key.password, sasl.oauthbearer.client.secret, ...). */
+static int is_secret_name(const char *key)
+{
+    return strstr(key, "user.info") != NULL || strstr(key, "password") != NULL ||
+           strstr(key, "secret") != NULL;
+}
+
+static int is_secret(const key_def *d)
+{
+    return is_secret_name(d->key);
+}
+
 /* Parses text for key k into *out; a reason naming key, value, origin and
  * what is allowed otherwise. */
 static int parse_value(int k, const char *text, const char *origin, setting *out,
@@ -148,6 +178,9 @@ static int parse_value(int k, const char *text, const char *origin, setting *out
     case T_STR:
         /* At most 64 bytes of the value: a long one would push the origin
          * (which file line) out of errbuf. */
+        if ((len < d->min || len > d->max) && is_secret(d))
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s (from %s): length %zu, allowed %.0f..%.0f "
+                          "(the value is not shown)", d->key, origin, len, d->min, d->max);
         if (len < d->min || len > d->max)
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): length %zu, allowed %.0f..%.0f",
                           d->key, text, len > 64 ? "..." : "", origin, len, d->min, d->max);
@@ -247,6 +280,9 @@ static int set_kafka(hl_config *cfg, const char *key, const char *text, const ch
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, key, text, why, sizeof why);
     rd_kafka_conf_destroy(conf);
+    if ((*key == '\0' || res != RD_KAFKA_CONF_OK) && is_secret_name(key))
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s (from %s): librdkafka refuses it "
+                      "(the value is not shown): %s", key, origin, why);
     if (*key == '\0' || res != RD_KAFKA_CONF_OK)
         return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=\"%s\" (from %s): librdkafka refuses it: %s",
                       key, text, origin, *key ? why : "empty property name");
@@ -420,11 +456,25 @@ static int check_topics(const hl_config *cfg, char *errbuf, size_t errlen)
     if (strcmp(out, in) == 0)
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "output.topic=\"%s\" is the input.topic: the worker would consume its own lists", out);
+    const char *items = hl_config_str(cfg, "items.topic");
+    size_t in_len = strlen(in);
+    int items_is_dlq = dlq != NULL ? strcmp(items, dlq) == 0
+                                   : strncmp(items, in, in_len) == 0 && !strcmp(items + in_len, ".dlq");
+    if (items[0] != '\0' && (strcmp(items, in) == 0 || strcmp(items, out) == 0 || items_is_dlq))
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "items.topic=\"%s\" is also the input, output or dead-letter topic: "
+                      "give the catalogue a topic of its own (or set it empty to disable it)", items);
     if (dlq != NULL && strcmp(dlq, in) == 0)
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "dlq.topic=\"%s\" is the input.topic: every bad record would be consumed, "
                       "dead-lettered and consumed again for ever (unset dlq.topic for \"%s.dlq\", "
                       "or set it empty to disable dead letters)", dlq, in);
+    const char *st = hl_config_str(cfg, "state.topic");
+    if (st != NULL && (strcmp(st, in) == 0 || strcmp(st, out) == 0 ||
+                       (dlq != NULL && strcmp(st, dlq) == 0)))
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "state.topic=\"%s\" is also the input, output or dead-letter topic: "
+                      "the changelog needs a topic of its own", st);
     return 0;
 }
 
@@ -438,6 +488,24 @@ static int check_bind(const hl_config *cfg, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "metrics.bind=\"%s\": not an IPv4 or IPv6 address (0.0.0.0: every IPv4 interface)",
                       addr);
+    return 0;
+}
+
+/* schema.registry.url: each comma-separated URL is http:// or https://, so
+ * a typo exits 2 at start like any other bad key (registry.c checks again). */
+static int check_registry_urls(const hl_config *cfg, char *errbuf, size_t errlen)
+{
+    const char *urls = hl_config_str(cfg, "schema.registry.url");
+    int i = 0;
+    for (const char *p = urls; p != NULL && *p; i++) {
+        size_t n = strcspn(p, ",");
+        const char *u = p + strspn(p, " ");
+        /* Not shown: a URL may carry user:password. */
+        if (u < p + n && strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0)
+            return hl_err(errbuf, errlen, HL_EINVAL, "schema.registry.url: URL %d of the list "
+                          "does not begin with http:// or https://", i + 1);
+        p += n + (p[n] == ',');
+    }
     return 0;
 }
 
@@ -456,7 +524,8 @@ int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
         return hl_err(errbuf, errlen, HL_EINVAL, "event.min.ts.ms=%lld is after event.max.ts.ms=%lld",
                       (long long)hl_config_int(cfg, "event.min.ts.ms"),
                       (long long)hl_config_int(cfg, "event.max.ts.ms"));
-    if ((rc = check_topics(cfg, errbuf, errlen)) != 0)
+    if ((rc = check_topics(cfg, errbuf, errlen)) != 0 ||
+        (rc = check_registry_urls(cfg, errbuf, errlen)) != 0)
         return rc;
     return check_bind(cfg, errbuf, errlen);
 }
@@ -564,6 +633,7 @@ static void codec_opts(const hl_config *cfg, hl_codec_opts *c)
     c->output_framing = framing(cfg, "output.format");
     c->schemas_dir = hl_config_str(cfg, "schemas.dir");
     c->output_schema_id = (int32_t)hl_config_int(cfg, "output.schema.id");
+    c->event_schema_id = 0;
     c->min_ts_ms = hl_config_int(cfg, "event.min.ts.ms");
     c->max_ts_ms = hl_config_int(cfg, "event.max.ts.ms");
     c->max_weight = hl_config_num(cfg, "event.max.weight");
@@ -604,6 +674,33 @@ static int recs_scoring(const hl_config *cfg)
     return hl_qscore_has_vector_kernel() ? HL_SCORING_TWO_STAGE : HL_SCORING_EXACT;
 }
 
+/* schema.registry.*: registry.urls NULL when no registry is configured. */
+static void registry_opts(const hl_config *cfg, hl_worker_opts *o)
+{
+    o->registry = (hl_registry_opts){
+        .urls = hl_config_str(cfg, "schema.registry.url"),
+        .timeout_ms = (int)hl_config_int(cfg, "schema.registry.timeout.ms"),
+        .user_info = hl_config_str(cfg, "schema.registry.basic.auth.user.info"),
+        .ssl_ca = hl_config_str(cfg, "schema.registry.ssl.ca.location"),
+        .ssl_cert = hl_config_str(cfg, "schema.registry.ssl.certificate.location"),
+        .ssl_key = hl_config_str(cfg, "schema.registry.ssl.key.location"),
+    };
+    o->registry_auto_register = hl_config_bool(cfg, "schema.registry.auto.register");
+    o->registry_fallback_dir = hl_config_str(cfg, "schema.registry.fallback.dir");
+}
+
+/* state.store and its two keys; state.topic and state.flush.ms have
+ * defaults that depend on other keys, so they are resolved here. */
+static void state_store_opts(const hl_config *cfg, hl_worker_opts *o)
+{
+    o->state_kafka = strcmp(hl_config_str(cfg, "state.store"), "kafka") == 0;
+    o->state_topic = hl_config_str(cfg, "state.topic");      /* NULL: <group.id>-state */
+    if (hl_config_is_set(cfg, "state.flush.ms"))
+        o->state_flush_ms = hl_config_int(cfg, "state.flush.ms");
+    else
+        o->state_flush_ms = o->snapshot_interval_ms > 0 ? o->snapshot_interval_ms : 1000;
+}
+
 void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -630,12 +727,21 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->state_max_users = (size_t)hl_config_int(cfg, "state.max.users");
     o->state_evict_mass = (float)hl_config_num(cfg, "state.evict.mass");
     type_weights(cfg, o);
+    o->model_path = hl_config_str(cfg, "model.path");
+    o->model_check_ms = hl_config_int(cfg, "model.check.ms");
+    o->model_dir = hl_config_str(cfg, "model.dir");
+    o->model_retain = (int)hl_config_int(cfg, "model.retain");
     o->snapshot_dir = hl_config_str(cfg, "snapshot.dir");
     o->snapshot_interval_ms = hl_config_int(cfg, "snapshot.interval.ms");
     o->snapshot_retain = (int)hl_config_int(cfg, "snapshot.retain");
     o->shutdown_timeout_ms = (int)hl_config_int(cfg, "shutdown.timeout.ms");
+    state_store_opts(cfg, o);
     o->offset_reset_latest = offset_reset_latest(cfg);
     o->embedded_partitions = (int)hl_config_int(cfg, "embedded.partitions");
+    o->items_topic = hl_config_str(cfg, "items.topic");
+    o->items_schema_id = (int32_t)hl_config_int(cfg, "items.schema.id");
+    o->catalogue_max_new = (int32_t)hl_config_int(cfg, "catalogue.max.new.items");
+    registry_opts(cfg, o);
 }
 
 int hl_config_log_level(const hl_config *cfg)

@@ -44,7 +44,8 @@ int hl_config_set_arg(hl_config *cfg, const char *arg, char *errbuf, size_t errl
 /* The three layers in order: file (NULL: none), then envp (NULL: none),
  * then the n_args "key=value" strings, then the checks across keys
  * (event.min.ts.ms <= event.max.ts.ms; neither output.topic nor dlq.topic
- * is input.topic, which would loop; metrics.bind is an IP address). */
+ * is input.topic, which would loop; metrics.bind is an IP address;
+ * schema.registry.url holds http:// or https:// URLs). */
 int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
                    char *const *args, int n_args, char *errbuf, size_t errlen);
 

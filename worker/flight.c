@@ -37,7 +37,8 @@ int hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     snprintf(t->dl_dir, dl_len, "%s%s%s", sd && sd[0] ? sd : "", sd && sd[0] ? "/" : "",
              HL_DEADLETTER_SUBDIR);
     for (int i = 0; i < N_FLIGHTS; i++)
-        if ((t->fl[i].ts_ms = malloc(bm * sizeof(int64_t))) == NULL)
+        if ((t->fl[i].ts_ms = malloc(bm * sizeof(int64_t))) == NULL ||
+            (t->fl[i].fetch_us = malloc(bm * sizeof(int64_t))) == NULL)
             return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     return 0;
 }
@@ -59,6 +60,7 @@ void hl_flight_free(hl_wthread *t)
 {
     for (int i = 0; i < N_FLIGHTS; i++) {
         free(t->fl[i].ts_ms);
+        free(t->fl[i].fetch_us);
         if (t->fl[i].offs)
             rd_kafka_topic_partition_list_destroy(t->fl[i].offs);
         release_dead_letters(&t->fl[i]);
@@ -151,8 +153,33 @@ static int dead_letters_settled(hl_wthread *t, flight *f)
     return 1;
 }
 
+static double span_s(int64_t from_us, int64_t to_us)
+{
+    return to_us > from_us ? (double)(to_us - from_us) * 1e-6 : 0.0;
+}
+
+/* The live path by stage. Per event: Kafka timestamp -> fetched (the
+ * producer's linger, the broker, the fetch), fetched -> batch start, and
+ * the worker's own share, fetched -> delivered; the batch's stages after
+ * that are shared by its n_ts events, so each is one weighted observation. */
+static void observe_stages(hl_wthread *t, const flight *f, int64_t now_us)
+{
+    hl_histogram **live = t->ctx->mx.live;
+    uint64_t n = (uint64_t)f->n_ts;
+    for (int i = 0; i < f->n_ts; i++) {
+        double q = (double)(f->fetch_us[i] / 1000 + f->wall_off_ms - f->ts_ms[i]);
+        hl_histogram_observe(live[LIVE_BROKER], q > 0 ? q / 1000.0 : 0.0);
+        hl_histogram_observe(live[LIVE_WAIT], span_s(f->fetch_us[i], f->start_us));
+        hl_histogram_observe(t->ctx->mx.worker_share, span_s(f->fetch_us[i], now_us));
+    }
+    hl_histogram_observe_n(live[LIVE_APPLY], span_s(f->start_us, f->applied_us), n);
+    hl_histogram_observe_n(live[LIVE_REFRESH], span_s(f->applied_us, f->refreshed_us), n);
+    hl_histogram_observe_n(live[LIVE_PRODUCE], span_s(f->refreshed_us, f->produced_us), n);
+    hl_histogram_observe_n(live[LIVE_DELIVER], span_s(f->produced_us, now_us), n);
+}
+
 /* Event-to-publish: from each event's Kafka timestamp to now, when the list
- * it changed is known delivered. */
+ * it changed is known delivered; and the same path by stage. */
 static void observe_latency(hl_wthread *t, const flight *f)
 {
     int64_t now = hl_now_wall_ms();
@@ -160,6 +187,8 @@ static void observe_latency(hl_wthread *t, const flight *f)
         double d = (double)(now - f->ts_ms[i]);
         hl_histogram_observe(t->ctx->mx.e2p, d > 0 ? d / 1000.0 : 0.0);
     }
+    if (f->n_ts > 0)
+        observe_stages(t, f, hl_now_mono_us());
 }
 
 static void retire_one(hl_wthread *t, flight *f)
@@ -169,6 +198,12 @@ static void retire_one(hl_wthread *t, flight *f)
         hl_shard *sh = hl_wthread_shard_of(t, f->offs->elems[i].partition);
         if (sh != NULL)
             sh->delivered_offset = f->offs->elems[i].offset;
+        /* state.store=kafka: never past the newest flush the broker holds
+         * (changelog.c stores the rest when a flush lands). */
+        if (sh != NULL && sh->cl != NULL)
+            f->offs->elems[i].offset = hl_changelog_storable(sh->cl, sh->delivered_offset);
+        if (f->offs->elems[i].offset < 0)
+            rd_kafka_topic_partition_list_del_by_idx(f->offs, i--);
     }
     if (f->offs->cnt > 0) {
         rd_kafka_resp_err_t err = rd_kafka_offsets_store(ctx->consumer, f->offs);

@@ -16,6 +16,7 @@ static const struct {
     {"demo",     hl_cmd_demo,     "[--duration S] [-X key=value]...", "the whole system on one machine"},
     {"broker",   hl_cmd_broker,   "[--port P] [--partitions N] [--topics a,b]", "a Kafka-protocol broker for tests and development"},
     {"produce",  hl_cmd_produce,  "--input FILE --format F [--topic T] [--rate N]", "replay a dataset into Kafka as Avro events"},
+    {"items",    hl_cmd_items,    "--input FILE [--topic T] [--dim D]", "publish item updates (hide, expire, add with vectors) to the item topic"},
     {"train",    hl_cmd_train,    "--input FILE --format F --out MODEL", "fit a model on an event file"},
     {"eval",     hl_cmd_eval,     "--model MODEL --input FILE --format F --protocol loo|prequential", "measure a model"},
     {"snapshot", hl_cmd_snapshot, "inspect FILE", "print a snapshot file's header and counts as JSON"},

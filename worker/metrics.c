@@ -75,6 +75,13 @@ const double hl_latency_bounds_s[] = {
 };
 const int hl_latency_bounds_n = sizeof hl_latency_bounds_s / sizeof hl_latency_bounds_s[0];
 
+const double hl_live_bounds_s[] = {
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.010,
+    0.012, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+    0.75, 1, 2, 5, 10, 30, 60,
+};
+const int hl_live_bounds_n = sizeof hl_live_bounds_s / sizeof hl_live_bounds_s[0];
+
 /* ---- allocation: registration happens at start or on assignment, where
  * running on without the memory for a metric helps nobody. */
 
@@ -398,17 +405,22 @@ void hl_gauge_add(hl_gauge *g, double v)
 
 /* NaN is dropped: it has no bucket, and added to _sum it would poison the
  * series for the rest of the process's life. */
-void hl_histogram_observe(hl_histogram *h, double v)
+void hl_histogram_observe_n(hl_histogram *h, double v, uint64_t n)
 {
     int lo = 0, hi = h->n;          /* first bound >= v, or n for +Inf */
 
-    if (isnan(v)) return;
+    if (isnan(v) || n == 0) return;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
         if (h->bounds[mid] >= v) hi = mid; else lo = mid + 1;
     }
-    atomic_fetch_add_explicit(&h->buckets[lo], 1, memory_order_relaxed);
-    atomic_add_double(&h->sum_bits, v);
+    atomic_fetch_add_explicit(&h->buckets[lo], n, memory_order_relaxed);
+    atomic_add_double(&h->sum_bits, v * (double)n);
+}
+
+void hl_histogram_observe(hl_histogram *h, double v)
+{
+    hl_histogram_observe_n(h, v, 1);
 }
 
 int hl_histogram_counts(const hl_histogram *h, uint64_t *out, int max)

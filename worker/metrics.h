@@ -52,10 +52,18 @@ uint64_t hl_counter_get(const hl_counter *c);
 void hl_gauge_set(hl_gauge *g, double v);
 void hl_gauge_add(hl_gauge *g, double v);
 void hl_histogram_observe(hl_histogram *h, double v);
+/* n observations of the same value v (a batch's events share a stage). */
+void hl_histogram_observe_n(hl_histogram *h, double v, uint64_t n);
 
 /* Latency bounds in seconds shared by the stage histograms: 50 us .. 10 s. */
 extern const double hl_latency_bounds_s[];
 extern const int    hl_latency_bounds_n;
+/* Bounds of the live path's histograms (event to publish and its stages):
+ * 1 ms steps up to 10 ms, so a p99 read from them resolves 1 ms where the
+ * targets lie (worker under 10 ms, end to end under 25 ms), then coarser
+ * up to 60 s. */
+extern const double hl_live_bounds_s[];
+extern const int    hl_live_bounds_n;
 
 /* Read back (any thread), for totals the process reports besides
  * /metrics (the demo's status line, the final worker_totals line):

@@ -56,6 +56,7 @@ struct hl_persist {
     char             dir[HL_SNAPSHOT_PATH_MAX];
     char             topic[HL_SNAPSHOT_TOPIC_MAX + 1];
     const hl_io     *io;
+    _Atomic uint64_t fp;            /* the model restores check against */
 
     pthread_t        tid;
     int              started;
@@ -93,6 +94,10 @@ struct hl_persist_shard {
     int64_t             w_need;     /* commit once delivered_offset reaches this */
     int64_t             due_ms;
     int                 due_set;
+    uint64_t            fp;         /* model fingerprint of the rows now */
+    int                 fp_changed; /* since the newest snapshot began */
+    hl_persist_cover_fn cover;      /* NULL: the changelog fields stay 0 */
+    void               *cover_arg;
 
     /* under p->mu */
     hl_snapshot_writer *drain_w;    /* ps->w while the committer may drain it */
@@ -195,6 +200,7 @@ hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t err
     snprintf(p->topic, sizeof p->topic, "%s", o->topic);
     p->o.dir = p->dir;
     p->o.topic = p->topic;
+    atomic_store(&p->fp, o->model_fingerprint);
     p->io = o->io ? o->io : hl_io_posix();
     p->async = !o->sync_writes;
     if (p->o.tick_budget_us <= 0)
@@ -489,6 +495,26 @@ static void drop_writer(hl_persist_shard *ps)
     ps->w_out = 0;
 }
 
+void hl_persist_set_model(hl_persist *p, uint64_t fingerprint)
+{
+    atomic_store(&p->fp, fingerprint);
+}
+
+void hl_persist_shard_resave(hl_persist_shard *ps)
+{
+    if (ps != NULL)
+        ps->fp_changed = 1;
+}
+
+void hl_persist_shard_set_model(hl_persist_shard *ps, uint64_t fingerprint)
+{
+    if (ps == NULL || ps->fp == fingerprint)
+        return;
+    drop_writer(ps);        /* its rows so far are in the old model's space */
+    ps->fp = fingerprint;
+    ps->fp_changed = 1;
+}
+
 /* Owner thread: hands the finished writer to the committer. */
 static int enqueue(hl_persist_shard *ps)
 {
@@ -557,7 +583,7 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
     memset(out, 0, sizeof *out);
     out->next_offset = HL_PERSIST_NO_OFFSET;
     int rc = hl_snapshot_load_newest(p->io, p->dir, p->topic, partition, &o,
-                                     p->o.model_fingerprint, &tbl, &info, out->path,
+                                     HL_SNAPSHOT_ANY_MODEL, &tbl, &info, out->path,
                                      sizeof out->path, report, sizeof report,
                                      why, sizeof why);
     out->duration_s = (double)(hl_now_mono_us() - t0) / 1e6;
@@ -569,6 +595,9 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
         hl_table_destroy(*tblp);
         *tblp = tbl;
         out->next_offset = info.meta.next_offset;
+        out->model_fingerprint = info.meta.model_fingerprint;
+        out->changelog_offset = info.meta.changelog_offset;
+        out->changelog_epoch = info.meta.changelog_epoch;
         out->n_rows = info.n_rows;
         out->bytes = info.bytes;
     } else {
@@ -593,6 +622,7 @@ hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
     ps->p = p;
     ps->partition = partition;
     ps->refs = 1;
+    ps->fp = atomic_load(&p->fp);
     atomic_store(&ps->durable, restored_offset >= 0 ? restored_offset : HL_PERSIST_NO_OFFSET);
     snprintf(ps->labels, sizeof ps->labels, "partition=\"%d\"", (int)partition);
     if (p->o.reg) {
@@ -655,6 +685,12 @@ static size_t step_rows(const hl_persist *p, const hl_table *tbl)
     return n < 16 ? 16 : n > HL_SNAPSHOT_STEP_ROWS ? HL_SNAPSHOT_STEP_ROWS : n;
 }
 
+void hl_persist_shard_set_cover(hl_persist_shard *ps, hl_persist_cover_fn fn, void *arg)
+{
+    ps->cover = fn;
+    ps->cover_arg = arg;
+}
+
 /* Opens a snapshot of tbl at next_offset, its writes drained by the
  * committer if async. 0, or a failure (reported). */
 static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset, int async,
@@ -666,7 +702,9 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
     snprintf(meta.topic, sizeof meta.topic, "%s", p->topic);
     meta.partition = ps->partition;
     meta.next_offset = next_offset;
-    meta.model_fingerprint = p->o.model_fingerprint;
+    meta.model_fingerprint = ps->fp;
+    if (ps->cover != NULL)
+        ps->cover(ps->cover_arg, next_offset, &meta.changelog_offset, &meta.changelog_epoch);
     ps->w_t0_us = hl_now_mono_us();
     ps->w_offset = next_offset;
     ps->w_out = 0;
@@ -675,6 +713,7 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
     int rc = hl_snapshot_begin(p->io, p->dir, &meta, tbl, &ps->w, errbuf, errlen);
     if (rc != 0)
         return owner_failed(ps, next_offset, rc, "begin", errbuf);
+    ps->fp_changed = 0;
     if (async) {
         hl_snapshot_async(ps->w);
         pthread_mutex_lock(&p->mu);
@@ -728,7 +767,7 @@ static int due(hl_persist_shard *ps, int64_t next_offset, int64_t now_ms)
     if (now_ms < ps->due_ms || in_flight(ps) > 0)
         return 0;       /* a commit still queued: try again at the next tick */
     ps->due_ms = now_ms + p->o.interval_ms;
-    if (next_offset < 0 || next_offset <= hl_persist_shard_durable(ps)) {
+    if (next_offset < 0 || (next_offset <= hl_persist_shard_durable(ps) && !ps->fp_changed)) {
         pthread_mutex_lock(&p->mu);
         p->n_skipped++;                         /* nothing new since the newest */
         pthread_mutex_unlock(&p->mu);
@@ -849,7 +888,7 @@ int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_off
         /* A queued commit may already hold next_offset. */
         if ((rc = wait_idle(ps, deadline_ms, errbuf, errlen)) != 0)
             return flush_wait_failed(ps, next_offset, rc, errbuf);
-        if (next_offset < 0 || next_offset <= hl_persist_shard_durable(ps))
+        if (next_offset < 0 || (next_offset <= hl_persist_shard_durable(ps) && !ps->fp_changed))
             return 0;
         if ((rc = begin(ps, tbl, next_offset, 0, errbuf, errlen)) != 0)
             return rc;

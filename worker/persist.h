@@ -65,10 +65,14 @@ typedef struct hl_persist_restored {
     double   duration_s;        /* also observed into halflife_restore_duration_seconds */
     uint64_t n_rows, bytes;
     int      n_rejected;        /* newer files that failed their checks (logged) */
+    uint64_t model_fingerprint; /* the model the rows are in: another than the
+                                   current one's means the caller migrates */
     char     path[HL_SNAPSHOT_PATH_MAX];   /* the file loaded, "" if none */
+    int64_t  changelog_offset, changelog_epoch;   /* what it covers (snapshot.h) */
 } hl_persist_restored;
 
-/* Loads the newest valid snapshot of partition into a table. *tblp must be
+/* Loads the newest valid snapshot of partition into a table, written
+ * under any model (out->model_fingerprint says which). *tblp must be
  * an empty table created with the shard's options; on a load it is
  * destroyed and replaced by the loaded table (same options), otherwise it
  * is left as it is. Files that fail their checks (CRC, format, another
@@ -89,6 +93,13 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
  * interval_ms after the first tick. NULL on no memory. */
 hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
                                           int64_t restored_offset);
+
+/* state.store=kafka: fills the changelog offset and epoch a snapshot at
+ * next_offset covers (hl_snapshot_meta), asked on the owner thread as each
+ * snapshot begins. Without it both are 0: the whole changelog. */
+typedef void (*hl_persist_cover_fn)(void *arg, int64_t next_offset,
+                                    int64_t *changelog_offset, int64_t *changelog_epoch);
+void hl_persist_shard_set_cover(hl_persist_shard *ps, hl_persist_cover_fn fn, void *arg);
 
 /* Abandons a snapshot in progress (its temporary file is removed); a commit
  * already queued still completes. Owner thread or after the hand-back.
@@ -132,6 +143,22 @@ int64_t hl_persist_shard_durable(const hl_persist_shard *ps);
 
 /* 1 while a snapshot of this shard is being stepped or committed. */
 int hl_persist_shard_busy(const hl_persist_shard *ps);
+
+/* ---- model swaps (DESIGN.md section 10) -------------------------------- */
+
+/* The model fingerprint restores accept from now on. Any thread. */
+void hl_persist_set_model(hl_persist *p, uint64_t fingerprint);
+
+/* The newest snapshot was written under another model than the rows are
+ * in now (a restore migrated them): the next one is due even at an offset
+ * already saved. Owner thread or before the hand-over. */
+void hl_persist_shard_resave(hl_persist_shard *ps);
+
+/* The shard's rows are now in the model of fingerprint (all of them: call
+ * it once a migration is complete). A snapshot in progress is abandoned,
+ * and the next one is due even at an offset already saved, so the newest
+ * file soon names the new model. Owner thread; NULL is a no-op. */
+void hl_persist_shard_set_model(hl_persist_shard *ps, uint64_t fingerprint);
 
 /* ---- completions and totals ------------------------------------------- */
 

@@ -21,12 +21,15 @@ typedef struct hl_ticket {
     atomic_int      pending;      /* records sent and not yet reported */
     atomic_int      failed;       /* records whose delivery failed */
     hl_counter     *fail_counter; /* also counts failures, if not NULL */
+    _Atomic int64_t last_offset;  /* highest offset delivered, -1 before any
+                                     (the changelog's place in its topic) */
 } hl_ticket;
 
 static inline void hl_ticket_reset(hl_ticket *t)
 {
     atomic_store(&t->pending, 0);
     atomic_store(&t->failed, 0);
+    atomic_store(&t->last_offset, -1);
 }
 
 static inline int hl_ticket_done(hl_ticket *t)

@@ -29,16 +29,40 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
-                       .qitems = t->ctx->qitems, .ivf = t->ctx->ivf,
+                       .qitems = t->mref->qitems, .ivf = t->mref->ivf,
                        .nprobe = o->recs_index_nprobe,
                        .shadow_every = o->recs_index_shadow_every};
-    if ((t->ranker = hl_ranker_create(t->ctx->m, &ro, errbuf, errlen)) == NULL)
+    if ((t->ranker = hl_ranker_create(t->mref->m, &ro, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
+    return 0;
+}
+
+int hl_publish_model(hl_wthread *t, const hl_mref *r, char *errbuf, size_t errlen)
+{
+    const hl_worker_opts *o = t->ctx->o;
+    if (t->ranker == NULL)
+        return 0;
+    /* r's own int8 table: the thread holds r (and so the table) for as
+     * long as this ranker lives. */
+    hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
+                       .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
+                       .qitems = r->qitems, .ivf = r->ivf,
+                       .nprobe = o->recs_index_nprobe,
+                       .shadow_every = o->recs_index_shadow_every};
+    hl_ranker *rk = hl_ranker_create(r->m, &ro, errbuf, errlen);
+    if (rk == NULL)
+        return HL_ENOMEM;
+    hl_ranker_destroy(t->ranker);
+    t->ranker = rk;
+    /* The new ranker counts from zero: so do the thread's last-added
+     * counts, or the next difference would wrap round. */
+    t->rank_fallbacks = t->shadow_hits = t->shadow_items = 0;
     return 0;
 }
 
 void hl_publish_free(hl_wthread *t)
 {
+    hl_items_local_reset(t->ctx->items, &t->cat);
     hl_ranker_destroy(t->ranker);
     free(t->views);
     free(t->recs);
@@ -50,10 +74,10 @@ void hl_publish_free(hl_wthread *t)
 /* The list's items as the codec wants them: ids borrowed from the model. */
 static void fill_items(hl_wthread *t, const hl_rec *recs, int n)
 {
-    const hl_model *m = t->ctx->m;
+    const hl_model *m = t->mref->m;
     for (int j = 0; j < n; j++) {
         hl_codec_rec *cr = &t->crec[j];
-        cr->item = hl_model_item_id(m, recs[j].item, &cr->item_len);
+        cr->item = hl_items_local_id(&t->cat, m, recs[j].item, &cr->item_len);
         cr->score = recs[j].score;
         cr->because = recs[j].because >= 0
             ? hl_model_item_id(m, recs[j].because, &cr->because_len) : NULL;
@@ -70,7 +94,7 @@ static void send_list(hl_wthread *t, const hl_row_view *v, const hl_rec *recs, i
     fill_items(t, recs, n);
     hl_codec_list l = {
         .user = v->user, .user_len = v->user_len, .generated_at_ms = v->t_ref_ms,
-        .model_version = hl_model_info_get(ctx->m)->version, .items = t->crec, .n_items = n,
+        .model_version = t->mref->mi->version, .items = t->crec, .n_items = n,
         .src_topic = ctx->o->input_topic, .src_partition = partition,
         .src_offset = v->last_offset,
     };
@@ -117,8 +141,10 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
                           flight *f)
 {
     int k = t->ctx->o->recs_k;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        hl_shard_swap_touch(sh, rows[i]);   /* a row held back by the gate */
         hl_table_view(sh->tbl, rows[i], &t->views[i]);
+    }
     double a = hl_now_mono_s();
     int rc = hl_ranker_refresh(t->ranker, t->views, n, t->recs, t->n_out);
     double b = hl_now_mono_s();
@@ -126,7 +152,7 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
     uint64_t fb = hl_ranker_fallbacks(t->ranker);
     hl_counter_add(t->ctx->rank_fallbacks, fb - t->rank_fallbacks);
     t->rank_fallbacks = fb;
-    if (t->ctx->ivf != NULL)
+    if (t->mref->ivf != NULL)
         shadow_report(t);
     if (rc != 0) {
         uint64_t sup;

@@ -63,7 +63,13 @@ void hl_shard_destroy(hl_shard *sh)
     if (sh == NULL)
         return;
     hl_persist_shard_destroy(sh->ps);
+    hl_changelog_shard_destroy(sh->cl);
     hl_table_destroy(sh->tbl);
+    hl_mref_release(sh->mref);
+    hl_mref_release(sh->mig_from);
+    hl_migration_destroy(sh->mig_own);
+    free(sh->mig_scratch);
+    free(sh->mig_edit);
     free(sh->ev);
     free(sh->status);
     hl_gate_destroy(sh->gate);
@@ -76,6 +82,7 @@ void hl_shard_batch_begin(hl_shard *sh)
     sh->n_seen = 0;
     sh->batch_next_offset = -1;
     sh->batch_newest_off = -1;
+    sh->skipped = 0;
 }
 
 int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed)
@@ -84,6 +91,7 @@ int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed)
     if (sh->n_ev == 0)
         return 0;
     const hl_model_info *mi = hl_model_info_get(m);
+    hl_shard_swap_touch_batch(sh);      /* no event meets a row of the old model */
     int n = hl_table_apply(sh->tbl, sh->ev, sh->n_ev, hl_model_e_in(m),
                            mi->n_items, sh->status);
     uint64_t dup = 0, failed = 0;
@@ -134,20 +142,28 @@ void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2])
 
 int hl_shard_snapshot_tick(hl_shard *sh, int64_t now_ms)
 {
-    if (sh->ps == NULL)
-        return 0;
-    return hl_persist_tick(sh->ps, sh->tbl, sh->next_offset, sh->delivered_offset,
-                           now_ms) == 1;
+    int wrote = 0;
+    if (sh->mig_from != NULL)
+        return 0;   /* a file and a changelog flush name one model: after the migration */
+    if (sh->cl != NULL)
+        wrote = hl_changelog_tick(sh->cl, sh->tbl, sh->next_offset, sh->delivered_offset,
+                                  now_ms) == 1;
+    if (sh->ps != NULL && !wrote)
+        wrote = hl_persist_tick(sh->ps, sh->tbl, sh->next_offset, sh->delivered_offset,
+                                now_ms) == 1;
+    return wrote;
 }
 
 /* A snapshot's rows may hold events up to next_offset, and an event the
  * restart would read as already applied would never see its list published
- * again: so only with every list delivered. */
+ * again: so only with every list delivered. The changelog goes first: with
+ * state.store=kafka it is what the next owner reads, the file a cache. */
 int hl_shard_snapshot_now(hl_shard *sh, int64_t deadline_ms)
 {
     char err[512];
-    if (sh->ps == NULL)
+    if (sh->ps == NULL && sh->cl == NULL)
         return 0;
+    hl_shard_swap_finish(sh);
     if (sh->delivered_offset != sh->next_offset) {
         hl_log(HL_LOG_WARN, "snapshot_flush_skipped", "partition=%d next_offset=%lld "
                "delivered_offset=%lld reason=\"lists not delivered; the previous snapshot "
@@ -155,11 +171,20 @@ int hl_shard_snapshot_now(hl_shard *sh, int64_t deadline_ms)
                (long long)sh->delivered_offset);
         return HL_EIO;
     }
+    if (sh->cl != NULL) {
+        int rc = hl_changelog_flush_now(sh->cl, sh->tbl, sh->next_offset, deadline_ms);
+        if (rc != 0)
+            return rc;
+    }
+    if (sh->ps == NULL)
+        return 0;
     return hl_persist_flush(sh->ps, sh->tbl, sh->delivered_offset, deadline_ms, err,
                             sizeof err);
 }
 
 int hl_shard_unsaved(const hl_shard *sh)
 {
+    if (sh->cl != NULL)
+        return sh->next_offset > hl_changelog_durable(sh->cl);
     return sh->ps != NULL && sh->next_offset > hl_persist_shard_durable(sh->ps);
 }

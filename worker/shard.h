@@ -14,6 +14,8 @@
 #include "metrics.h"
 #include "persist.h"
 #include "gate.h"
+#include "models.h"
+#include "changelog.h"
 
 typedef struct hl_shard_series {
     hl_counter *consumed;       /* halflife_events_consumed_total{partition} */
@@ -35,18 +37,40 @@ typedef struct hl_shard {
     int64_t     batch_next_offset;   /* offset after the newest message of
                                         this batch, -1 if none */
     int64_t     batch_newest_off;    /* offset of that message */
+    int64_t     skipped;             /* offsets this batch jumped over (never
+                                        received: retention deleted them
+                                        before they were read, or transaction
+                                        markers); the first gap's start */
+    int64_t     skip_first;
 
     /* Offsets: next_offset follows the batches (after the newest message
      * applied, -1 before any); delivered_offset is the one below which
      * every list is delivered and the offset stored (persist.h). */
     int64_t     next_offset, delivered_offset;
     hl_persist_shard *ps;            /* its snapshots; NULL without snapshot.dir */
+    hl_changelog_shard *cl;          /* state.store=kafka: its changelog flushes
+                                        (set after create, owned); else NULL */
     int64_t     noted_offset;        /* the last offset handed to a flight */
     int64_t     batch_first_off;     /* offset of this batch's oldest message */
     uint64_t    evicted_mass_seen, evicted_capacity_seen;
     hl_shard_series series;
 
     hl_gate    *gate;                /* recs.min.interval.ms; NULL when 0 */
+
+    /* The model its rows are in (a reference), and while they move into
+     * it (swap.c) the one they come from: a row the table calls stale is
+     * still in mig_from's space. */
+    hl_mref    *mref;
+    hl_mref    *mig_from;            /* NULL: no migration running */
+    const hl_migration *mig;         /* mref->from_prev, or mig_own */
+    hl_migration *mig_own;           /* fitted for this shard (older model) */
+    float      *mig_scratch;         /* 2 HL_MIG_CHUNK n_heads dim floats */
+    hl_row_edit *mig_edit;           /* rows queued for one hl_migration_rows */
+    int         mig_n;
+    uint32_t    mig_cursor;          /* the sweep's next row id */
+    uint64_t    mig_rows;            /* rows this migration moved */
+    int64_t     mig_t0_us;
+    hl_counter *c_migrated;          /* halflife_users_migrated_total */
 } hl_shard;
 
 /* Creates a shard for partition with room for cap_ev events per batch
@@ -70,9 +94,17 @@ static inline void hl_shard_push(hl_shard *sh, const hl_event *ev)
 }
 
 /* Notes that the message at offset was consumed (valid or not), so its
- * offset may be stored once the batch is published. */
+ * offset may be stored once the batch is published. An offset beyond the
+ * one expected (the last seen + 1, or the restored one) is a gap: records
+ * this worker never received, counted in skipped. */
 static inline void hl_shard_saw(hl_shard *sh, int64_t offset)
 {
+    int64_t want = sh->batch_next_offset >= 0 ? sh->batch_next_offset : sh->next_offset;
+    if (want >= 0 && offset > want) {
+        if (sh->skipped == 0)
+            sh->skip_first = want;
+        sh->skipped += offset - want;
+    }
     if (sh->n_seen++ == 0 || offset < sh->batch_first_off)
         sh->batch_first_off = offset;
     if (offset + 1 > sh->batch_next_offset) {
@@ -103,10 +135,40 @@ static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
     return hl_gate_publishable_offset(sh->gate, sh->next_offset);
 }
 
+#define HL_MIG_CHUNK 64               /* rows migrated per SGEMM */
+/* Records per batch while a shard of the thread migrates: each stale user
+ * a batch touches is migrated before its event (~5-8 us at dim 64, 3
+ * heads, history 32), so this bounds the stall a swap adds to one batch
+ * (bench_swap) at the price of smaller batches for the migration's few
+ * seconds. */
+#define HL_SWAP_BATCH_MAX 512
+
+/* ---- model swaps (swap.c, DESIGN.md section 10), owner thread ---------- */
+
+/* Starts moving the shard's rows from sh->mref into to (a reference is
+ * taken): every row becomes stale and is migrated when next touched, by
+ * hl_shard_swap_tick, or all at once before a snapshot. A migration still
+ * running is finished first. 0, or HL_ENOMEM / HL_EMISMATCH (logged) when
+ * no migration could be built: the shard stays in its model. */
+int  hl_shard_swap_begin(hl_shard *sh, hl_mref *to);
+
+/* Migrates the stale rows among the batch's events' users (before they
+ * are applied) and row (before it is refreshed), when one runs. */
+void hl_shard_swap_touch_batch(hl_shard *sh);
+void hl_shard_swap_touch(hl_shard *sh, uint32_t row);
+
+/* Between batches: migrates rows until budget_us is spent. Returns the
+ * rows moved; finishing the migration releases the old model. */
+size_t hl_shard_swap_tick(hl_shard *sh, int64_t budget_us);
+
+/* Migrates every row left (a snapshot or hand-over needs one model). */
+void hl_shard_swap_finish(hl_shard *sh);
+
 /* ---- snapshots (persist.h), owner thread ------------------------------ */
 
-/* Between batches: lets the shard's periodic snapshot advance within its
- * time budget. 1 if it wrote rows (the caller ends its round), else 0. */
+/* Between batches: lets the shard's periodic snapshot and its changelog
+ * flush advance within their time budget. 1 if either wrote rows (the
+ * caller ends its round), else 0. */
 int  hl_shard_snapshot_tick(hl_shard *sh, int64_t now_ms);
 
 /* Revocation and shutdown: a durable snapshot now, before deadline_ms
@@ -119,8 +181,9 @@ int  hl_shard_snapshot_tick(hl_shard *sh, int64_t now_ms);
  * does: thread.c, worker.c). */
 int  hl_shard_snapshot_now(hl_shard *sh, int64_t deadline_ms);
 
-/* 1 if the shard has snapshots and applied events newer than its newest
- * durable one: what a stop that ends now would leave to be replayed. */
+/* 1 if the shard has snapshots (or a changelog) and applied events newer
+ * than its newest durable one: what a stop that ends now would leave to be
+ * replayed. */
 int  hl_shard_unsaved(const hl_shard *sh);
 
 /* Refreshes the users/state_bytes gauges and the eviction counters from the

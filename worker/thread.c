@@ -28,6 +28,7 @@ hl_wthread *hl_wthread_create(int id, hl_wshared *ctx, char *errbuf, size_t errl
     t->ctx = ctx;
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
+    t->mref = hl_models_acquire(ctx->models);
     if (hl_batch_alloc(t, errbuf, errlen) != 0 || hl_publish_alloc(t, errbuf, errlen) != 0 ||
         hl_flight_alloc(t, errbuf, errlen) != 0)
         goto fail;
@@ -52,6 +53,7 @@ void hl_wthread_destroy(hl_wthread *t)
     hl_flight_free(t);
     hl_publish_free(t);
     hl_batch_free(t);
+    hl_mref_release(t->mref);
     if (t->q)
         rd_kafka_queue_destroy(t->q);
     free(t->give); free(t->take); free(t->take_copy); free(t->taken);
@@ -234,6 +236,8 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
+    for (int i = 0; i < n_take; i++)
+        hl_park_drop(t, t->take_copy[i]);   /* the next owner reads them again */
     for (int i = 0; i < n_take; i += 64) {
         int n_sh = 0;
         for (int j = i; j < n_take && n_sh < 64; j++)
@@ -284,6 +288,68 @@ static void snapshot_tick(hl_wthread *t)
             return;
 }
 
+/* ---- model swaps ------------------------------------------------------- */
+
+#define SWAP_TICK_US 2000   /* migration work between two batches */
+
+/* A shard given with a newer model than the thread's (restored by the main
+ * thread after a swap the thread has not seen yet). */
+static int newer_shard(const hl_wthread *t)
+{
+    for (int i = 0; i < t->n_own; i++)
+        if (t->own[i]->mref != NULL && t->own[i]->mref->gen > t->mref->gen)
+            return 1;
+    return 0;
+}
+
+/* Before a batch is consumed (top) and again before it runs. A new current
+ * model becomes this thread's before the consume, so the first batch after
+ * a swap is already capped at HL_SWAP_BATCH_MAX (after the consume only
+ * when a shard given meanwhile is in it already); a ranker for it comes
+ * first: without one the old model keeps serving and the next batch tries
+ * again. Then every shard whose rows are in another model starts migrating
+ * into the thread's. A shard that cannot (no memory for a
+ * migration) must not see events decoded for the new model: the worker
+ * stops gracefully, and -1 tells the caller to drop the batch unapplied
+ * (its offsets are never stored, so the next owner replays it). */
+static int model_sync(hl_wthread *t, int top)
+{
+    char err[512];
+    if (hl_models_gen(t->ctx->models) != t->mref->gen && (top || newer_shard(t))) {
+        hl_mref *nm = hl_models_acquire(t->ctx->models);
+        if (hl_publish_model(t, nm, err, sizeof err) != 0) {
+            hl_log(HL_LOG_ERROR, "thread_model_failed", "thread=%d version=\"%s\" "
+                   "err=\"%s\" action=\"retry at the next batch\"", t->id,
+                   nm->mi->version, err);
+            hl_mref_release(nm);
+        } else {
+            hl_mref_release(t->mref);
+            t->mref = nm;
+        }
+    }
+    t->migrating = 0;
+    for (int i = 0; i < t->n_own; i++) {
+        if (hl_shard_swap_begin(t->own[i], t->mref) != 0) {
+            int zero = 0;
+            atomic_compare_exchange_strong(t->ctx->stop, &zero, 1);
+            return -1;
+        }
+        t->migrating |= t->own[i]->mig_from != NULL;
+    }
+    return 0;
+}
+
+/* Between batches: migration slices, one shard per round while it lasts. */
+static void swap_tick(hl_wthread *t)
+{
+    int busy = 0;
+    for (int i = 0; i < t->n_own && !busy; i++)
+        busy = hl_shard_swap_tick(t->own[i], SWAP_TICK_US) > 0;
+    t->migrating = 0;
+    for (int i = 0; i < t->n_own; i++)
+        t->migrating |= t->own[i]->mig_from != NULL;
+}
+
 /* A graceful stop: every held-back list out, every list delivered, then a
  * snapshot of each shard, all within one deadline (N shards never take N
  * times shutdown.timeout.ms). A shard left unsaved (its snapshot failed,
@@ -309,12 +375,20 @@ static void *thread_main(void *arg)
     hl_wshared *ctx = t->ctx;
     while (atomic_load(ctx->stop) == 0) {
         serve_mail(t, 1);
+        if (model_sync(t, 1) != 0)
+            break;
         int n = hl_batch_consume(t);
         serve_mail(t, 0);       /* shards given during the wait own these records */
+        if (model_sync(t, 0) != 0) {
+            for (int i = 0; i < n; i++)
+                rd_kafka_message_destroy(t->msgs[i]);
+            break;
+        }
         if (n > 0)
             hl_batch_run(t, n);
         hl_producer_poll(ctx->prod, 0);
         hl_flight_retire(t);
+        swap_tick(t);
         snapshot_tick(t);
     }
     if (atomic_load(ctx->stop) == 1)

@@ -15,6 +15,8 @@
 #include "codec.h"
 #include "metrics.h"
 #include "model.h"
+#include "items.h"
+#include "models.h"
 #include "rank.h"
 #include "multipart.h"
 #include "producer.h"
@@ -31,12 +33,8 @@
  * metric series (which are atomics inside). */
 typedef struct hl_wshared {
     const hl_worker_opts *o;
-    const hl_model       *m;
-    const hl_qitems      *qitems;         /* two-stage scoring: m's int8 copy, read by
-                                             every thread's ranker; NULL: exact */
+    hl_models            *models;         /* the served model; threads switch at a batch's top */
     hl_counter           *rank_fallbacks;  /* two-stage users scored over every item */
-    const hl_ivf         *ivf;            /* recs.index=ivf: m's index, read by every
-                                             thread's ranker; NULL: none */
     hl_counter           *shadow_hits, *shadow_items; /* the index's shadow check */
     rd_kafka_t           *consumer;
     hl_producer          *prod;
@@ -44,9 +42,9 @@ typedef struct hl_wshared {
     atomic_int           *stop;           /* 0 run, 1 drain and stop, 2 stop now */
     atomic_llong          stop_deadline_ms; /* monotonic: a drain for stop gives up then */
     hl_table_opts         topts;
-    float                 type_weight[HL_N_TYPES];   /* the model's, or weight.* */
     hl_persist           *persist;        /* NULL: no snapshots */
     hl_multipart         *multipart;      /* users seen in two partitions; never NULL */
+    hl_items             *items;          /* the live catalogue; NULL: no item topic */
     hl_metrics           *reg;            /* never NULL */
     /* Shards a graceful stop could not save (final snapshot failed, or
      * skipped because lists were undelivered): threads add them as they
@@ -64,8 +62,13 @@ typedef struct hl_wshared {
         hl_counter   *applied, *duplicates, *failed, *non_finite;
         hl_counter   *evictions[2];       /* mass, capacity */
         hl_counter   *dl_kept;
-        hl_counter   *multipart;          /* users seen in two partitions */            /* bad records kept in the local dead-letter file */
+        hl_counter   *multipart;          /* users seen in two partitions */
+        hl_counter   *migrated, *rebuilt; /* users moved into a new model / rebuilt from the ring */
+        hl_counter   *skipped;            /* input offsets never received */
+        hl_gauge     *schema_waiting;     /* partitions paused for a writer schema */
         hl_histogram *batch_size, *stage[4], *e2p;
+        hl_histogram *live[6];            /* halflife_event_stage_seconds, LIVE_* */
+        hl_histogram *worker_share;       /* fetched -> delivered */
     } mx;
 } hl_wshared;
 

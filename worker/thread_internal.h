@@ -9,6 +9,8 @@
  *              produce it; recs.min.interval.ms through the shard's gate
  *   flight.c   the batches whose lists are in flight: their offsets are
  *              stored only once those lists are delivered, in order
+ *   park.c     records waiting for their writer schema (Schema Registry),
+ *              their partitions paused meanwhile
  *
  * The calls run one way: thread.c -> batch.c -> publish.c -> flight.c (and
  * thread.c to each). The struct is one block so each file reads the fields
@@ -19,6 +21,7 @@
 #define HL_THREAD_INTERNAL_H
 
 #include "thread.h"
+#include "cadence.h"
 #include "log.h"
 #include "rank.h"
 
@@ -28,6 +31,12 @@
 #define N_FLIGHTS   8       /* batches whose lists may be in flight at once */
 
 enum { STAGE_DECODE, STAGE_APPLY, STAGE_REFRESH, STAGE_PRODUCE, N_STAGES };
+
+/* The live path of one event, as halflife_event_stage_seconds{stage} sees
+ * it: its Kafka timestamp -> fetched (taken from the thread's queue) ->
+ * batch start -> applied -> refreshed -> produced -> delivered. */
+enum { LIVE_BROKER, LIVE_WAIT, LIVE_APPLY, LIVE_REFRESH, LIVE_PRODUCE, LIVE_DELIVER,
+       N_LIVE };
 
 /* A bad record's copy to the DLQ (batch.c sends it, flight.c settles it).
  * The input record is held until the copy is delivered or, when it is not,
@@ -48,10 +57,20 @@ typedef struct flight {
     hl_ticket t;
     rd_kafka_topic_partition_list_t *offs;   /* next offset per partition */
     int64_t  *ts_ms;                         /* Kafka timestamps of the events */
+    int64_t  *fetch_us;                      /* when each was fetched (monotonic) */
     int       n_ts;
+    int64_t   start_us, applied_us, refreshed_us, produced_us;   /* the batch's */
+    int64_t   wall_off_ms;                   /* wall - monotonic clock, ms */
     dead_letter *dl;                         /* its bad records' DLQ copies, newest first */
     int       hold;                          /* a copy could not be tracked: never retire */
 } flight;
+
+/* A partition paused until schema_id has an answer (park.c). */
+typedef struct park_wait {
+    int32_t partition, schema_id;
+    int64_t since_ms;
+    int     ready;                           /* answered, at the last look */
+} park_wait;
 
 /* What one batch counted, added to the registry once at its end (batch.c). */
 typedef struct batch_counts {
@@ -78,12 +97,18 @@ struct hl_wthread {
     atomic_int   n_shards;
 
     /* ---- owned by the thread ---- */
+    hl_mref     *mref;                              /* thread.c: the model served */
+    int          migrating;                         /* thread.c: a shard migrates */
     int32_t     *take_copy; int cap_take_copy;      /* thread.c */
     hl_shard   **own;     int n_own, cap_own;       /* thread.c */
     hl_shard   **by_part; int cap_part;             /* thread.c: by partition */
 
     hl_codec    *codec;                             /* batch.c */
     rd_kafka_message_t **msgs;
+    int64_t     *fetch_us;                          /* per record: when taken */
+    hl_cadence_fit  cad_fit;                        /* batch work ms = a + b records */
+    hl_cadence_rate cad_rate;                       /* records per ms arriving */
+    int64_t      cad_last_us;                       /* the previous batch's start */
     char        *arena;   size_t arena_used, arena_cap;  /* user ids of the batch */
     hl_log_limit bad_limit, err_limit, multi_limit;
     batch_counts b;
@@ -98,6 +123,10 @@ struct hl_wthread {
     int         *n_out;
     hl_codec_rec *crec;
     uint8_t     *enc;     size_t enc_cap;
+    hl_items_local cat;                             /* the catalogue view in use */
+
+    rd_kafka_message_t **park; int n_park, cap_park;/* park.c: in arrival order */
+    park_wait   *waits;   int n_waits, cap_waits;
 
     flight       fl[N_FLIGHTS];                     /* flight.c: a ring */
     int          fl_head, fl_n;
@@ -120,10 +149,29 @@ void hl_batch_run(hl_wthread *t, int n);
 /* publish.c */
 int  hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen);
 void hl_publish_free(hl_wthread *t);
+/* A ranker for m in place of the current one (thread.c on a swap); the
+ * old one stays on failure. */
+int  hl_publish_model(hl_wthread *t, const hl_mref *r, char *errbuf, size_t errlen);
 void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f);
 /* Revocation and shutdown: refreshes every user recs.min.interval.ms holds
  * back in shs[0..n_sh) (NULL entries skipped) into one flight. */
 void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh);
+
+/* park.c */
+int  hl_park_waiting(hl_wthread *t, int32_t partition);
+/* Parks *rkmp (taken: *rkmp becomes NULL) behind its partition's earlier
+ * parked records, pausing the partition if it was not waiting; why is the
+ * codec's sentence. Out of memory: the record is left to the caller (not
+ * seen), the batch's flight f is held (no stored offset passes it) and the
+ * worker stops. */
+void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why, flight *f);
+/* Before a batch: the parked records of partitions whose schema has an
+ * answer now, in order, into out (at most max); such a partition resumes
+ * once none of its records is left parked. */
+int  hl_park_take_ready(hl_wthread *t, rd_kafka_message_t **out, int max);
+/* A partition let go of: its parked records dropped, the partition resumed. */
+void hl_park_drop(hl_wthread *t, int32_t partition);
+void hl_park_free(hl_wthread *t);
 
 /* flight.c */
 int     hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen);

@@ -16,6 +16,8 @@
 #include "consumer.h"
 #include "log.h"
 #include "persist.h"
+#include "schema_store.h"
+#include "changelog.h"
 #include "thread.h"
 
 #include <cblas.h>
@@ -28,24 +30,31 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HL_E2P_BUCKETS 24
+#define WIN_BUCKETS 64      /* >= hl_live_bounds_n + 1 */
+#define N_WIN (2 + 6)      /* e2p, fetch to delivery, the six live stages */
 #define MULTIPART_BITS 20   /* 2^20 slots, 8 MB: see multipart.h for the odds */
 
 struct hl_worker {
     hl_worker_opts    o;
     char              dlq[320];
     char              bootstrap[512];
-    const hl_model   *m;
+    char              model_dir[4096]; /* <snapshot.dir>/models when model.dir is unset */
+    const hl_model   *m;              /* the model given at start (its shape is every model's) */
+    hl_models        *models;         /* the one served now, and its reloads */
     hl_metrics       *reg;
     rd_kafka_t       *mock_rk;        /* hosts the embedded broker */
     rd_kafka_mock_cluster_t *mock;
     hl_consumer      *cons;
     hl_producer      *prod;
+    hl_items         *items;          /* NULL: items.topic empty */
+    int64_t           swap_deferred_log_ms;  /* next model_swap_deferred line */
     hl_wshared        ctx;
     hl_wthread      **th;
     int               n_th;
-    hl_qitems        *qitems;         /* two-stage scoring; ctx.qitems borrows it */
-    hl_ivf           *ivf;            /* recs.index=ivf; ctx.ivf borrows it */
+    hl_qitems        *qitems;         /* two-stage scoring: the first model's table;
+                                         models borrow it (the first mref's) */
+    hl_ivf           *ivf;            /* recs.index=ivf: the first model's index;
+                                         models borrow it (the first mref's) */
     int              *th_load;        /* shards per thread, main thread's view */
     hl_wthread      **owner;          /* by partition; main thread only */
     int               cap_owner;
@@ -54,12 +63,15 @@ struct hl_worker {
     atomic_int        have_assignment;
     hl_gauge         *assigned_g;
     hl_persist       *persist;        /* NULL without snapshot.dir */
+    hl_schema_store  *schemas;        /* NULL without schema.registry.url */
+    hl_changelog     *changelog;      /* state.store=kafka; else NULL */
+    char              state_topic[256];
     hl_counter       *rebalances;
     pthread_mutex_t   lat_mu;         /* also guards closed */
     pthread_cond_t    closed_cv;
     int               closed;         /* the consumer has left the group */
     int               abandoned;      /* close timed out: handles leaked on purpose */
-    uint64_t          lat_prev[HL_E2P_BUCKETS + 1]; /* e2p counts at the last stats read */
+    uint64_t          win_prev[N_WIN][WIN_BUCKETS]; /* live counts at the last stats read */
     hl_metrics       *own_reg;        /* the registry when the caller gave none */
 };
 
@@ -76,9 +88,10 @@ static int embedded_start(hl_worker *w, char *errbuf, size_t errlen)
     }
     if ((w->mock = rd_kafka_mock_cluster_new(w->mock_rk, 1)) == NULL)
         return hl_err(errbuf, errlen, HL_EIO, "embedded broker: cannot start mock cluster");
-    const char *topics[] = {w->o.input_topic, w->o.output_topic, w->ctx.dlq_topic};
-    for (int i = 0; i < 3; i++) {
-        if (topics[i] == NULL)
+    const char *topics[] = {w->o.input_topic, w->o.output_topic, w->ctx.dlq_topic,
+                            w->o.items_topic, w->o.state_kafka ? w->state_topic : NULL};
+    for (int i = 0; i < 5; i++) {
+        if (topics[i] == NULL || topics[i][0] == '\0')
             continue;
         rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(w->mock, topics[i],
                                                              w->o.embedded_partitions, 1);
@@ -104,13 +117,6 @@ static void embedded_stop(hl_worker *w)
 
 /* ---- metrics ----------------------------------------------------------- */
 
-/* Event-to-publish: finer than the stage bounds where lists are expected
- * (1-500 ms) and past 10 s, so the alert on a p99 above 10 s can fire and
- * the status line's p50/p99 (read back from these buckets) are close. */
-static const double e2p_bounds_s[HL_E2P_BUCKETS] = {
-    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
-    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60,
-};
 
 /* What happened to the input: one counter per fact (hl_worker_stats reads
  * them back). */
@@ -130,6 +136,9 @@ static void register_event_counters(hl_worker *w)
     w->ctx.mx.multipart = hl_metrics_counter(reg, "halflife_users_multi_partition_total",
         "Users inserted in one partition while noted in another (input not keyed by user_id).",
         NULL);
+    w->ctx.mx.skipped = hl_metrics_counter(reg, "halflife_input_offsets_skipped_total",
+        "Input offsets the consumer jumped over: records deleted by retention before "
+        "they were read (lost to the state), or transaction markers.", NULL);
     w->ctx.mx.dl_kept = hl_metrics_counter(reg, "halflife_dead_letters_kept_total",
         "Bad records whose DLQ copy failed, kept in snapshot.dir/dead-letters instead.", NULL);
     w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
@@ -153,6 +162,26 @@ static void register_event_counters(hl_worker *w)
         "Users dropped from state, by reason.", "reason=\"capacity\"");
 }
 
+/* The live path of each event by stage (thread_internal.h, LIVE_*), and
+ * the worker's own share of it. */
+static void register_live_stages(hl_worker *w)
+{
+    static const char *const live[6] = {"broker", "wait", "apply", "refresh", "produce",
+                                        "deliver"};
+    char labels[64];
+    for (int s = 0; s < 6; s++) {
+        snprintf(labels, sizeof labels, "stage=\"%s\"", live[s]);
+        w->ctx.mx.live[s] = hl_metrics_histogram(w->reg, "halflife_event_stage_seconds",
+            "The live path of each event by stage: broker (Kafka timestamp to fetched: "
+            "producer linger, broker, fetch), wait (fetched to batch start), apply, "
+            "refresh, produce, deliver (produced to delivered).", labels,
+            hl_live_bounds_s, hl_live_bounds_n);
+    }
+    w->ctx.mx.worker_share = hl_metrics_histogram(w->reg, "halflife_fetch_to_delivery_seconds",
+        "The worker's own share of event to publish: from the event's fetch to the "
+        "delivery of the list it changed.", NULL, hl_live_bounds_s, hl_live_bounds_n);
+}
+
 /* How long things take: per batch stage, and event to published list. */
 static void register_timings(hl_worker *w)
 {
@@ -160,6 +189,9 @@ static void register_timings(hl_worker *w)
     static const char *const stages[4] = {"decode", "apply", "refresh", "produce"};
     hl_metrics *reg = w->reg;
     char labels[64];
+    w->ctx.mx.schema_waiting = hl_metrics_gauge(reg, "halflife_partitions_waiting_schema",
+        "Input partitions paused because a record waits for its writer schema from the "
+        "Schema Registry.", NULL);
     w->ctx.mx.batch_size = hl_metrics_histogram(reg, "halflife_batch_size",
         "Records per batch.", NULL, size_bounds, 6);
     for (int s = 0; s < 4; s++) {
@@ -169,27 +201,25 @@ static void register_timings(hl_worker *w)
     }
     w->ctx.mx.e2p = hl_metrics_histogram(reg, "halflife_event_to_publish_seconds",
         "From an event's Kafka timestamp to the delivery of the list it changed.",
-        NULL, e2p_bounds_s, HL_E2P_BUCKETS);
+        NULL, hl_live_bounds_s, hl_live_bounds_n);
+    register_live_stages(w);
 }
 
 /* The process: deliveries, group membership, the model in use. */
 static void register_process(hl_worker *w)
 {
     hl_metrics *reg = w->reg;
-    char labels[256];
     hl_metrics_counter(reg, "halflife_delivery_errors_total",
         "Records the producer failed to deliver.", NULL);
     w->rebalances = hl_metrics_counter(reg, "halflife_rebalances_total",
         "Rebalance callbacks served (assign and revoke).", NULL);
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
         "Input partitions this worker owns.", NULL);
-    const hl_model_info *mi = hl_model_info_get(w->m);
-    char version[sizeof mi->version * 2 + 1];      /* a label value: escaped */
-    hl_metrics_escape(version, sizeof version, mi->version);
-    snprintf(labels, sizeof labels, "version=\"%s\",items=\"%d\",dim=\"%d\"",
-             version, (int)mi->n_items, mi->dim);
-    hl_gauge_set(hl_metrics_gauge(reg, "halflife_model_info",
-        "The model in use (always 1).", labels), 1);
+    w->ctx.mx.migrated = hl_metrics_counter(reg, "halflife_users_migrated_total",
+        "Users whose state moved into a new model's space (live swap or snapshot).", NULL);
+    w->ctx.mx.rebuilt = hl_metrics_counter(reg, "halflife_users_rebuilt_total",
+        "Users whose heads were rebuilt from their history ring alone (the old model was "
+        "not at hand).", NULL);
 }
 
 static void register_metrics(hl_worker *w)
@@ -224,21 +254,194 @@ static int owner_slot(hl_worker *w, int32_t p)
     return 0;
 }
 
-/* The partition's table: its newest valid snapshot's, and the offset to
- * start from (the snapshot's, else auto.offset.reset: DESIGN.md section 6
- * rebuilds state from the topic rather than trust a committed offset
- * without the state that goes with it). NULL when out of memory. */
-static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset)
+/* The model served now (the main thread is the one that changes it). */
+static const hl_model *cur_model(hl_worker *w)
+{
+    hl_mref *r = hl_models_acquire(w->models);
+    const hl_model *m = r->m;
+    hl_mref_release(r);         /* the set still holds it */
+    return m;
+}
+
+/* A snapshot written under another model (a restart with a new one):
+ * its rows move into the current model as a live swap moves them, when
+ * that model is kept in model.dir; else they are rebuilt from their rings
+ * alone (counted in halflife_users_rebuilt_total). Never refused. */
+static int migrate_restored(hl_worker *w, int32_t p, hl_table *tbl, uint64_t fp)
+{
+    char err[512], why[512] = "";
+    hl_mref *cur = hl_models_acquire(w->models);
+    hl_model *old = hl_models_open_kept(w->models, fp, why, sizeof why);
+    hl_migration *mg = NULL;
+    float tw[HL_N_TYPES];
+    for (int i = 0; i < HL_N_TYPES && old; i++) {
+        float ov = w->o.has_type_weight ? w->o.type_weight[i] : NAN;
+        tw[i] = ov == ov ? ov : hl_model_info_get(old)->type_weight[i];
+    }
+    if (old != NULL && (mg = hl_migration_create(old, cur->m, tw, why, sizeof why)) == NULL)
+        hl_model_close(old), old = NULL;
+    int rebuilt = mg == NULL;
+    if (rebuilt)
+        mg = hl_migration_rebuild(cur->m, cur->tw, err, sizeof err);
+    int64_t t0 = hl_now_mono_us(), n = mg ? hl_migration_table(mg, tbl) : HL_ENOMEM;
+    if (n >= 0) {
+        hl_counter_add(rebuilt ? w->ctx.mx.rebuilt : w->ctx.mx.migrated, (uint64_t)n);
+        hl_log(rebuilt ? HL_LOG_WARN : HL_LOG_INFO, rebuilt ? "snapshot_rebuilt"
+               : "snapshot_migrated", "partition=%d from=%016llx to=%016llx users=%lld "
+               "seconds=%.3f%s%s%s", (int)p, (unsigned long long)fp,
+               (unsigned long long)cur->mi->fingerprint, (long long)n,
+               (double)(hl_now_mono_us() - t0) / 1e6, rebuilt ? " reason=\"" : "",
+               rebuilt ? why : "", rebuilt ? "; heads and masses rebuilt from the "
+               "history rings alone\"" : "");
+    } else {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"out of memory migrating "
+               "the snapshot into the current model\"", (int)p);
+    }
+    hl_migration_destroy(mg);
+    hl_model_close(old);
+    hl_mref_release(cur);
+    return n >= 0 ? 0 : HL_ENOMEM;
+}
+
+/* Marks where the partition's state came from: halflife_restore_source
+ * {partition, source} is 1 for the source of the last restore. */
+static void restore_source(hl_worker *w, int32_t p, const char *source)
+{
+    static const char *const all[] = {"snapshot", "changelog", "both", "none"};
+    char labels[80];
+    for (int i = 0; i < 4; i++) {
+        snprintf(labels, sizeof labels, "partition=\"%d\",source=\"%s\"", (int)p, all[i]);
+        hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_source",
+            "Where the last restore of the partition read its state (1 for that source).",
+            labels), strcmp(all[i], source) == 0);
+    }
+}
+
+/* The local snapshot as a cache (state.store=kafka): loaded into *tblp
+ * when there is one, described in base. 0, or a negative HL_E* (logged). */
+static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_base *base,
+                         uint64_t *fp)
+{
+    char err[512];
+    hl_persist_restored pr;
+    base->next_offset = HL_PERSIST_NO_OFFSET;
+    if (w->persist == NULL)
+        return 0;
+    if (hl_persist_restore(w->persist, p, tblp, &pr, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=snapshot err=\"%s\"",
+               (int)p, err);
+        return HL_ENOMEM;
+    }
+    *base = (hl_changelog_base){pr.next_offset, pr.changelog_offset, pr.changelog_epoch};
+    *fp = pr.model_fingerprint;
+    return 0;
+}
+
+/* The rows held after a changelog restore (the changelog's, each naming its
+ * model, and the cache file's not replaced since, in base_fp) in another
+ * model's space than the current one: moved into it
+ * as a file restore moves them (migrate_restored) when they are all in one
+ * model, else (rows of two models, or rows that name none) rebuilt from
+ * their rings alone, counted in halflife_users_rebuilt_total. */
+static int changelog_migrate(hl_worker *w, int32_t p, hl_table *tbl, uint64_t base_fp,
+                             const hl_changelog_restored *r, int *moved)
+{
+    uint64_t cur = hl_model_info_get(cur_model(w))->fingerprint;
+    uint64_t fp = r->base_rows ? base_fp : r->model_fingerprint;
+    int mixed = r->mixed || (r->base_rows && r->model_fingerprint != 0 &&
+                             r->model_fingerprint != base_fp);
+    if (!mixed && (fp == 0 || fp == cur))
+        return 0;
+    *moved = 1;
+    /* No model has fingerprint 0: migrate_restored then rebuilds. */
+    return migrate_restored(w, p, tbl, mixed ? 0 : fp);
+}
+
+/* state.store=kafka: the partition's table read from its local snapshot
+ * (if any) and the changelog after it, or from the changelog alone, and
+ * claimed (changelog.h). NULL when neither can be read: the partition
+ * must not be served from an empty table. *on_disk: the local file's
+ * offset, when one was used. */
+static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
+                                   int64_t *offset, int64_t *on_disk, hl_changelog_restored *r,
+                                   int *moved)
+{
+    char err[512];
+    hl_changelog_base base;
+    uint64_t base_fp = 0;
+    int64_t t0 = hl_now_mono_us();
+    if (restore_cache(w, p, &tbl, &base, &base_fp) != 0)
+        goto fail;
+    const hl_changelog_base *bp = base.next_offset >= 0 ? &base : NULL;
+    int rc = hl_changelog_restore(w->changelog, p, tbl, bp, r, err, sizeof err);
+    if (rc == HL_ENOENT && bp != NULL) {
+        hl_log(HL_LOG_WARN, "snapshot_not_usable", "partition=%d err=\"%s\" "
+               "action=\"read the whole changelog\"", (int)p, err);
+        hl_table_destroy(tbl);
+        if ((tbl = hl_table_create(&w->ctx.topts, err, sizeof err)) == NULL)
+            goto fail;
+        bp = NULL;
+        rc = hl_changelog_restore(w->changelog, p, tbl, NULL, r, err, sizeof err);
+    }
+    if (rc != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"%s\"",
+               (int)p, err);
+        goto fail;
+    }
+    if (changelog_migrate(w, p, tbl, bp ? base_fp : 0, r, moved) != 0)
+        goto fail;
+    *on_disk = bp ? bp->next_offset : HL_PERSIST_NO_OFFSET;
+    if (r->next_offset != HL_CHANGELOG_NO_OFFSET)
+        *restored = *offset = r->next_offset;
+    else if (r->n_rows > 0)
+        *offset = RD_KAFKA_OFFSET_BEGINNING;   /* rows of an unfinished first flush */
+    const char *src = bp ? (r->n_records > 0 ? "both" : "snapshot")
+                         : (r->n_records > 0 ? "changelog" : "none");
+    restore_source(w, p, src);
+    /* The worker-wide figure the dashboard shows: the whole restore. */
+    hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_duration_seconds",
+                                  "Time the newest shard restore from a snapshot took.", NULL),
+                 (double)(hl_now_mono_us() - t0) / 1e6);
+    hl_log(HL_LOG_INFO, "restored", "partition=%d source=%s records=%llu rows=%llu "
+           "tombstones=%llu checkpoints=%llu stale=%llu bad=%llu bytes=%llu low=%lld high=%lld "
+           "from=%lld next_offset=%lld epoch=%lld seconds=%.3f", (int)p, src,
+           (unsigned long long)r->n_records, (unsigned long long)r->n_rows,
+           (unsigned long long)r->n_tombstones, (unsigned long long)r->n_checkpoints,
+           (unsigned long long)r->n_stale, (unsigned long long)r->n_bad,
+           (unsigned long long)r->bytes, (long long)r->low, (long long)r->high,
+           (long long)(bp ? bp->changelog_offset : r->low), (long long)r->next_offset,
+           (long long)r->epoch, r->duration_s);
+    return tbl;
+fail:
+    hl_table_destroy(tbl);
+    return NULL;
+}
+
+/* The partition's table: its newest valid snapshot's (or, with
+ * state.store=kafka, its changelog's), and the offset to start from (the
+ * snapshot's, else auto.offset.reset: DESIGN.md section 6 rebuilds state
+ * from the topic rather than trust a committed offset without the state
+ * that goes with it). NULL when out of memory. */
+static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset,
+                         int64_t *on_disk, hl_changelog_restored *cr, int *moved)
 {
     char err[512];
     hl_persist_restored r;
     hl_table *tbl = hl_table_create(&w->ctx.topts, err, sizeof err);
     *restored = -1;
     *offset = w->o.offset_reset_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+    if (tbl != NULL && w->changelog != NULL)
+        return restore_changelog(w, p, tbl, restored, offset, on_disk, cr, moved);
     if (tbl == NULL || w->persist == NULL)
         return tbl;
     if (hl_persist_restore(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
         hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"%s\"", (int)p, err);
+        hl_table_destroy(tbl);
+        return NULL;
+    }
+    *moved = r.next_offset != HL_PERSIST_NO_OFFSET &&
+             r.model_fingerprint != hl_model_info_get(cur_model(w))->fingerprint;
+    if (*moved && migrate_restored(w, p, tbl, r.model_fingerprint) != 0) {
         hl_table_destroy(tbl);
         return NULL;
     }
@@ -259,15 +462,39 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     if (w->owner[p] != NULL)
         return 1;
     int64_t restored;
-    hl_table *tbl = restore(w, p, &restored, offset);
-    hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, restored)
+    int moved = 0;
+    hl_changelog_restored cr;
+    int64_t on_disk = -1;
+    hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr, &moved);
+    if (tbl == NULL && w->changelog != NULL)
+        return HL_EIO;
+    if (w->changelog == NULL)
+        on_disk = restored;     /* with the changelog: the cache file's, if one was used */
+    hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, on_disk)
                                              : NULL;
+    if (moved)
+        hl_persist_shard_resave(ps);    /* the newest file names the old model */
     hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
                                    w->o.recs_min_interval_ms, w->reg, err, sizeof err);
     if (sh == NULL) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
         return HL_ENOMEM;
     }
+    /* Restored (or empty) under the current model: swaps happen on this
+     * thread too, so it cannot change in between. */
+    sh->mref = hl_models_acquire(w->models);
+    sh->c_migrated = w->ctx.mx.migrated;
+    if (w->changelog != NULL &&
+        (sh->cl = hl_changelog_shard_create(w->changelog, p, sh->tbl, &cr)) == NULL) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
+               (int)p);
+        hl_shard_destroy(sh);
+        return HL_ENOMEM;
+    }
+    if (sh->cl != NULL && sh->ps != NULL)
+        hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
+    if (moved)
+        hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's */
     int i = least_loaded(w);
     if (hl_wthread_give(w->th[i], sh) != 0) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
@@ -390,14 +617,30 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ---- lifecycle --------------------------------------------------------- */
 
+/* The served models: model.path reloads, weight.* overrides for each. */
+static int start_models(hl_worker *w, char *errbuf, size_t errlen)
+{
+    hl_models_opts mo = {.path = w->o.model_path, .check_ms = w->o.model_check_ms,
+                         .tw_override = w->o.has_type_weight ? w->o.type_weight : NULL,
+                         .reg = w->reg, .store_dir = w->o.model_dir,
+                         .store_retain = w->o.model_retain > 0 ? w->o.model_retain : 4,
+                         .first_qitems = w->qitems, .first_ivf = w->ivf,
+                         .ivf_nlist = w->o.recs_index_nlist};
+    if (mo.store_dir == NULL && w->o.snapshot_dir != NULL && w->o.snapshot_dir[0] != '\0') {
+        snprintf(w->model_dir, sizeof w->model_dir, "%s/models", w->o.snapshot_dir);
+        mo.store_dir = w->model_dir;
+    }
+    if ((w->models = hl_models_create(&mo, (hl_model *)w->m, errbuf, errlen)) == NULL)
+        return HL_ENOMEM;
+    w->ctx.models = w->models;
+    return 0;
+}
+
+/* Every model served has this shape: a swap to another is refused. */
 static int table_opts(hl_worker *w, char *errbuf, size_t errlen)
 {
     const hl_model_info *mi = hl_model_info_get(w->m);
     hl_table_opts *t = &w->ctx.topts;
-    for (int i = 0; i < HL_N_TYPES; i++) {
-        float ov = w->o.type_weight[i];
-        w->ctx.type_weight[i] = w->o.has_type_weight && ov == ov ? ov : mi->type_weight[i];
-    }
     t->history = w->o.state_history;
     t->max_users = w->o.state_max_users;
     t->evict_mass = w->o.state_evict_mass;
@@ -444,6 +687,29 @@ static int kafka_given(const hl_worker_opts *o, const char *key)
     for (int i = 0; i < o->n_kafka; i++)
         if (strcmp(o->kafka[i].key, key) == 0)
             return 1;
+    return 0;
+}
+
+/* The live catalogue's reader (items.h), when items.topic is set. Its
+ * thread starts in hl_worker_run, which waits for the whole topic before
+ * joining the group. */
+static int start_items(hl_worker *w, const hl_kafka_prop *props, int n_props,
+                       char *errbuf, size_t errlen)
+{
+    if (w->o.items_topic == NULL || w->o.items_topic[0] == '\0')
+        return 0;
+    const hl_model_info *mi = hl_model_info_get(w->m);
+    hl_items_opts io = {
+        .bootstrap = w->bootstrap, .kafka = props, .n_kafka = n_props,
+        .topic = w->o.items_topic, .m = w->m, .max_new = w->o.catalogue_max_new,
+        .codec = {.framing = w->o.codec.input_framing, .schema_id = w->o.items_schema_id,
+                  .dim = mi->dim, .min_ts_ms = w->o.codec.min_ts_ms,
+                  .max_ts_ms = w->o.codec.max_ts_ms},
+        .prod = w->prod, .dlq_topic = w->ctx.dlq_topic, .reg = w->reg,
+    };
+    if ((w->items = hl_items_create(&io, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    w->ctx.items = w->items;
     return 0;
 }
 
@@ -499,6 +765,104 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
     };
     if ((w->cons = hl_consumer_create(&co, errbuf, errlen)) == NULL)
         return HL_EINVAL;
+    return start_items(w, props + 1, n - 1, errbuf, errlen);
+}
+
+/* Sleeps ms in steps of 100, 1 if told to give up meanwhile. */
+static int nap_or_abort(const hl_worker *w, int64_t ms)
+{
+    for (int64_t t = 0; t < ms; t += 100) {
+        if (w->o.start_abort != NULL && *w->o.start_abort)
+            return 1;
+        usleep(100000);
+    }
+    return w->o.start_abort != NULL && *w->o.start_abort;
+}
+
+/* The lists' schema id under "<output.topic>-value" (TopicNameStrategy):
+ * registered, or only looked up. Nothing can be published without it, so
+ * an unreachable registry (or 5xx) is waited for, 1, 2, 4 then 5 s apart,
+ * one line each, until it answers or start_abort is set; anything else
+ * (credentials refused, not registered) fails the start at once. */
+static int list_schema_id(hl_worker *w, hl_registry *r, int32_t *id, char *errbuf,
+                          size_t errlen)
+{
+    char subject[300];
+    int rc;
+    snprintf(subject, sizeof subject, "%s-value", w->o.output_topic);
+    for (int64_t backoff_ms = 1000; ; backoff_ms = backoff_ms < 4000 ? backoff_ms * 2 : 5000) {
+        rc = w->o.registry_auto_register
+                 ? hl_registry_register(r, subject, hl_codec_list_schema(), id, errbuf, errlen)
+                 : hl_registry_lookup(r, subject, hl_codec_list_schema(), id, errbuf, errlen);
+        if (rc != HL_EAGAIN)
+            break;
+        hl_log(HL_LOG_WARN, "schema_registry_wait_start", "err=\"%s\" retry_ms=%lld "
+               "action=\"the lists' schema id is needed before the worker joins its group\"",
+               errbuf, (long long)backoff_ms);
+        if (nap_or_abort(w, backoff_ms))
+            return hl_err(errbuf, errlen, HL_EAGAIN, "stopped while waiting for the registry");
+    }
+    if (rc == HL_ENOENT && !w->o.registry_auto_register)
+        return hl_err(errbuf, errlen, rc, "the lists' schema is not registered under subject "
+                      "%s (schema.registry.auto.register=false): register "
+                      "schemas/recommendation_list.avsc there, or allow auto.register", subject);
+    if (rc == 0)
+        hl_log(HL_LOG_INFO, "list_schema", "subject=%s id=%d how=%s", subject, (int)*id,
+               w->o.registry_auto_register ? "registered" : "looked_up");
+    return rc;
+}
+
+/* With schema.registry.url: the lists carry the registry's id, and the
+ * codecs read writer schemas through the store (schema_store.h). */
+static int start_registry(hl_worker *w, char *errbuf, size_t errlen)
+{
+    char why[512], shown[1024];
+    int32_t id = 0;
+    if (w->o.registry.urls == NULL || w->o.registry.urls[0] == '\0')
+        return 0;
+    hl_registry *r = hl_registry_create(&w->o.registry, errbuf, errlen);
+    if (r == NULL)
+        return HL_EINVAL;
+    hl_registry_urls_redacted(r, shown, sizeof shown);
+    if (w->o.codec.output_framing == HL_FRAMING_CONFLUENT &&
+        list_schema_id(w, r, &id, why, sizeof why) != 0) {
+        hl_registry_destroy(r);
+        return hl_err(errbuf, errlen, HL_EINVAL, "schema registry at start: %s", why);
+    }
+    w->o.codec.output_schema_id = id;
+    if (w->o.codec.input_framing != HL_FRAMING_CONFLUENT) {
+        hl_registry_destroy(r);             /* raw input names no schema id */
+        return 0;
+    }
+    if ((w->schemas = hl_schema_store_create(r, w->o.registry_fallback_dir, w->reg, errbuf,
+                                             errlen)) == NULL)
+        return HL_ENOMEM;
+    if (w->o.codec.output_framing == HL_FRAMING_CONFLUENT)
+        hl_schema_store_set_probe(w->schemas, id);
+    w->o.codec.schema_fn = hl_schema_store_get;
+    w->o.codec.schema_arg = w->schemas;
+    hl_log(HL_LOG_INFO, "schema_registry", "url=%s fallback_dir=%s", shown,
+           w->o.registry_fallback_dir ? w->o.registry_fallback_dir : "none");
+    return 0;
+}
+
+/* state.store=kafka: the changelog topic checked (or created) before the
+ * worker joins its group. The embedded broker made it already. */
+static int start_changelog(hl_worker *w, char *errbuf, size_t errlen)
+{
+    if (!w->o.state_kafka)
+        return 0;
+    hl_changelog_opts co = {
+        .topic = w->state_topic, .input_topic = w->o.input_topic, .bootstrap = w->bootstrap,
+        .kafka = w->o.kafka, .n_kafka = w->o.n_kafka, .flush_ms = w->o.state_flush_ms,
+        .model_fingerprint = hl_model_info_get(w->m)->fingerprint, .topts = &w->ctx.topts,
+        .prod = w->prod, .consumer = hl_consumer_handle(w->cons), .reg = w->reg,
+        .create = w->mock == NULL, .timeout_ms = 10000,
+    };
+    if ((w->changelog = hl_changelog_create(&co, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    hl_log(HL_LOG_INFO, "state_store", "store=kafka topic=%s flush_ms=%lld", w->state_topic,
+           (long long)w->o.state_flush_ms);
     return 0;
 }
 
@@ -566,7 +930,6 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
                       "recs.index.nprobe=%d: more than the index's %d lists (recs.index.nlist)",
                       w->o.recs_index_nprobe, hl_ivf_nlist(w->ivf));
     double t1 = hl_now_mono_s(), recall = index_recall_at_load(w);
-    w->ctx.ivf = w->ivf;
     hl_gauge_set(at_load, recall);
     hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f bytes=%zu "
            "recall_at_%d=%.4f sample=%d recall_s=%.2f", (int)mi->n_items, hl_ivf_nlist(w->ivf),
@@ -593,7 +956,6 @@ static int start_scoring(hl_worker *w, char *errbuf, size_t errlen)
                                  mi->dim, HL_QKERNEL_AUTO, errbuf, errlen);
     if (w->qitems == NULL)
         return HL_EINVAL;
-    w->ctx.qitems = w->qitems;
     hl_log(HL_LOG_INFO, "scoring", "mode=two-stage kernel=%s table_bytes=%zu",
            hl_qitems_kernel(w->qitems), hl_qitems_scan_bytes(w->qitems));
     return 0;
@@ -625,7 +987,7 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         snprintf(w->dlq, sizeof w->dlq, "%s.dlq", o->input_topic);
     else
         snprintf(w->dlq, sizeof w->dlq, "%s", o->dlq_topic);
-    w->ctx = (hl_wshared){.o = &w->o, .m = m, .stop = &w->stop, .reg = reg,
+    w->ctx = (hl_wshared){.o = &w->o, .stop = &w->stop, .reg = reg,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
     register_metrics(w);
@@ -633,12 +995,18 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         hl_err(errbuf, errlen, HL_ENOMEM, "worker: out of memory");
         goto fail;
     }
+    if (o->state_topic && o->state_topic[0])
+        snprintf(w->state_topic, sizeof w->state_topic, "%s", o->state_topic);
+    else
+        snprintf(w->state_topic, sizeof w->state_topic, "%s-state", o->group_id);
     if (table_opts(w, errbuf, errlen) != 0 || start_persist(w, errbuf, errlen) != 0 ||
-        start_kafka(w, errbuf, errlen) != 0)
+        start_kafka(w, errbuf, errlen) != 0 || start_changelog(w, errbuf, errlen) != 0)
         goto fail;
     w->ctx.consumer = hl_consumer_handle(w->cons);
     w->ctx.prod = w->prod;
-    if (start_scoring(w, errbuf, errlen) != 0 || start_threads(w, errbuf, errlen) != 0)
+    /* The models after scoring: the first model's int8 table is theirs. */
+    if (start_registry(w, errbuf, errlen) != 0 || start_scoring(w, errbuf, errlen) != 0 ||
+        start_models(w, errbuf, errlen) != 0 || start_threads(w, errbuf, errlen) != 0)
         goto fail;
     return w;
 fail:
@@ -652,10 +1020,14 @@ void hl_worker_destroy(hl_worker *w)
         return;                 /* abandoned: librdkafka would block; the process ends */
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
+    hl_schema_store_destroy(w->schemas);  /* after every codec that asks it */
     hl_persist_destroy(w->persist);     /* after every shard is gone */
-    hl_qitems_destroy(w->qitems);       /* after every ranker is gone */
-    hl_ivf_destroy(w->ivf);
+    hl_models_destroy(w->models);       /* after every thread and shard */
+    hl_qitems_destroy(w->qitems);       /* after every ranker and the first model's ref */
+    hl_ivf_destroy(w->ivf);             /* the same */
+    hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
+    hl_items_destroy(w->items);         /* after the threads let go of its views */
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
     embedded_stop(w);
@@ -771,10 +1143,68 @@ static int report_unsaved(hl_worker *w)
     return HL_EIO;
 }
 
+/* Reads the whole item topic before joining the group, so no list goes out
+ * without the catalogue (and /readyz waits for it). 0, or HL_EIO when the
+ * thread cannot start or a stop came first. */
+static int load_items(hl_worker *w, volatile sig_atomic_t *sig)
+{
+    char err[256];
+    if (w->items == NULL)
+        return 0;
+    int64_t t0 = hl_now_mono_ms();
+    if (hl_items_start(w->items, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "items_start_failed", "err=\"%s\"", err);
+        return HL_EIO;
+    }
+    while (!hl_items_loaded(w->items)) {
+        if (sig && *sig)
+            hl_worker_stop(w);
+        if (atomic_load(&w->stop))
+            return HL_EIO;
+        hl_producer_poll(w->prod, 20);
+    }
+    hl_log(HL_LOG_INFO, "items_read", "topic=%s ms=%lld", w->o.items_topic,
+           (long long)(hl_now_mono_ms() - t0));
+    return 0;
+}
+
+/* model.path, when its check is due or SIGHUP asked: a new model becomes
+ * current here, and restores from now on expect its fingerprint. */
+static void check_model(hl_worker *w)
+{
+    int force = w->o.reload_sig != NULL && *w->o.reload_sig;
+    if (force)
+        *w->o.reload_sig = 0;
+    /* The live catalogue names the start model's rows (hl_catalogue_rebind
+     * exists, nothing calls it yet): with items in it, a swap would hide
+     * and add the wrong rows, so it waits for a restart, which re-reads
+     * the item topic against the new model. */
+    if (w->items != NULL && hl_items_applied(w->items) > 0) {
+        int64_t now = hl_now_mono_ms();
+        if (force || now >= w->swap_deferred_log_ms) {
+            w->swap_deferred_log_ms = now + 600000;
+            hl_log(HL_LOG_WARN, "model_swap_deferred", "reason=\"the live catalogue holds "
+                   "item updates, which are not yet rebound to a new model\" "
+                   "action=\"restart the worker to serve a new model file\"");
+        }
+        return;
+    }
+    if (hl_models_check(w->models, hl_now_mono_ms(), force) == 1) {
+        hl_mref *r = hl_models_acquire(w->models);
+        if (w->persist)
+            hl_persist_set_model(w->persist, r->mi->fingerprint);
+        if (w->changelog)
+            hl_changelog_set_model(w->changelog, r->mi->fingerprint);
+        hl_mref_release(r);
+    }
+}
+
 int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
 {
     char err[512];
     int rc = 0;
+    if (load_items(w, sig) != 0)
+        return atomic_load(&w->stop) ? 0 : HL_EIO;
     if (hl_consumer_subscribe(w->cons, w->o.input_topic, err, sizeof err) != 0) {
         hl_log(HL_LOG_ERROR, "subscribe_failed", "err=\"%s\"", err);
         return HL_EIO;
@@ -794,6 +1224,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
         }
         if (sig && *sig)
             hl_worker_stop(w);
+        check_model(w);
         hl_producer_poll(w->prod, 0);
     }
     hl_log(HL_LOG_INFO, "worker_stopping", "drain=%d", atomic_load(&w->stop) == 1);
@@ -832,6 +1263,22 @@ static double quantile(const double *bounds, int n, const uint64_t *c, uint64_t 
     return bounds[n - 1];
 }
 
+/* Under lat_mu: p50 and p99 of what h counted since prev (then updated). */
+static void window(hl_worker *w, hl_histogram *h, uint64_t *prev, double *p50, double *p99)
+{
+    uint64_t c[WIN_BUCKETS], d[WIN_BUCKETS], total = 0;
+    int n_bounds;
+    const double *bounds = hl_histogram_bounds(h, &n_bounds);
+    int n_b = hl_histogram_counts(h, c, WIN_BUCKETS);
+    for (int i = 0; i < n_b; i++) {
+        d[i] = c[i] - prev[i];
+        prev[i] = c[i];
+        total += d[i];
+    }
+    *p50 = quantile(bounds, n_bounds, d, total, 0.50);
+    *p99 = quantile(bounds, n_bounds, d, total, 0.99);
+}
+
 void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
 {
     hl_wshared *ctx = &w->ctx;
@@ -843,6 +1290,7 @@ void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
     st->unknown_items = hl_counter_get(ctx->mx.unknown);
     st->lists = hl_counter_get(ctx->mx.lists);
     st->batches = hl_counter_get(ctx->mx.batches);
+    st->skipped = hl_counter_get(ctx->mx.skipped);
     st->users = (uint64_t)hl_metrics_gauge_sum(w->reg, "halflife_users");
     for (int r = 1; r < HL_CODEC_N_REASONS; r++) {
         st->invalid_by_reason[r] = hl_counter_get(ctx->mx.invalid[r]);
@@ -850,15 +1298,13 @@ void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
         st->dlq_records += hl_counter_get(ctx->mx.dlq[r]);
     }
     st->assigned = atomic_load(&w->assigned);
-    uint64_t c[HL_E2P_BUCKETS + 1], d[HL_E2P_BUCKETS + 1], total = 0;
-    int n_b = hl_histogram_counts(ctx->mx.e2p, c, HL_E2P_BUCKETS + 1);
+    hl_histogram *hs[N_WIN] = {ctx->mx.e2p, ctx->mx.worker_share};
+    for (int s = 0; s < 6; s++)
+        hs[2 + s] = ctx->mx.live[s];
     pthread_mutex_lock(&w->lat_mu);
-    for (int i = 0; i < n_b; i++) {
-        d[i] = c[i] - w->lat_prev[i];
-        w->lat_prev[i] = c[i];
-        total += d[i];
-    }
+    window(w, hs[0], w->win_prev[0], &st->lat_p50_s, &st->lat_p99_s);
+    window(w, hs[1], w->win_prev[1], &st->worker_p50_s, &st->worker_p99_s);
+    for (int s = 0; s < 6; s++)
+        window(w, hs[2 + s], w->win_prev[2 + s], &st->stage_p50_s[s], &st->stage_p99_s[s]);
     pthread_mutex_unlock(&w->lat_mu);
-    st->lat_p50_s = quantile(e2p_bounds_s, HL_E2P_BUCKETS, d, total, 0.50);
-    st->lat_p99_s = quantile(e2p_bounds_s, HL_E2P_BUCKETS, d, total, 0.99);
 }

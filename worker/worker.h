@@ -12,6 +12,7 @@
 #include "model.h"
 #include "metrics.h"
 #include "producer.h"
+#include "registry.h"
 
 #include <signal.h>
 
@@ -26,6 +27,13 @@ typedef struct hl_worker_opts {
     const char *input_topic, *output_topic;
     const char *dlq_topic;          /* NULL: <input>.dlq; "": disabled */
     hl_codec_opts codec;
+    /* schema.registry.*: urls NULL for none (schemas.dir and
+     * output.schema.id then apply). With one, hl_worker_create registers
+     * (auto_register) or looks up the lists' schema under
+     * "<output_topic>-value" and fetches writer schemas by id from it. */
+    hl_registry_opts registry;
+    int         registry_auto_register;
+    const char *registry_fallback_dir;   /* NULL: none */
     int         recs_enabled;       /* 0: state only, no lists (benchmarks) */
     int         recs_k, recs_exclude_seen;
     int         recs_scoring;       /* HL_SCORING_EXACT or _TWO_STAGE (recs.scoring, auto resolved) */
@@ -41,11 +49,22 @@ typedef struct hl_worker_opts {
     float       state_evict_mass;
     int         shutdown_timeout_ms;
     int         embedded_partitions; /* partitions of the embedded broker's topics */
+    const char *items_topic;         /* the live catalogue's topic; NULL or "": none */
+    int32_t     items_schema_id;     /* ItemUpdate schema id (Confluent framing) */
+    int32_t     catalogue_max_new;   /* items unknown to the model kept at most */
     const char *snapshot_dir;        /* NULL: no snapshots (tests of core only) */
     int64_t     snapshot_interval_ms;/* 0: only on revocation and shutdown */
     int         snapshot_retain;
     int         offset_reset_latest; /* auto.offset.reset=latest; librdkafka gets it too
                                       * unless kafka[] holds auto.offset.reset */
+    const char *model_path;          /* model.path: reloaded when it changes; NULL: never */
+    int64_t     model_check_ms;      /* model.check.ms; 0: only on SIGHUP */
+    const char *model_dir;           /* model.dir; NULL: <snapshot_dir>/models */
+    int         model_retain;        /* model.retain; < 1: 4 */
+    volatile sig_atomic_t *reload_sig; /* set by SIGHUP: check model.path now; NULL: none */
+    int         state_kafka;         /* state.store=kafka: the changelog (changelog.h) */
+    const char *state_topic;         /* NULL or "": <group_id>-state */
+    int64_t     state_flush_ms;      /* changelog flush interval, >= 1 */
     int         has_type_weight;     /* type_weight[] holds overrides */
     float       type_weight[HL_N_TYPES]; /* weight.*: NAN keeps the model's */
     const hl_kafka_prop *kafka;      /* kafka.* keys, prefix removed, as given */
@@ -54,6 +73,10 @@ typedef struct hl_worker_opts {
      * lists this way); NULL for none. Must be quick and thread-safe. */
     void      (*on_list)(void *arg, const hl_codec_list *l);
     void       *on_list_arg;
+    /* Looked at while hl_worker_create waits for an unreachable Schema
+     * Registry (the lists' schema id is needed before anything is
+     * published): non-zero gives up. NULL: wait until it answers. */
+    volatile sig_atomic_t *start_abort;
 } hl_worker_opts;
 
 /* m and reg are borrowed and must outlive the worker; reg may be NULL (the
@@ -86,9 +109,14 @@ typedef struct hl_worker_stats {
     uint64_t consumed, applied, duplicates, invalid, unknown_items, failed;
     uint64_t invalid_by_reason[HL_CODEC_N_REASONS];
     uint64_t lists, batches, dlq_records;
+    uint64_t skipped;                /* input offsets never received */
     uint64_t users;
     int      assigned;
     double   lat_p50_s, lat_p99_s;   /* event-to-publish, recent window */
+    double   worker_p50_s, worker_p99_s;   /* fetched to delivered, same window */
+    /* The same window by stage: broker, wait, apply, refresh, produce,
+     * deliver (halflife_event_stage_seconds). */
+    double   stage_p50_s[6], stage_p99_s[6];
 } hl_worker_stats;
 void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st);
 

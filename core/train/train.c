@@ -256,6 +256,45 @@ static int alloc_scratch(trainer *t)
     return 0;
 }
 
+/* The MLP of init, when its layers have n's shapes. */
+static void warm_layers(net *n, const hl_model *init)
+{
+    const hl_model_info *mi = hl_model_info_get(init);
+    if (mi->n_layers != n->n_layers || hl_model_input_dim(mi) != n->in_dim)
+        return;
+    for (int l = 0; l < n->n_layers; l++)
+        if (mi->layer_out[l] != n->layer_out[l] || hl_model_layer_in(mi, l) != n->layer_in[l])
+            return;
+    for (int l = 0; l < n->n_layers; l++) {
+        memcpy(n->w[l], hl_model_layer_w(init, l),
+               sizeof(float) * (size_t)n->layer_in[l] * n->layer_out[l]);
+        memcpy(n->b[l], hl_model_layer_b(init, l), sizeof(float) * (size_t)n->layer_out[l]);
+    }
+}
+
+/* Items init knows start from its rows (a retrain moves the space little,
+ * so migrating users into the new model loses little). */
+static int warm_start(net *n, const hl_train_opts *o, char *errbuf, size_t errlen)
+{
+    if (o->init == NULL)
+        return 0;
+    const hl_model_info *mi = hl_model_info_get(o->init);
+    size_t d = (size_t)n->dim;
+    if (mi->dim != n->dim)
+        return hl_err(errbuf, errlen, HL_EINVAL, "train: --init model has dim %d, training "
+                      "dim is %d (pass --dim %d)", mi->dim, n->dim, mi->dim);
+    for (int32_t i = 0; i < n->n_items; i++) {
+        int32_t r = o->init_row[i];
+        if (r < 0 || r >= mi->n_items) continue;
+        memcpy(n->e_in + i * d, hl_model_e_in(o->init) + r * d, sizeof(float) * d);
+        if (n->tie) continue;
+        memcpy(n->e_out + i * d, hl_model_e_out(o->init) + r * d, sizeof(float) * d);
+        n->bias[i] = hl_model_bias(o->init)[r];
+    }
+    warm_layers(n, o->init);
+    return 0;
+}
+
 static int trainer_init(trainer *t, const hl_train_opts *o, const hl_train_data *d,
                         char *errbuf, size_t errlen)
 {
@@ -286,6 +325,8 @@ static int trainer_init(trainer *t, const hl_train_opts *o, const hl_train_data 
     hl_train_net_bind(&t->p, t->p_block);
     hl_train_net_bind(&t->g, t->g_block);
     hl_train_net_init(&t->p, &t->r);
+    if ((rc = warm_start(&t->p, o, errbuf, errlen)))
+        return rc;
     if (build_examples(t) || alloc_scratch(t) || (t->sampled && build_sampler(t)))
         return hl_err(errbuf, errlen, HL_ENOMEM, "train: no memory for the batch buffers");
     for (int h = 0; h < o->n_heads; h++)

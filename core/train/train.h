@@ -63,6 +63,12 @@ typedef struct hl_train_opts {
                                               half_life_ms is the start, the
                                               model gets the learned ones */
     uint64_t seed;
+    /* A warm start (`halflife train --init`): training item i starts from
+     * row init_row[i] of init (its e_in, and e_out and bias unless tie),
+     * -1 keeps the random start; the MLP starts from init's when every
+     * layer has the same shape. init's dim must equal dim. NULL: none. */
+    const hl_model *init;
+    const int32_t  *init_row;          /* n_items entries */
     hl_train_progress_fn progress;         /* may be NULL */
     void    *progress_ctx;
 } hl_train_opts;

@@ -6,7 +6,9 @@
 //
 // Prints compose_rules PASS or FAIL: Kafka in KRaft mode with no ZooKeeper;
 // a topics job; at least two workers in one group with distinct
-// group.instance.id values sharing one snapshot volume at snapshot.dir, each
+// group.instance.id values, each with a writable snapshot.dir (state.store=
+// file: one volume they share; kafka: a volume of its own each, and the
+// topics job creates the compacted changelog <group.id>-state), each
 // given a stop grace period longer than shutdown.timeout.ms; a producer
 // running `halflife produce`; Prometheus loading the alert rules and
 // scraping every worker; Grafana provisioned with the datasource and the
@@ -70,10 +72,25 @@ function checkWorkers() {
   if (ids.size !== workers.length || ids.has(undefined))
     errs.push("workers need distinct HALFLIFE_KAFKA_GROUP_INSTANCE_ID values");
   if (groups.size !== 1) errs.push(`workers in different groups: ${[...groups]}`);
-  if (volumes.size !== 1) errs.push(`workers must share one snapshot volume, found ${[...volumes]}`);
+  const stores = new Set(workers.map(([, s]) => s.environment?.HALFLIFE_STATE_STORE ?? "file"));
+  if (stores.size !== 1) errs.push(`workers with different state.store values: ${[...stores]}`);
   if (![...volumes].every((v) => cfg.volumes && v in cfg.volumes))
-    errs.push("the snapshot volume must be a named volume, shared by the workers");
+    errs.push("snapshot volumes must be named volumes");
+  if (stores.has("kafka")) checkChangelog(workers, volumes, [...groups][0]);
+  else if (volumes.size !== 1) errs.push(`workers must share one snapshot volume, found ${[...volumes]}`);
   return workers;
+}
+
+// state.store=kafka: private volumes (the changelog is the shared copy),
+// and the changelog topic created compacted by the topics job.
+function checkChangelog(workers, volumes, group) {
+  if (volumes.size !== workers.length)
+    errs.push(`with state.store=kafka each worker needs its own snapshot volume, found ${[...volumes]}`);
+  const topic = workers[0][1].environment?.HALFLIFE_STATE_TOPIC ?? `${group}-state`;
+  const job = Object.values(services).map((s) => cmd(s).join(" ")).join("\n");
+  const line = job.split("\n").find((l) => l.includes(`--topic ${topic} `));
+  if (!line || !line.includes("cleanup.policy=compact"))
+    errs.push(`no job creates the changelog topic ${topic} with cleanup.policy=compact`);
 }
 
 function checkProducer() {

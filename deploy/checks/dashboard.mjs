@@ -6,12 +6,15 @@
 // Prometheus datasource variable that every panel and query uses, job and
 // instance variables that every query filters on, the rows issue 6 names,
 // unique panel ids, panels that do not overlap, and PromQL that names only
-// metrics the worker exports (the list below, from issue 5 and the worker's
-// metric registrations; `up` comes from Prometheus itself).
+// metrics the worker exports: the list below (issue 5's names; `up` comes
+// from Prometheus itself) and every "halflife_..." name registered in
+// worker/*.c, read from the sources, so a new metric needs no edit here and
+// a misspelt one in a panel still fails.
 // It also writes GEN_DIR/dashboard.ts, the dashboard as a literal typed
 // with @grafana/schema's Dashboard, and each panel's options and custom
 // field config typed with its panel type's schema, for tsc to check.
-import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
+import { readFileSync, writeFileSync, mkdirSync, readdirSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 
 const [path, genDir] = process.argv.slice(2);
 if (!genDir) {
@@ -33,10 +36,19 @@ const exported = new Set([
   "halflife_assigned_partitions", "halflife_consumer_lag",
   "halflife_model_info", "halflife_evictions_total",
   "halflife_dlq_records_total", "halflife_dlq_errors_total",
-  "halflife_broker_up", "halflife_ready",
+  "halflife_broker_up", "halflife_ready", "halflife_partitions_waiting_schema",
 ]);
 const histograms = ["halflife_batch_size", "halflife_stage_duration_seconds",
   "halflife_event_to_publish_seconds", "halflife_snapshot_duration_seconds"];
+// The worker's registrations: hl_metrics_counter/gauge/histogram(reg, "name", ...).
+const workerDir = join(dirname(resolve(path)), "..", "worker");
+for (const f of readdirSync(workerDir).filter((n) => n.endsWith(".c"))) {
+  const src = readFileSync(join(workerDir, f), "utf8");
+  for (const m of src.matchAll(/hl_metrics_(counter|gauge|histogram)\(\s*[\w>.-]+\s*,\s*"(halflife_\w+)"/g)) {
+    exported.add(m[2]);
+    if (m[1] === "histogram") histograms.push(m[2]);
+  }
+}
 
 // The metric names in a PromQL expression: identifiers followed by { or [,
 // or standing alone, minus functions, keywords and label names.

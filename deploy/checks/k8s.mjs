@@ -10,7 +10,8 @@
 //                    objects: static membership from the pod name, probes on
 //                    /readyz and /healthz on the metrics port, a grace period
 //                    longer than shutdown.timeout.ms plus the preStop wait,
-//                    one ReadWriteMany volume holding snapshot.dir, selectors
+//                    snapshot.dir on one ReadWriteMany volume (state.store=file)
+//                    or on a per-pod volume with no shared claim (kafka), selectors
 //                    that select, KEDA on this group's lag with
 //                    maxReplicaCount = the declared partition count, and the
 //                    PrometheusRule equal to deploy/prometheus/alerts.yml.
@@ -131,19 +132,40 @@ function checkWorker(errs, sts, props) {
   return c;
 }
 
+// state.store=file: one ReadWriteMany volume holds snapshot.dir, so a
+// partition's next owner reads its last owner's snapshot. state.store=kafka
+// (issue 12): the durable copy is the changelog topic, snapshot.dir is each
+// pod's own cache (a volumeClaimTemplate or an emptyDir), and no
+// ReadWriteMany claim is needed at all.
 function checkSnapshots(errs, sts, c, props, pvcs) {
   const dir = props["snapshot.dir"];
   const mount = (c.volumeMounts ?? []).find((m) => m.mountPath === dir);
   if (!dir?.startsWith("/")) return errs.push(`snapshot.dir must be an absolute path, got ${dir}`);
   if (!mount) return errs.push(`${id(sts)}: nothing mounted at snapshot.dir ${dir}`);
   if (mount.readOnly) errs.push(`${id(sts)}: snapshot.dir mounted read-only`);
-  if ((sts.spec.volumeClaimTemplates ?? []).some((t) => t.metadata?.name === mount.name))
-    return errs.push(`${id(sts)}: snapshots on a per-pod volumeClaimTemplate; the next owner of a partition could not read them`);
+  const store = props["state.store"] ?? "file";
+  const template = (sts.spec.volumeClaimTemplates ?? []).find((t) => t.metadata?.name === mount.name);
   const vol = (sts.spec.template.spec.volumes ?? []).find((v) => v.name === mount.name);
+  if (store === "kafka") return checkKafkaStore(errs, sts, template, vol, props, pvcs);
+  if (template)
+    return errs.push(`${id(sts)}: snapshots on a per-pod volumeClaimTemplate; the next owner of a partition could not read them`);
   const pvc = pvcs.find((p) => p.metadata.name === vol?.persistentVolumeClaim?.claimName);
   if (!pvc) return errs.push(`${id(sts)}: snapshot.dir volume ${mount.name} is not a PersistentVolumeClaim of this kustomization`);
   if (!(pvc.spec.accessModes ?? []).includes("ReadWriteMany"))
     errs.push(`${id(pvc)}: snapshots need accessModes ReadWriteMany`);
+}
+
+function checkKafkaStore(errs, sts, template, vol, props, pvcs) {
+  if (!template && !vol?.emptyDir)
+    errs.push(`${id(sts)}: with state.store=kafka snapshot.dir is a per-pod cache: a volumeClaimTemplate or an emptyDir`);
+  if (template && !(template.spec?.accessModes ?? []).includes("ReadWriteOnce"))
+    errs.push(`${id(sts)}: volumeClaimTemplate ${template.metadata.name} should be ReadWriteOnce`);
+  for (const p of pvcs)
+    if ((p.spec.accessModes ?? []).includes("ReadWriteMany"))
+      errs.push(`${id(p)}: a ReadWriteMany claim is not needed with state.store=kafka`);
+  const topic = props["state.topic"];
+  if (topic !== undefined && (!topic || topic === props["input.topic"] || topic === props["output.topic"]))
+    errs.push(`state.topic ${topic} must be a topic of its own`);
 }
 
 function checkServices(errs, sts, podLabels, byKind) {

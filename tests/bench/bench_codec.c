@@ -235,7 +235,7 @@ int main(void)
     if (mkdtemp(dir) == NULL) { perror("mkdtemp"); return 1; }
     write_schema(dir, 1, ours_json);
     write_schema(dir, 3, evolved_json);
-    hl_codec_opts o = { HL_FRAMING_CONFLUENT, HL_FRAMING_CONFLUENT, dir, 2, 0, 1LL << 50, 0 };
+    hl_codec_opts o = { HL_FRAMING_CONFLUENT, HL_FRAMING_CONFLUENT, dir, 2, 0, 1LL << 50, 0, NULL, NULL, 0 };
     hl_codec *c = hl_codec_create(&o, err, sizeof err);
     if (c == NULL) { fprintf(stderr, "bench_codec: %s\n", err); return 1; }
     make_payloads(c, &p1, 1);

@@ -136,7 +136,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     write_file(dir, "1.avsc", ours_json, strlen(ours_json));
     write_file(dir, "3.avsc", evolved_json, strlen(evolved_json));
     write_file(dir, "6.avsc", enum_json, strlen(enum_json));
-    hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, dir, 2, -(1LL << 50), 1LL << 50, 0 };
+    hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, dir, 2, -(1LL << 50), 1LL << 50, 0, NULL, NULL, 0 };
     if ((raw_codec = hl_codec_create(&o, err, sizeof err)) == NULL) { fprintf(stderr, "%s\n", err); abort(); }
     o.input_framing = HL_FRAMING_CONFLUENT;
     if ((confluent_codec = hl_codec_create(&o, err, sizeof err)) == NULL) { fprintf(stderr, "%s\n", err); abort(); }

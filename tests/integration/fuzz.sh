@@ -15,7 +15,7 @@
 set -u
 top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
 build=${HL_BUILD:-$top/build}
-secs=${HL_FUZZ_SECONDS:-15}
+secs=${HL_FUZZ_SECONDS:-10}
 
 if [ "${HL_SAN:-0}" = 1 ]; then
   echo "SKIP fuzz: HL_SAN=1, the fuzzers ran in the plain make test"; exit 0

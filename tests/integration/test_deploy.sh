@@ -80,11 +80,11 @@ dockerfile_rules() {
          grep -E '^[a-z0-9][a-z0-9.+-]+$' | grep -vE '^(apt-get|install|rm|y|q)$' | sort -u)
   for p in $pkgs; do
     case $p in
-      librdkafka1|libavro23|libopenblas0-pthread|libmicrohttpd12|ca-certificates) ;;
+      librdkafka1|libavro23|libopenblas0-pthread|libmicrohttpd12|libcurl4|libjansson4|ca-certificates) ;;
       *) errs="$errs; final stage installs $p";;
     esac
   done
-  for p in librdkafka1 libavro23 libopenblas0-pthread libmicrohttpd12; do
+  for p in librdkafka1 libavro23 libopenblas0-pthread libmicrohttpd12 libcurl4 libjansson4; do
     printf '%s\n' $pkgs | grep -qx "$p" || errs="$errs; final stage lacks $p"
   done
   printf '%s' "$final" | grep -qE '^USER +(10001|[a-z][a-z0-9_-]*)' &&

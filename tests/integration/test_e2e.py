@@ -144,7 +144,7 @@ def main():
             log1 = f.read()
         check("scores_two_stage", "event=scoring mode=two-stage" in log1,
               "the worker's log does not say mode=two-stage (see %s)" % tmp)
-        snaps = os.listdir(snapdir) if os.path.isdir(snapdir) else []
+        snaps = [f for f in os.listdir(snapdir) if f.endswith(".hls")] if os.path.isdir(snapdir) else []
         check("sigterm_exits_0_with_snapshots", rc == 0 and len(snaps) == 4,
               "exit status %s, snapshots %s" % (rc, snaps))
 

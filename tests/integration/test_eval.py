@@ -265,6 +265,31 @@ def test_batch_does_not_change_results():
             f"{proto}: hits {a['model']['hits']} with batch 1, {b['model']['hits']} with 64"
 
 
+def test_swap_options():
+    """--swap-model (issue 10's quality comparison): a swap to the same model
+    is the identity migration, so the lists barely move; --score-from scores
+    only the later events, and --apply-from drops the earlier ones from the
+    state without changing which events are scored."""
+    m = hlm.random_model(40, 8, n_heads=3, hidden=(16,), seed=11)
+    m.item_ids = [f"i{j}" for j in range(40)]
+    path = os.path.join(TMP, "swap.hlm")
+    hlm.write(path, m)
+    base = ["--model", path, "--input", PATH, "--format", "events-csv",
+            "--protocol", "prequential", "--k", "5"]
+    plain = run(*base, "--score-from", "0.5")
+    same = run(*base, "--score-from", "0.5", "--swap-model", path, "--swap-at", "0.5")
+    assert same["model"]["n"] == plain["model"]["n"] > 0, (same["model"], plain["model"])
+    assert abs(same["model"]["hits"] - plain["model"]["hits"]) <= 1, (same, plain)
+    users_before = {u for u, _i, _t, ts in EVENTS if ts < same["swap"]["at_ts_ms"]}
+    assert same["swap"]["users_migrated"] == len(users_before) > 0, same["swap"]
+    full = run(*base)
+    assert 0 < plain["model"]["n"] < full["model"]["n"], (plain["model"], full["model"])
+    late = run(*base, "--score-from", "0.5", "--apply-from", "0.5")
+    assert late["model"]["n"] == plain["model"]["n"], (late["model"], plain["model"])
+    p = run(*base, "--swap-model", path, code=2)
+    assert "--swap-at" in p.stderr, p.stderr
+
+
 def test_beauty_popularity_reproduces_published():
     ds = os.environ.get("HL_DATASETS")
     if not ds:
@@ -287,6 +312,7 @@ case(test_loo_popularity_matches_reference)
 case(test_prequential_popularity_matches_reference)
 case(test_model_by_bias_matches_reference)
 case(test_batch_does_not_change_results)
+case(test_swap_options)
 case(test_beauty_popularity_reproduces_published)
 shutil.rmtree(TMP, ignore_errors=True)
 sys.exit(1 if failed else 0)

@@ -39,7 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_TOPICS "behaviour-events,recommendations,behaviour-events.dlq"
+#define DEFAULT_TOPICS "behaviour-events,recommendations,behaviour-events.dlq,items"
 #define RELAY_MAX_CONNS 64
 
 enum { SIG_STOP, SIG_DOWN, SIG_UP, N_SIGS };

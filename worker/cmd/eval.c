@@ -59,6 +59,13 @@ static void usage(FILE *f)
         "                       default), or every event, targets included (all: the\n"
         "                       published Beauty popularity row was computed so, and\n"
         "                       this reproduces it exactly; it leaks the targets)\n"
+        "  --swap-model B --swap-at F\n"
+        "                       prequential: at the time of the F quantile of the\n"
+        "                       events every user's state migrates into model B\n"
+        "                       (as a live swap does) and B ranks from then on\n"
+        "  --score-from F       prequential: score only events from that time on\n"
+        "  --apply-from F       prequential: skip the events before that time (a state\n"
+        "                       rebuilt from a topic that keeps only the later ones)\n"
         "  --quiet yes          no progress lines\n",
         DEFAULT_K, DEFAULT_HISTORY, DEFAULT_BATCH, DEFAULT_WINDOWS);
 }
@@ -81,6 +88,17 @@ static int parse_yes_no(const char *s, int *out)
 
 /* One option with its value; -1 if the option is unknown, -2 if the value
  * is bad. */
+/* A fraction 0..1 (of the stream's time order); 1 when it is not one. */
+static int parse_fraction(const char *s, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || !(v >= 0 && v <= 1))
+        return 1;
+    *out = v;
+    return 0;
+}
+
 static int parse_opt(eval_args *a, const char *opt, const char *val)
 {
     long x = 0;
@@ -99,6 +117,10 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--seq-step-ms"))   { bad = parse_int(val, 1, (long)1e15, &x); a->seq_step_ms = x; }
     else if (!strcmp(opt, "--exclude-seen"))  bad = parse_yes_no(val, &a->exclude_seen);
     else if (!strcmp(opt, "--quiet"))         bad = parse_yes_no(val, &a->quiet);
+    else if (!strcmp(opt, "--swap-model"))    a->swap_model = val;
+    else if (!strcmp(opt, "--swap-at"))       bad = parse_fraction(val, &a->swap_at);
+    else if (!strcmp(opt, "--score-from"))    bad = parse_fraction(val, &a->score_from);
+    else if (!strcmp(opt, "--apply-from"))    bad = parse_fraction(val, &a->apply_from);
     else if (!strcmp(opt, "--popularity-counts")) {
         a->pop_counts_all = !strcmp(val, "all");
         bad = !a->pop_counts_all && strcmp(val, "history");
@@ -121,6 +143,11 @@ static int check_args(const eval_args *a)
         fprintf(stderr, "halflife eval: --baseline %s: only popularity exists\n", a->baseline);
         return 2;
     }
+    if (a->swap_model && (!a->model || strcmp(a->protocol, "prequential") || a->swap_at < 0)) {
+        fprintf(stderr, "halflife eval: --swap-model needs --model, --swap-at and the "
+                        "prequential protocol\n\n");
+        return 2;
+    }
     if (!a->model && !a->baseline) {
         fprintf(stderr, "halflife eval: give --model, --baseline popularity, or both\n\n");
         return 2;
@@ -132,7 +159,8 @@ static int check_args(const eval_args *a)
 static int parse_args(int argc, char **argv, eval_args *a)
 {
     *a = (eval_args){.k = DEFAULT_K, .history = DEFAULT_HISTORY, .batch = DEFAULT_BATCH,
-                     .windows = DEFAULT_WINDOWS, .exclude_seen = 1, .threads = 1};
+                     .windows = DEFAULT_WINDOWS, .exclude_seen = 1, .threads = 1,
+                     .swap_at = -1};
     for (int i = 1; i < argc; i += 2) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
@@ -244,7 +272,7 @@ static void strmap_free(strmap *sm)
 /* ---- the events ------------------------------------------------------------ */
 
 static int push_event(eval_data *d, const hl_dataset_event *de, const hl_model *m,
-                      char *errbuf, size_t errlen)
+                      const hl_model *mb, char *errbuf, size_t errlen)
 {
     if (d->n_ev == d->cap) {
         int64_t cap = d->cap ? d->cap * 2 : 65536;
@@ -263,7 +291,9 @@ static int push_event(eval_data *d, const hl_dataset_event *de, const hl_model *
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory interning ids");
     float tw = m ? hl_model_info_get(m)->type_weight[de->type] : 1.0f;
     *e = (ev_rec){.ts_ms = de->ts_ms, .idx = d->n_ev, .user = user, .item = item,
-                  .w = tw * de->weight, .type = (uint8_t)de->type};
+                  .w = tw * de->weight, .type = (uint8_t)de->type,
+                  .item_b = mb ? hl_model_item_find(mb, de->item, de->item_len) : -1,
+                  .key = hl_item_key(de->item, de->item_len)};
     d->unknown += item < 0;
     d->n_ev++;
     return 0;
@@ -282,7 +312,7 @@ static int load_events(const eval_args *a, const hl_model *m, eval_data *d,
     if (rd == NULL)
         return HL_EIO;
     while ((rc = hl_dataset_next(rd, &de, errbuf, errlen)) == 1)
-        if ((rc = push_event(d, &de, m, errbuf, errlen)) != 0)
+        if ((rc = push_event(d, &de, m, a->swap_m, errbuf, errlen)) != 0)
             break;
     hl_dataset_stats_get(rd, &d->st);
     hl_dataset_close(rd);
@@ -298,7 +328,8 @@ hl_event hl_eval_event(const eval_data *d, const ev_rec *e, int64_t offset)
 {
     uint32_t len;
     const char *user = strmap_key(&d->users, e->user, &len);
-    return (hl_event){.user = user, .user_len = len, .item = e->item, .type = e->type,
+    return (hl_event){.user = user, .user_len = len, .item = e->item, .item_key = e->key,
+                      .type = e->type,
                       .w = e->w, .ts_ms = e->ts_ms, .offset = offset};
 }
 
@@ -359,7 +390,7 @@ int hl_cmd_eval(int argc, char **argv)
 {
     eval_args a;
     eval_data d;
-    hl_model *m = NULL;
+    hl_model *m = NULL, *mb = NULL;
     char err[512] = "";
     int rc = parse_args(argc, argv, &a);
 
@@ -367,10 +398,13 @@ int hl_cmd_eval(int argc, char **argv)
         return rc == 1 ? 0 : 2;
     memset(&d, 0, sizeof d);
     openblas_set_num_threads(a.threads);
-    if (a.model && (m = hl_model_open(a.model, err, sizeof err)) == NULL) {
+    if ((a.model && (m = hl_model_open(a.model, err, sizeof err)) == NULL) ||
+        (a.swap_model && (mb = hl_model_open(a.swap_model, err, sizeof err)) == NULL)) {
         fprintf(stderr, "halflife eval: %s\n", err);
+        hl_model_close(m);
         return 1;
     }
+    a.swap_m = mb;
     if ((rc = load_events(&a, m, &d, err, sizeof err)) == 0) {
         if (d.st.bad_lines > 0 && !a.quiet)
             fprintf(stderr, "eval: %lld bad lines skipped (first at line %lld: %s)\n",
@@ -385,5 +419,6 @@ int hl_cmd_eval(int argc, char **argv)
     strmap_free(&d.items);
     free(d.ev);
     hl_model_close(m);
+    hl_model_close(mb);
     return rc == 0 ? 0 : 1;
 }

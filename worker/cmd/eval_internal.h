@@ -31,6 +31,14 @@ typedef struct eval_args {
     int         pop_counts_all;   /* loo: popularity also counts the targets */
     int         threads;          /* OpenBLAS threads */
     int64_t     seq_step_ms;
+    /* Prequential, a model swap (DESIGN.md section 10): --swap-model B,
+     * --swap-at F: at the time of the F quantile of the events the state
+     * migrates into B (core/migrate.c) and B ranks from there; --score-from
+     * F: only events from that time are scored; --apply-from F: earlier
+     * events are not applied at all (a state rebuilt from a short topic). */
+    const char *swap_model;
+    const hl_model *swap_m;        /* opened by hl_cmd_eval */
+    double      swap_at, score_from, apply_from;   /* 0..1; swap_at < 0: none */
 } eval_args;
 
 /* ---- the events (eval.c) --------------------------------------------- */
@@ -55,6 +63,8 @@ static inline const char *strmap_key(const strmap *sm, int32_t id, uint32_t *len
 typedef struct ev_rec {
     int64_t ts_ms, idx;     /* idx: file order, the tie-break */
     int32_t user, item;     /* dense user id; model row (or file item id), -1 unknown */
+    int32_t item_b;         /* its row in --swap-model, -1 unknown or none */
+    uint64_t key;           /* hl_item_key of its id */
     float   w;              /* type weight x weight field */
     uint8_t type;
 } ev_rec;

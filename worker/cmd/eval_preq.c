@@ -10,6 +10,7 @@
  * overall and per tenth of the stream (--windows). */
 #include "eval_internal.h"
 #include "log.h"
+#include "migrate.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,9 @@ typedef struct preq_run {
     metric          *win_model, *win_pop;   /* (windows) */
     int              n_heads, dim;
     progress         pg;
+    int64_t          t_swap, t_score;   /* INT64_MAX: no swap; INT64_MIN: score all */
+    int              use_b;             /* swapped: events name --swap-model's rows */
+    int64_t          migrated;
 } preq_run;
 
 static int copies_alloc(preq_run *pr)
@@ -177,6 +181,8 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
         if (pr->a->baseline)
             preq_popularity(pr, first + b, &pr->copy[b]);
         hl_event ev = hl_eval_event(pr->d, e, first + b);
+        if (pr->use_b)
+            ev.item = e->item_b;
         if ((rc = hl_eval_apply(pr->tbl, pr->m, &ev, errbuf, errlen)) != 0)
             return rc;
     }
@@ -185,8 +191,11 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
     if ((rc = hl_ranker_refresh(pr->rk, pr->views, n, pr->recs, pr->n_out)) != 0)
         return hl_err(errbuf, errlen, rc, "eval: refresh failed: %s", hl_strerror(rc));
     for (int b = 0; b < n; b++) {
+        const ev_rec *e = &pr->d->ev[first + b];
+        if (e->ts_ms < pr->t_score)
+            continue;           /* --score-from: applied, not scored */
         int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b],
-                                pr->d->ev[first + b].item);
+                                pr->use_b ? e->item_b : e->item);
         metric_add(&pr->model, rank);
         metric_add(&pr->win_model[window_of(pr, first + b)], rank);
     }
@@ -227,7 +236,53 @@ static void preq_print(const preq_run *pr, double seconds)
     if (pr->a->baseline)
         hl_eval_print_metric("popularity", &pr->popm, 0);
     preq_print_windows(pr);
+    if (pr->a->swap_m)
+        printf(",\"swap\":{\"at_ts_ms\":%lld,\"users_migrated\":%lld}",
+               (long long)pr->t_swap, (long long)pr->migrated);
+    if (pr->t_score != INT64_MIN)
+        printf(",\"scored_from_ts_ms\":%lld", (long long)pr->t_score);
     printf(",\"seconds\":%.2f}\n", seconds);
+}
+
+/* The time of the f quantile of the events (in time order): events before
+ * it are "the first f of the time", as `halflife train --holdout time:f`. */
+static int64_t time_at(const eval_data *d, double f)
+{
+    int64_t i = (int64_t)(f * (double)d->n_ev);
+    return i >= d->n_ev ? INT64_MAX : d->ev[i < 0 ? 0 : i].ts_ms;
+}
+
+/* The swap: every user's state into --swap-model (the worker's migration),
+ * which ranks from now on. */
+static int preq_swap(preq_run *pr, char *errbuf, size_t errlen)
+{
+    const hl_model *b = pr->a->swap_m;
+    hl_migration *mg = hl_migration_create(pr->m, b, hl_model_info_get(pr->m)->type_weight,
+                                           errbuf, errlen);
+    if (mg == NULL)
+        return HL_EINVAL;
+    pr->migrated = hl_migration_table(mg, pr->tbl);
+    hl_migration_destroy(mg);
+    if (pr->migrated < 0)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory migrating");
+    hl_rank_opts ro = {.k = pr->a->k, .exclude_seen = pr->a->exclude_seen,
+                       .max_batch = pr->a->batch};
+    hl_ranker_destroy(pr->rk);
+    if ((pr->rk = hl_ranker_create(b, &ro, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    pr->m = b;
+    pr->use_b = 1;
+    return 0;
+}
+
+/* Events [i, i + n) stay on one side of the swap. */
+static int batch_len(const preq_run *pr, int64_t i)
+{
+    int64_t n = pr->d->n_ev - i < pr->a->batch ? pr->d->n_ev - i : pr->a->batch;
+    for (int64_t j = 0; j < n && !pr->use_b && pr->a->swap_m; j++)
+        if (pr->d->ev[i + j].ts_ms >= pr->t_swap)
+            return j > 0 ? (int)j : 1;
+    return (int)n;
 }
 
 int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
@@ -238,11 +293,19 @@ int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
     int rc;
 
     qsort(d->ev, (size_t)d->n_ev, sizeof *d->ev, cmp_time);
+    pr.t_swap = a->swap_m ? time_at(d, a->swap_at) : INT64_MAX;
+    pr.t_score = a->score_from > 0 ? time_at(d, a->score_from) : INT64_MIN;
+    int64_t start = 0, t_apply = a->apply_from > 0 ? time_at(d, a->apply_from) : INT64_MIN;
+    while (start < d->n_ev && d->ev[start].ts_ms < t_apply)
+        start++;                /* --apply-from: never seen */
     if ((rc = preq_alloc(&pr, errbuf, errlen)) != 0)
         goto out;
-    for (int64_t i = 0; rc == 0 && i < d->n_ev; i += a->batch) {
-        int n = d->n_ev - i < a->batch ? (int)(d->n_ev - i) : a->batch;
-        rc = preq_batch(&pr, i, n, errbuf, errlen);
+    for (int64_t i = start, n; rc == 0 && i < d->n_ev; i += n) {
+        if (!pr.use_b && a->swap_m && d->ev[i].ts_ms >= pr.t_swap &&
+            (rc = preq_swap(&pr, errbuf, errlen)) != 0)
+            break;
+        n = batch_len(&pr, i);
+        rc = preq_batch(&pr, i, (int)n, errbuf, errlen);
         hl_eval_progress(&pr.pg, "prequential events", i + n, d->n_ev,
                          m ? &pr.model : NULL, a->baseline ? &pr.popm : NULL);
     }

@@ -13,7 +13,11 @@
  * a few defaults of this command's own (make_producer). --rate paces the
  * events per second (worker/pace.c); 0 is as fast as the producer goes. At
  * the end every message is waited for and the delivered and failed counts
- * are reported: the exit status is 1 if any message failed. */
+ * are reported: the exit status is 1 if any message failed.
+ *
+ * With schema.registry.url the event schema is registered under
+ * "<topic>-value" (or only looked up with schema.registry.auto.register=
+ * false) and every event carries the registry's id instead of 1. */
 #include "cmd.h"
 #include "codec.h"
 #include "config.h"
@@ -21,6 +25,7 @@
 #include "log.h"
 #include "pace.h"
 #include "producer.h"
+#include "registry.h"
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
@@ -47,7 +52,8 @@ static void usage(FILE *f)
         "usage: halflife produce --input FILE --format F [--topic T] [--rate N]\n"
         "                        [--limit N] [--partitions N] [-X key=value]...\n\n"
         "Replays a dataset into Kafka as Avro BehaviourEvents keyed by user_id\n"
-        "(Confluent framing with schema id 1, or -X input.format=raw).\n\n"
+        "(Confluent framing with schema id 1, or the id the Schema Registry gives\n"
+        "with -X schema.registry.url=URL, or -X input.format=raw).\n\n"
         "  --input FILE      the dataset file\n"
         "  --format F        movielens-csv, movielens-dat, seq, taobao or events-csv\n"
         "  --topic T         target topic (default: input.topic, behaviour-events)\n"
@@ -250,6 +256,30 @@ static void wait_delivered(replay *r)
     }
 }
 
+/* With a registry: the event schema's id under "<topic>-value", registered
+ * or looked up; 0 (the default id 1) without one. */
+static int event_schema_id(const hl_worker_opts *wo, const char *topic, int32_t *id,
+                           char *errbuf, size_t errlen)
+{
+    char subject[300], why[512];
+    int rc;
+    *id = 0;
+    if (wo->registry.urls == NULL || wo->codec.input_framing != HL_FRAMING_CONFLUENT)
+        return 0;
+    hl_registry *reg = hl_registry_create(&wo->registry, errbuf, errlen);
+    if (reg == NULL)
+        return HL_EINVAL;
+    snprintf(subject, sizeof subject, "%s-value", topic);
+    rc = wo->registry_auto_register
+             ? hl_registry_register(reg, subject, hl_codec_event_schema(), id, why, sizeof why)
+             : hl_registry_lookup(reg, subject, hl_codec_event_schema(), id, why, sizeof why);
+    hl_registry_destroy(reg);
+    if (rc != 0)
+        return hl_err(errbuf, errlen, rc, "event schema under subject %s: %s", subject, why);
+    hl_log(HL_LOG_INFO, "event_schema", "subject=%s id=%d", subject, (int)*id);
+    return 0;
+}
+
 static int open_input(replay *r, const produce_args *a, const hl_config *cfg,
                       char *errbuf, size_t errlen)
 {
@@ -261,6 +291,8 @@ static int open_input(replay *r, const produce_args *a, const hl_config *cfg,
     if ((r->rd = hl_dataset_open(a->input, &dopts, errbuf, errlen)) == NULL)
         return HL_EIO;
     hl_config_worker_opts(cfg, &wo);
+    if ((rc = event_schema_id(&wo, r->topic, &wo.codec.event_schema_id, errbuf, errlen)) != 0)
+        return rc;
     wo.codec.min_ts_ms = INT64_MIN;              /* the encoder does not check */
     wo.codec.max_ts_ms = INT64_MAX;
     if ((r->codec = hl_codec_create(&wo.codec, errbuf, errlen)) == NULL)

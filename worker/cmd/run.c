@@ -74,6 +74,7 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
 }
 
 static volatile sig_atomic_t run_signalled;
+static volatile sig_atomic_t run_reload;    /* SIGHUP: look at model.path now */
 static unsigned run_deadline_s;         /* set once before the handlers */
 
 /* The first signal asks for a graceful stop and arms a last-resort alarm a
@@ -87,6 +88,12 @@ static void on_signal(int sig)
     alarm(run_deadline_s);
 }
 
+static void on_hup(int sig)
+{
+    (void)sig;
+    run_reload = 1;
+}
+
 /* Installed first thing, so a SIGTERM while the configuration is read,
  * the model loads or the worker starts (Kubernetes may send one at any
  * moment) is a clean stop too, not the default action's exit 143. The
@@ -98,6 +105,9 @@ static void install_signals(void)
     run_deadline_s = 30 + 5;            /* shutdown.timeout.ms's default */
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    struct sigaction hup = {.sa_handler = on_hup};
+    sigemptyset(&hup.sa_mask);
+    sigaction(SIGHUP, &hup, NULL);
 }
 
 static int worker_ready(void *arg, char *why, size_t whylen)
@@ -126,14 +136,16 @@ int hl_cmd_run(int argc, char **argv)
     }
     hl_log_set_level(hl_config_log_level(cfg));
     hl_config_worker_opts(cfg, &o);
+    o.reload_sig = &run_reload;
     run_deadline_s = (unsigned)(o.shutdown_timeout_ms / 1000) + 5;
+    o.start_abort = &run_signalled;     /* a SIGTERM while waiting for the registry */
     const char *model_path = hl_config_str(cfg, "model.path");
     if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);
         goto out;
     }
     reg = hl_metrics_create();
-    if ((w = hl_worker_create(&o, m, reg, err, sizeof err)) == NULL) {
+    if ((w = hl_worker_create(&o, m, reg, err, sizeof err)) == NULL && !run_signalled) {
         hl_log(HL_LOG_ERROR, "worker_create_failed", "err=\"%s\"", err);
         goto out;
     }

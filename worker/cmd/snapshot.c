@@ -89,7 +89,9 @@ static void print_info(const char *path, const hl_snapshot_info *in)
             in->dim, in->n_heads);
     for (int h = 0; h < in->n_heads; h++)
         json_num(f, h ? "," : "", 17, in->half_life_ms[h]);
-    fprintf(f, "],\"history\":%d,\"users\":%llu,\"hist_entries\":%llu", in->history,
+    fprintf(f, "],\"history\":%d,\"changelog_offset\":%lld,\"changelog_epoch\":%lld,"
+            "\"users\":%llu,\"hist_entries\":%llu", in->history,
+            (long long)in->meta.changelog_offset, (long long)in->meta.changelog_epoch,
             (unsigned long long)in->n_rows, (unsigned long long)in->hist_entries);
     if (in->n_rows > 0)
         fprintf(f, ",\"min_t_ref_ms\":%lld,\"max_t_ref_ms\":%lld,\"max_last_offset\":%lld",

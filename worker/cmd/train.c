@@ -179,6 +179,7 @@ static int load(const char *path, const hl_dataset_opts *dopt, events *e,
 
 typedef struct train_args {
     const char       *input, *out, *format;
+    const char       *init;          /* --init MODEL, or NULL */
     hl_dataset_opts   dopt;
     hl_train_opts     o;
     int               threads, quiet;
@@ -222,6 +223,10 @@ static void usage(FILE *f)
 "  --holdout time:F      train only on events before the time of the F\n"
 "                        quantile (e.g. 0.8): later events stay unseen for\n"
 "                        `halflife eval --protocol prequential` (its windows)\n"
+"  --init MODEL          warm start (a daily retrain): items MODEL knows start\n"
+"                        from its rows, the MLP from its weights when the\n"
+"                        shapes match; MODEL's dim must equal --dim. A worker\n"
+"                        swapping to the result then migrates users closely\n"
 "  --seed S              (1)\n"
 "  --threads T           OpenBLAS threads (number of cores)\n"
 "  --quiet               no progress lines\n");
@@ -289,7 +294,8 @@ static int num_arg(const char *s, double lo, double hi, double *v)
 }
 
 enum { O_DIM = 256, O_HIDDEN, O_HL, O_STEP, O_EPOCHS, O_BATCH, O_LR, O_LRF, O_L2,
-       O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET, O_LEARN_HL, O_FIXED_HL, O_NO_TIE };
+       O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET,
+       O_INIT, O_LEARN_HL, O_FIXED_HL, O_NO_TIE };
 
 static const struct option long_opts[] = {
     {"input", 1, 0, 'i'}, {"format", 1, 0, 'f'}, {"out", 1, 0, 'o'}, {"help", 0, 0, 'h'},
@@ -299,7 +305,7 @@ static const struct option long_opts[] = {
     {"dropout", 1, 0, O_DROP}, {"max-history", 1, 0, O_HIST},
     {"full-softmax-max", 1, 0, O_FULLMAX}, {"negatives", 1, 0, O_NEG}, {"tie", 0, 0, O_TIE},
     {"holdout", 1, 0, O_HOLDOUT}, {"seed", 1, 0, O_SEED}, {"threads", 1, 0, O_THREADS},
-    {"quiet", 0, 0, O_QUIET}, {"learn-half-lives", 0, 0, O_LEARN_HL},
+    {"quiet", 0, 0, O_QUIET}, {"init", 1, 0, O_INIT}, {"learn-half-lives", 0, 0, O_LEARN_HL},
     {"fixed-half-lives", 0, 0, O_FIXED_HL}, {"no-tie", 0, 0, O_NO_TIE}, {0, 0, 0, 0},
 };
 
@@ -347,6 +353,7 @@ static int set_option(train_args *a, int opt, const char *s)
     case O_LEARN_HL: a->o.learn_half_lives = 1; return 0;
     case O_FIXED_HL: a->o.learn_half_lives = 0; return 0;
     case O_QUIET:   a->quiet = 1; return 0;
+    case O_INIT:    a->init = s; return 0;
     case O_HOLDOUT:
         if (strcmp(s, "loo") == 0) a->o.holdout_loo = 1;
         else if (strcmp(s, "none") == 0) a->o.holdout_loo = 0;
@@ -456,11 +463,36 @@ static void print_summary(const train_args *a, const events *e,
     printf("}\n");
 }
 
+/* --init MODEL: the model and, per training item, its row there (-1 for
+ * an item it does not know). */
+static int open_init(train_args *a, const events *e, hl_model **init, int32_t **rows,
+                     char *errbuf, size_t errlen)
+{
+    const idmap *im = &e->items;
+    if ((*init = hl_model_open(a->init, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    if ((*rows = malloc(sizeof **rows * ((size_t)im->n + 1))) == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "no memory for %d item rows", im->n);
+    int32_t known = 0;
+    for (int32_t i = 0; i < im->n; i++) {
+        (*rows)[i] = hl_model_item_find(*init, im->arena + im->off[i], im->len[i]);
+        known += (*rows)[i] >= 0;
+    }
+    a->o.init = *init;
+    a->o.init_row = *rows;
+    if (!a->quiet)
+        fprintf(stderr, "train: --init %s: %d of %d items start from its rows\n", a->init,
+                known, im->n);
+    return 0;
+}
+
 int hl_cmd_train(int argc, char **argv)
 {
     train_args a;
     events e;
     hl_train_result res;
+    hl_model *init = NULL;
+    int32_t *init_row = NULL;
     char err[512];
     int rc;
 
@@ -477,6 +509,7 @@ int hl_cmd_train(int argc, char **argv)
     if (!a.quiet)
         fprintf(stderr, "train: %lld events, %d users, %d items\n", (long long)e.n,
                 e.users.n, e.items.n);
+    if (a.init && open_init(&a, &e, &init, &init_row, err, sizeof err)) goto fail;
     double t0 = hl_now_mono_s();
     if (hl_train_run(&a.o, &d, &res, err, sizeof err)) goto fail;
     double secs = hl_now_mono_s() - t0;
@@ -489,5 +522,7 @@ fail:
 out:
     hl_train_result_reset(&res);
     events_free(&e);
+    hl_model_close(init);
+    free(init_row);
     return rc;
 }

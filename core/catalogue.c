@@ -1,0 +1,515 @@
+/* catalogue.c - the live catalogue's table and its immutable views (the
+ * contract is catalogue.h).
+ *
+ * The table holds one entry per item the item topic says anything about,
+ * found by id through an open-addressing hash of entry numbers (linear
+ * probing, rebuilt at twice the size when half full; deletion shifts back,
+ * so there are no tombstones). A known item's id points into the model,
+ * an unknown one's is a copy. Entries with an embedding own a side slot:
+ * a row of side_e_in / side_e_out / side_bias. Slots and entries freed by
+ * a tombstone go on free lists, so the arrays never shrink and never move
+ * an entry. Memory is bounded by the model's items plus max_new.
+ *
+ * A view is built from scratch: side rows packed in entry order, the
+ * always-hidden rows sorted, the expiring rows with their times. Nothing in
+ * a view points into the table, so the table may change (and the reader
+ * build the next view) while threads rank with the old one. */
+#include "catalogue.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct entry {
+    const char *id;            /* own copy (a model swap must not leave it dangling) */
+    uint32_t    id_len;
+    int32_t     model_row;     /* -1: unknown to the model */
+    int32_t     side;          /* side slot, -1: none */
+    int32_t     next_free;     /* free list link while unused */
+    uint8_t     used;
+    uint8_t     available;
+    int64_t     expires_at_ms;
+} entry;
+
+struct hl_catalogue {
+    const hl_model *m;
+    int32_t   n_model, dim, max_new;
+    entry    *ent;     int32_t n_ent, cap_ent, free_ent;
+    int32_t  *slot;    uint32_t n_slot;      /* entry + 1 per slot, 0 empty */
+    int32_t   n_used, n_new;                 /* live entries; unknown ones */
+    float    *s_in, *s_out, *s_bias;         /* (cap_side, dim) ... */
+    int32_t  *s_next;                        /* free list of slots */
+    int32_t   cap_side, n_side_hw, free_side;/* high water: slots ever handed out */
+    uint64_t  version;
+    hl_catalogue_stats st;
+};
+
+typedef struct exp_row { int64_t at_ms; int32_t row; } exp_row;
+
+struct hl_catview {
+    uint64_t  version;
+    int32_t   n_model, dim, n_side;
+    const hl_model *m;
+    float    *e_in, *e_out, *bias;           /* (n_side, dim), (n_side) */
+    char    **side_id;  uint32_t *side_len;  /* copies */
+    int32_t  *always;   int32_t n_always;    /* sorted rows */
+    exp_row  *exp;      int32_t n_exp;       /* sorted by time */
+};
+
+/* ---- the id hash ---- */
+
+static uint32_t hash_id(const char *s, size_t len)
+{
+    uint32_t h = 2166136261u;                /* FNV-1a 32 */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+static int same_id(const entry *e, const char *id, size_t len)
+{
+    return e->id_len == len && memcmp(e->id, id, len) == 0;
+}
+
+/* The slot holding id's entry, or the empty slot where it would go. */
+static uint32_t probe(const hl_catalogue *c, const char *id, size_t len)
+{
+    uint32_t mask = c->n_slot - 1, i = hash_id(id, len) & mask;
+    while (c->slot[i] != 0 && !same_id(&c->ent[c->slot[i] - 1], id, len))
+        i = (i + 1) & mask;
+    return i;
+}
+
+static int rehash(hl_catalogue *c, uint32_t n_slot)
+{
+    int32_t *old = c->slot;
+    uint32_t n_old = c->n_slot;
+    if ((c->slot = calloc(n_slot, sizeof *c->slot)) == NULL) {
+        c->slot = old;
+        return HL_ENOMEM;
+    }
+    c->n_slot = n_slot;
+    for (uint32_t i = 0; i < n_old; i++)
+        if (old[i] != 0) {
+            const entry *e = &c->ent[old[i] - 1];
+            c->slot[probe(c, e->id, e->id_len)] = old[i];
+        }
+    free(old);
+    return 0;
+}
+
+/* Removes slot i, shifting later entries of its run back (no tombstones). */
+static void slot_del(hl_catalogue *c, uint32_t i)
+{
+    uint32_t mask = c->n_slot - 1, j = i;
+    c->slot[i] = 0;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (c->slot[j] == 0)
+            return;
+        const entry *e = &c->ent[c->slot[j] - 1];
+        uint32_t home = hash_id(e->id, e->id_len) & mask;
+        /* j's entry may move to i unless its home lies cyclically in (i, j]. */
+        if ((i <= j) ? (i < home && home <= j) : (i < home || home <= j))
+            continue;
+        c->slot[i] = c->slot[j];
+        c->slot[j] = 0;
+        i = j;
+    }
+}
+
+/* ---- create / destroy ---- */
+
+hl_catalogue *hl_catalogue_create(const hl_model *m, int32_t max_new,
+                                  char *errbuf, size_t errlen)
+{
+    if (max_new < 0) {
+        hl_err(errbuf, errlen, HL_EINVAL, "catalogue: max_new %d below 0", (int)max_new);
+        return NULL;
+    }
+    hl_catalogue *c = calloc(1, sizeof *c);
+    if (c == NULL || rehash(c, 64) != 0) {
+        free(c);
+        hl_err(errbuf, errlen, HL_ENOMEM, "catalogue: out of memory");
+        return NULL;
+    }
+    c->m = m;
+    c->n_model = hl_model_info_get(m)->n_items;
+    c->dim = hl_model_info_get(m)->dim;
+    c->max_new = max_new;
+    c->free_ent = c->free_side = -1;
+    return c;
+}
+
+void hl_catalogue_destroy(hl_catalogue *c)
+{
+    if (c == NULL)
+        return;
+    for (int32_t i = 0; i < c->n_ent; i++)
+        if (c->ent[i].used)
+            free((char *)c->ent[i].id);
+    free(c->ent);
+    free(c->slot);
+    free(c->s_in);
+    free(c->s_out);
+    free(c->s_bias);
+    free(c->s_next);
+    free(c);
+}
+
+uint64_t hl_catalogue_version(const hl_catalogue *c) { return c->version; }
+
+void hl_catalogue_stats_get(const hl_catalogue *c, hl_catalogue_stats *st)
+{
+    *st = c->st;
+}
+
+/* ---- entries and side slots ---- */
+
+static int32_t ent_alloc(hl_catalogue *c)
+{
+    if (c->free_ent >= 0) {
+        int32_t i = c->free_ent;
+        c->free_ent = c->ent[i].next_free;
+        return i;
+    }
+    if (c->n_ent == c->cap_ent) {
+        int32_t cap = c->cap_ent ? c->cap_ent * 2 : 64;
+        entry *e = realloc(c->ent, (size_t)cap * sizeof *e);
+        if (e == NULL)
+            return HL_ENOMEM;
+        c->ent = e;
+        c->cap_ent = cap;
+    }
+    return c->n_ent++;
+}
+
+static int32_t side_alloc(hl_catalogue *c)
+{
+    if (c->free_side >= 0) {
+        int32_t s = c->free_side;
+        c->free_side = c->s_next[s];
+        return s;
+    }
+    if (c->n_side_hw == c->cap_side) {
+        int32_t cap = c->cap_side ? c->cap_side * 2 : 16;
+        size_t d = (size_t)c->dim;
+        float *a = realloc(c->s_in, (size_t)cap * d * sizeof *a);
+        if (a) c->s_in = a;
+        float *b = realloc(c->s_out, (size_t)cap * d * sizeof *b);
+        if (b) c->s_out = b;
+        float *bb = realloc(c->s_bias, (size_t)cap * sizeof *bb);
+        if (bb) c->s_bias = bb;
+        int32_t *nx = realloc(c->s_next, (size_t)cap * sizeof *nx);
+        if (nx) c->s_next = nx;
+        if (!a || !b || !bb || !nx)
+            return HL_ENOMEM;
+        c->cap_side = cap;
+    }
+    return c->n_side_hw++;
+}
+
+static void side_free(hl_catalogue *c, int32_t s)
+{
+    c->s_next[s] = c->free_side;
+    c->free_side = s;
+}
+
+/* Takes e's contribution out of (sign -1) or into (+1) the counts. */
+static void count(hl_catalogue *c, const entry *e, int sign)
+{
+    c->st.hidden += sign * !e->available;
+    c->st.expiring += sign * (e->expires_at_ms != HL_CATALOGUE_NO_EXPIRY);
+    if (e->side >= 0) {
+        if (e->model_row < 0)
+            c->st.added += sign;
+        else
+            c->st.overridden += sign;
+    }
+}
+
+static void forget(hl_catalogue *c, uint32_t slot)
+{
+    int32_t i = c->slot[slot] - 1;
+    entry *e = &c->ent[i];
+    count(c, e, -1);
+    slot_del(c, slot);
+    if (e->side >= 0)
+        side_free(c, e->side);
+    free((char *)e->id);
+    if (e->model_row < 0)
+        c->n_new--;
+    e->used = 0;
+    e->next_free = c->free_ent;
+    c->free_ent = i;
+    c->n_used--;
+}
+
+/* A new entry for id under slot (empty). */
+static int insert(hl_catalogue *c, const hl_item_update *u, uint32_t *slot,
+                  char *errbuf, size_t errlen)
+{
+    int32_t row = hl_model_item_find(c->m, u->id, u->id_len);
+    if (row < 0 && c->n_new >= c->max_new)
+        return hl_err(errbuf, errlen, HL_EFULL, "catalogue: item \"%.*s\" is not in the "
+                      "model and catalogue.max.new.items=%d such items are kept already",
+                      (int)(u->id_len < 64 ? u->id_len : 64), u->id, (int)c->max_new);
+    if ((uint32_t)(c->n_used + 1) * 2 > c->n_slot) {
+        if (rehash(c, c->n_slot * 2) != 0)
+            return hl_err(errbuf, errlen, HL_ENOMEM, "catalogue: out of memory");
+        *slot = probe(c, u->id, u->id_len);
+    }
+    int32_t i = ent_alloc(c);
+    char *own = malloc(u->id_len);
+    if (i < 0 || own == NULL) {
+        free(own);
+        if (i >= 0) { c->ent[i].next_free = c->free_ent; c->free_ent = i; }
+        return hl_err(errbuf, errlen, HL_ENOMEM, "catalogue: out of memory");
+    }
+    entry *e = &c->ent[i];
+    memset(e, 0, sizeof *e);
+    memcpy(own, u->id, u->id_len);
+    c->n_new += row < 0;
+    e->id = own;
+    e->id_len = u->id_len;
+    e->model_row = row;
+    e->side = -1;
+    e->used = 1;
+    e->available = 1;
+    e->expires_at_ms = HL_CATALOGUE_NO_EXPIRY;
+    c->slot[*slot] = i + 1;
+    c->n_used++;
+    return 0;
+}
+
+static int check_update(const hl_catalogue *c, const hl_item_update *u,
+                        char *errbuf, size_t errlen)
+{
+    if (u->id_len < 1 || u->id_len > HL_MAX_ID_LEN)
+        return hl_err(errbuf, errlen, HL_EINVAL, "catalogue: item_id of %u bytes "
+                      "(1..%d)", u->id_len, HL_MAX_ID_LEN);
+    if (u->tombstone || u->e_out == NULL)
+        return 0;
+    int bad = !isfinite(u->bias);
+    for (int d = 0; d < c->dim && !bad; d++)
+        bad = !isfinite(u->e_in[d]) || !isfinite(u->e_out[d]);
+    if (bad)
+        return hl_err(errbuf, errlen, HL_EINVAL, "catalogue: item \"%.*s\": embedding "
+                      "holds NaN or infinity", (int)(u->id_len < 64 ? u->id_len : 64), u->id);
+    return 0;
+}
+
+/* Sets e's vectors from u (a slot taken if needed) or drops them. */
+static int set_embedding(hl_catalogue *c, entry *e, const hl_item_update *u,
+                         char *errbuf, size_t errlen)
+{
+    if (u->e_out == NULL) {
+        if (e->side >= 0)
+            side_free(c, e->side);
+        e->side = -1;
+        return 0;
+    }
+    if (e->side < 0 && (e->side = side_alloc(c)) < 0) {
+        e->side = -1;
+        return hl_err(errbuf, errlen, HL_ENOMEM, "catalogue: out of memory");
+    }
+    size_t d = (size_t)c->dim, off = (size_t)e->side * d;
+    memcpy(c->s_in + off, u->e_in, d * sizeof(float));
+    memcpy(c->s_out + off, u->e_out, d * sizeof(float));
+    c->s_bias[e->side] = u->bias;
+    return 0;
+}
+
+int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
+                       char *errbuf, size_t errlen)
+{
+    int rc = check_update(c, u, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    uint32_t slot = probe(c, u->id, u->id_len);
+    if (u->tombstone) {
+        if (c->slot[slot] != 0)
+            forget(c, slot);
+        c->version++;
+        return 0;
+    }
+    if (c->slot[slot] == 0 && (rc = insert(c, u, &slot, errbuf, errlen)) != 0)
+        return rc;
+    entry *e = &c->ent[c->slot[slot] - 1];
+    count(c, e, -1);
+    rc = set_embedding(c, e, u, errbuf, errlen);
+    e->available = u->available != 0;
+    e->expires_at_ms = u->expires_at_ms;
+    count(c, e, +1);
+    c->version++;
+    return rc;
+}
+
+int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, int32_t *n_dropped)
+{
+    int dim = hl_model_info_get(m)->dim;
+    *n_dropped = 0;
+    if (dim != c->dim) {
+        for (int32_t i = 0; i < c->n_ent; i++)   /* every side slot goes */
+            if (c->ent[i].used && c->ent[i].side >= 0) {
+                count(c, &c->ent[i], -1);
+                c->ent[i].side = -1;
+                count(c, &c->ent[i], +1);
+                (*n_dropped)++;
+            }
+        free(c->s_in);               /* side_alloc grows them anew at the new width */
+        free(c->s_out);
+        c->s_in = c->s_out = NULL;
+        c->cap_side = c->n_side_hw = 0;
+        c->free_side = -1;
+        c->dim = dim;
+    }
+    c->m = m;
+    c->n_model = hl_model_info_get(m)->n_items;
+    c->n_new = 0;
+    for (int32_t i = 0; i < c->n_ent; i++) {
+        entry *e = &c->ent[i];
+        if (!e->used)
+            continue;
+        count(c, e, -1);
+        e->model_row = hl_model_item_find(m, e->id, e->id_len);
+        c->n_new += e->model_row < 0;
+        count(c, e, +1);
+    }
+    c->version++;
+    return 0;
+}
+
+/* ---- views ---- */
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int cmp_exp(const void *a, const void *b)
+{
+    const exp_row *x = a, *y = b;
+    if (x->at_ms != y->at_ms)
+        return x->at_ms < y->at_ms ? -1 : 1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+static int view_alloc(hl_catview *v, const hl_catalogue *c)
+{
+    size_t ns = (size_t)c->st.added + (size_t)c->st.overridden, d = (size_t)c->dim;
+    size_t n_rows = (size_t)c->n_used * 2 + 1;   /* a row each, a model row masked */
+    v->e_in = malloc((ns ? ns : 1) * d * sizeof(float));
+    v->e_out = malloc((ns ? ns : 1) * d * sizeof(float));
+    v->bias = malloc((ns ? ns : 1) * sizeof(float));
+    v->side_id = calloc(ns ? ns : 1, sizeof *v->side_id);
+    v->side_len = calloc(ns ? ns : 1, sizeof *v->side_len);
+    v->always = malloc(n_rows * sizeof *v->always);
+    v->exp = malloc(n_rows * sizeof *v->exp);
+    return v->e_in && v->e_out && v->bias && v->side_id && v->side_len &&
+           v->always && v->exp ? 0 : HL_ENOMEM;
+}
+
+/* Entry e into v: its side row, its hidden rows and its expiry. */
+static int view_add(hl_catview *v, const hl_catalogue *c, const entry *e)
+{
+    int32_t row = e->model_row;
+    if (e->side >= 0) {
+        size_t d = (size_t)c->dim, s = (size_t)v->n_side;
+        memcpy(v->e_in + s * d, c->s_in + (size_t)e->side * d, d * sizeof(float));
+        memcpy(v->e_out + s * d, c->s_out + (size_t)e->side * d, d * sizeof(float));
+        v->bias[s] = c->s_bias[e->side];
+        if ((v->side_id[s] = malloc(e->id_len)) == NULL)
+            return HL_ENOMEM;
+        memcpy(v->side_id[s], e->id, e->id_len);
+        v->side_len[s] = e->id_len;
+        if (row >= 0)
+            v->always[v->n_always++] = row;     /* the side row replaces it */
+        row = v->n_model + v->n_side++;
+    }
+    if (row < 0)
+        return 0;                               /* nothing to list or hide */
+    if (!e->available)
+        v->always[v->n_always++] = row;
+    else if (e->expires_at_ms != HL_CATALOGUE_NO_EXPIRY)
+        v->exp[v->n_exp++] = (exp_row){e->expires_at_ms, row};
+    return 0;
+}
+
+hl_catview *hl_catalogue_view(const hl_catalogue *c)
+{
+    hl_catview *v = calloc(1, sizeof *v);
+    if (v == NULL)
+        return NULL;
+    v->version = c->version;
+    v->n_model = c->n_model;
+    v->dim = c->dim;
+    v->m = c->m;
+    if (view_alloc(v, c) != 0)
+        goto fail;
+    for (int32_t i = 0; i < c->n_ent; i++)
+        if (c->ent[i].used && view_add(v, c, &c->ent[i]) != 0)
+            goto fail;
+    qsort(v->always, (size_t)v->n_always, sizeof *v->always, cmp_i32);
+    qsort(v->exp, (size_t)v->n_exp, sizeof *v->exp, cmp_exp);
+    return v;
+fail:
+    hl_catview_destroy(v);
+    return NULL;
+}
+
+void hl_catview_destroy(hl_catview *v)
+{
+    if (v == NULL)
+        return;
+    for (int32_t s = 0; v->side_id && s < v->n_side; s++)
+        free(v->side_id[s]);
+    free(v->side_id);
+    free(v->side_len);
+    free(v->e_in);
+    free(v->e_out);
+    free(v->bias);
+    free(v->always);
+    free(v->exp);
+    free(v);
+}
+
+uint64_t     hl_catview_version(const hl_catview *v) { return v->version; }
+int32_t      hl_catview_n_side(const hl_catview *v) { return v->n_side; }
+const float *hl_catview_side_e_in(const hl_catview *v) { return v->e_in; }
+const float *hl_catview_side_e_out(const hl_catview *v) { return v->e_out; }
+const float *hl_catview_side_bias(const hl_catview *v) { return v->bias; }
+int32_t      hl_catview_hidden_max(const hl_catview *v) { return v->n_always + v->n_exp; }
+
+const char *hl_catview_item_id(const hl_catview *v, int32_t row, uint32_t *len)
+{
+    if (row >= 0 && row < v->n_model)
+        return hl_model_item_id(v->m, row, len);
+    if (row < v->n_model || row - v->n_model >= v->n_side)
+        return NULL;
+    *len = v->side_len[row - v->n_model];
+    return v->side_id[row - v->n_model];
+}
+
+int32_t hl_catview_row_find(const hl_catview *v, const char *id, size_t len)
+{
+    for (int32_t s = 0; s < v->n_side; s++)      /* O(n_side): tools and tests */
+        if (v->side_len[s] == len && memcmp(v->side_id[s], id, len) == 0)
+            return v->n_model + s;
+    return hl_model_item_find(v->m, id, len);
+}
+
+int32_t hl_catview_hidden_at(const hl_catview *v, int64_t now_ms, int32_t *out,
+                             int64_t *next_ms)
+{
+    int32_t n = v->n_always, i = 0;
+    if (n > 0)                  /* out may be NULL when nothing can be hidden */
+        memcpy(out, v->always, (size_t)n * sizeof *out);
+    for (; i < v->n_exp && v->exp[i].at_ms <= now_ms; i++)
+        out[n++] = v->exp[i].row;
+    *next_ms = i < v->n_exp ? v->exp[i].at_ms : HL_CATALOGUE_NO_EXPIRY;
+    if (i > 0)
+        qsort(out, (size_t)n, sizeof *out, cmp_i32);
+    return n;
+}

@@ -1,0 +1,106 @@
+/* catalogue.h - the live catalogue (DESIGN.md section 11): what the item
+ * topic says about items on top of the model. Hidden items (available=false,
+ * or expires_at reached), items added with an embedding (unknown to the
+ * model), and embeddings that override a known item's e_out and bias.
+ *
+ * Two objects:
+ *  - hl_catalogue, the mutable table one reader keeps while it follows the
+ *    item topic (one thread);
+ *  - hl_catview, an immutable copy of it that any number of threads read
+ *    (hl_catalogue_view builds one; the worker swaps them at batch
+ *    boundaries). A view numbers its rows as the ranker does: model rows
+ *    0..n_model-1, then its side items n_model..n_model+n_side-1.
+ *
+ * Each ItemUpdate is the whole state of its item (the topic is compacted,
+ * keyed by item_id): applying one replaces what the item had; a tombstone
+ * forgets it. A known item with an embedding is scored as a side item with
+ * the new vectors and its model row is masked, so nothing else in the
+ * ranker needs to know. */
+#ifndef HL_CATALOGUE_H
+#define HL_CATALOGUE_H
+
+#include "model.h"
+
+#define HL_CATALOGUE_NO_EXPIRY INT64_MAX
+
+/* One decoded ItemUpdate (schemas/item_update.avsc). Arrays are borrowed
+ * for the call. */
+typedef struct hl_item_update {
+    const char  *id;       uint32_t id_len;
+    int          tombstone;      /* null value: forget the item */
+    int          available;      /* 0: hidden from every list */
+    int64_t      expires_at_ms;  /* hidden from this event time on;
+                                    HL_CATALOGUE_NO_EXPIRY for none */
+    const float *e_in, *e_out;   /* (dim) each, or both NULL: no embedding */
+    float        bias;
+} hl_item_update;
+
+typedef struct hl_catalogue hl_catalogue;   /* opaque */
+typedef struct hl_catview   hl_catview;     /* opaque, immutable */
+
+/* m is borrowed and must outlive the catalogue. max_new bounds the items
+ * the model does not know that the catalogue keeps (catalogue.max.new.items):
+ * added ones and unknown ids that were only hidden. */
+hl_catalogue *hl_catalogue_create(const hl_model *m, int32_t max_new,
+                                  char *errbuf, size_t errlen);
+void          hl_catalogue_destroy(hl_catalogue *c);        /* NULL is a no-op */
+
+/* Applies u. 0; HL_EINVAL for an id outside 1..HL_MAX_ID_LEN bytes or a
+ * non-finite vector value or bias (the caller's decoder refuses these
+ * first; this is the last guard); HL_EFULL when u names an item the model
+ * does not know and max_new such items are already kept (nothing changes).
+ * The reason goes to errbuf. */
+int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
+                       char *errbuf, size_t errlen);
+
+/* Model swap (DESIGN.md section 10): re-resolves every kept item against
+ * m (borrowed from now on; the old model may be closed after this
+ * returns), keeping its availability and expiry. An embedding whose dim is
+ * not m's is dropped (the item keeps its other fields; *n_dropped counts
+ * them); one whose dim fits is kept as it is, in the new model's space by
+ * assumption (the writer of the item topic re-publishes it otherwise).
+ * Items the new model knows stop counting against max_new. Views built
+ * before name items through the old model: keep it open until they are
+ * destroyed. Returns 0. */
+int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, int32_t *n_dropped);
+
+/* Changes applied since create (each apply that returned 0). */
+uint64_t hl_catalogue_version(const hl_catalogue *c);
+
+typedef struct hl_catalogue_stats {
+    int32_t hidden;        /* items with available=false */
+    int32_t expiring;      /* items with an expires_at (past or future) */
+    int32_t added;         /* items unknown to the model, with an embedding */
+    int32_t overridden;    /* known items whose vectors an embedding replaces */
+} hl_catalogue_stats;
+void hl_catalogue_stats_get(const hl_catalogue *c, hl_catalogue_stats *st);
+
+/* An immutable copy of c's state, or NULL (out of memory). Costs one pass
+ * over the kept items and a copy of the side vectors. */
+hl_catview *hl_catalogue_view(const hl_catalogue *c);
+void        hl_catview_destroy(hl_catview *v);              /* NULL is a no-op */
+
+uint64_t hl_catview_version(const hl_catview *v);
+int32_t  hl_catview_n_side(const hl_catview *v);
+/* Side item vectors: (n_side, dim) row-major, and (n_side) biases. */
+const float *hl_catview_side_e_in(const hl_catview *v);
+const float *hl_catview_side_e_out(const hl_catview *v);
+const float *hl_catview_side_bias(const hl_catview *v);
+/* The id of ranker row `row` (a model row or a side row); NULL out of range. */
+const char *hl_catview_item_id(const hl_catview *v, int32_t row, uint32_t *len);
+/* The ranker row an item id is listed under: its side row when it has one,
+ * else its model row; -1 when neither knows it. */
+int32_t hl_catview_row_find(const hl_catview *v, const char *id, size_t len);
+
+/* Most rows hl_catview_hidden_at can return. */
+int32_t hl_catview_hidden_max(const hl_catview *v);
+/* The rows no list may hold at event time now_ms, ascending, into out
+ * (room for hl_catview_hidden_max; may be NULL when that is 0): items with
+ * available=false, items whose expires_at <= now_ms, and model rows an
+ * embedding replaces. *next_ms gets
+ * the earliest expires_at above now_ms (HL_CATALOGUE_NO_EXPIRY if none):
+ * the answer holds for every time in [now_ms, *next_ms). Returns the count. */
+int32_t hl_catview_hidden_at(const hl_catview *v, int64_t now_ms, int32_t *out,
+                             int64_t *next_ms);
+
+#endif

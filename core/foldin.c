@@ -1,0 +1,334 @@
+/* foldin.c - decayed query sums of unknown items and the e_out -> e_in map
+ * (the definitions are in foldin.h).
+ *
+ * Items live in parallel arrays packed at 0..n-1, found by id through an
+ * open-addressing hash of their index (linear probing, at most half full).
+ * Eviction drops the least recently touched sixteenth of max_items in one
+ * pass, packs the arrays and rebuilds the hash: O(max_items) once per
+ * max_items/16 new items. The map fit solves the ridge normal equations
+ * (dim x dim, in double) by Cholesky. */
+#include "foldin.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct hl_foldin {
+    hl_foldin_opts o;
+    double    lambda_per_ms;
+    float    *W;                 /* (dim, dim) */
+    double    r_mean, b_mean;    /* mean e_out norm and bias of the model */
+    int32_t   n, cap;
+    char    **id;   uint32_t *len;
+    float    *S;                 /* (cap, dim) decayed query sums */
+    double   *M;                 /* decayed weight */
+    int32_t  *count;
+    int64_t  *t_ref;
+    uint64_t *touched, clock;
+    int32_t  *slot;  uint32_t n_slot;  /* index + 1, 0 empty */
+    uint64_t  evicted;
+    int32_t   ready;
+};
+
+static uint32_t hash_id(const char *s, size_t len)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+static uint32_t probe(const hl_foldin *f, const char *id, uint32_t len)
+{
+    uint32_t mask = f->n_slot - 1, i = hash_id(id, len) & mask;
+    while (f->slot[i] != 0) {
+        int32_t k = f->slot[i] - 1;
+        if (f->len[k] == len && memcmp(f->id[k], id, len) == 0)
+            break;
+        i = (i + 1) & mask;
+    }
+    return i;
+}
+
+static void rehash(hl_foldin *f)
+{
+    memset(f->slot, 0, (size_t)f->n_slot * sizeof *f->slot);
+    for (int32_t k = 0; k < f->n; k++)
+        f->slot[probe(f, f->id[k], f->len[k])] = k + 1;
+}
+
+/* ---- the map ---- */
+
+/* A (d, d) symmetric positive definite, in place: its Cholesky factor L
+ * (lower). 0 or HL_ERANGE when A is not positive definite. */
+static int cholesky(double *A, int d)
+{
+    for (int j = 0; j < d; j++) {
+        double s = A[j * d + j];
+        for (int k = 0; k < j; k++)
+            s -= A[j * d + k] * A[j * d + k];
+        if (!(s > 0.0))
+            return HL_ERANGE;
+        A[j * d + j] = sqrt(s);
+        for (int i = j + 1; i < d; i++) {
+            double t = A[i * d + j];
+            for (int k = 0; k < j; k++)
+                t -= A[i * d + k] * A[j * d + k];
+            A[i * d + j] = t / A[j * d + j];
+        }
+    }
+    return 0;
+}
+
+/* Solves L L^T x = b in place, b (d). */
+static void chol_solve(const double *L, int d, double *b)
+{
+    for (int i = 0; i < d; i++) {
+        for (int k = 0; k < i; k++)
+            b[i] -= L[i * d + k] * b[k];
+        b[i] /= L[i * d + i];
+    }
+    for (int i = d - 1; i >= 0; i--) {
+        for (int k = i + 1; k < d; k++)
+            b[i] -= L[k * d + i] * b[k];
+        b[i] /= L[i * d + i];
+    }
+}
+
+/* W = (E_out^T E_out + ridge I)^-1 E_out^T E_in, column by column. */
+static int fit_map(hl_foldin *f, const float *e_in, const float *e_out, int32_t n)
+{
+    int d = f->o.dim;
+    double *A = calloc((size_t)d * d, sizeof *A), *B = calloc((size_t)d * d, sizeof *B);
+    double *col = malloc((size_t)d * sizeof *col);
+    if (!A || !B || !col) {
+        free(A); free(B); free(col);
+        return HL_ENOMEM;
+    }
+    for (int32_t j = 0; j < n; j++) {
+        const float *x = e_out + (size_t)j * d, *y = e_in + (size_t)j * d;
+        for (int a = 0; a < d; a++)
+            for (int b = 0; b < d; b++) {
+                A[a * d + b] += (double)x[a] * x[b];
+                B[a * d + b] += (double)x[a] * y[b];
+            }
+    }
+    double tr = 0.0;
+    for (int a = 0; a < d; a++)
+        tr += A[a * d + a];
+    double ridge = f->o.ridge > 0 ? f->o.ridge : 1e-3 * tr / d + 1e-12;
+    for (int a = 0; a < d; a++)
+        A[a * d + a] += ridge;
+    int rc = cholesky(A, d);
+    for (int c = 0; rc == 0 && c < d; c++) {
+        for (int a = 0; a < d; a++)
+            col[a] = B[a * d + c];
+        chol_solve(A, d, col);
+        for (int a = 0; a < d; a++)
+            f->W[a * d + c] = (float)col[a];
+    }
+    free(A); free(B); free(col);
+    return rc;
+}
+
+static void model_means(hl_foldin *f, const float *e_out, const float *bias, int32_t n)
+{
+    double r = 0.0, b = 0.0;
+    for (int32_t j = 0; j < n; j++) {
+        double s = 0.0;
+        for (int d = 0; d < f->o.dim; d++)
+            s += (double)e_out[(size_t)j * f->o.dim + d] * e_out[(size_t)j * f->o.dim + d];
+        r += sqrt(s);
+        b += bias[j];
+    }
+    f->r_mean = r / n;
+    f->b_mean = b / n;
+}
+
+/* ---- create / destroy ---- */
+
+static int alloc_items(hl_foldin *f)
+{
+    size_t cap = (size_t)f->cap, d = (size_t)f->o.dim;
+    f->n_slot = 16;
+    while (f->n_slot < 2 * cap)
+        f->n_slot *= 2;
+    f->id = calloc(cap, sizeof *f->id);
+    f->len = calloc(cap, sizeof *f->len);
+    f->S = calloc(cap * d, sizeof *f->S);
+    f->M = calloc(cap, sizeof *f->M);
+    f->count = calloc(cap, sizeof *f->count);
+    f->t_ref = calloc(cap, sizeof *f->t_ref);
+    f->touched = calloc(cap, sizeof *f->touched);
+    f->slot = calloc(f->n_slot, sizeof *f->slot);
+    f->W = calloc(d * d, sizeof *f->W);
+    return f->id && f->len && f->S && f->M && f->count && f->t_ref && f->touched &&
+           f->slot && f->W ? 0 : HL_ENOMEM;
+}
+
+hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const float *e_out,
+                            const float *bias, int32_t n, char *errbuf, size_t errlen)
+{
+    if (o->dim < 1 || o->max_items < 1 || o->min_events < 1 || n < 1 ||
+        !(o->half_life_ms > 0) || !isfinite(o->half_life_ms) || !(o->ridge >= 0)) {
+        hl_err(errbuf, errlen, HL_EINVAL, "foldin: dim %d, max_items %d, min_events %d, "
+               "half-life %g ms, %d model items: each must be positive", o->dim,
+               (int)o->max_items, o->min_events, o->half_life_ms, (int)n);
+        return NULL;
+    }
+    hl_foldin *f = calloc(1, sizeof *f);
+    if (f == NULL)
+        goto nomem;
+    f->o = *o;
+    f->cap = o->max_items;
+    f->lambda_per_ms = log(2.0) / o->half_life_ms;
+    if (alloc_items(f) != 0)
+        goto nomem;
+    int rc = fit_map(f, e_in, e_out, n);
+    if (rc == HL_ENOMEM)
+        goto nomem;
+    if (rc != 0) {
+        hl_err(errbuf, errlen, rc, "foldin: the model's e_out does not span its space "
+               "(the map e_out -> e_in cannot be fitted)");
+        hl_foldin_destroy(f);
+        return NULL;
+    }
+    model_means(f, e_out, bias, n);
+    return f;
+nomem:
+    hl_foldin_destroy(f);
+    hl_err(errbuf, errlen, HL_ENOMEM, "foldin: out of memory (max_items %d)", (int)o->max_items);
+    return NULL;
+}
+
+void hl_foldin_destroy(hl_foldin *f)
+{
+    if (f == NULL)
+        return;
+    for (int32_t k = 0; f->id && k < f->n; k++)
+        free(f->id[k]);
+    free(f->id); free(f->len); free(f->S); free(f->M); free(f->count);
+    free(f->t_ref); free(f->touched); free(f->slot); free(f->W);
+    free(f);
+}
+
+const float *hl_foldin_map(const hl_foldin *f) { return f->W; }
+
+void hl_foldin_stats_get(const hl_foldin *f, hl_foldin_stats *st)
+{
+    st->items = f->n;
+    st->ready = f->ready;
+    st->evicted = f->evicted;
+}
+
+/* ---- items ---- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Drops the least recently touched sixteenth (at least one item). */
+static int evict(hl_foldin *f)
+{
+    uint64_t *t = malloc((size_t)f->n * sizeof *t);
+    if (t == NULL)
+        return HL_ENOMEM;
+    memcpy(t, f->touched, (size_t)f->n * sizeof *t);
+    qsort(t, (size_t)f->n, sizeof *t, cmp_u64);
+    uint64_t cut = t[f->n / 16];
+    free(t);
+    int32_t w = 0, d = f->o.dim;
+    for (int32_t k = 0; k < f->n; k++) {
+        if (f->touched[k] <= cut) {
+            f->ready -= f->count[k] >= f->o.min_events;
+            free(f->id[k]);
+            f->evicted++;
+            continue;
+        }
+        f->id[w] = f->id[k]; f->len[w] = f->len[k]; f->M[w] = f->M[k];
+        f->count[w] = f->count[k]; f->t_ref[w] = f->t_ref[k]; f->touched[w] = f->touched[k];
+        memmove(f->S + (size_t)w * d, f->S + (size_t)k * d, (size_t)d * sizeof(float));
+        w++;
+    }
+    f->n = w;
+    rehash(f);
+    return 0;
+}
+
+static int32_t insert(hl_foldin *f, const char *id, uint32_t len, uint32_t *slot)
+{
+    if (f->n == f->cap) {
+        if (evict(f) != 0)
+            return HL_ENOMEM;
+        *slot = probe(f, id, len);
+    }
+    char *own = malloc(len);
+    if (own == NULL)
+        return HL_ENOMEM;
+    memcpy(own, id, len);
+    int32_t k = f->n++;
+    f->id[k] = own;
+    f->len[k] = len;
+    f->M[k] = 0.0;
+    f->count[k] = 0;
+    f->t_ref[k] = INT64_MIN;
+    memset(f->S + (size_t)k * f->o.dim, 0, (size_t)f->o.dim * sizeof(float));
+    f->slot[*slot] = k + 1;
+    return k;
+}
+
+int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
+                  int64_t ts_ms)
+{
+    int d = f->o.dim, bad = !(w >= 0) || !isfinite(w) || len < 1 || len > HL_MAX_ID_LEN;
+    for (int i = 0; i < d && !bad; i++)
+        bad = !isfinite(q[i]);
+    if (bad)
+        return HL_EINVAL;
+    uint32_t slot = probe(f, id, len);
+    int32_t k = f->slot[slot] ? f->slot[slot] - 1 : insert(f, id, len, &slot);
+    if (k < 0)
+        return k;
+    float *S = f->S + (size_t)k * d;
+    float a = 1.0f, b = w;
+    if (f->t_ref[k] != INT64_MIN && ts_ms >= f->t_ref[k])   /* decay the sums to ts */
+        a = (float)exp(-f->lambda_per_ms * (double)(ts_ms - f->t_ref[k]));
+    else if (f->t_ref[k] != INT64_MIN)                        /* late: decay the event */
+        b = w * (float)exp(-f->lambda_per_ms * (double)(f->t_ref[k] - ts_ms));
+    for (int i = 0; i < d; i++)
+        S[i] = a * S[i] + b * q[i];
+    f->M[k] = a * f->M[k] + b;
+    if (f->t_ref[k] == INT64_MIN || ts_ms > f->t_ref[k])
+        f->t_ref[k] = ts_ms;
+    f->touched[k] = ++f->clock;
+    int now_ready = ++f->count[k] == f->o.min_events;
+    f->ready += now_ready;
+    return now_ready;
+}
+
+int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
+                      float *e_in, float *e_out, float *bias)
+{
+    uint32_t slot = probe(f, id, len);
+    int d = f->o.dim;
+    if (f->slot[slot] == 0 || f->count[f->slot[slot] - 1] < f->o.min_events)
+        return HL_ENOENT;
+    int32_t k = f->slot[slot] - 1;
+    const float *S = f->S + (size_t)k * d;
+    double nrm = 0.0;
+    for (int i = 0; i < d; i++)
+        nrm += (double)S[i] * S[i];
+    nrm = sqrt(nrm);
+    for (int i = 0; i < d; i++)
+        e_out[i] = nrm > 0.0 ? (float)(S[i] / nrm * f->r_mean) : 0.0f;
+    for (int c = 0; c < d; c++) {
+        double s = 0.0;
+        for (int a = 0; a < d; a++)
+            s += (double)e_out[a] * f->W[a * d + c];
+        e_in[c] = (float)s;
+    }
+    *bias = (float)(f->b_mean + log1p(f->M[k]) - log1p((double)f->o.min_events));
+    return 0;
+}

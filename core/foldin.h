@@ -1,0 +1,70 @@
+/* foldin.h - vectors for items the model does not know, earned from the
+ * users who interact with them (DESIGN.md section 11, "fold-in"): the pure
+ * arithmetic, with no notion of shards, threads or topics.
+ *
+ * For an unknown item j, each interaction i by a user whose query vector
+ * was q_i, with weight w_i at event time t_i, adds to decayed sums
+ *
+ *     S_j = sum_i w_i exp(-lambda (t_ref - t_i)) q_i,   M_j = the same of w_i
+ *
+ * (lambda = ln 2 / half_life, t_ref the newest t_i; late events are
+ * decayed to t_ref, as core/decay does for users). Once j has min_events
+ * interactions it has vectors:
+ *
+ *     e_out_j = S_j / |S_j| x r          r = the mean norm of the model's e_out
+ *     e_in_j  = e_out_j W                W = argmin |E_out W - E_in|^2 + ridge |W|^2,
+ *                                            fitted once over the model's items
+ *     b_j     = b_mean + ln(1 + M_j) - ln(1 + min_events)
+ *
+ * so a user scores j by how close its query is to the mean query of j's
+ * users (the direction; the length is the model's typical one), the
+ * newcomer's bias starts at the model's mean and grows with its decayed
+ * count, and e_in (what the item adds to a user's heads) follows from the
+ * map the model itself implies between its two tables.
+ *
+ * Memory is bounded by max_items: beyond it the least recently seen
+ * sixteenth goes at once (counted), so an insert costs O(1) amortised. One
+ * thread. Not wired into the worker yet: see the report of issue 11. */
+#ifndef HL_FOLDIN_H
+#define HL_FOLDIN_H
+
+#include "hl.h"
+
+typedef struct hl_foldin hl_foldin;   /* opaque */
+
+typedef struct hl_foldin_opts {
+    int     dim;
+    int32_t max_items;      /* catalogue.max.new.items */
+    int     min_events;     /* catalogue.foldin.min.events, >= 1 */
+    double  half_life_ms;   /* of the decayed sums; > 0 */
+    float   ridge;          /* of the map fit; 0 = 1e-3 x trace/dim */
+} hl_foldin_opts;
+
+/* Fits W over the model's n items (e_in, e_out (n, dim), bias (n)), which
+ * are read during the call only. NULL and a reason on bad options, n < 1
+ * or out of memory. */
+hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const float *e_out,
+                            const float *bias, int32_t n, char *errbuf, size_t errlen);
+void       hl_foldin_destroy(hl_foldin *f);             /* NULL is a no-op */
+
+/* One interaction with item id by a user with query q (dim floats, finite)
+ * and weight w >= 0 at ts_ms. 1 when this made the item ready, 0 when it
+ * was counted, HL_EINVAL for a bad id, q or w, HL_ENOMEM. */
+int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
+                  int64_t ts_ms);
+
+/* The vectors of a ready item into e_in, e_out (dim each) and *bias: 0, or
+ * HL_ENOENT (unknown, evicted or below min_events). */
+int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
+                      float *e_in, float *e_out, float *bias);
+
+/* The fitted map, (dim, dim) row-major: e_in = e_out W. */
+const float *hl_foldin_map(const hl_foldin *f);
+
+typedef struct hl_foldin_stats {
+    int32_t  items, ready;
+    uint64_t evicted;
+} hl_foldin_stats;
+void hl_foldin_stats_get(const hl_foldin *f, hl_foldin_stats *st);
+
+#endif

@@ -1,0 +1,387 @@
+/* migrate.c - a user's heads from one model's e_in space into another's:
+ * the least-squares map M between the two models and the per-row update
+ * (the contract and the math are in migrate.h; what is approximated is in
+ * schemas/model.md).
+ *
+ * The row update, per head h, with f_i = exp(-lambda_h (t_ref - t_i)) and
+ * w_i the weight of the ring's i-th event:
+ *
+ *     R_old = sum_i w_i f_i e_old[item_i]     the ring's part, old space
+ *     R_new = sum_i w_i f_i e_new[item'_i]    the same events, new space
+ *     s'    = (s - R_old) M + R_new
+ *
+ * so the ring's part is exact and only what is older than the ring goes
+ * through M. With identical models M = I and R_old = R_new: s' = s up to
+ * rounding. Models are borrowed and must outlive the migration. */
+#include "migrate.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* LAPACK (Fortran, column-major), exported by Debian's libopenblas. */
+extern void sgelsd_(const int *m, const int *n, const int *nrhs, float *a,
+                    const int *lda, float *b, const int *ldb, float *s,
+                    const float *rcond, int *rank, float *work,
+                    const int *lwork, int *iwork, int *info);
+
+struct hl_migration {
+    const hl_model *from, *to;
+    hl_decay  decay;
+    int       dim, n_heads, n_shared;
+    float     tw[HL_N_TYPES];
+    float    *m;              /* (dim, dim) */
+    int32_t  *row_map;        /* from's n_items: to's row or -1 */
+    int32_t   n_from, n_to;
+    uint64_t *key_slot;       /* to's items by hl_item_key: open addressing */
+    int32_t  *key_row;        /* of (key, row), key 0 empty */
+    size_t    key_mask;
+    int       rebuild;        /* no from: heads and masses from the ring alone */
+    const float *e_from, *e_to;
+};
+
+/* ---- the fit ------------------------------------------------------------ */
+
+/* sgelsd on A (n, da) column-major, B (ldb, db) column-major; X lands in
+ * B's first da rows. */
+static int lapack_lstsq(float *a, float *b, int n, int da, int db, int ldb,
+                        char *errbuf, size_t errlen)
+{
+    int info = 0, rank = 0, lwork = -1, iwq = 0;
+    float wq = 0, rcond = 1e-6f;
+    float *sv = malloc(sizeof *sv * (size_t)(da < n ? da : n) + 4);
+    if (sv == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "migration fit: out of memory");
+    sgelsd_(&n, &da, &db, a, &n, b, &ldb, sv, &rcond, &rank, &wq, &lwork, &iwq, &info);
+    lwork = (int)wq + 1;
+    float *work = malloc(sizeof *work * (size_t)lwork);
+    int *iwork = malloc(sizeof *iwork * (size_t)(iwq > 1 ? iwq : 1));
+    if (info == 0 && work && iwork)
+        sgelsd_(&n, &da, &db, a, &n, b, &ldb, sv, &rcond, &rank, work, &lwork, iwork, &info);
+    int rc = work && iwork ? 0 : hl_err(errbuf, errlen, HL_ENOMEM, "migration fit: out of memory");
+    if (rc == 0 && info != 0)
+        rc = hl_err(errbuf, errlen, HL_EINVAL, "migration fit: sgelsd info=%d "
+                    "(the SVD did not converge)", info);
+    free(sv); free(work); free(iwork);
+    return rc;
+}
+
+int hl_migration_fit(const float *a, const float *b, int n, int dim_a, int dim_b,
+                     float *m, char *errbuf, size_t errlen)
+{
+    memset(m, 0, sizeof *m * (size_t)dim_a * dim_b);
+    if (n == 0)
+        return 0;
+    int ldb = n > dim_a ? n : dim_a;
+    float *ac = malloc(sizeof *ac * (size_t)n * dim_a);
+    float *bc = calloc((size_t)ldb * dim_b, sizeof *bc);
+    int rc = HL_ENOMEM;
+    if (ac == NULL || bc == NULL) {
+        hl_err(errbuf, errlen, rc, "migration fit: out of memory (%d items)", n);
+        goto out;
+    }
+    /* Row-major (n, d) to column-major: element (i, j) at i + j n. */
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < dim_a; j++) ac[i + (size_t)j * n] = a[(size_t)i * dim_a + j];
+        for (int j = 0; j < dim_b; j++) bc[i + (size_t)j * ldb] = b[(size_t)i * dim_b + j];
+    }
+    if ((rc = lapack_lstsq(ac, bc, n, dim_a, dim_b, ldb, errbuf, errlen)) != 0)
+        goto out;
+    for (int k = 0; k < dim_a; k++)
+        for (int j = 0; j < dim_b; j++) m[(size_t)k * dim_b + j] = bc[k + (size_t)j * ldb];
+out:
+    free(ac);
+    free(bc);
+    return rc;
+}
+
+/* ---- to's items by key ---------------------------------------------------- */
+
+static int index_keys(hl_migration *mg);
+
+static int index_keys_of(hl_migration *mg, const hl_model *to)
+{
+    mg->to = to;
+    mg->n_to = hl_model_info_get(to)->n_items;
+    return index_keys(mg);
+}
+
+static int index_keys(hl_migration *mg)
+{
+    size_t cap = 16;
+    while (cap < 2 * (size_t)mg->n_to) cap *= 2;
+    mg->key_slot = calloc(cap, sizeof *mg->key_slot);
+    mg->key_row = malloc(cap * sizeof *mg->key_row);
+    if (mg->key_slot == NULL || mg->key_row == NULL)
+        return HL_ENOMEM;
+    mg->key_mask = cap - 1;
+    for (int32_t r = 0; r < mg->n_to; r++) {
+        uint32_t len;
+        const char *id = hl_model_item_id(mg->to, r, &len);
+        uint64_t k = hl_item_key(id, len);
+        size_t i = (size_t)(k * 0x9E3779B97F4A7C15ull >> 20) & mg->key_mask;
+        while (mg->key_slot[i] != 0 && mg->key_slot[i] != k) i = (i + 1) & mg->key_mask;
+        if (mg->key_slot[i] == 0) {         /* two ids of one key: the first */
+            mg->key_slot[i] = k;
+            mg->key_row[i] = r;
+        }
+    }
+    return 0;
+}
+
+/* to's row of an item key, -1 when to does not know it (or key 0). */
+static int32_t key_find(const hl_migration *mg, uint64_t k)
+{
+    if (k == 0)
+        return -1;
+    size_t i = (size_t)(k * 0x9E3779B97F4A7C15ull >> 20) & mg->key_mask;
+    while (mg->key_slot[i] != 0) {
+        if (mg->key_slot[i] == k) return mg->key_row[i];
+        i = (i + 1) & mg->key_mask;
+    }
+    return -1;
+}
+
+/* ---- building one ------------------------------------------------------- */
+
+static int same_shape(const hl_model_info *a, const hl_model_info *b,
+                      char *errbuf, size_t errlen)
+{
+    if (a->dim != b->dim || a->n_heads != b->n_heads)
+        return hl_err(errbuf, errlen, HL_EMISMATCH, "state shape differs: dim %d heads %d "
+                      "serving, dim %d heads %d in the new model", a->dim, a->n_heads,
+                      b->dim, b->n_heads);
+    for (int h = 0; h < a->n_heads; h++)
+        if (a->half_life_ms[h] != b->half_life_ms[h])
+            return hl_err(errbuf, errlen, HL_EMISMATCH, "half-life of head %d differs: "
+                          "%.0f ms serving, %.0f ms in the new model", h,
+                          a->half_life_ms[h], b->half_life_ms[h]);
+    return 0;
+}
+
+/* row_map and the shared items' rows of both e_in, stacked for the fit. */
+static int match_items(hl_migration *mg, float **ea, float **eb)
+{
+    int d = mg->dim, n = 0;
+    for (int32_t r = 0; r < mg->n_from; r++) {
+        uint32_t len;
+        const char *id = hl_model_item_id(mg->from, r, &len);
+        mg->row_map[r] = hl_model_item_find(mg->to, id, len);
+        n += mg->row_map[r] >= 0;
+    }
+    *ea = malloc(sizeof **ea * ((size_t)n * d + 1));
+    *eb = malloc(sizeof **eb * ((size_t)n * d + 1));
+    if (*ea == NULL || *eb == NULL)
+        return HL_ENOMEM;
+    int k = 0;
+    for (int32_t r = 0; r < mg->n_from; r++) {
+        if (mg->row_map[r] < 0) continue;
+        memcpy(*ea + (size_t)k * d, mg->e_from + (size_t)r * d, sizeof **ea * d);
+        memcpy(*eb + (size_t)k * d, mg->e_to + (size_t)mg->row_map[r] * d, sizeof **eb * d);
+        k++;
+    }
+    mg->n_shared = n;
+    return 0;
+}
+
+hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
+                                  const float tw[HL_N_TYPES],
+                                  char *errbuf, size_t errlen)
+{
+    const hl_model_info *a = hl_model_info_get(from), *b = hl_model_info_get(to);
+    float *ea = NULL, *eb = NULL;
+    if (same_shape(a, b, errbuf, errlen) != 0)
+        return NULL;
+    hl_migration *mg = calloc(1, sizeof *mg);
+    if (mg == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "migration: out of memory");
+        return NULL;
+    }
+    if (hl_decay_init(&mg->decay, a->n_heads, a->dim, a->half_life_ms,
+                                    errbuf, errlen) != 0)
+        goto fail;
+    *mg = (hl_migration){.from = from, .to = to, .decay = mg->decay, .dim = a->dim,
+                         .n_heads = a->n_heads, .n_from = a->n_items, .n_to = b->n_items,
+                         .e_from = hl_model_e_in(from), .e_to = hl_model_e_in(to)};
+    memcpy(mg->tw, tw, sizeof mg->tw);
+    mg->m = malloc(sizeof *mg->m * (size_t)a->dim * a->dim);
+    mg->row_map = malloc(sizeof *mg->row_map * ((size_t)a->n_items + 1));
+    if (mg->m == NULL || mg->row_map == NULL || index_keys(mg) != 0 ||
+        match_items(mg, &ea, &eb) != 0) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "migration: out of memory (%d items)", (int)a->n_items);
+        goto fail;
+    }
+    if (hl_migration_fit(ea, eb, mg->n_shared, a->dim, a->dim, mg->m, errbuf, errlen) != 0)
+        goto fail;
+    free(ea); free(eb);
+    return mg;
+fail:
+    free(ea); free(eb);
+    hl_migration_destroy(mg);
+    return NULL;
+}
+
+hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES],
+                                   char *errbuf, size_t errlen)
+{
+    const hl_model_info *b = hl_model_info_get(to);
+    hl_migration *mg = calloc(1, sizeof *mg);
+    if (mg == NULL || index_keys_of(mg, to) != 0) {
+        hl_migration_destroy(mg);
+        hl_err(errbuf, errlen, HL_ENOMEM, "rebuild: out of memory (%d items)", (int)b->n_items);
+        return NULL;
+    }
+    mg->rebuild = 1;
+    mg->dim = b->dim;
+    mg->n_heads = b->n_heads;
+    mg->e_to = hl_model_e_in(to);
+    memcpy(mg->tw, tw, sizeof mg->tw);
+    if (hl_decay_init(&mg->decay, b->n_heads, b->dim, b->half_life_ms, errbuf, errlen) != 0) {
+        hl_migration_destroy(mg);
+        return NULL;
+    }
+    return mg;
+}
+
+void hl_migration_destroy(hl_migration *mg)
+{
+    if (mg == NULL)
+        return;
+    free(mg->m);
+    free(mg->row_map);
+    free(mg->key_slot);
+    free(mg->key_row);
+    free(mg);
+}
+
+const float *hl_migration_map(const hl_migration *mg) { return mg->m; }
+int hl_migration_shared(const hl_migration *mg) { return mg->n_shared; }
+
+/* ---- one row ------------------------------------------------------------ */
+
+/* y += c x over n floats. Blocks of a fixed 8 so the compiler vectorises
+ * them at -O2; a saxpy call per (entry, head) cost more than its 64
+ * multiply-adds (192 calls per row at history 32, 3 heads). */
+static void axpy8(float *restrict y, float c, const float *restrict x, int n)
+{
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int u = 0; u < 8; u++) y[j + u] += c * x[j + u];
+    for (; j < n; j++) y[j] += c * x[j];
+}
+
+/* The ring entry k's row in to: through from's row when from knew the
+ * item, else by its key (an item only the new model knows). */
+static int32_t new_row(const hl_migration *mg, const hl_row_edit *e, int k)
+{
+    int32_t item = e->hist_item[k];
+    if (!mg->rebuild && item >= 0 && item < mg->n_from)
+        return mg->row_map[item];
+    return e->v.hist_key ? key_find(mg, e->v.hist_key[k]) : -1;
+}
+
+/* The weight entry k was applied with; a ring restored from a format-1
+ * snapshot does not know it: the type's weight then (model.md). */
+static float entry_weight(const hl_migration *mg, const hl_row_view *v, int k)
+{
+    float w = v->hist_w ? v->hist_w[k] : NAN;
+    if (w == w)
+        return w;
+    return v->hist_type[k] < HL_N_TYPES ? mg->tw[v->hist_type[k]] : 0.0f;
+}
+
+/* r_old, r_new (n_heads, dim) += the ring's events in each space; m_new
+ * (n_heads) += their masses in the new space. */
+static void ring_parts(const hl_migration *mg, const hl_row_edit *e, float *r_old, float *r_new,
+                       float *m_new)
+{
+    const hl_row_view *v = &e->v;
+    int d = mg->dim;
+    float f[HL_MAX_HEADS];
+    for (int i = 0; i < v->n_hist; i++) {
+        int k = hl_row_hist_index(v, i);
+        int32_t item = e->hist_item[k];
+        int known = !mg->rebuild && item >= 0 && item < mg->n_from;
+        int32_t to = new_row(mg, e, k);
+        if (!known && to < 0) continue;                  /* nothing either side */
+        float w = entry_weight(mg, v, k);
+        int64_t dt = v->t_ref_ms - v->hist_ts_ms[k];
+        hl_decay_factors(&mg->decay, dt > 0 ? dt : 0, f);
+        const float *xo = known ? mg->e_from + (size_t)item * d : NULL;
+        const float *xn = to >= 0 ? mg->e_to + (size_t)to * d : NULL;
+        for (int h = 0; h < mg->n_heads && xn; h++) m_new[h] += w * f[h];
+        for (int h = 0; h < mg->n_heads; h++) {
+            float c = w * f[h];
+            if (xo) axpy8(r_old + (size_t)h * d, c, xo, d);
+            if (xn) axpy8(r_new + (size_t)h * d, c, xn, d);
+        }
+    }
+}
+
+static void map_ring_items(const hl_migration *mg, hl_row_edit *e)
+{
+    for (int i = 0; i < e->v.n_hist; i++) {
+        int k = hl_row_hist_index(&e->v, i);
+        e->hist_item[k] = new_row(mg, e, k);
+    }
+}
+
+void hl_migration_row(const hl_migration *mg, hl_row_edit *e, float *scratch)
+{
+    hl_migration_rows(mg, e, 1, scratch);
+}
+
+void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scratch)
+{
+    int d = mg->dim, nh = mg->n_heads;
+    size_t per = (size_t)nh * d;
+    float *rem = scratch, *r_new = scratch + per * (size_t)n;
+    memset(scratch, 0, sizeof *scratch * 2 * per * (size_t)n);
+    /* rem (n nh, d) := s - R_old, the part older than the ring; r_new the
+     * ring's events in the new space. Then s := rem M + R_new, one
+     * (n nh, dim) x (dim, dim) product for all n rows: SGEMM runs far
+     * better on many rows than on three. */
+    for (int r = 0; r < n; r++) {
+        float *ro = rem + per * (size_t)r, m_new[HL_MAX_HEADS] = {0};
+        ring_parts(mg, &e[r], ro, r_new + per * (size_t)r, m_new);
+        for (size_t j = 0; j < per; j++) ro[j] = e[r].s[j] - ro[j];
+        if (mg->rebuild)        /* the ring alone: its masses too */
+            memcpy(e[r].m, m_new, sizeof(float) * (size_t)nh);
+    }
+    if (!mg->rebuild)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n * nh, d, d, 1.0f,
+                    rem, d, mg->m, d, 1.0f, r_new, d);
+    for (int r = 0; r < n; r++) {
+        memcpy(e[r].s, r_new + per * (size_t)r, sizeof(float) * per);
+        map_ring_items(mg, &e[r]);
+    }
+}
+
+int64_t hl_migration_table(const hl_migration *mg, hl_table *tbl)
+{
+    size_t per = (size_t)mg->n_heads * (size_t)mg->dim;
+    float *scratch = malloc(sizeof(float) * 2 * per * HL_MIG_ROWS);
+    hl_row_edit *e = malloc(sizeof *e * HL_MIG_ROWS);
+    int64_t done = 0;
+    int n = 0;
+    if (scratch == NULL || e == NULL) {
+        free(scratch);
+        free(e);
+        return HL_ENOMEM;
+    }
+    for (uint32_t row = hl_table_next_live(tbl, 0); row != UINT32_MAX;
+         row = hl_table_next_live(tbl, row + 1)) {
+        hl_table_edit(tbl, row, &e[n++]);
+        if (n == HL_MIG_ROWS) {
+            hl_migration_rows(mg, e, n, scratch);
+            done += n;
+            n = 0;
+        }
+    }
+    if (n > 0)
+        hl_migration_rows(mg, e, n, scratch);
+    free(scratch);
+    free(e);
+    return done + n;
+}

@@ -1,0 +1,71 @@
+/* migrate.h - moving a user's heads from one model's input space into
+ * another's (DESIGN.md section 10; what is exact and what is approximated
+ * is in schemas/model.md, "Migration between models").
+ *
+ * A head is s_h = sum_i w_i exp(-lambda_h (t_ref - t_i)) e_in[item_i]. The
+ * part made of events still in the user's history ring is recomputed with
+ * the new model's e_in (same weights, same times); the older remainder is
+ * mapped with M, the least-squares map from the old e_in to the new one
+ * over the items both models know (min ||E_old M - E_new||_F, LAPACK's
+ * sgelsd from OpenBLAS). Masses do not depend on e_in and stay as they are.
+ *
+ * An hl_migration is built once per pair of models and is then read-only:
+ * any number of threads may migrate rows with it at once. No threads, no
+ * clock, no I/O here. */
+#ifndef HL_MIGRATE_H
+#define HL_MIGRATE_H
+
+#include "decay.h"
+#include "model.h"
+#include "table.h"
+
+typedef struct hl_migration hl_migration;   /* opaque */
+
+/* Fits M over the items from and to both know and maps from's rows to
+ * to's. The two must share the state's shape (dim, heads, half-lives):
+ * otherwise HL_EMISMATCH with a reason naming the difference (the table
+ * would have to change shape; the worker loads such a model only at a
+ * restart). tw are the weights per event type the rows were built with
+ * (the ring keeps an event's type, not its weight field: see model.md).
+ * NULL and a reason on failure. */
+hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
+                                  const float tw[HL_N_TYPES],
+                                  char *errbuf, size_t errlen);
+void          hl_migration_destroy(hl_migration *mg);   /* NULL is a no-op */
+
+/* When the old model is not at hand (a snapshot of a model no longer
+ * kept): rows are rebuilt from their ring alone, heads and masses, with
+ * to's e_in by each entry's item key and its recorded weight (tw[type]
+ * when the ring does not know it). What is older than the ring is lost. */
+hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES],
+                                   char *errbuf, size_t errlen);
+
+const float *hl_migration_map(const hl_migration *mg);  /* M: (dim, dim) row-major */
+int          hl_migration_shared(const hl_migration *mg); /* items both know */
+
+/* Migrates one row in place: its heads into to's space, its ring's item
+ * rows to to's rows (-1 for an item to does not know; an item from did
+ * not know but to does is found by its key and now counts in the ring's
+ * part). scratch holds at least 2 n_heads dim floats. */
+void hl_migration_row(const hl_migration *mg, hl_row_edit *e, float *scratch);
+
+/* The same for n rows at once (one SGEMM for all their remainders);
+ * scratch holds at least 2 n n_heads dim floats. Each row's result equals
+ * hl_migration_row's up to SGEMM's rounding. */
+void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scratch);
+
+/* Migrates every live row of tbl (a restore from a snapshot written under
+ * the old model), HL_MIG_ROWS at a time. Returns the rows migrated, or a
+ * negative HL_ENOMEM (the table is then partly migrated: drop it). */
+#define HL_MIG_ROWS 64
+int64_t hl_migration_table(const hl_migration *mg, hl_table *tbl);
+
+/* M = argmin ||A M - B||_F for A (n, dim_a) and B (n, dim_b), row-major;
+ * M is (dim_a, dim_b) row-major. With n = 0 M is zero. Rank-deficient A
+ * gets the minimum-norm solution (singular values below 1e-6 of the
+ * largest are dropped). 0, or HL_ENOMEM / HL_EINVAL (LAPACK's info in the
+ * reason). */
+int hl_migration_fit(const float *a, const float *b, int n, int dim_a, int dim_b,
+                     float *m, char *errbuf, size_t errlen);
+
+#endif

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# test_items_cmd.sh - `halflife items` refuses bad lines of its input file
+# by number and reason, sends nothing for them and exits 1; usage errors
+# exit 2. No broker is needed: nothing valid is sent. (Valid files are
+# published to a real broker in test_items.py.)
+set -u
+name=items_cmd
+top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
+hl=${HL_HALFLIFE:-${HL_BUILD:-$top/build}/halflife}
+if [ ! -x "$hl" ]; then
+  echo "SKIP $name: $hl not built"; exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+check() {  # CASE OK WHY
+  if [ "$2" = 1 ]; then echo "PASS $name.$1"; else echo "FAIL $name.$1: $3"; fail=1; fi
+}
+
+long=$(printf 'x%.0s' $(seq 1 300))
+{
+  echo "item_id,available,expires_at_ms"
+  echo "a,maybe"
+  echo "$long,true"
+  echo "b,true,soon"
+  echo "c,true,,0.5,1,2,3"
+  echo "d,true,,0.5,1,nan,3,4"
+  echo "g,true,,nan,1,2,3,4"
+  echo "e,delete,5"
+  echo "f,true,,0.5,1,2,3,4,5,6"
+} >"$tmp/bad.csv"
+"$hl" items --input "$tmp/bad.csv" --dim 2 -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1
+rc=$?
+ok=1
+for want in 'line=2 why="available is not' 'line=3 why="item_id outside' 'line=4 why="expires_at_ms' \
+            'line=5 why="vectors: want' 'line=6 why="a vector value' 'line=7 why="bias is not' \
+            'line=8 why="delete takes' 'line=9 why="vectors of another dim'; do
+  grep -qF -- "$want" "$tmp/out" || { ok=0; echo "    missing: $want"; }
+done
+grep -q '8 bad lines' "$tmp/out" || ok=0
+check bad_lines_named "$([ $rc = 1 ] && echo $ok || echo 0)" "exit $rc: $(head -c 400 "$tmp/out")"
+
+"$hl" items >"$tmp/out" 2>&1; rc=$?
+check no_input_is_usage "$([ $rc = 2 ] && echo 1 || echo 0)" "exit $rc"
+"$hl" items --input "$tmp/none.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1; rc=$?
+check missing_file "$([ $rc = 1 ] && grep -q 'none.csv' "$tmp/out" && echo 1 || echo 0)" "exit $rc"
+exit $fail

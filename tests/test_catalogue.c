@@ -1,0 +1,501 @@
+/* test_catalogue.c - the live catalogue (core/catalogue.c) and its hook in
+ * the ranker: updates replace an item's state, tombstones forget it, the
+ * bound on unknown items holds, expiry answers by event time; and a list
+ * ranked with hidden and side items equals, item for item and score for
+ * score, the list of a model that lacks the hidden items and holds the side
+ * items as ordinary rows (and the plain-loop twin agrees). */
+#define T_SUITE "catalogue"
+#include "test.h"
+#include "catalogue.h"
+#include "qscore.h"
+#include "rank.h"
+
+#include <stdint.h>
+#include <unistd.h>
+
+#define DIM 16
+#define N   300
+
+static uint64_t rng = 0x243F6A8885A308D3ull;
+
+static float frand(void)   /* uniform in [-1, 1) */
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)(rng >> 40) / (float)(1 << 23) - 1.0f;
+}
+
+/* A model of n items with ids "i<row>"; arrays owned here. */
+typedef struct tm {
+    hl_model_parts p;
+    char  *ids[N + 64];
+    uint32_t lens[N + 64];
+    float *e_in, *e_out, *bias, *w, *b;
+} tm;
+
+static void tm_init(tm *t, int n)
+{
+    memset(t, 0, sizeof *t);
+    hl_model_info *mi = &t->p.info;
+    mi->dim = DIM;
+    mi->n_heads = 1;
+    mi->half_life_ms[0] = 3600e3;
+    for (int i = 0; i < HL_N_TYPES; i++)
+        mi->type_weight[i] = 1.0f;
+    mi->n_items = n;
+    mi->n_layers = 1;
+    mi->layer_out[0] = DIM;
+    snprintf(mi->version, sizeof mi->version, "cat-test");
+    for (int r = 0; r < n; r++) {
+        t->ids[r] = malloc(16);
+        t->lens[r] = (uint32_t)snprintf(t->ids[r], 16, "i%d", r);
+    }
+    t->e_in = malloc((size_t)n * DIM * sizeof(float));
+    t->e_out = malloc((size_t)n * DIM * sizeof(float));
+    t->bias = malloc((size_t)n * sizeof(float));
+    for (int i = 0; i < n * DIM; i++) {
+        t->e_in[i] = frand();
+        t->e_out[i] = frand();
+    }
+    for (int i = 0; i < n; i++)
+        t->bias[i] = 0.3f * frand();
+    t->w = malloc((size_t)DIM * (DIM + 1) * sizeof(float));
+    t->b = calloc(DIM, sizeof(float));
+    for (int i = 0; i < DIM * (DIM + 1); i++)
+        t->w[i] = 0.5f * frand();
+    t->p.layer_w[0] = t->w;
+    t->p.layer_b[0] = t->b;
+    t->p.item_id = (const char *const *)t->ids;
+    t->p.item_id_len = t->lens;
+    t->p.e_in = t->e_in;
+    t->p.e_out = t->e_out;
+    t->p.bias = t->bias;
+}
+
+static void tm_free(tm *t)
+{
+    for (int r = 0; r < t->p.info.n_items; r++)
+        free(t->ids[r]);
+    free(t->e_in); free(t->e_out); free(t->bias); free(t->w); free(t->b);
+}
+
+static hl_model *tm_open(const tm *t, const char *name)
+{
+    char path[128], err[256];
+    snprintf(path, sizeof path, "/tmp/hl_test_catalogue_%d_%s.hlm", (int)getpid(), name);
+    if (hl_model_write(path, &t->p, err, sizeof err) != 0) {
+        printf("    write: %s\n", err);
+        return NULL;
+    }
+    hl_model *m = hl_model_open(path, err, sizeof err);
+    unlink(path);
+    return m;
+}
+
+static hl_item_update upd(const char *id)
+{
+    return (hl_item_update){.id = id, .id_len = (uint32_t)strlen(id), .available = 1,
+                            .expires_at_ms = HL_CATALOGUE_NO_EXPIRY};
+}
+
+/* ---- the table ---- */
+
+static void test_updates_replace_and_tombstones_forget(void)
+{
+    tm t;
+    tm_init(&t, N);
+    hl_model *m = tm_open(&t, "rep");
+    char err[256];
+    hl_catalogue *c = hl_catalogue_create(m, 4, err, sizeof err);
+    hl_catalogue_stats st;
+    hl_item_update u = upd("i7");
+    u.available = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("i9");
+    u.expires_at_ms = 5000;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.hidden == 1 && st.expiring == 1 && st.added == 0);
+    /* The whole state each time: i7 available again, no expiry. */
+    u = upd("i7");
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.hidden == 0 && st.expiring == 1);
+    u = upd("i9");
+    u.tombstone = 1;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.hidden == 0 && st.expiring == 0);
+    CHECK(hl_catalogue_version(c) == 4);
+    hl_catview *v = hl_catalogue_view(c);
+    int32_t out[8];
+    int64_t next;
+    CHECK(hl_catview_hidden_at(v, INT64_MAX - 1, out, &next) == 0);
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&t);
+}
+
+static void test_new_items_are_bounded(void)
+{
+    tm t;
+    tm_init(&t, N);
+    hl_model *m = tm_open(&t, "bound");
+    char err[256], id[32];
+    float e[DIM] = {0};
+    hl_catalogue *c = hl_catalogue_create(m, 3, err, sizeof err);
+    for (int i = 0; i < 3; i++) {
+        snprintf(id, sizeof id, "new-%d", i);
+        hl_item_update u = upd(id);
+        u.e_in = u.e_out = e;
+        CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    }
+    hl_item_update u = upd("new-3");
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_EFULL);
+    CHECKF(strstr(err, "catalogue.max.new.items") != NULL, "%s", err);
+    u = upd("i3");                        /* a known item is never refused */
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("new-0");                     /* forgetting one makes room */
+    u.tombstone = 1;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("new-3");
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catalogue_stats st;
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.added == 3 && st.overridden == 1);
+    e[2] = NAN;
+    u = upd("new-9");
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_EINVAL);
+    hl_catview *v = hl_catalogue_view(c);
+    CHECK(hl_catview_n_side(v) == 4);
+    uint32_t len = 0;
+    const char *s = hl_catview_item_id(v, hl_catview_row_find(v, "new-3", 5), &len);
+    CHECK(s != NULL && len == 5 && memcmp(s, "new-3", 5) == 0);
+    CHECK(hl_catview_row_find(v, "i3", 2) >= N);     /* listed under its side row */
+    CHECK(hl_catview_row_find(v, "nope", 4) == -1);
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&t);
+}
+
+static void test_expiry_by_event_time(void)
+{
+    tm t;
+    tm_init(&t, N);
+    hl_model *m = tm_open(&t, "exp");
+    char err[256];
+    hl_catalogue *c = hl_catalogue_create(m, 0, err, sizeof err);
+    const char *ids[] = {"i50", "i10", "i20"};
+    int64_t at[] = {3000, 1000, 2000};
+    for (int i = 0; i < 3; i++) {
+        hl_item_update u = upd(ids[i]);
+        u.expires_at_ms = at[i];
+        hl_catalogue_apply(c, &u, err, sizeof err);
+    }
+    hl_item_update u = upd("i5");
+    u.available = 0;
+    hl_catalogue_apply(c, &u, err, sizeof err);
+    hl_catview *v = hl_catalogue_view(c);
+    int32_t out[8];
+    int64_t next;
+    CHECK(hl_catview_hidden_max(v) == 4);
+    CHECK(hl_catview_hidden_at(v, 999, out, &next) == 1 && out[0] == 5 && next == 1000);
+    CHECK(hl_catview_hidden_at(v, 1000, out, &next) == 2 && out[1] == 10 && next == 2000);
+    int32_t n = hl_catview_hidden_at(v, 5000, out, &next);
+    CHECK(n == 4 && out[0] == 5 && out[1] == 10 && out[2] == 20 && out[3] == 50);
+    CHECK(next == HL_CATALOGUE_NO_EXPIRY);
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&t);
+}
+
+/* ---- the masked top-K ---- */
+
+#define NU 40
+#define K  20
+
+typedef struct tu { float s[DIM], m[1]; } tu;
+static hl_row_view views[NU];
+
+static void users_init(tu *us)
+{
+    for (int u = 0; u < NU; u++) {
+        memset(&us[u], 0, sizeof us[u]);
+        us[u].m[0] = 1.0f + (float)u;
+        for (int d = 0; d < DIM; d++)
+            us[u].s[d] = us[u].m[0] * frand();
+        memset(&views[u], 0, sizeof views[u]);
+        views[u].user = "u";
+        views[u].user_len = 1;
+        views[u].s = us[u].s;
+        views[u].m = us[u].m;
+        views[u].history = 1;
+        views[u].t_ref_ms = 1000;
+    }
+}
+
+/* Model b: model a's rows minus those in hidden[], then the side rows. */
+static void build_reference(const tm *a, const int32_t *hidden, int n_hidden,
+                            const float *s_out, const float *s_bias, int n_side,
+                            const char *const *s_ids, tm *b)
+{
+    int n = 0;
+    tm_init(b, a->p.info.n_items - n_hidden + n_side);
+    for (int r = 0; r < a->p.info.n_items; r++) {
+        int h = 0;
+        for (int i = 0; i < n_hidden; i++)
+            h |= hidden[i] == r;
+        if (h)
+            continue;
+        memcpy(b->e_out + (size_t)n * DIM, a->e_out + (size_t)r * DIM, DIM * sizeof(float));
+        b->bias[n] = a->bias[r];
+        b->lens[n] = (uint32_t)snprintf(b->ids[n], 16, "%s", a->ids[r]);
+        n++;
+    }
+    for (int s = 0; s < n_side; s++, n++) {
+        memcpy(b->e_out + (size_t)n * DIM, s_out + (size_t)s * DIM, DIM * sizeof(float));
+        b->bias[n] = s_bias[s];
+        b->lens[n] = (uint32_t)snprintf(b->ids[n], 16, "%s", s_ids[s]);
+    }
+    memcpy(b->w, a->w, (size_t)DIM * (DIM + 1) * sizeof(float));
+}
+
+static const char *rec_id(const tm *t, const hl_catview *v, int32_t row, uint32_t *len)
+{
+    if (v != NULL)
+        return hl_catview_item_id(v, row, len);
+    *len = t->lens[row];
+    return t->ids[row];
+}
+
+/* scoring: HL_SCORING_EXACT or HL_SCORING_TWO_STAGE; qkernel for the
+ * latter (the int8 scan's kernel). The reference is always exact. */
+static void masked_top_k_equals_model_without_them(int scoring, int qkernel)
+{
+    tm a, b;
+    tm_init(&a, N);
+    hl_model *m = tm_open(&a, "mask");
+    char err[256];
+    hl_catalogue *c = hl_catalogue_create(m, 8, err, sizeof err);
+    tu us[NU];
+    users_init(us);
+    hl_rank_opts ro = {.k = K, .exclude_seen = 1, .max_batch = NU, .block_items = 64};
+    hl_rank_opts rs = ro;
+    rs.scoring = scoring;
+    rs.qkernel = qkernel;
+    hl_ranker *r0 = hl_ranker_create(m, &rs, err, sizeof err);
+    CHECKF(r0 != NULL, "%s", err);
+    hl_rec base[NU * K];
+    int n_base[NU];
+    hl_ranker_refresh(r0, views, 1, base, n_base);   /* warm: check shapes */
+    /* Hide the items users like most, so the mask must act inside the top-K. */
+    for (int u = 0; u < NU; u++)
+        hl_ranker_refresh(r0, &views[u], 1, base + u * K, &n_base[u]);
+    int32_t hidden[N];
+    int n_hidden = 0;
+    for (int u = 0; u < NU && n_hidden < 30; u++) {
+        char id[16];
+        int32_t row = base[u * K].item;
+        int dup = 0;
+        for (int i = 0; i < n_hidden; i++)
+            dup |= hidden[i] == row;
+        if (dup)
+            continue;
+        hidden[n_hidden++] = row;
+        snprintf(id, sizeof id, "i%d", row);
+        hl_item_update upd_h = upd(id);
+        upd_h.available = 0;
+        CHECK(hl_catalogue_apply(c, &upd_h, err, sizeof err) == 0);
+    }
+    /* Three added items, strong enough to enter lists. */
+    const char *s_ids[] = {"new-a", "new-b", "new-c"};
+    float s_out[3 * DIM], s_in[3 * DIM], s_bias[3] = {1.5f, 0.2f, 2.5f};
+    for (int i = 0; i < 3 * DIM; i++) {
+        s_out[i] = 2.0f * frand();
+        s_in[i] = frand();
+    }
+    for (int s = 0; s < 3; s++) {
+        hl_item_update ua = upd(s_ids[s]);
+        ua.e_in = s_in + s * DIM;
+        ua.e_out = s_out + s * DIM;
+        ua.bias = s_bias[s];
+        CHECK(hl_catalogue_apply(c, &ua, err, sizeof err) == 0);
+    }
+    hl_catview *v = hl_catalogue_view(c);
+    int32_t hrows[N];
+    int64_t next;
+    hl_rank_catalogue rc = {.hidden = hrows, .n_hidden = hl_catview_hidden_at(v, 0, hrows, &next),
+                            .e_in = hl_catview_side_e_in(v), .e_out = hl_catview_side_e_out(v),
+                            .bias = hl_catview_side_bias(v), .n_side = hl_catview_n_side(v)};
+    CHECK(rc.n_hidden == n_hidden && rc.n_side == 3);
+    hl_ranker_set_catalogue(r0, &rc);
+    hl_rec got[NU * K], naive[NU * K], want[NU * K];
+    int n_got[NU], n_naive[NU], n_want[NU];
+    CHECK(hl_ranker_refresh(r0, views, NU, got, n_got) == 0);
+    CHECK(hl_ranker_refresh_naive(r0, views, NU, NULL, naive, n_naive) == 0);
+
+    build_reference(&a, hidden, n_hidden, s_out, s_bias, 3, s_ids, &b);
+    hl_ranker *r1 = hl_ranker_create_parts(&b.p, &ro, err, sizeof err);
+    CHECK(hl_ranker_refresh(r1, views, NU, want, n_want) == 0);
+    int side_seen = 0;
+    for (int u = 0; u < NU; u++) {
+        CHECKF(n_got[u] == K && n_want[u] == K && n_naive[u] == K, "user %d lengths %d %d %d",
+               u, n_got[u], n_want[u], n_naive[u]);
+        for (int j = 0; j < K; j++) {
+            uint32_t lg, lw;
+            const char *g = rec_id(&a, v, got[u * K + j].item, &lg);
+            const char *w = rec_id(&b, NULL, want[u * K + j].item, &lw);
+            side_seen += got[u * K + j].item >= N;
+            CHECKF(lg == lw && memcmp(g, w, lg) == 0 && got[u * K + j].score ==
+                   want[u * K + j].score, "user %d pos %d: %.*s %.9g want %.*s %.9g", u, j,
+                   (int)lg, g, got[u * K + j].score, (int)lw, w, want[u * K + j].score);
+            CHECK(naive[u * K + j].item == got[u * K + j].item);
+            for (int i = 0; i < n_hidden; i++)
+                CHECK(got[u * K + j].item != hidden[i]);
+        }
+    }
+    CHECKF(side_seen > 0, "no added item reached any list: the test shows nothing");
+    CHECKF(hl_ranker_fallbacks(r0) == 0, "%s: %llu users rescanned: the scan was not tested",
+           hl_ranker_scoring(r0), (unsigned long long)hl_ranker_fallbacks(r0));
+    hl_ranker_destroy(r0);
+    hl_ranker_destroy(r1);
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&a);
+    tm_free(&b);
+}
+
+static void test_masked_top_k_equals_model_without_them(void)
+{
+    masked_top_k_equals_model_without_them(HL_SCORING_EXACT, HL_QKERNEL_AUTO);
+}
+
+static void test_masked_top_k_two_stage(void)
+{
+    masked_top_k_equals_model_without_them(HL_SCORING_TWO_STAGE, HL_QKERNEL_AUTO);
+}
+
+static void test_masked_top_k_two_stage_plain(void)
+{
+    masked_top_k_equals_model_without_them(HL_SCORING_TWO_STAGE, HL_QKERNEL_PLAIN);
+}
+
+/* With almost everything hidden the list is as long as what is left. */
+static void list_full_while_items_remain(int scoring)
+{
+    tm a;
+    tm_init(&a, 40);
+    hl_model *m = tm_open(&a, "full");
+    char err[256];
+    tu us[NU];
+    users_init(us);
+    hl_rank_opts ro = {.k = K, .exclude_seen = 1, .max_batch = NU, .block_items = 16,
+                       .scoring = scoring};
+    hl_ranker *r = hl_ranker_create(m, &ro, err, sizeof err);
+    int32_t hid[40];
+    for (int i = 0; i < 25; i++)
+        hid[i] = i;                                      /* 15 remain */
+    hl_rank_catalogue rc = {.hidden = hid, .n_hidden = 25};
+    hl_ranker_set_catalogue(r, &rc);
+    hl_rec got[NU * K];
+    int n_got[NU];
+    CHECK(hl_ranker_refresh(r, views, NU, got, n_got) == 0);
+    for (int u = 0; u < NU; u++) {
+        CHECK(n_got[u] == 15);
+        for (int j = 0; j < n_got[u]; j++)
+            CHECK(got[u * K + j].item >= 25);
+    }
+    rc.n_hidden = 20;                                    /* 20 remain: k = 20 */
+    hl_ranker_set_catalogue(r, &rc);
+    CHECK(hl_ranker_refresh(r, views, NU, got, n_got) == 0);
+    for (int u = 0; u < NU; u++)
+        CHECK(n_got[u] == K);
+    hl_ranker_destroy(r);
+    hl_model_close(m);
+    tm_free(&a);
+}
+
+static void test_list_full_while_items_remain(void)
+{
+    list_full_while_items_remain(HL_SCORING_EXACT);
+}
+
+static void test_list_full_two_stage(void)
+{
+    list_full_while_items_remain(HL_SCORING_TWO_STAGE);
+}
+
+/* A model swap keeps hides and expiries, re-resolves which items the model
+ * knows, keeps embeddings whose dim fits and drops (counts) the others. */
+static void test_rebind_to_new_model(void)
+{
+    tm a, b, c3;
+    tm_init(&a, N);
+    tm_init(&b, N + 10);                  /* knows i300..i309 too */
+    hl_model *ma = tm_open(&a, "ra"), *mb = tm_open(&b, "rb");
+    char err[256];
+    float e[DIM] = {1};
+    hl_catalogue *c = hl_catalogue_create(ma, 8, err, sizeof err);
+    hl_item_update u = upd("i305");       /* unknown to a, known to b */
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("i4");
+    u.available = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catalogue_stats st;
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.added == 1 && st.overridden == 0 && st.hidden == 1);
+    int32_t dropped = -1;
+    CHECK(hl_catalogue_rebind(c, mb, &dropped) == 0 && dropped == 0);
+    hl_model_close(ma);                   /* nothing may point into it now */
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.added == 0 && st.overridden == 1 && st.hidden == 1);
+    hl_catview *v = hl_catalogue_view(c);
+    int32_t out[8];
+    int64_t next;
+    int32_t n = hl_catview_hidden_at(v, 0, out, &next);
+    CHECK(n == 2 && out[0] == 4 && out[1] == 305);   /* i305's model row is replaced */
+    hl_catview_destroy(v);
+    /* Another dim: the embedding is dropped, the hide stays. */
+    tm_init(&c3, N);
+    c3.p.info.dim = DIM / 2;
+    c3.p.info.layer_out[0] = DIM / 2;
+    hl_model *mc = tm_open(&c3, "rc");
+    CHECK(mc != NULL && hl_catalogue_rebind(c, mc, &dropped) == 0 && dropped == 1);
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.added == 0 && st.overridden == 0 && st.hidden == 1);
+    float e2[DIM / 2] = {2};
+    u = upd("brand-new");
+    u.e_in = u.e_out = e2;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    v = hl_catalogue_view(c);
+    CHECK(hl_catview_n_side(v) == 1 && hl_catview_side_e_out(v)[0] == 2.0f);
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(mb);
+    hl_model_close(mc);
+    tm_free(&a);
+    tm_free(&b);
+    tm_free(&c3);
+}
+
+int main(void)
+{
+    RUN(test_updates_replace_and_tombstones_forget);
+    RUN(test_new_items_are_bounded);
+    RUN(test_expiry_by_event_time);
+    RUN(test_masked_top_k_equals_model_without_them);
+    RUN(test_masked_top_k_two_stage);
+    RUN(test_masked_top_k_two_stage_plain);
+    RUN(test_list_full_while_items_remain);
+    RUN(test_list_full_two_stage);
+    RUN(test_rebind_to_new_model);
+    TEST_EXIT();
+}

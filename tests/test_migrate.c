@@ -1,0 +1,321 @@
+/* test_migrate.c - core/migrate.c: the least-squares map between two
+ * models' e_in and the per-row migration (identity for identical models,
+ * exact when the ring covers every event or when E_new = E_old A). */
+#define T_SUITE "migrate"
+#include "test.h"
+
+#include "migrate.h"
+
+#include <unistd.h>
+
+#define DIM   8
+#define HEADS 3
+
+static double g_half_life0 = 3600e3;    /* head 0's, for the mismatch case */
+
+static float frand(uint64_t *s)
+{
+    *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
+    return (float)((double)(*s >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
+}
+
+/* A model over ids "it<first>".."it<first+n-1>", e_in from the seed, or
+ * e_in = base's rows times a (DIM, DIM) when a is not NULL. */
+static hl_model *model_at(const char *path, int first, int n, uint64_t seed,
+                          const float *a, const hl_model *base)
+{
+    hl_model_parts p;
+    memset(&p, 0, sizeof p);
+    hl_model_info *mi = &p.info;
+    mi->dim = DIM; mi->n_heads = HEADS; mi->n_items = n; mi->n_layers = 1;
+    mi->layer_out[0] = DIM;
+    mi->half_life_ms[0] = g_half_life0; mi->half_life_ms[1] = 86400e3; mi->half_life_ms[2] = 30 * 86400e3;
+    for (int t = 0; t < HL_N_TYPES; t++) mi->type_weight[t] = 1.0f + (float)t;
+    snprintf(mi->version, sizeof mi->version, "m%d-%d", first, n);
+    int in = hl_model_input_dim(mi);
+    float *e_in = malloc(sizeof(float) * n * DIM), *e_out = malloc(sizeof(float) * n * DIM);
+    float *bias = calloc((size_t)n, sizeof(float)), *w = calloc((size_t)DIM * in, sizeof(float));
+    float *b = calloc(DIM, sizeof(float));
+    char **ids = malloc(sizeof *ids * n);
+    uint32_t *lens = malloc(sizeof *lens * n);
+    for (int i = 0; i < n; i++) {
+        ids[i] = malloc(16);
+        lens[i] = (uint32_t)snprintf(ids[i], 16, "it%d", first + i);
+        for (int j = 0; j < DIM; j++) e_out[i * DIM + j] = frand(&seed);
+        for (int j = 0; j < DIM; j++) e_in[i * DIM + j] = frand(&seed);
+        if (a != NULL) {
+            int32_t r = hl_model_item_find(base, ids[i], lens[i]);
+            const float *x = hl_model_e_in(base) + (size_t)r * DIM;
+            for (int j = 0; j < DIM; j++) {
+                double acc = 0;
+                for (int k = 0; k < DIM; k++) acc += (double)x[k] * a[k * DIM + j];
+                e_in[i * DIM + j] = (float)acc;
+            }
+        }
+    }
+    p.item_id = (const char *const *)ids; p.item_id_len = lens;
+    p.e_in = e_in; p.e_out = e_out; p.bias = bias; p.layer_w[0] = w; p.layer_b[0] = b;
+    char err[256];
+    hl_model *m = NULL;
+    if (hl_model_write(path, &p, err, sizeof err) == 0)
+        m = hl_model_open(path, err, sizeof err);
+    if (m == NULL) printf("    model %s: %s\n", path, err);
+    for (int i = 0; i < n; i++) free(ids[i]);
+    free(ids); free(lens); free(e_in); free(e_out); free(bias); free(w); free(b);
+    return m;
+}
+
+static hl_table *table_for(int history)
+{
+    hl_table_opts o = {.history = history, .expected_users = 16};
+    double hl[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+    char err[256];
+    hl_decay_init(&o.decay, HEADS, DIM, hl, err, sizeof err);
+    return hl_table_create(&o, err, sizeof err);
+}
+
+/* Applies n events of one user, items "it<item[i]>" resolved in m. */
+static void apply_all(hl_table *tbl, const hl_model *m, const int *item, int n, int first_off)
+{
+    const float tw[HL_N_TYPES] = {1, 2, 3, 4, 5, 6};
+    for (int i = 0; i < n; i++) {
+        char id[16];
+        int len = snprintf(id, sizeof id, "it%d", item[i]);
+        uint8_t type = (uint8_t)(i % HL_N_TYPES);
+        hl_event ev = {.user = "u1", .user_len = 2, .item = hl_model_item_find(m, id, (size_t)len),
+                       .item_key = hl_item_key(id, (size_t)len),
+                       .type = type, .w = tw[type] * (1.0f + 0.5f * (float)(i % 3)),
+                       .ts_ms = 1000000 + (int64_t)(i * 7919 % 13) * 600000 + i * 1000,
+                       .offset = first_off + i};
+        hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), hl_model_info_get(m)->n_items, NULL);
+    }
+}
+
+static void migrate_user(hl_table *tbl, const hl_migration *mg)
+{
+    float scratch[2 * HEADS * DIM];
+    hl_row_edit e;
+    hl_table_edit(tbl, (uint32_t)hl_table_find(tbl, "u1", 2), &e);
+    hl_migration_row(mg, &e, scratch);
+}
+
+static const float *heads_of(hl_table *tbl, hl_row_view *v)
+{
+    hl_table_view(tbl, (uint32_t)hl_table_find(tbl, "u1", 2), v);
+    return v->s;
+}
+
+static const float k_tw[HL_N_TYPES] = {1, 2, 3, 4, 5, 6};
+
+static void test_fit_recovers_constructed_map(void)
+{
+    enum { N = 300, DA = 6, DB = 4 };
+    static float a[N * DA], b[N * DB], want[DA * DB], m[DA * DB];
+    uint64_t s = 7;
+    for (int i = 0; i < N * DA; i++) a[i] = frand(&s);
+    for (int i = 0; i < DA * DB; i++) want[i] = frand(&s) * 3;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < DB; j++) {
+            double acc = 0;
+            for (int k = 0; k < DA; k++) acc += (double)a[i * DA + k] * want[k * DB + j];
+            b[i * DB + j] = (float)acc;
+        }
+    char err[256];
+    CHECK(hl_migration_fit(a, b, N, DA, DB, m, err, sizeof err) == 0);
+    CHECK_CLOSE(m, want, DA * DB, 1e-4);
+    CHECK(hl_migration_fit(a, b, 0, DA, DB, m, err, sizeof err) == 0);
+    CHECK(m[0] == 0 && m[DA * DB - 1] == 0);
+}
+
+static void test_identical_models_are_identity(void)
+{
+    hl_model *m = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    CHECK(m != NULL);
+    if (m == NULL) return;
+    hl_table *tbl = table_for(4);           /* the ring holds 4 of 20 */
+    int item[20];
+    for (int i = 0; i < 20; i++) item[i] = (i * 17) % 50;
+    apply_all(tbl, m, item, 20, 0);
+    hl_row_view v;
+    float before[HEADS * DIM];
+    memcpy(before, heads_of(tbl, &v), sizeof before);
+    char err[256];
+    hl_migration *mg = hl_migration_create(m, m, k_tw, err, sizeof err);
+    CHECKF(mg != NULL, "%s", err);
+    if (mg) {
+        CHECK(hl_migration_shared(mg) == 50);
+        migrate_user(tbl, mg);
+        CHECK_CLOSE(heads_of(tbl, &v), before, HEADS * DIM, 1e-4);
+        for (int i = 0; i < v.n_hist; i++)
+            CHECK(v.hist_item[hl_row_hist_index(&v, i)] == item[16 + i]);
+    }
+    hl_migration_destroy(mg);
+    hl_table_destroy(tbl);
+    hl_model_close(m);
+}
+
+/* B knows items 10..69 under other rows and other vectors; A knows 0..49.
+ * Events name items both know, items only A knows (they add nothing in B)
+ * and items only B knows (found by their key). Weights vary beyond the
+ * type's (the ring keeps each). With the ring holding every event,
+ * migration gives B's heads exactly; masses stay A's. */
+static void test_full_ring_is_exact(void)
+{
+    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    hl_model *b = model_at("/tmp/test_migrate_b.hlm", 10, 60, 99, NULL, NULL);
+    CHECK(a != NULL && b != NULL);
+    if (a == NULL || b == NULL) goto out;
+    int item[24];
+    for (int i = 0; i < 24; i++) item[i] = (i * 13) % 70;
+    hl_table *ta = table_for(32), *tb = table_for(32);
+    apply_all(ta, a, item, 24, 0);
+    apply_all(tb, b, item, 24, 0);
+    char err[256];
+    hl_migration *mg = hl_migration_create(a, b, k_tw, err, sizeof err);
+    CHECKF(mg != NULL, "%s", err);
+    if (mg) {
+        CHECK(hl_migration_shared(mg) == 40);
+        hl_row_view va, vb;
+        int only_b = 0;
+        for (int i = 0; i < 24; i++) only_b += item[i] >= 50;
+        CHECK(only_b > 0);
+        float mass[HEADS];
+        heads_of(ta, &va);
+        memcpy(mass, va.m, sizeof mass);
+        migrate_user(ta, mg);
+        CHECK_CLOSE(heads_of(ta, &va), heads_of(tb, &vb), HEADS * DIM, 1e-4);
+        CHECK_CLOSE(va.m, mass, HEADS, 0);      /* masses carry over as they are */
+        for (int i = 0; i < va.n_hist; i++) {
+            int k = hl_row_hist_index(&va, i);
+            CHECK(va.hist_item[k] == vb.hist_item[k]);
+        }
+    }
+    hl_migration_destroy(mg);
+    hl_table_destroy(ta);
+    hl_table_destroy(tb);
+out:
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
+/* B's e_in is A's times a fixed A_map for every item: M recovers it, so
+ * even the part older than a short ring migrates exactly. */
+static void test_linear_map_migrates_remainder(void)
+{
+    float amap[DIM * DIM];
+    uint64_t s = 3;
+    for (int i = 0; i < DIM * DIM; i++) amap[i] = frand(&s);
+    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    hl_model *b = a ? model_at("/tmp/test_migrate_b.hlm", 0, 50, 5, amap, a) : NULL;
+    CHECK(a != NULL && b != NULL);
+    if (a == NULL || b == NULL) goto out;
+    int item[30];
+    for (int i = 0; i < 30; i++) item[i] = (i * 7) % 50;
+    hl_table *ta = table_for(5), *tb = table_for(5);
+    apply_all(ta, a, item, 30, 0);
+    apply_all(tb, b, item, 30, 0);
+    char err[256];
+    hl_migration *mg = hl_migration_create(a, b, k_tw, err, sizeof err);
+    CHECKF(mg != NULL, "%s", err);
+    if (mg) {
+        CHECK_CLOSE(hl_migration_map(mg), amap, DIM * DIM, 1e-3);
+        migrate_user(ta, mg);
+        hl_row_view va, vb;
+        CHECK_CLOSE(heads_of(ta, &va), heads_of(tb, &vb), HEADS * DIM, 1e-3);
+    }
+    hl_migration_destroy(mg);
+    hl_table_destroy(ta);
+    hl_table_destroy(tb);
+out:
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
+/* Without the old model: heads and masses rebuilt from the ring alone by
+ * item key; with the ring holding every event that is B's build exactly
+ * (masses too: only items B knows count). */
+static void test_rebuild_from_ring(void)
+{
+    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    hl_model *b = model_at("/tmp/test_migrate_b.hlm", 10, 60, 99, NULL, NULL);
+    CHECK(a != NULL && b != NULL);
+    if (a == NULL || b == NULL) goto out;
+    int item[24];
+    for (int i = 0; i < 24; i++) item[i] = (i * 13) % 70;
+    hl_table *ta = table_for(32), *tb = table_for(32);
+    apply_all(ta, a, item, 24, 0);
+    apply_all(tb, b, item, 24, 0);
+    char err[256];
+    hl_migration *mg = hl_migration_rebuild(b, k_tw, err, sizeof err);
+    CHECKF(mg != NULL, "%s", err);
+    if (mg) {
+        migrate_user(ta, mg);
+        hl_row_view va, vb;
+        CHECK_CLOSE(heads_of(ta, &va), heads_of(tb, &vb), HEADS * DIM, 1e-4);
+        CHECK_CLOSE(va.m, vb.m, HEADS, 1e-5);
+        for (int i = 0; i < va.n_hist; i++) {
+            int k = hl_row_hist_index(&va, i);
+            CHECK(va.hist_item[k] == vb.hist_item[k]);
+        }
+    }
+    hl_migration_destroy(mg);
+    hl_table_destroy(ta);
+    hl_table_destroy(tb);
+out:
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
+/* The table's generation parity: a flip makes every row stale, rows added
+ * afterwards are fresh, done marks one fresh. */
+static void test_table_generations(void)
+{
+    hl_model *m = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    if (m == NULL) { CHECK(0); return; }
+    hl_table *tbl = table_for(4);
+    int item[3] = {1, 2, 3};
+    apply_all(tbl, m, item, 3, 0);
+    uint32_t r = (uint32_t)hl_table_find(tbl, "u1", 2);
+    CHECK(!hl_table_row_stale(tbl, r));
+    hl_table_flip_generation(tbl);
+    CHECK(hl_table_row_stale(tbl, r));
+    hl_event ev = {.user = "u2", .user_len = 2, .item = 1, .w = 1, .ts_ms = 5, .offset = 9};
+    hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), 50, NULL);
+    CHECK(!hl_table_row_stale(tbl, (uint32_t)hl_table_find(tbl, "u2", 2)));
+    hl_table_row_done(tbl, r);
+    CHECK(!hl_table_row_stale(tbl, r));
+    CHECK(hl_table_next_live(tbl, 0) == r);
+    CHECK(hl_table_next_live(tbl, hl_table_row_limit(tbl)) == UINT32_MAX);
+    hl_table_destroy(tbl);
+    hl_model_close(m);
+}
+
+static void test_shape_mismatch_refused(void)
+{
+    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 50, 11, NULL, NULL);
+    g_half_life0 = 7200e3;
+    hl_model *b = model_at("/tmp/test_migrate_b.hlm", 0, 50, 12, NULL, NULL);
+    g_half_life0 = 3600e3;
+    CHECK(a != NULL && b != NULL);
+    char err[256] = "";
+    hl_migration *mg = a && b ? hl_migration_create(a, b, k_tw, err, sizeof err) : NULL;
+    CHECK(mg == NULL);
+    CHECKF(strstr(err, "half-life of head 0 differs") != NULL, "err=%s", err);
+    hl_migration_destroy(mg);
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
+int main(void)
+{
+    RUN(test_fit_recovers_constructed_map);
+    RUN(test_identical_models_are_identity);
+    RUN(test_full_ring_is_exact);
+    RUN(test_linear_map_migrates_remainder);
+    RUN(test_rebuild_from_ring);
+    RUN(test_table_generations);
+    RUN(test_shape_mismatch_refused);
+    unlink("/tmp/test_migrate_a.hlm");
+    unlink("/tmp/test_migrate_b.hlm");
+    TEST_EXIT();
+}

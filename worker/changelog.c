@@ -1,0 +1,446 @@
+/* changelog.c - state.store=kafka: flushes of each shard's changed rows to
+ * a compacted changelog topic, their effect on the stored input offsets,
+ * and the restore of a partition from it (the scheme, the record kinds and
+ * the fencing rule are in changelog.h; the topic's creation is in
+ * changelog_topic.c).
+ *
+ * A flush is encoded whole on the owner thread between batches (a scan of
+ * the row headers and a copy of the changed rows into one buffer), so it
+ * is one consistent cut at one input offset, and produced later from that
+ * buffer, once the lists of its events are delivered: the table may move
+ * on meanwhile. One flush per shard is in the air at a time.
+ *
+ * The checkpoint value, little-endian (CK_BYTES):
+ *   0  "HLCK"   4  u32 version (1)   8  i64 input offset
+ *   16 u64 model fingerprint   24 i64 newest_ts_ms   32 u64 active_seq
+ *   40 u32 sweep cursor        44 i64 epoch
+ * An epoch also travels in every record's halflife.epoch header (decimal). */
+#include "changelog_internal.h"
+#include "log.h"
+#include "snapshot.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- bytes -------------------------------------------------------------- */
+
+static unsigned char *put_le(unsigned char *p, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+    return p + n;
+}
+
+static uint64_t get_le(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+size_t hl_changelog_ck_encode(unsigned char *buf, const hl_changelog_ck *ck)
+{
+    unsigned char *p = buf;
+    memcpy(p, "HLCK", 4);
+    p = put_le(p + 4, 1, 4);
+    p = put_le(p, (uint64_t)ck->offset, 8);
+    p = put_le(p, ck->fingerprint, 8);
+    p = put_le(p, (uint64_t)ck->meta.newest_ts_ms, 8);
+    p = put_le(p, ck->meta.active_seq, 8);
+    p = put_le(p, ck->meta.sweep_cursor, 4);
+    p = put_le(p, (uint64_t)ck->epoch, 8);
+    return (size_t)(p - buf);
+}
+
+int hl_changelog_ck_decode(const unsigned char *p, size_t len, hl_changelog_ck *ck)
+{
+    if (len != CK_BYTES || memcmp(p, "HLCK", 4) != 0 || get_le(p + 4, 4) != 1)
+        return HL_EFORMAT;
+    ck->offset = (int64_t)get_le(p + 8, 8);
+    ck->fingerprint = get_le(p + 16, 8);
+    ck->meta.newest_ts_ms = (int64_t)get_le(p + 24, 8);
+    ck->meta.active_seq = get_le(p + 32, 8);
+    ck->meta.sweep_cursor = (uint32_t)get_le(p + 40, 4);
+    ck->epoch = (int64_t)get_le(p + 44, 8);
+    if (ck->offset < -1 || ck->epoch < 0)
+        return HL_EFORMAT;
+    return 0;
+}
+
+void hl_changelog_ck_key_init(hl_changelog *cl)
+{
+    /* 257 bytes: one more than any user_id (HL_MAX_ID_LEN), so no user's
+     * row can ever share this key. */
+    memset(cl->ck_key, '.', sizeof cl->ck_key);
+    memcpy(cl->ck_key, "halflife.checkpoint", 19);
+}
+
+/* ---- the shard's flushes ------------------------------------------------- */
+
+enum { IDLE, ENCODED, SENT };
+
+#define N_COVERS 64          /* durable flushes remembered for hl_changelog_cover */
+
+typedef struct cover {
+    int64_t input_offset, changelog_end, epoch;
+} cover;
+
+struct hl_changelog_shard {
+    hl_changelog  *cl;
+    int32_t        partition;
+    int64_t        epoch;
+    uint64_t       fp;             /* the model the rows are in (flushes name it) */
+    uint64_t       full_want, full_done, full_enc; /* whole-table flushes asked for,
+                                      the newest durable one, the one in flight */
+    int64_t        durable;        /* input offset of the newest durable flush */
+    int64_t        next_due_ms;    /* 0: at the first tick + flush_ms */
+    int            state;
+    /* the flush in hand */
+    int64_t        offset;         /* its input offset */
+    hl_table_meta  meta;
+    unsigned char *buf;            /* rows: u32 key_len, u32 value_len, key, value */
+    size_t         len, cap;
+    uint64_t       n_rows;
+    size_t         tomb_cut;       /* tombstone bytes it carries */
+    int64_t        t0_ms;
+    hl_ticket      t;
+    /* users evicted since the last durable flush: u16 len, bytes */
+    unsigned char *tomb;
+    size_t         tomb_len, tomb_cap;
+    int            tomb_lost;      /* an eviction could not be noted */
+    hl_log_limit   limit;
+    cover          covers[N_COVERS];   /* a ring of the newest durable flushes */
+    int            n_covers, next_cover;
+};
+
+static void remember(hl_changelog_shard *cs, int64_t input_offset, int64_t changelog_end)
+{
+    cs->covers[cs->next_cover] = (cover){input_offset, changelog_end, cs->epoch};
+    cs->next_cover = (cs->next_cover + 1) % N_COVERS;
+    if (cs->n_covers < N_COVERS)
+        cs->n_covers++;
+}
+
+void hl_changelog_cover(void *arg, int64_t next_offset, int64_t *changelog_offset,
+                        int64_t *changelog_epoch)
+{
+    const hl_changelog_shard *cs = arg;
+    const cover *best = NULL;
+    for (int i = 0; i < cs->n_covers; i++) {
+        const cover *c = &cs->covers[i];
+        if (c->input_offset <= next_offset && c->changelog_end > 0 &&
+            (best == NULL || c->changelog_end > best->changelog_end))
+            best = c;
+    }
+    *changelog_offset = best ? best->changelog_end : 0;
+    *changelog_epoch = best ? best->epoch : 0;
+}
+
+static int grow(unsigned char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 1 << 16;
+    while (n < need) n *= 2;
+    unsigned char *p = realloc(*buf, n);
+    if (p == NULL)
+        return HL_ENOMEM;
+    *buf = p;
+    *cap = n;
+    return 0;
+}
+
+/* hl_table_evict_fn: note the user for a tombstone in the next flush. */
+static void on_evict(void *arg, const char *user, uint32_t user_len)
+{
+    hl_changelog_shard *cs = arg;
+    if (grow(&cs->tomb, &cs->tomb_cap, cs->tomb_len + 2 + user_len) != 0) {
+        cs->tomb_lost = 1;
+        return;
+    }
+    cs->tomb[cs->tomb_len] = (unsigned char)(user_len & 0xff);
+    cs->tomb[cs->tomb_len + 1] = (unsigned char)(user_len >> 8);
+    memcpy(cs->tomb + cs->tomb_len + 2, user, user_len);
+    cs->tomb_len += 2 + user_len;
+}
+
+hl_changelog_shard *hl_changelog_shard_create(hl_changelog *cl, int32_t p, hl_table *tbl,
+                                              const hl_changelog_restored *r)
+{
+    hl_changelog_shard *cs = calloc(1, sizeof *cs);
+    if (cs == NULL)
+        return NULL;
+    cs->cl = cl;
+    cs->partition = p;
+    cs->epoch = r->epoch;
+    cs->fp = atomic_load(&cl->fp);     /* restored into the current model */
+    cs->durable = r->next_offset;
+    cs->limit.interval_ms = 5000;
+    remember(cs, r->next_offset, r->claim_end);
+    hl_table_on_evict(tbl, on_evict, cs);
+    return cs;
+}
+
+void hl_changelog_shard_destroy(hl_changelog_shard *cs)
+{
+    if (cs == NULL)
+        return;
+    /* A flush still in the air: its delivery reports will write its
+     * ticket, which lives in cs. Wait a little; if they still do not come
+     * (the broker is away), cs is left allocated on purpose rather than
+     * freed under them (the process is usually stopping then). */
+    if (cs->state == SENT && !hl_producer_wait(cs->cl->o.prod, &cs->t, 1000, NULL)) {
+        hl_log(HL_LOG_WARN, "changelog_flush_abandoned", "partition=%d offset=%lld "
+               "reason=\"undelivered at hand-back; its offsets were not stored\"",
+               (int)cs->partition, (long long)cs->offset);
+        return;
+    }
+    free(cs->buf);
+    free(cs->tomb);
+    free(cs);
+}
+
+int64_t hl_changelog_durable(const hl_changelog_shard *cs) { return cs->durable; }
+
+int64_t hl_changelog_storable(const hl_changelog_shard *cs, int64_t off)
+{
+    return off < cs->durable ? off : cs->durable;
+}
+
+/* Appends one row record (key user, value the row) to the flush buffer. */
+static int add_row(hl_changelog_shard *cs, uint32_t row, const hl_row_view *v)
+{
+    const hl_changelog *cl = cs->cl;
+    size_t need = cs->len + 8 + v->user_len + cl->row_max;
+    if (grow(&cs->buf, &cs->cap, need) != 0)
+        return HL_ENOMEM;
+    unsigned char *p = cs->buf + cs->len;
+    size_t vlen = hl_snapshot_row_encode(p + 8 + v->user_len, cl->n_heads, cl->dim, row, v);
+    put_le(p, v->user_len, 4);
+    put_le(p + 4, vlen, 4);
+    memcpy(p + 8, v->user, v->user_len);
+    cs->len += 8 + v->user_len + vlen;
+    cs->n_rows++;
+    return 0;
+}
+
+/* The cut: every row changed since the last durable flush (its last
+ * applied offset at or above that flush's input offset). */
+static int encode(hl_changelog_shard *cs, const hl_table *tbl, int64_t applied)
+{
+    uint32_t limit = hl_table_row_limit(tbl);
+    /* Every row after a change of model: the changelog's older rows of
+     * untouched users are in the old model's space. */
+    int full = cs->full_want != cs->full_done;
+    int64_t since = cs->durable < 0 || full ? INT64_MIN : cs->durable;
+    cs->full_enc = full ? cs->full_want : cs->full_done;
+    hl_row_view v;
+    cs->len = 0;
+    cs->n_rows = 0;
+    for (uint32_t r = 0; r < limit; r++) {
+        if (!hl_table_row_live(tbl, r))
+            continue;
+        hl_table_view(tbl, r, &v);
+        if (v.last_offset >= since && add_row(cs, r, &v) != 0)
+            return HL_ENOMEM;
+    }
+    cs->offset = applied;
+    cs->tomb_cut = cs->tomb_len;
+    hl_table_meta_get(tbl, &cs->meta);
+    return 0;
+}
+
+static int send_one(hl_changelog_shard *cs, const void *key, size_t key_len,
+                const void *value, size_t value_len, int kind)
+{
+    hl_changelog *cl = cs->cl;
+    char ep[24], fp[24], err[256];
+    snprintf(ep, sizeof ep, "%" PRId64, cs->epoch);
+    snprintf(fp, sizeof fp, "%016" PRIx64, cs->fp);
+    hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}, {NULL, NULL, 0}};
+    if (kind == KIND_ROW)
+        h[1] = (hl_header){HL_CHANGELOG_MODEL_HDR, fp, strlen(fp)};
+    if (hl_producer_send(cl->o.prod, cl->topic, cs->partition, key, key_len, value, value_len,
+                         h, &cs->t, err, sizeof err) != 0) {
+        atomic_fetch_add(&cs->t.failed, 1);
+        hl_log(HL_LOG_ERROR, "changelog_send_failed", "partition=%d err=\"%s\"",
+               (int)cs->partition, err);
+        return HL_EIO;
+    }
+    hl_counter_add(cl->mx.records[kind], 1);
+    hl_counter_add(cl->mx.bytes, key_len + value_len);
+    return 0;
+}
+
+/* Produces the encoded flush: tombstones, rows, then the checkpoint. */
+static void produce(hl_changelog_shard *cs)
+{
+    unsigned char ck[CK_BYTES];
+    hl_ticket_reset(&cs->t);
+    for (size_t i = 0; i < cs->tomb_cut;) {
+        size_t n = cs->tomb[i] | (size_t)cs->tomb[i + 1] << 8;
+        send_one(cs, cs->tomb + i + 2, n, NULL, 0, KIND_TOMBSTONE);
+        i += 2 + n;
+    }
+    for (size_t i = 0; i < cs->len;) {
+        size_t kl = get_le(cs->buf + i, 4), vl = get_le(cs->buf + i + 4, 4);
+        send_one(cs, cs->buf + i + 8, kl, cs->buf + i + 8 + kl, vl, KIND_ROW);
+        i += 8 + kl + vl;
+    }
+    hl_changelog_ck c = {.offset = cs->offset, .fingerprint = cs->fp,
+                         .meta = cs->meta, .epoch = cs->epoch};
+    send_one(cs, cs->cl->ck_key, sizeof cs->cl->ck_key, ck, hl_changelog_ck_encode(ck, &c),
+         KIND_CHECKPOINT);
+    cs->state = SENT;
+}
+
+void hl_changelog_set_model(hl_changelog *cl, uint64_t fingerprint)
+{
+    atomic_store(&cl->fp, fingerprint);
+}
+
+void hl_changelog_shard_set_model(hl_changelog_shard *cs, uint64_t fingerprint)
+{
+    if (cs == NULL || cs->fp == fingerprint)
+        return;
+    cs->fp = fingerprint;
+    hl_changelog_shard_resave(cs);
+}
+
+void hl_changelog_shard_resave(hl_changelog_shard *cs)
+{
+    if (cs != NULL)
+        cs->full_want++;
+}
+
+/* Stores the input offset the flush made durable (capped by the lists'). */
+static void store_offset(hl_changelog_shard *cs, int64_t delivered)
+{
+    int64_t off = hl_changelog_storable(cs, delivered);
+    if (off < 0)
+        return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, cs->cl->input_topic, cs->partition)->offset = off;
+    rd_kafka_offsets_store(cs->cl->o.consumer, l);     /* revoked meanwhile: harmless */
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* A delivered flush: durable, its tombstones dropped. A failed one stays
+ * undone (the next flush covers its rows again: the cut is taken from the
+ * last durable one). */
+static int settle(hl_changelog_shard *cs, int64_t delivered, int64_t now_ms)
+{
+    hl_changelog *cl = cs->cl;
+    cs->state = IDLE;
+    if (atomic_load(&cs->t.failed) > 0) {
+        hl_counter_add(cl->mx.flush_failed, 1);
+        hl_log(HL_LOG_ERROR, "changelog_flush_failed", "partition=%d offset=%lld "
+               "action=\"offsets held; retried next interval\"", (int)cs->partition,
+               (long long)cs->offset);
+        return HL_EIO;
+    }
+    cs->durable = cs->offset;
+    cs->full_done = cs->full_enc;
+    remember(cs, cs->offset, atomic_load(&cs->t.last_offset) + 1);
+    if (cs->tomb_cut > 0) {             /* tomb is NULL until the first eviction */
+        memmove(cs->tomb, cs->tomb + cs->tomb_cut, cs->tomb_len - cs->tomb_cut);
+        cs->tomb_len -= cs->tomb_cut;
+    }
+    hl_histogram_observe(cl->mx.flush_s, (double)(now_ms - cs->t0_ms) / 1000.0);
+    store_offset(cs, delivered);
+    hl_log(HL_LOG_DEBUG, "changelog_flushed", "partition=%d offset=%lld rows=%llu",
+           (int)cs->partition, (long long)cs->offset, (unsigned long long)cs->n_rows);
+    return 0;
+}
+
+/* 1 when this process may no longer write the partition: its consumer
+ * says the assignment was lost (session expired while it was cut off). */
+static int fenced(hl_changelog_shard *cs)
+{
+    if (!rd_kafka_assignment_lost(cs->cl->o.consumer))
+        return 0;
+    uint64_t sup = 0;
+    hl_counter_add(cs->cl->mx.fenced, 1);
+    if (hl_log_limit_pass(&cs->limit, &sup))
+        hl_log(HL_LOG_WARN, "changelog_write_fenced", "partition=%d reason=\"assignment "
+               "lost\" action=\"flush refused\" suppressed=%llu", (int)cs->partition,
+               (unsigned long long)sup);
+    return 1;
+}
+
+static int start_flush(hl_changelog_shard *cs, hl_table *tbl, int64_t applied, int64_t now_ms)
+{
+    if (cs->tomb_lost) {
+        /* A tombstone could not be noted: write every row, so the cut
+         * still holds the whole state (a stale row of the evicted user
+         * remains; its events are in the input before this cut). */
+        cs->durable = HL_CHANGELOG_NO_OFFSET;
+        cs->tomb_lost = 0;
+    }
+    if (encode(cs, tbl, applied) != 0) {
+        hl_log(HL_LOG_ERROR, "changelog_flush_failed", "partition=%d err=\"out of memory\"",
+               (int)cs->partition);
+        return 0;
+    }
+    cs->t0_ms = now_ms;
+    cs->state = ENCODED;
+    return 1;
+}
+
+int hl_changelog_tick(hl_changelog_shard *cs, hl_table *tbl, int64_t applied_offset,
+                      int64_t delivered_offset, int64_t now_ms)
+{
+    if (cs->state == SENT && hl_ticket_done(&cs->t))
+        settle(cs, delivered_offset, now_ms);
+    if (cs->state == ENCODED && delivered_offset >= cs->offset) {
+        if (fenced(cs)) {
+            cs->state = IDLE;
+            return 0;
+        }
+        produce(cs);
+        return 1;
+    }
+    if (cs->state != IDLE)
+        return 0;
+    if (cs->next_due_ms == 0)
+        cs->next_due_ms = now_ms + cs->cl->o.flush_ms;
+    if (now_ms < cs->next_due_ms || applied_offset < 0 ||
+        (applied_offset <= cs->durable && cs->tomb_len == 0 &&
+         cs->full_want == cs->full_done))
+        return 0;
+    cs->next_due_ms = now_ms + cs->cl->o.flush_ms;
+    if (fenced(cs))
+        return 0;
+    return start_flush(cs, tbl, applied_offset, now_ms);
+}
+
+int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_offset,
+                           int64_t deadline_ms)
+{
+    hl_changelog *cl = cs->cl;
+    for (;;) {
+        int64_t now = hl_now_mono_ms();
+        if (cs->state == SENT && hl_ticket_done(&cs->t) && settle(cs, next_offset, now) != 0)
+            return HL_EIO;
+        if (cs->state == ENCODED)
+            produce(cs);
+        if (cs->state == IDLE) {
+            if (next_offset < 0 || (next_offset <= cs->durable && cs->tomb_len == 0 &&
+                                    cs->full_want == cs->full_done))
+                return 0;
+            if (fenced(cs))
+                return HL_EIO;
+            if (!start_flush(cs, tbl, next_offset, now))
+                return HL_ENOMEM;
+            produce(cs);
+        }
+        if (now >= deadline_ms) {
+            hl_log(HL_LOG_WARN, "changelog_flush_timeout", "partition=%d offset=%lld "
+                   "durable=%lld", (int)cs->partition, (long long)cs->offset,
+                   (long long)cs->durable);
+            return HL_EIO;
+        }
+        hl_producer_poll(cl->o.prod, 1);
+    }
+}

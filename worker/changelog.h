@@ -1,0 +1,176 @@
+/* changelog.h - state.store=kafka: each shard's state kept in a compacted
+ * changelog topic co-partitioned with the input, so a partition's state
+ * reaches whichever worker is assigned it next, with no shared volume
+ * (DESIGN.md sections 6 and 12, issue 12).
+ *
+ * Records of changelog partition p (the input partition p's shard):
+ *   - a row:        key user_id, value one row as schemas/snapshot.md lays
+ *                   it out (hl_snapshot_row_encode);
+ *   - a tombstone:  key user_id, no value (the user was evicted);
+ *   - a checkpoint: key HL_CHANGELOG_CHECKPOINT_KEY (longer than any
+ *                   user_id can be), value the input offset every earlier
+ *                   record covers, the table meta and the model
+ *                   fingerprint (changelog.c has the bytes).
+ * Every record carries the header halflife.epoch: the writer's ownership
+ * epoch of that partition (fencing, below).
+ *
+ * A flush, every state.flush.ms per shard: the rows whose last applied
+ * offset is at or above the previous flush's input offset (changed since
+ * it: no list of dirty rows is kept) and the tombstones of the users
+ * evicted since, are encoded at once between batches; they are produced,
+ * then the checkpoint, only when every list of the events they hold is
+ * delivered (so a restore that skips those events as already applied
+ * never loses a list). Input offsets are stored only up to the newest
+ * flush whose records are all delivered (hl_changelog_storable).
+ *
+ * Restore, on assignment: a consumer of its own (outside the group)
+ * reads the partition from its low to its high watermark, applies rows
+ * and tombstones in order (later wins) and resumes the input at the last
+ * checkpoint. Rows after that checkpoint (an unfinished flush) are applied
+ * too: each row carries the offset of its last event, so the replay from
+ * the checkpoint skips what they hold and applies what they lack.
+ *
+ * Fencing: the restorer takes epoch = 1 + the highest epoch in the
+ * partition and writes a checkpoint under it at once (the claim). Records
+ * are read in order keeping the highest epoch seen: one of a lower epoch
+ * after it was written by an owner that had already lost the partition (a
+ * zombie back from a pause) and is ignored (counted). A writer whose
+ * consumer reports its assignment lost refuses to flush (counted). */
+#ifndef HL_CHANGELOG_H
+#define HL_CHANGELOG_H
+
+#include "metrics.h"
+#include "producer.h"
+#include "table.h"
+
+#include <stdint.h>
+#include <librdkafka/rdkafka.h>
+
+#define HL_CHANGELOG_NO_OFFSET (-1)
+
+typedef struct hl_changelog       hl_changelog;        /* opaque, one per worker */
+typedef struct hl_changelog_shard hl_changelog_shard;  /* opaque, one per shard */
+
+typedef struct hl_changelog_opts {
+    const char    *topic;             /* the changelog topic (copied) */
+    const char    *input_topic;       /* copied */
+    const char    *bootstrap;
+    const hl_kafka_prop *kafka;       /* kafka.* keys (security etc.) for the restorer */
+    int            n_kafka;
+    int64_t        flush_ms;          /* state.flush.ms */
+    uint64_t       model_fingerprint;
+    const hl_table_opts *topts;       /* the shards' table options (borrowed) */
+    hl_producer   *prod;              /* the worker's idempotent producer (borrowed) */
+    rd_kafka_t    *consumer;          /* the group consumer (borrowed): offsets, fencing */
+    hl_metrics    *reg;
+    int            create;            /* 1: create a missing topic with the admin API */
+    int            timeout_ms;        /* metadata, admin and restore stall bound */
+} hl_changelog_opts;
+
+/* Checks the changelog topic: present with the input topic's partition
+ * count, else created (cleanup.policy=compact) when o->create, else
+ * refused with a message saying how to create it. Also refuses a table
+ * shape whose largest row would not fit a 1,000,000-byte record (Kafka's
+ * default max.message.bytes). Starts the restorer's consumer. NULL and a
+ * reason on failure. */
+hl_changelog *hl_changelog_create(const hl_changelog_opts *o, char *errbuf, size_t errlen);
+void          hl_changelog_destroy(hl_changelog *cl);     /* NULL is a no-op */
+
+/* The changelog topic's name. */
+const char   *hl_changelog_topic(const hl_changelog *cl);
+
+/* A local snapshot already loaded into the table (the cache): the input
+ * offset it holds and the changelog offset and epoch it covers
+ * (hl_snapshot_meta). */
+typedef struct hl_changelog_base {
+    int64_t next_offset;
+    int64_t changelog_offset, changelog_epoch;
+} hl_changelog_base;
+
+typedef struct hl_changelog_restored {
+    uint64_t model_fingerprint; /* the model of every row held that the changelog
+                                   wrote (halflife.model); 0: none */
+    int      mixed;             /* rows held of more than one model, or naming none */
+    int      base_rows;         /* rows held that came from base, not the changelog */
+    int64_t  next_offset;       /* the last checkpoint's input offset, or
+                                   HL_CHANGELOG_NO_OFFSET: none */
+    int64_t  epoch;             /* the epoch claimed for this owner */
+    int64_t  claim_end;         /* changelog offset after the claim */
+    int      used_base;         /* the base was read on top of, not discarded */
+    uint64_t n_records, n_rows, n_tombstones, n_checkpoints, n_stale, n_bad;
+    uint64_t bytes;
+    int64_t  low, high;         /* watermarks read between */
+    double   duration_s;        /* the whole restore: watermarks, read, claim */
+    double   read_s;            /* of it, assign to the last record applied */
+} hl_changelog_restored;
+
+/* Reads partition p of the changelog into tbl, as the overview says, and
+ * claims it (the claim checkpoint is delivered before this returns; the
+ * shard's flushes follow it in order). tbl is empty (base NULL), or holds
+ * a local snapshot described by base: then only the changelog from
+ * base->changelog_offset on is read, and the input resumes at the last
+ * checkpoint read, else at base->next_offset. HL_ENOENT when base's
+ * changelog offset is not within the partition's watermarks (the topic
+ * was recreated, or retention dropped the tail): the caller restores
+ * again into an empty table without base. Main thread (the rebalance
+ * callback). 0, or a negative HL_E* when the changelog cannot be read
+ * (the caller must not serve the partition from an empty table: state
+ * would be lost). */
+int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
+                         const hl_changelog_base *base, hl_changelog_restored *out,
+                         char *errbuf, size_t errlen);
+
+/* The shard's flush state: epoch and restored offset from the restore.
+ * Installs the eviction hook on tbl (tombstones). NULL on no memory. */
+hl_changelog_shard *hl_changelog_shard_create(hl_changelog *cl, int32_t p, hl_table *tbl,
+                                              const hl_changelog_restored *r);
+/* Abandons a flush not yet delivered (its offsets were never stored).
+ * NULL is a no-op. */
+void hl_changelog_shard_destroy(hl_changelog_shard *cs);
+
+/* Between batches, owner thread: starts a flush when one is due, produces
+ * an encoded one once delivered_offset reaches its input offset, and
+ * settles a delivered one (stores its input offset). applied_offset is the
+ * offset after the newest record applied. Returns 1 when it encoded or
+ * produced rows (the caller may end its round), else 0. */
+int hl_changelog_tick(hl_changelog_shard *cs, hl_table *tbl, int64_t applied_offset,
+                      int64_t delivered_offset, int64_t now_ms);
+
+/* Revocation and shutdown, owner thread, every list delivered: flushes
+ * everything up to next_offset and waits for its delivery until
+ * deadline_ms (monotonic). 0 once durable, else a negative HL_E*
+ * (logged). */
+int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_offset,
+                           int64_t deadline_ms);
+
+/* The largest input offset that may be stored for this shard given off,
+ * the offset whose lists are delivered: min(off, the newest durable
+ * flush's input offset). Owner thread. */
+int64_t hl_changelog_storable(const hl_changelog_shard *cs, int64_t off);
+
+/* The input offset of the newest durable flush (restored or written). */
+int64_t hl_changelog_durable(const hl_changelog_shard *cs);
+
+/* hl_persist_cover_fn (arg: the hl_changelog_shard): the changelog offset
+ * after the newest durable flush whose input offset is at most
+ * next_offset, and its epoch, for a local snapshot at next_offset; 0 and
+ * 0 (the whole changelog) when none is remembered. Owner thread. */
+/* The model restores and claims expect from now on (a live swap made it
+ * current). Main thread. */
+void hl_changelog_set_model(hl_changelog *cl, uint64_t fingerprint);
+
+/* The model the shard's rows are in from now on: its flushes name it, and
+ * the next one writes every row (resave). A shard never flushes while it
+ * migrates (shard.c), so a flush's rows are all in one model. Owner
+ * thread; NULL is a no-op. */
+void hl_changelog_shard_set_model(hl_changelog_shard *cs, uint64_t fingerprint);
+
+/* The next flush writes every row, not only the changed ones (a change
+ * of model: set_model asks for it; a restore that migrated the rows).
+ * Owner thread (or before the shard is given to one); NULL is a no-op. */
+void hl_changelog_shard_resave(hl_changelog_shard *cs);
+
+void hl_changelog_cover(void *arg, int64_t next_offset, int64_t *changelog_offset,
+                        int64_t *changelog_epoch);
+
+#endif

@@ -1,0 +1,56 @@
+/* changelog_internal.h - what the files of the Kafka state store share:
+ * changelog.c (flushes), changelog_restore.c (reading a partition back)
+ * and changelog_topic.c (the topic and the restorer's consumer). Private
+ * to them; the contract is changelog.h. */
+#ifndef HL_CHANGELOG_INTERNAL_H
+#define HL_CHANGELOG_INTERNAL_H
+
+#include "changelog.h"
+#include "log.h"
+
+#define HL_CHANGELOG_EPOCH_HDR "halflife.epoch"
+/* On each row: the fingerprint (16 hex digits) of the model whose space
+ * the row's heads are in, so a restore knows what it reads even for the
+ * rows of a flush whose checkpoint never landed. */
+#define HL_CHANGELOG_MODEL_HDR "halflife.model"
+#define CK_BYTES 52                 /* a checkpoint's value (changelog.c) */
+#define HL_CHANGELOG_RECORD_MAX 1000000   /* Kafka's default max.message.bytes */
+
+enum { KIND_ROW, KIND_TOMBSTONE, KIND_CHECKPOINT, N_KINDS };
+
+typedef struct hl_changelog_ck {
+    int64_t       offset;           /* input offset every earlier record covers */
+    uint64_t      fingerprint;
+    hl_table_meta meta;
+    int64_t       epoch;
+} hl_changelog_ck;
+
+typedef struct changelog_metrics {
+    hl_counter   *records[N_KINDS];  /* halflife_changelog_records_total{kind} */
+    hl_counter   *bytes;             /* halflife_changelog_bytes_total */
+    hl_counter   *fenced;            /* halflife_changelog_fenced_writes_total */
+    hl_counter   *flush_failed;      /* halflife_changelog_flush_failures_total */
+    hl_counter   *stale;             /* halflife_changelog_stale_records_total */
+    hl_histogram *flush_s;           /* halflife_changelog_flush_duration_seconds */
+} changelog_metrics;
+
+struct hl_changelog {
+    hl_changelog_opts o;
+    char         topic[256], input_topic[256];
+    int          n_heads, dim, history;
+    size_t       row_max;
+    int          partitions;         /* of the input topic */
+    rd_kafka_t  *rk;                 /* the restorer's consumer */
+    changelog_metrics mx;
+    char         ck_key[HL_MAX_ID_LEN + 1];   /* the checkpoints' key */
+    _Atomic uint64_t fp;             /* the current model (hl_changelog_set_model) */
+};
+
+size_t      hl_changelog_ck_encode(unsigned char *buf, const hl_changelog_ck *ck);
+int         hl_changelog_ck_decode(const unsigned char *p, size_t len, hl_changelog_ck *ck);
+void        hl_changelog_ck_key_init(hl_changelog *cl);
+
+/* changelog_topic.c: the checks and the creation of the topic. */
+int  hl_changelog_topic_ready(hl_changelog *cl, char *errbuf, size_t errlen);
+
+#endif

@@ -1,0 +1,375 @@
+/* changelog_restore.c - one partition's state read back from the changelog
+ * on assignment, and the claim that fences its previous owner (the rules
+ * are in changelog.h).
+ *
+ * The restorer's consumer (outside the group) is assigned the partition at
+ * its low watermark and reads to the high watermark taken before it
+ * started; records are applied in order, later wins. A record the broker
+ * holds is input like any other: a row that does not parse, an unknown
+ * key, a missing epoch are counted (n_bad) and skipped, never trusted.
+ * Runs on the main thread inside the rebalance callback, as the file
+ * snapshot's restore does; the table is not shared yet. */
+#include "changelog_internal.h"
+#include "snapshot.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HIST_MAX 255        /* state.history's bound: any writer's rows decode */
+
+typedef struct restorer {
+    hl_changelog          *cl;
+    hl_table              *tbl;
+    hl_changelog_restored *out;
+    int64_t                max_epoch;
+    int                    have_ck;            /* a checkpoint seen */
+    hl_changelog_ck        ck;
+    hl_table_meta          seen;               /* newest row values, for the meta */
+    hl_snapshot_row_scratch sc;
+    uint32_t               row_bound;
+    uint8_t               *fp_of;      /* row_bound: the model of the row restored at
+                                          that id, 1 + index in fps; 0: not from
+                                          the changelog (the base's, or none) */
+    uint64_t               fps[254];
+    int                    n_fps;
+} restorer;
+
+/* ---- one record ---------------------------------------------------------- */
+
+static int64_t epoch_of(const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *h = NULL;
+    const void *v;
+    size_t len;
+    char buf[24];
+    if (rd_kafka_message_headers(m, &h) != 0 ||
+        rd_kafka_header_get_last(h, HL_CHANGELOG_EPOCH_HDR, &v, &len) != 0 ||
+        v == NULL || len == 0 || len >= sizeof buf)
+        return -1;
+    memcpy(buf, v, len);
+    buf[len] = '\0';
+    char *end;
+    long long e = strtoll(buf, &end, 10);
+    return *end == '\0' && e >= 0 ? e : -1;
+}
+
+/* The model a row record names (HL_CHANGELOG_MODEL_HDR); 0 when it names
+ * none (a writer from before the header). */
+static uint64_t model_of(const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *h = NULL;
+    const void *v;
+    size_t len;
+    char buf[24];
+    if (rd_kafka_message_headers(m, &h) != 0 ||
+        rd_kafka_header_get_last(h, HL_CHANGELOG_MODEL_HDR, &v, &len) != 0 ||
+        v == NULL || len == 0 || len >= sizeof buf)
+        return 0;
+    memcpy(buf, v, len);
+    buf[len] = '\0';
+    char *end;
+    unsigned long long fp = strtoull(buf, &end, 16);
+    return *end == '\0' ? (uint64_t)fp : 0;
+}
+
+/* Remembers the model of the row now at id row (restored there). A row
+ * naming no model, or one restored elsewhere, makes the rows mixed. */
+static void note_model(restorer *rs, uint32_t row, int at_row, uint64_t fp)
+{
+    int k = 0;
+    while (k < rs->n_fps && rs->fps[k] != fp)
+        k++;
+    if (k == rs->n_fps && fp != 0 && k < (int)(sizeof rs->fps / sizeof rs->fps[0]))
+        rs->fps[rs->n_fps++] = fp;
+    if (fp == 0 || k == rs->n_fps || !at_row)
+        rs->out->mixed = 1;
+    else
+        rs->fp_of[row] = (uint8_t)(k + 1);
+}
+
+/* After the read: the models of the rows the table holds now (a user's
+ * older rows, replaced since, do not count). */
+static void models_held(restorer *rs)
+{
+    hl_changelog_restored *out = rs->out;
+    uint32_t lim = hl_table_row_limit(rs->tbl);
+    for (uint32_t r = 0; r < lim; r++) {
+        if (!hl_table_row_live(rs->tbl, r))
+            continue;
+        int k = r < rs->row_bound ? rs->fp_of[r] : 0;
+        if (k == 0) {
+            out->base_rows = 1;
+            continue;
+        }
+        uint64_t fp = rs->fps[k - 1];
+        if (out->model_fingerprint != 0 && out->model_fingerprint != fp)
+            out->mixed = 1;
+        out->model_fingerprint = fp;
+    }
+}
+
+/* A row: replaces the user's row (later wins) at the id it had. */
+static int apply_row(restorer *rs, const rd_kafka_message_t *m)
+{
+    hl_changelog *cl = rs->cl;
+    hl_row_view v;
+    uint32_t row;
+    if (hl_snapshot_row_decode(m->payload, m->len, cl->n_heads, cl->dim, HIST_MAX,
+                               HL_SNAPSHOT_VERSION, &rs->sc, &row, &v) != 0 ||
+        v.user_len != m->key_len || memcmp(v.user, m->key, m->key_len) != 0)
+        return HL_EFORMAT;
+    /* A shorter configured history keeps each user's newest entries. */
+    if (v.n_hist > cl->history) {
+        int skip = v.n_hist - cl->history;
+        v.n_hist = cl->history;
+        v.hist_item += skip;
+        v.hist_ts_ms += skip;
+        v.hist_type += skip;
+        v.hist_key += skip;         /* never NULL: changelog rows are format 2 */
+        v.hist_w += skip;
+    }
+    v.history = cl->history;
+    /* Most records name a user not yet restored: try that first, and
+     * replace an existing row (later wins) only when the insert fails. */
+    int at = row < rs->row_bound, rc = at ? hl_table_restore_at(rs->tbl, row, &v) : HL_EINVAL;
+    if (rc != 0 && hl_table_remove(rs->tbl, v.user, v.user_len) == 0 && at)
+        rc = hl_table_restore_at(rs->tbl, row, &v);
+    int at_row = rc == 0;
+    if (rc != 0 && (rc = hl_table_restore(rs->tbl, &v)) != 0)
+        return rc;
+    if (v.t_ref_ms > rs->seen.newest_ts_ms) rs->seen.newest_ts_ms = v.t_ref_ms;
+    if (v.active_seq > rs->seen.active_seq) rs->seen.active_seq = v.active_seq;
+    rs->out->n_rows++;
+    note_model(rs, row, at_row, model_of(m));
+    return 0;
+}
+
+static int apply_checkpoint(restorer *rs, const rd_kafka_message_t *m)
+{
+    hl_changelog_ck ck;
+    if (m->payload == NULL || hl_changelog_ck_decode(m->payload, m->len, &ck) != 0)
+        return HL_EFORMAT;
+    rs->ck = ck;
+    rs->have_ck = 1;
+    rs->out->n_checkpoints++;
+    return 0;
+}
+
+static void apply(restorer *rs, const rd_kafka_message_t *m)
+{
+    hl_changelog *cl = rs->cl;
+    int64_t epoch = epoch_of(m);
+    int rc = HL_EFORMAT;
+    rs->out->n_records++;
+    rs->out->bytes += m->len + m->key_len;
+    if (epoch >= 0 && epoch < rs->max_epoch) {
+        rs->out->n_stale++;         /* written by an owner fenced by a later claim */
+        hl_counter_add(cl->mx.stale, 1);
+        return;
+    }
+    if (epoch >= 0) {
+        rs->max_epoch = epoch;
+        if (m->key_len == sizeof cl->ck_key && memcmp(m->key, cl->ck_key, m->key_len) == 0)
+            rc = apply_checkpoint(rs, m);
+        else if (m->key_len < 1 || m->key_len > HL_MAX_ID_LEN)
+            rc = HL_EFORMAT;
+        else if (m->payload == NULL) {
+            hl_table_remove(rs->tbl, m->key, m->key_len);
+            rs->out->n_tombstones++;
+            rc = 0;
+        } else
+            rc = apply_row(rs, m);
+    }
+    if (rc != 0) {
+        rs->out->n_bad++;
+        if (rs->out->n_bad <= 3)
+            hl_log(HL_LOG_WARN, "changelog_record_bad", "topic=%s partition=%d offset=%lld "
+                   "err=\"%s\" action=skipped", cl->topic, (int)m->partition,
+                   (long long)m->offset, hl_strerror(rc));
+    }
+}
+
+/* ---- the partition -------------------------------------------------------- */
+
+/* Reads [low, high) of partition p, applying each record. */
+static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
+                      char *errbuf, size_t errlen)
+{
+    hl_changelog *cl = rs->cl;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, cl->topic, p)->offset = low;
+    rd_kafka_resp_err_t err = rd_kafka_assign(cl->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err)
+        return hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: assign: %s", cl->topic,
+                      (int)p, rd_kafka_err2str(err));
+    int64_t next = low, idle_since = hl_now_mono_ms();
+    int rc = 0;
+    while (next < high) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(cl->rk, 100);
+        if (m == NULL) {
+            if (hl_now_mono_ms() - idle_since > cl->o.timeout_ms) {
+                rc = hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: no record for %d ms "
+                            "at offset %lld of %lld", cl->topic, (int)p, cl->o.timeout_ms,
+                            (long long)next, (long long)high);
+                break;
+            }
+            continue;
+        }
+        idle_since = hl_now_mono_ms();
+        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && m->partition == p) {
+            apply(rs, m);
+            next = m->offset + 1;
+        } else if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            hl_log(HL_LOG_WARN, "changelog_read_error", "partition=%d err=\"%s\"", (int)p,
+                   rd_kafka_message_errstr(m));
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_assign(cl->rk, NULL);
+    return rc;
+}
+
+/* The claim: a checkpoint under the new epoch, before any flush of ours. */
+static int claim(restorer *rs, int32_t p, char *errbuf, size_t errlen)
+{
+    hl_changelog *cl = rs->cl;
+    unsigned char ck[CK_BYTES];
+    char ep[24];
+    hl_ticket *t = malloc(sizeof *t);     /* left allocated if never reported */
+    if (t == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "changelog claim: out of memory");
+    hl_changelog_ck c = {.offset = rs->out->next_offset, .fingerprint = atomic_load(&cl->fp),
+                         .epoch = rs->out->epoch};
+    hl_table_meta_get(rs->tbl, &c.meta);
+    snprintf(ep, sizeof ep, "%lld", (long long)c.epoch);
+    hl_header h[2] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}};
+    hl_ticket_reset(t);
+    t->fail_counter = NULL;
+    if (hl_producer_send(cl->o.prod, cl->topic, p, cl->ck_key, sizeof cl->ck_key, ck,
+                         hl_changelog_ck_encode(ck, &c), h, t, errbuf, errlen) != 0) {
+        free(t);
+        return HL_EIO;
+    }
+    /* Waited for: the claim must be in the log before this owner's first
+     * flush can matter. A claim that does not land in time fails the
+     * restore; its ticket is then left to the delivery report. */
+    int done = hl_producer_wait(cl->o.prod, t, cl->o.timeout_ms, NULL);
+    if (!done || atomic_load(&t->failed) > 0) {
+        if (done)
+            free(t);
+        return hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: the claim checkpoint "
+                      "(epoch %lld) was not delivered within %d ms", cl->topic, (int)p,
+                      (long long)c.epoch, cl->o.timeout_ms);
+    }
+    rs->out->claim_end = atomic_load(&t->last_offset) + 1;
+    free(t);
+    hl_counter_add(cl->mx.records[KIND_CHECKPOINT], 1);
+    return 0;
+}
+
+/* After the last record: the shard-wide meta and where the input resumes. */
+static void finish(restorer *rs, const hl_changelog_base *base)
+{
+    hl_changelog_restored *out = rs->out;
+    out->next_offset = base ? base->next_offset : HL_CHANGELOG_NO_OFFSET;
+    if (rs->have_ck && rs->ck.offset >= 0) {
+        hl_table_meta meta = rs->ck.meta;
+        if (rs->seen.active_seq > meta.active_seq) meta.active_seq = rs->seen.active_seq;
+        if (rs->seen.newest_ts_ms > meta.newest_ts_ms) meta.newest_ts_ms = rs->seen.newest_ts_ms;
+        hl_table_meta_set(rs->tbl, &meta);
+        out->next_offset = rs->ck.offset;
+    }
+    out->epoch = rs->max_epoch + 1;
+}
+
+static void observe(hl_changelog *cl, int32_t p, const hl_changelog_restored *out)
+{
+    char labels[64];
+    snprintf(labels, sizeof labels, "partition=\"%d\"", (int)p);
+    hl_gauge_set(hl_metrics_gauge(cl->o.reg, "halflife_restore_records",
+        "Changelog records read by the last restore of the partition.", labels),
+        (double)out->n_records);
+    hl_gauge_set(hl_metrics_gauge(cl->o.reg, "halflife_restore_seconds",
+        "Duration of the last restore of the partition.", labels), out->duration_s);
+    hl_gauge_set(hl_metrics_gauge(cl->o.reg, "halflife_restore_records_per_second",
+        "Changelog records per second of the last restore of the partition.", labels),
+        out->duration_s > 0 ? (double)out->n_records / out->duration_s : 0);
+}
+
+static void restorer_free(restorer *rs)
+{
+    free(rs->sc.m);
+    free(rs->sc.hist_item);
+    free(rs->sc.hist_ts);
+    free(rs->sc.hist_type);
+    free(rs->sc.hist_key);
+    free(rs->sc.hist_w);
+    free(rs->fp_of);
+}
+
+int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
+                         const hl_changelog_base *base, hl_changelog_restored *out,
+                         char *errbuf, size_t errlen)
+{
+    int64_t t0 = hl_now_mono_ms();
+    const hl_table_opts *o = cl->o.topts;
+    restorer rs = {.cl = cl, .tbl = tbl, .out = out};
+    memset(out, 0, sizeof *out);
+    uint64_t users = o->max_users ? o->max_users : (uint64_t)1 << 26;
+    rs.row_bound = 2 * users + 1024 < HL_TABLE_MAX_ROWS ? (uint32_t)(2 * users + 1024)
+                                                        : HL_TABLE_MAX_ROWS;
+    rs.sc.m = malloc(sizeof(float) * (size_t)cl->n_heads * ((size_t)cl->dim + 1));
+    rs.sc.hist_item = malloc(sizeof(int32_t) * HIST_MAX);
+    rs.sc.hist_ts = malloc(sizeof(int64_t) * HIST_MAX);
+    rs.sc.hist_type = malloc(HIST_MAX);
+    rs.sc.hist_key = malloc(sizeof(uint64_t) * HIST_MAX);
+    rs.sc.hist_w = malloc(sizeof(float) * HIST_MAX);
+    rs.fp_of = calloc(rs.row_bound, 1);
+    int rc = HL_ENOMEM;
+    if (!rs.sc.m || !rs.sc.hist_item || !rs.sc.hist_ts || !rs.sc.hist_type ||
+        !rs.sc.hist_key || !rs.sc.hist_w || !rs.fp_of) {
+        hl_err(errbuf, errlen, rc, "changelog restore: out of memory");
+        goto out;
+    }
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(cl->rk, cl->topic, p,
+                                                               &out->low, &out->high,
+                                                               cl->o.timeout_ms);
+    if (err) {
+        rc = hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: watermarks: %s", cl->topic,
+                    (int)p, rd_kafka_err2str(err));
+        goto out;
+    }
+    int64_t from = out->low;
+    if (base != NULL) {
+        if (base->changelog_offset < out->low || base->changelog_offset > out->high) {
+            rc = hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
+                        "covers up to offset %lld, outside the watermarks %lld..%lld",
+                        cl->topic, (int)p, (long long)base->changelog_offset,
+                        (long long)out->low, (long long)out->high);
+            goto out;
+        }
+        from = base->changelog_offset;
+        rs.max_epoch = base->changelog_epoch;
+        hl_table_meta_get(tbl, &rs.seen);
+        out->used_base = 1;
+    }
+    /* Sized once for what the range can hold (a sizing hint: no-op on a
+     * table that holds a snapshot), so the index never doubles mid-read. */
+    if (base == NULL && out->high > from)
+        hl_table_reserve(tbl, (size_t)(out->high - from));
+    int64_t t_read = hl_now_mono_us();
+    if (out->high > from && (rc = read_range(&rs, p, from, out->high, errbuf, errlen)) != 0)
+        goto out;
+    out->read_s = (double)(hl_now_mono_us() - t_read) / 1e6;
+    finish(&rs, base);
+    models_held(&rs);
+    rc = claim(&rs, p, errbuf, errlen);
+out:
+    out->duration_s = (double)(hl_now_mono_ms() - t0) / 1000.0;
+    if (rc == 0)
+        observe(cl, p, out);
+    restorer_free(&rs);
+    return rc;
+}

@@ -1,0 +1,252 @@
+/* changelog_topic.c - the changelog's setup: its topic (present with the
+ * input's partition count, or created compacted with the admin API), the
+ * restorer's own consumer, the size bound of a record, and the store's
+ * metrics. Runs once at start, before the worker joins its group.
+ *
+ * librdkafka's mock cluster (halflife broker, the embedded broker) answers
+ * no CreateTopics: there the topic is made by the broker (its --topics, or
+ * the embedded broker's own list) and a missing one is refused like on a
+ * cluster that forbids creation. */
+#include "changelog_internal.h"
+#include "snapshot.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- metrics ------------------------------------------------------------ */
+
+static void register_metrics(hl_changelog *cl, hl_metrics *reg)
+{
+    static const char *const kinds[N_KINDS] = {"row", "tombstone", "checkpoint"};
+    char labels[32];
+    for (int k = 0; k < N_KINDS; k++) {
+        snprintf(labels, sizeof labels, "kind=\"%s\"", kinds[k]);
+        cl->mx.records[k] = hl_metrics_counter(reg, "halflife_changelog_records_total",
+            "Records written to the state changelog, by kind.", labels);
+    }
+    cl->mx.bytes = hl_metrics_counter(reg, "halflife_changelog_bytes_total",
+        "Key and value bytes written to the state changelog.", NULL);
+    cl->mx.fenced = hl_metrics_counter(reg, "halflife_changelog_fenced_writes_total",
+        "Changelog flushes refused because this worker lost the partition.", NULL);
+    cl->mx.flush_failed = hl_metrics_counter(reg, "halflife_changelog_flush_failures_total",
+        "Changelog flushes that could not be delivered (retried).", NULL);
+    cl->mx.stale = hl_metrics_counter(reg, "halflife_changelog_stale_records_total",
+        "Changelog records of an owner that had lost the partition, ignored on restore.", NULL);
+    cl->mx.flush_s = hl_metrics_histogram(reg, "halflife_changelog_flush_duration_seconds",
+        "From a flush's cut to the delivery of its checkpoint.", NULL,
+        hl_latency_bounds_s, hl_latency_bounds_n);
+}
+
+/* ---- the restorer's consumer --------------------------------------------- */
+
+/* Keys of the group consumer or the producer that the restorer must not
+ * take: it never joins the group and never commits. */
+static int restorer_key(const char *key)
+{
+    static const char *const skip[] = {
+        "group.id", "group.instance.id", "enable.auto.commit", "enable.auto.offset.store",
+        "auto.commit.interval.ms", "partition.assignment.strategy", "session.timeout.ms",
+        "heartbeat.interval.ms", "max.poll.interval.ms", "bootstrap.servers",
+        "enable.idempotence", "linger.ms", "queue.buffering.max.ms", "message.timeout.ms",
+        "queue.buffering.max.messages", "queue.buffering.max.kbytes", "delivery.timeout.ms",
+        "acks", "request.required.acks", "batch.num.messages", "batch.size",
+        "compression.type", "compression.codec", "transactional.id", "retries",
+        "message.send.max.retries", "max.in.flight.requests.per.connection", "max.in.flight",
+    };
+    for (size_t i = 0; i < sizeof skip / sizeof skip[0]; i++)
+        if (strcmp(key, skip[i]) == 0)
+            return 0;
+    return 1;
+}
+
+static int prop_given(const hl_changelog_opts *o, const char *key)
+{
+    for (int i = 0; i < o->n_kafka; i++)
+        if (strcmp(o->kafka[i].key, key) == 0)
+            return 1;
+    return 0;
+}
+
+static rd_kafka_t *restorer_create(const hl_changelog_opts *o, const char *group,
+                                   char *errbuf, size_t errlen)
+{
+    /* Short fetch waits (the mock broker holds an empty fetch for all of
+     * it), big fetches, and a deep queue (DESIGN.md section 9). */
+    static const hl_kafka_prop defaults[] = {
+        {"fetch.wait.max.ms", "10"}, {"fetch.message.max.bytes", "16777216"},
+        {"queued.min.messages", "1000000"}, {"enable.partition.eof", "false"},
+    };
+    char why[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (hl_kafka_conf_set(conf, "bootstrap.servers", o->bootstrap, errbuf, errlen) != 0 ||
+        hl_kafka_conf_set(conf, "group.id", group, errbuf, errlen) != 0 ||
+        hl_kafka_conf_set(conf, "enable.auto.commit", "false", errbuf, errlen) != 0)
+        goto fail;
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+        if (!prop_given(o, defaults[i].key) &&
+            hl_kafka_conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
+            goto fail;
+    for (int i = 0; i < o->n_kafka; i++)
+        if (restorer_key(o->kafka[i].key) &&
+            hl_kafka_conf_set(conf, o->kafka[i].key, o->kafka[i].value, errbuf, errlen) != 0)
+            goto fail;
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
+    if (rk == NULL) {
+        hl_err(errbuf, errlen, HL_EINVAL, "changelog restorer: %s", why);
+        goto fail;
+    }
+    return rk;                   /* conf is owned by the handle now */
+fail:
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+}
+
+/* ---- the topic ----------------------------------------------------------- */
+
+/* Partitions of topic in md, 0 when absent, a negative HL_E* when the
+ * broker reported an error for it other than "unknown". */
+static int partitions_of(const rd_kafka_metadata_t *md, const char *topic)
+{
+    for (int i = 0; i < md->topic_cnt; i++) {
+        if (strcmp(md->topics[i].topic, topic) != 0)
+            continue;
+        if (md->topics[i].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+            return 0;
+        return md->topics[i].err ? HL_EIO : md->topics[i].partition_cnt;
+    }
+    return 0;
+}
+
+static int how_to_create(const hl_changelog *cl, const char *why, char *errbuf, size_t errlen)
+{
+    return hl_err(errbuf, errlen, HL_EINVAL,
+                  "state.store=kafka: changelog topic %s %s; create it with %d partitions "
+                  "(the input topic's) and cleanup.policy=compact, e.g. kafka-topics.sh "
+                  "--create --topic %s --partitions %d --config cleanup.policy=compact "
+                  "(halflife broker: --topics ...,%s), or set state.topic to one that exists",
+                  cl->topic, why, cl->partitions, cl->topic, cl->partitions, cl->topic);
+}
+
+/* CreateTopics through the admin API, waiting up to the timeout. */
+static int create_topic(hl_changelog *cl, char *errbuf, size_t errlen)
+{
+    char why[512], reason[600];
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(cl->topic, cl->partitions, -1, why, sizeof why);
+    if (nt == NULL)
+        return how_to_create(cl, why, errbuf, errlen);
+    rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+    rd_kafka_queue_t *q = rd_kafka_queue_new(cl->rk);
+    rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(cl->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(ao, cl->o.timeout_ms, why, sizeof why);
+    rd_kafka_CreateTopics(cl->rk, &nt, 1, ao, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, cl->o.timeout_ms + 1000);
+    int rc = HL_EIO;
+    snprintf(reason, sizeof reason, "is missing and could not be created (no answer)");
+    if (ev != NULL) {
+        const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
+        size_t n = 0;
+        const rd_kafka_topic_result_t **tr = res ? rd_kafka_CreateTopics_result_topics(res, &n) : NULL;
+        rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
+        if (!err && n == 1)
+            err = rd_kafka_topic_result_error(tr[0]);
+        if (!err || err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+            rc = 0;
+        else
+            snprintf(reason, sizeof reason, "is missing and could not be created (%s)",
+                     rd_kafka_err2str(err));
+        rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_AdminOptions_destroy(ao);
+    rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_queue_destroy(q);
+    if (rc != 0)
+        return how_to_create(cl, reason, errbuf, errlen);
+    hl_log(HL_LOG_INFO, "changelog_topic_created", "topic=%s partitions=%d "
+           "cleanup.policy=compact", cl->topic, cl->partitions);
+    return 0;
+}
+
+int hl_changelog_topic_ready(hl_changelog *cl, char *errbuf, size_t errlen)
+{
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(cl->rk, 1, NULL, &md, cl->o.timeout_ms);
+    if (err)
+        return hl_err(errbuf, errlen, HL_EIO, "state.store=kafka: cannot read the topics "
+                      "of %s: %s", cl->o.bootstrap, rd_kafka_err2str(err));
+    int in = partitions_of(md, cl->input_topic), st = partitions_of(md, cl->topic);
+    rd_kafka_metadata_destroy(md);
+    if (in <= 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "state.store=kafka: input topic %s not "
+                      "found; the changelog is made with its partition count, so create "
+                      "it first", cl->input_topic);
+    cl->partitions = in;
+    if (st < 0)
+        return how_to_create(cl, "reports an error", errbuf, errlen);
+    if (st == 0)
+        return cl->o.create ? create_topic(cl, errbuf, errlen)
+                            : how_to_create(cl, "is missing", errbuf, errlen);
+    if (st != in) {
+        char why[96];
+        snprintf(why, sizeof why, "has %d partitions, the input %d", st, in);
+        return how_to_create(cl, why, errbuf, errlen);
+    }
+    return 0;
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+/* A row must fit one record: Kafka refuses records above the topic's
+ * max.message.bytes (1,000,000 by default). The history is at most 255
+ * events (13 bytes each), so it is dim that can overflow it. */
+static int check_row_size(hl_changelog *cl, char *errbuf, size_t errlen)
+{
+    size_t rec = cl->row_max + HL_MAX_ID_LEN + 128;
+    if (rec <= HL_CHANGELOG_RECORD_MAX)
+        return 0;
+    return hl_err(errbuf, errlen, HL_EINVAL, "state.store=kafka: a user's row takes up to "
+                  "%zu bytes (dim %d, %d heads, state.history %d), more than a Kafka "
+                  "record may hold by default (1000000, max.message.bytes): use state.store="
+                  "file or a smaller model", rec, cl->dim, cl->n_heads, cl->history);
+}
+
+hl_changelog *hl_changelog_create(const hl_changelog_opts *o, char *errbuf, size_t errlen)
+{
+    char group[300];
+    hl_changelog *cl = calloc(1, sizeof *cl);
+    if (cl == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "changelog: out of memory");
+        return NULL;
+    }
+    cl->o = *o;
+    atomic_store(&cl->fp, o->model_fingerprint);
+    snprintf(cl->topic, sizeof cl->topic, "%s", o->topic);
+    snprintf(cl->input_topic, sizeof cl->input_topic, "%s", o->input_topic);
+    cl->o.topic = cl->topic;
+    cl->o.input_topic = cl->input_topic;
+    cl->n_heads = o->topts->decay.n_heads;
+    cl->dim = o->topts->decay.dim;
+    cl->history = o->topts->history;
+    cl->row_max = hl_snapshot_row_max(cl->n_heads, cl->dim, cl->history);
+    hl_changelog_ck_key_init(cl);
+    register_metrics(cl, o->reg);
+    snprintf(group, sizeof group, "%s.restore", cl->topic);
+    if (check_row_size(cl, errbuf, errlen) != 0 ||
+        (cl->rk = restorer_create(o, group, errbuf, errlen)) == NULL ||
+        hl_changelog_topic_ready(cl, errbuf, errlen) != 0) {
+        hl_changelog_destroy(cl);
+        return NULL;
+    }
+    return cl;
+}
+
+void hl_changelog_destroy(hl_changelog *cl)
+{
+    if (cl == NULL)
+        return;
+    if (cl->rk)
+        rd_kafka_destroy(cl->rk);
+    free(cl);
+}
+
+const char *hl_changelog_topic(const hl_changelog *cl) { return cl->topic; }

@@ -1,0 +1,322 @@
+/* items.c - `halflife items`: publish ItemUpdates (schemas/item_update.avsc)
+ * to the item topic from a text file, one item per line:
+ *
+ *     item_id,available[,expires_at_ms[,bias,e_in x dim,e_out x dim]]
+ *
+ * available is true/false (or 1/0), or `delete` for a tombstone (a null
+ * value: the worker forgets the item); expires_at_ms may be empty. A line
+ * with the vectors is a file of embeddings: dim comes from --dim or from
+ * the first such line, and every later one must match it. Each record is
+ * the item's whole state (the topic is compacted by item_id): hiding an
+ * added item means publishing its line again with available=false.
+ * A line that starts with '#', or a first line whose second field is not
+ * a boolean (a header), is skipped; any other bad line is reported with its
+ * number and reason, nothing is sent for it, and the exit status is 1.
+ *
+ * Records are keyed by item_id and go through the worker's producer and
+ * configuration, as `halflife produce` does; progress is logged every
+ * second and the delivered count at the end. */
+#include "cmd.h"
+#include "codec_item.h"
+#include "config.h"
+#include "log.h"
+#include "producer.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern char **environ;
+
+#define MAX_X_ARGS  64
+#define MAX_DIM     4096
+#define MAX_LINE    (1 << 20)
+
+typedef struct items_args {
+    const char *input, *topic;
+    int         dim;                    /* 0: from the first embedding line */
+    char       *xs[MAX_X_ARGS];
+    int         n_xs;
+} items_args;
+
+typedef struct items_run {
+    hl_producer        *prod;
+    hl_item_codec_opts  co;
+    const char         *topic;
+    float              *vec;            /* 2 * MAX_DIM */
+    char               *f[4 + 2 * MAX_DIM + 1];   /* one line's fields */
+    int64_t             sent, bad, line;
+    uint8_t            *buf;
+    size_t              cap;
+} items_run;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: halflife items --input FILE [--topic T] [--dim D] [-X key=value]...\n\n"
+        "Publishes one ItemUpdate per line of FILE to the item topic, keyed by item_id:\n"
+        "  item_id,available[,expires_at_ms[,bias,e_in x dim,e_out x dim]]\n"
+        "available: true|false|1|0, or delete (a tombstone). With the vectors the item\n"
+        "is added (unknown to the model) or its vectors replaced (known).\n\n"
+        "  --input FILE   the file ('-' reads standard input)\n"
+        "  --topic T      target topic (default: items.topic, items)\n"
+        "  --dim D        floats per vector (default: from the first line with vectors)\n"
+        "  -X key=value   configuration; kafka.bootstrap.servers is required\n");
+}
+
+static int parse_args(int argc, char **argv, items_args *a)
+{
+    memset(a, 0, sizeof *a);
+    for (int i = 1; i < argc; i += 2) {
+        const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        if (val == NULL) {
+            fprintf(stderr, "halflife items: %s needs a value\n", opt);
+            return 2;
+        }
+        if (!strcmp(opt, "--input"))      a->input = val;
+        else if (!strcmp(opt, "--topic")) a->topic = val;
+        else if (!strcmp(opt, "--dim")) {
+            char *end;
+            long d = strtol(val, &end, 10);
+            if (*end != '\0' || d < 1 || d > MAX_DIM) {
+                fprintf(stderr, "halflife items: --dim %s: want 1..%d\n", val, MAX_DIM);
+                return 2;
+            }
+            a->dim = (int)d;
+        } else if (!strcmp(opt, "-X") && a->n_xs < MAX_X_ARGS) a->xs[a->n_xs++] = argv[i + 1];
+        else {
+            fprintf(stderr, "halflife items: unknown option %s\n\n", opt);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (a->input == NULL) {
+        fprintf(stderr, "halflife items: --input is required\n\n");
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+/* ---- one line ---- */
+
+/* Splits s at commas in place (newline removed); returns the field count. */
+static int split(char *s, char **f, int max)
+{
+    int n = 0;
+    s[strcspn(s, "\r\n")] = '\0';
+    for (char *p = s; n < max; ) {
+        f[n++] = p;
+        if ((p = strchr(p, ',')) == NULL)
+            break;
+        *p++ = '\0';
+    }
+    return n;
+}
+
+/* 1 true, 0 false, 2 delete, -1 neither. */
+static int parse_available(const char *s)
+{
+    if (!strcmp(s, "true") || !strcmp(s, "1")) return 1;
+    if (!strcmp(s, "false") || !strcmp(s, "0")) return 0;
+    if (!strcmp(s, "delete")) return 2;
+    return -1;
+}
+
+static int parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    *out = (float)v;
+    return *s != '\0' && *end == '\0' && errno == 0 && isfinite(*out) ? 0 : -1;
+}
+
+static const char *parse_vectors(items_run *r, char **f, int n, hl_item_update *u)
+{
+    int dim = (n - 4) / 2;
+    if (n < 6 || (n - 4) % 2 != 0)
+        return "vectors: want bias then e_in and e_out of dim floats each";
+    if (r->co.dim != 0 && dim != r->co.dim)
+        return "vectors of another dim than the first line's (or --dim)";
+    if (parse_float(f[3], &u->bias) != 0)
+        return "bias is not a finite number";
+    for (int d = 0; d < 2 * dim; d++)
+        if (parse_float(f[4 + d], &r->vec[d]) != 0)
+            return "a vector value is not a finite number";
+    u->e_in = r->vec;
+    u->e_out = r->vec + dim;
+    r->co.dim = dim;            /* the first valid line with vectors sets it */
+    return NULL;
+}
+
+/* The update of one line, or a reason it has none. */
+static const char *parse_line(items_run *r, char *line, hl_item_update *u)
+{
+    char **f = r->f;
+    int n = split(line, f, (int)(sizeof r->f / sizeof r->f[0]));
+    memset(u, 0, sizeof *u);
+    u->expires_at_ms = HL_CATALOGUE_NO_EXPIRY;
+    u->id = f[0];
+    u->id_len = (uint32_t)strlen(f[0]);
+    if (u->id_len < 1 || u->id_len > HL_MAX_ID_LEN)
+        return "item_id outside 1..256 bytes";
+    if (n < 2 || (u->available = parse_available(f[1])) < 0)
+        return "available is not true, false, 1, 0 or delete";
+    u->tombstone = u->available == 2;
+    if (u->tombstone && n > 2)
+        return "delete takes no other fields";
+    if (n >= 3 && f[2][0] != '\0') {
+        char *end;
+        errno = 0;
+        u->expires_at_ms = strtoll(f[2], &end, 10);
+        if (*end != '\0' || errno != 0)
+            return "expires_at_ms is not an integer";
+    }
+    if (n > 3)
+        return parse_vectors(r, f, n, u);
+    return NULL;
+}
+
+/* ---- sending ---- */
+
+static int send_update(items_run *r, const hl_item_update *u, char *errbuf, size_t errlen)
+{
+    int len = 0;
+    if (!u->tombstone && (len = hl_item_encode(&r->co, u, r->buf, r->cap)) < 0)
+        return hl_err(errbuf, errlen, len, "line %lld: cannot encode", (long long)r->line);
+    return hl_producer_send(r->prod, r->topic, -1, u->id, u->id_len,
+                            u->tombstone ? NULL : r->buf, (size_t)len, NULL, NULL,
+                            errbuf, errlen);
+}
+
+static void progress(items_run *r, const char *event)
+{
+    hl_producer_stats st;
+    hl_producer_stats_get(r->prod, &st);
+    hl_log(HL_LOG_INFO, event, "topic=%s lines=%lld sent=%lld delivered=%llu failed=%llu "
+           "bad_lines=%lld", r->topic, (long long)r->line, (long long)r->sent,
+           (unsigned long long)st.delivered, (unsigned long long)st.failed, (long long)r->bad);
+}
+
+static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
+{
+    char *line = malloc(MAX_LINE);
+    int64_t last_ms = hl_now_mono_ms();
+    hl_item_update u;
+    if (line == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
+    while (fgets(line, MAX_LINE, in) != NULL) {
+        r->line++;
+        if (line[0] == '#' || line[0] == '\n')
+            continue;
+        const char *why = parse_line(r, line, &u);
+        if (why != NULL && r->line == 1 && strstr(why, "available") != NULL)
+            continue;                                   /* a header */
+        if (why != NULL) {
+            if (r->bad++ < 20)
+                hl_log(HL_LOG_WARN, "bad_line", "line=%lld why=\"%s\"", (long long)r->line, why);
+            continue;
+        }
+        if (send_update(r, &u, errbuf, errlen) != 0) {
+            free(line);
+            return HL_EIO;
+        }
+        r->sent++;
+        hl_producer_poll(r->prod, 0);
+        if (hl_now_mono_ms() - last_ms >= 1000) {
+            last_ms = hl_now_mono_ms();
+            progress(r, "items_progress");
+        }
+    }
+    free(line);
+    return 0;
+}
+
+static int open_run(items_run *r, const items_args *a, const hl_config *cfg,
+                    char *errbuf, size_t errlen)
+{
+    hl_worker_opts wo;
+    hl_config_worker_opts(cfg, &wo);
+    r->topic = a->topic != NULL ? a->topic : wo.items_topic;
+    if (r->topic == NULL || r->topic[0] == '\0')
+        return hl_err(errbuf, errlen, HL_EINVAL, "no topic: items.topic is empty and no --topic");
+    r->co = (hl_item_codec_opts){.framing = wo.codec.input_framing,
+                                 .schema_id = wo.items_schema_id, .dim = a->dim};
+    r->cap = 64 + HL_MAX_ID_LEN + 2 * (size_t)MAX_DIM * 4 + 64;
+    r->buf = malloc(r->cap);
+    r->vec = malloc(2 * MAX_DIM * sizeof(float));
+    if (r->buf == NULL || r->vec == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
+    /* As `halflife produce`: librdkafka's own message.timeout.ms (5 min)
+     * before the kafka.* keys, so a broker that never answers ends the run
+     * with an error instead of a wait for ever. */
+    int n_user;
+    const hl_kafka_prop *user = hl_config_kafka(cfg, &n_user);
+    hl_kafka_prop *props = malloc((size_t)(n_user + 1) * sizeof *props);
+    if (props == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
+    props[0] = (hl_kafka_prop){"message.timeout.ms", "300000"};
+    if (n_user > 0)
+        memcpy(props + 1, user, (size_t)n_user * sizeof *props);
+    r->prod = hl_producer_create(props, n_user + 1, NULL, errbuf, errlen);
+    free(props);
+    return r->prod == NULL ? HL_EINVAL : 0;
+}
+
+int hl_cmd_items(int argc, char **argv)
+{
+    items_args a;
+    items_run r;
+    char err[512] = "";
+    hl_config *cfg = NULL;
+    FILE *in = NULL;
+    int rc = parse_args(argc, argv, &a);
+    if (rc != 0)
+        return rc == 1 ? 0 : 2;
+    memset(&r, 0, sizeof r);
+    rc = 1;
+    if ((cfg = hl_config_create()) == NULL ||
+        hl_config_load(cfg, NULL, environ, a.xs, a.n_xs, err, sizeof err) != 0)
+        goto out;
+    if (hl_config_kafka_get(cfg, "bootstrap.servers") == NULL) {
+        snprintf(err, sizeof err, "-X kafka.bootstrap.servers=HOST:PORT is required");
+        goto out;
+    }
+    if ((in = strcmp(a.input, "-") ? fopen(a.input, "r") : stdin) == NULL) {
+        snprintf(err, sizeof err, "%s: %s", a.input, strerror(errno));
+        goto out;
+    }
+    if (open_run(&r, &a, cfg, err, sizeof err) != 0 || send_all(&r, in, err, sizeof err) != 0)
+        goto out;
+    hl_producer_stats ps;
+    for (;;) {                  /* every update reported (message.timeout.ms bounds it) */
+        hl_producer_stats_get(r.prod, &ps);
+        if (ps.delivered + ps.failed >= (uint64_t)r.sent)
+            break;
+        hl_producer_flush(r.prod, 1000);
+        progress(&r, "items_waiting");
+    }
+    progress(&r, "items_done");
+    rc = ps.failed == 0 && ps.delivered == (uint64_t)r.sent && r.bad == 0 ? 0 : 1;
+    if (rc != 0)
+        snprintf(err, sizeof err, "%lld bad lines, %llu of %lld updates not delivered",
+                 (long long)r.bad, (unsigned long long)(r.sent - (int64_t)ps.delivered),
+                 (long long)r.sent);
+out:
+    if (rc != 0)
+        fprintf(stderr, "halflife items: %s\n", err[0] ? err : "out of memory");
+    if (in != NULL && in != stdin)
+        fclose(in);
+    hl_producer_destroy(r.prod, 0);
+    free(r.buf);
+    free(r.vec);
+    hl_config_destroy(cfg);
+    return rc;
+}

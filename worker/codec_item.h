@@ -1,0 +1,61 @@
+/* codec_item.h - Avro bytes <-> ItemUpdate (schemas/item_update.avsc), the
+ * records of the item topic (DESIGN.md section 11), in the same framings
+ * as the events (input.format).
+ *
+ * Decoding never trusts its input: every way a record can be wrong is a
+ * named reason, counted and dead-lettered by the caller. The writer schema
+ * must be ours: Confluent framing with items.schema.id (schemas/3.avsc), or
+ * raw. Schema resolution of other writer schemas is not done for item
+ * updates (such records are unknown_schema). No state: any thread. */
+#ifndef HL_CODEC_ITEM_H
+#define HL_CODEC_ITEM_H
+
+#include "catalogue.h"
+#include "codec.h"
+
+typedef enum hl_item_reason {
+    HL_ITEM_OK = 0,
+    HL_ITEM_TOO_SHORT,          /* fewer bytes than the framing needs */
+    HL_ITEM_BAD_MAGIC,          /* Confluent framing: byte 0 is not 0 */
+    HL_ITEM_UNKNOWN_SCHEMA,     /* a schema id other than items.schema.id */
+    HL_ITEM_TRUNCATED,          /* the Avro body ends early */
+    HL_ITEM_BAD_VARINT,         /* a varint longer than 10 bytes */
+    HL_ITEM_NEGATIVE_LENGTH,    /* a string length below 0 */
+    HL_ITEM_STRING_TOO_LONG,    /* item_id outside 1..HL_MAX_ID_LEN bytes */
+    HL_ITEM_BAD_UTF8,           /* item_id (or the key) is not UTF-8 */
+    HL_ITEM_BAD_UNION,          /* a union branch index out of range */
+    HL_ITEM_BAD_BOOLEAN,        /* available is neither 0 nor 1 */
+    HL_ITEM_BAD_DIM,            /* e_in or e_out does not hold the model's dim floats */
+    HL_ITEM_NOT_FINITE,         /* NaN or infinity in e_in, e_out or bias */
+    HL_ITEM_BAD_TIMESTAMP,      /* expires_at outside event.min.ts.ms..event.max.ts.ms */
+    HL_ITEM_TRAILING_BYTES,     /* bytes left after the record */
+    HL_ITEM_BAD_KEY,            /* the key is missing or is not the item_id
+                                   (compaction would keep the wrong record) */
+    HL_ITEM_CATALOGUE_FULL,     /* valid, but catalogue.max.new.items is reached */
+    HL_ITEM_N_REASONS
+} hl_item_reason;
+
+/* snake_case name of a reason, as used in metrics and DLQ headers. */
+const char *hl_item_reason_name(hl_item_reason r);
+
+typedef struct hl_item_codec_opts {
+    hl_framing framing;             /* input.format */
+    int32_t    schema_id;           /* items.schema.id (Confluent framing) */
+    int        dim;                 /* the model's */
+    int64_t    min_ts_ms, max_ts_ms;/* accepted expires_at */
+} hl_item_codec_opts;
+
+/* Decodes one record of the item topic: key (the item id) and value (NULL
+ * or empty: a tombstone). HL_ITEM_OK and *u filled, or a reason and a
+ * sentence in detail (may be NULL). u's id points into key or buf; its
+ * vectors into vec, room for 2 * dim floats. */
+hl_item_reason hl_item_decode(const hl_item_codec_opts *o, const void *key, size_t key_len,
+                              const void *buf, size_t len, float *vec,
+                              hl_item_update *u, char *detail, size_t detaillen);
+
+/* Encodes u (not a tombstone: that is a null value) in o's framing.
+ * Returns bytes written into out, or HL_EFULL when cap is too small. */
+int hl_item_encode(const hl_item_codec_opts *o, const hl_item_update *u,
+                   void *out, size_t cap);
+
+#endif

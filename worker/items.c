@@ -1,0 +1,518 @@
+/* items.c - the item topic's reader thread and the views it hands to the
+ * shard threads (the contract is items.h).
+ *
+ * Start: the topic's partitions come from a metadata request, each one's
+ * end from its high watermark; all are assigned from the beginning. The
+ * catalogue counts as loaded once every partition was read to that end (or
+ * reported its end of partition: compaction leaves gaps in offsets). A
+ * topic that does not exist yet is an empty catalogue: loaded at once,
+ * and the metadata is asked again every few seconds, so a topic created
+ * later is followed from its beginning.
+ *
+ * Views: after each burst of records (at most BURST, or what was queued)
+ * that changed the catalogue, one view is built and becomes current. A
+ * view is reference-counted: the current slot holds one reference and each
+ * shard thread one on the view it ranks with, taken at a batch boundary;
+ * the last to let go frees it. The mutex guards only the current slot.
+ *
+ * Bad records are counted by reason, logged (rate-limited) and copied to
+ * the dead-letter topic with the reason in a header. Nothing is committed,
+ * so a bad record is dead-lettered again at each start. */
+#include "items.h"
+#include "log.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BURST           10000   /* records applied between two views at most */
+#define METADATA_MS      5000
+#define RETRY_TOPIC_MS   5000   /* a missing topic is looked for again this often */
+
+typedef struct catref {
+    hl_catview *v;
+    atomic_int  refs;
+} catref;
+
+struct hl_items {
+    hl_items_opts   o;
+    char           *topic;
+    rd_kafka_t     *rk;
+    hl_catalogue   *cat;
+    pthread_t       tid;
+    int             started;
+    atomic_int      stop, loaded;
+    atomic_llong    stream_ts_ms;
+    atomic_llong    applied;        /* updates applied since start (hl_items_applied) */
+    pthread_mutex_t mu;
+    catref         *cur;                /* under mu */
+    /* the reader thread's own */
+    int             n_parts;
+    int64_t        *end;                /* offset to reach per partition */
+    uint8_t        *done;
+    int64_t         retry_at_ms;
+    uint64_t        viewed_version;
+    int             published;          /* a view was made current */
+    uint64_t        pending;            /* updates applied, not yet counted */
+    int             absent;             /* the cluster says the topic does not exist */
+    float          *vec;                /* 2 * dim floats */
+    hl_log_limit    bad_limit;
+    hl_gauge       *g_hidden, *g_added, *g_loaded;
+    hl_counter     *c_updates, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
+};
+
+/* ---- views ---- */
+
+static void ref_release(catref *r)
+{
+    if (r != NULL && atomic_fetch_sub(&r->refs, 1) == 1) {
+        hl_catview_destroy(r->v);
+        free(r);
+    }
+}
+
+static catref *ref_acquire(hl_items *it)
+{
+    pthread_mutex_lock(&it->mu);
+    catref *r = it->cur;
+    if (r != NULL)
+        atomic_fetch_add(&r->refs, 1);
+    pthread_mutex_unlock(&it->mu);
+    return r;
+}
+
+static void publish_view(hl_items *it)
+{
+    hl_catalogue_stats st;
+    catref *r = malloc(sizeof *r);
+    if (r == NULL || (r->v = hl_catalogue_view(it->cat)) == NULL) {
+        free(r);
+        hl_log(HL_LOG_ERROR, "catalogue_view_failed", "reason=\"out of memory\" "
+               "action=\"lists keep the previous catalogue; retried after the next update\"");
+        return;
+    }
+    atomic_init(&r->refs, 1);
+    pthread_mutex_lock(&it->mu);
+    catref *old = it->cur;
+    it->cur = r;
+    pthread_mutex_unlock(&it->mu);
+    ref_release(old);
+    it->viewed_version = hl_catalogue_version(it->cat);
+    it->published = 1;
+    hl_catalogue_stats_get(it->cat, &st);
+    hl_gauge_set(it->g_hidden, st.hidden);
+    hl_gauge_set(it->g_added, st.added);
+}
+
+/* ---- the consumer ---- */
+
+static int is_producer_key(const char *key)
+{
+    static const char *const producer_only[] = {
+        "enable.idempotence", "linger.ms", "queue.buffering.max.ms", "message.max.bytes",
+        "queue.buffering.max.messages", "queue.buffering.max.kbytes", "message.timeout.ms",
+        "delivery.timeout.ms", "acks", "request.required.acks", "batch.num.messages",
+        "batch.size", "compression.type", "compression.codec", "transactional.id",
+        "max.in.flight.requests.per.connection", "max.in.flight", "retries",
+        "message.send.max.retries", "auto.offset.reset", "enable.auto.commit",
+        "enable.auto.offset.store", "group.instance.id", "partition.assignment.strategy",
+    };
+    for (size_t i = 0; i < sizeof producer_only / sizeof producer_only[0]; i++)
+        if (strcmp(key, producer_only[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* A consumer without a group: assign() only, nothing committed. */
+static int make_consumer(hl_items *it, char *errbuf, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char why[512];
+    int rc = hl_kafka_conf_set(conf, "bootstrap.servers", it->o.bootstrap, errbuf, errlen);
+    for (int i = 0; rc == 0 && i < it->o.n_kafka; i++)
+        if (!is_producer_key(it->o.kafka[i].key) &&
+            strcmp(it->o.kafka[i].key, "bootstrap.servers") != 0)
+            rc = hl_kafka_conf_set(conf, it->o.kafka[i].key, it->o.kafka[i].value,
+                                   errbuf, errlen);
+    if (rc == 0)
+        rc = hl_kafka_conf_set(conf, "enable.partition.eof", "true", errbuf, errlen);
+    if (rc == 0)
+        rc = hl_kafka_conf_set(conf, "enable.auto.commit", "false", errbuf, errlen);
+    /* librdkafka's consumer poll needs a group id even when partitions are
+     * assigned by hand; with assign() and nothing committed the reader never
+     * joins that group. */
+    if (rc == 0)
+        rc = hl_kafka_conf_set(conf, "group.id", "halflife-items-reader", errbuf, errlen);
+    if (rc != 0) {
+        rd_kafka_conf_destroy(conf);
+        return rc;
+    }
+    if ((it->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why)) == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return hl_err(errbuf, errlen, HL_EINVAL, "items.topic consumer: %s", why);
+    }
+    rd_kafka_poll_set_consumer(it->rk);
+    return 0;
+}
+
+/* Partitions and their ends; assigns them all from the beginning. 0 with
+ * n_parts 0 when the cluster says the topic does not exist (an empty
+ * catalogue, asked again later); HL_EIO when the cluster did not answer
+ * (not loaded: lists must not go out without the catalogue). */
+static int find_partitions(hl_items *it)
+{
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(it->rk, it->topic, NULL);
+    rd_kafka_resp_err_t err = rkt ? rd_kafka_metadata(it->rk, 0, rkt, &md, METADATA_MS)
+                                  : RD_KAFKA_RESP_ERR__INVALID_ARG;
+    if (err == 0 && md->topic_cnt == 1)
+        err = md->topics[0].err;
+    int n = err == 0 && md->topic_cnt == 1 ? md->topics[0].partition_cnt : 0;
+    if (rkt)
+        rd_kafka_topic_destroy(rkt);
+    if (n == 0) {
+        if (md)
+            rd_kafka_metadata_destroy(md);
+        it->retry_at_ms = hl_now_mono_ms() + RETRY_TOPIC_MS;
+        it->absent = err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || (err == 0 && n == 0);
+        if (!it->absent)
+            hl_log(HL_LOG_WARN, "items_metadata_failed", "topic=%s err=\"%s\" action=retry",
+                   it->topic, rd_kafka_err2str(err));
+        return it->absent ? 0 : HL_EIO;
+    }
+    it->absent = 0;
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n);
+    free(it->end);
+    free(it->done);
+    it->end = calloc((size_t)n, sizeof *it->end);
+    it->done = calloc((size_t)n, 1);
+    for (int i = 0; i < n && it->end && it->done; i++) {
+        int32_t p = md->topics[0].partitions[i].id;
+        int64_t lo = 0, hi = 0;
+        if (p < 0 || p >= n)
+            continue;       /* partition ids are 0..n-1 in Kafka */
+        rd_kafka_query_watermark_offsets(it->rk, it->topic, p, &lo, &hi, METADATA_MS);
+        it->end[p] = hi;
+        it->done[p] = hi <= lo;
+        rd_kafka_topic_partition_list_add(parts, it->topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    }
+    rd_kafka_metadata_destroy(md);
+    int ok = it->end && it->done && rd_kafka_assign(it->rk, parts) == 0;
+    rd_kafka_topic_partition_list_destroy(parts);
+    it->n_parts = ok ? n : 0;
+    if (!ok)
+        it->retry_at_ms = hl_now_mono_ms() + RETRY_TOPIC_MS;
+    return ok ? 0 : HL_EIO;
+}
+
+static void check_loaded(hl_items *it)
+{
+    if (atomic_load(&it->loaded) || (it->n_parts == 0 && !it->absent))
+        return;
+    for (int p = 0; p < it->n_parts; p++)
+        if (!it->done[p])
+            return;
+    if (it->viewed_version != hl_catalogue_version(it->cat) || !it->published)
+        publish_view(it);
+    atomic_store(&it->loaded, 1);
+    hl_gauge_set(it->g_loaded, 1);
+    hl_catalogue_stats st;
+    hl_catalogue_stats_get(it->cat, &st);
+    hl_log(HL_LOG_INFO, "catalogue_loaded", "topic=%s partitions=%d hidden=%d expiring=%d "
+           "added=%d overridden=%d", it->topic, it->n_parts, (int)st.hidden,
+           (int)st.expiring, (int)st.added, (int)st.overridden);
+}
+
+/* ---- one record ---- */
+
+static void dead_letter(hl_items *it, const rd_kafka_message_t *rkm, hl_item_reason r)
+{
+    char part[16], off[24], err[256];
+    const char *rn = hl_item_reason_name(r);
+    if (it->o.dlq_topic == NULL || it->o.prod == NULL)
+        return;
+    snprintf(part, sizeof part, "%d", (int)rkm->partition);
+    snprintf(off, sizeof off, "%lld", (long long)rkm->offset);
+    hl_header h[5] = {
+        {"halflife.reason", rn, strlen(rn)},
+        {"halflife.source.topic", it->topic, strlen(it->topic)},
+        {"halflife.source.partition", part, strlen(part)},
+        {"halflife.source.offset", off, strlen(off)},
+        {NULL, NULL, 0},
+    };
+    if (hl_producer_send(it->o.prod, it->o.dlq_topic, RD_KAFKA_PARTITION_UA, rkm->key,
+                         rkm->key_len, rkm->payload, rkm->len, h, NULL, err, sizeof err) == 0)
+        hl_counter_add(it->c_dlq, 1);
+}
+
+static void bad_update(hl_items *it, const rd_kafka_message_t *rkm, hl_item_reason r,
+                       const char *detail)
+{
+    uint64_t sup = 0;
+    hl_counter_add(it->c_invalid[r], 1);
+    if (hl_log_limit_pass(&it->bad_limit, &sup))
+        hl_log(HL_LOG_WARN, "bad_item_update", "topic=%s partition=%d offset=%lld reason=%s "
+               "detail=\"%s\" dlq=%s suppressed=%llu", it->topic, (int)rkm->partition,
+               (long long)rkm->offset, hl_item_reason_name(r), detail,
+               it->o.dlq_topic ? it->o.dlq_topic : "off", (unsigned long long)sup);
+    dead_letter(it, rkm, r);
+}
+
+static void note_position(hl_items *it, int32_t p, int64_t next, int eof)
+{
+    if (p >= 0 && p < it->n_parts && (eof || next >= it->end[p]))
+        it->done[p] = 1;
+}
+
+static void handle(hl_items *it, const rd_kafka_message_t *rkm)
+{
+    char detail[256] = "";
+    hl_item_update u;
+    if (rkm->err) {
+        uint64_t sup = 0;
+        if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            note_position(it, rkm->partition, rkm->offset, 1);
+        else if (hl_log_limit_pass(&it->bad_limit, &sup))
+            hl_log(HL_LOG_WARN, "items_consume_error", "topic=%s err=\"%s\"", it->topic,
+                   rd_kafka_message_errstr(rkm));
+        return;
+    }
+    note_position(it, rkm->partition, rkm->offset + 1, 0);
+    hl_item_reason r = hl_item_decode(&it->o.codec, rkm->key, rkm->key_len, rkm->payload,
+                                      rkm->len, it->vec, &u, detail, sizeof detail);
+    if (r == HL_ITEM_OK) {
+        int rc = hl_catalogue_apply(it->cat, &u, detail, sizeof detail);
+        r = rc == HL_EFULL ? HL_ITEM_CATALOGUE_FULL : rc != 0 ? HL_ITEM_NOT_FINITE : r;
+    }
+    if (r != HL_ITEM_OK) {
+        bad_update(it, rkm, r, detail);
+        return;
+    }
+    atomic_fetch_add(&it->applied, 1);
+    it->pending++;
+}
+
+/* halflife_item_updates_total counts an update once a view holding it is
+ * current, so a reader that sees the count knows every batch started
+ * afterwards ranks with it (the integration test relies on that). */
+static void count_updates(hl_items *it)
+{
+    if (it->pending > 0 && (it->viewed_version == hl_catalogue_version(it->cat) ||
+                            !atomic_load(&it->loaded))) {
+        hl_counter_add(it->c_updates, it->pending);
+        it->pending = 0;
+    }
+}
+
+/* ---- the thread ---- */
+
+static void poll_burst(hl_items *it)
+{
+    rd_kafka_message_t *rkm = rd_kafka_consumer_poll(it->rk, 100);
+    for (int n = 0; rkm != NULL; n++) {
+        handle(it, rkm);
+        rd_kafka_message_destroy(rkm);
+        rkm = n + 1 < BURST ? rd_kafka_consumer_poll(it->rk, 0) : NULL;
+    }
+}
+
+static void *items_main(void *arg)
+{
+    hl_items *it = arg;
+    find_partitions(it);
+    while (!atomic_load(&it->stop)) {
+        if (it->n_parts == 0 && hl_now_mono_ms() >= it->retry_at_ms) {
+            find_partitions(it);
+            check_loaded(it);
+            if (it->n_parts == 0) {
+                rd_kafka_poll(it->rk, 100);
+                continue;
+            }
+        }
+        poll_burst(it);
+        if (hl_catalogue_version(it->cat) != it->viewed_version && atomic_load(&it->loaded))
+            publish_view(it);
+        check_loaded(it);
+        count_updates(it);
+    }
+    return NULL;
+}
+
+/* ---- create / start / destroy ---- */
+
+static void register_metrics(hl_items *it)
+{
+    hl_metrics *reg = it->o.reg;
+    char lab[64];
+    it->g_hidden = hl_metrics_gauge(reg, "halflife_items_hidden",
+        "Items the item topic hides (available=false; items past expires_at not included).", NULL);
+    it->g_added = hl_metrics_gauge(reg, "halflife_items_added",
+        "Items unknown to the model that lists may hold, by where their vectors came from.",
+        "source=\"topic\"");
+    it->g_loaded = hl_metrics_gauge(reg, "halflife_items_loaded",
+        "1 once the whole item topic was read at start.", NULL);
+    it->c_updates = hl_metrics_counter(reg, "halflife_item_updates_total",
+        "ItemUpdates applied to the catalogue.", NULL);
+    it->c_dlq = hl_metrics_counter(reg, "halflife_item_updates_dlq_total",
+        "Bad ItemUpdates copied to the dead-letter topic.", NULL);
+    for (int r = 1; r < HL_ITEM_N_REASONS; r++) {
+        snprintf(lab, sizeof lab, "reason=\"%s\"", hl_item_reason_name((hl_item_reason)r));
+        it->c_invalid[r] = hl_metrics_counter(reg, "halflife_item_updates_invalid_total",
+            "ItemUpdates refused, by reason (dead-lettered).", lab);
+    }
+}
+
+hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
+{
+    hl_items *it = calloc(1, sizeof *it);
+    if (it == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "items: out of memory");
+        return NULL;
+    }
+    it->o = *o;
+    pthread_mutex_init(&it->mu, NULL);
+    atomic_init(&it->stream_ts_ms, INT64_MIN);
+    it->bad_limit.interval_ms = 1000;
+    it->topic = strdup(o->topic);
+    it->vec = malloc(2 * (size_t)o->codec.dim * sizeof(float));
+    if (it->topic == NULL || it->vec == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "items: out of memory");
+        goto fail;
+    }
+    if ((it->cat = hl_catalogue_create(o->m, o->max_new, errbuf, errlen)) == NULL ||
+        make_consumer(it, errbuf, errlen) != 0)
+        goto fail;
+    register_metrics(it);
+    return it;
+fail:
+    hl_items_destroy(it);
+    return NULL;
+}
+
+int hl_items_start(hl_items *it, char *errbuf, size_t errlen)
+{
+    if (pthread_create(&it->tid, NULL, items_main, it) != 0)
+        return hl_err(errbuf, errlen, HL_EIO, "items: cannot start the reader thread");
+    it->started = 1;
+    return 0;
+}
+
+void hl_items_destroy(hl_items *it)
+{
+    if (it == NULL)
+        return;
+    atomic_store(&it->stop, 1);
+    if (it->started)
+        pthread_join(it->tid, NULL);
+    if (it->rk != NULL) {
+        rd_kafka_consumer_close(it->rk);
+        rd_kafka_destroy(it->rk);
+    }
+    ref_release(it->cur);
+    hl_catalogue_destroy(it->cat);
+    pthread_mutex_destroy(&it->mu);
+    free(it->end);
+    free(it->done);
+    free(it->vec);
+    free(it->topic);
+    free(it);
+}
+
+int hl_items_loaded(const hl_items *it)
+{
+    return it == NULL || atomic_load(&((hl_items *)it)->loaded);
+}
+
+void hl_items_saw_ts(hl_items *it, int64_t ts_ms)
+{
+    if (it == NULL)
+        return;
+    long long cur = atomic_load_explicit(&it->stream_ts_ms, memory_order_relaxed);
+    while (ts_ms > cur && !atomic_compare_exchange_weak(&it->stream_ts_ms, &cur, ts_ms))
+        ;
+}
+
+/* ---- a shard thread's side ---- */
+
+static int recompute(hl_items_local *loc, int64_t now_ms)
+{
+    const hl_catview *v = loc->ref->v;
+    int32_t need = hl_catview_hidden_max(v);
+    if (need > loc->cap_hidden) {
+        int32_t *h = realloc(loc->hidden, (size_t)need * sizeof *h);
+        if (h == NULL)
+            return HL_ENOMEM;
+        loc->hidden = h;
+        loc->cap_hidden = need;
+    }
+    loc->rc = (hl_rank_catalogue){
+        .hidden = loc->hidden, .n_hidden = hl_catview_hidden_at(v, now_ms, loc->hidden,
+                                                                 &loc->next_ms),
+        .e_in = hl_catview_side_e_in(v), .e_out = hl_catview_side_e_out(v),
+        .bias = hl_catview_side_bias(v), .n_side = hl_catview_n_side(v),
+    };
+    return 0;
+}
+
+void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r,
+                           const hl_model *m)
+{
+    if (it == NULL)
+        return;
+    /* The catalogue names the start model's rows; a thread that serves a
+     * model swapped in since ranks without it (the swap waits while the
+     * catalogue holds updates: worker.c check_model), and an update that
+     * arrives after such a swap waits for a restart, said once. */
+    if (m != it->o.m) {
+        int state = hl_items_applied(it) > 0 ? 2 : 1;
+        if (!loc->detached && r != NULL)
+            hl_ranker_set_catalogue(r, NULL);
+        if (state == 2 && loc->detached != 2)
+            hl_log(HL_LOG_ERROR, "catalogue_not_applied", "reason=\"item updates arrived "
+                   "after a model swap; they are not rebound to the new model yet\" "
+                   "action=\"restart the worker\"");
+        loc->detached = state;
+        return;
+    }
+    loc->detached = 0;
+    catref *ref = ref_acquire(it), *old = loc->ref;
+    int64_t now = atomic_load_explicit(&it->stream_ts_ms, memory_order_relaxed);
+    if (ref == NULL || (ref == old && now < loc->next_ms)) {
+        ref_release(ref);
+        return;
+    }
+    loc->ref = ref;
+    if (recompute(loc, now) != 0) {
+        loc->ref = old;                 /* keep ranking with the previous view */
+        ref_release(ref);
+        hl_log(HL_LOG_ERROR, "catalogue_update_failed", "reason=\"out of memory\"");
+        return;
+    }
+    if (ref != old)
+        ref_release(old);
+    else
+        ref_release(ref);               /* the second reference to the same view */
+    if (r != NULL)
+        hl_ranker_set_catalogue(r, &loc->rc);
+}
+
+const char *hl_items_local_id(const hl_items_local *loc, const hl_model *m, int32_t row,
+                              uint32_t *len)
+{
+    if (loc->ref != NULL && !loc->detached)
+        return hl_catview_item_id(loc->ref->v, row, len);
+    return hl_model_item_id(m, row, len);
+}
+
+void hl_items_local_reset(hl_items *it, hl_items_local *loc)
+{
+    (void)it;
+    ref_release(loc->ref);
+    free(loc->hidden);
+    memset(loc, 0, sizeof *loc);
+}
+
+long long hl_items_applied(const hl_items *it)
+{
+    return atomic_load(&((hl_items *)it)->applied);
+}

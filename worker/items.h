@@ -1,0 +1,79 @@
+/* items.h - the live catalogue's reader (DESIGN.md section 11): a thread
+ * that reads the whole item topic (every partition, from the beginning,
+ * with assign(), outside the consumer group, as a Kafka Streams global
+ * table does), keeps the catalogue (core/catalogue.h), and publishes an
+ * immutable view of it after each burst of updates. Shard threads take the
+ * current view at a batch boundary (hl_items_local_update), so an update
+ * read during a batch takes effect for every list published after that
+ * batch. Nothing is committed: every start re-reads the (compacted) topic,
+ * which is how the catalogue survives restarts. */
+#ifndef HL_ITEMS_H
+#define HL_ITEMS_H
+
+#include "codec_item.h"
+#include "kafka_conf.h"
+#include "metrics.h"
+#include "producer.h"
+#include "rank.h"
+
+#include <stdatomic.h>
+
+typedef struct hl_items hl_items;   /* opaque */
+
+typedef struct hl_items_opts {
+    const char          *bootstrap;
+    const hl_kafka_prop *kafka;     /* kafka.* keys (consumer ones are used) */
+    int                  n_kafka;
+    const char          *topic;
+    hl_item_codec_opts   codec;
+    const hl_model      *m;         /* borrowed */
+    int32_t              max_new;   /* catalogue.max.new.items */
+    hl_producer         *prod;      /* for dead letters; borrowed */
+    const char          *dlq_topic; /* NULL: none */
+    hl_metrics          *reg;
+} hl_items_opts;
+
+/* Creates the reader's consumer and catalogue; the thread starts with
+ * hl_items_start. NULL and a reason on failure. */
+hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen);
+int       hl_items_start(hl_items *it, char *errbuf, size_t errlen);
+/* Stops and joins the thread, frees everything. NULL is a no-op. Every
+ * hl_items_local must have been reset first. */
+void      hl_items_destroy(hl_items *it);
+
+/* 1 once every partition was read up to its end as of the start. */
+int       hl_items_loaded(const hl_items *it);
+/* Updates applied to the catalogue since start; any thread. A live model
+ * swap is deferred while it is not 0: the catalogue names the start
+ * model's rows, and rebinding it to a new model is not wired yet. */
+long long hl_items_applied(const hl_items *it);
+
+/* Raises the stream time (the newest event time read), against which
+ * expires_at is compared. Any thread. */
+void      hl_items_saw_ts(hl_items *it, int64_t ts_ms);
+
+/* One shard thread's hold on a view and the hidden rows it computed. */
+typedef struct hl_items_local {
+    struct catref     *ref;          /* the view held */
+    int32_t           *hidden;       /* rows hidden at at_ms */
+    int32_t            cap_hidden;
+    int64_t            next_ms;      /* hidden holds until this stream time */
+    hl_rank_catalogue  rc;           /* what the ranker is given */
+    int                detached;     /* the thread serves another model than the
+                                        catalogue's: ids come from that model */
+} hl_items_local;
+
+/* At a batch boundary: takes the newest view, recomputes the hidden rows
+ * when the view or the stream time asks for it, and gives the ranker (may
+ * be NULL) its catalogue. it NULL: nothing (no item topic). Allocates only
+ * when the view changed and holds more hidden rows than before. */
+void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r,
+                           const hl_model *m);
+/* The id of ranker row `row` (model or side), through the held view or
+ * else the model. */
+const char *hl_items_local_id(const hl_items_local *loc, const hl_model *m, int32_t row,
+                              uint32_t *len);
+/* Lets go of the view and frees the buffers. */
+void hl_items_local_reset(hl_items *it, hl_items_local *loc);
+
+#endif

@@ -1,0 +1,397 @@
+/* models.c - the served model, its reference counts and its reload from
+ * model.path (the contract is models.h; DESIGN.md section 10).
+ *
+ * Writers replace the file by rename (a new inode): a half-written file
+ * in place fails its CRC, is counted, and is looked at again once its
+ * size or time changes. The file's identity (device, inode, size, mtime)
+ * decides whether a periodic check opens it at all; the fingerprint
+ * decides whether an opened file is new. Everything here runs on the main
+ * thread except acquire/release, which any thread may call (mu guards
+ * the current pointer; the batch loop only reads the atomic generation). */
+#include "models.h"
+
+#include "log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <unistd.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+typedef struct file_id {
+    dev_t   dev;
+    ino_t   ino;
+    off_t   size;
+    int64_t mtime_ns;
+} file_id;
+
+struct hl_models {
+    hl_models_opts   o;
+    pthread_mutex_t  mu;
+    hl_mref         *cur;                 /* under mu */
+    atomic_ullong    gen;
+    int64_t          next_check_ms;
+    file_id          seen;                /* the file last examined */
+    int              seen_set;
+    hl_counter      *swaps, *failures;
+    hl_gauge        *loaded_ts, *info;
+    char             info_labels[256];
+};
+
+/* The file's identity into id: 0, or -1 when it cannot be stat'ed. */
+static int file_stat(const char *path, file_id *id)
+{
+    struct stat st;
+    memset(id, 0, sizeof *id);      /* padding too: ids are compared whole */
+    if (stat(path, &st) != 0)
+        return -1;
+    id->dev = st.st_dev;
+    id->ino = st.st_ino;
+    id->size = st.st_size;
+    id->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    return 0;
+}
+
+/* ---- the store: models served, by fingerprint ---------------------------- */
+
+static int kept_path(const hl_models *ms, uint64_t fp, const char *suffix, char *out, size_t len)
+{
+    return snprintf(out, len, "%s/%016llx.hlm%s", ms->o.store_dir, (unsigned long long)fp,
+                    suffix) < (int)len ? 0 : -1;
+}
+
+/* mkdir -p: model.dir under a snapshot.dir that does not exist yet. */
+static void mkdir_p(const char *dir)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = '\0';
+            mkdir(p, 0755);
+            *s = '/';
+        }
+    mkdir(p, 0755);
+}
+
+/* src to dst byte for byte (a hard link when both are on one mount). */
+static int copy_file(const char *src, const char *dst)
+{
+    if (link(src, dst) == 0)
+        return 0;
+    int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, rc = -1;
+    char buf[1 << 16];
+    ssize_t n;
+    if (in < 0 || (out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+        goto done;
+    while ((n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n)
+            goto done;
+    rc = n == 0 && fsync(out) == 0 ? 0 : -1;
+done:
+    if (in >= 0) close(in);
+    if (out >= 0 && close(out) != 0) rc = -1;
+    return rc;
+}
+
+/* Deletes the oldest kept models beyond store_retain (by mtime). */
+static void prune(hl_models *ms)
+{
+    DIR *d = opendir(ms->o.store_dir);
+    struct dirent *de;
+    char path[4352], oldest[4352];
+    for (;;) {
+        int n = 0;
+        int64_t t_old = INT64_MAX;
+        if (d == NULL) return;
+        rewinddir(d);
+        while ((de = readdir(d)) != NULL) {
+            size_t len = strlen(de->d_name);
+            struct stat st;
+            if (len != 20 || strcmp(de->d_name + 16, ".hlm") != 0) continue;
+            snprintf(path, sizeof path, "%s/%s", ms->o.store_dir, de->d_name);
+            if (stat(path, &st) != 0) continue;
+            n++;
+            int64_t t = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+            if (t < t_old) { t_old = t; snprintf(oldest, sizeof oldest, "%s", path); }
+        }
+        if (n <= ms->o.store_retain || unlink(oldest) != 0) break;
+    }
+    closedir(d);
+}
+
+/* Keeps the file at path (model m, just validated) in the store. A file
+ * replaced in between is caught by the fingerprint check of the copy. */
+static void keep(hl_models *ms, const char *path, const hl_model_info *mi)
+{
+    char dst[4352], tmp[4352], err[512];
+    if (ms->o.store_dir == NULL || kept_path(ms, mi->fingerprint, "", dst, sizeof dst) ||
+        kept_path(ms, mi->fingerprint, ".tmp", tmp, sizeof tmp) || access(dst, F_OK) == 0)
+        return;
+    mkdir_p(ms->o.store_dir);
+    unlink(tmp);
+    hl_model *m = copy_file(path, tmp) == 0 ? hl_model_open(tmp, err, sizeof err) : NULL;
+    if (m != NULL && hl_model_info_get(m)->fingerprint == mi->fingerprint &&
+        rename(tmp, dst) == 0) {
+        hl_log(HL_LOG_INFO, "model_kept", "path=%s fingerprint=%016llx", dst,
+               (unsigned long long)mi->fingerprint);
+        prune(ms);
+    } else {
+        hl_log(HL_LOG_WARN, "model_keep_failed", "dir=%s fingerprint=%016llx err=\"%s\" "
+               "action=\"snapshots of this model will be rebuilt from their rings after a "
+               "restart with another model\"", ms->o.store_dir,
+               (unsigned long long)mi->fingerprint, m ? "the file changed meanwhile" :
+               errno ? strerror(errno) : err);
+        unlink(tmp);
+    }
+    hl_model_close(m);
+}
+
+hl_model *hl_models_open_kept(hl_models *ms, uint64_t fingerprint, char *errbuf, size_t errlen)
+{
+    char path[4352];
+    if (ms->o.store_dir == NULL || kept_path(ms, fingerprint, "", path, sizeof path))
+        return hl_err(errbuf, errlen, HL_ENOENT, "no model.dir"), NULL;
+    if (access(path, F_OK) != 0)
+        return hl_err(errbuf, errlen, HL_ENOENT, "model %016llx is not in %s",
+                      (unsigned long long)fingerprint, ms->o.store_dir), NULL;
+    hl_model *m = hl_model_open(path, errbuf, errlen);
+    if (m != NULL && hl_model_info_get(m)->fingerprint != fingerprint) {
+        hl_err(errbuf, errlen, HL_EMISMATCH, "%s holds model %016llx", path,
+               (unsigned long long)hl_model_info_get(m)->fingerprint);
+        hl_model_close(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* ---- references --------------------------------------------------------- */
+
+static hl_mref *mref_new(hl_models *ms, hl_model *m, int owned, uint64_t gen)
+{
+    hl_mref *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return NULL;
+    r->m = m;
+    r->mi = hl_model_info_get(m);
+    r->gen = gen;
+    r->owned = owned;
+    atomic_store(&r->refs, 1);
+    for (int i = 0; i < HL_N_TYPES; i++) {
+        float ov = ms->o.tw_override ? ms->o.tw_override[i] : NAN;
+        r->tw[i] = ov == ov ? ov : r->mi->type_weight[i];
+    }
+    return r;
+}
+
+hl_mref *hl_mref_get(hl_mref *r)
+{
+    atomic_fetch_add(&r->refs, 1);
+    return r;
+}
+
+void hl_mref_release(hl_mref *r)
+{
+    if (r == NULL || atomic_fetch_sub(&r->refs, 1) != 1)
+        return;
+    hl_migration_destroy(r->from_prev);
+    if (r->qitems_owned)        /* no ranker holds it: each holds a reference */
+        hl_qitems_destroy((hl_qitems *)r->qitems);
+    if (r->ivf_owned)
+        hl_ivf_destroy((hl_ivf *)r->ivf);
+    if (r->owned)
+        hl_model_close(r->m);
+    free(r);
+}
+
+hl_mref *hl_models_acquire(hl_models *ms)
+{
+    pthread_mutex_lock(&ms->mu);
+    hl_mref *r = hl_mref_get(ms->cur);
+    pthread_mutex_unlock(&ms->mu);
+    return r;
+}
+
+uint64_t hl_models_gen(hl_models *ms) { return atomic_load(&ms->gen); }
+
+/* ---- metrics ------------------------------------------------------------ */
+
+/* halflife_model_info{version,fingerprint} 1 for the current model only:
+ * the previous series leaves /metrics. */
+static void show_model(hl_models *ms, const hl_mref *r)
+{
+    char version[sizeof r->mi->version * 2 + 1];
+    if (ms->info != NULL)
+        hl_metrics_hide(ms->o.reg, "halflife_model_info", ms->info_labels);
+    hl_metrics_escape(version, sizeof version, r->mi->version);
+    snprintf(ms->info_labels, sizeof ms->info_labels,
+             "version=\"%s\",fingerprint=\"%016llx\",items=\"%d\",dim=\"%d\"", version,
+             (unsigned long long)r->mi->fingerprint, (int)r->mi->n_items, r->mi->dim);
+    ms->info = hl_metrics_gauge(ms->o.reg, "halflife_model_info",
+                                "The model in use (always 1).", ms->info_labels);
+    hl_gauge_set(ms->info, 1);
+    hl_gauge_set(ms->loaded_ts, (double)time(NULL));
+}
+
+static void register_metrics(hl_models *ms)
+{
+    hl_metrics *reg = ms->o.reg;
+    ms->swaps = hl_metrics_counter(reg, "halflife_model_swaps_total",
+        "New models put in service without a restart.", NULL);
+    ms->failures = hl_metrics_counter(reg, "halflife_model_swap_failures_total",
+        "Changed model files refused (damaged, half-written, another state shape).", NULL);
+    ms->loaded_ts = hl_metrics_gauge(reg, "halflife_model_loaded_timestamp_seconds",
+        "Wall time the model in use was loaded.", NULL);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
+                            char *errbuf, size_t errlen)
+{
+    hl_models *ms = calloc(1, sizeof *ms);
+    if (ms == NULL || (ms->o = *o, ms->cur = mref_new(ms, first, 0, 1)) == NULL) {
+        free(ms);
+        hl_err(errbuf, errlen, HL_ENOMEM, "models: out of memory");
+        return NULL;
+    }
+    ms->cur->qitems = o->first_qitems;
+    ms->cur->ivf = o->first_ivf;
+    pthread_mutex_init(&ms->mu, NULL);
+    atomic_store(&ms->gen, 1);
+    /* The file first served: a periodic check opens only a changed one. */
+    ms->seen_set = o->path != NULL && file_stat(o->path, &ms->seen) == 0;
+    if (o->path != NULL)
+        keep(ms, o->path, ms->cur->mi);
+    register_metrics(ms);
+    show_model(ms, ms->cur);
+    return ms;
+}
+
+void hl_models_destroy(hl_models *ms)
+{
+    if (ms == NULL)
+        return;
+    hl_mref_release(ms->cur);
+    pthread_mutex_destroy(&ms->mu);
+    free(ms);
+}
+
+/* ---- reload ------------------------------------------------------------- */
+
+static int refuse(hl_models *ms, const char *why)
+{
+    hl_counter_add(ms->failures, 1);
+    hl_log(HL_LOG_WARN, "model_swap_failed", "path=%s err=\"%s\" action=\"the serving "
+           "model stays; the file is tried again when it changes or on SIGHUP\"",
+           ms->o.path, why);
+    return HL_EFORMAT;
+}
+
+/* Makes r current (its migration already fitted). */
+static void install(hl_models *ms, hl_mref *r, double fit_s)
+{
+    hl_mref *old;
+    pthread_mutex_lock(&ms->mu);
+    old = ms->cur;
+    ms->cur = r;
+    atomic_store(&ms->gen, r->gen);
+    pthread_mutex_unlock(&ms->mu);
+    hl_counter_add(ms->swaps, 1);
+    show_model(ms, r);
+    hl_log(HL_LOG_INFO, "model_swapped", "path=%s version=\"%s\" fingerprint=%016llx "
+           "previous_version=\"%s\" generation=%llu shared_items=%d fit_seconds=%.3f",
+           ms->o.path, r->mi->version, (unsigned long long)r->mi->fingerprint,
+           old->mi->version, (unsigned long long)r->gen,
+           hl_migration_shared(r->from_prev), fit_s);
+    hl_mref_release(old);
+}
+
+/* The new model's scoring tables, before it goes live: a ranker over
+ * r->m with the old model's int8 table or index would rank other items.
+ * The index takes a while at millions of items (about 23 s at 1M, one
+ * core): the shard threads serve the current model meanwhile, the main
+ * loop waits. */
+static int scoring_tables(hl_models *ms, hl_mref *r, char *errbuf, size_t errlen)
+{
+    const hl_model_info *mi = r->mi;
+    if (ms->o.first_qitems != NULL) {
+        r->qitems = hl_qitems_create(hl_model_e_out(r->m), hl_model_bias(r->m), mi->n_items,
+                                     mi->dim, HL_QKERNEL_AUTO, errbuf, errlen);
+        r->qitems_owned = 1;
+        if (r->qitems == NULL)
+            return HL_EINVAL;
+    }
+    if (ms->o.first_ivf != NULL) {
+        hl_ivf_opts io = {.nlist = ms->o.ivf_nlist <= mi->n_items ? ms->o.ivf_nlist : 0};
+        r->ivf = hl_ivf_create(hl_model_e_out(r->m), hl_model_bias(r->m), mi->n_items,
+                               mi->dim, &io, errbuf, errlen);
+        r->ivf_owned = 1;
+        if (r->ivf == NULL)
+            return HL_EINVAL;
+    }
+    return 0;
+}
+
+/* Opens, validates and fits the file at path against the current model. */
+static int load(hl_models *ms)
+{
+    char err[512];
+    hl_model *m = hl_model_open(ms->o.path, err, sizeof err);
+    if (m == NULL)
+        return refuse(ms, err);
+    hl_mref *cur = ms->cur;         /* only this thread replaces it */
+    if (hl_model_info_get(m)->fingerprint == cur->mi->fingerprint) {
+        hl_log(HL_LOG_INFO, "model_unchanged", "path=%s fingerprint=%016llx", ms->o.path,
+               (unsigned long long)cur->mi->fingerprint);
+        hl_model_close(m);
+        return 0;
+    }
+    hl_mref *r = mref_new(ms, m, 1, cur->gen + 1);
+    if (r == NULL) {
+        hl_model_close(m);
+        return refuse(ms, "out of memory");
+    }
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    r->from_prev = hl_migration_create(cur->m, m, cur->tw, err, sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    if (r->from_prev == NULL) {
+        hl_mref_release(r);
+        return refuse(ms, err);
+    }
+    if (scoring_tables(ms, r, err, sizeof err) != 0) {
+        hl_mref_release(r);
+        return refuse(ms, err);
+    }
+    install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
+    keep(ms, ms->o.path, r->mi);
+    return 1;
+}
+
+int hl_models_check(hl_models *ms, int64_t now_ms, int force)
+{
+    file_id id;
+    if (ms->o.path == NULL)
+        return 0;
+    if (!force && (ms->o.check_ms <= 0 || now_ms < ms->next_check_ms))
+        return 0;
+    ms->next_check_ms = now_ms + ms->o.check_ms;
+    if (file_stat(ms->o.path, &id) != 0) {
+        if (force)
+            hl_log(HL_LOG_WARN, "model_check_failed", "path=%s err=\"cannot stat: the "
+                   "serving model stays\"", ms->o.path);
+        return 0;                   /* gone for now (a rename in progress?) */
+    }
+    if (!force && ms->seen_set && memcmp(&id, &ms->seen, sizeof id) == 0)
+        return 0;
+    ms->seen = id;
+    ms->seen_set = 1;
+    return load(ms);
+}

@@ -1,0 +1,194 @@
+/* park.c - records that wait for their writer schema (DESIGN.md section 13).
+ *
+ * A record whose schema id the registry has not answered for yet is not
+ * bad: it waits. Its partition waits with it, so the partition's order is
+ * kept: the record and every later record of that partition already taken
+ * from the queue are parked here, in arrival order, and the partition is
+ * paused (rd_kafka_pause_partitions). librdkafka's pause raises a version
+ * barrier at once, so nothing more of the partition comes out of the queue,
+ * and on resume it fetches from the offset after the last record handed to
+ * us, which is the last one parked: no record is read twice or skipped
+ * (librdkafka 2.0.2, rd_kafka_toppar_pause_resume: a pause sets the next
+ * fetch offset to the application's). An application pause outlives an
+ * unassignment (only the library's own pause is cleared on assign), so a
+ * partition let go of while waiting is resumed first (hl_park_drop).
+ * Parked records are never "seen" by their shard (hl_shard_saw), so no
+ * stored offset passes them (flight.c) and a crash or a revocation re-reads
+ * them. Other partitions of the thread go on meanwhile.
+ *
+ * Before each batch, the parked records of every partition whose id now
+ * has an answer (found, or unknown: then the record is bad and goes to the
+ * DLQ like any other) are handed back to the batch first, and the
+ * partition is resumed once all of its records are handed back.
+ *
+ * Owner thread only. Parked records are what librdkafka had fetched
+ * anyway (at most one batch's worth per partition: the pause stops the
+ * rest); the arrays grow on demand, the exception path. */
+#include "thread_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* The Confluent schema id of a payload, -1 if it has none. */
+static int32_t schema_id_of(const rd_kafka_message_t *rkm)
+{
+    const uint8_t *p = rkm->payload;
+    if (p == NULL || rkm->len < 5 || p[0] != 0)
+        return -1;
+    return (int32_t)((uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4]);
+}
+
+static park_wait *wait_of(hl_wthread *t, int32_t partition)
+{
+    for (int i = 0; i < t->n_waits; i++)
+        if (t->waits[i].partition == partition)
+            return &t->waits[i];
+    return NULL;
+}
+
+int hl_park_waiting(hl_wthread *t, int32_t partition)
+{
+    return t->n_waits > 0 && wait_of(t, partition) != NULL;
+}
+
+static void pause_resume(hl_wthread *t, int32_t partition, int pause)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, t->ctx->o->input_topic, partition);
+    rd_kafka_resp_err_t err = pause ? rd_kafka_pause_partitions(t->ctx->consumer, l)
+                                    : rd_kafka_resume_partitions(t->ctx->consumer, l);
+    if (err)
+        hl_log(HL_LOG_WARN, pause ? "pause_failed" : "resume_failed", "partition=%d err=\"%s\"",
+               (int)partition, rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Starts partition's wait for id: pauses it. 0, or HL_ENOMEM. */
+static int wait_begin(hl_wthread *t, const rd_kafka_message_t *rkm, const char *why)
+{
+    if (t->n_waits == t->cap_waits) {
+        int cap = t->cap_waits ? t->cap_waits * 2 : 8;
+        park_wait *nw = realloc(t->waits, sizeof *nw * (size_t)cap);
+        if (nw == NULL)
+            return HL_ENOMEM;
+        t->waits = nw;
+        t->cap_waits = cap;
+    }
+    park_wait *pw = &t->waits[t->n_waits++];
+    *pw = (park_wait){rkm->partition, schema_id_of(rkm), hl_now_mono_ms(), 0};
+    pause_resume(t, rkm->partition, 1);
+    hl_gauge_add(t->ctx->mx.schema_waiting, 1);
+    hl_log(HL_LOG_INFO, "schema_wait", "partition=%d offset=%lld schema_id=%d why=\"%s\" "
+           "action=\"partition paused until the registry answers\"", (int)rkm->partition,
+           (long long)rkm->offset, (int)pw->schema_id, why);
+    return 0;
+}
+
+static void wait_end(hl_wthread *t, park_wait *pw, const char *how)
+{
+    pause_resume(t, pw->partition, 0);
+    hl_gauge_add(t->ctx->mx.schema_waiting, -1);
+    hl_log(HL_LOG_INFO, "schema_wait_over", "partition=%d schema_id=%d waited_ms=%lld how=%s",
+           (int)pw->partition, (int)pw->schema_id,
+           (long long)(hl_now_mono_ms() - pw->since_ms), how);
+    *pw = t->waits[--t->n_waits];
+}
+
+void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why, flight *f)
+{
+    rd_kafka_message_t *rkm = *rkmp;
+    if (t->n_park == t->cap_park) {
+        int cap = t->cap_park ? t->cap_park * 2 : 256;
+        rd_kafka_message_t **np = realloc(t->park, sizeof *np * (size_t)cap);
+        if (np != NULL) {
+            t->park = np;
+            t->cap_park = cap;
+        }
+    }
+    if (t->n_park == t->cap_park ||
+        (!hl_park_waiting(t, rkm->partition) && wait_begin(t, rkm, why) != 0)) {
+        /* Not kept, not seen; later records of its partition in this batch
+         * may be, so the batch's flight is held (it never retires: no
+         * stored offset passes this record, as for a dead letter without
+         * memory) and the worker stops; a restart reads it again. */
+        int zero = 0;
+        f->hold = 1;
+        atomic_compare_exchange_strong(t->ctx->stop, &zero, 1);
+        hl_log(HL_LOG_ERROR, "park_out_of_memory", "partition=%d offset=%lld "
+               "action=\"offsets held; stopping\"", (int)rkm->partition, (long long)rkm->offset);
+        return;
+    }
+    t->park[t->n_park++] = rkm;
+    *rkmp = NULL;
+}
+
+/* 1 when the id partition waits for has an answer now. */
+static int wait_over(hl_wthread *t, const park_wait *pw)
+{
+    return hl_codec_writer(t->codec, pw->schema_id) != HL_CODEC_WRITER_WAIT;
+}
+
+/* Moves the parked records of ready partitions to out (at most max), in
+ * order; the rest stay, in order. */
+static int move_ready(hl_wthread *t, rd_kafka_message_t **out, int max)
+{
+    int n = 0, kept = 0;
+    for (int i = 0; i < t->n_park; i++) {
+        rd_kafka_message_t *m = t->park[i];
+        park_wait *pw = wait_of(t, m->partition);
+        if (n < max && pw != NULL && pw->ready)
+            out[n++] = m;
+        else
+            t->park[kept++] = m;
+    }
+    t->n_park = kept;
+    return n;
+}
+
+static int parked_count(const hl_wthread *t, int32_t partition)
+{
+    int n = 0;
+    for (int i = 0; i < t->n_park; i++)
+        n += t->park[i]->partition == partition;
+    return n;
+}
+
+int hl_park_take_ready(hl_wthread *t, rd_kafka_message_t **out, int max)
+{
+    int any = 0, n;
+    for (int i = 0; i < t->n_waits; i++)
+        any |= t->waits[i].ready = wait_over(t, &t->waits[i]);
+    if (!any)
+        return 0;
+    n = move_ready(t, out, max);
+    /* Downwards: wait_end moves the last entry into the one it ends. */
+    for (int i = t->n_waits - 1; i >= 0; i--)
+        if (t->waits[i].ready && parked_count(t, t->waits[i].partition) == 0)
+            wait_end(t, &t->waits[i], "answered");
+    return n;
+}
+
+void hl_park_drop(hl_wthread *t, int32_t partition)
+{
+    park_wait *pw = wait_of(t, partition);
+    int kept = 0;
+    for (int i = 0; i < t->n_park; i++) {
+        if (t->park[i]->partition == partition)
+            rd_kafka_message_destroy(t->park[i]);
+        else
+            t->park[kept++] = t->park[i];
+    }
+    t->n_park = kept;
+    /* Resumed before it goes: librdkafka keeps an application pause on the
+     * partition object, and a later assignment here would never fetch. */
+    if (pw != NULL)
+        wait_end(t, pw, "revoked");
+}
+
+void hl_park_free(hl_wthread *t)
+{
+    for (int i = 0; i < t->n_park; i++)
+        rd_kafka_message_destroy(t->park[i]);
+    free(t->park);
+    free(t->waits);
+}

@@ -1,0 +1,402 @@
+/* registry.c - the Schema Registry REST client: URLs tried in turn, one
+ * curl easy handle reused across calls (keep-alive), JSON by jansson.
+ *
+ * The request and answer shapes follow Confluent's Schema Registry API
+ * reference (the subset registry.h lists): bodies are
+ * application/vnd.schemaregistry.v1+json, errors are
+ * {"error_code": N, "message": "..."} with the HTTP status, and 40403 is
+ * "schema not found". Only the status decides what a failure means
+ * (registry.h); error_code and message are copied into the error text.
+ *
+ * Secrets: the user info goes to curl as CURLOPT_USERPWD and nowhere else.
+ * A URL may itself carry "user:pw@"; every text built here names a URL in
+ * its redacted form. Redirects are not followed (a redirect would send the
+ * credentials elsewhere), and only http and https are spoken. */
+#include "registry.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MEDIA "application/vnd.schemaregistry.v1+json"
+
+struct hl_registry {
+    hl_registry_opts o;
+    char  *urls_copy;                        /* the strings below point into it */
+    char  *url[HL_REGISTRY_MAX_URLS];        /* without a trailing '/' */
+    char  *shown[HL_REGISTRY_MAX_URLS];      /* the same, user info redacted */
+    int    n_url, good;                      /* good: the one that answered last */
+    char  *user_info, *ssl_ca, *ssl_cert, *ssl_key;
+    CURL  *curl;
+    struct curl_slist *headers;
+    const atomic_int *abort;                 /* non-zero: stop the request */
+};
+
+/* An answer being received; full once it passes HL_REGISTRY_MAX_BODY. */
+typedef struct body {
+    char  *p;
+    size_t n, cap;
+    int    too_big;
+} body;
+
+/* ---- create ------------------------------------------------------------- */
+
+/* url with "user:pw@" after the scheme replaced by "***@", malloc'd. */
+static char *redact(const char *url)
+{
+    const char *host = strstr(url, "://");
+    host = host ? host + 3 : url;
+    size_t hlen = strcspn(host, "/");
+    const char *at = memchr(host, '@', hlen);
+    size_t n = strlen(url) + 8;
+    char *s = malloc(n);
+    if (s == NULL)
+        return NULL;
+    if (at == NULL)
+        snprintf(s, n, "%s", url);
+    else
+        snprintf(s, n, "%.*s***%s", (int)(host - url), url, at);
+    return s;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s != NULL && s[0] != '\0' ? strdup(s) : NULL;
+}
+
+/* Splits o->urls on ',' (spaces trimmed) into r->url[]. */
+static int split_urls(hl_registry *r, char *errbuf, size_t errlen)
+{
+    char *save = NULL;
+    for (char *u = strtok_r(r->urls_copy, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
+        while (*u == ' ')
+            u++;
+        size_t n = strlen(u);
+        while (n > 0 && (u[n - 1] == ' ' || u[n - 1] == '/'))
+            u[--n] = '\0';
+        if (n == 0)
+            continue;
+        if (r->n_url == HL_REGISTRY_MAX_URLS)
+            return hl_err(errbuf, errlen, HL_EINVAL, "schema.registry.url: more than %d URLs",
+                          HL_REGISTRY_MAX_URLS);
+        if ((r->shown[r->n_url] = redact(u)) == NULL)
+            return hl_err(errbuf, errlen, HL_ENOMEM, "schema registry: out of memory");
+        if (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0)
+            return hl_err(errbuf, errlen, HL_EINVAL, "schema.registry.url: \"%s\" is not an "
+                          "http:// or https:// URL", r->shown[r->n_url]);
+        r->url[r->n_url++] = u;
+    }
+    if (r->n_url == 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "schema.registry.url: no URL given");
+    return 0;
+}
+
+static int setup_curl(hl_registry *r, char *errbuf, size_t errlen)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0 || (r->curl = curl_easy_init()) == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "schema registry: libcurl would not start");
+    r->headers = curl_slist_append(NULL, "Content-Type: " MEDIA);
+    r->headers = curl_slist_append(r->headers, "Accept: " MEDIA ", application/json");
+    if (r->headers == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "schema registry: out of memory");
+    return 0;
+}
+
+hl_registry *hl_registry_create(const hl_registry_opts *o, char *errbuf, size_t errlen)
+{
+    hl_registry *r = calloc(1, sizeof *r);
+    if (r == NULL || (r->urls_copy = strdup(o->urls ? o->urls : "")) == NULL) {
+        free(r);
+        hl_err(errbuf, errlen, HL_ENOMEM, "schema registry: out of memory");
+        return NULL;
+    }
+    r->o = *o;
+    if (r->o.timeout_ms <= 0)
+        r->o.timeout_ms = 30000;
+    if (split_urls(r, errbuf, errlen) != 0)
+        goto fail;
+    if (o->user_info != NULL && o->user_info[0] != '\0' && strchr(o->user_info, ':') == NULL) {
+        hl_err(errbuf, errlen, HL_EINVAL, "schema.registry.basic.auth.user.info: want "
+               "user:password (the value is not shown)");
+        goto fail;
+    }
+    r->user_info = dup_or_null(o->user_info);
+    r->ssl_ca = dup_or_null(o->ssl_ca);
+    r->ssl_cert = dup_or_null(o->ssl_cert);
+    r->ssl_key = dup_or_null(o->ssl_key);
+    if (setup_curl(r, errbuf, errlen) != 0)
+        goto fail;
+    return r;
+fail:
+    hl_registry_destroy(r);
+    return NULL;
+}
+
+void hl_registry_destroy(hl_registry *r)
+{
+    if (r == NULL)
+        return;
+    if (r->curl != NULL)
+        curl_easy_cleanup(r->curl);
+    curl_slist_free_all(r->headers);
+    for (int i = 0; i < HL_REGISTRY_MAX_URLS; i++)
+        free(r->shown[i]);
+    if (r->user_info != NULL) {           /* not left behind in freed memory */
+        memset(r->user_info, 0, strlen(r->user_info));
+        free(r->user_info);
+    }
+    free(r->ssl_ca);
+    free(r->ssl_cert);
+    free(r->ssl_key);
+    free(r->urls_copy);
+    free(r);
+}
+
+void hl_registry_urls_redacted(const hl_registry *r, char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < r->n_url && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? "," : "", r->shown[i]);
+}
+
+/* ---- one request -------------------------------------------------------- */
+
+static size_t on_data(char *p, size_t size, size_t n, void *arg)
+{
+    body *b = arg;
+    size_t len = size * n;
+    if (b->n + len > HL_REGISTRY_MAX_BODY) {
+        b->too_big = 1;
+        return 0;                           /* curl stops with CURLE_WRITE_ERROR */
+    }
+    if (b->n + len + 1 > b->cap) {
+        size_t cap = (b->n + len + 1) * 2;
+        char *np = realloc(b->p, cap);
+        if (np == NULL)
+            return 0;
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, p, len);
+    b->n += len;
+    b->p[b->n] = '\0';
+    return len;
+}
+
+void hl_registry_set_abort(hl_registry *r, const atomic_int *flag)
+{
+    r->abort = flag;
+}
+
+/* libcurl calls this about once a second, also while connecting. */
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    const atomic_int *flag = arg;
+    return atomic_load(flag) != 0;          /* non-zero aborts the transfer */
+}
+
+static void set_options(hl_registry *r, const char *url, const char *post, body *b)
+{
+    CURL *c = r->curl;
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)r->o.timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)r->o.timeout_ms);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, r->headers);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
+    if (post != NULL) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(post));
+    }
+    if (r->user_info != NULL) {
+        curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+        curl_easy_setopt(c, CURLOPT_USERPWD, r->user_info);
+    }
+    if (r->abort != NULL) {
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)r->abort);
+    }
+    if (r->ssl_ca != NULL)
+        curl_easy_setopt(c, CURLOPT_CAINFO, r->ssl_ca);
+    if (r->ssl_cert != NULL)
+        curl_easy_setopt(c, CURLOPT_SSLCERT, r->ssl_cert);
+    if (r->ssl_key != NULL)
+        curl_easy_setopt(c, CURLOPT_SSLKEY, r->ssl_key);
+}
+
+/* The registry's own words from an error body: "error_code N: message". */
+static void error_words(const body *b, char *out, size_t len)
+{
+    json_t *j = b->p ? json_loadb(b->p, b->n, 0, NULL) : NULL;
+    json_t *code = json_object_get(j, "error_code"), *msg = json_object_get(j, "message");
+    if (json_is_integer(code))
+        snprintf(out, len, "error_code %lld: %.200s", (long long)json_integer_value(code),
+                 json_is_string(msg) ? json_string_value(msg) : "");
+    else
+        snprintf(out, len, "no error body");
+    json_decref(j);
+}
+
+/* What an HTTP status means to the caller (registry.h). */
+static int status_code(long status)
+{
+    if (status >= 200 && status < 300)
+        return 0;
+    if (status == 404)
+        return HL_ENOENT;
+    if (status == 401 || status == 403)
+        return HL_EDENIED;
+    if (status >= 500 || status == 408 || status == 429)
+        return HL_EAGAIN;
+    return HL_EINVAL;
+}
+
+/* A TLS failure is the configuration's (wrong CA, no or bad client
+ * certificate), not the network's: HL_EDENIED, so a start fails at once. */
+static int tls_failure(CURLcode cc)
+{
+    switch (cc) {
+    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_CIPHER: case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* One request to one URL. 0 with the answer in b, else the code and a
+ * sentence. */
+static int request_one(hl_registry *r, int i, const char *path, const char *post,
+                       body *b, char *errbuf, size_t errlen)
+{
+    char url[4096], words[256];
+    long status = 0;
+    if (snprintf(url, sizeof url, "%s%s", r->url[i], path) >= (int)sizeof url)
+        return hl_err(errbuf, errlen, HL_EINVAL, "schema registry %s: path too long", r->shown[i]);
+    b->n = 0;
+    b->too_big = 0;
+    set_options(r, url, post, b);
+    CURLcode cc = curl_easy_perform(r->curl);
+    if (b->too_big)
+        return hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: answer larger than %d "
+                      "bytes", r->shown[i], path, HL_REGISTRY_MAX_BODY);
+    if (cc != CURLE_OK && tls_failure(cc))
+        return hl_err(errbuf, errlen, HL_EDENIED, "schema registry %s%s: TLS: %s; check "
+                      "schema.registry.ssl.ca.location, .certificate.location and "
+                      ".key.location", r->shown[i], path, curl_easy_strerror(cc));
+    if (cc != CURLE_OK)
+        return hl_err(errbuf, errlen, HL_EAGAIN, "schema registry %s%s: %s", r->shown[i], path,
+                      curl_easy_strerror(cc));
+    curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+    int rc = status_code(status);
+    if (rc == 0)
+        return 0;
+    error_words(b, words, sizeof words);
+    if (rc == HL_EDENIED)
+        return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP %ld, credentials refused "
+                      "(%s); check schema.registry.basic.auth.user.info", r->shown[i], path,
+                      status, words);
+    return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP %ld (%s)", r->shown[i], path,
+                  status, words);
+}
+
+/* The request on each URL in turn, from the one that answered last, while
+ * the answer is transient. The parsed JSON of a 2xx answer in *out. */
+static int request(hl_registry *r, const char *path, const char *post, json_t **out,
+                   char *errbuf, size_t errlen)
+{
+    body b = {0};
+    int rc = HL_EAGAIN;
+    for (int k = 0; k < r->n_url && rc == HL_EAGAIN; k++) {
+        int i = (r->good + k) % r->n_url;
+        if ((rc = request_one(r, i, path, post, &b, errbuf, errlen)) != HL_EAGAIN)
+            r->good = i;
+    }
+    if (rc == 0) {
+        json_error_t je;
+        if ((*out = json_loadb(b.p ? b.p : "", b.n, 0, &je)) == NULL || !json_is_object(*out)) {
+            json_decref(*out);
+            *out = NULL;
+            rc = hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: answer is not a "
+                        "JSON object (%s)", r->shown[r->good], path, je.text);
+        }
+    }
+    free(b.p);
+    return rc;
+}
+
+/* ---- the calls ---------------------------------------------------------- */
+
+int hl_registry_schema_by_id(hl_registry *r, int32_t id, char **schema,
+                             char *errbuf, size_t errlen)
+{
+    char path[64];
+    json_t *j = NULL;
+    if (id < 0)
+        return hl_err(errbuf, errlen, HL_ENOENT, "schema id %d is negative", (int)id);
+    snprintf(path, sizeof path, "/schemas/ids/%d", (int)id);
+    int rc = request(r, path, NULL, &j, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    json_t *s = json_object_get(j, "schema"), *type = json_object_get(j, "schemaType");
+    if (!json_is_string(s))
+        rc = hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: no \"schema\" string",
+                    r->shown[r->good], path);
+    else if (json_is_string(type) && strcmp(json_string_value(type), "AVRO") != 0)
+        rc = hl_err(errbuf, errlen, HL_EFORMAT, "schema id %d is a %.32s schema, not Avro",
+                    (int)id, json_string_value(type));
+    else if ((*schema = strdup(json_string_value(s))) == NULL)
+        rc = hl_err(errbuf, errlen, HL_ENOMEM, "schema registry: out of memory");
+    json_decref(j);
+    return rc;
+}
+
+/* POST {"schema": schema} to /subjects/<subject><suffix>; the "id" of the
+ * answer in *id. */
+static int post_schema(hl_registry *r, const char *subject, const char *suffix,
+                       const char *schema, int32_t *id, char *errbuf, size_t errlen)
+{
+    char path[1024];
+    json_t *j = NULL, *req = json_pack("{s:s}", "schema", schema);
+    char *enc = curl_easy_escape(r->curl, subject, 0);
+    char *post = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    int rc;
+    if (enc == NULL || post == NULL)
+        rc = hl_err(errbuf, errlen, HL_ENOMEM, "schema registry: out of memory");
+    else if (snprintf(path, sizeof path, "/subjects/%s%s", enc, suffix) >= (int)sizeof path)
+        rc = hl_err(errbuf, errlen, HL_EINVAL, "subject %.64s...: too long", subject);
+    else if ((rc = request(r, path, post, &j, errbuf, errlen)) == 0) {
+        json_t *v = json_object_get(j, "id");
+        json_int_t n = json_is_integer(v) ? json_integer_value(v) : -1;
+        if (n < 0 || n > INT32_MAX)
+            rc = hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: no valid \"id\" in "
+                        "the answer", r->shown[r->good], path);
+        else
+            *id = (int32_t)n;
+    }
+    json_decref(j);
+    json_decref(req);
+    free(post);
+    curl_free(enc);
+    return rc;
+}
+
+int hl_registry_register(hl_registry *r, const char *subject, const char *schema,
+                         int32_t *id, char *errbuf, size_t errlen)
+{
+    return post_schema(r, subject, "/versions", schema, id, errbuf, errlen);
+}
+
+int hl_registry_lookup(hl_registry *r, const char *subject, const char *schema,
+                       int32_t *id, char *errbuf, size_t errlen)
+{
+    return post_schema(r, subject, "", schema, id, errbuf, errlen);
+}

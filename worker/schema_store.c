@@ -1,0 +1,368 @@
+/* schema_store.c - the registry's writer schemas by id, shared by every
+ * shard thread, filled by one fetch thread.
+ *
+ * Shard threads only read the table and add "wanted" entries, under one
+ * mutex held for a lookup, never across a request: a slow or dead registry
+ * costs a waiting record nothing but its wait, and records with known ids
+ * go on (schema_store.h). The fetch thread takes one wanted id at a time,
+ * asks the registry without the lock, and writes the answer back. While
+ * the registry is away (no answer, 5xx, credentials refused) it retries
+ * with a backoff from 100 ms doubling to 2 s, so a registry that comes
+ * back is seen within 2 s; halflife_schema_registry_up reads 0 meanwhile
+ * and one line is logged per change, not per retry.
+ *
+ * Which source wins: the registry. A fallback file <dir>/<id>.avsc is read
+ * only for an id the registry answered 404 for, and never while the
+ * registry is away (its answer is awaited: a file must not shadow an id
+ * the registry has). */
+#include "schema_store.h"
+#include "log.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define BACKOFF_MIN_MS   100
+#define BACKOFF_MAX_MS   2000
+#define RECHECK_MS       5000    /* a "no such id" is asked again at most this often */
+#define PROBE_MS         30000   /* idle and up: how often the probe id is asked */
+#define MAX_FILE_BYTES   (1 << 20)
+
+typedef enum { E_WANTED, E_FOUND, E_MISSING } entry_state;
+
+typedef struct entry {
+    int32_t     id;
+    entry_state state;
+    int         recheck;        /* E_MISSING: asked again, answer the old one meanwhile */
+    char       *text;           /* E_FOUND */
+    char        why[240];       /* E_WANTED, E_MISSING: for the record's log line */
+    int64_t     checked_ms;     /* when the last answer came */
+} entry;
+
+struct hl_schema_store {
+    hl_registry    *reg;
+    char           *fallback_dir;
+    pthread_t       tid;
+    int             started;
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;
+    atomic_int      stop;        /* also ends a request in progress (registry.h) */
+    entry          *e;
+    int             n_e, cap_e;
+    int32_t         probe_id;    /* -1: none */
+    atomic_int      up;
+    int64_t         next_try_ms, backoff_ms, last_answer_ms;
+    hl_gauge       *up_g;
+    hl_counter     *req_ok, *req_missing, *req_error;
+};
+
+/* ---- the table (under mu) ----------------------------------------------- */
+
+static entry *find(hl_schema_store *s, int32_t id)
+{
+    for (int i = 0; i < s->n_e; i++)
+        if (s->e[i].id == id)
+            return &s->e[i];
+    return NULL;
+}
+
+/* Room for one more entry: grows, or beyond HL_SCHEMA_STORE_MAX_IDS drops
+ * the oldest-checked "no such id". NULL when neither works. */
+static entry *add(hl_schema_store *s, int32_t id)
+{
+    if (s->n_e == s->cap_e && s->cap_e < HL_SCHEMA_STORE_MAX_IDS) {
+        int cap = s->cap_e ? s->cap_e * 2 : 16;
+        entry *ne = realloc(s->e, sizeof *ne * (size_t)cap);
+        if (ne != NULL) {
+            s->e = ne;
+            s->cap_e = cap;
+        }
+    }
+    if (s->n_e == s->cap_e) {
+        int victim = -1;
+        for (int i = 0; i < s->n_e; i++)
+            if (s->e[i].state == E_MISSING &&
+                (victim < 0 || s->e[i].checked_ms < s->e[victim].checked_ms))
+                victim = i;
+        if (victim < 0)
+            return NULL;
+        s->e[victim] = s->e[--s->n_e];
+    }
+    entry *en = &s->e[s->n_e++];
+    memset(en, 0, sizeof *en);
+    en->id = id;
+    en->state = E_WANTED;
+    snprintf(en->why, sizeof en->why, "schema id %d: being fetched from the registry", (int)id);
+    return en;
+}
+
+int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t whylen)
+{
+    hl_schema_store *s = arg;
+    int rc;
+    pthread_mutex_lock(&s->mu);
+    entry *en = find(s, id);
+    if (en == NULL && (en = add(s, id)) == NULL) {
+        pthread_mutex_unlock(&s->mu);
+        return hl_err(why, whylen, HL_ENOENT, "schema id %d: more than %d ids seen, none of "
+                      "them unknown to drop", (int)id, HL_SCHEMA_STORE_MAX_IDS);
+    }
+    if (en->state == E_FOUND) {
+        rc = (*text = strdup(en->text)) != NULL ? 0 : HL_EAGAIN;
+    } else {
+        rc = en->state == E_WANTED ? HL_EAGAIN : HL_ENOENT;
+        if (en->state == E_MISSING && !en->recheck &&
+            hl_now_mono_ms() - en->checked_ms >= RECHECK_MS)
+            en->recheck = 1;
+        hl_err(why, whylen, rc, "%s", en->why);
+    }
+    if (en->state == E_WANTED || en->recheck)
+        pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+void hl_schema_store_set_probe(hl_schema_store *s, int32_t id)
+{
+    pthread_mutex_lock(&s->mu);
+    s->probe_id = id;
+    pthread_mutex_unlock(&s->mu);
+}
+
+int hl_schema_store_up(const hl_schema_store *s)
+{
+    return atomic_load(&((hl_schema_store *)s)->up);
+}
+
+/* ---- the fetch thread --------------------------------------------------- */
+
+/* <dir>/<id>.avsc into a malloc'd string, NULL when absent or unreadable. */
+static char *read_file(const char *dir, int32_t id)
+{
+    char path[PATH_MAX];
+    char *text = NULL;
+    long n;
+    snprintf(path, sizeof path, "%s/%d.avsc", dir, (int)id);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || n > MAX_FILE_BYTES ||
+        fseek(f, 0, SEEK_SET) != 0 || (text = malloc((size_t)n + 1)) == NULL ||
+        fread(text, 1, (size_t)n, f) != (size_t)n) {
+        free(text);
+        fclose(f);
+        return NULL;
+    }
+    text[n] = '\0';
+    fclose(f);
+    return text;
+}
+
+/* The registry went away or came back: the gauge, and one log line. */
+static void set_up(hl_schema_store *s, int up, const char *err)
+{
+    int was = atomic_exchange(&s->up, up);
+    if (s->up_g)
+        hl_gauge_set(s->up_g, up);
+    if (was && !up)
+        hl_log(HL_LOG_WARN, "schema_registry_down", "err=\"%s\" action=\"records with "
+               "unknown schema ids wait, their partitions paused; retrying\"", err);
+    else if (!was && up)
+        hl_log(HL_LOG_INFO, "schema_registry_up", "after_ms=%lld",
+               (long long)(hl_now_mono_ms() - s->last_answer_ms));
+}
+
+/* A transient failure: back off. Under mu. */
+static void failed(hl_schema_store *s, const char *err)
+{
+    int64_t now = hl_now_mono_ms();
+    s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (s->backoff_ms > BACKOFF_MAX_MS)
+        s->backoff_ms = BACKOFF_MAX_MS;
+    s->next_try_ms = now + s->backoff_ms;
+    if (s->req_error)
+        hl_counter_add(s->req_error, 1);
+    set_up(s, 0, err);
+}
+
+static void answered(hl_schema_store *s)
+{
+    s->backoff_ms = 0;
+    s->next_try_ms = 0;
+    set_up(s, 1, "");
+    s->last_answer_ms = hl_now_mono_ms();
+}
+
+/* Writes the registry's answer rc for id (text taken on 0) into its entry.
+ * Under mu. */
+static void settle(hl_schema_store *s, int32_t id, int rc, char *text, const char *err)
+{
+    entry *en = find(s, id);
+    if (rc == HL_ENOENT && s->fallback_dir != NULL && (text = read_file(s->fallback_dir, id)))
+        rc = 1;                                     /* found in the fallback directory */
+    if (en == NULL) {
+        free(text);
+        return;
+    }
+    en->checked_ms = hl_now_mono_ms();
+    en->recheck = 0;
+    if (rc == 0 || rc == 1) {
+        free(en->text);
+        en->text = text;
+        en->state = E_FOUND;
+        hl_log(HL_LOG_INFO, "schema_fetched", "id=%d source=%s", (int)id,
+               rc == 0 ? "registry" : "fallback_dir");
+        return;
+    }
+    en->state = E_MISSING;
+    snprintf(en->why, sizeof en->why, "%.180s%s", err,
+             rc == HL_ENOENT && s->fallback_dir ? "; no file in schema.registry.fallback.dir" : "");
+    hl_log(HL_LOG_WARN, "schema_unknown", "id=%d err=\"%s\"", (int)id, en->why);
+}
+
+/* The next id to ask for, -1 for none. Under mu. */
+static int32_t next_wanted(hl_schema_store *s)
+{
+    for (int i = 0; i < s->n_e; i++)
+        if (s->e[i].state == E_WANTED || s->e[i].recheck)
+            return s->e[i].id;
+    return -1;
+}
+
+/* One request for id, the lock released meanwhile. Under mu. */
+static void fetch(hl_schema_store *s, int32_t id, int probe)
+{
+    char err[512], *text = NULL;
+    pthread_mutex_unlock(&s->mu);
+    int rc = hl_registry_schema_by_id(s->reg, id, &text, err, sizeof err);
+    pthread_mutex_lock(&s->mu);
+    /* Only the registry saying "no such id" (404) or giving a schema we
+     * cannot use makes a record bad; anything else (no answer, 5xx, 401,
+     * TLS, a refusal of the request itself) is not the record's fault: it
+     * waits. The down line names the cause. */
+    if (rc != 0 && rc != HL_ENOENT && rc != HL_EFORMAT) {
+        failed(s, err);
+        return;
+    }
+    answered(s);
+    if (s->req_ok && rc == 0)
+        hl_counter_add(s->req_ok, 1);
+    else if (s->req_missing && rc != 0)
+        hl_counter_add(s->req_missing, 1);
+    if (probe)
+        free(text);
+    else
+        settle(s, id, rc == 0 ? 0 : HL_ENOENT, text, err);
+}
+
+/* Waits under mu until now_ms + ms at most (or a signal). */
+static void wait_ms(hl_schema_store *s, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+}
+
+static void *fetch_main(void *arg)
+{
+    hl_schema_store *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!atomic_load(&s->stop)) {
+        int64_t now = hl_now_mono_ms();
+        if (now < s->next_try_ms) {
+            wait_ms(s, s->next_try_ms - now);
+            continue;
+        }
+        int32_t id = next_wanted(s);
+        int idle_probe = s->probe_id >= 0 &&
+                         (!atomic_load(&s->up) || now - s->last_answer_ms >= PROBE_MS);
+        if (id >= 0)
+            fetch(s, id, 0);
+        else if (idle_probe)
+            fetch(s, s->probe_id, 1);
+        else
+            wait_ms(s, 1000);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* ---- create / destroy --------------------------------------------------- */
+
+static void register_metrics(hl_schema_store *s, hl_metrics *m)
+{
+    const char *help = "Requests to the Schema Registry by outcome (error: no answer, 5xx or "
+                       "credentials refused).";
+    if (m == NULL)
+        return;
+    s->up_g = hl_metrics_gauge(m, "halflife_schema_registry_up",
+        "1 when the last request to the Schema Registry got an answer.", NULL);
+    s->req_ok = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
+                                   "result=\"ok\"");
+    s->req_missing = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
+                                        "result=\"not_found\"");
+    s->req_error = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
+                                      "result=\"error\"");
+    hl_gauge_set(s->up_g, 1);
+}
+
+hl_schema_store *hl_schema_store_create(hl_registry *reg, const char *fallback_dir,
+                                        hl_metrics *metrics, char *errbuf, size_t errlen)
+{
+    hl_schema_store *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        hl_registry_destroy(reg);
+        hl_err(errbuf, errlen, HL_ENOMEM, "schema store: out of memory");
+        return NULL;
+    }
+    s->reg = reg;
+    hl_registry_set_abort(reg, &s->stop);
+    s->probe_id = -1;
+    atomic_store(&s->up, 1);
+    s->last_answer_ms = hl_now_mono_ms();
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    register_metrics(s, metrics);
+    if (fallback_dir != NULL && fallback_dir[0] != '\0' &&
+        (s->fallback_dir = strdup(fallback_dir)) == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "schema store: out of memory");
+        goto fail;
+    }
+    if (pthread_create(&s->tid, NULL, fetch_main, s) != 0) {
+        hl_err(errbuf, errlen, HL_EIO, "schema store: pthread_create failed");
+        goto fail;
+    }
+    s->started = 1;
+    return s;
+fail:
+    hl_schema_store_destroy(s);
+    return NULL;
+}
+
+void hl_schema_store_destroy(hl_schema_store *s)
+{
+    if (s == NULL)
+        return;
+    if (s->started) {
+        pthread_mutex_lock(&s->mu);
+        atomic_store(&s->stop, 1);
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->tid, NULL);     /* a request in progress ends within ~1 s */
+    }
+    for (int i = 0; i < s->n_e; i++)
+        free(s->e[i].text);
+    free(s->e);
+    free(s->fallback_dir);
+    hl_registry_destroy(s->reg);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}

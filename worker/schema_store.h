@@ -1,0 +1,52 @@
+/* schema_store.h - writer schemas by id from a Schema Registry, fetched on
+ * a thread of their own so no batch ever waits on the network (DESIGN.md
+ * section 13).
+ *
+ * Every shard thread's codec asks the store through hl_schema_store_get
+ * (an hl_codec_opts.schema_fn); the answer is immediate:
+ *   0          the schema text: fetched before, cached for good (ids are
+ *              immutable in a registry)
+ *   HL_EAGAIN  not known yet: the fetch thread is asking (or waiting to
+ *              ask again: registry unreachable, 5xx, credentials refused);
+ *              the record must wait, it is not bad
+ *   HL_ENOENT  the registry has no such id (404) and the fallback
+ *              directory has no <id>.avsc, or the answer was not an Avro
+ *              schema: the record is bad (unknown_schema)
+ * A "no such id" is asked again in the background at most every 5 s when
+ * the id is seen again, and stays the answer meanwhile (a flood of bad ids
+ * never waits on the registry).
+ *
+ * Metrics: halflife_schema_registry_up (1 when the last request got an
+ * answer), halflife_schema_registry_requests_total{result}. */
+#ifndef HL_SCHEMA_STORE_H
+#define HL_SCHEMA_STORE_H
+
+#include "metrics.h"
+#include "registry.h"
+
+typedef struct hl_schema_store hl_schema_store;   /* opaque */
+
+#define HL_SCHEMA_STORE_MAX_IDS  4096   /* ids remembered; "no such id"s go first beyond */
+
+/* Takes reg (ownership moves, also on failure) and starts the fetch
+ * thread. fallback_dir: files <dir>/<id>.avsc used for ids the registry
+ * answers 404 for; NULL or "": none. metrics may be NULL. */
+hl_schema_store *hl_schema_store_create(hl_registry *reg, const char *fallback_dir,
+                                        hl_metrics *metrics, char *errbuf, size_t errlen);
+void hl_schema_store_destroy(hl_schema_store *s);        /* NULL is a no-op; joins */
+
+/* Any thread. *text is a malloc'd copy the caller frees (on 0 only); why
+ * gets a sentence for HL_EAGAIN and HL_ENOENT. arg is the store (the
+ * signature of hl_codec_opts.schema_fn). */
+int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t whylen);
+
+/* An id known to exist (the lists' own): while idle the fetch thread asks
+ * for it every 30 s, and every backoff step while the registry is down, so
+ * halflife_schema_registry_up says how the registry is even when no new id
+ * needs fetching. */
+void hl_schema_store_set_probe(hl_schema_store *s, int32_t id);
+
+/* 1 when the last request got an answer (any thread). */
+int  hl_schema_store_up(const hl_schema_store *s);
+
+#endif

@@ -555,18 +555,19 @@ static void group_by_list(const hl_ivf *ix, hl_ivf_scan *s, int n, int nprobe, c
     s->lu_off[0] = 0;
 }
 
-/* One user's scores sr of list rows o..o+len offered to its heap. A score
- * below the full heap's worst cannot enter, so it costs one compare (equal
- * ones go on to the key, which breaks the tie by row). */
+/* One user's scores sr of list rows o..o+len offered to its heap, rows in
+ * skip (may be NULL) left out. A score below the full heap's worst cannot
+ * enter, so it costs one compare (equal ones go on to the key, which
+ * breaks the tie by row); only those that pass look at skip. */
 static void offer_row(const hl_ivf *ix, hl_ivf_scan *s, int u, int cap, const float *sr,
-                      int64_t o, int len)
+                      int64_t o, int len, const uint8_t *skip)
 {
     uint64_t *h = s->heap + (size_t)u * s->max_cand;
     int *n = &s->heap_n[u];
     float thr = s->thr[u];
     for (int p = 0; p < len; p++) {
         float v = sr[p] + ix->bs[o + p];
-        if (!(v >= thr))
+        if (!(v >= thr) || (skip != NULL && skip[ix->ids[o + p]]))
             continue;
         push_best(h, n, cap, make_key(v, ix->ids[o + p]));
         if (*n == cap)
@@ -578,7 +579,7 @@ static void offer_row(const hl_ivf *ix, hl_ivf_scan *s, int u, int cap, const fl
 /* List l against its m users (lu): S = Qg X^T chunk by chunk, each score
  * plus the bias offered to its user's heap. */
 static void scan_list_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int l,
-                            const int *lu, int m, const int *cap)
+                            const int *lu, int m, const int *cap, const uint8_t *skip)
 {
     for (int i = 0; i < m; i++)
         memcpy(s->Qg + (size_t)i * ix->dim, Q + (size_t)lu[i] * ix->dim,
@@ -588,12 +589,13 @@ static void scan_list_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, in
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, len, ix->dim, 1.0f, s->Qg,
                     ix->dim, ix->xs + (size_t)o * ix->dim, ix->dim, 0.0f, s->S, len);
         for (int i = 0; i < m; i++)
-            offer_row(ix, s, lu[i], cap[lu[i]], s->S + (size_t)i * len, o, len);
+            offer_row(ix, s, lu[i], cap[lu[i]], s->S + (size_t)i * len, o, len, skip);
     }
 }
 
 int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n, int nprobe,
-                        const int *cap, int32_t *cand, int stride, int *n_found)
+                        const int *cap, const uint8_t *skip, int32_t *cand, int stride,
+                        int *n_found)
 {
     if (n < 0 || n > s->max_users || nprobe < 1 || nprobe > s->max_nprobe)
         return HL_EINVAL;
@@ -608,7 +610,7 @@ int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n,
     for (int l = 0; l < ix->nlist; l++) {
         int m = s->lu_off[l + 1] - s->lu_off[l];
         if (m > 0)
-            scan_list_batch(ix, s, Q, l, s->lu + s->lu_off[l], m, cap);
+            scan_list_batch(ix, s, Q, l, s->lu + s->lu_off[l], m, cap, skip);
     }
     for (int u = 0; u < n; u++) {
         const uint64_t *h = s->heap + (size_t)u * s->max_cand;

@@ -65,16 +65,19 @@ void         hl_ivf_scan_destroy(hl_ivf_scan *s);       /* NULL is a no-op */
 int hl_ivf_search(const hl_ivf *ix, hl_ivf_scan *s, const float *q, int nprobe,
                   int n_cand, const uint8_t *excl, int32_t *cand, size_t *scanned);
 
-/* The same for users[0..n) with queries Q (n, dim) and no exclusions:
- * user u gets the cap[u] best items of its nprobe lists (cap[u] 0: the
- * user is skipped), their rows in no particular order at cand + u x
- * stride, n_found[u] of them (fewer than cap[u] only when its probed lists
- * hold fewer items). Each list probed by any user is read once and scored
- * for all its users by one SGEMM, so a batch costs much less than its
- * users alone; the caller filters exclusions (ask for k + the number
+/* The same for users[0..n) with queries Q (n, dim): user u gets the
+ * cap[u] best items of its nprobe lists (cap[u] 0: the user is skipped)
+ * that are not in skip (n_items bytes, rows with skip[j] != 0 are left
+ * out for every user, e.g. hidden items; NULL: none), their rows in no
+ * particular order at cand + u x stride, n_found[u] of them (fewer than
+ * cap[u] only when its probed lists hold fewer such items). Each list
+ * probed by any user is read once and scored for all its users by one
+ * SGEMM, so a batch costs much less than its users alone; per-user
+ * exclusions are the caller's to filter (ask for k + the number
  * excluded). HL_EINVAL on bad sizes. No allocation. */
 int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n, int nprobe,
-                        const int *cap, int32_t *cand, int stride, int *n_found);
+                        const int *cap, const uint8_t *skip, int32_t *cand, int stride,
+                        int *n_found);
 
 /* Recall@k of the index against an exact scan for queries Q (n_q, dim):
  * the share of each query's exact top k (no exclusions) that the index's

@@ -3,7 +3,9 @@
  * extra lists, even when they empty the probed lists), every returned
  * score is the exact path's score to the bit, recall@20 against the exact
  * lists stays above a floor on a clustered model, the shadow check counts
- * what it should, and bad shapes and options are refused with a reason. */
+ * what it should, the live catalogue holds (hidden rows never listed,
+ * side items scored, lists still k long), and bad shapes and options are
+ * refused with a reason. */
 #define T_SUITE "ivf"
 #include "test.h"
 #include "ivf.h"
@@ -301,6 +303,165 @@ static void test_short_catalogue(void)
     free(tu);
 }
 
+#define N_SIDE 6
+
+/* One user's list from the index path against the exact ranker's list of
+ * every visible item (all, n_all entries, best first, same catalogue):
+ * every score is the exact score to the bit, best first, and every side
+ * item (scored exactly, not through the index) that beats the list's last
+ * score is in it. Returns how many of the exact top K the list holds. */
+static int check_against_all(int u, const hl_rec *o, int n, const hl_rec *all, int n_all)
+{
+    int hits = 0;
+    for (int i = 0; i < n; i++) {
+        int found = 0;
+        for (int j = 0; j < n_all; j++)
+            if (all[j].item == o[i].item) {
+                found = 1;
+                hits += j < K;
+                CHECKF(memcmp(&all[j].score, &o[i].score, 4) == 0,
+                       "user %d item %d: score %.9g, exact %.9g", u, o[i].item, o[i].score,
+                       all[j].score);
+            }
+        CHECKF(found, "user %d: item %d is hidden, excluded or unknown", u, o[i].item);
+        CHECK(i == 0 || o[i - 1].score >= o[i].score);
+    }
+    for (int j = 0; j < n_all && n > 0; j++) {
+        int listed = 0;
+        for (int i = 0; i < n; i++)
+            listed |= o[i].item == all[j].item;
+        CHECKF(all[j].item < 1000 || all[j].score <= o[n - 1].score || listed,
+               "user %d: side item %d (%.6g) beats the list's last (%.6g) and is missing",
+               u, all[j].item, all[j].score, o[n - 1].score);
+    }
+    return hits;
+}
+
+/* The live catalogue on the index path (issue 14): 1,000 items of which
+ * 600 are hidden (three in five of every list of the index, so the batch
+ * search must skip them and some users run short and search alone), six
+ * side items with large norms, one of them hidden, 40 extra exclusions per
+ * user. Every list is K long with nothing hidden or excluded in it, its
+ * scores are the exact ranker's (same catalogue) to the bit, the side
+ * items that should be in it are, and the shadow check, run on every
+ * user, counts against the exact lists with the catalogue. */
+static void test_catalogue_hidden_and_side(void)
+{
+    tmodel t;
+    tusers *tu = malloc(sizeof *tu);
+    static hl_rec out[USERS * K], all[USERS * 1000];
+    static int n_out[USERS], n_all[USERS];
+    static int32_t hidden[1000], buf[USERS * 40];
+    int nh = 0;
+    tmodel_init(&t, 1000, 0);
+    tusers_init(tu, 1000);
+    float *se_in = rand_array(N_SIDE * DIM, 1.0f), *se_out = rand_array(N_SIDE * DIM, 3.0f);
+    float *sb = rand_array(N_SIDE, 0.1f);
+    for (int32_t j = 0; j < 1000; j++)
+        if (j % 5 < 3)
+            hidden[nh++] = j;
+    hidden[nh++] = 1000 + 2;                      /* a side row, hidden */
+    hl_rank_catalogue c = {.hidden = hidden, .n_hidden = nh, .e_in = se_in,
+                           .e_out = se_out, .bias = sb, .n_side = N_SIDE};
+    hl_rank_exclude *ex = make_extra(1000, 40, buf);
+    hl_ivf *ix = make_index(&t, 32);
+    hl_ranker *ri = make_ranker(&t, K, ix, 2, 1), *re = make_ranker(&t, 1000, NULL, 0, 0);
+    if (ix == NULL || ri == NULL || re == NULL)
+        goto out;
+    hl_ranker_set_catalogue(ri, &c);
+    hl_ranker_set_catalogue(re, &c);
+    CHECK(hl_ranker_refresh_ex(ri, tu->v, USERS, ex, out, n_out) == 0);
+    CHECK(hl_ranker_refresh_ex(re, tu->v, USERS, ex, all, n_all) == 0);
+    uint64_t hits = 0, sh, st;
+    int side_listed = 0;
+    for (int u = 0; u < USERS; u++) {
+        CHECKF(n_out[u] == K, "user %d: %d items, want %d", u, n_out[u], K);
+        hits += (uint64_t)check_against_all(u, out + (size_t)u * K, n_out[u],
+                                            all + (size_t)u * 1000, n_all[u]);
+        for (int i = 0; i < n_out[u]; i++) {
+            int32_t it = out[(size_t)u * K + i].item;
+            CHECKF(it == 1002 || it >= 1000 || it % 5 >= 3, "user %d: hidden %d", u, it);
+            CHECKF(it != 1002, "user %d: the hidden side row is listed", u);
+            side_listed += it >= 1000;
+        }
+    }
+    CHECKF(side_listed > 0, "no side item in any list");
+    hl_ranker_index_recall(ri, &sh, &st);
+    CHECKF(sh == hits && st == (uint64_t)USERS * K, "shadow %llu/%llu, want %llu/%d",
+           (unsigned long long)sh, (unsigned long long)st, (unsigned long long)hits,
+           USERS * K);
+out:
+    hl_ranker_destroy(ri);
+    hl_ranker_destroy(re);
+    hl_ivf_destroy(ix);
+    tmodel_free(&t);
+    free(se_in);
+    free(se_out);
+    free(sb);
+    free(tu);
+}
+
+/* Nearly everything hidden: 12 model rows and 5 side items stay visible,
+ * so a list holds every one of them the user has not seen (fewer than K:
+ * the search probes every list to find them). Then another catalogue
+ * hides row 0 alone: the rows the first hid come back, the lists equal
+ * those of a ranker that only ever had the second. */
+static void test_catalogue_nearly_all_hidden(void)
+{
+    tmodel t;
+    tusers *tu = malloc(sizeof *tu);
+    static hl_rec out[USERS * K], ref[USERS * K];
+    static int n_out[USERS], n_ref[USERS];
+    static int32_t hidden[1000];
+    int nh = 0;
+    tmodel_init(&t, 1000, 0);
+    tusers_init(tu, 1000);
+    float *se = rand_array(N_SIDE * DIM, 1.0f), *sb = rand_array(N_SIDE, 0.1f);
+    for (int32_t j = 0; j < 1000; j++)
+        if (j % 83 != 0)                          /* 0, 83, ..., 913 stay: 12 rows */
+            hidden[nh++] = j;
+    hidden[nh++] = 1000;                          /* side row 0 hidden: 5 stay */
+    hl_rank_catalogue c = {.hidden = hidden, .n_hidden = nh, .e_in = se, .e_out = se,
+                           .bias = sb, .n_side = N_SIDE};
+    hl_ivf *ix = make_index(&t, 32);
+    hl_ranker *ri = make_ranker(&t, K, ix, 2, 0), *r0 = make_ranker(&t, K, ix, 2, 0);
+    if (ix == NULL || ri == NULL || r0 == NULL)
+        goto out;
+    hl_ranker_set_catalogue(ri, &c);
+    CHECK(hl_ranker_refresh(ri, tu->v, USERS, out, n_out) == 0);
+    for (int u = 0; u < USERS; u++) {
+        int left = N_SIDE - 1;
+        for (int32_t j = 0; j < 1000; j += 83)
+            left += !in_list(tu->item[u], RING, j);
+        CHECKF(n_out[u] == left, "user %d: %d items, %d visible", u, n_out[u], left);
+        for (int i = 0; i < n_out[u]; i++) {
+            int32_t it = out[(size_t)u * K + i].item;
+            CHECKF(it > 1000 || it % 83 == 0, "user %d: hidden %d listed", u, it);
+        }
+    }
+    int32_t row0 = 0;
+    hl_rank_catalogue c2 = {.hidden = &row0, .n_hidden = 1};
+    hl_ranker_set_catalogue(ri, &c2);
+    hl_ranker_set_catalogue(r0, &c2);
+    CHECK(hl_ranker_refresh(ri, tu->v, USERS, out, n_out) == 0);
+    CHECK(hl_ranker_refresh(r0, tu->v, USERS, ref, n_ref) == 0);
+    for (int u = 0; u < USERS; u++) {
+        CHECK(n_out[u] == K && n_ref[u] == K);
+        for (int i = 0; i < K; i++)
+            CHECKF(out[(size_t)u * K + i].item == ref[(size_t)u * K + i].item,
+                   "user %d #%d: %d after the change, %d with the second alone", u, i,
+                   out[(size_t)u * K + i].item, ref[(size_t)u * K + i].item);
+    }
+out:
+    hl_ranker_destroy(ri);
+    hl_ranker_destroy(r0);
+    hl_ivf_destroy(ix);
+    tmodel_free(&t);
+    free(se);
+    free(sb);
+    free(tu);
+}
+
 static void test_refusals(void)
 {
     tmodel t;
@@ -344,6 +505,8 @@ int main(void)
     RUN(test_alone_lists_exact_scores_no_excluded);
     RUN(test_recall_floor_clustered);
     RUN(test_short_catalogue);
+    RUN(test_catalogue_hidden_and_side);
+    RUN(test_catalogue_nearly_all_hidden);
     RUN(test_refusals);
     TEST_EXIT();
 }

@@ -3,13 +3,19 @@
 One `halflife broker`; a stream of 3,000 events of 200 users over 1,000
 items (python3-confluent-kafka + python3-avro); one `halflife run` with
 recs.index=ivf, 8 of its 126 lists probed, and the shadow check on every
-refresh (recs.index.shadow.every=1). Then, for each user's last list
-(the one from its last event):
-- it is 20 items long and holds no item of the user's last 32 events (the
-  history ring the worker excludes);
-- every item it shares with the offline exact reference
-  (build/tests/test_offline) carries the reference's score to the float32
-  bit: the index only chooses candidates, exact scoring decides;
+refresh (recs.index.shadow.every=1). After the first half of the events,
+the live catalogue changes through the items topic (`halflife items`):
+the item the first half's lists hold most often (X) is hidden
+(available=false) and new-a is added with X's vectors and a higher bias
+(a side row, which the index built at load does not hold). Then, for
+each user's last list of the second half (the one from its last event):
+- it is 20 items long, holds neither X nor any item of the user's last 32
+  events (the history ring the worker excludes);
+- every item it shares with the offline exact reference with the same
+  catalogue (build/tests/test_offline, HL_OFFLINE_CATALOGUE) carries the
+  reference's score to the float32 bit, new-a included: the index only
+  chooses candidates, exact scoring decides;
+- new-a is in lists (the side rows are scored);
 - recall@20 against the reference is reported, and must be above 0 and
   at most 1.
 And /metrics: every refresh was shadow-checked, so
@@ -25,6 +31,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_util as U  # noqa: E402
 from test_e2e import f32, read_lists  # noqa: E402
+from test_items import run_items, wait_metric, watermarks  # noqa: E402
+
+sys.path.insert(0, U.SCHEMAS)
+import hlm  # noqa: E402
 
 N_EVENTS, N_USERS, N_ITEMS, K, RING = 3000, 200, 1000, 20, 32
 
@@ -37,7 +47,7 @@ def seen_items(events):
     return {u: set(items[-RING:]) for u, items in by_user.items()}
 
 
-def check_lists(lists, offline, seen):
+def check_lists(lists, offline, seen, hidden):
     """(problems, recall): lists against the exact reference."""
     bad, hits, total = [], 0, 0
     for u, ref in offline.items():
@@ -50,6 +60,8 @@ def check_lists(lists, offline, seen):
             bad.append("%s: %d items, want %d" % (u, len(items), K))
         if seen[u] & set(items):
             bad.append("%s: lists seen items %s" % (u, sorted(seen[u] & set(items))[:3]))
+        if hidden in items:
+            bad.append("%s: lists the hidden item %s" % (u, hidden))
         ref_score = {r[0]: r[1] for r in ref["items"]}
         for x in got["items"]:
             if x["item_id"] in ref_score and f32(x["score"]) != f32(ref_score[x["item_id"]]):
@@ -58,6 +70,30 @@ def check_lists(lists, offline, seen):
         hits += len(set(items) & set(ref_score))
         total += len(ref_score)
     return bad, (hits / total if total else 0.0)
+
+
+def change_catalogue(bootstrap, tmp, model, lists, worker):
+    """Hides the item the lists hold most often and adds new-a with its
+    vectors and a higher bias; returns (X, the catalogue file, problem)."""
+    count = {}
+    for d in lists.values():
+        for x in d["items"]:
+            count[x["item_id"]] = count.get(x["item_id"], 0) + 1
+    x = max(sorted(count), key=lambda i: count[i])
+    m = hlm.read(model)
+    ids = [i.decode() if isinstance(i, bytes) else i for i in m.item_ids]
+    row = ids.index(x)
+    cat = os.path.join(tmp, "catalogue.csv")
+    with open(cat, "w") as f:
+        f.write("item_id,available,expires_at_ms\n%s,false\n" % x)
+        f.write("new-a,true,,%.9g,%s,%s\n" % (float(m.bias[row]) + 0.05,
+                                              ",".join("%.9g" % v for v in m.e_in[row]),
+                                              ",".join("%.9g" % v for v in m.e_out[row])))
+    with open(os.path.join(tmp, "items_cmd.log"), "w") as log:
+        rc = run_items(bootstrap, cat, log)
+    n = wait_metric(worker, "halflife_item_updates_total", 2)
+    problem = None if rc == 0 and n == 2 else "halflife items exit %s, updates read %s" % (rc, n)
+    return x, cat, problem
 
 
 def main():
@@ -70,7 +106,8 @@ def main():
     U.make_model(model, N_ITEMS, 16)
     U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
     events = U.read_events_csv(events_csv)
-    broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
+    half = N_EVENTS // 2
+    broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq", "items"],
                       os.path.join(tmp, "broker.log"))
     extra = ["worker.threads=2", "snapshot.dir=" + os.path.join(tmp, "snapshots"),
              "kafka.fetch.wait.max.ms=10", "recs.index=ivf", "recs.index.nprobe=8",
@@ -85,15 +122,28 @@ def main():
 
     try:
         worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"), extra=extra)
-        last = U.produce_events(broker.bootstrap, "behaviour-events", events)
+        last = U.produce_events(broker.bootstrap, "behaviour-events", events[:half])
         lists, done = read_lists(broker.bootstrap, last, time.time() + 40)
-        check("every_user_listed", len(done) == len(last),
-              "%d of %d users got the list of their last event (logs in %s)"
-              % (len(done), len(last), tmp))
+        x, cat, problem = change_catalogue(broker.bootstrap, tmp, model, lists, worker)
+        check("catalogue_updates_read", problem is None, problem)
+        high = watermarks(broker.bootstrap, "behaviour-events")
+        last2 = U.produce_events(broker.bootstrap, "behaviour-events", events[half:])
+        lists2, done2 = read_lists(broker.bootstrap, last2, time.time() + 40)
+        check("every_user_listed", len(done) == len(last) and len(done2) == len(last2),
+              "%d of %d, then %d of %d users got the list of their last event (logs in %s)"
+              % (len(done), len(last), len(done2), len(last2), tmp))
+        after = {u: d for u, d in lists2.items() if u in last2
+                 and d["source"]["offset"] >= high.get(d["source"]["partition"], 0)}
+        os.environ["HL_OFFLINE_CATALOGUE"] = cat        # offline_lists passes os.environ on
         offline = U.offline_lists(events_csv, model, K)
-        bad, recall = check_lists(lists, offline, seen_items(events))
-        check("lists_k_long_unseen_exact_scores", not bad, "; ".join(bad[:5]))
-        print("    recall@20 of the users' last lists against exact: %.4f" % recall)
+        del os.environ["HL_OFFLINE_CATALOGUE"]
+        offline = {u: r for u, r in offline.items() if u in last2}
+        bad, recall = check_lists(after, offline, seen_items(events), x)
+        check("lists_k_long_unseen_unhidden_exact_scores", not bad and after, "; ".join(bad[:5]))
+        n_new = sum(any(i["item_id"] == "new-a" for i in d["items"]) for d in after.values())
+        check("added_item_listed", n_new > 0, "new-a in none of %d lists" % len(after))
+        print("    recall@20 of the users' last lists against exact: %.4f (new-a in %d of %d, "
+              "X hidden: %s)" % (recall, n_new, len(after), x))
         check("recall_in_range", 0.0 < recall <= 1.0, "recall %.4f" % recall)
         published = worker.metric("halflife_lists_published_total")
         items = worker.metric("halflife_index_shadow_items_total")

@@ -330,11 +330,15 @@ static int scoring_tables(hl_models *ms, hl_mref *r, char *errbuf, size_t errlen
     }
     if (ms->o.first_ivf != NULL) {
         hl_ivf_opts io = {.nlist = ms->o.ivf_nlist <= mi->n_items ? ms->o.ivf_nlist : 0};
+        double t0 = hl_now_mono_s();
         r->ivf = hl_ivf_create(hl_model_e_out(r->m), hl_model_bias(r->m), mi->n_items,
                                mi->dim, &io, errbuf, errlen);
         r->ivf_owned = 1;
         if (r->ivf == NULL)
             return HL_EINVAL;
+        hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d build_s=%.2f bytes=%zu "
+               "model_version=\"%s\" swapped_in=1", (int)mi->n_items,
+               hl_ivf_nlist(r->ivf), hl_now_mono_s() - t0, hl_ivf_bytes(r->ivf), mi->version);
     }
     return 0;
 }

@@ -16,7 +16,7 @@
  * apart, enough to swap two near-equal items after a crash replay. So
  * nothing published depends on the batch: each user's query is encoded by
  * a kernel here whose every output is one fixed chain of fused
- * multiply-adds (encode, layer_avx2 / layer_plain); the blocked SGEMM only
+ * multiply-adds (rank_encode.c); the blocked SGEMM only
  * picks k + DET_PAD candidates per user; each candidate is rescored with a
  * fixed-order dot product (det_score) and the list is the best k of those
  * scores, lower row first on equal scores. The candidates provably hold

@@ -286,7 +286,6 @@ int hl_rank_rescan_exact(hl_ranker *r, int u, const hl_rank_exclude *ex)
     return n;
 }
 
-
 /* User u's list from its SGEMM candidates: each rescored with det_score,
  * sorted best first in its heap; returns the list's length. When the
  * candidate heap was full, an item left out scored at most its worst

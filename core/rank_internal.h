@@ -51,7 +51,7 @@ struct hl_ranker {
     float         *q_norm;     /* (max_batch) ||q||_2 */
     float         *S;          /* (max_batch, block) one block's scores */
     uint64_t      *top;        /* (max_batch, kc): one min-heap of keys per user */
-    uint8_t       *excl;       /* (n_items) rescan_exact's marks, zero between uses */
+    uint8_t       *excl;       /* (n_items) exclusion marks (rescan, index search), zero between uses */
     int           *top_n;      /* (max_batch) entries in each heap */
     int32_t       *seen;       /* (max_batch, MAX_RING) ring items, sorted */
     int           *seen_n;     /* (max_batch) entries in seen */

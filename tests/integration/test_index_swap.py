@@ -8,6 +8,9 @@ renamed over model.path. Checks:
 - the swap happens and the worker logs an index built for B before B
   serves (event=index ... swapped_in=1);
 - every list produced after the swap carries B's version and is 20 long;
+- the shadow counters go on counting across the swap (20 items per list
+  published; the new ranker counts from zero, the thread's last-added
+  counts must too);
 - the shadow check's recall over the refreshes after the swap stays near
   the recall before it (at least 0.6 of it, and above 0.25): a ranker over
   B fed A's index would propose the rows of A's clusters, a near-random
@@ -59,6 +62,7 @@ def main():
         worker = U.Worker(broker.bootstrap, live, os.path.join(tmp, "worker.log"), extra=extra)
         U.produce_events(broker.bootstrap, "behaviour-events", events[:half])
         wait_settled(worker, half)
+        pub0 = worker.metric("halflife_lists_published_total")
         hits0 = worker.metric("halflife_index_shadow_hits_total")
         items0 = worker.metric("halflife_index_shadow_items_total")
         replace(model_b, live)
@@ -79,6 +83,10 @@ def main():
               % (len(after), len(bad), K, bad[:3]))
         hits1 = worker.metric("halflife_index_shadow_hits_total")
         items1 = worker.metric("halflife_index_shadow_items_total")
+        pub1 = worker.metric("halflife_lists_published_total")
+        check("shadow_counts_go_on", items1 - items0 == K * (pub1 - pub0) and hits1 >= hits0,
+              "shadow items %d -> %d over %d lists (want +%d each); a recreated ranker's "
+              "counts must not be taken from the old one's" % (items0, items1, pub1 - pub0, K))
         before = hits0 / items0 if items0 else 0.0
         since = (hits1 - hits0) / (items1 - items0) if items1 > items0 else 0.0
         print("    shadow recall@20 before the swap %.4f, after %.4f" % (before, since))

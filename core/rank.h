@@ -37,6 +37,7 @@
 #include "model.h"
 #include "table.h"
 #include "qscore.h"
+#include "ivf.h"
 
 typedef struct hl_ranker hl_ranker;   /* opaque */
 
@@ -50,6 +51,13 @@ typedef struct hl_rank_opts {
     const hl_qitems *qitems; /* two-stage: the model's int8 copy, shared by the
                                 rankers of every thread (borrowed, must outlive
                                 them); NULL: the ranker builds its own */
+    const hl_ivf *ivf;   /* recs.index=ivf: the approximate index (borrowed, must
+                            outlive the ranker); NULL: every item is scored */
+    int nprobe;          /* with ivf: lists probed per user, >= 1 (above the
+                            index's nlist: every list) */
+    int shadow_every;    /* with ivf: every shadow_every-th user refreshed is
+                            also scored over every item and the two lists
+                            compared (hl_ranker_index_recall); 0: never */
 } hl_rank_opts;
 
 /* How candidates are found; the list is the same either way (rank.c,
@@ -82,6 +90,11 @@ const char *hl_ranker_scoring(const hl_ranker *r);
  * the scratch, or a query near the float range) and were scored over
  * every item instead; 0 with exact scoring. */
 uint64_t    hl_ranker_fallbacks(const hl_ranker *r);
+
+/* With an index: the shadow check's counts so far: *hits items of the
+ * exact lists that the index's lists also held, out of *total. 0/0
+ * without an index or before the first check. */
+void        hl_ranker_index_recall(const hl_ranker *r, uint64_t *hits, uint64_t *total);
 
 /* Refreshes users[0..n), n <= max_batch. out is (n, k): user u's list is
  * out[u*k .. u*k + n_out[u]), best first; n_out[u] < k only when fewer items

@@ -1,14 +1,26 @@
-/* rank_internal.h - the ranker's state, shared by rank.c (the blocked
- * and two-stage refresh) and rank_naive.c (its plain-loop twin) and by
- * nothing else (STYLE.md section 2: private to the ranker). */
+/* rank_internal.h - the ranker's state and the helpers its files share:
+ * rank.c (create, refresh, two-stage), rank_encode.c (the encoder),
+ * rank_block.c (the blocked exact search and the exact rescan),
+ * rank_index.c (recs.index=ivf) and rank_naive.c (the plain-loop twin),
+ * and nothing else (STYLE.md section 2: private to the ranker). */
 #ifndef HL_RANK_INTERNAL_H
 #define HL_RANK_INTERNAL_H
 
 #include "rank.h"
 #include "encoder.h"
 #include "qscore.h"
+#include "ivf.h"
+
+#include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define MAX_RING      255      /* table.h: state.history is 1..255 */
+#define DET_PAD       4        /* candidates kept beyond k for the exact rescoring: a
+                                  near tie at the cut costs a rescan, a larger heap
+                                  costs every refresh (16 cost 8% at 10k items) */
+#define ENC_GROUP     4        /* users encoded together (register blocking only) */
 
 struct hl_ranker;
 typedef void (*scan_fn)(struct hl_ranker *r, int u, const float *srow,
@@ -39,7 +51,7 @@ struct hl_ranker {
     float         *q_norm;     /* (max_batch) ||q||_2 */
     float         *S;          /* (max_batch, block) one block's scores */
     uint64_t      *top;        /* (max_batch, kc): one min-heap of keys per user */
-    uint8_t       *excl;       /* (n_items) rescan_exact's marks, zero between uses */
+    uint8_t       *excl;       /* (n_items) exclusion marks (rescan, index search), zero between uses */
     int           *top_n;      /* (max_batch) entries in each heap */
     int32_t       *seen;       /* (max_batch, MAX_RING) ring items, sorted */
     int           *seen_n;     /* (max_batch) entries in seen */
@@ -54,6 +66,19 @@ struct hl_ranker {
     hl_qscan      *qs;         /* two-stage: its scan scratch */
     hl_qscan_user *qusers;     /* (max_batch) two-stage: each user's query and exclusions */
     uint64_t       fallbacks;  /* two-stage users rescanned exactly */
+    const hl_ivf  *ivf;        /* recs.index=ivf: the index, else NULL */
+    hl_ivf_scan   *is;         /* its search scratch */
+    int32_t       *icand;      /* (max_batch, istride) the batch search's candidates */
+    int           *icap;       /* (max_batch) candidates asked per user; 0: alone */
+    int           *ifound;     /* (max_batch) candidates found per user */
+    int            istride;    /* kc + MAX_RING + IVF_EXTRA */
+    int32_t       *shadow;     /* (k) the exact list of a shadow-checked user */
+    int            nprobe, shadow_every;
+    uint64_t       refreshed;  /* users refreshed through the index */
+    uint8_t       *hmask;      /* (n_items) with the index: 1 on the catalogue's
+                                  hidden model rows, skipped inside its search */
+    int32_t        hmask_n;    /* rows set in hmask */
+    uint64_t       shadow_hits, shadow_total; /* hl_ranker_index_recall */
     char           scoring_name[32];
     hl_rank_catalogue cat;     /* the live catalogue: hidden rows, side items */
     float         *seed;       /* (max_batch, k) two-stage: each user's best side
@@ -76,5 +101,160 @@ static inline float bias_of(const struct hl_ranker *r, int32_t j)
  * weights a_e (rank.h, `because`); returns their count. */
 int hl_rank_history_weights(const hl_ranker *r, const hl_row_view *v,
                             int32_t *item, float *a);
+
+/* ---- the running top-K: a min-heap of keys whose root is the worst ---- */
+
+/* An entry is one 64-bit key that orders like (score, -item): the score's
+ * bits made to sort as unsigned integers above, the complement of the
+ * item below. A larger key is a better entry (higher score, or equal score
+ * and lower row), so the heap compares integers, not pairs. */
+static inline uint64_t make_key(float score, int32_t item)
+{
+    uint32_t u;
+    if (score == 0.0f)
+        score = 0.0f;                         /* -0 and +0 are one score */
+    memcpy(&u, &score, sizeof u);
+    u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
+    return (uint64_t)u << 32 | (uint32_t)~(uint32_t)item;
+}
+
+static inline float key_score(uint64_t key)
+{
+    uint32_t u = (uint32_t)(key >> 32);
+    float f;
+    u = (u & 0x80000000u) ? u & 0x7fffffffu : ~u;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline int32_t key_item(uint64_t key)
+{
+    return (int32_t)~(uint32_t)key;
+}
+
+static inline void sift_down(uint64_t *h, int n, int i)
+{
+    uint64_t key = h[i];
+
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && h[c + 1] < h[c])
+            c++;
+        if (h[c] >= key)
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = key;
+}
+
+static inline void sift_up(uint64_t *h, int i)
+{
+    uint64_t key = h[i];
+
+    while (i > 0) {
+        int p = (i - 1) / 2;
+        if (h[p] <= key)
+            break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = key;
+}
+
+/* Keeps the k largest keys in the min-heap h of *n entries. */
+static inline void push_best(uint64_t *h, int *n, int k, uint64_t key)
+{
+    if (*n < k) {
+        h[*n] = key;
+        sift_up(h, (*n)++);
+    } else if (key > h[0]) {
+        h[0] = key;
+        sift_down(h, *n, 0);
+    }
+}
+
+/* Sorts a heap in place, best first (heapsort: the worst goes to the end). */
+static inline void heap_sort(uint64_t *h, int n)
+{
+    for (int end = n - 1; end > 0; end--) {
+        uint64_t key = h[0];
+        h[0] = h[end];
+        h[end] = key;
+        sift_down(h, end, 0);
+    }
+}
+
+/* q . e + b in one fixed order: eight running sums over d (so the compiler
+ * may use one vector register, lane by lane, without reordering), combined
+ * pairwise, then the tail, then the bias. The same inputs give the same
+ * bits whatever else is being scored. */
+static inline float det_score(const float *q, const float *e, int dim, float b)
+{
+    float acc[8] = {0};
+    int d = 0;
+#if defined(__SSE2__)
+    /* The same eight sums as the loop below, four lanes at a time (SSE is
+     * part of x86-64, so every such CPU takes this path). */
+    __m128 lo = _mm_setzero_ps(), hi = _mm_setzero_ps();
+    for (; d + 8 <= dim; d += 8) {
+        lo = _mm_add_ps(lo, _mm_mul_ps(_mm_loadu_ps(q + d), _mm_loadu_ps(e + d)));
+        hi = _mm_add_ps(hi, _mm_mul_ps(_mm_loadu_ps(q + d + 4), _mm_loadu_ps(e + d + 4)));
+    }
+    _mm_storeu_ps(acc, lo);
+    _mm_storeu_ps(acc + 4, hi);
+#endif
+    for (; d + 8 <= dim; d += 8)
+        for (int l = 0; l < 8; l++)
+            acc[l] += q[d + l] * e[d + l];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; d < dim; d++)
+        s += q[d] * e[d];
+    return s + b;
+}
+
+static inline void prefetch_row(const float *row, int dim)
+{
+    for (int d = 0; d < dim; d += 16)      /* one 64-byte line per 16 floats */
+        __builtin_prefetch(row + d);
+}
+
+/* ---- across the ranker's files ---- */
+
+/* rank_encode.c */
+layer_fn     hl_rank_pick_layer(void);
+/* Q (n, dim): each user's query, independent of the batch; returns r->Q. */
+const float *hl_rank_encode(struct hl_ranker *r, const hl_row_view *users, int n);
+
+/* rank_block.c */
+scan_fn hl_rank_pick_scan(void);
+/* User u's known ring items, sorted, into r->seen (exclusions by cursor). */
+void    hl_rank_load_seen(struct hl_ranker *r, int u, const hl_row_view *v);
+/* The blocked SGEMM search: every user's k + DET_PAD candidates. */
+void    hl_rank_score_all(struct hl_ranker *r, const float *Q, const hl_row_view *users,
+                          int n, const hl_rank_exclude *extra);
+/* User u's list from the blocked search's candidates; returns its length. */
+int     hl_rank_select_exact(struct hl_ranker *r, int u, const hl_rank_exclude *ex);
+/* User u's exact list over every item (model and side) into its heap,
+ * best first; returns its length. Slow: the fallback and the shadow check. */
+int     hl_rank_rescan_exact(struct hl_ranker *r, int u, const hl_rank_exclude *ex);
+/* Sets (v 1) or clears (v 0) u's excluded model rows in r->excl (ring,
+ * ex, the catalogue's hidden rows); r->excl is zero between uses. */
+void    hl_rank_mark_excl(struct hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v);
+/* User u's visible side items not in ex, det_score'd into its heap of *n. */
+void    hl_rank_side_push(struct hl_ranker *r, int u, const hl_rank_exclude *ex, int *n);
+
+/* rank_index.c (recs.index=ivf) */
+int     hl_rank_index_create(struct hl_ranker *r, const hl_rank_opts *o, char *errbuf,
+                             size_t errlen);
+void    hl_rank_index_free(struct hl_ranker *r);
+/* After a catalogue change: the hidden model rows into r->hmask. */
+void    hl_rank_index_catalogue(struct hl_ranker *r);
+/* The index's batch search for users[0..n) (queries in r->Q). */
+void    hl_rank_index_batch(struct hl_ranker *r, int n, const hl_rank_exclude *extra);
+/* User u's list from the index; returns its length. */
+int     hl_rank_select_index(struct hl_ranker *r, int u, const hl_rank_exclude *ex);
 
 #endif

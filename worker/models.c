@@ -203,6 +203,8 @@ void hl_mref_release(hl_mref *r)
     hl_migration_destroy(r->from_prev);
     if (r->qitems_owned)        /* no ranker holds it: each holds a reference */
         hl_qitems_destroy((hl_qitems *)r->qitems);
+    if (r->ivf_owned)
+        hl_ivf_destroy((hl_ivf *)r->ivf);
     if (r->owned)
         hl_model_close(r->m);
     free(r);
@@ -260,6 +262,7 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
         return NULL;
     }
     ms->cur->qitems = o->first_qitems;
+    ms->cur->ivf = o->first_ivf;
     pthread_mutex_init(&ms->mu, NULL);
     atomic_store(&ms->gen, 1);
     /* The file first served: a periodic check opens only a changed one. */
@@ -310,6 +313,36 @@ static void install(hl_models *ms, hl_mref *r, double fit_s)
     hl_mref_release(old);
 }
 
+/* The new model's scoring tables, before it goes live: a ranker over
+ * r->m with the old model's int8 table or index would rank other items.
+ * The index takes a while at millions of items (about 23 s at 1M, one
+ * core): the shard threads serve the current model meanwhile, the main
+ * loop waits. */
+static int scoring_tables(hl_models *ms, hl_mref *r, char *errbuf, size_t errlen)
+{
+    const hl_model_info *mi = r->mi;
+    if (ms->o.first_qitems != NULL) {
+        r->qitems = hl_qitems_create(hl_model_e_out(r->m), hl_model_bias(r->m), mi->n_items,
+                                     mi->dim, HL_QKERNEL_AUTO, errbuf, errlen);
+        r->qitems_owned = 1;
+        if (r->qitems == NULL)
+            return HL_EINVAL;
+    }
+    if (ms->o.first_ivf != NULL) {
+        hl_ivf_opts io = {.nlist = ms->o.ivf_nlist <= mi->n_items ? ms->o.ivf_nlist : 0};
+        double t0 = hl_now_mono_s();
+        r->ivf = hl_ivf_create(hl_model_e_out(r->m), hl_model_bias(r->m), mi->n_items,
+                               mi->dim, &io, errbuf, errlen);
+        r->ivf_owned = 1;
+        if (r->ivf == NULL)
+            return HL_EINVAL;
+        hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d build_s=%.2f bytes=%zu "
+               "model_version=\"%s\" swapped_in=1", (int)mi->n_items,
+               hl_ivf_nlist(r->ivf), hl_now_mono_s() - t0, hl_ivf_bytes(r->ivf), mi->version);
+    }
+    return 0;
+}
+
 /* Opens, validates and fits the file at path against the current model. */
 static int load(hl_models *ms)
 {
@@ -337,17 +370,9 @@ static int load(hl_models *ms)
         hl_mref_release(r);
         return refuse(ms, err);
     }
-    /* Two-stage: the new model's int8 table, before it goes live (a
-     * ranker over m with the old model's table would rank other items). */
-    if (ms->o.first_qitems != NULL) {
-        const hl_model_info *mi = r->mi;
-        r->qitems = hl_qitems_create(hl_model_e_out(m), hl_model_bias(m), mi->n_items, mi->dim,
-                                     HL_QKERNEL_AUTO, err, sizeof err);
-        r->qitems_owned = 1;
-        if (r->qitems == NULL) {
-            hl_mref_release(r);
-            return refuse(ms, err);
-        }
+    if (scoring_tables(ms, r, err, sizeof err) != 0) {
+        hl_mref_release(r);
+        return refuse(ms, err);
     }
     install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
     keep(ms, ms->o.path, r->mi);

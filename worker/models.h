@@ -20,6 +20,7 @@
 #include "migrate.h"
 #include "model.h"
 #include "qscore.h"
+#include "ivf.h"
 
 #include <stdatomic.h>
 
@@ -33,9 +34,12 @@ typedef struct hl_mref {
                                           gen - 1 (NULL for the first) */
     const hl_qitems     *qitems;       /* two-stage scoring: m's int8 copy, built
                                           before m goes live; NULL: exact */
+    const hl_ivf        *ivf;          /* recs.index=ivf: m's index, built before m
+                                          goes live; NULL: no index */
     atomic_int           refs;
     int                  owned;        /* the last release closes m */
     int                  qitems_owned; /* the last release destroys qitems */
+    int                  ivf_owned;    /* the last release destroys ivf */
 } hl_mref;
 
 typedef struct hl_models hl_models;    /* opaque */
@@ -53,6 +57,11 @@ typedef struct hl_models_opts {
     const hl_qitems *first_qitems;     /* two-stage: the first model's table
                                           (borrowed); NULL: exact scoring, and
                                           swapped-in models get none either */
+    const hl_ivf    *first_ivf;        /* recs.index=ivf: the first model's index
+                                          (borrowed); NULL: none, and swapped-in
+                                          models get none either */
+    int              ivf_nlist;        /* recs.index.nlist for swapped-in models'
+                                          indexes (0: the default for their size) */
 } hl_models_opts;
 
 /* first is borrowed: the caller closes it after hl_models_destroy. Strings

@@ -29,7 +29,9 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
-                       .qitems = t->mref->qitems};
+                       .qitems = t->mref->qitems, .ivf = t->mref->ivf,
+                       .nprobe = o->recs_index_nprobe,
+                       .shadow_every = o->recs_index_shadow_every};
     if ((t->ranker = hl_ranker_create(t->mref->m, &ro, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
     return 0;
@@ -44,12 +46,17 @@ int hl_publish_model(hl_wthread *t, const hl_mref *r, char *errbuf, size_t errle
      * long as this ranker lives. */
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
-                       .qitems = r->qitems};
+                       .qitems = r->qitems, .ivf = r->ivf,
+                       .nprobe = o->recs_index_nprobe,
+                       .shadow_every = o->recs_index_shadow_every};
     hl_ranker *rk = hl_ranker_create(r->m, &ro, errbuf, errlen);
     if (rk == NULL)
         return HL_ENOMEM;
     hl_ranker_destroy(t->ranker);
     t->ranker = rk;
+    /* The new ranker counts from zero: so do the thread's last-added
+     * counts, or the next difference would wrap round. */
+    t->rank_fallbacks = t->shadow_hits = t->shadow_items = 0;
     return 0;
 }
 
@@ -106,6 +113,28 @@ static void send_list(hl_wthread *t, const hl_row_view *v, const hl_rec *recs, i
         ctx->o->on_list(ctx->o->on_list_arg, &l);
 }
 
+/* The index's shadow check: this ranker's new counts into the shared
+ * counters, and the recall gauge from their totals (every thread's). The
+ * gauge's series is registered here, at the first check, so it never
+ * shows a recall no check measured (registration locks: 1 in
+ * recs.index.shadow.every users gets here). */
+static void shadow_report(hl_wthread *t)
+{
+    uint64_t hits, items;
+    hl_ranker_index_recall(t->ranker, &hits, &items);
+    if (items == t->shadow_items)
+        return;
+    hl_counter_add(t->ctx->shadow_hits, hits - t->shadow_hits);
+    hl_counter_add(t->ctx->shadow_items, items - t->shadow_items);
+    t->shadow_hits = hits;
+    t->shadow_items = items;
+    uint64_t all = hl_counter_get(t->ctx->shadow_items);
+    if (all > 0)
+        hl_gauge_set(hl_metrics_gauge(t->ctx->reg, "halflife_index_recall", NULL,
+                                      "check=\"shadow\""),
+                     (double)hl_counter_get(t->ctx->shadow_hits) / (double)all);
+}
+
 /* Refreshes rows[0..n) of sh (live rows, each once) and produces their
  * lists into flight f. */
 static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int n,
@@ -123,6 +152,8 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
     uint64_t fb = hl_ranker_fallbacks(t->ranker);
     hl_counter_add(t->ctx->rank_fallbacks, fb - t->rank_fallbacks);
     t->rank_fallbacks = fb;
+    if (t->mref->ivf != NULL)
+        shadow_report(t);
     if (rc != 0) {
         uint64_t sup;
         if (hl_log_limit_pass(&t->err_limit, &sup))

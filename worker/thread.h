@@ -35,6 +35,7 @@ typedef struct hl_wshared {
     const hl_worker_opts *o;
     hl_models            *models;         /* the served model; threads switch at a batch's top */
     hl_counter           *rank_fallbacks;  /* two-stage users scored over every item */
+    hl_counter           *shadow_hits, *shadow_items; /* the index's shadow check */
     rd_kafka_t           *consumer;
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */

@@ -114,6 +114,8 @@ struct hl_wthread {
     batch_counts b;
 
     hl_ranker   *ranker;                            /* publish.c; NULL: state only */
+    uint64_t     shadow_hits, shadow_items;         /* the ranker's shadow counts, last
+                                                       added to ctx's counters */
     uint64_t     rank_fallbacks;                    /* the ranker's count, last added to
                                                        ctx->rank_fallbacks */
     hl_row_view *views;

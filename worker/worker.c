@@ -53,6 +53,8 @@ struct hl_worker {
     int               n_th;
     hl_qitems        *qitems;         /* two-stage scoring: the first model's table;
                                          models borrow it (the first mref's) */
+    hl_ivf           *ivf;            /* recs.index=ivf: the first model's index;
+                                         models borrow it (the first mref's) */
     int              *th_load;        /* shards per thread, main thread's view */
     hl_wthread      **owner;          /* by partition; main thread only */
     int               cap_owner;
@@ -630,7 +632,8 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
                          .tw_override = w->o.has_type_weight ? w->o.type_weight : NULL,
                          .reg = w->reg, .store_dir = w->o.model_dir,
                          .store_retain = w->o.model_retain > 0 ? w->o.model_retain : 4,
-                         .first_qitems = w->qitems};
+                         .first_qitems = w->qitems, .first_ivf = w->ivf,
+                         .ivf_nlist = w->o.recs_index_nlist};
     if (mo.store_dir == NULL && w->o.snapshot_dir != NULL && w->o.snapshot_dir[0] != '\0') {
         snprintf(w->model_dir, sizeof w->model_dir, "%s/models", w->o.snapshot_dir);
         mo.store_dir = w->model_dir;
@@ -886,6 +889,64 @@ static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
+#define INDEX_SAMPLE 200     /* queries of the recall check at load */
+
+/* Recall@k of the index at load, on INDEX_SAMPLE queries: the e_out rows of
+ * items spread over the catalogue (users' real queries are not known yet;
+ * the shadow check measures those). Costs INDEX_SAMPLE exact scans. */
+static double index_recall_at_load(hl_worker *w)
+{
+    const hl_model_info *mi = hl_model_info_get(w->m);
+    int n_q = mi->n_items < INDEX_SAMPLE ? (int)mi->n_items : INDEX_SAMPLE;
+    float *Q = malloc((size_t)n_q * mi->dim * sizeof(float));
+    if (Q == NULL)
+        return -1.0;
+    for (int i = 0; i < n_q; i++) {
+        int64_t j = (int64_t)i * mi->n_items / n_q;       /* evenly spaced rows */
+        memcpy(Q + (size_t)i * mi->dim, hl_model_e_out(w->m) + (size_t)j * mi->dim,
+               (size_t)mi->dim * sizeof(float));
+    }
+    double r = hl_ivf_recall(w->ivf, Q, n_q, w->o.recs_k, w->o.recs_index_nprobe);
+    free(Q);
+    return r;
+}
+
+/* recs.index=ivf: the index over e_out, built once at load and read by
+ * every thread's ranker; its recall at load is logged and exported, the
+ * shadow check's as the refreshes go. */
+static int start_index(hl_worker *w, char *errbuf, size_t errlen)
+{
+    const hl_model_info *mi = hl_model_info_get(w->m);
+    hl_ivf_opts io = {.nlist = w->o.recs_index_nlist};
+    hl_gauge *at_load = hl_metrics_gauge(w->reg, "halflife_index_recall",
+        "Recall@k of the approximate index (recs.index=ivf) against exact scoring: "
+        "check=\"load\" on a sample at model load, check=\"shadow\" (once a refresh "
+        "was checked) over the refreshes scored both ways.", "check=\"load\"");
+    w->ctx.shadow_hits = hl_metrics_counter(w->reg, "halflife_index_shadow_hits_total",
+        "Items of the shadow check's exact lists that the index's lists also held.", NULL);
+    w->ctx.shadow_items = hl_metrics_counter(w->reg, "halflife_index_shadow_items_total",
+        "Items of the shadow check's exact lists (recs.index.shadow.every).", NULL);
+    double t0 = hl_now_mono_s();
+    char why[256];
+    if ((w->ivf = hl_ivf_create(hl_model_e_out(w->m), hl_model_bias(w->m), mi->n_items,
+                                mi->dim, &io, why, sizeof why)) == NULL)
+        return hl_err(errbuf, errlen, HL_EINVAL, "recs.index=ivf: recs.index.nlist=%d: %s",
+                      w->o.recs_index_nlist, why);
+    if (w->o.recs_index_nprobe == 0)
+        w->o.recs_index_nprobe = hl_ivf_nlist(w->ivf) / 16 > 0 ? hl_ivf_nlist(w->ivf) / 16 : 1;
+    if (w->o.recs_index_nprobe > hl_ivf_nlist(w->ivf))
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "recs.index.nprobe=%d: more than the index's %d lists (recs.index.nlist)",
+                      w->o.recs_index_nprobe, hl_ivf_nlist(w->ivf));
+    double t1 = hl_now_mono_s(), recall = index_recall_at_load(w);
+    hl_gauge_set(at_load, recall);
+    hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f bytes=%zu "
+           "recall_at_%d=%.4f sample=%d recall_s=%.2f", (int)mi->n_items, hl_ivf_nlist(w->ivf),
+           w->o.recs_index_nprobe, t1 - t0, hl_ivf_bytes(w->ivf), w->o.recs_k, recall,
+           mi->n_items < INDEX_SAMPLE ? (int)mi->n_items : INDEX_SAMPLE, hl_now_mono_s() - t1);
+    return 0;
+}
+
 /* Two-stage scoring: the model's int8 copy, built once at load and read by
  * every thread's ranker (at 1M items, dim 64, 72 MB). */
 static int start_scoring(hl_worker *w, char *errbuf, size_t errlen)
@@ -894,6 +955,8 @@ static int start_scoring(hl_worker *w, char *errbuf, size_t errlen)
     w->ctx.rank_fallbacks = hl_metrics_counter(w->reg, "halflife_rank_fallbacks_total",
         "Users whose two-stage candidates could not be bounded (a crowd of near-ties), "
         "scored over every item instead; the list is the same, only slower.", NULL);
+    if (w->o.recs_enabled && w->o.recs_index_ivf)
+        return start_index(w, errbuf, errlen);    /* the index replaces both scans */
     if (!w->o.recs_enabled || w->o.recs_scoring != HL_SCORING_TWO_STAGE) {
         hl_log(HL_LOG_INFO, "scoring", "mode=exact");
         return 0;
@@ -972,6 +1035,7 @@ void hl_worker_destroy(hl_worker *w)
     hl_persist_destroy(w->persist);     /* after every shard is gone */
     hl_models_destroy(w->models);       /* after every thread and shard */
     hl_qitems_destroy(w->qitems);       /* after every ranker and the first model's ref */
+    hl_ivf_destroy(w->ivf);             /* the same */
     hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
     hl_items_destroy(w->items);         /* after the threads let go of its views */

@@ -37,6 +37,10 @@ typedef struct hl_worker_opts {
     int         recs_enabled;       /* 0: state only, no lists (benchmarks) */
     int         recs_k, recs_exclude_seen;
     int         recs_scoring;       /* HL_SCORING_EXACT or _TWO_STAGE (recs.scoring, auto resolved) */
+    int         recs_index_ivf;     /* recs.index=ivf: approximate index over e_out */
+    int         recs_index_nlist;   /* 0: 4 sqrt(items) */
+    int         recs_index_nprobe;  /* <= the index's nlist; 0: nlist / 16 */
+    int         recs_index_shadow_every; /* 0: no shadow check */
     int64_t     recs_min_interval_ms; /* 0: refresh after every batch that touched a user */
     int         threads;            /* shard-owning threads, >= 1 */
     int         batch_max_messages, batch_max_ms;

@@ -9,7 +9,10 @@
 #    line over 8,191 bytes became a line of its own); a bad line after a
 #    1 MB comment is blamed on its own line number;
 #  - metrics.bind that is not an IP address;
-#  - items.topic equal to the input, output or dead-letter topic (issue 11).
+#  - items.topic equal to the input, output or dead-letter topic (issue 11);
+#  - recs.index values outside their range (issue 14; the refusals that
+#    need the model, nlist above the item count and nprobe above nlist,
+#    are in test_index_start.sh).
 # Each refusal happens before the model is opened, so no broker is needed.
 set -u
 name=config_refusals
@@ -43,6 +46,9 @@ expect bind_not_ip 'metrics.bind="localhost"' -X metrics.bind=localhost
 expect items_is_input 'items.topic="behaviour-events" is also the input' -X items.topic=behaviour-events
 expect items_is_default_dlq 'items.topic="behaviour-events.dlq" is also the input' -X items.topic=behaviour-events.dlq
 expect items_is_output 'items.topic="recommendations" is also the input' -X items.topic=recommendations
+expect index_unknown 'recs.index="hnsw" (from -X): allowed none|ivf' -X recs.index=hnsw
+expect index_nprobe_negative 'recs.index.nprobe=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nprobe=-1
+expect index_nlist_negative 'recs.index.nlist=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nlist=-1
 
 # Line 2 is a comment of 8,191 bytes followed by recs.k=hijacked, then
 # line 3 a refused group.id. Split at 8,191 bytes, the comment's tail was

@@ -1,0 +1,437 @@
+/* bench_index.c - the approximate index (recs.index=ivf) against the exact
+ * path: lists/s and recall@20 on one core, at 1M and 10M items, dim 64,
+ * on two models:
+ *  - random: e_out uniform in [-1, 1] (no structure for an index to use;
+ *    the hard case),
+ *  - clustered: items drawn around 4,096 centres (each item = its centre
+ *    + 0.3 x uniform noise), closer to trained embeddings, whose items
+ *    come in groups.
+ * Users as in bench_rank: random heads through a random MLP of 256, a full
+ * ring of 32 seen items excluded, k 20.
+ *
+ * For each model it prints the index's build time, the exact path's rate
+ * at batch 256 and batch 1 (fp32; its best and its live shape), then per
+ * nprobe one line: lists/s of the index path (batch 256; the index scores
+ * user by user, so the batch changes little), recall@20 against the exact
+ * lists of 1,024 users (the share of each exact list the index's list
+ * holds), the speedup over both exact rates, and two ceilings measured
+ * here: at batch 256, where each probed list is scored for all its users
+ * by one SGEMM, the FMA peak over the multiply-adds per user (centroids
+ * plus nprobe average lists, dim each); at batch 1, memory bandwidth over
+ * the bytes one search reads (the same, dim + 2 floats per item). Then one
+ * "index_target" line: the fastest nprobe with recall@20 >= 0.95 and
+ * whether it reaches 10x the exact path at batch 256 (the issue's target).
+ * Times are this thread's CPU time, medians of 3.
+ * Usage: bench_index [items ...] (default 1000000, about 5 minutes on one
+ * core; `bench_index 1000000 10000000` adds 10M items, about 25 minutes
+ * and 6 GB: each model's index takes 7.5 minutes to build. A size whose
+ * arrays would not fit in free memory is skipped with a message.) */
+#include "rank.h"
+#include "ivf.h"
+
+#include <cblas.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DIM      64
+#define HEADS    3
+#define HIDDEN   256
+#define K        20
+#define RING     32
+#define BATCH    256
+#define SAMPLE   1024          /* users whose lists are compared */
+#define CENTRES  4096
+#define REPS     3
+
+static uint64_t rng = 0x2545F4914F6CDD1Dull;
+
+static float frand(void)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)((rng >> 40) / (double)(1 << 24)) * 2.0f - 1.0f;
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n);
+    if (p == NULL) {
+        fprintf(stderr, "bench_index: out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+static float *rand_array(size_t n, float scale)
+{
+    float *a = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        a[i] = scale * frand();
+    return a;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---- models and users ---- */
+
+typedef struct bench_model {
+    hl_model_parts p;
+    float *w[2], *b[2], *e_out;
+} bench_model;
+
+/* e_out (n, DIM): uniform, or CENTRES centres plus noise. */
+static float *make_e_out(int32_t n, int clustered)
+{
+    if (!clustered)
+        return rand_array((size_t)n * DIM, 1.0f);
+    float *c = rand_array((size_t)CENTRES * DIM, 1.0f), *e = xmalloc((size_t)n * DIM * 4);
+    for (int32_t j = 0; j < n; j++) {
+        const float *cj = c + (size_t)(((uint32_t)(frand() * 1e6f + 1e6f)) % CENTRES) * DIM;
+        for (int d = 0; d < DIM; d++)
+            e[(size_t)j * DIM + d] = cj[d] + 0.3f * frand();
+    }
+    free(c);
+    return e;
+}
+
+static void model_init(bench_model *bm, int32_t n_items, int clustered)
+{
+    hl_model_info *mi = &bm->p.info;
+    memset(bm, 0, sizeof *bm);
+    mi->dim = DIM;
+    mi->n_heads = HEADS;
+    mi->n_items = n_items;
+    for (int h = 0; h < HEADS; h++)
+        mi->half_life_ms[h] = h == 0 ? 3600e3 : h == 1 ? 86400e3 : 30 * 86400e3;
+    for (int t = 0; t < HL_N_TYPES; t++)
+        mi->type_weight[t] = 1.0f;
+    mi->n_layers = 2;
+    mi->layer_out[0] = HIDDEN;
+    mi->layer_out[1] = DIM;
+    bm->w[0] = rand_array((size_t)HIDDEN * HEADS * (DIM + 1), 0.1f);
+    bm->b[0] = rand_array(HIDDEN, 0.1f);
+    bm->w[1] = rand_array((size_t)DIM * HIDDEN, 0.1f);
+    bm->b[1] = rand_array(DIM, 0.1f);
+    for (int l = 0; l < 2; l++) {
+        bm->p.layer_w[l] = bm->w[l];
+        bm->p.layer_b[l] = bm->b[l];
+    }
+    bm->e_out = make_e_out(n_items, clustered);
+    bm->p.e_out = bm->e_out;
+    bm->p.e_in = bm->e_out;            /* only `because` reads it: one copy saves 2.5 GB at 10M */
+    bm->p.bias = rand_array((size_t)n_items, 0.1f);
+}
+
+static void model_free(bench_model *bm)
+{
+    for (int l = 0; l < 2; l++) {
+        free(bm->w[l]);
+        free(bm->b[l]);
+    }
+    free(bm->e_out);
+    free((void *)bm->p.bias);
+}
+
+typedef struct bench_users {
+    float   s[SAMPLE][HEADS * DIM], m[SAMPLE][HEADS];
+    int32_t item[SAMPLE][RING];
+    uint8_t type[SAMPLE][RING];
+    int64_t ts[SAMPLE][RING];
+    hl_row_view v[SAMPLE];
+} bench_users;
+
+static void users_init(bench_users *bu, int32_t n_items)
+{
+    memset(bu, 0, sizeof *bu);
+    for (int u = 0; u < SAMPLE; u++) {
+        hl_row_view *v = &bu->v[u];
+        for (int h = 0; h < HEADS; h++) {
+            bu->m[u][h] = 2.0f + frand();
+            for (int d = 0; d < DIM; d++)
+                bu->s[u][h * DIM + d] = bu->m[u][h] * frand();
+        }
+        for (int i = 0; i < RING; i++) {
+            bu->item[u][i] = (int32_t)((frand() + 1.0f) * 0.5f * (float)(n_items - 1));
+            bu->ts[u][i] = 1700000000000 - (int64_t)(RING - i) * 60000;
+        }
+        *v = (hl_row_view){.user = "bench", .user_len = 5, .s = bu->s[u], .m = bu->m[u],
+                           .t_ref_ms = 1700000000000, .history = RING, .n_hist = RING,
+                           .hist_item = bu->item[u], .hist_type = bu->type[u],
+                           .hist_ts_ms = bu->ts[u]};
+    }
+}
+
+/* ---- measurements ---- */
+
+#define PEAK_ITERS 20000000L
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* fp32 multiply-adds per second on this thread: twelve independent FMA
+ * chains (AVX-512, else AVX2), enough to cover the latency. */
+__attribute__((target("avx512f")))
+static double fma_peak_avx512(void)
+{
+    __m512 a[12], x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-3f);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm512_set1_ps((float)i);
+    double t0 = now_s();
+    for (long it = 0; it < PEAK_ITERS; it++)
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++)
+            a[i] = _mm512_fmadd_ps(a[i], x, y);
+    double t = now_s() - t0;
+    __m512 s = a[0];
+    for (int i = 1; i < 12; i++)
+        s = _mm512_add_ps(s, a[i]);
+    volatile float sink = _mm512_reduce_add_ps(s);
+    (void)sink;
+    return PEAK_ITERS * 12.0 * 16.0 / t;
+}
+#endif
+
+static double fma_peak(void)
+{
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f"))
+        return fma_peak_avx512();
+#endif
+    return 0.0;
+}
+
+static double bandwidth(void)
+{
+    size_t n = (size_t)64 << 20;                       /* 256 MiB of floats */
+    float *a = xmalloc(n * sizeof(float));
+    double best = 0.0;
+    for (size_t i = 0; i < n; i++)
+        a[i] = 1.0f;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_s(), s = cblas_sasum((int)n, a, 1);
+        double bw = (double)n * 4 / (now_s() - t0);
+        best = bw > best && s > 0 ? bw : best;
+    }
+    free(a);
+    return best;
+}
+
+/* Lists/s of r over the users [0, n_users) in batches of batch (median of
+ * REPS passes); out (SAMPLE, K) gets the lists of the last pass. */
+static double rate_of(hl_ranker *r, const bench_users *bu, int n_users, int batch,
+                      hl_rec *out, int *n_out)
+{
+    double t[REPS];
+    for (int rep = 0; rep < REPS; rep++) {
+        double t0 = now_s();
+        for (int u = 0; u < n_users; u += batch) {
+            int n = n_users - u < batch ? n_users - u : batch;
+            hl_ranker_refresh(r, bu->v + u, n, out + (size_t)u * K, n_out + u);
+        }
+        t[rep] = now_s() - t0;
+    }
+    qsort(t, REPS, sizeof t[0], cmp_double);
+    return n_users / t[REPS / 2];
+}
+
+/* Recall of the index's lists b against the exact lists a; *bad counts
+ * items both hold whose scores differ in any bit (must be 0: the index
+ * path rescores with the exact det_score), and *short_ lists shorter
+ * than the exact one. */
+static double recall_of(const hl_rec *a, const int *na, const hl_rec *b, const int *nb,
+                        long *bad, long *short_)
+{
+    double sum = 0.0;
+    *bad = *short_ = 0;
+    for (int u = 0; u < SAMPLE; u++) {
+        const hl_rec *x = a + (size_t)u * K, *y = b + (size_t)u * K;
+        int hit = 0;
+        *short_ += nb[u] < na[u];
+        for (int i = 0; i < na[u]; i++)
+            for (int j = 0; j < nb[u]; j++)
+                if (x[i].item == y[j].item) {
+                    hit++;
+                    *bad += memcmp(&x[i].score, &y[j].score, sizeof(float)) != 0;
+                    break;
+                }
+        sum += na[u] > 0 ? (double)hit / na[u] : 1.0;
+    }
+    return sum / SAMPLE;
+}
+
+typedef struct ref {
+    const char *model;
+    int32_t     n_items;
+    int         nlist;
+    double      exact256, exact1, bw, fma;
+    hl_rec     *out;
+    int        *n_out;
+} ref;
+
+static void print_index_line(const ref *rf, int nprobe, double rate, double rate1,
+                             double recall, long bad, long short_)
+{
+    double list_items = (double)rf->n_items / rf->nlist;
+    double bytes = (double)rf->nlist * (DIM + 1) * 4 + nprobe * list_items * (DIM + 2) * 4;
+    double macs = (double)rf->nlist * DIM + nprobe * list_items * DIM;
+    double ceiling = rf->fma > 0 ? rf->fma / macs : 0.0, ceiling1 = rf->bw / bytes;
+    printf("{\"bench\":\"index_refresh\",\"model\":\"%s\",\"items\":%d,\"dim\":%d,\"k\":%d,"
+           "\"nlist\":%d,\"nprobe\":%d,\"scanned_share\":%.4f,\"value\":%.4g,"
+           "\"unit\":\"lists/s\",\"batch_1\":%.4g,\"recall_at_20\":%.4f,"
+           "\"speedup_vs_exact_b256\":%.2f,\"speedup_vs_exact_b1\":%.2f,\"score_mismatches\":%ld,\"short_lists\":%ld,"
+           "\"ceiling\":%.4g,\"ceiling_kind\":\"fma_peak\",\"ratio\":%.3f,"
+           "\"batch_1_ceiling\":%.4g,\"batch_1_ceiling_kind\":\"memory_bandwidth\","
+           "\"batch_1_ratio\":%.3f,\"clock\":\"thread_cpu\"}\n", rf->model, rf->n_items, DIM, K, rf->nlist, nprobe,
+           nprobe * list_items / rf->n_items, rate, rate1, recall, rate / rf->exact256,
+           rate1 / rf->exact1, bad, short_, ceiling, ceiling > 0 ? rate / ceiling : 0.0,
+           ceiling1, rate1 / ceiling1);
+    fflush(stdout);
+}
+
+/* One index path per nprobe; returns the fastest rate with recall >= 0.95
+ * (0: none) and its nprobe. */
+static double sweep(const ref *rf, const bench_model *bm, const hl_ivf *ix,
+                    const bench_users *bu, int *best_nprobe, double *best_recall,
+                    double *best_rate1)
+{
+    static const int nprobes[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+    static hl_rec out[SAMPLE * K];
+    static int n_out[SAMPLE];
+    double best = 0.0;
+    char err[256];
+    for (size_t i = 0; i < sizeof nprobes / sizeof nprobes[0]; i++) {
+        if (nprobes[i] > rf->nlist / 2 || nprobes[i] < 8)
+            continue;
+        hl_rank_opts o = {.k = K, .exclude_seen = 1, .max_batch = BATCH, .ivf = ix,
+                          .nprobe = nprobes[i]};
+        hl_ranker *r = hl_ranker_create_parts(&bm->p, &o, err, sizeof err);
+        if (r == NULL) {
+            fprintf(stderr, "bench_index: %s\n", err);
+            exit(1);
+        }
+        static hl_rec one[SAMPLE * K];
+        static int n_one[SAMPLE];
+        double rate1 = rate_of(r, bu, 64, 1, one, n_one);
+        double rate = rate_of(r, bu, SAMPLE, BATCH, out, n_out);
+        long bad, short_;
+        double recall = recall_of(rf->out, rf->n_out, out, n_out, &bad, &short_);
+        print_index_line(rf, nprobes[i], rate, rate1, recall, bad, short_);
+        hl_ranker_destroy(r);
+        if (recall >= 0.95 && rate > best) {
+            best = rate;
+            *best_nprobe = nprobes[i];
+            *best_recall = recall;
+            *best_rate1 = rate1;
+        }
+        if (recall >= 0.995)
+            break;                    /* more lists only cost time */
+    }
+    return best;
+}
+
+/* The exact path: rates at batch 256 and 1, and the reference lists. */
+static void exact_ref(ref *rf, const bench_model *bm, const bench_users *bu)
+{
+    static hl_rec one[SAMPLE * K];
+    static int n_one[SAMPLE];
+    char err[256];
+    hl_rank_opts o = {.k = K, .exclude_seen = 1, .max_batch = BATCH,
+                      .scoring = HL_SCORING_EXACT};
+    hl_ranker *r = hl_ranker_create_parts(&bm->p, &o, err, sizeof err);
+    if (r == NULL) {
+        fprintf(stderr, "bench_index: %s\n", err);
+        exit(1);
+    }
+    rf->exact256 = rate_of(r, bu, SAMPLE, BATCH, rf->out, rf->n_out);
+    rf->exact1 = rate_of(r, bu, rf->n_items >= 5000000 ? 8 : 32, 1, one, n_one);
+    printf("{\"bench\":\"index_exact\",\"model\":\"%s\",\"items\":%d,\"dim\":%d,\"k\":%d,"
+           "\"scoring\":\"exact\",\"batch_256\":%.4g,\"batch_1\":%.4g,\"unit\":\"lists/s\","
+           "\"bandwidth_gbs\":%.1f,\"clock\":\"thread_cpu\"}\n", rf->model, rf->n_items,
+           DIM, K, rf->exact256, rf->exact1, rf->bw / 1e9);
+    fflush(stdout);
+    hl_ranker_destroy(r);
+}
+
+static void bench_model_kind(int32_t n_items, int clustered, bench_users *bu, double bw,
+                             double fma)
+{
+    static hl_rec out[SAMPLE * K];
+    static int n_out[SAMPLE];
+    char err[256];
+    bench_model bm;
+    ref rf = {.model = clustered ? "clustered" : "random", .n_items = n_items, .bw = bw,
+              .fma = fma,
+              .out = out, .n_out = n_out};
+
+    model_init(&bm, n_items, clustered);
+    users_init(bu, n_items);
+    double t0 = now_s();
+    hl_ivf_opts io = {0};
+    hl_ivf *ix = hl_ivf_create(bm.p.e_out, bm.p.bias, n_items, DIM, &io, err, sizeof err);
+    if (ix == NULL) {
+        fprintf(stderr, "bench_index: %s\n", err);
+        exit(1);
+    }
+    rf.nlist = hl_ivf_nlist(ix);
+    printf("{\"bench\":\"index_build\",\"model\":\"%s\",\"items\":%d,\"dim\":%d,"
+           "\"nlist\":%d,\"value\":%.1f,\"unit\":\"s\",\"index_bytes\":%zu,"
+           "\"clock\":\"thread_cpu\"}\n", rf.model, n_items, DIM, rf.nlist,
+           now_s() - t0, hl_ivf_bytes(ix));
+    fflush(stdout);
+    exact_ref(&rf, &bm, bu);
+    int np = 0;
+    double rec = 0.0, rate1 = 0.0, best = sweep(&rf, &bm, ix, bu, &np, &rec, &rate1);
+    printf("{\"bench\":\"index_target\",\"model\":\"%s\",\"items\":%d,\"nprobe\":%d,"
+           "\"recall_at_20\":%.4f,\"value\":%.2f,\"unit\":\"speedup over exact batch 256\","
+           "\"speedup_vs_exact_b1\":%.2f,\"target\":10,\"target_met\":%s}\n", rf.model,
+           n_items, np, rec, best / rf.exact256, rate1 / rf.exact1,
+           best / rf.exact256 >= 10.0 ? "true" : "false");
+    fflush(stdout);
+    hl_ivf_destroy(ix);
+    model_free(&bm);
+}
+
+/* The bytes a size needs: e_out, the index's copy, biases, with room. */
+static int fits(int32_t n_items)
+{
+    double need = (double)n_items * (DIM + 3) * 4 * 2.2;
+    double avail = (double)sysconf(_SC_AVPHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    if (need < avail)
+        return 1;
+    printf("{\"bench\":\"index_skipped\",\"items\":%d,\"need_bytes\":%.0f,"
+           "\"free_bytes\":%.0f,\"reason\":\"not enough free memory\"}\n",
+           n_items, need, avail);
+    fflush(stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int32_t sizes[8] = {1000000};
+    int n_sizes = 1;                   /* make bench: 1M only; 10M on request */
+    if (argc > 1)
+        for (n_sizes = 0; n_sizes < argc - 1 && n_sizes < 8; n_sizes++)
+            sizes[n_sizes] = (int32_t)atol(argv[n_sizes + 1]);
+    bench_users *bu = xmalloc(sizeof *bu);
+    openblas_set_num_threads(1);   /* one core: the worker's setting */
+    double bw = bandwidth(), fma = fma_peak();
+    for (int i = 0; i < n_sizes; i++)
+        for (int clustered = 0; clustered < 2; clustered++)
+            if (fits(sizes[i]))
+                bench_model_kind(sizes[i], clustered, bu, bw, fma);
+    free(bu);
+    return 0;
+}

@@ -332,6 +332,33 @@ static void test_version_1_read(void)
 /* One row's encoding (what the Kafka changelog sends) decodes back to the
  * same row; every shorter or longer length, and an unknown event type, is
  * refused without reading outside the bytes given. */
+/* A row whose masses or sums are not finite, or whose mass is past the
+ * table's guard, is refused: restored, it would refuse every later event of
+ * its user. The number of the three damages it decoded anyway. */
+static int refuses_bad_state(unsigned char *buf, size_t max, uint32_t r, const hl_row_view *v,
+                             hl_snapshot_row_scratch *sc)
+{
+    float m[N_HEADS], s[N_HEADS * DIM];
+    int wrong = 0;
+    for (int k = 0; k < 3; k++) {
+        hl_row_view x = *v;
+        hl_row_view d;
+        uint32_t row;
+        memcpy(m, v->m, sizeof m);
+        memcpy(s, v->s, sizeof s);
+        if (k == 0) m[0] = NAN;
+        if (k == 1) s[DIM + 1] = INFINITY;
+        if (k == 2) m[N_HEADS - 1] = 2 * HL_TABLE_MAX_MASS;
+        x.m = m;
+        x.s = s;
+        size_t len = hl_snapshot_row_encode(buf, N_HEADS, DIM, r, &x);
+        wrong += len > max ||
+                 hl_snapshot_row_decode(buf, len, N_HEADS, DIM, HISTORY, V2, sc, &row, &d) !=
+                     HL_ERANGE;
+    }
+    return wrong;
+}
+
 static void test_row_codec(void)
 {
     hl_table_opts o = opts();
@@ -366,6 +393,7 @@ static void test_row_codec(void)
             bad += hl_snapshot_row_decode(t, cut, N_HEADS, DIM, HISTORY, V2, &sc, &row, &d) == 0;
             free(t);
         }
+        bad += refuses_bad_state(buf, max, r, &v, &sc);
         if (v.n_hist > 0) {
             buf[len - 1 - 12 * (size_t)v.n_hist] = HL_N_TYPES;  /* the newest entry's type */
             bad += hl_snapshot_row_decode(buf, len, N_HEADS, DIM, HISTORY, V2, &sc, &row,

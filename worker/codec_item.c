@@ -22,7 +22,7 @@ static const char *const reason_names[HL_ITEM_N_REASONS] = {
     "ok", "too_short", "bad_magic", "unknown_schema", "truncated", "bad_varint",
     "negative_length", "string_too_long", "bad_utf8", "bad_union", "bad_boolean",
     "bad_dim", "not_finite", "bad_timestamp", "trailing_bytes", "bad_key",
-    "catalogue_full",
+    "catalogue_full", "bad_foldin",
 };
 
 const char *hl_item_reason_name(hl_item_reason r)
@@ -153,6 +153,25 @@ static hl_item_reason read_embedding(const hl_item_codec_opts *o, cur *c, float 
     return HL_ITEM_OK;
 }
 
+/* The optional foldin field. A record that ends before it was written
+ * with the schema before the field existed: an operator's (null). */
+static hl_item_reason read_foldin(cur *c, hl_item_update *u, char *detail, size_t dl)
+{
+    hl_item_reason r;
+    int64_t b;
+    if (c->p == c->end)
+        return HL_ITEM_OK;
+    if ((r = read_branch(c, &b, "foldin", detail, dl)) != HL_ITEM_OK || b == 0)
+        return r;
+    if ((r = read_long(c, &u->foldin_events)) != HL_ITEM_OK)
+        return r;
+    if (u->foldin_events < 1 || u->e_out == NULL)
+        return fail(detail, dl, HL_ITEM_BAD_FOLDIN, "foldin.events %lld%s: want >= 1 and "
+                    "an embedding", (long long)u->foldin_events,
+                    u->e_out == NULL ? " without an embedding" : "");
+    return HL_ITEM_OK;
+}
+
 static hl_item_reason read_body(const hl_item_codec_opts *o, cur *c, float *vec,
                                 hl_item_update *u, char *detail, size_t dl)
 {
@@ -178,6 +197,8 @@ static hl_item_reason read_body(const hl_item_codec_opts *o, cur *c, float *vec,
     if ((r = read_branch(c, &b, "embedding", detail, dl)) != HL_ITEM_OK)
         return r;
     if (b == 1 && (r = read_embedding(o, c, vec, u, detail, dl)) != HL_ITEM_OK)
+        return r;
+    if ((r = read_foldin(c, u, detail, dl)) != HL_ITEM_OK)
         return r;
     if (c->p != c->end)
         return fail(detail, dl, HL_ITEM_TRAILING_BYTES, "%zu bytes after the record",
@@ -313,5 +334,8 @@ int hl_item_encode(const hl_item_codec_opts *o, const hl_item_update *u,
         put_vec(&w, u->e_out, o->dim);
         put_float(&w, u->bias);
     }
+    put_long(&w, u->foldin_events > 0);
+    if (u->foldin_events > 0)
+        put_long(&w, u->foldin_events);
     return w.full ? HL_EFULL : (int)(w.p - (uint8_t *)buf);
 }

@@ -19,6 +19,7 @@
 #include "schema_store.h"
 #include "changelog.h"
 #include "thread.h"
+#include "fold.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -47,6 +48,7 @@ struct hl_worker {
     hl_consumer      *cons;
     hl_producer      *prod;
     hl_items         *items;          /* NULL: items.topic empty */
+    hl_wfoldin       *foldin;         /* NULL: catalogue.foldin off or no items.topic */
     int64_t           swap_deferred_log_ms;  /* next model_swap_deferred line */
     hl_wshared        ctx;
     hl_wthread      **th;
@@ -707,6 +709,16 @@ static int start_items(hl_worker *w, const hl_kafka_prop *props, int n_props,
     if ((w->items = hl_items_create(&io, errbuf, errlen)) == NULL)
         return HL_EINVAL;
     w->ctx.items = w->items;
+    if (!w->o.catalogue_foldin)
+        return 0;
+    hl_wfoldin_opts fo = {
+        .items = w->items, .m = w->m, .min_events = w->o.catalogue_foldin_min_events,
+        .max_items = w->o.catalogue_max_new, .prod = w->prod, .topic = w->o.items_topic,
+        .codec = io.codec, .reg = w->reg,
+    };
+    if ((w->foldin = hl_wfoldin_create(&fo, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    w->ctx.foldin = w->foldin;
     return 0;
 }
 
@@ -963,6 +975,7 @@ void hl_worker_destroy(hl_worker *w)
     hl_qitems_destroy(w->qitems);       /* after every ranker and the first model's ref */
     hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
+    hl_wfoldin_destroy(w->foldin);      /* after the threads that feed it */
     hl_items_destroy(w->items);         /* after the threads let go of its views */
     hl_consumer_destroy(w->cons);
     hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);

@@ -74,6 +74,29 @@ def views(us, c, n, t, rng):
     return out, t
 
 
+def schema_before_foldin():
+    """item_update.avsc as it was before the foldin field."""
+    import json
+    import avro.schema
+    with open(os.path.join(U.SCHEMAS, "item_update.avsc")) as f:
+        d = json.load(f)
+    d["fields"] = [x for x in d["fields"] if x["name"] != "foldin"]
+    return avro.schema.parse(json.dumps(d))
+
+
+def compatible_both_ways(value):
+    """The schema change resolves both ways in python3-avro: a reader of the
+    old schema reads a fold-in record (the field is skipped), and a record of
+    the old schema reads with the new one as foldin null."""
+    import avro.io
+    new, old = U.load_schema("item_update.avsc"), schema_before_foldin()
+    as_old = avro.io.DatumReader(new, old).read(avro.io.BinaryDecoder(io.BytesIO(value[5:])))
+    buf = io.BytesIO()
+    avro.io.DatumWriter(old).write(as_old, avro.io.BinaryEncoder(buf))
+    back = avro.io.DatumReader(old, new).read(avro.io.BinaryDecoder(io.BytesIO(buf.getvalue())))
+    return "foldin" not in as_old and back["foldin"] is None and back["item_id"] == as_old["item_id"]
+
+
 def item_records(bootstrap):
     """Every ItemUpdate on the item topic, decoded by python3-avro."""
     import avro.io
@@ -90,6 +113,7 @@ def item_records(bootstrap):
             continue
         v = msg.value()
         got.append(reader.read(avro.io.BinaryDecoder(io.BytesIO(v[5:]))))
+        got[-1]["_value"] = v
     c.close()
     return got
 
@@ -140,6 +164,9 @@ def body(ck, tmp, bootstrap, common):
              "items exit %s; published before the %d-th buy: %s; foldin gauge %s; fold-in "
              "records %s" % (rc, MIN_EVENTS, early, pub,
                              [(r["item_id"], r["foldin"]) for r in fold]))
+    ck.check("schema_change_compatible", fold and compatible_both_ways(fold[0]["_value"]),
+             "python3-avro could not resolve the fold-in record against the schema "
+             "before the foldin field, or back")
     ck.check("operator_wins", not any(r["item_id"] == "op-1" for r in fold),
              "a fold-in record was published for op-1, which an operator's record names")
     high = watermarks(bootstrap, "behaviour-events")

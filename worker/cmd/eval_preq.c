@@ -45,6 +45,8 @@ typedef struct preq_run {
     int             *n_out;     /* (batch) */
     int32_t         *top;       /* (k) */
     metric           model, popm;
+    metric           model_unknown;     /* targets the model does not know */
+    eval_fold       *fold;              /* --foldin; NULL: frozen catalogue */
     metric          *win_model, *win_pop;   /* (windows) */
     int              n_heads, dim;
     progress         pg;
@@ -105,11 +107,16 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
     hl_rank_opts ro = {.k = a->k, .exclude_seen = a->exclude_seen, .max_batch = a->batch};
     if (pr->m && (pr->rk = hl_ranker_create(pr->m, &ro, errbuf, errlen)) == NULL)
         return HL_EINVAL;
+    if (pr->m && a->foldin > 0 && !a->swap_m &&
+        hl_eval_fold_create(&pr->fold, pr->m, a->foldin, 100000, a->batch, errbuf,
+                            errlen) != 0)
+        return HL_EINVAL;
     return 0;
 }
 
 static void preq_free(preq_run *pr)
 {
+    hl_eval_fold_destroy(pr->fold);
     hl_ranker_destroy(pr->rk);
     hl_table_destroy(pr->tbl);
     if (pr->a->baseline)
@@ -194,11 +201,17 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
         const ev_rec *e = &pr->d->ev[first + b];
         if (e->ts_ms < pr->t_score)
             continue;           /* --score-from: applied, not scored */
-        int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b],
-                                pr->use_b ? e->item_b : e->item);
+        int32_t target = pr->use_b ? e->item_b : e->item;
+        if (target < 0 && pr->fold)
+            target = hl_eval_fold_row(pr->fold, e->key);
+        int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b], target);
         metric_add(&pr->model, rank);
+        if ((pr->use_b ? e->item_b : e->item) < 0)
+            metric_add(&pr->model_unknown, rank);
         metric_add(&pr->win_model[window_of(pr, first + b)], rank);
     }
+    if (pr->fold)
+        hl_eval_fold_batch(pr->fold, &pr->d->ev[first], pr->views, n, pr->rk);
     return 0;
 }
 
@@ -231,8 +244,12 @@ static void preq_print(const preq_run *pr, double seconds)
            pr->a->k, (long long)d->n_ev, d->users.n, d->n_rows,
            (long long)d->st.bad_lines, pr->a->history,
            pr->a->exclude_seen ? "true" : "false", (long long)d->unknown);
-    if (pr->m)
+    if (pr->m) {
         hl_eval_print_metric("model", &pr->model, 0);
+        hl_eval_print_metric("model_unknown_targets", &pr->model_unknown, 0);
+    }
+    if (pr->fold)
+        hl_eval_fold_print(pr->fold);
     if (pr->a->baseline)
         hl_eval_print_metric("popularity", &pr->popm, 0);
     preq_print_windows(pr);

@@ -716,8 +716,13 @@ static int start_items(hl_worker *w, const hl_kafka_prop *props, int n_props,
         .max_items = w->o.catalogue_max_new, .prod = w->prod, .topic = w->o.items_topic,
         .codec = io.codec, .reg = w->reg,
     };
-    if ((w->foldin = hl_wfoldin_create(&fo, errbuf, errlen)) == NULL)
-        return HL_EINVAL;
+    char why[256];
+    /* Fold-in is on by default: a model it cannot fit a map for (an e_out
+     * of zeros) serves without it rather than not at all. */
+    if ((w->foldin = hl_wfoldin_create(&fo, why, sizeof why)) == NULL)
+        hl_log(HL_LOG_ERROR, "foldin_off", "reason=\"%s\" action=\"new items wait for an "
+               "embedding on the item topic or the next model; set catalogue.foldin=false "
+               "to silence this\"", why);
     w->ctx.foldin = w->foldin;
     return 0;
 }

@@ -29,6 +29,7 @@ typedef struct entry {
     uint8_t     used;
     uint8_t     available;
     int64_t     expires_at_ms;
+    int64_t     foldin_events; /* 0: an operator's record; n: a fold-in one */
 } entry;
 
 struct hl_catalogue {
@@ -221,7 +222,9 @@ static void count(hl_catalogue *c, const entry *e, int sign)
     c->st.hidden += sign * !e->available;
     c->st.expiring += sign * (e->expires_at_ms != HL_CATALOGUE_NO_EXPIRY);
     if (e->side >= 0) {
-        if (e->model_row < 0)
+        if (e->model_row < 0 && e->foldin_events > 0)
+            c->st.foldin += sign;
+        else if (e->model_row < 0)
             c->st.added += sign;
         else
             c->st.overridden += sign;
@@ -333,6 +336,10 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
         c->version++;
         return 0;
     }
+    if (u->foldin_events > 0 && (hl_model_item_find(c->m, u->id, u->id_len) >= 0 ||
+                                 (c->slot[slot] != 0 &&
+                                  c->ent[c->slot[slot] - 1].foldin_events == 0)))
+        return HL_CATALOGUE_IGNORED;
     if (c->slot[slot] == 0 && (rc = insert(c, u, &slot, errbuf, errlen)) != 0)
         return rc;
     entry *e = &c->ent[c->slot[slot] - 1];
@@ -340,9 +347,21 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
     rc = set_embedding(c, e, u, errbuf, errlen);
     e->available = u->available != 0;
     e->expires_at_ms = u->expires_at_ms;
+    e->foldin_events = u->foldin_events;
     count(c, e, +1);
     c->version++;
     return rc;
+}
+
+int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_t len)
+{
+    if (hl_model_item_find(c->m, id, len) >= 0)
+        return -1;
+    uint32_t slot = probe(c, id, len);
+    if (c->slot[slot] == 0)
+        return 0;
+    int64_t n = c->ent[c->slot[slot] - 1].foldin_events;
+    return n > 0 ? n : -1;
 }
 
 int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, int32_t *n_dropped)
@@ -398,7 +417,8 @@ static int cmp_exp(const void *a, const void *b)
 
 static int view_alloc(hl_catview *v, const hl_catalogue *c)
 {
-    size_t ns = (size_t)c->st.added + (size_t)c->st.overridden, d = (size_t)c->dim;
+    size_t ns = (size_t)c->st.added + (size_t)c->st.foldin + (size_t)c->st.overridden;
+    size_t d = (size_t)c->dim;
     size_t n_rows = (size_t)c->n_used * 2 + 1;   /* a row each, a model row masked */
     v->e_in = malloc((ns ? ns : 1) * d * sizeof(float));
     v->e_out = malloc((ns ? ns : 1) * d * sizeof(float));

@@ -33,6 +33,8 @@ typedef struct hl_item_update {
                                     HL_CATALOGUE_NO_EXPIRY for none */
     const float *e_in, *e_out;   /* (dim) each, or both NULL: no embedding */
     float        bias;
+    int64_t      foldin_events;  /* 0: an operator's record; n > 0: vectors a
+                                    worker folded in from n interactions */
 } hl_item_update;
 
 typedef struct hl_catalogue hl_catalogue;   /* opaque */
@@ -52,6 +54,16 @@ void          hl_catalogue_destroy(hl_catalogue *c);        /* NULL is a no-op *
  * The reason goes to errbuf. */
 int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
                        char *errbuf, size_t errlen);
+/* A fold-in record (u->foldin_events > 0) never overrides an operator:
+ * apply returns HL_CATALOGUE_IGNORED (nothing changes) when the model
+ * knows the item or an operator's record names it. */
+#define HL_CATALOGUE_IGNORED 1
+
+/* What the catalogue says about id, for a fold-in publisher: -1 when the
+ * model knows it or an operator's record names it (fold-in must not write
+ * over it), 0 when nothing, n > 0 when its vectors are a fold-in record
+ * built from n interactions. */
+int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_t len);
 
 /* Model swap (DESIGN.md section 10): re-resolves every kept item against
  * m (borrowed from now on; the old model may be closed after this
@@ -70,7 +82,8 @@ uint64_t hl_catalogue_version(const hl_catalogue *c);
 typedef struct hl_catalogue_stats {
     int32_t hidden;        /* items with available=false */
     int32_t expiring;      /* items with an expires_at (past or future) */
-    int32_t added;         /* items unknown to the model, with an embedding */
+    int32_t added;         /* items unknown to the model, with an operator's embedding */
+    int32_t foldin;        /* items unknown to the model, with a fold-in embedding */
     int32_t overridden;    /* known items whose vectors an embedding replaces */
 } hl_catalogue_stats;
 void hl_catalogue_stats_get(const hl_catalogue *c, hl_catalogue_stats *st);

@@ -23,6 +23,7 @@ struct hl_foldin {
     float    *S;                 /* (cap, dim) decayed query sums */
     double   *M;                 /* decayed weight */
     int32_t  *count;
+    int32_t  *published;         /* count when last published (hl_foldin_take_due) */
     int64_t  *t_ref;
     uint64_t *touched, clock;
     int32_t  *slot;  uint32_t n_slot;  /* index + 1, 0 empty */
@@ -158,11 +159,12 @@ static int alloc_items(hl_foldin *f)
     f->S = calloc(cap * d, sizeof *f->S);
     f->M = calloc(cap, sizeof *f->M);
     f->count = calloc(cap, sizeof *f->count);
+    f->published = calloc(cap, sizeof *f->published);
     f->t_ref = calloc(cap, sizeof *f->t_ref);
     f->touched = calloc(cap, sizeof *f->touched);
     f->slot = calloc(f->n_slot, sizeof *f->slot);
     f->W = calloc(d * d, sizeof *f->W);
-    return f->id && f->len && f->S && f->M && f->count && f->t_ref && f->touched &&
+    return f->id && f->len && f->S && f->M && f->count && f->published && f->t_ref && f->touched &&
            f->slot && f->W ? 0 : HL_ENOMEM;
 }
 
@@ -207,7 +209,7 @@ void hl_foldin_destroy(hl_foldin *f)
         return;
     for (int32_t k = 0; f->id && k < f->n; k++)
         free(f->id[k]);
-    free(f->id); free(f->len); free(f->S); free(f->M); free(f->count);
+    free(f->id); free(f->len); free(f->S); free(f->M); free(f->count); free(f->published);
     free(f->t_ref); free(f->touched); free(f->slot); free(f->W);
     free(f);
 }
@@ -248,7 +250,7 @@ static int evict(hl_foldin *f)
             continue;
         }
         f->id[w] = f->id[k]; f->len[w] = f->len[k]; f->M[w] = f->M[k];
-        f->count[w] = f->count[k]; f->t_ref[w] = f->t_ref[k]; f->touched[w] = f->touched[k];
+        f->count[w] = f->count[k]; f->published[w] = f->published[k]; f->t_ref[w] = f->t_ref[k]; f->touched[w] = f->touched[k];
         memmove(f->S + (size_t)w * d, f->S + (size_t)k * d, (size_t)d * sizeof(float));
         w++;
     }
@@ -273,6 +275,7 @@ static int32_t insert(hl_foldin *f, const char *id, uint32_t len, uint32_t *slot
     f->len[k] = len;
     f->M[k] = 0.0;
     f->count[k] = 0;
+    f->published[k] = 0;
     f->t_ref[k] = INT64_MIN;
     memset(f->S + (size_t)k * f->o.dim, 0, (size_t)f->o.dim * sizeof(float));
     f->slot[*slot] = k + 1;
@@ -331,4 +334,26 @@ int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
     }
     *bias = (float)(f->b_mean + log1p(f->M[k]) - log1p((double)f->o.min_events));
     return 0;
+}
+
+/* Publications double: each one is worth twice the interactions of the
+ * one before (this worker's or, through hl_foldin_mark, the topic's), so
+ * an item seen n times costs O(log n) records and a fresh accumulator
+ * (after a restart) never replaces a better estimate with a poorer one. */
+int32_t hl_foldin_due(const hl_foldin *f, const char *id, uint32_t len)
+{
+    uint32_t slot = probe(f, id, len);
+    if (f->slot[slot] == 0)
+        return 0;
+    int32_t k = f->slot[slot] - 1, n = f->count[k];
+    if (n < f->o.min_events || (f->published[k] > 0 && n < 2 * (int64_t)f->published[k]))
+        return 0;
+    return n;
+}
+
+void hl_foldin_mark(hl_foldin *f, const char *id, uint32_t len, int64_t count)
+{
+    uint32_t slot = probe(f, id, len);
+    if (f->slot[slot] != 0)
+        f->published[f->slot[slot] - 1] = count > INT32_MAX ? INT32_MAX : (int32_t)count;
 }

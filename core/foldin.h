@@ -24,7 +24,7 @@
  *
  * Memory is bounded by max_items: beyond it the least recently seen
  * sixteenth goes at once (counted), so an insert costs O(1) amortised. One
- * thread. Not wired into the worker yet: see the report of issue 11. */
+ * thread: worker/foldin.c wires it into the worker. */
 #ifndef HL_FOLDIN_H
 #define HL_FOLDIN_H
 
@@ -57,6 +57,14 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
  * HL_ENOENT (unknown, evicted or below min_events). */
 int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
                       float *e_in, float *e_out, float *bias);
+
+/* Publication (the worker sends ready items' vectors to the item topic):
+ * hl_foldin_due gives the item's interactions when it is ready and has at
+ * least twice the interactions of its last publication (hl_foldin_mark:
+ * the count this worker published, or the one the topic's record was built
+ * from), else 0 (unknown and evicted items included). */
+int32_t hl_foldin_due(const hl_foldin *f, const char *id, uint32_t len);
+void    hl_foldin_mark(hl_foldin *f, const char *id, uint32_t len, int64_t count);
 
 /* The fitted map, (dim, dim) row-major: e_in = e_out W. */
 const float *hl_foldin_map(const hl_foldin *f);

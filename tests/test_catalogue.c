@@ -486,8 +486,56 @@ static void test_rebind_to_new_model(void)
     tm_free(&c3);
 }
 
+/* Fold-in records (foldin_events > 0) add unknown items and replace one
+ * another, but never an operator's record nor a model item; an operator's
+ * record replaces a fold-in one. hl_catalogue_foldin_state says which. */
+static void test_foldin_never_overrides_an_operator(void)
+{
+    tm t;
+    tm_init(&t, N);
+    hl_model *m = tm_open(&t, "fold");
+    char err[256];
+    float e[DIM] = {1};
+    hl_catalogue *c = hl_catalogue_create(m, 8, err, sizeof err);
+    hl_catalogue_stats st;
+    hl_item_update u = upd("new-f");
+    u.e_in = u.e_out = e;
+    u.foldin_events = 5;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "new-f", 5) == 5);
+    u.foldin_events = 10;                         /* a later publication replaces it */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "new-f", 5) == 10);
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.foldin == 1 && st.added == 0);
+    u = upd("i4");                                /* the model knows it */
+    u.e_in = u.e_out = e;
+    u.foldin_events = 5;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_CATALOGUE_IGNORED);
+    CHECK(hl_catalogue_foldin_state(c, "i4", 2) == -1);
+    u = upd("new-o");                             /* an operator hid it first */
+    u.available = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("new-o");
+    u.e_in = u.e_out = e;
+    u.foldin_events = 50;
+    uint64_t ver = hl_catalogue_version(c);
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_CATALOGUE_IGNORED);
+    CHECK(hl_catalogue_version(c) == ver && hl_catalogue_foldin_state(c, "new-o", 5) == -1);
+    u = upd("new-f");                             /* an operator takes over new-f */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "new-f", 5) == -1);
+    CHECK(hl_catalogue_foldin_state(c, "never", 5) == 0);
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.foldin == 0 && st.added == 0 && st.hidden == 1);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&t);
+}
+
 int main(void)
 {
+    RUN(test_foldin_never_overrides_an_operator);
     RUN(test_updates_replace_and_tombstones_forget);
     RUN(test_new_items_are_bounded);
     RUN(test_expiry_by_event_time);

@@ -42,7 +42,7 @@ static void test_round_trip(void)
     hl_item_update plain = {.id = "x", .id_len = 1, .available = 1,
                             .expires_at_ms = HL_CATALOGUE_NO_EXPIRY};
     int n = hl_item_encode(&conf, &plain, buf, sizeof buf);
-    CHECK(n == 5 + 2 + 1 + 1 + 1);          /* header, id, boolean, two null branches */
+    CHECK(n == 5 + 2 + 1 + 1 + 1 + 1);      /* header, id, boolean, three null branches */
     CHECK(dec(&conf, "x", buf, (size_t)n, &out) == HL_ITEM_OK);
     CHECK(out.available == 1 && out.expires_at_ms == HL_CATALOGUE_NO_EXPIRY && !out.e_out);
     CHECK(hl_item_encode(&conf, &in, buf, 20) == HL_EFULL);
@@ -73,7 +73,10 @@ static void test_each_reason(void)
     CHECK(dec(&conf, "a", (const uint8_t *)"\0\0\0\0\4\2a\1\0\0", 10, &u) == HL_ITEM_UNKNOWN_SCHEMA);
     CHECK(dec(&conf, "a", b, rec(b, (const uint8_t *)"\2a\1\0\0", 5), &u) == HL_ITEM_OK);
     CHECK(dec(&conf, "b", b, rec(b, (const uint8_t *)"\2a\1\0\0", 5), &u) == HL_ITEM_BAD_KEY);
-    CHECK(dec(&conf, "a", b, rec(b, (const uint8_t *)"\2a\1\0\0\0", 6), &u) == HL_ITEM_TRAILING_BYTES);
+    CHECK(dec(&conf, "a", b, rec(b, (const uint8_t *)"\2a\1\0\0\0", 6), &u) == HL_ITEM_OK);
+    CHECK(dec(&conf, "a", b, rec(b, (const uint8_t *)"\2a\1\0\0\0\0", 7), &u) == HL_ITEM_TRAILING_BYTES);
+    CHECK(dec(&conf, "a", b, rec(b, (const uint8_t *)"\2a\1\0\0\4", 6), &u) == HL_ITEM_BAD_UNION);
+    CHECK(dec(&conf, "a", b, rec(b, (const uint8_t *)"\2a\1\0\0\2\2", 7), &u) == HL_ITEM_BAD_FOLDIN);
     CHECK(dec(&conf, "a", b, rec(b, (const uint8_t *)"\1a", 2), &u) == HL_ITEM_NEGATIVE_LENGTH);
     CHECK(dec(&conf, "a", b, rec(b, (const uint8_t *)"\0", 1), &u) == HL_ITEM_STRING_TOO_LONG);
     CHECK(dec(&conf, "a", b, rec(b, (const uint8_t *)"\2\xff\1\0\0", 5), &u) == HL_ITEM_BAD_UTF8);
@@ -119,8 +122,12 @@ static void test_not_finite_and_truncations(void)
         uint8_t *copy = malloc((size_t)cut);     /* exact size: SAN sees any overread */
         memcpy(copy, buf, (size_t)cut);
         hl_item_reason r = dec(&conf, "n", copy, (size_t)cut, &u);
-        CHECKF(r == HL_ITEM_TRUNCATED || r == HL_ITEM_TOO_SHORT || r == HL_ITEM_BAD_DIM,
-               "cut at %d: %s", cut, hl_item_reason_name(r));
+        if (cut == n - 1)           /* without the foldin branch: a record of the schema
+                                       before that field, read as an operator's */
+            CHECK(r == HL_ITEM_OK && u.foldin_events == 0);
+        else
+            CHECKF(r == HL_ITEM_TRUNCATED || r == HL_ITEM_TOO_SHORT || r == HL_ITEM_BAD_DIM,
+                   "cut at %d: %s", cut, hl_item_reason_name(r));
         free(copy);
     }
 }
@@ -159,8 +166,33 @@ static void test_schema_is_ours(void)
     CHECK(strstr(why, "not an Avro schema") != NULL);
 }
 
+/* The foldin field (added with a default: records written before it end
+ * after the embedding and read as an operator's). */
+static void test_foldin_field(void)
+{
+    float ein[DIM] = {1, 2, 3, 4}, eout[DIM] = {4, 3, 2, 1};
+    uint8_t buf[256];
+    hl_item_update in = {.id = "new", .id_len = 3, .available = 1,
+                         .expires_at_ms = HL_CATALOGUE_NO_EXPIRY, .e_in = ein, .e_out = eout,
+                         .bias = 0.25f, .foldin_events = 300}, u;
+    for (int f = 0; f < 2; f++) {
+        hl_item_codec_opts o = conf;
+        o.framing = f ? HL_FRAMING_RAW : HL_FRAMING_CONFLUENT;
+        int n = hl_item_encode(&o, &in, buf, sizeof buf);
+        CHECK(n > 0 && dec(&o, "new", buf, (size_t)n, &u) == HL_ITEM_OK);
+        CHECK(u.foldin_events == 300 && u.e_out && u.bias == 0.25f);
+    }
+    in.e_in = in.e_out = NULL;       /* fold-in without an embedding: refused */
+    int n = hl_item_encode(&conf, &in, buf, sizeof buf);
+    CHECK(n > 0 && dec(&conf, "new", buf, (size_t)n, &u) == HL_ITEM_BAD_FOLDIN);
+    uint8_t old[] = {2, 'a', 1, 0, 0};   /* the schema before the field */
+    CHECK(dec(&conf, "a", buf, rec(buf, old, sizeof old), &u) == HL_ITEM_OK &&
+          u.foldin_events == 0);
+}
+
 int main(void)
 {
+    RUN(test_foldin_field);
     RUN(test_round_trip);
     RUN(test_tombstone);
     RUN(test_each_reason);

@@ -167,11 +167,44 @@ static void test_cluster_buyers_spread_to_their_cluster(void)
     hl_foldin_destroy(f);
 }
 
+/* Publication: due at min_events, then at each doubling of the count of
+ * the last publication, this accumulator's or the topic's (hl_foldin_mark). */
+static void test_due_at_min_events_then_doublings(void)
+{
+    static model m;
+    float W0[D * D] = {0}, q[D] = {1};
+    model_init(&m, 50, W0);
+    hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 3, .half_life_ms = 1000};
+    char err[256];
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    int due_at[8], n_due = 0;
+    CHECK(hl_foldin_due(f, "x", 1) == 0);                /* never seen */
+    for (int i = 1; i <= 24; i++) {
+        hl_foldin_add(f, "x", 1, q, 1.0f, i);
+        int32_t n = hl_foldin_due(f, "x", 1);
+        if (n > 0 && n_due < 8) {
+            due_at[n_due++] = n;
+            hl_foldin_mark(f, "x", 1, n);
+        }
+    }
+    CHECKF(n_due == 4 && due_at[0] == 3 && due_at[1] == 6 && due_at[2] == 12 &&
+           due_at[3] == 24, "due %d times, first at %d", n_due, n_due ? due_at[0] : 0);
+    for (int i = 0; i < 5; i++)                          /* a fresh item, a topic at 4 */
+        hl_foldin_add(f, "y", 1, q, 1.0f, i);
+    hl_foldin_mark(f, "y", 1, 4);
+    CHECK(hl_foldin_due(f, "y", 1) == 0);
+    for (int i = 0; i < 3; i++)
+        hl_foldin_add(f, "y", 1, q, 1.0f, i);
+    CHECK(hl_foldin_due(f, "y", 1) == 8);
+    hl_foldin_destroy(f);
+}
+
 int main(void)
 {
     RUN(test_map_recovers_linear_relation);
     RUN(test_order_independent_and_ready);
     RUN(test_bounded_least_recent_go);
     RUN(test_cluster_buyers_spread_to_their_cluster);
+    RUN(test_due_at_min_events_then_doublings);     /* last: the others' draws stay theirs */
     TEST_EXIT();
 }

@@ -32,6 +32,8 @@ int hl_batch_alloc(hl_wthread *t, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     if ((t->codec = hl_codec_create(&o->codec, errbuf, errlen)) == NULL)
         return HL_EINVAL;
+    if (t->ctx->foldin != NULL)
+        return hl_foldin_local_init(t->ctx->foldin, &t->fold, errbuf, errlen);
     return 0;
 }
 
@@ -39,6 +41,7 @@ void hl_batch_free(hl_wthread *t)
 {
     hl_park_free(t);
     hl_codec_destroy(t->codec);
+    hl_foldin_local_reset(&t->fold);
     free(t->msgs);
     free(t->fetch_us);
     free(t->arena);
@@ -237,6 +240,8 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
     t->arena_used += cev.user_len;
     t->b.unknown += ev.item < 0;
     hl_shard_push(sh, &ev);
+    if (ev.item < 0 && t->ctx->foldin != NULL)
+        hl_foldin_local_note(&t->fold, sh, sh->n_ev - 1, cev.item, cev.item_len);
     f->fetch_us[f->n_ts] = fetch_us;
     f->ts_ms[f->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);
 }
@@ -382,6 +387,8 @@ void hl_batch_run(hl_wthread *t, int n)
             rd_kafka_message_destroy(t->msgs[i]);
     double b = hl_now_mono_s();
     apply_all(t);
+    if (t->ctx->foldin != NULL)
+        hl_foldin_local_flush(t->ctx->foldin, &t->fold, t->mref->m);
     catalogue_boundary(t);
     t->b.stage_s[STAGE_DECODE] = b - a;
     double c = hl_now_mono_s();

@@ -24,7 +24,7 @@ static const char *const reason_names[HL_ITEM_N_REASONS] = {
     "ok", "too_short", "bad_magic", "unknown_schema", "truncated", "bad_varint",
     "negative_length", "string_too_long", "bad_utf8", "bad_union", "bad_boolean",
     "bad_dim", "not_finite", "bad_timestamp", "trailing_bytes", "bad_key",
-    "catalogue_full",
+    "catalogue_full", "bad_foldin",
 };
 
 const char *hl_item_reason_name(hl_item_reason r)
@@ -45,6 +45,24 @@ static const char item_json[] =
     "\"ItemEmbedding\",\"fields\":["
     "{\"name\":\"e_in\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
     "{\"name\":\"e_out\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
+    "{\"name\":\"bias\",\"type\":\"float\"}]}],\"default\":null},"
+    "{\"name\":\"foldin\",\"type\":[\"null\",{\"type\":\"record\",\"name\":"
+    "\"ItemFoldin\",\"fields\":[{\"name\":\"events\",\"type\":\"long\"}]}],"
+    "\"default\":null}]}";
+
+/* The same before the foldin field: its records end after the embedding
+ * and the decoder reads them as an operator's, so a registry id of that
+ * version (registered by an older `halflife items`) stays readable. */
+static const char item_json_v1[] =
+    "{\"type\":\"record\",\"name\":\"ItemUpdate\",\"namespace\":\"halflife\",\"fields\":["
+    "{\"name\":\"item_id\",\"type\":\"string\"},"
+    "{\"name\":\"available\",\"type\":\"boolean\",\"default\":true},"
+    "{\"name\":\"expires_at\",\"type\":[\"null\",{\"type\":\"long\","
+    "\"logicalType\":\"timestamp-millis\"}],\"default\":null},"
+    "{\"name\":\"embedding\",\"type\":[\"null\",{\"type\":\"record\",\"name\":"
+    "\"ItemEmbedding\",\"fields\":["
+    "{\"name\":\"e_in\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
+    "{\"name\":\"e_out\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
     "{\"name\":\"bias\",\"type\":\"float\"}]}],\"default\":null}]}";
 
 const char *hl_item_schema(void)
@@ -55,29 +73,36 @@ const char *hl_item_schema(void)
 /* avro_schema_equal compares names, fields, types and symbols, so a
  * registry's copy of our schema (reformatted, docs dropped) passes and
  * any other record does not. */
+/* 1 when text parses to the same schema as theirs, 0 when not, -1 when
+ * text (built in) does not parse. */
+static int same_schema(avro_schema_t theirs, const char *text)
+{
+    avro_schema_t ours = NULL;
+    if (avro_schema_from_json_length(text, strlen(text), &ours) != 0)
+        return -1;
+    int eq = avro_schema_equal(ours, theirs);
+    avro_schema_decref(ours);
+    return eq != 0;
+}
+
 int hl_item_schema_is_ours(const char *text, char *why, size_t whylen)
 {
-    avro_schema_t ours = NULL, theirs = NULL;
+    avro_schema_t theirs = NULL;
     int rc = HL_EFORMAT;
     if (avro_schema_from_json_length(text, strlen(text), &theirs) != 0) {
         hl_err(why, whylen, rc, "not an Avro schema: %s", avro_strerror());
-        goto out;
+        return rc;
     }
-    if (avro_schema_from_json_length(item_json, strlen(item_json), &ours) != 0) {
+    int now = same_schema(theirs, item_json), before = same_schema(theirs, item_json_v1);
+    if (now < 0 || before < 0)
         hl_err(why, whylen, rc, "built-in ItemUpdate schema: %s", avro_strerror());
-        goto out;
-    }
-    if (!avro_schema_equal(ours, theirs)) {
-        hl_err(why, whylen, rc, "not schemas/item_update.avsc: item updates are decoded for "
-               "exactly that schema (no resolution of other writer schemas)");
-        goto out;
-    }
-    rc = 0;
-out:
-    if (theirs != NULL)
-        avro_schema_decref(theirs);
-    if (ours != NULL)
-        avro_schema_decref(ours);
+    else if (now == 0 && before == 0)
+        hl_err(why, whylen, rc, "not schemas/item_update.avsc (or its version before the "
+               "foldin field): item updates are decoded for exactly those schemas (no "
+               "resolution of other writer schemas)");
+    else
+        rc = 0;
+    avro_schema_decref(theirs);
     return rc;
 }
 
@@ -204,6 +229,25 @@ static hl_item_reason read_embedding(const hl_item_codec_opts *o, cur *c, float 
     return HL_ITEM_OK;
 }
 
+/* The optional foldin field. A record that ends before it was written
+ * with the schema before the field existed: an operator's (null). */
+static hl_item_reason read_foldin(cur *c, hl_item_update *u, char *detail, size_t dl)
+{
+    hl_item_reason r;
+    int64_t b;
+    if (c->p == c->end)
+        return HL_ITEM_OK;
+    if ((r = read_branch(c, &b, "foldin", detail, dl)) != HL_ITEM_OK || b == 0)
+        return r;
+    if ((r = read_long(c, &u->foldin_events)) != HL_ITEM_OK)
+        return r;
+    if (u->foldin_events < 1 || u->e_out == NULL)
+        return fail(detail, dl, HL_ITEM_BAD_FOLDIN, "foldin.events %lld%s: want >= 1 and "
+                    "an embedding", (long long)u->foldin_events,
+                    u->e_out == NULL ? " without an embedding" : "");
+    return HL_ITEM_OK;
+}
+
 static hl_item_reason read_body(const hl_item_codec_opts *o, cur *c, float *vec,
                                 hl_item_update *u, char *detail, size_t dl)
 {
@@ -229,6 +273,8 @@ static hl_item_reason read_body(const hl_item_codec_opts *o, cur *c, float *vec,
     if ((r = read_branch(c, &b, "embedding", detail, dl)) != HL_ITEM_OK)
         return r;
     if (b == 1 && (r = read_embedding(o, c, vec, u, detail, dl)) != HL_ITEM_OK)
+        return r;
+    if ((r = read_foldin(c, u, detail, dl)) != HL_ITEM_OK)
         return r;
     if (c->p != c->end)
         return fail(detail, dl, HL_ITEM_TRAILING_BYTES, "%zu bytes after the record",
@@ -362,5 +408,8 @@ int hl_item_encode(const hl_item_codec_opts *o, const hl_item_update *u,
         put_vec(&w, u->e_out, o->dim);
         put_float(&w, u->bias);
     }
+    put_long(&w, u->foldin_events > 0);
+    if (u->foldin_events > 0)
+        put_long(&w, u->foldin_events);
     return w.full ? HL_EFULL : (int)(w.p - (uint8_t *)buf);
 }

@@ -34,6 +34,7 @@ typedef enum hl_item_reason {
     HL_ITEM_BAD_KEY,            /* the key is missing or is not the item_id
                                    (compaction would keep the wrong record) */
     HL_ITEM_CATALOGUE_FULL,     /* valid, but catalogue.max.new.items is reached */
+    HL_ITEM_BAD_FOLDIN,         /* foldin.events below 1, or foldin without an embedding */
     HL_ITEM_N_REASONS
 } hl_item_reason;
 

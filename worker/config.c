@@ -46,6 +46,8 @@ static const key_def keys[] = {
     {"dlq.topic",           T_STR,  NULL, 0, 249, NULL, "dead letters (default <input.topic>.dlq); empty disables"},
     {"items.topic",         T_STR,  "items", 0, 249, NULL, "topic of ItemUpdates (compacted, keyed by item_id), read whole by every worker before it reports ready, then followed; empty disables"},
     {"items.schema.id",     T_INT,  "3", 0, 2147483647.0, NULL, "schema id of ItemUpdates in Confluent framing (others are unknown_schema); unused with schema.registry.url"},
+    {"catalogue.foldin",    T_BOOL, "true", 0, 0, NULL, "items unknown to the model earn vectors from the query vectors of the users who interact with them; each worker publishes them to items.topic (needs it set)"},
+    {"catalogue.foldin.min.events", T_INT, "5", 1, 1000000, NULL, "interactions one worker sees with an unknown item before it publishes the item's vectors (then again at each doubling)"},
     {"catalogue.max.new.items", T_INT, "100000", 0, 10000000, NULL, "items unknown to the model the catalogue keeps (added from the item topic); beyond, an update is refused and counted (catalogue_full)"},
     {"input.format",        T_ENUM, "confluent", 0, 0, "confluent|raw", "input framing: Confluent (magic 0, schema id) or plain Avro binary"},
     {"output.format",       T_ENUM, "confluent", 0, 0, "confluent|raw", "output framing"},
@@ -741,6 +743,8 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->items_topic = hl_config_str(cfg, "items.topic");
     o->items_schema_id = (int32_t)hl_config_int(cfg, "items.schema.id");
     o->catalogue_max_new = (int32_t)hl_config_int(cfg, "catalogue.max.new.items");
+    o->catalogue_foldin = hl_config_bool(cfg, "catalogue.foldin");
+    o->catalogue_foldin_min_events = (int)hl_config_int(cfg, "catalogue.foldin.min.events");
     registry_opts(cfg, o);
 }
 

@@ -64,6 +64,7 @@ struct hl_items {
     atomic_llong    applied;        /* updates applied since start (hl_items_applied) */
     pthread_mutex_t mu;
     catref         *cur;                /* under mu */
+    pthread_mutex_t cat_mu;             /* cat, against hl_items_foldin_state */
     /* the reader thread's own */
     int             n_parts;
     int64_t        *end;                /* offset to reach per partition */
@@ -80,8 +81,8 @@ struct hl_items {
     known_id        known[KNOWN_IDS];   /* registry ids whose schema was checked */
     int             n_known;
     hl_log_limit    bad_limit;
-    hl_gauge       *g_hidden, *g_added, *g_loaded;
-    hl_counter     *c_updates, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
+    hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded;
+    hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
 };
 
 /* ---- views ---- */
@@ -125,6 +126,7 @@ static void publish_view(hl_items *it)
     hl_catalogue_stats_get(it->cat, &st);
     hl_gauge_set(it->g_hidden, st.hidden);
     hl_gauge_set(it->g_added, st.added);
+    hl_gauge_set(it->g_added_foldin, st.foldin);
 }
 
 /* ---- the consumer ---- */
@@ -367,7 +369,13 @@ static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_cod
         r = hl_item_decode(co, rkm->key, rkm->key_len, rkm->payload, rkm->len, it->vec, &u,
                            detail, dl);
     if (r == HL_ITEM_OK) {
+        pthread_mutex_lock(&it->cat_mu);
         int rc = hl_catalogue_apply(it->cat, &u, detail, dl);
+        pthread_mutex_unlock(&it->cat_mu);
+        if (rc == HL_CATALOGUE_IGNORED) {   /* fold-in behind an operator: by design */
+            hl_counter_add(it->c_ignored, 1);
+            return;
+        }
         r = rc == HL_EFULL ? HL_ITEM_CATALOGUE_FULL : rc != 0 ? HL_ITEM_NOT_FINITE : r;
     }
     if (r != HL_ITEM_OK) {
@@ -488,6 +496,12 @@ static void register_metrics(hl_items *it)
     it->g_added = hl_metrics_gauge(reg, "halflife_items_added",
         "Items unknown to the model that lists may hold, by where their vectors came from.",
         "source=\"topic\"");
+    it->g_added_foldin = hl_metrics_gauge(reg, "halflife_items_added",
+        "Items unknown to the model that lists may hold, by where their vectors came from.",
+        "source=\"foldin\"");
+    it->c_ignored = hl_metrics_counter(reg, "halflife_item_updates_ignored_total",
+        "Fold-in ItemUpdates not applied: the model or an operator's record names the item.",
+        NULL);
     it->g_loaded = hl_metrics_gauge(reg, "halflife_items_loaded",
         "1 once the whole item topic was read at start.", NULL);
     it->c_updates = hl_metrics_counter(reg, "halflife_item_updates_total",
@@ -510,6 +524,7 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     }
     it->o = *o;
     pthread_mutex_init(&it->mu, NULL);
+    pthread_mutex_init(&it->cat_mu, NULL);
     atomic_init(&it->stream_ts_ms, INT64_MIN);
     it->bad_limit.interval_ms = 1000;
     it->topic = strdup(o->topic);
@@ -554,6 +569,7 @@ void hl_items_destroy(hl_items *it)
     hl_catalogue_destroy(it->cat);
     pthread_mutex_destroy(&it->mu);
     free(it->kept);
+    pthread_mutex_destroy(&it->cat_mu);
     free(it->end);
     free(it->done);
     free(it->vec);
@@ -658,4 +674,17 @@ void hl_items_local_reset(hl_items *it, hl_items_local *loc)
 long long hl_items_applied(const hl_items *it)
 {
     return atomic_load(&((hl_items *)it)->applied);
+}
+
+int64_t hl_items_foldin_state(hl_items *it, const char *id, uint32_t len)
+{
+    pthread_mutex_lock(&it->cat_mu);
+    int64_t n = hl_catalogue_foldin_state(it->cat, id, len);
+    pthread_mutex_unlock(&it->cat_mu);
+    return n;
+}
+
+const hl_model *hl_items_model(const hl_items *it)
+{
+    return it->o.m;
 }

@@ -55,6 +55,12 @@ int       hl_items_loaded(const hl_items *it);
  * model's rows, and rebinding it to a new model is not wired yet. */
 long long hl_items_applied(const hl_items *it);
 
+/* hl_catalogue_foldin_state of the catalogue as read so far; any thread
+ * (takes the reader's lock for a lookup). */
+int64_t   hl_items_foldin_state(hl_items *it, const char *id, uint32_t len);
+/* The model the catalogue names rows of (the start model). */
+const hl_model *hl_items_model(const hl_items *it);
+
 /* Raises the stream time (the newest event time read), against which
  * expires_at is compared. Any thread. */
 void      hl_items_saw_ts(hl_items *it, int64_t ts_ms);

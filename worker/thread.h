@@ -45,6 +45,7 @@ typedef struct hl_wshared {
     hl_persist           *persist;        /* NULL: no snapshots */
     hl_multipart         *multipart;      /* users seen in two partitions; never NULL */
     hl_items             *items;          /* the live catalogue; NULL: no item topic */
+    struct hl_wfoldin    *foldin;         /* fold-in of new items; NULL: off */
     hl_metrics           *reg;            /* never NULL */
     /* Shards a graceful stop could not save (final snapshot failed, or
      * skipped because lists were undelivered): threads add them as they

@@ -24,6 +24,7 @@
 #include "cadence.h"
 #include "log.h"
 #include "rank.h"
+#include "fold.h"
 
 #include <pthread.h>
 
@@ -124,6 +125,8 @@ struct hl_wthread {
     hl_codec_rec *crec;
     uint8_t     *enc;     size_t enc_cap;
     hl_items_local cat;                             /* the catalogue view in use */
+    hl_foldin_local fold;                           /* batch.c: unknown-item events
+                                                       (ctx->foldin set) */
 
     rd_kafka_message_t **park; int n_park, cap_park;/* park.c: in arrival order */
     park_wait   *waits;   int n_waits, cap_waits;

@@ -19,6 +19,7 @@
 #include "schema_store.h"
 #include "changelog.h"
 #include "thread.h"
+#include "fold.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -47,6 +48,7 @@ struct hl_worker {
     hl_consumer      *cons;
     hl_producer      *prod;
     hl_items         *items;          /* NULL: items.topic empty */
+    hl_wfoldin       *foldin;         /* NULL: catalogue.foldin off or no items.topic */
     int64_t           swap_deferred_log_ms;  /* next model_swap_deferred line */
     hl_wshared        ctx;
     hl_wthread      **th;
@@ -719,6 +721,21 @@ static int start_items(hl_worker *w, const hl_kafka_prop *props, int n_props,
     if ((w->items = hl_items_create(&io, errbuf, errlen)) == NULL)
         return HL_EINVAL;
     w->ctx.items = w->items;
+    if (!w->o.catalogue_foldin)
+        return 0;
+    hl_wfoldin_opts fo = {
+        .items = w->items, .m = w->m, .min_events = w->o.catalogue_foldin_min_events,
+        .max_items = w->o.catalogue_max_new, .prod = w->prod, .topic = w->o.items_topic,
+        .codec = io.codec, .reg = w->reg,
+    };
+    char why[256];
+    /* Fold-in is on by default: a model it cannot fit a map for (an e_out
+     * of zeros) serves without it rather than not at all. */
+    if ((w->foldin = hl_wfoldin_create(&fo, why, sizeof why)) == NULL)
+        hl_log(HL_LOG_ERROR, "foldin_off", "reason=\"%s\" action=\"new items wait for an "
+               "embedding on the item topic or the next model; set catalogue.foldin=false "
+               "to silence this\"", why);
+    w->ctx.foldin = w->foldin;
     return 0;
 }
 
@@ -788,37 +805,57 @@ static int nap_or_abort(const hl_worker *w, int64_t ms)
     return w->o.start_abort != NULL && *w->o.start_abort;
 }
 
-/* The lists' schema id under "<output.topic>-value" (TopicNameStrategy):
- * registered, or only looked up. Nothing can be published without it, so
- * an unreachable registry (or 5xx) is waited for, 1, 2, 4 then 5 s apart,
- * one line each, until it answers or start_abort is set; anything else
- * (credentials refused, not registered) fails the start at once. */
-static int list_schema_id(hl_worker *w, hl_registry *r, int32_t *id, char *errbuf,
-                          size_t errlen)
+/* The id of schema under "<topic>-value" (TopicNameStrategy): registered,
+ * or only looked up. An unreachable registry (or 5xx) is waited for, 1, 2,
+ * 4 then 5 s apart, one line each, until it answers or start_abort is set;
+ * anything else (credentials refused, not registered) ends the call. file
+ * names the schema in messages, event the log line of the id. */
+static int topic_schema_id(hl_worker *w, hl_registry *r, const char *topic, const char *schema,
+                           const char *file, const char *event, int32_t *id, char *errbuf,
+                           size_t errlen)
 {
     char subject[300];
     int rc;
-    snprintf(subject, sizeof subject, "%s-value", w->o.output_topic);
+    snprintf(subject, sizeof subject, "%s-value", topic);
     for (int64_t backoff_ms = 1000; ; backoff_ms = backoff_ms < 4000 ? backoff_ms * 2 : 5000) {
         rc = w->o.registry_auto_register
-                 ? hl_registry_register(r, subject, hl_codec_list_schema(), id, errbuf, errlen)
-                 : hl_registry_lookup(r, subject, hl_codec_list_schema(), id, errbuf, errlen);
+                 ? hl_registry_register(r, subject, schema, id, errbuf, errlen)
+                 : hl_registry_lookup(r, subject, schema, id, errbuf, errlen);
         if (rc != HL_EAGAIN)
             break;
-        hl_log(HL_LOG_WARN, "schema_registry_wait_start", "err=\"%s\" retry_ms=%lld "
-               "action=\"the lists' schema id is needed before the worker joins its group\"",
-               errbuf, (long long)backoff_ms);
+        hl_log(HL_LOG_WARN, "schema_registry_wait_start", "subject=%s err=\"%s\" retry_ms=%lld "
+               "action=\"the schema id is needed before the worker joins its group\"",
+               subject, errbuf, (long long)backoff_ms);
         if (nap_or_abort(w, backoff_ms))
             return hl_err(errbuf, errlen, HL_EAGAIN, "stopped while waiting for the registry");
     }
     if (rc == HL_ENOENT && !w->o.registry_auto_register)
-        return hl_err(errbuf, errlen, rc, "the lists' schema is not registered under subject "
-                      "%s (schema.registry.auto.register=false): register "
-                      "schemas/recommendation_list.avsc there, or allow auto.register", subject);
+        return hl_err(errbuf, errlen, rc, "%s is not registered under subject %s "
+                      "(schema.registry.auto.register=false): register it there, or allow "
+                      "auto.register", file, subject);
     if (rc == 0)
-        hl_log(HL_LOG_INFO, "list_schema", "subject=%s id=%d how=%s", subject, (int)*id,
+        hl_log(HL_LOG_INFO, event, "subject=%s id=%d how=%s", subject, (int)*id,
                w->o.registry_auto_register ? "registered" : "looked_up");
     return rc;
+}
+
+/* The id fold-in's publications carry: ItemUpdate's under
+ * "<items.topic>-value". Without it fold-in is off (logged), the worker
+ * still serves. */
+static void items_schema_id(hl_worker *w, hl_registry *r)
+{
+    char why[512];
+    int32_t id = 0;
+    if (!w->o.catalogue_foldin || w->o.items_topic == NULL || w->o.items_topic[0] == '\0')
+        return;
+    if (topic_schema_id(w, r, w->o.items_topic, hl_item_schema(), "schemas/item_update.avsc",
+                        "items_schema", &id, why, sizeof why) == 0) {
+        w->o.items_schema_id = id;
+        return;
+    }
+    w->o.catalogue_foldin = 0;
+    hl_log(HL_LOG_ERROR, "foldin_off", "reason=\"%s\" action=\"new items wait for an "
+           "embedding on the item topic or the next model\"", why);
 }
 
 /* With schema.registry.url: the lists carry the registry's id, and the
@@ -834,7 +871,9 @@ static int start_registry(hl_worker *w, char *errbuf, size_t errlen)
         return HL_EINVAL;
     hl_registry_urls_redacted(r, shown, sizeof shown);
     if (w->o.codec.output_framing == HL_FRAMING_CONFLUENT &&
-        list_schema_id(w, r, &id, why, sizeof why) != 0) {
+        topic_schema_id(w, r, w->o.output_topic, hl_codec_list_schema(),
+                        "schemas/recommendation_list.avsc", "list_schema", &id, why,
+                        sizeof why) != 0) {
         hl_registry_destroy(r);
         return hl_err(errbuf, errlen, HL_EINVAL, "schema registry at start: %s", why);
     }
@@ -843,6 +882,7 @@ static int start_registry(hl_worker *w, char *errbuf, size_t errlen)
         hl_registry_destroy(r);             /* raw input names no schema id */
         return 0;
     }
+    items_schema_id(w, r);
     if ((w->schemas = hl_schema_store_create(r, w->o.registry_fallback_dir, w->reg, errbuf,
                                              errlen)) == NULL)
         return HL_ENOMEM;
@@ -1038,6 +1078,7 @@ void hl_worker_destroy(hl_worker *w)
     hl_ivf_destroy(w->ivf);             /* the same */
     hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
+    hl_wfoldin_destroy(w->foldin);      /* after the threads that feed it */
     hl_items_destroy(w->items);         /* after the threads let go of its views */
     hl_schema_store_destroy(w->schemas);  /* after every codec and the item reader */
     hl_consumer_destroy(w->cons);

@@ -52,6 +52,8 @@ typedef struct hl_worker_opts {
     const char *items_topic;         /* the live catalogue's topic; NULL or "": none */
     int32_t     items_schema_id;     /* ItemUpdate schema id (Confluent framing) */
     int32_t     catalogue_max_new;   /* items unknown to the model kept at most */
+    int         catalogue_foldin;    /* fold new items in from the stream (fold.h) */
+    int         catalogue_foldin_min_events; /* interactions before an item is published */
     const char *snapshot_dir;        /* NULL: no snapshots (tests of core only) */
     int64_t     snapshot_interval_ms;/* 0: only on revocation and shutdown */
     int         snapshot_retain;

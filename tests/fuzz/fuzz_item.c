@@ -39,6 +39,7 @@ static void check_round_trip(const hl_item_codec_opts *o, const hl_item_update *
     if (n < 0 || hl_item_decode(o, key, key_len, buf, (size_t)n, vec, &v, NULL, 0) != HL_ITEM_OK)
         abort();
     if (v.available != u->available || v.expires_at_ms != u->expires_at_ms ||
+        v.foldin_events != u->foldin_events ||
         (v.e_out == NULL) != (u->e_out == NULL) ||
         (v.e_out && (memcmp(v.e_out, u->e_out, sizeof(float) * DIM) != 0 ||
                      memcmp(v.e_in, u->e_in, sizeof(float) * DIM) != 0 || v.bias != u->bias)))

@@ -7,6 +7,8 @@ update readable), item updates written by python3-avro (the reference
 implementation) and by `halflife items`.
 
 Cases:
+  foldin_schema_registered    the worker registers the ItemUpdate schema
+      under items-value for fold-in's own publications (not items.schema.id)
   items_outage_loses_nothing  the stand-in stopped for 4 s while updates
       with an id the worker has not seen yet arrive: none is applied, none
       is refused or dead-lettered, the log says the partition waits, the
@@ -22,6 +24,7 @@ Cases:
 """
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -148,6 +151,19 @@ def unknown_ids(ctx):
           "invalid %d (unknown_schema %d), dead letters from items %s" % (n, unknown, reasons))
 
 
+def fold_schema(ctx, sr):
+    """Fold-in publishes ItemUpdates itself: with a registry the worker
+    registers their schema under items-value and writes that id, never
+    items.schema.id (77 here, which the registry does not have)."""
+    m = re.search(r"event=items_schema subject=items-value id=(\d+)", ctx["w"].log_text())
+    fid = int(m.group(1)) if m else None
+    with open(os.path.join(U.SCHEMAS, "item_update.avsc")) as f:
+        ours = undoc(json.load(f))
+    same = fid is not None and undoc(json.loads(sr.get_schema(fid).schema_str)) == ours
+    check("foldin_schema_registered", fid is not None and fid != 77 and same,
+          "fold-in's id %s (its schema ours: %s)" % (fid, same))
+
+
 def scenario(ctx):
     from confluent_kafka.schema_registry import Schema
     reg = Standin(os.path.join(ctx["tmp"], "registry"))
@@ -170,6 +186,7 @@ def scenario(ctx):
         U.produce_events(broker.bootstrap, "behaviour-events", ctx["events"][:PHASE],
                          schema_id=ctx["event_id"])
         wait_settled(ctx["w"], PHASE)
+        fold_schema(ctx, sr)
         x, y = popular(broker.bootstrap, 2)
         quiet = ["i%06d" % (N_ITEMS - 1 - j) for j in range(10)]
         outage(ctx, reg, item_id, x, quiet)

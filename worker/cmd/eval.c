@@ -66,6 +66,9 @@ static void usage(FILE *f)
         "  --score-from F       prequential: score only events from that time on\n"
         "  --apply-from F       prequential: skip the events before that time (a state\n"
         "                       rebuilt from a topic that keeps only the later ones)\n"
+        "  --foldin N           prequential: items the model does not know are folded\n"
+        "                       in from the stream after N interactions, as the\n"
+        "                       worker does with catalogue.foldin.min.events=N\n"
         "  --quiet yes          no progress lines\n",
         DEFAULT_K, DEFAULT_HISTORY, DEFAULT_BATCH, DEFAULT_WINDOWS);
 }
@@ -121,6 +124,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--swap-at"))       bad = parse_fraction(val, &a->swap_at);
     else if (!strcmp(opt, "--score-from"))    bad = parse_fraction(val, &a->score_from);
     else if (!strcmp(opt, "--apply-from"))    bad = parse_fraction(val, &a->apply_from);
+    else if (!strcmp(opt, "--foldin"))        { bad = parse_int(val, 1, 1000000, &x); a->foldin = (int)x; }
     else if (!strcmp(opt, "--popularity-counts")) {
         a->pop_counts_all = !strcmp(val, "all");
         bad = !a->pop_counts_all && strcmp(val, "history");

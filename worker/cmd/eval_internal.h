@@ -6,6 +6,7 @@
  *   eval_loo.c   the leave-one-out protocol
  *   eval_preq.c  the prequential protocol
  *   eval_pop.c   the popularity baseline's ranking
+ *   eval_fold.c  prequential: fold-in of items the model does not know
  *
  * The small helpers (string keys, metric counting, a target's rank in a
  * list) are inline here; the rest are declared with their contract. */
@@ -39,6 +40,7 @@ typedef struct eval_args {
     const char *swap_model;
     const hl_model *swap_m;        /* opened by hl_cmd_eval */
     double      swap_at, score_from, apply_from;   /* 0..1; swap_at < 0: none */
+    int         foldin;            /* prequential: fold-in's min.events; 0 off */
 } eval_args;
 
 /* ---- the events (eval.c) --------------------------------------------- */
@@ -188,5 +190,22 @@ int hl_eval_run_loo(const eval_args *a, const hl_model *m, eval_data *d,
                     char *errbuf, size_t errlen);            /* eval_loo.c  */
 int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
                             char *errbuf, size_t errlen);    /* eval_preq.c */
+
+/* ---- fold-in (eval_fold.c) ------------------------------------------ */
+
+typedef struct eval_fold eval_fold;
+/* *out is set even on failure (then hl_eval_fold_destroy it). */
+int     hl_eval_fold_create(eval_fold **out, const hl_model *m, int min_events,
+                            int32_t max_items, int batch, char *errbuf, size_t errlen);
+void    hl_eval_fold_destroy(eval_fold *ef);                /* NULL is a no-op */
+/* The ranker row of the unknown item with key, or -1 (no vectors yet). */
+int32_t hl_eval_fold_row(const eval_fold *ef, uint64_t key);
+/* After a batch ev[0..n) was scored with views (each user's state just
+ * before its event): folds its unknown-item events in, and gives rk the
+ * side rows when they changed. */
+void    hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *views,
+                           int n, hl_ranker *rk);
+/* Prints `,"foldin":{...}` on stdout. */
+void    hl_eval_fold_print(const eval_fold *ef);
 
 #endif

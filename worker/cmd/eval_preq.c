@@ -29,6 +29,7 @@ typedef struct state_copy {
     int32_t     *item;
     uint8_t     *type;
     int64_t     *ts;
+    uint64_t    *key;       /* hl_item_key per ring entry: names unknown items */
     hl_row_view  v;
 } state_copy;
 
@@ -45,6 +46,10 @@ typedef struct preq_run {
     int             *n_out;     /* (batch) */
     int32_t         *top;       /* (k) */
     metric           model, popm;
+    metric           model_unknown;     /* targets the model does not know */
+    eval_fold       *fold;              /* --foldin; NULL: frozen catalogue */
+    hl_rank_exclude *extra;             /* (batch) --foldin: folded-in items in the ring */
+    int32_t         *extra_rows;        /* (batch, history) */
     metric          *win_model, *win_pop;   /* (windows) */
     int              n_heads, dim;
     progress         pg;
@@ -66,7 +71,8 @@ static int copies_alloc(preq_run *pr)
         c->item = malloc(hist * sizeof *c->item);
         c->type = malloc(hist * sizeof *c->type);
         c->ts = malloc(hist * sizeof *c->ts);
-        if (!c->s || !c->m || !c->item || !c->type || !c->ts)
+        c->key = malloc(hist * sizeof *c->key);
+        if (!c->s || !c->m || !c->item || !c->type || !c->ts || !c->key)
             return HL_ENOMEM;
     }
     return 0;
@@ -80,6 +86,7 @@ static void copies_free(preq_run *pr)
         free(pr->copy[b].item);
         free(pr->copy[b].type);
         free(pr->copy[b].ts);
+        free(pr->copy[b].key);
     }
     free(pr->copy);
 }
@@ -105,11 +112,20 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
     hl_rank_opts ro = {.k = a->k, .exclude_seen = a->exclude_seen, .max_batch = a->batch};
     if (pr->m && (pr->rk = hl_ranker_create(pr->m, &ro, errbuf, errlen)) == NULL)
         return HL_EINVAL;
+    if (pr->m && a->foldin > 0 && !a->swap_m &&
+        hl_eval_fold_create(&pr->fold, pr->m, a->foldin, 100000, a->batch, errbuf,
+                            errlen) != 0)
+        return HL_EINVAL;
+    pr->extra = calloc((size_t)a->batch, sizeof *pr->extra);
+    pr->extra_rows = malloc((size_t)a->batch * a->history * sizeof *pr->extra_rows);
+    if (!pr->extra || !pr->extra_rows)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory");
     return 0;
 }
 
 static void preq_free(preq_run *pr)
 {
+    hl_eval_fold_destroy(pr->fold);
     hl_ranker_destroy(pr->rk);
     hl_table_destroy(pr->tbl);
     if (pr->a->baseline)
@@ -117,6 +133,7 @@ static void preq_free(preq_run *pr)
     copies_free(pr);
     free(pr->views); free(pr->recs); free(pr->n_out); free(pr->top);
     free(pr->win_model); free(pr->win_pop);
+    free(pr->extra); free(pr->extra_rows);
 }
 
 /* Copies the user's current state (zeros for a user not seen yet). */
@@ -136,6 +153,8 @@ static void copy_state(preq_run *pr, const ev_rec *e, state_copy *c)
         memcpy(c->item, v.hist_item, (size_t)v.history * sizeof *c->item);
         memcpy(c->type, v.hist_type, (size_t)v.history * sizeof *c->type);
         memcpy(c->ts, v.hist_ts_ms, (size_t)v.history * sizeof *c->ts);
+        for (int h = 0; h < v.history; h++)
+            c->key[h] = v.hist_key ? v.hist_key[h] : 0;
     } else {
         memset(c->s, 0, n_s * sizeof *c->s);
         memset(c->m, 0, (size_t)pr->n_heads * sizeof *c->m);
@@ -148,6 +167,28 @@ static void copy_state(preq_run *pr, const ev_rec *e, state_copy *c)
     c->v.hist_item = c->item;
     c->v.hist_type = c->type;
     c->v.hist_ts_ms = c->ts;
+    c->v.hist_key = c->key;
+}
+
+/* --foldin with exclude_seen: folded-in items in a user's ring are seen,
+ * as model items are (the ring names them by key, not by row). */
+static const hl_rank_exclude *seen_folded(preq_run *pr, int n)
+{
+    if (pr->fold == NULL || !pr->a->exclude_seen)
+        return NULL;
+    for (int b = 0; b < n; b++) {
+        const hl_row_view *v = &pr->copy[b].v;
+        int32_t *rows = pr->extra_rows + (size_t)b * pr->a->history;
+        int k = 0;
+        for (int h = 0; h < v->n_hist; h++) {
+            int i = hl_row_hist_index(v, h);
+            int32_t row = v->hist_item[i] < 0 ? hl_eval_fold_row(pr->fold, v->hist_key[i]) : -1;
+            if (row >= 0)
+                rows[k++] = row;
+        }
+        pr->extra[b] = (hl_rank_exclude){.item = rows, .n = k};
+    }
+    return pr->extra;
 }
 
 static int window_of(const preq_run *pr, int64_t i)
@@ -188,17 +229,24 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
     }
     if (pr->rk == NULL)
         return 0;
-    if ((rc = hl_ranker_refresh(pr->rk, pr->views, n, pr->recs, pr->n_out)) != 0)
+    if ((rc = hl_ranker_refresh_ex(pr->rk, pr->views, n, seen_folded(pr, n), pr->recs,
+                                   pr->n_out)) != 0)
         return hl_err(errbuf, errlen, rc, "eval: refresh failed: %s", hl_strerror(rc));
     for (int b = 0; b < n; b++) {
         const ev_rec *e = &pr->d->ev[first + b];
         if (e->ts_ms < pr->t_score)
             continue;           /* --score-from: applied, not scored */
-        int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b],
-                                pr->use_b ? e->item_b : e->item);
+        int32_t target = pr->use_b ? e->item_b : e->item;
+        if (target < 0 && pr->fold)
+            target = hl_eval_fold_row(pr->fold, e->key);
+        int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b], target);
         metric_add(&pr->model, rank);
+        if ((pr->use_b ? e->item_b : e->item) < 0)
+            metric_add(&pr->model_unknown, rank);
         metric_add(&pr->win_model[window_of(pr, first + b)], rank);
     }
+    if (pr->fold)
+        hl_eval_fold_batch(pr->fold, &pr->d->ev[first], pr->views, n, pr->rk);
     return 0;
 }
 
@@ -231,8 +279,12 @@ static void preq_print(const preq_run *pr, double seconds)
            pr->a->k, (long long)d->n_ev, d->users.n, d->n_rows,
            (long long)d->st.bad_lines, pr->a->history,
            pr->a->exclude_seen ? "true" : "false", (long long)d->unknown);
-    if (pr->m)
+    if (pr->m) {
         hl_eval_print_metric("model", &pr->model, 0);
+        hl_eval_print_metric("model_unknown_targets", &pr->model_unknown, 0);
+    }
+    if (pr->fold)
+        hl_eval_fold_print(pr->fold);
     if (pr->a->baseline)
         hl_eval_print_metric("popularity", &pr->popm, 0);
     preq_print_windows(pr);

@@ -1,0 +1,158 @@
+/* eval_fold.c - fold-in in the prequential protocol (`--foldin N`): what
+ * the worker does with catalogue.foldin (worker/fold.h), replayed offline
+ * for one worker, so its effect on HR@10 can be measured.
+ *
+ * After each batch is scored, each of its events on an item the model does
+ * not know adds its user's query vector (from the state just before the
+ * event, the copy the batch was scored with) to core/foldin's sums, keyed
+ * by the item's hl_item_key. An item due for publication (min.events, then
+ * each doubling) gets or refreshes a side row, which later batches score
+ * like the worker's catalogue side items (hl_ranker_set_catalogue): the
+ * worker applies a published item for lists after the batch that read it,
+ * here for the batch after. Side rows are bounded by max_items; beyond,
+ * a due item gets none (counted). */
+#include "eval_internal.h"
+#include "encoder.h"
+#include "foldin.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct eval_fold {
+    hl_foldin      *f;
+    hl_encoder_net  net;
+    int             dim, in_dim, batch;
+    int32_t         n_items, n_side, cap;
+    float          *X, *act;            /* encoder scratch for a batch */
+    float          *e_in, *e_out, *bias;/* (cap, dim), (cap) */
+    uint64_t       *keys;               /* open addressing: key + 1 of side row */
+    int32_t        *side;
+    uint32_t        n_slot;
+    int             changed;
+    hl_rank_catalogue rc;
+    int64_t         no_room;
+};
+
+int hl_eval_fold_create(eval_fold **out, const hl_model *m, int min_events,
+                        int32_t max_items, int batch, char *errbuf, size_t errlen)
+{
+    const hl_model_info *mi = hl_model_info_get(m);
+    eval_fold *ef = calloc(1, sizeof *ef);
+    *out = NULL;
+    if (ef == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "eval --foldin: out of memory");
+    double h = 0;
+    for (int i = 0; i < mi->n_heads; i++)
+        h = mi->half_life_ms[i] > h ? mi->half_life_ms[i] : h;
+    hl_foldin_opts fo = {.dim = mi->dim, .max_items = max_items, .min_events = min_events,
+                         .half_life_ms = h};
+    ef->f = hl_foldin_create(&fo, hl_model_e_in(m), hl_model_e_out(m), hl_model_bias(m),
+                             mi->n_items, errbuf, errlen);
+    hl_encoder_net_from_model(&ef->net, m);
+    ef->dim = mi->dim;
+    ef->in_dim = hl_encoder_in_dim(&ef->net);
+    ef->batch = batch;
+    ef->n_items = mi->n_items;
+    ef->cap = max_items;
+    for (ef->n_slot = 16; ef->n_slot < 2 * (uint32_t)max_items; ef->n_slot *= 2)
+        ;
+    size_t d = (size_t)ef->dim, cap = (size_t)max_items;
+    ef->X = malloc((size_t)batch * ef->in_dim * sizeof(float));
+    ef->act = malloc(hl_encoder_act_floats(&ef->net, batch) * sizeof(float));
+    ef->e_in = malloc(cap * d * sizeof(float));
+    ef->e_out = malloc(cap * d * sizeof(float));
+    ef->bias = malloc(cap * sizeof(float));
+    ef->keys = calloc(ef->n_slot, sizeof *ef->keys);
+    ef->side = calloc(ef->n_slot, sizeof *ef->side);
+    *out = ef;
+    if (ef->f == NULL)
+        return HL_EINVAL;
+    if (!ef->X || !ef->act || !ef->e_in || !ef->e_out || !ef->bias || !ef->keys || !ef->side)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "eval --foldin: out of memory");
+    return 0;
+}
+
+void hl_eval_fold_destroy(eval_fold *ef)
+{
+    if (ef == NULL)
+        return;
+    hl_foldin_destroy(ef->f);
+    free(ef->X); free(ef->act); free(ef->e_in); free(ef->e_out); free(ef->bias);
+    free(ef->keys); free(ef->side);
+    free(ef);
+}
+
+static uint32_t probe(const eval_fold *ef, uint64_t key)
+{
+    uint32_t mask = ef->n_slot - 1, i = (uint32_t)(key ^ key >> 29) & mask;
+    while (ef->keys[i] != 0 && ef->keys[i] != key + 1)
+        i = (i + 1) & mask;
+    return i;
+}
+
+int32_t hl_eval_fold_row(const eval_fold *ef, uint64_t key)
+{
+    uint32_t i = probe(ef, key);
+    return ef->keys[i] ? ef->n_items + ef->side[i] : -1;
+}
+
+/* The item's vectors into its side row (a new one if it has none). */
+static void publish(eval_fold *ef, uint64_t key, const char *id)
+{
+    uint32_t i = probe(ef, key);
+    if (ef->keys[i] == 0) {
+        if (ef->n_side == ef->cap) {
+            ef->no_room++;
+            return;
+        }
+        ef->keys[i] = key + 1;
+        ef->side[i] = ef->n_side++;
+    }
+    size_t s = (size_t)ef->side[i], d = (size_t)ef->dim;
+    hl_foldin_vectors(ef->f, id, sizeof key, ef->e_in + s * d, ef->e_out + s * d,
+                      ef->bias + s);
+    ef->changed = 1;
+}
+
+void hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *views, int n,
+                        hl_ranker *rk)
+{
+    float *x = ef->X;
+    int k = 0;
+    for (int b = 0; b < n; b++)
+        if (ev[b].item < 0) {
+            hl_encoder_features(ef->net.n_heads, ef->dim, views[b].s, views[b].m, x);
+            x += ef->in_dim;
+            k++;
+        }
+    if (k == 0)
+        return;
+    const float *Q = hl_encoder_forward(&ef->net, ef->X, k, ef->act);
+    for (int b = 0, j = 0; b < n; b++) {
+        if (ev[b].item >= 0)
+            continue;
+        char id[sizeof ev[b].key];
+        memcpy(id, &ev[b].key, sizeof id);
+        hl_foldin_add(ef->f, id, sizeof id, Q + (size_t)j++ * ef->dim, ev[b].w, ev[b].ts_ms);
+        int32_t due = hl_foldin_due(ef->f, id, sizeof id);
+        if (due > 0) {
+            hl_foldin_mark(ef->f, id, sizeof id, due);
+            publish(ef, ev[b].key, id);
+        }
+    }
+    if (ef->changed) {
+        ef->rc = (hl_rank_catalogue){.e_in = ef->e_in, .e_out = ef->e_out, .bias = ef->bias,
+                                     .n_side = ef->n_side};
+        hl_ranker_set_catalogue(rk, &ef->rc);
+        ef->changed = 0;
+    }
+}
+
+void hl_eval_fold_print(const eval_fold *ef)
+{
+    hl_foldin_stats st;
+    hl_foldin_stats_get(ef->f, &st);
+    printf(",\"foldin\":{\"items\":%d,\"ready\":%d,\"side_rows\":%d,\"evicted\":%llu,"
+           "\"no_room\":%lld}", (int)st.items, (int)st.ready, (int)ef->n_side,
+           (unsigned long long)st.evicted, (long long)ef->no_room);
+}

@@ -1,0 +1,313 @@
+/* fold.c - fold-in wired into the worker (the contract is fold.h).
+ *
+ * The hot path pays one branch per event whose item the model knows; an
+ * unknown-item event costs a note at decode (its id copied), then after
+ * the batch one encoder pass per FOLD_CHUNK such events and one lock per
+ * batch for the sums (bench_state's fold-in figure). Publication is rare
+ * (O(log n) records per item) and goes out of the lock. */
+#include "fold.h"
+#include "encoder.h"
+#include "foldin.h"
+#include "log.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FOLD_CHUNK 64       /* users per encoder pass */
+
+/* One ready item to send, copied out of the lock. */
+typedef struct fold_pub {
+    char     id[HL_MAX_ID_LEN];
+    uint32_t len;
+    int32_t  count;
+    float   *vec;                   /* e_in, e_out, bias: 2 dim + 1 */
+} fold_pub;
+
+struct hl_wfoldin {
+    hl_wfoldin_opts  o;
+    char            *topic;
+    pthread_mutex_t  mu;
+    hl_foldin       *f;             /* under mu */
+    uint64_t         evicted_seen;  /* under mu */
+    hl_encoder_net   net;
+    int              dim, in_dim;
+    hl_counter      *c_events, *c_published, *c_evicted, *c_failed, *c_skipped;
+    hl_gauge        *g_items;
+    hl_log_limit     err_limit;
+};
+
+static double longest_half_life(const hl_model_info *mi)
+{
+    double h = 0.0;
+    for (int i = 0; i < mi->n_heads; i++)
+        h = mi->half_life_ms[i] > h ? mi->half_life_ms[i] : h;
+    return h;
+}
+
+static void register_metrics(hl_wfoldin *wf)
+{
+    hl_metrics *reg = wf->o.reg;
+    wf->c_events = hl_metrics_counter(reg, "halflife_foldin_events_total",
+        "Interactions with items unknown to the model added to the fold-in sums.", NULL);
+    wf->c_published = hl_metrics_counter(reg, "halflife_foldin_published_total",
+        "Fold-in ItemUpdates this worker sent to the item topic.", NULL);
+    wf->c_evicted = hl_metrics_counter(reg, "halflife_foldin_evicted_total",
+        "Items dropped from the fold-in sums (least recently seen, "
+        "catalogue.max.new.items).", NULL);
+    wf->c_failed = hl_metrics_counter(reg, "halflife_foldin_failed_total",
+        "Fold-in ItemUpdates that could not be sent (logged; sent again at the next "
+        "doubling of the item's count).", NULL);
+    wf->c_skipped = hl_metrics_counter(reg, "halflife_foldin_skipped_total",
+        "Unknown-item interactions not folded in (a thread serving a swapped-in model, "
+        "out of memory, or a bad query).", NULL);
+    wf->g_items = hl_metrics_gauge(reg, "halflife_foldin_items",
+        "Items unknown to the model whose fold-in sums this worker keeps.", NULL);
+}
+
+hl_wfoldin *hl_wfoldin_create(const hl_wfoldin_opts *o, char *errbuf, size_t errlen)
+{
+    const hl_model_info *mi = hl_model_info_get(o->m);
+    hl_wfoldin *wf = calloc(1, sizeof *wf);
+    if (wf == NULL || (wf->topic = strdup(o->topic)) == NULL) {
+        free(wf);
+        hl_err(errbuf, errlen, HL_ENOMEM, "catalogue.foldin: out of memory");
+        return NULL;
+    }
+    wf->o = *o;
+    wf->o.topic = wf->topic;
+    wf->dim = mi->dim;
+    wf->err_limit.interval_ms = 5000;
+    hl_encoder_net_from_model(&wf->net, o->m);
+    wf->in_dim = hl_encoder_in_dim(&wf->net);
+    pthread_mutex_init(&wf->mu, NULL);
+    hl_foldin_opts fo = {.dim = mi->dim, .max_items = o->max_items > 0 ? o->max_items : 1,
+                         .min_events = o->min_events, .half_life_ms = longest_half_life(mi)};
+    wf->f = hl_foldin_create(&fo, hl_model_e_in(o->m), hl_model_e_out(o->m),
+                             hl_model_bias(o->m), mi->n_items, errbuf, errlen);
+    if (wf->f == NULL) {
+        hl_wfoldin_destroy(wf);
+        return NULL;
+    }
+    register_metrics(wf);
+    return wf;
+}
+
+void hl_wfoldin_destroy(hl_wfoldin *wf)
+{
+    if (wf == NULL)
+        return;
+    hl_foldin_destroy(wf->f);
+    pthread_mutex_destroy(&wf->mu);
+    free(wf->topic);
+    free(wf);
+}
+
+/* ---- a shard thread's notes ---- */
+
+int hl_foldin_local_init(hl_wfoldin *wf, hl_foldin_local *loc, char *errbuf, size_t errlen)
+{
+    memset(loc, 0, sizeof *loc);
+    size_t d = (size_t)wf->dim;
+    loc->X = malloc(FOLD_CHUNK * (size_t)wf->in_dim * sizeof(float));
+    loc->act = malloc(hl_encoder_act_floats(&wf->net, FOLD_CHUNK) * sizeof(float));
+    loc->vecs = malloc(FOLD_CHUNK * (2 * d + 1) * sizeof(float));
+    loc->enc_cap = 64 + 2 * (HL_MAX_ID_LEN + 10 * 2 + 5 * 2 * d + 32);
+    loc->enc = malloc(loc->enc_cap);
+    if (!loc->X || !loc->act || !loc->vecs || !loc->enc) {
+        hl_foldin_local_reset(loc);
+        return hl_err(errbuf, errlen, HL_ENOMEM, "catalogue.foldin: out of memory");
+    }
+    return 0;
+}
+
+void hl_foldin_local_reset(hl_foldin_local *loc)
+{
+    free(loc->note);
+    free(loc->ids);
+    free(loc->X);
+    free(loc->act);
+    free(loc->vecs);
+    free(loc->enc);
+    memset(loc, 0, sizeof *loc);
+}
+
+static int grow(hl_foldin_local *loc, uint32_t len)
+{
+    if (loc->n == loc->cap) {
+        int cap = loc->cap ? loc->cap * 2 : 256;
+        fold_note *n = realloc(loc->note, (size_t)cap * sizeof *n);
+        if (n == NULL)
+            return HL_ENOMEM;
+        loc->note = n;
+        loc->cap = cap;
+    }
+    if (loc->ids_used + len > loc->ids_cap) {
+        size_t cap = loc->ids_cap ? loc->ids_cap * 2 : 16384;
+        while (cap < loc->ids_used + len)
+            cap *= 2;
+        char *s = realloc(loc->ids, cap);
+        if (s == NULL)
+            return HL_ENOMEM;
+        loc->ids = s;
+        loc->ids_cap = cap;
+    }
+    return 0;
+}
+
+void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char *id,
+                          uint32_t len)
+{
+    if (grow(loc, len) != 0) {
+        loc->dropped++;
+        return;
+    }
+    memcpy(loc->ids + loc->ids_used, id, len);
+    loc->note[loc->n++] = (fold_note){sh, ev, (uint32_t)loc->ids_used, len};
+    loc->ids_used += len;
+}
+
+/* ---- publication ---- */
+
+static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
+{
+    char err[256];
+    int d = wf->dim;
+    hl_item_update u = {
+        .id = p->id, .id_len = p->len, .available = 1,
+        .expires_at_ms = HL_CATALOGUE_NO_EXPIRY, .e_in = p->vec, .e_out = p->vec + d,
+        .bias = p->vec[2 * d], .foldin_events = p->count,
+    };
+    int len = hl_item_encode(&wf->o.codec, &u, loc->enc, loc->enc_cap);
+    int rc = len < 0 ? len : hl_producer_send(wf->o.prod, wf->topic, RD_KAFKA_PARTITION_UA,
+                                              p->id, p->len, loc->enc, (size_t)len, NULL,
+                                              NULL, err, sizeof err);
+    uint64_t sup = 0;
+    if (rc == 0) {
+        hl_counter_add(wf->c_published, 1);
+        return;
+    }
+    hl_counter_add(wf->c_failed, 1);
+    if (len < 0)
+        snprintf(err, sizeof err, "cannot encode (%d bytes of room)", (int)loc->enc_cap);
+    if (hl_log_limit_pass(&wf->err_limit, &sup))
+        hl_log(HL_LOG_WARN, "foldin_publish_failed", "item=\"%.*s\" topic=%s err=\"%s\" "
+               "action=\"sent again when the item's count doubles\" suppressed=%llu",
+               (int)(p->len < 64 ? p->len : 64), p->id, wf->topic, err,
+               (unsigned long long)sup);
+}
+
+/* Under wf->mu: whether item id is to be published now, its vectors into
+ * p. An operator's item is marked so that it is never due again; a topic
+ * record built from more interactions raises the bar to twice its count. */
+static int take_due(hl_wfoldin *wf, const char *id, uint32_t len, fold_pub *p)
+{
+    int32_t n = hl_foldin_due(wf->f, id, len);
+    if (n == 0)
+        return 0;
+    int64_t on_topic = hl_items_foldin_state(wf->o.items, id, len);
+    if (on_topic < 0 || n < 2 * on_topic) {
+        hl_foldin_mark(wf->f, id, len, on_topic < 0 ? INT32_MAX : on_topic);
+        return 0;
+    }
+    int d = wf->dim;
+    if (hl_foldin_vectors(wf->f, id, len, p->vec, p->vec + d, p->vec + 2 * d) != 0)
+        return 0;
+    hl_foldin_mark(wf->f, id, len, n);
+    memcpy(p->id, id, len);
+    p->len = len;
+    p->count = n;
+    return 1;
+}
+
+/* ---- the batch's notes into the sums ---- */
+
+/* The query vectors of notes [i0, i0+n) into loc->q (n, dim); a note
+ * whose user is gone (evicted in the batch) or whose event was not
+ * applied gets sh = NULL. */
+static const float *queries(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n)
+{
+    hl_row_view v;
+    float *x = loc->X;
+    for (int k = 0; k < n; k++, x += wf->in_dim) {
+        fold_note *nt = &loc->note[i0 + k];
+        const hl_event *e = &nt->sh->ev[nt->ev];
+        int64_t row = nt->sh->status[nt->ev] > 0 ?
+                      hl_table_find(nt->sh->tbl, e->user, e->user_len) : -1;
+        if (row < 0) {
+            nt->sh = NULL;
+            memset(x, 0, (size_t)wf->in_dim * sizeof *x);
+            continue;
+        }
+        hl_table_view(nt->sh->tbl, (uint32_t)row, &v);
+        hl_encoder_features(wf->net.n_heads, wf->dim, v.s, v.m, x);
+    }
+    return hl_encoder_forward(&wf->net, loc->X, n, loc->act);
+}
+
+/* Adds one chunk's notes under the lock; the due items into pub (room
+ * for n), their count returned. */
+static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, const float *Q,
+                     fold_pub *pub, float *vecs, uint64_t *added, uint64_t *skipped)
+{
+    int n_pub = 0, d = wf->dim;
+    for (int k = 0; k < n; k++) {
+        const fold_note *nt = &loc->note[i0 + k];
+        if (nt->sh == NULL)
+            continue;
+        const hl_event *e = &nt->sh->ev[nt->ev];
+        const char *id = loc->ids + nt->off;
+        if (hl_foldin_add(wf->f, id, nt->len, Q + (size_t)k * d, e->w, e->ts_ms) < 0) {
+            (*skipped)++;
+            continue;
+        }
+        (*added)++;
+        pub[n_pub].vec = vecs + (size_t)n_pub * (2 * d + 1);
+        n_pub += take_due(wf, id, nt->len, &pub[n_pub]);
+    }
+    return n_pub;
+}
+
+static void note_stats(hl_wfoldin *wf)
+{
+    hl_foldin_stats st;
+    hl_foldin_stats_get(wf->f, &st);
+    if (st.evicted > wf->evicted_seen) {
+        hl_counter_add(wf->c_evicted, st.evicted - wf->evicted_seen);
+        wf->evicted_seen = st.evicted;
+    }
+    hl_gauge_set(wf->g_items, st.items);
+}
+
+static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,
+                        fold_pub *pub, float *vecs)
+{
+    uint64_t added = 0, skipped = 0;
+    const float *Q = queries(wf, loc, i0, n);
+    pthread_mutex_lock(&wf->mu);
+    int n_pub = add_chunk(wf, loc, i0, n, Q, pub, vecs, &added, &skipped);
+    note_stats(wf);
+    pthread_mutex_unlock(&wf->mu);
+    for (int k = 0; k < n_pub; k++)
+        publish(wf, loc, &pub[k]);
+    hl_counter_add(wf->c_events, added);
+    if (skipped)
+        hl_counter_add(wf->c_skipped, skipped);
+}
+
+void hl_foldin_local_flush(hl_wfoldin *wf, hl_foldin_local *loc, const hl_model *m)
+{
+    if (loc->dropped > 0 || (loc->n > 0 && m != wf->o.m)) {
+        hl_counter_add(wf->c_skipped, loc->dropped + (uint64_t)(m != wf->o.m ? loc->n : 0));
+        loc->dropped = 0;
+    }
+    if (loc->n > 0 && m == wf->o.m) {
+        fold_pub pub[FOLD_CHUNK];
+        for (int i0 = 0; i0 < loc->n; i0 += FOLD_CHUNK)
+            flush_chunk(wf, loc, i0, loc->n - i0 < FOLD_CHUNK ? loc->n - i0 : FOLD_CHUNK,
+                        pub, loc->vecs);
+    }
+    loc->n = 0;
+    loc->ids_used = 0;
+}

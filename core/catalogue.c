@@ -522,6 +522,8 @@ void hl_catview_destroy(hl_catview *v)
 
 uint64_t     hl_catview_version(const hl_catview *v) { return v->version; }
 int32_t      hl_catview_n_side(const hl_catview *v) { return v->n_side; }
+int32_t      hl_catview_n_model(const hl_catview *v) { return v->n_model; }
+int          hl_catview_dim(const hl_catview *v) { return v->dim; }
 const float *hl_catview_side_e_in(const hl_catview *v) { return v->e_in; }
 const float *hl_catview_side_e_out(const hl_catview *v) { return v->e_out; }
 const float *hl_catview_side_bias(const hl_catview *v) { return v->bias; }

@@ -87,6 +87,8 @@ hl_catview *hl_catalogue_view(const hl_catalogue *c);
 void        hl_catview_destroy(hl_catview *v);              /* NULL is a no-op */
 
 uint64_t hl_catview_version(const hl_catview *v);
+int32_t  hl_catview_n_model(const hl_catview *v);  /* the model's items: side rows follow */
+int      hl_catview_dim(const hl_catview *v);
 int32_t  hl_catview_n_side(const hl_catview *v);
 /* Side item vectors: (n_side, dim) row-major, and (n_side) biases. */
 const float *hl_catview_side_e_in(const hl_catview *v);

@@ -32,6 +32,9 @@ typedef struct hl_event {
     float       w;           /* type weight x the event's weight field */
     int64_t     ts_ms;       /* event time */
     int64_t     offset;      /* input position: the idempotence key */
+    const float *x;          /* the item's e_in when the model has none: an
+                                item the live catalogue added (dim floats,
+                                borrowed for the apply); NULL: e_in[item] */
 } hl_event;
 
 /* A borrowed look at one row; valid until the next call that may evict
@@ -82,7 +85,8 @@ void      hl_table_destroy(hl_table *tbl);       /* NULL is a no-op */
 const hl_table_opts *hl_table_opts_get(const hl_table *tbl);
 
 /* Applies ev[0..n) in order. e_in is the model's input embeddings
- * (n_items, dim) row-major; events whose item is -1 or >= n_items add
+ * (n_items, dim) row-major; an event adds ev.x when it is set, else
+ * e_in[item]; events whose item is -1 or >= n_items without an x add
  * nothing to the heads but are still recorded in the history. An event whose
  * offset is not above its user's last_offset changes nothing (idempotence).
  * An event that could take one of its user's masses past HL_TABLE_MAX_MASS

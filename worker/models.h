@@ -53,6 +53,12 @@ typedef struct hl_models_opts {
     const hl_qitems *first_qitems;     /* two-stage: the first model's table
                                           (borrowed); NULL: exact scoring, and
                                           swapped-in models get none either */
+    /* Called on the main thread once a new model r is validated and ready,
+     * just before it goes live (the live catalogue rebinds to it here).
+     * Not 0: the swap is refused (counted) and the serving model stays.
+     * NULL: none. */
+    int        (*before_live)(void *arg, const hl_mref *r, char *errbuf, size_t errlen);
+    void        *before_live_arg;
 } hl_models_opts;
 
 /* first is borrowed: the caller closes it after hl_models_destroy. Strings

@@ -22,11 +22,18 @@ typedef struct hl_table_opts {
     size_t   expected_users; /* sizing hint only; the table grows */
 } hl_table_opts;
 
+/* A history entry's item that no model row names but whose e_in (the live
+ * catalogue's, hl_event.x) went into the heads: a migration leaves its
+ * share in the mapped remainder (migrate.h), where a -1 entry added
+ * nothing. */
+#define HL_ITEM_ADDED (-2)
+
 /* One decoded event, ready to apply. */
 typedef struct hl_event {
     const char *user;        /* user_id bytes, not NUL-terminated */
     uint32_t    user_len;    /* 1..HL_MAX_ID_LEN */
-    int32_t     item;        /* model row, or -1 for an item outside the model */
+    int32_t     item;        /* model row, -1 for an item outside the model, or
+                                HL_ITEM_ADDED (with x) */
     uint64_t    item_key;    /* hl_item_key of its id; 0: unknown */
     uint8_t     type;        /* HL_VIEW.. */
     float       w;           /* type weight x the event's weight field */

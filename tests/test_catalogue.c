@@ -575,6 +575,8 @@ static void apply_user(hl_table *tbl, const hl_model *m, const float *x_new)
                        .item_key = hl_item_key(ids[i], len), .type = HL_CLICK,
                        .w = 1.0f + (float)i, .ts_ms = 1000 + i * 60000, .offset = i,
                        .x = x_new != NULL && i % 2 ? x_new : NULL};
+        if (ev.x != NULL)
+            ev.item = HL_ITEM_ADDED;
         CHECK(hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), hl_model_info_get(m)->n_items,
                              NULL) == 1);
     }

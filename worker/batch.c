@@ -233,8 +233,9 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
         .type = (uint8_t)cev.type, .w = t->mref->tw[cev.type] * cev.weight,
         .ts_ms = cev.ts_ms, .offset = rkm->offset,
     };
-    if (ev.item < 0)        /* an item the live catalogue added: its e_in */
-        hl_items_local_added(&t->cat, ev.item_key, &ev.x);
+    if (ev.item < 0 &&      /* an item the live catalogue added: its e_in */
+        hl_items_local_added(&t->cat, ev.item_key, &ev.x) >= 0)
+        ev.item = HL_ITEM_ADDED;
     memcpy(t->arena + t->arena_used, cev.user, cev.user_len);
     t->arena_used += cev.user_len;
     t->b.unknown += ev.item < 0 && ev.x == NULL;

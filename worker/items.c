@@ -392,13 +392,13 @@ int hl_items_rebind(hl_items *it, const hl_model *m, uint64_t gen)
         it->m = was;
         it->gen = was_gen;
     }
+    hl_catalogue_stats st;
+    hl_catalogue_stats_get(it->cat, &st);
     pthread_mutex_unlock(&it->cat_mu);
     if (rc != 0)
         return rc;
     hl_counter_add(it->c_drop_known, (uint64_t)rs.dropped_known);
     hl_counter_add(it->c_drop_dim, (uint64_t)rs.dropped_dim);
-    hl_catalogue_stats st;
-    hl_catalogue_stats_get(it->cat, &st);   /* a word only: the reader may move on */
     hl_log(HL_LOG_INFO, "catalogue_rebound", "generation=%llu hidden=%d expiring=%d "
            "added=%d embeddings_dropped_known=%d embeddings_dropped_dim=%d",
            (unsigned long long)gen, (int)st.hidden, (int)st.expiring, (int)st.added,

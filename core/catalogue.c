@@ -55,6 +55,9 @@ struct hl_catview {
     char    **side_id;  uint32_t *side_len;  /* copies */
     int32_t  *always;   int32_t n_always;    /* sorted rows */
     exp_row  *exp;      int32_t n_exp;       /* sorted by time */
+    uint64_t *key;      int32_t *key_row;    /* added items by hl_item_key: open
+                                                addressing, key 0 empty */
+    uint32_t  key_mask;
 };
 
 /* ---- the id hash ---- */
@@ -364,25 +367,22 @@ int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_
     return n > 0 ? n : -1;
 }
 
-int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, int32_t *n_dropped)
+/* Side slots are (cap_side, dim): another dim starts them afresh (every
+ * embedding was dropped by then). */
+static void reshape_side(hl_catalogue *c, int dim)
+{
+    free(c->s_in);               /* side_alloc grows them anew at the new width */
+    free(c->s_out);
+    c->s_in = c->s_out = NULL;
+    c->cap_side = c->n_side_hw = 0;
+    c->free_side = -1;
+    c->dim = dim;
+}
+
+int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, hl_catalogue_rebind_stats *st)
 {
     int dim = hl_model_info_get(m)->dim;
-    *n_dropped = 0;
-    if (dim != c->dim) {
-        for (int32_t i = 0; i < c->n_ent; i++)   /* every side slot goes */
-            if (c->ent[i].used && c->ent[i].side >= 0) {
-                count(c, &c->ent[i], -1);
-                c->ent[i].side = -1;
-                count(c, &c->ent[i], +1);
-                (*n_dropped)++;
-            }
-        free(c->s_in);               /* side_alloc grows them anew at the new width */
-        free(c->s_out);
-        c->s_in = c->s_out = NULL;
-        c->cap_side = c->n_side_hw = 0;
-        c->free_side = -1;
-        c->dim = dim;
-    }
+    memset(st, 0, sizeof *st);
     c->m = m;
     c->n_model = hl_model_info_get(m)->n_items;
     c->n_new = 0;
@@ -392,9 +392,17 @@ int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, int32_t *n_dropped)
             continue;
         count(c, e, -1);
         e->model_row = hl_model_item_find(m, e->id, e->id_len);
+        if (e->side >= 0 && (e->model_row >= 0 || dim != c->dim)) {
+            st->dropped_known += e->model_row >= 0;
+            st->dropped_dim += e->model_row < 0;
+            side_free(c, e->side);
+            e->side = -1;
+        }
         c->n_new += e->model_row < 0;
         count(c, e, +1);
     }
+    if (dim != c->dim)
+        reshape_side(c, dim);
     c->version++;
     return 0;
 }
@@ -427,8 +435,41 @@ static int view_alloc(hl_catview *v, const hl_catalogue *c)
     v->side_len = calloc(ns ? ns : 1, sizeof *v->side_len);
     v->always = malloc(n_rows * sizeof *v->always);
     v->exp = malloc(n_rows * sizeof *v->exp);
+    uint32_t n_key = 16;
+    while (n_key < 2 * ns)
+        n_key *= 2;
+    v->key = calloc(n_key, sizeof *v->key);
+    v->key_row = malloc(n_key * sizeof *v->key_row);
+    v->key_mask = n_key - 1;
     return v->e_in && v->e_out && v->bias && v->side_id && v->side_len &&
-           v->always && v->exp ? 0 : HL_ENOMEM;
+           v->always && v->exp && v->key && v->key_row ? 0 : HL_ENOMEM;
+}
+
+static uint32_t key_home(const hl_catview *v, uint64_t k)
+{
+    return (uint32_t)(k * 0x9E3779B97F4A7C15ull >> 32) & v->key_mask;
+}
+
+/* Two ids of one key (1 in 10^7 at 10^6 items, hl.h): the first wins. */
+static void key_add(hl_catview *v, uint64_t k, int32_t row)
+{
+    uint32_t i = key_home(v, k);
+    while (v->key[i] != 0 && v->key[i] != k)
+        i = (i + 1) & v->key_mask;
+    if (v->key[i] == 0) {
+        v->key[i] = k;
+        v->key_row[i] = row;
+    }
+}
+
+int32_t hl_catview_added_row(const hl_catview *v, uint64_t key)
+{
+    if (key == 0)
+        return -1;
+    for (uint32_t i = key_home(v, key); v->key[i] != 0; i = (i + 1) & v->key_mask)
+        if (v->key[i] == key)
+            return v->key_row[i];
+    return -1;
 }
 
 /* Entry e into v: its side row, its hidden rows and its expiry. */
@@ -446,6 +487,8 @@ static int view_add(hl_catview *v, const hl_catalogue *c, const entry *e)
         v->side_len[s] = e->id_len;
         if (row >= 0)
             v->always[v->n_always++] = row;     /* the side row replaces it */
+        else
+            key_add(v, hl_item_key(e->id, e->id_len), v->n_model + v->n_side);
         row = v->n_model + v->n_side++;
     }
     if (row < 0)
@@ -492,11 +535,15 @@ void hl_catview_destroy(hl_catview *v)
     free(v->bias);
     free(v->always);
     free(v->exp);
+    free(v->key);
+    free(v->key_row);
     free(v);
 }
 
 uint64_t     hl_catview_version(const hl_catview *v) { return v->version; }
 int32_t      hl_catview_n_side(const hl_catview *v) { return v->n_side; }
+int32_t      hl_catview_n_model(const hl_catview *v) { return v->n_model; }
+int          hl_catview_dim(const hl_catview *v) { return v->dim; }
 const float *hl_catview_side_e_in(const hl_catview *v) { return v->e_in; }
 const float *hl_catview_side_e_out(const hl_catview *v) { return v->e_out; }
 const float *hl_catview_side_bias(const hl_catview *v) { return v->bias; }

@@ -65,16 +65,22 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
  * built from n interactions. */
 int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_t len);
 
-/* Model swap (DESIGN.md section 10): re-resolves every kept item against
- * m (borrowed from now on; the old model may be closed after this
- * returns), keeping its availability and expiry. An embedding whose dim is
- * not m's is dropped (the item keeps its other fields; *n_dropped counts
- * them); one whose dim fits is kept as it is, in the new model's space by
- * assumption (the writer of the item topic re-publishes it otherwise).
- * Items the new model knows stop counting against max_new. Views built
- * before name items through the old model: keep it open until they are
+/* Model swap (DESIGN.md section 10): re-resolves every kept item by its id
+ * against m (borrowed from now on; the old model may be closed after this
+ * returns), keeping its availability and expiry. Embeddings: one of an
+ * item m knows is dropped (m's own vectors win: an override lasts until
+ * the next swap, and an added item the retrain learned is now a model
+ * item); one of an item m does not know is kept as it is when its dim is
+ * m's (it is taken to be in m's space: the writer of the item topic
+ * re-publishes it otherwise), else dropped. Dropped embeddings are counted
+ * in *st. Items m knows stop counting against max_new. Views built before
+ * name items through the old model: keep it open until they are
  * destroyed. Returns 0. */
-int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, int32_t *n_dropped);
+typedef struct hl_catalogue_rebind_stats {
+    int32_t dropped_known;   /* embeddings of items the new model knows */
+    int32_t dropped_dim;     /* embeddings of unknown items of another dim */
+} hl_catalogue_rebind_stats;
+int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, hl_catalogue_rebind_stats *st);
 
 /* Changes applied since create (each apply that returned 0). */
 uint64_t hl_catalogue_version(const hl_catalogue *c);
@@ -94,6 +100,8 @@ hl_catview *hl_catalogue_view(const hl_catalogue *c);
 void        hl_catview_destroy(hl_catview *v);              /* NULL is a no-op */
 
 uint64_t hl_catview_version(const hl_catview *v);
+int32_t  hl_catview_n_model(const hl_catview *v);  /* the model's items: side rows follow */
+int      hl_catview_dim(const hl_catview *v);
 int32_t  hl_catview_n_side(const hl_catview *v);
 /* Side item vectors: (n_side, dim) row-major, and (n_side) biases. */
 const float *hl_catview_side_e_in(const hl_catview *v);
@@ -104,6 +112,13 @@ const char *hl_catview_item_id(const hl_catview *v, int32_t row, uint32_t *len);
 /* The ranker row an item id is listed under: its side row when it has one,
  * else its model row; -1 when neither knows it. */
 int32_t hl_catview_row_find(const hl_catview *v, const char *id, size_t len);
+
+/* The ranker row of an item the model does not know and the view lists
+ * with an embedding (an added item), by its hl_item_key; -1 when there is
+ * none (0 is never a key). O(1): the batch loop asks it per event of an
+ * item outside the model. The row's e_in is
+ * hl_catview_side_e_in(v) + (row - n_model) * dim. */
+int32_t hl_catview_added_row(const hl_catview *v, uint64_t key);
 
 /* Most rows hl_catview_hidden_at can return. */
 int32_t hl_catview_hidden_max(const hl_catview *v);

@@ -303,6 +303,8 @@ static void ring_parts(const hl_migration *mg, const hl_row_edit *e, float *r_ol
         int k = hl_row_hist_index(v, i);
         int32_t item = e->hist_item[k];
         int known = !mg->rebuild && item >= 0 && item < mg->n_from;
+        if (!mg->rebuild && item == HL_ITEM_ADDED)
+            continue;           /* the catalogue's e_in: its share stays in the remainder */
         int32_t to = new_row(mg, e, k);
         if (!known && to < 0) continue;                  /* nothing either side */
         float w = entry_weight(mg, v, k);
@@ -323,7 +325,11 @@ static void map_ring_items(const hl_migration *mg, hl_row_edit *e)
 {
     for (int i = 0; i < e->v.n_hist; i++) {
         int k = hl_row_hist_index(&e->v, i);
-        e->hist_item[k] = new_row(mg, e, k);
+        int32_t to = new_row(mg, e, k);
+        /* an added item the new model does not know either stays one: its
+         * share is still in the heads, mapped */
+        if (to >= 0 || mg->rebuild || e->hist_item[k] != HL_ITEM_ADDED)
+            e->hist_item[k] = to;
     }
 }
 

@@ -46,7 +46,12 @@ int          hl_migration_shared(const hl_migration *mg); /* items both know */
 /* Migrates one row in place: its heads into to's space, its ring's item
  * rows to to's rows (-1 for an item to does not know; an item from did
  * not know but to does is found by its key and now counts in the ring's
- * part). scratch holds at least 2 n_heads dim floats. */
+ * part). An HL_ITEM_ADDED entry (an item the live catalogue added, whose
+ * e_in the ring does not keep) is left in the remainder, mapped by M like
+ * events older than the ring, and not added again under to; its ring item
+ * becomes to's row when to knows it, else stays HL_ITEM_ADDED. A rebuild
+ * (no from) treats it like -1: found by key in to, or nothing. scratch
+ * holds at least 2 n_heads dim floats. */
 void hl_migration_row(const hl_migration *mg, hl_row_edit *e, float *scratch);
 
 /* The same for n rows at once (one SGEMM for all their remainders);

@@ -293,23 +293,6 @@ static void decode_keys(hl_snapshot_row_scratch *sc, hl_row_view *v, int has_key
     v->hist_w = sc->hist_w;
 }
 
-/* A row whose masses or sums are not finite, or whose masses are past what
- * hl_table_apply lets a row reach, would refuse every later event of its
- * user (the mass guard): such a row is damage, never restored. The sum
- * over all floats is finite only when each is, so the loop vectorises. */
-static int state_finite(const float *m_then_s, size_t n_heads, size_t n_f)
-{
-    float acc = 0.0f;
-    for (size_t i = 0; i < n_f; i++)
-        acc += m_then_s[i] * 0.0f;
-    if (acc != 0.0f)
-        return 0;
-    for (size_t h = 0; h < n_heads; h++)
-        if (!(fabsf(m_then_s[h]) <= HL_TABLE_MAX_MASS))
-            return 0;
-    return 1;
-}
-
 int hl_snapshot_row_decode(const unsigned char *p, size_t len, int n_heads, int dim,
                            int history, uint32_t version, hl_snapshot_row_scratch *sc,
                            uint32_t *row, hl_row_view *v)
@@ -335,8 +318,6 @@ int hl_snapshot_row_decode(const unsigned char *p, size_t len, int n_heads, int 
     p += ROW_FIXED - 2;
     get_f32s(sc->m, p, n_f);          /* m then s, as in the file */
     p += 4 * n_f;
-    if (!state_finite(sc->m, (size_t)n_heads, n_f))
-        return HL_ERANGE;
 #ifdef NATIVE_LE
     memcpy(sc->hist_item, p, 4 * n_hist);
     memcpy(sc->hist_ts, p + 4 * n_hist, 8 * n_hist);

@@ -452,8 +452,8 @@ static int apply_one(hl_table *tbl, uint32_t r, const hl_event *e,
         tbl->st.non_finite++;
         return HL_ERANGE;
     }
-    const float *x = NULL;
-    if (e_in != NULL && e->item >= 0 && e->item < n_items)
+    const float *x = e->x;
+    if (x == NULL && e_in != NULL && e->item >= 0 && e->item < n_items)
         x = e_in + (size_t)e->item * tbl->dim;
     hl_decay_add(&tbl->o.decay, row_s(tbl, p), row_m(tbl, p), &rh->t_ref_ms,
                  e->ts_ms, e->w, x);
@@ -510,10 +510,10 @@ static void stage_guess(hl_table *tbl, const hl_event *e, int b,
     int64_t r = guess_row(tbl, tbl->pipe_hash[b & (RING - 1)]);
     tbl->pipe_row[b & (RING - 1)] = r;
     tbl->pipe_gen[b & (RING - 1)] = tbl->evictions;
-    if (e_in != NULL && e->item >= 0 && e->item < n_items) {
-        const float *x = e_in + (size_t)e->item * tbl->dim;
-        for (int j = 0; j < tbl->dim; j += 16) __builtin_prefetch(x + j, 0, 3);
-    }
+    const float *x = e->x;
+    if (x == NULL && e_in != NULL && e->item >= 0 && e->item < n_items)
+        x = e_in + (size_t)e->item * tbl->dim;
+    for (int j = 0; x != NULL && j < tbl->dim; j += 16) __builtin_prefetch(x + j, 0, 3);
     if (r < 0) return;
     const uint8_t *p = row_ptr(tbl, (uint32_t)r);
     for (size_t off = 0; off < tbl->off_htype; off += 64)

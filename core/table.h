@@ -22,16 +22,26 @@ typedef struct hl_table_opts {
     size_t   expected_users; /* sizing hint only; the table grows */
 } hl_table_opts;
 
+/* A history entry's item that no model row names but whose e_in (the live
+ * catalogue's, hl_event.x) went into the heads: a migration leaves its
+ * share in the mapped remainder (migrate.h), where a -1 entry added
+ * nothing. */
+#define HL_ITEM_ADDED (-2)
+
 /* One decoded event, ready to apply. */
 typedef struct hl_event {
     const char *user;        /* user_id bytes, not NUL-terminated */
     uint32_t    user_len;    /* 1..HL_MAX_ID_LEN */
-    int32_t     item;        /* model row, or -1 for an item outside the model */
+    int32_t     item;        /* model row, -1 for an item outside the model, or
+                                HL_ITEM_ADDED (with x) */
     uint64_t    item_key;    /* hl_item_key of its id; 0: unknown */
     uint8_t     type;        /* HL_VIEW.. */
     float       w;           /* type weight x the event's weight field */
     int64_t     ts_ms;       /* event time */
     int64_t     offset;      /* input position: the idempotence key */
+    const float *x;          /* the item's e_in when the model has none: an
+                                item the live catalogue added (dim floats,
+                                borrowed for the apply); NULL: e_in[item] */
 } hl_event;
 
 /* A borrowed look at one row; valid until the next call that may evict
@@ -82,7 +92,8 @@ void      hl_table_destroy(hl_table *tbl);       /* NULL is a no-op */
 const hl_table_opts *hl_table_opts_get(const hl_table *tbl);
 
 /* Applies ev[0..n) in order. e_in is the model's input embeddings
- * (n_items, dim) row-major; events whose item is -1 or >= n_items add
+ * (n_items, dim) row-major; an event adds ev.x when it is set, else
+ * e_in[item]; events whose item is -1 or >= n_items without an x add
  * nothing to the heads but are still recorded in the history. An event whose
  * offset is not above its user's last_offset changes nothing (idempotence).
  * An event that could take one of its user's masses past HL_TABLE_MAX_MASS

@@ -81,6 +81,27 @@ uint32_t hl_table_next_live(const hl_table *tbl, uint32_t row)
 
 /* ---- restore and meta ----------------------------------------------------- */
 
+/* A row whose masses or sums are not finite, or whose masses are past what
+ * hl_table_apply lets a row reach, would refuse every later event of its
+ * user (the mass guard): such a row is damage, never restored (the snapshot
+ * file is refused, the changelog record skipped and counted). The sum
+ * over all floats is finite only when each is, so the loop vectorises. */
+static int state_finite(const hl_table *tbl, const hl_row_view *v)
+{
+    size_t n_s = (size_t)tbl->n_heads * (size_t)tbl->dim;
+    float acc = 0.0f;
+    for (size_t i = 0; i < n_s; i++)
+        acc += v->s[i] * 0.0f;
+    for (int h = 0; h < tbl->n_heads; h++)
+        acc += v->m[h] * 0.0f;
+    if (acc != 0.0f)
+        return 0;
+    for (int h = 0; h < tbl->n_heads; h++)
+        if (!(fabsf(v->m[h]) <= HL_TABLE_MAX_MASS))
+            return 0;
+    return 1;
+}
+
 static int view_fits(const hl_table *tbl, const hl_row_view *v)
 {
     return v->history == tbl->history && v->n_hist >= 0
@@ -89,7 +110,8 @@ static int view_fits(const hl_table *tbl, const hl_row_view *v)
         && v->user_len <= HL_MAX_ID_LEN && v->user != NULL
         && v->s != NULL && v->m != NULL
         && (v->n_hist == 0 || (v->hist_item != NULL && v->hist_type != NULL
-                               && v->hist_ts_ms != NULL));
+                               && v->hist_ts_ms != NULL))
+        && state_finite(tbl, v);
 }
 
 /* Ring keys and weights, or "unknown" for a view without them (a

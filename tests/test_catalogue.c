@@ -7,6 +7,7 @@
 #define T_SUITE "catalogue"
 #include "test.h"
 #include "catalogue.h"
+#include "table.h"
 #include "qscore.h"
 #include "rank.h"
 
@@ -432,57 +433,123 @@ static void test_list_full_two_stage(void)
     list_full_while_items_remain(HL_SCORING_TWO_STAGE);
 }
 
-/* A model swap keeps hides and expiries, re-resolves which items the model
- * knows, keeps embeddings whose dim fits and drops (counts) the others. */
-static void test_rebind_to_new_model(void)
+/* Reverses t's item order (ids and vectors move together): a retrained
+ * model whose rows are not the old one's. */
+static void tm_reverse(tm *t)
 {
-    tm a, b, c3;
+    int n = t->p.info.n_items;
+    for (int i = 0, j = n - 1; i < j; i++, j--) {
+        char *id = t->ids[i]; t->ids[i] = t->ids[j]; t->ids[j] = id;
+        uint32_t l = t->lens[i]; t->lens[i] = t->lens[j]; t->lens[j] = l;
+        for (int d = 0; d < DIM; d++) {
+            float x = t->e_in[i * DIM + d];
+            t->e_in[i * DIM + d] = t->e_in[j * DIM + d];
+            t->e_in[j * DIM + d] = x;
+        }
+    }
+}
+
+static int32_t row_of(const hl_model *m, const char *id)
+{
+    return hl_model_item_find(m, id, strlen(id));
+}
+
+/* A swap to a model with other rows in another order: the hide and the
+ * expiry follow their items by id; the added item the new model does not
+ * know keeps its vectors (listed, found by key); the override of a known
+ * item and the embedding of an added item the new model learned are
+ * dropped and counted (the model's vectors win). */
+static void test_rebind_follows_ids(void)
+{
+    tm a, b;
     tm_init(&a, N);
     tm_init(&b, N + 10);                  /* knows i300..i309 too */
-    hl_model *ma = tm_open(&a, "ra"), *mb = tm_open(&b, "rb");
+    tm_reverse(&b);
+    hl_model *ma = tm_open(&a, "fa"), *mb = tm_open(&b, "fb");
     char err[256];
-    float e[DIM] = {1};
+    float e[DIM] = {1}, e2[DIM] = {2};
     hl_catalogue *c = hl_catalogue_create(ma, 8, err, sizeof err);
     hl_item_update u = upd("i305");       /* unknown to a, known to b */
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("new-x");                     /* unknown to both */
+    u.e_in = u.e_out = e2;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("i7");                        /* an override of a known item */
     u.e_in = u.e_out = e;
     CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
     u = upd("i4");
     u.available = 0;
     CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("i9");
+    u.expires_at_ms = 1000;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catalogue_rebind_stats rs;
+    CHECK(hl_catalogue_rebind(c, mb, &rs) == 0);
+    CHECK(rs.dropped_known == 2 && rs.dropped_dim == 0);
+    hl_model_close(ma);                   /* nothing may point into it now */
     hl_catalogue_stats st;
     hl_catalogue_stats_get(c, &st);
-    CHECK(st.added == 1 && st.overridden == 0 && st.hidden == 1);
-    int32_t dropped = -1;
-    CHECK(hl_catalogue_rebind(c, mb, &dropped) == 0 && dropped == 0);
-    hl_model_close(ma);                   /* nothing may point into it now */
-    hl_catalogue_stats_get(c, &st);
-    CHECK(st.added == 0 && st.overridden == 1 && st.hidden == 1);
+    CHECK(st.added == 1 && st.overridden == 0 && st.hidden == 1 && st.expiring == 1);
     hl_catview *v = hl_catalogue_view(c);
-    int32_t out[8];
+    int32_t out[8], nb = N + 10;
     int64_t next;
-    int32_t n = hl_catview_hidden_at(v, 0, out, &next);
-    CHECK(n == 2 && out[0] == 4 && out[1] == 305);   /* i305's model row is replaced */
+    CHECK(hl_catview_hidden_at(v, 999, out, &next) == 1 && out[0] == row_of(mb, "i4"));
+    CHECK(next == 1000);
+    int32_t n = hl_catview_hidden_at(v, 1000, out, &next);
+    CHECK(n == 2 && out[0] == row_of(mb, "i9") && out[1] == row_of(mb, "i4"));
+    CHECK(hl_catview_n_side(v) == 1 && hl_catview_side_e_in(v)[0] == 2.0f);
+    CHECK(hl_catview_added_row(v, hl_item_key("new-x", 5)) == nb);
+    CHECK(hl_catview_added_row(v, hl_item_key("i305", 4)) == -1);
+    CHECK(hl_catview_row_find(v, "i305", 4) == row_of(mb, "i305"));
+    uint32_t len;
+    const char *id = hl_catview_item_id(v, nb, &len);
+    CHECK(id != NULL && len == 5 && memcmp(id, "new-x", 5) == 0);
     hl_catview_destroy(v);
-    /* Another dim: the embedding is dropped, the hide stays. */
+    hl_catalogue_destroy(c);
+    hl_model_close(mb);
+    tm_free(&a);
+    tm_free(&b);
+}
+
+/* Another dim: embeddings of unknown items are dropped and counted, hides
+ * stay, and later embeddings are kept at the new width. */
+static void test_rebind_to_other_dim(void)
+{
+    tm a, c3;
+    tm_init(&a, N);
     tm_init(&c3, N);
     c3.p.info.dim = DIM / 2;
     c3.p.info.layer_out[0] = DIM / 2;
-    hl_model *mc = tm_open(&c3, "rc");
-    CHECK(mc != NULL && hl_catalogue_rebind(c, mc, &dropped) == 0 && dropped == 1);
+    hl_model *ma = tm_open(&a, "da"), *mc = tm_open(&c3, "dc");
+    char err[256];
+    float e[DIM] = {1};
+    hl_catalogue *c = hl_catalogue_create(ma, 8, err, sizeof err);
+    hl_item_update u = upd("new-y");
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("i4");
+    u.available = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catalogue_rebind_stats rs;
+    CHECK(mc != NULL && hl_catalogue_rebind(c, mc, &rs) == 0);
+    CHECK(rs.dropped_dim == 1 && rs.dropped_known == 0);
+    hl_catalogue_stats st;
     hl_catalogue_stats_get(c, &st);
     CHECK(st.added == 0 && st.overridden == 0 && st.hidden == 1);
     float e2[DIM / 2] = {2};
     u = upd("brand-new");
     u.e_in = u.e_out = e2;
     CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
-    v = hl_catalogue_view(c);
+    hl_catview *v = hl_catalogue_view(c);
     CHECK(hl_catview_n_side(v) == 1 && hl_catview_side_e_out(v)[0] == 2.0f);
+    CHECK(hl_catview_added_row(v, hl_item_key("new-y", 5)) == -1);
+    CHECK(hl_catview_added_row(v, hl_item_key("brand-new", 9)) == N);
     hl_catview_destroy(v);
     hl_catalogue_destroy(c);
-    hl_model_close(mb);
+    hl_model_close(ma);
     hl_model_close(mc);
     tm_free(&a);
-    tm_free(&b);
     tm_free(&c3);
 }
 
@@ -533,6 +600,106 @@ static void test_foldin_never_overrides_an_operator(void)
     tm_free(&t);
 }
 
+/* ---- added items in a user's state ---- */
+
+static hl_table *one_head_table(void)
+{
+    hl_table_opts o = {.history = 8, .expected_users = 4};
+    double half[1] = {3600e3};
+    char err[256];
+    hl_decay_init(&o.decay, 1, DIM, half, err, sizeof err);
+    return hl_table_create(&o, err, sizeof err);
+}
+
+/* u's events: model items i3, i8 and the added item new-a (row -1 in a,
+ * x from the view; row N in b, an ordinary item). */
+static void apply_user(hl_table *tbl, const hl_model *m, const float *x_new)
+{
+    const char *ids[] = {"i3", "new-a", "i8", "new-a"};
+    for (int i = 0; i < 4; i++) {
+        size_t len = strlen(ids[i]);
+        hl_event ev = {.user = "u", .user_len = 1, .item = hl_model_item_find(m, ids[i], len),
+                       .item_key = hl_item_key(ids[i], len), .type = HL_CLICK,
+                       .w = 1.0f + (float)i, .ts_ms = 1000 + i * 60000, .offset = i,
+                       .x = x_new != NULL && i % 2 ? x_new : NULL};
+        if (ev.x != NULL)
+            ev.item = HL_ITEM_ADDED;
+        CHECK(hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), hl_model_info_get(m)->n_items,
+                             NULL) == 1);
+    }
+}
+
+/* An event on an item the catalogue added adds the view's e_in to the
+ * user's heads, and with the added row excluded (what the worker does for
+ * such ring entries) the user's list is the list of a model that holds
+ * the item as an ordinary row, item for item and score for score. */
+static void test_added_item_counts_as_seen_history(void)
+{
+    tm a, b;
+    tm_init(&a, N);
+    tm_init(&b, N + 1);
+    float s_in[DIM], s_out[DIM];
+    for (int d = 0; d < DIM; d++) {
+        s_in[d] = frand();
+        s_out[d] = frand();
+    }
+    memcpy(b.e_in, a.e_in, (size_t)N * DIM * sizeof(float));
+    memcpy(b.e_out, a.e_out, (size_t)N * DIM * sizeof(float));
+    memcpy(b.bias, a.bias, (size_t)N * sizeof(float));
+    memcpy(b.w, a.w, (size_t)DIM * (DIM + 1) * sizeof(float));
+    memcpy(b.e_in + (size_t)N * DIM, s_in, sizeof s_in);
+    memcpy(b.e_out + (size_t)N * DIM, s_out, sizeof s_out);
+    b.bias[N] = 50.0f;                      /* would top every list */
+    b.lens[N] = (uint32_t)snprintf(b.ids[N], 16, "new-a");
+    hl_model *ma = tm_open(&a, "sa"), *mb = tm_open(&b, "sb");
+    char err[256];
+    hl_catalogue *c = hl_catalogue_create(ma, 8, err, sizeof err);
+    hl_item_update u = upd("new-a");
+    u.e_in = s_in;
+    u.e_out = s_out;
+    u.bias = 50.0f;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catview *v = hl_catalogue_view(c);
+    int32_t row = hl_catview_added_row(v, hl_item_key("new-a", 5));
+    CHECK(row == N);
+    hl_table *ta = one_head_table(), *tb = one_head_table();
+    apply_user(ta, ma, hl_catview_side_e_in(v) + (size_t)(row - N) * DIM);
+    apply_user(tb, mb, NULL);
+    hl_row_view va, vb;
+    hl_table_view(ta, 0, &va);
+    hl_table_view(tb, 0, &vb);
+    CHECK(memcmp(va.s, vb.s, DIM * sizeof(float)) == 0 && va.m[0] == vb.m[0]);
+    hl_rank_opts ro = {.k = K, .exclude_seen = 1, .max_batch = 1};
+    hl_ranker *ra = hl_ranker_create(ma, &ro, err, sizeof err);
+    hl_ranker *rb = hl_ranker_create(mb, &ro, err, sizeof err);
+    hl_rank_catalogue rc = {.e_in = hl_catview_side_e_in(v), .e_out = hl_catview_side_e_out(v),
+                            .bias = hl_catview_side_bias(v), .n_side = hl_catview_n_side(v)};
+    hl_ranker_set_catalogue(ra, &rc);
+    hl_rec got[K], want[K], plain[K];
+    int n_got, n_want, n_plain;
+    hl_rank_exclude ex = {.item = &row, .n = 1};
+    CHECK(hl_ranker_refresh(ra, &va, 1, plain, &n_plain) == 0);
+    CHECK(hl_ranker_refresh_ex(ra, &va, 1, &ex, got, &n_got) == 0);
+    CHECK(hl_ranker_refresh(rb, &vb, 1, want, &n_want) == 0);
+    CHECKF(n_plain > 0 && plain[0].item == N, "new-a is not first unexcluded: the test "
+           "shows nothing");
+    CHECK(n_got == K && n_want == K);
+    for (int j = 0; j < K && n_got == K; j++)
+        CHECKF(got[j].item == want[j].item && got[j].item != N &&
+               got[j].score == want[j].score, "pos %d: row %d %.9g want row %d %.9g", j,
+               got[j].item, got[j].score, want[j].item, want[j].score);
+    hl_ranker_destroy(ra);
+    hl_ranker_destroy(rb);
+    hl_table_destroy(ta);
+    hl_table_destroy(tb);
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(ma);
+    hl_model_close(mb);
+    tm_free(&a);
+    tm_free(&b);
+}
+
 int main(void)
 {
     RUN(test_foldin_never_overrides_an_operator);
@@ -544,6 +711,8 @@ int main(void)
     RUN(test_masked_top_k_two_stage_plain);
     RUN(test_list_full_while_items_remain);
     RUN(test_list_full_two_stage);
-    RUN(test_rebind_to_new_model);
+    RUN(test_rebind_follows_ids);
+    RUN(test_rebind_to_other_dim);
+    RUN(test_added_item_counts_as_seen_history);
     TEST_EXIT();
 }

@@ -262,6 +262,68 @@ out:
     twin_close(&t);
 }
 
+/* Like apply_all; an item m does not know is given x (the live
+ * catalogue's e_in for an item it added: HL_ITEM_ADDED). */
+static void apply_added(hl_table *tbl, const hl_model *m, const int *item, int n,
+                        const float *x)
+{
+    for (int i = 0; i < n; i++) {
+        char id[16];
+        int len = snprintf(id, sizeof id, "it%d", item[i]);
+        uint8_t type = (uint8_t)(i % HL_N_TYPES);
+        hl_event ev = {.user = "u1", .user_len = 2, .item = hl_model_item_find(m, id, (size_t)len),
+                       .item_key = hl_item_key(id, (size_t)len), .type = type, .w = k_tw[type],
+                       .ts_ms = 1000000 + i * 60000, .offset = i};
+        if (ev.item < 0) {
+            ev.item = HL_ITEM_ADDED;
+            ev.x = x;
+        }
+        hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), hl_model_info_get(m)->n_items, NULL);
+    }
+}
+
+/* it49 is unknown to A and added by the catalogue with its vector in F
+ * (A's items plus it49); B is F's e_in times a map. Migrating A's heads
+ * into B maps the added item's share with the rest (it is not added again
+ * under B, which learned it): the result is B's own heads, and the ring
+ * names B's row for it49. */
+static void test_added_item_is_mapped_not_doubled(void)
+{
+    float amap[DIM * DIM];
+    uint64_t s = 9;
+    for (int i = 0; i < DIM * DIM; i++) amap[i] = frand(&s);
+    hl_model *f = model_at("/tmp/test_migrate_f.hlm", 0, 50, 11, NULL, NULL);
+    hl_model *a = model_at("/tmp/test_migrate_a.hlm", 0, 49, 11, NULL, NULL);
+    hl_model *b = f ? model_at("/tmp/test_migrate_b.hlm", 0, 50, 5, amap, f) : NULL;
+    CHECK(f != NULL && a != NULL && b != NULL);
+    if (f == NULL || a == NULL || b == NULL) goto out;
+    const float *x49 = hl_model_e_in(f) + 49 * DIM;
+    int item[24];
+    for (int i = 0; i < 24; i++) item[i] = i % 3 == 1 ? 49 : (i * 7) % 49;
+    hl_table *ta = table_for(6), *tb = table_for(6);
+    apply_added(ta, a, item, 24, x49);
+    apply_added(tb, b, item, 24, NULL);
+    char err[256];
+    hl_migration *mg = hl_migration_create(a, b, k_tw, err, sizeof err);
+    CHECKF(mg != NULL, "%s", err);
+    if (mg) {
+        migrate_user(ta, mg);
+        hl_row_view va, vb;
+        CHECK_CLOSE(heads_of(ta, &va), heads_of(tb, &vb), HEADS * DIM, 1e-3);
+        for (int i = 0; i < va.n_hist; i++) {
+            int k = hl_row_hist_index(&va, i);
+            CHECK(va.hist_item[k] == vb.hist_item[hl_row_hist_index(&vb, i)]);
+        }
+    }
+    hl_migration_destroy(mg);
+    hl_table_destroy(ta);
+    hl_table_destroy(tb);
+out:
+    hl_model_close(f);
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
 /* Without the old model: heads and masses rebuilt from the ring alone by
  * item key; with the ring holding every event that is B's build exactly
  * (masses too: only items B knows count). */
@@ -330,6 +392,7 @@ int main(void)
     RUN(test_full_ring_is_exact);
     RUN(test_linear_map_migrates_remainder);
     RUN(test_rebuild_from_ring);
+    RUN(test_added_item_is_mapped_not_doubled);
     RUN(test_table_generations);
     RUN(test_shape_mismatch_refused);
     unlink(PATH_A);

@@ -122,6 +122,19 @@ static long apply_file(hl_table *tbl, const hl_model *m, const char *path, char 
     return apply_file_at(tbl, m, path, 0, err, errlen);
 }
 
+static const hl_catview *g_view;    /* the offline run's catalogue, if any */
+
+/* An item the catalogue added: its e_in, as the worker gives it (NULL for
+ * any other item). */
+static const float *added_e_in(uint64_t key)
+{
+    int32_t row = g_view ? hl_catview_added_row(g_view, key) : -1;
+    if (row < 0)
+        return NULL;
+    return hl_catview_side_e_in(g_view) +
+           (size_t)(row - hl_catview_n_model(g_view)) * (size_t)hl_catview_dim(g_view);
+}
+
 /* Like apply_file, numbering the events' offsets from base. */
 static long apply_file_at(hl_table *tbl, const hl_model *m, const char *path, long base,
                           char *err, size_t errlen)
@@ -139,6 +152,8 @@ static long apply_file_at(hl_table *tbl, const hl_model *m, const char *path, lo
                        .item_key = hl_item_key(de.item, de.item_len),
                        .type = (uint8_t)de.type, .w = mi->type_weight[de.type] * de.weight,
                        .ts_ms = de.ts_ms, .offset = base + n};
+        if (ev.item < 0 && (ev.x = added_e_in(ev.item_key)) != NULL)
+            ev.item = HL_ITEM_ADDED;
         hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), mi->n_items, NULL);
         n++;
     }
@@ -210,8 +225,6 @@ static hl_catalogue *read_catalogue(const hl_model *m, const char *path, char *e
     return c;
 }
 
-static const hl_catview *g_view;    /* the offline run's catalogue, if any */
-
 static const char *row_id(const hl_model *m, int32_t row, uint32_t *len)
 {
     return g_view ? hl_catview_item_id(g_view, row, len) : hl_model_item_id(m, row, len);
@@ -246,6 +259,20 @@ static int64_t env_ms(const char *name, int64_t def)
     return v && *v ? strtoll(v, NULL, 10) : def;
 }
 
+/* The user's ring entries the catalogue added, as ranker rows: seen, like
+ * model items in the ring (the worker's publish.c does the same). */
+static hl_rank_exclude added_seen(const hl_row_view *v, int32_t *rows)
+{
+    int n = 0;
+    for (int j = 0; g_view && j < v->n_hist && n < 32; j++) {
+        int k = hl_row_hist_index(v, j);
+        int32_t row = v->hist_item[k] < 0 ? hl_catview_added_row(g_view, v->hist_key[k]) : -1;
+        if (row >= 0)
+            rows[n++] = row;
+    }
+    return (hl_rank_exclude){.item = rows, .n = n};
+}
+
 /* Ranks every live user of tbl; prints to f. Returns users ranked or <0. */
 static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
 {
@@ -269,6 +296,8 @@ static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
         hl_ranker_set_catalogue(r, &rc);
     }
     hl_rec *recs = calloc((size_t)B * k, sizeof *recs);
+    hl_rank_exclude ex[B];
+    int32_t seen[B][32];                /* new_table's history */
     int n_out[B];
     long users = 0;
     uint32_t lim = hl_table_row_limit(tbl);
@@ -277,7 +306,9 @@ static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
         for (; row < lim && n < B; row++)
             if (hl_table_row_live(tbl, row))
                 hl_table_view(tbl, row, &v[n++]);
-        if (n == 0 || hl_ranker_refresh(r, v, n, recs, n_out) != 0)
+        for (int i = 0; i < n; i++)
+            ex[i] = added_seen(&v[i], seen[i]);
+        if (n == 0 || hl_ranker_refresh_ex(r, v, n, ex, recs, n_out) != 0)
             continue;
         for (int i = 0; i < n; i++)
             print_list(f, m, &v[i], recs + (size_t)i * k, n_out[i]);

@@ -207,8 +207,7 @@ static void test_dump_non_finite_and_bad_utf8(void)
     hl_snapshot_result r;
     char err[512], out[700], *text;
     size_t n;
-    float s[N_HEADS * DIM], mass[N_HEADS] = { NAN, INFINITY, -INFINITY };
-    for (int i = 0; i < N_HEADS * DIM; i++) s[i] = i % 3 ? -NAN : INFINITY;
+    float s[N_HEADS * DIM] = { 0 }, mass[N_HEADS] = { 1, 1, 1 };
     int32_t hitem[HISTORY] = { 3 };
     uint8_t htype[HISTORY] = { 1 };
     int64_t hts[HISTORY] = { 1000 };
@@ -219,6 +218,12 @@ static void test_dump_non_finite_and_bad_utf8(void)
                       .hist_item = hitem, .hist_type = htype, .hist_ts_ms = hts };
     fresh_dir();
     CHECK(a != NULL && hl_table_restore(a, &v) == 0);
+    /* Restore refuses non-finite state (it would refuse every event of its
+     * user); a table made before that guard could hold it: edit it in. */
+    hl_row_edit e;
+    hl_table_edit(a, (uint32_t)hl_table_find(a, user, sizeof user - 1), &e);
+    e.m[0] = NAN, e.m[1] = INFINITY, e.m[2] = -INFINITY;
+    for (int i = 0; i < N_HEADS * DIM; i++) e.s[i] = i % 3 ? -NAN : INFINITY;
     CHECK(hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0);
     snprintf(out, sizeof out, "%s/out.txt", dir);
     const char *modes[3][2] = { {"dump", NULL}, {"dump", "--values"}, {"inspect", NULL} };

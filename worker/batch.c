@@ -236,9 +236,12 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
         .type = (uint8_t)cev.type, .w = t->mref->tw[cev.type] * cev.weight,
         .ts_ms = cev.ts_ms, .offset = rkm->offset,
     };
+    if (ev.item < 0 &&      /* an item the live catalogue added: its e_in */
+        hl_items_local_added(&t->cat, ev.item_key, &ev.x) >= 0)
+        ev.item = HL_ITEM_ADDED;
     memcpy(t->arena + t->arena_used, cev.user, cev.user_len);
     t->arena_used += cev.user_len;
-    t->b.unknown += ev.item < 0;
+    t->b.unknown += ev.item < 0 && ev.x == NULL;
     hl_shard_push(sh, &ev);
     if (ev.item < 0 && t->ctx->foldin != NULL)
         hl_foldin_local_note(&t->fold, sh, sh->n_ev - 1, cev.item, cev.item_len);
@@ -370,7 +373,7 @@ static void catalogue_boundary(hl_wthread *t)
         hl_table_meta_get(t->own[i]->tbl, &meta);
         hl_items_saw_ts(it, meta.newest_ts_ms);
     }
-    hl_items_local_update(it, &t->cat, t->ranker, t->mref->m);
+    hl_items_local_update(it, &t->cat, t->ranker, t->mref->gen);
 }
 
 void hl_batch_run(hl_wthread *t, int n)

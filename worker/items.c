@@ -13,7 +13,17 @@
  * that changed the catalogue, one view is built and becomes current. A
  * view is reference-counted: the current slot holds one reference and each
  * shard thread one on the view it ranks with, taken at a batch boundary;
- * the last to let go frees it. The mutex guards only the current slot.
+ * the last to let go frees it. mu guards only the slots.
+ *
+ * Model swaps: a view names the rows of one model generation. A swap
+ * rebinds the catalogue (hl_items_rebind, on the main thread, before the
+ * new model goes live; cat_mu keeps the reader's hands off the catalogue
+ * meanwhile) and publishes the first view of the new generation in its
+ * own slot; the previous generation's last view stays in its slot, so a
+ * thread that has not switched yet ranks with its own model's view, and
+ * one that has finds the new view already there. GEN_SLOTS generations
+ * are kept: a thread would have to sleep through that many swaps within
+ * one batch to find none (it then ranks without the catalogue, logged).
  *
  * Bad records are counted by reason, logged (rate-limited) and copied to
  * the dead-letter topic with the reason in a header. Nothing is committed,
@@ -46,9 +56,11 @@ typedef struct known_id {
     int32_t id;
     int     ours;               /* the id's schema is schemas/item_update.avsc */
 } known_id;
+#define GEN_SLOTS           4   /* model generations whose last view is kept */
 
 typedef struct catref {
     hl_catview *v;
+    uint64_t    gen;            /* the model generation its rows are of */
     atomic_int  refs;
 } catref;
 
@@ -63,8 +75,11 @@ struct hl_items {
     atomic_llong    stream_ts_ms;
     atomic_llong    applied;        /* updates applied since start (hl_items_applied) */
     pthread_mutex_t mu;
-    catref         *cur;                /* under mu */
-    pthread_mutex_t cat_mu;             /* cat, against hl_items_foldin_state */
+    catref         *slot[GEN_SLOTS];    /* under mu: the newest view of each
+                                           generation, at gen % GEN_SLOTS */
+    pthread_mutex_t cat_mu;             /* the catalogue: reader vs. rebind */
+    const hl_model *m;                  /* under cat_mu: what the catalogue is bound to */
+    uint64_t        gen;                /* under cat_mu: m's generation */
     /* the reader thread's own */
     int             n_parts;
     int64_t        *end;                /* offset to reach per partition */
@@ -83,6 +98,7 @@ struct hl_items {
     hl_log_limit    bad_limit;
     hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded;
     hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
+    hl_counter     *c_drop_known, *c_drop_dim;
 };
 
 /* ---- views ---- */
@@ -95,30 +111,35 @@ static void ref_release(catref *r)
     }
 }
 
-static catref *ref_acquire(hl_items *it)
+/* The newest view of generation gen, one reference for the caller; NULL
+ * when none is kept. */
+static catref *ref_acquire(hl_items *it, uint64_t gen)
 {
     pthread_mutex_lock(&it->mu);
-    catref *r = it->cur;
-    if (r != NULL)
+    catref *r = it->slot[gen % GEN_SLOTS];
+    if (r != NULL && r->gen == gen)
         atomic_fetch_add(&r->refs, 1);
+    else
+        r = NULL;
     pthread_mutex_unlock(&it->mu);
     return r;
 }
 
-static void publish_view(hl_items *it)
+/* A view of the catalogue becomes its generation's current one. Under
+ * cat_mu. 0, or HL_ENOMEM (logged by the caller). */
+static int publish_view(hl_items *it)
 {
     hl_catalogue_stats st;
     catref *r = malloc(sizeof *r);
     if (r == NULL || (r->v = hl_catalogue_view(it->cat)) == NULL) {
         free(r);
-        hl_log(HL_LOG_ERROR, "catalogue_view_failed", "reason=\"out of memory\" "
-               "action=\"lists keep the previous catalogue; retried after the next update\"");
-        return;
+        return HL_ENOMEM;
     }
+    r->gen = it->gen;
     atomic_init(&r->refs, 1);
     pthread_mutex_lock(&it->mu);
-    catref *old = it->cur;
-    it->cur = r;
+    catref *old = it->slot[r->gen % GEN_SLOTS];
+    it->slot[r->gen % GEN_SLOTS] = r;
     pthread_mutex_unlock(&it->mu);
     ref_release(old);
     it->viewed_version = hl_catalogue_version(it->cat);
@@ -127,6 +148,15 @@ static void publish_view(hl_items *it)
     hl_gauge_set(it->g_hidden, st.hidden);
     hl_gauge_set(it->g_added, st.added);
     hl_gauge_set(it->g_added_foldin, st.foldin);
+    return 0;
+}
+
+/* publish_view from the reader thread: a failure keeps the previous view. */
+static void publish_or_log(hl_items *it)
+{
+    if (publish_view(it) != 0)
+        hl_log(HL_LOG_ERROR, "catalogue_view_failed", "reason=\"out of memory\" "
+               "action=\"lists keep the previous catalogue; retried after the next update\"");
 }
 
 /* ---- the consumer ---- */
@@ -240,7 +270,7 @@ static void check_loaded(hl_items *it)
         if (!it->done[p])
             return;
     if (it->viewed_version != hl_catalogue_version(it->cat) || !it->published)
-        publish_view(it);
+        publish_or_log(it);
     atomic_store(&it->loaded, 1);
     hl_gauge_set(it->g_loaded, 1);
     hl_catalogue_stats st;
@@ -369,9 +399,7 @@ static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_cod
         r = hl_item_decode(co, rkm->key, rkm->key_len, rkm->payload, rkm->len, it->vec, &u,
                            detail, dl);
     if (r == HL_ITEM_OK) {
-        pthread_mutex_lock(&it->cat_mu);
-        int rc = hl_catalogue_apply(it->cat, &u, detail, dl);
-        pthread_mutex_unlock(&it->cat_mu);
+        int rc = hl_catalogue_apply(it->cat, &u, detail, dl);   /* under cat_mu */
         if (rc == HL_CATALOGUE_IGNORED) {   /* fold-in behind an operator: by design */
             hl_counter_add(it->c_ignored, 1);
             return;
@@ -452,14 +480,19 @@ static void count_updates(hl_items *it)
 
 /* ---- the thread ---- */
 
-static void poll_burst(hl_items *it)
+/* rkm and what is queued behind it (BURST at most) into the catalogue,
+ * then a view when it changed. Under cat_mu; the wait for rkm was not. */
+static void apply_burst(hl_items *it, rd_kafka_message_t *rkm)
 {
-    rd_kafka_message_t *rkm = rd_kafka_consumer_poll(it->rk, 100);
     for (int n = 0; rkm != NULL; n++) {
         if (!handle(it, rkm))
             rd_kafka_message_destroy(rkm);
         rkm = n + 1 < BURST ? rd_kafka_consumer_poll(it->rk, 0) : NULL;
     }
+    if (hl_catalogue_version(it->cat) != it->viewed_version && atomic_load(&it->loaded))
+        publish_or_log(it);
+    check_loaded(it);
+    count_updates(it);
 }
 
 static void *items_main(void *arg)
@@ -469,20 +502,52 @@ static void *items_main(void *arg)
     while (!atomic_load(&it->stop)) {
         if (it->n_parts == 0 && hl_now_mono_ms() >= it->retry_at_ms) {
             find_partitions(it);
+            pthread_mutex_lock(&it->cat_mu);
             check_loaded(it);
+            pthread_mutex_unlock(&it->cat_mu);
             if (it->n_parts == 0) {
                 rd_kafka_poll(it->rk, 100);
                 continue;
             }
         }
+        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(it->rk, 100);
+        pthread_mutex_lock(&it->cat_mu);
         retry_kept(it);
-        poll_burst(it);
-        if (hl_catalogue_version(it->cat) != it->viewed_version && atomic_load(&it->loaded))
-            publish_view(it);
-        check_loaded(it);
-        count_updates(it);
+        apply_burst(it, rkm);
+        pthread_mutex_unlock(&it->cat_mu);
     }
     return NULL;
+}
+
+/* ---- model swaps ---- */
+
+int hl_items_rebind(hl_items *it, const hl_model *m, uint64_t gen)
+{
+    hl_catalogue_rebind_stats rs, back;
+    pthread_mutex_lock(&it->cat_mu);
+    const hl_model *was = it->m;
+    uint64_t was_gen = it->gen;
+    hl_catalogue_rebind(it->cat, m, &rs);
+    it->m = m;
+    it->gen = gen;
+    int rc = publish_view(it);
+    if (rc != 0) {              /* bound as before: the old model keeps serving */
+        hl_catalogue_rebind(it->cat, was, &back);
+        it->m = was;
+        it->gen = was_gen;
+    }
+    hl_catalogue_stats st;
+    hl_catalogue_stats_get(it->cat, &st);
+    pthread_mutex_unlock(&it->cat_mu);
+    if (rc != 0)
+        return rc;
+    hl_counter_add(it->c_drop_known, (uint64_t)rs.dropped_known);
+    hl_counter_add(it->c_drop_dim, (uint64_t)rs.dropped_dim);
+    hl_log(HL_LOG_INFO, "catalogue_rebound", "generation=%llu hidden=%d expiring=%d "
+           "added=%d embeddings_dropped_known=%d embeddings_dropped_dim=%d",
+           (unsigned long long)gen, (int)st.hidden, (int)st.expiring, (int)st.added,
+           (int)rs.dropped_known, (int)rs.dropped_dim);
+    return 0;
 }
 
 /* ---- create / start / destroy ---- */
@@ -508,6 +573,14 @@ static void register_metrics(hl_items *it)
         "ItemUpdates applied to the catalogue.", NULL);
     it->c_dlq = hl_metrics_counter(reg, "halflife_item_updates_dlq_total",
         "Bad ItemUpdates copied to the dead-letter topic.", NULL);
+    it->c_drop_known = hl_metrics_counter(reg, "halflife_item_embeddings_dropped_total",
+        "Item topic embeddings dropped at a model swap, by reason: the new model knows the "
+        "item (its vectors win), or the embedding's dim is not the new model's.",
+        "reason=\"known_to_model\"");
+    it->c_drop_dim = hl_metrics_counter(reg, "halflife_item_embeddings_dropped_total",
+        "Item topic embeddings dropped at a model swap, by reason: the new model knows the "
+        "item (its vectors win), or the embedding's dim is not the new model's.",
+        "reason=\"dim\"");
     for (int r = 1; r < HL_ITEM_N_REASONS; r++) {
         snprintf(lab, sizeof lab, "reason=\"%s\"", hl_item_reason_name((hl_item_reason)r));
         it->c_invalid[r] = hl_metrics_counter(reg, "halflife_item_updates_invalid_total",
@@ -523,6 +596,8 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
         return NULL;
     }
     it->o = *o;
+    it->m = o->m;
+    it->gen = 1;                /* the first model's (models.h) */
     pthread_mutex_init(&it->mu, NULL);
     pthread_mutex_init(&it->cat_mu, NULL);
     atomic_init(&it->stream_ts_ms, INT64_MIN);
@@ -565,7 +640,8 @@ void hl_items_destroy(hl_items *it)
         rd_kafka_consumer_close(it->rk);
         rd_kafka_destroy(it->rk);
     }
-    ref_release(it->cur);
+    for (int g = 0; g < GEN_SLOTS; g++)
+        ref_release(it->slot[g]);
     hl_catalogue_destroy(it->cat);
     pthread_mutex_destroy(&it->mu);
     free(it->kept);
@@ -613,33 +689,38 @@ static int recompute(hl_items_local *loc, int64_t now_ms)
     return 0;
 }
 
-void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r,
-                           const hl_model *m)
+/* The thread serves generation gen from now on: a view of another
+ * generation must not name its rows, and its new ranker has no catalogue
+ * yet. */
+static void change_gen(hl_items_local *loc, hl_ranker *r, uint64_t gen)
+{
+    ref_release(loc->ref);
+    loc->ref = NULL;
+    loc->gen = gen;
+    memset(&loc->rc, 0, sizeof loc->rc);
+    if (r != NULL)
+        hl_ranker_set_catalogue(r, NULL);
+}
+
+void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r, uint64_t gen)
 {
     if (it == NULL)
         return;
-    /* The catalogue names the start model's rows; a thread that serves a
-     * model swapped in since ranks without it (the swap waits while the
-     * catalogue holds updates: worker.c check_model), and an update that
-     * arrives after such a swap waits for a restart, said once. */
-    if (m != it->o.m) {
-        int state = hl_items_applied(it) > 0 ? 2 : 1;
-        if (!loc->detached && r != NULL)
-            hl_ranker_set_catalogue(r, NULL);
-        if (state == 2 && loc->detached != 2)
-            hl_log(HL_LOG_ERROR, "catalogue_not_applied", "reason=\"item updates arrived "
-                   "after a model swap; they are not rebound to the new model yet\" "
-                   "action=\"restart the worker\"");
-        loc->detached = state;
-        return;
-    }
-    loc->detached = 0;
-    catref *ref = ref_acquire(it), *old = loc->ref;
+    if (loc->gen != gen)
+        change_gen(loc, r, gen);
+    catref *ref = ref_acquire(it, gen), *old = loc->ref;
     int64_t now = atomic_load_explicit(&it->stream_ts_ms, memory_order_relaxed);
+    if (ref == NULL && atomic_load(&it->loaded) && !loc->missing) {
+        loc->missing = 1;               /* said once per stretch without one */
+        hl_log(HL_LOG_ERROR, "catalogue_view_missing", "generation=%llu reason=\"the "
+                   "thread serves a model %d swaps behind\" action=\"ranks without the "
+                   "catalogue until its next batch\"", (unsigned long long)gen, GEN_SLOTS);
+    }
     if (ref == NULL || (ref == old && now < loc->next_ms)) {
         ref_release(ref);
         return;
     }
+    loc->missing = 0;
     loc->ref = ref;
     if (recompute(loc, now) != 0) {
         loc->ref = old;                 /* keep ranking with the previous view */
@@ -658,9 +739,21 @@ void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r,
 const char *hl_items_local_id(const hl_items_local *loc, const hl_model *m, int32_t row,
                               uint32_t *len)
 {
-    if (loc->ref != NULL && !loc->detached)
+    if (loc->ref != NULL)
         return hl_catview_item_id(loc->ref->v, row, len);
     return hl_model_item_id(m, row, len);
+}
+
+int32_t hl_items_local_added(const hl_items_local *loc, uint64_t key, const float **e_in)
+{
+    const hl_catview *v = loc->ref ? loc->ref->v : NULL;
+    int32_t row = v ? hl_catview_added_row(v, key) : -1;
+    *e_in = NULL;
+    if (row >= 0) {
+        int32_t s = row - hl_catview_n_model(v);
+        *e_in = hl_catview_side_e_in(v) + (size_t)s * (size_t)hl_catview_dim(v);
+    }
+    return row;
 }
 
 void hl_items_local_reset(hl_items *it, hl_items_local *loc)
@@ -686,5 +779,8 @@ int64_t hl_items_foldin_state(hl_items *it, const char *id, uint32_t len)
 
 const hl_model *hl_items_model(const hl_items *it)
 {
-    return it->o.m;
+    pthread_mutex_lock(&((hl_items *)it)->cat_mu);
+    const hl_model *m = it->m;
+    pthread_mutex_unlock(&((hl_items *)it)->cat_mu);
+    return m;
 }

@@ -50,9 +50,7 @@ void      hl_items_destroy(hl_items *it);
 
 /* 1 once every partition was read up to its end as of the start. */
 int       hl_items_loaded(const hl_items *it);
-/* Updates applied to the catalogue since start; any thread. A live model
- * swap is deferred while it is not 0: the catalogue names the start
- * model's rows, and rebinding it to a new model is not wired yet. */
+/* Updates applied to the catalogue since start; any thread. */
 long long hl_items_applied(const hl_items *it);
 
 /* hl_catalogue_foldin_state of the catalogue as read so far; any thread
@@ -60,6 +58,17 @@ long long hl_items_applied(const hl_items *it);
 int64_t   hl_items_foldin_state(hl_items *it, const char *id, uint32_t len);
 /* The model the catalogue names rows of (the start model). */
 const hl_model *hl_items_model(const hl_items *it);
+/* Model swap (DESIGN.md section 10), main thread, before the model of
+ * generation gen goes live: rebinds the catalogue to m by item id
+ * (hl_catalogue_rebind: hides and expiries kept, embeddings of items m
+ * knows dropped, counted) and publishes a view of it for gen, while
+ * threads still serving the previous model keep ranking with that
+ * model's last view. So no list is ranked against another model's view,
+ * and updates read from here on apply to m. Updates are held back for
+ * the call (a burst of records at most). 0, or HL_ENOMEM with the
+ * catalogue bound as before (the caller refuses the swap). m is borrowed
+ * until the next rebind and every view of it is gone. */
+int       hl_items_rebind(hl_items *it, const hl_model *m, uint64_t gen);
 
 /* Raises the stream time (the newest event time read), against which
  * expires_at is compared. Any thread. */
@@ -67,25 +76,31 @@ void      hl_items_saw_ts(hl_items *it, int64_t ts_ms);
 
 /* One shard thread's hold on a view and the hidden rows it computed. */
 typedef struct hl_items_local {
-    struct catref     *ref;          /* the view held */
+    struct catref     *ref;          /* the view held: of model generation gen */
+    uint64_t           gen;
     int32_t           *hidden;       /* rows hidden at at_ms */
     int32_t            cap_hidden;
     int64_t            next_ms;      /* hidden holds until this stream time */
     hl_rank_catalogue  rc;           /* what the ranker is given */
-    int                detached;     /* the thread serves another model than the
-                                        catalogue's: ids come from that model */
+    int                missing;      /* no view of gen was found (logged) */
 } hl_items_local;
 
-/* At a batch boundary: takes the newest view, recomputes the hidden rows
- * when the view or the stream time asks for it, and gives the ranker (may
- * be NULL) its catalogue. it NULL: nothing (no item topic). Allocates only
- * when the view changed and holds more hidden rows than before. */
-void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r,
-                           const hl_model *m);
+/* At a batch boundary, and when the thread starts serving another model
+ * (generation gen; r is then that model's new ranker): takes the newest
+ * view of the catalogue bound to gen, recomputes the hidden rows when the
+ * view or the stream time asks for it, and gives the ranker (may be NULL)
+ * its catalogue. it NULL: nothing (no item topic). Allocates only when
+ * the view changed and holds more hidden rows than before. */
+void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r, uint64_t gen);
 /* The id of ranker row `row` (model or side), through the held view or
- * else the model. */
+ * else the model (m: the thread's, which the held view is bound to). */
 const char *hl_items_local_id(const hl_items_local *loc, const hl_model *m, int32_t row,
                               uint32_t *len);
+/* The ranker row of an item the model does not know that the held view
+ * added with an embedding, by hl_item_key, and its e_in (dim floats,
+ * valid until the next hl_items_local_update) into *e_in; -1 (and NULL)
+ * when there is none. */
+int32_t hl_items_local_added(const hl_items_local *loc, uint64_t key, const float **e_in);
 /* Lets go of the view and frees the buffers. */
 void hl_items_local_reset(hl_items *it, hl_items_local *loc);
 

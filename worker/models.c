@@ -374,6 +374,11 @@ static int load(hl_models *ms)
         hl_mref_release(r);
         return refuse(ms, err);
     }
+    if (ms->o.before_live != NULL &&
+        ms->o.before_live(ms->o.before_live_arg, r, err, sizeof err) != 0) {
+        hl_mref_release(r);
+        return refuse(ms, err);
+    }
     install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
     keep(ms, ms->o.path, r->mi);
     return 1;

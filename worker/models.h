@@ -62,6 +62,12 @@ typedef struct hl_models_opts {
                                           models get none either */
     int              ivf_nlist;        /* recs.index.nlist for swapped-in models'
                                           indexes (0: the default for their size) */
+    /* Called on the main thread once a new model r is validated and ready,
+     * just before it goes live (the live catalogue rebinds to it here).
+     * Not 0: the swap is refused (counted) and the serving model stays.
+     * NULL: none. */
+    int        (*before_live)(void *arg, const hl_mref *r, char *errbuf, size_t errlen);
+    void        *before_live_arg;
 } hl_models_opts;
 
 /* first is borrowed: the caller closes it after hl_models_destroy. Strings

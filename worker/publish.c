@@ -25,7 +25,11 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     t->n_out = calloc(REFRESH_MAX, sizeof *t->n_out);
     t->crec = calloc(k, sizeof *t->crec);
     t->enc = malloc(t->enc_cap);
-    if (!t->views || !t->recs || !t->n_out || !t->crec || !t->enc)
+    t->seen_added = malloc(REFRESH_MAX * (size_t)(o->state_history > 0 ? o->state_history : 1) *
+                           sizeof *t->seen_added);
+    t->excl = calloc(REFRESH_MAX, sizeof *t->excl);
+    if (!t->views || !t->recs || !t->n_out || !t->crec || !t->enc || !t->seen_added ||
+        !t->excl)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
@@ -69,6 +73,8 @@ void hl_publish_free(hl_wthread *t)
     free(t->n_out);
     free(t->crec);
     free(t->enc);
+    free(t->seen_added);
+    free(t->excl);
 }
 
 /* The list's items as the codec wants them: ids borrowed from the model. */
@@ -135,6 +141,33 @@ static void shadow_report(hl_wthread *t)
                      (double)hl_counter_get(t->ctx->shadow_hits) / (double)all);
 }
 
+/* Seen items the ranker's ring exclusion cannot see: the ring names model
+ * rows, and an item the live catalogue added is in it by key only. Each
+ * view's such items become its explicit exclusions; NULL when none of
+ * the n users has one (the common case costs a pass over their rings
+ * only while the catalogue lists added items). */
+static const hl_rank_exclude *added_seen(hl_wthread *t, int n)
+{
+    int any = 0, per = t->ctx->o->state_history;
+    if (t->cat.rc.n_side == 0 || !t->ctx->o->recs_exclude_seen)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        const hl_row_view *v = &t->views[i];
+        int32_t *rows = t->seen_added + (size_t)i * (size_t)per;
+        int m = 0;
+        for (int j = 0; v->hist_key != NULL && j < v->n_hist && m < per; j++) {
+            int k = hl_row_hist_index(v, j);
+            const float *x;
+            if (v->hist_item[k] < 0 &&
+                (rows[m] = hl_items_local_added(&t->cat, v->hist_key[k], &x)) >= 0)
+                m++;
+        }
+        t->excl[i] = (hl_rank_exclude){.item = rows, .n = m};
+        any |= m > 0;
+    }
+    return any ? t->excl : NULL;
+}
+
 /* Refreshes rows[0..n) of sh (live rows, each once) and produces their
  * lists into flight f. */
 static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int n,
@@ -146,7 +179,8 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
         hl_table_view(sh->tbl, rows[i], &t->views[i]);
     }
     double a = hl_now_mono_s();
-    int rc = hl_ranker_refresh(t->ranker, t->views, n, t->recs, t->n_out);
+    const hl_rank_exclude *ex = added_seen(t, n);
+    int rc = hl_ranker_refresh_ex(t->ranker, t->views, n, ex, t->recs, t->n_out);
     double b = hl_now_mono_s();
     t->b.stage_s[STAGE_REFRESH] += b - a;
     uint64_t fb = hl_ranker_fallbacks(t->ranker);

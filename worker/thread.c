@@ -325,6 +325,9 @@ static int model_sync(hl_wthread *t, int top)
         } else {
             hl_mref_release(t->mref);
             t->mref = nm;
+            /* the new ranker ranks with the new model's catalogue view, and
+             * this batch's ids and added items are looked up in it */
+            hl_items_local_update(t->ctx->items, &t->cat, t->ranker, nm->gen);
         }
     }
     t->migrating = 0;

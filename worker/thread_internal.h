@@ -127,6 +127,9 @@ struct hl_wthread {
     hl_items_local cat;                             /* the catalogue view in use */
     hl_foldin_local fold;                           /* batch.c: unknown-item events
                                                        (ctx->foldin set) */
+    int32_t     *seen_added;                        /* publish.c: (REFRESH_MAX, history)
+                                                       rows of added items seen */
+    hl_rank_exclude *excl;                          /* (REFRESH_MAX) over seen_added */
 
     rd_kafka_message_t **park; int n_park, cap_park;/* park.c: in arrival order */
     park_wait   *waits;   int n_waits, cap_waits;

@@ -49,7 +49,6 @@ struct hl_worker {
     hl_producer      *prod;
     hl_items         *items;          /* NULL: items.topic empty */
     hl_wfoldin       *foldin;         /* NULL: catalogue.foldin off or no items.topic */
-    int64_t           swap_deferred_log_ms;  /* next model_swap_deferred line */
     hl_wshared        ctx;
     hl_wthread      **th;
     int               n_th;
@@ -153,7 +152,8 @@ static void register_event_counters(hl_worker *w)
         "Events refused because they could make a user's state non-finite "
         "(a decayed mass past 1e30); also counted as failed.", NULL);
     w->ctx.mx.unknown = hl_metrics_counter(reg, "halflife_unknown_items_total",
-        "Events whose item is not in the model (kept in history only).", NULL);
+        "Events whose item neither the model nor the live catalogue knows (kept in history "
+        "only).", NULL);
     w->ctx.mx.batches = hl_metrics_counter(reg, "halflife_batches_total",
         "Batches processed.", NULL);
     w->ctx.mx.lists = hl_metrics_counter(reg, "halflife_lists_published_total",
@@ -627,6 +627,18 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ---- lifecycle --------------------------------------------------------- */
 
+/* A new model is about to go live: the live catalogue moves onto it
+ * first (items.h), so a thread that serves it finds its view there. */
+static int rebind_items(void *arg, const hl_mref *r, char *errbuf, size_t errlen)
+{
+    hl_worker *w = arg;
+    if (w->items == NULL || hl_items_rebind(w->items, r->m, r->gen) == 0)
+        return 0;
+    return hl_err(errbuf, errlen, HL_ENOMEM, "the live catalogue could not be rebound "
+                  "to the new model (out of memory); tried again when the file changes "
+                  "or on SIGHUP");
+}
+
 /* The served models: model.path reloads, weight.* overrides for each. */
 static int start_models(hl_worker *w, char *errbuf, size_t errlen)
 {
@@ -635,7 +647,8 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
                          .reg = w->reg, .store_dir = w->o.model_dir,
                          .store_retain = w->o.model_retain > 0 ? w->o.model_retain : 4,
                          .first_qitems = w->qitems, .first_ivf = w->ivf,
-                         .ivf_nlist = w->o.recs_index_nlist};
+                         .ivf_nlist = w->o.recs_index_nlist,
+                         .before_live = rebind_items, .before_live_arg = w};
     if (mo.store_dir == NULL && w->o.snapshot_dir != NULL && w->o.snapshot_dir[0] != '\0') {
         snprintf(w->model_dir, sizeof w->model_dir, "%s/models", w->o.snapshot_dir);
         mo.store_dir = w->model_dir;
@@ -1228,20 +1241,6 @@ static void check_model(hl_worker *w)
     int force = w->o.reload_sig != NULL && *w->o.reload_sig;
     if (force)
         *w->o.reload_sig = 0;
-    /* The live catalogue names the start model's rows (hl_catalogue_rebind
-     * exists, nothing calls it yet): with items in it, a swap would hide
-     * and add the wrong rows, so it waits for a restart, which re-reads
-     * the item topic against the new model. */
-    if (w->items != NULL && hl_items_applied(w->items) > 0) {
-        int64_t now = hl_now_mono_ms();
-        if (force || now >= w->swap_deferred_log_ms) {
-            w->swap_deferred_log_ms = now + 600000;
-            hl_log(HL_LOG_WARN, "model_swap_deferred", "reason=\"the live catalogue holds "
-                   "item updates, which are not yet rebound to a new model\" "
-                   "action=\"restart the worker to serve a new model file\"");
-        }
-        return;
-    }
     if (hl_models_check(w->models, hl_now_mono_ms(), force) == 1) {
         hl_mref *r = hl_models_acquire(w->models);
         if (w->persist)

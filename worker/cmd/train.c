@@ -226,7 +226,9 @@ static void usage(FILE *f)
 "  --init MODEL          warm start (a daily retrain): items MODEL knows start\n"
 "                        from its rows, the MLP from its weights when the\n"
 "                        shapes match; MODEL's dim must equal --dim. A worker\n"
-"                        swapping to the result then migrates users closely\n"
+"                        swapping to the result then migrates users closely;\n"
+"                        MODEL's heads and half-lives are kept, not learned\n"
+"                        (a swap needs them equal)\n"
 "  --seed S              (1)\n"
 "  --threads T           OpenBLAS threads (number of cores)\n"
 "  --quiet               no progress lines\n");
@@ -463,6 +465,21 @@ static void print_summary(const train_args *a, const events *e,
     printf("}\n");
 }
 
+/* A warm start is a daily retrain: the result goes live by a swap, which
+ * needs the serving model's state shape (its heads and half-lives: a worker
+ * refuses another, models.h). So the heads are MODEL's and not learned,
+ * whatever --half-lives and --learn-half-lives said. */
+static void keep_init_heads(train_args *a, const hl_model_info *mi)
+{
+    if (!a->quiet && (a->o.learn_half_lives || a->o.n_heads != mi->n_heads))
+        fprintf(stderr, "train: --init %s: its %d heads and half-lives are kept, not "
+                "learned (a worker swaps only to a model with the same ones)\n", a->init,
+                mi->n_heads);
+    a->o.n_heads = mi->n_heads;
+    memcpy(a->o.half_life_ms, mi->half_life_ms, sizeof a->o.half_life_ms);
+    a->o.learn_half_lives = 0;
+}
+
 /* --init MODEL: the model and, per training item, its row there (-1 for
  * an item it does not know). */
 static int open_init(train_args *a, const events *e, hl_model **init, int32_t **rows,
@@ -480,6 +497,7 @@ static int open_init(train_args *a, const events *e, hl_model **init, int32_t **
     }
     a->o.init = *init;
     a->o.init_row = *rows;
+    keep_init_heads(a, hl_model_info_get(*init));
     if (!a->quiet)
         fprintf(stderr, "train: --init %s: %d of %d items start from its rows\n", a->init,
                 known, im->n);

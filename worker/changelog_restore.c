@@ -309,52 +309,69 @@ static void restorer_free(restorer *rs)
     free(rs->fp_of);
 }
 
+/* The scratch rows decode into, and the model map sized for every row id
+ * the table can hand out. 0 or HL_ENOMEM (restorer_free frees either way). */
+static int restorer_init(restorer *rs, char *errbuf, size_t errlen)
+{
+    const hl_table_opts *o = rs->cl->o.topts;
+    int n_heads = rs->cl->n_heads, dim = rs->cl->dim;
+    uint64_t users = o->max_users ? o->max_users : (uint64_t)1 << 26;
+    rs->row_bound = 2 * users + 1024 < HL_TABLE_MAX_ROWS ? (uint32_t)(2 * users + 1024)
+                                                         : HL_TABLE_MAX_ROWS;
+    rs->sc.m = malloc(sizeof(float) * (size_t)n_heads * ((size_t)dim + 1));
+    rs->sc.hist_item = malloc(sizeof(int32_t) * HIST_MAX);
+    rs->sc.hist_ts = malloc(sizeof(int64_t) * HIST_MAX);
+    rs->sc.hist_type = malloc(HIST_MAX);
+    rs->sc.hist_key = malloc(sizeof(uint64_t) * HIST_MAX);
+    rs->sc.hist_w = malloc(sizeof(float) * HIST_MAX);
+    rs->fp_of = calloc(rs->row_bound, 1);
+    if (!rs->sc.m || !rs->sc.hist_item || !rs->sc.hist_ts || !rs->sc.hist_type ||
+        !rs->sc.hist_key || !rs->sc.hist_w || !rs->fp_of)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "changelog restore: out of memory");
+    return 0;
+}
+
+/* The watermarks into out, and the offset the read starts at: the low
+ * watermark, or the base's changelog offset (HL_ENOENT when it is not
+ * within them), whose epoch and meta the read then goes on from. */
+static int read_start(restorer *rs, int32_t p, const hl_changelog_base *base, int64_t *from,
+                      char *errbuf, size_t errlen)
+{
+    hl_changelog *cl = rs->cl;
+    hl_changelog_restored *out = rs->out;
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(cl->rk, cl->topic, p,
+                                                               &out->low, &out->high,
+                                                               cl->o.timeout_ms);
+    if (err)
+        return hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: watermarks: %s", cl->topic,
+                      (int)p, rd_kafka_err2str(err));
+    *from = out->low;
+    if (base == NULL)
+        return 0;
+    if (base->changelog_offset < out->low || base->changelog_offset > out->high)
+        return hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
+                      "covers up to offset %lld, outside the watermarks %lld..%lld",
+                      cl->topic, (int)p, (long long)base->changelog_offset,
+                      (long long)out->low, (long long)out->high);
+    *from = base->changelog_offset;
+    rs->max_epoch = base->changelog_epoch;
+    hl_table_meta_get(rs->tbl, &rs->seen);
+    out->used_base = 1;
+    return 0;
+}
+
 int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
                          const hl_changelog_base *base, hl_changelog_restored *out,
                          char *errbuf, size_t errlen)
 {
-    int64_t t0 = hl_now_mono_ms();
-    const hl_table_opts *o = cl->o.topts;
+    int64_t t0 = hl_now_mono_ms(), from = 0;
     restorer rs = {.cl = cl, .tbl = tbl, .out = out};
     memset(out, 0, sizeof *out);
-    uint64_t users = o->max_users ? o->max_users : (uint64_t)1 << 26;
-    rs.row_bound = 2 * users + 1024 < HL_TABLE_MAX_ROWS ? (uint32_t)(2 * users + 1024)
-                                                        : HL_TABLE_MAX_ROWS;
-    rs.sc.m = malloc(sizeof(float) * (size_t)cl->n_heads * ((size_t)cl->dim + 1));
-    rs.sc.hist_item = malloc(sizeof(int32_t) * HIST_MAX);
-    rs.sc.hist_ts = malloc(sizeof(int64_t) * HIST_MAX);
-    rs.sc.hist_type = malloc(HIST_MAX);
-    rs.sc.hist_key = malloc(sizeof(uint64_t) * HIST_MAX);
-    rs.sc.hist_w = malloc(sizeof(float) * HIST_MAX);
-    rs.fp_of = calloc(rs.row_bound, 1);
-    int rc = HL_ENOMEM;
-    if (!rs.sc.m || !rs.sc.hist_item || !rs.sc.hist_ts || !rs.sc.hist_type ||
-        !rs.sc.hist_key || !rs.sc.hist_w || !rs.fp_of) {
-        hl_err(errbuf, errlen, rc, "changelog restore: out of memory");
+    int rc = restorer_init(&rs, errbuf, errlen);
+    if (rc == 0)
+        rc = read_start(&rs, p, base, &from, errbuf, errlen);
+    if (rc != 0)
         goto out;
-    }
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(cl->rk, cl->topic, p,
-                                                               &out->low, &out->high,
-                                                               cl->o.timeout_ms);
-    if (err) {
-        rc = hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: watermarks: %s", cl->topic,
-                    (int)p, rd_kafka_err2str(err));
-        goto out;
-    }
-    int64_t from = out->low;
-    if (base != NULL) {
-        if (base->changelog_offset < out->low || base->changelog_offset > out->high) {
-            rc = hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
-                        "covers up to offset %lld, outside the watermarks %lld..%lld",
-                        cl->topic, (int)p, (long long)base->changelog_offset,
-                        (long long)out->low, (long long)out->high);
-            goto out;
-        }
-        from = base->changelog_offset;
-        rs.max_epoch = base->changelog_epoch;
-        hl_table_meta_get(tbl, &rs.seen);
-        out->used_base = 1;
-    }
     /* Sized once for what the range can hold (a sizing hint: no-op on a
      * table that holds a snapshot), so the index never doubles mid-read. */
     if (base == NULL && out->high > from)

@@ -315,11 +315,9 @@ static void flush_line(size_t users, double share, const phase *med)
            "\"interval_ms\":1000,\"figure\":%.0f,\"unit\":\"events/s\",\"ceiling\":%.0f,"
            "\"ceiling_what\":\"the same apply loop with no store\",\"ratio\":%.3f,"
            "\"file_events_per_s\":%.0f,\"file_ratio\":%.3f,\"vs_file\":%.3f,"
-           "\"target_vs_file\":0.8,\"met\":%s,\"kafka_mb_per_s\":%.1f,"
-           "\"file_mb_per_s\":%.1f,\"rounds\":%d}\n",
+           "\"target_vs_file\":0.8,\"met\":%s,\"kafka_mb_per_s\":%.1f,\"rounds\":%d}\n",
            users, share, kafka, none, kafka / none, file, file / none, kafka / file,
-           kafka >= 0.8 * file ? "true" : "false", med[STORE_KAFKA].mb_per_s,
-           med[STORE_FILE].mb_per_s, ROUNDS);
+           kafka >= 0.8 * file ? "true" : "false", med[STORE_KAFKA].mb_per_s, ROUNDS);
     fflush(stdout);
 }
 

@@ -35,7 +35,10 @@
  * are read in order keeping the highest epoch seen: one of a lower epoch
  * after it was written by an owner that had already lost the partition (a
  * zombie back from a pause) and is ignored (counted). A writer whose
- * consumer reports its assignment lost refuses to flush (counted). */
+ * consumer reports its assignment lost refuses to flush (counted). A
+ * local snapshot whose cover reaches past a later owner's claim (its
+ * owner's last flush landed after it) is refused as a base (HL_ENOENT)
+ * when the later owner's records after it show it (changelog_restore.c). */
 #ifndef HL_CHANGELOG_H
 #define HL_CHANGELOG_H
 

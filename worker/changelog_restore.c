@@ -33,6 +33,9 @@ typedef struct restorer {
                                           the changelog (the base's, or none) */
     uint64_t               fps[254];
     int                    n_fps;
+    int64_t                base_epoch;         /* the base's, 0: no base or unknown */
+    int64_t                usurper;            /* see apply(): the epoch that shows the
+                                                  base was a fenced owner's; 0: none */
 } restorer;
 
 /* ---- one record ---------------------------------------------------------- */
@@ -156,6 +159,11 @@ static int apply_checkpoint(restorer *rs, const rd_kafka_message_t *m)
     return 0;
 }
 
+static int is_checkpoint(const hl_changelog *cl, const rd_kafka_message_t *m)
+{
+    return m->key_len == sizeof cl->ck_key && memcmp(m->key, cl->ck_key, m->key_len) == 0;
+}
+
 static void apply(restorer *rs, const rd_kafka_message_t *m)
 {
     hl_changelog *cl = rs->cl;
@@ -168,9 +176,25 @@ static void apply(restorer *rs, const rd_kafka_message_t *m)
         hl_counter_add(cl->mx.stale, 1);
         return;
     }
+    if (epoch > rs->max_epoch && rs->base_epoch > 0 && !is_checkpoint(cl, m)) {
+        /* A new owner's first record is always its claim, a checkpoint.
+         * A higher epoch that starts with a row has its claim before the
+         * base's offset: the base's owner flushed after it was fenced (a
+         * zombie's last flush landing late) and its cover skips the new
+         * owner's records. The caller reads the whole changelog instead.
+         * (On a compacted topic a claim superseded by later checkpoints
+         * can be gone too: that also costs a whole read, never state.)
+         * Not caught: a new owner that wrote nothing after the base's
+         * offset (this restore's claim then even reuses its epoch).
+         * Closing that needs the snapshot to name where its flush began,
+         * so the restore can check that flush's range for a higher epoch
+         * (a snapshot format change, not made). */
+        rs->usurper = epoch;
+        return;
+    }
     if (epoch >= 0) {
         rs->max_epoch = epoch;
-        if (m->key_len == sizeof cl->ck_key && memcmp(m->key, cl->ck_key, m->key_len) == 0)
+        if (is_checkpoint(cl, m))
             rc = apply_checkpoint(rs, m);
         else if (m->key_len < 1 || m->key_len > HL_MAX_ID_LEN)
             rc = HL_EFORMAT;
@@ -220,7 +244,7 @@ static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
         idle_since = hl_now_mono_ms();
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && m->partition == p) {
             apply(rs, m);
-            next = m->offset + 1;
+            next = rs->usurper ? high : m->offset + 1;  /* the base is unusable: stop */
         } else if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
             hl_log(HL_LOG_WARN, "changelog_read_error", "partition=%d err=\"%s\"", (int)p,
                    rd_kafka_message_errstr(m));
@@ -309,52 +333,69 @@ static void restorer_free(restorer *rs)
     free(rs->fp_of);
 }
 
+/* The scratch rows decode into, and the model map sized for every row id
+ * the table can hand out. 0 or HL_ENOMEM (restorer_free frees either way). */
+static int restorer_init(restorer *rs, char *errbuf, size_t errlen)
+{
+    const hl_table_opts *o = rs->cl->o.topts;
+    int n_heads = rs->cl->n_heads, dim = rs->cl->dim;
+    uint64_t users = o->max_users ? o->max_users : (uint64_t)1 << 26;
+    rs->row_bound = 2 * users + 1024 < HL_TABLE_MAX_ROWS ? (uint32_t)(2 * users + 1024)
+                                                         : HL_TABLE_MAX_ROWS;
+    rs->sc.m = malloc(sizeof(float) * (size_t)n_heads * ((size_t)dim + 1));
+    rs->sc.hist_item = malloc(sizeof(int32_t) * HIST_MAX);
+    rs->sc.hist_ts = malloc(sizeof(int64_t) * HIST_MAX);
+    rs->sc.hist_type = malloc(HIST_MAX);
+    rs->sc.hist_key = malloc(sizeof(uint64_t) * HIST_MAX);
+    rs->sc.hist_w = malloc(sizeof(float) * HIST_MAX);
+    rs->fp_of = calloc(rs->row_bound, 1);
+    if (!rs->sc.m || !rs->sc.hist_item || !rs->sc.hist_ts || !rs->sc.hist_type ||
+        !rs->sc.hist_key || !rs->sc.hist_w || !rs->fp_of)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "changelog restore: out of memory");
+    return 0;
+}
+
+/* The watermarks into out, and the offset the read starts at: the low
+ * watermark, or the base's changelog offset (HL_ENOENT when it is not
+ * within them), whose epoch and meta the read then goes on from. */
+static int read_start(restorer *rs, int32_t p, const hl_changelog_base *base, int64_t *from,
+                      char *errbuf, size_t errlen)
+{
+    hl_changelog *cl = rs->cl;
+    hl_changelog_restored *out = rs->out;
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(cl->rk, cl->topic, p,
+                                                               &out->low, &out->high,
+                                                               cl->o.timeout_ms);
+    if (err)
+        return hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: watermarks: %s", cl->topic,
+                      (int)p, rd_kafka_err2str(err));
+    *from = out->low;
+    if (base == NULL)
+        return 0;
+    if (base->changelog_offset < out->low || base->changelog_offset > out->high)
+        return hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
+                      "covers up to offset %lld, outside the watermarks %lld..%lld",
+                      cl->topic, (int)p, (long long)base->changelog_offset,
+                      (long long)out->low, (long long)out->high);
+    *from = base->changelog_offset;
+    rs->max_epoch = rs->base_epoch = base->changelog_epoch;
+    hl_table_meta_get(rs->tbl, &rs->seen);
+    out->used_base = 1;
+    return 0;
+}
+
 int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
                          const hl_changelog_base *base, hl_changelog_restored *out,
                          char *errbuf, size_t errlen)
 {
-    int64_t t0 = hl_now_mono_ms();
-    const hl_table_opts *o = cl->o.topts;
+    int64_t t0 = hl_now_mono_ms(), from = 0;
     restorer rs = {.cl = cl, .tbl = tbl, .out = out};
     memset(out, 0, sizeof *out);
-    uint64_t users = o->max_users ? o->max_users : (uint64_t)1 << 26;
-    rs.row_bound = 2 * users + 1024 < HL_TABLE_MAX_ROWS ? (uint32_t)(2 * users + 1024)
-                                                        : HL_TABLE_MAX_ROWS;
-    rs.sc.m = malloc(sizeof(float) * (size_t)cl->n_heads * ((size_t)cl->dim + 1));
-    rs.sc.hist_item = malloc(sizeof(int32_t) * HIST_MAX);
-    rs.sc.hist_ts = malloc(sizeof(int64_t) * HIST_MAX);
-    rs.sc.hist_type = malloc(HIST_MAX);
-    rs.sc.hist_key = malloc(sizeof(uint64_t) * HIST_MAX);
-    rs.sc.hist_w = malloc(sizeof(float) * HIST_MAX);
-    rs.fp_of = calloc(rs.row_bound, 1);
-    int rc = HL_ENOMEM;
-    if (!rs.sc.m || !rs.sc.hist_item || !rs.sc.hist_ts || !rs.sc.hist_type ||
-        !rs.sc.hist_key || !rs.sc.hist_w || !rs.fp_of) {
-        hl_err(errbuf, errlen, rc, "changelog restore: out of memory");
+    int rc = restorer_init(&rs, errbuf, errlen);
+    if (rc == 0)
+        rc = read_start(&rs, p, base, &from, errbuf, errlen);
+    if (rc != 0)
         goto out;
-    }
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(cl->rk, cl->topic, p,
-                                                               &out->low, &out->high,
-                                                               cl->o.timeout_ms);
-    if (err) {
-        rc = hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: watermarks: %s", cl->topic,
-                    (int)p, rd_kafka_err2str(err));
-        goto out;
-    }
-    int64_t from = out->low;
-    if (base != NULL) {
-        if (base->changelog_offset < out->low || base->changelog_offset > out->high) {
-            rc = hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
-                        "covers up to offset %lld, outside the watermarks %lld..%lld",
-                        cl->topic, (int)p, (long long)base->changelog_offset,
-                        (long long)out->low, (long long)out->high);
-            goto out;
-        }
-        from = base->changelog_offset;
-        rs.max_epoch = base->changelog_epoch;
-        hl_table_meta_get(tbl, &rs.seen);
-        out->used_base = 1;
-    }
     /* Sized once for what the range can hold (a sizing hint: no-op on a
      * table that holds a snapshot), so the index never doubles mid-read. */
     if (base == NULL && out->high > from)
@@ -362,6 +403,14 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
     int64_t t_read = hl_now_mono_us();
     if (out->high > from && (rc = read_range(&rs, p, from, out->high, errbuf, errlen)) != 0)
         goto out;
+    if (rs.usurper) {
+        rc = hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot covers "
+                    "epoch %lld up to offset %lld, but epoch %lld claimed the partition "
+                    "before that offset: the snapshot was written by an owner that had lost "
+                    "the partition", cl->topic, (int)p, (long long)rs.base_epoch,
+                    (long long)from, (long long)rs.usurper);
+        goto out;
+    }
     out->read_s = (double)(hl_now_mono_us() - t_read) / 1e6;
     finish(&rs, base);
     models_held(&rs);

@@ -2,9 +2,7 @@
  * and the longest stall a snapshot imposes on the shard's owner.
  *
  * Shard: 1M users, dim 64, three heads, a full history ring of 32 (about
- * 1.2 GB of snapshot). Rows are made with hl_table_restore from random
- * values, which is quicker than applying 32M events and gives the same
- * bytes per row. Figures, each the median of REPS runs, one JSON line each:
+ * 1.2 GB of snapshot), made by bench_make_shard (bench_table_util.h). Figures, each the median of REPS runs, one JSON line each:
  *
  *   snapshot_write     bytes / (begin .. durable: every step, the drains,
  *                      commit with its fsync) as the worker runs it: a drain
@@ -35,6 +33,7 @@
  *
  * Usage: bench_snapshot [DIR] (default $HL_BUILD or build; the files are
  * removed at the end). HL_BENCH_USERS overrides the user count. */
+#include "bench_table_util.h"
 #include "crc32c.h"
 #include "snapshot.h"
 
@@ -50,92 +49,8 @@
 #include <unistd.h>
 
 #define DIM     64
-#define HEADS   3
 #define HISTORY 32
 #define REPS    3
-#define FP      42
-
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static uint64_t rnd(void)
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return rng;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* CPU time of this thread: a step's own cost, without the time the
- * scheduler gave to other processes on a shared machine. */
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[n / 2];
-}
-
-static void die(const char *what, const char *err)
-{
-    fprintf(stderr, "bench_snapshot: %s: %s\n", what, err);
-    exit(1);
-}
-
-static hl_table_opts shard_opts(size_t users)
-{
-    hl_table_opts o;
-    char err[256];
-    memset(&o, 0, sizeof o);
-    if (hl_decay_init(&o.decay, HEADS, DIM, hl_default_half_life_ms, err, sizeof err) != 0)
-        die("decay", err);
-    o.history = HISTORY;
-    o.max_users = 0;
-    o.expected_users = users;
-    return o;
-}
-
-static hl_table *make_shard(const hl_table_opts *o, size_t users)
-{
-    char err[256], id[32];
-    float s[HEADS * DIM], m[HEADS];
-    int32_t item[HISTORY];
-    int64_t ts[HISTORY];
-    uint8_t type[HISTORY];
-    hl_table *tbl = hl_table_create(o, err, sizeof err);
-    if (tbl == NULL) die("table", err);
-    for (size_t u = 0; u < users; u++) {
-        int64_t t = 1700000000000LL + (int64_t)(rnd() % 1000000000);
-        for (int i = 0; i < HEADS * DIM; i++) s[i] = (float)(rnd() % 20000) * 1e-4f - 1.0f;
-        for (int h = 0; h < HEADS; h++) m[h] = (float)(rnd() % 1000) * 0.01f;
-        for (int i = 0; i < HISTORY; i++) {
-            item[i] = (int32_t)(rnd() % 100000);
-            ts[i] = t - (HISTORY - i) * 1000;
-            type[i] = (uint8_t)(rnd() % HL_N_TYPES);
-        }
-        snprintf(id, sizeof id, "user-%08zu", u * 7919 % 100000000);
-        hl_row_view v = {.user = id, .user_len = (uint32_t)strlen(id), .s = s, .m = m,
-                         .t_ref_ms = t, .last_offset = (int64_t)u, .active_seq = u + 1,
-                         .history = HISTORY, .n_hist = HISTORY, .hist_head = 0,
-                         .hist_item = item, .hist_type = type, .hist_ts_ms = ts};
-        if (hl_table_restore(tbl, &v) != 0) die("restore", id);
-    }
-    return tbl;
-}
 
 typedef struct write_run {
     double total_s, steps_s, stall_max_s, stall_p99_s, cpu_max_s;
@@ -155,7 +70,7 @@ static void *drain_loop(void *arg)
     char err[512];
     while (!atomic_load(&d->stop)) {
         int n = hl_snapshot_drain(d->w, err, sizeof err);
-        if (n < 0) die("drain", err);
+        if (n < 0) bench_die("drain", err);
         if (n == 0) usleep(100);
     }
     return NULL;
@@ -169,7 +84,7 @@ static write_run snapshot_once(const char *dir, const hl_table *tbl, int64_t nex
     drainer d = {0};
     pthread_t th;
     hl_snapshot_meta meta = {.topic = "bench", .partition = 0, .next_offset = next,
-                             .model_fingerprint = FP};
+                             .model_fingerprint = BENCH_FP};
     hl_snapshot_writer *w;
     hl_snapshot_result res;
     write_run r = {0};
@@ -177,7 +92,7 @@ static write_run snapshot_once(const char *dir, const hl_table *tbl, int64_t nex
     int rc;
     double t0 = now_s(), t;
 
-    if (hl_snapshot_begin(io, dir, &meta, tbl, &w, err, sizeof err) != 0) die("begin", err);
+    if (hl_snapshot_begin(io, dir, &meta, tbl, &w, err, sizeof err) != 0) bench_die("begin", err);
     r.steps_s = now_s() - t0;
     if (async) {
         hl_snapshot_async(w);
@@ -196,14 +111,14 @@ static write_run snapshot_once(const char *dir, const hl_table *tbl, int64_t nex
         if (n_steps < sizeof step_s / sizeof step_s[0]) step_s[n_steps++] = t;
         if (rc == 0 && async) usleep(200);   /* the owner's batch in between */
     } while (rc == 0);
-    if (rc < 0) die("step", err);
+    if (rc < 0) bench_die("step", err);
     if (async) {
         atomic_store(&d.stop, 1);
         pthread_join(th, NULL);
     }
     r.stall_p99_s = n_steps ? (qsort(step_s, n_steps, sizeof *step_s, cmp_double),
                                step_s[n_steps * 99 / 100]) : 0;
-    if (hl_snapshot_commit(w, 1, &res, err, sizeof err) != 0) die("commit", err);
+    if (hl_snapshot_commit(w, 1, &res, err, sizeof err) != 0) bench_die("commit", err);
     r.total_s = now_s() - t0;
     r.bytes = res.bytes;
     snprintf(r.path, sizeof r.path, "%s", res.path);
@@ -215,12 +130,12 @@ static double raw_write(const char *path, uint64_t bytes, unsigned char *buf, si
 {
     double t0 = now_s();
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) die("open", path);
+    if (fd < 0) bench_die("open", path);
     for (uint64_t done = 0; done < bytes; done += chunk) {
         size_t n = bytes - done < chunk ? (size_t)(bytes - done) : chunk;
-        if (write(fd, buf, n) != (ssize_t)n) die("write", path);
+        if (write(fd, buf, n) != (ssize_t)n) bench_die("write", path);
     }
-    if (fsync(fd) != 0) die("fsync", path);
+    if (fsync(fd) != 0) bench_die("fsync", path);
     close(fd);
     return (double)bytes / (now_s() - t0);
 }
@@ -231,7 +146,7 @@ static double raw_read(const char *path, unsigned char *buf, size_t chunk)
     uint64_t total = 0;
     ssize_t n;
     int fd = open(path, O_RDONLY);
-    if (fd < 0) die("open", path);
+    if (fd < 0) bench_die("open", path);
     while ((n = read(fd, buf, chunk)) > 0) total += (uint64_t)n;
     close(fd);
     return (double)total / (now_s() - t0);
@@ -247,7 +162,7 @@ static double raw_read_fresh(const char *path, size_t table_bytes, int huge)
     size_t got = 0;
     ssize_t n;
     int fd = open(path, O_RDONLY);
-    if (mem == MAP_FAILED || fd < 0) die("fresh read", path);
+    if (mem == MAP_FAILED || fd < 0) bench_die("fresh read", path);
     while (got < table_bytes &&
            (n = read(fd, mem + got, table_bytes - got < (1 << 20) ? table_bytes - got : 1 << 20)) > 0)
         got += (size_t)n;
@@ -263,7 +178,7 @@ static void mem_rates(double *memcpy_bps, double *crc_bps)
     unsigned char *a = malloc(n), *b = malloc(n);
     double mc[REPS], cr[REPS];
     volatile uint32_t sink = 0;
-    if (!a || !b) die("memory", "256 MiB");
+    if (!a || !b) bench_die("memory", "256 MiB");
     memset(a, 1, n);
     memset(b, 2, n);
     for (int i = 0; i < REPS; i++) {
@@ -308,11 +223,11 @@ int main(int argc, char **argv)
     no_wb.write_behind = NULL;      /* what sync_file_range buys */
     snprintf(dir, sizeof dir, "%s/bench-snapshot.%d", base && *base ? base : "build",
              (int)getpid());
-    if (mkdir(dir, 0755) != 0) die("mkdir", dir);
+    if (mkdir(dir, 0755) != 0) bench_die("mkdir", dir);
     snprintf(raw, sizeof raw, "%s/raw.bin", dir);
     memset(buf, 0x5a, 1 << 20);
-    hl_table_opts o = shard_opts(users);
-    hl_table *tbl = make_shard(&o, users);
+    hl_table_opts o = bench_table_opts(users, DIM, HISTORY);
+    hl_table *tbl = bench_make_shard(&o, users);
     hl_table_stats_get(tbl, &st);
 
     for (int i = 0; i < REPS; i++) {
@@ -335,8 +250,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < REPS; i++) {
         hl_table *t = NULL;
         double t0 = now_s();
-        if (hl_snapshot_load(NULL, r.path, &o, FP, &t, NULL, err, sizeof err) != 0)
-            die("load", err);
+        if (hl_snapshot_load(NULL, r.path, &o, BENCH_FP, &t, NULL, err, sizeof err) != 0)
+            bench_die("load", err);
         load[i] = (double)r.bytes / (now_s() - t0);
         hl_table_destroy(t);
         cr[i] = raw_read(r.path, buf, 1 << 20);

@@ -57,10 +57,14 @@ wait_http() {   # URL TIMEOUT_S
 
 metrics_port=$(free_port)
 prom_port=$(free_port)
-# Snapshots every second so the snapshot panels have data within the test.
+# Snapshots and changelog flushes every second so the Snapshots and State
+# store panels have data within the test. state.store=kafka, as deploy/
+# runs it: the worker then exports the changelog's metrics as well as the
+# snapshot ones (the snapshots are its local cache).
 (cd "$tmp" && exec "$hl" demo --duration $((start_s + 60)) --rate 3000 -X schemas.dir="$top/schemas" \
    -X metrics.port="$metrics_port" -X snapshot.dir="$tmp/snapshots" \
-   -X snapshot.interval.ms=1000) >"$tmp/demo.out" 2>"$tmp/demo.err" &
+   -X snapshot.interval.ms=1000 -X state.store=kafka -X state.flush.ms=1000) \
+   >"$tmp/demo.out" 2>"$tmp/demo.err" &
 demo_pid=$!
 if ! wait_http "http://127.0.0.1:$metrics_port/healthz" $start_s; then
   echo "FAIL $name: halflife demo did not serve /healthz on port $metrics_port within $start_s s"

@@ -1,0 +1,88 @@
+/* worker_internal.h - the worker's state, shared by the three files that
+ * make up the worker: worker.c (create, run, stop, stats, metrics),
+ * worker_start.c (the embedded broker and each part started in turn) and
+ * worker_rebalance.c (partitions restored, handed to threads and taken
+ * back). Not part of any interface: worker.h is. */
+#ifndef HL_WORKER_INTERNAL_H
+#define HL_WORKER_INTERNAL_H
+
+#include "worker.h"
+#include "config.h"
+#include "consumer.h"
+#include "log.h"
+#include "persist.h"
+#include "schema_store.h"
+#include "changelog.h"
+#include "thread.h"
+#include "fold.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WIN_BUCKETS 64      /* >= hl_live_bounds_n + 1 */
+#define N_WIN (2 + 6)      /* e2p, fetch to delivery, the six live stages */
+#define MULTIPART_BITS 20   /* 2^20 slots, 8 MB: see multipart.h for the odds */
+
+struct hl_worker {
+    hl_worker_opts    o;
+    char              dlq[320];
+    char              bootstrap[512];
+    char              model_dir[4096]; /* <snapshot.dir>/models when model.dir is unset */
+    const hl_model   *m;              /* the model given at start (its shape is every model's) */
+    hl_models        *models;         /* the one served now, and its reloads */
+    hl_metrics       *reg;
+    rd_kafka_t       *mock_rk;        /* hosts the embedded broker */
+    rd_kafka_mock_cluster_t *mock;
+    hl_consumer      *cons;
+    hl_producer      *prod;
+    hl_items         *items;          /* NULL: items.topic empty */
+    hl_wfoldin       *foldin;         /* NULL: catalogue.foldin off or no items.topic */
+    hl_wshared        ctx;
+    hl_wthread      **th;
+    int               n_th;
+    hl_qitems        *qitems;         /* two-stage scoring: the first model's table;
+                                         models borrow it (the first mref's) */
+    hl_ivf           *ivf;            /* recs.index=ivf: the first model's index;
+                                         models borrow it (the first mref's) */
+    int              *th_load;        /* shards per thread, main thread's view */
+    hl_wthread      **owner;          /* by partition; main thread only */
+    int               cap_owner;
+    atomic_int        stop;
+    atomic_int        assigned;
+    atomic_int        have_assignment;
+    hl_gauge         *assigned_g;
+    hl_persist       *persist;        /* NULL without snapshot.dir */
+    hl_schema_store  *schemas;        /* NULL without schema.registry.url */
+    hl_changelog     *changelog;      /* state.store=kafka; else NULL */
+    char              state_topic[256];
+    hl_counter       *rebalances;
+    pthread_mutex_t   lat_mu;         /* also guards closed */
+    pthread_cond_t    closed_cv;
+    int               closed;         /* the consumer has left the group */
+    int               abandoned;      /* close timed out: handles leaked on purpose */
+    uint64_t          win_prev[N_WIN][WIN_BUCKETS]; /* live counts at the last stats read */
+    hl_metrics       *own_reg;        /* the registry when the caller gave none */
+};
+
+/* worker_start.c */
+int  hl_worker_check_opts(const hl_worker_opts *o, char *errbuf, size_t errlen);
+/* Every part after the metrics, in order (the registry before Kafka: the
+ * item reader reads through its schema store; the models after scoring:
+ * the first model's int8 table is theirs). */
+int  hl_worker_start_parts(hl_worker *w, char *errbuf, size_t errlen);
+void hl_worker_embedded_stop(hl_worker *w);
+
+/* worker_rebalance.c: the consumer's rebalance callback and its owns
+ * hook (hl_consumer_opts), main thread. */
+void hl_worker_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            rd_kafka_topic_partition_list_t *parts, void *opaque);
+int  hl_worker_owns_partition(void *opaque, int32_t p);
+
+#endif

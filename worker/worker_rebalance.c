@@ -1,0 +1,402 @@
+/* worker_rebalance.c - partitions handed to the worker and taken back
+ * (DESIGN.md sections 2 and 6): a partition's state restored (snapshot,
+ * changelog, or both; migrated when it was written under another model),
+ * its shard given to the least loaded thread with its queue forwarded
+ * there, and on revocation taken back only once the owning thread has
+ * let go (see worker.c's overview). Main thread only, inside the
+ * consumer's rebalance callback. */
+#include "worker_internal.h"
+
+/* ---- rebalance --------------------------------------------------------- */
+
+static int least_loaded(hl_worker *w)
+{
+    int best = 0;
+    for (int i = 1; i < w->n_th; i++)
+        if (w->th_load[i] < w->th_load[best])
+            best = i;
+    return best;
+}
+
+static int owner_slot(hl_worker *w, int32_t p)
+{
+    if (p >= w->cap_owner) {
+        int cap = p + 64;
+        hl_wthread **o = realloc(w->owner, sizeof *o * (size_t)cap);
+        if (o == NULL)
+            return -1;
+        memset(o + w->cap_owner, 0, sizeof *o * (size_t)(cap - w->cap_owner));
+        w->owner = o;
+        w->cap_owner = cap;
+    }
+    return 0;
+}
+
+/* The model served now (the main thread is the one that changes it). */
+static const hl_model *cur_model(hl_worker *w)
+{
+    hl_mref *r = hl_models_acquire(w->models);
+    const hl_model *m = r->m;
+    hl_mref_release(r);         /* the set still holds it */
+    return m;
+}
+
+/* A snapshot written under another model (a restart with a new one):
+ * its rows move into the current model as a live swap moves them, when
+ * that model is kept in model.dir; else they are rebuilt from their rings
+ * alone (counted in halflife_users_rebuilt_total). Never refused. */
+static int migrate_restored(hl_worker *w, int32_t p, hl_table *tbl, uint64_t fp)
+{
+    char err[512], why[512] = "";
+    hl_mref *cur = hl_models_acquire(w->models);
+    hl_model *old = hl_models_open_kept(w->models, fp, why, sizeof why);
+    hl_migration *mg = NULL;
+    float tw[HL_N_TYPES];
+    for (int i = 0; i < HL_N_TYPES && old; i++) {
+        float ov = w->o.has_type_weight ? w->o.type_weight[i] : NAN;
+        tw[i] = ov == ov ? ov : hl_model_info_get(old)->type_weight[i];
+    }
+    if (old != NULL && (mg = hl_migration_create(old, cur->m, tw, why, sizeof why)) == NULL)
+        hl_model_close(old), old = NULL;
+    int rebuilt = mg == NULL;
+    if (rebuilt)
+        mg = hl_migration_rebuild(cur->m, cur->tw, err, sizeof err);
+    int64_t t0 = hl_now_mono_us(), n = mg ? hl_migration_table(mg, tbl) : HL_ENOMEM;
+    if (n >= 0) {
+        hl_counter_add(rebuilt ? w->ctx.mx.rebuilt : w->ctx.mx.migrated, (uint64_t)n);
+        hl_log(rebuilt ? HL_LOG_WARN : HL_LOG_INFO, rebuilt ? "snapshot_rebuilt"
+               : "snapshot_migrated", "partition=%d from=%016llx to=%016llx users=%lld "
+               "seconds=%.3f%s%s%s", (int)p, (unsigned long long)fp,
+               (unsigned long long)cur->mi->fingerprint, (long long)n,
+               (double)(hl_now_mono_us() - t0) / 1e6, rebuilt ? " reason=\"" : "",
+               rebuilt ? why : "", rebuilt ? "; heads and masses rebuilt from the "
+               "history rings alone\"" : "");
+    } else {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"out of memory migrating "
+               "the snapshot into the current model\"", (int)p);
+    }
+    hl_migration_destroy(mg);
+    hl_model_close(old);
+    hl_mref_release(cur);
+    return n >= 0 ? 0 : HL_ENOMEM;
+}
+
+/* Marks where the partition's state came from: halflife_restore_source
+ * {partition, source} is 1 for the source of the last restore. */
+static void restore_source(hl_worker *w, int32_t p, const char *source)
+{
+    static const char *const all[] = {"snapshot", "changelog", "both", "none"};
+    char labels[80];
+    for (int i = 0; i < 4; i++) {
+        snprintf(labels, sizeof labels, "partition=\"%d\",source=\"%s\"", (int)p, all[i]);
+        hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_source",
+            "Where the last restore of the partition read its state (1 for that source).",
+            labels), strcmp(all[i], source) == 0);
+    }
+}
+
+/* The local snapshot as a cache (state.store=kafka): loaded into *tblp
+ * when there is one, described in base. 0, or a negative HL_E* (logged). */
+static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_base *base,
+                         uint64_t *fp)
+{
+    char err[512];
+    hl_persist_restored pr;
+    base->next_offset = HL_PERSIST_NO_OFFSET;
+    if (w->persist == NULL)
+        return 0;
+    if (hl_persist_restore(w->persist, p, tblp, &pr, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=snapshot err=\"%s\"",
+               (int)p, err);
+        return HL_ENOMEM;
+    }
+    *base = (hl_changelog_base){pr.next_offset, pr.changelog_offset, pr.changelog_epoch};
+    *fp = pr.model_fingerprint;
+    return 0;
+}
+
+/* The rows held after a changelog restore (the changelog's, each naming its
+ * model, and the cache file's not replaced since, in base_fp) in another
+ * model's space than the current one: moved into it
+ * as a file restore moves them (migrate_restored) when they are all in one
+ * model, else (rows of two models, or rows that name none) rebuilt from
+ * their rings alone, counted in halflife_users_rebuilt_total. */
+static int changelog_migrate(hl_worker *w, int32_t p, hl_table *tbl, uint64_t base_fp,
+                             const hl_changelog_restored *r, int *moved)
+{
+    uint64_t cur = hl_model_info_get(cur_model(w))->fingerprint;
+    uint64_t fp = r->base_rows ? base_fp : r->model_fingerprint;
+    int mixed = r->mixed || (r->base_rows && r->model_fingerprint != 0 &&
+                             r->model_fingerprint != base_fp);
+    if (!mixed && (fp == 0 || fp == cur))
+        return 0;
+    *moved = 1;
+    /* No model has fingerprint 0: migrate_restored then rebuilds. */
+    return migrate_restored(w, p, tbl, mixed ? 0 : fp);
+}
+
+/* state.store=kafka: the partition's table read from its local snapshot
+ * (if any) and the changelog after it, or from the changelog alone, and
+ * claimed (changelog.h). NULL when neither can be read: the partition
+ * must not be served from an empty table. *on_disk: the local file's
+ * offset, when one was used. */
+static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
+                                   int64_t *offset, int64_t *on_disk, hl_changelog_restored *r,
+                                   int *moved)
+{
+    char err[512];
+    hl_changelog_base base;
+    uint64_t base_fp = 0;
+    int64_t t0 = hl_now_mono_us();
+    if (restore_cache(w, p, &tbl, &base, &base_fp) != 0)
+        goto fail;
+    const hl_changelog_base *bp = base.next_offset >= 0 ? &base : NULL;
+    int rc = hl_changelog_restore(w->changelog, p, tbl, bp, r, err, sizeof err);
+    if (rc == HL_ENOENT && bp != NULL) {
+        hl_log(HL_LOG_WARN, "snapshot_not_usable", "partition=%d err=\"%s\" "
+               "action=\"read the whole changelog\"", (int)p, err);
+        hl_table_destroy(tbl);
+        if ((tbl = hl_table_create(&w->ctx.topts, err, sizeof err)) == NULL)
+            goto fail;
+        bp = NULL;
+        rc = hl_changelog_restore(w->changelog, p, tbl, NULL, r, err, sizeof err);
+    }
+    if (rc != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"%s\"",
+               (int)p, err);
+        goto fail;
+    }
+    if (changelog_migrate(w, p, tbl, bp ? base_fp : 0, r, moved) != 0)
+        goto fail;
+    *on_disk = bp ? bp->next_offset : HL_PERSIST_NO_OFFSET;
+    if (r->next_offset != HL_CHANGELOG_NO_OFFSET)
+        *restored = *offset = r->next_offset;
+    else if (r->n_rows > 0)
+        *offset = RD_KAFKA_OFFSET_BEGINNING;   /* rows of an unfinished first flush */
+    const char *src = bp ? (r->n_records > 0 ? "both" : "snapshot")
+                         : (r->n_records > 0 ? "changelog" : "none");
+    restore_source(w, p, src);
+    /* The worker-wide figure the dashboard shows: the whole restore. */
+    hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_duration_seconds",
+                                  "Time the newest shard restore from a snapshot took.", NULL),
+                 (double)(hl_now_mono_us() - t0) / 1e6);
+    hl_log(HL_LOG_INFO, "restored", "partition=%d source=%s records=%llu rows=%llu "
+           "tombstones=%llu checkpoints=%llu stale=%llu bad=%llu bytes=%llu low=%lld high=%lld "
+           "from=%lld next_offset=%lld epoch=%lld seconds=%.3f", (int)p, src,
+           (unsigned long long)r->n_records, (unsigned long long)r->n_rows,
+           (unsigned long long)r->n_tombstones, (unsigned long long)r->n_checkpoints,
+           (unsigned long long)r->n_stale, (unsigned long long)r->n_bad,
+           (unsigned long long)r->bytes, (long long)r->low, (long long)r->high,
+           (long long)(bp ? bp->changelog_offset : r->low), (long long)r->next_offset,
+           (long long)r->epoch, r->duration_s);
+    return tbl;
+fail:
+    hl_table_destroy(tbl);
+    return NULL;
+}
+
+/* The partition's table: its newest valid snapshot's (or, with
+ * state.store=kafka, its changelog's), and the offset to start from (the
+ * snapshot's, else auto.offset.reset: DESIGN.md section 6 rebuilds state
+ * from the topic rather than trust a committed offset without the state
+ * that goes with it). NULL when out of memory. */
+static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset,
+                         int64_t *on_disk, hl_changelog_restored *cr, int *moved)
+{
+    char err[512];
+    hl_persist_restored r;
+    hl_table *tbl = hl_table_create(&w->ctx.topts, err, sizeof err);
+    *restored = -1;
+    *offset = w->o.offset_reset_latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+    if (tbl != NULL && w->changelog != NULL)
+        return restore_changelog(w, p, tbl, restored, offset, on_disk, cr, moved);
+    if (tbl == NULL || w->persist == NULL)
+        return tbl;
+    if (hl_persist_restore(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"%s\"", (int)p, err);
+        hl_table_destroy(tbl);
+        return NULL;
+    }
+    *moved = r.next_offset != HL_PERSIST_NO_OFFSET &&
+             r.model_fingerprint != hl_model_info_get(cur_model(w))->fingerprint;
+    if (*moved && migrate_restored(w, p, tbl, r.model_fingerprint) != 0) {
+        hl_table_destroy(tbl);
+        return NULL;
+    }
+    if (r.next_offset != HL_PERSIST_NO_OFFSET) {
+        *restored = *offset = r.next_offset;
+        hl_log(HL_LOG_INFO, "restored", "partition=%d path=%s users=%llu next_offset=%lld "
+               "seconds=%.3f", (int)p, r.path, (unsigned long long)r.n_rows,
+               (long long)r.next_offset, r.duration_s);
+    }
+    return tbl;
+}
+
+static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
+{
+    char err[256];
+    if (owner_slot(w, p) != 0)
+        return HL_ENOMEM;
+    if (w->owner[p] != NULL)
+        return 1;
+    int64_t restored;
+    int moved = 0;
+    hl_changelog_restored cr;
+    int64_t on_disk = -1;
+    hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr, &moved);
+    if (tbl == NULL && w->changelog != NULL)
+        return HL_EIO;
+    if (w->changelog == NULL)
+        on_disk = restored;     /* with the changelog: the cache file's, if one was used */
+    hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, on_disk)
+                                             : NULL;
+    if (moved)
+        hl_persist_shard_resave(ps);    /* the newest file names the old model */
+    hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
+                                   w->o.recs_min_interval_ms, w->reg, err, sizeof err);
+    if (sh == NULL) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"%s\"", (int)p, err);
+        return HL_ENOMEM;
+    }
+    /* Restored (or empty) under the current model: swaps happen on this
+     * thread too, so it cannot change in between. */
+    sh->mref = hl_models_acquire(w->models);
+    sh->c_migrated = w->ctx.mx.migrated;
+    if (w->changelog != NULL &&
+        (sh->cl = hl_changelog_shard_create(w->changelog, p, sh->tbl, &cr)) == NULL) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
+               (int)p);
+        hl_shard_destroy(sh);
+        return HL_ENOMEM;
+    }
+    if (sh->cl != NULL && sh->ps != NULL)
+        hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
+    if (moved)
+        hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's */
+    int i = least_loaded(w);
+    if (hl_wthread_give(w->th[i], sh) != 0) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
+               (int)p);
+        hl_shard_destroy(sh);
+        return HL_ENOMEM;
+    }
+    rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(rk, w->o.input_topic, p);
+    rd_kafka_queue_forward(pq, hl_wthread_queue(w->th[i]));
+    rd_kafka_queue_destroy(pq);
+    w->owner[p] = w->th[i];
+    w->th_load[i]++;
+    hl_log(HL_LOG_INFO, "partition_assigned", "partition=%d thread=%d", (int)p, i);
+    return 0;
+}
+
+static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts)
+{
+    for (int i = 0; i < parts->cnt; i++) {
+        if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0)
+            continue;
+        int rc = assign_one(w, rk, parts->elems[i].partition, &parts->elems[i].offset);
+        if (rc < 0)
+            hl_worker_stop(w);          /* cannot serve it: leave cleanly */
+        else if (rc == 0)
+            atomic_fetch_add(&w->assigned, 1);
+    }
+}
+
+static int thread_index(hl_worker *w, hl_wthread *t)
+{
+    for (int i = 0; i < w->n_th; i++)
+        if (w->th[i] == t)
+            return i;
+    return -1;
+}
+
+/* A revoked partition's series leave /metrics with it, so no stale value
+ * outlives the assignment. Its consumed counter goes too (another worker
+ * now counts that partition); a later assignment registers it again with
+ * the value it had, so it never goes down. */
+static void hide_series(hl_worker *w, int32_t p)
+{
+    static const char *const gauges[] = {"halflife_users", "halflife_state_bytes",
+                                         "halflife_consumer_lag",
+                                         "halflife_events_consumed_total"};
+    char labels[48];
+    snprintf(labels, sizeof labels, "partition=\"%d\"", (int)p);
+    for (size_t i = 0; i < sizeof gauges / sizeof gauges[0]; i++)
+        hl_metrics_hide(w->reg, gauges[i], labels);
+}
+
+static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
+{
+    hl_shard *back[64];
+    for (int i = 0; i < parts->cnt; i++) {
+        int32_t p = parts->elems[i].partition;
+        if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0 ||
+            p >= w->cap_owner || w->owner[p] == NULL)
+            continue;
+        if (hl_wthread_post_take(w->owner[p], p) != 0) {
+            /* Its shard stays with the thread until the exit. */
+            hl_log(HL_LOG_ERROR, "revoke_failed", "partition=%d err=\"out of memory\" "
+                   "action=stop", (int)p);
+            hl_worker_stop(w);
+        }
+    }
+    for (int t = 0; t < w->n_th; t++) {
+        int n;
+        while ((n = hl_wthread_wait_taken(w->th[t], back, 64)) > 0) {
+            for (int j = 0; j < n; j++) {
+                int32_t p = back[j]->partition;
+                hl_log(HL_LOG_INFO, "partition_revoked", "partition=%d thread=%d", (int)p, t);
+                w->th_load[thread_index(w, w->owner[p])]--;
+                w->owner[p] = NULL;
+                atomic_fetch_sub(&w->assigned, 1);
+                hide_series(w, p);
+                hl_shard_destroy(back[j]);
+            }
+        }
+    }
+}
+
+/* hl_consumer_opts.owns: main thread, like every use of owner[]. */
+int hl_worker_owns_partition(void *opaque, int32_t p)
+{
+    hl_worker *w = opaque;
+    return p >= 0 && p < w->cap_owner && w->owner[p] != NULL;
+}
+
+void hl_worker_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    hl_worker *w = opaque;
+    int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    rd_kafka_error_t *error = NULL;
+    hl_counter_add(w->rebalances, 1);
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        /* Leaving the group can bring an assignment (another member left
+         * meanwhile); once stopping, the threads take no new shard, so the
+         * partitions are only acknowledged, left unserved and uncommitted:
+         * their next owner resumes where they were. */
+        if (atomic_load(&w->stop) == 0)
+            assign_parts(w, rk, parts);
+        else
+            hl_log(HL_LOG_INFO, "assignment_ignored", "reason=\"stopping\" partitions=%d",
+                   parts->cnt);
+        if (coop)
+            error = rd_kafka_incremental_assign(rk, parts);
+        else
+            rd_kafka_assign(rk, parts);
+        atomic_store(&w->have_assignment, 1);
+    } else {
+        if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+            hl_log(HL_LOG_WARN, "rebalance_error", "err=\"%s\"", rd_kafka_err2str(err));
+        revoke_parts(w, parts);
+        if (coop)
+            error = rd_kafka_incremental_unassign(rk, parts);
+        else
+            rd_kafka_assign(rk, NULL);
+    }
+    if (error) {
+        hl_log(HL_LOG_ERROR, "rebalance_failed", "err=\"%s\"", rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    }
+    hl_gauge_set(w->assigned_g, atomic_load(&w->assigned));
+}

@@ -6,12 +6,18 @@
 # and *.py. Each prints PASS/FAIL/SKIP lines; a program that exits non-zero
 # without printing a FAIL line counts as one failure of its own, so a crash
 # is never silent. Output of every program goes to BUILD_DIR/test-logs/.
+# The integration tests and fuzzers run HL_TEST_JOBS at a time (default 2):
+# most of their time is spent waiting on brokers, sessions and timers, so
+# two at once halve make test's wall time on two cores; each has its own
+# ports (free ones) and temporary directories. HL_TEST_JOBS=1 runs them one
+# by one, as before.
 set -u
 build=${1:?usage: tests/run.sh BUILD_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
 logs="$build/test-logs"
 mkdir -p "$logs"
+rm -f "$logs"/*.count
 export HL_BUILD="$build" HL_TOP="$top"
 if [ -z "${HL_DATASETS:-}" ] && [ -d "$top/../shared/datasets" ]; then
   export HL_DATASETS=$(cd "$top/../shared/datasets" && pwd)
@@ -19,34 +25,55 @@ fi
 [ -n "${HL_DATASETS:-}" ] || echo "note: ../shared/datasets is absent; tests that need it will SKIP"
 
 passed=0 failed=0 skipped=0
+jobs_max=${HL_TEST_JOBS:-2}
+
+# Runs one program; prints its FAIL/SKIP lines and one summary line in a
+# single write (so lines of two programs never interleave) and leaves
+# "passed failed skipped" in BUILD_DIR/test-logs/NAME.count.
 run_one() {
   local name=$1; shift
   local log="$logs/$name.log" start=$SECONDS rc
   "$@" >"$log" 2>&1; rc=$?
-  local p f s
+  local p f s out
   p=$(grep -c '^PASS ' "$log"); f=$(grep -c '^FAIL ' "$log"); s=$(grep -c '^SKIP ' "$log")
   if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
-    echo "FAIL $name: exited $rc without a FAIL line (see $log)"; tail -n 20 "$log" | sed 's/^/    /'
+    out=$(echo "FAIL $name: exited $rc without a FAIL line (see $log)"; tail -n 20 "$log" | sed 's/^/    /')
     f=1
   fi
-  grep -E '^(FAIL|SKIP) |^    ' "$log"
-  printf '%-28s %3d passed %3d failed %3d skipped  %3ds\n' "$name" "$p" "$f" "$s" $((SECONDS - start))
-  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+  out=$(printf '%s\n%s\n%-28s %3d passed %3d failed %3d skipped  %3ds' "${out:-}" \
+        "$(grep -E '^(FAIL|SKIP) |^    ' "$log")" "$name" "$p" "$f" "$s" $((SECONDS - start)) |
+        sed '/^$/d')
+  printf '%s\n' "$out"
+  echo "$p $f $s" >"$logs/$name.count"
 }
 
+# run_one in the background, at most jobs_max at once.
+run_bg() {
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n; done
+  run_one "$@" &
+}
+
+names=()
 for t in "$build"/tests/test_*; do
   [ -x "$t" ] || continue
   run_one "$(basename "$t")" "$t"
+  names+=("$(basename "$t")")
 done
 for t in "$here"/integration/*.sh "$here"/integration/test_*.py; do
   [ -f "$t" ] || continue
   case $t in
-    *.sh) run_one "$(basename "$t")" bash "$t" ;;
-    *.py) run_one "$(basename "$t")" /usr/bin/python3 "$t" ;;
+    *.sh) run_bg "$(basename "$t")" bash "$t" ;;
+    *.py) run_bg "$(basename "$t")" /usr/bin/python3 "$t" ;;
   esac
+  names+=("$(basename "$t")")
 done
 if [ -n "${HL_FUZZ_CMDS:-}" ]; then
-  for t in $HL_FUZZ_CMDS; do run_one "$(basename "$t")" bash -c "$t"; done
+  for t in $HL_FUZZ_CMDS; do run_bg "$(basename "$t")" bash -c "$t"; names+=("$(basename "$t")"); done
 fi
+wait
+for n in "${names[@]}"; do
+  read -r p f s <"$logs/$n.count" || { p=0; f=1; s=0; echo "FAIL $n: no result (see $logs/$n.log)"; }
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+done
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -18,6 +18,8 @@ struct hl_foldin {
     double    lambda_per_ms;
     float    *W;                 /* (dim, dim) */
     double    r_mean, b_mean;    /* mean e_out norm and bias of the model */
+    const float *m_in, *m_out, *m_bias;   /* borrowed, for neighbours */
+    int32_t   m_n, T;                     /* T 0: the mean-query rule */
     int32_t   n, cap;
     char    **id;   uint32_t *len;
     float    *S;                 /* (cap, dim) decayed query sums */
@@ -196,6 +198,9 @@ hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const fl
         return NULL;
     }
     model_means(f, e_out, bias, n);
+    f->T = o->neighbours == 0 ? HL_FOLDIN_NEIGHBOURS : o->neighbours > 0 ? o->neighbours : 0;
+    f->T = f->T < HL_FOLDIN_NEIGHBOURS_MAX ? f->T : HL_FOLDIN_NEIGHBOURS_MAX;
+    f->m_in = e_in; f->m_out = e_out; f->m_bias = bias; f->m_n = n;
     return f;
 nomem:
     hl_foldin_destroy(f);
@@ -311,6 +316,48 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
     return now_ready;
 }
 
+/* The T model items the mean query S/M scores highest (S . e_out + M b,
+ * the same order), best first, into top; their number. */
+static int top_items(const hl_foldin *f, int32_t k, int32_t *top)
+{
+    double sc[HL_FOLDIN_NEIGHBOURS_MAX];
+    const float *S = f->S + (size_t)k * f->o.dim;
+    int n_top = 0, d = f->o.dim;
+    for (int32_t j = 0; j < f->m_n; j++) {
+        double s = (double)f->m_bias[j] * f->M[k];
+        for (int i = 0; i < d; i++)
+            s += (double)S[i] * f->m_out[(size_t)j * d + i];
+        if (n_top == f->T && s <= sc[n_top - 1])
+            continue;
+        int p = n_top < f->T ? n_top++ : f->T - 1;
+        for (; p > 0 && sc[p - 1] < s; p--) {
+            sc[p] = sc[p - 1];
+            top[p] = top[p - 1];
+        }
+        sc[p] = s;
+        top[p] = j;
+    }
+    return n_top;
+}
+
+static void neighbour_vectors(const hl_foldin *f, int32_t k, float *e_in, float *e_out,
+                              float *bias)
+{
+    int32_t top[HL_FOLDIN_NEIGHBOURS_MAX];
+    int n_top = top_items(f, k, top), d = f->o.dim;
+    double b = 0.0;
+    memset(e_in, 0, (size_t)d * sizeof *e_in);
+    memset(e_out, 0, (size_t)d * sizeof *e_out);
+    for (int t = 0; t < n_top; t++) {
+        for (int i = 0; i < d; i++) {
+            e_in[i] += f->m_in[(size_t)top[t] * d + i] / n_top;
+            e_out[i] += f->m_out[(size_t)top[t] * d + i] / n_top;
+        }
+        b += f->m_bias[top[t]];
+    }
+    *bias = (float)(b / n_top);
+}
+
 int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
                       float *e_in, float *e_out, float *bias)
 {
@@ -319,6 +366,10 @@ int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
     if (f->slot[slot] == 0 || f->count[f->slot[slot] - 1] < f->o.min_events)
         return HL_ENOENT;
     int32_t k = f->slot[slot] - 1;
+    if (f->T > 0) {
+        neighbour_vectors(f, k, e_in, e_out, bias);
+        return 0;
+    }
     const float *S = f->S + (size_t)k * d;
     double nrm = 0.0;
     for (int i = 0; i < d; i++)

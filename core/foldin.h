@@ -9,7 +9,17 @@
  *
  * (lambda = ln 2 / half_life, t_ref the newest t_i; late events are
  * decayed to t_ref, as core/decay does for users). Once j has min_events
- * interactions it has vectors:
+ * interactions it has vectors. By default (neighbours T > 0) they are the
+ * model's own: the mean q_j = S_j / M_j of its users' queries scores the
+ * model's items (q_j . e_out + b, the list those users would get), and
+ *
+ *     e_in_j, e_out_j, b_j = the means of e_in, e_out, b over the top T
+ *
+ * so j is scored like the model items its users' lists lead with, never by
+ * a new scale. (The rule below, neighbours < 0, puts e_out on the mean
+ * query itself, which every user's query leans towards: on taobao-sample
+ * and ml-latest-small those items took list places from better model items;
+ * README, "Fold-in".) With neighbours < 0:
  *
  *     e_out_j = S_j / |S_j| x r          r = the mean norm of the model's e_out
  *     e_in_j  = e_out_j W                W = argmin |E_out W - E_in|^2 + ridge |W|^2,
@@ -20,7 +30,8 @@
  * users (the direction; the length is the model's typical one), the
  * newcomer's bias starts at the model's mean and grows with its decayed
  * count, and e_in (what the item adds to a user's heads) follows from the
- * map the model itself implies between its two tables.
+ * map the model itself implies between its two tables. W is fitted in both
+ * cases (hl_foldin_map).
  *
  * Memory is bounded by max_items: beyond it the least recently seen
  * sixteenth goes at once (counted), so an insert costs O(1) amortised. One
@@ -38,10 +49,16 @@ typedef struct hl_foldin_opts {
     int     min_events;     /* catalogue.foldin.min.events, >= 1 */
     double  half_life_ms;   /* of the decayed sums; > 0 */
     float   ridge;          /* of the map fit; 0 = 1e-3 x trace/dim */
+    int     neighbours;     /* T; 0 = HL_FOLDIN_NEIGHBOURS, < 0 = the mean-query rule */
 } hl_foldin_opts;
 
-/* Fits W over the model's n items (e_in, e_out (n, dim), bias (n)), which
- * are read during the call only. NULL and a reason on bad options, n < 1
+#define HL_FOLDIN_NEIGHBOURS 10   /* README "Fold-in": measured 1, 5, 10, 20, 30, 50 */
+#define HL_FOLDIN_NEIGHBOURS_MAX 256
+
+/* Fits W over the model's n items (e_in, e_out (n, dim), bias (n)). With
+ * neighbours (the default) f borrows the three tables: they must outlive f
+ * (the worker's and eval's model does); hl_foldin_vectors then costs
+ * O(n dim). Otherwise they are read during the call only. NULL and a reason on bad options, n < 1
  * or out of memory. */
 hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const float *e_out,
                             const float *bias, int32_t n, char *errbuf, size_t errlen);
@@ -54,7 +71,8 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
                   int64_t ts_ms);
 
 /* The vectors of a ready item into e_in, e_out (dim each) and *bias: 0, or
- * HL_ENOENT (unknown, evicted or below min_events). */
+ * HL_ENOENT (unknown, evicted or below min_events). O(n dim) with
+ * neighbours, O(dim^2) without; called once per publication. */
 int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
                       float *e_in, float *e_out, float *bias);
 

@@ -167,6 +167,44 @@ static void test_cluster_buyers_spread_to_their_cluster(void)
     hl_foldin_destroy(f);
 }
 
+/* With neighbours T the vectors are the means of the T model items the
+ * mean query scores highest: a query along axis 0 over items whose e_out is
+ * (j, 0, ...) with bias 0 picks the last T; the mean-query rule
+ * (neighbours < 0) points e_out at the query instead. */
+static void test_neighbours_are_the_means_of_the_top_items(void)
+{
+    static model m;
+    float W0[D * D] = {0}, q[D] = {1}, ein[D], eout[D], b;
+    model_init(&m, 50, W0);
+    for (int j = 0; j < m.n; j++) {
+        memset(m.e_out + j * D, 0, D * sizeof(float));
+        m.e_out[j * D] = (float)j;
+        m.e_out[j * D + 1] = (float)(j % 3);
+        m.e_in[j * D] = (float)(2 * j);
+        m.bias[j] = 0.0f;
+    }
+    hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 2, .half_life_ms = 1e12,
+                        .neighbours = 4};
+    char err[256];
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    CHECKF(f != NULL, "%s", err);
+    hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+    hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+    CHECK(hl_foldin_vectors(f, "x", 1, ein, eout, &b) == 0);
+    float want_out = (46 + 47 + 48 + 49) / 4.0f, want_y = (1 + 2 + 0 + 1) / 4.0f;
+    CHECKF(fabsf(eout[0] - want_out) < 1e-4f && fabsf(eout[1] - want_y) < 1e-4f &&
+           fabsf(ein[0] - 2 * want_out) < 1e-4f && b == 0.0f,
+           "e_out %g %g e_in %g bias %g", eout[0], eout[1], ein[0], b);
+    hl_foldin_destroy(f);
+    o.neighbours = -1;                                   /* the mean-query rule */
+    f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+    hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+    CHECK(hl_foldin_vectors(f, "x", 1, ein, eout, &b) == 0);
+    CHECK(eout[0] > 0.0f && eout[1] == 0.0f);
+    hl_foldin_destroy(f);
+}
+
 /* Publication: due at min_events, then at each doubling of the count of
  * the last publication, this accumulator's or the topic's (hl_foldin_mark). */
 static void test_due_at_min_events_then_doublings(void)
@@ -205,6 +243,7 @@ int main(void)
     RUN(test_order_independent_and_ready);
     RUN(test_bounded_least_recent_go);
     RUN(test_cluster_buyers_spread_to_their_cluster);
+    RUN(test_neighbours_are_the_means_of_the_top_items);
     RUN(test_due_at_min_events_then_doublings);     /* last: the others' draws stay theirs */
     TEST_EXIT();
 }

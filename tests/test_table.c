@@ -694,6 +694,7 @@ static void test_long_user_ids(void)
         memset(nm, 'x', HL_MAX_ID_LEN);
         int len = snprintf(nm, sizeof nm, "%d", u);
         nm[len] = 'y';
+        nm[HL_MAX_ID_LEN] = '\0';      /* one() takes strlen: the id ends here */
         hl_event e = one(nm, 1, u, u);
         e.user_len = HL_MAX_ID_LEN;
         CHECK(hl_table_apply(tbl, &e, 1, e_in, N_ITEMS, NULL) == 1);

@@ -318,13 +318,12 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
 
 /* The T model items the mean query S/M scores highest (S . e_out + M b,
  * the same order), best first, into top; their number. */
-static int top_items(const hl_foldin *f, int32_t k, int32_t *top)
+static int top_items(const hl_foldin *f, const float *S, double M, int32_t *top)
 {
     double sc[HL_FOLDIN_NEIGHBOURS_MAX];
-    const float *S = f->S + (size_t)k * f->o.dim;
     int n_top = 0, d = f->o.dim;
     for (int32_t j = 0; j < f->m_n; j++) {
-        double s = (double)f->m_bias[j] * f->M[k];
+        double s = (double)f->m_bias[j] * M;
         for (int i = 0; i < d; i++)
             s += (double)S[i] * f->m_out[(size_t)j * d + i];
         if (n_top == f->T && s <= sc[n_top - 1])
@@ -340,11 +339,11 @@ static int top_items(const hl_foldin *f, int32_t k, int32_t *top)
     return n_top;
 }
 
-static void neighbour_vectors(const hl_foldin *f, int32_t k, float *e_in, float *e_out,
-                              float *bias)
+static void neighbour_vectors(const hl_foldin *f, const float *S, double M, float *e_in,
+                              float *e_out, float *bias)
 {
     int32_t top[HL_FOLDIN_NEIGHBOURS_MAX];
-    int n_top = top_items(f, k, top), d = f->o.dim;
+    int n_top = top_items(f, S, M, top), d = f->o.dim;
     double b = 0.0;
     memset(e_in, 0, (size_t)d * sizeof *e_in);
     memset(e_out, 0, (size_t)d * sizeof *e_out);
@@ -358,19 +357,25 @@ static void neighbour_vectors(const hl_foldin *f, int32_t k, float *e_in, float 
     *bias = (float)(b / n_top);
 }
 
-int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
-                      float *e_in, float *e_out, float *bias)
+int hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, double *M)
 {
     uint32_t slot = probe(f, id, len);
-    int d = f->o.dim;
     if (f->slot[slot] == 0 || f->count[f->slot[slot] - 1] < f->o.min_events)
         return HL_ENOENT;
     int32_t k = f->slot[slot] - 1;
+    memcpy(S, f->S + (size_t)k * f->o.dim, (size_t)f->o.dim * sizeof *S);
+    *M = f->M[k];
+    return 0;
+}
+
+void hl_foldin_vectors_from(const hl_foldin *f, const float *S, double M, float *e_in,
+                            float *e_out, float *bias)
+{
+    int d = f->o.dim;
     if (f->T > 0) {
-        neighbour_vectors(f, k, e_in, e_out, bias);
-        return 0;
+        neighbour_vectors(f, S, M, e_in, e_out, bias);
+        return;
     }
-    const float *S = f->S + (size_t)k * d;
     double nrm = 0.0;
     for (int i = 0; i < d; i++)
         nrm += (double)S[i] * S[i];
@@ -383,8 +388,21 @@ int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
             s += (double)e_out[a] * f->W[a * d + c];
         e_in[c] = (float)s;
     }
-    *bias = (float)(f->b_mean + log1p(f->M[k]) - log1p((double)f->o.min_events));
-    return 0;
+    *bias = (float)(f->b_mean + log1p(M) - log1p((double)f->o.min_events));
+}
+
+int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
+                      float *e_in, float *e_out, float *bias)
+{
+    double M;
+    float *S = malloc((size_t)f->o.dim * sizeof *S);
+    if (S == NULL)
+        return HL_ENOMEM;
+    int rc = hl_foldin_sums(f, id, len, S, &M);
+    if (rc == 0)
+        hl_foldin_vectors_from(f, S, M, e_in, e_out, bias);
+    free(S);
+    return rc;
 }
 
 /* Publications double: each one is worth twice the interactions of the

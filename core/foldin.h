@@ -76,6 +76,16 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
 int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
                       float *e_in, float *e_out, float *bias);
 
+/* The same in two steps, so a caller that guards f with a lock holds it
+ * only for the copy: hl_foldin_sums copies a ready item's decayed sums (S,
+ * dim floats) and mass (0, or HL_ENOENT as above); hl_foldin_vectors_from
+ * makes the vectors from them and reads only what hl_foldin_create fitted
+ * (never changed after it), so it may run outside that lock while other
+ * threads add interactions. */
+int  hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, double *M);
+void hl_foldin_vectors_from(const hl_foldin *f, const float *S, double M, float *e_in,
+                            float *e_out, float *bias);
+
 /* Publication (the worker sends ready items' vectors to the item topic):
  * hl_foldin_due gives the item's interactions when it is ready and has at
  * least twice the interactions of its last publication (hl_foldin_mark:

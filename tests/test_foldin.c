@@ -147,6 +147,15 @@ static void test_cluster_buyers_spread_to_their_cluster(void)
         hl_foldin_add(f, "launch", 6, q[u], 1.0f, 1000 * u);
     float ein[D], eout[D], b;
     CHECK(hl_foldin_vectors(f, "launch", 6, ein, eout, &b) == 0);
+    /* In two steps (the worker makes the vectors outside its lock): the
+     * same vectors, bit for bit. */
+    float S[D], ein2[D], eout2[D], b2;
+    double M;
+    CHECK(hl_foldin_sums(f, "launch", 6, S, &M) == 0 && M > 0.0);
+    hl_foldin_vectors_from(f, S, M, ein2, eout2, &b2);
+    CHECK(memcmp(ein, ein2, sizeof ein) == 0 && memcmp(eout, eout2, sizeof eout) == 0 &&
+          b == b2);
+    CHECK(hl_foldin_sums(f, "never", 5, S, &M) == HL_ENOENT);
     int top_a = 0, top_b = 0;
     for (int u = 8; u < 80; u++) {
         double s_new = b;

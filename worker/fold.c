@@ -22,7 +22,9 @@ typedef struct fold_pub {
     char     id[HL_MAX_ID_LEN];
     uint32_t len;
     int32_t  count;
-    float   *vec;                   /* e_in, e_out, bias: 2 dim + 1 */
+    double   mass;                  /* the item's decayed weight, taken under mu */
+    float   *vec;                   /* e_in, e_out, bias: 2 dim + 1; then the
+                                       sums taken under mu: dim */
 } fold_pub;
 
 struct hl_wfoldin {
@@ -112,7 +114,7 @@ int hl_foldin_local_init(hl_wfoldin *wf, hl_foldin_local *loc, char *errbuf, siz
     size_t d = (size_t)wf->dim;
     loc->X = malloc(FOLD_CHUNK * (size_t)wf->in_dim * sizeof(float));
     loc->act = malloc(hl_encoder_act_floats(&wf->net, FOLD_CHUNK) * sizeof(float));
-    loc->vecs = malloc(FOLD_CHUNK * (2 * d + 1) * sizeof(float));
+    loc->vecs = malloc(FOLD_CHUNK * (3 * d + 1) * sizeof(float));
     loc->enc_cap = 64 + 2 * (HL_MAX_ID_LEN + 10 * 2 + 5 * 2 * d + 32);
     loc->enc = malloc(loc->enc_cap);
     if (!loc->X || !loc->act || !loc->vecs || !loc->enc) {
@@ -198,8 +200,9 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
                (unsigned long long)sup);
 }
 
-/* Under wf->mu: whether item id is to be published now, its vectors into
- * p. An operator's item is marked so that it is never due again; a topic
+/* Under wf->mu: whether item id is to be published now, its sums into p
+ * (the vectors are made from them after the lock: a scan of the model's
+ * items, too long to hold up the other threads' batches). An operator's item is marked so that it is never due again; a topic
  * record built from more interactions raises the bar to twice its count. */
 static int take_due(hl_wfoldin *wf, const char *id, uint32_t len, fold_pub *p)
 {
@@ -212,7 +215,7 @@ static int take_due(hl_wfoldin *wf, const char *id, uint32_t len, fold_pub *p)
         return 0;
     }
     int d = wf->dim;
-    if (hl_foldin_vectors(wf->f, id, len, p->vec, p->vec + d, p->vec + 2 * d) != 0)
+    if (hl_foldin_sums(wf->f, id, len, p->vec + 2 * d + 1, &p->mass) != 0)
         return 0;
     hl_foldin_mark(wf->f, id, len, n);
     memcpy(p->id, id, len);
@@ -263,7 +266,7 @@ static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, const 
             continue;
         }
         (*added)++;
-        pub[n_pub].vec = vecs + (size_t)n_pub * (2 * d + 1);
+        pub[n_pub].vec = vecs + (size_t)n_pub * (3 * d + 1);
         n_pub += take_due(wf, id, nt->len, &pub[n_pub]);
     }
     return n_pub;
@@ -289,8 +292,12 @@ static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,
     int n_pub = add_chunk(wf, loc, i0, n, Q, pub, vecs, &added, &skipped);
     note_stats(wf);
     pthread_mutex_unlock(&wf->mu);
-    for (int k = 0; k < n_pub; k++)
+    for (int k = 0; k < n_pub; k++) {
+        float *v = pub[k].vec;
+        hl_foldin_vectors_from(wf->f, v + 2 * wf->dim + 1, pub[k].mass, v, v + wf->dim,
+                               v + 2 * wf->dim);
         publish(wf, loc, &pub[k]);
+    }
     hl_counter_add(wf->c_events, added);
     if (skipped)
         hl_counter_add(wf->c_skipped, skipped);

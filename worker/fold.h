@@ -61,7 +61,8 @@ typedef struct hl_foldin_local {
     char      *ids;   size_t ids_used, ids_cap;
     float     *X, *act, *q;        /* encoder scratch for FOLD_CHUNK users */
     uint8_t   *enc;   size_t enc_cap;
-    float     *vecs;               /* FOLD_CHUNK x (2 dim + 1): due items' vectors */
+    float     *vecs;               /* FOLD_CHUNK x (3 dim + 1): due items' vectors
+                                      and sums */
     uint64_t   dropped;            /* notes lost to out of memory */
 } hl_foldin_local;
 

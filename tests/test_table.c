@@ -711,8 +711,8 @@ static void test_bad_user_len(void)
 {
     hl_table_opts o = small_opts(0, 0);
     hl_table *tbl = hl_table_create(&o, NULL, 0);
-    static char big[HL_MAX_ID_LEN + 1];
-    memset(big, 'z', sizeof big);
+    static char big[HL_MAX_ID_LEN + 2];     /* + its NUL: one() takes strlen */
+    memset(big, 'z', HL_MAX_ID_LEN + 1);
     hl_event e[3] = { one("ok", 1, 0, 1), one("", 1, 0, 2), one(big, 1, 0, 3) };
     e[2].user_len = HL_MAX_ID_LEN + 1;
     int8_t st[3];

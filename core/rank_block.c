@@ -250,8 +250,8 @@ static void rescan_one(hl_ranker *r, uint64_t *h, int *n, const float *q, int32_
 
 static int side_hidden(const hl_ranker *r, int32_t row)
 {
-    return bsearch(&row, r->cat.hidden, (size_t)r->cat.n_hidden, sizeof row,
-                   cmp_row) != NULL;
+    return r->cat.n_hidden > 0 &&     /* hidden may be NULL then: bsearch wants a base */
+           bsearch(&row, r->cat.hidden, (size_t)r->cat.n_hidden, sizeof row, cmp_row) != NULL;
 }
 
 /* User u's side items that are neither hidden nor in ex, scored with

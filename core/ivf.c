@@ -19,6 +19,7 @@
  * the lower row (the heap's keys), so the same query gets the same
  * candidates. */
 #include "ivf.h"
+#include "topkey.h"
 
 #include <cblas.h>
 #include <float.h>
@@ -56,80 +57,6 @@ struct hl_ivf_scan {
     float    *Qg;              /* (max_users, dim) one list's users' queries */
     float    *S;               /* (max_users, LIST_CHUNK) their scores */
 };
-
-/* ---- keys: (score, -id) as one integer, larger is better ---- */
-
-static inline uint64_t make_key(float score, int32_t id)
-{
-    uint32_t u;
-    if (score == 0.0f)
-        score = 0.0f;
-    memcpy(&u, &score, sizeof u);
-    u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
-    return (uint64_t)u << 32 | (uint32_t)~(uint32_t)id;
-}
-
-static inline float key_score(uint64_t key)
-{
-    uint32_t u = (uint32_t)(key >> 32);
-    float f;
-    u = (u & 0x80000000u) ? u & 0x7fffffffu : ~u;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline int32_t key_id(uint64_t key)
-{
-    return (int32_t)~(uint32_t)key;
-}
-
-static void sift_down(uint64_t *h, int n, int i)
-{
-    uint64_t key = h[i];
-    for (;;) {
-        int c = 2 * i + 1;
-        if (c >= n)
-            break;
-        if (c + 1 < n && h[c + 1] < h[c])
-            c++;
-        if (h[c] >= key)
-            break;
-        h[i] = h[c];
-        i = c;
-    }
-    h[i] = key;
-}
-
-static void sift_up(uint64_t *h, int i)
-{
-    uint64_t key = h[i];
-    while (i > 0) {
-        int p = (i - 1) / 2;
-        if (h[p] <= key)
-            break;
-        h[i] = h[p];
-        i = p;
-    }
-    h[i] = key;
-}
-
-/* Keeps the cap largest keys in the min-heap h of *n entries. */
-static inline void push_best(uint64_t *h, int *n, int cap, uint64_t key)
-{
-    if (*n < cap) {
-        h[*n] = key;
-        sift_up(h, (*n)++);
-    } else if (key > h[0]) {
-        h[0] = key;
-        sift_down(h, *n, 0);
-    }
-}
-
-static int cmp_key_desc(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
 
 /* ---- build ---- */
 
@@ -458,7 +385,7 @@ static void pick_lists(const hl_ivf *ix, hl_ivf_scan *s, const float *q, int npr
                 q, 1, 1.0f, s->cs, 1);
     for (int c = 0; c < ix->nlist; c++)
         push_best(s->lists, &n, nprobe, make_key(s->cs[c], c));
-    qsort(s->lists, (size_t)n, sizeof *s->lists, cmp_key_desc);
+    qsort(s->lists, (size_t)n, sizeof *s->lists, topkey_cmp_desc);
 }
 
 /* Every list, best first (a search whose probed lists fell short). */
@@ -466,7 +393,7 @@ static void order_all_lists(const hl_ivf *ix, hl_ivf_scan *s)
 {
     for (int c = 0; c < ix->nlist; c++)
         s->lists[c] = make_key(s->cs[c], c);
-    qsort(s->lists, (size_t)ix->nlist, sizeof *s->lists, cmp_key_desc);
+    qsort(s->lists, (size_t)ix->nlist, sizeof *s->lists, topkey_cmp_desc);
 }
 
 /* Offers list l's items to the candidate heap; returns the items scored. */
@@ -499,16 +426,16 @@ int hl_ivf_search(const hl_ivf *ix, hl_ivf_scan *s, const float *q, int nprobe,
     size_t sc = 0;
     pick_lists(ix, s, q, nprobe);
     for (int i = 0; i < nprobe; i++)
-        sc += scan_list(ix, s, q, (int)key_id(s->lists[i]), excl, &n, n_cand);
+        sc += scan_list(ix, s, q, (int)key_item(s->lists[i]), excl, &n, n_cand);
     if (n < n_cand && probed < ix->nlist) {
         /* Exclusions emptied the probed lists: go on down the ranking. The
          * first nprobe of the full order are the lists already scanned. */
         order_all_lists(ix, s);
         for (int i = nprobe; i < ix->nlist && n < n_cand; i++)
-            sc += scan_list(ix, s, q, (int)key_id(s->lists[i]), excl, &n, n_cand);
+            sc += scan_list(ix, s, q, (int)key_item(s->lists[i]), excl, &n, n_cand);
     }
     for (int i = 0; i < n; i++)
-        cand[i] = key_id(s->heap[i]);
+        cand[i] = key_item(s->heap[i]);
     if (scanned != NULL)
         *scanned = sc;
     return n;
@@ -534,7 +461,7 @@ static void pick_lists_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, i
         for (int c = 0; c < ix->nlist; c++)
             push_best(s->lists, &m, nprobe, make_key(cs[c], c));
         for (int i = 0; i < m; i++)
-            s->probe[(size_t)u * s->max_nprobe + i] = key_id(s->lists[i]);
+            s->probe[(size_t)u * s->max_nprobe + i] = key_item(s->lists[i]);
     }
 }
 
@@ -616,7 +543,7 @@ int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n,
         const uint64_t *h = s->heap + (size_t)u * s->max_cand;
         n_found[u] = s->heap_n[u];
         for (int i = 0; i < s->heap_n[u]; i++)
-            cand[(size_t)u * stride + i] = key_id(h[i]);
+            cand[(size_t)u * stride + i] = key_item(h[i]);
     }
     return 0;
 }
@@ -635,7 +562,7 @@ static int exact_top(const hl_ivf *ix, const float *q, int k, uint64_t *h, int32
         push_best(h, &n, k, make_key(s + ix->bs[p], ix->ids[p]));
     }
     for (int i = 0; i < n; i++)
-        top[i] = key_id(h[i]);
+        top[i] = key_item(h[i]);
     return n;
 }
 

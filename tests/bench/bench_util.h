@@ -1,8 +1,9 @@
 /* bench_util.h - what the ranker's benchmarks share (bench_rank.c,
- * bench_catalogue.c): their shape (dim 64, three heads, one hidden layer
- * of 256: the trainer's default; up to 256 users with a full ring of 32
- * seen items), a seeded random stream, a random model and random users of
- * that shape, and the clock they time with.
+ * bench_catalogue.c, bench_index.c): their shape (dim 64, three heads, one
+ * hidden layer of 256: the trainer's default; up to MAX_N users, 256 unless
+ * the includer sets it, each with a full ring of 32 seen items), a seeded
+ * random stream, a random model and random users of that shape, and the
+ * clock they time with.
  *
  * The including file defines BENCH_NAME (its name, for messages) and
  * BENCH_SEED (its stream's seed) first. Each draws the same numbers in the
@@ -22,7 +23,9 @@
 #define HEADS   3
 #define HIDDEN  256
 #define RING    32
-#define MAX_N   256      /* users per batch, at most */
+#ifndef MAX_N
+#define MAX_N   256      /* users per batch (or sample), at most */
+#endif
 
 static uint64_t rng = BENCH_SEED;
 
@@ -32,14 +35,21 @@ static inline float frand(void)   /* uniform in [-1, 1) */
     return (float)((rng >> 40) / (double)(1 << 24)) * 2.0f - 1.0f;
 }
 
+/* malloc that exits, saying how much, when memory runs out. */
+static inline void *xmalloc(size_t n)
+{
+    void *p = malloc(n);
+    if (p == NULL) {
+        fprintf(stderr, "%s: out of memory (%zu bytes)\n", BENCH_NAME, n);
+        exit(1);
+    }
+    return p;
+}
+
 /* n uniform floats in [-scale, scale); exits when out of memory. */
 static inline float *rand_array(size_t n, float scale)
 {
-    float *a = malloc(n * sizeof(float));
-    if (a == NULL) {
-        fprintf(stderr, "%s: out of memory\n", BENCH_NAME);
-        exit(1);
-    }
+    float *a = xmalloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++)
         a[i] = scale * frand();
     return a;
@@ -74,7 +84,8 @@ typedef struct bench_model {
     float *w[2], *b[2];
 } bench_model;
 
-static inline void model_init(bench_model *bm, int32_t n_items)
+/* The shape and the random MLP; the item arrays are the caller's. */
+static inline void model_init_mlp(bench_model *bm, int32_t n_items)
 {
     hl_model_info *mi = &bm->p.info;
     memset(bm, 0, sizeof *bm);
@@ -96,17 +107,27 @@ static inline void model_init(bench_model *bm, int32_t n_items)
         bm->p.layer_w[l] = bm->w[l];
         bm->p.layer_b[l] = bm->b[l];
     }
+}
+
+static inline void model_init(bench_model *bm, int32_t n_items)
+{
+    model_init_mlp(bm, n_items);
     bm->p.e_in = rand_array((size_t)n_items * DIM, 1.0f);
     bm->p.e_out = rand_array((size_t)n_items * DIM, 1.0f);
     bm->p.bias = rand_array((size_t)n_items, 0.1f);
 }
 
-static inline void model_free(bench_model *bm)
+static inline void model_free_mlp(bench_model *bm)
 {
     for (int l = 0; l < 2; l++) {
         free(bm->w[l]);
         free(bm->b[l]);
     }
+}
+
+static inline void model_free(bench_model *bm)
+{
+    model_free_mlp(bm);
     free((void *)bm->p.e_in);
     free((void *)bm->p.e_out);
     free((void *)bm->p.bias);

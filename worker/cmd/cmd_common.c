@@ -109,3 +109,21 @@ int hl_cmd_schema_id(const hl_worker_opts *wo, const char *topic, const char *sc
     hl_log(HL_LOG_INFO, what, "subject=%s id=%d", subject, (int)*id);
     return 0;
 }
+
+int hl_cmd_reach(rd_kafka_t *rk, const hl_config *cfg, int wait_ms, char *errbuf, size_t errlen)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    /* all_topics=0 with no topic asks for brokers only: cheap, and it does
+     * not create topics on a broker that auto-creates them. */
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, wait_ms);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_metadata_destroy(md);
+        return 0;
+    }
+    const char *servers = hl_config_kafka_get(cfg, "bootstrap.servers");
+    return hl_err(errbuf, errlen, HL_EIO,
+                  "no broker at kafka.bootstrap.servers=%s answered within %d s (%s): "
+                  "check the address and that Kafka runs there ('halflife broker' starts "
+                  "a local one)", servers ? servers : "(unset)", wait_ms / 1000,
+                  rd_kafka_err2str(err));
+}

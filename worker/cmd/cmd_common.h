@@ -2,13 +2,15 @@
  * argument parsing (options that each take one value, `--port 9092`; -h
  * and --help; numbers checked against a range; -X key=value collected for
  * the configuration) and, for the two that write Avro, the Schema
- * Registry id of the schema they write. Private to worker/cmd/ (only
+ * Registry id of the schema they write, and the check that the brokers
+ * answer before anything is sent. Private to worker/cmd/ (only
  * subcommands include it). */
 #ifndef HL_CMD_COMMON_H
 #define HL_CMD_COMMON_H
 
 #include "config.h"
 
+#include <librdkafka/rdkafka.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -55,5 +57,12 @@ int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv);
  * naming the subject. */
 int hl_cmd_schema_id(const hl_worker_opts *wo, const char *topic, const char *schema,
                      const char *what, int32_t *id, char *errbuf, size_t errlen);
+
+/* Waits up to wait_ms for the cluster behind rk to answer a metadata
+ * request. 0 when it does; otherwise fails with a sentence naming the
+ * bootstrap servers and what to check, so that a replay against a wrong
+ * address ends in seconds instead of after message.timeout.ms (5 min). */
+#define HL_CMD_REACH_MS 15000   /* what produce and items give a cluster to answer */
+int hl_cmd_reach(rd_kafka_t *rk, const hl_config *cfg, int wait_ms, char *errbuf, size_t errlen);
 
 #endif

@@ -45,6 +45,7 @@ typedef struct items_args {
 
 typedef struct items_run {
     hl_producer        *prod;
+    const hl_config    *cfg;
     hl_item_codec_opts  co;
     const char         *topic;
     float              *vec;            /* 2 * MAX_DIM */
@@ -175,6 +176,11 @@ static const char *parse_line(items_run *r, char *line, hl_item_update *u)
 static int send_update(items_run *r, const hl_item_update *u, char *errbuf, size_t errlen)
 {
     int len = 0;
+    /* The cluster is asked at the first valid line, not before: a file of
+     * bad lines is reported whole without one. */
+    if (r->sent == 0 &&
+        hl_cmd_reach(hl_producer_handle(r->prod), r->cfg, HL_CMD_REACH_MS, errbuf, errlen) != 0)
+        return HL_EIO;
     if (!u->tombstone && (len = hl_item_encode(&r->co, u, r->buf, r->cap)) < 0)
         return hl_err(errbuf, errlen, len, "line %lld: cannot encode", (long long)r->line);
     return hl_producer_send(r->prod, r->topic, -1, u->id, u->id_len,
@@ -260,6 +266,7 @@ static int open_run(items_run *r, const items_args *a, const hl_config *cfg,
         memcpy(props + 1, user, (size_t)n_user * sizeof *props);
     r->prod = hl_producer_create(props, n_user + 1, NULL, errbuf, errlen);
     free(props);
+    r->cfg = cfg;
     return r->prod == NULL ? HL_EINVAL : 0;
 }
 

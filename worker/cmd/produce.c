@@ -292,7 +292,8 @@ int hl_cmd_produce(int argc, char **argv)
     }
     r.topic = a.topic != NULL ? a.topic : hl_config_str(cfg, "input.topic");
     if (open_input(&r, &a, cfg, err, sizeof err) != 0 ||
-        (r.prod = make_producer(cfg, err, sizeof err)) == NULL)
+        (r.prod = make_producer(cfg, err, sizeof err)) == NULL ||
+        hl_cmd_reach(hl_producer_handle(r.prod), cfg, HL_CMD_REACH_MS, err, sizeof err) != 0)
         goto out;
     if (a.partitions > 0 &&
         create_topic(hl_producer_handle(r.prod), r.topic, a.partitions, err, sizeof err) != 0)

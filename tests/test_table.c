@@ -7,7 +7,7 @@
  * against the formula). Plus growth and restore equivalence (what
  * snapshots rely on); the cases one by one are in test_table_cases.c. */
 #define T_SUITE "test_table"
-#include "table_util.h"
+#include "table_test_util.h"
 
 /* ---- the reference ------------------------------------------------------- */
 

@@ -4,7 +4,7 @@
  * and bad user ids, the non-finite guard, refused options and the byte
  * counts. (test_table.c checks the table against a reference model.) */
 #define T_SUITE "test_table_cases"
-#include "table_util.h"
+#include "table_test_util.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -2,7 +2,8 @@
  *
  * Each input is decoded by two codecs: one in raw framing (always the
  * hand-checked fast path) and one in Confluent framing, whose schemas dir
- * (made once, in a temp dir) holds id 1 = our schema (fast path), id 3 = a
+ * (made once, in a temp dir) holds id 1 = our schema (fast path; the codec's
+ * own copy, hl_codec_event_schema, so the two cannot drift), id 3 = a
  * writer with reordered and extra fields and id 6 = a writer lacking
  * optional fields with its enum symbols in another order (both resolved by
  * avro-c after the structural walk). So the fuzzer can reach every path by
@@ -29,16 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static const char ours_json[] =
-    "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":\"halflife\",\"fields\":["
-    "{\"name\":\"user_id\",\"type\":\"string\"},{\"name\":\"item_id\",\"type\":\"string\"},"
-    "{\"name\":\"event_type\",\"type\":{\"type\":\"enum\",\"name\":\"EventType\",\"symbols\":"
-    "[\"VIEW\",\"CLICK\",\"FAVORITE\",\"ADD_TO_CART\",\"PURCHASE\",\"RATE\"],\"default\":\"VIEW\"},"
-    "\"default\":\"VIEW\"},"
-    "{\"name\":\"timestamp\",\"type\":{\"type\":\"long\",\"logicalType\":\"timestamp-millis\"}},"
-    "{\"name\":\"weight\",\"type\":[\"null\",\"float\"],\"default\":null},"
-    "{\"name\":\"context\",\"type\":[\"null\",{\"type\":\"map\",\"values\":\"string\"}],\"default\":null}]}";
 
 static const char evolved_json[] =
     "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":\"halflife\",\"fields\":["
@@ -133,7 +124,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     static char dir[] = "/tmp/hl_fuzz_codec_XXXXXX";
     char err[256];
     if (mkdtemp(dir) == NULL) { perror("mkdtemp"); abort(); }
-    write_file(dir, "1.avsc", ours_json, strlen(ours_json));
+    write_file(dir, "1.avsc", hl_codec_event_schema(), strlen(hl_codec_event_schema()));
     write_file(dir, "3.avsc", evolved_json, strlen(evolved_json));
     write_file(dir, "6.avsc", enum_json, strlen(enum_json));
     hl_codec_opts o = { HL_FRAMING_RAW, HL_FRAMING_RAW, dir, 2, -(1LL << 50), 1LL << 50, 0, NULL, NULL, 0 };

@@ -14,78 +14,23 @@ Checks:
   i.e. the uninterrupted run's last list;
 - each restart restored a snapshot and resumed from its offset.
 """
-import json
 import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_util as U  # noqa: E402
 import test_e2e as E  # noqa: E402
+import cluster_util as C  # noqa: E402
 
 N_EVENTS, N_USERS, N_ITEMS, PARTS = 16000, 600, 1000, 4
 RATE = 550            # events/s: the stream flows for about 30 s, across every life
 KILLS = 5
 TOPICS = ["behaviour-events", "recommendations", "behaviour-events.dlq"]
-
-
-def produce_paced(bootstrap, events, rate, done, errors):
-    """Produces events keyed by user at about rate per second."""
-    from confluent_kafka import Producer
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                  "linger.ms": 5})
-    writer = U.avro.io.DatumWriter(U.load_schema("behaviour_event.avsc"))
-
-    def on_delivery(err, _msg):
-        if err:
-            errors.append(str(err))
-
-    t0 = time.time()
-    for n, (u, i, t, ts, w) in enumerate(events):
-        v = U.encode_event(writer, 1, u, i, t, ts, w)
-        while True:
-            try:
-                p.produce("behaviour-events", key=u.encode(), value=v, on_delivery=on_delivery)
-                break
-            except BufferError:
-                p.poll(0.05)
-        if n % 200 == 0:
-            p.poll(0)
-            ahead = n / rate - (time.time() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
-    p.flush(60)
-    done.set()
-
-
-def last_offsets(bootstrap):
-    """{user: (partition, offset)} of each user's newest event, read back."""
-    from confluent_kafka import Consumer
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "crash-reader-%d" % time.time_ns(),
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "enable.partition.eof": True})
-    c.subscribe(["behaviour-events"])
-    last, eof = {}, set()
-    deadline = time.time() + 30
-    try:
-        while len(eof) < PARTS and time.time() < deadline:
-            m = c.poll(0.5)
-            if m is None:
-                continue
-            if m.error():
-                if m.error().code() == -191:        # _PARTITION_EOF
-                    eof.add(m.partition())
-                continue
-            last[m.key().decode()] = (m.partition(), m.offset())
-    finally:
-        c.close()
-    return last
 
 
 def has_snapshots(snapdir):
@@ -124,28 +69,6 @@ def wait_idle(worker, want=None, timeout=60):
     return n
 
 
-def dump_state(snapdir):
-    """{user: state} from the newest snapshot of each partition."""
-    newest = {}
-    for name in os.listdir(snapdir):
-        if not name.endswith(".hls"):
-            continue
-        _topic, part, off, _ext = name.rsplit(".", 3)
-        if int(off) > newest.get(int(part), (-1, ""))[0]:
-            newest[int(part)] = (int(off), name)
-    state = {}
-    for part, (off, name) in newest.items():
-        out = subprocess.run([U.HL, "snapshot", "dump", os.path.join(snapdir, name)],
-                             check=True, capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            d = json.loads(line)
-            d.pop("row", None)
-            d.pop("active_seq", None)
-            d["partition"] = part
-            state[d["user"]] = d
-    return state, {p: o for p, (o, _n) in newest.items()}
-
-
 def main():
     why = U.have_prereqs()
     if why:
@@ -173,10 +96,8 @@ def main():
         failed += 0 if ok else 1
 
     try:
-        done, errors = threading.Event(), []
-        prod = threading.Thread(target=produce_paced,
-                                args=(broker.bootstrap, events, RATE, done, errors))
-        prod.start()
+        errors = []
+        prod = C.paced_producer(broker.bootstrap, events, RATE, errors)
         kills, restored, in_stream, expect = 0, 0, 0, 0
         for k in range(KILLS):
             expect += has_snapshots(snap_a)
@@ -188,7 +109,7 @@ def main():
                 while not has_snapshots(snap_a) and time.time() < t_end:
                     time.sleep(0.05)
             time.sleep(rng.uniform(0.3, 2.0))       # mid-batch, mid-snapshot, anywhere
-            in_stream += not done.is_set()
+            in_stream += prod.is_alive()
             worker.p.send_signal(signal.SIGKILL)
             worker.p.wait()
             worker.log.close()
@@ -196,11 +117,11 @@ def main():
             restored += "event=restored" in worker.log_text() or \
                 "event=snapshot_restored" in worker.log_text()
             worker = None
-        prod.join(120)
-        check("stream_produced", done.is_set() and not errors, "producer: %s" % errors[:3])
+        prod.join(160)
+        check("stream_produced", not prod.is_alive() and not errors, "producer: %s" % errors[:3])
 
         # The last life: runs to the end of the stream, then SIGTERM.
-        want = last_offsets(broker.bootstrap)
+        want, _high = C.read_topic(broker.bootstrap, PARTS)
         expect += has_snapshots(snap_a)
         worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w-final.log"), extra=crashed)
         lists, got = E.read_lists(broker.bootstrap, want, time.time() + 60)
@@ -233,10 +154,9 @@ def main():
         consumed_b = wait_idle(worker, len(events))
         rc = worker.stop()
         worker = None
-        state_a, offs_a = dump_state(snap_a)
-        state_b, offs_b = dump_state(snap_b)
-        diff = [u for u in state_b if state_a.get(u) != state_b[u]]
-        diff += [u for u in state_a if u not in state_b]
+        state_a, offs_a = C.dump_state(snap_a)
+        state_b, offs_b = C.dump_state(snap_b)
+        diff = C.state_diff(state_a, state_b)
         check("state_equals_uninterrupted",
               consumed_b == len(events) and offs_a == offs_b and not diff and len(state_b) > 0,
               "clean run consumed %d/%d, offsets %s vs %s, %d of %d users differ, e.g. %s vs %s"

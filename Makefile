@@ -33,7 +33,7 @@ BENCH_SRC  := $(sort $(wildcard tests/bench/bench_*.c))
 FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 
 CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/%.o) $(TRAIN_SRC:%.c=$(BUILD)/%.o)
-WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o) $(CMD_SRC:%.c=$(BUILD)/%.o)
+WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o) $(CMD_SRC:%.c=$(BUILD)/%.o) $(BUILD)/version.o
 INCLUDES   := -Icore -Icore/train -Iworker -Iworker/cmd
 TESTS      := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES    := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
@@ -46,6 +46,19 @@ all: $(BUILD)/halflife $(BUILD)/libhalflife.a
 # headers are installed on a fresh machine.
 $(BUILD)/%.o: %.c | deps
 	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(INCLUDES) -c $< -o $@
+
+# The version (`halflife --version`, halflife_build_info): git describe of
+# the checkout, "unknown" outside one. version.c is rewritten only when the
+# string changes, so a build of the same commit relinks nothing.
+HL_VERSION := $(shell git describe --always 2>/dev/null || echo unknown)
+.PHONY: FORCE
+$(BUILD)/version.c: FORCE
+	@mkdir -p $(BUILD)
+	@printf '#include "version.h"\nconst char *hl_version(void) { return "%s"; }\n' '$(HL_VERSION)' >$@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+
+$(BUILD)/version.o: $(BUILD)/version.c | deps
 	$(CC) $(CFLAGS) $(INCLUDES) -c $< -o $@
 
 $(BUILD)/libhalflife.a: $(CORE_OBJ)

@@ -1,6 +1,9 @@
 /* main.c - build/halflife: picks the subcommand and hands over argv. */
 #include "cmd.h"
+#include "version.h"
 
+#include <cblas.h>
+#include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,7 +33,8 @@ static void usage(FILE *f)
                "fed by Kafka, and publishes each user's refreshed top-K list.\n\ncommands:\n");
     for (size_t i = 0; i < N_CMDS; i++)
         fprintf(f, "  %-9s %-58s %s\n", cmds[i].name, cmds[i].args, cmds[i].help);
-    fprintf(f, "\n'halflife COMMAND --help' describes a command. See README.md.\n");
+    fprintf(f, "\n'halflife COMMAND --help' describes a command; 'halflife --version' prints\n"
+               "the build's version and its libraries'. See README.md.\n");
 }
 
 int main(int argc, char **argv)
@@ -38,6 +42,11 @@ int main(int argc, char **argv)
     if (argc < 2) {
         usage(stderr);
         return 2;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("halflife %s\nlibrdkafka %s\nblas %s\n", hl_version(),
+               rd_kafka_version_str(), openblas_get_config());
+        return 0;
     }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         usage(stdout);

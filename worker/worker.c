@@ -12,6 +12,7 @@
  * only then does the callback unassign. So every stored offset is backed by
  * applied state and delivered lists, and no two threads ever hold a shard. */
 #include "worker_internal.h"
+#include "version.h"
 
 /* ---- metrics ----------------------------------------------------------- */
 
@@ -119,6 +120,13 @@ static void register_process(hl_worker *w)
     w->ctx.mx.rebuilt = hl_metrics_counter(reg, "halflife_users_rebuilt_total",
         "Users whose heads were rebuilt from their history ring alone (the old model was "
         "not at hand).", NULL);
+    /* The build, so a dashboard can tell which pods run which binary. */
+    char ver[128], rdk[64], labels[256];
+    hl_metrics_escape(ver, sizeof ver, hl_version());
+    hl_metrics_escape(rdk, sizeof rdk, rd_kafka_version_str());
+    snprintf(labels, sizeof labels, "version=\"%s\",librdkafka=\"%s\"", ver, rdk);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_build_info",
+        "The running build (always 1): halflife's git version and librdkafka's.", labels), 1);
 }
 
 static void register_metrics(hl_worker *w)

@@ -83,9 +83,9 @@ $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a
 
 # libFuzzer targets: clang only; tests/integration/fuzz.sh runs each briefly.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags avro-c 2>/dev/null)
-build/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(WORKER_SRC) | deps
+build/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(WORKER_SRC) $(BUILD)/version.c | deps
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) $(INCLUDES) -o $@ $< $(CORE_SRC) $(WORKER_SRC) $(ALL_LIBS)
+	clang $(FUZZ_CFLAGS) $(INCLUDES) -o $@ $< $(CORE_SRC) $(WORKER_SRC) $(BUILD)/version.c $(ALL_LIBS)
 
 fuzz: $(FUZZERS)
 

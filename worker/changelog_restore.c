@@ -184,11 +184,11 @@ static void apply(restorer *rs, const rd_kafka_message_t *m)
          * owner's records. The caller reads the whole changelog instead.
          * (On a compacted topic a claim superseded by later checkpoints
          * can be gone too: that also costs a whole read, never state.)
-         * Not caught: a new owner that wrote nothing after the base's
-         * offset (this restore's claim then even reuses its epoch).
-         * Closing that needs the snapshot to name where its flush began,
-         * so the restore can check that flush's range for a higher epoch
-         * (a snapshot format change, not made). */
+         * Only snapshots of older writers can hold such a cover: a
+         * writer now names only covers its chain reaches (changelog.c),
+         * which also closes the case this check missed (a new owner that
+         * wrote nothing after the base's offset; this restore's claim
+         * then reused its epoch). */
         rs->usurper = epoch;
         return;
     }

@@ -11,6 +11,7 @@
 #include "table.h"
 
 #include <stdint.h>
+#include <sys/mman.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SAN_SLOW 8
@@ -964,6 +965,39 @@ static void test_restore_equivalence(void)
     hl_table_destroy(e);
 }
 
+/* hl_table_map_rows: blocks mapped ahead for a restore, capped, and a
+ * table restored into them is the table it copies. */
+static void test_map_rows(void)
+{
+    hl_table_opts o = small_opts(1500, 0.02f);
+    fill_items();
+    hl_table *a = hl_table_create(&o, NULL, 0), *b = hl_table_create(&o, NULL, 0);
+    static gen g;
+    g = (gen){ .k = 6000, .hot = 600, .now = 1700000000000LL };
+    rng_state = 31;
+    ref R;
+    ref_init(&R, &o, 6000);
+    run_random(a, &R, &g, 20000 / SAN_SLOW, 1000);
+    ref_free(&R);
+    hl_table_span sp[4];
+    int n = hl_table_map_rows(b, 1000000, sp, 4);    /* capped: 2 x max_users */
+    CHECKF(n == 1 && sp[0].addr != NULL && sp[0].bytes > 0, "spans %d", n);
+#ifdef MADV_POPULATE_WRITE
+    CHECK(madvise(sp[0].addr, sp[0].bytes, MADV_POPULATE_WRITE) == 0);
+#endif
+    copy_table(a, b, 1);
+    compare_tables(a, b, 1);
+    hl_table_opts big = o;
+    big.max_users = 0;
+    hl_table *c = hl_table_create(&big, NULL, 0);
+    CHECK(hl_table_map_rows(c, 40000, sp, 4) == 3);    /* 16384 rows a block */
+    CHECK(hl_table_map_rows(c, 40000, sp, 1) == 1);
+    CHECK(sp[0].addr != NULL);
+    hl_table_destroy(c);
+    hl_table_destroy(b);
+    hl_table_destroy(a);
+}
+
 int main(void)
 {
     RUN(test_against_reference);
@@ -982,6 +1016,7 @@ int main(void)
     RUN(test_create_rejects);
     RUN(test_stats_bytes);
     RUN(test_restore_equivalence);
+    RUN(test_map_rows);
     RUN(test_evict_hook_and_remove);
     TEST_EXIT();
 }

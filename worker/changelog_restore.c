@@ -8,13 +8,20 @@
  * holds is input like any other: a row that does not parse, an unknown
  * key, a missing epoch are counted (n_bad) and skipped, never trusted.
  * Runs on the main thread inside the rebalance callback, as the file
- * snapshot's restore does; the table is not shared yet. */
+ * snapshot's restore does; the table is not shared yet. The fetch already
+ * runs ahead on librdkafka's threads (a deep queue); into an empty table a
+ * helper thread also faults the rows' pages in ahead of the writes
+ * (prefault below), the one other part of building the table that can go
+ * on beside the reading. */
 #include "changelog_internal.h"
 #include "snapshot.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define HIST_MAX 255        /* state.history's bound: any writer's rows decode */
 
@@ -214,6 +221,63 @@ static void apply(restorer *rs, const rd_kafka_message_t *m)
     }
 }
 
+/* ---- the table's pages, faulted in beside the read -------------------------- */
+
+/* A restore into an empty table writes every row into memory the process
+ * never touched: the kernel zeroes each new page on the first write, and
+ * on these VMs that costs more than the copy (bench_changelog's
+ * ceiling_fresh). A second thread faults the row blocks in ahead of the
+ * read (MADV_POPULATE_WRITE), so that zeroing overlaps the fetch and the
+ * decoding instead of stalling them. Only a hint: a kernel without the
+ * advice, or a failure, leaves the faults to the first writes. */
+#define PREFAULT_SPANS 512                /* blocks of 16384 rows: 8M rows */
+#define PREFAULT_CHUNK ((size_t)4 << 20)  /* per call: stop is checked between */
+
+typedef struct prefault {
+    hl_table_span spans[PREFAULT_SPANS];
+    int           n, started;
+    atomic_int    stop;
+    pthread_t     th;
+} prefault;
+
+static void *prefault_run(void *arg)
+{
+#ifdef MADV_POPULATE_WRITE
+    prefault *pf = arg;
+    for (int i = 0; i < pf->n; i++)
+        for (size_t off = 0; off < pf->spans[i].bytes && !atomic_load(&pf->stop);
+             off += PREFAULT_CHUNK) {
+            size_t n = pf->spans[i].bytes - off < PREFAULT_CHUNK ? pf->spans[i].bytes - off
+                                                                 : PREFAULT_CHUNK;
+            if (madvise((char *)pf->spans[i].addr + off, n, MADV_POPULATE_WRITE) != 0)
+                return NULL;
+        }
+#else
+    (void)arg;
+#endif
+    return NULL;
+}
+
+/* Maps the row blocks of n_rows ids and starts faulting them in; pf->started
+ * 0 when nothing was started (the read goes on without). */
+static void prefault_start(prefault *pf, hl_table *tbl, size_t n_rows)
+{
+    pf->started = 0;
+    atomic_store(&pf->stop, 0);
+    pf->n = hl_table_map_rows(tbl, n_rows, pf->spans, PREFAULT_SPANS);
+    if (pf->n > 0 && pthread_create(&pf->th, NULL, prefault_run, pf) == 0)
+        pf->started = 1;
+}
+
+static void prefault_stop(prefault *pf)
+{
+    if (!pf->started)
+        return;
+    atomic_store(&pf->stop, 1);
+    pthread_join(pf->th, NULL);
+    pf->started = 0;
+}
+
 /* ---- the partition -------------------------------------------------------- */
 
 /* Reads [low, high) of partition p, applying each record. */
@@ -252,6 +316,25 @@ static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
         rd_kafka_message_destroy(m);
     }
     rd_kafka_assign(cl->rk, NULL);
+    return rc;
+}
+
+/* read_range from from to the high watermark. Into an empty table the
+ * index is sized once for what the range can hold, so it never doubles
+ * mid-read, and the rows' pages are faulted in beside the read. */
+static int read_into(restorer *rs, int32_t p, const hl_changelog_base *base, int64_t from,
+                     char *errbuf, size_t errlen)
+{
+    size_t n = (size_t)(rs->out->high - from);
+    prefault *pf = base == NULL ? malloc(sizeof *pf) : NULL;
+    if (base == NULL)
+        hl_table_reserve(rs->tbl, n);
+    if (pf != NULL)
+        prefault_start(pf, rs->tbl, n);
+    int rc = read_range(rs, p, from, rs->out->high, errbuf, errlen);
+    if (pf != NULL)
+        prefault_stop(pf);
+    free(pf);
     return rc;
 }
 
@@ -396,12 +479,8 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
         rc = read_start(&rs, p, base, &from, errbuf, errlen);
     if (rc != 0)
         goto out;
-    /* Sized once for what the range can hold (a sizing hint: no-op on a
-     * table that holds a snapshot), so the index never doubles mid-read. */
-    if (base == NULL && out->high > from)
-        hl_table_reserve(tbl, (size_t)(out->high - from));
     int64_t t_read = hl_now_mono_us();
-    if (out->high > from && (rc = read_range(&rs, p, from, out->high, errbuf, errlen)) != 0)
+    if (out->high > from && (rc = read_into(&rs, p, base, from, errbuf, errlen)) != 0)
         goto out;
     if (rs.usurper) {
         rc = hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot covers "

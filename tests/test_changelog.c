@@ -158,6 +158,15 @@ static void two_owners(env *e, hl_table *a, hl_table *a10, hl_changelog_base *ba
            (long long)base10->changelog_offset);
     events(b, NULL, "ub2", 20, 25);              /* B, the owner, flushes on */
     CHECK(hl_changelog_flush_now(csb, b, 25, far) == 0);
+    /* A's late records lie among B's: B's flush at 25 is durable, but no
+     * longer a cover (the offsets cannot tell a claim from a zombie). */
+    hl_changelog_base b25 = {.next_offset = 25};
+    hl_changelog_cover(csb, 25, &b25.changelog_offset, &b25.changelog_epoch);
+    CHECKF(hl_changelog_durable(csb) == 25 && b25.changelog_offset == b20->changelog_offset &&
+           b25.changelog_epoch == 2, "B's cover for 25: %lld epoch %lld, durable %lld, its "
+           "cover for 20 %lld", (long long)b25.changelog_offset,
+           (long long)b25.changelog_epoch, (long long)hl_changelog_durable(csb),
+           (long long)b20->changelog_offset);
     hl_table_on_evict(a, NULL, NULL);
     hl_table_on_evict(b, NULL, NULL);
     hl_changelog_shard_destroy(csa);

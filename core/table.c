@@ -227,7 +227,8 @@ int hl_table_map_rows(hl_table *tbl, size_t n_rows, hl_table_span *spans, int ma
     }
     int n = 0;
     for (uint32_t b = 0; b < want && n < max_spans; b++)
-        spans[n++] = (hl_table_span){tbl->blocks[b]->rows, tbl->blocks[b]->map_bytes};
+        spans[n++] = (hl_table_span){tbl->blocks[b]->rows, tbl->blocks[b]->map_bytes,
+                                     b << ROWS_SHIFT, ROWS_PER_BLOCK};
     return n;
 }
 

@@ -188,8 +188,9 @@ int hl_table_reserve(hl_table *tbl, size_t users);
 
 /* A span of a table's row memory (hl_table_map_rows). */
 typedef struct hl_table_span {
-    void  *addr;
-    size_t bytes;
+    void    *addr;
+    size_t   bytes;
+    uint32_t first_row, n_rows;   /* the row ids it holds */
 } hl_table_span;
 
 /* Maps the row blocks that ids [0, n_rows) need (capped at twice

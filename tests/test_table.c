@@ -991,6 +991,8 @@ static void test_map_rows(void)
     big.max_users = 0;
     hl_table *c = hl_table_create(&big, NULL, 0);
     CHECK(hl_table_map_rows(c, 40000, sp, 4) == 3);    /* 16384 rows a block */
+    CHECK(sp[1].first_row == sp[0].n_rows && sp[2].first_row == 2 * sp[0].n_rows &&
+          3 * sp[0].n_rows >= 40000);
     CHECK(hl_table_map_rows(c, 40000, sp, 1) == 1);
     CHECK(sp[0].addr != NULL);
     hl_table_destroy(c);

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #define HIST_MAX 255        /* state.history's bound: any writer's rows decode */
 
@@ -43,6 +44,8 @@ typedef struct restorer {
     int64_t                base_epoch;         /* the base's, 0: no base or unknown */
     int64_t                usurper;            /* see apply(): the epoch that shows the
                                                   base was a fenced owner's; 0: none */
+    _Atomic uint64_t      *applied;            /* rows applied, for the prefault
+                                                  thread; NULL: none runs */
 } restorer;
 
 /* ---- one record ---------------------------------------------------------- */
@@ -151,6 +154,8 @@ static int apply_row(restorer *rs, const rd_kafka_message_t *m)
     if (v.t_ref_ms > rs->seen.newest_ts_ms) rs->seen.newest_ts_ms = v.t_ref_ms;
     if (v.active_seq > rs->seen.active_seq) rs->seen.active_seq = v.active_seq;
     rs->out->n_rows++;
+    if (rs->applied)
+        atomic_store_explicit(rs->applied, rs->out->n_rows, memory_order_relaxed);
     note_model(rs, row, at_row, model_of(m));
     return 0;
 }
@@ -228,30 +233,52 @@ static void apply(restorer *rs, const rd_kafka_message_t *m)
  * on these VMs that costs more than the copy (bench_changelog's
  * ceiling_fresh). A second thread faults the row blocks in ahead of the
  * read (MADV_POPULATE_WRITE), so that zeroing overlaps the fetch and the
- * decoding instead of stalling them. Only a hint: a kernel without the
- * advice, or a failure, leaves the faults to the first writes. */
-#define PREFAULT_SPANS 512                /* blocks of 16384 rows: 8M rows */
+ * decoding instead of stalling them. It stays at most PREFAULT_AHEAD rows
+ * ahead of the rows applied: the range's record count, which sizes the
+ * mapping, can be many times the users on a topic not yet compacted, and
+ * faulting all of it in would take memory the table never uses. Only a
+ * hint: a kernel without the advice, or a failure, leaves the faults to
+ * the first writes. */
+#define PREFAULT_SPANS 512                /* table blocks (16384 rows each) */
 #define PREFAULT_CHUNK ((size_t)4 << 20)  /* per call: stop is checked between */
+#define PREFAULT_AHEAD 65536              /* rows: 4 blocks, about 100 MB at 1.6 KB */
 
 typedef struct prefault {
-    hl_table_span spans[PREFAULT_SPANS];
-    int           n, started;
-    atomic_int    stop;
-    pthread_t     th;
+    hl_table_span    spans[PREFAULT_SPANS];
+    int              n, started;
+    atomic_int       stop;
+    _Atomic uint64_t applied;             /* rows applied so far (the read's) */
+    pthread_t        th;
 } prefault;
+
+/* Waits until row is within PREFAULT_AHEAD of the rows applied; 0 when
+ * told to stop first. */
+static int prefault_wait(prefault *pf, uint64_t row)
+{
+    struct timespec ms = {0, 1000000};
+    while (row > atomic_load_explicit(&pf->applied, memory_order_relaxed) + PREFAULT_AHEAD) {
+        if (atomic_load(&pf->stop))
+            return 0;
+        nanosleep(&ms, NULL);
+    }
+    return !atomic_load(&pf->stop);
+}
 
 static void *prefault_run(void *arg)
 {
 #ifdef MADV_POPULATE_WRITE
     prefault *pf = arg;
-    for (int i = 0; i < pf->n; i++)
-        for (size_t off = 0; off < pf->spans[i].bytes && !atomic_load(&pf->stop);
-             off += PREFAULT_CHUNK) {
-            size_t n = pf->spans[i].bytes - off < PREFAULT_CHUNK ? pf->spans[i].bytes - off
-                                                                 : PREFAULT_CHUNK;
-            if (madvise((char *)pf->spans[i].addr + off, n, MADV_POPULATE_WRITE) != 0)
+    for (int i = 0; i < pf->n; i++) {
+        const hl_table_span *sp = &pf->spans[i];
+        size_t bytes = sp->bytes, row_bytes = bytes / sp->n_rows + 1;
+        for (size_t off = 0; off < bytes; off += PREFAULT_CHUNK) {
+            if (!prefault_wait(pf, sp->first_row + off / row_bytes))
+                return NULL;
+            size_t n = bytes - off < PREFAULT_CHUNK ? bytes - off : PREFAULT_CHUNK;
+            if (madvise((char *)sp->addr + off, n, MADV_POPULATE_WRITE) != 0)
                 return NULL;
         }
+    }
 #else
     (void)arg;
 #endif
@@ -264,6 +291,7 @@ static void prefault_start(prefault *pf, hl_table *tbl, size_t n_rows)
 {
     pf->started = 0;
     atomic_store(&pf->stop, 0);
+    atomic_store(&pf->applied, 0);
     pf->n = hl_table_map_rows(tbl, n_rows, pf->spans, PREFAULT_SPANS);
     if (pf->n > 0 && pthread_create(&pf->th, NULL, prefault_run, pf) == 0)
         pf->started = 1;
@@ -329,9 +357,12 @@ static int read_into(restorer *rs, int32_t p, const hl_changelog_base *base, int
     prefault *pf = base == NULL ? malloc(sizeof *pf) : NULL;
     if (base == NULL)
         hl_table_reserve(rs->tbl, n);
-    if (pf != NULL)
+    if (pf != NULL) {
         prefault_start(pf, rs->tbl, n);
+        rs->applied = &pf->applied;
+    }
     int rc = read_range(rs, p, from, rs->out->high, errbuf, errlen);
+    rs->applied = NULL;
     if (pf != NULL)
         prefault_stop(pf);
     free(pf);

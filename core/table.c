@@ -216,6 +216,22 @@ int hl_table_claim_id(hl_table *tbl, uint32_t r)
     return row_is_live(tbl, r) ? HL_EINVAL : 0;
 }
 
+int hl_table_map_rows(hl_table *tbl, size_t n_rows, hl_table_span *spans, int max_spans)
+{
+    if (tbl->o.max_users > 0 && n_rows > 2 * tbl->o.max_users) n_rows = 2 * tbl->o.max_users;
+    if (n_rows > HL_TABLE_MAX_ROWS) n_rows = HL_TABLE_MAX_ROWS;
+    uint32_t want = (uint32_t)((n_rows + ROWS_PER_BLOCK - 1) >> ROWS_SHIFT);
+    while (tbl->n_blocks < want) {
+        int rc = add_block(tbl);
+        if (rc != 0) return rc;
+    }
+    int n = 0;
+    for (uint32_t b = 0; b < want && n < max_spans; b++)
+        spans[n++] = (hl_table_span){tbl->blocks[b]->rows, tbl->blocks[b]->map_bytes,
+                                     b << ROWS_SHIFT, ROWS_PER_BLOCK};
+    return n;
+}
+
 void hl_table_mark_live(hl_table *tbl, uint32_t r)
 {
     set_live(tbl, r, 1);

@@ -186,6 +186,24 @@ void hl_table_prefetch(const hl_table *tbl, const char *user, size_t user_len);
  * was. No-op on a table that holds users. */
 int hl_table_reserve(hl_table *tbl, size_t users);
 
+/* A span of a table's row memory (hl_table_map_rows). */
+typedef struct hl_table_span {
+    void    *addr;
+    size_t   bytes;
+    uint32_t first_row, n_rows;   /* the row ids it holds */
+} hl_table_span;
+
+/* Maps the row blocks that ids [0, n_rows) need (capped at twice
+ * max_users, as far as a table with evictions hands out ids, and at
+ * HL_TABLE_MAX_ROWS) now rather than on first use, and writes up to
+ * max_spans of their memory ranges into spans; returns how many. Nothing
+ * is touched: the caller may fault the ranges in from another thread
+ * (madvise MADV_POPULATE_WRITE) while this one fills rows, so the kernel's
+ * zeroing of new pages, the larger part of building a table on these VMs,
+ * overlaps the filling. The spans stay valid until hl_table_destroy. A
+ * negative HL_E* when a block cannot be mapped. Owner thread. */
+int hl_table_map_rows(hl_table *tbl, size_t n_rows, hl_table_span *spans, int max_spans);
+
 /* Called with the user id of every row evicted from now on (by
  * state.max.users inside hl_table_apply, or by hl_table_sweep), before the
  * row is gone: the Kafka changelog turns each into a tombstone. user is

@@ -10,8 +10,8 @@
  * it would skip B's records before that point. B flushes on: the restore
  * sees B's epoch begin with a row, not with B's claim, and must refuse
  * that snapshot (HL_ENOENT: the worker then reads the whole changelog).
- * Not caught: B writing nothing after A's late flush (changelog_restore.c
- * says why). The restore must still accept
+ * (A writer now never names that cover: test_zombie_new_owner_quiet; the
+ * refusal stays for snapshots older writers left.) The restore must still accept
  * the caches that are right: the rebalance-away-and-back snapshot taken
  * before B's claim, and B's own. The whole-changelog restore has B's user
  * and ignores A's late records (stale). The worker-level cases (SIGSTOP,
@@ -109,8 +109,19 @@ static int has(const hl_table *tbl, const char *user)
     return hl_table_find(tbl, user, strlen(user)) >= 0;
 }
 
+/* The changelog offset after its newest record. */
+static int64_t high_watermark(env *e)
+{
+    int64_t lo = -1, hi = -1;
+    rd_kafka_query_watermark_offsets(e->cons, "st", 0, &lo, &hi, 5000);
+    return hi;
+}
+
 /* A's and B's shards, as the overview tells; *a10 holds A's state at its
- * first flush, base10 that flush's cover. Returns A's late cover. */
+ * first flush, base10 that flush's cover. *late is the cover a writer
+ * before the chain check (changelog.c) named for A's snapshot at 15: the
+ * end of A's late flush; the cover A names now must be the one before
+ * B's claim. */
 static void two_owners(env *e, hl_table *a, hl_table *a10, hl_changelog_base *base10,
                        hl_changelog_base *late, hl_changelog_base *b20)
 {
@@ -135,13 +146,27 @@ static void two_owners(env *e, hl_table *a, hl_table *a10, hl_changelog_base *ba
 
     events(a, NULL, "ua-late", 10, 15);          /* the zombie goes on */
     CHECK(hl_changelog_flush_now(csa, a, 15, far) == 0);
-    *late = (hl_changelog_base){.next_offset = 15};
-    hl_changelog_cover(csa, 15, &late->changelog_offset, &late->changelog_epoch);
-    CHECKF(late->changelog_offset > b20->changelog_offset && late->changelog_epoch == 1,
-           "A's late cover %lld epoch %lld, B's %lld", (long long)late->changelog_offset,
-           (long long)late->changelog_epoch, (long long)b20->changelog_offset);
+    *late = (hl_changelog_base){.next_offset = 15, .changelog_offset = high_watermark(e),
+                                .changelog_epoch = 1};
+    hl_changelog_base now = {.next_offset = 15};
+    hl_changelog_cover(csa, 15, &now.changelog_offset, &now.changelog_epoch);
+    CHECKF(late->changelog_offset > b20->changelog_offset && now.changelog_epoch == 1 &&
+           now.changelog_offset == base10->changelog_offset, "A's late flush ends at %lld, "
+           "B's cover %lld; A names cover %lld epoch %lld for 15, not its first flush's %lld",
+           (long long)late->changelog_offset, (long long)b20->changelog_offset,
+           (long long)now.changelog_offset, (long long)now.changelog_epoch,
+           (long long)base10->changelog_offset);
     events(b, NULL, "ub2", 20, 25);              /* B, the owner, flushes on */
     CHECK(hl_changelog_flush_now(csb, b, 25, far) == 0);
+    /* A's late records lie among B's: B's flush at 25 is durable, but no
+     * longer a cover (the offsets cannot tell a claim from a zombie). */
+    hl_changelog_base b25 = {.next_offset = 25};
+    hl_changelog_cover(csb, 25, &b25.changelog_offset, &b25.changelog_epoch);
+    CHECKF(hl_changelog_durable(csb) == 25 && b25.changelog_offset == b20->changelog_offset &&
+           b25.changelog_epoch == 2, "B's cover for 25: %lld epoch %lld, durable %lld, its "
+           "cover for 20 %lld", (long long)b25.changelog_offset,
+           (long long)b25.changelog_epoch, (long long)hl_changelog_durable(csb),
+           (long long)b20->changelog_offset);
     hl_table_on_evict(a, NULL, NULL);
     hl_table_on_evict(b, NULL, NULL);
     hl_changelog_shard_destroy(csa);
@@ -162,7 +187,8 @@ static void test_zombie_snapshot_refused(void)
     hl_table *a = table(&e), *a10 = table(&e);
     two_owners(&e, a, a10, &base10, &late, &b20);
 
-    /* A's late snapshot: its cover skips B's claim and B's row of ub. */
+    /* A's late snapshot as an older writer covered it: the cover skips B's
+     * claim and B's row of ub. */
     int rc = hl_changelog_restore(e.cl, 0, a, &late, &r, err, sizeof err);
     CHECKF(rc == HL_ENOENT, "restore from the zombie's snapshot: rc %d (%s), has ub %d",
            rc, err, has(a, "ub"));
@@ -188,11 +214,127 @@ static void test_zombie_snapshot_refused(void)
     env_stop(&e);
 }
 
+/* ---- the zombie's late flush, the new owner quiet after it -------------- */
+
+/* One input stream: the user of the event at offset off. */
+static const char *input_user(int64_t off)
+{
+    return off < 10 ? "ua" : off < 15 ? "uz" : "un";
+}
+
+/* The input's events at offsets [from, to) applied to tbl, as a shard
+ * resuming at from would (per-user applied offsets skip what it holds). */
+static void feed(hl_table *tbl, int64_t from, int64_t to)
+{
+    for (int64_t off = from < 0 ? 0 : from; off < to; off++)
+        events(tbl, NULL, input_user(off), off, off + 1);
+}
+
+/* 1 when a and b hold the same users with the same rows. */
+static int same_state(const hl_table *a, const hl_table *b, const char **why)
+{
+    static const char *users[] = {"ua", "uz", "un"};
+    for (int i = 0; i < 3; i++) {
+        int64_t ra = hl_table_find(a, users[i], strlen(users[i]));
+        int64_t rb = hl_table_find(b, users[i], strlen(users[i]));
+        *why = users[i];
+        if ((ra < 0) != (rb < 0))
+            return 0;
+        if (ra < 0)
+            continue;
+        hl_row_view va, vb;
+        hl_table_view(a, (uint32_t)ra, &va);
+        hl_table_view(b, (uint32_t)rb, &vb);
+        if (va.last_offset != vb.last_offset || va.t_ref_ms != vb.t_ref_ms ||
+            va.n_hist != vb.n_hist || memcmp(va.m, vb.m, 3 * sizeof(float)) != 0 ||
+            memcmp(va.s, vb.s, 3 * DIM * sizeof(float)) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* A owns the partition (epoch 1) and flushes at 10; B is assigned it,
+ * restores and claims (epoch 2), applies the input up to b_to, flushes
+ * there when it got anywhere, and then writes nothing more. A, a zombie
+ * that has not noticed, applies 10..15 and flushes: its records land
+ * after B's claim. A then restarts from its own local snapshot (its table
+ * at 15, the cover it reports for 15), resumes and flushes at 20. The
+ * changelog read whole must then equal the input applied once, and A must
+ * never claim the epoch B holds. */
+static void quiet_usurper(int64_t b_to)
+{
+    env e;
+    char err[512] = "";
+    int64_t far = hl_now_mono_ms() + 10000;
+    hl_changelog_restored ra, rb, r2, rw;
+    if (env_start(&e) != 0) {
+        env_stop(&e);
+        return;
+    }
+    hl_table *a = table(&e), *b = table(&e), *ref = table(&e), *whole = table(&e);
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "A: %s", err);
+    hl_changelog_shard *csa = hl_changelog_shard_create(e.cl, 0, a, &ra);
+    feed(a, 0, 10);
+    CHECK(hl_changelog_flush_now(csa, a, 10, far) == 0);
+
+    CHECKF(hl_changelog_restore(e.cl, 0, b, NULL, &rb, err, sizeof err) == 0 &&
+           rb.epoch == 2, "B: %s, epoch %lld", err, (long long)rb.epoch);
+    hl_changelog_shard *csb = hl_changelog_shard_create(e.cl, 0, b, &rb);
+    feed(b, rb.next_offset, b_to);
+    if (b_to > 10)
+        CHECK(hl_changelog_flush_now(csb, b, b_to, far) == 0);
+
+    feed(a, 10, 15);                            /* the zombie goes on */
+    hl_changelog_flush_now(csa, a, 15, far);    /* lands after B's claim */
+    hl_changelog_base cache = {.next_offset = 15};
+    hl_changelog_cover(csa, 15, &cache.changelog_offset, &cache.changelog_epoch);
+    hl_table_on_evict(a, NULL, NULL);
+    hl_changelog_shard_destroy(csa);
+
+    /* A restarts from its snapshot: its table at 15, with that cover. */
+    int rc = hl_changelog_restore(e.cl, 0, a, &cache, &r2, err, sizeof err);
+    if (rc == HL_ENOENT) {                      /* refused: the whole changelog */
+        hl_table_destroy(a);
+        a = table(&e);
+        rc = hl_changelog_restore(e.cl, 0, a, NULL, &r2, err, sizeof err);
+    }
+    CHECKF(rc == 0 && r2.epoch > rb.epoch, "B quiet after %lld: A's restart: rc %d (%s), "
+           "claimed epoch %lld, B holds %lld", (long long)b_to, rc, err,
+           (long long)r2.epoch, (long long)rb.epoch);
+    csa = hl_changelog_shard_create(e.cl, 0, a, &r2);
+    feed(a, r2.next_offset, 20);
+    CHECK(hl_changelog_flush_now(csa, a, 20, far) == 0);
+
+    feed(ref, 0, 20);
+    const char *why = "";
+    rc = hl_changelog_restore(e.cl, 0, whole, NULL, &rw, err, sizeof err);
+    CHECKF(rc == 0 && rw.next_offset == 20 && same_state(whole, ref, &why),
+           "B quiet after %lld: the whole changelog: rc %d (%s), next %lld, user %s differs "
+           "from the input applied once", (long long)b_to, rc, err,
+           (long long)rw.next_offset, why);
+    hl_table_on_evict(a, NULL, NULL);
+    hl_table_on_evict(b, NULL, NULL);
+    hl_changelog_shard_destroy(csa);
+    hl_changelog_shard_destroy(csb);
+    hl_table_destroy(whole);
+    hl_table_destroy(ref);
+    hl_table_destroy(b);
+    hl_table_destroy(a);
+    env_stop(&e);
+}
+
+static void test_zombie_new_owner_quiet(void)
+{
+    quiet_usurper(10);      /* B wrote nothing but its claim */
+    quiet_usurper(12);      /* B flushed once, before A's late flush */
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
     for (int i = 0; i < N_ITEMS * DIM; i++)
         e_in[i] = (float)((i * 37) % 17) / 17.0f - 0.5f;
     RUN(test_zombie_snapshot_refused);
+    RUN(test_zombie_new_owner_quiet);
     TEST_EXIT();
 }

@@ -9,6 +9,8 @@
 #define T_SUITE "test_table"
 #include "table_test_util.h"
 
+#include <sys/mman.h>
+
 /* ---- the reference ------------------------------------------------------- */
 
 typedef struct ref_user {
@@ -537,6 +539,41 @@ static void test_restore_equivalence(void)
     hl_table_destroy(e);
 }
 
+/* hl_table_map_rows: blocks mapped ahead for a restore, capped, and a
+ * table restored into them is the table it copies. */
+static void test_map_rows(void)
+{
+    hl_table_opts o = small_opts(1500, 0.02f);
+    fill_items();
+    hl_table *a = hl_table_create(&o, NULL, 0), *b = hl_table_create(&o, NULL, 0);
+    static gen g;
+    g = (gen){ .k = 6000, .hot = 600, .now = 1700000000000LL };
+    rng_state = 31;
+    ref R;
+    ref_init(&R, &o, 6000);
+    run_random(a, &R, &g, 20000 / SAN_SLOW, 1000);
+    ref_free(&R);
+    hl_table_span sp[4];
+    int n = hl_table_map_rows(b, 1000000, sp, 4);    /* capped: 2 x max_users */
+    CHECKF(n == 1 && sp[0].addr != NULL && sp[0].bytes > 0, "spans %d", n);
+#ifdef MADV_POPULATE_WRITE
+    CHECK(madvise(sp[0].addr, sp[0].bytes, MADV_POPULATE_WRITE) == 0);
+#endif
+    copy_table(a, b, 1);
+    compare_tables(a, b, 1);
+    hl_table_opts big = o;
+    big.max_users = 0;
+    hl_table *c = hl_table_create(&big, NULL, 0);
+    CHECK(hl_table_map_rows(c, 40000, sp, 4) == 3);    /* 16384 rows a block */
+    CHECK(sp[1].first_row == sp[0].n_rows && sp[2].first_row == 2 * sp[0].n_rows &&
+          3 * sp[0].n_rows >= 40000);
+    CHECK(hl_table_map_rows(c, 40000, sp, 1) == 1);
+    CHECK(sp[0].addr != NULL);
+    hl_table_destroy(c);
+    hl_table_destroy(b);
+    hl_table_destroy(a);
+}
+
 int main(void)
 {
     RUN(test_against_reference);
@@ -544,5 +581,6 @@ int main(void)
     RUN(test_growth_against_reference);
     RUN(test_growth_large);
     RUN(test_restore_equivalence);
+    RUN(test_map_rows);
     TEST_EXIT();
 }

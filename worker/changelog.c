@@ -14,7 +14,18 @@
  *   0  "HLCK"   4  u32 version (1)   8  i64 input offset
  *   16 u64 model fingerprint   24 i64 newest_ts_ms   32 u64 active_seq
  *   40 u32 sweep cursor        44 i64 epoch
- * An epoch also travels in every record's halflife.epoch header (decimal). */
+ * An epoch also travels in every record's halflife.epoch header (decimal).
+ *
+ * The chain: this shard is the partition's only writer while it owns it,
+ * and the idempotent producer delivers its records in order, so each
+ * flush's records follow the previous flush's (or the claim) with no gap.
+ * A local snapshot's cover (hl_changelog_cover) is only ever a flush the
+ * chain reaches: a restart from the cache reads everything written after
+ * it, and so sees any claim made since. A zombie's late flush, landing
+ * after the next owner's claim, leaves a gap: naming it as the cover (as
+ * this file did before) let a restart skip the claim, take the late rows,
+ * stale for every other reader, as durable, claim the epoch the new owner
+ * holds, and its next flushes left those rows out (events lost). */
 #include "changelog_internal.h"
 #include "log.h"
 #include "snapshot.h"
@@ -94,6 +105,9 @@ struct hl_changelog_shard {
     uint64_t       full_want, full_done, full_enc; /* whole-table flushes asked for,
                                       the newest durable one, the one in flight */
     int64_t        durable;        /* input offset of the newest durable flush */
+    int64_t        chain_end;      /* changelog offset after our newest delivered
+                                      record, -1: unknown (covers no longer
+                                      remembered); see the overview */
     int64_t        next_due_ms;    /* 0: at the first tick + flush_ms */
     int            state;
     /* the flush in hand */
@@ -102,6 +116,7 @@ struct hl_changelog_shard {
     unsigned char *buf;            /* rows: u32 key_len, u32 value_len, key, value */
     size_t         len, cap;
     uint64_t       n_rows;
+    int            n_sent;         /* records produced */
     size_t         tomb_cut;       /* tombstone bytes it carries */
     int64_t        t0_ms;
     hl_ticket      t;
@@ -176,6 +191,7 @@ hl_changelog_shard *hl_changelog_shard_create(hl_changelog *cl, int32_t p, hl_ta
     cs->epoch = r->epoch;
     cs->fp = atomic_load(&cl->fp);     /* restored into the current model */
     cs->durable = r->next_offset;
+    cs->chain_end = r->claim_end > 0 ? r->claim_end : -1;
     cs->limit.interval_ms = 5000;
     remember(cs, r->next_offset, r->claim_end);
     hl_table_on_evict(tbl, on_evict, cs);
@@ -261,6 +277,7 @@ static int send_one(hl_changelog_shard *cs, const void *key, size_t key_len,
     hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}, {NULL, NULL, 0}};
     if (kind == KIND_ROW)
         h[1] = (hl_header){HL_CHANGELOG_MODEL_HDR, fp, strlen(fp)};
+    cs->n_sent++;
     if (hl_producer_send(cl->o.prod, cl->topic, cs->partition, key, key_len, value, value_len,
                          h, &cs->t, err, sizeof err) != 0) {
         atomic_fetch_add(&cs->t.failed, 1);
@@ -278,6 +295,7 @@ static void produce(hl_changelog_shard *cs)
 {
     unsigned char ck[CK_BYTES];
     hl_ticket_reset(&cs->t);
+    cs->n_sent = 0;
     for (size_t i = 0; i < cs->tomb_cut;) {
         size_t n = cs->tomb[i] | (size_t)cs->tomb[i + 1] << 8;
         send_one(cs, cs->tomb + i + 2, n, NULL, 0, KIND_TOMBSTONE);
@@ -326,6 +344,37 @@ static void store_offset(hl_changelog_shard *cs, int64_t delivered)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* Where the delivered flush's records lie against the chain (the
+ * overview). Our n records have distinct offsets from chain_end on, so the
+ * last is chain_end + n - 1 exactly when nothing else came between them.
+ * Above it, another writer's records did: a claim (this process is a
+ * zombie) or a zombie's late flush (this process is the owner); the
+ * offsets cannot tell which, so neither is fenced, but from here on no
+ * cover is remembered: a snapshot names the last cover before the gap and
+ * a restart from it reads the changelog from there, so it meets the claim
+ * if there was one. Below it (an offset not reported), or after failed
+ * records (a failure may still have been written), the chain cannot be
+ * checked either: the same. Reading more is the price, never state. */
+static void chain_check(hl_changelog_shard *cs)
+{
+    int64_t last = atomic_load(&cs->t.last_offset), want = cs->chain_end + cs->n_sent - 1;
+    if (cs->chain_end < 0)
+        return;
+    if (last == want && atomic_load(&cs->t.failed) == 0) {
+        cs->chain_end = last + 1;
+        return;
+    }
+    cs->chain_end = -1;
+    if (last > want)
+        hl_counter_add(cs->cl->mx.chain_gaps, 1);
+    hl_log(HL_LOG_WARN, "changelog_chain_broken", "partition=%d offset=%lld "
+           "reason=\"%s\" action=\"local snapshots keep the cover before it: a restart "
+           "from them reads the changelog from there\"", (int)cs->partition,
+           (long long)cs->offset, last > want ? "another writer's records among this "
+           "flush's (a claim, or a fenced owner's late flush)" : "delivery not fully "
+           "reported");
+}
+
 /* A delivered flush: durable, its tombstones dropped. A failed one stays
  * undone (the next flush covers its rows again: the cut is taken from the
  * last durable one). */
@@ -333,6 +382,7 @@ static int settle(hl_changelog_shard *cs, int64_t delivered, int64_t now_ms)
 {
     hl_changelog *cl = cs->cl;
     cs->state = IDLE;
+    chain_check(cs);
     if (atomic_load(&cs->t.failed) > 0) {
         hl_counter_add(cl->mx.flush_failed, 1);
         hl_log(HL_LOG_ERROR, "changelog_flush_failed", "partition=%d offset=%lld "
@@ -342,7 +392,8 @@ static int settle(hl_changelog_shard *cs, int64_t delivered, int64_t now_ms)
     }
     cs->durable = cs->offset;
     cs->full_done = cs->full_enc;
-    remember(cs, cs->offset, atomic_load(&cs->t.last_offset) + 1);
+    if (cs->chain_end > 0)
+        remember(cs, cs->offset, cs->chain_end);
     if (cs->tomb_cut > 0) {             /* tomb is NULL until the first eviction */
         memmove(cs->tomb, cs->tomb + cs->tomb_cut, cs->tomb_len - cs->tomb_cut);
         cs->tomb_len -= cs->tomb_cut;

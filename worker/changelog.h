@@ -36,9 +36,14 @@
  * after it was written by an owner that had already lost the partition (a
  * zombie back from a pause) and is ignored (counted). A writer whose
  * consumer reports its assignment lost refuses to flush (counted). A
- * local snapshot whose cover reaches past a later owner's claim (its
- * owner's last flush landed after it) is refused as a base (HL_ENOENT)
- * when the later owner's records after it show it (changelog_restore.c). */
+ * local snapshot's cover (the changelog offset a restart from it reads
+ * from) is only ever a flush whose records follow the writer's claim with
+ * nothing of another writer's between (the chain, changelog.c): a late
+ * flush landing after a later owner's claim is never a cover, so a
+ * restart from the cache always reads that claim and claims above it. A
+ * snapshot an older writer left with such a cover is refused as a base
+ * (HL_ENOENT) when the later owner's records after it show it
+ * (changelog_restore.c). */
 #ifndef HL_CHANGELOG_H
 #define HL_CHANGELOG_H
 
@@ -154,10 +159,7 @@ int64_t hl_changelog_storable(const hl_changelog_shard *cs, int64_t off);
 /* The input offset of the newest durable flush (restored or written). */
 int64_t hl_changelog_durable(const hl_changelog_shard *cs);
 
-/* hl_persist_cover_fn (arg: the hl_changelog_shard): the changelog offset
- * after the newest durable flush whose input offset is at most
- * next_offset, and its epoch, for a local snapshot at next_offset; 0 and
- * 0 (the whole changelog) when none is remembered. Owner thread. */
+
 /* The model restores and claims expect from now on (a live swap made it
  * current). Main thread. */
 void hl_changelog_set_model(hl_changelog *cl, uint64_t fingerprint);
@@ -173,6 +175,12 @@ void hl_changelog_shard_set_model(hl_changelog_shard *cs, uint64_t fingerprint);
  * Owner thread (or before the shard is given to one); NULL is a no-op. */
 void hl_changelog_shard_resave(hl_changelog_shard *cs);
 
+/* hl_persist_cover_fn (arg: the hl_changelog_shard): the changelog offset
+ * after the newest durable flush whose input offset is at most
+ * next_offset and whose records the chain reaches from the claim (no
+ * other writer's records since it), and its epoch, for a local snapshot
+ * at next_offset; 0 and 0 (the whole changelog) when none is remembered.
+ * Owner thread. */
 void hl_changelog_cover(void *arg, int64_t next_offset, int64_t *changelog_offset,
                         int64_t *changelog_epoch);
 

@@ -8,13 +8,21 @@
  * holds is input like any other: a row that does not parse, an unknown
  * key, a missing epoch are counted (n_bad) and skipped, never trusted.
  * Runs on the main thread inside the rebalance callback, as the file
- * snapshot's restore does; the table is not shared yet. */
+ * snapshot's restore does; the table is not shared yet. The fetch already
+ * runs ahead on librdkafka's threads (a deep queue); into an empty table a
+ * helper thread also faults the rows' pages in ahead of the writes
+ * (prefault below), the one other part of building the table that can go
+ * on beside the reading. */
 #include "changelog_internal.h"
 #include "snapshot.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 
 #define HIST_MAX 255        /* state.history's bound: any writer's rows decode */
 
@@ -36,6 +44,8 @@ typedef struct restorer {
     int64_t                base_epoch;         /* the base's, 0: no base or unknown */
     int64_t                usurper;            /* see apply(): the epoch that shows the
                                                   base was a fenced owner's; 0: none */
+    _Atomic uint64_t      *applied;            /* rows applied, for the prefault
+                                                  thread; NULL: none runs */
 } restorer;
 
 /* ---- one record ---------------------------------------------------------- */
@@ -144,6 +154,8 @@ static int apply_row(restorer *rs, const rd_kafka_message_t *m)
     if (v.t_ref_ms > rs->seen.newest_ts_ms) rs->seen.newest_ts_ms = v.t_ref_ms;
     if (v.active_seq > rs->seen.active_seq) rs->seen.active_seq = v.active_seq;
     rs->out->n_rows++;
+    if (rs->applied)
+        atomic_store_explicit(rs->applied, rs->out->n_rows, memory_order_relaxed);
     note_model(rs, row, at_row, model_of(m));
     return 0;
 }
@@ -184,11 +196,11 @@ static void apply(restorer *rs, const rd_kafka_message_t *m)
          * owner's records. The caller reads the whole changelog instead.
          * (On a compacted topic a claim superseded by later checkpoints
          * can be gone too: that also costs a whole read, never state.)
-         * Not caught: a new owner that wrote nothing after the base's
-         * offset (this restore's claim then even reuses its epoch).
-         * Closing that needs the snapshot to name where its flush began,
-         * so the restore can check that flush's range for a higher epoch
-         * (a snapshot format change, not made). */
+         * Only snapshots of older writers can hold such a cover: a
+         * writer now names only covers its chain reaches (changelog.c),
+         * which also closes the case this check missed (a new owner that
+         * wrote nothing after the base's offset; this restore's claim
+         * then reused its epoch). */
         rs->usurper = epoch;
         return;
     }
@@ -212,6 +224,86 @@ static void apply(restorer *rs, const rd_kafka_message_t *m)
                    "err=\"%s\" action=skipped", cl->topic, (int)m->partition,
                    (long long)m->offset, hl_strerror(rc));
     }
+}
+
+/* ---- the table's pages, faulted in beside the read -------------------------- */
+
+/* A restore into an empty table writes every row into memory the process
+ * never touched: the kernel zeroes each new page on the first write, and
+ * on these VMs that costs more than the copy (bench_changelog's
+ * ceiling_fresh). A second thread faults the row blocks in ahead of the
+ * read (MADV_POPULATE_WRITE), so that zeroing overlaps the fetch and the
+ * decoding instead of stalling them. It stays at most PREFAULT_AHEAD rows
+ * ahead of the rows applied: the range's record count, which sizes the
+ * mapping, can be many times the users on a topic not yet compacted, and
+ * faulting all of it in would take memory the table never uses. Only a
+ * hint: a kernel without the advice, or a failure, leaves the faults to
+ * the first writes. */
+#define PREFAULT_SPANS 512                /* table blocks (16384 rows each) */
+#define PREFAULT_CHUNK ((size_t)4 << 20)  /* per call: stop is checked between */
+#define PREFAULT_AHEAD 65536              /* rows: 4 blocks, about 100 MB at 1.6 KB */
+
+typedef struct prefault {
+    hl_table_span    spans[PREFAULT_SPANS];
+    int              n, started;
+    atomic_int       stop;
+    _Atomic uint64_t applied;             /* rows applied so far (the read's) */
+    pthread_t        th;
+} prefault;
+
+/* Waits until row is within PREFAULT_AHEAD of the rows applied; 0 when
+ * told to stop first. */
+static int prefault_wait(prefault *pf, uint64_t row)
+{
+    struct timespec ms = {0, 1000000};
+    while (row > atomic_load_explicit(&pf->applied, memory_order_relaxed) + PREFAULT_AHEAD) {
+        if (atomic_load(&pf->stop))
+            return 0;
+        nanosleep(&ms, NULL);
+    }
+    return !atomic_load(&pf->stop);
+}
+
+static void *prefault_run(void *arg)
+{
+#ifdef MADV_POPULATE_WRITE
+    prefault *pf = arg;
+    for (int i = 0; i < pf->n; i++) {
+        const hl_table_span *sp = &pf->spans[i];
+        size_t bytes = sp->bytes, row_bytes = bytes / sp->n_rows + 1;
+        for (size_t off = 0; off < bytes; off += PREFAULT_CHUNK) {
+            if (!prefault_wait(pf, sp->first_row + off / row_bytes))
+                return NULL;
+            size_t n = bytes - off < PREFAULT_CHUNK ? bytes - off : PREFAULT_CHUNK;
+            if (madvise((char *)sp->addr + off, n, MADV_POPULATE_WRITE) != 0)
+                return NULL;
+        }
+    }
+#else
+    (void)arg;
+#endif
+    return NULL;
+}
+
+/* Maps the row blocks of n_rows ids and starts faulting them in; pf->started
+ * 0 when nothing was started (the read goes on without). */
+static void prefault_start(prefault *pf, hl_table *tbl, size_t n_rows)
+{
+    pf->started = 0;
+    atomic_store(&pf->stop, 0);
+    atomic_store(&pf->applied, 0);
+    pf->n = hl_table_map_rows(tbl, n_rows, pf->spans, PREFAULT_SPANS);
+    if (pf->n > 0 && pthread_create(&pf->th, NULL, prefault_run, pf) == 0)
+        pf->started = 1;
+}
+
+static void prefault_stop(prefault *pf)
+{
+    if (!pf->started)
+        return;
+    atomic_store(&pf->stop, 1);
+    pthread_join(pf->th, NULL);
+    pf->started = 0;
 }
 
 /* ---- the partition -------------------------------------------------------- */
@@ -252,6 +344,28 @@ static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
         rd_kafka_message_destroy(m);
     }
     rd_kafka_assign(cl->rk, NULL);
+    return rc;
+}
+
+/* read_range from from to the high watermark. Into an empty table the
+ * index is sized once for what the range can hold, so it never doubles
+ * mid-read, and the rows' pages are faulted in beside the read. */
+static int read_into(restorer *rs, int32_t p, const hl_changelog_base *base, int64_t from,
+                     char *errbuf, size_t errlen)
+{
+    size_t n = (size_t)(rs->out->high - from);
+    prefault *pf = base == NULL ? malloc(sizeof *pf) : NULL;
+    if (base == NULL)
+        hl_table_reserve(rs->tbl, n);
+    if (pf != NULL) {
+        prefault_start(pf, rs->tbl, n);
+        rs->applied = &pf->applied;
+    }
+    int rc = read_range(rs, p, from, rs->out->high, errbuf, errlen);
+    rs->applied = NULL;
+    if (pf != NULL)
+        prefault_stop(pf);
+    free(pf);
     return rc;
 }
 
@@ -396,12 +510,8 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
         rc = read_start(&rs, p, base, &from, errbuf, errlen);
     if (rc != 0)
         goto out;
-    /* Sized once for what the range can hold (a sizing hint: no-op on a
-     * table that holds a snapshot), so the index never doubles mid-read. */
-    if (base == NULL && out->high > from)
-        hl_table_reserve(tbl, (size_t)(out->high - from));
     int64_t t_read = hl_now_mono_us();
-    if (out->high > from && (rc = read_range(&rs, p, from, out->high, errbuf, errlen)) != 0)
+    if (out->high > from && (rc = read_into(&rs, p, base, from, errbuf, errlen)) != 0)
         goto out;
     if (rs.usurper) {
         rc = hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot covers "

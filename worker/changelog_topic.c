@@ -33,6 +33,9 @@ static void register_metrics(hl_changelog *cl, hl_metrics *reg)
         "Changelog flushes that could not be delivered (retried).", NULL);
     cl->mx.stale = hl_metrics_counter(reg, "halflife_changelog_stale_records_total",
         "Changelog records of an owner that had lost the partition, ignored on restore.", NULL);
+    cl->mx.chain_gaps = hl_metrics_counter(reg, "halflife_changelog_chain_gaps_total",
+        "Flushes whose records had another writer's among them (a claim or a fenced "
+        "owner's late flush); later local snapshots name the cover before the gap.", NULL);
     cl->mx.flush_s = hl_metrics_histogram(reg, "halflife_changelog_flush_duration_seconds",
         "From a flush's cut to the delivery of its checkpoint.", NULL,
         hl_latency_bounds_s, hl_latency_bounds_n);

@@ -316,6 +316,44 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
     return now_ready;
 }
 
+/* Three rounds over the group, each issuing every item's next load before
+ * any is waited for: the hash slots, then the entries the slots name, then
+ * their id strings. */
+static void prefetch_group(const hl_foldin *f, const char *const *id, const uint32_t *len,
+                           int n)
+{
+    uint32_t at[64];
+    int32_t k[64];
+    size_t row = (size_t)f->o.dim * sizeof(float);
+    for (int i = 0; i < n; i++) {
+        at[i] = hash_id(id[i], len[i]) & (f->n_slot - 1);
+        __builtin_prefetch(&f->slot[at[i]]);
+    }
+    for (int i = 0; i < n; i++) {
+        if ((k[i] = f->slot[at[i]] - 1) < 0)
+            continue;
+        const char *S = (const char *)(f->S + (size_t)k[i] * f->o.dim);
+        for (size_t b = 0; b < row; b += 64)
+            __builtin_prefetch(S + b, 1);
+        __builtin_prefetch(&f->id[k[i]]);
+        __builtin_prefetch(&f->len[k[i]]);
+        __builtin_prefetch(&f->M[k[i]], 1);
+        __builtin_prefetch(&f->t_ref[k[i]], 1);
+        __builtin_prefetch(&f->touched[k[i]], 1);
+        __builtin_prefetch(&f->count[k[i]], 1);
+        __builtin_prefetch(&f->published[k[i]]);
+    }
+    for (int i = 0; i < n; i++)
+        if (k[i] >= 0)
+            __builtin_prefetch(f->id[k[i]]);
+}
+
+void hl_foldin_prefetch(const hl_foldin *f, const char *const *id, const uint32_t *len, int n)
+{
+    for (int i0 = 0; i0 < n; i0 += 64)
+        prefetch_group(f, id + i0, len + i0, n - i0 < 64 ? n - i0 : 64);
+}
+
 /* The T model items the mean query S/M scores highest (S . e_out + M b,
  * the same order), best first, into top; their number. */
 static int top_items(const hl_foldin *f, const float *S, double M, int32_t *top)

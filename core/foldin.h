@@ -94,6 +94,14 @@ int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
 int  hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, double *M);
 void hl_foldin_vectors_from(const hl_foldin *f, const float *S, double M, float *e_in,
                             float *e_out, float *bias);
+/* Its plain-loop twin (tests, bench_foldin --scan): the top T by a double
+ * dot product per model item. hl_foldin_vectors_from scores every item
+ * with one cblas_sgemv and rescores in double only those the float
+ * rounding bound cannot rule out, so the two give the same top T and the
+ * same vectors, to the bit (foldin.c, top_items_scan); it allocates
+ * n x 4 bytes per call (without them it runs the loop). */
+void hl_foldin_vectors_from_naive(const hl_foldin *f, const float *S, double M, float *e_in,
+                                  float *e_out, float *bias);
 
 /* Publication (the worker sends ready items' vectors to the item topic):
  * hl_foldin_due gives the item's interactions when it is ready and has at

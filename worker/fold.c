@@ -197,9 +197,11 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
         .expires_at_ms = HL_CATALOGUE_NO_EXPIRY, .e_in = p->vec, .e_out = p->vec + d,
         .bias = p->vec[2 * d], .foldin_events = p->count,
     };
+    char key[HL_ITEM_KEY_MAX];
+    uint32_t key_len = hl_item_foldin_key(p->id, p->len, key);   /* never the operator's */
     int len = hl_item_encode(&wf->o.codec, &u, loc->enc, loc->enc_cap);
     int rc = len < 0 ? len : hl_producer_send(wf->o.prod, wf->topic, RD_KAFKA_PARTITION_UA,
-                                              p->id, p->len, loc->enc, (size_t)len, NULL,
+                                              key, key_len, loc->enc, (size_t)len, NULL,
                                               NULL, err, sizeof err);
     uint64_t sup = 0;
     if (rc == 0) {

@@ -34,7 +34,7 @@ static hl_model *model_open(char *err, size_t errlen)
 {
     static float e_in[N_ITEMS * DIM], e_out[N_ITEMS * DIM], bias[N_ITEMS];
     static float w[DIM * HEADS * (DIM + 1)], b[DIM];
-    static char names[N_ITEMS][8];
+    static char names[N_ITEMS][16];
     const char *ids[N_ITEMS];
     uint32_t lens[N_ITEMS];
     hl_model_parts p;
@@ -73,7 +73,7 @@ typedef struct fixture {
     hl_wfoldin *wf;
     hl_ranker  *rk;
     hl_foldin_local loc;
-    char        users[USERS][8];
+    char        users[USERS][16];
     int64_t     ts, offset[USERS];
     const char *ev_id[256];        /* each pushed event's unknown item, or NULL */
 } fixture;

@@ -325,8 +325,11 @@ void hl_foldin_local_resolve(hl_wfoldin *wf, hl_foldin_local *loc, const hl_mode
     for (int k = 0; k < loc->n; k++) {
         fold_note *nt = &loc->note[k];
         const hl_event *e = &nt->sh->ev[nt->ev];
-        int64_t row = nt->sh->status[nt->ev] > 0 ?
-                      hl_table_find(nt->sh->tbl, e->user, e->user_len) : -1;
+        int64_t row = nt->sh->row[nt->ev];      /* the apply's, when it vouches for it */
+        if (nt->sh->status[nt->ev] <= 0)
+            row = -1;
+        else if (row == HL_TABLE_NO_ROW)
+            row = hl_table_find(nt->sh->tbl, e->user, e->user_len);
         nt->user = row < 0 ? -1 : add_user(loc, nt->sh, (uint32_t)row);
     }
 }

@@ -20,17 +20,37 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The newest record under one of an item's two keys. */
+typedef struct rec {
+    int32_t     side;          /* side slot, -1: none */
+    uint8_t     present;
+    uint8_t     available;
+    int64_t     expires_at_ms;
+    int64_t     foldin_events; /* 0: an operator's record; n: a fold-in one */
+} rec;
+
+enum { KEY_ITEM = 0, KEY_FOLDIN = 1 };
+
 typedef struct entry {
     const char *id;            /* own copy (a model swap must not leave it dangling) */
     uint32_t    id_len;
     int32_t     model_row;     /* -1: unknown to the model */
-    int32_t     side;          /* side slot, -1: none */
     int32_t     next_free;     /* free list link while unused */
     uint8_t     used;
-    uint8_t     available;
-    int64_t     expires_at_ms;
-    int64_t     foldin_events; /* 0: an operator's record; n: a fold-in one */
+    rec         key[2];        /* under the item_id key, under the fold-in key */
 } entry;
+
+/* The record in effect (catalogue.h, "Two keys"): an operator's, else the
+ * fold-in key's, else an older worker's fold-in record under the item_id
+ * key; NULL when neither key holds one. */
+static const rec *in_effect(const entry *e)
+{
+    if (e->key[KEY_ITEM].present && e->key[KEY_ITEM].foldin_events == 0)
+        return &e->key[KEY_ITEM];
+    if (e->key[KEY_FOLDIN].present)
+        return &e->key[KEY_FOLDIN];
+    return e->key[KEY_ITEM].present ? &e->key[KEY_ITEM] : NULL;
+}
 
 struct hl_catalogue {
     const hl_model *m;
@@ -219,13 +239,17 @@ static void side_free(hl_catalogue *c, int32_t s)
     c->free_side = s;
 }
 
-/* Takes e's contribution out of (sign -1) or into (+1) the counts. */
+/* Takes e's contribution out of (sign -1) or into (+1) the counts: its
+ * record in effect's. */
 static void count(hl_catalogue *c, const entry *e, int sign)
 {
-    c->st.hidden += sign * !e->available;
-    c->st.expiring += sign * (e->expires_at_ms != HL_CATALOGUE_NO_EXPIRY);
-    if (e->side >= 0) {
-        if (e->model_row < 0 && e->foldin_events > 0)
+    const rec *r = in_effect(e);
+    if (r == NULL)
+        return;
+    c->st.hidden += sign * !r->available;
+    c->st.expiring += sign * (r->expires_at_ms != HL_CATALOGUE_NO_EXPIRY);
+    if (r->side >= 0) {
+        if (e->model_row < 0 && r->foldin_events > 0)
             c->st.foldin += sign;
         else if (e->model_row < 0)
             c->st.added += sign;
@@ -234,14 +258,13 @@ static void count(hl_catalogue *c, const entry *e, int sign)
     }
 }
 
+/* Drops slot's entry (no record left under either key: it counts for
+ * nothing). */
 static void forget(hl_catalogue *c, uint32_t slot)
 {
     int32_t i = c->slot[slot] - 1;
     entry *e = &c->ent[i];
-    count(c, e, -1);
     slot_del(c, slot);
-    if (e->side >= 0)
-        side_free(c, e->side);
     free((char *)e->id);
     if (e->model_row < 0)
         c->n_new--;
@@ -279,10 +302,9 @@ static int insert(hl_catalogue *c, const hl_item_update *u, uint32_t *slot,
     e->id = own;
     e->id_len = u->id_len;
     e->model_row = row;
-    e->side = -1;
     e->used = 1;
-    e->available = 1;
-    e->expires_at_ms = HL_CATALOGUE_NO_EXPIRY;
+    for (int k = 0; k < 2; k++)
+        e->key[k] = (rec){.side = -1, .available = 1, .expires_at_ms = HL_CATALOGUE_NO_EXPIRY};
     c->slot[*slot] = i + 1;
     c->n_used++;
     return 0;
@@ -305,25 +327,53 @@ static int check_update(const hl_catalogue *c, const hl_item_update *u,
     return 0;
 }
 
-/* Sets e's vectors from u (a slot taken if needed) or drops them. */
-static int set_embedding(hl_catalogue *c, entry *e, const hl_item_update *u,
+/* Sets r's vectors from u (a slot taken if needed) or drops them (u NULL
+ * or without an embedding). */
+static int set_embedding(hl_catalogue *c, rec *r, const hl_item_update *u,
                          char *errbuf, size_t errlen)
 {
-    if (u->e_out == NULL) {
-        if (e->side >= 0)
-            side_free(c, e->side);
-        e->side = -1;
+    if (u == NULL || u->e_out == NULL) {
+        if (r->side >= 0)
+            side_free(c, r->side);
+        r->side = -1;
         return 0;
     }
-    if (e->side < 0 && (e->side = side_alloc(c)) < 0) {
-        e->side = -1;
+    if (r->side < 0 && (r->side = side_alloc(c)) < 0) {
+        r->side = -1;
         return hl_err(errbuf, errlen, HL_ENOMEM, "catalogue: out of memory");
     }
-    size_t d = (size_t)c->dim, off = (size_t)e->side * d;
+    size_t d = (size_t)c->dim, off = (size_t)r->side * d;
     memcpy(c->s_in + off, u->e_in, d * sizeof(float));
     memcpy(c->s_out + off, u->e_out, d * sizeof(float));
-    c->s_bias[e->side] = u->bias;
+    c->s_bias[r->side] = u->bias;
     return 0;
+}
+
+/* A tombstone under one key: that key's record goes; the entry with it
+ * when the other key holds none either. */
+static void tombstone(hl_catalogue *c, uint32_t slot, int k)
+{
+    entry *e = &c->ent[c->slot[slot] - 1];
+    count(c, e, -1);
+    set_embedding(c, &e->key[k], NULL, NULL, 0);
+    e->key[k].present = 0;
+    if (!e->key[KEY_ITEM].present && !e->key[KEY_FOLDIN].present)
+        forget(c, slot);
+    else
+        count(c, e, +1);
+}
+
+/* A fold-in record that must not be stored: one for an item the model
+ * knows, or an older worker's (under the item_id key) for an item an
+ * operator's record names, which it would replace. */
+static int foldin_refused(const hl_catalogue *c, const hl_item_update *u, uint32_t slot)
+{
+    if (hl_model_item_find(c->m, u->id, u->id_len) >= 0)
+        return 1;
+    if (u->foldin_key || c->slot[slot] == 0)
+        return 0;
+    const rec *r = &c->ent[c->slot[slot] - 1].key[KEY_ITEM];
+    return r->present && r->foldin_events == 0;
 }
 
 int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
@@ -332,26 +382,33 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
     int rc = check_update(c, u, errbuf, errlen);
     if (rc != 0)
         return rc;
+    int k = u->foldin_key ? KEY_FOLDIN : KEY_ITEM;
     uint32_t slot = probe(c, u->id, u->id_len);
     if (u->tombstone) {
         if (c->slot[slot] != 0)
-            forget(c, slot);
+            tombstone(c, slot, k);
         c->version++;
         return 0;
     }
-    if (u->foldin_events > 0 && (hl_model_item_find(c->m, u->id, u->id_len) >= 0 ||
-                                 (c->slot[slot] != 0 &&
-                                  c->ent[c->slot[slot] - 1].foldin_events == 0)))
+    if (k == KEY_FOLDIN && u->foldin_events < 1)
+        return hl_err(errbuf, errlen, HL_EINVAL, "catalogue: item \"%.*s\": an operator's "
+                      "record under the fold-in key", (int)(u->id_len < 64 ? u->id_len : 64),
+                      u->id);
+    if (u->foldin_events > 0 && foldin_refused(c, u, slot))
         return HL_CATALOGUE_IGNORED;
     if (c->slot[slot] == 0 && (rc = insert(c, u, &slot, errbuf, errlen)) != 0)
         return rc;
     entry *e = &c->ent[c->slot[slot] - 1];
+    rec *r = &e->key[k];
     count(c, e, -1);
-    rc = set_embedding(c, e, u, errbuf, errlen);
-    e->available = u->available != 0;
-    e->expires_at_ms = u->expires_at_ms;
-    e->foldin_events = u->foldin_events;
+    rc = set_embedding(c, r, u, errbuf, errlen);
+    r->present = 1;
+    r->available = u->available != 0;
+    r->expires_at_ms = u->expires_at_ms;
+    r->foldin_events = u->foldin_events;
     count(c, e, +1);
+    if (in_effect(e) != r)
+        return rc != 0 ? rc : HL_CATALOGUE_IGNORED;   /* kept behind the operator's */
     c->version++;
     return rc;
 }
@@ -363,8 +420,8 @@ int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_
     uint32_t slot = probe(c, id, len);
     if (c->slot[slot] == 0)
         return 0;
-    int64_t n = c->ent[c->slot[slot] - 1].foldin_events;
-    return n > 0 ? n : -1;
+    const rec *r = in_effect(&c->ent[c->slot[slot] - 1]);
+    return r == NULL ? 0 : r->foldin_events > 0 ? r->foldin_events : -1;
 }
 
 /* Side slots are (cap_side, dim): another dim starts them afresh (every
@@ -392,11 +449,14 @@ int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, hl_catalogue_rebind_
             continue;
         count(c, e, -1);
         e->model_row = hl_model_item_find(m, e->id, e->id_len);
-        if (e->side >= 0 && (e->model_row >= 0 || dim != c->dim)) {
-            st->dropped_known += e->model_row >= 0;
-            st->dropped_dim += e->model_row < 0;
-            side_free(c, e->side);
-            e->side = -1;
+        for (int k = 0; k < 2; k++) {
+            rec *r = &e->key[k];
+            if (r->side >= 0 && (e->model_row >= 0 || dim != c->dim)) {
+                st->dropped_known += e->model_row >= 0;
+                st->dropped_dim += e->model_row < 0;
+                side_free(c, r->side);
+                r->side = -1;
+            }
         }
         c->n_new += e->model_row < 0;
         count(c, e, +1);
@@ -476,11 +536,14 @@ int32_t hl_catview_added_row(const hl_catview *v, uint64_t key)
 static int view_add(hl_catview *v, const hl_catalogue *c, const entry *e)
 {
     int32_t row = e->model_row;
-    if (e->side >= 0) {
+    const rec *r = in_effect(e);
+    if (r == NULL)
+        return 0;
+    if (r->side >= 0) {
         size_t d = (size_t)c->dim, s = (size_t)v->n_side;
-        memcpy(v->e_in + s * d, c->s_in + (size_t)e->side * d, d * sizeof(float));
-        memcpy(v->e_out + s * d, c->s_out + (size_t)e->side * d, d * sizeof(float));
-        v->bias[s] = c->s_bias[e->side];
+        memcpy(v->e_in + s * d, c->s_in + (size_t)r->side * d, d * sizeof(float));
+        memcpy(v->e_out + s * d, c->s_out + (size_t)r->side * d, d * sizeof(float));
+        v->bias[s] = c->s_bias[r->side];
         if ((v->side_id[s] = malloc(e->id_len)) == NULL)
             return HL_ENOMEM;
         memcpy(v->side_id[s], e->id, e->id_len);
@@ -493,10 +556,10 @@ static int view_add(hl_catview *v, const hl_catalogue *c, const entry *e)
     }
     if (row < 0)
         return 0;                               /* nothing to list or hide */
-    if (!e->available)
+    if (!r->available)
         v->always[v->n_always++] = row;
-    else if (e->expires_at_ms != HL_CATALOGUE_NO_EXPIRY)
-        v->exp[v->n_exp++] = (exp_row){e->expires_at_ms, row};
+    else if (r->expires_at_ms != HL_CATALOGUE_NO_EXPIRY)
+        v->exp[v->n_exp++] = (exp_row){r->expires_at_ms, row};
     return 0;
 }
 

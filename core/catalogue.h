@@ -11,11 +11,21 @@
  *    boundaries). A view numbers its rows as the ranker does: model rows
  *    0..n_model-1, then its side items n_model..n_model+n_side-1.
  *
- * Each ItemUpdate is the whole state of its item (the topic is compacted,
- * keyed by item_id): applying one replaces what the item had; a tombstone
- * forgets it. A known item with an embedding is scored as a side item with
- * the new vectors and its model row is masked, so nothing else in the
- * ranker needs to know. */
+ * Two keys. The topic is compacted, so what survives is the newest record
+ * per key; the catalogue keeps exactly that per item: the newest record
+ * under its item_id (an operator's) and the newest under its fold-in key
+ * (a worker's fold-in, hl_item_update.foldin_key), each replaced by the
+ * next record of its key and forgotten by that key's tombstone. The record
+ * in effect is the operator's if there is one, else the fold-in key's,
+ * else a fold-in record an older worker wrote under the item_id. So the
+ * state after reading a topic depends only on each key's newest record,
+ * never on how the two keys' records interleave: compaction (which keeps
+ * one per key) and deleted tombstones leave it as it was in memory. (The
+ * exception is the older workers' records under the item_id: as before,
+ * such a record for an item an operator names is ignored, but compaction
+ * keeps it if it came later.) A known item with an embedding is scored as
+ * a side item with the new vectors and its model row is masked, so nothing
+ * else in the ranker needs to know. */
 #ifndef HL_CATALOGUE_H
 #define HL_CATALOGUE_H
 
@@ -35,6 +45,8 @@ typedef struct hl_item_update {
     float        bias;
     int64_t      foldin_events;  /* 0: an operator's record; n > 0: vectors a
                                     worker folded in from n interactions */
+    int          foldin_key;     /* 1: read under the item's fold-in key
+                                    (codec_item.h), 0: under its item_id */
 } hl_item_update;
 
 typedef struct hl_catalogue hl_catalogue;   /* opaque */
@@ -55,8 +67,10 @@ void          hl_catalogue_destroy(hl_catalogue *c);        /* NULL is a no-op *
 int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
                        char *errbuf, size_t errlen);
 /* A fold-in record (u->foldin_events > 0) never overrides an operator:
- * apply returns HL_CATALOGUE_IGNORED (nothing changes) when the model
- * knows the item or an operator's record names it. */
+ * apply returns HL_CATALOGUE_IGNORED when the model knows the item or an
+ * operator's record names it. Lists see no change either way; one under
+ * the fold-in key is still kept behind the operator's (it takes effect if
+ * that record is deleted), an older worker's under the item_id is not. */
 #define HL_CATALOGUE_IGNORED 1
 
 /* What the catalogue says about id, for a fold-in publisher: -1 when the

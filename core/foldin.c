@@ -9,6 +9,8 @@
  * (dim x dim, in double) by Cholesky. */
 #include "foldin.h"
 
+#include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,7 @@ struct hl_foldin {
     double    lambda_per_ms;
     float    *W;                 /* (dim, dim) */
     double    r_mean, b_mean;    /* mean e_out norm and bias of the model */
+    double    r_max, b_max;      /* largest e_out norm and |bias|: the scan's bound */
     const float *m_in, *m_out, *m_bias;   /* borrowed, for neighbours */
     int32_t   m_n, T;                     /* T 0: the mean-query rule */
     int32_t   n, cap;
@@ -143,6 +146,8 @@ static void model_means(hl_foldin *f, const float *e_out, const float *bias, int
             s += (double)e_out[(size_t)j * f->o.dim + d] * e_out[(size_t)j * f->o.dim + d];
         r += sqrt(s);
         b += bias[j];
+        f->r_max = sqrt(s) > f->r_max ? sqrt(s) : f->r_max;
+        f->b_max = fabs(bias[j]) > f->b_max ? fabs(bias[j]) : f->b_max;
     }
     f->r_mean = r / n;
     f->b_mean = b / n;
@@ -316,34 +321,136 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
     return now_ready;
 }
 
+/* Three rounds over the group, each issuing every item's next load before
+ * any is waited for: the hash slots, then the entries the slots name, then
+ * their id strings. */
+static void prefetch_group(const hl_foldin *f, const char *const *id, const uint32_t *len,
+                           int n)
+{
+    uint32_t at[64];
+    int32_t k[64];
+    size_t row = (size_t)f->o.dim * sizeof(float);
+    for (int i = 0; i < n; i++) {
+        at[i] = hash_id(id[i], len[i]) & (f->n_slot - 1);
+        __builtin_prefetch(&f->slot[at[i]]);
+    }
+    for (int i = 0; i < n; i++) {
+        if ((k[i] = f->slot[at[i]] - 1) < 0)
+            continue;
+        const char *S = (const char *)(f->S + (size_t)k[i] * f->o.dim);
+        for (size_t b = 0; b < row; b += 64)
+            __builtin_prefetch(S + b, 1);
+        __builtin_prefetch(&f->id[k[i]]);
+        __builtin_prefetch(&f->len[k[i]]);
+        __builtin_prefetch(&f->M[k[i]], 1);
+        __builtin_prefetch(&f->t_ref[k[i]], 1);
+        __builtin_prefetch(&f->touched[k[i]], 1);
+        __builtin_prefetch(&f->count[k[i]], 1);
+        __builtin_prefetch(&f->published[k[i]]);
+    }
+    for (int i = 0; i < n; i++)
+        if (k[i] >= 0)
+            __builtin_prefetch(f->id[k[i]]);
+}
+
+void hl_foldin_prefetch(const hl_foldin *f, const char *const *id, const uint32_t *len, int n)
+{
+    for (int i0 = 0; i0 < n; i0 += 64)
+        prefetch_group(f, id + i0, len + i0, n - i0 < 64 ? n - i0 : 64);
+}
+
 /* The T model items the mean query S/M scores highest (S . e_out + M b,
  * the same order), best first, into top; their number. */
+static void offer(const hl_foldin *f, double s, int32_t j, double *sc, int32_t *top,
+                  int *n_top);
+static double exact_score(const hl_foldin *f, const float *S, double M, int32_t j);
+
 static int top_items(const hl_foldin *f, const float *S, double M, int32_t *top)
 {
     double sc[HL_FOLDIN_NEIGHBOURS_MAX];
-    int n_top = 0, d = f->o.dim;
-    for (int32_t j = 0; j < f->m_n; j++) {
-        double s = (double)f->m_bias[j] * M;
-        for (int i = 0; i < d; i++)
-            s += (double)S[i] * f->m_out[(size_t)j * d + i];
-        if (n_top == f->T && s <= sc[n_top - 1])
-            continue;
-        int p = n_top < f->T ? n_top++ : f->T - 1;
-        for (; p > 0 && sc[p - 1] < s; p--) {
-            sc[p] = sc[p - 1];
-            top[p] = top[p - 1];
-        }
-        sc[p] = s;
-        top[p] = j;
+    int n_top = 0;
+    for (int32_t j = 0; j < f->m_n; j++)
+        offer(f, exact_score(f, S, M, j), j, sc, top, &n_top);
+    return n_top;
+}
+
+/* s = S . e_out[j] + M b[j], in double, the terms in a fixed order: the
+ * score every path ranks by. */
+static double exact_score(const hl_foldin *f, const float *S, double M, int32_t j)
+{
+    double s = (double)f->m_bias[j] * M;
+    for (int i = 0; i < f->o.dim; i++)
+        s += (double)S[i] * f->m_out[(size_t)j * f->o.dim + i];
+    return s;
+}
+
+/* Offers item j with score s to top (n_top of at most T, best first;
+ * equal scores keep the lower row first, as rows come in ascending). */
+static void offer(const hl_foldin *f, double s, int32_t j, double *sc, int32_t *top,
+                  int *n_top)
+{
+    if (*n_top == f->T && s <= sc[*n_top - 1])
+        return;
+    int p = *n_top < f->T ? (*n_top)++ : f->T - 1;
+    for (; p > 0 && sc[p - 1] < s; p--) {
+        sc[p] = sc[p - 1];
+        top[p] = top[p - 1];
     }
+    sc[p] = s;
+    top[p] = j;
+}
+
+/* The T-th largest of x[0..n), -FLT_MAX when n < T. */
+static float kth_largest(const hl_foldin *f, const float *x, int32_t n)
+{
+    float best[HL_FOLDIN_NEIGHBOURS_MAX];
+    int m = 0;
+    for (int32_t j = 0; j < n; j++) {
+        if (m == f->T && x[j] <= best[m - 1])
+            continue;
+        int p = m < f->T ? m++ : f->T - 1;
+        for (; p > 0 && best[p - 1] < x[j]; p--)
+            best[p] = best[p - 1];
+        best[p] = x[j];
+    }
+    return m == f->T ? best[m - 1] : -FLT_MAX;
+}
+
+/* top_items' answer, to the bit, from one sgemv: every item's score in
+ * float (sc, m_n floats), then only the items whose float score is within
+ * twice the rounding bound of the T-th best are scored exactly and
+ * ranked. The bound: a float dot product of dim terms plus the bias is
+ * within gamma_{dim+2} (|M b_j| + sum |S_i e_ji|) of the exact one in any
+ * summation order, and sum |S_i e_ji| <= |S| |e_j| (Cauchy-Schwarz), so
+ * eps = gamma (M b_max + |S| r_max) covers every item. An item of the true
+ * top T has float score >= its exact score - eps >= the T-th exact score
+ * - eps >= the T-th float score - 2 eps: it is a candidate. */
+static int top_items_scan(const hl_foldin *f, const float *S, double M, int32_t *top,
+                          float *x)
+{
+    double sc[HL_FOLDIN_NEIGHBOURS_MAX], nrm = 0.0;
+    int n_top = 0, d = f->o.dim;
+    for (int32_t j = 0; j < f->m_n; j++)
+        x[j] = (float)((double)f->m_bias[j] * M);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, f->m_n, d, 1.0f, f->m_out, d, S, 1, 1.0f, x, 1);
+    for (int i = 0; i < d; i++)
+        nrm += (double)S[i] * S[i];
+    double u = ldexp(1.0, -24), gamma = (d + 2) * u / (1.0 - (d + 2) * u);
+    double eps = 2.0 * gamma * (fabs(M) * f->b_max + sqrt(nrm) * f->r_max) + DBL_MIN;
+    double cut = (double)kth_largest(f, x, f->m_n) - 2.0 * eps;
+    for (int32_t j = 0; j < f->m_n; j++)
+        if ((double)x[j] >= cut)
+            offer(f, exact_score(f, S, M, j), j, sc, top, &n_top);
     return n_top;
 }
 
 static void neighbour_vectors(const hl_foldin *f, const float *S, double M, float *e_in,
-                              float *e_out, float *bias)
+                              float *e_out, float *bias, int scan)
 {
     int32_t top[HL_FOLDIN_NEIGHBOURS_MAX];
-    int n_top = top_items(f, S, M, top), d = f->o.dim;
+    float *x = scan ? malloc((size_t)f->m_n * sizeof *x) : NULL;
+    int n_top = x ? top_items_scan(f, S, M, top, x) : top_items(f, S, M, top), d = f->o.dim;
+    free(x);                        /* out of memory: the plain loop, the same answer */
     double b = 0.0;
     memset(e_in, 0, (size_t)d * sizeof *e_in);
     memset(e_out, 0, (size_t)d * sizeof *e_out);
@@ -368,12 +475,12 @@ int hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, d
     return 0;
 }
 
-void hl_foldin_vectors_from(const hl_foldin *f, const float *S, double M, float *e_in,
-                            float *e_out, float *bias)
+static void vectors_from(const hl_foldin *f, const float *S, double M, float *e_in,
+                         float *e_out, float *bias, int scan)
 {
     int d = f->o.dim;
     if (f->T > 0) {
-        neighbour_vectors(f, S, M, e_in, e_out, bias);
+        neighbour_vectors(f, S, M, e_in, e_out, bias, scan);
         return;
     }
     double nrm = 0.0;
@@ -389,6 +496,18 @@ void hl_foldin_vectors_from(const hl_foldin *f, const float *S, double M, float 
         e_in[c] = (float)s;
     }
     *bias = (float)(f->b_mean + log1p(M) - log1p((double)f->o.min_events));
+}
+
+void hl_foldin_vectors_from(const hl_foldin *f, const float *S, double M, float *e_in,
+                            float *e_out, float *bias)
+{
+    vectors_from(f, S, M, e_in, e_out, bias, 1);
+}
+
+void hl_foldin_vectors_from_naive(const hl_foldin *f, const float *S, double M, float *e_in,
+                                  float *e_out, float *bias)
+{
+    vectors_from(f, S, M, e_in, e_out, bias, 0);
 }
 
 int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,

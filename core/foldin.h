@@ -70,6 +70,15 @@ void       hl_foldin_destroy(hl_foldin *f);             /* NULL is a no-op */
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms);
 
+/* A hint, changing nothing: starts loading what hl_foldin_add will touch
+ * for items id[0..n), all of them at once, so a batch of adds overlaps its
+ * cache misses instead of paying them one after another (the sums of a
+ * few thousand new items outgrow the cache between batches: ~10 misses an
+ * add, most of fold-in's cost per event once the query is the refresh's;
+ * bench_foldin). Same thread rules as hl_foldin_add. */
+void hl_foldin_prefetch(const hl_foldin *f, const char *const *id, const uint32_t *len,
+                        int n);
+
 /* The vectors of a ready item into e_in, e_out (dim each) and *bias: 0, or
  * HL_ENOENT (unknown, evicted or below min_events). O(n dim) with
  * neighbours, O(dim^2) without; called once per publication. */
@@ -85,6 +94,14 @@ int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
 int  hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, double *M);
 void hl_foldin_vectors_from(const hl_foldin *f, const float *S, double M, float *e_in,
                             float *e_out, float *bias);
+/* Its plain-loop twin (tests, bench_foldin --scan): the top T by a double
+ * dot product per model item. hl_foldin_vectors_from scores every item
+ * with one cblas_sgemv and rescores in double only those the float
+ * rounding bound cannot rule out, so the two give the same top T and the
+ * same vectors, to the bit (foldin.c, top_items_scan); it allocates
+ * n x 4 bytes per call (without them it runs the loop). */
+void hl_foldin_vectors_from_naive(const hl_foldin *f, const float *S, double M, float *e_in,
+                                  float *e_out, float *bias);
 
 /* Publication (the worker sends ready items' vectors to the item topic):
  * hl_foldin_due gives the item's interactions when it is ready and has at

@@ -471,3 +471,16 @@ int hl_ranker_refresh(hl_ranker *r, const hl_row_view *users, int n,
 {
     return hl_ranker_refresh_ex(r, users, n, NULL, out, n_out);
 }
+
+int hl_ranker_encode(hl_ranker *r, const hl_row_view *users, int n)
+{
+    if (n < 0 || n > r->max_batch)
+        return HL_EINVAL;
+    hl_rank_encode(r, users, n);
+    return 0;
+}
+
+const float *hl_ranker_query(const hl_ranker *r, int u)
+{
+    return r->Q + (size_t)u * r->dim;
+}

@@ -102,6 +102,18 @@ void        hl_ranker_index_recall(const hl_ranker *r, uint64_t *hits, uint64_t 
 int hl_ranker_refresh(hl_ranker *r, const hl_row_view *users, int n,
                       hl_rec *out, int *n_out);
 
+/* The query (dim floats) of users[u] in the last hl_ranker_refresh[_ex]
+ * or hl_ranker_encode call, u < that call's n: the encoder's output for
+ * that user alone, so the same bits whatever it was refreshed with (rank.c,
+ * "Batch independence"). Borrowed until the next call on r. Fold-in
+ * (worker/fold.c) takes its users' queries from here, not from an encoder
+ * pass of its own. */
+const float *hl_ranker_query(const hl_ranker *r, int u);
+
+/* Encodes users[0..n) as a refresh does, scoring nothing (their queries
+ * then through hl_ranker_query). 0, or HL_EINVAL when n > max_batch. */
+int hl_ranker_encode(hl_ranker *r, const hl_row_view *users, int n);
+
 /* Extra items to leave out for one user: rows in any order, duplicates
  * allowed, rows outside 0..n_items+n_side-1 ignored. */
 typedef struct hl_rank_exclude {

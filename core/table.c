@@ -554,7 +554,14 @@ static void stage_hist(hl_table *tbl, int c)
 int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
                    const float *e_in, int32_t n_items, int8_t *status)
 {
+    return hl_table_apply_rows(tbl, ev, n, e_in, n_items, status, NULL);
+}
+
+int hl_table_apply_rows(hl_table *tbl, const hl_event *ev, int n, const float *e_in,
+                        int32_t n_items, int8_t *status, uint32_t *rows)
+{
     int applied = 0;
+    uint64_t evicted = tbl->st.evicted_capacity;
     hl_index_step(&tbl->ix);
     /* A four-stage pipeline over the batch, so the cache misses of many
      * events overlap: event i + 3 PIPE is hashed and its index slot
@@ -580,7 +587,12 @@ int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
         if (got > 0 && tbl->st.inserted != inserted) got = 2;   /* it created its user */
         if (got > 0) applied++;
         if (status != NULL) status[i] = (int8_t)got;
+        if (rows != NULL) rows[i] = got > 0 ? (uint32_t)r : HL_TABLE_NO_ROW;
     }
+    /* A row evicted for room may have been given to a later event's user:
+     * no row of this call is then vouched for. */
+    for (int i = 0; rows != NULL && tbl->st.evicted_capacity != evicted && i < n; i++)
+        rows[i] = HL_TABLE_NO_ROW;
     return applied;
 }
 

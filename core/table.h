@@ -111,6 +111,16 @@ const hl_table_opts *hl_table_opts_get(const hl_table *tbl);
 int hl_table_apply(hl_table *tbl, const hl_event *ev, int n,
                    const float *e_in, int32_t n_items, int8_t *status);
 
+/* hl_table_apply, also giving the row each event was applied to in
+ * rows[i] (n of them), or HL_TABLE_NO_ROW when it was not applied, or for
+ * every event when the call evicted a user for room (state.max.users: a
+ * row may then hold another user than an earlier event's; look the user
+ * up). Valid until the next call that may evict. Saves fold-in a lookup
+ * per unknown-item event. */
+#define HL_TABLE_NO_ROW UINT32_MAX
+int hl_table_apply_rows(hl_table *tbl, const hl_event *ev, int n, const float *e_in,
+                        int32_t n_items, int8_t *status, uint32_t *rows);
+
 /* Moves up to max ids of rows marked dirty since the last call into rows
  * (each once, evicted rows left out) and clears their mark; returns the
  * count. Call again while it returns max. */

@@ -190,9 +190,42 @@ static void test_foldin_field(void)
           u.foldin_events == 0);
 }
 
+/* A fold-in record goes under the item's fold-in key (0xFF "foldin:" id):
+ * it decodes with foldin_key set and the id after the prefix; an
+ * operator's record may not use that key; a tombstone under it names the
+ * item; a fold-in record under the item_id (older workers) still reads. */
+static void test_foldin_key(void)
+{
+    float ein[DIM] = {1, 2, 3, 4}, eout[DIM] = {4, 3, 2, 1};
+    uint8_t buf[256];
+    char key[HL_ITEM_KEY_MAX + 1] = {0};
+    hl_item_update in = {.id = "new", .id_len = 3, .available = 1,
+                         .expires_at_ms = HL_CATALOGUE_NO_EXPIRY, .e_in = ein, .e_out = eout,
+                         .bias = 0.5f, .foldin_events = 7}, u;
+    uint32_t kl = hl_item_foldin_key("new", 3, key);
+    CHECK(kl == 11 && (uint8_t)key[0] == 0xFF && memcmp(key + 1, "foldin:new", 10) == 0);
+    int n = hl_item_encode(&conf, &in, buf, sizeof buf);
+    CHECK(n > 0 && dec(&conf, key, buf, (size_t)n, &u) == HL_ITEM_OK);
+    CHECK(u.foldin_key == 1 && u.id_len == 3 && memcmp(u.id, "new", 3) == 0 &&
+          u.foldin_events == 7);
+    CHECK(dec(&conf, "new", buf, (size_t)n, &u) == HL_ITEM_OK && u.foldin_key == 0 &&
+          u.foldin_events == 7);                          /* an older worker's */
+    in.foldin_events = 0;                                 /* an operator's: not there */
+    n = hl_item_encode(&conf, &in, buf, sizeof buf);
+    CHECK(n > 0 && dec(&conf, key, buf, (size_t)n, &u) == HL_ITEM_BAD_KEY);
+    CHECK(dec(&conf, key, NULL, 0, &u) == HL_ITEM_OK && u.tombstone && u.foldin_key == 1 &&
+          u.id_len == 3 && memcmp(u.id, "new", 3) == 0);
+    CHECK(dec(&conf, "new", NULL, 0, &u) == HL_ITEM_OK && u.tombstone && u.foldin_key == 0);
+    key[kl - 1] = 'x';                                    /* the id must be the key's */
+    in.foldin_events = 7;
+    n = hl_item_encode(&conf, &in, buf, sizeof buf);
+    CHECK(dec(&conf, key, buf, (size_t)n, &u) == HL_ITEM_BAD_KEY);
+}
+
 int main(void)
 {
     RUN(test_foldin_field);
+    RUN(test_foldin_key);
     RUN(test_round_trip);
     RUN(test_tombstone);
     RUN(test_each_reason);

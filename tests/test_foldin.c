@@ -246,6 +246,58 @@ static void test_due_at_min_events_then_doublings(void)
     hl_foldin_destroy(f);
 }
 
+/* The sgemv scan (hl_foldin_vectors_from) and its plain twin pick the same
+ * top T to the bit, also where the float scores cannot tell items apart:
+ * pairs of identical items (exact ties: the lower row first), a run of
+ * items 1e-7 apart along the query, closer than float's rounding, and
+ * items whose scores cancel two terms of 1e4 (float errors ~1e-3 against
+ * gaps of 1e-3, so the float order is wrong and the bound must hold). */
+static void test_scan_matches_plain_loop(void)
+{
+    static model m;
+    float W0[D * D] = {0};
+    model_init(&m, 1000, W0);
+    for (int j = 0; j < 200; j += 2) {                   /* exact ties */
+        memcpy(m.e_out + (j + 1) * D, m.e_out + j * D, D * sizeof(float));
+        m.bias[j + 1] = m.bias[j];
+    }
+    for (int j = 200; j < 260; j++) {                    /* near ties */
+        for (int d = 0; d < D; d++)
+            m.e_out[j * D + d] = 3.0f;
+        m.e_out[j * D] = 3.0f + 3e-7f * (float)(j % 7);
+        m.bias[j] = 0.0f;
+    }
+    for (int j = 300; j < 400; j++) {        /* cancellation: float errors ~1e-3 */
+        memset(m.e_out + j * D, 0, D * sizeof(float));
+        m.e_out[j * D] = 1e4f + 9.765625e-4f * (float)((j * 37) % 16);
+        m.e_out[j * D + 1] = -1e4f;
+        m.e_out[j * D + 2] = 1e-4f * (float)((j * 53) % 100);
+        m.bias[j] = 100.0f;
+    }
+    hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 1, .half_life_ms = 1e12};
+    char err[256];
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    CHECKF(f != NULL, "%s", err);
+    int same = 0, tries = 80;
+    for (int t = 0; f != NULL && t < tries; t++) {
+        float S[D], a[2 * D + 1], b[2 * D + 1];
+        double M = t % 3 == 0 ? 0.0 : 1.0 + 100.0 * (frand() + 1.0);
+        for (int d = 0; d < D; d++)             /* a third point along the near ties */
+            S[d] = t % 3 == 1 ? 1.0f + 1e-3f * frand() : 50.0f * frand();
+        if (t % 4 == 3) {                       /* a quarter along the cancellation */
+            memset(S, 0, sizeof S);
+            S[0] = S[1] = 1.37f + 0.01f * (float)t;
+            S[2] = 1.0f;
+            M = 1.0;
+        }
+        hl_foldin_vectors_from(f, S, M, a, a + D, a + 2 * D);
+        hl_foldin_vectors_from_naive(f, S, M, b, b + D, b + 2 * D);
+        same += memcmp(a, b, sizeof a) == 0;
+    }
+    CHECKF(same == tries, "%d of %d queries gave the plain loop's vectors", same, tries);
+    hl_foldin_destroy(f);
+}
+
 int main(void)
 {
     RUN(test_map_recovers_linear_relation);
@@ -253,6 +305,7 @@ int main(void)
     RUN(test_bounded_least_recent_go);
     RUN(test_cluster_buyers_spread_to_their_cluster);
     RUN(test_neighbours_are_the_means_of_the_top_items);
+    RUN(test_scan_matches_plain_loop);
     RUN(test_due_at_min_events_then_doublings);     /* last: the others' draws stay theirs */
     TEST_EXIT();
 }

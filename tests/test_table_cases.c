@@ -58,6 +58,34 @@ static void test_idempotence(void)
     hl_table_destroy(tbl);
 }
 
+/* hl_table_apply_rows gives each applied event's row (the one
+ * hl_table_find names after the call), HL_TABLE_NO_ROW for a duplicate,
+ * and for every event of a call that evicted a user for room. */
+static void test_apply_rows(void)
+{
+    hl_table_opts o = small_opts(0, 0);
+    hl_table *tbl = hl_table_create(&o, NULL, 0);
+    fill_items();
+    hl_event e[4] = { one("alice", 3, 5000, 10), one("bob", 4, 6000, 12),
+                      one("alice", 4, 6000, 11), one("alice", 5, 7000, 10) };
+    int8_t st[4];
+    uint32_t rows[4];
+    CHECK(hl_table_apply_rows(tbl, e, 4, e_in, N_ITEMS, st, rows) == 3);
+    CHECK(rows[0] == (uint32_t)hl_table_find(tbl, "alice", 5) && rows[2] == rows[0] &&
+          rows[1] == (uint32_t)hl_table_find(tbl, "bob", 3) && rows[1] != rows[0]);
+    CHECK(st[3] == 0 && rows[3] == HL_TABLE_NO_ROW);       /* a duplicate */
+    hl_table_destroy(tbl);
+    o.max_users = 2;                                        /* room for two users */
+    tbl = hl_table_create(&o, NULL, 0);
+    hl_event f[2] = { one("ann", 3, 5000, 1), one("ben", 3, 5000, 1) };
+    CHECK(hl_table_apply_rows(tbl, f, 2, e_in, N_ITEMS, st, rows) == 2);
+    CHECK(rows[0] != HL_TABLE_NO_ROW && rows[1] != HL_TABLE_NO_ROW);
+    hl_event g[2] = { one("ann", 4, 6000, 2), one("cid", 3, 6000, 1) };  /* cid evicts */
+    CHECK(hl_table_apply_rows(tbl, g, 2, e_in, N_ITEMS, st, rows) == 2);
+    CHECK(st[0] > 0 && rows[0] == HL_TABLE_NO_ROW && rows[1] == HL_TABLE_NO_ROW);
+    hl_table_destroy(tbl);
+}
+
 /* Items outside the model (-1, n_items) go into the history and move t_ref
  * forward (decaying the heads) but add nothing. */
 static void test_unknown_items(void)
@@ -379,6 +407,7 @@ static void test_stats_bytes(void)
 int main(void)
 {
     RUN(test_idempotence);
+    RUN(test_apply_rows);
     RUN(test_unknown_items);
     RUN(test_history_ring);
     RUN(test_dirty_set);

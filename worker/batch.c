@@ -391,20 +391,24 @@ void hl_batch_run(hl_wthread *t, int n)
     double b = hl_now_mono_s();
     apply_all(t);
     if (t->ctx->foldin != NULL)
-        hl_foldin_local_flush(t->ctx->foldin, &t->fold, t->mref->m);
+        hl_foldin_local_resolve(t->ctx->foldin, &t->fold, t->mref->m);
     catalogue_boundary(t);
     t->b.stage_s[STAGE_DECODE] = b - a;
     double c = hl_now_mono_s();
     t->b.stage_s[STAGE_APPLY] = c - b;
     f->applied_us = (int64_t)(c * 1e6);
     for (int i = 0; i < t->n_own; i++) {
-        hl_publish_shard(t, t->own[i], f);
+        hl_publish_shard(t, t->own[i], f);   /* gives fold-in its users' queries */
+        if (t->ctx->foldin != NULL)         /* the rest, while their rows stand */
+            hl_foldin_local_fill(t->ctx->foldin, &t->fold, t->own[i], t->ranker);
         hl_shard_sweep(t->own[i]);  /* after publishing: every touched user has its list */
     }
     /* Refreshes and sends interleave by chunk: "refreshed" is the batch's
      * scoring time after it was applied, "produced" the end of it all. */
     f->refreshed_us = f->applied_us + (int64_t)(t->b.stage_s[STAGE_REFRESH] * 1e6);
     f->produced_us = hl_now_mono_us();
+    if (t->ctx->foldin != NULL)     /* after the lists: they never wait for its lock */
+        hl_foldin_local_flush(t->ctx->foldin, &t->fold);
     cadence_note_batch(t, n, f->start_us);
     hl_cadence_fit_add(&t->cad_fit, n, (double)(f->produced_us - f->start_us) / 1000.0,
                        CADENCE_DECAY);

@@ -300,6 +300,30 @@ static hl_item_reason read_header(const hl_item_codec_opts *o, cur *c, char *det
     return HL_ITEM_OK;
 }
 
+uint32_t hl_item_foldin_key(const char *id, uint32_t len, char *out)
+{
+    memcpy(out, HL_ITEM_FOLDIN_KEY, HL_ITEM_FOLDIN_KEY_LEN);
+    memcpy(out + HL_ITEM_FOLDIN_KEY_LEN, id, len);
+    return HL_ITEM_FOLDIN_KEY_LEN + len;
+}
+
+/* Strips a fold-in key's prefix (*foldin = 1); a fold-in key may carry a
+ * fold-in record or a tombstone only, never an operator's record. */
+static hl_item_reason foldin_key(const void **key, size_t *key_len, hl_item_update *u,
+                                 char *detail, size_t dl)
+{
+    if (*key == NULL || *key_len <= HL_ITEM_FOLDIN_KEY_LEN ||
+        memcmp(*key, HL_ITEM_FOLDIN_KEY, HL_ITEM_FOLDIN_KEY_LEN) != 0)
+        return HL_ITEM_OK;
+    *key = (const char *)*key + HL_ITEM_FOLDIN_KEY_LEN;
+    *key_len -= HL_ITEM_FOLDIN_KEY_LEN;
+    u->foldin_key = 1;
+    if (!u->tombstone && u->foldin_events < 1)
+        return fail(detail, dl, HL_ITEM_BAD_KEY, "an operator's record (no foldin) under a "
+                    "fold-in key: write it under the item_id");
+    return HL_ITEM_OK;
+}
+
 static hl_item_reason check_key(const void *key, size_t key_len, const hl_item_update *u,
                                 char *detail, size_t dl)
 {
@@ -322,8 +346,9 @@ hl_item_reason hl_item_decode(const hl_item_codec_opts *o, const void *key, size
     u->available = 1;
     u->expires_at_ms = HL_CATALOGUE_NO_EXPIRY;
     if (buf == NULL || len == 0) {                 /* tombstone */
-        hl_item_reason r = check_key(key, key_len, NULL, detail, detaillen);
         u->tombstone = 1;
+        foldin_key(&key, &key_len, u, detail, detaillen);
+        hl_item_reason r = check_key(key, key_len, NULL, detail, detaillen);
         u->id = key;
         u->id_len = (uint32_t)key_len;
         return r;
@@ -336,7 +361,7 @@ hl_item_reason hl_item_decode(const hl_item_codec_opts *o, const void *key, size
         return fail(detail, detaillen, r, "the record ends early (%zu bytes)", len);
     if (r == HL_ITEM_BAD_VARINT)
         return fail(detail, detaillen, r, "a varint longer than 10 bytes");
-    if (r != HL_ITEM_OK)
+    if (r != HL_ITEM_OK || (r = foldin_key(&key, &key_len, u, detail, detaillen)) != HL_ITEM_OK)
         return r;
     return check_key(key, key_len, u, detail, detaillen);
 }

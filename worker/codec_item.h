@@ -48,10 +48,26 @@ typedef struct hl_item_codec_opts {
     int64_t    min_ts_ms, max_ts_ms;/* accepted expires_at */
 } hl_item_codec_opts;
 
-/* Decodes one record of the item topic: key (the item id) and value (NULL
- * or empty: a tombstone). HL_ITEM_OK and *u filled, or a reason and a
- * sentence in detail (may be NULL). u's id points into key or buf; its
- * vectors into vec, room for 2 * dim floats. */
+/* The fold-in key of an item: the byte 0xFF, "foldin:", then the item_id.
+ * A worker's fold-in records go under it, an operator's under the item_id,
+ * so compaction keeps the newest of each and the catalogue decides which
+ * is in effect (catalogue.h, "Two keys"). No item_id can be one: 0xFF is
+ * never in UTF-8. */
+#define HL_ITEM_FOLDIN_KEY     "\xff" "foldin:"
+#define HL_ITEM_FOLDIN_KEY_LEN 8
+#define HL_ITEM_KEY_MAX        (HL_ITEM_FOLDIN_KEY_LEN + HL_MAX_ID_LEN)
+
+/* Writes id's fold-in key into out (room for HL_ITEM_KEY_MAX bytes);
+ * returns its length. */
+uint32_t hl_item_foldin_key(const char *id, uint32_t len, char *out);
+
+/* Decodes one record of the item topic: key (the item id, or its fold-in
+ * key, which only a fold-in record or a tombstone may have) and value
+ * (NULL or empty: a tombstone). HL_ITEM_OK and *u filled (foldin_key
+ * says which key), or a reason and a sentence in detail (may be NULL).
+ * u's id points into key or buf; its vectors into vec, room for 2 * dim
+ * floats. A fold-in record under the item_id (what workers wrote before
+ * the fold-in key) still reads, as such. */
 hl_item_reason hl_item_decode(const hl_item_codec_opts *o, const void *key, size_t key_len,
                               const void *buf, size_t len, float *vec,
                               hl_item_update *u, char *detail, size_t detaillen);

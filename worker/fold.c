@@ -1,10 +1,13 @@
 /* fold.c - fold-in wired into the worker (the contract is fold.h).
  *
  * The hot path pays one branch per event whose item the model knows; an
- * unknown-item event costs a note at decode (its id copied), then after
- * the batch one encoder pass per FOLD_CHUNK such events and one lock per
- * batch for the sums (bench_state's fold-in figure). Publication is rare
- * (O(log n) records per item) and goes out of the lock. */
+ * unknown-item event costs a note at decode (its id copied), a lookup of
+ * its user's row after the apply, a copy of the query the refresh computed
+ * for that user (one hash probe per refreshed user while the batch has
+ * notes), and its share of one lock per FOLD_CHUNK notes for the sums
+ * (bench_foldin). An encoder pass of fold-in's own runs only for users no
+ * refresh encoded. Publication is rare (O(log n) records per item) and
+ * goes out of the lock. */
 #include "fold.h"
 #include "encoder.h"
 #include "foldin.h"
@@ -15,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FOLD_CHUNK 64       /* users per encoder pass */
 
 /* One ready item to send, copied out of the lock. */
 typedef struct fold_pub {
@@ -106,18 +108,28 @@ void hl_wfoldin_destroy(hl_wfoldin *wf)
     free(wf);
 }
 
+int hl_wfoldin_sums(hl_wfoldin *wf, const char *id, uint32_t len, float *S, double *M)
+{
+    pthread_mutex_lock(&wf->mu);
+    int rc = hl_foldin_sums(wf->f, id, len, S, M);
+    pthread_mutex_unlock(&wf->mu);
+    return rc;
+}
+
 /* ---- a shard thread's notes ---- */
 
 int hl_foldin_local_init(hl_wfoldin *wf, hl_foldin_local *loc, char *errbuf, size_t errlen)
 {
     memset(loc, 0, sizeof *loc);
     size_t d = (size_t)wf->dim;
+    loc->dim = wf->dim;
+    loc->views = calloc(FOLD_CHUNK, sizeof *loc->views);
     loc->X = malloc(FOLD_CHUNK * (size_t)wf->in_dim * sizeof(float));
     loc->act = malloc(hl_encoder_act_floats(&wf->net, FOLD_CHUNK) * sizeof(float));
     loc->vecs = malloc(FOLD_CHUNK * (3 * d + 1) * sizeof(float));
     loc->enc_cap = 64 + 2 * (HL_MAX_ID_LEN + 10 * 2 + 5 * 2 * d + 32);
     loc->enc = malloc(loc->enc_cap);
-    if (!loc->X || !loc->act || !loc->vecs || !loc->enc) {
+    if (!loc->views || !loc->X || !loc->act || !loc->vecs || !loc->enc) {
         hl_foldin_local_reset(loc);
         return hl_err(errbuf, errlen, HL_ENOMEM, "catalogue.foldin: out of memory");
     }
@@ -128,6 +140,10 @@ void hl_foldin_local_reset(hl_foldin_local *loc)
 {
     free(loc->note);
     free(loc->ids);
+    free(loc->user);
+    free(loc->uq);
+    free(loc->uslot);
+    free(loc->views);
     free(loc->X);
     free(loc->act);
     free(loc->vecs);
@@ -166,7 +182,7 @@ void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char
         return;
     }
     memcpy(loc->ids + loc->ids_used, id, len);
-    loc->note[loc->n++] = (fold_note){sh, ev, (uint32_t)loc->ids_used, len};
+    loc->note[loc->n++] = (fold_note){sh, ev, (uint32_t)loc->ids_used, len, -1};
     loc->ids_used += len;
 }
 
@@ -181,9 +197,11 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
         .expires_at_ms = HL_CATALOGUE_NO_EXPIRY, .e_in = p->vec, .e_out = p->vec + d,
         .bias = p->vec[2 * d], .foldin_events = p->count,
     };
+    char key[HL_ITEM_KEY_MAX];
+    uint32_t key_len = hl_item_foldin_key(p->id, p->len, key);   /* never the operator's */
     int len = hl_item_encode(&wf->o.codec, &u, loc->enc, loc->enc_cap);
     int rc = len < 0 ? len : hl_producer_send(wf->o.prod, wf->topic, RD_KAFKA_PARTITION_UA,
-                                              p->id, p->len, loc->enc, (size_t)len, NULL,
+                                              key, key_len, loc->enc, (size_t)len, NULL,
                                               NULL, err, sizeof err);
     uint64_t sup = 0;
     if (rc == 0) {
@@ -206,7 +224,7 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
  * record built from more interactions raises the bar to twice its count. */
 static int take_due(hl_wfoldin *wf, const char *id, uint32_t len, fold_pub *p)
 {
-    int32_t n = hl_foldin_due(wf->f, id, len);
+    int32_t n = wf->o.prod != NULL ? hl_foldin_due(wf->f, id, len) : 0;
     if (n == 0)
         return 0;
     int64_t on_topic = hl_items_foldin_state(wf->o.items, id, len);
@@ -224,44 +242,178 @@ static int take_due(hl_wfoldin *wf, const char *id, uint32_t len, fold_pub *p)
     return 1;
 }
 
-/* ---- the batch's notes into the sums ---- */
+/* ---- the batch's users and their queries ---- */
 
-/* The query vectors of notes [i0, i0+n) into loc->q (n, dim); a note
- * whose user is gone (evicted in the batch) or whose event was not
- * applied gets sh = NULL. */
-static const float *queries(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n)
+static uint32_t user_home(const hl_foldin_local *loc, const hl_shard *sh, uint32_t row)
 {
-    hl_row_view v;
-    float *x = loc->X;
-    for (int k = 0; k < n; k++, x += wf->in_dim) {
-        fold_note *nt = &loc->note[i0 + k];
-        const hl_event *e = &nt->sh->ev[nt->ev];
-        int64_t row = nt->sh->status[nt->ev] > 0 ?
-                      hl_table_find(nt->sh->tbl, e->user, e->user_len) : -1;
-        if (row < 0) {
-            nt->sh = NULL;
-            memset(x, 0, (size_t)wf->in_dim * sizeof *x);
-            continue;
-        }
-        hl_table_view(nt->sh->tbl, (uint32_t)row, &v);
-        hl_encoder_features(wf->net.n_heads, wf->dim, v.s, v.m, x);
-    }
-    return hl_encoder_forward(&wf->net, loc->X, n, loc->act);
+    uint64_t k = (uint64_t)(uintptr_t)sh ^ ((uint64_t)row * 0x9E3779B97F4A7C15ull);
+    return (uint32_t)((k * 0xBF58476D1CE4E5B9ull) >> 32) & (loc->n_uslot - 1);
 }
 
-/* Adds one chunk's notes under the lock; the due items into pub (room
- * for n), their count returned. */
-static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, const float *Q,
-                     fold_pub *pub, float *vecs, uint64_t *added, uint64_t *skipped)
+/* The user of (sh, row), -1 if the batch's notes have none. */
+static int find_user(const hl_foldin_local *loc, const hl_shard *sh, uint32_t row)
 {
-    int n_pub = 0, d = wf->dim;
+    for (uint32_t i = user_home(loc, sh, row); loc->uslot[i] != 0;
+         i = (i + 1) & (loc->n_uslot - 1)) {
+        const fold_user *u = &loc->user[loc->uslot[i] - 1];
+        if (u->row == row && u->sh == sh)
+            return loc->uslot[i] - 1;
+    }
+    return -1;
+}
+
+/* The user of (sh, row), added if new (room is there: users_room). */
+static int add_user(hl_foldin_local *loc, const hl_shard *sh, uint32_t row)
+{
+    uint32_t i = user_home(loc, sh, row);
+    for (; loc->uslot[i] != 0; i = (i + 1) & (loc->n_uslot - 1)) {
+        const fold_user *u = &loc->user[loc->uslot[i] - 1];
+        if (u->row == row && u->sh == sh)
+            return loc->uslot[i] - 1;
+    }
+    int k = loc->n_user++;
+    loc->user[k] = (fold_user){sh, row, i, 0};
+    loc->uslot[i] = k + 1;
+    return k;
+}
+
+/* Room for n users (the hash at most half full); amortised, like the notes. */
+static int users_room(hl_foldin_local *loc, int n)
+{
+    if (n <= loc->cap_user)
+        return 0;
+    int cap = loc->cap_user ? loc->cap_user : 256;
+    while (cap < n)
+        cap *= 2;
+    uint32_t n_slot = 2 * (uint32_t)cap;
+    fold_user *u = realloc(loc->user, (size_t)cap * sizeof *u);
+    if (u != NULL)
+        loc->user = u;
+    float *q = realloc(loc->uq, (size_t)cap * (size_t)loc->dim * sizeof *q);
+    if (q != NULL)
+        loc->uq = q;
+    int32_t *sl = calloc(n_slot, sizeof *sl);
+    if (u == NULL || q == NULL || sl == NULL) {
+        free(sl);
+        return HL_ENOMEM;
+    }
+    free(loc->uslot);               /* empty between batches: nothing to move */
+    loc->uslot = sl;
+    loc->n_uslot = n_slot;
+    loc->cap_user = cap;
+    return 0;
+}
+
+static void forget_notes(hl_foldin_local *loc)
+{
+    for (int u = 0; u < loc->n_user; u++)
+        loc->uslot[loc->user[u].slot] = 0;
+    loc->n_user = 0;
+    loc->n = 0;
+    loc->ids_used = 0;
+}
+
+void hl_foldin_local_resolve(hl_wfoldin *wf, hl_foldin_local *loc, const hl_model *m)
+{
+    if (loc->n == 0)
+        return;
+    if (m != wf->o.m || users_room(loc, loc->n) != 0) {
+        hl_counter_add(wf->c_skipped, (uint64_t)loc->n);
+        forget_notes(loc);
+        return;
+    }
+    for (int k = 0; k < loc->n; k++) {
+        fold_note *nt = &loc->note[k];
+        const hl_event *e = &nt->sh->ev[nt->ev];
+        int64_t row = nt->sh->row[nt->ev];      /* the apply's, when it vouches for it */
+        if (nt->sh->status[nt->ev] <= 0)
+            row = -1;
+        else if (row == HL_TABLE_NO_ROW)
+            row = hl_table_find(nt->sh->tbl, e->user, e->user_len);
+        nt->user = row < 0 ? -1 : add_user(loc, nt->sh, (uint32_t)row);
+    }
+}
+
+void hl_foldin_local_take(hl_foldin_local *loc, const hl_shard *sh, const uint32_t *rows,
+                          int n, const hl_ranker *rk)
+{
+    if (loc->n_user == 0)
+        return;                     /* the common case: one branch per chunk */
+    for (int i = 0; i < n; i++) {
+        int u = find_user(loc, sh, rows[i]);
+        if (u < 0 || loc->user[u].has_q)
+            continue;
+        memcpy(loc->uq + (size_t)u * loc->dim, hl_ranker_query(rk, i),
+               (size_t)loc->dim * sizeof(float));
+        loc->user[u].has_q = 1;
+    }
+}
+
+/* Queries of users idx[0..n) of sh, n <= FOLD_CHUNK: through the thread's
+ * ranker when it has one (what its refresh would have computed), else
+ * through the model's encoder. */
+static void encode_users(hl_wfoldin *wf, hl_foldin_local *loc, const hl_shard *sh,
+                         const int *idx, int n, hl_ranker *rk)
+{
+    const float *Q = NULL;
+    int d = loc->dim;
+    for (int k = 0; k < n; k++)
+        hl_table_view(sh->tbl, loc->user[idx[k]].row, &loc->views[k]);
+    if (rk == NULL || hl_ranker_encode(rk, loc->views, n) != 0) {
+        hl_encoder_features_rows(&wf->net, loc->views, n, loc->X);
+        Q = hl_encoder_forward(&wf->net, loc->X, n, loc->act);
+    }
+    for (int k = 0; k < n; k++) {
+        memcpy(loc->uq + (size_t)idx[k] * d, Q ? Q + (size_t)k * d : hl_ranker_query(rk, k),
+               (size_t)d * sizeof(float));
+        loc->user[idx[k]].has_q = 1;
+    }
+}
+
+void hl_foldin_local_fill(hl_wfoldin *wf, hl_foldin_local *loc, const hl_shard *sh,
+                          hl_ranker *rk)
+{
+    int idx[FOLD_CHUNK], n = 0;
+    for (int u = 0; u < loc->n_user; u++) {
+        if (loc->user[u].sh != sh || loc->user[u].has_q)
+            continue;
+        idx[n++] = u;
+        if (n == FOLD_CHUNK) {
+            encode_users(wf, loc, sh, idx, n, rk);
+            n = 0;
+        }
+    }
+    if (n > 0)
+        encode_users(wf, loc, sh, idx, n, rk);
+}
+
+/* ---- the batch's notes into the sums ---- */
+
+/* Adds notes [i0, i0+n) under the lock; the due items into pub (room for
+ * n), their count returned. A note without a user (its event not applied,
+ * or its user gone) adds nothing; one whose user has no query (no fill
+ * ran for its shard) is counted as skipped. */
+static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, fold_pub *pub,
+                     float *vecs, uint64_t *added, uint64_t *skipped)
+{
+    int n_pub = 0, d = wf->dim, m = 0;
+    const char *ids[FOLD_CHUNK];
+    uint32_t lens[FOLD_CHUNK];
+    for (int k = 0; k < n; k++)
+        if (loc->note[i0 + k].user >= 0) {
+            ids[m] = loc->ids + loc->note[i0 + k].off;
+            lens[m++] = loc->note[i0 + k].len;
+        }
+    hl_foldin_prefetch(wf->f, ids, lens, m);
     for (int k = 0; k < n; k++) {
         const fold_note *nt = &loc->note[i0 + k];
-        if (nt->sh == NULL)
+        if (nt->user < 0)
             continue;
         const hl_event *e = &nt->sh->ev[nt->ev];
         const char *id = loc->ids + nt->off;
-        if (hl_foldin_add(wf->f, id, nt->len, Q + (size_t)k * d, e->w, e->ts_ms) < 0) {
+        if (!loc->user[nt->user].has_q ||
+            hl_foldin_add(wf->f, id, nt->len, loc->uq + (size_t)nt->user * d, e->w,
+                          e->ts_ms) < 0) {
             (*skipped)++;
             continue;
         }
@@ -287,9 +439,8 @@ static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,
                         fold_pub *pub, float *vecs)
 {
     uint64_t added = 0, skipped = 0;
-    const float *Q = queries(wf, loc, i0, n);
     pthread_mutex_lock(&wf->mu);
-    int n_pub = add_chunk(wf, loc, i0, n, Q, pub, vecs, &added, &skipped);
+    int n_pub = add_chunk(wf, loc, i0, n, pub, vecs, &added, &skipped);
     note_stats(wf);
     pthread_mutex_unlock(&wf->mu);
     for (int k = 0; k < n_pub; k++) {
@@ -303,18 +454,15 @@ static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,
         hl_counter_add(wf->c_skipped, skipped);
 }
 
-void hl_foldin_local_flush(hl_wfoldin *wf, hl_foldin_local *loc, const hl_model *m)
+void hl_foldin_local_flush(hl_wfoldin *wf, hl_foldin_local *loc)
 {
-    if (loc->dropped > 0 || (loc->n > 0 && m != wf->o.m)) {
-        hl_counter_add(wf->c_skipped, loc->dropped + (uint64_t)(m != wf->o.m ? loc->n : 0));
+    if (loc->dropped > 0) {
+        hl_counter_add(wf->c_skipped, loc->dropped);
         loc->dropped = 0;
     }
-    if (loc->n > 0 && m == wf->o.m) {
-        fold_pub pub[FOLD_CHUNK];
-        for (int i0 = 0; i0 < loc->n; i0 += FOLD_CHUNK)
-            flush_chunk(wf, loc, i0, loc->n - i0 < FOLD_CHUNK ? loc->n - i0 : FOLD_CHUNK,
-                        pub, loc->vecs);
-    }
-    loc->n = 0;
-    loc->ids_used = 0;
+    fold_pub pub[FOLD_CHUNK];
+    for (int i0 = 0; i0 < loc->n; i0 += FOLD_CHUNK)
+        flush_chunk(wf, loc, i0, loc->n - i0 < FOLD_CHUNK ? loc->n - i0 : FOLD_CHUNK, pub,
+                    loc->vecs);
+    forget_notes(loc);
 }

@@ -20,9 +20,10 @@
  * two is settled in memory; see README "Fold-in" for compaction).
  *
  * Threads: a shard thread notes its batch's unknown-item events in its own
- * hl_foldin_local (no lock), and after the batch is applied hands them to
- * the accumulator under one lock per batch. Only while its thread serves
- * the start model (the one the catalogue and the map are fitted for). */
+ * hl_foldin_local (no lock), takes its users' queries from the batch's
+ * refresh, and at the batch's end hands them to the accumulator under one
+ * lock per FOLD_CHUNK notes. Only while its thread serves the start model
+ * (the one the catalogue and the map are fitted for). */
 #ifndef HL_FOLD_H
 #define HL_FOLD_H
 
@@ -30,16 +31,19 @@
 #include "items.h"
 #include "metrics.h"
 #include "producer.h"
+#include "rank.h"
 #include "shard.h"
 
 typedef struct hl_wfoldin hl_wfoldin;   /* opaque */
+
+#define FOLD_CHUNK 64       /* users per encoder pass, notes per lock */
 
 typedef struct hl_wfoldin_opts {
     hl_items           *items;       /* borrowed: the catalogue's reader */
     const hl_model     *m;           /* the start model (hl_items_model) */
     int                 min_events;  /* catalogue.foldin.min.events */
     int32_t             max_items;   /* catalogue.max.new.items */
-    hl_producer        *prod;        /* borrowed */
+    hl_producer        *prod;        /* borrowed; NULL: publishes nothing */
     const char         *topic;       /* items.topic */
     hl_item_codec_opts  codec;
     hl_metrics         *reg;
@@ -49,21 +53,41 @@ typedef struct hl_wfoldin_opts {
 hl_wfoldin *hl_wfoldin_create(const hl_wfoldin_opts *o, char *errbuf, size_t errlen);
 void        hl_wfoldin_destroy(hl_wfoldin *wf);          /* NULL is a no-op */
 
+/* A ready item's decayed sums (hl_foldin_sums), under the lock: for tests
+ * and tools. With o.prod NULL nothing is ever published (bench, tests). */
+int hl_wfoldin_sums(hl_wfoldin *wf, const char *id, uint32_t len, float *S, double *M);
+
 /* One shard thread's notes of its batch: the unknown-item events. */
 typedef struct fold_note {
     hl_shard *sh;
     int       ev;                  /* index into sh->ev */
     uint32_t  off, len;            /* item id in ids */
+    int32_t   user;                /* its user (hl_foldin_local_resolve); -1: the
+                                      event was not applied or the user is gone */
 } fold_note;
 
+/* A user of the batch's notes: its row and, once the refresh or the fill
+ * has encoded it, its query (row `user` of uq). */
+typedef struct fold_user {
+    const hl_shard *sh;
+    uint32_t        row;
+    uint32_t        slot;          /* in uslot, so the hash is cleared user by user */
+    int             has_q;
+} fold_user;
+
 typedef struct hl_foldin_local {
-    fold_note *note;  int n, cap;
-    char      *ids;   size_t ids_used, ids_cap;
-    float     *X, *act, *q;        /* encoder scratch for FOLD_CHUNK users */
-    uint8_t   *enc;   size_t enc_cap;
-    float     *vecs;               /* FOLD_CHUNK x (3 dim + 1): due items' vectors
+    fold_note   *note;  int n, cap;
+    char        *ids;   size_t ids_used, ids_cap;
+    fold_user   *user;  int n_user, cap_user;
+    float       *uq;               /* (cap_user, dim): the users' queries */
+    int32_t     *uslot; uint32_t n_uslot;  /* users by (shard, row): user + 1, 0 empty */
+    int          dim;
+    hl_row_view *views;            /* FOLD_CHUNK users for one encoder pass */
+    float       *X, *act;          /* encoder scratch (a thread without a ranker) */
+    uint8_t     *enc;   size_t enc_cap;
+    float       *vecs;             /* FOLD_CHUNK x (3 dim + 1): due items' vectors
                                       and sums */
-    uint64_t   dropped;            /* notes lost to out of memory */
+    uint64_t     dropped;          /* notes lost to out of memory */
 } hl_foldin_local;
 
 int  hl_foldin_local_init(hl_wfoldin *wf, hl_foldin_local *loc, char *errbuf, size_t errlen);
@@ -74,11 +98,35 @@ void hl_foldin_local_reset(hl_foldin_local *loc);
 void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char *id,
                           uint32_t len);
 
-/* After the batch is applied: each noted event that was applied (not a
- * duplicate or refused) adds its user's query vector, from the user's
- * state now, to the accumulator; items that became due are published.
- * m is the thread's model: nothing is folded while it is not the start
- * model. Forgets the notes. */
-void hl_foldin_local_flush(hl_wfoldin *wf, hl_foldin_local *loc, const hl_model *m);
+/* The batch's steps after the apply, in this order (batch.c):
+ *
+ * resolve: each noted event that was applied (not a duplicate or refused)
+ * is tied to its user's row as the batch left it. m is the thread's model:
+ * nothing is folded while it is not the start model (the notes are counted
+ * as skipped and forgotten).
+ *
+ * take: from a refresh of sh's rows[0..n) on ranker rk (publish.c, after
+ * hl_ranker_refresh succeeded), the queries of the noted users among them
+ * (hl_ranker_query): the query a user's list was just ranked with is the
+ * one fold-in adds, so fold-in pays no encoder pass of its own for it.
+ *
+ * fill: after sh's lists are published and before its sweep, the noted
+ * users of sh that no refresh encoded (held back by recs.min.interval.ms,
+ * a failed refresh, or a worker without recs) get their query: through rk
+ * when there is one (the same bits a refresh gives), else through the
+ * model's encoder (SGEMM, hl_encoder_forward).
+ *
+ * flush: each resolved note adds its user's query, with the event's
+ * weight and time, to the accumulator under one lock per FOLD_CHUNK notes;
+ * items that became due are published. Forgets the notes.
+ *
+ * So the query of an event is its user's after the batch that carried it,
+ * whichever path encoded it (DESIGN.md 11; README "Fold-in"). */
+void hl_foldin_local_resolve(hl_wfoldin *wf, hl_foldin_local *loc, const hl_model *m);
+void hl_foldin_local_take(hl_foldin_local *loc, const hl_shard *sh, const uint32_t *rows,
+                          int n, const hl_ranker *rk);
+void hl_foldin_local_fill(hl_wfoldin *wf, hl_foldin_local *loc, const hl_shard *sh,
+                          hl_ranker *rk);
+void hl_foldin_local_flush(hl_wfoldin *wf, hl_foldin_local *loc);
 
 #endif

@@ -195,6 +195,8 @@ static void refresh_chunk(hl_wthread *t, hl_shard *sh, const uint32_t *rows, int
                    (int)sh->partition, hl_strerror(rc));
         return;
     }
+    if (t->ctx->foldin != NULL)     /* the queries fold-in needs, before the next chunk */
+        hl_foldin_local_take(&t->fold, sh, rows, n, t->ranker);
     for (int i = 0; i < n; i++) {
         send_list(t, &t->views[i], t->recs + (size_t)i * k, t->n_out[i], sh->partition, f);
         hl_gate_refreshed(sh->gate, rows[i], &t->views[i]);

@@ -43,7 +43,8 @@ hl_shard *hl_shard_create(int32_t partition, hl_table *tbl, int64_t restored_off
     sh->cap_ev = cap_ev;
     sh->ev = malloc(sizeof *sh->ev * (size_t)cap_ev);
     sh->status = malloc((size_t)cap_ev);
-    if (sh->ev == NULL || sh->status == NULL)
+    sh->row = malloc(sizeof *sh->row * (size_t)cap_ev);
+    if (sh->ev == NULL || sh->status == NULL || sh->row == NULL)
         goto nomem;
     if (tbl == NULL)
         goto nomem;
@@ -72,6 +73,7 @@ void hl_shard_destroy(hl_shard *sh)
     free(sh->mig_edit);
     free(sh->ev);
     free(sh->status);
+    free(sh->row);
     hl_gate_destroy(sh->gate);
     free(sh);
 }
@@ -92,8 +94,8 @@ int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed)
         return 0;
     const hl_model_info *mi = hl_model_info_get(m);
     hl_shard_swap_touch_batch(sh);      /* no event meets a row of the old model */
-    int n = hl_table_apply(sh->tbl, sh->ev, sh->n_ev, hl_model_e_in(m),
-                           mi->n_items, sh->status);
+    int n = hl_table_apply_rows(sh->tbl, sh->ev, sh->n_ev, hl_model_e_in(m),
+                                mi->n_items, sh->status, sh->row);
     uint64_t dup = 0, failed = 0;
     for (int i = 0; i < sh->n_ev; i++) {
         dup += sh->status[i] == 0;

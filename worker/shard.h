@@ -32,6 +32,8 @@ typedef struct hl_shard {
      * point into the owning thread's arena, valid for this batch only. */
     hl_event   *ev;
     int8_t     *status;
+    uint32_t   *row;                 /* the row each event was applied to, or
+                                        HL_TABLE_NO_ROW (hl_table_apply_rows) */
     int         n_ev, cap_ev;
     int         n_seen;              /* messages of this batch, valid or not */
     int64_t     batch_next_offset;   /* offset after the newest message of

@@ -24,8 +24,11 @@ static void check_round_trip(const hl_item_codec_opts *o, const hl_item_update *
     uint8_t buf[1024];
     float vec[2 * DIM];
     hl_item_update v;
-    if (u->id_len < 1 || u->id_len > HL_MAX_ID_LEN || u->id_len != key_len ||
-        memcmp(u->id, key, key_len) != 0)
+    size_t skip = u->foldin_key ? HL_ITEM_FOLDIN_KEY_LEN : 0;   /* the id follows it */
+    if (u->id_len < 1 || u->id_len > HL_MAX_ID_LEN || u->id_len + skip != key_len ||
+        memcmp(u->id, key + skip, u->id_len) != 0 ||
+        (skip && (memcmp(key, HL_ITEM_FOLDIN_KEY, skip) != 0 ||
+                  (!u->tombstone && u->foldin_events < 1))))
         abort();
     if (u->expires_at_ms != HL_CATALOGUE_NO_EXPIRY &&
         (u->expires_at_ms < o->min_ts_ms || u->expires_at_ms > o->max_ts_ms))
@@ -39,7 +42,7 @@ static void check_round_trip(const hl_item_codec_opts *o, const hl_item_update *
     if (n < 0 || hl_item_decode(o, key, key_len, buf, (size_t)n, vec, &v, NULL, 0) != HL_ITEM_OK)
         abort();
     if (v.available != u->available || v.expires_at_ms != u->expires_at_ms ||
-        v.foldin_events != u->foldin_events ||
+        v.foldin_events != u->foldin_events || v.foldin_key != u->foldin_key ||
         (v.e_out == NULL) != (u->e_out == NULL) ||
         (v.e_out && (memcmp(v.e_out, u->e_out, sizeof(float) * DIM) != 0 ||
                      memcmp(v.e_in, u->e_in, sizeof(float) * DIM) != 0 || v.bias != u->bias)))

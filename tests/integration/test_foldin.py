@@ -16,7 +16,10 @@ points at the cluster it interacts with). The stream:
    lists of cluster a's other users and in none of cluster b's;
 4. restart (SIGTERM, a new process: the topic is re-read, the worker's own
    sums are gone): `new-1` is still in cluster a's lists, and the new worker
-   does not publish it again below twice the topic's count.
+   does not publish it again below twice the topic's count;
+5. the compaction race (race()): operator's and fold-in records for the
+   same new items in both orders, each under its own key: the operator's
+   wins in the running worker and in a third one that re-reads the topic.
 An operator's record for an item wins: `op-1`, given an embedding by
 `halflife items` before any interaction, is bought by MIN_EVENTS users of
 cluster a and no fold-in record is published for it.
@@ -39,6 +42,7 @@ import numpy as np  # noqa: E402
 
 DIM, PER_CLUSTER, USERS, MIN_EVENTS, K = 8, 20, 40, 5, 10
 T0 = 1_700_000_000_000
+FOLDIN_KEY = b"\xfffoldin:"      # a fold-in record's key: this, then the item_id
 
 
 def cluster_model(path):
@@ -114,6 +118,7 @@ def item_records(bootstrap):
         v = msg.value()
         got.append(reader.read(avro.io.BinaryDecoder(io.BytesIO(v[5:]))))
         got[-1]["_value"] = v
+        got[-1]["_key"] = msg.key()
     c.close()
     return got
 
@@ -160,7 +165,7 @@ def body(ck, tmp, bootstrap, common):
     ck.check("published_at_min_events",
              rc == 0 and early == 0 and pub == 1 and len(fold) == 1
              and fold[0]["item_id"] == "new-1" and fold[0]["foldin"]["events"] == MIN_EVENTS
-             and fold[0]["embedding"] is not None,
+             and fold[0]["embedding"] is not None and fold[0]["_key"] == FOLDIN_KEY + b"new-1",
              "items exit %s; published before the %d-th buy: %s; foldin gauge %s; fold-in "
              "records %s" % (rc, MIN_EVENTS, early, pub,
                              [(r["item_id"], r["foldin"]) for r in fold]))
@@ -199,7 +204,75 @@ def body(ck, tmp, bootstrap, common):
              "first exit %s; after restart foldin gauge %s, new-1 in %d of %d lists of "
              "cluster a, published again %s (want 0: %d buys < 2 x %d)"
              % (rc1, added, got_a, n_a, again, MIN_EVENTS, MIN_EVENTS))
+    t = race(ck, bootstrap, w, ua, ub, t, rng, "running")
     ck.check("second_exit_0", w.stop() == 0, "SIGTERM exit status not 0 (see w2.log)")
+    w = U.Worker(bootstrap, model, os.path.join(tmp, "w3.log"), extra=common)
+    wait_metric(w, "halflife_items_added", 2, labels='source="foldin"')
+    race(ck, bootstrap, w, ua, ub, t, rng, "reread")
+    ck.check("third_exit_0", w.stop() == 0, "SIGTERM exit status not 0 (see w3.log)")
+
+
+def item_update(item_id, axis, events):
+    """An ItemUpdate (Confluent framing, id 3) whose vectors point along axis
+    (2 x the cluster's items: first in its users' lists); events: foldin."""
+    import avro.io
+    import struct
+    v = [2.0 if d == axis else 0.0 for d in range(DIM)]
+    buf = io.BytesIO()
+    buf.write(b"\x00" + struct.pack(">I", 3))
+    avro.io.DatumWriter(U.load_schema("item_update.avsc")).write(
+        {"item_id": item_id, "available": True, "expires_at": None,
+         "embedding": {"e_in": v, "e_out": v, "bias": 0.0},
+         "foldin": None if events is None else {"events": events}},
+        avro.io.BinaryEncoder(buf))
+    return buf.getvalue()
+
+
+def produce_keyed(bootstrap, records):
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": bootstrap})
+    for key, value in records:
+        p.produce("items", key=key, value=value)
+    p.flush(30)
+
+
+RACE = [  # (key, item, axis, foldin events), in the order written
+    (b"race-1", "race-1", 1, None), (FOLDIN_KEY + b"race-1", "race-1", 0, 5),
+    (FOLDIN_KEY + b"race-2", "race-2", 0, 5), (b"race-2", "race-2", 1, None),
+    (b"legacy-1", "legacy-1", 0, 5),
+]
+
+
+def race(ck, bootstrap, w, ua, ub, t, rng, phase):
+    """Issue 11's compaction race: an operator's record and a fold-in one for
+    the same new item written at the same moment. race-1's fold-in record
+    lands after the operator's, race-2's before; each is under its own key,
+    so compaction keeps both, and the topic as written is what it leaves
+    (`halflife broker` does not compact: the order of the records read is
+    the simulation). The operator's vectors (cluster b) win either way, in
+    the running worker and in one that re-reads the topic; legacy-1, a
+    fold-in record under the item_id as older workers wrote it, still reads
+    as a fold-in item (cluster a)."""
+    if phase == "running":
+        produce_keyed(bootstrap, [(k, item_update(i, a, e)) for k, i, a, e in RACE])
+        wait_metric(w, "halflife_items_added", 3, labels='source="topic"')
+        wait_metric(w, "halflife_items_added", 2, labels='source="foldin"')
+    high = watermarks(bootstrap, "behaviour-events")
+    va, t = views(ua[MIN_EVENTS:], "a", 1, t + 1000, rng)
+    vb, t = views(ub, "b", 1, t, rng)
+    U.produce_events(bootstrap, "behaviour-events", va + vb)
+    wait_settled(w, len(va) + len(vb))
+    lists = last_lists(bootstrap, high)
+    got = {item: (share(lists, ua[MIN_EVENTS:], item), share(lists, ub, item))
+           for item in ("race-1", "race-2", "legacy-1")}
+    ok = all(got[i][1][0] >= 0.8 * got[i][1][1] > 0 and got[i][0][0] == 0
+             for i in ("race-1", "race-2"))
+    ok = ok and got["legacy-1"][0][0] >= 0.8 * got["legacy-1"][0][1] > 0 \
+        and got["legacy-1"][1][0] == 0
+    ck.check("race_operator_wins_" + phase, ok,
+             "(lists of cluster a holding it, of n), (cluster b's): %s; want race-1 and race-2 "
+             "in b's (the operator's vectors), legacy-1 in a's" % got)
+    return t
 
 
 def main():

@@ -1,0 +1,264 @@
+/* test_fold.c - fold-in in the worker's batch (worker/fold.c): the query an
+ * unknown-item event adds is its user's after the batch, the very one the
+ * refresh ranked that user's list with (taken from the ranker, no encoder
+ * pass of fold-in's own), and a user no refresh encoded (held back by
+ * recs.min.interval.ms, or a worker without recs) gets the same bits from
+ * the fill; events that were not applied add nothing.
+ *
+ * The worker's own parts run: a shard applies the batch, a ranker refreshes
+ * some of its users, hl_wfoldin accumulates. The reference is core/foldin
+ * fed by hand with each applied event's user query, encoded alone. */
+#define T_SUITE "fold"
+#include "test.h"
+#include "fold.h"
+#include "foldin.h"
+#include "log.h"
+
+#include <unistd.h>
+
+#define DIM     8
+#define HEADS   2
+#define N_ITEMS 50
+#define USERS   12
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static float frand(void)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)(rng >> 40) / (float)(1 << 23) - 1.0f;
+}
+
+static const double half_lives[HEADS] = {3600e3, 86400e3};
+
+static hl_model *model_open(char *err, size_t errlen)
+{
+    static float e_in[N_ITEMS * DIM], e_out[N_ITEMS * DIM], bias[N_ITEMS];
+    static float w[DIM * HEADS * (DIM + 1)], b[DIM];
+    static char names[N_ITEMS][16];
+    const char *ids[N_ITEMS];
+    uint32_t lens[N_ITEMS];
+    hl_model_parts p;
+    memset(&p, 0, sizeof p);
+    p.info = (hl_model_info){.dim = DIM, .n_heads = HEADS, .n_items = N_ITEMS, .n_layers = 1,
+                             .layer_out = {DIM}};
+    memcpy(p.info.half_life_ms, half_lives, sizeof half_lives);
+    for (int t = 0; t < HL_N_TYPES; t++)
+        p.info.type_weight[t] = 1;
+    snprintf(p.info.version, sizeof p.info.version, "test-fold");
+    for (int i = 0; i < N_ITEMS * DIM; i++) {
+        e_in[i] = frand();
+        e_out[i] = frand();
+    }
+    for (int i = 0; i < DIM * HEADS * (DIM + 1); i++)
+        w[i] = 0.3f * frand();
+    for (int i = 0; i < N_ITEMS; i++) {
+        bias[i] = 0.1f * frand();
+        lens[i] = (uint32_t)snprintf(names[i], sizeof names[i], "i%d", i);
+        ids[i] = names[i];
+    }
+    p.item_id = ids; p.item_id_len = lens;
+    p.e_in = e_in; p.e_out = e_out; p.bias = bias; p.layer_w[0] = w; p.layer_b[0] = b;
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/test_fold_%d.hlm", (int)getpid());
+    hl_model *m = hl_model_write(path, &p, err, errlen) == 0 ?
+                  hl_model_open(path, err, errlen) : NULL;
+    unlink(path);
+    return m;
+}
+
+typedef struct fixture {
+    hl_model   *m;
+    hl_metrics *reg;
+    hl_shard   *sh;
+    hl_wfoldin *wf;
+    hl_ranker  *rk;
+    hl_foldin_local loc;
+    char        users[USERS][16];
+    int64_t     ts, offset[USERS];
+    const char *ev_id[256];        /* each pushed event's unknown item, or NULL */
+} fixture;
+
+static int fixture_init(fixture *fx)
+{
+    char err[256];
+    memset(fx, 0, sizeof *fx);
+    fx->reg = hl_metrics_create();
+    if ((fx->m = model_open(err, sizeof err)) == NULL) {
+        printf("    %s\n", err);
+        return -1;
+    }
+    hl_table_opts to = {.history = 8, .expected_users = 64};
+    hl_decay_init(&to.decay, HEADS, DIM, half_lives, err, sizeof err);
+    hl_table *tbl = hl_table_create(&to, err, sizeof err);
+    fx->sh = tbl ? hl_shard_create(0, tbl, -1, NULL, 256, 0, fx->reg, err, sizeof err) : NULL;
+    hl_wfoldin_opts fo = {.m = fx->m, .min_events = 1, .max_items = 64, .topic = "items",
+                          .codec = {.dim = DIM}, .reg = fx->reg};
+    fx->wf = fx->sh ? hl_wfoldin_create(&fo, err, sizeof err) : NULL;
+    hl_rank_opts ro = {.k = 5, .exclude_seen = 1, .max_batch = 256};
+    fx->rk = fx->wf ? hl_ranker_create(fx->m, &ro, err, sizeof err) : NULL;
+    if (fx->rk == NULL || hl_foldin_local_init(fx->wf, &fx->loc, err, sizeof err) != 0) {
+        printf("    %s\n", err);
+        return -1;
+    }
+    for (int u = 0; u < USERS; u++)
+        snprintf(fx->users[u], sizeof fx->users[u], "u%d", u);
+    fx->ts = 1700000000000;
+    return 0;
+}
+
+static void fixture_free(fixture *fx)
+{
+    hl_foldin_local_reset(&fx->loc);
+    hl_ranker_destroy(fx->rk);
+    hl_wfoldin_destroy(fx->wf);
+    hl_shard_destroy(fx->sh);
+    hl_model_close(fx->m);
+    hl_metrics_destroy(fx->reg);
+}
+
+static void push(fixture *fx, int u, int32_t item, int64_t offset, int note, const char *id)
+{
+    hl_event ev = {.user = fx->users[u], .user_len = (uint32_t)strlen(fx->users[u]),
+                   .item = item, .type = HL_VIEW, .w = 1.0f + 0.25f * (float)(u % 3),
+                   .ts_ms = fx->ts += 1000, .offset = offset};
+    hl_shard_push(fx->sh, &ev);
+    fx->ev_id[fx->sh->n_ev - 1] = note ? id : NULL;
+    if (note)
+        hl_foldin_local_note(&fx->loc, fx->sh, fx->sh->n_ev - 1, id, (uint32_t)strlen(id));
+}
+
+/* One batch: two known items per user, then "new-1" by every user and
+ * "new-2" by the even ones; user 0's "new-1" again at an old offset (a
+ * duplicate: not applied). */
+static void batch(fixture *fx)
+{
+    int dup, failed;
+    hl_shard_batch_begin(fx->sh);
+    for (int u = 0; u < USERS; u++) {
+        push(fx, u, (int32_t)((u * 7) % N_ITEMS), fx->offset[u]++, 0, NULL);
+        push(fx, u, (int32_t)((u * 3 + 1) % N_ITEMS), fx->offset[u]++, 0, NULL);
+        push(fx, u, -1, fx->offset[u]++, 1, "new-1");
+        if (u % 2 == 0)
+            push(fx, u, -1, fx->offset[u]++, 1, "new-2");
+    }
+    push(fx, 0, -1, 0, 1, "new-1");
+    hl_shard_apply(fx->sh, fx->m, &dup, &failed);
+}
+
+/* The refresh of the first half of the dirty rows, as publish.c runs it
+ * (fold-in takes their queries); the other half waits, as a gated user
+ * does. */
+static void refresh_half(fixture *fx)
+{
+    uint32_t rows[256];
+    hl_row_view v[256];
+    hl_rec recs[256 * 5];
+    int n_out[256];
+    int n = hl_table_take_dirty(fx->sh->tbl, rows, 256) / 2;
+    for (int i = 0; i < n; i++)
+        hl_table_view(fx->sh->tbl, rows[i], &v[i]);
+    CHECK(hl_ranker_refresh(fx->rk, v, n, recs, n_out) == 0);
+    hl_foldin_local_take(&fx->loc, fx->sh, rows, n, fx->rk);
+}
+
+/* What the batch's applied unknown-item events add, by hand: each user's
+ * query after the batch, encoded alone. */
+static hl_foldin *reference(fixture *fx)
+{
+    char err[256];
+    hl_foldin_opts o = {.dim = DIM, .max_items = 64, .min_events = 1,
+                        .half_life_ms = half_lives[HEADS - 1]};
+    hl_foldin *ref = hl_foldin_create(&o, hl_model_e_in(fx->m), hl_model_e_out(fx->m),
+                                      hl_model_bias(fx->m), N_ITEMS, err, sizeof err);
+    for (int i = 0; ref != NULL && i < fx->sh->n_ev; i++) {
+        const hl_event *e = &fx->sh->ev[i];
+        hl_row_view v;
+        if (fx->ev_id[i] == NULL || fx->sh->status[i] <= 0)
+            continue;
+        hl_table_view(fx->sh->tbl, (uint32_t)hl_table_find(fx->sh->tbl, e->user, e->user_len),
+                      &v);
+        hl_ranker_encode(fx->rk, &v, 1);
+        hl_foldin_add(ref, fx->ev_id[i], (uint32_t)strlen(fx->ev_id[i]),
+                      hl_ranker_query(fx->rk, 0), e->w, e->ts_ms);
+    }
+    return ref;
+}
+
+static void test_queries_are_the_refreshs(void)
+{
+    static fixture fx;
+    CHECK(fixture_init(&fx) == 0);
+    if (fx.rk == NULL)
+        return;
+    batch(&fx);
+    CHECK(fx.sh->status[fx.sh->n_ev - 1] == 0);       /* the duplicate */
+    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);
+    refresh_half(&fx);
+    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
+    hl_foldin_local_flush(fx.wf, &fx.loc);
+    hl_foldin *ref = reference(&fx);
+    CHECK(ref != NULL);
+    for (int k = 0; ref != NULL && k < 2; k++) {
+        const char *id = k ? "new-2" : "new-1";
+        float got[DIM], want[DIM];
+        double m_got = -1, m_want = -2;
+        CHECK(hl_wfoldin_sums(fx.wf, id, 5, got, &m_got) == 0);
+        CHECK(hl_foldin_sums(ref, id, 5, want, &m_want) == 0);
+        CHECKF(memcmp(got, want, sizeof got) == 0 && m_got == m_want,
+               "%s: sums differ from the refresh's queries (mass %g, want %g)", id, m_got,
+               m_want);
+    }
+    hl_foldin_destroy(ref);
+    fixture_free(&fx);
+}
+
+/* A worker without recs: no refresh, every query from the model's encoder
+ * (SGEMM): the same numbers but for the last bits. */
+static void test_without_refresh_the_encoder_fills(void)
+{
+    static fixture fx;
+    CHECK(fixture_init(&fx) == 0);
+    if (fx.rk == NULL)
+        return;
+    batch(&fx);
+    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);
+    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, NULL);
+    hl_foldin_local_flush(fx.wf, &fx.loc);
+    hl_foldin *ref = reference(&fx);
+    float got[DIM], want[DIM];
+    double m_got = -1, m_want = -2;
+    CHECK(ref != NULL && hl_wfoldin_sums(fx.wf, "new-1", 5, got, &m_got) == 0 &&
+          hl_foldin_sums(ref, "new-1", 5, want, &m_want) == 0);
+    CHECK_CLOSE(got, want, DIM, 1e-5);
+    CHECK(m_got == m_want);
+    hl_foldin_destroy(ref);
+    fixture_free(&fx);
+}
+
+/* A thread serving another model than the start one folds nothing in:
+ * its notes are counted as skipped and forgotten. */
+static void test_other_model_folds_nothing(void)
+{
+    static fixture fx;
+    CHECK(fixture_init(&fx) == 0);
+    if (fx.rk == NULL)
+        return;
+    batch(&fx);
+    hl_foldin_local_resolve(fx.wf, &fx.loc, (const hl_model *)&fx);
+    CHECK(fx.loc.n == 0 && fx.loc.n_user == 0);
+    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
+    hl_foldin_local_flush(fx.wf, &fx.loc);
+    float S[DIM];
+    double M;
+    CHECK(hl_wfoldin_sums(fx.wf, "new-1", 5, S, &M) == HL_ENOENT);
+    fixture_free(&fx);
+}
+
+int main(void)
+{
+    hl_log_set_level(HL_LOG_ERROR);
+    RUN(test_queries_are_the_refreshs);
+    RUN(test_without_refresh_the_encoder_fills);
+    RUN(test_other_model_folds_nothing);
+    return t_n_failed ? 1 : 0;
+}

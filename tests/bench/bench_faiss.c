@@ -77,7 +77,10 @@ typedef struct cmp {
 typedef struct point {
     int    nprobe;
     double rate1, rate256, recall, recall1;
+    double scanned;              /* rows scored per query (batch 1) */
 } point;
+
+static size_t ours_scanned;      /* rows ours' single searches scored */
 
 static void die(const char *what)
 {
@@ -266,7 +269,9 @@ static void search(cmp *c, int impl, int u0, int n, int nprobe, int32_t *out)
     char err[256];
     int32_t *o = out + (size_t)u0 * K;
     if (impl == OURS && n == 1) {
-        int m = hl_ivf_search(c->ix, c->scan, c->Q + (size_t)u0 * DIM, nprobe, K, NULL, o, NULL);
+        size_t sc = 0;
+        int m = hl_ivf_search(c->ix, c->scan, c->Q + (size_t)u0 * DIM, nprobe, K, NULL, o, &sc);
+        ours_scanned += sc;
         for (int i = m < 0 ? 0 : m; i < K; i++)
             o[i] = -1;
     } else if (impl == OURS) {
@@ -302,10 +307,14 @@ static double pass(cmp *c, int impl, int n_users, int batch, int nprobe, int32_t
 static void measure(cmp *c, int nprobe, point pt[N_IMPL])
 {
     static int32_t got1[N_IMPL][B1_USERS * K], got[N_IMPL][SAMPLE * K];
-    double t1[N_IMPL][REPS], t256[N_IMPL][REPS];
+    double t1[N_IMPL][REPS], t256[N_IMPL][REPS], scanned[N_IMPL];
     for (int rep = 0; rep < REPS; rep++)
         for (int impl = 0; impl < N_IMPL; impl++) {
+            ours_scanned = 0;
+            hlf_ivf_scanned_take();
             t1[impl][rep] = pass(c, impl, B1_USERS, 1, nprobe, got1[impl]);
+            scanned[impl] = (double)(impl == OURS ? ours_scanned : hlf_ivf_scanned_take()) /
+                            B1_USERS;
             t256[impl][rep] = pass(c, impl, SAMPLE, BATCH, nprobe, got[impl]);
         }
     for (int impl = 0; impl < N_IMPL; impl++) {
@@ -314,18 +323,19 @@ static void measure(cmp *c, int nprobe, point pt[N_IMPL])
         pt[impl] = (point){.nprobe = nprobe, .rate1 = B1_USERS / t1[impl][REPS / 2],
                            .rate256 = SAMPLE / t256[impl][REPS / 2],
                            .recall = recall_of(c, got[impl], SAMPLE),
-                           .recall1 = recall_of(c, got1[impl], B1_USERS)};
+                           .recall1 = recall_of(c, got1[impl], B1_USERS),
+                           .scanned = scanned[impl]};
     }
 }
 
 static void print_point(const cmp *c, int impl, const point *p)
 {
     printf("{\"bench\":\"index_compare\",\"impl\":\"%s\",\"model\":\"%s\",\"items\":%d,"
-           "\"dim\":%d,\"k\":%d,\"nlist\":%d,\"nprobe\":%d,\"batch_1\":%.4g,"
-           "\"batch_256\":%.4g,\"unit\":\"lists/s\",\"recall_at_20\":%.4f,"
+           "\"dim\":%d,\"k\":%d,\"nlist\":%d,\"nprobe\":%d,\"scanned_share\":%.4f,"
+           "\"batch_1\":%.4g,\"batch_256\":%.4g,\"unit\":\"lists/s\",\"recall_at_20\":%.4f,"
            "\"recall_at_20_b1\":%.4f,\"clock\":\"thread_cpu\"}\n", impl_name[impl], c->model,
-           c->n_items, DIM, K, c->nlist, p->nprobe, p->rate1, p->rate256, p->recall,
-           p->recall1);
+           c->n_items, DIM, K, c->nlist, p->nprobe, p->scanned / c->n_items, p->rate1,
+           p->rate256, p->recall, p->recall1);
     fflush(stdout);
 }
 

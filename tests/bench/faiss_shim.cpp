@@ -97,6 +97,13 @@ extern "C" int hlf_ivf_search(hlf_ivf *f, const float *Q, int n, int k, int npro
     }
 }
 
+extern "C" size_t hlf_ivf_scanned_take(void)
+{
+    size_t n = faiss::indexIVF_stats.ndis;
+    faiss::indexIVF_stats.reset();
+    return n;
+}
+
 extern "C" size_t hlf_ivf_bytes(const hlf_ivf *f)
 {
     const faiss::IndexIVFFlat &ix = f->index;

@@ -43,6 +43,10 @@ int hlf_ivf_add(hlf_ivf *f, const float *X, int64_t n, char *errbuf, size_t errl
 int hlf_ivf_search(hlf_ivf *f, const float *Q, int n, int k, int nprobe, float *scores,
                    int64_t *ids, char *errbuf, size_t errlen);
 
+/* Rows scored (distances computed) by every search since the last call:
+ * FAISS counts them in a global (indexIVF_stats), so one index at a time. */
+size_t hlf_ivf_scanned_take(void);
+
 /* Bytes of the lists (codes and ids) and centroids. */
 size_t hlf_ivf_bytes(const hlf_ivf *f);
 

@@ -26,7 +26,10 @@
  * read once for its users; FAISS: one search call of 256 queries), and
  * recall@20: the share of each user's exact top 20 (no exclusions; a
  * blocked SGEMM over every item) that the index's 20 hold, over all 1,024
- * users at batch 256 and over the batch-1 users. Only the search is
+ * users at batch 256 and over the batch-1 users; and the share of the
+ * catalogue each scores per query (batch 1: ours' count, FAISS's
+ * indexIVF_stats), since equal nprobe is not equal work: the lists differ
+ * in size and each index probes its own kind. Only the search is
  * timed: the ranker's exclusions and exact rescoring (rank_index.c) are
  * the same work whichever index proposes the candidates. One thread
  * (OpenBLAS and OpenMP set to 1), this thread's CPU time, medians of
@@ -35,8 +38,10 @@
  * Output: JSON lines ("index_compare_build", "index_compare" per impl and
  * nprobe, "index_compare_verdict" per model), then a summary line: at
  * recall@20 >= 0.95, the faster index at batch 1 and at batch 256.
- * Usage: bench_faiss [items] (default 1000000: a few minutes on one core;
- * `bench_faiss 200000` for a quick run). The Makefile builds it only
+ * Usage: bench_faiss [items [random|clustered]] (default 1000000, both
+ * models: 14 minutes wall on the shared 2-core VM at load average 11;
+ * `bench_faiss 200000` for a quick run, `bench_faiss 1000000 clustered`
+ * for one model, on the same data as in a full run). The Makefile builds it only
  * where libfaiss.a and a C++ compiler exist (faiss_shim.cpp). */
 #define BENCH_NAME "bench_faiss"
 #include "bench_index_data.h"
@@ -456,6 +461,16 @@ static void bench_model_kind(int32_t n_items, int clustered, bench_users *bu, in
     model_free(&bm);
 }
 
+/* The draws of one model and its users, nothing measured: keeps the
+ * shared stream where a full run would have it. */
+static void skip_model_kind(int32_t n_items, int clustered, bench_users *bu)
+{
+    bench_model bm;
+    model_init(&bm, n_items, clustered);
+    users_init(bu, n_items);
+    model_free(&bm);
+}
+
 static const char *winner_name(int w)
 {
     return w < 0 ? "null" : w == OURS ? "\"ours\"" : "\"faiss\"";
@@ -464,9 +479,12 @@ static const char *winner_name(int w)
 int main(int argc, char **argv)
 {
     int32_t n_items = argc > 1 ? (int32_t)atol(argv[1]) : 1000000;
-    int win[2][2];
+    const char *only = argc > 2 ? argv[2] : NULL;
+    int win[2][2] = {{-1, -1}, {-1, -1}};
     if (n_items < 1000)
         die("items: at least 1000");
+    if (only != NULL && strcmp(only, "random") != 0 && strcmp(only, "clustered") != 0)
+        die("model: random or clustered");
     bench_users *bu = xmalloc(sizeof *bu);
     openblas_set_num_threads(1);       /* one core: the worker's setting */
     hlf_set_threads(1);
@@ -474,8 +492,14 @@ int main(int argc, char **argv)
     printf("{\"bench\":\"index_compare_start\",\"items\":%d,\"faiss\":\"%s\","
            "\"threads\":1,\"loadavg\":%.2f}\n", n_items, hlf_version(), load0);
     fflush(stdout);
-    for (int clustered = 0; clustered < 2; clustered++)
-        bench_model_kind(n_items, clustered, bu, win[clustered]);
+    /* Always both models' data, in order, so the clustered one is the
+     * same whether or not the random one is measured. */
+    for (int clustered = 0; clustered < 2; clustered++) {
+        if (only == NULL || strcmp(only, clustered ? "clustered" : "random") == 0)
+            bench_model_kind(n_items, clustered, bu, win[clustered]);
+        else
+            skip_model_kind(n_items, clustered, bu);
+    }
     printf("{\"bench\":\"index_compare_summary\",\"items\":%d,\"min_recall\":%.2f,"
            "\"random\":{\"batch_1\":%s,\"batch_256\":%s},"
            "\"clustered\":{\"batch_1\":%s,\"batch_256\":%s},"

@@ -29,7 +29,7 @@ TRAIN_SRC  := $(sort $(wildcard core/train/*.c))
 WORKER_SRC := $(sort $(filter-out worker/main.c,$(wildcard worker/*.c)))
 CMD_SRC    := $(sort $(wildcard worker/cmd/*.c))
 TEST_SRC   := $(sort $(wildcard tests/test_*.c))
-BENCH_SRC  := $(sort $(wildcard tests/bench/bench_*.c))
+BENCH_SRC  := $(filter-out tests/bench/bench_faiss.c,$(sort $(wildcard tests/bench/bench_*.c)))
 FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 
 CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/%.o) $(TRAIN_SRC:%.c=$(BUILD)/%.o)
@@ -39,7 +39,7 @@ TESTS      := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES    := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZERS    := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all test bench run deps check-layering check-clang fuzz clean
+.PHONY: all test bench bench-faiss run deps check-layering check-clang fuzz clean
 all: $(BUILD)/halflife $(BUILD)/libhalflife.a
 
 # Order-only on deps: with make -j the compiler must not run before the
@@ -81,6 +81,34 @@ $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(INCLUDES) -Itests -o $@ $< $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a $(ALL_LIBS)
 
+# bench_faiss compares core/ivf.c with FAISS's IndexIVFFlat. Debian's
+# libfaiss-dev has only a static C++ library (its C API's symbols are not
+# in it), so a C++ shim (faiss_shim.cpp) wraps it. Built only where that
+# library and a C++ compiler exist; nothing else links FAISS.
+FAISS_LIB  ?= /usr/lib/x86_64-linux-gnu/libfaiss.a
+HAVE_FAISS := $(if $(wildcard $(FAISS_LIB)),$(if $(shell command -v $(CXX) 2>/dev/null),1))
+FAISS_SKIP := SKIP bench_faiss: needs $(FAISS_LIB) (Debian's libfaiss-dev) and a C++ compiler ($(CXX))
+ifeq ($(HAVE_FAISS),1)
+$(BUILD)/bench/faiss_shim.o: tests/bench/faiss_shim.cpp tests/bench/faiss_shim.h | deps
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -g $(OPT) -Wall -Wextra -Werror -fopenmp $(SANFLAGS) -c $< -o $@
+
+$(BUILD)/bench/bench_faiss: tests/bench/bench_faiss.c tests/bench/faiss_shim.h \
+                            $(BUILD)/bench/faiss_shim.o $(BUILD)/libhalflife.a
+	$(CC) $(CFLAGS) $(INCLUDES) -Itests -c $< -o $@.o
+	$(CXX) $(LDFLAGS) -fopenmp -o $@ $@.o $(BUILD)/bench/faiss_shim.o $(BUILD)/libhalflife.a \
+	  $(FAISS_LIB) $(CORE_LIBS)
+
+bench-faiss: deps $(BUILD)/bench/bench_faiss
+	@$(BUILD)/bench/bench_faiss
+else
+$(BUILD)/bench/bench_faiss:
+	@echo "$(FAISS_SKIP)"
+
+bench-faiss:
+	@echo "$(FAISS_SKIP)"
+endif
+
 # libFuzzer targets: clang only; tests/integration/fuzz.sh runs each briefly.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags avro-c 2>/dev/null)
 build/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(WORKER_SRC) $(BUILD)/version.c | deps
@@ -106,7 +134,8 @@ check-layering:
 
 # Warnings are errors with clang too: every source is parsed with clang and
 # the same warning flags (-fsyntax-only: seconds, no objects to keep apart).
-CLANG_SRC := $(CORE_SRC) $(TRAIN_SRC) $(WORKER_SRC) $(CMD_SRC) worker/main.c $(TEST_SRC) $(BENCH_SRC)
+CLANG_SRC := $(CORE_SRC) $(TRAIN_SRC) $(WORKER_SRC) $(CMD_SRC) worker/main.c $(TEST_SRC) $(BENCH_SRC) \
+             tests/bench/bench_faiss.c
 check-clang: deps
 	@if command -v clang >/dev/null; then \
 	  for f in $(CLANG_SRC); do \
@@ -132,6 +161,7 @@ test-long: deps $(BUILD)/halflife $(BUILD)/tests/test_offline
 
 bench: deps $(BUILD)/halflife $(BENCHES)
 	@for b in $(BENCHES); do $$b || exit 1; done
+	@$(MAKE) --no-print-directory bench-faiss
 
 run: deps $(BUILD)/halflife
 	$(BUILD)/halflife demo

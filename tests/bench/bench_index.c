@@ -27,54 +27,15 @@
  * and 6 GB: each model's index takes 7.5 minutes to build. A size whose
  * arrays would not fit in free memory is skipped with a message.) */
 #define BENCH_NAME "bench_index"
-#define BENCH_SEED 0x2545F4914F6CDD1Dull
-#define SAMPLE   1024          /* users whose lists are compared */
-#define MAX_N    SAMPLE
-#include "bench_util.h"
+#include "bench_index_data.h"
 #include "bench_ceiling.h"
 #include "ivf.h"
 
 #include <cblas.h>
 #include <unistd.h>
 
-#define K        20
 #define BATCH    256
-#define CENTRES  4096
 #define REPS     3
-
-/* ---- models and users ---- */
-
-/* e_out (n, DIM): uniform, or CENTRES centres plus noise. */
-static float *make_e_out(int32_t n, int clustered)
-{
-    if (!clustered)
-        return rand_array((size_t)n * DIM, 1.0f);
-    float *c = rand_array((size_t)CENTRES * DIM, 1.0f), *e = xmalloc((size_t)n * DIM * 4);
-    for (int32_t j = 0; j < n; j++) {
-        const float *cj = c + (size_t)(((uint32_t)(frand() * 1e6f + 1e6f)) % CENTRES) * DIM;
-        for (int d = 0; d < DIM; d++)
-            e[(size_t)j * DIM + d] = cj[d] + 0.3f * frand();
-    }
-    free(c);
-    return e;
-}
-
-static void index_model_init(bench_model *bm, int32_t n_items, int clustered)
-{
-    model_init_mlp(bm, n_items);
-    bm->p.e_out = make_e_out(n_items, clustered);
-    bm->p.e_in = bm->p.e_out;   /* only `because` reads it: one copy saves 2.5 GB at 10M */
-    bm->p.bias = rand_array((size_t)n_items, 0.1f);
-}
-
-static void index_model_free(bench_model *bm)
-{
-    model_free_mlp(bm);
-    free((void *)bm->p.e_out);
-    free((void *)bm->p.bias);
-}
-
-/* ---- measurements ---- */
 
 /* Lists/s of r over the users [0, n_users) in batches of batch (median of
  * REPS passes); out (SAMPLE, K) gets the lists of the last pass. */

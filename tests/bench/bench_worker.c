@@ -37,8 +37,17 @@
  *    delivered (halflife_fetch_to_delivery_seconds, target p99 < 10 ms),
  *    and the path by stage (halflife_event_stage_seconds), both read from
  *    the worker's /metrics before and after the window. The mock broker
- *    holds an empty fetch for fetch.wait.max.ms whatever arrives (DESIGN.md
- *    section 9): the worker and the reader set it to 10 ms.
+ *    holds an empty fetch for the whole fetch.wait.max.ms whatever arrives
+ *    (rd_kafka_mock_handle_Fetch in librdkafka 2.0.2 sets the response's
+ *    retry time to now + MaxWait when it has no data, and MinBytes is read
+ *    and ignored), so a record that lands just after an empty fetch waits
+ *    up to that long: the worker, the reader and the floor below set it to
+ *    2 ms (10 ms put 4-5 ms on the broker stage's p50). The live stream's
+ *    producer lingers 0 ms (5 ms put 5 ms more there): an application that
+ *    wants fresh lists does not hold its events back. After the window,
+ *    kafka_floor: a bare producer and consumer with those settings at the
+ *    same rate through the same broker, no worker (bench_kafka_floor.h),
+ *    the floor the broker and deliver stages are read against.
  *  worker_live_rate: that highest live rate against the catch-up lists/s
  *    of worker_lists in the same run (the ceiling). Target ratio >= 0.5.
  *
@@ -82,6 +91,9 @@ static int THREADS = 2;   /* HL_BENCH_THREADS */
 #define WARMUP_S    3
 
 static const char *hl_bin = "build/halflife";
+/* The live path's client settings (the header says why); env overrides
+ * for A/B runs: HL_BENCH_FETCH_WAIT, HL_BENCH_LINGER. */
+static const char *fetch_wait = "2", *live_linger = "0";
 static char tmp[64], bootstrap[256];
 static pid_t broker_pid;
 
@@ -157,7 +169,7 @@ static void start_broker(void)
     snprintf(log, sizeof log, "%s/broker.log", tmp);
     snprintf(parts, sizeof parts, "%d", PARTS);
     char *argv[] = {(char *)hl_bin, "broker", "--partitions", parts, "--topics",
-                    "b1,b2,b3,b2-recs,b3-recs", NULL};
+                    "b1,b2,b3,b2-recs,b3-recs,b4", NULL};
     broker_pid = spawn(argv, log, &fd);
     FILE *f = fdopen(fd, "r");
     if (f == NULL || fgets(bootstrap, sizeof bootstrap, f) == NULL)
@@ -194,7 +206,7 @@ static pid_t start_worker(const char *topic, const char *group, const char *mode
     X("metrics.port=%d", port);
     X("snapshot.dir=%s/snap-%s", tmp, group);
     X("worker.threads=%d", THREADS);
-    X("kafka.fetch.wait.max.ms=10");
+    X("kafka.fetch.wait.max.ms=%s", fetch_wait);
     X("dlq.topic=");
 #undef X
     for (int i = 0; extra && extra[i]; i++) {
@@ -257,15 +269,18 @@ static double metric(int port, const char *name)
     return sum;
 }
 
+#include "bench_kafka_floor.h"
+
 /* ---- producing --------------------------------------------------------- */
 
-static hl_producer *bench_producer(void)
+/* linger.ms 5 to fill topics fast; the live stream's is live_linger. */
+static hl_producer *bench_producer(const char *linger)
 {
     char err[512];
-    hl_kafka_prop props[] = {{"bootstrap.servers", bootstrap}, {"linger.ms", "5"},
+    hl_kafka_prop props[] = {{"bootstrap.servers", bootstrap}, {"linger.ms", linger},
                              {"batch.num.messages", "10000"},
-                             {"enable.idempotence", "false"}};
-    hl_producer *p = hl_producer_create(props, 4, NULL, err, sizeof err);
+                             {"enable.idempotence", "false"}, {"socket.nagle.disable", "true"}};
+    hl_producer *p = hl_producer_create(props, 5, NULL, err, sizeof err);
     if (p == NULL)
         die(err);
     return p;
@@ -315,7 +330,7 @@ static int64_t topic_count(rd_kafka_t *rk, const char *topic)
  * possible and checks the broker holds all of them. */
 static void fill_topic(const char *topic, int n, int n_users, int n_items)
 {
-    hl_producer *p = bench_producer();
+    hl_producer *p = bench_producer("5");
     hl_codec *c = bench_codec();
     hl_synth_opts so;
     hl_synth_opts_default(&so);
@@ -348,7 +363,7 @@ static double ceiling_read(const char *topic, const char *group, int n)
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     const char *kv[][2] = {{"bootstrap.servers", bootstrap}, {"group.id", group},
                            {"auto.offset.reset", "earliest"}, {"enable.auto.commit", "false"},
-                           {"queued.min.messages", "1000000"}, {"fetch.wait.max.ms", "10"},
+                           {"queued.min.messages", "1000000"}, {"fetch.wait.max.ms", fetch_wait},
                            {"partition.assignment.strategy", "cooperative-sticky"}};
     for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
         rd_kafka_conf_set(conf, kv[i][0], kv[i][1], err, sizeof err);
@@ -632,7 +647,8 @@ static rd_kafka_t *latency_reader(void)
     rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof err);
     rd_kafka_conf_set(conf, "group.id", "latreader", err, sizeof err);
     rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof err);
-    rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", err, sizeof err);
+    rd_kafka_conf_set(conf, "fetch.wait.max.ms", fetch_wait, err, sizeof err);
+    rd_kafka_conf_set(conf, "socket.nagle.disable", "true", err, sizeof err);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     rd_kafka_poll_set_consumer(rk);
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
@@ -803,6 +819,18 @@ static void print_stages(const worker_hists *a, const worker_hists *b)
     printf("}");
 }
 
+/* The broker path's own floor at the latency window's rate, right after
+ * it (the same load): the live producer's settings and the worker's
+ * consumer settings, no worker (bench_kafka_floor.h). */
+static void latency_floor(double rate)
+{
+    const char *pkv[] = {"linger.ms", live_linger, "enable.idempotence", "false",
+                         "socket.nagle.disable", "true", NULL};
+    const char *ckv[] = {"fetch.wait.max.ms", fetch_wait, "queued.min.messages", "1000000",
+                         "socket.nagle.disable", "true", NULL};
+    bench_kafka_floor("kafka_floor", "b4", rate, 1.0, 5.0, pkv, ckv);
+}
+
 static void bench_latency(const char *model, double catchup, double fixed_rate)
 {
     char log[256];
@@ -814,7 +842,7 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
     double deadline = now_s() + 30;
     while (metric(L.port, "halflife_assigned_partitions") < PARTS && now_s() < deadline)
         usleep(100000);
-    L.p = bench_producer();
+    L.p = bench_producer(live_linger);
     L.c = bench_codec();
     hl_synth_opts so;
     hl_synth_opts_default(&so);
@@ -842,6 +870,7 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
     hl_producer_destroy(L.p, 1000);
     if (n_lat < 100)
         die("too few lists read back for the latency figure");
+    latency_floor(rate);
     qsort(lat, (size_t)n_lat, sizeof *lat, cmp_double);
     double p50 = lat[n_lat / 2], p99 = lat[(int)(n_lat * 0.99)];
     if (fixed_rate <= 0)
@@ -856,8 +885,9 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
            "\"events\":%ld,\"lists\":%d,\"p50_ms\":%.1f,\"p99_ms\":%.1f,\"value\":%.1f,"
            "\"unit\":\"ms p99\",\"target\":25,\"met\":%s,\"worker_p50_ms\":%.2f,"
            "\"worker_p99_ms\":%.2f,\"worker_target\":10,\"worker_met\":%s,"
-           "\"fetch_wait_max_ms\":10,", rate, sustained, sent, n_lat, p50, p99, p99,
-           p99 < 25 ? "true" : "false", w50, w99, w99 >= 0 && w99 < 10 ? "true" : "false");
+           "\"fetch_wait_max_ms\":%s,\"producer_linger_ms\":%s,", rate, sustained, sent, n_lat, p50, p99, p99,
+           p99 < 25 ? "true" : "false", w50, w99, w99 >= 0 && w99 < 10 ? "true" : "false",
+           fetch_wait, live_linger);
     print_stages(&before, &after);
     printf(",\"ceiling\":null}\n");
     fflush(stdout);
@@ -881,6 +911,10 @@ int main(int argc, char **argv)
     if (mkdtemp(tmp) == NULL)
         die("mkdtemp");
     signal(SIGPIPE, SIG_IGN);
+    if (getenv("HL_BENCH_FETCH_WAIT"))
+        fetch_wait = getenv("HL_BENCH_FETCH_WAIT");
+    if (getenv("HL_BENCH_LINGER"))
+        live_linger = getenv("HL_BENCH_LINGER");
     if (getenv("HL_BENCH_THREADS"))
         THREADS = atoi(getenv("HL_BENCH_THREADS"));
     snprintf(small, sizeof small, "%s/small.hlm", tmp);
@@ -891,6 +925,14 @@ int main(int argc, char **argv)
     /* HL_BENCH_ONLY=state|lists|latency runs one figure (latency at
      * HL_BENCH_RATE events/s instead of half the live sustainable rate). */
     const char *only = getenv("HL_BENCH_ONLY"), *rate = getenv("HL_BENCH_RATE");
+    if (only && !strcmp(only, "floor")) {   /* experiments: HL_FLOOR_P / HL_FLOOR_C */
+        static char pb[512], cb[512];
+        const char *pkv[32], *ckv[32];
+        floor_kv(getenv("HL_FLOOR_P"), pb, sizeof pb, pkv, 32);
+        floor_kv(getenv("HL_FLOOR_C"), cb, sizeof cb, ckv, 32);
+        bench_kafka_floor("kafka_floor", "b4", rate ? atof(rate) : 800, 1.0, 10.0, pkv, ckv);
+        only = "none";
+    }
     if (!only || !strcmp(only, "state"))
         bench_state_only(small);
     double lists = 0;

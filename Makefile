@@ -155,6 +155,8 @@ test-long: deps $(BUILD)/halflife $(BUILD)/tests/test_offline
 	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) HL_BUILD=$(abspath $(BUILD)) \
 	  HL_TOP=$(CURDIR) HL_LIVE_SECONDS=600 /usr/bin/python3 tests/integration/test_live.py
 	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) HL_BUILD=$(abspath $(BUILD)) \
+	  HL_TOP=$(CURDIR) HL_LIVE_SECONDS=600 HL_LONG=1 /usr/bin/python3 tests/integration/test_live_run.py
+	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) HL_BUILD=$(abspath $(BUILD)) \
 	  HL_TOP=$(CURDIR) HL_LONG=1 /usr/bin/python3 tests/integration/test_changelog.py
 	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) HL_BUILD=$(abspath $(BUILD)) \
 	  HL_TOP=$(CURDIR) HL_LONG=1 /usr/bin/python3 tests/integration/test_min_interval.py

@@ -2,13 +2,16 @@
  * kafka.* setter (worker/kafka_conf.c) without a broker: configuration
  * errors name the key, and records that cannot be delivered are counted by
  * the producer's own statistics and by their ticket, with the first cause.
- * Delivery to a broker is covered by tests/integration/test_broker_produce.py
+ * A ticket is stamped with the time of the report that completed it
+ * (against librdkafka's in-process mock broker). Delivery to a broker is
+ * otherwise covered by tests/integration/test_broker_produce.py
  * (`halflife produce`) and the worker's integration tests. */
 #define T_SUITE "test_producer"
 #include "test.h"
 
 #include "hl.h"
 #include "kafka_conf.h"
+#include "log.h"
 #include "producer.h"
 
 static void test_conf_set_names_key(void)
@@ -65,10 +68,54 @@ static void test_undeliverable_counted(void)
     hl_producer_destroy(p, 0);
 }
 
+static int nagle_disabled(hl_producer *p)
+{
+    char v[16] = "";
+    size_t n = sizeof v;
+    return rd_kafka_conf_get(rd_kafka_conf(hl_producer_handle(p)), "socket.nagle.disable", v,
+                             &n) == RD_KAFKA_CONF_OK && strcmp(v, "true") == 0;
+}
+
+/* The report that takes a ticket to zero stamps done_us (a batch's
+ * "deliver" stage ends there, not when its thread next looks): between the
+ * first send and the poll that served it, 0 before. Nagle is off unless
+ * given. test.mock.num.brokers runs a mock broker inside the producer. */
+static void test_ticket_done_time(void)
+{
+    char err[256] = "";
+    hl_kafka_prop props[] = {{"test.mock.num.brokers", "1"}, {"log_level", "0"}};
+    hl_producer *p = hl_producer_create(props, 2, NULL, err, sizeof err);
+    CHECKF(p != NULL, "create: %s", err);
+    if (p == NULL)
+        return;
+    CHECK(nagle_disabled(p));
+    hl_ticket t;
+    hl_ticket_reset(&t);
+    t.fail_counter = NULL;
+    CHECK(atomic_load(&t.done_us) == 0);
+    int64_t before = hl_now_mono_us();
+    for (int i = 0; i < 3; i++)
+        CHECK(hl_producer_send(p, "t", -1, "u", 1, "v", 1, NULL, &t, err, sizeof err) == 0);
+    CHECK(atomic_load(&t.done_us) == 0);
+    for (int i = 0; i < 100 && !hl_ticket_done(&t); i++)
+        hl_producer_poll(p, 100);
+    int64_t after = hl_now_mono_us(), done = atomic_load(&t.done_us);
+    CHECKF(hl_ticket_done(&t) && atomic_load(&t.failed) == 0, "pending %d failed %d",
+           atomic_load(&t.pending), atomic_load(&t.failed));
+    CHECKF(done >= before && done <= after, "done_us %lld not in [%lld, %lld]",
+           (long long)done, (long long)before, (long long)after);
+    hl_producer_destroy(p, 1000);
+    hl_kafka_prop given[] = {{"test.mock.num.brokers", "1"}, {"socket.nagle.disable", "false"}};
+    p = hl_producer_create(given, 2, NULL, err, sizeof err);
+    CHECK(p != NULL && !nagle_disabled(p));
+    hl_producer_destroy(p, 0);
+}
+
 int main(void)
 {
     RUN(test_conf_set_names_key);
     RUN(test_create_refuses_bad_value);
     RUN(test_undeliverable_counted);
+    RUN(test_ticket_done_time);
     TEST_EXIT();
 }

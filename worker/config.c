@@ -781,7 +781,10 @@ static void help_row_get(int i, help_row *r)
     static const help_row kafka_rows[2] = {
         {"kafka.bootstrap.servers", NULL,
          "Kafka brokers; unset starts an embedded broker in the process", "string"},
-        {"kafka.*", "", "any librdkafka property, passed without the kafka. prefix",
+        {"kafka.*", "", "any librdkafka property, passed without the kafka. prefix; the "
+         "worker's own defaults unless given: queued.min.messages=1000000, "
+         "socket.nagle.disable=true (Nagle held small requests for the peer's delayed ACK), "
+         "fetch.wait.max.ms=5 on the embedded broker (it holds an empty fetch that long)",
          "as librdkafka documents"},
     };
     const key_def *d;

@@ -165,6 +165,7 @@ static int set_defaults(hl_consumer *c, rd_kafka_conf_t *conf, char *errbuf, siz
         {"enable.auto.commit", "true"},
         {"auto.offset.reset", "earliest"},
         {"queued.min.messages", "1000000"},
+        {"socket.nagle.disable", "true"},   /* see hl_producer_create() */
         {"statistics.interval.ms", c->o.reg ? "5000" : "0"},
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)

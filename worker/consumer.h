@@ -35,7 +35,7 @@ typedef struct hl_consumer hl_consumer;   /* opaque */
 
 /* Creates the consumer with the worker's defaults (cooperative-sticky,
  * enable.auto.offset.store=false, queued.min.messages=1000000,
- * auto.offset.reset=earliest, statistics every 5 s when reg is set), then
+ * socket.nagle.disable=true, auto.offset.reset=earliest, statistics every 5 s when reg is set), then
  * the kafka.* overrides. Does not subscribe. */
 hl_consumer *hl_consumer_create(const hl_consumer_opts *o, char *errbuf, size_t errlen);
 /* Destroys the handle (call hl_consumer_close first). NULL is a no-op.

@@ -178,17 +178,29 @@ static void observe_stages(hl_wthread *t, const flight *f, int64_t now_us)
     hl_histogram_observe_n(live[LIVE_DELIVER], span_s(f->produced_us, now_us), n);
 }
 
-/* Event-to-publish: from each event's Kafka timestamp to now, when the list
- * it changed is known delivered; and the same path by stage. */
-static void observe_latency(hl_wthread *t, const flight *f)
+/* When f's lists were in the broker: the time of the delivery report that
+ * took its ticket to zero, which may come well before this thread's loop
+ * retires f (it may be refreshing the next batch meanwhile). A report
+ * before the batch's last send took the ticket to zero only for a while,
+ * so then (or before any) it is now. */
+static int64_t delivered_us(flight *f, int64_t now_us)
 {
-    int64_t now = hl_now_wall_ms();
+    int64_t d = atomic_load_explicit(&f->t.done_us, memory_order_relaxed);
+    return d >= f->produced_us && d <= now_us ? d : now_us;
+}
+
+/* Event-to-publish: from each event's Kafka timestamp to when the list it
+ * changed was delivered; and the same path by stage. */
+static void observe_latency(hl_wthread *t, flight *f)
+{
+    int64_t now_us = hl_now_mono_us(), at_us = delivered_us(f, now_us);
+    int64_t at = hl_now_wall_ms() - (now_us - at_us) / 1000;
     for (int i = 0; i < f->n_ts; i++) {
-        double d = (double)(now - f->ts_ms[i]);
+        double d = (double)(at - f->ts_ms[i]);
         hl_histogram_observe(t->ctx->mx.e2p, d > 0 ? d / 1000.0 : 0.0);
     }
     if (f->n_ts > 0)
-        observe_stages(t, f, hl_now_mono_us());
+        observe_stages(t, f, at_us);
 }
 
 static void retire_one(hl_wthread *t, flight *f)

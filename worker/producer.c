@@ -52,8 +52,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
                    rd_kafka_topic_name(rkm->rkt), rd_kafka_err2str(rkm->err),
                    (unsigned long long)sup);
     }
-    if (t)
-        atomic_fetch_sub_explicit(&t->pending, 1, memory_order_release);
+    if (t && atomic_fetch_sub_explicit(&t->pending, 1, memory_order_release) == 1)
+        atomic_store_explicit(&t->done_us, hl_now_mono_us(), memory_order_relaxed);
 }
 
 static int prop_given(const hl_kafka_prop *props, int n, const char *key)
@@ -88,6 +88,11 @@ hl_producer *hl_producer_create(const hl_kafka_prop *props, int n_props,
     static const hl_kafka_prop defaults[] = {
         {"enable.idempotence", "true"}, {"linger.ms", "1"},
         {"message.timeout.ms", "0"}, {"queue.buffering.max.messages", "1000000"},
+        /* librdkafka 2.0.2 leaves Nagle on: a small request written while
+         * an earlier one is unacknowledged waits for the peer's delayed ACK
+         * (up to 40 ms on Linux). The live path is small requests; batching
+         * is linger.ms's job. Upstream made this the default in 2.10.0. */
+        {"socket.nagle.disable", "true"},
     };
     char why[512];
     hl_producer *p = calloc(1, sizeof *p);

@@ -23,6 +23,9 @@ typedef struct hl_ticket {
     hl_counter     *fail_counter; /* also counts failures, if not NULL */
     _Atomic int64_t last_offset;  /* highest offset delivered, -1 before any
                                      (the changelog's place in its topic) */
+    _Atomic int64_t done_us;      /* monotonic time the last report took pending
+                                     to zero, 0 before: when the records were in
+                                     the broker, not when a batch loop saw it */
 } hl_ticket;
 
 static inline void hl_ticket_reset(hl_ticket *t)
@@ -30,6 +33,7 @@ static inline void hl_ticket_reset(hl_ticket *t)
     atomic_store(&t->pending, 0);
     atomic_store(&t->failed, 0);
     atomic_store(&t->last_offset, -1);
+    atomic_store(&t->done_us, 0);
 }
 
 static inline int hl_ticket_done(hl_ticket *t)
@@ -39,8 +43,8 @@ static inline int hl_ticket_done(hl_ticket *t)
 
 typedef struct hl_producer hl_producer;   /* opaque */
 
-/* Creates the producer: enable.idempotence=true, linger.ms=1 and
- * message.timeout.ms=0 (a list is never given up on: with the broker away
+/* Creates the producer: enable.idempotence=true, linger.ms=1,
+ * socket.nagle.disable=true and message.timeout.ms=0 (a list is never given up on: with the broker away
  * the worker waits instead of losing output) unless props say otherwise.
  * props are set in order, so a later key overrides an earlier one;
  * consumer-only keys are skipped. delivery_errors may be NULL. */

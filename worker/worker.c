@@ -373,14 +373,18 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
     hl_log(HL_LOG_INFO, "worker_started", "bootstrap=%s group=%s topic=%s threads=%d",
            w->bootstrap, w->o.group_id, w->o.input_topic, w->o.threads);
     while (atomic_load(&w->stop) == 0) {
-        if (hl_consumer_serve(w->cons, 100)) {
+        if (hl_consumer_serve(w->cons, 0)) {
             atomic_store(&w->stop, 2);
             rc = HL_EIO;
         }
         if (sig && *sig)
             hl_worker_stop(w);
         check_model(w);
-        hl_producer_poll(w->prod, 0);
+        /* This thread waits on the producer, not the consumer: a delivery
+         * report is then served the moment it comes (a batch's delivered
+         * time, flight.c), not when a shard thread next looks up from a
+         * refresh; the consumer's callbacks wait at most these 5 ms. */
+        hl_producer_poll(w->prod, 5);
     }
     hl_log(HL_LOG_INFO, "worker_stopping", "drain=%d", atomic_load(&w->stop) == 1);
     for (int i = 0; i < w->n_th; i++)

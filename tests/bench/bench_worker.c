@@ -37,8 +37,17 @@
  *    delivered (halflife_fetch_to_delivery_seconds, target p99 < 10 ms),
  *    and the path by stage (halflife_event_stage_seconds), both read from
  *    the worker's /metrics before and after the window. The mock broker
- *    holds an empty fetch for fetch.wait.max.ms whatever arrives (DESIGN.md
- *    section 9): the worker and the reader set it to 10 ms.
+ *    holds an empty fetch for the whole fetch.wait.max.ms whatever arrives
+ *    (rd_kafka_mock_handle_Fetch in librdkafka 2.0.2 sets the response's
+ *    retry time to now + MaxWait when it has no data, and MinBytes is read
+ *    and ignored), so a record that lands just after an empty fetch waits
+ *    up to that long: the worker, the reader and the floor below set it to
+ *    2 ms (10 ms put 4-5 ms on the broker stage's p50). The live stream's
+ *    producer lingers 0 ms (5 ms put 5 ms more there): an application that
+ *    wants fresh lists does not hold its events back. After the window,
+ *    kafka_floor: a bare producer and consumer with those settings at the
+ *    same rate through the same broker, no worker (bench_kafka_floor.h),
+ *    the floor the broker and deliver stages are read against.
  *  worker_live_rate: that highest live rate against the catch-up lists/s
  *    of worker_lists in the same run (the ceiling). Target ratio >= 0.5.
  *
@@ -82,6 +91,9 @@ static int THREADS = 2;   /* HL_BENCH_THREADS */
 #define WARMUP_S    3
 
 static const char *hl_bin = "build/halflife";
+/* The live path's client settings (the header says why); env overrides
+ * for A/B runs: HL_BENCH_FETCH_WAIT, HL_BENCH_LINGER. */
+static const char *fetch_wait = "2", *live_linger = "0";
 static char tmp[64], bootstrap[256];
 static pid_t broker_pid;
 
@@ -157,7 +169,7 @@ static void start_broker(void)
     snprintf(log, sizeof log, "%s/broker.log", tmp);
     snprintf(parts, sizeof parts, "%d", PARTS);
     char *argv[] = {(char *)hl_bin, "broker", "--partitions", parts, "--topics",
-                    "b1,b2,b3,b2-recs,b3-recs", NULL};
+                    "b1,b2,b3,b2-recs,b3-recs,b4", NULL};
     broker_pid = spawn(argv, log, &fd);
     FILE *f = fdopen(fd, "r");
     if (f == NULL || fgets(bootstrap, sizeof bootstrap, f) == NULL)
@@ -194,7 +206,7 @@ static pid_t start_worker(const char *topic, const char *group, const char *mode
     X("metrics.port=%d", port);
     X("snapshot.dir=%s/snap-%s", tmp, group);
     X("worker.threads=%d", THREADS);
-    X("kafka.fetch.wait.max.ms=10");
+    X("kafka.fetch.wait.max.ms=%s", fetch_wait);
     X("dlq.topic=");
 #undef X
     for (int i = 0; extra && extra[i]; i++) {
@@ -257,15 +269,18 @@ static double metric(int port, const char *name)
     return sum;
 }
 
+#include "bench_kafka_floor.h"
+
 /* ---- producing --------------------------------------------------------- */
 
-static hl_producer *bench_producer(void)
+/* linger.ms 5 to fill topics fast; the live stream's is live_linger. */
+static hl_producer *bench_producer(const char *linger)
 {
     char err[512];
-    hl_kafka_prop props[] = {{"bootstrap.servers", bootstrap}, {"linger.ms", "5"},
+    hl_kafka_prop props[] = {{"bootstrap.servers", bootstrap}, {"linger.ms", linger},
                              {"batch.num.messages", "10000"},
-                             {"enable.idempotence", "false"}};
-    hl_producer *p = hl_producer_create(props, 4, NULL, err, sizeof err);
+                             {"enable.idempotence", "false"}, {"socket.nagle.disable", "true"}};
+    hl_producer *p = hl_producer_create(props, 5, NULL, err, sizeof err);
     if (p == NULL)
         die(err);
     return p;
@@ -315,7 +330,7 @@ static int64_t topic_count(rd_kafka_t *rk, const char *topic)
  * possible and checks the broker holds all of them. */
 static void fill_topic(const char *topic, int n, int n_users, int n_items)
 {
-    hl_producer *p = bench_producer();
+    hl_producer *p = bench_producer("5");
     hl_codec *c = bench_codec();
     hl_synth_opts so;
     hl_synth_opts_default(&so);
@@ -336,76 +351,7 @@ static void fill_topic(const char *topic, int n, int n_users, int n_items)
     hl_producer_destroy(p, 1000);
 }
 
-/* ---- the ceiling consumer ---------------------------------------------- */
-
-/* A do-nothing consumer reading topic; events/s from its first record to
- * its n-th (the whole read: a window that starts later would mostly time
- * records already prefetched into memory). Runs in its own process: see
- * ceiling_consumer(). */
-static double ceiling_read(const char *topic, const char *group, int n)
-{
-    char err[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    const char *kv[][2] = {{"bootstrap.servers", bootstrap}, {"group.id", group},
-                           {"auto.offset.reset", "earliest"}, {"enable.auto.commit", "false"},
-                           {"queued.min.messages", "1000000"}, {"fetch.wait.max.ms", "10"},
-                           {"partition.assignment.strategy", "cooperative-sticky"}};
-    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
-        rd_kafka_conf_set(conf, kv[i][0], kv[i][1], err, sizeof err);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
-    if (rk == NULL)
-        die(err);
-    rd_kafka_poll_set_consumer(rk);
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(l, topic, RD_KAFKA_PARTITION_UA);
-    rd_kafka_subscribe(rk, l);
-    rd_kafka_topic_partition_list_destroy(l);
-    rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rk);
-    static rd_kafka_message_t *msgs[10000];
-    long got = 0;
-    double t10 = 0, t90 = 0, deadline = now_s() + 60;
-    while (got < n && now_s() < deadline) {
-        ssize_t k = rd_kafka_consume_batch_queue(q, 100, msgs, 10000);
-        for (ssize_t i = 0; i < k; i++) {
-            got += msgs[i]->err == 0;
-            rd_kafka_message_destroy(msgs[i]);
-        }
-        if (!t10 && got > 0) t10 = now_s();
-        if (!t90 && got >= n) t90 = now_s();
-    }
-    rd_kafka_queue_destroy(q);
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
-    if (got < n)
-        die("the ceiling consumer did not read every event");
-    return (double)n / (t90 - t10);
-}
-
-/* ceiling_read() in a fresh process (this program run again with
- * --ceiling), as the worker is one. In this program's own process the
- * second and later reads reused the heap pages the first one had faulted
- * in, while every worker starts with none, and on this VM a first touch
- * of a page is slow (the kernel zeroes it and the host may fault it in). */
-static double ceiling_consumer(const char *topic, const char *group, int n)
-{
-    char count[16], log[128];
-    int fd;
-    double rate = 0;
-    snprintf(count, sizeof count, "%d", n);
-    snprintf(log, sizeof log, "%s/ceiling-%s.log", tmp, group);
-    char *argv[] = {"/proc/self/exe", "--ceiling", bootstrap, (char *)topic, (char *)group,
-                    count, NULL};
-    pid_t pid = spawn(argv, log, &fd);
-    FILE *f = fdopen(fd, "r");
-    if (f == NULL || fscanf(f, "%lf", &rate) != 1)
-        die("the ceiling consumer printed no rate");
-    fclose(f);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || rate <= 0)
-        die("the ceiling consumer failed");
-    return rate;
-}
+#include "bench_worker_ceiling.h"
 
 /* ---- the worker's rate ------------------------------------------------- */
 
@@ -632,7 +578,8 @@ static rd_kafka_t *latency_reader(void)
     rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof err);
     rd_kafka_conf_set(conf, "group.id", "latreader", err, sizeof err);
     rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof err);
-    rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", err, sizeof err);
+    rd_kafka_conf_set(conf, "fetch.wait.max.ms", fetch_wait, err, sizeof err);
+    rd_kafka_conf_set(conf, "socket.nagle.disable", "true", err, sizeof err);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     rd_kafka_poll_set_consumer(rk);
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
@@ -719,88 +666,18 @@ static double live_sustainable(live *L, double catchup)
     return best;
 }
 
-/* ---- the worker's own histograms -------------------------------------- */
+#include "bench_worker_hist.h"
 
-#define MAX_LE 64
-
-/* A histogram's cumulative bucket counts as /metrics shows them. */
-typedef struct hist {
-    double le[MAX_LE];
-    double cum[MAX_LE];
-    int    n;
-} hist;
-
-/* Reads name_bucket{<sel>le="..."} from the worker's /metrics; sel is the
- * label text before le (e.g. "stage=\"apply\"," or ""). */
-static int hist_read(int port, const char *name, const char *sel, hist *h)
+/* The broker path's own floor at the latency window's rate, right after
+ * it (the same load): the live producer's settings and the worker's
+ * consumer settings, no worker (bench_kafka_floor.h). */
+static void latency_floor(double rate)
 {
-    char prefix[256];
-    char *body = metrics_body(port);
-    h->n = 0;
-    if (body == NULL)
-        return -1;
-    int pl = snprintf(prefix, sizeof prefix, "%s_bucket{%sle=\"", name, sel);
-    for (char *line = body; line && *line && h->n < MAX_LE;) {
-        char *next = strchr(line, '\n');
-        if (strncmp(line, prefix, (size_t)pl) == 0) {
-            char *le = line + pl, *val = strchr(le, ' ');
-            h->le[h->n] = strncmp(le, "+Inf", 4) == 0 ? 1e30 : strtod(le, NULL);
-            h->cum[h->n++] = val ? strtod(val, NULL) : 0;
-        }
-        line = next ? next + 1 : NULL;
-    }
-    return h->n > 0 ? 0 : -1;
-}
-
-/* The q-quantile (ms) of what was counted between a and b, interpolated
- * inside its bucket as histogram_quantile does. */
-static double hist_quantile_ms(const hist *a, const hist *b, double q)
-{
-    if (b->n == 0 || a->n != b->n)
-        return -1;
-    double total = b->cum[b->n - 1] - a->cum[a->n - 1], want = q * total, prev = 0;
-    if (total <= 0)
-        return -1;
-    for (int i = 0; i < b->n; i++) {
-        double c = b->cum[i] - a->cum[i];
-        if (c >= want) {
-            double lo = i ? b->le[i - 1] : 0, hi = b->le[i] > 1e29 ? lo : b->le[i];
-            double in = c - prev;
-            return 1000 * (in > 0 ? lo + (hi - lo) * (want - prev) / in : hi);
-        }
-        prev = c;
-    }
-    return -1;
-}
-
-static const char *const stages[6] = {"broker", "wait", "apply", "refresh", "produce",
-                                      "deliver"};
-
-/* The worker's share (fetched to delivered) and each stage, read before
- * (when) and after a window. */
-typedef struct worker_hists {
-    hist share, stage[6];
-} worker_hists;
-
-static void worker_hists_read(int port, worker_hists *w)
-{
-    char sel[64];
-    hist_read(port, "halflife_fetch_to_delivery_seconds", "", &w->share);
-    for (int s = 0; s < 6; s++) {
-        snprintf(sel, sizeof sel, "stage=\"%s\",", stages[s]);
-        hist_read(port, "halflife_event_stage_seconds", sel, &w->stage[s]);
-    }
-}
-
-/* "stages":{"broker":[p50,p99],...} of the window between a and b. */
-static void print_stages(const worker_hists *a, const worker_hists *b)
-{
-    printf("\"stages_ms\":{");
-    for (int s = 0; s < 6; s++)
-        printf("%s\"%s\":[%.2f,%.2f]", s ? "," : "", stages[s],
-               hist_quantile_ms(&a->stage[s], &b->stage[s], 0.5),
-               hist_quantile_ms(&a->stage[s], &b->stage[s], 0.99));
-    printf("}");
+    const char *pkv[] = {"linger.ms", live_linger, "enable.idempotence", "false",
+                         "socket.nagle.disable", "true", NULL};
+    const char *ckv[] = {"fetch.wait.max.ms", fetch_wait, "queued.min.messages", "1000000",
+                         "socket.nagle.disable", "true", NULL};
+    bench_kafka_floor("kafka_floor", "b4", rate, 1.0, 5.0, pkv, ckv);
 }
 
 static void bench_latency(const char *model, double catchup, double fixed_rate)
@@ -814,7 +691,7 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
     double deadline = now_s() + 30;
     while (metric(L.port, "halflife_assigned_partitions") < PARTS && now_s() < deadline)
         usleep(100000);
-    L.p = bench_producer();
+    L.p = bench_producer(live_linger);
     L.c = bench_codec();
     hl_synth_opts so;
     hl_synth_opts_default(&so);
@@ -842,6 +719,7 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
     hl_producer_destroy(L.p, 1000);
     if (n_lat < 100)
         die("too few lists read back for the latency figure");
+    latency_floor(rate);
     qsort(lat, (size_t)n_lat, sizeof *lat, cmp_double);
     double p50 = lat[n_lat / 2], p99 = lat[(int)(n_lat * 0.99)];
     if (fixed_rate <= 0)
@@ -856,8 +734,9 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
            "\"events\":%ld,\"lists\":%d,\"p50_ms\":%.1f,\"p99_ms\":%.1f,\"value\":%.1f,"
            "\"unit\":\"ms p99\",\"target\":25,\"met\":%s,\"worker_p50_ms\":%.2f,"
            "\"worker_p99_ms\":%.2f,\"worker_target\":10,\"worker_met\":%s,"
-           "\"fetch_wait_max_ms\":10,", rate, sustained, sent, n_lat, p50, p99, p99,
-           p99 < 25 ? "true" : "false", w50, w99, w99 >= 0 && w99 < 10 ? "true" : "false");
+           "\"fetch_wait_max_ms\":%s,\"producer_linger_ms\":%s,", rate, sustained, sent, n_lat, p50, p99, p99,
+           p99 < 25 ? "true" : "false", w50, w99, w99 >= 0 && w99 < 10 ? "true" : "false",
+           fetch_wait, live_linger);
     print_stages(&before, &after);
     printf(",\"ceiling\":null}\n");
     fflush(stdout);
@@ -881,6 +760,10 @@ int main(int argc, char **argv)
     if (mkdtemp(tmp) == NULL)
         die("mkdtemp");
     signal(SIGPIPE, SIG_IGN);
+    if (getenv("HL_BENCH_FETCH_WAIT"))
+        fetch_wait = getenv("HL_BENCH_FETCH_WAIT");
+    if (getenv("HL_BENCH_LINGER"))
+        live_linger = getenv("HL_BENCH_LINGER");
     if (getenv("HL_BENCH_THREADS"))
         THREADS = atoi(getenv("HL_BENCH_THREADS"));
     snprintf(small, sizeof small, "%s/small.hlm", tmp);
@@ -891,6 +774,14 @@ int main(int argc, char **argv)
     /* HL_BENCH_ONLY=state|lists|latency runs one figure (latency at
      * HL_BENCH_RATE events/s instead of half the live sustainable rate). */
     const char *only = getenv("HL_BENCH_ONLY"), *rate = getenv("HL_BENCH_RATE");
+    if (only && !strcmp(only, "floor")) {   /* experiments: HL_FLOOR_P / HL_FLOOR_C */
+        static char pb[512], cb[512];
+        const char *pkv[32], *ckv[32];
+        floor_kv(getenv("HL_FLOOR_P"), pb, sizeof pb, pkv, 32);
+        floor_kv(getenv("HL_FLOOR_C"), cb, sizeof cb, ckv, 32);
+        bench_kafka_floor("kafka_floor", "b4", rate ? atof(rate) : 800, 1.0, 10.0, pkv, ckv);
+        only = "none";
+    }
     if (!only || !strcmp(only, "state"))
         bench_state_only(small);
     double lists = 0;

@@ -1,0 +1,188 @@
+/* bench_kafka_floor.h - what the broker path costs with no worker in it
+ * (issue 14): a bare librdkafka producer sends small records at a fixed
+ * rate to `halflife broker`, a bare consumer in the same process reads
+ * them back, and each record's send -> acknowledged (the produce round
+ * trip, the floor of the worker's "deliver" stage) and send -> fetched
+ * (producer linger, broker, fetch: the floor of the "broker" stage) are
+ * timed on one monotonic clock. Run at the rate and with the client
+ * settings of the live figures, in the same run, it is the ceiling they
+ * are read against: a stage can be no faster than this.
+ *
+ * Included by bench_worker.c, which provides bootstrap, now_s(), die(),
+ * cmp_double() and PARTS. */
+#ifndef BENCH_KAFKA_FLOOR_H
+#define BENCH_KAFKA_FLOOR_H
+
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+typedef struct floor_run {
+    double    *sent, *acked, *fetched;  /* per record index, seconds; 0 = not yet */
+    long       n;                       /* records sent so far */
+    long       cap;
+    rd_kafka_t *cons;
+    atomic_int stop;
+} floor_run;
+
+static void floor_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    floor_run *f = opaque;
+    long i;
+    if (m->err == 0 && m->len == sizeof i) {
+        memcpy(&i, m->payload, sizeof i);
+        if (i >= 0 && i < f->cap)
+            f->acked[i] = now_s();
+    }
+}
+
+static void *floor_consume(void *arg)
+{
+    floor_run *f = arg;
+    while (!atomic_load(&f->stop)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(f->cons, 50);
+        long i;
+        if (m == NULL)
+            continue;
+        if (m->err == 0 && m->len == sizeof i) {
+            memcpy(&i, m->payload, sizeof i);
+            if (i >= 0 && i < f->cap)
+                f->fetched[i] = now_s();
+        }
+        rd_kafka_message_destroy(m);
+    }
+    return NULL;
+}
+
+/* A client of type with bootstrap and the NULL-terminated key/value pairs. */
+static rd_kafka_t *floor_client(rd_kafka_type_t type, const char *const *kv, void *opaque)
+{
+    char err[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof err);
+    if (type == RD_KAFKA_CONSUMER)      /* assign() needs one; nothing is committed */
+        rd_kafka_conf_set(conf, "group.id", "floor", err, sizeof err);
+    for (int i = 0; kv[i] != NULL; i += 2)
+        if (rd_kafka_conf_set(conf, kv[i], kv[i + 1], err, sizeof err) != RD_KAFKA_CONF_OK)
+            die(err);
+    if (type == RD_KAFKA_PRODUCER) {
+        rd_kafka_conf_set_dr_msg_cb(conf, floor_on_delivery);
+        rd_kafka_conf_set_opaque(conf, opaque);
+    }
+    rd_kafka_t *rk = rd_kafka_new(type, conf, err, sizeof err);
+    if (rk == NULL)
+        die(err);
+    return rk;
+}
+
+/* Every partition of topic from its end, no group: nothing to wait for. */
+static void floor_assign(rd_kafka_t *cons, const char *topic)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(PARTS);
+    for (int p = 0; p < PARTS; p++)
+        rd_kafka_topic_partition_list_add(l, topic, p)->offset = RD_KAFKA_OFFSET_END;
+    if (rd_kafka_assign(cons, l) != 0)
+        die("floor: assign failed");
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Sends rate records/s for secs seconds (index i as the value, keys spread
+ * over the partitions as user ids are), serving delivery reports between
+ * sends with a 1 ms wait, then waits up to 2 s for the stragglers. */
+static void floor_send(floor_run *f, rd_kafka_t *prod, const char *topic, double rate,
+                       double secs)
+{
+    double t0 = now_s();
+    char key[32];
+    while (now_s() - t0 < secs) {
+        for (; f->n < (long)((now_s() - t0) * rate) && f->n < f->cap; f->n++) {
+            int kl = snprintf(key, sizeof key, "u%ld", f->n * 7919);
+            f->sent[f->n] = now_s();
+            if (rd_kafka_producev(prod, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, (size_t)kl),
+                                  RD_KAFKA_V_VALUE(&f->n, sizeof f->n),
+                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END))
+                die("floor: produce failed");
+        }
+        rd_kafka_poll(prod, 1);
+    }
+    for (double end = now_s() + 2; now_s() < end && rd_kafka_outq_len(prod) > 0;)
+        rd_kafka_poll(prod, 10);
+    usleep(200000);         /* the last fetches */
+}
+
+/* p50 and p99 (ms) of b[i] - a[i] over the records after the warm-up
+ * (from index from); a record never seen counts as the whole run. */
+static void floor_quantiles(const double *a, const double *b, long from, long n,
+                            double *p50, double *p99)
+{
+    long m = n - from;
+    double *d = malloc(sizeof *d * (size_t)(m > 0 ? m : 1));
+    for (long i = from; i < n; i++)
+        d[i - from] = b[i] > 0 ? 1000 * (b[i] - a[i]) : 1e6;
+    qsort(d, (size_t)m, sizeof *d, cmp_double);
+    *p50 = m > 0 ? d[m / 2] : -1;
+    *p99 = m > 0 ? d[(long)(m * 0.99)] : -1;
+    free(d);
+}
+
+/* One floor measurement: warm_s then secs at rate on topic with the
+ * producer's and consumer's settings (NULL-terminated key/value lists).
+ * Prints one JSON line named what; returns the fetched p99 (ms). */
+static double bench_kafka_floor(const char *what, const char *topic, double rate, double warm_s,
+                                double secs, const char *const *pkv, const char *const *ckv)
+{
+    floor_run f = {.cap = (long)(rate * (warm_s + secs)) + 16};
+    f.sent = calloc((size_t)f.cap, sizeof *f.sent);
+    f.acked = calloc((size_t)f.cap, sizeof *f.acked);
+    f.fetched = calloc((size_t)f.cap, sizeof *f.fetched);
+    rd_kafka_t *prod = floor_client(RD_KAFKA_PRODUCER, pkv, &f);
+    f.cons = floor_client(RD_KAFKA_CONSUMER, ckv, NULL);
+    rd_kafka_poll_set_consumer(f.cons);
+    floor_assign(f.cons, topic);
+    pthread_t th;
+    pthread_create(&th, NULL, floor_consume, &f);
+    usleep(500000);         /* connections up, the first fetch at the end offsets */
+    floor_send(&f, prod, topic, rate, warm_s + secs);
+    atomic_store(&f.stop, 1);
+    pthread_join(th, NULL);
+    long from = (long)(rate * warm_s);
+    double a50, a99, f50, f99;
+    floor_quantiles(f.sent, f.acked, from, f.n, &a50, &a99);
+    floor_quantiles(f.sent, f.fetched, from, f.n, &f50, &f99);
+    printf("{\"bench\":\"%s\",\"rate\":%.0f,\"records\":%ld,\"produce_to_ack_ms\":[%.2f,%.2f],"
+           "\"produce_to_fetch_ms\":[%.2f,%.2f],\"unit\":\"ms [p50,p99]\",\"producer\":{",
+           what, rate, f.n - from, a50, a99, f50, f99);
+    for (int i = 0; pkv[i]; i += 2)
+        printf("%s\"%s\":\"%s\"", i ? "," : "", pkv[i], pkv[i + 1]);
+    printf("},\"consumer\":{");
+    for (int i = 0; ckv[i]; i += 2)
+        printf("%s\"%s\":\"%s\"", i ? "," : "", ckv[i], ckv[i + 1]);
+    printf("}}\n");
+    fflush(stdout);
+    rd_kafka_consumer_close(f.cons);
+    rd_kafka_destroy(f.cons);
+    rd_kafka_destroy(prod);
+    free(f.sent);
+    free(f.acked);
+    free(f.fetched);
+    return f99;
+}
+
+/* "k=v,k=v" into kv as k, v, ..., NULL (in buf). */
+static void floor_kv(const char *s, char *buf, size_t len, const char **kv, int cap)
+{
+    int n = 0;
+    snprintf(buf, len, "%s", s ? s : "");
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && n + 3 < cap;
+         t = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(t, '=');
+        if (eq == NULL)
+            die("HL_FLOOR_P/C: key=value pairs, comma-separated");
+        *eq = '\0';
+        kv[n++] = t;
+        kv[n++] = eq + 1;
+    }
+    kv[n] = NULL;
+}
+
+#endif

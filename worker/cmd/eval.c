@@ -69,6 +69,8 @@ static void usage(FILE *f)
         "  --foldin N           prequential: items the model does not know are folded\n"
         "                       in from the stream after N interactions, as the\n"
         "                       worker does with catalogue.foldin.min.events=N\n"
+        "  --per-user FILE      prequential: write each scored user's events and\n"
+        "                       the model's hits to FILE (user_id TAB n TAB hits)\n"
         "  --quiet yes          no progress lines\n",
         DEFAULT_K, DEFAULT_HISTORY, DEFAULT_BATCH, DEFAULT_WINDOWS);
 }
@@ -124,6 +126,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--swap-at"))       bad = parse_fraction(val, &a->swap_at);
     else if (!strcmp(opt, "--score-from"))    bad = parse_fraction(val, &a->score_from);
     else if (!strcmp(opt, "--apply-from"))    bad = parse_fraction(val, &a->apply_from);
+    else if (!strcmp(opt, "--per-user"))      a->per_user = val;
     else if (!strcmp(opt, "--foldin"))        { bad = parse_int(val, 1, 1000000, &x); a->foldin = (int)x; }
     else if (!strcmp(opt, "--popularity-counts")) {
         a->pop_counts_all = !strcmp(val, "all");
@@ -150,6 +153,11 @@ static int check_args(const eval_args *a)
     if (a->swap_model && (!a->model || strcmp(a->protocol, "prequential") || a->swap_at < 0)) {
         fprintf(stderr, "halflife eval: --swap-model needs --model, --swap-at and the "
                         "prequential protocol\n\n");
+        return 2;
+    }
+    if (a->per_user && (!a->model || strcmp(a->protocol, "prequential"))) {
+        fprintf(stderr, "halflife eval: --per-user needs --model and the prequential "
+                        "protocol\n\n");
         return 2;
     }
     if (!a->model && !a->baseline) {

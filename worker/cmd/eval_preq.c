@@ -12,6 +12,7 @@
 #include "log.h"
 #include "migrate.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,7 @@ typedef struct preq_run {
     int64_t          t_swap, t_score;   /* INT64_MAX: no swap; INT64_MIN: score all */
     int              use_b;             /* swapped: events name --swap-model's rows */
     int64_t          migrated;
+    int32_t         *user_n, *user_hits;  /* (users) --per-user: scored, hit */
 } preq_run;
 
 static int copies_alloc(preq_run *pr)
@@ -120,6 +122,12 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
     pr->extra_rows = malloc((size_t)a->batch * a->history * sizeof *pr->extra_rows);
     if (!pr->extra || !pr->extra_rows)
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory");
+    if (a->per_user) {
+        pr->user_n = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_n);
+        pr->user_hits = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_hits);
+        if (!pr->user_n || !pr->user_hits)
+            return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory");
+    }
     return 0;
 }
 
@@ -134,6 +142,7 @@ static void preq_free(preq_run *pr)
     free(pr->views); free(pr->recs); free(pr->n_out); free(pr->top);
     free(pr->win_model); free(pr->win_pop);
     free(pr->extra); free(pr->extra_rows);
+    free(pr->user_n); free(pr->user_hits);
 }
 
 /* Copies the user's current state (zeros for a user not seen yet). */
@@ -241,6 +250,10 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
             target = hl_eval_fold_row(pr->fold, e->key);
         int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b], target);
         metric_add(&pr->model, rank);
+        if (pr->user_n) {
+            pr->user_n[e->user]++;
+            pr->user_hits[e->user] += rank >= 0;
+        }
         if ((pr->use_b ? e->item_b : e->item) < 0)
             metric_add(&pr->model_unknown, rank);
         metric_add(&pr->win_model[window_of(pr, first + b)], rank);
@@ -294,6 +307,26 @@ static void preq_print(const preq_run *pr, double seconds)
     if (pr->t_score != INT64_MIN)
         printf(",\"scored_from_ts_ms\":%lld", (long long)pr->t_score);
     printf(",\"seconds\":%.2f}\n", seconds);
+}
+
+/* --per-user: user_id, scored events, hits (TSV), for every user scored. */
+static int preq_write_users(const preq_run *pr, char *errbuf, size_t errlen)
+{
+    FILE *f = fopen(pr->a->per_user, "w");
+    if (f == NULL)
+        return hl_err(errbuf, errlen, HL_EIO, "eval: --per-user %s: %s", pr->a->per_user,
+                      strerror(errno));
+    for (int u = 0; u < pr->d->users.n; u++) {
+        uint32_t len;
+        const char *id = strmap_key(&pr->d->users, u, &len);
+        if (pr->user_n[u] > 0)
+            fprintf(f, "%.*s\t%d\t%d\n", (int)len, id, pr->user_n[u], pr->user_hits[u]);
+    }
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad)
+        return hl_err(errbuf, errlen, HL_EIO, "eval: --per-user %s: write failed (%s)",
+                      pr->a->per_user, strerror(errno));
+    return 0;
 }
 
 /* The time of the f quantile of the events (in time order): events before
@@ -361,6 +394,8 @@ int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
         hl_eval_progress(&pr.pg, "prequential events", i + n, d->n_ev,
                          m ? &pr.model : NULL, a->baseline ? &pr.popm : NULL);
     }
+    if (rc == 0 && a->per_user)
+        rc = preq_write_users(&pr, errbuf, errlen);
     if (rc == 0)
         preq_print(&pr, (hl_now_mono_ms() - t0) / 1000.0);
 out:

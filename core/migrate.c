@@ -166,8 +166,10 @@ static int same_shape(const hl_model_info *a, const hl_model_info *b,
     return 0;
 }
 
-/* row_map and the shared items' rows of both e_in, stacked for the fit. */
-static int match_items(hl_migration *mg, float **ea, float **eb)
+/* row_map and the shared items' rows of both e_in, stacked for the fit;
+ * with item_w (from's items) each pair is scaled by sqrt(w), so the fit
+ * minimises sum_j w_j ||e_old[j] M - e_new[j]||^2. */
+static int match_items(hl_migration *mg, const float *item_w, float **ea, float **eb)
 {
     int d = mg->dim, n = 0;
     for (int32_t r = 0; r < mg->n_from; r++) {
@@ -183,8 +185,12 @@ static int match_items(hl_migration *mg, float **ea, float **eb)
     int k = 0;
     for (int32_t r = 0; r < mg->n_from; r++) {
         if (mg->row_map[r] < 0) continue;
-        memcpy(*ea + (size_t)k * d, mg->e_from + (size_t)r * d, sizeof **ea * d);
-        memcpy(*eb + (size_t)k * d, mg->e_to + (size_t)mg->row_map[r] * d, sizeof **eb * d);
+        float sw = item_w ? sqrtf(item_w[r] > 0 ? item_w[r] : 0) : 1.0f;
+        const float *xa = mg->e_from + (size_t)r * d, *xb = mg->e_to + (size_t)mg->row_map[r] * d;
+        for (int j = 0; j < d; j++) {
+            (*ea)[(size_t)k * d + j] = sw * xa[j];
+            (*eb)[(size_t)k * d + j] = sw * xb[j];
+        }
         k++;
     }
     mg->n_shared = n;
@@ -221,6 +227,13 @@ hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
                                   const float tw[HL_N_TYPES],
                                   char *errbuf, size_t errlen)
 {
+    return hl_migration_create_weighted(from, to, tw, NULL, errbuf, errlen);
+}
+
+hl_migration *hl_migration_create_weighted(const hl_model *from, const hl_model *to,
+                                           const float tw[HL_N_TYPES], const float *item_w,
+                                           char *errbuf, size_t errlen)
+{
     const hl_model_info *a = hl_model_info_get(from), *b = hl_model_info_get(to);
     float *ea = NULL, *eb = NULL;
     if (same_shape(a, b, errbuf, errlen) != 0)
@@ -240,7 +253,7 @@ hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
     mg->m = malloc(sizeof *mg->m * (size_t)a->dim * a->dim);
     mg->row_map = malloc(sizeof *mg->row_map * ((size_t)a->n_items + 1));
     if (mg->m == NULL || mg->row_map == NULL || index_keys(mg) != 0 ||
-        match_items(mg, &ea, &eb) != 0) {
+        match_items(mg, item_w, &ea, &eb) != 0) {
         hl_err(errbuf, errlen, HL_ENOMEM, "migration: out of memory (%d items)", (int)a->n_items);
         goto fail;
     }

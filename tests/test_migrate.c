@@ -140,6 +140,43 @@ static void test_fit_recovers_constructed_map(void)
     CHECK(m[0] == 0 && m[DA * DB - 1] == 0);
 }
 
+/* Largest |e_a[j] M - e_b[j]| over items j < n (rows of both at j). */
+static double fit_error(const hl_model *a, const hl_model *b, const float *m, int n)
+{
+    double worst = 0;
+    for (int j = 0; j < n; j++)
+        for (int c = 0; c < DIM; c++) {
+            double acc = -hl_model_e_in(b)[j * DIM + c];
+            for (int k = 0; k < DIM; k++) acc += (double)hl_model_e_in(a)[j * DIM + k] * m[k * DIM + c];
+            worst = fabs(acc) > worst ? fabs(acc) : worst;
+        }
+    return worst;
+}
+
+/* Unrelated e_in (no M maps all 50 items); weighted to DIM items alone,
+ * the fit maps exactly those, which the unweighted fit does not. */
+static void test_weighted_fit_follows_weights(void)
+{
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    hl_model *b = a ? model_at(PATH_B, 0, 50, 77, NULL, NULL) : NULL;
+    float w[50];
+    char err[256];
+    for (int j = 0; j < 50; j++) w[j] = j < DIM ? 1.0f : 0.0f;
+    hl_migration *plain = a && b ? hl_migration_create(a, b, k_tw, err, sizeof err) : NULL;
+    hl_migration *wt = a && b ? hl_migration_create_weighted(a, b, k_tw, w, err, sizeof err) : NULL;
+    CHECKF(plain != NULL && wt != NULL, "%s", err);
+    if (plain && wt) {
+        double e_wt = fit_error(a, b, hl_migration_map(wt), DIM);
+        double e_plain = fit_error(a, b, hl_migration_map(plain), DIM);
+        CHECKF(e_wt < 1e-3, "weighted fit error %g on its items", e_wt);
+        CHECKF(e_plain > 0.1, "unweighted fit error %g: the test cannot tell them apart", e_plain);
+    }
+    hl_migration_destroy(plain);
+    hl_migration_destroy(wt);
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
 static void test_identical_models_are_identity(void)
 {
     hl_model *m = model_at(PATH_A, 0, 50, 11, NULL, NULL);
@@ -466,6 +503,7 @@ out:
 int main(void)
 {
     RUN(test_fit_recovers_constructed_map);
+    RUN(test_weighted_fit_follows_weights);
     RUN(test_identical_models_are_identity);
     RUN(test_full_ring_is_exact);
     RUN(test_linear_map_migrates_remainder);

@@ -127,6 +127,11 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--score-from"))    bad = parse_fraction(val, &a->score_from);
     else if (!strcmp(opt, "--apply-from"))    bad = parse_fraction(val, &a->apply_from);
     else if (!strcmp(opt, "--per-user"))      a->per_user = val;
+    else if (!strcmp(opt, "--swap-weights"))  {
+        a->swap_weights = strcmp(val, "none") ? val : NULL;
+        bad = a->swap_weights && strcmp(val, "count") && strcmp(val, "remainder") &&
+              strcmp(val, "bias");
+    }
     else if (!strcmp(opt, "--foldin"))        { bad = parse_int(val, 1, 1000000, &x); a->foldin = (int)x; }
     else if (!strcmp(opt, "--popularity-counts")) {
         a->pop_counts_all = !strcmp(val, "all");

@@ -13,6 +13,7 @@
 #include "migrate.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,13 +338,41 @@ static int64_t time_at(const eval_data *d, double f)
     return i >= d->n_ev ? INT64_MAX : d->ev[i < 0 ? 0 : i].ts_ms;
 }
 
+/* --swap-weights: a weight per item of the serving model, from the events
+ * applied before the swap (i_swap is the first after it). */
+static float *swap_weights(const preq_run *pr, int64_t first, int64_t i_swap)
+{
+    const hl_model_info *mi = hl_model_info_get(pr->m);
+    const char *how = pr->a->swap_weights;
+    float *w = malloc(sizeof *w * ((size_t)mi->n_items + 1));
+    int32_t *seen = calloc((size_t)pr->d->users.n + 1, sizeof *seen);
+    double lambda = log(2.0) / mi->half_life_ms[mi->n_heads - 1];
+    for (int32_t j = 0; w && j < mi->n_items; j++)
+        w[j] = strcmp(how, "bias") ? 1.0f : expf(hl_model_bias(pr->m)[j]);
+    for (int64_t i = i_swap - 1; w && seen && i >= first && strcmp(how, "bias"); i--) {
+        const ev_rec *e = &pr->d->ev[i];
+        if (e->item < 0) continue;
+        if (!strcmp(how, "count"))
+            w[e->item] += 1.0f;
+        else if (seen[e->user]++ >= pr->a->history)   /* older than the ring */
+            w[e->item] += e->w * (float)exp(-lambda * (double)(pr->t_swap - e->ts_ms));
+    }
+    free(seen);
+    return w;
+}
+
 /* The swap: every user's state into --swap-model (the worker's migration),
  * which ranks from now on. */
-static int preq_swap(preq_run *pr, char *errbuf, size_t errlen)
+static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, size_t errlen)
 {
     const hl_model *b = pr->a->swap_m;
-    hl_migration *mg = hl_migration_create(pr->m, b, hl_model_info_get(pr->m)->type_weight,
-                                           errbuf, errlen);
+    float *w = pr->a->swap_weights ? swap_weights(pr, first, i_swap) : NULL;
+    if (pr->a->swap_weights && w == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory weighting the fit");
+    hl_migration *mg = hl_migration_create_weighted(pr->m, b,
+                                                    hl_model_info_get(pr->m)->type_weight, w,
+                                                    errbuf, errlen);
+    free(w);
     if (mg == NULL)
         return HL_EINVAL;
     pr->migrated = hl_migration_table(mg, pr->tbl);
@@ -387,7 +416,7 @@ int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
         goto out;
     for (int64_t i = start, n; rc == 0 && i < d->n_ev; i += n) {
         if (!pr.use_b && a->swap_m && d->ev[i].ts_ms >= pr.t_swap &&
-            (rc = preq_swap(&pr, errbuf, errlen)) != 0)
+            (rc = preq_swap(&pr, start, i, errbuf, errlen)) != 0)
             break;
         n = batch_len(&pr, i);
         rc = preq_batch(&pr, i, (int)n, errbuf, errlen);

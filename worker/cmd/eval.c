@@ -63,6 +63,12 @@ static void usage(FILE *f)
         "                       prequential: at the time of the F quantile of the\n"
         "                       events every user's state migrates into model B\n"
         "                       (as a live swap does) and B ranks from then on\n"
+        "  --swap-weights count|remainder|bias\n"
+        "                       weight the items in the swap's least-squares fit by\n"
+        "                       1 + their events before the swap, 1 + those older\n"
+        "                       than their user's ring (decayed by the longest\n"
+        "                       half-life), or exp(the old model's bias); default\n"
+        "                       none: unweighted, as the worker fits\n"
         "  --score-from F       prequential: score only events from that time on\n"
         "  --apply-from F       prequential: skip the events before that time (a state\n"
         "                       rebuilt from a topic that keeps only the later ones)\n"
@@ -158,6 +164,11 @@ static int check_args(const eval_args *a)
     if (a->swap_model && (!a->model || strcmp(a->protocol, "prequential") || a->swap_at < 0)) {
         fprintf(stderr, "halflife eval: --swap-model needs --model, --swap-at and the "
                         "prequential protocol\n\n");
+        return 2;
+    }
+    if (a->swap_weights && !a->swap_model) {
+        fprintf(stderr, "halflife eval: --swap-weights weights a swap's fit: give "
+                        "--swap-model and --swap-at too\n\n");
         return 2;
     }
     if (a->per_user && (!a->model || strcmp(a->protocol, "prequential"))) {

@@ -15,7 +15,10 @@
  * rounding. Models are borrowed and must outlive the migration. */
 #include "migrate.h"
 
+#include "index.h"
+
 #include <cblas.h>
+#include <sys/mman.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +35,9 @@ struct hl_migration {
     int       dim, n_heads, n_shared;
     float     tw[HL_N_TYPES];
     float    *m;              /* (dim, dim) */
+    float    *delta;          /* (n_from, dim): e_to[row_map[r]] - e_from[r] M, or
+                                 -e_from[r] M for an item to drops */
+    size_t    delta_bytes;    /* its mapping (hl_map_huge) */
     int32_t  *row_map;        /* from's n_items: to's row or -1 */
     int32_t   n_from, n_to;
     uint64_t *key_slot;       /* to's items by hl_item_key: open addressing */
@@ -160,8 +166,10 @@ static int same_shape(const hl_model_info *a, const hl_model_info *b,
     return 0;
 }
 
-/* row_map and the shared items' rows of both e_in, stacked for the fit. */
-static int match_items(hl_migration *mg, float **ea, float **eb)
+/* row_map and the shared items' rows of both e_in, stacked for the fit;
+ * with item_w (from's items) each pair is scaled by sqrt(w), so the fit
+ * minimises sum_j w_j ||e_old[j] M - e_new[j]||^2. */
+static int match_items(hl_migration *mg, const float *item_w, float **ea, float **eb)
 {
     int d = mg->dim, n = 0;
     for (int32_t r = 0; r < mg->n_from; r++) {
@@ -177,17 +185,54 @@ static int match_items(hl_migration *mg, float **ea, float **eb)
     int k = 0;
     for (int32_t r = 0; r < mg->n_from; r++) {
         if (mg->row_map[r] < 0) continue;
-        memcpy(*ea + (size_t)k * d, mg->e_from + (size_t)r * d, sizeof **ea * d);
-        memcpy(*eb + (size_t)k * d, mg->e_to + (size_t)mg->row_map[r] * d, sizeof **eb * d);
+        float sw = item_w ? sqrtf(item_w[r] > 0 ? item_w[r] : 0) : 1.0f;
+        const float *xa = mg->e_from + (size_t)r * d, *xb = mg->e_to + (size_t)mg->row_map[r] * d;
+        for (int j = 0; j < d; j++) {
+            (*ea)[(size_t)k * d + j] = sw * xa[j];
+            (*eb)[(size_t)k * d + j] = sw * xb[j];
+        }
         k++;
     }
     mg->n_shared = n;
     return 0;
 }
 
+/* delta = E_to[row_map] - E_from M (one SGEMM over from's items): what a
+ * ring event on each item adds beyond s M, so a row's ring costs one
+ * gathered vector per event instead of two. It costs from's e_in once
+ * more in memory while the migration lives. */
+static int make_delta(hl_migration *mg, char *errbuf, size_t errlen)
+{
+    int d = mg->dim;
+    /* Huge pages: every ring event gathers a row of it at random, and in
+     * small pages most gathers also missed the TLB (measured: the rows of
+     * a 100k-item delta cost twice the rest of a migration). */
+    mg->delta = hl_map_huge(sizeof *mg->delta * ((size_t)mg->n_from * d + 1), &mg->delta_bytes);
+    if (mg->delta == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "migration: out of memory (%d items x %d)",
+                      (int)mg->n_from, d);
+    if (mg->n_from > 0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mg->n_from, d, d, -1.0f,
+                    mg->e_from, d, mg->m, d, 0.0f, mg->delta, d);
+    for (int32_t r = 0; r < mg->n_from; r++) {
+        if (mg->row_map[r] < 0) continue;
+        float *dr = mg->delta + (size_t)r * d;
+        const float *xn = mg->e_to + (size_t)mg->row_map[r] * d;
+        for (int j = 0; j < d; j++) dr[j] += xn[j];
+    }
+    return 0;
+}
+
 hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
                                   const float tw[HL_N_TYPES],
                                   char *errbuf, size_t errlen)
+{
+    return hl_migration_create_weighted(from, to, tw, NULL, errbuf, errlen);
+}
+
+hl_migration *hl_migration_create_weighted(const hl_model *from, const hl_model *to,
+                                           const float tw[HL_N_TYPES], const float *item_w,
+                                           char *errbuf, size_t errlen)
 {
     const hl_model_info *a = hl_model_info_get(from), *b = hl_model_info_get(to);
     float *ea = NULL, *eb = NULL;
@@ -208,11 +253,12 @@ hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
     mg->m = malloc(sizeof *mg->m * (size_t)a->dim * a->dim);
     mg->row_map = malloc(sizeof *mg->row_map * ((size_t)a->n_items + 1));
     if (mg->m == NULL || mg->row_map == NULL || index_keys(mg) != 0 ||
-        match_items(mg, &ea, &eb) != 0) {
+        match_items(mg, item_w, &ea, &eb) != 0) {
         hl_err(errbuf, errlen, HL_ENOMEM, "migration: out of memory (%d items)", (int)a->n_items);
         goto fail;
     }
-    if (hl_migration_fit(ea, eb, mg->n_shared, a->dim, a->dim, mg->m, errbuf, errlen) != 0)
+    if (hl_migration_fit(ea, eb, mg->n_shared, a->dim, a->dim, mg->m, errbuf, errlen) != 0 ||
+        make_delta(mg, errbuf, errlen) != 0)
         goto fail;
     free(ea); free(eb);
     return mg;
@@ -249,6 +295,8 @@ void hl_migration_destroy(hl_migration *mg)
     if (mg == NULL)
         return;
     free(mg->m);
+    if (mg->delta != NULL)
+        munmap(mg->delta, mg->delta_bytes);
     free(mg->row_map);
     free(mg->key_slot);
     free(mg->key_row);
@@ -260,15 +308,21 @@ int hl_migration_shared(const hl_migration *mg) { return mg->n_shared; }
 
 /* ---- one row ------------------------------------------------------------ */
 
-/* y += c x over n floats. Blocks of a fixed 8 so the compiler vectorises
- * them at -O2; a saxpy call per (entry, head) cost more than its 64
- * multiply-adds (192 calls per row at history 32, 3 heads). */
-static void axpy8(float *restrict y, float c, const float *restrict x, int n)
+/* y (nh, d) += c[h] x for every head h: x is loaded once for all heads
+ * (it is a gathered row, usually a cache miss). Blocks of a fixed 8 so the
+ * compiler vectorises them at -O2; a saxpy call per (entry, head) cost
+ * more than its 64 multiply-adds. */
+static void axpy_heads(float *restrict y, const float *c, int nh,
+                       const float *restrict x, int d)
 {
     int j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int u = 0; u < 8; u++) y[j + u] += c * x[j + u];
-    for (; j < n; j++) y[j] += c * x[j];
+    for (; j + 8 <= d; j += 8)
+        for (int h = 0; h < nh; h++) {
+            float *restrict yh = y + (size_t)h * d + j;
+            for (int u = 0; u < 8; u++) yh[u] += c[h] * x[j + u];
+        }
+    for (; j < d; j++)
+        for (int h = 0; h < nh; h++) y[(size_t)h * d + j] += c[h] * x[j];
 }
 
 /* The ring entry k's row in to: through from's row when from knew the
@@ -291,33 +345,44 @@ static float entry_weight(const hl_migration *mg, const hl_row_view *v, int k)
     return v->hist_type[k] < HL_N_TYPES ? mg->tw[v->hist_type[k]] : 0.0f;
 }
 
-/* r_old, r_new (n_heads, dim) += the ring's events in each space; m_new
- * (n_heads) += their masses in the new space. */
-static void ring_parts(const hl_migration *mg, const hl_row_edit *e, float *r_old, float *r_new,
-                       float *m_new)
+/* What ring entry k adds to s' = s M + sum_k c_k x_k: delta[item] for an
+ * item from knew (its e_new - e_old M, or -e_old M when to drops it),
+ * to's e_in for one only to knows (found by key), NULL for nothing (an
+ * item neither knows, or an added one: its share stays in s and goes
+ * through M). *in_to: the event counts in to's masses (a rebuild). */
+static const float *entry_vector(const hl_migration *mg, const hl_row_edit *e, int k,
+                                 int *in_to)
+{
+    int32_t item = e->hist_item[k];
+    *in_to = 0;
+    if (!mg->rebuild && item >= 0 && item < mg->n_from)
+        return mg->delta + (size_t)item * mg->dim;
+    if (!mg->rebuild && item == HL_ITEM_ADDED)
+        return NULL;
+    int32_t to = new_row(mg, e, k);
+    *in_to = to >= 0;
+    return to >= 0 ? mg->e_to + (size_t)to * mg->dim : NULL;
+}
+
+/* acc (n_heads, dim) += the ring's correction; m_new (n_heads) += the
+ * masses of its events in to (used by a rebuild). */
+static void ring_parts(const hl_migration *mg, const hl_row_edit *e, float *acc, float *m_new)
 {
     const hl_row_view *v = &e->v;
-    int d = mg->dim;
-    float f[HL_MAX_HEADS];
+    float f[HL_MAX_HEADS], c[HL_MAX_HEADS];
     for (int i = 0; i < v->n_hist; i++) {
-        int k = hl_row_hist_index(v, i);
-        int32_t item = e->hist_item[k];
-        int known = !mg->rebuild && item >= 0 && item < mg->n_from;
-        if (!mg->rebuild && item == HL_ITEM_ADDED)
-            continue;           /* the catalogue's e_in: its share stays in the remainder */
-        int32_t to = new_row(mg, e, k);
-        if (!known && to < 0) continue;                  /* nothing either side */
+        int k = hl_row_hist_index(v, i), in_to;
+        const float *x = entry_vector(mg, e, k, &in_to);
+        if (x == NULL)
+            continue;
         float w = entry_weight(mg, v, k);
         int64_t dt = v->t_ref_ms - v->hist_ts_ms[k];
         hl_decay_factors(&mg->decay, dt > 0 ? dt : 0, f);
-        const float *xo = known ? mg->e_from + (size_t)item * d : NULL;
-        const float *xn = to >= 0 ? mg->e_to + (size_t)to * d : NULL;
-        for (int h = 0; h < mg->n_heads && xn; h++) m_new[h] += w * f[h];
         for (int h = 0; h < mg->n_heads; h++) {
-            float c = w * f[h];
-            if (xo) axpy8(r_old + (size_t)h * d, c, xo, d);
-            if (xn) axpy8(r_new + (size_t)h * d, c, xn, d);
+            c[h] = w * f[h];
+            m_new[h] += in_to ? c[h] : 0.0f;
         }
+        axpy_heads(acc, c, mg->n_heads, x, mg->dim);
     }
 }
 
@@ -342,24 +407,25 @@ void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scr
 {
     int d = mg->dim, nh = mg->n_heads;
     size_t per = (size_t)nh * d;
-    float *rem = scratch, *r_new = scratch + per * (size_t)n;
-    memset(scratch, 0, sizeof *scratch * 2 * per * (size_t)n);
-    /* rem (n nh, d) := s - R_old, the part older than the ring; r_new the
-     * ring's events in the new space. Then s := rem M + R_new, one
-     * (n nh, dim) x (dim, dim) product for all n rows: SGEMM runs far
-     * better on many rows than on three. */
+    float *old = scratch, *acc = scratch + per * (size_t)n;
+    /* s' = (s - R_old) M + R_new = s M + sum_ring c (e_new - e_old M): old
+     * (n nh, d) gathers the heads, acc the ring's correction, then one
+     * (n nh, d) x (d, d) product for all n rows adds s M to it (SGEMM runs
+     * far better on many rows than on three). */
+    memset(acc, 0, sizeof *acc * per * (size_t)n);
     for (int r = 0; r < n; r++) {
-        float *ro = rem + per * (size_t)r, m_new[HL_MAX_HEADS] = {0};
-        ring_parts(mg, &e[r], ro, r_new + per * (size_t)r, m_new);
-        for (size_t j = 0; j < per; j++) ro[j] = e[r].s[j] - ro[j];
+        float m_new[HL_MAX_HEADS] = {0};
+        if (!mg->rebuild)
+            memcpy(old + per * (size_t)r, e[r].s, sizeof *old * per);
+        ring_parts(mg, &e[r], acc + per * (size_t)r, m_new);
         if (mg->rebuild)        /* the ring alone: its masses too */
             memcpy(e[r].m, m_new, sizeof(float) * (size_t)nh);
     }
     if (!mg->rebuild)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n * nh, d, d, 1.0f,
-                    rem, d, mg->m, d, 1.0f, r_new, d);
+                    old, d, mg->m, d, 1.0f, acc, d);
     for (int r = 0; r < n; r++) {
-        memcpy(e[r].s, r_new + per * (size_t)r, sizeof(float) * per);
+        memcpy(e[r].s, acc + per * (size_t)r, sizeof(float) * per);
         map_ring_items(mg, &e[r]);
     }
 }

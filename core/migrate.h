@@ -33,6 +33,13 @@ hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
                                   char *errbuf, size_t errlen);
 void          hl_migration_destroy(hl_migration *mg);   /* NULL is a no-op */
 
+/* The same with a weight per item of from (n_items floats, >= 0; NULL:
+ * all 1): M minimises sum_j w_j ||e_old[j] M - e_new[j]||^2 instead, so
+ * the items that make up most of the heads' remainder are mapped best. */
+hl_migration *hl_migration_create_weighted(const hl_model *from, const hl_model *to,
+                                           const float tw[HL_N_TYPES], const float *item_w,
+                                           char *errbuf, size_t errlen);
+
 /* When the old model is not at hand (a snapshot of a model no longer
  * kept): rows are rebuilt from their ring alone, heads and masses, with
  * to's e_in by each entry's item key and its recorded weight (tw[type]

@@ -76,21 +76,32 @@ static hl_table *table_for(int history)
     return hl_table_create(&o, err, sizeof err);
 }
 
-/* Applies n events of one user, items "it<item[i]>" resolved in m. */
-static void apply_all(hl_table *tbl, const hl_model *m, const int *item, int n, int first_off)
+/* Applies n events of user, items "it<item[i]>" resolved in m. */
+static void apply_events(hl_table *tbl, const hl_model *m, const char *user, const int *item,
+                         int n, int first_off)
 {
     const float tw[HL_N_TYPES] = {1, 2, 3, 4, 5, 6};
     for (int i = 0; i < n; i++) {
         char id[16];
         int len = snprintf(id, sizeof id, "it%d", item[i]);
         uint8_t type = (uint8_t)(i % HL_N_TYPES);
-        hl_event ev = {.user = "u1", .user_len = 2, .item = hl_model_item_find(m, id, (size_t)len),
+        hl_event ev = {.user = user, .user_len = (uint32_t)strlen(user), .item = hl_model_item_find(m, id, (size_t)len),
                        .item_key = hl_item_key(id, (size_t)len),
                        .type = type, .w = tw[type] * (1.0f + 0.5f * (float)(i % 3)),
                        .ts_ms = 1000000 + (int64_t)(i * 7919 % 13) * 600000 + i * 1000,
                        .offset = first_off + i};
         hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), hl_model_info_get(m)->n_items, NULL);
     }
+}
+
+static void apply_all(hl_table *tbl, const hl_model *m, const int *item, int n, int first_off)
+{
+    apply_events(tbl, m, "u1", item, n, first_off);
+}
+
+static void apply_user(hl_table *tbl, const hl_model *m, const char *user, const int *item, int n)
+{
+    apply_events(tbl, m, user, item, n, 0);
 }
 
 static void migrate_user(hl_table *tbl, const hl_migration *mg)
@@ -127,6 +138,43 @@ static void test_fit_recovers_constructed_map(void)
     CHECK_CLOSE(m, want, DA * DB, 1e-4);
     CHECK(hl_migration_fit(a, b, 0, DA, DB, m, err, sizeof err) == 0);
     CHECK(m[0] == 0 && m[DA * DB - 1] == 0);
+}
+
+/* Largest |e_a[j] M - e_b[j]| over items j < n (rows of both at j). */
+static double fit_error(const hl_model *a, const hl_model *b, const float *m, int n)
+{
+    double worst = 0;
+    for (int j = 0; j < n; j++)
+        for (int c = 0; c < DIM; c++) {
+            double acc = -hl_model_e_in(b)[j * DIM + c];
+            for (int k = 0; k < DIM; k++) acc += (double)hl_model_e_in(a)[j * DIM + k] * m[k * DIM + c];
+            worst = fabs(acc) > worst ? fabs(acc) : worst;
+        }
+    return worst;
+}
+
+/* Unrelated e_in (no M maps all 50 items); weighted to DIM items alone,
+ * the fit maps exactly those, which the unweighted fit does not. */
+static void test_weighted_fit_follows_weights(void)
+{
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    hl_model *b = a ? model_at(PATH_B, 0, 50, 77, NULL, NULL) : NULL;
+    float w[50];
+    char err[256];
+    for (int j = 0; j < 50; j++) w[j] = j < DIM ? 1.0f : 0.0f;
+    hl_migration *plain = a && b ? hl_migration_create(a, b, k_tw, err, sizeof err) : NULL;
+    hl_migration *wt = a && b ? hl_migration_create_weighted(a, b, k_tw, w, err, sizeof err) : NULL;
+    CHECKF(plain != NULL && wt != NULL, "%s", err);
+    if (plain && wt) {
+        double e_wt = fit_error(a, b, hl_migration_map(wt), DIM);
+        double e_plain = fit_error(a, b, hl_migration_map(plain), DIM);
+        CHECKF(e_wt < 1e-3, "weighted fit error %g on its items", e_wt);
+        CHECKF(e_plain > 0.1, "unweighted fit error %g: the test cannot tell them apart", e_plain);
+    }
+    hl_migration_destroy(plain);
+    hl_migration_destroy(wt);
+    hl_model_close(a);
+    hl_model_close(b);
 }
 
 static void test_identical_models_are_identity(void)
@@ -385,12 +433,81 @@ static void test_shape_mismatch_refused(void)
     hl_model_close(b);
 }
 
+/* The plain formula, per head: s' = (s - R_old) M + R_new, the ring's
+ * events summed in loops, in double, once under each model (the naive
+ * twin of hl_migration_rows, which gathers one precomputed e_new - e_old M
+ * per event and multiplies all rows' heads by M in one SGEMM). ev[i] is
+ * the item number of the ring's i-th oldest event. */
+static void plain_migration(const hl_model *a, const hl_model *b, const float *m,
+                            const hl_row_view *v, const int *ev, float *out)
+{
+    static const double hl[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+    double rem[HEADS * DIM], r_new[HEADS * DIM] = {0};
+    for (int j = 0; j < HEADS * DIM; j++) rem[j] = v->s[j];
+    for (int i = 0; i < v->n_hist; i++) {
+        int k = hl_row_hist_index(v, i);
+        char id[16];
+        int len = snprintf(id, sizeof id, "it%d", ev[i]);
+        int32_t ra = hl_model_item_find(a, id, (size_t)len), rb = hl_model_item_find(b, id, (size_t)len);
+        for (int h = 0; h < HEADS; h++) {
+            double c = v->hist_w[k] * exp(-log(2.0) / hl[h] * (double)(v->t_ref_ms - v->hist_ts_ms[k]));
+            for (int j = 0; j < DIM && ra >= 0; j++)
+                rem[h * DIM + j] -= c * hl_model_e_in(a)[(size_t)ra * DIM + j];
+            for (int j = 0; j < DIM && rb >= 0; j++)
+                r_new[h * DIM + j] += c * hl_model_e_in(b)[(size_t)rb * DIM + j];
+        }
+    }
+    for (int h = 0; h < HEADS; h++)
+        for (int j = 0; j < DIM; j++) {
+            double acc = r_new[h * DIM + j];
+            for (int q = 0; q < DIM; q++) acc += rem[h * DIM + q] * m[q * DIM + j];
+            out[h * DIM + j] = (float)acc;
+        }
+}
+
+/* Several users with rings shorter than their events, items of both, one
+ * and neither model (B's vectors unrelated to A's, so M leaves a residual),
+ * migrated together in one hl_migration_rows call: each row equals the
+ * plain formula. */
+#define N_USERS 5
+static void test_rows_match_plain_formula(void)
+{
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    hl_model *b = a ? model_at(PATH_B, 10, 60, 77, NULL, NULL) : NULL;
+    hl_table *tbl = table_for(6);
+    char err[256], user[16];
+    int ev[N_USERS][20];
+    CHECK(a != NULL && b != NULL && tbl != NULL);
+    hl_migration *mg = a && b ? hl_migration_create(a, b, k_tw, err, sizeof err) : NULL;
+    CHECKF(mg != NULL, "%s", err);
+    if (mg == NULL) goto out;
+    hl_row_edit e[N_USERS];
+    float want[N_USERS][HEADS * DIM], scratch[2 * N_USERS * HEADS * DIM];
+    for (int u = 0; u < N_USERS; u++) {
+        for (int i = 0; i < 20; i++) ev[u][i] = (i * 17 + u * 5) % 80;  /* 70..79: neither */
+        snprintf(user, sizeof user, "u%d", u);
+        apply_user(tbl, a, user, ev[u], 20);
+        hl_table_edit(tbl, (uint32_t)hl_table_find(tbl, user, strlen(user)), &e[u]);
+        plain_migration(a, b, hl_migration_map(mg), &e[u].v, ev[u] + 20 - e[u].v.n_hist, want[u]);
+    }
+    hl_migration_rows(mg, e, N_USERS, scratch);
+    for (int u = 0; u < N_USERS; u++)
+        CHECK_CLOSE(e[u].s, want[u], HEADS * DIM, 1e-4);
+out:
+    hl_migration_destroy(mg);
+    hl_table_destroy(tbl);
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
 int main(void)
 {
     RUN(test_fit_recovers_constructed_map);
+    RUN(test_weighted_fit_follows_weights);
     RUN(test_identical_models_are_identity);
     RUN(test_full_ring_is_exact);
     RUN(test_linear_map_migrates_remainder);
+    RUN(test_rows_match_plain_formula);
     RUN(test_rebuild_from_ring);
     RUN(test_added_item_is_mapped_not_doubled);
     RUN(test_table_generations);

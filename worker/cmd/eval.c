@@ -63,12 +63,20 @@ static void usage(FILE *f)
         "                       prequential: at the time of the F quantile of the\n"
         "                       events every user's state migrates into model B\n"
         "                       (as a live swap does) and B ranks from then on\n"
+        "  --swap-weights count|remainder|bias\n"
+        "                       weight the items in the swap's least-squares fit by\n"
+        "                       1 + their events before the swap, 1 + those older\n"
+        "                       than their user's ring (decayed by the longest\n"
+        "                       half-life), or exp(the old model's bias); default\n"
+        "                       none: unweighted, as the worker fits\n"
         "  --score-from F       prequential: score only events from that time on\n"
         "  --apply-from F       prequential: skip the events before that time (a state\n"
         "                       rebuilt from a topic that keeps only the later ones)\n"
         "  --foldin N           prequential: items the model does not know are folded\n"
         "                       in from the stream after N interactions, as the\n"
         "                       worker does with catalogue.foldin.min.events=N\n"
+        "  --per-user FILE      prequential: write each scored user's events and\n"
+        "                       the model's hits to FILE (user_id TAB n TAB hits)\n"
         "  --quiet yes          no progress lines\n",
         DEFAULT_K, DEFAULT_HISTORY, DEFAULT_BATCH, DEFAULT_WINDOWS);
 }
@@ -124,6 +132,12 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--swap-at"))       bad = parse_fraction(val, &a->swap_at);
     else if (!strcmp(opt, "--score-from"))    bad = parse_fraction(val, &a->score_from);
     else if (!strcmp(opt, "--apply-from"))    bad = parse_fraction(val, &a->apply_from);
+    else if (!strcmp(opt, "--per-user"))      a->per_user = val;
+    else if (!strcmp(opt, "--swap-weights"))  {
+        a->swap_weights = strcmp(val, "none") ? val : NULL;
+        bad = a->swap_weights && strcmp(val, "count") && strcmp(val, "remainder") &&
+              strcmp(val, "bias");
+    }
     else if (!strcmp(opt, "--foldin"))        { bad = parse_int(val, 1, 1000000, &x); a->foldin = (int)x; }
     else if (!strcmp(opt, "--popularity-counts")) {
         a->pop_counts_all = !strcmp(val, "all");
@@ -150,6 +164,16 @@ static int check_args(const eval_args *a)
     if (a->swap_model && (!a->model || strcmp(a->protocol, "prequential") || a->swap_at < 0)) {
         fprintf(stderr, "halflife eval: --swap-model needs --model, --swap-at and the "
                         "prequential protocol\n\n");
+        return 2;
+    }
+    if (a->swap_weights && !a->swap_model) {
+        fprintf(stderr, "halflife eval: --swap-weights weights a swap's fit: give "
+                        "--swap-model and --swap-at too\n\n");
+        return 2;
+    }
+    if (a->per_user && (!a->model || strcmp(a->protocol, "prequential"))) {
+        fprintf(stderr, "halflife eval: --per-user needs --model and the prequential "
+                        "protocol\n\n");
         return 2;
     }
     if (!a->model && !a->baseline) {

@@ -41,6 +41,11 @@ typedef struct eval_args {
     const hl_model *swap_m;        /* opened by hl_cmd_eval */
     double      swap_at, score_from, apply_from;   /* 0..1; swap_at < 0: none */
     int         foldin;            /* prequential: fold-in's min.events; 0 off */
+    const char *swap_weights;      /* the fit's item weights: none (NULL), count,
+                                      remainder or bias (core/migrate.h) */
+    const char *per_user;          /* prequential: the model's scored events and
+                                      hits per user, as TSV (a bootstrap over
+                                      users needs them); NULL: not written */
 } eval_args;
 
 /* ---- the events (eval.c) --------------------------------------------- */

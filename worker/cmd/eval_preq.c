@@ -12,6 +12,8 @@
 #include "log.h"
 #include "migrate.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +58,7 @@ typedef struct preq_run {
     int64_t          t_swap, t_score;   /* INT64_MAX: no swap; INT64_MIN: score all */
     int              use_b;             /* swapped: events name --swap-model's rows */
     int64_t          migrated;
+    int32_t         *user_n, *user_hits;  /* (users) --per-user: scored, hit */
 } preq_run;
 
 static int copies_alloc(preq_run *pr)
@@ -120,6 +123,12 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
     pr->extra_rows = malloc((size_t)a->batch * a->history * sizeof *pr->extra_rows);
     if (!pr->extra || !pr->extra_rows)
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory");
+    if (a->per_user) {
+        pr->user_n = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_n);
+        pr->user_hits = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_hits);
+        if (!pr->user_n || !pr->user_hits)
+            return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory");
+    }
     return 0;
 }
 
@@ -134,6 +143,7 @@ static void preq_free(preq_run *pr)
     free(pr->views); free(pr->recs); free(pr->n_out); free(pr->top);
     free(pr->win_model); free(pr->win_pop);
     free(pr->extra); free(pr->extra_rows);
+    free(pr->user_n); free(pr->user_hits);
 }
 
 /* Copies the user's current state (zeros for a user not seen yet). */
@@ -241,6 +251,10 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
             target = hl_eval_fold_row(pr->fold, e->key);
         int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b], target);
         metric_add(&pr->model, rank);
+        if (pr->user_n) {
+            pr->user_n[e->user]++;
+            pr->user_hits[e->user] += rank >= 0;
+        }
         if ((pr->use_b ? e->item_b : e->item) < 0)
             metric_add(&pr->model_unknown, rank);
         metric_add(&pr->win_model[window_of(pr, first + b)], rank);
@@ -296,6 +310,26 @@ static void preq_print(const preq_run *pr, double seconds)
     printf(",\"seconds\":%.2f}\n", seconds);
 }
 
+/* --per-user: user_id, scored events, hits (TSV), for every user scored. */
+static int preq_write_users(const preq_run *pr, char *errbuf, size_t errlen)
+{
+    FILE *f = fopen(pr->a->per_user, "w");
+    if (f == NULL)
+        return hl_err(errbuf, errlen, HL_EIO, "eval: --per-user %s: %s", pr->a->per_user,
+                      strerror(errno));
+    for (int u = 0; u < pr->d->users.n; u++) {
+        uint32_t len;
+        const char *id = strmap_key(&pr->d->users, u, &len);
+        if (pr->user_n[u] > 0)
+            fprintf(f, "%.*s\t%d\t%d\n", (int)len, id, pr->user_n[u], pr->user_hits[u]);
+    }
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad)
+        return hl_err(errbuf, errlen, HL_EIO, "eval: --per-user %s: write failed (%s)",
+                      pr->a->per_user, strerror(errno));
+    return 0;
+}
+
 /* The time of the f quantile of the events (in time order): events before
  * it are "the first f of the time", as `halflife train --holdout time:f`. */
 static int64_t time_at(const eval_data *d, double f)
@@ -304,13 +338,41 @@ static int64_t time_at(const eval_data *d, double f)
     return i >= d->n_ev ? INT64_MAX : d->ev[i < 0 ? 0 : i].ts_ms;
 }
 
+/* --swap-weights: a weight per item of the serving model, from the events
+ * applied before the swap (i_swap is the first after it). */
+static float *swap_weights(const preq_run *pr, int64_t first, int64_t i_swap)
+{
+    const hl_model_info *mi = hl_model_info_get(pr->m);
+    const char *how = pr->a->swap_weights;
+    float *w = malloc(sizeof *w * ((size_t)mi->n_items + 1));
+    int32_t *seen = calloc((size_t)pr->d->users.n + 1, sizeof *seen);
+    double lambda = log(2.0) / mi->half_life_ms[mi->n_heads - 1];
+    for (int32_t j = 0; w && j < mi->n_items; j++)
+        w[j] = strcmp(how, "bias") ? 1.0f : expf(hl_model_bias(pr->m)[j]);
+    for (int64_t i = i_swap - 1; w && seen && i >= first && strcmp(how, "bias"); i--) {
+        const ev_rec *e = &pr->d->ev[i];
+        if (e->item < 0) continue;
+        if (!strcmp(how, "count"))
+            w[e->item] += 1.0f;
+        else if (seen[e->user]++ >= pr->a->history)   /* older than the ring */
+            w[e->item] += e->w * (float)exp(-lambda * (double)(pr->t_swap - e->ts_ms));
+    }
+    free(seen);
+    return w;
+}
+
 /* The swap: every user's state into --swap-model (the worker's migration),
  * which ranks from now on. */
-static int preq_swap(preq_run *pr, char *errbuf, size_t errlen)
+static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, size_t errlen)
 {
     const hl_model *b = pr->a->swap_m;
-    hl_migration *mg = hl_migration_create(pr->m, b, hl_model_info_get(pr->m)->type_weight,
-                                           errbuf, errlen);
+    float *w = pr->a->swap_weights ? swap_weights(pr, first, i_swap) : NULL;
+    if (pr->a->swap_weights && w == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory weighting the fit");
+    hl_migration *mg = hl_migration_create_weighted(pr->m, b,
+                                                    hl_model_info_get(pr->m)->type_weight, w,
+                                                    errbuf, errlen);
+    free(w);
     if (mg == NULL)
         return HL_EINVAL;
     pr->migrated = hl_migration_table(mg, pr->tbl);
@@ -354,13 +416,15 @@ int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
         goto out;
     for (int64_t i = start, n; rc == 0 && i < d->n_ev; i += n) {
         if (!pr.use_b && a->swap_m && d->ev[i].ts_ms >= pr.t_swap &&
-            (rc = preq_swap(&pr, errbuf, errlen)) != 0)
+            (rc = preq_swap(&pr, start, i, errbuf, errlen)) != 0)
             break;
         n = batch_len(&pr, i);
         rc = preq_batch(&pr, i, (int)n, errbuf, errlen);
         hl_eval_progress(&pr.pg, "prequential events", i + n, d->n_ev,
                          m ? &pr.model : NULL, a->baseline ? &pr.popm : NULL);
     }
+    if (rc == 0 && a->per_user)
+        rc = preq_write_users(&pr, errbuf, errlen);
     if (rc == 0)
         preq_print(&pr, (hl_now_mono_ms() - t0) / 1000.0);
 out:

@@ -31,9 +31,18 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     hl_ticket *t = rkm->_private;
     if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         atomic_fetch_add_explicit(&p->n_delivered, 1, memory_order_relaxed);
-        /* One thread serves a producer's reports, so a plain max will do. */
-        if (t && rkm->offset > atomic_load_explicit(&t->last_offset, memory_order_relaxed))
-            atomic_store_explicit(&t->last_offset, rkm->offset, memory_order_relaxed);
+        /* Every thread that polls the producer serves reports (shard
+         * threads, the main loop, the changelog), and one ticket's message
+         * sets can be reported in two of them at once: a compare-and-swap
+         * max, so neither lowers what the other raised. */
+        if (t) {
+            int64_t cur = atomic_load_explicit(&t->last_offset, memory_order_relaxed);
+            while (rkm->offset > cur &&
+                   !atomic_compare_exchange_weak_explicit(&t->last_offset, &cur, rkm->offset,
+                                                          memory_order_relaxed,
+                                                          memory_order_relaxed))
+                ;
+        }
     } else {
         int none = 0;
         atomic_compare_exchange_strong(&p->first_err, &none, (int)rkm->err);

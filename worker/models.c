@@ -80,15 +80,21 @@ static void mkdir_p(const char *dir)
     mkdir(p, 0755);
 }
 
-/* src to dst byte for byte (a hard link when both are on one mount). */
+/* src to a new file dst, byte for byte: a hard link when both are on one
+ * mount, else a copy. dst must not exist: it is never opened to truncate,
+ * since a file of that name could be a hard link to src itself (another
+ * worker's keep of the same model on a shared volume), and truncating it
+ * would empty the model being served. */
 static int copy_file(const char *src, const char *dst)
 {
     if (link(src, dst) == 0)
         return 0;
+    if (errno == EEXIST)
+        return -1;
     int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, rc = -1;
     char buf[1 << 16];
     ssize_t n;
-    if (in < 0 || (out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+    if (in < 0 || (out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
         goto done;
     while ((n = read(in, buf, sizeof buf)) > 0)
         if (write(out, buf, (size_t)n) != n)
@@ -131,8 +137,13 @@ static void prune(hl_models *ms)
 static void keep(hl_models *ms, const char *path, const hl_model_info *mi)
 {
     char dst[4352], tmp[4352], err[512];
+    char suffix[32];
+    /* The temporary name is this process's own: workers sharing model.dir
+     * (one volume) keep the same model at once, and must not unlink or
+     * overwrite each other's temporary file. */
+    snprintf(suffix, sizeof suffix, ".%ld.tmp", (long)getpid());
     if (ms->o.store_dir == NULL || kept_path(ms, mi->fingerprint, "", dst, sizeof dst) ||
-        kept_path(ms, mi->fingerprint, ".tmp", tmp, sizeof tmp) || access(dst, F_OK) == 0)
+        kept_path(ms, mi->fingerprint, suffix, tmp, sizeof tmp) || access(dst, F_OK) == 0)
         return;
     mkdir_p(ms->o.store_dir);
     unlink(tmp);

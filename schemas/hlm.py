@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """hlm.py - reference reader and writer of the halflife model file (.hlm).
 
-The byte layout is schemas/model.md; core/model.c is the C side. This file
+The byte layout is schemas/model.md; core/model*.c are the C side. This file
 exists so a team that trains in another framework (PyTorch, JAX, ...) can
 export a model halflife serves, and so the format is checked by a second,
 independent implementation. Only the standard library and numpy are used.

@@ -4,7 +4,7 @@
  * Damaged files are made by patching bytes of a good one; where the damage is
  * one a CRC would also catch (a NaN, a repeated id), the test recomputes the
  * CRC with its own bit-at-a-time CRC-32 so the open reaches the check under
- * test. That twin also checks model.c's slice-by-8 CRC on every good open.
+ * test. That twin also checks model_format.c's CRC on every good open.
  *
  * With HL_HLM_ROUNDTRIP_IN and HL_HLM_ROUNDTRIP_OUT set, it instead opens the
  * first and rewrites it with hl_model_write to the second (for
@@ -126,7 +126,7 @@ static void spit(const char *path, const uint8_t *b, size_t len)
     fclose(f);
 }
 
-/* Bit-at-a-time CRC-32 (zlib's): the plain twin of model.c's slice-by-8. */
+/* Bit-at-a-time CRC-32 (zlib's): the plain twin of model_format.c's slice-by-8. */
 static uint32_t crc32_plain(const uint8_t *p, size_t n)
 {
     uint32_t c = 0xffffffffu;

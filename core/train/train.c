@@ -113,7 +113,7 @@ static int check_opts(const hl_train_opts *o, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL, "train: train_fraction must be in (0,1]");
     if (o->n_negatives < 1)
         return hl_err(errbuf, errlen, HL_EINVAL, "train: n_negatives must be >= 1");
-    /* What the model file refuses (model.c), refused before any training,
+    /* What the model file refuses (model_format.c), refused before any training,
      * named as the file names it. */
     if (o->n_heads < 1 || o->n_heads > HL_MAX_HEADS)
         return hl_err(errbuf, errlen, HL_EINVAL, "train: n_heads %d outside 1..%d",

@@ -11,7 +11,8 @@
  * a step only fills buffers, write() runs here), so the owner never waits
  * on the disk unless it asks to (hl_persist_flush). A file is committed
  * only once the lists of every event in its rows are delivered (see
- * commit_when_delivered), so a crash right after it loses no list.
+ * commit_when_delivered), so a crash right after it loses no list. The
+ * committer thread and the hand-offs to it are in persist_commit.c.
  *
  * Invariants: a shard has at most one writer being stepped (ps->w, owner
  * only) and, for ticks, at most one commit queued; a commit's result is
@@ -24,7 +25,7 @@
  *
  * What it does not do: Kafka (seeking, storing offsets) and choosing the
  * offsets; the caller passes the shard's next input offset. */
-#include "persist.h"
+#include "persist_internal.h"
 #include "log.h"
 
 #include <errno.h>
@@ -36,82 +37,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#define DONE_MAX      64          /* completions kept for hl_persist_poll */
-#define FLUSH_STEP_X  16          /* flush steps this many times step_rows per call */
-#define STEP_BYTES    (256 * 1024) /* default step: about 0.2 ms of copying, so the
-                                     tick budget is checked often */
-#define RING_FULL_US  3           /* a step this quick wrote nothing */
-
-typedef struct job {
-    struct job         *next;
-    hl_persist_shard   *ps;
-    hl_snapshot_writer *w;
-    int64_t             next_offset;
-    int64_t             t0_us;      /* when the snapshot began */
-} job;
-
-struct hl_persist {
-    hl_persist_opts  o;             /* dir and topic point at the copies below */
-    char             dir[HL_SNAPSHOT_PATH_MAX];
-    char             topic[HL_SNAPSHOT_TOPIC_MAX + 1];
-    const hl_io     *io;
-    _Atomic uint64_t fp;            /* the model restores check against */
-
-    pthread_t        tid;
-    int              started;
-    pthread_mutex_t  mu;
-    pthread_cond_t   work_cv;       /* the committer waits for jobs */
-    pthread_cond_t   done_cv;       /* flushes wait for commits (monotonic clock) */
-
-    /* under mu */
-    job             *head, *tail;
-    hl_persist_shard *drain_head;   /* shards whose writer has buffers to write */
-    int              queued;        /* waiting or running */
-    int              quit;
-    hl_persist_done  done[DONE_MAX];
-    int              done_head, done_n;
-    uint64_t         n_ok, n_failed, n_bytes, n_skipped;
-
-    atomic_llong     max_tick_us;
-    int              async;         /* steps only fill buffers; the committer writes */
-
-    hl_histogram    *m_duration;
-    hl_gauge        *m_restore;
-    hl_counter      *m_ok, *m_failed;
-};
-
-struct hl_persist_shard {
-    hl_persist         *p;
-    int32_t             partition;
-
-    /* owner thread only */
-    hl_snapshot_writer *w;
-    int64_t             w_offset;
-    int64_t             w_t0_us;
-    size_t              w_rows;     /* rows per step */
-    int                 w_out;      /* every row is out; waiting for delivery */
-    int64_t             w_need;     /* commit once delivered_offset reaches this */
-    int64_t             due_ms;
-    int                 due_set;
-    uint64_t            fp;         /* model fingerprint of the rows now */
-    int                 fp_changed; /* since the newest snapshot began */
-    hl_persist_cover_fn cover;      /* NULL: the changelog fields stay 0 */
-    void               *cover_arg;
-
-    /* under p->mu */
-    hl_snapshot_writer *drain_w;    /* ps->w while the committer may drain it */
-    hl_persist_shard   *drain_next; /* in p's drain list */
-    int                 drain_queued, draining;
-    int                 refs;
-    int                 in_flight;  /* commits queued or running */
-    int                 last_rc;
-    char                last_err[256];
-
-    atomic_llong        durable;    /* next_offset of the newest durable file */
-    char                labels[48];
-    hl_gauge           *g_bytes, *g_success;
-};
 
 /* ---- creation ---------------------------------------------------------- */
 
@@ -182,7 +107,6 @@ static void register_metrics(hl_persist *p)
         "Shard snapshots attempted, by result.", "result=\"failed\"");
 }
 
-static void *committer_main(void *arg);
 
 hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t errlen)
 {
@@ -213,7 +137,7 @@ hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t err
     pthread_condattr_destroy(&ca);
     if (o->reg)
         register_metrics(p);
-    if (pthread_create(&p->tid, NULL, committer_main, p) != 0) {
+    if (pthread_create(&p->tid, NULL, hl_persist_committer_main, p) != 0) {
         hl_err(errbuf, errlen, HL_EIO, "persist: cannot start the committer thread");
         hl_persist_destroy(p);
         return NULL;
@@ -242,7 +166,7 @@ void hl_persist_destroy(hl_persist *p)
 /* ---- completions --------------------------------------------------------- */
 
 /* Under mu. */
-static void push_done(hl_persist *p, const hl_persist_done *d)
+void hl_persist_push_done(hl_persist *p, const hl_persist_done *d)
 {
     if (p->done_n == DONE_MAX) {                 /* drop the oldest */
         p->done_head = (p->done_head + 1) % DONE_MAX;
@@ -285,15 +209,15 @@ void hl_persist_stats_get(hl_persist *p, hl_persist_stats *st)
 
 /* A snapshot that failed on the owner thread (begin or step): the writer
  * is gone, older files are intact. Logged, counted, reported. */
-static int owner_failed(hl_persist_shard *ps, int64_t offset, int rc, const char *stage,
-                        const char *why)
+int hl_persist_owner_failed(hl_persist_shard *ps, int64_t offset, int rc,
+                            const char *stage, const char *why)
 {
     hl_persist *p = ps->p;
     hl_persist_done d = {.partition = ps->partition, .rc = rc, .next_offset = offset,
                          .wall_ms = hl_now_wall_ms()};
     snprintf(d.err, sizeof d.err, "%s", why);
     pthread_mutex_lock(&p->mu);
-    push_done(p, &d);
+    hl_persist_push_done(p, &d);
     ps->last_rc = rc;
     snprintf(ps->last_err, sizeof ps->last_err, "%s", why);
     pthread_mutex_unlock(&p->mu);
@@ -304,196 +228,7 @@ static int owner_failed(hl_persist_shard *ps, int64_t offset, int rc, const char
     return rc;
 }
 
-/* ---- the committer thread ------------------------------------------------ */
-
-static void shard_unref_locked(hl_persist_shard *ps, int *free_it)
-{
-    *free_it = --ps->refs == 0;
-}
-
-static void shard_free(hl_persist_shard *ps)
-{
-    free(ps);
-}
-
-/* Commits j's writer (no lock held) and describes the outcome in d. */
-static void run_job(hl_persist *p, job *j, hl_persist_done *d)
-{
-    hl_snapshot_result res;
-    int64_t t = hl_now_mono_us();
-    memset(d, 0, sizeof *d);
-    d->partition = j->ps->partition;
-    d->next_offset = j->next_offset;
-    d->rc = hl_snapshot_commit(j->w, p->o.retain, &res, d->err, sizeof d->err);
-    j->w = NULL;                            /* commit always consumes it */
-    int64_t end = hl_now_mono_us();
-    d->commit_s = (double)(end - t) / 1e6;
-    d->duration_s = (double)(end - j->t0_us) / 1e6;
-    d->wall_ms = hl_now_wall_ms();
-    if (d->rc == 0) {
-        d->bytes = res.bytes;
-        d->n_rows = res.n_rows;
-        if (res.n_delete_failed)
-            hl_log(HL_LOG_WARN, "snapshot_retention", "partition=%d delete_failed=%d",
-                   (int)d->partition, res.n_delete_failed);
-    }
-}
-
-static void job_metrics(hl_persist *p, hl_persist_shard *ps, const hl_persist_done *d)
-{
-    if (d->rc != 0) {
-        if (p->m_failed)
-            hl_counter_add(p->m_failed, 1);
-        hl_log(HL_LOG_WARN, "snapshot_failed", "partition=%d next_offset=%lld stage=commit "
-               "err=\"%s\"", (int)d->partition, (long long)d->next_offset, d->err);
-        return;
-    }
-    if (p->m_ok) {
-        hl_counter_add(p->m_ok, 1);
-        hl_histogram_observe(p->m_duration, d->duration_s);
-    }
-    if (ps->g_bytes) {
-        hl_gauge_set(ps->g_bytes, (double)d->bytes);
-        hl_gauge_set(ps->g_success, (double)d->wall_ms / 1000.0);
-    }
-    hl_log(HL_LOG_INFO, "snapshot_written", "partition=%d next_offset=%lld rows=%llu "
-           "bytes=%llu duration_s=%.3f commit_s=%.3f", (int)d->partition,
-           (long long)d->next_offset, (unsigned long long)d->n_rows,
-           (unsigned long long)d->bytes, d->duration_s, d->commit_s);
-}
-
-/* Under mu: fold the outcome into the shard and wake flushes. */
-static void finish_job(hl_persist *p, job *j, const hl_persist_done *d, int *free_it)
-{
-    hl_persist_shard *ps = j->ps;
-    push_done(p, d);
-    ps->in_flight--;
-    ps->last_rc = d->rc;
-    snprintf(ps->last_err, sizeof ps->last_err, "%s", d->rc ? d->err : "");
-    if (d->rc == 0 && d->next_offset > atomic_load(&ps->durable))
-        atomic_store(&ps->durable, d->next_offset);
-    p->queued--;
-    pthread_cond_broadcast(&p->done_cv);
-    shard_unref_locked(ps, free_it);
-}
-
-/* Under mu: the next shard whose writer has buffers to write, marked as
- * being drained, with that writer in *w; or NULL. */
-static hl_persist_shard *take_drain(hl_persist *p, hl_snapshot_writer **w)
-{
-    hl_persist_shard *ps = p->drain_head;
-    if (ps == NULL)
-        return NULL;
-    p->drain_head = ps->drain_next;
-    ps->drain_next = NULL;
-    ps->drain_queued = 0;
-    ps->draining = 1;
-    *w = ps->drain_w;
-    return ps;
-}
-
-/* Writes what w has filled (no lock held: an abort waits for it, and a
- * commit of w runs later on this thread). A failure stays in the writer:
- * the owner's next step returns it and reports it. */
-static void run_drain(hl_persist *p, hl_persist_shard *ps, hl_snapshot_writer *w)
-{
-    char err[256];
-    hl_snapshot_drain(w, err, sizeof err);
-    pthread_mutex_lock(&p->mu);
-    ps->draining = 0;
-    pthread_cond_broadcast(&p->done_cv);
-    pthread_mutex_unlock(&p->mu);
-}
-
-static void run_commit(hl_persist *p, job *j)
-{
-    hl_persist_done d;
-    int free_it;
-    run_job(p, j, &d);
-    job_metrics(p, j->ps, &d);
-    pthread_mutex_lock(&p->mu);
-    finish_job(p, j, &d, &free_it);
-    pthread_mutex_unlock(&p->mu);
-    if (free_it)
-        shard_free(j->ps);
-    free(j);
-}
-
-/* Commits first (they make files durable), then drains. */
-static void *committer_main(void *arg)
-{
-    hl_persist *p = arg;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (p->head == NULL && p->drain_head == NULL && !p->quit)
-            pthread_cond_wait(&p->work_cv, &p->mu);
-        job *j = p->head;
-        hl_snapshot_writer *w = NULL;
-        hl_persist_shard *ps = j ? NULL : take_drain(p, &w);
-        if (j == NULL && ps == NULL)
-            break;                              /* quit, and nothing left */
-        if (j != NULL && (p->head = j->next) == NULL)
-            p->tail = NULL;
-        pthread_mutex_unlock(&p->mu);
-        if (j != NULL)
-            run_commit(p, j);
-        else
-            run_drain(p, ps, w);
-        pthread_mutex_lock(&p->mu);
-    }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
-}
-
-/* Owner thread: asks the committer to write what the steps filled. */
-static void request_drain(hl_persist_shard *ps)
-{
-    hl_persist *p = ps->p;
-    pthread_mutex_lock(&p->mu);
-    if (ps->drain_w != NULL && !ps->drain_queued) {
-        ps->drain_queued = 1;
-        ps->drain_next = p->drain_head;
-        p->drain_head = ps;
-        pthread_cond_signal(&p->work_cv);
-    }
-    pthread_mutex_unlock(&p->mu);
-}
-
-/* Under mu: takes ps out of the drain list. */
-static void unlist_drain(hl_persist_shard *ps)
-{
-    hl_persist_shard **pp = &ps->p->drain_head;
-    while (*pp != NULL && *pp != ps)
-        pp = &(*pp)->drain_next;
-    if (*pp == ps)
-        *pp = ps->drain_next;
-    ps->drain_next = NULL;
-    ps->drain_queued = 0;
-}
-
-/* Owner thread, before an abort frees the writer: no more drains of it,
- * and none running. */
-static void detach_drain(hl_persist_shard *ps)
-{
-    hl_persist *p = ps->p;
-    pthread_mutex_lock(&p->mu);
-    unlist_drain(ps);
-    while (ps->draining)
-        pthread_cond_wait(&p->done_cv, &p->mu);
-    ps->drain_w = NULL;
-    pthread_mutex_unlock(&p->mu);
-}
-
-/* Owner thread: abandons the running writer; its temporary file goes. */
-static void drop_writer(hl_persist_shard *ps)
-{
-    if (ps->w == NULL)
-        return;
-    detach_drain(ps);
-    hl_snapshot_abort(ps->w);
-    ps->w = NULL;
-    ps->w_out = 0;
-}
+/* ---- the model ---------------------------------------------------------- */
 
 void hl_persist_set_model(hl_persist *p, uint64_t fingerprint)
 {
@@ -510,40 +245,11 @@ void hl_persist_shard_set_model(hl_persist_shard *ps, uint64_t fingerprint)
 {
     if (ps == NULL || ps->fp == fingerprint)
         return;
-    drop_writer(ps);        /* its rows so far are in the old model's space */
+    hl_persist_drop_writer(ps);        /* its rows so far are in the old model's space */
     ps->fp = fingerprint;
     ps->fp_changed = 1;
 }
 
-/* Owner thread: hands the finished writer to the committer. */
-static int enqueue(hl_persist_shard *ps)
-{
-    hl_persist *p = ps->p;
-    job *j = malloc(sizeof *j);
-    if (j == NULL) {
-        drop_writer(ps);
-        return owner_failed(ps, ps->w_offset, HL_ENOMEM, "queue", "out of memory");
-    }
-    *j = (job){.ps = ps, .w = ps->w, .next_offset = ps->w_offset, .t0_us = ps->w_t0_us};
-    ps->w = NULL;
-    ps->w_out = 0;
-    pthread_mutex_lock(&p->mu);
-    /* No wait for a drain still running: it ends before this job runs, on
-     * the same thread. The job's commit writes what is left. */
-    unlist_drain(ps);
-    ps->drain_w = NULL;
-    ps->in_flight++;
-    ps->refs++;
-    p->queued++;
-    if (p->tail)
-        p->tail->next = j;
-    else
-        p->head = j;
-    p->tail = j;
-    pthread_cond_signal(&p->work_cv);
-    pthread_mutex_unlock(&p->mu);
-    return 1;
-}
 
 /* ---- restore ----------------------------------------------------------- */
 
@@ -640,7 +346,7 @@ void hl_persist_shard_destroy(hl_persist_shard *ps)
     int free_it;
     if (ps == NULL)
         return;
-    drop_writer(ps);
+    hl_persist_drop_writer(ps);
     /* Hidden now, not when the last commit ends: by then the partition may
      * be back with a new shard struct showing the same series. */
     if (ps->g_bytes) {
@@ -649,10 +355,10 @@ void hl_persist_shard_destroy(hl_persist_shard *ps)
                         ps->labels);
     }
     pthread_mutex_lock(&ps->p->mu);
-    shard_unref_locked(ps, &free_it);
+    hl_persist_shard_unref_locked(ps, &free_it);
     pthread_mutex_unlock(&ps->p->mu);
     if (free_it)
-        shard_free(ps);
+        hl_persist_shard_free(ps);
 }
 
 int64_t hl_persist_shard_durable(const hl_persist_shard *ps)
@@ -712,7 +418,7 @@ static int begin(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
     ps->w_rows = step_rows(p, tbl);
     int rc = hl_snapshot_begin(p->io, p->dir, &meta, tbl, &ps->w, errbuf, errlen);
     if (rc != 0)
-        return owner_failed(ps, next_offset, rc, "begin", errbuf);
+        return hl_persist_owner_failed(ps, next_offset, rc, "begin", errbuf);
     ps->fp_changed = 0;
     if (async) {
         hl_snapshot_async(ps->w);
@@ -747,8 +453,8 @@ static int step_until(hl_persist_shard *ps, const hl_table *tbl, size_t rows,
         ps->w_out = 1;
     if (rc < 0) {
         int64_t off = ps->w_offset;
-        drop_writer(ps);
-        return owner_failed(ps, off, rc, "step", errbuf);
+        hl_persist_drop_writer(ps);
+        return hl_persist_owner_failed(ps, off, rc, "step", errbuf);
     }
     return rc;
 }
@@ -793,7 +499,7 @@ static int commit_when_delivered(hl_persist_shard *ps, int64_t applied_offset,
 {
     if (ps->w_need < 0)
         ps->w_need = applied_offset > ps->w_offset ? applied_offset : ps->w_offset;
-    return delivered_offset >= ps->w_need ? enqueue(ps) : 0;
+    return delivered_offset >= ps->w_need ? hl_persist_enqueue(ps) : 0;
 }
 
 int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_offset,
@@ -812,7 +518,7 @@ int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_o
     rc = step_until(ps, tbl, ps->w_rows, t0 + ps->p->o.tick_budget_us,
                     err, sizeof err);
     if (stepped && rc >= 0 && ps->w != NULL)
-        request_drain(ps);
+        hl_persist_request_drain(ps);
     if (rc == 1)
         rc = commit_when_delivered(ps, applied_offset, delivered_offset);
 out:
@@ -839,7 +545,7 @@ static int wait_idle(hl_persist_shard *ps, int64_t deadline_ms, char *errbuf, si
 }
 
 /* A flush whose commit did not finish by its deadline: logged here, like
- * every other failure of a flush (owner_failed, the committer), so the
+ * every other failure of a flush (hl_persist_owner_failed, the committer), so the
  * caller never logs it a second time. The commit may still land. */
 static int flush_wait_failed(hl_persist_shard *ps, int64_t offset, int rc, const char *why)
 {
@@ -860,15 +566,15 @@ static int step_all(hl_persist_shard *ps, const hl_table *tbl, int64_t deadline_
             char why[160];
             int64_t off = ps->w_offset;
             snprintf(why, sizeof why, "deadline passed while writing rows");
-            drop_writer(ps);
-            owner_failed(ps, off, HL_EIO, "flush", why);
+            hl_persist_drop_writer(ps);
+            hl_persist_owner_failed(ps, off, HL_EIO, "flush", why);
             return hl_err(errbuf, errlen, HL_EIO, "snapshot of partition %d: %s",
                           (int)ps->partition, why);
         }
     }
     if (rc < 0)
         return rc;
-    if ((rc = enqueue(ps)) < 0)
+    if ((rc = hl_persist_enqueue(ps)) < 0)
         return hl_err(errbuf, errlen, rc, "snapshot of partition %d: out of memory",
                       (int)ps->partition);
     return 0;
@@ -883,7 +589,7 @@ int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_off
      * the committer is too: here the owner waits anyway, and writing
      * itself spares a round trip per buffer. */
     if (ps->w != NULL && (ps->w_offset != next_offset || p->async))
-        drop_writer(ps);
+        hl_persist_drop_writer(ps);
     if (ps->w == NULL) {
         /* A queued commit may already hold next_offset. */
         if ((rc = wait_idle(ps, deadline_ms, errbuf, errlen)) != 0)
@@ -894,7 +600,7 @@ int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_off
             return rc;
     }
     if ((rc = step_all(ps, tbl, deadline_ms, errbuf, errlen)) != 0)
-        return rc;              /* logged by owner_failed */
+        return rc;              /* logged by hl_persist_owner_failed */
     if ((rc = wait_idle(ps, deadline_ms, errbuf, errlen)) != 0)
         return flush_wait_failed(ps, next_offset, rc, errbuf);
     pthread_mutex_lock(&p->mu);

@@ -95,28 +95,35 @@ def produce_paced(bootstrap, events, rate, at_fraction, action):
     return where
 
 
-def read_lists(bootstrap, timeout=30, want=0):
-    """Every list on the output topic: [(user, partition, offset of its source,
-    version, [(item, score)])]."""
-    from confluent_kafka import Consumer
+def read_lists(bootstrap, timeout=120):
+    """Every list on the output topic up to its high watermarks, taken when
+    called (the worker has exited, so nothing more is coming): [(user,
+    partition, offset of its source, version, [(item, score)])], and
+    {partition: (offset reached, high watermark)} of any partition not read
+    to its end within timeout. A pause in delivery is not the end: a loaded
+    machine can go seconds without a message."""
+    from confluent_kafka import Consumer, TopicPartition
+    topic = "recommendations"
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "swap-reader-%d" % time.time_ns(),
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe(["recommendations"])
+                  "enable.auto.commit": False})
     reader = U.avro.io.DatumReader(U.load_schema("recommendation_list.avsc"))
-    out, deadline, idle = [], time.time() + timeout, 0
+    out, deadline = [], time.time() + timeout
     try:
-        while time.time() < deadline and (len(out) < want or idle < 4):
+        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        marks = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts}
+        pos = {p: marks[p][0] for p in parts}
+        c.assign([TopicPartition(topic, p, marks[p][0]) for p in parts])
+        while time.time() < deadline and any(pos[p] < marks[p][1] for p in parts):
             m = c.poll(0.5)
             if m is None or m.error():
-                idle += 1
                 continue
-            idle = 0
+            pos[m.partition()] = m.offset() + 1
             d = U.decode_list(reader, m.value())
             out.append((d["user_id"], d["source"]["partition"], d["source"]["offset"],
                         d["model_version"], [(x["item_id"], x["score"]) for x in d["items"]]))
     finally:
         c.close()
-    return out
+    return out, {p: (pos[p], marks[p][1]) for p in parts if pos[p] < marks[p][1]}
 
 
 def dump_values(snapdir):
@@ -213,14 +220,15 @@ def check_exactly_once(ck, alive, totals, events, where, state):
              "%d of %d users' last applied offset differs, e.g. %s" % (len(bad), len(last), bad[:3]))
 
 
-def check_lists(ck, br, swap_at, va, vb, n_min):
-    lists = read_lists(br.bootstrap, want=n_min)
+def check_lists(ck, br, swap_at, va, vb):
+    lists, short = read_lists(br.bootstrap)
     wrong = [(u, p, off, v) for (u, p, off, v, _i) in lists
              if v != (vb if off >= swap_at.get(p, -1) else va)]
     after = sum(1 for (_u, p, off, _v, _i) in lists if off >= swap_at.get(p, -1))
-    ck.check("lists_carry_model_version", lists and not wrong and after > 0,
-             "%d lists, %d after the swap, %d with the wrong version, e.g. %s"
-             % (len(lists), after, len(wrong), wrong[:3]))
+    ck.check("lists_carry_model_version", lists and not short and not wrong and after > 0,
+             "%d lists, %d after the swap, %d with the wrong version, e.g. %s; partitions "
+             "not read to their high watermark {partition: (reached, high)}: %s"
+             % (len(lists), after, len(wrong), wrong[:3], short))
     return lists
 
 
@@ -298,16 +306,19 @@ def check_sighup_unchanged(ck, w, live, model_b):
                  w.metric_or("halflife_model_swaps_total")))
 
 
-def run_to_end(ck, br, model, snapdir, group, name, n_events):
-    """A worker over the whole topic from its snapshots; stopped once it has
-    consumed n_events in this life (or restored past them). Returns it."""
+def run_to_end(ck, br, model, snapdir, group, name, n_events, until=None):
+    """A worker over the whole topic from its snapshots, returned once it has
+    consumed n_events in this life or, when its snapshots are already past
+    them (n_events 0), once the metric until = (name, value) reaches value:
+    a quiet spell alone would not say the restore is over on a loaded
+    machine."""
     w = C.Worker(ck.procs, br.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
                  extra=COMMON + ["snapshot.dir=" + snapdir, "group.id=" + group])
     wait_ready(w, 30)
     if n_events:
         C.wait_consumed([w], n_events, 60)
     else:
-        C.wait_idle([w], 20)
+        wait_metric(w, until[0], until[1], 120)
     return w
 
 
@@ -327,7 +338,8 @@ def restart_with_other_model(ck, br, model_a, model_b, events, where):
     kept = os.listdir(os.path.join(snap, "models")) if os.path.isdir(os.path.join(snap, "models")) else []
     # a group of its own per life: the mock broker may hold a left member's
     # slot until its session times out; state comes from the snapshots
-    w = run_to_end(ck, br, model_b, snap, "restart-b", "restart-b", 0)
+    w = run_to_end(ck, br, model_b, snap, "restart-b", "restart-b", 0,
+                   ("halflife_users_migrated_total", N_USERS))
     migrated = w.metric_or("halflife_users_migrated_total")
     lines = len(w.events("snapshot_migrated"))
     rc_b, _s = w.term(30)
@@ -338,7 +350,8 @@ def restart_with_other_model(ck, br, model_a, model_b, events, where):
              "exits %s %s, kept %s, migrated %s, snapshot_migrated lines %d, %d of %d users "
              "differ from core/'s migration, e.g. %s" % (rc_a, rc_b, kept, migrated, lines,
                                                          len(diff), len(ref), diff[:3]))
-    w = run_to_end(ck, br, model_b, snap2, "restart-b2", "restart-b2", 0)
+    w = run_to_end(ck, br, model_b, snap2, "restart-b2", "restart-b2", 0,
+                   ("halflife_users_rebuilt_total", N_USERS))
     rebuilt = w.metric_or("halflife_users_rebuilt_total")
     lines = len(w.events("snapshot_rebuilt"))
     rc, _s = w.term(30)
@@ -379,7 +392,7 @@ def body(ck):
     rc, _secs = w.term(30)
     state = dump_values(snapdir)
     check_exactly_once(ck, alive, totals, events, where, state)
-    lists = check_lists(ck, br, swap_at, version_of(model_a), version_of(model_b), 1000)
+    lists = check_lists(ck, br, swap_at, version_of(model_a), version_of(model_b))
     check_lists_two_stage(ck, lists, swap_at, events, where, model_a, model_b)
     ref = offline_swap(tmp, events, where, swap_at, model_a, model_b)
     diff = same_state(state, ref)

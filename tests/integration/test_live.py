@@ -20,16 +20,11 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
 import e2e_util as U  # noqa: E402
 
 SUITE = "live"
 TOPIC = "behaviour-events"
-
-
-def check(name, ok, why, failed):
-    print(("PASS %s.%s" % (SUITE, name)) if ok else ("FAIL %s.%s: %s" % (SUITE, name, why)))
-    if not ok:
-        failed.append(name)
 
 
 def wait_bootstrap(err_path, proc, timeout=120):
@@ -97,7 +92,8 @@ def status_lines(out_path):
         return [l for l in f if l.startswith("events/s")]
 
 
-def run(tmp, failed):
+def run(ck):
+    tmp = ck.tmp
     seconds = int(os.environ.get("HL_LIVE_SECONDS", "30"))
     san = os.environ.get("HL_SAN", "0") == "1"
     rate = 1000 if san else 5000
@@ -113,8 +109,8 @@ def run(tmp, failed):
         # The demo trains its model before it starts the broker: seconds, or
         # a minute and more under the sanitizers.
         bootstrap = wait_bootstrap(err_path, proc, timeout=400 if san else 120)
-        check("embedded_broker_started", bootstrap is not None, "no event=embedded_broker in "
-              + err_path, failed)
+        ck.check("embedded_broker_started", bootstrap is not None, "no event=embedded_broker in "
+                 + err_path)
         if bootstrap is None:
             return
         watcher = Watcher(bootstrap, stop)
@@ -135,75 +131,56 @@ def run(tmp, failed):
         stop.set()
         if proc.poll() is None:
             proc.kill()
-    check("exits_0", rc == 0, "demo exited %d (see %s)" % (rc, err_path), failed)
+    ck.check("exits_0", rc == 0, "demo exited %d (see %s)" % (rc, err_path))
     lines = status_lines(out_path)
-    check("ran_its_duration", len(lines) >= seconds - 2,
-          "%d status lines for %d s" % (len(lines), seconds), failed)
+    ck.check("ran_its_duration", len(lines) >= seconds - 2,
+             "%d status lines for %d s" % (len(lines), seconds))
     lags = [float(re.search(r"lag +([0-9.]+) s", l).group(1)) for l in lines]
     tail = lags[-10:]
-    check("lag_under_one_second_at_the_end", tail and max(tail) < 1.0,
-          "lag in the last 10 s: %s" % tail, failed)
+    ck.check("lag_under_one_second_at_the_end", tail and max(tail) < 1.0,
+             "lag in the last 10 s: %s" % tail)
     rates = [float(l.split()[1]) for l in lines[-30:]]
-    check("consumes_at_the_rate", rates and sum(rates) / len(rates) > 0.9 * rate,
-          "events/s over the last 30 s: mean %.0f, want about %d" %
-          (sum(rates) / max(len(rates), 1), rate), failed)
+    ck.check("consumes_at_the_rate", rates and sum(rates) / len(rates) > 0.9 * rate,
+             "events/s over the last 30 s: mean %.0f, want about %d" %
+             (sum(rates) / max(len(rates), 1), rate))
     with open(err_path) as f:
         log = f.read()
     stopped = re.search(r"event=demo_stopped produced=(\d+) consumed=(\d+) skipped=(\d+)", log)
     totals = re.search(r"event=worker_totals consumed=(\d+) applied=(\d+) duplicates=(\d+) "
                        r"invalid=(\d+) failed=(\d+)", log)
     ok = stopped is not None and totals is not None
-    check("totals_logged", ok, "no demo_stopped/worker_totals line in " + err_path, failed)
+    ck.check("totals_logged", ok, "no demo_stopped/worker_totals line in " + err_path)
     if ok:
         produced = int(stopped.group(1))
         consumed, applied = int(totals.group(1)), int(totals.group(2))
-        check("every_event_applied", produced > 0 and consumed == produced and applied == produced,
-              "produced %d, consumed %d, applied %d" % (produced, consumed, applied), failed)
-        check("no_offset_skipped", int(stopped.group(3)) == 0 and "input_offsets_skipped" not in log,
-              "skipped %s" % stopped.group(3), failed)
-    check("watermarks_sampled", watcher is not None and watcher.samples >= seconds // 10,
-          "%d samples" % (watcher.samples if watcher else 0), failed)
+        ck.check("every_event_applied",
+                 produced > 0 and consumed == produced and applied == produced,
+                 "produced %d, consumed %d, applied %d" % (produced, consumed, applied))
+        ck.check("no_offset_skipped",
+                 int(stopped.group(3)) == 0 and "input_offsets_skipped" not in log,
+                 "skipped %s" % stopped.group(3))
+    ck.check("watermarks_sampled", watcher is not None and watcher.samples >= seconds // 10,
+             "%d samples" % (watcher.samples if watcher else 0))
     if watcher is not None:
-        check("broker_never_deleted_unread_records", not watcher.passed,
-              "low watermark above the committed offset: %s" % watcher.passed[:5], failed)
+        ck.check("broker_never_deleted_unread_records", not watcher.passed,
+                 "low watermark above the committed offset: %s" % watcher.passed[:5])
         # 30 s at 5,000 events/s is about 12 MB of input into one partition:
         # the 5 MiB bound must have trimmed the log (so the check above
         # tested something).
         if not san:
-            check("broker_log_bounded", watcher.max_low > 0,
-                  "the log start never moved (max low watermark %d)" % watcher.max_low, failed)
-    check("metrics_scraped", text is not None, "no /metrics on port %d" % port, failed)
+            ck.check("broker_log_bounded", watcher.max_low > 0,
+                     "the log start never moved (max low watermark %d)" % watcher.max_low)
+    ck.check("metrics_scraped", text is not None, "no /metrics on port %d" % port)
     if text is not None:
         stages = set(re.findall(r'halflife_event_stage_seconds_count\{stage="(\w+)"\}', text))
         want = {"broker", "wait", "apply", "refresh", "produce", "deliver"}
-        check("stage_histograms_exported", stages == want, "stages %s" % sorted(stages), failed)
+        ck.check("stage_histograms_exported", stages == want, "stages %s" % sorted(stages))
         share = metric_value(text, "halflife_fetch_to_delivery_seconds_count")
-        check("worker_share_exported", share is not None and share > 0, "count %s" % share, failed)
+        ck.check("worker_share_exported", share is not None and share > 0, "count %s" % share)
         skipped = metric_value(text, "halflife_input_offsets_skipped_total")
-        check("skipped_metric_zero", skipped == 0, "halflife_input_offsets_skipped_total %s" % skipped,
-              failed)
-
-
-def main():
-    why = U.have_prereqs()
-    if why:
-        print("SKIP %s.demo_default_rate: %s" % (SUITE, why))
-        return 0
-    import tempfile
-    import shutil
-    tmp = tempfile.mkdtemp(prefix="hl_live_")
-    failed = []
-    try:
-        run(tmp, failed)
-    except Exception as e:
-        print("FAIL %s.ran: %r (logs in %s)" % (SUITE, e, tmp))
-        failed.append("ran")
-    if failed:
-        print("logs in %s" % tmp)
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failed else 0
+        ck.check("skipped_metric_zero", skipped == 0,
+                 "halflife_input_offsets_skipped_total %s" % skipped)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(C.run_main(SUITE, "demo_default_rate", run))

@@ -21,22 +21,15 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import shutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
 import e2e_util as U  # noqa: E402
 import test_live as L  # noqa: E402  (its Watcher and /metrics helpers)
 
 SUITE = "live_run"
-
-
-def check(name, ok, why, failed):
-    print(("PASS %s.%s" % (SUITE, name)) if ok else ("FAIL %s.%s: %s" % (SUITE, name, why)))
-    if not ok:
-        failed.append(name)
 
 
 def metric(port, name):
@@ -87,25 +80,24 @@ def high_watermark(bootstrap):
         c.close()
 
 
-def after_feed(port, proc, n, rate, failed):
+def after_feed(ck, port, proc, n, rate):
     """Lag when the feed ends, then waits for the worker to read the rest."""
     consumed = metric(port, "halflife_events_consumed_total") or 0
-    check("lag_under_one_second_at_the_end", n - consumed < rate,
-          "%d of %d events unread when the producer finished (%d/s)" % (n - consumed, n, rate),
-          failed)
+    ck.check("lag_under_one_second_at_the_end", n - consumed < rate,
+             "%d of %d events unread when the producer finished (%d/s)" % (n - consumed, n, rate))
     until = time.time() + 60
     while time.time() < until and proc.poll() is None and consumed < n:
         time.sleep(0.5)
         consumed = metric(port, "halflife_events_consumed_total") or 0
     applied = metric(port, "halflife_events_applied_total")
-    check("every_event_applied", consumed == n and applied == n,
-          "sent %d, consumed %s, applied %s" % (n, consumed, applied), failed)
+    ck.check("every_event_applied", consumed == n and applied == n,
+             "sent %d, consumed %s, applied %s" % (n, consumed, applied))
     skipped = metric(port, "halflife_input_offsets_skipped_total")
-    check("no_offset_skipped", skipped == 0, "halflife_input_offsets_skipped_total %s" % skipped,
-          failed)
+    ck.check("no_offset_skipped", skipped == 0, "halflife_input_offsets_skipped_total %s" % skipped)
 
 
-def run(tmp, failed):
+def run(ck):
+    tmp = ck.tmp
     seconds = int(os.environ.get("HL_LIVE_SECONDS", "60"))
     san = os.environ.get("HL_SAN", "0") == "1"
     rate = 1000 if san else 5000
@@ -119,21 +111,20 @@ def run(tmp, failed):
     watcher = None
     try:
         bootstrap = L.wait_bootstrap(err_path, proc, timeout=60)
-        check("embedded_broker_started", bootstrap is not None,
-              "no event=embedded_broker in " + err_path, failed)
+        ck.check("embedded_broker_started", bootstrap is not None,
+                 "no event=embedded_broker in " + err_path)
         if bootstrap is None or not wait_assigned(port, proc, 60):
-            check("worker_assigned", False, "no partition assigned (see %s)" % err_path, failed)
+            ck.check("worker_assigned", False, "no partition assigned (see %s)" % err_path)
             return
         watcher = L.Watcher(bootstrap, stop)
         watcher.start()
         rc, took = feed(tmp, bootstrap, events, rate)
-        check("producer_exits_0", rc == 0, "halflife produce exited %d" % rc, failed)
-        check("fed_at_the_rate", took < seconds * 1.1 + 5,
-              "%d events took %.0f s at %d/s" % (n, took, rate), failed)
-        after_feed(port, proc, n, rate, failed)
+        ck.check("producer_exits_0", rc == 0, "halflife produce exited %d" % rc)
+        ck.check("fed_at_the_rate", took < seconds * 1.1 + 5,
+                 "%d events took %.0f s at %d/s" % (n, took, rate))
+        after_feed(ck, port, proc, n, rate)
         high = high_watermark(bootstrap)
-        check("broker_holds_every_event", high == n, "high watermark %d, sent %d" % (high, n),
-              failed)
+        ck.check("broker_holds_every_event", high == n, "high watermark %d, sent %d" % (high, n))
     finally:
         stop.set()
         if watcher is not None:
@@ -145,37 +136,20 @@ def run(tmp, failed):
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = -9
-    check("worker_exits_0", rc == 0, "halflife run exited %d (see %s)" % (rc, err_path), failed)
-    check("watermarks_sampled", watcher is not None and watcher.samples >= seconds // 10,
-          "%d samples" % (watcher.samples if watcher else 0), failed)
+    ck.check("worker_exits_0", rc == 0, "halflife run exited %d (see %s)" % (rc, err_path))
+    ck.check("watermarks_sampled", watcher is not None and watcher.samples >= seconds // 10,
+             "%d samples" % (watcher.samples if watcher else 0))
     if watcher is not None:
-        check("broker_never_deleted_unread_records", not watcher.passed,
-              "low watermark above the committed offset: %s" % watcher.passed[:5], failed)
+        ck.check("broker_never_deleted_unread_records", not watcher.passed,
+                 "low watermark above the committed offset: %s" % watcher.passed[:5])
         if not san:     # 5,000/s of these events fill 5 MiB in well under a minute
-            check("broker_log_bounded", watcher.max_low > 0,
-                  "the log start never moved (max low watermark %d)" % watcher.max_low, failed)
-
-
-def main():
-    why = U.have_prereqs()
-    if not why and os.environ.get("HL_LONG") != "1":
-        why = "runs in make test-long (HL_LONG=1)"
-    if why:
-        print("SKIP %s.embedded_5000: %s" % (SUITE, why))
-        return 0
-    tmp = tempfile.mkdtemp(prefix="hl_live_run_")
-    failed = []
-    try:
-        run(tmp, failed)
-    except Exception as e:
-        print("FAIL %s.ran: %r (logs in %s)" % (SUITE, e, tmp))
-        failed.append("ran")
-    if failed:
-        print("logs in %s" % tmp)
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failed else 0
+            ck.check("broker_log_bounded", watcher.max_low > 0,
+                     "the log start never moved (max low watermark %d)" % watcher.max_low)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # make test skips it (HL_LONG unset) even where the prerequisites are met
+    if os.environ.get("HL_LONG") != "1" and not U.have_prereqs():
+        print("SKIP %s.embedded_5000: runs in make test-long (HL_LONG=1)" % SUITE)
+        sys.exit(0)
+    sys.exit(C.run_main(SUITE, "embedded_5000", run))

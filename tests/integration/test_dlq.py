@@ -8,13 +8,12 @@ reason (invalid and DLQ); every valid event is applied (consumed - invalid).
 """
 import io
 import os
-import shutil
 import struct
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
 import e2e_util as U  # noqa: E402
 
 
@@ -79,12 +78,8 @@ def read_dlq(bootstrap, want, deadline):
     return got
 
 
-def main():
-    why = U.have_prereqs()
-    if why:
-        print("SKIP dlq.bad_records_dead_lettered: %s" % why)
-        return 0
-    tmp = tempfile.mkdtemp(prefix="hl_dlq_")
+def run(ck):
+    tmp = ck.tmp
     model, events_csv = os.path.join(tmp, "m.hlm"), os.path.join(tmp, "e.csv")
     U.make_model(model, 1000, 16)
     U.make_events(events_csv, 2000, 100, 1000)
@@ -146,13 +141,9 @@ def main():
         if worker:
             worker.stop()
         broker.stop()
-    if failed:
-        print("FAIL dlq.bad_records_dead_lettered: %s (logs in %s)" % (failed[:5], tmp))
-        return 1
-    print("PASS dlq.bad_records_dead_lettered (%d kinds, %d valid events)" % (len(bad), len(events)))
-    shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    ck.check("bad_records_dead_lettered", not failed, "%s" % failed[:5])
+    print("    (%d kinds, %d valid events)" % (len(bad), len(events)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(C.run_main("dlq", "bad_records_dead_lettered", run))

@@ -245,6 +245,28 @@ def offline_lists(events_path, model_path, k=20):
     return {d["user"]: d for d in (json.loads(l) for l in out.splitlines() if l)}
 
 
+def one_worker(tmp, n_events, n_users, n_items=1000):
+    """What the single-worker tests start from, in tmp: a model of n_items
+    (dim 16), n_events events of n_users, a four-partition `halflife broker`
+    with the input, output and dead-letter topics, and one `halflife run`
+    over it snapshotting to tmp/snap. Returns (events, broker, worker); the
+    caller stops the worker and the broker."""
+    model, events_csv = os.path.join(tmp, "m.hlm"), os.path.join(tmp, "e.csv")
+    make_model(model, n_items, 16)
+    make_events(events_csv, n_events, n_users, n_items)
+    events = read_events_csv(events_csv)
+    broker = Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
+                    os.path.join(tmp, "broker.log"))
+    try:
+        worker = Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"),
+                        extra=["snapshot.dir=" + os.path.join(tmp, "snap"),
+                               "kafka.fetch.wait.max.ms=10"])
+    except BaseException:
+        broker.stop()
+        raise
+    return events, broker, worker
+
+
 def have_prereqs():
     """None if the tests can run, else why not."""
     if not HL or not os.access(HL, os.X_OK):

@@ -34,18 +34,9 @@ def produce_split(bootstrap):
 
 def body(ck):
     tmp = ck.tmp
-    model, events_csv = os.path.join(tmp, "m.hlm"), os.path.join(tmp, "e.csv")
-    U.make_model(model, 1000, 16)
-    U.make_events(events_csv, 3000, 400, 1000)
-    events = U.read_events_csv(events_csv)
-    broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
-                      os.path.join(tmp, "broker.log"))
-    worker = None
+    events, broker, worker = U.one_worker(tmp, 3000, 400)
     failed = []
     try:
-        worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"),
-                          extra=["snapshot.dir=" + os.path.join(tmp, "snap"),
-                                 "kafka.fetch.wait.max.ms=10"])
         U.produce_events(broker.bootstrap, "behaviour-events", events)
         produce_split(broker.bootstrap)
         total = len(events) + 4

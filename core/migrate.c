@@ -364,37 +364,115 @@ static const float *entry_vector(const hl_migration *mg, const hl_row_edit *e, i
     return to >= 0 ? mg->e_to + (size_t)to * mg->dim : NULL;
 }
 
-/* acc (n_heads, dim) += the ring's correction; m_new (n_heads) += the
- * masses of its events in to (used by a rebuild). */
-static void ring_parts(const hl_migration *mg, const hl_row_edit *e, float *acc, float *m_new)
+/* One ring event's share of its row's correction: acc += c x, x a
+ * gathered row (delta or to's e_in). */
+typedef struct gather {
+    const float *x;
+    float       *acc;                   /* the row's (n_heads, dim) in scratch */
+    float        c[HL_MAX_HEADS];       /* w f_h per head */
+    int32_t     *item;                  /* the ring's item, still from's row: */
+    int32_t      from_row;              /* set to row_map[from_row] when added */
+} gather;
+
+#define GATHER_MAX   256    /* events listed per pass: 16 KB of stack */
+#define GATHER_AHEAD 16     /* events whose rows are being fetched */
+
+/* Where collect() stopped: row r of the slice, its ring's i-th oldest. */
+typedef struct walk { int r, i; } walk;
+
+/* Maps ring entry k's item to to's row. An item from knows is left for
+ * accumulate() (g->item set): row_map is a random read too, made while
+ * the gathers are in flight. */
+static void map_entry(const hl_migration *mg, hl_row_edit *e, int k, gather *g)
 {
-    const hl_row_view *v = &e->v;
-    float f[HL_MAX_HEADS], c[HL_MAX_HEADS];
-    for (int i = 0; i < v->n_hist; i++) {
-        int k = hl_row_hist_index(v, i), in_to;
-        const float *x = entry_vector(mg, e, k, &in_to);
-        if (x == NULL)
-            continue;
-        float w = entry_weight(mg, v, k);
-        int64_t dt = v->t_ref_ms - v->hist_ts_ms[k];
-        hl_decay_factors(&mg->decay, dt > 0 ? dt : 0, f);
-        for (int h = 0; h < mg->n_heads; h++) {
-            c[h] = w * f[h];
-            m_new[h] += in_to ? c[h] : 0.0f;
-        }
-        axpy_heads(acc, c, mg->n_heads, x, mg->dim);
+    int32_t item = e->hist_item[k];
+    g->item = NULL;
+    if (!mg->rebuild && item >= 0 && item < mg->n_from) {
+        g->item = &e->hist_item[k];
+        g->from_row = item;
+        return;
     }
+    int32_t to = new_row(mg, e, k);
+    /* an added item the new model does not know either stays one: its
+     * share is still in the heads, mapped */
+    if (to >= 0 || mg->rebuild || item != HL_ITEM_ADDED)
+        e->hist_item[k] = to;
 }
 
-static void map_ring_items(const hl_migration *mg, hl_row_edit *e)
+/* Lists ring entry k of row e (nothing when it adds nothing: an item
+ * neither model knows, or an added one) and maps its item (map_entry).
+ * A rebuild adds the entry's masses to e->m (zeroed by the caller).
+ * Returns 1 when it listed one. */
+static int list_entry(const hl_migration *mg, hl_row_edit *e, int k, float *acc, gather *g)
 {
-    for (int i = 0; i < e->v.n_hist; i++) {
-        int k = hl_row_hist_index(&e->v, i);
-        int32_t to = new_row(mg, e, k);
-        /* an added item the new model does not know either stays one: its
-         * share is still in the heads, mapped */
-        if (to >= 0 || mg->rebuild || e->hist_item[k] != HL_ITEM_ADDED)
-            e->hist_item[k] = to;
+    int in_to;
+    const float *x = entry_vector(mg, e, k, &in_to);
+    map_entry(mg, e, k, g);
+    if (x == NULL)
+        return 0;       /* g->item is NULL: only the delta path leaves one */
+    float f[HL_MAX_HEADS], w = entry_weight(mg, &e->v, k);
+    int64_t dt = e->v.t_ref_ms - e->v.hist_ts_ms[k];
+    hl_decay_factors(&mg->decay, dt > 0 ? dt : 0, f);
+    for (int h = 0; h < mg->n_heads; h++) {
+        g->c[h] = w * f[h];
+        if (in_to && mg->rebuild)
+            e->m[h] += g->c[h];
+    }
+    g->x = x;
+    g->acc = acc;
+    return 1;
+}
+
+/* Lists up to GATHER_MAX events of the slice's rings from *wk on, in
+ * order (row by row, oldest first, so each row's sum is added in the same
+ * order as one row alone would add it). acc holds per floats per row. */
+static int collect(const hl_migration *mg, hl_row_edit *e, int n, walk *wk,
+                   float *acc, size_t per, gather *g)
+{
+    int ng = 0;
+    while (wk->r < n && ng < GATHER_MAX) {
+        hl_row_edit *er = &e[wk->r];
+        if (wk->i >= er->v.n_hist) {
+            wk->r++;
+            wk->i = 0;
+            continue;
+        }
+        int k = hl_row_hist_index(&er->v, wk->i++);
+        ng += list_entry(mg, er, k, acc + per * (size_t)wk->r, &g[ng]);
+    }
+    return ng;
+}
+
+/* Asks for every line of x: its row is random in a table larger than the
+ * cache (delta is n_items x dim), and a row's dozen of such gathers, each
+ * waited for in turn, were most of a migration's time. */
+static void prefetch_vec(const float *x, int dim)
+{
+    const char *p = (const char *)x;
+    for (size_t o = 0; o < sizeof(float) * (size_t)dim; o += 64)
+        __builtin_prefetch(p + o);
+}
+
+static void prefetch_gather(const hl_migration *mg, const gather *g)
+{
+    prefetch_vec(g->x, mg->dim);
+    if (g->item != NULL)
+        __builtin_prefetch(mg->row_map + g->from_row);
+}
+
+/* acc += c x for each listed event, and its ring item mapped; what the
+ * event GATHER_AHEAD later reads is already asked for, so its misses
+ * overlap this work. */
+static void accumulate(const hl_migration *mg, const gather *g, int ng)
+{
+    for (int j = 0; j < ng && j < GATHER_AHEAD; j++)
+        prefetch_gather(mg, &g[j]);
+    for (int j = 0; j < ng; j++) {
+        if (j + GATHER_AHEAD < ng)
+            prefetch_gather(mg, &g[j + GATHER_AHEAD]);
+        axpy_heads(g[j].acc, g[j].c, mg->n_heads, g[j].x, mg->dim);
+        if (g[j].item != NULL)
+            *g[j].item = mg->row_map[g[j].from_row];
     }
 }
 
@@ -408,26 +486,27 @@ void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scr
     int d = mg->dim, nh = mg->n_heads;
     size_t per = (size_t)nh * d;
     float *old = scratch, *acc = scratch + per * (size_t)n;
+    gather g[GATHER_MAX];
+    walk wk = {0, 0};
     /* s' = (s - R_old) M + R_new = s M + sum_ring c (e_new - e_old M): old
-     * (n nh, d) gathers the heads, acc the ring's correction, then one
-     * (n nh, d) x (d, d) product for all n rows adds s M to it (SGEMM runs
-     * far better on many rows than on three). */
+     * (n nh, d) gathers the heads, acc the ring's correction (listed, then
+     * added with the gathers prefetched), then one (n nh, d) x (d, d)
+     * product for all n rows adds s M to it (SGEMM runs far better on
+     * many rows than on three). */
     memset(acc, 0, sizeof *acc * per * (size_t)n);
     for (int r = 0; r < n; r++) {
-        float m_new[HL_MAX_HEADS] = {0};
         if (!mg->rebuild)
             memcpy(old + per * (size_t)r, e[r].s, sizeof *old * per);
-        ring_parts(mg, &e[r], acc + per * (size_t)r, m_new);
-        if (mg->rebuild)        /* the ring alone: its masses too */
-            memcpy(e[r].m, m_new, sizeof(float) * (size_t)nh);
+        else            /* the ring alone: its masses too */
+            memset(e[r].m, 0, sizeof(float) * (size_t)nh);
     }
+    for (int ng; (ng = collect(mg, e, n, &wk, acc, per, g)) > 0;)
+        accumulate(mg, g, ng);
     if (!mg->rebuild)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n * nh, d, d, 1.0f,
                     old, d, mg->m, d, 1.0f, acc, d);
-    for (int r = 0; r < n; r++) {
+    for (int r = 0; r < n; r++)
         memcpy(e[r].s, acc + per * (size_t)r, sizeof(float) * per);
-        map_ring_items(mg, &e[r]);
-    }
 }
 
 int64_t hl_migration_table(const hl_migration *mg, hl_table *tbl)

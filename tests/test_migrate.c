@@ -500,6 +500,125 @@ out:
     hl_model_close(b);
 }
 
+/* ---- a slice of rows against one row at a time --------------------------- */
+
+#define SLICE_USERS 48
+#define SLICE_HIST  32
+
+/* User i's events (item numbers) by kind i % 4: a full ring (40 events),
+ * a short one (3..7), none (an empty ring, restored), and items B does
+ * not know (0..9 only A knows, 70..79 neither does). Returns the count. */
+static int slice_events(int i, int *ev)
+{
+    int n = i % 4 == 0 ? 40 : i % 4 == 1 ? 3 + i % 5 : i % 4 == 2 ? 0 : 12;
+    for (int j = 0; j < n; j++)
+        ev[j] = i % 4 == 3 ? (j % 2 ? j % 10 : 70 + j % 10) : (j * 17 + i * 5) % 80;
+    return n;
+}
+
+/* A restored row with an empty ring: heads and masses from seed i. */
+static void restore_empty(hl_table *tbl, const char *user, int i)
+{
+    float s[HEADS * DIM], m[HEADS];
+    uint64_t seed = 1000 + (uint64_t)i;
+    for (int j = 0; j < HEADS * DIM; j++) s[j] = frand(&seed);
+    for (int h = 0; h < HEADS; h++) m[h] = 1.0f + frand(&seed) * 0.5f;
+    hl_row_view v = {.user = user, .user_len = (uint32_t)strlen(user), .s = s, .m = m,
+                     .t_ref_ms = 5000000, .history = SLICE_HIST};
+    CHECK(hl_table_restore(tbl, &v) == 0);
+}
+
+static hl_table *slice_table(const hl_model *a)
+{
+    hl_table *tbl = table_for(SLICE_HIST);
+    char user[16];
+    int ev[40];
+    for (int i = 0; i < SLICE_USERS && tbl != NULL; i++) {
+        snprintf(user, sizeof user, "u%d", i);
+        int n = slice_events(i, ev);
+        if (n == 0) restore_empty(tbl, user, i);
+        else apply_user(tbl, a, user, ev, n);
+    }
+    return tbl;
+}
+
+static void edit_user(hl_table *tbl, int i, hl_row_edit *e)
+{
+    char user[16];
+    snprintf(user, sizeof user, "u%d", i);
+    hl_table_edit(tbl, (uint32_t)hl_table_find(tbl, user, strlen(user)), e);
+}
+
+/* Migrates two identical tables, one row at a time (hl_migration_row)
+ * and all rows in one slice (hl_migration_rows: several gather passes, one
+ * SGEMM); every row must come out the same: heads within rounding, masses
+ * and ring items exactly. want (SLICE_USERS x HEADS x DIM, or NULL) is
+ * the plain formula's heads, checked against the slice. */
+static void check_slice_vs_rows(const hl_migration *mg, const hl_model *a,
+                                const float *want)
+{
+    hl_table *t1 = slice_table(a), *t2 = slice_table(a);
+    static hl_row_edit e1[SLICE_USERS], e2[SLICE_USERS];
+    static float scratch[2 * SLICE_USERS * HEADS * DIM];
+    CHECK(t1 != NULL && t2 != NULL);
+    if (t1 == NULL || t2 == NULL) goto out;
+    for (int i = 0; i < SLICE_USERS; i++) {
+        edit_user(t1, i, &e1[i]);
+        edit_user(t2, i, &e2[i]);
+        hl_migration_row(mg, &e1[i], scratch);
+    }
+    hl_migration_rows(mg, e2, SLICE_USERS, scratch);
+    for (int i = 0; i < SLICE_USERS; i++) {
+        CHECK_CLOSE(e2[i].s, e1[i].s, HEADS * DIM, 1e-5);
+        CHECK_CLOSE(e2[i].m, e1[i].m, HEADS, 0);
+        CHECK(memcmp(e2[i].hist_item, e1[i].hist_item, sizeof(int32_t) * SLICE_HIST) == 0);
+        if (want != NULL)
+            CHECK_CLOSE(e2[i].s, want + (size_t)i * HEADS * DIM, HEADS * DIM, 1e-4);
+    }
+out:
+    hl_table_destroy(t1);
+    hl_table_destroy(t2);
+}
+
+/* The plain formula's heads of every user of slice_table. */
+static void slice_plain(const hl_model *a, const hl_model *b, const float *m, float *want)
+{
+    hl_table *tbl = slice_table(a);
+    int ev[40];
+    for (int i = 0; i < SLICE_USERS && tbl != NULL; i++) {
+        hl_row_edit e;
+        int n = slice_events(i, ev);
+        edit_user(tbl, i, &e);
+        plain_migration(a, b, m, &e.v, ev + n - e.v.n_hist, want + (size_t)i * HEADS * DIM);
+    }
+    hl_table_destroy(tbl);
+}
+
+/* Full, short and empty rings, items only A knows and items neither knows,
+ * in one slice of more events than one gather pass lists: the slice gives
+ * what one row at a time gives, and both the plain formula; a rebuild
+ * (no old model) too, masses included. */
+static void test_slice_matches_row_by_row(void)
+{
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    hl_model *b = a ? model_at(PATH_B, 10, 60, 77, NULL, NULL) : NULL;
+    static float want[SLICE_USERS * HEADS * DIM];
+    char err[256];
+    CHECK(a != NULL && b != NULL);
+    hl_migration *mg = a && b ? hl_migration_create(a, b, k_tw, err, sizeof err) : NULL;
+    hl_migration *rb = b ? hl_migration_rebuild(b, k_tw, err, sizeof err) : NULL;
+    CHECKF(mg != NULL && rb != NULL, "%s", err);
+    if (mg != NULL && rb != NULL) {
+        slice_plain(a, b, hl_migration_map(mg), want);
+        check_slice_vs_rows(mg, a, want);
+        check_slice_vs_rows(rb, a, NULL);
+    }
+    hl_migration_destroy(mg);
+    hl_migration_destroy(rb);
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
 int main(void)
 {
     RUN(test_fit_recovers_constructed_map);
@@ -508,6 +627,7 @@ int main(void)
     RUN(test_full_ring_is_exact);
     RUN(test_linear_map_migrates_remainder);
     RUN(test_rows_match_plain_formula);
+    RUN(test_slice_matches_row_by_row);
     RUN(test_rebuild_from_ring);
     RUN(test_added_item_is_mapped_not_doubled);
     RUN(test_table_generations);

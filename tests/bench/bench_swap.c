@@ -17,6 +17,8 @@
  *     counting the thread's migration work only (slices and the batches'
  *     excess), against the ceiling: one SGEMM of users x dim by dim x dim
  *     per head, timed here (the least any migration of every head costs);
+ *     slices_s and batch_excess_s split it: the sweep's slices, and what
+ *     batches took beyond their median (stale users they touched);
  *   swap_fit: fitting M (sgelsd over the shared items), on the main thread,
  *     off the batch loop.
  * Times are the thread's CPU time (see now_s).
@@ -229,6 +231,7 @@ int main(int argc, char **argv)
     t0 = now_s();
     hl_shard_swap_begin(r.sh, b);
     double begin_s = now_s() - t0, work_s = begin_s, max_tick = 0, max_excess = 0;
+    double slices_s = 0, excess_s = 0;
     double wall0 = now_s();
     int batches = 0;
     if (BATCH > HL_SWAP_BATCH_MAX)
@@ -239,10 +242,12 @@ int main(int argc, char **argv)
         if (bt > max_batch) max_batch = bt;
         if (bt - cap_med > max_excess) max_excess = bt - cap_med;
         work_s += bt > cap_med ? bt - cap_med : 0;
+        excess_s += bt > cap_med ? bt - cap_med : 0;
         t0 = now_s();
         hl_shard_swap_tick(r.sh, TICK_US);
         double tk = now_s() - t0;
         work_s += tk;
+        slices_s += tk;
         if (tk > max_tick) max_tick = tk;
         batches++;
     }
@@ -262,8 +267,9 @@ int main(int argc, char **argv)
            BATCH < HL_SWAP_BATCH_MAX ? BATCH : HL_SWAP_BATCH_MAX);
     printf("{\"bench\":\"swap_migrate_all\",\"users\":%u,\"value\":%.3f,\"unit\":\"s\","
            "\"ceiling\":%.3f,\"ceiling_what\":\"%d SGEMMs of users x dim by dim x dim\","
-           "\"ratio\":%.3f,\"wall_s\":%.3f,\"batches_meanwhile\":%d,\"users_per_s\":%.0f}\n",
-           n_users, work_s, ceil_s, HEADS, ceil_s / work_s, wall_s, batches,
+           "\"ratio\":%.3f,\"slices_s\":%.3f,\"batch_excess_s\":%.3f,\"wall_s\":%.3f,"
+           "\"batches_meanwhile\":%d,\"users_per_s\":%.0f}\n",
+           n_users, work_s, ceil_s, HEADS, ceil_s / work_s, slices_s, excess_s, wall_s, batches,
            (double)n_users / work_s);
     printf("{\"bench\":\"swap_fit\",\"items\":%d,\"shared\":%d,\"dim\":%d,\"value\":%.3f,"
            "\"unit\":\"s\",\"where\":\"main thread, off the batch loop\"}\n", N_ITEMS,

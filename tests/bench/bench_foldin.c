@@ -27,7 +27,9 @@
  * clock costs ~1.6 us on these VMs (a system call), as much as a take, so
  * they are timed by the TSC (calibrated against the monotonic clock; a
  * microsecond span is rarely preempted). `--unknown P` sets the
- * share of unknown-item events (default 0.01). README "Fold-in".
+ * share of unknown-item events (default 0.01). `steps_ns`: fold-in's
+ * steps one by one (medians, by the TSC: the resolve, the four takes, the
+ * fill, the flush), to show which one a change moves. README "Fold-in".
  *
  * `--scan N`: the publication's scan instead (hl_foldin_vectors_from: the
  * mean query of a new item's users scored against N model items with one

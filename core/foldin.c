@@ -1,19 +1,42 @@
 /* foldin.c - decayed query sums of unknown items and the e_out -> e_in map
  * (the definitions are in foldin.h).
  *
- * Items live in parallel arrays packed at 0..n-1, found by id through an
- * open-addressing hash of their index (linear probing, at most half full).
- * Eviction drops the least recently touched sixteenth of max_items in one
- * pass, packs the arrays and rebuilds the hash: O(max_items) once per
- * max_items/16 new items. The map fit solves the ridge normal equations
- * (dim x dim, in double) by Cholesky. */
+ * Items are records packed at 0..n-1 in one block: a 64-byte head (the
+ * counters, the id's hash and the id itself when it is short) and the
+ * sums right after it, so an add touches its hash slot and the lines of
+ * one record (with dim 64, five consecutive lines), not six arrays and a
+ * string elsewhere: after a refresh has streamed e_out through the cache,
+ * each of those was a miss (bench_foldin). Records are found through an
+ * open-addressing hash of their index (linear probing, at most half full,
+ * grown with the items so that it stays dense). Eviction drops the least
+ * recently touched sixteenth of max_items in one pass, packs the records
+ * and rebuilds the hash: O(max_items) once per max_items/16 new items.
+ * The map fit solves the ridge normal equations (dim x dim, in double) by
+ * Cholesky. */
 #include "foldin.h"
+#include "index.h"      /* hl_map_huge */
 
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+#define ID_INLINE 24     /* ids up to this many bytes live in the head */
+
+/* An item's head: one cache line. Its sums (dim floats) follow it. */
+typedef struct item {
+    uint64_t touched;
+    int64_t  t_ref;
+    double   M;                  /* decayed weight */
+    int32_t  count;
+    int32_t  published;          /* count when last published (hl_foldin_mark) */
+    uint32_t len, hash;          /* hash_id(id): compared before the id */
+    union { char in[ID_INLINE]; char *out; } id;   /* out: malloc'd, len > ID_INLINE */
+} item;
+
+_Static_assert(sizeof(item) == 64, "an item's head is one cache line");
 
 struct hl_foldin {
     hl_foldin_opts o;
@@ -24,17 +47,26 @@ struct hl_foldin {
     const float *m_in, *m_out, *m_bias;   /* borrowed, for neighbours */
     int32_t   m_n, T;                     /* T 0: the mean-query rule */
     int32_t   n, cap;
-    char    **id;   uint32_t *len;
-    float    *S;                 /* (cap, dim) decayed query sums */
-    double   *M;                 /* decayed weight */
-    int32_t  *count;
-    int32_t  *published;         /* count when last published (hl_foldin_take_due) */
-    int64_t  *t_ref;
-    uint64_t *touched, clock;
+    char     *rec;               /* cap records of stride bytes (hl_map_huge) */
+    size_t    rec_bytes;         /* its mapping */
+    size_t    stride;            /* 64 + dim floats, rounded up to 64 */
+    uint64_t  clock;
     int32_t  *slot;  uint32_t n_slot;  /* index + 1, 0 empty */
     uint64_t  evicted;
     int32_t   ready;
 };
+
+static inline item *at(const hl_foldin *f, int32_t k)
+{
+    return (item *)(f->rec + (size_t)k * f->stride);
+}
+
+static inline float *sums(item *it) { return (float *)(it + 1); }
+
+static inline const char *id_of(const item *it)
+{
+    return it->len <= ID_INLINE ? it->id.in : it->id.out;
+}
 
 static uint32_t hash_id(const char *s, size_t len)
 {
@@ -44,23 +76,54 @@ static uint32_t hash_id(const char *s, size_t len)
     return h;
 }
 
-static uint32_t probe(const hl_foldin *f, const char *id, uint32_t len)
+static uint32_t probe_h(const hl_foldin *f, const char *id, uint32_t len, uint32_t h)
 {
-    uint32_t mask = f->n_slot - 1, i = hash_id(id, len) & mask;
+    uint32_t mask = f->n_slot - 1, i = h & mask;
     while (f->slot[i] != 0) {
-        int32_t k = f->slot[i] - 1;
-        if (f->len[k] == len && memcmp(f->id[k], id, len) == 0)
+        const item *it = at(f, f->slot[i] - 1);
+        if (it->hash == h && it->len == len && memcmp(id_of(it), id, len) == 0)
             break;
         i = (i + 1) & mask;
     }
     return i;
 }
 
+static uint32_t probe(const hl_foldin *f, const char *id, uint32_t len)
+{
+    return probe_h(f, id, len, hash_id(id, len));
+}
+
+/* The record of id, -1 if none. */
+static int32_t find(const hl_foldin *f, const char *id, uint32_t len)
+{
+    return f->slot[probe(f, id, len)] - 1;
+}
+
+/* Every record into an empty table of n_slot slots (a power of two). */
 static void rehash(hl_foldin *f)
 {
     memset(f->slot, 0, (size_t)f->n_slot * sizeof *f->slot);
-    for (int32_t k = 0; k < f->n; k++)
-        f->slot[probe(f, f->id[k], f->len[k])] = k + 1;
+    for (int32_t k = 0; k < f->n; k++) {
+        uint32_t i = at(f, k)->hash & (f->n_slot - 1);
+        while (f->slot[i] != 0)
+            i = (i + 1) & (f->n_slot - 1);
+        f->slot[i] = k + 1;
+    }
+}
+
+/* Room in the hash for one more record: doubles it past half full. */
+static int slots_room(hl_foldin *f)
+{
+    if (2 * ((uint64_t)f->n + 1) <= f->n_slot)
+        return 0;
+    int32_t *sl = malloc((size_t)f->n_slot * 2 * sizeof *sl);
+    if (sl == NULL)
+        return HL_ENOMEM;
+    free(f->slot);
+    f->slot = sl;
+    f->n_slot *= 2;
+    rehash(f);
+    return 0;
 }
 
 /* ---- the map ---- */
@@ -155,24 +218,19 @@ static void model_means(hl_foldin *f, const float *e_out, const float *bias, int
 
 /* ---- create / destroy ---- */
 
+/* The records go in huge pages where the kernel gives them (the state
+ * update and the refresh between two flushes evict the TLB as well as the
+ * cache: with 4 KiB pages nearly every record cost a page walk), touched
+ * only as items arrive. */
 static int alloc_items(hl_foldin *f)
 {
-    size_t cap = (size_t)f->cap, d = (size_t)f->o.dim;
+    size_t d = (size_t)f->o.dim;
+    f->stride = sizeof(item) + (d * sizeof(float) + 63) / 64 * 64;
     f->n_slot = 16;
-    while (f->n_slot < 2 * cap)
-        f->n_slot *= 2;
-    f->id = calloc(cap, sizeof *f->id);
-    f->len = calloc(cap, sizeof *f->len);
-    f->S = calloc(cap * d, sizeof *f->S);
-    f->M = calloc(cap, sizeof *f->M);
-    f->count = calloc(cap, sizeof *f->count);
-    f->published = calloc(cap, sizeof *f->published);
-    f->t_ref = calloc(cap, sizeof *f->t_ref);
-    f->touched = calloc(cap, sizeof *f->touched);
+    f->rec = hl_map_huge((size_t)f->cap * f->stride, &f->rec_bytes);
     f->slot = calloc(f->n_slot, sizeof *f->slot);
     f->W = calloc(d * d, sizeof *f->W);
-    return f->id && f->len && f->S && f->M && f->count && f->published && f->t_ref && f->touched &&
-           f->slot && f->W ? 0 : HL_ENOMEM;
+    return f->rec && f->slot && f->W ? 0 : HL_ENOMEM;
 }
 
 hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const float *e_out,
@@ -217,10 +275,12 @@ void hl_foldin_destroy(hl_foldin *f)
 {
     if (f == NULL)
         return;
-    for (int32_t k = 0; f->id && k < f->n; k++)
-        free(f->id[k]);
-    free(f->id); free(f->len); free(f->S); free(f->M); free(f->count); free(f->published);
-    free(f->t_ref); free(f->touched); free(f->slot); free(f->W);
+    for (int32_t k = 0; f->rec && k < f->n; k++)
+        if (at(f, k)->len > ID_INLINE)
+            free(at(f, k)->id.out);
+    if (f->rec)
+        munmap(f->rec, f->rec_bytes);
+    free(f->slot); free(f->W);
     free(f);
 }
 
@@ -247,21 +307,23 @@ static int evict(hl_foldin *f)
     uint64_t *t = malloc((size_t)f->n * sizeof *t);
     if (t == NULL)
         return HL_ENOMEM;
-    memcpy(t, f->touched, (size_t)f->n * sizeof *t);
+    for (int32_t k = 0; k < f->n; k++)
+        t[k] = at(f, k)->touched;
     qsort(t, (size_t)f->n, sizeof *t, cmp_u64);
     uint64_t cut = t[f->n / 16];
     free(t);
-    int32_t w = 0, d = f->o.dim;
+    int32_t w = 0;
     for (int32_t k = 0; k < f->n; k++) {
-        if (f->touched[k] <= cut) {
-            f->ready -= f->count[k] >= f->o.min_events;
-            free(f->id[k]);
+        item *it = at(f, k);
+        if (it->touched <= cut) {
+            f->ready -= it->count >= f->o.min_events;
+            if (it->len > ID_INLINE)
+                free(it->id.out);
             f->evicted++;
             continue;
         }
-        f->id[w] = f->id[k]; f->len[w] = f->len[k]; f->M[w] = f->M[k];
-        f->count[w] = f->count[k]; f->published[w] = f->published[k]; f->t_ref[w] = f->t_ref[k]; f->touched[w] = f->touched[k];
-        memmove(f->S + (size_t)w * d, f->S + (size_t)k * d, (size_t)d * sizeof(float));
+        if (w != k)
+            memcpy(at(f, w), it, f->stride);
         w++;
     }
     f->n = w;
@@ -269,88 +331,109 @@ static int evict(hl_foldin *f)
     return 0;
 }
 
-static int32_t insert(hl_foldin *f, const char *id, uint32_t len, uint32_t *slot)
+/* A new record for id (hash h), its index; *slot is where the probe
+ * stopped, refreshed when the hash changes. */
+static int32_t insert(hl_foldin *f, const char *id, uint32_t len, uint32_t h, uint32_t *slot)
 {
-    if (f->n == f->cap) {
-        if (evict(f) != 0)
-            return HL_ENOMEM;
-        *slot = probe(f, id, len);
-    }
-    char *own = malloc(len);
-    if (own == NULL)
+    if (f->n == f->cap && evict(f) != 0)
         return HL_ENOMEM;
-    memcpy(own, id, len);
-    int32_t k = f->n++;
-    f->id[k] = own;
-    f->len[k] = len;
-    f->M[k] = 0.0;
-    f->count[k] = 0;
-    f->published[k] = 0;
-    f->t_ref[k] = INT64_MIN;
-    memset(f->S + (size_t)k * f->o.dim, 0, (size_t)f->o.dim * sizeof(float));
-    f->slot[*slot] = k + 1;
-    return k;
+    if (slots_room(f) != 0)
+        return HL_ENOMEM;
+    *slot = probe_h(f, id, len, h);
+    item *it = at(f, f->n);
+    *it = (item){.t_ref = INT64_MIN, .len = len, .hash = h};
+    if (len <= ID_INLINE)
+        memcpy(it->id.in, id, len);
+    else if ((it->id.out = malloc(len)) != NULL)
+        memcpy(it->id.out, id, len);
+    else
+        return HL_ENOMEM;
+    memset(sums(it), 0, (size_t)f->o.dim * sizeof(float));
+    f->slot[*slot] = ++f->n;
+    return f->n - 1;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define IVDEP _Pragma("GCC ivdep")
+#else
+#define IVDEP
+#endif
+
+/* S = a S + b q. gcc 12's -O2 vectorises only loops of a known trip count,
+ * so the body is 8-wide blocks and a scalar tail, as in core/decay.c; each
+ * element is still a S + b q, rounded the same (no fused multiply-add at
+ * the baseline target), so the sums do not change. */
+static void axpby(float *restrict S, const float *restrict q, float a, float b, int d)
+{
+    int i = 0;
+    for (; i + 8 <= d; i += 8) {
+        IVDEP
+        for (int k = 0; k < 8; k++)
+            S[i + k] = a * S[i + k] + b * q[i + k];
+    }
+    for (; i < d; i++)
+        S[i] = a * S[i] + b * q[i];
+}
+
+/* Whether q[0..d) are all finite: an exponent of all ones is an infinity
+ * or a NaN; the flags are or-ed without a branch so that this vectorises
+ * like axpby. */
+static int all_finite(const float *q, int d)
+{
+    uint32_t bad = 0, u;
+    for (int i = 0; i < d; i++) {
+        memcpy(&u, &q[i], sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
 }
 
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms)
 {
-    int d = f->o.dim, bad = !(w >= 0) || !isfinite(w) || len < 1 || len > HL_MAX_ID_LEN;
-    for (int i = 0; i < d && !bad; i++)
-        bad = !isfinite(q[i]);
-    if (bad)
+    int d = f->o.dim;
+    if (!(w >= 0) || !isfinite(w) || len < 1 || len > HL_MAX_ID_LEN || !all_finite(q, d))
         return HL_EINVAL;
-    uint32_t slot = probe(f, id, len);
-    int32_t k = f->slot[slot] ? f->slot[slot] - 1 : insert(f, id, len, &slot);
+    uint32_t h = hash_id(id, len), slot = probe_h(f, id, len, h);
+    int32_t k = f->slot[slot] ? f->slot[slot] - 1 : insert(f, id, len, h, &slot);
     if (k < 0)
         return k;
-    float *S = f->S + (size_t)k * d;
+    item *it = at(f, k);
     float a = 1.0f, b = w;
-    if (f->t_ref[k] != INT64_MIN && ts_ms >= f->t_ref[k])   /* decay the sums to ts */
-        a = (float)exp(-f->lambda_per_ms * (double)(ts_ms - f->t_ref[k]));
-    else if (f->t_ref[k] != INT64_MIN)                        /* late: decay the event */
-        b = w * (float)exp(-f->lambda_per_ms * (double)(f->t_ref[k] - ts_ms));
-    for (int i = 0; i < d; i++)
-        S[i] = a * S[i] + b * q[i];
-    f->M[k] = a * f->M[k] + b;
-    if (f->t_ref[k] == INT64_MIN || ts_ms > f->t_ref[k])
-        f->t_ref[k] = ts_ms;
-    f->touched[k] = ++f->clock;
-    int now_ready = ++f->count[k] == f->o.min_events;
+    if (it->t_ref != INT64_MIN && ts_ms >= it->t_ref)   /* decay the sums to ts */
+        a = (float)exp(-f->lambda_per_ms * (double)(ts_ms - it->t_ref));
+    else if (it->t_ref != INT64_MIN)                     /* late: decay the event */
+        b = w * (float)exp(-f->lambda_per_ms * (double)(it->t_ref - ts_ms));
+    axpby(sums(it), q, a, b, d);
+    it->M = a * it->M + b;
+    if (it->t_ref == INT64_MIN || ts_ms > it->t_ref)
+        it->t_ref = ts_ms;
+    it->touched = ++f->clock;
+    int now_ready = ++it->count == f->o.min_events;
     f->ready += now_ready;
     return now_ready;
 }
 
-/* Three rounds over the group, each issuing every item's next load before
- * any is waited for: the hash slots, then the entries the slots name, then
- * their id strings. */
+/* Two rounds over the group, each issuing every item's next load before
+ * any is waited for: the hash slots, then the records the slots name
+ * (head and sums, consecutive lines). An id longer than ID_INLINE is
+ * left to the add: reaching it would wait for the head. */
 static void prefetch_group(const hl_foldin *f, const char *const *id, const uint32_t *len,
                            int n)
 {
-    uint32_t at[64];
-    int32_t k[64];
-    size_t row = (size_t)f->o.dim * sizeof(float);
+    uint32_t at_slot[64];
     for (int i = 0; i < n; i++) {
-        at[i] = hash_id(id[i], len[i]) & (f->n_slot - 1);
-        __builtin_prefetch(&f->slot[at[i]]);
+        at_slot[i] = hash_id(id[i], len[i]) & (f->n_slot - 1);
+        __builtin_prefetch(&f->slot[at_slot[i]]);
     }
     for (int i = 0; i < n; i++) {
-        if ((k[i] = f->slot[at[i]] - 1) < 0)
+        int32_t k = f->slot[at_slot[i]] - 1;
+        if (k < 0)
             continue;
-        const char *S = (const char *)(f->S + (size_t)k[i] * f->o.dim);
-        for (size_t b = 0; b < row; b += 64)
-            __builtin_prefetch(S + b, 1);
-        __builtin_prefetch(&f->id[k[i]]);
-        __builtin_prefetch(&f->len[k[i]]);
-        __builtin_prefetch(&f->M[k[i]], 1);
-        __builtin_prefetch(&f->t_ref[k[i]], 1);
-        __builtin_prefetch(&f->touched[k[i]], 1);
-        __builtin_prefetch(&f->count[k[i]], 1);
-        __builtin_prefetch(&f->published[k[i]]);
+        const char *r = (const char *)at(f, k);
+        for (size_t b = 0; b < f->stride; b += 64)
+            __builtin_prefetch(r + b, 1);
     }
-    for (int i = 0; i < n; i++)
-        if (k[i] >= 0)
-            __builtin_prefetch(f->id[k[i]]);
 }
 
 void hl_foldin_prefetch(const hl_foldin *f, const char *const *id, const uint32_t *len, int n)
@@ -466,12 +549,11 @@ static void neighbour_vectors(const hl_foldin *f, const float *S, double M, floa
 
 int hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, double *M)
 {
-    uint32_t slot = probe(f, id, len);
-    if (f->slot[slot] == 0 || f->count[f->slot[slot] - 1] < f->o.min_events)
+    int32_t k = find(f, id, len);
+    if (k < 0 || at(f, k)->count < f->o.min_events)
         return HL_ENOENT;
-    int32_t k = f->slot[slot] - 1;
-    memcpy(S, f->S + (size_t)k * f->o.dim, (size_t)f->o.dim * sizeof *S);
-    *M = f->M[k];
+    memcpy(S, sums(at(f, k)), (size_t)f->o.dim * sizeof *S);
+    *M = at(f, k)->M;
     return 0;
 }
 
@@ -530,18 +612,19 @@ int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
  * (after a restart) never replaces a better estimate with a poorer one. */
 int32_t hl_foldin_due(const hl_foldin *f, const char *id, uint32_t len)
 {
-    uint32_t slot = probe(f, id, len);
-    if (f->slot[slot] == 0)
+    int32_t k = find(f, id, len);
+    if (k < 0)
         return 0;
-    int32_t k = f->slot[slot] - 1, n = f->count[k];
-    if (n < f->o.min_events || (f->published[k] > 0 && n < 2 * (int64_t)f->published[k]))
+    const item *it = at(f, k);
+    int32_t n = it->count;
+    if (n < f->o.min_events || (it->published > 0 && n < 2 * (int64_t)it->published))
         return 0;
     return n;
 }
 
 void hl_foldin_mark(hl_foldin *f, const char *id, uint32_t len, int64_t count)
 {
-    uint32_t slot = probe(f, id, len);
-    if (f->slot[slot] != 0)
-        f->published[f->slot[slot] - 1] = count > INT32_MAX ? INT32_MAX : (int32_t)count;
+    int32_t k = find(f, id, len);
+    if (k >= 0)
+        at(f, k)->published = count > INT32_MAX ? INT32_MAX : (int32_t)count;
 }

@@ -73,9 +73,10 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
 /* A hint, changing nothing: starts loading what hl_foldin_add will touch
  * for items id[0..n), all of them at once, so a batch of adds overlaps its
  * cache misses instead of paying them one after another (the sums of a
- * few thousand new items outgrow the cache between batches: ~10 misses an
- * add, most of fold-in's cost per event once the query is the refresh's;
- * bench_foldin). Same thread rules as hl_foldin_add. */
+ * few thousand new items outgrow the cache between batches: an add misses
+ * on its hash slot and its record, head and sums, most of fold-in's cost
+ * per event once the query is the refresh's; bench_foldin). Same thread
+ * rules as hl_foldin_add. */
 void hl_foldin_prefetch(const hl_foldin *f, const char *const *id, const uint32_t *len,
                         int n);
 

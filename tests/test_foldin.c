@@ -298,6 +298,109 @@ static void test_scan_matches_plain_loop(void)
     hl_foldin_destroy(f);
 }
 
+/* The definition in foldin.h, one item at a time, for the test below. */
+typedef struct ref_item {
+    char     id[200];  uint32_t len;
+    float    S[D];     double M;
+    int64_t  t_ref;    uint64_t touched;
+    int      count, live;
+} ref_item;
+
+static void ref_add(ref_item *r, const float *q, float w, int64_t ts, double lambda,
+                    uint64_t clock)
+{
+    float a = 1.0f, b = w;
+    if (r->count > 0 && ts >= r->t_ref)
+        a = (float)exp(-lambda * (double)(ts - r->t_ref));
+    else if (r->count > 0)
+        b = w * (float)exp(-lambda * (double)(r->t_ref - ts));
+    for (int d = 0; d < D; d++)
+        r->S[d] = a * r->S[d] + b * q[d];
+    r->M = a * r->M + b;
+    r->t_ref = r->count == 0 || ts > r->t_ref ? ts : r->t_ref;
+    r->touched = clock;
+    r->count++;
+}
+
+/* Drops the least recently touched sixteenth of the live items. */
+static void ref_evict(ref_item *r, int n, int live)
+{
+    uint64_t t[64], cut;
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (r[i].live)
+            t[m++] = r[i].touched;
+    for (int i = 1; i < m; i++)               /* insertion sort: 64 at most */
+        for (int j = i; j > 0 && t[j - 1] > t[j]; j--) {
+            uint64_t x = t[j]; t[j] = t[j - 1]; t[j - 1] = x;
+        }
+    cut = t[live / 16];
+    for (int i = 0; i < n; i++)
+        if (r[i].live && r[i].touched <= cut)
+            r[i].live = 0;
+}
+
+/* Ids short enough to sit beside the counters and long ones (up to 199
+ * bytes) kept apart, a hash that grows and an eviction every few inserts,
+ * late events: every item's sums equal the definition's, to the bit, and
+ * exactly the evicted ones are gone. */
+static void test_records_match_the_definition(void)
+{
+    static model m;
+    float W0[D * D];
+    for (int i = 0; i < D * D; i++)
+        W0[i] = frand();
+    model_init(&m, 64, W0);
+    enum { N = 60, CAP = 40 };
+    hl_foldin_opts o = {.dim = D, .max_items = CAP, .min_events = 1, .half_life_ms = 5000};
+    char err[256];
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    CHECKF(f != NULL, "%s", err);
+    static ref_item r[N];
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < N; i++) {
+        r[i].len = (uint32_t)snprintf(r[i].id, sizeof r[i].id, "item-%d", i);
+        uint32_t want = i % 4 == 1 ? 24 : 25 + (uint32_t)(3 * i) % 170;  /* 24: the inline limit */
+        for (; i % 2 && r[i].len < want; r[i].len++)
+            r[i].id[r[i].len] = (char)('a' + (i + (int)r[i].len) % 26);
+    }
+    int live = 0, bad = 0;
+    int64_t ts = 1000000;
+    double lambda = log(2.0) / o.half_life_ms;
+    for (uint64_t e = 1; f != NULL && e <= 3000; e++) {
+        ref_item *it = &r[(int)((frand() + 1.0f) * 0.5f * N) % N];
+        float q[D], w = 2.0f * (frand() + 1.0f);
+        for (int d = 0; d < D; d++)
+            q[d] = 3.0f * frand();
+        ts += (int64_t)(100.0f * frand()) + 20;       /* some late */
+        if (!it->live) {
+            if (live == CAP) {
+                ref_evict(r, N, live);
+                live -= live / 16 + 1;
+            }
+            memset(it->S, 0, sizeof it->S);
+            it->M = 0.0; it->count = 0; it->live = 1;
+            live++;
+        }
+        ref_add(it, q, w, ts, lambda, e);
+        bad += hl_foldin_add(f, it->id, it->len, q, w, ts) < 0;
+    }
+    hl_foldin_stats st;
+    if (f != NULL)
+        hl_foldin_stats_get(f, &st);
+    CHECKF(f == NULL || st.items == live, "%d items kept, the definition keeps %d",
+           f ? st.items : -1, live);
+    for (int i = 0; f != NULL && i < N; i++) {
+        float S[D];
+        double M;
+        int rc = hl_foldin_sums(f, r[i].id, r[i].len, S, &M);
+        bad += r[i].live ? rc != 0 || memcmp(S, r[i].S, sizeof S) != 0 || M != r[i].M
+                         : rc != HL_ENOENT;
+    }
+    CHECKF(bad == 0, "%d adds or items differ from the definition", bad);
+    hl_foldin_destroy(f);
+}
+
 int main(void)
 {
     RUN(test_map_recovers_linear_relation);
@@ -306,6 +409,7 @@ int main(void)
     RUN(test_cluster_buyers_spread_to_their_cluster);
     RUN(test_neighbours_are_the_means_of_the_top_items);
     RUN(test_scan_matches_plain_loop);
+    RUN(test_records_match_the_definition);
     RUN(test_due_at_min_events_then_doublings);     /* last: the others' draws stay theirs */
     TEST_EXIT();
 }

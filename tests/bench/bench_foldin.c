@@ -27,7 +27,9 @@
  * clock costs ~1.6 us on these VMs (a system call), as much as a take, so
  * they are timed by the TSC (calibrated against the monotonic clock; a
  * microsecond span is rarely preempted). `--unknown P` sets the
- * share of unknown-item events (default 0.01). README "Fold-in".
+ * share of unknown-item events (default 0.01). `steps_ns`: fold-in's
+ * steps one by one (medians, by the TSC: the resolve, the four takes, the
+ * fill, the flush), to show which one a change moves. README "Fold-in".
  *
  * `--scan N`: the publication's scan instead (hl_foldin_vectors_from: the
  * mean query of a new item's users scored against N model items with one
@@ -133,11 +135,14 @@ typedef struct run {
     double           unknown;
 } run;
 
-typedef struct cost { double state, fold, refresh; } cost;
+/* step: fold-in's own steps apart (resolve, take, fill, flush), by the TSC */
+typedef struct cost { double state, fold, refresh, step[4]; } cost;
+
+static double tsc_since(uint64_t a) { return (double)(__rdtsc() - a) * tsc_s; }
 
 /* The dirty users' lists, as publish.c refreshes them (256 per call),
  * fold-in's take after each call when on; the take's time into *fold. */
-static double refresh(run *r, int on, double *fold)
+static double refresh(run *r, int on, double *fold, double *take)
 {
     uint32_t rows[256];
     int n;
@@ -150,10 +155,11 @@ static double refresh(run *r, int on, double *fold)
             hl_ranker_refresh(r->rk, r->views, n, r->recs, r->n_out) == 0 && on) {
             uint64_t a = __rdtsc();
             hl_foldin_local_take(&r->loc, r->sh, rows, n, r->rk);
-            in_fold += (double)(__rdtsc() - a) * tsc_s;
+            in_fold += tsc_since(a);
         }
     } while (n == 256);
     *fold += in_fold;
+    *take = in_fold;
     return now_s() - t0 - in_fold;
 }
 
@@ -164,7 +170,7 @@ static cost batch(run *r, int on)
 {
     hl_shard *sh = r->sh;
     int dup, failed;
-    cost c = {0, 0, 0};
+    cost c = {0};
     double t0 = now_s();
     hl_shard_batch_begin(sh);
     for (int i = 0; i < BATCH; i++) {
@@ -181,15 +187,21 @@ static cost batch(run *r, int on)
     hl_shard_apply(sh, r->m, &dup, &failed);
     double t1 = now_s();
     c.state = t1 - t0;
+    uint64_t a = __rdtsc();
     if (on)
         hl_foldin_local_resolve(r->wf, &r->loc, r->m);
+    c.step[0] = tsc_since(a);
     c.fold = now_s() - t1;
-    c.refresh = refresh(r, on, &c.fold);
+    c.refresh = refresh(r, on, &c.fold, &c.step[1]);
     if (on) {
-        double a = now_s();
+        double t2 = now_s();
+        a = __rdtsc();
         hl_foldin_local_fill(r->wf, &r->loc, sh, r->rk);
+        c.step[2] = tsc_since(a);
+        a = __rdtsc();
         hl_foldin_local_flush(r->wf, &r->loc);
-        c.fold += now_s() - a;
+        c.step[3] = tsc_since(a);
+        c.fold += now_s() - t2;
     }
     return c;
 }
@@ -281,7 +293,7 @@ static int bench_scan(int32_t n)
 int main(int argc, char **argv)
 {
     static run r;
-    static double t[3][REPS * BATCHES];
+    static double t[7][REPS * BATCHES];
     char path[64];
     int with_refresh = 1;
     openblas_set_num_threads(1);
@@ -315,18 +327,21 @@ int main(int argc, char **argv)
             for (int i = 0; i < per; i++) {
                 cost c = batch(&r, on);
                 t[on][rep * per + i] = c.state + c.fold;
-                if (on)
-                    t[2][rep * per + i] = c.fold;
+                for (int k = 0; on && k < 5; k++)
+                    t[2 + k][rep * per + i] = k ? c.step[k - 1] : c.fold;
                 refresh_s += c.refresh;
             }
     double off_ns = median(t[0], n) / BATCH * 1e9, on_ns = median(t[1], n) / BATCH * 1e9;
-    double fold_ns = median(t[2], n) / BATCH * 1e9;
+    double fold_ns = median(t[2], n) / BATCH * 1e9, step_ns[4];
+    for (int k = 0; k < 4; k++)
+        step_ns[k] = median(t[3 + k], n) / BATCH * 1e9;
     printf("{\"bench\":\"foldin_state_update\",\"unknown_share\":%.3f,\"refresh\":%d,"
            "\"value\":%.1f,\"unit\":\"ns/event\",\"ceiling\":%.1f,\"ceiling_is\":\"the "
            "same batches with fold-in off\",\"ratio\":%.3f,\"foldin_steps_ns\":%.1f,"
+           "\"steps_ns\":{\"resolve\":%.1f,\"take\":%.1f,\"fill\":%.1f,\"flush\":%.1f},"
            "\"refresh_ns\":%.1f,\"target\":\"ratio < 1.10\"}\n",
-           r.unknown, with_refresh, on_ns, off_ns, on_ns / off_ns, fold_ns,
-           refresh_s / (2.0 * n * BATCH) * 1e9);
+           r.unknown, with_refresh, on_ns, off_ns, on_ns / off_ns, fold_ns, step_ns[0],
+           step_ns[1], step_ns[2], step_ns[3], refresh_s / (2.0 * n * BATCH) * 1e9);
     hl_foldin_local_reset(&r.loc);
     hl_ranker_destroy(r.rk);
     free(r.recs);

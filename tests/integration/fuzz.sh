@@ -6,7 +6,8 @@
 # with clang (-fsanitize=fuzzer,address,undefined) when clang exists. Each
 # runs for HL_FUZZ_SECONDS (default 15) from a fresh seed corpus in a
 # temporary directory: the target writes its own seeds there from
-# LLVMFuzzerInitialize when HL_FUZZ_SEEDS=DIR is set (fuzz_snapshot.c and
+# LLVMFuzzerInitialize when HL_FUZZ_SEEDS=DIR is set (fuzz_snapshot.c,
+# fuzz_item.c: its fold-in keys and records, and
 # fuzz_codec.c do: the latter's seeds include weights of 1e38, NaN, inf and
 # -1 and ids that are not UTF-8),
 # and files in tests/fuzz/corpus/<name>/, if any, are copied in. A crash

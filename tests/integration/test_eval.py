@@ -290,6 +290,96 @@ def test_swap_options():
     assert "--swap-at" in p.stderr, p.stderr
 
 
+def time_at(f):
+    """The time of the f quantile of the events, as eval's --apply-from F."""
+    evs = in_time_order()
+    return evs[int(f * len(evs))][0] if int(f * len(evs)) < len(evs) else math.inf
+
+
+def ref_seen(row_of, n_rows, k, history, score, t_apply, t_score, full, exclude=True):
+    """Prequential with a state-independent score: the state's ring holds
+    the events from t_apply on, the full ring every earlier event; the lists
+    leave out the rows of one of them (full) or of none (exclude False).
+    Returns the metric and the metrics of targets in each ring."""
+    own = collections.defaultdict(lambda: collections.deque(maxlen=history))
+    whole = collections.defaultdict(lambda: collections.deque(maxlen=history))
+    m, m_own, m_full = new_metric(), new_metric(), new_metric()
+    for ts, _, u, i in in_time_order():
+        ring = whole[u] if full else own[u]
+        seen = {row_of[x] for x in ring if row_of.get(x) is not None} if exclude else set()
+        if ts >= t_score:
+            top = top_k(lambda r: (-score[r], r), range(n_rows), k, seen)
+            row = row_of.get(i)
+            rank = top.index(row) if row in top else None
+            add(m, rank)
+            if i in own[u]:
+                add(m_own, rank)
+            if i in whole[u]:
+                add(m_full, rank)
+        whole[u].append(i)
+        if ts >= t_apply:
+            own[u].append(i)
+    return m, m_own, m_full
+
+
+def test_seen_ring_full():
+    """--seen-ring full: every arm leaves out the items of the ring after the
+    full stream, so --apply-from changes the state and nothing else."""
+    path, rows, bias = bias_model()
+    base = ["--model", path, "--input", PATH, "--format", "events-csv",
+            "--protocol", "prequential", "--k", "5", "--history", "4", "--score-from", "0.5"]
+    t_apply, t_score = time_at(0.5), time_at(0.5)
+    whole = run(*base)
+    short_own = run(*base, "--apply-from", "0.5")
+    short_full = run(*base, "--apply-from", "0.5", "--seen-ring", "full")
+    short_none = run(*base, "--apply-from", "0.5", "--exclude-seen", "no")
+    cases = ((whole, -math.inf, False, True), (short_own, t_apply, False, True),
+             (short_full, t_apply, True, True), (short_none, t_apply, False, False))
+    for got, t_app, full, excl in cases:
+        want, w_own, w_full = ref_seen(rows, len(rows), 5, 4, bias, t_app, t_score, full, excl)
+        what = f"apply_from={t_app} full={full} exclude={excl}"
+        check_metric(got["model"], want, what)
+        check_metric(got["targets_in_own_ring"], w_own, what + " own ring")
+        check_metric(got["targets_in_full_ring"], w_full, what + " full ring")
+    # The same exclusions make the bias model's lists the same: every hit
+    # on a re-seen item is counted (or not) alike with and without the
+    # older events.
+    assert short_full["model"] == whole["model"], (short_full["model"], whole["model"])
+    assert short_full["seen_ring"] == "full" and short_own["seen_ring"] == "own"
+    # The short state's own ring forgets items, so it leaves out less: it
+    # gains hits on items the full ring holds (which the full state leaves
+    # out), and those crowd out some of its other hits, never add to them.
+    gained = short_own["targets_in_full_ring"]["hits"]
+    assert whole["targets_in_full_ring"]["hits"] == 0, whole
+    assert short_own["model"]["hits"] > whole["model"]["hits"], (short_own, whole)
+    assert short_own["model"]["hits"] - gained <= whole["model"]["hits"], (short_own, whole)
+    assert short_none["targets_in_full_ring"]["hits"] >= gained > 0, short_none
+
+
+def test_seen_ring_full_equals_own_when_nothing_is_skipped():
+    """Without --apply-from the state's ring is the full ring, so a real
+    encoder (and a swap) scores the same hits with either exclusion."""
+    m = hlm.random_model(40, 8, n_heads=3, hidden=(16,), seed=11)
+    m.item_ids = [f"i{j}" for j in range(40)]
+    path = os.path.join(TMP, "seen.hlm")
+    hlm.write(path, m)
+    base = ["--model", path, "--input", PATH, "--format", "events-csv",
+            "--protocol", "prequential", "--k", "5", "--history", "6"]
+    for extra in ([], ["--swap-model", path, "--swap-at", "0.5"]):
+        own = run(*base, *extra, "--baseline", "popularity")
+        full = run(*base, *extra, "--baseline", "popularity", "--seen-ring", "full")
+        for key in ("model", "popularity", "targets_in_own_ring", "targets_in_full_ring"):
+            assert own[key] == full[key], (extra, key, own[key], full[key])
+        assert own["targets_in_own_ring"] == own["targets_in_full_ring"], own
+        assert own["targets_in_own_ring"]["n"] > 0 and own["targets_in_own_ring"]["hits"] == 0
+    p = run(*base, "--seen-ring", "full", "--exclude-seen", "no", code=2)
+    assert "--exclude-seen" in p.stderr, p.stderr
+    p = run(*base, "--seen-ring", "full", "--protocol", "loo", code=2)
+    assert "prequential" in p.stderr, p.stderr
+    p = run(*base, "--seen-ring", "all", code=2)
+    assert "--seen-ring all" in p.stderr, p.stderr
+
+
 def test_beauty_popularity_reproduces_published():
     ds = os.environ.get("HL_DATASETS")
     if not ds:
@@ -313,6 +403,8 @@ case(test_prequential_popularity_matches_reference)
 case(test_model_by_bias_matches_reference)
 case(test_batch_does_not_change_results)
 case(test_swap_options)
+case(test_seen_ring_full)
+case(test_seen_ring_full_equals_own_when_nothing_is_skipped)
 case(test_beauty_popularity_reproduces_published)
 shutil.rmtree(TMP, ignore_errors=True)
 sys.exit(1 if failed else 0)

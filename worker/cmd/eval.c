@@ -50,6 +50,12 @@ static void usage(FILE *f)
         "  --history N          prequential: ring length, the items excluded as seen\n"
         "                       (default %d, state.history's default)\n"
         "  --exclude-seen yes|no  leave seen items out of the lists (default yes)\n"
+        "  --seen-ring own|full prequential, with --exclude-seen yes: leave out the\n"
+        "                       items of the state's own ring (own, the default: what\n"
+        "                       the worker does), or of the ring the user would have\n"
+        "                       after every earlier event of the file (full: the same\n"
+        "                       items whatever --apply-from kept, so arms that differ\n"
+        "                       in their state differ in nothing else)\n"
         "  --batch N            users (loo) or events (prequential) per refresh (default %d)\n"
         "  --windows N          prequential: report HR per 1/N of the stream (default %d)\n"
         "  --threads N          OpenBLAS threads (default 1: the refresh batches are\n"
@@ -133,6 +139,10 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--score-from"))    bad = parse_fraction(val, &a->score_from);
     else if (!strcmp(opt, "--apply-from"))    bad = parse_fraction(val, &a->apply_from);
     else if (!strcmp(opt, "--per-user"))      a->per_user = val;
+    else if (!strcmp(opt, "--seen-ring"))     {
+        a->seen_full = !strcmp(val, "full");
+        bad = !a->seen_full && strcmp(val, "own");
+    }
     else if (!strcmp(opt, "--swap-weights"))  {
         a->swap_weights = strcmp(val, "none") ? val : NULL;
         bad = a->swap_weights && strcmp(val, "count") && strcmp(val, "remainder") &&
@@ -174,6 +184,12 @@ static int check_args(const eval_args *a)
     if (a->per_user && (!a->model || strcmp(a->protocol, "prequential"))) {
         fprintf(stderr, "halflife eval: --per-user needs --model and the prequential "
                         "protocol\n\n");
+        return 2;
+    }
+    if (a->seen_full && (strcmp(a->protocol, "prequential") || !a->exclude_seen)) {
+        fprintf(stderr, "halflife eval: --seen-ring full says which items --exclude-seen "
+                        "yes leaves out, in the prequential protocol: give both, or drop it "
+                        "(loo leaves out every earlier item anyway)\n\n");
         return 2;
     }
     if (!a->model && !a->baseline) {

@@ -7,6 +7,7 @@
  *   eval_preq.c  the prequential protocol
  *   eval_pop.c   the popularity baseline's ranking
  *   eval_fold.c  prequential: fold-in of items the model does not know
+ *   eval_seen.c  prequential: each user's ring after the full stream
  *
  * The small helpers (string keys, metric counting, a target's rank in a
  * list) are inline here; the rest are declared with their contract. */
@@ -46,6 +47,9 @@ typedef struct eval_args {
     const char *per_user;          /* prequential: the model's scored events and
                                       hits per user, as TSV (a bootstrap over
                                       users needs them); NULL: not written */
+    int         seen_full;         /* --seen-ring full: exclude the items of the
+                                      ring after the full stream (eval_seen.c),
+                                      not the state's own ring */
 } eval_args;
 
 /* ---- the events (eval.c) --------------------------------------------- */
@@ -195,6 +199,26 @@ int hl_eval_run_loo(const eval_args *a, const hl_model *m, eval_data *d,
                     char *errbuf, size_t errlen);            /* eval_loo.c  */
 int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
                             char *errbuf, size_t errlen);    /* eval_preq.c */
+
+/* ---- the full-stream rings (eval_seen.c) ----------------------------- */
+
+/* Per user, the numbers (into the time-sorted d->ev) of its last `history`
+ * events of the stream, whatever the state skipped (--apply-from). int32
+ * numbers: an in-memory event file never holds 2^31 events (init refuses). */
+typedef struct eval_rings {
+    int32_t *ev;            /* (users, history) */
+    uint8_t *n, *head;      /* (users) entries in use; index of the oldest */
+    int      history;
+} eval_rings;
+
+/* 0, HL_ENOMEM, or HL_EINVAL when n_ev is above INT32_MAX; hl_eval_rings_free
+ * releases r either way. */
+int  hl_eval_rings_init(eval_rings *r, int32_t n_users, int history, int64_t n_ev);
+void hl_eval_rings_free(eval_rings *r);
+/* Event i (of user) joins its ring, the oldest leaving when it is full. */
+void hl_eval_rings_push(eval_rings *r, int32_t user, int64_t i);
+/* The user's ring, oldest first, into out (history entries); the count. */
+int  hl_eval_rings_get(const eval_rings *r, int32_t user, int32_t *out);
 
 /* ---- fold-in (eval_fold.c) ------------------------------------------ */
 

@@ -3,7 +3,11 @@
  *
  * Before an event is applied, is its item in the user's current top K?
  * The worker's exclusion applies: the ring's last --history items (default
- * 32, state.history's default). Lists are computed in batches of --batch
+ * 32, state.history's default), or with --seen-ring full those of the ring
+ * the user would have after every earlier event of the stream, whatever
+ * --apply-from left out of the state (eval_seen.c says why). Either way the
+ * scored events whose target is in either ring are counted apart, with
+ * their hits (targets_in_own_ring, targets_in_full_ring). Lists are computed in batches of --batch
  * events: each event of a batch gets a copy of its user's state just
  * before it (earlier events of the same batch applied), and the copies are
  * refreshed in one call, which is exact and keeps the SGEMM busy. Reported
@@ -59,7 +63,15 @@ typedef struct preq_run {
     int              use_b;             /* swapped: events name --swap-model's rows */
     int64_t          migrated;
     int32_t         *user_n, *user_hits;  /* (users) --per-user: scored, hit */
+    eval_rings       rings;             /* each user's ring after the full stream */
+    int32_t         *ring_ev;           /* (history) one ring read out */
+    uint8_t         *seen_flag;         /* (batch) SEEN_OWN | SEEN_FULL */
+    metric           seen_own, seen_full;   /* scored events whose target was in
+                                               the state's ring, the full ring */
 } preq_run;
+
+#define SEEN_OWN  1     /* the target's item is in the state's own ring */
+#define SEEN_FULL 2     /* ... in the ring after the full stream */
 
 static int copies_alloc(preq_run *pr)
 {
@@ -112,7 +124,10 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
     pr->tbl = hl_eval_table_create(pr->m, a->history, pr->d->users.n, errbuf, errlen);
     if (pr->tbl == NULL)
         return HL_EINVAL;
-    hl_rank_opts ro = {.k = a->k, .exclude_seen = a->exclude_seen, .max_batch = a->batch};
+    /* --seen-ring full: the ranker leaves out the full rings' rows (extra)
+     * instead of the state's own ring. */
+    hl_rank_opts ro = {.k = a->k, .exclude_seen = a->exclude_seen && !a->seen_full,
+                       .max_batch = a->batch};
     if (pr->m && (pr->rk = hl_ranker_create(pr->m, &ro, errbuf, errlen)) == NULL)
         return HL_EINVAL;
     if (pr->m && a->foldin > 0 && !a->swap_m &&
@@ -121,8 +136,12 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
         return HL_EINVAL;
     pr->extra = calloc((size_t)a->batch, sizeof *pr->extra);
     pr->extra_rows = malloc((size_t)a->batch * a->history * sizeof *pr->extra_rows);
-    if (!pr->extra || !pr->extra_rows)
-        return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory");
+    pr->ring_ev = malloc((size_t)a->history * sizeof *pr->ring_ev);
+    pr->seen_flag = malloc((size_t)a->batch * sizeof *pr->seen_flag);
+    if (!pr->extra || !pr->extra_rows || !pr->ring_ev || !pr->seen_flag ||
+        hl_eval_rings_init(&pr->rings, pr->d->users.n, a->history, pr->d->n_ev) != 0)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory for %d users' "
+                      "rings of %d (or over 2^31 events)", pr->d->users.n, a->history);
     if (a->per_user) {
         pr->user_n = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_n);
         pr->user_hits = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_hits);
@@ -144,6 +163,8 @@ static void preq_free(preq_run *pr)
     free(pr->win_model); free(pr->win_pop);
     free(pr->extra); free(pr->extra_rows);
     free(pr->user_n); free(pr->user_hits);
+    free(pr->ring_ev); free(pr->seen_flag);
+    hl_eval_rings_free(&pr->rings);
 }
 
 /* Copies the user's current state (zeros for a user not seen yet). */
@@ -201,23 +222,95 @@ static const hl_rank_exclude *seen_folded(preq_run *pr, int n)
     return pr->extra;
 }
 
+/* The row of event s's item in the model ranking now (a fold-in row for
+ * an item it does not know, -1 for none). */
+static int32_t ranked_row(const preq_run *pr, const ev_rec *s)
+{
+    int32_t row = pr->use_b ? s->item_b : s->item;
+    return row < 0 && pr->fold ? hl_eval_fold_row(pr->fold, s->key) : row;
+}
+
+/* Event i, slot b of its batch, its user's state copied and not yet
+ * applied: is its item in the state's ring, in the full stream's ring?
+ * With --seen-ring full the latter's rows are slot b's exclusions. Then
+ * event i joins the full ring. Items are matched by key: the rings name
+ * items the ranking model may not know. */
+static void seen_capture(preq_run *pr, int b, int64_t i)
+{
+    const ev_rec *e = &pr->d->ev[i];
+    const hl_row_view *v = &pr->copy[b].v;
+    int32_t *rows = pr->extra_rows + (size_t)b * pr->a->history;
+    uint8_t flag = 0;
+    for (int h = 0; h < v->n_hist; h++)
+        if (v->hist_key[hl_row_hist_index(v, h)] == e->key)
+            flag |= SEEN_OWN;
+    int n = hl_eval_rings_get(&pr->rings, e->user, pr->ring_ev);
+    for (int h = 0; h < n; h++) {
+        const ev_rec *s = &pr->d->ev[pr->ring_ev[h]];
+        if (s->key == e->key)
+            flag |= SEEN_FULL;
+        if (pr->a->seen_full)
+            rows[h] = ranked_row(pr, s);
+    }
+    if (pr->a->seen_full)
+        pr->extra[b] = (hl_rank_exclude){.item = rows, .n = n};
+    pr->seen_flag[b] = flag;
+    hl_eval_rings_push(&pr->rings, e->user, i);
+}
+
+/* What the ranker leaves out besides its own ring (if it excludes that). */
+static const hl_rank_exclude *exclusions(preq_run *pr, int n)
+{
+    if (!pr->a->exclude_seen)
+        return NULL;
+    return pr->a->seen_full ? pr->extra : seen_folded(pr, n);
+}
+
 static int window_of(const preq_run *pr, int64_t i)
 {
     return (int)(i * pr->a->windows / pr->d->n_ev);
 }
 
-/* Popularity's list for event i from the running counts, then counts it. */
-static void preq_popularity(preq_run *pr, int64_t i, const state_copy *c)
+/* Popularity's list for event i (slot b) from the running counts, then
+ * counts it. It leaves out what the model's lists leave out. */
+static void preq_popularity(preq_run *pr, int64_t i, int b)
 {
     const ev_rec *e = &pr->d->ev[i];
+    const hl_row_view *v = &pr->copy[b].v;
     hl_popularity_begin(&pr->pop);
-    for (int h = 0; pr->a->exclude_seen && h < c->v.n_hist; h++)
-        hl_popularity_exclude(&pr->pop, c->v.hist_item[hl_row_hist_index(&c->v, h)]);
+    for (int h = 0; pr->a->exclude_seen && pr->a->seen_full && h < pr->extra[b].n; h++)
+        hl_popularity_exclude(&pr->pop, pr->extra[b].item[h]);
+    for (int h = 0; pr->a->exclude_seen && !pr->a->seen_full && h < v->n_hist; h++)
+        hl_popularity_exclude(&pr->pop, v->hist_item[hl_row_hist_index(v, h)]);
     int n = hl_popularity_top(&pr->pop, pr->a->k, pr->top);
     int rank = rank_in_items(pr->top, n, e->item);
     metric_add(&pr->popm, rank);
     metric_add(&pr->win_pop[window_of(pr, i)], rank);
     hl_popularity_add(&pr->pop, e->item);
+}
+
+/* Counts the lists of events [first, first + n) (refreshed into recs). */
+static void preq_score(preq_run *pr, int64_t first, int n)
+{
+    for (int b = 0; b < n; b++) {
+        const ev_rec *e = &pr->d->ev[first + b];
+        if (e->ts_ms < pr->t_score)
+            continue;           /* --score-from: applied, not scored */
+        int32_t target = ranked_row(pr, e);
+        int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b], target);
+        metric_add(&pr->model, rank);
+        if (pr->user_n) {
+            pr->user_n[e->user]++;
+            pr->user_hits[e->user] += rank >= 0;
+        }
+        if ((pr->use_b ? e->item_b : e->item) < 0)
+            metric_add(&pr->model_unknown, rank);
+        if (pr->seen_flag[b] & SEEN_OWN)
+            metric_add(&pr->seen_own, rank);
+        if (pr->seen_flag[b] & SEEN_FULL)
+            metric_add(&pr->seen_full, rank);
+        metric_add(&pr->win_model[window_of(pr, first + b)], rank);
+    }
 }
 
 /* Events [first, first + n): copy each user's state just before its event,
@@ -229,8 +322,9 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
         const ev_rec *e = &pr->d->ev[first + b];
         copy_state(pr, e, &pr->copy[b]);
         pr->views[b] = pr->copy[b].v;
+        seen_capture(pr, b, first + b);
         if (pr->a->baseline)
-            preq_popularity(pr, first + b, &pr->copy[b]);
+            preq_popularity(pr, first + b, b);
         hl_event ev = hl_eval_event(pr->d, e, first + b);
         if (pr->use_b)
             ev.item = e->item_b;
@@ -239,26 +333,10 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
     }
     if (pr->rk == NULL)
         return 0;
-    if ((rc = hl_ranker_refresh_ex(pr->rk, pr->views, n, seen_folded(pr, n), pr->recs,
+    if ((rc = hl_ranker_refresh_ex(pr->rk, pr->views, n, exclusions(pr, n), pr->recs,
                                    pr->n_out)) != 0)
         return hl_err(errbuf, errlen, rc, "eval: refresh failed: %s", hl_strerror(rc));
-    for (int b = 0; b < n; b++) {
-        const ev_rec *e = &pr->d->ev[first + b];
-        if (e->ts_ms < pr->t_score)
-            continue;           /* --score-from: applied, not scored */
-        int32_t target = pr->use_b ? e->item_b : e->item;
-        if (target < 0 && pr->fold)
-            target = hl_eval_fold_row(pr->fold, e->key);
-        int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b], target);
-        metric_add(&pr->model, rank);
-        if (pr->user_n) {
-            pr->user_n[e->user]++;
-            pr->user_hits[e->user] += rank >= 0;
-        }
-        if ((pr->use_b ? e->item_b : e->item) < 0)
-            metric_add(&pr->model_unknown, rank);
-        metric_add(&pr->win_model[window_of(pr, first + b)], rank);
-    }
+    preq_score(pr, first, n);
     if (pr->fold)
         hl_eval_fold_batch(pr->fold, &pr->d->ev[first], pr->views, n, pr->rk);
     return 0;
@@ -289,13 +367,16 @@ static void preq_print(const preq_run *pr, double seconds)
     const eval_data *d = pr->d;
     printf("{\"protocol\":\"prequential\",\"k\":%d,\"events\":%lld,\"users\":%d,"
            "\"items\":%d,\"bad_lines\":%lld,\"history\":%d,\"exclude_seen\":%s,"
-           "\"events_item_unknown\":%lld",
+           "\"seen_ring\":\"%s\",\"events_item_unknown\":%lld",
            pr->a->k, (long long)d->n_ev, d->users.n, d->n_rows,
            (long long)d->st.bad_lines, pr->a->history,
-           pr->a->exclude_seen ? "true" : "false", (long long)d->unknown);
+           pr->a->exclude_seen ? "true" : "false", pr->a->seen_full ? "full" : "own",
+           (long long)d->unknown);
     if (pr->m) {
         hl_eval_print_metric("model", &pr->model, 0);
         hl_eval_print_metric("model_unknown_targets", &pr->model_unknown, 0);
+        hl_eval_print_metric("targets_in_own_ring", &pr->seen_own, 0);
+        hl_eval_print_metric("targets_in_full_ring", &pr->seen_full, 0);
     }
     if (pr->fold)
         hl_eval_fold_print(pr->fold);
@@ -379,7 +460,7 @@ static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, 
     hl_migration_destroy(mg);
     if (pr->migrated < 0)
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory migrating");
-    hl_rank_opts ro = {.k = pr->a->k, .exclude_seen = pr->a->exclude_seen,
+    hl_rank_opts ro = {.k = pr->a->k, .exclude_seen = pr->a->exclude_seen && !pr->a->seen_full,
                        .max_batch = pr->a->batch};
     hl_ranker_destroy(pr->rk);
     if ((pr->rk = hl_ranker_create(b, &ro, errbuf, errlen)) == NULL)
@@ -414,6 +495,8 @@ int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
         start++;                /* --apply-from: never seen */
     if ((rc = preq_alloc(&pr, errbuf, errlen)) != 0)
         goto out;
+    for (int64_t i = 0; i < start; i++)
+        hl_eval_rings_push(&pr.rings, d->ev[i].user, i);   /* seen, not applied */
     for (int64_t i = start, n; rc == 0 && i < d->n_ev; i += n) {
         if (!pr.use_b && a->swap_m && d->ev[i].ts_ms >= pr.t_swap &&
             (rc = preq_swap(&pr, start, i, errbuf, errlen)) != 0)

@@ -555,8 +555,12 @@ static int read_latencies(rd_kafka_t *rk, double *lat, int cap, double until)
 {
     int n = 0;
     while (now_s() < until && n < cap) {
-        int wait_ms = (int)((until - now_s()) * 1000);
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, wait_ms > 0 ? wait_ms : 0);
+        /* Rounded up: truncated, the last millisecond before until was a
+         * loop of zero-timeout polls, 37% of this process's samples in
+         * clock_gettime at 2,500 events/s (perf), on the cores the worker
+         * and the broker need. */
+        int wait_ms = (int)((until - now_s()) * 1000) + 1;
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, wait_ms);
         if (m == NULL)
             continue;
         size_t i = 5;

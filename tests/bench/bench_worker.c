@@ -169,7 +169,7 @@ static void start_broker(void)
     snprintf(log, sizeof log, "%s/broker.log", tmp);
     snprintf(parts, sizeof parts, "%d", PARTS);
     char *argv[] = {(char *)hl_bin, "broker", "--partitions", parts, "--topics",
-                    "b1,b2,b3,b2-recs,b3-recs,b4", NULL};
+                    "b1,b2,b3,b2-recs,b3-recs,b4,b5,b6", NULL};
     broker_pid = spawn(argv, log, &fd);
     FILE *f = fdopen(fd, "r");
     if (f == NULL || fgets(bootstrap, sizeof bootstrap, f) == NULL)
@@ -648,11 +648,14 @@ static void live_drain(live *L)
  * a fraction of the catch-up lists/s; a probe passes when at its end the
  * worker is at most a quarter second of events behind and the lists read
  * in its window have a p50 under 100 ms (no queue building up). */
+static const double live_frac[] = {0.08, 0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0};
+#define N_LIVE_FRAC ((int)(sizeof live_frac / sizeof live_frac[0]))
+
 static double live_sustainable(live *L, double catchup)
 {
-    static const double frac[] = {0.08, 0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0};
+    const double *frac = live_frac;
     double best = 0;
-    for (size_t i = 0; i < sizeof frac / sizeof frac[0]; i++) {
+    for (int i = 0; i < N_LIVE_FRAC; i++) {
         long sent;
         double r = catchup * frac[i];
         int n = live_run(L, r, 1.0, 3.0, &sent);
@@ -682,6 +685,19 @@ static void latency_floor(double rate)
     const char *ckv[] = {"fetch.wait.max.ms", fetch_wait, "queued.min.messages", "1000000",
                          "socket.nagle.disable", "true", NULL};
     bench_kafka_floor("kafka_floor", "b4", rate, 1.0, 5.0, pkv, ckv);
+}
+
+/* The live rate's ceiling: the broker path alone carrying two streams at
+ * the worker probe's rates and criterion (bench_kafka_floor.h), with the
+ * live producer's and the worker's consumer settings. */
+static double live_floor(double catchup)
+{
+    static const char *const topics[2] = {"b5", "b6"};
+    const char *pkv[] = {"linger.ms", live_linger, "enable.idempotence", "false",
+                         "socket.nagle.disable", "true", NULL};
+    const char *ckv[] = {"fetch.wait.max.ms", fetch_wait, "queued.min.messages", "1000000",
+                         "socket.nagle.disable", "true", NULL};
+    return floor_sustainable(topics, catchup, live_frac, N_LIVE_FRAC, pkv, ckv);
 }
 
 static void bench_latency(const char *model, double catchup, double fixed_rate)
@@ -723,6 +739,7 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
     hl_producer_destroy(L.p, 1000);
     if (n_lat < 100)
         die("too few lists read back for the latency figure");
+    double floor_rate = fixed_rate <= 0 ? live_floor(catchup) : 0;
     latency_floor(rate);
     qsort(lat, (size_t)n_lat, sizeof *lat, cmp_double);
     double p50 = lat[n_lat / 2], p99 = lat[(int)(n_lat * 0.99)];
@@ -730,8 +747,11 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
         printf("{\"bench\":\"worker_live_rate\",\"items\":100000,\"dim\":64,\"threads\":%d,"
                "\"value\":%.0f,\"unit\":\"events/s sustained live\",\"ceiling\":%.0f,"
                "\"ceiling_is\":\"catch-up lists/s in this run\",\"ratio\":%.3f,"
-               "\"target_ratio\":0.5,\"met\":%s}\n", THREADS, sustained, catchup,
-               catchup > 0 ? sustained / catchup : 0, sustained >= 0.5 * catchup ? "true" : "false");
+               "\"target_ratio\":0.5,\"met\":%s,\"broker_floor\":%.0f,"
+               "\"broker_floor_is\":\"two bare producer-consumer streams, same probe\","
+               "\"ratio_to_floor\":%.3f}\n", THREADS, sustained, catchup,
+               catchup > 0 ? sustained / catchup : 0, sustained >= 0.5 * catchup ? "true" : "false",
+               floor_rate, floor_rate > 0 ? sustained / floor_rate : 0);
     double w50 = hist_quantile_ms(&before.share, &after.share, 0.5);
     double w99 = hist_quantile_ms(&before.share, &after.share, 0.99);
     printf("{\"bench\":\"worker_event_to_publish\",\"rate\":%.0f,\"sustainable_live\":%.0f,"
@@ -778,6 +798,11 @@ int main(int argc, char **argv)
     /* HL_BENCH_ONLY=state|lists|latency runs one figure (latency at
      * HL_BENCH_RATE events/s instead of half the live sustainable rate). */
     const char *only = getenv("HL_BENCH_ONLY"), *rate = getenv("HL_BENCH_RATE");
+    if (only && !strcmp(only, "floor-live")) {  /* the live ceiling alone, base HL_BENCH_RATE */
+        printf("{\"bench\":\"broker_floor_live_rate\",\"value\":%.0f,\"base\":%s}\n",
+               live_floor(rate ? atof(rate) : 12000), rate ? rate : "12000");
+        only = "none";
+    }
     if (only && !strcmp(only, "floor")) {   /* experiments: HL_FLOOR_P / HL_FLOOR_C */
         static char pb[512], cb[512];
         const char *pkv[32], *ckv[32];

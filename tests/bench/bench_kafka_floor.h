@@ -276,14 +276,19 @@ static int floor_probe(const char *const topics[2], double rate, double warm_s, 
  * and a live worker makes it carry every event twice (the events in, the
  * lists out, each produced and fetched by a client of its own), so this
  * probes two bare producer -> consumer streams (topics[0], topics[1]) at
- * the worker probe's rates (fractions frac[0..n) of base), with its
+ * the worker probe's rates (fractions frac[0..n) of base, then halfway
+ * between the first that failed and the last that passed), with its
  * criterion, no worker. Returns the highest rate that passed. */
 static double floor_sustainable(const char *const topics[2], double base, const double *frac,
                                 int n, const char *const *pkv, const char *const *ckv)
 {
     double best = 0;
-    for (int i = 0; i < n && floor_probe(topics, base * frac[i], 1.0, 3.0, pkv, ckv); i++)
+    int i = 0;
+    for (; i < n && floor_probe(topics, base * frac[i], 1.0, 3.0, pkv, ckv); i++)
         best = base * frac[i];
+    if (i > 0 && i < n && floor_probe(topics, base * (frac[i - 1] + frac[i]) / 2, 1.0, 3.0,
+                                      pkv, ckv))
+        best = base * (frac[i - 1] + frac[i]) / 2;
     return best;
 }
 

@@ -50,6 +50,18 @@
  *    the floor the broker and deliver stages are read against.
  *  worker_live_rate: that highest live rate against the catch-up lists/s
  *    of worker_lists in the same run (the ceiling). Target ratio >= 0.5.
+ *    The same line holds broker_floor, the highest rate the broker path
+ *    sustains alone by the same probes and criterion, and ratio_to_floor.
+ *    A live worker makes librdkafka's mock broker (one thread, on the
+ *    same 2 cores) carry every event twice, the events in and the lists
+ *    out, so the floor is two bare producer -> consumer streams at once.
+ *    The mock's cost per record grows with the records it holds: it
+ *    answers a fetch with at most one message set per partition and finds
+ *    that set by walking the partition's sets from the oldest
+ *    (rd_kafka_mock_msgset_find, "FIXME: Maintain an index", librdkafka
+ *    2.0.2), which was 29% of its samples at 2,500 events/s (perf); its
+ *    kernel side (a small request and response per record) 54%. Catch-up
+ *    reads a topic filled in large sets and pays neither.
  *
  * Medians of 3 repetitions (7 pairs for the state-only figure, 1 for the
  * latency run). The mock broker keeps

@@ -47,7 +47,9 @@
  *    wants fresh lists does not hold its events back. After the window,
  *    kafka_floor: a bare producer and consumer with those settings at the
  *    same rate through the same broker, no worker (bench_kafka_floor.h),
- *    the floor the broker and deliver stages are read against.
+ *    the floor the broker and deliver stages are read against. The window
+ *    runs on topics of its own (b7, b7-recs) with a fresh worker, not on
+ *    the probes' (bench_latency() says why).
  *  worker_live_rate: that highest live rate against the catch-up lists/s
  *    of worker_lists in the same run (the ceiling). Target ratio >= 0.5.
  *    The same line holds broker_floor, the highest rate the broker path
@@ -850,7 +852,9 @@ int main(int argc, char **argv)
     write_model(big, 100000, 64);
     start_broker();
     /* HL_BENCH_ONLY=state|lists|latency runs one figure (latency at
-     * HL_BENCH_RATE events/s instead of half the live sustainable rate). */
+     * HL_BENCH_RATE events/s instead of half the live sustainable rate);
+     * floor-live probes the broker floor alone from HL_BENCH_RATE as the
+     * catch-up rate. */
     const char *only = getenv("HL_BENCH_ONLY"), *rate = getenv("HL_BENCH_RATE");
     if (only && !strcmp(only, "floor-live")) {  /* the live ceiling alone, base HL_BENCH_RATE */
         printf("{\"bench\":\"broker_floor_live_rate\",\"value\":%.0f,\"base\":%s}\n",

@@ -8,6 +8,10 @@
  * settings of the live figures, in the same run, it is the ceiling they
  * are read against: a stage can be no faster than this.
  *
+ * floor_sustainable() probes the same path's highest sustainable rate
+ * with two such streams at once (what a live worker puts through the
+ * broker), by the worker probe's criterion: the live rate's ceiling.
+ *
  * Included by bench_worker.c, which provides bootstrap, now_s(), die(),
  * cmp_double() and PARTS. */
 #ifndef BENCH_KAFKA_FLOOR_H
@@ -166,6 +170,126 @@ static double bench_kafka_floor(const char *what, const char *topic, double rate
     free(f.acked);
     free(f.fetched);
     return f99;
+}
+
+/* ---- the broker path's own sustainable rate ---------------------------- */
+
+/* One stream of a probe: a producer and a consumer on a topic of its own. */
+typedef struct floor_stream {
+    floor_run   f;
+    rd_kafka_t *prod;
+    pthread_t   th;
+} floor_stream;
+
+static void floor_stream_start(floor_stream *s, const char *topic, long cap,
+                               const char *const *pkv, const char *const *ckv)
+{
+    s->f = (floor_run){.cap = cap};
+    s->f.sent = calloc((size_t)cap, sizeof *s->f.sent);
+    s->f.acked = calloc((size_t)cap, sizeof *s->f.acked);
+    s->f.fetched = calloc((size_t)cap, sizeof *s->f.fetched);
+    s->prod = floor_client(RD_KAFKA_PRODUCER, pkv, &s->f);
+    s->f.cons = floor_client(RD_KAFKA_CONSUMER, ckv, NULL);
+    rd_kafka_poll_set_consumer(s->f.cons);
+    floor_assign(s->f.cons, topic);
+    pthread_create(&s->th, NULL, floor_consume, &s->f);
+}
+
+static void floor_stream_stop(floor_stream *s)
+{
+    atomic_store(&s->f.stop, 1);
+    pthread_join(s->th, NULL);
+    rd_kafka_consumer_close(s->f.cons);
+    rd_kafka_destroy(s->f.cons);
+    /* A probe that fell behind leaves records queued: dropped, not waited
+     * for (they are counted already), and without librdkafka's warning. */
+    rd_kafka_purge(s->prod, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_poll(s->prod, 0);
+    rd_kafka_destroy(s->prod);
+    free(s->f.sent);
+    free(s->f.acked);
+    free(s->f.fetched);
+}
+
+/* Records of s not fetched yet. */
+static long floor_unfetched(const floor_stream *s)
+{
+    long n = 0;
+    for (long i = 0; i < s->f.n; i++)
+        n += s->f.fetched[i] == 0;
+    return n;
+}
+
+/* One probe of floor_sustainable: both streams at rate for warm_s + secs;
+ * 1 when, as the worker's probe asks (live_sustainable), the records sent
+ * after the warm-up have a send -> fetched p50 under 100 ms and at the end
+ * neither stream has more than a quarter second of records (or 50) not
+ * fetched. */
+static int floor_probe(const char *const topics[2], double rate, double warm_s, double secs,
+                       const char *const *pkv, const char *const *ckv)
+{
+    floor_stream s[2];
+    char key[32];
+    long cap = (long)(rate * (warm_s + secs)) + 16;
+    for (int k = 0; k < 2; k++)
+        floor_stream_start(&s[k], topics[k], cap, pkv, ckv);
+    usleep(500000);         /* connections up, the first fetch at the end offsets */
+    double t0 = now_s();
+    while (now_s() - t0 < warm_s + secs) {
+        long due = (long)((now_s() - t0) * rate);
+        for (int k = 0; k < 2; k++) {
+            floor_run *f = &s[k].f;
+            for (; f->n < due && f->n < f->cap; f->n++) {
+                int kl = snprintf(key, sizeof key, "u%ld", f->n * 7919);
+                f->sent[f->n] = now_s();
+                if (rd_kafka_producev(s[k].prod, RD_KAFKA_V_TOPIC(topics[k]),
+                                      RD_KAFKA_V_KEY(key, (size_t)kl),
+                                      RD_KAFKA_V_VALUE(&f->n, sizeof f->n),
+                                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END))
+                    die("floor: produce failed");
+            }
+            rd_kafka_poll(s[k].prod, k);        /* the 1 ms wait is the second's */
+        }
+    }
+    long behind = 0, from = (long)(rate * warm_s), m = 0;
+    for (int k = 0; k < 2; k++) {
+        long u = floor_unfetched(&s[k]);
+        behind = u > behind ? u : behind;
+    }
+    double *d = malloc(sizeof *d * (size_t)(2 * cap));
+    for (int k = 0; k < 2; k++)
+        for (long i = from; i < s[k].f.n; i++)
+            d[m++] = s[k].f.fetched[i] > 0 ? 1000 * (s[k].f.fetched[i] - s[k].f.sent[i]) : 1e6;
+    qsort(d, (size_t)m, sizeof *d, cmp_double);
+    double p50 = m > 0 ? d[m / 2] : 1e6;
+    free(d);
+    for (int k = 0; k < 2; k++)
+        floor_stream_stop(&s[k]);
+    int ok = p50 < 100 && behind <= (rate * 0.25 > 50 ? rate * 0.25 : 50);
+    fprintf(stderr, "bench_worker: floor probe %.0f events/s x 2 streams: %ld records behind, "
+            "p50 %.1f ms: %s\n", rate, behind, p50, ok ? "kept up" : "fell behind");
+    return ok;
+}
+
+/* The broker path's own sustainable rate, the ceiling of the worker's live
+ * rate: librdkafka's mock broker runs on one thread in the same 2 cores,
+ * and a live worker makes it carry every event twice (the events in, the
+ * lists out, each produced and fetched by a client of its own), so this
+ * probes two bare producer -> consumer streams (topics[0], topics[1]) at
+ * the worker probe's rates (fractions frac[0..n) of base, then halfway
+ * between the first that failed and the last that passed), with its
+ * criterion, no worker. Returns the highest rate that passed. */
+static double floor_sustainable(const char *const topics[2], double base, const double *frac,
+                                int n, const char *const *pkv, const char *const *ckv)
+{
+    double best = 0;
+    int i = 0;
+    for (; i < n && floor_probe(topics, base * frac[i], 1.0, 3.0, pkv, ckv); i++)
+        best = base * frac[i];
+    if (i > 0 && i < n && floor_probe(topics, base * (frac[i - 1] + frac[i]) / 2, 1.0, 3.0,
+                                      pkv, ckv))
+        best = base * (frac[i - 1] + frac[i]) / 2;
+    return best;
 }
 
 /* "k=v,k=v" into kv as k, v, ..., NULL (in buf). */

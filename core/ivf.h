@@ -4,9 +4,11 @@
  *
  * Scores are inner products with the bias, q . e_j + b_j. The index works
  * on the augmented rows e'_j = [e_j, b_j] (a query is q' = [q, 1], so
- * q' . e'_j is the score): k-means (L2) over a sample of e' places nlist
- * centroids, every item goes to its nearest centroid's list, and a search
- * scores the nprobe lists whose centroids have the largest q' . c. It is
+ * q' . e'_j is the score): spherical k-means over a sample of e' places
+ * nlist unit centroids (a row belongs to the centroid of largest e' . c),
+ * every item goes to its best centroid's list, each centroid is then
+ * scaled by its list's largest norm (its reach), and a search scores the
+ * nprobe lists whose scaled centroids have the largest q' . c. It is
  * approximate: an item of the exact top k in a list that was not probed
  * is missed. rank.c rescores what the index returns with its exact
  * det_score, so every returned score is exact; only the set can differ
@@ -53,6 +55,13 @@ size_t  hl_ivf_bytes(const hl_ivf *ix);                 /* memory held */
 hl_ivf_scan *hl_ivf_scan_create(const hl_ivf *ix, int max_users, int max_nprobe,
                                 int max_cand, char *errbuf, size_t errlen);
 void         hl_ivf_scan_destroy(hl_ivf_scan *s);       /* NULL is a no-op */
+
+/* Item scores the searches through s have computed since it was created,
+ * per query: a list of len items scored for m users of a batch counts
+ * m x len, so scored / (queries x n_items) is the share of the catalogue
+ * a query really scored (probing favours some lists over others, so it is
+ * not nprobe x the mean list length). */
+uint64_t     hl_ivf_scan_scored(const hl_ivf_scan *s);
 
 /* The n_cand best items of the nprobe probed lists by q . e + b, leaving
  * out every row j with excl[j] != 0 (excl: n_items bytes, or NULL); when

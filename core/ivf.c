@@ -50,22 +50,33 @@
 #include <string.h>
 
 #define ASSIGN_BLOCK 1024      /* sample rows per assignment SGEMM */
-#define LIST_CHUNK   512       /* list rows per batch SGEMM */
+#define LIST_CHUNK   512       /* list rows per batch scoring pass (a multiple of BLK) */
+#define BLK          16        /* items per block of a list's transposed copy */
 
 struct hl_ivf {
     int32_t  n_items;
     int      dim, da;          /* da = dim + 1: the bias column */
     int      nlist;
-    int      max_list;         /* longest list */
+    int      max_list;         /* longest list, rounded up to BLK */
     float   *cent;             /* (nlist, da) centroids of [e, b] */
     int64_t *off;              /* (nlist + 1) list l is rows off[l]..off[l+1] */
-    float   *xs;               /* (n_items, dim) e_out rows in list order */
+    int64_t *boff;             /* (nlist + 1) list l is blocks boff[l]..boff[l+1] */
+    float   *xt;               /* (n_blocks, dim, BLK) e_out in list order, BLK
+                                  items per block stored by column (item i of
+                                  list l is block boff[l] + i / BLK, lane
+                                  i % BLK; lanes past the list's end are 0) */
     float   *bs;               /* (n_items) their biases */
     int32_t *ids;              /* (n_items) their model rows */
 };
 
+/* S (m, ld) from nb blocks xt (nb, dim, BLK) and queries Qg (m, dim):
+ * S[u ld + b BLK + i] = Qg[u] . item i of block b. */
+typedef void (*score_fn)(const float *xt, int nb, const float *Qg, int m, int dim, float *S,
+                         int ld);
+
 struct hl_ivf_scan {
     int       max_cand, max_users, max_nprobe;
+    score_fn  score;           /* score_plain, or its twin built for this CPU */
     float    *cs;              /* (max_users, nlist) centroid scores */
     uint64_t *lists;           /* (nlist) list keys: probed first, best first */
     float    *sc;              /* (max_list) one list's scores */
@@ -223,6 +234,12 @@ static int train(hl_ivf *ix, const float *e_out, const float *bias, const hl_ivf
     return rc;
 }
 
+/* Coordinate d of item i of list l. */
+static inline float xt_at(const hl_ivf *ix, int l, int i, int d)
+{
+    return ix->xt[((size_t)(ix->boff[l] + i / BLK) * ix->dim + d) * BLK + i % BLK];
+}
+
 /* Each unit centroid scaled by the largest norm |[e, b]| of its list's
  * rows (its reach: what a row pointing along c can score is q' . c then);
  * an empty list's centroid becomes 0, so it is probed only after every
@@ -232,10 +249,11 @@ static void scale_by_reach(hl_ivf *ix)
     for (int c = 0; c < ix->nlist; c++) {
         double r2 = 0.0;
         for (int64_t p = ix->off[c]; p < ix->off[c + 1]; p++) {
-            const float *x = ix->xs + (size_t)p * ix->dim;
             double s = (double)ix->bs[p] * ix->bs[p];
-            for (int d = 0; d < ix->dim; d++)
-                s += (double)x[d] * x[d];
+            for (int d = 0; d < ix->dim; d++) {
+                float x = xt_at(ix, c, (int)(p - ix->off[c]), d);
+                s += (double)x * x;
+            }
             r2 = s > r2 ? s : r2;
         }
         float r = (float)sqrt(r2);
@@ -263,16 +281,22 @@ static int fill_lists(hl_ivf *ix, const float *e_out, const float *bias)
     memset(ix->off, 0, (size_t)(ix->nlist + 1) * sizeof(int64_t));
     for (int32_t j = 0; j < ix->n_items; j++)
         ix->off[asg[j] + 1]++;
+    ix->boff[0] = 0;
     for (int c = 0; c < ix->nlist; c++) {
-        int64_t len = ix->off[c + 1];
-        ix->max_list = len > ix->max_list ? (int)len : ix->max_list;
+        int64_t len = ix->off[c + 1], nb = (len + BLK - 1) / BLK;
+        ix->max_list = nb * BLK > ix->max_list ? (int)(nb * BLK) : ix->max_list;
         ix->off[c + 1] += ix->off[c];
+        ix->boff[c + 1] = ix->boff[c] + nb;
         pos[c] = ix->off[c];
     }
+    if ((ix->xt = calloc((size_t)ix->boff[ix->nlist] * ix->dim * BLK, sizeof(float))) == NULL)
+        goto out;
     for (int32_t j = 0; j < ix->n_items; j++) {
-        int64_t p = pos[asg[j]]++;
-        memcpy(ix->xs + (size_t)p * ix->dim, e_out + (size_t)j * ix->dim,
-               (size_t)ix->dim * sizeof(float));
+        int c = asg[j];
+        int64_t p = pos[c]++, i = p - ix->off[c];
+        float *blk = ix->xt + (size_t)(ix->boff[c] + i / BLK) * ix->dim * BLK + i % BLK;
+        for (int d = 0; d < ix->dim; d++)
+            blk[(size_t)d * BLK] = e_out[(size_t)j * ix->dim + d];
         ix->bs[p] = bias[j];
         ix->ids[p] = j;
     }
@@ -320,10 +344,10 @@ hl_ivf *hl_ivf_create(const float *e_out, const float *bias, int32_t n_items,
     ix->nlist = o->nlist > 0 ? o->nlist : hl_ivf_default_nlist(n_items);
     ix->cent = malloc((size_t)ix->nlist * ix->da * sizeof(float));
     ix->off = malloc((size_t)(ix->nlist + 1) * sizeof(int64_t));
-    ix->xs = malloc((size_t)n_items * dim * sizeof(float));
+    ix->boff = malloc((size_t)(ix->nlist + 1) * sizeof(int64_t));
     ix->bs = malloc((size_t)n_items * sizeof(float));
     ix->ids = malloc((size_t)n_items * sizeof(int32_t));
-    if (!ix->cent || !ix->off || !ix->xs || !ix->bs || !ix->ids)
+    if (!ix->cent || !ix->off || !ix->boff || !ix->bs || !ix->ids)
         goto nomem;
     if (train(ix, e_out, bias, o) != 0 || fill_lists(ix, e_out, bias) != 0)
         goto nomem;
@@ -341,7 +365,8 @@ void hl_ivf_destroy(hl_ivf *ix)
         return;
     free(ix->cent);
     free(ix->off);
-    free(ix->xs);
+    free(ix->boff);
+    free(ix->xt);
     free(ix->bs);
     free(ix->ids);
     free(ix);
@@ -360,8 +385,99 @@ void hl_ivf_shape(const hl_ivf *ix, int32_t *n_items, int *dim)
 
 size_t hl_ivf_bytes(const hl_ivf *ix)
 {
-    return (size_t)ix->nlist * ix->da * sizeof(float) + (size_t)(ix->nlist + 1) * 8 +
-           (size_t)ix->n_items * ((size_t)ix->dim * sizeof(float) + 8);
+    return (size_t)ix->nlist * ix->da * sizeof(float) + (size_t)(ix->nlist + 1) * 16 +
+           (size_t)ix->boff[ix->nlist] * ix->dim * BLK * sizeof(float) +
+           (size_t)ix->n_items * 8;
+}
+
+/* ---- the scoring kernel ---- */
+
+/* Each block (dim x BLK floats, 4 KB at dim 64) is read once for all m
+ * queries while it sits in L1, and its BLK dot products are BLK separate
+ * sums, so the inner loop is BLK lanes of multiply-adds with no horizontal
+ * sum: one vector register per query at AVX-512, four queries at a time
+ * (four independent chains, so the adds do not wait on each other; a
+ * lone query splits its sum in two). OpenBLAS's SGEMM (what
+ * this replaced) packs both operands on every call, which costs as much
+ * as the multiply when a list meets only the 4 or so users of a batch
+ * that probe it. The same loop is compiled three times; the scratch picks
+ * the widest this CPU runs (score_plain is the portable twin, and the
+ * tests compare the index's results with an exact scan either way). The
+ * sums are fp32 in a fixed order; they only choose candidates, which
+ * rank.c rescores with det_score. */
+#define SCORE_BODY(MADD)                                                            \
+    for (int b = 0; b < nb; b++) {                                                  \
+        const float *blk = xt + (size_t)b * dim * BLK;                              \
+        int u = 0;                                                                  \
+        for (; u + 4 <= m; u += 4) {                                                \
+            const float *q0 = Qg + (size_t)u * dim, *q1 = q0 + dim, *q2 = q1 + dim, \
+                        *q3 = q2 + dim;                                             \
+            float a0[BLK] = {0}, a1[BLK] = {0}, a2[BLK] = {0}, a3[BLK] = {0};       \
+            for (int d = 0; d < dim; d++) {                                         \
+                const float *row = blk + (size_t)d * BLK;                           \
+                for (int i = 0; i < BLK; i++) {                                     \
+                    a0[i] = MADD(q0[d], row[i], a0[i]);                             \
+                    a1[i] = MADD(q1[d], row[i], a1[i]);                             \
+                    a2[i] = MADD(q2[d], row[i], a2[i]);                             \
+                    a3[i] = MADD(q3[d], row[i], a3[i]);                             \
+                }                                                                   \
+            }                                                                       \
+            float *o = S + (size_t)u * ld + (size_t)b * BLK;                        \
+            memcpy(o, a0, sizeof a0);                                               \
+            memcpy(o + ld, a1, sizeof a1);                                          \
+            memcpy(o + 2 * (size_t)ld, a2, sizeof a2);                              \
+            memcpy(o + 3 * (size_t)ld, a3, sizeof a3);                              \
+        }                                                                           \
+        for (; u < m; u++) {                                                        \
+            const float *q = Qg + (size_t)u * dim;                                  \
+            float a0[BLK] = {0}, a1[BLK] = {0};                                     \
+            int d = 0;                                                              \
+            for (; d + 2 <= dim; d += 2)                                            \
+                for (int i = 0; i < BLK; i++) {                                     \
+                    a0[i] = MADD(q[d], blk[(size_t)d * BLK + i], a0[i]);            \
+                    a1[i] = MADD(q[d + 1], blk[(size_t)(d + 1) * BLK + i], a1[i]);  \
+                }                                                                   \
+            for (int i = 0; i < BLK; i++) {                                         \
+                if (d < dim)                                                        \
+                    a0[i] = MADD(q[d], blk[(size_t)d * BLK + i], a0[i]);            \
+                S[(size_t)u * ld + (size_t)b * BLK + i] = a0[i] + a1[i];            \
+            }                                                                       \
+        }                                                                           \
+    }
+
+#define MUL_ADD(a, b, c) ((a) * (b) + (c))
+
+static void score_plain(const float *xt, int nb, const float *Qg, int m, int dim, float *S,
+                        int ld)
+{
+    SCORE_BODY(MUL_ADD)
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) static void score_avx2(const float *xt, int nb,
+                                                           const float *Qg, int m, int dim,
+                                                           float *S, int ld)
+{
+    SCORE_BODY(__builtin_fmaf)
+}
+
+__attribute__((target("avx512f,fma"))) static void score_avx512(const float *xt, int nb,
+                                                                const float *Qg, int m, int dim,
+                                                                float *S, int ld)
+{
+    SCORE_BODY(__builtin_fmaf)
+}
+#endif
+
+static score_fn pick_kernel(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f"))
+        return score_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return score_avx2;
+#endif
+    return score_plain;
 }
 
 /* ---- search ---- */
@@ -378,6 +494,7 @@ hl_ivf_scan *hl_ivf_scan_create(const hl_ivf *ix, int max_users, int max_nprobe,
     hl_ivf_scan *s = calloc(1, sizeof *s);
     if (s != NULL) {
         size_t nu = (size_t)max_users;
+        s->score = pick_kernel();
         s->max_cand = max_cand;
         s->max_users = max_users;
         s->max_nprobe = max_nprobe;
@@ -455,8 +572,8 @@ static size_t scan_list(const hl_ivf *ix, hl_ivf_scan *s, const float *q, int l,
     int len = (int)(ix->off[l + 1] - o);
     if (len == 0)
         return 0;
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, len, ix->dim, 1.0f, ix->xs + (size_t)o * ix->dim,
-                ix->dim, q, 1, 0.0f, s->sc, 1);
+    s->score(ix->xt + (size_t)ix->boff[l] * ix->dim * BLK, (int)(ix->boff[l + 1] - ix->boff[l]),
+             q, 1, ix->dim, s->sc, 0);
     for (int i = 0; i < len; i++) {
         int32_t j = ix->ids[o + i];
         if (excl != NULL && excl[j])
@@ -565,10 +682,11 @@ static void scan_list_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, in
                (size_t)ix->dim * sizeof(float));
     for (int64_t o = ix->off[l]; o < ix->off[l + 1]; o += LIST_CHUNK) {
         int len = ix->off[l + 1] - o < LIST_CHUNK ? (int)(ix->off[l + 1] - o) : LIST_CHUNK;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, len, ix->dim, 1.0f, s->Qg,
-                    ix->dim, ix->xs + (size_t)o * ix->dim, ix->dim, 0.0f, s->S, len);
+        int nb = (len + BLK - 1) / BLK;
+        const float *xt = ix->xt + (size_t)(ix->boff[l] + (o - ix->off[l]) / BLK) * ix->dim * BLK;
+        s->score(xt, nb, s->Qg, m, ix->dim, s->S, nb * BLK);
         for (int i = 0; i < m; i++)
-            offer_row(ix, s, lu[i], cap[lu[i]], s->S + (size_t)i * len, o, len, skip);
+            offer_row(ix, s, lu[i], cap[lu[i]], s->S + (size_t)i * nb * BLK, o, len, skip);
         s->scored += (uint64_t)m * (uint64_t)len;
     }
 }
@@ -607,13 +725,13 @@ int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n,
 static int exact_top(const hl_ivf *ix, const float *q, int k, uint64_t *h, int32_t *top)
 {
     int n = 0;
-    for (int32_t p = 0; p < ix->n_items; p++) {
-        const float *e = ix->xs + (size_t)p * ix->dim;
-        float s = 0.0f;
-        for (int d = 0; d < ix->dim; d++)
-            s += q[d] * e[d];
-        push_best(h, &n, k, make_key(s + ix->bs[p], ix->ids[p]));
-    }
+    for (int l = 0; l < ix->nlist; l++)
+        for (int64_t p = ix->off[l]; p < ix->off[l + 1]; p++) {
+            float s = 0.0f;
+            for (int d = 0; d < ix->dim; d++)
+                s += q[d] * xt_at(ix, l, (int)(p - ix->off[l]), d);
+            push_best(h, &n, k, make_key(s + ix->bs[p], ix->ids[p]));
+        }
     for (int i = 0; i < n; i++)
         top[i] = key_item(h[i]);
     return n;

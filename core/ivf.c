@@ -124,9 +124,12 @@ static void assign_block(const hl_ivf *ix, const float *X, int n, float *S, int3
     for (int i = 0; i < n; i++) {
         const float *s = S + (size_t)i * ix->nlist;
         int best = 0;
+        float bv = s[0];
         for (int c = 1; c < ix->nlist; c++)
-            if (s[c] > s[best])
+            if (s[c] > bv) {
+                bv = s[c];
                 best = c;
+            }
         out[i] = best;
     }
 }

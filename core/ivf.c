@@ -34,8 +34,8 @@
  * its direction, which may sit in a list a few degrees further off than a
  * list of short ones (a planted model in test_ivf.c lost 2% of recall@20
  * to that with unit centroids, and none with the reach). The centroids are
- * scored by one SGEMV; the nprobe best lists are scored by SGEMV and their
- * items offered to a min-heap of the n_cand best, excluded rows skipped.
+ * scored by one SGEMV; the nprobe best lists are scored by the kernel
+ * below and their items offered to a min-heap of the n_cand best, excluded rows skipped.
  * Nothing in here decides a published score: rank.c rescores the
  * candidates with det_score. Equal scores keep the lower row (the heap's
  * keys), so the same query gets the same
@@ -58,7 +58,8 @@ struct hl_ivf {
     int      dim, da;          /* da = dim + 1: the bias column */
     int      nlist;
     int      max_list;         /* longest list, rounded up to BLK */
-    float   *cent;             /* (nlist, da) centroids of [e, b] */
+    float   *cent;             /* (nlist, da) centroids of [e, b]: unit while
+                                   training, then scaled by their list's reach */
     int64_t *off;              /* (nlist + 1) list l is rows off[l]..off[l+1] */
     int64_t *boff;             /* (nlist + 1) list l is blocks boff[l]..boff[l+1] */
     float   *xt;               /* (n_blocks, dim, BLK) e_out in list order, BLK
@@ -675,8 +676,8 @@ static void offer_row(const hl_ivf *ix, hl_ivf_scan *s, int u, int cap, const fl
     s->thr[u] = thr;
 }
 
-/* List l against its m users (lu): S = Qg X^T chunk by chunk, each score
- * plus the bias offered to its user's heap. */
+/* List l against its m users (lu): S = Qg X^T chunk by chunk (the
+ * kernel), each score plus the bias offered to its user's heap. */
 static void scan_list_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int l,
                             const int *lu, int m, const int *cap, const uint8_t *skip)
 {

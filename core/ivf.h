@@ -16,7 +16,8 @@
  * ranker's shadow check).
  *
  * The lists keep their own copy of e_out in list order (n_items x dim
- * floats plus bias and row), so a probed list is one contiguous read.
+ * floats, in blocks of 16 items stored by column, plus bias and row), so
+ * a probed list is one contiguous read.
  * Building needs no clock or threads; the same inputs and seed build the
  * same index. */
 #ifndef HL_IVF_H
@@ -80,8 +81,8 @@ int hl_ivf_search(const hl_ivf *ix, hl_ivf_scan *s, const float *q, int nprobe,
  * out for every user, e.g. hidden items; NULL: none), their rows in no
  * particular order at cand + u x stride, n_found[u] of them (fewer than
  * cap[u] only when its probed lists hold fewer such items). Each list
- * probed by any user is read once and scored for all its users by one
- * SGEMM, so a batch costs much less than its users alone; per-user
+ * probed by any user is read once and scored for all its users while it
+ * is in cache, so a batch costs much less than its users alone; per-user
  * exclusions are the caller's to filter (ask for k + the number
  * excluded). HL_EINVAL on bad sizes. No allocation. */
 int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n, int nprobe,

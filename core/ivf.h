@@ -4,9 +4,11 @@
  *
  * Scores are inner products with the bias, q . e_j + b_j. The index works
  * on the augmented rows e'_j = [e_j, b_j] (a query is q' = [q, 1], so
- * q' . e'_j is the score): k-means (L2) over a sample of e' places nlist
- * centroids, every item goes to its nearest centroid's list, and a search
- * scores the nprobe lists whose centroids have the largest q' . c. It is
+ * q' . e'_j is the score): spherical k-means over a sample of e' places
+ * nlist unit centroids (a row belongs to the centroid of largest e' . c),
+ * every item goes to its best centroid's list, each centroid is then
+ * scaled by its list's largest norm (its reach), and a search scores the
+ * nprobe lists whose scaled centroids have the largest q' . c. It is
  * approximate: an item of the exact top k in a list that was not probed
  * is missed. rank.c rescores what the index returns with its exact
  * det_score, so every returned score is exact; only the set can differ
@@ -14,7 +16,8 @@
  * ranker's shadow check).
  *
  * The lists keep their own copy of e_out in list order (n_items x dim
- * floats plus bias and row), so a probed list is one contiguous read.
+ * floats, in blocks of 16 items stored by column, plus bias and row), so
+ * a probed list is one contiguous read.
  * Building needs no clock or threads; the same inputs and seed build the
  * same index. */
 #ifndef HL_IVF_H
@@ -54,6 +57,13 @@ hl_ivf_scan *hl_ivf_scan_create(const hl_ivf *ix, int max_users, int max_nprobe,
                                 int max_cand, char *errbuf, size_t errlen);
 void         hl_ivf_scan_destroy(hl_ivf_scan *s);       /* NULL is a no-op */
 
+/* Item scores the searches through s have computed since it was created,
+ * per query: a list of len items scored for m users of a batch counts
+ * m x len, so scored / (queries x n_items) is the share of the catalogue
+ * a query really scored (probing favours some lists over others, so it is
+ * not nprobe x the mean list length). */
+uint64_t     hl_ivf_scan_scored(const hl_ivf_scan *s);
+
 /* The n_cand best items of the nprobe probed lists by q . e + b, leaving
  * out every row j with excl[j] != 0 (excl: n_items bytes, or NULL); when
  * the probed lists hold fewer than n_cand such items, further lists are
@@ -71,8 +81,8 @@ int hl_ivf_search(const hl_ivf *ix, hl_ivf_scan *s, const float *q, int nprobe,
  * out for every user, e.g. hidden items; NULL: none), their rows in no
  * particular order at cand + u x stride, n_found[u] of them (fewer than
  * cap[u] only when its probed lists hold fewer such items). Each list
- * probed by any user is read once and scored for all its users by one
- * SGEMM, so a batch costs much less than its users alone; per-user
+ * probed by any user is read once and scored for all its users while it
+ * is in cache, so a batch costs much less than its users alone; per-user
  * exclusions are the caller's to filter (ask for k + the number
  * excluded). HL_EINVAL on bad sizes. No allocation. */
 int hl_ivf_search_batch(const hl_ivf *ix, hl_ivf_scan *s, const float *Q, int n, int nprobe,

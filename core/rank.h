@@ -96,6 +96,11 @@ uint64_t    hl_ranker_fallbacks(const hl_ranker *r);
  * without an index or before the first check. */
 void        hl_ranker_index_recall(const hl_ranker *r, uint64_t *hits, uint64_t *total);
 
+/* With an index: the item scores its searches have computed so far, per
+ * user (hl_ivf_scan_scored; the shadow check's exact scans are not
+ * counted). 0 without an index. */
+uint64_t    hl_ranker_index_scored(const hl_ranker *r);
+
 /* Refreshes users[0..n), n <= max_batch. out is (n, k): user u's list is
  * out[u*k .. u*k + n_out[u]), best first; n_out[u] < k only when fewer items
  * remain after exclusions. Returns 0 or a negative HL_E*. */

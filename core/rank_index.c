@@ -196,3 +196,8 @@ void hl_ranker_index_recall(const hl_ranker *r, uint64_t *hits, uint64_t *total)
     *hits = r->shadow_hits;
     *total = r->shadow_total;
 }
+
+uint64_t hl_ranker_index_scored(const hl_ranker *r)
+{
+    return r->is != NULL ? hl_ivf_scan_scored(r->is) : 0;
+}

@@ -14,9 +14,11 @@
  *
  * Both indexes have hl_ivf_default_nlist lists and cluster the same
  * number of rows (ours' default sample, 32 per list) for the same 8
- * iterations; what differs is theirs: ours is L2 k-means on the augmented
- * rows, probed by q' . c; FAISS's is its usual inner-product setup
- * (IndexFlatIP quantizer, spherical k-means, probed by q' . c). Build time
+ * iterations. Both partitions are for inner products: FAISS's usual setup
+ * (IndexFlatIP quantizer, spherical k-means, probed by q' . c) and ours
+ * (spherical k-means too, probed by q' . c with each centroid scaled by
+ * its list's largest norm); they differ in that scaling, their seeds and
+ * empty-cluster handling, and in the scan. Build time
  * is train + add (FAISS's also the augmented copy it needs).
  *
  * Measured per nprobe (8..256, then doubling while either index is below

@@ -161,6 +161,41 @@ static double sgemm_ceiling(uint32_t users)
     return best;
 }
 
+/* What the migration cost the shard thread, batch by batch (see main). */
+typedef struct mig_times {
+    double begin_s, work_s, max_tick, max_excess, slices_s, excess_s, wall_s, max_batch;
+    int batches;
+} mig_times;
+
+/* Batches under B, with a sweep tick after each, until every row is in
+ * B's space: the work counted is each tick plus what each batch took
+ * beyond cap_med, a batch of its own size before the swap. */
+static void migrate_all(run *r, hl_mref *b, double cap_med, mig_times *mt)
+{
+    int full = BATCH;
+    double wall0 = now_s();
+    mt->work_s = mt->begin_s;
+    if (BATCH > HL_SWAP_BATCH_MAX)
+        BATCH = HL_SWAP_BATCH_MAX;
+    while (r->sh->mig_from != NULL) {
+        double bt = batch(r, b->m, 0, 1);
+        double excess = bt > cap_med ? bt - cap_med : 0;
+        if (bt > mt->max_batch) mt->max_batch = bt;
+        if (bt - cap_med > mt->max_excess) mt->max_excess = bt - cap_med;
+        mt->work_s += excess;
+        mt->excess_s += excess;
+        double t0 = now_s();
+        hl_shard_swap_tick(r->sh, TICK_US);
+        double tk = now_s() - t0;
+        mt->work_s += tk;
+        mt->slices_s += tk;
+        if (tk > mt->max_tick) mt->max_tick = tk;
+        mt->batches++;
+    }
+    mt->wall_s = now_s() - wall0;
+    BATCH = full;
+}
+
 int main(int argc, char **argv)
 {
     uint32_t n_users = 1000000;
@@ -230,29 +265,12 @@ int main(int argc, char **argv)
     hl_mref *b = hl_models_acquire(ms);
     t0 = now_s();
     hl_shard_swap_begin(r.sh, b);
-    double begin_s = now_s() - t0, work_s = begin_s, max_tick = 0, max_excess = 0;
-    double slices_s = 0, excess_s = 0;
-    double wall0 = now_s();
-    int batches = 0;
-    if (BATCH > HL_SWAP_BATCH_MAX)
-        BATCH = HL_SWAP_BATCH_MAX;
-    double max_batch = 0;
-    while (r.sh->mig_from != NULL) {
-        double bt = batch(&r, b->m, 0, 1);
-        if (bt > max_batch) max_batch = bt;
-        if (bt - cap_med > max_excess) max_excess = bt - cap_med;
-        work_s += bt > cap_med ? bt - cap_med : 0;
-        excess_s += bt > cap_med ? bt - cap_med : 0;
-        t0 = now_s();
-        hl_shard_swap_tick(r.sh, TICK_US);
-        double tk = now_s() - t0;
-        work_s += tk;
-        slices_s += tk;
-        if (tk > max_tick) max_tick = tk;
-        batches++;
-    }
-    double wall_s = now_s() - wall0;
-    BATCH = full;
+    mig_times mt = {.begin_s = now_s() - t0};
+    migrate_all(&r, b, cap_med, &mt);
+    double begin_s = mt.begin_s, work_s = mt.work_s, max_tick = mt.max_tick;
+    double max_excess = mt.max_excess, slices_s = mt.slices_s, excess_s = mt.excess_s;
+    double wall_s = mt.wall_s, max_batch = mt.max_batch;
+    int batches = mt.batches;
     double ceil_s = sgemm_ceiling(n_users);
     double stall = begin_s;
     if (max_tick > stall) stall = max_tick;

@@ -214,6 +214,8 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
     hl_shard *sh = hl_wthread_shard_of(t, rkm->partition);
     if (sh == NULL)
         return;                 /* a partition this thread let go of */
+    if (hl_shard_redelivered(sh, rkm->offset))
+        return;                 /* counted: its event is in the state already */
     if (t->n_waits > 0 && hl_park_waiting(t, rkm->partition)) {
         hl_park_add(t, rkmp, "behind a record that waits", f);   /* keeps the order */
         return;
@@ -266,6 +268,21 @@ static void report_skipped(hl_wthread *t, const hl_shard *sh)
                (unsigned long long)sup);
 }
 
+/* Records the consumer handed over twice (shard.h, hl_shard_redelivered):
+ * dropped, so nothing is consumed or applied twice; counted, and logged
+ * as the librdkafka re-delivery they are. */
+static void report_redelivered(hl_wthread *t, const hl_shard *sh)
+{
+    uint64_t sup = 0;
+    hl_counter_add(t->ctx->mx.redelivered, (uint64_t)sh->redelivered);
+    if (hl_log_limit_pass(&t->err_limit, &sup))
+        hl_log(HL_LOG_WARN, "input_redelivered", "partition=%d from=%lld records=%lld "
+               "reason=\"below the partition's position: librdkafka 2.0.2 fetched them "
+               "again after a rebalance paused the partition; dropped\" suppressed=%llu",
+               (int)sh->partition, (long long)sh->redeliver_first, (long long)sh->redelivered,
+               (unsigned long long)sup);
+}
+
 /* The batch's counts into the registry: one add per series per batch. */
 static void count_batch(hl_wthread *t, int n_msgs)
 {
@@ -276,6 +293,8 @@ static void count_batch(hl_wthread *t, int n_msgs)
             hl_counter_add(sh->series.consumed, (uint64_t)sh->n_seen);
         if (sh->skipped > 0)
             report_skipped(t, sh);
+        if (sh->redelivered > 0)
+            report_redelivered(t, sh);
         hl_shard_publish_stats(sh, ctx->mx.evictions);
     }
     for (int r = 1; r < HL_CODEC_N_REASONS; r++)

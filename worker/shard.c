@@ -85,6 +85,7 @@ void hl_shard_batch_begin(hl_shard *sh)
     sh->batch_next_offset = -1;
     sh->batch_newest_off = -1;
     sh->skipped = 0;
+    sh->redelivered = 0;
 }
 
 int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed)

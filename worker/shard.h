@@ -44,6 +44,11 @@ typedef struct hl_shard {
                                         before they were read, or transaction
                                         markers); the first gap's start */
     int64_t     skip_first;
+    int64_t     redelivered;         /* records of this batch below the
+                                        position: delivered again by the
+                                        consumer, dropped; the first one's
+                                        offset */
+    int64_t     redeliver_first;
 
     /* Offsets: next_offset follows the batches (after the newest message
      * applied, -1 before any); delivered_offset is the one below which
@@ -113,6 +118,25 @@ static inline void hl_shard_saw(hl_shard *sh, int64_t offset)
         sh->batch_next_offset = offset + 1;
         sh->batch_newest_off = offset;
     }
+}
+
+/* 1 when the record at offset lies below the shard's position (the last
+ * offset seen + 1, or the restored one): the consumer handed it over a
+ * second time. librdkafka 2.0.2 does that when a rebalance pauses the
+ * partitions the worker keeps just as a shard thread takes a record: the
+ * pause saves the position from before that record and the resume fetches
+ * it again (README.md, "Rebalance and librdkafka 2.0.2"). Such a record is
+ * counted in redelivered, not seen, and must be dropped: its event is in
+ * the state already (or was counted as bad). A record that waits for its
+ * schema is not seen yet, so it passes here when it comes back. */
+static inline int hl_shard_redelivered(hl_shard *sh, int64_t offset)
+{
+    int64_t want = sh->batch_next_offset >= 0 ? sh->batch_next_offset : sh->next_offset;
+    if (want < 0 || offset >= want)
+        return 0;
+    if (sh->redelivered++ == 0)
+        sh->redeliver_first = offset;
+    return 1;
 }
 
 /* Applies the batch's events to the table (hl_table_apply, in order),

@@ -66,6 +66,7 @@ typedef struct hl_wshared {
         hl_counter   *multipart;          /* users seen in two partitions */
         hl_counter   *migrated, *rebuilt; /* users moved into a new model / rebuilt from the ring */
         hl_counter   *skipped;            /* input offsets never received */
+        hl_counter   *redelivered;        /* input records received twice, dropped */
         hl_gauge     *schema_waiting;     /* partitions paused for a writer schema */
         hl_histogram *batch_size, *stage[4], *e2p;
         hl_histogram *live[6];            /* halflife_event_stage_seconds, LIVE_* */

@@ -38,6 +38,9 @@ static void register_event_counters(hl_worker *w)
     w->ctx.mx.skipped = hl_metrics_counter(reg, "halflife_input_offsets_skipped_total",
         "Input offsets the consumer jumped over: records deleted by retention before "
         "they were read (lost to the state), or transaction markers.", NULL);
+    w->ctx.mx.redelivered = hl_metrics_counter(reg, "halflife_input_redelivered_total",
+        "Input records the consumer delivered a second time (below the partition's "
+        "position; librdkafka 2.0.2 after a rebalance), dropped before they count.", NULL);
     w->ctx.mx.dl_kept = hl_metrics_counter(reg, "halflife_dead_letters_kept_total",
         "Bad records whose DLQ copy failed, kept in snapshot.dir/dead-letters instead.", NULL);
     w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
@@ -230,12 +233,13 @@ static void log_totals(const hl_worker_stats *totals)
     hl_worker_stats st = *totals;
     hl_log(HL_LOG_INFO, "worker_totals",
            "consumed=%llu applied=%llu duplicates=%llu invalid=%llu failed=%llu "
-           "unknown_items=%llu lists=%llu batches=%llu dlq=%llu users=%llu",
+           "unknown_items=%llu lists=%llu batches=%llu dlq=%llu users=%llu redelivered=%llu",
            (unsigned long long)st.consumed, (unsigned long long)st.applied,
            (unsigned long long)st.duplicates, (unsigned long long)st.invalid,
            (unsigned long long)st.failed, (unsigned long long)st.unknown_items,
            (unsigned long long)st.lists, (unsigned long long)st.batches,
-           (unsigned long long)st.dlq_records, (unsigned long long)st.users);
+           (unsigned long long)st.dlq_records, (unsigned long long)st.users,
+           (unsigned long long)st.redelivered);
 }
 
 static void *closer_main(void *arg)
@@ -450,6 +454,7 @@ void hl_worker_stats_get(hl_worker *w, hl_worker_stats *st)
     st->lists = hl_counter_get(ctx->mx.lists);
     st->batches = hl_counter_get(ctx->mx.batches);
     st->skipped = hl_counter_get(ctx->mx.skipped);
+    st->redelivered = hl_counter_get(ctx->mx.redelivered);
     st->users = (uint64_t)hl_metrics_gauge_sum(w->reg, "halflife_users");
     for (int r = 1; r < HL_CODEC_N_REASONS; r++) {
         st->invalid_by_reason[r] = hl_counter_get(ctx->mx.invalid[r]);

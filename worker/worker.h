@@ -112,6 +112,7 @@ typedef struct hl_worker_stats {
     uint64_t invalid_by_reason[HL_CODEC_N_REASONS];
     uint64_t lists, batches, dlq_records;
     uint64_t skipped;                /* input offsets never received */
+    uint64_t redelivered;            /* input records received twice, dropped */
     uint64_t users;
     int      assigned;
     double   lat_p50_s, lat_p99_s;   /* event-to-publish, recent window */

@@ -254,6 +254,30 @@ def committed(bootstrap, group, parts):
     return {tp.partition: tp.offset for tp in got}
 
 
+def wait_committed(bootstrap, group, high, timeout):
+    """Waits until group's committed offset of every partition reaches its
+    high watermark in high ({partition: offset}, from read_topic): every
+    event consumed, its list delivered and its offset stored and committed
+    (auto-commit sends the stored offsets every 5 s). This, not a quiet
+    spell, says a worker is done: one that stalls (a restore, a rebalance,
+    a loaded machine) looks quiet too. Returns {partition: committed offset}
+    as last read; the caller's checks tell what was missing."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    got, deadline = {}, time.time() + timeout
+    try:
+        while time.time() < deadline:
+            tps = c.committed([TopicPartition(TOPIC, p) for p in high], timeout=10)
+            got = {tp.partition: tp.offset for tp in tps}
+            if all(got.get(p, -1) >= h for p, h in high.items()):
+                break
+            time.sleep(0.5)
+    finally:
+        c.close()
+    return got
+
+
 def newest_snapshots(snapdir):
     """{partition: (next offset, path)} of the newest snapshot file of each."""
     newest = {}
@@ -311,7 +335,10 @@ def wait_consumed(workers, want, timeout):
 
 
 def wait_idle(workers, timeout, quiet=1.5):
-    """Waits until the workers' consumed counts stay put for quiet seconds."""
+    """Waits until the workers' consumed counts stay put for quiet seconds.
+    Only where nothing more is to come (a reader that consumes nothing, a
+    count already reached): a stalled worker is quiet too, so a wait for
+    work to finish is wait_committed or wait_consumed."""
     deadline, last, since = time.time() + timeout, None, time.time()
     while time.time() < deadline:
         n = [w.metric_or("halflife_events_consumed_total") for w in workers]

@@ -89,7 +89,7 @@ def run(ck):
     ck.check("stream_produced", not prod.is_alive() and not errors, "producer: %s" % errors[:3])
     last, high = C.read_topic(broker.bootstrap, PARTS)
     lists, got = E.read_lists(broker.bootstrap, last, time.time() + 40)
-    C.wait_idle([w], 20)
+    C.wait_committed(broker.bootstrap, "outage", high, 60)
     rc, _secs = w.term(30)
     t = w.totals() or {}
     ck.check("every_event_applied_once",

@@ -11,7 +11,10 @@ the other two). Checks:
   worker, its next owner restored a snapshot whose next offset is the one
   the previous owner wrote when it let go;
 - nothing lost, nothing applied twice: over all workers' lives, consumed and
-  applied both equal the events produced, no duplicates;
+  applied both equal the events produced, no duplicates (a record
+  librdkafka 2.0.2 hands over twice around a rebalance is dropped before it
+  counts, and reported as redelivered: README.md, "Rebalance and librdkafka
+  2.0.2");
 - the final snapshots of every partition equal a single uninterrupted
   worker's (`halflife snapshot dump`), at the same offsets (the high
   watermarks), and every user's last list equals the offline reference.
@@ -86,12 +89,13 @@ def run(ck):
 
     last, high = C.read_topic(broker.bootstrap, PARTS)
     lists, got = E.read_lists(broker.bootstrap, last, time.time() + 40)
-    C.wait_idle(w[1:], 20)
+    C.wait_committed(broker.bootstrap, "rebalance", high, 60)
     rcs = [x.term(30)[0] for x in w[1:]]
     tot = [x.totals() or {} for x in w]
     consumed = sum(t.get("consumed", 0) for t in tot)
     applied = sum(t.get("applied", 0) for t in tot)
     dup = sum(t.get("duplicates", 0) for t in tot)
+    redelivered = sum(t.get("redelivered", 0) for t in tot)
     ck.check("every_worker_exits_0", rcs == [0, 0] and all(tot), "exit %s, totals %s" % (rcs, tot))
 
     moves, problems = handovers(w)
@@ -100,14 +104,16 @@ def run(ck):
     ck.check("nothing_lost_nothing_twice",
              consumed == applied == len(events) and dup == 0 and
              sum(high.values()) == len(events),
-             "consumed %d, applied %d, duplicates %d, produced %d (high watermarks %s)"
-             % (consumed, applied, dup, len(events), high))
+             "consumed %d, applied %d, duplicates %d, produced %d (high watermarks %s; "
+             "%d re-delivered records dropped)"
+             % (consumed, applied, dup, len(events), high, redelivered))
 
     C.check_last_lists(ck, lists, got, last, events_csv, model, events)
     ref = C.check_final_state(ck, "final_state_equals_single_worker", broker.bootstrap, model,
                               snapdir, len(events), N_USERS, high, COMMON)
-    print("    (%d events, %d users, %d partition moves, w1 stopped in %.1f s, %.0f s in all)"
-          % (len(events), len(ref), moves, secs1, time.time() - t0))
+    print("    (%d events, %d users, %d partition moves, %d re-delivered records dropped, "
+          "w1 stopped in %.1f s, %.0f s in all)"
+          % (len(events), len(ref), moves, redelivered, secs1, time.time() - t0))
 
 
 def main():

@@ -69,7 +69,7 @@ def run(ck):
     ck.check("stream_produced", not prod.is_alive() and not errors, "producer: %s" % errors[:3])
     last, high = C.read_topic(broker.bootstrap, PARTS)
     lists, got = E.read_lists(broker.bootstrap, last, time.time() + 30)
-    C.wait_idle([w2], 20)
+    C.wait_committed(broker.bootstrap, "shutdown", high, 60)
     rc2, _secs = w2.term(TIMEOUT_MS / 1000.0 + 5)
     t2 = w2.totals() or {}
     ck.check("restart_continues_exactly",

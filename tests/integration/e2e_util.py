@@ -271,8 +271,16 @@ def have_prereqs():
     """None if the tests can run, else why not."""
     if not HL or not os.access(HL, os.X_OK):
         return "HL_HALFLIFE is not an executable"
-    if not os.access(os.path.join(BUILD, "tests", "test_offline"), os.X_OK):
-        return "build/tests/test_offline is missing"
+    offline = os.path.join(BUILD, "tests", "test_offline")
+    if not os.access(offline, os.X_OK):
+        # make test builds it; a test run alone needs it built first.
+        san = " SAN=1" if os.environ.get("HL_SAN") == "1" else ""
+        target = os.path.relpath(offline, TOP)
+        if target.startswith(".."):
+            return "%s is missing (the offline reference): HL_BUILD is outside %s" % (
+                offline, TOP)
+        return "%s is missing (the offline reference): run `make%s %s` in %s first" % (
+            offline, san, target, TOP)
     try:
         import confluent_kafka  # noqa: F401
     except ImportError:

@@ -70,6 +70,83 @@ static const char *rec_id(const tm *t, const hl_catview *v, int32_t row, uint32_
     return t->ids[row];
 }
 
+/* Hides the item each user likes most (up to 30 distinct ones), so the
+ * mask must act inside the top-K; their rows go to hidden[]. Returns how
+ * many. */
+static int hide_favourites(hl_ranker *r0, hl_catalogue *c, int32_t *hidden)
+{
+    char err[256];
+    hl_rec base[NU * K];
+    int n_base[NU], n_hidden = 0;
+    hl_ranker_refresh(r0, views, 1, base, n_base);   /* warm: check shapes */
+    for (int u = 0; u < NU; u++)
+        hl_ranker_refresh(r0, &views[u], 1, base + u * K, &n_base[u]);
+    for (int u = 0; u < NU && n_hidden < 30; u++) {
+        char id[16];
+        int32_t row = base[u * K].item;
+        int dup = 0;
+        for (int i = 0; i < n_hidden; i++)
+            dup |= hidden[i] == row;
+        if (dup)
+            continue;
+        hidden[n_hidden++] = row;
+        snprintf(id, sizeof id, "i%d", row);
+        hl_item_update upd_h = upd(id);
+        upd_h.available = 0;
+        CHECK(hl_catalogue_apply(c, &upd_h, err, sizeof err) == 0);
+    }
+    return n_hidden;
+}
+
+/* Three added items, strong enough to enter lists: their ids, e_out and
+ * bias are what the reference model holds as ordinary rows. */
+static const char *const s_ids[] = {"new-a", "new-b", "new-c"};
+static const float s_bias[3] = {1.5f, 0.2f, 2.5f};
+
+static void add_side_items(hl_catalogue *c, float *s_out, float *s_in)
+{
+    char err[256];
+    for (int i = 0; i < 3 * DIM; i++) {
+        s_out[i] = 2.0f * frand();
+        s_in[i] = frand();
+    }
+    for (int s = 0; s < 3; s++) {
+        hl_item_update ua = upd(s_ids[s]);
+        ua.e_in = s_in + s * DIM;
+        ua.e_out = s_out + s * DIM;
+        ua.bias = s_bias[s];
+        CHECK(hl_catalogue_apply(c, &ua, err, sizeof err) == 0);
+    }
+}
+
+/* The masked lists (got, and naive from the plain loop) against the
+ * reference model's (want), item for item and score for score; none holds
+ * a hidden item. Returns how many entries are added items. */
+static int compare_masked(const tm *a, const tm *b, const hl_catview *v, const hl_rec *got,
+                          const hl_rec *naive, const hl_rec *want, const int *n_got,
+                          const int *n_naive, const int *n_want, const int32_t *hidden,
+                          int n_hidden)
+{
+    int side_seen = 0;
+    for (int u = 0; u < NU; u++) {
+        CHECKF(n_got[u] == K && n_want[u] == K && n_naive[u] == K, "user %d lengths %d %d %d",
+               u, n_got[u], n_want[u], n_naive[u]);
+        for (int j = 0; j < K; j++) {
+            uint32_t lg, lw;
+            const char *g = rec_id(a, v, got[u * K + j].item, &lg);
+            const char *w = rec_id(b, NULL, want[u * K + j].item, &lw);
+            side_seen += got[u * K + j].item >= N;
+            CHECKF(lg == lw && memcmp(g, w, lg) == 0 && got[u * K + j].score ==
+                   want[u * K + j].score, "user %d pos %d: %.*s %.9g want %.*s %.9g", u, j,
+                   (int)lg, g, got[u * K + j].score, (int)lw, w, want[u * K + j].score);
+            CHECK(naive[u * K + j].item == got[u * K + j].item);
+            for (int i = 0; i < n_hidden; i++)
+                CHECK(got[u * K + j].item != hidden[i]);
+        }
+    }
+    return side_seen;
+}
+
 /* scoring: HL_SCORING_EXACT or HL_SCORING_TWO_STAGE; qkernel for the
  * latter (the int8 scan's kernel). The reference is always exact. */
 static void masked_top_k_equals_model_without_them(int scoring, int qkernel)
@@ -87,42 +164,10 @@ static void masked_top_k_equals_model_without_them(int scoring, int qkernel)
     rs.qkernel = qkernel;
     hl_ranker *r0 = hl_ranker_create(m, &rs, err, sizeof err);
     CHECKF(r0 != NULL, "%s", err);
-    hl_rec base[NU * K];
-    int n_base[NU];
-    hl_ranker_refresh(r0, views, 1, base, n_base);   /* warm: check shapes */
-    /* Hide the items users like most, so the mask must act inside the top-K. */
-    for (int u = 0; u < NU; u++)
-        hl_ranker_refresh(r0, &views[u], 1, base + u * K, &n_base[u]);
     int32_t hidden[N];
-    int n_hidden = 0;
-    for (int u = 0; u < NU && n_hidden < 30; u++) {
-        char id[16];
-        int32_t row = base[u * K].item;
-        int dup = 0;
-        for (int i = 0; i < n_hidden; i++)
-            dup |= hidden[i] == row;
-        if (dup)
-            continue;
-        hidden[n_hidden++] = row;
-        snprintf(id, sizeof id, "i%d", row);
-        hl_item_update upd_h = upd(id);
-        upd_h.available = 0;
-        CHECK(hl_catalogue_apply(c, &upd_h, err, sizeof err) == 0);
-    }
-    /* Three added items, strong enough to enter lists. */
-    const char *s_ids[] = {"new-a", "new-b", "new-c"};
-    float s_out[3 * DIM], s_in[3 * DIM], s_bias[3] = {1.5f, 0.2f, 2.5f};
-    for (int i = 0; i < 3 * DIM; i++) {
-        s_out[i] = 2.0f * frand();
-        s_in[i] = frand();
-    }
-    for (int s = 0; s < 3; s++) {
-        hl_item_update ua = upd(s_ids[s]);
-        ua.e_in = s_in + s * DIM;
-        ua.e_out = s_out + s * DIM;
-        ua.bias = s_bias[s];
-        CHECK(hl_catalogue_apply(c, &ua, err, sizeof err) == 0);
-    }
+    int n_hidden = hide_favourites(r0, c, hidden);
+    float s_out[3 * DIM], s_in[3 * DIM];
+    add_side_items(c, s_out, s_in);
     hl_catview *v = hl_catalogue_view(c);
     int32_t hrows[N];
     int64_t next;
@@ -135,27 +180,11 @@ static void masked_top_k_equals_model_without_them(int scoring, int qkernel)
     int n_got[NU], n_naive[NU], n_want[NU];
     CHECK(hl_ranker_refresh(r0, views, NU, got, n_got) == 0);
     CHECK(hl_ranker_refresh_naive(r0, views, NU, NULL, naive, n_naive) == 0);
-
     build_reference(&a, hidden, n_hidden, s_out, s_bias, 3, s_ids, &b);
     hl_ranker *r1 = hl_ranker_create_parts(&b.p, &ro, err, sizeof err);
     CHECK(hl_ranker_refresh(r1, views, NU, want, n_want) == 0);
-    int side_seen = 0;
-    for (int u = 0; u < NU; u++) {
-        CHECKF(n_got[u] == K && n_want[u] == K && n_naive[u] == K, "user %d lengths %d %d %d",
-               u, n_got[u], n_want[u], n_naive[u]);
-        for (int j = 0; j < K; j++) {
-            uint32_t lg, lw;
-            const char *g = rec_id(&a, v, got[u * K + j].item, &lg);
-            const char *w = rec_id(&b, NULL, want[u * K + j].item, &lw);
-            side_seen += got[u * K + j].item >= N;
-            CHECKF(lg == lw && memcmp(g, w, lg) == 0 && got[u * K + j].score ==
-                   want[u * K + j].score, "user %d pos %d: %.*s %.9g want %.*s %.9g", u, j,
-                   (int)lg, g, got[u * K + j].score, (int)lw, w, want[u * K + j].score);
-            CHECK(naive[u * K + j].item == got[u * K + j].item);
-            for (int i = 0; i < n_hidden; i++)
-                CHECK(got[u * K + j].item != hidden[i]);
-        }
-    }
+    int side_seen = compare_masked(&a, &b, v, got, naive, want, n_got, n_naive, n_want,
+                                   hidden, n_hidden);
     CHECKF(side_seen > 0, "no added item reached any list: the test shows nothing");
     CHECKF(hl_ranker_fallbacks(r0) == 0, "%s: %llu users rescanned: the scan was not tested",
            hl_ranker_scoring(r0), (unsigned long long)hl_ranker_fallbacks(r0));
@@ -261,6 +290,20 @@ static void apply_user(hl_table *tbl, const hl_model *m, const float *x_new)
  * user's heads, and with the added row excluded (what the worker does for
  * such ring entries) the user's list is the list of a model that holds
  * the item as an ordinary row, item for item and score for score. */
+/* Model b (made with N + 1 rows): model a's rows, then new-a (s_in,
+ * s_out, a bias of 50 that would top every list) as an ordinary row N. */
+static void model_plus_new_a(const tm *a, tm *b, const float *s_in, const float *s_out)
+{
+    memcpy(b->e_in, a->e_in, (size_t)N * DIM * sizeof(float));
+    memcpy(b->e_out, a->e_out, (size_t)N * DIM * sizeof(float));
+    memcpy(b->bias, a->bias, (size_t)N * sizeof(float));
+    memcpy(b->w, a->w, (size_t)DIM * (DIM + 1) * sizeof(float));
+    memcpy(b->e_in + (size_t)N * DIM, s_in, DIM * sizeof(float));
+    memcpy(b->e_out + (size_t)N * DIM, s_out, DIM * sizeof(float));
+    b->bias[N] = 50.0f;
+    b->lens[N] = (uint32_t)snprintf(b->ids[N], 16, "new-a");
+}
+
 static void test_added_item_counts_as_seen_history(void)
 {
     tm a, b;
@@ -271,14 +314,7 @@ static void test_added_item_counts_as_seen_history(void)
         s_in[d] = frand();
         s_out[d] = frand();
     }
-    memcpy(b.e_in, a.e_in, (size_t)N * DIM * sizeof(float));
-    memcpy(b.e_out, a.e_out, (size_t)N * DIM * sizeof(float));
-    memcpy(b.bias, a.bias, (size_t)N * sizeof(float));
-    memcpy(b.w, a.w, (size_t)DIM * (DIM + 1) * sizeof(float));
-    memcpy(b.e_in + (size_t)N * DIM, s_in, sizeof s_in);
-    memcpy(b.e_out + (size_t)N * DIM, s_out, sizeof s_out);
-    b.bias[N] = 50.0f;                      /* would top every list */
-    b.lens[N] = (uint32_t)snprintf(b.ids[N], 16, "new-a");
+    model_plus_new_a(&a, &b, s_in, s_out);
     hl_model *ma = tm_open(&a, "sa"), *mb = tm_open(&b, "sb");
     char err[256];
     hl_catalogue *c = hl_catalogue_create(ma, 8, err, sizeof err);

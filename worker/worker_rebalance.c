@@ -289,6 +289,11 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     return 0;
 }
 
+/* Each partition is assigned at the offset its restore names, which is
+ * also its shard's position: the fetch starts exactly there, and a record
+ * librdkafka hands over below it later (2.0.2 does after a rebalance's
+ * pause, README.md "Rebalance and librdkafka 2.0.2") is dropped by the
+ * batch loop (hl_shard_redelivered). */
 static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts)
 {
     for (int i = 0; i < parts->cnt; i++) {

@@ -238,9 +238,11 @@ static pid_t start_worker(const char *topic, const char *group, const char *mode
         argv[n++] = "-X";
         argv[n++] = (char *)extra[i];
     }
-    if (getenv("HL_BENCH_X")) {          /* one more key=value for experiments */
+    static char more[512];               /* key=value ... for experiments */
+    snprintf(more, sizeof more, "%s", getenv("HL_BENCH_X") ? getenv("HL_BENCH_X") : "");
+    for (char *kv = strtok(more, " "); kv != NULL && n < 62; kv = strtok(NULL, " ")) {
         argv[n++] = "-X";
-        argv[n++] = getenv("HL_BENCH_X");
+        argv[n++] = kv;
     }
     argv[n] = NULL;
     return spawn(argv, log, NULL);
@@ -620,6 +622,24 @@ static pid_t live_start(live *L, const char *model, const char *topic, const cha
     return pid;
 }
 
+/* CPU seconds pid has used so far (user + system, /proc/pid/stat). */
+static double proc_cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');        /* the name may hold spaces */
+    unsigned long ut = 0, st = 0;
+    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+                            &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 static void live_stop(live *L, pid_t pid)
 {
     stop(pid);
@@ -657,8 +677,13 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
      * warm second before it is counted there too (its lists settle the
      * same way), a small bias towards the steady state. */
     worker_hists_read(L.port, &before);
+    double cpu0 = proc_cpu_s(pid), lists0 = metric(L.port, "halflife_lists_published_total");
+    double bat0 = metric(L.port, "halflife_batch_size_count");
     int n_lat = rate > 0 ? live_run(&L, rate, 1.0, LAT_SECONDS, &sent) : 0;
     worker_hists_read(L.port, &after);
+    double cpu = proc_cpu_s(pid) - cpu0;
+    double lists = metric(L.port, "halflife_lists_published_total") - lists0;
+    double batches = metric(L.port, "halflife_batch_size_count") - bat0;
     live_stop(&L, pid);
     hl_synth_destroy(L.s);
     hl_codec_destroy(L.c);
@@ -688,6 +713,10 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
            "\"fetch_wait_max_ms\":%s,\"producer_linger_ms\":%s,", rate, sustained, sent, n_lat, p50, p99, p99,
            p99 < 25 ? "true" : "false", w50, w99, w99 >= 0 && w99 < 10 ? "true" : "false",
            fetch_wait, live_linger);
+    /* What the worker's process spent per list in the window (all its
+     * threads, librdkafka's included): the figure batch.cpu.budget trades. */
+    printf("\"worker_cpu_ms_per_list\":%.3f,\"lists_per_batch\":%.2f,",
+           lists > 0 ? 1000 * cpu / lists : 0, batches > 0 ? lists / batches : 0);
     printf("\"e2e_ends\":\"the list read back from the output topic by a consumer\","
            "\"to_produce_call_ms\":[%.1f,%.1f],\"floor_hop_p99_ms\":%.2f,"
            "\"floor_ack_p99_ms\":%.2f,\"p99_to_two_hops\":%.2f,\"worker_p99_to_floor_ack\":%.2f,",

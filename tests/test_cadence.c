@@ -1,7 +1,7 @@
 /* test_cadence.c - the batch-closing rule of worker/cadence.c, driven with
  * numbers (no clock): low rates refresh at once, rising rates wait for the
- * keep-up cycle a / (1 - b r) (or a / (u - b r) with a CPU budget u),
- * batch.max.ms and batch.max.messages bound it, and the online fit recovers a and b from measured refreshes. */
+ * keep-up cycle a / (1 - b r), batch.max.ms and batch.max.messages bound
+ * it, and the online fit recovers a and b from measured refreshes. */
 #define T_SUITE "test_cadence"
 #include "test.h"
 
@@ -86,33 +86,6 @@ static void test_empty_batch_waits_max(void)
     CHECK(hl_cadence_wait_ms(&in) == 5);
 }
 
-/* A budget of 0.25 at 1 record/ms, a = 1, b = 0.05: refreshes may take a
- * quarter of the time, so the cycle is 1 / (0.25 - 0.05) = 5 ms, not the
- * keep-up 1 / 0.95; the wait is bounded by batch.max.ms all the same, and
- * a budget the per-user cost alone exceeds waits the longest allowed. */
-static void test_budget_lengthens_the_cycle(void)
-{
-    CHECK(fabs(hl_cadence_budget_cycle_ms(1, 0.05, 1, 0.25, 10) - 5) < 1e-9);
-    CHECK(fabs(hl_cadence_budget_cycle_ms(1, 0.05, 1, 0, 10) - 1 / 0.95) < 1e-9);
-    CHECK(fabs(hl_cadence_budget_cycle_ms(1, 0.05, 1, 1, 10) - 1 / 0.95) < 1e-9);
-    CHECK(hl_cadence_budget_cycle_ms(1, 0.05, 1, 0.25, 3) == 3);
-    CHECK(hl_cadence_budget_cycle_ms(1, 0.3, 1, 0.25, 4) == 4);
-    hl_cadence_in in = live(2, 0.5, 1, 1, 0.05);
-    double keep = hl_cadence_wait_ms(&in);
-    in.budget = 0.25;
-    in.max_ms = 10;
-    double w = hl_cadence_wait_ms(&in);
-    CHECKF(fabs(w - 4.5) < 1e-9 && keep < w, "waited %.3f (keep-up %.3f), want 4.5", w, keep);
-    in.max_ms = 5;
-    CHECKF(fabs(hl_cadence_wait_ms(&in) - 4.5) < 1e-9, "waited %.3f", hl_cadence_wait_ms(&in));
-    in.age_ms = 5;
-    CHECK(hl_cadence_wait_ms(&in) == 0);
-    /* Nothing is likely to come in the budget's cycle: no wait for it. */
-    in = live(1, 0, 0.1, 1, 0.05);
-    in.budget = 0.5;
-    CHECK(hl_cadence_wait_ms(&in) == 0);
-}
-
 static void test_fit_recovers_a_and_b(void)
 {
     hl_cadence_fit f = {0};
@@ -174,7 +147,6 @@ int main(void)
     RUN(test_full_batch_goes);
     RUN(test_no_wait_for_nothing);
     RUN(test_empty_batch_waits_max);
-    RUN(test_budget_lengthens_the_cycle);
     RUN(test_fit_recovers_a_and_b);
     RUN(test_fit_degenerate);
     RUN(test_fit_follows_change);

@@ -72,7 +72,7 @@ static int cadence_wait_ms(hl_wthread *t, int n, int64_t now_us)
     hl_cadence_in in = {
         .n_taken = n, .max_messages = o->batch_max_messages,
         .age_ms = (double)(now_us - t->fetch_us[0]) / 1000.0, .max_ms = o->batch_max_ms,
-        .rate_per_ms = hl_cadence_rate_get(&t->cad_rate), .budget = o->batch_cpu_budget,
+        .rate_per_ms = hl_cadence_rate_get(&t->cad_rate),
     };
     hl_cadence_fit_get(&t->cad_fit, &in.a_ms, &in.b_ms);
     double w = hl_cadence_wait_ms(&in);

@@ -40,20 +40,13 @@ void hl_cadence_fit_get(const hl_cadence_fit *f, double *a_ms, double *b_ms)
     *b_ms = b;
 }
 
-double hl_cadence_budget_cycle_ms(double a_ms, double b_ms, double rate_per_ms,
-                                  double budget, double max_ms)
-{
-    double u = budget > 0 && budget < 1 ? budget : 1;
-    double load = b_ms * rate_per_ms;
-    if (load >= u)
-        return max_ms;
-    double cycle = a_ms / (u - load);
-    return cycle < max_ms ? cycle : max_ms;
-}
-
 double hl_cadence_cycle_ms(double a_ms, double b_ms, double rate_per_ms, double max_ms)
 {
-    return hl_cadence_budget_cycle_ms(a_ms, b_ms, rate_per_ms, 1, max_ms);
+    double load = b_ms * rate_per_ms;
+    if (load >= 1)
+        return max_ms;
+    double cycle = a_ms / (1 - load);
+    return cycle < max_ms ? cycle : max_ms;
 }
 
 double hl_cadence_wait_ms(const hl_cadence_in *in)
@@ -63,8 +56,7 @@ double hl_cadence_wait_ms(const hl_cadence_in *in)
         return in->max_ms > 0 ? in->max_ms : 0;     /* nothing to refresh yet */
     if (in->n_taken >= in->max_messages || left <= 0)
         return 0;
-    double cycle = hl_cadence_budget_cycle_ms(in->a_ms, in->b_ms, in->rate_per_ms, in->budget,
-                                              in->max_ms);
+    double cycle = hl_cadence_cycle_ms(in->a_ms, in->b_ms, in->rate_per_ms, in->max_ms);
     if (in->age_ms >= cycle)
         return 0;
     /* Waiting pays only if a record is likely to come meanwhile: at one

@@ -9,10 +9,7 @@
  * only while the oldest record in hand is younger than that cycle, so at
  * low rates (r near 0, cycle near a) a list goes out as soon as it is
  * computed, and batches grow only as the rate demands; batch.max.ms stays
- * the upper bound. With a CPU budget u < 1 (batch.cpu.budget) the cycle
- * is the one whose refreshes take at most u of the thread's time,
- * T >= a / (u - b r): fewer, larger batches, each costing a once, for a
- * wait of at most T (and batch.max.ms). Everything here is arithmetic on its arguments: no
+ * the upper bound. Everything here is arithmetic on its arguments: no
  * clock, no Kafka, so tests/test_cadence.c drives it with numbers. */
 #ifndef HL_CADENCE_H
 #define HL_CADENCE_H
@@ -42,8 +39,6 @@ typedef struct hl_cadence_in {
     double max_ms;          /* batch.max.ms: the bound on age_ms */
     double rate_per_ms;     /* records arriving per ms (recent) */
     double a_ms, b_ms;      /* the refresh cost fit */
-    double budget;          /* batch.cpu.budget: share of the thread's time
-                               refreshes may take, (0, 1); 0 or >= 1: keep up */
 } hl_cadence_in;
 
 /* How long to wait for the next record before refreshing: 0 means
@@ -54,12 +49,6 @@ double hl_cadence_wait_ms(const hl_cadence_in *in);
  * cannot keep up at this rate whatever it does: batches as large as
  * allowed). */
 double hl_cadence_cycle_ms(double a_ms, double b_ms, double rate_per_ms, double max_ms);
-
-/* The cycle whose refreshes take at most `budget` of the time,
- * a / (budget - b r), at least the keep-up cycle; max_ms when b r >=
- * budget. budget <= 0 or >= 1 is the keep-up cycle. */
-double hl_cadence_budget_cycle_ms(double a_ms, double b_ms, double rate_per_ms,
-                                  double budget, double max_ms);
 
 /* The arrival rate: an average of records per ms over batch cycles, each
  * older cycle weighing `decay` times the next. */

@@ -80,7 +80,6 @@ static const key_def keys[] = {
     {"worker.threads",      T_INT,  "0", 0, 256, NULL, "shard-owning threads; 0 = number of online cores"},
     {"batch.max.messages",  T_INT,  "10000", 1, 1000000, NULL, "most records per batch"},
     {"batch.max.ms",        T_INT,  "5", 0, 60000, NULL, "longest wait to fill a batch"},
-    {"batch.cpu.budget",    T_NUM,  "1", 0.05, 1, NULL, "share of a shard thread's time its live refreshes may take: below 1 a batch waits (never past batch.max.ms) until its refresh cost a + b n fits that share, so fewer, larger batches pay for the pass over e_out; 1: refresh as soon as the thread keeps up"},
     {"state.history",       T_INT,  "32", 1, 255, NULL, "events kept per user (seen items, because, rebuilds)"},
     {"state.max.users",     T_INT,  "10000000", 1, 1e9, NULL, "users per shard; the least recently active go first beyond"},
     {"state.evict.mass",    T_NUM,  "1e-6", 0, 1e30, NULL, "a user whose decayed mass is below this in every head is dropped"},
@@ -726,7 +725,6 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->threads = (int)hl_config_int(cfg, "worker.threads");
     o->batch_max_messages = (int)hl_config_int(cfg, "batch.max.messages");
     o->batch_max_ms = (int)hl_config_int(cfg, "batch.max.ms");
-    o->batch_cpu_budget = hl_config_num(cfg, "batch.cpu.budget");
     o->state_history = (int)hl_config_int(cfg, "state.history");
     o->state_max_users = (size_t)hl_config_int(cfg, "state.max.users");
     o->state_evict_mass = (float)hl_config_num(cfg, "state.evict.mass");

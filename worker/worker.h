@@ -44,7 +44,6 @@ typedef struct hl_worker_opts {
     int64_t     recs_min_interval_ms; /* 0: refresh after every batch that touched a user */
     int         threads;            /* shard-owning threads, >= 1 */
     int         batch_max_messages, batch_max_ms;
-    double      batch_cpu_budget;   /* (0, 1]; 1: refresh as soon as the thread keeps up */
     int         state_history;
     size_t      state_max_users;
     float       state_evict_mass;

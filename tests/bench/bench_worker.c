@@ -25,7 +25,8 @@
  *  worker_lists: lists/s with a 100k-item, dim-64 model, k 20, where
  *    nearly every event is a different user (500k users) so every event
  *    triggers a refresh. Ceiling: hl_ranker_refresh in this process on the
- *    same model and users like the stream's, batches of 256, x threads,
+ *    same model and users like the stream's, batches of 256, in as many
+ *    threads at once as the worker has (bench_worker_model.h),
  *    with the scoring the worker's recs.scoring=auto picks on this CPU
  *    (two-stage int8 where the vector kernel runs); the exact fp32 rate is
  *    printed beside it (ceiling_fp32_exact), not a ceiling for int8.
@@ -416,106 +417,7 @@ static double worker_run(const char *topic, const char *group, const char *model
     return r;
 }
 
-/* ---- models and the ranker ceiling ------------------------------------- */
-
-static float frand(uint64_t *s)
-{
-    *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
-    return (float)((double)(*s >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
-}
-
-/* A random model with items "i000000".. (the synthetic stream's ids). */
-static void write_model(const char *path, int n_items, int dim)
-{
-    hl_model_parts p;
-    memset(&p, 0, sizeof p);
-    hl_model_info *mi = &p.info;
-    mi->dim = dim;
-    mi->n_heads = 3;
-    mi->half_life_ms[0] = 3600e3; mi->half_life_ms[1] = 86400e3; mi->half_life_ms[2] = 2592e6;
-    for (int t = 0; t < HL_N_TYPES; t++)
-        mi->type_weight[t] = 1;
-    mi->n_items = n_items;
-    mi->n_layers = 2;
-    mi->layer_out[0] = 256;
-    mi->layer_out[1] = dim;
-    snprintf(mi->version, sizeof mi->version, "bench-%d-%d", n_items, dim);
-    int in = hl_model_input_dim(mi);
-    size_t ne = (size_t)n_items * dim;
-    float *e_in = malloc(ne * 4), *e_out = malloc(ne * 4), *bias = malloc((size_t)n_items * 4);
-    float *w0 = malloc((size_t)256 * in * 4), *b0 = calloc(256, 4);
-    float *w1 = malloc((size_t)dim * 256 * 4), *b1 = calloc((size_t)dim, 4);
-    char (*ids)[16] = malloc((size_t)n_items * 16);
-    const char **idp = malloc(sizeof *idp * (size_t)n_items);
-    uint32_t *lens = malloc(sizeof *lens * (size_t)n_items);
-    uint64_t s = 99;
-    for (size_t i = 0; i < ne; i++) { e_in[i] = frand(&s); e_out[i] = frand(&s) * 0.3f; }
-    for (int i = 0; i < 256 * in; i++) w0[i] = frand(&s) * 0.1f;
-    for (int i = 0; i < dim * 256; i++) w1[i] = frand(&s) * 0.1f;
-    for (int i = 0; i < n_items; i++) {
-        bias[i] = frand(&s) * 0.1f;
-        lens[i] = (uint32_t)hl_synth_item_id(i, ids[i]);
-        idp[i] = ids[i];
-    }
-    p.item_id = idp; p.item_id_len = lens;
-    p.e_in = e_in; p.e_out = e_out; p.bias = bias;
-    p.layer_w[0] = w0; p.layer_b[0] = b0; p.layer_w[1] = w1; p.layer_b[1] = b1;
-    char err[512];
-    if (hl_model_write(path, &p, err, sizeof err) != 0)
-        die(err);
-    free(e_in); free(e_out); free(bias); free(w0); free(b0); free(w1); free(b1);
-    free(ids); free(idp); free(lens);
-}
-
-/* hl_ranker_refresh lists/s on one thread with the given recs.scoring
- * (HL_SCORING_*), batches of 256 users shaped like the benchmark's stream
- * (500k users, 40k events: one or two events each, so exclusions and
- * `because` cost what they cost in the worker). */
-static double ranker_ceiling(const char *model_path, int scoring)
-{
-    enum { B = 256 };
-    char err[512];
-    hl_model *m = hl_model_open(model_path, err, sizeof err);
-    if (m == NULL)
-        die(err);
-    const hl_model_info *mi = hl_model_info_get(m);
-    hl_table_opts to = {.history = 32, .max_users = 1 << 20, .expected_users = B};
-    hl_decay_init(&to.decay, mi->n_heads, mi->dim, mi->half_life_ms, NULL, 0);
-    hl_table *tbl = hl_table_create(&to, NULL, 0);
-    char users[B][16];
-    uint64_t s = 7;
-    for (int u = 0; u < B; u++) {
-        snprintf(users[u], 16, "u%d", u);
-        for (int e = 0; e < 1 + (u & 1); e++) {
-            hl_event ev = {.user = users[u], .user_len = (uint32_t)strlen(users[u]),
-                           .item = (int32_t)((frand(&s) + 1) * 0.5 * (mi->n_items - 1)),
-                           .type = 0, .w = 1, .ts_ms = 1000 * e, .offset = e};
-            hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), mi->n_items, NULL);
-        }
-    }
-    hl_row_view v[B];
-    for (int u = 0; u < B; u++)
-        hl_table_view(tbl, (uint32_t)hl_table_find(tbl, users[u], strlen(users[u])), &v[u]);
-    hl_rank_opts ro = {.k = 20, .exclude_seen = 1, .max_batch = B, .scoring = scoring};
-    hl_ranker *r = hl_ranker_create(m, &ro, err, sizeof err);
-    openblas_set_num_threads(1);        /* as in each worker thread */
-    static hl_rec out[B * 20];
-    int n_out[B];
-    double rates[REPS];
-    for (int rep = 0; rep < REPS; rep++) {
-        double t0 = now_s();
-        int iters = 0;
-        while (now_s() - t0 < 0.7) {
-            hl_ranker_refresh(r, v, B, out, n_out);
-            iters++;
-        }
-        rates[rep] = (double)iters * B / (now_s() - t0);
-    }
-    hl_ranker_destroy(r);
-    hl_table_destroy(tbl);
-    hl_model_close(m);
-    return median(rates, REPS);
-}
+#include "bench_worker_model.h"
 
 /* ---- the figures ------------------------------------------------------- */
 
@@ -551,8 +453,8 @@ static double bench_lists(const char *model)
      * has its vector path (config.c), so that is the ceiling; a ratio to
      * the fp32 ceiling would compare two different scorers. */
     int two = hl_qscore_has_vector_kernel();
-    double ceil1 = ranker_ceiling(model, two ? HL_SCORING_TWO_STAGE : HL_SCORING_EXACT);
-    double fp32 = two ? ranker_ceiling(model, HL_SCORING_EXACT) : ceil1;
+    double ceil = ranker_ceiling(model, two ? HL_SCORING_TWO_STAGE : HL_SCORING_EXACT);
+    double fp32 = two ? ranker_ceiling(model, HL_SCORING_EXACT) : ceil;
     fill_topic("b2", N_LISTS, 500000, 100000);
     for (int rep = 0; rep < REPS; rep++) {
         snprintf(group, sizeof group, "lists%d", rep);
@@ -561,11 +463,10 @@ static double bench_lists(const char *model)
     double wm = median(w, REPS);
     printf("{\"bench\":\"worker_lists\",\"items\":100000,\"dim\":64,\"k\":20,\"threads\":%d,"
            "\"value\":%.4g,\"unit\":\"lists/s\",\"ceiling\":%.4g,\"ratio\":%.2f,"
-           "\"ceiling_is\":\"hl_ranker_refresh lists/s on one thread x threads, batch 256, "
+           "\"ceiling_is\":\"hl_ranker_refresh lists/s, threads at once, batch 256, "
            "%s scoring (the worker's recs.scoring=auto here)\",\"ceiling_fp32_exact\":%.4g,"
            "\"ratio_to_fp32\":%.2f}\n",
-           THREADS, wm, ceil1 * THREADS, wm / (ceil1 * THREADS), two ? "two-stage int8" : "exact fp32",
-           fp32 * THREADS, wm / (fp32 * THREADS));
+           THREADS, wm, ceil, wm / ceil, two ? "two-stage int8" : "exact fp32", fp32, wm / fp32);
     fflush(stdout);
     return wm;
 }

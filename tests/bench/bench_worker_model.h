@@ -106,8 +106,8 @@ static void ceiling_users(hl_table *tbl, const hl_model *m, hl_row_view *v)
  * batches of 256: THREADS threads at once, each with its own ranker, the
  * sum of their rates (median of REPS). All at once, not one thread times
  * THREADS, so the threads share memory bandwidth and the cores as the
- * worker's do. (On a loaded machine it still reads below the worker,
- * README says by how much; the cause is not found.) */
+ * worker's do. (On a loaded machine it can still read below the worker,
+ * README says by how much.) */
 static double ranker_ceiling(const char *model_path, int scoring)
 {
     char err[512];

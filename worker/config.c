@@ -784,7 +784,9 @@ static void help_row_get(int i, help_row *r)
         {"kafka.*", "", "any librdkafka property, passed without the kafka. prefix; the "
          "worker's own defaults unless given: queued.min.messages=1000000, "
          "socket.nagle.disable=true (Nagle held small requests for the peer's delayed ACK), "
-         "fetch.wait.max.ms=5 on the embedded broker (it holds an empty fetch that long)",
+         "fetch.wait.max.ms=5 on the embedded broker (it holds an empty fetch that long), "
+         "and for the lists' producer enable.idempotence=true, linger.ms=0 (1 ms cost a list "
+         "2 ms: librdkafka 2.0.2 rounds the wait up to whole ms)",
          "as librdkafka documents"},
     };
     const key_def *d;

@@ -131,9 +131,11 @@ static void floor_quantiles(const double *a, const double *b, long from, long n,
 
 /* One floor measurement: warm_s then secs at rate on topic with the
  * producer's and consumer's settings (NULL-terminated key/value lists).
- * Prints one JSON line named what; returns the fetched p99 (ms). */
+ * Prints one JSON line named what; returns the fetched p99 (ms), and the
+ * acknowledged p99 in *ack99 unless it is NULL. */
 static double bench_kafka_floor(const char *what, const char *topic, double rate, double warm_s,
-                                double secs, const char *const *pkv, const char *const *ckv)
+                                double secs, const char *const *pkv, const char *const *ckv,
+                                double *ack99)
 {
     floor_run f = {.cap = (long)(rate * (warm_s + secs)) + 16};
     f.sent = calloc((size_t)f.cap, sizeof *f.sent);
@@ -169,6 +171,8 @@ static double bench_kafka_floor(const char *what, const char *topic, double rate
     free(f.sent);
     free(f.acked);
     free(f.fetched);
+    if (ack99)
+        *ack99 = a99;
     return f99;
 }
 

@@ -25,15 +25,23 @@
  *  worker_lists: lists/s with a 100k-item, dim-64 model, k 20, where
  *    nearly every event is a different user (500k users) so every event
  *    triggers a refresh. Ceiling: hl_ranker_refresh in this process on the
- *    same model and users like the stream's, batches of 256, x threads.
+ *    same model and users like the stream's, batches of 256, in as many
+ *    threads at once as the worker has (bench_worker_model.h),
+ *    with the scoring the worker's recs.scoring=auto picks on this CPU
+ *    (two-stage int8 where the vector kernel runs); the exact fp32 rate is
+ *    printed beside it (ceiling_fp32_exact), not a ceiling for int8.
  *  worker_event_to_publish: p50/p99 latency at half the highest rate the
  *    worker sustains live (ascending probes from a fraction of the lists/s
  *    above, which is a catch-up rate with full 256-user refreshes; live
  *    batches are small and a refresh scans all of e_out whatever its user
  *    count). Events are stamped with the wall clock; for each list read
- *    back, latency = its Kafka timestamp (when the worker produced it)
- *    minus its generated_at (the newest event's time). Target p99 < 25 ms
- *    (issue 14). The same line holds the worker's own share, fetched to
+ *    back, latency = when this program's reader got it from the output
+ *    topic minus its generated_at (the newest event's time): where a
+ *    downstream consumer sees the list ("e2e_ends"). Target p99 < 25 ms
+ *    (issue 14). Ending at the list's Kafka timestamp (the worker's
+ *    produce call) left out delivery and the reader's fetch, so it could
+ *    read below the worker's own share; it is printed beside it
+ *    (to_produce_call_ms). The same line holds the worker's own share, fetched to
  *    delivered (halflife_fetch_to_delivery_seconds, target p99 < 10 ms),
  *    and the path by stage (halflife_event_stage_seconds), both read from
  *    the worker's /metrics before and after the window. The mock broker
@@ -47,7 +55,10 @@
  *    wants fresh lists does not hold its events back. After the window,
  *    kafka_floor: a bare producer and consumer with those settings at the
  *    same rate through the same broker, no worker (bench_kafka_floor.h),
- *    the floor the broker and deliver stages are read against. The window
+ *    the floor the broker and deliver stages are read against: the line
+ *    gives the floor's one-hop p99s and the ratios p99 / (2 x hop p99; the
+ *    event in and the list out each cross the broker) and worker p99 /
+ *    ack p99. The window
  *    runs on topics of its own (b7, b7-recs) with a fresh worker, not on
  *    the probes' (bench_latency() says why).
  *  worker_live_rate: that highest live rate against the catch-up lists/s
@@ -75,6 +86,7 @@
 #include "codec.h"
 #include "model.h"
 #include "producer.h"
+#include "qscore.h"
 #include "rank.h"
 #include "synth.h"
 #include "table.h"
@@ -227,9 +239,11 @@ static pid_t start_worker(const char *topic, const char *group, const char *mode
         argv[n++] = "-X";
         argv[n++] = (char *)extra[i];
     }
-    if (getenv("HL_BENCH_X")) {          /* one more key=value for experiments */
+    static char more[512];               /* key=value ... for experiments */
+    snprintf(more, sizeof more, "%s", getenv("HL_BENCH_X") ? getenv("HL_BENCH_X") : "");
+    for (char *kv = strtok(more, " "); kv != NULL && n < 62; kv = strtok(NULL, " ")) {
         argv[n++] = "-X";
-        argv[n++] = getenv("HL_BENCH_X");
+        argv[n++] = kv;
     }
     argv[n] = NULL;
     return spawn(argv, log, NULL);
@@ -403,105 +417,7 @@ static double worker_run(const char *topic, const char *group, const char *model
     return r;
 }
 
-/* ---- models and the ranker ceiling ------------------------------------- */
-
-static float frand(uint64_t *s)
-{
-    *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
-    return (float)((double)(*s >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
-}
-
-/* A random model with items "i000000".. (the synthetic stream's ids). */
-static void write_model(const char *path, int n_items, int dim)
-{
-    hl_model_parts p;
-    memset(&p, 0, sizeof p);
-    hl_model_info *mi = &p.info;
-    mi->dim = dim;
-    mi->n_heads = 3;
-    mi->half_life_ms[0] = 3600e3; mi->half_life_ms[1] = 86400e3; mi->half_life_ms[2] = 2592e6;
-    for (int t = 0; t < HL_N_TYPES; t++)
-        mi->type_weight[t] = 1;
-    mi->n_items = n_items;
-    mi->n_layers = 2;
-    mi->layer_out[0] = 256;
-    mi->layer_out[1] = dim;
-    snprintf(mi->version, sizeof mi->version, "bench-%d-%d", n_items, dim);
-    int in = hl_model_input_dim(mi);
-    size_t ne = (size_t)n_items * dim;
-    float *e_in = malloc(ne * 4), *e_out = malloc(ne * 4), *bias = malloc((size_t)n_items * 4);
-    float *w0 = malloc((size_t)256 * in * 4), *b0 = calloc(256, 4);
-    float *w1 = malloc((size_t)dim * 256 * 4), *b1 = calloc((size_t)dim, 4);
-    char (*ids)[16] = malloc((size_t)n_items * 16);
-    const char **idp = malloc(sizeof *idp * (size_t)n_items);
-    uint32_t *lens = malloc(sizeof *lens * (size_t)n_items);
-    uint64_t s = 99;
-    for (size_t i = 0; i < ne; i++) { e_in[i] = frand(&s); e_out[i] = frand(&s) * 0.3f; }
-    for (int i = 0; i < 256 * in; i++) w0[i] = frand(&s) * 0.1f;
-    for (int i = 0; i < dim * 256; i++) w1[i] = frand(&s) * 0.1f;
-    for (int i = 0; i < n_items; i++) {
-        bias[i] = frand(&s) * 0.1f;
-        lens[i] = (uint32_t)hl_synth_item_id(i, ids[i]);
-        idp[i] = ids[i];
-    }
-    p.item_id = idp; p.item_id_len = lens;
-    p.e_in = e_in; p.e_out = e_out; p.bias = bias;
-    p.layer_w[0] = w0; p.layer_b[0] = b0; p.layer_w[1] = w1; p.layer_b[1] = b1;
-    char err[512];
-    if (hl_model_write(path, &p, err, sizeof err) != 0)
-        die(err);
-    free(e_in); free(e_out); free(bias); free(w0); free(b0); free(w1); free(b1);
-    free(ids); free(idp); free(lens);
-}
-
-/* hl_ranker_refresh lists/s on one thread, batches of 256 users shaped like
- * the benchmark's stream (500k users, 40k events: one or two events each,
- * so exclusions and `because` cost what they cost in the worker). */
-static double ranker_ceiling(const char *model_path)
-{
-    enum { B = 256 };
-    char err[512];
-    hl_model *m = hl_model_open(model_path, err, sizeof err);
-    if (m == NULL)
-        die(err);
-    const hl_model_info *mi = hl_model_info_get(m);
-    hl_table_opts to = {.history = 32, .max_users = 1 << 20, .expected_users = B};
-    hl_decay_init(&to.decay, mi->n_heads, mi->dim, mi->half_life_ms, NULL, 0);
-    hl_table *tbl = hl_table_create(&to, NULL, 0);
-    char users[B][16];
-    uint64_t s = 7;
-    for (int u = 0; u < B; u++) {
-        snprintf(users[u], 16, "u%d", u);
-        for (int e = 0; e < 1 + (u & 1); e++) {
-            hl_event ev = {.user = users[u], .user_len = (uint32_t)strlen(users[u]),
-                           .item = (int32_t)((frand(&s) + 1) * 0.5 * (mi->n_items - 1)),
-                           .type = 0, .w = 1, .ts_ms = 1000 * e, .offset = e};
-            hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), mi->n_items, NULL);
-        }
-    }
-    hl_row_view v[B];
-    for (int u = 0; u < B; u++)
-        hl_table_view(tbl, (uint32_t)hl_table_find(tbl, users[u], strlen(users[u])), &v[u]);
-    hl_rank_opts ro = {.k = 20, .exclude_seen = 1, .max_batch = B};
-    hl_ranker *r = hl_ranker_create(m, &ro, err, sizeof err);
-    openblas_set_num_threads(1);        /* as in each worker thread */
-    static hl_rec out[B * 20];
-    int n_out[B];
-    double rates[REPS];
-    for (int rep = 0; rep < REPS; rep++) {
-        double t0 = now_s();
-        int iters = 0;
-        while (now_s() - t0 < 0.7) {
-            hl_ranker_refresh(r, v, B, out, n_out);
-            iters++;
-        }
-        rates[rep] = (double)iters * B / (now_s() - t0);
-    }
-    hl_ranker_destroy(r);
-    hl_table_destroy(tbl);
-    hl_model_close(m);
-    return median(rates, REPS);
-}
+#include "bench_worker_model.h"
 
 /* ---- the figures ------------------------------------------------------- */
 
@@ -533,7 +449,12 @@ static double bench_lists(const char *model)
     double w[REPS];
     char group[32];
     const char *extra[] = {"output.topic=b2-recs", "recs.k=20", NULL};
-    double ceil1 = ranker_ceiling(model);
+    /* The worker's recs.scoring=auto is two-stage where the int8 kernel
+     * has its vector path (config.c), so that is the ceiling; a ratio to
+     * the fp32 ceiling would compare two different scorers. */
+    int two = hl_qscore_has_vector_kernel();
+    double ceil = ranker_ceiling(model, two ? HL_SCORING_TWO_STAGE : HL_SCORING_EXACT);
+    double fp32 = two ? ranker_ceiling(model, HL_SCORING_EXACT) : ceil;
     fill_topic("b2", N_LISTS, 500000, 100000);
     for (int rep = 0; rep < REPS; rep++) {
         snprintf(group, sizeof group, "lists%d", rep);
@@ -542,8 +463,10 @@ static double bench_lists(const char *model)
     double wm = median(w, REPS);
     printf("{\"bench\":\"worker_lists\",\"items\":100000,\"dim\":64,\"k\":20,\"threads\":%d,"
            "\"value\":%.4g,\"unit\":\"lists/s\",\"ceiling\":%.4g,\"ratio\":%.2f,"
-           "\"ceiling_is\":\"hl_ranker_refresh lists/s on one thread x threads\"}\n",
-           THREADS, wm, ceil1 * THREADS, wm / (ceil1 * THREADS));
+           "\"ceiling_is\":\"hl_ranker_refresh lists/s, threads at once, batch 256, "
+           "%s scoring (the worker's recs.scoring=auto here)\",\"ceiling_fp32_exact\":%.4g,"
+           "\"ratio_to_fp32\":%.2f}\n",
+           THREADS, wm, ceil, wm / ceil, two ? "two-stage int8" : "exact fp32", fp32, wm / fp32);
     fflush(stdout);
     return wm;
 }
@@ -553,14 +476,15 @@ static double bench_lists(const char *model)
 
 /* The broker path's own floor at the latency window's rate, right after
  * it (the same load): the live producer's settings and the worker's
- * consumer settings, no worker (bench_kafka_floor.h). */
-static void latency_floor(double rate)
+ * consumer settings, no worker (bench_kafka_floor.h). Returns the p99 of
+ * one hop, produce to fetch (ms); *ack99 the produce to ack p99. */
+static double latency_floor(double rate, double *ack99)
 {
     const char *pkv[] = {"linger.ms", live_linger, "enable.idempotence", "false",
                          "socket.nagle.disable", "true", NULL};
     const char *ckv[] = {"fetch.wait.max.ms", fetch_wait, "queued.min.messages", "1000000",
                          "socket.nagle.disable", "true", NULL};
-    bench_kafka_floor("kafka_floor", "b4", rate, 1.0, 5.0, pkv, ckv);
+    return bench_kafka_floor("kafka_floor", "b4", rate, 1.0, 5.0, pkv, ckv, ack99);
 }
 
 /* The live rate's ceiling: the broker path alone carrying two streams at
@@ -597,6 +521,24 @@ static pid_t live_start(live *L, const char *model, const char *topic, const cha
     live_run(L, 100, WARMUP_S, 0, &sent);       /* fetchers, first lists, the reader */
     live_drain(L);
     return pid;
+}
+
+/* CPU seconds pid has used so far (user + system, /proc/pid/stat). */
+static double proc_cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');        /* the name may hold spaces */
+    unsigned long ut = 0, st = 0;
+    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+                            &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static void live_stop(live *L, pid_t pid)
@@ -636,8 +578,13 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
      * warm second before it is counted there too (its lists settle the
      * same way), a small bias towards the steady state. */
     worker_hists_read(L.port, &before);
+    double cpu0 = proc_cpu_s(pid), lists0 = metric(L.port, "halflife_lists_published_total");
+    double bat0 = metric(L.port, "halflife_batch_size_count");
     int n_lat = rate > 0 ? live_run(&L, rate, 1.0, LAT_SECONDS, &sent) : 0;
     worker_hists_read(L.port, &after);
+    double cpu = proc_cpu_s(pid) - cpu0;
+    double lists = metric(L.port, "halflife_lists_published_total") - lists0;
+    double batches = metric(L.port, "halflife_batch_size_count") - bat0;
     live_stop(&L, pid);
     hl_synth_destroy(L.s);
     hl_codec_destroy(L.c);
@@ -645,8 +592,9 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
     if (n_lat < 100)
         die("too few lists read back for the latency figure");
     double floor_rate = fixed_rate <= 0 ? live_floor(catchup) : 0;
-    latency_floor(rate);
+    double ack99 = 0, hop99 = latency_floor(rate, &ack99);
     qsort(lat, (size_t)n_lat, sizeof *lat, cmp_double);
+    qsort(lat_prod, (size_t)n_lat, sizeof *lat_prod, cmp_double);
     double p50 = lat[n_lat / 2], p99 = lat[(int)(n_lat * 0.99)];
     if (fixed_rate <= 0)
         printf("{\"bench\":\"worker_live_rate\",\"items\":100000,\"dim\":64,\"threads\":%d,"
@@ -666,6 +614,15 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
            "\"fetch_wait_max_ms\":%s,\"producer_linger_ms\":%s,", rate, sustained, sent, n_lat, p50, p99, p99,
            p99 < 25 ? "true" : "false", w50, w99, w99 >= 0 && w99 < 10 ? "true" : "false",
            fetch_wait, live_linger);
+    /* What the worker's process spent per list in the window (all its
+     * threads, librdkafka's included): the figure batch.cpu.budget trades. */
+    printf("\"worker_cpu_ms_per_list\":%.3f,\"lists_per_batch\":%.2f,",
+           lists > 0 ? 1000 * cpu / lists : 0, batches > 0 ? lists / batches : 0);
+    printf("\"e2e_ends\":\"the list read back from the output topic by a consumer\","
+           "\"to_produce_call_ms\":[%.1f,%.1f],\"floor_hop_p99_ms\":%.2f,"
+           "\"floor_ack_p99_ms\":%.2f,\"p99_to_two_hops\":%.2f,\"worker_p99_to_floor_ack\":%.2f,",
+           lat_prod[n_lat / 2], lat_prod[(int)(n_lat * 0.99)], hop99, ack99,
+           hop99 > 0 ? p99 / (2 * hop99) : 0, ack99 > 0 ? w99 / ack99 : 0);
     print_stages(&before, &after);
     printf(",\"ceiling\":null}\n");
     fflush(stdout);
@@ -715,7 +672,7 @@ int main(int argc, char **argv)
         const char *pkv[32], *ckv[32];
         floor_kv(getenv("HL_FLOOR_P"), pb, sizeof pb, pkv, 32);
         floor_kv(getenv("HL_FLOOR_C"), cb, sizeof cb, ckv, 32);
-        bench_kafka_floor("kafka_floor", "b4", rate ? atof(rate) : 800, 1.0, 10.0, pkv, ckv);
+        bench_kafka_floor("kafka_floor", "b4", rate ? atof(rate) : 800, 1.0, 10.0, pkv, ckv, NULL);
         only = "none";
     }
     if (!only || !strcmp(only, "state"))

@@ -1,6 +1,6 @@
 /* bench_worker_live.h - the live stream of bench_worker's latency and
  * live-rate figures: events sent at a fixed rate into a running worker,
- * its lists read back and timed (Kafka timestamp minus generated_at), and
+ * its lists read back and timed (arrival at a reader minus generated_at), and
  * the probes that find the highest rate the worker keeps up with.
  * Included by bench_worker.c, which provides bootstrap, fetch_wait,
  * now_s(), wall_ms(), cmp_double(), metric() and send_synth(). */
@@ -22,9 +22,20 @@ static int read_long(const uint8_t *p, size_t len, size_t *i, int64_t *out)
     return -1;
 }
 
-/* Reads b3-recs: for each list, Kafka timestamp minus generated_at (the
- * list is Confluent-framed: 5 header bytes, user_id, generated_at). */
-static int read_latencies(rd_kafka_t *rk, double *lat, int cap, double until)
+/* The wall clock in ms with its fraction: generated_at is whole ms. */
+static double wall_ms_f(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec * 1000 + ts.tv_nsec / 1e6;
+}
+
+/* Reads a worker's lists: for each, when this reader got it minus its
+ * generated_at (the newest event's send time) into lat, the end to end a
+ * downstream consumer sees; and its Kafka timestamp (the worker's produce
+ * call) minus generated_at into prod, when not NULL. The list is
+ * Confluent-framed: 5 header bytes, user_id, generated_at. */
+static int read_latencies(rd_kafka_t *rk, double *lat, double *prod, int cap, double until)
 {
     int n = 0;
     while (now_s() < until && n < cap) {
@@ -40,8 +51,11 @@ static int read_latencies(rd_kafka_t *rk, double *lat, int cap, double until)
         int64_t ulen, gen;
         if (!m->err && m->len > 5 && read_long(m->payload, m->len, &i, &ulen) == 0) {
             i += (size_t)ulen;
-            if (read_long(m->payload, m->len, &i, &gen) == 0)
-                lat[n++] = (double)(rd_kafka_message_timestamp(m, NULL) - gen);
+            if (read_long(m->payload, m->len, &i, &gen) == 0) {
+                if (prod)
+                    prod[n] = (double)(rd_kafka_message_timestamp(m, NULL) - gen);
+                lat[n++] = wall_ms_f() - (double)gen;
+            }
         }
         rd_kafka_message_destroy(m);
     }
@@ -79,7 +93,7 @@ typedef struct live {
     long         total;        /* events sent so far */
 } live;
 
-static double lat[1 << 20];
+static double lat[1 << 20], lat_prod[1 << 20];
 
 /* Sends rate events/s for warm_s + secs seconds; the latencies of the lists
  * read during the last secs seconds go to lat. Returns how many; *sent is
@@ -96,7 +110,8 @@ static int live_run(live *L, double rate, double warm_s, double secs, long *sent
         hl_producer_poll(L->p, 0);
         /* Blocking reads between sends, so this process does not spin on
          * a core the worker needs. */
-        n_lat += read_latencies(L->reader, lat + n_lat, (1 << 20) - n_lat, now_s() + 0.004);
+        n_lat += read_latencies(L->reader, lat + n_lat, lat_prod + n_lat, (1 << 20) - n_lat,
+                                now_s() + 0.004);
         if (warm)
             n_lat = 0;
         else if (n_warm < 0)
@@ -113,8 +128,8 @@ static void live_drain(live *L)
 {
     double deadline = now_s() + 90;
     while (metric(L->port, "halflife_events_consumed_total") < L->total && now_s() < deadline)
-        read_latencies(L->reader, lat, 1 << 20, now_s() + 0.1);
-    while (now_s() < deadline && read_latencies(L->reader, lat, 1 << 20, now_s() + 1.0) > 0)
+        read_latencies(L->reader, lat, NULL, 1 << 20, now_s() + 0.1);
+    while (now_s() < deadline && read_latencies(L->reader, lat, NULL, 1 << 20, now_s() + 1.0) > 0)
         ;
 }
 

@@ -69,6 +69,8 @@
 #   HL_DATASETS=../shared/datasets bash tests/quality/swap_quality.sh [ml|taobao]
 # Training options: HL_SWAPQ_TRAIN (default a short run, see below);
 # HL_SWAPQ_KEEP=DIR keeps the two models there and reuses them;
+# HL_SWAPQ_EVAL adds eval options to every arm (e.g. "--history 128": a
+# longer ring, so less of each head goes through M);
 # HL_SWAPQ_WEIGHTS=count|remainder|bias weights the swap's fit (eval
 # --swap-weights; the worker's fit is unweighted).
 set -u
@@ -89,7 +91,8 @@ mkdir -p "$keep" || exit 1
   --holdout time:0.6 "${train[@]}" >/dev/null || exit 1
 [ -s "$keep/b.hlm" ] || "$hl" train --input "$input" --format "$format" --out "$keep/b.hlm" \
   --holdout time:0.8 --init "$keep/a.hlm" "${train[@]}" >/dev/null || exit 1
-ev=(--input "$input" --format "$format" --protocol prequential --quiet yes --score-from 0.8)
+ev=(--input "$input" --format "$format" --protocol prequential --quiet yes --score-from 0.8
+    ${HL_SWAPQ_EVAL:-})
 protocols=(${HL_SWAPQ_PROTOCOLS:-same own none})
 # The eval options of a protocol (see the header).
 excl() {
@@ -156,6 +159,15 @@ def arms_line(proto, js):
               "%5d (hits %4d)" % (proto, a, j["model"]["hits"], j["model"]["n"],
                                   j["targets_in_own_ring"]["n"], j["targets_in_own_ring"]["hits"],
                                   j["targets_in_full_ring"]["n"], j["targets_in_full_ring"]["hits"]))
+    # What the migration got wrong at the swap (eval's swap_diagnose): M's
+    # residual over the shared items, and the longest head's error against
+    # the head B builds from the same events, with the ring's share of it.
+    sw, lh = js["migrated"].get("swap", {}), js["migrated"].get("swap_longest_head")
+    if lh:
+        print("  %-9s migration: M fitted on %d items, residual %.3f; longest head vs B_full's: "
+              "error %.3f (median user %.3f), ring's share of its norm^2 %.3f (history %d)" % (
+              proto, sw.get("fit_shared", 0), sw.get("fit_residual", 0), lh["err_vs_full"],
+              lh["err_vs_full_median_user"], lh["ring_share_of_full"], js["migrated"]["history"]))
 
 def report(proto):
     js = {a: json.load(open("%s/%s.%s.json" % (tmp, a, proto))) for a in ARMS}

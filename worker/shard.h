@@ -82,6 +82,7 @@ typedef struct hl_shard {
     double      mig_look_us;         /* a batch event's extra lookup */
     double      mig_sweep_us;        /* a stale row the sweep migrates */
     double      mig_pass_us;         /* a row the sweep passes (not migrating) */
+    double      mig_touch_max_us;    /* the longest a batch's migrations took */
     hl_counter *c_migrated;          /* halflife_users_migrated_total */
 } hl_shard;
 
@@ -158,7 +159,7 @@ static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
  * for the migration's few seconds. */
 #define HL_SWAP_BATCH_MAX 512
 #define HL_SWAP_BATCH_MIN 16
-#define HL_SWAP_BATCH_BUDGET_US 3000
+#define HL_SWAP_BATCH_BUDGET_US 2000
 
 /* ---- model swaps (swap.c, DESIGN.md section 10), owner thread ---------- */
 

@@ -188,6 +188,10 @@ typedef struct mig_times {
     double begin_s, fit_s, work_s, max_tick, release_s, max_excess, slices_s, excess_s;
     double wall_s, max_batch, ceil_s;
     int batches, min_events, max_events;
+    double *excess;         /* per batch, for the percentiles */
+    int     cap_excess;
+    int worst_batch, worst_events, worst_rows;  /* the batch of max_excess: its index,
+                                                   events, rows it migrated */
     int64_t events;
 } mig_times;
 
@@ -199,10 +203,21 @@ static void migrate_step(run *r, hl_mref *b, mig_times *mt)
     if (r->batch > mt->max_events) mt->max_events = r->batch;
     if (r->batch < mt->min_events) mt->min_events = r->batch;
     mt->events += r->batch;
+    uint64_t rows0 = r->sh->mig_rows;
     double bt = batch(r, b->m, 0, 1);
     double excess = bt - (mt->base_a + mt->base_b * r->batch);
     if (bt > mt->max_batch) mt->max_batch = bt;
-    if (excess > mt->max_excess) mt->max_excess = excess;
+    if (mt->batches == mt->cap_excess) {
+        mt->cap_excess = mt->cap_excess ? 2 * mt->cap_excess : 4096;
+        mt->excess = realloc(mt->excess, sizeof *mt->excess * (size_t)mt->cap_excess);
+    }
+    mt->excess[mt->batches] = excess;
+    if (excess > mt->max_excess) {
+        mt->max_excess = excess;
+        mt->worst_batch = mt->batches;
+        mt->worst_events = r->batch;
+        mt->worst_rows = (int)(r->sh->mig_rows - rows0);
+    }
     if (excess > 0) {
         mt->work_s += excess;
         mt->excess_s += excess;
@@ -271,21 +286,32 @@ static int setup(run *r)
     return 0;
 }
 
-static void print(const run *r, const mig_times *mt, int shared)
+/* The q quantile of the batches' excess (sorts them). */
+static double excess_q(mig_times *mt, double q)
+{
+    qsort(mt->excess, (size_t)mt->batches, sizeof *mt->excess, cmp_d);
+    return mt->excess[(int)(q * (mt->batches - 1))];
+}
+
+static void print(const run *r, mig_times *mt, int shared)
 {
     double stall = mt->begin_s;
     if (mt->max_tick > stall) stall = mt->max_tick;
     if (mt->max_excess > stall) stall = mt->max_excess;
     printf("{\"bench\":\"swap_stall\",\"users\":%u,\"dim\":%d,\"heads\":%d,\"value\":%.3f,"
            "\"unit\":\"ms\",\"target\":10,\"met\":%s,\"begin_ms\":%.3f,\"max_slice_ms\":%.3f,"
-           "\"release_ms\":%.3f,\"max_batch_excess_ms\":%.3f,\"max_batch_ms\":%.3f,"
+           "\"release_ms\":%.3f,\"max_touch_ms\":%.3f,\"max_batch_excess_ms\":%.3f,"
+           "\"batch_excess_p99_ms\":%.3f,\"batch_excess_p999_ms\":%.3f,\"max_batch_ms\":%.3f,"
            "\"batch_median_ms\":%.3f,\"base_a_ms\":%.4f,\"base_us_per_event\":%.3f,"
            "\"clock\":\"thread_cpu\",\"batch_events\":%d,\"batch_events_migrating\":"
-           "[%d,%d],\"events_per_batch_migrating\":%.0f}\n", r->n_users, DIM, HEADS,
+           "[%d,%d],\"events_per_batch_migrating\":%.0f,\"worst_batch\":[%d,%d,%d]}\n",
+           r->n_users, DIM, HEADS,
            stall * 1e3, stall < 0.010 ? "true" : "false", mt->begin_s * 1e3,
-           mt->max_tick * 1e3, mt->release_s * 1e3, mt->max_excess * 1e3,
+           mt->max_tick * 1e3, mt->release_s * 1e3, r->sh->mig_touch_max_us / 1e3,
+           mt->max_excess * 1e3, excess_q(mt, 0.99) * 1e3, excess_q(mt, 0.999) * 1e3,
            mt->max_batch * 1e3, mt->base_med * 1e3, mt->base_a * 1e3, mt->base_b * 1e6,
-           r->batch, mt->min_events, mt->max_events, (double)mt->events / mt->batches);
+           r->batch, mt->min_events, mt->max_events, (double)mt->events / mt->batches,
+           mt->worst_batch, mt->worst_events, mt->worst_rows);
     printf("{\"bench\":\"swap_migrate_all\",\"users\":%u,\"value\":%.3f,\"unit\":\"s\","
            "\"ceiling\":%.3f,\"ceiling_what\":\"%d SGEMMs of users x dim by dim x dim\","
            "\"ratio\":%.3f,\"slices_s\":%.3f,\"batch_excess_s\":%.3f,\"wall_s\":%.3f,"
@@ -333,6 +359,7 @@ int main(int argc, char **argv)
     migrate_all(&r, b, &mt);
     mt.ceil_s = sgemm_ceiling(r.n_users);
     print(&r, &mt, hl_migration_shared(b->from_prev));
+    free(mt.excess);
     hl_mref_release(b);
     hl_shard_destroy(r.sh);
     hl_models_destroy(r.ms);

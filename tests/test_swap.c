@@ -70,7 +70,7 @@ static hl_table *new_table(void)
     return hl_table_create(&o, err, sizeof err);
 }
 
-static char g_users[N_USERS][12];   /* events in a batch point at their user */
+static char g_users[N_USERS][16];   /* events in a batch point at their user */
 
 /* Event i of the stream: user i % N_USERS, so each user gets a dozen,
  * more than the ring holds (the remainder goes through M). */

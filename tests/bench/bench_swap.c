@@ -15,7 +15,11 @@
  *     which releases the old model, apart as release_ms), and the longest
  *     batch during the migration beyond a batch of its size before the
  *     swap (a + b events, fitted on the medians of 512- and 64-event
- *     batches) (target: under 10 ms);
+ *     batches) (target: under 10 ms); max_touch_ms is the migration
+ *     inside a batch alone (hl_shard_swap_touch_batch, the shard's own
+ *     clock), so a batch whose apply was slowed by other processes is
+ *     told from one the swap held up; the excess's p99 and p999 and the
+ *     worst batch (index, events, rows it migrated) go with it;
  *   swap_migrate_all: seconds from the switch until the last user moved,
  *     counting the thread's migration work only (slices and the batches'
  *     excess), against the ceiling: one SGEMM of users x dim by dim x dim

@@ -79,7 +79,9 @@ typedef struct preq_run {
     swap_diag        diag;
     int32_t         *user_n, *user_hits;  /* (users) --per-user: scored, hit */
     eval_rings       rings;             /* each user's ring after the full stream */
-    int32_t         *ring_ev;           /* (history) one ring read out */
+    int32_t         *ring_ev;           /* (ring_cap) one ring read out */
+    int              seen_hist;         /* the full rings' length (--seen-history) */
+    int              ring_cap;          /* the larger of it and --history */
     uint8_t         *seen_flag;         /* (batch) SEEN_OWN | SEEN_FULL */
     metric           seen_own, seen_full;   /* scored events whose target was in
                                                the state's ring, the full ring */
@@ -150,13 +152,15 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
                             errlen) != 0)
         return HL_EINVAL;
     pr->extra = calloc((size_t)a->batch, sizeof *pr->extra);
-    pr->extra_rows = malloc((size_t)a->batch * a->history * sizeof *pr->extra_rows);
-    pr->ring_ev = malloc((size_t)a->history * sizeof *pr->ring_ev);
+    pr->seen_hist = a->seen_history > 0 ? a->seen_history : a->history;
+    pr->ring_cap = pr->seen_hist > a->history ? pr->seen_hist : a->history;
+    pr->extra_rows = malloc((size_t)a->batch * pr->ring_cap * sizeof *pr->extra_rows);
+    pr->ring_ev = malloc((size_t)pr->ring_cap * sizeof *pr->ring_ev);
     pr->seen_flag = malloc((size_t)a->batch * sizeof *pr->seen_flag);
     if (!pr->extra || !pr->extra_rows || !pr->ring_ev || !pr->seen_flag ||
-        hl_eval_rings_init(&pr->rings, pr->d->users.n, a->history, pr->d->n_ev) != 0)
+        hl_eval_rings_init(&pr->rings, pr->d->users.n, pr->seen_hist, pr->d->n_ev) != 0)
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory for %d users' "
-                      "rings of %d (or over 2^31 events)", pr->d->users.n, a->history);
+                      "rings of %d (or over 2^31 events)", pr->d->users.n, pr->seen_hist);
     if (a->per_user) {
         pr->user_n = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_n);
         pr->user_hits = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_hits);
@@ -224,7 +228,7 @@ static const hl_rank_exclude *seen_folded(preq_run *pr, int n)
         return NULL;
     for (int b = 0; b < n; b++) {
         const hl_row_view *v = &pr->copy[b].v;
-        int32_t *rows = pr->extra_rows + (size_t)b * pr->a->history;
+        int32_t *rows = pr->extra_rows + (size_t)b * pr->ring_cap;
         int k = 0;
         for (int h = 0; h < v->n_hist; h++) {
             int i = hl_row_hist_index(v, h);
@@ -254,7 +258,7 @@ static void seen_capture(preq_run *pr, int b, int64_t i)
 {
     const ev_rec *e = &pr->d->ev[i];
     const hl_row_view *v = &pr->copy[b].v;
-    int32_t *rows = pr->extra_rows + (size_t)b * pr->a->history;
+    int32_t *rows = pr->extra_rows + (size_t)b * pr->ring_cap;
     uint8_t flag = 0;
     for (int h = 0; h < v->n_hist; h++)
         if (v->hist_key[hl_row_hist_index(v, h)] == e->key)
@@ -381,10 +385,10 @@ static void preq_print(const preq_run *pr, double seconds)
 {
     const eval_data *d = pr->d;
     printf("{\"protocol\":\"prequential\",\"k\":%d,\"events\":%lld,\"users\":%d,"
-           "\"items\":%d,\"bad_lines\":%lld,\"history\":%d,\"exclude_seen\":%s,"
-           "\"seen_ring\":\"%s\",\"events_item_unknown\":%lld",
+           "\"items\":%d,\"bad_lines\":%lld,\"history\":%d,\"seen_history\":%d,"
+           "\"exclude_seen\":%s,\"seen_ring\":\"%s\",\"events_item_unknown\":%lld",
            pr->a->k, (long long)d->n_ev, d->users.n, d->n_rows,
-           (long long)d->st.bad_lines, pr->a->history,
+           (long long)d->st.bad_lines, pr->a->history, pr->seen_hist,
            pr->a->exclude_seen ? "true" : "false", pr->a->seen_full ? "full" : "own",
            (long long)d->unknown);
     if (pr->m) {

@@ -33,6 +33,7 @@ struct hl_migration {
     const hl_model *from, *to;
     hl_decay  decay;
     int       dim, n_heads, n_shared;
+    double    residual;       /* ||E_from M - E_to||_F / ||E_to||_F, shared items */
     float     tw[HL_N_TYPES];
     float    *m;              /* (dim, dim) */
     float    *delta;          /* (n_from, dim): e_to[row_map[r]] - e_from[r] M, or
@@ -214,12 +215,18 @@ static int make_delta(hl_migration *mg, char *errbuf, size_t errlen)
     if (mg->n_from > 0)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mg->n_from, d, d, -1.0f,
                     mg->e_from, d, mg->m, d, 0.0f, mg->delta, d);
+    double res = 0, norm = 0;
     for (int32_t r = 0; r < mg->n_from; r++) {
         if (mg->row_map[r] < 0) continue;
         float *dr = mg->delta + (size_t)r * d;
         const float *xn = mg->e_to + (size_t)mg->row_map[r] * d;
-        for (int j = 0; j < d; j++) dr[j] += xn[j];
+        for (int j = 0; j < d; j++) {
+            dr[j] += xn[j];
+            res += (double)dr[j] * dr[j];
+            norm += (double)xn[j] * xn[j];
+        }
     }
+    mg->residual = norm > 0 ? sqrt(res / norm) : 0;
     return 0;
 }
 
@@ -305,6 +312,7 @@ void hl_migration_destroy(hl_migration *mg)
 
 const float *hl_migration_map(const hl_migration *mg) { return mg->m; }
 int hl_migration_shared(const hl_migration *mg) { return mg->n_shared; }
+double hl_migration_residual(const hl_migration *mg) { return mg->residual; }
 
 /* ---- one row ------------------------------------------------------------ */
 

@@ -49,6 +49,10 @@ hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES
 
 const float *hl_migration_map(const hl_migration *mg);  /* M: (dim, dim) row-major */
 int          hl_migration_shared(const hl_migration *mg); /* items both know */
+/* How well M fits, unweighted, over the items both know:
+ * ||E_old M - E_new||_F / ||E_new||_F (0: exact; 1: M explains nothing).
+ * What is older than a user's ring moves with this error. 0 for a rebuild. */
+double       hl_migration_residual(const hl_migration *mg);
 
 /* Migrates one row in place: its heads into to's space, its ring's item
  * rows to to's rows (-1 for an item to does not know; an item from did

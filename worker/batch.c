@@ -101,8 +101,8 @@ static void cadence_note_batch(hl_wthread *t, int n, int64_t start_us)
 int hl_batch_consume(hl_wthread *t)
 {
     int bm = t->ctx->o->batch_max_messages;
-    if (t->migrating && bm > HL_SWAP_BATCH_MAX)
-        bm = HL_SWAP_BATCH_MAX;         /* bounds what one batch migrates */
+    if (t->migrating && bm > t->swap_cap)
+        bm = t->swap_cap;               /* bounds what one batch migrates */
     int64_t now_us = hl_now_mono_us(), end = now_us / 1000 + t->ctx->o->batch_max_ms;
     int n = t->n_waits > 0 ? hl_park_take_ready(t, t->msgs, bm) : 0;  /* they come first */
     for (int i = 0; i < n; i++)

@@ -77,6 +77,17 @@ typedef struct hl_shard {
     uint32_t    mig_cursor;          /* the sweep's next row id */
     uint64_t    mig_rows;            /* rows this migration moved */
     int64_t     mig_t0_us;
+    int         mig_finished;        /* the sweep passed every row; the old
+                                        model is released at the next tick */
+    /* What migration costs this shard's thread, in CPU microseconds,
+     * measured as it runs (swap.c): they size the sweep's chunks and the
+     * records a batch may take, so both fit a time budget, not a row
+     * count (a row's cost varies with the load and the ring). */
+    double      mig_row_us;          /* a stale row a batch touches */
+    double      mig_look_us;         /* a batch event's extra lookup */
+    double      mig_sweep_us;        /* a stale row the sweep migrates */
+    double      mig_pass_us;         /* a row the sweep passes (not migrating) */
+    double      mig_touch_max_us;    /* the longest a batch's migrations took */
     hl_counter *c_migrated;          /* halflife_users_migrated_total */
 } hl_shard;
 
@@ -163,11 +174,16 @@ static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
 
 #define HL_MIG_CHUNK 64               /* rows migrated per SGEMM */
 /* Records per batch while a shard of the thread migrates: each stale user
- * a batch touches is migrated before its event (~5-8 us at dim 64, 3
- * heads, history 32), so this bounds the stall a swap adds to one batch
- * (bench_swap) at the price of smaller batches for the migration's few
- * seconds. */
+ * a batch touches is migrated before its event (~5-15 us at dim 64, 3
+ * heads, history 32, more when the machine is loaded), so a batch takes
+ * only as many records as its shards' measured cost per record lets
+ * migrate in HL_SWAP_BATCH_BUDGET_US (hl_shard_swap_batch_cap), at most
+ * HL_SWAP_BATCH_MAX and at least HL_SWAP_BATCH_MIN: this bounds the stall
+ * a swap adds to one batch (bench_swap) at the price of smaller batches
+ * for the migration's few seconds. */
 #define HL_SWAP_BATCH_MAX 512
+#define HL_SWAP_BATCH_MIN 16
+#define HL_SWAP_BATCH_BUDGET_US 2000
 
 /* ---- model swaps (swap.c, DESIGN.md section 10), owner thread ---------- */
 
@@ -183,8 +199,17 @@ int  hl_shard_swap_begin(hl_shard *sh, hl_mref *to);
 void hl_shard_swap_touch_batch(hl_shard *sh);
 void hl_shard_swap_touch(hl_shard *sh, uint32_t row);
 
-/* Between batches: migrates rows until budget_us is spent. Returns the
- * rows moved; finishing the migration releases the old model. */
+/* The records a batch may take while sh migrates so that migrating its
+ * stale users costs at most budget_us of the thread's CPU (every record a
+ * stale user, at the costs measured so far); INT_MAX when sh does not
+ * migrate. */
+int  hl_shard_swap_batch_cap(const hl_shard *sh, int64_t budget_us);
+
+/* Between batches: migrates rows until budget_us (wall time) is spent,
+ * in chunks sized by the measured cost per row so the last one ends
+ * within the budget. Returns the rows moved. The tick after the sweep
+ * passed the last row releases the old model (and does nothing else, so
+ * that release, an unmap, never adds to a full slice). */
 size_t hl_shard_swap_tick(hl_shard *sh, int64_t budget_us);
 
 /* Migrates every row left (a snapshot or hand-over needs one model). */

@@ -6,7 +6,11 @@
  * flips its table's generation: every row is stale (still in the old
  * model's space) at no cost. A stale row is migrated before an event is
  * applied to it, before it is refreshed, and by a sweep between batches
- * that walks row ids in bounded slices; rows inserted since are fresh.
+ * that walks row ids in slices bounded by time; rows inserted since are
+ * fresh. What a row costs is measured as the migration runs (the thread's
+ * CPU time per chunk), and both the sweep's chunks and the records a
+ * batch may take are sized from it: a count of rows alone let one slice
+ * reach 10 ms when rows cost more than usual (bench_swap, 2026-12-03).
  * The shard keeps a reference to the old model until the sweep is done,
  * and no snapshot starts meanwhile (a file names one model): a revocation
  * or a stop finishes the migration first. Owner thread only. */
@@ -14,27 +18,55 @@
 
 #include "log.h"
 
+#include <limits.h>
 #include <stdlib.h>
+#include <time.h>
 
-/* Migrates the queued rows, HL_MIG_CHUNK at most, in one SGEMM. */
-static void flush(hl_shard *sh)
+/* Cost estimates before the first measurement: on the high side (a loaded
+ * machine), so the first batch after a swap is small rather than long. */
+#define ROW_US_START   40.0
+#define LOOK_US_START  0.5
+#define SWEEP_US_START 10.0
+#define PASS_US_START  0.5
+
+/* The thread's CPU time: a slice's cost is what this thread spent, not
+ * the time other processes held the core meanwhile. */
+static double cpu_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+/* An estimate follows a dearer sample at once and a cheaper one slowly:
+ * it sizes a bound, so it must not be caught low by a costly stretch. */
+static void note_cost(double *est, double sample)
+{
+    *est = sample > *est ? sample : 0.75 * *est + 0.25 * sample;
+}
+
+/* Migrates the queued rows, HL_MIG_CHUNK at most, in one SGEMM. Returns
+ * the CPU microseconds it took (what the cost estimates are made of). */
+static double flush(hl_shard *sh)
 {
     if (sh->mig_n == 0)
-        return;
+        return 0;
+    double t0 = cpu_us();
     hl_migration_rows(sh->mig, sh->mig_edit, sh->mig_n, sh->mig_scratch);
     sh->mig_rows += (uint64_t)sh->mig_n;
     sh->mig_n = 0;
+    return cpu_us() - t0;
 }
 
 /* Queues a stale row; it counts as migrated from here on (a second event
  * of the same user in the batch does not queue it again). The queue is
- * flushed before anything else touches the table. */
-static void migrate_row(hl_shard *sh, uint32_t row)
+ * flushed before anything else touches the table. Returns what a flush
+ * it made took (0: none). */
+static double migrate_row(hl_shard *sh, uint32_t row)
 {
     hl_table_edit(sh->tbl, row, &sh->mig_edit[sh->mig_n++]);
     hl_table_row_done(sh->tbl, row);
-    if (sh->mig_n == HL_MIG_CHUNK)
-        flush(sh);
+    return sh->mig_n == HL_MIG_CHUNK ? flush(sh) : 0;
 }
 
 static void done(hl_shard *sh)
@@ -48,6 +80,7 @@ static void done(hl_shard *sh)
     free(sh->mig_scratch);
     free(sh->mig_edit);
     sh->mig_edit = NULL;
+    sh->mig_finished = 0;
     sh->mig_from = NULL;
     sh->mig_own = NULL;
     sh->mig = NULL;
@@ -100,6 +133,12 @@ int hl_shard_swap_begin(hl_shard *sh, hl_mref *to)
     sh->mref = hl_mref_get(to);
     sh->mig_cursor = 0;
     sh->mig_rows = 0;
+    sh->mig_finished = 0;
+    sh->mig_row_us = ROW_US_START;
+    sh->mig_look_us = LOOK_US_START;
+    sh->mig_sweep_us = SWEEP_US_START;
+    sh->mig_pass_us = PASS_US_START;
+    sh->mig_touch_max_us = 0;
     sh->mig_t0_us = hl_now_mono_us();
     hl_log(HL_LOG_INFO, "migration_started", "partition=%d from=\"%s\" to=\"%s\" "
            "next_offset=%lld", (int)sh->partition, sh->mig_from->mi->version,
@@ -127,56 +166,121 @@ static void prefetch_user(hl_shard *sh, int i)
 /* The batch's users are looked up once more here, before the table's own
  * pipelined apply: one at a time, each lookup's index miss was waited for
  * and most of what a batch cost beyond its usual time while migrating
- * (bench_swap), so the slots of TOUCH_AHEAD events later are asked for. */
+ * (bench_swap), so the slots of TOUCH_AHEAD events later are asked for.
+ * The lookups and the migrations are timed apart: the batch cap bounds
+ * both (hl_shard_swap_batch_cap). */
 void hl_shard_swap_touch_batch(hl_shard *sh)
 {
     uint64_t before = sh->mig_rows;
-    if (sh->mig_from == NULL)
+    if (sh->mig_from == NULL || sh->mig_finished)
         return;
+    double t0 = cpu_us(), mig_us = 0;
     for (int i = 0; i < TOUCH_AHEAD; i++)
         prefetch_user(sh, i);
     for (int i = 0; i < sh->n_ev; i++) {
         prefetch_user(sh, i + TOUCH_AHEAD);
         int64_t row = hl_table_find(sh->tbl, sh->ev[i].user, sh->ev[i].user_len);
         if (row >= 0 && hl_table_row_stale(sh->tbl, (uint32_t)row))
-            migrate_row(sh, (uint32_t)row);
+            mig_us += migrate_row(sh, (uint32_t)row);
     }
-    flush(sh);
-    hl_counter_add(sh->c_migrated, sh->mig_rows - before);
+    mig_us += flush(sh);
+    uint64_t rows = sh->mig_rows - before;
+    if (rows >= HL_MIG_CHUNK / 4)       /* a few rows time a chunk's overhead */
+        note_cost(&sh->mig_row_us, mig_us / (double)rows);
+    double all_us = cpu_us() - t0;
+    note_cost(&sh->mig_look_us, (all_us - mig_us) / (double)sh->n_ev);
+    if (all_us > sh->mig_touch_max_us)
+        sh->mig_touch_max_us = all_us;
+    hl_counter_add(sh->c_migrated, rows);
 }
 
-/* Up to max_rows from the cursor; 1 when the sweep has passed every row. */
-static int sweep(hl_shard *sh, size_t max_rows)
+int hl_shard_swap_batch_cap(const hl_shard *sh, int64_t budget_us)
 {
+    if (sh->mig_from == NULL || sh->mig_finished)
+        return INT_MAX;
+    double cap = (double)budget_us / (sh->mig_row_us + sh->mig_look_us);
+    if (cap > HL_SWAP_BATCH_MAX)
+        return HL_SWAP_BATCH_MAX;
+    return cap < HL_SWAP_BATCH_MIN ? HL_SWAP_BATCH_MIN : (int)cap;
+}
+
+/* What one chunk of the sweep may do: pass max_pass live rows, migrate
+ * max_mig of them; and what it did. */
+typedef struct chunk {
+    size_t max_pass, max_mig, passed, migrated;
+    double mig_us;              /* CPU in the migrations (flushes) */
+} chunk;
+
+/* One chunk from the cursor; 1 when the sweep has passed every row. */
+static int sweep(hl_shard *sh, chunk *c)
+{
+    uint64_t before = sh->mig_rows + (uint64_t)sh->mig_n;
     int end = 0;
-    for (size_t i = 0; i < max_rows && !end; i++) {
+    for (; c->passed < c->max_pass; c->passed++) {
+        if (sh->mig_rows + (uint64_t)sh->mig_n - before >= c->max_mig)
+            break;
         uint32_t row = hl_table_next_live(sh->tbl, sh->mig_cursor);
         if (row == UINT32_MAX) {
             end = 1;
             break;
         }
         if (hl_table_row_stale(sh->tbl, row))
-            migrate_row(sh, row);
+            c->mig_us += migrate_row(sh, row);
         sh->mig_cursor = row + 1;
     }
-    flush(sh);
+    c->mig_us += flush(sh);
+    c->migrated = (size_t)(sh->mig_rows - before);
     return end;
 }
 
-#define SLICE_ROWS 64       /* rows between two looks at the clock */
+#define CHUNK_US      500   /* CPU per chunk: the clock is read between two */
+#define CHUNK_ROWS_MIN 8    /* a tick's first chunk, whatever the estimates */
+
+/* A chunk that fits left_us at the measured costs, half of it for passing
+ * rows and half for migrating the stale ones among them: the two differ
+ * some fifty-fold, and a chunk sized by its rows' mean cost while they
+ * were mostly migrated already was long once it met a stale stretch. */
+static chunk chunk_plan(const hl_shard *sh, double left_us, int first)
+{
+    double us = (left_us < CHUNK_US ? left_us : CHUNK_US) / 2;
+    chunk c = {0};
+    if (us > 0) {
+        c.max_pass = (size_t)(us / sh->mig_pass_us);
+        c.max_mig = (size_t)(us / sh->mig_sweep_us);
+    }
+    if (first && c.max_mig < CHUNK_ROWS_MIN) c.max_mig = CHUNK_ROWS_MIN;
+    if (first && c.max_pass < CHUNK_ROWS_MIN) c.max_pass = CHUNK_ROWS_MIN;
+    return c;
+}
+
+/* The chunk's costs into the estimates (when it did enough to time). */
+static void chunk_note(hl_shard *sh, const chunk *c, double us)
+{
+    if (c->migrated >= CHUNK_ROWS_MIN)
+        note_cost(&sh->mig_sweep_us, c->mig_us / (double)c->migrated);
+    if (c->passed >= CHUNK_ROWS_MIN)
+        note_cost(&sh->mig_pass_us, (us - c->mig_us) / (double)c->passed);
+}
 
 size_t hl_shard_swap_tick(hl_shard *sh, int64_t budget_us)
 {
     if (sh->mig_from == NULL)
         return 0;
+    if (sh->mig_finished) {
+        done(sh);
+        return 0;
+    }
     uint64_t before = sh->mig_rows;
     int64_t end = hl_now_mono_us() + budget_us;
-    int finished = 0;
-    while (!finished && hl_now_mono_us() < end)
-        finished = sweep(sh, SLICE_ROWS);
+    for (int first = 1; !sh->mig_finished; first = 0) {
+        chunk c = chunk_plan(sh, (double)(end - hl_now_mono_us()), first);
+        if (c.max_pass == 0 || c.max_mig == 0)
+            break;
+        double t0 = cpu_us();
+        sh->mig_finished = sweep(sh, &c);
+        chunk_note(sh, &c, cpu_us() - t0);
+    }
     hl_counter_add(sh->c_migrated, sh->mig_rows - before);
-    if (finished)
-        done(sh);
     return (size_t)(sh->mig_rows - before);
 }
 
@@ -185,7 +289,10 @@ void hl_shard_swap_finish(hl_shard *sh)
     if (sh->mig_from == NULL)
         return;
     uint64_t before = sh->mig_rows;
-    while (!sweep(sh, SIZE_MAX)) {}
+    while (!sh->mig_finished) {
+        chunk c = {.max_pass = SIZE_MAX, .max_mig = SIZE_MAX};
+        sh->mig_finished = sweep(sh, &c);
+    }
     hl_counter_add(sh->c_migrated, sh->mig_rows - before);
     done(sh);
 }

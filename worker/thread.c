@@ -12,6 +12,7 @@
  * partitions); growth happens at assignment time, never inside a batch. */
 #include "thread_internal.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -302,9 +303,23 @@ static int newer_shard(const hl_wthread *t)
     return 0;
 }
 
+/* Whether a shard migrates, and then the records the next batch may take:
+ * the least any migrating shard allows (hl_shard_swap_batch_cap). */
+static void note_migrating(hl_wthread *t)
+{
+    t->migrating = 0;
+    t->swap_cap = INT_MAX;
+    for (int i = 0; i < t->n_own; i++) {
+        int cap = hl_shard_swap_batch_cap(t->own[i], HL_SWAP_BATCH_BUDGET_US);
+        t->migrating |= t->own[i]->mig_from != NULL;
+        if (cap < t->swap_cap)
+            t->swap_cap = cap;
+    }
+}
+
 /* Before a batch is consumed (top) and again before it runs. A new current
  * model becomes this thread's before the consume, so the first batch after
- * a swap is already capped at HL_SWAP_BATCH_MAX (after the consume only
+ * a swap is already capped (note_migrating; after the consume only
  * when a shard given meanwhile is in it already); a ranker for it comes
  * first: without one the old model keeps serving and the next batch tries
  * again. Then every shard whose rows are in another model starts migrating
@@ -330,27 +345,29 @@ static int model_sync(hl_wthread *t, int top)
             hl_items_local_update(t->ctx->items, &t->cat, t->ranker, nm->gen);
         }
     }
-    t->migrating = 0;
     for (int i = 0; i < t->n_own; i++) {
         if (hl_shard_swap_begin(t->own[i], t->mref) != 0) {
             int zero = 0;
             atomic_compare_exchange_strong(t->ctx->stop, &zero, 1);
             return -1;
         }
-        t->migrating |= t->own[i]->mig_from != NULL;
     }
+    note_migrating(t);
     return 0;
 }
 
-/* Between batches: migration slices, one shard per round while it lasts. */
+/* Between batches: migration slices, one shard per round while it lasts,
+ * within SWAP_TICK_US for all of them (a shard whose slice only passed
+ * rows already moved hands the rest of the budget on, not a new one). */
 static void swap_tick(hl_wthread *t)
 {
-    int busy = 0;
-    for (int i = 0; i < t->n_own && !busy; i++)
-        busy = hl_shard_swap_tick(t->own[i], SWAP_TICK_US) > 0;
-    t->migrating = 0;
-    for (int i = 0; i < t->n_own; i++)
-        t->migrating |= t->own[i]->mig_from != NULL;
+    int64_t end = hl_now_mono_us() + SWAP_TICK_US;
+    for (int i = 0; i < t->n_own; i++) {
+        int64_t left = end - hl_now_mono_us();
+        if (left <= 0 || hl_shard_swap_tick(t->own[i], left) > 0)
+            break;
+    }
+    note_migrating(t);
 }
 
 /* A graceful stop: every held-back list out, every list delivered, then a

@@ -100,6 +100,8 @@ struct hl_wthread {
     /* ---- owned by the thread ---- */
     hl_mref     *mref;                              /* thread.c: the model served */
     int          migrating;                         /* thread.c: a shard migrates */
+    int          swap_cap;                          /* thread.c: records per batch
+                                                       meanwhile (swap.c sizes it) */
     int32_t     *take_copy; int cap_take_copy;      /* thread.c */
     hl_shard   **own;     int n_own, cap_own;       /* thread.c */
     hl_shard   **by_part; int cap_part;             /* thread.c: by partition */

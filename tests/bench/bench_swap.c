@@ -4,15 +4,22 @@
  * The worker's own code runs: a shard (worker/shard.c) holding model A's
  * state, the model set (worker/models.c) loading B renamed over its path
  * and fitting the map, then the thread's loop as thread.c runs it during
- * a migration: a batch of 1024 events for random users (stale rows they
- * touch are migrated first), then one migration slice (SWAP_TICK_US,
- * 2 ms), until every user is in B's space.
+ * a migration: a batch of events for random users (stale rows they touch
+ * are migrated first; as many events as hl_shard_swap_batch_cap allows,
+ * as batch.c takes), then one migration slice (SWAP_TICK_US, 2 ms), until
+ * every user is in B's space.
  *
  * Figures:
  *   swap_stall: the longest the batch loop is held up by the swap: the
- *     shard's switch at a batch's top, the longest slice, and the longest
- *     batch during the migration beyond the median batch before it
- *     (target: under 10 ms);
+ *     shard's switch at a batch's top, the longest slice (the last one,
+ *     which releases the old model, apart as release_ms), and the longest
+ *     batch during the migration beyond a batch of its size before the
+ *     swap (a + b events, fitted on the medians of 512- and 64-event
+ *     batches) (target: under 10 ms); max_touch_ms is the migration
+ *     inside a batch alone (hl_shard_swap_touch_batch, the shard's own
+ *     clock), so a batch whose apply was slowed by other processes is
+ *     told from one the swap held up; the excess's p99 and p999 and the
+ *     worst batch (index, events, rows it migrated) go with it;
  *   swap_migrate_all: seconds from the switch until the last user moved,
  *     counting the thread's migration work only (slices and the batches'
  *     excess), against the ceiling: one SGEMM of users x dim by dim x dim
@@ -24,9 +31,9 @@
  * Times are the thread's CPU time (see now_s).
  * `--users N` changes the user count, `--batch N` the events per batch
  * (batch.max.messages): the stall grows with the distinct stale users one
- * batch touches, so while a shard migrates the thread takes at most
- * HL_SWAP_BATCH_MAX records per batch, as this loop does; the median batch
- * it is compared with is a full one. */
+ * batch touches, so while a shard migrates the thread takes only as many
+ * records as the shard's measured cost per record lets migrate in
+ * HL_SWAP_BATCH_BUDGET_US (hl_shard_swap_batch_cap), as this loop does. */
 #include "log.h"
 #include "migrate.h"
 #include "models.h"
@@ -47,7 +54,6 @@
 #define FILL_EV  8          /* events per user before the swap */
 #define TICK_US  2000       /* thread.c's SWAP_TICK_US */
 
-static int BATCH = BATCH_DEFAULT;
 static uint64_t rng = 88172645463325252ull;
 static uint64_t rnd(void)
 {
@@ -111,18 +117,23 @@ static int write_model(const char *path, int first_id, const float *base_e_in,
 typedef struct run {
     hl_shard   *sh;
     hl_model   *a;
+    hl_models  *ms;
+    hl_metrics *reg;
     uint32_t    n_users;
+    int         batch;      /* events per batch: full, or the swap's cap */
+    int         full;       /* --batch (batch.max.messages) */
     int64_t     offset, ts;
     char       *names;      /* n_users ids of 12 bytes */
+    char        path_a[64], path_b[64], live[64];
 } run;
 
-/* One batch of n events: users in order from first (fill) or random. */
+/* One batch of r->batch events: users in order from first (fill) or random. */
 static double batch(run *r, const hl_model *m, uint32_t first, int random)
 {
     hl_shard *sh = r->sh;
     int dup, failed;
     hl_shard_batch_begin(sh);
-    for (int i = 0; i < BATCH; i++) {
+    for (int i = 0; i < r->batch; i++) {
         uint32_t u = random ? (uint32_t)(rnd() % r->n_users) : (first + (uint32_t)i) % r->n_users;
         hl_event ev = {.user = r->names + (size_t)u * 12, .user_len = 11,
                        .item = (int32_t)(rnd() % N_ITEMS), .type = HL_VIEW, .w = 1,
@@ -138,6 +149,19 @@ static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* The median of 200 random batches of n events under A. */
+static double batch_median(run *r, int n)
+{
+    enum { BASE = 200 };
+    double t[BASE];
+    int keep = r->batch;
+    r->batch = n;
+    for (int i = 0; i < BASE; i++) t[i] = batch(r, r->a, 0, 1);
+    r->batch = keep;
+    qsort(t, BASE, sizeof *t, cmp_d);
+    return t[BASE / 2];
 }
 
 /* One SGEMM of users x dim by dim x dim per head: the least a migration
@@ -163,142 +187,190 @@ static double sgemm_ceiling(uint32_t users)
 
 /* What the migration cost the shard thread, batch by batch (see main). */
 typedef struct mig_times {
-    double begin_s, work_s, max_tick, max_excess, slices_s, excess_s, wall_s, max_batch;
-    int batches;
+    double base_a, base_b;  /* a batch of n events before the swap: a + b n */
+    double base_med;        /* the median full batch before the swap */
+    double begin_s, fit_s, work_s, max_tick, release_s, max_excess, slices_s, excess_s;
+    double wall_s, max_batch, ceil_s;
+    int batches, min_events, max_events;
+    double *excess;         /* per batch, for the percentiles */
+    int     cap_excess;
+    int worst_batch, worst_events, worst_rows;  /* the batch of max_excess: its index,
+                                                   events, rows it migrated */
+    int64_t events;
 } mig_times;
+
+/* One batch of the migration and the slice after it, counted in mt. */
+static void migrate_step(run *r, hl_mref *b, mig_times *mt)
+{
+    int cap = hl_shard_swap_batch_cap(r->sh, HL_SWAP_BATCH_BUDGET_US);
+    r->batch = cap < r->full ? cap : r->full;
+    if (r->batch > mt->max_events) mt->max_events = r->batch;
+    if (r->batch < mt->min_events) mt->min_events = r->batch;
+    mt->events += r->batch;
+    uint64_t rows0 = r->sh->mig_rows;
+    double bt = batch(r, b->m, 0, 1);
+    double excess = bt - (mt->base_a + mt->base_b * r->batch);
+    if (bt > mt->max_batch) mt->max_batch = bt;
+    if (mt->batches == mt->cap_excess) {
+        mt->cap_excess = mt->cap_excess ? 2 * mt->cap_excess : 4096;
+        mt->excess = realloc(mt->excess, sizeof *mt->excess * (size_t)mt->cap_excess);
+    }
+    mt->excess[mt->batches] = excess;
+    if (excess > mt->max_excess) {
+        mt->max_excess = excess;
+        mt->worst_batch = mt->batches;
+        mt->worst_events = r->batch;
+        mt->worst_rows = (int)(r->sh->mig_rows - rows0);
+    }
+    if (excess > 0) {
+        mt->work_s += excess;
+        mt->excess_s += excess;
+    }
+    int releasing = r->sh->mig_finished;
+    double t0 = now_s();
+    hl_shard_swap_tick(r->sh, TICK_US);
+    double tk = now_s() - t0;
+    mt->work_s += tk;
+    mt->slices_s += tk;
+    if (releasing)
+        mt->release_s = tk;
+    if (tk > mt->max_tick) mt->max_tick = tk;
+    mt->batches++;
+}
 
 /* Batches under B, with a sweep tick after each, until every row is in
  * B's space: the work counted is each tick plus what each batch took
- * beyond cap_med, a batch of its own size before the swap. */
-static void migrate_all(run *r, hl_mref *b, double cap_med, mig_times *mt)
+ * beyond a batch of its own size before the swap. */
+static void migrate_all(run *r, hl_mref *b, mig_times *mt)
 {
-    int full = BATCH;
     double wall0 = now_s();
     mt->work_s = mt->begin_s;
-    if (BATCH > HL_SWAP_BATCH_MAX)
-        BATCH = HL_SWAP_BATCH_MAX;
-    while (r->sh->mig_from != NULL) {
-        double bt = batch(r, b->m, 0, 1);
-        double excess = bt > cap_med ? bt - cap_med : 0;
-        if (bt > mt->max_batch) mt->max_batch = bt;
-        if (bt - cap_med > mt->max_excess) mt->max_excess = bt - cap_med;
-        mt->work_s += excess;
-        mt->excess_s += excess;
-        double t0 = now_s();
-        hl_shard_swap_tick(r->sh, TICK_US);
-        double tk = now_s() - t0;
-        mt->work_s += tk;
-        mt->slices_s += tk;
-        if (tk > mt->max_tick) mt->max_tick = tk;
-        mt->batches++;
-    }
+    mt->min_events = 1 << 30;
+    while (r->sh->mig_from != NULL)
+        migrate_step(r, b, mt);
     mt->wall_s = now_s() - wall0;
-    BATCH = full;
+    r->batch = r->full;
+}
+
+/* Models A and B written, A served by a model set and a shard of n users
+ * filled with FILL_EV events each. 0, or 1 with the reason printed. */
+static int setup(run *r)
+{
+    char err[512];
+    int pid = (int)getpid();
+    snprintf(r->path_a, sizeof r->path_a, "/tmp/bench_swap_a_%d.hlm", pid);
+    snprintf(r->path_b, sizeof r->path_b, "/tmp/bench_swap_b_%d.hlm", pid);
+    snprintf(r->live, sizeof r->live, "/tmp/bench_swap_live_%d.hlm", pid);
+    if (write_model(r->path_a, 0, NULL, "bench-A") != 0) return 1;
+    r->a = hl_model_open(r->path_a, err, sizeof err);
+    if (r->a == NULL || write_model(r->path_b, N_ITEMS / 10, hl_model_e_in(r->a), "bench-B") != 0 ||
+        link(r->path_a, r->live) != 0) {
+        fprintf(stderr, "bench_swap: %s\n", r->a ? "cannot write models" : err);
+        return 1;
+    }
+    r->reg = hl_metrics_create();
+    hl_models_opts mo = {.path = r->live, .check_ms = 0, .reg = r->reg};
+    r->ms = hl_models_create(&mo, r->a, err, sizeof err);
+    hl_table_opts to = {.history = HISTORY, .max_users = 0, .evict_mass = 0,
+                        .expected_users = r->n_users};
+    double hls[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+    hl_decay_init(&to.decay, HEADS, DIM, hls, err, sizeof err);
+    hl_table *tbl = hl_table_create(&to, err, sizeof err);
+    r->sh = hl_shard_create(0, tbl, -1, NULL, r->batch, 0, r->reg, err, sizeof err);
+    if (r->ms == NULL || r->sh == NULL) {
+        fprintf(stderr, "bench_swap: %s\n", err);
+        return 1;
+    }
+    r->sh->mref = hl_models_acquire(r->ms);
+    r->sh->c_migrated = hl_metrics_counter(r->reg, "halflife_users_migrated_total", "", NULL);
+    r->names = malloc((size_t)r->n_users * 12);
+    for (uint32_t u = 0; u < r->n_users; u++) snprintf(r->names + (size_t)u * 12, 12, "u%010u", u);
+    for (uint64_t i = 0; i < (uint64_t)r->n_users * FILL_EV; i += (uint64_t)r->batch)
+        batch(r, r->a, (uint32_t)(i % r->n_users), 0);
+    return 0;
+}
+
+/* The q quantile of the batches' excess (sorts them). */
+static double excess_q(mig_times *mt, double q)
+{
+    qsort(mt->excess, (size_t)mt->batches, sizeof *mt->excess, cmp_d);
+    return mt->excess[(int)(q * (mt->batches - 1))];
+}
+
+static void print(const run *r, mig_times *mt, int shared)
+{
+    double stall = mt->begin_s;
+    if (mt->max_tick > stall) stall = mt->max_tick;
+    if (mt->max_excess > stall) stall = mt->max_excess;
+    printf("{\"bench\":\"swap_stall\",\"users\":%u,\"dim\":%d,\"heads\":%d,\"value\":%.3f,"
+           "\"unit\":\"ms\",\"target\":10,\"met\":%s,\"begin_ms\":%.3f,\"max_slice_ms\":%.3f,"
+           "\"release_ms\":%.3f,\"max_touch_ms\":%.3f,\"max_batch_excess_ms\":%.3f,"
+           "\"batch_excess_p99_ms\":%.3f,\"batch_excess_p999_ms\":%.3f,\"max_batch_ms\":%.3f,"
+           "\"batch_median_ms\":%.3f,\"base_a_ms\":%.4f,\"base_us_per_event\":%.3f,"
+           "\"clock\":\"thread_cpu\",\"batch_events\":%d,\"batch_events_migrating\":"
+           "[%d,%d],\"events_per_batch_migrating\":%.0f,\"worst_batch\":[%d,%d,%d]}\n",
+           r->n_users, DIM, HEADS,
+           stall * 1e3, stall < 0.010 ? "true" : "false", mt->begin_s * 1e3,
+           mt->max_tick * 1e3, mt->release_s * 1e3, r->sh->mig_touch_max_us / 1e3,
+           mt->max_excess * 1e3, excess_q(mt, 0.99) * 1e3, excess_q(mt, 0.999) * 1e3,
+           mt->max_batch * 1e3, mt->base_med * 1e3, mt->base_a * 1e3, mt->base_b * 1e6,
+           r->batch, mt->min_events, mt->max_events, (double)mt->events / mt->batches,
+           mt->worst_batch, mt->worst_events, mt->worst_rows);
+    printf("{\"bench\":\"swap_migrate_all\",\"users\":%u,\"value\":%.3f,\"unit\":\"s\","
+           "\"ceiling\":%.3f,\"ceiling_what\":\"%d SGEMMs of users x dim by dim x dim\","
+           "\"ratio\":%.3f,\"slices_s\":%.3f,\"batch_excess_s\":%.3f,\"wall_s\":%.3f,"
+           "\"batches_meanwhile\":%d,\"users_per_s\":%.0f}\n", r->n_users, mt->work_s,
+           mt->ceil_s, HEADS, mt->ceil_s / mt->work_s, mt->slices_s, mt->excess_s, mt->wall_s,
+           mt->batches, (double)r->n_users / mt->work_s);
+    printf("{\"bench\":\"swap_fit\",\"items\":%d,\"shared\":%d,\"dim\":%d,\"value\":%.3f,"
+           "\"unit\":\"s\",\"where\":\"main thread, off the batch loop\"}\n", N_ITEMS,
+           shared, DIM, mt->fit_s);
 }
 
 int main(int argc, char **argv)
 {
-    uint32_t n_users = 1000000;
-    char err[512], path_a[64], path_b[64], live[64];
+    run r = {.n_users = 1000000, .batch = BATCH_DEFAULT, .ts = 1700000000000};
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--users") == 0) n_users = (uint32_t)atol(argv[i + 1]);
-        if (strcmp(argv[i], "--batch") == 0) BATCH = atoi(argv[i + 1]) > 0 ? atoi(argv[i + 1]) : 1;
+        if (strcmp(argv[i], "--users") == 0) r.n_users = (uint32_t)atol(argv[i + 1]);
+        if (strcmp(argv[i], "--batch") == 0) r.batch = atoi(argv[i + 1]) > 0 ? atoi(argv[i + 1]) : 1;
     }
+    r.full = r.batch;
     openblas_set_num_threads(1);
     hl_log_set_level(HL_LOG_WARN);
-    snprintf(path_a, sizeof path_a, "/tmp/bench_swap_a_%d.hlm", (int)getpid());
-    snprintf(path_b, sizeof path_b, "/tmp/bench_swap_b_%d.hlm", (int)getpid());
-    snprintf(live, sizeof live, "/tmp/bench_swap_live_%d.hlm", (int)getpid());
-    if (write_model(path_a, 0, NULL, "bench-A") != 0) return 1;
-    hl_model *a = hl_model_open(path_a, err, sizeof err);
-    if (a == NULL || write_model(path_b, N_ITEMS / 10, hl_model_e_in(a), "bench-B") != 0 ||
-        link(path_a, live) != 0) {
-        fprintf(stderr, "bench_swap: %s\n", a ? "cannot write models" : err);
+    if (setup(&r) != 0)
         return 1;
-    }
-    hl_metrics *reg = hl_metrics_create();
-    hl_models_opts mo = {.path = live, .check_ms = 0, .reg = reg};
-    hl_models *ms = hl_models_create(&mo, a, err, sizeof err);
-    hl_table_opts to = {.history = HISTORY, .max_users = 0, .evict_mass = 0,
-                        .expected_users = n_users};
-    double hls[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
-    hl_decay_init(&to.decay, HEADS, DIM, hls, err, sizeof err);
-    hl_table *tbl = hl_table_create(&to, err, sizeof err);
-    run r = {.n_users = n_users, .a = a, .ts = 1700000000000};
-    r.sh = hl_shard_create(0, tbl, -1, NULL, BATCH, 0, reg, err, sizeof err);
-    if (ms == NULL || r.sh == NULL) {
-        fprintf(stderr, "bench_swap: %s\n", err);
-        return 1;
-    }
-    r.sh->mref = hl_models_acquire(ms);
-    r.sh->c_migrated = hl_metrics_counter(reg, "halflife_users_migrated_total", "", NULL);
-    r.names = malloc((size_t)n_users * 12);
-    for (uint32_t u = 0; u < n_users; u++) snprintf(r.names + (size_t)u * 12, 12, "u%010u", u);
-
-    /* A's state: every user FILL_EV events, then the steady batch time. */
-    for (uint64_t i = 0; i < (uint64_t)n_users * FILL_EV; i += BATCH)
-        batch(&r, a, (uint32_t)(i % n_users), 0);
-    enum { BASE = 200 };
-    double base[BASE];
-    for (int i = 0; i < BASE; i++) base[i] = batch(&r, a, 0, 1);
-    qsort(base, BASE, sizeof *base, cmp_d);
-    double base_med = base[BASE / 2];
-    /* The same at the size batches have while migrating: the swap's stall
-     * is what a batch takes beyond a batch of its own size. */
-    int full = BATCH;
-    if (BATCH > HL_SWAP_BATCH_MAX)
-        BATCH = HL_SWAP_BATCH_MAX;      /* what batch.c takes while migrating */
-    for (int i = 0; i < BASE; i++) base[i] = batch(&r, a, 0, 1);
-    qsort(base, BASE, sizeof *base, cmp_d);
-    double cap_med = base[BASE / 2];
-    BATCH = full;
+    /* The steady batch before the swap, full and at two sizes batches take
+     * while migrating: a swap's stall is what a batch takes beyond a batch
+     * of its own size, a + b events. */
+    mig_times mt = {.base_med = batch_median(&r, r.batch)};
+    double m512 = batch_median(&r, 512), m64 = batch_median(&r, 64);
+    mt.base_b = (m512 - m64) / (512 - 64);
+    mt.base_a = m64 - 64 * mt.base_b;
 
     /* B renamed over the path; the main thread loads it and fits M. */
-    if (rename(path_b, live) != 0) return 1;
+    if (rename(r.path_b, r.live) != 0) return 1;
     double t0 = now_s();
-    int rc = hl_models_check(ms, 0, 1);
-    double fit_s = now_s() - t0;
+    int rc = hl_models_check(r.ms, 0, 1);
+    mt.fit_s = now_s() - t0;
     if (rc != 1) {
         fprintf(stderr, "bench_swap: the swap did not happen (%d)\n", rc);
         return 1;
     }
-    hl_mref *b = hl_models_acquire(ms);
+    hl_mref *b = hl_models_acquire(r.ms);
     t0 = now_s();
     hl_shard_swap_begin(r.sh, b);
-    mig_times mt = {.begin_s = now_s() - t0};
-    migrate_all(&r, b, cap_med, &mt);
-    double begin_s = mt.begin_s, work_s = mt.work_s, max_tick = mt.max_tick;
-    double max_excess = mt.max_excess, slices_s = mt.slices_s, excess_s = mt.excess_s;
-    double wall_s = mt.wall_s, max_batch = mt.max_batch;
-    int batches = mt.batches;
-    double ceil_s = sgemm_ceiling(n_users);
-    double stall = begin_s;
-    if (max_tick > stall) stall = max_tick;
-    if (max_excess > stall) stall = max_excess;
-    printf("{\"bench\":\"swap_stall\",\"users\":%u,\"dim\":%d,\"heads\":%d,\"value\":%.3f,"
-           "\"unit\":\"ms\",\"target\":10,\"met\":%s,\"begin_ms\":%.3f,\"max_slice_ms\":%.3f,"
-           "\"max_batch_excess_ms\":%.3f,\"max_batch_ms\":%.3f,\"batch_median_ms\":%.3f,"
-           "\"capped_batch_median_ms\":%.3f,\"clock\":\"thread_cpu\",\"batch_events\":%d,"
-           "\"batch_events_migrating\":%d}\n", n_users, DIM, HEADS,
-           stall * 1e3, stall < 0.010 ? "true" : "false", begin_s * 1e3, max_tick * 1e3,
-           max_excess * 1e3, max_batch * 1e3, base_med * 1e3, cap_med * 1e3, BATCH,
-           BATCH < HL_SWAP_BATCH_MAX ? BATCH : HL_SWAP_BATCH_MAX);
-    printf("{\"bench\":\"swap_migrate_all\",\"users\":%u,\"value\":%.3f,\"unit\":\"s\","
-           "\"ceiling\":%.3f,\"ceiling_what\":\"%d SGEMMs of users x dim by dim x dim\","
-           "\"ratio\":%.3f,\"slices_s\":%.3f,\"batch_excess_s\":%.3f,\"wall_s\":%.3f,"
-           "\"batches_meanwhile\":%d,\"users_per_s\":%.0f}\n",
-           n_users, work_s, ceil_s, HEADS, ceil_s / work_s, slices_s, excess_s, wall_s, batches,
-           (double)n_users / work_s);
-    printf("{\"bench\":\"swap_fit\",\"items\":%d,\"shared\":%d,\"dim\":%d,\"value\":%.3f,"
-           "\"unit\":\"s\",\"where\":\"main thread, off the batch loop\"}\n", N_ITEMS,
-           hl_migration_shared(b->from_prev), DIM, fit_s);
+    mt.begin_s = now_s() - t0;
+    migrate_all(&r, b, &mt);
+    mt.ceil_s = sgemm_ceiling(r.n_users);
+    print(&r, &mt, hl_migration_shared(b->from_prev));
+    free(mt.excess);
     hl_mref_release(b);
     hl_shard_destroy(r.sh);
-    hl_models_destroy(ms);
-    hl_model_close(a);
-    hl_metrics_destroy(reg);
+    hl_models_destroy(r.ms);
+    hl_model_close(r.a);
+    hl_metrics_destroy(r.reg);
     free(r.names);
-    unlink(path_a);
-    unlink(live);
+    unlink(r.path_a);
+    unlink(r.live);
     return 0;
 }

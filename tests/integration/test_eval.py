@@ -356,6 +356,23 @@ def test_seen_ring_full():
     assert short_none["targets_in_full_ring"]["hits"] >= gained > 0, short_none
 
 
+def test_seen_history_sets_the_full_ring():
+    """--seen-history: the full ring (what --seen-ring full leaves out) has
+    its own length, so a longer state ring (--history, what a migration
+    recomputes exactly) is measured with the same items left out."""
+    path, rows, bias = bias_model()
+    base = ["--model", path, "--input", PATH, "--format", "events-csv",
+            "--protocol", "prequential", "--k", "5", "--history", "8", "--score-from", "0.5",
+            "--seen-ring", "full"]
+    got, whole = run(*base, "--seen-history", "4"), run(*base)
+    assert got["history"] == 8 and got["seen_history"] == 4, got
+    assert got["targets_in_full_ring"]["n"] < whole["targets_in_full_ring"]["n"], (got, whole)
+    for n, res in ((4, got), (8, whole)):
+        want, _, w_full = ref_seen(rows, len(rows), 5, n, bias, -math.inf, time_at(0.5), True)
+        check_metric(res["model"], want, f"seen ring {n}")
+        check_metric(res["targets_in_full_ring"], w_full, f"seen ring {n}: full ring")
+
+
 def test_seen_ring_full_equals_own_when_nothing_is_skipped():
     """Without --apply-from the state's ring is the full ring, so a real
     encoder (and a swap) scores the same hits with either exclusion."""
@@ -404,6 +421,7 @@ case(test_model_by_bias_matches_reference)
 case(test_batch_does_not_change_results)
 case(test_swap_options)
 case(test_seen_ring_full)
+case(test_seen_history_sets_the_full_ring)
 case(test_seen_ring_full_equals_own_when_nothing_is_skipped)
 case(test_beauty_popularity_reproduces_published)
 shutil.rmtree(TMP, ignore_errors=True)

@@ -63,12 +63,38 @@
 #     "above B_short" is a tie, so not met. ml-latest-small rates a movie
 #     once, so no scored target is ever in a ring (0 of 20,168) and same
 #     and own give the same hits.
+# Where migrated differs from B_full (2026-12-04, seed 1, the same two
+# models; load 10-20): taobao's scored users have a median of 60 events
+# before the swap (p90 180), and 576 of the 814 more than the ring's 32,
+# so most of a long head is older than the ring and goes through M. M fits
+# poorly: its relative residual over the 55,368 shared items (every item:
+# none is unknown to either model) is 0.47. On the longest head the
+# migrated state is 0.33 away from B_full's (relative norm over all users;
+# median user 0.13), and the ring holds 18% of that head's norm^2.
+# Weighting the fit changes little (HL_SWAPQ_WEIGHTS count / remainder /
+# bias: error 0.32 / 0.33 / 0.33, 118 hits each): the map is not the lever.
+# A longer ring is: HL_SWAPQ_EVAL="--history 128 --seen-history 32" (the
+# state's ring 128 events, the items left out still the last 32 of the
+# full stream, eval --seen-history) puts 70% of the longest head's norm^2
+# in the ring, the error falls to 0.115 (median user 0), and
+#   same:  A 55  B_short 119  B_full 123  migrated 123 (the same hits for
+#          every user as B_full): target met
+#   none (--history 128):  A 328  B_short 758  B_full 770  migrated 773:
+#          +0.4% [+0.0%, +0.9%], and +2.0% [+0.0%, +4.1%] over B_short
+# With --history 128 alone the lists also leave out the last 128 items,
+# and on taobao (hits are mostly repeats) every arm loses most of its hits
+# (same: A 19, B_short 34, B_full 32, migrated 32). The worker's
+# recs.exclude.seen leaves out its whole ring, so a worker would need an
+# exclusion window apart from state.history to get the first figures
+# (not built). The ring costs 25 bytes per event per user.
 # On ml-latest-small the split cannot tell the three B cases apart: of the
 # 20168 events scored only 600 are of users with events before 60% of the
 # time, and every one of those users has events in 60-80% too.
 #   HL_DATASETS=../shared/datasets bash tests/quality/swap_quality.sh [ml|taobao]
 # Training options: HL_SWAPQ_TRAIN (default a short run, see below);
 # HL_SWAPQ_KEEP=DIR keeps the two models there and reuses them;
+# HL_SWAPQ_EVAL adds eval options to every arm (e.g. "--history 128": a
+# longer ring, so less of each head goes through M);
 # HL_SWAPQ_WEIGHTS=count|remainder|bias weights the swap's fit (eval
 # --swap-weights; the worker's fit is unweighted).
 set -u
@@ -89,7 +115,8 @@ mkdir -p "$keep" || exit 1
   --holdout time:0.6 "${train[@]}" >/dev/null || exit 1
 [ -s "$keep/b.hlm" ] || "$hl" train --input "$input" --format "$format" --out "$keep/b.hlm" \
   --holdout time:0.8 --init "$keep/a.hlm" "${train[@]}" >/dev/null || exit 1
-ev=(--input "$input" --format "$format" --protocol prequential --quiet yes --score-from 0.8)
+ev=(--input "$input" --format "$format" --protocol prequential --quiet yes --score-from 0.8
+    ${HL_SWAPQ_EVAL:-})
 protocols=(${HL_SWAPQ_PROTOCOLS:-same own none})
 # The eval options of a protocol (see the header).
 excl() {
@@ -156,6 +183,15 @@ def arms_line(proto, js):
               "%5d (hits %4d)" % (proto, a, j["model"]["hits"], j["model"]["n"],
                                   j["targets_in_own_ring"]["n"], j["targets_in_own_ring"]["hits"],
                                   j["targets_in_full_ring"]["n"], j["targets_in_full_ring"]["hits"]))
+    # What the migration got wrong at the swap (eval's swap_diagnose): M's
+    # residual over the shared items, and the longest head's error against
+    # the head B builds from the same events, with the ring's share of it.
+    sw, lh = js["migrated"].get("swap", {}), js["migrated"].get("swap_longest_head")
+    if lh:
+        print("  %-9s migration: M fitted on %d items, residual %.3f; longest head vs B_full's: "
+              "error %.3f (median user %.3f), ring's share of its norm^2 %.3f (history %d)" % (
+              proto, sw.get("fit_shared", 0), sw.get("fit_residual", 0), lh["err_vs_full"],
+              lh["err_vs_full_median_user"], lh["ring_share_of_full"], js["migrated"]["history"]))
 
 def report(proto):
     js = {a: json.load(open("%s/%s.%s.json" % (tmp, a, proto))) for a in ARMS}

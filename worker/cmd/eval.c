@@ -56,6 +56,9 @@ static void usage(FILE *f)
         "                       after every earlier event of the file (full: the same\n"
         "                       items whatever --apply-from kept, so arms that differ\n"
         "                       in their state differ in nothing else)\n"
+        "  --seen-history N     with --seen-ring full: that ring's length (default\n"
+        "                       --history), so a longer --history (the state's ring)\n"
+        "                       can be measured with the same items left out\n"
         "  --batch N            users (loo) or events (prequential) per refresh (default %d)\n"
         "  --windows N          prequential: report HR per 1/N of the stream (default %d)\n"
         "  --threads N          OpenBLAS threads (default 1: the refresh batches are\n"
@@ -128,6 +131,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--baseline"))      a->baseline = val;
     else if (!strcmp(opt, "--k"))             { bad = parse_int(val, 1, 1000, &x); a->k = (int)x; }
     else if (!strcmp(opt, "--history"))       { bad = parse_int(val, 1, 255, &x); a->history = (int)x; }
+    else if (!strcmp(opt, "--seen-history"))  { bad = parse_int(val, 1, 255, &x); a->seen_history = (int)x; }
     else if (!strcmp(opt, "--batch"))         { bad = parse_int(val, 1, 4096, &x); a->batch = (int)x; }
     else if (!strcmp(opt, "--threads"))       { bad = parse_int(val, 1, 256, &x); a->threads = (int)x; }
     else if (!strcmp(opt, "--windows"))       { bad = parse_int(val, 1, 1000, &x); a->windows = (int)x; }

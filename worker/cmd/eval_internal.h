@@ -30,6 +30,7 @@
 typedef struct eval_args {
     const char *model, *input, *format, *protocol, *baseline;
     int         k, history, batch, windows, exclude_seen, quiet;
+    int         seen_history;   /* --seen-history: the full ring's length (0: history) */
     int         pop_counts_all;   /* loo: popularity also counts the targets */
     int         threads;          /* OpenBLAS threads */
     int64_t     seq_step_ms;

@@ -39,6 +39,18 @@ typedef struct state_copy {
     hl_row_view  v;
 } state_copy;
 
+/* What the swap's migration got wrong (swap_diagnose). */
+typedef struct swap_diag {
+    double err, median, ring_share;
+    int    users, ok;
+} swap_diag;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
 typedef struct preq_run {
     const eval_args *a;
     const hl_model  *m;
@@ -62,9 +74,14 @@ typedef struct preq_run {
     int64_t          t_swap, t_score;   /* INT64_MAX: no swap; INT64_MIN: score all */
     int              use_b;             /* swapped: events name --swap-model's rows */
     int64_t          migrated;
+    int              fit_shared;        /* the swap's map: items it was fitted on, */
+    double           fit_residual;      /* and its relative residual */
+    swap_diag        diag;
     int32_t         *user_n, *user_hits;  /* (users) --per-user: scored, hit */
     eval_rings       rings;             /* each user's ring after the full stream */
-    int32_t         *ring_ev;           /* (history) one ring read out */
+    int32_t         *ring_ev;           /* (ring_cap) one ring read out */
+    int              seen_hist;         /* the full rings' length (--seen-history) */
+    int              ring_cap;          /* the larger of it and --history */
     uint8_t         *seen_flag;         /* (batch) SEEN_OWN | SEEN_FULL */
     metric           seen_own, seen_full;   /* scored events whose target was in
                                                the state's ring, the full ring */
@@ -135,13 +152,15 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
                             errlen) != 0)
         return HL_EINVAL;
     pr->extra = calloc((size_t)a->batch, sizeof *pr->extra);
-    pr->extra_rows = malloc((size_t)a->batch * a->history * sizeof *pr->extra_rows);
-    pr->ring_ev = malloc((size_t)a->history * sizeof *pr->ring_ev);
+    pr->seen_hist = a->seen_history > 0 ? a->seen_history : a->history;
+    pr->ring_cap = pr->seen_hist > a->history ? pr->seen_hist : a->history;
+    pr->extra_rows = malloc((size_t)a->batch * pr->ring_cap * sizeof *pr->extra_rows);
+    pr->ring_ev = malloc((size_t)pr->ring_cap * sizeof *pr->ring_ev);
     pr->seen_flag = malloc((size_t)a->batch * sizeof *pr->seen_flag);
     if (!pr->extra || !pr->extra_rows || !pr->ring_ev || !pr->seen_flag ||
-        hl_eval_rings_init(&pr->rings, pr->d->users.n, a->history, pr->d->n_ev) != 0)
+        hl_eval_rings_init(&pr->rings, pr->d->users.n, pr->seen_hist, pr->d->n_ev) != 0)
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory for %d users' "
-                      "rings of %d (or over 2^31 events)", pr->d->users.n, a->history);
+                      "rings of %d (or over 2^31 events)", pr->d->users.n, pr->seen_hist);
     if (a->per_user) {
         pr->user_n = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_n);
         pr->user_hits = calloc((size_t)pr->d->users.n + 1, sizeof *pr->user_hits);
@@ -209,7 +228,7 @@ static const hl_rank_exclude *seen_folded(preq_run *pr, int n)
         return NULL;
     for (int b = 0; b < n; b++) {
         const hl_row_view *v = &pr->copy[b].v;
-        int32_t *rows = pr->extra_rows + (size_t)b * pr->a->history;
+        int32_t *rows = pr->extra_rows + (size_t)b * pr->ring_cap;
         int k = 0;
         for (int h = 0; h < v->n_hist; h++) {
             int i = hl_row_hist_index(v, h);
@@ -239,7 +258,7 @@ static void seen_capture(preq_run *pr, int b, int64_t i)
 {
     const ev_rec *e = &pr->d->ev[i];
     const hl_row_view *v = &pr->copy[b].v;
-    int32_t *rows = pr->extra_rows + (size_t)b * pr->a->history;
+    int32_t *rows = pr->extra_rows + (size_t)b * pr->ring_cap;
     uint8_t flag = 0;
     for (int h = 0; h < v->n_hist; h++)
         if (v->hist_key[hl_row_hist_index(v, h)] == e->key)
@@ -366,10 +385,10 @@ static void preq_print(const preq_run *pr, double seconds)
 {
     const eval_data *d = pr->d;
     printf("{\"protocol\":\"prequential\",\"k\":%d,\"events\":%lld,\"users\":%d,"
-           "\"items\":%d,\"bad_lines\":%lld,\"history\":%d,\"exclude_seen\":%s,"
-           "\"seen_ring\":\"%s\",\"events_item_unknown\":%lld",
+           "\"items\":%d,\"bad_lines\":%lld,\"history\":%d,\"seen_history\":%d,"
+           "\"exclude_seen\":%s,\"seen_ring\":\"%s\",\"events_item_unknown\":%lld",
            pr->a->k, (long long)d->n_ev, d->users.n, d->n_rows,
-           (long long)d->st.bad_lines, pr->a->history,
+           (long long)d->st.bad_lines, pr->a->history, pr->seen_hist,
            pr->a->exclude_seen ? "true" : "false", pr->a->seen_full ? "full" : "own",
            (long long)d->unknown);
     if (pr->m) {
@@ -384,8 +403,13 @@ static void preq_print(const preq_run *pr, double seconds)
         hl_eval_print_metric("popularity", &pr->popm, 0);
     preq_print_windows(pr);
     if (pr->a->swap_m)
-        printf(",\"swap\":{\"at_ts_ms\":%lld,\"users_migrated\":%lld}",
-               (long long)pr->t_swap, (long long)pr->migrated);
+        printf(",\"swap\":{\"at_ts_ms\":%lld,\"users_migrated\":%lld,\"fit_shared\":%d,"
+               "\"fit_residual\":%.4f}", (long long)pr->t_swap, (long long)pr->migrated,
+               pr->fit_shared, pr->fit_residual);
+    if (pr->diag.ok)
+        printf(",\"swap_longest_head\":{\"err_vs_full\":%.4f,\"err_vs_full_median_user\":%.4f,"
+               "\"ring_share_of_full\":%.4f,\"users\":%d}", pr->diag.err, pr->diag.median,
+               pr->diag.ring_share, pr->diag.users);
     if (pr->t_score != INT64_MIN)
         printf(",\"scored_from_ts_ms\":%lld", (long long)pr->t_score);
     printf(",\"seconds\":%.2f}\n", seconds);
@@ -442,6 +466,59 @@ static float *swap_weights(const preq_run *pr, int64_t first, int64_t i_swap)
     return w;
 }
 
+/* What the swap's migration gets wrong, on the longest head (where most
+ * of a head lies beyond the ring), against the head B itself would have
+ * built from the same events (B_full's state at the swap):
+ *   full_u  = sum_i c_i e_B[i]                 every event before the swap
+ *   err_u   = sum_{i older than the ring} c_i (e_A[i] M - e_B[i])
+ * (the ring's part is recomputed exactly, model.md), c_i = w_i 2^(-age/hl)
+ * at the swap's time. Items only A knows add e_A M; items only B knows add
+ * nothing to the migrated state but count in full_u. Reported as
+ * ||err|| / ||full|| over all users and its median over users, and the
+ * share of ||full||^2 that the ring's events hold. */
+static void swap_diagnose(preq_run *pr, const hl_migration *mg, const hl_model *b,
+                          int64_t first, int64_t i_swap)
+{
+    const hl_model_info *mi = hl_model_info_get(pr->m);
+    int d = mi->dim, nu = pr->d->users.n;
+    double lambda = log(2.0) / mi->half_life_ms[mi->n_heads - 1];
+    const float *ea = hl_model_e_in(pr->m), *eb = hl_model_e_in(b), *m = hl_migration_map(mg);
+    double *full = calloc((size_t)nu * d, sizeof *full), *err = calloc((size_t)nu * d, sizeof *err);
+    double *ring = calloc((size_t)nu * d, sizeof *ring), *rel = malloc(sizeof *rel * (nu + 1));
+    int32_t *seen = calloc((size_t)nu + 1, sizeof *seen);
+    if (full && err && ring && rel && seen) {
+        for (int64_t i = i_swap - 1; i >= first; i--) {
+            const ev_rec *e = &pr->d->ev[i];
+            double c = e->w * exp(-lambda * (double)(pr->t_swap - e->ts_ms));
+            double *fu = full + (size_t)e->user * d, *eu = err + (size_t)e->user * d;
+            int in_ring = seen[e->user]++ < pr->a->history;
+            for (int j = 0; j < d && e->item_b >= 0; j++) {
+                fu[j] += c * eb[(size_t)e->item_b * d + j];
+                if (in_ring) ring[(size_t)e->user * d + j] += c * eb[(size_t)e->item_b * d + j];
+                else eu[j] -= c * eb[(size_t)e->item_b * d + j];
+            }
+            for (int j = 0; j < d && !in_ring && e->item >= 0; j++)
+                for (int k = 0; k < d; k++)
+                    eu[j] += c * ea[(size_t)e->item * d + k] * m[(size_t)k * d + j];
+        }
+        double se = 0, sf = 0, sr = 0;
+        int n = 0;
+        for (int u = 0; u < nu; u++) {
+            double ue = 0, uf = 0;
+            for (int j = 0; j < d; j++) {
+                size_t x = (size_t)u * d + j;
+                ue += err[x] * err[x]; uf += full[x] * full[x]; sr += ring[x] * ring[x];
+            }
+            se += ue; sf += uf;
+            if (uf > 0) rel[n++] = sqrt(ue / uf);
+        }
+        qsort(rel, (size_t)n, sizeof *rel, cmp_double);
+        pr->diag = (swap_diag){.err = sf > 0 ? sqrt(se / sf) : 0, .median = n ? rel[n / 2] : 0,
+                               .ring_share = sf > 0 ? sr / sf : 0, .users = n, .ok = 1};
+    }
+    free(full); free(err); free(ring); free(rel); free(seen);
+}
+
 /* The swap: every user's state into --swap-model (the worker's migration),
  * which ranks from now on. */
 static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, size_t errlen)
@@ -456,7 +533,10 @@ static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, 
     free(w);
     if (mg == NULL)
         return HL_EINVAL;
+    swap_diagnose(pr, mg, b, first, i_swap);
     pr->migrated = hl_migration_table(mg, pr->tbl);
+    pr->fit_residual = hl_migration_residual(mg);
+    pr->fit_shared = hl_migration_shared(mg);
     hl_migration_destroy(mg);
     if (pr->migrated < 0)
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory migrating");

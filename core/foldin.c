@@ -388,13 +388,32 @@ static int all_finite(const float *q, int d)
     return !bad;
 }
 
+uint32_t hl_foldin_hash(const char *id, uint32_t len) { return hash_id(id, len); }
+
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms)
 {
+    int32_t due;
+    return hl_foldin_add_due(f, id, len, hash_id(id, len), q, w, ts_ms, &due);
+}
+
+/* hl_foldin_due of a record at hand. */
+static int32_t due_of(const hl_foldin *f, const item *it)
+{
+    int32_t n = it->count;
+    if (n < f->o.min_events || (it->published > 0 && n < 2 * (int64_t)it->published))
+        return 0;
+    return n;
+}
+
+int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, const float *q,
+                      float w, int64_t ts_ms, int32_t *due)
+{
     int d = f->o.dim;
+    *due = 0;
     if (!(w >= 0) || !isfinite(w) || len < 1 || len > HL_MAX_ID_LEN || !all_finite(q, d))
         return HL_EINVAL;
-    uint32_t h = hash_id(id, len), slot = probe_h(f, id, len, h);
+    uint32_t slot = probe_h(f, id, len, h);
     int32_t k = f->slot[slot] ? f->slot[slot] - 1 : insert(f, id, len, h, &slot);
     if (k < 0)
         return k;
@@ -411,19 +430,21 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
     it->touched = ++f->clock;
     int now_ready = ++it->count == f->o.min_events;
     f->ready += now_ready;
+    *due = due_of(f, it);
     return now_ready;
 }
 
 /* Two rounds over the group, each issuing every item's next load before
  * any is waited for: the hash slots, then the records the slots name
- * (head and sums, consecutive lines). An id longer than ID_INLINE is
- * left to the add: reaching it would wait for the head. */
-static void prefetch_group(const hl_foldin *f, const char *const *id, const uint32_t *len,
-                           int n)
+ * (head and sums, consecutive lines). Inlined by force: gcc 12 found the
+ * out-of-line version "looping pure" (prefetches are no side effect to
+ * it) and dropped the call, so before this the hint issued nothing. */
+static inline __attribute__((always_inline)) void
+prefetch_group(const hl_foldin *f, const uint32_t *h, int n)
 {
     uint32_t at_slot[64];
     for (int i = 0; i < n; i++) {
-        at_slot[i] = hash_id(id[i], len[i]) & (f->n_slot - 1);
+        at_slot[i] = h[i] & (f->n_slot - 1);
         __builtin_prefetch(&f->slot[at_slot[i]]);
     }
     for (int i = 0; i < n; i++) {
@@ -436,10 +457,10 @@ static void prefetch_group(const hl_foldin *f, const char *const *id, const uint
     }
 }
 
-void hl_foldin_prefetch(const hl_foldin *f, const char *const *id, const uint32_t *len, int n)
+void hl_foldin_prefetch(const hl_foldin *f, const uint32_t *h, int n)
 {
     for (int i0 = 0; i0 < n; i0 += 64)
-        prefetch_group(f, id + i0, len + i0, n - i0 < 64 ? n - i0 : 64);
+        prefetch_group(f, h + i0, n - i0 < 64 ? n - i0 : 64);
 }
 
 /* The T model items the mean query S/M scores highest (S . e_out + M b,
@@ -613,13 +634,7 @@ int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
 int32_t hl_foldin_due(const hl_foldin *f, const char *id, uint32_t len)
 {
     int32_t k = find(f, id, len);
-    if (k < 0)
-        return 0;
-    const item *it = at(f, k);
-    int32_t n = it->count;
-    if (n < f->o.min_events || (it->published > 0 && n < 2 * (int64_t)it->published))
-        return 0;
-    return n;
+    return k < 0 ? 0 : due_of(f, at(f, k));
 }
 
 void hl_foldin_mark(hl_foldin *f, const char *id, uint32_t len, int64_t count)

@@ -70,15 +70,20 @@ void       hl_foldin_destroy(hl_foldin *f);             /* NULL is a no-op */
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms);
 
+/* The same with the id's hash (hl_foldin_hash) computed by the caller,
+ * once per event, and *due set to what hl_foldin_due would answer right
+ * after (0 on error), so the caller that publishes needs no second lookup. */
+uint32_t hl_foldin_hash(const char *id, uint32_t len);
+int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, const float *q,
+                      float w, int64_t ts_ms, int32_t *due);
+
 /* A hint, changing nothing: starts loading what hl_foldin_add will touch
- * for items id[0..n), all of them at once, so a batch of adds overlaps its
- * cache misses instead of paying them one after another (the sums of a
- * few thousand new items outgrow the cache between batches: an add misses
- * on its hash slot and its record, head and sums, most of fold-in's cost
- * per event once the query is the refresh's; bench_foldin). Same thread
- * rules as hl_foldin_add. */
-void hl_foldin_prefetch(const hl_foldin *f, const char *const *id, const uint32_t *len,
-                        int n);
+ * for the items of hashes h[0..n) (hl_foldin_hash), all of them at once,
+ * so a batch of adds overlaps its cache misses instead of paying them one
+ * after another (the sums of a few thousand new items outgrow the cache
+ * between batches: an add misses on its hash slot and its record, head
+ * and sums; bench_foldin). Same thread rules as hl_foldin_add. */
+void hl_foldin_prefetch(const hl_foldin *f, const uint32_t *h, int n);
 
 /* The vectors of a ready item into e_in, e_out (dim each) and *bias: 0, or
  * HL_ENOENT (unknown, evicted or below min_events). O(n dim) with

@@ -226,9 +226,12 @@ static void test_due_at_min_events_then_doublings(void)
     hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
     int due_at[8], n_due = 0;
     CHECK(hl_foldin_due(f, "x", 1) == 0);                /* never seen */
+    int same = 1;
     for (int i = 1; i <= 24; i++) {
-        hl_foldin_add(f, "x", 1, q, 1.0f, i);
+        int32_t due_now;     /* the add's own answer is the lookup's (worker/fold.c uses it) */
+        hl_foldin_add_due(f, "x", 1, hl_foldin_hash("x", 1), q, 1.0f, i, &due_now);
         int32_t n = hl_foldin_due(f, "x", 1);
+        same &= due_now == n;
         if (n > 0 && n_due < 8) {
             due_at[n_due++] = n;
             hl_foldin_mark(f, "x", 1, n);
@@ -236,13 +239,17 @@ static void test_due_at_min_events_then_doublings(void)
     }
     CHECKF(n_due == 4 && due_at[0] == 3 && due_at[1] == 6 && due_at[2] == 12 &&
            due_at[3] == 24, "due %d times, first at %d", n_due, n_due ? due_at[0] : 0);
+    CHECK(same);
     for (int i = 0; i < 5; i++)                          /* a fresh item, a topic at 4 */
         hl_foldin_add(f, "y", 1, q, 1.0f, i);
     hl_foldin_mark(f, "y", 1, 4);
     CHECK(hl_foldin_due(f, "y", 1) == 0);
+    int32_t due_y = -1;
     for (int i = 0; i < 3; i++)
-        hl_foldin_add(f, "y", 1, q, 1.0f, i);
-    CHECK(hl_foldin_due(f, "y", 1) == 8);
+        hl_foldin_add_due(f, "y", 1, hl_foldin_hash("y", 1), q, 1.0f, i, &due_y);
+    CHECK(hl_foldin_due(f, "y", 1) == 8 && due_y == 8);
+    CHECK(hl_foldin_add_due(f, "y", 1, hl_foldin_hash("y", 1), q, -1.0f, 0, &due_y) ==
+          HL_EINVAL && due_y == 0);
     hl_foldin_destroy(f);
 }
 

@@ -44,6 +44,9 @@ struct hl_foldin {
     float    *W;                 /* (dim, dim) */
     double    r_mean, b_mean;    /* mean e_out norm and bias of the model */
     double    r_max, b_max;      /* largest e_out norm and |bias|: the scan's bound */
+    float    *mean_in, *mean_out;  /* the model's mean e_in, e_out (dim): shrinkage */
+    int       bias_model;        /* HL_FOLDIN_BIAS_MODEL */
+    double    shrink;            /* c; 0 none */
     const float *m_in, *m_out, *m_bias;   /* borrowed, for neighbours */
     int32_t   m_n, T;                     /* T 0: the mean-query rule */
     int32_t   n, cap;
@@ -200,9 +203,19 @@ static int fit_map(hl_foldin *f, const float *e_in, const float *e_out, int32_t 
     return rc;
 }
 
-static void model_means(hl_foldin *f, const float *e_out, const float *bias, int32_t n)
+static void model_means(hl_foldin *f, const float *e_in, const float *e_out,
+                        const float *bias, int32_t n)
 {
     double r = 0.0, b = 0.0;
+    for (int d = 0; d < f->o.dim; d++) {
+        double si = 0.0, so = 0.0;
+        for (int32_t j = 0; j < n; j++) {
+            si += e_in[(size_t)j * f->o.dim + d];
+            so += e_out[(size_t)j * f->o.dim + d];
+        }
+        f->mean_in[d] = (float)(si / n);
+        f->mean_out[d] = (float)(so / n);
+    }
     for (int32_t j = 0; j < n; j++) {
         double s = 0.0;
         for (int d = 0; d < f->o.dim; d++)
@@ -230,7 +243,9 @@ static int alloc_items(hl_foldin *f)
     f->rec = hl_map_huge((size_t)f->cap * f->stride, &f->rec_bytes);
     f->slot = calloc(f->n_slot, sizeof *f->slot);
     f->W = calloc(d * d, sizeof *f->W);
-    return f->rec && f->slot && f->W ? 0 : HL_ENOMEM;
+    f->mean_in = calloc(d, sizeof *f->mean_in);
+    f->mean_out = calloc(d, sizeof *f->mean_out);
+    return f->rec && f->slot && f->W && f->mean_in && f->mean_out ? 0 : HL_ENOMEM;
 }
 
 hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const float *e_out,
@@ -260,7 +275,9 @@ hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const fl
         hl_foldin_destroy(f);
         return NULL;
     }
-    model_means(f, e_out, bias, n);
+    model_means(f, e_in, e_out, bias, n);
+    f->bias_model = (o->bias ? o->bias : HL_FOLDIN_BIAS) == HL_FOLDIN_BIAS_MODEL;
+    f->shrink = o->shrink > 0 ? o->shrink : o->shrink < 0 ? 0.0 : HL_FOLDIN_SHRINK;
     f->T = o->neighbours == 0 ? HL_FOLDIN_NEIGHBOURS : o->neighbours > 0 ? o->neighbours : 0;
     f->T = f->T < HL_FOLDIN_NEIGHBOURS_MAX ? f->T : HL_FOLDIN_NEIGHBOURS_MAX;
     f->m_in = e_in; f->m_out = e_out; f->m_bias = bias; f->m_n = n;
@@ -281,6 +298,7 @@ void hl_foldin_destroy(hl_foldin *f)
     if (f->rec)
         munmap(f->rec, f->rec_bytes);
     free(f->slot); free(f->W);
+    free(f->mean_in); free(f->mean_out);
     free(f);
 }
 
@@ -548,6 +566,18 @@ static int top_items_scan(const hl_foldin *f, const float *S, double M, int32_t 
     return n_top;
 }
 
+/* v = a v + (1 - a) mean, a = M / (M + c): towards the model's mean item. */
+static void shrink_to_mean(const hl_foldin *f, double M, float *e_in, float *e_out,
+                           float *bias)
+{
+    double a = M / (M + f->shrink);
+    for (int i = 0; i < f->o.dim; i++) {
+        e_in[i] = (float)(a * e_in[i] + (1.0 - a) * f->mean_in[i]);
+        e_out[i] = (float)(a * e_out[i] + (1.0 - a) * f->mean_out[i]);
+    }
+    *bias = (float)(a * *bias + (1.0 - a) * f->b_mean);
+}
+
 static void neighbour_vectors(const hl_foldin *f, const float *S, double M, float *e_in,
                               float *e_out, float *bias, int scan)
 {
@@ -565,7 +595,9 @@ static void neighbour_vectors(const hl_foldin *f, const float *S, double M, floa
         }
         b += f->m_bias[top[t]];
     }
-    *bias = (float)(b / n_top);
+    *bias = (float)(f->bias_model ? f->b_mean : b / n_top);
+    if (f->shrink > 0)
+        shrink_to_mean(f, M, e_in, e_out, bias);
 }
 
 int hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, double *M)

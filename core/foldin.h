@@ -50,7 +50,22 @@ typedef struct hl_foldin_opts {
     double  half_life_ms;   /* of the decayed sums; > 0 */
     float   ridge;          /* of the map fit; 0 = 1e-3 x trace/dim */
     int     neighbours;     /* T; 0 = HL_FOLDIN_NEIGHBOURS, < 0 = the mean-query rule */
+    int     bias;           /* the neighbours rule's bias: 0 = HL_FOLDIN_BIAS, else
+                               HL_FOLDIN_BIAS_NEIGHBOURS or HL_FOLDIN_BIAS_MODEL */
+    float   shrink;         /* c of the neighbours rule's shrinkage; 0 = HL_FOLDIN_SHRINK,
+                               < 0 = none */
 } hl_foldin_opts;
+
+/* The neighbours rule's bias: their mean, or the model's mean over all its
+ * items (a newcomer's popularity is not its neighbours'); and shrinkage:
+ * with c > 0 the vectors and bias move towards the model's mean item by
+ * c / (M + c) (M the decayed count), so an item seen by few users scores
+ * like an average item and earns its neighbours' place as M grows. README
+ * "Fold-in" has the measurements behind the defaults. */
+#define HL_FOLDIN_BIAS_NEIGHBOURS 1
+#define HL_FOLDIN_BIAS_MODEL      2
+#define HL_FOLDIN_BIAS   HL_FOLDIN_BIAS_NEIGHBOURS
+#define HL_FOLDIN_SHRINK 0.0f
 
 #define HL_FOLDIN_NEIGHBOURS 10   /* README "Fold-in": measured 1, 5, 10, 20, 30, 50 */
 #define HL_FOLDIN_NEIGHBOURS_MAX 256

@@ -13,10 +13,11 @@
  * model's own: the mean q_j = S_j / M_j of its users' queries scores the
  * model's items (q_j . e_out + b, the list those users would get), and
  *
- *     e_in_j, e_out_j, b_j = the means of e_in, e_out, b over the top T
+ *     e_in_j, e_out_j = the means of e_in, e_out over the top T,
+ *     b_j = the mean of b over all the model's items (HL_FOLDIN_BIAS)
  *
  * so j is scored like the model items its users' lists lead with, never by
- * a new scale. (The rule below, neighbours < 0, puts e_out on the mean
+ * a new scale, but without their popularity. (The rule below, neighbours < 0, puts e_out on the mean
  * query itself, which every user's query leans towards: on taobao-sample
  * and ml-latest-small those items took list places from better model items;
  * README, "Fold-in".) With neighbours < 0:
@@ -56,15 +57,18 @@ typedef struct hl_foldin_opts {
                                < 0 = none */
 } hl_foldin_opts;
 
-/* The neighbours rule's bias: their mean, or the model's mean over all its
- * items (a newcomer's popularity is not its neighbours'); and shrinkage:
- * with c > 0 the vectors and bias move towards the model's mean item by
- * c / (M + c) (M the decayed count), so an item seen by few users scores
- * like an average item and earns its neighbours' place as M grows. README
- * "Fold-in" has the measurements behind the defaults. */
+/* The neighbours rule's bias: their mean, or (the default) the model's
+ * mean over all its items. The bias carries an item's popularity to every
+ * user alike, and the top items' is the highest: with it on
+ * ml-latest-small folded items took 4.2% of all list places at 0.43% hits
+ * per place, below the places they displaced; with the model's mean, 17
+ * times fewer places (README "Fold-in"). Shrinkage (measured, off by
+ * default): with c > 0 the vectors and bias move towards the model's mean
+ * item by c / (M + c) (M the decayed count); at c 2 and 5 no folded item
+ * reached a list on either dataset. */
 #define HL_FOLDIN_BIAS_NEIGHBOURS 1
 #define HL_FOLDIN_BIAS_MODEL      2
-#define HL_FOLDIN_BIAS   HL_FOLDIN_BIAS_NEIGHBOURS
+#define HL_FOLDIN_BIAS   HL_FOLDIN_BIAS_MODEL
 #define HL_FOLDIN_SHRINK 0.0f
 
 #define HL_FOLDIN_NEIGHBOURS 10   /* README "Fold-in": measured 1, 5, 10, 20, 30, 50 */

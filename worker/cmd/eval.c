@@ -161,7 +161,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--foldin-shrink")) {
         char *end;
         a->foldin_shrink = strtod(val, &end);
-        bad = *end != 0 || !(a->foldin_shrink >= 0 && a->foldin_shrink <= 1e9);
+        bad = end == val || *end != 0 || !(a->foldin_shrink >= 0 && a->foldin_shrink <= 1e9);
         if (!bad && a->foldin_shrink == 0)
             a->foldin_shrink = -1;              /* none, not the default */
     }

@@ -44,6 +44,9 @@ struct hl_foldin {
     float    *W;                 /* (dim, dim) */
     double    r_mean, b_mean;    /* mean e_out norm and bias of the model */
     double    r_max, b_max;      /* largest e_out norm and |bias|: the scan's bound */
+    float    *mean_in, *mean_out;  /* the model's mean e_in, e_out (dim): shrinkage */
+    int       bias_model;        /* HL_FOLDIN_BIAS_MODEL */
+    double    shrink;            /* c; 0 none */
     const float *m_in, *m_out, *m_bias;   /* borrowed, for neighbours */
     int32_t   m_n, T;                     /* T 0: the mean-query rule */
     int32_t   n, cap;
@@ -200,9 +203,19 @@ static int fit_map(hl_foldin *f, const float *e_in, const float *e_out, int32_t 
     return rc;
 }
 
-static void model_means(hl_foldin *f, const float *e_out, const float *bias, int32_t n)
+static void model_means(hl_foldin *f, const float *e_in, const float *e_out,
+                        const float *bias, int32_t n)
 {
     double r = 0.0, b = 0.0;
+    for (int d = 0; d < f->o.dim; d++) {
+        double si = 0.0, so = 0.0;
+        for (int32_t j = 0; j < n; j++) {
+            si += e_in[(size_t)j * f->o.dim + d];
+            so += e_out[(size_t)j * f->o.dim + d];
+        }
+        f->mean_in[d] = (float)(si / n);
+        f->mean_out[d] = (float)(so / n);
+    }
     for (int32_t j = 0; j < n; j++) {
         double s = 0.0;
         for (int d = 0; d < f->o.dim; d++)
@@ -230,7 +243,9 @@ static int alloc_items(hl_foldin *f)
     f->rec = hl_map_huge((size_t)f->cap * f->stride, &f->rec_bytes);
     f->slot = calloc(f->n_slot, sizeof *f->slot);
     f->W = calloc(d * d, sizeof *f->W);
-    return f->rec && f->slot && f->W ? 0 : HL_ENOMEM;
+    f->mean_in = calloc(d, sizeof *f->mean_in);
+    f->mean_out = calloc(d, sizeof *f->mean_out);
+    return f->rec && f->slot && f->W && f->mean_in && f->mean_out ? 0 : HL_ENOMEM;
 }
 
 hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const float *e_out,
@@ -260,7 +275,9 @@ hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const fl
         hl_foldin_destroy(f);
         return NULL;
     }
-    model_means(f, e_out, bias, n);
+    model_means(f, e_in, e_out, bias, n);
+    f->bias_model = (o->bias ? o->bias : HL_FOLDIN_BIAS) == HL_FOLDIN_BIAS_MODEL;
+    f->shrink = o->shrink > 0 ? o->shrink : o->shrink < 0 ? 0.0 : HL_FOLDIN_SHRINK;
     f->T = o->neighbours == 0 ? HL_FOLDIN_NEIGHBOURS : o->neighbours > 0 ? o->neighbours : 0;
     f->T = f->T < HL_FOLDIN_NEIGHBOURS_MAX ? f->T : HL_FOLDIN_NEIGHBOURS_MAX;
     f->m_in = e_in; f->m_out = e_out; f->m_bias = bias; f->m_n = n;
@@ -281,6 +298,7 @@ void hl_foldin_destroy(hl_foldin *f)
     if (f->rec)
         munmap(f->rec, f->rec_bytes);
     free(f->slot); free(f->W);
+    free(f->mean_in); free(f->mean_out);
     free(f);
 }
 
@@ -388,13 +406,32 @@ static int all_finite(const float *q, int d)
     return !bad;
 }
 
+uint32_t hl_foldin_hash(const char *id, uint32_t len) { return hash_id(id, len); }
+
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms)
 {
+    int32_t due;
+    return hl_foldin_add_due(f, id, len, hash_id(id, len), q, w, ts_ms, &due);
+}
+
+/* hl_foldin_due of a record at hand. */
+static int32_t due_of(const hl_foldin *f, const item *it)
+{
+    int32_t n = it->count;
+    if (n < f->o.min_events || (it->published > 0 && n < 2 * (int64_t)it->published))
+        return 0;
+    return n;
+}
+
+int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, const float *q,
+                      float w, int64_t ts_ms, int32_t *due)
+{
     int d = f->o.dim;
+    *due = 0;
     if (!(w >= 0) || !isfinite(w) || len < 1 || len > HL_MAX_ID_LEN || !all_finite(q, d))
         return HL_EINVAL;
-    uint32_t h = hash_id(id, len), slot = probe_h(f, id, len, h);
+    uint32_t slot = probe_h(f, id, len, h);
     int32_t k = f->slot[slot] ? f->slot[slot] - 1 : insert(f, id, len, h, &slot);
     if (k < 0)
         return k;
@@ -411,19 +448,21 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
     it->touched = ++f->clock;
     int now_ready = ++it->count == f->o.min_events;
     f->ready += now_ready;
+    *due = due_of(f, it);
     return now_ready;
 }
 
 /* Two rounds over the group, each issuing every item's next load before
  * any is waited for: the hash slots, then the records the slots name
- * (head and sums, consecutive lines). An id longer than ID_INLINE is
- * left to the add: reaching it would wait for the head. */
-static void prefetch_group(const hl_foldin *f, const char *const *id, const uint32_t *len,
-                           int n)
+ * (head and sums, consecutive lines). Inlined by force: gcc 12 found the
+ * out-of-line version "looping pure" (prefetches are no side effect to
+ * it) and dropped the call, so before this the hint issued nothing. */
+static inline __attribute__((always_inline)) void
+prefetch_group(const hl_foldin *f, const uint32_t *h, int n)
 {
     uint32_t at_slot[64];
     for (int i = 0; i < n; i++) {
-        at_slot[i] = hash_id(id[i], len[i]) & (f->n_slot - 1);
+        at_slot[i] = h[i] & (f->n_slot - 1);
         __builtin_prefetch(&f->slot[at_slot[i]]);
     }
     for (int i = 0; i < n; i++) {
@@ -436,10 +475,10 @@ static void prefetch_group(const hl_foldin *f, const char *const *id, const uint
     }
 }
 
-void hl_foldin_prefetch(const hl_foldin *f, const char *const *id, const uint32_t *len, int n)
+void hl_foldin_prefetch(const hl_foldin *f, const uint32_t *h, int n)
 {
     for (int i0 = 0; i0 < n; i0 += 64)
-        prefetch_group(f, id + i0, len + i0, n - i0 < 64 ? n - i0 : 64);
+        prefetch_group(f, h + i0, n - i0 < 64 ? n - i0 : 64);
 }
 
 /* The T model items the mean query S/M scores highest (S . e_out + M b,
@@ -527,6 +566,18 @@ static int top_items_scan(const hl_foldin *f, const float *S, double M, int32_t 
     return n_top;
 }
 
+/* v = a v + (1 - a) mean, a = M / (M + c): towards the model's mean item. */
+static void shrink_to_mean(const hl_foldin *f, double M, float *e_in, float *e_out,
+                           float *bias)
+{
+    double a = M / (M + f->shrink);
+    for (int i = 0; i < f->o.dim; i++) {
+        e_in[i] = (float)(a * e_in[i] + (1.0 - a) * f->mean_in[i]);
+        e_out[i] = (float)(a * e_out[i] + (1.0 - a) * f->mean_out[i]);
+    }
+    *bias = (float)(a * *bias + (1.0 - a) * f->b_mean);
+}
+
 static void neighbour_vectors(const hl_foldin *f, const float *S, double M, float *e_in,
                               float *e_out, float *bias, int scan)
 {
@@ -544,7 +595,9 @@ static void neighbour_vectors(const hl_foldin *f, const float *S, double M, floa
         }
         b += f->m_bias[top[t]];
     }
-    *bias = (float)(b / n_top);
+    *bias = (float)(f->bias_model ? f->b_mean : b / n_top);
+    if (f->shrink > 0)
+        shrink_to_mean(f, M, e_in, e_out, bias);
 }
 
 int hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, double *M)
@@ -613,13 +666,7 @@ int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
 int32_t hl_foldin_due(const hl_foldin *f, const char *id, uint32_t len)
 {
     int32_t k = find(f, id, len);
-    if (k < 0)
-        return 0;
-    const item *it = at(f, k);
-    int32_t n = it->count;
-    if (n < f->o.min_events || (it->published > 0 && n < 2 * (int64_t)it->published))
-        return 0;
-    return n;
+    return k < 0 ? 0 : due_of(f, at(f, k));
 }
 
 void hl_foldin_mark(hl_foldin *f, const char *id, uint32_t len, int64_t count)

@@ -180,6 +180,47 @@ static void test_cluster_buyers_spread_to_their_cluster(void)
  * mean query scores highest: a query along axis 0 over items whose e_out is
  * (j, 0, ...) with bias 0 picks the last T; the mean-query rule
  * (neighbours < 0) points e_out at the query instead. */
+/* The neighbours rule's bias from the model's mean, and the shrinkage
+ * towards the model's mean item by c / (M + c). */
+static void test_model_bias_and_shrinkage(void)
+{
+    static model m;
+    float W0[D * D] = {0}, q[D] = {1}, ein[2][D], eout[2][D], b[2];
+    model_init(&m, 50, W0);
+    double mean_b = 0, mean_out0 = 0, mean_in0 = 0;
+    for (int j = 0; j < m.n; j++) {
+        m.bias[j] = (float)(j % 5) - 1.0f;                 /* the top items' is not the mean */
+        mean_b += m.bias[j] / m.n;
+        mean_out0 += m.e_out[j * D] / m.n;
+        mean_in0 += m.e_in[j * D] / m.n;
+    }
+    hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 2, .half_life_ms = 1e12,
+                        .neighbours = 4, .shrink = -1};
+    char err[256];
+    for (int k = 0; k < 2; k++) {                          /* neighbours' bias, the model's */
+        o.bias = k ? HL_FOLDIN_BIAS_MODEL : HL_FOLDIN_BIAS_NEIGHBOURS;
+        hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+        hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+        hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+        CHECK(hl_foldin_vectors(f, "x", 1, ein[k], eout[k], &b[k]) == 0);
+        hl_foldin_destroy(f);
+    }
+    CHECKF(memcmp(eout[0], eout[1], sizeof eout[0]) == 0 && fabsf(b[1] - (float)mean_b) < 1e-5f &&
+           fabsf(b[0] - (float)mean_b) > 0.1f, "bias %g %g, model's mean %g", b[0], b[1], mean_b);
+    o.bias = HL_FOLDIN_BIAS_NEIGHBOURS;
+    o.shrink = 2.0f;                                       /* M = 2: half way to the mean */
+    float e2[D], i2[D], b2;
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+    hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+    CHECK(hl_foldin_vectors(f, "x", 1, i2, e2, &b2) == 0);
+    CHECKF(fabsf(e2[0] - (0.5f * eout[0][0] + 0.5f * (float)mean_out0)) < 1e-5f &&
+           fabsf(i2[0] - (0.5f * ein[0][0] + 0.5f * (float)mean_in0)) < 1e-5f &&
+           fabsf(b2 - (0.5f * b[0] + 0.5f * (float)mean_b)) < 1e-5f,
+           "e_out %g e_in %g bias %g", e2[0], i2[0], b2);
+    hl_foldin_destroy(f);
+}
+
 static void test_neighbours_are_the_means_of_the_top_items(void)
 {
     static model m;
@@ -226,9 +267,12 @@ static void test_due_at_min_events_then_doublings(void)
     hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
     int due_at[8], n_due = 0;
     CHECK(hl_foldin_due(f, "x", 1) == 0);                /* never seen */
+    int same = 1;
     for (int i = 1; i <= 24; i++) {
-        hl_foldin_add(f, "x", 1, q, 1.0f, i);
+        int32_t due_now;     /* the add's own answer is the lookup's (worker/fold.c uses it) */
+        hl_foldin_add_due(f, "x", 1, hl_foldin_hash("x", 1), q, 1.0f, i, &due_now);
         int32_t n = hl_foldin_due(f, "x", 1);
+        same &= due_now == n;
         if (n > 0 && n_due < 8) {
             due_at[n_due++] = n;
             hl_foldin_mark(f, "x", 1, n);
@@ -236,13 +280,17 @@ static void test_due_at_min_events_then_doublings(void)
     }
     CHECKF(n_due == 4 && due_at[0] == 3 && due_at[1] == 6 && due_at[2] == 12 &&
            due_at[3] == 24, "due %d times, first at %d", n_due, n_due ? due_at[0] : 0);
+    CHECK(same);
     for (int i = 0; i < 5; i++)                          /* a fresh item, a topic at 4 */
         hl_foldin_add(f, "y", 1, q, 1.0f, i);
     hl_foldin_mark(f, "y", 1, 4);
     CHECK(hl_foldin_due(f, "y", 1) == 0);
+    int32_t due_y = -1;
     for (int i = 0; i < 3; i++)
-        hl_foldin_add(f, "y", 1, q, 1.0f, i);
-    CHECK(hl_foldin_due(f, "y", 1) == 8);
+        hl_foldin_add_due(f, "y", 1, hl_foldin_hash("y", 1), q, 1.0f, i, &due_y);
+    CHECK(hl_foldin_due(f, "y", 1) == 8 && due_y == 8);
+    CHECK(hl_foldin_add_due(f, "y", 1, hl_foldin_hash("y", 1), q, -1.0f, 0, &due_y) ==
+          HL_EINVAL && due_y == 0);
     hl_foldin_destroy(f);
 }
 
@@ -410,6 +458,7 @@ int main(void)
     RUN(test_neighbours_are_the_means_of_the_top_items);
     RUN(test_scan_matches_plain_loop);
     RUN(test_records_match_the_definition);
-    RUN(test_due_at_min_events_then_doublings);     /* last: the others' draws stay theirs */
+    RUN(test_due_at_min_events_then_doublings);     /* after the others: their draws stay theirs */
+    RUN(test_model_bias_and_shrinkage);
     TEST_EXIT();
 }

@@ -47,7 +47,7 @@ static const key_def keys[] = {
     {"items.topic",         T_STR,  "items", 0, 249, NULL, "topic of ItemUpdates (compacted, keyed by item_id), read whole by every worker before it reports ready, then followed; empty disables"},
     {"items.schema.id",     T_INT,  "3", 0, 2147483647.0, NULL, "schema id of ItemUpdates in Confluent framing (others are unknown_schema); unused with schema.registry.url"},
     {"catalogue.foldin",    T_BOOL, "true", 0, 0, NULL, "items unknown to the model earn vectors from the query vectors of the users who interact with them; each worker publishes them to items.topic (needs it set)"},
-    {"catalogue.foldin.min.events", T_INT, "5", 1, 1000000, NULL, "interactions one worker sees with an unknown item before it publishes the item's vectors (then again at each doubling)"},
+    {"catalogue.foldin.min.events", T_INT, "3", 1, 1000000, NULL, "interactions one worker sees with an unknown item before it publishes the item's vectors (then again at each doubling)"},
     {"catalogue.max.new.items", T_INT, "100000", 0, 10000000, NULL, "items unknown to the model the catalogue keeps (added from the item topic); beyond, an update is refused and counted (catalogue_full)"},
     {"input.format",        T_ENUM, "confluent", 0, 0, "confluent|raw", "input framing: Confluent (magic 0, schema id) or plain Avro binary"},
     {"output.format",       T_ENUM, "confluent", 0, 0, "confluent|raw", "output framing"},

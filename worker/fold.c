@@ -182,7 +182,8 @@ void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char
         return;
     }
     memcpy(loc->ids + loc->ids_used, id, len);
-    loc->note[loc->n++] = (fold_note){sh, ev, (uint32_t)loc->ids_used, len, -1};
+    loc->note[loc->n++] = (fold_note){sh, ev, (uint32_t)loc->ids_used, len,
+                                      hl_foldin_hash(id, len), -1, 0, 0};
     loc->ids_used += len;
 }
 
@@ -218,14 +219,15 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
                (unsigned long long)sup);
 }
 
-/* Under wf->mu: whether item id is to be published now, its sums into p
- * (the vectors are made from them after the lock: a scan of the model's
- * items, too long to hold up the other threads' batches). An operator's item is marked so that it is never due again; a topic
- * record built from more interactions raises the bar to twice its count. */
-static int take_due(hl_wfoldin *wf, const char *id, uint32_t len, fold_pub *p)
+/* Under wf->mu: whether item id, due with n interactions (hl_foldin_add_due),
+ * is to be published now, its sums into p (the vectors are made from them
+ * after the lock: a scan of the model's items, too long to hold up the
+ * other threads' batches). An operator's item is marked so that it is
+ * never due again; a topic record built from more interactions raises the
+ * bar to twice its count. */
+static int take_due(hl_wfoldin *wf, const char *id, uint32_t len, int32_t n, fold_pub *p)
 {
-    int32_t n = wf->o.prod != NULL ? hl_foldin_due(wf->f, id, len) : 0;
-    if (n == 0)
+    if (n == 0 || wf->o.prod == NULL)
         return 0;
     int64_t on_topic = hl_items_foldin_state(wf->o.items, id, len);
     if (on_topic < 0 || n < 2 * on_topic) {
@@ -331,6 +333,8 @@ void hl_foldin_local_resolve(hl_wfoldin *wf, hl_foldin_local *loc, const hl_mode
         else if (row == HL_TABLE_NO_ROW)
             row = hl_table_find(nt->sh->tbl, e->user, e->user_len);
         nt->user = row < 0 ? -1 : add_user(loc, nt->sh, (uint32_t)row);
+        nt->w = e->w;
+        nt->ts_ms = e->ts_ms;
     }
 }
 
@@ -389,6 +393,26 @@ void hl_foldin_local_fill(hl_wfoldin *wf, hl_foldin_local *loc, const hl_shard *
 
 /* ---- the batch's notes into the sums ---- */
 
+/* Starts loading what the adds of notes [i0, i0+n) read outside the
+ * accumulator: their users' flags and queries, written at the take and
+ * evicted by the refreshes since. The notes themselves are read in order.
+ * Inlined by force: out of line, gcc 12 takes a function of prefetches
+ * alone for pure and drops its calls (core/foldin.c, prefetch_group). */
+static inline __attribute__((always_inline)) void
+prefetch_users(const hl_foldin_local *loc, int i0, int n)
+{
+    size_t q_bytes = (size_t)loc->dim * sizeof(float);
+    for (int k = 0; k < n; k++) {
+        int32_t u = loc->note[i0 + k].user;
+        if (u < 0)
+            continue;
+        const char *q = (const char *)(loc->uq + (size_t)u * loc->dim);
+        __builtin_prefetch(&loc->user[u]);
+        for (size_t b = 0; b < q_bytes; b += 64)
+            __builtin_prefetch(q + b);
+    }
+}
+
 /* Adds notes [i0, i0+n) under the lock; the due items into pub (room for
  * n), their count returned. A note without a user (its event not applied,
  * or its user gone) adds nothing; one whose user has no query (no fill
@@ -397,29 +421,26 @@ static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, fold_p
                      float *vecs, uint64_t *added, uint64_t *skipped)
 {
     int n_pub = 0, d = wf->dim, m = 0;
-    const char *ids[FOLD_CHUNK];
-    uint32_t lens[FOLD_CHUNK];
+    uint32_t hs[FOLD_CHUNK];
     for (int k = 0; k < n; k++)
-        if (loc->note[i0 + k].user >= 0) {
-            ids[m] = loc->ids + loc->note[i0 + k].off;
-            lens[m++] = loc->note[i0 + k].len;
-        }
-    hl_foldin_prefetch(wf->f, ids, lens, m);
+        if (loc->note[i0 + k].user >= 0)
+            hs[m++] = loc->note[i0 + k].hash;
+    hl_foldin_prefetch(wf->f, hs, m);
     for (int k = 0; k < n; k++) {
         const fold_note *nt = &loc->note[i0 + k];
         if (nt->user < 0)
             continue;
-        const hl_event *e = &nt->sh->ev[nt->ev];
         const char *id = loc->ids + nt->off;
+        int32_t due;
         if (!loc->user[nt->user].has_q ||
-            hl_foldin_add(wf->f, id, nt->len, loc->uq + (size_t)nt->user * d, e->w,
-                          e->ts_ms) < 0) {
+            hl_foldin_add_due(wf->f, id, nt->len, nt->hash, loc->uq + (size_t)nt->user * d,
+                              nt->w, nt->ts_ms, &due) < 0) {
             (*skipped)++;
             continue;
         }
         (*added)++;
         pub[n_pub].vec = vecs + (size_t)n_pub * (3 * d + 1);
-        n_pub += take_due(wf, id, nt->len, &pub[n_pub]);
+        n_pub += take_due(wf, id, nt->len, due, &pub[n_pub]);
     }
     return n_pub;
 }
@@ -439,6 +460,7 @@ static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,
                         fold_pub *pub, float *vecs)
 {
     uint64_t added = 0, skipped = 0;
+    prefetch_users(loc, i0, n);     /* thread-local: before the lock */
     pthread_mutex_lock(&wf->mu);
     int n_pub = add_chunk(wf, loc, i0, n, pub, vecs, &added, &skipped);
     note_stats(wf);

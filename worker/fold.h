@@ -62,8 +62,11 @@ typedef struct fold_note {
     hl_shard *sh;
     int       ev;                  /* index into sh->ev */
     uint32_t  off, len;            /* item id in ids */
+    uint32_t  hash;                /* hl_foldin_hash of the id, taken while it is hot */
     int32_t   user;                /* its user (hl_foldin_local_resolve); -1: the
                                       event was not applied or the user is gone */
+    float     w;                   /* the event's weight and time, copied at the */
+    int64_t   ts_ms;               /* resolve: the flush reads no event again */
 } fold_note;
 
 /* A user of the batch's notes: its row and, once the refresh or the fill

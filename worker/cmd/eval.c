@@ -16,6 +16,7 @@
 #include "cmd.h"
 #include "eval_internal.h"
 #include "decay.h"
+#include "foldin.h"
 #include "log.h"
 
 #include <cblas.h>
@@ -84,6 +85,10 @@ static void usage(FILE *f)
         "  --foldin N           prequential: items the model does not know are folded\n"
         "                       in from the stream after N interactions, as the\n"
         "                       worker does with catalogue.foldin.min.events=N\n"
+        "  --foldin-bias B      neighbours (their mean bias) or model (the model's\n"
+        "                       mean bias); default the worker's (core/foldin.h)\n"
+        "  --foldin-shrink C    move a folded item towards the model's mean item by\n"
+        "                       C / (decayed count + C); 0 none; default the worker's\n"
         "  --per-user FILE      prequential: write each scored user's events and\n"
         "                       the model's hits to FILE (user_id TAB n TAB hits)\n"
         "  --quiet yes          no progress lines\n",
@@ -153,6 +158,17 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
               strcmp(val, "bias");
     }
     else if (!strcmp(opt, "--foldin"))        { bad = parse_int(val, 1, 1000000, &x); a->foldin = (int)x; }
+    else if (!strcmp(opt, "--foldin-bias"))   {
+        a->foldin_bias = !strcmp(val, "model") ? HL_FOLDIN_BIAS_MODEL : HL_FOLDIN_BIAS_NEIGHBOURS;
+        bad = a->foldin_bias == HL_FOLDIN_BIAS_NEIGHBOURS && strcmp(val, "neighbours");
+    }
+    else if (!strcmp(opt, "--foldin-shrink")) {
+        char *end;
+        a->foldin_shrink = strtod(val, &end);
+        bad = end == val || *end != 0 || !(a->foldin_shrink >= 0 && a->foldin_shrink <= 1e9);
+        if (!bad && a->foldin_shrink == 0)
+            a->foldin_shrink = -1;              /* none, not the default */
+    }
     else if (!strcmp(opt, "--popularity-counts")) {
         a->pop_counts_all = !strcmp(val, "all");
         bad = !a->pop_counts_all && strcmp(val, "history");

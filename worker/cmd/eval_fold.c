@@ -33,9 +33,10 @@ struct eval_fold {
     int64_t         no_room;
 };
 
-int hl_eval_fold_create(eval_fold **out, const hl_model *m, int min_events,
-                        int32_t max_items, int batch, char *errbuf, size_t errlen)
+int hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
+                        int32_t max_items, char *errbuf, size_t errlen)
 {
+    int batch = a->batch;
     const hl_model_info *mi = hl_model_info_get(m);
     eval_fold *ef = calloc(1, sizeof *ef);
     *out = NULL;
@@ -44,8 +45,9 @@ int hl_eval_fold_create(eval_fold **out, const hl_model *m, int min_events,
     double h = 0;
     for (int i = 0; i < mi->n_heads; i++)
         h = mi->half_life_ms[i] > h ? mi->half_life_ms[i] : h;
-    hl_foldin_opts fo = {.dim = mi->dim, .max_items = max_items, .min_events = min_events,
-                         .half_life_ms = h};
+    hl_foldin_opts fo = {.dim = mi->dim, .max_items = max_items, .min_events = a->foldin,
+                         .half_life_ms = h, .bias = a->foldin_bias,
+                         .shrink = (float)a->foldin_shrink};
     ef->f = hl_foldin_create(&fo, hl_model_e_in(m), hl_model_e_out(m), hl_model_bias(m),
                              mi->n_items, errbuf, errlen);
     hl_encoder_net_from_model(&ef->net, m);

@@ -43,6 +43,8 @@ typedef struct eval_args {
     const hl_model *swap_m;        /* opened by hl_cmd_eval */
     double      swap_at, score_from, apply_from;   /* 0..1; swap_at < 0: none */
     int         foldin;            /* prequential: fold-in's min.events; 0 off */
+    int         foldin_bias;       /* hl_foldin_opts.bias; 0 the default */
+    double      foldin_shrink;     /* hl_foldin_opts.shrink; 0 the default */
     const char *swap_weights;      /* the fit's item weights: none (NULL), count,
                                       remainder or bias (core/migrate.h) */
     const char *per_user;          /* prequential: the model's scored events and
@@ -225,8 +227,8 @@ int  hl_eval_rings_get(const eval_rings *r, int32_t user, int32_t *out);
 
 typedef struct eval_fold eval_fold;
 /* *out is set even on failure (then hl_eval_fold_destroy it). */
-int     hl_eval_fold_create(eval_fold **out, const hl_model *m, int min_events,
-                            int32_t max_items, int batch, char *errbuf, size_t errlen);
+int     hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
+                            int32_t max_items, char *errbuf, size_t errlen);
 void    hl_eval_fold_destroy(eval_fold *ef);                /* NULL is a no-op */
 /* The ranker row of the unknown item with key, or -1 (no vectors yet). */
 int32_t hl_eval_fold_row(const eval_fold *ef, uint64_t key);

@@ -66,6 +66,9 @@ typedef struct preq_run {
     metric           model, popm;
     metric           model_unknown;     /* targets the model does not know */
     eval_fold       *fold;              /* --foldin; NULL: frozen catalogue */
+    int64_t          fold_places;       /* --foldin: places in scored lists that
+                                           folded-in items took */
+    int32_t          n_items;           /* the model's: side rows come after */
     hl_rank_exclude *extra;             /* (batch) --foldin: folded-in items in the ring */
     int32_t         *extra_rows;        /* (batch, history) */
     metric          *win_model, *win_pop;   /* (windows) */
@@ -147,9 +150,9 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
                        .max_batch = a->batch};
     if (pr->m && (pr->rk = hl_ranker_create(pr->m, &ro, errbuf, errlen)) == NULL)
         return HL_EINVAL;
+    pr->n_items = pr->m ? hl_model_info_get(pr->m)->n_items : 0;
     if (pr->m && a->foldin > 0 && !a->swap_m &&
-        hl_eval_fold_create(&pr->fold, pr->m, a->foldin, 100000, a->batch, errbuf,
-                            errlen) != 0)
+        hl_eval_fold_create(&pr->fold, pr->m, a, 100000, errbuf, errlen) != 0)
         return HL_EINVAL;
     pr->extra = calloc((size_t)a->batch, sizeof *pr->extra);
     pr->seen_hist = a->seen_history > 0 ? a->seen_history : a->history;
@@ -317,6 +320,8 @@ static void preq_score(preq_run *pr, int64_t first, int n)
             continue;           /* --score-from: applied, not scored */
         int32_t target = ranked_row(pr, e);
         int rank = rank_in_recs(pr->recs + (size_t)b * pr->a->k, pr->n_out[b], target);
+        for (int r = 0; pr->fold && r < pr->n_out[b]; r++)
+            pr->fold_places += pr->recs[(size_t)b * pr->a->k + r].item >= pr->n_items;
         metric_add(&pr->model, rank);
         if (pr->user_n) {
             pr->user_n[e->user]++;
@@ -397,8 +402,10 @@ static void preq_print(const preq_run *pr, double seconds)
         hl_eval_print_metric("targets_in_own_ring", &pr->seen_own, 0);
         hl_eval_print_metric("targets_in_full_ring", &pr->seen_full, 0);
     }
-    if (pr->fold)
+    if (pr->fold) {
         hl_eval_fold_print(pr->fold);
+        printf(",\"foldin_list_places\":%lld", (long long)pr->fold_places);
+    }
     if (pr->a->baseline)
         hl_eval_print_metric("popularity", &pr->popm, 0);
     preq_print_windows(pr);

@@ -39,7 +39,7 @@ TESTS      := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES    := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZERS    := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all test bench bench-faiss run deps check-layering check-clang fuzz clean
+.PHONY: all test bench bench-faiss run deps check-layering check-clang check-prefetch fuzz clean
 all: $(BUILD)/halflife $(BUILD)/libhalflife.a
 
 # Order-only on deps: with make -j the compiler must not run before the
@@ -144,8 +144,14 @@ check-clang: deps
 	  done; \
 	else echo "SKIP check-clang: clang not installed"; fi
 
+# Every object whose source prefetches must hold a prefetch instruction:
+# gcc drops the calls of an out-of-line helper that only prefetches
+# (core/hl.h, HL_PREFETCH_FN), and nothing else would notice.
+check-prefetch: $(BUILD)/halflife
+	@tests/check_prefetch.sh $(BUILD)
+
 FUZZ_WANTED := $(if $(shell command -v clang 2>/dev/null),$(FUZZERS))
-test: deps check-layering check-clang $(BUILD)/halflife $(TESTS) $(FUZZ_WANTED)
+test: deps check-layering check-clang check-prefetch $(BUILD)/halflife $(TESTS) $(FUZZ_WANTED)
 	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) tests/run.sh $(abspath $(BUILD))
 
 # The long runs that do not fit in make test's ten minutes: the demo at its

@@ -457,7 +457,7 @@ int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, co
  * (head and sums, consecutive lines). Inlined by force: gcc 12 found the
  * out-of-line version "looping pure" (prefetches are no side effect to
  * it) and dropped the call, so before this the hint issued nothing. */
-static inline __attribute__((always_inline)) void
+HL_PREFETCH_FN void
 prefetch_group(const hl_foldin *f, const uint32_t *h, int n)
 {
     uint32_t at_slot[64];

@@ -29,6 +29,14 @@ enum {
 #define HL_MAX_HEADS    8     /* decay timescales per user */
 #define HL_MAX_ID_LEN   256   /* user_id and item_id, bytes (DESIGN.md section 3) */
 
+/* Declares a helper whose only effect is __builtin_prefetch. Out of line,
+ * gcc 12 (from -O1) finds such a function pure, a prefetch being no side
+ * effect to it, and deletes its calls: migrate.o and qscore_scan.o held no
+ * prefetch instruction at all. Inlined by force, the hints land in the
+ * caller. `make check-prefetch` fails an object whose source prefetches
+ * but whose code has no prefetch instruction. */
+#define HL_PREFETCH_FN static inline __attribute__((always_inline))
+
 /* Event types, in the order of the BehaviourEvent enum (schemas/). */
 enum { HL_VIEW, HL_CLICK, HL_FAVORITE, HL_ADD_TO_CART, HL_PURCHASE, HL_RATE,
        HL_N_TYPES };

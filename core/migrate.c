@@ -454,14 +454,14 @@ static int collect(const hl_migration *mg, hl_row_edit *e, int n, walk *wk,
 /* Asks for every line of x: its row is random in a table larger than the
  * cache (delta is n_items x dim), and a row's dozen of such gathers, each
  * waited for in turn, were most of a migration's time. */
-static void prefetch_vec(const float *x, int dim)
+HL_PREFETCH_FN void prefetch_vec(const float *x, int dim)
 {
     const char *p = (const char *)x;
     for (size_t o = 0; o < sizeof(float) * (size_t)dim; o += 64)
         __builtin_prefetch(p + o);
 }
 
-static void prefetch_gather(const hl_migration *mg, const gather *g)
+HL_PREFETCH_FN void prefetch_gather(const hl_migration *mg, const gather *g)
 {
     prefetch_vec(g->x, mg->dim);
     if (g->item != NULL)

@@ -333,7 +333,7 @@ VNNI_TARGET static inline void tile_test_4x4(hl_qscan *qs, int u0, int32_t c, co
  * block are asked into L2: a group of users reads four chunks in
  * interleaved rows, which the hardware prefetchers follow less well than
  * one stream (measured: 3-7% at batch 16, 1M items). */
-static inline void prefetch_next_block(const hl_qitems *qi, int32_t c)
+HL_PREFETCH_FN void prefetch_next_block(const hl_qitems *qi, int32_t c)
 {
     int32_t cn = c + BLOCK_CHUNKS;
     if (cn + 4 > qi->n_chunks)

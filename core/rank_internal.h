@@ -131,7 +131,7 @@ static inline float det_score(const float *q, const float *e, int dim, float b)
     return s + b;
 }
 
-static inline void prefetch_row(const float *row, int dim)
+HL_PREFETCH_FN void prefetch_row(const float *row, int dim)
 {
     for (int d = 0; d < dim; d += 16)      /* one 64-byte line per 16 floats */
         __builtin_prefetch(row + d);

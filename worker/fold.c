@@ -397,8 +397,8 @@ void hl_foldin_local_fill(hl_wfoldin *wf, hl_foldin_local *loc, const hl_shard *
  * accumulator: their users' flags and queries, written at the take and
  * evicted by the refreshes since. The notes themselves are read in order.
  * Inlined by force: out of line, gcc 12 takes a function of prefetches
- * alone for pure and drops its calls (core/foldin.c, prefetch_group). */
-static inline __attribute__((always_inline)) void
+ * alone for pure and drops its calls (core/hl.h, HL_PREFETCH_FN). */
+HL_PREFETCH_FN void
 prefetch_users(const hl_foldin_local *loc, int i0, int n)
 {
     size_t q_bytes = (size_t)loc->dim * sizeof(float);

@@ -332,7 +332,10 @@ VNNI_TARGET static inline void tile_test_4x4(hl_qscan *qs, int u0, int32_t c, co
 /* While the first four users meet a block, the same chunks of the next
  * block are asked into L2: a group of users reads four chunks in
  * interleaved rows, which the hardware prefetchers follow less well than
- * one stream (measured: 3-7% at batch 16, 1M items). */
+ * one stream. The old "3-7% at batch 16" was measured while gcc dropped
+ * this call (core/hl.h, HL_PREFETCH_FN); running, 7 interleaved pairs at
+ * load 1-10 (2026-12-04) put it inside the noise: 1M items, batch 16
+ * +2% (256: -1%), where batch 1, which never calls it, moved 1-3%. */
 HL_PREFETCH_FN void prefetch_next_block(const hl_qitems *qi, int32_t c)
 {
     int32_t cn = c + BLOCK_CHUNKS;

@@ -397,8 +397,10 @@ def test_seen_window():
         assert by_window[key] == by_history[key], (key, by_window[key], by_history[key])
     p = run(*base, "--history", "8", "--seen-window", "9", code=2)
     assert "--seen-window 9 is above --history 8" in p.stderr, p.stderr
-    p = run(*base, "--seen-window", "4", "--exclude-seen", "no", code=2)
-    assert "--exclude-seen" in p.stderr, p.stderr
+    p = run(*base, "--seen-window", "4", "--protocol", "loo", code=2)
+    assert "prequential" in p.stderr, p.stderr
+    nothing = run(*base, "--history", "8", "--seen-window", "4", "--exclude-seen", "no")
+    assert nothing["model"] == run(*base, "--history", "8", "--exclude-seen", "no")["model"]
     p = run(*base, *full, "--seen-window", "4", "--seen-history", "5", code=2)
     assert "disagree" in p.stderr, p.stderr
 

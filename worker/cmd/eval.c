@@ -61,7 +61,7 @@ static void usage(FILE *f)
         "                       --seen-window, else --history), so a longer --history\n"
         "                       (the state's ring) can be measured with the same\n"
         "                       items left out\n"
-        "  --seen-window N      prequential, with --exclude-seen yes: leave out the\n"
+        "  --seen-window N      prequential (with --exclude-seen no, nothing): leave out the\n"
         "                       items of the user's last N events only, not the whole\n"
         "                       --history ring (the worker's recs.exclude.seen.events,\n"
         "                       the same code: hl_row_seen_from); N <= --history;\n"
@@ -219,7 +219,9 @@ static int check_args(const eval_args *a)
                         "(loo leaves out every earlier item anyway)\n\n");
         return 2;
     }
-    if (a->seen_window > 0 && (strcmp(a->protocol, "prequential") || !a->exclude_seen)) {
+    /* With --exclude-seen no it leaves nothing out, as --seen-history: not
+     * refused, so one set of options serves every protocol of a script. */
+    if (a->seen_window > 0 && strcmp(a->protocol, "prequential")) {
         fprintf(stderr, "halflife eval: --seen-window says which items --exclude-seen yes "
                         "leaves out, in the prequential protocol (loo leaves out every "
                         "earlier item)\n\n");

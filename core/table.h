@@ -78,7 +78,7 @@ static inline int hl_row_hist_index(const hl_row_view *v, int i)
  * n_hist - 1 are seen. Why a window apart from the ring: a longer ring
  * keeps more of each head exact across a model swap (core/migrate.c),
  * while leaving out that many items would cost lists most of their hits
- * on data where users come back to items (README, "Model swap"). The
+ * on data where users come back to items (README, "Daily retrain"). The
  * ranker, the worker's added-item exclusions and halflife eval all take
  * the seen entries from here, so they agree. */
 static inline int hl_row_seen_from(const hl_row_view *v, int window)

@@ -15,8 +15,8 @@
  *
  * bench_state --memory HEADS HISTORY [USERS]: memory per user alone, for
  * another shape (dim 64): USERS users (default 100000) each given HISTORY
- * events, so every ring is full. What state.history costs (README, "Model
- * swap": a longer ring for an exact swap). */
+ * events, so every ring is full. What state.history costs (README,
+ * "Daily retrain": a longer ring makes a model swap more exact). */
 #include "table.h"
 
 #include <math.h>

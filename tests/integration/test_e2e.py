@@ -13,7 +13,7 @@ newest event; /metrics accounts for every event; SIGTERM exits 0.
 
 The worker keeps a longer history than its lists leave out
 (state.history=64, recs.exclude.seen.events=8: the configuration a model
-swap wants, README "Model swap"): the offline reference ranks with the same
+swap wants, README "Daily retrain"): the offline reference ranks with the same
 window, no list holds an item of its user's last 8 events, and some lists
 hold items the user saw only before them (the window was exercised: with
 the whole ring left out they could not be listed).

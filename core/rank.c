@@ -83,6 +83,9 @@ static int check_opts(const hl_model_parts *p, const hl_rank_opts *o,
 {
     if (o->k < 1 || o->k > MAX_K)
         return hl_err(errbuf, errlen, HL_EINVAL, "ranker: k %d (1..%d)", o->k, MAX_K);
+    if (o->seen_window < 0 || o->seen_window > MAX_RING)
+        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: seen_window %d (0..%d)",
+                      o->seen_window, MAX_RING);
     if (o->max_batch < 1 || o->max_batch > MAX_BATCH)
         return hl_err(errbuf, errlen, HL_EINVAL, "ranker: max_batch %d (1..%d)",
                       o->max_batch, MAX_BATCH);
@@ -194,6 +197,7 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
     r->k = o->k;
     r->kc = o->k + DET_PAD;
     r->exclude_seen = o->exclude_seen;
+    r->seen_window = o->seen_window;
     r->max_batch = o->max_batch;
     r->block = o->block_items > 0 ? o->block_items : DEFAULT_BLOCK;
     if (r->block > r->n_items)

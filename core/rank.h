@@ -15,7 +15,10 @@
  * "Batch independence").
  *
  * Exclusions: with exclude_seen, every item in the user's history ring
- * (hl_row_view.hist_item, the last state.history events) is left out; the
+ * (hl_row_view.hist_item, the last state.history events) is left out, or
+ * with seen_window N > 0 the items of its last N entries only
+ * (hl_row_seen_from; an item also in an older entry is then left out only
+ * if it recurs among the last N); the
  * _ex variant adds an explicit list per user (halflife eval uses it to
  * exclude all of a user's earlier items, which can outnumber the ring).
  *
@@ -30,7 +33,11 @@
  * linear, so this is an explanation, not an exact attribution. The event's
  * own weight field is not kept in the ring, so only its type weight counts.
  * because = i_e of the best entry (the newest on equal c), or -1 when no
- * entry has c > 0 (no known history, or nothing in it points towards j). */
+ * entry has c > 0 (no known history, or nothing in it points towards j).
+ * It ranges over the whole ring whatever seen_window is: every entry feeds
+ * the heads, so every entry may explain a list, and with a window an
+ * item can be both listed and its own because (a repeat the ring holds
+ * only before the window). */
 #ifndef HL_RANK_H
 #define HL_RANK_H
 
@@ -44,6 +51,9 @@ typedef struct hl_ranker hl_ranker;   /* opaque */
 typedef struct hl_rank_opts {
     int k;               /* list length (recs.k), 1..1000 */
     int exclude_seen;    /* drop items in the user's history (recs.exclude.seen) */
+    int seen_window;     /* with exclude_seen: only the items of the ring's last
+                            seen_window entries (recs.exclude.seen.events),
+                            0..255; 0 = the whole ring */
     int max_batch;       /* most users per hl_ranker_refresh call, 1..65536 */
     int block_items;     /* items per scoring block; 0 = default (512) */
     int scoring;         /* HL_SCORING_EXACT or HL_SCORING_TWO_STAGE (recs.scoring) */

@@ -77,14 +77,17 @@ static void mark_excluded(float *srow, int32_t j0, int nb, const int32_t *items,
     }
 }
 
-/* Sorts user u's known ring items into r->seen, so each block finds its
- * excluded items with a cursor instead of walking the ring again. */
+/* Sorts user u's known seen items (the ring's, or its last seen_window
+ * entries') into r->seen, so each block finds its excluded items with a
+ * cursor instead of walking the ring again. Every path (blocked, two-stage,
+ * index, rescan) excludes from r->seen. */
 void hl_rank_load_seen(hl_ranker *r, int u, const hl_row_view *v)
 {
     int32_t *seen = r->seen + (size_t)u * MAX_RING;
-    int n = 0, slot = v->hist_head;
+    int i0 = hl_row_seen_from(v, r->seen_window);
+    int n = 0, slot = hl_row_hist_index(v, i0);
 
-    for (int i = 0; i < v->n_hist && n < MAX_RING; i++) {
+    for (int i = i0; i < v->n_hist && n < MAX_RING; i++) {
         int32_t it = v->hist_item[slot];
         slot = slot + 1 == v->history ? 0 : slot + 1;
         if (it < 0 || it >= r->n_items)

@@ -42,6 +42,7 @@ struct hl_ranker {
     float          lambda_per_ms[HL_MAX_HEADS];
     float          type_weight[HL_N_TYPES];
     int            k, exclude_seen, max_batch, block;
+    int            seen_window; /* hl_rank_opts.seen_window: 0 = the whole ring */
     int            kc;         /* candidates per user: k + DET_PAD */
     double         e_norm_max; /* max_j ||e_out[j]||_2 */
     double         bias_max;   /* max_j |bias[j]| */

@@ -48,7 +48,7 @@ static void naive_mark(const hl_ranker *r, const hl_row_view *v,
                        const hl_rank_exclude *ex, uint8_t *excl)
 {
     if (r->exclude_seen)
-        for (int i = 0; i < v->n_hist; i++) {
+        for (int i = hl_row_seen_from(v, r->seen_window); i < v->n_hist; i++) {
             int32_t it = v->hist_item[hl_row_hist_index(v, i)];
             if (it >= 0 && it < r->n_items)
                 excl[it] = 1;

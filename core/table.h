@@ -72,6 +72,20 @@ static inline int hl_row_hist_index(const hl_row_view *v, int i)
     return (v->hist_head + i) % v->history;
 }
 
+/* The first history entry (0 = oldest) whose item counts as seen when the
+ * lists leave out only the user's last `window` events
+ * (recs.exclude.seen.events; 0 = the whole ring). Entries from here to
+ * n_hist - 1 are seen. Why a window apart from the ring: a longer ring
+ * keeps more of each head exact across a model swap (core/migrate.c),
+ * while leaving out that many items would cost lists most of their hits
+ * on data where users come back to items (README, "Daily retrain"). The
+ * ranker, the worker's added-item exclusions and halflife eval all take
+ * the seen entries from here, so they agree. */
+static inline int hl_row_seen_from(const hl_row_view *v, int window)
+{
+    return window > 0 && window < v->n_hist ? v->n_hist - window : 0;
+}
+
 typedef struct hl_table_stats {
     size_t   users;               /* live rows */
     size_t   bytes;               /* memory held: rows, index, keys */

@@ -17,7 +17,9 @@
  *       with HL_OFFLINE_CATALOGUE=path (lines as `halflife items` reads
  *       them: item_id,available[,expires_at_ms[,bias,e_in..,e_out..]]) the
  *       live catalogue of that file is applied, expiry at HL_OFFLINE_NOW
- *       (ms; default: the newest event time);
+ *       (ms; default: the newest event time); HL_OFFLINE_HISTORY=n
+ *       (state.history, default 32) and HL_OFFLINE_SEEN_EVENTS=n
+ *       (recs.exclude.seen.events, default 0: the whole ring);
  *   HL_OFFLINE_SWAP_PRE=path HL_OFFLINE_SWAP_POST=path HL_OFFLINE_MODEL=A
  *   HL_OFFLINE_MODEL_B=B
  *       a model swap as core/ computes it (test_model_swap.py's reference):
@@ -161,11 +163,17 @@ static long apply_file_at(hl_table *tbl, const hl_model *m, const char *path, lo
     return n;
 }
 
+static int env_int(const char *name, int def)
+{
+    const char *v = getenv(name);
+    return v && *v ? atoi(v) : def;
+}
+
 static hl_table *new_table(const hl_model *m)
 {
     const hl_model_info *mi = hl_model_info_get(m);
-    hl_table_opts to = {.history = 32, .max_users = 10000000, .evict_mass = 1e-6f,
-                        .expected_users = 1024};
+    hl_table_opts to = {.history = env_int("HL_OFFLINE_HISTORY", 32), .max_users = 10000000,
+                        .evict_mass = 1e-6f, .expected_users = 1024};
     if (hl_decay_init(&to.decay, mi->n_heads, mi->dim, mi->half_life_ms, NULL, 0) != 0)
         return NULL;
     return hl_table_create(&to, NULL, 0);
@@ -261,10 +269,10 @@ static int64_t env_ms(const char *name, int64_t def)
 
 /* The user's ring entries the catalogue added, as ranker rows: seen, like
  * model items in the ring (the worker's publish.c does the same). */
-static hl_rank_exclude added_seen(const hl_row_view *v, int32_t *rows)
+static hl_rank_exclude added_seen(const hl_row_view *v, int window, int32_t *rows)
 {
     int n = 0;
-    for (int j = 0; g_view && j < v->n_hist && n < 32; j++) {
+    for (int j = hl_row_seen_from(v, window); g_view && j < v->n_hist; j++) {
         int k = hl_row_hist_index(v, j);
         int32_t row = v->hist_item[k] < 0 ? hl_catview_added_row(g_view, v->hist_key[k]) : -1;
         if (row >= 0)
@@ -277,7 +285,8 @@ static hl_rank_exclude added_seen(const hl_row_view *v, int32_t *rows)
 static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
 {
     enum { B = 256 };
-    hl_rank_opts ro = {.k = k, .exclude_seen = 1, .max_batch = B,
+    int window = env_int("HL_OFFLINE_SEEN_EVENTS", 0);
+    hl_rank_opts ro = {.k = k, .exclude_seen = 1, .seen_window = window, .max_batch = B,
                        .scoring = HL_SCORING_EXACT};
     hl_ranker *r = hl_ranker_create(m, &ro, NULL, 0);
     hl_row_view *v = calloc(B, sizeof *v);
@@ -297,7 +306,7 @@ static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
     }
     hl_rec *recs = calloc((size_t)B * k, sizeof *recs);
     hl_rank_exclude ex[B];
-    int32_t seen[B][32];                /* new_table's history */
+    static int32_t seen[B][255];        /* new_table's history, at most 255 */
     int n_out[B];
     long users = 0;
     uint32_t lim = hl_table_row_limit(tbl);
@@ -307,7 +316,7 @@ static long rank_all(hl_table *tbl, const hl_model *m, int k, FILE *f)
             if (hl_table_row_live(tbl, row))
                 hl_table_view(tbl, row, &v[n++]);
         for (int i = 0; i < n; i++)
-            ex[i] = added_seen(&v[i], seen[i]);
+            ex[i] = added_seen(&v[i], window, seen[i]);
         if (n == 0 || hl_ranker_refresh_ex(r, v, n, ex, recs, n_out) != 0)
             continue;
         for (int i = 0; i < n; i++)
@@ -408,12 +417,6 @@ static int swap_main(const char *pre, const char *post, const char *ma, const ch
     hl_model_close(a);
     hl_model_close(b);
     return n2 < 0;
-}
-
-static int env_int(const char *name, int def)
-{
-    const char *v = getenv(name);
-    return v && *v ? atoi(v) : def;
 }
 
 /* ---- self-tests -------------------------------------------------------- */

@@ -1,6 +1,7 @@
 /* test_rank.c - the blocked ranker against its plain-loop twin (items,
  * order, scores within 1e-4, because), on random models, with exclusions,
- * ties, short lists and odd block sizes; and hand-checked cases. */
+ * ties, short lists and odd block sizes; and hand-checked cases, the
+ * exclusion window (recs.exclude.seen.events) on every scoring path. */
 #define T_SUITE "rank"
 #include "test.h"
 #define RNG_SEED 0x9E3779B97F4A7C15ull
@@ -381,6 +382,86 @@ static void test_model_file_matches_parts(void)
     tmodel_free(&t);
 }
 
+/* recs.exclude.seen.events (hl_rank_opts.seen_window): a user whose ring
+ * holds 10 events (items 0..9, oldest first, the ring wrapped) and a
+ * window of 3 gets every item but 7, 8 and 9 (k covers the catalogue, so
+ * "can appear" means "appears"); window 0, or one at or past the 10
+ * events, leaves out all ten. A second user's newest event repeats its
+ * oldest item: in the window, so left out although also old. Every
+ * scoring path (blocked exact, two-stage, the index probing every list,
+ * the plain-loop twin) must leave out the same items. */
+static int listed_items(const hl_rec *out, int n, uint8_t *in)
+{
+    memset(in, 0, 40);
+    for (int j = 0; j < n; j++)
+        if (out[j].item >= 0 && out[j].item < 40)
+            in[out[j].item] = 1;
+    return n;
+}
+
+static void check_window(const tmodel *t, const hl_ivf *ix, int scoring, int window,
+                         int naive)
+{
+    char err[256] = "";
+    tuser u[2];
+    for (int i = 0; i < 2; i++) {
+        tuser_init(&u[i], t, 10);
+        u[i].v.hist_head = T_RING - 4;             /* the 10 entries wrap */
+        for (int e = 0; e < 10; e++)
+            u[i].item[hl_row_hist_index(&u[i].v, e)] = e;
+    }
+    u[1].item[hl_row_hist_index(&u[1].v, 9)] = 0;  /* newest = oldest's item */
+    hl_rank_opts o = {.k = 40, .exclude_seen = 1, .seen_window = window, .max_batch = 2,
+                      .scoring = scoring, .qkernel = HL_QKERNEL_PLAIN, .ivf = ix,
+                      .nprobe = 1000};
+    hl_ranker *r = hl_ranker_create_parts(&t->p, &o, err, sizeof err);
+    CHECKF(r != NULL, "create: %s", err);
+    if (r == NULL)
+        return;
+    hl_row_view v[2] = {u[0].v, u[1].v};
+    hl_rec out[80];
+    int n_out[2];
+    CHECK((naive ? hl_ranker_refresh_naive(r, v, 2, NULL, out, n_out)
+                 : hl_ranker_refresh(r, v, 2, out, n_out)) == 0);
+    int w = window > 0 && window < 10 ? window : 10;
+    uint8_t in[40];
+    for (int i = 0; i < 2; i++) {
+        listed_items(out + i * 40, n_out[i], in);
+        for (int32_t j = 0; j < 40; j++) {
+            /* user 0: the last w events hold items 10-w..9; user 1 the
+             * same but its newest is item 0 instead of 9 */
+            int seen = i == 0 ? (j < 10 && j >= 10 - w)
+                              : (j < 9 && j >= 10 - w) || (j == 0);
+            CHECKF(in[j] == !seen, "window %d scoring %d ivf %d naive %d user %d item %d: "
+                   "listed %d, seen %d", window, scoring, ix != NULL, naive, i, j, in[j], seen);
+        }
+    }
+    hl_ranker_destroy(r);
+}
+
+static void test_seen_window(void)
+{
+    tmodel t;
+    char err[256] = "";
+    tmodel_init(&t, 40, 8, 2, 1, 16);
+    hl_ivf_opts io = {.nlist = 4, .seed = 7};
+    hl_ivf *ix = hl_ivf_create(t.e_out, t.bias, 40, 8, &io, err, sizeof err);
+    CHECKF(ix != NULL, "index: %s", err);
+    int windows[] = {0, 1, 3, 9, 10, 32, 255};
+    for (size_t i = 0; i < sizeof windows / sizeof *windows; i++) {
+        check_window(&t, NULL, HL_SCORING_EXACT, windows[i], 0);
+        check_window(&t, NULL, HL_SCORING_EXACT, windows[i], 1);
+        check_window(&t, NULL, HL_SCORING_TWO_STAGE, windows[i], 0);
+        if (ix != NULL)
+            check_window(&t, ix, HL_SCORING_EXACT, windows[i], 0);
+    }
+    hl_rank_opts o = {.k = 5, .exclude_seen = 1, .seen_window = 256, .max_batch = 2};
+    CHECK(hl_ranker_create_parts(&t.p, &o, err, sizeof err) == NULL);
+    CHECKF(strstr(err, "seen_window 256") != NULL, "err = %s", err);
+    hl_ivf_destroy(ix);
+    tmodel_free(&t);
+}
+
 static void test_bad_arguments(void)
 {
     tmodel t;
@@ -425,6 +506,7 @@ int main(void)
     RUN(test_refresh_is_repeatable);
     RUN(test_same_list_alone_and_in_batch);
     RUN(test_model_file_matches_parts);
+    RUN(test_seen_window);
     RUN(test_bad_arguments);
     TEST_EXIT();
 }

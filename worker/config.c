@@ -71,6 +71,7 @@ static const key_def keys[] = {
     {"recs.enabled",        T_BOOL, "true", 0, 0, NULL, "publish lists; false keeps state only"},
     {"recs.k",              T_INT,  "20", 1, 1000, NULL, "list length"},
     {"recs.exclude.seen",   T_BOOL, "true", 0, 0, NULL, "drop items in the user's history from the list"},
+    {"recs.exclude.seen.events", T_INT, "0", 0, 255, NULL, "with recs.exclude.seen, drop only the items of the user's last N events, so state.history can keep more events (a more exact model swap) than lists leave out; at most state.history (refused at start above it); 0 = every event the history holds"},
     {"recs.scoring",        T_ENUM, "auto", 0, 0, "auto|exact|two-stage", "two-stage: an int8 copy of e_out proposes candidates under an error bound and exact fp32 scores decide, so lists equal exact's, 3-4x faster at 1M items; exact: fp32 over every item; auto: two-stage where the CPU has AVX-512 VNNI, else exact"},
     {"recs.index",          T_ENUM, "none", 0, 0, "none|ivf", "ivf: an approximate inverted-file index over e_out, built at model load, scores only the recs.index.nprobe clusters nearest the user's query (for catalogues of millions of items); returned scores are exact, the set may miss some of the exact list (recall@k logged at start, halflife_index_recall); none: recs.scoring over every item"},
     {"recs.index.nlist",    T_INT,  "0", 0, 1048576, NULL, "clusters (lists) of the ivf index, at most the number of items; 0 = 4 sqrt(items)"},
@@ -526,6 +527,14 @@ int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
         return hl_err(errbuf, errlen, HL_EINVAL, "event.min.ts.ms=%lld is after event.max.ts.ms=%lld",
                       (long long)hl_config_int(cfg, "event.min.ts.ms"),
                       (long long)hl_config_int(cfg, "event.max.ts.ms"));
+    /* Refused rather than clamped: a window the ring cannot hold would
+     * silently leave out fewer items than asked for. */
+    if (hl_config_int(cfg, "recs.exclude.seen.events") > hl_config_int(cfg, "state.history"))
+        return hl_err(errbuf, errlen, HL_EINVAL, "recs.exclude.seen.events=%lld is above "
+                      "state.history=%lld: the history holds only that many events (raise "
+                      "state.history, or 0 = the whole history)",
+                      (long long)hl_config_int(cfg, "recs.exclude.seen.events"),
+                      (long long)hl_config_int(cfg, "state.history"));
     if ((rc = check_topics(cfg, errbuf, errlen)) != 0 ||
         (rc = check_registry_urls(cfg, errbuf, errlen)) != 0)
         return rc;
@@ -716,6 +725,7 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->recs_enabled = hl_config_bool(cfg, "recs.enabled");
     o->recs_k = (int)hl_config_int(cfg, "recs.k");
     o->recs_exclude_seen = hl_config_bool(cfg, "recs.exclude.seen");
+    o->recs_exclude_seen_events = (int)hl_config_int(cfg, "recs.exclude.seen.events");
     o->recs_min_interval_ms = hl_config_int(cfg, "recs.min.interval.ms");
     o->recs_scoring = recs_scoring(cfg);
     o->recs_index_ivf = strcmp(hl_config_str(cfg, "recs.index"), "ivf") == 0;

@@ -32,6 +32,7 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
         !t->excl)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
+                       .seen_window = o->recs_exclude_seen_events,
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
                        .qitems = t->mref->qitems, .ivf = t->mref->ivf,
                        .nprobe = o->recs_index_nprobe,
@@ -49,6 +50,7 @@ int hl_publish_model(hl_wthread *t, const hl_mref *r, char *errbuf, size_t errle
     /* r's own int8 table: the thread holds r (and so the table) for as
      * long as this ranker lives. */
     hl_rank_opts ro = {.k = o->recs_k, .exclude_seen = o->recs_exclude_seen,
+                       .seen_window = o->recs_exclude_seen_events,
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
                        .qitems = r->qitems, .ivf = r->ivf,
                        .nprobe = o->recs_index_nprobe,
@@ -148,14 +150,17 @@ static void shadow_report(hl_wthread *t)
  * only while the catalogue lists added items). */
 static const hl_rank_exclude *added_seen(hl_wthread *t, int n)
 {
-    int any = 0, per = t->ctx->o->state_history;
-    if (t->cat.rc.n_side == 0 || !t->ctx->o->recs_exclude_seen)
+    const hl_worker_opts *o = t->ctx->o;
+    int any = 0, per = o->state_history;
+    if (t->cat.rc.n_side == 0 || !o->recs_exclude_seen)
         return NULL;
     for (int i = 0; i < n; i++) {
         const hl_row_view *v = &t->views[i];
         int32_t *rows = t->seen_added + (size_t)i * (size_t)per;
         int m = 0;
-        for (int j = 0; v->hist_key != NULL && j < v->n_hist && m < per; j++) {
+        /* the same entries as the ranker's ring exclusion (hl_rank_load_seen) */
+        for (int j = hl_row_seen_from(v, o->recs_exclude_seen_events);
+             v->hist_key != NULL && j < v->n_hist && m < per; j++) {
             int k = hl_row_hist_index(v, j);
             const float *x;
             if (v->hist_item[k] < 0 &&

@@ -36,6 +36,7 @@ typedef struct hl_worker_opts {
     const char *registry_fallback_dir;   /* NULL: none */
     int         recs_enabled;       /* 0: state only, no lists (benchmarks) */
     int         recs_k, recs_exclude_seen;
+    int         recs_exclude_seen_events; /* 0: the whole history ring */
     int         recs_scoring;       /* HL_SCORING_EXACT or _TWO_STAGE (recs.scoring, auto resolved) */
     int         recs_index_ivf;     /* recs.index=ivf: approximate index over e_out */
     int         recs_index_nlist;   /* 0: 4 sqrt(items) */

@@ -11,7 +11,12 @@
  * with the same prefetch depth, without hashing, lookup or bookkeeping: the
  * rate this machine reads and writes ~1 KB at random rows of that table.
  * Memory: the table's own count (stats.bytes) and the process RSS growth
- * while it was filled, against the payload (see hl_table_stats). */
+ * while it was filled, against the payload (see hl_table_stats).
+ *
+ * bench_state --memory HEADS HISTORY [USERS]: memory per user alone, for
+ * another shape (dim 64): USERS users (default 100000) each given HISTORY
+ * events, so every ring is full. What state.history costs (README,
+ * "Daily retrain": a longer ring makes a model swap more exact). */
 #include "table.h"
 
 #include <math.h>
@@ -335,8 +340,62 @@ static void bench_capacity(uint32_t n_users, uint32_t n_new)
     free(R.e_in);
 }
 
+/* --memory: bytes per user of a table of n_users full rings. */
+static void bench_memory(int heads, int history, uint32_t n_users)
+{
+    run R = { .n_users = n_users, .n_events = 1 };
+    make_events(&R);
+    hl_table_opts o = { .history = history, .max_users = 0, .evict_mass = 0,
+                        .expected_users = 0 };
+    double hl_ms[HL_MAX_HEADS];
+    for (int h = 0; h < heads; h++)          /* 1 h, 8 h, 64 h, ..: any will do */
+        hl_ms[h] = 3600e3 * (double)(1 << (3 * h));
+    hl_decay_init(&o.decay, heads, DIM, hl_ms, NULL, 0);
+    char err[256];
+    size_t rss0 = rss_bytes();
+    if ((R.tbl = hl_table_create(&o, err, sizeof err)) == NULL) {
+        fprintf(stderr, "bench_state: %s\n", err);
+        exit(1);
+    }
+    for (int round = 0; round < history; round++) {
+        for (uint32_t u = 0; u < n_users; u++) {
+            R.fill[u].offset += n_users;
+            R.fill[u].ts_ms += 1000;
+            R.fill[u].item = (int32_t)(rnd() % N_ITEMS);
+        }
+        for (uint32_t lo = 0; lo < n_users; lo += 1000)
+            hl_table_apply(R.tbl, R.fill + lo, (int)(n_users - lo < 1000 ? n_users - lo : 1000),
+                           R.e_in, N_ITEMS, NULL);
+    }
+    size_t rss1 = rss_bytes();
+    hl_table_stats st;
+    hl_table_stats_get(R.tbl, &st);
+    printf("{\"bench\":\"state_memory_shape\",\"users\":%zu,\"dim\":%d,\"heads\":%d,"
+           "\"history\":%d,\"value\":%.1f,\"unit\":\"bytes/user\",\"payload\":%.1f,"
+           "\"rss_per_user\":%.1f}\n",
+           st.users, DIM, heads, history, (double)st.bytes / st.users,
+           (double)st.payload_bytes / st.users, (double)(rss1 - rss0) / st.users);
+    hl_table_destroy(R.tbl);
+    free(R.names);
+    free(R.fill);
+    free(R.ev);
+    free(R.ev_names);
+    free(R.e_in);
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 4 && strcmp(argv[1], "--memory") == 0) {
+        int heads = atoi(argv[2]), history = atoi(argv[3]);
+        uint32_t n = argc > 4 ? (uint32_t)atol(argv[4]) : 100000;
+        if (heads < 1 || heads > HL_MAX_HEADS || history < 1 || history > 255 || n < 1) {
+            fprintf(stderr, "bench_state --memory HEADS(1..%d) HISTORY(1..255) [USERS]\n",
+                    HL_MAX_HEADS);
+            return 2;
+        }
+        bench_memory(heads, history, n);
+        return 0;
+    }
     int small_only = argc > 1 && strcmp(argv[1], "--small") == 0;
     int big_only = argc > 1 && strcmp(argv[1], "--big") == 0;
     if (!big_only) {

@@ -236,10 +236,13 @@ def make_events(path, n, users, items=1000):
     subprocess.run([os.path.join(BUILD, "tests", "test_offline")], env=env, check=True)
 
 
-def offline_lists(events_path, model_path, k=20):
+def offline_lists(events_path, model_path, k=20, history=32, seen_events=0):
+    """history and seen_events: the worker's state.history and
+    recs.exclude.seen.events."""
     import json
     env = dict(os.environ, HL_OFFLINE_EVENTS=events_path, HL_OFFLINE_MODEL=model_path,
-               HL_OFFLINE_K=str(k))
+               HL_OFFLINE_K=str(k), HL_OFFLINE_HISTORY=str(history),
+               HL_OFFLINE_SEEN_EVENTS=str(seen_events))
     out = subprocess.run([os.path.join(BUILD, "tests", "test_offline")], env=env,
                          check=True, capture_output=True, text=True).stdout
     return {d["user"]: d for d in (json.loads(l) for l in out.splitlines() if l)}

@@ -12,7 +12,9 @@
 #  - items.topic equal to the input, output or dead-letter topic (issue 11);
 #  - recs.index values outside their range (issue 14; the refusals that
 #    need the model, nlist above the item count and nprobe above nlist,
-#    are in test_index_start.sh).
+#    are in test_index_start.sh);
+#  - recs.exclude.seen.events above state.history (a window the ring
+#    cannot hold would leave out fewer items than asked for).
 # Each refusal happens before the model is opened, so no broker is needed.
 set -u
 name=config_refusals
@@ -49,6 +51,8 @@ expect items_is_output 'items.topic="recommendations" is also the input' -X item
 expect index_unknown 'recs.index="hnsw" (from -X): allowed none|ivf' -X recs.index=hnsw
 expect index_nprobe_negative 'recs.index.nprobe=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nprobe=-1
 expect index_nlist_negative 'recs.index.nlist=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nlist=-1
+expect seen_window_over_history 'recs.exclude.seen.events=33 is above state.history=32' -X recs.exclude.seen.events=33
+expect seen_window_over_history64 'recs.exclude.seen.events=65 is above state.history=64' -X state.history=64 -X recs.exclude.seen.events=65
 
 # Line 2 is a comment of 8,191 bytes followed by recs.k=hijacked, then
 # line 3 a refused group.id. Split at 8,191 bytes, the comment's tail was

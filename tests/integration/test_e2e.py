@@ -10,6 +10,13 @@ worker scores two-stage (recs.scoring=two-stage: int8 candidates, exact
 fp32 rescoring), the offline reference scores exact fp32 over every item. Also: the list's
 generated_at is the user's newest event time and its source is the user's
 newest event; /metrics accounts for every event; SIGTERM exits 0.
+
+The worker keeps a longer history than its lists leave out
+(state.history=64, recs.exclude.seen.events=8: the configuration a model
+swap wants, README "Daily retrain"): the offline reference ranks with the same
+window, no list holds an item of its user's last 8 events, and some lists
+hold items the user saw only before them (the window was exercised: with
+the whole ring left out they could not be listed).
 """
 import os
 import shutil
@@ -22,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_util as U  # noqa: E402
 
 N_EVENTS, N_USERS, N_ITEMS = 6000, 400, 1000
+HISTORY, WINDOW = 64, 8     # state.history, recs.exclude.seen.events
 
 
 def read_lists(bootstrap, want_last, deadline):
@@ -86,6 +94,23 @@ def compare(lists, offline, events):
     return bad
 
 
+def window_counts(lists, events):
+    """(items listed from the user's last WINDOW events, items listed that
+    the user saw only before them), over every user's list."""
+    by_user = {}
+    for (u, i, _t, _ts, _w) in events:
+        by_user.setdefault(u, []).append(i)
+    in_window = older = 0
+    for u, got in lists.items():
+        items = by_user.get(u, [])
+        seen = set(items[-WINDOW:])
+        old = set(items[-HISTORY:-WINDOW] if len(items) > WINDOW else []) - seen
+        for x in got["items"]:
+            in_window += x["item_id"] in seen
+            older += x["item_id"] in old
+    return in_window, older
+
+
 def main():
     why = U.have_prereqs()
     if why:
@@ -109,7 +134,8 @@ def main():
     # it short so the restart is quick.
     extra = ["worker.threads=2", "snapshot.dir=" + snapdir, "kafka.fetch.wait.max.ms=10",
              "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=1000",
-             "recs.scoring=two-stage"]
+             "recs.scoring=two-stage", "state.history=%d" % HISTORY,
+             "recs.exclude.seen.events=%d" % WINDOW]
     worker = None
     failed = 0
 
@@ -161,7 +187,7 @@ def main():
         check("restart_resumes_exactly", consumed2 == len(second) and unknown + unknown2 == 20,
               "second run consumed %d (want %d: resume at the snapshot offset), unknown %d+%d"
               % (consumed2, len(second), unknown, unknown2))
-        offline = U.offline_lists(events_csv, model)
+        offline = U.offline_lists(events_csv, model, history=HISTORY, seen_events=WINDOW)
         if len(done) != len(want):
             check("lists_match_offline", False, "%d of %d users got the list of their last "
                   "event within 40 s (logs in %s)" % (len(done), len(want), tmp))
@@ -170,6 +196,11 @@ def main():
             check("lists_match_offline", not bad and len(offline) == len(want),
                   "%d mismatches of %d users, e.g. %s" % (len(bad), len(offline), bad[:3]))
             print("    (%d users, %d events, second run %.1f s)" % (len(offline), len(events), elapsed))
+            in_window, older = window_counts(lists, events)
+            check("seen_window_applied", in_window == 0 and older > 0,
+                  "%d listed items are in their user's last %d events (want 0), %d were "
+                  "seen only before them (want > 0)" % (in_window, WINDOW, older))
+            print("    (%d listed items seen only before the last %d events)" % (older, WINDOW))
         rc = worker.stop()
         worker = None
         check("second_sigterm_exits_0", rc == 0, "exit status %s" % rc)

@@ -373,6 +373,38 @@ def test_seen_history_sets_the_full_ring():
         check_metric(res["targets_in_full_ring"], w_full, f"seen ring {n}: full ring")
 
 
+def test_seen_window():
+    """--seen-window N: the lists leave out the items of the state's last N
+    events only (the worker's recs.exclude.seen.events, the same code), so
+    a ring of 8 with a window of 4 ranks as a ring of 4 would; with
+    --seen-ring full it sets that ring's length as --seen-history does."""
+    path, rows, bias = bias_model()
+    base = ["--model", path, "--input", PATH, "--format", "events-csv",
+            "--protocol", "prequential", "--k", "5", "--score-from", "0.5"]
+    got = run(*base, "--history", "8", "--seen-window", "4", "--baseline", "popularity")
+    ring4 = run(*base, "--history", "4", "--baseline", "popularity")
+    ring8 = run(*base, "--history", "8")
+    assert got["history"] == 8 and got["seen_window"] == 4, got
+    want, _, _ = ref_seen(rows, len(rows), 5, 4, bias, -math.inf, time_at(0.5), False)
+    check_metric(got["model"], want, "ring 8, window 4")
+    assert got["model"] == ring4["model"] and got["popularity"] == ring4["popularity"], \
+        (got, ring4)
+    assert got["model"] != ring8["model"], "the window left out as much as the ring"
+    full = ["--history", "8", "--seen-ring", "full"]
+    by_window, by_history = run(*base, *full, "--seen-window", "4"), \
+        run(*base, *full, "--seen-history", "4")
+    for key in ("model", "targets_in_full_ring", "seen_history"):
+        assert by_window[key] == by_history[key], (key, by_window[key], by_history[key])
+    p = run(*base, "--history", "8", "--seen-window", "9", code=2)
+    assert "--seen-window 9 is above --history 8" in p.stderr, p.stderr
+    p = run(*base, "--seen-window", "4", "--protocol", "loo", code=2)
+    assert "prequential" in p.stderr, p.stderr
+    nothing = run(*base, "--history", "8", "--seen-window", "4", "--exclude-seen", "no")
+    assert nothing["model"] == run(*base, "--history", "8", "--exclude-seen", "no")["model"]
+    p = run(*base, *full, "--seen-window", "4", "--seen-history", "5", code=2)
+    assert "disagree" in p.stderr, p.stderr
+
+
 def test_seen_ring_full_equals_own_when_nothing_is_skipped():
     """Without --apply-from the state's ring is the full ring, so a real
     encoder (and a swap) scores the same hits with either exclusion."""
@@ -422,6 +454,7 @@ case(test_batch_does_not_change_results)
 case(test_swap_options)
 case(test_seen_ring_full)
 case(test_seen_history_sets_the_full_ring)
+case(test_seen_window)
 case(test_seen_ring_full_equals_own_when_nothing_is_skipped)
 case(test_beauty_popularity_reproduces_published)
 shutil.rmtree(TMP, ignore_errors=True)

@@ -58,8 +58,14 @@ static void usage(FILE *f)
         "                       items whatever --apply-from kept, so arms that differ\n"
         "                       in their state differ in nothing else)\n"
         "  --seen-history N     with --seen-ring full: that ring's length (default\n"
-        "                       --history), so a longer --history (the state's ring)\n"
-        "                       can be measured with the same items left out\n"
+        "                       --seen-window, else --history), so a longer --history\n"
+        "                       (the state's ring) can be measured with the same\n"
+        "                       items left out\n"
+        "  --seen-window N      prequential (with --exclude-seen no, nothing): leave out the\n"
+        "                       items of the user's last N events only, not the whole\n"
+        "                       --history ring (the worker's recs.exclude.seen.events,\n"
+        "                       the same code: hl_row_seen_from); N <= --history;\n"
+        "                       with --seen-ring full, that ring's length\n"
         "  --batch N            users (loo) or events (prequential) per refresh (default %d)\n"
         "  --windows N          prequential: report HR per 1/N of the stream (default %d)\n"
         "  --threads N          OpenBLAS threads (default 1: the refresh batches are\n"
@@ -137,6 +143,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--k"))             { bad = parse_int(val, 1, 1000, &x); a->k = (int)x; }
     else if (!strcmp(opt, "--history"))       { bad = parse_int(val, 1, 255, &x); a->history = (int)x; }
     else if (!strcmp(opt, "--seen-history"))  { bad = parse_int(val, 1, 255, &x); a->seen_history = (int)x; }
+    else if (!strcmp(opt, "--seen-window"))   { bad = parse_int(val, 1, 255, &x); a->seen_window = (int)x; }
     else if (!strcmp(opt, "--batch"))         { bad = parse_int(val, 1, 4096, &x); a->batch = (int)x; }
     else if (!strcmp(opt, "--threads"))       { bad = parse_int(val, 1, 256, &x); a->threads = (int)x; }
     else if (!strcmp(opt, "--windows"))       { bad = parse_int(val, 1, 1000, &x); a->windows = (int)x; }
@@ -210,6 +217,27 @@ static int check_args(const eval_args *a)
         fprintf(stderr, "halflife eval: --seen-ring full says which items --exclude-seen "
                         "yes leaves out, in the prequential protocol: give both, or drop it "
                         "(loo leaves out every earlier item anyway)\n\n");
+        return 2;
+    }
+    /* With --exclude-seen no it leaves nothing out, as --seen-history: not
+     * refused, so one set of options serves every protocol of a script. */
+    if (a->seen_window > 0 && strcmp(a->protocol, "prequential")) {
+        fprintf(stderr, "halflife eval: --seen-window says which items --exclude-seen yes "
+                        "leaves out, in the prequential protocol (loo leaves out every "
+                        "earlier item)\n\n");
+        return 2;
+    }
+    if (a->seen_window > a->history && !a->seen_full) {
+        fprintf(stderr, "halflife eval: --seen-window %d is above --history %d: the ring "
+                        "holds only that many events (the worker refuses the same: "
+                        "recs.exclude.seen.events above state.history)\n\n",
+                a->seen_window, a->history);
+        return 2;
+    }
+    if (a->seen_window > 0 && a->seen_history > 0 && a->seen_window != a->seen_history) {
+        fprintf(stderr, "halflife eval: --seen-window %d and --seen-history %d disagree "
+                        "(with --seen-ring full either sets that ring's length)\n\n",
+                a->seen_window, a->seen_history);
         return 2;
     }
     if (!a->model && !a->baseline) {

@@ -31,6 +31,8 @@ typedef struct eval_args {
     const char *model, *input, *format, *protocol, *baseline;
     int         k, history, batch, windows, exclude_seen, quiet;
     int         seen_history;   /* --seen-history: the full ring's length (0: history) */
+    int         seen_window;    /* --seen-window: the own ring's last N events are
+                                   seen (hl_rank_opts.seen_window); 0: all */
     int         pop_counts_all;   /* loo: popularity also counts the targets */
     int         threads;          /* OpenBLAS threads */
     int64_t     seq_step_ms;

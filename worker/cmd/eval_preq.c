@@ -147,7 +147,7 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
     /* --seen-ring full: the ranker leaves out the full rings' rows (extra)
      * instead of the state's own ring. */
     hl_rank_opts ro = {.k = a->k, .exclude_seen = a->exclude_seen && !a->seen_full,
-                       .max_batch = a->batch};
+                       .seen_window = a->seen_window, .max_batch = a->batch};
     if (pr->m && (pr->rk = hl_ranker_create(pr->m, &ro, errbuf, errlen)) == NULL)
         return HL_EINVAL;
     pr->n_items = pr->m ? hl_model_info_get(pr->m)->n_items : 0;
@@ -155,7 +155,8 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
         hl_eval_fold_create(&pr->fold, pr->m, a, 100000, errbuf, errlen) != 0)
         return HL_EINVAL;
     pr->extra = calloc((size_t)a->batch, sizeof *pr->extra);
-    pr->seen_hist = a->seen_history > 0 ? a->seen_history : a->history;
+    pr->seen_hist = a->seen_history > 0 ? a->seen_history :
+                    a->seen_window > 0 ? a->seen_window : a->history;
     pr->ring_cap = pr->seen_hist > a->history ? pr->seen_hist : a->history;
     pr->extra_rows = malloc((size_t)a->batch * pr->ring_cap * sizeof *pr->extra_rows);
     pr->ring_ev = malloc((size_t)pr->ring_cap * sizeof *pr->ring_ev);
@@ -233,7 +234,7 @@ static const hl_rank_exclude *seen_folded(preq_run *pr, int n)
         const hl_row_view *v = &pr->copy[b].v;
         int32_t *rows = pr->extra_rows + (size_t)b * pr->ring_cap;
         int k = 0;
-        for (int h = 0; h < v->n_hist; h++) {
+        for (int h = hl_row_seen_from(v, pr->a->seen_window); h < v->n_hist; h++) {
             int i = hl_row_hist_index(v, h);
             int32_t row = v->hist_item[i] < 0 ? hl_eval_fold_row(pr->fold, v->hist_key[i]) : -1;
             if (row >= 0)
@@ -302,7 +303,8 @@ static void preq_popularity(preq_run *pr, int64_t i, int b)
     hl_popularity_begin(&pr->pop);
     for (int h = 0; pr->a->exclude_seen && pr->a->seen_full && h < pr->extra[b].n; h++)
         hl_popularity_exclude(&pr->pop, pr->extra[b].item[h]);
-    for (int h = 0; pr->a->exclude_seen && !pr->a->seen_full && h < v->n_hist; h++)
+    for (int h = hl_row_seen_from(v, pr->a->seen_window);
+         pr->a->exclude_seen && !pr->a->seen_full && h < v->n_hist; h++)
         hl_popularity_exclude(&pr->pop, v->hist_item[hl_row_hist_index(v, h)]);
     int n = hl_popularity_top(&pr->pop, pr->a->k, pr->top);
     int rank = rank_in_items(pr->top, n, e->item);
@@ -391,9 +393,9 @@ static void preq_print(const preq_run *pr, double seconds)
     const eval_data *d = pr->d;
     printf("{\"protocol\":\"prequential\",\"k\":%d,\"events\":%lld,\"users\":%d,"
            "\"items\":%d,\"bad_lines\":%lld,\"history\":%d,\"seen_history\":%d,"
-           "\"exclude_seen\":%s,\"seen_ring\":\"%s\",\"events_item_unknown\":%lld",
+           "\"seen_window\":%d,\"exclude_seen\":%s,\"seen_ring\":\"%s\",\"events_item_unknown\":%lld",
            pr->a->k, (long long)d->n_ev, d->users.n, d->n_rows,
-           (long long)d->st.bad_lines, pr->a->history, pr->seen_hist,
+           (long long)d->st.bad_lines, pr->a->history, pr->seen_hist, pr->a->seen_window,
            pr->a->exclude_seen ? "true" : "false", pr->a->seen_full ? "full" : "own",
            (long long)d->unknown);
     if (pr->m) {
@@ -548,7 +550,7 @@ static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, 
     if (pr->migrated < 0)
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory migrating");
     hl_rank_opts ro = {.k = pr->a->k, .exclude_seen = pr->a->exclude_seen && !pr->a->seen_full,
-                       .max_batch = pr->a->batch};
+                       .seen_window = pr->a->seen_window, .max_batch = pr->a->batch};
     hl_ranker_destroy(pr->rk);
     if ((pr->rk = hl_ranker_create(b, &ro, errbuf, errlen)) == NULL)
         return HL_EINVAL;

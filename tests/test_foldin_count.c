@@ -61,5 +61,5 @@ int main(void)
 {
     RUN(test_counts_decay_in_any_order);
     RUN(test_fixed_counts_give_expected_bias);
-    return t_n_failed != 0;
+    TEST_EXIT();
 }

@@ -45,19 +45,34 @@ void hl_item_counts_add(hl_item_counts *ic, int32_t j, float w, int64_t ts_ms)
     }
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 hl_count_fit hl_item_counts_fit(const hl_item_counts *ic, const float *bias, int64_t now_ms)
 {
     double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    double *cs = malloc(((size_t)ic->n / ic->stride + 1) * sizeof *cs);
     int32_t m = 0;
     for (int32_t j = 0; j < ic->n; j += ic->stride) {
         if (!(ic->c[j] > 0.0))
             continue;
         double age = now_ms > ic->t[j] ? (double)(now_ms - ic->t[j]) : 0.0;
-        double x = log1p(ic->c[j] * exp(-ic->lambda_per_ms * age)), y = bias[j];
+        double c = ic->c[j] * exp(-ic->lambda_per_ms * age);
+        double x = log1p(c), y = bias[j];
         sx += x; sy += y; sxx += x * x; sxy += x * y;
+        if (cs)
+            cs[m] = c;
         m++;
     }
     hl_count_fit fit = {.used = m};
+    if (cs && m > 0) {
+        qsort(cs, (size_t)m, sizeof *cs, cmp_double);
+        fit.median = m % 2 ? cs[m / 2] : 0.5 * (cs[m / 2 - 1] + cs[m / 2]);
+    }
+    free(cs);
     double var = m > 1 ? sxx - sx * sx / m : 0.0;
     if (!(var > 0.0)) {
         fit.used = m < 2 ? m : 1;       /* every count alike: no line */

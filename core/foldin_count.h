@@ -32,6 +32,7 @@ typedef struct hl_item_counts {
 typedef struct hl_count_fit {
     double  a, s;            /* b ~ a + s ln(1 + c) */
     int32_t used;            /* items in the fit; < 2: no line, the mean bias */
+    double  median;          /* their median decayed count; 0 with none */
 } hl_count_fit;
 
 /* 0, or HL_EINVAL (n < 1, stride < 1, half_life <= 0) / HL_ENOMEM. */
@@ -43,7 +44,9 @@ void hl_item_counts_free(hl_item_counts *ic);
 void hl_item_counts_add(hl_item_counts *ic, int32_t j, float w, int64_t ts_ms);
 
 /* The line over the counted items with a count above zero, their counts
- * decayed to now_ms, against the model's bias (n floats). O(n / stride). */
+ * decayed to now_ms, against the model's bias (n floats), and their median
+ * count. O(n / stride log n); allocates n / stride doubles (without them
+ * the median is 0). */
 hl_count_fit hl_item_counts_fit(const hl_item_counts *ic, const float *bias, int64_t now_ms);
 
 /* A folded item's bias from its decayed mass M: a + s ln(1 + M), at most

@@ -37,6 +37,7 @@ static void test_fixed_counts_give_expected_bias(void)
     hl_item_counts_add(&ic, 2, 3.0f, 0);
     hl_item_counts_add(&ic, 3, 7.0f, 0);
     hl_count_fit fit = hl_item_counts_fit(&ic, bias, 0);
+    CHECK(fabs(fit.median - 3.0) < 1e-12);
     CHECKF(fit.used == 3 && fabs(fit.a - 1.0) < 1e-6 && fabs(fit.s - 2.0) < 1e-6,
            "used %d a %g s %g", fit.used, fit.a, fit.s);
     CHECKF(fabs(hl_count_bias(&fit, 15.0, 0.0, -1) - (1 + 2 * log(16.0))) < 1e-5, "uncapped");

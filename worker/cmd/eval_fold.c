@@ -36,6 +36,8 @@ struct eval_fold {
     double          b_mean, bias_cap;
     float          *S;                  /* dim, scratch */
     int             count;
+    double          gate;
+    int64_t         gated;
     hl_item_counts  ic;
     int64_t         fits;
     double          bias_sum, slope_sum;
@@ -77,12 +79,13 @@ int hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
     ef->side = calloc(ef->n_slot, sizeof *ef->side);
     ef->S = malloc(d * sizeof(float));
     ef->count = a->foldin_count;
+    ef->gate = a->foldin_gate;
     ef->bias_cap = a->foldin_cap;
     ef->m_bias = hl_model_bias(m);
     for (int32_t j = 0; j < mi->n_items; j++)
         ef->b_mean += ef->m_bias[j] / mi->n_items;
     *out = ef;
-    if (ef->count && hl_item_counts_init(&ef->ic, mi->n_items, a->foldin_stride, h) != 0)
+    if ((ef->count || ef->gate > 0) && hl_item_counts_init(&ef->ic, mi->n_items, a->foldin_stride, h) != 0)
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval --foldin: out of memory");
     if (ef->f == NULL)
         return HL_EINVAL;
@@ -119,6 +122,15 @@ int32_t hl_eval_fold_row(const eval_fold *ef, uint64_t key)
 /* The item's vectors into its side row (a new one if it has none). */
 static void publish(eval_fold *ef, uint64_t key, const char *id)
 {
+    double M = 0;
+    hl_foldin_sums(ef->f, id, sizeof key, ef->S, &M);
+    hl_count_fit fit = {0};
+    if (ef->count || ef->gate > 0)
+        fit = hl_item_counts_fit(&ef->ic, ef->m_bias, ef->now);
+    if (ef->gate > 0 && M < ef->gate * fit.median) {
+        ef->gated++;                    /* not yet: again at its next doubling */
+        return;
+    }
     uint32_t i = probe(ef, key);
     if (ef->keys[i] == 0) {
         if (ef->n_side == ef->cap) {
@@ -132,9 +144,6 @@ static void publish(eval_fold *ef, uint64_t key, const char *id)
     hl_foldin_vectors(ef->f, id, sizeof key, ef->e_in + s * d, ef->e_out + s * d,
                       ef->bias + s);
     if (ef->count) {
-        double M = 0;
-        hl_foldin_sums(ef->f, id, sizeof key, ef->S, &M);
-        hl_count_fit fit = hl_item_counts_fit(&ef->ic, ef->m_bias, ef->now);
         ef->bias[s] = hl_count_bias(&fit, M, ef->b_mean, ef->bias_cap);
         ef->fits++;
         ef->bias_sum += ef->bias[s];
@@ -149,7 +158,7 @@ void hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *view
     float *x = ef->X;
     int k = 0;
     for (int b = 0; b < n; b++) {
-        if (ef->count && ev[b].item >= 0)
+        if (ef->ic.n && ev[b].item >= 0)
             hl_item_counts_add(&ef->ic, ev[b].item, ev[b].w, ev[b].ts_ms);
         ef->now = ev[b].ts_ms > ef->now ? ev[b].ts_ms : ef->now;
     }
@@ -189,6 +198,8 @@ void hl_eval_fold_print(const eval_fold *ef)
     printf(",\"foldin\":{\"items\":%d,\"ready\":%d,\"side_rows\":%d,\"evicted\":%llu,"
            "\"no_room\":%lld", (int)st.items, (int)st.ready, (int)ef->n_side,
            (unsigned long long)st.evicted, (long long)ef->no_room);
+    if (ef->gate > 0)
+        printf(",\"gated\":%lld", (long long)ef->gated);
     if (ef->count)
         printf(",\"count_bias\":{\"fits\":%lld,\"mean_bias\":%.4f,\"mean_slope\":%.4f,"
                "\"model_mean_bias\":%.4f}", (long long)ef->fits,

@@ -90,6 +90,8 @@ static void usage(FILE *f)
         "                       core/foldin_count.h); default the worker's\n"
         "  --foldin-bias-cap X  count: at most the model's mean bias + X; -1 none\n"
         "  --foldin-count-stride S  count: fit over every S-th known item (default 1)\n"
+        "  --foldin-confidence C  scale a folded item's e_out by M / (M + C), M its\n"
+        "                       decayed count (the score's item part; bias untouched)\n"
         "  --foldin-gate X      list a folded item only once its decayed count is X\n"
         "                       times the median model item's (stream counts); 0 none\n"
         "  --foldin-shrink C    move a folded item towards the model's mean item by\n"
@@ -173,6 +175,11 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
         char *end;
         a->foldin_cap = strtod(val, &end);
         bad = end == val || *end != 0 || !(a->foldin_cap >= -1 && a->foldin_cap <= 1e9);
+    }
+    else if (!strcmp(opt, "--foldin-confidence")) {
+        char *end;
+        a->foldin_conf = strtod(val, &end);
+        bad = end == val || *end != 0 || !(a->foldin_conf >= 0 && a->foldin_conf <= 1e9);
     }
     else if (!strcmp(opt, "--foldin-gate")) {
         char *end;

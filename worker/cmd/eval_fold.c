@@ -36,7 +36,7 @@ struct eval_fold {
     double          b_mean, bias_cap;
     float          *S;                  /* dim, scratch */
     int             count;
-    double          gate;
+    double          gate, conf;
     int64_t         gated;
     hl_item_counts  ic;
     int64_t         fits;
@@ -80,6 +80,7 @@ int hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
     ef->S = malloc(d * sizeof(float));
     ef->count = a->foldin_count;
     ef->gate = a->foldin_gate;
+    ef->conf = a->foldin_conf;
     ef->bias_cap = a->foldin_cap;
     ef->m_bias = hl_model_bias(m);
     for (int32_t j = 0; j < mi->n_items; j++)
@@ -143,6 +144,8 @@ static void publish(eval_fold *ef, uint64_t key, const char *id)
     size_t s = (size_t)ef->side[i], d = (size_t)ef->dim;
     hl_foldin_vectors(ef->f, id, sizeof key, ef->e_in + s * d, ef->e_out + s * d,
                       ef->bias + s);
+    for (size_t c = 0; ef->conf > 0 && c < d; c++)
+        ef->e_out[s * d + c] *= (float)(M / (M + ef->conf));
     if (ef->count) {
         ef->bias[s] = hl_count_bias(&fit, M, ef->b_mean, ef->bias_cap);
         ef->fits++;

@@ -48,6 +48,7 @@ typedef struct eval_args {
     int         foldin_count;      /* --foldin-bias count (core/foldin_count.h) */
     double      foldin_cap;        /* its margin over the model's mean bias; < 0 none */
     int         foldin_stride;     /* its sample of known items; 1 all */
+    double      foldin_conf;       /* e_out x M / (M + C), the bias untouched; 0 none */
     double      foldin_gate;       /* list only at this x the median item's count; 0 none */
     const char *swap_weights;      /* the fit's item weights: none (NULL), count,
                                       remainder or bias (core/migrate.h) */

@@ -92,6 +92,8 @@ static void usage(FILE *f)
         "  --foldin-count-stride S  count: fit over every S-th known item (default 1)\n"
         "  --foldin-confidence C  scale a folded item's e_out by M / (M + C), M its\n"
         "                       decayed count (the score's item part; bias untouched)\n"
+        "  --foldin-e-in yes    a folded item's e_in enters the states of the users\n"
+        "                       who meet it later, as in the worker (default no)\n"
         "  --foldin-gate X      list a folded item only once its decayed count is X\n"
         "                       times the median model item's (stream counts); 0 none\n"
         "  --foldin-shrink C    move a folded item towards the model's mean item by\n"
@@ -180,6 +182,10 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
         char *end;
         a->foldin_conf = strtod(val, &end);
         bad = end == val || *end != 0 || !(a->foldin_conf >= 0 && a->foldin_conf <= 1e9);
+    }
+    else if (!strcmp(opt, "--foldin-e-in")) {
+        a->foldin_e_in = !strcmp(val, "yes");
+        bad = !a->foldin_e_in && strcmp(val, "no");
     }
     else if (!strcmp(opt, "--foldin-gate")) {
         char *end;

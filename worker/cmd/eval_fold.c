@@ -120,6 +120,12 @@ int32_t hl_eval_fold_row(const eval_fold *ef, uint64_t key)
     return ef->keys[i] ? ef->n_items + ef->side[i] : -1;
 }
 
+const float *hl_eval_fold_e_in(const eval_fold *ef, uint64_t key)
+{
+    uint32_t i = probe(ef, key);
+    return ef->keys[i] ? ef->e_in + (size_t)ef->side[i] * ef->dim : NULL;
+}
+
 /* The item's vectors into its side row (a new one if it has none). */
 static void publish(eval_fold *ef, uint64_t key, const char *id)
 {

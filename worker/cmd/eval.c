@@ -91,8 +91,17 @@ static void usage(FILE *f)
         "  --foldin N           prequential: items the model does not know are folded\n"
         "                       in from the stream after N interactions, as the\n"
         "                       worker does with catalogue.foldin.min.events=N\n"
-        "  --foldin-bias B      neighbours (their mean bias) or model (the model's\n"
-        "                       mean bias); default the worker's (core/foldin.h)\n"
+        "  --foldin-bias B      neighbours (their mean bias), model (the model's\n"
+        "                       mean bias) or count (from the item's decayed count,\n"
+        "                       core/foldin_count.h); default the worker's\n"
+        "  --foldin-bias-cap X  count: at most the model's mean bias + X; -1 none\n"
+        "  --foldin-count-stride S  count: fit over every S-th known item (default 1)\n"
+        "  --foldin-confidence C  scale a folded item's e_out by M / (M + C), M its\n"
+        "                       decayed count (the score's item part; bias untouched)\n"
+        "  --foldin-e-in yes    a folded item's e_in enters the states of the users\n"
+        "                       who meet it later, as in the worker (default no)\n"
+        "  --foldin-gate X      list a folded item only once its decayed count is X\n"
+        "                       times the median model item's (stream counts); 0 none\n"
         "  --foldin-shrink C    move a folded item towards the model's mean item by\n"
         "                       C / (decayed count + C); 0 none; default the worker's\n"
         "  --per-user FILE      prequential: write each scored user's events and\n"
@@ -166,8 +175,33 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     }
     else if (!strcmp(opt, "--foldin"))        { bad = parse_int(val, 1, 1000000, &x); a->foldin = (int)x; }
     else if (!strcmp(opt, "--foldin-bias"))   {
-        a->foldin_bias = !strcmp(val, "model") ? HL_FOLDIN_BIAS_MODEL : HL_FOLDIN_BIAS_NEIGHBOURS;
+        a->foldin_count = !strcmp(val, "count");
+        a->foldin_bias = !strcmp(val, "model") || a->foldin_count ? HL_FOLDIN_BIAS_MODEL
+                                                                  : HL_FOLDIN_BIAS_NEIGHBOURS;
         bad = a->foldin_bias == HL_FOLDIN_BIAS_NEIGHBOURS && strcmp(val, "neighbours");
+    }
+    else if (!strcmp(opt, "--foldin-bias-cap")) {
+        char *end;
+        a->foldin_cap = strtod(val, &end);
+        bad = end == val || *end != 0 || !(a->foldin_cap >= -1 && a->foldin_cap <= 1e9);
+    }
+    else if (!strcmp(opt, "--foldin-confidence")) {
+        char *end;
+        a->foldin_conf = strtod(val, &end);
+        bad = end == val || *end != 0 || !(a->foldin_conf >= 0 && a->foldin_conf <= 1e9);
+    }
+    else if (!strcmp(opt, "--foldin-e-in")) {
+        a->foldin_e_in = !strcmp(val, "yes");
+        bad = !a->foldin_e_in && strcmp(val, "no");
+    }
+    else if (!strcmp(opt, "--foldin-gate")) {
+        char *end;
+        a->foldin_gate = strtod(val, &end);
+        bad = end == val || *end != 0 || !(a->foldin_gate >= 0 && a->foldin_gate <= 1e9);
+    }
+    else if (!strcmp(opt, "--foldin-count-stride")) {
+        bad = parse_int(val, 1, 1000000, &x);
+        a->foldin_stride = (int)x;
     }
     else if (!strcmp(opt, "--foldin-shrink")) {
         char *end;
@@ -252,7 +286,7 @@ static int parse_args(int argc, char **argv, eval_args *a)
 {
     *a = (eval_args){.k = DEFAULT_K, .history = DEFAULT_HISTORY, .batch = DEFAULT_BATCH,
                      .windows = DEFAULT_WINDOWS, .exclude_seen = 1, .threads = 1,
-                     .swap_at = -1};
+                     .swap_at = -1, .foldin_cap = -1, .foldin_stride = 1};
     for (int i = 1; i < argc; i += 2) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);

@@ -14,6 +14,7 @@
 #include "eval_internal.h"
 #include "encoder.h"
 #include "foldin.h"
+#include "foldin_count.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,16 @@ struct eval_fold {
     int             changed;
     hl_rank_catalogue rc;
     int64_t         no_room;
+    const float    *m_bias;             /* the model's, for --foldin-bias count */
+    double          b_mean, bias_cap;
+    float          *S;                  /* dim, scratch */
+    int             count;
+    double          gate, conf;
+    int64_t         gated;
+    hl_item_counts  ic;
+    int64_t         fits;
+    double          bias_sum, slope_sum;
+    int64_t         now;
 };
 
 int hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
@@ -66,10 +77,20 @@ int hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
     ef->bias = malloc(cap * sizeof(float));
     ef->keys = calloc(ef->n_slot, sizeof *ef->keys);
     ef->side = calloc(ef->n_slot, sizeof *ef->side);
+    ef->S = malloc(d * sizeof(float));
+    ef->count = a->foldin_count;
+    ef->gate = a->foldin_gate;
+    ef->conf = a->foldin_conf;
+    ef->bias_cap = a->foldin_cap;
+    ef->m_bias = hl_model_bias(m);
+    for (int32_t j = 0; j < mi->n_items; j++)
+        ef->b_mean += ef->m_bias[j] / mi->n_items;
     *out = ef;
+    if ((ef->count || ef->gate > 0) && hl_item_counts_init(&ef->ic, mi->n_items, a->foldin_stride, h) != 0)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "eval --foldin: out of memory");
     if (ef->f == NULL)
         return HL_EINVAL;
-    if (!ef->X || !ef->act || !ef->e_in || !ef->e_out || !ef->bias || !ef->keys || !ef->side)
+    if (!ef->X || !ef->act || !ef->e_in || !ef->e_out || !ef->bias || !ef->keys || !ef->side || !ef->S)
         return hl_err(errbuf, errlen, HL_ENOMEM, "eval --foldin: out of memory");
     return 0;
 }
@@ -80,7 +101,8 @@ void hl_eval_fold_destroy(eval_fold *ef)
         return;
     hl_foldin_destroy(ef->f);
     free(ef->X); free(ef->act); free(ef->e_in); free(ef->e_out); free(ef->bias);
-    free(ef->keys); free(ef->side);
+    free(ef->keys); free(ef->side); free(ef->S);
+    hl_item_counts_free(&ef->ic);
     free(ef);
 }
 
@@ -98,9 +120,24 @@ int32_t hl_eval_fold_row(const eval_fold *ef, uint64_t key)
     return ef->keys[i] ? ef->n_items + ef->side[i] : -1;
 }
 
+const float *hl_eval_fold_e_in(const eval_fold *ef, uint64_t key)
+{
+    uint32_t i = probe(ef, key);
+    return ef->keys[i] ? ef->e_in + (size_t)ef->side[i] * ef->dim : NULL;
+}
+
 /* The item's vectors into its side row (a new one if it has none). */
 static void publish(eval_fold *ef, uint64_t key, const char *id)
 {
+    double M = 0;
+    hl_foldin_sums(ef->f, id, sizeof key, ef->S, &M);
+    hl_count_fit fit = {0};
+    if (ef->count || ef->gate > 0)
+        fit = hl_item_counts_fit(&ef->ic, ef->m_bias, ef->now);
+    if (ef->gate > 0 && M < ef->gate * fit.median) {
+        ef->gated++;                    /* not yet: again at its next doubling */
+        return;
+    }
     uint32_t i = probe(ef, key);
     if (ef->keys[i] == 0) {
         if (ef->n_side == ef->cap) {
@@ -113,6 +150,14 @@ static void publish(eval_fold *ef, uint64_t key, const char *id)
     size_t s = (size_t)ef->side[i], d = (size_t)ef->dim;
     hl_foldin_vectors(ef->f, id, sizeof key, ef->e_in + s * d, ef->e_out + s * d,
                       ef->bias + s);
+    for (size_t c = 0; ef->conf > 0 && c < d; c++)
+        ef->e_out[s * d + c] *= (float)(M / (M + ef->conf));
+    if (ef->count) {
+        ef->bias[s] = hl_count_bias(&fit, M, ef->b_mean, ef->bias_cap);
+        ef->fits++;
+        ef->bias_sum += ef->bias[s];
+        ef->slope_sum += fit.s;
+    }
     ef->changed = 1;
 }
 
@@ -121,6 +166,11 @@ void hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *view
 {
     float *x = ef->X;
     int k = 0;
+    for (int b = 0; b < n; b++) {
+        if (ef->ic.n && ev[b].item >= 0)
+            hl_item_counts_add(&ef->ic, ev[b].item, ev[b].w, ev[b].ts_ms);
+        ef->now = ev[b].ts_ms > ef->now ? ev[b].ts_ms : ef->now;
+    }
     for (int b = 0; b < n; b++)
         if (ev[b].item < 0) {
             hl_encoder_features(ef->net.n_heads, ef->dim, views[b].s, views[b].m, x);
@@ -155,6 +205,14 @@ void hl_eval_fold_print(const eval_fold *ef)
     hl_foldin_stats st;
     hl_foldin_stats_get(ef->f, &st);
     printf(",\"foldin\":{\"items\":%d,\"ready\":%d,\"side_rows\":%d,\"evicted\":%llu,"
-           "\"no_room\":%lld}", (int)st.items, (int)st.ready, (int)ef->n_side,
+           "\"no_room\":%lld", (int)st.items, (int)st.ready, (int)ef->n_side,
            (unsigned long long)st.evicted, (long long)ef->no_room);
+    if (ef->gate > 0)
+        printf(",\"gated\":%lld", (long long)ef->gated);
+    if (ef->count)
+        printf(",\"count_bias\":{\"fits\":%lld,\"mean_bias\":%.4f,\"mean_slope\":%.4f,"
+               "\"model_mean_bias\":%.4f}", (long long)ef->fits,
+               ef->fits ? ef->bias_sum / ef->fits : 0.0,
+               ef->fits ? ef->slope_sum / ef->fits : 0.0, ef->b_mean);
+    printf("}");
 }

@@ -47,6 +47,12 @@ typedef struct eval_args {
     int         foldin;            /* prequential: fold-in's min.events; 0 off */
     int         foldin_bias;       /* hl_foldin_opts.bias; 0 the default */
     double      foldin_shrink;     /* hl_foldin_opts.shrink; 0 the default */
+    int         foldin_count;      /* --foldin-bias count (core/foldin_count.h) */
+    double      foldin_cap;        /* its margin over the model's mean bias; < 0 none */
+    int         foldin_stride;     /* its sample of known items; 1 all */
+    double      foldin_conf;       /* e_out x M / (M + C), the bias untouched; 0 none */
+    double      foldin_gate;
+    int         foldin_e_in;       /* a folded item's e_in enters its users' states */       /* list only at this x the median item's count; 0 none */
     const char *swap_weights;      /* the fit's item weights: none (NULL), count,
                                       remainder or bias (core/migrate.h) */
     const char *per_user;          /* prequential: the model's scored events and
@@ -237,6 +243,7 @@ int32_t hl_eval_fold_row(const eval_fold *ef, uint64_t key);
 /* After a batch ev[0..n) was scored with views (each user's state just
  * before its event): folds its unknown-item events in, and gives rk the
  * side rows when they changed. */
+const float *hl_eval_fold_e_in(const eval_fold *ef, uint64_t key);   /* NULL: none */
 void    hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *views,
                            int n, hl_ranker *rk);
 /* Prints `,"foldin":{...}` on stdout. */

@@ -354,6 +354,9 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
         hl_event ev = hl_eval_event(pr->d, e, first + b);
         if (pr->use_b)
             ev.item = e->item_b;
+        if (pr->fold && pr->a->foldin_e_in && ev.item < 0 &&
+            (ev.x = hl_eval_fold_e_in(pr->fold, e->key)) != NULL)
+            ev.item = HL_ITEM_ADDED;    /* as the worker applies a published item */
         if ((rc = hl_eval_apply(pr->tbl, pr->m, &ev, errbuf, errlen)) != 0)
             return rc;
     }

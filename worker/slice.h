@@ -11,7 +11,9 @@
  * on a loaded machine. A short slice (sched_setattr's sched_runtime, Linux
  * 6.12+) makes them run soon after they wake without giving them a larger
  * share of the CPU: the weight (nice) is unchanged. A slice is inherited
- * by threads created afterwards, which is how librdkafka's threads get it. */
+ * by threads created afterwards, which is how librdkafka's threads get it.
+ * Off by default: on a shared 2-core machine one set of A/B runs showed a
+ * gain and a second set, with the key built, did not (README, issue 14). */
 #ifndef HL_SLICE_H
 #define HL_SLICE_H
 

@@ -79,6 +79,7 @@ static const key_def keys[] = {
     {"recs.index.shadow.every", T_INT, "1000", 0, 1000000000, NULL, "with recs.index=ivf, every Nth refreshed user is also scored exactly and the lists compared (halflife_index_recall); 0 disables"},
     {"recs.min.interval.ms",T_INT,  "0", 0, BIG, NULL, "refresh a user at most this often (event time); 0 = after every batch that touched it"},
     {"worker.threads",      T_INT,  "0", 0, 256, NULL, "shard-owning threads; 0 = number of online cores"},
+    {"worker.io.slice.us",  T_INT,  "0", 0, 100000, NULL, "scheduler time slice in microseconds of the thread that starts the worker and of librdkafka's threads (fetches, sends, delivery reports), e.g. 100; shard threads keep the kernel's default. A short slice lets them run soon after they wake instead of waiting out a refresh, with the same CPU share (Linux 6.12+; older kernels ignore it). Experimental: A/B runs on a shared machine disagreed (README, issue 14); 0 = the kernel's default"},
     {"batch.max.messages",  T_INT,  "10000", 1, 1000000, NULL, "most records per batch"},
     {"batch.max.ms",        T_INT,  "5", 0, 60000, NULL, "longest wait to fill a batch"},
     {"state.history",       T_INT,  "32", 1, 255, NULL, "events kept per user (seen items, because, rebuilds)"},
@@ -733,6 +734,7 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->recs_index_nprobe = (int)hl_config_int(cfg, "recs.index.nprobe");
     o->recs_index_shadow_every = (int)hl_config_int(cfg, "recs.index.shadow.every");
     o->threads = (int)hl_config_int(cfg, "worker.threads");
+    o->io_slice_us = (int)hl_config_int(cfg, "worker.io.slice.us");
     o->batch_max_messages = (int)hl_config_int(cfg, "batch.max.messages");
     o->batch_max_ms = (int)hl_config_int(cfg, "batch.max.ms");
     o->state_history = (int)hl_config_int(cfg, "state.history");

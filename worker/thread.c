@@ -12,6 +12,8 @@
  * partitions); growth happens at assignment time, never inside a batch. */
 #include "thread_internal.h"
 
+#include "slice.h"
+
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -393,6 +395,10 @@ static void *thread_main(void *arg)
 {
     hl_wthread *t = arg;
     hl_wshared *ctx = t->ctx;
+    /* Inherited from the starting thread's worker.io.slice.us: a refresh
+     * is what the short slices are meant to preempt (worker_start.c). */
+    if (ctx->o->io_slice_us > 0)
+        hl_slice_set_us(0);
     while (atomic_load(ctx->stop) == 0) {
         serve_mail(t, 1);
         if (model_sync(t, 1) != 0)

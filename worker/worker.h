@@ -44,6 +44,7 @@ typedef struct hl_worker_opts {
     int         recs_index_shadow_every; /* 0: no shadow check */
     int64_t     recs_min_interval_ms; /* 0: refresh after every batch that touched a user */
     int         threads;            /* shard-owning threads, >= 1 */
+    int         io_slice_us;        /* scheduler slice of the I/O threads; 0: kernel's */
     int         batch_max_messages, batch_max_ms;
     int         state_history;
     size_t      state_max_users;

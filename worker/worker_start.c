@@ -4,6 +4,10 @@
  * index), the models and the threads. A part that cannot start says why
  * in errbuf, and hl_worker_destroy undoes whatever started. */
 #include "worker_internal.h"
+#include "slice.h"
+
+#include <errno.h>
+#include <string.h>
 
 /* ---- the embedded broker ----------------------------------------------- */
 
@@ -172,8 +176,20 @@ static int start_items(hl_worker *w, const hl_kafka_prop *props, int n_props,
     return 0;
 }
 
+/* The thread that starts the worker serves delivery reports and the
+ * consumer's callbacks (hl_worker_run), and librdkafka's threads, created
+ * below, inherit its slice: worker.io.slice.us (slice.h). Shard threads go
+ * back to the default (thread.c), so refreshes keep long slices. */
+static void io_slice(const hl_worker *w)
+{
+    if (w->o.io_slice_us > 0 && hl_slice_set_us(w->o.io_slice_us) != 0)
+        hl_log(HL_LOG_INFO, "io_slice_not_set", "worker.io.slice.us=%d err=\"%s\"",
+               w->o.io_slice_us, strerror(errno));
+}
+
 static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
 {
+    io_slice(w);
     if (w->o.bootstrap == NULL || w->o.bootstrap[0] == '\0') {
         if (embedded_start(w, errbuf, errlen) != 0)
             return HL_EIO;

@@ -153,6 +153,27 @@ static void make_events(run *R)
     free(who);
 }
 
+/* The table for R, or the reason it could not be made and exit 1: a bench
+ * that cannot build its table has nothing to print. */
+static void create_table(run *R, const hl_table_opts *o)
+{
+    char err[256];
+    if ((R->tbl = hl_table_create(o, err, sizeof err)) == NULL) {
+        fprintf(stderr, "bench_state: %s\n", err);
+        exit(1);
+    }
+}
+
+static void free_run(run *R)
+{
+    hl_table_destroy(R->tbl);
+    free(R->names);
+    free(R->fill);
+    free(R->ev);
+    free(R->ev_names);
+    free(R->e_in);
+}
+
 /* Fills the table with every user once; returns inserts/s, and the longest
  * and median single-batch times in ms (thread CPU time, which includes page
  * faults but not time other processes held the core). */
@@ -251,12 +272,8 @@ static void bench(uint32_t n_users, size_t n_events)
     hl_table_opts o = { .history = HISTORY, .max_users = 0, .evict_mass = 0,
                         .expected_users = 0 };
     hl_decay_init(&o.decay, HEADS, DIM, hl_default_half_life_ms, NULL, 0);
-    char err[256];
     size_t rss0 = rss_bytes();
-    if ((R.tbl = hl_table_create(&o, err, sizeof err)) == NULL) {
-        fprintf(stderr, "bench_state: %s\n", err);
-        exit(1);
-    }
+    create_table(&R, &o);
     double max_ms, med_ms;
     double ins = fill_table(&R, &max_ms, &med_ms);
     size_t rss1 = rss_bytes();
@@ -293,13 +310,8 @@ static void bench(uint32_t n_users, size_t n_events)
            (double)st.bytes / st.payload_bytes, (double)(rss1 - rss0) / st.users,
            (double)(rss1 - rss0) / st.payload_bytes);
     fflush(stdout);
-    hl_table_destroy(R.tbl);
     free(tc);
-    free(R.names);
-    free(R.fill);
-    free(R.ev);
-    free(R.ev_names);
-    free(R.e_in);
+    free_run(&R);
 }
 
 /* A full table (max_users = n_users) taking n_new new users in batches of
@@ -312,7 +324,7 @@ static void bench_capacity(uint32_t n_users, uint32_t n_new)
     make_events(&R);
     hl_table_opts o = { .history = HISTORY, .max_users = n_users };
     hl_decay_init(&o.decay, HEADS, DIM, hl_default_half_life_ms, NULL, 0);
-    R.tbl = hl_table_create(&o, NULL, 0);
+    create_table(&R, &o);
     double max_ms, med_ms, worst = 0, t_new = 0;
     R.n_users = n_users;
     fill_table(&R, &max_ms, &med_ms);
@@ -332,12 +344,7 @@ static void bench_capacity(uint32_t n_users, uint32_t n_new)
            (unsigned long long)st.evicted_capacity,
            n_new / t_new);
     fflush(stdout);
-    hl_table_destroy(R.tbl);
-    free(R.names);
-    free(R.fill);
-    free(R.ev);
-    free(R.ev_names);
-    free(R.e_in);
+    free_run(&R);
 }
 
 /* --memory: bytes per user of a table of n_users full rings. */
@@ -351,12 +358,8 @@ static void bench_memory(int heads, int history, uint32_t n_users)
     for (int h = 0; h < heads; h++)          /* 1 h, 8 h, 64 h, ..: any will do */
         hl_ms[h] = 3600e3 * (double)(1 << (3 * h));
     hl_decay_init(&o.decay, heads, DIM, hl_ms, NULL, 0);
-    char err[256];
     size_t rss0 = rss_bytes();
-    if ((R.tbl = hl_table_create(&o, err, sizeof err)) == NULL) {
-        fprintf(stderr, "bench_state: %s\n", err);
-        exit(1);
-    }
+    create_table(&R, &o);
     for (int round = 0; round < history; round++) {
         for (uint32_t u = 0; u < n_users; u++) {
             R.fill[u].offset += n_users;
@@ -375,22 +378,33 @@ static void bench_memory(int heads, int history, uint32_t n_users)
            "\"rss_per_user\":%.1f}\n",
            st.users, DIM, heads, history, (double)st.bytes / st.users,
            (double)st.payload_bytes / st.users, (double)(rss1 - rss0) / st.users);
-    hl_table_destroy(R.tbl);
-    free(R.names);
-    free(R.fill);
-    free(R.ev);
-    free(R.ev_names);
-    free(R.e_in);
+    free_run(&R);
 }
+
+static const char usage[] =
+    "usage: bench_state [--small | --big]\n"
+    "       bench_state --memory HEADS(1..%d) HISTORY(1..255) [USERS]\n"
+    "  (no option)  50k users, capacity eviction at 1M, then 5M users\n"
+    "  --small      50k users and eviction at 50k only (seconds)\n"
+    "  --big        the 5M-user figure only\n"
+    "  --memory     bytes per user of full rings of that shape (dim 64)\n"
+    "Prints JSON lines; see the comment at the top of bench_state.c.\n";
 
 int main(int argc, char **argv)
 {
+    int known = argc == 1 || (argc == 2 && (strcmp(argv[1], "--small") == 0 ||
+                                           strcmp(argv[1], "--big") == 0)) ||
+                (argc >= 4 && argc <= 5 && strcmp(argv[1], "--memory") == 0);
+    if (!known) {               /* --help, or anything we would misread */
+        int help = argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0);
+        fprintf(help ? stdout : stderr, usage, HL_MAX_HEADS);
+        return help ? 0 : 2;
+    }
     if (argc >= 4 && strcmp(argv[1], "--memory") == 0) {
         int heads = atoi(argv[2]), history = atoi(argv[3]);
         uint32_t n = argc > 4 ? (uint32_t)atol(argv[4]) : 100000;
         if (heads < 1 || heads > HL_MAX_HEADS || history < 1 || history > 255 || n < 1) {
-            fprintf(stderr, "bench_state --memory HEADS(1..%d) HISTORY(1..255) [USERS]\n",
-                    HL_MAX_HEADS);
+            fprintf(stderr, usage, HL_MAX_HEADS);
             return 2;
         }
         bench_memory(heads, history, n);

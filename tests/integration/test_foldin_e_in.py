@@ -70,6 +70,7 @@ def expected_ok(lst, model, q, e_b):
 
 def phase(ck, tmp, bootstrap, model_path, model, scale, t):
     common = ["worker.threads=1", "batch.max.messages=50", "kafka.fetch.wait.max.ms=10",
+              "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=500",
               "recs.k=%d" % K, "catalogue.foldin=false", "snapshot.dir=" + os.path.join(tmp, "snap"),
               "catalogue.foldin.e_in.scale=%g" % scale]
     w = U.Worker(bootstrap, model_path, os.path.join(tmp, "w-%g.log" % scale), extra=common)

@@ -72,6 +72,7 @@ struct hl_catview {
     int32_t   n_model, dim, n_side;
     const hl_model *m;
     float    *e_in, *e_out, *bias;           /* (n_side, dim), (n_side) */
+    uint8_t  *folded;                        /* (n_side): a fold-in record's row */
     char    **side_id;  uint32_t *side_len;  /* copies */
     int32_t  *always;   int32_t n_always;    /* sorted rows */
     exp_row  *exp;      int32_t n_exp;       /* sorted by time */
@@ -491,6 +492,7 @@ static int view_alloc(hl_catview *v, const hl_catalogue *c)
     v->e_in = malloc((ns ? ns : 1) * d * sizeof(float));
     v->e_out = malloc((ns ? ns : 1) * d * sizeof(float));
     v->bias = malloc((ns ? ns : 1) * sizeof(float));
+    v->folded = malloc(ns ? ns : 1);
     v->side_id = calloc(ns ? ns : 1, sizeof *v->side_id);
     v->side_len = calloc(ns ? ns : 1, sizeof *v->side_len);
     v->always = malloc(n_rows * sizeof *v->always);
@@ -501,7 +503,7 @@ static int view_alloc(hl_catview *v, const hl_catalogue *c)
     v->key = calloc(n_key, sizeof *v->key);
     v->key_row = malloc(n_key * sizeof *v->key_row);
     v->key_mask = n_key - 1;
-    return v->e_in && v->e_out && v->bias && v->side_id && v->side_len &&
+    return v->e_in && v->e_out && v->bias && v->folded && v->side_id && v->side_len &&
            v->always && v->exp && v->key && v->key_row ? 0 : HL_ENOMEM;
 }
 
@@ -544,6 +546,7 @@ static int view_add(hl_catview *v, const hl_catalogue *c, const entry *e)
         memcpy(v->e_in + s * d, c->s_in + (size_t)r->side * d, d * sizeof(float));
         memcpy(v->e_out + s * d, c->s_out + (size_t)r->side * d, d * sizeof(float));
         v->bias[s] = c->s_bias[r->side];
+        v->folded[s] = r->foldin_events > 0;
         if ((v->side_id[s] = malloc(e->id_len)) == NULL)
             return HL_ENOMEM;
         memcpy(v->side_id[s], e->id, e->id_len);
@@ -596,6 +599,7 @@ void hl_catview_destroy(hl_catview *v)
     free(v->e_in);
     free(v->e_out);
     free(v->bias);
+    free(v->folded);
     free(v->always);
     free(v->exp);
     free(v->key);
@@ -610,6 +614,7 @@ int          hl_catview_dim(const hl_catview *v) { return v->dim; }
 const float *hl_catview_side_e_in(const hl_catview *v) { return v->e_in; }
 const float *hl_catview_side_e_out(const hl_catview *v) { return v->e_out; }
 const float *hl_catview_side_bias(const hl_catview *v) { return v->bias; }
+int          hl_catview_side_folded(const hl_catview *v, int32_t s) { return v->folded[s]; }
 int32_t      hl_catview_hidden_max(const hl_catview *v) { return v->n_always + v->n_exp; }
 
 const char *hl_catview_item_id(const hl_catview *v, int32_t row, uint32_t *len)

@@ -121,6 +121,9 @@ int32_t  hl_catview_n_side(const hl_catview *v);
 const float *hl_catview_side_e_in(const hl_catview *v);
 const float *hl_catview_side_e_out(const hl_catview *v);
 const float *hl_catview_side_bias(const hl_catview *v);
+/* 1 when side row s (0..n_side-1) holds a fold-in record's vectors (a
+ * worker's, from the stream), 0 for an operator's (an encoder's). */
+int          hl_catview_side_folded(const hl_catview *v, int32_t s);
 /* The id of ranker row `row` (a model row or a side row); NULL out of range. */
 const char *hl_catview_item_id(const hl_catview *v, int32_t row, uint32_t *len);
 /* The ranker row an item id is listed under: its side row when it has one,

@@ -40,6 +40,14 @@
 #ifndef HL_FOLDIN_H
 #define HL_FOLDIN_H
 
+/* What of a folded item's e_in (one a worker published from the stream,
+ * not an encoder's) enters the state of a user who meets it: the event
+ * counts with this share of its weight (0: as an item unknown to the
+ * model, nothing but the decay). The worker's catalogue.foldin.e_in.scale
+ * and eval's --foldin-e-in default; README, "Fold-in", says what it costs
+ * and gains. A string: it is the config key's default too. */
+#define HL_FOLDIN_E_IN_SCALE "0"
+
 #include "hl.h"
 
 typedef struct hl_foldin hl_foldin;   /* opaque */

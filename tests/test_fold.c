@@ -124,7 +124,8 @@ static void push(fixture *fx, int u, int32_t item, int64_t offset, int note, con
     hl_shard_push(fx->sh, &ev);
     fx->ev_id[fx->sh->n_ev - 1] = note ? id : NULL;
     if (note)
-        hl_foldin_local_note(&fx->loc, fx->sh, fx->sh->n_ev - 1, id, (uint32_t)strlen(id));
+        hl_foldin_local_note(&fx->loc, fx->sh, fx->sh->n_ev - 1, id, (uint32_t)strlen(id),
+                             ev.w);
 }
 
 /* One batch: two known items per user, then "new-1" by every user and

@@ -201,6 +201,24 @@ static void record_error(hl_wthread *t, const rd_kafka_message_t *rkm)
                rd_kafka_message_errstr(rkm), (unsigned long long)sup);
 }
 
+/* An event of an item the catalogue added (row, ev->x its e_in): an
+ * operator's embedding enters the state whole (an encoder's, trusted); a
+ * folded item's with catalogue.foldin.e_in.scale of the event's weight,
+ * and at 0 not at all, exactly as an item unknown to the model. Both the
+ * scale (config) and which record is in effect (the item topic) are the
+ * same on every worker and on a replay after a crash. */
+static void weigh_added(hl_wthread *t, hl_event *ev, int32_t row)
+{
+    float s = hl_items_local_folded(&t->cat, row) ? t->ctx->o->catalogue_foldin_e_in_scale
+                                                  : 1.0f;
+    if (s <= 0.0f) {
+        ev->x = NULL;
+        return;
+    }
+    ev->item = HL_ITEM_ADDED;
+    ev->w *= s;
+}
+
 static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_us,
                        flight *f)
 {
@@ -238,15 +256,17 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
         .type = (uint8_t)cev.type, .w = t->mref->tw[cev.type] * cev.weight,
         .ts_ms = cev.ts_ms, .offset = rkm->offset,
     };
+    float w = ev.w;         /* what fold-in learns from: the whole event */
+    int32_t added;
     if (ev.item < 0 &&      /* an item the live catalogue added: its e_in */
-        hl_items_local_added(&t->cat, ev.item_key, &ev.x) >= 0)
-        ev.item = HL_ITEM_ADDED;
+        (added = hl_items_local_added(&t->cat, ev.item_key, &ev.x)) >= 0)
+        weigh_added(t, &ev, added);
     memcpy(t->arena + t->arena_used, cev.user, cev.user_len);
     t->arena_used += cev.user_len;
     t->b.unknown += ev.item < 0 && ev.x == NULL;
     hl_shard_push(sh, &ev);
     if (ev.item < 0 && t->ctx->foldin != NULL)
-        hl_foldin_local_note(&t->fold, sh, sh->n_ev - 1, cev.item, cev.item_len);
+        hl_foldin_local_note(&t->fold, sh, sh->n_ev - 1, cev.item, cev.item_len, w);
     f->fetch_us[f->n_ts] = fetch_us;
     f->ts_ms[f->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);
 }
@@ -321,6 +341,12 @@ static void batch_begin(hl_wthread *t)
         hl_shard_batch_begin(t->own[i]);
     t->arena_used = 0;
     memset(&t->b, 0, sizeof t->b);
+    /* The thread's first batch holds no view yet (it takes one at each
+     * boundary): without this its events of added items would enter states
+     * as unknown ones, though the worker read the item topic before it
+     * reported ready, and a replay after a crash would differ from the run. */
+    if (t->ctx->items != NULL && t->cat.ref == NULL)
+        hl_items_local_update(t->ctx->items, &t->cat, t->ranker, t->mref->gen);
 }
 
 /* Events the table's mass guard refused (status HL_ERANGE: they would

@@ -175,7 +175,7 @@ static int grow(hl_foldin_local *loc, uint32_t len)
 }
 
 void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char *id,
-                          uint32_t len)
+                          uint32_t len, float w)
 {
     if (grow(loc, len) != 0) {
         loc->dropped++;
@@ -183,7 +183,7 @@ void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char
     }
     memcpy(loc->ids + loc->ids_used, id, len);
     loc->note[loc->n++] = (fold_note){sh, ev, (uint32_t)loc->ids_used, len,
-                                      hl_foldin_hash(id, len), -1, 0, 0};
+                                      hl_foldin_hash(id, len), -1, w, 0};
     loc->ids_used += len;
 }
 
@@ -333,7 +333,6 @@ void hl_foldin_local_resolve(hl_wfoldin *wf, hl_foldin_local *loc, const hl_mode
         else if (row == HL_TABLE_NO_ROW)
             row = hl_table_find(nt->sh->tbl, e->user, e->user_len);
         nt->user = row < 0 ? -1 : add_user(loc, nt->sh, (uint32_t)row);
-        nt->w = e->w;
         nt->ts_ms = e->ts_ms;
     }
 }

@@ -65,8 +65,9 @@ typedef struct fold_note {
     uint32_t  hash;                /* hl_foldin_hash of the id, taken while it is hot */
     int32_t   user;                /* its user (hl_foldin_local_resolve); -1: the
                                       event was not applied or the user is gone */
-    float     w;                   /* the event's weight and time, copied at the */
-    int64_t   ts_ms;               /* resolve: the flush reads no event again */
+    float     w;                   /* the event's weight (at the note: unscaled) */
+    int64_t   ts_ms;               /* and time (at the resolve): the flush reads
+                                      no event again */
 } fold_note;
 
 /* A user of the batch's notes: its row and, once the refresh or the fill
@@ -97,9 +98,12 @@ int  hl_foldin_local_init(hl_wfoldin *wf, hl_foldin_local *loc, char *errbuf, si
 void hl_foldin_local_reset(hl_foldin_local *loc);
 
 /* At decode: the event sh->ev[ev] names item id (len bytes), unknown to
- * the model. Grows the notes on demand (amortised; counted when it cannot). */
+ * the model; w is its weight before catalogue.foldin.e_in.scale (which
+ * scales what a folded item's event adds to the user's state, not what
+ * fold-in learns from it). Grows the notes on demand (amortised; counted
+ * when it cannot). */
 void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char *id,
-                          uint32_t len);
+                          uint32_t len, float w);
 
 /* The batch's steps after the apply, in this order (batch.c):
  *

@@ -756,6 +756,12 @@ int32_t hl_items_local_added(const hl_items_local *loc, uint64_t key, const floa
     return row;
 }
 
+int hl_items_local_folded(const hl_items_local *loc, int32_t row)
+{
+    const hl_catview *v = loc->ref->v;
+    return hl_catview_side_folded(v, row - hl_catview_n_model(v));
+}
+
 void hl_items_local_reset(hl_items *it, hl_items_local *loc)
 {
     (void)it;

@@ -101,6 +101,10 @@ const char *hl_items_local_id(const hl_items_local *loc, const hl_model *m, int3
  * valid until the next hl_items_local_update) into *e_in; -1 (and NULL)
  * when there is none. */
 int32_t hl_items_local_added(const hl_items_local *loc, uint64_t key, const float **e_in);
+/* 1 when row (one hl_items_local_added returned) holds a fold-in record's
+ * vectors, 0 when an operator's embedding (catalogue.foldin.e_in.scale
+ * applies to the first only). */
+int     hl_items_local_folded(const hl_items_local *loc, int32_t row);
 /* Lets go of the view and frees the buffers. */
 void hl_items_local_reset(hl_items *it, hl_items_local *loc);
 

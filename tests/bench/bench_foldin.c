@@ -182,7 +182,7 @@ static cost batch(run *r, int on)
                        .w = 1, .ts_ms = r->ts += 10, .offset = r->offset++};
         hl_shard_push(sh, &ev);
         if (unk && on)
-            hl_foldin_local_note(&r->loc, sh, sh->n_ev - 1, r->new_id[k], 10);
+            hl_foldin_local_note(&r->loc, sh, sh->n_ev - 1, r->new_id[k], 10, ev.w);
     }
     hl_shard_apply(sh, r->m, &dup, &failed);
     double t1 = now_s();

@@ -98,8 +98,11 @@ static void usage(FILE *f)
         "  --foldin-count-stride S  count: fit over every S-th known item (default 1)\n"
         "  --foldin-confidence C  scale a folded item's e_out by M / (M + C), M its\n"
         "                       decayed count (the score's item part; bias untouched)\n"
-        "  --foldin-e-in yes    a folded item's e_in enters the states of the users\n"
-        "                       who meet it later, as in the worker (default no)\n"
+        "  --foldin-e-in S      share of its weight with which a meeting with a\n"
+        "                       folded item enters the user's state (its e_in), as\n"
+        "                       the worker's catalogue.foldin.e_in.scale (its\n"
+        "                       default, " HL_FOLDIN_E_IN_SCALE "); 0..1, yes = 1, no = 0 (as an\n"
+        "                       item unknown to the model)\n"
         "  --foldin-gate X      list a folded item only once its decayed count is X\n"
         "                       times the median model item's (stream counts); 0 none\n"
         "  --foldin-shrink C    move a folded item towards the model's mean item by\n"
@@ -191,8 +194,11 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
         bad = end == val || *end != 0 || !(a->foldin_conf >= 0 && a->foldin_conf <= 1e9);
     }
     else if (!strcmp(opt, "--foldin-e-in")) {
-        a->foldin_e_in = !strcmp(val, "yes");
-        bad = !a->foldin_e_in && strcmp(val, "no");
+        char *end = NULL;
+        a->foldin_e_in = !strcmp(val, "yes") ? 1.0 : !strcmp(val, "no") ? 0.0
+                                                  : strtod(val, &end);
+        bad = end != NULL && (end == val || *end != 0 ||
+                              !(a->foldin_e_in >= 0 && a->foldin_e_in <= 1));
     }
     else if (!strcmp(opt, "--foldin-gate")) {
         char *end;
@@ -286,7 +292,8 @@ static int parse_args(int argc, char **argv, eval_args *a)
 {
     *a = (eval_args){.k = DEFAULT_K, .history = DEFAULT_HISTORY, .batch = DEFAULT_BATCH,
                      .windows = DEFAULT_WINDOWS, .exclude_seen = 1, .threads = 1,
-                     .swap_at = -1, .foldin_cap = -1, .foldin_stride = 1};
+                     .swap_at = -1, .foldin_cap = -1, .foldin_stride = 1,
+                     .foldin_e_in = strtod(HL_FOLDIN_E_IN_SCALE, NULL)};
     for (int i = 1; i < argc; i += 2) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);

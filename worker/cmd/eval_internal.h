@@ -51,8 +51,10 @@ typedef struct eval_args {
     double      foldin_cap;        /* its margin over the model's mean bias; < 0 none */
     int         foldin_stride;     /* its sample of known items; 1 all */
     double      foldin_conf;       /* e_out x M / (M + C), the bias untouched; 0 none */
-    double      foldin_gate;
-    int         foldin_e_in;       /* a folded item's e_in enters its users' states */       /* list only at this x the median item's count; 0 none */
+    double      foldin_gate;       /* list only at this x the median item's count; 0 none */
+    double      foldin_e_in;       /* weight share with which a folded item's e_in
+                                      enters its users' states (the worker's
+                                      catalogue.foldin.e_in.scale); 0: none */
     const char *swap_weights;      /* the fit's item weights: none (NULL), count,
                                       remainder or bias (core/migrate.h) */
     const char *per_user;          /* prequential: the model's scored events and

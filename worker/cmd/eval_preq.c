@@ -354,9 +354,11 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
         hl_event ev = hl_eval_event(pr->d, e, first + b);
         if (pr->use_b)
             ev.item = e->item_b;
-        if (pr->fold && pr->a->foldin_e_in && ev.item < 0 &&
-            (ev.x = hl_eval_fold_e_in(pr->fold, e->key)) != NULL)
+        if (pr->fold && pr->a->foldin_e_in > 0 && ev.item < 0 &&
+            (ev.x = hl_eval_fold_e_in(pr->fold, e->key)) != NULL) {
             ev.item = HL_ITEM_ADDED;    /* as the worker applies a published item */
+            ev.w *= (float)pr->a->foldin_e_in;              /* (worker/batch.c) */
+        }
         if ((rc = hl_eval_apply(pr->tbl, pr->m, &ev, errbuf, errlen)) != 0)
             return rc;
     }
@@ -409,7 +411,8 @@ static void preq_print(const preq_run *pr, double seconds)
     }
     if (pr->fold) {
         hl_eval_fold_print(pr->fold);
-        printf(",\"foldin_list_places\":%lld", (long long)pr->fold_places);
+        printf(",\"foldin_list_places\":%lld,\"foldin_e_in\":%g", (long long)pr->fold_places,
+               pr->a->foldin_e_in);
     }
     if (pr->a->baseline)
         hl_eval_print_metric("popularity", &pr->popm, 0);

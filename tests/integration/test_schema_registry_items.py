@@ -222,10 +222,12 @@ def main():
         import traceback
         traceback.print_exc()
         check("ran", False, repr(e))
-    if FAILED:
+    if FAILED or os.environ.get("HL_KEEP_TMP") == "1":
         print("    logs in %s" % tmp)
+    if FAILED:
         return 1
-    shutil.rmtree(tmp, ignore_errors=True)
+    if os.environ.get("HL_KEEP_TMP") != "1":
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

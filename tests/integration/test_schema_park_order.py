@@ -18,7 +18,8 @@ test_schema_registry_items.py).
 
 Cases:
   parked_drain_loses_nothing  consumed == applied == produced, none
-      dropped as re-delivered, none invalid
+      invalid (a copy librdkafka hands over twice may be dropped as
+      re-delivered: the message names how many were)
 """
 import os
 import shutil
@@ -101,8 +102,7 @@ def scenario(tmp, model, events):
         redelivered = w.metric("halflife_input_redelivered_total")
         invalid = w.metric("halflife_events_invalid_total")
         check("parked_drain_loses_nothing",
-              waits >= 4 and consumed == N_EVENTS and applied == N_EVENTS and
-              redelivered == 0 and invalid == 0,
+              waits >= 4 and consumed == N_EVENTS and applied == N_EVENTS and invalid == 0,
               "partitions that waited %d; consumed %d, applied %d, dropped as re-delivered %d, "
               "invalid %d of %d produced" % (waits, consumed, applied, redelivered, invalid,
                                              N_EVENTS))

@@ -80,6 +80,8 @@ def outage(ctx, reg, item_id, x, quiet):
     seen = {"applied": w.metric("halflife_item_updates_total"),
             "invalid": w.metric("halflife_item_updates_invalid_total"),
             "consumed": w.metric("halflife_events_consumed_total"),
+            # park.c once lost records as re-delivered here ("976 < 1000")
+            "redelivered": w.metric("halflife_input_redelivered_total"),
             "up": w.metric("halflife_schema_registry_up"),
             "waits": "event=item_update_waits" in w.log_text()}
     reg.start()

@@ -21,9 +21,22 @@
  * DLQ like any other) are handed back to the batch first, and the
  * partition is resumed once all of its records are handed back.
  *
+ * More records may be parked than one batch takes (a partition paused in
+ * one batch still had records in the next: librdkafka 2.0.2 hands over
+ * some it had queued), so a partition can be handed back over several
+ * batches. Meanwhile it drains: its wait is answered but its later records
+ * are still parked. A handed-back record is the oldest of its partition,
+ * so it is decoded, not parked again behind the later ones (that put the
+ * partition's records out of order, and the shard then dropped the
+ * earlier ones as re-delivered: lost, not counted, not applied). One that
+ * must wait again (another unknown id) goes back in front of its
+ * partition's later records: the park keeps each partition in offset
+ * order.
+ *
  * Owner thread only. Parked records are what librdkafka had fetched
- * anyway (at most one batch's worth per partition: the pause stops the
- * rest); the arrays grow on demand, the exception path. */
+ * anyway (about one batch's worth per partition: the pause stops the
+ * rest, but not always at once, see above); the arrays grow on demand,
+ * the exception path. */
 #include "framing.h"
 #include "thread_internal.h"
 
@@ -45,9 +58,12 @@ static park_wait *wait_of(hl_wthread *t, int32_t partition)
     return NULL;
 }
 
+/* A draining partition (answered, records still parked) does not wait:
+ * its records come from the park, oldest first (see the top). */
 int hl_park_waiting(hl_wthread *t, int32_t partition)
 {
-    return t->n_waits > 0 && wait_of(t, partition) != NULL;
+    park_wait *pw = t->n_waits > 0 ? wait_of(t, partition) : NULL;
+    return pw != NULL && !pw->ready;
 }
 
 static void pause_resume(hl_wthread *t, int32_t partition, int pause)
@@ -93,6 +109,34 @@ static void wait_end(hl_wthread *t, park_wait *pw, const char *how)
     *pw = t->waits[--t->n_waits];
 }
 
+/* A draining partition's handed-back record must wait after all (another
+ * unknown id): the partition, still paused, waits for that id now. */
+static void wait_again(park_wait *pw, const rd_kafka_message_t *rkm, const char *why)
+{
+    pw->schema_id = schema_id_of(rkm);
+    pw->since_ms = hl_now_mono_ms();
+    pw->ready = 0;
+    hl_log(HL_LOG_INFO, "schema_wait", "partition=%d offset=%lld schema_id=%d why=\"%s\" "
+           "action=\"partition stays paused until the registry answers\"",
+           (int)rkm->partition, (long long)rkm->offset, (int)pw->schema_id, why);
+}
+
+/* Into the park before the first parked record of its partition with a
+ * higher offset, else at the end: a handed-back record that waits again
+ * goes in front of its partition's later records. Room is there. */
+static void insert_in_order(hl_wthread *t, rd_kafka_message_t *rkm)
+{
+    int at = t->n_park;
+    for (int i = 0; i < t->n_park; i++)
+        if (t->park[i]->partition == rkm->partition && t->park[i]->offset > rkm->offset) {
+            at = i;
+            break;
+        }
+    memmove(&t->park[at + 1], &t->park[at], sizeof *t->park * (size_t)(t->n_park - at));
+    t->park[at] = rkm;
+    t->n_park++;
+}
+
 void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why, flight *f)
 {
     rd_kafka_message_t *rkm = *rkmp;
@@ -104,8 +148,10 @@ void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why, flig
             t->cap_park = cap;
         }
     }
-    if (t->n_park == t->cap_park ||
-        (!hl_park_waiting(t, rkm->partition) && wait_begin(t, rkm, why) != 0)) {
+    park_wait *pw = wait_of(t, rkm->partition);
+    if (pw != NULL && pw->ready)
+        wait_again(pw, rkm, why);
+    if (t->n_park == t->cap_park || (pw == NULL && wait_begin(t, rkm, why) != 0)) {
         /* Not kept, not seen; later records of its partition in this batch
          * may be, so the batch's flight is held (it never retires: no
          * stored offset passes this record, as for a dead letter without
@@ -117,7 +163,7 @@ void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why, flig
                "action=\"offsets held; stopping\"", (int)rkm->partition, (long long)rkm->offset);
         return;
     }
-    t->park[t->n_park++] = rkm;
+    insert_in_order(t, rkm);
     *rkmp = NULL;
 }
 

@@ -133,7 +133,7 @@ struct hl_wthread {
                                                        rows of added items seen */
     hl_rank_exclude *excl;                          /* (REFRESH_MAX) over seen_added */
 
-    rd_kafka_message_t **park; int n_park, cap_park;/* park.c: in arrival order */
+    rd_kafka_message_t **park; int n_park, cap_park;/* park.c: each partition's in offset order */
     park_wait   *waits;   int n_waits, cap_waits;
 
     flight       fl[N_FLIGHTS];                     /* flight.c: a ring */

@@ -80,6 +80,8 @@ def outage(ctx, reg, item_id, x, quiet):
     seen = {"applied": w.metric("halflife_item_updates_total"),
             "invalid": w.metric("halflife_item_updates_invalid_total"),
             "consumed": w.metric("halflife_events_consumed_total"),
+            # park.c once lost records as re-delivered here ("976 < 1000")
+            "redelivered": w.metric("halflife_input_redelivered_total"),
             "up": w.metric("halflife_schema_registry_up"),
             "waits": "event=item_update_waits" in w.log_text()}
     reg.start()
@@ -222,10 +224,12 @@ def main():
         import traceback
         traceback.print_exc()
         check("ran", False, repr(e))
-    if FAILED:
+    if FAILED or os.environ.get("HL_KEEP_TMP") == "1":
         print("    logs in %s" % tmp)
+    if FAILED:
         return 1
-    shutil.rmtree(tmp, ignore_errors=True)
+    if os.environ.get("HL_KEEP_TMP") != "1":
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -289,16 +289,19 @@ static void report_skipped(hl_wthread *t, const hl_shard *sh)
 }
 
 /* Records the consumer handed over twice (shard.h, hl_shard_redelivered):
- * dropped, so nothing is consumed or applied twice; counted, and logged
- * as the librdkafka re-delivery they are. */
+ * dropped, so nothing is consumed or applied twice; counted, and logged.
+ * The one known source is librdkafka 2.0.2 (README, "Rebalance and
+ * librdkafka 2.0.2"); any other is a bug of ours that reorders a
+ * partition's records (park.c once did), and the log says so. */
 static void report_redelivered(hl_wthread *t, const hl_shard *sh)
 {
     uint64_t sup = 0;
     hl_counter_add(t->ctx->mx.redelivered, (uint64_t)sh->redelivered);
     if (hl_log_limit_pass(&t->err_limit, &sup))
         hl_log(HL_LOG_WARN, "input_redelivered", "partition=%d from=%lld records=%lld "
-               "reason=\"below the partition's position: librdkafka 2.0.2 fetched them "
-               "again after a rebalance paused the partition; dropped\" suppressed=%llu",
+               "reason=\"below the partition's position: fetched again (librdkafka 2.0.2 "
+               "does after a rebalance pauses a partition; with no rebalance, report it as "
+               "a bug); dropped\" suppressed=%llu",
                (int)sh->partition, (long long)sh->redeliver_first, (long long)sh->redelivered,
                (unsigned long long)sup);
 }

@@ -21,8 +21,10 @@ static void test_counts_decay_in_any_order(void)
     CHECKF(fabs(a.c[1] - 2.0) < 1e-12 && fabs(b.c[1] - 2.0) < 1e-12, "%g %g", a.c[1], b.c[1]);
     CHECK(a.t[1] == 1000 && b.t[1] == 1000);
     hl_item_counts_add(&a, 7, 1.0f, 0);         /* out of range: ignored */
-    CHECK(hl_item_counts_init(&b, 0, 1, H) == HL_EINVAL);
     hl_item_counts_free(&a);
+    hl_item_counts_free(&b);
+    CHECK(hl_item_counts_init(&b, 0, 1, H) == HL_EINVAL);
+    CHECK(b.c == NULL && b.t == NULL);          /* a refused init holds nothing */
 }
 
 /* Biases on b = 1 + 2 ln(1 + c) for counts 1, 3, 7 (item 0 never seen: not

@@ -13,8 +13,10 @@ import socket
 import struct
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
+import traceback
 
 import avro.io
 import avro.schema
@@ -289,3 +291,24 @@ def have_prereqs():
     except ImportError:
         return "python3-confluent-kafka is missing (run with /usr/bin/python3)"
     return None
+
+
+def run_guarded(check, fn, *args):
+    """fn(*args); an exception is printed and reported through check as the
+    failure "ran", so a test that breaks half-way still says so."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - reported as a failure
+        traceback.print_exc()
+        check("ran", False, repr(e))
+
+
+def end_run(tmp, failed):
+    """A test's exit status: tmp is named and kept when it failed or with
+    HL_KEEP_TMP=1 (to read the worker's logs), else removed."""
+    keep = os.environ.get("HL_KEEP_TMP") == "1"
+    if failed or keep:
+        print("    logs in %s" % tmp)
+    if not failed and not keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failed else 0

@@ -22,7 +22,6 @@ Cases:
       re-delivered: the message names how many were)
 """
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -122,19 +121,8 @@ def main():
     model, events_csv = os.path.join(tmp, "m.hlm"), os.path.join(tmp, "e.csv")
     U.make_model(model, N_ITEMS, 16)
     U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
-    try:
-        scenario(tmp, model, U.read_events_csv(events_csv))
-    except Exception as e:  # noqa: BLE001 - reported as a failure
-        import traceback
-        traceback.print_exc()
-        check("ran", False, repr(e))
-    if FAILED or os.environ.get("HL_KEEP_TMP") == "1":
-        print("    logs in %s" % tmp)
-    if FAILED:
-        return 1
-    if os.environ.get("HL_KEEP_TMP") != "1":
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    U.run_guarded(check, scenario, tmp, model, U.read_events_csv(events_csv))
+    return U.end_run(tmp, FAILED)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Cases:
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -218,19 +217,8 @@ def main():
     U.make_model(ctx["model"], N_ITEMS, 16)
     U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
     ctx["events"] = U.read_events_csv(events_csv)
-    try:
-        scenario(ctx)
-    except Exception as e:  # noqa: BLE001 - reported as a failure
-        import traceback
-        traceback.print_exc()
-        check("ran", False, repr(e))
-    if FAILED or os.environ.get("HL_KEEP_TMP") == "1":
-        print("    logs in %s" % tmp)
-    if FAILED:
-        return 1
-    if os.environ.get("HL_KEEP_TMP") != "1":
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    U.run_guarded(check, scenario, ctx)
+    return U.end_run(tmp, FAILED)
 
 
 if __name__ == "__main__":

@@ -132,15 +132,17 @@ static int parse_yes_no(const char *s, int *out)
 /* One option with its value; -1 if the option is unknown, -2 if the value
  * is bad. */
 /* A fraction 0..1 (of the stream's time order); 1 when it is not one. */
-static int parse_fraction(const char *s, double *out)
+static int parse_real(const char *s, double lo, double hi, double *out)
 {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || *end != '\0' || !(v >= 0 && v <= 1))
+    if (end == s || *end != '\0' || !(v >= lo && v <= hi))
         return 1;
     *out = v;
     return 0;
 }
+
+static int parse_fraction(const char *s, double *out) { return parse_real(s, 0, 1, out); }
 
 static int parse_opt(eval_args *a, const char *opt, const char *val)
 {
@@ -183,36 +185,18 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
                                                                   : HL_FOLDIN_BIAS_NEIGHBOURS;
         bad = a->foldin_bias == HL_FOLDIN_BIAS_NEIGHBOURS && strcmp(val, "neighbours");
     }
-    else if (!strcmp(opt, "--foldin-bias-cap")) {
-        char *end;
-        a->foldin_cap = strtod(val, &end);
-        bad = end == val || *end != 0 || !(a->foldin_cap >= -1 && a->foldin_cap <= 1e9);
-    }
-    else if (!strcmp(opt, "--foldin-confidence")) {
-        char *end;
-        a->foldin_conf = strtod(val, &end);
-        bad = end == val || *end != 0 || !(a->foldin_conf >= 0 && a->foldin_conf <= 1e9);
-    }
-    else if (!strcmp(opt, "--foldin-e-in")) {
-        char *end = NULL;
-        a->foldin_e_in = !strcmp(val, "yes") ? 1.0 : !strcmp(val, "no") ? 0.0
-                                                  : strtod(val, &end);
-        bad = end != NULL && (end == val || *end != 0 ||
-                              !(a->foldin_e_in >= 0 && a->foldin_e_in <= 1));
-    }
-    else if (!strcmp(opt, "--foldin-gate")) {
-        char *end;
-        a->foldin_gate = strtod(val, &end);
-        bad = end == val || *end != 0 || !(a->foldin_gate >= 0 && a->foldin_gate <= 1e9);
-    }
+    else if (!strcmp(opt, "--foldin-bias-cap"))   bad = parse_real(val, -1, 1e9, &a->foldin_cap);
+    else if (!strcmp(opt, "--foldin-confidence")) bad = parse_real(val, 0, 1e9, &a->foldin_conf);
+    else if (!strcmp(opt, "--foldin-gate"))       bad = parse_real(val, 0, 1e9, &a->foldin_gate);
+    else if (!strcmp(opt, "--foldin-e-in"))
+        bad = parse_fraction(!strcmp(val, "yes") ? "1" : !strcmp(val, "no") ? "0" : val,
+                             &a->foldin_e_in);
     else if (!strcmp(opt, "--foldin-count-stride")) {
         bad = parse_int(val, 1, 1000000, &x);
         a->foldin_stride = (int)x;
     }
     else if (!strcmp(opt, "--foldin-shrink")) {
-        char *end;
-        a->foldin_shrink = strtod(val, &end);
-        bad = end == val || *end != 0 || !(a->foldin_shrink >= 0 && a->foldin_shrink <= 1e9);
+        bad = parse_real(val, 0, 1e9, &a->foldin_shrink);
         if (!bad && a->foldin_shrink == 0)
             a->foldin_shrink = -1;              /* none, not the default */
     }

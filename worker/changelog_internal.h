@@ -47,6 +47,31 @@ struct hl_changelog {
     _Atomic uint64_t fp;             /* the current model (hl_changelog_set_model) */
 };
 
+/* One changelog record as a restore reads it: librdkafka's message and the
+ * last value of each of its two headers (NULL: absent). */
+typedef struct hl_changelog_rec {
+    const void *key, *value;        /* value NULL: a tombstone */
+    size_t      key_len, len;
+    const void *epoch, *model;      /* HL_CHANGELOG_EPOCH_HDR, HL_CHANGELOG_MODEL_HDR */
+    size_t      epoch_len, model_len;
+    int32_t     partition;
+    int64_t     offset;
+} hl_changelog_rec;
+
+/* changelog_restore.c: records applied to tbl as a restore applies the
+ * ones it reads (base as hl_changelog_restore takes it), then the meta and
+ * the models held set as after a read; nothing is claimed or produced.
+ * What a restore does with the bytes a broker hands it, without a broker
+ * (fuzz_changelog). 0, HL_ENOENT (base refused) or HL_ENOMEM. */
+int hl_changelog_replay(hl_changelog *cl, hl_table *tbl, const hl_changelog_base *base,
+                        const hl_changelog_rec *recs, size_t n, hl_changelog_restored *out,
+                        char *errbuf, size_t errlen);
+
+/* changelog_topic.c: a changelog with no consumer and no topic check, for
+ * hl_changelog_replay alone. NULL and a reason on failure. */
+hl_changelog *hl_changelog_create_offline(const hl_changelog_opts *o, char *errbuf,
+                                          size_t errlen);
+
 size_t      hl_changelog_ck_encode(unsigned char *buf, const hl_changelog_ck *ck);
 int         hl_changelog_ck_decode(const unsigned char *p, size_t len, hl_changelog_ck *ck);
 void        hl_changelog_ck_key_init(hl_changelog *cl);

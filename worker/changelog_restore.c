@@ -50,40 +50,49 @@ typedef struct restorer {
 
 /* ---- one record ---------------------------------------------------------- */
 
-static int64_t epoch_of(const rd_kafka_message_t *m)
+/* A header's value as a NUL-terminated string in buf (bufsize); 0 when it
+ * is absent, empty or too long. */
+static int hdr_text(const void *v, size_t len, char *buf, size_t bufsize)
 {
-    rd_kafka_headers_t *h = NULL;
-    const void *v;
-    size_t len;
-    char buf[24];
-    if (rd_kafka_message_headers(m, &h) != 0 ||
-        rd_kafka_header_get_last(h, HL_CHANGELOG_EPOCH_HDR, &v, &len) != 0 ||
-        v == NULL || len == 0 || len >= sizeof buf)
-        return -1;
+    if (v == NULL || len == 0 || len >= bufsize)
+        return 0;
     memcpy(buf, v, len);
     buf[len] = '\0';
-    char *end;
+    return 1;
+}
+
+static int64_t epoch_of(const hl_changelog_rec *r)
+{
+    char buf[24], *end;
+    if (!hdr_text(r->epoch, r->epoch_len, buf, sizeof buf))
+        return -1;
     long long e = strtoll(buf, &end, 10);
     return *end == '\0' && e >= 0 ? e : -1;
 }
 
 /* The model a row record names (HL_CHANGELOG_MODEL_HDR); 0 when it names
  * none (a writer from before the header). */
-static uint64_t model_of(const rd_kafka_message_t *m)
+static uint64_t model_of(const hl_changelog_rec *r)
 {
-    rd_kafka_headers_t *h = NULL;
-    const void *v;
-    size_t len;
-    char buf[24];
-    if (rd_kafka_message_headers(m, &h) != 0 ||
-        rd_kafka_header_get_last(h, HL_CHANGELOG_MODEL_HDR, &v, &len) != 0 ||
-        v == NULL || len == 0 || len >= sizeof buf)
+    char buf[24], *end;
+    if (!hdr_text(r->model, r->model_len, buf, sizeof buf))
         return 0;
-    memcpy(buf, v, len);
-    buf[len] = '\0';
-    char *end;
     unsigned long long fp = strtoull(buf, &end, 16);
     return *end == '\0' ? (uint64_t)fp : 0;
+}
+
+/* The record m is, its headers looked up (the value of each one's last). */
+static void rec_of(const rd_kafka_message_t *m, hl_changelog_rec *r)
+{
+    rd_kafka_headers_t *h = NULL;
+    *r = (hl_changelog_rec){.key = m->key, .key_len = m->key_len, .value = m->payload,
+                            .len = m->len, .partition = m->partition, .offset = m->offset};
+    if (rd_kafka_message_headers(m, &h) != 0)
+        return;
+    if (rd_kafka_header_get_last(h, HL_CHANGELOG_EPOCH_HDR, &r->epoch, &r->epoch_len) != 0)
+        r->epoch = NULL;
+    if (rd_kafka_header_get_last(h, HL_CHANGELOG_MODEL_HDR, &r->model, &r->model_len) != 0)
+        r->model = NULL;
 }
 
 /* Remembers the model of the row now at id row (restored there). A row
@@ -123,12 +132,12 @@ static void models_held(restorer *rs)
 }
 
 /* A row: replaces the user's row (later wins) at the id it had. */
-static int apply_row(restorer *rs, const rd_kafka_message_t *m)
+static int apply_row(restorer *rs, const hl_changelog_rec *m)
 {
     hl_changelog *cl = rs->cl;
     hl_row_view v;
     uint32_t row;
-    if (hl_snapshot_row_decode(m->payload, m->len, cl->n_heads, cl->dim, HIST_MAX,
+    if (hl_snapshot_row_decode(m->value, m->len, cl->n_heads, cl->dim, HIST_MAX,
                                HL_SNAPSHOT_VERSION, &rs->sc, &row, &v) != 0 ||
         v.user_len != m->key_len || memcmp(v.user, m->key, m->key_len) != 0)
         return HL_EFORMAT;
@@ -160,10 +169,10 @@ static int apply_row(restorer *rs, const rd_kafka_message_t *m)
     return 0;
 }
 
-static int apply_checkpoint(restorer *rs, const rd_kafka_message_t *m)
+static int apply_checkpoint(restorer *rs, const hl_changelog_rec *m)
 {
     hl_changelog_ck ck;
-    if (m->payload == NULL || hl_changelog_ck_decode(m->payload, m->len, &ck) != 0)
+    if (m->value == NULL || hl_changelog_ck_decode(m->value, m->len, &ck) != 0)
         return HL_EFORMAT;
     rs->ck = ck;
     rs->have_ck = 1;
@@ -171,12 +180,12 @@ static int apply_checkpoint(restorer *rs, const rd_kafka_message_t *m)
     return 0;
 }
 
-static int is_checkpoint(const hl_changelog *cl, const rd_kafka_message_t *m)
+static int is_checkpoint(const hl_changelog *cl, const hl_changelog_rec *m)
 {
     return m->key_len == sizeof cl->ck_key && memcmp(m->key, cl->ck_key, m->key_len) == 0;
 }
 
-static void apply(restorer *rs, const rd_kafka_message_t *m)
+static void apply(restorer *rs, const hl_changelog_rec *m)
 {
     hl_changelog *cl = rs->cl;
     int64_t epoch = epoch_of(m);
@@ -210,7 +219,7 @@ static void apply(restorer *rs, const rd_kafka_message_t *m)
             rc = apply_checkpoint(rs, m);
         else if (m->key_len < 1 || m->key_len > HL_MAX_ID_LEN)
             rc = HL_EFORMAT;
-        else if (m->payload == NULL) {
+        else if (m->value == NULL) {
             hl_table_remove(rs->tbl, m->key, m->key_len);
             rs->out->n_tombstones++;
             rc = 0;
@@ -335,7 +344,9 @@ static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
         }
         idle_since = hl_now_mono_ms();
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && m->partition == p) {
-            apply(rs, m);
+            hl_changelog_rec r;
+            rec_of(m, &r);
+            apply(rs, &r);
             next = rs->usurper ? high : m->offset + 1;  /* the base is unusable: stop */
         } else if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
             hl_log(HL_LOG_WARN, "changelog_read_error", "partition=%d err=\"%s\"", (int)p,
@@ -469,6 +480,14 @@ static int restorer_init(restorer *rs, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* The read goes on from base: its epoch and meta. */
+static void base_start(restorer *rs, const hl_changelog_base *base)
+{
+    rs->max_epoch = rs->base_epoch = base->changelog_epoch;
+    hl_table_meta_get(rs->tbl, &rs->seen);
+    rs->out->used_base = 1;
+}
+
 /* The watermarks into out, and the offset the read starts at: the low
  * watermark, or the base's changelog offset (HL_ENOENT when it is not
  * within them), whose epoch and meta the read then goes on from. */
@@ -492,9 +511,24 @@ static int read_start(restorer *rs, int32_t p, const hl_changelog_base *base, in
                       cl->topic, (int)p, (long long)base->changelog_offset,
                       (long long)out->low, (long long)out->high);
     *from = base->changelog_offset;
-    rs->max_epoch = rs->base_epoch = base->changelog_epoch;
-    hl_table_meta_get(rs->tbl, &rs->seen);
-    out->used_base = 1;
+    base_start(rs, base);
+    return 0;
+}
+
+/* After the last record: a base a later owner's records showed unusable is
+ * refused (HL_ENOENT), else the meta and the models held are set. */
+static int read_end(restorer *rs, const hl_changelog_base *base, int32_t p, int64_t from,
+                    char *errbuf, size_t errlen)
+{
+    hl_changelog *cl = rs->cl;
+    if (rs->usurper)
+        return hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
+                      "covers epoch %lld up to offset %lld, but epoch %lld claimed the "
+                      "partition before that offset: the snapshot was written by an owner "
+                      "that had lost the partition", cl->topic, (int)p,
+                      (long long)rs->base_epoch, (long long)from, (long long)rs->usurper);
+    finish(rs, base);
+    models_held(rs);
     return 0;
 }
 
@@ -513,22 +547,32 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
     int64_t t_read = hl_now_mono_us();
     if (out->high > from && (rc = read_into(&rs, p, base, from, errbuf, errlen)) != 0)
         goto out;
-    if (rs.usurper) {
-        rc = hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot covers "
-                    "epoch %lld up to offset %lld, but epoch %lld claimed the partition "
-                    "before that offset: the snapshot was written by an owner that had lost "
-                    "the partition", cl->topic, (int)p, (long long)rs.base_epoch,
-                    (long long)from, (long long)rs.usurper);
+    if ((rc = read_end(&rs, base, p, from, errbuf, errlen)) != 0)
         goto out;
-    }
     out->read_s = (double)(hl_now_mono_us() - t_read) / 1e6;
-    finish(&rs, base);
-    models_held(&rs);
     rc = claim(&rs, p, errbuf, errlen);
 out:
     out->duration_s = (double)(hl_now_mono_ms() - t0) / 1000.0;
     if (rc == 0)
         observe(cl, p, out);
+    restorer_free(&rs);
+    return rc;
+}
+
+int hl_changelog_replay(hl_changelog *cl, hl_table *tbl, const hl_changelog_base *base,
+                        const hl_changelog_rec *recs, size_t n, hl_changelog_restored *out,
+                        char *errbuf, size_t errlen)
+{
+    restorer rs = {.cl = cl, .tbl = tbl, .out = out};
+    memset(out, 0, sizeof *out);
+    int rc = restorer_init(&rs, errbuf, errlen);
+    if (rc == 0) {
+        if (base != NULL)
+            base_start(&rs, base);
+        for (size_t i = 0; i < n && !rs.usurper; i++)
+            apply(&rs, &recs[i]);
+        rc = read_end(&rs, base, 0, base ? base->changelog_offset : 0, errbuf, errlen);
+    }
     restorer_free(&rs);
     return rc;
 }

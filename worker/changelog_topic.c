@@ -213,9 +213,9 @@ static int check_row_size(hl_changelog *cl, char *errbuf, size_t errlen)
                   "file or a smaller model", rec, cl->dim, cl->n_heads, cl->history);
 }
 
-hl_changelog *hl_changelog_create(const hl_changelog_opts *o, char *errbuf, size_t errlen)
+hl_changelog *hl_changelog_create_offline(const hl_changelog_opts *o, char *errbuf,
+                                          size_t errlen)
 {
-    char group[300];
     hl_changelog *cl = calloc(1, sizeof *cl);
     if (cl == NULL) {
         hl_err(errbuf, errlen, HL_ENOMEM, "changelog: out of memory");
@@ -233,9 +233,21 @@ hl_changelog *hl_changelog_create(const hl_changelog_opts *o, char *errbuf, size
     cl->row_max = hl_snapshot_row_max(cl->n_heads, cl->dim, cl->history);
     hl_changelog_ck_key_init(cl);
     register_metrics(cl, o->reg);
+    if (check_row_size(cl, errbuf, errlen) != 0) {
+        hl_changelog_destroy(cl);
+        return NULL;
+    }
+    return cl;
+}
+
+hl_changelog *hl_changelog_create(const hl_changelog_opts *o, char *errbuf, size_t errlen)
+{
+    char group[300];
+    hl_changelog *cl = hl_changelog_create_offline(o, errbuf, errlen);
+    if (cl == NULL)
+        return NULL;
     snprintf(group, sizeof group, "%s.restore", cl->topic);
-    if (check_row_size(cl, errbuf, errlen) != 0 ||
-        (cl->rk = restorer_create(o, group, errbuf, errlen)) == NULL ||
+    if ((cl->rk = restorer_create(o, group, errbuf, errlen)) == NULL ||
         hl_changelog_topic_ready(cl, errbuf, errlen) != 0) {
         hl_changelog_destroy(cl);
         return NULL;

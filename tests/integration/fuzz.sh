@@ -4,19 +4,21 @@
 #
 # The Makefile builds build/fuzz/fuzz_<name> from tests/fuzz/fuzz_<name>.c
 # with clang (-fsanitize=fuzzer,address,undefined) when clang exists. Each
-# runs for HL_FUZZ_SECONDS (default 15) from a fresh seed corpus in a
-# temporary directory: the target writes its own seeds there from
-# LLVMFuzzerInitialize when HL_FUZZ_SEEDS=DIR is set (fuzz_snapshot.c,
-# fuzz_item.c: its fold-in keys and records, and
-# fuzz_codec.c do: the latter's seeds include weights of 1e38, NaN, inf and
-# -1 and ids that are not UTF-8),
+# runs for HL_FUZZ_SECONDS when set, else for an equal share of
+# HL_FUZZ_BUDGET seconds (default 30: make test's fuzz time stays the same
+# however many targets there are; at least 3 s each), from a fresh seed
+# corpus in a temporary directory: every target writes its own seeds there
+# from LLVMFuzzerInitialize when HL_FUZZ_SEEDS=DIR is set (fuzz_codec.c's
+# include weights of 1e38, NaN, inf and -1 and ids that are not UTF-8;
+# fuzz_model.c's valid models, fuzz_changelog.c's a real flush's records,
+# fuzz_registry.c's registry answers, fuzz_config.c's properties files),
 # and files in tests/fuzz/corpus/<name>/, if any, are copied in. A crash
 # input is kept in $HL_BUILD/fuzz-artifacts/ for `build/fuzz/fuzz_<name> FILE`.
 # Under HL_SAN=1 (make test SAN=1) it skips: the plain pass already ran them.
 set -u
 top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
 build=${HL_BUILD:-$top/build}
-secs=${HL_FUZZ_SECONDS:-10}
+budget=${HL_FUZZ_BUDGET:-30}
 
 if [ "${HL_SAN:-0}" = 1 ]; then
   echo "SKIP fuzz: HL_SAN=1, the fuzzers ran in the plain make test"; exit 0
@@ -25,10 +27,16 @@ if ! command -v clang >/dev/null 2>&1; then
   echo "SKIP fuzz: clang is not installed, no libFuzzer targets"; exit 0
 fi
 shopt -s nullglob
-targets=("$top"/build/fuzz/fuzz_*)
+targets=()
+for bin in "$top"/build/fuzz/fuzz_*; do
+  case $bin in *.d|*.o) continue ;; esac
+  [ -x "$bin" ] && targets+=("$bin")
+done
 if [ ${#targets[@]} -eq 0 ]; then
   echo "SKIP fuzz: no binaries in $top/build/fuzz (make build/fuzz/fuzz_<name>)"; exit 0
 fi
+secs=${HL_FUZZ_SECONDS:-$(( budget / ${#targets[@]} ))}
+[ "$secs" -ge 3 ] || secs=3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 artifacts="$build/fuzz-artifacts"
@@ -36,8 +44,6 @@ mkdir -p "$artifacts"
 
 failed=0
 for bin in "${targets[@]}"; do
-  [ -x "$bin" ] || continue
-  case $bin in *.d|*.o) continue ;; esac
   name=$(basename "$bin")
   corpus="$tmp/$name"
   mkdir -p "$corpus"

@@ -10,6 +10,7 @@
  * Every length and count is checked against what is left before anything
  * is read, so no record can make the decoder read past its end or write
  * past vec. */
+#include "avsc.h"
 #include "codec_item.h"
 #include "framing.h"
 #include "utf8.h"
@@ -89,8 +90,9 @@ int hl_item_schema_is_ours(const char *text, char *why, size_t whylen)
 {
     avro_schema_t theirs = NULL;
     int rc = HL_EFORMAT;
-    if (avro_schema_from_json_length(text, strlen(text), &theirs) != 0) {
-        hl_err(why, whylen, rc, "not an Avro schema: %s", avro_strerror());
+    char reason[160];
+    if (hl_avsc_parse(text, strlen(text), &theirs, reason, sizeof reason) != 0) {
+        hl_err(why, whylen, rc, "not an Avro schema: %s", reason);
         return rc;
     }
     int now = same_schema(theirs, item_json), before = same_schema(theirs, item_json_v1);

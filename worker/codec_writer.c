@@ -9,6 +9,7 @@
  * length, union and enum index against the payload, and only then read by
  * avro-c's resolved writer, which trusts its input. Same thread rule as
  * codec.c: one codec per thread. */
+#include "avsc.h"
 #include "codec_internal.h"
 #include "log.h"
 
@@ -345,9 +346,9 @@ static void writer_load_once(hl_codec *c, writer *w, int32_t id)
         if (id != EVENT_WRITER_ID || (text = strdup(hl_codec_event_schema())) == NULL)
             return;
     }
-    if (avro_schema_from_json_length(text, strlen(text), &w->schema) != 0) {
-        hl_err(w->why, sizeof w->why, HL_EINVAL, "writer schema id %d: %s", (int)id, avro_strerror());
-        w->schema = NULL;
+    char why[160];
+    if (hl_avsc_parse(text, strlen(text), &w->schema, why, sizeof why) != 0) {
+        hl_err(w->why, sizeof w->why, HL_EINVAL, "writer schema id %d: %s", (int)id, why);
         free(text);
         return;
     }

@@ -21,6 +21,7 @@
 #include "encoder.h"
 #include "migrate.h"
 #include "model.h"
+#include "rank.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,6 +116,38 @@ static void use(const hl_model *m)
     hl_encoder_forward(&net, x, 1, act);
     free(x);
     free(act);
+    /* The scoring tables a swap builds (two-stage's int8 copy, the IVF
+     * index), and one user's list: heads from the first item's e_in. */
+    hl_qitems *qi = hl_qitems_create(hl_model_e_out(m), hl_model_bias(m), mi->n_items, mi->dim,
+                                     HL_QKERNEL_AUTO, err, sizeof err);
+    hl_ivf_opts io = {.iters = 2};
+    hl_ivf *ivf = hl_ivf_create(hl_model_e_out(m), hl_model_bias(m), mi->n_items, mi->dim,
+                                &io, err, sizeof err);
+    for (int scoring = 0; scoring < 2; scoring++) {
+        hl_rank_opts ro = {.k = 5, .max_batch = 1, .scoring = scoring, .qitems = qi,
+                           .ivf = scoring ? ivf : NULL, .nprobe = 2};
+        if (scoring && qi == NULL) continue;
+        hl_ranker *rk = hl_ranker_create(m, &ro, err, sizeof err);
+        if (rk == NULL) continue;
+        size_t hd = (size_t)mi->n_heads * (size_t)mi->dim;
+        float *hs = malloc(hd * sizeof *hs), hm[HL_MAX_HEADS];
+        int32_t item = 0;
+        uint8_t type = 0;
+        int64_t ts = 0;
+        for (size_t i = 0; i < hd; i++) hs[i] = hl_model_e_in(m)[i % (size_t)mi->dim];
+        for (int h = 0; h < HL_MAX_HEADS; h++) hm[h] = 1.0f;
+        hl_row_view v = {.user = "u", .user_len = 1, .s = hs, .m = hm, .history = 1,
+                         .n_hist = 1, .hist_item = &item, .hist_type = &type, .hist_ts_ms = &ts};
+        hl_rec out[5];
+        int n_out = 0;
+        if (hl_ranker_refresh(rk, &v, 1, out, &n_out) == 0)
+            for (int i = 0; i < n_out; i++)
+                if (out[i].item < 0 || out[i].item >= mi->n_items) abort();
+        free(hs);
+        hl_ranker_destroy(rk);
+    }
+    hl_ivf_destroy(ivf);
+    hl_qitems_destroy(qi);
     if (seed_model != NULL) {
         err[0] = '\0';
         hl_migration *mg = hl_migration_create(seed_model, m, mi->type_weight, err, sizeof err);

@@ -13,13 +13,14 @@
  * schema it hands back then goes where schema_store.c sends it: into a
  * codec as the writer schema of an id (avro-c parses it, codec_writer.c
  * walks and resolves it), and one event encoded by our schema is decoded
- * under it. A crash, a leak, a sanitizer report, a hang, an error without
+ * under it; and into the items topic's check (codec_item.c). A crash, a leak, a sanitizer report, a hang, an error without
  * a reason or a result code registry.h does not list is a bug.
  *
  * With HL_FUZZ_SEEDS=DIR set, LLVMFuzzerInitialize writes seed answers
  * into DIR: our schema, an evolved one, errors with error_code and message,
  * a non-Avro schemaType, ids in and out of range, and a raw answer. */
 #include "codec.h"
+#include "codec_item.h"
 #include "registry.h"
 
 #include <arpa/inet.h>
@@ -142,6 +143,7 @@ static void use_schema(const char *text)
     int n = hl_codec_encode_event(c, &ev, buf, sizeof buf);
     if (n > 0) hl_codec_decode_event(c, buf, (size_t)n, &got, detail, sizeof detail);
     hl_codec_destroy(c);
+    hl_item_schema_is_ours(text, err, sizeof err);   /* items.topic's writer check */
 }
 
 /* ---- one input ---- */

@@ -141,17 +141,21 @@ def ref_loo(row_of, n_rows, k, score=None):
     return m
 
 
-def ref_prequential(row_of, n_rows, k, history, windows, score=None):
+def ref_prequential(row_of, n_rows, k, history, windows, score=None, targets=None):
+    """targets: a list that gets (file index, user, known, rank or -1) per
+    event, in time order."""
     evs = in_time_order()
     count = collections.Counter()
     rings = collections.defaultdict(lambda: collections.deque(maxlen=history))
     m, per_window = new_metric(), [new_metric() for _ in range(windows)]
-    for n, (_, _, u, i) in enumerate(evs):
+    for n, (_, idx, u, i) in enumerate(evs):
         seen = {r for r in rings[u] if r is not None}
         key = (lambda r: (-score[r], r)) if score is not None else (lambda r: (-count[r], r))
         top = top_k(key, range(n_rows), k, seen)
         row = row_of.get(i)
         rank = top.index(row) if row in top else None
+        if targets is not None:
+            targets.append((idx, u, int(row is not None), -1 if rank is None else rank))
         add(m, rank)
         add(per_window[n * windows // len(evs)], rank)
         if row is not None:
@@ -248,6 +252,31 @@ def test_model_by_bias_matches_reference():
     got = run("--model", path, "--input", PATH, "--format", "events-csv",
               "--protocol", "loo", "--baseline", "popularity")
     check_metric(got["popularity"], ref_loo(rows, len(rows), 10), "popularity on model items")
+
+
+def test_per_target_matches_reference():
+    """--per-target: every scored event's rank, which pairs two arms up."""
+    path, rows, bias = bias_model()
+    out = os.path.join(TMP, "targets.tsv")
+    got = run("--model", path, "--input", PATH, "--format", "events-csv",
+              "--protocol", "prequential", "--k", "5", "--history", "4", "--batch", "7",
+              "--per-target", out)
+    want = []
+    ref_prequential(rows, len(rows), 5, 4, 1, score=bias, targets=want)
+    with open(out) as f:
+        lines = [tuple(int(x) if j != 1 else x for j, x in enumerate(l.rstrip("\n").split("\t")))
+                 for l in f]
+    assert lines == want, f"first difference: {next(((a, b) for a, b in zip(lines, want) if a != b), (len(lines), len(want)))}"
+    assert sum(r >= 0 for *_, r in lines) == got["model"]["hits"] > 0
+    assert {kn for _, _, kn, _ in lines} == {0, 1}, "the file has known and unknown targets"
+    # --score-from: only the scored events are written.
+    got = run("--model", path, "--input", PATH, "--format", "events-csv",
+              "--protocol", "prequential", "--score-from", "0.5", "--per-target", out)
+    with open(out) as f:
+        assert sum(1 for _ in f) == got["model"]["n"] < len(EVENTS)
+    p = run("--input", PATH, "--format", "events-csv", "--protocol", "prequential",
+            "--baseline", "popularity", "--per-target", out, code=2)
+    assert "--per-target" in p.stderr, p.stderr
 
 
 def test_batch_does_not_change_results():
@@ -450,6 +479,7 @@ case(test_help_and_usage)
 case(test_loo_popularity_matches_reference)
 case(test_prequential_popularity_matches_reference)
 case(test_model_by_bias_matches_reference)
+case(test_per_target_matches_reference)
 case(test_batch_does_not_change_results)
 case(test_swap_options)
 case(test_seen_ring_full)

@@ -109,6 +109,11 @@ static void usage(FILE *f)
         "                       C / (decayed count + C); 0 none; default the worker's\n"
         "  --per-user FILE      prequential: write each scored user's events and\n"
         "                       the model's hits to FILE (user_id TAB n TAB hits)\n"
+        "  --per-target FILE    prequential: one line per scored event, in time\n"
+        "                       order: its line in the input (0 the first event) TAB\n"
+        "                       user_id TAB known (1: an item of the model) TAB the\n"
+        "                       target's rank in the list, -1 not in it; two arms'\n"
+        "                       files pair up by the line\n"
         "  --quiet yes          no progress lines\n",
         DEFAULT_K, DEFAULT_HISTORY, DEFAULT_BATCH, DEFAULT_WINDOWS);
 }
@@ -169,6 +174,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--score-from"))    bad = parse_fraction(val, &a->score_from);
     else if (!strcmp(opt, "--apply-from"))    bad = parse_fraction(val, &a->apply_from);
     else if (!strcmp(opt, "--per-user"))      a->per_user = val;
+    else if (!strcmp(opt, "--per-target"))    a->per_target = val;
     else if (!strcmp(opt, "--seen-ring"))     {
         a->seen_full = !strcmp(val, "full");
         bad = !a->seen_full && strcmp(val, "own");
@@ -232,9 +238,9 @@ static int check_args(const eval_args *a)
                         "--swap-model and --swap-at too\n\n");
         return 2;
     }
-    if (a->per_user && (!a->model || strcmp(a->protocol, "prequential"))) {
-        fprintf(stderr, "halflife eval: --per-user needs --model and the prequential "
-                        "protocol\n\n");
+    if ((a->per_user || a->per_target) && (!a->model || strcmp(a->protocol, "prequential"))) {
+        fprintf(stderr, "halflife eval: --per-user and --per-target need --model and the "
+                        "prequential protocol\n\n");
         return 2;
     }
     if (a->seen_full && (strcmp(a->protocol, "prequential") || !a->exclude_seen)) {

@@ -60,6 +60,9 @@ typedef struct eval_args {
     const char *per_user;          /* prequential: the model's scored events and
                                       hits per user, as TSV (a bootstrap over
                                       users needs them); NULL: not written */
+    const char *per_target;        /* prequential: one TSV line per scored event
+                                      (a paired comparison of two arms needs
+                                      them); NULL: not written */
     int         seen_full;         /* --seen-ring full: exclude the items of the
                                       ring after the full stream (eval_seen.c),
                                       not the state's own ring */

@@ -81,6 +81,7 @@ typedef struct preq_run {
     double           fit_residual;      /* and its relative residual */
     swap_diag        diag;
     int32_t         *user_n, *user_hits;  /* (users) --per-user: scored, hit */
+    FILE            *targets;           /* --per-target, written as scored */
     eval_rings       rings;             /* each user's ring after the full stream */
     int32_t         *ring_ev;           /* (ring_cap) one ring read out */
     int              seen_hist;         /* the full rings' length (--seen-history) */
@@ -171,6 +172,9 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
         if (!pr->user_n || !pr->user_hits)
             return hl_err(errbuf, errlen, HL_ENOMEM, "eval: out of memory");
     }
+    if (a->per_target && (pr->targets = fopen(a->per_target, "w")) == NULL)
+        return hl_err(errbuf, errlen, HL_EIO, "eval: --per-target %s: %s", a->per_target,
+                      strerror(errno));
     return 0;
 }
 
@@ -188,6 +192,8 @@ static void preq_free(preq_run *pr)
     free(pr->user_n); free(pr->user_hits);
     free(pr->ring_ev); free(pr->seen_flag);
     hl_eval_rings_free(&pr->rings);
+    if (pr->targets)
+        fclose(pr->targets);
 }
 
 /* Copies the user's current state (zeros for a user not seen yet). */
@@ -313,6 +319,16 @@ static void preq_popularity(preq_run *pr, int64_t i, int b)
     hl_popularity_add(&pr->pop, e->item);
 }
 
+/* --per-target: one scored event (its line in the input, so two arms'
+ * files pair up whatever the tie order), its user, known, rank or -1. */
+static void write_target(const preq_run *pr, const ev_rec *e, int rank)
+{
+    uint32_t len;
+    const char *id = strmap_key(&pr->d->users, e->user, &len);
+    fprintf(pr->targets, "%lld\t%.*s\t%d\t%d\n", (long long)e->idx, (int)len, id,
+            (pr->use_b ? e->item_b : e->item) >= 0, rank);
+}
+
 /* Counts the lists of events [first, first + n) (refreshed into recs). */
 static void preq_score(preq_run *pr, int64_t first, int n)
 {
@@ -329,6 +345,8 @@ static void preq_score(preq_run *pr, int64_t first, int n)
             pr->user_n[e->user]++;
             pr->user_hits[e->user] += rank >= 0;
         }
+        if (pr->targets)
+            write_target(pr, e, rank);
         if ((pr->use_b ? e->item_b : e->item) < 0)
             metric_add(&pr->model_unknown, rank);
         if (pr->seen_flag[b] & SEEN_OWN)
@@ -447,6 +465,19 @@ static int preq_write_users(const preq_run *pr, char *errbuf, size_t errlen)
     if (fclose(f) != 0 || bad)
         return hl_err(errbuf, errlen, HL_EIO, "eval: --per-user %s: write failed (%s)",
                       pr->a->per_user, strerror(errno));
+    return 0;
+}
+
+/* --per-target: the file is complete only if every write and the close
+ * succeeded. */
+static int close_targets(preq_run *pr, char *errbuf, size_t errlen)
+{
+    int bad = ferror(pr->targets);
+    bad |= fclose(pr->targets) != 0;
+    pr->targets = NULL;
+    if (bad)
+        return hl_err(errbuf, errlen, HL_EIO, "eval: --per-target %s: write failed (%s)",
+                      pr->a->per_target, strerror(errno));
     return 0;
 }
 
@@ -603,6 +634,8 @@ int hl_eval_run_prequential(const eval_args *a, const hl_model *m, eval_data *d,
     }
     if (rc == 0 && a->per_user)
         rc = preq_write_users(&pr, errbuf, errlen);
+    if (rc == 0 && pr.targets && (rc = close_targets(&pr, errbuf, errlen)) != 0)
+        goto out;
     if (rc == 0)
         preq_print(&pr, (hl_now_mono_ms() - t0) / 1000.0);
 out:

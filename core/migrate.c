@@ -35,7 +35,7 @@ struct hl_migration {
     int       dim, n_heads, n_shared;
     double    residual;       /* ||E_from M - E_to||_F / ||E_to||_F, shared items */
     float     tw[HL_N_TYPES];
-    float    *m;              /* (dim_from, dim): (dim, dim) but in a reshape */
+    float    *m;              /* (dim_from, dim); dim_from == dim but in a reshape */
     float    *delta;          /* (n_from, dim): e_to[row_map[r]] - e_from[r] M, or
                                  -e_from[r] M for an item to drops */
     size_t    delta_bytes;    /* its mapping (hl_map_huge) */

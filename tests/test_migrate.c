@@ -901,6 +901,33 @@ static void test_reshape_wrong_destination(void)
     hl_model_close(a); hl_model_close(b);
 }
 
+/* Two models of one shape through create_any and table_into: the rows
+ * are those hl_migration_table gives in place, to the bit (the restart
+ * path takes create_any whatever the shape). */
+static void test_any_same_shape_is_in_place(void)
+{
+    twin t;
+    char err[256];
+    if (twin_open(&t, 10, 60, 99, NULL, 5, 30, 13, 70) != 0) goto out;
+    hl_migration *mg = hl_migration_create_any(t.a, t.b, k_tw, err, sizeof err);
+    CHECKF(mg != NULL, "%s", err);
+    if (mg != NULL) {
+        CHECK(!hl_migration_reshapes(mg));
+        hl_table *tm = moved(mg, t.ta, t.b, 5);
+        CHECK(hl_migration_table(mg, t.ta) == 1);
+        hl_row_view vm, va;
+        heads_of(tm, &vm);
+        heads_of(t.ta, &va);
+        CHECK(memcmp(vm.s, va.s, sizeof(float) * HEADS * DIM) == 0);
+        CHECK(memcmp(vm.m, va.m, sizeof(float) * HEADS) == 0);
+        check_same_ring(&vm, &va);
+        hl_table_destroy(tm);
+    }
+    hl_migration_destroy(mg);
+out:
+    twin_close(&t);
+}
+
 int main(void)
 {
     RUN(test_fit_recovers_constructed_map);
@@ -919,6 +946,7 @@ int main(void)
     RUN(test_reshape_new_head_between);
     RUN(test_reshape_rebuild);
     RUN(test_reshape_wrong_destination);
+    RUN(test_any_same_shape_is_in_place);
     unlink(PATH_A);
     unlink(PATH_B);
     TEST_EXIT();

@@ -35,7 +35,7 @@ struct hl_migration {
     int       dim, n_heads, n_shared;
     double    residual;       /* ||E_from M - E_to||_F / ||E_to||_F, shared items */
     float     tw[HL_N_TYPES];
-    float    *m;              /* (dim, dim) */
+    float    *m;              /* (dim_from, dim); dim_from == dim but in a reshape */
     float    *delta;          /* (n_from, dim): e_to[row_map[r]] - e_from[r] M, or
                                  -e_from[r] M for an item to drops */
     size_t    delta_bytes;    /* its mapping (hl_map_huge) */
@@ -45,6 +45,10 @@ struct hl_migration {
     int32_t  *key_row;        /* of (key, row), key 0 empty */
     size_t    key_mask;
     int       rebuild;        /* no from: heads and masses from the ring alone */
+    int       reshape;        /* from's state shape (dim, heads, half-lives) is not
+                                 to's: rows move into another table (row_into) */
+    int       dim_from;       /* from's dim; M is (dim_from, dim) */
+    hl_decay  decay_from;     /* from's heads (a reshape; else decay is both's) */
     const float *e_from, *e_to;
 };
 
@@ -152,17 +156,22 @@ static int32_t key_find(const hl_migration *mg, uint64_t k)
 
 /* ---- building one ------------------------------------------------------- */
 
+/* Why a row of a cannot be migrated in place into b (another shape), for
+ * a live swap's refusal: a restart migrates it (hl_migration_create_any
+ * into a table of the new shape). */
+#define RESTART_MIGRATES "; a live swap cannot change the state's shape: restart the " \
+                         "worker with it (a restart migrates the snapshots into it)"
 static int same_shape(const hl_model_info *a, const hl_model_info *b,
                       char *errbuf, size_t errlen)
 {
     if (a->dim != b->dim || a->n_heads != b->n_heads)
         return hl_err(errbuf, errlen, HL_EMISMATCH, "state shape differs: dim %d heads %d "
-                      "serving, dim %d heads %d in the new model", a->dim, a->n_heads,
-                      b->dim, b->n_heads);
+                      "serving, dim %d heads %d in the new model" RESTART_MIGRATES,
+                      a->dim, a->n_heads, b->dim, b->n_heads);
     for (int h = 0; h < a->n_heads; h++)
         if (a->half_life_ms[h] != b->half_life_ms[h])
             return hl_err(errbuf, errlen, HL_EMISMATCH, "half-life of head %d differs: "
-                          "%.0f ms serving, %.0f ms in the new model", h,
+                          "%.0f ms serving, %.0f ms in the new model" RESTART_MIGRATES, h,
                           a->half_life_ms[h], b->half_life_ms[h]);
     return 0;
 }
@@ -172,26 +181,24 @@ static int same_shape(const hl_model_info *a, const hl_model_info *b,
  * minimises sum_j w_j ||e_old[j] M - e_new[j]||^2. */
 static int match_items(hl_migration *mg, const float *item_w, float **ea, float **eb)
 {
-    int d = mg->dim, n = 0;
+    int da = mg->dim_from, db = mg->dim, n = 0;
     for (int32_t r = 0; r < mg->n_from; r++) {
         uint32_t len;
         const char *id = hl_model_item_id(mg->from, r, &len);
         mg->row_map[r] = hl_model_item_find(mg->to, id, len);
         n += mg->row_map[r] >= 0;
     }
-    *ea = malloc(sizeof **ea * ((size_t)n * d + 1));
-    *eb = malloc(sizeof **eb * ((size_t)n * d + 1));
+    *ea = malloc(sizeof **ea * ((size_t)n * da + 1));
+    *eb = malloc(sizeof **eb * ((size_t)n * db + 1));
     if (*ea == NULL || *eb == NULL)
         return HL_ENOMEM;
     int k = 0;
     for (int32_t r = 0; r < mg->n_from; r++) {
         if (mg->row_map[r] < 0) continue;
         float sw = item_w ? sqrtf(item_w[r] > 0 ? item_w[r] : 0) : 1.0f;
-        const float *xa = mg->e_from + (size_t)r * d, *xb = mg->e_to + (size_t)mg->row_map[r] * d;
-        for (int j = 0; j < d; j++) {
-            (*ea)[(size_t)k * d + j] = sw * xa[j];
-            (*eb)[(size_t)k * d + j] = sw * xb[j];
-        }
+        const float *xa = mg->e_from + (size_t)r * da, *xb = mg->e_to + (size_t)mg->row_map[r] * db;
+        for (int j = 0; j < da; j++) (*ea)[(size_t)k * da + j] = sw * xa[j];
+        for (int j = 0; j < db; j++) (*eb)[(size_t)k * db + j] = sw * xb[j];
         k++;
     }
     mg->n_shared = n;
@@ -237,36 +244,64 @@ hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
     return hl_migration_create_weighted(from, to, tw, NULL, errbuf, errlen);
 }
 
-hl_migration *hl_migration_create_weighted(const hl_model *from, const hl_model *to,
-                                           const float tw[HL_N_TYPES], const float *item_w,
-                                           char *errbuf, size_t errlen)
+/* ||E_from M - E_to||_F / ||E_to||_F over the shared rows ea, eb (a
+ * reshape: make_delta, which also gives it, is for same-shape rows). */
+static void fit_residual(hl_migration *mg, const float *ea, const float *eb)
+{
+    int n = mg->n_shared, da = mg->dim_from, db = mg->dim;
+    float *p = n > 0 ? malloc(sizeof *p * (size_t)n * db) : NULL;
+    double res = 0, norm = 0;
+    if (p != NULL) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, db, da, 1.0f,
+                    ea, da, mg->m, db, 0.0f, p, db);
+        for (size_t i = 0; i < (size_t)n * db; i++) {
+            res += ((double)p[i] - eb[i]) * ((double)p[i] - eb[i]);
+            norm += (double)eb[i] * eb[i];
+        }
+    }
+    free(p);
+    mg->residual = norm > 0 ? sqrt(res / norm) : 0;
+}
+
+/* any_shape: from and to may differ in dim, heads or half-lives (a
+ * reshape); else such a pair is refused (a live swap). */
+static hl_migration *create(const hl_model *from, const hl_model *to,
+                            const float tw[HL_N_TYPES], const float *item_w, int any_shape,
+                            char *errbuf, size_t errlen)
 {
     const hl_model_info *a = hl_model_info_get(from), *b = hl_model_info_get(to);
     float *ea = NULL, *eb = NULL;
-    if (same_shape(a, b, errbuf, errlen) != 0)
+    int reshape = same_shape(a, b, errbuf, errlen) != 0;
+    if (reshape && !any_shape)
         return NULL;
+    if (reshape && errlen > 0)
+        errbuf[0] = '\0';
     hl_migration *mg = calloc(1, sizeof *mg);
     if (mg == NULL) {
         hl_err(errbuf, errlen, HL_ENOMEM, "migration: out of memory");
         return NULL;
     }
-    if (hl_decay_init(&mg->decay, a->n_heads, a->dim, a->half_life_ms,
-                                    errbuf, errlen) != 0)
+    hl_decay from_decay, to_decay;
+    if (hl_decay_init(&from_decay, a->n_heads, a->dim, a->half_life_ms, errbuf, errlen) != 0 ||
+        hl_decay_init(&to_decay, b->n_heads, b->dim, b->half_life_ms, errbuf, errlen) != 0)
         goto fail;
-    *mg = (hl_migration){.from = from, .to = to, .decay = mg->decay, .dim = a->dim,
-                         .n_heads = a->n_heads, .n_from = a->n_items, .n_to = b->n_items,
+    *mg = (hl_migration){.from = from, .to = to, .decay = to_decay, .decay_from = from_decay,
+                         .dim = b->dim, .dim_from = a->dim, .reshape = reshape,
+                         .n_heads = b->n_heads, .n_from = a->n_items, .n_to = b->n_items,
                          .e_from = hl_model_e_in(from), .e_to = hl_model_e_in(to)};
     memcpy(mg->tw, tw, sizeof mg->tw);
-    mg->m = malloc(sizeof *mg->m * (size_t)a->dim * a->dim);
+    mg->m = malloc(sizeof *mg->m * (size_t)a->dim * b->dim);
     mg->row_map = malloc(sizeof *mg->row_map * ((size_t)a->n_items + 1));
     if (mg->m == NULL || mg->row_map == NULL || index_keys(mg) != 0 ||
         match_items(mg, item_w, &ea, &eb) != 0) {
         hl_err(errbuf, errlen, HL_ENOMEM, "migration: out of memory (%d items)", (int)a->n_items);
         goto fail;
     }
-    if (hl_migration_fit(ea, eb, mg->n_shared, a->dim, a->dim, mg->m, errbuf, errlen) != 0 ||
-        make_delta(mg, errbuf, errlen) != 0)
+    if (hl_migration_fit(ea, eb, mg->n_shared, a->dim, b->dim, mg->m, errbuf, errlen) != 0 ||
+        (!reshape && make_delta(mg, errbuf, errlen) != 0))
         goto fail;
+    if (reshape)
+        fit_residual(mg, ea, eb);
     free(ea); free(eb);
     return mg;
 fail:
@@ -274,6 +309,21 @@ fail:
     hl_migration_destroy(mg);
     return NULL;
 }
+
+hl_migration *hl_migration_create_weighted(const hl_model *from, const hl_model *to,
+                                           const float tw[HL_N_TYPES], const float *item_w,
+                                           char *errbuf, size_t errlen)
+{
+    return create(from, to, tw, item_w, 0, errbuf, errlen);
+}
+
+hl_migration *hl_migration_create_any(const hl_model *from, const hl_model *to,
+                                      const float tw[HL_N_TYPES], char *errbuf, size_t errlen)
+{
+    return create(from, to, tw, NULL, 1, errbuf, errlen);
+}
+
+int hl_migration_reshapes(const hl_migration *mg) { return mg->reshape; }
 
 hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES],
                                    char *errbuf, size_t errlen)
@@ -286,7 +336,7 @@ hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES
         return NULL;
     }
     mg->rebuild = 1;
-    mg->dim = b->dim;
+    mg->dim = mg->dim_from = b->dim;
     mg->n_heads = b->n_heads;
     mg->e_to = hl_model_e_in(to);
     memcpy(mg->tw, tw, sizeof mg->tw);
@@ -543,4 +593,212 @@ int64_t hl_migration_table(const hl_migration *mg, hl_table *tbl)
     free(scratch);
     free(e);
     return done + n;
+}
+
+/* ---- into another shape ------------------------------------------------- */
+
+/* An old head's remainder is usable for another half-life when it is
+ * clearly above the rounding of m - (ring's mass): rm is such a
+ * difference, and a remainder at rounding level (a user whose whole
+ * history is in the ring) must give nothing, not a scaled-up noise. */
+static int usable(float rm, float m)
+{
+    return isfinite(rm) && rm > 1e-5f * fabsf(m);
+}
+
+/* The remainder under lambda from one old head h alone: its mean vector
+ * kept, its mass moved as if it all sat at age a0 (the ring's oldest
+ * event's, a lower bound on every remainder event's age when events come
+ * in time order): exact for a
+ * remainder just older than the ring, and on the safe side otherwise
+ * (an upper bound of the mass for a shorter half-life, a lower one for
+ * a longer). out += scale x rem_h. */
+static float from_one(const hl_migration *mg, const float *rem, const float *rmass, int h,
+                      double lambda, double a0, float *out)
+{
+    int da = mg->dim_from;
+    double e = -(lambda - mg->decay_from.lambda_per_ms[h]) * a0;
+    float sc = (float)exp(e < 80 ? e : 80);
+    for (int j = 0; j < da; j++) out[j] = sc * rem[(size_t)h * da + j];
+    return sc * rmass[h];
+}
+
+/* The remainder (old space, da floats into out; its mass returned) of a
+ * new head of rate lambda that no old head shares: between two old heads
+ * (rates lo < lambda < hi), log-mass and mean vector interpolated linearly
+ * in lambda (a remainder of one age a has log-mass log w - lambda a:
+ * linear, so exact then); outside the old heads' range, the nearest one's
+ * (from_one). m: the old masses (for usable()). */
+static float between(const hl_migration *mg, const float *rem, const float *rmass,
+                     const float *m, double lambda, double a0, float *out)
+{
+    const hl_decay *d = &mg->decay_from;
+    int lo = -1, hi = -1, da = mg->dim_from;
+    for (int h = 0; h < d->n_heads; h++) {
+        double l = d->lambda_per_ms[h];
+        if (l < lambda && (lo < 0 || l > d->lambda_per_ms[lo])) lo = h;
+        if (l > lambda && (hi < 0 || l < d->lambda_per_ms[hi])) hi = h;
+    }
+    int ok_lo = lo >= 0 && usable(rmass[lo], m[lo]), ok_hi = hi >= 0 && usable(rmass[hi], m[hi]);
+    if (ok_lo && ok_hi) {
+        double t = (lambda - d->lambda_per_ms[lo]) /
+                   (d->lambda_per_ms[hi] - d->lambda_per_ms[lo]);
+        double rm = exp((1 - t) * log(rmass[lo]) + t * log(rmass[hi]));
+        double a = rm * (1 - t) / rmass[lo], b = rm * t / rmass[hi];
+        for (int j = 0; j < da; j++)
+            out[j] = (float)(a * rem[(size_t)lo * da + j] + b * rem[(size_t)hi * da + j]);
+        return (float)rm;
+    }
+    /* one side only (outside the range, or the other's remainder is at
+     * rounding level): the usable one, else nothing */
+    int h = ok_lo ? lo : ok_hi ? hi : -1;
+    if (h < 0) {
+        memset(out, 0, sizeof *out * (size_t)da);
+        return 0;
+    }
+    return from_one(mg, rem, rmass, h, lambda, a0, out);
+}
+
+/* The old head with half-life hl, -1 when none. */
+static int same_half_life(const hl_decay *d, double hl)
+{
+    for (int h = 0; h < d->n_heads; h++)
+        if (d->half_life_ms[h] == hl)
+            return h;
+    return -1;
+}
+
+/* The ring's part under the old model out of rem (what is older than the
+ * ring, per old head: vectors and masses), and under the new one into
+ * acc (heads) and ring_m (masses of the events the old model counted);
+ * out_item: the ring's items as to's rows. Returns the age of the ring's
+ * oldest event by time (0 for an empty ring): with events in time order,
+ * every event older than the ring is at least that old. */
+static double split_ring(const hl_migration *mg, const hl_row_view *v, float *rem,
+                         float *rmass, float *acc, float *ring_m, int32_t *out_item)
+{
+    int na = mg->decay_from.n_heads, nb = mg->n_heads;
+    double a0 = 0;
+    for (int i = 0; i < v->n_hist; i++) {
+        int k = hl_row_hist_index(v, i);
+        int32_t item = v->hist_item[k];
+        int64_t dt = v->t_ref_ms - v->hist_ts_ms[k];
+        dt = dt > 0 ? dt : 0;
+        if ((double)dt > a0) a0 = (double)dt;
+        float w = entry_weight(mg, v, k), f[HL_MAX_HEADS], c[HL_MAX_HEADS];
+        int from_knows = item >= 0 && item < mg->n_from;
+        if (from_knows) {
+            hl_decay_factors(&mg->decay_from, dt, f);
+            for (int h = 0; h < na; h++) {
+                c[h] = -w * f[h];
+                rmass[h] += c[h];
+            }
+            axpy_heads(rem, c, na, mg->e_from + (size_t)item * mg->dim_from, mg->dim_from);
+        }
+        int32_t to = from_knows ? mg->row_map[item]
+                                : v->hist_key ? key_find(mg, v->hist_key[k]) : -1;
+        hl_decay_factors(&mg->decay, dt, f);
+        for (int h = 0; h < nb; h++) {
+            c[h] = w * f[h];
+            if (from_knows || item == HL_ITEM_ADDED)    /* in the old masses */
+                ring_m[h] += c[h];
+        }
+        /* an added item's share stays in the remainder (as in place) */
+        if (to >= 0 && item != HL_ITEM_ADDED)
+            axpy_heads(acc, c, nb, mg->e_to + (size_t)to * mg->dim, mg->dim);
+        out_item[k] = to >= 0 || item != HL_ITEM_ADDED ? to : HL_ITEM_ADDED;
+    }
+    return a0;
+}
+
+/* A row of from's shape into to's (dim, heads, half-lives): per new head,
+ * the ring's part recomputed under to (exact), what is older than the
+ * ring taken from the old head of the same half-life (exact up to M) or
+ * interpolated between the old heads (between()), then through M. */
+static void reshape_row(const hl_migration *mg, const hl_row_view *v, float *s, float *m,
+                        int32_t *out_item, float *scratch)
+{
+    int na = mg->decay_from.n_heads, nb = mg->n_heads, da = mg->dim_from, db = mg->dim;
+    float *rem = scratch, *rv = rem + (size_t)na * da, *acc = rv + (size_t)nb * da;
+    float rmass[HL_MAX_HEADS], ring_m[HL_MAX_HEADS] = {0};
+    memcpy(rem, v->s, sizeof *rem * (size_t)na * da);
+    memcpy(rmass, v->m, sizeof *rmass * (size_t)na);
+    memset(acc, 0, sizeof *acc * (size_t)nb * db);
+    double a0 = split_ring(mg, v, rem, rmass, acc, ring_m, out_item);
+    for (int h = 0; h < nb; h++) {
+        int o = same_half_life(&mg->decay_from, mg->decay.half_life_ms[h]);
+        float *out = rv + (size_t)h * da;
+        if (o >= 0) {           /* exact: that head's remainder, its mass */
+            memcpy(out, rem + (size_t)o * da, sizeof *out * (size_t)da);
+            m[h] = v->m[o];
+        } else {
+            m[h] = between(mg, rem, rmass, v->m, mg->decay.lambda_per_ms[h], a0, out) + ring_m[h];
+        }
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, db, da, 1.0f,
+                rv, da, mg->m, db, 1.0f, acc, db);
+    memcpy(s, acc, sizeof *s * (size_t)nb * db);
+}
+
+size_t hl_migration_scratch_floats(const hl_migration *mg)
+{
+    size_t na = (size_t)(mg->reshape ? mg->decay_from.n_heads : mg->n_heads);
+    size_t da = (size_t)(mg->reshape ? mg->dim_from : mg->dim);
+    size_t nb = (size_t)mg->n_heads, db = (size_t)mg->dim;
+    size_t a = 2 * nb * db, b = na * da + nb * da + nb * db;
+    return a > b ? a : b;
+}
+
+void hl_migration_row_into(const hl_migration *mg, const hl_row_view *v, float *s, float *m,
+                           int32_t *hist_item, float *scratch)
+{
+    memcpy(hist_item, v->hist_item, sizeof *hist_item * (size_t)v->history);
+    if (mg->reshape) {
+        reshape_row(mg, v, s, m, hist_item, scratch);
+        return;
+    }
+    /* the same shape (or a rebuild, which reads only the ring): in place
+     * on a copy, so the result is hl_migration_row's to the bit */
+    size_t per = (size_t)mg->n_heads * mg->dim;
+    if (!mg->rebuild) {
+        memcpy(s, v->s, sizeof *s * per);
+        memcpy(m, v->m, sizeof *m * (size_t)mg->n_heads);
+    }
+    hl_row_edit e = {.v = *v, .s = s, .m = m, .hist_item = hist_item};
+    hl_migration_rows(mg, &e, 1, scratch);
+}
+
+int64_t hl_migration_table_into(const hl_migration *mg, const hl_table *src, hl_table *dst)
+{
+    const hl_table_opts *o = hl_table_opts_get(dst);
+    if (o->decay.dim != mg->dim || o->decay.n_heads != mg->n_heads ||
+        o->history != hl_table_opts_get(src)->history)
+        return HL_EINVAL;
+    for (int h = 0; h < mg->n_heads; h++)
+        if (o->decay.half_life_ms[h] != mg->decay.half_life_ms[h])
+            return HL_EINVAL;
+    size_t per = (size_t)mg->n_heads * mg->dim;
+    float *scratch = malloc(sizeof(float) * hl_migration_scratch_floats(mg));
+    float *s = malloc(sizeof(float) * per), *m = malloc(sizeof(float) * (size_t)mg->n_heads);
+    int32_t *item = malloc(sizeof *item * (size_t)o->history);
+    int64_t done = scratch && s && m && item ? 0 : HL_ENOMEM;
+    for (uint32_t row = hl_table_next_live(src, 0); done >= 0 && row != UINT32_MAX;
+         row = hl_table_next_live(src, row + 1)) {
+        hl_row_view v, nv;
+        hl_table_view(src, row, &v);
+        hl_migration_row_into(mg, &v, s, m, item, scratch);
+        nv = v;
+        nv.s = s;
+        nv.m = m;
+        nv.hist_item = item;
+        int rc = hl_table_restore_at(dst, row, &nv);
+        done = rc == 0 ? done + 1 : rc;
+    }
+    if (done >= 0) {
+        hl_table_meta meta;
+        hl_table_meta_get(src, &meta);
+        hl_table_meta_set(dst, &meta);
+    }
+    free(scratch); free(s); free(m); free(item);
+    return done;
 }

@@ -24,8 +24,8 @@ typedef struct hl_migration hl_migration;   /* opaque */
 /* Fits M over the items from and to both know and maps from's rows to
  * to's. The two must share the state's shape (dim, heads, half-lives):
  * otherwise HL_EMISMATCH with a reason naming the difference (the table
- * would have to change shape; the worker loads such a model only at a
- * restart). tw are the weights per event type the rows were built with
+ * would have to change shape: a live swap refuses such a model, a
+ * restart migrates into it with hl_migration_create_any). tw are the weights per event type the rows were built with
  * (the ring keeps an event's type, not its weight field: see model.md).
  * NULL and a reason on failure. */
 hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
@@ -47,7 +47,21 @@ hl_migration *hl_migration_create_weighted(const hl_model *from, const hl_model 
 hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES],
                                    char *errbuf, size_t errlen);
 
-const float *hl_migration_map(const hl_migration *mg);  /* M: (dim, dim) row-major */
+/* The same for any two models: dim, number of heads and half-lives may
+ * differ (a reshape). M is then (dim_from, dim_to), and rows move into a
+ * table of to's shape with hl_migration_row_into / hl_migration_table_into
+ * (hl_migration_row(s) and hl_migration_table are for same-shape rows
+ * only). Per new head: the ring's part is recomputed under to (exact);
+ * what is older than the ring comes from the old head of the same
+ * half-life (exact up to M), else is interpolated between the two old
+ * heads around it (schemas/model.md, "Another dim, number of heads or
+ * half-lives"). For two models of one shape: hl_migration_create. */
+hl_migration *hl_migration_create_any(const hl_model *from, const hl_model *to,
+                                      const float tw[HL_N_TYPES], char *errbuf, size_t errlen);
+/* 1 when the rows change shape (only hl_migration_*_into then). */
+int           hl_migration_reshapes(const hl_migration *mg);
+
+const float *hl_migration_map(const hl_migration *mg);  /* M: (dim_from, dim_to) row-major */
 int          hl_migration_shared(const hl_migration *mg); /* items both know */
 /* How well M fits, unweighted, over the items both know:
  * ||E_old M - E_new||_F / ||E_new||_F (0: exact; 1: M explains nothing).
@@ -75,6 +89,21 @@ void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scr
  * negative HL_ENOMEM (the table is then partly migrated: drop it). */
 #define HL_MIG_ROWS 64
 int64_t hl_migration_table(const hl_migration *mg, hl_table *tbl);
+
+/* One row v (from's shape, or any shape for a rebuild) into to's shape:
+ * s (n_heads dim floats), m (n_heads) and hist_item (v->history entries)
+ * written; the rest of the row is v's. Same shape: hl_migration_row's
+ * result to the bit. scratch holds hl_migration_scratch_floats(mg). */
+size_t hl_migration_scratch_floats(const hl_migration *mg);
+void   hl_migration_row_into(const hl_migration *mg, const hl_row_view *v, float *s,
+                             float *m, int32_t *hist_item, float *scratch);
+
+/* Every live row of src (a restore under from, or any shape for a
+ * rebuild) into the empty dst of to's shape (same history length), at
+ * the same row ids, with src's table meta: dst then behaves as src would
+ * have under to. Returns the rows moved, or a negative HL_E* (HL_EINVAL:
+ * dst is not to's shape; HL_ENOMEM: dst is partly filled, drop it). */
+int64_t hl_migration_table_into(const hl_migration *mg, const hl_table *src, hl_table *dst);
 
 /* M = argmin ||A M - B||_F for A (n, dim_a) and B (n, dim_b), row-major;
  * M is (dim_a, dim_b) row-major. With n = 0 M is zero. Rank-deficient A

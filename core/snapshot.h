@@ -222,4 +222,16 @@ int hl_snapshot_load_newest(const hl_io *io, const char *dir,
                             char *report, size_t report_len,
                             char *errbuf, size_t errlen);
 
+/* The same for a file written under any model and of any state shape (a
+ * restart with a model of another dim, heads or half-lives): a file whose
+ * shape is not o's loads into a table with o's options but the file's
+ * dim, heads and half-lives (hl_table_opts_get says which), for the
+ * caller to migrate (hl_migration_table_into). */
+int hl_snapshot_load_newest_any(const hl_io *io, const char *dir,
+                                const char *topic, int32_t partition,
+                                const hl_table_opts *o, hl_table **tblp,
+                                hl_snapshot_info *info, char *path, size_t path_len,
+                                char *report, size_t report_len,
+                                char *errbuf, size_t errlen);
+
 #endif

@@ -552,6 +552,10 @@ typedef struct loader {
     const hl_snapshot_meta *expect;   /* topic, partition and next offset the
                                          file's name promises; NULL: any */
     const char          *path;
+    int                  any_shape;   /* a file of another dim, heads or
+                                         half-lives loads into a table of
+                                         its own shape (own_o) */
+    hl_table_opts        own_o;
     hl_table            *tbl;
     hl_table_meta        seen;        /* the newest t_ref and seq of any row */
     uint32_t             row_bound;   /* ids at or above are not trusted */
@@ -608,6 +612,15 @@ static int load_header(void *arg, const hl_snapshot_info *in, uint64_t file_byte
 
     if ((rc = name_matches(ld, in, errbuf, errlen)) != 0)
         return rc;
+    if (!shape_matches(ld->o, in) && ld->any_shape) {
+        /* o's options but the file's state shape: the caller migrates the
+         * rows into its own (hl_migration_table_into) */
+        ld->own_o = *ld->o;
+        if ((rc = hl_decay_init(&ld->own_o.decay, in->n_heads, in->dim, in->half_life_ms,
+                                errbuf, errlen)) != 0)
+            return rc;
+        ld->o = &ld->own_o;
+    }
     if (!shape_matches(ld->o, in))
         return hl_err(errbuf, errlen, HL_EMISMATCH,
                       "snapshot %s: state of dim %d with %d heads (half-life[0] %.0f ms), "
@@ -684,11 +697,12 @@ static uint32_t row_bound(const hl_table_opts *o)
 /* hl_snapshot_load, refusing a file whose header is not expect's (NULL:
  * no expectation). */
 static int load_as(const hl_io *io, const char *path, const hl_table_opts *o,
-                   uint64_t model_fingerprint, const hl_snapshot_meta *expect,
+                   uint64_t model_fingerprint, const hl_snapshot_meta *expect, int any_shape,
                    hl_table **tblp, hl_snapshot_info *info, char *errbuf, size_t errlen)
 {
     hl_snapshot_info local;
     loader ld = {.o = o, .fingerprint = model_fingerprint, .expect = expect, .path = path,
+                 .any_shape = any_shape,
                  .seen = {INT64_MIN, 0, 0}, .row_bound = row_bound(o),
                  .errbuf = errbuf, .errlen = errlen};
     parse ps = {.info = info ? info : &local, .on_header = load_header,
@@ -714,7 +728,7 @@ int hl_snapshot_load(const hl_io *io, const char *path, const hl_table_opts *o,
                      uint64_t model_fingerprint, hl_table **tblp,
                      hl_snapshot_info *info, char *errbuf, size_t errlen)
 {
-    return load_as(io, path, o, model_fingerprint, NULL, tblp, info, errbuf, errlen);
+    return load_as(io, path, o, model_fingerprint, NULL, 0, tblp, info, errbuf, errlen);
 }
 
 static void report_add(char *report, size_t report_len, const char *msg)
@@ -727,13 +741,11 @@ static void report_add(char *report, size_t report_len, const char *msg)
         snprintf(report + n, report_len - n, "%srejected %s", n ? "; " : "", msg);
 }
 
-int hl_snapshot_load_newest(const hl_io *io, const char *dir,
-                            const char *topic, int32_t partition,
-                            const hl_table_opts *o, uint64_t model_fingerprint,
-                            hl_table **tblp, hl_snapshot_info *info,
-                            char *path, size_t path_len,
-                            char *report, size_t report_len,
-                            char *errbuf, size_t errlen)
+static int load_newest(const hl_io *io, const char *dir, const char *topic,
+                       int32_t partition, const hl_table_opts *o, uint64_t model_fingerprint,
+                       int any_shape, hl_table **tblp, hl_snapshot_info *info,
+                       char *path, size_t path_len, char *report, size_t report_len,
+                       char *errbuf, size_t errlen)
 {
     char file[HL_SNAPSHOT_PATH_MAX], why[1024], first[1024] = "";
     int rc, first_rc = 0, tried = 0;
@@ -753,7 +765,8 @@ int hl_snapshot_load_newest(const hl_io *io, const char *dir,
             continue;
         hl_snapshot_meta expect = {.partition = partition, .next_offset = f[i].offset};
         snprintf(expect.topic, sizeof expect.topic, "%s", topic);
-        rc = load_as(io, file, o, model_fingerprint, &expect, tblp, info, why, sizeof why);
+        rc = load_as(io, file, o, model_fingerprint, &expect, any_shape, tblp, info,
+                     why, sizeof why);
         if (rc == 0) {
             if (path) snprintf(path, path_len, "%s", file);
             break;
@@ -772,4 +785,27 @@ int hl_snapshot_load_newest(const hl_io *io, const char *dir,
                       topic, (int)partition, dir);
     return hl_err(errbuf, errlen, first_rc, "snapshot: all %d snapshots of %s/%d "
                   "rejected; newest: %s", tried, topic, (int)partition, first);
+}
+
+int hl_snapshot_load_newest(const hl_io *io, const char *dir,
+                            const char *topic, int32_t partition,
+                            const hl_table_opts *o, uint64_t model_fingerprint,
+                            hl_table **tblp, hl_snapshot_info *info,
+                            char *path, size_t path_len,
+                            char *report, size_t report_len,
+                            char *errbuf, size_t errlen)
+{
+    return load_newest(io, dir, topic, partition, o, model_fingerprint, 0, tblp, info,
+                       path, path_len, report, report_len, errbuf, errlen);
+}
+
+int hl_snapshot_load_newest_any(const hl_io *io, const char *dir,
+                                const char *topic, int32_t partition,
+                                const hl_table_opts *o, hl_table **tblp,
+                                hl_snapshot_info *info, char *path, size_t path_len,
+                                char *report, size_t report_len,
+                                char *errbuf, size_t errlen)
+{
+    return load_newest(io, dir, topic, partition, o, HL_SNAPSHOT_ANY_MODEL, 1, tblp, info,
+                       path, path_len, report, report_len, errbuf, errlen);
 }

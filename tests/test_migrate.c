@@ -15,6 +15,19 @@
 
 static double g_half_life0 = 3600e3;    /* head 0's, for the mismatch case */
 
+/* The state shape model_at gives (a reshape test sets another, then
+ * shape_default()). */
+static int    g_dim = DIM, g_heads = HEADS;
+static double g_hl[HL_MAX_HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+
+static void shape_default(void)
+{
+    static const double hl[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+    g_dim = DIM;
+    g_heads = HEADS;
+    memcpy(g_hl, hl, sizeof hl);
+}
+
 static float frand(uint64_t *s)
 {
     *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
@@ -22,29 +35,32 @@ static float frand(uint64_t *s)
 }
 
 /* A model over ids "it<first>".."it<first+n-1>", e_in from the seed, or
- * e_in = base's rows times a (DIM, DIM) when a is not NULL. */
+ * e_in = base's rows times a (DIM, DIM) when a is not NULL; of the shape
+ * g_dim, g_heads, g_hl (head 0: g_half_life0 in the default shape). */
 static hl_model *model_at(const char *path, int first, int n, uint64_t seed,
                           const float *a, const hl_model *base)
 {
     hl_model_parts p;
     memset(&p, 0, sizeof p);
     hl_model_info *mi = &p.info;
-    mi->dim = DIM; mi->n_heads = HEADS; mi->n_items = n; mi->n_layers = 1;
-    mi->layer_out[0] = DIM;
-    mi->half_life_ms[0] = g_half_life0; mi->half_life_ms[1] = 86400e3; mi->half_life_ms[2] = 30 * 86400e3;
+    int D = g_dim;
+    mi->dim = D; mi->n_heads = g_heads; mi->n_items = n; mi->n_layers = 1;
+    mi->layer_out[0] = D;
+    for (int h = 0; h < g_heads; h++) mi->half_life_ms[h] = g_hl[h];
+    if (g_heads == HEADS && D == DIM) mi->half_life_ms[0] = g_half_life0;
     for (int t = 0; t < HL_N_TYPES; t++) mi->type_weight[t] = 1.0f + (float)t;
     snprintf(mi->version, sizeof mi->version, "m%d-%d", first, n);
     int in = hl_model_input_dim(mi);
-    float *e_in = malloc(sizeof(float) * n * DIM), *e_out = malloc(sizeof(float) * n * DIM);
-    float *bias = calloc((size_t)n, sizeof(float)), *w = calloc((size_t)DIM * in, sizeof(float));
-    float *b = calloc(DIM, sizeof(float));
+    float *e_in = malloc(sizeof(float) * n * D), *e_out = malloc(sizeof(float) * n * D);
+    float *bias = calloc((size_t)n, sizeof(float)), *w = calloc((size_t)D * in, sizeof(float));
+    float *b = calloc((size_t)D, sizeof(float));
     char **ids = malloc(sizeof *ids * n);
     uint32_t *lens = malloc(sizeof *lens * n);
     for (int i = 0; i < n; i++) {
         ids[i] = malloc(16);
         lens[i] = (uint32_t)snprintf(ids[i], 16, "it%d", first + i);
-        for (int j = 0; j < DIM; j++) e_out[i * DIM + j] = frand(&seed);
-        for (int j = 0; j < DIM; j++) e_in[i * DIM + j] = frand(&seed);
+        for (int j = 0; j < D; j++) e_out[i * D + j] = frand(&seed);
+        for (int j = 0; j < D; j++) e_in[i * D + j] = frand(&seed);
         if (a != NULL) {
             int32_t r = hl_model_item_find(base, ids[i], lens[i]);
             const float *x = hl_model_e_in(base) + (size_t)r * DIM;
@@ -65,6 +81,16 @@ static hl_model *model_at(const char *path, int first, int n, uint64_t seed,
     for (int i = 0; i < n; i++) free(ids[i]);
     free(ids); free(lens); free(e_in); free(e_out); free(bias); free(w); free(b);
     return m;
+}
+
+/* A table of model m's shape. */
+static hl_table *table_of(const hl_model *m, int history)
+{
+    const hl_model_info *mi = hl_model_info_get(m);
+    hl_table_opts o = {.history = history, .expected_users = 16};
+    char err[256];
+    hl_decay_init(&o.decay, mi->n_heads, mi->dim, mi->half_life_ms, err, sizeof err);
+    return hl_table_create(&o, err, sizeof err);
 }
 
 static hl_table *table_for(int history)
@@ -619,6 +645,289 @@ static void test_slice_matches_row_by_row(void)
     hl_model_close(b);
 }
 
+/* ---- into another shape (hl_migration_create_any) ------------------------ */
+
+/* src's only user moved into a new table of to's shape. */
+static hl_table *moved(const hl_migration *mg, const hl_table *src, const hl_model *to,
+                       int history)
+{
+    hl_table *dst = table_of(to, history);
+    int64_t n = hl_migration_table_into(mg, src, dst);
+    CHECKF(n == 1, "moved %lld rows", (long long)n);
+    return dst;
+}
+
+/* A user whose every event is in the ring moves exactly to any shape:
+ * another dim, four heads of which one half-life is A's, whatever the
+ * remainder interpolation would do. B knows A's items (pass 0: masses
+ * must then match too) or others (pass 1: items only A knows add nothing,
+ * items only B knows are found by key; masses stay those of A's events). */
+static void test_reshape_full_ring_exact(void)
+{
+    static const double hl_b[4] = {7200e3, 86400e3, 10 * 86400e3, 90 * 86400e3};
+    int item[24];
+    for (int i = 0; i < 24; i++) item[i] = (i * 13) % 70;
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    g_dim = 5; g_heads = 4; memcpy(g_hl, hl_b, sizeof hl_b);
+    for (int pass = 0; pass < 2 && a != NULL; pass++) {
+        hl_model *b = model_at(PATH_B, pass ? 10 : 0, pass ? 60 : 50, 99, NULL, NULL);
+        char err[256];
+        hl_migration *mg = b ? hl_migration_create_any(a, b, k_tw, err, sizeof err) : NULL;
+        CHECKF(mg != NULL, "%s", err);
+        if (mg != NULL) {
+            CHECK(hl_migration_reshapes(mg));
+            hl_table *ta = table_for(32), *tb = table_of(b, 32);
+            apply_all(ta, a, item, 24, 0);
+            apply_all(tb, b, item, 24, 0);
+            hl_table *tm = moved(mg, ta, b, 32);
+            hl_row_view vm, vb;
+            heads_of(tm, &vm);
+            heads_of(tb, &vb);
+            CHECK_CLOSE(vm.s, vb.s, 4 * 5, 1e-4);
+            if (pass == 0)
+                CHECK_CLOSE(vm.m, vb.m, 4, 1e-5);
+            CHECK(vm.t_ref_ms == vb.t_ref_ms && vm.last_offset == vb.last_offset);
+            check_same_ring(&vm, &vb);
+            hl_table_destroy(ta); hl_table_destroy(tb); hl_table_destroy(tm);
+        }
+        hl_migration_destroy(mg);
+        hl_model_close(b);
+    }
+    shape_default();
+    hl_model_close(a);
+}
+
+/* The plain formula for any dims, head by head, in double: s'_h = (s_h -
+ * R_old,h) M + R_new,h with A's and B's half-lives alike (nh heads, hl). */
+static void plain_any(const hl_model *a, const hl_model *b, const float *m,
+                      const hl_row_view *v, const int *ev, int nh, const double *hl,
+                      float *out)
+{
+    int da = hl_model_info_get(a)->dim, db = hl_model_info_get(b)->dim;
+    double rem[HL_MAX_HEADS * DIM], r_new[HL_MAX_HEADS * DIM] = {0};
+    for (int j = 0; j < nh * da; j++) rem[j] = v->s[j];
+    for (int i = 0; i < v->n_hist; i++) {
+        int k = hl_row_hist_index(v, i);
+        char id[16];
+        int len = snprintf(id, sizeof id, "it%d", ev[i]);
+        int32_t ra = hl_model_item_find(a, id, (size_t)len), rb = hl_model_item_find(b, id, (size_t)len);
+        for (int h = 0; h < nh; h++) {
+            double c = v->hist_w[k] * exp(-log(2.0) / hl[h] * (double)(v->t_ref_ms - v->hist_ts_ms[k]));
+            for (int j = 0; j < da && ra >= 0; j++)
+                rem[h * da + j] -= c * hl_model_e_in(a)[(size_t)ra * da + j];
+            for (int j = 0; j < db && rb >= 0; j++)
+                r_new[h * db + j] += c * hl_model_e_in(b)[(size_t)rb * db + j];
+        }
+    }
+    for (int h = 0; h < nh; h++)
+        for (int j = 0; j < db; j++) {
+            double acc = r_new[h * db + j];
+            for (int q = 0; q < da; q++) acc += rem[h * da + q] * m[q * db + j];
+            out[h * db + j] = (float)acc;
+        }
+}
+
+/* Same half-lives, another dim (8 -> 5), other items and vectors, a ring
+ * of 5 of 30 events: every head is (s - R_old) M + R_new with the
+ * (8, 5) M, and the masses are A's. */
+static void test_reshape_other_dim_maps_remainder(void)
+{
+    static const double hl[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+    int item[30];
+    for (int i = 0; i < 30; i++) item[i] = (i * 7) % 60;
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    g_dim = 5;
+    hl_model *b = model_at(PATH_B, 10, 50, 5, NULL, NULL);
+    shape_default();
+    char err[256];
+    hl_migration *mg = a && b ? hl_migration_create_any(a, b, k_tw, err, sizeof err) : NULL;
+    CHECKF(mg != NULL, "%s", err);
+    if (mg != NULL) {
+        CHECK(hl_migration_reshapes(mg) && hl_migration_shared(mg) == 40);
+        CHECK(hl_migration_residual(mg) > 0.1);     /* M is not exact here */
+        hl_table *ta = table_for(5);
+        apply_all(ta, a, item, 30, 0);
+        hl_row_view va, vm;
+        float want[HEADS * 5], mass[HEADS];
+        heads_of(ta, &va);
+        plain_any(a, b, hl_migration_map(mg), &va, item + 25, HEADS, hl, want);
+        memcpy(mass, va.m, sizeof mass);
+        hl_table *tm = moved(mg, ta, b, 5);
+        heads_of(tm, &vm);
+        CHECK_CLOSE(vm.s, want, HEADS * 5, 1e-4);
+        CHECK_CLOSE(vm.m, mass, HEADS, 0);
+        hl_table_destroy(ta); hl_table_destroy(tm);
+    }
+    hl_migration_destroy(mg);
+    hl_model_close(a); hl_model_close(b);
+}
+
+/* Old heads 1h, 1d, 30d; new 1h, 5d, 30d; the same items and vectors (M
+ * = I). A user of 30 events with a ring of 5: the new 5d head's remainder
+ * (its mass minus the ring's under 5d) lies between the old 1d and 30d
+ * heads' remainders, and its mean vector between theirs; the 1h and 30d
+ * heads are A's remainders exactly. A user with one event older than the
+ * ring (a remainder of one age) moves exactly: log-mass is linear in
+ * lambda then. */
+static void test_reshape_new_head_between(void)
+{
+    static const double hl_b[HEADS] = {3600e3, 5 * 86400e3, 30 * 86400e3};
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    memcpy(g_hl, hl_b, sizeof hl_b);
+    g_half_life0 = 3600e3;
+    hl_model *b = model_at(PATH_B, 0, 50, 11, NULL, NULL);
+    shape_default();
+    char err[256];
+    hl_migration *mg = a && b ? hl_migration_create_any(a, b, k_tw, err, sizeof err) : NULL;
+    CHECKF(mg != NULL, "%s", err);
+    if (mg == NULL) goto out;
+    int item[30];
+    for (int i = 0; i < 30; i++) item[i] = (i * 7) % 50;
+    hl_table *ta = table_for(5);
+    apply_all(ta, a, item, 30, 0);
+    hl_row_view va, vm;
+    heads_of(ta, &va);
+    /* the old remainders, and the new heads' ring parts, in double */
+    double rm_old[HEADS] = {0}, rv_old[HEADS][DIM], ring_new_m = 0, ring_new[DIM] = {0};
+    for (int h = 0; h < HEADS; h++) {
+        rm_old[h] = va.m[h];
+        for (int j = 0; j < DIM; j++) rv_old[h][j] = va.s[h * DIM + j];
+    }
+    static const double hl_a[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+    for (int i = 0; i < va.n_hist; i++) {
+        int k = hl_row_hist_index(&va, i);
+        double age = (double)(va.t_ref_ms - va.hist_ts_ms[k]);
+        const float *x = hl_model_e_in(a) + (size_t)va.hist_item[k] * DIM;
+        for (int h = 0; h < HEADS; h++) {
+            double c = va.hist_w[k] * exp(-log(2.0) / hl_a[h] * age);
+            rm_old[h] -= c;
+            for (int j = 0; j < DIM; j++) rv_old[h][j] -= c * x[j];
+        }
+        double c = va.hist_w[k] * exp(-log(2.0) / hl_b[1] * age);
+        ring_new_m += c;
+        for (int j = 0; j < DIM; j++) ring_new[j] += c * x[j];
+    }
+    hl_table *tm = moved(mg, ta, b, 5);
+    heads_of(tm, &vm);
+    double rm = vm.m[1] - ring_new_m;
+    CHECKF(rm_old[1] > 0 && rm >= rm_old[1] && rm <= rm_old[2], "%g not in [%g, %g]", rm,
+           rm_old[1], rm_old[2]);
+    for (int j = 0; j < DIM; j++) {
+        double mu = (vm.s[DIM + j] - ring_new[j]) / rm;
+        double lo = fmin(rv_old[1][j] / rm_old[1], rv_old[2][j] / rm_old[2]);
+        double hi = fmax(rv_old[1][j] / rm_old[1], rv_old[2][j] / rm_old[2]);
+        CHECKF(mu >= lo - 1e-3 && mu <= hi + 1e-3, "mean[%d] %g not in [%g, %g]", j, mu, lo, hi);
+    }
+    CHECK_CLOSE(vm.m, va.m, 1, 0);              /* 1h: A's head */
+    CHECK_CLOSE(vm.m + 2, va.m + 2, 1, 0);      /* 30d */
+    CHECK_CLOSE(vm.s, va.s, DIM, 1e-4);
+    CHECK_CLOSE(vm.s + 2 * DIM, va.s + 2 * DIM, DIM, 1e-4);
+    hl_table_destroy(ta); hl_table_destroy(tm);
+    /* one event older than the ring: exact for every head */
+    hl_table *t1 = table_for(5), *tb = table_of(b, 5);
+    apply_all(t1, a, item, 6, 0);
+    apply_all(tb, b, item, 6, 0);
+    tm = moved(mg, t1, b, 5);
+    hl_row_view vb;
+    heads_of(tm, &vm);
+    heads_of(tb, &vb);
+    CHECK_CLOSE(vm.s, vb.s, HEADS * DIM, 1e-4);
+    CHECK_CLOSE(vm.m, vb.m, HEADS, 1e-5);
+    hl_table_destroy(t1); hl_table_destroy(tb); hl_table_destroy(tm);
+out:
+    hl_migration_destroy(mg);
+    hl_model_close(a); hl_model_close(b);
+}
+
+/* A rebuild (no old model) into another shape: heads and masses are the
+ * ring's events alone under the new model (the plain sum, in double). */
+static void test_reshape_rebuild(void)
+{
+    static const double hl_b[2] = {7200e3, 10 * 86400e3};
+    int item[30];
+    for (int i = 0; i < 30; i++) item[i] = (i * 7) % 50;
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    g_dim = 4; g_heads = 2; memcpy(g_hl, hl_b, sizeof hl_b);
+    hl_model *b = model_at(PATH_B, 0, 50, 3, NULL, NULL);
+    shape_default();
+    char err[256];
+    hl_migration *mg = b ? hl_migration_rebuild(b, k_tw, err, sizeof err) : NULL;
+    CHECKF(mg != NULL, "%s", err);
+    if (a != NULL && mg != NULL) {
+        hl_table *ta = table_for(8);
+        apply_all(ta, a, item, 30, 0);
+        hl_table *tm = moved(mg, ta, b, 8);
+        hl_row_view vm;
+        heads_of(tm, &vm);
+        double want_s[2 * 4] = {0}, want_m[2] = {0};
+        for (int i = 0; i < vm.n_hist; i++) {
+            int k = hl_row_hist_index(&vm, i);
+            const float *x = hl_model_e_in(b) + (size_t)vm.hist_item[k] * 4;
+            for (int h = 0; h < 2; h++) {
+                double c = vm.hist_w[k] * exp(-log(2.0) / hl_b[h] *
+                                              (double)(vm.t_ref_ms - vm.hist_ts_ms[k]));
+                want_m[h] += c;
+                for (int j = 0; j < 4; j++) want_s[h * 4 + j] += c * x[j];
+            }
+        }
+        CHECK(vm.n_hist == 8);
+        CHECK_CLOSE(vm.s, want_s, 2 * 4, 1e-5);
+        CHECK_CLOSE(vm.m, want_m, 2, 1e-5);
+        hl_table_destroy(ta); hl_table_destroy(tm);
+    }
+    hl_migration_destroy(mg);
+    hl_model_close(a); hl_model_close(b);
+}
+
+/* A table of another shape is refused by the same-shape calls' twin. */
+static void test_reshape_wrong_destination(void)
+{
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    g_dim = 5;
+    hl_model *b = model_at(PATH_B, 0, 50, 5, NULL, NULL);
+    shape_default();
+    char err[256];
+    hl_migration *mg = a && b ? hl_migration_create_any(a, b, k_tw, err, sizeof err) : NULL;
+    CHECKF(mg != NULL, "%s", err);
+    if (mg != NULL) {
+        hl_table *ta = table_for(8), *wrong = table_for(8);
+        int it[3] = {1, 2, 3};
+        apply_all(ta, a, it, 3, 0);
+        CHECK(hl_migration_table_into(mg, ta, wrong) == HL_EINVAL);
+        CHECK(hl_table_next_live(wrong, 0) == UINT32_MAX);
+        hl_table_destroy(ta); hl_table_destroy(wrong);
+    }
+    hl_migration_destroy(mg);
+    hl_model_close(a); hl_model_close(b);
+}
+
+/* Two models of one shape through create_any and table_into: the rows
+ * are those hl_migration_table gives in place, to the bit (the restart
+ * path takes create_any whatever the shape). */
+static void test_any_same_shape_is_in_place(void)
+{
+    twin t;
+    char err[256];
+    if (twin_open(&t, 10, 60, 99, NULL, 5, 30, 13, 70) != 0) goto out;
+    hl_migration *mg = hl_migration_create_any(t.a, t.b, k_tw, err, sizeof err);
+    CHECKF(mg != NULL, "%s", err);
+    if (mg != NULL) {
+        CHECK(!hl_migration_reshapes(mg));
+        hl_table *tm = moved(mg, t.ta, t.b, 5);
+        CHECK(hl_migration_table(mg, t.ta) == 1);
+        hl_row_view vm, va;
+        heads_of(tm, &vm);
+        heads_of(t.ta, &va);
+        CHECK(memcmp(vm.s, va.s, sizeof(float) * HEADS * DIM) == 0);
+        CHECK(memcmp(vm.m, va.m, sizeof(float) * HEADS) == 0);
+        check_same_ring(&vm, &va);
+        hl_table_destroy(tm);
+    }
+    hl_migration_destroy(mg);
+out:
+    twin_close(&t);
+}
+
 int main(void)
 {
     RUN(test_fit_recovers_constructed_map);
@@ -632,6 +941,12 @@ int main(void)
     RUN(test_added_item_is_mapped_not_doubled);
     RUN(test_table_generations);
     RUN(test_shape_mismatch_refused);
+    RUN(test_reshape_full_ring_exact);
+    RUN(test_reshape_other_dim_maps_remainder);
+    RUN(test_reshape_new_head_between);
+    RUN(test_reshape_rebuild);
+    RUN(test_reshape_wrong_destination);
+    RUN(test_any_same_shape_is_in_place);
     unlink(PATH_A);
     unlink(PATH_B);
     TEST_EXIT();

@@ -3,9 +3,11 @@
  * the worker's published lists with.
  *
  * Modes, chosen by environment variables:
- *   HL_OFFLINE_MAKE_MODEL=path [HL_OFFLINE_ITEMS=n HL_OFFLINE_DIM=d]
+ *   HL_OFFLINE_MAKE_MODEL=path [HL_OFFLINE_ITEMS=n HL_OFFLINE_DIM=d
+ *   HL_OFFLINE_HALF_LIVES=ms,ms,..]
  *       write a random model whose items are the synthetic stream's ids
- *       ("i000000"..), so tests need no training;
+ *       ("i000000"..), so tests need no training; its heads' half-lives
+ *       those listed (default 1 h, 1 d, 30 d);
  *   HL_OFFLINE_MAKE_EVENTS=path [HL_OFFLINE_N=n HL_OFFLINE_USERS=u]
  *       write n synthetic events as events-csv;
  *   HL_OFFLINE_EVENTS=path HL_OFFLINE_MODEL=path [HL_OFFLINE_K=k]
@@ -24,7 +26,8 @@
  *   HL_OFFLINE_MODEL_B=B
  *       a model swap as core/ computes it (test_model_swap.py's reference):
  *       apply PRE under A, migrate every user into B (hl_migration with A's
- *       type weights, as the worker does), apply POST under B; print one
+ *       type weights, as the worker does; into a table of B's shape when
+ *       B's dim, heads or half-lives differ), apply POST under B; print one
  *       JSON line per user: {"user":..,"m":[..],"s":[..]}; with
  *       HL_OFFLINE_SWAP_LISTS=1, each user's list under B instead, scored
  *       exact fp32 (as HL_OFFLINE_EVENTS prints them, k HL_OFFLINE_K);
@@ -57,6 +60,12 @@ static int make_model(const char *path, int n_items, int dim, char *err, size_t 
     mi->dim = dim;
     mi->n_heads = 3;
     mi->half_life_ms[0] = 3600e3; mi->half_life_ms[1] = 86400e3; mi->half_life_ms[2] = 30 * 86400e3;
+    const char *hls = getenv("HL_OFFLINE_HALF_LIVES");
+    if (hls && *hls) {          /* another state shape (a reshape test) */
+        char *end;
+        for (mi->n_heads = 0; mi->n_heads < HL_MAX_HEADS && *hls; hls = *end ? end + 1 : end)
+            mi->half_life_ms[mi->n_heads++] = strtod(hls, &end);
+    }
     const float tw[HL_N_TYPES] = {1, 2, 3, 4, 5, 1};
     memcpy(mi->type_weight, tw, sizeof tw);
     mi->n_items = n_items;
@@ -373,17 +382,32 @@ static void print_state(FILE *f, const hl_row_view *v, int n_s, int n_heads)
     fprintf(f, "]}\n");
 }
 
-/* Every live row of tbl from a's space into b's, or (HL_OFFLINE_REBUILD
- * set: the old model is not at hand) rebuilt from the rings with b. */
-static int migrate_all(hl_table *tbl, const hl_model *a, const hl_model *b, char *err,
+/* Every live row of *tblp from a's space into b's, or (HL_OFFLINE_REBUILD
+ * set: the old model is not at hand) rebuilt from the rings with b; into
+ * a new table of b's shape (replacing *tblp) when a's state shape is not
+ * b's, as the worker's restart does. */
+static int migrate_all(hl_table **tblp, const hl_model *a, const hl_model *b, char *err,
                        size_t errlen)
 {
     const char *rb = getenv("HL_OFFLINE_REBUILD");
+    const hl_model_info *ia = hl_model_info_get(a), *ib = hl_model_info_get(b);
+    int reshape = ia->dim != ib->dim || ia->n_heads != ib->n_heads;
+    for (int h = 0; h < ia->n_heads && !reshape; h++)
+        reshape = ia->half_life_ms[h] != ib->half_life_ms[h];
     hl_migration *mg = rb && *rb
-        ? hl_migration_rebuild(b, hl_model_info_get(b)->type_weight, err, errlen)
-        : hl_migration_create(a, b, hl_model_info_get(a)->type_weight, err, errlen);
-    int64_t n = mg ? hl_migration_table(mg, tbl) : -1;
+        ? hl_migration_rebuild(b, ib->type_weight, err, errlen)
+        : reshape ? hl_migration_create_any(a, b, ia->type_weight, err, errlen)
+                  : hl_migration_create(a, b, ia->type_weight, err, errlen);
+    hl_table *dst = reshape && mg ? new_table(b) : NULL;
+    int64_t n = mg == NULL ? -1 : !reshape ? hl_migration_table(mg, *tblp)
+                          : dst ? hl_migration_table_into(mg, *tblp, dst) : -1;
     hl_migration_destroy(mg);
+    if (dst != NULL && n >= 0) {
+        hl_table_destroy(*tblp);
+        *tblp = dst;
+    } else {
+        hl_table_destroy(dst);
+    }
     return n < 0 ? -1 : 0;
 }
 
@@ -395,7 +419,7 @@ static int swap_main(const char *pre, const char *post, const char *ma, const ch
     hl_table *tbl = a ? new_table(a) : NULL;
     long n = -1, n2 = -1;
     if (tbl != NULL && (n = apply_file(tbl, a, pre, err, sizeof err)) >= 0 && b != NULL &&
-        migrate_all(tbl, a, b, err, sizeof err) == 0)
+        migrate_all(&tbl, a, b, err, sizeof err) == 0)
         n2 = apply_file_at(tbl, b, post, n, err, sizeof err);
     const char *lists = getenv("HL_OFFLINE_SWAP_LISTS");
     if (n2 >= 0 && lists && *lists) {

@@ -277,8 +277,8 @@ static void restore_log(hl_persist *p, int32_t partition, int rc, const hl_persi
                "err=\"%s\"", (int)partition, p->dir, why);
 }
 
-int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
-                       hl_persist_restored *out, char *errbuf, size_t errlen)
+static int restore_as(hl_persist *p, int32_t partition, hl_table **tblp, int any_shape,
+                      hl_persist_restored *out, char *errbuf, size_t errlen)
 {
     hl_table_opts o = *hl_table_opts_get(*tblp);   /* copied: *tblp may go */
     hl_snapshot_info info;
@@ -288,10 +288,14 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
 
     memset(out, 0, sizeof *out);
     out->next_offset = HL_PERSIST_NO_OFFSET;
-    int rc = hl_snapshot_load_newest(p->io, p->dir, p->topic, partition, &o,
-                                     HL_SNAPSHOT_ANY_MODEL, &tbl, &info, out->path,
-                                     sizeof out->path, report, sizeof report,
-                                     why, sizeof why);
+    int rc = any_shape
+        ? hl_snapshot_load_newest_any(p->io, p->dir, p->topic, partition, &o, &tbl, &info,
+                                      out->path, sizeof out->path, report, sizeof report,
+                                      why, sizeof why)
+        : hl_snapshot_load_newest(p->io, p->dir, p->topic, partition, &o,
+                                  HL_SNAPSHOT_ANY_MODEL, &tbl, &info, out->path,
+                                  sizeof out->path, report, sizeof report,
+                                  why, sizeof why);
     out->duration_s = (double)(hl_now_mono_us() - t0) / 1e6;
     out->n_rejected = count_rejected(report);
     if (report[0])
@@ -315,6 +319,18 @@ int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
     if (rc == HL_ENOMEM)
         return hl_err(errbuf, errlen, rc, "%s", why);
     return 0;
+}
+
+int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
+                       hl_persist_restored *out, char *errbuf, size_t errlen)
+{
+    return restore_as(p, partition, tblp, 0, out, errbuf, errlen);
+}
+
+int hl_persist_restore_any(hl_persist *p, int32_t partition, hl_table **tblp,
+                           hl_persist_restored *out, char *errbuf, size_t errlen)
+{
+    return restore_as(p, partition, tblp, 1, out, errbuf, errlen);
 }
 
 /* ---- per shard ----------------------------------------------------------- */

@@ -84,6 +84,12 @@ typedef struct hl_persist_restored {
  * served at all (no memory). Any thread; the table is not yet shared. */
 int hl_persist_restore(hl_persist *p, int32_t partition, hl_table **tblp,
                        hl_persist_restored *out, char *errbuf, size_t errlen);
+/* The same, also taking a file of another state shape (dim, heads,
+ * half-lives: a restart with such a model): *tblp is then a table of the
+ * file's shape (hl_snapshot_load_newest_any), for the caller to migrate
+ * into the shard's options. */
+int hl_persist_restore_any(hl_persist *p, int32_t partition, hl_table **tblp,
+                           hl_persist_restored *out, char *errbuf, size_t errlen);
 
 /* ---- per shard -------------------------------------------------------- */
 

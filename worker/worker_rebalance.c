@@ -41,33 +41,74 @@ static const hl_model *cur_model(hl_worker *w)
     return m;
 }
 
+/* 1 when tbl's state shape (dim, heads, half-lives) is not the current
+ * model's: a restart with a model of another shape. */
+static int other_shape(const hl_table *tbl, const hl_model_info *mi)
+{
+    const hl_decay *d = &hl_table_opts_get(tbl)->decay;
+    if (d->dim != mi->dim || d->n_heads != mi->n_heads)
+        return 1;
+    for (int h = 0; h < d->n_heads; h++)
+        if (d->half_life_ms[h] != mi->half_life_ms[h])
+            return 1;
+    return 0;
+}
+
+/* Moves *tblp's rows with mg: in place for the same shape, else into a
+ * new table of the shard's options (which replaces *tblp). Rows moved, or
+ * a negative HL_E* (*tblp then unchanged, to be dropped). */
+static int64_t move_rows(hl_worker *w, const hl_migration *mg, hl_table **tblp, int reshape)
+{
+    char err[256];
+    if (!reshape)
+        return hl_migration_table(mg, *tblp);
+    hl_table *dst = hl_table_create(&w->ctx.topts, err, sizeof err);
+    int64_t n = dst ? hl_migration_table_into(mg, *tblp, dst) : HL_ENOMEM;
+    if (n < 0) {
+        hl_table_destroy(dst);
+        return n;
+    }
+    hl_table_destroy(*tblp);
+    *tblp = dst;
+    return n;
+}
+
 /* A snapshot written under another model (a restart with a new one):
  * its rows move into the current model as a live swap moves them, when
  * that model is kept in model.dir; else they are rebuilt from their rings
- * alone (counted in halflife_users_rebuilt_total). Never refused. */
-static int migrate_restored(hl_worker *w, int32_t p, hl_table *tbl, uint64_t fp)
+ * alone (counted in halflife_users_rebuilt_total). Never refused: a model
+ * of another state shape (dim, heads, half-lives) migrates too, into a
+ * table of the new shape (hl_migration_create_any; what is approximated
+ * is in schemas/model.md). */
+static int migrate_restored(hl_worker *w, int32_t p, hl_table **tblp, uint64_t fp)
 {
     char err[512], why[512] = "";
     hl_mref *cur = hl_models_acquire(w->models);
     hl_model *old = hl_models_open_kept(w->models, fp, why, sizeof why);
     hl_migration *mg = NULL;
+    int reshape = other_shape(*tblp, cur->mi);
     float tw[HL_N_TYPES];
+    if (old != NULL && other_shape(*tblp, hl_model_info_get(old))) {
+        snprintf(why, sizeof why, "the kept model %016llx is not the snapshot's shape",
+                 (unsigned long long)fp);
+        hl_model_close(old), old = NULL;
+    }
     for (int i = 0; i < HL_N_TYPES && old; i++) {
         float ov = w->o.has_type_weight ? w->o.type_weight[i] : NAN;
         tw[i] = ov == ov ? ov : hl_model_info_get(old)->type_weight[i];
     }
-    if (old != NULL && (mg = hl_migration_create(old, cur->m, tw, why, sizeof why)) == NULL)
+    if (old != NULL && (mg = hl_migration_create_any(old, cur->m, tw, why, sizeof why)) == NULL)
         hl_model_close(old), old = NULL;
     int rebuilt = mg == NULL;
     if (rebuilt)
         mg = hl_migration_rebuild(cur->m, cur->tw, err, sizeof err);
-    int64_t t0 = hl_now_mono_us(), n = mg ? hl_migration_table(mg, tbl) : HL_ENOMEM;
+    int64_t t0 = hl_now_mono_us(), n = mg ? move_rows(w, mg, tblp, reshape) : HL_ENOMEM;
     if (n >= 0) {
         hl_counter_add(rebuilt ? w->ctx.mx.rebuilt : w->ctx.mx.migrated, (uint64_t)n);
         hl_log(rebuilt ? HL_LOG_WARN : HL_LOG_INFO, rebuilt ? "snapshot_rebuilt"
                : "snapshot_migrated", "partition=%d from=%016llx to=%016llx users=%lld "
-               "seconds=%.3f%s%s%s", (int)p, (unsigned long long)fp,
-               (unsigned long long)cur->mi->fingerprint, (long long)n,
+               "reshaped=%d seconds=%.3f%s%s%s", (int)p, (unsigned long long)fp,
+               (unsigned long long)cur->mi->fingerprint, (long long)n, reshape,
                (double)(hl_now_mono_us() - t0) / 1e6, rebuilt ? " reason=\"" : "",
                rebuilt ? why : "", rebuilt ? "; heads and masses rebuilt from the "
                "history rings alone\"" : "");
@@ -132,7 +173,7 @@ static int changelog_migrate(hl_worker *w, int32_t p, hl_table *tbl, uint64_t ba
         return 0;
     *moved = 1;
     /* No model has fingerprint 0: migrate_restored then rebuilds. */
-    return migrate_restored(w, p, tbl, mixed ? 0 : fp);
+    return migrate_restored(w, p, &tbl, mixed ? 0 : fp);
 }
 
 /* state.store=kafka: the partition's table read from its local snapshot
@@ -212,14 +253,17 @@ static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *of
         return restore_changelog(w, p, tbl, restored, offset, on_disk, cr, moved);
     if (tbl == NULL || w->persist == NULL)
         return tbl;
-    if (hl_persist_restore(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
+    /* any shape: a restart with a model of another dim, heads or
+     * half-lives migrates the snapshot rather than refuse it */
+    if (hl_persist_restore_any(w->persist, p, &tbl, &r, err, sizeof err) != 0) {
         hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d err=\"%s\"", (int)p, err);
         hl_table_destroy(tbl);
         return NULL;
     }
+    const hl_model_info *cur = hl_model_info_get(cur_model(w));
     *moved = r.next_offset != HL_PERSIST_NO_OFFSET &&
-             r.model_fingerprint != hl_model_info_get(cur_model(w))->fingerprint;
-    if (*moved && migrate_restored(w, p, tbl, r.model_fingerprint) != 0) {
+             (r.model_fingerprint != cur->fingerprint || other_shape(tbl, cur));
+    if (*moved && migrate_restored(w, p, &tbl, r.model_fingerprint) != 0) {
         hl_table_destroy(tbl);
         return NULL;
     }

@@ -1,0 +1,104 @@
+#!/usr/bin/python3
+"""test_model_reshape.py - a restart with a model of another state shape
+(issue 10: "a snapshot written under model X restores under model Y ...
+never refused outright"), against real processes over TCP: `halflife
+broker` and `halflife run`.
+
+A worker serving model A (dim 16, heads 1 h, 1 d, 30 d) consumes a stream
+and saves its snapshots at exit; it is restarted with model B (dim 8, heads
+2 h, 1 d, 10 d, 90 d: another dim, another number of heads, one half-life
+in common). Checks: every user is restored and migrated (not refused, not
+rebuilt from the topic: halflife_users_migrated_total, one
+snapshot_migrated line per partition saying reshaped=1, no
+snapshot_rejected), the snapshots written afterwards are of B's shape, and
+every user's state equals what core/ computes offline (test_offline's swap
+mode: the stream under A, hl_migration_create_any into a table of B's
+shape). Without A in model.dir, every user is rebuilt from the ring alone
+(halflife_users_rebuilt_total) and equals core/'s rebuild.
+
+Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_model_reshape.py
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
+import e2e_util as U  # noqa: E402
+import test_model_swap as S  # noqa: E402
+
+SUITE = "model_reshape"
+PARTS = 4
+N_EVENTS, N_USERS, N_ITEMS = 12000, 300, 1000
+HALF_LIVES_B = "7200000,86400000,864000000,7776000000"
+
+
+def make_model(path, items, dim, seed, half_lives=""):
+    env = dict(os.environ, HL_OFFLINE_MAKE_MODEL=path, HL_OFFLINE_ITEMS=str(items),
+               HL_OFFLINE_DIM=str(dim), HL_OFFLINE_SEED=str(seed),
+               HL_OFFLINE_HALF_LIVES=half_lives)
+    subprocess.run([os.path.join(U.BUILD, "tests", "test_offline")], env=env, check=True)
+
+
+def dims_of(state):
+    """{(len(m), len(s))} over the users of a dump."""
+    return {(len(d["m"]), len(d["s"])) for d in state.values()}
+
+
+def restart(ck, br, model_b, snap, group, metric, events, ref):
+    """A worker with B over snap's snapshots (A's); returns the checks'
+    figures: exit code, the counter, its log lines, rejected snapshots,
+    users that differ from ref, and the shapes of the snapshots after."""
+    w = S.run_to_end(ck, br, model_b, snap, group, group, 0, (metric, N_USERS))
+    n = w.metric_or(metric)
+    kind = "snapshot_migrated" if "migrated" in metric else "snapshot_rebuilt"
+    lines = w.events(kind)
+    reshaped = sum(1 for _ts, kv in lines if kv.get("reshaped") == "1")
+    rejected = len(w.events("snapshot_rejected")) + len(w.events("snapshot_unusable"))
+    rc, _s = w.term(30)
+    state = S.dump_values(snap)
+    return rc, n, len(lines), reshaped, rejected, S.same_state(state, ref), dims_of(state)
+
+
+def body(ck):
+    tmp = ck.tmp
+    model_a, model_b = os.path.join(tmp, "a.hlm"), os.path.join(tmp, "b.hlm")
+    make_model(model_a, N_ITEMS, 16, 12345)
+    make_model(model_b, N_ITEMS + 200, 8, 777, HALF_LIVES_B)
+    events_csv = os.path.join(tmp, "e.csv")
+    U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
+    events = U.read_events_csv(events_csv)
+    br = C.Broker(ck.procs, PARTS, os.path.join(tmp, "broker.log"))
+    U.produce_events(br.bootstrap, C.TOPIC, events)
+    snap, snap2 = os.path.join(tmp, "snap"), os.path.join(tmp, "snap2")
+    w = S.run_to_end(ck, br, model_a, snap, "reshape-a", "reshape-a", len(events))
+    rc_a, _s = w.term(30)
+    shutil.copytree(snap, snap2)
+    shutil.rmtree(os.path.join(snap2, "models"), ignore_errors=True)
+    before = dims_of(S.dump_values(snap))
+    # every event is before the "swap": the whole stream under A, then B
+    allpre = [(0, 0)] * len(events)
+    everything = {p: 1 << 62 for p in range(PARTS)}
+    ref = S.offline_swap(tmp, events, allpre, everything, model_a, model_b)
+    rc, n, lines, reshaped, rejected, diff, after = restart(
+        ck, br, model_b, snap, "reshape-b", "halflife_users_migrated_total", events, ref)
+    ck.check("restart_other_shape_migrated", rc_a == 0 and rc == 0 and before == {(3, 48)} and
+             n == N_USERS and lines == PARTS and reshaped == PARTS and rejected == 0 and
+             len(ref) == N_USERS and not diff and after == {(4, 32)},
+             "exits %s %s, shapes before %s after %s, migrated %s, snapshot_migrated lines %d "
+             "(reshaped %d), rejected %d, %d of %d users differ from core/'s migration, "
+             "e.g. %s" % (rc_a, rc, before, after, n, lines, reshaped, rejected, len(diff),
+                          len(ref), diff[:3]))
+    ref = S.offline_swap(tmp, events, allpre, everything, model_a, model_b, rebuild=True)
+    rc, n, lines, reshaped, rejected, diff, after = restart(
+        ck, br, model_b, snap2, "reshape-b2", "halflife_users_rebuilt_total", events, ref)
+    ck.check("restart_other_shape_without_old_model_rebuilt", rc == 0 and n == N_USERS and
+             lines == PARTS and reshaped == PARTS and rejected == 0 and not diff and
+             after == {(4, 32)}, "exit %s, rebuilt %s, snapshot_rebuilt lines %d (reshaped %d), "
+             "rejected %d, shapes after %s, %d of %d users differ from core/'s rebuild, e.g. %s"
+             % (rc, n, lines, reshaped, rejected, after, len(diff), len(ref), diff[:3]))
+
+
+if __name__ == "__main__":
+    sys.exit(C.run_main(SUITE, "all", body))

@@ -319,12 +319,15 @@ static int check_update(const hl_catalogue *c, const hl_item_update *u,
                       "(1..%d)", u->id_len, HL_MAX_ID_LEN);
     if (u->tombstone || u->e_out == NULL)
         return 0;
-    int bad = !isfinite(u->bias);
+    /* The model's bound (model.h): an item's vectors score beside the
+     * model's, so a larger value could overflow a list's scores. */
+    int bad = !(fabsf(u->bias) <= HL_MODEL_MAX_ABS);
     for (int d = 0; d < c->dim && !bad; d++)
-        bad = !isfinite(u->e_in[d]) || !isfinite(u->e_out[d]);
+        bad = !(fabsf(u->e_in[d]) <= HL_MODEL_MAX_ABS) || !(fabsf(u->e_out[d]) <= HL_MODEL_MAX_ABS);
     if (bad)
         return hl_err(errbuf, errlen, HL_EINVAL, "catalogue: item \"%.*s\": embedding "
-                      "holds NaN or infinity", (int)(u->id_len < 64 ? u->id_len : 64), u->id);
+                      "holds NaN, infinity or a value beyond +-%g", (int)(u->id_len < 64 ? u->id_len : 64),
+                      u->id, (double)HL_MODEL_MAX_ABS);
     return 0;
 }
 

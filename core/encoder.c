@@ -159,3 +159,10 @@ float *hl_encoder_forward_naive(const hl_encoder_net *net, const float *X,
     }
     return (float *)in;
 }
+
+void hl_encoder_query_bound(float *q, int dim)
+{
+    for (int d = 0; d < dim; d++)
+        if (!(fabsf(q[d]) <= HL_QUERY_MAX_ABS))     /* rare: a branch, not a min/max */
+            q[d] = isnan(q[d]) ? 0.0f : copysignf(HL_QUERY_MAX_ABS, q[d]);
+}

@@ -63,6 +63,19 @@ void hl_encoder_features_rows(const hl_encoder_net *net,
 float *hl_encoder_forward(const hl_encoder_net *net, const float *X, int n,
                           float *act);
 
+/* The ranker's last guard on a query q (dim floats): each component
+ * beyond HL_QUERY_MAX_ABS in magnitude is clamped to it, nan becomes 0.
+ * A model that loads gives |q| <= 2^103 (model.h) and trained ones far
+ * less, but a state can leave the model's bound: a migration's map M
+ * scales what is older than the ring, catalogue and fold-in e_in are not
+ * the model's, and event weights up to 1e30 can overflow a head. With |q_i| <= 2^64 and every e_out and bias within
+ * 2^8 (2^14 for the norm of a folded item's e_out), a score stays below
+ * 2^12 2^64 2^14 = 2^90, far from FLT_MAX, so no list holds inf or nan
+ * and top-K never compares nan. Per user, not per item: no cost in the
+ * scoring kernels. */
+#define HL_QUERY_MAX_ABS 0x1p64f
+void hl_encoder_query_bound(float *q, int dim);
+
 /* Plain-loop twin of hl_encoder_forward, for tests (STYLE.md section 8). */
 float *hl_encoder_forward_naive(const hl_encoder_net *net, const float *X,
                                 int n, float *act);

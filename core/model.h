@@ -12,6 +12,26 @@
 
 #define HL_MAX_LAYERS 4
 
+/* The largest |value| of any float in e_in, the layers, e_out and bias.
+ * Finite is not enough: a file of finite 3e38s overflowed every list's
+ * scores to inf or NaN. With every |value| <= B = 2^8 no score can
+ * overflow, whatever the shape the format allows (schemas/model.md):
+ * the encoder's input is per head a weighted mean of e_in rows (weights
+ * >= 0: type weights are, and the codec keeps event weights in [0,
+ * event.max.weight]), so <= B, and log(1 + m_h) < 89 < B while the mass
+ * is finite (a state beyond this is the ranker's query clamp's:
+ * encoder.h). Layer l gives |y| <= in_l B a + B for inputs <= a, with
+ * in_0 = n_heads (dim + 1) <= 8 x 4097 = 32776 and in_l <= 65536 after:
+ * a <= 2^31.0004, 2^55.0004, 2^79.0004, 2^103.0004 after 1..4 layers. A
+ * score is <= dim |q| B + B <= 2^12 2^103.0004 2^8 = 2^123.0004, FLT_MAX
+ * / 32, and so is every partial sum of it in any order (rounding adds a
+ * factor below 1.004): a margin of 32x. B = 2^9 would allow 2^129.
+ * Trained models sit far inside: the largest |value| of 14 models
+ * halflife train wrote (ml-latest-small and taobao-sample, five seeds
+ * each, and others) is 1.16, of the tests' random ones 1. The live
+ * catalogue's embeddings are held to the same bound (core/catalogue.c). */
+#define HL_MODEL_MAX_ABS 256.0f
+
 typedef struct hl_model hl_model;   /* opaque */
 
 typedef struct hl_model_info {

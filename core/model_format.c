@@ -1,6 +1,6 @@
 /* model_format.c - the rules of the .hlm format that reading and writing
  * share: the CRC-32, the shape's limits, the canonical section layout, the
- * finite-value check and the item id index.
+ * value check (finite and within HL_MODEL_MAX_ABS) and the item id index.
  *
  * They live apart from model.c (open and check a file) and model_write.c
  * (write one) because both sides must apply them identically: a writer that
@@ -193,29 +193,34 @@ void hl_model_layout_compute(const hl_model_info *mi, uint64_t id_bytes, layout 
 
 /* ---- body checks ---- */
 
-/* 1 if any of x[0..n) is inf or nan. An exponent of all ones plus one
- * carries into bit 31, so the test is AND, ADD and OR only: it vectorises. */
-static int any_nonfinite(const float *x, size_t n)
+/* 1 if any of x[0..n) is beyond HL_MODEL_MAX_ABS in magnitude, inf or
+ * nan. On the bits with the sign cleared, floats (nan included) order as
+ * their magnitudes; both sides are below 2^31, so LIM - a goes negative
+ * exactly when a > LIM. AND, SUB and OR only: it vectorises. */
+static int any_out_of_bound(const float *x, size_t n)
 {
-    uint32_t acc = 0, u;
+    const float lim_f = HL_MODEL_MAX_ABS;
+    uint32_t acc = 0, u, lim;
+    memcpy(&lim, &lim_f, sizeof lim);
     for (size_t j = 0; j < n; j++) {
         memcpy(&u, &x[j], sizeof u);
-        acc |= (u & 0x7f800000u) + 0x00800000u;
+        acc |= lim - (u & 0x7fffffffu);
     }
     return (acc & 0x80000000u) != 0;
 }
 
-/* Index of the first non-finite float in x[0..n), or -1. Chunks of a fixed
- * size keep the common all-finite scan a loop the compiler vectorises. */
-static int64_t first_nonfinite(const float *x, size_t n)
+/* Index of the first float in x[0..n) that is not within the bound, or
+ * -1. Chunks of a fixed size keep the common scan a loop the compiler
+ * vectorises. */
+static int64_t first_out_of_bound(const float *x, size_t n)
 {
     enum { CHUNK = 4096 };
     for (size_t i = 0; i < n; i += CHUNK) {
         size_t len = n - i < CHUNK ? n - i : CHUNK;
-        if (len == CHUNK ? !any_nonfinite(x + i, CHUNK) : !any_nonfinite(x + i, len))
+        if (len == CHUNK ? !any_out_of_bound(x + i, CHUNK) : !any_out_of_bound(x + i, len))
             continue;
         for (size_t j = i; j < i + len; j++)
-            if (!isfinite(x[j])) return (int64_t)j;
+            if (!(fabsf(x[j]) <= HL_MODEL_MAX_ABS)) return (int64_t)j;
     }
     return -1;
 }
@@ -223,12 +228,17 @@ static int64_t first_nonfinite(const float *x, size_t n)
 int hl_model_floats_check(const float *x, size_t n, size_t row_len, const char *what,
                           const char *path, char *errbuf, size_t errlen)
 {
-    int64_t i = first_nonfinite(x, n);
+    int64_t i = first_out_of_bound(x, n);
     if (i < 0) return 0;
+    long long row = (long long)((size_t)i / row_len), col = (long long)((size_t)i % row_len);
+    if (!isfinite(x[i]))
+        return hl_err(errbuf, errlen, HL_EFORMAT,
+                      "model %s: %s[%lld][%lld] is %g: expected finite values",
+                      path, what, row, col, (double)x[i]);
     return hl_err(errbuf, errlen, HL_EFORMAT,
-                  "model %s: %s[%lld][%lld] is %g: expected finite values",
-                  path, what, (long long)((size_t)i / row_len),
-                  (long long)((size_t)i % row_len), (double)x[i]);
+                  "model %s: %s[%lld][%lld] is %g: expected |value| <= %g (larger values"
+                  " can overflow scores)", path, what, row, col, (double)x[i],
+                  (double)HL_MODEL_MAX_ABS);
 }
 
 /* ---- the id index ---- */

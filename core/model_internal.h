@@ -90,7 +90,8 @@ int  hl_model_info_check(const hl_model_info *mi, const char *path,
                          char *errbuf, size_t errlen);
 /* The canonical layout for a shape and id_bytes bytes of item ids. */
 void hl_model_layout_compute(const hl_model_info *mi, uint64_t id_bytes, layout *lo);
-/* HL_EFORMAT naming what[row][col] if any of x[0..n) is inf or nan. */
+/* HL_EFORMAT naming what[row][col] and the value if any of x[0..n) is
+ * inf, nan or beyond HL_MODEL_MAX_ABS in magnitude. */
 int  hl_model_floats_check(const float *x, size_t n, size_t row_len, const char *what,
                            const char *path, char *errbuf, size_t errlen);
 

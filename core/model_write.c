@@ -122,8 +122,11 @@ static int parts_check(const hl_model_parts *p, uint64_t *id_bytes, const char *
         return rc;
     for (int l = 0; l < mi->n_layers; l++) {
         size_t out = (size_t)mi->layer_out[l], in = (size_t)layer_in(mi, l);
-        if ((rc = hl_model_floats_check(p->layer_w[l], out * in, in, "layer_w", path, errbuf, errlen)) != 0 ||
-            (rc = hl_model_floats_check(p->layer_b[l], out, out, "layer_b", path, errbuf, errlen)) != 0)
+        char w[32], b[32];
+        snprintf(w, sizeof w, "layer_w[%d]", l);   /* named as the reader names them */
+        snprintf(b, sizeof b, "layer_b[%d]", l);
+        if ((rc = hl_model_floats_check(p->layer_w[l], out * in, in, w, path, errbuf, errlen)) != 0 ||
+            (rc = hl_model_floats_check(p->layer_b[l], out, out, b, path, errbuf, errlen)) != 0)
             return rc;
     }
     return 0;

@@ -145,8 +145,9 @@ const float *hl_rank_encode(hl_ranker *r, const hl_row_view *users, int n)
                 in[u] = out[u];
         }
         for (int u = 0; u < g; u++) {
-            const float *q = r->Q + (size_t)(u0 + u) * dim;
+            float *q = r->Q + (size_t)(u0 + u) * dim;
             double ss = 0.0;
+            hl_encoder_query_bound(q, dim);
             for (int d = 0; d < dim; d++)
                 ss += (double)q[d] * q[d];
             r->q_norm[u0 + u] = (float)sqrt(ss);

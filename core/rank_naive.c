@@ -111,7 +111,8 @@ int hl_ranker_refresh_naive(hl_ranker *r, const hl_row_view *users, int n,
         goto out;
     for (int u = 0; u < n; u++) {
         hl_encoder_features(r->n_heads, r->dim, users[u].s, users[u].m, x);
-        const float *q = hl_encoder_forward_naive(&r->net, x, 1, act);
+        float *q = hl_encoder_forward_naive(&r->net, x, 1, act);
+        hl_encoder_query_bound(q, r->dim);
         hl_rec *o = out + (size_t)u * r->k;
         n_out[u] = naive_user(r, &users[u], q, extra ? &extra[u] : NULL,
                               cand, excl, o);

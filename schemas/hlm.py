@@ -39,6 +39,7 @@ MAX_DIM = 4096
 MAX_WIDTH = 65536
 MAX_ID_LEN = 256
 F32_MAX = 3.4028234663852886e38
+MAX_ABS = 256.0     # every float of e_in, the layers, e_out, bias (model.md)
 TYPES = ("VIEW", "CLICK", "FAVORITE", "ADD_TO_CART", "PURCHASE", "RATE")
 
 # Header: (name, struct format, offset); see schemas/model.md.
@@ -156,12 +157,17 @@ def _check_shape(dim, n_heads, n_items, layer_out, half_life_ms, type_weight):
 
 
 def _check_finite(name, a):
-    bad = np.flatnonzero(~np.isfinite(a.reshape(-1)))
+    """Finite and |value| <= MAX_ABS (why: HL_MODEL_MAX_ABS in core/model.h)."""
+    flat = a.reshape(-1)
+    bad = np.flatnonzero(~(np.abs(flat) <= MAX_ABS))
     if bad.size:
         i = int(bad[0])
         cols = a.shape[1] if a.ndim == 2 else a.shape[0]
-        raise HlmError(f"{name}[{i // cols}][{i % cols}] is {a.reshape(-1)[i]}:"
-                       " expected finite values")
+        if not np.isfinite(flat[i]):
+            raise HlmError(f"{name}[{i // cols}][{i % cols}] is {flat[i]}:"
+                           " expected finite values")
+        raise HlmError(f"{name}[{i // cols}][{i % cols}] is {float(flat[i]):g}: expected"
+                       f" |value| <= {MAX_ABS:g} (larger values can overflow scores)")
 
 
 def _check_ids(ids_bytes):

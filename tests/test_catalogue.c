@@ -79,6 +79,13 @@ static void test_new_items_are_bounded(void)
     u = upd("new-9");
     u.e_in = u.e_out = e;
     CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_EINVAL);
+    e[2] = 3e38f;                         /* finite but beyond the model's bound */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "beyond +-256") != NULL, "%s", err);
+    e[2] = 0.0f;
+    u.bias = -1e30f;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_EINVAL);
+    u.bias = 0.0f;
     hl_catview *v = hl_catalogue_view(c);
     CHECK(hl_catview_n_side(v) == 4);
     uint32_t len = 0;

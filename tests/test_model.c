@@ -356,6 +356,40 @@ static void test_refuse_nan(void)
     free(b);
 }
 
+/* Finite but huge: a model of 3e38s loaded and listed inf and NaN scores
+ * on every path (test_model_bounds). The reader and the writer refuse any
+ * value beyond HL_MODEL_MAX_ABS, naming array, row, column and value. */
+static void test_refuse_huge(void)
+{
+    size_t len;
+    uint8_t *b = slurp(good_path(), &len);
+    float huge = 3e38f, past = nextafterf(HL_MODEL_MAX_ABS, INFINITY);
+    char err[512] = "";
+    if (b == NULL) { CHECK(0); return; }
+    memcpy(b + sec_off(b, 2) + 4 * (2 * 8 + 5), &huge, 4);     /* e_in row 2, column 5 */
+    fix_crc(b, len);
+    spit(tpath("huge.hlm"), b, len);
+    expect_refused(tpath("huge.hlm"), "e_in[2][5] is 3e+38: expected |value| <= 256");
+    free(b);
+    b = slurp(good_path(), &len);
+    memcpy(b + sec_off(b, 12) + 4 * 17, &past, 4);               /* bias of row 17 */
+    fix_crc(b, len);
+    spit(tpath("past.hlm"), b, len);
+    expect_refused(tpath("past.hlm"), "bias[0][17] is 256: expected |value| <= 256");
+    free(b);
+    toy t;
+    toy_init(&t, 20, 8);
+    t.w[1][3] = -1e30f;
+    CHECK(hl_model_write(tpath("hw.hlm"), &t.p, err, sizeof err) != 0);
+    CHECKF(strstr(err, "layer_w[1][0][3] is -1e+30: expected |value| <= 256") != NULL, "%s", err);
+    t.w[1][3] = HL_MODEL_MAX_ABS;      /* at the bound: written and read back */
+    CHECKF(hl_model_write(tpath("hw.hlm"), &t.p, err, sizeof err) == 0, "%s", err);
+    hl_model *m = hl_model_open(tpath("hw.hlm"), err, sizeof err);
+    CHECKF(m != NULL, "%s", err);
+    hl_model_close(m);
+    toy_free(&t);
+}
+
 static void test_refuse_duplicate_id(void)
 {
     size_t len;
@@ -628,6 +662,7 @@ int main(void)
     RUN(test_refuse_size_mismatch);
     RUN(test_refuse_crc);
     RUN(test_refuse_nan);
+    RUN(test_refuse_huge);
     RUN(test_refuse_duplicate_id);
     RUN(test_refuse_bad_id_offsets);
     RUN(test_refuse_bad_weights);

@@ -179,12 +179,19 @@ def writer_refuses():
     m = odd_model()
     m.e_in = m.e_in.copy()
     m.e_in[3, 4] = np.inf
-    for bad, want in ((m, "e_in[3][4] is inf"),):
+    # finite but beyond the bound both readers hold (core/model.h, HL_MODEL_MAX_ABS)
+    h = odd_model()
+    h.e_out = h.e_out.copy()
+    h.e_out[2, 1] = -3e38
+    for bad, want in ((m, "e_in[3][4] is inf"),
+                      (h, "e_out[2][1] is -3e+38: expected |value| <= 256")):
         try:
             hlm.encode(bad)
-            raise AssertionError("encode accepted an inf")
+            raise AssertionError("encode accepted " + want)
         except hlm.HlmError as e:
             assert want in str(e), str(e)
+    h.e_out[2, 1] = -256.0       # at the bound: written
+    hlm.encode(h)
     m = odd_model()
     m.item_ids[5] = m.item_ids[4]
     try:

@@ -12,7 +12,7 @@ B's, and each user's final state equals what core/ computes offline
 (build/tests/test_offline's swap mode: the events before the swap point
 under A, every user migrated with the same least-squares map, the rest
 under B). Then bad files renamed over model.path (truncated, random bytes,
-another dim) are refused and counted while B keeps serving, and a SIGHUP
+another dim, a finite 3e38 in e_out) are refused and counted while B keeps serving, and a SIGHUP
 with the file unchanged does nothing.
 
 Restarts: a worker that saved its snapshots under A is restarted with B:
@@ -27,9 +27,11 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_util as C  # noqa: E402
@@ -273,6 +275,12 @@ def check_bad_files(ck, w, live, tmp, model_b):
     make_model(other, N_ITEMS, 8, 5)
     with open(other, "rb") as f:
         bad["other_dim"] = f.read()
+    # finite but huge: every list would score inf (schemas/model.md, "Why 256")
+    huge = bytearray(good)
+    e_out_off = struct.unpack_from("<Q", huge, 224 + 16 * 11)[0]
+    struct.pack_into("<f", huge, e_out_off + 4 * 5, 3e38)
+    struct.pack_into("<I", huge, 12, zlib.crc32(bytes(huge[16:])))
+    bad["huge_value"] = bytes(huge)
     for name, data in bad.items():
         before = w.metric_or("halflife_model_swap_failures_total")
         src = os.path.join(tmp, "bad-" + name)
@@ -286,8 +294,10 @@ def check_bad_files(ck, w, live, tmp, model_b):
                  "failures %s -> %s, swaps %s" % (before, w.metric_or(
                      "halflife_model_swap_failures_total"), w.metric_or("halflife_model_swaps_total")))
     reasons = [kv.get("err", "") for _ts, kv in w.events("model_swap_failed")]
-    ck.check("bad_file_reasons_logged", len(reasons) >= 3 and
-             any("dim" in r for r in reasons), "reasons: %s" % reasons)
+    ck.check("bad_file_reasons_logged", len(reasons) >= 4 and
+             any("dim" in r for r in reasons) and
+             any("e_out[0][5] is 3e+38: expected |value| <= 256" in r for r in reasons),
+             "reasons: %s" % reasons)
 
 
 def check_sighup_unchanged(ck, w, live, model_b):

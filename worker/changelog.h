@@ -66,6 +66,8 @@ typedef struct hl_changelog_shard hl_changelog_shard;  /* opaque, one per shard 
  * they are read (hl_migration_row_into). */
 typedef struct hl_changelog_reshape {
     hl_migration *mg;         /* the restore destroys it */
+    hl_model     *from;       /* the model mg reads (NULL for a rebuild): the
+                                 restore closes it after mg */
     int           rebuilt;    /* mg rebuilds from the ring alone: that model is
                                  not at hand, so neither is its shape (the row
                                  is decoded for its ring only) */

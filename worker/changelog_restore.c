@@ -181,7 +181,9 @@ static const hl_changelog_reshape *reshape_of(restorer *rs, uint64_t fp)
     }
     if (z->rc != 0) {
         hl_migration_destroy(z->r.mg);
+        hl_model_close(z->r.from);
         z->r.mg = NULL;
+        z->r.from = NULL;
     }
     return z->rc == 0 ? &z->r : NULL;
 }
@@ -600,8 +602,10 @@ static void restorer_free(restorer *rs)
     free(rs->mv_m);
     free(rs->mv_scratch);
     free(rs->mv_item);
-    for (int i = 0; i < rs->n_rz; i++)
+    for (int i = 0; i < rs->n_rz; i++) {
         hl_migration_destroy(rs->rz[i].r.mg);
+        hl_model_close(rs->rz[i].r.from);
+    }
 }
 
 /* The scratch rows decode into, and the model map sized for every row id

@@ -99,6 +99,8 @@ int hl_worker_changelog_reshape(void *arg, uint64_t fp, hl_changelog_reshape *ou
         out->mg = hl_migration_create_any(old, cur->m, tw, why, sizeof why);
         out->n_heads = hl_model_info_get(old)->n_heads;
         out->dim = hl_model_info_get(old)->dim;
+        if (out->mg != NULL)
+            out->from = old, old = NULL;    /* mg reads it: closed after mg */
     }
     if (rc == 0 && out->mg == NULL) {
         out->rebuilt = 1;
@@ -110,7 +112,7 @@ int hl_worker_changelog_reshape(void *arg, uint64_t fp, hl_changelog_reshape *ou
                    (unsigned long long)fp, (unsigned long long)cur->mi->fingerprint, why);
     }
     hl_model_close(old);
-    hl_mref_release(cur);
+    hl_mref_release(cur);       /* the set still holds the current model */
     return rc;
 }
 
@@ -195,22 +197,33 @@ static void restore_source(hl_worker *w, int32_t p, const char *source)
 }
 
 /* The local snapshot as a cache (state.store=kafka): loaded into *tblp
- * when there is one, described in base. 0, or a negative HL_E* (logged). */
+ * when there is one, described in base. One of another state shape (a
+ * restart with a model of another dim, heads or half-lives) is moved into
+ * the current model first, as a file restore moves it (*fp is then the
+ * current model, *moved 1): the changelog read after it is in that shape.
+ * 0, or a negative HL_E* (logged). */
 static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_base *base,
-                         uint64_t *fp)
+                         uint64_t *fp, int *moved)
 {
     char err[512];
     hl_persist_restored pr;
     base->next_offset = HL_PERSIST_NO_OFFSET;
     if (w->persist == NULL)
         return 0;
-    if (hl_persist_restore(w->persist, p, tblp, &pr, err, sizeof err) != 0) {
+    if (hl_persist_restore_any(w->persist, p, tblp, &pr, err, sizeof err) != 0) {
         hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=snapshot err=\"%s\"",
                (int)p, err);
         return HL_ENOMEM;
     }
     *base = (hl_changelog_base){pr.next_offset, pr.changelog_offset, pr.changelog_epoch};
     *fp = pr.model_fingerprint;
+    const hl_model_info *cur = hl_model_info_get(cur_model(w));
+    if (pr.next_offset == HL_PERSIST_NO_OFFSET || !other_shape(*tblp, cur))
+        return 0;
+    if (migrate_restored(w, p, tblp, pr.model_fingerprint) != 0)
+        return HL_ENOMEM;
+    *fp = cur->fingerprint;
+    *moved = 1;
     return 0;
 }
 
@@ -247,7 +260,7 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
     hl_changelog_base base;
     uint64_t base_fp = 0;
     int64_t t0 = hl_now_mono_us();
-    if (restore_cache(w, p, &tbl, &base, &base_fp) != 0)
+    if (restore_cache(w, p, &tbl, &base, &base_fp, moved) != 0)
         goto fail;
     const hl_changelog_base *bp = base.next_offset >= 0 ? &base : NULL;
     int rc = hl_changelog_restore(w->changelog, p, tbl, bp, r, err, sizeof err);

@@ -434,7 +434,7 @@ static void reshape_replay(int kept)
     r_pair rp = {a, b, kept};
     const hl_model_info *ma = hl_model_info_get(a), *mb = hl_model_info_get(b);
     hl_table *old = r_table(a), *tbl = r_table(b);
-    char users[R_USERS][8], fp[24];
+    char users[R_USERS][16], fp[24];
     for (int u = 0; u < R_USERS; u++) {     /* more events than the ring holds */
         snprintf(users[u], sizeof users[u], "u%d", u);
         for (int i = 0; i < 7 + u; i++) {

@@ -48,6 +48,7 @@
 #define HL_CHANGELOG_H
 
 #include "metrics.h"
+#include "migrate.h"
 #include "producer.h"
 #include "table.h"
 
@@ -58,6 +59,26 @@
 
 typedef struct hl_changelog       hl_changelog;        /* opaque, one per worker */
 typedef struct hl_changelog_shard hl_changelog_shard;  /* opaque, one per shard */
+
+/* How the rows naming one model of another state shape than the table's
+ * (a restart with a model of another dim, heads or half-lives) are read:
+ * decoded in that model's shape and moved into the table's with mg as
+ * they are read (hl_migration_row_into). */
+typedef struct hl_changelog_reshape {
+    hl_migration *mg;         /* the restore destroys it */
+    hl_model     *from;       /* the model mg reads (NULL for a rebuild): the
+                                 restore closes it after mg */
+    int           rebuilt;    /* mg rebuilds from the ring alone: that model is
+                                 not at hand, so neither is its shape (the row
+                                 is decoded for its ring only) */
+    int           n_heads, dim;   /* the rows' shape (not rebuilt) */
+} hl_changelog_reshape;
+
+/* Fills out for the rows naming model fp (not the current one): 0, 1 when
+ * that model has the table's shape (its rows load as they are and are
+ * migrated after the read), or a negative HL_E* (no memory: the rows are
+ * then counted bad). */
+typedef int (*hl_changelog_reshape_fn)(void *arg, uint64_t fp, hl_changelog_reshape *out);
 
 typedef struct hl_changelog_opts {
     const char    *topic;             /* the changelog topic (copied) */
@@ -73,6 +94,8 @@ typedef struct hl_changelog_opts {
     hl_metrics    *reg;
     int            create;            /* 1: create a missing topic with the admin API */
     int            timeout_ms;        /* metadata, admin and restore stall bound */
+    hl_changelog_reshape_fn reshape;  /* NULL: rows of another shape are counted bad */
+    void          *reshape_arg;
 } hl_changelog_opts;
 
 /* Checks the changelog topic: present with the input topic's partition
@@ -106,6 +129,9 @@ typedef struct hl_changelog_restored {
     int64_t  claim_end;         /* changelog offset after the claim */
     int      used_base;         /* the base was read on top of, not discarded */
     uint64_t n_records, n_rows, n_tombstones, n_checkpoints, n_stale, n_bad;
+    uint64_t n_migrated;        /* rows of another shape moved into the table's as
+                                   read (opts.reshape), from their model */
+    uint64_t n_rebuilt;         /* the same, rebuilt from their rings alone */
     uint64_t bytes;
     int64_t  low, high;         /* watermarks read between */
     double   duration_s;        /* the whole restore: watermarks, read, claim */

@@ -25,6 +25,16 @@
 #include <time.h>
 
 #define HIST_MAX 255        /* state.history's bound: any writer's rows decode */
+#define RESHAPES 8          /* models of another shape one restore reads rows of */
+#define ROW_FIXED 32        /* a row's bytes besides its user id, numbers and ring
+                               (schemas/snapshot.md) */
+
+/* The rows naming one model that is not the current one. */
+typedef struct reshape_slot {
+    uint64_t             fp;
+    int                  rc;        /* opts.reshape's: 0 reshape with r, else as is */
+    hl_changelog_reshape r;
+} reshape_slot;
 
 typedef struct restorer {
     hl_changelog          *cl;
@@ -46,6 +56,15 @@ typedef struct restorer {
                                                   base was a fenced owner's; 0: none */
     _Atomic uint64_t      *applied;            /* rows applied, for the prefault
                                                   thread; NULL: none runs */
+    /* rows of another shape (opts.reshape), moved into the table's as read */
+    reshape_slot           rz[RESHAPES];
+    int                    n_rz;
+    uint8_t               *moved;      /* row_bound: 1 migrated, 2 rebuilt, at that id */
+    float                 *om;         /* their numbers, decoded (om_floats) */
+    size_t                 om_floats;
+    float                 *mv_s, *mv_m, *mv_scratch;  /* the moved row (table's shape) */
+    size_t                 mv_floats;  /* mv_scratch's */
+    int32_t               *mv_item;
 } restorer;
 
 /* ---- one record ---------------------------------------------------------- */
@@ -120,6 +139,8 @@ static void models_held(restorer *rs)
         if (!hl_table_row_live(rs->tbl, r))
             continue;
         int k = r < rs->row_bound ? rs->fp_of[r] : 0;
+        if (r < rs->row_bound && rs->moved[r] != 0)
+            *(rs->moved[r] == 1 ? &out->n_migrated : &out->n_rebuilt) += 1;
         if (k == 0) {
             out->base_rows = 1;
             continue;
@@ -131,14 +152,120 @@ static void models_held(restorer *rs)
     }
 }
 
-/* A row: replaces the user's row (later wins) at the id it had. */
+/* How the rows naming fp are read: NULL as they are (the current model,
+ * one of the table's shape, none named, or no opts.reshape), else in
+ * their model's shape and moved (asked once per model). */
+static const hl_changelog_reshape *reshape_of(restorer *rs, uint64_t fp)
+{
+    hl_changelog *cl = rs->cl;
+    if (cl->o.reshape == NULL || fp == 0 || fp == atomic_load(&cl->fp))
+        return NULL;
+    for (int i = 0; i < rs->n_rz; i++)
+        if (rs->rz[i].fp == fp)
+            return rs->rz[i].rc == 0 ? &rs->rz[i].r : NULL;
+    if (rs->n_rz == RESHAPES)
+        return NULL;
+    reshape_slot *z = &rs->rz[rs->n_rz++];
+    memset(z, 0, sizeof *z);
+    z->fp = fp;
+    z->rc = cl->o.reshape(cl->o.reshape_arg, fp, &z->r);
+    if (z->rc == 0 && z->r.mg == NULL)
+        z->rc = HL_ENOMEM;
+    if (z->rc == 0) {
+        size_t need = hl_migration_scratch_floats(z->r.mg);
+        float *sc = need > rs->mv_floats ? realloc(rs->mv_scratch, sizeof *sc * need) : NULL;
+        if (sc != NULL)
+            rs->mv_scratch = sc, rs->mv_floats = need;
+        else if (need > rs->mv_floats)
+            z->rc = HL_ENOMEM;      /* its rows are counted bad */
+    }
+    if (z->rc != 0) {
+        hl_migration_destroy(z->r.mg);
+        hl_model_close(z->r.from);
+        z->r.mg = NULL;
+        z->r.from = NULL;
+    }
+    return z->rc == 0 ? &z->r : NULL;
+}
+
+/* m's row decoded in n_heads x dim, its numbers into om (grown to fit). */
+static int decode_as(restorer *rs, const hl_changelog_rec *m, int n_heads, int dim,
+                     uint32_t *row, hl_row_view *v)
+{
+    size_t n_f = (size_t)n_heads * ((size_t)dim + 1);
+    if (n_f > rs->om_floats) {
+        float *om = realloc(rs->om, sizeof *om * n_f);
+        if (om == NULL)
+            return HL_ENOMEM;
+        rs->om = om, rs->om_floats = n_f;
+    }
+    hl_snapshot_row_scratch sc = rs->sc;
+    sc.m = rs->om;
+    return hl_snapshot_row_decode(m->value, m->len, n_heads, dim, HIST_MAX,
+                                  HL_SNAPSHOT_VERSION, &sc, row, v);
+}
+
+/* A row whose model is not at hand has an unknown shape, but a rebuild
+ * reads only its ring: its numbers are taken as one head of the width
+ * the length leaves (n_heads (dim + 1) floats in all). HL_EFORMAT when
+ * the length leaves none. */
+static int decode_ring(restorer *rs, const hl_changelog_rec *m, uint32_t *row, hl_row_view *v)
+{
+    const unsigned char *p = m->value;
+    if (m->len < ROW_FIXED)
+        return HL_EFORMAT;
+    size_t ul = (size_t)(p[0] | p[1] << 8);
+    if (m->len < ROW_FIXED + ul)
+        return HL_EFORMAT;
+    size_t n_hist = (size_t)(p[ul + 30] | p[ul + 31] << 8);
+    size_t fixed = ROW_FIXED + ul + 25 * n_hist;
+    if (m->len < fixed + 8 || (m->len - fixed) % 4 != 0 || (m->len - fixed) / 4 > INT32_MAX)
+        return HL_EFORMAT;
+    return decode_as(rs, m, 1, (int)((m->len - fixed) / 4) - 1, row, v);
+}
+
+/* m's row into v: in the table's shape (rz NULL), else in its model's
+ * (the ring alone when that model is not at hand and the table's shape
+ * does not fit it: a same-shape row loads as is, as without rz). *how:
+ * 0 as is, 1 to migrate, 2 to rebuild. */
+static int decode(restorer *rs, const hl_changelog_rec *m, const hl_changelog_reshape *rz,
+                  uint32_t *row, hl_row_view *v, int *how)
+{
+    hl_changelog *cl = rs->cl;
+    *how = 0;
+    if (rz != NULL && !rz->rebuilt) {
+        *how = 1;
+        return decode_as(rs, m, rz->n_heads, rz->dim, row, v);
+    }
+    int rc = hl_snapshot_row_decode(m->value, m->len, cl->n_heads, cl->dim, HIST_MAX,
+                                    HL_SNAPSHOT_VERSION, &rs->sc, row, v);
+    if (rc != 0 && rz != NULL) {
+        *how = 2;
+        rc = decode_ring(rs, m, row, v);
+    }
+    return rc;
+}
+
+/* v (another shape's) moved into the table's shape with mg. */
+static void move_row(restorer *rs, const hl_migration *mg, hl_row_view *v)
+{
+    hl_migration_row_into(mg, v, rs->mv_s, rs->mv_m, rs->mv_item, rs->mv_scratch);
+    v->s = rs->mv_s;
+    v->m = rs->mv_m;
+    v->hist_item = rs->mv_item;
+}
+
+/* A row: replaces the user's row (later wins) at the id it had. One of
+ * another shape is moved into the table's as it is read. */
 static int apply_row(restorer *rs, const hl_changelog_rec *m)
 {
     hl_changelog *cl = rs->cl;
+    uint64_t fp = model_of(m);
+    const hl_changelog_reshape *rz = reshape_of(rs, fp);
     hl_row_view v;
     uint32_t row;
-    if (hl_snapshot_row_decode(m->value, m->len, cl->n_heads, cl->dim, HIST_MAX,
-                               HL_SNAPSHOT_VERSION, &rs->sc, &row, &v) != 0 ||
+    int how;
+    if (decode(rs, m, rz, &row, &v, &how) != 0 ||
         v.user_len != m->key_len || memcmp(v.user, m->key, m->key_len) != 0)
         return HL_EFORMAT;
     /* A shorter configured history keeps each user's newest entries. */
@@ -152,6 +279,10 @@ static int apply_row(restorer *rs, const hl_changelog_rec *m)
         v.hist_w += skip;
     }
     v.history = cl->history;
+    if (how != 0) {
+        move_row(rs, rz->mg, &v);
+        fp = atomic_load(&cl->fp);      /* the row is in the current model now */
+    }
     /* Most records name a user not yet restored: try that first, and
      * replace an existing row (later wins) only when the insert fails. */
     int at = row < rs->row_bound, rc = at ? hl_table_restore_at(rs->tbl, row, &v) : HL_EINVAL;
@@ -165,7 +296,13 @@ static int apply_row(restorer *rs, const hl_changelog_rec *m)
     rs->out->n_rows++;
     if (rs->applied)
         atomic_store_explicit(rs->applied, rs->out->n_rows, memory_order_relaxed);
-    note_model(rs, row, at_row, model_of(m));
+    note_model(rs, row, at_row, fp);
+    /* counted once per user held at the end (models_held); a row restored
+     * elsewhere is counted now */
+    if (at_row)
+        rs->moved[row] = (uint8_t)how;
+    else if (how != 0)
+        *(how == 1 ? &rs->out->n_migrated : &rs->out->n_rebuilt) += 1;
     return 0;
 }
 
@@ -220,6 +357,9 @@ static void apply(restorer *rs, const hl_changelog_rec *m)
         else if (m->key_len < 1 || m->key_len > HL_MAX_ID_LEN)
             rc = HL_EFORMAT;
         else if (m->value == NULL) {
+            int64_t r = hl_table_find(rs->tbl, m->key, m->key_len);
+            if (r >= 0 && r < rs->row_bound)
+                rs->moved[r] = 0;       /* its id may hold another user next */
             hl_table_remove(rs->tbl, m->key, m->key_len);
             rs->out->n_tombstones++;
             rc = 0;
@@ -456,6 +596,16 @@ static void restorer_free(restorer *rs)
     free(rs->sc.hist_key);
     free(rs->sc.hist_w);
     free(rs->fp_of);
+    free(rs->moved);
+    free(rs->om);
+    free(rs->mv_s);
+    free(rs->mv_m);
+    free(rs->mv_scratch);
+    free(rs->mv_item);
+    for (int i = 0; i < rs->n_rz; i++) {
+        hl_migration_destroy(rs->rz[i].r.mg);
+        hl_model_close(rs->rz[i].r.from);
+    }
 }
 
 /* The scratch rows decode into, and the model map sized for every row id
@@ -474,8 +624,13 @@ static int restorer_init(restorer *rs, char *errbuf, size_t errlen)
     rs->sc.hist_key = malloc(sizeof(uint64_t) * HIST_MAX);
     rs->sc.hist_w = malloc(sizeof(float) * HIST_MAX);
     rs->fp_of = calloc(rs->row_bound, 1);
+    rs->moved = calloc(rs->row_bound, 1);
+    rs->mv_s = malloc(sizeof(float) * (size_t)n_heads * (size_t)dim);
+    rs->mv_m = malloc(sizeof(float) * (size_t)n_heads);
+    rs->mv_item = malloc(sizeof(int32_t) * HIST_MAX);
     if (!rs->sc.m || !rs->sc.hist_item || !rs->sc.hist_ts || !rs->sc.hist_type ||
-        !rs->sc.hist_key || !rs->sc.hist_w || !rs->fp_of)
+        !rs->sc.hist_key || !rs->sc.hist_w || !rs->fp_of || !rs->moved || !rs->mv_s ||
+        !rs->mv_m || !rs->mv_item)
         return hl_err(errbuf, errlen, HL_ENOMEM, "changelog restore: out of memory");
     return 0;
 }

@@ -84,5 +84,8 @@ void hl_worker_embedded_stop(hl_worker *w);
 void hl_worker_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                             rd_kafka_topic_partition_list_t *parts, void *opaque);
 int  hl_worker_owns_partition(void *opaque, int32_t p);
+/* hl_changelog_opts.reshape: how a restore reads changelog rows of a
+ * model of another shape (worker_rebalance.c). */
+int  hl_worker_changelog_reshape(void *arg, uint64_t fp, hl_changelog_reshape *out);
 
 #endif

@@ -54,6 +54,68 @@ static int other_shape(const hl_table *tbl, const hl_model_info *mi)
     return 0;
 }
 
+/* 1 when two models' state shapes differ. */
+static int infos_differ(const hl_model_info *a, const hl_model_info *b)
+{
+    if (a->dim != b->dim || a->n_heads != b->n_heads)
+        return 1;
+    for (int h = 0; h < a->n_heads; h++)
+        if (a->half_life_ms[h] != b->half_life_ms[h])
+            return 1;
+    return 0;
+}
+
+/* The weights per event type rows of model old were built with. */
+static void old_type_weights(const hl_worker *w, const hl_model *old, float tw[HL_N_TYPES])
+{
+    for (int i = 0; i < HL_N_TYPES; i++) {
+        float ov = w->o.has_type_weight ? w->o.type_weight[i] : NAN;
+        tw[i] = ov == ov ? ov : hl_model_info_get(old)->type_weight[i];
+    }
+}
+
+/* hl_changelog_opts.reshape (arg: the worker): changelog rows naming model
+ * fp, read by a restore. A kept model of another shape than the current
+ * one: its migration into the current model (hl_migration_create_any, as
+ * migrate_restored makes for a snapshot); a kept one of the same shape: 1,
+ * the rows load as they are and changelog_migrate moves them after the
+ * read; a model not kept: a rebuild from the rings alone (the shape is
+ * then unknown: the restore loads a row that fits the current shape as
+ * it is, as before, and rebuilds one that does not). Main thread, inside
+ * the restore. */
+int hl_worker_changelog_reshape(void *arg, uint64_t fp, hl_changelog_reshape *out)
+{
+    hl_worker *w = arg;
+    char why[512] = "", err[256];
+    hl_mref *cur = hl_models_acquire(w->models);
+    hl_model *old = hl_models_open_kept(w->models, fp, why, sizeof why);
+    int rc = 0;
+    float tw[HL_N_TYPES];
+    memset(out, 0, sizeof *out);
+    if (old != NULL && !infos_differ(hl_model_info_get(old), cur->mi)) {
+        rc = 1;
+    } else if (old != NULL) {
+        old_type_weights(w, old, tw);
+        out->mg = hl_migration_create_any(old, cur->m, tw, why, sizeof why);
+        out->n_heads = hl_model_info_get(old)->n_heads;
+        out->dim = hl_model_info_get(old)->dim;
+        if (out->mg != NULL)
+            out->from = old, old = NULL;    /* mg reads it: closed after mg */
+    }
+    if (rc == 0 && out->mg == NULL) {
+        out->rebuilt = 1;
+        out->mg = hl_migration_rebuild(cur->m, cur->tw, err, sizeof err);
+        rc = out->mg ? 0 : HL_ENOMEM;
+        if (out->mg)
+            hl_log(HL_LOG_WARN, "changelog_rebuilt", "model=%016llx to=%016llx reason=\"%s; "
+                   "rows of another shape rebuilt from the history rings alone\"",
+                   (unsigned long long)fp, (unsigned long long)cur->mi->fingerprint, why);
+    }
+    hl_model_close(old);
+    hl_mref_release(cur);       /* the set still holds the current model */
+    return rc;
+}
+
 /* Moves *tblp's rows with mg: in place for the same shape, else into a
  * new table of the shard's options (which replaces *tblp). Rows moved, or
  * a negative HL_E* (*tblp then unchanged, to be dropped). */
@@ -93,10 +155,8 @@ static int migrate_restored(hl_worker *w, int32_t p, hl_table **tblp, uint64_t f
                  (unsigned long long)fp);
         hl_model_close(old), old = NULL;
     }
-    for (int i = 0; i < HL_N_TYPES && old; i++) {
-        float ov = w->o.has_type_weight ? w->o.type_weight[i] : NAN;
-        tw[i] = ov == ov ? ov : hl_model_info_get(old)->type_weight[i];
-    }
+    if (old != NULL)
+        old_type_weights(w, old, tw);
     if (old != NULL && (mg = hl_migration_create_any(old, cur->m, tw, why, sizeof why)) == NULL)
         hl_model_close(old), old = NULL;
     int rebuilt = mg == NULL;
@@ -137,22 +197,33 @@ static void restore_source(hl_worker *w, int32_t p, const char *source)
 }
 
 /* The local snapshot as a cache (state.store=kafka): loaded into *tblp
- * when there is one, described in base. 0, or a negative HL_E* (logged). */
+ * when there is one, described in base. One of another state shape (a
+ * restart with a model of another dim, heads or half-lives) is moved into
+ * the current model first, as a file restore moves it (*fp is then the
+ * current model, *moved 1): the changelog read after it is in that shape.
+ * 0, or a negative HL_E* (logged). */
 static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_base *base,
-                         uint64_t *fp)
+                         uint64_t *fp, int *moved)
 {
     char err[512];
     hl_persist_restored pr;
     base->next_offset = HL_PERSIST_NO_OFFSET;
     if (w->persist == NULL)
         return 0;
-    if (hl_persist_restore(w->persist, p, tblp, &pr, err, sizeof err) != 0) {
+    if (hl_persist_restore_any(w->persist, p, tblp, &pr, err, sizeof err) != 0) {
         hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=snapshot err=\"%s\"",
                (int)p, err);
         return HL_ENOMEM;
     }
     *base = (hl_changelog_base){pr.next_offset, pr.changelog_offset, pr.changelog_epoch};
     *fp = pr.model_fingerprint;
+    const hl_model_info *cur = hl_model_info_get(cur_model(w));
+    if (pr.next_offset == HL_PERSIST_NO_OFFSET || !other_shape(*tblp, cur))
+        return 0;
+    if (migrate_restored(w, p, tblp, pr.model_fingerprint) != 0)
+        return HL_ENOMEM;
+    *fp = cur->fingerprint;
+    *moved = 1;
     return 0;
 }
 
@@ -189,7 +260,7 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
     hl_changelog_base base;
     uint64_t base_fp = 0;
     int64_t t0 = hl_now_mono_us();
-    if (restore_cache(w, p, &tbl, &base, &base_fp) != 0)
+    if (restore_cache(w, p, &tbl, &base, &base_fp, moved) != 0)
         goto fail;
     const hl_changelog_base *bp = base.next_offset >= 0 ? &base : NULL;
     int rc = hl_changelog_restore(w->changelog, p, tbl, bp, r, err, sizeof err);
@@ -206,6 +277,15 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
         hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"%s\"",
                (int)p, err);
         goto fail;
+    }
+    if (r->n_migrated + r->n_rebuilt > 0) {
+        /* rows of another shape, moved into the current one as read */
+        *moved = 1;
+        hl_counter_add(w->ctx.mx.migrated, r->n_migrated);
+        hl_counter_add(w->ctx.mx.rebuilt, r->n_rebuilt);
+        hl_log(r->n_rebuilt ? HL_LOG_WARN : HL_LOG_INFO, "changelog_reshaped",
+               "partition=%d users_migrated=%llu users_rebuilt=%llu", (int)p,
+               (unsigned long long)r->n_migrated, (unsigned long long)r->n_rebuilt);
     }
     if (changelog_migrate(w, p, tbl, bp ? base_fp : 0, r, moved) != 0)
         goto fail;

@@ -361,6 +361,7 @@ static int start_changelog(hl_worker *w, char *errbuf, size_t errlen)
         .model_fingerprint = hl_model_info_get(w->m)->fingerprint, .topts = &w->ctx.topts,
         .prod = w->prod, .consumer = hl_consumer_handle(w->cons), .reg = w->reg,
         .create = w->mock == NULL, .timeout_ms = 10000,
+        .reshape = hl_worker_changelog_reshape, .reshape_arg = w,
     };
     if ((w->changelog = hl_changelog_create(&co, errbuf, errlen)) == NULL)
         return HL_EINVAL;

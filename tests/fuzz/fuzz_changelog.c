@@ -13,6 +13,12 @@
  * (every record is a row, tombstone, checkpoint, stale or bad one, or was
  * skipped after an usurper) is a bug.
  *
+ * Rows naming model 00000000000000cd are of another shape (dim 2, one
+ * head), whose model the reshape hook has: decoded in that shape and
+ * migrated; rows naming any other model than 7 are of a model not kept:
+ * rebuilt from the ring when the table's shape does not fit them (the
+ * ring-only decode reads the bytes' lengths). Seeds hold both.
+ *
  * Framing: byte 0 says whether a base is given (bit 0; its epoch is byte 1)
  * then records: flags (bit 0 an epoch header, bit 1 a model header, bit 2
  * a tombstone, bit 3 the checkpoint key), then for each present part a
@@ -23,18 +29,76 @@
  * the writer's own functions), in epochs, with a fenced writer's late
  * records and a base. */
 #include "changelog_internal.h"
+#include "migrate.h"
 #include "snapshot.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DIM      4
 #define HISTORY  3
 #define MAX_RECS 256
 
+#define OTHER_FP 0xcdULL    /* the model of another shape the hook has */
+#define OTHER_DIM 2
+
 static hl_changelog *cl;
 static hl_table_opts topts;
+static hl_model *cur_m, *other_m;   /* the table's model (7's shape), and cd's */
+static const float tw[HL_N_TYPES] = {1, 1, 1, 1, 1, 1};
+
+/* hl_changelog_opts.reshape: cd's migration, a rebuild for any other. */
+static int reshape(void *arg, uint64_t fp, hl_changelog_reshape *out)
+{
+    char err[256];
+    (void)arg;
+    memset(out, 0, sizeof *out);
+    if (fp == OTHER_FP) {
+        out->mg = hl_migration_create_any(other_m, cur_m, tw, err, sizeof err);
+        out->n_heads = 1;
+        out->dim = OTHER_DIM;
+    } else {
+        out->mg = hl_migration_rebuild(cur_m, tw, err, sizeof err);
+        out->rebuilt = 1;
+    }
+    return out->mg ? 0 : HL_ENOMEM;
+}
+
+/* A model of dim x heads over ids "it0".."it7" (written to path, opened). */
+static hl_model *small_model(const char *path, int dim, int heads)
+{
+    hl_model_parts p;
+    memset(&p, 0, sizeof p);
+    hl_model_info *mi = &p.info;
+    mi->dim = dim; mi->n_heads = heads; mi->n_items = 8; mi->n_layers = 1;
+    mi->layer_out[0] = dim;
+    for (int h = 0; h < heads; h++) mi->half_life_ms[h] = hl_default_half_life_ms[h];
+    for (int t = 0; t < HL_N_TYPES; t++) mi->type_weight[t] = 1.0f;
+    snprintf(mi->version, sizeof mi->version, "fuzz%d", dim);
+    float ein[8 * 4], bias[8] = {0}, w[4 * 4 * 5] = {0}, b[4] = {0};
+    char ids[8][4];
+    const char *idp[8];
+    uint32_t lens[8];
+    for (int i = 0; i < 8; i++) {
+        lens[i] = (uint32_t)snprintf(ids[i], sizeof ids[i], "it%d", i);
+        idp[i] = ids[i];
+        for (int j = 0; j < dim; j++) ein[i * dim + j] = (float)((i * 3 + j * 5) % 7) - 3.0f;
+    }
+    p.item_id = idp; p.item_id_len = lens;
+    p.e_in = ein; p.e_out = ein; p.bias = bias; p.layer_w[0] = w; p.layer_b[0] = b;
+    char err[256];
+    hl_model *m = NULL;
+    if (hl_model_write(path, &p, err, sizeof err) == 0)
+        m = hl_model_open(path, err, sizeof err);
+    if (m == NULL) {
+        fprintf(stderr, "fuzz_changelog: model %s: %s\n", path, err);
+        abort();
+    }
+    unlink(path);       /* mapped: the file is no longer needed */
+    return m;
+}
 
 /* ---- the framing ---- */
 
@@ -133,7 +197,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc != 0 && (err[0] == '\0' || rc != HL_ENOENT)) abort();
     if (rc == 0) {
         if (out.n_rows + out.n_tombstones + out.n_checkpoints + out.n_stale + out.n_bad !=
-            out.n_records)
+            out.n_records || out.n_migrated + out.n_rebuilt > out.n_rows)
             abort();
         check_table(tbl, &out);
     }
@@ -179,20 +243,27 @@ static void put_ck(seed *s, int64_t epoch, int64_t offset)
     put_rec(s, NULL, epoch, NULL, ck, hl_changelog_ck_encode(ck, &c), 0);
 }
 
-/* The rows of a small table, as a flush writes them, into s under epoch. */
-static void put_rows(seed *s, hl_table *tbl, int64_t epoch, const char *model)
+/* The rows of a small table of dim (its heads), as a flush writes them,
+ * into s under epoch. */
+static void put_rows_as(seed *s, hl_table *tbl, int64_t epoch, int dim, const char *model)
 {
-    unsigned char *row = malloc(hl_snapshot_row_max(topts.decay.n_heads, DIM, HISTORY));
+    int heads = hl_table_opts_get(tbl)->decay.n_heads;
+    unsigned char *row = malloc(hl_snapshot_row_max(heads, dim, HISTORY));
     for (uint32_t r = 0; r < hl_table_row_limit(tbl); r++) {
         hl_row_view v;
         char key[HL_MAX_ID_LEN + 1];
         if (!hl_table_row_live(tbl, r)) continue;
         hl_table_view(tbl, r, &v);
-        size_t len = hl_snapshot_row_encode(row, topts.decay.n_heads, DIM, r, &v);
+        size_t len = hl_snapshot_row_encode(row, heads, dim, r, &v);
         snprintf(key, sizeof key, "%.*s", (int)v.user_len, v.user);
         put_rec(s, key, epoch, model, row, len, 0);
     }
     free(row);
+}
+
+static void put_rows(seed *s, hl_table *tbl, int64_t epoch, const char *model)
+{
+    put_rows_as(s, tbl, epoch, DIM, model);
 }
 
 static void write_seed(const char *dir, const char *name, const seed *s)
@@ -236,6 +307,25 @@ static void write_seeds(const char *dir)
     s.buf[1] = 1;
     write_seed(dir, "base", &s);
     hl_table_destroy(tbl);
+    /* Rows of another shape: cd's (kept), then ee's (not kept). */
+    hl_table_opts oo = topts;
+    hl_decay_init(&oo.decay, 1, OTHER_DIM, hl_default_half_life_ms, err, sizeof err);
+    tbl = hl_table_create(&oo, err, sizeof err);
+    for (int i = 0; i < 12; i++) {
+        char user[8];
+        snprintf(user, sizeof user, "v%d", i % 4);
+        hl_event ev = {.user = user, .user_len = (uint32_t)strlen(user), .item = i % 8,
+                       .item_key = hl_item_key(user, 1), .w = 1.0f, .ts_ms = 1000 * i,
+                       .offset = i};
+        hl_table_apply(tbl, &ev, 1, hl_model_e_in(other_m), 8, NULL);
+    }
+    s.n = 0;
+    put(&s, "\0\0", 2);
+    put_ck(&s, 1, -1);
+    put_rows_as(&s, tbl, 1, OTHER_DIM, "00000000000000cd");
+    put_rows_as(&s, tbl, 1, OTHER_DIM, "00000000000000ee");
+    write_seed(dir, "reshape", &s);
+    hl_table_destroy(tbl);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -246,8 +336,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     topts.history = HISTORY;
     topts.max_users = 64;
     topts.expected_users = 8;
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/fuzz_changelog_%d_a.hlm", (int)getpid());
+    cur_m = small_model(path, DIM, HL_DEFAULT_HEADS);
+    snprintf(path, sizeof path, "/tmp/fuzz_changelog_%d_b.hlm", (int)getpid());
+    other_m = small_model(path, OTHER_DIM, 1);
     hl_changelog_opts o = {.topic = "fuzz-state", .input_topic = "fuzz", .topts = &topts,
-                           .model_fingerprint = 7, .reg = hl_metrics_create()};
+                           .model_fingerprint = 7, .reg = hl_metrics_create(),
+                           .reshape = reshape};
     hl_log_set_level(HL_LOG_ERROR);           /* quiet: bad records are the point */
     if ((cl = hl_changelog_create_offline(&o, err, sizeof err)) == NULL) {
         fprintf(stderr, "fuzz_changelog: %s\n", err);

@@ -16,6 +16,12 @@ mode: the stream under A, hl_migration_create_any into a table of B's
 shape). Without A in model.dir, every user is rebuilt from the ring alone
 (halflife_users_rebuilt_total) and equals core/'s rebuild.
 
+With state.store=kafka (issue 10's "a changelog of another shape"): a
+worker under A keeps its state in a changelog; one restarted with B and
+an empty snapshot.dir (A kept in model.dir) reads A's rows from the
+changelog, each decoded in A's shape and migrated into B's as it is read:
+every user migrated, none counted bad, each equal to core/'s migration.
+
 Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_model_reshape.py
 """
 import os
@@ -32,6 +38,8 @@ SUITE = "model_reshape"
 PARTS = 4
 N_EVENTS, N_USERS, N_ITEMS = 12000, 300, 1000
 HALF_LIVES_B = "7200000,86400000,864000000,7776000000"
+STATE_TOPIC = "reshape-state"
+KAFKA = ["state.store=kafka", "state.topic=" + STATE_TOPIC, "state.flush.ms=300"]
 
 
 def make_model(path, items, dim, seed, half_lives=""):
@@ -61,6 +69,43 @@ def restart(ck, br, model_b, snap, group, metric, events, ref):
     return rc, n, len(lines), reshaped, rejected, S.same_state(state, ref), dims_of(state)
 
 
+def kafka_worker(ck, br, model, snapdir, group):
+    w = C.Worker(ck.procs, br.bootstrap, model, os.path.join(ck.tmp, group + ".log"),
+                 extra=S.COMMON + KAFKA + ["snapshot.dir=" + snapdir, "group.id=" + group])
+    S.wait_ready(w, 30)
+    return w
+
+
+def changelog_case(ck, br, model_a, model_b, events, ref):
+    """A's state in the changelog, B restarted over it with only A's model
+    kept (no snapshot file: the changelog alone)."""
+    snap_a, snap_b = os.path.join(ck.tmp, "snapk-a"), os.path.join(ck.tmp, "snapk-b")
+    w = kafka_worker(ck, br, model_a, snap_a, "reshape-ka")
+    C.wait_consumed([w], len(events), 60)
+    rc_a, _s = w.term(30)
+    shutil.copytree(os.path.join(snap_a, "models"), os.path.join(snap_b, "models"))
+    w = kafka_worker(ck, br, model_b, snap_b, "reshape-kb")
+    S.wait_metric(w, "halflife_users_migrated_total", N_USERS, 120)
+    w.wait_event("restored", 30, count=PARTS)
+    n = w.metric_or("halflife_users_migrated_total")
+    rebuilt = w.metric_or("halflife_users_rebuilt_total", 0)
+    bad = sum(int(kv.get("bad", 0)) for _ts, kv in w.events("restored"))
+    rows = sum(int(kv.get("rows", 0)) for _ts, kv in w.events("restored"))
+    lines = len(w.events("changelog_reshaped"))
+    consumed = w.metric_or("halflife_events_consumed_total", 0)
+    rc, _s = w.term(30)
+    state = S.dump_values(snap_b)
+    diff = S.same_state(state, ref)
+    ck.check("changelog_other_shape_migrated", rc_a == 0 and rc == 0 and n == N_USERS and
+             rebuilt == 0 and bad == 0 and rows >= N_USERS and lines == PARTS and
+             consumed == 0 and not diff and dims_of(state) == {(4, 32)},
+             "exits %s %s, migrated %s rebuilt %s, changelog rows read %d (bad %d), "
+             "changelog_reshaped lines %d, input events consumed %s, shapes after %s, "
+             "%d of %d users differ from core/'s migration, e.g. %s"
+             % (rc_a, rc, n, rebuilt, rows, bad, lines, consumed, dims_of(state), len(diff),
+                len(ref), diff[:3]))
+
+
 def body(ck):
     tmp = ck.tmp
     model_a, model_b = os.path.join(tmp, "a.hlm"), os.path.join(tmp, "b.hlm")
@@ -69,7 +114,8 @@ def body(ck):
     events_csv = os.path.join(tmp, "e.csv")
     U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
     events = U.read_events_csv(events_csv)
-    br = C.Broker(ck.procs, PARTS, os.path.join(tmp, "broker.log"))
+    br = C.Broker(ck.procs, PARTS, os.path.join(tmp, "broker.log"),
+                  topics=C.TOPICS + [STATE_TOPIC])
     U.produce_events(br.bootstrap, C.TOPIC, events)
     snap, snap2 = os.path.join(tmp, "snap"), os.path.join(tmp, "snap2")
     w = S.run_to_end(ck, br, model_a, snap, "reshape-a", "reshape-a", len(events))
@@ -90,6 +136,7 @@ def body(ck):
              "(reshaped %d), rejected %d, %d of %d users differ from core/'s migration, "
              "e.g. %s" % (rc_a, rc, before, after, n, lines, reshaped, rejected, len(diff),
                           len(ref), diff[:3]))
+    ref_migrated = ref
     ref = S.offline_swap(tmp, events, allpre, everything, model_a, model_b, rebuild=True)
     rc, n, lines, reshaped, rejected, diff, after = restart(
         ck, br, model_b, snap2, "reshape-b2", "halflife_users_rebuilt_total", events, ref)
@@ -98,6 +145,7 @@ def body(ck):
              after == {(4, 32)}, "exit %s, rebuilt %s, snapshot_rebuilt lines %d (reshaped %d), "
              "rejected %d, shapes after %s, %d of %d users differ from core/'s rebuild, e.g. %s"
              % (rc, n, lines, reshaped, rejected, after, len(diff), len(ref), diff[:3]))
+    changelog_case(ck, br, model_a, model_b, events, ref_migrated)
 
 
 if __name__ == "__main__":

@@ -279,6 +279,51 @@ def test_per_target_matches_reference():
     assert "--per-target" in p.stderr, p.stderr
 
 
+def test_foldin_max_per_list():
+    """--foldin-max-per-list C: a list of k holds at most C folded items,
+    the top k of model items and the C best folded ones. A model that knows
+    20 of the file's 40 items folds the rest in at their first event, and
+    they crowd the lists (more folded places than lists), so the cap bites.
+    Per target: a model item's rank can only rise (a folded item above it
+    is dropped) and a folded item hits only where it hit without the cap."""
+    m = hlm.random_model(20, 8, n_heads=3, hidden=(16,), seed=11)
+    m.item_ids = [f"i{j}" for j in range(20)]
+    path = os.path.join(TMP, "fold.hlm")
+    hlm.write(path, m)
+
+    def arm(cap):
+        out = os.path.join(TMP, f"fold{cap}.tsv")
+        flags = ["--foldin-max-per-list", str(cap)] if cap is not None else []
+        got = run("--model", path, "--input", PATH, "--format", "events-csv",
+                  "--protocol", "prequential", "--k", "5", "--foldin", "1",
+                  "--per-target", out, *flags)
+        with open(out) as f:
+            ranks = [(int(l.split("\t")[2]), int(l.split("\t")[3])) for l in f]
+        return got, ranks
+
+    free, free_ranks = arm(None)
+    n = free["model"]["n"]
+    assert free["foldin_list_places"] > n, f"only {free['foldin_list_places']} folded places in {n} lists"
+    assert "foldin_max_per_list" not in free
+    for cap in (1, 2):
+        got, ranks = arm(cap)
+        assert got["model"]["n"] == n
+        assert got["foldin_list_places"] <= cap * n, \
+            f"cap {cap}: {got['foldin_list_places']} folded places in {n} lists"
+        assert got["foldin_max_per_list"]["dropped"] > 0, got["foldin_max_per_list"]
+        for (known, r0), (_, r1) in zip(free_ranks, ranks):
+            if known:
+                assert r0 < 0 or 0 <= r1 <= r0, f"cap {cap}: a model item fell from {r0} to {r1}"
+            else:
+                assert r1 < 0 or r0 >= 0, f"cap {cap}: a folded item hit only under the cap"
+        assert sum(r >= 0 for _, r in ranks) == got["model"]["hits"]
+    # A cap of 0 or of k leaves the lists as they were.
+    for cap in (0, 5):
+        got, ranks = arm(cap)
+        got.pop("seconds"), free.pop("seconds", None)
+        assert ranks == free_ranks and got == free, f"cap {cap} changed the lists"
+
+
 def test_batch_does_not_change_results():
     m = hlm.random_model(40, 8, n_heads=3, hidden=(16,), seed=11)
     m.item_ids = [f"i{j}" for j in range(40)]
@@ -480,6 +525,7 @@ case(test_loo_popularity_matches_reference)
 case(test_prequential_popularity_matches_reference)
 case(test_model_by_bias_matches_reference)
 case(test_per_target_matches_reference)
+case(test_foldin_max_per_list)
 case(test_batch_does_not_change_results)
 case(test_swap_options)
 case(test_seen_ring_full)

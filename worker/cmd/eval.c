@@ -105,6 +105,8 @@ static void usage(FILE *f)
         "                       item unknown to the model)\n"
         "  --foldin-gate X      list a folded item only once its decayed count is X\n"
         "                       times the median model item's (stream counts); 0 none\n"
+        "  --foldin-max-per-list C  at most C folded items in a list of k: the top k\n"
+        "                       of model items and the C best folded ones; 0 no cap\n"
         "  --foldin-shrink C    move a folded item towards the model's mean item by\n"
         "                       C / (decayed count + C); 0 none; default the worker's\n"
         "  --per-user FILE      prequential: write each scored user's events and\n"
@@ -194,6 +196,10 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--foldin-bias-cap"))   bad = parse_real(val, -1, 1e9, &a->foldin_cap);
     else if (!strcmp(opt, "--foldin-confidence")) bad = parse_real(val, 0, 1e9, &a->foldin_conf);
     else if (!strcmp(opt, "--foldin-gate"))       bad = parse_real(val, 0, 1e9, &a->foldin_gate);
+    else if (!strcmp(opt, "--foldin-max-per-list")) {
+        bad = parse_int(val, 0, 1000, &x);
+        a->foldin_max = (int)x;
+    }
     else if (!strcmp(opt, "--foldin-e-in"))
         bad = parse_fraction(!strcmp(val, "yes") ? "1" : !strcmp(val, "no") ? "0" : val,
                              &a->foldin_e_in);

@@ -52,6 +52,7 @@ typedef struct eval_args {
     int         foldin_stride;     /* its sample of known items; 1 all */
     double      foldin_conf;       /* e_out x M / (M + C), the bias untouched; 0 none */
     double      foldin_gate;       /* list only at this x the median item's count; 0 none */
+    int         foldin_max;        /* at most this many folded items in a list; 0 no cap */
     double      foldin_e_in;       /* weight share with which a folded item's e_in
                                       enters its users' states (the worker's
                                       catalogue.foldin.e_in.scale); 0: none */

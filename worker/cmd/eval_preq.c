@@ -66,6 +66,12 @@ typedef struct preq_run {
     metric           model, popm;
     metric           model_unknown;     /* targets the model does not know */
     eval_fold       *fold;              /* --foldin; NULL: frozen catalogue */
+    int              rank_k;            /* the ranker's list length: k, or 2k under
+                                           --foldin-max-per-list so that the folded
+                                           items beyond the cap have lists to leave */
+    int64_t          cap_dropped;       /* --foldin-max-per-list: folded items left out */
+    int64_t          cap_short;         /* ... lists left shorter than k by it (the
+                                           ranker's 2k ran out: then not exact) */
     int64_t          fold_places;       /* --foldin: places in scored lists that
                                            folded-in items took */
     int32_t          n_items;           /* the model's: side rows come after */
@@ -133,7 +139,12 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
     pr->n_heads = pr->m ? hl_model_info_get(pr->m)->n_heads : 1;
     pr->dim = pr->m ? hl_model_info_get(pr->m)->dim : 1;
     pr->views = malloc((size_t)a->batch * sizeof *pr->views);
-    pr->recs = malloc((size_t)a->batch * a->k * sizeof *pr->recs);
+    /* The cap needs the ranker's list past k: a folded item beyond the cap
+     * leaves a place the next model item takes. */
+    int capped = pr->m && a->foldin > 0 && !a->swap_m && a->foldin_max > 0 &&
+                 a->foldin_max < a->k;
+    pr->rank_k = capped ? 2 * a->k : a->k;
+    pr->recs = malloc((size_t)a->batch * pr->rank_k * sizeof *pr->recs);
     pr->n_out = malloc((size_t)a->batch * sizeof *pr->n_out);
     pr->top = malloc((size_t)a->k * sizeof *pr->top);
     pr->win_model = calloc((size_t)a->windows, sizeof *pr->win_model);
@@ -147,7 +158,7 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
         return HL_EINVAL;
     /* --seen-ring full: the ranker leaves out the full rings' rows (extra)
      * instead of the state's own ring. */
-    hl_rank_opts ro = {.k = a->k, .exclude_seen = a->exclude_seen && !a->seen_full,
+    hl_rank_opts ro = {.k = pr->rank_k, .exclude_seen = a->exclude_seen && !a->seen_full,
                        .seen_window = a->seen_window, .max_batch = a->batch};
     if (pr->m && (pr->rk = hl_ranker_create(pr->m, &ro, errbuf, errlen)) == NULL)
         return HL_EINVAL;
@@ -329,6 +340,31 @@ static void write_target(const preq_run *pr, const ev_rec *e, int rank)
             (pr->use_b ? e->item_b : e->item) >= 0, rank);
 }
 
+/* --foldin-max-per-list C: each of the n lists of rank_k in recs becomes, in
+ * place at stride k, its first k items once folded items beyond the C best
+ * are dropped - the top k of model items and the C best folded ones, as
+ * long as the ranker's 2k held enough model items (else cap_short). */
+static void cap_folded(preq_run *pr, int n)
+{
+    int k = pr->a->k, kr = pr->rank_k;
+    if (kr == k)
+        return;
+    for (int b = 0; b < n; b++) {
+        const hl_rec *src = pr->recs + (size_t)b * kr;
+        hl_rec *dst = pr->recs + (size_t)b * k;       /* dst <= src: forward is safe */
+        int kept = 0, folded = 0;
+        for (int r = 0; r < pr->n_out[b] && kept < k; r++) {
+            if (src[r].item >= pr->n_items && folded++ >= pr->a->foldin_max) {
+                pr->cap_dropped++;
+                continue;
+            }
+            dst[kept++] = src[r];
+        }
+        pr->cap_short += kept < k && pr->n_out[b] == kr;
+        pr->n_out[b] = kept;
+    }
+}
+
 /* Counts the lists of events [first, first + n) (refreshed into recs). */
 static void preq_score(preq_run *pr, int64_t first, int n)
 {
@@ -385,6 +421,7 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
     if ((rc = hl_ranker_refresh_ex(pr->rk, pr->views, n, exclusions(pr, n), pr->recs,
                                    pr->n_out)) != 0)
         return hl_err(errbuf, errlen, rc, "eval: refresh failed: %s", hl_strerror(rc));
+    cap_folded(pr, n);
     preq_score(pr, first, n);
     if (pr->fold)
         hl_eval_fold_batch(pr->fold, &pr->d->ev[first], pr->views, n, pr->rk);
@@ -431,6 +468,9 @@ static void preq_print(const preq_run *pr, double seconds)
         hl_eval_fold_print(pr->fold);
         printf(",\"foldin_list_places\":%lld,\"foldin_e_in\":%g", (long long)pr->fold_places,
                pr->a->foldin_e_in);
+        if (pr->rank_k > pr->a->k)      /* refreshed lists, scored or not */
+            printf(",\"foldin_max_per_list\":{\"cap\":%d,\"dropped\":%lld,\"short\":%lld}",
+                   pr->a->foldin_max, (long long)pr->cap_dropped, (long long)pr->cap_short);
     }
     if (pr->a->baseline)
         hl_eval_print_metric("popularity", &pr->popm, 0);

@@ -419,6 +419,50 @@ static int r_reshape(void *arg, uint64_t fp, hl_changelog_reshape *out)
  * them, replayed into a table of to's shape: every user must be there,
  * none bad, each row equal to hl_migration_row_into of the old row, and
  * counted migrated (or rebuilt). */
+/* R_USERS users "u0".. with more events than the ring holds, under a. */
+static void r_fill(hl_table *old, const hl_model *a, char users[R_USERS][16])
+{
+    for (int u = 0; u < R_USERS; u++) {
+        snprintf(users[u], 16, "u%d", u);
+        for (int i = 0; i < 7 + u; i++) {
+            char id[8];
+            int len = snprintf(id, sizeof id, "it%d", (u * 5 + i * 3) % R_ITEMS);
+            hl_event ev = {.user = users[u], .user_len = (uint32_t)strlen(users[u]),
+                           .item = hl_model_item_find(a, id, (size_t)len),
+                           .item_key = hl_item_key(id, (size_t)len), .w = 1.0f,
+                           .ts_ms = 1700000000000LL + i * 3600000LL, .offset = u * 100 + i};
+            hl_table_apply(old, &ev, 1, hl_model_e_in(a), R_ITEMS, NULL);
+        }
+    }
+}
+
+/* The replayed user equals core/'s migration of its old row (s, m and
+ * scratch are the caller's buffers of the new shape). */
+static void r_check_user(int kept, hl_table *old, hl_table *tbl, hl_migration *mg,
+                         const hl_model_info *mb, const char *user, uint32_t row,
+                         float *s, float *m, float *scratch)
+{
+    size_t per = (size_t)mb->n_heads * mb->dim;
+    int32_t item[R_HIST];
+    hl_row_view v, got;
+    hl_table_view(old, row, &v);
+    hl_migration_row_into(mg, &v, s, m, item, scratch);
+    int64_t r = hl_table_find(tbl, user, strlen(user));
+    CHECKF(r >= 0, "kept %d: user %s lost", kept, user);
+    if (r < 0)
+        return;
+    hl_table_view(tbl, (uint32_t)r, &got);
+    int ring = got.n_hist == v.n_hist;
+    for (int i = 0; i < got.n_hist && ring; i++)
+        ring = got.hist_item[hl_row_hist_index(&got, i)] == item[hl_row_hist_index(&v, i)];
+    CHECKF(memcmp(got.s, s, sizeof(float) * per) == 0 &&
+           memcmp(got.m, m, sizeof(float) * mb->n_heads) == 0 && ring &&
+           got.last_offset == v.last_offset && got.t_ref_ms == v.t_ref_ms &&
+           (uint32_t)r == row, "kept %d: user %s differs from "
+           "hl_migration_row_into (s[0] %g vs %g, m[0] %g vs %g, row %lld vs %u)",
+           kept, user, got.s[0], s[0], got.m[0], m[0], (long long)r, row);
+}
+
 static void reshape_replay(int kept)
 {
     static const double hl_a[3] = {3600e3, 86400e3, 30 * 86400e3};
@@ -435,18 +479,7 @@ static void reshape_replay(int kept)
     const hl_model_info *ma = hl_model_info_get(a), *mb = hl_model_info_get(b);
     hl_table *old = r_table(a), *tbl = r_table(b);
     char users[R_USERS][16], fp[24];
-    for (int u = 0; u < R_USERS; u++) {     /* more events than the ring holds */
-        snprintf(users[u], sizeof users[u], "u%d", u);
-        for (int i = 0; i < 7 + u; i++) {
-            char id[8];
-            int len = snprintf(id, sizeof id, "it%d", (u * 5 + i * 3) % R_ITEMS);
-            hl_event ev = {.user = users[u], .user_len = (uint32_t)strlen(users[u]),
-                           .item = hl_model_item_find(a, id, (size_t)len),
-                           .item_key = hl_item_key(id, (size_t)len), .w = 1.0f,
-                           .ts_ms = 1700000000000LL + i * 3600000LL, .offset = u * 100 + i};
-            hl_table_apply(old, &ev, 1, hl_model_e_in(a), R_ITEMS, NULL);
-        }
-    }
+    r_fill(old, a, users);
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)ma->fingerprint);
     size_t max = hl_snapshot_row_max(ma->n_heads, ma->dim, R_HIST);
     unsigned char *bytes = malloc(max * R_USERS);
@@ -487,26 +520,8 @@ static void reshape_replay(int kept)
     size_t per = (size_t)mb->n_heads * mb->dim;
     float *s = malloc(sizeof(float) * per), *m = malloc(sizeof(float) * mb->n_heads);
     float *scratch = malloc(sizeof(float) * hl_migration_scratch_floats(mg));
-    int32_t item[R_HIST];
-    for (int u = 0; u < R_USERS && rc == 0; u++) {
-        hl_row_view v, got;
-        hl_table_view(old, rows[u], &v);
-        hl_migration_row_into(mg, &v, s, m, item, scratch);
-        int64_t r = hl_table_find(tbl, users[u], strlen(users[u]));
-        CHECKF(r >= 0, "kept %d: user %s lost", kept, users[u]);
-        if (r < 0)
-            continue;
-        hl_table_view(tbl, (uint32_t)r, &got);
-        int ring = got.n_hist == v.n_hist;
-        for (int i = 0; i < got.n_hist && ring; i++)
-            ring = got.hist_item[hl_row_hist_index(&got, i)] == item[hl_row_hist_index(&v, i)];
-        CHECKF(memcmp(got.s, s, sizeof(float) * per) == 0 &&
-               memcmp(got.m, m, sizeof(float) * mb->n_heads) == 0 && ring &&
-               got.last_offset == v.last_offset && got.t_ref_ms == v.t_ref_ms &&
-               (uint32_t)r == rows[u], "kept %d: user %s differs from "
-               "hl_migration_row_into (s[0] %g vs %g, m[0] %g vs %g, row %lld vs %u)",
-               kept, users[u], got.s[0], s[0], got.m[0], m[0], (long long)r, rows[u]);
-    }
+    for (int u = 0; u < R_USERS && rc == 0; u++)
+        r_check_user(kept, old, tbl, mg, mb, users[u], rows[u], s, m, scratch);
     free(s); free(m); free(scratch); free(bytes);
     hl_migration_destroy(mg);
     hl_changelog_destroy(cl);

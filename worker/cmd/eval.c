@@ -151,6 +151,43 @@ static int parse_real(const char *s, double lo, double hi, double *out)
 
 static int parse_fraction(const char *s, double *out) { return parse_real(s, 0, 1, out); }
 
+/* The --foldin* options (fold-in of items the model does not know); the
+ * return codes are parse_opt's. */
+static int parse_foldin_opt(eval_args *a, const char *opt, const char *val)
+{
+    long x = 0;
+    int bad = 0;
+
+    if (!strcmp(opt, "--foldin"))             { bad = parse_int(val, 1, 1000000, &x); a->foldin = (int)x; }
+    else if (!strcmp(opt, "--foldin-bias"))   {
+        a->foldin_count = !strcmp(val, "count");
+        a->foldin_bias = !strcmp(val, "model") || a->foldin_count ? HL_FOLDIN_BIAS_MODEL
+                                                                  : HL_FOLDIN_BIAS_NEIGHBOURS;
+        bad = a->foldin_bias == HL_FOLDIN_BIAS_NEIGHBOURS && strcmp(val, "neighbours");
+    }
+    else if (!strcmp(opt, "--foldin-bias-cap"))   bad = parse_real(val, -1, 1e9, &a->foldin_cap);
+    else if (!strcmp(opt, "--foldin-confidence")) bad = parse_real(val, 0, 1e9, &a->foldin_conf);
+    else if (!strcmp(opt, "--foldin-gate"))       bad = parse_real(val, 0, 1e9, &a->foldin_gate);
+    else if (!strcmp(opt, "--foldin-max-per-list")) {
+        bad = parse_int(val, 0, 1000, &x);
+        a->foldin_max = (int)x;
+    }
+    else if (!strcmp(opt, "--foldin-e-in"))
+        bad = parse_fraction(!strcmp(val, "yes") ? "1" : !strcmp(val, "no") ? "0" : val,
+                             &a->foldin_e_in);
+    else if (!strcmp(opt, "--foldin-count-stride")) {
+        bad = parse_int(val, 1, 1000000, &x);
+        a->foldin_stride = (int)x;
+    }
+    else if (!strcmp(opt, "--foldin-shrink")) {
+        bad = parse_real(val, 0, 1e9, &a->foldin_shrink);
+        if (!bad && a->foldin_shrink == 0)
+            a->foldin_shrink = -1;              /* none, not the default */
+    }
+    else return -1;
+    return bad ? -2 : 0;
+}
+
 static int parse_opt(eval_args *a, const char *opt, const char *val)
 {
     long x = 0;
@@ -186,37 +223,11 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
         bad = a->swap_weights && strcmp(val, "count") && strcmp(val, "remainder") &&
               strcmp(val, "bias");
     }
-    else if (!strcmp(opt, "--foldin"))        { bad = parse_int(val, 1, 1000000, &x); a->foldin = (int)x; }
-    else if (!strcmp(opt, "--foldin-bias"))   {
-        a->foldin_count = !strcmp(val, "count");
-        a->foldin_bias = !strcmp(val, "model") || a->foldin_count ? HL_FOLDIN_BIAS_MODEL
-                                                                  : HL_FOLDIN_BIAS_NEIGHBOURS;
-        bad = a->foldin_bias == HL_FOLDIN_BIAS_NEIGHBOURS && strcmp(val, "neighbours");
-    }
-    else if (!strcmp(opt, "--foldin-bias-cap"))   bad = parse_real(val, -1, 1e9, &a->foldin_cap);
-    else if (!strcmp(opt, "--foldin-confidence")) bad = parse_real(val, 0, 1e9, &a->foldin_conf);
-    else if (!strcmp(opt, "--foldin-gate"))       bad = parse_real(val, 0, 1e9, &a->foldin_gate);
-    else if (!strcmp(opt, "--foldin-max-per-list")) {
-        bad = parse_int(val, 0, 1000, &x);
-        a->foldin_max = (int)x;
-    }
-    else if (!strcmp(opt, "--foldin-e-in"))
-        bad = parse_fraction(!strcmp(val, "yes") ? "1" : !strcmp(val, "no") ? "0" : val,
-                             &a->foldin_e_in);
-    else if (!strcmp(opt, "--foldin-count-stride")) {
-        bad = parse_int(val, 1, 1000000, &x);
-        a->foldin_stride = (int)x;
-    }
-    else if (!strcmp(opt, "--foldin-shrink")) {
-        bad = parse_real(val, 0, 1e9, &a->foldin_shrink);
-        if (!bad && a->foldin_shrink == 0)
-            a->foldin_shrink = -1;              /* none, not the default */
-    }
     else if (!strcmp(opt, "--popularity-counts")) {
         a->pop_counts_all = !strcmp(val, "all");
         bad = !a->pop_counts_all && strcmp(val, "history");
     }
-    else return -1;
+    else return parse_foldin_opt(a, opt, val);
     return bad ? -2 : 0;
 }
 

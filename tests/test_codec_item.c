@@ -7,6 +7,9 @@
 #define T_SUITE "codec_item"
 #include "test.h"
 #include "codec_item.h"
+#include "model.h"
+
+#include <math.h>
 
 #define DIM 4
 
@@ -115,7 +118,17 @@ static void test_not_finite_and_truncations(void)
     in.bias = INFINITY;
     n = hl_item_encode(&conf, &in, buf, sizeof buf);
     CHECK(dec(&conf, "n", buf, (size_t)n, &u) == HL_ITEM_NOT_FINITE);
+    in.bias = -257;                          /* finite, past the model's bound */
+    n = hl_item_encode(&conf, &in, buf, sizeof buf);
+    CHECK(dec(&conf, "n", buf, (size_t)n, &u) == HL_ITEM_OUT_OF_RANGE);
     in.bias = 1;
+    ein[1] = nextafterf(HL_MODEL_MAX_ABS, INFINITY);
+    n = hl_item_encode(&conf, &in, buf, sizeof buf);
+    CHECK(dec(&conf, "n", buf, (size_t)n, &u) == HL_ITEM_OUT_OF_RANGE);
+    ein[1] = -HL_MODEL_MAX_ABS;              /* at the bound: accepted */
+    n = hl_item_encode(&conf, &in, buf, sizeof buf);
+    CHECK(dec(&conf, "n", buf, (size_t)n, &u) == HL_ITEM_OK);
+    ein[1] = 2;
     n = hl_item_encode(&conf, &in, buf, sizeof buf);
     CHECK(dec(&conf, "n", buf, (size_t)n, &u) == HL_ITEM_OK);
     for (int cut = 1; cut < n; cut++) {

@@ -13,6 +13,7 @@
 #include "avsc.h"
 #include "codec_item.h"
 #include "framing.h"
+#include "model.h"
 #include "utf8.h"
 
 #include <avro.h>
@@ -25,7 +26,7 @@ static const char *const reason_names[HL_ITEM_N_REASONS] = {
     "ok", "too_short", "bad_magic", "unknown_schema", "truncated", "bad_varint",
     "negative_length", "string_too_long", "bad_utf8", "bad_union", "bad_boolean",
     "bad_dim", "not_finite", "bad_timestamp", "trailing_bytes", "bad_key",
-    "catalogue_full", "bad_foldin",
+    "catalogue_full", "bad_foldin", "out_of_range",
 };
 
 const char *hl_item_reason_name(hl_item_reason r)
@@ -184,6 +185,22 @@ static hl_item_reason read_branch(cur *c, int64_t *b, const char *field, char *d
     return r;
 }
 
+/* One value of an embedding: finite and within the model's bound
+ * (model.h), since it scores beside the model's own vectors and a larger
+ * one could overflow a list's scores. i < 0: a scalar (bias). */
+static hl_item_reason check_value(float v, const char *field, int i, char *detail, size_t dl)
+{
+    char at[16] = "";
+    if (fabsf(v) <= HL_MODEL_MAX_ABS)
+        return HL_ITEM_OK;
+    if (i >= 0)
+        snprintf(at, sizeof at, "[%d]", i);
+    if (!isfinite(v))
+        return fail(detail, dl, HL_ITEM_NOT_FINITE, "%s%s is %g", field, at, (double)v);
+    return fail(detail, dl, HL_ITEM_OUT_OF_RANGE, "%s%s is %g, beyond the model's bound "
+                "+-%g", field, at, (double)v, (double)HL_MODEL_MAX_ABS);
+}
+
 /* An array<float> of exactly dim items into out. */
 static hl_item_reason read_vec(cur *c, int dim, float *out, const char *field,
                                char *detail, size_t dl)
@@ -210,9 +227,8 @@ static hl_item_reason read_vec(cur *c, int dim, float *out, const char *field,
         return fail(detail, dl, HL_ITEM_BAD_DIM, "%s holds %lld floats, the model's dim "
                     "is %d", field, (long long)got, dim);
     for (int d = 0; d < dim; d++)
-        if (!isfinite(out[d]))
-            return fail(detail, dl, HL_ITEM_NOT_FINITE, "%s[%d] is %g", field, d,
-                        (double)out[d]);
+        if ((r = check_value(out[d], field, d, detail, dl)) != HL_ITEM_OK)
+            return r;
     return HL_ITEM_OK;
 }
 
@@ -224,8 +240,8 @@ static hl_item_reason read_embedding(const hl_item_codec_opts *o, cur *c, float 
         (r = read_vec(c, o->dim, vec + o->dim, "e_out", detail, dl)) != HL_ITEM_OK ||
         (r = read_float(c, &u->bias)) != HL_ITEM_OK)
         return r;
-    if (!isfinite(u->bias))
-        return fail(detail, dl, HL_ITEM_NOT_FINITE, "bias is %g", (double)u->bias);
+    if ((r = check_value(u->bias, "bias", -1, detail, dl)) != HL_ITEM_OK)
+        return r;
     u->e_in = vec;
     u->e_out = vec + o->dim;
     return HL_ITEM_OK;

@@ -35,6 +35,8 @@ typedef enum hl_item_reason {
                                    (compaction would keep the wrong record) */
     HL_ITEM_CATALOGUE_FULL,     /* valid, but catalogue.max.new.items is reached */
     HL_ITEM_BAD_FOLDIN,         /* foldin.events below 1, or foldin without an embedding */
+    HL_ITEM_OUT_OF_RANGE,       /* a finite value beyond +-HL_MODEL_MAX_ABS (model.h)
+                                   in e_in, e_out or bias */
     HL_ITEM_N_REASONS
 } hl_item_reason;
 

@@ -404,7 +404,9 @@ static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_cod
             hl_counter_add(it->c_ignored, 1);
             return;
         }
-        r = rc == HL_EFULL ? HL_ITEM_CATALOGUE_FULL : rc != 0 ? HL_ITEM_NOT_FINITE : r;
+        /* the decoder checked ids and values: what is left is a full catalogue
+         * (anything else the catalogue refuses is counted as out of range) */
+        r = rc == HL_EFULL ? HL_ITEM_CATALOGUE_FULL : rc != 0 ? HL_ITEM_OUT_OF_RANGE : r;
     }
     if (r != HL_ITEM_OK) {
         bad_update(it, rkm, r, detail);

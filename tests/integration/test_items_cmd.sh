@@ -28,16 +28,19 @@ long=$(printf 'x%.0s' $(seq 1 300))
   echo "g,true,,nan,1,2,3,4"
   echo "e,delete,5"
   echo "f,true,,0.5,1,2,3,4,5,6"
+  echo "h,true,,0.5,1,2,300,4"
+  echo "i,true,,1e30,1,2,3,4"
 } >"$tmp/bad.csv"
 "$hl" items --input "$tmp/bad.csv" --dim 2 -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1
 rc=$?
 ok=1
 for want in 'line=2 why="available is not' 'line=3 why="item_id outside' 'line=4 why="expires_at_ms' \
             'line=5 why="vectors: want' 'line=6 why="a vector value' 'line=7 why="bias is not' \
-            'line=8 why="delete takes' 'line=9 why="vectors of another dim'; do
+            'line=8 why="delete takes' 'line=9 why="vectors of another dim' \
+            'line=10 why="a vector value is not a number within' 'line=11 why="bias is not a number within'; do
   grep -qF -- "$want" "$tmp/out" || { ok=0; echo "    missing: $want"; }
 done
-grep -q '8 bad lines' "$tmp/out" || ok=0
+grep -q '10 bad lines' "$tmp/out" || ok=0
 check bad_lines_named "$([ $rc = 1 ] && echo $ok || echo 0)" "exit $rc: $(head -c 400 "$tmp/out")"
 
 "$hl" items >"$tmp/out" 2>&1; rc=$?

@@ -24,6 +24,7 @@
 #include "codec_item.h"
 #include "config.h"
 #include "log.h"
+#include "model.h"
 #include "producer.h"
 
 #include <errno.h>
@@ -116,13 +117,15 @@ static int parse_available(const char *s)
     return -1;
 }
 
+/* A number within the model's bound (model.h): the worker refuses an
+ * update with a value beyond it (out_of_range), so it is never sent. */
 static int parse_float(const char *s, float *out)
 {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
     *out = (float)v;
-    return *s != '\0' && *end == '\0' && errno == 0 && isfinite(*out) ? 0 : -1;
+    return *s != '\0' && *end == '\0' && errno == 0 && fabs(v) <= HL_MODEL_MAX_ABS ? 0 : -1;
 }
 
 static const char *parse_vectors(items_run *r, char **f, int n, hl_item_update *u)
@@ -133,10 +136,10 @@ static const char *parse_vectors(items_run *r, char **f, int n, hl_item_update *
     if (r->co.dim != 0 && dim != r->co.dim)
         return "vectors of another dim than the first line's (or --dim)";
     if (parse_float(f[3], &u->bias) != 0)
-        return "bias is not a finite number";
+        return "bias is not a number within +-256 (the model's bound)";
     for (int d = 0; d < 2 * dim; d++)
         if (parse_float(f[4 + d], &r->vec[d]) != 0)
-            return "a vector value is not a finite number";
+            return "a vector value is not a number within +-256 (the model's bound)";
     u->e_in = r->vec;
     u->e_out = r->vec + dim;
     r->co.dim = dim;            /* the first valid line with vectors sets it */

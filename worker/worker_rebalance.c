@@ -232,8 +232,9 @@ static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_
  * model's space than the current one: moved into it
  * as a file restore moves them (migrate_restored) when they are all in one
  * model, else (rows of two models, or rows that name none) rebuilt from
- * their rings alone, counted in halflife_users_rebuilt_total. */
-static int changelog_migrate(hl_worker *w, int32_t p, hl_table *tbl, uint64_t base_fp,
+ * their rings alone, counted in halflife_users_rebuilt_total. *tblp is
+ * replaced when the move changes the rows' shape (migrate_restored). */
+static int changelog_migrate(hl_worker *w, int32_t p, hl_table **tblp, uint64_t base_fp,
                              const hl_changelog_restored *r, int *moved)
 {
     uint64_t cur = hl_model_info_get(cur_model(w))->fingerprint;
@@ -244,7 +245,7 @@ static int changelog_migrate(hl_worker *w, int32_t p, hl_table *tbl, uint64_t ba
         return 0;
     *moved = 1;
     /* No model has fingerprint 0: migrate_restored then rebuilds. */
-    return migrate_restored(w, p, &tbl, mixed ? 0 : fp);
+    return migrate_restored(w, p, tblp, mixed ? 0 : fp);
 }
 
 /* state.store=kafka: the partition's table read from its local snapshot
@@ -287,7 +288,7 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
                "partition=%d users_migrated=%llu users_rebuilt=%llu", (int)p,
                (unsigned long long)r->n_migrated, (unsigned long long)r->n_rebuilt);
     }
-    if (changelog_migrate(w, p, tbl, bp ? base_fp : 0, r, moved) != 0)
+    if (changelog_migrate(w, p, &tbl, bp ? base_fp : 0, r, moved) != 0)
         goto fail;
     *on_disk = bp ? bp->next_offset : HL_PERSIST_NO_OFFSET;
     if (r->next_offset != HL_CHANGELOG_NO_OFFSET)

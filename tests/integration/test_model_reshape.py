@@ -21,6 +21,9 @@ worker under A keeps its state in a changelog; one restarted with B and
 an empty snapshot.dir (A kept in model.dir) reads A's rows from the
 changelog, each decoded in A's shape and migrated into B's as it is read:
 every user migrated, none counted bad, each equal to core/'s migration.
+One restarted with B over A's whole snapshot.dir first moves the local
+snapshots (the changelog's cache, of A's shape) into B's shape, then reads
+the changelog after them: again each user equal to core/'s migration.
 
 Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_model_reshape.py
 """
@@ -104,6 +107,36 @@ def changelog_case(ck, br, model_a, model_b, events, ref):
              "%d of %d users differ from core/'s migration, e.g. %s"
              % (rc_a, rc, n, rebuilt, rows, bad, lines, consumed, dims_of(state), len(diff),
                 len(ref), diff[:3]))
+    cache_case(ck, br, model_b, snap_a, ref)
+
+
+def cache_case(ck, br, model_b, snap_a, ref):
+    """B restarted over A's whole snapshot.dir: the local snapshots (the
+    changelog's cache, in A's shape) are moved into B's shape first
+    (restore_cache), then the changelog after them is read in that shape."""
+    snap_c = os.path.join(ck.tmp, "snapk-c")
+    shutil.copytree(snap_a, snap_c)
+    before = dims_of(S.dump_values(snap_c))
+    w = kafka_worker(ck, br, model_b, snap_c, "reshape-kc")
+    w.wait_event("restored", 60, count=PARTS)
+    n = w.metric_or("halflife_users_migrated_total", 0)
+    rebuilt = w.metric_or("halflife_users_rebuilt_total", 0)
+    lines = w.events("snapshot_migrated")
+    reshaped = sum(1 for _ts, kv in lines if kv.get("reshaped") == "1")
+    srcs = sorted(kv.get("source", "") for _ts, kv in w.events("restored"))
+    consumed = w.metric_or("halflife_events_consumed_total", 0)
+    rc, _s = w.term(30)
+    state = S.dump_values(snap_c)
+    diff = S.same_state(state, ref)
+    ck.check("changelog_cache_other_shape_migrated", rc == 0 and before == {(3, 48)} and
+             n >= N_USERS and rebuilt == 0 and reshaped == PARTS and
+             all(x in ("snapshot", "both") for x in srcs) and len(srcs) == PARTS and
+             consumed == 0 and not diff and dims_of(state) == {(4, 32)},
+             "exit %s, cache shapes before %s after %s, migrated %s rebuilt %s, "
+             "snapshot_migrated lines %d (reshaped %d), restore sources %s, input events "
+             "consumed %s, %d of %d users differ from core/'s migration, e.g. %s"
+             % (rc, before, dims_of(state), n, rebuilt, len(lines), reshaped, srcs, consumed,
+                len(diff), len(ref), diff[:3]))
 
 
 def body(ck):

@@ -154,7 +154,7 @@ check-layering:
 # Warnings are errors with clang too: every source is parsed with clang and
 # the same warning flags (-fsyntax-only: seconds, no objects to keep apart).
 CLANG_SRC := $(CORE_SRC) $(TRAIN_SRC) $(WORKER_SRC) $(CMD_SRC) worker/main.c $(TEST_SRC) $(BENCH_SRC) \
-             tests/bench/bench_faiss.c
+             tests/bench/bench_faiss.c $(FUZZ_SRC)
 check-clang: deps
 	@if command -v clang >/dev/null; then \
 	  for f in $(CLANG_SRC); do \

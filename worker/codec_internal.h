@@ -10,6 +10,7 @@
 #define HL_CODEC_INTERNAL_H
 
 #include "codec.h"
+#include "framing.h"
 
 #include <avro.h>
 #include <stdarg.h>
@@ -90,19 +91,9 @@ static inline hl_codec_reason fail(char *detail, size_t detaillen, hl_codec_reas
 /* A zigzag varint of at most 10 bytes (Avro long). */
 static inline hl_codec_reason read_long(cur *c, int64_t *v)
 {
-    uint64_t u = 0;
-    for (int i = 0; ; i++) {
-        if (i == 10)
-            return HL_CODEC_BAD_VARINT;
-        if (c->p == c->end)
-            return HL_CODEC_TRUNCATED;
-        uint8_t b = *c->p++;
-        u |= (uint64_t)(b & 0x7f) << (7 * i);
-        if (!(b & 0x80))
-            break;
-    }
-    *v = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
-    return HL_CODEC_OK;
+    hl_varint_result r = hl_avro_read_long(&c->p, c->end, v);
+    return r == HL_VARINT_OK ? HL_CODEC_OK
+         : r == HL_VARINT_TRUNCATED ? HL_CODEC_TRUNCATED : HL_CODEC_BAD_VARINT;
 }
 
 /* A string/bytes length: not negative, and no longer than what is left. */

@@ -128,19 +128,9 @@ static hl_item_reason fail(char *detail, size_t detaillen, hl_item_reason r,
 
 static hl_item_reason read_long(cur *c, int64_t *v)
 {
-    uint64_t u = 0;
-    for (int i = 0; ; i++) {
-        if (i == 10)
-            return HL_ITEM_BAD_VARINT;
-        if (c->p == c->end)
-            return HL_ITEM_TRUNCATED;
-        uint8_t b = *c->p++;
-        u |= (uint64_t)(b & 0x7f) << (7 * i);
-        if (!(b & 0x80))
-            break;
-    }
-    *v = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
-    return HL_ITEM_OK;
+    hl_varint_result r = hl_avro_read_long(&c->p, c->end, v);
+    return r == HL_VARINT_OK ? HL_ITEM_OK
+         : r == HL_VARINT_TRUNCATED ? HL_ITEM_TRUNCATED : HL_ITEM_BAD_VARINT;
 }
 
 static hl_item_reason read_float(cur *c, float *f)

@@ -141,8 +141,11 @@ static int64_t move_rows(hl_worker *w, const hl_migration *mg, hl_table **tblp, 
  * alone (counted in halflife_users_rebuilt_total). Never refused: a model
  * of another state shape (dim, heads, half-lives) migrates too, into a
  * table of the new shape (hl_migration_create_any; what is approximated
- * is in schemas/model.md). */
-static int migrate_restored(hl_worker *w, int32_t p, hl_table **tblp, uint64_t fp)
+ * is in schemas/model.md). The users moved are counted at once, or
+ * added to *defer (migrated, rebuilt) for the caller to count once the
+ * table is kept (NULL: at once). */
+static int migrate_restored(hl_worker *w, int32_t p, hl_table **tblp, uint64_t fp,
+                            uint64_t defer[2])
 {
     char err[512], why[512] = "";
     hl_mref *cur = hl_models_acquire(w->models);
@@ -164,7 +167,10 @@ static int migrate_restored(hl_worker *w, int32_t p, hl_table **tblp, uint64_t f
         mg = hl_migration_rebuild(cur->m, cur->tw, err, sizeof err);
     int64_t t0 = hl_now_mono_us(), n = mg ? move_rows(w, mg, tblp, reshape) : HL_ENOMEM;
     if (n >= 0) {
-        hl_counter_add(rebuilt ? w->ctx.mx.rebuilt : w->ctx.mx.migrated, (uint64_t)n);
+        if (defer != NULL)
+            defer[rebuilt] += (uint64_t)n;
+        else
+            hl_counter_add(rebuilt ? w->ctx.mx.rebuilt : w->ctx.mx.migrated, (uint64_t)n);
         hl_log(rebuilt ? HL_LOG_WARN : HL_LOG_INFO, rebuilt ? "snapshot_rebuilt"
                : "snapshot_migrated", "partition=%d from=%016llx to=%016llx users=%lld "
                "reshaped=%d seconds=%.3f%s%s%s", (int)p, (unsigned long long)fp,
@@ -201,9 +207,11 @@ static void restore_source(hl_worker *w, int32_t p, const char *source)
  * restart with a model of another dim, heads or half-lives) is moved into
  * the current model first, as a file restore moves it (*fp is then the
  * current model, *moved 1): the changelog read after it is in that shape.
- * 0, or a negative HL_E* (logged). */
+ * Its users are added to defer (migrated, rebuilt), not counted: the
+ * changelog may yet refuse the file, which is then dropped and the
+ * changelog read from its start. 0, or a negative HL_E* (logged). */
 static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_base *base,
-                         uint64_t *fp, int *moved)
+                         uint64_t *fp, int *moved, uint64_t defer[2])
 {
     char err[512];
     hl_persist_restored pr;
@@ -220,7 +228,7 @@ static int restore_cache(hl_worker *w, int32_t p, hl_table **tblp, hl_changelog_
     const hl_model_info *cur = hl_model_info_get(cur_model(w));
     if (pr.next_offset == HL_PERSIST_NO_OFFSET || !other_shape(*tblp, cur))
         return 0;
-    if (migrate_restored(w, p, tblp, pr.model_fingerprint) != 0)
+    if (migrate_restored(w, p, tblp, pr.model_fingerprint, defer) != 0)
         return HL_ENOMEM;
     *fp = cur->fingerprint;
     *moved = 1;
@@ -245,7 +253,7 @@ static int changelog_migrate(hl_worker *w, int32_t p, hl_table **tblp, uint64_t 
         return 0;
     *moved = 1;
     /* No model has fingerprint 0: migrate_restored then rebuilds. */
-    return migrate_restored(w, p, tblp, mixed ? 0 : fp);
+    return migrate_restored(w, p, tblp, mixed ? 0 : fp, NULL);
 }
 
 /* state.store=kafka: the partition's table read from its local snapshot
@@ -259,9 +267,9 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
 {
     char err[512];
     hl_changelog_base base;
-    uint64_t base_fp = 0;
+    uint64_t base_fp = 0, cache_moved[2] = {0, 0};   /* users migrated, rebuilt */
     int64_t t0 = hl_now_mono_us();
-    if (restore_cache(w, p, &tbl, &base, &base_fp, moved) != 0)
+    if (restore_cache(w, p, &tbl, &base, &base_fp, moved, cache_moved) != 0)
         goto fail;
     const hl_changelog_base *bp = base.next_offset >= 0 ? &base : NULL;
     int rc = hl_changelog_restore(w->changelog, p, tbl, bp, r, err, sizeof err);
@@ -278,6 +286,10 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
         hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"%s\"",
                (int)p, err);
         goto fail;
+    }
+    if (bp != NULL) {           /* the cache file's users are kept: count them */
+        hl_counter_add(w->ctx.mx.migrated, cache_moved[0]);
+        hl_counter_add(w->ctx.mx.rebuilt, cache_moved[1]);
     }
     if (r->n_migrated + r->n_rebuilt > 0) {
         /* rows of another shape, moved into the current one as read */
@@ -344,7 +356,7 @@ static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *of
     const hl_model_info *cur = hl_model_info_get(cur_model(w));
     *moved = r.next_offset != HL_PERSIST_NO_OFFSET &&
              (r.model_fingerprint != cur->fingerprint || other_shape(tbl, cur));
-    if (*moved && migrate_restored(w, p, &tbl, r.model_fingerprint) != 0) {
+    if (*moved && migrate_restored(w, p, &tbl, r.model_fingerprint, NULL) != 0) {
         hl_table_destroy(tbl);
         return NULL;
     }

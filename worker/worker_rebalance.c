@@ -256,6 +256,39 @@ static int changelog_migrate(hl_worker *w, int32_t p, hl_table **tblp, uint64_t 
     return migrate_restored(w, p, tblp, mixed ? 0 : fp, NULL);
 }
 
+/* The users a changelog restore moved into the current model: the cache
+ * file's (cache: NULL when the file was dropped) and the rows of another
+ * shape, moved as they were read. */
+static void count_moved(hl_worker *w, int32_t p, const hl_changelog_restored *r,
+                        const uint64_t cache[2], int *moved)
+{
+    if (cache != NULL) {
+        hl_counter_add(w->ctx.mx.migrated, cache[0]);
+        hl_counter_add(w->ctx.mx.rebuilt, cache[1]);
+    }
+    if (r->n_migrated + r->n_rebuilt == 0)
+        return;
+    *moved = 1;
+    hl_counter_add(w->ctx.mx.migrated, r->n_migrated);
+    hl_counter_add(w->ctx.mx.rebuilt, r->n_rebuilt);
+    hl_log(r->n_rebuilt ? HL_LOG_WARN : HL_LOG_INFO, "changelog_reshaped",
+           "partition=%d users_migrated=%llu users_rebuilt=%llu", (int)p,
+           (unsigned long long)r->n_migrated, (unsigned long long)r->n_rebuilt);
+}
+
+static void log_restored(int32_t p, const char *src, const hl_changelog_restored *r,
+                         int64_t from)
+{
+    hl_log(HL_LOG_INFO, "restored", "partition=%d source=%s records=%llu rows=%llu "
+           "tombstones=%llu checkpoints=%llu stale=%llu bad=%llu bytes=%llu low=%lld high=%lld "
+           "from=%lld next_offset=%lld epoch=%lld seconds=%.3f", (int)p, src,
+           (unsigned long long)r->n_records, (unsigned long long)r->n_rows,
+           (unsigned long long)r->n_tombstones, (unsigned long long)r->n_checkpoints,
+           (unsigned long long)r->n_stale, (unsigned long long)r->n_bad,
+           (unsigned long long)r->bytes, (long long)r->low, (long long)r->high,
+           (long long)from, (long long)r->next_offset, (long long)r->epoch, r->duration_s);
+}
+
 /* state.store=kafka: the partition's table read from its local snapshot
  * (if any) and the changelog after it, or from the changelog alone, and
  * claimed (changelog.h). NULL when neither can be read: the partition
@@ -287,19 +320,7 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
                (int)p, err);
         goto fail;
     }
-    if (bp != NULL) {           /* the cache file's users are kept: count them */
-        hl_counter_add(w->ctx.mx.migrated, cache_moved[0]);
-        hl_counter_add(w->ctx.mx.rebuilt, cache_moved[1]);
-    }
-    if (r->n_migrated + r->n_rebuilt > 0) {
-        /* rows of another shape, moved into the current one as read */
-        *moved = 1;
-        hl_counter_add(w->ctx.mx.migrated, r->n_migrated);
-        hl_counter_add(w->ctx.mx.rebuilt, r->n_rebuilt);
-        hl_log(r->n_rebuilt ? HL_LOG_WARN : HL_LOG_INFO, "changelog_reshaped",
-               "partition=%d users_migrated=%llu users_rebuilt=%llu", (int)p,
-               (unsigned long long)r->n_migrated, (unsigned long long)r->n_rebuilt);
-    }
+    count_moved(w, p, r, bp != NULL ? cache_moved : NULL, moved);
     if (changelog_migrate(w, p, &tbl, bp ? base_fp : 0, r, moved) != 0)
         goto fail;
     *on_disk = bp ? bp->next_offset : HL_PERSIST_NO_OFFSET;
@@ -314,15 +335,7 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
     hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_duration_seconds",
                                   "Time the newest shard restore from a snapshot took.", NULL),
                  (double)(hl_now_mono_us() - t0) / 1e6);
-    hl_log(HL_LOG_INFO, "restored", "partition=%d source=%s records=%llu rows=%llu "
-           "tombstones=%llu checkpoints=%llu stale=%llu bad=%llu bytes=%llu low=%lld high=%lld "
-           "from=%lld next_offset=%lld epoch=%lld seconds=%.3f", (int)p, src,
-           (unsigned long long)r->n_records, (unsigned long long)r->n_rows,
-           (unsigned long long)r->n_tombstones, (unsigned long long)r->n_checkpoints,
-           (unsigned long long)r->n_stale, (unsigned long long)r->n_bad,
-           (unsigned long long)r->bytes, (long long)r->low, (long long)r->high,
-           (long long)(bp ? bp->changelog_offset : r->low), (long long)r->next_offset,
-           (long long)r->epoch, r->duration_s);
+    log_restored(p, src, r, bp ? bp->changelog_offset : r->low);
     return tbl;
 fail:
     hl_table_destroy(tbl);

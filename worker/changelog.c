@@ -224,15 +224,16 @@ int64_t hl_changelog_storable(const hl_changelog_shard *cs, int64_t off)
     return off < cs->durable ? off : cs->durable;
 }
 
-/* Appends one row record (key user, value the row) to the flush buffer. */
-static int add_row(hl_changelog_shard *cs, uint32_t row, const hl_row_view *v)
+/* Appends one row record (key user, value the row, in the shape of the
+ * table it comes from: sh) to the flush buffer. */
+static int add_row(hl_changelog_shard *cs, const row_shape *sh, uint32_t row,
+                   const hl_row_view *v)
 {
-    const hl_changelog *cl = cs->cl;
-    size_t need = cs->len + 8 + v->user_len + cl->row_max;
+    size_t need = cs->len + 8 + v->user_len + sh->row_max;
     if (grow(&cs->buf, &cs->cap, need) != 0)
         return HL_ENOMEM;
     unsigned char *p = cs->buf + cs->len;
-    size_t vlen = hl_snapshot_row_encode(p + 8 + v->user_len, cl->n_heads, cl->dim, row, v);
+    size_t vlen = hl_snapshot_row_encode(p + 8 + v->user_len, sh->n_heads, sh->dim, row, v);
     put_le(p, v->user_len, 4);
     put_le(p + 4, vlen, 4);
     memcpy(p + 8, v->user, v->user_len);
@@ -252,13 +253,14 @@ static int encode(hl_changelog_shard *cs, const hl_table *tbl, int64_t applied)
     int64_t since = cs->durable < 0 || full ? INT64_MIN : cs->durable;
     cs->full_enc = full ? cs->full_want : cs->full_done;
     hl_row_view v;
+    row_shape sh = shape_of(tbl);
     cs->len = 0;
     cs->n_rows = 0;
     for (uint32_t r = 0; r < limit; r++) {
         if (!hl_table_row_live(tbl, r))
             continue;
         hl_table_view(tbl, r, &v);
-        if (v.last_offset >= since && add_row(cs, r, &v) != 0)
+        if (v.last_offset >= since && add_row(cs, &sh, r, &v) != 0)
             return HL_ENOMEM;
     }
     cs->offset = applied;

@@ -210,4 +210,10 @@ void hl_changelog_shard_resave(hl_changelog_shard *cs);
 void hl_changelog_cover(void *arg, int64_t next_offset, int64_t *changelog_offset,
                         int64_t *changelog_epoch);
 
+/* 0 when a row of n_heads x dim (and the configured state.history) fits
+ * one Kafka record; else HL_EINVAL with a sentence saying what to do. A
+ * model of another shape must pass it before it serves (a live swap). */
+int hl_changelog_check_shape(const hl_changelog *cl, int n_heads, int dim, char *errbuf,
+                             size_t errlen);
+
 #endif

@@ -7,6 +7,7 @@
 
 #include "changelog.h"
 #include "log.h"
+#include "snapshot.h"
 
 #define HL_CHANGELOG_EPOCH_HDR "halflife.epoch"
 /* On each row: the fingerprint (16 hex digits) of the model whose space
@@ -38,7 +39,9 @@ typedef struct changelog_metrics {
 struct hl_changelog {
     hl_changelog_opts o;
     char         topic[256], input_topic[256];
-    int          n_heads, dim, history;
+    int          n_heads, dim, history;   /* the first model's shape: a table's own
+                                             (shape_of) is what rows are written and
+                                             read in, since a live swap may change it */
     size_t       row_max;
     int          partitions;         /* of the input topic */
     rd_kafka_t  *rk;                 /* the restorer's consumer */
@@ -46,6 +49,21 @@ struct hl_changelog {
     char         ck_key[HL_MAX_ID_LEN + 1];   /* the checkpoints' key */
     _Atomic uint64_t fp;             /* the current model (hl_changelog_set_model) */
 };
+
+/* The shape a table's rows are written to and read from the changelog
+ * in: the model's it was made for (a live swap to another shape gives a
+ * shard a table of the new one, worker/swap.c). */
+typedef struct row_shape {
+    int    n_heads, dim;
+    size_t row_max;             /* hl_snapshot_row_max */
+} row_shape;
+
+static inline row_shape shape_of(const hl_table *tbl)
+{
+    const hl_table_opts *o = hl_table_opts_get(tbl);
+    return (row_shape){o->decay.n_heads, o->decay.dim,
+                       hl_snapshot_row_max(o->decay.n_heads, o->decay.dim, o->history)};
+}
 
 /* One changelog record as a restore reads it: librdkafka's message and the
  * last value of each of its two headers (NULL: absent). */

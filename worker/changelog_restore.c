@@ -231,13 +231,13 @@ static int decode_ring(restorer *rs, const hl_changelog_rec *m, uint32_t *row, h
 static int decode(restorer *rs, const hl_changelog_rec *m, const hl_changelog_reshape *rz,
                   uint32_t *row, hl_row_view *v, int *how)
 {
-    hl_changelog *cl = rs->cl;
     *how = 0;
     if (rz != NULL && !rz->rebuilt) {
         *how = 1;
         return decode_as(rs, m, rz->n_heads, rz->dim, row, v);
     }
-    int rc = hl_snapshot_row_decode(m->value, m->len, cl->n_heads, cl->dim, HIST_MAX,
+    row_shape sh = shape_of(rs->tbl);
+    int rc = hl_snapshot_row_decode(m->value, m->len, sh.n_heads, sh.dim, HIST_MAX,
                                     HL_SNAPSHOT_VERSION, &rs->sc, row, v);
     if (rc != 0 && rz != NULL) {
         *how = 2;
@@ -613,7 +613,8 @@ static void restorer_free(restorer *rs)
 static int restorer_init(restorer *rs, char *errbuf, size_t errlen)
 {
     const hl_table_opts *o = rs->cl->o.topts;
-    int n_heads = rs->cl->n_heads, dim = rs->cl->dim;
+    row_shape sh = shape_of(rs->tbl);       /* the table's: the serving model's */
+    int n_heads = sh.n_heads, dim = sh.dim;
     uint64_t users = o->max_users ? o->max_users : (uint64_t)1 << 26;
     rs->row_bound = 2 * users + 1024 < HL_TABLE_MAX_ROWS ? (uint32_t)(2 * users + 1024)
                                                          : HL_TABLE_MAX_ROWS;

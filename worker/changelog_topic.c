@@ -202,15 +202,16 @@ int hl_changelog_topic_ready(hl_changelog *cl, char *errbuf, size_t errlen)
 /* A row must fit one record: Kafka refuses records above the topic's
  * max.message.bytes (1,000,000 by default). The history is at most 255
  * events (13 bytes each), so it is dim that can overflow it. */
-static int check_row_size(hl_changelog *cl, char *errbuf, size_t errlen)
+int hl_changelog_check_shape(const hl_changelog *cl, int n_heads, int dim, char *errbuf,
+                             size_t errlen)
 {
-    size_t rec = cl->row_max + HL_MAX_ID_LEN + 128;
+    size_t rec = hl_snapshot_row_max(n_heads, dim, cl->history) + HL_MAX_ID_LEN + 128;
     if (rec <= HL_CHANGELOG_RECORD_MAX)
         return 0;
     return hl_err(errbuf, errlen, HL_EINVAL, "state.store=kafka: a user's row takes up to "
                   "%zu bytes (dim %d, %d heads, state.history %d), more than a Kafka "
                   "record may hold by default (1000000, max.message.bytes): use state.store="
-                  "file or a smaller model", rec, cl->dim, cl->n_heads, cl->history);
+                  "file or a smaller model", rec, dim, n_heads, cl->history);
 }
 
 hl_changelog *hl_changelog_create_offline(const hl_changelog_opts *o, char *errbuf,
@@ -233,7 +234,7 @@ hl_changelog *hl_changelog_create_offline(const hl_changelog_opts *o, char *errb
     cl->row_max = hl_snapshot_row_max(cl->n_heads, cl->dim, cl->history);
     hl_changelog_ck_key_init(cl);
     register_metrics(cl, o->reg);
-    if (check_row_size(cl, errbuf, errlen) != 0) {
+    if (hl_changelog_check_shape(cl, cl->n_heads, cl->dim, errbuf, errlen) != 0) {
         hl_changelog_destroy(cl);
         return NULL;
     }

@@ -89,6 +89,13 @@ typedef struct hl_shard {
     double      mig_pass_us;         /* a row the sweep passes (not migrating) */
     double      mig_touch_max_us;    /* the longest a batch's migrations took */
     hl_counter *c_migrated;          /* halflife_users_migrated_total */
+    /* A reshaping migration (the new model has another dim, number of
+     * heads or half-lives): tbl is a new table of the new shape and the
+     * users not moved yet are in old_tbl, each moved (removed there,
+     * restored in tbl) when touched or swept. NULL otherwise. */
+    hl_table   *old_tbl;
+    float      *mv_s, *mv_m;         /* one moved row's heads and masses */
+    int32_t    *mv_hist;             /* and its ring's items */
 } hl_shard;
 
 /* Creates a shard for partition with room for cap_ev events per batch

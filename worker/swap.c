@@ -29,6 +29,8 @@
 #define SWEEP_US_START 10.0
 #define PASS_US_START  0.5
 
+#define TOUCH_AHEAD 8       /* events whose index slots are being fetched */
+
 /* The thread's CPU time: a slice's cost is what this thread spent, not
  * the time other processes held the core meanwhile. */
 static double cpu_us(void)
@@ -69,6 +71,117 @@ static double migrate_row(hl_shard *sh, uint32_t row)
     return sh->mig_n == HL_MIG_CHUNK ? flush(sh) : 0;
 }
 
+/* ---- reshaping migrations: a second table -------------------------------
+ * Rows of another shape cannot be migrated in place: the new model's rows
+ * live in a new table (sh->tbl) and the users not moved yet in the old
+ * one (sh->old_tbl). A user moves when a batch touches it or the sweep
+ * passes it: hl_migration_row_into of its old row, restored into the new
+ * table (hl_table_restore: a move is no event, so the row is not dirty and
+ * no list is made for it), then removed from the old table (not an
+ * eviction: no tombstone). Only moves empty the old table, so one pass of
+ * the sweep over it ends the migration. */
+
+/* The user at row of the old table into the new one. A restore fails only
+ * without memory: the user is then dropped (logged), never left behind,
+ * so the sweep always ends. */
+static void move_row(hl_shard *sh, uint32_t row)
+{
+    hl_row_view v, nv;
+    hl_table_view(sh->old_tbl, row, &v);
+    hl_migration_row_into(sh->mig, &v, sh->mv_s, sh->mv_m, sh->mv_hist, sh->mig_scratch);
+    nv = v;
+    nv.s = sh->mv_s;
+    nv.m = sh->mv_m;
+    nv.hist_item = sh->mv_hist;
+    int rc = hl_table_restore(sh->tbl, &nv);
+    if (rc != 0)
+        hl_log(HL_LOG_ERROR, "migration_user_lost", "partition=%d user=\"%.*s\" err=%s",
+               (int)sh->partition, (int)v.user_len, v.user, hl_strerror(rc));
+    hl_table_remove(sh->old_tbl, v.user, v.user_len);
+    sh->mig_rows += rc == 0;
+}
+
+static void drop_old(hl_shard *sh)
+{
+    hl_table_destroy(sh->old_tbl);
+    free(sh->mv_s);
+    free(sh->mv_m);
+    free(sh->mv_hist);
+    sh->old_tbl = NULL;
+    sh->mv_s = sh->mv_m = NULL;
+    sh->mv_hist = NULL;
+}
+
+/* The new table of to's shape (the old one's history, max.users and
+ * eviction options; its stream time and LRU clock) and room for one
+ * moved row. The index is sized for every user at once: its doublings
+ * while the users move in would each stall one batch. */
+static int begin_reshape(hl_shard *sh, const hl_mref *to)
+{
+    char err[256];
+    hl_table_opts o = *hl_table_opts_get(sh->tbl);
+    const hl_model_info *mi = to->mi;
+    hl_table_stats st;
+    hl_table_meta meta;
+    hl_table *nt = NULL;
+    if (hl_decay_init(&o.decay, mi->n_heads, mi->dim, mi->half_life_ms, err, sizeof err) != 0 ||
+        (nt = hl_table_create(&o, err, sizeof err)) == NULL)
+        goto fail;
+    hl_table_stats_get(sh->tbl, &st);
+    hl_table_reserve(nt, st.users);     /* a hint: without it the index grows */
+    hl_table_meta_get(sh->tbl, &meta);
+    meta.sweep_cursor = 0;
+    hl_table_meta_set(nt, &meta);
+    free(sh->mig_scratch);
+    sh->mig_scratch = malloc(sizeof(float) * hl_migration_scratch_floats(sh->mig));
+    sh->mv_s = malloc(sizeof(float) * (size_t)mi->n_heads * (size_t)mi->dim);
+    sh->mv_m = malloc(sizeof(float) * (size_t)mi->n_heads);
+    sh->mv_hist = malloc(sizeof(int32_t) * (size_t)o.history);
+    sh->old_tbl = sh->tbl;
+    sh->tbl = nt;
+    if (sh->mig_scratch == NULL || sh->mv_s == NULL || sh->mv_m == NULL || sh->mv_hist == NULL) {
+        sh->tbl = sh->old_tbl;
+        sh->old_tbl = nt;
+        drop_old(sh);
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    return 0;
+fail:
+    hl_log(HL_LOG_ERROR, "migration_failed", "partition=%d to=\"%s\" err=\"%s\"",
+           (int)sh->partition, mi->version, err);
+    return HL_ENOMEM;
+}
+
+/* A batch's users still in the old table move before their events. */
+static void touch_batch_reshape(hl_shard *sh)
+{
+    uint64_t before = sh->mig_rows;
+    double t0 = cpu_us(), mig_us = 0;
+    for (int i = 0; i < sh->n_ev; i++) {
+        const hl_event *e = &sh->ev[i];
+        if (i + TOUCH_AHEAD < sh->n_ev)
+            hl_table_prefetch(sh->old_tbl, sh->ev[i + TOUCH_AHEAD].user,
+                              sh->ev[i + TOUCH_AHEAD].user_len);
+        if (hl_table_find(sh->tbl, e->user, e->user_len) >= 0)
+            continue;
+        int64_t row = hl_table_find(sh->old_tbl, e->user, e->user_len);
+        if (row >= 0) {
+            double a = cpu_us();
+            move_row(sh, (uint32_t)row);
+            mig_us += cpu_us() - a;
+        }
+    }
+    uint64_t rows = sh->mig_rows - before;
+    if (rows >= HL_MIG_CHUNK / 4)
+        note_cost(&sh->mig_row_us, mig_us / (double)rows);
+    double all_us = cpu_us() - t0;
+    note_cost(&sh->mig_look_us, (all_us - mig_us) / (double)sh->n_ev);
+    if (all_us > sh->mig_touch_max_us)
+        sh->mig_touch_max_us = all_us;
+    hl_counter_add(sh->c_migrated, rows);
+}
+
 static void done(hl_shard *sh)
 {
     double s = (double)(hl_now_mono_us() - sh->mig_t0_us) / 1e6;
@@ -79,6 +192,7 @@ static void done(hl_shard *sh)
     hl_migration_destroy(sh->mig_own);
     free(sh->mig_scratch);
     free(sh->mig_edit);
+    drop_old(sh);
     sh->mig_edit = NULL;
     sh->mig_finished = 0;
     sh->mig_from = NULL;
@@ -98,7 +212,9 @@ static int plan(hl_shard *sh, hl_mref *to)
         sh->mig = to->from_prev;
         return 0;
     }
-    sh->mig_own = hl_migration_create(sh->mref->m, to->m, sh->mref->tw, err, sizeof err);
+    sh->mig_own = hl_models_same_shape(sh->mref->mi, to->mi)
+        ? hl_migration_create(sh->mref->m, to->m, sh->mref->tw, err, sizeof err)
+        : hl_migration_create_any(sh->mref->m, to->m, sh->mref->tw, err, sizeof err);
     if (sh->mig_own == NULL) {
         hl_log(HL_LOG_ERROR, "migration_failed", "partition=%d from=\"%s\" to=\"%s\" "
                "err=\"%s\"", (int)sh->partition, sh->mref->mi->version, to->mi->version, err);
@@ -121,14 +237,19 @@ int hl_shard_swap_begin(hl_shard *sh, hl_mref *to)
     sh->mig_scratch = malloc(sizeof(float) * n);
     sh->mig_edit = malloc(sizeof *sh->mig_edit * HL_MIG_CHUNK);
     sh->mig_n = 0;
-    if (sh->mig_scratch == NULL || sh->mig_edit == NULL || plan(sh, to) != 0) {
+    if (sh->mig_scratch == NULL || sh->mig_edit == NULL || plan(sh, to) != 0 ||
+        (hl_migration_reshapes(sh->mig) && begin_reshape(sh, to) != 0)) {
         free(sh->mig_scratch);
         free(sh->mig_edit);
+        hl_migration_destroy(sh->mig_own);
+        sh->mig_own = NULL;
+        sh->mig = NULL;
         sh->mig_scratch = NULL;
         sh->mig_edit = NULL;
         return HL_ENOMEM;
     }
-    hl_table_flip_generation(sh->tbl);
+    if (sh->old_tbl == NULL)
+        hl_table_flip_generation(sh->tbl);
     sh->mig_from = sh->mref;
     sh->mref = hl_mref_get(to);
     sh->mig_cursor = 0;
@@ -141,21 +262,21 @@ int hl_shard_swap_begin(hl_shard *sh, hl_mref *to)
     sh->mig_touch_max_us = 0;
     sh->mig_t0_us = hl_now_mono_us();
     hl_log(HL_LOG_INFO, "migration_started", "partition=%d from=\"%s\" to=\"%s\" "
-           "next_offset=%lld", (int)sh->partition, sh->mig_from->mi->version,
-           to->mi->version, (long long)sh->next_offset);
+           "next_offset=%lld reshaped=%d", (int)sh->partition, sh->mig_from->mi->version,
+           to->mi->version, (long long)sh->next_offset, sh->old_tbl != NULL);
     return 0;
 }
 
 void hl_shard_swap_touch(hl_shard *sh, uint32_t row)
 {
-    if (sh->mig_from != NULL && hl_table_row_stale(sh->tbl, row)) {
+    /* a reshape: every row of sh->tbl is in the new model already */
+    if (sh->mig_from != NULL && sh->old_tbl == NULL && hl_table_row_stale(sh->tbl, row)) {
         migrate_row(sh, row);
         flush(sh);
         hl_counter_add(sh->c_migrated, 1);
     }
 }
 
-#define TOUCH_AHEAD 8       /* events whose index slots are being fetched */
 
 static void prefetch_user(hl_shard *sh, int i)
 {
@@ -174,6 +295,10 @@ void hl_shard_swap_touch_batch(hl_shard *sh)
     uint64_t before = sh->mig_rows;
     if (sh->mig_from == NULL || sh->mig_finished)
         return;
+    if (sh->old_tbl != NULL) {
+        touch_batch_reshape(sh);
+        return;
+    }
     double t0 = cpu_us(), mig_us = 0;
     for (int i = 0; i < TOUCH_AHEAD; i++)
         prefetch_user(sh, i);
@@ -211,9 +336,32 @@ typedef struct chunk {
     double mig_us;              /* CPU in the migrations (flushes) */
 } chunk;
 
+/* A reshape's chunk: moves the old table's next users. Its passes are
+ * its moves (every row left there is to move). */
+static int sweep_old(hl_shard *sh, chunk *c)
+{
+    uint64_t before = sh->mig_rows;
+    int end = 0;
+    double t0 = cpu_us();
+    for (; c->passed < c->max_pass && c->passed < c->max_mig; c->passed++) {
+        uint32_t row = hl_table_next_live(sh->old_tbl, sh->mig_cursor);
+        if (row == UINT32_MAX) {
+            end = 1;
+            break;
+        }
+        move_row(sh, row);
+        sh->mig_cursor = row + 1;
+    }
+    c->mig_us = cpu_us() - t0;
+    c->migrated = (size_t)(sh->mig_rows - before);
+    return end;
+}
+
 /* One chunk from the cursor; 1 when the sweep has passed every row. */
 static int sweep(hl_shard *sh, chunk *c)
 {
+    if (sh->old_tbl != NULL)
+        return sweep_old(sh, c);
     uint64_t before = sh->mig_rows + (uint64_t)sh->mig_n;
     int end = 0;
     for (; c->passed < c->max_pass; c->passed++) {
@@ -258,7 +406,7 @@ static void chunk_note(hl_shard *sh, const chunk *c, double us)
 {
     if (c->migrated >= CHUNK_ROWS_MIN)
         note_cost(&sh->mig_sweep_us, c->mig_us / (double)c->migrated);
-    if (c->passed >= CHUNK_ROWS_MIN)
+    if (c->passed >= CHUNK_ROWS_MIN && sh->old_tbl == NULL)  /* a reshape passes none */
         note_cost(&sh->mig_pass_us, (us - c->mig_us) / (double)c->passed);
 }
 

@@ -65,11 +65,8 @@ void hl_shard_destroy(hl_shard *sh)
         return;
     hl_persist_shard_destroy(sh->ps);
     hl_changelog_shard_destroy(sh->cl);
+    hl_shard_swap_drop(sh);             /* a reshape cut short (swap.c) */
     hl_table_destroy(sh->tbl);
-    hl_table_destroy(sh->old_tbl);     /* a reshape cut short (swap.c) */
-    free(sh->mv_s);
-    free(sh->mv_m);
-    free(sh->mv_hist);
     hl_mref_release(sh->mref);
     hl_mref_release(sh->mig_from);
     hl_migration_destroy(sh->mig_own);

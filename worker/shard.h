@@ -96,6 +96,7 @@ typedef struct hl_shard {
     hl_table   *old_tbl;
     float      *mv_s, *mv_m;         /* one moved row's heads and masses */
     int32_t    *mv_hist;             /* and its ring's items */
+    struct hl_swap_prefault *mv_pf;  /* faults the new table's rows in (swap.c) */
 } hl_shard;
 
 /* Creates a shard for partition with room for cap_ev events per batch
@@ -221,6 +222,11 @@ size_t hl_shard_swap_tick(hl_shard *sh, int64_t budget_us);
 
 /* Migrates every row left (a snapshot or hand-over needs one model). */
 void hl_shard_swap_finish(hl_shard *sh);
+
+/* A reshape's second table and its helpers dropped, the users still in
+ * it lost: for hl_shard_destroy only (before the new table goes: the
+ * helper thread that faults it in is stopped here). */
+void hl_shard_swap_drop(hl_shard *sh);
 
 /* ---- snapshots (persist.h), owner thread ------------------------------ */
 

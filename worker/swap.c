@@ -19,7 +19,10 @@
 #include "log.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 
 /* Cost estimates before the first measurement: on the high side (a loaded
@@ -101,8 +104,122 @@ static void move_row(hl_shard *sh, uint32_t row)
     sh->mig_rows += rc == 0;
 }
 
-static void drop_old(hl_shard *sh)
+/* The new table's rows are new memory: a table maps its blocks in huge
+ * pages, and the first write to each 2 MB page stops the writer while the
+ * kernel clears it (and may compact memory first: bench_swap saw a slice
+ * of 100 ms at 1M users without this). A thread of the reshape's own
+ * faults the rows every user will need in ahead of the moves, as a
+ * changelog restore does (changelog_restore.c); the shard thread's moves
+ * then write to pages already there. Only a hint: without the advice, or
+ * on a failure, the faults fall to the moves. */
+#define PREFAULT_SPANS 512                /* table blocks */
+#define PREFAULT_CHUNK ((size_t)4 << 20)  /* per call: stop is checked between */
+
+struct hl_swap_prefault {
+    hl_table_span spans[PREFAULT_SPANS];
+    int           n;
+    atomic_int    stop;
+    pthread_t     th;
+};
+
+static void *prefault_run(void *arg)
 {
+#ifdef MADV_POPULATE_WRITE
+    struct hl_swap_prefault *pf = arg;
+    for (int i = 0; i < pf->n; i++)     /* spans[0] is the index: touched at random */
+        for (size_t off = 0; off < pf->spans[i].bytes; off += PREFAULT_CHUNK) {
+            size_t n = pf->spans[i].bytes - off;
+            if (atomic_load(&pf->stop) ||
+                madvise((char *)pf->spans[i].addr + off, n < PREFAULT_CHUNK ? n : PREFAULT_CHUNK,
+                        MADV_POPULATE_WRITE) != 0)
+                return NULL;
+        }
+#else
+    (void)arg;
+#endif
+    return NULL;
+}
+
+/* What the first batches after the switch write, faulted in at once (a
+ * few ms at 1M users): the index, whose slots they write at random, and
+ * the first huge page of rows. Left to the helper thread, the first batch
+ * raced it for these pages and took 12 to 21 ms (bench_swap). */
+#define PREFAULT_HEAD ((size_t)2 << 20)
+
+static void prefault_head(struct hl_swap_prefault *pf)
+{
+#ifdef MADV_POPULATE_WRITE
+    hl_table_span *ix = &pf->spans[0], *rows = &pf->spans[1];
+    if (ix->bytes > 0 && madvise(ix->addr, ix->bytes, MADV_POPULATE_WRITE) == 0)
+        ix->bytes = 0;
+    if (pf->n > 1 && rows->bytes > PREFAULT_HEAD &&
+        madvise(rows->addr, PREFAULT_HEAD, MADV_POPULATE_WRITE) == 0) {
+        rows->addr = (char *)rows->addr + PREFAULT_HEAD;
+        rows->bytes -= PREFAULT_HEAD;
+    }
+#else
+    (void)pf;
+#endif
+}
+
+/* Starts faulting in tbl's index (sized: hl_table_reserve) and the rows
+ * of users ids; NULL when not started. */
+static struct hl_swap_prefault *prefault_start(hl_table *tbl, size_t users)
+{
+    struct hl_swap_prefault *pf = malloc(sizeof *pf);
+    if (pf == NULL)
+        return NULL;
+    atomic_store(&pf->stop, 0);
+    hl_table_index_span(tbl, &pf->spans[0]);
+    pf->n = hl_table_map_rows(tbl, users, pf->spans + 1, PREFAULT_SPANS - 1);
+    if (pf->n++ < 0) {
+        free(pf);
+        return NULL;
+    }
+    prefault_head(pf);
+    if (pthread_create(&pf->th, NULL, prefault_run, pf) != 0) {
+        free(pf);
+        return NULL;
+    }
+    return pf;
+}
+
+static void prefault_stop(struct hl_swap_prefault *pf)
+{
+    if (pf == NULL)
+        return;
+    atomic_store(&pf->stop, 1);
+    pthread_join(pf->th, NULL);
+    free(pf);
+}
+
+static void *destroy_run(void *arg)
+{
+    hl_table_destroy(arg);
+    return NULL;
+}
+
+/* A reshape's end: the old table, empty now, is unmapped on a thread of
+ * its own. Its blocks were mapped for every user, and giving them back
+ * took 7 ms of the shard thread at 1M users (bench_swap); a thread that
+ * cannot start leaves it to this one. */
+static void release_old(hl_shard *sh)
+{
+    pthread_t th;
+    pthread_attr_t at;
+    if (sh->old_tbl != NULL && pthread_attr_init(&at) == 0) {
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &at, destroy_run, sh->old_tbl) == 0)
+            sh->old_tbl = NULL;
+        pthread_attr_destroy(&at);
+    }
+    hl_shard_swap_drop(sh);
+}
+
+void hl_shard_swap_drop(hl_shard *sh)
+{
+    prefault_stop(sh->mv_pf);
+    sh->mv_pf = NULL;
     hl_table_destroy(sh->old_tbl);
     free(sh->mv_s);
     free(sh->mv_m);
@@ -139,10 +256,11 @@ static int begin_reshape(hl_shard *sh, const hl_mref *to)
     sh->mv_hist = malloc(sizeof(int32_t) * (size_t)o.history);
     sh->old_tbl = sh->tbl;
     sh->tbl = nt;
+    sh->mv_pf = prefault_start(nt, st.users);
     if (sh->mig_scratch == NULL || sh->mv_s == NULL || sh->mv_m == NULL || sh->mv_hist == NULL) {
         sh->tbl = sh->old_tbl;
         sh->old_tbl = nt;
-        drop_old(sh);
+        hl_shard_swap_drop(sh);
         snprintf(err, sizeof err, "out of memory");
         goto fail;
     }
@@ -192,8 +310,8 @@ static void done(hl_shard *sh)
     hl_migration_destroy(sh->mig_own);
     free(sh->mig_scratch);
     free(sh->mig_edit);
-    drop_old(sh);
     sh->mig_edit = NULL;
+    release_old(sh);
     sh->mig_finished = 0;
     sh->mig_from = NULL;
     sh->mig_own = NULL;

@@ -13,7 +13,24 @@
  * reach 10 ms when rows cost more than usual (bench_swap, 2026-12-03).
  * The shard keeps a reference to the old model until the sweep is done,
  * and no snapshot starts meanwhile (a file names one model): a revocation
- * or a stop finishes the migration first. Owner thread only. */
+ * or a stop finishes the migration first. Owner thread only.
+ *
+ * A new model of another state shape (dim, number of heads, half-lives)
+ * cannot be migrated in place: a row's size changes. The shard then gets
+ * a second table (below, "reshaping migrations"): sh->tbl becomes a new
+ * empty table of the new shape and the old one waits in sh->old_tbl; a
+ * user moves across (hl_migration_row_into, restored, removed) when a
+ * batch touches it, before its event, and by the same time-bounded
+ * sweep, so every reader of sh->tbl (apply, refresh, fold-in, snapshots,
+ * eviction) only ever sees rows of the model it serves, and a user is in
+ * exactly one of the two tables at every moment. Why a second table, not
+ * a bigger row or a restart: a restart stops the stream and re-reads the
+ * snapshot; rows of both sizes in one table would need every reader to
+ * tell them apart. What it costs: the new table's memory while both
+ * exist (faulted in off the batch loop: below), and a move is dearer than
+ * an in-place migration (no 64-row SGEMM). The changelog's rows and the
+ * gate's waiting rows are keyed by a shape and by row id: with either,
+ * the worker refuses such a model live (worker_start.c, reshape_refused). */
 #include "shard.h"
 
 #include "log.h"

@@ -157,28 +157,6 @@ static void *prefault_run(void *arg)
     return NULL;
 }
 
-/* What the first batches after the switch write, faulted in at once (a
- * few ms at 1M users): the index, whose slots they write at random, and
- * the first huge page of rows. Left to the helper thread, the first batch
- * raced it for these pages and took 12 to 21 ms (bench_swap). */
-#define PREFAULT_HEAD ((size_t)2 << 20)
-
-static void prefault_head(struct hl_swap_prefault *pf)
-{
-#ifdef MADV_POPULATE_WRITE
-    hl_table_span *ix = &pf->spans[0], *rows = &pf->spans[1];
-    if (ix->bytes > 0 && madvise(ix->addr, ix->bytes, MADV_POPULATE_WRITE) == 0)
-        ix->bytes = 0;
-    if (pf->n > 1 && rows->bytes > PREFAULT_HEAD &&
-        madvise(rows->addr, PREFAULT_HEAD, MADV_POPULATE_WRITE) == 0) {
-        rows->addr = (char *)rows->addr + PREFAULT_HEAD;
-        rows->bytes -= PREFAULT_HEAD;
-    }
-#else
-    (void)pf;
-#endif
-}
-
 /* Starts faulting in tbl's index (sized: hl_table_reserve) and the rows
  * of users ids; NULL when not started. */
 static struct hl_swap_prefault *prefault_start(hl_table *tbl, size_t users)
@@ -189,12 +167,11 @@ static struct hl_swap_prefault *prefault_start(hl_table *tbl, size_t users)
     atomic_store(&pf->stop, 0);
     hl_table_index_span(tbl, &pf->spans[0]);
     pf->n = hl_table_map_rows(tbl, users, pf->spans + 1, PREFAULT_SPANS - 1);
-    if (pf->n++ < 0) {
-        free(pf);
-        return NULL;
-    }
-    prefault_head(pf);
-    if (pthread_create(&pf->th, NULL, prefault_run, pf) != 0) {
+    /* Not the index and the first rows at once, on this thread: that put
+     * 35-45 ms into the switch itself when the kernel had to compact
+     * memory for the huge pages (bench_swap after a same-shape case, four
+     * runs), more than the first batch loses racing the helper. */
+    if (pf->n++ < 0 || pthread_create(&pf->th, NULL, prefault_run, pf) != 0) {
         free(pf);
         return NULL;
     }

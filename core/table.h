@@ -228,13 +228,6 @@ typedef struct hl_table_span {
  * negative HL_E* when a block cannot be mapped. Owner thread. */
 int hl_table_map_rows(hl_table *tbl, size_t n_rows, hl_table_span *spans, int max_spans);
 
-/* The index's memory as one span (first_row and n_rows 0), to fault in
- * from another thread as hl_table_map_rows's: after hl_table_reserve an
- * insert writes a slot at its hash, so each of the first inserts into a
- * large fresh index faults a page of its own. Valid until the index grows
- * (past what hl_table_reserve sized it for) or hl_table_destroy. */
-void hl_table_index_span(const hl_table *tbl, hl_table_span *span);
-
 /* Called with the user id of every row evicted from now on (by
  * state.max.users inside hl_table_apply, or by hl_table_sweep), before the
  * row is gone: the Kafka changelog turns each into a tombstone. user is

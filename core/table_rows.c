@@ -215,11 +215,6 @@ int hl_table_reserve(hl_table *tbl, size_t users)
     return hl_index_presize(&tbl->ix, users);
 }
 
-void hl_table_index_span(const hl_table *tbl, hl_table_span *span)
-{
-    *span = (hl_table_span){tbl->ix.cur.slot, tbl->ix.cur.map_bytes, 0, 0};
-}
-
 void hl_table_meta_get(const hl_table *tbl, hl_table_meta *meta)
 {
     *meta = (hl_table_meta){ .newest_ts_ms = tbl->newest_ts_ms,

@@ -48,6 +48,10 @@
 #define LOOK_US_START  0.5
 #define SWEEP_US_START 10.0
 #define PASS_US_START  0.5
+/* A reshape's first moves write a new table's first pages: 300-400 us
+ * each at 1M users (bench_swap's first batch, 49 moves in 12-24 ms at
+ * ROW_US_START), so its batches and slices start at the smallest. */
+#define MOVE_US_START  200.0
 
 #define TOUCH_AHEAD 8       /* events whose index slots are being fetched */
 
@@ -143,7 +147,7 @@ static void *prefault_run(void *arg)
 {
 #ifdef MADV_POPULATE_WRITE
     struct hl_swap_prefault *pf = arg;
-    for (int i = 0; i < pf->n; i++)     /* spans[0] is the index: touched at random */
+    for (int i = 0; i < pf->n; i++)
         for (size_t off = 0; off < pf->spans[i].bytes; off += PREFAULT_CHUNK) {
             size_t n = pf->spans[i].bytes - off;
             if (atomic_load(&pf->stop) ||
@@ -157,21 +161,19 @@ static void *prefault_run(void *arg)
     return NULL;
 }
 
-/* Starts faulting in tbl's index (sized: hl_table_reserve) and the rows
- * of users ids; NULL when not started. */
+/* Starts faulting in the rows of users ids of tbl; NULL when not started. */
 static struct hl_swap_prefault *prefault_start(hl_table *tbl, size_t users)
 {
     struct hl_swap_prefault *pf = malloc(sizeof *pf);
     if (pf == NULL)
         return NULL;
     atomic_store(&pf->stop, 0);
-    hl_table_index_span(tbl, &pf->spans[0]);
-    pf->n = hl_table_map_rows(tbl, users, pf->spans + 1, PREFAULT_SPANS - 1);
-    /* Not the index and the first rows at once, on this thread: that put
-     * 35-45 ms into the switch itself when the kernel had to compact
-     * memory for the huge pages (bench_swap after a same-shape case, four
-     * runs), more than the first batch loses racing the helper. */
-    if (pf->n++ < 0 || pthread_create(&pf->th, NULL, prefault_run, pf) != 0) {
+    pf->n = hl_table_map_rows(tbl, users, pf->spans, PREFAULT_SPANS);
+    /* Not the first rows at once, on this thread: that put 35-45 ms into
+     * the switch itself when the kernel had to compact memory for the
+     * huge pages (bench_swap after a same-shape case, four runs), more
+     * than the first batch loses racing the helper. */
+    if (pf->n <= 0 || pthread_create(&pf->th, NULL, prefault_run, pf) != 0) {
         free(pf);
         return NULL;
     }
@@ -225,12 +227,16 @@ void hl_shard_swap_drop(hl_shard *sh)
 
 /* The new table of to's shape (the old one's history, max.users and
  * eviction options; its stream time and LRU clock) and room for one
- * moved row. The index is sized for every user at once: its doublings
- * while the users move in would each stall one batch. */
+ * moved row. Its index starts small and grows as the users move in, by
+ * the incremental doubling every table's index does (core/index.c):
+ * sized for every user at once, its pages were all first written by the
+ * first moves, at random, and the first batch took 16-21 ms where it
+ * now takes under 10 (bench_swap at 1M users, three runs each). */
 static int begin_reshape(hl_shard *sh, const hl_mref *to)
 {
     char err[256];
     hl_table_opts o = *hl_table_opts_get(sh->tbl);
+    o.expected_users = 0;
     const hl_model_info *mi = to->mi;
     hl_table_stats st;
     hl_table_meta meta;
@@ -239,7 +245,6 @@ static int begin_reshape(hl_shard *sh, const hl_mref *to)
         (nt = hl_table_create(&o, err, sizeof err)) == NULL)
         goto fail;
     hl_table_stats_get(sh->tbl, &st);
-    hl_table_reserve(nt, st.users);     /* a hint: without it the index grows */
     hl_table_meta_get(sh->tbl, &meta);
     meta.sweep_cursor = 0;
     hl_table_meta_set(nt, &meta);
@@ -275,8 +280,8 @@ static void touch_batch_reshape(hl_shard *sh)
         if (i + TOUCH_AHEAD < sh->n_ev)
             hl_table_prefetch(sh->old_tbl, sh->ev[i + TOUCH_AHEAD].user,
                               sh->ev[i + TOUCH_AHEAD].user_len);
-        if (hl_table_find(sh->tbl, e->user, e->user_len) >= 0)
-            continue;
+        /* a user is in one table only: found in the old one, it is not in
+         * the new one (nor ever inserted there before this move) */
         int64_t row = hl_table_find(sh->old_tbl, e->user, e->user_len);
         if (row >= 0) {
             double a = cpu_us();
@@ -367,9 +372,9 @@ int hl_shard_swap_begin(hl_shard *sh, hl_mref *to)
     sh->mig_cursor = 0;
     sh->mig_rows = 0;
     sh->mig_finished = 0;
-    sh->mig_row_us = ROW_US_START;
+    sh->mig_row_us = sh->old_tbl != NULL ? MOVE_US_START : ROW_US_START;
     sh->mig_look_us = LOOK_US_START;
-    sh->mig_sweep_us = SWEEP_US_START;
+    sh->mig_sweep_us = sh->old_tbl != NULL ? MOVE_US_START : SWEEP_US_START;
     sh->mig_pass_us = PASS_US_START;
     sh->mig_touch_max_us = 0;
     sh->mig_t0_us = hl_now_mono_us();

@@ -28,25 +28,36 @@ static float frand(void)
     return (float)((double)(g_seed >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
 }
 
-/* N_ITEMS items "it<first>".. with random e_in (B shares 450 of A's ids). */
-static int write_model(const char *path, int first, const char *version)
+/* A model's state shape. */
+typedef struct shape {
+    int    dim, n_heads;
+    double half_life_ms[HEADS];
+} shape;
+static const shape SHAPE_A = {DIM, HEADS, {3600e3, 86400e3, 30 * 86400e3}};
+/* another dim, fewer heads, one half-life kept and one new */
+static const shape SHAPE_R = {12, 2, {3600e3, 7 * 86400e3}};
+
+/* N_ITEMS items "it<first>".. with random e_in (B shares 450 of A's ids),
+ * of shape sp. */
+static int write_model_shape(const char *path, int first, const char *version,
+                             const shape *sp)
 {
     hl_model_parts p;
     memset(&p, 0, sizeof p);
     hl_model_info *mi = &p.info;
-    *mi = (hl_model_info){.dim = DIM, .n_heads = HEADS, .n_items = N_ITEMS, .n_layers = 1,
-                          .layer_out = {DIM}};
-    double hl[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
-    memcpy(mi->half_life_ms, hl, sizeof hl);
+    const int dim = sp->dim;
+    *mi = (hl_model_info){.dim = dim, .n_heads = sp->n_heads, .n_items = N_ITEMS,
+                          .n_layers = 1, .layer_out = {dim}};
+    memcpy(mi->half_life_ms, sp->half_life_ms, sizeof(double) * (size_t)sp->n_heads);
     for (int t = 0; t < HL_N_TYPES; t++) mi->type_weight[t] = 1;
     snprintf(mi->version, sizeof mi->version, "%s", version);
     int in = hl_model_input_dim(mi);
-    float *e_in = malloc(sizeof(float) * N_ITEMS * DIM), *e_out = malloc(sizeof(float) * N_ITEMS * DIM);
-    float *bias = calloc(N_ITEMS, sizeof(float)), *w = calloc((size_t)DIM * in, sizeof(float));
-    float *b = calloc(DIM, sizeof(float));
+    float *e_in = malloc(sizeof(float) * N_ITEMS * dim), *e_out = malloc(sizeof(float) * N_ITEMS * dim);
+    float *bias = calloc(N_ITEMS, sizeof(float)), *w = calloc((size_t)dim * in, sizeof(float));
+    float *b = calloc((size_t)dim, sizeof(float));
     char **ids = malloc(sizeof *ids * N_ITEMS);
     uint32_t *lens = malloc(sizeof *lens * N_ITEMS);
-    for (int i = 0; i < N_ITEMS * DIM; i++) { e_in[i] = frand(); e_out[i] = frand(); }
+    for (int i = 0; i < N_ITEMS * dim; i++) { e_in[i] = frand(); e_out[i] = frand(); }
     for (int i = 0; i < N_ITEMS; i++) {
         ids[i] = malloc(16);
         lens[i] = (uint32_t)snprintf(ids[i], 16, "it%d", first + i);
@@ -61,13 +72,22 @@ static int write_model(const char *path, int first, const char *version)
     return rc;
 }
 
-static hl_table *new_table(void)
+static int write_model(const char *path, int first, const char *version)
+{
+    return write_model_shape(path, first, version, &SHAPE_A);
+}
+
+static hl_table *new_table_shape(const shape *sp)
 {
     hl_table_opts o = {.history = 8, .expected_users = N_USERS};
-    double hl[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
     char err[256];
-    hl_decay_init(&o.decay, HEADS, DIM, hl, err, sizeof err);
+    hl_decay_init(&o.decay, sp->n_heads, sp->dim, sp->half_life_ms, err, sizeof err);
     return hl_table_create(&o, err, sizeof err);
+}
+
+static hl_table *new_table(void)
+{
+    return new_table_shape(&SHAPE_A);
 }
 
 static char g_users[N_USERS][16];   /* events in a batch point at their user */
@@ -107,14 +127,14 @@ typedef struct fixture {
     hl_table   *plain;      /* the same events, migrated all at once */
 } fixture;
 
-/* Model A serving a shard fed 12 events per user, B renamed over the path
- * and loaded (not yet begun in the shard). */
-static int fixture_open(fixture *f)
+/* Model A serving a shard fed 12 events per user, B (of shape b_shape)
+ * renamed over the path and loaded (not yet begun in the shard). */
+static int fixture_open_shape(fixture *f, const shape *b_shape)
 {
     char err[512];
     memset(f, 0, sizeof *f);
     unlink(LIVE);
-    if (write_model(PATH_A, 0, "A") != 0 || write_model(PATH_B, 50, "B") != 0 ||
+    if (write_model(PATH_A, 0, "A") != 0 || write_model_shape(PATH_B, 50, "B", b_shape) != 0 ||
         (f->a = hl_model_open(PATH_A, err, sizeof err)) == NULL || link(PATH_A, LIVE) != 0)
         return -1;
     f->reg = hl_metrics_create();
@@ -128,6 +148,11 @@ static int fixture_open(fixture *f)
     f->plain = new_table();
     feed(f->sh, f->a, 0, 12 * N_USERS, 1024);
     return rename(PATH_B, LIVE) == 0 && hl_models_check(f->ms, 0, 1) == 1 ? 0 : -1;
+}
+
+static int fixture_open(fixture *f)
+{
+    return fixture_open_shape(f, &SHAPE_A);
 }
 
 static void fixture_close(fixture *f)
@@ -239,6 +264,181 @@ static void test_batch_cap_follows_cost(void)
     fixture_close(&f);
 }
 
+/* 0 when the two rows are the same user state (heads and masses within
+ * float tolerance, ring and offsets equal); else reports the first
+ * difference. */
+static int same_row(const hl_row_view *a, const hl_row_view *b, int n_heads, int dim)
+{
+    for (int j = 0; j < n_heads * dim; j++)
+        if (fabsf(a->s[j] - b->s[j]) > 1e-4f * (1 + fabsf(b->s[j]))) {
+            CHECKF(0, "user %.*s head value %d: %g, expected %g", (int)a->user_len,
+                   a->user, j, a->s[j], b->s[j]);
+            return -1;
+        }
+    for (int h = 0; h < n_heads; h++)
+        if (fabsf(a->m[h] - b->m[h]) > 1e-4f * (1 + fabsf(b->m[h]))) {
+            CHECKF(0, "user %.*s mass %d: %g, expected %g", (int)a->user_len, a->user, h,
+                   a->m[h], b->m[h]);
+            return -1;
+        }
+    if (a->n_hist != b->n_hist || a->last_offset != b->last_offset || a->t_ref_ms != b->t_ref_ms) {
+        CHECKF(0, "user %.*s ring %d / offset %lld, expected %d / %lld", (int)a->user_len,
+               a->user, a->n_hist, (long long)a->last_offset, b->n_hist,
+               (long long)b->last_offset);
+        return -1;
+    }
+    for (int i = 0; i < a->n_hist; i++)
+        if (a->hist_item[hl_row_hist_index(a, i)] != b->hist_item[hl_row_hist_index(b, i)]) {
+            CHECKF(0, "user %.*s ring entry %d differs", (int)a->user_len, a->user, i);
+            return -1;
+        }
+    return 0;
+}
+
+/* Where user u is: 1 in the shard's (new) table, 2 in the old one, 3 in
+ * both (doubled), 0 in neither (lost). */
+static int where(const hl_shard *sh, int u)
+{
+    const char *user = g_users[u];
+    size_t len = strlen(user);
+    return (hl_table_find(sh->tbl, user, len) >= 0) |
+           (sh->old_tbl && hl_table_find(sh->old_tbl, user, len) >= 0) << 1;
+}
+
+/* A model of another dim, number of heads and half-lives goes live in a
+ * running shard: users move into a table of the new shape when a batch
+ * touches them (before their event) and by the time-bounded sweep; none is
+ * lost or doubled at any point; each ends as hl_migration_row_into of its
+ * old row, then the events after the swap under B (the all-at-once
+ * hl_migration_table_into and the same events). */
+static void test_reshape_moves_every_user(void)
+{
+    fixture f;
+    CHECK(fixture_open_shape(&f, &SHAPE_R) == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_mref *b = hl_models_acquire(f.ms);
+    CHECK(b->mi->dim == SHAPE_R.dim && hl_migration_reshapes(b->from_prev));
+    char item[16];
+    for (int i = 0; i < 12 * N_USERS; i++) {
+        hl_event ev = event_at(f.a, i, item);
+        hl_table_apply(f.plain, &ev, 1, hl_model_e_in(f.a), N_ITEMS, NULL);
+    }
+    hl_table *want = new_table_shape(&SHAPE_R);
+    CHECK(hl_migration_table_into(b->from_prev, f.plain, want) == N_USERS);
+    hl_table *old = f.sh->tbl;
+
+    CHECK(hl_shard_swap_begin(f.sh, b) == 0);
+    CHECK(f.sh->old_tbl == old && f.sh->tbl != old);
+    CHECK(hl_table_opts_get(f.sh->tbl)->decay.dim == SHAPE_R.dim &&
+          hl_table_opts_get(f.sh->tbl)->decay.n_heads == SHAPE_R.n_heads);
+    /* batches touch users 0..1999 (events of the stream after the swap) */
+    int from = 20 * N_USERS, n_touch = 2000;
+    feed(f.sh, b->m, from, from + n_touch, 256);
+    for (int i = from; i < from + n_touch; i++) {
+        hl_event ev = event_at(b->m, i, item);
+        hl_table_apply(want, &ev, 1, hl_model_e_in(b->m), N_ITEMS, NULL);
+    }
+    CHECKF(f.sh->mig_rows == (uint64_t)n_touch, "%llu moved by touch, want %d",
+           (unsigned long long)f.sh->mig_rows, n_touch);
+    int lost = 0, doubled = 0, early = 0;
+    for (int u = 0; u < N_USERS; u++) {
+        int w = where(f.sh, u);
+        lost += w == 0;
+        doubled += w == 3;
+        early += u < n_touch ? w != 1 : w != 2;
+    }
+    CHECKF(lost == 0 && doubled == 0 && early == 0, "lost %d doubled %d misplaced %d",
+           lost, doubled, early);
+    /* the sweep moves the rest in bounded slices */
+    int ticks = 0;
+    while (f.sh->mig_from != NULL && ticks < 100000) {
+        int releasing = f.sh->mig_finished;
+        size_t rows = hl_shard_swap_tick(f.sh, 300);
+        if (!releasing && !f.sh->mig_finished)
+            CHECKF(rows > 0, "tick %d moved no user", ticks);
+        if (ticks % 7 == 0 && f.sh->mig_from != NULL)
+            for (int u = 0; u < N_USERS; u++)
+                if (where(f.sh, u) == 0 || where(f.sh, u) == 3) lost++;
+        ticks++;
+    }
+    CHECKF(lost == 0, "%d users lost or doubled during the sweep", lost);
+    CHECKF(ticks > 3, "%d ticks: the slices were not bounded", ticks);
+    CHECK(f.sh->old_tbl == NULL && f.sh->mig_from == NULL);
+    CHECKF(hl_counter_get(f.sh->c_migrated) == N_USERS, "migrated counter %llu",
+           (unsigned long long)hl_counter_get(f.sh->c_migrated));
+    hl_table_stats st;
+    hl_table_stats_get(f.sh->tbl, &st);
+    CHECKF(st.users == N_USERS, "%zu users in the new table", st.users);
+    int bad = 0;
+    for (int u = 0; u < N_USERS && bad < 3; u++) {
+        size_t len = strlen(g_users[u]);
+        int64_t ra = hl_table_find(f.sh->tbl, g_users[u], len);
+        int64_t rb = hl_table_find(want, g_users[u], len);
+        CHECK(ra >= 0 && rb >= 0);
+        if (ra < 0 || rb < 0) break;
+        hl_row_view va, vb;
+        hl_table_view(f.sh->tbl, (uint32_t)ra, &va);
+        hl_table_view(want, (uint32_t)rb, &vb);
+        bad += same_row(&va, &vb, SHAPE_R.n_heads, SHAPE_R.dim) != 0;
+    }
+    /* events keep flowing into the new shape after the migration */
+    feed(f.sh, b->m, from + n_touch, from + n_touch + 100, 100);
+    hl_mref_release(b);
+    hl_table_destroy(want);
+    fixture_close(&f);
+}
+
+/* A stop (or a snapshot, a revocation) mid-reshape finishes the move: every
+ * user in the new table, none in two. */
+static void test_reshape_finish_moves_rest(void)
+{
+    fixture f;
+    CHECK(fixture_open_shape(&f, &SHAPE_R) == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_mref *b = hl_models_acquire(f.ms);
+    CHECK(hl_shard_swap_begin(f.sh, b) == 0);
+    hl_shard_swap_tick(f.sh, 100);
+    CHECK(f.sh->old_tbl != NULL);
+    hl_shard_swap_finish(f.sh);
+    CHECK(f.sh->old_tbl == NULL && f.sh->mig_from == NULL && f.sh->mref == b);
+    int ok = 0;
+    for (int u = 0; u < N_USERS; u++)
+        ok += where(f.sh, u) == 1;
+    CHECKF(ok == N_USERS, "%d of %d users in the new table", ok, N_USERS);
+    CHECK(hl_counter_get(f.sh->c_migrated) == N_USERS);
+    hl_mref_release(b);
+    fixture_close(&f);
+}
+
+/* A setup that cannot follow a reshape (reshape_refused) refuses such a
+ * model, counted, and keeps serving; a model of the same shape still goes
+ * live there. */
+static void test_reshape_refused_when_asked(void)
+{
+    char err[512];
+    unlink(LIVE);
+    CHECK(write_model(PATH_A, 0, "A") == 0 && write_model_shape(PATH_B, 50, "B", &SHAPE_R) == 0);
+    hl_model *a = hl_model_open(PATH_A, err, sizeof err);
+    CHECK(a != NULL && link(PATH_A, LIVE) == 0);
+    if (a == NULL) return;
+    hl_metrics *reg = hl_metrics_create();
+    hl_models_opts mo = {.path = LIVE, .check_ms = 0, .reg = reg,
+                         .reshape_refused = "not in this setup"};
+    hl_models *ms = hl_models_create(&mo, a, err, sizeof err);
+    CHECK(rename(PATH_B, LIVE) == 0);
+    CHECK(hl_models_check(ms, 0, 1) < 0);
+    hl_mref *r = hl_models_acquire(ms);
+    CHECK(r->gen == 1 && strcmp(r->mi->version, "A") == 0);
+    hl_mref_release(r);
+    CHECK(write_model(PATH_B, 50, "B2") == 0 && rename(PATH_B, LIVE) == 0);
+    CHECK(hl_models_check(ms, 0, 1) == 1);
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    unlink(PATH_A);
+    unlink(LIVE);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_WARN);
@@ -246,6 +446,9 @@ int main(void)
         snprintf(g_users[u], sizeof g_users[u], "u%d", u);
     RUN(test_slices_bounded_by_time);
     RUN(test_batch_cap_follows_cost);
+    RUN(test_reshape_moves_every_user);
+    RUN(test_reshape_finish_moves_rest);
+    RUN(test_reshape_refused_when_asked);
     unlink(PATH_B);
     TEST_EXIT();
 }

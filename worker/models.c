@@ -182,6 +182,33 @@ hl_model *hl_models_open_kept(hl_models *ms, uint64_t fingerprint, char *errbuf,
     return m;
 }
 
+int hl_models_same_shape(const hl_model_info *a, const hl_model_info *b)
+{
+    if (a->dim != b->dim || a->n_heads != b->n_heads)
+        return 0;
+    for (int h = 0; h < a->n_heads; h++)
+        if (a->half_life_ms[h] != b->half_life_ms[h])
+            return 0;
+    return 1;
+}
+
+/* The map from cur into m: in place for one shape (the path a same-shape
+ * swap always took, bit for bit), else into m's shape (a reshape, when
+ * the setup allows it). NULL and a reason when refused or on failure. */
+static hl_migration *fit(hl_models *ms, const hl_mref *cur, const hl_model *m,
+                         char *errbuf, size_t errlen)
+{
+    const hl_model_info *a = cur->mi, *b = hl_model_info_get(m);
+    if (hl_models_same_shape(a, b))
+        return hl_migration_create(cur->m, m, cur->tw, errbuf, errlen);
+    if (ms->o.reshape_refused != NULL) {
+        hl_err(errbuf, errlen, HL_EMISMATCH, "another state shape (dim %d -> %d, heads "
+               "%d -> %d): %s", a->dim, b->dim, a->n_heads, b->n_heads, ms->o.reshape_refused);
+        return NULL;
+    }
+    return hl_migration_create_any(cur->m, m, cur->tw, errbuf, errlen);
+}
+
 /* ---- references --------------------------------------------------------- */
 
 static hl_mref *mref_new(hl_models *ms, hl_model *m, int owned, uint64_t gen)
@@ -256,7 +283,7 @@ static void register_metrics(hl_models *ms)
     ms->swaps = hl_metrics_counter(reg, "halflife_model_swaps_total",
         "New models put in service without a restart.", NULL);
     ms->failures = hl_metrics_counter(reg, "halflife_model_swap_failures_total",
-        "Changed model files refused (damaged, half-written, another state shape).", NULL);
+        "Changed model files refused (damaged, half-written, or refused by the setup).", NULL);
     ms->loaded_ts = hl_metrics_gauge(reg, "halflife_model_loaded_timestamp_seconds",
         "Wall time the model in use was loaded.", NULL);
 }
@@ -317,10 +344,11 @@ static void install(hl_models *ms, hl_mref *r, double fit_s)
     hl_counter_add(ms->swaps, 1);
     show_model(ms, r);
     hl_log(HL_LOG_INFO, "model_swapped", "path=%s version=\"%s\" fingerprint=%016llx "
-           "previous_version=\"%s\" generation=%llu shared_items=%d fit_seconds=%.3f",
-           ms->o.path, r->mi->version, (unsigned long long)r->mi->fingerprint,
-           old->mi->version, (unsigned long long)r->gen,
-           hl_migration_shared(r->from_prev), fit_s);
+           "previous_version=\"%s\" generation=%llu shared_items=%d reshaped=%d "
+           "fit_seconds=%.3f", ms->o.path, r->mi->version,
+           (unsigned long long)r->mi->fingerprint, old->mi->version,
+           (unsigned long long)r->gen, hl_migration_shared(r->from_prev),
+           hl_migration_reshapes(r->from_prev), fit_s);
     hl_mref_release(old);
 }
 
@@ -375,7 +403,7 @@ static int load(hl_models *ms)
     }
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
-    r->from_prev = hl_migration_create(cur->m, m, cur->tw, err, sizeof err);
+    r->from_prev = fit(ms, cur, m, err, sizeof err);
     clock_gettime(CLOCK_MONOTONIC, &b);
     if (r->from_prev == NULL) {
         hl_mref_release(r);

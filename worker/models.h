@@ -68,7 +68,17 @@ typedef struct hl_models_opts {
      * NULL: none. */
     int        (*before_live)(void *arg, const hl_mref *r, char *errbuf, size_t errlen);
     void        *before_live_arg;
+    /* A model of another state shape (dim, heads, half-lives) goes live
+     * too: each shard moves its users into a table of the new shape
+     * (worker/swap.c). When the worker's setup cannot follow such a
+     * swap, this says why and such a model is refused (counted) with
+     * that reason; NULL: accepted. */
+    const char  *reshape_refused;
 } hl_models_opts;
+
+/* 1 when two models' rows have the same shape (dim, heads, half-lives):
+ * a swap between them migrates rows in place. */
+int        hl_models_same_shape(const hl_model_info *a, const hl_model_info *b);
 
 /* first is borrowed: the caller closes it after hl_models_destroy. Strings
  * in o are borrowed too. NULL and a reason on no memory. */

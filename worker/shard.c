@@ -65,6 +65,7 @@ void hl_shard_destroy(hl_shard *sh)
         return;
     hl_persist_shard_destroy(sh->ps);
     hl_changelog_shard_destroy(sh->cl);
+    hl_shard_swap_drop(sh);             /* a reshape cut short (swap.c) */
     hl_table_destroy(sh->tbl);
     hl_mref_release(sh->mref);
     hl_mref_release(sh->mig_from);
@@ -133,6 +134,12 @@ void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2])
 {
     hl_table_stats st;
     hl_table_stats_get(sh->tbl, &st);
+    if (sh->old_tbl != NULL) {          /* a reshape: users not moved yet count */
+        hl_table_stats old;
+        hl_table_stats_get(sh->old_tbl, &old);
+        st.users += old.users;
+        st.bytes += old.bytes;
+    }
     hl_gauge_set(sh->series.users, (double)st.users);
     hl_gauge_set(sh->series.state_bytes, (double)st.bytes);
     hl_counter_add(evictions[0], st.evicted_mass - sh->evicted_mass_seen);

@@ -89,6 +89,14 @@ typedef struct hl_shard {
     double      mig_pass_us;         /* a row the sweep passes (not migrating) */
     double      mig_touch_max_us;    /* the longest a batch's migrations took */
     hl_counter *c_migrated;          /* halflife_users_migrated_total */
+    /* A reshaping migration (the new model has another dim, number of
+     * heads or half-lives): tbl is a new table of the new shape and the
+     * users not moved yet are in old_tbl, each moved (removed there,
+     * restored in tbl) when touched or swept. NULL otherwise. */
+    hl_table   *old_tbl;
+    float      *mv_s, *mv_m;         /* one moved row's heads and masses */
+    int32_t    *mv_hist;             /* and its ring's items */
+    struct hl_swap_prefault *mv_pf;  /* faults the new table's rows in (swap.c) */
 } hl_shard;
 
 /* Creates a shard for partition with room for cap_ev events per batch
@@ -214,6 +222,11 @@ size_t hl_shard_swap_tick(hl_shard *sh, int64_t budget_us);
 
 /* Migrates every row left (a snapshot or hand-over needs one model). */
 void hl_shard_swap_finish(hl_shard *sh);
+
+/* A reshape's second table and its helpers dropped, the users still in
+ * it lost: for hl_shard_destroy only (before the new table goes: the
+ * helper thread that faults it in is stopped here). */
+void hl_shard_swap_drop(hl_shard *sh);
 
 /* ---- snapshots (persist.h), owner thread ------------------------------ */
 

@@ -13,13 +13,33 @@
  * reach 10 ms when rows cost more than usual (bench_swap, 2026-12-03).
  * The shard keeps a reference to the old model until the sweep is done,
  * and no snapshot starts meanwhile (a file names one model): a revocation
- * or a stop finishes the migration first. Owner thread only. */
+ * or a stop finishes the migration first. Owner thread only.
+ *
+ * A new model of another state shape (dim, number of heads, half-lives)
+ * cannot be migrated in place: a row's size changes. The shard then gets
+ * a second table (below, "reshaping migrations"): sh->tbl becomes a new
+ * empty table of the new shape and the old one waits in sh->old_tbl; a
+ * user moves across (hl_migration_row_into, restored, removed) when a
+ * batch touches it, before its event, and by the same time-bounded
+ * sweep, so every reader of sh->tbl (apply, refresh, fold-in, snapshots,
+ * eviction) only ever sees rows of the model it serves, and a user is in
+ * exactly one of the two tables at every moment. Why a second table, not
+ * a bigger row or a restart: a restart stops the stream and re-reads the
+ * snapshot; rows of both sizes in one table would need every reader to
+ * tell them apart. What it costs: the new table's memory while both
+ * exist (faulted in off the batch loop: below), and a move is dearer than
+ * an in-place migration (no 64-row SGEMM). The changelog's rows and the
+ * gate's waiting rows are keyed by a shape and by row id: with either,
+ * the worker refuses such a model live (worker_start.c, reshape_refused). */
 #include "shard.h"
 
 #include "log.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 
 /* Cost estimates before the first measurement: on the high side (a loaded
@@ -28,6 +48,12 @@
 #define LOOK_US_START  0.5
 #define SWEEP_US_START 10.0
 #define PASS_US_START  0.5
+/* A reshape's first moves write a new table's first pages: 300-400 us
+ * each at 1M users (bench_swap's first batch, 49 moves in 12-24 ms at
+ * ROW_US_START), so its batches and slices start at the smallest. */
+#define MOVE_US_START  200.0
+
+#define TOUCH_AHEAD 8       /* events whose index slots are being fetched */
 
 /* The thread's CPU time: a slice's cost is what this thread spent, not
  * the time other processes held the core meanwhile. */
@@ -69,6 +95,210 @@ static double migrate_row(hl_shard *sh, uint32_t row)
     return sh->mig_n == HL_MIG_CHUNK ? flush(sh) : 0;
 }
 
+/* ---- reshaping migrations: a second table -------------------------------
+ * Rows of another shape cannot be migrated in place: the new model's rows
+ * live in a new table (sh->tbl) and the users not moved yet in the old
+ * one (sh->old_tbl). A user moves when a batch touches it or the sweep
+ * passes it: hl_migration_row_into of its old row, restored into the new
+ * table (hl_table_restore: a move is no event, so the row is not dirty and
+ * no list is made for it), then removed from the old table (not an
+ * eviction: no tombstone). Only moves empty the old table, so one pass of
+ * the sweep over it ends the migration. */
+
+/* The user at row of the old table into the new one. A restore fails only
+ * without memory: the user is then dropped (logged), never left behind,
+ * so the sweep always ends. */
+static void move_row(hl_shard *sh, uint32_t row)
+{
+    hl_row_view v, nv;
+    hl_table_view(sh->old_tbl, row, &v);
+    hl_migration_row_into(sh->mig, &v, sh->mv_s, sh->mv_m, sh->mv_hist, sh->mig_scratch);
+    nv = v;
+    nv.s = sh->mv_s;
+    nv.m = sh->mv_m;
+    nv.hist_item = sh->mv_hist;
+    int rc = hl_table_restore(sh->tbl, &nv);
+    if (rc != 0)
+        hl_log(HL_LOG_ERROR, "migration_user_lost", "partition=%d user=\"%.*s\" err=%s",
+               (int)sh->partition, (int)v.user_len, v.user, hl_strerror(rc));
+    hl_table_remove(sh->old_tbl, v.user, v.user_len);
+    sh->mig_rows += rc == 0;
+}
+
+/* The new table's rows are new memory: a table maps its blocks in huge
+ * pages, and the first write to each 2 MB page stops the writer while the
+ * kernel clears it (and may compact memory first: bench_swap saw a slice
+ * of 100 ms at 1M users without this). A thread of the reshape's own
+ * faults the rows every user will need in ahead of the moves, as a
+ * changelog restore does (changelog_restore.c); the shard thread's moves
+ * then write to pages already there. Only a hint: without the advice, or
+ * on a failure, the faults fall to the moves. */
+#define PREFAULT_SPANS 512                /* table blocks */
+#define PREFAULT_CHUNK ((size_t)4 << 20)  /* per call: stop is checked between */
+
+struct hl_swap_prefault {
+    hl_table_span spans[PREFAULT_SPANS];
+    int           n;
+    atomic_int    stop;
+    pthread_t     th;
+};
+
+static void *prefault_run(void *arg)
+{
+#ifdef MADV_POPULATE_WRITE
+    struct hl_swap_prefault *pf = arg;
+    for (int i = 0; i < pf->n; i++)
+        for (size_t off = 0; off < pf->spans[i].bytes; off += PREFAULT_CHUNK) {
+            size_t n = pf->spans[i].bytes - off;
+            if (atomic_load(&pf->stop) ||
+                madvise((char *)pf->spans[i].addr + off, n < PREFAULT_CHUNK ? n : PREFAULT_CHUNK,
+                        MADV_POPULATE_WRITE) != 0)
+                return NULL;
+        }
+#else
+    (void)arg;
+#endif
+    return NULL;
+}
+
+/* Starts faulting in the rows of users ids of tbl; NULL when not started. */
+static struct hl_swap_prefault *prefault_start(hl_table *tbl, size_t users)
+{
+    struct hl_swap_prefault *pf = malloc(sizeof *pf);
+    if (pf == NULL)
+        return NULL;
+    atomic_store(&pf->stop, 0);
+    pf->n = hl_table_map_rows(tbl, users, pf->spans, PREFAULT_SPANS);
+    /* Not the first rows at once, on this thread: that put 35-45 ms into
+     * the switch itself when the kernel had to compact memory for the
+     * huge pages (bench_swap after a same-shape case, four runs), more
+     * than the first batch loses racing the helper. */
+    if (pf->n <= 0 || pthread_create(&pf->th, NULL, prefault_run, pf) != 0) {
+        free(pf);
+        return NULL;
+    }
+    return pf;
+}
+
+static void prefault_stop(struct hl_swap_prefault *pf)
+{
+    if (pf == NULL)
+        return;
+    atomic_store(&pf->stop, 1);
+    pthread_join(pf->th, NULL);
+    free(pf);
+}
+
+static void *destroy_run(void *arg)
+{
+    hl_table_destroy(arg);
+    return NULL;
+}
+
+/* A reshape's end: the old table, empty now, is unmapped on a thread of
+ * its own. Its blocks were mapped for every user, and giving them back
+ * took 7 ms of the shard thread at 1M users (bench_swap); a thread that
+ * cannot start leaves it to this one. */
+static void release_old(hl_shard *sh)
+{
+    pthread_t th;
+    pthread_attr_t at;
+    if (sh->old_tbl != NULL && pthread_attr_init(&at) == 0) {
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &at, destroy_run, sh->old_tbl) == 0)
+            sh->old_tbl = NULL;
+        pthread_attr_destroy(&at);
+    }
+    hl_shard_swap_drop(sh);
+}
+
+void hl_shard_swap_drop(hl_shard *sh)
+{
+    prefault_stop(sh->mv_pf);
+    sh->mv_pf = NULL;
+    hl_table_destroy(sh->old_tbl);
+    free(sh->mv_s);
+    free(sh->mv_m);
+    free(sh->mv_hist);
+    sh->old_tbl = NULL;
+    sh->mv_s = sh->mv_m = NULL;
+    sh->mv_hist = NULL;
+}
+
+/* The new table of to's shape (the old one's history, max.users and
+ * eviction options; its stream time and LRU clock) and room for one
+ * moved row. Its index starts small and grows as the users move in, by
+ * the incremental doubling every table's index does (core/index.c):
+ * sized for every user at once, its pages were all first written by the
+ * first moves, at random, and the first batch took 16-21 ms where it
+ * now takes under 10 (bench_swap at 1M users, three runs each). */
+static int begin_reshape(hl_shard *sh, const hl_mref *to)
+{
+    char err[256];
+    hl_table_opts o = *hl_table_opts_get(sh->tbl);
+    o.expected_users = 0;
+    const hl_model_info *mi = to->mi;
+    hl_table_stats st;
+    hl_table_meta meta;
+    hl_table *nt = NULL;
+    if (hl_decay_init(&o.decay, mi->n_heads, mi->dim, mi->half_life_ms, err, sizeof err) != 0 ||
+        (nt = hl_table_create(&o, err, sizeof err)) == NULL)
+        goto fail;
+    hl_table_stats_get(sh->tbl, &st);
+    hl_table_meta_get(sh->tbl, &meta);
+    meta.sweep_cursor = 0;
+    hl_table_meta_set(nt, &meta);
+    free(sh->mig_scratch);
+    sh->mig_scratch = malloc(sizeof(float) * hl_migration_scratch_floats(sh->mig));
+    sh->mv_s = malloc(sizeof(float) * (size_t)mi->n_heads * (size_t)mi->dim);
+    sh->mv_m = malloc(sizeof(float) * (size_t)mi->n_heads);
+    sh->mv_hist = malloc(sizeof(int32_t) * (size_t)o.history);
+    sh->old_tbl = sh->tbl;
+    sh->tbl = nt;
+    sh->mv_pf = prefault_start(nt, st.users);
+    if (sh->mig_scratch == NULL || sh->mv_s == NULL || sh->mv_m == NULL || sh->mv_hist == NULL) {
+        sh->tbl = sh->old_tbl;
+        sh->old_tbl = nt;
+        hl_shard_swap_drop(sh);
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    return 0;
+fail:
+    hl_log(HL_LOG_ERROR, "migration_failed", "partition=%d to=\"%s\" err=\"%s\"",
+           (int)sh->partition, mi->version, err);
+    return HL_ENOMEM;
+}
+
+/* A batch's users still in the old table move before their events. */
+static void touch_batch_reshape(hl_shard *sh)
+{
+    uint64_t before = sh->mig_rows;
+    double t0 = cpu_us(), mig_us = 0;
+    for (int i = 0; i < sh->n_ev; i++) {
+        const hl_event *e = &sh->ev[i];
+        if (i + TOUCH_AHEAD < sh->n_ev)
+            hl_table_prefetch(sh->old_tbl, sh->ev[i + TOUCH_AHEAD].user,
+                              sh->ev[i + TOUCH_AHEAD].user_len);
+        /* a user is in one table only: found in the old one, it is not in
+         * the new one (nor ever inserted there before this move) */
+        int64_t row = hl_table_find(sh->old_tbl, e->user, e->user_len);
+        if (row >= 0) {
+            double a = cpu_us();
+            move_row(sh, (uint32_t)row);
+            mig_us += cpu_us() - a;
+        }
+    }
+    uint64_t rows = sh->mig_rows - before;
+    if (rows >= HL_MIG_CHUNK / 4)
+        note_cost(&sh->mig_row_us, mig_us / (double)rows);
+    double all_us = cpu_us() - t0;
+    note_cost(&sh->mig_look_us, (all_us - mig_us) / (double)sh->n_ev);
+    if (all_us > sh->mig_touch_max_us)
+        sh->mig_touch_max_us = all_us;
+    hl_counter_add(sh->c_migrated, rows);
+}
+
 static void done(hl_shard *sh)
 {
     double s = (double)(hl_now_mono_us() - sh->mig_t0_us) / 1e6;
@@ -80,6 +310,7 @@ static void done(hl_shard *sh)
     free(sh->mig_scratch);
     free(sh->mig_edit);
     sh->mig_edit = NULL;
+    release_old(sh);
     sh->mig_finished = 0;
     sh->mig_from = NULL;
     sh->mig_own = NULL;
@@ -98,7 +329,9 @@ static int plan(hl_shard *sh, hl_mref *to)
         sh->mig = to->from_prev;
         return 0;
     }
-    sh->mig_own = hl_migration_create(sh->mref->m, to->m, sh->mref->tw, err, sizeof err);
+    sh->mig_own = hl_models_same_shape(sh->mref->mi, to->mi)
+        ? hl_migration_create(sh->mref->m, to->m, sh->mref->tw, err, sizeof err)
+        : hl_migration_create_any(sh->mref->m, to->m, sh->mref->tw, err, sizeof err);
     if (sh->mig_own == NULL) {
         hl_log(HL_LOG_ERROR, "migration_failed", "partition=%d from=\"%s\" to=\"%s\" "
                "err=\"%s\"", (int)sh->partition, sh->mref->mi->version, to->mi->version, err);
@@ -121,41 +354,46 @@ int hl_shard_swap_begin(hl_shard *sh, hl_mref *to)
     sh->mig_scratch = malloc(sizeof(float) * n);
     sh->mig_edit = malloc(sizeof *sh->mig_edit * HL_MIG_CHUNK);
     sh->mig_n = 0;
-    if (sh->mig_scratch == NULL || sh->mig_edit == NULL || plan(sh, to) != 0) {
+    if (sh->mig_scratch == NULL || sh->mig_edit == NULL || plan(sh, to) != 0 ||
+        (hl_migration_reshapes(sh->mig) && begin_reshape(sh, to) != 0)) {
         free(sh->mig_scratch);
         free(sh->mig_edit);
+        hl_migration_destroy(sh->mig_own);
+        sh->mig_own = NULL;
+        sh->mig = NULL;
         sh->mig_scratch = NULL;
         sh->mig_edit = NULL;
         return HL_ENOMEM;
     }
-    hl_table_flip_generation(sh->tbl);
+    if (sh->old_tbl == NULL)
+        hl_table_flip_generation(sh->tbl);
     sh->mig_from = sh->mref;
     sh->mref = hl_mref_get(to);
     sh->mig_cursor = 0;
     sh->mig_rows = 0;
     sh->mig_finished = 0;
-    sh->mig_row_us = ROW_US_START;
+    sh->mig_row_us = sh->old_tbl != NULL ? MOVE_US_START : ROW_US_START;
     sh->mig_look_us = LOOK_US_START;
-    sh->mig_sweep_us = SWEEP_US_START;
+    sh->mig_sweep_us = sh->old_tbl != NULL ? MOVE_US_START : SWEEP_US_START;
     sh->mig_pass_us = PASS_US_START;
     sh->mig_touch_max_us = 0;
     sh->mig_t0_us = hl_now_mono_us();
     hl_log(HL_LOG_INFO, "migration_started", "partition=%d from=\"%s\" to=\"%s\" "
-           "next_offset=%lld", (int)sh->partition, sh->mig_from->mi->version,
-           to->mi->version, (long long)sh->next_offset);
+           "next_offset=%lld reshaped=%d", (int)sh->partition, sh->mig_from->mi->version,
+           to->mi->version, (long long)sh->next_offset, sh->old_tbl != NULL);
     return 0;
 }
 
 void hl_shard_swap_touch(hl_shard *sh, uint32_t row)
 {
-    if (sh->mig_from != NULL && hl_table_row_stale(sh->tbl, row)) {
+    /* a reshape: every row of sh->tbl is in the new model already */
+    if (sh->mig_from != NULL && sh->old_tbl == NULL && hl_table_row_stale(sh->tbl, row)) {
         migrate_row(sh, row);
         flush(sh);
         hl_counter_add(sh->c_migrated, 1);
     }
 }
 
-#define TOUCH_AHEAD 8       /* events whose index slots are being fetched */
 
 static void prefetch_user(hl_shard *sh, int i)
 {
@@ -174,6 +412,10 @@ void hl_shard_swap_touch_batch(hl_shard *sh)
     uint64_t before = sh->mig_rows;
     if (sh->mig_from == NULL || sh->mig_finished)
         return;
+    if (sh->old_tbl != NULL) {
+        touch_batch_reshape(sh);
+        return;
+    }
     double t0 = cpu_us(), mig_us = 0;
     for (int i = 0; i < TOUCH_AHEAD; i++)
         prefetch_user(sh, i);
@@ -211,9 +453,32 @@ typedef struct chunk {
     double mig_us;              /* CPU in the migrations (flushes) */
 } chunk;
 
+/* A reshape's chunk: moves the old table's next users. Its passes are
+ * its moves (every row left there is to move). */
+static int sweep_old(hl_shard *sh, chunk *c)
+{
+    uint64_t before = sh->mig_rows;
+    int end = 0;
+    double t0 = cpu_us();
+    for (; c->passed < c->max_pass && c->passed < c->max_mig; c->passed++) {
+        uint32_t row = hl_table_next_live(sh->old_tbl, sh->mig_cursor);
+        if (row == UINT32_MAX) {
+            end = 1;
+            break;
+        }
+        move_row(sh, row);
+        sh->mig_cursor = row + 1;
+    }
+    c->mig_us = cpu_us() - t0;
+    c->migrated = (size_t)(sh->mig_rows - before);
+    return end;
+}
+
 /* One chunk from the cursor; 1 when the sweep has passed every row. */
 static int sweep(hl_shard *sh, chunk *c)
 {
+    if (sh->old_tbl != NULL)
+        return sweep_old(sh, c);
     uint64_t before = sh->mig_rows + (uint64_t)sh->mig_n;
     int end = 0;
     for (; c->passed < c->max_pass; c->passed++) {
@@ -258,7 +523,7 @@ static void chunk_note(hl_shard *sh, const chunk *c, double us)
 {
     if (c->migrated >= CHUNK_ROWS_MIN)
         note_cost(&sh->mig_sweep_us, c->mig_us / (double)c->migrated);
-    if (c->passed >= CHUNK_ROWS_MIN)
+    if (c->passed >= CHUNK_ROWS_MIN && sh->old_tbl == NULL)  /* a reshape passes none */
         note_cost(&sh->mig_pass_us, (us - c->mig_us) / (double)c->passed);
 }
 

@@ -342,14 +342,20 @@ static int load_items(hl_worker *w, volatile sig_atomic_t *sig)
 }
 
 /* model.path, when its check is due or SIGHUP asked: a new model becomes
- * current here, and restores from now on expect its fingerprint. */
+ * current here, and restores from now on expect its fingerprint; tables
+ * made for partitions assigned from now on have its shape (a swap to
+ * another shape moves the running shards' users: worker/swap.c). */
 static void check_model(hl_worker *w)
 {
     int force = w->o.reload_sig != NULL && *w->o.reload_sig;
     if (force)
         *w->o.reload_sig = 0;
     if (hl_models_check(w->models, hl_now_mono_ms(), force) == 1) {
+        char err[256];
         hl_mref *r = hl_models_acquire(w->models);
+        /* cannot fail: the model's own shape, checked when it was opened */
+        hl_decay_init(&w->ctx.topts.decay, r->mi->n_heads, r->mi->dim, r->mi->half_life_ms,
+                      err, sizeof err);
         if (w->persist)
             hl_persist_set_model(w->persist, r->mi->fingerprint);
         if (w->changelog)

@@ -63,6 +63,23 @@ static int rebind_items(void *arg, const hl_mref *r, char *errbuf, size_t errlen
                   "or on SIGHUP");
 }
 
+/* Why this setup cannot follow a live swap to a model of another state
+ * shape, or NULL when it can (worker/swap.c moves users into a table of
+ * the new shape). The changelog encodes rows at the shape it was created
+ * with, and recs.min.interval.ms keeps waiting users by row id, which a
+ * move into a new table does not keep: both would need a restart to
+ * follow (the restart migrates, worker_rebalance.c). */
+static const char *reshape_refused(const hl_worker_opts *o)
+{
+    if (o->state_kafka)
+        return "state.store=kafka cannot change its rows' shape live: restart the "
+               "worker with the new model (its users are migrated at the restore)";
+    if (o->recs_min_interval_ms > 0)
+        return "recs.min.interval.ms keeps waiting users by row, which a reshape moves: "
+               "restart the worker with the new model (its users are migrated)";
+    return NULL;
+}
+
 /* The served models: model.path reloads, weight.* overrides for each. */
 static int start_models(hl_worker *w, char *errbuf, size_t errlen)
 {
@@ -72,7 +89,8 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
                          .store_retain = w->o.model_retain > 0 ? w->o.model_retain : 4,
                          .first_qitems = w->qitems, .first_ivf = w->ivf,
                          .ivf_nlist = w->o.recs_index_nlist,
-                         .before_live = rebind_items, .before_live_arg = w};
+                         .before_live = rebind_items, .before_live_arg = w,
+                         .reshape_refused = reshape_refused(&w->o)};
     if (mo.store_dir == NULL && w->o.snapshot_dir != NULL && w->o.snapshot_dir[0] != '\0') {
         snprintf(w->model_dir, sizeof w->model_dir, "%s/models", w->o.snapshot_dir);
         mo.store_dir = w->model_dir;
@@ -83,7 +101,10 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
-/* Every model served has this shape: a swap to another is refused. */
+/* The shape of the tables made for newly assigned partitions: the first
+ * model's here, and the serving model's after a live swap to another
+ * shape (hl_worker_follow_model: tables are made and restored on the main
+ * thread, where swaps go live, so they always have the current model's). */
 static int table_opts(hl_worker *w, char *errbuf, size_t errlen)
 {
     const hl_model_info *mi = hl_model_info_get(w->m);

@@ -29,6 +29,10 @@
  *   swap_fit: fitting M (sgelsd over the shared items), on the main thread,
  *     off the batch loop.
  * Times are the thread's CPU time (see now_s).
+ * `--shape same|reshape|both` (both by default): reshape swaps to a B of
+ * another dim (DIM_R) and other half-lives, so each user moves into a
+ * second table of B's shape (worker/swap.c) and the swap_reshape_* lines
+ * give the same figures for it, against the same ceiling (A's dim).
  * `--users N` changes the user count, `--batch N` the events per batch
  * (batch.max.messages): the stall grows with the distinct stale users one
  * batch touches, so while a shard migrates the thread takes only as many
@@ -76,30 +80,34 @@ static double now_s(void)
 
 /* A model of N_ITEMS items; B's ids from first_id on, its e_in A's times
  * a near-identity map plus noise (a retrain from A's start, roughly). */
+static const double HL_A[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+/* --shape reshape: B has another dim and other half-lives (one kept) */
+#define DIM_R 48
+static const double HL_R[HEADS] = {3600e3, 7 * 86400e3, 90 * 86400e3};
+
 static int write_model(const char *path, int first_id, const float *base_e_in,
-                       const char *version)
+                       const char *version, int dim, const double *half_life_ms)
 {
     hl_model_parts p;
     memset(&p, 0, sizeof p);
     hl_model_info *mi = &p.info;
-    *mi = (hl_model_info){.dim = DIM, .n_heads = HEADS, .n_items = N_ITEMS, .n_layers = 1,
-                          .layer_out = {DIM}};
-    double hl[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
-    memcpy(mi->half_life_ms, hl, sizeof hl);
+    *mi = (hl_model_info){.dim = dim, .n_heads = HEADS, .n_items = N_ITEMS, .n_layers = 1,
+                          .layer_out = {dim}};
+    memcpy(mi->half_life_ms, half_life_ms, sizeof(double) * HEADS);
     for (int t = 0; t < HL_N_TYPES; t++) mi->type_weight[t] = 1;
     snprintf(mi->version, sizeof mi->version, "%s", version);
-    size_t ne = (size_t)N_ITEMS * DIM;
+    size_t ne = (size_t)N_ITEMS * dim;
     float *e_in = malloc(ne * 4), *e_out = malloc(ne * 4), *bias = calloc(N_ITEMS, 4);
-    float *w = malloc(sizeof(float) * DIM * HEADS * (DIM + 1)), *b = calloc(DIM, 4);
-    float *rot = malloc(sizeof(float) * DIM * DIM);
+    float *w = malloc(sizeof(float) * dim * HEADS * (dim + 1)), *b = calloc((size_t)dim, 4);
+    float *rot = malloc(sizeof(float) * DIM * dim);
     char **ids = malloc(sizeof *ids * N_ITEMS);
     uint32_t *lens = malloc(sizeof *lens * N_ITEMS);
-    for (int i = 0; i < DIM * DIM; i++) rot[i] = (i % (DIM + 1) == 0) + 0.1f * frand();
+    for (int i = 0; i < DIM * dim; i++) rot[i] = (i / dim == i % dim) + 0.1f * frand();
     for (size_t i = 0; i < ne; i++) { e_in[i] = frand(); e_out[i] = frand(); }
     if (base_e_in)          /* B: rows of the items A knows come from A's */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N_ITEMS - first_id, DIM, DIM,
-                    1.0f, base_e_in + (size_t)first_id * DIM, DIM, rot, DIM, 0.05f, e_in, DIM);
-    for (int i = 0; i < DIM * HEADS * (DIM + 1); i++) w[i] = 0.1f * frand();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N_ITEMS - first_id, dim, DIM,
+                    1.0f, base_e_in + (size_t)first_id * DIM, DIM, rot, dim, 0.05f, e_in, dim);
+    for (int i = 0; i < dim * HEADS * (dim + 1); i++) w[i] = 0.1f * frand();
     for (int i = 0; i < N_ITEMS; i++) {
         ids[i] = malloc(16);
         lens[i] = (uint32_t)snprintf(ids[i], 16, "i%07d", first_id + i);
@@ -122,6 +130,7 @@ typedef struct run {
     uint32_t    n_users;
     int         batch;      /* events per batch: full, or the swap's cap */
     int         full;       /* --batch (batch.max.messages) */
+    int         reshape;    /* B of another dim and half-lives (a second table) */
     int64_t     offset, ts;
     char       *names;      /* n_users ids of 12 bytes */
     char        path_a[64], path_b[64], live[64];
@@ -261,9 +270,10 @@ static int setup(run *r)
     snprintf(r->path_a, sizeof r->path_a, "/tmp/bench_swap_a_%d.hlm", pid);
     snprintf(r->path_b, sizeof r->path_b, "/tmp/bench_swap_b_%d.hlm", pid);
     snprintf(r->live, sizeof r->live, "/tmp/bench_swap_live_%d.hlm", pid);
-    if (write_model(r->path_a, 0, NULL, "bench-A") != 0) return 1;
+    if (write_model(r->path_a, 0, NULL, "bench-A", DIM, HL_A) != 0) return 1;
     r->a = hl_model_open(r->path_a, err, sizeof err);
-    if (r->a == NULL || write_model(r->path_b, N_ITEMS / 10, hl_model_e_in(r->a), "bench-B") != 0 ||
+    if (r->a == NULL || write_model(r->path_b, N_ITEMS / 10, hl_model_e_in(r->a), "bench-B",
+                                    r->reshape ? DIM_R : DIM, r->reshape ? HL_R : HL_A) != 0 ||
         link(r->path_a, r->live) != 0) {
         fprintf(stderr, "bench_swap: %s\n", r->a ? "cannot write models" : err);
         return 1;
@@ -273,8 +283,7 @@ static int setup(run *r)
     r->ms = hl_models_create(&mo, r->a, err, sizeof err);
     hl_table_opts to = {.history = HISTORY, .max_users = 0, .evict_mass = 0,
                         .expected_users = r->n_users};
-    double hls[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
-    hl_decay_init(&to.decay, HEADS, DIM, hls, err, sizeof err);
+    hl_decay_init(&to.decay, HEADS, DIM, HL_A, err, sizeof err);
     hl_table *tbl = hl_table_create(&to, err, sizeof err);
     r->sh = hl_shard_create(0, tbl, -1, NULL, r->batch, 0, r->reg, err, sizeof err);
     if (r->ms == NULL || r->sh == NULL) {
@@ -299,44 +308,40 @@ static double excess_q(mig_times *mt, double q)
 
 static void print(const run *r, mig_times *mt, int shared)
 {
+    const char *kind = r->reshape ? "swap_reshape" : "swap";
+    int dim_b = r->reshape ? DIM_R : DIM;
     double stall = mt->begin_s;
     if (mt->max_tick > stall) stall = mt->max_tick;
     if (mt->max_excess > stall) stall = mt->max_excess;
-    printf("{\"bench\":\"swap_stall\",\"users\":%u,\"dim\":%d,\"heads\":%d,\"value\":%.3f,"
+    printf("{\"bench\":\"%s_stall\",\"users\":%u,\"dim\":%d,\"dim_b\":%d,\"heads\":%d,"
+           "\"value\":%.3f,"
            "\"unit\":\"ms\",\"target\":10,\"met\":%s,\"begin_ms\":%.3f,\"max_slice_ms\":%.3f,"
            "\"release_ms\":%.3f,\"max_touch_ms\":%.3f,\"max_batch_excess_ms\":%.3f,"
            "\"batch_excess_p99_ms\":%.3f,\"batch_excess_p999_ms\":%.3f,\"max_batch_ms\":%.3f,"
            "\"batch_median_ms\":%.3f,\"base_a_ms\":%.4f,\"base_us_per_event\":%.3f,"
            "\"clock\":\"thread_cpu\",\"batch_events\":%d,\"batch_events_migrating\":"
            "[%d,%d],\"events_per_batch_migrating\":%.0f,\"worst_batch\":[%d,%d,%d]}\n",
-           r->n_users, DIM, HEADS,
+           kind, r->n_users, DIM, dim_b, HEADS,
            stall * 1e3, stall < 0.010 ? "true" : "false", mt->begin_s * 1e3,
            mt->max_tick * 1e3, mt->release_s * 1e3, r->sh->mig_touch_max_us / 1e3,
            mt->max_excess * 1e3, excess_q(mt, 0.99) * 1e3, excess_q(mt, 0.999) * 1e3,
            mt->max_batch * 1e3, mt->base_med * 1e3, mt->base_a * 1e3, mt->base_b * 1e6,
            r->batch, mt->min_events, mt->max_events, (double)mt->events / mt->batches,
            mt->worst_batch, mt->worst_events, mt->worst_rows);
-    printf("{\"bench\":\"swap_migrate_all\",\"users\":%u,\"value\":%.3f,\"unit\":\"s\","
+    printf("{\"bench\":\"%s_migrate_all\",\"users\":%u,\"value\":%.3f,\"unit\":\"s\","
            "\"ceiling\":%.3f,\"ceiling_what\":\"%d SGEMMs of users x dim by dim x dim\","
            "\"ratio\":%.3f,\"slices_s\":%.3f,\"batch_excess_s\":%.3f,\"wall_s\":%.3f,"
-           "\"batches_meanwhile\":%d,\"users_per_s\":%.0f}\n", r->n_users, mt->work_s,
+           "\"batches_meanwhile\":%d,\"users_per_s\":%.0f}\n", kind, r->n_users, mt->work_s,
            mt->ceil_s, HEADS, mt->ceil_s / mt->work_s, mt->slices_s, mt->excess_s, mt->wall_s,
            mt->batches, (double)r->n_users / mt->work_s);
-    printf("{\"bench\":\"swap_fit\",\"items\":%d,\"shared\":%d,\"dim\":%d,\"value\":%.3f,"
-           "\"unit\":\"s\",\"where\":\"main thread, off the batch loop\"}\n", N_ITEMS,
+    printf("{\"bench\":\"%s_fit\",\"items\":%d,\"shared\":%d,\"dim\":%d,\"value\":%.3f,"
+           "\"unit\":\"s\",\"where\":\"main thread, off the batch loop\"}\n", kind, N_ITEMS,
            shared, DIM, mt->fit_s);
 }
 
-int main(int argc, char **argv)
+/* One swap, A to B, of the shape r->reshape says: its figures printed. */
+static int one_case(run r)
 {
-    run r = {.n_users = 1000000, .batch = BATCH_DEFAULT, .ts = 1700000000000};
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--users") == 0) r.n_users = (uint32_t)atol(argv[i + 1]);
-        if (strcmp(argv[i], "--batch") == 0) r.batch = atoi(argv[i + 1]) > 0 ? atoi(argv[i + 1]) : 1;
-    }
-    r.full = r.batch;
-    openblas_set_num_threads(1);
-    hl_log_set_level(HL_LOG_WARN);
     if (setup(&r) != 0)
         return 1;
     /* The steady batch before the swap, full and at two sizes batches take
@@ -373,4 +378,26 @@ int main(int argc, char **argv)
     unlink(r.path_a);
     unlink(r.live);
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    run r = {.n_users = 1000000, .batch = BATCH_DEFAULT, .ts = 1700000000000};
+    const char *shape = "both";
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--users") == 0) r.n_users = (uint32_t)atol(argv[i + 1]);
+        if (strcmp(argv[i], "--batch") == 0) r.batch = atoi(argv[i + 1]) > 0 ? atoi(argv[i + 1]) : 1;
+        if (strcmp(argv[i], "--shape") == 0) shape = argv[i + 1];
+    }
+    r.full = r.batch;
+    openblas_set_num_threads(1);
+    hl_log_set_level(HL_LOG_WARN);
+    int rc = 0;
+    if (strcmp(shape, "reshape") != 0)
+        rc |= one_case(r);
+    if (strcmp(shape, "same") != 0) {
+        r.reshape = 1;
+        rc |= one_case(r);
+    }
+    return rc;
 }

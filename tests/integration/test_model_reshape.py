@@ -25,6 +25,15 @@ One restarted with B over A's whole snapshot.dir first moves the local
 snapshots (the changelog's cache, of A's shape) into B's shape, then reads
 the changelog after them: again each user equal to core/'s migration.
 
+Live (no restart): a worker serving A, events flowing, B renamed over
+model.path mid-stream. Each shard moves its users into a table of B's
+shape while the stream goes on (worker/swap.c): same PID, every event
+consumed and applied once, lists after each partition's swap point carry
+B's version, halflife_model_swaps_total 1, halflife_users_migrated_total
+counts every user seen before the swap, and each user's final state equals
+core/'s: the events before the swap point under A, hl_migration_create_any,
+the rest under B.
+
 Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_model_reshape.py
 """
 import os
@@ -87,7 +96,9 @@ def changelog_case(ck, br, model_a, model_b, events, ref):
     C.wait_consumed([w], len(events), 60)
     rc_a, _s = w.term(30)
     shutil.copytree(os.path.join(snap_a, "models"), os.path.join(snap_b, "models"))
-    w = kafka_worker(ck, br, model_b, snap_b, "reshape-kb")
+    live = os.path.join(ck.tmp, "live-k.hlm")
+    shutil.copyfile(model_b, live)
+    w = kafka_worker(ck, br, live, snap_b, "reshape-kb")
     S.wait_metric(w, "halflife_users_migrated_total", N_USERS, 120)
     w.wait_event("restored", 30, count=PARTS)
     n = w.metric_or("halflife_users_migrated_total")
@@ -96,6 +107,17 @@ def changelog_case(ck, br, model_a, model_b, events, ref):
     rows = sum(int(kv.get("rows", 0)) for _ts, kv in w.events("restored"))
     lines = len(w.events("changelog_reshaped"))
     consumed = w.metric_or("halflife_events_consumed_total", 0)
+    # a live swap to another shape is refused here: the changelog's rows
+    # keep one shape (worker_start.c, reshape_refused); B keeps serving
+    S.replace(model_a, live)
+    refused = S.wait_metric(w, "halflife_model_swap_failures_total", 1, 20)
+    why = [kv.get("err", "") for _ts, kv in w.events("model_swap_failed")]
+    ck.check("changelog_live_reshape_refused", refused and
+             w.metric_or("halflife_model_swaps_total") == 0 and w.p.poll() is None and
+             any("state.store=kafka" in r for r in why),
+             "failures %s swaps %s, reasons %s" % (
+                 w.metric_or("halflife_model_swap_failures_total"),
+                 w.metric_or("halflife_model_swaps_total"), why))
     rc, _s = w.term(30)
     state = S.dump_values(snap_b)
     diff = S.same_state(state, ref)
@@ -139,6 +161,41 @@ def cache_case(ck, br, model_b, snap_a, ref):
                 len(diff), len(ref), diff[:3]))
 
 
+def live_case(ck, model_a, model_b, events):
+    """B (another dim, heads and half-lives) renamed over model.path while
+    events flow: a live reshape, on a broker of its own."""
+    tmp = ck.tmp
+    live, snapdir = os.path.join(tmp, "live.hlm"), os.path.join(tmp, "snap-live")
+    shutil.copyfile(model_a, live)
+    br = C.Broker(ck.procs, PARTS, os.path.join(tmp, "broker-live.log"))
+    w, pid, where = S.swap_under_load(ck, br, live, model_a, model_b, events, snapdir)
+    started = w.events("migration_started")
+    swap_at = {int(kv["partition"]): int(kv["next_offset"]) for _ts, kv in started}
+    reshaped = sum(1 for _ts, kv in started if kv.get("reshaped") == "1")
+    w.wait_event("migration_done", 30, count=PARTS)
+    pre_users = {u for (u, *_r), (p, off) in zip(events, where) if off < swap_at.get(p, -1)}
+    migrated = w.metric_or("halflife_users_migrated_total")
+    ck.check("live_reshape_every_user_migrated", migrated == len(pre_users) and
+             len(swap_at) == PARTS and reshaped == PARTS and
+             len(w.events("migration_done")) == PARTS,
+             "migrated %s, users before the swap %d, shards %s, reshaped %d, done %d"
+             % (migrated, len(pre_users), swap_at, reshaped, len(w.events("migration_done"))))
+    totals = (w.metric_or("halflife_events_consumed_total"),
+              w.metric_or("halflife_events_applied_total"),
+              w.metric_or("halflife_events_duplicate_total", 0))
+    alive = w.p.poll() is None and w.p.pid == pid and len(w.events("worker_started")) == 1
+    rc, _secs = w.term(30)
+    state = S.dump_values(snapdir)
+    S.check_exactly_once(ck, alive, totals, events, where, state)
+    S.check_lists(ck, br, swap_at, S.version_of(model_a), S.version_of(model_b))
+    ref = S.offline_swap(tmp, events, where, swap_at, model_a, model_b)
+    diff = S.same_state(state, ref)
+    ck.check("live_reshape_final_state_equals_offline", rc == 0 and ref and not diff and
+             len(ref) == len(state) and dims_of(state) == {(4, 32)},
+             "exit %s, shapes %s, %d of %d users differ from core/'s swap, e.g. %s"
+             % (rc, dims_of(state), len(diff), len(ref), diff[:3]))
+
+
 def body(ck):
     tmp = ck.tmp
     model_a, model_b = os.path.join(tmp, "a.hlm"), os.path.join(tmp, "b.hlm")
@@ -147,6 +204,7 @@ def body(ck):
     events_csv = os.path.join(tmp, "e.csv")
     U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
     events = U.read_events_csv(events_csv)
+    live_case(ck, model_a, model_b, events)
     br = C.Broker(ck.procs, PARTS, os.path.join(tmp, "broker.log"),
                   topics=C.TOPICS + [STATE_TOPIC])
     U.produce_events(br.bootstrap, C.TOPIC, events)

@@ -12,8 +12,9 @@ B's, and each user's final state equals what core/ computes offline
 (build/tests/test_offline's swap mode: the events before the swap point
 under A, every user migrated with the same least-squares map, the rest
 under B). Then bad files renamed over model.path (truncated, random bytes,
-another dim, a finite 3e38 in e_out) are refused and counted while B keeps serving, and a SIGHUP
-with the file unchanged does nothing.
+a finite 3e38 in e_out) are refused and counted while B keeps serving, and
+a SIGHUP with the file unchanged does nothing. (A model of another dim is
+no bad file: it goes live too, test_model_reshape.py.)
 
 Restarts: a worker that saved its snapshots under A is restarted with B:
 every user is migrated (A is kept in <snapshot.dir>/models by
@@ -271,10 +272,6 @@ def check_bad_files(ck, w, live, tmp, model_b):
     with open(model_b, "rb") as f:
         good = f.read()
     bad = {"truncated": good[:len(good) // 2], "random": os.urandom(len(good))}
-    other = os.path.join(tmp, "dim8.hlm")
-    make_model(other, N_ITEMS, 8, 5)
-    with open(other, "rb") as f:
-        bad["other_dim"] = f.read()
     # finite but huge: every list would score inf (schemas/model.md, "Why 256")
     huge = bytearray(good)
     e_out_off = struct.unpack_from("<Q", huge, 224 + 16 * 11)[0]
@@ -294,8 +291,7 @@ def check_bad_files(ck, w, live, tmp, model_b):
                  "failures %s -> %s, swaps %s" % (before, w.metric_or(
                      "halflife_model_swap_failures_total"), w.metric_or("halflife_model_swaps_total")))
     reasons = [kv.get("err", "") for _ts, kv in w.events("model_swap_failed")]
-    ck.check("bad_file_reasons_logged", len(reasons) >= 4 and
-             any("dim" in r for r in reasons) and
+    ck.check("bad_file_reasons_logged", len(reasons) >= 3 and
              any("e_out[0][5] is 3e+38: expected |value| <= 256" in r for r in reasons),
              "reasons: %s" % reasons)
 

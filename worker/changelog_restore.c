@@ -255,6 +255,22 @@ static void move_row(restorer *rs, const hl_migration *mg, hl_row_view *v)
     v->hist_item = rs->mv_item;
 }
 
+/* v into any free row, when the id it had is taken by another user: a
+ * live swap to another shape moves users into a new table (other ids),
+ * so after it the changelog's older rows of other users can hold the ids
+ * its newer rows name. *row: where it went, so its model is still known
+ * (a row of unknown model would make every row mixed, rebuilt from the
+ * rings alone). */
+static int placed_elsewhere(restorer *rs, const hl_row_view *v, uint32_t *row)
+{
+    int rc = hl_table_restore(rs->tbl, v);
+    if (rc != 0)
+        return rc;
+    int64_t at = hl_table_find(rs->tbl, v->user, v->user_len);
+    *row = at >= 0 ? (uint32_t)at : UINT32_MAX;
+    return 0;
+}
+
 /* A row: replaces the user's row (later wins) at the id it had. One of
  * another shape is moved into the table's as it is read. */
 static int apply_row(restorer *rs, const hl_changelog_rec *m)
@@ -288,17 +304,17 @@ static int apply_row(restorer *rs, const hl_changelog_rec *m)
     int at = row < rs->row_bound, rc = at ? hl_table_restore_at(rs->tbl, row, &v) : HL_EINVAL;
     if (rc != 0 && hl_table_remove(rs->tbl, v.user, v.user_len) == 0 && at)
         rc = hl_table_restore_at(rs->tbl, row, &v);
-    int at_row = rc == 0;
-    if (rc != 0 && (rc = hl_table_restore(rs->tbl, &v)) != 0)
+    if (rc != 0 && (rc = placed_elsewhere(rs, &v, &row)) != 0)
         return rc;
     if (v.t_ref_ms > rs->seen.newest_ts_ms) rs->seen.newest_ts_ms = v.t_ref_ms;
     if (v.active_seq > rs->seen.active_seq) rs->seen.active_seq = v.active_seq;
     rs->out->n_rows++;
     if (rs->applied)
         atomic_store_explicit(rs->applied, rs->out->n_rows, memory_order_relaxed);
+    int at_row = row < rs->row_bound;
     note_model(rs, row, at_row, fp);
-    /* counted once per user held at the end (models_held); a row restored
-     * elsewhere is counted now */
+    /* counted once per user held at the end (models_held); a row beyond
+     * the map is counted now */
     if (at_row)
         rs->moved[row] = (uint8_t)how;
     else if (how != 0)

@@ -28,9 +28,11 @@
  * snapshot; rows of both sizes in one table would need every reader to
  * tell them apart. What it costs: the new table's memory while both
  * exist (faulted in off the batch loop: below), and a move is dearer than
- * an in-place migration (no 64-row SGEMM). The changelog's rows and the
- * gate's waiting rows are keyed by a shape and by row id: with either,
- * the worker refuses such a model live (worker_start.c, reshape_refused). */
+ * an in-place migration (no 64-row SGEMM). The changelog writes each
+ * table's rows in its own shape, and no flush runs during the move (as
+ * for any migration). The gate's waiting rows are keyed by row id, which
+ * a move changes: with recs.min.interval.ms the worker refuses such a
+ * model live (worker_start.c, reshape_refused). */
 #include "shard.h"
 
 #include "log.h"

@@ -56,6 +56,11 @@ void hl_worker_embedded_stop(hl_worker *w)
 static int rebind_items(void *arg, const hl_mref *r, char *errbuf, size_t errlen)
 {
     hl_worker *w = arg;
+    /* state.store=kafka follows a model of another shape (rows are
+     * written in their table's), as long as its rows fit a record */
+    if (w->changelog != NULL &&
+        hl_changelog_check_shape(w->changelog, r->mi->n_heads, r->mi->dim, errbuf, errlen) != 0)
+        return HL_EINVAL;
     if (w->items == NULL || hl_items_rebind(w->items, r->m, r->gen) == 0)
         return 0;
     return hl_err(errbuf, errlen, HL_ENOMEM, "the live catalogue could not be rebound "
@@ -65,15 +70,12 @@ static int rebind_items(void *arg, const hl_mref *r, char *errbuf, size_t errlen
 
 /* Why this setup cannot follow a live swap to a model of another state
  * shape, or NULL when it can (worker/swap.c moves users into a table of
- * the new shape). The changelog encodes rows at the shape it was created
- * with, and recs.min.interval.ms keeps waiting users by row id, which a
- * move into a new table does not keep: both would need a restart to
- * follow (the restart migrates, worker_rebalance.c). */
+ * the new shape; the changelog writes and reads rows in their table's
+ * shape). recs.min.interval.ms keeps waiting users by row id, which a
+ * move into a new table does not keep: that needs a restart to follow
+ * (the restart migrates, worker_rebalance.c). */
 static const char *reshape_refused(const hl_worker_opts *o)
 {
-    if (o->state_kafka)
-        return "state.store=kafka cannot change its rows' shape live: restart the "
-               "worker with the new model (its users are migrated at the restore)";
     if (o->recs_min_interval_ms > 0)
         return "recs.min.interval.ms keeps waiting users by row, which a reshape moves: "
                "restart the worker with the new model (its users are migrated)";

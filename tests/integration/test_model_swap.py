@@ -186,9 +186,10 @@ def wait_metric(w, name, want, timeout):
     return False
 
 
-def swap_under_load(ck, br, live, model_a, model_b, events, snapdir):
-    w = C.Worker(ck.procs, br.bootstrap, live, os.path.join(ck.tmp, "worker.log"),
-                 extra=COMMON + ["snapshot.dir=" + snapdir])
+def swap_under_load(ck, br, live, model_a, model_b, events, snapdir, extra=(),
+                    log="worker.log"):
+    w = C.Worker(ck.procs, br.bootstrap, live, os.path.join(ck.tmp, log),
+                 extra=COMMON + ["snapshot.dir=" + snapdir] + list(extra))
     pid = w.p.pid
     wait_ready(w, 30)
 

@@ -410,6 +410,71 @@ static void test_reshape_finish_moves_rest(void)
     fixture_close(&f);
 }
 
+/* The row view of user u in the shard's (new) table. */
+static uint32_t view_of(const hl_shard *sh, int u, hl_row_view *v)
+{
+    int64_t r = hl_table_find(sh->tbl, g_users[u], strlen(g_users[u]));
+    CHECKF(r >= 0, "user %d not in the table", u);
+    if (r >= 0)
+        hl_table_view(sh->tbl, (uint32_t)r, v);
+    return r >= 0 ? (uint32_t)r : 0;
+}
+
+/* recs.min.interval.ms across a reshape: the gate keys users by row id,
+ * which a move changes. Users waiting before the swap are due at once
+ * after their move (their list goes out from the new model), the offset
+ * stays bounded by their wait until that list is taken, and a user
+ * refreshed recently keeps its interval. */
+static void test_reshape_carries_gate(void)
+{
+    fixture f;
+    CHECK(fixture_open_shape(&f, &SHAPE_R) == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_mref *b = hl_models_acquire(f.ms);
+    hl_gate *g = hl_gate_create(1000000);
+    CHECK(g != NULL && f.sh->gate == NULL);
+    f.sh->gate = g;
+    hl_row_view v;
+    int n_wait = 10, n_recent = 10, waiting = 0;
+    for (int u = 0; u < n_wait + n_recent; u++) {
+        uint32_t r = view_of(f.sh, u, &v);
+        hl_gate_refreshed(g, r, &v);
+        if (u < n_wait)             /* an event within the interval: it waits */
+            waiting += hl_gate_pass(g, r, &v, v.t_ref_ms + 1, 100 + u) == 0;
+    }
+    CHECK(waiting == n_wait);
+    f.sh->next_offset = 5000;
+    CHECK(hl_shard_publishable_offset(f.sh) == 100);
+    CHECK(hl_shard_swap_begin(f.sh, b) == 0);
+    CHECK(f.sh->old_gate == g && f.sh->gate != NULL && f.sh->gate != g);
+    CHECK(hl_gate_interval(f.sh->gate) == 1000000);
+    hl_shard_swap_tick(f.sh, 100);
+    CHECKF(hl_shard_publishable_offset(f.sh) == 100, "mid-move bound %lld",
+           (long long)hl_shard_publishable_offset(f.sh));
+    hl_shard_swap_finish(f.sh);
+    CHECK(f.sh->old_gate == NULL && f.sh->old_tbl == NULL);
+    CHECKF(hl_shard_publishable_offset(f.sh) == 100, "after the move, bound %lld",
+           (long long)hl_shard_publishable_offset(f.sh));
+    /* due at once, whatever the shard's event time: exactly the waiting users */
+    uint32_t rows[64];
+    int n = hl_gate_take_due(f.sh->gate, f.sh->tbl, rows, 64, 0), ok = 0;
+    for (int i = 0; i < n; i++) {
+        hl_table_view(f.sh->tbl, rows[i], &v);
+        for (int u = 0; u < n_wait; u++)
+            ok += v.user_len == strlen(g_users[u]) && !memcmp(v.user, g_users[u], v.user_len);
+    }
+    CHECKF(n == n_wait && ok == n_wait, "%d due (%d of them waiting users), want %d", n, ok,
+           n_wait);
+    CHECK(hl_shard_publishable_offset(f.sh) == 5000);
+    /* the recently refreshed keep their interval; a user never refreshed goes at once */
+    uint32_t r = view_of(f.sh, n_wait, &v);
+    CHECK(hl_gate_pass(f.sh->gate, r, &v, v.t_ref_ms + 1, 6000) == 0);
+    r = view_of(f.sh, n_wait + n_recent + 5, &v);
+    CHECK(hl_gate_pass(f.sh->gate, r, &v, v.t_ref_ms + 1, 6000) == 1);
+    hl_mref_release(b);
+    fixture_close(&f);
+}
+
 /* A setup that cannot follow a reshape (reshape_refused) refuses such a
  * model, counted, and keeps serving; a model of the same shape still goes
  * live there. */
@@ -448,6 +513,7 @@ int main(void)
     RUN(test_batch_cap_follows_cost);
     RUN(test_reshape_moves_every_user);
     RUN(test_reshape_finish_moves_rest);
+    RUN(test_reshape_carries_gate);
     RUN(test_reshape_refused_when_asked);
     unlink(PATH_B);
     TEST_EXIT();

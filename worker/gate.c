@@ -34,17 +34,31 @@ struct due {
 
 struct hl_gate {
     int64_t      interval_ms;
+    /* users carried in by hl_gate_carry and not taken yet: their heap
+     * entries (key CARRIED, due at once) have no FIFO entry, since their
+     * offsets are older than the FIFO's; the oldest bounds the offset */
+    size_t       carry_n;
+    int64_t      carry_min;
     struct mark *mark;      uint32_t cap_mark;
     struct due  *heap;      size_t n_heap, cap_heap;             /* by due time */
     struct due  *fifo;      size_t fifo_head, fifo_n, cap_fifo;  /* by offset */
 };
 
+#define CARRIED INT64_MIN       /* the heap key of a carried user: due at once */
+
 hl_gate *hl_gate_create(int64_t interval_ms)
 {
     hl_gate *g = calloc(1, sizeof *g);
-    if (g != NULL)
+    if (g != NULL) {
         g->interval_ms = interval_ms;
+        g->carry_min = INT64_MAX;
+    }
     return g;
+}
+
+int64_t hl_gate_interval(const hl_gate *g)
+{
+    return g != NULL ? g->interval_ms : 0;
 }
 
 void hl_gate_destroy(hl_gate *g)
@@ -189,6 +203,8 @@ int hl_gate_take_due(hl_gate *g, const hl_table *tbl, uint32_t *rows, int max,
     while (g != NULL && n < max && g->n_heap > 0 && g->heap[0].key <= newest_ms) {
         struct due e = g->heap[0];
         heap_pop(g);
+        if (e.key == CARRIED && --g->carry_n == 0)
+            g->carry_min = INT64_MAX;   /* every carried user's list is taken */
         if (!entry_live(g, &e))
             continue;
         g->mark[e.row].state = MARK_REFRESHED;    /* leaves both queues */
@@ -201,6 +217,32 @@ int hl_gate_take_due(hl_gate *g, const hl_table *tbl, uint32_t *rows, int max,
         rows[n++] = e.row;
     }
     return n;
+}
+
+int hl_gate_carry(const hl_gate *from, uint32_t old_row, hl_gate *to, uint32_t row,
+                  const hl_row_view *v)
+{
+    if (from == NULL || to == NULL || old_row >= from->cap_mark)
+        return 0;
+    const struct mark *om = &from->mark[old_row];
+    uint32_t tag = user_tag(v->user, v->user_len);
+    if (om->state == MARK_NONE || om->tag != tag)
+        return 0;                       /* never refreshed there */
+    struct mark *nm = mark_of(to, row);
+    if (nm == NULL)
+        return HL_ENOMEM;
+    *nm = (struct mark){.last_ms = om->last_ms, .tag = tag, .state = MARK_REFRESHED};
+    if (om->state != MARK_PENDING)
+        return 0;
+    if (grow(&to->heap, &to->cap_heap, to->n_heap + 1) != 0)
+        return HL_ENOMEM;
+    heap_push(to, (struct due){.key = CARRIED, .pend_off = om->pend_off, .row = row});
+    nm->state = MARK_PENDING;
+    nm->pend_off = om->pend_off;
+    to->carry_n++;
+    if (om->pend_off < to->carry_min)
+        to->carry_min = om->pend_off;
+    return 0;
 }
 
 void hl_gate_refreshed(hl_gate *g, uint32_t row, const hl_row_view *v)
@@ -226,6 +268,8 @@ int64_t hl_gate_publishable_offset(hl_gate *g, int64_t next_offset)
         g->fifo_head = (g->fifo_head + 1) % g->cap_fifo;
         g->fifo_n--;
     }
+    if (g->carry_min < next_offset)
+        next_offset = g->carry_min;
     if (g->fifo_n > 0 && g->fifo[g->fifo_head].key < next_offset)
         return g->fifo[g->fifo_head].key;
     return next_offset;

@@ -42,6 +42,22 @@ int hl_gate_take_due(hl_gate *g, const hl_table *tbl, uint32_t *rows, int max,
 /* Records that the row's list was produced from a view with t_ref_ms. */
 void hl_gate_refreshed(hl_gate *g, uint32_t row, const hl_row_view *v);
 
+/* A live swap to a model of another shape moves users into a new table
+ * (worker/swap.c), with new row ids, and the shard a new gate (to) for
+ * it. Called for each user as it moves, before its row leaves from's
+ * table (v is its view there): its schedule goes with it. A user that
+ * was waiting is due at once in to (its list goes out at the next
+ * publish, from the new model), and to keeps the offset its wait began
+ * at as a bound on hl_gate_publishable_offset until that list is taken.
+ * from keeps bounding the users not moved yet until it is destroyed
+ * (after the last move). HL_ENOMEM when to cannot grow: the user is not
+ * waiting there then (its list goes out at its next event). */
+int hl_gate_carry(const hl_gate *from, uint32_t old_row, hl_gate *to, uint32_t row,
+                  const hl_row_view *v);
+
+/* recs.min.interval.ms of g (0 for NULL). */
+int64_t hl_gate_interval(const hl_gate *g);
+
 /* Users waiting (an upper bound: entries are dropped lazily). */
 size_t hl_gate_waiting(const hl_gate *g);
 

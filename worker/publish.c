@@ -273,6 +273,9 @@ void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)
 {
     uint32_t rows[REFRESH_MAX];
     int any = 0;
+    for (int i = 0; i < n_sh; i++)      /* waiting users not moved yet by a reshape */
+        if (shs[i] != NULL && shs[i]->old_gate != NULL)
+            hl_shard_swap_finish(shs[i]);
     for (int i = 0; i < n_sh && !any; i++)
         any = shs[i] != NULL && hl_gate_waiting(shs[i]->gate) > 0;
     if (!any || t->ranker == NULL || atomic_load(t->ctx->stop) >= 2)

@@ -94,6 +94,10 @@ typedef struct hl_shard {
      * users not moved yet are in old_tbl, each moved (removed there,
      * restored in tbl) when touched or swept. NULL otherwise. */
     hl_table   *old_tbl;
+    hl_gate    *old_gate;            /* recs.min.interval.ms: old_tbl's rows' gate
+                                        (their row ids); gate is the new table's,
+                                        and a user's schedule moves with it
+                                        (hl_gate_carry). NULL otherwise */
     float      *mv_s, *mv_m;         /* one moved row's heads and masses */
     int32_t    *mv_hist;             /* and its ring's items */
     struct hl_swap_prefault *mv_pf;  /* faults the new table's rows in (swap.c) */
@@ -173,11 +177,13 @@ int hl_shard_apply(hl_shard *sh, const hl_model *m, int *n_dup, int *n_failed);
  * evicted. */
 size_t hl_shard_sweep(hl_shard *sh);
 
-/* min(next_offset, the gate's bound): the offset below which every
- * applied event has its list produced (gate.h). */
+/* min(next_offset, the gates' bounds): the offset below which every
+ * applied event has its list produced (gate.h). While a reshape moves
+ * users the old table's gate bounds those not moved yet. */
 static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
 {
-    return hl_gate_publishable_offset(sh->gate, sh->next_offset);
+    return hl_gate_publishable_offset(sh->old_gate,
+                                      hl_gate_publishable_offset(sh->gate, sh->next_offset));
 }
 
 #define HL_MIG_CHUNK 64               /* rows migrated per SGEMM */

@@ -30,9 +30,11 @@
  * exist (faulted in off the batch loop: below), and a move is dearer than
  * an in-place migration (no 64-row SGEMM). The changelog writes each
  * table's rows in its own shape, and no flush runs during the move (as
- * for any migration). The gate's waiting rows are keyed by row id, which
- * a move changes: with recs.min.interval.ms the worker refuses such a
- * model live (worker_start.c, reshape_refused). */
+ * for any migration). recs.min.interval.ms's gate keys users by row id,
+ * which a move changes: the new table gets a gate of its own and each
+ * user's schedule moves with it (hl_gate_carry); one waiting for its list
+ * is due at once after its move, and the old gate bounds the offset of
+ * those not moved yet. */
 #include "shard.h"
 
 #include "log.h"
@@ -110,6 +112,17 @@ static double migrate_row(hl_shard *sh, uint32_t row)
 /* The user at row of the old table into the new one. A restore fails only
  * without memory: the user is then dropped (logged), never left behind,
  * so the sweep always ends. */
+/* recs.min.interval.ms: the user's schedule into the new table's gate,
+ * while its old row (v) still stands. */
+static void carry(hl_shard *sh, uint32_t row, const hl_row_view *v)
+{
+    int64_t nr = hl_table_find(sh->tbl, v->user, v->user_len);
+    if (nr >= 0 && hl_gate_carry(sh->old_gate, row, sh->gate, (uint32_t)nr, v) != 0)
+        hl_log(HL_LOG_WARN, "gate_carry_failed", "partition=%d user=\"%.*s\" err=\"out of "
+               "memory\" action=\"a list held back by recs.min.interval.ms goes out at the "
+               "user's next event\"", (int)sh->partition, (int)v->user_len, v->user);
+}
+
 static void move_row(hl_shard *sh, uint32_t row)
 {
     hl_row_view v, nv;
@@ -123,6 +136,8 @@ static void move_row(hl_shard *sh, uint32_t row)
     if (rc != 0)
         hl_log(HL_LOG_ERROR, "migration_user_lost", "partition=%d user=\"%.*s\" err=%s",
                (int)sh->partition, (int)v.user_len, v.user, hl_strerror(rc));
+    else if (sh->old_gate != NULL)
+        carry(sh, row, &v);
     hl_table_remove(sh->old_tbl, v.user, v.user_len);
     sh->mig_rows += rc == 0;
 }
@@ -219,10 +234,12 @@ void hl_shard_swap_drop(hl_shard *sh)
     prefault_stop(sh->mv_pf);
     sh->mv_pf = NULL;
     hl_table_destroy(sh->old_tbl);
+    hl_gate_destroy(sh->old_gate);      /* every user moved: the new gate bounds */
     free(sh->mv_s);
     free(sh->mv_m);
     free(sh->mv_hist);
     sh->old_tbl = NULL;
+    sh->old_gate = NULL;
     sh->mv_s = sh->mv_m = NULL;
     sh->mv_hist = NULL;
 }
@@ -264,6 +281,18 @@ static int begin_reshape(hl_shard *sh, const hl_mref *to)
         hl_shard_swap_drop(sh);
         snprintf(err, sizeof err, "out of memory");
         goto fail;
+    }
+    if (sh->gate != NULL) {             /* row ids change: a gate for the new ones */
+        hl_gate *ng = hl_gate_create(hl_gate_interval(sh->gate));
+        if (ng == NULL) {
+            sh->tbl = sh->old_tbl;
+            sh->old_tbl = nt;
+            hl_shard_swap_drop(sh);
+            snprintf(err, sizeof err, "out of memory");
+            goto fail;
+        }
+        sh->old_gate = sh->gate;
+        sh->gate = ng;
     }
     return 0;
 fail:

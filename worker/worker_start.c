@@ -68,20 +68,6 @@ static int rebind_items(void *arg, const hl_mref *r, char *errbuf, size_t errlen
                   "or on SIGHUP");
 }
 
-/* Why this setup cannot follow a live swap to a model of another state
- * shape, or NULL when it can (worker/swap.c moves users into a table of
- * the new shape; the changelog writes and reads rows in their table's
- * shape). recs.min.interval.ms keeps waiting users by row id, which a
- * move into a new table does not keep: that needs a restart to follow
- * (the restart migrates, worker_rebalance.c). */
-static const char *reshape_refused(const hl_worker_opts *o)
-{
-    if (o->recs_min_interval_ms > 0)
-        return "recs.min.interval.ms keeps waiting users by row, which a reshape moves: "
-               "restart the worker with the new model (its users are migrated)";
-    return NULL;
-}
-
 /* The served models: model.path reloads, weight.* overrides for each. */
 static int start_models(hl_worker *w, char *errbuf, size_t errlen)
 {
@@ -92,7 +78,8 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
                          .first_qitems = w->qitems, .first_ivf = w->ivf,
                          .ivf_nlist = w->o.recs_index_nlist,
                          .before_live = rebind_items, .before_live_arg = w,
-                         .reshape_refused = reshape_refused(&w->o)};
+                         /* every setup follows a reshape (worker/swap.c) */
+                         .reshape_refused = NULL};
     if (mo.store_dir == NULL && w->o.snapshot_dir != NULL && w->o.snapshot_dir[0] != '\0') {
         snprintf(w->model_dir, sizeof w->model_dir, "%s/models", w->o.snapshot_dir);
         mo.store_dir = w->model_dir;

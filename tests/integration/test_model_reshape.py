@@ -25,7 +25,8 @@ One restarted with B over A's whole snapshot.dir first moves the local
 snapshots (the changelog's cache, of A's shape) into B's shape, then reads
 the changelog after them: again each user equal to core/'s migration.
 
-Live (no restart): a worker serving A, events flowing, B renamed over
+With recs.min.interval.ms the users' schedules move with them: nothing
+held back is lost. Live (no restart): a worker serving A, events flowing, B renamed over
 model.path mid-stream. Each shard moves its users into a table of B's
 shape while the stream goes on (worker/swap.c): same PID, every event
 consumed and applied once, lists after each partition's swap point carry
@@ -185,6 +186,57 @@ def live_case(ck, model_a, model_b, events):
              % (rc, dims_of(state), len(diff), len(ref), diff[:3]))
 
 
+def live_gate_case(ck, model_a, model_b, events):
+    """The live reshape with recs.min.interval.ms: the gate keys waiting
+    users by row id, which the move changes; each user's schedule moves
+    with it. An interval of a quarter of the stream's event time holds
+    most lists back at the swap: none may be lost (each user's newest
+    list comes from its last event, after the graceful stop publishes
+    what is held), and the state is core/'s swap as without the gate."""
+    tmp = ck.tmp
+    # a sixth of the users go quiet before the swap: a list the gate holds
+    # back for one of them can only go out through the move (no later event)
+    quiet = set(sorted({e[0] for e in events})[:N_USERS // 6])
+    cut = int(0.35 * len(events))
+    events = [e for i, e in enumerate(events) if i < cut or e[0] not in quiet]
+    ts = [e[3] for e in events]
+    interval = max(1, (max(ts) - min(ts)) // 4)
+    live, snapdir = os.path.join(tmp, "live-g.hlm"), os.path.join(tmp, "snap-liveg")
+    shutil.copyfile(model_a, live)
+    br = C.Broker(ck.procs, PARTS, os.path.join(tmp, "broker-liveg.log"))
+    w, pid, where = S.swap_under_load(ck, br, live, model_a, model_b, events, snapdir,
+                                      extra=["recs.min.interval.ms=%d" % interval,
+                                             "group.id=reshape-lg"], log="worker-lg.log")
+    started = w.events("migration_started")
+    swap_at = {int(kv["partition"]): int(kv["next_offset"]) for _ts, kv in started}
+    reshaped = sum(1 for _ts, kv in started if kv.get("reshaped") == "1")
+    done = w.wait_event("migration_done", 30, count=PARTS)
+    totals = (w.metric_or("halflife_events_consumed_total"),
+              w.metric_or("halflife_events_applied_total"),
+              w.metric_or("halflife_events_duplicate_total", 0))
+    alive = w.p.poll() is None and w.p.pid == pid
+    rc, _s = w.term(30)
+    state = S.dump_values(snapdir)
+    S.check_exactly_once(ck, alive, totals, events, where, state)
+    ref = S.offline_swap(tmp, events, where, swap_at, model_a, model_b)
+    diff = S.same_state(state, ref)
+    lists, short = S.read_lists(br.bootstrap)
+    newest, last = {}, {}
+    for (u, p, off, _v, _i) in lists:
+        newest[u] = max(newest.get(u, -1), off)
+    for (u, *_r), (p, off) in zip(events, where):
+        last[u] = off
+    held = [u for u in last if newest.get(u) != last[u]]
+    ck.check("live_reshape_min_interval_nothing_held", rc == 0 and len(swap_at) == PARTS and
+             reshaped == PARTS and done and not short and not held and len(lists) < len(events)
+             and ref and not diff and dims_of(state) == {(4, 32)},
+             "exit %s, shards swapped %s (reshaped %d, done %s), %d lists for %d events "
+             "(unread partitions %s), %d users whose newest list is not from their last "
+             "event, e.g. %s; %d of %d users differ from core/'s swap, e.g. %s"
+             % (rc, swap_at, reshaped, done, len(lists), len(events), short, len(held),
+                [(u, newest.get(u), last[u]) for u in held[:3]], len(diff), len(ref), diff[:3]))
+
+
 def live_kafka_case(ck, model_a, model_b, events):
     """The live reshape with state.store=kafka: the changelog follows the
     new shape (rows written in their table's), so a second worker that
@@ -237,6 +289,7 @@ def body(ck):
     events = U.read_events_csv(events_csv)
     live_case(ck, model_a, model_b, events)
     live_kafka_case(ck, model_a, model_b, events)
+    live_gate_case(ck, model_a, model_b, events)
     br = C.Broker(ck.procs, PARTS, os.path.join(tmp, "broker.log"),
                   topics=C.TOPICS + [STATE_TOPIC])
     U.produce_events(br.bootstrap, C.TOPIC, events)

@@ -649,6 +649,12 @@ void hl_table_on_evict(hl_table *tbl, hl_table_evict_fn fn, void *arg)
     tbl->on_evict_arg = arg;
 }
 
+hl_table_evict_fn hl_table_evict_hook(const hl_table *tbl, void **arg)
+{
+    *arg = tbl->on_evict_arg;
+    return tbl->on_evict;
+}
+
 int hl_table_remove(hl_table *tbl, const char *user, size_t user_len)
 {
     int64_t r = hl_table_find(tbl, user, user_len);

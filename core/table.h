@@ -235,6 +235,9 @@ int hl_table_map_rows(hl_table *tbl, size_t n_rows, hl_table_span *spans, int ma
  * removes the hook. */
 typedef void (*hl_table_evict_fn)(void *arg, const char *user, uint32_t user_len);
 void hl_table_on_evict(hl_table *tbl, hl_table_evict_fn fn, void *arg);
+/* The hook set on tbl (NULL: none), and its arg in *arg: what a table
+ * replacing tbl must report to as well (a live reshape, worker/swap.c). */
+hl_table_evict_fn hl_table_evict_hook(const hl_table *tbl, void **arg);
 
 /* Drops the user's row (a changelog tombstone or a newer copy of the row
  * being restored); not counted as an eviction and not reported to the

@@ -390,17 +390,28 @@ static void test_reshape_moves_every_user(void)
 
 /* A stop (or a snapshot, a revocation) mid-reshape finishes the move: every
  * user in the new table, none in two. */
+static void count_evict(void *arg, const char *user, uint32_t user_len)
+{
+    (void)user; (void)user_len;
+    (*(int *)arg)++;
+}
+
 static void test_reshape_finish_moves_rest(void)
 {
     fixture f;
     CHECK(fixture_open_shape(&f, &SHAPE_R) == 0);
     if (t_case_failed) { fixture_close(&f); return; }
     hl_mref *b = hl_models_acquire(f.ms);
+    int evicted = 0;            /* the changelog's hook: the new table reports too */
+    hl_table_on_evict(f.sh->tbl, count_evict, &evicted);
     CHECK(hl_shard_swap_begin(f.sh, b) == 0);
+    void *arg = NULL;
+    CHECK(hl_table_evict_hook(f.sh->tbl, &arg) == count_evict && arg == &evicted);
     hl_shard_swap_tick(f.sh, 100);
     CHECK(f.sh->old_tbl != NULL);
     hl_shard_swap_finish(f.sh);
     CHECK(f.sh->old_tbl == NULL && f.sh->mig_from == NULL && f.sh->mref == b);
+    CHECKF(evicted == 0, "%d moves reported as evictions (tombstones)", evicted);
     int ok = 0;
     for (int u = 0; u < N_USERS; u++)
         ok += where(f.sh, u) == 1;

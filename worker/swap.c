@@ -267,6 +267,9 @@ static int begin_reshape(hl_shard *sh, const hl_mref *to)
     hl_table_meta_get(sh->tbl, &meta);
     meta.sweep_cursor = 0;
     hl_table_meta_set(nt, &meta);
+    void *ev_arg;                       /* state.store=kafka: evictions are tombstones */
+    hl_table_evict_fn ev_fn = hl_table_evict_hook(sh->tbl, &ev_arg);
+    hl_table_on_evict(nt, ev_fn, ev_arg);
     free(sh->mig_scratch);
     sh->mig_scratch = malloc(sizeof(float) * hl_migration_scratch_floats(sh->mig));
     sh->mv_s = malloc(sizeof(float) * (size_t)mi->n_heads * (size_t)mi->dim);

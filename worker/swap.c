@@ -275,25 +275,19 @@ static int begin_reshape(hl_shard *sh, const hl_mref *to)
     sh->mv_s = malloc(sizeof(float) * (size_t)mi->n_heads * (size_t)mi->dim);
     sh->mv_m = malloc(sizeof(float) * (size_t)mi->n_heads);
     sh->mv_hist = malloc(sizeof(int32_t) * (size_t)o.history);
-    sh->old_tbl = sh->tbl;
-    sh->tbl = nt;
-    sh->mv_pf = prefault_start(nt, st.users);
-    if (sh->mig_scratch == NULL || sh->mv_s == NULL || sh->mv_m == NULL || sh->mv_hist == NULL) {
-        sh->tbl = sh->old_tbl;
-        sh->old_tbl = nt;
+    /* recs.min.interval.ms: row ids change, so a gate for the new ones */
+    hl_gate *ng = sh->gate != NULL ? hl_gate_create(hl_gate_interval(sh->gate)) : NULL;
+    if (sh->mig_scratch == NULL || sh->mv_s == NULL || sh->mv_m == NULL ||
+        sh->mv_hist == NULL || (sh->gate != NULL && ng == NULL)) {
+        hl_table_destroy(nt);
         hl_shard_swap_drop(sh);
         snprintf(err, sizeof err, "out of memory");
         goto fail;
     }
-    if (sh->gate != NULL) {             /* row ids change: a gate for the new ones */
-        hl_gate *ng = hl_gate_create(hl_gate_interval(sh->gate));
-        if (ng == NULL) {
-            sh->tbl = sh->old_tbl;
-            sh->old_tbl = nt;
-            hl_shard_swap_drop(sh);
-            snprintf(err, sizeof err, "out of memory");
-            goto fail;
-        }
+    sh->old_tbl = sh->tbl;
+    sh->tbl = nt;
+    sh->mv_pf = prefault_start(nt, st.users);
+    if (ng != NULL) {
         sh->old_gate = sh->gate;
         sh->gate = ng;
     }
@@ -302,6 +296,21 @@ fail:
     hl_log(HL_LOG_ERROR, "migration_failed", "partition=%d to=\"%s\" err=\"%s\"",
            (int)sh->partition, mi->version, err);
     return HL_ENOMEM;
+}
+
+/* A batch's migrations (since before rows and t0, mig_us of it in the
+ * migrations themselves) into the cost estimates that size the next
+ * batches, and counted. */
+static void touch_noted(hl_shard *sh, uint64_t before, double t0, double mig_us)
+{
+    uint64_t rows = sh->mig_rows - before;
+    if (rows >= HL_MIG_CHUNK / 4)       /* a few rows time a chunk's overhead */
+        note_cost(&sh->mig_row_us, mig_us / (double)rows);
+    double all_us = cpu_us() - t0;
+    note_cost(&sh->mig_look_us, (all_us - mig_us) / (double)sh->n_ev);
+    if (all_us > sh->mig_touch_max_us)
+        sh->mig_touch_max_us = all_us;
+    hl_counter_add(sh->c_migrated, rows);
 }
 
 /* A batch's users still in the old table move before their events. */
@@ -323,14 +332,7 @@ static void touch_batch_reshape(hl_shard *sh)
             mig_us += cpu_us() - a;
         }
     }
-    uint64_t rows = sh->mig_rows - before;
-    if (rows >= HL_MIG_CHUNK / 4)
-        note_cost(&sh->mig_row_us, mig_us / (double)rows);
-    double all_us = cpu_us() - t0;
-    note_cost(&sh->mig_look_us, (all_us - mig_us) / (double)sh->n_ev);
-    if (all_us > sh->mig_touch_max_us)
-        sh->mig_touch_max_us = all_us;
-    hl_counter_add(sh->c_migrated, rows);
+    touch_noted(sh, before, t0, mig_us);
 }
 
 static void done(hl_shard *sh)
@@ -460,14 +462,7 @@ void hl_shard_swap_touch_batch(hl_shard *sh)
             mig_us += migrate_row(sh, (uint32_t)row);
     }
     mig_us += flush(sh);
-    uint64_t rows = sh->mig_rows - before;
-    if (rows >= HL_MIG_CHUNK / 4)       /* a few rows time a chunk's overhead */
-        note_cost(&sh->mig_row_us, mig_us / (double)rows);
-    double all_us = cpu_us() - t0;
-    note_cost(&sh->mig_look_us, (all_us - mig_us) / (double)sh->n_ev);
-    if (all_us > sh->mig_touch_max_us)
-        sh->mig_touch_max_us = all_us;
-    hl_counter_add(sh->c_migrated, rows);
+    touch_noted(sh, before, t0, mig_us);
 }
 
 int hl_shard_swap_batch_cap(const hl_shard *sh, int64_t budget_us)

@@ -305,6 +305,24 @@ static int where(const hl_shard *sh, int u)
            (sh->old_tbl && hl_table_find(sh->old_tbl, user, len) >= 0) << 1;
 }
 
+/* Every user's row in got equals its row in want (the first three that
+ * differ are reported). */
+static void check_rows_as(const hl_table *got, const hl_table *want)
+{
+    int bad = 0;
+    for (int u = 0; u < N_USERS && bad < 3; u++) {
+        size_t len = strlen(g_users[u]);
+        int64_t ra = hl_table_find(got, g_users[u], len);
+        int64_t rb = hl_table_find(want, g_users[u], len);
+        CHECK(ra >= 0 && rb >= 0);
+        if (ra < 0 || rb < 0) break;
+        hl_row_view va, vb;
+        hl_table_view(got, (uint32_t)ra, &va);
+        hl_table_view(want, (uint32_t)rb, &vb);
+        bad += same_row(&va, &vb, SHAPE_R.n_heads, SHAPE_R.dim) != 0;
+    }
+}
+
 /* A model of another dim, number of heads and half-lives goes live in a
  * running shard: users move into a table of the new shape when a batch
  * touches them (before their event) and by the time-bounded sweep; none is
@@ -369,18 +387,7 @@ static void test_reshape_moves_every_user(void)
     hl_table_stats st;
     hl_table_stats_get(f.sh->tbl, &st);
     CHECKF(st.users == N_USERS, "%zu users in the new table", st.users);
-    int bad = 0;
-    for (int u = 0; u < N_USERS && bad < 3; u++) {
-        size_t len = strlen(g_users[u]);
-        int64_t ra = hl_table_find(f.sh->tbl, g_users[u], len);
-        int64_t rb = hl_table_find(want, g_users[u], len);
-        CHECK(ra >= 0 && rb >= 0);
-        if (ra < 0 || rb < 0) break;
-        hl_row_view va, vb;
-        hl_table_view(f.sh->tbl, (uint32_t)ra, &va);
-        hl_table_view(want, (uint32_t)rb, &vb);
-        bad += same_row(&va, &vb, SHAPE_R.n_heads, SHAPE_R.dim) != 0;
-    }
+    check_rows_as(f.sh->tbl, want);
     /* events keep flowing into the new shape after the migration */
     feed(f.sh, b->m, from + n_touch, from + n_touch + 100, 100);
     hl_mref_release(b);

@@ -50,6 +50,9 @@ struct hl_migration {
     int       dim_from;       /* from's dim; M is (dim_from, dim) */
     hl_decay  decay_from;     /* from's heads (a reshape; else decay is both's) */
     const float *e_from, *e_to;
+    float    *pair;           /* a reshape: (n_from, dim_from + dim), from's e_in
+                                 row then to's row of the same item (0s if none) */
+    size_t    pair_bytes;     /* its mapping (hl_map_huge) */
 };
 
 /* ---- the fit ------------------------------------------------------------ */
@@ -237,6 +240,30 @@ static int make_delta(hl_migration *mg, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* A reshape's ring entries each gather from's and to's e_in row of one
+ * item, at random over the catalogue: from the models' own mappings (4 KB
+ * pages) every gather also missed the TLB, and axpy_heads' loads of those
+ * rows were 90% of its time and a fifth of bench_swap --shape reshape's.
+ * Both rows of an item side by side in huge pages: one gather, adjacent
+ * lines, a few TLB entries for the whole catalogue. */
+static int make_pair(hl_migration *mg, char *errbuf, size_t errlen)
+{
+    size_t da = (size_t)mg->dim_from, db = (size_t)mg->dim, w = da + db;
+    mg->pair = hl_map_huge(sizeof *mg->pair * ((size_t)mg->n_from * w + 1), &mg->pair_bytes);
+    if (mg->pair == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "migration: out of memory (%d items)",
+                      (int)mg->n_from);
+    for (int32_t r = 0; r < mg->n_from; r++) {
+        float *p = mg->pair + (size_t)r * w;
+        memcpy(p, mg->e_from + (size_t)r * da, sizeof *p * da);
+        if (mg->row_map[r] >= 0)
+            memcpy(p + da, mg->e_to + (size_t)mg->row_map[r] * db, sizeof *p * db);
+        else
+            memset(p + da, 0, sizeof *p * db);
+    }
+    return 0;
+}
+
 hl_migration *hl_migration_create(const hl_model *from, const hl_model *to,
                                   const float tw[HL_N_TYPES],
                                   char *errbuf, size_t errlen)
@@ -298,7 +325,8 @@ static hl_migration *create(const hl_model *from, const hl_model *to,
         goto fail;
     }
     if (hl_migration_fit(ea, eb, mg->n_shared, a->dim, b->dim, mg->m, errbuf, errlen) != 0 ||
-        (!reshape && make_delta(mg, errbuf, errlen) != 0))
+        (!reshape && make_delta(mg, errbuf, errlen) != 0) ||
+        (reshape && make_pair(mg, errbuf, errlen) != 0))
         goto fail;
     if (reshape)
         fit_residual(mg, ea, eb);
@@ -354,6 +382,8 @@ void hl_migration_destroy(hl_migration *mg)
     free(mg->m);
     if (mg->delta != NULL)
         munmap(mg->delta, mg->delta_bytes);
+    if (mg->pair != NULL)
+        munmap(mg->pair, mg->pair_bytes);
     free(mg->row_map);
     free(mg->key_slot);
     free(mg->key_row);
@@ -668,6 +698,20 @@ static int same_half_life(const hl_decay *d, double hl)
     return -1;
 }
 
+/* Ring entries whose pair rows are being fetched ahead of their use. */
+#define RING_AHEAD 8
+
+/* The pair row of the ring's i-th entry (in time order) into cache. */
+static void prefetch_pair(const hl_migration *mg, const hl_row_view *v, int i, size_t w_pair)
+{
+    int32_t item = v->hist_item[hl_row_hist_index(v, i)];
+    if (item < 0 || item >= mg->n_from)
+        return;
+    const char *p = (const char *)(mg->pair + (size_t)item * w_pair);
+    for (size_t b = 0; b < w_pair * sizeof(float); b += 64)
+        __builtin_prefetch(p + b);
+}
+
 /* The ring's part under the old model out of rem (what is older than the
  * ring, per old head: vectors and masses), and under the new one into
  * acc (heads) and ring_m (masses of the events the old model counted);
@@ -677,9 +721,14 @@ static int same_half_life(const hl_decay *d, double hl)
 static double split_ring(const hl_migration *mg, const hl_row_view *v, float *rem,
                          float *rmass, float *acc, float *ring_m, int32_t *out_item)
 {
-    int na = mg->decay_from.n_heads, nb = mg->n_heads;
+    int na = mg->decay_from.n_heads, nb = mg->n_heads, da = mg->dim_from;
+    size_t w_pair = (size_t)da + (size_t)mg->dim;
     double a0 = 0;
+    for (int i = 0; i < v->n_hist && i < RING_AHEAD; i++)
+        prefetch_pair(mg, v, i, w_pair);
     for (int i = 0; i < v->n_hist; i++) {
+        if (i + RING_AHEAD < v->n_hist)
+            prefetch_pair(mg, v, i + RING_AHEAD, w_pair);
         int k = hl_row_hist_index(v, i);
         int32_t item = v->hist_item[k];
         int64_t dt = v->t_ref_ms - v->hist_ts_ms[k];
@@ -687,13 +736,14 @@ static double split_ring(const hl_migration *mg, const hl_row_view *v, float *re
         if ((double)dt > a0) a0 = (double)dt;
         float w = entry_weight(mg, v, k), f[HL_MAX_HEADS], c[HL_MAX_HEADS];
         int from_knows = item >= 0 && item < mg->n_from;
+        const float *pr = from_knows ? mg->pair + (size_t)item * w_pair : NULL;
         if (from_knows) {
             hl_decay_factors(&mg->decay_from, dt, f);
             for (int h = 0; h < na; h++) {
                 c[h] = -w * f[h];
                 rmass[h] += c[h];
             }
-            axpy_heads(rem, c, na, mg->e_from + (size_t)item * mg->dim_from, mg->dim_from);
+            axpy_heads(rem, c, na, pr, da);
         }
         int32_t to = from_knows ? mg->row_map[item]
                                 : v->hist_key ? key_find(mg, v->hist_key[k]) : -1;
@@ -705,7 +755,8 @@ static double split_ring(const hl_migration *mg, const hl_row_view *v, float *re
         }
         /* an added item's share stays in the remainder (as in place) */
         if (to >= 0 && item != HL_ITEM_ADDED)
-            axpy_heads(acc, c, nb, mg->e_to + (size_t)to * mg->dim, mg->dim);
+            axpy_heads(acc, c, nb, from_knows ? pr + da : mg->e_to + (size_t)to * mg->dim,
+                       mg->dim);
         out_item[k] = to >= 0 || item != HL_ITEM_ADDED ? to : HL_ITEM_ADDED;
     }
     return a0;

@@ -47,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -76,6 +77,16 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Page faults of this thread so far (minor and major): a first write to a
+ * page of new memory stops the writer while the kernel clears the page
+ * (and may compact memory for a huge page first). */
+static long thread_faults(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) != 0) return 0;
+    return ru.ru_minflt + ru.ru_majflt;
 }
 
 /* A model of N_ITEMS items; B's ids from first_id on, its e_in A's times
@@ -205,6 +216,8 @@ typedef struct mig_times {
     int     cap_excess;
     int worst_batch, worst_events, worst_rows;  /* the batch of max_excess: its index,
                                                    events, rows it migrated */
+    long worst_faults, max_tick_faults;  /* page faults of that batch, of the longest slice */
+    long faults;                /* of the shard thread during the migration */
     int64_t events;
 } mig_times;
 
@@ -217,7 +230,10 @@ static void migrate_step(run *r, hl_mref *b, mig_times *mt)
     if (r->batch < mt->min_events) mt->min_events = r->batch;
     mt->events += r->batch;
     uint64_t rows0 = r->sh->mig_rows;
+    long f0 = thread_faults();
     double bt = batch(r, b->m, 0, 1);
+    long fb = thread_faults() - f0;
+    mt->faults += fb;
     double excess = bt - (mt->base_a + mt->base_b * r->batch);
     if (bt > mt->max_batch) mt->max_batch = bt;
     if (mt->batches == mt->cap_excess) {
@@ -230,6 +246,7 @@ static void migrate_step(run *r, hl_mref *b, mig_times *mt)
         mt->worst_batch = mt->batches;
         mt->worst_events = r->batch;
         mt->worst_rows = (int)(r->sh->mig_rows - rows0);
+        mt->worst_faults = fb;
     }
     if (excess > 0) {
         mt->work_s += excess;
@@ -237,13 +254,19 @@ static void migrate_step(run *r, hl_mref *b, mig_times *mt)
     }
     int releasing = r->sh->mig_finished;
     double t0 = now_s();
+    f0 = thread_faults();
     hl_shard_swap_tick(r->sh, TICK_US);
     double tk = now_s() - t0;
+    long ft = thread_faults() - f0;
+    mt->faults += ft;
     mt->work_s += tk;
     mt->slices_s += tk;
     if (releasing)
         mt->release_s = tk;
-    if (tk > mt->max_tick) mt->max_tick = tk;
+    if (tk > mt->max_tick) {
+        mt->max_tick = tk;
+        mt->max_tick_faults = ft;
+    }
     mt->batches++;
 }
 
@@ -320,14 +343,16 @@ static void print(const run *r, mig_times *mt, int shared)
            "\"batch_excess_p99_ms\":%.3f,\"batch_excess_p999_ms\":%.3f,\"max_batch_ms\":%.3f,"
            "\"batch_median_ms\":%.3f,\"base_a_ms\":%.4f,\"base_us_per_event\":%.3f,"
            "\"clock\":\"thread_cpu\",\"batch_events\":%d,\"batch_events_migrating\":"
-           "[%d,%d],\"events_per_batch_migrating\":%.0f,\"worst_batch\":[%d,%d,%d]}\n",
+           "[%d,%d],\"events_per_batch_migrating\":%.0f,\"worst_batch\":[%d,%d,%d],"
+           "\"worst_batch_faults\":%ld,\"max_slice_faults\":%ld,\"faults\":%ld}\n",
            kind, r->n_users, DIM, dim_b, HEADS,
            stall * 1e3, stall < 0.010 ? "true" : "false", mt->begin_s * 1e3,
            mt->max_tick * 1e3, mt->release_s * 1e3, r->sh->mig_touch_max_us / 1e3,
            mt->max_excess * 1e3, excess_q(mt, 0.99) * 1e3, excess_q(mt, 0.999) * 1e3,
            mt->max_batch * 1e3, mt->base_med * 1e3, mt->base_a * 1e3, mt->base_b * 1e6,
            r->batch, mt->min_events, mt->max_events, (double)mt->events / mt->batches,
-           mt->worst_batch, mt->worst_events, mt->worst_rows);
+           mt->worst_batch, mt->worst_events, mt->worst_rows, mt->worst_faults,
+           mt->max_tick_faults, mt->faults);
     printf("{\"bench\":\"%s_migrate_all\",\"users\":%u,\"value\":%.3f,\"unit\":\"s\","
            "\"ceiling\":%.3f,\"ceiling_what\":\"%d SGEMMs of users x dim by dim x dim\","
            "\"ratio\":%.3f,\"slices_s\":%.3f,\"batch_excess_s\":%.3f,\"wall_s\":%.3f,"

@@ -49,11 +49,10 @@
 #include "migrate.h"
 #include "models.h"
 #include "shard.h"
+#include "bench_holes.h"
 
 #include <cblas.h>
-#include <pthread.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,115 +96,6 @@ static long thread_faults(void)
     struct rusage ru;
     if (getrusage(RUSAGE_THREAD, &ru) != 0) return 0;
     return ru.ru_minflt + ru.ru_majflt;
-}
-
-/* ---- the machine's own holes ---------------------------------------------
- * This machine is a 2-vCPU VM whose host sometimes stops a vCPU for up to
- * ~100 ms. The guest cannot tell (no steal time is reported): the stopped
- * thread's CPU clock runs on. A loop of pure arithmetic (no memory to
- * speak of, no syscall) measured a 22 us unit at 100.3 ms with the other
- * vCPU busy (2026-12-04). A stall taken in such a hole is the host's, not
- * the swap's. One sentinel thread per vCPU, pinned to it at real-time
- * priority (so nothing in the guest delays its wake-up), sleeps 1 ms at a
- * time and notes every wake-up later than HOLE_US: its vCPU was stopped.
- * A batch or slice that overlaps a hole of the vCPU it ran on is told
- * apart, and the longest hole is printed beside the stall: the machine's
- * own ceiling for that figure, in the same run. Without the privilege
- * for real-time priority the sentinels run at normal priority and would
- * note a busy guest's delays as holes too: "sentinel" says which. */
-#define HOLE_US   2000
-#define HOLES_MAX 4096
-#define CPUS_MAX  8
-
-static double wall_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-typedef struct sentinel {
-    pthread_t  th;
-    int        cpu, fifo;
-    atomic_int *stop;
-    int        n;                   /* holes noted */
-    double     from[HOLES_MAX], to[HOLES_MAX];   /* wall seconds */
-} sentinel;
-
-typedef struct sentinels {
-    atomic_int stop;
-    int        n_cpu, fifo;
-    sentinel   s[CPUS_MAX];
-} sentinels;
-
-static void *sentinel_run(void *arg)
-{
-    sentinel *st = arg;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(st->cpu, &set);
-    struct sched_param sp = {.sched_priority = 1};
-    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-    st->fifo = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0;
-    const struct timespec ms = {0, 1000000};
-    while (!atomic_load(st->stop)) {
-        double t0 = wall_s();
-        nanosleep(&ms, NULL);
-        double t1 = wall_s();
-        if ((t1 - t0 - 1e-3) * 1e6 > HOLE_US && st->n < HOLES_MAX) {
-            st->from[st->n] = t0 + 1e-3;
-            st->to[st->n++] = t1;
-        }
-    }
-    return NULL;
-}
-
-static sentinels *sentinels_start(void)
-{
-    sentinels *ss = calloc(1, sizeof *ss);
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    if (ss == NULL)
-        return NULL;
-    ss->n_cpu = n < 1 ? 1 : n > CPUS_MAX ? CPUS_MAX : (int)n;
-    for (int c = 0; c < ss->n_cpu; c++) {
-        ss->s[c].cpu = c;
-        ss->s[c].stop = &ss->stop;
-        if (pthread_create(&ss->s[c].th, NULL, sentinel_run, &ss->s[c]) != 0)
-            ss->n_cpu = c;
-    }
-    return ss;
-}
-
-static void sentinels_stop(sentinels *ss)
-{
-    atomic_store(&ss->stop, 1);
-    ss->fifo = 1;
-    for (int c = 0; c < ss->n_cpu; c++) {
-        pthread_join(ss->s[c].th, NULL);
-        ss->fifo &= ss->s[c].fifo;
-    }
-}
-
-/* 1 when [a, b] overlaps a hole of cpu (-1: of any). */
-static int in_hole(const sentinels *ss, int cpu, double a, double b)
-{
-    for (int c = 0; c < ss->n_cpu; c++) {
-        const sentinel *st = &ss->s[c];
-        for (int i = 0; (cpu < 0 || c == cpu) && i < st->n; i++)
-            if (st->from[i] < b && st->to[i] > a)
-                return 1;
-    }
-    return 0;
-}
-
-static double longest_hole(const sentinels *ss, int *n)
-{
-    double m = 0;
-    *n = 0;
-    for (int c = 0; c < ss->n_cpu; c++)
-        for (int i = 0; i < ss->s[c].n; i++, ++*n)
-            if (ss->s[c].to[i] - ss->s[c].from[i] > m) m = ss->s[c].to[i] - ss->s[c].from[i];
-    return m;
 }
 
 /* A model of N_ITEMS items; B's ids from first_id on, its e_in A's times

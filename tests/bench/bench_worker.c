@@ -473,6 +473,7 @@ static double bench_lists(const char *model)
 
 #include "bench_worker_live.h"
 #include "bench_worker_hist.h"
+#include "bench_holes.h"
 
 /* The broker path's own floor at the latency window's rate, right after
  * it (the same load): the live producer's settings and the worker's
@@ -548,6 +549,21 @@ static void live_stop(live *L, pid_t pid)
     rd_kafka_destroy(L->reader);
 }
 
+/* The host's stops of this VM's vCPUs during the latency window
+ * (bench_holes.h): how many, the longest, and their share of the window
+ * per vCPU. A list whose path crossed a hole waited for it: when the
+ * share nears 1%, the p99s above are the machine's as much as ours. */
+static void print_holes(const sentinels *ss, double window_s)
+{
+    if (ss == NULL || window_s <= 0)
+        return;
+    int n;
+    double longest = longest_hole(ss, &n);
+    printf(",\"machine_holes\":%d,\"longest_hole_ms\":%.1f,\"hole_share\":%.4f,"
+           "\"sentinel\":\"%s\"", n, longest * 1e3, holes_total(ss) / (window_s * ss->n_cpu),
+           ss->fifo ? "fifo" : "normal");
+}
+
 /* The probes (live_sustainable) run on b3; the latency window on b7 with
  * a fresh worker: the mock walks a partition's message sets from the
  * oldest to answer a fetch (bench_worker's header), so on b3 the window
@@ -580,7 +596,12 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
     worker_hists_read(L.port, &before);
     double cpu0 = proc_cpu_s(pid), lists0 = metric(L.port, "halflife_lists_published_total");
     double bat0 = metric(L.port, "halflife_batch_size_count");
+    sentinels *holes = sentinels_start();   /* the host's stops of a vCPU */
+    double hw0 = wall_s();
     int n_lat = rate > 0 ? live_run(&L, rate, 1.0, LAT_SECONDS, &sent) : 0;
+    double hwin = wall_s() - hw0;
+    if (holes != NULL)
+        sentinels_stop(holes);
     worker_hists_read(L.port, &after);
     double cpu = proc_cpu_s(pid) - cpu0;
     double lists = metric(L.port, "halflife_lists_published_total") - lists0;
@@ -624,6 +645,8 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
            lat_prod[n_lat / 2], lat_prod[(int)(n_lat * 0.99)], hop99, ack99,
            hop99 > 0 ? p99 / (2 * hop99) : 0, ack99 > 0 ? w99 / ack99 : 0);
     print_stages(&before, &after);
+    print_holes(holes, hwin);
+    free(holes);
     printf(",\"ceiling\":null}\n");
     fflush(stdout);
 }

@@ -18,7 +18,9 @@
 #ifndef HL_BENCH_HOLES_H
 #define HL_BENCH_HOLES_H
 
-#define _GNU_SOURCE 1           /* CPU_SET, pthread_setaffinity_np */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE             /* CPU_SET, pthread_setaffinity_np */
+#endif
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>

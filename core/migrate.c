@@ -399,18 +399,41 @@ double hl_migration_residual(const hl_migration *mg) { return mg->residual; }
 /* y (nh, d) += c[h] x for every head h: x is loaded once for all heads
  * (it is a gathered row, usually a cache miss). Blocks of a fixed 8 so the
  * compiler vectorises them at -O2; a saxpy call per (entry, head) cost
- * more than its 64 multiply-adds. */
+ * more than its 64 multiply-adds. As decay.c's kernels: the SSE2 baseline
+ * and an AVX2 copy picked at run time (one instruction per block instead
+ * of two; no FMA, so both round alike and give the same bits). Once the
+ * gathers hit (a reshape's pair rows), these multiply-adds were a fifth
+ * of a reshape's time (perf, bench_reshape). */
+#define AXPY_HEADS(ATTR, SUFFIX)                                              \
+ATTR static void axpy_heads##SUFFIX(float *restrict y, const float *c, int nh, \
+                                    const float *restrict x, int d)           \
+{                                                                             \
+    int j = 0;                                                                \
+    for (; j + 8 <= d; j += 8)                                                \
+        for (int h = 0; h < nh; h++) {                                        \
+            float *restrict yh = y + (size_t)h * d + j;                       \
+            for (int u = 0; u < 8; u++) yh[u] += c[h] * x[j + u];             \
+        }                                                                     \
+    for (; j < d; j++)                                                        \
+        for (int h = 0; h < nh; h++) y[(size_t)h * d + j] += c[h] * x[j];     \
+}
+
+AXPY_HEADS(, _base)
+#if defined(__x86_64__) && defined(__GNUC__)
+AXPY_HEADS(__attribute__((target("avx2"))), _avx2)
+#define HAVE_AVX2 1
+#endif
+
 static void axpy_heads(float *restrict y, const float *c, int nh,
                        const float *restrict x, int d)
 {
-    int j = 0;
-    for (; j + 8 <= d; j += 8)
-        for (int h = 0; h < nh; h++) {
-            float *restrict yh = y + (size_t)h * d + j;
-            for (int u = 0; u < 8; u++) yh[u] += c[h] * x[j + u];
-        }
-    for (; j < d; j++)
-        for (int h = 0; h < nh; h++) y[(size_t)h * d + j] += c[h] * x[j];
+#ifdef HAVE_AVX2
+    if (__builtin_cpu_supports("avx2")) {
+        axpy_heads_avx2(y, c, nh, x, d);
+        return;
+    }
+#endif
+    axpy_heads_base(y, c, nh, x, d);
 }
 
 /* The ring entry k's row in to: through from's row when from knew the

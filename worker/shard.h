@@ -194,8 +194,13 @@ static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
  * migrate in HL_SWAP_BATCH_BUDGET_US (hl_shard_swap_batch_cap), at most
  * HL_SWAP_BATCH_MAX and at least HL_SWAP_BATCH_MIN: this bounds the stall
  * a swap adds to one batch (bench_swap) at the price of smaller batches
- * for the migration's few seconds. */
-#define HL_SWAP_BATCH_MAX 512
+ * for the migration's few seconds. The most is 256, not 512: a batch at
+ * the most is one the estimate did not bound, and random users' rows can
+ * cost 5x the estimate when the other core is busy (336 stale rows in a
+ * 512-event batch took 8.6 ms, 2026-12-04); at 256, three interleaved
+ * pairs of bench_swap runs gave stalls of 5.9-8.3 ms against 6.0-10.8,
+ * the time to migrate every user unchanged (1.12-1.18 s, 1.15-1.26). */
+#define HL_SWAP_BATCH_MAX 256
 #define HL_SWAP_BATCH_MIN 16
 #define HL_SWAP_BATCH_BUDGET_US 2000
 

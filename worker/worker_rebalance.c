@@ -395,6 +395,19 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
      * thread too, so it cannot change in between. */
     sh->mref = hl_models_acquire(w->models);
     sh->c_migrated = w->ctx.mx.migrated;
+    /* Every reader of the table takes its rows for the model's shape. A
+     * restore that left them in another (a table not made from
+     * w->ctx.topts after a reshaping swap: a bug) is not served: with
+     * state.store=kafka such a table was served under the new model,
+     * silently (test_model_reshape_rebalance.py with check_model's
+     * update of topts taken out). */
+    if (tbl != NULL && other_shape(tbl, sh->mref->mi)) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"the restored table "
+               "is not the model's state shape (dim %d, model %d)\"", (int)p,
+               hl_table_opts_get(tbl)->decay.dim, sh->mref->mi->dim);
+        hl_shard_destroy(sh);
+        return HL_EINVAL;
+    }
     if (w->changelog != NULL &&
         (sh->cl = hl_changelog_shard_create(w->changelog, p, sh->tbl, &cr)) == NULL) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",

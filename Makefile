@@ -170,7 +170,7 @@ check-prefetch: $(BUILD)/halflife
 	@tests/check_prefetch.sh $(BUILD)
 
 FUZZ_WANTED := $(if $(shell command -v clang 2>/dev/null),$(FUZZERS))
-test: deps check-layering check-clang check-prefetch $(BUILD)/halflife $(TESTS) $(FUZZ_WANTED)
+test: deps check-layering check-clang check-prefetch $(BUILD)/halflife $(TESTS) $(BENCHES) $(FUZZ_WANTED)
 	@HL_HALFLIFE=$(abspath $(BUILD)/halflife) HL_SAN=$(SAN) tests/run.sh $(abspath $(BUILD))
 
 # The long runs that do not fit in make test's ten minutes: the demo at its

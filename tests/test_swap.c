@@ -19,6 +19,7 @@
 #define N_USERS 6000
 #define PATH_A  "/tmp/test_swap_a.hlm"
 #define PATH_B  "/tmp/test_swap_b.hlm"
+#define PATH_C  "/tmp/test_swap_c.hlm"
 #define LIVE    "/tmp/test_swap_live.hlm"
 
 static uint64_t g_seed = 0x9E3779B97F4A7C15ull;
@@ -36,6 +37,8 @@ typedef struct shape {
 static const shape SHAPE_A = {DIM, HEADS, {3600e3, 86400e3, 30 * 86400e3}};
 /* another dim, fewer heads, one half-life kept and one new */
 static const shape SHAPE_R = {12, 2, {3600e3, 7 * 86400e3}};
+/* a third shape: another dim again, three heads, two half-lives new */
+static const shape SHAPE_C = {8, 3, {1800e3, 86400e3, 14 * 86400e3}};
 
 /* N_ITEMS items "it<first>".. with random e_in (B shares 450 of A's ids),
  * of shape sp. */
@@ -305,9 +308,9 @@ static int where(const hl_shard *sh, int u)
            (sh->old_tbl && hl_table_find(sh->old_tbl, user, len) >= 0) << 1;
 }
 
-/* Every user's row in got equals its row in want (the first three that
- * differ are reported). */
-static void check_rows_as(const hl_table *got, const hl_table *want)
+/* Every user's row in got equals its row in want, both of shape sp (the
+ * first three that differ are reported). */
+static void check_rows_as(const hl_table *got, const hl_table *want, const shape *sp)
 {
     int bad = 0;
     for (int u = 0; u < N_USERS && bad < 3; u++) {
@@ -319,7 +322,7 @@ static void check_rows_as(const hl_table *got, const hl_table *want)
         hl_row_view va, vb;
         hl_table_view(got, (uint32_t)ra, &va);
         hl_table_view(want, (uint32_t)rb, &vb);
-        bad += same_row(&va, &vb, SHAPE_R.n_heads, SHAPE_R.dim) != 0;
+        bad += same_row(&va, &vb, sp->n_heads, sp->dim) != 0;
     }
 }
 
@@ -387,11 +390,148 @@ static void test_reshape_moves_every_user(void)
     hl_table_stats st;
     hl_table_stats_get(f.sh->tbl, &st);
     CHECKF(st.users == N_USERS, "%zu users in the new table", st.users);
-    check_rows_as(f.sh->tbl, want);
+    check_rows_as(f.sh->tbl, want, &SHAPE_R);
     /* events keep flowing into the new shape after the migration */
     feed(f.sh, b->m, from + n_touch, from + n_touch + 100, 100);
     hl_mref_release(b);
     hl_table_destroy(want);
+    fixture_close(&f);
+}
+
+/* Events [from, to) of the stream applied to tbl under m, as a shard
+ * would (the reference's events after a swap). */
+static void apply_plain(hl_table *tbl, const hl_model *m, int from, int to)
+{
+    char item[16];
+    for (int i = from; i < to; i++) {
+        hl_event ev = event_at(m, i, item);
+        hl_table_apply(tbl, &ev, 1, hl_model_e_in(m), N_ITEMS, NULL);
+    }
+}
+
+/* Users lost (in neither table) or doubled (in both) right now. */
+static int misplaced(const hl_shard *sh)
+{
+    int n = 0;
+    for (int u = 0; u < N_USERS; u++)
+        n += where(sh, u) == 0 || where(sh, u) == 3;
+    return n;
+}
+
+/* Ticks until the shard's migration is over (or 100000 ticks), counting
+ * users lost or doubled on the way into *bad. */
+static void sweep_to_end(hl_shard *sh, int *bad)
+{
+    for (int ticks = 0; sh->mig_from != NULL && ticks < 100000; ticks++) {
+        hl_shard_swap_tick(sh, 300);
+        if (ticks % 7 == 0)
+            *bad += misplaced(sh);
+    }
+}
+
+/* Model C (of shape c_shape, items it100..) renamed over the path and
+ * loaded; the served model's reference. */
+static hl_mref *load_c(fixture *f, const shape *c_shape)
+{
+    CHECK(write_model_shape(PATH_C, 100, "C", c_shape) == 0 && rename(PATH_C, LIVE) == 0);
+    CHECK(hl_models_check(f->ms, 0, 1) == 1);
+    return hl_models_acquire(f->ms);
+}
+
+/* Two swaps in a row, the second (C, of shape c_shape) arriving while the
+ * first reshape (A -> B) is still moving users: the shard finishes A -> B
+ * first (every user moved into B's table, none left in A's), then goes
+ * from B to C with C's own map (from_prev, fitted against B). Every user
+ * ends in C's table exactly once, equal to moving it offline A -> B
+ * (hl_migration_row_into), B's events, B -> C (the same again), C's
+ * events; none is lost or doubled at any point, and each move counts. */
+static void chain_case(const shape *c_shape)
+{
+    fixture f;
+    CHECK(fixture_open_shape(&f, &SHAPE_R) == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_mref *b = hl_models_acquire(f.ms);
+    hl_table *want_b = new_table_shape(&SHAPE_R), *want_c = new_table_shape(c_shape);
+    apply_plain(f.plain, f.a, 0, 12 * N_USERS);
+    CHECK(hl_migration_table_into(b->from_prev, f.plain, want_b) == N_USERS);
+
+    CHECK(hl_shard_swap_begin(f.sh, b) == 0);
+    int from = 20 * N_USERS;            /* users 0..1999 move by touch, under B */
+    feed(f.sh, b->m, from, from + 2000, 256);
+    apply_plain(want_b, b->m, from, from + 2000);
+    for (int i = 0; i < 3; i++)
+        hl_shard_swap_tick(f.sh, 300);
+    hl_table_stats st = {0};
+    if (f.sh->old_tbl != NULL)
+        hl_table_stats_get(f.sh->old_tbl, &st);
+    CHECKF(f.sh->old_tbl != NULL && st.users > 0 && f.sh->mig_rows > 2000,
+           "the first move is not under way when C arrives: %zu users left in A's table, "
+           "%llu moved", st.users, (unsigned long long)f.sh->mig_rows);
+
+    hl_mref *c = load_c(&f, c_shape);
+    CHECK(c->gen == b->gen + 1 && c->from_prev != NULL);
+    CHECK(hl_migration_table_into(c->from_prev, want_b, want_c) == N_USERS);
+    CHECK(hl_shard_swap_begin(f.sh, c) == 0);
+    CHECK(f.sh->mref == c && f.sh->mig_from == b && f.sh->mig == c->from_prev);
+    int bad = misplaced(f.sh);
+    CHECKF(hl_counter_get(f.sh->c_migrated) == N_USERS, "%llu moved into B before C began",
+           (unsigned long long)hl_counter_get(f.sh->c_migrated));
+    feed(f.sh, c->m, from + 2000, from + 5000, 256);   /* users 2000..4999, under C */
+    apply_plain(want_c, c->m, from + 2000, from + 5000);
+    sweep_to_end(f.sh, &bad);
+    CHECKF(bad == 0, "%d users lost or doubled while C's move ran", bad);
+    CHECK(f.sh->old_tbl == NULL && f.sh->mig_from == NULL && f.sh->mref == c);
+    const hl_decay *d = &hl_table_opts_get(f.sh->tbl)->decay;
+    CHECKF(d->dim == c_shape->dim && d->n_heads == c_shape->n_heads, "table of dim %d heads "
+           "%d, C's is %d %d", d->dim, d->n_heads, c_shape->dim, c_shape->n_heads);
+    hl_table_stats_get(f.sh->tbl, &st);
+    CHECKF(st.users == N_USERS, "%zu users in C's table", st.users);
+    CHECKF(hl_counter_get(f.sh->c_migrated) == 2 * N_USERS, "migrated counter %llu, want %d",
+           (unsigned long long)hl_counter_get(f.sh->c_migrated), 2 * N_USERS);
+    check_rows_as(f.sh->tbl, want_c, c_shape);
+    hl_mref_release(c);
+    hl_mref_release(b);
+    hl_table_destroy(want_b);
+    hl_table_destroy(want_c);
+    fixture_close(&f);
+}
+
+static void test_reshape_then_reshape(void)
+{
+    chain_case(&SHAPE_C);
+}
+
+/* C of B's shape: the second swap migrates B's new table in place. */
+static void test_reshape_then_same_shape(void)
+{
+    chain_case(&SHAPE_R);
+}
+
+/* A shard that missed a swap (still under A when C, fitted against B,
+ * arrives) cannot use C's map: it fits its own from A into C, and every
+ * user equals hl_migration_create_any(A, C) of its row. */
+static void test_missed_swap_fits_own_map(void)
+{
+    char err[256];
+    fixture f;
+    CHECK(fixture_open_shape(&f, &SHAPE_R) == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_mref *c = load_c(&f, &SHAPE_C);
+    CHECK(c->gen == f.sh->mref->gen + 2);
+    apply_plain(f.plain, f.a, 0, 12 * N_USERS);
+    hl_migration *mg = hl_migration_create_any(f.a, c->m, f.sh->mref->tw, err, sizeof err);
+    hl_table *want = new_table_shape(&SHAPE_C);
+    CHECK(mg != NULL && hl_migration_table_into(mg, f.plain, want) == N_USERS);
+    CHECK(hl_shard_swap_begin(f.sh, c) == 0);
+    CHECK(f.sh->mig != c->from_prev && f.sh->mig_own != NULL);
+    int bad = 0;
+    sweep_to_end(f.sh, &bad);
+    CHECKF(bad == 0, "%d users lost or doubled", bad);
+    CHECK(f.sh->old_tbl == NULL && f.sh->mig_from == NULL);
+    check_rows_as(f.sh->tbl, want, &SHAPE_C);
+    hl_migration_destroy(mg);
+    hl_table_destroy(want);
+    hl_mref_release(c);
     fixture_close(&f);
 }
 
@@ -531,8 +671,12 @@ int main(void)
     RUN(test_batch_cap_follows_cost);
     RUN(test_reshape_moves_every_user);
     RUN(test_reshape_finish_moves_rest);
+    RUN(test_reshape_then_reshape);
+    RUN(test_reshape_then_same_shape);
+    RUN(test_missed_swap_fits_own_map);
     RUN(test_reshape_carries_gate);
     RUN(test_reshape_refused_when_asked);
     unlink(PATH_B);
+    unlink(PATH_C);
     TEST_EXIT();
 }

@@ -182,14 +182,26 @@ hl_model *hl_models_open_kept(hl_models *ms, uint64_t fingerprint, char *errbuf,
     return m;
 }
 
-int hl_models_same_shape(const hl_model_info *a, const hl_model_info *b)
+/* 1 when a state of dim, n_heads and half_life_ms is mi's shape. */
+static int shape_is(int dim, int n_heads, const double *half_life_ms, const hl_model_info *mi)
 {
-    if (a->dim != b->dim || a->n_heads != b->n_heads)
+    if (dim != mi->dim || n_heads != mi->n_heads)
         return 0;
-    for (int h = 0; h < a->n_heads; h++)
-        if (a->half_life_ms[h] != b->half_life_ms[h])
+    for (int h = 0; h < n_heads; h++)
+        if (half_life_ms[h] != mi->half_life_ms[h])
             return 0;
     return 1;
+}
+
+int hl_models_same_shape(const hl_model_info *a, const hl_model_info *b)
+{
+    return shape_is(a->dim, a->n_heads, a->half_life_ms, b);
+}
+
+int hl_models_table_fits(const hl_table *tbl, const hl_model_info *mi)
+{
+    const hl_decay *d = &hl_table_opts_get(tbl)->decay;
+    return shape_is(d->dim, d->n_heads, d->half_life_ms, mi);
 }
 
 /* The map from cur into m: in place for one shape (the path a same-shape

@@ -79,6 +79,8 @@ typedef struct hl_models_opts {
 /* 1 when two models' rows have the same shape (dim, heads, half-lives):
  * a swap between them migrates rows in place. */
 int        hl_models_same_shape(const hl_model_info *a, const hl_model_info *b);
+/* 1 when tbl's rows are mi's shape (its decay's dim, heads, half-lives). */
+int        hl_models_table_fits(const hl_table *tbl, const hl_model_info *mi);
 
 /* first is borrowed: the caller closes it after hl_models_destroy. Strings
  * in o are borrowed too. NULL and a reason on no memory. */

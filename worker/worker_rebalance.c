@@ -41,28 +41,11 @@ static const hl_model *cur_model(hl_worker *w)
     return m;
 }
 
-/* 1 when tbl's state shape (dim, heads, half-lives) is not the current
- * model's: a restart with a model of another shape. */
+/* 1 when tbl's state shape (dim, heads, half-lives) is not mi's: a
+ * restart with a model of another shape. */
 static int other_shape(const hl_table *tbl, const hl_model_info *mi)
 {
-    const hl_decay *d = &hl_table_opts_get(tbl)->decay;
-    if (d->dim != mi->dim || d->n_heads != mi->n_heads)
-        return 1;
-    for (int h = 0; h < d->n_heads; h++)
-        if (d->half_life_ms[h] != mi->half_life_ms[h])
-            return 1;
-    return 0;
-}
-
-/* 1 when two models' state shapes differ. */
-static int infos_differ(const hl_model_info *a, const hl_model_info *b)
-{
-    if (a->dim != b->dim || a->n_heads != b->n_heads)
-        return 1;
-    for (int h = 0; h < a->n_heads; h++)
-        if (a->half_life_ms[h] != b->half_life_ms[h])
-            return 1;
-    return 0;
+    return !hl_models_table_fits(tbl, mi);
 }
 
 /* The weights per event type rows of model old were built with. */
@@ -92,7 +75,7 @@ int hl_worker_changelog_reshape(void *arg, uint64_t fp, hl_changelog_reshape *ou
     int rc = 0;
     float tw[HL_N_TYPES];
     memset(out, 0, sizeof *out);
-    if (old != NULL && !infos_differ(hl_model_info_get(old), cur->mi)) {
+    if (old != NULL && hl_models_same_shape(hl_model_info_get(old), cur->mi)) {
         rc = 1;
     } else if (old != NULL) {
         old_type_weights(w, old, tw);
@@ -412,6 +395,19 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
      * thread too, so it cannot change in between. */
     sh->mref = hl_models_acquire(w->models);
     sh->c_migrated = w->ctx.mx.migrated;
+    /* Every reader of the table takes its rows for the model's shape. A
+     * restore that left them in another (a table not made from
+     * w->ctx.topts after a reshaping swap: a bug) is not served: with
+     * state.store=kafka such a table was served under the new model,
+     * silently (test_model_reshape_rebalance.py with check_model's
+     * update of topts taken out). */
+    if (tbl != NULL && other_shape(tbl, sh->mref->mi)) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"the restored table "
+               "is not the model's state shape (dim %d, model %d)\"", (int)p,
+               hl_table_opts_get(tbl)->decay.dim, sh->mref->mi->dim);
+        hl_shard_destroy(sh);
+        return HL_EINVAL;
+    }
     if (w->changelog != NULL &&
         (sh->cl = hl_changelog_shard_create(w->changelog, p, sh->tbl, &cr)) == NULL) {
         hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",

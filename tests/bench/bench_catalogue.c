@@ -12,6 +12,7 @@
 #define BENCH_NAME "bench_catalogue"
 #define BENCH_SEED 0x9E3779B97F4A7C15ull
 #include "bench_util.h"
+#include "bench_args.h"
 
 #include <cblas.h>
 
@@ -41,8 +42,14 @@ static double rate(hl_ranker *r, const bench_users *bu, const hl_rank_catalogue 
     return (double)calls * N / t;
 }
 
+static const char usage[] =
+    "usage: bench_catalogue [ITEMS]\n"
+    "  ITEMS  catalogue size (default 100000)\n"
+    "Prints JSON lines: refreshes/s with 1% hidden and 1% added items, and without.\n";
+
 int main(int argc, char **argv)
 {
+    bench_args("bench_catalogue", argc, argv, usage, bench_bad_counts(argc, argv, 1, 1));
     int32_t n_items = argc > 1 ? atoi(argv[1]) : 100000;
     int32_t n_hid = n_items / 100, n_side = n_items / 100;
     char err[256];

@@ -62,6 +62,7 @@
  * of the three) and HL_BENCH_RESTORE_USERS (200000) change the sizes;
  * HL_BENCH_ONLY=restore or flush runs only those figures. */
 #include "bench_table_util.h"
+#include "bench_args.h"
 #include "changelog.h"
 #include "log.h"
 #include "persist.h"
@@ -618,8 +619,16 @@ static void remove_dir(const char *dir)
     rmdir(dir);
 }
 
+static const char usage[] =
+    "usage: bench_changelog [DIR]\n"
+    "  DIR  where the file store's snapshots go (default $HL_BUILD or build; removed)\n"
+    "Environment: HL_BENCH_USERS, HL_BENCH_SECONDS, HL_BENCH_ACTIVE_PCT,\n"
+    "HL_BENCH_RESTORE_USERS, HL_BENCH_ONLY=restore|flush (the comment at the top).\n"
+    "Prints JSON lines.\n";
+
 int main(int argc, char **argv)
 {
+    bench_args("bench_changelog", argc, argv, usage, bench_bad_dir(argc, argv));
     const char *base = argc > 1 ? argv[1] : getenv("HL_BUILD");
     const char *ru = getenv("HL_BENCH_RESTORE_USERS"), *only = getenv("HL_BENCH_ONLY");
     char dir[1024];

@@ -47,6 +47,7 @@
  * where libfaiss.a and a C++ compiler exist (faiss_shim.cpp). */
 #define BENCH_NAME "bench_faiss"
 #include "bench_index_data.h"
+#include "bench_args.h"
 #include "encoder.h"
 #include "faiss_shim.h"
 #include "ivf.h"
@@ -478,8 +479,27 @@ static const char *winner_name(int w)
     return w < 0 ? "null" : w == OURS ? "\"ours\"" : "\"faiss\"";
 }
 
+/* The first argument bench_faiss cannot take (NULL: none). */
+static const char *bad_arg(int argc, char **argv)
+{
+    if (argc > 3)
+        return argv[3];
+    if (argc > 1 && !bench_arg_count(argv[1]))
+        return argv[1];
+    if (argc > 2 && strcmp(argv[2], "random") != 0 && strcmp(argv[2], "clustered") != 0)
+        return argv[2];
+    return NULL;
+}
+
+static const char usage[] =
+    "usage: bench_faiss [ITEMS [random|clustered]]\n"
+    "  ITEMS  catalogue size, at least 1000 (default 1000000: ~14 min)\n"
+    "  random|clustered  one model only (default both)\n"
+    "Prints JSON lines: core/ivf.c against FAISS's IndexIVFFlat.\n";
+
 int main(int argc, char **argv)
 {
+    bench_args("bench_faiss", argc, argv, usage, bad_arg(argc, argv));
     int32_t n_items = argc > 1 ? (int32_t)atol(argv[1]) : 1000000;
     const char *only = argc > 2 ? argv[2] : NULL;
     int win[2][2] = {{-1, -1}, {-1, -1}};

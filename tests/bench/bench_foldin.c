@@ -36,6 +36,8 @@
  * sgemv, then the near ones rescored in double), against its plain-loop
  * twin (a double dot product per item, what it replaced) as the ceiling:
  * ms per publication, medians of REPS alternating runs. */
+#include "bench_args.h"
+
 #include "fold.h"
 #include "foldin.h"
 #include "log.h"
@@ -290,8 +292,33 @@ static int bench_scan(int32_t n)
     return same ? 0 : 1;
 }
 
+/* The first argument bench_foldin cannot take (NULL: none): each is a
+ * known option followed by a number. */
+static const char *bad_arg(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i += 2) {
+        if (strcmp(argv[i], "--scan") != 0 && strcmp(argv[i], "--unknown") != 0 &&
+            strcmp(argv[i], "--refresh") != 0)
+            return argv[i];
+        if (i + 1 >= argc)
+            return argv[i];
+        if (!bench_arg_number(argv[i + 1]))
+            return argv[i + 1];
+    }
+    return NULL;
+}
+
+static const char usage[] =
+    "usage: bench_foldin [--unknown SHARE] [--refresh 0|1]\n"
+    "       bench_foldin --scan ITEMS\n"
+    "  --unknown  share of events naming unknown items (default 0.01)\n"
+    "  --refresh  0: no list refresh (recs.enabled=false; default 1)\n"
+    "  --scan     the publication's scan at ITEMS model items instead\n"
+    "Prints JSON lines.\n";
+
 int main(int argc, char **argv)
 {
+    bench_args("bench_foldin", argc, argv, usage, bad_arg(argc, argv));
     static run r;
     static double t[7][REPS * BATCHES];
     char path[64];

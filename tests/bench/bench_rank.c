@@ -27,6 +27,7 @@
 #define BENCH_NAME "bench_rank"
 #define BENCH_SEED 0x2545F4914F6CDD1Dull
 #include "bench_util.h"
+#include "bench_args.h"
 #include "bench_ceiling.h"
 
 #include <cblas.h>
@@ -207,8 +208,14 @@ static int bench_items(int32_t n_items, bench_users *bu)
     return 0;
 }
 
+static const char usage[] =
+    "usage: bench_rank [MAX_ITEMS]\n"
+    "  MAX_ITEMS  the largest catalogue of 10k, 100k, 1M measured (default 1000000)\n"
+    "Prints JSON lines: refreshes/s against this machine's limits.\n";
+
 int main(int argc, char **argv)
 {
+    bench_args("bench_rank", argc, argv, usage, bench_bad_counts(argc, argv, 1, 1));
     static const int32_t sizes[] = {10000, 100000, 1000000};
     long max_items = argc > 1 ? atol(argv[1]) : 1000000;
     bench_users *bu = malloc(sizeof *bu);

@@ -19,6 +19,7 @@
  * Needs /usr/bin/python3 with python3-avro; run from the repository top
  * (make bench does), or set HL_TOP. Figures are medians of 5 repetitions. */
 #include "bench_events.h"
+#include "bench_args.h"
 #include "codec.h"
 #include "framing.h"
 #include "registry.h"
@@ -206,8 +207,13 @@ static void line(const char *bench, double value, const char *unit, double ceili
            bench, value, unit, ceiling, value / ceiling, extra);
 }
 
-int main(void)
+static const char usage[] =
+    "usage: bench_registry\n"
+    "Prints JSON lines: what a Schema Registry costs the decoder. It takes no arguments.\n";
+
+int main(int argc, char **argv)
 {
+    bench_args("bench_registry", argc, argv, usage, argc > 1 ? argv[1] : NULL);
     char url[64], err[512], dir[] = "/tmp/hl_bench_registry_XXXXXX", path[256];
     static payloads p_ours, p_v2;
     static stall st;

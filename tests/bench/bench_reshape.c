@@ -8,6 +8,8 @@
  * same-shape figures beside it.
  *
  * Run: build/bench/bench_reshape [users] */
+#include "bench_args.h"
+
 #include "migrate.h"
 
 #include <cblas.h>
@@ -113,8 +115,14 @@ static void fill(hl_table *t, const hl_model *m, int users)
     }
 }
 
+static const char usage[] =
+    "usage: bench_reshape [USERS]\n"
+    "  USERS  users moved into another state shape (default 100000)\n"
+    "Prints JSON lines.\n";
+
 int main(int argc, char **argv)
 {
+    bench_args("bench_reshape", argc, argv, usage, bench_bad_counts(argc, argv, 1, 1));
     int users = argc > 1 ? atoi(argv[1]) : 100000;
     openblas_set_num_threads(1);       /* one core: the worker's setting */
     static const double h3[3] = {3600e3, 86400e3, 30 * 86400e3};

@@ -34,6 +34,7 @@
  * Usage: bench_snapshot [DIR] (default $HL_BUILD or build; the files are
  * removed at the end). HL_BENCH_USERS overrides the user count. */
 #include "bench_table_util.h"
+#include "bench_args.h"
 #include "crc32c.h"
 #include "snapshot.h"
 
@@ -205,8 +206,14 @@ static void line(const char *bench, size_t users, double value, const char *unit
     fflush(stdout);
 }
 
+static const char usage[] =
+    "usage: bench_snapshot [DIR]\n"
+    "  DIR  where the snapshots go (default $HL_BUILD or build; removed at the end)\n"
+    "Environment: HL_BENCH_USERS (default 1000000). Prints JSON lines.\n";
+
 int main(int argc, char **argv)
 {
+    bench_args("bench_snapshot", argc, argv, usage, bench_bad_dir(argc, argv));
     const char *base = argc > 1 ? argv[1] : getenv("HL_BUILD");
     const char *env_users = getenv("HL_BENCH_USERS");
     size_t users = env_users ? (size_t)atol(env_users) : 1000000;

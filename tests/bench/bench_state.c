@@ -17,6 +17,7 @@
  * another shape (dim 64): USERS users (default 100000) each given HISTORY
  * events, so every ring is full. What state.history costs (README,
  * "Daily retrain": a longer ring makes a model swap more exact). */
+#include "bench_args.h"
 #include "table.h"
 
 #include <math.h>
@@ -395,11 +396,9 @@ int main(int argc, char **argv)
     int known = argc == 1 || (argc == 2 && (strcmp(argv[1], "--small") == 0 ||
                                            strcmp(argv[1], "--big") == 0)) ||
                 (argc >= 4 && argc <= 5 && strcmp(argv[1], "--memory") == 0);
-    if (!known) {               /* --help, or anything we would misread */
-        int help = argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0);
-        fprintf(help ? stdout : stderr, usage, HL_MAX_HEADS);
-        return help ? 0 : 2;
-    }
+    char text[sizeof usage + 16];
+    snprintf(text, sizeof text, usage, HL_MAX_HEADS);
+    bench_args("bench_state", argc, argv, text, known ? NULL : argv[argc > 1 ? 1 : 0]);
     if (argc >= 4 && strcmp(argv[1], "--memory") == 0) {
         int heads = atoi(argv[2]), history = atoi(argv[3]);
         uint32_t n = argc > 4 ? (uint32_t)atol(argv[4]) : 100000;

@@ -45,6 +45,8 @@
  * batch touches, so while a shard migrates the thread takes only as many
  * records as the shard's measured cost per record lets migrate in
  * HL_SWAP_BATCH_BUDGET_US (hl_shard_swap_batch_cap), as this loop does. */
+#include "bench_args.h"
+
 #include "log.h"
 #include "migrate.h"
 #include "models.h"
@@ -461,8 +463,37 @@ static int one_case(run r)
     return 0;
 }
 
+/* The first argument bench_swap cannot take (NULL: none): each is a
+ * known option followed by its value. */
+static const char *bad_arg(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i += 2) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(argv[i], "--users") == 0 || strcmp(argv[i], "--batch") == 0) {
+            if (v == NULL || !bench_arg_count(v))
+                return v ? v : argv[i];
+        } else if (strcmp(argv[i], "--shape") == 0) {
+            if (v == NULL || (strcmp(v, "same") != 0 && strcmp(v, "reshape") != 0 &&
+                              strcmp(v, "both") != 0))
+                return v ? v : argv[i];
+        } else {
+            return argv[i];
+        }
+    }
+    return NULL;
+}
+
+static const char usage[] =
+    "usage: bench_swap [--users N] [--batch N] [--shape same|reshape|both]\n"
+    "  --users  users in the shard (default 1000000)\n"
+    "  --batch  events per batch, batch.max.messages (default 1024)\n"
+    "  --shape  same: B of A's shape; reshape: another dim and half-lives;\n"
+    "           both (default)\n"
+    "Prints JSON lines: the swap's longest stall and time to migrate everyone.\n";
+
 int main(int argc, char **argv)
 {
+    bench_args("bench_swap", argc, argv, usage, bad_arg(argc, argv));
     run r = {.n_users = 1000000, .batch = BATCH_DEFAULT, .ts = 1700000000000};
     const char *shape = "both";
     for (int i = 1; i + 1 < argc; i += 2) {

@@ -83,6 +83,8 @@
  * Usage: bench_worker [halflife binary]  (default: build/halflife);
  * bench_worker --ceiling BOOTSTRAP TOPIC GROUP N is the ceiling consumer's
  * own process (ceiling_consumer() starts it). */
+#include "bench_args.h"
+
 #include "codec.h"
 #include "model.h"
 #include "producer.h"
@@ -651,9 +653,28 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
     fflush(stdout);
 }
 
+/* The first argument bench_worker cannot take (NULL: none). */
+static const char *bad_arg(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--ceiling") == 0)
+        return argc == 6 ? NULL : argv[1];
+    if (argc > 2)
+        return argv[2];
+    return argc == 2 && argv[1][0] == '-' ? argv[1] : NULL;
+}
+
+static const char usage[] =
+    "usage: bench_worker [HALFLIFE]\n"
+    "  HALFLIFE  the halflife binary (default $HL_HALFLIFE or build/halflife)\n"
+    "Environment: HL_BENCH_ONLY=state|lists|latency|floor|floor-live, HL_BENCH_RATE,\n"
+    "HL_BENCH_THREADS, HL_BENCH_FETCH_WAIT, HL_BENCH_LINGER, HL_BENCH_X (the comments\n"
+    "in bench_worker.c). Prints JSON lines.\n"
+    "(bench_worker --ceiling BOOTSTRAP TOPIC GROUP N is its own ceiling consumer.)\n";
+
 int main(int argc, char **argv)
 {
     char small[128], big[128];
+    bench_args("bench_worker", argc, argv, usage, bad_arg(argc, argv));
     if (argc == 6 && strcmp(argv[1], "--ceiling") == 0) {     /* ceiling_consumer() */
         snprintf(bootstrap, sizeof bootstrap, "%s", argv[2]);
         printf("%.6g\n", ceiling_read(argv[3], argv[4], atoi(argv[5])));

@@ -328,11 +328,19 @@ static void note_migrating(hl_wthread *t)
  * into the thread's. A shard that cannot (no memory for a
  * migration) must not see events decoded for the new model: the worker
  * stops gracefully, and -1 tells the caller to drop the batch unapplied
- * (its offsets are never stored, so the next owner replays it). */
+ * (its offsets are never stored, so the next owner replays it).
+ *
+ * A thread whose shards still move into its model keeps that model until
+ * they are done (their slices go on between batches): adopting a newer
+ * one would make each finish its move at once, in hl_shard_swap_begin,
+ * a stall of about 1 s per 180k users of a reshape (test_swap's chain
+ * cases, timed). Lists keep the current model's version meanwhile. A
+ * shard already in a newer model (given by a rebalance) cannot wait. */
 static int model_sync(hl_wthread *t, int top)
 {
     char err[512];
-    if (hl_models_gen(t->ctx->models) != t->mref->gen && (top || newer_shard(t))) {
+    int newer = newer_shard(t);
+    if (hl_models_gen(t->ctx->models) != t->mref->gen && (newer || (top && !t->migrating))) {
         hl_mref *nm = hl_models_acquire(t->ctx->models);
         if (hl_publish_model(t, nm, err, sizeof err) != 0) {
             hl_log(HL_LOG_ERROR, "thread_model_failed", "thread=%d version=\"%s\" "

@@ -131,10 +131,10 @@ static double time_copy(const payloads *pl, uint8_t *dst)
 static double time_encode_lists(hl_codec *c, uint8_t *out, size_t *bytes)
 {
     hl_codec_rec items[20];
-    char names[20][16], because[20][16];
+    char names[20][24], because[20][24];
     for (int i = 0; i < 20; i++) {
-        snprintf(names[i], 16, "item-%d", 10000 + i * 7);
-        snprintf(because[i], 16, "item-%d", 20000 + i);
+        snprintf(names[i], sizeof names[i], "item-%d", 10000 + i * 7);
+        snprintf(because[i], sizeof because[i], "item-%d", 20000 + i);
         items[i] = (hl_codec_rec){ names[i], (uint32_t)strlen(names[i]), 1.0f / (float)(i + 1),
                                    (i % 3) ? because[i] : NULL, (uint32_t)strlen(because[i]) };
     }

@@ -132,7 +132,7 @@ typedef struct run {
     hl_rec          *recs;
     int              n_out[256];
     char            *names;      /* N_USERS ids of 12 bytes */
-    char             new_id[N_NEW][12];
+    char             new_id[N_NEW][16];
     int64_t          offset, ts;
     double           unknown;
 } run;
@@ -242,7 +242,7 @@ static int setup(run *r, const char *path, hl_metrics *reg)
     }
     r->names = malloc((size_t)N_USERS * 12);
     for (uint32_t u = 0; u < N_USERS; u++) snprintf(r->names + (size_t)u * 12, 12, "u%010u", u);
-    for (int k = 0; k < N_NEW; k++) snprintf(r->new_id[k], 12, "new-%06d", k);
+    for (int k = 0; k < N_NEW; k++) snprintf(r->new_id[k], sizeof r->new_id[k], "new-%06d", k);
     return 0;
 }
 

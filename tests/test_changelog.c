@@ -534,6 +534,69 @@ static void reshape_replay(int kept)
     unlink("/tmp/test_changelog_b.hlm");
 }
 
+/* The model header of the first row record of user in "st" partition 0
+ * into fp (NUL-terminated); 0 when found. */
+static int first_row_model(env *e, const char *user, char *fp, size_t cap)
+{
+    rd_kafka_topic_partition_list_t *tp = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(tp, "st", 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(e->cons, tp);
+    rd_kafka_topic_partition_list_destroy(tp);
+    int found = -1;
+    for (int64_t end = hl_now_mono_ms() + 10000; found != 0 && hl_now_mono_ms() < end;) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(e->cons, 100);
+        if (m == NULL)
+            continue;
+        rd_kafka_headers_t *h = NULL;
+        const void *v = NULL;
+        size_t n = 0;
+        if (!m->err && m->key_len == strlen(user) && memcmp(m->key, user, m->key_len) == 0 &&
+            rd_kafka_message_headers(m, &h) == 0 &&
+            rd_kafka_header_get_last(h, HL_CHANGELOG_MODEL_HDR, &v, &n) == 0 && n < cap) {
+            memcpy(fp, v, n);
+            fp[n] = '\0';
+            found = 0;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_assign(e->cons, NULL);
+    return found;
+}
+
+/* A flush is encoded, then waits for its lists to be delivered before its
+ * records are produced; a swap can end in between. Its rows must name
+ * the model they were encoded in: they named the one served at produce
+ * time, and rows of the old shape labelled with the new model were
+ * refused at a restore (test_model_reshape's kafka case, 74 rows). */
+static void test_flush_names_encoded_model(void)
+{
+    env e;
+    char err[512], fp[32] = "", want[24];
+    if (env_start(&e) != 0) {
+        env_stop(&e);
+        return;
+    }
+    hl_table *a = table(&e);
+    hl_changelog_restored ra;
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "%s", err);
+    hl_changelog_shard *cs = hl_changelog_shard_create(e.cl, 0, a, &ra);
+    events(a, NULL, "u", 0, 10);
+    int64_t now = hl_now_mono_ms();
+    hl_changelog_tick(cs, a, 10, -1, now);                  /* the first due time */
+    CHECKF(hl_changelog_tick(cs, a, 10, -1, now + 2000) == 1,
+           "no flush encoded at its due time");             /* lists not out yet */
+    hl_changelog_shard_set_model(cs, FP + 1);               /* a swap ends */
+    CHECKF(hl_changelog_tick(cs, a, 10, 10, now + 2000) == 1, "the flush not produced");
+    hl_producer_flush(e.prod, 5000);
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)FP);
+    CHECKF(first_row_model(&e, "u", fp, sizeof fp) == 0 && strcmp(fp, want) == 0,
+           "the row encoded under model %s names model \"%s\"", want, fp);
+    hl_table_on_evict(a, NULL, NULL);
+    hl_changelog_shard_destroy(cs);
+    hl_table_destroy(a);
+    env_stop(&e);
+}
+
 static void test_reshape_replay(void)
 {
     reshape_replay(1);      /* the old model at hand: migrated */
@@ -548,5 +611,6 @@ int main(void)
     RUN(test_zombie_snapshot_refused);
     RUN(test_zombie_new_owner_quiet);
     RUN(test_reshape_replay);
+    RUN(test_flush_names_encoded_model);
     TEST_EXIT();
 }

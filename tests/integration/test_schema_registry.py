@@ -374,10 +374,15 @@ def check_start_waits(tmp, bootstrap, model, reg):
     w = U.Worker(bootstrap, model, os.path.join(tmp, "worker_wait.log"),
                  extra=extra + ["schema.registry.auto.register=false"])
     w2 = U.Worker(bootstrap, model, os.path.join(tmp, "worker_wait2.log"), extra=extra)
-    deadline = time.time() + 20
-    while time.time() < deadline and "schema_registry_wait_start" not in w.log_text() + "":
+    # both must be waiting: w2's SIGTERM is meant for a worker in its wait
+    # (under SAN, w2 could still be starting when w already waited, and a
+    # signal before the handlers are set kills it: exit -15, CI 2026-12-05)
+    deadline = time.time() + 40
+    while time.time() < deadline and not all("schema_registry_wait_start" in x.log_text()
+                                             for x in (w, w2)):
         time.sleep(0.2)
-    waiting = w.p.poll() is None and "schema_registry_wait_start" in w.log_text()
+    waiting = (w.p.poll() is None and w2.p.poll() is None and
+               all("schema_registry_wait_start" in x.log_text() for x in (w, w2)))
     rc2 = w2.stop()                                 # SIGTERM while it waits
     reg.start()
     deadline = time.time() + 20

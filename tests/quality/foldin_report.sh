@@ -28,18 +28,8 @@ for s in "${sets[@]}"; do
   # The model must not know the items first seen late: `train --holdout
   # time:0.7` on the whole file would still list them (untrained), so it
   # trains on a copy holding the first 70% of the time only.
-  /usr/bin/python3 - "$file" "$fmt" "$tmp/first70" <<'PY'
-import sys
-src, fmt, out = sys.argv[1:]
-lines = open(src).read().splitlines(True)
-head = [] if fmt == "taobao" else lines[:1]
-body = lines[len(head):]
-col = 4 if fmt == "taobao" else 3
-ts = sorted(int(float(l.split(",")[col])) for l in body if l.strip())
-cut = ts[int(0.7 * len(ts))]
-with open(out, "w") as f:
-    f.writelines(head + [l for l in body if l.strip() and int(float(l.split(",")[col])) < cut])
-PY
+  /usr/bin/python3 "$(dirname "$0")/time_cut.py" "$file" "$fmt" "$tmp/first70" 0.7 || {
+    echo "FAIL foldin.$name.cut"; continue; }
   if ! "$hl" train --input "$tmp/first70" --format "$fmt" --out "$tmp/m.hlm" --holdout time:1 \
        --quiet >"$tmp/train.json" 2>"$tmp/err"; then
     echo "FAIL foldin.$name.train"; sed 's/^/    /' "$tmp/err"; continue

@@ -89,6 +89,7 @@ typedef struct hl_shard {
     double      mig_pass_us;         /* a row the sweep passes (not migrating) */
     double      mig_touch_max_us;    /* the longest a batch's migrations took */
     hl_counter *c_migrated;          /* halflife_users_migrated_total */
+    hl_counter *c_fits;              /* halflife_model_migration_fits_on_thread_total */
     /* A reshaping migration (the new model has another dim, number of
      * heads or half-lives): tbl is a new table of the new shape and the
      * users not moved yet are in old_tbl, each moved (removed there,

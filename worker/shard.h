@@ -69,8 +69,11 @@ typedef struct hl_shard {
      * still in mig_from's space. */
     hl_mref    *mref;
     hl_mref    *mig_from;            /* NULL: no migration running */
-    const hl_migration *mig;         /* mref->from_prev, or mig_own */
-    hl_migration *mig_own;           /* fitted for this shard (older model) */
+    const hl_migration *mig;         /* mref's from_prev or a skip map
+                                        (hl_mref_migration), or mig_own */
+    hl_migration *mig_own;           /* fitted on this thread: no map from
+                                        mig_from was fitted when mref went
+                                        live (counted in c_fits) */
     float      *mig_scratch;         /* 2 HL_MIG_CHUNK n_heads dim floats */
     hl_row_edit *mig_edit;           /* rows queued for one hl_migration_rows */
     int         mig_n;

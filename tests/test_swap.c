@@ -20,6 +20,7 @@
 #define PATH_A  "/tmp/test_swap_a.hlm"
 #define PATH_B  "/tmp/test_swap_b.hlm"
 #define PATH_C  "/tmp/test_swap_c.hlm"
+#define PATH_D  "/tmp/test_swap_d.hlm"
 #define LIVE    "/tmp/test_swap_live.hlm"
 
 static uint64_t g_seed = 0x9E3779B97F4A7C15ull;
@@ -148,6 +149,8 @@ static int fixture_open_shape(fixture *f, const shape *b_shape)
         return -1;
     f->sh->mref = hl_models_acquire(f->ms);
     f->sh->c_migrated = hl_metrics_counter(f->reg, "halflife_users_migrated_total", "", NULL);
+    f->sh->c_fits = hl_metrics_counter(f->reg, "halflife_model_migration_fits_on_thread_total",
+                                       "", NULL);
     f->plain = new_table();
     feed(f->sh, f->a, 0, 12 * N_USERS, 1024);
     return rename(PATH_B, LIVE) == 0 && hl_models_check(f->ms, 0, 1) == 1 ? 0 : -1;
@@ -429,12 +432,20 @@ static void sweep_to_end(hl_shard *sh, int *bad)
     }
 }
 
-/* Model C (of shape c_shape, items it100..) renamed over the path and
- * loaded; the served model's reference. */
+/* A model (items it<first>.., of shape sp) written to path, renamed over
+ * the live path and loaded: it goes live. */
+static void load_model(fixture *f, const char *path, int first, const char *version,
+                       const shape *sp)
+{
+    CHECK(write_model_shape(path, first, version, sp) == 0 && rename(path, LIVE) == 0);
+    CHECK(hl_models_check(f->ms, 0, 1) == 1);
+}
+
+/* Model C (of shape c_shape, items it100..) loaded; the served model's
+ * reference. */
 static hl_mref *load_c(fixture *f, const shape *c_shape)
 {
-    CHECK(write_model_shape(PATH_C, 100, "C", c_shape) == 0 && rename(PATH_C, LIVE) == 0);
-    CHECK(hl_models_check(f->ms, 0, 1) == 1);
+    load_model(f, PATH_C, 100, "C", c_shape);
     return hl_models_acquire(f->ms);
 }
 
@@ -508,9 +519,11 @@ static void test_reshape_then_same_shape(void)
 }
 
 /* A shard that missed a swap (still under A when C, fitted against B,
- * arrives) cannot use C's map: it fits its own from A into C, and every
- * user equals hl_migration_create_any(A, C) of its row. */
-static void test_missed_swap_fits_own_map(void)
+ * arrives) cannot use C's from_prev: the set fitted C a map from A too
+ * when C went live (the shard still served A), so the shard fits none on
+ * its thread, and every user equals hl_migration_create_any(A, C) of its
+ * row. */
+static void test_missed_swap_uses_skip_map(void)
 {
     char err[256];
     fixture f;
@@ -518,12 +531,15 @@ static void test_missed_swap_fits_own_map(void)
     if (t_case_failed) { fixture_close(&f); return; }
     hl_mref *c = load_c(&f, &SHAPE_C);
     CHECK(c->gen == f.sh->mref->gen + 2);
+    CHECKF(c->n_skip == 1 && c->skip[0].from == f.sh->mref, "%d maps from older models, "
+           "want 1 from A", c->n_skip);
     apply_plain(f.plain, f.a, 0, 12 * N_USERS);
     hl_migration *mg = hl_migration_create_any(f.a, c->m, f.sh->mref->tw, err, sizeof err);
     hl_table *want = new_table_shape(&SHAPE_C);
     CHECK(mg != NULL && hl_migration_table_into(mg, f.plain, want) == N_USERS);
     CHECK(hl_shard_swap_begin(f.sh, c) == 0);
-    CHECK(f.sh->mig != c->from_prev && f.sh->mig_own != NULL);
+    CHECK(f.sh->mig == atomic_load(&c->skip[0].mig) && f.sh->mig_own == NULL);
+    CHECK(hl_counter_get(f.sh->c_fits) == 0);
     int bad = 0;
     sweep_to_end(f.sh, &bad);
     CHECKF(bad == 0, "%d users lost or doubled", bad);
@@ -533,6 +549,105 @@ static void test_missed_swap_fits_own_map(void)
     hl_table_destroy(want);
     hl_mref_release(c);
     fixture_close(&f);
+}
+
+/* The thread's case (worker/thread.c model_sync): A -> B (a reshape) is
+ * under way when C and then D go live; the thread keeps B until its
+ * shards are done, then jumps B -> D. D's map from B was fitted when D
+ * went live (B was still served; A, only moved out of, got none), so the
+ * shard fits nothing on its thread. Every user ends in D's table exactly
+ * once, equal to moving it offline A -> B, B's events, B -> D (a map
+ * fitted here, applied with hl_migration_table_into as the shard applies
+ * hl_migration_row_into), D's events; none is lost or doubled at any
+ * point. Once B is out of use, the next check drops D's map from it. */
+static void test_two_swaps_during_move(void)
+{
+    char err[256];
+    fixture f;
+    CHECK(fixture_open_shape(&f, &SHAPE_R) == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_mref *b = hl_models_acquire(f.ms);
+    hl_table *want_b = new_table_shape(&SHAPE_R), *want_d = new_table_shape(&SHAPE_C);
+    apply_plain(f.plain, f.a, 0, 12 * N_USERS);
+    CHECK(hl_migration_table_into(b->from_prev, f.plain, want_b) == N_USERS);
+    CHECK(hl_shard_swap_begin(f.sh, b) == 0);
+    int from = 20 * N_USERS;            /* users 0..1999 move by touch, under B */
+    feed(f.sh, b->m, from, from + 2000, 256);
+    apply_plain(want_b, b->m, from, from + 2000);
+    hl_shard_swap_tick(f.sh, 300);
+    CHECK(f.sh->old_tbl != NULL && f.sh->mig_from != NULL);
+
+    load_model(&f, PATH_C, 100, "C", &SHAPE_A);     /* nobody takes C */
+    load_model(&f, PATH_D, 150, "D", &SHAPE_C);
+    hl_mref *d = hl_models_acquire(f.ms);
+    CHECK(d->gen == b->gen + 2 && strcmp(d->mi->version, "D") == 0);
+    CHECKF(d->n_skip == 1 && d->skip[0].from == b, "%d maps from older models, want 1 "
+           "from B", d->n_skip);
+    CHECKF(f.sh->old_tbl != NULL, "the move into B ended before D arrived");
+    hl_migration *bd = hl_migration_create_any(b->m, d->m, b->tw, err, sizeof err);
+    CHECK(bd != NULL);
+
+    int bad = 0;
+    sweep_to_end(f.sh, &bad);           /* the thread keeps B until done */
+    CHECK(f.sh->mig_from == NULL && f.sh->mref == b);
+    CHECK(hl_shard_swap_begin(f.sh, d) == 0);
+    CHECKF(f.sh->mig_own == NULL && f.sh->mig == atomic_load(&d->skip[0].mig) &&
+           hl_counter_get(f.sh->c_fits) == 0, "the shard fitted B -> D on its thread");
+    feed(f.sh, d->m, from + 2000, from + 5000, 256);   /* users 2000..4999, under D */
+    CHECK(hl_migration_table_into(bd, want_b, want_d) == N_USERS);
+    apply_plain(want_d, d->m, from + 2000, from + 5000);
+    sweep_to_end(f.sh, &bad);
+    CHECKF(bad == 0, "%d users lost or doubled", bad);
+    CHECK(f.sh->old_tbl == NULL && f.sh->mig_from == NULL && f.sh->mref == d);
+    hl_table_stats st;
+    hl_table_stats_get(f.sh->tbl, &st);
+    CHECKF(st.users == N_USERS, "%zu users in D's table", st.users);
+    CHECKF(hl_counter_get(f.sh->c_migrated) == 2 * N_USERS, "migrated counter %llu",
+           (unsigned long long)hl_counter_get(f.sh->c_migrated));
+    check_rows_as(f.sh->tbl, want_d, &SHAPE_C);
+
+    hl_mref_release(b);                 /* B out of use: its map goes */
+    hl_models_check(f.ms, 0, 0);
+    CHECK(atomic_load(&d->skip[0].mig) == NULL);
+    hl_migration_destroy(bd);
+    hl_mref_release(d);
+    hl_table_destroy(want_b);
+    hl_table_destroy(want_d);
+    fixture_close(&f);
+}
+
+/* A shard under a model the set never served (another set's, here) has
+ * no map fitted for it: it fits its own on its thread, logged and
+ * counted, and every user still equals that map's migration. */
+static void test_unforeseen_model_fits_on_thread(void)
+{
+    char err[256];
+    fixture f;
+    CHECK(fixture_open_shape(&f, &SHAPE_R) == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_models_opts mo = {.path = NULL, .reg = f.reg};
+    hl_models *other = hl_models_create(&mo, f.a, err, sizeof err);
+    CHECK(other != NULL);
+    if (other == NULL) { fixture_close(&f); return; }
+    hl_mref_release(f.sh->mref);
+    f.sh->mref = hl_models_acquire(other);
+    hl_mref *b = hl_models_acquire(f.ms);
+    CHECK(hl_mref_migration(b, f.sh->mref) == NULL);
+    apply_plain(f.plain, f.a, 0, 12 * N_USERS);
+    hl_migration *mg = hl_migration_create_any(f.a, b->m, f.sh->mref->tw, err, sizeof err);
+    hl_table *want = new_table_shape(&SHAPE_R);
+    CHECK(mg != NULL && hl_migration_table_into(mg, f.plain, want) == N_USERS);
+    CHECK(hl_shard_swap_begin(f.sh, b) == 0);
+    CHECK(f.sh->mig_own != NULL && hl_counter_get(f.sh->c_fits) == 1);
+    int bad = 0;
+    sweep_to_end(f.sh, &bad);
+    CHECKF(bad == 0, "%d users lost or doubled", bad);
+    check_rows_as(f.sh->tbl, want, &SHAPE_R);
+    hl_migration_destroy(mg);
+    hl_table_destroy(want);
+    hl_mref_release(b);
+    fixture_close(&f);
+    hl_models_destroy(other);
 }
 
 /* A stop (or a snapshot, a revocation) mid-reshape finishes the move: every
@@ -673,10 +788,13 @@ int main(void)
     RUN(test_reshape_finish_moves_rest);
     RUN(test_reshape_then_reshape);
     RUN(test_reshape_then_same_shape);
-    RUN(test_missed_swap_fits_own_map);
+    RUN(test_missed_swap_uses_skip_map);
+    RUN(test_two_swaps_during_move);
+    RUN(test_unforeseen_model_fits_on_thread);
     RUN(test_reshape_carries_gate);
     RUN(test_reshape_refused_when_asked);
     unlink(PATH_B);
     unlink(PATH_C);
+    unlink(PATH_D);
     TEST_EXIT();
 }

@@ -7,7 +7,13 @@
  * decides whether a periodic check opens it at all; the fingerprint
  * decides whether an opened file is new. Everything here runs on the main
  * thread except acquire/release, which any thread may call (mu guards
- * the current pointer; the batch loop only reads the atomic generation). */
+ * the current pointer; the batch loop only reads the atomic generation).
+ *
+ * A replaced model is not released at once: the set keeps it on its held
+ * list while anyone else holds it, so that the next model's maps can be
+ * fitted from it here (models.h, skip[]); it is released at the first
+ * check that finds the set its only holder (every main loop pass), and
+ * the maps from it go first. */
 #include "models.h"
 
 #include "log.h"
@@ -35,6 +41,8 @@ struct hl_models {
     hl_models_opts   o;
     pthread_mutex_t  mu;
     hl_mref         *cur;                 /* under mu */
+    hl_mref         *held;                /* replaced models, newest first: one
+                                             reference each (main thread) */
     atomic_ullong    gen;
     int64_t          next_check_ms;
     file_id          seen;                /* the file last examined */
@@ -251,6 +259,8 @@ void hl_mref_release(hl_mref *r)
     if (r == NULL || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
     hl_migration_destroy(r->from_prev);
+    for (int i = 0; i < r->n_skip; i++)
+        hl_migration_destroy(atomic_load(&r->skip[i].mig));
     if (r->qitems_owned)        /* no ranker holds it: each holds a reference */
         hl_qitems_destroy((hl_qitems *)r->qitems);
     if (r->ivf_owned)
@@ -269,6 +279,88 @@ hl_mref *hl_models_acquire(hl_models *ms)
 }
 
 uint64_t hl_models_gen(hl_models *ms) { return atomic_load(&ms->gen); }
+
+hl_migration *hl_mref_migration(const hl_mref *to, const hl_mref *from)
+{
+    if (to->from_prev != NULL && to->prev == from && to->gen == from->gen + 1)
+        return to->from_prev;
+    for (int i = 0; i < to->n_skip; i++)
+        if (to->skip[i].from == from && to->skip[i].gen == from->gen)
+            return atomic_load(&((hl_mref *)to)->skip[i].mig);
+    return NULL;
+}
+
+void hl_mref_moving_out(hl_mref *r, int delta)
+{
+    atomic_fetch_add(&r->moving_out, delta);
+}
+
+/* ---- replaced models still in use ---------------------------------------
+ * The set's reference to a held model is what keeps the maps from it
+ * valid (a map reads the old model's e_in): the maps go before it. */
+
+/* 1 when a thread or shard serves r (into whose space a shard may still
+ * have to move users from r): a reference beyond the set's and the
+ * shards' moving out of it. refs is read first: a shard drops its
+ * moving_out before its reference, so the two never add up to less than
+ * the truth (a model wrongly counted as served costs a fit, not a stall). */
+static int served(hl_mref *r)
+{
+    int refs = atomic_load(&r->refs);
+    return refs - 1 - atomic_load(&r->moving_out) > 0;
+}
+
+/* Every map from `from` held by the current model or a held one. Nothing
+ * is migrating with them: that would be a shard holding `from`. */
+static void drop_maps_from(hl_models *ms, const hl_mref *from)
+{
+    for (hl_mref *r = ms->cur; r != NULL; r = r == ms->cur ? ms->held : r->held_next)
+        for (int i = 0; i < r->n_skip; i++)
+            if (r->skip[i].from == from)
+                hl_migration_destroy(atomic_exchange(&r->skip[i].mig, NULL));
+}
+
+/* Releases the held models only the set holds now (nobody can take a new
+ * reference to one: only the current model is handed out). */
+static void release_unused(hl_models *ms)
+{
+    for (hl_mref **p = &ms->held; *p != NULL;) {
+        hl_mref *r = *p;
+        if (atomic_load(&r->refs) > 1) {
+            p = &r->held_next;
+            continue;
+        }
+        *p = r->held_next;
+        drop_maps_from(ms, r);
+        hl_mref_release(r);
+    }
+}
+
+/* The maps into r (model m, not live yet) from every held model still
+ * served, newest first and HL_MREF_SKIPS at most: a thread that skips
+ * models jumps from one of them. A fit that fails is logged and left to
+ * the shard (which fits its own then). Returns the seconds it took. */
+static double fit_skips(hl_models *ms, hl_mref *r, const hl_model *m)
+{
+    char err[512];
+    double t0 = hl_now_mono_s();
+    for (hl_mref *h = ms->held; h != NULL && r->n_skip < HL_MREF_SKIPS; h = h->held_next) {
+        if (!served(h))
+            continue;
+        hl_migration *mg = fit(ms, h, m, err, sizeof err);
+        if (mg == NULL) {
+            hl_log(HL_LOG_WARN, "model_skip_fit_failed", "from=\"%s\" to=\"%s\" err=\"%s\" "
+                   "action=\"a shard jumping from it fits its own map on its thread\"",
+                   h->mi->version, r->mi->version, err);
+            continue;
+        }
+        r->skip[r->n_skip].from = h;
+        r->skip[r->n_skip].gen = h->gen;
+        atomic_store(&r->skip[r->n_skip].mig, mg);
+        r->n_skip++;
+    }
+    return hl_now_mono_s() - t0;
+}
 
 /* ---- metrics ------------------------------------------------------------ */
 
@@ -328,6 +420,15 @@ void hl_models_destroy(hl_models *ms)
 {
     if (ms == NULL)
         return;
+    /* every thread and shard is gone: no map is in use, and none may
+     * outlive the models it reads */
+    for (hl_mref *r = ms->held; r != NULL; r = r->held_next)
+        drop_maps_from(ms, r);
+    while (ms->held != NULL) {
+        hl_mref *r = ms->held;
+        ms->held = r->held_next;
+        hl_mref_release(r);
+    }
     hl_mref_release(ms->cur);
     pthread_mutex_destroy(&ms->mu);
     free(ms);
@@ -344,8 +445,9 @@ static int refuse(hl_models *ms, const char *why)
     return HL_EFORMAT;
 }
 
-/* Makes r current (its migration already fitted). */
-static void install(hl_models *ms, hl_mref *r, double fit_s)
+/* Makes r current (its migrations already fitted); the one it replaces
+ * is held while anyone else uses it. */
+static void install(hl_models *ms, hl_mref *r, double fit_s, double skip_s)
 {
     hl_mref *old;
     pthread_mutex_lock(&ms->mu);
@@ -357,11 +459,13 @@ static void install(hl_models *ms, hl_mref *r, double fit_s)
     show_model(ms, r);
     hl_log(HL_LOG_INFO, "model_swapped", "path=%s version=\"%s\" fingerprint=%016llx "
            "previous_version=\"%s\" generation=%llu shared_items=%d reshaped=%d "
-           "fit_seconds=%.3f", ms->o.path, r->mi->version,
-           (unsigned long long)r->mi->fingerprint, old->mi->version,
+           "fit_seconds=%.3f skip_maps=%d skip_fit_seconds=%.3f", ms->o.path,
+           r->mi->version, (unsigned long long)r->mi->fingerprint, old->mi->version,
            (unsigned long long)r->gen, hl_migration_shared(r->from_prev),
-           hl_migration_reshapes(r->from_prev), fit_s);
-    hl_mref_release(old);
+           hl_migration_reshapes(r->from_prev), fit_s, r->n_skip, skip_s);
+    old->held_next = ms->held;
+    ms->held = old;
+    release_unused(ms);
 }
 
 /* The new model's scoring tables, before it goes live: a ranker over
@@ -416,11 +520,13 @@ static int load(hl_models *ms)
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
     r->from_prev = fit(ms, cur, m, err, sizeof err);
+    r->prev = cur;
     clock_gettime(CLOCK_MONOTONIC, &b);
     if (r->from_prev == NULL) {
         hl_mref_release(r);
         return refuse(ms, err);
     }
+    double skip_s = fit_skips(ms, r, m);
     if (scoring_tables(ms, r, err, sizeof err) != 0) {
         hl_mref_release(r);
         return refuse(ms, err);
@@ -430,7 +536,8 @@ static int load(hl_models *ms)
         hl_mref_release(r);
         return refuse(ms, err);
     }
-    install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
+    install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9,
+            skip_s);
     keep(ms, ms->o.path, r->mi);
     return 1;
 }
@@ -438,6 +545,7 @@ static int load(hl_models *ms)
 int hl_models_check(hl_models *ms, int64_t now_ms, int force)
 {
     file_id id;
+    release_unused(ms);             /* every pass: a replaced model goes soon */
     if (ms->o.path == NULL)
         return 0;
     if (!force && (ms->o.check_ms <= 0 || now_ms < ms->next_check_ms))

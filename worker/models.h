@@ -12,7 +12,17 @@
  * shard the one its rows are in (and, while it migrates, the one they come
  * from). The last release closes the model, so a swapped-out mapping goes
  * once nobody uses it. Threads notice a swap by the generation number at
- * the top of a batch (thread.c). */
+ * the top of a batch (thread.c).
+ *
+ * A thread whose shards still move keeps its model until they are done,
+ * so it can skip models (A -> B under way, C and D arrive: it goes B -> D).
+ * The map for such a jump is fitted here, on the main thread, when the
+ * new model goes live: from every older model some thread or shard still
+ * serves (the set holds each replaced model while anyone else does, and
+ * knows it from the reference count), kept in the new model's skip[] and
+ * dropped once that older model is no longer in use. A shard thread then
+ * never fits one (a fit is 0.7 s and more at 100k items: a stall of the
+ * batch loop); one it still has to fit is logged and counted. */
 #ifndef HL_MODELS_H
 #define HL_MODELS_H
 
@@ -24,6 +34,19 @@
 
 #include <stdatomic.h>
 
+#define HL_MREF_SKIPS 4                /* older models a new one keeps a map from */
+
+struct hl_mref;
+
+/* A map into a model from an older one than the model it replaced. */
+typedef struct hl_mref_skip {
+    const struct hl_mref    *from;     /* not a reference: the set holds it while
+                                          the map lives; never changes */
+    uint64_t                 gen;      /* from's (an address alone may be reused) */
+    _Atomic(hl_migration *)  mig;      /* from's rows into this model's; NULL once
+                                          from is out of use (dropped) */
+} hl_mref_skip;
+
 typedef struct hl_mref {
     hl_model            *m;
     const hl_model_info *mi;
@@ -32,6 +55,15 @@ typedef struct hl_mref {
                                           overrides, else the model's */
     hl_migration        *from_prev;    /* the map from the model of generation
                                           gen - 1 (NULL for the first) */
+    const struct hl_mref *prev;        /* that model (not a reference: compared
+                                          only, with gen - 1, by hl_mref_migration) */
+    hl_mref_skip         skip[HL_MREF_SKIPS]; /* maps from older models still
+                                          served when this one went live */
+    int                  n_skip;       /* set before it goes live, then fixed */
+    atomic_int           moving_out;   /* shards whose users move out of it (their
+                                          mig_from): a reference that serves not */
+    struct hl_mref      *held_next;    /* the set's list of replaced models
+                                          (main thread) */
     const hl_qitems     *qitems;       /* two-stage scoring: m's int8 copy, built
                                           before m goes live; NULL: exact */
     const hl_ivf        *ivf;          /* recs.index=ivf: m's index, built before m
@@ -99,6 +131,15 @@ uint64_t   hl_models_gen(hl_models *ms);
 hl_mref   *hl_mref_get(hl_mref *r);
 /* Drops a reference; the last one frees r. NULL is a no-op. Any thread. */
 void       hl_mref_release(hl_mref *r);
+
+/* The map fitted when `to` went live from the rows of `from` (to's
+ * from_prev when `from` is the model it replaced, else a skip); NULL when
+ * none was (a model nobody served then, or a fit that failed there): the
+ * caller fits its own. Any thread; the caller holds both. */
+hl_migration *hl_mref_migration(const hl_mref *to, const hl_mref *from);
+/* A shard's users start moving out of r (+1), or are done (-1; before the
+ * shard releases r): such a reference alone needs no map from r. */
+void       hl_mref_moving_out(hl_mref *r, int delta);
 
 /* A model served before, from the store by fingerprint (validated, and its
  * fingerprint checked). NULL and a reason when it is not kept there. The

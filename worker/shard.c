@@ -68,6 +68,8 @@ void hl_shard_destroy(hl_shard *sh)
     hl_shard_swap_drop(sh);             /* a reshape cut short (swap.c) */
     hl_table_destroy(sh->tbl);
     hl_mref_release(sh->mref);
+    if (sh->mig_from != NULL)
+        hl_mref_moving_out(sh->mig_from, -1);
     hl_mref_release(sh->mig_from);
     hl_migration_destroy(sh->mig_own);
     free(sh->mig_scratch);

@@ -69,8 +69,11 @@ typedef struct hl_shard {
      * still in mig_from's space. */
     hl_mref    *mref;
     hl_mref    *mig_from;            /* NULL: no migration running */
-    const hl_migration *mig;         /* mref->from_prev, or mig_own */
-    hl_migration *mig_own;           /* fitted for this shard (older model) */
+    const hl_migration *mig;         /* mref's from_prev or a skip map
+                                        (hl_mref_migration), or mig_own */
+    hl_migration *mig_own;           /* fitted on this thread: no map from
+                                        mig_from was fitted when mref went
+                                        live (counted in c_fits) */
     float      *mig_scratch;         /* 2 HL_MIG_CHUNK n_heads dim floats */
     hl_row_edit *mig_edit;           /* rows queued for one hl_migration_rows */
     int         mig_n;
@@ -89,6 +92,7 @@ typedef struct hl_shard {
     double      mig_pass_us;         /* a row the sweep passes (not migrating) */
     double      mig_touch_max_us;    /* the longest a batch's migrations took */
     hl_counter *c_migrated;          /* halflife_users_migrated_total */
+    hl_counter *c_fits;              /* halflife_model_migration_fits_on_thread_total */
     /* A reshaping migration (the new model has another dim, number of
      * heads or half-lives): tbl is a new table of the new shape and the
      * users not moved yet are in old_tbl, each moved (removed there,

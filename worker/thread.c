@@ -335,7 +335,11 @@ static void note_migrating(hl_wthread *t)
  * one would make each finish its move at once, in hl_shard_swap_begin,
  * a stall of about 1 s per 180k users of a reshape (test_swap's chain
  * cases, timed). Lists keep the current model's version meanwhile. A
- * shard already in a newer model (given by a rebalance) cannot wait. */
+ * shard already in a newer model (given by a rebalance) cannot wait.
+ * When more than one model went live meanwhile, the thread then jumps to
+ * the newest: the set fitted that model's map from this thread's model on
+ * the main thread when it went live (models.h, skip[]), so the jump fits
+ * nothing here. */
 static int model_sync(hl_wthread *t, int top)
 {
     char err[512];

@@ -65,6 +65,7 @@ typedef struct hl_wshared {
         hl_counter   *dl_kept;
         hl_counter   *multipart;          /* users seen in two partitions */
         hl_counter   *migrated, *rebuilt; /* users moved into a new model / rebuilt from the ring */
+        hl_counter   *fits_on_thread;     /* migrations a shard thread had to fit */
         hl_counter   *skipped;            /* input offsets never received */
         hl_counter   *redelivered;        /* input records received twice, dropped */
         hl_gauge     *schema_waiting;     /* partitions paused for a writer schema */

@@ -123,6 +123,10 @@ static void register_process(hl_worker *w)
     w->ctx.mx.rebuilt = hl_metrics_counter(reg, "halflife_users_rebuilt_total",
         "Users whose heads were rebuilt from their history ring alone (the old model was "
         "not at hand).", NULL);
+    w->ctx.mx.fits_on_thread = hl_metrics_counter(reg,
+        "halflife_model_migration_fits_on_thread_total",
+        "Migrations a shard thread fitted itself, stalling its batch loop (none was fitted "
+        "when the model went live).", NULL);
     /* The build, so a dashboard can tell which pods run which binary. */
     char ver[128], rdk[64], labels[256];
     hl_metrics_escape(ver, sizeof ver, hl_version());

@@ -395,6 +395,7 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
      * thread too, so it cannot change in between. */
     sh->mref = hl_models_acquire(w->models);
     sh->c_migrated = w->ctx.mx.migrated;
+    sh->c_fits = w->ctx.mx.fits_on_thread;
     /* Every reader of the table takes its rows for the model's shape. A
      * restore that left them in another (a table not made from
      * w->ctx.topts after a reshaping swap: a bug) is not served: with

@@ -44,7 +44,14 @@
  * (batch.max.messages): the stall grows with the distinct stale users one
  * batch touches, so while a shard migrates the thread takes only as many
  * records as the shard's measured cost per record lets migrate in
- * HL_SWAP_BATCH_BUDGET_US (hl_shard_swap_batch_cap), as this loop does. */
+ * HL_SWAP_BATCH_BUDGET_US (hl_shard_swap_batch_cap), as this loop does.
+ * `--jump 1` adds two more swaps during the move: models C and D go live
+ * (the main thread loads and fits them) while A -> B is under way; the
+ * thread keeps B until the move ends (thread.c model_sync), then jumps
+ * B -> D, D of the other shape than B (a reshape jump). The
+ * swap[_reshape]_jump_stall line gives that jump's longest stall, its
+ * switch (begin_ms: where a shard that has to fit B -> D itself waits)
+ * apart, and the seconds the main thread spent loading C and D. */
 #include "bench_args.h"
 
 #include "log.h"
@@ -154,6 +161,7 @@ typedef struct run {
     int         full;       /* --batch (batch.max.messages) */
     int         reshape;    /* B of another dim and half-lives (a second table) */
     int64_t     offset, ts;
+    int         jump;       /* --jump: C and D go live during the move */
     char       *names;      /* n_users ids of 12 bytes */
     char        path_a[64], path_b[64], live[64];
 } run;
@@ -416,6 +424,48 @@ static void print(const run *r, mig_times *mt, int shared, const sentinels *st)
            shared, DIM, mt->fit_s);
 }
 
+/* Model <v> (C or D) of dim and half-lives, a retrain from A, renamed
+ * over the live path and loaded by the main thread; 0 when it went live. */
+static int go_live(run *r, const char *v, int dim, const double *half_life_ms)
+{
+    char path[80];
+    snprintf(path, sizeof path, "%s.%s", r->path_a, v);
+    if (write_model(path, N_ITEMS / 5, hl_model_e_in(r->a), v, dim, half_life_ms) != 0 ||
+        rename(path, r->live) != 0 || hl_models_check(r->ms, 0, 1) != 1) {
+        fprintf(stderr, "bench_swap: model %s did not go live\n", v);
+        return 1;
+    }
+    return 0;
+}
+
+/* --jump: the thread's jump B -> D after the move into B (which C and D
+ * arrived during), migrated to the end like B; its stall printed. */
+static int jump(run *r, const mig_times *base, double load_s)
+{
+    hl_mref *d = hl_models_acquire(r->ms);
+    mig_times mt = {.base_a = base->base_a, .base_b = base->base_b,
+                    .base_med = base->base_med};
+    double t0 = now_s();
+    int rc = hl_shard_swap_begin(r->sh, d);
+    mt.begin_s = now_s() - t0;
+    if (rc == 0)
+        migrate_all(r, d, &mt);
+    double stall = mt.begin_s;
+    if (mt.max_tick > stall) stall = mt.max_tick;
+    if (mt.max_excess > stall) stall = mt.max_excess;
+    printf("{\"bench\":\"%s_jump_stall\",\"users\":%u,\"from\":\"B\",\"to\":\"D\","
+           "\"dim_d\":%d,\"value\":%.3f,\"unit\":\"ms\",\"target\":10,\"met\":%s,"
+           "\"begin_ms\":%.3f,\"max_slice_ms\":%.3f,\"max_batch_excess_ms\":%.3f,"
+           "\"migrate_s\":%.3f,\"main_thread_load_c_d_s\":%.3f,\"clock\":\"thread_cpu\"}\n",
+           r->reshape ? "swap_reshape" : "swap", r->n_users, d->mi->dim, stall * 1e3,
+           stall < 0.010 ? "true" : "false", mt.begin_s * 1e3, mt.max_tick * 1e3,
+           mt.max_excess * 1e3, mt.work_s, load_s);
+    free(mt.excess);
+    free(mt.spans);
+    hl_mref_release(d);
+    return rc != 0;
+}
+
 /* One swap, A to B, of the shape r->reshape says: its figures printed. */
 static int one_case(run r)
 {
@@ -445,10 +495,22 @@ static int one_case(run r)
     t0 = now_s();
     hl_shard_swap_begin(r.sh, b);
     mt.begin_s = now_s() - t0;
+    double load_s = 0;
+    if (r.jump) {               /* C, then D (the other shape than B's) */
+        for (int i = 0; i < 8 && r.sh->mig_from != NULL; i++)
+            migrate_step(&r, b, &mt);
+        t0 = now_s();
+        if (r.sh->mig_from == NULL || go_live(&r, "C", r.reshape ? DIM_R : DIM,
+                                              r.reshape ? HL_R : HL_A) != 0 ||
+            go_live(&r, "D", r.reshape ? DIM : DIM_R, r.reshape ? HL_A : HL_R) != 0)
+            return 1;
+        load_s = now_s() - t0;
+    }
     migrate_all(&r, b, &mt);
     sentinels_stop(st);
     mt.ceil_s = sgemm_ceiling(r.n_users);
     print(&r, &mt, hl_migration_shared(b->from_prev), st);
+    int rc_jump = r.jump ? jump(&r, &mt, load_s) : 0;
     free(mt.excess);
     free(mt.spans);
     free(st);
@@ -460,7 +522,7 @@ static int one_case(run r)
     free(r.names);
     unlink(r.path_a);
     unlink(r.live);
-    return 0;
+    return rc_jump;
 }
 
 /* The first argument bench_swap cannot take (NULL: none): each is a
@@ -469,7 +531,8 @@ static const char *bad_arg(int argc, char **argv)
 {
     for (int i = 1; i < argc; i += 2) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(argv[i], "--users") == 0 || strcmp(argv[i], "--batch") == 0) {
+        if (strcmp(argv[i], "--users") == 0 || strcmp(argv[i], "--batch") == 0 ||
+            strcmp(argv[i], "--jump") == 0) {
             if (v == NULL || !bench_arg_count(v))
                 return v ? v : argv[i];
         } else if (strcmp(argv[i], "--shape") == 0) {
@@ -484,11 +547,12 @@ static const char *bad_arg(int argc, char **argv)
 }
 
 static const char usage[] =
-    "usage: bench_swap [--users N] [--batch N] [--shape same|reshape|both]\n"
+    "usage: bench_swap [--users N] [--batch N] [--shape same|reshape|both] [--jump 1]\n"
     "  --users  users in the shard (default 1000000)\n"
     "  --batch  events per batch, batch.max.messages (default 1024)\n"
     "  --shape  same: B of A's shape; reshape: another dim and half-lives;\n"
     "           both (default)\n"
+    "  --jump   1: C and D go live during the move; then the jump B -> D\n"
     "Prints JSON lines: the swap's longest stall and time to migrate everyone.\n";
 
 int main(int argc, char **argv)
@@ -500,6 +564,7 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--users") == 0) r.n_users = (uint32_t)atol(argv[i + 1]);
         if (strcmp(argv[i], "--batch") == 0) r.batch = atoi(argv[i + 1]) > 0 ? atoi(argv[i + 1]) : 1;
         if (strcmp(argv[i], "--shape") == 0) shape = argv[i + 1];
+        if (strcmp(argv[i], "--jump") == 0) r.jump = atoi(argv[i + 1]) > 0;
     }
     r.full = r.batch;
     openblas_set_num_threads(1);

@@ -440,11 +440,33 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
  * librdkafka hands over below it later (2.0.2 does after a rebalance's
  * pause, README.md "Rebalance and librdkafka 2.0.2") is dropped by the
  * batch loop (hl_shard_redelivered). */
+/* A stop that came while partitions are restored (start_abort: SIGTERM
+ * in `halflife run`) ends the assignment after the restore in hand: the
+ * partitions restored so far are owned and are handed over as on any stop
+ * (snapshot, commit); the rest are left as an ignored assignment leaves
+ * them, unserved and uncommitted, so a restart or their next owner
+ * restores them whole. Logged once, with the step when nothing was owned
+ * before. */
+static int stop_while_restoring(hl_worker *w, int done, int n)
+{
+    if (w->o.start_abort == NULL || !*w->o.start_abort)
+        return 0;
+    hl_worker_stop(w);
+    hl_log(HL_LOG_INFO, atomic_load(&w->have_assignment) ? "restore_stopped"
+                                                         : "worker_stopped_before_start",
+           "step=restore owned_partitions=%d restored=%d of=%d why=\"stopped while "
+           "restoring partitions; the rest are left unserved and uncommitted\"",
+           atomic_load(&w->assigned), done, n);
+    return 1;
+}
+
 static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts)
 {
     for (int i = 0; i < parts->cnt; i++) {
         if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0)
             continue;
+        if (stop_while_restoring(w, i, parts->cnt))
+            break;
         int rc = assign_one(w, rk, parts->elems[i].partition, &parts->elems[i].offset);
         if (rc < 0)
             hl_worker_stop(w);          /* cannot serve it: leave cleanly */

@@ -118,11 +118,23 @@ static int worker_ready(void *arg, char *why, size_t whylen)
     return 0;
 }
 
+/* A stop before the worker runs: nothing was owned yet, so nothing is
+ * handed over and the exit is clean (0). step names where it came: the
+ * configuration, the model, or a part of the worker (why says which, e.g.
+ * a wait for the registry or the broker). */
+static int stopped_while_starting(const char *step, const char *why)
+{
+    hl_log(HL_LOG_INFO, "worker_stopped_before_start", "step=%s owned_partitions=0%s%s%s",
+           step, why ? " why=\"" : "", why ? why : "", why ? "\"" : "");
+    return 0;
+}
+
 int hl_cmd_run(int argc, char **argv)
 {
     char err[512];
     int rc = 1;
     install_signals();
+    hl_cmd_signals_unblock();           /* a stop sent while loading comes now */
     hl_config *cfg = hl_config_create();
     hl_model *m = NULL;
     hl_metrics *reg = NULL;
@@ -130,18 +142,22 @@ int hl_cmd_run(int argc, char **argv)
     hl_worker *w = NULL;
     hl_worker_opts o;
     int prc = cfg ? run_parse(cfg, argc, argv) : 1;
-    if (prc >= 0) {
-        rc = prc;
+    if (prc >= 0 || run_signalled) {
+        rc = prc >= 0 ? prc : stopped_while_starting("configuration", NULL);
         goto out;
     }
     hl_log_set_level(hl_config_log_level(cfg));
     hl_config_worker_opts(cfg, &o);
     o.reload_sig = &run_reload;
     run_deadline_s = (unsigned)(o.shutdown_timeout_ms / 1000) + 5;
-    o.start_abort = &run_signalled;     /* a SIGTERM while waiting for the registry */
+    o.start_abort = &run_signalled;     /* a SIGTERM while the worker starts */
     const char *model_path = hl_config_str(cfg, "model.path");
     if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);
+        goto out;
+    }
+    if (run_signalled) {
+        rc = stopped_while_starting("model", NULL);
         goto out;
     }
     reg = hl_metrics_create();
@@ -150,8 +166,7 @@ int hl_cmd_run(int argc, char **argv)
         goto out;
     }
     if (run_signalled) {
-        hl_log(HL_LOG_INFO, "worker_stopped_before_start", "owned_partitions=0");
-        rc = 0;                 /* nothing was owned yet: nothing to hand over */
+        rc = stopped_while_starting("worker_create", w == NULL ? err : NULL);
         goto out;
     }
     int port = (int)hl_config_int(cfg, "metrics.port");

@@ -118,6 +118,23 @@ static int worker_ready(void *arg, char *why, size_t whylen)
     return 0;
 }
 
+/* /metrics and the probes on metrics.port (none when 0). -1 when it
+ * cannot listen (logged). */
+static int start_http(const hl_config *cfg, hl_metrics *reg, hl_worker *w, hl_http **http)
+{
+    char err[512];
+    int port = (int)hl_config_int(cfg, "metrics.port");
+    const char *bind_addr = hl_config_str(cfg, "metrics.bind");
+    if (port <= 0)
+        return 0;
+    if ((*http = hl_http_start(bind_addr, port, reg, worker_ready, w, err, sizeof err)) == NULL) {
+        hl_log(HL_LOG_ERROR, "http_start_failed", "port=%d err=\"%s\"", port, err);
+        return -1;
+    }
+    hl_log(HL_LOG_INFO, "metrics_listening", "bind=%s port=%d", bind_addr, hl_http_port(*http));
+    return 0;
+}
+
 /* A stop before the worker runs: nothing was owned yet, so nothing is
  * handed over and the exit is clean (0). step names where it came: the
  * configuration, the model, or a part of the worker (why says which, e.g.
@@ -169,15 +186,8 @@ int hl_cmd_run(int argc, char **argv)
         rc = stopped_while_starting("worker_create", w == NULL ? err : NULL);
         goto out;
     }
-    int port = (int)hl_config_int(cfg, "metrics.port");
-    const char *bind_addr = hl_config_str(cfg, "metrics.bind");
-    if (port > 0) {
-        if ((http = hl_http_start(bind_addr, port, reg, worker_ready, w, err, sizeof err)) == NULL) {
-            hl_log(HL_LOG_ERROR, "http_start_failed", "port=%d err=\"%s\"", port, err);
-            goto out;
-        }
-        hl_log(HL_LOG_INFO, "metrics_listening", "bind=%s port=%d", bind_addr, hl_http_port(http));
-    }
+    if (start_http(cfg, reg, w, &http) != 0)
+        goto out;
     rc = hl_worker_run(w, &run_signalled) == 0 ? 0 : 1;
     alarm(0);
     if (rc != 0) {

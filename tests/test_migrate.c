@@ -657,6 +657,32 @@ static hl_table *moved(const hl_migration *mg, const hl_table *src, const hl_mod
     return dst;
 }
 
+/* The events item[0..n) applied to a table of A (ta, moved into B's shape
+ * by mg: tm, its row vm) and to one of B (tb, its row vb), history rows. */
+typedef struct ring_pair {
+    hl_table   *ta, *tb, *tm;
+    hl_row_view vm, vb;
+} ring_pair;
+
+static void ring_pair_make(ring_pair *p, const hl_migration *mg, const hl_model *a,
+                           const hl_model *b, const int *item, int n, int history)
+{
+    p->ta = table_for(history);
+    p->tb = table_of(b, history);
+    apply_all(p->ta, a, item, n, 0);
+    apply_all(p->tb, b, item, n, 0);
+    p->tm = moved(mg, p->ta, b, history);
+    heads_of(p->tm, &p->vm);
+    heads_of(p->tb, &p->vb);
+}
+
+static void ring_pair_free(ring_pair *p)
+{
+    hl_table_destroy(p->ta);
+    hl_table_destroy(p->tb);
+    hl_table_destroy(p->tm);
+}
+
 /* A user whose every event is in the ring moves exactly to any shape:
  * another dim, four heads of which one half-life is A's, whatever the
  * remainder interpolation would do. B knows A's items (pass 0: masses
@@ -676,19 +702,14 @@ static void test_reshape_full_ring_exact(void)
         CHECKF(mg != NULL, "%s", err);
         if (mg != NULL) {
             CHECK(hl_migration_reshapes(mg));
-            hl_table *ta = table_for(32), *tb = table_of(b, 32);
-            apply_all(ta, a, item, 24, 0);
-            apply_all(tb, b, item, 24, 0);
-            hl_table *tm = moved(mg, ta, b, 32);
-            hl_row_view vm, vb;
-            heads_of(tm, &vm);
-            heads_of(tb, &vb);
-            CHECK_CLOSE(vm.s, vb.s, 4 * 5, 1e-4);
+            ring_pair p;
+            ring_pair_make(&p, mg, a, b, item, 24, 32);
+            CHECK_CLOSE(p.vm.s, p.vb.s, 4 * 5, 1e-4);
             if (pass == 0)
-                CHECK_CLOSE(vm.m, vb.m, 4, 1e-5);
-            CHECK(vm.t_ref_ms == vb.t_ref_ms && vm.last_offset == vb.last_offset);
-            check_same_ring(&vm, &vb);
-            hl_table_destroy(ta); hl_table_destroy(tb); hl_table_destroy(tm);
+                CHECK_CLOSE(p.vm.m, p.vb.m, 4, 1e-5);
+            CHECK(p.vm.t_ref_ms == p.vb.t_ref_ms && p.vm.last_offset == p.vb.last_offset);
+            check_same_ring(&p.vm, &p.vb);
+            ring_pair_free(&p);
         }
         hl_migration_destroy(mg);
         hl_model_close(b);
@@ -816,18 +837,14 @@ static void check_between(const hl_row_view *vm, const between_parts *bp)
 
 /* A user whose every event is still in the ring moves exactly, every head
  * as B's own table has it. */
-static void check_all_in_ring(const hl_migration *mg, hl_model *a, hl_model *b, const int *item)
+static void check_all_in_ring(const hl_migration *mg, const hl_model *a, const hl_model *b,
+                              const int *item)
 {
-    hl_table *t1 = table_for(5), *tb = table_of(b, 5);
-    apply_all(t1, a, item, 6, 0);
-    apply_all(tb, b, item, 6, 0);
-    hl_table *tm = moved(mg, t1, b, 5);
-    hl_row_view vm, vb;
-    heads_of(tm, &vm);
-    heads_of(tb, &vb);
-    CHECK_CLOSE(vm.s, vb.s, HEADS * DIM, 1e-4);
-    CHECK_CLOSE(vm.m, vb.m, HEADS, 1e-5);
-    hl_table_destroy(t1); hl_table_destroy(tb); hl_table_destroy(tm);
+    ring_pair p;
+    ring_pair_make(&p, mg, a, b, item, 6, 5);
+    CHECK_CLOSE(p.vm.s, p.vb.s, HEADS * DIM, 1e-4);
+    CHECK_CLOSE(p.vm.m, p.vb.m, HEADS, 1e-5);
+    ring_pair_free(&p);
 }
 
 static void test_reshape_new_head_between(void)

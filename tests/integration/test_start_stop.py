@@ -102,35 +102,38 @@ def case_exec(ck, model):
     ck.check("sigterm_right_after_exec", not bad, "; ".join(bad))
 
 
-def started(w, marker, absent, timeout=20):
-    """Waits for the log line event=marker with no event=absent yet: the
-    worker is at the step under test. True when it is."""
-    ok = w.wait_event(marker, timeout)
-    return ok and not w.events(absent)
+# With no broker: (case, keys, the log line that marks the step (None: the
+# changelog's wait, which logs nothing: 1.5 s into it), a line that must
+# not be there yet, the step, a word of its why)
+ABSENT_CASES = [
+    ("changelog", STATE + ["items.topic="], None, "scoring", "worker_create",
+     "waiting for the broker"),
+    ("items", ["items.topic=items"], "scoring", "worker_started", "items_topic", None),
+    ("group", ["items.topic="], "worker_started", "partition_assigned", "group_join", None),
+]
+
+
+def at_step(w, marker, not_yet, timeout=20):
+    """Waits for the log line event=marker (or 1.5 s without one), then half
+    a second more; True when the worker is still at that step: running,
+    with no event=not_yet line."""
+    if marker is None:
+        time.sleep(1.5)
+    elif not w.wait_event(marker, timeout):
+        return False
+    else:
+        time.sleep(0.5)
+    return not w.events(not_yet) and w.p.poll() is None
 
 
 def case_absent_broker(ck, model):
-    w = C.Worker(ck.procs, ABSENT, model, os.path.join(ck.tmp, "changelog.log"),
-                 COMMON + STATE + ["group.id=absent-cl"])
-    # the changelog's wait comes before the scorer logs event=scoring
-    time.sleep(1.5)
-    waiting = not w.events("scoring") and w.p.poll() is None
-    term_and_check(ck, "sigterm_waiting_for_broker_changelog", w, ["worker_create"],
-                   "waiting for the broker")
-    ck.check("changelog_wait_was_under_test", waiting, "the worker was past the changelog's "
-             "wait (or gone) 1.5 s after its start")
-    w = C.Worker(ck.procs, ABSENT, model, os.path.join(ck.tmp, "items.log"),
-                 COMMON + ["group.id=absent-items", "items.topic=items"])
-    waiting = started(w, "scoring", "worker_started")
-    time.sleep(0.5)
-    term_and_check(ck, "sigterm_waiting_for_broker_items", w, ["items_topic"])
-    ck.check("items_wait_was_under_test", waiting, "no event=scoring, or already started")
-    w = C.Worker(ck.procs, ABSENT, model, os.path.join(ck.tmp, "group.log"),
-                 COMMON + ["group.id=absent-group", "items.topic="])
-    waiting = started(w, "worker_started", "partition_assigned")
-    time.sleep(0.5)
-    term_and_check(ck, "sigterm_waiting_for_broker_group", w, ["group_join"])
-    ck.check("group_wait_was_under_test", waiting, "no event=worker_started")
+    for name, keys, marker, not_yet, step, why in ABSENT_CASES:
+        w = C.Worker(ck.procs, ABSENT, model, os.path.join(ck.tmp, name + ".log"),
+                     COMMON + keys + ["group.id=absent-" + name])
+        waiting = at_step(w, marker, not_yet)
+        term_and_check(ck, "sigterm_waiting_for_broker_" + name, w, [step], why)
+        ck.check(name + "_wait_was_under_test", waiting, "no event=%s, or event=%s already, "
+                 "or the worker was gone" % (marker, not_yet))
 
 
 def state_worker(ck, broker, model, name, group):

@@ -10,7 +10,16 @@
  * when the worker cannot start (model, snapshot.dir, ...), fails, or stops
  * without having saved every shard it owned (a final snapshot failed: the
  * worker logs event=shutdown_unsaved naming the partitions), so an
- * orchestrator's logs show it. */
+ * orchestrator's logs show it.
+ *
+ * A stop during start-up is a clean stop too (exit 0): main.c blocks
+ * SIGTERM, SIGINT and SIGHUP from the program's first instruction until
+ * the handlers below are in, and every wait of start-up (the registry,
+ * the broker, the item topic, restores between partitions) gives up on
+ * it. The worker logs event=worker_stopped_before_start with the step:
+ * configuration, model, worker_create, items_topic, group_join or
+ * restore. Only the dynamic loader's milliseconds before the first
+ * instruction keep the default action (exit 143). */
 #include "cmd.h"
 #include "config.h"
 #include "http.h"

@@ -28,17 +28,19 @@ rd_kafka_resp_err_t hl_kafka_metadata_wait(rd_kafka_t *rk, rd_kafka_topic_t *rkt
                                            int (*stopping)(const void *), const void *arg)
 {
     int64_t deadline = hl_now_mono_ms() + timeout_ms;
+    int64_t slice = HL_KAFKA_STOP_SLICE_MS;
     for (;;) {
         int64_t t0 = hl_now_mono_ms(), left = deadline - t0;
-        int slice = left < HL_KAFKA_STOP_SLICE_MS ? (int)left : HL_KAFKA_STOP_SLICE_MS;
-        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, rkt == NULL, rkt, md,
-                                                    slice > 0 ? slice : 1);
+        int ms = (int)(left < slice ? left : slice);
+        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, rkt == NULL, rkt, md, ms > 0 ? ms : 1);
         if (!unanswered(err) || hl_now_mono_ms() >= deadline)
             return err;
         if (stopping != NULL && stopping(arg))
             return RD_KAFKA_RESP_ERR__INTR;
-        int64_t spent = hl_now_mono_ms() - t0;   /* a refused connection fails at once */
-        if (spent < slice)
-            usleep((useconds_t)(slice - spent) * 1000);
+        int64_t spent = hl_now_mono_ms() - t0;
+        if (err == RD_KAFKA_RESP_ERR__TIMED_OUT)
+            slice *= 2;     /* a slow answer (a large cluster) gets longer slices */
+        else if (spent < ms)
+            usleep((useconds_t)(ms - spent) * 1000);  /* refused: fails at once */
     }
 }

@@ -402,7 +402,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
          * refresh; the consumer's callbacks wait at most these 5 ms. */
         hl_producer_poll(w->prod, 5);
     }
-    if (!atomic_load(&w->have_assignment))
+    if (!atomic_load(&w->have_assignment) && atomic_load(&w->stop) == 1)
         hl_log(HL_LOG_INFO, "worker_stopped_before_start", "step=group_join "
                "owned_partitions=0 why=\"no assignment yet (broker or group coordinator "
                "not answered)\"");

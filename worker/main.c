@@ -16,13 +16,14 @@ static sigset_t start_mask;
 
 /* SIGTERM, SIGINT and SIGHUP are blocked before anything else runs: the
  * executable's preinit_array comes before every shared library's
- * constructor (OpenBLAS starts its threads in its own, 10-20 ms after exec
- * here), so a stop sent while the process loads waits, pending, for
- * `halflife run`'s handlers instead of ending it by the default action
- * (exit 143: measured, a SIGTERM up to 20 ms after exec). Every thread
+ * constructor, so a stop sent while OpenBLAS's constructor starts its
+ * threads, or before `halflife run` has its handlers, waits pending for
+ * them instead of ending the process by the default action (exit 143;
+ * test_start_stop.py's exec case, 3 of 8 tries before this). Every thread
  * started meanwhile inherits the mask, so the signal later finds a thread
- * that takes it. Only the dynamic loader's own few milliseconds before
- * this remain: no program can act before its first instruction. */
+ * that takes it. What remains is the dynamic loader's time before this
+ * (about 25 ms for our 46 libraries on the 2-core test machine): no
+ * program can act before its first instruction. */
 static void block_stop_signals(int argc, char **argv, char **envp)
 {
     (void)argc, (void)argv, (void)envp;

@@ -35,6 +35,17 @@ const double hl_default_half_life_ms[HL_DEFAULT_HEADS] = {
     30.0 * 86400.0 * 1000.0,       /* 30 days */
 };
 
+int hl_decay_shape_diff(int dim_a, int n_heads_a, const double *half_life_ms_a,
+                        int dim_b, int n_heads_b, const double *half_life_ms_b)
+{
+    if (dim_a != dim_b || n_heads_a != n_heads_b)
+        return HL_SHAPE_SIZE;
+    for (int h = 0; h < n_heads_a; h++)
+        if (half_life_ms_a[h] != half_life_ms_b[h])
+            return h;
+    return HL_SHAPE_SAME;
+}
+
 int hl_decay_init(hl_decay *d, int n_heads, int dim, const double *half_life_ms,
                   char *errbuf, size_t errlen)
 {

@@ -31,6 +31,18 @@ extern const double hl_default_half_life_ms[HL_DEFAULT_HEADS];
 int hl_decay_init(hl_decay *d, int n_heads, int dim, const double *half_life_ms,
                   char *errbuf, size_t errlen);
 
+/* The state shape, what a table, a snapshot and a model's decay must share
+ * for rows to pass between them unchanged (else only a migration moves
+ * them): dim, head count and each head's half-life. hl_decay_shape_diff
+ * says where shape b first differs from a: HL_SHAPE_SAME, HL_SHAPE_SIZE
+ * (dim or head count), else the index of the first head whose half-life
+ * differs. One comparison for core/migrate.c, core/snapshot_load.c and
+ * worker/models.c. */
+#define HL_SHAPE_SAME (-1)
+#define HL_SHAPE_SIZE (-2)
+int hl_decay_shape_diff(int dim_a, int n_heads_a, const double *half_life_ms_a,
+                        int dim_b, int n_heads_b, const double *half_life_ms_b);
+
 /* Applies one event of weight w at time t_ms to the state s (n_heads, dim),
  * m (n_heads), *t_ref_ms. x is the item's input vector (dim floats); NULL
  * means an item outside the model: the state is decayed to t_ms when

@@ -167,16 +167,17 @@ static int32_t key_find(const hl_migration *mg, uint64_t k)
 static int same_shape(const hl_model_info *a, const hl_model_info *b,
                       char *errbuf, size_t errlen)
 {
-    if (a->dim != b->dim || a->n_heads != b->n_heads)
+    int h = hl_decay_shape_diff(a->dim, a->n_heads, a->half_life_ms,
+                                b->dim, b->n_heads, b->half_life_ms);
+    if (h == HL_SHAPE_SAME)
+        return 0;
+    if (h == HL_SHAPE_SIZE)
         return hl_err(errbuf, errlen, HL_EMISMATCH, "state shape differs: dim %d heads %d "
                       "serving, dim %d heads %d in the new model" RESTART_MIGRATES,
                       a->dim, a->n_heads, b->dim, b->n_heads);
-    for (int h = 0; h < a->n_heads; h++)
-        if (a->half_life_ms[h] != b->half_life_ms[h])
-            return hl_err(errbuf, errlen, HL_EMISMATCH, "half-life of head %d differs: "
-                          "%.0f ms serving, %.0f ms in the new model" RESTART_MIGRATES, h,
-                          a->half_life_ms[h], b->half_life_ms[h]);
-    return 0;
+    return hl_err(errbuf, errlen, HL_EMISMATCH, "half-life of head %d differs: "
+                  "%.0f ms serving, %.0f ms in the new model" RESTART_MIGRATES, h,
+                  a->half_life_ms[h], b->half_life_ms[h]);
 }
 
 /* row_map and the shared items' rows of both e_in, stacked for the fit;

@@ -565,12 +565,8 @@ typedef struct loader {
 
 static int shape_matches(const hl_table_opts *o, const hl_snapshot_info *in)
 {
-    if (o->decay.dim != in->dim || o->decay.n_heads != in->n_heads)
-        return 0;
-    for (int h = 0; h < in->n_heads; h++)
-        if (o->decay.half_life_ms[h] != in->half_life_ms[h])
-            return 0;
-    return 1;
+    return hl_decay_shape_diff(o->decay.dim, o->decay.n_heads, o->decay.half_life_ms,
+                               in->dim, in->n_heads, in->half_life_ms) == HL_SHAPE_SAME;
 }
 
 /* About how many rows file_bytes hold: rows with half their history, so a

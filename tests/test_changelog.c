@@ -463,6 +463,43 @@ static void r_check_user(int kept, hl_table *old, hl_table *tbl, hl_migration *m
            kept, user, got.s[0], s[0], got.m[0], m[0], (long long)r, row);
 }
 
+/* Each user of old as a changelog row record under model fingerprint fp
+ * (hex), its table row in rows; returns the encoded bytes recs point
+ * into (the caller frees them). */
+static unsigned char *r_records(hl_table *old, const hl_model_info *ma,
+                                char users[R_USERS][16], const char *fp,
+                                hl_changelog_rec recs[R_USERS], uint32_t rows[R_USERS])
+{
+    size_t max = hl_snapshot_row_max(ma->n_heads, ma->dim, R_HIST);
+    unsigned char *bytes = malloc(max * R_USERS);
+    for (int u = 0; u < R_USERS; u++) {
+        hl_row_view v;
+        rows[u] = (uint32_t)hl_table_find(old, users[u], strlen(users[u]));
+        hl_table_view(old, rows[u], &v);
+        recs[u] = (hl_changelog_rec){.key = users[u], .key_len = strlen(users[u]),
+            .value = bytes + max * u, .epoch = "1", .epoch_len = 1, .model = fp,
+            .model_len = strlen(fp), .offset = u};
+        recs[u].len = hl_snapshot_row_encode(bytes + max * u, ma->n_heads, ma->dim,
+                                             rows[u], &v);
+    }
+    return bytes;
+}
+
+/* Each user replayed into tbl as core/'s migration moves the same row. */
+static void r_check_users(const r_pair *rp, hl_table *old, hl_table *tbl,
+                          char users[R_USERS][16], const uint32_t rows[R_USERS])
+{
+    const hl_model_info *mb = hl_model_info_get(rp->to);
+    hl_migration *mg = r_migration(rp);
+    size_t per = (size_t)mb->n_heads * mb->dim;
+    float *s = malloc(sizeof(float) * per), *m = malloc(sizeof(float) * mb->n_heads);
+    float *scratch = malloc(sizeof(float) * hl_migration_scratch_floats(mg));
+    for (int u = 0; u < R_USERS; u++)
+        r_check_user(rp->kept, old, tbl, mg, mb, users[u], rows[u], s, m, scratch);
+    free(s); free(m); free(scratch);
+    hl_migration_destroy(mg);
+}
+
 static void reshape_replay(int kept)
 {
     static const double hl_a[3] = {3600e3, 86400e3, 30 * 86400e3};
@@ -481,20 +518,9 @@ static void reshape_replay(int kept)
     char users[R_USERS][16], fp[24];
     r_fill(old, a, users);
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)ma->fingerprint);
-    size_t max = hl_snapshot_row_max(ma->n_heads, ma->dim, R_HIST);
-    unsigned char *bytes = malloc(max * R_USERS);
     hl_changelog_rec recs[R_USERS];
     uint32_t rows[R_USERS];
-    for (int u = 0; u < R_USERS; u++) {
-        hl_row_view v;
-        rows[u] = (uint32_t)hl_table_find(old, users[u], strlen(users[u]));
-        hl_table_view(old, rows[u], &v);
-        recs[u] = (hl_changelog_rec){.key = users[u], .key_len = strlen(users[u]),
-            .value = bytes + max * u, .epoch = "1", .epoch_len = 1, .model = fp,
-            .model_len = strlen(fp), .offset = u};
-        recs[u].len = hl_snapshot_row_encode(bytes + max * u, ma->n_heads, ma->dim,
-                                             rows[u], &v);
-    }
+    unsigned char *bytes = r_records(old, ma, users, fp, recs, rows);
     hl_changelog_opts co = {.topic = "st", .input_topic = "in",
                             .model_fingerprint = mb->fingerprint,
                             .topts = hl_table_opts_get(tbl), .reshape = r_reshape,
@@ -515,15 +541,9 @@ static void reshape_replay(int kept)
            (unsigned long long)out.n_rows, (unsigned long long)out.n_migrated,
            (unsigned long long)out.n_rebuilt, out.mixed,
            (unsigned long long)out.model_fingerprint);
-    /* each user as core/'s migration moves the same row */
-    hl_migration *mg = r_migration(&rp);
-    size_t per = (size_t)mb->n_heads * mb->dim;
-    float *s = malloc(sizeof(float) * per), *m = malloc(sizeof(float) * mb->n_heads);
-    float *scratch = malloc(sizeof(float) * hl_migration_scratch_floats(mg));
-    for (int u = 0; u < R_USERS && rc == 0; u++)
-        r_check_user(kept, old, tbl, mg, mb, users[u], rows[u], s, m, scratch);
-    free(s); free(m); free(scratch); free(bytes);
-    hl_migration_destroy(mg);
+    if (rc == 0)
+        r_check_users(&rp, old, tbl, users, rows);
+    free(bytes);
     hl_changelog_destroy(cl);
     hl_metrics_destroy(reg);
     hl_table_destroy(tbl);

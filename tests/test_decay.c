@@ -345,6 +345,21 @@ static void test_init_rejects(void)
     CHECK(fabs(d.lambda_per_ms[0] * 1000 - M_LN2) < 1e-15);
 }
 
+/* Where two state shapes differ: dim or heads first, then the first head
+ * whose half-life differs; only heads in use count. */
+static void test_shape_diff(void)
+{
+    double a[3] = {3600e3, 86400e3, 30 * 86400e3}, b[3] = {3600e3, 86400e3, 7 * 86400e3};
+    CHECK(hl_decay_shape_diff(16, 3, a, 16, 3, a) == HL_SHAPE_SAME);
+    CHECK(hl_decay_shape_diff(16, 3, a, 12, 3, a) == HL_SHAPE_SIZE);
+    CHECK(hl_decay_shape_diff(16, 3, a, 16, 2, a) == HL_SHAPE_SIZE);
+    CHECK(hl_decay_shape_diff(16, 3, a, 12, 3, b) == HL_SHAPE_SIZE);
+    CHECK(hl_decay_shape_diff(16, 3, a, 16, 3, b) == 2);
+    CHECK(hl_decay_shape_diff(16, 2, a, 16, 2, b) == HL_SHAPE_SAME);
+    b[0] = 1800e3;
+    CHECK(hl_decay_shape_diff(16, 3, a, 16, 3, b) == 0);
+}
+
 /* Odd dims and 8 heads: the vector loop's tails. */
 static void test_shapes_match_naive(void)
 {
@@ -388,5 +403,6 @@ int main(void)
     RUN(test_factor_accuracy);
     RUN(test_init_rejects);
     RUN(test_shapes_match_naive);
+    RUN(test_shape_diff);
     TEST_EXIT();
 }

@@ -657,6 +657,32 @@ static hl_table *moved(const hl_migration *mg, const hl_table *src, const hl_mod
     return dst;
 }
 
+/* The events item[0..n) applied to a table of A (ta, moved into B's shape
+ * by mg: tm, its row vm) and to one of B (tb, its row vb), history rows. */
+typedef struct ring_pair {
+    hl_table   *ta, *tb, *tm;
+    hl_row_view vm, vb;
+} ring_pair;
+
+static void ring_pair_make(ring_pair *p, const hl_migration *mg, const hl_model *a,
+                           const hl_model *b, const int *item, int n, int history)
+{
+    p->ta = table_for(history);
+    p->tb = table_of(b, history);
+    apply_all(p->ta, a, item, n, 0);
+    apply_all(p->tb, b, item, n, 0);
+    p->tm = moved(mg, p->ta, b, history);
+    heads_of(p->tm, &p->vm);
+    heads_of(p->tb, &p->vb);
+}
+
+static void ring_pair_free(ring_pair *p)
+{
+    hl_table_destroy(p->ta);
+    hl_table_destroy(p->tb);
+    hl_table_destroy(p->tm);
+}
+
 /* A user whose every event is in the ring moves exactly to any shape:
  * another dim, four heads of which one half-life is A's, whatever the
  * remainder interpolation would do. B knows A's items (pass 0: masses
@@ -676,19 +702,14 @@ static void test_reshape_full_ring_exact(void)
         CHECKF(mg != NULL, "%s", err);
         if (mg != NULL) {
             CHECK(hl_migration_reshapes(mg));
-            hl_table *ta = table_for(32), *tb = table_of(b, 32);
-            apply_all(ta, a, item, 24, 0);
-            apply_all(tb, b, item, 24, 0);
-            hl_table *tm = moved(mg, ta, b, 32);
-            hl_row_view vm, vb;
-            heads_of(tm, &vm);
-            heads_of(tb, &vb);
-            CHECK_CLOSE(vm.s, vb.s, 4 * 5, 1e-4);
+            ring_pair p;
+            ring_pair_make(&p, mg, a, b, item, 24, 32);
+            CHECK_CLOSE(p.vm.s, p.vb.s, 4 * 5, 1e-4);
             if (pass == 0)
-                CHECK_CLOSE(vm.m, vb.m, 4, 1e-5);
-            CHECK(vm.t_ref_ms == vb.t_ref_ms && vm.last_offset == vb.last_offset);
-            check_same_ring(&vm, &vb);
-            hl_table_destroy(ta); hl_table_destroy(tb); hl_table_destroy(tm);
+                CHECK_CLOSE(p.vm.m, p.vb.m, 4, 1e-5);
+            CHECK(p.vm.t_ref_ms == p.vb.t_ref_ms && p.vm.last_offset == p.vb.last_offset);
+            check_same_ring(&p.vm, &p.vb);
+            ring_pair_free(&p);
         }
         hl_migration_destroy(mg);
         hl_model_close(b);
@@ -769,6 +790,63 @@ static void test_reshape_other_dim_maps_remainder(void)
  * heads are A's remainders exactly. A user with one event older than the
  * ring (a remainder of one age) moves exactly: log-mass is linear in
  * lambda then. */
+/* A's row split in double: each old head's remainder beyond the ring
+ * (mass, sum), and the new middle head's ring part. */
+typedef struct between_parts {
+    double rm_old[HEADS], rv_old[HEADS][DIM], ring_new_m, ring_new[DIM];
+} between_parts;
+
+static void split_ring(const hl_row_view *va, const hl_model *a, double hl_new,
+                       between_parts *bp)
+{
+    static const double hl_a[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+    memset(bp, 0, sizeof *bp);
+    for (int h = 0; h < HEADS; h++) {
+        bp->rm_old[h] = va->m[h];
+        for (int j = 0; j < DIM; j++) bp->rv_old[h][j] = va->s[h * DIM + j];
+    }
+    for (int i = 0; i < va->n_hist; i++) {
+        int k = hl_row_hist_index(va, i);
+        double age = (double)(va->t_ref_ms - va->hist_ts_ms[k]);
+        const float *x = hl_model_e_in(a) + (size_t)va->hist_item[k] * DIM;
+        for (int h = 0; h < HEADS; h++) {
+            double c = va->hist_w[k] * exp(-log(2.0) / hl_a[h] * age);
+            bp->rm_old[h] -= c;
+            for (int j = 0; j < DIM; j++) bp->rv_old[h][j] -= c * x[j];
+        }
+        double c = va->hist_w[k] * exp(-log(2.0) / hl_new * age);
+        bp->ring_new_m += c;
+        for (int j = 0; j < DIM; j++) bp->ring_new[j] += c * x[j];
+    }
+}
+
+/* The new middle head's remainder lies between the old 1d and 30d heads'
+ * remainders, in mass and in each coordinate of its mean. */
+static void check_between(const hl_row_view *vm, const between_parts *bp)
+{
+    double rm = vm->m[1] - bp->ring_new_m;
+    CHECKF(bp->rm_old[1] > 0 && rm >= bp->rm_old[1] && rm <= bp->rm_old[2],
+           "%g not in [%g, %g]", rm, bp->rm_old[1], bp->rm_old[2]);
+    for (int j = 0; j < DIM; j++) {
+        double mu = (vm->s[DIM + j] - bp->ring_new[j]) / rm;
+        double lo = fmin(bp->rv_old[1][j] / bp->rm_old[1], bp->rv_old[2][j] / bp->rm_old[2]);
+        double hi = fmax(bp->rv_old[1][j] / bp->rm_old[1], bp->rv_old[2][j] / bp->rm_old[2]);
+        CHECKF(mu >= lo - 1e-3 && mu <= hi + 1e-3, "mean[%d] %g not in [%g, %g]", j, mu, lo, hi);
+    }
+}
+
+/* A user whose every event is still in the ring moves exactly, every head
+ * as B's own table has it. */
+static void check_all_in_ring(const hl_migration *mg, const hl_model *a, const hl_model *b,
+                              const int *item)
+{
+    ring_pair p;
+    ring_pair_make(&p, mg, a, b, item, 6, 5);
+    CHECK_CLOSE(p.vm.s, p.vb.s, HEADS * DIM, 1e-4);
+    CHECK_CLOSE(p.vm.m, p.vb.m, HEADS, 1e-5);
+    ring_pair_free(&p);
+}
+
 static void test_reshape_new_head_between(void)
 {
     static const double hl_b[HEADS] = {3600e3, 5 * 86400e3, 30 * 86400e3};
@@ -787,53 +865,17 @@ static void test_reshape_new_head_between(void)
     apply_all(ta, a, item, 30, 0);
     hl_row_view va, vm;
     heads_of(ta, &va);
-    /* the old remainders, and the new heads' ring parts, in double */
-    double rm_old[HEADS] = {0}, rv_old[HEADS][DIM], ring_new_m = 0, ring_new[DIM] = {0};
-    for (int h = 0; h < HEADS; h++) {
-        rm_old[h] = va.m[h];
-        for (int j = 0; j < DIM; j++) rv_old[h][j] = va.s[h * DIM + j];
-    }
-    static const double hl_a[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
-    for (int i = 0; i < va.n_hist; i++) {
-        int k = hl_row_hist_index(&va, i);
-        double age = (double)(va.t_ref_ms - va.hist_ts_ms[k]);
-        const float *x = hl_model_e_in(a) + (size_t)va.hist_item[k] * DIM;
-        for (int h = 0; h < HEADS; h++) {
-            double c = va.hist_w[k] * exp(-log(2.0) / hl_a[h] * age);
-            rm_old[h] -= c;
-            for (int j = 0; j < DIM; j++) rv_old[h][j] -= c * x[j];
-        }
-        double c = va.hist_w[k] * exp(-log(2.0) / hl_b[1] * age);
-        ring_new_m += c;
-        for (int j = 0; j < DIM; j++) ring_new[j] += c * x[j];
-    }
+    between_parts bp;
+    split_ring(&va, a, hl_b[1], &bp);
     hl_table *tm = moved(mg, ta, b, 5);
     heads_of(tm, &vm);
-    double rm = vm.m[1] - ring_new_m;
-    CHECKF(rm_old[1] > 0 && rm >= rm_old[1] && rm <= rm_old[2], "%g not in [%g, %g]", rm,
-           rm_old[1], rm_old[2]);
-    for (int j = 0; j < DIM; j++) {
-        double mu = (vm.s[DIM + j] - ring_new[j]) / rm;
-        double lo = fmin(rv_old[1][j] / rm_old[1], rv_old[2][j] / rm_old[2]);
-        double hi = fmax(rv_old[1][j] / rm_old[1], rv_old[2][j] / rm_old[2]);
-        CHECKF(mu >= lo - 1e-3 && mu <= hi + 1e-3, "mean[%d] %g not in [%g, %g]", j, mu, lo, hi);
-    }
+    check_between(&vm, &bp);
     CHECK_CLOSE(vm.m, va.m, 1, 0);              /* 1h: A's head */
     CHECK_CLOSE(vm.m + 2, va.m + 2, 1, 0);      /* 30d */
     CHECK_CLOSE(vm.s, va.s, DIM, 1e-4);
     CHECK_CLOSE(vm.s + 2 * DIM, va.s + 2 * DIM, DIM, 1e-4);
     hl_table_destroy(ta); hl_table_destroy(tm);
-    /* one event older than the ring: exact for every head */
-    hl_table *t1 = table_for(5), *tb = table_of(b, 5);
-    apply_all(t1, a, item, 6, 0);
-    apply_all(tb, b, item, 6, 0);
-    tm = moved(mg, t1, b, 5);
-    hl_row_view vb;
-    heads_of(tm, &vm);
-    heads_of(tb, &vb);
-    CHECK_CLOSE(vm.s, vb.s, HEADS * DIM, 1e-4);
-    CHECK_CLOSE(vm.m, vb.m, HEADS, 1e-5);
-    hl_table_destroy(t1); hl_table_destroy(tb); hl_table_destroy(tm);
+    check_all_in_ring(mg, a, b, item);
 out:
     hl_migration_destroy(mg);
     hl_model_close(a); hl_model_close(b);

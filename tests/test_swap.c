@@ -335,6 +335,40 @@ static void check_rows_as(const hl_table *got, const hl_table *want, const shape
  * lost or doubled at any point; each ends as hl_migration_row_into of its
  * old row, then the events after the swap under B (the all-at-once
  * hl_migration_table_into and the same events). */
+/* After batches touched users 0..n_touch-1 mid-swap: those are in the new
+ * table only, the rest in the old only; none lost, none in both. */
+static void check_touched_moved(hl_shard *sh, int n_touch)
+{
+    int lost = 0, doubled = 0, early = 0;
+    for (int u = 0; u < N_USERS; u++) {
+        int w = where(sh, u);
+        lost += w == 0;
+        doubled += w == 3;
+        early += u < n_touch ? w != 1 : w != 2;
+    }
+    CHECKF(lost == 0 && doubled == 0 && early == 0, "lost %d doubled %d misplaced %d",
+           lost, doubled, early);
+}
+
+/* The sweep moves the rest in bounded slices, each moving someone until
+ * the old table is released, and never loses or doubles a user. */
+static void sweep_checked(hl_shard *sh)
+{
+    int ticks = 0, lost = 0;
+    while (sh->mig_from != NULL && ticks < 100000) {
+        int releasing = sh->mig_finished;
+        size_t rows = hl_shard_swap_tick(sh, 300);
+        if (!releasing && !sh->mig_finished)
+            CHECKF(rows > 0, "tick %d moved no user", ticks);
+        if (ticks % 7 == 0 && sh->mig_from != NULL)
+            for (int u = 0; u < N_USERS; u++)
+                if (where(sh, u) == 0 || where(sh, u) == 3) lost++;
+        ticks++;
+    }
+    CHECKF(lost == 0, "%d users lost or doubled during the sweep", lost);
+    CHECKF(ticks > 3, "%d ticks: the slices were not bounded", ticks);
+}
+
 static void test_reshape_moves_every_user(void)
 {
     fixture f;
@@ -364,29 +398,8 @@ static void test_reshape_moves_every_user(void)
     }
     CHECKF(f.sh->mig_rows == (uint64_t)n_touch, "%llu moved by touch, want %d",
            (unsigned long long)f.sh->mig_rows, n_touch);
-    int lost = 0, doubled = 0, early = 0;
-    for (int u = 0; u < N_USERS; u++) {
-        int w = where(f.sh, u);
-        lost += w == 0;
-        doubled += w == 3;
-        early += u < n_touch ? w != 1 : w != 2;
-    }
-    CHECKF(lost == 0 && doubled == 0 && early == 0, "lost %d doubled %d misplaced %d",
-           lost, doubled, early);
-    /* the sweep moves the rest in bounded slices */
-    int ticks = 0;
-    while (f.sh->mig_from != NULL && ticks < 100000) {
-        int releasing = f.sh->mig_finished;
-        size_t rows = hl_shard_swap_tick(f.sh, 300);
-        if (!releasing && !f.sh->mig_finished)
-            CHECKF(rows > 0, "tick %d moved no user", ticks);
-        if (ticks % 7 == 0 && f.sh->mig_from != NULL)
-            for (int u = 0; u < N_USERS; u++)
-                if (where(f.sh, u) == 0 || where(f.sh, u) == 3) lost++;
-        ticks++;
-    }
-    CHECKF(lost == 0, "%d users lost or doubled during the sweep", lost);
-    CHECKF(ticks > 3, "%d ticks: the slices were not bounded", ticks);
+    check_touched_moved(f.sh, n_touch);
+    sweep_checked(f.sh);
     CHECK(f.sh->old_tbl == NULL && f.sh->mig_from == NULL);
     CHECKF(hl_counter_get(f.sh->c_migrated) == N_USERS, "migrated counter %llu",
            (unsigned long long)hl_counter_get(f.sh->c_migrated));

@@ -473,6 +473,26 @@ static void drive_both(hl_table *a, hl_table *b, long n_events, int sweeps,
     }
 }
 
+/* Restores into b (a copy of a with ids) that must be refused: a user
+ * already there, a live id, a wrong history length or head. */
+static void check_restore_refusals(hl_table *a, hl_table *b)
+{
+    hl_row_view v;
+    uint32_t r0 = 0;
+    while (!hl_table_row_live(a, r0)) r0++;
+    hl_table_view(a, r0, &v);
+    CHECK(hl_table_restore(b, &v) == HL_EINVAL);
+    hl_row_view w = v;
+    w.user = "not-there";
+    w.user_len = 9;
+    CHECK(hl_table_restore_at(b, r0, &w) == HL_EINVAL);
+    w.history = HIST + 1;
+    CHECK(hl_table_restore(b, &w) == HL_EINVAL);
+    w.history = HIST;
+    w.hist_head = HIST;
+    CHECK(hl_table_restore(b, &w) == HL_EINVAL);
+}
+
 static void test_restore_equivalence(void)
 {
     hl_table_opts o = small_opts(1500, 0.02f);
@@ -517,21 +537,7 @@ static void test_restore_equivalence(void)
     copy_table(d, e, 0);
     compare_tables(d, e, 1);
 
-    /* Refusals: a user already there, a live id, a wrong history length. */
-    hl_row_view v;
-    uint32_t r0 = 0;
-    while (!hl_table_row_live(a, r0)) r0++;
-    hl_table_view(a, r0, &v);
-    CHECK(hl_table_restore(b, &v) == HL_EINVAL);
-    hl_row_view w = v;
-    w.user = "not-there";
-    w.user_len = 9;
-    CHECK(hl_table_restore_at(b, r0, &w) == HL_EINVAL);
-    w.history = HIST + 1;
-    CHECK(hl_table_restore(b, &w) == HL_EINVAL);
-    w.history = HIST;
-    w.hist_head = HIST;
-    CHECK(hl_table_restore(b, &w) == HL_EINVAL);
+    check_restore_refusals(a, b);
     hl_table_destroy(a);
     hl_table_destroy(b);
     hl_table_destroy(c);

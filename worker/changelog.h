@@ -52,6 +52,7 @@
 #include "producer.h"
 #include "table.h"
 
+#include <signal.h>
 #include <stdint.h>
 #include <librdkafka/rdkafka.h>
 
@@ -94,6 +95,10 @@ typedef struct hl_changelog_opts {
     hl_metrics    *reg;
     int            create;            /* 1: create a missing topic with the admin API */
     int            timeout_ms;        /* metadata, admin and restore stall bound */
+    /* set by a stop during start-up: the metadata and admin waits give
+     * up at their next look (hl_kafka_metadata_wait; HL_KAFKA_STOP_SLICE_MS
+     * while the broker refuses connections). NULL: they wait timeout_ms */
+    volatile sig_atomic_t *start_abort;
     hl_changelog_reshape_fn reshape;  /* NULL: rows of another shape are counted bad */
     void          *reshape_arg;
 } hl_changelog_opts;

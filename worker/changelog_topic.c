@@ -131,6 +131,24 @@ static int how_to_create(const hl_changelog *cl, const char *why, char *errbuf, 
                   cl->topic, why, cl->partitions, cl->topic, cl->partitions, cl->topic);
 }
 
+/* ---- the topic ---------------------------------------------------------- */
+
+static int stopping(const void *arg)
+{
+    const hl_changelog *cl = arg;
+    return cl->o.start_abort != NULL && *cl->o.start_abort;
+}
+
+/* The admin answer on q, polled in slices up to ms or a stop. */
+static rd_kafka_event_t *admin_answer(const hl_changelog *cl, rd_kafka_queue_t *q, int ms)
+{
+    int64_t deadline = hl_now_mono_ms() + ms;
+    rd_kafka_event_t *ev = NULL;
+    while (ev == NULL && !stopping(cl) && hl_now_mono_ms() < deadline)
+        ev = rd_kafka_queue_poll(q, HL_KAFKA_STOP_SLICE_MS);
+    return ev;
+}
+
 /* CreateTopics through the admin API, waiting up to the timeout. */
 static int create_topic(hl_changelog *cl, char *errbuf, size_t errlen)
 {
@@ -143,9 +161,10 @@ static int create_topic(hl_changelog *cl, char *errbuf, size_t errlen)
     rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(cl->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_request_timeout(ao, cl->o.timeout_ms, why, sizeof why);
     rd_kafka_CreateTopics(cl->rk, &nt, 1, ao, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, cl->o.timeout_ms + 1000);
+    rd_kafka_event_t *ev = admin_answer(cl, q, cl->o.timeout_ms + 1000);
     int rc = HL_EIO;
-    snprintf(reason, sizeof reason, "is missing and could not be created (no answer)");
+    snprintf(reason, sizeof reason, "is missing and could not be created (%s)",
+             stopping(cl) ? "stopped while waiting for the answer" : "no answer");
     if (ev != NULL) {
         const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
         size_t n = 0;
@@ -173,7 +192,11 @@ static int create_topic(hl_changelog *cl, char *errbuf, size_t errlen)
 int hl_changelog_topic_ready(hl_changelog *cl, char *errbuf, size_t errlen)
 {
     const rd_kafka_metadata_t *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(cl->rk, 1, NULL, &md, cl->o.timeout_ms);
+    rd_kafka_resp_err_t err = hl_kafka_metadata_wait(cl->rk, NULL, &md, cl->o.timeout_ms,
+                                                     stopping, cl);
+    if (err == RD_KAFKA_RESP_ERR__INTR)
+        return hl_err(errbuf, errlen, HL_EAGAIN, "stopped while waiting for the broker "
+                      "(state.store=kafka: the topics of %s)", cl->o.bootstrap);
     if (err)
         return hl_err(errbuf, errlen, HL_EIO, "state.store=kafka: cannot read the topics "
                       "of %s: %s", cl->o.bootstrap, rd_kafka_err2str(err));

@@ -210,6 +210,13 @@ static int make_consumer(hl_items *it, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* A stop (hl_items_destroy) ends a metadata wait while the broker does
+ * not answer, so the thread is joined promptly, not METADATA_MS later. */
+static int stopping(const void *arg)
+{
+    return atomic_load(&((const hl_items *)arg)->stop);
+}
+
 /* Partitions and their ends; assigns them all from the beginning. 0 with
  * n_parts 0 when the cluster says the topic does not exist (an empty
  * catalogue, asked again later); HL_EIO when the cluster did not answer
@@ -218,7 +225,8 @@ static int find_partitions(hl_items *it)
 {
     const rd_kafka_metadata_t *md = NULL;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(it->rk, it->topic, NULL);
-    rd_kafka_resp_err_t err = rkt ? rd_kafka_metadata(it->rk, 0, rkt, &md, METADATA_MS)
+    rd_kafka_resp_err_t err = rkt ? hl_kafka_metadata_wait(it->rk, rkt, &md, METADATA_MS,
+                                                           stopping, it)
                                   : RD_KAFKA_RESP_ERR__INVALID_ARG;
     if (err == 0 && md->topic_cnt == 1)
         err = md->topics[0].err;
@@ -230,7 +238,7 @@ static int find_partitions(hl_items *it)
             rd_kafka_metadata_destroy(md);
         it->retry_at_ms = hl_now_mono_ms() + RETRY_TOPIC_MS;
         it->absent = err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || (err == 0 && n == 0);
-        if (!it->absent)
+        if (!it->absent && err != RD_KAFKA_RESP_ERR__INTR)     /* __INTR: stopping */
             hl_log(HL_LOG_WARN, "items_metadata_failed", "topic=%s err=\"%s\" action=retry",
                    it->topic, rd_kafka_err2str(err));
         return it->absent ? 0 : HL_EIO;

@@ -4,25 +4,59 @@
 
 #include <cblas.h>
 #include <librdkafka/rdkafka.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
 typedef int (*cmd_fn)(int, char **);
 
+/* The mask the process was started with, restored once a command's
+ * handlers are in place (hl_cmd_signals_unblock). */
+static sigset_t start_mask;
+
+/* SIGTERM, SIGINT and SIGHUP are blocked before anything else runs: the
+ * executable's preinit_array comes before every shared library's
+ * constructor, so a stop sent while OpenBLAS's constructor starts its
+ * threads, or before `halflife run` has its handlers, waits pending for
+ * them instead of ending the process by the default action (exit 143;
+ * test_start_stop.py's exec case, 3 of 8 tries before this). Every thread
+ * started meanwhile inherits the mask, so the signal later finds a thread
+ * that takes it. What remains is the dynamic loader's time before this
+ * (about 25 ms for our 46 libraries on the 2-core test machine): no
+ * program can act before its first instruction. */
+static void block_stop_signals(int argc, char **argv, char **envp)
+{
+    (void)argc, (void)argv, (void)envp;
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGHUP);
+    sigprocmask(SIG_BLOCK, &stop, &start_mask);
+}
+__attribute__((section(".preinit_array"), used))
+static void (*const preinit_block)(int, char **, char **) = block_stop_signals;
+
+void hl_cmd_signals_unblock(void)
+{
+    sigprocmask(SIG_SETMASK, &start_mask, NULL);
+}
+
 static const struct {
     const char *name;
     cmd_fn      fn;
+    int         own_signals;    /* unblocks them itself, handlers first */
     const char *args;
     const char *help;
 } cmds[] = {
-    {"run",      hl_cmd_run,      "[-c FILE] [-X key=value]...", "the worker: Kafka in, recommendations out"},
-    {"demo",     hl_cmd_demo,     "[--duration S] [-X key=value]...", "the whole system on one machine"},
-    {"broker",   hl_cmd_broker,   "[--port P] [--partitions N] [--topics a,b]", "a Kafka-protocol broker for tests and development"},
-    {"produce",  hl_cmd_produce,  "--input FILE --format F [--topic T] [--rate N]", "replay a dataset into Kafka as Avro events"},
-    {"items",    hl_cmd_items,    "--input FILE [--topic T] [--dim D]", "publish item updates (hide, expire, add with vectors) to the item topic"},
-    {"train",    hl_cmd_train,    "--input FILE --format F --out MODEL", "fit a model on an event file"},
-    {"eval",     hl_cmd_eval,     "--model MODEL --input FILE --format F --protocol loo|prequential", "measure a model"},
-    {"snapshot", hl_cmd_snapshot, "inspect FILE", "print a snapshot file's header and counts as JSON"},
+    {"run",     hl_cmd_run,      1, "[-c FILE] [-X key=value]...", "the worker: Kafka in, recommendations out"},
+    {"demo",    hl_cmd_demo,     0, "[--duration S] [-X key=value]...", "the whole system on one machine"},
+    {"broker",  hl_cmd_broker,   0, "[--port P] [--partitions N] [--topics a,b]", "a Kafka-protocol broker for tests and development"},
+    {"produce", hl_cmd_produce,  0, "--input FILE --format F [--topic T] [--rate N]", "replay a dataset into Kafka as Avro events"},
+    {"items",   hl_cmd_items,    0, "--input FILE [--topic T] [--dim D]", "publish item updates (hide, expire, add with vectors) to the item topic"},
+    {"train",   hl_cmd_train,    0, "--input FILE --format F --out MODEL", "fit a model on an event file"},
+    {"eval",    hl_cmd_eval,     0, "--model MODEL --input FILE --format F --protocol loo|prequential", "measure a model"},
+    {"snapshot", hl_cmd_snapshot, 0, "inspect FILE", "print a snapshot file's header and counts as JSON"},
 };
 #define N_CMDS (sizeof cmds / sizeof cmds[0])
 
@@ -39,6 +73,12 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    size_t c = 0;
+    while (argc >= 2 && c < N_CMDS && strcmp(argv[1], cmds[c].name) != 0)
+        c++;
+    if (argc >= 2 && c < N_CMDS && cmds[c].own_signals)
+        return cmds[c].fn(argc - 1, argv + 1);
+    hl_cmd_signals_unblock();           /* the others keep the default actions */
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -52,11 +92,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    for (size_t i = 0; i < N_CMDS; i++) {
-        if (strcmp(argv[1], cmds[i].name) != 0)
-            continue;
-        return cmds[i].fn(argc - 1, argv + 1);
-    }
+    if (c < N_CMDS)
+        return cmds[c].fn(argc - 1, argv + 1);
     fprintf(stderr, "halflife: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

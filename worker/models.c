@@ -193,12 +193,8 @@ hl_model *hl_models_open_kept(hl_models *ms, uint64_t fingerprint, char *errbuf,
 /* 1 when a state of dim, n_heads and half_life_ms is mi's shape. */
 static int shape_is(int dim, int n_heads, const double *half_life_ms, const hl_model_info *mi)
 {
-    if (dim != mi->dim || n_heads != mi->n_heads)
-        return 0;
-    for (int h = 0; h < n_heads; h++)
-        if (half_life_ms[h] != mi->half_life_ms[h])
-            return 0;
-    return 1;
+    return hl_decay_shape_diff(dim, n_heads, half_life_ms, mi->dim, mi->n_heads,
+                               mi->half_life_ms) == HL_SHAPE_SAME;
 }
 
 int hl_models_same_shape(const hl_model_info *a, const hl_model_info *b)

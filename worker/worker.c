@@ -372,8 +372,14 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
 {
     char err[512];
     int rc = 0;
-    if (load_items(w, sig) != 0)
-        return atomic_load(&w->stop) ? 0 : HL_EIO;
+    if (load_items(w, sig) != 0) {
+        if (!atomic_load(&w->stop))
+            return HL_EIO;
+        hl_log(HL_LOG_INFO, "worker_stopped_before_start", "step=items_topic "
+               "owned_partitions=0 why=\"stopped while reading the item topic %s\"",
+               w->o.items_topic);
+        return 0;
+    }
     if (hl_consumer_subscribe(w->cons, w->o.input_topic, err, sizeof err) != 0) {
         hl_log(HL_LOG_ERROR, "subscribe_failed", "err=\"%s\"", err);
         return HL_EIO;
@@ -400,6 +406,10 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
          * refresh; the consumer's callbacks wait at most these 5 ms. */
         hl_producer_poll(w->prod, 5);
     }
+    if (!atomic_load(&w->have_assignment) && atomic_load(&w->stop) == 1)
+        hl_log(HL_LOG_INFO, "worker_stopped_before_start", "step=group_join "
+               "owned_partitions=0 why=\"no assignment yet (broker or group coordinator "
+               "not answered)\"");
     hl_log(HL_LOG_INFO, "worker_stopping", "drain=%d", atomic_load(&w->stop) == 1);
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_join(w->th[i]);

@@ -365,6 +365,42 @@ static hl_table *restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *of
     return tbl;
 }
 
+/* Every reader of the table takes its rows for the model's shape. A
+ * restore that left them in another (a table not made from w->ctx.topts
+ * after a reshaping swap: a bug) is not served: with state.store=kafka
+ * such a table was served under the new model, silently
+ * (test_model_reshape_rebalance.py with check_model's update of topts
+ * taken out). 1 when it fits; else 0, logged. */
+static int state_fits_model(const hl_table *tbl, const hl_model_info *mi, int32_t p)
+{
+    if (!other_shape(tbl, mi))
+        return 1;
+    hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"the restored table "
+           "is not the model's state shape (dim %d, model %d)\"", (int)p,
+           hl_table_opts_get(tbl)->decay.dim, mi->dim);
+    return 0;
+}
+
+/* The least loaded thread takes the shard (sh is its from now on, or
+ * destroyed on failure) and the partition's queue is forwarded to it. */
+static int give_to_thread(hl_worker *w, rd_kafka_t *rk, int32_t p, hl_shard *sh)
+{
+    int i = least_loaded(w);
+    if (hl_wthread_give(w->th[i], sh) != 0) {
+        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
+               (int)p);
+        hl_shard_destroy(sh);
+        return HL_ENOMEM;
+    }
+    rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(rk, w->o.input_topic, p);
+    rd_kafka_queue_forward(pq, hl_wthread_queue(w->th[i]));
+    rd_kafka_queue_destroy(pq);
+    w->owner[p] = w->th[i];
+    w->th_load[i]++;
+    hl_log(HL_LOG_INFO, "partition_assigned", "partition=%d thread=%d", (int)p, i);
+    return 0;
+}
+
 static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
 {
     char err[256];
@@ -396,16 +432,7 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     sh->mref = hl_models_acquire(w->models);
     sh->c_migrated = w->ctx.mx.migrated;
     sh->c_fits = w->ctx.mx.fits_on_thread;
-    /* Every reader of the table takes its rows for the model's shape. A
-     * restore that left them in another (a table not made from
-     * w->ctx.topts after a reshaping swap: a bug) is not served: with
-     * state.store=kafka such a table was served under the new model,
-     * silently (test_model_reshape_rebalance.py with check_model's
-     * update of topts taken out). */
-    if (tbl != NULL && other_shape(tbl, sh->mref->mi)) {
-        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"the restored table "
-               "is not the model's state shape (dim %d, model %d)\"", (int)p,
-               hl_table_opts_get(tbl)->decay.dim, sh->mref->mi->dim);
+    if (tbl != NULL && !state_fits_model(tbl, sh->mref->mi, p)) {
         hl_shard_destroy(sh);
         return HL_EINVAL;
     }
@@ -420,20 +447,27 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
         hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
     if (moved)
         hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's */
-    int i = least_loaded(w);
-    if (hl_wthread_give(w->th[i], sh) != 0) {
-        hl_log(HL_LOG_ERROR, "shard_create_failed", "partition=%d err=\"out of memory\"",
-               (int)p);
-        hl_shard_destroy(sh);
-        return HL_ENOMEM;
-    }
-    rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(rk, w->o.input_topic, p);
-    rd_kafka_queue_forward(pq, hl_wthread_queue(w->th[i]));
-    rd_kafka_queue_destroy(pq);
-    w->owner[p] = w->th[i];
-    w->th_load[i]++;
-    hl_log(HL_LOG_INFO, "partition_assigned", "partition=%d thread=%d", (int)p, i);
-    return 0;
+    return give_to_thread(w, rk, p, sh);
+}
+
+/* A stop that came while partitions are restored (start_abort: SIGTERM
+ * in `halflife run`) ends the assignment after the restore in hand: the
+ * partitions restored so far are owned and are handed over as on any stop
+ * (snapshot, commit); the rest are left as an ignored assignment leaves
+ * them, unserved and uncommitted, so a restart or their next owner
+ * restores them whole. Logged once, with the step when nothing was owned
+ * before. */
+static int stop_while_restoring(hl_worker *w, int done, int n)
+{
+    if (w->o.start_abort == NULL || !*w->o.start_abort)
+        return 0;
+    hl_worker_stop(w);
+    hl_log(HL_LOG_INFO, atomic_load(&w->have_assignment) ? "restore_stopped"
+                                                         : "worker_stopped_before_start",
+           "step=restore owned_partitions=%d restored=%d of=%d why=\"stopped while "
+           "restoring partitions; the rest are left unserved and uncommitted\"",
+           atomic_load(&w->assigned), done, n);
+    return 1;
 }
 
 /* Each partition is assigned at the offset its restore names, which is
@@ -446,6 +480,8 @@ static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_
     for (int i = 0; i < parts->cnt; i++) {
         if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0)
             continue;
+        if (stop_while_restoring(w, i, parts->cnt))
+            break;
         int rc = assign_one(w, rk, parts->elems[i].partition, &parts->elems[i].offset);
         if (rc < 0)
             hl_worker_stop(w);          /* cannot serve it: leave cleanly */

@@ -372,6 +372,7 @@ static int start_changelog(hl_worker *w, char *errbuf, size_t errlen)
         .prod = w->prod, .consumer = hl_consumer_handle(w->cons), .reg = w->reg,
         .create = w->mock == NULL, .timeout_ms = 10000,
         .reshape = hl_worker_changelog_reshape, .reshape_arg = w,
+        .start_abort = w->o.start_abort,
     };
     if ((w->changelog = hl_changelog_create(&co, errbuf, errlen)) == NULL)
         return HL_EINVAL;

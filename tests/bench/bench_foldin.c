@@ -316,11 +316,45 @@ static const char usage[] =
     "  --scan     the publication's scan at ITEMS model items instead\n"
     "Prints JSON lines.\n";
 
+/* The warm-up (every user a few events, nothing refreshed), then REPS
+ * passes alternating fold-in off and on over the same kind of batches,
+ * and the foldin_state_update line. */
+static void measure(run *r, int with_refresh)
+{
+    static double t[7][REPS * BATCHES];
+    hl_ranker *rk = r->rk;
+    r->rk = NULL;                       /* the warm-up refreshes nothing */
+    for (int i = 0; i < N_USERS / BATCH * 4; i++)     /* every user a few events */
+        batch(r, 1);
+    r->rk = rk;
+    int per = with_refresh ? BATCHES / 5 : BATCHES, n = REPS * per;
+    double refresh_s = 0;
+    for (int rep = 0; rep < REPS; rep++)               /* alternate: noise hits both */
+        for (int on = 0; on < 2; on++)
+            for (int i = 0; i < per; i++) {
+                cost c = batch(r, on);
+                t[on][rep * per + i] = c.state + c.fold;
+                for (int k = 0; on && k < 5; k++)
+                    t[2 + k][rep * per + i] = k ? c.step[k - 1] : c.fold;
+                refresh_s += c.refresh;
+            }
+    double off_ns = median(t[0], n) / BATCH * 1e9, on_ns = median(t[1], n) / BATCH * 1e9;
+    double fold_ns = median(t[2], n) / BATCH * 1e9, step_ns[4];
+    for (int k = 0; k < 4; k++)
+        step_ns[k] = median(t[3 + k], n) / BATCH * 1e9;
+    printf("{\"bench\":\"foldin_state_update\",\"unknown_share\":%.3f,\"refresh\":%d,"
+           "\"value\":%.1f,\"unit\":\"ns/event\",\"ceiling\":%.1f,\"ceiling_is\":\"the "
+           "same batches with fold-in off\",\"ratio\":%.3f,\"foldin_steps_ns\":%.1f,"
+           "\"steps_ns\":{\"resolve\":%.1f,\"take\":%.1f,\"fill\":%.1f,\"flush\":%.1f},"
+           "\"refresh_ns\":%.1f,\"target\":\"ratio < 1.10\"}\n",
+           r->unknown, with_refresh, on_ns, off_ns, on_ns / off_ns, fold_ns, step_ns[0],
+           step_ns[1], step_ns[2], step_ns[3], refresh_s / (2.0 * n * BATCH) * 1e9);
+}
+
 int main(int argc, char **argv)
 {
     bench_args("bench_foldin", argc, argv, usage, bad_arg(argc, argv));
     static run r;
-    static double t[7][REPS * BATCHES];
     char path[64];
     int with_refresh = 1;
     openblas_set_num_threads(1);
@@ -342,33 +376,7 @@ int main(int argc, char **argv)
     unlink(path);
     if (rc != 0)
         return 1;
-    hl_ranker *rk = r.rk;
-    r.rk = NULL;                        /* the warm-up refreshes nothing */
-    for (int i = 0; i < N_USERS / BATCH * 4; i++)     /* every user a few events */
-        batch(&r, 1);
-    r.rk = rk;
-    int per = with_refresh ? BATCHES / 5 : BATCHES, n = REPS * per;
-    double refresh_s = 0;
-    for (int rep = 0; rep < REPS; rep++)               /* alternate: noise hits both */
-        for (int on = 0; on < 2; on++)
-            for (int i = 0; i < per; i++) {
-                cost c = batch(&r, on);
-                t[on][rep * per + i] = c.state + c.fold;
-                for (int k = 0; on && k < 5; k++)
-                    t[2 + k][rep * per + i] = k ? c.step[k - 1] : c.fold;
-                refresh_s += c.refresh;
-            }
-    double off_ns = median(t[0], n) / BATCH * 1e9, on_ns = median(t[1], n) / BATCH * 1e9;
-    double fold_ns = median(t[2], n) / BATCH * 1e9, step_ns[4];
-    for (int k = 0; k < 4; k++)
-        step_ns[k] = median(t[3 + k], n) / BATCH * 1e9;
-    printf("{\"bench\":\"foldin_state_update\",\"unknown_share\":%.3f,\"refresh\":%d,"
-           "\"value\":%.1f,\"unit\":\"ns/event\",\"ceiling\":%.1f,\"ceiling_is\":\"the "
-           "same batches with fold-in off\",\"ratio\":%.3f,\"foldin_steps_ns\":%.1f,"
-           "\"steps_ns\":{\"resolve\":%.1f,\"take\":%.1f,\"fill\":%.1f,\"flush\":%.1f},"
-           "\"refresh_ns\":%.1f,\"target\":\"ratio < 1.10\"}\n",
-           r.unknown, with_refresh, on_ns, off_ns, on_ns / off_ns, fold_ns, step_ns[0],
-           step_ns[1], step_ns[2], step_ns[3], refresh_s / (2.0 * n * BATCH) * 1e9);
+    measure(&r, with_refresh);
     hl_foldin_local_reset(&r.loc);
     hl_ranker_destroy(r.rk);
     free(r.recs);

@@ -207,6 +207,38 @@ static void line(const char *bench, double value, const char *unit, double ceili
            bench, value, unit, ceiling, value / ceiling, extra);
 }
 
+/* registry_decode_fast and _resolved: the store's codec against files'
+ * on our schema and on a later writer's (v2), REPS rounds interleaved. */
+static void decode_rates(hl_codec *cf, hl_codec *cs, const payloads *p_ours,
+                         const payloads *p_v2, uint64_t *sum)
+{
+    double ff[REPS], fr[REPS], rf[REPS], rr[REPS];
+    for (int k = 0; k < REPS; k++) {
+        ff[k] = bench_time_decode(cf, p_ours, sum);
+        rf[k] = bench_time_decode(cs, p_ours, sum);
+        fr[k] = bench_time_decode(cf, p_v2, sum);
+        rr[k] = bench_time_decode(cs, p_v2, sum);
+    }
+    line("registry_decode_fast", quantile(rf, REPS, 0.5), "events/s", quantile(ff, REPS, 0.5), "");
+    line("registry_decode_resolved", quantile(rr, REPS, 0.5), "events/s", quantile(fr, REPS, 0.5),
+         "");
+}
+
+/* The first-id stalls (first_ids): a batch's time and a worker's wait. */
+static void print_first_ids(stall *st)
+{
+    char extra[128];
+    snprintf(extra, sizeof extra, ",\"p50\":%.4g,\"ceiling_p50\":%.4g,\"batch\":%d,"
+             "\"new_id_call_p99_us\":%.4g", quantile(st->batch_new_us, N_NEW, 0.5),
+             quantile(st->batch_known_us, N_NEW, 0.5), BATCH, quantile(st->call_us, N_NEW, 0.99));
+    line("registry_first_id_batch_p99", quantile(st->batch_new_us, N_NEW, 0.99), "us",
+         quantile(st->batch_known_us, N_NEW, 0.99), extra);
+    snprintf(extra, sizeof extra, ",\"p50\":%.4g,\"ceiling_p50\":%.4g",
+             quantile(st->wait_ms, N_NEW, 0.5), quantile(st->rtt_ms, N_NEW, 0.5));
+    line("registry_first_id_wait_p99", quantile(st->wait_ms, N_NEW, 0.99), "ms",
+         quantile(st->rtt_ms, N_NEW, 0.99), extra);
+}
+
 static const char usage[] =
     "usage: bench_registry\n"
     "Prints JSON lines: what a Schema Registry costs the decoder. It takes no arguments.\n";
@@ -217,7 +249,6 @@ int main(int argc, char **argv)
     char url[64], err[512], dir[] = "/tmp/hl_bench_registry_XXXXXX", path[256];
     static payloads p_ours, p_v2;
     static stall st;
-    double ff[REPS], fr[REPS], rf[REPS], rr[REPS];
     uint64_t sum = 0;
     const char *v2 = ",{\"name\":\"session_id\",\"type\":[\"null\",\"string\"],\"default\":null}";
     const uint8_t v2_tail[] = {2, 4, 's', '1'};          /* session_id: "s1" */
@@ -246,26 +277,9 @@ int main(int argc, char **argv)
     }
     warm(cs, id_ours);
     warm(cs, id_v2);
-    for (int k = 0; k < REPS; k++) {
-        ff[k] = bench_time_decode(cf, &p_ours, &sum);
-        rf[k] = bench_time_decode(cs, &p_ours, &sum);
-        fr[k] = bench_time_decode(cf, &p_v2, &sum);
-        rr[k] = bench_time_decode(cs, &p_v2, &sum);
-    }
-    line("registry_decode_fast", quantile(rf, REPS, 0.5), "events/s", quantile(ff, REPS, 0.5), "");
-    line("registry_decode_resolved", quantile(rr, REPS, 0.5), "events/s", quantile(fr, REPS, 0.5),
-         "");
+    decode_rates(cf, cs, &p_ours, &p_v2, &sum);
     first_ids(r, cs, &p_ours, &st);
-    char extra[128];
-    snprintf(extra, sizeof extra, ",\"p50\":%.4g,\"ceiling_p50\":%.4g,\"batch\":%d,"
-             "\"new_id_call_p99_us\":%.4g", quantile(st.batch_new_us, N_NEW, 0.5),
-             quantile(st.batch_known_us, N_NEW, 0.5), BATCH, quantile(st.call_us, N_NEW, 0.99));
-    line("registry_first_id_batch_p99", quantile(st.batch_new_us, N_NEW, 0.99), "us",
-         quantile(st.batch_known_us, N_NEW, 0.99), extra);
-    snprintf(extra, sizeof extra, ",\"p50\":%.4g,\"ceiling_p50\":%.4g",
-             quantile(st.wait_ms, N_NEW, 0.5), quantile(st.rtt_ms, N_NEW, 0.5));
-    line("registry_first_id_wait_p99", quantile(st.wait_ms, N_NEW, 0.99), "ms",
-         quantile(st.rtt_ms, N_NEW, 0.99), extra);
+    print_first_ids(&st);
     fprintf(stderr, "bench_registry: checksum %llu\n", (unsigned long long)sum);
     hl_codec_destroy(cf);
     hl_codec_destroy(cs);

@@ -211,23 +211,106 @@ static const char usage[] =
     "  DIR  where the snapshots go (default $HL_BUILD or build; removed at the end)\n"
     "Environment: HL_BENCH_USERS (default 1000000). Prints JSON lines.\n";
 
+/* The write runs' rates (bytes/s) and worst stalls, index 0 the owner
+ * writing alone (sync), 1 with a drain thread. */
+typedef struct write_runs {
+    double tot[REPS], steps[2][REPS], sync[REPS], nowb[REPS], raw[REPS];
+    double stall[2], p99[2], cpu[2];
+} write_runs;
+
+/* The load runs' rates (bytes/s): hl_snapshot_load, a cached raw read,
+ * a fresh read without and with huge pages. */
+typedef struct load_runs {
+    double load[REPS], cached[REPS], fresh[REPS], fresh_thp[REPS];
+} load_runs;
+
+static void worst(const write_run *r, int m, write_runs *w)
+{
+    if (r->stall_max_s > w->stall[m]) w->stall[m] = r->stall_max_s;
+    if (r->stall_p99_s > w->p99[m]) w->p99[m] = r->stall_p99_s;
+    if (r->cpu_max_s > w->cpu[m]) w->cpu[m] = r->cpu_max_s;
+}
+
+/* REPS rounds of the three writes and a raw write of the same size;
+ * returns the last drain-thread run (its file is the one loaded). */
+static write_run run_writes(const char *dir, hl_table *tbl, const char *raw,
+                            unsigned char *buf, write_runs *w)
+{
+    write_run r = {0};
+    hl_io no_wb = *hl_io_posix();
+    no_wb.write_behind = NULL;      /* what sync_file_range buys */
+    for (int i = 0; i < REPS; i++) {
+        r = snapshot_once(dir, tbl, 1000 + i, 0, NULL); /* the owner writes */
+        w->steps[0][i] = (double)r.bytes / r.steps_s;
+        w->sync[i] = (double)r.bytes / r.total_s;
+        worst(&r, 0, w);
+        r = snapshot_once(dir, tbl, 1500 + i, 1, &no_wb); /* ... no write-behind */
+        w->nowb[i] = (double)r.bytes / r.total_s;
+        r = snapshot_once(dir, tbl, 2000 + i, 1, NULL); /* a drain thread writes */
+        w->tot[i] = (double)r.bytes / r.total_s;
+        w->steps[1][i] = (double)r.bytes / r.steps_s;
+        worst(&r, 1, w);
+        w->raw[i] = raw_write(raw, r.bytes, buf, 1 << 20);
+    }
+    return r;
+}
+
+static void run_loads(const write_run *r, const hl_table_opts *o, const hl_table_stats *st,
+                      unsigned char *buf, load_runs *l)
+{
+    char err[512];
+    for (int i = 0; i < REPS; i++) {
+        hl_table *t = NULL;
+        double t0 = now_s();
+        if (hl_snapshot_load(NULL, r->path, o, BENCH_FP, &t, NULL, err, sizeof err) != 0)
+            bench_die("load", err);
+        l->load[i] = (double)r->bytes / (now_s() - t0);
+        hl_table_destroy(t);
+        l->cached[i] = raw_read(r->path, buf, 1 << 20);
+        l->fresh[i] = raw_read_fresh(r->path, st->bytes > r->bytes ? st->bytes : r->bytes, 0);
+        l->fresh_thp[i] = raw_read_fresh(r->path, st->bytes > r->bytes ? st->bytes : r->bytes, 1);
+    }
+}
+
+static void print_lines(size_t users, const write_run *r, write_runs *w,
+                        load_runs *l, double mcpy, double crc)
+{
+    char extra[256];
+    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"fsync\":true", (unsigned long long)r->bytes);
+    line("snapshot_write_sync", users, median(w->sync, REPS) / 1e9, "GB/s", median(w->raw, REPS) / 1e9, extra);
+    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"fsync\":true,\"owner_gap_us\":200,"
+             "\"drain_thread\":true", (unsigned long long)r->bytes);
+    line("snapshot_write", users, median(w->tot, REPS) / 1e9, "GB/s", median(w->raw, REPS) / 1e9, extra);
+    line("snapshot_write_no_write_behind", users, median(w->nowb, REPS) / 1e9, "GB/s",
+         median(w->raw, REPS) / 1e9, extra);
+    snprintf(extra, sizeof extra, ",\"bytes\":%llu", (unsigned long long)r->bytes);
+    line("snapshot_steps", users, median(w->steps[1], REPS) / 1e9, "GB/s", mcpy / 1e9, extra);
+    line("snapshot_steps_sync", users, median(w->steps[0], REPS) / 1e9, "GB/s", mcpy / 1e9, extra);
+    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"ceiling_fresh\":%.4g,\"ratio_fresh\":%.3f,"
+             "\"ceiling_fresh_thp\":%.4g", (unsigned long long)r->bytes, median(l->fresh, REPS) / 1e9,
+             median(l->load, REPS) / median(l->fresh, REPS), median(l->fresh_thp, REPS) / 1e9);
+    line("snapshot_load", users, median(l->load, REPS) / 1e9, "GB/s", median(l->cached, REPS) / 1e9, extra);
+    for (int m = 1; m >= 0; m--)
+        printf("{\"bench\":\"snapshot_stall_max%s\",\"users\":%zu,\"value\":%.3f,\"unit\":\"ms\","
+               "\"p99_ms\":%.3f,\"cpu_max_ms\":%.3f,\"budget_rows\":%d,\"target\":10}\n",
+               m ? "" : "_sync", users, w->stall[m] * 1e3, w->p99[m] * 1e3, w->cpu[m] * 1e3,
+               HL_SNAPSHOT_STEP_ROWS);
+    line("crc32c", 0, crc / 1e9, "GB/s", mcpy / 1e9, hl_crc32c_hw() ? ",\"sse42\":true" : ",\"sse42\":false");
+}
+
 int main(int argc, char **argv)
 {
     bench_args("bench_snapshot", argc, argv, usage, bench_bad_dir(argc, argv));
     const char *base = argc > 1 ? argv[1] : getenv("HL_BUILD");
     const char *env_users = getenv("HL_BENCH_USERS");
     size_t users = env_users ? (size_t)atol(env_users) : 1000000;
-    char dir[1024], raw[1100], err[512], extra[256];
-    double w_tot[REPS], w_steps[2][REPS], stall[2] = {0, 0}, p99[2] = {0, 0}, cpu[2] = {0, 0};
-    double load[REPS], cw[REPS], cr[REPS], cf[REPS], ch[REPS], w_sync[REPS];
+    char dir[1024], raw[1100];
     double mcpy, crc;
     hl_table_stats st;
     unsigned char *buf = malloc(1 << 20);
-    write_run r = {0};
-    hl_io no_wb = *hl_io_posix();
-    double w_nowb[REPS];
+    write_runs w = {0};
+    load_runs l;
 
-    no_wb.write_behind = NULL;      /* what sync_file_range buys */
     snprintf(dir, sizeof dir, "%s/bench-snapshot.%d", base && *base ? base : "build",
              (int)getpid());
     if (mkdir(dir, 0755) != 0) bench_die("mkdir", dir);
@@ -237,56 +320,10 @@ int main(int argc, char **argv)
     hl_table *tbl = bench_make_shard(&o, users);
     hl_table_stats_get(tbl, &st);
 
-    for (int i = 0; i < REPS; i++) {
-        r = snapshot_once(dir, tbl, 1000 + i, 0, NULL); /* the owner writes */
-        w_steps[0][i] = (double)r.bytes / r.steps_s;
-        w_sync[i] = (double)r.bytes / r.total_s;
-        if (r.stall_max_s > stall[0]) stall[0] = r.stall_max_s;
-        if (r.stall_p99_s > p99[0]) p99[0] = r.stall_p99_s;
-        if (r.cpu_max_s > cpu[0]) cpu[0] = r.cpu_max_s;
-        r = snapshot_once(dir, tbl, 1500 + i, 1, &no_wb); /* ... no write-behind */
-        w_nowb[i] = (double)r.bytes / r.total_s;
-        r = snapshot_once(dir, tbl, 2000 + i, 1, NULL); /* a drain thread writes */
-        w_tot[i] = (double)r.bytes / r.total_s;
-        w_steps[1][i] = (double)r.bytes / r.steps_s;
-        if (r.stall_max_s > stall[1]) stall[1] = r.stall_max_s;
-        if (r.stall_p99_s > p99[1]) p99[1] = r.stall_p99_s;
-        if (r.cpu_max_s > cpu[1]) cpu[1] = r.cpu_max_s;
-        cw[i] = raw_write(raw, r.bytes, buf, 1 << 20);
-    }
-    for (int i = 0; i < REPS; i++) {
-        hl_table *t = NULL;
-        double t0 = now_s();
-        if (hl_snapshot_load(NULL, r.path, &o, BENCH_FP, &t, NULL, err, sizeof err) != 0)
-            bench_die("load", err);
-        load[i] = (double)r.bytes / (now_s() - t0);
-        hl_table_destroy(t);
-        cr[i] = raw_read(r.path, buf, 1 << 20);
-        cf[i] = raw_read_fresh(r.path, st.bytes > r.bytes ? st.bytes : r.bytes, 0);
-        ch[i] = raw_read_fresh(r.path, st.bytes > r.bytes ? st.bytes : r.bytes, 1);
-    }
+    write_run r = run_writes(dir, tbl, raw, buf, &w);
+    run_loads(&r, &o, &st, buf, &l);
     mem_rates(&mcpy, &crc);
-
-    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"fsync\":true", (unsigned long long)r.bytes);
-    line("snapshot_write_sync", users, median(w_sync, REPS) / 1e9, "GB/s", median(cw, REPS) / 1e9, extra);
-    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"fsync\":true,\"owner_gap_us\":200,"
-             "\"drain_thread\":true", (unsigned long long)r.bytes);
-    line("snapshot_write", users, median(w_tot, REPS) / 1e9, "GB/s", median(cw, REPS) / 1e9, extra);
-    line("snapshot_write_no_write_behind", users, median(w_nowb, REPS) / 1e9, "GB/s",
-         median(cw, REPS) / 1e9, extra);
-    snprintf(extra, sizeof extra, ",\"bytes\":%llu", (unsigned long long)r.bytes);
-    line("snapshot_steps", users, median(w_steps[1], REPS) / 1e9, "GB/s", mcpy / 1e9, extra);
-    line("snapshot_steps_sync", users, median(w_steps[0], REPS) / 1e9, "GB/s", mcpy / 1e9, extra);
-    snprintf(extra, sizeof extra, ",\"bytes\":%llu,\"ceiling_fresh\":%.4g,\"ratio_fresh\":%.3f,"
-             "\"ceiling_fresh_thp\":%.4g", (unsigned long long)r.bytes, median(cf, REPS) / 1e9,
-             median(load, REPS) / median(cf, REPS), median(ch, REPS) / 1e9);
-    line("snapshot_load", users, median(load, REPS) / 1e9, "GB/s", median(cr, REPS) / 1e9, extra);
-    for (int m = 1; m >= 0; m--)
-        printf("{\"bench\":\"snapshot_stall_max%s\",\"users\":%zu,\"value\":%.3f,\"unit\":\"ms\","
-               "\"p99_ms\":%.3f,\"cpu_max_ms\":%.3f,\"budget_rows\":%d,\"target\":10}\n",
-               m ? "" : "_sync", users, stall[m] * 1e3, p99[m] * 1e3, cpu[m] * 1e3,
-               HL_SNAPSHOT_STEP_ROWS);
-    line("crc32c", 0, crc / 1e9, "GB/s", mcpy / 1e9, hl_crc32c_hw() ? ",\"sse42\":true" : ",\"sse42\":false");
+    print_lines(users, &r, &w, &l, mcpy, crc);
 
     unlink(raw);
     unlink(r.path);

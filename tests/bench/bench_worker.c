@@ -566,6 +566,99 @@ static void print_holes(const sentinels *ss, double window_s)
            ss->fifo ? "fifo" : "normal");
 }
 
+/* The latency window's producer, codec and synthetic stream: 500,000
+ * users over 100,000 items. */
+static void latency_source(live *L)
+{
+    L->p = bench_producer(live_linger);
+    L->c = bench_codec();
+    hl_synth_opts so;
+    hl_synth_opts_default(&so);
+    so.n_users = 500000;
+    so.n_items = 100000;
+    so.n_topics = 100;
+    L->s = hl_synth_create(&so, NULL, 0);
+}
+
+/* What the latency window measured besides lat[] and lat_prod[]. */
+typedef struct lat_window {
+    worker_hists before, after;
+    double       cpu_s, lists, batches, window_s;
+    sentinels   *holes;
+    long         sent;
+    int          n_lat;
+} lat_window;
+
+/* Runs the window at rate on the worker pid, reading its histograms,
+ * CPU and counters on both sides and the host's holes meanwhile. */
+static void latency_window(live *L, pid_t pid, double rate, lat_window *win)
+{
+    /* The window's share is read from the worker's own histograms; the
+     * warm second before it is counted there too (its lists settle the
+     * same way), a small bias towards the steady state. */
+    worker_hists_read(L->port, &win->before);
+    double cpu0 = proc_cpu_s(pid), lists0 = metric(L->port, "halflife_lists_published_total");
+    double bat0 = metric(L->port, "halflife_batch_size_count");
+    win->holes = sentinels_start();     /* the host's stops of a vCPU */
+    double hw0 = wall_s();
+    win->sent = 0;
+    win->n_lat = rate > 0 ? live_run(L, rate, 1.0, LAT_SECONDS, &win->sent) : 0;
+    win->window_s = wall_s() - hw0;
+    if (win->holes != NULL)
+        sentinels_stop(win->holes);
+    worker_hists_read(L->port, &win->after);
+    win->cpu_s = proc_cpu_s(pid) - cpu0;
+    win->lists = metric(L->port, "halflife_lists_published_total") - lists0;
+    win->batches = metric(L->port, "halflife_batch_size_count") - bat0;
+}
+
+static void print_live_rate(double sustained, double catchup, double floor_rate)
+{
+    printf("{\"bench\":\"worker_live_rate\",\"items\":100000,\"dim\":64,\"threads\":%d,"
+           "\"value\":%.0f,\"unit\":\"events/s sustained live\",\"ceiling\":%.0f,"
+           "\"ceiling_is\":\"catch-up lists/s in this run\",\"ratio\":%.3f,"
+           "\"target_ratio\":0.5,\"met\":%s,\"broker_floor\":%.0f,"
+           "\"broker_floor_is\":\"two bare producer-consumer streams, same probe\","
+           "\"ratio_to_floor\":%.3f}\n", THREADS, sustained, catchup,
+           catchup > 0 ? sustained / catchup : 0, sustained >= 0.5 * catchup ? "true" : "false",
+           floor_rate, floor_rate > 0 ? sustained / floor_rate : 0);
+}
+
+/* worker_event_to_publish: the window's end-to-end and worker-share
+ * quantiles against the broker's floor (hop99, ack99: latency_floor), its cost per list, its stages
+ * and the host's holes. */
+static void print_latency(const lat_window *win, double rate, double sustained, double hop99,
+                          double ack99)
+{
+    int n_lat = win->n_lat;
+    qsort(lat, (size_t)n_lat, sizeof *lat, cmp_double);
+    qsort(lat_prod, (size_t)n_lat, sizeof *lat_prod, cmp_double);
+    double p50 = lat[n_lat / 2], p99 = lat[(int)(n_lat * 0.99)];
+    double w50 = hist_quantile_ms(&win->before.share, &win->after.share, 0.5);
+    double w99 = hist_quantile_ms(&win->before.share, &win->after.share, 0.99);
+    printf("{\"bench\":\"worker_event_to_publish\",\"rate\":%.0f,\"sustainable_live\":%.0f,"
+           "\"events\":%ld,\"lists\":%d,\"p50_ms\":%.1f,\"p99_ms\":%.1f,\"value\":%.1f,"
+           "\"unit\":\"ms p99\",\"target\":25,\"met\":%s,\"worker_p50_ms\":%.2f,"
+           "\"worker_p99_ms\":%.2f,\"worker_target\":10,\"worker_met\":%s,"
+           "\"fetch_wait_max_ms\":%s,\"producer_linger_ms\":%s,", rate, sustained, win->sent,
+           n_lat, p50, p99, p99, p99 < 25 ? "true" : "false", w50, w99,
+           w99 >= 0 && w99 < 10 ? "true" : "false", fetch_wait, live_linger);
+    /* What the worker's process spent per list in the window (all its
+     * threads, librdkafka's included): the figure batch.cpu.budget trades. */
+    printf("\"worker_cpu_ms_per_list\":%.3f,\"lists_per_batch\":%.2f,",
+           win->lists > 0 ? 1000 * win->cpu_s / win->lists : 0,
+           win->batches > 0 ? win->lists / win->batches : 0);
+    printf("\"e2e_ends\":\"the list read back from the output topic by a consumer\","
+           "\"to_produce_call_ms\":[%.1f,%.1f],\"floor_hop_p99_ms\":%.2f,"
+           "\"floor_ack_p99_ms\":%.2f,\"p99_to_two_hops\":%.2f,\"worker_p99_to_floor_ack\":%.2f,",
+           lat_prod[n_lat / 2], lat_prod[(int)(n_lat * 0.99)], hop99, ack99,
+           hop99 > 0 ? p99 / (2 * hop99) : 0, ack99 > 0 ? w99 / ack99 : 0);
+    print_stages(&win->before, &win->after);
+    print_holes(win->holes, win->window_s);
+    printf(",\"ceiling\":null}\n");
+    fflush(stdout);
+}
+
 /* The probes (live_sustainable) run on b3; the latency window on b7 with
  * a fresh worker: the mock walks a partition's message sets from the
  * oldest to answer a fetch (bench_worker's header), so on b3 the window
@@ -574,15 +667,8 @@ static void print_holes(const sentinels *ss, double window_s)
 static void bench_latency(const char *model, double catchup, double fixed_rate)
 {
     live L = {0};
-    L.p = bench_producer(live_linger);
-    L.c = bench_codec();
-    hl_synth_opts so;
-    hl_synth_opts_default(&so);
-    so.n_users = 500000;
-    so.n_items = 100000;
-    so.n_topics = 100;
-    L.s = hl_synth_create(&so, NULL, 0);
-    long sent = 0;
+    lat_window win;
+    latency_source(&L);
     double sustained = 2 * fixed_rate;
     if (fixed_rate <= 0) {
         pid_t probe_pid = live_start(&L, model, "b3", "probe");
@@ -591,66 +677,19 @@ static void bench_latency(const char *model, double catchup, double fixed_rate)
     }
     double rate = sustained / 2;
     pid_t pid = live_start(&L, model, "b7", "lat");
-    worker_hists before, after;
-    /* The window's share is read from the worker's own histograms; the
-     * warm second before it is counted there too (its lists settle the
-     * same way), a small bias towards the steady state. */
-    worker_hists_read(L.port, &before);
-    double cpu0 = proc_cpu_s(pid), lists0 = metric(L.port, "halflife_lists_published_total");
-    double bat0 = metric(L.port, "halflife_batch_size_count");
-    sentinels *holes = sentinels_start();   /* the host's stops of a vCPU */
-    double hw0 = wall_s();
-    int n_lat = rate > 0 ? live_run(&L, rate, 1.0, LAT_SECONDS, &sent) : 0;
-    double hwin = wall_s() - hw0;
-    if (holes != NULL)
-        sentinels_stop(holes);
-    worker_hists_read(L.port, &after);
-    double cpu = proc_cpu_s(pid) - cpu0;
-    double lists = metric(L.port, "halflife_lists_published_total") - lists0;
-    double batches = metric(L.port, "halflife_batch_size_count") - bat0;
+    latency_window(&L, pid, rate, &win);
     live_stop(&L, pid);
     hl_synth_destroy(L.s);
     hl_codec_destroy(L.c);
     hl_producer_destroy(L.p, 1000);
-    if (n_lat < 100)
+    if (win.n_lat < 100)
         die("too few lists read back for the latency figure");
     double floor_rate = fixed_rate <= 0 ? live_floor(catchup) : 0;
-    double ack99 = 0, hop99 = latency_floor(rate, &ack99);
-    qsort(lat, (size_t)n_lat, sizeof *lat, cmp_double);
-    qsort(lat_prod, (size_t)n_lat, sizeof *lat_prod, cmp_double);
-    double p50 = lat[n_lat / 2], p99 = lat[(int)(n_lat * 0.99)];
+    double ack99 = 0, hop99 = latency_floor(rate, &ack99);     /* prints kafka_floor */
     if (fixed_rate <= 0)
-        printf("{\"bench\":\"worker_live_rate\",\"items\":100000,\"dim\":64,\"threads\":%d,"
-               "\"value\":%.0f,\"unit\":\"events/s sustained live\",\"ceiling\":%.0f,"
-               "\"ceiling_is\":\"catch-up lists/s in this run\",\"ratio\":%.3f,"
-               "\"target_ratio\":0.5,\"met\":%s,\"broker_floor\":%.0f,"
-               "\"broker_floor_is\":\"two bare producer-consumer streams, same probe\","
-               "\"ratio_to_floor\":%.3f}\n", THREADS, sustained, catchup,
-               catchup > 0 ? sustained / catchup : 0, sustained >= 0.5 * catchup ? "true" : "false",
-               floor_rate, floor_rate > 0 ? sustained / floor_rate : 0);
-    double w50 = hist_quantile_ms(&before.share, &after.share, 0.5);
-    double w99 = hist_quantile_ms(&before.share, &after.share, 0.99);
-    printf("{\"bench\":\"worker_event_to_publish\",\"rate\":%.0f,\"sustainable_live\":%.0f,"
-           "\"events\":%ld,\"lists\":%d,\"p50_ms\":%.1f,\"p99_ms\":%.1f,\"value\":%.1f,"
-           "\"unit\":\"ms p99\",\"target\":25,\"met\":%s,\"worker_p50_ms\":%.2f,"
-           "\"worker_p99_ms\":%.2f,\"worker_target\":10,\"worker_met\":%s,"
-           "\"fetch_wait_max_ms\":%s,\"producer_linger_ms\":%s,", rate, sustained, sent, n_lat, p50, p99, p99,
-           p99 < 25 ? "true" : "false", w50, w99, w99 >= 0 && w99 < 10 ? "true" : "false",
-           fetch_wait, live_linger);
-    /* What the worker's process spent per list in the window (all its
-     * threads, librdkafka's included): the figure batch.cpu.budget trades. */
-    printf("\"worker_cpu_ms_per_list\":%.3f,\"lists_per_batch\":%.2f,",
-           lists > 0 ? 1000 * cpu / lists : 0, batches > 0 ? lists / batches : 0);
-    printf("\"e2e_ends\":\"the list read back from the output topic by a consumer\","
-           "\"to_produce_call_ms\":[%.1f,%.1f],\"floor_hop_p99_ms\":%.2f,"
-           "\"floor_ack_p99_ms\":%.2f,\"p99_to_two_hops\":%.2f,\"worker_p99_to_floor_ack\":%.2f,",
-           lat_prod[n_lat / 2], lat_prod[(int)(n_lat * 0.99)], hop99, ack99,
-           hop99 > 0 ? p99 / (2 * hop99) : 0, ack99 > 0 ? w99 / ack99 : 0);
-    print_stages(&before, &after);
-    print_holes(holes, hwin);
-    free(holes);
-    printf(",\"ceiling\":null}\n");
-    fflush(stdout);
+        print_live_rate(sustained, catchup, floor_rate);
+    print_latency(&win, rate, sustained, hop99, ack99);
+    free(win.holes);
 }
 
 /* The first argument bench_worker cannot take (NULL: none). */

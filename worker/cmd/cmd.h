@@ -5,6 +5,12 @@
 #ifndef HL_CMD_H
 #define HL_CMD_H
 
+/* Restores the signal mask the process started with: main.c blocks
+ * SIGTERM, SIGINT and SIGHUP before anything runs; a command that installs
+ * handlers calls this once they are in place (run.c), main does for the
+ * others. */
+void hl_cmd_signals_unblock(void);
+
 int hl_cmd_run(int argc, char **argv);
 int hl_cmd_demo(int argc, char **argv);
 int hl_cmd_broker(int argc, char **argv);

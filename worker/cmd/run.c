@@ -10,7 +10,16 @@
  * when the worker cannot start (model, snapshot.dir, ...), fails, or stops
  * without having saved every shard it owned (a final snapshot failed: the
  * worker logs event=shutdown_unsaved naming the partitions), so an
- * orchestrator's logs show it. */
+ * orchestrator's logs show it.
+ *
+ * A stop during start-up is a clean stop too (exit 0): main.c blocks
+ * SIGTERM, SIGINT and SIGHUP from the program's first instruction until
+ * the handlers below are in, and every wait of start-up (the registry,
+ * the broker, the item topic, restores between partitions) gives up on
+ * it. The worker logs event=worker_stopped_before_start with the step:
+ * configuration, model, worker_create, items_topic, group_join or
+ * restore. Only the dynamic loader's milliseconds before the first
+ * instruction keep the default action (exit 143). */
 #include "cmd.h"
 #include "config.h"
 #include "http.h"
@@ -118,11 +127,40 @@ static int worker_ready(void *arg, char *why, size_t whylen)
     return 0;
 }
 
+/* /metrics and the probes on metrics.port (none when 0). -1 when it
+ * cannot listen (logged). */
+static int start_http(const hl_config *cfg, hl_metrics *reg, hl_worker *w, hl_http **http)
+{
+    char err[512];
+    int port = (int)hl_config_int(cfg, "metrics.port");
+    const char *bind_addr = hl_config_str(cfg, "metrics.bind");
+    if (port <= 0)
+        return 0;
+    if ((*http = hl_http_start(bind_addr, port, reg, worker_ready, w, err, sizeof err)) == NULL) {
+        hl_log(HL_LOG_ERROR, "http_start_failed", "port=%d err=\"%s\"", port, err);
+        return -1;
+    }
+    hl_log(HL_LOG_INFO, "metrics_listening", "bind=%s port=%d", bind_addr, hl_http_port(*http));
+    return 0;
+}
+
+/* A stop before the worker runs: nothing was owned yet, so nothing is
+ * handed over and the exit is clean (0). step names where it came: the
+ * configuration, the model, or a part of the worker (why says which, e.g.
+ * a wait for the registry or the broker). */
+static int stopped_while_starting(const char *step, const char *why)
+{
+    hl_log(HL_LOG_INFO, "worker_stopped_before_start", "step=%s owned_partitions=0%s%s%s",
+           step, why ? " why=\"" : "", why ? why : "", why ? "\"" : "");
+    return 0;
+}
+
 int hl_cmd_run(int argc, char **argv)
 {
     char err[512];
     int rc = 1;
     install_signals();
+    hl_cmd_signals_unblock();           /* a stop sent while loading comes now */
     hl_config *cfg = hl_config_create();
     hl_model *m = NULL;
     hl_metrics *reg = NULL;
@@ -130,18 +168,22 @@ int hl_cmd_run(int argc, char **argv)
     hl_worker *w = NULL;
     hl_worker_opts o;
     int prc = cfg ? run_parse(cfg, argc, argv) : 1;
-    if (prc >= 0) {
-        rc = prc;
+    if (prc >= 0 || run_signalled) {
+        rc = prc >= 0 ? prc : stopped_while_starting("configuration", NULL);
         goto out;
     }
     hl_log_set_level(hl_config_log_level(cfg));
     hl_config_worker_opts(cfg, &o);
     o.reload_sig = &run_reload;
     run_deadline_s = (unsigned)(o.shutdown_timeout_ms / 1000) + 5;
-    o.start_abort = &run_signalled;     /* a SIGTERM while waiting for the registry */
+    o.start_abort = &run_signalled;     /* a SIGTERM while the worker starts */
     const char *model_path = hl_config_str(cfg, "model.path");
     if ((m = hl_model_open(model_path, err, sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "model_open_failed", "path=%s err=\"%s\"", model_path, err);
+        goto out;
+    }
+    if (run_signalled) {
+        rc = stopped_while_starting("model", NULL);
         goto out;
     }
     reg = hl_metrics_create();
@@ -150,19 +192,11 @@ int hl_cmd_run(int argc, char **argv)
         goto out;
     }
     if (run_signalled) {
-        hl_log(HL_LOG_INFO, "worker_stopped_before_start", "owned_partitions=0");
-        rc = 0;                 /* nothing was owned yet: nothing to hand over */
+        rc = stopped_while_starting("worker_create", w == NULL ? err : NULL);
         goto out;
     }
-    int port = (int)hl_config_int(cfg, "metrics.port");
-    const char *bind_addr = hl_config_str(cfg, "metrics.bind");
-    if (port > 0) {
-        if ((http = hl_http_start(bind_addr, port, reg, worker_ready, w, err, sizeof err)) == NULL) {
-            hl_log(HL_LOG_ERROR, "http_start_failed", "port=%d err=\"%s\"", port, err);
-            goto out;
-        }
-        hl_log(HL_LOG_INFO, "metrics_listening", "bind=%s port=%d", bind_addr, hl_http_port(http));
-    }
+    if (start_http(cfg, reg, w, &http) != 0)
+        goto out;
     rc = hl_worker_run(w, &run_signalled) == 0 ? 0 : 1;
     alarm(0);
     if (rc != 0) {

@@ -6,10 +6,12 @@
  * and at close. queued.min.messages is raised to 1,000,000 because
  * librdkafka 2.0.2 stalls below it (DESIGN.md section 9).
  *
- * Statistics arrive as JSON every statistics.interval.ms; the only numbers
- * taken from it are each partition's consumer_lag and whether any broker is
- * UP. The scan below is deliberately narrow: it finds the input topic's
- * object and walks its "partition"/"consumer_lag" pairs in order.
+ * Statistics arrive as JSON every statistics.interval.ms; the only things
+ * taken from it are each partition's consumer_lag, whether any broker is
+ * UP, and the group's state and join state (for the log line of a worker
+ * still waiting for its first assignment). The scan below is deliberately
+ * narrow: it finds the input topic's object and walks its
+ * "partition"/"consumer_lag" pairs in order.
  *
  * Destroying the handle is skipped in one state, where librdkafka 2.0.2
  * would abort (see destroy_would_abort). */
@@ -32,6 +34,9 @@ struct hl_consumer {
     atomic_int       subscribed;
     atomic_int       synced;         /* an assignment reached the rebalance callback */
     hl_log_limit     err_limit;
+    /* From the last statistics, on the thread of hl_consumer_serve: the
+     * cgrp object's "state" and "join_state" ("" before the first). */
+    char             cgrp_state[24], join_state[24];
 };
 
 /* Producer-only keys are skipped: librdkafka would warn about each. */
@@ -94,6 +99,30 @@ static const char *find_key(const char *s, const char *end, const char *key)
     return NULL;
 }
 
+/* The JSON string value starting at p (just after its opening quote) into
+ * out, cut at n - 1 bytes; "" when p is NULL. */
+static void copy_value(const char *p, const char *end, char *out, size_t n)
+{
+    size_t i = 0;
+    while (p && p + i < end && p[i] != '"' && i + 1 < n) {
+        out[i] = p[i];
+        i++;
+    }
+    out[i] = 0;
+}
+
+/* librdkafka 2.0.2 writes this object with a space after each colon
+ * (rdkafka.c, rd_kafka_stats_emit_all), unlike the brokers' objects. */
+static void stats_group(hl_consumer *c, const char *json, const char *end)
+{
+    const char *g = find_key(json, end, "\"cgrp\": ");
+    if (g == NULL)
+        return;
+    copy_value(find_key(g, end, "\"state\": \""), end, c->cgrp_state, sizeof c->cgrp_state);
+    copy_value(find_key(g, end, "\"join_state\": \""), end, c->join_state,
+               sizeof c->join_state);
+}
+
 static void stats_lag(hl_consumer *c, const char *json, const char *end)
 {
     char key[320];
@@ -129,6 +158,7 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
     const char *topics = find_key(json, end, "\"topics\":");
     if (topics && c->o.reg && c->o.topic)
         stats_lag(c, topics, end);
+    stats_group(c, json, end);
     return 0;                   /* librdkafka frees json */
 }
 
@@ -264,6 +294,12 @@ void hl_consumer_destroy(hl_consumer *c)
 rd_kafka_t *hl_consumer_handle(hl_consumer *c) { return c->rk; }
 
 int hl_consumer_broker_up(const hl_consumer *c) { return atomic_load(&c->up); }
+
+const char *hl_consumer_group_state(const hl_consumer *c, int join)
+{
+    const char *s = join ? c->join_state : c->cgrp_state;
+    return s[0] ? s : "unknown";
+}
 
 int hl_consumer_subscribe(hl_consumer *c, const char *topic, char *errbuf, size_t errlen)
 {

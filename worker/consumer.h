@@ -61,4 +61,10 @@ void hl_consumer_close(hl_consumer *c);
 /* 1 while some broker is reachable (from the error and stats callbacks). */
 int  hl_consumer_broker_up(const hl_consumer *c);
 
+/* The group's state (join 0: "up", "wait-coord", ...) or join state (join
+ * 1: "init", "wait-join", "wait-sync", "steady", ...) from librdkafka's last
+ * statistics; "unknown" before the first. Call on the thread of
+ * hl_consumer_serve. */
+const char *hl_consumer_group_state(const hl_consumer *c, int join);
+
 #endif

@@ -368,6 +368,25 @@ static void check_model(hl_worker *w)
     }
 }
 
+/* A worker with no partition yet this long after it subscribed says so,
+ * and again each time this much longer: an operator sees why a pod that
+ * started is not consuming (a coordinator that does not answer, a group
+ * waiting for members that died) instead of a silent log. */
+#define JOIN_WAIT_WARN_MS 30000
+
+static void watch_join(hl_worker *w, int64_t subscribed_ms, int64_t *next_ms)
+{
+    int64_t now = hl_now_mono_ms();
+    if (atomic_load(&w->have_assignment) || now < *next_ms)
+        return;
+    *next_ms = now + JOIN_WAIT_WARN_MS;
+    hl_log(HL_LOG_WARN, "group_join_waiting", "group=%s topic=%s waited_s=%lld "
+           "broker_up=%d group_state=%s join_state=%s why=\"no partition assigned yet\"",
+           w->o.group_id, w->o.input_topic, (long long)((now - subscribed_ms) / 1000),
+           hl_consumer_broker_up(w->cons), hl_consumer_group_state(w->cons, 0),
+           hl_consumer_group_state(w->cons, 1));
+}
+
 int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
 {
     char err[512];
@@ -392,6 +411,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
         }
     hl_log(HL_LOG_INFO, "worker_started", "bootstrap=%s group=%s topic=%s threads=%d",
            w->bootstrap, w->o.group_id, w->o.input_topic, w->o.threads);
+    int64_t subscribed_ms = hl_now_mono_ms(), join_warn_ms = subscribed_ms + JOIN_WAIT_WARN_MS;
     while (atomic_load(&w->stop) == 0) {
         if (hl_consumer_serve(w->cons, 0)) {
             atomic_store(&w->stop, 2);
@@ -400,6 +420,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
         if (sig && *sig)
             hl_worker_stop(w);
         check_model(w);
+        watch_join(w, subscribed_ms, &join_warn_ms);
         /* This thread waits on the producer, not the consumer: a delivery
          * report is then served the moment it comes (a batch's delivered
          * time, flight.c), not when a shard thread next looks up from a

@@ -64,7 +64,29 @@ def run_main(suite, skip_case, body):
         ck.procs.kill_all()
     if not ck.failed:
         shutil.rmtree(ck.tmp, ignore_errors=True)
+    else:
+        print_log_tails(ck.tmp)
     return 1 if ck.failed else 0
+
+
+def print_log_tails(tmp, lines=12, width=240):
+    """After a failure: the warnings, errors and last lines of every log in
+    the scratch directory, indented so that tests/run.sh shows them. CI
+    keeps only the output of make test, not /tmp, so a failure seen once
+    there must carry what explains it."""
+    for name in sorted(os.listdir(tmp)):
+        path = os.path.join(tmp, name)
+        if not name.endswith(".log") or not os.path.isfile(path):
+            continue
+        with open(path, errors="replace") as f:
+            all_lines = f.read().splitlines()
+        bad = [ln for ln in all_lines if "level=warn" in ln or "level=error" in ln]
+        tail = all_lines[-lines:]
+        shown = [ln for ln in bad[-lines:] if ln not in tail] + tail
+        print("    -- %s (%d lines; its warnings and errors, then its end):" %
+              (name, len(all_lines)))
+        for ln in shown:
+            print("    | " + ln[:width])
 
 
 class Procs:

@@ -71,13 +71,12 @@ static inline const char *id_of(const item *it)
     return it->len <= ID_INLINE ? it->id.in : it->id.out;
 }
 
-static uint32_t hash_id(const char *s, size_t len)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
-}
+/* The id's hl_item_key folded to 32 bits: the worker's decode has that
+ * key in every event already (hl_event.item_key), so a note carries it
+ * instead of hashing the id a third time (hl_foldin_hash_key). */
+static uint32_t hash_key(uint64_t key) { return (uint32_t)(key ^ (key >> 32)); }
+
+static uint32_t hash_id(const char *s, size_t len) { return hash_key(hl_item_key(s, len)); }
 
 static uint32_t probe_h(const hl_foldin *f, const char *id, uint32_t len, uint32_t h)
 {
@@ -407,6 +406,8 @@ static int all_finite(const float *q, int d)
 }
 
 uint32_t hl_foldin_hash(const char *id, uint32_t len) { return hash_id(id, len); }
+
+uint32_t hl_foldin_hash_key(uint64_t item_key) { return hash_key(item_key); }
 
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms)

@@ -116,11 +116,16 @@ static void fixture_free(fixture *fx)
     hl_metrics_destroy(fx->reg);
 }
 
+/* An unknown item's event carries its item_key as decode gives it, so the
+ * note takes the id's hash from it; "new-2"'s carry none (0), so the note
+ * hashes the id itself: sums found by id (hl_wfoldin_sums) check both. */
 static void push(fixture *fx, int u, int32_t item, int64_t offset, int note, const char *id)
 {
     hl_event ev = {.user = fx->users[u], .user_len = (uint32_t)strlen(fx->users[u]),
                    .item = item, .type = HL_VIEW, .w = 1.0f + 0.25f * (float)(u % 3),
                    .ts_ms = fx->ts += 1000, .offset = offset};
+    if (id != NULL && strcmp(id, "new-2") != 0)
+        ev.item_key = hl_item_key(id, strlen(id));
     hl_shard_push(fx->sh, &ev);
     fx->ev_id[fx->sh->n_ev - 1] = note ? id : NULL;
     if (note)

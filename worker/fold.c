@@ -1,7 +1,8 @@
 /* fold.c - fold-in wired into the worker (the contract is fold.h).
  *
  * The hot path pays one branch per event whose item the model knows; an
- * unknown-item event costs a note at decode (its id copied), a lookup of
+ * unknown-item event costs a note at decode (its id copied, its hash the
+ * event's item_key, which decode computed already), a lookup of
  * its user's row after the apply, a copy of the query the refresh computed
  * for that user (one hash probe per refreshed user while the batch has
  * notes), and its share of one lock per FOLD_CHUNK notes for the sums
@@ -181,9 +182,11 @@ void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char
         loc->dropped++;
         return;
     }
+    uint64_t key = sh->ev[ev].item_key;     /* decode's hash of the id: no second one */
     memcpy(loc->ids + loc->ids_used, id, len);
     loc->note[loc->n++] = (fold_note){sh, ev, (uint32_t)loc->ids_used, len,
-                                      hl_foldin_hash(id, len), -1, w, 0};
+                                      key != 0 ? hl_foldin_hash_key(key)
+                                               : hl_foldin_hash(id, len), -1, w, 0};
     loc->ids_used += len;
 }
 

@@ -62,7 +62,8 @@ typedef struct fold_note {
     hl_shard *sh;
     int       ev;                  /* index into sh->ev */
     uint32_t  off, len;            /* item id in ids */
-    uint32_t  hash;                /* hl_foldin_hash of the id, taken while it is hot */
+    uint32_t  hash;                /* hl_foldin_hash of the id, from the event's
+                                      item_key (decode's hash of it) */
     int32_t   user;                /* its user (hl_foldin_local_resolve); -1: the
                                       event was not applied or the user is gone */
     float     w;                   /* the event's weight (at the note: unscaled) */
@@ -98,7 +99,8 @@ int  hl_foldin_local_init(hl_wfoldin *wf, hl_foldin_local *loc, char *errbuf, si
 void hl_foldin_local_reset(hl_foldin_local *loc);
 
 /* At decode: the event sh->ev[ev] names item id (len bytes), unknown to
- * the model; w is its weight before catalogue.foldin.e_in.scale (which
+ * the model, and carries its hl_item_key (0: the id is hashed here);
+ * w is its weight before catalogue.foldin.e_in.scale (which
  * scales what a folded item's event adds to the user's state, not what
  * fold-in learns from it). Grows the notes on demand (amortised; counted
  * when it cannot). */

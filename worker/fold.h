@@ -37,6 +37,7 @@
 typedef struct hl_wfoldin hl_wfoldin;   /* opaque */
 
 #define FOLD_CHUNK 64       /* users per encoder pass, notes per lock */
+#define FOLD_FILTER_WORDS 128   /* 8192 bits: the noted users' rows, for the take */
 
 typedef struct hl_wfoldin_opts {
     hl_items           *items;       /* borrowed: the catalogue's reader */
@@ -86,6 +87,8 @@ typedef struct hl_foldin_local {
     fold_user   *user;  int n_user, cap_user;
     float       *uq;               /* (cap_user, dim): the users' queries */
     int32_t     *uslot; uint32_t n_uslot;  /* users by (shard, row): user + 1, 0 empty */
+    uint64_t     ufilter[FOLD_FILTER_WORDS];  /* bit row % 8192 set: a user of the notes
+                                      may have that row (in some shard) */
     int          dim;
     hl_row_view *views;            /* FOLD_CHUNK users for one encoder pass */
     float       *X, *act;          /* encoder scratch (a thread without a ranker) */

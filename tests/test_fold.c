@@ -165,6 +165,16 @@ static void refresh_half(fixture *fx)
         hl_table_view(fx->sh->tbl, rows[i], &v[i]);
     CHECK(hl_ranker_refresh(fx->rk, v, n, recs, n_out) == 0);
     hl_foldin_local_take(&fx->loc, fx->sh, rows, n, fx->rk);
+    int took = 0, want = 0;         /* the take found each noted user refreshed, no other */
+    for (int u = 0; u < fx->loc.n_user; u++) {
+        int refreshed = 0;
+        for (int i = 0; i < n; i++)
+            refreshed |= rows[i] == fx->loc.user[u].row;
+        want += refreshed;
+        took += refreshed && fx->loc.user[u].has_q;
+        CHECK(refreshed || !fx->loc.user[u].has_q);
+    }
+    CHECKF(want > 0 && took == want, "took %d of %d refreshed noted users", took, want);
 }
 
 /* What the batch's applied unknown-item events add, by hand: each user's

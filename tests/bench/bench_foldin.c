@@ -15,7 +15,12 @@
  *
  * Figure: ns per event of the state update plus fold-in's own steps (note,
  * resolve, take, fill, flush), fold-in on; ceiling: the state update alone
- * (the same batches with fold-in off); ratio on/off (target < 1.10). The
+ * (the same batches with fold-in off); ratio on/off (target < 1.10). Both
+ * modes do what decode does whatever fold-in says: an unknown-item event
+ * carries the hl_item_key of its id (so the id is read in both, as decode
+ * reads it; before Dec 5 only the on path read it, from an array the
+ * refresh evicts: ~11 ns per event at 10% charged to fold-in), and both
+ * read the same clocks (a read costs ~1.6 us, below). The
  * refresh runs in both (lists are what a worker with recs.enabled does
  * every batch) but is timed apart and left out of both figures: fold-in
  * does not change it, and at 10k items it is ~30x the state update, which

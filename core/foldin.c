@@ -7,8 +7,9 @@
  * one record (with dim 64, five consecutive lines), not six arrays and a
  * string elsewhere: after a refresh has streamed e_out through the cache,
  * each of those was a miss (bench_foldin). Records are found through an
- * open-addressing hash of their index (linear probing, at most half full,
- * grown with the items so that it stays dense). Eviction drops the least
+ * open-addressing hash of their index and hash (linear probing, at most
+ * half full, grown with the items so that it stays dense): a probe reads
+ * no record but its own. Eviction drops the least
  * recently touched sixteenth of max_items in one pass, packs the records
  * and rebuilds the hash: O(max_items) once per max_items/16 new items.
  * The map fit solves the ridge normal equations (dim x dim, in double) by
@@ -38,6 +39,15 @@ typedef struct item {
 
 _Static_assert(sizeof(item) == 64, "an item's head is one cache line");
 
+/* A hash slot holds its record's hash next to its index, so a probe
+ * passes the slots of other ids without loading their records: each such
+ * record was a cache miss (the records outgrow the cache between batches,
+ * and the prefetch fetches only the record an id's own slot names). */
+typedef struct fslot {
+    uint32_t hash;
+    int32_t  k1;                 /* record index + 1, 0 empty */
+} fslot;
+
 struct hl_foldin {
     hl_foldin_opts o;
     double    lambda_per_ms;
@@ -54,7 +64,7 @@ struct hl_foldin {
     size_t    rec_bytes;         /* its mapping */
     size_t    stride;            /* 64 + dim floats, rounded up to 64 */
     uint64_t  clock;
-    int32_t  *slot;  uint32_t n_slot;  /* index + 1, 0 empty */
+    fslot    *slot;  uint32_t n_slot;
     uint64_t  evicted;
     int32_t   ready;
 };
@@ -71,21 +81,22 @@ static inline const char *id_of(const item *it)
     return it->len <= ID_INLINE ? it->id.in : it->id.out;
 }
 
-static uint32_t hash_id(const char *s, size_t len)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
-}
+/* The id's hl_item_key folded to 32 bits: the worker's decode has that
+ * key in every event already (hl_event.item_key), so a note carries it
+ * instead of hashing the id a third time (hl_foldin_hash_key). */
+static uint32_t hash_key(uint64_t key) { return (uint32_t)(key ^ (key >> 32)); }
+
+static uint32_t hash_id(const char *s, size_t len) { return hash_key(hl_item_key(s, len)); }
 
 static uint32_t probe_h(const hl_foldin *f, const char *id, uint32_t len, uint32_t h)
 {
     uint32_t mask = f->n_slot - 1, i = h & mask;
-    while (f->slot[i] != 0) {
-        const item *it = at(f, f->slot[i] - 1);
-        if (it->hash == h && it->len == len && memcmp(id_of(it), id, len) == 0)
-            break;
+    while (f->slot[i].k1 != 0) {
+        if (f->slot[i].hash == h) {
+            const item *it = at(f, f->slot[i].k1 - 1);
+            if (it->len == len && memcmp(id_of(it), id, len) == 0)
+                break;
+        }
         i = (i + 1) & mask;
     }
     return i;
@@ -99,7 +110,7 @@ static uint32_t probe(const hl_foldin *f, const char *id, uint32_t len)
 /* The record of id, -1 if none. */
 static int32_t find(const hl_foldin *f, const char *id, uint32_t len)
 {
-    return f->slot[probe(f, id, len)] - 1;
+    return f->slot[probe(f, id, len)].k1 - 1;
 }
 
 /* Every record into an empty table of n_slot slots (a power of two). */
@@ -107,10 +118,10 @@ static void rehash(hl_foldin *f)
 {
     memset(f->slot, 0, (size_t)f->n_slot * sizeof *f->slot);
     for (int32_t k = 0; k < f->n; k++) {
-        uint32_t i = at(f, k)->hash & (f->n_slot - 1);
-        while (f->slot[i] != 0)
+        uint32_t h = at(f, k)->hash, i = h & (f->n_slot - 1);
+        while (f->slot[i].k1 != 0)
             i = (i + 1) & (f->n_slot - 1);
-        f->slot[i] = k + 1;
+        f->slot[i] = (fslot){h, k + 1};
     }
 }
 
@@ -119,7 +130,7 @@ static int slots_room(hl_foldin *f)
 {
     if (2 * ((uint64_t)f->n + 1) <= f->n_slot)
         return 0;
-    int32_t *sl = malloc((size_t)f->n_slot * 2 * sizeof *sl);
+    fslot *sl = malloc((size_t)f->n_slot * 2 * sizeof *sl);
     if (sl == NULL)
         return HL_ENOMEM;
     free(f->slot);
@@ -367,7 +378,7 @@ static int32_t insert(hl_foldin *f, const char *id, uint32_t len, uint32_t h, ui
     else
         return HL_ENOMEM;
     memset(sums(it), 0, (size_t)f->o.dim * sizeof(float));
-    f->slot[*slot] = ++f->n;
+    f->slot[*slot] = (fslot){h, ++f->n};
     return f->n - 1;
 }
 
@@ -408,6 +419,8 @@ static int all_finite(const float *q, int d)
 
 uint32_t hl_foldin_hash(const char *id, uint32_t len) { return hash_id(id, len); }
 
+uint32_t hl_foldin_hash_key(uint64_t item_key) { return hash_key(item_key); }
+
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms)
 {
@@ -432,7 +445,7 @@ int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, co
     if (!(w >= 0) || !isfinite(w) || len < 1 || len > HL_MAX_ID_LEN || !all_finite(q, d))
         return HL_EINVAL;
     uint32_t slot = probe_h(f, id, len, h);
-    int32_t k = f->slot[slot] ? f->slot[slot] - 1 : insert(f, id, len, h, &slot);
+    int32_t k = f->slot[slot].k1 ? f->slot[slot].k1 - 1 : insert(f, id, len, h, &slot);
     if (k < 0)
         return k;
     item *it = at(f, k);
@@ -454,19 +467,24 @@ int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, co
 
 /* Two rounds over the group, each issuing every item's next load before
  * any is waited for: the hash slots, then the records the slots name
- * (head and sums, consecutive lines). Inlined by force: gcc 12 found the
+ * (head and sums, consecutive lines): the first slot of the probe whose
+ * hash is the item's, the record the add will find unless two ids share
+ * a hash. Inlined by force: gcc 12 found the
  * out-of-line version "looping pure" (prefetches are no side effect to
  * it) and dropped the call, so before this the hint issued nothing. */
 HL_PREFETCH_FN void
 prefetch_group(const hl_foldin *f, const uint32_t *h, int n)
 {
-    uint32_t at_slot[64];
+    uint32_t at_slot[64], mask = f->n_slot - 1;
     for (int i = 0; i < n; i++) {
-        at_slot[i] = h[i] & (f->n_slot - 1);
+        at_slot[i] = h[i] & mask;
         __builtin_prefetch(&f->slot[at_slot[i]]);
     }
     for (int i = 0; i < n; i++) {
-        int32_t k = f->slot[at_slot[i]] - 1;
+        uint32_t j = at_slot[i];
+        while (f->slot[j].k1 != 0 && f->slot[j].hash != h[i])
+            j = (j + 1) & mask;
+        int32_t k = f->slot[j].k1 - 1;
         if (k < 0)
             continue;
         const char *r = (const char *)at(f, k);

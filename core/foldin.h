@@ -101,6 +101,9 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
  * once per event, and *due set to what hl_foldin_due would answer right
  * after (0 on error), so the caller that publishes needs no second lookup. */
 uint32_t hl_foldin_hash(const char *id, uint32_t len);
+/* The same from the id's hl_item_key, when the caller has it already:
+ * hl_foldin_hash(id, len) == hl_foldin_hash_key(hl_item_key(id, len)). */
+uint32_t hl_foldin_hash_key(uint64_t item_key);
 int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, const float *q,
                       float w, int64_t ts_ms, int32_t *due);
 

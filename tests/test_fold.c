@@ -116,11 +116,16 @@ static void fixture_free(fixture *fx)
     hl_metrics_destroy(fx->reg);
 }
 
+/* An unknown item's event carries its item_key as decode gives it, so the
+ * note takes the id's hash from it; "new-2"'s carry none (0), so the note
+ * hashes the id itself: sums found by id (hl_wfoldin_sums) check both. */
 static void push(fixture *fx, int u, int32_t item, int64_t offset, int note, const char *id)
 {
     hl_event ev = {.user = fx->users[u], .user_len = (uint32_t)strlen(fx->users[u]),
                    .item = item, .type = HL_VIEW, .w = 1.0f + 0.25f * (float)(u % 3),
                    .ts_ms = fx->ts += 1000, .offset = offset};
+    if (id != NULL && strcmp(id, "new-2") != 0)
+        ev.item_key = hl_item_key(id, strlen(id));
     hl_shard_push(fx->sh, &ev);
     fx->ev_id[fx->sh->n_ev - 1] = note ? id : NULL;
     if (note)
@@ -160,6 +165,16 @@ static void refresh_half(fixture *fx)
         hl_table_view(fx->sh->tbl, rows[i], &v[i]);
     CHECK(hl_ranker_refresh(fx->rk, v, n, recs, n_out) == 0);
     hl_foldin_local_take(&fx->loc, fx->sh, rows, n, fx->rk);
+    int took = 0, want = 0;         /* the take found each noted user refreshed, no other */
+    for (int u = 0; u < fx->loc.n_user; u++) {
+        int refreshed = 0;
+        for (int i = 0; i < n; i++)
+            refreshed |= rows[i] == fx->loc.user[u].row;
+        want += refreshed;
+        took += refreshed && fx->loc.user[u].has_q;
+        CHECK(refreshed || !fx->loc.user[u].has_q);
+    }
+    CHECKF(want > 0 && took == want, "took %d of %d refreshed noted users", took, want);
 }
 
 /* What the batch's applied unknown-item events add, by hand: each user's

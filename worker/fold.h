@@ -37,6 +37,7 @@
 typedef struct hl_wfoldin hl_wfoldin;   /* opaque */
 
 #define FOLD_CHUNK 64       /* users per encoder pass, notes per lock */
+#define FOLD_FILTER_WORDS 128   /* 8192 bits: the noted users' rows, for the take */
 
 typedef struct hl_wfoldin_opts {
     hl_items           *items;       /* borrowed: the catalogue's reader */
@@ -62,7 +63,8 @@ typedef struct fold_note {
     hl_shard *sh;
     int       ev;                  /* index into sh->ev */
     uint32_t  off, len;            /* item id in ids */
-    uint32_t  hash;                /* hl_foldin_hash of the id, taken while it is hot */
+    uint32_t  hash;                /* hl_foldin_hash of the id, from the event's
+                                      item_key (decode's hash of it) */
     int32_t   user;                /* its user (hl_foldin_local_resolve); -1: the
                                       event was not applied or the user is gone */
     float     w;                   /* the event's weight (at the note: unscaled) */
@@ -85,6 +87,8 @@ typedef struct hl_foldin_local {
     fold_user   *user;  int n_user, cap_user;
     float       *uq;               /* (cap_user, dim): the users' queries */
     int32_t     *uslot; uint32_t n_uslot;  /* users by (shard, row): user + 1, 0 empty */
+    uint64_t     ufilter[FOLD_FILTER_WORDS];  /* bit row % 8192 set: a user of the notes
+                                      may have that row (in some shard) */
     int          dim;
     hl_row_view *views;            /* FOLD_CHUNK users for one encoder pass */
     float       *X, *act;          /* encoder scratch (a thread without a ranker) */
@@ -98,7 +102,8 @@ int  hl_foldin_local_init(hl_wfoldin *wf, hl_foldin_local *loc, char *errbuf, si
 void hl_foldin_local_reset(hl_foldin_local *loc);
 
 /* At decode: the event sh->ev[ev] names item id (len bytes), unknown to
- * the model; w is its weight before catalogue.foldin.e_in.scale (which
+ * the model, and carries its hl_item_key (0: the id is hashed here);
+ * w is its weight before catalogue.foldin.e_in.scale (which
  * scales what a folded item's event adds to the user's state, not what
  * fold-in learns from it). Grows the notes on demand (amortised; counted
  * when it cannot). */

@@ -42,6 +42,7 @@ typedef struct state_copy {
 /* What the swap's migration got wrong (swap_diagnose). */
 typedef struct swap_diag {
     double err, median, ring_share;
+    double err_unknown;     /* the part of err from items only B knows */
     int    users, ok;
 } swap_diag;
 
@@ -481,8 +482,9 @@ static void preq_print(const preq_run *pr, double seconds)
                pr->fit_shared, pr->fit_residual);
     if (pr->diag.ok)
         printf(",\"swap_longest_head\":{\"err_vs_full\":%.4f,\"err_vs_full_median_user\":%.4f,"
-               "\"ring_share_of_full\":%.4f,\"users\":%d}", pr->diag.err, pr->diag.median,
-               pr->diag.ring_share, pr->diag.users);
+               "\"ring_share_of_full\":%.4f,\"err_items_only_new\":%.4f,\"users\":%d}",
+               pr->diag.err, pr->diag.median, pr->diag.ring_share, pr->diag.err_unknown,
+               pr->diag.users);
     if (pr->t_score != INT64_MIN)
         printf(",\"scored_from_ts_ms\":%lld", (long long)pr->t_score);
     printf(",\"seconds\":%.2f}\n", seconds);
@@ -571,8 +573,9 @@ static void swap_diagnose(preq_run *pr, const hl_migration *mg, const hl_model *
     const float *ea = hl_model_e_in(pr->m), *eb = hl_model_e_in(b), *m = hl_migration_map(mg);
     double *full = calloc((size_t)nu * d, sizeof *full), *err = calloc((size_t)nu * d, sizeof *err);
     double *ring = calloc((size_t)nu * d, sizeof *ring), *rel = malloc(sizeof *rel * (nu + 1));
+    double *unk = calloc((size_t)nu * d, sizeof *unk);
     int32_t *seen = calloc((size_t)nu + 1, sizeof *seen);
-    if (full && err && ring && rel && seen) {
+    if (full && err && ring && rel && seen && unk) {
         for (int64_t i = i_swap - 1; i >= first; i--) {
             const ev_rec *e = &pr->d->ev[i];
             double c = e->w * exp(-lambda * (double)(pr->t_swap - e->ts_ms));
@@ -582,27 +585,31 @@ static void swap_diagnose(preq_run *pr, const hl_migration *mg, const hl_model *
                 fu[j] += c * eb[(size_t)e->item_b * d + j];
                 if (in_ring) ring[(size_t)e->user * d + j] += c * eb[(size_t)e->item_b * d + j];
                 else eu[j] -= c * eb[(size_t)e->item_b * d + j];
+                if (!in_ring && e->item < 0)
+                    unk[(size_t)e->user * d + j] -= c * eb[(size_t)e->item_b * d + j];
             }
             for (int j = 0; j < d && !in_ring && e->item >= 0; j++)
                 for (int k = 0; k < d; k++)
                     eu[j] += c * ea[(size_t)e->item * d + k] * m[(size_t)k * d + j];
         }
-        double se = 0, sf = 0, sr = 0;
+        double se = 0, sf = 0, sr = 0, su = 0;
         int n = 0;
         for (int u = 0; u < nu; u++) {
             double ue = 0, uf = 0;
             for (int j = 0; j < d; j++) {
                 size_t x = (size_t)u * d + j;
                 ue += err[x] * err[x]; uf += full[x] * full[x]; sr += ring[x] * ring[x];
+                su += unk[x] * unk[x];
             }
             se += ue; sf += uf;
             if (uf > 0) rel[n++] = sqrt(ue / uf);
         }
         qsort(rel, (size_t)n, sizeof *rel, cmp_double);
         pr->diag = (swap_diag){.err = sf > 0 ? sqrt(se / sf) : 0, .median = n ? rel[n / 2] : 0,
-                               .ring_share = sf > 0 ? sr / sf : 0, .users = n, .ok = 1};
+                               .ring_share = sf > 0 ? sr / sf : 0, .users = n, .ok = 1,
+                               .err_unknown = sf > 0 ? sqrt(su / sf) : 0};
     }
-    free(full); free(err); free(ring); free(rel); free(seen);
+    free(full); free(err); free(ring); free(rel); free(seen); free(unk);
 }
 
 /* The swap: every user's state into --swap-model (the worker's migration),

@@ -67,6 +67,9 @@ struct hl_foldin {
     fslot    *slot;  uint32_t n_slot;
     uint64_t  evicted;
     int32_t   ready;
+    float    *G;                 /* decayed sum of every noted query (lift) */
+    double    G_M;               /* its decayed weight */
+    int64_t   G_t;               /* its reference time; INT64_MIN none yet */
 };
 
 static inline item *at(const hl_foldin *f, int32_t k)
@@ -292,6 +295,9 @@ hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const fl
     f->T = o->neighbours == 0 ? HL_FOLDIN_NEIGHBOURS : o->neighbours > 0 ? o->neighbours : 0;
     f->T = f->T < HL_FOLDIN_NEIGHBOURS_MAX ? f->T : HL_FOLDIN_NEIGHBOURS_MAX;
     f->m_in = e_in; f->m_out = e_out; f->m_bias = bias; f->m_n = n;
+    f->G_t = INT64_MIN;
+    if (o->lift > 0 && (f->G = calloc((size_t)o->dim, sizeof *f->G)) == NULL)
+        goto nomem;
     return f;
 nomem:
     hl_foldin_destroy(f);
@@ -309,7 +315,7 @@ void hl_foldin_destroy(hl_foldin *f)
     if (f->rec)
         munmap(f->rec, f->rec_bytes);
     free(f->slot); free(f->W);
-    free(f->mean_in); free(f->mean_out);
+    free(f->mean_in); free(f->mean_out); free(f->G);
     free(f);
 }
 
@@ -428,6 +434,21 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
     return hl_foldin_add_due(f, id, len, hash_id(id, len), q, w, ts_ms, &due);
 }
 
+void hl_foldin_baseline_add(hl_foldin *f, const float *q, float w, int64_t ts_ms)
+{
+    if (f->G == NULL || !(w >= 0) || !isfinite(w) || !all_finite(q, f->o.dim))
+        return;
+    float ga = 1.0f, gb = w;
+    if (f->G_t != INT64_MIN && ts_ms >= f->G_t)
+        ga = (float)exp(-f->lambda_per_ms * (double)(ts_ms - f->G_t));
+    else if (f->G_t != INT64_MIN)
+        gb = w * (float)exp(-f->lambda_per_ms * (double)(f->G_t - ts_ms));
+    axpby(f->G, q, ga, gb, f->o.dim);
+    f->G_M = ga * f->G_M + gb;
+    if (f->G_t == INT64_MIN || ts_ms > f->G_t)
+        f->G_t = ts_ms;
+}
+
 /* hl_foldin_due of a record at hand. */
 static int32_t due_of(const hl_foldin *f, const item *it)
 {
@@ -456,6 +477,8 @@ int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, co
         b = w * (float)exp(-f->lambda_per_ms * (double)(it->t_ref - ts_ms));
     axpby(sums(it), q, a, b, d);
     it->M = a * it->M + b;
+    if (f->G != NULL && !f->o.lift_all)
+        hl_foldin_baseline_add(f, q, w, ts_ms);
     if (it->t_ref == INT64_MIN || ts_ms > it->t_ref)
         it->t_ref = ts_ms;
     it->touched = ++f->clock;
@@ -601,7 +624,8 @@ static void neighbour_vectors(const hl_foldin *f, const float *S, double M, floa
 {
     int32_t top[HL_FOLDIN_NEIGHBOURS_MAX];
     float *x = scan ? malloc((size_t)f->m_n * sizeof *x) : NULL;
-    int n_top = x ? top_items_scan(f, S, M, top, x) : top_items(f, S, M, top), d = f->o.dim;
+    double Ml = (1.0 - f->o.lift) * M;          /* lift: the bias counts less */
+    int n_top = x ? top_items_scan(f, S, Ml, top, x) : top_items(f, S, Ml, top), d = f->o.dim;
     free(x);                        /* out of memory: the plain loop, the same answer */
     double b = 0.0;
     memset(e_in, 0, (size_t)d * sizeof *e_in);
@@ -623,8 +647,22 @@ int hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, d
     int32_t k = find(f, id, len);
     if (k < 0 || at(f, k)->count < f->o.min_events)
         return HL_ENOENT;
-    memcpy(S, sums(at(f, k)), (size_t)f->o.dim * sizeof *S);
-    *M = at(f, k)->M;
+    const item *it = at(f, k);
+    const float *si = (const float *)(it + 1);
+    memcpy(S, si, (size_t)f->o.dim * sizeof *S);
+    *M = it->M;
+    if (f->G == NULL)
+        return 0;
+    /* The lift: less beta M times the mean query of the other items'
+     * users (the baseline without this item's own events, its sums
+     * decayed to the baseline's time); none while no other user is in it. */
+    double a = f->G_t > it->t_ref ? exp(-f->lambda_per_ms * (double)(f->G_t - it->t_ref)) : 1.0;
+    double m_other = f->G_M - a * it->M;
+    if (!(m_other > 1e-6 * f->G_M))
+        return 0;
+    double c = f->o.lift * it->M / m_other;
+    for (int i = 0; i < f->o.dim; i++)
+        S[i] = (float)(si[i] - c * (f->G[i] - a * si[i]));
     return 0;
 }
 

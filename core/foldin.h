@@ -10,14 +10,21 @@
  * (lambda = ln 2 / half_life, t_ref the newest t_i; late events are
  * decayed to t_ref, as core/decay does for users). Once j has min_events
  * interactions it has vectors. By default (neighbours T > 0) they are the
- * model's own: the mean q_j = S_j / M_j of its users' queries scores the
- * model's items (q_j . e_out + b, the list those users would get), and
+ * model's own: the lifted mean query r_j of its users scores the model's
+ * items (r_j . e_out + (1 - beta) b), with
+ *
+ *     r_j = S_j / M_j - beta G'_j / M'_j
+ *
+ * G' and M' the decayed sums of every noted query but j's own (the other
+ * new items' users; none yet: r_j = S_j / M_j): at beta 1 (lift, the
+ * default) the items that set j's users apart from other new items' users,
+ * without popularity; at beta 0 the list those users would get. Then
  *
  *     e_in_j, e_out_j = the means of e_in, e_out over the top T,
  *     b_j = the mean of b over all the model's items (HL_FOLDIN_BIAS)
  *
- * so j is scored like the model items its users' lists lead with, never by
- * a new scale, but without their popularity. (The rule below, neighbours < 0, puts e_out on the mean
+ * so j is scored like those model items, never by a new scale, but
+ * without their popularity. (The rule below, neighbours < 0, puts e_out on the mean
  * query itself, which every user's query leans towards: on taobao-sample
  * and ml-latest-small those items took list places from better model items;
  * README, "Fold-in".) With neighbours < 0:
@@ -48,6 +55,10 @@
  * and gains. A string: it is the config key's default too. */
 #define HL_FOLDIN_E_IN_SCALE "0"
 
+/* The lift beta of catalogue.foldin.lift and eval's --foldin-lift default
+ * (README "Fold-in"): a string, the config key's default too. */
+#define HL_FOLDIN_LIFT "1"
+
 #include "hl.h"
 
 typedef struct hl_foldin hl_foldin;   /* opaque */
@@ -63,6 +74,10 @@ typedef struct hl_foldin_opts {
                                HL_FOLDIN_BIAS_NEIGHBOURS or HL_FOLDIN_BIAS_MODEL */
     float   shrink;         /* c of the neighbours rule's shrinkage; 0 = HL_FOLDIN_SHRINK,
                                < 0 = none */
+    float   lift;           /* beta of r_j above, 0..1; 0 none (no baseline kept) */
+    int     lift_all;       /* the baseline G is fed by hl_foldin_baseline_add only
+                               (eval --foldin-lift-base all: every event's user),
+                               not by hl_foldin_add's queries */
 } hl_foldin_opts;
 
 /* The neighbours rule's bias: their mean, or (the default) the model's
@@ -128,6 +143,7 @@ int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
  * (never changed after it), so it may run outside that lock while other
  * threads add interactions. */
 int  hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, double *M);
+/* (With the lift, S comes out as M r_j: the sums less beta M G' / M'.) */
 void hl_foldin_vectors_from(const hl_foldin *f, const float *S, double M, float *e_in,
                             float *e_out, float *bias);
 /* Its plain-loop twin (tests, bench_foldin --scan): the top T by a double
@@ -146,6 +162,10 @@ void hl_foldin_vectors_from_naive(const hl_foldin *f, const float *S, double M, 
  * from), else 0 (unknown and evicted items included). */
 int32_t hl_foldin_due(const hl_foldin *f, const char *id, uint32_t len);
 void    hl_foldin_mark(hl_foldin *f, const char *id, uint32_t len, int64_t count);
+
+/* One user's query into the lift's baseline, with lift_all (else the
+ * adds feed it); a no-op without the lift. */
+void hl_foldin_baseline_add(hl_foldin *f, const float *q, float w, int64_t ts_ms);
 
 /* The fitted map, (dim, dim) row-major: e_in = e_out W. */
 const float *hl_foldin_map(const hl_foldin *f);

@@ -257,6 +257,48 @@ static void test_neighbours_are_the_means_of_the_top_items(void)
 
 /* Publication: due at min_events, then at each doubling of the count of
  * the last publication, this accumulator's or the topic's (hl_foldin_mark). */
+/* The lift (catalogue.foldin.lift): every user's query shares a component
+ * (axis 2, what everyone likes, carried by high-bias "generic" items);
+ * x's buyers are cluster a (axis 0), y's cluster b (axis 1). Without the
+ * lift x's neighbours are the generic items (its users' lists lead with
+ * them); with lift 1 they are cluster a's, the part of x's users' mean
+ * query the other new items' users do not share, and bias no longer
+ * counts. With x alone (no other users to compare with) lift 1 ranks by
+ * the mean query without the bias. */
+static void test_lift_ranks_what_sets_users_apart(void)
+{
+    static model m;
+    m.n = 12;
+    memset(m.e_in, 0, sizeof m.e_in);
+    memset(m.e_out, 0, sizeof m.e_out);
+    for (int j = 0; j < m.n; j++) {     /* 0-3 cluster a, 4-7 cluster b, 8-11 generic */
+        int g = j / 4;                  /* (ties rank the lower row first: a zero query
+                                           would pick cluster a) */
+        m.e_out[j * D + g] = g == 2 ? 3.0f : 2.0f;
+        m.e_in[j * D + 3] = g == 2 ? 0.0f : (float)(g + 1);
+        m.bias[j] = g == 2 ? 0.5f : 0.0f;
+    }
+    float qa[D] = {1, 0, 1}, qb[D] = {0, 1, 1}, ein[D], eout[D], b;
+    char err[256];
+    for (int k = 0; k < 3; k++) {       /* lift 0; lift 1; lift 1 with x alone */
+        hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 2, .half_life_ms = 1e12,
+                            .neighbours = 4, .lift = k ? 1.0f : 0.0f};
+        hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+        CHECKF(f != NULL, "%s", err);
+        for (int i = 0; i < 3; i++) {
+            hl_foldin_add(f, "x", 1, qa, 1.0f, i);
+            if (k < 2)
+                hl_foldin_add(f, "y", 1, qb, 1.0f, i);
+        }
+        CHECK(hl_foldin_vectors(f, "x", 1, ein, eout, &b) == 0);
+        float want_group = k == 1 ? 1.0f : 0.0f;            /* e_in[3] names the group */
+        CHECKF(fabsf(ein[3] - want_group) < 1e-6f,
+               "lift case %d: x's neighbours are group %g, want %g (0 generic, 1 cluster a)",
+               k, ein[3], want_group);
+        hl_foldin_destroy(f);
+    }
+}
+
 static void test_due_at_min_events_then_doublings(void)
 {
     static model m;
@@ -460,5 +502,6 @@ int main(void)
     RUN(test_records_match_the_definition);
     RUN(test_due_at_min_events_then_doublings);     /* after the others: their draws stay theirs */
     RUN(test_model_bias_and_shrinkage);
+    RUN(test_lift_ranks_what_sets_users_apart);
     TEST_EXIT();
 }

@@ -48,7 +48,8 @@ static const key_def keys[] = {
     {"items.topic",         T_STR,  "items", 0, 249, NULL, "topic of ItemUpdates (compacted, keyed by item_id), read whole by every worker before it reports ready, then followed; empty disables"},
     {"items.schema.id",     T_INT,  "3", 0, 2147483647.0, NULL, "schema id of ItemUpdates in Confluent framing (others are unknown_schema); unused with schema.registry.url"},
     {"catalogue.foldin",    T_BOOL, "true", 0, 0, NULL, "items unknown to the model earn vectors from the query vectors of the users who interact with them; each worker publishes them to items.topic (needs it set)"},
-    {"catalogue.foldin.min.events", T_INT, "3", 1, 1000000, NULL, "interactions one worker sees with an unknown item before it publishes the item's vectors (then again at each doubling)"},
+    {"catalogue.foldin.min.events", T_INT, "2", 1, 1000000, NULL, "interactions one worker sees with an unknown item before it publishes the item's vectors (then again at each doubling)"},
+    {"catalogue.foldin.lift", T_NUM, HL_FOLDIN_LIFT, 0, 1, NULL, "beta: the model items a folded item takes its vectors from are ranked by its users' mean query less beta x the other new items' users' mean query, their biases weighted 1 - beta; 1: by what sets its users apart, not by popularity"},
     {"catalogue.foldin.e_in.scale", T_NUM, HL_FOLDIN_E_IN_SCALE, 0, 1, NULL, "share of an event's weight with which a folded item's e_in (published by fold-in, not an operator's embedding) enters the user's state; 0: as an unknown item"},
     {"catalogue.max.new.items", T_INT, "100000", 0, 10000000, NULL, "items unknown to the model the catalogue keeps (added from the item topic); beyond, an update is refused and counted (catalogue_full)"},
     {"input.format",        T_ENUM, "confluent", 0, 0, "confluent|raw", "input framing: Confluent (magic 0, schema id) or plain Avro binary"},
@@ -760,6 +761,7 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->catalogue_foldin = hl_config_bool(cfg, "catalogue.foldin");
     o->catalogue_foldin_min_events = (int)hl_config_int(cfg, "catalogue.foldin.min.events");
     o->catalogue_foldin_e_in_scale = (float)hl_config_num(cfg, "catalogue.foldin.e_in.scale");
+    o->catalogue_foldin_lift = (float)hl_config_num(cfg, "catalogue.foldin.lift");
     registry_opts(cfg, o);
 }
 

@@ -88,7 +88,8 @@ hl_wfoldin *hl_wfoldin_create(const hl_wfoldin_opts *o, char *errbuf, size_t err
     wf->in_dim = hl_encoder_in_dim(&wf->net);
     pthread_mutex_init(&wf->mu, NULL);
     hl_foldin_opts fo = {.dim = mi->dim, .max_items = o->max_items > 0 ? o->max_items : 1,
-                         .min_events = o->min_events, .half_life_ms = longest_half_life(mi)};
+                         .min_events = o->min_events, .half_life_ms = longest_half_life(mi),
+                         .lift = o->lift};
     wf->f = hl_foldin_create(&fo, hl_model_e_in(o->m), hl_model_e_out(o->m),
                              hl_model_bias(o->m), mi->n_items, errbuf, errlen);
     if (wf->f == NULL) {

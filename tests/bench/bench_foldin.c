@@ -232,6 +232,7 @@ static int setup(run *r, const char *path, hl_metrics *reg)
     hl_table *tbl = hl_table_create(&to, err, sizeof err);
     r->sh = tbl ? hl_shard_create(0, tbl, -1, NULL, BATCH, 0, reg, err, sizeof err) : NULL;
     hl_wfoldin_opts fo = {.m = r->m, .min_events = 1000000, .max_items = 100000,
+                          .lift = strtof(HL_FOLDIN_LIFT, NULL),   /* the worker's default */
                           .topic = "items", .codec = {.dim = DIM}, .reg = reg};
     r->wf = r->sh ? hl_wfoldin_create(&fo, err, sizeof err) : NULL;
     if (r->wf == NULL || hl_foldin_local_init(r->wf, &r->loc, err, sizeof err) != 0) {

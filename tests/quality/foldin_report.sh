@@ -10,14 +10,14 @@
 # repeat of an item it just met scores as a hit the frozen catalogue cannot
 # have). About 12 minutes per dataset on a loaded 2-core box (training).
 #
-# Usage: foldin_report.sh HALFLIFE DATASETS_DIR [MIN_EVENTS...] (default 3, the
+# Usage: foldin_report.sh HALFLIFE DATASETS_DIR [MIN_EVENTS...] (default 2, the
 # worker's default; the rule is the worker's, core/foldin.h)
 set -u
 hl=${1:?usage: foldin_report.sh HALFLIFE DATASETS_DIR [MIN_EVENTS...]}
 ds=${2:?usage: foldin_report.sh HALFLIFE DATASETS_DIR [MIN_EVENTS...]}
 shift 2
 mins=("$@")
-[ ${#mins[@]} -gt 0 ] || mins=(3)
+[ ${#mins[@]} -gt 0 ] || mins=(2)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 sets=("taobao-sample|$ds/taobao-sample/UserBehavior.csv|taobao"

@@ -107,6 +107,13 @@ static void usage(FILE *f)
         "                       times the median model item's (stream counts); 0 none\n"
         "  --foldin-max-per-list C  at most C folded items in a list of k: the top k\n"
         "                       of model items and the C best folded ones; 0 no cap\n"
+        "  --foldin-lift B      rank a folded item's neighbours by its users' mean\n"
+        "                       query less B x the other new items' users' mean,\n"
+        "                       the bias by 1 - B (0..1; 1: what sets its users\n"
+        "                       apart, no popularity; 0 none); default the worker's\n"
+        "                       catalogue.foldin.lift, " HL_FOLDIN_LIFT "\n"
+        "  --foldin-lift-base all|new  the baseline's users: every event's, or\n"
+        "                       (new, as the worker) the new items' only\n"
         "  --foldin-shrink C    move a folded item towards the model's mean item by\n"
         "                       C / (decayed count + C); 0 none; default the worker's\n"
         "  --per-user FILE      prequential: write each scored user's events and\n"
@@ -178,6 +185,12 @@ static int parse_foldin_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--foldin-count-stride")) {
         bad = parse_int(val, 1, 1000000, &x);
         a->foldin_stride = (int)x;
+    }
+    else if (!strcmp(opt, "--foldin-lift"))
+        bad = parse_real(val, 0, 1, &a->foldin_lift);
+    else if (!strcmp(opt, "--foldin-lift-base")) {
+        bad = strcmp(val, "all") && strcmp(val, "new");
+        a->foldin_lift_all = !strcmp(val, "all");
     }
     else if (!strcmp(opt, "--foldin-shrink")) {
         bad = parse_real(val, 0, 1e9, &a->foldin_shrink);
@@ -300,7 +313,8 @@ static int parse_args(int argc, char **argv, eval_args *a)
     *a = (eval_args){.k = DEFAULT_K, .history = DEFAULT_HISTORY, .batch = DEFAULT_BATCH,
                      .windows = DEFAULT_WINDOWS, .exclude_seen = 1, .threads = 1,
                      .swap_at = -1, .foldin_cap = -1, .foldin_stride = 1,
-                     .foldin_e_in = strtod(HL_FOLDIN_E_IN_SCALE, NULL)};
+                     .foldin_e_in = strtod(HL_FOLDIN_E_IN_SCALE, NULL),
+                     .foldin_lift = strtod(HL_FOLDIN_LIFT, NULL)};
     for (int i = 1; i < argc; i += 2) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);

@@ -42,6 +42,7 @@ struct eval_fold {
     int64_t         fits;
     double          bias_sum, slope_sum;
     int64_t         now;
+    int             lift_all;          /* every event's user feeds the lift's baseline */
 };
 
 int hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
@@ -58,7 +59,8 @@ int hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
         h = mi->half_life_ms[i] > h ? mi->half_life_ms[i] : h;
     hl_foldin_opts fo = {.dim = mi->dim, .max_items = max_items, .min_events = a->foldin,
                          .half_life_ms = h, .bias = a->foldin_bias,
-                         .shrink = (float)a->foldin_shrink};
+                         .shrink = (float)a->foldin_shrink,
+                         .lift = (float)a->foldin_lift, .lift_all = a->foldin_lift_all};
     ef->f = hl_foldin_create(&fo, hl_model_e_in(m), hl_model_e_out(m), hl_model_bias(m),
                              mi->n_items, errbuf, errlen);
     hl_encoder_net_from_model(&ef->net, m);
@@ -82,6 +84,7 @@ int hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
     ef->gate = a->foldin_gate;
     ef->conf = a->foldin_conf;
     ef->bias_cap = a->foldin_cap;
+    ef->lift_all = a->foldin_lift_all;
     ef->m_bias = hl_model_bias(m);
     for (int32_t j = 0; j < mi->n_items; j++)
         ef->b_mean += ef->m_bias[j] / mi->n_items;
@@ -171,8 +174,9 @@ void hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *view
             hl_item_counts_add(&ef->ic, ev[b].item, ev[b].w, ev[b].ts_ms);
         ef->now = ev[b].ts_ms > ef->now ? ev[b].ts_ms : ef->now;
     }
+    int all = ef->lift_all;
     for (int b = 0; b < n; b++)
-        if (ev[b].item < 0) {
+        if (ev[b].item < 0 || all) {
             hl_encoder_features(ef->net.n_heads, ef->dim, views[b].s, views[b].m, x);
             x += ef->in_dim;
             k++;
@@ -181,8 +185,12 @@ void hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *view
         return;
     const float *Q = hl_encoder_forward(&ef->net, ef->X, k, ef->act);
     for (int b = 0, j = 0; b < n; b++) {
-        if (ev[b].item >= 0)
+        if (all)
+            hl_foldin_baseline_add(ef->f, Q + (size_t)j * ef->dim, ev[b].w, ev[b].ts_ms);
+        if (ev[b].item >= 0) {
+            j += all;
             continue;
+        }
         char id[sizeof ev[b].key];
         memcpy(id, &ev[b].key, sizeof id);
         hl_foldin_add(ef->f, id, sizeof id, Q + (size_t)j++ * ef->dim, ev[b].w, ev[b].ts_ms);

@@ -47,6 +47,8 @@ typedef struct eval_args {
     int         foldin;            /* prequential: fold-in's min.events; 0 off */
     int         foldin_bias;       /* hl_foldin_opts.bias; 0 the default */
     double      foldin_shrink;     /* hl_foldin_opts.shrink; 0 the default */
+    double      foldin_lift;       /* hl_foldin_opts.lift; 0 none */
+    int         foldin_lift_all;   /* the baseline from every event's user */
     int         foldin_count;      /* --foldin-bias count (core/foldin_count.h) */
     double      foldin_cap;        /* its margin over the model's mean bias; < 0 none */
     int         foldin_stride;     /* its sample of known items; 1 all */

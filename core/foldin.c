@@ -660,7 +660,13 @@ int hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, d
     double m_other = f->G_M - a * it->M;
     if (!(m_other > 1e-6 * f->G_M))
         return 0;
-    double c = f->o.lift * it->M / m_other;
+    /* A baseline of a few other items is no population: two items launched
+     * together and bought by the same users would cancel each other out
+     * (r = 0, neighbours by row order). beta' = beta M' / (M' + M) keeps at
+     * least half of the item's own direction then, and is near beta once
+     * the others weigh well above the item. */
+    double beta = f->o.lift * m_other / (m_other + HL_FOLDIN_LIFT_OTHERS * it->M);
+    double c = beta * it->M / m_other;
     for (int i = 0; i < f->o.dim; i++)
         S[i] = (float)(si[i] - c * (f->G[i] - a * si[i]));
     return 0;

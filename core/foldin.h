@@ -13,10 +13,12 @@
  * model's own: the lifted mean query r_j of its users scores the model's
  * items (r_j . e_out + (1 - beta) b), with
  *
- *     r_j = S_j / M_j - beta G'_j / M'_j
+ *     r_j = S_j / M_j - beta' G'_j / M'_j,   beta' = beta M' / (M' + M_j)
  *
  * G' and M' the decayed sums of every noted query but j's own (the other
- * new items' users; none yet: r_j = S_j / M_j): at beta 1 (lift, the
+ * new items' users; none yet: r_j = S_j / M_j; beta' keeps a baseline of
+ * a few other items, such as one launched with j to the same users, from
+ * cancelling j's own direction): at beta 1 (lift, the
  * default) the items that set j's users apart from other new items' users,
  * without popularity; at beta 0 the list those users would get. Then
  *
@@ -58,6 +60,10 @@
 /* The lift beta of catalogue.foldin.lift and eval's --foldin-lift default
  * (README "Fold-in"): a string, the config key's default too. */
 #define HL_FOLDIN_LIFT "1"
+/* The lift's beta is scaled by M' / (M' + this x M_j): near full once the
+ * other new items' users weigh well above j's own, half when they weigh
+ * what j's do (README "The lift"). */
+#define HL_FOLDIN_LIFT_OTHERS 1.0
 
 #include "hl.h"
 

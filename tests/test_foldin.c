@@ -263,8 +263,10 @@ static void test_neighbours_are_the_means_of_the_top_items(void)
  * lift x's neighbours are the generic items (its users' lists lead with
  * them); with lift 1 they are cluster a's, the part of x's users' mean
  * query the other new items' users do not share, and bias no longer
- * counts. With x alone (no other users to compare with) lift 1 ranks by
- * the mean query without the bias. */
+ * counts. With x alone the lift only drops the bias: the generic items
+ * again. And when y is bought by x's own users, the baseline would cancel
+ * x's direction (a zero query: ties, cluster a by row order); the guard
+ * (beta' = M' / (M' + M)) keeps half of it: the generic items. */
 static void test_lift_ranks_what_sets_users_apart(void)
 {
     static model m;
@@ -280,21 +282,25 @@ static void test_lift_ranks_what_sets_users_apart(void)
     }
     float qa[D] = {1, 0, 1}, qb[D] = {0, 1, 1}, ein[D], eout[D], b;
     char err[256];
-    for (int k = 0; k < 3; k++) {       /* lift 0; lift 1; lift 1 with x alone */
+    /* lift, y's buyers (0: no y, 1: cluster b, 2: x's own) and weight, the
+     * group of x's neighbours (0 generic, 1 cluster a) */
+    static const struct { float lift; int y; float wy, group; } cases[] = {
+        {0, 1, 10, 0}, {1, 1, 10, 1}, {1, 1, 1, 1}, {1, 0, 0, 0}, {1, 2, 1, 0},
+    };
+    for (int k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
         hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 2, .half_life_ms = 1e12,
-                            .neighbours = 4, .lift = k ? 1.0f : 0.0f};
+                            .neighbours = 4, .lift = cases[k].lift};
         hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
         CHECKF(f != NULL, "%s", err);
         for (int i = 0; i < 3; i++) {
             hl_foldin_add(f, "x", 1, qa, 1.0f, i);
-            if (k < 2)
-                hl_foldin_add(f, "y", 1, qb, 1.0f, i);
+            if (cases[k].y > 0)
+                hl_foldin_add(f, "y", 1, cases[k].y == 1 ? qb : qa, cases[k].wy, i);
         }
         CHECK(hl_foldin_vectors(f, "x", 1, ein, eout, &b) == 0);
-        float want_group = k == 1 ? 1.0f : 0.0f;            /* e_in[3] names the group */
-        CHECKF(fabsf(ein[3] - want_group) < 1e-6f,
+        CHECKF(fabsf(ein[3] - cases[k].group) < 1e-6f,
                "lift case %d: x's neighbours are group %g, want %g (0 generic, 1 cluster a)",
-               k, ein[3], want_group);
+               k, ein[3], cases[k].group);
         hl_foldin_destroy(f);
     }
 }

@@ -26,6 +26,9 @@
 # of sampled 0.0841 / 0.0498; eight heads 0.0828 / 0.0502. The defaults
 # over three seeds (2026-12-05, --threads 2, --seed 1/2/3): 0.0828 / 0.0510,
 # 0.0853 / 0.0532, 0.0825 / 0.0498: a seed moves HR@10 by about 3%.
+# Not kept (2026-12-05, --threads 2): --epochs 24 0.0795 with seed 1
+# (overfits after epoch 13); --dim 256 0.0855 / 0.0822 / 0.0834 over seeds
+# 1-3, mean 0.0837 against 0.0835, for twice the serving cost.
 set -u
 name=test_quality
 if [ -z "${HL_DATASETS:-}" ]; then

@@ -434,19 +434,28 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
     return hl_foldin_add_due(f, id, len, hash_id(id, len), q, w, ts_ms, &due);
 }
 
+/* One weighted query into decayed sums S (dim floats) and mass *M at
+ * reference time *t_ref (INT64_MIN: empty): the sums decay to a newer ts,
+ * a late event is decayed to *t_ref instead. An item's sums and the
+ * lift's baseline both go through here. */
+static void decayed_add(const hl_foldin *f, float *S, double *M, int64_t *t_ref,
+                        const float *q, float w, int64_t ts_ms)
+{
+    float a = 1.0f, b = w;
+    if (*t_ref != INT64_MIN && ts_ms >= *t_ref)
+        a = (float)exp(-f->lambda_per_ms * (double)(ts_ms - *t_ref));
+    else if (*t_ref != INT64_MIN)
+        b = w * (float)exp(-f->lambda_per_ms * (double)(*t_ref - ts_ms));
+    axpby(S, q, a, b, f->o.dim);
+    *M = a * *M + b;
+    if (*t_ref == INT64_MIN || ts_ms > *t_ref)
+        *t_ref = ts_ms;
+}
+
 void hl_foldin_baseline_add(hl_foldin *f, const float *q, float w, int64_t ts_ms)
 {
-    if (f->G == NULL || !(w >= 0) || !isfinite(w) || !all_finite(q, f->o.dim))
-        return;
-    float ga = 1.0f, gb = w;
-    if (f->G_t != INT64_MIN && ts_ms >= f->G_t)
-        ga = (float)exp(-f->lambda_per_ms * (double)(ts_ms - f->G_t));
-    else if (f->G_t != INT64_MIN)
-        gb = w * (float)exp(-f->lambda_per_ms * (double)(f->G_t - ts_ms));
-    axpby(f->G, q, ga, gb, f->o.dim);
-    f->G_M = ga * f->G_M + gb;
-    if (f->G_t == INT64_MIN || ts_ms > f->G_t)
-        f->G_t = ts_ms;
+    if (f->G != NULL && w >= 0 && isfinite(w) && all_finite(q, f->o.dim))
+        decayed_add(f, f->G, &f->G_M, &f->G_t, q, w, ts_ms);
 }
 
 /* hl_foldin_due of a record at hand. */
@@ -470,17 +479,9 @@ int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, co
     if (k < 0)
         return k;
     item *it = at(f, k);
-    float a = 1.0f, b = w;
-    if (it->t_ref != INT64_MIN && ts_ms >= it->t_ref)   /* decay the sums to ts */
-        a = (float)exp(-f->lambda_per_ms * (double)(ts_ms - it->t_ref));
-    else if (it->t_ref != INT64_MIN)                     /* late: decay the event */
-        b = w * (float)exp(-f->lambda_per_ms * (double)(it->t_ref - ts_ms));
-    axpby(sums(it), q, a, b, d);
-    it->M = a * it->M + b;
-    if (f->G != NULL && !f->o.lift_all)
-        hl_foldin_baseline_add(f, q, w, ts_ms);
-    if (it->t_ref == INT64_MIN || ts_ms > it->t_ref)
-        it->t_ref = ts_ms;
+    decayed_add(f, sums(it), &it->M, &it->t_ref, q, w, ts_ms);
+    if (f->G != NULL && !f->o.lift_all)     /* w and q were checked above */
+        decayed_add(f, f->G, &f->G_M, &f->G_t, q, w, ts_ms);
     it->touched = ++f->clock;
     int now_ready = ++it->count == f->o.min_events;
     f->ready += now_ready;

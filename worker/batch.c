@@ -257,7 +257,7 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
         .ts_ms = cev.ts_ms, .offset = rkm->offset,
     };
     float w = ev.w;         /* what fold-in learns from: the whole event */
-    int32_t added;
+    int32_t added = -1;
     if (ev.item < 0 &&      /* an item the live catalogue added: its e_in */
         (added = hl_items_local_added(&t->cat, ev.item_key, &ev.x)) >= 0)
         weigh_added(t, &ev, added);
@@ -265,7 +265,12 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
     t->arena_used += cev.user_len;
     t->b.unknown += ev.item < 0 && ev.x == NULL;
     hl_shard_push(sh, &ev);
-    if (ev.item < 0 && t->ctx->foldin != NULL)
+    /* Fold-in learns the items the model does not know, and goes on
+     * learning the folded ones (a record at each doubling), but not an
+     * operator's: its embedding is in effect, no fold-in record would go
+     * out for it, and its users are not the lift's baseline. */
+    if (ev.item < 0 && t->ctx->foldin != NULL &&
+        (added < 0 || hl_items_local_folded(&t->cat, added)))
         hl_foldin_local_note(&t->fold, sh, sh->n_ev - 1, cev.item, cev.item_len, w);
     f->fetch_us[f->n_ts] = fetch_us;
     f->ts_ms[f->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);

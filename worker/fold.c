@@ -55,7 +55,8 @@ static void register_metrics(hl_wfoldin *wf)
 {
     hl_metrics *reg = wf->o.reg;
     wf->c_events = hl_metrics_counter(reg, "halflife_foldin_events_total",
-        "Interactions with items unknown to the model added to the fold-in sums.", NULL);
+        "Interactions with items unknown to the model (and not served by an operator's "
+        "embedding) added to the fold-in sums.", NULL);
     wf->c_published = hl_metrics_counter(reg, "halflife_foldin_published_total",
         "Fold-in ItemUpdates this worker sent to the item topic.", NULL);
     wf->c_evicted = hl_metrics_counter(reg, "halflife_foldin_evicted_total",

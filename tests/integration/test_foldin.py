@@ -22,7 +22,8 @@ points at the cluster it interacts with). The stream:
    wins in the running worker and in a third one that re-reads the topic.
 An operator's record for an item wins: `op-1`, given an embedding by
 `halflife items` before any interaction, is bought by MIN_EVENTS users of
-cluster a and no fold-in record is published for it.
+cluster a: its interactions are not folded in (halflife_foldin_events_total
+counts new-1's alone) and no fold-in record is published for it.
 """
 import io
 import os
@@ -157,6 +158,7 @@ def body(ck, tmp, bootstrap, common):
     U.produce_events(bootstrap, "behaviour-events", buys[:-1] + opbuys)
     n = wait_settled(w, n + len(buys) - 1 + len(opbuys))
     early = w.metric("halflife_foldin_published_total")
+    noted = w.metric("halflife_foldin_events_total")
     U.produce_events(bootstrap, "behaviour-events", buys[-1:])
     n = wait_settled(w, n + 1)
     pub = wait_metric(w, "halflife_items_added", 1, labels='source="foldin"')
@@ -174,6 +176,10 @@ def body(ck, tmp, bootstrap, common):
              "before the foldin field, or back")
     ck.check("operator_wins", not any(r["item_id"] == "op-1" for r in fold),
              "a fold-in record was published for op-1, which an operator's record names")
+    ck.check("operator_item_not_folded", noted == MIN_EVENTS - 1,
+             "halflife_foldin_events_total %s after new-1's first %d buys and op-1's %d "
+             "(want %d: an operator's item is not folded in)"
+             % (noted, MIN_EVENTS - 1, MIN_EVENTS, MIN_EVENTS - 1))
     high = watermarks(bootstrap, "behaviour-events")
     more_a, t = views(ua[MIN_EVENTS:], "a", 1, t + 1000, rng)
     more_b, t = views(ub, "b", 1, t, rng)

@@ -502,6 +502,51 @@ static void test_adam_simd_matches_scalar(void)
     CHECK(g1[0] == 0.0f && g1[N - 1] == 0.0f);
 }
 
+/* --ema: what is written is the running average of the steps' parameters
+ * and log rates. One step per epoch (the batch holds every example), no
+ * holdout: the parameters after 0, 1 and 2 steps are the results of 0, 1
+ * and 2 epochs (the first step's rate and shuffle do not depend on the
+ * epoch count), and the average after 2 steps is e2 (e1 p0 + (1 - e1) p1)
+ * + (1 - e2) p2 with e_s = min(ema, (1 + s) / (10 + s)). */
+static void test_ema_writes_the_average(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result r[3], avg;
+    synth_rule(&s, 12, 6, 9, 4);
+    tiny_opts(&o);
+    o.batch = 4096;
+    o.lr = 0.05f;
+    o.learn_half_lives = 1;
+    for (int e = 0; e < 3; e++) {
+        o.epochs = e;
+        train_or_fail(&o, &s.d, &r[e]);
+    }
+    o.ema = 0.9f;
+    train_or_fail(&o, &s.d, &avg);
+    if (r[0].e_in && r[1].e_in && r[2].e_in && avg.e_in) {
+        double e1 = 2.0 / 11.0, e2 = 3.0 / 12.0;
+        size_t emb = (size_t)avg.info.n_items * avg.info.dim;
+        float *want = malloc(emb * sizeof *want);
+        for (size_t i = 0; i < emb; i++)
+            want[i] = (float)(e2 * (e1 * r[0].e_out[i] + (1 - e1) * r[1].e_out[i]) +
+                              (1 - e2) * r[2].e_out[i]);
+        CHECK_CLOSE(avg.e_out, want, emb, 1e-5);
+        CHECK(!results_equal(&avg, &r[2]));
+        double th[3], th_avg;
+        for (int e = 0; e < 3; e++)
+            th[e] = log(r[e].info.half_life_ms[0]);
+        th_avg = e2 * (e1 * th[0] + (1 - e1) * th[1]) + (1 - e2) * th[2];
+        CHECKF(fabs(log(avg.info.half_life_ms[0]) - th_avg) < 1e-5 && th[2] != th[0],
+               "log half-life %.7f, want %.7f (start %.7f)",
+               log(avg.info.half_life_ms[0]), th_avg, th[0]);
+        free(want);
+    }
+    for (int e = 0; e < 3; e++)
+        hl_train_result_reset(&r[e]);
+    hl_train_result_reset(&avg);
+}
+
 static void test_bad_input_is_refused(void)
 {
     synth s;
@@ -535,6 +580,7 @@ int main(void)
     RUN(test_fast_exp_accuracy);
     RUN(test_softmax_matches_naive);
     RUN(test_adam_simd_matches_scalar);
+    RUN(test_ema_writes_the_average);
     RUN(test_bad_input_is_refused);
     TEST_EXIT();
 }

@@ -41,6 +41,8 @@ typedef struct trainer {
     seqs      sq;
     net       p, g;                 /* parameters, gradients */
     float    *p_block, *g_block, *m_block, *v_block, *best_block;
+    float    *avg_block;            /* o->ema: the averaged parameters */
+    float     th_avg[HL_MAX_HEADS]; /* and the averaged log rates */
     int64_t   step, total_steps;
     rng       r;
     /* examples: user row and index (into sq) of the last input event */
@@ -69,7 +71,7 @@ static void trainer_free(trainer *t)
 {
     hl_train_seqs_free(&t->sq);
     free(t->p_block); free(t->g_block); free(t->m_block); free(t->v_block);
-    free(t->best_block); free(t->ex_user); free(t->ex_last);
+    free(t->best_block); free(t->avg_block); free(t->ex_user); free(t->ex_last);
     free(t->x); free(t->x_mask); free(t->s_scratch);
     for (int l = 0; l < HL_MAX_LAYERS; l++) {
         free(t->z[l]); free(t->a[l]); free(t->mask[l]);
@@ -319,8 +321,9 @@ static int trainer_init(trainer *t, const hl_train_opts *o, const hl_train_data 
     t->m_block = calloc(np, sizeof(float));
     t->v_block = calloc(np, sizeof(float));
     if (o->holdout_loo) t->best_block = malloc(np * sizeof(float));
+    if (o->ema > 0) t->avg_block = malloc(np * sizeof(float));
     if (!t->p_block || !t->g_block || !t->m_block || !t->v_block ||
-        (o->holdout_loo && !t->best_block))
+        (o->holdout_loo && !t->best_block) || (o->ema > 0 && !t->avg_block))
         return hl_err(errbuf, errlen, HL_ENOMEM, "train: no memory for %zu parameters", np);
     hl_train_net_bind(&t->p, t->p_block);
     hl_train_net_bind(&t->g, t->g_block);
@@ -330,7 +333,9 @@ static int trainer_init(trainer *t, const hl_train_opts *o, const hl_train_data 
     if (build_examples(t) || alloc_scratch(t) || (t->sampled && build_sampler(t)))
         return hl_err(errbuf, errlen, HL_ENOMEM, "train: no memory for the batch buffers");
     for (int h = 0; h < o->n_heads; h++)
-        t->th[h] = t->th_best[h] = (float)log(t->dec.lambda_per_ms[h]);
+        t->th[h] = t->th_best[h] = t->th_avg[h] = (float)log(t->dec.lambda_per_ms[h]);
+    if (t->avg_block)
+        memcpy(t->avg_block, t->p_block, np * sizeof(float));
     return 0;
 }
 
@@ -536,6 +541,18 @@ static void theta_step(trainer *t, float lr)
     decay_from_theta(&t->dec, t->th);
 }
 
+/* The running average of the parameters and log rates (o->ema): its
+ * decay ramps up from 0.1 so the random start is forgotten early. Convex
+ * combinations keep the rates' range and order. */
+static void average_step(trainer *t)
+{
+    double r = (1.0 + (double)t->step) / (10.0 + (double)t->step);
+    float e = (float)(r < t->o->ema ? r : t->o->ema);
+    hl_train_average(t->avg_block, t->p_block, t->p.n_params, e);
+    for (int h = 0; h < t->dec.n_heads; h++)
+        t->th_avg[h] = e * t->th_avg[h] + (1.0f - e) * t->th[h];
+}
+
 static void adam_step(trainer *t, float lr)
 {
     t->step++;
@@ -543,6 +560,8 @@ static void adam_step(trainer *t, float lr)
                        t->step, lr, t->o->l2);
     if (t->x_raw)
         theta_step(t, lr);
+    if (t->avg_block)
+        average_step(t);
 }
 
 /* Forward and backward of one batch (examples idx[0..B)); gradients are
@@ -647,6 +666,29 @@ static void report_epoch(const trainer *t, int ep, double loss, double vhr)
     t->o->progress(t->o->progress_ctx, &p);
 }
 
+/* What training hands on: the parameters and log rates of the last step,
+ * or their average (o->ema). */
+static const float *served_block(const trainer *t)
+{
+    return t->avg_block ? t->avg_block : t->p_block;
+}
+
+static const float *served_theta(const trainer *t)
+{
+    return t->avg_block ? t->th_avg : t->th;
+}
+
+/* Validation HR@10 of what training hands on now; -1 without memory. */
+static int validate(const trainer *t, double *vhr)
+{
+    double vndcg;
+    net n = t->p;
+    hl_decay dec = t->dec;
+    hl_train_net_bind(&n, (float *)served_block(t));
+    decay_from_theta(&dec, served_theta(t));
+    return hl_train_eval_net(&n, &dec, &t->sq, 2, 0, vhr, &vndcg);
+}
+
 /* Runs the epochs; keeps the parameters of the best validation epoch in
  * best_block when holding out. */
 static int run_epochs(trainer *t, double *final_loss, double *best_hr)
@@ -659,17 +701,17 @@ static int run_epochs(trainer *t, double *final_loss, double *best_hr)
     if (t->best_block) memcpy(t->best_block, t->p_block, t->p.n_params * sizeof(float));
     memcpy(t->th_best, t->th, sizeof t->th);
     for (int ep = 1; ep <= t->o->epochs; ep++) {
-        double vhr = -1, vndcg;
+        double vhr = -1;
         *final_loss = train_epoch(t, order);
         if (t->o->holdout_loo) {
-            if (hl_train_eval_net(&t->p, &t->dec, &t->sq, 2, 0, &vhr, &vndcg)) {
+            if (validate(t, &vhr)) {
                 free(order);
                 return HL_ENOMEM;
             }
             if (vhr > *best_hr) {
                 *best_hr = vhr;
-                memcpy(t->best_block, t->p_block, t->p.n_params * sizeof(float));
-                memcpy(t->th_best, t->th, sizeof t->th);
+                memcpy(t->best_block, served_block(t), t->p.n_params * sizeof(float));
+                memcpy(t->th_best, served_theta(t), sizeof t->th);
             }
         }
         report_epoch(t, ep, *final_loss, vhr);
@@ -694,9 +736,11 @@ int hl_train_run(const hl_train_opts *o, const hl_train_data *d,
         hl_err(errbuf, errlen, rc, "train: no memory during training");
         goto out;
     }
-    const float *block = t.best_block && best_hr >= 0 ? t.best_block : t.p_block;
+    const float *block = t.best_block && best_hr >= 0 ? t.best_block : served_block(&t);
     if (block == t.best_block && o->learn_half_lives)
         decay_from_theta(&t.dec, t.th_best);      /* the kept epoch's rates */
+    else if (t.avg_block && o->learn_half_lives)
+        decay_from_theta(&t.dec, t.th_avg);
     if ((rc = result_take(res, &t, block))) {
         hl_err(errbuf, errlen, rc, "train: no memory for the result");
         goto out;

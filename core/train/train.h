@@ -49,6 +49,11 @@ typedef struct hl_train_opts {
     float    lr;                           /* Adam step size */
     float    lr_final;                     /* cosine decay to lr x lr_final */
     float    l2;                           /* weight decay on every parameter */
+    float    ema;                          /* weight averaging: after each step
+                                              avg = e avg + (1 - e) params, e =
+                                              min(ema, (1 + step) / (10 + step));
+                                              validated and written instead of
+                                              the last step's; 0: off */
     float    dropout;                      /* on the encoder input and hidden */
     int      max_history;                  /* events per example's heads (newest) */
     int      holdout_loo;                  /* keep each user's last two events out */

@@ -175,3 +175,10 @@ void hl_train_adam_step(float *p, float *g, float *m, float *v, size_t n,
     k.wd = lr * l2;
     adam_update(p, g, m, v, n, k);
 }
+
+void hl_train_average(float *avg, const float *p, size_t n, float e)
+{
+    float f = 1.0f - e;
+    for (size_t i = 0; i < n; i++)
+        avg[i] = e * avg[i] + f * p[i];
+}

@@ -18,5 +18,7 @@ void   hl_train_add_colsums(float *g, const float *G, int B, int C);
  * gradient g and moments m, v; weight decay lr x l2. Clears g. */
 void   hl_train_adam_step(float *p, float *g, float *m, float *v, size_t n,
                           int64_t step, float lr, float l2);
+/* avg = e avg + (1 - e) p over n floats: the running average of --ema. */
+void   hl_train_average(float *avg, const float *p, size_t n, float e);
 
 #endif

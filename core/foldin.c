@@ -272,6 +272,11 @@ hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const fl
                (int)o->max_items, o->min_events, o->half_life_ms, (int)n);
         return NULL;
     }
+    if (!(o->distinct >= 0 && o->distinct <= 1) || !(o->lift >= 0 && o->lift <= 1)) {
+        hl_err(errbuf, errlen, HL_EINVAL, "foldin: lift %g and distinct %g must be in 0..1",
+               (double)o->lift, (double)o->distinct);
+        return NULL;
+    }
     hl_foldin *f = calloc(1, sizeof *f);
     if (f == NULL)
         goto nomem;
@@ -667,10 +672,15 @@ int hl_foldin_sums(const hl_foldin *f, const char *id, uint32_t len, float *S, d
      * least half of the item's own direction then, and is near beta once
      * the others weigh well above the item. */
     double beta = f->o.lift * m_other / (m_other + HL_FOLDIN_LIFT_OTHERS * it->M);
-    double c = beta * it->M / m_other;
-    for (int i = 0; i < f->o.dim; i++)
+    double c = beta * it->M / m_other, raw = 0.0, lifted = 0.0;
+    for (int i = 0; i < f->o.dim; i++) {
         S[i] = (float)(si[i] - c * (f->G[i] - a * si[i]));
-    return 0;
+        raw += (double)si[i] * si[i];
+        lifted += (double)S[i] * S[i];
+    }
+    /* The distinct gate: squared lengths, so distinct^2 */
+    double d = f->o.distinct;
+    return lifted < d * d * raw ? HL_FOLDIN_NOT_DISTINCT : 0;
 }
 
 static void vectors_from(const hl_foldin *f, const float *S, double M, float *e_in,

@@ -84,7 +84,22 @@ typedef struct hl_foldin_opts {
     int     lift_all;       /* the baseline G is fed by hl_foldin_baseline_add only
                                (eval --foldin-lift-base all: every event's user),
                                not by hl_foldin_add's queries */
+    float   distinct;       /* catalogue.foldin.distinct, 0..1; 0 off: an item is
+                               ready only while its lifted sums keep at least this
+                               share of their length before the lift (below) */
 } hl_foldin_opts;
+
+/* The distinct gate (catalogue.foldin.distinct, README "The lift"): the
+ * lift takes off what the item's users share with every other new item's;
+ * when little is left (|lifted S| < distinct x |S|) the item's users are
+ * the population, and its neighbours would be picked by noise. Such an
+ * item is not made: hl_foldin_sums returns HL_FOLDIN_NOT_DISTINCT (the
+ * caller tries again at the item's next doubling). Without a baseline
+ * (lift 0, or no other new item yet) every item passes. On
+ * ml-latest-small, where new films are rated by users of everything, the
+ * lifted length's median is 0.77 of the raw one; on taobao-sample 0.99. */
+#define HL_FOLDIN_DISTINCT     "0"
+#define HL_FOLDIN_NOT_DISTINCT 1
 
 /* The neighbours rule's bias: their mean, or (the default) the model's
  * mean over all its items. The bias carries an item's popularity to every
@@ -137,14 +152,16 @@ int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, co
 void hl_foldin_prefetch(const hl_foldin *f, const uint32_t *h, int n);
 
 /* The vectors of a ready item into e_in, e_out (dim each) and *bias: 0, or
- * HL_ENOENT (unknown, evicted or below min_events). O(n dim) with
+ * HL_ENOENT (unknown, evicted or below min_events) or HL_FOLDIN_NOT_DISTINCT
+ * (the distinct gate; nothing written). O(n dim) with
  * neighbours, O(dim^2) without; called once per publication. */
 int hl_foldin_vectors(const hl_foldin *f, const char *id, uint32_t len,
                       float *e_in, float *e_out, float *bias);
 
 /* The same in two steps, so a caller that guards f with a lock holds it
  * only for the copy: hl_foldin_sums copies a ready item's decayed sums (S,
- * dim floats) and mass (0, or HL_ENOENT as above); hl_foldin_vectors_from
+ * dim floats) and mass (0, or HL_ENOENT or HL_FOLDIN_NOT_DISTINCT as
+ * above: S is then not to be used); hl_foldin_vectors_from
  * makes the vectors from them and reads only what hl_foldin_create fitted
  * (never changed after it), so it may run outside that lock while other
  * threads add interactions. */

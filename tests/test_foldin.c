@@ -305,6 +305,45 @@ static void test_lift_ranks_what_sets_users_apart(void)
     }
 }
 
+/* catalogue.foldin.distinct: x's users (query qa, 3 events) against y's
+ * (weight 10, 3 events): with y's users elsewhere (qb) the lifted sums
+ * keep |3 qa - (10/11)(3/30) 30 qb| / |3 qa| = 0.9578 of their length, so
+ * 0.95 passes and 0.96 holds x back; with y's users x's own (qa) only
+ * 1/11 is left; without a lift (no baseline) nothing is held. */
+static void test_distinct_gate(void)
+{
+    static model m;
+    float W0[D * D] = {0};
+    model_init(&m, 20, W0);
+    float qa[D] = {1, 0, 1}, qb[D] = {0, 1, 1}, ein[D], eout[D], b, S[D];
+    static const struct { float lift, distinct; int y_elsewhere, want; } cases[] = {
+        {1, 0.95f, 1, 0}, {1, 0.96f, 1, HL_FOLDIN_NOT_DISTINCT}, {1, 0, 0, 0},
+        {1, 0.5f, 0, HL_FOLDIN_NOT_DISTINCT}, {1, 0.09f, 0, 0}, {0, 0.99f, 0, 0},
+    };
+    char err[256];
+    for (int k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
+        hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 2, .half_life_ms = 1e12,
+                            .lift = cases[k].lift, .distinct = cases[k].distinct};
+        hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+        CHECKF(f != NULL, "%s", err);
+        for (int i = 0; i < 3; i++) {
+            hl_foldin_add(f, "x", 1, qa, 1.0f, i);
+            hl_foldin_add(f, "y", 1, cases[k].y_elsewhere ? qb : qa, 10.0f, i);
+        }
+        double M;
+        ein[0] = 7.0f;
+        int rc = hl_foldin_vectors(f, "x", 1, ein, eout, &b);
+        CHECKF(rc == cases[k].want && hl_foldin_sums(f, "x", 1, S, &M) == rc,
+               "distinct case %d: %d, want %d", k, rc, cases[k].want);
+        CHECK(rc == 0 || ein[0] == 7.0f);           /* held: nothing written */
+        hl_foldin_destroy(f);
+    }
+    hl_foldin_opts bad = {.dim = D, .max_items = 8, .min_events = 2, .half_life_ms = 1e12,
+                          .lift = 1, .distinct = 1.5f};
+    CHECK(hl_foldin_create(&bad, m.e_in, m.e_out, m.bias, m.n, err, sizeof err) == NULL &&
+          strstr(err, "distinct") != NULL);
+}
+
 static void test_due_at_min_events_then_doublings(void)
 {
     static model m;
@@ -509,5 +548,6 @@ int main(void)
     RUN(test_due_at_min_events_then_doublings);     /* after the others: their draws stay theirs */
     RUN(test_model_bias_and_shrinkage);
     RUN(test_lift_ranks_what_sets_users_apart);
+    RUN(test_distinct_gate);
     TEST_EXIT();
 }

@@ -38,7 +38,7 @@ struct hl_wfoldin {
     uint64_t         evicted_seen;  /* under mu */
     hl_encoder_net   net;
     int              dim, in_dim;
-    hl_counter      *c_events, *c_published, *c_evicted, *c_failed, *c_skipped;
+    hl_counter      *c_events, *c_published, *c_evicted, *c_failed, *c_skipped, *c_held;
     hl_gauge        *g_items;
     hl_log_limit     err_limit;
 };
@@ -68,6 +68,10 @@ static void register_metrics(hl_wfoldin *wf)
     wf->c_skipped = hl_metrics_counter(reg, "halflife_foldin_skipped_total",
         "Unknown-item interactions not folded in (a thread serving a swapped-in model, "
         "out of memory, or a bad query).", NULL);
+    wf->c_held = hl_metrics_counter(reg, "halflife_foldin_held_total",
+        "Fold-in publications held back by catalogue.foldin.distinct (the item's users "
+        "are not set apart from other new items' users; tried again at its next doubling).",
+        NULL);
     wf->g_items = hl_metrics_gauge(reg, "halflife_foldin_items",
         "Items unknown to the model whose fold-in sums this worker keeps.", NULL);
 }
@@ -90,7 +94,7 @@ hl_wfoldin *hl_wfoldin_create(const hl_wfoldin_opts *o, char *errbuf, size_t err
     pthread_mutex_init(&wf->mu, NULL);
     hl_foldin_opts fo = {.dim = mi->dim, .max_items = o->max_items > 0 ? o->max_items : 1,
                          .min_events = o->min_events, .half_life_ms = longest_half_life(mi),
-                         .lift = o->lift};
+                         .lift = o->lift, .distinct = o->distinct};
     wf->f = hl_foldin_create(&fo, hl_model_e_in(o->m), hl_model_e_out(o->m),
                              hl_model_bias(o->m), mi->n_items, errbuf, errlen);
     if (wf->f == NULL) {
@@ -239,8 +243,12 @@ static int take_due(hl_wfoldin *wf, const char *id, uint32_t len, int32_t n, fol
         hl_foldin_mark(wf->f, id, len, on_topic < 0 ? INT32_MAX : on_topic);
         return 0;
     }
-    int d = wf->dim;
-    if (hl_foldin_sums(wf->f, id, len, p->vec + 2 * d + 1, &p->mass) != 0)
+    int d = wf->dim, rc = hl_foldin_sums(wf->f, id, len, p->vec + 2 * d + 1, &p->mass);
+    if (rc == HL_FOLDIN_NOT_DISTINCT) {         /* again at its next doubling */
+        hl_foldin_mark(wf->f, id, len, n);
+        hl_counter_add(wf->c_held, 1);
+    }
+    if (rc != 0)
         return 0;
     hl_foldin_mark(wf->f, id, len, n);
     memcpy(p->id, id, len);

@@ -44,6 +44,7 @@ typedef struct hl_wfoldin_opts {
     const hl_model     *m;           /* the start model (hl_items_model) */
     int                 min_events;  /* catalogue.foldin.min.events */
     float               lift;        /* catalogue.foldin.lift */
+    float               distinct;    /* catalogue.foldin.distinct */
     int32_t             max_items;   /* catalogue.max.new.items */
     hl_producer        *prod;        /* borrowed; NULL: publishes nothing */
     const char         *topic;       /* items.topic */

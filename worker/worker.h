@@ -58,6 +58,7 @@ typedef struct hl_worker_opts {
     int         catalogue_foldin_min_events; /* interactions before an item is published */
     float       catalogue_foldin_e_in_scale; /* weight share of a folded item's e_in in states */
     float       catalogue_foldin_lift;       /* hl_foldin_opts.lift */
+    float       catalogue_foldin_distinct;   /* hl_foldin_opts.distinct */
     const char *snapshot_dir;        /* NULL: no snapshots (tests of core only) */
     int64_t     snapshot_interval_ms;/* 0: only on revocation and shutdown */
     int         snapshot_retain;

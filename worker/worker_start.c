@@ -172,7 +172,7 @@ static int start_items(hl_worker *w, const hl_kafka_prop *props, int n_props,
         return 0;
     hl_wfoldin_opts fo = {
         .items = w->items, .m = w->m, .min_events = w->o.catalogue_foldin_min_events,
-        .lift = w->o.catalogue_foldin_lift,
+        .lift = w->o.catalogue_foldin_lift, .distinct = w->o.catalogue_foldin_distinct,
         .max_items = w->o.catalogue_max_new, .prod = w->prod, .topic = w->o.items_topic,
         .codec = io.codec, .reg = w->reg,
     };

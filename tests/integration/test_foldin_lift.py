@@ -21,6 +21,10 @@ lists of cluster b too. With lift 1 the baseline (about (0.8, 0.25, 0.25))
 is taken off first, what sets new-1's users apart is axis 1, new-1's e_out
 points along a, and no cluster b list holds it. Each phase checks its own
 outcome, so the lift 0 phase shows the scenario is one the lift decides.
+A third phase, lift 1 with catalogue.foldin.distinct=0.95: the lifted
+mean query keeps about 0.4 of the raw one's length (every user shares the
+p direction), so new-1 is held back (halflife_foldin_held_total), no
+fold-in record goes out and no list holds it.
 """
 import os
 import shutil
@@ -81,8 +85,8 @@ def stream(rng):
     return views, bg, new, ua, ub, t + 1000
 
 
-def phase(ck, tmp, lift):
-    name = "lift_%g" % lift
+def phase(ck, tmp, lift, distinct=0.0):
+    name = "lift_%g" % lift + ("_distinct_%g" % distinct if distinct else "")
     broker = U.Broker(2, ["behaviour-events", "recommendations", "behaviour-events.dlq", "items"],
                       os.path.join(tmp, "broker-%s.log" % name))
     try:
@@ -92,13 +96,16 @@ def phase(ck, tmp, lift):
                   "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=500",
                   "snapshot.dir=" + os.path.join(tmp, "snap-" + name), "recs.k=%d" % K,
                   "catalogue.foldin.min.events=%d" % MIN_EVENTS,
-                  "catalogue.foldin.lift=%g" % lift]
+                  "catalogue.foldin.lift=%g" % lift, "catalogue.foldin.distinct=%g" % distinct]
         w = U.Worker(bootstrap, model, os.path.join(tmp, "w-%s.log" % name), extra=common)
         views, bg, new, ua, ub, t = stream(np.random.default_rng(5))
         U.produce_events(bootstrap, "behaviour-events", views + bg)
         n = wait_settled(w, len(views) + len(bg))
         U.produce_events(bootstrap, "behaviour-events", new)
         n = wait_settled(w, n + len(new))
+        if distinct:
+            held(ck, name, w, bootstrap, ua + ub, t)
+            return
         wait_metric(w, "halflife_items_added", 1, labels='source="foldin"')
         fold = [r for r in item_records(bootstrap) if r["foldin"] is not None]
         ok = len(fold) == 1 and fold[0]["item_id"] == "new-1" and fold[0]["embedding"]
@@ -126,6 +133,22 @@ def phase(ck, tmp, lift):
         broker.stop()
 
 
+def held(ck, name, w, bootstrap, us, t):
+    """The distinct gate's phase: new-1 held back, published nowhere."""
+    n_held = wait_metric(w, "halflife_foldin_held_total", 1)
+    fold = [r for r in item_records(bootstrap) if r["foldin"] is not None]
+    high = watermarks(bootstrap, "behaviour-events")
+    again = [(u, "p-%d" % (i % PER_AXIS), "VIEW", t + 10 * i, None) for i, u in enumerate(us)]
+    n = w.metric("halflife_events_consumed_total")
+    U.produce_events(bootstrap, "behaviour-events", again)
+    wait_settled(w, n + len(again))
+    got, n_l = share(last_lists(bootstrap, high), us, "new-1")
+    ck.check(name + "_held", n_held >= 1 and not fold and n_l >= len(us) - 2 and got == 0,
+             "held %s (want >= 1), fold-in records %s (want none), new-1 in %d of %d lists"
+             % (n_held, [r["item_id"] for r in fold], got, n_l))
+    ck.check(name + "_exit_0", w.stop() == 0, "SIGTERM exit status not 0")
+
+
 def main():
     why = U.have_prereqs()
     if why:
@@ -141,8 +164,8 @@ def main():
             failed[0] += 0 if ok else 1
     try:
         axes_model(os.path.join(tmp, "m.hlm"))
-        for lift in (0.0, 1.0):
-            phase(Ck(), tmp, lift)
+        for lift, distinct in ((0.0, 0.0), (1.0, 0.0), (1.0, 0.95)):
+            phase(Ck(), tmp, lift, distinct)
     except Exception as e:  # noqa: BLE001
         import traceback
         traceback.print_exc()

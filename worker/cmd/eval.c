@@ -98,6 +98,10 @@ static void usage(FILE *f)
         "  --foldin-count-stride S  count: fit over every S-th known item (default 1)\n"
         "  --foldin-confidence C  scale a folded item's e_out by M / (M + C), M its\n"
         "                       decayed count (the score's item part; bias untouched)\n"
+        "  --foldin-distinct D  publish a folded item only while its lifted mean\n"
+        "                       query keeps D of its users' mean query's length\n"
+        "                       (else again at its next doubling); default the\n"
+        "                       worker's catalogue.foldin.distinct, " HL_FOLDIN_DISTINCT "\n"
         "  --foldin-e-in S      share of its weight with which a meeting with a\n"
         "                       folded item enters the user's state (its e_in), as\n"
         "                       the worker's catalogue.foldin.e_in.scale (its\n"
@@ -188,6 +192,8 @@ static int parse_foldin_opt(eval_args *a, const char *opt, const char *val)
     }
     else if (!strcmp(opt, "--foldin-lift"))
         bad = parse_real(val, 0, 1, &a->foldin_lift);
+    else if (!strcmp(opt, "--foldin-distinct"))
+        bad = parse_real(val, 0, 1, &a->foldin_distinct);
     else if (!strcmp(opt, "--foldin-lift-base")) {
         bad = strcmp(val, "all") && strcmp(val, "new");
         a->foldin_lift_all = !strcmp(val, "all");
@@ -314,7 +320,8 @@ static int parse_args(int argc, char **argv, eval_args *a)
                      .windows = DEFAULT_WINDOWS, .exclude_seen = 1, .threads = 1,
                      .swap_at = -1, .foldin_cap = -1, .foldin_stride = 1,
                      .foldin_e_in = strtod(HL_FOLDIN_E_IN_SCALE, NULL),
-                     .foldin_lift = strtod(HL_FOLDIN_LIFT, NULL)};
+                     .foldin_lift = strtod(HL_FOLDIN_LIFT, NULL),
+                     .foldin_distinct = strtod(HL_FOLDIN_DISTINCT, NULL)};
     for (int i = 1; i < argc; i += 2) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);

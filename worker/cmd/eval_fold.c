@@ -38,6 +38,7 @@ struct eval_fold {
     int             count;
     double          gate, conf;
     int64_t         gated;
+    int64_t         held;              /* by the distinct gate */
     hl_item_counts  ic;
     int64_t         fits;
     double          bias_sum, slope_sum;
@@ -60,7 +61,8 @@ int hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args *a,
     hl_foldin_opts fo = {.dim = mi->dim, .max_items = max_items, .min_events = a->foldin,
                          .half_life_ms = h, .bias = a->foldin_bias,
                          .shrink = (float)a->foldin_shrink,
-                         .lift = (float)a->foldin_lift, .lift_all = a->foldin_lift_all};
+                         .lift = (float)a->foldin_lift, .lift_all = a->foldin_lift_all,
+                         .distinct = (float)a->foldin_distinct};
     ef->f = hl_foldin_create(&fo, hl_model_e_in(m), hl_model_e_out(m), hl_model_bias(m),
                              mi->n_items, errbuf, errlen);
     hl_encoder_net_from_model(&ef->net, m);
@@ -133,7 +135,10 @@ const float *hl_eval_fold_e_in(const eval_fold *ef, uint64_t key)
 static void publish(eval_fold *ef, uint64_t key, const char *id)
 {
     double M = 0;
-    hl_foldin_sums(ef->f, id, sizeof key, ef->S, &M);
+    if (hl_foldin_sums(ef->f, id, sizeof key, ef->S, &M) == HL_FOLDIN_NOT_DISTINCT) {
+        ef->held++;                     /* as the worker: again at its next doubling */
+        return;
+    }
     hl_count_fit fit = {0};
     if (ef->count || ef->gate > 0)
         fit = hl_item_counts_fit(&ef->ic, ef->m_bias, ef->now);
@@ -217,6 +222,7 @@ void hl_eval_fold_print(const eval_fold *ef)
            (unsigned long long)st.evicted, (long long)ef->no_room);
     if (ef->gate > 0)
         printf(",\"gated\":%lld", (long long)ef->gated);
+    printf(",\"held_not_distinct\":%lld", (long long)ef->held);
     if (ef->count)
         printf(",\"count_bias\":{\"fits\":%lld,\"mean_bias\":%.4f,\"mean_slope\":%.4f,"
                "\"model_mean_bias\":%.4f}", (long long)ef->fits,

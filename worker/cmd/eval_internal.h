@@ -48,6 +48,7 @@ typedef struct eval_args {
     int         foldin_bias;       /* hl_foldin_opts.bias; 0 the default */
     double      foldin_shrink;     /* hl_foldin_opts.shrink; 0 the default */
     double      foldin_lift;       /* hl_foldin_opts.lift; 0 none */
+    double      foldin_distinct;   /* hl_foldin_opts.distinct; 0 none */
     int         foldin_lift_all;   /* the baseline from every event's user */
     int         foldin_count;      /* --foldin-bias count (core/foldin_count.h) */
     double      foldin_cap;        /* its margin over the model's mean bias; < 0 none */

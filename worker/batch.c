@@ -201,16 +201,16 @@ static void record_error(hl_wthread *t, const rd_kafka_message_t *rkm)
                rd_kafka_message_errstr(rkm), (unsigned long long)sup);
 }
 
-/* An event of an item the catalogue added (row, ev->x its e_in): an
+/* An event of an item the catalogue added (ev->x its e_in; folded: its
+ * record in effect is a fold-in record): an
  * operator's embedding enters the state whole (an encoder's, trusted); a
  * folded item's with catalogue.foldin.e_in.scale of the event's weight,
  * and at 0 not at all, exactly as an item unknown to the model. Both the
  * scale (config) and which record is in effect (the item topic) are the
  * same on every worker and on a replay after a crash. */
-static void weigh_added(hl_wthread *t, hl_event *ev, int32_t row)
+static void weigh_added(hl_wthread *t, hl_event *ev, int folded)
 {
-    float s = hl_items_local_folded(&t->cat, row) ? t->ctx->o->catalogue_foldin_e_in_scale
-                                                  : 1.0f;
+    float s = folded ? t->ctx->o->catalogue_foldin_e_in_scale : 1.0f;
     if (s <= 0.0f) {
         ev->x = NULL;
         return;
@@ -258,9 +258,12 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
     };
     float w = ev.w;         /* what fold-in learns from: the whole event */
     int32_t added = -1;
+    int folded = 0;         /* its record in effect is a fold-in record */
     if (ev.item < 0 &&      /* an item the live catalogue added: its e_in */
-        (added = hl_items_local_added(&t->cat, ev.item_key, &ev.x)) >= 0)
-        weigh_added(t, &ev, added);
+        (added = hl_items_local_added(&t->cat, ev.item_key, &ev.x)) >= 0) {
+        folded = hl_items_local_folded(&t->cat, added);
+        weigh_added(t, &ev, folded);
+    }
     memcpy(t->arena + t->arena_used, cev.user, cev.user_len);
     t->arena_used += cev.user_len;
     t->b.unknown += ev.item < 0 && ev.x == NULL;
@@ -269,8 +272,7 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
      * learning the folded ones (a record at each doubling), but not an
      * operator's: its embedding is in effect, no fold-in record would go
      * out for it, and its users are not the lift's baseline. */
-    if (ev.item < 0 && t->ctx->foldin != NULL &&
-        (added < 0 || hl_items_local_folded(&t->cat, added)))
+    if (ev.item < 0 && t->ctx->foldin != NULL && (added < 0 || folded))
         hl_foldin_local_note(&t->fold, sh, sh->n_ev - 1, cev.item, cev.item_len, w);
     f->fetch_us[f->n_ts] = fetch_us;
     f->ts_ms[f->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);

@@ -678,7 +678,7 @@ static const float *served_theta(const trainer *t)
     return t->avg_block ? t->th_avg : t->th;
 }
 
-/* Validation HR@10 of what training hands on now; -1 without memory. */
+/* Validation HR@10 of what training hands on now into *vhr; 0, or HL_ENOMEM. */
 static int validate(const trainer *t, double *vhr)
 {
     double vndcg;

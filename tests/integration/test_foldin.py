@@ -49,12 +49,19 @@ FOLDIN_KEY = b"\xfffoldin:"      # a fold-in record's key: this, then the item_i
 def cluster_model(path):
     """Items a-i along axis 0, b-i along axis 1, with noise; one head; the
     encoder's one layer copies the head's mean (q = mean e_in)."""
-    rng = np.random.default_rng(7)
+    axis_model(path, (("a", 0, 1.0), ("b", 1, 1.0)), PER_CLUSTER, 0.3, 7, "clusters")
+
+
+def axis_model(path, axes, per_axis, noise, seed, version):
+    """per_axis items "<prefix>-i" along each (prefix, axis, norm) of axes,
+    plus N(0, noise) per component; e_out = e_in, no bias; one 30-day head;
+    the encoder's one layer copies the head's mean (q = mean e_in)."""
+    rng = np.random.default_rng(seed)
     ids, vecs = [], []
-    for c, axis in (("a", 0), ("b", 1)):
-        for i in range(PER_CLUSTER):
-            v = rng.standard_normal(DIM).astype(np.float32) * 0.3
-            v[axis] += 1.0
+    for c, axis, norm in axes:
+        for i in range(per_axis):
+            v = rng.standard_normal(DIM).astype(np.float32) * noise
+            v[axis] += norm
             ids.append("%s-%d" % (c, i))
             vecs.append(v)
     e = np.array(vecs, dtype=np.float32)
@@ -62,7 +69,7 @@ def cluster_model(path):
     w[:, :DIM] = np.eye(DIM, dtype=np.float32)
     m = hlm.Model(DIM, [30 * 86400e3], [1.0] * 6, ids, e.copy(),
                   [(w, np.zeros(DIM, dtype=np.float32))], e.copy(),
-                  np.zeros(len(ids), dtype=np.float32), "clusters")
+                  np.zeros(len(ids), dtype=np.float32), version)
     hlm.write(path, m)
 
 

@@ -33,12 +33,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_util as U  # noqa: E402
-from test_foldin import item_records, last_lists, share  # noqa: E402
+from test_foldin import axis_model, item_records, last_lists, share  # noqa: E402
 from test_items import wait_metric, watermarks  # noqa: E402
 from test_min_interval import wait_settled  # noqa: E402
 
-sys.path.insert(0, U.SCHEMAS)
-import hlm  # noqa: E402
 import numpy as np  # noqa: E402
 
 DIM, PER_AXIS, USERS, MIN_EVENTS, K, N_BG = 8, 20, 20, 5, 10, 12
@@ -47,21 +45,7 @@ AXES = (("p", 0, 1.6), ("a", 1, 1.0), ("b", 2, 1.0))
 
 
 def axes_model(path):
-    rng = np.random.default_rng(11)
-    ids, vecs = [], []
-    for c, axis, norm in AXES:
-        for i in range(PER_AXIS):
-            v = rng.standard_normal(DIM).astype(np.float32) * 0.15
-            v[axis] += norm
-            ids.append("%s-%d" % (c, i))
-            vecs.append(v)
-    e = np.array(vecs, dtype=np.float32)
-    w = np.zeros((DIM, DIM + 1), dtype=np.float32)
-    w[:, :DIM] = np.eye(DIM, dtype=np.float32)
-    m = hlm.Model(DIM, [30 * 86400e3], [1.0] * 6, ids, e.copy(),
-                  [(w, np.zeros(DIM, dtype=np.float32))], e.copy(),
-                  np.zeros(len(ids), dtype=np.float32), "axes")
-    hlm.write(path, m)
+    axis_model(path, AXES, PER_AXIS, 0.15, 11, "axes")
 
 
 def stream(rng):

@@ -251,8 +251,9 @@ static void test_without_refresh_the_encoder_fills(void)
     fixture_free(&fx);
 }
 
-/* A thread serving another model than the start one folds nothing in:
- * its notes are counted as skipped and forgotten. */
+/* A thread serving another model than the newest one (here: one never
+ * rebound to) folds nothing in: its notes are counted as skipped and
+ * forgotten. */
 static void test_other_model_folds_nothing(void)
 {
     static fixture fx;
@@ -270,11 +271,68 @@ static void test_other_model_folds_nothing(void)
     fixture_free(&fx);
 }
 
+/* A model swap (hl_wfoldin_rebind): fold-in starts again in the new model's
+ * space. The old accumulator's sums are gone, a thread still serving the
+ * old model folds nothing, and one serving the new model adds what the
+ * new model's queries give, exactly as a worker that started with it. */
+static void test_rebind_follows_the_swap(void)
+{
+    static fixture fx;
+    char err[256];
+    CHECK(fixture_init(&fx) == 0);
+    if (fx.rk == NULL)
+        return;
+    batch(&fx);
+    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);
+    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
+    hl_foldin_local_flush(fx.wf, &fx.loc);
+    float S[DIM];
+    double M;
+    CHECK(hl_wfoldin_sums(fx.wf, "new-1", 5, S, &M) == 0);
+    hl_model *m1 = fx.m, *m2 = model_open(err, sizeof err);
+    CHECK(m2 != NULL);
+    if (m2 == NULL)
+        return;
+    CHECK(hl_wfoldin_rebind(fx.wf, m2, err, sizeof err) == 0);
+    CHECK(hl_wfoldin_sums(fx.wf, "new-1", 5, S, &M) == HL_ENOENT);
+    batch(&fx);                                   /* a thread still on m1 */
+    hl_foldin_local_resolve(fx.wf, &fx.loc, m1);
+    CHECK(fx.loc.n == 0 && fx.loc.gen == NULL);
+    hl_foldin_local_flush(fx.wf, &fx.loc);
+    CHECK(hl_wfoldin_sums(fx.wf, "new-1", 5, S, &M) == HL_ENOENT);
+    hl_rank_opts ro = {.k = 5, .exclude_seen = 1, .max_batch = 256};
+    hl_ranker_destroy(fx.rk);                     /* the thread moves to m2 */
+    fx.m = m2;
+    fx.rk = hl_ranker_create(m2, &ro, err, sizeof err);
+    CHECK(fx.rk != NULL && hl_wfoldin_rebind(fx.wf, m2, err, sizeof err) == 0);
+    if (fx.rk == NULL)
+        return;
+    batch(&fx);
+    hl_foldin_local_resolve(fx.wf, &fx.loc, m2);
+    CHECK(fx.loc.gen != NULL);
+    refresh_half(&fx);
+    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
+    hl_foldin_local_flush(fx.wf, &fx.loc);
+    CHECK(fx.loc.gen == NULL);
+    hl_foldin *ref = reference(&fx);              /* m2's queries and map alone */
+    float want[DIM];
+    double m_want = -2;
+    M = -1;
+    CHECK(ref != NULL && hl_wfoldin_sums(fx.wf, "new-1", 5, S, &M) == 0 &&
+          hl_foldin_sums(ref, "new-1", 5, want, &m_want) == 0);
+    CHECKF(memcmp(S, want, sizeof S) == 0 && M == m_want,
+           "after the swap: sums differ from m2's queries (mass %g, want %g)", M, m_want);
+    hl_foldin_destroy(ref);
+    fixture_free(&fx);
+    hl_model_close(m1);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
     RUN(test_queries_are_the_refreshs);
     RUN(test_without_refresh_the_encoder_fills);
     RUN(test_other_model_folds_nothing);
+    RUN(test_rebind_follows_the_swap);
     return t_n_failed ? 1 : 0;
 }

@@ -16,6 +16,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,14 +31,29 @@ typedef struct fold_pub {
                                        sums taken under mu: dim */
 } fold_pub;
 
+/* The accumulator of one served model (DESIGN.md 11, "Fold-in across a
+ * model swap"): its sums are of that model's queries and its map is fitted
+ * over that model's items, so a swap starts a new one (hl_wfoldin_rebind).
+ * Counted references: the worker's (the current generation) and each
+ * thread's from its batch's resolve to its flush; the last release frees
+ * it, so a thread still serving the old model finishes its batch on it. */
+typedef struct fold_gen {
+    const hl_model     *m;
+    pthread_mutex_t     mu;
+    hl_foldin          *f;              /* under mu */
+    uint64_t            evicted_seen;   /* under mu */
+    hl_encoder_net      net;
+    int                 dim, in_dim;
+    size_t              act_floats;     /* FOLD_CHUNK users' encoder activations */
+    hl_item_codec_opts  codec;          /* the worker's, with this model's dim */
+    atomic_int          refs;
+} fold_gen;
+
 struct hl_wfoldin {
     hl_wfoldin_opts  o;
     char            *topic;
-    pthread_mutex_t  mu;
-    hl_foldin       *f;             /* under mu */
-    uint64_t         evicted_seen;  /* under mu */
-    hl_encoder_net   net;
-    int              dim, in_dim;
+    pthread_mutex_t  gen_mu;
+    fold_gen        *cur;           /* under gen_mu: the newest model's */
     hl_counter      *c_events, *c_published, *c_evicted, *c_failed, *c_skipped, *c_held;
     hl_gauge        *g_items;
     hl_log_limit     err_limit;
@@ -66,8 +82,8 @@ static void register_metrics(hl_wfoldin *wf)
         "Fold-in ItemUpdates that could not be sent (logged; sent again at the next "
         "doubling of the item's count).", NULL);
     wf->c_skipped = hl_metrics_counter(reg, "halflife_foldin_skipped_total",
-        "Unknown-item interactions not folded in (a thread serving a swapped-in model, "
-        "out of memory, or a bad query).", NULL);
+        "Unknown-item interactions not folded in (a batch served by a model that is no "
+        "longer the newest, out of memory, or a bad query).", NULL);
     wf->c_held = hl_metrics_counter(reg, "halflife_foldin_held_total",
         "Fold-in publications held back by catalogue.foldin.distinct (the item's users "
         "are not set apart from other new items' users; tried again at its next doubling).",
@@ -76,9 +92,62 @@ static void register_metrics(hl_wfoldin *wf)
         "Items unknown to the model whose fold-in sums this worker keeps.", NULL);
 }
 
+static void gen_release(fold_gen *g)
+{
+    if (g == NULL || atomic_fetch_sub(&g->refs, 1) != 1)
+        return;
+    hl_foldin_destroy(g->f);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+}
+
+/* A fresh accumulator for model m (fits its map e_out -> e_in: a pass over
+ * its items). NULL and a reason on failure. One reference, the caller's. */
+static fold_gen *gen_create(const hl_wfoldin_opts *o, const hl_model *m, char *errbuf,
+                            size_t errlen)
+{
+    const hl_model_info *mi = hl_model_info_get(m);
+    fold_gen *g = calloc(1, sizeof *g);
+    if (g == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "catalogue.foldin: out of memory");
+        return NULL;
+    }
+    g->m = m;
+    g->dim = mi->dim;
+    hl_encoder_net_from_model(&g->net, m);
+    g->in_dim = hl_encoder_in_dim(&g->net);
+    g->act_floats = hl_encoder_act_floats(&g->net, FOLD_CHUNK);
+    g->codec = o->codec;
+    g->codec.dim = mi->dim;
+    pthread_mutex_init(&g->mu, NULL);
+    atomic_init(&g->refs, 1);
+    hl_foldin_opts fo = {.dim = mi->dim, .max_items = o->max_items > 0 ? o->max_items : 1,
+                         .min_events = o->min_events, .half_life_ms = longest_half_life(mi),
+                         .lift = o->lift, .distinct = o->distinct};
+    g->f = hl_foldin_create(&fo, hl_model_e_in(m), hl_model_e_out(m), hl_model_bias(m),
+                            mi->n_items, errbuf, errlen);
+    if (g->f == NULL) {
+        gen_release(g);
+        return NULL;
+    }
+    return g;
+}
+
+/* A reference to the current accumulator if it is model m's, else NULL. */
+static fold_gen *gen_acquire(hl_wfoldin *wf, const hl_model *m)
+{
+    pthread_mutex_lock(&wf->gen_mu);
+    fold_gen *g = wf->cur;
+    if (g != NULL && (m == NULL || g->m == m))
+        atomic_fetch_add(&g->refs, 1);
+    else
+        g = NULL;
+    pthread_mutex_unlock(&wf->gen_mu);
+    return g;
+}
+
 hl_wfoldin *hl_wfoldin_create(const hl_wfoldin_opts *o, char *errbuf, size_t errlen)
 {
-    const hl_model_info *mi = hl_model_info_get(o->m);
     hl_wfoldin *wf = calloc(1, sizeof *wf);
     if (wf == NULL || (wf->topic = strdup(o->topic)) == NULL) {
         free(wf);
@@ -87,17 +156,9 @@ hl_wfoldin *hl_wfoldin_create(const hl_wfoldin_opts *o, char *errbuf, size_t err
     }
     wf->o = *o;
     wf->o.topic = wf->topic;
-    wf->dim = mi->dim;
     wf->err_limit.interval_ms = 5000;
-    hl_encoder_net_from_model(&wf->net, o->m);
-    wf->in_dim = hl_encoder_in_dim(&wf->net);
-    pthread_mutex_init(&wf->mu, NULL);
-    hl_foldin_opts fo = {.dim = mi->dim, .max_items = o->max_items > 0 ? o->max_items : 1,
-                         .min_events = o->min_events, .half_life_ms = longest_half_life(mi),
-                         .lift = o->lift, .distinct = o->distinct};
-    wf->f = hl_foldin_create(&fo, hl_model_e_in(o->m), hl_model_e_out(o->m),
-                             hl_model_bias(o->m), mi->n_items, errbuf, errlen);
-    if (wf->f == NULL) {
+    pthread_mutex_init(&wf->gen_mu, NULL);
+    if ((wf->cur = gen_create(&wf->o, o->m, errbuf, errlen)) == NULL) {
         hl_wfoldin_destroy(wf);
         return NULL;
     }
@@ -109,42 +170,104 @@ void hl_wfoldin_destroy(hl_wfoldin *wf)
 {
     if (wf == NULL)
         return;
-    hl_foldin_destroy(wf->f);
-    pthread_mutex_destroy(&wf->mu);
+    gen_release(wf->cur);
+    pthread_mutex_destroy(&wf->gen_mu);
     free(wf->topic);
     free(wf);
 }
 
+int hl_wfoldin_rebind(hl_wfoldin *wf, const hl_model *m, char *errbuf, size_t errlen)
+{
+    fold_gen *g = gen_acquire(wf, m);
+    if (g != NULL) {                /* already m's */
+        gen_release(g);
+        return 0;
+    }
+    if ((g = gen_create(&wf->o, m, errbuf, errlen)) == NULL)
+        return HL_EINVAL;
+    pthread_mutex_lock(&wf->gen_mu);
+    fold_gen *old = wf->cur;
+    wf->cur = g;
+    pthread_mutex_unlock(&wf->gen_mu);
+    int64_t dropped = 0;
+    if (old != NULL) {
+        hl_foldin_stats st;
+        pthread_mutex_lock(&old->mu);
+        hl_foldin_stats_get(old->f, &st);
+        pthread_mutex_unlock(&old->mu);
+        dropped = st.items;
+    }
+    hl_gauge_set(wf->g_items, 0);
+    hl_log(HL_LOG_INFO, "foldin_rebound", "items_dropped=%lld dim=%d "
+           "note=\"new items' sums start again in the new model's space; an item already "
+           "on the item topic is sent again at twice its count there\"",
+           (long long)dropped, g->dim);
+    gen_release(old);
+    return 0;
+}
+
 int hl_wfoldin_sums(hl_wfoldin *wf, const char *id, uint32_t len, float *S, double *M)
 {
-    pthread_mutex_lock(&wf->mu);
-    int rc = hl_foldin_sums(wf->f, id, len, S, M);
-    pthread_mutex_unlock(&wf->mu);
+    fold_gen *g = gen_acquire(wf, NULL);
+    if (g == NULL)
+        return HL_ENOENT;
+    pthread_mutex_lock(&g->mu);
+    int rc = hl_foldin_sums(g->f, id, len, S, M);
+    pthread_mutex_unlock(&g->mu);
+    gen_release(g);
     return rc;
 }
 
 /* ---- a shard thread's notes ---- */
 
-int hl_foldin_local_init(hl_wfoldin *wf, hl_foldin_local *loc, char *errbuf, size_t errlen)
+/* The buffers whose size follows the model: the queries' width, the due
+ * items' vectors, the record being encoded and the encoder's scratch.
+ * Reallocated when a thread first resolves notes under a model of another
+ * shape (a swap); the notes' users are empty then (between batches). */
+static int local_shape(hl_foldin_local *loc, const fold_gen *g)
 {
-    memset(loc, 0, sizeof *loc);
-    size_t d = (size_t)wf->dim;
-    loc->dim = wf->dim;
-    loc->views = calloc(FOLD_CHUNK, sizeof *loc->views);
-    loc->X = malloc(FOLD_CHUNK * (size_t)wf->in_dim * sizeof(float));
-    loc->act = malloc(hl_encoder_act_floats(&wf->net, FOLD_CHUNK) * sizeof(float));
+    if (loc->dim == g->dim && loc->x_floats >= (size_t)FOLD_CHUNK * g->in_dim &&
+        loc->act_floats >= g->act_floats)
+        return 0;
+    size_t d = (size_t)g->dim;
+    free(loc->X); free(loc->act); free(loc->vecs); free(loc->enc); free(loc->uq);
+    loc->uq = NULL;
+    loc->cap_user = 0;              /* users_room sizes uq again */
+    loc->dim = g->dim;
+    loc->x_floats = (size_t)FOLD_CHUNK * g->in_dim;
+    loc->act_floats = g->act_floats;
+    loc->X = malloc(loc->x_floats * sizeof(float));
+    loc->act = malloc(loc->act_floats * sizeof(float));
     loc->vecs = malloc(FOLD_CHUNK * (3 * d + 1) * sizeof(float));
     loc->enc_cap = 64 + 2 * (HL_MAX_ID_LEN + 10 * 2 + 5 * 2 * d + 32);
     loc->enc = malloc(loc->enc_cap);
-    if (!loc->views || !loc->X || !loc->act || !loc->vecs || !loc->enc) {
+    if (!loc->X || !loc->act || !loc->vecs || !loc->enc) {
+        loc->dim = 0;               /* tried again at the next resolve */
+        loc->x_floats = loc->act_floats = 0;
+        return HL_ENOMEM;
+    }
+    return 0;
+}
+
+int hl_foldin_local_init(hl_wfoldin *wf, hl_foldin_local *loc, char *errbuf, size_t errlen)
+{
+    memset(loc, 0, sizeof *loc);
+    fold_gen *g = gen_acquire(wf, NULL);
+    int rc = g == NULL ? HL_EINVAL : 0;
+    loc->views = calloc(FOLD_CHUNK, sizeof *loc->views);
+    if (rc == 0 && (loc->views == NULL || local_shape(loc, g) != 0))
+        rc = HL_ENOMEM;
+    gen_release(g);
+    if (rc != 0) {
         hl_foldin_local_reset(loc);
-        return hl_err(errbuf, errlen, HL_ENOMEM, "catalogue.foldin: out of memory");
+        return hl_err(errbuf, errlen, rc, "catalogue.foldin: out of memory");
     }
     return 0;
 }
 
 void hl_foldin_local_reset(hl_foldin_local *loc)
 {
+    gen_release(loc->gen);
     free(loc->note);
     free(loc->ids);
     free(loc->user);
@@ -201,7 +324,8 @@ void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char
 static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
 {
     char err[256];
-    int d = wf->dim;
+    const fold_gen *g = loc->gen;
+    int d = g->dim;
     hl_item_update u = {
         .id = p->id, .id_len = p->len, .available = 1,
         .expires_at_ms = HL_CATALOGUE_NO_EXPIRY, .e_in = p->vec, .e_out = p->vec + d,
@@ -209,7 +333,7 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
     };
     char key[HL_ITEM_KEY_MAX];
     uint32_t key_len = hl_item_foldin_key(p->id, p->len, key);   /* never the operator's */
-    int len = hl_item_encode(&wf->o.codec, &u, loc->enc, loc->enc_cap);
+    int len = hl_item_encode(&g->codec, &u, loc->enc, loc->enc_cap);
     int rc = len < 0 ? len : hl_producer_send(wf->o.prod, wf->topic, RD_KAFKA_PARTITION_UA,
                                               key, key_len, loc->enc, (size_t)len, NULL,
                                               NULL, err, sizeof err);
@@ -228,29 +352,30 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
                (unsigned long long)sup);
 }
 
-/* Under wf->mu: whether item id, due with n interactions (hl_foldin_add_due),
+/* Under g->mu: whether item id, due with n interactions (hl_foldin_add_due),
  * is to be published now, its sums into p (the vectors are made from them
  * after the lock: a scan of the model's items, too long to hold up the
  * other threads' batches). An operator's item is marked so that it is
  * never due again; a topic record built from more interactions raises the
  * bar to twice its count. */
-static int take_due(hl_wfoldin *wf, const char *id, uint32_t len, int32_t n, fold_pub *p)
+static int take_due(hl_wfoldin *wf, fold_gen *g, const char *id, uint32_t len, int32_t n,
+                    fold_pub *p)
 {
     if (n == 0 || wf->o.prod == NULL)
         return 0;
     int64_t on_topic = hl_items_foldin_state(wf->o.items, id, len);
     if (on_topic < 0 || n < 2 * on_topic) {
-        hl_foldin_mark(wf->f, id, len, on_topic < 0 ? INT32_MAX : on_topic);
+        hl_foldin_mark(g->f, id, len, on_topic < 0 ? INT32_MAX : on_topic);
         return 0;
     }
-    int d = wf->dim, rc = hl_foldin_sums(wf->f, id, len, p->vec + 2 * d + 1, &p->mass);
+    int d = g->dim, rc = hl_foldin_sums(g->f, id, len, p->vec + 2 * d + 1, &p->mass);
     if (rc == HL_FOLDIN_NOT_DISTINCT) {         /* again at its next doubling */
-        hl_foldin_mark(wf->f, id, len, n);
+        hl_foldin_mark(g->f, id, len, n);
         hl_counter_add(wf->c_held, 1);
     }
     if (rc != 0)
         return 0;
-    hl_foldin_mark(wf->f, id, len, n);
+    hl_foldin_mark(g->f, id, len, n);
     memcpy(p->id, id, len);
     p->len = len;
     p->count = n;
@@ -345,13 +470,17 @@ static void forget_notes(hl_foldin_local *loc)
     loc->n_user = 0;
     loc->n = 0;
     loc->ids_used = 0;
+    gen_release(loc->gen);
+    loc->gen = NULL;
 }
 
 void hl_foldin_local_resolve(hl_wfoldin *wf, hl_foldin_local *loc, const hl_model *m)
 {
     if (loc->n == 0)
         return;
-    if (m != wf->o.m || users_room(loc, loc->n) != 0) {
+    if (loc->gen == NULL)           /* held until the flush */
+        loc->gen = gen_acquire(wf, m);
+    if (loc->gen == NULL || local_shape(loc, loc->gen) != 0 || users_room(loc, loc->n) != 0) {
         hl_counter_add(wf->c_skipped, (uint64_t)loc->n);
         forget_notes(loc);
         return;
@@ -397,8 +526,8 @@ static void encode_users(hl_wfoldin *wf, hl_foldin_local *loc, const hl_shard *s
     for (int k = 0; k < n; k++)
         hl_table_view(sh->tbl, loc->user[idx[k]].row, &loc->views[k]);
     if (rk == NULL || hl_ranker_encode(rk, loc->views, n) != 0) {
-        hl_encoder_features_rows(&wf->net, loc->views, n, loc->X);
-        Q = hl_encoder_forward(&wf->net, loc->X, n, loc->act);
+        hl_encoder_features_rows(&loc->gen->net, loc->views, n, loc->X);
+        Q = hl_encoder_forward(&loc->gen->net, loc->X, n, loc->act);
     }
     for (int k = 0; k < n; k++) {
         memcpy(loc->uq + (size_t)idx[k] * d, Q ? Q + (size_t)k * d : hl_ranker_query(rk, k),
@@ -453,12 +582,13 @@ prefetch_users(const hl_foldin_local *loc, int i0, int n)
 static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, fold_pub *pub,
                      float *vecs, uint64_t *added, uint64_t *skipped)
 {
-    int n_pub = 0, d = wf->dim, m = 0;
+    fold_gen *g = loc->gen;
+    int n_pub = 0, d = g->dim, m = 0;
     uint32_t hs[FOLD_CHUNK];
     for (int k = 0; k < n; k++)
         if (loc->note[i0 + k].user >= 0)
             hs[m++] = loc->note[i0 + k].hash;
-    hl_foldin_prefetch(wf->f, hs, m);
+    hl_foldin_prefetch(g->f, hs, m);
     for (int k = 0; k < n; k++) {
         const fold_note *nt = &loc->note[i0 + k];
         if (nt->user < 0)
@@ -466,25 +596,25 @@ static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, fold_p
         const char *id = loc->ids + nt->off;
         int32_t due;
         if (!loc->user[nt->user].has_q ||
-            hl_foldin_add_due(wf->f, id, nt->len, nt->hash, loc->uq + (size_t)nt->user * d,
+            hl_foldin_add_due(g->f, id, nt->len, nt->hash, loc->uq + (size_t)nt->user * d,
                               nt->w, nt->ts_ms, &due) < 0) {
             (*skipped)++;
             continue;
         }
         (*added)++;
         pub[n_pub].vec = vecs + (size_t)n_pub * (3 * d + 1);
-        n_pub += take_due(wf, id, nt->len, due, &pub[n_pub]);
+        n_pub += take_due(wf, g, id, nt->len, due, &pub[n_pub]);
     }
     return n_pub;
 }
 
-static void note_stats(hl_wfoldin *wf)
+static void note_stats(hl_wfoldin *wf, fold_gen *g)
 {
     hl_foldin_stats st;
-    hl_foldin_stats_get(wf->f, &st);
-    if (st.evicted > wf->evicted_seen) {
-        hl_counter_add(wf->c_evicted, st.evicted - wf->evicted_seen);
-        wf->evicted_seen = st.evicted;
+    hl_foldin_stats_get(g->f, &st);
+    if (st.evicted > g->evicted_seen) {
+        hl_counter_add(wf->c_evicted, st.evicted - g->evicted_seen);
+        g->evicted_seen = st.evicted;
     }
     hl_gauge_set(wf->g_items, st.items);
 }
@@ -492,16 +622,17 @@ static void note_stats(hl_wfoldin *wf)
 static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,
                         fold_pub *pub, float *vecs)
 {
+    fold_gen *g = loc->gen;
     uint64_t added = 0, skipped = 0;
     prefetch_users(loc, i0, n);     /* thread-local: before the lock */
-    pthread_mutex_lock(&wf->mu);
+    pthread_mutex_lock(&g->mu);
     int n_pub = add_chunk(wf, loc, i0, n, pub, vecs, &added, &skipped);
-    note_stats(wf);
-    pthread_mutex_unlock(&wf->mu);
+    note_stats(wf, g);
+    pthread_mutex_unlock(&g->mu);
     for (int k = 0; k < n_pub; k++) {
         float *v = pub[k].vec;
-        hl_foldin_vectors_from(wf->f, v + 2 * wf->dim + 1, pub[k].mass, v, v + wf->dim,
-                               v + 2 * wf->dim);
+        hl_foldin_vectors_from(g->f, v + 2 * g->dim + 1, pub[k].mass, v, v + g->dim,
+                               v + 2 * g->dim);
         publish(wf, loc, &pub[k]);
     }
     hl_counter_add(wf->c_events, added);

@@ -22,8 +22,15 @@
  * Threads: a shard thread notes its batch's unknown-item events in its own
  * hl_foldin_local (no lock), takes its users' queries from the batch's
  * refresh, and at the batch's end hands them to the accumulator under one
- * lock per FOLD_CHUNK notes. Only while its thread serves the start model
- * (the one the catalogue and the map are fitted for). */
+ * lock per FOLD_CHUNK notes.
+ *
+ * A model swap starts a new accumulator for the new model
+ * (hl_wfoldin_rebind, before it goes live): the sums are of one model's
+ * queries and the map is fitted over its items, so neither carries over.
+ * A thread's notes go to the accumulator of the model it served the batch
+ * with, and only while that is the newest (a thread still on the old model
+ * counts them as skipped). An item the old accumulator was counting starts
+ * again; one it published is sent again at twice its count on the topic. */
 #ifndef HL_FOLD_H
 #define HL_FOLD_H
 
@@ -41,7 +48,8 @@ typedef struct hl_wfoldin hl_wfoldin;   /* opaque */
 
 typedef struct hl_wfoldin_opts {
     hl_items           *items;       /* borrowed: the catalogue's reader */
-    const hl_model     *m;           /* the start model (hl_items_model) */
+    const hl_model     *m;           /* the start model (hl_items_model); each swap's
+                                        comes through hl_wfoldin_rebind */
     int                 min_events;  /* catalogue.foldin.min.events */
     float               lift;        /* catalogue.foldin.lift */
     float               distinct;    /* catalogue.foldin.distinct */
@@ -56,8 +64,16 @@ typedef struct hl_wfoldin_opts {
 hl_wfoldin *hl_wfoldin_create(const hl_wfoldin_opts *o, char *errbuf, size_t errlen);
 void        hl_wfoldin_destroy(hl_wfoldin *wf);          /* NULL is a no-op */
 
-/* A ready item's decayed sums (hl_foldin_sums), under the lock: for tests
- * and tools. With o.prod NULL nothing is ever published (bench, tests). */
+/* Model swap, main thread, before m goes live (after hl_items_rebind): a
+ * new accumulator for m, its map fitted over m's items (a pass over them,
+ * as at start); the old one is freed when the last thread that used it has
+ * flushed. A no-op if m is the current one. HL_EINVAL and a reason if m's
+ * map cannot be fitted: the old accumulator then stays, and the threads
+ * that serve m skip their notes (counted) until a later model rebinds. */
+int         hl_wfoldin_rebind(hl_wfoldin *wf, const hl_model *m, char *errbuf, size_t errlen);
+
+/* A ready item's decayed sums (hl_foldin_sums) in the current
+ * accumulator, under its lock: for tests and tools. With o.prod NULL nothing is ever published (bench, tests). */
 int hl_wfoldin_sums(hl_wfoldin *wf, const char *id, uint32_t len, float *S, double *M);
 
 /* One shard thread's notes of its batch: the unknown-item events. */
@@ -91,7 +107,10 @@ typedef struct hl_foldin_local {
     int32_t     *uslot; uint32_t n_uslot;  /* users by (shard, row): user + 1, 0 empty */
     uint64_t     ufilter[FOLD_FILTER_WORDS];  /* bit row % 8192 set: a user of the notes
                                       may have that row (in some shard) */
-    int          dim;
+    int          dim;              /* of the model below (local_shape) */
+    size_t       x_floats, act_floats;  /* X's and act's room */
+    struct fold_gen *gen;          /* the accumulator of the batch's model: a
+                                      reference from resolve to flush */
     hl_row_view *views;            /* FOLD_CHUNK users for one encoder pass */
     float       *X, *act;          /* encoder scratch (a thread without a ranker) */
     uint8_t     *enc;   size_t enc_cap;
@@ -116,8 +135,8 @@ void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char
  *
  * resolve: each noted event that was applied (not a duplicate or refused)
  * is tied to its user's row as the batch left it. m is the thread's model:
- * nothing is folded while it is not the start model (the notes are counted
- * as skipped and forgotten).
+ * the notes go to m's accumulator, and are counted as skipped and
+ * forgotten while m is not the newest model (hl_wfoldin_rebind).
  *
  * take: from a refresh of sh's rows[0..n) on ranker rk (publish.c, after
  * hl_ranker_refresh succeeded), the queries of the noted users among them

@@ -52,7 +52,8 @@ void hl_worker_embedded_stop(hl_worker *w)
 /* ---- lifecycle --------------------------------------------------------- */
 
 /* A new model is about to go live: the live catalogue moves onto it
- * first (items.h), so a thread that serves it finds its view there. */
+ * first (items.h), so a thread that serves it finds its view there, and
+ * fold-in starts accumulating in its space (fold.h). */
 static int rebind_items(void *arg, const hl_mref *r, char *errbuf, size_t errlen)
 {
     hl_worker *w = arg;
@@ -61,11 +62,17 @@ static int rebind_items(void *arg, const hl_mref *r, char *errbuf, size_t errlen
     if (w->changelog != NULL &&
         hl_changelog_check_shape(w->changelog, r->mi->n_heads, r->mi->dim, errbuf, errlen) != 0)
         return HL_EINVAL;
-    if (w->items == NULL || hl_items_rebind(w->items, r->m, r->gen) == 0)
-        return 0;
-    return hl_err(errbuf, errlen, HL_ENOMEM, "the live catalogue could not be rebound "
-                  "to the new model (out of memory); tried again when the file changes "
-                  "or on SIGHUP");
+    if (w->items != NULL && hl_items_rebind(w->items, r->m, r->gen) != 0)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "the live catalogue could not be rebound "
+                      "to the new model (out of memory); tried again when the file "
+                      "changes or on SIGHUP");
+    /* fold-in follows (fold.h); a model it cannot fit a map for still
+     * goes live, without fold-in, as at start */
+    char why[256];
+    if (w->foldin != NULL && hl_wfoldin_rebind(w->foldin, r->m, why, sizeof why) != 0)
+        hl_log(HL_LOG_ERROR, "foldin_paused", "reason=\"%s\" action=\"new items wait "
+               "for an embedding on the item topic or the next model\"", why);
+    return 0;
 }
 
 /* The served models: model.path reloads, weight.* overrides for each. */

@@ -155,13 +155,16 @@ def check_pair(ck, by_user):
 
 
 def phase4(ck, ctx):
+    # Since fold-in follows swaps, B's workers also publish fold-in records
+    # for the items B dropped: count this phase's two from where it starts.
+    n0 = ctx["w"].metric("halflife_item_updates_total")
     rc = items_csv(ctx, "after.csv", ["%s,true" % ctx["z"], "%s,false" % ctx["wid"]])
-    n = wait_metric(ctx["w"], "halflife_item_updates_total", 5)
+    n = wait_metric(ctx["w"], "halflife_item_updates_total", n0 + 2) - n0
     after = produce_and_lists(ctx, ctx["events"][4500:])
     bad = [d["user_id"] for d in after if ctx["wid"] in names(d) or ctx["x"] in names(d)
            or len(names(d)) != K or d["model_version"] != "swap-catalogue-B"]
     n_z = sum(ctx["z"] in names(d) for d in after)
-    ck.check("updates_after_swap_apply", rc == 0 and n == 5 and after and not bad and n_z >= 5,
+    ck.check("updates_after_swap_apply", rc == 0 and n >= 2 and after and not bad and n_z >= 5,
              "items exit %s, updates %s, %d lists, %d hold W or X, are short or not B (%s), "
              "Z in %d" % (rc, n, len(after), len(bad), bad[:3], n_z))
 

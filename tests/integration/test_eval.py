@@ -364,6 +364,30 @@ def test_swap_options():
     assert "--swap-at" in p.stderr, p.stderr
 
 
+def test_swap_with_foldin():
+    """--swap-model with --foldin: fold-in starts again in B's space, as the
+    worker's does. Swapped to a model that knows only the same 20 of the
+    file's 40 items, the unknown ones are folded in again after the swap
+    and take places in the lists scored after it; swapped to one that
+    knows all 40, nothing is folded after the swap (an item B knows is
+    B's row, never a folded side row)."""
+    a = hlm.random_model(20, 8, n_heads=3, hidden=(16,), seed=11)
+    a.item_ids = [f"i{j}" for j in range(20)]
+    b = hlm.random_model(40, 8, n_heads=3, hidden=(16,), seed=12)
+    b.item_ids = [f"i{j}" for j in range(40)]
+    pa, pb = os.path.join(TMP, "swapfold_a.hlm"), os.path.join(TMP, "swapfold_b.hlm")
+    hlm.write(pa, a)
+    hlm.write(pb, b)
+    base = ["--model", pa, "--input", PATH, "--format", "events-csv", "--protocol",
+            "prequential", "--k", "5", "--foldin", "1", "--score-from", "0.5",
+            "--swap-at", "0.5"]
+    again = run(*base, "--swap-model", pa)
+    assert again["model"]["n"] > 0 and again["foldin_list_places"] > 0, again
+    known = run(*base, "--swap-model", pb)
+    assert known["model"]["n"] == again["model"]["n"], (known["model"], again["model"])
+    assert known["foldin_list_places"] == 0, known
+
+
 def time_at(f):
     """The time of the f quantile of the events, as eval's --apply-from F."""
     evs = in_time_order()
@@ -526,6 +550,7 @@ case(test_prequential_popularity_matches_reference)
 case(test_model_by_bias_matches_reference)
 case(test_per_target_matches_reference)
 case(test_foldin_max_per_list)
+case(test_swap_with_foldin)
 case(test_batch_does_not_change_results)
 case(test_swap_options)
 case(test_seen_ring_full)

@@ -78,7 +78,9 @@ static void usage(FILE *f)
         "  --swap-model B --swap-at F\n"
         "                       prequential: at the time of the F quantile of the\n"
         "                       events every user's state migrates into model B\n"
-        "                       (as a live swap does) and B ranks from then on\n"
+        "                       (as a live swap does) and B ranks from then on;\n"
+        "                       with --foldin, fold-in starts again in B's space\n"
+        "                       (as the worker's does; --foldin-max-per-list is off)\n"
         "  --swap-weights count|remainder|bias\n"
         "                       weight the items in the swap's least-squares fit by\n"
         "                       1 + their events before the swap, 1 + those older\n"
@@ -221,7 +223,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--history"))       { bad = parse_int(val, 1, 255, &x); a->history = (int)x; }
     else if (!strcmp(opt, "--seen-history"))  { bad = parse_int(val, 1, 255, &x); a->seen_history = (int)x; }
     else if (!strcmp(opt, "--seen-window"))   { bad = parse_int(val, 1, 255, &x); a->seen_window = (int)x; }
-    else if (!strcmp(opt, "--batch"))         { bad = parse_int(val, 1, 4096, &x); a->batch = (int)x; }
+    else if (!strcmp(opt, "--batch"))         { bad = parse_int(val, 1, HL_EVAL_MAX_BATCH, &x); a->batch = (int)x; }
     else if (!strcmp(opt, "--threads"))       { bad = parse_int(val, 1, 256, &x); a->threads = (int)x; }
     else if (!strcmp(opt, "--windows"))       { bad = parse_int(val, 1, 1000, &x); a->windows = (int)x; }
     else if (!strcmp(opt, "--seq-step-ms"))   { bad = parse_int(val, 1, (long)1e15, &x); a->seq_step_ms = x; }

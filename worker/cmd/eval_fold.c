@@ -170,18 +170,20 @@ static void publish(eval_fold *ef, uint64_t key, const char *id)
 }
 
 void hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *views, int n,
-                        hl_ranker *rk)
+                        hl_ranker *rk, int use_b)
 {
     float *x = ef->X;
     int k = 0;
+    int32_t row[HL_EVAL_MAX_BATCH];
     for (int b = 0; b < n; b++) {
-        if (ef->ic.n && ev[b].item >= 0)
-            hl_item_counts_add(&ef->ic, ev[b].item, ev[b].w, ev[b].ts_ms);
+        row[b] = use_b ? ev[b].item_b : ev[b].item;
+        if (ef->ic.n && row[b] >= 0)
+            hl_item_counts_add(&ef->ic, row[b], ev[b].w, ev[b].ts_ms);
         ef->now = ev[b].ts_ms > ef->now ? ev[b].ts_ms : ef->now;
     }
     int all = ef->lift_all;
     for (int b = 0; b < n; b++)
-        if (ev[b].item < 0 || all) {
+        if (row[b] < 0 || all) {
             hl_encoder_features(ef->net.n_heads, ef->dim, views[b].s, views[b].m, x);
             x += ef->in_dim;
             k++;
@@ -192,7 +194,7 @@ void hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *view
     for (int b = 0, j = 0; b < n; b++) {
         if (all)
             hl_foldin_baseline_add(ef->f, Q + (size_t)j * ef->dim, ev[b].w, ev[b].ts_ms);
-        if (ev[b].item >= 0) {
+        if (row[b] >= 0) {
             j += all;
             continue;
         }

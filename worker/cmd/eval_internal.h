@@ -24,6 +24,7 @@
 #define DEFAULT_K        10
 #define DEFAULT_HISTORY  32
 #define DEFAULT_BATCH    256
+#define HL_EVAL_MAX_BATCH 4096    /* --batch at most */
 #define DEFAULT_WINDOWS  10
 #define PROGRESS_MS      2000
 
@@ -249,12 +250,13 @@ int     hl_eval_fold_create(eval_fold **out, const hl_model *m, const eval_args 
 void    hl_eval_fold_destroy(eval_fold *ef);                /* NULL is a no-op */
 /* The ranker row of the unknown item with key, or -1 (no vectors yet). */
 int32_t hl_eval_fold_row(const eval_fold *ef, uint64_t key);
+const float *hl_eval_fold_e_in(const eval_fold *ef, uint64_t key);   /* NULL: none */
 /* After a batch ev[0..n) was scored with views (each user's state just
  * before its event): folds its unknown-item events in, and gives rk the
- * side rows when they changed. */
-const float *hl_eval_fold_e_in(const eval_fold *ef, uint64_t key);   /* NULL: none */
+ * side rows when they changed. use_b: the fold's model is --swap-model's,
+ * whose rows the events name in item_b. */
 void    hl_eval_fold_batch(eval_fold *ef, const ev_rec *ev, const hl_row_view *views,
-                           int n, hl_ranker *rk);
+                           int n, hl_ranker *rk, int use_b);
 /* Prints `,"foldin":{...}` on stdout. */
 void    hl_eval_fold_print(const eval_fold *ef);
 

@@ -164,7 +164,7 @@ static int preq_alloc(preq_run *pr, char *errbuf, size_t errlen)
     if (pr->m && (pr->rk = hl_ranker_create(pr->m, &ro, errbuf, errlen)) == NULL)
         return HL_EINVAL;
     pr->n_items = pr->m ? hl_model_info_get(pr->m)->n_items : 0;
-    if (pr->m && a->foldin > 0 && !a->swap_m &&
+    if (pr->m && a->foldin > 0 &&
         hl_eval_fold_create(&pr->fold, pr->m, a, 100000, errbuf, errlen) != 0)
         return HL_EINVAL;
     pr->extra = calloc((size_t)a->batch, sizeof *pr->extra);
@@ -425,7 +425,7 @@ static int preq_batch(preq_run *pr, int64_t first, int n, char *errbuf, size_t e
     cap_folded(pr, n);
     preq_score(pr, first, n);
     if (pr->fold)
-        hl_eval_fold_batch(pr->fold, &pr->d->ev[first], pr->views, n, pr->rk);
+        hl_eval_fold_batch(pr->fold, &pr->d->ev[first], pr->views, n, pr->rk, pr->use_b);
     return 0;
 }
 
@@ -638,7 +638,15 @@ static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, 
     hl_ranker_destroy(pr->rk);
     if ((pr->rk = hl_ranker_create(b, &ro, errbuf, errlen)) == NULL)
         return HL_EINVAL;
+    /* --foldin: as the worker's fold-in (worker/fold.h), a new accumulator
+     * in B's space; what A's had folded is dropped (B knows every item
+     * seen before its cut) */
+    hl_eval_fold_destroy(pr->fold);
+    pr->fold = NULL;
+    if (pr->a->foldin > 0 && hl_eval_fold_create(&pr->fold, b, pr->a, 100000, errbuf, errlen) != 0)
+        return HL_EINVAL;
     pr->m = b;
+    pr->n_items = hl_model_info_get(b)->n_items;      /* side rows after B's */
     pr->use_b = 1;
     return 0;
 }

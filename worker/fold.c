@@ -478,6 +478,10 @@ void hl_foldin_local_resolve(hl_wfoldin *wf, hl_foldin_local *loc, const hl_mode
 {
     if (loc->n == 0)
         return;
+    if (loc->gen != NULL && loc->gen->m != m) {     /* never after a flush */
+        gen_release(loc->gen);
+        loc->gen = NULL;
+    }
     if (loc->gen == NULL)           /* held until the flush */
         loc->gen = gen_acquire(wf, m);
     if (loc->gen == NULL || local_shape(loc, loc->gen) != 0 || users_room(loc, loc->n) != 0) {

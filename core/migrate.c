@@ -461,7 +461,8 @@ static float entry_weight(const hl_migration *mg, const hl_row_view *v, int k)
  * item from knew (its e_new - e_old M, or -e_old M when to drops it),
  * to's e_in for one only to knows (found by key), NULL for nothing (an
  * item neither knows, or an added one: its share stays in s and goes
- * through M). *in_to: the event counts in to's masses (a rebuild). */
+ * through M). *in_to: an item from did not know and to does, so the
+ * event now counts in the masses too (as it does in to's own state). */
 static const float *entry_vector(const hl_migration *mg, const hl_row_edit *e, int k,
                                  int *in_to)
 {
@@ -484,6 +485,9 @@ typedef struct gather {
     float        c[HL_MAX_HEADS];       /* w f_h per head */
     int32_t     *item;                  /* the ring's item, still from's row: */
     int32_t      from_row;              /* set to row_map[from_row] when added */
+    float       *m;                     /* the row's masses: c leaves them when
+                                           to drops the item (its share of s is
+                                           taken out with -e_old M) */
 } gather;
 
 #define GATHER_MAX   256    /* events listed per pass: 16 KB of stack */
@@ -527,11 +531,12 @@ static int list_entry(const hl_migration *mg, hl_row_edit *e, int k, float *acc,
     hl_decay_factors(&mg->decay, dt > 0 ? dt : 0, f);
     for (int h = 0; h < mg->n_heads; h++) {
         g->c[h] = w * f[h];
-        if (in_to && mg->rebuild)
+        if (in_to)
             e->m[h] += g->c[h];
     }
     g->x = x;
     g->acc = acc;
+    g->m = e->m;
     return 1;
 }
 
@@ -572,6 +577,13 @@ HL_PREFETCH_FN void prefetch_gather(const hl_migration *mg, const gather *g)
         __builtin_prefetch(mg->row_map + g->from_row);
 }
 
+/* m -= c, never below 0 (the rounding of a mass made of that event alone). */
+static void drop_mass(float *m, const float *c, int nh)
+{
+    for (int h = 0; h < nh; h++)
+        m[h] = m[h] > c[h] ? m[h] - c[h] : 0.0f;
+}
+
 /* acc += c x for each listed event, and its ring item mapped; what the
  * event GATHER_AHEAD later reads is already asked for, so its misses
  * overlap this work. */
@@ -583,8 +595,8 @@ static void accumulate(const hl_migration *mg, const gather *g, int ng)
         if (j + GATHER_AHEAD < ng)
             prefetch_gather(mg, &g[j + GATHER_AHEAD]);
         axpy_heads(g[j].acc, g[j].c, mg->n_heads, g[j].x, mg->dim);
-        if (g[j].item != NULL)
-            *g[j].item = mg->row_map[g[j].from_row];
+        if (g[j].item != NULL && (*g[j].item = mg->row_map[g[j].from_row]) < 0)
+            drop_mass(g[j].m, g[j].c, mg->n_heads);
     }
 }
 
@@ -743,7 +755,8 @@ static void prefetch_pair(const hl_migration *mg, const hl_row_view *v, int i, s
  * oldest event by time (0 for an empty ring): with events in time order,
  * every event older than the ring is at least that old. */
 static double split_ring(const hl_migration *mg, const hl_row_view *v, float *rem,
-                         float *rmass, float *acc, float *ring_m, int32_t *out_item)
+                         float *rmass, float *acc, float *ring_m, float *adj_m,
+                         int32_t *out_item)
 {
     int na = mg->decay_from.n_heads, nb = mg->n_heads, da = mg->dim_from;
     size_t w_pair = (size_t)da + (size_t)mg->dim;
@@ -772,10 +785,15 @@ static double split_ring(const hl_migration *mg, const hl_row_view *v, float *re
         int32_t to = from_knows ? mg->row_map[item]
                                 : v->hist_key ? key_find(mg, v->hist_key[k]) : -1;
         hl_decay_factors(&mg->decay, dt, f);
+        /* the masses follow what s' counts: + an item only to knows, - one
+         * to drops (as in place, hl_migration_rows) */
+        float sign = !from_knows && item != HL_ITEM_ADDED && to >= 0 ? 1.0f
+                   : from_knows && to < 0 ? -1.0f : 0.0f;
         for (int h = 0; h < nb; h++) {
             c[h] = w * f[h];
             if (from_knows || item == HL_ITEM_ADDED)    /* in the old masses */
                 ring_m[h] += c[h];
+            adj_m[h] += sign * c[h];
         }
         /* an added item's share stays in the remainder (as in place) */
         if (to >= 0 && item != HL_ITEM_ADDED)
@@ -795,11 +813,11 @@ static void reshape_row(const hl_migration *mg, const hl_row_view *v, float *s, 
 {
     int na = mg->decay_from.n_heads, nb = mg->n_heads, da = mg->dim_from, db = mg->dim;
     float *rem = scratch, *rv = rem + (size_t)na * da, *acc = rv + (size_t)nb * da;
-    float rmass[HL_MAX_HEADS], ring_m[HL_MAX_HEADS] = {0};
+    float rmass[HL_MAX_HEADS], ring_m[HL_MAX_HEADS] = {0}, adj_m[HL_MAX_HEADS] = {0};
     memcpy(rem, v->s, sizeof *rem * (size_t)na * da);
     memcpy(rmass, v->m, sizeof *rmass * (size_t)na);
     memset(acc, 0, sizeof *acc * (size_t)nb * db);
-    double a0 = split_ring(mg, v, rem, rmass, acc, ring_m, out_item);
+    double a0 = split_ring(mg, v, rem, rmass, acc, ring_m, adj_m, out_item);
     for (int h = 0; h < nb; h++) {
         int o = same_half_life(&mg->decay_from, mg->decay.half_life_ms[h]);
         float *out = rv + (size_t)h * da;
@@ -809,6 +827,7 @@ static void reshape_row(const hl_migration *mg, const hl_row_view *v, float *s, 
         } else {
             m[h] = between(mg, rem, rmass, v->m, mg->decay.lambda_per_ms[h], a0, out) + ring_m[h];
         }
+        m[h] = m[h] + adj_m[h] > 0.0f ? m[h] + adj_m[h] : 0.0f;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, db, da, 1.0f,
                 rv, da, mg->m, db, 1.0f, acc, db);

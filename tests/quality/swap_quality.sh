@@ -39,7 +39,11 @@
 # Not part of make test: training takes minutes.
 # Seven trainings (seeds 1-7, README "Daily retrain"): ring 32 sums to
 #   738/1006/1054/1026 (-2.7%), ring 128 1041 (-1.2%); seed 7 misses by
-#   more than its interval at both.
+#   more than its interval at both. Since masses follow the heads
+#   (2026-12-05, schemas/model.md) ring 32 gives 1033 (-1.99%), and with
+#   the worker's default fold-in (HL_SWAPQ_EVAL="--foldin 2") 779/1022/
+#   1068/1045 (-2.2%; before the masses 1026, -3.9%, and without exclusion
+#   -11.3%, now +0.1%).
 # Since 2026-12-05 each model is trained on the events before its cut only
 # (time_cut.py; HL_SWAPQ_CUT=0 for the protocol the figures below up to
 # "Where migrated differs" were measured with). Measured then, same, ring

@@ -31,8 +31,8 @@ typedef struct fold_pub {
                                        sums taken under mu: dim */
 } fold_pub;
 
-/* The accumulator of one served model (DESIGN.md 11, "Fold-in across a
- * model swap"): its sums are of that model's queries and its map is fitted
+/* The accumulator of one served model (DESIGN.md section 11; README
+ * "Fold-in", across a live model swap): its sums are of that model's queries and its map is fitted
  * over that model's items, so a swap starts a new one (hl_wfoldin_rebind).
  * Counted references: the worker's (the current generation) and each
  * thread's from its batch's resolve to its flush; the last release frees

@@ -19,7 +19,6 @@ followed swaps, every unknown-item event after the swap was counted in
 halflife_foldin_skipped_total and new-2 was never published.
 """
 import os
-import shutil
 import sys
 import tempfile
 
@@ -135,26 +134,22 @@ def main():
         print("SKIP foldin_swap: %s" % why)
         return 0
     tmp = tempfile.mkdtemp(prefix="hl_foldin_swap_")
-    failed = [0]
+    failed = []
 
     class Ck:
         def check(self, name, ok, why):
             print(("PASS foldin_swap.%s" % name) if ok else
                   ("FAIL foldin_swap.%s: %s (logs in %s)" % (name, why, tmp)))
-            failed[0] += 0 if ok else 1
+            if not ok:
+                failed.append(name)
+    ck = Ck()
     broker = U.Broker(2, ["behaviour-events", "recommendations", "behaviour-events.dlq", "items"],
                       os.path.join(tmp, "broker.log"))
     try:
-        body(Ck(), tmp, broker.bootstrap)
-    except Exception as e:  # noqa: BLE001
-        import traceback
-        traceback.print_exc()
-        Ck().check("ran", False, repr(e))
+        U.run_guarded(ck.check, body, ck, tmp, broker.bootstrap)
     finally:
         broker.stop()
-    if failed[0] == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failed[0] else 0
+    return U.end_run(tmp, failed)
 
 
 if __name__ == "__main__":

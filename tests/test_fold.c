@@ -327,6 +327,39 @@ static void test_rebind_follows_the_swap(void)
     hl_model_close(m1);
 }
 
+/* A thread that resolved its notes under m1 flushes them after the
+ * rebind to m2: its sums go to m1's generation, which no longer serves,
+ * and halflife_foldin_items stays m2's count (0), not m1's. */
+static void test_items_gauge_is_the_serving_models(void)
+{
+    static fixture fx;
+    char err[256];
+    CHECK(fixture_init(&fx) == 0);
+    if (fx.rk == NULL)
+        return;
+    batch(&fx);
+    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);
+    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
+    hl_foldin_local_flush(fx.wf, &fx.loc);
+    double before = hl_metrics_gauge_sum(fx.reg, "halflife_foldin_items");
+    CHECKF(before > 0, "no folded item before the swap (%g)", before);
+    hl_model *m2 = model_open(err, sizeof err);
+    CHECK(m2 != NULL);
+    if (m2 == NULL)
+        return;
+    batch(&fx);
+    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);  /* resolved under m1 ... */
+    CHECK(fx.loc.gen != NULL);
+    CHECK(hl_wfoldin_rebind(fx.wf, m2, err, sizeof err) == 0);
+    CHECK(hl_metrics_gauge_sum(fx.reg, "halflife_foldin_items") == 0);
+    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
+    hl_foldin_local_flush(fx.wf, &fx.loc);          /* ... flushed after the swap */
+    double after = hl_metrics_gauge_sum(fx.reg, "halflife_foldin_items");
+    CHECKF(after == 0, "halflife_foldin_items %g after the swap: the old model's count", after);
+    fixture_free(&fx);
+    hl_model_close(m2);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -334,5 +367,6 @@ int main(void)
     RUN(test_without_refresh_the_encoder_fills);
     RUN(test_other_model_folds_nothing);
     RUN(test_rebind_follows_the_swap);
+    RUN(test_items_gauge_is_the_serving_models);
     return t_n_failed ? 1 : 0;
 }

@@ -188,6 +188,7 @@ int hl_wfoldin_rebind(hl_wfoldin *wf, const hl_model *m, char *errbuf, size_t er
     pthread_mutex_lock(&wf->gen_mu);
     fold_gen *old = wf->cur;
     wf->cur = g;
+    hl_gauge_set(wf->g_items, 0);
     pthread_mutex_unlock(&wf->gen_mu);
     int64_t dropped = 0;
     if (old != NULL) {
@@ -197,7 +198,6 @@ int hl_wfoldin_rebind(hl_wfoldin *wf, const hl_model *m, char *errbuf, size_t er
         pthread_mutex_unlock(&old->mu);
         dropped = st.items;
     }
-    hl_gauge_set(wf->g_items, 0);
     hl_log(HL_LOG_INFO, "foldin_rebound", "items_dropped=%lld dim=%d "
            "note=\"new items' sums start again in the new model's space; an item already "
            "on the item topic is sent again at twice its count there\"",
@@ -620,7 +620,13 @@ static void note_stats(hl_wfoldin *wf, fold_gen *g)
         hl_counter_add(wf->c_evicted, st.evicted - g->evicted_seen);
         g->evicted_seen = st.evicted;
     }
-    hl_gauge_set(wf->g_items, st.items);
+    /* A thread that resolved its notes before a swap flushes them into
+     * the old generation; the gauge is the serving one's (rebind set it
+     * to 0), so the old one's count must not put it back. */
+    pthread_mutex_lock(&wf->gen_mu);
+    if (wf->cur == g)
+        hl_gauge_set(wf->g_items, st.items);
+    pthread_mutex_unlock(&wf->gen_mu);
 }
 
 static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,

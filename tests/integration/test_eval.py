@@ -370,7 +370,9 @@ def test_swap_with_foldin():
     file's 40 items, the unknown ones are folded in again after the swap
     and take places in the lists scored after it; swapped to one that
     knows all 40, nothing is folded after the swap (an item B knows is
-    B's row, never a folded side row)."""
+    B's row, never a folded side row). Either way the migrated heads are
+    as long as their masses allow (users whose events before the swap were
+    all on items only B knows kept a mass of 0 under B's vectors once)."""
     a = hlm.random_model(20, 8, n_heads=3, hidden=(16,), seed=11)
     a.item_ids = [f"i{j}" for j in range(20)]
     b = hlm.random_model(40, 8, n_heads=3, hidden=(16,), seed=12)
@@ -386,6 +388,11 @@ def test_swap_with_foldin():
     known = run(*base, "--swap-model", pb)
     assert known["model"]["n"] == again["model"]["n"], (known["model"], again["model"])
     assert known["foldin_list_places"] == 0, known
+    for r in (again, known):
+        means = r["swap_head_means"]
+        assert means["before"]["inconsistent_heads"] == 0, means
+        assert means["after"]["inconsistent_heads"] == 0, means
+        assert 0 < means["after"]["max"] < 10 * means["before"]["max"], means
 
 
 def time_at(f):

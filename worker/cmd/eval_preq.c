@@ -12,6 +12,7 @@
  * before it (earlier events of the same batch applied), and the copies are
  * refreshed in one call, which is exact and keeps the SGEMM busy. Reported
  * overall and per tenth of the stream (--windows). */
+#include "encoder.h"
 #include "eval_internal.h"
 #include "log.h"
 #include "migrate.h"
@@ -45,6 +46,17 @@ typedef struct swap_diag {
     double err_unknown;     /* the part of err from items only B knows */
     int    users, ok;
 } swap_diag;
+
+/* The head means the encoder reads, s_h / max(m_h, eps), over every live
+ * row: the median and the largest of each row's largest. And the heads
+ * whose sum is longer than their mass allows: s_h is a sum of c_i e_in[i]
+ * and m_h the sum of the c_i, so ||s_h|| <= m_h max_i ||e_in[i]||; the map
+ * M of a migration bends that a little, a mass left behind its heads
+ * (stop 31's defect: m_h 0 under a full s_h) breaks it by orders. */
+typedef struct head_means {
+    double  median, max;
+    int64_t inconsistent;       /* ||s_h|| > 2 m_h max ||e_in|| */
+} head_means;
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -87,6 +99,7 @@ typedef struct preq_run {
     int              fit_shared;        /* the swap's map: items it was fitted on, */
     double           fit_residual;      /* and its relative residual */
     swap_diag        diag;
+    head_means       means_before, means_after;   /* the swap's, under A and B */
     int32_t         *user_n, *user_hits;  /* (users) --per-user: scored, hit */
     FILE            *targets;           /* --per-target, written as scored */
     eval_rings       rings;             /* each user's ring after the full stream */
@@ -480,6 +493,12 @@ static void preq_print(const preq_run *pr, double seconds)
         printf(",\"swap\":{\"at_ts_ms\":%lld,\"users_migrated\":%lld,\"fit_shared\":%d,"
                "\"fit_residual\":%.4f}", (long long)pr->t_swap, (long long)pr->migrated,
                pr->fit_shared, pr->fit_residual);
+    if (pr->a->swap_m)
+        printf(",\"swap_head_means\":{\"before\":{\"median\":%.4g,\"max\":%.4g,"
+               "\"inconsistent_heads\":%lld},\"after\":{\"median\":%.4g,\"max\":%.4g,"
+               "\"inconsistent_heads\":%lld}}", pr->means_before.median, pr->means_before.max,
+               (long long)pr->means_before.inconsistent, pr->means_after.median,
+               pr->means_after.max, (long long)pr->means_after.inconsistent);
     if (pr->diag.ok)
         printf(",\"swap_longest_head\":{\"err_vs_full\":%.4f,\"err_vs_full_median_user\":%.4f,"
                "\"ring_share_of_full\":%.4f,\"err_items_only_new\":%.4f,\"users\":%d}",
@@ -612,6 +631,57 @@ static void swap_diagnose(preq_run *pr, const hl_migration *mg, const hl_model *
     free(full); free(err); free(ring); free(rel); free(seen); free(unk);
 }
 
+static double max_row_norm(const hl_model *m)
+{
+    const hl_model_info *mi = hl_model_info_get(m);
+    const float *e = hl_model_e_in(m);
+    double best = 0;
+    for (size_t r = 0; r < (size_t)mi->n_items; r++) {
+        double ss = 0;
+        for (int j = 0; j < mi->dim; j++)
+            ss += (double)e[r * mi->dim + j] * e[r * mi->dim + j];
+        best = ss > best ? ss : best;
+    }
+    return sqrt(best);
+}
+
+static head_means measure_head_means(const hl_table *tbl, const hl_model *m)
+{
+    const hl_model_info *mi = hl_model_info_get(m);
+    int nh = mi->n_heads, dim = mi->dim;
+    double bound = 2 * max_row_norm(m);
+    head_means hm = {0};
+    size_t n = 0, cap = 1024;
+    double *v = malloc(sizeof *v * cap);
+    hl_row_view rv;
+    for (uint32_t r = hl_table_next_live(tbl, 0); v != NULL && r != UINT32_MAX;
+         r = hl_table_next_live(tbl, r + 1)) {
+        hl_table_view(tbl, r, &rv);
+        double largest = 0;
+        for (int h = 0; h < nh; h++) {
+            double ss = 0;
+            for (int j = 0; j < dim; j++)
+                ss += (double)rv.s[(size_t)h * dim + j] * rv.s[(size_t)h * dim + j];
+            hm.inconsistent += sqrt(ss) > bound * fmax(rv.m[h], 0) + 1e-30;
+            double mean = sqrt(ss) / fmax(rv.m[h], HL_ENCODER_EPS);
+            largest = mean > largest ? mean : largest;
+        }
+        if (n == cap) {
+            double *grown = realloc(v, sizeof *v * cap * 2);
+            if (grown == NULL) break;
+            v = grown; cap *= 2;
+        }
+        v[n++] = largest;
+    }
+    if (v != NULL && n > 0) {
+        qsort(v, n, sizeof *v, cmp_double);
+        hm.median = v[n / 2];
+        hm.max = v[n - 1];
+    }
+    free(v);
+    return hm;
+}
+
 /* The swap: every user's state into --swap-model (the worker's migration),
  * which ranks from now on. */
 static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, size_t errlen)
@@ -627,7 +697,9 @@ static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, 
     if (mg == NULL)
         return HL_EINVAL;
     swap_diagnose(pr, mg, b, first, i_swap);
+    pr->means_before = measure_head_means(pr->tbl, pr->m);
     pr->migrated = hl_migration_table(mg, pr->tbl);
+    pr->means_after = measure_head_means(pr->tbl, b);
     pr->fit_residual = hl_migration_residual(mg);
     pr->fit_shared = hl_migration_shared(mg);
     hl_migration_destroy(mg);

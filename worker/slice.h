@@ -13,7 +13,7 @@
  * share of the CPU: the weight (nice) is unchanged. A slice is inherited
  * by threads created afterwards, which is how librdkafka's threads get it.
  * Off by default: on a shared 2-core machine one set of A/B runs showed a
- * gain and a second set, with the key built, did not (README, issue 14). */
+ * gain and a second set, with the key built, did not (tests/bench/RESULTS.md). */
 #ifndef HL_SLICE_H
 #define HL_SLICE_H
 

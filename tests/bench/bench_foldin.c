@@ -34,7 +34,8 @@
  * microsecond span is rarely preempted). `--unknown P` sets the
  * share of unknown-item events (default 0.01). `steps_ns`: fold-in's
  * steps one by one (medians, by the TSC: the resolve, the four takes, the
- * fill, the flush), to show which one a change moves. README "Fold-in".
+ * fill, the flush), to show which one a change moves. tests/bench/RESULTS.md,
+ * "Fold-in's cost".
  *
  * `--scan N`: the publication's scan instead (hl_foldin_vectors_from: the
  * mean query of a new item's users scored against N model items with one

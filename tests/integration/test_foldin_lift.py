@@ -1,5 +1,5 @@
 """test_foldin_lift.py - catalogue.foldin.lift decides what a worker
-publishes and lists (README, "The lift"), as separate processes over TCP:
+publishes and lists (tests/quality/RESULTS.md, "The lift"), over TCP:
 a `halflife broker` and `halflife run` per phase, events produced by
 python3-confluent-kafka with python3-avro, the item topic and the lists
 read back with python3-avro.

@@ -30,7 +30,7 @@
 # (overfits after epoch 13); --dim 256 0.0855 / 0.0822 / 0.0834 over seeds
 # 1-3, mean 0.0837 against 0.0835, for twice the serving cost; --l2 0.01
 # mean 0.0840, --ema 0.999 mean 0.0836, --negatives 1024 0.0819 / 0.0829
-# (seeds 1-3, README).
+# (seeds 1-3, tests/quality/RESULTS.md "Beauty").
 set -u
 name=test_quality
 if [ -z "${HL_DATASETS:-}" ]; then

@@ -264,6 +264,19 @@ if "same" in protocols and "own" in protocols:
             ok = False
 for proto in protocols:
     h = report(proto)
+    # The migrated heads must be no longer than their masses allow (eval's
+    # swap_head_means): stop 31's defect left masses of 0 under full heads.
+    hm = json.load(open("%s/migrated.%s.json" % (tmp, proto))).get("swap_head_means")
+    if hm:
+        print("  %-9s head means before / after the swap: median %.3g / %.3g, largest "
+              "%.3g / %.3g, inconsistent heads %d / %d" % (
+                  proto, hm["before"]["median"], hm["after"]["median"], hm["before"]["max"],
+                  hm["after"]["max"], hm["before"]["inconsistent_heads"],
+                  hm["after"]["inconsistent_heads"]))
+        if hm["after"]["inconsistent_heads"]:
+            print("FAIL check: %d migrated heads are longer than their masses allow"
+                  % hm["after"]["inconsistent_heads"])
+            ok = False
     mg, bf, bs, a = h["migrated"], h["B_full"], h["B_short"], h["A"]
     met = mg >= 0.98 * bf and mg > a and mg > bs
     ok = ok and (met or proto != protocols[0])

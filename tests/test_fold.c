@@ -151,6 +151,16 @@ static void batch(fixture *fx)
     hl_shard_apply(fx->sh, fx->m, &dup, &failed);
 }
 
+/* One batch folded whole under the fixture's model: noted, filled (from
+ * rk's refresh queries, or the encoder's with rk NULL) and flushed. */
+static void fold_batch(fixture *fx, hl_ranker *rk)
+{
+    batch(fx);
+    hl_foldin_local_resolve(fx->wf, &fx->loc, fx->m);
+    hl_foldin_local_fill(fx->wf, &fx->loc, fx->sh, rk);
+    hl_foldin_local_flush(fx->wf, &fx->loc);
+}
+
 /* The refresh of the first half of the dirty rows, as publish.c runs it
  * (fold-in takes their queries); the other half waits, as a gated user
  * does. */
@@ -236,10 +246,7 @@ static void test_without_refresh_the_encoder_fills(void)
     CHECK(fixture_init(&fx) == 0);
     if (fx.rk == NULL)
         return;
-    batch(&fx);
-    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);
-    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, NULL);
-    hl_foldin_local_flush(fx.wf, &fx.loc);
+    fold_batch(&fx, NULL);
     hl_foldin *ref = reference(&fx);
     float got[DIM], want[DIM];
     double m_got = -1, m_want = -2;
@@ -282,10 +289,7 @@ static void test_rebind_follows_the_swap(void)
     CHECK(fixture_init(&fx) == 0);
     if (fx.rk == NULL)
         return;
-    batch(&fx);
-    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);
-    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
-    hl_foldin_local_flush(fx.wf, &fx.loc);
+    fold_batch(&fx, fx.rk);
     float S[DIM];
     double M;
     CHECK(hl_wfoldin_sums(fx.wf, "new-1", 5, S, &M) == 0);
@@ -337,10 +341,7 @@ static void test_items_gauge_is_the_serving_models(void)
     CHECK(fixture_init(&fx) == 0);
     if (fx.rk == NULL)
         return;
-    batch(&fx);
-    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);
-    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
-    hl_foldin_local_flush(fx.wf, &fx.loc);
+    fold_batch(&fx, fx.rk);
     double before = hl_metrics_gauge_sum(fx.reg, "halflife_foldin_items");
     CHECKF(before > 0, "no folded item before the swap (%g)", before);
     hl_model *m2 = model_open(err, sizeof err);

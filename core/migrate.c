@@ -13,7 +13,7 @@
  * so the ring's part is exact and only what is older than the ring goes
  * through M. With identical models M = I and R_old = R_new: s' = s up to
  * rounding. Models are borrowed and must outlive the migration. */
-#include "migrate.h"
+#include "migrate_internal.h"
 
 #include "index.h"
 
@@ -29,31 +29,6 @@ extern void sgelsd_(const int *m, const int *n, const int *nrhs, float *a,
                     const float *rcond, int *rank, float *work,
                     const int *lwork, int *iwork, int *info);
 
-struct hl_migration {
-    const hl_model *from, *to;
-    hl_decay  decay;
-    int       dim, n_heads, n_shared;
-    double    residual;       /* ||E_from M - E_to||_F / ||E_to||_F, shared items */
-    float     tw[HL_N_TYPES];
-    float    *m;              /* (dim_from, dim); dim_from == dim but in a reshape */
-    float    *delta;          /* (n_from, dim): e_to[row_map[r]] - e_from[r] M, or
-                                 -e_from[r] M for an item to drops */
-    size_t    delta_bytes;    /* its mapping (hl_map_huge) */
-    int32_t  *row_map;        /* from's n_items: to's row or -1 */
-    int32_t   n_from, n_to;
-    uint64_t *key_slot;       /* to's items by hl_item_key: open addressing */
-    int32_t  *key_row;        /* of (key, row), key 0 empty */
-    size_t    key_mask;
-    int       rebuild;        /* no from: heads and masses from the ring alone */
-    int       reshape;        /* from's state shape (dim, heads, half-lives) is not
-                                 to's: rows move into another table (row_into) */
-    int       dim_from;       /* from's dim; M is (dim_from, dim) */
-    hl_decay  decay_from;     /* from's heads (a reshape; else decay is both's) */
-    const float *e_from, *e_to;
-    float    *pair;           /* a reshape: (n_from, dim_from + dim), from's e_in
-                                 row then to's row of the same item (0s if none) */
-    size_t    pair_bytes;     /* its mapping (hl_map_huge) */
-};
 
 /* ---- the fit ------------------------------------------------------------ */
 
@@ -145,7 +120,7 @@ static int index_keys(hl_migration *mg)
 }
 
 /* to's row of an item key, -1 when to does not know it (or key 0). */
-static int32_t key_find(const hl_migration *mg, uint64_t k)
+int32_t hl_mig_key_find(const hl_migration *mg, uint64_t k)
 {
     if (k == 0)
         return -1;
@@ -315,6 +290,7 @@ static hl_migration *create(const hl_model *from, const hl_model *to,
         goto fail;
     *mg = (hl_migration){.from = from, .to = to, .decay = to_decay, .decay_from = from_decay,
                          .dim = b->dim, .dim_from = a->dim, .reshape = reshape,
+                         .local = HL_MIG_LOCAL,
                          .n_heads = b->n_heads, .n_from = a->n_items, .n_to = b->n_items,
                          .e_from = hl_model_e_in(from), .e_to = hl_model_e_in(to)};
     memcpy(mg->tw, tw, sizeof mg->tw);
@@ -353,6 +329,11 @@ hl_migration *hl_migration_create_any(const hl_model *from, const hl_model *to,
 }
 
 int hl_migration_reshapes(const hl_migration *mg) { return mg->reshape; }
+
+void hl_migration_set_local(hl_migration *mg, float kappa)
+{
+    mg->local = kappa > 0 && isfinite(kappa) ? kappa : 0.0f;
+}
 
 hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES],
                                    char *errbuf, size_t errlen)
@@ -425,7 +406,7 @@ AXPY_HEADS(__attribute__((target("avx2"))), _avx2)
 #define HAVE_AVX2 1
 #endif
 
-static void axpy_heads(float *restrict y, const float *c, int nh,
+void hl_mig_axpy_heads(float *restrict y, const float *c, int nh,
                        const float *restrict x, int d)
 {
 #ifdef HAVE_AVX2
@@ -444,12 +425,12 @@ static int32_t new_row(const hl_migration *mg, const hl_row_edit *e, int k)
     int32_t item = e->hist_item[k];
     if (!mg->rebuild && item >= 0 && item < mg->n_from)
         return mg->row_map[item];
-    return e->v.hist_key ? key_find(mg, e->v.hist_key[k]) : -1;
+    return e->v.hist_key ? hl_mig_key_find(mg, e->v.hist_key[k]) : -1;
 }
 
 /* The weight entry k was applied with; a ring restored from a format-1
  * snapshot does not know it: the type's weight then (model.md). */
-static float entry_weight(const hl_migration *mg, const hl_row_view *v, int k)
+float hl_mig_entry_weight(const hl_migration *mg, const hl_row_view *v, int k)
 {
     float w = v->hist_w ? v->hist_w[k] : NAN;
     if (w == w)
@@ -477,8 +458,17 @@ static const float *entry_vector(const hl_migration *mg, const hl_row_edit *e, i
     return to >= 0 ? mg->e_to + (size_t)to * mg->dim : NULL;
 }
 
+/* A row's ring masses per head, for the local correction (rows_end). */
+typedef struct ring_mass {
+    float m0[HL_MAX_HEADS];             /* the row's masses before the migration */
+    float rem[HL_MAX_HEADS];            /* m0 less the ring's events from knew:
+                                           the remainder's mass */
+    float kept[HL_MAX_HEADS];           /* the ring's events from knew */
+} ring_mass;
+
 /* One ring event's share of its row's correction: acc += c x, x a
- * gathered row (delta or to's e_in). */
+ * gathered row: a delta (into the row's deltas, scaled at the end:
+ * rows_end) or to's e_in (into the row's heads). */
 typedef struct gather {
     const float *x;
     float       *acc;                   /* the row's (n_heads, dim) in scratch */
@@ -516,26 +506,32 @@ static void map_entry(const hl_migration *mg, hl_row_edit *e, int k, gather *g)
 }
 
 /* Lists ring entry k of row e (nothing when it adds nothing: an item
- * neither model knows, or an added one) and maps its item (map_entry).
- * A rebuild adds the entry's masses to e->m (zeroed by the caller).
- * Returns 1 when it listed one. */
-static int list_entry(const hl_migration *mg, hl_row_edit *e, int k, float *acc, gather *g)
+ * neither model knows, or an added one) and maps its item (map_entry):
+ * a delta into the row's dacc, its c into rm (the local correction's
+ * masses), an item only to knows into acc. A rebuild adds the entry's
+ * masses to e->m (zeroed by the caller). Returns 1 when it listed one. */
+static int list_entry(const hl_migration *mg, hl_row_edit *e, int k, float *acc,
+                      float *dacc, ring_mass *rm, gather *g)
 {
     int in_to;
     const float *x = entry_vector(mg, e, k, &in_to);
     map_entry(mg, e, k, g);
     if (x == NULL)
         return 0;       /* g->item is NULL: only the delta path leaves one */
-    float f[HL_MAX_HEADS], w = entry_weight(mg, &e->v, k);
+    float f[HL_MAX_HEADS], w = hl_mig_entry_weight(mg, &e->v, k);
     int64_t dt = e->v.t_ref_ms - e->v.hist_ts_ms[k];
     hl_decay_factors(&mg->decay, dt > 0 ? dt : 0, f);
     for (int h = 0; h < mg->n_heads; h++) {
         g->c[h] = w * f[h];
         if (in_to)
             e->m[h] += g->c[h];
+        if (g->item != NULL) {          /* from knew it: not the remainder's */
+            rm->rem[h] -= g->c[h];
+            rm->kept[h] += g->c[h];
+        }
     }
     g->x = x;
-    g->acc = acc;
+    g->acc = g->item != NULL ? dacc : acc;
     g->m = e->m;
     return 1;
 }
@@ -544,7 +540,7 @@ static int list_entry(const hl_migration *mg, hl_row_edit *e, int k, float *acc,
  * order (row by row, oldest first, so each row's sum is added in the same
  * order as one row alone would add it). acc holds per floats per row. */
 static int collect(const hl_migration *mg, hl_row_edit *e, int n, walk *wk,
-                   float *acc, size_t per, gather *g)
+                   float *acc, float *dacc, ring_mass *rm, size_t per, gather *g)
 {
     int ng = 0;
     while (wk->r < n && ng < GATHER_MAX) {
@@ -555,7 +551,8 @@ static int collect(const hl_migration *mg, hl_row_edit *e, int n, walk *wk,
             continue;
         }
         int k = hl_row_hist_index(&er->v, wk->i++);
-        ng += list_entry(mg, er, k, acc + per * (size_t)wk->r, &g[ng]);
+        ng += list_entry(mg, er, k, acc + per * (size_t)wk->r, dacc + per * (size_t)wk->r,
+                         &rm[wk->r], &g[ng]);
     }
     return ng;
 }
@@ -594,7 +591,7 @@ static void accumulate(const hl_migration *mg, const gather *g, int ng)
     for (int j = 0; j < ng; j++) {
         if (j + GATHER_AHEAD < ng)
             prefetch_gather(mg, &g[j + GATHER_AHEAD]);
-        axpy_heads(g[j].acc, g[j].c, mg->n_heads, g[j].x, mg->dim);
+        hl_mig_axpy_heads(g[j].acc, g[j].c, mg->n_heads, g[j].x, mg->dim);
         if (g[j].item != NULL && (*g[j].item = mg->row_map[g[j].from_row]) < 0)
             drop_mass(g[j].m, g[j].c, mg->n_heads);
     }
@@ -605,32 +602,76 @@ void hl_migration_row(const hl_migration *mg, hl_row_edit *e, float *scratch)
     hl_migration_rows(mg, e, 1, scratch);
 }
 
-void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scratch)
+/* The local correction: M carries what is older than the ring with the
+ * fit's error, and a retrain moves the items one user touched much alike
+ * (their deltas agree more than the fit's residual over all items says).
+ * So each head's remainder also gets kappa times its mass times the mean
+ * delta of the ring's items the old model knew (an item the new one drops
+ * has delta = -e_old M: the remainder's own events on such items likely
+ * went the same way):
+ *   s' = s M + (1 + kappa rem_h / kept_h) sum_kept c delta + the rest,
+ * rem_h the head's mass older than the ring, kept_h the ring's mass of
+ * those items. kappa = HL_MIG_LOCAL: the error's minimum over kappa on
+ * taobao-sample (tests/quality/RESULTS.md, "Model swap"). A remainder at
+ * rounding level (hl_mig_usable()) gets none. Deciding an entry's buffer
+ * when it is listed keeps accumulate() free of the row_map read it waits
+ * for. */
+static void rows_end(const hl_migration *mg, float *acc, const float *dacc,
+                     const ring_mass *rm, int n)
+{
+    int d = mg->dim, nh = mg->n_heads;
+    for (int r = 0; r < n; r++)
+        for (int h = 0; h < nh; h++) {
+            const ring_mass *q = &rm[r];
+            float sc = 1.0f;
+            if (mg->local > 0 && q->kept[h] > 0 && hl_mig_usable(q->rem[h], q->m0[h]))
+                sc += mg->local * q->rem[h] / q->kept[h];
+            size_t o = ((size_t)r * nh + (size_t)h) * (size_t)d;
+            hl_mig_axpy_heads(acc + o, &sc, 1, dacc + o, d);   /* vectorised */
+        }
+}
+
+/* At most HL_MIG_ROWS rows (ring_mass on the stack). */
+static void rows_piece(const hl_migration *mg, hl_row_edit *e, int n, float *scratch)
 {
     int d = mg->dim, nh = mg->n_heads;
     size_t per = (size_t)nh * d;
-    float *old = scratch, *acc = scratch + per * (size_t)n;
+    float *dacc = scratch, *acc = scratch + per * (size_t)n;
+    ring_mass rm[HL_MIG_ROWS];
     gather g[GATHER_MAX];
     walk wk = {0, 0};
-    /* s' = (s - R_old) M + R_new = s M + sum_ring c (e_new - e_old M): old
-     * (n nh, d) gathers the heads, acc the ring's correction (listed, then
-     * added with the gathers prefetched), then one (n nh, d) x (d, d)
-     * product for all n rows adds s M to it (SGEMM runs far better on
-     * many rows than on three). */
-    memset(acc, 0, sizeof *acc * per * (size_t)n);
+    /* s' = (s - R_old) M + R_new = s M + sum_ring c (e_new - e_old M) (and
+     * the local correction, rows_end): the heads gathered into dacc, one
+     * (n nh, d) x (d, d) product for all n rows puts s M in acc (SGEMM
+     * runs far better on many rows than on three), then dacc is reused
+     * for the ring's deltas, listed and added with the gathers
+     * prefetched. */
     for (int r = 0; r < n; r++) {
+        memcpy(rm[r].m0, e[r].m, sizeof(float) * (size_t)nh);
+        memcpy(rm[r].rem, e[r].m, sizeof(float) * (size_t)nh);
+        memset(rm[r].kept, 0, sizeof rm[r].kept);
         if (!mg->rebuild)
-            memcpy(old + per * (size_t)r, e[r].s, sizeof *old * per);
+            memcpy(dacc + per * (size_t)r, e[r].s, sizeof *dacc * per);
         else            /* the ring alone: its masses too */
             memset(e[r].m, 0, sizeof(float) * (size_t)nh);
     }
-    for (int ng; (ng = collect(mg, e, n, &wk, acc, per, g)) > 0;)
-        accumulate(mg, g, ng);
     if (!mg->rebuild)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n * nh, d, d, 1.0f,
-                    old, d, mg->m, d, 1.0f, acc, d);
+                    dacc, d, mg->m, d, 0.0f, acc, d);
+    else
+        memset(acc, 0, sizeof *acc * per * (size_t)n);
+    memset(dacc, 0, sizeof *dacc * per * (size_t)n);
+    for (int ng; (ng = collect(mg, e, n, &wk, acc, dacc, rm, per, g)) > 0;)
+        accumulate(mg, g, ng);
+    rows_end(mg, acc, dacc, rm, n);
     for (int r = 0; r < n; r++)
         memcpy(e[r].s, acc + per * (size_t)r, sizeof(float) * per);
+}
+
+void hl_migration_rows(const hl_migration *mg, hl_row_edit *e, int n, float *scratch)
+{
+    for (int r = 0; r < n; r += HL_MIG_ROWS)
+        rows_piece(mg, e + r, n - r < HL_MIG_ROWS ? n - r : HL_MIG_ROWS, scratch);
 }
 
 int64_t hl_migration_table(const hl_migration *mg, hl_table *tbl)
@@ -659,240 +700,4 @@ int64_t hl_migration_table(const hl_migration *mg, hl_table *tbl)
     free(scratch);
     free(e);
     return done + n;
-}
-
-/* ---- into another shape ------------------------------------------------- */
-
-/* An old head's remainder is usable for another half-life when it is
- * clearly above the rounding of m - (ring's mass): rm is such a
- * difference, and a remainder at rounding level (a user whose whole
- * history is in the ring) must give nothing, not a scaled-up noise. */
-static int usable(float rm, float m)
-{
-    return isfinite(rm) && rm > 1e-5f * fabsf(m);
-}
-
-/* The remainder under lambda from one old head h alone: its mean vector
- * kept, its mass moved as if it all sat at age a0 (the ring's oldest
- * event's, a lower bound on every remainder event's age when events come
- * in time order): exact for a
- * remainder just older than the ring, and on the safe side otherwise
- * (an upper bound of the mass for a shorter half-life, a lower one for
- * a longer). out += scale x rem_h. */
-static float from_one(const hl_migration *mg, const float *rem, const float *rmass, int h,
-                      double lambda, double a0, float *out)
-{
-    int da = mg->dim_from;
-    double e = -(lambda - mg->decay_from.lambda_per_ms[h]) * a0;
-    float sc = (float)exp(e < 80 ? e : 80);
-    for (int j = 0; j < da; j++) out[j] = sc * rem[(size_t)h * da + j];
-    return sc * rmass[h];
-}
-
-/* The remainder (old space, da floats into out; its mass returned) of a
- * new head of rate lambda that no old head shares: between two old heads
- * (rates lo < lambda < hi), log-mass and mean vector interpolated linearly
- * in lambda (a remainder of one age a has log-mass log w - lambda a:
- * linear, so exact then); outside the old heads' range, the nearest one's
- * (from_one). m: the old masses (for usable()). */
-static float between(const hl_migration *mg, const float *rem, const float *rmass,
-                     const float *m, double lambda, double a0, float *out)
-{
-    const hl_decay *d = &mg->decay_from;
-    int lo = -1, hi = -1, da = mg->dim_from;
-    for (int h = 0; h < d->n_heads; h++) {
-        double l = d->lambda_per_ms[h];
-        if (l < lambda && (lo < 0 || l > d->lambda_per_ms[lo])) lo = h;
-        if (l > lambda && (hi < 0 || l < d->lambda_per_ms[hi])) hi = h;
-    }
-    int ok_lo = lo >= 0 && usable(rmass[lo], m[lo]), ok_hi = hi >= 0 && usable(rmass[hi], m[hi]);
-    if (ok_lo && ok_hi) {
-        double t = (lambda - d->lambda_per_ms[lo]) /
-                   (d->lambda_per_ms[hi] - d->lambda_per_ms[lo]);
-        double rm = exp((1 - t) * log(rmass[lo]) + t * log(rmass[hi]));
-        double a = rm * (1 - t) / rmass[lo], b = rm * t / rmass[hi];
-        for (int j = 0; j < da; j++)
-            out[j] = (float)(a * rem[(size_t)lo * da + j] + b * rem[(size_t)hi * da + j]);
-        return (float)rm;
-    }
-    /* one side only (outside the range, or the other's remainder is at
-     * rounding level): the usable one, else nothing */
-    int h = ok_lo ? lo : ok_hi ? hi : -1;
-    if (h < 0) {
-        memset(out, 0, sizeof *out * (size_t)da);
-        return 0;
-    }
-    return from_one(mg, rem, rmass, h, lambda, a0, out);
-}
-
-/* The old head with half-life hl, -1 when none. */
-static int same_half_life(const hl_decay *d, double hl)
-{
-    for (int h = 0; h < d->n_heads; h++)
-        if (d->half_life_ms[h] == hl)
-            return h;
-    return -1;
-}
-
-/* Ring entries whose pair rows are being fetched ahead of their use. */
-#define RING_AHEAD 8
-
-/* The pair row of the ring's i-th entry (in time order) into cache. */
-static void prefetch_pair(const hl_migration *mg, const hl_row_view *v, int i, size_t w_pair)
-{
-    int32_t item = v->hist_item[hl_row_hist_index(v, i)];
-    if (item < 0 || item >= mg->n_from)
-        return;
-    const char *p = (const char *)(mg->pair + (size_t)item * w_pair);
-    for (size_t b = 0; b < w_pair * sizeof(float); b += 64)
-        __builtin_prefetch(p + b);
-}
-
-/* The ring's part under the old model out of rem (what is older than the
- * ring, per old head: vectors and masses), and under the new one into
- * acc (heads) and ring_m (masses of the events the old model counted);
- * out_item: the ring's items as to's rows. Returns the age of the ring's
- * oldest event by time (0 for an empty ring): with events in time order,
- * every event older than the ring is at least that old. */
-static double split_ring(const hl_migration *mg, const hl_row_view *v, float *rem,
-                         float *rmass, float *acc, float *ring_m, float *adj_m,
-                         int32_t *out_item)
-{
-    int na = mg->decay_from.n_heads, nb = mg->n_heads, da = mg->dim_from;
-    size_t w_pair = (size_t)da + (size_t)mg->dim;
-    double a0 = 0;
-    for (int i = 0; i < v->n_hist && i < RING_AHEAD; i++)
-        prefetch_pair(mg, v, i, w_pair);
-    for (int i = 0; i < v->n_hist; i++) {
-        if (i + RING_AHEAD < v->n_hist)
-            prefetch_pair(mg, v, i + RING_AHEAD, w_pair);
-        int k = hl_row_hist_index(v, i);
-        int32_t item = v->hist_item[k];
-        int64_t dt = v->t_ref_ms - v->hist_ts_ms[k];
-        dt = dt > 0 ? dt : 0;
-        if ((double)dt > a0) a0 = (double)dt;
-        float w = entry_weight(mg, v, k), f[HL_MAX_HEADS], c[HL_MAX_HEADS];
-        int from_knows = item >= 0 && item < mg->n_from;
-        const float *pr = from_knows ? mg->pair + (size_t)item * w_pair : NULL;
-        if (from_knows) {
-            hl_decay_factors(&mg->decay_from, dt, f);
-            for (int h = 0; h < na; h++) {
-                c[h] = -w * f[h];
-                rmass[h] += c[h];
-            }
-            axpy_heads(rem, c, na, pr, da);
-        }
-        int32_t to = from_knows ? mg->row_map[item]
-                                : v->hist_key ? key_find(mg, v->hist_key[k]) : -1;
-        hl_decay_factors(&mg->decay, dt, f);
-        /* the masses follow what s' counts: + an item only to knows, - one
-         * to drops (as in place, hl_migration_rows) */
-        float sign = !from_knows && item != HL_ITEM_ADDED && to >= 0 ? 1.0f
-                   : from_knows && to < 0 ? -1.0f : 0.0f;
-        for (int h = 0; h < nb; h++) {
-            c[h] = w * f[h];
-            if (from_knows || item == HL_ITEM_ADDED)    /* in the old masses */
-                ring_m[h] += c[h];
-            adj_m[h] += sign * c[h];
-        }
-        /* an added item's share stays in the remainder (as in place) */
-        if (to >= 0 && item != HL_ITEM_ADDED)
-            axpy_heads(acc, c, nb, from_knows ? pr + da : mg->e_to + (size_t)to * mg->dim,
-                       mg->dim);
-        out_item[k] = to >= 0 || item != HL_ITEM_ADDED ? to : HL_ITEM_ADDED;
-    }
-    return a0;
-}
-
-/* A row of from's shape into to's (dim, heads, half-lives): per new head,
- * the ring's part recomputed under to (exact), what is older than the
- * ring taken from the old head of the same half-life (exact up to M) or
- * interpolated between the old heads (between()), then through M. */
-static void reshape_row(const hl_migration *mg, const hl_row_view *v, float *s, float *m,
-                        int32_t *out_item, float *scratch)
-{
-    int na = mg->decay_from.n_heads, nb = mg->n_heads, da = mg->dim_from, db = mg->dim;
-    float *rem = scratch, *rv = rem + (size_t)na * da, *acc = rv + (size_t)nb * da;
-    float rmass[HL_MAX_HEADS], ring_m[HL_MAX_HEADS] = {0}, adj_m[HL_MAX_HEADS] = {0};
-    memcpy(rem, v->s, sizeof *rem * (size_t)na * da);
-    memcpy(rmass, v->m, sizeof *rmass * (size_t)na);
-    memset(acc, 0, sizeof *acc * (size_t)nb * db);
-    double a0 = split_ring(mg, v, rem, rmass, acc, ring_m, adj_m, out_item);
-    for (int h = 0; h < nb; h++) {
-        int o = same_half_life(&mg->decay_from, mg->decay.half_life_ms[h]);
-        float *out = rv + (size_t)h * da;
-        if (o >= 0) {           /* exact: that head's remainder, its mass */
-            memcpy(out, rem + (size_t)o * da, sizeof *out * (size_t)da);
-            m[h] = v->m[o];
-        } else {
-            m[h] = between(mg, rem, rmass, v->m, mg->decay.lambda_per_ms[h], a0, out) + ring_m[h];
-        }
-        m[h] = m[h] + adj_m[h] > 0.0f ? m[h] + adj_m[h] : 0.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, db, da, 1.0f,
-                rv, da, mg->m, db, 1.0f, acc, db);
-    memcpy(s, acc, sizeof *s * (size_t)nb * db);
-}
-
-size_t hl_migration_scratch_floats(const hl_migration *mg)
-{
-    size_t na = (size_t)(mg->reshape ? mg->decay_from.n_heads : mg->n_heads);
-    size_t da = (size_t)(mg->reshape ? mg->dim_from : mg->dim);
-    size_t nb = (size_t)mg->n_heads, db = (size_t)mg->dim;
-    size_t a = 2 * nb * db, b = na * da + nb * da + nb * db;
-    return a > b ? a : b;
-}
-
-void hl_migration_row_into(const hl_migration *mg, const hl_row_view *v, float *s, float *m,
-                           int32_t *hist_item, float *scratch)
-{
-    memcpy(hist_item, v->hist_item, sizeof *hist_item * (size_t)v->history);
-    if (mg->reshape) {
-        reshape_row(mg, v, s, m, hist_item, scratch);
-        return;
-    }
-    /* the same shape (or a rebuild, which reads only the ring): in place
-     * on a copy, so the result is hl_migration_row's to the bit */
-    size_t per = (size_t)mg->n_heads * mg->dim;
-    if (!mg->rebuild) {
-        memcpy(s, v->s, sizeof *s * per);
-        memcpy(m, v->m, sizeof *m * (size_t)mg->n_heads);
-    }
-    hl_row_edit e = {.v = *v, .s = s, .m = m, .hist_item = hist_item};
-    hl_migration_rows(mg, &e, 1, scratch);
-}
-
-int64_t hl_migration_table_into(const hl_migration *mg, const hl_table *src, hl_table *dst)
-{
-    const hl_table_opts *o = hl_table_opts_get(dst);
-    if (o->decay.dim != mg->dim || o->decay.n_heads != mg->n_heads ||
-        o->history != hl_table_opts_get(src)->history)
-        return HL_EINVAL;
-    for (int h = 0; h < mg->n_heads; h++)
-        if (o->decay.half_life_ms[h] != mg->decay.half_life_ms[h])
-            return HL_EINVAL;
-    size_t per = (size_t)mg->n_heads * mg->dim;
-    float *scratch = malloc(sizeof(float) * hl_migration_scratch_floats(mg));
-    float *s = malloc(sizeof(float) * per), *m = malloc(sizeof(float) * (size_t)mg->n_heads);
-    int32_t *item = malloc(sizeof *item * (size_t)o->history);
-    int64_t done = scratch && s && m && item ? 0 : HL_ENOMEM;
-    for (uint32_t row = hl_table_next_live(src, 0); done >= 0 && row != UINT32_MAX;
-         row = hl_table_next_live(src, row + 1)) {
-        hl_row_view v, nv;
-        hl_table_view(src, row, &v);
-        hl_migration_row_into(mg, &v, s, m, item, scratch);
-        nv = v;
-        nv.s = s;
-        nv.m = m;
-        nv.hist_item = item;
-        int rc = hl_table_restore_at(dst, row, &nv);
-        done = rc == 0 ? done + 1 : rc;
-    }
-    if (done >= 0) {
-        hl_table_meta meta;
-        hl_table_meta_get(src, &meta);
-        hl_table_meta_set(dst, &meta);
-    }
-    free(scratch); free(s); free(m); free(item);
-    return done;
 }

@@ -58,6 +58,14 @@ hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES
  * half-lives"). For two models of one shape: hl_migration_create. */
 hl_migration *hl_migration_create_any(const hl_model *from, const hl_model *to,
                                       const float tw[HL_N_TYPES], char *errbuf, size_t errlen);
+/* The local correction (migrate.c, rows_end; reshape_local for a
+ * reshape, per new head): what is older than a user's ring also moves by
+ * kappa times its mass times the mean of e_new - e_old M over the ring's
+ * items from knew (e_new 0 for one to drops). kappa 0: M alone (the
+ * migration before 2026-12-05). Call before any row is migrated. */
+#define HL_MIG_LOCAL 0.5f
+void hl_migration_set_local(hl_migration *mg, float kappa);
+
 /* 1 when the rows change shape (only hl_migration_*_into then). */
 int           hl_migration_reshapes(const hl_migration *mg);
 

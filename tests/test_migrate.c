@@ -469,36 +469,63 @@ static void test_shape_mismatch_refused(void)
     hl_model_close(b);
 }
 
-/* The plain formula, per head: s' = (s - R_old) M + R_new, the ring's
- * events summed in loops, in double, once under each model (the naive
- * twin of hl_migration_rows, which gathers one precomputed e_new - e_old M
- * per event and multiplies all rows' heads by M in one SGEMM). ev[i] is
- * the item number of the ring's i-th oldest event. */
-static void plain_migration(const hl_model *a, const hl_model *b, const float *m,
-                            const hl_row_view *v, const int *ev, float *out)
+static float g_kappa = HL_MIG_LOCAL;    /* plain_heads' (set_local's) */
+
+/* The plain formula, per head: s' = (s - R_old) M + R_new + the local
+ * correction kappa (rem / kept) sum_kept c (e_new - e_old M), rem the
+ * head's mass older than the ring and kept the ring's mass of the items
+ * A knows (e_new 0 for one B drops; core/migrate.h), the ring's events summed in loops, in
+ * double, once under each model (the naive twin of hl_migration_rows,
+ * which gathers one precomputed e_new - e_old M per event and multiplies
+ * all rows' heads by M in one SGEMM). nh heads of half-lives hl under A
+ * and B alike, any dims. ev[i] is the item number of the ring's i-th
+ * oldest event. */
+static void plain_heads(const hl_model *a, const hl_model *b, const float *m,
+                        const hl_row_view *v, const int *ev, int nh, const double *hl,
+                        float *out)
 {
-    static const double hl[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
-    double rem[HEADS * DIM], r_new[HEADS * DIM] = {0};
-    for (int j = 0; j < HEADS * DIM; j++) rem[j] = v->s[j];
+    int da = hl_model_info_get(a)->dim, db = hl_model_info_get(b)->dim;
+    double rem[HL_MAX_HEADS * DIM], r_new[HL_MAX_HEADS * DIM] = {0};
+    double d_kept[HL_MAX_HEADS * DIM] = {0}, rem_m[HL_MAX_HEADS], kept_m[HL_MAX_HEADS] = {0};
+    for (int j = 0; j < nh * da; j++) rem[j] = v->s[j];
+    for (int h = 0; h < nh; h++) rem_m[h] = v->m[h];
     for (int i = 0; i < v->n_hist; i++) {
         int k = hl_row_hist_index(v, i);
         char id[16];
         int len = snprintf(id, sizeof id, "it%d", ev[i]);
         int32_t ra = hl_model_item_find(a, id, (size_t)len), rb = hl_model_item_find(b, id, (size_t)len);
-        for (int h = 0; h < HEADS; h++) {
+        const float *xa = hl_model_e_in(a) + (size_t)ra * da, *xb = hl_model_e_in(b) + (size_t)rb * db;
+        for (int h = 0; h < nh; h++) {
             double c = v->hist_w[k] * exp(-log(2.0) / hl[h] * (double)(v->t_ref_ms - v->hist_ts_ms[k]));
-            for (int j = 0; j < DIM && ra >= 0; j++)
-                rem[h * DIM + j] -= c * hl_model_e_in(a)[(size_t)ra * DIM + j];
-            for (int j = 0; j < DIM && rb >= 0; j++)
-                r_new[h * DIM + j] += c * hl_model_e_in(b)[(size_t)rb * DIM + j];
+            rem_m[h] -= ra >= 0 ? c : 0;
+            kept_m[h] += ra >= 0 ? c : 0;
+            for (int j = 0; j < da && ra >= 0; j++)
+                rem[h * da + j] -= c * xa[j];
+            for (int j = 0; j < db && rb >= 0; j++)
+                r_new[h * db + j] += c * xb[j];
+            for (int j = 0; j < db && ra >= 0; j++) {   /* e_new 0 when B drops it */
+                double xm = 0;
+                for (int q = 0; q < da; q++) xm += xa[q] * m[q * db + j];
+                d_kept[h * db + j] += c * ((rb >= 0 ? xb[j] : 0) - xm);
+            }
         }
     }
-    for (int h = 0; h < HEADS; h++)
-        for (int j = 0; j < DIM; j++) {
-            double acc = r_new[h * DIM + j];
-            for (int q = 0; q < DIM; q++) acc += rem[h * DIM + q] * m[q * DIM + j];
-            out[h * DIM + j] = (float)acc;
+    for (int h = 0; h < nh; h++) {
+        double sc = kept_m[h] > 0 && rem_m[h] > 1e-5 * v->m[h] ? g_kappa * rem_m[h] / kept_m[h] : 0;
+        for (int j = 0; j < db; j++) {
+            double acc = r_new[h * db + j] + sc * d_kept[h * db + j];
+            for (int q = 0; q < da; q++) acc += rem[h * da + q] * m[q * db + j];
+            out[h * db + j] = (float)acc;
         }
+    }
+}
+
+/* plain_heads with this file's default shape. */
+static void plain_migration(const hl_model *a, const hl_model *b, const float *m,
+                            const hl_row_view *v, const int *ev, float *out)
+{
+    static const double hl[HEADS] = {3600e3, 86400e3, 30 * 86400e3};
+    plain_heads(a, b, m, v, ev, HEADS, hl, out);
 }
 
 /* Several users with rings shorter than their events, items of both, one
@@ -506,7 +533,7 @@ static void plain_migration(const hl_model *a, const hl_model *b, const float *m
  * migrated together in one hl_migration_rows call: each row equals the
  * plain formula. */
 #define N_USERS 5
-static void test_rows_match_plain_formula(void)
+static void rows_match_plain_formula(float kappa)
 {
     hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
     hl_model *b = a ? model_at(PATH_B, 10, 60, 77, NULL, NULL) : NULL;
@@ -517,6 +544,8 @@ static void test_rows_match_plain_formula(void)
     hl_migration *mg = a && b ? hl_migration_create(a, b, k_tw, err, sizeof err) : NULL;
     CHECKF(mg != NULL, "%s", err);
     if (mg == NULL) goto out;
+    hl_migration_set_local(mg, kappa);
+    g_kappa = kappa;
     hl_row_edit e[N_USERS];
     float want[N_USERS][HEADS * DIM], scratch[2 * N_USERS * HEADS * DIM];
     for (int u = 0; u < N_USERS; u++) {
@@ -534,6 +563,18 @@ out:
     hl_table_destroy(tbl);
     hl_model_close(a);
     hl_model_close(b);
+}
+
+static void test_rows_match_plain_formula(void) { rows_match_plain_formula(HL_MIG_LOCAL); }
+
+/* kappa 0 (the map alone: what eval --swap-local 0 compares with) and a
+ * kappa above the default: hl_migration_set_local's rows are the plain
+ * formula's with that kappa. */
+static void test_rows_local_off_and_on(void)
+{
+    rows_match_plain_formula(0.0f);
+    rows_match_plain_formula(1.0f);
+    g_kappa = HL_MIG_LOCAL;
 }
 
 /* ---- a slice of rows against one row at a time --------------------------- */
@@ -727,36 +768,6 @@ static void test_reshape_full_ring_exact(void)
     hl_model_close(a);
 }
 
-/* The plain formula for any dims, head by head, in double: s'_h = (s_h -
- * R_old,h) M + R_new,h with A's and B's half-lives alike (nh heads, hl). */
-static void plain_any(const hl_model *a, const hl_model *b, const float *m,
-                      const hl_row_view *v, const int *ev, int nh, const double *hl,
-                      float *out)
-{
-    int da = hl_model_info_get(a)->dim, db = hl_model_info_get(b)->dim;
-    double rem[HL_MAX_HEADS * DIM], r_new[HL_MAX_HEADS * DIM] = {0};
-    for (int j = 0; j < nh * da; j++) rem[j] = v->s[j];
-    for (int i = 0; i < v->n_hist; i++) {
-        int k = hl_row_hist_index(v, i);
-        char id[16];
-        int len = snprintf(id, sizeof id, "it%d", ev[i]);
-        int32_t ra = hl_model_item_find(a, id, (size_t)len), rb = hl_model_item_find(b, id, (size_t)len);
-        for (int h = 0; h < nh; h++) {
-            double c = v->hist_w[k] * exp(-log(2.0) / hl[h] * (double)(v->t_ref_ms - v->hist_ts_ms[k]));
-            for (int j = 0; j < da && ra >= 0; j++)
-                rem[h * da + j] -= c * hl_model_e_in(a)[(size_t)ra * da + j];
-            for (int j = 0; j < db && rb >= 0; j++)
-                r_new[h * db + j] += c * hl_model_e_in(b)[(size_t)rb * db + j];
-        }
-    }
-    for (int h = 0; h < nh; h++)
-        for (int j = 0; j < db; j++) {
-            double acc = r_new[h * db + j];
-            for (int q = 0; q < da; q++) acc += rem[h * da + q] * m[q * db + j];
-            out[h * db + j] = (float)acc;
-        }
-}
-
 /* Same half-lives, another dim (8 -> 5), other items and vectors, a ring
  * of 5 of 30 events: every head is (s - R_old) M + R_new with the
  * (8, 5) M, and the masses are A's plus the ring's events on items only
@@ -781,7 +792,7 @@ static void test_reshape_other_dim_maps_remainder(void)
         hl_row_view va, vm;
         float want[HEADS * 5], mass[HEADS];
         heads_of(ta, &va);
-        plain_any(a, b, hl_migration_map(mg), &va, item + 25, HEADS, hl, want);
+        plain_heads(a, b, hl_migration_map(mg), &va, item + 25, HEADS, hl, want);
         memcpy(mass, va.m, sizeof mass);
         hl_decay dec;
         CHECK(hl_decay_init(&dec, HEADS, 5, hl, err, sizeof err) == 0);
@@ -999,6 +1010,7 @@ int main(void)
     RUN(test_full_ring_is_exact);
     RUN(test_linear_map_migrates_remainder);
     RUN(test_rows_match_plain_formula);
+    RUN(test_rows_local_off_and_on);
     RUN(test_slice_matches_row_by_row);
     RUN(test_rebuild_from_ring);
     RUN(test_added_item_is_mapped_not_doubled);

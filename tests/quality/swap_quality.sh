@@ -127,7 +127,10 @@
 # --seen-window 32": a longer ring, so less of each head goes through M,
 # with the worker's default 32 items left out);
 # HL_SWAPQ_WEIGHTS=count|remainder|bias weights the swap's fit (eval
-# --swap-weights; the worker's fit is unweighted).
+# --swap-weights; the worker's fit is unweighted);
+# HL_SWAPQ_LOCAL=K sets the migration's local correction (eval
+# --swap-local; the worker's is core/migrate.h's HL_MIG_LOCAL, 0 is the
+# map M alone, the migration before 2026-12-05).
 set -u
 top=$(cd "$(dirname "$0")/../.." && pwd)
 hl=${HL_HALFLIFE:-$top/build/halflife}
@@ -181,7 +184,8 @@ arms() {
       A)        m=(--model "$keep/a.hlm") ;;
       B_short)  m+=(--apply-from 0.6) ;;
       migrated) m=(--model "$keep/a.hlm" --swap-model "$keep/b.hlm" --swap-at 0.8
-                   ${HL_SWAPQ_WEIGHTS:+--swap-weights "$HL_SWAPQ_WEIGHTS"}) ;;
+                   ${HL_SWAPQ_WEIGHTS:+--swap-weights "$HL_SWAPQ_WEIGHTS"}
+                   ${HL_SWAPQ_LOCAL:+--swap-local "$HL_SWAPQ_LOCAL"}) ;;
     esac
     "$hl" eval "${m[@]}" "${ev[@]}" "${x[@]}" --per-user "${o/\%s/$a}.tsv" \
       > "${o/\%s/$a}.json" || return 1
@@ -228,13 +232,18 @@ def arms_line(proto, js):
                                   j["targets_in_full_ring"]["n"], j["targets_in_full_ring"]["hits"]))
     # What the migration got wrong at the swap (eval's swap_diagnose): M's
     # residual over the shared items, and the longest head's error against
-    # the head B builds from the same events, with the ring's share of it.
+    # the head B builds from the same events: with M alone for what is
+    # older than the ring, and as the migration left it (its local
+    # correction too: core/migrate.h), with the ring's share of the head.
     sw, lh = js["migrated"].get("swap", {}), js["migrated"].get("swap_longest_head")
     if lh:
         print("  %-9s migration: M fitted on %d items, residual %.3f; longest head vs B_full's: "
-              "error %.3f (median user %.3f), ring's share of its norm^2 %.3f (history %d)" % (
+              "error %.3f with M alone (median user %.3f), %.3f as migrated (median user "
+              "%.3f), ring's share of its norm^2 %.3f (history %d)" % (
               proto, sw.get("fit_shared", 0), sw.get("fit_residual", 0), lh["err_vs_full"],
-              lh["err_vs_full_median_user"], lh["ring_share_of_full"], js["migrated"]["history"]))
+              lh["err_vs_full_median_user"], lh.get("err_migrated", -1),
+              lh.get("err_migrated_median_user", -1), lh["ring_share_of_full"],
+              js["migrated"]["history"]))
 
 def report(proto):
     js = {a: json.load(open("%s/%s.%s.json" % (tmp, a, proto))) for a in ARMS}

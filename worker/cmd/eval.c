@@ -18,6 +18,7 @@
 #include "decay.h"
 #include "foldin.h"
 #include "log.h"
+#include "migrate.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -87,6 +88,10 @@ static void usage(FILE *f)
         "                       than their user's ring (decayed by the longest\n"
         "                       half-life), or exp(the old model's bias); default\n"
         "                       none: unweighted, as the worker fits\n"
+        "  --swap-local K       the swap's local correction (core/migrate.h): what\n"
+        "                       is older than a ring also moves by K times the mean\n"
+        "                       delta of the ring's items; default 0.5, as the\n"
+        "                       worker migrates; 0: the map M alone\n"
         "  --score-from F       prequential: score only events from that time on\n"
         "  --apply-from F       prequential: skip the events before that time (a state\n"
         "                       rebuilt from a topic that keeps only the later ones)\n"
@@ -239,6 +244,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
         a->seen_full = !strcmp(val, "full");
         bad = !a->seen_full && strcmp(val, "own");
     }
+    else if (!strcmp(opt, "--swap-local"))    bad = parse_real(val, 0, 4, &a->swap_local);
     else if (!strcmp(opt, "--swap-weights"))  {
         a->swap_weights = strcmp(val, "none") ? val : NULL;
         bad = a->swap_weights && strcmp(val, "count") && strcmp(val, "remainder") &&
@@ -321,6 +327,7 @@ static int parse_args(int argc, char **argv, eval_args *a)
     *a = (eval_args){.k = DEFAULT_K, .history = DEFAULT_HISTORY, .batch = DEFAULT_BATCH,
                      .windows = DEFAULT_WINDOWS, .exclude_seen = 1, .threads = 1,
                      .swap_at = -1, .foldin_cap = -1, .foldin_stride = 1,
+                     .swap_local = HL_MIG_LOCAL,
                      .foldin_e_in = strtod(HL_FOLDIN_E_IN_SCALE, NULL),
                      .foldin_lift = strtod(HL_FOLDIN_LIFT, NULL),
                      .foldin_distinct = strtod(HL_FOLDIN_DISTINCT, NULL)};

@@ -60,6 +60,7 @@ typedef struct eval_args {
     double      foldin_e_in;       /* weight share with which a folded item's e_in
                                       enters its users' states (the worker's
                                       catalogue.foldin.e_in.scale); 0: none */
+    double      swap_local;        /* the migration's local correction (kappa) */
     const char *swap_weights;      /* the fit's item weights: none (NULL), count,
                                       remainder or bias (core/migrate.h) */
     const char *per_user;          /* prequential: the model's scored events and

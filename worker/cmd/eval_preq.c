@@ -44,6 +44,8 @@ typedef struct state_copy {
 typedef struct swap_diag {
     double err, median, ring_share;
     double err_unknown;     /* the part of err from items only B knows */
+    double err_mig, median_mig;     /* the migrated rows' own (swap_measure) */
+    double *full;           /* (users, dim) each user's longest head under B */
     int    users, ok;
 } swap_diag;
 
@@ -501,9 +503,10 @@ static void preq_print(const preq_run *pr, double seconds)
                pr->means_after.max, (long long)pr->means_after.inconsistent);
     if (pr->diag.ok)
         printf(",\"swap_longest_head\":{\"err_vs_full\":%.4f,\"err_vs_full_median_user\":%.4f,"
-               "\"ring_share_of_full\":%.4f,\"err_items_only_new\":%.4f,\"users\":%d}",
+               "\"ring_share_of_full\":%.4f,\"err_items_only_new\":%.4f,\"users\":%d,"
+               "\"err_migrated\":%.4f,\"err_migrated_median_user\":%.4f}",
                pr->diag.err, pr->diag.median, pr->diag.ring_share, pr->diag.err_unknown,
-               pr->diag.users);
+               pr->diag.users, pr->diag.err_mig, pr->diag.median_mig);
     if (pr->t_score != INT64_MIN)
         printf(",\"scored_from_ts_ms\":%lld", (long long)pr->t_score);
     printf(",\"seconds\":%.2f}\n", seconds);
@@ -626,9 +629,49 @@ static void swap_diagnose(preq_run *pr, const hl_migration *mg, const hl_model *
         qsort(rel, (size_t)n, sizeof *rel, cmp_double);
         pr->diag = (swap_diag){.err = sf > 0 ? sqrt(se / sf) : 0, .median = n ? rel[n / 2] : 0,
                                .ring_share = sf > 0 ? sr / sf : 0, .users = n, .ok = 1,
-                               .err_unknown = sf > 0 ? sqrt(su / sf) : 0};
+                               .err_unknown = sf > 0 ? sqrt(su / sf) : 0, .full = full};
+        full = NULL;
     }
     free(full); free(err); free(ring); free(rel); free(seen); free(unk);
+}
+
+/* The migrated rows' longest heads against the full history's under B
+ * (swap_diagnose's full, brought to the swap's time): what the migration
+ * really got wrong, where swap_diagnose's err is what s M alone gets
+ * wrong for the events older than the ring. */
+static void swap_measure(preq_run *pr, const hl_model *b)
+{
+    const hl_model_info *mi = hl_model_info_get(b);
+    int d = mi->dim, h = mi->n_heads - 1, nu = pr->d->users.n, n = 0;
+    double lambda = log(2.0) / mi->half_life_ms[h], se = 0, sf = 0;
+    double *rel = pr->diag.full ? malloc(sizeof *rel * (nu + 1)) : NULL;
+    for (int u = 0; rel != NULL && u < nu; u++) {
+        uint32_t len;
+        const char *key = strmap_key(&pr->d->users, u, &len);
+        int64_t row = hl_table_find(pr->tbl, key, len);
+        const double *fu = pr->diag.full + (size_t)u * d;
+        double ue = 0, uf = 0, sc = 0;
+        hl_row_view v = {0};
+        if (row >= 0) {
+            hl_table_view(pr->tbl, (uint32_t)row, &v);
+            sc = exp(-lambda * (double)(pr->t_swap - v.t_ref_ms));
+        }
+        for (int j = 0; j < d; j++) {
+            double x = row >= 0 ? sc * v.s[(size_t)h * d + j] : 0;
+            ue += (x - fu[j]) * (x - fu[j]);
+            uf += fu[j] * fu[j];
+        }
+        se += ue; sf += uf;
+        if (uf > 0) rel[n++] = sqrt(ue / uf);
+    }
+    if (rel != NULL && n > 0) {
+        qsort(rel, (size_t)n, sizeof *rel, cmp_double);
+        pr->diag.err_mig = sf > 0 ? sqrt(se / sf) : 0;
+        pr->diag.median_mig = rel[n / 2];
+    }
+    free(rel);
+    free(pr->diag.full);
+    pr->diag.full = NULL;
 }
 
 static double max_row_norm(const hl_model *m)
@@ -696,9 +739,11 @@ static int preq_swap(preq_run *pr, int64_t first, int64_t i_swap, char *errbuf, 
     free(w);
     if (mg == NULL)
         return HL_EINVAL;
+    hl_migration_set_local(mg, (float)pr->a->swap_local);
     swap_diagnose(pr, mg, b, first, i_swap);
     pr->means_before = measure_head_means(pr->tbl, pr->m);
     pr->migrated = hl_migration_table(mg, pr->tbl);
+    swap_measure(pr, b);
     pr->means_after = measure_head_means(pr->tbl, b);
     pr->fit_residual = hl_migration_residual(mg);
     pr->fit_shared = hl_migration_shared(mg);

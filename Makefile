@@ -39,7 +39,7 @@ TESTS      := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES    := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZERS    := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all test bench bench-faiss run deps check-layering check-clang check-prefetch fuzz clean
+.PHONY: all test bench bench-build bench-faiss run deps check-layering check-clang check-prefetch fuzz clean
 all: $(BUILD)/halflife $(BUILD)/libhalflife.a
 
 # Order-only on deps: with make -j the compiler must not run before the
@@ -189,6 +189,10 @@ test-long: deps $(BUILD)/halflife $(BUILD)/tests/test_offline
 bench: deps $(BUILD)/halflife $(BENCHES)
 	@for b in $(BENCHES); do $$b || exit 1; done
 	@$(MAKE) --no-print-directory bench-faiss
+
+# Builds the benchmarks without running them (make bench runs them all,
+# for many minutes): then run one, e.g. build/bench/bench_swap --help.
+bench-build: deps $(BUILD)/halflife $(BENCHES)
 
 run: deps $(BUILD)/halflife
 	$(BUILD)/halflife demo

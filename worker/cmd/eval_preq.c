@@ -576,6 +576,28 @@ static float *swap_weights(const preq_run *pr, int64_t first, int64_t i_swap)
     return w;
 }
 
+/* Per-user relative errors ||err_u|| / ||full_u|| and their totals: what
+ * swap_diagnose and swap_measure report (rel holds one per user). */
+typedef struct err_acc {
+    double  se, sf, *rel;
+    int     n;
+} err_acc;
+
+static void err_add(err_acc *a, double ue, double uf)
+{
+    a->se += ue;
+    a->sf += uf;
+    if (uf > 0) a->rel[a->n++] = sqrt(ue / uf);
+}
+
+/* ||err|| / ||full|| over all users, and the median user's. */
+static void err_done(err_acc *a, double *err, double *median)
+{
+    qsort(a->rel, (size_t)a->n, sizeof *a->rel, cmp_double);
+    *err = a->sf > 0 ? sqrt(a->se / a->sf) : 0;
+    *median = a->n ? a->rel[a->n / 2] : 0;
+}
+
 /* What the swap's migration gets wrong, on the longest head (where most
  * of a head lies beyond the ring), against the head B itself would have
  * built from the same events (B_full's state at the swap):
@@ -614,8 +636,8 @@ static void swap_diagnose(preq_run *pr, const hl_migration *mg, const hl_model *
                 for (int k = 0; k < d; k++)
                     eu[j] += c * ea[(size_t)e->item * d + k] * m[(size_t)k * d + j];
         }
-        double se = 0, sf = 0, sr = 0, su = 0;
-        int n = 0;
+        double sr = 0, su = 0;
+        err_acc acc = {.rel = rel};
         for (int u = 0; u < nu; u++) {
             double ue = 0, uf = 0;
             for (int j = 0; j < d; j++) {
@@ -623,13 +645,12 @@ static void swap_diagnose(preq_run *pr, const hl_migration *mg, const hl_model *
                 ue += err[x] * err[x]; uf += full[x] * full[x]; sr += ring[x] * ring[x];
                 su += unk[x] * unk[x];
             }
-            se += ue; sf += uf;
-            if (uf > 0) rel[n++] = sqrt(ue / uf);
+            err_add(&acc, ue, uf);
         }
-        qsort(rel, (size_t)n, sizeof *rel, cmp_double);
-        pr->diag = (swap_diag){.err = sf > 0 ? sqrt(se / sf) : 0, .median = n ? rel[n / 2] : 0,
-                               .ring_share = sf > 0 ? sr / sf : 0, .users = n, .ok = 1,
-                               .err_unknown = sf > 0 ? sqrt(su / sf) : 0, .full = full};
+        pr->diag = (swap_diag){.ring_share = acc.sf > 0 ? sr / acc.sf : 0, .users = acc.n,
+                               .ok = 1, .err_unknown = acc.sf > 0 ? sqrt(su / acc.sf) : 0,
+                               .full = full};
+        err_done(&acc, &pr->diag.err, &pr->diag.median);
         full = NULL;
     }
     free(full); free(err); free(ring); free(rel); free(seen); free(unk);
@@ -642,10 +663,10 @@ static void swap_diagnose(preq_run *pr, const hl_migration *mg, const hl_model *
 static void swap_measure(preq_run *pr, const hl_model *b)
 {
     const hl_model_info *mi = hl_model_info_get(b);
-    int d = mi->dim, h = mi->n_heads - 1, nu = pr->d->users.n, n = 0;
-    double lambda = log(2.0) / mi->half_life_ms[h], se = 0, sf = 0;
-    double *rel = pr->diag.full ? malloc(sizeof *rel * (nu + 1)) : NULL;
-    for (int u = 0; rel != NULL && u < nu; u++) {
+    int d = mi->dim, h = mi->n_heads - 1, nu = pr->d->users.n;
+    double lambda = log(2.0) / mi->half_life_ms[h];
+    err_acc acc = {.rel = pr->diag.full ? malloc(sizeof(double) * (nu + 1)) : NULL};
+    for (int u = 0; acc.rel != NULL && u < nu; u++) {
         uint32_t len;
         const char *key = strmap_key(&pr->d->users, u, &len);
         int64_t row = hl_table_find(pr->tbl, key, len);
@@ -661,15 +682,10 @@ static void swap_measure(preq_run *pr, const hl_model *b)
             ue += (x - fu[j]) * (x - fu[j]);
             uf += fu[j] * fu[j];
         }
-        se += ue; sf += uf;
-        if (uf > 0) rel[n++] = sqrt(ue / uf);
+        err_add(&acc, ue, uf);
     }
-    if (rel != NULL && n > 0) {
-        qsort(rel, (size_t)n, sizeof *rel, cmp_double);
-        pr->diag.err_mig = sf > 0 ? sqrt(se / sf) : 0;
-        pr->diag.median_mig = rel[n / 2];
-    }
-    free(rel);
+    if (acc.rel != NULL && acc.n > 0) err_done(&acc, &pr->diag.err_mig, &pr->diag.median_mig);
+    free(acc.rel);
     free(pr->diag.full);
     pr->diag.full = NULL;
 }

@@ -31,6 +31,8 @@
  *       JSON line per user: {"user":..,"m":[..],"s":[..]}; with
  *       HL_OFFLINE_SWAP_LISTS=1, each user's list under B instead, scored
  *       exact fp32 (as HL_OFFLINE_EVENTS prints them, k HL_OFFLINE_K);
+ *   HL_OFFLINE_FIT=1 HL_OFFLINE_MODEL=A HL_OFFLINE_MODEL_B=B
+ *       the map a live swap from A to B fits: {"shared":..,"residual":..};
  *   none: the self-tests below. */
 #define T_SUITE "offline"
 #include "test.h"
@@ -443,6 +445,34 @@ static int swap_main(const char *pre, const char *post, const char *ma, const ch
     return n2 < 0;
 }
 
+/* The map a live swap from A to B fits (worker/models.c fit(): one shape
+ * or another, A's type weights): {"shared":..,"residual":..}, what the
+ * worker's halflife_model_migration_* gauges must read after that swap. */
+static int fit_main(const char *ma, const char *mb)
+{
+    char err[512] = "";
+    hl_model *a = hl_model_open(ma, err, sizeof err);
+    hl_model *b = a ? hl_model_open(mb, err, sizeof err) : NULL;
+    hl_migration *mg = NULL;
+    if (b != NULL) {
+        const hl_model_info *ia = hl_model_info_get(a), *ib = hl_model_info_get(b);
+        int same = ia->dim == ib->dim && ia->n_heads == ib->n_heads;
+        for (int h = 0; h < ia->n_heads && same; h++)
+            same = ia->half_life_ms[h] == ib->half_life_ms[h];
+        mg = same ? hl_migration_create(a, b, ia->type_weight, err, sizeof err)
+                  : hl_migration_create_any(a, b, ia->type_weight, err, sizeof err);
+    }
+    if (mg != NULL)
+        printf("{\"shared\":%d,\"residual\":%.9g}\n", hl_migration_shared(mg),
+               hl_migration_residual(mg));
+    else
+        fprintf(stderr, "offline fit: %s\n", err[0] ? err : "failed");
+    hl_migration_destroy(mg);
+    hl_model_close(b);
+    hl_model_close(a);
+    return mg == NULL;
+}
+
 /* ---- self-tests -------------------------------------------------------- */
 
 static char tmpdir[64];
@@ -539,6 +569,9 @@ int main(void)
     const char *mb = getenv("HL_OFFLINE_MODEL_B");
     if (pre && *pre && post && mo && mb)
         return swap_main(pre, post, mo, mb);
+    const char *fit = getenv("HL_OFFLINE_FIT");
+    if (fit && *fit && mo && mb)
+        return fit_main(mo, mb);
     snprintf(tmpdir, sizeof tmpdir, "/tmp/hl_offline_XXXXXX");
     if (mkdtemp(tmpdir) == NULL)
         return 1;

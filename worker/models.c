@@ -49,6 +49,7 @@ struct hl_models {
     int              seen_set;
     hl_counter      *swaps, *failures;
     hl_gauge        *loaded_ts, *info;
+    hl_gauge        *fit_residual, *fit_shared, *fit_ratio;   /* show_fit */
     char             info_labels[256];
 };
 
@@ -377,6 +378,19 @@ static void show_model(hl_models *ms, const hl_mref *r)
     hl_gauge_set(ms->loaded_ts, (double)time(NULL));
 }
 
+/* How well the swap into r carries users' older history: the map's
+ * residual and the items it was fitted over (hl_migration_residual). A
+ * model trained on another catalogue shares few of the old one's items;
+ * swap_quality.sh's daily retrain (train --init, taobao-sample) fits to
+ * 0.40. */
+static void show_fit(hl_models *ms, const hl_mref *r, const hl_mref *old)
+{
+    int shared = hl_migration_shared(r->from_prev), n_old = old->mi->n_items;
+    hl_gauge_set(ms->fit_residual, hl_migration_residual(r->from_prev));
+    hl_gauge_set(ms->fit_shared, shared);
+    hl_gauge_set(ms->fit_ratio, n_old > 0 ? (double)shared / n_old : 0);
+}
+
 static void register_metrics(hl_models *ms)
 {
     hl_metrics *reg = ms->o.reg;
@@ -386,6 +400,17 @@ static void register_metrics(hl_models *ms)
         "Changed model files refused (damaged, half-written, or refused by the setup).", NULL);
     ms->loaded_ts = hl_metrics_gauge(reg, "halflife_model_loaded_timestamp_seconds",
         "Wall time the model in use was loaded.", NULL);
+    /* Before any swap: the identity over the model's items (0, n, 1). */
+    ms->fit_residual = hl_metrics_gauge(reg, "halflife_model_migration_residual",
+        "The last live swap's map: ||E_old M - E_new|| / ||E_new|| over the items both "
+        "models know (0 exact, 1 nothing carried); users' history older than their ring "
+        "moved with this error.", NULL);
+    ms->fit_shared = hl_metrics_gauge(reg, "halflife_model_migration_shared_items",
+        "Items both models of the last live swap know: the map is fitted over them.", NULL);
+    ms->fit_ratio = hl_metrics_gauge(reg, "halflife_model_migration_shared_ratio",
+        "The last live swap's shared items over the replaced model's items.", NULL);
+    hl_gauge_set(ms->fit_shared, ms->cur->mi->n_items);
+    hl_gauge_set(ms->fit_ratio, 1);
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
@@ -453,12 +478,14 @@ static void install(hl_models *ms, hl_mref *r, double fit_s, double skip_s)
     pthread_mutex_unlock(&ms->mu);
     hl_counter_add(ms->swaps, 1);
     show_model(ms, r);
+    show_fit(ms, r, old);
     hl_log(HL_LOG_INFO, "model_swapped", "path=%s version=\"%s\" fingerprint=%016llx "
-           "previous_version=\"%s\" generation=%llu shared_items=%d reshaped=%d "
-           "fit_seconds=%.3f skip_maps=%d skip_fit_seconds=%.3f", ms->o.path,
+           "previous_version=\"%s\" generation=%llu shared_items=%d residual=%.4f "
+           "reshaped=%d fit_seconds=%.3f skip_maps=%d skip_fit_seconds=%.3f", ms->o.path,
            r->mi->version, (unsigned long long)r->mi->fingerprint, old->mi->version,
            (unsigned long long)r->gen, hl_migration_shared(r->from_prev),
-           hl_migration_reshapes(r->from_prev), fit_s, r->n_skip, skip_s);
+           hl_migration_residual(r->from_prev), hl_migration_reshapes(r->from_prev), fit_s,
+           r->n_skip, skip_s);
     old->held_next = ms->held;
     ms->held = old;
     release_unused(ms);

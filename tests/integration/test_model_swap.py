@@ -186,12 +186,37 @@ def wait_metric(w, name, want, timeout):
     return False
 
 
+def offline_fit(model_a, model_b):
+    """{"shared", "residual"} of the map a swap from model_a to model_b fits
+    (test_offline's fit mode: core/'s hl_migration, as worker/models.c)."""
+    env = dict(os.environ, HL_OFFLINE_FIT="1", HL_OFFLINE_MODEL=model_a,
+               HL_OFFLINE_MODEL_B=model_b)
+    out = subprocess.run([os.path.join(U.BUILD, "tests", "test_offline")], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+FIT_GAUGES = ("halflife_model_migration_residual", "halflife_model_migration_shared_items",
+              "halflife_model_migration_shared_ratio")
+
+
+def check_fit_gauges(ck, w, name, want):
+    """The worker's migration-map gauges equal want (residual, shared, ratio)."""
+    got = [w.metric_or(g, None) for g in FIT_GAUGES]
+    ok = (None not in got and abs(got[0] - want[0]) <= 1e-4 and got[1] == want[1] and
+          abs(got[2] - want[2]) <= 1e-6)
+    ck.check(name, ok, "gauges (residual, shared items, shared ratio) %s, core/'s fit %s"
+             % (got, want))
+
+
 def swap_under_load(ck, br, live, model_a, model_b, events, snapdir, extra=(),
                     log="worker.log"):
     w = C.Worker(ck.procs, br.bootstrap, live, os.path.join(ck.tmp, log),
                  extra=COMMON + ["snapshot.dir=" + snapdir] + list(extra))
     pid = w.p.pid
     wait_ready(w, 30)
+    items_a = offline_fit(model_a, model_a)["shared"]
+    check_fit_gauges(ck, w, "fit_gauges_before_swap", (0, items_a, 1))
 
     def swap():
         # mid-stream: events before it are applied under A, the rest flow on
@@ -207,6 +232,9 @@ def swap_under_load(ck, br, live, model_a, model_b, events, snapdir, extra=(),
     ck.check("model_info_names_b", ('halflife_model_info{version="%s"' % vb) in info and
              info.count("halflife_model_info{") == 1,
              "model_info lines: %s" % [l for l in info.splitlines() if l.startswith("halflife_model_info")])
+    fit = offline_fit(model_a, model_b)
+    check_fit_gauges(ck, w, "fit_gauges_after_swap",
+                     (fit["residual"], fit["shared"], fit["shared"] / items_a))
     return w, pid, where
 
 

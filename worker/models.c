@@ -382,7 +382,7 @@ static void show_model(hl_models *ms, const hl_mref *r)
  * residual and the items it was fitted over (hl_migration_residual). A
  * model trained on another catalogue shares few of the old one's items;
  * swap_quality.sh's daily retrain (train --init, taobao-sample) fits to
- * 0.40. */
+ * 0.40, the same training from scratch to 0.998. */
 static void show_fit(hl_models *ms, const hl_mref *r, const hl_mref *old)
 {
     int shared = hl_migration_shared(r->from_prev), n_old = old->mi->n_items;

@@ -167,7 +167,7 @@ check-clang: deps
 # gcc drops the calls of an out-of-line helper that only prefetches
 # (core/hl.h, HL_PREFETCH_FN), and nothing else would notice.
 check-prefetch: $(BUILD)/halflife
-	@tests/check_prefetch.sh $(BUILD)
+	@HL_CC="$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(INCLUDES)" tests/check_prefetch.sh $(BUILD)
 
 FUZZ_WANTED := $(if $(shell command -v clang 2>/dev/null),$(FUZZERS))
 test: deps check-layering check-clang check-prefetch $(BUILD)/halflife $(TESTS) $(BENCHES) $(FUZZ_WANTED)

@@ -49,7 +49,7 @@ struct hl_models {
     int              seen_set;
     hl_counter      *swaps, *failures;
     hl_gauge        *loaded_ts, *info;
-    hl_gauge        *fit_residual, *fit_shared, *fit_ratio;   /* show_fit */
+    hl_gauge        *fit_residual, *fit_shared, *fit_ratio;   /* note_migration */
     char             info_labels[256];
 };
 
@@ -378,17 +378,17 @@ static void show_model(hl_models *ms, const hl_mref *r)
     hl_gauge_set(ms->loaded_ts, (double)time(NULL));
 }
 
-/* How well the swap into r carries users' older history: the map's
- * residual and the items it was fitted over (hl_migration_residual). A
- * model trained on another catalogue shares few of the old one's items;
+/* How well a migration carries users' older history: the map's residual
+ * and the items it was fitted over (hl_migration_residual). A model
+ * trained on another catalogue shares few of the old one's items;
  * swap_quality.sh's daily retrain (train --init, taobao-sample) fits to
  * 0.40, the same training from scratch to 0.998. */
-static void show_fit(hl_models *ms, const hl_mref *r, const hl_mref *old)
+void hl_models_note_migration(hl_models *ms, const hl_migration *mg, int old_items)
 {
-    int shared = hl_migration_shared(r->from_prev), n_old = old->mi->n_items;
-    hl_gauge_set(ms->fit_residual, hl_migration_residual(r->from_prev));
+    int shared = mg != NULL ? hl_migration_shared(mg) : 0;
+    hl_gauge_set(ms->fit_residual, mg != NULL ? hl_migration_residual(mg) : 1);
     hl_gauge_set(ms->fit_shared, shared);
-    hl_gauge_set(ms->fit_ratio, n_old > 0 ? (double)shared / n_old : 0);
+    hl_gauge_set(ms->fit_ratio, old_items > 0 ? (double)shared / old_items : 0);
 }
 
 static void register_metrics(hl_models *ms)
@@ -400,15 +400,16 @@ static void register_metrics(hl_models *ms)
         "Changed model files refused (damaged, half-written, or refused by the setup).", NULL);
     ms->loaded_ts = hl_metrics_gauge(reg, "halflife_model_loaded_timestamp_seconds",
         "Wall time the model in use was loaded.", NULL);
-    /* Before any swap: the identity over the model's items (0, n, 1). */
+    /* Before any migration: the identity over the model's items (0, n, 1). */
     ms->fit_residual = hl_metrics_gauge(reg, "halflife_model_migration_residual",
-        "The last live swap's map: ||E_old M - E_new|| / ||E_new|| over the items both "
-        "models know (0 exact, 1 nothing carried); users' history older than their ring "
-        "moved with this error.", NULL);
+        "The last migration's map (a swap, or a restore of state written under another "
+        "model): ||E_old M - E_new|| / ||E_new|| over the items both models know (0 "
+        "exact, 1 nothing carried, as in a rebuild from the rings); users' history older "
+        "than their ring moved with this error.", NULL);
     ms->fit_shared = hl_metrics_gauge(reg, "halflife_model_migration_shared_items",
-        "Items both models of the last live swap know: the map is fitted over them.", NULL);
+        "Items both models of the last migration know: its map is fitted over them.", NULL);
     ms->fit_ratio = hl_metrics_gauge(reg, "halflife_model_migration_shared_ratio",
-        "The last live swap's shared items over the replaced model's items.", NULL);
+        "The last migration's shared items over the old model's items.", NULL);
     hl_gauge_set(ms->fit_shared, ms->cur->mi->n_items);
     hl_gauge_set(ms->fit_ratio, 1);
 }
@@ -478,7 +479,7 @@ static void install(hl_models *ms, hl_mref *r, double fit_s, double skip_s)
     pthread_mutex_unlock(&ms->mu);
     hl_counter_add(ms->swaps, 1);
     show_model(ms, r);
-    show_fit(ms, r, old);
+    hl_models_note_migration(ms, r->from_prev, old->mi->n_items);
     hl_log(HL_LOG_INFO, "model_swapped", "path=%s version=\"%s\" fingerprint=%016llx "
            "previous_version=\"%s\" generation=%llu shared_items=%d residual=%.4f "
            "reshaped=%d fit_seconds=%.3f skip_maps=%d skip_fit_seconds=%.3f", ms->o.path,

@@ -147,6 +147,12 @@ void       hl_mref_moving_out(hl_mref *r, int delta);
 hl_model  *hl_models_open_kept(hl_models *ms, uint64_t fingerprint,
                                char *errbuf, size_t errlen);
 
+/* Shows how well a migration from a model of old_items items carried
+ * users' older history (halflife_model_migration_*): a live swap's map,
+ * or a restore's from a kept model; mg NULL: a rebuild from the rings
+ * alone (residual 1, nothing shared). Any thread: the gauges are atomic. */
+void       hl_models_note_migration(hl_models *ms, const hl_migration *mg, int old_items);
+
 /* Main thread: looks at model.path when the check is due (now_ms is
  * monotonic) or force is set (SIGHUP). 1 when a new model became current,
  * 0 when nothing changed, a negative HL_E* when a changed file was refused

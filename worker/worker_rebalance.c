@@ -85,6 +85,8 @@ int hl_worker_changelog_reshape(void *arg, uint64_t fp, hl_changelog_reshape *ou
         if (out->mg != NULL)
             out->from = old, old = NULL;    /* mg reads it: closed after mg */
     }
+    if (out->mg != NULL)
+        hl_models_note_migration(w->models, out->mg, hl_model_info_get(out->from)->n_items);
     if (rc == 0 && out->mg == NULL) {
         out->rebuilt = 1;
         out->mg = hl_migration_rebuild(cur->m, cur->tw, err, sizeof err);
@@ -146,6 +148,8 @@ static int migrate_restored(hl_worker *w, int32_t p, hl_table **tblp, uint64_t f
     if (old != NULL && (mg = hl_migration_create_any(old, cur->m, tw, why, sizeof why)) == NULL)
         hl_model_close(old), old = NULL;
     int rebuilt = mg == NULL;
+    hl_models_note_migration(w->models, rebuilt ? NULL : mg,
+                             old != NULL ? hl_model_info_get(old)->n_items : 0);
     if (rebuilt)
         mg = hl_migration_rebuild(cur->m, cur->tw, err, sizeof err);
     int64_t t0 = hl_now_mono_us(), n = mg ? move_rows(w, mg, tblp, reshape) : HL_ENOMEM;
@@ -156,8 +160,10 @@ static int migrate_restored(hl_worker *w, int32_t p, hl_table **tblp, uint64_t f
             hl_counter_add(rebuilt ? w->ctx.mx.rebuilt : w->ctx.mx.migrated, (uint64_t)n);
         hl_log(rebuilt ? HL_LOG_WARN : HL_LOG_INFO, rebuilt ? "snapshot_rebuilt"
                : "snapshot_migrated", "partition=%d from=%016llx to=%016llx users=%lld "
-               "reshaped=%d seconds=%.3f%s%s%s", (int)p, (unsigned long long)fp,
-               (unsigned long long)cur->mi->fingerprint, (long long)n, reshape,
+               "reshaped=%d shared_items=%d residual=%.4f seconds=%.3f%s%s%s", (int)p,
+               (unsigned long long)fp, (unsigned long long)cur->mi->fingerprint, (long long)n,
+               reshape, rebuilt ? 0 : hl_migration_shared(mg),
+               rebuilt ? 1.0 : hl_migration_residual(mg),
                (double)(hl_now_mono_us() - t0) / 1e6, rebuilt ? " reason=\"" : "",
                rebuilt ? why : "", rebuilt ? "; heads and masses rebuilt from the "
                "history rings alone\"" : "");

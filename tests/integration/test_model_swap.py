@@ -377,6 +377,9 @@ def restart_with_other_model(ck, br, model_a, model_b, events, where):
                    ("halflife_users_migrated_total", N_USERS))
     migrated = w.metric_or("halflife_users_migrated_total")
     lines = len(w.events("snapshot_migrated"))
+    fit, items_a = offline_fit(model_a, model_b), offline_fit(model_a, model_a)["shared"]
+    check_fit_gauges(ck, w, "fit_gauges_after_restore",
+                     (fit["residual"], fit["shared"], fit["shared"] / items_a))
     rc_b, _s = w.term(30)
     ref = offline_swap(ck.tmp, events, where, {p: 1 << 62 for p in range(PARTS)}, model_a, model_b)
     diff = same_state(dump_values(snap), ref)
@@ -389,6 +392,7 @@ def restart_with_other_model(ck, br, model_a, model_b, events, where):
                    ("halflife_users_rebuilt_total", N_USERS))
     rebuilt = w.metric_or("halflife_users_rebuilt_total")
     lines = len(w.events("snapshot_rebuilt"))
+    check_fit_gauges(ck, w, "fit_gauges_after_rebuild", (1, 0, 0))
     rc, _s = w.term(30)
     ref = offline_swap(ck.tmp, events, where, {p: 1 << 62 for p in range(PARTS)}, model_a,
                        model_b, rebuild=True)

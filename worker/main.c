@@ -57,6 +57,7 @@ static const struct {
     {"train",   hl_cmd_train,    0, "--input FILE --format F --out MODEL", "fit a model on an event file"},
     {"eval",    hl_cmd_eval,     0, "--model MODEL --input FILE --format F --protocol loo|prequential", "measure a model"},
     {"snapshot", hl_cmd_snapshot, 0, "inspect FILE", "print a snapshot file's header and counts as JSON"},
+    {"model",   hl_cmd_model,    0, "inspect FILE | compare OLD NEW", "check a model file, and what a swap from OLD to NEW would carry"},
 };
 #define N_CMDS (sizeof cmds / sizeof cmds[0])
 

@@ -18,6 +18,7 @@ int hl_cmd_produce(int argc, char **argv);
 int hl_cmd_train(int argc, char **argv);
 int hl_cmd_eval(int argc, char **argv);
 int hl_cmd_snapshot(int argc, char **argv);
+int hl_cmd_model(int argc, char **argv);
 int hl_cmd_items(int argc, char **argv);
 
 #endif

@@ -5,6 +5,7 @@
 #include "cmd_common.h"
 #include "log.h"
 #include "registry.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <math.h>
@@ -126,4 +127,37 @@ int hl_cmd_reach(rd_kafka_t *rk, const hl_config *cfg, int wait_ms, char *errbuf
                   "check the address and that Kafka runs there ('halflife broker' starts "
                   "a local one)", servers ? servers : "(unset)", wait_ms / 1000,
                   rd_kafka_err2str(err));
+}
+
+/* A JSON string: quotes, backslashes and control bytes escaped, valid
+ * UTF-8 as it is, and each byte that is not part of it as U+FFFD (JSON
+ * text is UTF-8; one bad id must not make the whole dump unreadable). */
+void hl_cmd_json_str(FILE *f, const char *s, size_t n)
+{
+    fputc('"', f);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t k = hl_utf8_char_len(s + i, n - i);
+        if (k == 0) {
+            fputs("\\ufffd", f);
+            k = 1;
+        } else if (c == '"' || c == '\\') {
+            fprintf(f, "\\%c", c);
+        } else if (c < 0x20) {
+            fprintf(f, "\\u%04x", c);
+        } else {
+            fwrite(s + i, 1, k, f);
+        }
+        i += k;
+    }
+    fputc('"', f);
+}
+
+/* A JSON number with digits significant digits, or null for NaN and
+ * infinities (JSON has neither). */
+void hl_cmd_json_num(FILE *f, const char *sep, int digits, double x)
+{
+    fputs(sep, f);
+    if (isfinite(x)) fprintf(f, "%.*g", digits, x);
+    else fputs("null", f);
 }

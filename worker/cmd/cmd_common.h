@@ -3,8 +3,8 @@
  * and --help; numbers checked against a range; -X key=value collected for
  * the configuration) and, for the two that write Avro, the Schema
  * Registry id of the schema they write, and the check that the brokers
- * answer before anything is sent. Private to worker/cmd/ (only
- * subcommands include it). */
+ * answer before anything is sent; JSON output for snapshot and model.
+ * Private to worker/cmd/ (only subcommands include it). */
 #ifndef HL_CMD_COMMON_H
 #define HL_CMD_COMMON_H
 
@@ -64,5 +64,13 @@ int hl_cmd_schema_id(const hl_worker_opts *wo, const char *topic, const char *sc
  * address ends in seconds instead of after message.timeout.ms (5 min). */
 #define HL_CMD_REACH_MS 15000   /* what produce and items give a cluster to answer */
 int hl_cmd_reach(rd_kafka_t *rk, const hl_config *cfg, int wait_ms, char *errbuf, size_t errlen);
+
+/* JSON output for the commands that print it (snapshot, model): a string
+ * with quotes, backslashes and control bytes escaped and each byte that is
+ * not part of valid UTF-8 as U+FFFD (ids and versions come from files);
+ * a number after sep with digits significant digits, or null when it is
+ * not finite. */
+void hl_cmd_json_str(FILE *f, const char *s, size_t n);
+void hl_cmd_json_num(FILE *f, const char *sep, int digits, double x);
 
 #endif

@@ -15,9 +15,9 @@
  * from before the codec checked) as U+FFFD, so a reader can still parse
  * the line and find the broken row. */
 #include "cmd.h"
+#include "cmd_common.h"
 
 #include "snapshot.h"
-#include "utf8.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -42,53 +42,20 @@ static void usage(FILE *f)
         "stderr with exit status 1. The format is in schemas/snapshot.md.\n");
 }
 
-/* A JSON string: quotes, backslashes and control bytes escaped, valid
- * UTF-8 as it is, and each byte that is not part of it as U+FFFD (JSON
- * text is UTF-8; one bad id must not make the whole dump unreadable). */
-static void json_str(FILE *f, const char *s, size_t n)
-{
-    fputc('"', f);
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t k = hl_utf8_char_len(s + i, n - i);
-        if (k == 0) {
-            fputs("\\ufffd", f);
-            k = 1;
-        } else if (c == '"' || c == '\\') {
-            fprintf(f, "\\%c", c);
-        } else if (c < 0x20) {
-            fprintf(f, "\\u%04x", c);
-        } else {
-            fwrite(s + i, 1, k, f);
-        }
-        i += k;
-    }
-    fputc('"', f);
-}
-
-/* A JSON number with digits significant digits, or null for NaN and
- * infinities (JSON has neither). */
-static void json_num(FILE *f, const char *sep, int digits, double x)
-{
-    fputs(sep, f);
-    if (isfinite(x)) fprintf(f, "%.*g", digits, x);
-    else fputs("null", f);
-}
-
 static void print_info(const char *path, const hl_snapshot_info *in)
 {
     FILE *f = stdout;
     fprintf(f, "{\"file\":");
-    json_str(f, path, strlen(path));
+    hl_cmd_json_str(f, path, strlen(path));
     fprintf(f, ",\"bytes\":%llu,\"version\":%u,\"topic\":", (unsigned long long)in->bytes,
             in->version);
-    json_str(f, in->meta.topic, strlen(in->meta.topic));
+    hl_cmd_json_str(f, in->meta.topic, strlen(in->meta.topic));
     fprintf(f, ",\"partition\":%d,\"next_offset\":%lld,\"model_fingerprint\":\"%016llx\","
             "\"dim\":%d,\"n_heads\":%d,\"half_life_ms\":[", (int)in->meta.partition,
             (long long)in->meta.next_offset, (unsigned long long)in->meta.model_fingerprint,
             in->dim, in->n_heads);
     for (int h = 0; h < in->n_heads; h++)
-        json_num(f, h ? "," : "", 17, in->half_life_ms[h]);
+        hl_cmd_json_num(f, h ? "," : "", 17, in->half_life_ms[h]);
     fprintf(f, "],\"history\":%d,\"changelog_offset\":%lld,\"changelog_epoch\":%lld,"
             "\"users\":%llu,\"hist_entries\":%llu", in->history,
             (long long)in->meta.changelog_offset, (long long)in->meta.changelog_epoch,
@@ -134,7 +101,7 @@ static uint64_t fnv1a(const void *p, size_t n)
 static void print_floats(FILE *f, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        json_num(f, i ? "," : "", 9, (double)x[i]);
+        hl_cmd_json_num(f, i ? "," : "", 9, (double)x[i]);
 }
 
 static int dump_row(void *arg, const hl_snapshot_info *in, uint32_t row,
@@ -145,7 +112,7 @@ static int dump_row(void *arg, const hl_snapshot_info *in, uint32_t row,
     FILE *f = stdout;
 
     fprintf(f, "{\"user\":");
-    json_str(f, v->user, v->user_len);
+    hl_cmd_json_str(f, v->user, v->user_len);
     fprintf(f, ",\"row\":%u,\"t_ref_ms\":%lld,\"last_offset\":%lld,\"active_seq\":%llu,\"m\":[",
             row, (long long)v->t_ref_ms, (long long)v->last_offset,
             (unsigned long long)v->active_seq);

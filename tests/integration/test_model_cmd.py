@@ -141,9 +141,12 @@ def body(tmp):
         check("usage_error_%d" % n, rc == 2 and out is None and
               ("usage" in err or "halflife model" in err),
               "args %s: exit %s, stderr %r" % (args, rc, err))
-    p = subprocess.run([HALFLIFE, "model", "--help"], capture_output=True, text=True)
-    check("help", p.returncode == 0 and "compare OLD NEW" in p.stdout,
-          "exit %s, stdout %r" % (p.returncode, p.stdout[:200]))
+    for args in (("--help",), ("inspect", "--help"), ("compare", pa, "-h"),
+                 ("compare", pa, pc, "--help")):
+        p = subprocess.run([HALFLIFE, "model"] + list(args), capture_output=True, text=True)
+        check("help_" + "_".join(x.strip("-") for x in args if not x.endswith(".hlm")),
+              p.returncode == 0 and "compare OLD NEW" in p.stdout,
+              "args %s: exit %s, stdout %r" % (args, p.returncode, p.stdout[:200]))
 
 
 def main():

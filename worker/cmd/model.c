@@ -153,10 +153,11 @@ int hl_cmd_model(int argc, char **argv)
         {"--min-shared-ratio", HL_ARG_NUM, 0, 1, &min_ratio},
     };
     hl_cmd_args a = {"model", opts, 2, usage, NULL};
-    if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-        usage(stdout);
-        return 0;
-    }
+    for (int i = 1; i < argc && i < 4; i++)    /* in place of the command or a FILE */
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        }
     if (argc == 3 && !strcmp(argv[1], "inspect"))
         return inspect(argv[2]);
     if (argc >= 4 && !strcmp(argv[1], "compare")) {

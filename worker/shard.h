@@ -198,13 +198,18 @@ static inline int64_t hl_shard_publishable_offset(hl_shard *sh)
  * migrate in HL_SWAP_BATCH_BUDGET_US (hl_shard_swap_batch_cap), at most
  * HL_SWAP_BATCH_MAX and at least HL_SWAP_BATCH_MIN: this bounds the stall
  * a swap adds to one batch (bench_swap) at the price of smaller batches
- * for the migration's few seconds. The most is 256, not 512: a batch at
- * the most is one the estimate did not bound, and random users' rows can
- * cost 5x the estimate when the other core is busy (336 stale rows in a
- * 512-event batch took 8.6 ms, 2026-12-04); at 256, three interleaved
- * pairs of bench_swap runs gave stalls of 5.9-8.3 ms against 6.0-10.8,
- * the time to migrate every user unchanged (1.12-1.18 s, 1.15-1.26). */
-#define HL_SWAP_BATCH_MAX 256
+ * for the migration's few seconds. The most is 128: a batch at the most
+ * is one the estimate did not bound, and random users' rows can cost 5x
+ * the estimate when the other core is busy (336 stale rows in a 512-event
+ * batch took 8.6 ms, 2026-12-04; 512 -> 256 then cut stalls of 6.0-10.8
+ * ms to 5.9-8.3). 256 -> 128, 2026-12-06, two sets of 8 interleaved
+ * bench_swap pairs (1M users, both shapes; the second set's rule, written
+ * before it: fewer runs over 10 ms, the time to migrate everyone within
+ * 10%): runs over 10 ms 4 and 10 of 16 at 256 against 0 and 5 of 16 at
+ * 128; stall medians, same shape 8.25 / 7.58 -> 7.93 / 6.82 ms, reshape
+ * 9.61 / 11.21 -> 7.34 / 9.89 ms; everyone moved in 1.37 / 1.77 -> 1.43
+ * / 1.45 s (same shape), 5.39 / 5.52 -> 4.64 / 4.49 s (reshape). */
+#define HL_SWAP_BATCH_MAX 128
 #define HL_SWAP_BATCH_MIN 16
 #define HL_SWAP_BATCH_BUDGET_US 2000
 

@@ -52,10 +52,7 @@ static uint64_t make_slot(uint32_t tag, uint32_t r)
     return (uint64_t)tag << 32 | (uint64_t)(r + 1);
 }
 
-static size_t home(const hl_index_tab *t, uint32_t tag)
-{
-    return (uint32_t)(tag * 0x9e3779b1u) >> (32 - t->bits);
-}
+static size_t home(const hl_index_tab *t, uint32_t tag) { return hl_index_home(t, tag); }
 
 static size_t mask(const hl_index_tab *t) { return ((size_t)1 << t->bits) - 1; }
 
@@ -93,12 +90,6 @@ void hl_index_free(hl_index *ix)
     tab_free(&ix->cur);
     tab_free(&ix->old);
     tab_free(&ix->spare);
-}
-
-void hl_index_prefetch(const hl_index *ix, uint32_t tag)
-{
-    __builtin_prefetch(&ix->cur.slot[home(&ix->cur, tag)], 0, 3);
-    if (ix->growing) __builtin_prefetch(&ix->old.slot[home(&ix->old, tag)], 0, 3);
 }
 
 void hl_index_first(const hl_index *ix, uint32_t tag, hl_index_it *it)

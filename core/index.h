@@ -40,7 +40,20 @@ typedef struct hl_index_it { int t; size_t i; } hl_index_it;
 int  hl_index_init(hl_index *ix, size_t expected);
 void hl_index_free(hl_index *ix);
 
-void hl_index_prefetch(const hl_index *ix, uint32_t tag);
+/* An entry's home slot: the top bits of tag * golden ratio (index.c). */
+static inline size_t hl_index_home(const hl_index_tab *t, uint32_t tag)
+{
+    return (uint32_t)(tag * 0x9e3779b1u) >> (32 - t->bits);
+}
+
+/* Brings tag's home slots (both tables while growing) towards the cache
+ * ahead of a lookup. In the header so the hints land in the caller: out
+ * of line it was a call that gcc may delete (hl.h, HL_PREFETCH_FN). */
+HL_PREFETCH_FN void hl_index_prefetch(const hl_index *ix, uint32_t tag)
+{
+    __builtin_prefetch(&ix->cur.slot[hl_index_home(&ix->cur, tag)], 0, 3);
+    if (ix->growing) __builtin_prefetch(&ix->old.slot[hl_index_home(&ix->old, tag)], 0, 3);
+}
 
 /* Rows whose entry carries tag, the current table first: call first, then
  * next until it returns -1. No put or del in between. */

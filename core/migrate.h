@@ -55,7 +55,10 @@ hl_migration *hl_migration_rebuild(const hl_model *to, const float tw[HL_N_TYPES
  * what is older than the ring comes from the old head of the same
  * half-life (exact up to M), else is interpolated between the two old
  * heads around it (schemas/model.md, "Another dim, number of heads or
- * half-lives"). For two models of one shape: hl_migration_create. */
+ * half-lives"). For two models of one shape it returns what
+ * hl_migration_create returns (rows migrate in place), so a caller that
+ * takes either shape (a swap, a restore, `halflife model compare`) calls
+ * this one. */
 hl_migration *hl_migration_create_any(const hl_model *from, const hl_model *to,
                                       const float tw[HL_N_TYPES], char *errbuf, size_t errlen);
 /* The local correction (migrate.c, rows_end; reshape_local for a

@@ -216,9 +216,7 @@ static hl_migration *fit(hl_models *ms, const hl_mref *cur, const hl_model *m,
                          char *errbuf, size_t errlen)
 {
     const hl_model_info *a = cur->mi, *b = hl_model_info_get(m);
-    if (hl_models_same_shape(a, b))
-        return hl_migration_create(cur->m, m, cur->tw, errbuf, errlen);
-    if (ms->o.reshape_refused != NULL) {
+    if (!hl_models_same_shape(a, b) && ms->o.reshape_refused != NULL) {
         hl_err(errbuf, errlen, HL_EMISMATCH, "another state shape (dim %d -> %d, heads "
                "%d -> %d): %s", a->dim, b->dim, a->n_heads, b->n_heads, ms->o.reshape_refused);
         return NULL;

@@ -369,9 +369,7 @@ static int plan(hl_shard *sh, hl_mref *to)
     if ((sh->mig = hl_mref_migration(to, sh->mref)) != NULL)
         return 0;
     double t0 = hl_now_mono_s();
-    sh->mig_own = hl_models_same_shape(sh->mref->mi, to->mi)
-        ? hl_migration_create(sh->mref->m, to->m, sh->mref->tw, err, sizeof err)
-        : hl_migration_create_any(sh->mref->m, to->m, sh->mref->tw, err, sizeof err);
+    sh->mig_own = hl_migration_create_any(sh->mref->m, to->m, sh->mref->tw, err, sizeof err);
     if (sh->mig_own == NULL) {
         hl_log(HL_LOG_ERROR, "migration_failed", "partition=%d from=\"%s\" to=\"%s\" "
                "err=\"%s\"", (int)sh->partition, sh->mref->mi->version, to->mi->version, err);

@@ -5,9 +5,9 @@
  * Both open files through hl_model_open(), the worker's own loader, so a
  * file they accept passes the checks a worker runs on it (CRC, shapes,
  * finite and bounded values, ids). compare then fits the map between the
- * two models' item vectors as a worker's swap does (worker/models.c:
- * hl_migration_create for one state shape, hl_migration_create_any for
- * another) and prints what the worker's halflife_model_migration_* gauges
+ * two models' item vectors as a worker's swap does (worker/models.c,
+ * hl_migration_create_any: in place for one state shape, into the new
+ * shape for another) and prints what the worker's halflife_model_migration_* gauges
  * will read after the swap. Its exit status gates a retrain job: 1 when a
  * file is refused or the map is beyond --max-residual or
  * --min-shared-ratio, whose defaults are the thresholds of the
@@ -98,11 +98,9 @@ static int inspect(const char *path)
 static hl_migration *fit(const hl_model *a, const hl_model *b, double *secs)
 {
     char err[512];
-    const hl_model_info *ia = hl_model_info_get(a), *ib = hl_model_info_get(b);
+    const hl_model_info *ia = hl_model_info_get(a);
     double t0 = hl_now_mono_s();
-    hl_migration *mg = hl_models_same_shape(ia, ib)
-        ? hl_migration_create(a, b, ia->type_weight, err, sizeof err)
-        : hl_migration_create_any(a, b, ia->type_weight, err, sizeof err);
+    hl_migration *mg = hl_migration_create_any(a, b, ia->type_weight, err, sizeof err);
     *secs = hl_now_mono_s() - t0;
     if (mg == NULL)
         fprintf(stderr, "halflife model compare: fitting the map failed: %s\n", err);

@@ -231,9 +231,9 @@ static double det_margin(const hl_ranker *r, int u)
     return 2.0 * gamma * ((double)r->q_norm[u] * e + b) * 1.01;
 }
 
-/* Sets (v 1) or clears (v 0) user u's excluded model rows in r->excl:
- * its ring when exclude_seen, ex's rows, the catalogue's hidden rows. */
-void hl_rank_mark_excl(hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v)
+/* Sets (v 1) or clears (v 0) user u's own excluded model rows in
+ * r->excl: its ring when exclude_seen, and ex's rows. */
+void hl_rank_mark_own(hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v)
 {
     const int32_t *seen = r->seen + (size_t)u * MAX_RING;
     int n_seen = r->exclude_seen ? r->seen_n[u] : 0;
@@ -242,6 +242,12 @@ void hl_rank_mark_excl(hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v
     for (int i = 0; ex != NULL && i < ex->n; i++)
         if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
             r->excl[ex->item[i]] = v;
+}
+
+/* The same and the catalogue's hidden rows. */
+void hl_rank_mark_excl(hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v)
+{
+    hl_rank_mark_own(r, u, ex, v);
     for (int32_t i = 0; i < r->cat.n_hidden && r->cat.hidden[i] < r->n_items; i++)
         r->excl[r->cat.hidden[i]] = v;
 }

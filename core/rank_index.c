@@ -85,19 +85,6 @@ void hl_rank_index_catalogue(hl_ranker *r)
         }
 }
 
-/* Sets (v 1) or clears (v 0) u's own exclusions in r->excl: its ring when
- * exclude_seen and ex's model rows (the hidden rows are in r->hmask). */
-static void mark_user(hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v)
-{
-    const int32_t *seen = r->seen + (size_t)u * MAX_RING;
-    int n_seen = r->exclude_seen ? r->seen_n[u] : 0;
-    for (int i = 0; i < n_seen; i++)
-        r->excl[seen[i]] = v;
-    for (int i = 0; ex != NULL && i < ex->n; i++)
-        if (ex->item[i] >= 0 && ex->item[i] < r->n_items)
-            r->excl[ex->item[i]] = v;
-}
-
 void hl_rank_index_batch(hl_ranker *r, int n, const hl_rank_exclude *extra)
 {
     for (int u = 0; u < n; u++) {
@@ -140,13 +127,13 @@ static int rescore_batch(hl_ranker *r, int u, const hl_rank_exclude *ex, int *n)
     const float *q = r->Q + (size_t)u * r->dim;
     const int32_t *cand = r->icand + (size_t)u * r->istride;
     int kept = 0;
-    mark_user(r, u, ex, 1);
+    hl_rank_mark_own(r, u, ex, 1);   /* the hidden rows are in r->hmask */
     for (int i = 0; i < r->ifound[u]; i++)
         if (!r->excl[cand[i]]) {
             kept++;
             push_row(r, h, n, q, cand[i]);
         }
-    mark_user(r, u, ex, 0);
+    hl_rank_mark_own(r, u, ex, 0);
     return kept;
 }
 

@@ -157,8 +157,10 @@ int     hl_rank_select_exact(struct hl_ranker *r, int u, const hl_rank_exclude *
 /* User u's exact list over every item (model and side) into its heap,
  * best first; returns its length. Slow: the fallback and the shadow check. */
 int     hl_rank_rescan_exact(struct hl_ranker *r, int u, const hl_rank_exclude *ex);
-/* Sets (v 1) or clears (v 0) u's excluded model rows in r->excl (ring,
- * ex, the catalogue's hidden rows); r->excl is zero between uses. */
+/* Sets (v 1) or clears (v 0) u's excluded model rows in r->excl: own
+ * marks its ring (when exclude_seen) and ex's rows, excl also the
+ * catalogue's hidden rows; r->excl is zero between uses. */
+void    hl_rank_mark_own(struct hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v);
 void    hl_rank_mark_excl(struct hl_ranker *r, int u, const hl_rank_exclude *ex, uint8_t v);
 /* User u's visible side items not in ex, det_score'd into its heap of *n. */
 void    hl_rank_side_push(struct hl_ranker *r, int u, const hl_rank_exclude *ex, int *n);

@@ -36,18 +36,21 @@ const char *hl_item_reason_name(hl_item_reason r)
 
 /* schemas/item_update.avsc without its docs (test_codec_item checks the
  * two are the same schema): what `halflife items` registers, and what a
- * registry's writer schema must be for the hand-written decoder below. */
+ * registry's writer schema must be for the hand-written decoder below.
+ * ITEM_FIELDS_V1 are the fields before foldin. */
+#define ITEM_FIELDS_V1 \
+    "{\"type\":\"record\",\"name\":\"ItemUpdate\",\"namespace\":\"halflife\",\"fields\":[" \
+    "{\"name\":\"item_id\",\"type\":\"string\"}," \
+    "{\"name\":\"available\",\"type\":\"boolean\",\"default\":true}," \
+    "{\"name\":\"expires_at\",\"type\":[\"null\",{\"type\":\"long\"," \
+    "\"logicalType\":\"timestamp-millis\"}],\"default\":null}," \
+    "{\"name\":\"embedding\",\"type\":[\"null\",{\"type\":\"record\",\"name\":" \
+    "\"ItemEmbedding\",\"fields\":[" \
+    "{\"name\":\"e_in\",\"type\":{\"type\":\"array\",\"items\":\"float\"}}," \
+    "{\"name\":\"e_out\",\"type\":{\"type\":\"array\",\"items\":\"float\"}}," \
+    "{\"name\":\"bias\",\"type\":\"float\"}]}],\"default\":null}"
 static const char item_json[] =
-    "{\"type\":\"record\",\"name\":\"ItemUpdate\",\"namespace\":\"halflife\",\"fields\":["
-    "{\"name\":\"item_id\",\"type\":\"string\"},"
-    "{\"name\":\"available\",\"type\":\"boolean\",\"default\":true},"
-    "{\"name\":\"expires_at\",\"type\":[\"null\",{\"type\":\"long\","
-    "\"logicalType\":\"timestamp-millis\"}],\"default\":null},"
-    "{\"name\":\"embedding\",\"type\":[\"null\",{\"type\":\"record\",\"name\":"
-    "\"ItemEmbedding\",\"fields\":["
-    "{\"name\":\"e_in\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
-    "{\"name\":\"e_out\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
-    "{\"name\":\"bias\",\"type\":\"float\"}]}],\"default\":null},"
+    ITEM_FIELDS_V1 ","
     "{\"name\":\"foldin\",\"type\":[\"null\",{\"type\":\"record\",\"name\":"
     "\"ItemFoldin\",\"fields\":[{\"name\":\"events\",\"type\":\"long\"}]}],"
     "\"default\":null}]}";
@@ -55,17 +58,7 @@ static const char item_json[] =
 /* The same before the foldin field: its records end after the embedding
  * and the decoder reads them as an operator's, so a registry id of that
  * version (registered by an older `halflife items`) stays readable. */
-static const char item_json_v1[] =
-    "{\"type\":\"record\",\"name\":\"ItemUpdate\",\"namespace\":\"halflife\",\"fields\":["
-    "{\"name\":\"item_id\",\"type\":\"string\"},"
-    "{\"name\":\"available\",\"type\":\"boolean\",\"default\":true},"
-    "{\"name\":\"expires_at\",\"type\":[\"null\",{\"type\":\"long\","
-    "\"logicalType\":\"timestamp-millis\"}],\"default\":null},"
-    "{\"name\":\"embedding\",\"type\":[\"null\",{\"type\":\"record\",\"name\":"
-    "\"ItemEmbedding\",\"fields\":["
-    "{\"name\":\"e_in\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
-    "{\"name\":\"e_out\",\"type\":{\"type\":\"array\",\"items\":\"float\"}},"
-    "{\"name\":\"bias\",\"type\":\"float\"}]}],\"default\":null}]}";
+static const char item_json_v1[] = ITEM_FIELDS_V1 "]}";
 
 const char *hl_item_schema(void)
 {

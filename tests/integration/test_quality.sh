@@ -31,6 +31,10 @@
 # 1-3, mean 0.0837 against 0.0835, for twice the serving cost; --l2 0.01
 # mean 0.0840, --ema 0.999 mean 0.0836, --negatives 1024 0.0819 / 0.0829
 # (seeds 1-3, tests/quality/RESULTS.md "Beauty").
+# Nor (2026-12-06, seed 1): --batch 128, --dropout 0.4 / 0.6, --hidden 512,
+# --lr 0.002 / 0.005, --epochs 12; --lr-final 0.01 led on seed 1 (0.0848)
+# but over seeds 2-7 read 0.0844 against the defaults' 0.0839. The defaults
+# over seeds 1-7: HR@10 0.0838, NDCG@10 0.0513.
 set -u
 name=test_quality
 if [ -z "${HL_DATASETS:-}" ]; then

@@ -341,7 +341,7 @@ static void test_forward_equals_encoder(void)
     for (int64_t i = sq.off[3]; i < sq.off[4]; i++)
         hl_decay_add(&dec, st, m, &t_ref, sq.ts_ms[i], sq.w[i], r.e_in + (size_t)sq.item[i] * o.dim);
     hl_encoder_features(o.n_heads, o.dim, st, m, xs);
-    hl_train_heads_input(&dec, r.e_in, &sq, sq.off[3], sq.off[4] - 1, sbuf, xt, NULL);
+    hl_train_heads_input(&dec, r.e_in, &sq, sq.off[3], sq.off[4] - 1, NULL, sbuf, xt, NULL);
     CHECK_CLOSE(xt, xs, in_dim, 0);
 
     /* Four rows of x through the training MLP and through the encoder. */
@@ -358,6 +358,67 @@ static void test_forward_equals_encoder(void)
     CHECK_CLOSE(q_train, q_enc, 4 * o.dim, 1e-5);
     hl_train_seqs_free(&sq);
     hl_train_result_reset(&r);
+}
+
+/* An event left out by history dropout is as if it never happened (the
+ * newest stays, so the heads' reference time is the same), its
+ * coefficients are 0, and training with it is still deterministic, learns
+ * the rule and differs from training without it. */
+static void test_history_dropout(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result a, b, c;
+    synth_rule(&s, 200, 12, 50, 3);
+    tiny_opts(&o);
+    o.dim = 8;
+    o.epochs = 2;
+    train_or_fail(&o, &s.d, &a);
+    if (!a.e_in) return;
+    hl_decay dec;
+    seqs sq;
+    char err[256];
+    CHECK(hl_decay_init(&dec, o.n_heads, o.dim, o.half_life_ms, err, sizeof err) == 0);
+    CHECK(hl_train_seqs_build(&sq, &s.d, o.type_weight, err, sizeof err) == 0);
+    int64_t first = sq.off[5], last = sq.off[6] - 1, n = last - first + 1;
+    CHECK(n >= 4 && n <= 64);
+    uint8_t drop[64] = {0};
+    drop[1] = drop[n - 2] = 1;
+    float xs[4 * 9], xt[4 * 9], sbuf[32], st[32], m[HL_MAX_HEADS] = {0}, coef[64 * 4];
+    int64_t t_ref = INT64_MIN;
+    memset(st, 0, sizeof st);
+    for (int64_t i = first; i <= last; i++)
+        if (!drop[i - first])
+            hl_decay_add(&dec, st, m, &t_ref, sq.ts_ms[i], sq.w[i],
+                         a.e_in + (size_t)sq.item[i] * o.dim);
+    hl_encoder_features(o.n_heads, o.dim, st, m, xs);
+    hl_train_heads_input(&dec, a.e_in, &sq, first, last, drop, sbuf, xt, coef);
+    CHECK_CLOSE(xt, xs, o.n_heads * (o.dim + 1), 1e-6);
+    for (int h = 0; h < o.n_heads; h++) {
+        CHECK(coef[1 * o.n_heads + h] == 0 && coef[(n - 2) * o.n_heads + h] == 0);
+        CHECK(coef[(n - 1) * o.n_heads + h] > 0);
+    }
+    hl_train_seqs_free(&sq);
+
+    hl_train_opts_default(&o);
+    o.dim = 16; o.hidden[0] = 32; o.epochs = 12; o.batch = 64; o.lr = 5e-3f;
+    o.dropout = 0.0f; o.holdout_loo = 1; o.history_dropout = 0.2f;
+    train_or_fail(&o, &s.d, &b);
+    train_or_fail(&o, &s.d, &c);
+    if (b.e_in && c.e_in) {
+        CHECK(results_equal(&b, &c));
+        CHECKF(b.test_hr10 >= 0.9, "history dropout: test HR@10 %.3f", b.test_hr10);
+        hl_train_result_reset(&c);
+        o.history_dropout = 0;
+        train_or_fail(&o, &s.d, &c);
+        CHECK(c.e_in && !results_equal(&b, &c));
+    }
+    o.history_dropout = 1.0f;
+    CHECK(hl_train_run(&o, &s.d, &c, err, sizeof err) == HL_EINVAL);
+    CHECK(strstr(err, "history_dropout") != NULL);
+    hl_train_result_reset(&a);
+    hl_train_result_reset(&b);
+    hl_train_result_reset(&c);
 }
 
 /* ---- model file --------------------------------------------------------------------------- */
@@ -575,6 +636,7 @@ int main(void)
     RUN(test_sequence_rule_is_learned);
     RUN(test_sampled_rule_is_learned);
     RUN(test_forward_equals_encoder);
+    RUN(test_history_dropout);
     RUN(test_model_round_trip);
     RUN(test_warm_start);
     RUN(test_fast_exp_accuracy);

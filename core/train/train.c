@@ -54,6 +54,7 @@ typedef struct trainer {
     float    *x, *x_mask, *s_scratch, *z[HL_MAX_LAYERS], *a[HL_MAX_LAYERS],
              *mask[HL_MAX_LAYERS], *logits, *d1, *d2;
     int32_t  *hist_item, *target, *cand, *diag;
+    uint8_t  *hist_drop;            /* o->history_dropout: events left out */
     int      *hist_n;
     float    *hist_coef, *cand_e, *cand_b, *cand_ge, *cand_gb;
     double   *pop_cdf;              /* sampled softmax: cumulative q_j */
@@ -80,7 +81,7 @@ static void trainer_free(trainer *t)
     free(t->hist_item); free(t->target); free(t->cand); free(t->diag); free(t->hist_n);
     free(t->hist_coef); free(t->cand_e); free(t->cand_b);
     free(t->cand_ge); free(t->cand_gb); free(t->pop_cdf); free(t->pop_logq);
-    free(t->train_len); free(t->x_raw); free(t->hist_age);
+    free(t->train_len); free(t->x_raw); free(t->hist_age); free(t->hist_drop);
 }
 
 static void info_from_opts(hl_model_info *mi, const hl_train_opts *o, int32_t n_items)
@@ -111,6 +112,8 @@ static int check_opts(const hl_train_opts *o, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL, "train: epochs, batch or max_history");
     if (!(o->lr > 0) || !(o->l2 >= 0) || !(o->dropout >= 0 && o->dropout < 1))
         return hl_err(errbuf, errlen, HL_EINVAL, "train: lr must be > 0, l2 >= 0, dropout in [0,1)");
+    if (!(o->history_dropout >= 0 && o->history_dropout < 1))
+        return hl_err(errbuf, errlen, HL_EINVAL, "train: history_dropout must be in [0,1)");
     if (!(o->train_fraction > 0 && o->train_fraction <= 1))
         return hl_err(errbuf, errlen, HL_EINVAL, "train: train_fraction must be in (0,1]");
     if (o->n_negatives < 1)
@@ -242,6 +245,8 @@ static int alloc_scratch(trainer *t)
     ALLOC(t->hist_coef, (size_t)B * t->H * n->n_heads);
     ALLOC(t->hist_n, B);
     ALLOC(t->target, B);
+    if (t->o->history_dropout > 0)
+        ALLOC(t->hist_drop, (size_t)B * t->H);
     if (t->o->learn_half_lives) {
         ALLOC(t->x_raw, (size_t)B * n->in_dim);
         ALLOC(t->hist_age, (size_t)B * t->H);
@@ -353,7 +358,10 @@ static void batch_inputs(trainer *t, const int64_t *idx, int B, int train)
         for (int64_t i = first; i <= last; i++)
             t->hist_item[(size_t)r * t->H + (i - first)] = t->sq.item[i];
         t->target[r] = t->sq.item[last + 1];
-        hl_train_heads_input(&t->dec, n->e_in, &t->sq, first, last, t->s_scratch,
+        uint8_t *drop = train && t->hist_drop ? t->hist_drop + (size_t)r * t->H : NULL;
+        for (int64_t i = first; drop && i <= last; i++)
+            drop[i - first] = i < last && rng_unit(&t->r) < t->o->history_dropout;
+        hl_train_heads_input(&t->dec, n->e_in, &t->sq, first, last, drop, t->s_scratch,
                              t->x + (size_t)r * n->in_dim,
                              t->hist_coef + (size_t)r * t->H * n->n_heads);
         if (t->x_raw) {

@@ -55,6 +55,10 @@ typedef struct hl_train_opts {
                                               validated and written instead of
                                               the last step's; 0: off */
     float    dropout;                      /* on the encoder input and hidden */
+    float    history_dropout;              /* each training example leaves out
+                                              each of its events but the newest
+                                              with this probability (weight 0);
+                                              validation and serving see all */
     int      max_history;                  /* events per example's heads (newest) */
     int      holdout_loo;                  /* keep each user's last two events out */
     float    train_fraction;               /* train on events before the time of

@@ -35,6 +35,9 @@
 # --lr 0.002 / 0.005, --epochs 12; --lr-final 0.01 led on seed 1 (0.0848)
 # but over seeds 2-7 read 0.0844 against the defaults' 0.0839. The defaults
 # over seeds 1-7: HR@10 0.0838, NDCG@10 0.0513.
+# Nor (2026-12-06, seed 1, one thread; defaults 0.0853): a 1-minute head,
+# the last item alone on Beauty's 1 h spacing, 0.0852; --history-dropout
+# 0.2 / 0.4 0.0844 / 0.0825.
 set -u
 name=test_quality
 if [ -z "${HL_DATASETS:-}" ]; then

@@ -7,11 +7,12 @@
  * finite and bounded values, ids). compare then fits the map between the
  * two models' item vectors as a worker's swap does (worker/models.c,
  * hl_migration_create_any: in place for one state shape, into the new
- * shape for another) and prints what the worker's halflife_model_migration_* gauges
- * will read after the swap. Its exit status gates a retrain job: 1 when a
- * file is refused or the map is beyond --max-residual or
- * --min-shared-ratio, whose defaults are the thresholds of the
- * HalflifeModelSwapLossy alert (deploy/prometheus/alerts.yml). */
+ * shape for another) and prints what the worker's
+ * halflife_model_migration_* gauges will read after the swap. Its exit
+ * status gates a retrain job: 1 when a file is refused or the map is
+ * beyond --max-residual or --min-shared-ratio, whose defaults are the
+ * thresholds of the HalflifeModelSwapLossy alert
+ * (deploy/prometheus/alerts.yml). */
 #include "cmd.h"
 #include "cmd_common.h"
 

@@ -423,6 +423,7 @@ static void test_history_dropout(void)
         o.history_dropout = 0;
         train_or_fail(&o, &s.d, &c);
         CHECK(c.e_in && !results_equal(&b, &c));
+        hl_train_result_reset(&c);
     }
     o.history_dropout = 1.0f;
     CHECK(hl_train_run(&o, &s.d, &c, err, sizeof err) == HL_EINVAL);

@@ -45,19 +45,15 @@ typedef struct trainer {
     float     th_avg[HL_MAX_HEADS]; /* and the averaged log rates */
     int64_t   step, total_steps;
     rng       r;
-    /* examples: user row and index (into sq) of the last input event, and
-     * (o->ahead > 1) how many events ahead the target is, 1 = the next */
+    /* examples: user row and index (into sq) of the last input event */
     int64_t   n_ex;
     int32_t  *ex_user;
     int64_t  *ex_last;
-    uint8_t  *ex_ahead;
     /* batch scratch */
     int       B, H, n_cols, sampled;
     float    *x, *x_mask, *s_scratch, *z[HL_MAX_LAYERS], *a[HL_MAX_LAYERS],
              *mask[HL_MAX_LAYERS], *logits, *d1, *d2;
     int32_t  *hist_item, *target, *cand, *diag;
-    uint8_t  *hist_drop;            /* o->history_dropout: events left out */
-    float    *row_w;                /* o->ahead > 1: each row's loss weight */
     int      *hist_n;
     float    *hist_coef, *cand_e, *cand_b, *cand_ge, *cand_gb;
     double   *pop_cdf;              /* sampled softmax: cumulative q_j */
@@ -76,7 +72,6 @@ static void trainer_free(trainer *t)
     hl_train_seqs_free(&t->sq);
     free(t->p_block); free(t->g_block); free(t->m_block); free(t->v_block);
     free(t->best_block); free(t->avg_block); free(t->ex_user); free(t->ex_last);
-    free(t->ex_ahead); free(t->row_w);
     free(t->x); free(t->x_mask); free(t->s_scratch);
     for (int l = 0; l < HL_MAX_LAYERS; l++) {
         free(t->z[l]); free(t->a[l]); free(t->mask[l]);
@@ -85,7 +80,7 @@ static void trainer_free(trainer *t)
     free(t->hist_item); free(t->target); free(t->cand); free(t->diag); free(t->hist_n);
     free(t->hist_coef); free(t->cand_e); free(t->cand_b);
     free(t->cand_ge); free(t->cand_gb); free(t->pop_cdf); free(t->pop_logq);
-    free(t->train_len); free(t->x_raw); free(t->hist_age); free(t->hist_drop);
+    free(t->train_len); free(t->x_raw); free(t->hist_age);
 }
 
 static void info_from_opts(hl_model_info *mi, const hl_train_opts *o, int32_t n_items)
@@ -116,11 +111,6 @@ static int check_opts(const hl_train_opts *o, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL, "train: epochs, batch or max_history");
     if (!(o->lr > 0) || !(o->l2 >= 0) || !(o->dropout >= 0 && o->dropout < 1))
         return hl_err(errbuf, errlen, HL_EINVAL, "train: lr must be > 0, l2 >= 0, dropout in [0,1)");
-    if (o->ahead < 1 || o->ahead > 8 || !(o->ahead_weight > 0 && o->ahead_weight <= 1))
-        return hl_err(errbuf, errlen, HL_EINVAL, "train: ahead must be in 1..8, "
-                      "ahead_weight in (0,1]");
-    if (!(o->history_dropout >= 0 && o->history_dropout < 1))
-        return hl_err(errbuf, errlen, HL_EINVAL, "train: history_dropout must be in [0,1)");
     if (!(o->train_fraction > 0 && o->train_fraction <= 1))
         return hl_err(errbuf, errlen, HL_EINVAL, "train: train_fraction must be in (0,1]");
     if (o->n_negatives < 1)
@@ -163,21 +153,12 @@ static int64_t train_until_ms(const seqs *sq, float fraction)
     return cut;
 }
 
-/* Example e's target: the event ex_ahead[e] (else 1) after its last input. */
-static int64_t ex_target(const trainer *t, int64_t e)
-{
-    return t->ex_last[e] + (t->ex_ahead ? t->ex_ahead[e] : 1);
-}
-
-/* Examples: every position whose next event is a training target, and
- * with o->ahead > 1 also each of the o->ahead - 1 events after that (while
- * they are training events). With holdout_loo a user's last two events are
- * no target and no input; with train_fraction < 1 neither are the events at
- * or after the cut time. */
+/* Examples: every position whose next event is a training target. With
+ * holdout_loo a user's last two events are no target and no input; with
+ * train_fraction < 1 neither are the events at or after the cut time. */
 static int build_examples(trainer *t)
 {
     const seqs *sq = &t->sq;
-    int K = t->o->ahead > 1 ? t->o->ahead : 1;
     int64_t n = 0, until = train_until_ms(sq, t->o->train_fraction);
     t->train_len = malloc((size_t)sq->n_users * sizeof *t->train_len);
     if (!t->train_len || until == INT64_MIN) return HL_ENOMEM;
@@ -186,23 +167,18 @@ static int build_examples(trainer *t)
         if (t->o->holdout_loo) len = len >= 3 ? len - 2 : 0;
         while (len > 0 && sq->ts_ms[sq->off[u] + len - 1] >= until) len--;
         t->train_len[u] = (int32_t)len;
-        for (int64_t k = 0; k + 1 < len; k++)
-            n += len - 1 - k < K ? len - 1 - k : K;
+        n += len > 1 ? len - 1 : 0;
     }
     t->n_ex = n;
     t->ex_user = malloc((size_t)(n ? n : 1) * sizeof *t->ex_user);
     t->ex_last = malloc((size_t)(n ? n : 1) * sizeof *t->ex_last);
-    if (K > 1) t->ex_ahead = malloc((size_t)(n ? n : 1) * sizeof *t->ex_ahead);
-    if (!t->ex_user || !t->ex_last || (K > 1 && !t->ex_ahead)) return HL_ENOMEM;
+    if (!t->ex_user || !t->ex_last) return HL_ENOMEM;
     n = 0;
     for (int32_t u = 0; u < sq->n_users; u++)
-        for (int64_t k = 0; k + 1 < t->train_len[u]; k++)
-            for (int a = 1; a <= K && k + a < t->train_len[u]; a++) {
-                t->ex_user[n] = u;
-                t->ex_last[n] = sq->off[u] + k;
-                if (K > 1) t->ex_ahead[n] = (uint8_t)a;
-                n++;
-            }
+        for (int64_t k = 0; k + 1 < t->train_len[u]; k++) {
+            t->ex_user[n] = u;
+            t->ex_last[n++] = sq->off[u] + k;
+        }
     return 0;
 }
 
@@ -218,7 +194,7 @@ static int build_sampler(trainer *t)
         return HL_ENOMEM;
     }
     for (int64_t e = 0; e < t->n_ex; e++)
-        cnt[t->sq.item[ex_target(t, e)]] += 1;
+        cnt[t->sq.item[t->ex_last[e] + 1]] += 1;
     for (int32_t j = 0; j < N; j++) {
         cnt[j] = pow(cnt[j] + 1.0, 0.75);
         tot += cnt[j];
@@ -266,10 +242,6 @@ static int alloc_scratch(trainer *t)
     ALLOC(t->hist_coef, (size_t)B * t->H * n->n_heads);
     ALLOC(t->hist_n, B);
     ALLOC(t->target, B);
-    if (t->o->history_dropout > 0)
-        ALLOC(t->hist_drop, (size_t)B * t->H);
-    if (t->ex_ahead)
-        ALLOC(t->row_w, B);
     if (t->o->learn_half_lives) {
         ALLOC(t->x_raw, (size_t)B * n->in_dim);
         ALLOC(t->hist_age, (size_t)B * t->H);
@@ -380,13 +352,8 @@ static void batch_inputs(trainer *t, const int64_t *idx, int B, int train)
         t->hist_n[r] = (int)(last - first + 1);
         for (int64_t i = first; i <= last; i++)
             t->hist_item[(size_t)r * t->H + (i - first)] = t->sq.item[i];
-        t->target[r] = t->sq.item[ex_target(t, e)];
-        if (t->row_w)
-            t->row_w[r] = t->ex_ahead[e] == 1 ? 1.0f : t->o->ahead_weight;
-        uint8_t *drop = train && t->hist_drop ? t->hist_drop + (size_t)r * t->H : NULL;
-        for (int64_t i = first; drop && i <= last; i++)
-            drop[i - first] = i < last && rng_unit(&t->r) < t->o->history_dropout;
-        hl_train_heads_input(&t->dec, n->e_in, &t->sq, first, last, drop, t->s_scratch,
+        t->target[r] = t->sq.item[last + 1];
+        hl_train_heads_input(&t->dec, n->e_in, &t->sq, first, last, t->s_scratch,
                              t->x + (size_t)r * n->in_dim,
                              t->hist_coef + (size_t)r * t->H * n->n_heads);
         if (t->x_raw) {
@@ -419,7 +386,7 @@ static double output_full(trainer *t, const float *q, int B)
     int N = n->n_items, dim = n->dim;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, N, dim, 1.0f, q, dim,
                 n->e_out, dim, 0.0f, t->logits, N);
-    double loss = hl_train_softmax_xent(t->logits, n->bias, B, N, t->target, t->row_w);
+    double loss = hl_train_softmax_xent(t->logits, n->bias, B, N, t->target);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, dim, N, 1.0f,
                 t->logits, N, n->e_out, dim, 0.0f, t->d1, dim);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, dim, B, 1.0f,
@@ -448,7 +415,7 @@ static double output_sampled(trainer *t, const float *q, int B)
         for (int c = 0; c < C; c++)
             if (c != r && (c < B || t->cand[c] == t->target[r]))
                 t->logits[(size_t)r * C + c] = -INFINITY;
-    double loss = hl_train_softmax_xent(t->logits, t->cand_b, B, C, t->diag, t->row_w);
+    double loss = hl_train_softmax_xent(t->logits, t->cand_b, B, C, t->diag);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, dim, C, 1.0f,
                 t->logits, C, t->cand_e, dim, 0.0f, t->d1, dim);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, dim, B, 1.0f,
@@ -656,8 +623,6 @@ void hl_train_opts_default(hl_train_opts *o)
     o->lr_final = 0.1f;
     o->l2 = 0.0f;
     o->dropout = 0.5f;
-    o->ahead = 1;
-    o->ahead_weight = 0.5f;
     o->max_history = 256;
     o->tie = 1;
     o->full_softmax_max_items = 5000;

@@ -30,8 +30,7 @@ typedef struct hl_train_data {
 /* What the callback sees once per epoch (the caller adds the wall time). */
 typedef struct hl_train_progress {
     int     epoch, epochs;     /* 1-based */
-    double  loss;              /* mean cross-entropy over the epoch (with
-                                  ahead > 1, weighted by ahead_weight) */
+    double  loss;              /* mean cross-entropy over the epoch */
     int64_t examples;          /* next-item examples trained this epoch */
     double  valid_hr10;        /* HR@10 on the validation item; -1 without holdout */
 } hl_train_progress;
@@ -56,14 +55,6 @@ typedef struct hl_train_opts {
                                               validated and written instead of
                                               the last step's; 0: off */
     float    dropout;                      /* on the encoder input and hidden */
-    int      ahead;                        /* targets per position: the next
-                                              event and the ahead - 1 after it
-                                              (1: the next only) */
-    float    ahead_weight;                 /* loss weight of those later ones */
-    float    history_dropout;              /* each training example leaves out
-                                              each of its events but the newest
-                                              with this probability (weight 0);
-                                              validation and serving see all */
     int      max_history;                  /* events per example's heads (newest) */
     int      holdout_loo;                  /* keep each user's last two events out */
     float    train_fraction;               /* train on events before the time of

@@ -75,7 +75,7 @@ static void eval_block(evalbuf *e, const net *n, const hl_decay *dec,
 {
     for (int r = 0; r < nb; r++) {
         int32_t u = e->user[r];
-        hl_train_heads_input(dec, n->e_in, sq, sq->off[u], sq->off[u + 1] - 1 - back, NULL, e->s,
+        hl_train_heads_input(dec, n->e_in, sq, sq->off[u], sq->off[u + 1] - 1 - back, e->s,
                              e->x + (size_t)r * n->in_dim, NULL);
     }
     hl_train_mlp_forward(n, e->x, nb, e->z, e->a, NULL);

@@ -85,21 +85,18 @@ HOT static double softmax_row(float *row, const float *bias, int C, int tc, floa
     return log((double)sum) - lt;
 }
 
-double hl_train_softmax_xent(float *L, const float *bias, int B, int C, const int32_t *tcol,
-                             const float *w)
+double hl_train_softmax_xent(float *L, const float *bias, int B, int C, const int32_t *tcol)
 {
     double loss = 0;
-    for (int r = 0; r < B; r++) {
-        float wr = w ? w[r] : 1.0f;
-        loss += wr * softmax_row(L + (size_t)r * C, bias, C, tcol[r], wr / (float)B);
-    }
+    for (int r = 0; r < B; r++)
+        loss += softmax_row(L + (size_t)r * C, bias, C, tcol[r], 1.0f / (float)B);
     return loss;
 }
 
 #ifdef HL_TEST
 /* Plain-loop twin of hl_train_softmax_xent (expf, one running sum), for tests. */
 static double softmax_xent_naive(float *L, const float *bias, int B, int C,
-                                 const int32_t *tcol, const float *w)
+                                 const int32_t *tcol)
 {
     double loss = 0;
     for (int r = 0; r < B; r++) {
@@ -110,10 +107,9 @@ static double softmax_xent_naive(float *L, const float *bias, int B, int C,
             mx = row[j] > mx ? row[j] : mx;
         }
         for (int j = 0; j < C; j++) sum += exp(row[j] - mx);
-        double wr = w ? w[r] : 1.0;
-        loss += wr * (log(sum) - (row[tcol[r]] - mx));
-        for (int j = 0; j < C; j++) row[j] = (float)(wr * exp(row[j] - mx) / sum / B);
-        row[tcol[r]] -= (float)(wr / B);
+        loss += log(sum) - (row[tcol[r]] - mx);
+        for (int j = 0; j < C; j++) row[j] = (float)(exp(row[j] - mx) / sum / B);
+        row[tcol[r]] -= 1.0f / (float)B;
     }
     return loss;
 }

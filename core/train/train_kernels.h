@@ -8,10 +8,10 @@
 #include <stdint.h>
 
 /* Softmax cross-entropy of each row of L (B, C) (plus bias[j] if bias is
- * not NULL) against column tcol[r], row r weighted by w[r] (w NULL: all 1);
- * L becomes dLoss/dL (divided by B). Returns the summed weighted loss. */
+ * not NULL) against column tcol[r]; L becomes dLoss/dL (divided by B).
+ * Returns the summed loss. */
 double hl_train_softmax_xent(float *L, const float *bias, int B, int C,
-                             const int32_t *tcol, const float *w);
+                             const int32_t *tcol);
 /* g[j] += sum_r G[r][j] for G (B, C): column sums in row order. */
 void   hl_train_add_colsums(float *g, const float *G, int B, int C);
 /* AdamW step number `step` (1-based) over the n parameters p with

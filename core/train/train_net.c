@@ -154,8 +154,8 @@ void hl_train_net_of_result(net *n, const hl_train_result *res)
 /* ---- the encoder input: heads through hl_decay_add ----------------------- */
 
 void hl_train_heads_input(const hl_decay *dec, const float *e_in, const seqs *sq,
-                          int64_t first, int64_t last, const uint8_t *drop,
-                          float *s, float *x, float *coef)
+                          int64_t first, int64_t last, float *s, float *x,
+                          float *coef)
 {
     int dim = dec->dim, nh = dec->n_heads;
     float m[HL_MAX_HEADS] = {0};
@@ -163,8 +163,7 @@ void hl_train_heads_input(const hl_decay *dec, const float *e_in, const seqs *sq
 
     memset(s, 0, (size_t)nh * dim * sizeof *s);
     for (int64_t i = first; i <= last; i++)
-        hl_decay_add(dec, s, m, &t_ref, sq->ts_ms[i],
-                     drop && drop[i - first] ? 0.0f : sq->w[i],
+        hl_decay_add(dec, s, m, &t_ref, sq->ts_ms[i], sq->w[i],
                      e_in + (size_t)sq->item[i] * dim);
     hl_encoder_features(nh, dim, s, m, x);    /* the serving definition */
     if (coef == NULL)
@@ -173,8 +172,8 @@ void hl_train_heads_input(const hl_decay *dec, const float *e_in, const seqs *sq
         float inv = 1.0f / fmaxf(m[h], HL_ENCODER_EPS);
         for (int64_t i = first; i <= last; i++) {
             double dt = (double)(t_ref - sq->ts_ms[i]);
-            float w = drop && drop[i - first] ? 0.0f : sq->w[i];
-            coef[(i - first) * nh + h] = (float)(w * exp(-dec->lambda_per_ms[h] * dt)) * inv;
+            coef[(i - first) * nh + h] =
+                (float)(sq->w[i] * exp(-dec->lambda_per_ms[h] * dt)) * inv;
         }
     }
 }

@@ -88,12 +88,10 @@ void hl_train_net_of_result(net *n, const hl_train_result *res);
 /* Fills x (n_heads*(dim+1)) with the heads of user u after events
  * [first, last] (indices into sq), newest last. s is scratch
  * (n_heads*dim). If coef is not NULL it receives, for each of those events
- * in order, the n_heads weights c_ih of e_in[item_i] in the mean part.
- * drop (NULL: none) marks events to leave out, drop[i - first] != 0: they
- * enter with weight 0 (so their c_ih are 0), as a training augmentation. */
+ * in order, the n_heads weights c_ih of e_in[item_i] in the mean part. */
 void hl_train_heads_input(const hl_decay *dec, const float *e_in, const seqs *sq,
-                          int64_t first, int64_t last, const uint8_t *drop,
-                          float *s, float *x, float *coef);
+                          int64_t first, int64_t last, float *s, float *x,
+                          float *coef);
 
 /* Forward of n rows. z[l] (n, out_l) get the pre-activations, a[l] the
  * activations (ReLU, times mask[l] if masks are given); the last layer has

@@ -36,8 +36,10 @@
 # but over seeds 2-7 read 0.0844 against the defaults' 0.0839. The defaults
 # over seeds 1-7: HR@10 0.0838, NDCG@10 0.0513.
 # Nor (2026-12-06, seed 1, one thread; defaults 0.0853): a 1-minute head,
-# the last item alone on Beauty's 1 h spacing, 0.0852; --history-dropout
-# 0.2 / 0.4 0.0844 / 0.0825.
+# the last item alone on Beauty's 1 h spacing, 0.0852; history dropout
+# 0.2 / 0.4 0.0844 / 0.0825 and targets 2-3 events ahead 0.0790 / 0.0777
+# (both in commit f7df641, taken out again); --negatives 4096 0.0840;
+# --hidden 256,256 0.0610.
 set -u
 name=test_quality
 if [ -z "${HL_DATASETS:-}" ]; then

@@ -212,11 +212,6 @@ static void usage(FILE *f)
 "                        the parameters, avg = E avg + (1 - E) params after each\n"
 "                        step (0: off, the last step's)\n"
 "  --dropout X           on the encoder input and hidden layers (0.5)\n"
-"  --history-dropout P   each training example leaves out each of its events\n"
-"                        but the newest with probability P (0)\n"
-"  --ahead N             targets per position: the next event and the N - 1\n"
-"                        after it, those with loss weight --ahead-weight W\n"
-"                        (1: the next only; 0.5)\n"
 "  --max-history N       newest events per training example's heads (256)\n"
 "  --full-softmax-max N  full softmax up to N items, sampled beyond (5000)\n"
 "  --negatives N         sampled softmax: shared negatives per batch (2048)\n"
@@ -305,15 +300,14 @@ static int num_arg(const char *s, double lo, double hi, double *v)
 
 enum { O_DIM = 256, O_HIDDEN, O_HL, O_STEP, O_EPOCHS, O_BATCH, O_LR, O_LRF, O_L2, O_EMA,
        O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET,
-       O_INIT, O_LEARN_HL, O_FIXED_HL, O_NO_TIE, O_HDROP, O_AHEAD, O_AHEAD_W };
+       O_INIT, O_LEARN_HL, O_FIXED_HL, O_NO_TIE };
 
 static const struct option long_opts[] = {
     {"input", 1, 0, 'i'}, {"format", 1, 0, 'f'}, {"out", 1, 0, 'o'}, {"help", 0, 0, 'h'},
     {"dim", 1, 0, O_DIM}, {"hidden", 1, 0, O_HIDDEN}, {"half-lives", 1, 0, O_HL},
     {"seq-step-ms", 1, 0, O_STEP}, {"epochs", 1, 0, O_EPOCHS}, {"batch", 1, 0, O_BATCH},
     {"lr", 1, 0, O_LR}, {"lr-final", 1, 0, O_LRF}, {"l2", 1, 0, O_L2}, {"ema", 1, 0, O_EMA},
-    {"dropout", 1, 0, O_DROP}, {"history-dropout", 1, 0, O_HDROP}, {"max-history", 1, 0, O_HIST},
-    {"ahead", 1, 0, O_AHEAD}, {"ahead-weight", 1, 0, O_AHEAD_W},
+    {"dropout", 1, 0, O_DROP}, {"max-history", 1, 0, O_HIST},
     {"full-softmax-max", 1, 0, O_FULLMAX}, {"negatives", 1, 0, O_NEG}, {"tie", 0, 0, O_TIE},
     {"holdout", 1, 0, O_HOLDOUT}, {"seed", 1, 0, O_SEED}, {"threads", 1, 0, O_THREADS},
     {"quiet", 0, 0, O_QUIET}, {"init", 1, 0, O_INIT}, {"learn-half-lives", 0, 0, O_LEARN_HL},
@@ -342,9 +336,6 @@ static int set_number(train_args *a, int opt, const char *s)
     case O_L2:      if (num_arg(s, 0, 10, &v)) return HL_EINVAL; o->l2 = (float)v; break;
     case O_EMA:     if (num_arg(s, 0, 0.99999, &v)) return HL_EINVAL; o->ema = (float)v; break;
     case O_DROP:    if (num_arg(s, 0, 0.95, &v)) return HL_EINVAL; o->dropout = (float)v; break;
-    case O_HDROP:   if (num_arg(s, 0, 0.95, &v)) return HL_EINVAL; o->history_dropout = (float)v; break;
-    case O_AHEAD:   if (num_arg(s, 1, 8, &v)) return HL_EINVAL; o->ahead = (int)v; break;
-    case O_AHEAD_W: if (num_arg(s, 1e-6, 1, &v)) return HL_EINVAL; o->ahead_weight = (float)v; break;
     case O_HIST:    if (num_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->max_history = (int)v; break;
     case O_FULLMAX: if (num_arg(s, 1, 1e9, &v)) return HL_EINVAL; o->full_softmax_max_items = (int)v; break;
     case O_NEG:     if (num_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->n_negatives = (int)v; break;

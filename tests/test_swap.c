@@ -81,9 +81,11 @@ static int write_model(const char *path, int first, const char *version)
     return write_model_shape(path, first, version, &SHAPE_A);
 }
 
+static size_t g_max_users;     /* state.max.users of the tables made next; 0 none */
+
 static hl_table *new_table_shape(const shape *sp)
 {
-    hl_table_opts o = {.history = 8, .expected_users = N_USERS};
+    hl_table_opts o = {.history = 8, .expected_users = N_USERS, .max_users = g_max_users};
     char err[256];
     hl_decay_init(&o.decay, sp->n_heads, sp->dim, sp->half_life_ms, err, sizeof err);
     return hl_table_create(&o, err, sizeof err);
@@ -790,6 +792,36 @@ static void test_reshape_refused_when_asked(void)
     unlink(LIVE);
 }
 
+/* A swap to another shape puts a new table, with its own eviction counts
+ * from 0, under the shard: the worker-wide evictions counter must not go
+ * down by what the old table counted (it wrapped to a huge delta and
+ * Prometheus saw a reset), and the new table's evictions still count. */
+static void test_reshape_keeps_eviction_counts(void)
+{
+    fixture f;
+    g_max_users = N_USERS - 500;             /* the first table evicts */
+    int rc = fixture_open_shape(&f, &SHAPE_R);
+    g_max_users = 0;
+    CHECK(rc == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_counter *ev[2] = {
+        hl_metrics_counter(f.reg, "halflife_evictions_total", "", "reason=\"mass\""),
+        hl_metrics_counter(f.reg, "halflife_evictions_total", "", "reason=\"capacity\"")};
+    hl_shard_publish_stats(f.sh, ev);
+    uint64_t before = hl_counter_get(ev[1]);
+    CHECKF(before >= 500, "the first table evicted %llu", (unsigned long long)before);
+    hl_mref *b = hl_models_acquire(f.ms);
+    CHECK(hl_shard_swap_begin(f.sh, b) == 0 && f.sh->old_tbl != NULL);
+    hl_shard_publish_stats(f.sh, ev);
+    CHECKF(hl_counter_get(ev[1]) == before, "capacity evictions %llu after the swap began, "
+           "%llu before", (unsigned long long)hl_counter_get(ev[1]), (unsigned long long)before);
+    hl_shard_swap_finish(f.sh);
+    hl_shard_publish_stats(f.sh, ev);
+    CHECK(hl_counter_get(ev[1]) >= before && hl_counter_get(ev[0]) < (1ull << 40));
+    hl_mref_release(b);
+    fixture_close(&f);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_WARN);
@@ -806,6 +838,7 @@ int main(void)
     RUN(test_unforeseen_model_fits_on_thread);
     RUN(test_reshape_carries_gate);
     RUN(test_reshape_refused_when_asked);
+    RUN(test_reshape_keeps_eviction_counts);
     unlink(PATH_B);
     unlink(PATH_C);
     unlink(PATH_D);

@@ -132,6 +132,18 @@ size_t hl_shard_sweep(hl_shard *sh)
     return hl_table_sweep(sh->tbl, rows < limit ? rows : limit);
 }
 
+/* What a table counted since *seen, which becomes now. A model swap to
+ * another state shape puts a new table in sh->tbl whose counts start at 0:
+ * then all of its count is new. Subtracting instead would wrap and take the
+ * worker-wide counter down by everything this shard ever counted, which
+ * Prometheus reads as a reset. */
+static uint64_t eviction_delta(uint64_t now, uint64_t *seen)
+{
+    uint64_t d = now >= *seen ? now - *seen : now;
+    *seen = now;
+    return d;
+}
+
 void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2])
 {
     hl_table_stats st;
@@ -144,10 +156,9 @@ void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2])
     }
     hl_gauge_set(sh->series.users, (double)st.users);
     hl_gauge_set(sh->series.state_bytes, (double)st.bytes);
-    hl_counter_add(evictions[0], st.evicted_mass - sh->evicted_mass_seen);
-    hl_counter_add(evictions[1], st.evicted_capacity - sh->evicted_capacity_seen);
-    sh->evicted_mass_seen = st.evicted_mass;
-    sh->evicted_capacity_seen = st.evicted_capacity;
+    hl_counter_add(evictions[0], eviction_delta(st.evicted_mass, &sh->evicted_mass_seen));
+    hl_counter_add(evictions[1],
+                   eviction_delta(st.evicted_capacity, &sh->evicted_capacity_seen));
 }
 
 /* ---- snapshots --------------------------------------------------------- */

@@ -286,6 +286,7 @@ static int begin_reshape(hl_shard *sh, const hl_mref *to)
     }
     sh->old_tbl = sh->tbl;
     sh->tbl = nt;
+    sh->evicted_mass_seen = sh->evicted_capacity_seen = 0;   /* nt counts from 0 */
     sh->mv_pf = prefault_start(nt, st.users);
     if (ng != NULL) {
         sh->old_gate = sh->gate;

@@ -197,6 +197,38 @@ static void test_topic_loops_refused(void)
     hl_config_destroy(cfg);
 }
 
+/* The changelog's topic as the worker names it: state.topic, or
+ * "<group.id>-state" when unset or empty; and a default name too long for
+ * Kafka (249 characters) is refused at start, not at the first write. */
+static void test_topic_defaults_checked(void)
+{
+    char *state_is_items[] = { "state.store=kafka", "state.topic=items" };
+    char *default_is_input[] = { "state.store=kafka", "group.id=foo", "input.topic=foo-state" };
+    char *dlq_is_items[] = { "items.topic=behaviour-events.dlq" };
+    char *both_off[] = { "dlq.topic=", "state.topic=", "state.store=kafka" };
+    char long_in[300], long_group[300];
+    snprintf(long_in, sizeof long_in, "input.topic=%0249d", 7);
+    snprintf(long_group, sizeof long_group, "group.id=%0250d", 7);
+    char *dlq_too_long[] = { long_in };
+    char *state_too_long[] = { long_group, "state.store=kafka" };
+    char *state_unused[] = { long_group };
+    char err[512] = "";
+    hl_config *cfg;
+
+    expect_load_refused(state_is_items, 2, "state.topic=\"items\"", "items.topic");
+    expect_load_refused(default_is_input, 3, "state.topic=\"foo-state\" (its default, from "
+                        "group.id)", "input.topic");
+    expect_load_refused(dlq_is_items, 1, "items.topic", "dlq.topic");
+    expect_load_refused(dlq_too_long, 1, "dlq.topic: its default", "at most 249");
+    expect_load_refused(state_too_long, 2, "state.topic: its default", "group.id");
+    cfg = hl_config_create();
+    CHECKF(hl_config_load(cfg, NULL, NULL, both_off, 3, err, sizeof err) == 0, "%s", err);
+    hl_config_destroy(cfg);
+    cfg = hl_config_create();       /* a long group is fine without a changelog */
+    CHECKF(hl_config_load(cfg, NULL, NULL, state_unused, 1, err, sizeof err) == 0, "%s", err);
+    hl_config_destroy(cfg);
+}
+
 static void test_metrics_bind(void)
 {
     char *v6[] = { "metrics.bind=::1" };
@@ -301,6 +333,7 @@ int main(void)
     RUN(test_kafka_passthrough);
     RUN(test_cross_key_checks);
     RUN(test_topic_loops_refused);
+    RUN(test_topic_defaults_checked);
     RUN(test_long_lines);
     RUN(test_worker_opts);
     RUN(test_help_lists_every_key);

@@ -450,39 +450,75 @@ int hl_config_set_arg(hl_config *cfg, const char *arg, char *errbuf, size_t errl
     return rc;
 }
 
-/* A topic the worker writes must not be the one it reads. A dead letter
- * written to the input is consumed again, is bad again and is written again
- * in a tight loop (95 a second, measured), and the topic grows without
- * bound; a list written to the input is not a BehaviourEvent, so each one
- * is dead-lettered in turn. dlq.topic is compared as the worker will use it
- * (its default is "<input.topic>.dlq"; empty disables it). */
+/* Every topic the worker reads or writes, as it will name them, must be a
+ * topic of its own. A dead letter written to the input is consumed again,
+ * is bad again and is written again in a tight loop (95 a second,
+ * measured), and the topic grows without bound; a list written to the
+ * input is not a BehaviourEvent, so each one is dead-lettered in turn; a
+ * changelog written into the item or input topic feeds records of another
+ * schema to their readers. Defaults count as the worker uses them:
+ * dlq.topic "<input.topic>.dlq" (empty disables it), state.topic
+ * "<group.id>-state" when state.store=kafka (empty is that default too;
+ * a state.topic that is set is checked with either store),
+ * items.topic empty disables the catalogue. A derived name must also fit
+ * Kafka's 249 characters: the broker refuses a longer one at the first
+ * write, long after start. */
+#define KAFKA_TOPIC_MAX 249
+
+typedef struct topic_use {
+    const char *key, *name, *fix;
+    const char *derived;          /* non-NULL: name is the default, made from this key */
+} topic_use;
+
+static int topic_clash(const topic_use *a, const topic_use *b, char *errbuf, size_t errlen)
+{
+    if (a->key[0] == 'i' && !strcmp(a->key, "input.topic") && !strcmp(b->key, "dlq.topic"))
+        return hl_err(errbuf, errlen, HL_EINVAL,
+                      "dlq.topic=\"%.64s\" is the input.topic: every bad record would be "
+                      "consumed, dead-lettered and consumed again for ever (unset dlq.topic "
+                      "for \"%.64s.dlq\", or set it empty to disable dead letters)",
+                      b->name, a->name);
+    return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s\"%s%s%s is also the %s: %s",
+                  b->key, b->name, b->derived ? " (its default, from " : "",
+                  b->derived ? b->derived : "", b->derived ? ")" : "", a->key, b->fix);
+}
+
 static int check_topics(const hl_config *cfg, char *errbuf, size_t errlen)
 {
-    const char *in = hl_config_str(cfg, "input.topic");
-    const char *out = hl_config_str(cfg, "output.topic");
-    const char *dlq = hl_config_str(cfg, "dlq.topic");
-    if (strcmp(out, in) == 0)
-        return hl_err(errbuf, errlen, HL_EINVAL,
-                      "output.topic=\"%s\" is the input.topic: the worker would consume its own lists", out);
-    const char *items = hl_config_str(cfg, "items.topic");
-    size_t in_len = strlen(in);
-    int items_is_dlq = dlq != NULL ? strcmp(items, dlq) == 0
-                                   : strncmp(items, in, in_len) == 0 && !strcmp(items + in_len, ".dlq");
-    if (items[0] != '\0' && (strcmp(items, in) == 0 || strcmp(items, out) == 0 || items_is_dlq))
-        return hl_err(errbuf, errlen, HL_EINVAL,
-                      "items.topic=\"%s\" is also the input, output or dead-letter topic: "
-                      "give the catalogue a topic of its own (or set it empty to disable it)", items);
-    if (dlq != NULL && strcmp(dlq, in) == 0)
-        return hl_err(errbuf, errlen, HL_EINVAL,
-                      "dlq.topic=\"%s\" is the input.topic: every bad record would be consumed, "
-                      "dead-lettered and consumed again for ever (unset dlq.topic for \"%s.dlq\", "
-                      "or set it empty to disable dead letters)", dlq, in);
-    const char *st = hl_config_str(cfg, "state.topic");
-    if (st != NULL && (strcmp(st, in) == 0 || strcmp(st, out) == 0 ||
-                       (dlq != NULL && strcmp(st, dlq) == 0)))
-        return hl_err(errbuf, errlen, HL_EINVAL,
-                      "state.topic=\"%s\" is also the input, output or dead-letter topic: "
-                      "the changelog needs a topic of its own", st);
+    const char *in = hl_config_str(cfg, "input.topic"), *dlq = hl_config_str(cfg, "dlq.topic");
+    const char *items = hl_config_str(cfg, "items.topic"), *st = hl_config_str(cfg, "state.topic");
+    char st_def[300];
+    topic_use t[5] = {
+        {"input.topic", in, "", NULL},
+        {"output.topic", hl_config_str(cfg, "output.topic"),
+         "the worker would consume its own lists, or mix them with other records", NULL},
+        {"dlq.topic", dlq, "dead letters need a topic of their own (unset dlq.topic for "
+         "\"<input.topic>.dlq\", or set it empty to disable them)", NULL},
+        {"items.topic", items[0] ? items : NULL, "give the catalogue a topic of its own "
+         "(or set it empty to disable it)", NULL},
+        {"state.topic", NULL, "the changelog needs a topic of its own", NULL},
+    };
+    if (cfg->v[find_key("dlq.topic")].text == NULL)   /* the getter gave the default */
+        t[2].derived = "input.topic";
+    else if (dlq[0] == '\0')
+        t[2].name = NULL;
+    if (st != NULL && st[0] != '\0') {
+        t[4].name = st;         /* checked with either store: it is meant for one */
+    } else if (!strcmp(hl_config_str(cfg, "state.store"), "kafka")) {
+        snprintf(st_def, sizeof st_def, "%s-state", hl_config_str(cfg, "group.id"));
+        t[4].name = st_def, t[4].derived = "group.id";
+    }
+    for (int j = 0; j < 5; j++) {
+        if (t[j].name == NULL) continue;
+        if (t[j].derived && strlen(t[j].name) > KAFKA_TOPIC_MAX)
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s: its default \"%.64s...\" (from %s) "
+                          "has %zu characters, Kafka allows at most %d: set %s, or a shorter "
+                          "%s", t[j].key, t[j].name, t[j].derived, strlen(t[j].name),
+                          KAFKA_TOPIC_MAX, t[j].key, t[j].derived);
+        for (int i = 0; i < j; i++)
+            if (t[i].name != NULL && !strcmp(t[i].name, t[j].name))
+                return topic_clash(&t[i], &t[j], errbuf, errlen);
+    }
     return 0;
 }
 

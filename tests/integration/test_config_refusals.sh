@@ -10,6 +10,9 @@
 #    1 MB comment is blamed on its own line number;
 #  - metrics.bind that is not an IP address;
 #  - items.topic equal to the input, output or dead-letter topic (issue 11);
+#  - state.topic, as the worker names it (default <group.id>-state), equal
+#    to another topic of the worker, and a default topic name longer than
+#    Kafka's 249 characters;
 #  - recs.index values outside their range (issue 14; the refusals that
 #    need the model, nlist above the item count and nprobe above nlist,
 #    are in test_index_start.sh);
@@ -43,11 +46,15 @@ expect() {
 
 expect dlq_is_input 'dlq.topic="behaviour-events" is the input.topic' -X dlq.topic=behaviour-events
 expect dlq_is_input_renamed 'dlq.topic="ev" is the input.topic' -X input.topic=ev -X dlq.topic=ev
-expect output_is_input 'output.topic="ev" is the input.topic' -X input.topic=ev -X output.topic=ev
+expect output_is_input 'output.topic="ev" is also the input.topic' -X input.topic=ev -X output.topic=ev
 expect bind_not_ip 'metrics.bind="localhost"' -X metrics.bind=localhost
-expect items_is_input 'items.topic="behaviour-events" is also the input' -X items.topic=behaviour-events
-expect items_is_default_dlq 'items.topic="behaviour-events.dlq" is also the input' -X items.topic=behaviour-events.dlq
-expect items_is_output 'items.topic="recommendations" is also the input' -X items.topic=recommendations
+expect items_is_input 'items.topic="behaviour-events" is also the input.topic' -X items.topic=behaviour-events
+expect items_is_default_dlq 'items.topic="behaviour-events.dlq" is also the dlq.topic' -X items.topic=behaviour-events.dlq
+expect items_is_output 'items.topic="recommendations" is also the output.topic' -X items.topic=recommendations
+expect state_default_is_input 'state.topic="foo-state" (its default, from group.id) is also the input.topic' \
+  -X group.id=foo -X input.topic=foo-state -X state.store=kafka
+expect state_is_items 'state.topic="items" is also the items.topic' -X state.store=kafka -X state.topic=items
+expect dlq_default_too_long 'dlq.topic: its default' -X input.topic="$(printf 'e%.0s' $(seq 249))"
 expect index_unknown 'recs.index="hnsw" (from -X): allowed none|ivf' -X recs.index=hnsw
 expect index_nprobe_negative 'recs.index.nprobe=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nprobe=-1
 expect index_nlist_negative 'recs.index.nlist=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nlist=-1

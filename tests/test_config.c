@@ -95,7 +95,7 @@ static void test_bad_values_refused(void)
     expect_refused("recs.k", "1001", "1001", "1..1000");
     expect_refused("recs.k", "12x", "12x", "integer");
     expect_refused("recs.k", "", "integer", NULL);
-    expect_refused("recs.k", "99999999999999999999999", "integer", NULL);
+    expect_refused("recs.k", "99999999999999999999999", "out of range", "1..1000");
     expect_refused("state.evict.mass", "-1", "out of range", NULL);
     expect_refused("state.evict.mass", "nan", "number", NULL);
     expect_refused("recs.exclude.seen", "maybe", "maybe", "true|false");
@@ -195,6 +195,27 @@ static void test_topic_loops_refused(void)
     cfg = hl_config_create();
     CHECKF(hl_config_load(cfg, NULL, NULL, fine, 3, err, sizeof err) == 0, "%s", err);
     hl_config_destroy(cfg);
+}
+
+/* A long value shows only its first 64 bytes, so where it came from and
+ * what was wrong still fit the message (a number too large for its type
+ * is out of range: test_bad_values_refused); a bootstrap list the worker
+ * would cut is refused. */
+static void test_long_values_in_errors(void)
+{
+    char big[700], kbig[700], boot[700];
+    snprintf(big, sizeof big, "recs.k=");
+    memset(big + 7, '9', 600);
+    big[607] = '\0';
+    snprintf(kbig, sizeof kbig, "kafka.socket.timeout.ms=%0600d", 1);
+    int n = snprintf(boot, sizeof boot, "kafka.bootstrap.servers=");
+    while (n < 600) n += snprintf(boot + n, sizeof boot - (size_t)n, "broker-%d:9092,", n);
+    char *huge_int[] = { big };
+    char *kafka_long[] = { kbig };
+    char *boot_long[] = { boot };
+    expect_load_refused(huge_int, 1, "...", "(from -X): out of range");
+    expect_load_refused(kafka_long, 1, "...\" (from -X): librdkafka refuses it", NULL);
+    expect_load_refused(boot_long, 1, "kafka.bootstrap.servers (from -X)", "at most 511");
 }
 
 /* The changelog's topic as the worker names it: state.topic, or
@@ -334,6 +355,7 @@ int main(void)
     RUN(test_cross_key_checks);
     RUN(test_topic_loops_refused);
     RUN(test_topic_defaults_checked);
+    RUN(test_long_values_in_errors);
     RUN(test_long_lines);
     RUN(test_worker_opts);
     RUN(test_help_lists_every_key);

@@ -14,6 +14,7 @@
  * order first set. */
 #include "config.h"
 #include "foldin.h"
+#include "kafka_conf.h"
 #include "log.h"
 #include "rank.h"
 
@@ -132,6 +133,11 @@ static int find_key(const char *key)
     return -1;
 }
 
+/* An error shows at most 64 bytes of a value (%.64s, then MORE's "..."):
+ * a long one would push the origin (which file line) and the reason out of
+ * errbuf. */
+#define MORE(len) ((len) > 64 ? "..." : "")
+
 /* The index of s in "a|b|c", or -1. */
 static int choice_index(const char *choices, const char *s)
 {
@@ -184,45 +190,46 @@ static int parse_value(int k, const char *text, const char *origin, setting *out
 
     switch (d->type) {
     case T_STR:
-        /* At most 64 bytes of the value: a long one would push the origin
-         * (which file line) out of errbuf. */
+
         if ((len < d->min || len > d->max) && is_secret(d))
             return hl_err(errbuf, errlen, HL_EINVAL, "%s (from %s): length %zu, allowed %.0f..%.0f "
                           "(the value is not shown)", d->key, origin, len, d->min, d->max);
         if (len < d->min || len > d->max)
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): length %zu, allowed %.0f..%.0f",
-                          d->key, text, len > 64 ? "..." : "", origin, len, d->min, d->max);
+                          d->key, text, MORE(len), origin, len, d->min, d->max);
         return 0;
     case T_INT:
         errno = 0;
         out->i = strtoll(text, &end, 10);
-        if (len == 0 || *end != '\0' || errno != 0 || isspace((unsigned char)text[0]))
-            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): not an integer; allowed %.0f..%.0f",
-                          d->key, text, origin, d->min, d->max);
-        if ((double)out->i < d->min || (double)out->i > d->max)
-            return hl_err(errbuf, errlen, HL_EINVAL, "%s=%s (from %s): out of range; allowed %.0f..%.0f",
-                          d->key, text, origin, d->min, d->max);
+        if (len == 0 || *end != '\0' || (errno != 0 && errno != ERANGE) ||
+            isspace((unsigned char)text[0]))
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): not an integer; "
+                          "allowed %.0f..%.0f", d->key, text, MORE(len), origin, d->min, d->max);
+        if (errno == ERANGE || (double)out->i < d->min || (double)out->i > d->max)
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=%.64s%s (from %s): out of range; "
+                          "allowed %.0f..%.0f", d->key, text, MORE(len), origin, d->min, d->max);
         return 0;
     case T_NUM:
         errno = 0;
         x = strtod(text, &end);
-        if (len == 0 || *end != '\0' || errno != 0 || !isfinite(x) || isspace((unsigned char)text[0]))
-            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): not a number; allowed %g..%g",
-                          d->key, text, origin, d->min, d->max);
-        if (x < d->min || x > d->max)
-            return hl_err(errbuf, errlen, HL_EINVAL, "%s=%s (from %s): out of range; allowed %g..%g",
-                          d->key, text, origin, d->min, d->max);
+        if (len == 0 || *end != '\0' || (errno != 0 && errno != ERANGE) || isnan(x) ||
+            isspace((unsigned char)text[0]))
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): not a number; "
+                          "allowed %g..%g", d->key, text, MORE(len), origin, d->min, d->max);
+        if (errno == ERANGE || !isfinite(x) || x < d->min || x > d->max)
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=%.64s%s (from %s): out of range; "
+                          "allowed %g..%g", d->key, text, MORE(len), origin, d->min, d->max);
         out->d = x;
         return 0;
     case T_BOOL:
         if ((out->i = parse_bool(text)) < 0)
-            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): allowed true|false",
-                          d->key, text, origin);
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): allowed "
+                          "true|false", d->key, text, MORE(len), origin);
         return 0;
     case T_ENUM:
         if ((out->i = choice_index(d->choices, text)) < 0)
-            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%s\" (from %s): allowed %s",
-                          d->key, text, origin, d->choices);
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): allowed %s",
+                          d->key, text, MORE(len), origin, d->choices);
         return 0;
     }
     return HL_EINVAL;
@@ -285,15 +292,22 @@ static int set_kafka(hl_config *cfg, const char *key, const char *text, const ch
 {
     char why[512];
     char *k2, *v2;
+    size_t len = strlen(text);
+    if (strcmp(key, "bootstrap.servers") == 0 && len > HL_BOOTSTRAP_MAX)
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.bootstrap.servers (from %s): %zu "
+                      "characters, at most %d: list fewer brokers (a few of a cluster's are "
+                      "enough to find the rest)", origin, len, HL_BOOTSTRAP_MAX);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, key, text, why, sizeof why);
     rd_kafka_conf_destroy(conf);
+    hl_kafka_chomp(why);
     if ((*key == '\0' || res != RD_KAFKA_CONF_OK) && is_secret_name(key))
         return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s (from %s): librdkafka refuses it "
                       "(the value is not shown): %s", key, origin, why);
     if (*key == '\0' || res != RD_KAFKA_CONF_OK)
-        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=\"%s\" (from %s): librdkafka refuses it: %s",
-                      key, text, origin, *key ? why : "empty property name");
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=\"%.64s%s\" (from %s): librdkafka "
+                      "refuses it: %s", key, text, MORE(len), origin,
+                      *key ? why : "empty property name");
     if ((v2 = strdup(text)) == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "config: out of memory");
     for (int i = 0; i < cfg->n_kafka; i++) {

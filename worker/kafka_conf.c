@@ -6,14 +6,25 @@
 #include "hl.h"
 #include "log.h"
 
+#include <string.h>
 #include <unistd.h>
+
+void hl_kafka_chomp(char *why)
+{
+    size_t n = strlen(why);
+    while (n > 0 && (why[n - 1] == '\n' || why[n - 1] == '\r' || why[n - 1] == ' '))
+        why[--n] = '\0';
+}
 
 int hl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
                       char *errbuf, size_t errlen)
 {
     char why[256];
-    if (rd_kafka_conf_set(conf, key, value, why, sizeof why) != RD_KAFKA_CONF_OK)
-        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%s: %s", key, value, why);
+    if (rd_kafka_conf_set(conf, key, value, why, sizeof why) != RD_KAFKA_CONF_OK) {
+        hl_kafka_chomp(why);
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%.64s%s: %s", key, value,
+                      strlen(value) > 64 ? "..." : "", why);
+    }
     return 0;
 }
 

@@ -14,7 +14,7 @@ typedef struct hl_kafka_prop {
 } hl_kafka_prop;
 
 /* Sets key=value in conf. 0, or HL_EINVAL with "kafka.KEY=VALUE: why"
- * (librdkafka's reason) in errbuf. */
+ * (librdkafka's reason, the value cut at 64 bytes) in errbuf. */
 int hl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
                       char *errbuf, size_t errlen);
 
@@ -27,6 +27,10 @@ int hl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
  * when not NULL, may end the wait: RD_KAFKA_RESP_ERR__INTR, so that a
  * stop during start-up is not held for timeout_ms. */
 #define HL_KAFKA_STOP_SLICE_MS 200
+
+/* Drops the line ends and spaces librdkafka leaves at the end of some
+ * reasons, so a reason fits the one-line log format. */
+void hl_kafka_chomp(char *why);
 rd_kafka_resp_err_t hl_kafka_metadata_wait(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
                                            const rd_kafka_metadata_t **md, int timeout_ms,
                                            int (*stopping)(const void *), const void *arg);

@@ -21,6 +21,9 @@ typedef struct hl_worker hl_worker;   /* opaque */
 /* Everything the worker reads from configuration (worker/config.c fills it
  * from the keys of DESIGN.md section 7). Strings are borrowed and must
  * outlive the worker. */
+/* The longest kafka.bootstrap.servers the worker keeps (config refuses more). */
+#define HL_BOOTSTRAP_MAX 511
+
 typedef struct hl_worker_opts {
     const char *bootstrap;          /* kafka.bootstrap.servers; NULL or "": embedded broker */
     const char *group_id;

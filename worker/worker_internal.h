@@ -33,7 +33,7 @@
 struct hl_worker {
     hl_worker_opts    o;
     char              dlq[320];
-    char              bootstrap[512];
+    char              bootstrap[HL_BOOTSTRAP_MAX + 1];
     char              model_dir[4096]; /* <snapshot.dir>/models when model.dir is unset */
     const hl_model   *m;              /* the model given at start (its shape is every model's) */
     hl_models        *models;         /* the one served now, and its reloads */

@@ -252,6 +252,11 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
         for (int i = 0; i < w->o.n_kafka; i++)
             if (strcmp(w->o.kafka[i].key, "receive.message.max.bytes") == 0)
                 rmax = w->o.kafka[i].value;
+        /* receive.message.max.bytes goes up to 2^31 - 1, the producer's
+         * message.max.bytes only to 10^9: beyond, the producer takes its
+         * highest rather than refusing a key the user never set. */
+        if (strtod(rmax, NULL) > 1e9)
+            rmax = "1000000000";
         prod_props[n_prod++] = (hl_kafka_prop){"message.max.bytes", rmax};
     }
     if ((w->prod = hl_producer_create(prod_props, n_prod, derr, errbuf, errlen)) == NULL)

@@ -4,8 +4,10 @@ A 3 MB record with valid framing and a bad enum index (reason bad_enum,
 the rest of the record never read) goes through a `halflife broker` into
 `halflife run`.
 
-1. dlq_reaches_topic: with the default settings it reaches the dead-letter
-   topic byte for byte with its headers; halflife_dlq_errors_total stays 0.
+1. dlq_reaches_topic: with the default settings (but for a
+   kafka.receive.message.max.bytes beyond what a producer may take, which
+   the worker's DLQ producer clamps) it reaches the dead-letter topic byte
+   for byte with its headers; halflife_dlq_errors_total stays 0.
    Before the fix the producer's message.max.bytes (1000000) refused it:
    dlq_errors 1 and the bytes were gone.
 2. dlq_refused_kept_on_disk: with the DLQ made unwritable
@@ -102,9 +104,13 @@ def part_topic(tmp, model, check):
                       os.path.join(tmp, "broker1.log"))
     w = None
     try:
+        # receive.message.max.bytes above the producer's highest
+        # message.max.bytes (10^9): the worker's DLQ producer, which takes
+        # the consumer's limit, used to refuse to start on it.
         w = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker1.log"),
                      extra=["snapshot.dir=" + os.path.join(tmp, "snap1"),
-                            "kafka.fetch.wait.max.ms=10"])
+                            "kafka.fetch.wait.max.ms=10",
+                            "kafka.receive.message.max.bytes=1500000000"])
         recs = good_records(3, 0) + [(b"bad-big", BIG)] + good_records(3, 3)
         offs = produce_p0(broker.bootstrap, recs)
         got = read_dlq(broker.bootstrap, time.time() + 30)

@@ -3,7 +3,9 @@
  * transient and its error text holds no secret), worker/schema_store.c (an
  * unknown id waits while the registry is away; the up gauge says so; a
  * request to a registry that never answers does not hold up destroy, nor
- * a known id, and ends at schema.registry.timeout.ms), the
+ * a known id, and ends at schema.registry.timeout.ms; a full table of
+ * waiting ids neither refuses a new id nor drops a fetched schema; the
+ * fallback file is read after a 404 only, never after a bad answer), the
  * codec's schema source (a waiting id decodes as HL_CODEC_WAIT, then as the
  * same event as the file path once the text comes; a refused id is
  * unknown_schema; encode writes event_schema_id), the embedded lists'
@@ -155,17 +157,21 @@ static void test_destroy_does_not_wait_for_a_silent_registry(void)
     close(fd);
 }
 
-/* A registry that answers one request (with a schema) and then no more:
- * later connections complete in the listen backlog and wait for ever. */
+/* A registry that answers one request (status and body; by default 200
+ * with a string schema) and then no more: later connections complete in
+ * the listen backlog and wait for ever. */
 typedef struct one_answer {
-    int fd;
+    int         fd;
+    const char *status;     /* NULL: "200 OK" */
+    const char *body;       /* NULL: the string schema */
 } one_answer;
 
 static void *answer_once(void *arg)
 {
-    static const char body[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\"}\"}";
+    static const char string_schema[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\"}\"}";
     char req[4096], head[256];
     one_answer *oa = arg;
+    const char *body = oa->body ? oa->body : string_schema;
     int c = accept(oa->fd, NULL, NULL);
     size_t got = 0;
     ssize_t n;
@@ -177,10 +183,11 @@ static void *answer_once(void *arg)
         if (strstr(req, "\r\n\r\n") != NULL)
             break;
     }
-    int hn = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: "
+    int hn = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Type: "
                       "application/vnd.schemaregistry.v1+json\r\nContent-Length: %zu\r\n"
-                      "Connection: close\r\n\r\n", sizeof body - 1);
-    if (write(c, head, (size_t)hn) != hn || write(c, body, sizeof body - 1) < 0)
+                      "Connection: close\r\n\r\n", oa->status ? oa->status : "200 OK",
+                      strlen(body));
+    if (write(c, head, (size_t)hn) != hn || write(c, body, strlen(body)) < 0)
         perror("answer_once");
     close(c);
     return NULL;
@@ -195,7 +202,7 @@ static void test_known_ids_do_not_wait_for_a_silent_registry(void)
     char url[64], err[512], why[256], *text = NULL;
     pthread_t tid;
     int port;
-    one_answer oa = {silent_listener(&port)};
+    one_answer oa = {silent_listener(&port), NULL, NULL};
     if (oa.fd < 0 || pthread_create(&tid, NULL, answer_once, &oa) != 0)
         SKIP("no loopback listener");
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
@@ -236,6 +243,187 @@ static void test_known_ids_do_not_wait_for_a_silent_registry(void)
 out:
     pthread_join(tid, NULL);
     close(oa.fd);
+}
+
+/* Asks for n ids from first on; returns how many were not HL_EAGAIN. */
+static int ask_many(hl_schema_store *s, int32_t first, int n)
+{
+    char why[256], *text = NULL;
+    int not_waiting = 0;
+    for (int i = 0; i < n; i++)
+        if (hl_schema_store_get(s, first + i, &text, why, sizeof why) != HL_EAGAIN)
+            not_waiting++;
+    return not_waiting;
+}
+
+/* During an outage every id stays wanted. Ids written once (here a full
+ * table of bogus ones) must not turn a later id into "no such id": its
+ * records would be dead-lettered instead of waiting for the registry. */
+static void test_waiting_ids_do_not_fill_the_store(void)
+{
+    char err[512], why[256] = "", *text = NULL;
+    hl_registry_opts o = {.urls = DEAD_URL, .timeout_ms = 500};
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
+                                                NULL, err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    if (s == NULL)
+        return;
+    CHECK(ask_many(s, 1000, HL_SCHEMA_STORE_MAX_IDS) == 0);
+    int rc = hl_schema_store_get(s, 3, &text, why, sizeof why);
+    CHECKF(rc == HL_EAGAIN && strstr(why, "being fetched"), "id 3: rc %d: %s", rc, why);
+    /* As many again: each takes the place of one asked for less lately. */
+    CHECK(ask_many(s, 100000, HL_SCHEMA_STORE_MAX_IDS + 10) == 0);
+    CHECK(hl_schema_store_get(s, 3, &text, why, sizeof why) == HL_EAGAIN && text == NULL);
+    hl_schema_store_destroy(s);
+}
+
+/* Starts a store on a registry that answers one request as oa says, then
+ * no more. NULL (and no thread) when that cannot be set up. */
+static hl_schema_store *store_answering_once(one_answer *oa, pthread_t *tid, const char *dir,
+                                             hl_metrics *m)
+{
+    char url[64], err[512];
+    int port;
+    if ((oa->fd = silent_listener(&port)) < 0)
+        return NULL;
+    if (pthread_create(tid, NULL, answer_once, oa) != 0) {
+        close(oa->fd);
+        return NULL;
+    }
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = 1500};
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), dir, m,
+                                                err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    if (s == NULL) {
+        shutdown(oa->fd, SHUT_RDWR);        /* ends the accept */
+        pthread_join(*tid, NULL);
+        close(oa->fd);
+    }
+    return s;
+}
+
+static void store_answering_once_end(hl_schema_store *s, one_answer *oa, pthread_t tid)
+{
+    hl_schema_store_destroy(s);
+    pthread_join(tid, NULL);
+    close(oa->fd);
+}
+
+/* Asks for id until the answer is no longer "wait" (at most ~2 s). */
+static int get_settled(hl_schema_store *s, int32_t id, char **text, char *why, size_t whylen)
+{
+    int rc = HL_EAGAIN;
+    for (int i = 0; i < 200 && (rc = hl_schema_store_get(s, id, text, why, whylen)) ==
+                                HL_EAGAIN; i++)
+        usleep(10000);
+    return rc;
+}
+
+/* A full table of waiting ids never pushes out a fetched schema: records
+ * still decode with it. */
+static void test_fetched_schema_outlives_waiting_ids(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    one_answer oa = {-1, NULL, NULL};
+    hl_schema_store *s = store_answering_once(&oa, &tid, NULL, NULL);
+    if (s == NULL)
+        SKIP("no loopback listener");
+    int rc = get_settled(s, 1, &text, why, sizeof why);
+    CHECKF(rc == 0 && text != NULL, "id 1: %d %s", rc, why);
+    free(text);
+    text = NULL;
+    /* The registry is silent now: every new id waits. */
+    CHECK(ask_many(s, 1000, HL_SCHEMA_STORE_MAX_IDS + 10) == 0);
+    rc = hl_schema_store_get(s, 1, &text, why, sizeof why);
+    CHECKF(rc == 0 && text && !strcmp(text, "{\"type\":\"string\"}"), "id 1: %d %s", rc, why);
+    free(text);
+    store_answering_once_end(s, &oa, tid);
+}
+
+/* A directory holding <id>.avsc for id with a schema of its own. */
+static int fallback_dir(char *dir, size_t len, int32_t id)
+{
+    char path[512];
+    snprintf(dir, len, "/tmp/hl-test-registry-XXXXXX");
+    if (mkdtemp(dir) == NULL)
+        return -1;
+    snprintf(path, sizeof path, "%s/%d.avsc", dir, (int)id);
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    fputs("{\"type\":\"long\"}", f);
+    return fclose(f);
+}
+
+static void fallback_dir_remove(const char *dir, int32_t id)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%d.avsc", dir, (int)id);
+    unlink(path);
+    rmdir(dir);
+}
+
+static uint64_t requests(hl_metrics *m, const char *labels)
+{
+    return hl_counter_get(hl_metrics_counter(m, "halflife_schema_registry_requests_total",
+                                             NULL, labels));
+}
+
+/* The registry answered 200 with a schema that is not Avro: the id is
+ * unknown, counted as a bad answer, and the fallback file is not read (it
+ * is read only after a 404; a file must not shadow the registry's answer). */
+static void test_bad_answer_does_not_read_the_fallback_file(void)
+{
+    char dir[64], why[256] = "", *text = NULL;
+    pthread_t tid;
+    one_answer oa = {-1, NULL, "{\"schema\":\"syntax = \\\"proto3\\\";\","
+                               "\"schemaType\":\"PROTOBUF\"}"};
+    if (fallback_dir(dir, sizeof dir, 7) != 0)
+        SKIP("cannot write a fallback directory in /tmp");
+    hl_metrics *m = hl_metrics_create();
+    hl_schema_store *s = store_answering_once(&oa, &tid, dir, m);
+    if (s == NULL) {
+        hl_metrics_destroy(m);
+        fallback_dir_remove(dir, 7);
+        SKIP("no loopback listener");
+    }
+    int rc = get_settled(s, 7, &text, why, sizeof why);
+    CHECKF(rc == HL_ENOENT && text == NULL, "id 7: rc %d text %s", rc, text ? text : "-");
+    CHECKF(strstr(why, "PROTOBUF") && !strstr(why, "fallback"), "%s", why);
+    CHECK(requests(m, "result=\"bad_answer\"") == 1);
+    CHECK(requests(m, "result=\"not_found\"") == 0);
+    free(text);
+    store_answering_once_end(s, &oa, tid);
+    hl_metrics_destroy(m);
+    fallback_dir_remove(dir, 7);
+}
+
+/* The other side of it: after a 404 the fallback file is the schema. */
+static void test_not_found_reads_the_fallback_file(void)
+{
+    char dir[64], why[256] = "", *text = NULL;
+    pthread_t tid;
+    one_answer oa = {-1, "404 Not Found", "{\"error_code\":40403,\"message\":\"Schema 7 not "
+                                          "found\"}"};
+    if (fallback_dir(dir, sizeof dir, 7) != 0)
+        SKIP("cannot write a fallback directory in /tmp");
+    hl_metrics *m = hl_metrics_create();
+    hl_schema_store *s = store_answering_once(&oa, &tid, dir, m);
+    if (s == NULL) {
+        hl_metrics_destroy(m);
+        fallback_dir_remove(dir, 7);
+        SKIP("no loopback listener");
+    }
+    int rc = get_settled(s, 7, &text, why, sizeof why);
+    CHECKF(rc == 0 && text && !strcmp(text, "{\"type\":\"long\"}"), "id 7: rc %d %s", rc, why);
+    CHECK(requests(m, "result=\"not_found\"") == 1);
+    CHECK(requests(m, "result=\"bad_answer\"") == 0);
+    free(text);
+    store_answering_once_end(s, &oa, tid);
+    hl_metrics_destroy(m);
+    fallback_dir_remove(dir, 7);
 }
 
 /* A schema source for the codec: what a registry would answer, by id. */
@@ -381,6 +569,10 @@ int main(void)
     RUN(test_store_waits_while_registry_away);
     RUN(test_destroy_does_not_wait_for_a_silent_registry);
     RUN(test_known_ids_do_not_wait_for_a_silent_registry);
+    RUN(test_waiting_ids_do_not_fill_the_store);
+    RUN(test_fetched_schema_outlives_waiting_ids);
+    RUN(test_bad_answer_does_not_read_the_fallback_file);
+    RUN(test_not_found_reads_the_fallback_file);
     RUN(test_codec_waits_then_decodes);
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);

@@ -14,7 +14,12 @@
  * Which source wins: the registry. A fallback file <dir>/<id>.avsc is read
  * only for an id the registry answered 404 for, and never while the
  * registry is away (its answer is awaited: a file must not shadow an id
- * the registry has). */
+ * the registry has), nor when it answered with something that is not an
+ * Avro schema (a bad answer is still the registry's: the id is unknown).
+ *
+ * The table is bounded (HL_SCHEMA_STORE_MAX_IDS). When full, a new id
+ * takes the place of a "no such id", else of a wanted id no record has
+ * asked for lately; a fetched schema is never dropped. */
 #include "schema_store.h"
 #include "codec.h"
 #include "log.h"
@@ -37,6 +42,7 @@ typedef struct entry {
     int32_t     id;
     entry_state state;
     int         recheck;        /* E_MISSING: asked again, answer the old one meanwhile */
+    int64_t     asked_ms;       /* E_WANTED: when a record last asked for it */
     char       *text;           /* E_FOUND */
     char        why[240];       /* E_WANTED, E_MISSING: for the record's log line */
     int64_t     checked_ms;     /* when the last answer came */
@@ -56,7 +62,7 @@ struct hl_schema_store {
     atomic_int      up;
     int64_t         next_try_ms, backoff_ms, last_answer_ms;
     hl_gauge       *up_g;
-    hl_counter     *req_ok, *req_missing, *req_error;
+    hl_counter     *req_ok, *req_missing, *req_error, *req_bad;
 };
 
 /* ---- the table (under mu) ----------------------------------------------- */
@@ -69,8 +75,32 @@ static entry *find(hl_schema_store *s, int32_t id)
     return NULL;
 }
 
+/* The entry to drop for a new id in a full table, -1 for none: the
+ * oldest-checked "no such id", else the wanted id asked for least lately.
+ * Wanted ones must be droppable too: while the registry is away every id
+ * stays wanted, and ids written once (a flood of bogus ones) would
+ * otherwise fill the table and make every later id "no such id", its
+ * records dead-lettered instead of waiting. A dropped wanted id comes back
+ * when a record asks again, and waits like any new one (a record that
+ * waits asks at each use, so a live one is rarely the least lately asked).
+ * A fetched schema never goes: records decode with it. */
+static int victim(const hl_schema_store *s)
+{
+    int missing = -1, wanted = -1;
+    for (int i = 0; i < s->n_e; i++) {
+        const entry *en = &s->e[i];
+        if (en->state == E_MISSING &&
+            (missing < 0 || en->checked_ms < s->e[missing].checked_ms))
+            missing = i;
+        else if (en->state == E_WANTED &&
+                 (wanted < 0 || en->asked_ms < s->e[wanted].asked_ms))
+            wanted = i;
+    }
+    return missing >= 0 ? missing : wanted;
+}
+
 /* Room for one more entry: grows, or beyond HL_SCHEMA_STORE_MAX_IDS drops
- * the oldest-checked "no such id". NULL when neither works. */
+ * victim(). NULL when neither works (every entry a fetched schema). */
 static entry *add(hl_schema_store *s, int32_t id)
 {
     if (s->n_e == s->cap_e && s->cap_e < HL_SCHEMA_STORE_MAX_IDS) {
@@ -82,14 +112,12 @@ static entry *add(hl_schema_store *s, int32_t id)
         }
     }
     if (s->n_e == s->cap_e) {
-        int victim = -1;
-        for (int i = 0; i < s->n_e; i++)
-            if (s->e[i].state == E_MISSING &&
-                (victim < 0 || s->e[i].checked_ms < s->e[victim].checked_ms))
-                victim = i;
-        if (victim < 0)
+        int v = victim(s);
+        if (v < 0)
             return NULL;
-        s->e[victim] = s->e[--s->n_e];
+        /* A dropped id being fetched is harmless: settle() finds no entry. */
+        free(s->e[v].text);
+        s->e[v] = s->e[--s->n_e];
     }
     entry *en = &s->e[s->n_e++];
     memset(en, 0, sizeof *en);
@@ -107,9 +135,12 @@ int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t wh
     entry *en = find(s, id);
     if (en == NULL && (en = add(s, id)) == NULL) {
         pthread_mutex_unlock(&s->mu);
-        return hl_err(why, whylen, HL_ENOENT, "schema id %d: more than %d ids seen, none of "
-                      "them unknown to drop", (int)id, HL_SCHEMA_STORE_MAX_IDS);
+        return hl_err(why, whylen, HL_ENOENT, "schema id %d: %d schemas already fetched, "
+                      "none to drop for it (HL_SCHEMA_STORE_MAX_IDS in schema_store.h is "
+                      "the limit)", (int)id, HL_SCHEMA_STORE_MAX_IDS);
     }
+    if (en->state == E_WANTED)
+        en->asked_ms = hl_now_mono_ms();
     if (en->state == E_FOUND) {
         rc = (*text = strdup(en->text)) != NULL ? 0 : HL_EAGAIN;
     } else {
@@ -174,12 +205,14 @@ static void answered(hl_schema_store *s)
     s->last_answer_ms = hl_now_mono_ms();
 }
 
-/* Writes the registry's answer rc for id (text taken on 0) into its entry.
- * Under mu. */
+/* Writes the registry's answer rc for id (text taken on 0) into its entry:
+ * 0 a schema, HL_ENOENT no such id (404; only then is the fallback
+ * directory read), HL_EFORMAT an answer that is no Avro schema. Under mu. */
 static void settle(hl_schema_store *s, int32_t id, int rc, char *text, const char *err)
 {
     entry *en = find(s, id);
-    if (rc == HL_ENOENT && s->fallback_dir != NULL && (text = hl_codec_schema_file(s->fallback_dir, id, NULL, 0)))
+    if (rc == HL_ENOENT && s->fallback_dir != NULL &&
+        (text = hl_codec_schema_file(s->fallback_dir, id, NULL, 0)) != NULL)
         rc = 1;                                     /* found in the fallback directory */
     if (en == NULL) {
         free(text);
@@ -198,7 +231,16 @@ static void settle(hl_schema_store *s, int32_t id, int rc, char *text, const cha
     en->state = E_MISSING;
     snprintf(en->why, sizeof en->why, "%.180s%s", err,
              rc == HL_ENOENT && s->fallback_dir ? "; no file in schema.registry.fallback.dir" : "");
-    hl_log(HL_LOG_WARN, "schema_unknown", "id=%d err=\"%s\"", (int)id, en->why);
+    hl_log(HL_LOG_WARN, rc == HL_EFORMAT ? "schema_registry_bad_answer" : "schema_unknown",
+           "id=%d err=\"%s\"", (int)id, en->why);
+}
+
+/* Counts an answer by outcome. Under mu. */
+static void count_answer(hl_schema_store *s, int rc)
+{
+    hl_counter *c = rc == 0 ? s->req_ok : rc == HL_EFORMAT ? s->req_bad : s->req_missing;
+    if (c != NULL)
+        hl_counter_add(c, 1);
 }
 
 /* The next id to ask for, -1 for none. Under mu. */
@@ -218,22 +260,21 @@ static void fetch(hl_schema_store *s, int32_t id, int probe)
     int rc = hl_registry_schema_by_id(s->reg, id, &text, err, sizeof err);
     pthread_mutex_lock(&s->mu);
     /* Only the registry saying "no such id" (404) or giving a schema we
-     * cannot use makes a record bad; anything else (no answer, 5xx, 401,
-     * TLS, a refusal of the request itself) is not the record's fault: it
-     * waits. The down line names the cause. */
+     * cannot use (HL_EFORMAT: not Avro, not JSON, too big) makes a record
+     * bad; anything else (no answer, 5xx, 401, TLS, a refusal of the
+     * request itself) is not the record's fault: it waits. The down line
+     * names the cause. A bad answer is not a 404: the registry answered,
+     * so it is never replaced by a fallback file (settle). */
     if (rc != 0 && rc != HL_ENOENT && rc != HL_EFORMAT) {
         failed(s, err);
         return;
     }
     answered(s);
-    if (s->req_ok && rc == 0)
-        hl_counter_add(s->req_ok, 1);
-    else if (s->req_missing && rc != 0)
-        hl_counter_add(s->req_missing, 1);
+    count_answer(s, rc);
     if (probe)
         free(text);
     else
-        settle(s, id, rc == 0 ? 0 : HL_ENOENT, text, err);
+        settle(s, id, rc, text, err);
 }
 
 /* Waits under mu until now_ms + ms at most (or a signal). */
@@ -276,7 +317,8 @@ static void *fetch_main(void *arg)
 static void register_metrics(hl_schema_store *s, hl_metrics *m)
 {
     const char *help = "Requests to the Schema Registry by outcome (error: no answer, 5xx or "
-                       "credentials refused).";
+                       "credentials refused; bad_answer: not an Avro schema, not JSON or too "
+                       "large).";
     if (m == NULL)
         return;
     s->up_g = hl_metrics_gauge(m, "halflife_schema_registry_up",
@@ -287,6 +329,8 @@ static void register_metrics(hl_schema_store *s, hl_metrics *m)
                                         "result=\"not_found\"");
     s->req_error = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
                                       "result=\"error\"");
+    s->req_bad = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
+                                    "result=\"bad_answer\"");
     hl_gauge_set(s->up_g, 1);
 }
 

@@ -11,13 +11,15 @@
  *              the record must wait, it is not bad
  *   HL_ENOENT  the registry has no such id (404) and the fallback
  *              directory has no <id>.avsc, or the answer was not an Avro
- *              schema: the record is bad (unknown_schema)
+ *              schema (the fallback directory is not read then): the
+ *              record is bad (unknown_schema)
  * A "no such id" is asked again in the background at most every 5 s when
  * the id is seen again, and stays the answer meanwhile (a flood of bad ids
  * never waits on the registry).
  *
  * Metrics: halflife_schema_registry_up (1 when the last request got an
- * answer), halflife_schema_registry_requests_total{result}. */
+ * answer), halflife_schema_registry_requests_total{result="ok", "not_found",
+ * "bad_answer", "error"}. */
 #ifndef HL_SCHEMA_STORE_H
 #define HL_SCHEMA_STORE_H
 
@@ -26,7 +28,9 @@
 
 typedef struct hl_schema_store hl_schema_store;   /* opaque */
 
-#define HL_SCHEMA_STORE_MAX_IDS  4096   /* ids remembered; "no such id"s go first beyond */
+/* Ids remembered; beyond, "no such id"s go first, then ids still waiting
+ * (asked for least lately), never a fetched schema. */
+#define HL_SCHEMA_STORE_MAX_IDS  4096
 
 /* Takes reg (ownership moves, also on failure) and starts the fetch
  * thread. fallback_dir: files <dir>/<id>.avsc used for ids the registry

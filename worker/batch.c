@@ -431,9 +431,23 @@ static void catalogue_boundary(hl_wthread *t)
     hl_items_local_update(it, &t->cat, t->ranker, t->mref->gen);
 }
 
+/* A batch that got no flight (stopping, the deliveries too late): not
+ * applied, so no list and no offset of it exists; the records were never
+ * stored as consumed, so a restart reads them again. */
+static void batch_drop(hl_wthread *t, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (t->msgs[i] != NULL)
+            rd_kafka_message_destroy(t->msgs[i]);
+}
+
 void hl_batch_run(hl_wthread *t, int n)
 {
     flight *f = hl_flight_begin(t);
+    if (f == NULL) {
+        batch_drop(t, n);
+        return;
+    }
     batch_begin(t);
     double a = hl_now_mono_s();
     f->start_us = (int64_t)(a * 1e6);

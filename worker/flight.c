@@ -242,6 +242,17 @@ void hl_flight_retire(hl_wthread *t)
     }
 }
 
+/* 1 once this thread should stop waiting for deliveries: told to stop
+ * now, or stopping and shutdown.timeout.ms has run out (the broker or an
+ * output partition is away). The one deadline for the drain and for a
+ * batch waiting for a free flight, so neither outlasts the other. */
+static int stop_overdue(hl_wthread *t)
+{
+    int stop = atomic_load(t->ctx->stop);
+    return stop >= 2 ||
+           (stop == 1 && hl_now_mono_ms() > atomic_load(&t->ctx->stop_deadline_ms));
+}
+
 /* Waits for every flight (polling the producer). 0 if told to stop now, or
  * when stopping and shutdown.timeout.ms has run out (the broker is away):
  * the undelivered batches' offsets are then not stored, so they are read
@@ -249,9 +260,7 @@ void hl_flight_retire(hl_wthread *t)
 int hl_flight_drain(hl_wthread *t)
 {
     while (t->fl_n > 0) {
-        int stop = atomic_load(t->ctx->stop);
-        if (stop >= 2 ||
-            (stop == 1 && hl_now_mono_ms() > atomic_load(&t->ctx->stop_deadline_ms))) {
+        if (stop_overdue(t)) {
             hl_log(HL_LOG_WARN, "drain_abandoned", "thread=%d batches_in_flight=%d",
                    t->id, t->fl_n);
             return 0;
@@ -263,21 +272,23 @@ int hl_flight_drain(hl_wthread *t)
 }
 
 /* A new flight at the tail; with all N_FLIGHTS in the air, waits for the
- * oldest to land. */
+ * oldest to land. NULL when that wait ends with no free slot because the
+ * thread must stop (stop_overdue): the caller then publishes nothing and
+ * notes no offsets, so that batch's events are read again after a
+ * restart. The flights in the air stay in order and may still retire: a
+ * flight given up on here would let a later one store offsets past
+ * events whose lists were never delivered (offsets are cumulative). */
 flight *hl_flight_begin(hl_wthread *t)
 {
-    while (t->fl_n == N_FLIGHTS && atomic_load(t->ctx->stop) < 2) {
+    while (t->fl_n == N_FLIGHTS && !stop_overdue(t)) {
         hl_producer_poll(t->ctx->prod, 1);
         hl_flight_retire(t);
     }
     if (t->fl_n == N_FLIGHTS) {
-        /* Stopping at once: the oldest never lands for us. Its offsets are
-         * not stored, so a restart reads those events again. */
-        rd_kafka_topic_partition_list_destroy(t->fl[t->fl_head].offs);
-        t->fl[t->fl_head].offs = NULL;
-        release_dead_letters(&t->fl[t->fl_head]);
-        t->fl_head = (t->fl_head + 1) % N_FLIGHTS;
-        t->fl_n--;
+        hl_log(HL_LOG_WARN, "delivery_wait_abandoned", "thread=%d batches_in_flight=%d "
+               "stop=%d action=\"gave up waiting for deliveries; batch not published, its "
+               "offsets not stored\"", t->id, t->fl_n, atomic_load(t->ctx->stop));
+        return NULL;
     }
     flight *f = &t->fl[(t->fl_head + t->fl_n) % N_FLIGHTS];
     hl_ticket_reset(&f->t);

@@ -281,6 +281,8 @@ void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)
     if (!any || t->ranker == NULL || atomic_load(t->ctx->stop) >= 2)
         return;
     flight *f = hl_flight_begin(t);
+    if (f == NULL)      /* stopping, deliveries too late: the users stay held back */
+        return;
     memset(&t->b, 0, sizeof t->b);
     for (int i = 0; i < n_sh; i++) {
         int n;

@@ -184,6 +184,9 @@ void hl_park_free(hl_wthread *t);
 /* flight.c */
 int     hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen);
 void    hl_flight_free(hl_wthread *t);
+/* A new flight, waiting while all N_FLIGHTS are undelivered; NULL when a
+ * stop ends that wait (told to stop now, or shutdown.timeout.ms passed):
+ * the caller must then publish nothing and note no offsets. */
 flight *hl_flight_begin(hl_wthread *t);
 void    hl_flight_note_offsets(hl_wthread *t, flight *f);
 /* A new DLQ copy in f (ticket reset, fail_counter set), or NULL when out

@@ -215,6 +215,16 @@ int hl_producer_flush(hl_producer *p, int timeout_ms)
     return rd_kafka_outq_len(p->rk);
 }
 
+int hl_producer_settle(hl_producer *p, int timeout_ms)
+{
+    int left = hl_producer_flush(p, timeout_ms);
+    if (left == 0)
+        return 0;
+    rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_poll(p->rk, 0);            /* the purged records' reports, now */
+    return left;
+}
+
 void hl_producer_stats_get(hl_producer *p, hl_producer_stats *st)
 {
     st->delivered = atomic_load_explicit(&p->n_delivered, memory_order_relaxed);

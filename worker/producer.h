@@ -82,6 +82,13 @@ void hl_producer_poll(hl_producer *p, int timeout_ms);
  * still in flight: 0 means all are reported. */
 int  hl_producer_flush(hl_producer *p, int timeout_ms);
 
+/* hl_producer_flush for at most timeout_ms, then every record still
+ * unreported is purged and its report (failed) served at once: on return
+ * no report is left that could write into a ticket, so the tickets' owners
+ * may be freed. Returns how many were purged (each logged and counted as a
+ * failed delivery). For a shutdown: the records are given up on. */
+int  hl_producer_settle(hl_producer *p, int timeout_ms);
+
 /* Delivery reports so far, whether or not the records carried a ticket:
  * what a caller without a metrics registry reports. Any thread. */
 typedef struct hl_producer_stats {

@@ -193,6 +193,13 @@ void hl_worker_destroy(hl_worker *w)
 {
     if (w == NULL || w->abandoned)
         return;                 /* abandoned: librdkafka would block; the process ends */
+    /* Delivery reports write into tickets that the threads' flights and
+     * dead letters and the item reader own: every report is served (or the
+     * record purged) before those are freed. */
+    int purged = w->prod != NULL ? hl_producer_settle(w->prod, w->o.shutdown_timeout_ms) : 0;
+    if (purged > 0)
+        hl_log(HL_LOG_WARN, "producer_purged", "records=%d action=\"undelivered within "
+               "shutdown.timeout.ms: given up (no offset was stored past them)\"", purged);
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_destroy(w->th[i]);
     hl_persist_destroy(w->persist);     /* after every shard is gone */
@@ -205,7 +212,7 @@ void hl_worker_destroy(hl_worker *w)
     hl_items_destroy(w->items);         /* after the threads let go of its views */
     hl_schema_store_destroy(w->schemas);  /* after every codec and the item reader */
     hl_consumer_destroy(w->cons);
-    hl_producer_destroy(w->prod, w->o.shutdown_timeout_ms);
+    hl_producer_destroy(w->prod, 0);     /* settled above */
     hl_worker_embedded_stop(w);
     pthread_mutex_destroy(&w->lat_mu);
     pthread_cond_destroy(&w->closed_cv);

@@ -89,7 +89,8 @@ struct hl_items {
     int             published;          /* a view was made current */
     uint64_t        pending;            /* updates applied, not yet counted */
     int             absent;             /* the cluster says the topic does not exist */
-    float          *vec;                /* 2 * dim floats */
+    float          *vec;                /* 2 * vec_dim floats: e_in, e_out */
+    int             vec_dim;            /* >= o.codec.dim (decode_dim) */
     rd_kafka_message_t **kept;          /* per partition: the update waiting for its
                                            schema id (the partition is paused) */
     int             n_kept;
@@ -531,12 +532,36 @@ static void *items_main(void *arg)
 
 /* ---- model swaps ---- */
 
+/* Records decode at the catalogue's dim: a swap to another dim resizes the
+ * decode buffer with it, or an embedding of the old dim would be read as
+ * the new one (past the buffer's end) and a correct one refused. Under
+ * cat_mu, which every decode holds. 0 or HL_ENOMEM (nothing changed). */
+static int decode_dim(hl_items *it, int dim)
+{
+    if (dim == it->o.codec.dim)
+        return 0;
+    if (dim > it->vec_dim) {
+        float *v = realloc(it->vec, 2 * (size_t)dim * sizeof(float));
+        if (v == NULL)
+            return HL_ENOMEM;
+        it->vec = v;
+        it->vec_dim = dim;
+    }
+    it->o.codec.dim = dim;
+    return 0;
+}
+
 int hl_items_rebind(hl_items *it, const hl_model *m, uint64_t gen)
 {
     hl_catalogue_rebind_stats rs, back;
     pthread_mutex_lock(&it->cat_mu);
     const hl_model *was = it->m;
     uint64_t was_gen = it->gen;
+    int was_dim = it->o.codec.dim;
+    if (decode_dim(it, hl_model_info_get(m)->dim) != 0) {
+        pthread_mutex_unlock(&it->cat_mu);
+        return HL_ENOMEM;
+    }
     hl_catalogue_rebind(it->cat, m, &rs);
     it->m = m;
     it->gen = gen;
@@ -545,6 +570,7 @@ int hl_items_rebind(hl_items *it, const hl_model *m, uint64_t gen)
         hl_catalogue_rebind(it->cat, was, &back);
         it->m = was;
         it->gen = was_gen;
+        it->o.codec.dim = was_dim;      /* the buffer only grew */
     }
     hl_catalogue_stats st;
     hl_catalogue_stats_get(it->cat, &st);
@@ -614,6 +640,7 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     it->bad_limit.interval_ms = 1000;
     it->topic = strdup(o->topic);
     it->vec = malloc(2 * (size_t)o->codec.dim * sizeof(float));
+    it->vec_dim = o->codec.dim;
     if (it->topic == NULL || it->vec == NULL) {
         hl_err(errbuf, errlen, HL_ENOMEM, "items: out of memory");
         goto fail;

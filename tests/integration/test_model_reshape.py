@@ -41,6 +41,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_util as C  # noqa: E402
@@ -193,6 +194,51 @@ def live_case(ck, model_a, model_b, events):
              % (rc, dims_of(state), len(diff), len(ref), diff[:3]))
 
 
+def send_items(ck, br, name, lines):
+    path = os.path.join(ck.tmp, name)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(ck.tmp, name + ".log"), "w") as log:
+        return subprocess.run([U.HL, "items", "--input", path, "-X",
+                               "kafka.bootstrap.servers=" + br.bootstrap],
+                              stdout=log, stderr=log).returncode
+
+
+def live_items_case(ck, model_a, model_b):
+    """After a live swap to another dim the item topic's embeddings are
+    read at the new dim: one of B's dim is added, one of A's is refused
+    (bad_dim). The decoder used to keep A's dim, so it refused B's and,
+    from a smaller dim to a larger, read an old one past its buffer."""
+    live = os.path.join(ck.tmp, "items-live.hlm")
+    shutil.copyfile(model_a, live)
+    br = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker-items.log"),
+                  topics=C.TOPICS + ["items"])
+    w = C.Worker(ck.procs, br.bootstrap, live, os.path.join(ck.tmp, "worker-items.log"),
+                 extra=S.COMMON + ["items.topic=items"])
+    ready = S.wait_ready(w, 30)
+    S.replace(model_b, live)
+    swapped = w.wait_event("model_swapped", 20)
+
+    def vec(n, x):
+        return ",".join("%.3f" % (x + 0.01 * i) for i in range(n))
+    rc_b = send_items(ck, br, "dim-b.csv", ["new-b,true,,0.5,%s,%s" % (vec(8, 0.1), vec(8, 0.2))])
+    added = S.wait_metric(w, "halflife_item_updates_total", 1, 20)
+    bad0 = w.metric_or("halflife_item_updates_invalid_total", 0, 'reason="bad_dim"')
+    rc_a = send_items(ck, br, "dim-a.csv", ["new-a,true,,0.5,%s,%s" % (vec(16, 0.1), vec(16, 0.2))])
+    deadline = time.time() + 20
+    while time.time() < deadline and \
+            w.metric_or("halflife_item_updates_invalid_total", 0, 'reason="bad_dim"') < bad0 + 1:
+        time.sleep(0.1)
+    bad = w.metric_or("halflife_item_updates_invalid_total", 0, 'reason="bad_dim"') - bad0
+    ck.check("live_reshape_items_at_new_dim", ready and swapped and rc_b == 0 and rc_a == 0 and
+             added and bad == 1 and w.metric_or("halflife_items_added", 0, 'source="topic"') == 1,
+             "ready %s, swapped %s, items exits %s %s, B's-dim update applied %s, A's-dim "
+             "refused as bad_dim %s, items added %s" % (
+                 ready, swapped, rc_b, rc_a, added, bad,
+                 w.metric_or("halflife_items_added", 0, 'source="topic"')))
+    w.term(30)
+
+
 def live_gate_case(ck, model_a, model_b, events):
     """The live reshape with recs.min.interval.ms: the gate keys waiting
     users by row id, which the move changes; each user's schedule moves
@@ -295,6 +341,7 @@ def body(ck):
     U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
     events = U.read_events_csv(events_csv)
     live_case(ck, model_a, model_b, events)
+    live_items_case(ck, model_a, model_b)
     live_kafka_case(ck, model_a, model_b, events)
     live_gate_case(ck, model_a, model_b, events)
     br = C.Broker(ck.procs, PARTS, os.path.join(tmp, "broker.log"),

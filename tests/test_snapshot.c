@@ -334,24 +334,31 @@ static void test_version_1_read(void)
  * refused without reading outside the bytes given. */
 /* A row whose masses or sums are not finite, or whose mass is past the
  * table's guard, decodes (snapshot dump shows it) but is not restored:
- * restored, it would refuse every later event of its user. The number of
- * the three damages restored anyway. */
+ * restored, it would refuse every later event of its user. So is one
+ * whose ring holds a weight that is infinite or past the guard (a
+ * migration adds w x e_in to the new sums). The number of the damages
+ * restored anyway. */
 static int refuses_bad_state(unsigned char *buf, size_t max, uint32_t r, const hl_row_view *v,
                              hl_snapshot_row_scratch *sc, hl_table *empty)
 {
-    float m[N_HEADS], s[N_HEADS * DIM];
-    int wrong = 0;
-    for (int k = 0; k < 3; k++) {
+    float m[N_HEADS], s[N_HEADS * DIM], w[HISTORY];
+    int wrong = 0, damages = v->n_hist > 0 && v->hist_w != NULL ? 5 : 3;
+    for (int k = 0; k < damages; k++) {
         hl_row_view x = *v;
         hl_row_view d;
         uint32_t row;
         memcpy(m, v->m, sizeof m);
         memcpy(s, v->s, sizeof s);
+        if (v->hist_w != NULL)
+            memcpy(w, v->hist_w, sizeof w);
         if (k == 0) m[0] = NAN;
         if (k == 1) s[DIM + 1] = INFINITY;
         if (k == 2) m[N_HEADS - 1] = 2 * HL_TABLE_MAX_MASS;
+        if (k == 3) w[hl_row_hist_index(v, v->n_hist - 1)] = INFINITY;
+        if (k == 4) w[hl_row_hist_index(v, 0)] = 3e38f;
         x.m = m;
         x.s = s;
+        x.hist_w = v->hist_w ? w : NULL;
         size_t len = hl_snapshot_row_encode(buf, N_HEADS, DIM, r, &x);
         wrong += len > max ||
                  hl_snapshot_row_decode(buf, len, N_HEADS, DIM, HISTORY, V2, sc, &row, &d) != 0 ||

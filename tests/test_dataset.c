@@ -204,19 +204,52 @@ static void test_events_csv(void)
              "bob,i4,RATE,1700000000400,1,2\n"         /* 7: too many fields */
              "%s,i5,VIEW,1\n"                          /* 8: user too long */
              "bob,,VIEW,1\n"                           /* 9: empty item */
-             "bob,i6,ADD_TO_CART,-5\n", longid);
+             "bob,i6,ADD_TO_CART,5\n", longid);
     read_all(text, HL_FMT_EVENTS_CSV, 0, &g);
     CHECK(g.n == 4);
     check_event(&g, 0, "alice", "i1", HL_PURCHASE, 1700000000123, 2.5f, 1, 2);
     check_event(&g, 1, "alice", "i2", HL_VIEW, 1700000000200, 1.0f, 0, 3);
     check_event(&g, 2, "bob", "i3", HL_CLICK, 1700000000300, 1.0f, 0, 4);
-    check_event(&g, 3, "bob", "i6", HL_ADD_TO_CART, -5, 1.0f, 0, 10);
+    check_event(&g, 3, "bob", "i6", HL_ADD_TO_CART, 5, 1.0f, 0, 10);
     CHECK(g.st.bad_lines == 5);
     check_bad(&g, 0, 5, "unknown event_type");
     check_bad(&g, 1, 6, "weight is not a number");
     check_bad(&g, 2, 7, "too many fields");
     check_bad(&g, 3, 8, "user id longer than 256 bytes");
     check_bad(&g, 4, 9, "empty item id");
+}
+
+/* What the worker's codec would refuse of a live event is a bad line
+ * here too: times before 1970 or after 2100 (t_ref - t overflowed in
+ * training, which ended in NaN), weights outside 0..1e6 (a negative one
+ * trained a model of garbage without a word), ids that are not UTF-8 (an
+ * item listed that no live event could name). */
+static void test_values_the_worker_refuses(void)
+{
+    got g;
+    read_all("u,a,VIEW,-1\n"
+             "u,a,VIEW,9000000000000000000\n"
+             "u,a,RATE,1000,-1\n"
+             "u,a,RATE,1000,3e38\n"
+             "u\xff,a,VIEW,1000\n"
+             "u,a\xc0,VIEW,1000\n"
+             "u,a,RATE,4102444800000,1000000\n"
+             "u,a,RATE,0,0\n", HL_FMT_EVENTS_CSV, 0, &g);
+    CHECK(g.n == 2 && g.st.bad_lines == 6);
+    check_event(&g, 0, "u", "a", HL_RATE, 4102444800000, 1e6f, 1, 7);
+    check_event(&g, 1, "u", "a", HL_RATE, 0, 0.0f, 1, 8);
+    check_bad(&g, 0, 1, "timestamp outside 1970..2100");
+    check_bad(&g, 1, 2, "timestamp outside 1970..2100");
+    check_bad(&g, 2, 3, "weight outside 0..1e6");
+    check_bad(&g, 3, 4, "weight outside 0..1e6");
+    check_bad(&g, 4, 5, "user id is not valid UTF-8");
+    check_bad(&g, 5, 6, "item id is not valid UTF-8");
+    read_all("u1 a b\n"
+             "u2 ok \xe2\x82 c\n", HL_FMT_SEQ, 0, &g);      /* a cut 3-byte character */
+    CHECK(g.n == 2 && g.st.bad_lines == 1);
+    check_bad(&g, 0, 2, "item id is not valid UTF-8");
+    read_all("1,2,3.5,-100\n", HL_FMT_MOVIELENS_CSV, 0, &g);   /* data, not a header */
+    CHECK(g.n == 0 && g.st.bad_lines == 1);
 }
 
 /* Line 1 is a header only if it does not parse as data. */
@@ -372,6 +405,7 @@ int main(void)
     RUN(test_seq);
     RUN(test_taobao);
     RUN(test_events_csv);
+    RUN(test_values_the_worker_refuses);
     RUN(test_headerless_first_line_kept);
     RUN(test_many_bad_lines);
     RUN(test_random_garbage);

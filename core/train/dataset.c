@@ -18,6 +18,7 @@
  * per call. A seq line is checked whole before its first event is returned,
  * so a bad token drops the whole user line rather than half of it. */
 #include "dataset.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <math.h>
@@ -110,12 +111,33 @@ static int parse_f32(const char *s, float *v)
     return 0;
 }
 
-/* Why an id of len bytes is bad, or NULL; user says which id it is. */
-static const char *id_bad(size_t len, int user)
+/* Why an id of len bytes is bad, or NULL; user says which id it is. Ids
+ * must be UTF-8 as the worker's are: a model's item id is published in
+ * lists whose strings a conforming Avro reader decodes, and the codec
+ * refuses live events whose ids are not (bad_utf8), so such an item could
+ * be listed but never met. */
+static const char *id_bad(const char *id, size_t len, int user)
 {
     if (len == 0) return user ? "empty user id" : "empty item id";
     if (len > HL_MAX_ID_LEN)
         return user ? "user id longer than 256 bytes" : "item id longer than 256 bytes";
+    if (!hl_utf8_valid(id, len))
+        return user ? "user id is not valid UTF-8" : "item id is not valid UTF-8";
+    return NULL;
+}
+
+/* What the worker's codec accepts of a live event (bad_timestamp and
+ * bad_weight there), so that training and evaluation see the events the
+ * worker would apply: a time from 1970 to 2100 (beyond, the decay's
+ * t_ref - t overflows and training turns to NaN) and a weight in
+ * 0..HL_DATASET_MAX_WEIGHT (a negative or huge one made a model of
+ * garbage, or a state table that refuses the user). */
+static const char *values_bad(const hl_dataset_event *ev)
+{
+    if (ev->ts_ms < 0 || ev->ts_ms > HL_DATASET_MAX_TS_MS)
+        return "timestamp outside 1970..2100";
+    if (ev->has_weight && !(ev->weight >= 0 && ev->weight <= HL_DATASET_MAX_WEIGHT))
+        return "weight outside 0..1e6";
     return NULL;
 }
 
@@ -126,8 +148,8 @@ static const char *set_ids(hl_dataset_event *ev, const char *user, const char *i
     ev->user_len = (uint32_t)strlen(user);
     ev->item = item;
     ev->item_len = (uint32_t)strlen(item);
-    if ((why = id_bad(ev->user_len, 1)) != NULL) return why;
-    return id_bad(ev->item_len, 0);
+    if ((why = id_bad(user, ev->user_len, 1)) != NULL) return why;
+    return id_bad(item, ev->item_len, 0);
 }
 
 static const char *seconds_to_ms(const char *s, int64_t *ms)
@@ -240,9 +262,9 @@ static const char *seq_check(const hl_dataset_reader *r)
     const char *why;
     int64_t step = r->o.seq_step_ms;
     if (r->n_toks < 2) return "missing fields: expected user item [item ...]";
-    if ((why = id_bad(r->toks[0].len, 1)) != NULL) return why;
+    if ((why = id_bad(r->line + r->toks[0].off, r->toks[0].len, 1)) != NULL) return why;
     for (size_t i = 1; i < r->n_toks; i++)
-        if ((why = id_bad(r->toks[i].len, 0)) != NULL) return why;
+        if ((why = id_bad(r->line + r->toks[i].off, r->toks[i].len, 0)) != NULL) return why;
     if ((int64_t)r->n_toks > INT64_MAX / step) return "too many items for --seq-step";
     return NULL;
 }
@@ -365,6 +387,10 @@ static int line_handle(hl_dataset_reader *r, size_t len, hl_dataset_event *ev,
     }
     if ((why = parse_line(r, r->line, ev)) != NULL) {
         if (r->st.lines == 1 && has_header(r->o.format)) return 0;
+        bad_line(r, why);
+        return 0;
+    }
+    if ((why = values_bad(ev)) != NULL) {      /* data, not a header: a bad line */
         bad_line(r, why);
         return 0;
     }

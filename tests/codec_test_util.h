@@ -76,6 +76,37 @@ static inline char *deep_json(int levels)
     return j;
 }
 
+/* A writer whose last field is a record of `width` fields of record R(k-1)
+ * (named once, referred to by name after), `levels` deep, R0 holding
+ * `width` nulls: width^levels null fields in a few KB, none taking a byte. */
+static inline char *wide_json(int levels, int width)
+{
+    size_t cap = 512 + (size_t)levels * (size_t)width * 48, n;
+    char *j = malloc(cap);
+    n = (size_t)snprintf(j, cap,
+        "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":\"halflife\","
+        "\"fields\":[{\"name\":\"user_id\",\"type\":\"string\"},"
+        "{\"name\":\"item_id\",\"type\":\"string\"},"
+        "{\"name\":\"timestamp\",\"type\":\"long\"},{\"name\":\"pad\",\"type\":");
+    for (int l = levels; l > 0; l--)
+        n += (size_t)snprintf(j + n, cap - n, "{\"type\":\"record\",\"name\":\"W%d\","
+                              "\"fields\":[{\"name\":\"f0\",\"type\":", l);
+    n += (size_t)snprintf(j + n, cap - n, "{\"type\":\"record\",\"name\":\"W0\",\"fields\":[");
+    for (int k = 0; k < width; k++)
+        n += (size_t)snprintf(j + n, cap - n, "%s{\"name\":\"n%d\",\"type\":\"null\"}",
+                              k ? "," : "", k);
+    n += (size_t)snprintf(j + n, cap - n, "]}");
+    for (int l = 1; l <= levels; l++) {
+        n += (size_t)snprintf(j + n, cap - n, "}");
+        for (int k = 1; k < width; k++)
+            n += (size_t)snprintf(j + n, cap - n, ",{\"name\":\"f%d\",\"type\":\"W%d\"}",
+                                  k, l - 1);
+        n += (size_t)snprintf(j + n, cap - n, "]}");
+    }
+    snprintf(j + n, cap - n, "}]}");
+    return j;
+}
+
 /* A writer schema that cannot resolve: user_id is an int. */
 static const char incompatible_json[] =
     "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":\"halflife\","
@@ -113,7 +144,8 @@ static inline const char *top(void)
 
 /* Temp schemas dir: 1 = our schemas/behaviour_event.avsc, 3 = evolved,
  * 4 = not JSON, 5 = incompatible, 6 = enum reordered, 7 = array<null>,
- * 9 = nested 40 records deep, 10 = 30 deep (8 is test_schema_deployed_later's). */
+ * 9 = nested 40 records deep, 10 = 30 deep (8 is test_schema_deployed_later's),
+ * 11 = 8^9 null fields (wide_json), 12 = 8^4. */
 static inline void make_schemas_dir(void)
 {
     char path[512], *be;
@@ -132,13 +164,18 @@ static inline void make_schemas_dir(void)
     snprintf(path, sizeof path, "%s/10.avsc", dir); write_file(path, deep_ok);
     free(deep);
     free(deep_ok);
+    char *wide = wide_json(9, 8), *wide_ok = wide_json(4, 8);
+    snprintf(path, sizeof path, "%s/11.avsc", dir); write_file(path, wide);
+    snprintf(path, sizeof path, "%s/12.avsc", dir); write_file(path, wide_ok);
+    free(wide);
+    free(wide_ok);
     free(be);
 }
 
 static inline void remove_schemas_dir(void)
 {
     char path[512];
-    for (int id = 1; id <= 10; id++) {
+    for (int id = 1; id <= 12; id++) {
         snprintf(path, sizeof path, "%s/%d.avsc", dir, id);
         unlink(path);
     }

@@ -17,8 +17,11 @@
  * The walker follows at most MAX_DEPTH levels of nesting (a recursive
  * writer schema lets the payload choose the depth) and at most
  * MAX_EMPTY_ITEMS array items that take no bytes (array<null>: a count
- * alone could otherwise make it and avro-c loop 2^63 times); beyond either,
- * a record is too_complex.
+ * alone could otherwise make it and avro-c loop 2^63 times), and visits at
+ * most MAX_FREE_NODES schema nodes per record beyond one per byte (a 3 KB
+ * writer schema of records nested 8 wide and 9 deep names 8^9 null fields
+ * that take no bytes: each record of it took avro-c 25 s); beyond any of
+ * them, a record is too_complex.
  * Both paths end in check_event(), the semantic checks (id lengths, ids
  * valid UTF-8, enum, timestamp range, weight range). Writer schemas are
  * loaded on first use, from <schemas_dir>/<id>.avsc or, with a Schema
@@ -213,7 +216,7 @@ hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
                                       hl_codec_event *ev,
                                       char *detail, size_t detaillen)
 {
-    cur in = { buf, (const uint8_t *)buf + len, 0 };
+    cur in = { buf, (const uint8_t *)buf + len, 0, 0 };
     writer *w = NULL;
     int32_t id = 0;
     hl_codec_reason r;

@@ -25,6 +25,7 @@ enum { F_USER, F_ITEM, F_TYPE, F_TS, F_WEIGHT, F_CONTEXT };
 #define MAX_WRITERS       256       /* cached ids; more are loaded per call */
 #define MAX_DEPTH         32        /* nesting the walker follows */
 #define MAX_EMPTY_ITEMS   4096      /* zero-byte array items per record */
+#define MAX_FREE_NODES    65536     /* schema nodes per record beyond its bytes */
 #define RETRY_MS          5000      /* a refused id is looked up again after */
 
 /* W_WAIT: schema_fn does not know the id yet; asked again on each use. */
@@ -63,10 +64,11 @@ struct hl_codec {
 };
 
 /* A read position in a payload; empty_left is what the walker still
- * accepts of zero-byte array items (the fast path reads no such array). */
+ * accepts of zero-byte array items (the fast path reads no such array),
+ * nodes_left how many more schema nodes it visits for this record. */
 typedef struct cur {
     const uint8_t *p, *end;
-    int64_t        empty_left;
+    int64_t        empty_left, nodes_left;
 } cur;
 
 /* Writes a sentence into detail (if any) and returns r, like hl_err(). */

@@ -86,7 +86,7 @@ static hl_codec_reason check_value(avro_schema_t s, cur *c, int depth)
     int64_t v;
     hl_codec_reason r;
 
-    if (depth > MAX_DEPTH)
+    if (depth > MAX_DEPTH || --c->nodes_left < 0)
         return HL_CODEC_TOO_COMPLEX;
     switch (avro_typeof(s)) {
     case AVRO_NULL:
@@ -184,6 +184,7 @@ hl_codec_reason hl_codec_decode_resolved(hl_codec *c, writer *w, cur *in,
 {
     const uint8_t *body = in->p;
     in->empty_left = MAX_EMPTY_ITEMS;
+    in->nodes_left = MAX_FREE_NODES + (in->end - in->p);
     hl_codec_reason r = check_value(w->schema, in, 0);
     if (r != HL_CODEC_OK)
         return fail(detail, detaillen, r, "%s at byte %td of the body (writer schema id %d)",

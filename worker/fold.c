@@ -364,7 +364,8 @@ static int take_due(hl_wfoldin *wf, fold_gen *g, const char *id, uint32_t len, i
     if (n == 0 || wf->o.prod == NULL)
         return 0;
     int64_t on_topic = hl_items_foldin_state(wf->o.items, id, len);
-    if (on_topic < 0 || n < 2 * on_topic) {
+    /* n / 2, not 2 x on_topic: a topic record may carry any count */
+    if (on_topic < 0 || n / 2 < on_topic) {
         hl_foldin_mark(g->f, id, len, on_topic < 0 ? INT32_MAX : on_topic);
         return 0;
     }

@@ -205,6 +205,24 @@ static void io_slice(const hl_worker *w)
                w->o.io_slice_us, strerror(errno));
 }
 
+/* A bad record goes to the DLQ with its original bytes, so the producer
+ * must carry anything the consumer can fetch: a record up to
+ * receive.message.max.bytes (librdkafka's default 100000000; a record
+ * larger than fetch.max.bytes still comes, alone). The producer's own
+ * default (1000000) refused a 3 MB record. Producer only: on the consumer
+ * message.max.bytes would raise fetch.max.bytes with it. The consumer's
+ * key goes up to 2^31 - 1, the producer's only to 10^9: beyond, the
+ * producer takes its highest rather than refusing a key the user never
+ * set. */
+static const char *dlq_max_bytes(const hl_worker *w)
+{
+    const char *rmax = "100000000";
+    for (int i = 0; i < w->o.n_kafka; i++)
+        if (strcmp(w->o.kafka[i].key, "receive.message.max.bytes") == 0)
+            rmax = w->o.kafka[i].value;
+    return strtod(rmax, NULL) > 1e9 ? "1000000000" : rmax;
+}
+
 static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
 {
     io_slice(w);
@@ -238,27 +256,11 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
             props[n++] = w->o.kafka[i];
     hl_counter *derr = hl_metrics_counter(w->reg, "halflife_delivery_errors_total",
                                           "Records the producer failed to deliver.", NULL);
-    /* A bad record goes to the DLQ with its original bytes, so the producer
-     * must carry anything the consumer can fetch: a record up to
-     * receive.message.max.bytes (librdkafka's default 100000000; a record
-     * larger than fetch.max.bytes still comes, alone). The producer's own
-     * default (1000000) refused a 3 MB record. Producer only: on the
-     * consumer message.max.bytes would raise fetch.max.bytes with it. */
     int n_prod = n;
     hl_kafka_prop prod_props[261];
     memcpy(prod_props, props, sizeof *props * (size_t)n);
-    if (!kafka_given(&w->o, "message.max.bytes")) {
-        const char *rmax = "100000000";
-        for (int i = 0; i < w->o.n_kafka; i++)
-            if (strcmp(w->o.kafka[i].key, "receive.message.max.bytes") == 0)
-                rmax = w->o.kafka[i].value;
-        /* receive.message.max.bytes goes up to 2^31 - 1, the producer's
-         * message.max.bytes only to 10^9: beyond, the producer takes its
-         * highest rather than refusing a key the user never set. */
-        if (strtod(rmax, NULL) > 1e9)
-            rmax = "1000000000";
-        prod_props[n_prod++] = (hl_kafka_prop){"message.max.bytes", rmax};
-    }
+    if (!kafka_given(&w->o, "message.max.bytes"))
+        prod_props[n_prod++] = (hl_kafka_prop){"message.max.bytes", dlq_max_bytes(w)};
     if ((w->prod = hl_producer_create(prod_props, n_prod, derr, errbuf, errlen)) == NULL)
         return HL_EINVAL;
     hl_consumer_opts co = {

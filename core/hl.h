@@ -29,6 +29,22 @@ enum {
 #define HL_MAX_HEADS    8     /* decay timescales per user */
 #define HL_MAX_ID_LEN   256   /* user_id and item_id, bytes (DESIGN.md section 3) */
 
+/* The event values every reader refuses by default (the codec's
+ * event.max.ts.ms and event.max.weight, the dataset reader always): a
+ * time after 2100-01-01 in ms, a weight above 1e6 (far beyond any rating
+ * or count, yet small enough that a user's decayed mass stays finite:
+ * 1e38 is a valid Avro float, and one such event made a state inf). Plain
+ * literals, so HL_STR gives the config's default text. */
+#define HL_EVENT_MAX_TS_MS  4102444800000
+#define HL_EVENT_MAX_WEIGHT 1e6
+#define HL_STR_(x) #x
+#define HL_STR(x)  HL_STR_(x)
+
+/* Error messages show the first 64 bytes of a value someone else gave
+ * ("%.64s%s", v, HL_MORE64(strlen(v))), so a long one cannot push the
+ * reason out of the buffer; "..." says it was cut. */
+#define HL_MORE64(len) ((len) > 64 ? "..." : "")
+
 /* Declares a helper whose only effect is __builtin_prefetch. Out of line,
  * gcc 12 (from -O1) finds such a function pure, a prefetch being no side
  * effect to it, and deletes its calls: migrate.o and qscore_scan.o held no

@@ -107,7 +107,7 @@ static int state_finite(const hl_table *tbl, const hl_row_view *v)
  * w x e_in of each entry into the new sums (core/migrate.c), so an inf
  * or 3e38 from a damaged or hostile snapshot or changelog record would
  * make the migrated row non-finite and refuse its user's every event. */
-static int ring_weights_fit(const hl_table *tbl, const hl_row_view *v)
+static int ring_weights_fit(const hl_row_view *v)
 {
     for (int i = 0; v->hist_w != NULL && i < v->n_hist; i++) {
         float w = v->hist_w[hl_row_hist_index(v, i)];
@@ -126,7 +126,7 @@ static int view_fits(const hl_table *tbl, const hl_row_view *v)
         && v->s != NULL && v->m != NULL
         && (v->n_hist == 0 || (v->hist_item != NULL && v->hist_type != NULL
                                && v->hist_ts_ms != NULL))
-        && state_finite(tbl, v) && ring_weights_fit(tbl, v);
+        && state_finite(tbl, v) && ring_weights_fit(v);
 }
 
 /* Ring keys and weights, or "unknown" for a view without them (a

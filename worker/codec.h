@@ -65,10 +65,8 @@ typedef struct hl_codec_opts {
                                       0 means 1 (schemas/1.avsc) */
 } hl_codec_opts;
 
-/* A weight field far beyond any rating or count, yet small enough that a
- * user's decayed mass stays finite (1e38 is a valid Avro float, and one
- * such event made a user's state inf and NaN). */
-#define HL_CODEC_DEFAULT_MAX_WEIGHT 1e6
+/* event.max.weight's default (hl.h says why that value). */
+#define HL_CODEC_DEFAULT_MAX_WEIGHT HL_EVENT_MAX_WEIGHT
 
 typedef struct hl_codec hl_codec;  /* opaque */
 

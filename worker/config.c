@@ -38,7 +38,6 @@ typedef struct key_def {
     const char *help;
 } key_def;
 
-#define MAX_TS 4102444800000.0            /* 2100-01-01 in ms */
 #define BIG    1e15
 
 static const key_def keys[] = {
@@ -67,8 +66,8 @@ static const key_def keys[] = {
     {"schema.registry.ssl.key.location", T_STR, NULL, 1, 4095, NULL, "private key file (PEM) of that certificate"},
     {"schema.registry.fallback.dir", T_STR, NULL, 1, 4095, NULL, "writer schemas <dir>/<id>.avsc used only for ids the registry answers 404 for; unset: none"},
     {"event.min.ts.ms",     T_INT,  "0", -BIG, BIG, NULL, "events before this time (ms since 1970) are invalid (bad_timestamp)"},
-    {"event.max.ts.ms",     T_INT,  "4102444800000", -BIG, BIG, NULL, "events after this time are invalid (default 2100-01-01)"},
-    {"event.max.weight",    T_NUM,  "1e6", 1e-6, 1e30, NULL, "events whose weight field is above this (or NaN, infinite, negative) are invalid (bad_weight)"},
+    {"event.max.ts.ms",     T_INT,  HL_STR(HL_EVENT_MAX_TS_MS), -BIG, BIG, NULL, "events after this time are invalid (default 2100-01-01)"},
+    {"event.max.weight",    T_NUM,  HL_STR(HL_EVENT_MAX_WEIGHT), 1e-6, 1e30, NULL, "events whose weight field is above this (or NaN, infinite, negative) are invalid (bad_weight)"},
     {"model.path",          T_STR,  NULL, 1, 4095, NULL, "the .hlm model file (demo: trains one when unset); replace it by rename to swap models live"},
     {"model.dir",           T_STR,  NULL, 1, 4095, NULL, "where every model served is kept as <fingerprint>.hlm, so snapshots written under it migrate after a restart with another model (default <snapshot.dir>/models)"},
     {"model.retain",        T_INT,  "4", 1, 1000, NULL, "models kept in model.dir (the oldest go first)"},
@@ -133,11 +132,6 @@ static int find_key(const char *key)
     return -1;
 }
 
-/* An error shows at most 64 bytes of a value (%.64s, then MORE's "..."):
- * a long one would push the origin (which file line) and the reason out of
- * errbuf. */
-#define MORE(len) ((len) > 64 ? "..." : "")
-
 /* The index of s in "a|b|c", or -1. */
 static int choice_index(const char *choices, const char *s)
 {
@@ -190,13 +184,12 @@ static int parse_value(int k, const char *text, const char *origin, setting *out
 
     switch (d->type) {
     case T_STR:
-
         if ((len < d->min || len > d->max) && is_secret(d))
             return hl_err(errbuf, errlen, HL_EINVAL, "%s (from %s): length %zu, allowed %.0f..%.0f "
                           "(the value is not shown)", d->key, origin, len, d->min, d->max);
         if (len < d->min || len > d->max)
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): length %zu, allowed %.0f..%.0f",
-                          d->key, text, MORE(len), origin, len, d->min, d->max);
+                          d->key, text, HL_MORE64(len), origin, len, d->min, d->max);
         return 0;
     case T_INT:
         errno = 0;
@@ -204,10 +197,10 @@ static int parse_value(int k, const char *text, const char *origin, setting *out
         if (len == 0 || *end != '\0' || (errno != 0 && errno != ERANGE) ||
             isspace((unsigned char)text[0]))
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): not an integer; "
-                          "allowed %.0f..%.0f", d->key, text, MORE(len), origin, d->min, d->max);
+                          "allowed %.0f..%.0f", d->key, text, HL_MORE64(len), origin, d->min, d->max);
         if (errno == ERANGE || (double)out->i < d->min || (double)out->i > d->max)
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=%.64s%s (from %s): out of range; "
-                          "allowed %.0f..%.0f", d->key, text, MORE(len), origin, d->min, d->max);
+                          "allowed %.0f..%.0f", d->key, text, HL_MORE64(len), origin, d->min, d->max);
         return 0;
     case T_NUM:
         errno = 0;
@@ -215,21 +208,21 @@ static int parse_value(int k, const char *text, const char *origin, setting *out
         if (len == 0 || *end != '\0' || (errno != 0 && errno != ERANGE) || isnan(x) ||
             isspace((unsigned char)text[0]))
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): not a number; "
-                          "allowed %g..%g", d->key, text, MORE(len), origin, d->min, d->max);
+                          "allowed %g..%g", d->key, text, HL_MORE64(len), origin, d->min, d->max);
         if (errno == ERANGE || !isfinite(x) || x < d->min || x > d->max)
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=%.64s%s (from %s): out of range; "
-                          "allowed %g..%g", d->key, text, MORE(len), origin, d->min, d->max);
+                          "allowed %g..%g", d->key, text, HL_MORE64(len), origin, d->min, d->max);
         out->d = x;
         return 0;
     case T_BOOL:
         if ((out->i = parse_bool(text)) < 0)
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): allowed "
-                          "true|false", d->key, text, MORE(len), origin);
+                          "true|false", d->key, text, HL_MORE64(len), origin);
         return 0;
     case T_ENUM:
         if ((out->i = choice_index(d->choices, text)) < 0)
             return hl_err(errbuf, errlen, HL_EINVAL, "%s=\"%.64s%s\" (from %s): allowed %s",
-                          d->key, text, MORE(len), origin, d->choices);
+                          d->key, text, HL_MORE64(len), origin, d->choices);
         return 0;
     }
     return HL_EINVAL;
@@ -306,7 +299,7 @@ static int set_kafka(hl_config *cfg, const char *key, const char *text, const ch
                       "(the value is not shown): %s", key, origin, why);
     if (*key == '\0' || res != RD_KAFKA_CONF_OK)
         return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=\"%.64s%s\" (from %s): librdkafka "
-                      "refuses it: %s", key, text, MORE(len), origin,
+                      "refuses it: %s", key, text, HL_MORE64(len), origin,
                       *key ? why : "empty property name");
     if ((v2 = strdup(text)) == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "config: out of memory");
@@ -346,7 +339,7 @@ int hl_config_set(hl_config *cfg, const char *key, const char *value, const char
     if ((k = find_key(key)) < 0)
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "unknown key \"%.64s%s\" (from %s); 'halflife run --help' lists the keys",
-                      key, strlen(key) > 64 ? "..." : "", origin);
+                      key, HL_MORE64(strlen(key)), origin);
     return store(&cfg->v[k], k, value, origin, 1, errbuf, errlen);
 }
 
@@ -368,7 +361,7 @@ static int set_pair(hl_config *cfg, char *line, const char *origin, char *errbuf
     char *eq = strchr(line, '=');
     if (eq == NULL)
         return hl_err(errbuf, errlen, HL_EINVAL, "%s: \"%.64s%s\" is not key=value", origin, line,
-                      strlen(line) > 64 ? "..." : "");
+                      HL_MORE64(strlen(line)));
     *eq = '\0';
     return hl_config_set(cfg, trim(line), trim(eq + 1), origin, errbuf, errlen);
 }
@@ -486,7 +479,7 @@ typedef struct topic_use {
 
 static int topic_clash(const topic_use *a, const topic_use *b, char *errbuf, size_t errlen)
 {
-    if (a->key[0] == 'i' && !strcmp(a->key, "input.topic") && !strcmp(b->key, "dlq.topic"))
+    if (!strcmp(a->key, "input.topic") && !strcmp(b->key, "dlq.topic"))
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "dlq.topic=\"%.64s\" is the input.topic: every bad record would be "
                       "consumed, dead-lettered and consumed again for ever (unset dlq.topic "

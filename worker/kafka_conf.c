@@ -23,7 +23,7 @@ int hl_kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
     if (rd_kafka_conf_set(conf, key, value, why, sizeof why) != RD_KAFKA_CONF_OK) {
         hl_kafka_chomp(why);
         return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=%.64s%s: %s", key, value,
-                      strlen(value) > 64 ? "..." : "", why);
+                      HL_MORE64(strlen(value)), why);
     }
     return 0;
 }

@@ -130,13 +130,13 @@ static const char *id_bad(const char *id, size_t len, int user)
  * bad_weight there), so that training and evaluation see the events the
  * worker would apply: a time from 1970 to 2100 (beyond, the decay's
  * t_ref - t overflows and training turns to NaN) and a weight in
- * 0..HL_DATASET_MAX_WEIGHT (a negative or huge one made a model of
+ * 0..HL_EVENT_MAX_WEIGHT (a negative or huge one made a model of
  * garbage, or a state table that refuses the user). */
 static const char *values_bad(const hl_dataset_event *ev)
 {
-    if (ev->ts_ms < 0 || ev->ts_ms > HL_DATASET_MAX_TS_MS)
+    if (ev->ts_ms < 0 || ev->ts_ms > HL_EVENT_MAX_TS_MS)
         return "timestamp outside 1970..2100";
-    if (ev->has_weight && !(ev->weight >= 0 && ev->weight <= HL_DATASET_MAX_WEIGHT))
+    if (ev->has_weight && !(ev->weight >= 0 && ev->weight <= HL_EVENT_MAX_WEIGHT))
         return "weight outside 0..1e6";
     return NULL;
 }

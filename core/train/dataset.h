@@ -23,10 +23,9 @@
 
 /* A line's event is refused (a bad line, counted and reported) beyond what
  * the worker's codec applies of a live event: a time after 2100-01-01 or
- * before 1970, a weight outside 0..1e6 (HL_CODEC_DEFAULT_MAX_WEIGHT), an
- * id that is not UTF-8. seq lines' times are made by the reader. */
-#define HL_DATASET_MAX_TS_MS  4102444800000LL
-#define HL_DATASET_MAX_WEIGHT 1e6f
+ * before 1970, a weight outside 0..1e6 (HL_EVENT_MAX_TS_MS and
+ * HL_EVENT_MAX_WEIGHT, the codec's defaults), an id that is not UTF-8.
+ * seq lines' times are made by the reader. */
 
 typedef enum hl_dataset_format {
     HL_FMT_MOVIELENS_CSV, HL_FMT_MOVIELENS_DAT, HL_FMT_SEQ, HL_FMT_TAOBAO,

@@ -68,6 +68,42 @@ static void test_undeliverable_counted(void)
     hl_producer_destroy(p, 0);
 }
 
+/* hl_producer_settle, what teardown runs before it frees the threads
+ * whose flights hold tickets: with nothing listening and no message
+ * timeout (the worker's default: a list is never given up on by itself),
+ * the flush cannot end, so the records are purged, and on return every
+ * report has been served: the ticket reads done, with each record failed
+ * and counted. Had a report been left for later, it would write into a
+ * freed flight. */
+static void test_settle_serves_every_report(void)
+{
+    char err[256] = "";
+    hl_kafka_prop props[] = {{"bootstrap.servers", "127.0.0.1:1"}, {"log_level", "0"}};
+    hl_producer *p = hl_producer_create(props, 2, NULL, err, sizeof err);
+    CHECKF(p != NULL, "create: %s", err);
+    if (p == NULL)
+        return;
+    hl_ticket t;
+    hl_ticket_reset(&t);
+    t.fail_counter = NULL;
+    for (int i = 0; i < 5; i++)
+        CHECK(hl_producer_send(p, "t", -1, "u", 1, "v", 1, NULL, &t, err, sizeof err) == 0);
+    CHECK(hl_producer_flush(p, 100) > 0);       /* still waiting: no timeout */
+    CHECK(!hl_ticket_done(&t));
+    int purged = hl_producer_settle(p, 100);
+    CHECKF(purged == 5, "settle purged %d", purged);
+    CHECKF(hl_ticket_done(&t) && atomic_load(&t.failed) == 5, "pending %d failed %d",
+           atomic_load(&t.pending), atomic_load(&t.failed));
+    hl_producer_stats st;
+    hl_producer_stats_get(p, &st);
+    CHECKF(st.failed == 5 && (st.first_err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+                              st.first_err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT),
+           "failed %llu first_err %s", (unsigned long long)st.failed,
+           rd_kafka_err2str(st.first_err));
+    CHECK(hl_producer_settle(p, 0) == 0);        /* nothing left */
+    hl_producer_destroy(p, 0);
+}
+
 static int nagle_disabled(hl_producer *p)
 {
     char v[16] = "";
@@ -117,5 +153,6 @@ int main(void)
     RUN(test_create_refuses_bad_value);
     RUN(test_undeliverable_counted);
     RUN(test_ticket_done_time);
+    RUN(test_settle_serves_every_report);
     TEST_EXIT();
 }

@@ -79,6 +79,8 @@ struct hl_catview {
     uint64_t *key;      int32_t *key_row;    /* added items by hl_item_key: open
                                                 addressing, key 0 empty */
     uint32_t  key_mask;
+    exp_row  *ovr;      int32_t n_ovr;       /* overridden model rows (at_ms) and
+                                                their side rows, sorted */
 };
 
 /* ---- the id hash ---- */
@@ -500,6 +502,7 @@ static int view_alloc(hl_catview *v, const hl_catalogue *c)
     v->side_len = calloc(ns ? ns : 1, sizeof *v->side_len);
     v->always = malloc(n_rows * sizeof *v->always);
     v->exp = malloc(n_rows * sizeof *v->exp);
+    v->ovr = malloc((ns ? ns : 1) * sizeof *v->ovr);
     uint32_t n_key = 16;
     while (n_key < 2 * ns)
         n_key *= 2;
@@ -507,7 +510,7 @@ static int view_alloc(hl_catview *v, const hl_catalogue *c)
     v->key_row = malloc(n_key * sizeof *v->key_row);
     v->key_mask = n_key - 1;
     return v->e_in && v->e_out && v->bias && v->folded && v->side_id && v->side_len &&
-           v->always && v->exp && v->key && v->key_row ? 0 : HL_ENOMEM;
+           v->always && v->exp && v->key && v->key_row && v->ovr ? 0 : HL_ENOMEM;
 }
 
 static uint32_t key_home(const hl_catview *v, uint64_t k)
@@ -554,9 +557,10 @@ static int view_add(hl_catview *v, const hl_catalogue *c, const entry *e)
             return HL_ENOMEM;
         memcpy(v->side_id[s], e->id, e->id_len);
         v->side_len[s] = e->id_len;
-        if (row >= 0)
+        if (row >= 0) {
             v->always[v->n_always++] = row;     /* the side row replaces it */
-        else
+            v->ovr[v->n_ovr++] = (exp_row){row, v->n_model + v->n_side};
+        } else
             key_add(v, hl_item_key(e->id, e->id_len), v->n_model + v->n_side);
         row = v->n_model + v->n_side++;
     }
@@ -585,6 +589,7 @@ hl_catview *hl_catalogue_view(const hl_catalogue *c)
             goto fail;
     qsort(v->always, (size_t)v->n_always, sizeof *v->always, cmp_i32);
     qsort(v->exp, (size_t)v->n_exp, sizeof *v->exp, cmp_exp);
+    qsort(v->ovr, (size_t)v->n_ovr, sizeof *v->ovr, cmp_exp);   /* by model row */
     return v;
 fail:
     hl_catview_destroy(v);
@@ -607,6 +612,7 @@ void hl_catview_destroy(hl_catview *v)
     free(v->exp);
     free(v->key);
     free(v->key_row);
+    free(v->ovr);
     free(v);
 }
 
@@ -636,6 +642,19 @@ int32_t hl_catview_row_find(const hl_catview *v, const char *id, size_t len)
         if (v->side_len[s] == len && memcmp(v->side_id[s], id, len) == 0)
             return v->n_model + s;
     return hl_model_item_find(v->m, id, len);
+}
+
+int32_t hl_catview_override_row(const hl_catview *v, int32_t row)
+{
+    int32_t lo = 0, hi = v->n_ovr;
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo) / 2;
+        if (v->ovr[mid].at_ms < row)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < v->n_ovr && v->ovr[lo].at_ms == row ? v->ovr[lo].row : -1;
 }
 
 int32_t hl_catview_hidden_at(const hl_catview *v, int64_t now_ms, int32_t *out,

@@ -137,6 +137,12 @@ int32_t hl_catview_row_find(const hl_catview *v, const char *id, size_t len);
  * hl_catview_side_e_in(v) + (row - n_model) * dim. */
 int32_t hl_catview_added_row(const hl_catview *v, uint64_t key);
 
+/* The side row that replaces model row `row` (a known item whose e_out and
+ * bias an embedding overrides), -1 when none: a user's history names such
+ * an item by its model row, and the list must leave out the side row too
+ * (recs.exclude.seen). O(log n_overridden). */
+int32_t hl_catview_override_row(const hl_catview *v, int32_t row);
+
 /* Most rows hl_catview_hidden_at can return. */
 int32_t hl_catview_hidden_max(const hl_catview *v);
 /* The rows no list may hold at event time now_ms, ascending, into out

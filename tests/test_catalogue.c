@@ -410,8 +410,38 @@ static void test_two_keys_survive_compaction(void)
     tm_free(&t);
 }
 
+/* An overridden known item's side row is found from its model row (the
+ * worker leaves it out of the lists of users whose ring names that row). */
+static void test_override_row_of_model_row(void)
+{
+    tm a;
+    tm_init(&a, N);
+    hl_model *m = tm_open(&a, "ovr");
+    char err[256];
+    hl_catalogue *c = hl_catalogue_create(m, 8, err, sizeof err);
+    float e[DIM] = {0};
+    const char *ids[] = {"i5", "i2", "brand-new"};
+    for (int i = 0; i < 3; i++) {
+        hl_item_update u = upd(ids[i]);
+        u.e_in = u.e_out = e;
+        CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    }
+    hl_catview *v = hl_catalogue_view(c);
+    uint32_t len;
+    int32_t r5 = hl_catview_override_row(v, 5), r2 = hl_catview_override_row(v, 2);
+    CHECK(r5 >= N && r2 >= N && r5 != r2);
+    CHECK(hl_catview_item_id(v, r5, &len) && len == 2 && !memcmp(hl_catview_item_id(v, r5, &len), "i5", 2));
+    CHECK(hl_catview_item_id(v, r2, &len) && len == 2 && !memcmp(hl_catview_item_id(v, r2, &len), "i2", 2));
+    CHECK(hl_catview_override_row(v, 3) == -1 && hl_catview_override_row(v, -1) == -1);
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&a);
+}
+
 int main(void)
 {
+    RUN(test_override_row_of_model_row);
     RUN(test_foldin_never_overrides_an_operator);
     RUN(test_two_keys_survive_compaction);
     RUN(test_updates_replace_and_tombstones_forget);

@@ -278,14 +278,15 @@ static int64_t env_ms(const char *name, int64_t def)
     return v && *v ? strtoll(v, NULL, 10) : def;
 }
 
-/* The user's ring entries the catalogue added, as ranker rows: seen, like
+/* The user's ring entries the catalogue added or overrides, as ranker rows: seen, like
  * model items in the ring (the worker's publish.c does the same). */
 static hl_rank_exclude added_seen(const hl_row_view *v, int window, int32_t *rows)
 {
     int n = 0;
     for (int j = hl_row_seen_from(v, window); g_view && j < v->n_hist; j++) {
         int k = hl_row_hist_index(v, j);
-        int32_t row = v->hist_item[k] < 0 ? hl_catview_added_row(g_view, v->hist_key[k]) : -1;
+        int32_t row = v->hist_item[k] < 0 ? hl_catview_added_row(g_view, v->hist_key[k])
+                                          : hl_catview_override_row(g_view, v->hist_item[k]);
         if (row >= 0)
             rows[n++] = row;
     }

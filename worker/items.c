@@ -799,6 +799,11 @@ int hl_items_local_folded(const hl_items_local *loc, int32_t row)
     return hl_catview_side_folded(v, row - hl_catview_n_model(v));
 }
 
+int32_t hl_items_local_override(const hl_items_local *loc, int32_t row)
+{
+    return loc->ref != NULL ? hl_catview_override_row(loc->ref->v, row) : -1;
+}
+
 void hl_items_local_reset(hl_items *it, hl_items_local *loc)
 {
     (void)it;

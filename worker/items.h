@@ -105,6 +105,9 @@ int32_t hl_items_local_added(const hl_items_local *loc, uint64_t key, const floa
  * vectors, 0 when an operator's embedding (catalogue.foldin.e_in.scale
  * applies to the first only). */
 int     hl_items_local_folded(const hl_items_local *loc, int32_t row);
+/* The side row that replaces model row `row` (an overridden known item),
+ * -1 when none or without a view. */
+int32_t hl_items_local_override(const hl_items_local *loc, int32_t row);
 /* Lets go of the view and frees the buffers. */
 void hl_items_local_reset(hl_items *it, hl_items_local *loc);
 

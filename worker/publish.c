@@ -144,7 +144,9 @@ static void shadow_report(hl_wthread *t)
 }
 
 /* Seen items the ranker's ring exclusion cannot see: the ring names model
- * rows, and an item the live catalogue added is in it by key only. Each
+ * rows, and an item the live catalogue added is in it by key only; a known
+ * item whose embedding is overridden is listed under its side row, which
+ * the ring's model row does not name. Each
  * view's such items become its explicit exclusions; NULL when none of
  * the n users has one (the common case costs a pass over their rings
  * only while the catalogue lists added items). */
@@ -160,11 +162,15 @@ static const hl_rank_exclude *added_seen(hl_wthread *t, int n)
         int m = 0;
         /* the same entries as the ranker's ring exclusion (hl_rank_load_seen) */
         for (int j = hl_row_seen_from(v, o->recs_exclude_seen_events);
-             v->hist_key != NULL && j < v->n_hist && m < per; j++) {
+             j < v->n_hist && m < per; j++) {
             int k = hl_row_hist_index(v, j);
             const float *x;
-            if (v->hist_item[k] < 0 &&
-                (rows[m] = hl_items_local_added(&t->cat, v->hist_key[k], &x)) >= 0)
+            /* an added item by its key; a known item whose embedding is
+             * overridden by its model row: its side row is the one listed */
+            if (v->hist_item[k] < 0
+                    ? v->hist_key != NULL &&
+                      (rows[m] = hl_items_local_added(&t->cat, v->hist_key[k], &x)) >= 0
+                    : (rows[m] = hl_items_local_override(&t->cat, v->hist_item[k])) >= 0)
                 m++;
         }
         t->excl[i] = (hl_rank_exclude){.item = rows, .n = m};

@@ -356,17 +356,20 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
  * is to be published now, its sums into p (the vectors are made from them
  * after the lock: a scan of the model's items, too long to hold up the
  * other threads' batches). An operator's item is marked so that it is
- * never due again; a topic record built from more interactions raises the
- * bar to twice its count. */
+ * due again only at its next doubling (asked again then: a tombstone may
+ * have deleted that record); a topic record built from more interactions
+ * raises the bar to twice its count. */
 static int take_due(hl_wfoldin *wf, fold_gen *g, const char *id, uint32_t len, int32_t n,
                     fold_pub *p)
 {
     if (n == 0 || wf->o.prod == NULL)
         return 0;
     int64_t on_topic = hl_items_foldin_state(wf->o.items, id, len);
-    /* n / 2, not 2 x on_topic: a topic record may carry any count */
+    /* n / 2, not 2 x on_topic: a topic record may carry any count. An
+     * operator's record is asked about again at the next doubling, not
+     * never: once it is deleted (a tombstone) fold-in goes on for the item */
     if (on_topic < 0 || n / 2 < on_topic) {
-        hl_foldin_mark(g->f, id, len, on_topic < 0 ? INT32_MAX : on_topic);
+        hl_foldin_mark(g->f, id, len, on_topic < 0 ? n : on_topic);
         return 0;
     }
     int d = g->dim, rc = hl_foldin_sums(g->f, id, len, p->vec + 2 * d + 1, &p->mass);

@@ -252,18 +252,26 @@ static int find_partitions(hl_items *it)
     it->end = calloc((size_t)n, sizeof *it->end);
     it->done = calloc((size_t)n, 1);
     it->kept = calloc((size_t)n, sizeof *it->kept);
-    for (int i = 0; i < n && it->end && it->done && it->kept; i++) {
+    rd_kafka_resp_err_t wm = RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (int i = 0; i < n && it->end && it->done && it->kept && !wm; i++) {
         int32_t p = md->topics[0].partitions[i].id;
         int64_t lo = 0, hi = 0;
         if (p < 0 || p >= n)
             continue;       /* partition ids are 0..n-1 in Kafka */
-        rd_kafka_query_watermark_offsets(it->rk, it->topic, p, &lo, &hi, METADATA_MS);
+        /* an unanswered query must not read as an empty partition (lo = hi
+         * = 0: done at once, the catalogue loaded before it was read) */
+        if ((wm = rd_kafka_query_watermark_offsets(it->rk, it->topic, p, &lo, &hi,
+                                                   METADATA_MS)) != 0) {
+            hl_log(HL_LOG_WARN, "items_metadata_failed", "topic=%s partition=%d err=\"%s\" "
+                   "action=retry", it->topic, (int)p, rd_kafka_err2str(wm));
+            break;
+        }
         it->end[p] = hi;
         it->done[p] = hi <= lo;
         rd_kafka_topic_partition_list_add(parts, it->topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
     }
     rd_kafka_metadata_destroy(md);
-    int ok = it->end && it->done && it->kept && rd_kafka_assign(it->rk, parts) == 0;
+    int ok = it->end && it->done && it->kept && !wm && rd_kafka_assign(it->rk, parts) == 0;
     rd_kafka_topic_partition_list_destroy(parts);
     it->n_parts = ok ? n : 0;
     if (!ok)

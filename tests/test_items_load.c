@@ -1,0 +1,83 @@
+/* test_items_load.c - the item topic's reader (worker/items.c) reports the
+ * catalogue loaded only once every partition was read to its end: a
+ * worker joins its group on that signal, so a partition counted as read
+ * before it was would let lists go out without its hidden items masked.
+ * Here the broker fails the watermark query once (a ListOffsets error, as
+ * during a leader change) and is slow to fetch. */
+#define T_SUITE "items_load"
+#include "catalogue_test_util.h"
+#include "codec_item.h"
+#include "items.h"
+#include "log.h"
+#include "metrics.h"
+
+#include <librdkafka/rdkafka_mock.h>
+
+
+#define N_UPD 20
+
+static void test_loaded_only_after_reading_to_the_end(void)
+{
+    char err[512];
+    tm a;
+    tm_init(&a, N);
+    hl_model *m = tm_open(&a, "load");
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    rd_kafka_conf_set(c, "log_level", "0", err, sizeof err);
+    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
+    rd_kafka_mock_cluster_t *mock = rd_kafka_mock_cluster_new(mrk, 1);
+    CHECK(mock != NULL);
+    rd_kafka_mock_topic_create(mock, "items", 1, 1);
+    const char *bootstrap = rd_kafka_mock_cluster_bootstraps(mock);
+    rd_kafka_conf_t *pc = rd_kafka_conf_new();
+    rd_kafka_conf_set(pc, "bootstrap.servers", bootstrap, err, sizeof err);
+    rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, pc, err, sizeof err);
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    for (int i = 0; i < N_UPD; i++) {     /* hide model items i0..i19 */
+        char id[16], buf[256];
+        snprintf(id, sizeof id, "i%d", i);
+        hl_item_update u = upd(id);
+        u.available = 0;
+        int len = hl_item_encode(&co, &u, buf, sizeof buf);
+        CHECK(len > 0);
+        CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_PARTITION(0),
+                                RD_KAFKA_V_KEY(id, strlen(id)), RD_KAFKA_V_VALUE(buf, (size_t)len),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == 0);
+    }
+    CHECK(rd_kafka_flush(p, 10000) == 0);
+    /* the watermark query fails once (ListOffsets, api key 2), and every
+     * request takes 300 ms from now on */
+    rd_kafka_mock_push_request_errors(mock, 2, 2, RD_KAFKA_RESP_ERR_UNKNOWN,
+                                      RD_KAFKA_RESP_ERR_UNKNOWN);
+    rd_kafka_mock_broker_set_rtt(mock, 1, 300);
+    hl_metrics *reg = hl_metrics_create();
+    hl_items_opts o = {.bootstrap = bootstrap, .topic = "items", .codec = co, .m = m,
+                       .max_new = 100, .reg = reg};
+    hl_items *it = hl_items_create(&o, err, sizeof err);
+    CHECKF(it != NULL, "%s", err);
+    CHECK(hl_items_start(it, err, sizeof err) == 0);
+    long long applied_at_load = -1;
+    for (int t = 0; t < 600 && applied_at_load < 0; t++) {
+        if (hl_items_loaded(it))
+            applied_at_load = hl_items_applied(it);
+
+        usleep(50000);
+    }
+    CHECKF(applied_at_load == N_UPD, "loaded with %lld of the topic's %d updates applied "
+           "(-1: never loaded)", applied_at_load, N_UPD);
+    hl_items_destroy(it);
+    hl_metrics_destroy(reg);
+    rd_kafka_destroy(p);
+    rd_kafka_mock_cluster_destroy(mock);
+    rd_kafka_destroy(mrk);
+    hl_model_close(m);
+    tm_free(&a);
+}
+
+int main(void)
+{
+    hl_log_set_level(HL_LOG_ERROR);
+    RUN(test_loaded_only_after_reading_to_the_end);
+    TEST_EXIT();
+}

@@ -66,6 +66,9 @@ struct hl_catalogue {
 };
 
 typedef struct exp_row { int64_t at_ms; int32_t row; } exp_row;
+/* A known item whose embedding an update overrides: its model row and the
+ * side row listed in its place. */
+typedef struct ovr_row { int32_t model, side; } ovr_row;
 
 struct hl_catview {
     uint64_t  version;
@@ -79,8 +82,7 @@ struct hl_catview {
     uint64_t *key;      int32_t *key_row;    /* added items by hl_item_key: open
                                                 addressing, key 0 empty */
     uint32_t  key_mask;
-    exp_row  *ovr;      int32_t n_ovr;       /* overridden model rows (at_ms) and
-                                                their side rows, sorted */
+    ovr_row  *ovr;      int32_t n_ovr;       /* overridden items, by model row */
 };
 
 /* ---- the id hash ---- */
@@ -481,6 +483,12 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static int cmp_ovr(const void *a, const void *b)
+{
+    const ovr_row *x = a, *y = b;
+    return (x->model > y->model) - (x->model < y->model);
+}
+
 static int cmp_exp(const void *a, const void *b)
 {
     const exp_row *x = a, *y = b;
@@ -559,7 +567,7 @@ static int view_add(hl_catview *v, const hl_catalogue *c, const entry *e)
         v->side_len[s] = e->id_len;
         if (row >= 0) {
             v->always[v->n_always++] = row;     /* the side row replaces it */
-            v->ovr[v->n_ovr++] = (exp_row){row, v->n_model + v->n_side};
+            v->ovr[v->n_ovr++] = (ovr_row){row, v->n_model + v->n_side};
         } else
             key_add(v, hl_item_key(e->id, e->id_len), v->n_model + v->n_side);
         row = v->n_model + v->n_side++;
@@ -589,7 +597,7 @@ hl_catview *hl_catalogue_view(const hl_catalogue *c)
             goto fail;
     qsort(v->always, (size_t)v->n_always, sizeof *v->always, cmp_i32);
     qsort(v->exp, (size_t)v->n_exp, sizeof *v->exp, cmp_exp);
-    qsort(v->ovr, (size_t)v->n_ovr, sizeof *v->ovr, cmp_exp);   /* by model row */
+    qsort(v->ovr, (size_t)v->n_ovr, sizeof *v->ovr, cmp_ovr);
     return v;
 fail:
     hl_catview_destroy(v);
@@ -649,12 +657,12 @@ int32_t hl_catview_override_row(const hl_catview *v, int32_t row)
     int32_t lo = 0, hi = v->n_ovr;
     while (lo < hi) {
         int32_t mid = lo + (hi - lo) / 2;
-        if (v->ovr[mid].at_ms < row)
+        if (v->ovr[mid].model < row)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return lo < v->n_ovr && v->ovr[lo].at_ms == row ? v->ovr[lo].row : -1;
+    return lo < v->n_ovr && v->ovr[lo].model == row ? v->ovr[lo].side : -1;
 }
 
 int32_t hl_catview_hidden_at(const hl_catview *v, int64_t now_ms, int32_t *out,

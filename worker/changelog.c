@@ -74,7 +74,7 @@ int hl_changelog_ck_decode(const unsigned char *p, size_t len, hl_changelog_ck *
     ck->meta.active_seq = get_le(p + 32, 8);
     ck->meta.sweep_cursor = (uint32_t)get_le(p + 40, 4);
     ck->epoch = (int64_t)get_le(p + 44, 8);
-    if (ck->offset < -1 || ck->epoch < 0)
+    if (ck->offset < -1 || ck->epoch < 0 || ck->epoch > HL_CHANGELOG_EPOCH_MAX)
         return HL_EFORMAT;
     return 0;
 }

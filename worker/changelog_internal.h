@@ -14,6 +14,12 @@
  * the row's heads are in, so a restore knows what it reads even for the
  * rows of a flush whose checkpoint never landed. */
 #define HL_CHANGELOG_MODEL_HDR "halflife.model"
+/* The highest epoch a record may name: the next owner claims one more,
+ * and every epoch is written and read back as a non-negative int64. A
+ * header of INT64_MAX (anyone may write the topic) made the claim
+ * INT64_MAX + 1, which wrapped negative: every later record of every
+ * owner was then refused as bad, for good. Ownerships never come near. */
+#define HL_CHANGELOG_EPOCH_MAX ((int64_t)1 << 62)
 #define CK_BYTES 52                 /* a checkpoint's value (changelog.c) */
 #define HL_CHANGELOG_RECORD_MAX 1000000   /* Kafka's default max.message.bytes */
 

@@ -758,6 +758,116 @@ static void test_cache_then_unfinished_flush(void)
     hl_metrics_destroy(reg);
 }
 
+/* ---- compaction after a zombie's late flush ----------------------------- */
+
+/* The changelog partition as the log cleaner leaves it: each key's newest
+ * record only, in offset order, as hl_changelog_restore reads them. *keep
+ * holds the messages recs point into (destroyed by the caller). */
+static size_t compacted(env *e, hl_changelog_rec *recs, rd_kafka_message_t **keep, size_t max)
+{
+    int64_t hi = high_watermark(e);
+    size_t n = 0;
+    rd_kafka_topic_partition_list_t *tp = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(tp, "st", 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(e->cons, tp);
+    rd_kafka_topic_partition_list_destroy(tp);
+    for (int64_t end = hl_now_mono_ms() + 10000, next = 0; next < hi && n < max &&
+         hl_now_mono_ms() < end;) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(e->cons, 100);
+        if (m == NULL)
+            continue;
+        if (m->err) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        next = m->offset + 1;
+        for (size_t i = 0; i < n; i++)      /* a newer record of the key: the older goes */
+            if (keep[i] && keep[i]->key_len == m->key_len &&
+                memcmp(keep[i]->key, m->key, m->key_len) == 0) {
+                rd_kafka_message_destroy(keep[i]);
+                keep[i] = NULL;
+            }
+        keep[n++] = m;
+    }
+    rd_kafka_assign(e->cons, NULL);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (keep[i] == NULL)
+            continue;
+        rd_kafka_message_t *m = keep[i];
+        rd_kafka_headers_t *h = NULL;
+        recs[k] = (hl_changelog_rec){.key = m->key, .key_len = m->key_len, .value = m->payload,
+                                     .len = m->len, .offset = m->offset};
+        if (rd_kafka_message_headers(m, &h) == 0) {
+            if (rd_kafka_header_get_last(h, HL_CHANGELOG_EPOCH_HDR, &recs[k].epoch,
+                                         &recs[k].epoch_len) != 0)
+                recs[k].epoch = NULL;
+            if (rd_kafka_header_get_last(h, HL_CHANGELOG_MODEL_HDR, &recs[k].model,
+                                         &recs[k].model_len) != 0)
+                recs[k].model = NULL;
+        }
+        keep[k++] = m;
+    }
+    return k;
+}
+
+/* A owns the partition and flushes ua at 10. B takes it over (epoch 2),
+ * applies 10..12 (ua, ub) and flushes. A, a zombie, applies 10..11 (ua)
+ * and flushes late: its ua row (epoch 1) is now ua's newest record. B
+ * flushes on (uc). Compacted, the changelog keeps A's stale ua row and
+ * drops B's: a restore ignores the stale one (B's ub row, epoch 2, is
+ * before it) and ua is lost, though B owned it all along. */
+static void test_zombie_then_compaction(void)
+{
+    env e;
+    char err[512] = "";
+    int64_t far = hl_now_mono_ms() + 10000;
+    hl_changelog_restored ra, rb, rc_;
+    if (env_start(&e) != 0) {
+        env_stop(&e);
+        return;
+    }
+    hl_table *a = table(&e), *b = table(&e), *after = table(&e);
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "A: %s", err);
+    hl_changelog_shard *csa = hl_changelog_shard_create(e.cl, 0, a, &ra);
+    events(a, NULL, "ua", 0, 10);
+    CHECK(hl_changelog_flush_now(csa, a, 10, far) == 0);
+
+    CHECKF(hl_changelog_restore(e.cl, 0, b, NULL, &rb, err, sizeof err) == 0 &&
+           rb.epoch == 2, "B: %s", err);
+    hl_changelog_shard *csb = hl_changelog_shard_create(e.cl, 0, b, &rb);
+    events(b, NULL, "ua", 10, 11);
+    events(b, NULL, "ub", 11, 12);
+    CHECK(hl_changelog_flush_now(csb, b, 12, far) == 0);
+
+    events(a, NULL, "ua", 10, 11);              /* the zombie, a little behind */
+    hl_changelog_flush_now(csa, a, 11, far);    /* lands after B's flush */
+
+    for (int64_t off = 12; off < 16; off++) {   /* B, the owner, goes on */
+        events(b, NULL, "uc", off, off + 1);
+        CHECK(hl_changelog_flush_now(csb, b, off + 1, far) == 0);
+    }
+    hl_changelog_rec recs[256];
+    rd_kafka_message_t *keep[256];
+    size_t n = compacted(&e, recs, keep, 256);
+    int rc = hl_changelog_replay(e.cl, after, NULL, recs, n, &rc_, err, sizeof err);
+    CHECKF(rc == 0 && has(after, "ub") && has(after, "uc") && has(after, "ua") &&
+           rc_.next_offset == 16, "the compacted changelog (%zu records): rc %d (%s), ua %d "
+           "ub %d uc %d, next %lld, stale %llu", n, rc, err, has(after, "ua"),
+           has(after, "ub"), has(after, "uc"), (long long)rc_.next_offset,
+           (unsigned long long)rc_.n_stale);
+    for (size_t i = 0; i < n; i++)
+        rd_kafka_message_destroy(keep[i]);
+    hl_table_on_evict(a, NULL, NULL);
+    hl_table_on_evict(b, NULL, NULL);
+    hl_changelog_shard_destroy(csa);
+    hl_changelog_shard_destroy(csb);
+    hl_table_destroy(after);
+    hl_table_destroy(b);
+    hl_table_destroy(a);
+    env_stop(&e);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -769,5 +879,6 @@ int main(void)
     RUN(test_flush_names_encoded_model);
     RUN(test_epoch_overflow);
     RUN(test_cache_then_unfinished_flush);
+    RUN(test_zombie_then_compaction);
     TEST_EXIT();
 }

@@ -108,6 +108,9 @@ struct hl_changelog_shard {
     int64_t        chain_end;      /* changelog offset after our newest delivered
                                       record, -1: unknown (covers no longer
                                       remembered); see the overview */
+    int64_t        pos;            /* changelog offset after our newest delivered
+                                      record, kept past a gap (chain_end is not):
+                                      each later gap is seen too; -1 unknown */
     int64_t        next_due_ms;    /* 0: at the first tick + flush_ms */
     int            state;
     /* the flush in hand */
@@ -199,6 +202,7 @@ hl_changelog_shard *hl_changelog_shard_create(hl_changelog *cl, int32_t p, hl_ta
     cs->fp = atomic_load(&cl->fp);     /* restored into the current model */
     cs->durable = r->next_offset;
     cs->chain_end = r->claim_end > 0 ? r->claim_end : -1;
+    cs->pos = cs->chain_end;
     cs->limit.interval_ms = 5000;
     remember(cs, r->next_offset, r->claim_end);
     hl_table_on_evict(tbl, on_evict, cs);
@@ -368,6 +372,16 @@ static void store_offset(hl_changelog_shard *cs, int64_t delivered)
 static void chain_check(hl_changelog_shard *cs)
 {
     int64_t last = atomic_load(&cs->t.last_offset), want = cs->chain_end + cs->n_sent - 1;
+    /* Another writer's records among or before ours: when they are a
+     * fenced owner's late rows, each is now its user's newest record, and
+     * a compacted topic keeps it and drops ours; a restore then ignores
+     * it (stale) and the user is lost (test_zombie_then_compaction). A
+     * whole-table flush makes ours the newest again. Checked at every
+     * flush of the ownership, not only until the first gap: a zombie can
+     * flush more than once before it learns it lost the partition. */
+    if (cs->pos >= 0 && last > cs->pos + cs->n_sent - 1)
+        hl_changelog_shard_resave(cs);
+    cs->pos = last >= 0 ? last + 1 : -1;
     if (cs->chain_end < 0)
         return;
     if (last == want && atomic_load(&cs->t.failed) == 0) {

@@ -822,6 +822,28 @@ static void test_reshape_keeps_eviction_counts(void)
     fixture_close(&f);
 }
 
+
+/* Once the replaced model is out of use (the shard moved off it) and the
+ * set releases it, the map from it goes too: its delta table (the old
+ * model's items x dim, in huge pages) must not stay for as long as the
+ * new model serves (models.c: "the maps from it go first"). */
+static void test_map_from_released_model_dropped(void)
+{
+    fixture f;
+    CHECK(fixture_open(&f) == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_mref *b = hl_models_acquire(f.ms);
+    CHECK(b->from_prev != NULL);
+    CHECK(hl_shard_swap_begin(f.sh, b) == 0);
+    hl_shard_swap_finish(f.sh);
+    CHECK(f.sh->mig_from == NULL);
+    /* the next main-loop pass releases A: nobody but the set holds it */
+    CHECK(hl_models_check(f.ms, 0, 0) == 0);
+    CHECKF(b->from_prev == NULL, "the map from the released model A is still held by B");
+    hl_mref_release(b);
+    fixture_close(&f);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_WARN);
@@ -839,6 +861,7 @@ int main(void)
     RUN(test_reshape_carries_gate);
     RUN(test_reshape_refused_when_asked);
     RUN(test_reshape_keeps_eviction_counts);
+    RUN(test_map_from_released_model_dropped);
     unlink(PATH_B);
     unlink(PATH_C);
     unlink(PATH_D);

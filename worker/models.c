@@ -277,7 +277,9 @@ uint64_t hl_models_gen(hl_models *ms) { return atomic_load(&ms->gen); }
 
 hl_migration *hl_mref_migration(const hl_mref *to, const hl_mref *from)
 {
-    if (to->from_prev != NULL && to->prev == from && to->gen == from->gen + 1)
+    /* prev and gen first: from_prev is dropped (drop_maps_from) only once
+     * prev has no holder, and a caller holding from == prev reads it then */
+    if (to->prev == from && to->gen == from->gen + 1 && to->from_prev != NULL)
         return to->from_prev;
     for (int i = 0; i < to->n_skip; i++)
         if (to->skip[i].from == from && to->skip[i].gen == from->gen)
@@ -309,10 +311,18 @@ static int served(hl_mref *r)
  * is migrating with them: that would be a shard holding `from`. */
 static void drop_maps_from(hl_models *ms, const hl_mref *from)
 {
-    for (hl_mref *r = ms->cur; r != NULL; r = r == ms->cur ? ms->held : r->held_next)
+    for (hl_mref *r = ms->cur; r != NULL; r = r == ms->cur ? ms->held : r->held_next) {
+        /* the map from the model r replaced: its delta (or a reshape's
+         * pair table) is the old model's items x dim in huge pages, held
+         * otherwise for as long as r serves */
+        if (r->prev == from && r->gen == from->gen + 1) {
+            hl_migration_destroy(r->from_prev);
+            r->from_prev = NULL;
+        }
         for (int i = 0; i < r->n_skip; i++)
             if (r->skip[i].from == from)
                 hl_migration_destroy(atomic_exchange(&r->skip[i].mig, NULL));
+    }
 }
 
 /* Releases the held models only the set holds now (nobody can take a new

@@ -492,6 +492,7 @@ static int one_case(run r)
         return 1;
     }
     hl_mref *b = hl_models_acquire(r.ms);
+    int shared = hl_migration_shared(b->from_prev);  /* dropped once A is out of use */
     t0 = now_s();
     hl_shard_swap_begin(r.sh, b);
     mt.begin_s = now_s() - t0;
@@ -509,7 +510,7 @@ static int one_case(run r)
     migrate_all(&r, b, &mt);
     sentinels_stop(st);
     mt.ceil_s = sgemm_ceiling(r.n_users);
-    print(&r, &mt, hl_migration_shared(b->from_prev), st);
+    print(&r, &mt, shared, st);
     int rc_jump = r.jump ? jump(&r, &mt, load_s) : 0;
     free(mt.excess);
     free(mt.spans);

@@ -24,7 +24,10 @@ static float from_one(const hl_migration *mg, const float *rem, const float *rma
                       double lambda, double a0, float *out)
 {
     int da = mg->dim_from;
-    double e = -(lambda - mg->decay_from.lambda_per_ms[h]) * a0;
+    /* at age 0 every head counts an event whole (hl_decay_factors): a
+     * lambda of inf (a denormal half-life passes the format's "> 0") then
+     * gave inf * 0 = NaN, which the clamp below read as e^80 */
+    double e = a0 > 0 ? -(lambda - mg->decay_from.lambda_per_ms[h]) * a0 : 0.0;
     float sc = (float)exp(e < 80 ? e : 80);
     for (int j = 0; j < da; j++) out[j] = sc * rem[(size_t)h * da + j];
     return sc * rmass[h];

@@ -313,6 +313,56 @@ out:
     twin_close(&t);
 }
 
+
+/* A model whose half-life is finite and > 0 but denormal (1e-310 ms: the
+ * format's rule, so it opens) has lambda = inf. A user whose events all
+ * sit at its t_ref (a0 = 0, a remainder beyond the ring of 5) moved into
+ * it: the new head's remainder is taken from the nearest old head with
+ * exp(-(inf - l) * 0) = exp(NaN), which the clamp read as e^80. The mass
+ * came out 1.4e36, past HL_TABLE_MAX_MASS: the restore refused the row
+ * (a live swap drops the user, migration_user_lost; a restart's
+ * hl_migration_table_into fails the partition). At age 0 every head
+ * counts an event whole (hl_decay_factors), so the masses are 30 each. */
+static void test_reshape_denormal_half_life(void)
+{
+    static const double hl_b[HEADS] = {1e-310, 86400e3, 30 * 86400e3};
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    memcpy(g_hl, hl_b, sizeof hl_b);
+    double keep0 = g_half_life0;
+    g_half_life0 = hl_b[0];
+    hl_model *b = model_at(PATH_B, 0, 50, 5, NULL, NULL);
+    g_half_life0 = keep0;
+    shape_default();
+    char err[256];
+    hl_migration *mg = a && b ? hl_migration_create_any(a, b, k_tw, err, sizeof err) : NULL;
+    CHECKF(mg != NULL, "%s", a && b ? err : "no model");
+    if (mg != NULL) {
+        hl_table *ta = table_for(5), *tb = table_of(b, 5);
+        for (int i = 0; i < 30; i++) {          /* every event at one time */
+            char id[16];
+            int len = snprintf(id, sizeof id, "it%d", i);
+            hl_event ev = {.user = "u1", .user_len = 2,
+                           .item = hl_model_item_find(a, id, (size_t)len),
+                           .item_key = hl_item_key(id, (size_t)len), .type = HL_VIEW,
+                           .w = 1, .ts_ms = 1000000, .offset = i};
+            hl_table_apply(ta, &ev, 1, hl_model_e_in(a), 50, NULL);
+        }
+        int64_t n = hl_migration_table_into(mg, ta, tb);
+        CHECKF(n == 1, "moved %lld (%s)", (long long)n, n < 0 ? hl_strerror((int)n) : "");
+        if (n == 1) {
+            hl_row_view v;
+            heads_of(tb, &v);
+            for (int h = 0; h < HEADS; h++)
+                CHECKF(fabsf(v.m[h] - 30.0f) < 1e-3f, "head %d mass %g", h, v.m[h]);
+        }
+        hl_table_destroy(ta);
+        hl_table_destroy(tb);
+    }
+    hl_migration_destroy(mg);
+    hl_model_close(a);
+    hl_model_close(b);
+}
+
 int main(void)
 {
     RUN(test_reshape_full_ring_exact);
@@ -321,6 +371,7 @@ int main(void)
     RUN(test_reshape_rebuild);
     RUN(test_reshape_wrong_destination);
     RUN(test_any_same_shape_is_in_place);
+    RUN(test_reshape_denormal_half_life);
     unlink(PATH_A);
     unlink(PATH_B);
     TEST_EXIT();

@@ -280,6 +280,7 @@ static int begin_reshape(hl_shard *sh, const hl_mref *to)
     if (sh->mig_scratch == NULL || sh->mv_s == NULL || sh->mv_m == NULL ||
         sh->mv_hist == NULL || (sh->gate != NULL && ng == NULL)) {
         hl_table_destroy(nt);
+        hl_gate_destroy(ng);
         hl_shard_swap_drop(sh);
         snprintf(err, sizeof err, "out of memory");
         goto fail;

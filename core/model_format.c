@@ -146,11 +146,16 @@ int hl_model_info_check(const hl_model_info *mi, const char *path,
         return hl_err(errbuf, errlen, HL_EFORMAT,
                       "model %s: field layer_out[%d]: expected dim %d, found %d",
                       path, mi->n_layers - 1, mi->dim, mi->layer_out[mi->n_layers - 1]);
-    for (int h = 0; h < mi->n_heads; h++)
+    for (int h = 0; h < mi->n_heads; h++) {
         if (!isfinite(mi->half_life_ms[h]) || mi->half_life_ms[h] <= 0)
             return hl_err(errbuf, errlen, HL_EFORMAT,
                           "model %s: field half_life_ms[%d]: expected finite and > 0, found %g",
                           path, h, mi->half_life_ms[h]);
+        if (!isfinite(M_LN2 / mi->half_life_ms[h]))   /* a denormal: inf x 0 is NaN */
+            return hl_err(errbuf, errlen, HL_EFORMAT,
+                          "model %s: field half_life_ms[%d]: %g is too short, its rate ln 2 / "
+                          "half-life is not finite", path, h, mi->half_life_ms[h]);
+    }
     /* A negative weight makes a head's mass negative: x_h = s_h / max(m_h,
      * eps) then divides by eps and lists score in the millions. Zero is a
      * weight ("ignore this type"), so only below zero is refused. */

@@ -146,6 +146,9 @@ def _check_shape(dim, n_heads, n_items, layer_out, half_life_ms, type_weight):
     for h, t in enumerate(half_life_ms):
         if not (math.isfinite(t) and t > 0):
             raise HlmError(f"field half_life_ms[{h}]: expected finite and > 0, found {t}")
+        if not math.isfinite(math.log(2) / t):     # a denormal: the rate is inf
+            raise HlmError(f"field half_life_ms[{h}]: {t:g} is too short, its rate ln 2 /"
+                           f" half-life is not finite")
     # A negative weight makes a head's mass negative and s_h / max(m_h, eps)
     # explode; one beyond float32 would be written as inf.
     for name, w in zip(TYPES, type_weight):

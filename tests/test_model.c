@@ -432,6 +432,8 @@ static void test_refuse_bad_weights(void)
         { OFF_HALF_LIFE + 8, -3600e3, 1,
           "field half_life_ms[1]: expected finite and > 0, found -3.6e+06" },
         { OFF_HALF_LIFE, INFINITY, 1, "field half_life_ms[0]" },
+        { OFF_HALF_LIFE + 16, 1e-310, 1,
+          "field half_life_ms[2]: 1e-310 is too short, its rate ln 2 / half-life is not finite" },
     };
     size_t len;
     uint8_t *good = slurp(good_path(), &len), *b;

@@ -314,18 +314,18 @@ out:
 }
 
 
-/* A model whose half-life is finite and > 0 but denormal (1e-310 ms: the
- * format's rule, so it opens) has lambda = inf. A user whose events all
- * sit at its t_ref (a0 = 0, a remainder beyond the ring of 5) moved into
- * it: the new head's remainder is taken from the nearest old head with
- * exp(-(inf - l) * 0) = exp(NaN), which the clamp read as e^80. The mass
- * came out 1.4e36, past HL_TABLE_MAX_MASS: the restore refused the row
- * (a live swap drops the user, migration_user_lost; a restart's
- * hl_migration_table_into fails the partition). At age 0 every head
- * counts an event whole (hl_decay_factors), so the masses are 30 each. */
-static void test_reshape_denormal_half_life(void)
+/* A head far faster than any old one (a half-life of 1e-300 ms, the
+ * shortest kind the format lets through: a denormal, whose rate is inf, is
+ * refused at load, test_model), and a user whose events all sit at its
+ * t_ref (a0 = 0, a remainder beyond the ring of 5) moved into it: the new
+ * head's remainder is taken from the nearest old head with
+ * exp(-(lambda - l) * 0). With lambda = inf that was exp(NaN), which the
+ * clamp read as e^80, masses of 1.4e36 past HL_TABLE_MAX_MASS, and the row
+ * refused (a live swap dropped the user). At age 0 every head counts an
+ * event whole (hl_decay_factors), so the masses are 30 each. */
+static void test_reshape_tiny_half_life(void)
 {
-    static const double hl_b[HEADS] = {1e-310, 86400e3, 30 * 86400e3};
+    static const double hl_b[HEADS] = {1e-300, 86400e3, 30 * 86400e3};
     hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
     memcpy(g_hl, hl_b, sizeof hl_b);
     double keep0 = g_half_life0;
@@ -371,7 +371,7 @@ int main(void)
     RUN(test_reshape_rebuild);
     RUN(test_reshape_wrong_destination);
     RUN(test_any_same_shape_is_in_place);
-    RUN(test_reshape_denormal_half_life);
+    RUN(test_reshape_tiny_half_life);
     unlink(PATH_A);
     unlink(PATH_B);
     TEST_EXIT();

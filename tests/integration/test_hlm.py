@@ -157,6 +157,8 @@ def damage_refused_by_both():
              "field type_weight[VIEW]: expected finite and >= 0, found -5"),
             ("nan_half_life", lambda b: struct.pack_into("<d", b, 64 + 8, float("nan")), True,
              "field half_life_ms[1]: expected finite and > 0, found nan"),
+            ("denormal_half_life", lambda b: struct.pack_into("<d", b, 64 + 16, 1e-310), True,
+             "field half_life_ms[2]: 1e-310 is too short, its rate ln 2 / half-life is not finite"),
         ]
         for name, edit, fix, want in cases:
             p = os.path.join(d, f"{name}.hlm")

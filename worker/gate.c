@@ -13,6 +13,7 @@
  * user hashes differently is a new user and starts unmarked. */
 #include "gate.h"
 #include "hl.h"
+#include "log.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@ struct mark {
 struct due {
     int64_t  key;            /* heap: due time; fifo: pend_off */
     int64_t  pend_off;
+    int64_t  since_ms;       /* fifo: monotonic clock when the wait began */
     uint32_t row;
 };
 
@@ -187,13 +189,26 @@ int hl_gate_pass(hl_gate *g, uint32_t row, const hl_row_view *v, int64_t newest_
     if (grow(&g->heap, &g->cap_heap, g->n_heap + 1) != 0)
         return 1;
     struct due e = {.key = due, .pend_off = batch_first_off, .row = row};
-    struct due q = {.key = batch_first_off, .pend_off = batch_first_off, .row = row};
+    struct due q = {.key = batch_first_off, .pend_off = batch_first_off,
+                    .since_ms = hl_now_mono_ms(), .row = row};
     if (fifo_push(g, q) != 0)
         return 1;
     heap_push(g, e);
     mk->state = MARK_PENDING;
     mk->pend_off = batch_first_off;
     return 0;
+}
+
+/* Takes the live entry e (it leaves both queues): 1 when its row still
+ * holds its user. */
+static int take_entry(hl_gate *g, const hl_table *tbl, const struct due *e)
+{
+    g->mark[e->row].state = MARK_REFRESHED;
+    if (!hl_table_row_live(tbl, e->row))
+        return 0;                       /* evicted: its state is gone */
+    hl_row_view v;
+    hl_table_view(tbl, e->row, &v);
+    return user_tag(v.user, v.user_len) == g->mark[e->row].tag;   /* else reused */
 }
 
 int hl_gate_take_due(hl_gate *g, const hl_table *tbl, uint32_t *rows, int max,
@@ -205,16 +220,27 @@ int hl_gate_take_due(hl_gate *g, const hl_table *tbl, uint32_t *rows, int max,
         heap_pop(g);
         if (e.key == CARRIED && --g->carry_n == 0)
             g->carry_min = INT64_MAX;   /* every carried user's list is taken */
-        if (!entry_live(g, &e))
-            continue;
-        g->mark[e.row].state = MARK_REFRESHED;    /* leaves both queues */
-        if (!hl_table_row_live(tbl, e.row))
-            continue;                   /* evicted: its state is gone */
-        hl_row_view v;
-        hl_table_view(tbl, e.row, &v);
-        if (user_tag(v.user, v.user_len) != g->mark[e.row].tag)
-            continue;                   /* reused by another user meanwhile */
-        rows[n++] = e.row;
+        if (entry_live(g, &e) && take_entry(g, tbl, &e))
+            rows[n++] = e.row;
+    }
+    /* A wait also ends after interval_ms of the worker's own clock: the
+     * shard's newest event time may not reach a user's due time for as
+     * long as the stream runs (one event of the user stamped ahead, by a
+     * client's clock, raises both), and the publishable offset, so every
+     * stored offset and snapshot of the partition, would stay where that
+     * wait began. The FIFO is in the order the waits began. Its heap entry
+     * goes stale and is dropped when it reaches the top. */
+    int64_t now = g != NULL && g->fifo_n > 0 ? hl_now_mono_ms() : 0;
+    while (g != NULL && n < max && g->fifo_n > 0) {
+        struct due e = g->fifo[g->fifo_head];
+        if (entry_live(g, &e)) {
+            if (e.since_ms > now - g->interval_ms)
+                break;
+            if (take_entry(g, tbl, &e))
+                rows[n++] = e.row;
+        }
+        g->fifo_head = (g->fifo_head + 1) % g->cap_fifo;
+        g->fifo_n--;
     }
     return n;
 }

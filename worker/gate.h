@@ -2,8 +2,11 @@
  * list now and which wait (DESIGN.md section 7).
  *
  * A user refreshed at event time r (its t_ref_ms then) is refreshed again
- * only once the shard's newest event time reaches r + interval; until then
- * it waits. A row never refreshed through this gate (new user, restored
+ * only once the shard's newest event time reaches r + interval, or once it
+ * has waited interval of the worker's monotonic clock (an event of the
+ * user stamped ahead raises r and the shard's time alike, and would
+ * otherwise hold its list, and the partition's offsets, for as long as
+ * the skew); until then it waits. A row never refreshed through this gate (new user, restored
  * row, reused row id) goes at once. Lists of waiting users are not out yet,
  * so hl_gate_publishable_offset() stays at or below the first offset of the
  * batch that made the oldest of them wait: a snapshot or a stored offset
@@ -32,8 +35,9 @@ void     hl_gate_destroy(hl_gate *g);              /* NULL is a no-op */
 int hl_gate_pass(hl_gate *g, uint32_t row, const hl_row_view *v, int64_t newest_ms,
                  int64_t batch_first_off);
 
-/* Moves up to max waiting rows whose time has come (due <= newest_ms; every
- * waiting row when newest_ms is INT64_MAX: revocation, shutdown) into rows,
+/* Moves up to max waiting rows whose time has come (due <= newest_ms, or
+ * waiting for interval_ms of the monotonic clock; every waiting row when
+ * newest_ms is INT64_MAX: revocation, shutdown) into rows,
  * live rows of tbl still held by their own users only. Call again while it
  * returns max. */
 int hl_gate_take_due(hl_gate *g, const hl_table *tbl, uint32_t *rows, int max,

@@ -139,9 +139,34 @@ static void test_event_time_rule_kept(void)
     fx_close(&f);
 }
 
+/* A thread whose partitions go quiet: no batch comes to take a held list,
+ * so between batches the loop asks hl_gate_overdue and takes the lists
+ * whose wait ran the interval on the clock (hl_publish_overdue). */
+static void test_overdue_when_idle(void)
+{
+    fx f;
+    fx_open(&f, 20);
+    int u = 0;
+    int64_t ts = NOW_MS;
+    CHECK(batch(&f, &u, &ts, 1, 0) == 1);
+    ts = NOW_MS + 5;
+    CHECK(batch(&f, &u, &ts, 1, 1) == 1);       /* within the interval: waits */
+    CHECK(hl_gate_overdue(f.g) == 0);
+    struct timespec nap = {0, 40 * 1000000L};
+    nanosleep(&nap, NULL);
+    CHECK(hl_gate_overdue(f.g) == 1);
+    uint32_t rows[4];
+    CHECK(hl_gate_take_due(f.g, f.tbl, rows, 4, NOW_MS + 5) == 1);
+    publish(&f, rows[0]);
+    CHECK(hl_gate_overdue(f.g) == 0);
+    CHECK(hl_gate_publishable_offset(f.g, 2) == 2);
+    fx_close(&f);
+}
+
 int main(void)
 {
     RUN(test_future_stamp_freezes_offset);
     RUN(test_event_time_rule_kept);
+    RUN(test_overdue_when_idle);
     TEST_EXIT();
 }

@@ -271,6 +271,24 @@ int hl_gate_carry(const hl_gate *from, uint32_t old_row, hl_gate *to, uint32_t r
     return 0;
 }
 
+/* Drops the FIFO's stale entries at its head. */
+static void fifo_clean(hl_gate *g)
+{
+    while (g->fifo_n > 0 && !entry_live(g, &g->fifo[g->fifo_head])) {
+        g->fifo_head = (g->fifo_head + 1) % g->cap_fifo;
+        g->fifo_n--;
+    }
+}
+
+int hl_gate_overdue(hl_gate *g)
+{
+    if (g == NULL)
+        return 0;
+    fifo_clean(g);
+    return g->fifo_n > 0 &&
+           g->fifo[g->fifo_head].since_ms <= hl_now_mono_ms() - g->interval_ms;
+}
+
 void hl_gate_refreshed(hl_gate *g, uint32_t row, const hl_row_view *v)
 {
     struct mark *mk;
@@ -290,10 +308,7 @@ int64_t hl_gate_publishable_offset(hl_gate *g, int64_t next_offset)
 {
     if (g == NULL)
         return next_offset;
-    while (g->fifo_n > 0 && !entry_live(g, &g->fifo[g->fifo_head])) {
-        g->fifo_head = (g->fifo_head + 1) % g->cap_fifo;
-        g->fifo_n--;
-    }
+    fifo_clean(g);
     if (g->carry_min < next_offset)
         next_offset = g->carry_min;
     if (g->fifo_n > 0 && g->fifo[g->fifo_head].key < next_offset)

@@ -43,6 +43,10 @@ int hl_gate_pass(hl_gate *g, uint32_t row, const hl_row_view *v, int64_t newest_
 int hl_gate_take_due(hl_gate *g, const hl_table *tbl, uint32_t *rows, int max,
                      int64_t newest_ms);
 
+/* 1 when a waiting row has waited interval_ms of the monotonic clock
+ * (hl_gate_take_due would take it whatever the event time). */
+int hl_gate_overdue(hl_gate *g);
+
 /* Records that the row's list was produced from a view with t_ref_ms. */
 void hl_gate_refreshed(hl_gate *g, uint32_t row, const hl_row_view *v);
 

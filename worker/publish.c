@@ -275,6 +275,33 @@ void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f)
     } while (n == REFRESH_MAX);
 }
 
+void hl_publish_overdue(hl_wthread *t)
+{
+    uint32_t rows[REFRESH_MAX];
+    int any = 0;
+    for (int i = 0; i < t->n_own && !any; i++)
+        any = hl_gate_overdue(t->own[i]->gate);
+    if (!any || t->ranker == NULL)
+        return;
+    flight *f = hl_flight_begin(t);
+    if (f == NULL)
+        return;
+    memset(&t->b, 0, sizeof t->b);
+    for (int i = 0; i < t->n_own; i++) {
+        hl_shard *sh = t->own[i];
+        hl_table_meta meta;
+        int n;
+        if (sh->gate == NULL)
+            continue;
+        hl_table_meta_get(sh->tbl, &meta);
+        while ((n = hl_gate_take_due(sh->gate, sh->tbl, rows, REFRESH_MAX,
+                                     meta.newest_ts_ms)) > 0)
+            refresh_chunk(t, sh, rows, n, f);
+    }
+    hl_flight_note_offsets(t, f);
+    hl_counter_add(t->ctx->mx.lists, t->b.lists);
+}
+
 void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)
 {
     uint32_t rows[REFRESH_MAX];

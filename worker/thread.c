@@ -424,6 +424,8 @@ static void *thread_main(void *arg)
         }
         if (n > 0)
             hl_batch_run(t, n);
+        else
+            hl_publish_overdue(t);
         hl_producer_poll(ctx->prod, 0);
         hl_flight_retire(t);
         swap_tick(t);

@@ -164,6 +164,11 @@ void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f);
 /* Revocation and shutdown: refreshes every user recs.min.interval.ms holds
  * back in shs[0..n_sh) (NULL entries skipped) into one flight. */
 void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh);
+/* Between batches, when none came: the held-back users whose wait ran
+ * recs.min.interval.ms of the clock (gate.h), into one flight, so a quiet
+ * thread does not hold them (and its partitions' offsets) until the next
+ * record. */
+void hl_publish_overdue(hl_wthread *t);
 
 /* park.c */
 int  hl_park_waiting(hl_wthread *t, int32_t partition);

@@ -53,6 +53,7 @@
 #include "ivf.h"
 
 #include <math.h>
+#include <sys/resource.h>
 
 #define DA         (DIM + 1)    /* augmented rows [e, b] and queries [q, 1] */
 #define BATCH      256
@@ -464,6 +465,177 @@ static void bench_model_kind(int32_t n_items, int clustered, bench_users *bu, in
     index_model_free(&bm);
 }
 
+/* ---- a graph index (HL_BENCH_HNSW) ---- */
+
+/* HL_BENCH_HNSW=M[,M...] ("1": 32) replaces the two inverted files with
+ * FAISS's IndexHNSWFlat (inner product, the same [e, b] rows and [q, 1]
+ * queries), efConstruction HL_BENCH_HNSW_EFC (default 100), swept over
+ * efSearch; each point is printed beside the exact path's rates (the
+ * ranker, HL_SCORING_EXACT, timed as bench_index times it). Only the
+ * search is timed, as for the inverted files. */
+static const int ef_searches[] = {64, 128, 256, 512, 1024, 2048};
+#define N_EF ((int)(sizeof ef_searches / sizeof ef_searches[0]))
+
+typedef struct exact_rate { double rate1, rate256, sgemm; } exact_rate;
+
+/* Lists/s of the exact ranker over users [0, n_users) in batches of batch
+ * (median of REPS passes). */
+static double ranker_rate(hl_ranker *r, const bench_users *bu, int n_users, int batch)
+{
+    static hl_rec out[SAMPLE * K];
+    static int n_out[SAMPLE];
+    double t[REPS];
+    for (int rep = 0; rep < REPS; rep++) {
+        double t0 = now_s();
+        for (int u = 0; u < n_users; u += batch) {
+            int n = n_users - u < batch ? n_users - u : batch;
+            hl_ranker_refresh(r, bu->v + u, n, out + (size_t)u * K, n_out + u);
+        }
+        t[rep] = now_s() - t0;
+    }
+    qsort(t, REPS, sizeof t[0], cmp_double);
+    return n_users / t[REPS / 2];
+}
+
+/* The exact path's rates (bench_index's: batch 256 over all users, batch
+ * 1 over 32, exclusions on) and the bench's own SGEMM scan of all users. */
+static exact_rate exact_rates(cmp *c, const bench_model *bm, const bench_users *bu)
+{
+    char err[256];
+    exact_rate e;
+    hl_rank_opts o = {.k = K, .exclude_seen = 1, .max_batch = BATCH,
+                      .scoring = HL_SCORING_EXACT};
+    hl_ranker *r = hl_ranker_create_parts(&bm->p, &o, err, sizeof err);
+    if (r == NULL)
+        die(err);
+    e.rate256 = ranker_rate(r, bu, SAMPLE, BATCH);
+    e.rate1 = ranker_rate(r, bu, 32, 1);
+    hl_ranker_destroy(r);
+    double t0 = now_s();
+    exact_lists(c, bm);
+    e.sgemm = SAMPLE / (now_s() - t0);
+    printf("{\"bench\":\"hnsw_exact\",\"model\":\"%s\",\"items\":%d,\"batch_1\":%.4g,"
+           "\"batch_256\":%.4g,\"sgemm_scan_1024\":%.4g,\"unit\":\"lists/s\","
+           "\"clock\":\"thread_cpu\"}\n", c->model, c->n_items, e.rate1, e.rate256, e.sgemm);
+    fflush(stdout);
+    return e;
+}
+
+static double wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static long maxrss_kb(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+}
+
+/* The graph over [e_out, bias], timed (the augmented copy included). */
+static hlf_hnsw *build_hnsw(const cmp *c, const bench_model *bm, int m, int efc)
+{
+    char err[256];
+    int32_t n = c->n_items;
+    long rss0 = maxrss_kb();
+    double t0 = now_s(), w0 = wall_s();
+    float *Xa = xmalloc((size_t)n * DA * sizeof(float));
+    for (int32_t j = 0; j < n; j++) {
+        memcpy(Xa + (size_t)j * DA, bm->p.e_out + (size_t)j * DIM, DIM * sizeof(float));
+        Xa[(size_t)j * DA + DIM] = bm->p.bias[j];
+    }
+    hlf_hnsw *h = hlf_hnsw_create(DA, m, efc, err, sizeof err);
+    if (h == NULL || hlf_hnsw_add(h, Xa, n, err, sizeof err) != 0)
+        die(err);
+    free(Xa);
+    printf("{\"bench\":\"hnsw_build\",\"model\":\"%s\",\"items\":%d,\"dim\":%d,\"M\":%d,"
+           "\"ef_construction\":%d,\"value\":%.2f,\"unit\":\"s\",\"wall_s\":%.2f,"
+           "\"index_bytes\":%zu,\"maxrss_kb_before\":%ld,\"maxrss_kb_after\":%ld,"
+           "\"loadavg\":%.2f,\"clock\":\"thread_cpu\"}\n", c->model, n, DA, m, efc,
+           now_s() - t0, wall_s() - w0, hlf_hnsw_bytes(h), rss0, maxrss_kb(), loadavg1());
+    fflush(stdout);
+    return h;
+}
+
+/* Seconds of one pass of the graph over users [0, n_users) in batches of
+ * batch, each efSearch ef; rows into out (n_users, K). */
+static double hnsw_pass(cmp *c, hlf_hnsw *h, int n_users, int batch, int ef, int32_t *out)
+{
+    char err[256];
+    double t0 = now_s();
+    for (int u = 0; u < n_users; u += batch) {
+        int n = n_users - u < batch ? n_users - u : batch;
+        if (hlf_hnsw_search(h, c->Qa + (size_t)u * DA, n, K, ef, c->fD, c->fI, err,
+                            sizeof err) != 0)
+            die(err);
+        for (int i = 0; i < n * K; i++)
+            out[(size_t)u * K + i] = (int32_t)c->fI[i];
+    }
+    return now_s() - t0;
+}
+
+/* One efSearch: REPS passes at batch 1 (B1_USERS) and 256 (all users). */
+static point hnsw_measure(cmp *c, hlf_hnsw *h, int ef)
+{
+    static int32_t got1[B1_USERS * K], got[SAMPLE * K];
+    double t1[REPS], t256[REPS], scanned = 0.0;
+    for (int rep = 0; rep < REPS; rep++) {
+        hlf_hnsw_scanned_take();
+        t1[rep] = hnsw_pass(c, h, B1_USERS, 1, ef, got1);
+        scanned = (double)hlf_hnsw_scanned_take() / B1_USERS;
+        t256[rep] = hnsw_pass(c, h, SAMPLE, BATCH, ef, got);
+    }
+    qsort(t1, REPS, sizeof(double), cmp_double);
+    qsort(t256, REPS, sizeof(double), cmp_double);
+    return (point){.nprobe = ef, .rate1 = B1_USERS / t1[REPS / 2],
+                   .rate256 = SAMPLE / t256[REPS / 2], .recall = recall_of(c, got, SAMPLE),
+                   .recall1 = recall_of(c, got1, B1_USERS), .scanned = scanned};
+}
+
+static void print_hnsw_point(const cmp *c, int m, int efc, const point *p, const exact_rate *e)
+{
+    printf("{\"bench\":\"hnsw_compare\",\"model\":\"%s\",\"items\":%d,\"M\":%d,"
+           "\"ef_construction\":%d,\"ef_search\":%d,\"scanned_share\":%.4f,"
+           "\"recall_at_20\":%.4f,\"recall_at_20_b1\":%.4f,\"batch_1\":%.4g,"
+           "\"batch_256\":%.4g,\"x_exact_b1\":%.2f,\"x_exact_b256\":%.2f,\"unit\":\"lists/s\","
+           "\"loadavg\":%.2f,\"clock\":\"thread_cpu\"}\n", c->model, c->n_items, m, efc,
+           p->nprobe, p->scanned / c->n_items, p->recall, p->recall1, p->rate1, p->rate256,
+           p->rate1 / e->rate1, p->rate256 / e->rate256, loadavg1());
+    fflush(stdout);
+}
+
+/* One model: data, the exact rates and lists, then per M a graph and its
+ * efSearch sweep (stopping once recall@20 reaches 0.999). */
+static void bench_hnsw_kind(int32_t n_items, int clustered, bench_users *bu, const char *ms,
+                            int efc)
+{
+    bench_model bm;
+    cmp c = {.model = clustered ? "clustered" : "random", .n_items = n_items};
+    index_model_init(&bm, n_items, clustered);
+    users_init(bu, n_items);
+    encode_users(&c, &bm, bu);
+    exact_rate e = exact_rates(&c, &bm, bu);
+    c.fD = xmalloc((size_t)BATCH * K * sizeof(float));
+    c.fI = xmalloc((size_t)BATCH * K * sizeof(int64_t));
+    for (const char *s = ms; *s != '\0'; s += strcspn(s, ","), s += *s == ',') {
+        int m = atoi(s) == 1 ? 32 : atoi(s);
+        if (m < 2)
+            die("HL_BENCH_HNSW: M values of at least 2, comma-separated (1: 32)");
+        hlf_hnsw *h = build_hnsw(&c, &bm, m, efc);
+        for (int i = 0; i < N_EF; i++) {
+            point p = hnsw_measure(&c, h, ef_searches[i]);
+            print_hnsw_point(&c, m, efc, &p, &e);
+            if (p.recall >= 0.999)
+                break;
+        }
+        hlf_hnsw_destroy(h);
+    }
+    cmp_free(&c);
+    index_model_free(&bm);
+}
+
 /* The draws of one model and its users, nothing measured: keeps the
  * shared stream where a full run would have it. */
 static void skip_model_kind(int32_t n_items, int clustered, bench_users *bu)
@@ -507,6 +679,11 @@ int main(int argc, char **argv)
         die("items: at least 1000");
     if (only != NULL && strcmp(only, "random") != 0 && strcmp(only, "clustered") != 0)
         die("model: random or clustered");
+    const char *hnsw = getenv("HL_BENCH_HNSW");
+    const char *efc_s = getenv("HL_BENCH_HNSW_EFC");
+    int efc = efc_s != NULL ? atoi(efc_s) : 100;
+    if (hnsw != NULL && (*hnsw == '\0' || efc < 1))
+        die("HL_BENCH_HNSW: M[,M...]; HL_BENCH_HNSW_EFC: at least 1");
     bench_users *bu = xmalloc(sizeof *bu);
     openblas_set_num_threads(1);       /* one core: the worker's setting */
     hlf_set_threads(1);
@@ -517,10 +694,12 @@ int main(int argc, char **argv)
     /* Always both models' data, in order, so the clustered one is the
      * same whether or not the random one is measured. */
     for (int clustered = 0; clustered < 2; clustered++) {
-        if (only == NULL || strcmp(only, clustered ? "clustered" : "random") == 0)
-            bench_model_kind(n_items, clustered, bu, win[clustered]);
-        else
+        if (only != NULL && strcmp(only, clustered ? "clustered" : "random") != 0)
             skip_model_kind(n_items, clustered, bu);
+        else if (hnsw != NULL)
+            bench_hnsw_kind(n_items, clustered, bu, hnsw, efc);
+        else
+            bench_model_kind(n_items, clustered, bu, win[clustered]);
     }
     printf("{\"bench\":\"index_compare_summary\",\"items\":%d,\"min_recall\":%.2f,"
            "\"random\":{\"batch_1\":%s,\"batch_256\":%s},"

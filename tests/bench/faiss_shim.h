@@ -50,6 +50,29 @@ size_t hlf_ivf_scanned_take(void);
 /* Bytes of the lists (codes and ids) and centroids. */
 size_t hlf_ivf_bytes(const hlf_ivf *f);
 
+/* A graph index for comparison: FAISS's IndexHNSWFlat with
+ * METRIC_INNER_PRODUCT, M links a node per layer (2 M on layer 0) and
+ * efConstruction candidates per insertion; no training. */
+typedef struct hlf_hnsw hlf_hnsw;   /* opaque */
+
+hlf_hnsw *hlf_hnsw_create(int d, int m, int ef_construction, char *errbuf, size_t errlen);
+void      hlf_hnsw_destroy(hlf_hnsw *f);                /* NULL is a no-op */
+
+/* X (n, d) added as rows 0..n-1 (this builds the graph). */
+int hlf_hnsw_add(hlf_hnsw *f, const float *X, int64_t n, char *errbuf, size_t errlen);
+
+/* hlf_ivf_search's contract, efSearch candidates kept per query in place
+ * of nprobe lists. One FAISS search call for all n. */
+int hlf_hnsw_search(hlf_hnsw *f, const float *Q, int n, int k, int ef_search, float *scores,
+                    int64_t *ids, char *errbuf, size_t errlen);
+
+/* Rows scored by every HNSW search since the last call (FAISS's global
+ * hnsw_stats). */
+size_t hlf_hnsw_scanned_take(void);
+
+/* Bytes of the rows, the links and their offsets and levels. */
+size_t hlf_hnsw_bytes(const hlf_hnsw *f);
+
 #ifdef __cplusplus
 }
 #endif

@@ -44,7 +44,14 @@
  * models: 14 minutes wall on the shared 2-core VM at load average 11;
  * `bench_faiss 200000` for a quick run, `bench_faiss 1000000 clustered`
  * for one model, on the same data as in a full run). The Makefile builds it only
- * where libfaiss.a and a C++ compiler exist (faiss_shim.cpp). */
+ * where libfaiss.a and a C++ compiler exist (faiss_shim.cpp).
+ *
+ * HL_BENCH_HNSW=M[,M...] measures a graph index instead of the two inverted
+ * files: FAISS's IndexHNSWFlat, inner product, over the same rows and
+ * queries (efConstruction HL_BENCH_HNSW_EFC, default 100), its build time
+ * and bytes, then per efSearch (64..2048) the same recall@20 and lists/s,
+ * each beside the exact path's rates (the ranker's, as bench_index times
+ * it). E.g. `HL_BENCH_HNSW=32,16 bench_faiss 200000 random`. */
 #define BENCH_NAME "bench_faiss"
 #include "bench_index_data.h"
 #include "bench_args.h"
@@ -667,7 +674,9 @@ static const char usage[] =
     "usage: bench_faiss [ITEMS [random|clustered]]\n"
     "  ITEMS  catalogue size, at least 1000 (default 1000000: ~14 min)\n"
     "  random|clustered  one model only (default both)\n"
-    "Prints JSON lines: core/ivf.c against FAISS's IndexIVFFlat.\n";
+    "Prints JSON lines: core/ivf.c against FAISS's IndexIVFFlat.\n"
+    "HL_BENCH_HNSW=M[,M...] (HL_BENCH_HNSW_EFC, default 100): FAISS's IndexHNSWFlat\n"
+    "against the exact path instead.\n";
 
 int main(int argc, char **argv)
 {

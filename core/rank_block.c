@@ -221,14 +221,18 @@ static void score_block(hl_ranker *r, const float *Q, const hl_row_view *users,
  * u: each is within gamma_{dim+2} (|q| |e| + |b|) of the exact value
  * (Higham's bound for a sum of dim products and the bias in any order,
  * fused or not, with sum |q_d e_d| <= |q| |e| by Cauchy-Schwarz), with 1%
- * for the rounding of the bound itself. */
+ * for the rounding of the bound itself. That bound is relative: a product
+ * that underflows is off by up to half the smallest subnormal, 2^-150,
+ * whatever its size, so each score also carries (dim + 2) 2^-150 (the
+ * sums of subnormals are exact). */
 static double det_margin(const hl_ranker *r, int u)
 {
     double unit = ldexp(1.0, -24), nu = (r->dim + 2) * unit;
     double gamma = nu / (1.0 - nu);
     double e = r->e_norm_max > r->side_norm_max ? r->e_norm_max : r->side_norm_max;
     double b = r->bias_max > r->side_bias_max ? r->bias_max : r->side_bias_max;
-    return 2.0 * gamma * ((double)r->q_norm[u] * e + b) * 1.01;
+    return 2.0 * (gamma * ((double)r->q_norm[u] * e + b) * 1.01 +
+                  (r->dim + 2) * ldexp(1.0, -150));
 }
 
 /* Sets (v 1) or clears (v 0) user u's own excluded model rows in

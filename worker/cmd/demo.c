@@ -71,6 +71,7 @@ typedef struct demo {
     uint64_t     prev_repeats, prev_produced;
     atomic_int   stop;
     int          input_done;
+    int          worker_rc;          /* hl_worker_run's, once it returned */
 } demo;
 
 static volatile sig_atomic_t demo_signalled;
@@ -301,7 +302,8 @@ static void *producer_main(void *arg)
 
 static void *worker_main(void *arg)
 {
-    hl_worker_run(arg, NULL);
+    demo *d = arg;
+    d->worker_rc = hl_worker_run(d->w, NULL);
     return NULL;
 }
 
@@ -724,11 +726,11 @@ static hl_http *demo_metrics(demo *d, hl_config *cfg, hl_metrics *reg)
 
 /* Runs the worker and the producer until watch() returns, then stops the
  * producer first (its queued events delivered), lets the worker drain
- * them, and stops it. */
-static void demo_run(demo *d)
+ * them, and stops it. Returns hl_worker_run's status. */
+static int demo_run(demo *d)
 {
     pthread_t wt, pt;
-    pthread_create(&wt, NULL, worker_main, d->w);
+    pthread_create(&wt, NULL, worker_main, d);
     pthread_create(&pt, NULL, producer_main, d);
     watch(d);
     atomic_store(&d->stop, 1);
@@ -738,6 +740,7 @@ static void demo_run(demo *d)
     drain(d);
     hl_worker_stop(d->w);
     pthread_join(wt, NULL);
+    return d->worker_rc;
 }
 
 int hl_cmd_demo(int argc, char **argv)
@@ -768,7 +771,16 @@ int hl_cmd_demo(int argc, char **argv)
         goto out;
     }
     http = demo_metrics(&d, cfg, reg);
-    demo_run(&d);
+    if (demo_run(&d) != 0) {
+        /* As in run.c: a failed run (a final snapshot unsaved, the group
+         * not left in time) exits 1, and the worker may have abandoned
+         * librdkafka handles whose threads still run, so nothing they use
+         * is freed. */
+        hl_http_stop(http);
+        if (d.snapdir[0])
+            remove_dir(d.snapdir);
+        _exit(1);
+    }
     rc = 0;
 out:
     hl_http_stop(http);

@@ -273,10 +273,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 
     (void)version;
     (void)upload_data;
-    if (*con_cls == NULL && (id = slot_of(conn)) >= 0)
-        hl_http_guard_busy(http->guard, id, hl_now_mono_ms());
+    /* A refused method's body is drained while the connection still counts
+     * as waiting for its request: a body trickled a byte at a time must not
+     * hold a busy slot (which only a 2 s grace lets a newcomer take) beyond
+     * REQUEST_TIMEOUT_MS, or one address's trickling POSTs starve its probes. */
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return refuse_method(conn, upload_data_size, con_cls);
+    if ((id = slot_of(conn)) >= 0)
+        hl_http_guard_busy(http->guard, id, hl_now_mono_ms());
     if (strcmp(url, "/metrics") == 0) return serve_metrics(http, conn);
     if (strcmp(url, "/healthz") == 0) return reply_text(conn, MHD_HTTP_OK, "ok\n");
     if (strcmp(url, "/readyz") == 0)  return serve_ready(http, conn);

@@ -169,6 +169,12 @@ static int fifo_push(hl_gate *g, struct due e)
     return 0;
 }
 
+static void fifo_pop(hl_gate *g)
+{
+    g->fifo_head = (g->fifo_head + 1) % g->cap_fifo;
+    g->fifo_n--;
+}
+
 int hl_gate_pass(hl_gate *g, uint32_t row, const hl_row_view *v, int64_t newest_ms,
                  int64_t batch_first_off)
 {
@@ -239,8 +245,7 @@ int hl_gate_take_due(hl_gate *g, const hl_table *tbl, uint32_t *rows, int max,
             if (take_entry(g, tbl, &e))
                 rows[n++] = e.row;
         }
-        g->fifo_head = (g->fifo_head + 1) % g->cap_fifo;
-        g->fifo_n--;
+        fifo_pop(g);
     }
     return n;
 }
@@ -274,10 +279,8 @@ int hl_gate_carry(const hl_gate *from, uint32_t old_row, hl_gate *to, uint32_t r
 /* Drops the FIFO's stale entries at its head. */
 static void fifo_clean(hl_gate *g)
 {
-    while (g->fifo_n > 0 && !entry_live(g, &g->fifo[g->fifo_head])) {
-        g->fifo_head = (g->fifo_head + 1) % g->cap_fifo;
-        g->fifo_n--;
-    }
+    while (g->fifo_n > 0 && !entry_live(g, &g->fifo[g->fifo_head]))
+        fifo_pop(g);
 }
 
 int hl_gate_overdue(hl_gate *g)

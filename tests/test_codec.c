@@ -229,6 +229,49 @@ static void test_own_schema_built_in(void)
     hl_codec_destroy(c);
 }
 
+/* A registry stand-in: ids 1 (ours) and 5 (evolved_json) exist, every
+ * other id is unknown; calls counts the requests for id 5. */
+static int calls5;
+static int two_ids_fn(void *arg, int32_t id, char **text, char *why, size_t whylen)
+{
+    if (id == 5)
+        calls5++;
+    if (id != 1 && id != 5) {
+        snprintf(why, whylen, "schema id %d: no such id", (int)id);
+        return HL_ENOENT;
+    }
+    *text = strdup(id == 1 ? hl_codec_event_schema() : evolved_json);
+    return 0;
+}
+
+/* Records naming 300 ids that do not exist (anyone who can write to the
+ * input topic can send them) must not fill the writer cache for good:
+ * an id that really exists, seen after them, is loaded once, not
+ * re-parsed and re-resolved for every record (before the fix: once per
+ * record while ids alternated, all through the scratch entry). */
+static void test_bogus_ids_do_not_fill_cache(void)
+{
+    char err[256];
+    hl_codec_opts o = { .input_framing = HL_FRAMING_CONFLUENT,
+                        .output_framing = HL_FRAMING_CONFLUENT, .output_schema_id = 2,
+                        .min_ts_ms = MIN_TS, .max_ts_ms = MAX_TS, .schema_fn = two_ids_fn };
+    hl_codec *c = hl_codec_create(&o, err, sizeof err);
+    CHECKF(c != NULL, "%s", err);
+    if (c == NULL)
+        return;
+    calls5 = 0;
+    CHECK(hl_codec_writer(c, 1) == HL_CODEC_WRITER_FAST);
+    for (int32_t id = 1000; id < 1300; id++)
+        CHECK(hl_codec_writer(c, id) == HL_CODEC_WRITER_UNKNOWN);
+    for (int i = 0; i < 10; i++) {
+        CHECK(hl_codec_writer(c, 1) == HL_CODEC_WRITER_FAST);
+        CHECK(hl_codec_writer(c, 5) == HL_CODEC_WRITER_RESOLVED);
+    }
+    CHECKF(calls5 == 1, "id 5 was loaded %d times for 10 uses, want once", calls5);
+    EXPECT(c, 5, HL_CODEC_OK, 0xd0, 0x0f, 0x00, 0x02, 'i', 0x02, 'u', 0x00, 0x02, 0x00);
+    hl_codec_destroy(c);
+}
+
 static void test_raw_framing(void)
 {
     hl_codec *c = new_codec(HL_FRAMING_RAW);
@@ -462,6 +505,7 @@ int main(void)
     RUN(test_enum_resolves_by_symbol);
     RUN(test_schema_deployed_later);
     RUN(test_own_schema_built_in);
+    RUN(test_bogus_ids_do_not_fill_cache);
     RUN(test_raw_framing);
     RUN(test_bad_options);
     RUN(test_encode_list);

@@ -380,9 +380,25 @@ static void writer_load_once(hl_codec *c, writer *w, int32_t id)
     w->kind = W_RESOLVE;
 }
 
-/* The cached writer for id, loading it on first use; never NULL. Entries are allocated one by one so a pointer to one (c->last,
- * and avro-c's resolved value pointing at its dest) never moves. Beyond
- * MAX_WRITERS ids, one scratch entry is reloaded per call. */
+/* The entry a full cache gives to a new id: a refused or waiting one, -1
+ * for none. Records name any id they like, and ids that do not exist
+ * would otherwise hold every entry for good, so that a real schema seen
+ * after them were parsed and resolved again for each of its records (in
+ * the scratch entry). Such an entry holds no avro-c values and costs one
+ * lookup to fill again; a loaded schema is never dropped. */
+static int reusable(const hl_codec *c)
+{
+    for (int i = 0; i < c->n_w; i++)
+        if (c->w[i]->kind == W_BAD || c->w[i]->kind == W_WAIT)
+            return i;
+    return -1;
+}
+
+/* The cached writer for id, loading it on first use; never NULL. Entries
+ * are allocated one by one so a pointer to one (c->last, and avro-c's
+ * resolved value pointing at its dest) never moves. Beyond MAX_WRITERS
+ * ids, a refused entry is reused (reusable), else one scratch entry is
+ * reloaded per call. */
 static writer *writer_find(hl_codec *c, int32_t id)
 {
     writer *w;
@@ -402,6 +418,13 @@ static writer *writer_find(hl_codec *c, int32_t id)
     if (c->n_w < c->cap_w && (w = malloc(sizeof *w)) != NULL) {
         writer_load(c, w, id);
         c->w[c->n_w++] = w;
+        return c->last = w;
+    }
+    int v = reusable(c);
+    if (v >= 0) {
+        w = c->w[v];
+        hl_codec_writer_clear(w);
+        writer_load(c, w, id);
         return c->last = w;
     }
     hl_codec_writer_clear(&c->scratch);

@@ -43,6 +43,19 @@ done
 grep -q '10 bad lines' "$tmp/out" || ok=0
 check bad_lines_named "$([ $rc = 1 ] && echo $ok || echo 0)" "exit $rc: $(head -c 400 "$tmp/out")"
 
+# A line longer than the reader's 1 MiB buffer is one bad line: its tail
+# must not be read as a line of its own ("z,delete" would delete item z,
+# which the file never names). Nothing valid is left, so no broker is asked.
+{ head -c 1048575 /dev/zero | tr '\0' x; echo "z,delete"; echo "b,maybe"; } >"$tmp/long.csv"
+"$hl" items --input "$tmp/long.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1
+rc=$?
+ok=1
+for want in 'line=1 why="longer than' 'line=2 why="available is not' '2 bad lines'; do
+  grep -qF -- "$want" "$tmp/out" || { ok=0; echo "    missing: $want"; }
+done
+grep -q 'no broker' "$tmp/out" && ok=0
+check long_line_is_one_bad_line "$([ $rc = 1 ] && echo $ok || echo 0)" "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 600)"
+
 "$hl" items >"$tmp/out" 2>&1; rc=$?
 check no_input_is_usage "$([ $rc = 2 ] && echo 1 || echo 0)" "exit $rc"
 "$hl" items --input "$tmp/none.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1; rc=$?

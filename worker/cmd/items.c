@@ -200,6 +200,21 @@ static void progress(items_run *r, const char *event)
            (unsigned long long)st.delivered, (unsigned long long)st.failed, (long long)r->bad);
 }
 
+/* Whether line, as fgets read it, is a whole line. One longer than
+ * MAX_LINE is read on to its end and dropped: the rest must never be
+ * taken for lines of their own, since a tail such as "z,delete" would
+ * publish an update the file does not hold. */
+static int whole_line(const char *line, FILE *in)
+{
+    size_t n = strlen(line);
+    int ch;
+    if (n < MAX_LINE - 1 || line[n - 1] == '\n' || (ch = getc(in)) == EOF)
+        return 1;
+    while (ch != '\n' && ch != EOF)
+        ch = getc(in);
+    return 0;
+}
+
 static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
 {
     char *line = malloc(MAX_LINE);
@@ -209,9 +224,10 @@ static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
     while (fgets(line, MAX_LINE, in) != NULL) {
         r->line++;
+        int whole = whole_line(line, in);           /* a long comment too */
         if (line[0] == '#' || line[0] == '\n')
             continue;
-        const char *why = parse_line(r, line, &u);
+        const char *why = whole ? parse_line(r, line, &u) : "longer than 1 MiB (MAX_LINE)";
         if (why != NULL && r->line == 1 && strstr(why, "available") != NULL)
             continue;                                   /* a header */
         if (why != NULL) {

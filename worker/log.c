@@ -77,6 +77,13 @@ void hl_log(int level, const char *event, const char *fmt, ...)
     }
     if (n > (int)sizeof line - 2)
         n = (int)sizeof line - 2;
+    /* Values come from records too (an id is whatever a producer wrote):
+     * one event stays one line, so no control byte (a newline followed by
+     * a forged "ts=... level=error" line, a terminal escape) is written as
+     * it is. */
+    for (int i = 0; i < n; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
     line[n++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);
     (void)w;                    /* nowhere left to report a failed log write */

@@ -10,6 +10,9 @@
 #include "items.h"
 #include "log.h"
 #include "metrics.h"
+#include "codec.h"
+
+#include <stdatomic.h>
 
 #include <librdkafka/rdkafka_mock.h>
 
@@ -75,9 +78,90 @@ static void test_loaded_only_after_reading_to_the_end(void)
     tm_free(&a);
 }
 
+/* A registry stand-in for the items' writer schema ids: 7 is ours, every
+ * other id another subject's schema (the events'). calls7 counts the
+ * lookups of id 7; the reader thread calls it. */
+static atomic_int calls7;
+static int ids_fn(void *arg, int32_t id, char **text, char *why, size_t whylen)
+{
+    if (id == 7)
+        atomic_fetch_add(&calls7, 1);
+    *text = strdup(id == 7 ? hl_item_schema() : hl_codec_event_schema());
+    return *text != NULL ? 0 : HL_ENOMEM;
+}
+
+/* Produces one update of item id under writer schema id sid. */
+static void send_upd(rd_kafka_t *p, const char *id, int32_t sid)
+{
+    char buf[256];
+    hl_item_codec_opts co = {.framing = HL_FRAMING_CONFLUENT, .schema_id = sid, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    hl_item_update u = upd(id);
+    u.available = 0;
+    int len = hl_item_encode(&co, &u, buf, sizeof buf);
+    CHECK(len > 0);
+    CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_PARTITION(0),
+                            RD_KAFKA_V_KEY(id, strlen(id)), RD_KAFKA_V_VALUE(buf, (size_t)len),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == 0);
+}
+
+/* Updates naming 100 ids of other subjects' schemas (ids are global in a
+ * registry, and anyone who may write the topic can name them) must not
+ * fill the ids the reader remembers: our schema's id, seen after them, is
+ * checked once, not fetched and parsed again for each update (before the
+ * fix: once per update, 20 times). */
+static void test_foreign_ids_do_not_fill_known(void)
+{
+    char err[512];
+    tm a;
+    tm_init(&a, N);
+    hl_model *m = tm_open(&a, "known");
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    rd_kafka_conf_set(c, "log_level", "0", err, sizeof err);
+    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
+    rd_kafka_mock_cluster_t *mock = rd_kafka_mock_cluster_new(mrk, 1);
+    CHECK(mock != NULL);
+    rd_kafka_mock_topic_create(mock, "items", 1, 1);
+    const char *bootstrap = rd_kafka_mock_cluster_bootstraps(mock);
+    rd_kafka_conf_t *pc = rd_kafka_conf_new();
+    rd_kafka_conf_set(pc, "bootstrap.servers", bootstrap, err, sizeof err);
+    rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, pc, err, sizeof err);
+    for (int i = 0; i < 100; i++)
+        send_upd(p, "i0", 100 + i);
+    for (int i = 0; i < N_UPD; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "i%d", i);
+        send_upd(p, id, 7);
+    }
+    CHECK(rd_kafka_flush(p, 10000) == 0);
+    hl_metrics *reg = hl_metrics_create();
+    hl_items_opts o = {.bootstrap = bootstrap, .topic = "items", .m = m, .max_new = 100,
+                       .reg = reg, .schema_fn = ids_fn,
+                       .codec = {.framing = HL_FRAMING_CONFLUENT, .dim = DIM,
+                                 .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX}};
+    atomic_store(&calls7, 0);
+    hl_items *it = hl_items_create(&o, err, sizeof err);
+    CHECKF(it != NULL, "%s", err);
+    CHECK(hl_items_start(it, err, sizeof err) == 0);
+    for (int t = 0; t < 1200 && !(hl_items_loaded(it) && hl_items_applied(it) >= N_UPD); t++)
+        usleep(50000);
+    CHECKF(hl_items_applied(it) == N_UPD, "%lld of %d updates applied",
+           (long long)hl_items_applied(it), N_UPD);
+    CHECKF(atomic_load(&calls7) == 1, "id 7 was looked up %d times for %d updates, want "
+           "once", atomic_load(&calls7), N_UPD);
+    hl_items_destroy(it);
+    hl_metrics_destroy(reg);
+    rd_kafka_destroy(p);
+    rd_kafka_mock_cluster_destroy(mock);
+    rd_kafka_destroy(mrk);
+    hl_model_close(m);
+    tm_free(&a);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
     RUN(test_loaded_only_after_reading_to_the_end);
+    RUN(test_foreign_ids_do_not_fill_known);
     TEST_EXIT();
 }

@@ -340,12 +340,28 @@ static void note_position(hl_items *it, int32_t p, int64_t next, int eof)
 
 /* ---- writer schema ids from a registry ---- */
 
+/* Keeps id's verdict. When full, another subject's id gives way: ids are
+ * global in a registry and an update may name any of them, so foreign
+ * ones would otherwise fill the table for good and leave our schema's id,
+ * seen after them, fetched and parsed again for every update. */
+static void remember_id(hl_items *it, int32_t id, int ours)
+{
+    int i = it->n_known;
+    if (i == KNOWN_IDS)
+        for (i = 0; i < KNOWN_IDS && it->known[i].ours; i++)
+            ;
+    if (i == it->n_known && i < KNOWN_IDS)
+        it->n_known++;
+    if (i < KNOWN_IDS)
+        it->known[i] = (known_id){id, ours};
+}
+
 /* The registry's answer for the writer schema id of an update: 0 our
  * ItemUpdate schema; HL_EAGAIN not known yet (the update waits); anything
  * else unusable (unknown_schema; why says). Ids are immutable in a
- * registry, so a schema checked once is remembered (the first KNOWN_IDS
- * ids; beyond, checked again: the store answers from its cache). A 404 is
- * not remembered here: the store asks again itself. */
+ * registry, so a schema checked once is remembered (KNOWN_IDS ids, ours
+ * kept first: remember_id). A 404 is not remembered here: the store asks
+ * again itself. */
 static int resolve_id(hl_items *it, int32_t id, char *why, size_t whylen)
 {
     char *text = NULL;
@@ -360,8 +376,7 @@ static int resolve_id(hl_items *it, int32_t id, char *why, size_t whylen)
     if ((rc = hl_item_schema_is_ours(text, what, sizeof what)) != 0)
         hl_err(why, whylen, rc, "schema id %d: %s", (int)id, what);
     free(text);
-    if (it->n_known < KNOWN_IDS)
-        it->known[it->n_known++] = (known_id){id, rc == 0};
+    remember_id(it, id, rc == 0);
     return rc;
 }
 

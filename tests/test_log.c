@@ -54,9 +54,32 @@ static void test_printable_kept(void)
     CHECKF(strstr(got, "user=\"caf\xc3\xa9 42\" partition=3\n") != NULL, "%s", got);
 }
 
+/* A quote in an id must not close its value early and forge fields on
+ * the same line (user="a" level=error ...): the multi-partition line
+ * quotes the id through hl_log_quote, as batch.c does. */
+static void test_quote_cannot_forge_a_field(void)
+{
+    static const char user[] = "a\" level=error event=forged x=\"\\";
+    char q[160], got[4096];
+    hl_log_quote(q, sizeof q, user, sizeof user - 1);
+    CHECKF(strcmp(q, "a\\\" level=error event=forged x=\\\"\\\\") == 0, "quoted: %s", q);
+    log_one(got, sizeof got, q, (int)strlen(q));
+    int quotes = 0;
+    for (const char *p = got; *p; p++) {
+        if (*p == '\\' && p[1] != '\0')
+            p++;
+        else if (*p == '"')
+            quotes++;
+    }
+    CHECKF(quotes == 2, "%d unescaped quotes in: %s", quotes, got);
+    hl_log_quote(q, 8, user, sizeof user - 1);      /* cut, never mid-escape */
+    CHECKF(strcmp(q, "a\\\" le") == 0, "cut: %s", q);
+}
+
 int main(void)
 {
     RUN(test_value_cannot_forge_a_line);
     RUN(test_printable_kept);
+    RUN(test_quote_cannot_forge_a_field);
     TEST_EXIT();
 }

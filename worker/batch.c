@@ -392,13 +392,15 @@ static void check_new_users(hl_wthread *t, hl_shard *sh)
         if (other < 0)
             continue;
         uint64_t sup = 0;
+        char q[160];
         t->b.multipart++;
         if (hl_log_limit_pass(&t->multi_limit, &sup))
-            hl_log(HL_LOG_WARN, "user_multi_partition", "user=\"%.*s\" partition=%d "
+            hl_log(HL_LOG_WARN, "user_multi_partition", "user=\"%s\" partition=%d "
                    "other_partition=%d offset=%lld reason=\"events must be keyed by "
                    "user_id; the two states are kept apart\" suppressed=%llu",
-                   (int)(e->user_len < 64 ? e->user_len : 64), e->user, (int)sh->partition,
-                   (int)other, (long long)e->offset, (unsigned long long)sup);
+                   hl_log_quote(q, sizeof q, e->user, e->user_len < 64 ? e->user_len : 64),
+                   (int)sh->partition, (int)other, (long long)e->offset,
+                   (unsigned long long)sup);
     }
 }
 

@@ -323,7 +323,7 @@ void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char
 
 static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
 {
-    char err[256];
+    char err[256], q[160];
     const fold_gen *g = loc->gen;
     int d = g->dim;
     hl_item_update u = {
@@ -346,9 +346,9 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
     if (len < 0)
         snprintf(err, sizeof err, "cannot encode (%d bytes of room)", (int)loc->enc_cap);
     if (hl_log_limit_pass(&wf->err_limit, &sup))
-        hl_log(HL_LOG_WARN, "foldin_publish_failed", "item=\"%.*s\" topic=%s err=\"%s\" "
+        hl_log(HL_LOG_WARN, "foldin_publish_failed", "item=\"%s\" topic=%s err=\"%s\" "
                "action=\"sent again when the item's count doubles\" suppressed=%llu",
-               (int)(p->len < 64 ? p->len : 64), p->id, wf->topic, err,
+               hl_log_quote(q, sizeof q, p->id, p->len < 64 ? p->len : 64), wf->topic, err,
                (unsigned long long)sup);
 }
 

@@ -89,6 +89,19 @@ void hl_log(int level, const char *event, const char *fmt, ...)
     (void)w;                    /* nowhere left to report a failed log write */
 }
 
+const char *hl_log_quote(char *out, size_t cap, const char *s, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < n && j + 2 < cap; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            out[j++] = '\\';
+        out[j++] = s[i] != '\0' ? s[i] : '?';
+    }
+    if (cap > 0)
+        out[j] = '\0';
+    return out;
+}
+
 int hl_log_limit_pass(hl_log_limit *lim, uint64_t *suppressed_out)
 {
     int64_t now = hl_now_mono_ms();

@@ -4,6 +4,7 @@
 #ifndef HL_LOG_H
 #define HL_LOG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum { HL_LOG_DEBUG, HL_LOG_INFO, HL_LOG_WARN, HL_LOG_ERROR };
@@ -17,6 +18,12 @@ int  hl_log_level_parse(const char *s);     /* -1 if unknown */
  * key=value pairs (quote values that may hold spaces with %s in "..."). */
 void hl_log(int level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* s[0..n) for a value between quotes ("%s" in fmt): '"' and '\\' escaped
+ * with '\\', a NUL written as '?', cut to fit cap (never mid-escape).
+ * Returns out. Ids come from records: quoted raw, one holding '"' would
+ * end its value early and forge fields on the line. */
+const char *hl_log_quote(char *out, size_t cap, const char *s, size_t n);
 
 /* A limiter for lines that bad input could repeat millions of times: at
  * most one line per interval_ms; the next line that passes reports how many

@@ -117,10 +117,12 @@ static double migrate_row(hl_shard *sh, uint32_t row)
 static void carry(hl_shard *sh, uint32_t row, const hl_row_view *v)
 {
     int64_t nr = hl_table_find(sh->tbl, v->user, v->user_len);
+    char q[2 * HL_MAX_ID_LEN + 1];
     if (nr >= 0 && hl_gate_carry(sh->old_gate, row, sh->gate, (uint32_t)nr, v) != 0)
-        hl_log(HL_LOG_WARN, "gate_carry_failed", "partition=%d user=\"%.*s\" err=\"out of "
+        hl_log(HL_LOG_WARN, "gate_carry_failed", "partition=%d user=\"%s\" err=\"out of "
                "memory\" action=\"a list held back by recs.min.interval.ms goes out at the "
-               "user's next event\"", (int)sh->partition, (int)v->user_len, v->user);
+               "user's next event\"", (int)sh->partition,
+               hl_log_quote(q, sizeof q, v->user, v->user_len));
 }
 
 static void move_row(hl_shard *sh, uint32_t row)
@@ -133,11 +135,14 @@ static void move_row(hl_shard *sh, uint32_t row)
     nv.m = sh->mv_m;
     nv.hist_item = sh->mv_hist;
     int rc = hl_table_restore(sh->tbl, &nv);
-    if (rc != 0)
-        hl_log(HL_LOG_ERROR, "migration_user_lost", "partition=%d user=\"%.*s\" err=%s",
-               (int)sh->partition, (int)v.user_len, v.user, hl_strerror(rc));
-    else if (sh->old_gate != NULL)
+    if (rc != 0) {
+        char q[2 * HL_MAX_ID_LEN + 1];
+        hl_log(HL_LOG_ERROR, "migration_user_lost", "partition=%d user=\"%s\" err=%s",
+               (int)sh->partition, hl_log_quote(q, sizeof q, v.user, v.user_len),
+               hl_strerror(rc));
+    } else if (sh->old_gate != NULL) {
         carry(sh, row, &v);
+    }
     hl_table_remove(sh->old_tbl, v.user, v.user_len);
     sh->mig_rows += rc == 0;
 }

@@ -352,7 +352,9 @@ hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
             "Size of the shard's newest snapshot file.", ps->labels);
         ps->g_success = hl_metrics_gauge(p->o.reg,
             "halflife_snapshot_last_success_timestamp_seconds",
-            "Wall time of the shard's newest durable snapshot.", ps->labels);
+            "Wall time at which the shard's newest durable snapshot last held all "
+            "its state: when it was written, or a due snapshot since then that found "
+            "nothing new.", ps->labels);
     }
     return ps;
 }
@@ -475,8 +477,21 @@ static int step_until(hl_persist_shard *ps, const hl_table *tbl, size_t rows,
     return rc;
 }
 
-/* 1 if a periodic snapshot should begin now; moves the due time. */
-static int due(hl_persist_shard *ps, int64_t next_offset, int64_t now_ms)
+/* A due snapshot skipped because the newest one already holds every
+ * applied event: the shard has nothing unsaved as of now. The gauge says
+ * so, because what HalflifeSnapshotStale and the dashboard read from it is
+ * how old the shard's unsaved state is; left at the newest file's time (or
+ * 0 for a shard that never took an event) a quiet shard looked stale. */
+static void note_current(hl_persist_shard *ps)
+{
+    if (ps->g_success)
+        hl_gauge_set(ps->g_success, (double)hl_now_wall_ms() / 1000.0);
+}
+
+/* 1 if a periodic snapshot should begin now; moves the due time.
+ * applied_offset >= next_offset, as hl_persist_tick's. */
+static int due(hl_persist_shard *ps, int64_t applied_offset, int64_t next_offset,
+               int64_t now_ms)
 {
     hl_persist *p = ps->p;
     if (p->o.interval_ms <= 0)
@@ -493,6 +508,8 @@ static int due(hl_persist_shard *ps, int64_t next_offset, int64_t now_ms)
         pthread_mutex_lock(&p->mu);
         p->n_skipped++;                         /* nothing new since the newest */
         pthread_mutex_unlock(&p->mu);
+        if (applied_offset <= hl_persist_shard_durable(ps) && !ps->fp_changed)
+            note_current(ps);   /* not while lists of applied events are out */
         return 0;
     }
     return 1;
@@ -525,7 +542,7 @@ int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_o
     int64_t t0 = hl_now_mono_us();
     int rc = 0, stepped = 0;
     if (ps->w == NULL) {
-        if (!due(ps, delivered_offset, now_ms))
+        if (!due(ps, applied_offset, delivered_offset, now_ms))
             return 0;
         if ((rc = begin(ps, tbl, delivered_offset, ps->p->async, err, sizeof err)) != 0)
             goto out;

@@ -136,7 +136,7 @@ function checkWorker(errs, sts, props) {
 // partition's next owner reads its last owner's snapshot. state.store=kafka
 // (issue 12): the durable copy is the changelog topic, snapshot.dir is each
 // pod's own cache (a volumeClaimTemplate or an emptyDir), and no
-// ReadWriteMany claim is needed at all.
+// ReadWriteMany claim is needed for it.
 function checkSnapshots(errs, sts, c, props, pvcs) {
   const dir = props["snapshot.dir"];
   const mount = (c.volumeMounts ?? []).find((m) => m.mountPath === dir);
@@ -160,9 +160,11 @@ function checkKafkaStore(errs, sts, template, vol, props, pvcs) {
     errs.push(`${id(sts)}: with state.store=kafka snapshot.dir is a per-pod cache: a volumeClaimTemplate or an emptyDir`);
   if (template && !(template.spec?.accessModes ?? []).includes("ReadWriteOnce"))
     errs.push(`${id(sts)}: volumeClaimTemplate ${template.metadata.name} should be ReadWriteOnce`);
-  for (const p of pvcs)
-    if ((p.spec.accessModes ?? []).includes("ReadWriteMany"))
-      errs.push(`${id(p)}: a ReadWriteMany claim is not needed with state.store=kafka`);
+  // Only snapshot.dir's claim: another shared volume (the retrain's models
+  // directory, read by every worker) may well be ReadWriteMany.
+  const p = pvcs.find((x) => x.metadata.name === vol?.persistentVolumeClaim?.claimName);
+  if (p && (p.spec.accessModes ?? []).includes("ReadWriteMany"))
+    errs.push(`${id(p)}: a ReadWriteMany claim is not needed for snapshot.dir with state.store=kafka`);
   const topic = props["state.topic"];
   if (topic !== undefined && (!topic || topic === props["input.topic"] || topic === props["output.topic"]))
     errs.push(`state.topic ${topic} must be a topic of its own`);

@@ -60,6 +60,53 @@ for o in $overlays; do
   else fail "kustomize_$n" "kubectl kustomize deploy/k8s/$o: $(head -c 400 "$tmp/$n.err")"; rm -f "$tmp/$n.yaml"; fi
 done
 
+# ---- the model volume: a CronJob that writes a model (the daily retrain)
+# must write it where the workers read model.path, i.e. the worker
+# container mounts the same claim and subPath at model.path's directory.
+# Otherwise the job succeeds every night and no worker ever swaps.
+model_volume() {   # NAME BUILT_YAML
+  /usr/bin/python3 - "$2" <<'PY'
+import os, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kind = lambda k: [d for d in docs if d.get("kind") == k]
+props = {}
+for cm in kind("ConfigMap"):
+    for line in cm.get("data", {}).get("halflife.properties", "").splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, v = line.split("=", 1)
+            props[k.strip()] = v.strip()
+def claims(pod, c):
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        pvc = vols.get(m["name"], {}).get("persistentVolumeClaim")
+        yield m, (pvc["claimName"], m.get("subPath", "")) if pvc else None
+errs = []
+model_dir = os.path.dirname(props.get("model.path", ""))
+for sts in kind("StatefulSet"):
+    pod = sts["spec"]["template"]["spec"]
+    worker = pod["containers"][0]
+    read = {src for m, src in claims(pod, worker) if m["mountPath"] == model_dir and src}
+    for cj in kind("CronJob"):
+        jpod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        for c in jpod["containers"]:
+            script = " ".join(c.get("command", []) + c.get("args", []))
+            for m, src in claims(jpod, c):
+                if src and not m.get("readOnly") and m["mountPath"] in script and src not in read:
+                    errs.append("CronJob %s writes %s (claim %s, subPath %r) but the workers "
+                                "read model.path %s from %s" % (cj["metadata"]["name"],
+                                m["mountPath"], src[0], src[1], props.get("model.path"),
+                                sorted(read) or "no claim (an emptyDir or image copy)"))
+print("; ".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+for o in $overlays; do
+  n=$(basename "$o")
+  [ -f "$tmp/$n.yaml" ] || continue
+  if out=$(model_volume "$n" "$tmp/$n.yaml" 2>&1); then pass "k8s_model_volume_$n"
+  else fail "k8s_model_volume_$n" "$out"; fi
+done
+
 # ---- docker-compose
 if have docker-compose; then
   run compose_config docker-compose -f deploy/docker-compose.yml config -q

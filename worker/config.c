@@ -490,6 +490,22 @@ static int topic_clash(const topic_use *a, const topic_use *b, char *errbuf, siz
                   b->derived ? b->derived : "", b->derived ? ")" : "", a->key, b->fix);
 }
 
+/* A name Kafka accepts (its Topic.validate: 1-249 of [A-Za-z0-9._-], not
+ * "." or ".."). Checked at load, where the error can name the key, rather
+ * than left to the broker: names also build paths (the dead-letter files
+ * under snapshot.dir), where "a/../b" must never reach. */
+static int topic_legal(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > KAFKA_TOPIC_MAX || !strcmp(name, ".") || !strcmp(name, ".."))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)name[i]) && name[i] != '.' && name[i] != '_' &&
+            name[i] != '-')
+            return 0;
+    return 1;
+}
+
 static int check_topics(const hl_config *cfg, char *errbuf, size_t errlen)
 {
     const char *in = hl_config_str(cfg, "input.topic"), *dlq = hl_config_str(cfg, "dlq.topic");
@@ -522,6 +538,11 @@ static int check_topics(const hl_config *cfg, char *errbuf, size_t errlen)
                           "has %zu characters, Kafka allows at most %d: set %s, or a shorter "
                           "%s", t[j].key, t[j].name, t[j].derived, strlen(t[j].name),
                           KAFKA_TOPIC_MAX, t[j].key, t[j].derived);
+        if (!topic_legal(t[j].name))
+            return hl_err(errbuf, errlen, HL_EINVAL, "%s: \"%.64s\"%s%s%s is not a Kafka "
+                          "topic name: use letters, digits, '.', '_' and '-' (not \".\" or "
+                          "\"..\")", t[j].key, t[j].name, t[j].derived ? " (from " : "",
+                          t[j].derived ? t[j].derived : "", t[j].derived ? ")" : "");
         for (int i = 0; i < j; i++)
             if (t[i].name != NULL && !strcmp(t[i].name, t[j].name))
                 return topic_clash(&t[i], &t[j], errbuf, errlen);

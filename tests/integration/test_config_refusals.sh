@@ -13,6 +13,8 @@
 #  - state.topic, as the worker names it (default <group.id>-state), equal
 #    to another topic of the worker, and a default topic name longer than
 #    Kafka's 249 characters;
+#  - a topic name Kafka would refuse ("a/../b", ".."; also a default built
+#    from group.id): names build the dead-letter files' paths too;
 #  - recs.index values outside their range (issue 14; the refusals that
 #    need the model, nlist above the item count and nprobe above nlist,
 #    are in test_index_start.sh);
@@ -55,6 +57,10 @@ expect state_default_is_input 'state.topic="foo-state" (its default, from group.
   -X group.id=foo -X input.topic=foo-state -X state.store=kafka
 expect state_is_items 'state.topic="items" is also the items.topic' -X state.store=kafka -X state.topic=items
 expect dlq_default_too_long 'dlq.topic: its default' -X input.topic="$(printf 'e%.0s' $(seq 249))"
+expect input_topic_path 'input.topic: "a/../b" is not a Kafka topic name' -X 'input.topic=a/../b'
+expect dlq_topic_dotdot 'dlq.topic: ".." is not a Kafka topic name' -X dlq.topic=..
+expect state_default_illegal 'state.topic: "team/recs-state" (from group.id) is not a Kafka topic name' \
+  -X state.store=kafka -X group.id=team/recs
 expect index_unknown 'recs.index="hnsw" (from -X): allowed none|ivf' -X recs.index=hnsw
 expect index_nprobe_negative 'recs.index.nprobe=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nprobe=-1
 expect index_nlist_negative 'recs.index.nlist=-1 (from -X): out of range' -X recs.index=ivf -X recs.index.nlist=-1

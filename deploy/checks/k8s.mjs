@@ -107,11 +107,18 @@ function checkWorker(errs, sts, props) {
   if (!port) errs.push(`${id(sts)}: no container port named metrics`);
   else if (String(port.containerPort) !== String(props["metrics.port"] ?? "9464"))
     errs.push(`${id(sts)}: metrics port ${port.containerPort} != metrics.port ${props["metrics.port"]}`);
-  for (const [probe, path] of [["readinessProbe", "/readyz"], ["livenessProbe", "/healthz"]]) {
+  for (const [probe, path] of [["readinessProbe", "/readyz"], ["livenessProbe", "/healthz"],
+                                ["startupProbe", "/healthz"]]) {
     const g = c[probe]?.httpGet;
     if (g?.path !== path || (g.port !== "metrics" && g.port !== port?.containerPort))
       errs.push(`${id(sts)}: ${probe} must GET ${path} on the metrics port`);
   }
+  // The endpoint opens only once the model is loaded and any index built:
+  // the startup budget must cover a big catalogue (README: 45 s at 1M items).
+  const sp = c.startupProbe ?? {};
+  const startS = (sp.periodSeconds ?? 10) * (sp.failureThreshold ?? 3);
+  if (!(startS >= 300))
+    errs.push(`${id(sts)}: startupProbe allows ${startS} s; give the start at least 300 s`);
 
   const pre = c.lifecycle?.preStop;
   const cmd = pre?.exec?.command ?? [];

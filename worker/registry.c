@@ -32,6 +32,7 @@ struct hl_registry {
     CURL  *curl;
     struct curl_slist *headers;
     const atomic_int *abort;                 /* non-zero: stop the request */
+    volatile sig_atomic_t *sig_abort;        /* the same, set by a signal handler */
 };
 
 /* An answer being received; full once it passes HL_REGISTRY_MAX_BODY. */
@@ -191,11 +192,21 @@ void hl_registry_set_abort(hl_registry *r, const atomic_int *flag)
     r->abort = flag;
 }
 
+void hl_registry_set_signal_abort(hl_registry *r, volatile sig_atomic_t *flag)
+{
+    r->sig_abort = flag;
+}
+
+static int aborted(const hl_registry *r)
+{
+    return (r->abort != NULL && atomic_load(r->abort) != 0) ||
+           (r->sig_abort != NULL && *r->sig_abort != 0);
+}
+
 /* libcurl calls this about once a second, also while connecting. */
 static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
-    const atomic_int *flag = arg;
-    return atomic_load(flag) != 0;          /* non-zero aborts the transfer */
+    return aborted(arg);                    /* non-zero aborts the transfer */
 }
 
 static void set_options(hl_registry *r, const char *url, const char *post, body *b)
@@ -218,10 +229,10 @@ static void set_options(hl_registry *r, const char *url, const char *post, body 
         curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
         curl_easy_setopt(c, CURLOPT_USERPWD, r->user_info);
     }
-    if (r->abort != NULL) {
+    if (r->abort != NULL || r->sig_abort != NULL) {
         curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
-        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)r->abort);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, (void *)r);
     }
     if (r->ssl_ca != NULL)
         curl_easy_setopt(c, CURLOPT_CAINFO, r->ssl_ca);
@@ -315,7 +326,8 @@ static int request(hl_registry *r, const char *path, const char *post, json_t **
 {
     body b = {0};
     int rc = HL_EAGAIN;
-    for (int k = 0; k < r->n_url && rc == HL_EAGAIN; k++) {
+    /* An aborted request tries no other URL: the caller is stopping. */
+    for (int k = 0; k < r->n_url && rc == HL_EAGAIN && !aborted(r); k++) {
         int i = (r->good + k) % r->n_url;
         if ((rc = request_one(r, i, path, post, &b, errbuf, errlen)) != HL_EAGAIN)
             r->good = i;

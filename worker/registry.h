@@ -24,6 +24,7 @@
 
 #include "hl.h"
 
+#include <signal.h>
 #include <stdatomic.h>
 
 typedef struct hl_registry_opts {
@@ -65,6 +66,10 @@ int hl_registry_lookup(hl_registry *r, const char *subject, const char *schema,
  * second once it reads non-zero: the call then returns HL_EAGAIN. For a
  * thread that must not wait schema.registry.timeout.ms per URL to stop. */
 void hl_registry_set_abort(hl_registry *r, const atomic_int *flag);
+
+/* The same for a flag a signal handler sets (`halflife run`'s SIGTERM
+ * while the worker starts); NULL to stop looking at it. */
+void hl_registry_set_signal_abort(hl_registry *r, volatile sig_atomic_t *flag);
 
 /* The URLs as given with user info ("user:pw@") replaced by "***@", for
  * logs. */

@@ -302,6 +302,8 @@ static int topic_schema_id(hl_worker *w, hl_registry *r, const char *topic, cons
                  : hl_registry_lookup(r, subject, schema, id, errbuf, errlen);
         if (rc != HL_EAGAIN)
             break;
+        if (w->o.start_abort != NULL && *w->o.start_abort)   /* the request was cut short */
+            return hl_err(errbuf, errlen, HL_EAGAIN, "stopped while waiting for the registry");
         hl_log(HL_LOG_WARN, "schema_registry_wait_start", "subject=%s err=\"%s\" retry_ms=%lld "
                "action=\"the schema id is needed before the worker joins its group\"",
                subject, errbuf, (long long)backoff_ms);
@@ -333,6 +335,8 @@ static void items_schema_id(hl_worker *w, hl_registry *r)
         return;
     }
     w->o.catalogue_foldin = 0;
+    if (w->o.start_abort != NULL && *w->o.start_abort)
+        return;                 /* stopping: no fold-in to turn off, nothing to say */
     hl_log(HL_LOG_ERROR, "foldin_off", "reason=\"%s\" action=\"new items wait for an "
            "embedding on the item topic or the next model\"", why);
 }
@@ -349,6 +353,9 @@ static int start_registry(hl_worker *w, char *errbuf, size_t errlen)
     if (r == NULL)
         return HL_EINVAL;
     hl_registry_urls_redacted(r, shown, sizeof shown);
+    /* A registry that accepts the connection and never answers must not
+     * hold a SIGTERM for schema.registry.timeout.ms (past run.c's alarm). */
+    hl_registry_set_signal_abort(r, w->o.start_abort);
     if (w->o.codec.output_framing == HL_FRAMING_CONFLUENT &&
         topic_schema_id(w, r, w->o.output_topic, hl_codec_list_schema(),
                         "schemas/recommendation_list.avsc", "list_schema", &id, why,
@@ -362,6 +369,9 @@ static int start_registry(hl_worker *w, char *errbuf, size_t errlen)
         return 0;
     }
     items_schema_id(w, r);
+    /* From here the schema store owns r and stops it with its own flag:
+     * a drain after SIGTERM may still fetch a writer schema. */
+    hl_registry_set_signal_abort(r, NULL);
     if ((w->schemas = hl_schema_store_create(r, w->o.registry_fallback_dir, w->reg, errbuf,
                                              errlen)) == NULL)
         return HL_ENOMEM;

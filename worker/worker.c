@@ -441,8 +441,8 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
     hl_log(HL_LOG_INFO, "worker_stopping", "drain=%d", atomic_load(&w->stop) == 1);
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_join(w->th[i]);
-    if (report_unsaved(w) != 0)
-        rc = HL_EIO;
+    if (report_unsaved(w) != 0 || atomic_load(&w->failed))
+        rc = HL_EIO;            /* failed: a partition it could not serve (logged) */
     hl_worker_stats totals;
     hl_worker_stats_get(w, &totals);
     if (close_within(w) != 0) {

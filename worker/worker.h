@@ -103,7 +103,8 @@ const char *hl_worker_bootstrap(const hl_worker *w);
  * any non-zero value asks for the graceful stop), then drains:
  * finishes each thread's batch, waits for deliveries, snapshots every
  * owned shard, stores and commits offsets and leaves the group. 0, or a
- * negative HL_E* on a fatal error or when the stop could not save every
+ * negative HL_E* on a fatal error, when an assigned partition could not be
+ * served (event=partition_failed), or when the stop could not save every
  * shard it owned (logged as event=shutdown_unsaved naming the partitions;
  * the offsets are still committed and the group left). */
 int  hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig);

@@ -57,6 +57,7 @@ struct hl_worker {
     atomic_int        stop;
     atomic_int        assigned;
     atomic_int        have_assignment;
+    atomic_int        failed;         /* a partition could not be served: run fails */
     hl_gauge         *assigned_g;
     hl_persist       *persist;        /* NULL without snapshot.dir */
     hl_schema_store  *schemas;        /* NULL without schema.registry.url */

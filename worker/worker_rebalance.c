@@ -419,8 +419,8 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     hl_changelog_restored cr;
     int64_t on_disk = -1;
     hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr, &moved);
-    if (tbl == NULL && w->changelog != NULL)
-        return HL_EIO;
+    if (tbl == NULL)
+        return HL_EIO;          /* logged as restore_failed */
     if (w->changelog == NULL)
         on_disk = restored;     /* with the changelog: the cache file's, if one was used */
     hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, on_disk)
@@ -476,6 +476,24 @@ static int stop_while_restoring(hl_worker *w, int done, int n)
     return 1;
 }
 
+/* A partition assigned to this worker that it cannot serve: the worker
+ * stops as on SIGTERM (the partitions it owns are handed over cleanly)
+ * but hl_worker_run then fails, so `halflife run` exits 1 and an
+ * orchestrator restarts it (the partition then goes to a member that can
+ * serve it, or this one retries). Before, the stop looked like a clean
+ * SIGTERM: exit 0, and the pod was left stopped. */
+static void fail_partition(hl_worker *w, int32_t p, int rc)
+{
+    const char *why = rc == HL_EIO ? "its state could not be restored (see restore_failed)"
+                    : rc == HL_EINVAL ? "the restored state does not fit the model"
+                    : "out of memory setting up its shard";
+    hl_log(HL_LOG_ERROR, "partition_failed", "partition=%d err=\"%s\" action=\"stop and "
+           "exit 1: the partition is left unserved and uncommitted for a restart or another "
+           "member\"", (int)p, why);
+    atomic_store(&w->failed, 1);
+    hl_worker_stop(w);
+}
+
 /* Each partition is assigned at the offset its restore names, which is
  * also its shard's position: the fetch starts exactly there, and a record
  * librdkafka hands over below it later (2.0.2 does after a rebalance's
@@ -489,9 +507,10 @@ static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_
         if (stop_while_restoring(w, i, parts->cnt))
             break;
         int rc = assign_one(w, rk, parts->elems[i].partition, &parts->elems[i].offset);
-        if (rc < 0)
-            hl_worker_stop(w);          /* cannot serve it: leave cleanly */
-        else if (rc == 0)
+        if (rc < 0) {
+            fail_partition(w, parts->elems[i].partition, rc);
+            break;              /* stopping: the rest would be ignored anyway */
+        } else if (rc == 0)
             atomic_fetch_add(&w->assigned, 1);
     }
 }
@@ -530,7 +549,8 @@ static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
         if (hl_wthread_post_take(w->owner[p], p) != 0) {
             /* Its shard stays with the thread until the exit. */
             hl_log(HL_LOG_ERROR, "revoke_failed", "partition=%d err=\"out of memory\" "
-                   "action=stop", (int)p);
+                   "action=\"stop and exit 1\"", (int)p);
+            atomic_store(&w->failed, 1);
             hl_worker_stop(w);
         }
     }

@@ -7,7 +7,9 @@
  * seconds past shutdown.timeout.ms; a second signal exits at once.
  *
  * Exit status: 0 after a clean stop; 2 for bad usage or configuration; 1
- * when the worker cannot start (model, snapshot.dir, ...), fails, or stops
+ * when the worker cannot start (model, snapshot.dir, ...), fails, stops
+ * because a partition assigned to it cannot be served (its restore failed,
+ * no memory for its shard: event=partition_failed names it), or stops
  * without having saved every shard it owned (a final snapshot failed: the
  * worker logs event=shutdown_unsaved naming the partitions), so an
  * orchestrator's logs show it.
@@ -40,8 +42,9 @@ static void run_usage(FILE *f)
                "Consumes behaviour events, keeps each user's decayed interest state and\n"
                "publishes refreshed top-K lists. Without kafka.bootstrap.servers an\n"
                "embedded broker runs inside the process. SIGTERM/SIGINT stop gracefully;\n"
-               "a second signal exits at once. Exit status 1 when the stop could not\n"
-               "snapshot every partition it owned. --help-markdown prints the keys below as\n"
+               "a second signal exits at once. Exit status 1 when a partition assigned to\n"
+               "it cannot be served (its restore failed) or the stop could not snapshot\n"
+               "every partition it owned. --help-markdown prints the keys below as\n"
                "the Markdown table of README.md (make readme-keys).\n\n");
     hl_config_print_help(f);
 }

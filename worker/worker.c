@@ -232,9 +232,31 @@ void hl_worker_stop(hl_worker *w)
     atomic_compare_exchange_strong(&w->stop, &zero, 1);
 }
 
-int hl_worker_ready(const hl_worker *w)
+/* Ready once an assignment is in hand and every partition of it is
+ * restored, until a revocation takes them all or the worker stops. A
+ * member the group gave no partition (more members than partitions) is
+ * ready: it is doing what the group asked, and a StatefulSet rollout or a
+ * PodDisruptionBudget waiting on it would otherwise wait for ever. Reads
+ * atomics only: the HTTP thread calls it. */
+int hl_worker_ready(const hl_worker *cw, char *why, size_t whylen)
 {
-    return atomic_load(&((hl_worker *)w)->have_assignment) && !atomic_load(&((hl_worker *)w)->stop);
+    hl_worker *w = (hl_worker *)cw;
+    int n = atomic_load(&w->restoring);
+    /* start_abort: SIGTERM came and the main loop has not seen it yet */
+    if (atomic_load(&w->stop) || (w->o.start_abort != NULL && *w->o.start_abort))
+        snprintf(why, whylen, "stopping");
+    else if (n > 0)
+        snprintf(why, whylen, "restoring assigned partitions: %d of %d restored",
+                 atomic_load(&w->restored), n);
+    else if (atomic_load(&w->awaiting))
+        snprintf(why, whylen, "partitions revoked by a rebalance, waiting for the new "
+                 "assignment");
+    else if (!atomic_load(&w->have_assignment))
+        snprintf(why, whylen, hl_items_loaded(w->items) ? "no assignment yet"
+                 : "no assignment yet: reading the item topic before joining the group");
+    else
+        return 1;
+    return 0;
 }
 
 /* Taken once every thread has stopped, before leaving the group: the

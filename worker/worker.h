@@ -110,8 +110,11 @@ const char *hl_worker_bootstrap(const hl_worker *w);
 int  hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig);
 void hl_worker_stop(hl_worker *w);                   /* any thread */
 
-/* 1 once the worker holds an assignment and every shard is set up. */
-int  hl_worker_ready(const hl_worker *w);
+/* 1 once the worker holds an assignment and every partition of it is
+ * restored, until a revocation takes them all or it stops; an assignment
+ * of no partition counts. Else 0 and why the worker is not ready in why
+ * (e.g. "restoring assigned partitions: 1 of 4 restored"). Any thread. */
+int  hl_worker_ready(const hl_worker *w, char *why, size_t whylen);
 
 /* Totals since start, read back from the worker's metrics registry, where
  * each is kept once (any thread may read). The latency quantiles cover the

@@ -58,6 +58,13 @@ struct hl_worker {
     atomic_int        assigned;
     atomic_int        have_assignment;
     atomic_int        failed;         /* a partition could not be served: run fails */
+    /* What /readyz reports (hl_worker_ready, read by the HTTP thread):
+     * the partitions of the assignment in hand (0: none in hand) and how
+     * many of them are set up; awaiting: a revocation took every partition
+     * and the next assignment has not come yet. */
+    atomic_int        restoring;
+    atomic_int        restored;
+    atomic_int        awaiting;
     hl_gauge         *assigned_g;
     hl_persist       *persist;        /* NULL without snapshot.dir */
     hl_schema_store  *schemas;        /* NULL without schema.registry.url */

@@ -501,6 +501,13 @@ static void fail_partition(hl_worker *w, int32_t p, int rc)
  * batch loop (hl_shard_redelivered). */
 static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts)
 {
+    int n = 0;
+    for (int i = 0; i < parts->cnt; i++)
+        n += strcmp(parts->elems[i].topic, w->o.input_topic) == 0;
+    /* /readyz answers 503 while these are restored: a member is not ready
+     * while partitions it was given are not served yet. */
+    atomic_store(&w->restored, 0);
+    atomic_store(&w->restoring, n);
     for (int i = 0; i < parts->cnt; i++) {
         if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0)
             continue;
@@ -512,7 +519,9 @@ static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_
             break;              /* stopping: the rest would be ignored anyway */
         } else if (rc == 0)
             atomic_fetch_add(&w->assigned, 1);
+        atomic_fetch_add(&w->restored, 1);
     }
+    atomic_store(&w->restoring, 0);
 }
 
 static int thread_index(hl_worker *w, hl_wthread *t)
@@ -598,11 +607,17 @@ void hl_worker_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             error = rd_kafka_incremental_assign(rk, parts);
         else
             rd_kafka_assign(rk, parts);
+        atomic_store(&w->awaiting, 0);
         atomic_store(&w->have_assignment, 1);
     } else {
         if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
             hl_log(HL_LOG_WARN, "rebalance_error", "err=\"%s\"", rd_kafka_err2str(err));
         revoke_parts(w, parts);
+        /* Left with nothing (always so with the eager protocol): not
+         * ready until the next assignment is in hand and restored. A
+         * cooperative revocation of some partitions keeps serving the rest. */
+        if (atomic_load(&w->assigned) == 0)
+            atomic_store(&w->awaiting, 1);
         if (coop)
             error = rd_kafka_incremental_unassign(rk, parts);
         else

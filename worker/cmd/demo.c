@@ -654,10 +654,7 @@ static int demo_start(demo *d, hl_config *cfg, hl_model *m, hl_metrics *reg,
 
 static int demo_ready(void *arg, char *why, size_t whylen)
 {
-    if (hl_worker_ready(arg))
-        return 1;
-    snprintf(why, whylen, "no partitions assigned yet");
-    return 0;
+    return hl_worker_ready(arg, why, whylen);
 }
 
 /* Removes the demo's snapshot directory and the files in it. */

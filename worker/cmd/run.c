@@ -124,10 +124,7 @@ static void install_signals(void)
 
 static int worker_ready(void *arg, char *why, size_t whylen)
 {
-    if (hl_worker_ready(arg))
-        return 1;
-    snprintf(why, whylen, "no partitions assigned yet");
-    return 0;
+    return hl_worker_ready(arg, why, whylen);
 }
 
 /* /metrics and the probes on metrics.port (none when 0). -1 when it

@@ -9,7 +9,8 @@
  * codec's schema source (a waiting id decodes as HL_CODEC_WAIT, then as the
  * same event as the file path once the text comes; a refused id is
  * unknown_schema; encode writes event_schema_id), the embedded lists'
- * schema against schemas/recommendation_list.avsc, and the configuration
+ * schema against schemas/recommendation_list.avsc, an answer that starts
+ * with a folded header line after an earlier request, and the configuration
  * never printing the registry password.
  * tests/integration/test_schema_registry.py covers the rest against a
  * stand-in registry over HTTP. */
@@ -191,6 +192,75 @@ static void *answer_once(void *arg)
         perror("answer_once");
     close(c);
     return NULL;
+}
+
+/* Answers n connections in turn, each with its raw bytes (status line and
+ * headers included), reading each request first. */
+typedef struct raw_answers {
+    int                fd, n;
+    const char *const *raw;
+} raw_answers;
+
+static void *answer_raw(void *arg)
+{
+    raw_answers *ra = arg;
+    char req[4096];
+    for (int i = 0; i < ra->n; i++) {
+        int c = accept(ra->fd, NULL, NULL);
+        size_t got = 0;
+        ssize_t n;
+        if (c < 0)
+            return NULL;
+        while (got < sizeof req - 1 && (n = read(c, req + got, sizeof req - 1 - got)) > 0) {
+            got += (size_t)n;
+            req[got] = '\0';
+            if (strstr(req, "\r\n\r\n") != NULL)
+                break;
+        }
+        if (write(c, ra->raw[i], strlen(ra->raw[i])) < 0)
+            perror("answer_raw");
+        close(c);
+    }
+    return NULL;
+}
+
+/* A registry's answer whose first header line is a continuation (it
+ * starts with a space) after an earlier answer: libcurl 7.88.1 (Debian
+ * bookworm's) appended it to the previous request's last header, which it
+ * had freed (curl issue 11101, fixed in 8.1.0): a use after free in the
+ * worker, found by fuzz_registry. The answer is refused, and under
+ * SAN=1 nothing reads freed memory. */
+static void test_folded_first_header_after_a_request(void)
+{
+    static const char *const raw[] = {
+        "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 14\r\n\r\n{\"schema\":\"1\"}",
+        "HTTP/1.1 200 OK\r\n folded: 1\r\nContent-Length: 14\r\n\r\n{\"schema\":\"2\"}",
+    };
+    char url[64], err[512], *text = NULL;
+    int port, fd = silent_listener(&port);
+    if (fd < 0)
+        SKIP("no loopback listener");
+    raw_answers ra = {fd, 2, raw};
+    pthread_t tid;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = 5000};
+    hl_registry *r = hl_registry_create(&o, err, sizeof err);
+    CHECKF(r != NULL, "%s", err);
+    if (r == NULL || pthread_create(&tid, NULL, answer_raw, &ra) != 0) {
+        hl_registry_destroy(r);
+        close(fd);
+        return;
+    }
+    int rc = hl_registry_schema_by_id(r, 1, &text, err, sizeof err);
+    CHECKF(rc == 0 && text != NULL && !strcmp(text, "1"), "first answer: rc %d %s", rc, err);
+    free(text);
+    text = NULL;
+    rc = hl_registry_schema_by_id(r, 2, &text, err, sizeof err);
+    CHECKF(rc != 0 && err[0] != '\0', "folded answer: rc %d", rc);
+    free(text);
+    pthread_join(tid, NULL);
+    hl_registry_destroy(r);
+    close(fd);
 }
 
 /* A fetch that hangs on a registry that stopped answering holds up nobody
@@ -571,6 +641,7 @@ int main(void)
     RUN(test_fetched_schema_outlives_waiting_ids);
     RUN(test_bad_answer_does_not_read_the_fallback_file);
     RUN(test_not_found_reads_the_fallback_file);
+    RUN(test_folded_first_header_after_a_request);
     RUN(test_codec_waits_then_decodes);
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);

@@ -209,10 +209,27 @@ static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
     return aborted(arg);                    /* non-zero aborts the transfer */
 }
 
+/* A new easy handle for each request, never one reused: libcurl 7.88.1
+ * (Debian bookworm's) keeps a pointer to the last response header of the
+ * handle's previous request, freed when the next one starts, and an
+ * answer whose first header line is folded (starts with a space) is
+ * appended to it: a use after free that any registry, or a proxy before
+ * it, could trigger (curl issue 11101, fixed in 8.1.0; found by
+ * fuzz_registry). Registry requests are rare (at start and per new schema
+ * id), so the connection a reused handle would keep costs nothing. */
+static int fresh_handle(hl_registry *r)
+{
+    CURL *c = curl_easy_init();
+    if (c == NULL)
+        return HL_ENOMEM;
+    curl_easy_cleanup(r->curl);
+    r->curl = c;
+    return 0;
+}
+
 static void set_options(hl_registry *r, const char *url, const char *post, body *b)
 {
     CURL *c = r->curl;
-    curl_easy_reset(c);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -294,6 +311,9 @@ static int request_one(hl_registry *r, int i, const char *path, const char *post
         return hl_err(errbuf, errlen, HL_EINVAL, "schema registry %s: path too long", r->shown[i]);
     b->n = 0;
     b->too_big = 0;
+    if (fresh_handle(r) != 0)
+        return hl_err(errbuf, errlen, HL_EAGAIN, "schema registry %s%s: out of memory for "
+                      "the request", r->shown[i], path);
     set_options(r, url, post, b);
     CURLcode cc = curl_easy_perform(r->curl);
     if (b->too_big)

@@ -228,10 +228,17 @@ static void write_seeds(const char *dir)
                                  "9\r\n{\"id\":42}\r\n0\r\n\r\n");
 }
 
+/* At exit the server thread may still be sending the last answer (a
+ * client that gave up early leaves it mid-send): the answer is freed under
+ * mu, as set_answer replaces it, or the send reads freed memory. */
 static void stop(void)
 {
     hl_registry_destroy(reg);
+    pthread_mutex_lock(&mu);
     free(answer);
+    answer = NULL;
+    answer_len = 0;
+    pthread_mutex_unlock(&mu);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

@@ -113,13 +113,14 @@ class Procs:
 
 class Broker:
     """`halflife broker`; .bootstrap is the address it printed. down() and
-    up() send SIGUSR1 and SIGUSR2 (all brokers down, all back up)."""
+    up() send SIGUSR1 and SIGUSR2 (all brokers down, all back up); extra
+    are more arguments (--refuse-produce FILE)."""
 
-    def __init__(self, procs, partitions, log_path, topics=TOPICS):
+    def __init__(self, procs, partitions, log_path, topics=TOPICS, extra=()):
         self.log = open(log_path, "w")
         self.log_path = log_path
         self.p = procs.popen([U.HL, "broker", "--partitions", str(partitions),
-                              "--topics", ",".join(topics)],
+                              "--topics", ",".join(topics)] + list(extra),
                              stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.p.stdout.readline().strip()
         if not line:

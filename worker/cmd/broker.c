@@ -9,6 +9,16 @@
  *
  * Signals: SIGTERM/SIGINT stop, SIGUSR1 takes every broker down, SIGUSR2
  * brings them back (the broker-outage test of the worker); each is logged.
+ *
+ * --refuse-produce FILE: while FILE exists and names a Kafka error, every
+ * Produce request is answered with that error (the refused-delivery test
+ * of the worker: a broker that refuses lists for good, as an ACL mistake
+ * does). The mock of librdkafka 2.0.2 can inject errors only per request
+ * type, not per topic (rd_kafka_mock_topic_set_error reaches Metadata
+ * only), so the refusal covers every topic: a test produces its input
+ * before it creates the file. The mock takes injected errors from a
+ * stack, one per request; each tick refills it (REFUSE_STACK), so it
+ * never runs dry while the file is there and is cleared when it goes.
  * They cannot simply be blocked and taken with sigwaitinfo(): OpenBLAS,
  * linked into the binary, starts its threads in a constructor with no
  * signal blocked, and the kernel would deliver a SIGTERM to one of those.
@@ -42,6 +52,9 @@
 
 #define DEFAULT_TOPICS "behaviour-events,recommendations,behaviour-events.dlq,items"
 #define RELAY_MAX_CONNS 64
+#define REFUSE_STACK    1000    /* Produce errors queued per 50 ms tick: more
+                                   requests than a tick sees, few enough that
+                                   the mock's memmove per request stays small */
 
 enum { SIG_STOP, SIG_DOWN, SIG_UP, N_SIGS };
 static volatile sig_atomic_t signals_seen[N_SIGS];
@@ -57,6 +70,7 @@ typedef struct broker_args {
     int         partitions;
     int         brokers;
     const char *topics;
+    const char *refuse_file;  /* --refuse-produce; NULL: never */
 } broker_args;
 
 /* --port: client fd i is relayed to upstream fd i. */
@@ -73,7 +87,8 @@ typedef struct relay {
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: halflife broker [--port P] [--partitions N] [--topics a,b] [--brokers B]\n\n"
+        "usage: halflife broker [--port P] [--partitions N] [--topics a,b] [--brokers B]\n"
+        "                       [--refuse-produce FILE]\n\n"
         "Runs librdkafka's mock Kafka cluster on 127.0.0.1 and prints its bootstrap\n"
         "address as one line on stdout. SIGTERM or SIGINT stops it; SIGUSR1 takes all\n"
         "brokers down, SIGUSR2 brings them back up.\n\n"
@@ -81,7 +96,12 @@ static void usage(FILE *f)
         "  --partitions N  partitions per topic (default 4)\n"
         "  --topics a,b    topics to create (default " DEFAULT_TOPICS ");\n"
         "                  other topics are created on first use\n"
-        "  --brokers B     brokers in the cluster (default 1)\n\n"
+        "  --brokers B     brokers in the cluster (default 1)\n"
+        "  --refuse-produce FILE\n"
+        "                  while FILE exists and holds a Kafka error, by name or\n"
+        "                  number (TOPIC_AUTHORIZATION_FAILED, 29), every Produce\n"
+        "                  request, to any topic, is answered with that error;\n"
+        "                  checked every 50 ms, logged when it changes\n\n"
         "The mock keeps at most 5 MiB and 100,000 message sets per partition and\n"
         "drops older data silently: spread big streams over enough partitions.\n");
 }
@@ -89,12 +109,13 @@ static void usage(FILE *f)
 /* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
 static int parse_args(int argc, char **argv, broker_args *a)
 {
-    *a = (broker_args){ 0, 4, 1, DEFAULT_TOPICS };
+    *a = (broker_args){ 0, 4, 1, DEFAULT_TOPICS, NULL };
     const hl_arg opts[] = {
         {"--port", HL_ARG_INT, 1, 65535, &a->port},
         {"--partitions", HL_ARG_INT, 1, 10000, &a->partitions},
         {"--brokers", HL_ARG_INT, 1, 16, &a->brokers},
         {"--topics", HL_ARG_STR, 0, 0, &a->topics},
+        {"--refuse-produce", HL_ARG_STR, 0, 0, &a->refuse_file},
     };
     hl_cmd_args args = {.cmd = "broker", .opts = opts, .usage = usage,
                         .n_opts = (int)(sizeof opts / sizeof opts[0])};
@@ -282,6 +303,63 @@ static void set_all(rd_kafka_mock_cluster_t *mc, int brokers, int up)
     hl_log(HL_LOG_INFO, up ? "brokers_up" : "brokers_down", "brokers=%d", brokers);
 }
 
+/* ---- --refuse-produce --------------------------------------------------- */
+
+/* The error FILE names (a name from rd_kafka_get_err_descs or a number),
+ * 0 when FILE is absent or empty, -1 when it names none. */
+static int refuse_read(const char *path)
+{
+    char buf[96] = "", *end;
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    buf[strcspn(buf, " \t\r\n")] = '\0';
+    if (buf[0] == '\0')
+        return 0;
+    long v = strtol(buf, &end, 10);
+    if (*end == '\0')
+        return v > 0 && v < 32768 ? (int)v : -1;
+    const struct rd_kafka_err_desc *d;
+    size_t cnt;
+    rd_kafka_get_err_descs(&d, &cnt);
+    for (size_t i = 0; i < cnt; i++)
+        if (d[i].name != NULL && d[i].code > 0 && strcmp(d[i].name, buf) == 0)
+            return d[i].code;
+    return -1;
+}
+
+/* One tick: the refusal FILE asks for now, applied. *cur is the error in
+ * force (0: none). The stack is cleared and refilled every tick so that
+ * it never runs dry and a removed FILE stops the refusals at once. */
+static void refuse_tick(rd_kafka_mock_cluster_t *mc, const char *path, int *cur)
+{
+    static const int16_t produce_key = 0;   /* ApiKey of Produce */
+    rd_kafka_resp_err_t errs[REFUSE_STACK];
+    int want = refuse_read(path);
+    if (want < 0) {
+        if (*cur != -1)
+            hl_log(HL_LOG_WARN, "refuse_produce_unknown", "file=%s action=\"not refusing; "
+                   "write an error name (TOPIC_AUTHORIZATION_FAILED) or number\"", path);
+        rd_kafka_mock_clear_request_errors(mc, produce_key);
+        *cur = -1;
+        return;
+    }
+    if (want != *cur)
+        hl_log(HL_LOG_INFO, want ? "refuse_produce_on" : "refuse_produce_off",
+               "err=\"%s\" file=%s", want ? rd_kafka_err2name(want) : "", path);
+    if (*cur > 0 || want > 0)
+        rd_kafka_mock_clear_request_errors(mc, produce_key);
+    if (want > 0) {
+        for (int i = 0; i < REFUSE_STACK; i++)
+            errs[i] = (rd_kafka_resp_err_t)want;
+        rd_kafka_mock_push_request_errors_array(mc, produce_key, REFUSE_STACK, errs);
+    }
+    *cur = want;
+}
+
 static void install_handlers(void)
 {
     struct sigaction sa;
@@ -300,6 +378,7 @@ static void install_handlers(void)
 static void serve_signals(rd_kafka_mock_cluster_t *mc, const broker_args *a)
 {
     sig_atomic_t seen_down = 0, seen_up = 0;
+    int refusing = 0;
     const struct timespec tick = { 0, 50 * 1000 * 1000 };
     while (signals_seen[SIG_STOP] == 0) {
         int down = signals_seen[SIG_DOWN] != seen_down, up = signals_seen[SIG_UP] != seen_up;
@@ -309,6 +388,8 @@ static void serve_signals(rd_kafka_mock_cluster_t *mc, const broker_args *a)
             set_all(mc, a->brokers, 0);
         if (up)
             set_all(mc, a->brokers, 1);
+        if (a->refuse_file != NULL)
+            refuse_tick(mc, a->refuse_file, &refusing);
         nanosleep(&tick, NULL);
     }
     hl_log(HL_LOG_INFO, "broker_stopping", "reason=signal");

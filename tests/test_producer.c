@@ -68,6 +68,52 @@ static void test_undeliverable_counted(void)
     hl_producer_destroy(p, 0);
 }
 
+/* A ticket that keeps keys gets each failed record's key with its error,
+ * whether the report fails it (nothing listens) or the producer refuses it
+ * at once (over message.max.bytes): the worker refreshes those
+ * users again (flight.c). A delivered record leaves none (the mock). */
+static void test_failed_keys_kept(void)
+{
+    char err[256] = "";
+    hl_kafka_prop props[] = {
+        {"bootstrap.servers", "127.0.0.1:1"}, {"message.timeout.ms", "200"}, {"log_level", "0"},
+        {"message.max.bytes", "1000"},
+    };
+    static const char big[4096];
+    hl_producer *p = hl_producer_create(props, 4, NULL, err, sizeof err);
+    CHECKF(p != NULL, "create: %s", err);
+    if (p == NULL)
+        return;
+    hl_ticket t;
+    hl_ticket_keys keys = {.mu = PTHREAD_MUTEX_INITIALIZER, .head = NULL, .lost = 0};
+    hl_ticket_reset(&t);
+    t.fail_counter = NULL;
+    t.keys = &keys;
+    CHECK(hl_producer_send(p, "t", -1, "user-1", 6, "v", 1, NULL, &t, err, sizeof err) == 0);
+    CHECK(hl_producer_send(p, "t", -1, NULL, 0, "v", 1, NULL, &t, err, sizeof err) == 0);
+    CHECK(hl_producer_send(p, "t", -1, "user-2", 6, big, sizeof big, NULL, &t, err,
+                           sizeof err) == HL_EIO);
+    for (int i = 0; i < 20 && hl_producer_flush(p, 500) != 0; i++)
+        ;
+    CHECK(hl_ticket_done(&t));
+    CHECKF(atomic_load(&t.failed) == 3, "failed %d", atomic_load(&t.failed));
+    int n = 0, u1 = 0, u2 = 0, empty = 0;
+    for (hl_failed_key *k = keys.head; k != NULL; n++) {
+        hl_failed_key *next = k->next;
+        u1 += k->len == 6 && memcmp(k->key, "user-1", 6) == 0 &&
+              k->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT;
+        u2 += k->len == 6 && memcmp(k->key, "user-2", 6) == 0 &&
+              k->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+        empty += k->len == 0;
+        free(k);
+        k = next;
+    }
+    CHECKF(n == 3 && u1 == 1 && u2 == 1 && empty == 1 && keys.lost == 0,
+           "%d keys: user-1 (timed out) %d, user-2 (refused at once) %d, keyless %d, lost %d",
+           n, u1, u2, empty, keys.lost);
+    hl_producer_destroy(p, 0);
+}
+
 /* hl_producer_settle, what teardown runs before it frees the threads
  * whose flights hold tickets: with nothing listening and no message
  * timeout (the worker's default: a list is never given up on by itself),
@@ -152,6 +198,7 @@ int main(void)
     RUN(test_conf_set_names_key);
     RUN(test_create_refuses_bad_value);
     RUN(test_undeliverable_counted);
+    RUN(test_failed_keys_kept);
     RUN(test_ticket_done_time);
     RUN(test_settle_serves_every_report);
     TEST_EXIT();

@@ -17,6 +17,19 @@
  * nor on disk (a stop then abandons the flights, so a restart reads the
  * record again).
  *
+ * A list the broker refuses for good (librdkafka gives up on it: topic
+ * authorisation, a policy, a record too large; transient errors it retries
+ * itself, message.timeout.ms=0) comes back as a failed delivery report with
+ * its key, kept on the flight's ticket (producer.c). The flight then does
+ * not retire: after a backoff (REFUSED_BACKOFF_MIN_MS doubling to _MAX_MS)
+ * publish.c refreshes those users again from their newest state onto the
+ * same flight's ticket, and so on until every list of the flight has
+ * landed. A flight held so holds every later one (they retire in order),
+ * the ring fills and the thread stops consuming: backpressure, seen as
+ * lag. Errors retrying can never fix (never_fixed) are given up on, user
+ * by user, after REFUSED_GIVE_UP attempts, so they cannot wedge the
+ * worker; every other error is retried for as long as it lasts.
+ *
  * Owner thread only. */
 #include "thread_internal.h"
 #include "deadletter.h"
@@ -26,12 +39,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define REFUSED_BACKOFF_MIN_MS 100
+#define REFUSED_BACKOFF_MAX_MS 10000
+#define REFUSED_GIVE_UP        5     /* attempts before a never_fixed error is final */
+
 int hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen)
 {
     size_t bm = (size_t)t->ctx->o->batch_max_messages;
     const char *sd = t->ctx->o->snapshot_dir;
     size_t dl_len = (sd && sd[0] ? strlen(sd) + 1 : 0) + sizeof HL_DEADLETTER_SUBDIR;
     t->dl_limit.interval_ms = 5000;
+    t->refused_limit.interval_ms = 5000;
+    for (int i = 0; i < N_FLIGHTS; i++)
+        pthread_mutex_init(&t->fl[i].keys.mu, NULL);
     if ((t->dl_dir = malloc(dl_len)) == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "thread %d: out of memory", t->id);
     snprintf(t->dl_dir, dl_len, "%s%s%s", sd && sd[0] ? sd : "", sd && sd[0] ? "/" : "",
@@ -56,9 +76,34 @@ static void release_dead_letters(flight *f)
     f->hold = 0;
 }
 
+static void free_keys(hl_failed_key *k)
+{
+    while (k != NULL) {
+        hl_failed_key *next = k->next;
+        free(k);
+        k = next;
+    }
+}
+
+/* f's failed keys, taken off it (reports may be served by other threads,
+ * hence the lock, though none is due once f's ticket reads zero). */
+static hl_failed_key *take_keys(flight *f, int *lost)
+{
+    pthread_mutex_lock(&f->keys.mu);
+    hl_failed_key *k = f->keys.head;
+    *lost = f->keys.lost;
+    f->keys.head = NULL;
+    f->keys.lost = 0;
+    pthread_mutex_unlock(&f->keys.mu);
+    return k;
+}
+
 void hl_flight_free(hl_wthread *t)
 {
     for (int i = 0; i < N_FLIGHTS; i++) {
+        int lost;
+        free_keys(take_keys(&t->fl[i], &lost));
+        pthread_mutex_destroy(&t->fl[i].keys.mu);
         free(t->fl[i].ts_ms);
         free(t->fl[i].fetch_us);
         if (t->fl[i].offs)
@@ -153,6 +198,96 @@ static int dead_letters_settled(hl_wthread *t, flight *f)
     return 1;
 }
 
+/* 1 for a refusal retrying can never fix: the same list (a fresh refresh
+ * is the same size and shape) meets the same limit or validation until an
+ * operator changes the topic. Everything else (authorisation, an unknown
+ * or deleted topic, a policy, a local timeout or purge) may pass later. */
+static int never_fixed(rd_kafka_resp_err_t err)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG:
+    case RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT:
+    case RD_KAFKA_RESP_ERR__BAD_MSG:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* keys without those given up on (after REFUSED_GIVE_UP attempts at a
+ * never_fixed error), each logged with its user and counted; lost keys
+ * (not copied: out of memory) are given up on at once. */
+static hl_failed_key *drop_given_up(hl_wthread *t, flight *f, hl_failed_key *keys, int lost)
+{
+    hl_failed_key **pp = &keys;
+    if (lost > 0) {
+        hl_counter_add(t->ctx->mx.given_up, (uint64_t)lost);
+        hl_log(HL_LOG_ERROR, "list_given_up", "thread=%d users=%d err=\"out of memory "
+               "keeping a refused list's key\" action=\"their next event refreshes them\"",
+               t->id, lost);
+    }
+    while (*pp != NULL) {
+        hl_failed_key *k = *pp;
+        if (!never_fixed(k->err) || f->attempts < REFUSED_GIVE_UP) {
+            pp = &k->next;
+            continue;
+        }
+        *pp = k->next;
+        hl_counter_add(t->ctx->mx.given_up, 1);
+        hl_log(HL_LOG_ERROR, "list_given_up", "thread=%d user=\"%.*s\" attempts=%d err=\"%s\" "
+               "action=\"not sent again; check the output topic's max.message.bytes and "
+               "the broker's log\"", t->id, (int)(k->len > 256 ? 256 : k->len), k->key,
+               f->attempts + 1, rd_kafka_err2str(k->err));
+        free(k);
+    }
+    return keys;
+}
+
+/* 1 when every list of f has landed. Else, once the backoff has passed,
+ * refreshes the users whose list was refused again onto f's ticket (so f
+ * retires only once those land too) and returns 0. */
+static int lists_settled(hl_wthread *t, flight *f)
+{
+    if (atomic_load(&f->t.failed) == 0)
+        return 1;
+    int64_t now = hl_now_mono_ms();
+    if (f->backoff_ms == 0) {
+        f->backoff_ms = REFUSED_BACKOFF_MIN_MS;
+        f->retry_at_ms = now + f->backoff_ms;
+    }
+    if (now < f->retry_at_ms)
+        return 0;
+    int lost, users = 0, sent = 0;
+    int failed = atomic_exchange(&f->t.failed, 0);
+    hl_failed_key *keys = take_keys(f, &lost);
+    keys = drop_given_up(t, f, keys, lost);
+    rd_kafka_resp_err_t err = keys != NULL ? keys->err : RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (const hl_failed_key *k = keys; k != NULL; k = k->next)
+        users++;
+    if (keys != NULL)
+        sent = hl_publish_again(t, f, keys);
+    free_keys(keys);
+    hl_counter_add(t->ctx->mx.retries, (uint64_t)sent);
+    uint64_t sup = 0;
+    if (users > 0 && hl_log_limit_pass(&t->refused_limit, &sup))
+        hl_log(HL_LOG_WARN, "lists_refused", "thread=%d refused=%d refreshed_again=%d "
+               "attempt=%d err=\"%s\" next_backoff_ms=%d action=\"offsets held until "
+               "they land; users not owned any more skipped\" suppressed=%llu", t->id,
+               failed, sent, f->attempts + 1, rd_kafka_err2str(err),
+               f->backoff_ms * 2 < REFUSED_BACKOFF_MAX_MS ? f->backoff_ms * 2
+                                                          : REFUSED_BACKOFF_MAX_MS,
+               (unsigned long long)sup);
+    f->attempts++;
+    f->backoff_ms = f->backoff_ms * 2 < REFUSED_BACKOFF_MAX_MS ? f->backoff_ms * 2
+                                                               : REFUSED_BACKOFF_MAX_MS;
+    f->retry_at_ms = now + f->backoff_ms;
+    return 0;
+}
+
 static double span_s(int64_t from_us, int64_t to_us)
 {
     return to_us > from_us ? (double)(to_us - from_us) * 1e-6 : 0.0;
@@ -235,10 +370,18 @@ static void retire_one(hl_wthread *t, flight *f)
 void hl_flight_retire(hl_wthread *t)
 {
     while (t->fl_n > 0 && hl_ticket_done(&t->fl[t->fl_head].t) &&
-           dead_letters_settled(t, &t->fl[t->fl_head])) {
+           dead_letters_settled(t, &t->fl[t->fl_head]) &&
+           lists_settled(t, &t->fl[t->fl_head])) {
         retire_one(t, &t->fl[t->fl_head]);
         t->fl_head = (t->fl_head + 1) % N_FLIGHTS;
         t->fl_n--;
+    }
+    /* The later flights' refused lists go again meanwhile too: a run of
+     * refusals then costs one backoff sequence, not one per flight. */
+    for (int i = 1; i < t->fl_n; i++) {
+        flight *f = &t->fl[(t->fl_head + i) % N_FLIGHTS];
+        if (hl_ticket_done(&f->t))
+            (void)lists_settled(t, f);
     }
 }
 
@@ -292,6 +435,15 @@ flight *hl_flight_begin(hl_wthread *t)
     }
     flight *f = &t->fl[(t->fl_head + t->fl_n) % N_FLIGHTS];
     hl_ticket_reset(&f->t);
+    /* No report reaches a slot not in the air, so no lock: a retired
+     * flight's keys were taken (lists_settled), an abandoned one's may be
+     * left. The batch path stays free of locks. */
+    free_keys(f->keys.head);
+    f->keys.head = NULL;
+    f->keys.lost = 0;
+    f->t.keys = &f->keys;
+    f->attempts = f->backoff_ms = 0;
+    f->retry_at_ms = 0;
     f->offs = rd_kafka_topic_partition_list_new(t->n_own > 0 ? t->n_own : 1);
     f->n_ts = 0;
     t->fl_n++;

@@ -5,7 +5,9 @@
  * handed to librdkafka and lowered only in the delivery report of that
  * record, so pending == 0 means every record of the batch has been
  * acknowledged by the broker (or has definitely failed and been counted).
- * Delivery reports run in whichever thread polls; they touch only atomics.
+ * Delivery reports run in whichever thread polls; a delivered record
+ * touches only atomics, a failed one also copies its key onto the
+ * ticket's keys, if it has them (under their mutex: failures are rare).
  * Every report is also counted on the producer itself (delivered, failed,
  * the first cause), for callers that send without tickets: `halflife
  * produce` and the demo. What to do with a failed record is the caller's
@@ -24,6 +26,26 @@ struct hl_producer {
     atomic_ullong n_delivered, n_failed;
     atomic_int    first_err;    /* rd_kafka_resp_err_t; set once, by the first failure */
 };
+
+/* A failed record's key onto keys: the rare path, so it may lock and
+ * allocate. */
+static void keep_failed_key(hl_ticket_keys *keys, const void *key, size_t len,
+                            rd_kafka_resp_err_t err)
+{
+    hl_failed_key *k = malloc(sizeof *k + len);
+    pthread_mutex_lock(&keys->mu);
+    if (k == NULL) {
+        keys->lost++;
+    } else {
+        k->err = err;
+        k->len = len;
+        if (len > 0)
+            memcpy(k->key, key, len);
+        k->next = keys->head;
+        keys->head = k;
+    }
+    pthread_mutex_unlock(&keys->mu);
+}
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
@@ -53,6 +75,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
             atomic_fetch_add(&t->failed, 1);
         if (t && t->fail_counter)
             hl_counter_add(t->fail_counter, 1);
+        if (t && t->keys)
+            keep_failed_key(t->keys, rkm->key, rkm->key_len, rkm->err);
         /* The limiter is not thread-safe; a rare race only misreports the
          * suppressed count of a log line. */
         uint64_t sup = 0;
@@ -195,6 +219,13 @@ int hl_producer_send(hl_producer *p, const char *topic, int32_t partition,
         if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
             return 0;
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            /* Refused at once (a topic librdkafka marked unauthorised, a
+             * record over message.max.bytes): for a ticket that keeps
+             * keys, a failure like one a report brings. */
+            if (ticket && ticket->keys) {
+                keep_failed_key(ticket->keys, key, key_len, err);
+                atomic_fetch_add(&ticket->failed, 1);
+            }
             if (ticket)
                 atomic_fetch_sub(&ticket->pending, 1);
             return hl_err(errbuf, errlen, HL_EIO, "produce to %s: %s", topic,

@@ -14,13 +14,33 @@
 #include "kafka_conf.h"
 #include "metrics.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <librdkafka/rdkafka.h>
+
+/* A record whose delivery failed, its key copied (the owner of the ticket
+ * refreshes that user again: flight.c). */
+typedef struct hl_failed_key {
+    struct hl_failed_key *next;
+    rd_kafka_resp_err_t   err;
+    size_t                len;
+    char                  key[];
+} hl_failed_key;
+
+/* The failed keys of a ticket. Reports run in whichever thread polls, so
+ * a mutex; only a failure takes it (and allocates), the success path never
+ * does. lost counts failures whose key could not be copied (out of memory). */
+typedef struct hl_ticket_keys {
+    pthread_mutex_t mu;
+    hl_failed_key  *head;
+    int             lost;
+} hl_ticket_keys;
 
 typedef struct hl_ticket {
     atomic_int      pending;      /* records sent and not yet reported */
     atomic_int      failed;       /* records whose delivery failed */
     hl_counter     *fail_counter; /* also counts failures, if not NULL */
+    hl_ticket_keys *keys;         /* failed records' keys go here, if not NULL */
     _Atomic int64_t last_offset;  /* highest offset delivered, -1 before any
                                      (the changelog's place in its topic) */
     _Atomic int64_t done_us;      /* monotonic time the last report took pending
@@ -34,6 +54,7 @@ static inline void hl_ticket_reset(hl_ticket *t)
     atomic_store(&t->failed, 0);
     atomic_store(&t->last_offset, -1);
     atomic_store(&t->done_us, 0);
+    t->keys = NULL;
 }
 
 static inline int hl_ticket_done(hl_ticket *t)
@@ -67,7 +88,8 @@ typedef struct hl_header {
 /* Sends one record (copied) to topic, counting it on ticket (may be NULL).
  * partition -1 lets the partitioner pick by key. Blocks, polling, while
  * librdkafka's queue is full. headers may be NULL. 0 or HL_EIO with a
- * reason. */
+ * reason; then, if the ticket keeps keys, the key is on them and the
+ * ticket's failed count is raised, as a failed delivery report does. */
 int hl_producer_send(hl_producer *p, const char *topic, int32_t partition,
                      const void *key, size_t key_len,
                      const void *value, size_t value_len,

@@ -6,8 +6,12 @@
  * dirty users go now and which wait; revocation and shutdown publish the
  * waiting ones (hl_publish_pending), so no user's last list is held back.
  *
- * A list that cannot be encoded or sent is logged (rate-limited) and not
- * retried: the user's next event refreshes it, and a crash replays it. */
+ * A list that cannot be encoded is logged (rate-limited) and not retried:
+ * the user's next event refreshes it, and a crash replays it. A list the
+ * broker refuses (or the producer cannot take) is refreshed again from its
+ * user's newest state, never re-sent as it was, so an older list cannot
+ * land over a newer one: flight.c holds the batch's offsets meanwhile and
+ * calls hl_publish_again. */
 #include "thread_internal.h"
 
 #include <stdlib.h>
@@ -300,6 +304,29 @@ void hl_publish_overdue(hl_wthread *t)
     }
     hl_flight_note_offsets(t, f);
     hl_counter_add(t->ctx->mx.lists, t->b.lists);
+}
+
+int hl_publish_again(hl_wthread *t, flight *f, const hl_failed_key *keys)
+{
+    chunk c;
+    uint64_t before = t->b.lists;
+    if (t->ranker == NULL)
+        return 0;
+    for (int i = 0; i < t->n_own; i++) {
+        hl_shard *sh = t->own[i];
+        c.n = 0;
+        for (const hl_failed_key *k = keys; k != NULL; k = k->next) {
+            int64_t row = hl_table_find(sh->tbl, k->key, k->len);
+            int dup = 0;
+            for (int j = 0; j < c.n && row >= 0 && !dup; j++)
+                dup = c.rows[j] == (uint32_t)row;
+            if (row >= 0 && !dup)
+                chunk_add(t, sh, &c, (uint32_t)row, f);
+        }
+        if (c.n > 0)
+            refresh_chunk(t, sh, c.rows, c.n, f);
+    }
+    return (int)(t->b.lists - before);
 }
 
 void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)

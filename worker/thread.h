@@ -63,6 +63,8 @@ typedef struct hl_wshared {
         hl_counter   *applied, *duplicates, *failed, *non_finite;
         hl_counter   *evictions[2];       /* mass, capacity */
         hl_counter   *dl_kept;
+        hl_counter   *retries, *given_up; /* lists refreshed again after a refusal;
+                                             lists given up on (flight.c) */
         hl_counter   *multipart;          /* users seen in two partitions */
         hl_counter   *migrated, *rebuilt; /* users moved into a new model / rebuilt from the ring */
         hl_counter   *fits_on_thread;     /* migrations a shard thread had to fit */

@@ -8,7 +8,9 @@
  *   publish.c  refresh: score each dirty user once, encode the list,
  *              produce it; recs.min.interval.ms through the shard's gate
  *   flight.c   the batches whose lists are in flight: their offsets are
- *              stored only once those lists are delivered, in order
+ *              stored only once those lists are delivered, in order; a
+ *              flight whose lists were refused has publish.c refresh
+ *              those users again (hl_publish_again) before it retires
  *   park.c     records waiting for their writer schema (Schema Registry),
  *              their partitions paused meanwhile
  *
@@ -64,6 +66,10 @@ typedef struct flight {
     int64_t   wall_off_ms;                   /* wall - monotonic clock, ms */
     dead_letter *dl;                         /* its bad records' DLQ copies, newest first */
     int       hold;                          /* a copy could not be tracked: never retire */
+    hl_ticket_keys keys;                     /* users whose list was refused (t.keys) */
+    int       attempts;                      /* times they were refreshed again */
+    int       backoff_ms;                    /* before the next time; 0: none yet */
+    int64_t   retry_at_ms;                   /* monotonic: the next time, not before */
 } flight;
 
 /* A partition paused until schema_id has an answer (park.c). */
@@ -140,6 +146,7 @@ struct hl_wthread {
     int          fl_head, fl_n;
     char        *dl_dir;                            /* local dead letters */
     hl_log_limit dl_limit;
+    hl_log_limit refused_limit;                     /* flight.c: lists refused */
 };
 
 /* The shard of partition, NULL when not this thread's (any of the files). */
@@ -161,6 +168,11 @@ void hl_publish_free(hl_wthread *t);
  * old one stays on failure. */
 int  hl_publish_model(hl_wthread *t, const hl_mref *r, char *errbuf, size_t errlen);
 void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f);
+/* Refreshes again, into f, the users of keys this thread owns (a user
+ * revoked or evicted meanwhile needs none: its next owner replays from the
+ * committed offset, its next event makes a list). Returns how many lists
+ * were produced. */
+int  hl_publish_again(hl_wthread *t, flight *f, const hl_failed_key *keys);
 /* Revocation and shutdown: refreshes every user recs.min.interval.ms holds
  * back in shs[0..n_sh) (NULL entries skipped) into one flight. */
 void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh);

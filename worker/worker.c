@@ -114,6 +114,12 @@ static void register_process(hl_worker *w)
     hl_metrics *reg = w->reg;
     hl_metrics_counter(reg, "halflife_delivery_errors_total",
         "Records the producer failed to deliver.", NULL);
+    w->ctx.mx.retries = hl_metrics_counter(reg, "halflife_delivery_retries_total",
+        "Lists refreshed and sent again because the broker refused (or the producer "
+        "could not take) their user's previous one.", NULL);
+    w->ctx.mx.given_up = hl_metrics_counter(reg, "halflife_delivery_given_up_total",
+        "Lists given up on: refused with an error retrying cannot fix (too large, "
+        "invalid) at the last attempt, or their key lost to out of memory.", NULL);
     w->rebalances = hl_metrics_counter(reg, "halflife_rebalances_total",
         "Rebalance callbacks served (assign and revoke).", NULL);
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",

@@ -1,0 +1,180 @@
+"""test_delivery_refused.py - the broker refuses every list for a while,
+for good as far as librdkafka is concerned (an ACL mistake: each record's
+delivery report fails, no retry), then accepts again. No user may be left
+without the list of its last event.
+
+Separate processes over TCP: a `halflife broker --refuse-produce FILE`
+(while FILE names an error, every Produce request gets it; every topic, so
+the input is produced before FILE is written), one `halflife run`. Two
+cases, each on a fresh broker:
+- refused_then_accepted: the worker consumes every event while its lists
+  are refused; once the refusal ends, every user's newest list comes from
+  its last event and equals the offline reference, errors were counted
+  (halflife_delivery_errors_total > 0) and the offsets reach the end;
+- sigkill_during_refusal: the same, but the worker is killed (SIGKILL)
+  during the refusal, after it had the time to commit what it stored and
+  to snapshot every second, and a new one finishes after it: the refused
+  lists must not have let the committed offsets or a snapshot pass their
+  events;
+- gives_up: the broker refuses with INVALID_RECORD, an error retrying can
+  never fix, and never stops: the worker gives up on each user's list after
+  a bounded number of attempts (halflife_delivery_given_up_total counts
+  each list, at least one per user; event=list_given_up names every user)
+  and its offsets reach the end instead of being held for ever.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
+import e2e_util as U  # noqa: E402
+import test_e2e as E  # noqa: E402
+
+N_EVENTS, N_USERS, N_ITEMS, PARTS = 2000, 200, 1000, 4
+REFUSE = "TOPIC_AUTHORIZATION_FAILED"     # an ACL mistake: retried until it is fixed
+COMMON = ["worker.threads=2", "kafka.fetch.wait.max.ms=10",
+          "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=1000"]
+
+
+def broker_event(broker, name, timeout=10):
+    """Waits for the broker's log to say event=name (the refusal file is
+    read every 50 ms); True when it did."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(broker.log_path) as f:
+            if " event=%s " % name in f.read():
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def refuse(broker, path, on, err=REFUSE):
+    """Starts (on) or ends the refusal and waits until the broker applied it."""
+    if on:
+        with open(path, "w") as f:
+            f.write(err + "\n")
+    else:
+        os.unlink(path)
+    return broker_event(broker, "refuse_produce_on" if on else "refuse_produce_off")
+
+
+def wait_metric(w, name, timeout):
+    """The metric once it is above 0, or its last value at the timeout."""
+    deadline, v = time.time() + timeout, -1
+    while time.time() < deadline:
+        v = w.metric_or(name)
+        if v > 0:
+            break
+        time.sleep(0.2)
+    return v
+
+
+def setup(ck, tag, err=REFUSE):
+    """A fresh broker refusing produces, the events in its input topic."""
+    model, events_csv, events = C.prepare(ck.tmp, N_EVENTS, N_USERS, N_ITEMS)
+    path = os.path.join(ck.tmp, "refuse-%s" % tag)
+    broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker-%s.log" % tag),
+                      extra=["--refuse-produce", path])
+    U.produce_events(broker.bootstrap, C.TOPIC, events)
+    last, high = C.read_topic(broker.bootstrap, PARTS)
+    on = refuse(broker, path, True, err)
+    return model, events_csv, events, path, broker, last, high, on
+
+
+def worker(ck, broker, model, tag, group, extra=()):
+    return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "%s.log" % tag),
+                    COMMON + ["group.id=" + group,
+                              "snapshot.dir=" + os.path.join(ck.tmp, "snap-" + group)] +
+                    list(extra))
+
+
+def finish(ck, case, broker, w, group, last, high, events_csv, model, events, errs):
+    """After the refusal: every user's list of its last event, the offline
+    one, and every offset committed."""
+    lists, got = E.read_lists(broker.bootstrap, last, time.time() + 40)
+    committed = C.wait_committed(broker.bootstrap, group, high, 30)
+    ck.check(case + "_errors_counted", errs > 0,
+             "halflife_delivery_errors_total %s during the refusal" % errs)
+    ck.check(case + "_every_user_fresh", len(got) == len(last),
+             "%d of %d users got the list of their last event after the refusal; "
+             "e.g. missing %s" % (len(got), len(last), sorted(set(last) - got)[:5]))
+    C.check_last_lists(ck, lists, got, last, events_csv, model, events)
+    ck.check(case + "_offsets_at_end", all(committed.get(p, -1) >= h for p, h in high.items()),
+             "committed %s, high watermarks %s" % (committed, high))
+    rc, _secs = w.term(30)
+    ck.check(case + "_clean_exit", rc == 0, "exit %s" % rc)
+
+
+def refused_then_accepted(ck):
+    model, events_csv, events, path, broker, last, high, on = setup(ck, "a")
+    w = worker(ck, broker, model, "worker-a", "refused")
+    consumed = C.wait_consumed([w], len(events), 60)
+    errs = wait_metric(w, "halflife_delivery_errors_total", 20)
+    retries = wait_metric(w, "halflife_delivery_retries_total", 20)
+    off = refuse(broker, path, False)
+    ck.check("a_refreshed_again", retries > 0,
+             "halflife_delivery_retries_total %s during the refusal" % retries)
+    ck.check("a_refusal_applied", on and off and consumed >= len(events),
+             "refusal on %s, off %s; consumed %d of %d meanwhile"
+             % (on, off, consumed, len(events)))
+    finish(ck, "a", broker, w, "refused", last, high, events_csv, model, events, errs)
+    broker.stop()
+
+
+def sigkill_during_refusal(ck):
+    model, events_csv, events, path, broker, last, high, on = setup(ck, "b")
+    # Snapshots every second: one that a worker commits past refused lists
+    # makes the restart resume after their events (no snapshot would make
+    # it replay the whole topic and hide the loss).
+    w = worker(ck, broker, model, "worker-b1", "killed", ["snapshot.interval.ms=1000"])
+    consumed = C.wait_consumed([w], len(events), 60)
+    errs = wait_metric(w, "halflife_delivery_errors_total", 20)
+    # Long enough for auto-commit (5 s) to send what was stored: a worker
+    # that stores offsets past refused lists has them committed by then.
+    held = C.wait_committed(broker.bootstrap, "killed", high, 8)
+    ck.check("b_offsets_held_during_refusal",
+             all(held.get(p, -1) < h for p, h in high.items()),
+             "committed %s during the refusal, high watermarks %s: offsets passed "
+             "events whose lists were refused" % (held, high))
+    w.p.kill()
+    w.p.wait()
+    off = refuse(broker, path, False)
+    ck.check("b_refusal_applied", on and off and consumed >= len(events),
+             "refusal on %s, off %s; consumed %d of %d before the kill"
+             % (on, off, consumed, len(events)))
+    w2 = worker(ck, broker, model, "worker-b2", "killed")
+    finish(ck, "b", broker, w2, "killed", last, high, events_csv, model, events, errs)
+    broker.stop()
+
+
+def gives_up(ck):
+    model, _csv, events, _path, broker, last, high, on = setup(ck, "c", "INVALID_RECORD")
+    w = worker(ck, broker, model, "worker-c", "gives-up")
+    committed = C.wait_committed(broker.bootstrap, "gives-up", high, 90)
+    given_up = w.metric_or("halflife_delivery_given_up_total")
+    named = {kv.get("user", "").strip('"') for _ts, kv in w.events("list_given_up")}
+    ck.check("c_gives_up_bounded",
+             on and all(committed.get(p, -1) >= h for p, h in high.items()) and
+             given_up >= len(last) and named == set(last) and w.p.poll() is None,
+             "refusal on %s; committed %s, high %s; given up %s of %d users, %d named "
+             "in event=list_given_up; worker alive %s" % (on, committed, high, given_up,
+                                                          len(last), len(named),
+                                                          w.p.poll() is None))
+    rc, _secs = w.term(30)
+    ck.check("c_clean_exit", rc == 0, "exit %s" % rc)
+    broker.stop()
+
+
+def run(ck):
+    refused_then_accepted(ck)
+    sigkill_during_refusal(ck)
+    gives_up(ck)
+
+
+def main():
+    return C.run_main("delivery_refused", "every_user_fresh", run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -167,23 +167,31 @@ typedef struct one_answer {
     const char *body;       /* NULL: the string schema */
 } one_answer;
 
-static void *answer_once(void *arg)
+/* Reads a request up to the end of its headers (the tests' requests are
+ * GETs, or POSTs small enough to come with them). */
+static void read_head(int c)
 {
-    static const char string_schema[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\"}\"}";
-    char req[4096], head[256];
-    one_answer *oa = arg;
-    const char *body = oa->body ? oa->body : string_schema;
-    int c = accept(oa->fd, NULL, NULL);
+    char req[4096];
     size_t got = 0;
     ssize_t n;
-    if (c < 0)
-        return NULL;
     while (got < sizeof req - 1 && (n = read(c, req + got, sizeof req - 1 - got)) > 0) {
         got += (size_t)n;
         req[got] = '\0';
         if (strstr(req, "\r\n\r\n") != NULL)
             break;
     }
+}
+
+static void *answer_once(void *arg)
+{
+    static const char string_schema[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\"}\"}";
+    char head[256];
+    one_answer *oa = arg;
+    const char *body = oa->body ? oa->body : string_schema;
+    int c = accept(oa->fd, NULL, NULL);
+    if (c < 0)
+        return NULL;
+    read_head(c);
     int hn = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Type: "
                       "application/vnd.schemaregistry.v1+json\r\nContent-Length: %zu\r\n"
                       "Connection: close\r\n\r\n", oa->status ? oa->status : "200 OK",
@@ -204,19 +212,11 @@ typedef struct raw_answers {
 static void *answer_raw(void *arg)
 {
     raw_answers *ra = arg;
-    char req[4096];
     for (int i = 0; i < ra->n; i++) {
         int c = accept(ra->fd, NULL, NULL);
-        size_t got = 0;
-        ssize_t n;
         if (c < 0)
             return NULL;
-        while (got < sizeof req - 1 && (n = read(c, req + got, sizeof req - 1 - got)) > 0) {
-            got += (size_t)n;
-            req[got] = '\0';
-            if (strstr(req, "\r\n\r\n") != NULL)
-                break;
-        }
+        read_head(c);
         if (write(c, ra->raw[i], strlen(ra->raw[i])) < 0)
             perror("answer_raw");
         close(c);

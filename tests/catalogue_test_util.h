@@ -26,7 +26,7 @@ static inline float frand(void)   /* uniform in [-1, 1) */
 }
 
 /* A model of n items with ids "i<row>"; arrays owned here. */
-typedef struct tm {
+typedef struct test_model {
     hl_model_parts p;
     char  *ids[N + 64];
     uint32_t lens[N + 64];

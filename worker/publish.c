@@ -279,31 +279,38 @@ void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f)
     } while (n == REFRESH_MAX);
 }
 
-void hl_publish_overdue(hl_wthread *t)
+/* Into a new flight: the users the gates of shs[0..n_sh) (NULL entries
+ * skipped) let go, at each shard's newest event time, or every waiting
+ * one (all). */
+static void publish_due(hl_wthread *t, hl_shard **shs, int n_sh, int all)
 {
     uint32_t rows[REFRESH_MAX];
-    int any = 0;
-    for (int i = 0; i < t->n_own && !any; i++)
-        any = hl_gate_overdue(t->own[i]->gate);
-    if (!any || t->ranker == NULL)
-        return;
     flight *f = hl_flight_begin(t);
-    if (f == NULL)
+    if (f == NULL)      /* stopping, deliveries too late: the users stay held back */
         return;
     memset(&t->b, 0, sizeof t->b);
-    for (int i = 0; i < t->n_own; i++) {
-        hl_shard *sh = t->own[i];
+    for (int i = 0; i < n_sh; i++) {
+        hl_shard *sh = shs[i];
         hl_table_meta meta;
         int n;
-        if (sh->gate == NULL)
+        if (sh == NULL || sh->gate == NULL)
             continue;
         hl_table_meta_get(sh->tbl, &meta);
         while ((n = hl_gate_take_due(sh->gate, sh->tbl, rows, REFRESH_MAX,
-                                     meta.newest_ts_ms)) > 0)
+                                     all ? INT64_MAX : meta.newest_ts_ms)) > 0)
             refresh_chunk(t, sh, rows, n, f);
     }
     hl_flight_note_offsets(t, f);
     hl_counter_add(t->ctx->mx.lists, t->b.lists);
+}
+
+void hl_publish_overdue(hl_wthread *t)
+{
+    int any = 0;
+    for (int i = 0; i < t->n_own && !any; i++)
+        any = hl_gate_overdue(t->own[i]->gate);
+    if (any && t->ranker != NULL)
+        publish_due(t, t->own, t->n_own, 0);
 }
 
 int hl_publish_again(hl_wthread *t, flight *f, const hl_failed_key *keys)
@@ -331,27 +338,12 @@ int hl_publish_again(hl_wthread *t, flight *f, const hl_failed_key *keys)
 
 void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)
 {
-    uint32_t rows[REFRESH_MAX];
     int any = 0;
     for (int i = 0; i < n_sh; i++)      /* waiting users not moved yet by a reshape */
         if (shs[i] != NULL && shs[i]->old_gate != NULL)
             hl_shard_swap_finish(shs[i]);
     for (int i = 0; i < n_sh && !any; i++)
         any = shs[i] != NULL && hl_gate_waiting(shs[i]->gate) > 0;
-    if (!any || t->ranker == NULL || atomic_load(t->ctx->stop) >= 2)
-        return;
-    flight *f = hl_flight_begin(t);
-    if (f == NULL)      /* stopping, deliveries too late: the users stay held back */
-        return;
-    memset(&t->b, 0, sizeof t->b);
-    for (int i = 0; i < n_sh; i++) {
-        int n;
-        if (shs[i] == NULL)
-            continue;
-        while ((n = hl_gate_take_due(shs[i]->gate, shs[i]->tbl, rows, REFRESH_MAX,
-                                     INT64_MAX)) > 0)
-            refresh_chunk(t, shs[i], rows, n, f);
-    }
-    hl_flight_note_offsets(t, f);
-    hl_counter_add(t->ctx->mx.lists, t->b.lists);
+    if (any && t->ranker != NULL && atomic_load(t->ctx->stop) < 2)
+        publish_due(t, shs, n_sh, 1);
 }

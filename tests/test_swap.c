@@ -416,6 +416,31 @@ static void test_reshape_moves_every_user(void)
     fixture_close(&f);
 }
 
+/* A refused list's user is looked up by key to be refreshed again
+ * (hl_publish_again): mid-reshape, a user not moved yet is in the old
+ * table, and a lookup of the new one alone took it for a user no longer
+ * owned, so its list was dropped. It is found, moved (once) and counted;
+ * a user the shard never held is still not. */
+static void test_reshape_find_moves_user(void)
+{
+    fixture f;
+    CHECK(fixture_open_shape(&f, &SHAPE_R) == 0);
+    if (t_case_failed) { fixture_close(&f); return; }
+    hl_mref *b = hl_models_acquire(f.ms);
+    CHECK(hl_shard_swap_begin(f.sh, b) == 0 && f.sh->old_tbl != NULL);
+    const char *user = g_users[7];
+    CHECK(where(f.sh, 7) == 2);
+    int64_t row = hl_shard_swap_find(f.sh, user, strlen(user));
+    CHECKF(row >= 0, "a user not moved yet not found (row %lld)", (long long)row);
+    CHECKF(where(f.sh, 7) == 1, "user in tables %d, want the new one only", where(f.sh, 7));
+    CHECK(hl_shard_swap_find(f.sh, user, strlen(user)) == row);
+    CHECK(f.sh->mig_rows == 1 && hl_counter_get(f.sh->c_migrated) == 1);
+    CHECK(hl_shard_swap_find(f.sh, "nobody", 6) == -1);
+    hl_shard_swap_finish(f.sh);
+    hl_mref_release(b);
+    fixture_close(&f);
+}
+
 /* Events [from, to) of the stream applied to tbl under m, as a shard
  * would (the reference's events after a swap). */
 static void apply_plain(hl_table *tbl, const hl_model *m, int from, int to)
@@ -853,6 +878,7 @@ int main(void)
     RUN(test_batch_cap_follows_cost);
     RUN(test_reshape_moves_every_user);
     RUN(test_reshape_finish_moves_rest);
+    RUN(test_reshape_find_moves_user);
     RUN(test_reshape_then_reshape);
     RUN(test_reshape_then_same_shape);
     RUN(test_missed_swap_uses_skip_map);

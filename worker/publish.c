@@ -323,7 +323,7 @@ int hl_publish_again(hl_wthread *t, flight *f, const hl_failed_key *keys)
         hl_shard *sh = t->own[i];
         c.n = 0;
         for (const hl_failed_key *k = keys; k != NULL; k = k->next) {
-            int64_t row = hl_table_find(sh->tbl, k->key, k->len);
+            int64_t row = hl_shard_swap_find(sh, k->key, k->len);
             int dup = 0;
             for (int j = 0; j < c.n && row >= 0 && !dup; j++)
                 dup = c.rows[j] == (uint32_t)row;

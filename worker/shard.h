@@ -226,6 +226,9 @@ int  hl_shard_swap_begin(hl_shard *sh, hl_mref *to);
  * are applied) and row (before it is refreshed), when one runs. */
 void hl_shard_swap_touch_batch(hl_shard *sh);
 void hl_shard_swap_touch(hl_shard *sh, uint32_t row);
+/* The row of user in sh->tbl, -1 if sh holds none; a user a reshape has
+ * not moved yet is moved first (hl_publish_again looks users up by key). */
+int64_t hl_shard_swap_find(hl_shard *sh, const void *user, size_t len);
 
 /* The records a batch may take while sh migrates so that migrating its
  * stale users costs at most budget_us of the thread's CPU (every record a

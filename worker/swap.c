@@ -435,6 +435,25 @@ int hl_shard_swap_begin(hl_shard *sh, hl_mref *to)
     return 0;
 }
 
+/* A reshape leaves the users not moved yet in sh->old_tbl, where a lookup
+ * in sh->tbl alone misses them: a list refused during the move would be
+ * taken for a user no longer owned and dropped, its batch's offsets
+ * stored all the same. Such a user moves first, as a batch's event moves
+ * it. */
+int64_t hl_shard_swap_find(hl_shard *sh, const void *user, size_t len)
+{
+    int64_t row = hl_table_find(sh->tbl, user, len);
+    if (row >= 0 || sh->old_tbl == NULL)
+        return row;
+    int64_t old = hl_table_find(sh->old_tbl, user, len);
+    if (old < 0)
+        return -1;
+    uint64_t before = sh->mig_rows;
+    move_row(sh, (uint32_t)old);
+    hl_counter_add(sh->c_migrated, sh->mig_rows - before);
+    return hl_table_find(sh->tbl, user, len);
+}
+
 void hl_shard_swap_touch(hl_shard *sh, uint32_t row)
 {
     /* a reshape: every row of sh->tbl is in the new model already */

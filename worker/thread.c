@@ -194,11 +194,24 @@ static void answer_takes(hl_wthread *t, int n)
     pthread_cond_broadcast(&t->cv);
 }
 
-int hl_wthread_wait_taken(hl_wthread *t, hl_shard **out, int max)
+/* The wait wakes every WAIT_TICK_MS to call waiting: a release can wait
+ * for deliveries as long as the broker refuses lists, and only the caller
+ * can turn a signal that came meanwhile into the stop that bounds it. */
+#define WAIT_TICK_MS 100
+
+int hl_wthread_wait_taken(hl_wthread *t, hl_shard **out, int max,
+                          void (*waiting)(void *), void *arg)
 {
     pthread_mutex_lock(&t->mu);
-    while (t->n_take > 0 && !t->exited)
-        pthread_cond_wait(&t->cv, &t->mu);
+    while (t->n_take > 0 && !t->exited) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);     /* the cv's clock */
+        ts.tv_nsec += WAIT_TICK_MS * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        if (pthread_cond_timedwait(&t->cv, &t->mu, &ts) != 0 && waiting != NULL)
+            waiting(arg);
+    }
     if (t->n_take > 0)
         answer_takes(t, t->n_take);    /* the thread is gone: nobody else owns them */
     int n = 0;

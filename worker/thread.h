@@ -97,7 +97,10 @@ int         hl_wthread_give(hl_wthread *t, hl_shard *sh);
 int         hl_wthread_post_take(hl_wthread *t, int32_t partition);
 /* Waits until every posted take is answered (or the thread has exited,
  * in which case the caller's thread does the hand-back itself) and returns
- * the shards released, ownership to the caller: up to max into out. */
-int         hl_wthread_wait_taken(hl_wthread *t, hl_shard **out, int max);
+ * the shards released, ownership to the caller: up to max into out.
+ * waiting (may be NULL) is called with arg every 100 ms of the wait, under
+ * the thread's lock: it may only ask for a stop (hl_worker_stop). */
+int         hl_wthread_wait_taken(hl_wthread *t, hl_shard **out, int max,
+                                  void (*waiting)(void *), void *arg);
 
 #endif

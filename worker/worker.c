@@ -426,6 +426,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
 {
     char err[512];
     int rc = 0;
+    w->sig = sig;
     if (load_items(w, sig) != 0) {
         if (!atomic_load(&w->stop))
             return HL_EIO;

@@ -55,6 +55,7 @@ struct hl_worker {
     hl_wthread      **owner;          /* by partition; main thread only */
     int               cap_owner;
     atomic_int        stop;
+    volatile sig_atomic_t *sig;       /* hl_worker_run's: read while a revocation waits */
     atomic_int        assigned;
     atomic_int        have_assignment;
     atomic_int        failed;         /* a partition could not be served: run fails */

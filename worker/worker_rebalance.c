@@ -547,6 +547,17 @@ static void hide_series(hl_worker *w, int32_t p)
         hl_metrics_hide(w->reg, gauges[i], labels);
 }
 
+/* While a revocation waits: a SIGTERM that came meanwhile becomes the stop
+ * (the main loop, which would make it one, is waiting here). Without it a
+ * release held by refused lists (flight.c) never ended, and the process
+ * was killed by run's last-resort alarm instead of stopping. */
+static void revoke_waiting(void *arg)
+{
+    hl_worker *w = arg;
+    if (w->sig != NULL && *w->sig && atomic_load(&w->stop) == 0)
+        hl_worker_stop(w);
+}
+
 static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
 {
     hl_shard *back[64];
@@ -565,7 +576,7 @@ static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
     }
     for (int t = 0; t < w->n_th; t++) {
         int n;
-        while ((n = hl_wthread_wait_taken(w->th[t], back, 64)) > 0) {
+        while ((n = hl_wthread_wait_taken(w->th[t], back, 64, revoke_waiting, w)) > 0) {
             for (int j = 0; j < n; j++) {
                 int32_t p = back[j]->partition;
                 hl_log(HL_LOG_INFO, "partition_revoked", "partition=%d thread=%d", (int)p, t);

@@ -15,7 +15,10 @@ cases, each on a fresh broker:
   during the refusal, after it had the time to commit what it stored and
   to snapshot every second, and a new one finishes after it: the refused
   lists must not have let the committed offsets or a snapshot pass their
-  events;
+  events; before it, still refused, a second worker loses partitions to a
+  joining member (its release waits for the refused lists) and gets
+  SIGTERM then: it must stop within shutdown.timeout.ms, not be killed by
+  the alarm;
 - gives_up: the broker refuses with INVALID_RECORD, an error retrying can
   never fix, and never stops: the worker gives up on each user's list after
   a bounded number of attempts (halflife_delivery_given_up_total counts
@@ -139,13 +142,38 @@ def sigkill_during_refusal(ck):
              "events whose lists were refused" % (held, high))
     w.p.kill()
     w.p.wait()
+    term_during_revocation(ck, broker, model, high)
     off = refuse(broker, path, False)
     ck.check("b_refusal_applied", on and off and consumed >= len(events),
              "refusal on %s, off %s; consumed %d of %d before the kill"
              % (on, off, consumed, len(events)))
-    w2 = worker(ck, broker, model, "worker-b2", "killed")
-    finish(ck, "b", broker, w2, "killed", last, high, events_csv, model, events, errs)
+    w3 = worker(ck, broker, model, "worker-b3", "killed")
+    finish(ck, "b", broker, w3, "killed", last, high, events_csv, model, events, errs)
     broker.stop()
+
+
+def term_during_revocation(ck, broker, model, high):
+    """Still refused: a worker whose lists are held loses partitions to a
+    new member (its release waits for the refused lists), then gets
+    SIGTERM. It must stop by itself within shutdown.timeout.ms (not be
+    killed by run's alarm 5 s later), storing no offset past them."""
+    w = worker(ck, broker, model, "worker-b2", "killed", ["shutdown.timeout.ms=2000"])
+    retries = wait_metric(w, "halflife_delivery_retries_total", 30)
+    joiner = worker(ck, broker, model, "worker-b2j", "killed", ["shutdown.timeout.ms=2000"])
+    deadline, rebalances = time.time() + 30, 0
+    while time.time() < deadline and rebalances < 2:    # assigned, then revoking
+        rebalances = w.metric_or("halflife_rebalances_total")
+        time.sleep(0.1)
+    rc, secs = w.term(30)
+    ck.check("b_term_during_revocation",
+             retries > 0 and rebalances >= 2 and rc in (0, 1) and secs < 6,
+             "retries %s, rebalances %s before SIGTERM; exit %s after %.1f s "
+             "(shutdown.timeout.ms=2000, the alarm at 7 s)" % (retries, rebalances, rc, secs))
+    held = C.wait_committed(broker.bootstrap, "killed", high, 1)
+    ck.check("b_offsets_held_at_term",
+             all(held.get(p, -1) < h for p, h in high.items()),
+             "committed %s after SIGTERM, high watermarks %s" % (held, high))
+    joiner.term(30)
 
 
 def gives_up(ck):

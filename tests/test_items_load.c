@@ -19,44 +19,78 @@
 
 #define N_UPD 20
 
+/* A model, a mock cluster with the topic "items" (one partition) and a
+ * producer to it: what each case starts from. */
+typedef struct bed {
+    tm                       a;
+    hl_model                *m;
+    rd_kafka_t              *mrk, *p;       /* the mock's host handle; the producer */
+    rd_kafka_mock_cluster_t *mock;
+    const char              *bootstrap;
+    hl_metrics              *reg;
+} bed;
+
+static void bed_open(bed *b, const char *name)
+{
+    char err[512];
+    tm_init(&b->a, N);
+    b->m = tm_open(&b->a, name);
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    rd_kafka_conf_set(c, "log_level", "0", err, sizeof err);
+    b->mrk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
+    b->mock = rd_kafka_mock_cluster_new(b->mrk, 1);
+    CHECK(b->mock != NULL);
+    rd_kafka_mock_topic_create(b->mock, "items", 1, 1);
+    b->bootstrap = rd_kafka_mock_cluster_bootstraps(b->mock);
+    rd_kafka_conf_t *pc = rd_kafka_conf_new();
+    rd_kafka_conf_set(pc, "bootstrap.servers", b->bootstrap, err, sizeof err);
+    b->p = rd_kafka_new(RD_KAFKA_PRODUCER, pc, err, sizeof err);
+    b->reg = hl_metrics_create();
+}
+
+static void bed_close(bed *b)
+{
+    hl_metrics_destroy(b->reg);
+    rd_kafka_destroy(b->p);
+    rd_kafka_mock_cluster_destroy(b->mock);
+    rd_kafka_destroy(b->mrk);
+    hl_model_close(b->m);
+    tm_free(&b->a);
+}
+
+/* Produces one update hiding item id, framed as co says. */
+static void send_upd(rd_kafka_t *p, const char *id, const hl_item_codec_opts *co)
+{
+    char buf[256];
+    hl_item_update u = upd(id);
+    u.available = 0;
+    int len = hl_item_encode(co, &u, buf, sizeof buf);
+    CHECK(len > 0);
+    CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_PARTITION(0),
+                            RD_KAFKA_V_KEY(id, strlen(id)), RD_KAFKA_V_VALUE(buf, (size_t)len),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == 0);
+}
+
 static void test_loaded_only_after_reading_to_the_end(void)
 {
     char err[512];
-    tm a;
-    tm_init(&a, N);
-    hl_model *m = tm_open(&a, "load");
-    rd_kafka_conf_t *c = rd_kafka_conf_new();
-    rd_kafka_conf_set(c, "log_level", "0", err, sizeof err);
-    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
-    rd_kafka_mock_cluster_t *mock = rd_kafka_mock_cluster_new(mrk, 1);
-    CHECK(mock != NULL);
-    rd_kafka_mock_topic_create(mock, "items", 1, 1);
-    const char *bootstrap = rd_kafka_mock_cluster_bootstraps(mock);
-    rd_kafka_conf_t *pc = rd_kafka_conf_new();
-    rd_kafka_conf_set(pc, "bootstrap.servers", bootstrap, err, sizeof err);
-    rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, pc, err, sizeof err);
+    bed b;
+    bed_open(&b, "load");
     hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
                              .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
     for (int i = 0; i < N_UPD; i++) {     /* hide model items i0..i19 */
-        char id[16], buf[256];
+        char id[16];
         snprintf(id, sizeof id, "i%d", i);
-        hl_item_update u = upd(id);
-        u.available = 0;
-        int len = hl_item_encode(&co, &u, buf, sizeof buf);
-        CHECK(len > 0);
-        CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_PARTITION(0),
-                                RD_KAFKA_V_KEY(id, strlen(id)), RD_KAFKA_V_VALUE(buf, (size_t)len),
-                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == 0);
+        send_upd(b.p, id, &co);
     }
-    CHECK(rd_kafka_flush(p, 10000) == 0);
+    CHECK(rd_kafka_flush(b.p, 10000) == 0);
     /* the watermark query fails once (ListOffsets, api key 2), and every
      * request takes 300 ms from now on */
-    rd_kafka_mock_push_request_errors(mock, 2, 2, RD_KAFKA_RESP_ERR_UNKNOWN,
+    rd_kafka_mock_push_request_errors(b.mock, 2, 2, RD_KAFKA_RESP_ERR_UNKNOWN,
                                       RD_KAFKA_RESP_ERR_UNKNOWN);
-    rd_kafka_mock_broker_set_rtt(mock, 1, 300);
-    hl_metrics *reg = hl_metrics_create();
-    hl_items_opts o = {.bootstrap = bootstrap, .topic = "items", .codec = co, .m = m,
-                       .max_new = 100, .reg = reg};
+    rd_kafka_mock_broker_set_rtt(b.mock, 1, 300);
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 100, .reg = b.reg};
     hl_items *it = hl_items_create(&o, err, sizeof err);
     CHECKF(it != NULL, "%s", err);
     CHECK(hl_items_start(it, err, sizeof err) == 0);
@@ -70,12 +104,7 @@ static void test_loaded_only_after_reading_to_the_end(void)
     CHECKF(applied_at_load == N_UPD, "loaded with %lld of the topic's %d updates applied "
            "(-1: never loaded)", applied_at_load, N_UPD);
     hl_items_destroy(it);
-    hl_metrics_destroy(reg);
-    rd_kafka_destroy(p);
-    rd_kafka_mock_cluster_destroy(mock);
-    rd_kafka_destroy(mrk);
-    hl_model_close(m);
-    tm_free(&a);
+    bed_close(&b);
 }
 
 /* A registry stand-in for the items' writer schema ids: 7 is ours, every
@@ -90,21 +119,6 @@ static int ids_fn(void *arg, int32_t id, char **text, char *why, size_t whylen)
     return *text != NULL ? 0 : HL_ENOMEM;
 }
 
-/* Produces one update of item id under writer schema id sid. */
-static void send_upd(rd_kafka_t *p, const char *id, int32_t sid)
-{
-    char buf[256];
-    hl_item_codec_opts co = {.framing = HL_FRAMING_CONFLUENT, .schema_id = sid, .dim = DIM,
-                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
-    hl_item_update u = upd(id);
-    u.available = 0;
-    int len = hl_item_encode(&co, &u, buf, sizeof buf);
-    CHECK(len > 0);
-    CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_PARTITION(0),
-                            RD_KAFKA_V_KEY(id, strlen(id)), RD_KAFKA_V_VALUE(buf, (size_t)len),
-                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == 0);
-}
-
 /* Updates naming 100 ids of other subjects' schemas (ids are global in a
  * registry, and anyone who may write the topic can name them) must not
  * fill the ids the reader remembers: our schema's id, seen after them, is
@@ -113,32 +127,24 @@ static void send_upd(rd_kafka_t *p, const char *id, int32_t sid)
 static void test_foreign_ids_do_not_fill_known(void)
 {
     char err[512];
-    tm a;
-    tm_init(&a, N);
-    hl_model *m = tm_open(&a, "known");
-    rd_kafka_conf_t *c = rd_kafka_conf_new();
-    rd_kafka_conf_set(c, "log_level", "0", err, sizeof err);
-    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
-    rd_kafka_mock_cluster_t *mock = rd_kafka_mock_cluster_new(mrk, 1);
-    CHECK(mock != NULL);
-    rd_kafka_mock_topic_create(mock, "items", 1, 1);
-    const char *bootstrap = rd_kafka_mock_cluster_bootstraps(mock);
-    rd_kafka_conf_t *pc = rd_kafka_conf_new();
-    rd_kafka_conf_set(pc, "bootstrap.servers", bootstrap, err, sizeof err);
-    rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, pc, err, sizeof err);
-    for (int i = 0; i < 100; i++)
-        send_upd(p, "i0", 100 + i);
+    bed b;
+    bed_open(&b, "known");
+    hl_item_codec_opts co = {.framing = HL_FRAMING_CONFLUENT, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    for (int i = 0; i < 100; i++) {
+        co.schema_id = 100 + i;
+        send_upd(b.p, "i0", &co);
+    }
+    co.schema_id = 7;
     for (int i = 0; i < N_UPD; i++) {
         char id[16];
         snprintf(id, sizeof id, "i%d", i);
-        send_upd(p, id, 7);
+        send_upd(b.p, id, &co);
     }
-    CHECK(rd_kafka_flush(p, 10000) == 0);
-    hl_metrics *reg = hl_metrics_create();
-    hl_items_opts o = {.bootstrap = bootstrap, .topic = "items", .m = m, .max_new = 100,
-                       .reg = reg, .schema_fn = ids_fn,
-                       .codec = {.framing = HL_FRAMING_CONFLUENT, .dim = DIM,
-                                 .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX}};
+    CHECK(rd_kafka_flush(b.p, 10000) == 0);
+    co.schema_id = 0;
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .m = b.m, .max_new = 100,
+                       .reg = b.reg, .schema_fn = ids_fn, .codec = co};
     atomic_store(&calls7, 0);
     hl_items *it = hl_items_create(&o, err, sizeof err);
     CHECKF(it != NULL, "%s", err);
@@ -150,12 +156,7 @@ static void test_foreign_ids_do_not_fill_known(void)
     CHECKF(atomic_load(&calls7) == 1, "id 7 was looked up %d times for %d updates, want "
            "once", atomic_load(&calls7), N_UPD);
     hl_items_destroy(it);
-    hl_metrics_destroy(reg);
-    rd_kafka_destroy(p);
-    rd_kafka_mock_cluster_destroy(mock);
-    rd_kafka_destroy(mrk);
-    hl_model_close(m);
-    tm_free(&a);
+    bed_close(&b);
 }
 
 int main(void)

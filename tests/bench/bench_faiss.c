@@ -65,7 +65,6 @@
 #define DA         (DIM + 1)    /* augmented rows [e, b] and queries [q, 1] */
 #define BATCH      256
 #define B1_USERS   128          /* users timed at batch 1 */
-#define REPS       3
 #define TRAIN_PER  32           /* ours' default k-means sample per list */
 #define ITERS      8            /* ours' default k-means iterations */
 #define MIN_RECALL 0.95
@@ -491,17 +490,7 @@ static double ranker_rate(hl_ranker *r, const bench_users *bu, int n_users, int 
 {
     static hl_rec out[SAMPLE * K];
     static int n_out[SAMPLE];
-    double t[REPS];
-    for (int rep = 0; rep < REPS; rep++) {
-        double t0 = now_s();
-        for (int u = 0; u < n_users; u += batch) {
-            int n = n_users - u < batch ? n_users - u : batch;
-            hl_ranker_refresh(r, bu->v + u, n, out + (size_t)u * K, n_out + u);
-        }
-        t[rep] = now_s() - t0;
-    }
-    qsort(t, REPS, sizeof t[0], cmp_double);
-    return n_users / t[REPS / 2];
+    return index_rate(r, bu, n_users, batch, out, n_out);
 }
 
 /* The exact path's rates (bench_index's: batch 256 over all users, batch

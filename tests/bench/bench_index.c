@@ -40,25 +40,6 @@
 #include <unistd.h>
 
 #define BATCH    256
-#define REPS     3
-
-/* Lists/s of r over the users [0, n_users) in batches of batch (median of
- * REPS passes); out (SAMPLE, K) gets the lists of the last pass. */
-static double rate_of(hl_ranker *r, const bench_users *bu, int n_users, int batch,
-                      hl_rec *out, int *n_out)
-{
-    double t[REPS];
-    for (int rep = 0; rep < REPS; rep++) {
-        double t0 = now_s();
-        for (int u = 0; u < n_users; u += batch) {
-            int n = n_users - u < batch ? n_users - u : batch;
-            hl_ranker_refresh(r, bu->v + u, n, out + (size_t)u * K, n_out + u);
-        }
-        t[rep] = now_s() - t0;
-    }
-    qsort(t, REPS, sizeof t[0], cmp_double);
-    return n_users / t[REPS / 2];
-}
 
 /* Recall of the index's lists b against the exact lists a; *bad counts
  * items both hold whose scores differ in any bit (must be 0: the index
@@ -144,9 +125,9 @@ static double sweep(const ref *rf, const bench_model *bm, const hl_ivf *ix,
         static hl_rec one[SAMPLE * K];
         static int n_one[SAMPLE];
         uint64_t sc0 = hl_ranker_index_scored(r);
-        double rate1 = rate_of(r, bu, 64, 1, one, n_one);
+        double rate1 = index_rate(r, bu, 64, 1, one, n_one);
         uint64_t sc1 = hl_ranker_index_scored(r);
-        double rate = rate_of(r, bu, SAMPLE, BATCH, out, n_out);
+        double rate = index_rate(r, bu, SAMPLE, BATCH, out, n_out);
         double share1 = (double)(sc1 - sc0) / ((double)REPS * 64 * rf->n_items);
         double share = (double)(hl_ranker_index_scored(r) - sc1) /
                        ((double)REPS * SAMPLE * rf->n_items);
@@ -179,8 +160,8 @@ static void exact_ref(ref *rf, const bench_model *bm, const bench_users *bu)
         fprintf(stderr, "bench_index: %s\n", err);
         exit(1);
     }
-    rf->exact256 = rate_of(r, bu, SAMPLE, BATCH, rf->out, rf->n_out);
-    rf->exact1 = rate_of(r, bu, rf->n_items >= 5000000 ? 8 : 32, 1, one, n_one);
+    rf->exact256 = index_rate(r, bu, SAMPLE, BATCH, rf->out, rf->n_out);
+    rf->exact1 = index_rate(r, bu, rf->n_items >= 5000000 ? 8 : 32, 1, one, n_one);
     printf("{\"bench\":\"index_exact\",\"model\":\"%s\",\"items\":%d,\"dim\":%d,\"k\":%d,"
            "\"scoring\":\"exact\",\"batch_256\":%.4g,\"batch_1\":%.4g,\"unit\":\"lists/s\","
            "\"bandwidth_gbs\":%.1f,\"clock\":\"thread_cpu\"}\n", rf->model, rf->n_items,

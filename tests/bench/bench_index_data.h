@@ -19,6 +19,7 @@
 
 #define K          20
 #define CENTRES    4096
+#define REPS       3           /* timed passes; rates are their median */
 
 /* e_out (n, DIM): uniform, or CENTRES centres plus noise. */
 static inline float *make_e_out(int32_t n, int clustered)
@@ -43,6 +44,24 @@ static inline void index_model_init(bench_model *bm, int32_t n_items, int cluste
     bm->p.e_out = make_e_out(n_items, clustered);
     bm->p.e_in = bm->p.e_out;
     bm->p.bias = rand_array((size_t)n_items, 0.1f);
+}
+
+/* Lists/s of r over the users [0, n_users) in batches of batch (median of
+ * REPS passes); out (SAMPLE, K) and n_out get the lists of the last pass. */
+static inline double index_rate(hl_ranker *r, const bench_users *bu, int n_users, int batch,
+                                hl_rec *out, int *n_out)
+{
+    double t[REPS];
+    for (int rep = 0; rep < REPS; rep++) {
+        double t0 = now_s();
+        for (int u = 0; u < n_users; u += batch) {
+            int n = n_users - u < batch ? n_users - u : batch;
+            hl_ranker_refresh(r, bu->v + u, n, out + (size_t)u * K, n_out + u);
+        }
+        t[rep] = now_s() - t0;
+    }
+    qsort(t, REPS, sizeof t[0], cmp_double);
+    return n_users / t[REPS / 2];
 }
 
 static inline void index_model_free(bench_model *bm)

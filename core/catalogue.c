@@ -10,10 +10,14 @@
  * a tombstone go on free lists, so the arrays never shrink and never move
  * an entry. Memory is bounded by the model's items plus max_new.
  *
- * A view is built from scratch: side rows packed in entry order, the
- * always-hidden rows sorted, the expiring rows with their times. Nothing in
- * a view points into the table, so the table may change (and the reader
- * build the next view) while threads rank with the old one. */
+ * A view is built from scratch: side rows packed in entry order, their ids
+ * in one buffer, the always-hidden rows sorted, the expiring rows with
+ * their times. Nothing in a view points into the table, so the table may
+ * change (and the reader build the next view) while threads rank with the
+ * old one. A view no one reads any more can be built again in place
+ * (hl_catalogue_view_reuse): its arrays are kept when they are big enough,
+ * so a rebuild is copies into memory already mapped, not fresh pages
+ * (with 100k side items, fresh pages were most of the cost). */
 #include "catalogue.h"
 
 #include <math.h>
@@ -34,6 +38,7 @@ enum { KEY_ITEM = 0, KEY_FOLDIN = 1 };
 typedef struct entry {
     const char *id;            /* own copy (a model swap must not leave it dangling) */
     uint32_t    id_len;
+    uint64_t    ikey;          /* hl_item_key(id): a view's added-item key */
     int32_t     model_row;     /* -1: unknown to the model */
     int32_t     next_free;     /* free list link while unused */
     uint8_t     used;
@@ -66,6 +71,7 @@ struct hl_catalogue {
 };
 
 typedef struct exp_row { int64_t at_ms; int32_t row; } exp_row;
+typedef struct key_pend { uint64_t key; int32_t row; } key_pend;
 /* A known item whose embedding an update overrides: its model row and the
  * side row listed in its place. */
 typedef struct ovr_row { int32_t model, side; } ovr_row;
@@ -76,13 +82,18 @@ struct hl_catview {
     const hl_model *m;
     float    *e_in, *e_out, *bias;           /* (n_side, dim), (n_side) */
     uint8_t  *folded;                        /* (n_side): a fold-in record's row */
-    char    **side_id;  uint32_t *side_len;  /* copies */
+    char     *ids;                           /* side row s's id: id_off[s] to */
+    uint32_t *id_off;                        /* id_off[s + 1] in ids (copies) */
     int32_t  *always;   int32_t n_always;    /* sorted rows */
     exp_row  *exp;      int32_t n_exp;       /* sorted by time */
     uint64_t *key;      int32_t *key_row;    /* added items by hl_item_key: open
                                                 addressing, key 0 empty */
+    key_pend *pend;     int32_t n_pend;      /* keys to add (key_add_all) */
     uint32_t  key_mask;
     ovr_row  *ovr;      int32_t n_ovr;       /* overridden items, by model row */
+    size_t    cap_side, side_dim;            /* what the arrays hold, for reuse */
+    size_t    cap_rows, cap_ids;
+    uint32_t  cap_key;
 };
 
 /* ---- the id hash ---- */
@@ -306,6 +317,7 @@ static int insert(hl_catalogue *c, const hl_item_update *u, uint32_t *slot,
     c->n_new += row < 0;
     e->id = own;
     e->id_len = u->id_len;
+    e->ikey = hl_item_key(own, u->id_len);
     e->model_row = row;
     e->used = 1;
     for (int k = 0; k < 2; k++)
@@ -497,28 +509,78 @@ static int cmp_exp(const void *a, const void *b)
     return (x->row > y->row) - (x->row < y->row);
 }
 
+/* free(p), then a fresh block of n elements of size elem (contents not
+ * kept: a view is built from scratch). NULL when out of memory. */
+static void *renew(void *p, size_t n, size_t elem)
+{
+    free(p);
+    return malloc((n ? n : 1) * elem);
+}
+
+/* v's arrays sized for c, keeping those already big enough. Growth has a
+ * quarter's headroom, so a view rebuilt in place as the catalogue grows
+ * one item at a time is not reallocated every time. */
 static int view_alloc(hl_catview *v, const hl_catalogue *c)
 {
     size_t ns = (size_t)c->st.added + (size_t)c->st.foldin + (size_t)c->st.overridden;
     size_t d = (size_t)c->dim;
     size_t n_rows = (size_t)c->n_used * 2 + 1;   /* a row each, a model row masked */
-    v->e_in = malloc((ns ? ns : 1) * d * sizeof(float));
-    v->e_out = malloc((ns ? ns : 1) * d * sizeof(float));
-    v->bias = malloc((ns ? ns : 1) * sizeof(float));
-    v->folded = malloc(ns ? ns : 1);
-    v->side_id = calloc(ns ? ns : 1, sizeof *v->side_id);
-    v->side_len = calloc(ns ? ns : 1, sizeof *v->side_len);
-    v->always = malloc(n_rows * sizeof *v->always);
-    v->exp = malloc(n_rows * sizeof *v->exp);
-    v->ovr = malloc((ns ? ns : 1) * sizeof *v->ovr);
+    if (ns > v->cap_side || d != v->side_dim) {
+        size_t cap = ns + ns / 4 + 16;
+        v->e_in = renew(v->e_in, cap * d, sizeof(float));
+        v->e_out = renew(v->e_out, cap * d, sizeof(float));
+        v->bias = renew(v->bias, cap, sizeof(float));
+        v->folded = renew(v->folded, cap, 1);
+        v->id_off = renew(v->id_off, cap + 1, sizeof *v->id_off);
+        v->ovr = renew(v->ovr, cap, sizeof *v->ovr);
+        v->pend = renew(v->pend, cap, sizeof *v->pend);
+        int ok = v->e_in && v->e_out && v->bias && v->folded && v->id_off && v->ovr &&
+                 v->pend;
+        v->cap_side = ok ? cap : 0;
+        v->side_dim = ok ? d : 0;
+        if (!ok)
+            return HL_ENOMEM;
+    }
+    if (n_rows > v->cap_rows) {
+        size_t cap = n_rows + n_rows / 4 + 16;
+        v->always = renew(v->always, cap, sizeof *v->always);
+        v->exp = renew(v->exp, cap, sizeof *v->exp);
+        v->cap_rows = v->always && v->exp ? cap : 0;
+        if (v->cap_rows == 0)
+            return HL_ENOMEM;
+    }
     uint32_t n_key = 16;
     while (n_key < 2 * ns)
         n_key *= 2;
-    v->key = calloc(n_key, sizeof *v->key);
-    v->key_row = malloc(n_key * sizeof *v->key_row);
+    if (n_key != v->cap_key) {
+        free(v->key_row);
+        v->key = renew(v->key, n_key, sizeof *v->key);
+        v->key_row = malloc(n_key * sizeof *v->key_row);
+        v->cap_key = v->key && v->key_row ? n_key : 0;
+        if (v->cap_key == 0)
+            return HL_ENOMEM;
+    }
+    memset(v->key, 0, n_key * sizeof *v->key);
     v->key_mask = n_key - 1;
-    return v->e_in && v->e_out && v->bias && v->folded && v->side_id && v->side_len &&
-           v->always && v->exp && v->key && v->key_row && v->ovr ? 0 : HL_ENOMEM;
+    return 0;
+}
+
+/* The id bytes of side row s (the row v->n_side is being added): appended
+ * to v->ids, which doubles when full. */
+static int id_add(hl_catview *v, const char *id, uint32_t len)
+{
+    size_t at = v->id_off[v->n_side];
+    if (at + len > v->cap_ids) {
+        size_t cap = 2 * (at + len) + 64;
+        char *p = realloc(v->ids, cap);
+        if (p == NULL)
+            return HL_ENOMEM;
+        v->ids = p;
+        v->cap_ids = cap;
+    }
+    memcpy(v->ids + at, id, len);
+    v->id_off[v->n_side + 1] = (uint32_t)(at + len);
+    return 0;
 }
 
 static uint32_t key_home(const hl_catview *v, uint64_t k)
@@ -535,6 +597,22 @@ static void key_add(hl_catview *v, uint64_t k, int32_t row)
     if (v->key[i] == 0) {
         v->key[i] = k;
         v->key_row[i] = row;
+    }
+}
+
+/* The keys view_add put aside, into the table. The table is bigger than
+ * the caches and the keys random, so each insert would wait on memory:
+ * the home slot PREFETCH_AHEAD inserts ahead is fetched meanwhile. */
+#define PREFETCH_AHEAD 16
+static void key_add_all(hl_catview *v)
+{
+    for (int32_t i = 0; i < v->n_pend; i++) {
+        if (i + PREFETCH_AHEAD < v->n_pend) {
+            uint32_t h = key_home(v, v->pend[i + PREFETCH_AHEAD].key);
+            __builtin_prefetch(&v->key[h], 1);
+            __builtin_prefetch(&v->key_row[h], 1);
+        }
+        key_add(v, v->pend[i].key, v->pend[i].row);
     }
 }
 
@@ -561,15 +639,13 @@ static int view_add(hl_catview *v, const hl_catalogue *c, const entry *e)
         memcpy(v->e_out + s * d, c->s_out + (size_t)r->side * d, d * sizeof(float));
         v->bias[s] = c->s_bias[r->side];
         v->folded[s] = r->foldin_events > 0;
-        if ((v->side_id[s] = malloc(e->id_len)) == NULL)
+        if (id_add(v, e->id, e->id_len) != 0)
             return HL_ENOMEM;
-        memcpy(v->side_id[s], e->id, e->id_len);
-        v->side_len[s] = e->id_len;
         if (row >= 0) {
             v->always[v->n_always++] = row;     /* the side row replaces it */
             v->ovr[v->n_ovr++] = (ovr_row){row, v->n_model + v->n_side};
         } else
-            key_add(v, hl_item_key(e->id, e->id_len), v->n_model + v->n_side);
+            v->pend[v->n_pend++] = (key_pend){e->ikey, v->n_model + v->n_side};
         row = v->n_model + v->n_side++;
     }
     if (row < 0)
@@ -581,20 +657,23 @@ static int view_add(hl_catview *v, const hl_catalogue *c, const entry *e)
     return 0;
 }
 
-hl_catview *hl_catalogue_view(const hl_catalogue *c)
+hl_catview *hl_catalogue_view_reuse(const hl_catalogue *c, hl_catview *old)
 {
-    hl_catview *v = calloc(1, sizeof *v);
+    hl_catview *v = old != NULL ? old : calloc(1, sizeof *v);
     if (v == NULL)
         return NULL;
     v->version = c->version;
     v->n_model = c->n_model;
-    v->dim = c->dim;
     v->m = c->m;
+    v->n_side = v->n_always = v->n_exp = v->n_ovr = v->n_pend = 0;
     if (view_alloc(v, c) != 0)
         goto fail;
+    v->dim = c->dim;
+    v->id_off[0] = 0;
     for (int32_t i = 0; i < c->n_ent; i++)
         if (c->ent[i].used && view_add(v, c, &c->ent[i]) != 0)
             goto fail;
+    key_add_all(v);
     qsort(v->always, (size_t)v->n_always, sizeof *v->always, cmp_i32);
     qsort(v->exp, (size_t)v->n_exp, sizeof *v->exp, cmp_exp);
     qsort(v->ovr, (size_t)v->n_ovr, sizeof *v->ovr, cmp_ovr);
@@ -604,14 +683,17 @@ fail:
     return NULL;
 }
 
+hl_catview *hl_catalogue_view(const hl_catalogue *c)
+{
+    return hl_catalogue_view_reuse(c, NULL);
+}
+
 void hl_catview_destroy(hl_catview *v)
 {
     if (v == NULL)
         return;
-    for (int32_t s = 0; v->side_id && s < v->n_side; s++)
-        free(v->side_id[s]);
-    free(v->side_id);
-    free(v->side_len);
+    free(v->ids);
+    free(v->id_off);
     free(v->e_in);
     free(v->e_out);
     free(v->bias);
@@ -621,6 +703,7 @@ void hl_catview_destroy(hl_catview *v)
     free(v->key);
     free(v->key_row);
     free(v->ovr);
+    free(v->pend);
     free(v);
 }
 
@@ -640,14 +723,16 @@ const char *hl_catview_item_id(const hl_catview *v, int32_t row, uint32_t *len)
         return hl_model_item_id(v->m, row, len);
     if (row < v->n_model || row - v->n_model >= v->n_side)
         return NULL;
-    *len = v->side_len[row - v->n_model];
-    return v->side_id[row - v->n_model];
+    int32_t s = row - v->n_model;
+    *len = v->id_off[s + 1] - v->id_off[s];
+    return v->ids + v->id_off[s];
 }
 
 int32_t hl_catview_row_find(const hl_catview *v, const char *id, size_t len)
 {
     for (int32_t s = 0; s < v->n_side; s++)      /* O(n_side): tools and tests */
-        if (v->side_len[s] == len && memcmp(v->side_id[s], id, len) == 0)
+        if (v->id_off[s + 1] - v->id_off[s] == len &&
+            memcmp(v->ids + v->id_off[s], id, len) == 0)
             return v->n_model + s;
     return hl_model_item_find(v->m, id, len);
 }

@@ -111,6 +111,12 @@ void hl_catalogue_stats_get(const hl_catalogue *c, hl_catalogue_stats *st);
 /* An immutable copy of c's state, or NULL (out of memory). Costs one pass
  * over the kept items and a copy of the side vectors. */
 hl_catview *hl_catalogue_view(const hl_catalogue *c);
+/* The same, built in old's memory when old is not NULL: old must be a view
+ * no one reads any more, and is consumed (reused, or destroyed on failure).
+ * Its arrays are kept when big enough, so a rebuild writes memory already
+ * mapped: at 100k side items this is several times cheaper than a fresh
+ * view (bench_catalogue "catalogue_view"). */
+hl_catview *hl_catalogue_view_reuse(const hl_catalogue *c, hl_catview *old);
 void        hl_catview_destroy(hl_catview *v);              /* NULL is a no-op */
 
 uint64_t hl_catview_version(const hl_catview *v);

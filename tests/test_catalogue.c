@@ -439,8 +439,115 @@ static void test_override_row_of_model_row(void)
     tm_free(&a);
 }
 
+/* ---- views rebuilt in place ---- */
+
+/* Everything a reader can ask of v and f agrees. */
+static void same_view(const hl_catview *v, const hl_catview *f, int n_new)
+{
+    int32_t ns = hl_catview_n_side(f), d = hl_catview_dim(f), hv[4 * N], hf[4 * N];
+    CHECK(hl_catview_n_side(v) == ns && hl_catview_dim(v) == d &&
+          hl_catview_version(v) == hl_catview_version(f) &&
+          hl_catview_hidden_max(v) == hl_catview_hidden_max(f));
+    CHECK(!memcmp(hl_catview_side_e_in(v), hl_catview_side_e_in(f), (size_t)ns * d * 4) &&
+          !memcmp(hl_catview_side_e_out(v), hl_catview_side_e_out(f), (size_t)ns * d * 4) &&
+          !memcmp(hl_catview_side_bias(v), hl_catview_side_bias(f), (size_t)ns * 4));
+    for (int32_t row = 0; row < N + ns; row++) {
+        uint32_t lv = 0, lf = 0;
+        const char *iv = hl_catview_item_id(v, row, &lv), *jf = hl_catview_item_id(f, row, &lf);
+        CHECK(lv == lf && !memcmp(iv, jf, lf));
+        CHECK(hl_catview_override_row(v, row) == hl_catview_override_row(f, row));
+        if (row >= N)
+            CHECK(hl_catview_side_folded(v, row - N) == hl_catview_side_folded(f, row - N));
+    }
+    for (int k = 0; k < n_new; k++) {
+        char id[32];
+        int len = snprintf(id, sizeof id, "new-%d", k);
+        uint64_t key = hl_item_key(id, (uint32_t)len);
+        CHECK(hl_catview_added_row(v, key) == hl_catview_added_row(f, key));
+    }
+    for (int64_t at = 0; at <= 4000; at += 1000) {
+        int64_t nv, nf;
+        int32_t n = hl_catview_hidden_at(f, at, hf, &nf);
+        CHECK(hl_catview_hidden_at(v, at, hv, &nv) == n && nv == nf &&
+              !memcmp(hv, hf, (size_t)n * sizeof *hf));
+    }
+}
+
+/* One random update of dim d: a hide, an expiry, an embedding (an
+ * operator's or a fold-in record), or a tombstone, of a known or new id. */
+static void random_update(hl_catalogue *c, int d, int n_new)
+{
+    char id[32], err[256];
+    float e_in[DIM], e_out[DIM];
+    int which = (int)((frand() + 1.0f) * 50.0f), kind = which % 5;
+    if (which % 2)
+        snprintf(id, sizeof id, "i%d", which % N);
+    else
+        snprintf(id, sizeof id, "new-%d", (int)((frand() + 1.0f) * 0.5f * (float)n_new));
+    hl_item_update u = upd(id);
+    for (int i = 0; i < d; i++) {
+        e_in[i] = frand();
+        e_out[i] = frand();
+    }
+    if (kind == 0)
+        u.available = 0;
+    else if (kind == 1)
+        u.expires_at_ms = 1000 * (int64_t)(which % 4);
+    else if (kind == 4)
+        u.tombstone = 1;
+    else {
+        u.e_in = e_in;
+        u.e_out = e_out;
+        u.bias = frand();
+        u.foldin_events = kind == 3 ? 1 + which % 9 : 0;
+        u.foldin_key = kind == 3;
+    }
+    int rc = hl_catalogue_apply(c, &u, err, sizeof err);
+    CHECK(rc == 0 || rc == HL_CATALOGUE_IGNORED || rc == HL_EFULL);
+}
+
+/* A view built in the memory of an older one (hl_catalogue_view_reuse)
+ * equals a fresh view of the same catalogue, as the catalogue grows,
+ * shrinks and changes dim under a model swap. */
+static void test_view_rebuilt_in_place_equals_fresh(void)
+{
+    tm a, b;
+    tm_init(&a, N);
+    tm_init(&b, N);
+    b.p.info.dim = DIM / 2;
+    b.p.info.layer_out[0] = DIM / 2;
+    hl_model *ma = tm_open(&a, "ra"), *mb = tm_open(&b, "rb");
+    char err[256];
+    enum { N_NEW = 120 };
+    hl_catalogue *c = hl_catalogue_create(ma, N_NEW, err, sizeof err);
+    hl_catview *w = NULL;
+    int d = DIM;
+    for (int round = 0; round < 12; round++) {
+        if (round == 6) {                 /* a swap to half the dim */
+            hl_catalogue_rebind_stats rs;
+            CHECK(mb != NULL && hl_catalogue_rebind(c, mb, &rs) == 0);
+            d = DIM / 2;
+        }
+        int n = round == 3 ? 400 : 40;   /* one round grows the side rows a lot */
+        for (int i = 0; i < n; i++)
+            random_update(c, d, N_NEW);
+        w = hl_catalogue_view_reuse(c, w);
+        hl_catview *f = hl_catalogue_view(c);
+        CHECK(w != NULL && f != NULL);
+        same_view(w, f, N_NEW);
+        hl_catview_destroy(f);
+    }
+    hl_catview_destroy(w);
+    hl_catalogue_destroy(c);
+    hl_model_close(ma);
+    hl_model_close(mb);
+    tm_free(&a);
+    tm_free(&b);
+}
+
 int main(void)
 {
+    RUN(test_view_rebuilt_in_place_equals_fresh);
     RUN(test_override_row_of_model_row);
     RUN(test_foldin_never_overrides_an_operator);
     RUN(test_two_keys_survive_compaction);

@@ -2,10 +2,11 @@
  * that reads the whole item topic (every partition, from the beginning,
  * with assign(), outside the consumer group, as a Kafka Streams global
  * table does), keeps the catalogue (core/catalogue.h), and publishes an
- * immutable view of it after each burst of updates. Shard threads take the
- * current view at a batch boundary (hl_items_local_update), so an update
- * read during a batch takes effect for every list published after that
- * batch. Nothing is committed: every start re-reads the (compacted) topic,
+ * immutable view of it after each burst of updates (paced: no sooner than
+ * the last view's cost after it, items.c). Shard threads take the current
+ * view at a batch boundary (hl_items_local_update), so an update in a view
+ * published during a batch takes effect for every list published after
+ * that batch. Nothing is committed: every start re-reads the (compacted) topic,
  * which is how the catalogue survives restarts. */
 #ifndef HL_ITEMS_H
 #define HL_ITEMS_H

@@ -333,7 +333,9 @@ int hl_publish_again(hl_wthread *t, flight *f, const hl_failed_key *keys)
         if (c.n > 0)
             refresh_chunk(t, sh, c.rows, c.n, f);
     }
-    return (int)(t->b.lists - before);
+    int sent = (int)(t->b.lists - before);
+    t->b.lists = before;        /* counted as retries (the caller), not as new lists */
+    return sent;
 }
 
 void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)

@@ -58,7 +58,8 @@ static void register_event_counters(hl_worker *w)
     w->ctx.mx.batches = hl_metrics_counter(reg, "halflife_batches_total",
         "Batches processed.", NULL);
     w->ctx.mx.lists = hl_metrics_counter(reg, "halflife_lists_published_total",
-        "Recommendation lists produced.", NULL);
+        "Recommendation lists produced (a list the broker refused and is sent again is "
+        "counted once here, again in halflife_delivery_retries_total).", NULL);
     w->ctx.mx.evictions[0] = hl_metrics_counter(reg, "halflife_evictions_total",
         "Users dropped from state, by reason.", "reason=\"mass\"");
     w->ctx.mx.evictions[1] = hl_metrics_counter(reg, "halflife_evictions_total",

@@ -36,6 +36,7 @@ struct hl_model {
     hl_model_info   info;
     const uint8_t  *map;                 /* the whole file, read-only */
     size_t          map_len;
+    hl_model_file   file;                /* the file the map was read from */
     const uint64_t *id_off;              /* (n_items + 1) offsets into id_bytes */
     const char     *id_bytes;
     const float    *e_in, *e_out, *bias;
@@ -233,7 +234,7 @@ static int id_offsets_check(const uint64_t *off, int32_t n, uint64_t n_bytes,
 
 /* ---- open ---- */
 
-static int map_file(const char *path, const uint8_t **map, size_t *len,
+static int map_file(const char *path, const uint8_t **map, size_t *len, hl_model_file *id,
                     char *errbuf, size_t errlen)
 {
     struct stat st;
@@ -269,6 +270,10 @@ static int map_file(const char *path, const uint8_t **map, size_t *len,
     }
     *map = p;
     *len = (size_t)st.st_size;
+    *id = (hl_model_file){.dev = (uint64_t)st.st_dev, .ino = (uint64_t)st.st_ino,
+                          .size = (int64_t)st.st_size,
+                          .mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 +
+                                      st.st_mtim.tv_nsec};
     rc = 0;
 out:
     close(fd);
@@ -347,7 +352,7 @@ hl_model *hl_model_open(const char *path, char *errbuf, size_t errlen)
         hl_err(errbuf, errlen, HL_ENOMEM, "model %s: no memory", path);
         return NULL;
     }
-    if (map_file(path, &m->map, &m->map_len, errbuf, errlen) != 0) goto fail;
+    if (map_file(path, &m->map, &m->map_len, &m->file, errbuf, errlen) != 0) goto fail;
     if (header_read(m, path, &lo, errbuf, errlen) != 0) goto fail;
     if (crc_check(m->map, m->map_len, path, errbuf, errlen) != 0) goto fail;
     if (padding_check(m->map, &lo, path, errbuf, errlen) != 0) goto fail;
@@ -373,6 +378,7 @@ void hl_model_close(hl_model *m)
 }
 
 const hl_model_info *hl_model_info_get(const hl_model *m) { return &m->info; }
+const hl_model_file *hl_model_file_get(const hl_model *m) { return &m->file; }
 
 int32_t hl_model_item_find(const hl_model *m, const char *id, size_t len)
 {

@@ -79,6 +79,15 @@ void      hl_model_close(hl_model *m);           /* NULL is a no-op */
 
 const hl_model_info *hl_model_info_get(const hl_model *m);
 
+/* The file m was read from, as fstat saw it on the descriptor that was
+ * mapped: whatever is at the path now may be another file (a rename since),
+ * and only this identity says which one m is. */
+typedef struct hl_model_file {
+    uint64_t dev, ino;
+    int64_t  size, mtime_ns;
+} hl_model_file;
+const hl_model_file *hl_model_file_get(const hl_model *m);
+
 /* Row of an item id, or -1 for an item outside the model. No allocation. */
 int32_t     hl_model_item_find(const hl_model *m, const char *id, size_t len);
 /* The id of row (not NUL-terminated); *len set. */

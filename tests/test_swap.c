@@ -10,7 +10,10 @@
 #include "models.h"
 #include "shard.h"
 
+#include <fcntl.h>
 #include <limits.h>
+#include <math.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DIM     16
@@ -869,6 +872,60 @@ static void test_map_from_released_model_dropped(void)
     fixture_close(&f);
 }
 
+/* The gauge line "name value" of reg's /metrics text, as a number; -1 when
+ * absent. */
+static double gauge_of(hl_metrics *reg, const char *name)
+{
+    char *text = NULL;
+    size_t len = 0;
+    double v = -1;
+    if (hl_metrics_render(reg, &text, &len) != 0)
+        return -1;
+    for (char *l = text; l != NULL && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+        if (strncmp(l, name, strlen(name)) == 0 && l[strlen(name)] == ' ')
+            v = strtod(l + strlen(name) + 1, NULL);
+    free(text);
+    return v;
+}
+
+/* A model renamed over model.path after the first one was opened and
+ * before the set was made (the index build, up to tens of seconds at
+ * millions of items) is a change: the first periodic check loads it.
+ * halflife_model_file_timestamp_seconds is the served file's own time. */
+static void test_rename_before_create_is_seen(void)
+{
+    char err[512];
+    struct stat st;
+    unlink(LIVE);
+    CHECK(write_model(PATH_A, 0, "A") == 0 && write_model(PATH_B, 50, "B") == 0);
+    CHECK(link(PATH_A, LIVE) == 0);
+    struct timespec old[2] = {{.tv_sec = 1700000000}, {.tv_sec = 1700000000}};
+    CHECK(utimensat(AT_FDCWD, LIVE, old, 0) == 0);
+    hl_model *a = hl_model_open(LIVE, err, sizeof err);
+    CHECK(a != NULL && rename(PATH_B, LIVE) == 0 && stat(LIVE, &st) == 0);
+    if (a == NULL) return;
+    hl_metrics *reg = hl_metrics_create();
+    hl_models_opts mo = {.path = LIVE, .check_ms = 1000, .reg = reg};
+    hl_models *ms = hl_models_create(&mo, a, err, sizeof err);
+    CHECKF(gauge_of(reg, "halflife_model_file_timestamp_seconds") == 1700000000.0,
+           "file time %.3f before the check", gauge_of(reg, "halflife_model_file_timestamp_seconds"));
+    CHECKF(hl_models_check(ms, 2000, 0) == 1, "the model renamed over the path before the "
+           "set was made was not loaded at the first check");
+    hl_mref *r = hl_models_acquire(ms);
+    CHECK(strcmp(r->mi->version, "B") == 0);
+    hl_mref_release(r);
+    double want = (double)st.st_mtim.tv_sec + (double)st.st_mtim.tv_nsec / 1e9;
+    CHECKF(fabs(gauge_of(reg, "halflife_model_file_timestamp_seconds") - want) < 1e-3,
+           "file time %.3f, B's mtime %.3f",
+           gauge_of(reg, "halflife_model_file_timestamp_seconds"), want);
+    CHECK(hl_models_check(ms, 4000, 0) == 0);          /* unchanged since */
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    unlink(PATH_A);
+    unlink(LIVE);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_WARN);
@@ -888,6 +945,7 @@ int main(void)
     RUN(test_reshape_refused_when_asked);
     RUN(test_reshape_keeps_eviction_counts);
     RUN(test_map_from_released_model_dropped);
+    RUN(test_rename_before_create_is_seen);
     unlink(PATH_B);
     unlink(PATH_C);
     unlink(PATH_D);

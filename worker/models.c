@@ -30,12 +30,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-typedef struct file_id {
-    dev_t   dev;
-    ino_t   ino;
-    off_t   size;
-    int64_t mtime_ns;
-} file_id;
+/* A file's identity: hl_model_file, which has no padding, so ids compare
+ * whole with memcmp. */
+typedef hl_model_file file_id;
 
 struct hl_models {
     hl_models_opts   o;
@@ -48,7 +45,7 @@ struct hl_models {
     file_id          seen;                /* the file last examined */
     int              seen_set;
     hl_counter      *swaps, *failures;
-    hl_gauge        *loaded_ts, *info;
+    hl_gauge        *loaded_ts, *file_ts, *info;
     hl_gauge        *fit_residual, *fit_shared, *fit_ratio;   /* note_migration */
     char             info_labels[256];
 };
@@ -57,12 +54,12 @@ struct hl_models {
 static int file_stat(const char *path, file_id *id)
 {
     struct stat st;
-    memset(id, 0, sizeof *id);      /* padding too: ids are compared whole */
+    memset(id, 0, sizeof *id);
     if (stat(path, &st) != 0)
         return -1;
-    id->dev = st.st_dev;
-    id->ino = st.st_ino;
-    id->size = st.st_size;
+    id->dev = (uint64_t)st.st_dev;
+    id->ino = (uint64_t)st.st_ino;
+    id->size = (int64_t)st.st_size;
     id->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
     return 0;
 }
@@ -384,6 +381,7 @@ static void show_model(hl_models *ms, const hl_mref *r)
                                 "The model in use (always 1).", ms->info_labels);
     hl_gauge_set(ms->info, 1);
     hl_gauge_set(ms->loaded_ts, (double)time(NULL));
+    hl_gauge_set(ms->file_ts, (double)hl_model_file_get(r->m)->mtime_ns / 1e9);
 }
 
 /* How well a migration carries users' older history: the map's residual
@@ -408,6 +406,12 @@ static void register_metrics(hl_models *ms)
         "Changed model files refused (damaged, half-written, or refused by the setup).", NULL);
     ms->loaded_ts = hl_metrics_gauge(reg, "halflife_model_loaded_timestamp_seconds",
         "Wall time the model in use was loaded.", NULL);
+    /* The model's age for a dashboard: the load time restarts with the pod,
+     * the file's time does not (a rename keeps it). */
+    ms->file_ts = hl_metrics_gauge(reg, "halflife_model_file_timestamp_seconds",
+        "Modification time of model.path when the model in use was read from it: when "
+        "the file was written (a rename over model.path keeps it; a restart does not "
+        "change it).", NULL);
     /* Before any migration: the identity over the model's items (0, n, 1). */
     ms->fit_residual = hl_metrics_gauge(reg, "halflife_model_migration_residual",
         "The last migration's map (a swap, or a restore of state written under another "
@@ -437,8 +441,11 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
     ms->cur->ivf = o->first_ivf;
     pthread_mutex_init(&ms->mu, NULL);
     atomic_store(&ms->gen, 1);
-    /* The file first served: a periodic check opens only a changed one. */
-    ms->seen_set = o->path != NULL && file_stat(o->path, &ms->seen) == 0;
+    /* The file first served, as it was opened: a periodic check opens only
+     * a changed one, and a file renamed over the path since (while the
+     * index was built, say) is a changed one. */
+    ms->seen = *hl_model_file_get(first);
+    ms->seen_set = o->path != NULL;
     if (o->path != NULL)
         keep(ms, o->path, ms->cur->mi);
     register_metrics(ms);
@@ -537,6 +544,7 @@ static int load(hl_models *ms)
     hl_model *m = hl_model_open(ms->o.path, err, sizeof err);
     if (m == NULL)
         return refuse(ms, err);
+    ms->seen = *hl_model_file_get(m);   /* what was read, if renamed over since the stat */
     hl_mref *cur = ms->cur;         /* only this thread replaces it */
     if (hl_model_info_get(m)->fingerprint == cur->mi->fingerprint) {
         hl_log(HL_LOG_INFO, "model_unchanged", "path=%s fingerprint=%016llx", ms->o.path,

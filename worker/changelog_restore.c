@@ -491,7 +491,12 @@ static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
     if (err)
         return hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: assign: %s", cl->topic,
                       (int)p, rd_kafka_err2str(err));
+    /* timeout_ms bounds a silent stall: an error event (the broker down or
+     * moving a partition's leader, as in a rolling upgrade) restarts it, so
+     * the restore waits out an outage rather than failing the partition
+     * (which exits the worker); SIGKILL after the grace period ends it. */
     int64_t next = low, idle_since = hl_now_mono_ms();
+    hl_log_limit lim = {.interval_ms = 5000};
     int rc = 0;
     while (next < high) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(cl->rk, 100);
@@ -511,8 +516,15 @@ static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
             apply(rs, &r);
             next = rs->usurper ? high : m->offset + 1;  /* the base is unusable: stop */
         } else if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            hl_log(HL_LOG_WARN, "changelog_read_error", "partition=%d err=\"%s\"", (int)p,
-                   rd_kafka_message_errstr(m));
+            uint64_t sup = 0;       /* repeated each reconnect while the broker is down */
+            char why[256];
+            const char *es = rd_kafka_message_errstr(m);
+            if (hl_log_limit_pass(&lim, &sup))
+                hl_log(HL_LOG_WARN, "changelog_read_error", "partition=%d offset=%lld "
+                       "of=%lld err=\"%s\" action=\"the restore waits for the broker\" "
+                       "suppressed=%llu", (int)p, (long long)next, (long long)high,
+                       hl_log_quote(why, sizeof why, es, strlen(es)),
+                       (unsigned long long)sup);
         }
         rd_kafka_message_destroy(m);
     }

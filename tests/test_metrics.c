@@ -407,6 +407,15 @@ static int ready_cb(void *arg, char *why, size_t whylen)
     return 0;
 }
 
+/* Live unless the flag reads 2 (a worker whose producer failed fatally). */
+static int live_cb(void *arg, char *why, size_t whylen)
+{
+    int *flag = arg;
+    if (*flag != 2) return 1;
+    snprintf(why, whylen, "the producer failed fatally");
+    return 0;
+}
+
 static void test_http_endpoints(void)
 {
     char err[256] = "";
@@ -414,7 +423,8 @@ static void test_http_endpoints(void)
     hl_metrics *reg = hl_metrics_create();
     fill_sample(reg);
     ready_flag = 0;
-    hl_http *http = hl_http_start("127.0.0.1", 0, reg, ready_cb, &ready_flag, err, sizeof err);
+    hl_http *http = hl_http_start("127.0.0.1", 0, reg, ready_cb, live_cb, &ready_flag, err,
+                                  sizeof err);
     CHECKF(http != NULL, "start: %s", err);
     if (http == NULL) { hl_metrics_destroy(reg); return; }
     int port = hl_http_port(http);
@@ -431,6 +441,11 @@ static void test_http_endpoints(void)
     ready_flag = 1;
     CHECK(http_get(port, "GET", "/readyz", &r) == 0 && r.status == 200);
     CHECK(http_get(port, "GET", "/metrics", &r) == 0 && strstr(r.body, "\nhalflife_ready 1\n"));
+    ready_flag = 2;             /* ready() reads non-zero as ready: only live() fails */
+    CHECK(http_get(port, "GET", "/healthz", &r) == 0 && r.status == 503);
+    CHECKF(strstr(r.body, "not live: the producer failed fatally"), "body: %s", r.body);
+    ready_flag = 1;
+    CHECK(http_get(port, "GET", "/healthz", &r) == 0 && r.status == 200);
     CHECK(http_get(port, "GET", "/nope", &r) == 0 && r.status == 404);
     CHECK(http_get(port, "GET", "/metricsx", &r) == 0 && r.status == 404);
     CHECK(http_get(port, "POST", "/metrics", &r) == 0 && r.status == 405);
@@ -438,10 +453,10 @@ static void test_http_endpoints(void)
     /* The same port again fails with a reason naming it. */
     char want[32];
     snprintf(want, sizeof want, ":%d", port);
-    hl_http *again = hl_http_start("127.0.0.1", port, reg, NULL, NULL, err, sizeof err);
+    hl_http *again = hl_http_start("127.0.0.1", port, reg, NULL, NULL, NULL, err, sizeof err);
     CHECKF(again == NULL && strstr(err, want), "second start: %s", err);
     hl_http_stop(again);
-    CHECK(hl_http_start("not-an-ip", 0, reg, NULL, NULL, err, sizeof err) == NULL);
+    CHECK(hl_http_start("not-an-ip", 0, reg, NULL, NULL, NULL, err, sizeof err) == NULL);
     CHECKF(strstr(err, "not-an-ip") != NULL, "err: %s", err);
 
     hl_http_stop(http);
@@ -505,7 +520,7 @@ static void test_http_idle_connections_and_bodies(void)
     http_rsp r;
     int fds[100], n_open = 0;
     hl_metrics *reg = hl_metrics_create();
-    hl_http *http = hl_http_start("127.0.0.1", 0, reg, NULL, NULL, err, sizeof err);
+    hl_http *http = hl_http_start("127.0.0.1", 0, reg, NULL, NULL, NULL, err, sizeof err);
     CHECKF(http != NULL, "start: %s", err);
     if (http == NULL) { hl_metrics_destroy(reg); return; }
     int port = hl_http_port(http);

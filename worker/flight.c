@@ -28,7 +28,9 @@
  * the ring fills and the thread stops consuming: backpressure, seen as
  * lag. Errors retrying can never fix (never_fixed) are given up on, user
  * by user, after REFUSED_GIVE_UP attempts, so they cannot wedge the
- * worker; every other error is retried for as long as it lasts.
+ * worker; every other error is retried for as long as it lasts, except
+ * a producer that failed fatally (every send fails then, for good): the
+ * worker stops on it (worker.c), and the drain does not wait for it.
  *
  * Owner thread only. */
 #include "thread_internal.h"
@@ -387,13 +389,18 @@ void hl_flight_retire(hl_wthread *t)
 
 /* 1 once this thread should stop waiting for deliveries: told to stop
  * now, or stopping and shutdown.timeout.ms has run out (the broker or an
- * output partition is away). The one deadline for the drain and for a
- * batch waiting for a free flight, so neither outlasts the other. */
+ * output partition is away) or the producer failed fatally (nothing in
+ * the air will land: worker.c stops the worker then). The one deadline
+ * for the drain and for a batch waiting for a free flight, so neither
+ * outlasts the other. A fatal producer alone, before the stop, is not
+ * enough: a batch dropped while the thread goes on consuming could let a
+ * later flight without lists store offsets past it. */
 static int stop_overdue(hl_wthread *t)
 {
     int stop = atomic_load(t->ctx->stop);
     return stop >= 2 ||
-           (stop == 1 && hl_now_mono_ms() > atomic_load(&t->ctx->stop_deadline_ms));
+           (stop == 1 && (hl_now_mono_ms() > atomic_load(&t->ctx->stop_deadline_ms) ||
+                          hl_producer_fatal(t->ctx->prod, NULL, 0) != 0));
 }
 
 /* Waits for every flight (polling the producer). 0 if told to stop now, or

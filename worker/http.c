@@ -4,9 +4,12 @@
  * Scrapes and probes are rare and small, so one thread handles every
  * connection in turn; nothing here touches the hot path beyond rendering the
  * registry (metrics.c), which takes the registry lock only while it copies
- * values. /healthz answers 200 as long as this thread runs: it says "the
- * process is alive", which is what a liveness probe should restart on.
- * /readyz asks the worker through ready(), so Kubernetes sends no traffic
+ * values. /healthz answers 200 as long as this thread runs and live()
+ * says the worker can still work: it says "the process is alive and not
+ * beyond repair", which is what a liveness probe should restart on (a
+ * producer that failed fatally is beyond repair: the worker exits on it,
+ * and the 503 covers a worker that somehow does not). /readyz asks the
+ * worker through ready(), so Kubernetes sends no traffic
  * (and KEDA counts no replica as serving) until every assigned shard has
  * been restored from its snapshot. The same answer is exported as the gauge
  * halflife_ready, refreshed on every scrape, for alerts.
@@ -63,7 +66,8 @@ struct hl_http {
     struct MHD_Daemon *d;
     hl_metrics *reg;
     hl_ready_fn ready;
-    void       *ready_arg;
+    hl_ready_fn live;              /* NULL: /healthz is always 200 */
+    void       *ready_arg;         /* ready's and live's */
     hl_gauge   *ready_gauge;       /* halflife_ready: /readyz as a number */
     hl_counter *closed[HL_GUARD_N_REASONS]; /* halflife_http_connections_closed_total */
     hl_http_guard *guard;          /* the MHD thread's only */
@@ -239,6 +243,20 @@ static enum MHD_Result serve_ready(hl_http *http, struct MHD_Connection *conn)
     return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, CT_TEXT, body, (size_t)n, 1);
 }
 
+/* 200 "ok", or 503 with the reason live() wrote: the liveness probe then
+ * fails and Kubernetes restarts the pod. */
+static enum MHD_Result serve_health(hl_http *http, struct MHD_Connection *conn)
+{
+    char why[512] = "", *body;
+    int n;
+
+    if (http->live == NULL || http->live(http->ready_arg, why, sizeof why) == 1)
+        return reply_text(conn, MHD_HTTP_OK, "ok\n");
+    n = asprintf(&body, "not live: %s\n", why[0] ? why : "no reason given");
+    if (n < 0) return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not live\n");
+    return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, CT_TEXT, body, (size_t)n, 1);
+}
+
 /* Any method but GET and HEAD: 405, once the body has been read and
  * dropped. Answering before it is read makes libmicrohttpd close the socket
  * with the body unread, and the client's kernel then sees a reset instead
@@ -282,7 +300,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     if ((id = slot_of(conn)) >= 0)
         hl_http_guard_busy(http->guard, id, hl_now_mono_ms());
     if (strcmp(url, "/metrics") == 0) return serve_metrics(http, conn);
-    if (strcmp(url, "/healthz") == 0) return reply_text(conn, MHD_HTTP_OK, "ok\n");
+    if (strcmp(url, "/healthz") == 0) return serve_health(http, conn);
     if (strcmp(url, "/readyz") == 0)  return serve_ready(http, conn);
     return reply_text(conn, MHD_HTTP_NOT_FOUND,
                       "not found: try /metrics, /healthz or /readyz\n");
@@ -362,7 +380,7 @@ static void http_free(hl_http *http)
 }
 
 hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,
-                       hl_ready_fn ready, void *arg,
+                       hl_ready_fn ready, hl_ready_fn live, void *arg,
                        char *errbuf, size_t errlen)
 {
     struct sockaddr_storage ss;
@@ -377,6 +395,7 @@ hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,
     if (parse_addr(bind_addr, port, &ss, &flags, errbuf, errlen) != 0) goto fail;
     http->reg = reg;
     http->ready = ready;
+    http->live = live;
     http->ready_arg = arg;
     http->ready_gauge = hl_metrics_gauge(reg, "halflife_ready",
         "1 when /readyz answers 200 (every assigned partition restored), else 0.", NULL);

@@ -7,8 +7,9 @@
 #include <stddef.h>
 
 /* The HTTP endpoint (libmicrohttpd, its own thread): /metrics, /healthz
- * (200 while the process runs), /readyz (200 when ready(arg) returns 1, else
- * 503 with the reason ready() wrote). port 0 picks a free port; see
+ * (200 while live(arg) returns 1, else 503 with the reason it wrote; live
+ * NULL: 200 while the process runs), /readyz (200 when ready(arg) returns
+ * 1, else 503 with the reason ready() wrote). port 0 picks a free port; see
  * hl_http_port(). NULL and a reason on failure (port in use, ...).
  * It registers the gauge halflife_ready in reg and sets it from ready()
  * before each /metrics render. ready() runs on the HTTP thread, never under
@@ -19,7 +20,7 @@
 typedef struct hl_http hl_http;
 typedef int (*hl_ready_fn)(void *arg, char *why, size_t whylen);
 hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,
-                       hl_ready_fn ready, void *arg,
+                       hl_ready_fn ready, hl_ready_fn live, void *arg,
                        char *errbuf, size_t errlen);
 int      hl_http_port(const hl_http *http);
 void     hl_http_stop(hl_http *http);                    /* NULL is a no-op */

@@ -11,7 +11,8 @@
  * Every report is also counted on the producer itself (delivered, failed,
  * the first cause), for callers that send without tickets: `halflife
  * produce` and the demo. What to do with a failed record is the caller's
- * decision. */
+ * decision, and so is what to do once librdkafka declares the producer
+ * fatally failed (hl_producer_fatal): this file only reports it. */
 #include "producer.h"
 #include "log.h"
 
@@ -23,6 +24,7 @@ struct hl_producer {
     rd_kafka_t   *rk;
     hl_counter   *delivery_errors;
     hl_log_limit  err_limit;
+    hl_log_limit  kafka_limit;  /* error events (on_error) */
     atomic_ullong n_delivered, n_failed;
     atomic_int    first_err;    /* rd_kafka_resp_err_t; set once, by the first failure */
 };
@@ -89,6 +91,25 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
         atomic_store_explicit(&t->done_us, hl_now_mono_us(), memory_order_relaxed);
 }
 
+/* librdkafka's error events, from whichever thread polls. A fatal one is
+ * left to hl_producer_fatal(), which the owner watches (librdkafka logs
+ * its own FATAL line too); the others (a broker away, a connection reset)
+ * it retries by itself, so a rate-limited warning. Without this callback
+ * librdkafka printed them in its own format, and a fatal error reached no
+ * one: the owner saw only failed deliveries, retried for ever. */
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    hl_producer *p = opaque;
+    uint64_t sup = 0;
+    (void)rk;
+    if (err == RD_KAFKA_RESP_ERR__FATAL)
+        return;
+    /* Not thread-safe, as err_limit: a race misreports a suppressed count. */
+    if (hl_log_limit_pass(&p->kafka_limit, &sup))
+        hl_log(HL_LOG_WARN, "kafka_error", "client=producer err=%s reason=\"%s\" "
+               "suppressed=%llu", rd_kafka_err2name(err), reason, (unsigned long long)sup);
+}
+
 static int prop_given(const hl_kafka_prop *props, int n, const char *key)
 {
     for (int i = 0; i < n; i++)
@@ -144,6 +165,7 @@ hl_producer *hl_producer_create(const hl_kafka_prop *props, int n_props,
     }
     p->delivery_errors = delivery_errors;
     p->err_limit.interval_ms = 5000;
+    p->kafka_limit.interval_ms = 5000;
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         if (!prop_given(props, n_props, defaults[i].key) &&
             hl_kafka_conf_set(conf, defaults[i].key, defaults[i].value, errbuf, errlen) != 0)
@@ -153,6 +175,7 @@ hl_producer *hl_producer_create(const hl_kafka_prop *props, int n_props,
             hl_kafka_conf_set(conf, props[i].key, props[i].value, errbuf, errlen) != 0)
             goto fail;
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_opaque(conf, p);
     p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
     if (p->rk == NULL) {
@@ -178,6 +201,12 @@ void hl_producer_destroy(hl_producer *p, int flush_ms)
 }
 
 rd_kafka_t *hl_producer_handle(hl_producer *p) { return p->rk; }
+
+rd_kafka_resp_err_t hl_producer_fatal(hl_producer *p, char *why, size_t whylen)
+{
+    /* librdkafka reads an atomic first and locks only once there is one */
+    return rd_kafka_fatal_error(p->rk, why, why != NULL ? whylen : 0);
+}
 
 static rd_kafka_resp_err_t produce_once(hl_producer *p, const char *topic,
                                         int32_t partition,

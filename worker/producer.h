@@ -78,6 +78,16 @@ void         hl_producer_destroy(hl_producer *p, int flush_ms);
 
 rd_kafka_t  *hl_producer_handle(hl_producer *p);
 
+/* The producer's fatal error, 0 while it has none. librdkafka raises one
+ * on an idempotent producer that can no longer keep its guarantees (a
+ * sequence out of step with the broker's, a producer id it cannot
+ * recover, cluster authorisation refused): from then on nothing it holds
+ * is delivered and every send fails at once, for good; only a new handle
+ * produces again. Deciding what that means is the owner's (the worker
+ * stops, worker.c). why (may be NULL) gets librdkafka's account of the
+ * cause. Any thread; an atomic load while there is none. */
+rd_kafka_resp_err_t hl_producer_fatal(hl_producer *p, char *why, size_t whylen);
+
 /* Header for DLQ records; NULL name ends a list. */
 typedef struct hl_header {
     const char *name;

@@ -121,6 +121,9 @@ static void register_process(hl_worker *w)
     w->ctx.mx.given_up = hl_metrics_counter(reg, "halflife_delivery_given_up_total",
         "Lists given up on: refused with an error retrying cannot fix (too large, "
         "invalid) at the last attempt, or their key lost to out of memory.", NULL);
+    w->prod_fatal_c = hl_metrics_counter(reg, "halflife_producer_fatal_total",
+        "Fatal errors of the producer (lists, dead letters, changelog): the worker then "
+        "stops and exits 1, and /healthz fails until it does.", NULL);
     w->rebalances = hl_metrics_counter(reg, "halflife_rebalances_total",
         "Rebalance callbacks served (assign and revoke).", NULL);
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
@@ -266,6 +269,56 @@ int hl_worker_ready(const hl_worker *cw, char *why, size_t whylen)
     return 0;
 }
 
+int hl_worker_live(const hl_worker *cw, char *why, size_t whylen)
+{
+    hl_worker *w = (hl_worker *)cw;
+    char cause[400];
+    if (w->prod == NULL || hl_producer_fatal(w->prod, cause, sizeof cause) == 0)
+        return 1;
+    snprintf(why, whylen, "the producer failed fatally (%s); only a restart recovers", cause);
+    return 0;
+}
+
+/* The producer failed fatally: every list, dead letter and changelog row
+ * from now on fails at once, and the refused-list path (flight.c) would
+ * retry them for ever while the ring fills and the lag grows, with the
+ * process up. So the worker stops as a failed partition does: gracefully
+ * (the group is left and what was stored is committed; flights are not
+ * retired, since their lists never landed, and the drain does not wait
+ * for them: flight.c's stop_overdue), then hl_worker_run fails and
+ * `halflife run` exits 1. The restart replays from the committed offsets
+ * with a new producer: nothing is lost.
+ *
+ * Exiting, not a new handle in this process: the handle is shared by
+ * every shard thread, the item reader and the changelog, each sending
+ * and polling it without a lock, and its delivery reports write into
+ * their tickets; swapping it under them would put a lock or a grace
+ * period on the hot path, and each owner of undelivered records (flights,
+ * dead letters, changelog flushes and claims) would need its own path to
+ * send again. A restart already does all of that, is what the
+ * at-least-once design is tested for, and shows in the pod's restart
+ * count: a fatal error is worth a look (librdkafka raises it when the
+ * broker's view of the producer's sequence or id went out of step with
+ * its own). */
+void hl_worker_watch_producer(hl_worker *w)
+{
+    char why[512], q[600];
+    rd_kafka_resp_err_t err;
+    if (w->prod_fatal || w->prod == NULL ||
+        (err = hl_producer_fatal(w->prod, why, sizeof why)) == 0)
+        return;
+    w->prod_fatal = 1;
+    hl_counter_add(w->prod_fatal_c, 1);
+    /* producer=lists: the one producer, which also carries the dead
+     * letters, the changelog and fold-in's item records */
+    hl_log(HL_LOG_ERROR, "producer_fatal", "producer=lists cause=%s reason=\"%s\" "
+           "action=\"stopping; the restart replays from the committed offsets\"",
+           rd_kafka_err2name(err), hl_log_quote(q, sizeof q, why, strlen(why)));
+    atomic_store(&w->failed, 1);
+    if (atomic_load(&w->stop) == 0)     /* a stop under way keeps its deadline */
+        hl_worker_stop(w);
+}
+
 /* Taken once every thread has stopped, before leaving the group: the
  * revocation that leaving brings hides the partitions' user gauges. */
 static void log_totals(const hl_worker_stats *totals)
@@ -375,6 +428,7 @@ static int load_items(hl_worker *w, volatile sig_atomic_t *sig)
         if (atomic_load(&w->stop))
             return HL_EIO;
         hl_producer_poll(w->prod, 20);
+        hl_worker_watch_producer(w);    /* fold-in and bad items' DLQ copies use it */
     }
     hl_log(HL_LOG_INFO, "items_read", "topic=%s ms=%lld", w->o.items_topic,
            (long long)(hl_now_mono_ms() - t0));
@@ -423,14 +477,40 @@ static void watch_join(hl_worker *w, int64_t subscribed_ms, int64_t *next_ms)
            hl_consumer_group_state(w->cons, 1));
 }
 
+/* The last records (the final revocation's) out, within what is left of
+ * shutdown.timeout.ms; a producer that failed fatally will deliver
+ * nothing more, so it is not waited for. */
+static void flush_within(hl_worker *w)
+{
+    int64_t left = atomic_load(&w->ctx.stop_deadline_ms) - hl_now_mono_ms();
+    if (w->prod_fatal)
+        left = 0;
+    rd_kafka_flush(hl_producer_handle(w->prod), left > 0 ? (int)left : 0);
+}
+
+/* The shard threads; HL_EIO (logged) when one cannot start: the worker
+ * then stops at once. */
+static int run_threads(hl_worker *w)
+{
+    char err[512];
+    int rc = 0;
+    for (int i = 0; i < w->n_th; i++)
+        if (hl_wthread_start(w->th[i], err, sizeof err) != 0) {
+            hl_log(HL_LOG_ERROR, "thread_start_failed", "err=\"%s\"", err);
+            atomic_store(&w->stop, 2);
+            rc = HL_EIO;
+        }
+    return rc;
+}
+
 int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
 {
     char err[512];
     int rc = 0;
     w->sig = sig;
     if (load_items(w, sig) != 0) {
-        if (!atomic_load(&w->stop))
-            return HL_EIO;
+        if (!atomic_load(&w->stop) || atomic_load(&w->failed))
+            return HL_EIO;      /* failed: producer_fatal (logged) */
         hl_log(HL_LOG_INFO, "worker_stopped_before_start", "step=items_topic "
                "owned_partitions=0 why=\"stopped while reading the item topic %s\"",
                w->o.items_topic);
@@ -440,12 +520,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
         hl_log(HL_LOG_ERROR, "subscribe_failed", "err=\"%s\"", err);
         return HL_EIO;
     }
-    for (int i = 0; i < w->n_th; i++)
-        if (hl_wthread_start(w->th[i], err, sizeof err) != 0) {
-            hl_log(HL_LOG_ERROR, "thread_start_failed", "err=\"%s\"", err);
-            atomic_store(&w->stop, 2);
-            rc = HL_EIO;
-        }
+    rc = run_threads(w);
     hl_log(HL_LOG_INFO, "worker_started", "bootstrap=%s group=%s topic=%s threads=%d",
            w->bootstrap, w->o.group_id, w->o.input_topic, w->o.threads);
     int64_t subscribed_ms = hl_now_mono_ms(), join_warn_ms = subscribed_ms + JOIN_WAIT_WARN_MS;
@@ -458,6 +533,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
             hl_worker_stop(w);
         check_model(w);
         watch_join(w, subscribed_ms, &join_warn_ms);
+        hl_worker_watch_producer(w);
         /* This thread waits on the producer, not the consumer: a delivery
          * report is then served the moment it comes (a batch's delivered
          * time, flight.c), not when a shard thread next looks up from a
@@ -472,15 +548,15 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
     for (int i = 0; i < w->n_th; i++)
         hl_wthread_join(w->th[i]);
     if (report_unsaved(w) != 0 || atomic_load(&w->failed))
-        rc = HL_EIO;            /* failed: a partition it could not serve (logged) */
+        rc = HL_EIO;            /* failed: a partition it could not serve, or
+                                   producer_fatal (logged) */
     hl_worker_stats totals;
     hl_worker_stats_get(w, &totals);
     if (close_within(w) != 0) {
         log_totals(&totals);
         return HL_EIO;
     }
-    int64_t left = atomic_load(&w->ctx.stop_deadline_ms) - hl_now_mono_ms();
-    rd_kafka_flush(hl_producer_handle(w->prod), left > 0 ? (int)left : 0);
+    flush_within(w);
     log_totals(&totals);
     return rc;
 }

@@ -104,9 +104,11 @@ const char *hl_worker_bootstrap(const hl_worker *w);
  * finishes each thread's batch, waits for deliveries, snapshots every
  * owned shard, stores and commits offsets and leaves the group. 0, or a
  * negative HL_E* on a fatal error, when an assigned partition could not be
- * served (event=partition_failed), or when the stop could not save every
- * shard it owned (logged as event=shutdown_unsaved naming the partitions;
- * the offsets are still committed and the group left). */
+ * served (event=partition_failed), when the producer failed fatally
+ * (event=producer_fatal: the same stop, without waiting for lists it can
+ * no longer deliver), or when the stop could not save every shard it
+ * owned (logged as event=shutdown_unsaved naming the partitions; the
+ * offsets are still committed and the group left). */
 int  hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig);
 void hl_worker_stop(hl_worker *w);                   /* any thread */
 
@@ -115,6 +117,13 @@ void hl_worker_stop(hl_worker *w);                   /* any thread */
  * of no partition counts. Else 0 and why the worker is not ready in why
  * (e.g. "restoring assigned partitions: 1 of 4 restored"). Any thread. */
 int  hl_worker_ready(const hl_worker *w, char *why, size_t whylen);
+
+/* 1 while the worker can still do its work; 0 once its producer failed
+ * fatally (why says so, with librdkafka's cause): nothing it publishes
+ * can be delivered any more and only a new process recovers. The worker
+ * stops by itself then; this is for a liveness probe (/healthz), so that
+ * one that somehow does not is restarted. Any thread. */
+int  hl_worker_live(const hl_worker *w, char *why, size_t whylen);
 
 /* Totals since start, read back from the worker's metrics registry, where
  * each is kept once (any thread may read). The latency quantiles cover the

@@ -58,7 +58,10 @@ struct hl_worker {
     volatile sig_atomic_t *sig;       /* hl_worker_run's: read while a revocation waits */
     atomic_int        assigned;
     atomic_int        have_assignment;
-    atomic_int        failed;         /* a partition could not be served: run fails */
+    atomic_int        failed;         /* a partition could not be served, or the
+                                         producer failed fatally: run fails */
+    int               prod_fatal;     /* producer_fatal seen (main thread only) */
+    hl_counter       *prod_fatal_c;   /* halflife_producer_fatal_total */
     /* What /readyz reports (hl_worker_ready, read by the HTTP thread):
      * the partitions of the assignment in hand (0: none in hand) and how
      * many of them are set up; awaiting: a revocation took every partition
@@ -87,6 +90,11 @@ int  hl_worker_check_opts(const hl_worker_opts *o, char *errbuf, size_t errlen);
  * the first model's int8 table is theirs). */
 int  hl_worker_start_parts(hl_worker *w, char *errbuf, size_t errlen);
 void hl_worker_embedded_stop(hl_worker *w);
+
+/* worker.c: once the producer has failed fatally, logs it, counts it and
+ * stops the worker as a failed partition does (graceful, then exit 1).
+ * Main thread; also called while a rebalance callback waits. */
+void hl_worker_watch_producer(hl_worker *w);
 
 /* worker_rebalance.c: the consumer's rebalance callback and its owns
  * hook (hl_consumer_opts), main thread. */

@@ -550,12 +550,15 @@ static void hide_series(hl_worker *w, int32_t p)
 /* While a revocation waits: a SIGTERM that came meanwhile becomes the stop
  * (the main loop, which would make it one, is waiting here). Without it a
  * release held by refused lists (flight.c) never ended, and the process
- * was killed by run's last-resort alarm instead of stopping. */
+ * was killed by run's last-resort alarm instead of stopping. A producer
+ * that failed fatally holds a release for ever the same way (its lists
+ * never land), so it is watched here too. */
 static void revoke_waiting(void *arg)
 {
     hl_worker *w = arg;
     if (w->sig != NULL && *w->sig && atomic_load(&w->stop) == 0)
         hl_worker_stop(w);
+    hl_worker_watch_producer(w);
 }
 
 static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)

@@ -13,10 +13,13 @@
  * --refuse-produce FILE: while FILE exists and names a Kafka error, every
  * Produce request is answered with that error (the refused-delivery test
  * of the worker: a broker that refuses lists for good, as an ACL mistake
- * does). The mock of librdkafka 2.0.2 can inject errors only per request
- * type, not per topic (rd_kafka_mock_topic_set_error reaches Metadata
- * only), so the refusal covers every topic: a test produces its input
- * before it creates the file. The mock takes injected errors from a
+ * does). OUT_OF_ORDER_SEQUENCE_NUMBER makes an idempotent producer fail
+ * fatally instead (librdkafka 2.0.2's rd_kafka_handle_idempotent_Produce_error:
+ * the first refused request is the head of the line), the producer-fatal
+ * test of the worker. The mock of librdkafka 2.0.2 can inject errors only
+ * per request type, not per topic (rd_kafka_mock_topic_set_error reaches
+ * Metadata only), so the refusal covers every topic: a test produces its
+ * input before it creates the file. The mock takes injected errors from a
  * stack, one per request; each tick refills it (REFUSE_STACK), so it
  * never runs dry while the file is there and is cleared when it goes.
  * They cannot simply be blocked and taken with sigwaitinfo(): OpenBLAS,

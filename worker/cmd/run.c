@@ -9,7 +9,8 @@
  * Exit status: 0 after a clean stop; 2 for bad usage or configuration; 1
  * when the worker cannot start (model, snapshot.dir, ...), fails, stops
  * because a partition assigned to it cannot be served (its restore failed,
- * no memory for its shard: event=partition_failed names it), or stops
+ * no memory for its shard: event=partition_failed names it) or because its
+ * producer failed fatally (event=producer_fatal), or stops
  * without having saved every shard it owned (a final snapshot failed: the
  * worker logs event=shutdown_unsaved naming the partitions), so an
  * orchestrator's logs show it.
@@ -43,9 +44,9 @@ static void run_usage(FILE *f)
                "publishes refreshed top-K lists. Without kafka.bootstrap.servers an\n"
                "embedded broker runs inside the process. SIGTERM/SIGINT stop gracefully;\n"
                "a second signal exits at once. Exit status 1 when a partition assigned to\n"
-               "it cannot be served (its restore failed) or the stop could not snapshot\n"
-               "every partition it owned. --help-markdown prints the keys below as\n"
-               "the Markdown table of README.md (make readme-keys).\n\n");
+               "it cannot be served (its restore failed), its producer fails fatally, or\n"
+               "the stop could not snapshot every partition it owned. --help-markdown\n"
+               "prints the keys below as the Markdown table of README.md (make readme-keys).\n\n");
     hl_config_print_help(f);
 }
 
@@ -127,6 +128,11 @@ static int worker_ready(void *arg, char *why, size_t whylen)
     return hl_worker_ready(arg, why, whylen);
 }
 
+static int worker_live(void *arg, char *why, size_t whylen)
+{
+    return hl_worker_live(arg, why, whylen);
+}
+
 /* /metrics and the probes on metrics.port (none when 0). -1 when it
  * cannot listen (logged). */
 static int start_http(const hl_config *cfg, hl_metrics *reg, hl_worker *w, hl_http **http)
@@ -136,7 +142,8 @@ static int start_http(const hl_config *cfg, hl_metrics *reg, hl_worker *w, hl_ht
     const char *bind_addr = hl_config_str(cfg, "metrics.bind");
     if (port <= 0)
         return 0;
-    if ((*http = hl_http_start(bind_addr, port, reg, worker_ready, w, err, sizeof err)) == NULL) {
+    if ((*http = hl_http_start(bind_addr, port, reg, worker_ready, worker_live, w, err,
+                               sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "http_start_failed", "port=%d err=\"%s\"", port, err);
         return -1;
     }

@@ -176,8 +176,9 @@ def run(ck):
     seen = {}
     watch_probes(w1, seen)
     rc, secs = fatal_stop(ck, broker, w1, high_a)
-    print("    (exit %s %.2f s after event=producer_fatal; seen meanwhile: %s)"
-          % (rc, secs, seen or "nothing"))
+    if rc != "timeout":
+        print("    (exit %s %.2f s after event=producer_fatal; seen meanwhile: %s)"
+              % (rc, secs, seen or "nothing"))
 
     off = R.refuse(broker, path, False)
     w2 = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "w2.log"),

@@ -101,13 +101,16 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     hl_producer *p = opaque;
     uint64_t sup = 0;
+    char q[512];
     (void)rk;
     if (err == RD_KAFKA_RESP_ERR__FATAL)
         return;
-    /* Not thread-safe, as err_limit: a race misreports a suppressed count. */
+    /* Not thread-safe, as err_limit: a race misreports a suppressed count.
+     * The reason can carry a broker's text: quoted. */
     if (hl_log_limit_pass(&p->kafka_limit, &sup))
         hl_log(HL_LOG_WARN, "kafka_error", "client=producer err=%s reason=\"%s\" "
-               "suppressed=%llu", rd_kafka_err2name(err), reason, (unsigned long long)sup);
+               "suppressed=%llu", rd_kafka_err2name(err),
+               hl_log_quote(q, sizeof q, reason, strlen(reason)), (unsigned long long)sup);
 }
 
 static int prop_given(const hl_kafka_prop *props, int n, const char *key)

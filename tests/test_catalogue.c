@@ -545,9 +545,79 @@ static void test_view_rebuilt_in_place_equals_fresh(void)
     tm_free(&b);
 }
 
+/* Long id k (up to HL_MAX_ID_LEN bytes): "L<k>-" padded with letters. */
+static uint32_t long_id(char *id, int k)
+{
+    int n = snprintf(id, HL_MAX_ID_LEN + 1, "L%d-", k);
+    while (n < 40 + (k * 37) % (HL_MAX_ID_LEN - 40))
+        id[n++] = (char)('a' + k % 26);
+    id[n] = '\0';
+    return (uint32_t)n;
+}
+
+/* An embedding of dim d for long id k. */
+static void long_update(hl_catalogue *c, int d, int k)
+{
+    char id[HL_MAX_ID_LEN + 1], err[256];
+    float e[DIM];
+    for (int i = 0; i < d; i++)
+        e[i] = frand();
+    uint32_t len = long_id(id, k);
+    hl_item_update u = upd(id);
+    u.id_len = len;
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+}
+
+/* One view rebuilt in place through what grows its arrays past their
+ * first size: from no side rows to N_LONG long ids (the id buffer), then
+ * a swap to twice the dim with as many rows (the vectors: a row count the
+ * arrays hold at the old dim but not at the new). Each rebuild equals a
+ * fresh view. */
+static void test_view_reused_through_growth(void)
+{
+    tm a, b;
+    tm_init(&a, N);
+    tm_init(&b, N);
+    b.p.info.dim = DIM / 2;
+    b.p.info.layer_out[0] = DIM / 2;
+    hl_model *ma = tm_open(&a, "growa"), *mb = tm_open(&b, "growb");
+    char err[256];
+    enum { N_LONG = 100 };
+    hl_catalogue *c = mb ? hl_catalogue_create(mb, N_LONG, err, sizeof err) : NULL;
+    hl_catview *v = c ? hl_catalogue_view_reuse(c, NULL) : NULL;     /* no side rows */
+    CHECK(v != NULL && hl_catview_n_side(v) == 0);
+    for (int step = 0; step < 3 && v != NULL; step++) {
+        hl_catalogue_rebind_stats rs;
+        if (step == 2)                  /* every embedding dropped, then back */
+            CHECK(hl_catalogue_rebind(c, ma, &rs) == 0 && rs.dropped_dim == N_LONG);
+        for (int k = 0; k < N_LONG; k++)
+            long_update(c, step == 2 ? DIM : DIM / 2, k);
+        v = hl_catalogue_view_reuse(c, v);
+        hl_catview *f = hl_catalogue_view(c);
+        CHECK(v != NULL && f != NULL && hl_catview_n_side(f) == N_LONG);
+        if (v == NULL || f == NULL)
+            break;
+        same_view(v, f, 0);
+        for (int k = 0; k < N_LONG; k++) {
+            char id[HL_MAX_ID_LEN + 1];
+            uint64_t key = hl_item_key(id, long_id(id, k));
+            CHECK(hl_catview_added_row(v, key) == hl_catview_added_row(f, key));
+        }
+        hl_catview_destroy(f);
+    }
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(ma);
+    hl_model_close(mb);
+    tm_free(&a);
+    tm_free(&b);
+}
+
 int main(void)
 {
     RUN(test_view_rebuilt_in_place_equals_fresh);
+    RUN(test_view_reused_through_growth);
     RUN(test_override_row_of_model_row);
     RUN(test_foldin_never_overrides_an_operator);
     RUN(test_two_keys_survive_compaction);

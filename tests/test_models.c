@@ -1,0 +1,186 @@
+/* test_models.c - which files a model set's periodic check opens
+ * (worker/models.c): a model.path that is a symlink into a projected
+ * directory (a Kubernetes ConfigMap or volume: model.hlm -> ..data/model.hlm,
+ * ..data -> a timestamped directory, swapped by rename) is opened once per
+ * projection, never again while it stands; a file caught half-written in
+ * place is refused and counted once, and loaded once complete. Swaps
+ * themselves are test_swap.c's. */
+#define T_SUITE "models"
+#include "test.h"
+#include "log.h"
+#include "models.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DIM     8
+#define N_ITEMS 50
+#define TOP     "/tmp/test_models_dir"
+
+/* N_ITEMS items "it<i>" whose vectors depend on seed; version names it. */
+static int write_model(const char *path, const char *version, int seed)
+{
+    hl_model_parts p;
+    memset(&p, 0, sizeof p);
+    hl_model_info *mi = &p.info;
+    *mi = (hl_model_info){.dim = DIM, .n_heads = 1, .half_life_ms = {3600e3},
+                          .n_items = N_ITEMS, .n_layers = 1, .layer_out = {DIM}};
+    for (int t = 0; t < HL_N_TYPES; t++)
+        mi->type_weight[t] = 1;
+    snprintf(mi->version, sizeof mi->version, "%s", version);
+    float *e = malloc(sizeof(float) * N_ITEMS * DIM), *bias = calloc(N_ITEMS, sizeof(float));
+    float *w = calloc((size_t)DIM * (size_t)hl_model_input_dim(mi), sizeof(float));
+    float *b = calloc(DIM, sizeof(float));
+    char ids[N_ITEMS][16];
+    const char *idp[N_ITEMS];
+    uint32_t lens[N_ITEMS];
+    for (int i = 0; i < N_ITEMS * DIM; i++)
+        e[i] = (float)((i * 7 + seed * 13) % 17) / 17.0f - 0.5f;
+    for (int i = 0; i < N_ITEMS; i++) {
+        lens[i] = (uint32_t)snprintf(ids[i], sizeof ids[i], "it%d", i);
+        idp[i] = ids[i];
+    }
+    p.item_id = idp;
+    p.item_id_len = lens;
+    p.e_in = p.e_out = e;
+    p.bias = bias;
+    p.layer_w[0] = w;
+    p.layer_b[0] = b;
+    char err[256];
+    int rc = hl_model_write(path, &p, err, sizeof err);
+    if (rc != 0)
+        printf("    model %s: %s\n", path, err);
+    free(e); free(bias); free(w); free(b);
+    return rc;
+}
+
+/* halflife_model_swap_failures_total in reg's /metrics text. */
+static double failures(hl_metrics *reg)
+{
+    const char *name = "\nhalflife_model_swap_failures_total ";
+    char *text = NULL, *at;
+    size_t len = 0;
+    double v = -1;
+    if (hl_metrics_render(reg, &text, &len) == 0 && (at = strstr(text, name)) != NULL)
+        v = strtod(at + strlen(name), NULL);
+    free(text);
+    return v;
+}
+
+/* Periodic checks at now_ms, now_ms + 1000, ... (n of them): how many
+ * opened model.path, read from the lines they log (a file reopened with
+ * the model already served says model_unchanged, which is no load). */
+static int opens(hl_models *ms, int64_t now_ms, int n)
+{
+    static const char *const said[] = {"event=model_unchanged", "event=model_swapped",
+                                       "event=model_swap_failed"};
+    char log[4096] = "";
+    FILE *f = tmpfile();
+    int saved = dup(STDERR_FILENO), count = 0;
+    if (f == NULL || saved < 0 || dup2(fileno(f), STDERR_FILENO) < 0)
+        return -1;
+    hl_log_set_level(HL_LOG_INFO);
+    for (int i = 0; i < n; i++)
+        hl_models_check(ms, now_ms + 1000 * i, 0);
+    hl_log_set_level(HL_LOG_ERROR);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    rewind(f);
+    log[fread(log, 1, sizeof log - 1, f)] = '\0';
+    fclose(f);
+    for (size_t k = 0; k < sizeof said / sizeof said[0]; k++)
+        for (const char *at = log; (at = strstr(at, said[k])) != NULL; at++)
+            count++;
+    return count;
+}
+
+/* A set over TOP/model.hlm, a symlink into the projection ..data. */
+static hl_models *projected_set(hl_metrics *reg, hl_model **first)
+{
+    char err[512];
+    CHECK(system("rm -rf " TOP) == 0);
+    CHECK(mkdir(TOP, 0755) == 0 && mkdir(TOP "/..v1", 0755) == 0 &&
+          mkdir(TOP "/..v2", 0755) == 0);
+    CHECK(write_model(TOP "/..v1/model.hlm", "A", 1) == 0);
+    CHECK(symlink("..v1", TOP "/..data") == 0);
+    CHECK(symlink("..data/model.hlm", TOP "/model.hlm") == 0);
+    if ((*first = hl_model_open(TOP "/model.hlm", err, sizeof err)) == NULL)
+        return NULL;
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg};
+    return hl_models_create(&mo, *first, err, sizeof err);
+}
+
+/* The identity the set starts from (the mapped descriptor's) is what a
+ * check's stat of the symlinked path finds: no reload while the
+ * projection stands, one when it is swapped. */
+static void test_projected_path_loaded_once_per_projection(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hl_model *a = NULL;
+    hl_models *ms = projected_set(reg, &a);
+    CHECK(ms != NULL);
+    if (ms == NULL) {
+        hl_model_close(a);
+        hl_metrics_destroy(reg);
+        return;
+    }
+    int n = opens(ms, 2000, 5);
+    CHECKF(n == 0, "the unchanged projection was opened %d times", n);
+    CHECK(write_model(TOP "/..v2/model.hlm", "B", 2) == 0);
+    CHECK(symlink("..v2", TOP "/..data_tmp") == 0 &&
+          rename(TOP "/..data_tmp", TOP "/..data") == 0);
+    n = opens(ms, 10000, 5);
+    CHECKF(n == 1, "the new projection was opened %d times (want 1)", n);
+    hl_mref *r = hl_models_acquire(ms);
+    CHECK(strcmp(r->mi->version, "B") == 0);
+    hl_mref_release(r);
+    CHECK(failures(reg) == 0);
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
+/* A file written in place and caught half-way fails its CRC: refused and
+ * counted once, not opened again while it stays as it was, and loaded at
+ * the first check after it is complete (its size and time changed). */
+static void test_half_written_counted_once_then_loaded(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hl_model *a = NULL;
+    hl_models *ms = projected_set(reg, &a);
+    struct stat st;
+    CHECK(ms != NULL && write_model(TOP "/full.hlm", "C", 3) == 0 &&
+          stat(TOP "/full.hlm", &st) == 0 && unlink(TOP "/model.hlm") == 0);
+    size_t size = (size_t)st.st_size, half = size / 2;
+    char *buf = malloc(size);
+    int in = open(TOP "/full.hlm", O_RDONLY);
+    int out = open(TOP "/model.hlm", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK(ms != NULL && buf != NULL && in >= 0 && out >= 0 &&
+          read(in, buf, size) == (ssize_t)size && write(out, buf, half) == (ssize_t)half);
+    if (ms != NULL) {
+        CHECK(hl_models_check(ms, 2000, 0) < 0 && failures(reg) == 1);
+        int n = opens(ms, 3000, 4);
+        CHECKF(n == 0 && failures(reg) == 1, "opened %d times more, %g failures for the "
+               "file as it was", n, failures(reg));
+        usleep(20000);              /* another mtime, whatever the clock's grain */
+        CHECK(write(out, buf + half, size - half) == (ssize_t)(size - half));
+        CHECK(hl_models_check(ms, 8000, 0) == 1 && opens(ms, 9000, 3) == 0);
+    }
+    if (in >= 0) close(in);
+    if (out >= 0) close(out);
+    free(buf);
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
+int main(void)
+{
+    hl_log_set_level(HL_LOG_ERROR);
+    RUN(test_projected_path_loaded_once_per_projection);
+    RUN(test_half_written_counted_once_then_loaded);
+    TEST_EXIT();
+}

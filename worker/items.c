@@ -183,7 +183,8 @@ static void publish_or_log(hl_items *it)
     int64_t t0 = hl_now_mono_us();
     if (publish_view(it) != 0)
         hl_log(HL_LOG_ERROR, "catalogue_view_failed", "reason=\"out of memory\" "
-               "action=\"lists keep the previous catalogue; retried after the next update\"");
+               "action=\"lists keep the previous catalogue; retried after a pause as long as the "
+               "attempt\"");
     int64_t t1 = hl_now_mono_us();
     it->next_view_us = t1 + (t1 - t0);
 }
@@ -639,6 +640,11 @@ int hl_items_rebind(hl_items *it, const hl_model *m, uint64_t gen)
         pthread_mutex_unlock(&it->cat_mu);
         return HL_ENOMEM;
     }
+    /* Updates read but not in a view yet (pacing) go into the old
+     * generation's view first: threads still on the old model rank with
+     * them until they switch. */
+    if (hl_catalogue_version(it->cat) != it->viewed_version && atomic_load(&it->loaded))
+        publish_view(it);               /* a failure: they show with the new model */
     hl_catalogue_rebind(it->cat, m, &rs);
     it->m = m;
     it->gen = gen;

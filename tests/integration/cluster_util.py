@@ -38,11 +38,14 @@ class Checks:
         self.tmp = tempfile.mkdtemp(prefix="hl_%s_" % suite)
         self.procs = Procs()
         self.failed = 0
+        self.lock = threading.Lock()    # cases may run in threads (test_delivery_refused)
 
     def check(self, name, ok, why):
-        print(("PASS %s.%s" % (self.suite, name)) if ok else
-              ("FAIL %s.%s: %s (logs in %s)" % (self.suite, name, why, self.tmp)))
-        self.failed += 0 if ok else 1
+        line = (("PASS %s.%s" % (self.suite, name)) if ok else
+                ("FAIL %s.%s: %s (logs in %s)" % (self.suite, name, why, self.tmp)))
+        with self.lock:                 # one write per line: run.sh greps line starts
+            print(line, flush=True)
+            self.failed += 0 if ok else 1
 
 
 def run_main(suite, skip_case, body):
@@ -247,9 +250,9 @@ def read_topic(bootstrap, parts, timeout=30):
                   "group.id": "cluster-reader-%d" % time.time_ns(),
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
                   "enable.partition.eof": True})
-    c.subscribe([TOPIC])
     last, high = {}, {}
     deadline = time.time() + timeout
+    U.assign_from_start(c, TOPIC, deadline)
     try:
         while len(high) < parts and time.time() < deadline:
             m = c.poll(0.5)

@@ -161,6 +161,28 @@ def read_events_csv(path):
     return out
 
 
+def assign_from_start(c, topic, deadline):
+    """Assigns consumer c every partition of topic from its first offset,
+    once the topic exists (a worker creates its output topics at its first
+    write). Readers assign rather than subscribe: a subscription joins a
+    group first, and the broker holds a new group's first join for its
+    initial rebalance delay (3 s on librdkafka's mock), in every reader of
+    every test. False if the topic did not appear by the deadline."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    while time.time() < deadline:
+        from confluent_kafka import KafkaException
+        try:
+            md = c.list_topics(topic, timeout=max(0.1, min(5.0, deadline - time.time())))
+        except KafkaException:
+            continue                    # the broker did not answer in time: ask again
+        t = md.topics.get(topic)
+        if t is not None and t.error is None and t.partitions:
+            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(t.partitions)])
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def produce_events(bootstrap, topic, events, schema_id=1, extra_conf=None):
     """Produces events keyed by user with an idempotent confluent-kafka
     producer; returns {user: (partition, offset)} of each user's last event."""

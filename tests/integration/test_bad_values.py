@@ -67,7 +67,7 @@ def read_lists(bootstrap, want, deadline):
     from confluent_kafka import Consumer
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bv-reader-%d" % time.time_ns(),
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe(["recommendations"])
+    U.assign_from_start(c, "recommendations", deadline)
     got = []
     try:
         while time.time() < deadline and len(got) < want:

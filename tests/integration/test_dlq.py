@@ -65,7 +65,7 @@ def read_dlq(bootstrap, want, deadline):
     from confluent_kafka import Consumer
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "dlq-reader-%d" % time.time_ns(),
                   "auto.offset.reset": "earliest"})
-    c.subscribe(["behaviour-events.dlq"])
+    U.assign_from_start(c, "behaviour-events.dlq", deadline)
     got = []
     try:
         while time.time() < deadline and len(got) < want:

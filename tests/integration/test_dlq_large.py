@@ -68,7 +68,7 @@ def read_dlq(bootstrap, deadline):
     from confluent_kafka import Consumer
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "dlq-big-%d" % time.time_ns(),
                   "auto.offset.reset": "earliest"})
-    c.subscribe(["behaviour-events.dlq"])
+    U.assign_from_start(c, "behaviour-events.dlq", deadline)
     try:
         while time.time() < deadline:
             m = c.poll(0.5)

@@ -39,7 +39,7 @@ def read_lists(bootstrap, want_last, deadline):
     c = Consumer({"bootstrap.servers": bootstrap,
                   "group.id": "e2e-reader-%d-%d" % (os.getpid(), time.time_ns()),
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe(["recommendations"])
+    U.assign_from_start(c, "recommendations", deadline)
     reader = U.avro.io.DatumReader(U.load_schema("recommendation_list.avsc"))
     lists = {}
     done = set()

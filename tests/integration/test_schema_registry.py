@@ -202,7 +202,7 @@ def read_all(bootstrap, topic, deadline, want=None):
     from confluent_kafka import Consumer
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "sr-%d" % time.time_ns(),
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
+    U.assign_from_start(c, topic, deadline)
     out = []
     try:
         while time.time() < deadline and (want is None or len(out) < want):
@@ -485,8 +485,8 @@ def read_all_last(bootstrap, n):
     from confluent_kafka import Consumer
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "sr-last-%d" % time.time_ns(),
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe(["behaviour-events"])
     last, got, deadline = {}, 0, time.time() + 30
+    U.assign_from_start(c, "behaviour-events", deadline)
     try:
         while got < n and time.time() < deadline:
             m = c.poll(0.3)

@@ -72,6 +72,15 @@ static inline void tm_init(tm *t, int n)
     t->p.bias = t->bias;
 }
 
+/* The same items at another dim (<= DIM, the arrays keep DIM's stride): a
+ * model a swap to another width goes to. */
+static inline void tm_init_dim(tm *t, int n, int dim)
+{
+    tm_init(t, n);
+    t->p.info.dim = dim;
+    t->p.info.layer_out[0] = dim;
+}
+
 static inline void tm_free(tm *t)
 {
     for (int r = 0; r < t->p.info.n_items; r++)

@@ -218,9 +218,7 @@ static void test_rebind_to_other_dim(void)
 {
     tm a, c3;
     tm_init(&a, N);
-    tm_init(&c3, N);
-    c3.p.info.dim = DIM / 2;
-    c3.p.info.layer_out[0] = DIM / 2;
+    tm_init_dim(&c3, N, DIM / 2);
     hl_model *ma = tm_open(&a, "da"), *mc = tm_open(&c3, "dc");
     char err[256];
     float e[DIM] = {1};
@@ -513,9 +511,7 @@ static void test_view_rebuilt_in_place_equals_fresh(void)
 {
     tm a, b;
     tm_init(&a, N);
-    tm_init(&b, N);
-    b.p.info.dim = DIM / 2;
-    b.p.info.layer_out[0] = DIM / 2;
+    tm_init_dim(&b, N, DIM / 2);
     hl_model *ma = tm_open(&a, "ra"), *mb = tm_open(&b, "rb");
     char err[256];
     enum { N_NEW = 120 };
@@ -578,9 +574,7 @@ static void test_view_reused_through_growth(void)
 {
     tm a, b;
     tm_init(&a, N);
-    tm_init(&b, N);
-    b.p.info.dim = DIM / 2;
-    b.p.info.layer_out[0] = DIM / 2;
+    tm_init_dim(&b, N, DIM / 2);
     hl_model *ma = tm_open(&a, "growa"), *mb = tm_open(&b, "growb");
     char err[256];
     enum { N_LONG = 100 };

@@ -248,9 +248,9 @@ void hl_worker_stop(hl_worker *w)
  * ready: it is doing what the group asked, and a StatefulSet rollout or a
  * PodDisruptionBudget waiting on it would otherwise wait for ever. Reads
  * atomics only: the HTTP thread calls it. */
-int hl_worker_ready(const hl_worker *cw, char *why, size_t whylen)
+int hl_worker_ready(void *arg, char *why, size_t whylen)
 {
-    hl_worker *w = (hl_worker *)cw;
+    hl_worker *w = arg;
     int n = atomic_load(&w->restoring);
     /* start_abort: SIGTERM came and the main loop has not seen it yet */
     if (atomic_load(&w->stop) || (w->o.start_abort != NULL && *w->o.start_abort))
@@ -269,9 +269,9 @@ int hl_worker_ready(const hl_worker *cw, char *why, size_t whylen)
     return 0;
 }
 
-int hl_worker_live(const hl_worker *cw, char *why, size_t whylen)
+int hl_worker_live(void *arg, char *why, size_t whylen)
 {
-    hl_worker *w = (hl_worker *)cw;
+    hl_worker *w = arg;
     char cause[400];
     if (w->prod == NULL || hl_producer_fatal(w->prod, cause, sizeof cause) == 0)
         return 1;

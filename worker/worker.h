@@ -115,15 +115,17 @@ void hl_worker_stop(hl_worker *w);                   /* any thread */
 /* 1 once the worker holds an assignment and every partition of it is
  * restored, until a revocation takes them all or it stops; an assignment
  * of no partition counts. Else 0 and why the worker is not ready in why
- * (e.g. "restoring assigned partitions: 1 of 4 restored"). Any thread. */
-int  hl_worker_ready(const hl_worker *w, char *why, size_t whylen);
+ * (e.g. "restoring assigned partitions: 1 of 4 restored"). Any thread.
+ * arg is the hl_worker: this and hl_worker_live have hl_http_start's
+ * probe shape (hl_ready_fn), so they are passed to it as they are. */
+int  hl_worker_ready(void *arg, char *why, size_t whylen);
 
 /* 1 while the worker can still do its work; 0 once its producer failed
  * fatally (why says so, with librdkafka's cause): nothing it publishes
  * can be delivered any more and only a new process recovers. The worker
  * stops by itself then; this is for a liveness probe (/healthz), so that
  * one that somehow does not is restarted. Any thread. */
-int  hl_worker_live(const hl_worker *w, char *why, size_t whylen);
+int  hl_worker_live(void *arg, char *why, size_t whylen);
 
 /* Totals since start, read back from the worker's metrics registry, where
  * each is kept once (any thread may read). The latency quantiles cover the

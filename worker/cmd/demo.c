@@ -652,16 +652,6 @@ static int demo_start(demo *d, hl_config *cfg, hl_model *m, hl_metrics *reg,
     return 0;
 }
 
-static int demo_ready(void *arg, char *why, size_t whylen)
-{
-    return hl_worker_ready(arg, why, whylen);
-}
-
-static int demo_live(void *arg, char *why, size_t whylen)
-{
-    return hl_worker_live(arg, why, whylen);
-}
-
 /* Removes the demo's snapshot directory and the files in it. */
 static void remove_dir(const char *dir)
 {
@@ -718,8 +708,9 @@ static hl_http *demo_metrics(demo *d, hl_config *cfg, hl_metrics *reg)
     char err[512];
     hl_http *http = NULL;
     int port = (int)hl_config_int(cfg, "metrics.port");
-    if (port > 0 && (http = hl_http_start(hl_config_str(cfg, "metrics.bind"), port, reg, demo_ready,
-                                          demo_live, d->w, err, sizeof err)) == NULL)
+    if (port > 0 && (http = hl_http_start(hl_config_str(cfg, "metrics.bind"), port, reg,
+                                          hl_worker_ready, hl_worker_live, d->w, err,
+                                          sizeof err)) == NULL)
         hl_log(HL_LOG_WARN, "demo_no_metrics", "port=%d err=\"%s\"", port, err);
     else if (http)
         hl_log(HL_LOG_INFO, "metrics_listening", "url=http://localhost:%d/metrics", hl_http_port(http));

@@ -123,16 +123,6 @@ static void install_signals(void)
     sigaction(SIGHUP, &hup, NULL);
 }
 
-static int worker_ready(void *arg, char *why, size_t whylen)
-{
-    return hl_worker_ready(arg, why, whylen);
-}
-
-static int worker_live(void *arg, char *why, size_t whylen)
-{
-    return hl_worker_live(arg, why, whylen);
-}
-
 /* /metrics and the probes on metrics.port (none when 0). -1 when it
  * cannot listen (logged). */
 static int start_http(const hl_config *cfg, hl_metrics *reg, hl_worker *w, hl_http **http)
@@ -142,7 +132,7 @@ static int start_http(const hl_config *cfg, hl_metrics *reg, hl_worker *w, hl_ht
     const char *bind_addr = hl_config_str(cfg, "metrics.bind");
     if (port <= 0)
         return 0;
-    if ((*http = hl_http_start(bind_addr, port, reg, worker_ready, worker_live, w, err,
+    if ((*http = hl_http_start(bind_addr, port, reg, hl_worker_ready, hl_worker_live, w, err,
                                sizeof err)) == NULL) {
         hl_log(HL_LOG_ERROR, "http_start_failed", "port=%d err=\"%s\"", port, err);
         return -1;

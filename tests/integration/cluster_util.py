@@ -167,16 +167,14 @@ class Worker(U.Worker):
         except OSError:
             return default
 
+    def kill(self):
+        os.killpg(self.p.pid, signal.SIGKILL)
+
     def term(self, timeout):
         """SIGTERM; (exit status or "timeout", seconds it took)."""
         t0 = time.time()
         self.p.send_signal(signal.SIGTERM)
-        try:
-            rc = self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.p.pid, signal.SIGKILL)
-            self.p.wait()
-            rc = "timeout"
+        rc = self.wait(timeout)
         secs = time.time() - t0
         self.log.close()
         return rc, secs

@@ -96,16 +96,23 @@ class Worker:
                 total += float(val)
         return total
 
+    def kill(self):
+        self.p.kill()
+
+    def wait(self, timeout):
+        """Its exit status once it exits by itself, or "timeout" (it is
+        then killed)."""
+        try:
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.p.wait()
+            return "timeout"
+
     def stop(self, timeout=30):
-        rc = None
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
-            try:
-                rc = self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-                rc = "timeout"
+            rc = self.wait(timeout)
         else:
             rc = self.p.returncode
         self.log.close()

@@ -29,7 +29,6 @@ publishes every user's list of its second event and commits to the end.
 """
 import datetime
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -99,23 +98,12 @@ def log_time(ts):
     return d.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def wait_exit(w, timeout):
-    """(exit status or "timeout", when it exited): killed at the timeout."""
-    try:
-        rc = w.p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        w.p.kill()
-        w.p.wait()
-        rc = "timeout"
-    return rc, time.time()
-
-
 def fatal_stop(ck, broker, w, high_a):
     """The worker's side of the fatal error: logged with its cause, a
     prompt exit 1, nothing stored past the undelivered lists."""
     deadline = INTERVAL_MS / 1000.0 + 15
     logged = w.wait_event("producer_fatal", deadline)
-    rc, t_exit = wait_exit(w, TIMEOUT_MS / 1000.0 + 10 if logged else 1)
+    rc, t_exit = w.wait(TIMEOUT_MS / 1000.0 + 10 if logged else 1), time.time()
     w.log.close()
     ts, kv = w.events("producer_fatal")[-1] if w.events("producer_fatal") else ("", {})
     t_seen = log_time(ts) if ts else t_exit

@@ -35,6 +35,7 @@
 #define FP      7
 
 static float e_in[N_ITEMS * DIM];
+static volatile sig_atomic_t stop_flag;   /* the changelog's start_abort */
 
 typedef struct env {
     rd_kafka_t              *mrk;
@@ -72,7 +73,7 @@ static int env_start(env *e)
     hl_changelog_opts co = {
         .topic = "st", .input_topic = "in", .bootstrap = bootstrap, .flush_ms = 1000,
         .model_fingerprint = FP, .topts = &e->o, .prod = e->prod, .consumer = e->cons,
-        .reg = e->reg, .timeout_ms = 10000,
+        .reg = e->reg, .timeout_ms = 10000, .start_abort = &stop_flag,
     };
     e->cl = e->prod && e->cons ? hl_changelog_create(&co, err, sizeof err) : NULL;
     CHECKF(e->cl != NULL, "changelog: %s", err);
@@ -617,6 +618,41 @@ static void test_flush_names_encoded_model(void)
     env_stop(&e);
 }
 
+/* A stop (SIGTERM) during a restore's read ends it at the next poll: the
+ * read waits out a broker outage for as long as it lasts, so the stop is
+ * looked at inside it, not only between partitions. The restore fails
+ * saying so, with nothing of the partition read; without the stop the
+ * same read restores the user. */
+static void test_restore_read_stops(void)
+{
+    env e;
+    char err[512] = "";
+    if (env_start(&e) != 0) {
+        env_stop(&e);
+        return;
+    }
+    hl_table *a = table(&e), *b = table(&e), *c = table(&e);
+    hl_changelog_restored ra, rb, rc_;
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "%s", err);
+    hl_changelog_shard *cs = hl_changelog_shard_create(e.cl, 0, a, &ra);
+    events(a, NULL, "u", 0, 10);
+    CHECK(hl_changelog_flush_now(cs, a, 10, hl_now_mono_ms() + 10000) == 0);
+    hl_table_on_evict(a, NULL, NULL);
+    hl_changelog_shard_destroy(cs);
+    stop_flag = 1;
+    int rc = hl_changelog_restore(e.cl, 0, b, NULL, &rb, err, sizeof err);
+    stop_flag = 0;
+    CHECKF(rc != 0 && strstr(err, "the worker is stopping") != NULL && !has(b, "u"),
+           "a restore asked to stop: rc %d, user read %d, err \"%s\"", rc, has(b, "u"), err);
+    rc = hl_changelog_restore(e.cl, 0, c, NULL, &rc_, err, sizeof err);
+    CHECKF(rc == 0 && has(c, "u"), "the restore after: rc %d, user read %d, err \"%s\"", rc,
+           has(c, "u"), err);
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+    hl_table_destroy(c);
+    env_stop(&e);
+}
+
 static void test_reshape_replay(void)
 {
     reshape_replay(1);      /* the old model at hand: migrated */
@@ -876,6 +912,7 @@ int main(void)
     RUN(test_zombie_snapshot_refused);
     RUN(test_zombie_new_owner_quiet);
     RUN(test_reshape_replay);
+    RUN(test_restore_read_stops);
     RUN(test_flush_names_encoded_model);
     RUN(test_epoch_overflow);
     RUN(test_cache_then_unfinished_flush);

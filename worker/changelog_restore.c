@@ -494,11 +494,19 @@ static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
     /* timeout_ms bounds a silent stall: an error event (the broker down or
      * moving a partition's leader, as in a rolling upgrade) restarts it, so
      * the restore waits out an outage rather than failing the partition
-     * (which exits the worker); SIGKILL after the grace period ends it. */
+     * (which exits the worker). A stop (start_abort: SIGTERM) ends it at
+     * the next poll; the worker then stops as it does between partitions,
+     * leaving this one unserved and uncommitted (worker_rebalance.c). */
     int64_t next = low, idle_since = hl_now_mono_ms();
     hl_log_limit lim = {.interval_ms = 5000};
     int rc = 0;
     while (next < high) {
+        if (cl->o.start_abort != NULL && *cl->o.start_abort) {
+            rc = hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: read stopped at offset "
+                        "%lld of %lld: the worker is stopping", cl->topic, (int)p,
+                        (long long)next, (long long)high);
+            break;
+        }
         rd_kafka_message_t *m = rd_kafka_consumer_poll(cl->rk, 100);
         if (m == NULL) {
             if (hl_now_mono_ms() - idle_since > cl->o.timeout_ms) {

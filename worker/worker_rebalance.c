@@ -305,8 +305,9 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
         rc = hl_changelog_restore(w->changelog, p, tbl, NULL, r, err, sizeof err);
     }
     if (rc != 0) {
-        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"%s\"",
-               (int)p, err);
+        if (w->o.start_abort == NULL || !*w->o.start_abort)   /* else the stop's line */
+            hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog "
+                   "err=\"%s\"", (int)p, err);
         goto fail;
     }
     count_moved(w, p, r, bp != NULL ? cache_moved : NULL, moved);
@@ -515,7 +516,10 @@ static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_
             break;
         int rc = assign_one(w, rk, parts->elems[i].partition, &parts->elems[i].offset);
         if (rc < 0) {
-            fail_partition(w, parts->elems[i].partition, rc);
+            /* A restore a stop cut short (changelog_restore.c) is the stop,
+             * not a partition that cannot be served. */
+            if (!stop_while_restoring(w, i, parts->cnt))
+                fail_partition(w, parts->elems[i].partition, rc);
             break;              /* stopping: the rest would be ignored anyway */
         } else if (rc == 0)
             atomic_fetch_add(&w->assigned, 1);

@@ -564,6 +564,35 @@ static void test_bad_input_is_refused(void)
     CHECK(r.e_in == NULL);
 }
 
+/* Users of one event each (or of two with holdout_loo, which keeps both
+ * out) give no next-item example: training would hand back the random
+ * start as a model, so it is refused with the reason. Zero epochs (a warm
+ * start copied as is, test_warm_start) is still allowed. */
+static void test_no_examples_is_refused(void)
+{
+    synth s;
+    hl_train_opts o;
+    hl_train_result r;
+    char err[256] = "";
+    synth_rule(&s, 8, 1, 6, 1);
+    tiny_opts(&o);
+    CHECK(hl_train_run(&o, &s.d, &r, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "no training examples") != NULL, "err=%s", err);
+    CHECK(r.e_in == NULL);
+    hl_train_result_reset(&r);
+    synth_rule(&s, 8, 2, 6, 1);
+    o.holdout_loo = 1;
+    err[0] = 0;
+    CHECK(hl_train_run(&o, &s.d, &r, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "3 events") != NULL, "err=%s", err);
+    hl_train_result_reset(&r);
+    o.holdout_loo = 0;
+    o.epochs = 0;
+    synth_rule(&s, 8, 1, 6, 1);
+    CHECK(hl_train_run(&o, &s.d, &r, err, sizeof err) == 0);
+    hl_train_result_reset(&r);
+}
+
 int main(void)
 {
     RUN(test_grad_full_softmax);
@@ -582,5 +611,6 @@ int main(void)
     RUN(test_adam_simd_matches_scalar);
     RUN(test_ema_writes_the_average);
     RUN(test_bad_input_is_refused);
+    RUN(test_no_examples_is_refused);
     TEST_EXIT();
 }

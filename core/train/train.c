@@ -720,6 +720,24 @@ static int run_epochs(trainer *t, double *final_loss, double *best_hr)
     return 0;
 }
 
+/* Epochs over no example would hand back the random start as a trained
+ * model (a file of users with one event each, or a wrong user column that
+ * makes every line its own user): refused, with what an example needs.
+ * Zero epochs asks for no training (a warm start copied as is). */
+static int check_examples(const trainer *t, char *errbuf, size_t errlen)
+{
+    const hl_train_opts *o = t->o;
+    if (t->n_ex > 0 || o->epochs == 0)
+        return 0;
+    return hl_err(errbuf, errlen, HL_EINVAL, "train: no training examples in %lld events "
+                  "of %d users: an example is a user's event followed by another, so a "
+                  "user needs %d events%s; check that the user column groups each user's "
+                  "events", (long long)t->sq.off[t->sq.n_users], t->sq.n_users,
+                  o->holdout_loo ? 3 : 2,
+                  o->holdout_loo ? " (the last two are held out)"
+                  : o->train_fraction < 1 ? " before the holdout time" : "");
+}
+
 int hl_train_run(const hl_train_opts *o, const hl_train_data *d,
                  hl_train_result *res, char *errbuf, size_t errlen)
 {
@@ -730,7 +748,8 @@ int hl_train_run(const hl_train_opts *o, const hl_train_data *d,
     memset(res, 0, sizeof *res);
     if ((rc = check_opts(o, errbuf, errlen)) || (rc = hl_train_check_data(d, errbuf, errlen)))
         return rc;
-    if ((rc = trainer_init(&t, o, d, errbuf, errlen)))
+    if ((rc = trainer_init(&t, o, d, errbuf, errlen)) ||
+        (rc = check_examples(&t, errbuf, errlen)))
         goto out;
     if ((rc = run_epochs(&t, &loss, &best_hr))) {
         hl_err(errbuf, errlen, rc, "train: no memory during training");

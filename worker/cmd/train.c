@@ -13,11 +13,15 @@
 
 #include <cblas.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* ---- string ids to dense rows ---------------------------------------------------- */
 
@@ -469,6 +473,31 @@ static void print_summary(const train_args *a, const events *e,
     printf("}\n");
 }
 
+/* The model is written (to out.tmp, then renamed over out) only after the
+ * whole training, minutes with the defaults: a path that cannot take it is
+ * refused before the input is read, by creating out.tmp and removing it. */
+static int check_out(const char *out, char *errbuf, size_t errlen)
+{
+    char tmp[PATH_MAX];
+    struct stat st;
+    if (stat(out, &st) == 0 && S_ISDIR(st.st_mode))
+        return hl_err(errbuf, errlen, HL_EINVAL, "--out %s is a directory: give the path "
+                      "of the model file to write, e.g. %s/model.hlm", out, out);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", out) >= (int)sizeof tmp)
+        return hl_err(errbuf, errlen, HL_EINVAL, "--out %s: path too long", out);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == EEXIST)             /* a stale one: the writer truncates it */
+        fd = open(tmp, O_WRONLY | O_CLOEXEC);
+    else if (fd >= 0)
+        unlink(tmp);
+    if (fd < 0)
+        return hl_err(errbuf, errlen, HL_EIO, "--out %s: cannot create %s: %s (does its "
+                      "directory exist, and may this user write there?)", out, tmp,
+                      strerror(errno));
+    close(fd);
+    return 0;
+}
+
 /* A warm start is a daily retrain: the result goes live by a swap, which
  * needs the serving model's state shape (its heads and half-lives: a worker
  * refuses another, models.h). So the heads are MODEL's and not learned,
@@ -526,6 +555,7 @@ int hl_cmd_train(int argc, char **argv)
     a.o.progress = on_progress;
     a.o.progress_ctx = &pc;
     rc = 1;
+    if (check_out(a.out, err, sizeof err)) goto fail;
     if (load(a.input, &a.dopt, &e, err, sizeof err)) goto fail;
     hl_train_data d = {e.n, e.users.n, e.items.n, e.user, e.item, e.type, e.ts_ms, e.weight};
     if (!a.quiet)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# test_train_cli.sh - `halflife train` as a user meets it with odd inputs:
+# each case is refused with a sentence naming what was wrong, before any
+# training time is spent, and never leaves a model behind. Seconds: a
+# 600-event file, one epoch of dim 4 where training runs at all.
+set -u
+name=train_cli
+top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
+build=${HL_BUILD:-$top/build}
+hl=${HL_HALFLIFE:-$build/halflife}
+if [ ! -x "$hl" ]; then echo "SKIP $name: $hl not built"; exit 0; fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+check() {  # CASE OK WHY
+  if [ "$2" = 1 ]; then echo "PASS $name.$1"; else echo "FAIL $name.$1: $3"; fail=1; fi
+}
+# 60 users of 10 events over 30 items, a minute apart.
+{
+  echo user_id,item_id,event_type,timestamp_ms
+  for u in $(seq 0 59); do
+    for k in $(seq 0 9); do
+      echo "u$u,i$(( (u * 7 + k * 3) % 30 )),VIEW,$(( 1700000000000 + u * 1000 + k * 60000 ))"
+    done
+  done
+} >"$tmp/e.csv"
+common=(--input "$tmp/e.csv" --format events-csv --dim 4 --hidden 0 --epochs 1 --threads 1)
+
+# --out in a missing directory: refused before the input is read, not
+# after the whole training (minutes with the defaults).
+out=$("$hl" train "${common[@]}" --out "$tmp/missing/m.hlm" 2>&1); rc=$?
+check out_missing_dir "$([ $rc = 1 ] && ! echo "$out" | grep -q epoch &&
+  echo "$out" | grep -q "$tmp/missing" && echo 1)" "exit $rc, output: $out"
+touch "$tmp/file"
+out=$("$hl" train "${common[@]}" --out "$tmp/file/m.hlm" 2>&1); rc=$?
+check out_under_file "$([ $rc = 1 ] && ! echo "$out" | grep -q epoch && echo 1)" \
+  "exit $rc, output: $out"
+mkdir "$tmp/dir"
+out=$("$hl" train "${common[@]}" --out "$tmp/dir" 2>&1); rc=$?
+check out_is_dir "$([ $rc = 1 ] && ! echo "$out" | grep -q epoch &&
+  echo "$out" | grep -q directory && echo 1)" "exit $rc, output: $out"
+check out_nothing_left "$([ -z "$(ls "$tmp/dir")" ] && [ ! -e "$tmp/dir.tmp" ] && echo 1)" \
+  "left behind: $(ls "$tmp/dir") $(ls -d "$tmp"/dir.tmp 2>/dev/null)"
+out=$("$hl" train "${common[@]}" --out "$tmp/ok.hlm" 2>&1); rc=$?
+check out_ok "$([ $rc = 0 ] && [ -s "$tmp/ok.hlm" ] && [ ! -e "$tmp/ok.hlm.tmp" ] && echo 1)" \
+  "exit $rc, output: $out"
+exit $fail

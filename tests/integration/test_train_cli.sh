@@ -44,4 +44,12 @@ check out_nothing_left "$([ -z "$(ls "$tmp/dir")" ] && [ ! -e "$tmp/dir.tmp" ] &
 out=$("$hl" train "${common[@]}" --out "$tmp/ok.hlm" 2>&1); rc=$?
 check out_ok "$([ $rc = 0 ] && [ -s "$tmp/ok.hlm" ] && [ ! -e "$tmp/ok.hlm.tmp" ] && echo 1)" \
   "exit $rc, output: $out"
+# Integer options take integers: --seed 1e3 trained with seed 1 and
+# --epochs 1.5 one epoch, silently.
+for o in "--seed 1e3" "--seed 2.5" "--epochs 1.5" "--dim 4.5" "--batch 1e1x"; do
+  out=$("$hl" train "${common[@]}" $o --out "$tmp/int.hlm" 2>&1); rc=$?
+  check "integer_$(echo "${o#--}" | tr " ." "_p")" "$([ $rc = 2 ] && [ ! -e "$tmp/int.hlm" ] &&
+    echo "$out" | grep -q -- "${o%% *}" && echo 1)" "$o: exit $rc, output: $out"
+  rm -f "$tmp/int.hlm"
+done
 exit $fail

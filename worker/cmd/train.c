@@ -302,6 +302,25 @@ static int num_arg(const char *s, double lo, double hi, double *v)
     return (end != s && *end == 0 && *v >= lo && *v <= hi) ? 0 : HL_EINVAL;
 }
 
+/* An integer option: "1.5" or "4.5" was cut to 1 or 4 without a word. */
+static int int_arg(const char *s, double lo, double hi, double *v)
+{
+    return num_arg(s, lo, hi, v) == 0 && *v == floor(*v) ? 0 : HL_EINVAL;
+}
+
+/* Digits only, all 64 bits: through a double "1e3" passed the range check
+ * and strtoull then read 1, so the run used another seed than asked. */
+static int seed_arg(const char *s, uint64_t *seed)
+{
+    char *end;
+    if (*s < '0' || *s > '9') return HL_EINVAL;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno != 0 || *end != 0) return HL_EINVAL;
+    *seed = x;
+    return 0;
+}
+
 enum { O_DIM = 256, O_HIDDEN, O_HL, O_STEP, O_EPOCHS, O_BATCH, O_LR, O_LRF, O_L2, O_EMA,
        O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET,
        O_INIT, O_LEARN_HL, O_FIXED_HL, O_NO_TIE };
@@ -331,20 +350,20 @@ static int set_number(train_args *a, int opt, const char *s)
     hl_train_opts *o = &a->o;
     double v;
     switch (opt) {
-    case O_DIM:     if (num_arg(s, 1, 4096, &v)) return HL_EINVAL; o->dim = (int)v; break;
-    case O_STEP:    if (num_arg(s, 1, 1e15, &v)) return HL_EINVAL; a->dopt.seq_step_ms = (int64_t)v; break;
-    case O_EPOCHS:  if (num_arg(s, 0, 1e6, &v)) return HL_EINVAL; o->epochs = (int)v; break;
-    case O_BATCH:   if (num_arg(s, 1, 65536, &v)) return HL_EINVAL; o->batch = (int)v; break;
+    case O_DIM:     if (int_arg(s, 1, 4096, &v)) return HL_EINVAL; o->dim = (int)v; break;
+    case O_STEP:    if (int_arg(s, 1, 1e15, &v)) return HL_EINVAL; a->dopt.seq_step_ms = (int64_t)v; break;
+    case O_EPOCHS:  if (int_arg(s, 0, 1e6, &v)) return HL_EINVAL; o->epochs = (int)v; break;
+    case O_BATCH:   if (int_arg(s, 1, 65536, &v)) return HL_EINVAL; o->batch = (int)v; break;
     case O_LR:      if (num_arg(s, 1e-9, 10, &v)) return HL_EINVAL; o->lr = (float)v; break;
     case O_LRF:     if (num_arg(s, 0, 1, &v)) return HL_EINVAL; o->lr_final = (float)v; break;
     case O_L2:      if (num_arg(s, 0, 10, &v)) return HL_EINVAL; o->l2 = (float)v; break;
     case O_EMA:     if (num_arg(s, 0, 0.99999, &v)) return HL_EINVAL; o->ema = (float)v; break;
     case O_DROP:    if (num_arg(s, 0, 0.95, &v)) return HL_EINVAL; o->dropout = (float)v; break;
-    case O_HIST:    if (num_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->max_history = (int)v; break;
-    case O_FULLMAX: if (num_arg(s, 1, 1e9, &v)) return HL_EINVAL; o->full_softmax_max_items = (int)v; break;
-    case O_NEG:     if (num_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->n_negatives = (int)v; break;
-    case O_SEED:    if (num_arg(s, 0, 1.8e19, &v)) return HL_EINVAL; o->seed = (uint64_t)strtoull(s, NULL, 10); break;
-    case O_THREADS: if (num_arg(s, 1, 256, &v)) return HL_EINVAL; a->threads = (int)v; break;
+    case O_HIST:    if (int_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->max_history = (int)v; break;
+    case O_FULLMAX: if (int_arg(s, 1, 1e9, &v)) return HL_EINVAL; o->full_softmax_max_items = (int)v; break;
+    case O_NEG:     if (int_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->n_negatives = (int)v; break;
+    case O_SEED:    return seed_arg(s, &o->seed);
+    case O_THREADS: if (int_arg(s, 1, 256, &v)) return HL_EINVAL; a->threads = (int)v; break;
     default:        return HL_EINVAL;
     }
     return 0;

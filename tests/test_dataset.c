@@ -101,6 +101,18 @@ static void test_open_missing(void)
     hl_dataset_close(NULL);
 }
 
+/* A directory given as the file is refused at open, naming it: it used to
+ * open, then fail at the first read with "dataset: read after line 0: Is
+ * a directory", which named neither the path nor the mistake. */
+static void test_open_directory(void)
+{
+    hl_dataset_opts o = { .format = HL_FMT_EVENTS_CSV };
+    char err[256] = "";
+    hl_dataset_reader *r = hl_dataset_open(tmpdir, &o, err, sizeof err);
+    CHECKF(r == NULL && strstr(err, tmpdir) && strstr(err, "directory"), "%s", err);
+    hl_dataset_close(r);
+}
+
 static void test_movielens_csv(void)
 {
     got g;
@@ -400,6 +412,7 @@ int main(void)
     if (mkdtemp(tmpdir) == NULL) { perror("mkdtemp"); return 1; }
     RUN(test_format_parse);
     RUN(test_open_missing);
+    RUN(test_open_directory);
     RUN(test_movielens_csv);
     RUN(test_movielens_dat);
     RUN(test_seq);

@@ -24,6 +24,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define DEFAULT_SEQ_STEP_MS 3600000
 #define FILE_BUF_BYTES      (1 << 20)
@@ -301,6 +302,17 @@ hl_dataset_reader *hl_dataset_open(const char *path, const hl_dataset_opts *o,
     else if ((r->f = fopen(path, "r")) == NULL) {
         hl_err(errbuf, errlen, errno == ENOENT ? HL_ENOENT : HL_EIO,
                "dataset %s: open: %s", path, strerror(errno));
+        free(r);
+        return NULL;
+    }
+    /* fopen() takes a directory and its first read fails with EISDIR, in
+     * a message that cannot name the path: refused here, where it can. A
+     * FIFO or a device is read as a stream, as stdin is. */
+    struct stat st;
+    if (fstat(fileno(r->f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        hl_err(errbuf, errlen, HL_EINVAL, "dataset %s: is a directory: give the event "
+               "file itself", path);
+        fclose(r->f);
         free(r);
         return NULL;
     }

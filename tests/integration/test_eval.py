@@ -211,6 +211,24 @@ def test_help_and_usage():
     assert "missing.hlm" in p.stderr, p.stderr
 
 
+def test_model_of_another_catalogue_is_refused():
+    """A model that knows none of the file's items scored HR 0 with exit 0,
+    as if it were a bad model rather than the wrong file."""
+    n, dim = 5, 4
+    rng = np.random.default_rng(9)
+    layers = [(rng.standard_normal((dim, 2 * (dim + 1)), dtype=np.float32), np.zeros(dim, np.float32))]
+    m = hlm.Model(dim, [3600e3, 86400e3], [1.0] * 6, [f"other{j}" for j in range(n)],
+                  rng.standard_normal((n, dim), dtype=np.float32), layers,
+                  rng.standard_normal((n, dim), dtype=np.float32), np.zeros(n, np.float32),
+                  "other-catalogue")
+    path = os.path.join(TMP, "other.hlm")
+    hlm.write(path, m)
+    for protocol in ("loo", "prequential"):
+        p = run("--model", path, "--input", PATH, "--format", "events-csv",
+                "--protocol", protocol, code=1)
+        assert "other.hlm" in p.stderr and "none of" in p.stderr, p.stderr
+
+
 def test_loo_popularity_matches_reference():
     rows = file_rows()
     for k in (1, 5, 10, 100):
@@ -552,6 +570,7 @@ def test_beauty_popularity_reproduces_published():
 
 
 case(test_help_and_usage)
+case(test_model_of_another_catalogue_is_refused)
 case(test_loo_popularity_matches_reference)
 case(test_prequential_popularity_matches_reference)
 case(test_model_by_bias_matches_reference)

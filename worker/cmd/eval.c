@@ -469,6 +469,21 @@ static int push_event(eval_data *d, const hl_dataset_event *de, const hl_model *
     return 0;
 }
 
+/* A model that knows none of the file's items (nor does --swap-model)
+ * ranks for states that stay empty: it scored HR 0 with exit 0, as if it
+ * were a bad model rather than a model of another catalogue. */
+static int check_catalogue(const eval_args *a, const eval_data *d, char *errbuf,
+                           size_t errlen)
+{
+    for (int64_t i = 0; i < d->n_ev; i++)
+        if (d->ev[i].item >= 0 || d->ev[i].item_b >= 0)
+            return 0;
+    return hl_err(errbuf, errlen, HL_EINVAL, "eval: none of the %lld events of %s is on an "
+                  "item %s%s%s knows: is it a model of this catalogue, and is --format "
+                  "right?", (long long)d->n_ev, a->input, a->model,
+                  a->swap_model ? " or " : "", a->swap_model ? a->swap_model : "");
+}
+
 static int load_events(const eval_args *a, const hl_model *m, eval_data *d,
                        char *errbuf, size_t errlen)
 {
@@ -491,7 +506,7 @@ static int load_events(const eval_args *a, const hl_model *m, eval_data *d,
     d->n_rows = m ? hl_model_info_get(m)->n_items : d->items.n;
     if (d->n_ev == 0)
         return hl_err(errbuf, errlen, HL_EFORMAT, "eval: %s holds no events", a->input);
-    return 0;
+    return m ? check_catalogue(a, d, errbuf, errlen) : 0;
 }
 
 hl_event hl_eval_event(const eval_data *d, const ev_rec *e, int64_t offset)

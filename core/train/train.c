@@ -585,7 +585,14 @@ static float lr_at(const trainer *t)
     return (float)(o->lr * (o->lr_final + (1.0 - o->lr_final) * c));
 }
 
-static double train_epoch(trainer *t, int64_t *order)
+static void report_batch(const trainer *t, int ep, double loss, int64_t done)
+{
+    if (!t->o->progress) return;
+    hl_train_progress p = {ep, t->o->epochs, loss / (double)done, t->n_ex, done, 1, -1};
+    t->o->progress(t->o->progress_ctx, &p);
+}
+
+static double train_epoch(trainer *t, int64_t *order, int ep)
 {
     double loss = 0;
     for (int64_t i = t->n_ex - 1; i > 0; i--) {       /* Fisher-Yates */
@@ -596,6 +603,7 @@ static double train_epoch(trainer *t, int64_t *order)
         int B = (int)(t->n_ex - b < t->B ? t->n_ex - b : t->B);
         loss += batch_grad(t, order + b, B, 1);
         adam_step(t, lr_at(t));
+        report_batch(t, ep, loss, b + B);
     }
     return t->n_ex ? loss / (double)t->n_ex : 0;
 }
@@ -662,7 +670,7 @@ static int result_take(hl_train_result *res, const trainer *t, const float *bloc
 static void report_epoch(const trainer *t, int ep, double loss, double vhr)
 {
     if (!t->o->progress) return;
-    hl_train_progress p = {ep, t->o->epochs, loss, t->n_ex, vhr};
+    hl_train_progress p = {ep, t->o->epochs, loss, t->n_ex, t->n_ex, 0, vhr};
     t->o->progress(t->o->progress_ctx, &p);
 }
 
@@ -702,7 +710,7 @@ static int run_epochs(trainer *t, double *final_loss, double *best_hr)
     memcpy(t->th_best, t->th, sizeof t->th);
     for (int ep = 1; ep <= t->o->epochs; ep++) {
         double vhr = -1;
-        *final_loss = train_epoch(t, order);
+        *final_loss = train_epoch(t, order, ep);
         if (t->o->holdout_loo) {
             if (validate(t, &vhr)) {
                 free(order);

@@ -27,12 +27,18 @@ typedef struct hl_train_data {
     const float   *weight;     /* the event's weight field; NULL means all 1 */
 } hl_train_data;
 
-/* What the callback sees once per epoch (the caller adds the wall time). */
+/* What the callback sees after each batch (in_epoch 1) and once at the end
+ * of each epoch (in_epoch 0); the caller adds the wall time. An epoch of
+ * a large file takes minutes, so a caller that prints only epoch ends
+ * leaves its user without a word meanwhile. */
 typedef struct hl_train_progress {
     int     epoch, epochs;     /* 1-based */
-    double  loss;              /* mean cross-entropy over the epoch */
-    int64_t examples;          /* next-item examples trained this epoch */
-    double  valid_hr10;        /* HR@10 on the validation item; -1 without holdout */
+    double  loss;              /* mean cross-entropy over the epoch (so far) */
+    int64_t examples;          /* next-item examples an epoch trains */
+    int64_t done;              /* of which trained so far (examples at the end) */
+    int     in_epoch;          /* 1: after a batch; loss and done are partial */
+    double  valid_hr10;        /* HR@10 on the validation item; -1 without holdout
+                                  or in_epoch */
 } hl_train_progress;
 
 typedef void (*hl_train_progress_fn)(void *ctx, const hl_train_progress *p);

@@ -52,4 +52,15 @@ for o in "--seed 1e3" "--seed 2.5" "--epochs 1.5" "--dim 4.5" "--batch 1e1x"; do
     echo "$out" | grep -q -- "${o%% *}" && echo 1)" "$o: exit $rc, output: $out"
   rm -f "$tmp/int.hlm"
 done
+# Progress within an epoch (an epoch of a large file takes minutes), each
+# line with the time left; --progress-interval 0 prints after every batch,
+# so the lines are there however fast or slow the machine.
+out=$("$hl" train "${common[@]}" --epochs 2 --batch 64 --progress-interval 0 \
+      --out "$tmp/p.hlm" 2>&1 >/dev/null); rc=$?
+check progress_in_epoch "$([ $rc = 0 ] &&
+  echo "$out" | grep -qE '^train: epoch 1/2 [0-9]+% loss [0-9.]+ .* left ~' &&
+  echo "$out" | grep -qE '^train: epoch 1/2 loss [0-9.]+ .* left ~' &&
+  echo "$out" | grep -qE '^train: epoch 2/2 loss ' && echo 1)" "exit $rc, stderr: $out"
+out=$("$hl" train "${common[@]}" --progress-interval -1 --out "$tmp/p.hlm" 2>&1); rc=$?
+check progress_interval_bad "$([ $rc = 2 ] && echo 1)" "exit $rc, output: $out"
 exit $fail

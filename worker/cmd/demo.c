@@ -311,6 +311,8 @@ static void *worker_main(void *arg)
 
 static void train_progress(void *ctx, const hl_train_progress *p)
 {
+    if (p->in_epoch)            /* the demo's training takes seconds: epoch ends suffice */
+        return;
     hl_log(HL_LOG_INFO, "demo_train_epoch", "epoch=%d/%d loss=%.4f examples=%lld",
            p->epoch, p->epochs, p->loss, (long long)p->examples);
 }

@@ -187,6 +187,7 @@ typedef struct train_args {
     hl_dataset_opts   dopt;
     hl_train_opts     o;
     int               threads, quiet;
+    double            progress_s;    /* --progress-interval */
     char              heads_text[64];
 } train_args;
 
@@ -197,8 +198,8 @@ static void usage(FILE *f)
 "Fits e_in, the encoder MLP, e_out and item biases by next-item prediction\n"
 "over each user's events in time order, with the decayed heads the worker\n"
 "computes, and writes the .hlm model. Deterministic for a given seed and\n"
-"thread count. Progress (epoch, loss, events/s, validation HR@10) goes to\n"
-"stderr; a JSON summary to stdout.\n\n"
+"thread count. Progress (epoch, loss, events/s, validation HR@10, elapsed\n"
+"and time left) goes to stderr; a JSON summary to stdout.\n\n"
 "  --input FILE          event file\n"
 "  --format F            movielens-csv | movielens-dat | seq | taobao | events-csv\n"
 "  --out MODEL           the .hlm to write\n"
@@ -238,6 +239,8 @@ static void usage(FILE *f)
 "                        (a swap needs them equal)\n"
 "  --seed S              (1)\n"
 "  --threads T           OpenBLAS threads (number of cores)\n"
+"  --progress-interval S within an epoch, a progress line every S seconds\n"
+"                        (10; each line ends with the time left)\n"
 "  --quiet               no progress lines\n");
 }
 
@@ -323,7 +326,7 @@ static int seed_arg(const char *s, uint64_t *seed)
 
 enum { O_DIM = 256, O_HIDDEN, O_HL, O_STEP, O_EPOCHS, O_BATCH, O_LR, O_LRF, O_L2, O_EMA,
        O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET,
-       O_INIT, O_LEARN_HL, O_FIXED_HL, O_NO_TIE };
+       O_INIT, O_LEARN_HL, O_FIXED_HL, O_NO_TIE, O_PROGRESS };
 
 static const struct option long_opts[] = {
     {"input", 1, 0, 'i'}, {"format", 1, 0, 'f'}, {"out", 1, 0, 'o'}, {"help", 0, 0, 'h'},
@@ -334,7 +337,8 @@ static const struct option long_opts[] = {
     {"full-softmax-max", 1, 0, O_FULLMAX}, {"negatives", 1, 0, O_NEG}, {"tie", 0, 0, O_TIE},
     {"holdout", 1, 0, O_HOLDOUT}, {"seed", 1, 0, O_SEED}, {"threads", 1, 0, O_THREADS},
     {"quiet", 0, 0, O_QUIET}, {"init", 1, 0, O_INIT}, {"learn-half-lives", 0, 0, O_LEARN_HL},
-    {"fixed-half-lives", 0, 0, O_FIXED_HL}, {"no-tie", 0, 0, O_NO_TIE}, {0, 0, 0, 0},
+    {"fixed-half-lives", 0, 0, O_FIXED_HL}, {"no-tie", 0, 0, O_NO_TIE},
+    {"progress-interval", 1, 0, O_PROGRESS}, {0, 0, 0, 0},
 };
 
 static const char *opt_name(int opt)
@@ -363,6 +367,7 @@ static int set_number(train_args *a, int opt, const char *s)
     case O_FULLMAX: if (int_arg(s, 1, 1e9, &v)) return HL_EINVAL; o->full_softmax_max_items = (int)v; break;
     case O_NEG:     if (int_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->n_negatives = (int)v; break;
     case O_SEED:    return seed_arg(s, &o->seed);
+    case O_PROGRESS: if (num_arg(s, 0, 86400, &v)) return HL_EINVAL; a->progress_s = v; break;
     case O_THREADS: if (int_arg(s, 1, 256, &v)) return HL_EINVAL; a->threads = (int)v; break;
     default:        return HL_EINVAL;
     }
@@ -405,6 +410,7 @@ static int parse_args(train_args *a, int argc, char **argv)
     memset(a, 0, sizeof *a);
     hl_train_opts_default(&a->o);
     a->threads = openblas_get_num_procs();
+    a->progress_s = 10;
     snprintf(a->heads_text, sizeof a->heads_text, "15m,1h,4h,1d,30d");
     optind = 1;
     while ((opt = getopt_long(argc, argv, "i:f:o:h", long_opts, NULL)) != -1) {
@@ -430,18 +436,52 @@ static int parse_args(train_args *a, int argc, char **argv)
 
 /* ---- running ------------------------------------------------------------------------------- */
 
-typedef struct progress_ctx { double t0, t_last; int quiet; } progress_ctx;
+/* Progress: a line at each epoch's end, and within an epoch one every
+ * interval_s (an epoch of a few million events takes minutes), each with
+ * the time left, extrapolated from the training's rate so far. */
+typedef struct progress_ctx {
+    double t_train, t_epoch, t_line;   /* training start, epoch start, last line */
+    double interval_s;
+    int    quiet;
+} progress_ctx;
+
+static void fmt_secs(char *buf, size_t len, double s)
+{
+    long v = (long)(s + 0.5);
+    if (s < 59.95) snprintf(buf, len, "%.1fs", s);
+    else if (v < 3600) snprintf(buf, len, "%ldm%02lds", v / 60, v % 60);
+    else snprintf(buf, len, "%ldh%02ldm", v / 3600, v / 60 % 60);
+}
+
+/* " elapsed E left ~L" for the training's share done so far, frac. */
+static void print_times(double elapsed, double frac)
+{
+    char e[32], l[32];
+    fmt_secs(e, sizeof e, elapsed);
+    fprintf(stderr, " elapsed %s", e);
+    if (frac > 0 && frac < 1) {
+        fmt_secs(l, sizeof l, elapsed * (1 - frac) / frac);
+        fprintf(stderr, " left ~%s", l);
+    }
+    fputc('\n', stderr);
+}
 
 static void on_progress(void *ctx, const hl_train_progress *p)
 {
     progress_ctx *c = ctx;
-    double t = hl_now_mono_s(), dt = t - c->t_last;
-    c->t_last = t;
-    if (c->quiet) return;
-    fprintf(stderr, "train: epoch %d/%d loss %.4f events/s %.0f", p->epoch, p->epochs,
-            p->loss, dt > 0 ? (double)p->examples / dt : 0.0);
+    double t = hl_now_mono_s(), dt = t - c->t_epoch;
+    double frac = p->examples > 0 ? ((p->epoch - 1) + (double)p->done / (double)p->examples)
+                                    / p->epochs : (double)p->epoch / p->epochs;
+    if (c->quiet || (p->in_epoch && (t - c->t_line < c->interval_s || p->done == p->examples)))
+        return;                       /* the epoch's own line follows at once */
+    c->t_line = t;
+    fprintf(stderr, "train: epoch %d/%d", p->epoch, p->epochs);
+    if (p->in_epoch && p->examples > 0)
+        fprintf(stderr, " %.0f%%", 100.0 * (double)p->done / (double)p->examples);
+    fprintf(stderr, " loss %.4f events/s %.0f", p->loss, dt > 0 ? (double)p->done / dt : 0.0);
     if (p->valid_hr10 >= 0) fprintf(stderr, " valid_hr@10 %.4f", p->valid_hr10);
-    fprintf(stderr, " elapsed %.1fs\n", t - c->t0);
+    print_times(t - c->t_train, frac);
+    if (!p->in_epoch) c->t_epoch = t;
 }
 
 static void version_string(char *v, size_t len, const train_args *a)
@@ -570,7 +610,7 @@ int hl_cmd_train(int argc, char **argv)
     memset(&e, 0, sizeof e);
     memset(&res, 0, sizeof res);
     openblas_set_num_threads(a.threads);
-    progress_ctx pc = {hl_now_mono_s(), hl_now_mono_s(), a.quiet};
+    progress_ctx pc = {0, 0, 0, a.progress_s, a.quiet};
     a.o.progress = on_progress;
     a.o.progress_ctx = &pc;
     rc = 1;
@@ -582,6 +622,7 @@ int hl_cmd_train(int argc, char **argv)
                 e.users.n, e.items.n);
     if (a.init && open_init(&a, &e, &init, &init_row, err, sizeof err)) goto fail;
     double t0 = hl_now_mono_s();
+    pc.t_train = pc.t_epoch = pc.t_line = t0;
     if (hl_train_run(&a.o, &d, &res, err, sizeof err)) goto fail;
     double secs = hl_now_mono_s() - t0;
     if (write_model(&a, &e, &res, err, sizeof err)) goto fail;

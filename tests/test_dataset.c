@@ -274,6 +274,36 @@ static void test_headerless_first_line_kept(void)
     CHECK(g.n == 1 && g.st.bad_lines == 0);
     read_all("user,item,category,behavior,timestamp\n", HL_FMT_TAOBAO, 0, &g);
     CHECK(g.n == 0 && g.st.bad_lines == 1);          /* taobao has no header */
+    read_all("user_id,item_id,event_type,timestamp_ms,weight\nu,i,VIEW,5\n",
+             HL_FMT_EVENTS_CSV, 0, &g);
+    CHECK(g.n == 1 && g.st.bad_lines == 0);
+    read_all("userId,movieId,rating,timestamp\n1,2,3.0,4\n", HL_FMT_MOVIELENS_CSV, 0, &g);
+    CHECK(g.n == 1 && g.st.bad_lines == 0);
+}
+
+/* A bad first data line is a bad line, not a header: only a line whose
+ * type (events-csv) or rating (movielens-csv) column is not one is taken
+ * for a header. Any failing line 1 used to be, so a headerless file whose
+ * first event had a bad timestamp or a 10 MB item id lost it without a
+ * word, and a one-line file ended in "no events" with no reason. */
+static void test_bad_first_line_is_not_a_header(void)
+{
+    got g;
+    read_all("u1,i1,VIEW,17e11\nu1,i2,VIEW,5\n", HL_FMT_EVENTS_CSV, 0, &g);
+    CHECK(g.n == 1 && g.st.bad_lines == 1);
+    check_bad(&g, 0, 1, "timestamp_ms is not an integer");
+    size_t len = 10u << 20;
+    char *big = malloc(len + 32);
+    if (big == NULL) return;
+    memcpy(big, "u1,", 3);
+    memset(big + 3, 'x', len);
+    strcpy(big + 3 + len, ",VIEW,5\n");
+    read_all(big, HL_FMT_EVENTS_CSV, 0, &g);
+    CHECK(g.n == 0 && g.st.bad_lines == 1);
+    check_bad(&g, 0, 1, "item id longer than 256 bytes");
+    free(big);
+    read_all("1,2,3.5\n", HL_FMT_MOVIELENS_CSV, 0, &g);
+    CHECK(g.n == 0 && g.st.bad_lines == 1);
 }
 
 /* Many bad lines: all counted, the first 8 kept; a 100 kB line is fine. */
@@ -420,6 +450,7 @@ int main(void)
     RUN(test_events_csv);
     RUN(test_values_the_worker_refuses);
     RUN(test_headerless_first_line_kept);
+    RUN(test_bad_first_line_is_not_a_header);
     RUN(test_many_bad_lines);
     RUN(test_random_garbage);
     RUN(test_shared_datasets);

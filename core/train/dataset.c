@@ -9,9 +9,10 @@
  * A bad line is counted, the first few are kept with their line number and
  * reason, and reading goes on: a dataset with a few broken rows is still a
  * dataset. Blank lines (empty or whitespace only, e.g. a trailing newline)
- * are counted apart, not as bad. A header line is recognised by failing to
- * parse as data on line 1 of a format that has one (movielens-csv,
- * events-csv), so a headerless file loses no event.
+ * are counted apart, not as bad. A header line is recognised on line 1 of
+ * a format that has one (movielens-csv, events-csv) by failing to parse as
+ * data at its rating or type column, so a headerless file loses no event
+ * and a bad first event is reported like any bad line.
  *
  * The seq format yields several events per line: the line is tokenised once
  * into a reusable array of (offset, length) and the events come out of it one
@@ -164,6 +165,13 @@ static const char *seconds_to_ms(const char *s, int64_t *ms)
 
 /* ---- one parse function per format: NULL and *ev filled, or why ---- */
 
+/* The reasons a header line fails with, compared by address in
+ * is_header(): a header's ids parse (they are words), its rating or type
+ * column does not. */
+static const char WHY_RATING[] = "rating is not a number";
+static const char WHY_TYPE[] =
+    "unknown event_type: expected VIEW, CLICK, FAVORITE, ADD_TO_CART, PURCHASE or RATE";
+
 /* userId,movieId,rating,timestamp (seconds); sep is "," or "::". */
 static const char *parse_movielens(char *s, const char *sep, hl_dataset_event *ev)
 {
@@ -174,7 +182,7 @@ static const char *parse_movielens(char *s, const char *sep, hl_dataset_event *e
     if (n < 4) return "missing fields: expected user,item,rating,timestamp";
     if (n > 4) return "too many fields: expected user,item,rating,timestamp";
     if ((why = set_ids(ev, f[0], f[1])) != NULL) return why;
-    if (parse_f32(f[2], &ev->weight) != 0) return "rating is not a number";
+    if (parse_f32(f[2], &ev->weight) != 0) return WHY_RATING;
     if ((why = seconds_to_ms(f[3], &ev->ts_ms)) != NULL) return why;
     ev->type = HL_RATE;
     ev->has_weight = 1;
@@ -218,7 +226,7 @@ static const char *parse_events_csv(char *s, hl_dataset_event *ev)
     if (n > 5) return "too many fields: expected user_id,item_id,event_type,timestamp_ms[,weight]";
     if ((why = set_ids(ev, f[0], f[1])) != NULL) return why;
     if ((ev->type = hl_type_parse(f[2], strlen(f[2]))) < 0)
-        return "unknown event_type: expected VIEW, CLICK, FAVORITE, ADD_TO_CART, PURCHASE or RATE";
+        return WHY_TYPE;
     if (parse_i64(f[3], &ev->ts_ms) != 0) return "timestamp_ms is not an integer";
     ev->weight = 1.0f;
     ev->has_weight = 0;
@@ -362,9 +370,16 @@ static int line_trim(char *s, size_t *len)
     return 1;
 }
 
-static int has_header(hl_dataset_format fmt)
+/* Line 1 of a format with a header, failing as data with why: a header
+ * only if it failed at the rating or type column ("rating", "event_type").
+ * Any failing line 1 used to be one, so a headerless file's first event
+ * with a bad timestamp or a 10 MB id was dropped without a word. */
+static int is_header(const hl_dataset_reader *r, const char *why)
 {
-    return fmt == HL_FMT_MOVIELENS_CSV || fmt == HL_FMT_EVENTS_CSV;
+    if (r->st.lines != 1) return 0;
+    if (r->o.format == HL_FMT_MOVIELENS_CSV) return why == WHY_RATING;
+    if (r->o.format == HL_FMT_EVENTS_CSV) return why == WHY_TYPE;
+    return 0;
 }
 
 /* Parses one trimmed line of a one-event-per-line format. */
@@ -398,7 +413,7 @@ static int line_handle(hl_dataset_reader *r, size_t len, hl_dataset_event *ev,
         return 0;
     }
     if ((why = parse_line(r, r->line, ev)) != NULL) {
-        if (r->st.lines == 1 && has_header(r->o.format)) return 0;
+        if (is_header(r, why)) return 0;
         bad_line(r, why);
         return 0;
     }

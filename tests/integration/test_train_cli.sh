@@ -52,6 +52,12 @@ for o in "--seed 1e3" "--seed 2.5" "--epochs 1.5" "--dim 4.5" "--batch 1e1x"; do
     echo "$out" | grep -q -- "${o%% *}" && echo 1)" "$o: exit $rc, output: $out"
   rm -f "$tmp/int.hlm"
 done
+# A stray argument (a value with its option forgotten, or a shell glob) is
+# named, not reported as missing --input/--format/--out that were given.
+out=$("$hl" train "${common[@]}" --out "$tmp/s.hlm" 20 2>&1); rc=$?
+check stray_argument "$([ $rc = 2 ] && echo "$out" | grep -q '"20"' &&
+  ! echo "$out" | grep -q 'are required' && echo 1)" "exit $rc, output: $out"
+
 # Progress within an epoch (an epoch of a large file takes minutes), each
 # line with the time left; --progress-interval 0 prints after every batch,
 # so the lines are there however fast or slow the machine.

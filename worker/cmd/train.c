@@ -422,7 +422,12 @@ static int parse_args(train_args *a, int argc, char **argv)
             return 2;
         }
     }
-    if (!a->input || !a->format || !a->out || optind < argc) {
+    if (optind < argc) {
+        fprintf(stderr, "halflife train: unexpected argument \"%s\": every value "
+                "follows its option (e.g. --epochs 20)\n", argv[optind]);
+        return 2;
+    }
+    if (!a->input || !a->format || !a->out) {
         fprintf(stderr, "halflife train: --input, --format and --out are required\n");
         usage(stderr);
         return 2;

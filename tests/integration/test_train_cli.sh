@@ -41,6 +41,12 @@ check out_is_dir "$([ $rc = 1 ] && ! echo "$out" | grep -q epoch &&
   echo "$out" | grep -q directory && echo 1)" "exit $rc, output: $out"
 check out_nothing_left "$([ -z "$(ls "$tmp/dir")" ] && [ ! -e "$tmp/dir.tmp" ] && echo 1)" \
   "left behind: $(ls "$tmp/dir") $(ls -d "$tmp"/dir.tmp 2>/dev/null)"
+# --out naming the input (a slip of the shell history) replaced the
+# dataset with the model once training was done.
+cp "$tmp/e.csv" "$tmp/same.csv"
+out=$("$hl" train "${common[@]/$tmp\/e.csv/$tmp/same.csv}" --out "$tmp/same.csv" 2>&1); rc=$?
+check out_is_input "$([ $rc = 1 ] && cmp -s "$tmp/e.csv" "$tmp/same.csv" &&
+  echo "$out" | grep -q 'is the input' && echo 1)" "exit $rc, output: $out"
 out=$("$hl" train "${common[@]}" --out "$tmp/ok.hlm" 2>&1); rc=$?
 check out_ok "$([ $rc = 0 ] && [ -s "$tmp/ok.hlm" ] && [ ! -e "$tmp/ok.hlm.tmp" ] && echo 1)" \
   "exit $rc, output: $out"

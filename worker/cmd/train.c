@@ -539,14 +539,20 @@ static void print_summary(const train_args *a, const events *e,
 
 /* The model is written (to out.tmp, then renamed over out) only after the
  * whole training, minutes with the defaults: a path that cannot take it is
- * refused before the input is read, by creating out.tmp and removing it. */
-static int check_out(const char *out, char *errbuf, size_t errlen)
+ * refused before the input is read, by creating out.tmp and removing it,
+ * and so is the input file itself. */
+static int check_out(const char *out, const char *input, char *errbuf, size_t errlen)
 {
     char tmp[PATH_MAX];
-    struct stat st;
+    struct stat st, in;
     if (stat(out, &st) == 0 && S_ISDIR(st.st_mode))
         return hl_err(errbuf, errlen, HL_EINVAL, "--out %s is a directory: give the path "
                       "of the model file to write, e.g. %s/model.hlm", out, out);
+    /* The rename would replace the dataset with the model. */
+    if (stat(out, &st) == 0 && stat(input, &in) == 0 && st.st_dev == in.st_dev &&
+        st.st_ino == in.st_ino)
+        return hl_err(errbuf, errlen, HL_EINVAL, "--out %s is the input file: the model "
+                      "would replace the dataset; give another path", out);
     if (snprintf(tmp, sizeof tmp, "%s.tmp", out) >= (int)sizeof tmp)
         return hl_err(errbuf, errlen, HL_EINVAL, "--out %s: path too long", out);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -619,7 +625,7 @@ int hl_cmd_train(int argc, char **argv)
     a.o.progress = on_progress;
     a.o.progress_ctx = &pc;
     rc = 1;
-    if (check_out(a.out, err, sizeof err)) goto fail;
+    if (check_out(a.out, a.input, err, sizeof err)) goto fail;
     if (load(a.input, &a.dopt, &e, err, sizeof err)) goto fail;
     hl_train_data d = {e.n, e.users.n, e.items.n, e.user, e.item, e.type, e.ts_ms, e.weight};
     if (!a.quiet)

@@ -229,6 +229,19 @@ def test_model_of_another_catalogue_is_refused():
         assert "other.hlm" in p.stderr and "none of" in p.stderr, p.stderr
 
 
+def test_loo_with_no_user_to_measure_is_refused():
+    """Users of one event each leave loo nothing to measure: it printed
+    HR 0 over n 0 with exit 0, a figure where there is none."""
+    path = os.path.join(TMP, "singles.csv")
+    with open(path, "w") as f:
+        f.write("user_id,item_id,event_type,timestamp_ms\n")
+        for u in range(5):
+            f.write(f"s{u},i{u},VIEW,{1000 * u}\n")
+    p = run("--input", path, "--format", "events-csv", "--protocol", "loo",
+            "--baseline", "popularity", code=1)
+    assert "singles.csv" in p.stderr and "2 events" in p.stderr, p.stderr
+
+
 def test_loo_popularity_matches_reference():
     rows = file_rows()
     for k in (1, 5, 10, 100):
@@ -571,6 +584,7 @@ def test_beauty_popularity_reproduces_published():
 
 case(test_help_and_usage)
 case(test_model_of_another_catalogue_is_refused)
+case(test_loo_with_no_user_to_measure_is_refused)
 case(test_loo_popularity_matches_reference)
 case(test_prequential_popularity_matches_reference)
 case(test_model_by_bias_matches_reference)

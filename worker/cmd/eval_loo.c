@@ -225,6 +225,14 @@ int hl_eval_run_loo(const eval_args *a, const hl_model *m, eval_data *d,
         rows[i] = d->ev[i].item;
     loo_user_ranges(&lr);
     loo_census(&lr, rows);
+    /* HR 0 over no user read as a measurement; there is none to report. */
+    if (lr.users == 0) {
+        rc = hl_err(errbuf, errlen, HL_EINVAL, "eval: no user of %s has 2 events: "
+                    "leave-one-out needs a history and a target per user (%lld users, "
+                    "each with one event; is the user column right?)", a->input,
+                    (long long)lr.skipped);
+        goto out;
+    }
     rc = 0;
     if (m && (rc = loo_model(&lr, rows, errbuf, errlen)) != 0)
         goto out;

@@ -58,6 +58,17 @@ for o in "--seed 1e3" "--seed 2.5" "--epochs 1.5" "--dim 4.5" "--batch 1e1x"; do
     echo "$out" | grep -q -- "${o%% *}" && echo 1)" "$o: exit $rc, output: $out"
   rm -f "$tmp/int.hlm"
 done
+# --init: a damaged model or one of another dim is refused before the
+# input is read (a large file takes a while to load), naming the fix.
+"$hl" train "${common[@]}" --quiet --out "$tmp/init4.hlm" >/dev/null 2>&1
+head -c 700 "$tmp/init4.hlm" >"$tmp/torn.hlm"
+out=$("$hl" train "${common[@]}" --init "$tmp/torn.hlm" --out "$tmp/i.hlm" 2>&1); rc=$?
+check init_damaged "$([ $rc = 1 ] && ! echo "$out" | grep -q 'events,' &&
+  echo "$out" | grep -q torn.hlm && echo 1)" "exit $rc, output: $out"
+out=$("$hl" train "${common[@]}" --dim 8 --init "$tmp/init4.hlm" --out "$tmp/i.hlm" 2>&1); rc=$?
+check init_other_dim "$([ $rc = 1 ] && ! echo "$out" | grep -q 'events,' &&
+  echo "$out" | grep -q -- '--dim 4' && echo 1)" "exit $rc, output: $out"
+
 # A stray argument (a value with its option forgotten, or a shell glob) is
 # named, not reported as missing --input/--format/--out that were given.
 out=$("$hl" train "${common[@]}" --out "$tmp/s.hlm" 20 2>&1); rc=$?

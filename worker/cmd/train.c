@@ -583,24 +583,35 @@ static void keep_init_heads(train_args *a, const hl_model_info *mi)
     a->o.learn_half_lives = 0;
 }
 
-/* --init MODEL: the model and, per training item, its row there (-1 for
- * an item it does not know). */
-static int open_init(train_args *a, const events *e, hl_model **init, int32_t **rows,
-                     char *errbuf, size_t errlen)
+/* --init MODEL, opened before the input is read (loading a large file
+ * takes a while): a damaged file or another dim is refused at once. */
+static int open_init(train_args *a, hl_model **init, char *errbuf, size_t errlen)
 {
-    const idmap *im = &e->items;
     if ((*init = hl_model_open(a->init, errbuf, errlen)) == NULL)
         return HL_EINVAL;
+    const hl_model_info *mi = hl_model_info_get(*init);
+    if (mi->dim != a->o.dim)
+        return hl_err(errbuf, errlen, HL_EINVAL, "--init %s has dim %d, training dim is "
+                      "%d (pass --dim %d)", a->init, mi->dim, a->o.dim, mi->dim);
+    keep_init_heads(a, mi);
+    a->o.init = *init;
+    return 0;
+}
+
+/* Per training item, its row in the --init model (-1 for an item it does
+ * not know). */
+static int map_init_rows(train_args *a, const events *e, int32_t **rows,
+                         char *errbuf, size_t errlen)
+{
+    const idmap *im = &e->items;
     if ((*rows = malloc(sizeof **rows * ((size_t)im->n + 1))) == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "no memory for %d item rows", im->n);
     int32_t known = 0;
     for (int32_t i = 0; i < im->n; i++) {
-        (*rows)[i] = hl_model_item_find(*init, im->arena + im->off[i], im->len[i]);
+        (*rows)[i] = hl_model_item_find(a->o.init, im->arena + im->off[i], im->len[i]);
         known += (*rows)[i] >= 0;
     }
-    a->o.init = *init;
     a->o.init_row = *rows;
-    keep_init_heads(a, hl_model_info_get(*init));
     if (!a->quiet)
         fprintf(stderr, "train: --init %s: %d of %d items start from its rows\n", a->init,
                 known, im->n);
@@ -626,12 +637,13 @@ int hl_cmd_train(int argc, char **argv)
     a.o.progress_ctx = &pc;
     rc = 1;
     if (check_out(a.out, a.input, err, sizeof err)) goto fail;
+    if (a.init && open_init(&a, &init, err, sizeof err)) goto fail;
     if (load(a.input, &a.dopt, &e, err, sizeof err)) goto fail;
     hl_train_data d = {e.n, e.users.n, e.items.n, e.user, e.item, e.type, e.ts_ms, e.weight};
     if (!a.quiet)
         fprintf(stderr, "train: %lld events, %d users, %d items\n", (long long)e.n,
                 e.users.n, e.items.n);
-    if (a.init && open_init(&a, &e, &init, &init_row, err, sizeof err)) goto fail;
+    if (a.init && map_init_rows(&a, &e, &init_row, err, sizeof err)) goto fail;
     double t0 = hl_now_mono_s();
     pc.t_train = pc.t_epoch = pc.t_line = t0;
     if (hl_train_run(&a.o, &d, &res, err, sizeof err)) goto fail;

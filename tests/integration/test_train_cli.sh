@@ -69,6 +69,14 @@ out=$("$hl" train "${common[@]}" --dim 8 --init "$tmp/init4.hlm" --out "$tmp/i.h
 check init_other_dim "$([ $rc = 1 ] && ! echo "$out" | grep -q 'events,' &&
   echo "$out" | grep -q -- '--dim 4' && echo 1)" "exit $rc, output: $out"
 
+# The JSON summary on stdout stays JSON whatever the path holds (a
+# retrain script reads it): a quote or a backslash in --out broke it.
+q="$tmp/a\"b\\c.hlm"
+out=$("$hl" train "${common[@]}" --quiet --out "$q" 2>&1); rc=$?
+got=$(/usr/bin/python3 -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$out" 2>&1)
+check summary_json "$([ $rc = 0 ] && [ "$got" = "$q" ] && echo 1)" \
+  "exit $rc, stdout: $out, parsed: $got"
+
 # A stray argument (a value with its option forgotten, or a shell glob) is
 # named, not reported as missing --input/--format/--out that were given.
 out=$("$hl" train "${common[@]}" --out "$tmp/s.hlm" 20 2>&1); rc=$?

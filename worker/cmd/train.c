@@ -6,6 +6,7 @@
  * progress, and choosing the OpenBLAS thread count (the only parallelism
  * training has, so --threads fixes the result for a given seed). */
 #include "cmd.h"
+#include "cmd_common.h"
 #include "dataset.h"
 #include "log.h"
 #include "model.h"
@@ -521,9 +522,11 @@ static int write_model(const train_args *a, const events *e, hl_train_result *re
 static void print_summary(const train_args *a, const events *e,
                           const hl_train_result *res, double secs)
 {
-    printf("{\"model\":\"%s\",\"events\":%lld,\"users\":%d,\"items\":%d,"
+    fputs("{\"model\":", stdout);
+    hl_cmd_json_str(stdout, a->out, strlen(a->out));   /* a path may hold a quote */
+    printf(",\"events\":%lld,\"users\":%d,\"items\":%d,"
            "\"examples_per_epoch\":%lld,\"epochs\":%d,\"threads\":%d,"
-           "\"train_seconds\":%.1f,\"final_loss\":%.4f", a->out, (long long)e->n,
+           "\"train_seconds\":%.1f,\"final_loss\":%.4f", (long long)e->n,
            e->users.n, e->items.n, (long long)res->examples_per_epoch, a->o.epochs,
            a->threads, secs, res->final_loss);
     printf(",\"events_per_second_per_core\":%.0f,\"half_lives_s\":[",

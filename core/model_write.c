@@ -1,6 +1,10 @@
 /* model_write.c - writes a .hlm model file (hl_model_write): header, body
- * and CRC, published atomically (write path.tmp, fsync, rename, fsync the
- * directory), so a reader sees the old file or the new one, never a torn one.
+ * and CRC, published atomically (write path.tmp.XXXXXX, fsync, rename,
+ * fsync the directory), so a reader sees the old file or the new one, never
+ * a torn one. The temporary name is unique (mkstemp): two writers of one
+ * path, e.g. a retrain job started again while the last one still writes,
+ * each publish a whole file; with a fixed path.tmp the second truncated
+ * the first's, whose rename then published a mixture of both.
  *
  * Separate from model.c because writing is the trainer's and the tools'
  * business and opening is the worker's: neither path needs the other's
@@ -15,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- header encode ---- */
@@ -226,11 +231,16 @@ int hl_model_write(const char *path, const hl_model_parts *p,
         (rc = parts_check_ids(p, path, errbuf, errlen)) != 0)
         return rc == HL_EFORMAT ? HL_EINVAL : rc;  /* the caller's parts, not a file */
     hl_model_layout_compute(&p->info, id_bytes, &lo);
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
         return hl_err(errbuf, errlen, HL_EINVAL, "model path too long: %s", path);
     rc = HL_EIO;
-    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
-        hl_err(errbuf, errlen, rc, "model %s: open: %s", tmp, strerror(errno));
+    if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
+        hl_err(errbuf, errlen, rc, "model %s: create: %s", tmp, strerror(errno));
+        tmp[0] = '\0';                          /* nothing of ours to unlink */
+        goto out;
+    }
+    if (fchmod(fd, 0644) != 0) {                /* mkstemp's 0600: a worker may be another user */
+        hl_err(errbuf, errlen, rc, "model %s: chmod: %s", tmp, strerror(errno));
         goto out;
     }
     if ((rc = file_write(fd, p, &lo, tmp, errbuf, errlen)) != 0) goto out;
@@ -252,6 +262,6 @@ int hl_model_write(const char *path, const hl_model_parts *p,
     rc = 0;
 out:
     if (fd >= 0) close(fd);
-    if (rc != 0) unlink(tmp);
+    if (rc != 0 && tmp[0] != '\0') unlink(tmp);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include "model.h"
 #include "train.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -275,6 +276,35 @@ static void test_writer_refuses(void)
     CHECKF(strstr(err, "layer_out[1]: expected dim 4, found 5") != NULL, "%s", err);
     CHECK(access(tpath("w1.hlm"), F_OK) != 0 && access(tpath("w2.hlm"), F_OK) != 0);
     CHECK(access(tpath("w4.hlm.tmp"), F_OK) != 0);
+    toy_free(&t);
+}
+
+/* Two writers of one path (a retrain job started again while the last one
+ * still writes) each write their own temporary file: with a fixed
+ * path.tmp the second truncated and overwrote the first's file, whose
+ * rename then published a mixture of both under the final name. Here the
+ * "other writer" holds path.tmp open with 100 bytes in it. */
+static void test_writers_do_not_share_tmp(void)
+{
+    toy t;
+    char err[256] = "", other[100];
+    struct stat st;
+    memset(other, 'o', sizeof other);
+    toy_init(&t, 10, 4);
+    int fd = open(tpath("c.hlm.tmp"), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    CHECK(fd >= 0 && write(fd, other, sizeof other) == (ssize_t)sizeof other);
+    CHECKF(hl_model_write(tpath("c.hlm"), &t.p, err, sizeof err) == 0, "%s", err);
+    CHECK(fstat(fd, &st) == 0 && st.st_size == (off_t)sizeof other);
+    CHECK(access(tpath("c.hlm.tmp"), F_OK) == 0);         /* still the other's to rename */
+    hl_model *m = hl_model_open(tpath("c.hlm"), err, sizeof err);
+    CHECKF(m != NULL, "%s", err);
+    hl_model_close(m);
+    CHECK(stat(tpath("c.hlm"), &st) == 0 && (st.st_mode & 0777) == 0644);
+    DIR *d = opendir(tmpdir);
+    for (struct dirent *de; d && (de = readdir(d)) != NULL;)
+        CHECKF(strncmp(de->d_name, "c.hlm.tmp.", 10) != 0, "left behind: %s", de->d_name);
+    if (d) closedir(d);
+    close(fd);
     toy_free(&t);
 }
 
@@ -670,6 +700,7 @@ int main(void)
     RUN(test_refuse_bad_weights);
     RUN(test_writer_and_trainer_refuse_bad_weights);
     RUN(test_refuse_fifo_and_directory);
+    RUN(test_writers_do_not_share_tmp);
     RUN(test_random_damage);
     RUN(test_open_rate);
     if (t_n_failed == 0) {

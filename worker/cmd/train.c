@@ -540,7 +540,7 @@ static void print_summary(const train_args *a, const events *e,
     printf("}\n");
 }
 
-/* The model is written (to out.tmp, then renamed over out) only after the
+/* The model is written (beside out, then renamed over it) only after the
  * whole training, minutes with the defaults: a path that cannot take it is
  * refused before the input is read, by creating out.tmp and removing it,
  * and so is the input file itself. */

@@ -77,6 +77,14 @@ got=$(/usr/bin/python3 -c 'import json,sys; print(json.loads(sys.argv[1])["model
 check summary_json "$([ $rc = 0 ] && [ "$got" = "$q" ] && echo 1)" \
   "exit $rc, stdout: $out, parsed: $got"
 
+# --epochs 0 without --init trains nothing: the model would be the random
+# start. With --init it copies the known items' rows (allowed).
+out=$("$hl" train "${common[@]}" --epochs 0 --out "$tmp/e0.hlm" 2>&1); rc=$?
+check epochs0_no_init "$([ $rc = 2 ] && [ ! -e "$tmp/e0.hlm" ] &&
+  echo "$out" | grep -q -- '--init' && echo 1)" "exit $rc, output: $out"
+out=$("$hl" train "${common[@]}" --epochs 0 --init "$tmp/init4.hlm" --out "$tmp/e0.hlm" 2>&1); rc=$?
+check epochs0_init "$([ $rc = 0 ] && [ -s "$tmp/e0.hlm" ] && echo 1)" "exit $rc, output: $out"
+
 # A stray argument (a value with its option forgotten, or a shell glob) is
 # named, not reported as missing --input/--format/--out that were given.
 out=$("$hl" train "${common[@]}" --out "$tmp/s.hlm" 20 2>&1); rc=$?

@@ -209,7 +209,8 @@ static void usage(FILE *f)
 "  --half-lives LIST     heads, e.g. 1h,1d,30d (units ms s m h d)\n"
 "                        (15m,1h,4h,1d,30d)\n"
 "  --seq-step-ms N       seq format: time between a user's events (3600000)\n"
-"  --epochs N            passes over the data (16)\n"
+"  --epochs N            passes over the data (16); 0 only with --init (its rows\n"
+"                        copied onto this catalogue, nothing trained)\n"
 "  --batch N             examples per Adam step (256)\n"
 "  --lr X                Adam step size, cosine-decayed to lr x lr-final (0.003)\n"
 "  --lr-final X          (0.1)\n"
@@ -431,6 +432,12 @@ static int parse_args(train_args *a, int argc, char **argv)
     if (!a->input || !a->format || !a->out) {
         fprintf(stderr, "halflife train: --input, --format and --out are required\n");
         usage(stderr);
+        return 2;
+    }
+    if (a->o.epochs == 0 && !a->init) {
+        fprintf(stderr, "halflife train: --epochs 0 trains nothing: the model would be its "
+                "random start; give --epochs 1 or more, or --init MODEL to copy a model's "
+                "rows onto this catalogue\n");
         return 2;
     }
     if (hl_dataset_format_parse(a->format, &a->dopt.format, err, sizeof err)) {

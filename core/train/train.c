@@ -667,6 +667,24 @@ static int result_take(hl_train_result *res, const trainer *t, const float *bloc
     return 0;
 }
 
+size_t hl_train_memory_bytes(const hl_train_opts *o, int32_t n_items, int64_t n_events,
+                             size_t *n_params)
+{
+    hl_model_info mi;
+    net n;
+    info_from_opts(&mi, o, n_items);
+    hl_train_net_shape(&n, &mi, o->tie);
+    *n_params = n.n_params;
+    /* blocks: p, g, m, v, the result's copy, best (loo), avg (ema) */
+    size_t blocks = 5 + (o->holdout_loo != 0) + (o->ema > 0);
+    size_t cols = n_items > o->full_softmax_max_items
+                  ? (size_t)o->batch + (size_t)o->n_negatives : (size_t)n_items;
+    size_t per_event = 2 * sizeof(int32_t) + 3 * sizeof(int64_t) + sizeof(float); /* seqs, examples */
+    return blocks * n.n_params * sizeof(float) + (size_t)n_events * per_event +
+           (size_t)o->batch * (cols + (size_t)o->max_history * (mi.n_heads + 2)) *
+           sizeof(float);
+}
+
 static void report_epoch(const trainer *t, int ep, double loss, double vhr)
 {
     if (!t->o->progress) return;

@@ -91,6 +91,15 @@ typedef struct hl_train_opts {
  * softmax up to 5,000 items and 2,048 sampled negatives beyond. */
 void hl_train_opts_default(hl_train_opts *o);
 
+/* About how many bytes hl_train_run allocates to train n_items items and
+ * n_events events under o, and the parameter count into *n_params: the
+ * parameters, their gradients, Adam's two moments (and the best epoch's
+ * and the running average's copies) dominate, then a few words per event.
+ * Nothing is checked or allocated; a caller prints it before a run that a
+ * machine without that much memory would not finish. */
+size_t hl_train_memory_bytes(const hl_train_opts *o, int32_t n_items, int64_t n_events,
+                             size_t *n_params);
+
 /* The trained parameters, owned (hl_train_result_reset frees them). */
 typedef struct hl_train_result {
     hl_model_info info;        /* version is left for the caller to fill */

@@ -85,6 +85,13 @@ check epochs0_no_init "$([ $rc = 2 ] && [ ! -e "$tmp/e0.hlm" ] &&
 out=$("$hl" train "${common[@]}" --epochs 0 --init "$tmp/init4.hlm" --out "$tmp/e0.hlm" 2>&1); rc=$?
 check epochs0_init "$([ $rc = 0 ] && [ -s "$tmp/e0.hlm" ] && echo 1)" "exit $rc, output: $out"
 
+# The memory a run needs is said before it starts (it is allocated up
+# front; without it the kernel may kill the run without a word).
+out=$("$hl" train "${common[@]}" --out "$tmp/mem.hlm" 2>&1 >/dev/null); rc=$?
+check memory_said "$([ $rc = 0 ] && echo "$out" |
+  grep -qE '^train: 600 events, 60 users, 30 items; [0-9.]+M parameters, about [0-9]+ MB to train$' &&
+  echo 1)" "exit $rc, stderr: $out"
+
 # A stray argument (a value with its option forgotten, or a shell glob) is
 # named, not reported as missing --input/--format/--out that were given.
 out=$("$hl" train "${common[@]}" --out "$tmp/s.hlm" 20 2>&1); rc=$?

@@ -628,6 +628,25 @@ static int map_init_rows(train_args *a, const events *e, int32_t **rows,
     return 0;
 }
 
+/* What is about to be trained, and the memory it takes: allocated up
+ * front, so a machine without it fails at once or (overcommit) is killed
+ * by the kernel without a word from us; the line says what to expect. */
+static size_t idmap_bytes(const idmap *m)
+{
+    return m->cap * sizeof *m->slot + m->rows_cap * (sizeof *m->off + sizeof *m->len) +
+           m->arena_cap;
+}
+
+static void print_size(const train_args *a, const events *e)
+{
+    size_t n_params, bytes = hl_train_memory_bytes(&a->o, e->items.n, e->n, &n_params);
+    bytes += (size_t)e->cap * (2 * sizeof(int32_t) + 1 + sizeof(int64_t) + sizeof(float)) +
+             idmap_bytes(&e->users) + idmap_bytes(&e->items);     /* the events, loaded */
+    fprintf(stderr, "train: %lld events, %d users, %d items; %.1fM parameters, about "
+            "%.0f MB to train\n", (long long)e->n, e->users.n, e->items.n,
+            (double)n_params / 1e6, (double)bytes / (1 << 20));
+}
+
 int hl_cmd_train(int argc, char **argv)
 {
     train_args a;
@@ -651,8 +670,7 @@ int hl_cmd_train(int argc, char **argv)
     if (load(a.input, &a.dopt, &e, err, sizeof err)) goto fail;
     hl_train_data d = {e.n, e.users.n, e.items.n, e.user, e.item, e.type, e.ts_ms, e.weight};
     if (!a.quiet)
-        fprintf(stderr, "train: %lld events, %d users, %d items\n", (long long)e.n,
-                e.users.n, e.items.n);
+        print_size(&a, &e);
     if (a.init && map_init_rows(&a, &e, &init_row, err, sizeof err)) goto fail;
     double t0 = hl_now_mono_s();
     pc.t_train = pc.t_epoch = pc.t_line = t0;

@@ -92,6 +92,15 @@ check memory_said "$([ $rc = 0 ] && echo "$out" |
   grep -qE '^train: 600 events, 60 users, 30 items; [0-9.]+M parameters, about [0-9]+ MB to train$' &&
   echo 1)" "exit $rc, stderr: $out"
 
+# --init with another --hidden: the MLP cannot start from the model's, and
+# the run says so (it used to say only how many item rows it took).
+out=$("$hl" train "${common[@]}" --hidden 6 --init "$tmp/init4.hlm" --out "$tmp/h.hlm" 2>&1); rc=$?
+check init_other_hidden "$([ $rc = 0 ] && echo "$out" | grep -q 'MLP' && echo 1)" \
+  "exit $rc, output: $out"
+out=$("$hl" train "${common[@]}" --init "$tmp/init4.hlm" --out "$tmp/h.hlm" 2>&1); rc=$?
+check init_same_hidden "$([ $rc = 0 ] && ! echo "$out" | grep -q 'MLP' && echo 1)" \
+  "exit $rc, output: $out"
+
 # A stray argument (a value with its option forgotten, or a shell glob) is
 # named, not reported as missing --input/--format/--out that were given.
 out=$("$hl" train "${common[@]}" --out "$tmp/s.hlm" 20 2>&1); rc=$?

@@ -593,6 +593,24 @@ static void keep_init_heads(train_args *a, const hl_model_info *mi)
     a->o.learn_half_lives = 0;
 }
 
+/* The MLP starts from MODEL's only when every layer has the shape --hidden
+ * gives (core's warm_layers); otherwise from random weights, which moves
+ * the query space and so users' lists at the swap: said, not silent. */
+static void say_init_mlp(const train_args *a, const hl_model_info *mi)
+{
+    int same = mi->n_layers == a->o.n_hidden + 1;
+    for (int l = 0; same && l < a->o.n_hidden; l++)
+        same = mi->layer_out[l] == a->o.hidden[l];
+    if (same || a->quiet)
+        return;
+    fprintf(stderr, "train: --init %s: its MLP has %d hidden layer(s)", a->init,
+            mi->n_layers - 1);
+    for (int l = 0; l + 1 < mi->n_layers; l++)
+        fprintf(stderr, "%s%d", l ? "," : " of ", mi->layer_out[l]);
+    fprintf(stderr, ", not --hidden's: the MLP starts from random weights (give "
+            "--hidden as the model's to start from them)\n");
+}
+
 /* --init MODEL, opened before the input is read (loading a large file
  * takes a while): a damaged file or another dim is refused at once. */
 static int open_init(train_args *a, hl_model **init, char *errbuf, size_t errlen)
@@ -604,6 +622,7 @@ static int open_init(train_args *a, hl_model **init, char *errbuf, size_t errlen
         return hl_err(errbuf, errlen, HL_EINVAL, "--init %s has dim %d, training dim is "
                       "%d (pass --dim %d)", a->init, mi->dim, a->o.dim, mi->dim);
     keep_init_heads(a, mi);
+    say_init_mlp(a, mi);
     a->o.init = *init;
     return 0;
 }

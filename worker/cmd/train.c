@@ -549,8 +549,9 @@ static void print_summary(const train_args *a, const events *e,
 
 /* The model is written (beside out, then renamed over it) only after the
  * whole training, minutes with the defaults: a path that cannot take it is
- * refused before the input is read, by creating out.tmp and removing it,
- * and so is the input file itself. */
+ * refused before the input is read, by creating a temporary file there as
+ * the writer will (model_write.c) and removing it, and so is the input
+ * file itself. */
 static int check_out(const char *out, const char *input, char *errbuf, size_t errlen)
 {
     char tmp[PATH_MAX];
@@ -563,12 +564,10 @@ static int check_out(const char *out, const char *input, char *errbuf, size_t er
         st.st_ino == in.st_ino)
         return hl_err(errbuf, errlen, HL_EINVAL, "--out %s is the input file: the model "
                       "would replace the dataset; give another path", out);
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", out) >= (int)sizeof tmp)
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", out) >= (int)sizeof tmp)
         return hl_err(errbuf, errlen, HL_EINVAL, "--out %s: path too long", out);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0 && errno == EEXIST)             /* a stale one: the writer truncates it */
-        fd = open(tmp, O_WRONLY | O_CLOEXEC);
-    else if (fd >= 0)
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd >= 0)
         unlink(tmp);
     if (fd < 0)
         return hl_err(errbuf, errlen, HL_EIO, "--out %s: cannot create %s: %s (does its "

@@ -10,7 +10,7 @@ Library:
     import hlm
     m = hlm.read("model.hlm")          # validates like the worker does
     m.e_in.shape, m.item_ids[:3], m.layers[0][0].shape, m.fingerprint
-    hlm.write("copy.hlm", m)           # atomic: tmp, fsync, rename
+    hlm.write("copy.hlm", m)           # atomic: a temporary file, fsync, rename
     hlm.write("new.hlm", hlm.Model(dim=..., half_life_ms=[...], ...))
 
 CLI (always /usr/bin/python3, which has numpy):
@@ -25,6 +25,7 @@ import math
 import os
 import struct
 import sys
+import tempfile
 import zlib
 
 import numpy as np
@@ -400,12 +401,16 @@ def encode(m):
 
 
 def write(path, m):
-    """Writes Model m to path atomically (path.tmp, fsync, rename, fsync of
-    the directory). Raises HlmError for parts the worker would refuse."""
+    """Writes Model m to path atomically (a temporary file of its own beside
+    path, fsync, rename, fsync of the directory), as hl_model_write does: two
+    writers of one path each publish a whole file. Raises HlmError for parts
+    the worker would refuse."""
     pieces = encode(m)
-    tmp = path + ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp.",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.fchmod(fd, 0o644)                # mkstemp's 0600: a worker may be another user
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             for p in pieces:
                 f.write(p)
             f.flush()

@@ -118,4 +118,13 @@ check progress_in_epoch "$([ $rc = 0 ] &&
   echo "$out" | grep -qE '^train: epoch 2/2 loss ' && echo 1)" "exit $rc, stderr: $out"
 out=$("$hl" train "${common[@]}" --progress-interval -1 --out "$tmp/p.hlm" 2>&1); rc=$?
 check progress_interval_bad "$([ $rc = 2 ] && echo 1)" "exit $rc, output: $out"
+
+# Half-lives out of order or repeated: refused (learned ones are kept
+# ordered by projection, which would move "1d,1h"'s second head to a day).
+for lives in 1d,1h 1h,1h; do
+  out=$("$hl" train "${common[@]}" --half-lives $lives --out "$tmp/order.hlm" 2>&1); rc=$?
+  check "half_lives_not_increasing_${lives/,/_}" "$([ $rc = 2 ] &&
+    echo "$out" | grep -q -- "--half-lives" && [ ! -e "$tmp/order.hlm" ] && echo 1)" \
+    "exit $rc, output: $out"
+done
 exit $fail

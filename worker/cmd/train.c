@@ -206,7 +206,7 @@ static void usage(FILE *f)
 "  --out MODEL           the .hlm to write\n"
 "  --dim N               embedding and query width (128)\n"
 "  --hidden N[,N..]      hidden layer widths of the encoder MLP, 0 for none (256)\n"
-"  --half-lives LIST     heads, e.g. 1h,1d,30d (units ms s m h d)\n"
+"  --half-lives LIST     heads, increasing, e.g. 1h,1d,30d (units ms s m h d)\n"
 "                        (15m,1h,4h,1d,30d)\n"
 "  --seq-step-ms N       seq format: time between a user's events (3600000)\n"
 "  --epochs N            passes over the data (16); 0 only with --init (its rows\n"
@@ -277,6 +277,11 @@ static int parse_half_lives(train_args *a, const char *s)
         size_t len = strcspn(s, ",");
         if (o->n_heads == HL_MAX_HEADS ||
             parse_duration_ms(s, len, &o->half_life_ms[o->n_heads]))
+            return HL_EINVAL;
+        /* Increasing: learned half-lives are kept ordered by projection
+         * (core/train/train.c), which would move "1d,1h"'s second head up
+         * to a day in the first step; a repeated one is a head for nothing. */
+        if (o->n_heads > 0 && !(o->half_life_ms[o->n_heads] > o->half_life_ms[o->n_heads - 1]))
             return HL_EINVAL;
         o->n_heads++;
         s += len + (s[len] == ',');
@@ -419,8 +424,9 @@ static int parse_args(train_args *a, int argc, char **argv)
         if (opt == 'h') { usage(stdout); return 1; }
         if (opt == '?') { usage(stderr); return 2; }
         if (set_option(a, opt, optarg)) {
-            fprintf(stderr, "halflife train: bad value for --%s: \"%s\"\n",
-                    opt_name(opt), optarg);
+            fprintf(stderr, "halflife train: bad value for --%s: \"%s\"%s\n",
+                    opt_name(opt), optarg, opt == O_HL ? " (want up to 8 increasing "
+                    "durations with units ms s m h d, e.g. 1h,1d,30d)" : "");
             return 2;
         }
     }

@@ -598,8 +598,8 @@ int hl_cmd_eval(int argc, char **argv)
         rc = !strcmp(a.protocol, "loo") ? hl_eval_run_loo(&a, m, &d, err, sizeof err)
                                         : hl_eval_run_prequential(&a, m, &d, err, sizeof err);
     }
-    if (rc != 0)
-        fprintf(stderr, "halflife eval: %s\n", err);
+    if (rc != 0)                /* its own messages begin "eval: ": said once */
+        fprintf(stderr, "halflife eval: %s\n", strncmp(err, "eval: ", 6) ? err : err + 6);
     strmap_free(&d.users);
     strmap_free(&d.items);
     free(d.ev);

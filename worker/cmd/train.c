@@ -704,8 +704,8 @@ int hl_cmd_train(int argc, char **argv)
     print_summary(&a, &e, &res, secs);
     rc = 0;
     goto out;
-fail:
-    fprintf(stderr, "halflife train: %s\n", err);
+fail:       /* core's messages begin "train: ", which this line's prefix already says */
+    fprintf(stderr, "halflife train: %s\n", strncmp(err, "train: ", 7) ? err : err + 7);
 out:
     hl_train_result_reset(&res);
     events_free(&e);

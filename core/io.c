@@ -96,12 +96,18 @@ static off_t px_size(void *ctx, int fd)
     return fstat(fd, &st) == 0 ? st.st_size : -1;
 }
 
+static int px_file_type(void *ctx, int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 ? (int)(st.st_mode & S_IFMT) : -1;
+}
+
 static const hl_io posix_io = {
     .ctx = NULL,
     .open = px_open, .write = px_write, .read = px_read, .fsync = px_fsync,
     .close = px_close, .rename = px_rename, .unlink = px_unlink,
     .list = px_list, .fsync_dir = px_fsync_dir,
-    .write_behind = px_write_behind, .size = px_size,
+    .write_behind = px_write_behind, .size = px_size, .file_type = px_file_type,
 };
 
 const hl_io *hl_io_posix(void)

@@ -37,6 +37,10 @@ typedef struct hl_io {
      * load uses to size the table's index once. */
     int     (*write_behind)(void *ctx, int fd, off_t off, off_t len);
     off_t   (*size)(void *ctx, int fd);
+    /* Optional: fd's file type (st_mode & S_IFMT, fstat) or -1. A reader
+     * refuses anything but a regular file with it; NULL (a test table,
+     * the fuzzer's memory file) takes every file as regular. */
+    int     (*file_type)(void *ctx, int fd);
 } hl_io;
 
 /* The POSIX instance (ctx NULL); a static const table, never NULL. */

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define RD_FIRST (64u << 10)   /* reading starts small (a small file costs
                                   little) and doubles up to BUF_MIN */
@@ -123,6 +124,7 @@ static const unsigned char *rd_take(reader *r, size_t n)
 /* The parse in progress: the header's shape and one decoded row. */
 typedef struct parse {
     hl_snapshot_info *info;
+    int               nofollow;       /* a symlink is refused (a directory scan) */
     hl_row_view       v;
     uint32_t          row;            /* the row's id in the written table */
     float            *s, *m;          /* (n_heads, dim), (n_heads) */
@@ -473,7 +475,8 @@ static int read_trailer(reader *r, hl_snapshot_info *in, char *errbuf, size_t er
 }
 
 /* After a structural error: does the file's last word still match the
- * CRC32C of the rest? Tells a damaged file from a writer bug. */
+ * CRC32C of the rest? Tells a damaged file from a writer bug. Opened
+ * O_NONBLOCK like the read (open_regular): the name may be a FIFO now. */
 static void append_crc_note(const hl_io *io, const char *path, char *errbuf, size_t errlen)
 {
     enum { CHUNK = 1 << 20 };
@@ -484,7 +487,7 @@ static void append_crc_note(const hl_io *io, const char *path, char *errbuf, siz
     int fd;
 
     if (buf == NULL || errbuf == NULL || len + 1 >= errlen ||
-        (fd = io->open(io->ctx, path, O_RDONLY, 0)) < 0) {
+        (fd = io->open(io->ctx, path, O_RDONLY | O_NONBLOCK, 0)) < 0) {
         free(buf);
         return;
     }
@@ -502,6 +505,52 @@ static void append_crc_note(const hl_io *io, const char *path, char *errbuf, siz
     free(buf);
 }
 
+static const char *type_name(int type)
+{
+    switch (type) {
+    case S_IFDIR:  return "a directory";
+    case S_IFIFO:  return "a FIFO";
+    case S_IFCHR:  return "a character device";
+    case S_IFBLK:  return "a block device";
+    case S_IFSOCK: return "a socket";
+    default:       return "a special file";
+    }
+}
+
+/* Opens path for reading, refusing whatever a snapshot never is: a FIFO
+ * (opened without O_NONBLOCK, it would wait for a writer for ever and
+ * stall the shard's restore), a directory or a device, and, for a file a
+ * directory scan found (ps->nofollow), a symlink: that name would load a
+ * file from outside the directory the worker keeps, and retention would
+ * delete the link but never its target. The fd, or -1 with errbuf set. */
+static int open_regular(const hl_io *io, const char *path, const parse *ps, int *rc,
+                        char *errbuf, size_t errlen)
+{
+    int fd = io->open(io->ctx, path, O_RDONLY | O_NONBLOCK | (ps->nofollow ? O_NOFOLLOW : 0), 0);
+    int type;
+
+    if (fd < 0 && ps->nofollow && errno == ELOOP) {
+        *rc = hl_err(errbuf, errlen, HL_EFORMAT, "snapshot %s: a symbolic link: refused, "
+                     "snapshots are regular files the worker writes here (put the file "
+                     "itself in the directory)", path);
+        return -1;
+    }
+    if (fd < 0) {
+        *rc = hl_err(errbuf, errlen, errno == ENOENT ? HL_ENOENT : HL_EIO,
+                     "snapshot %s: open: %s", path, strerror(errno));
+        return -1;
+    }
+    if (io->file_type != NULL && (type = io->file_type(io->ctx, fd)) != S_IFREG) {
+        *rc = type < 0 ? hl_err(errbuf, errlen, HL_EIO, "snapshot %s: fstat: %s", path,
+                                strerror(errno))
+                       : hl_err(errbuf, errlen, HL_EFORMAT, "snapshot %s: %s, not a regular "
+                                "file: refused (remove it)", path, type_name(type));
+        io->close(io->ctx, fd);
+        return -1;
+    }
+    return fd;
+}
+
 static int read_file(const hl_io *io, const char *path, parse *ps,
                      char *errbuf, size_t errlen)
 {
@@ -513,9 +562,8 @@ static int read_file(const hl_io *io, const char *path, parse *ps,
     in->min_t_ref_ms = INT64_MAX;
     in->max_t_ref_ms = INT64_MIN;
     in->max_last_offset = INT64_MIN;
-    if ((r.fd = io->open(io->ctx, path, O_RDONLY, 0)) < 0)
-        return hl_err(errbuf, errlen, errno == ENOENT ? HL_ENOENT : HL_EIO,
-                      "snapshot %s: open: %s", path, strerror(errno));
+    if ((r.fd = open_regular(io, path, ps, &rc, errbuf, errlen)) < 0)
+        return rc;
     if (io->size != NULL) {
         off_t size = io->size(io->ctx, r.fd);
         ps->file_bytes = size > 0 ? (uint64_t)size : 0;
@@ -691,7 +739,8 @@ static uint32_t row_bound(const hl_table_opts *o)
 }
 
 /* hl_snapshot_load, refusing a file whose header is not expect's (NULL:
- * no expectation). */
+ * no expectation; else a directory scan found it, so a symlink is
+ * refused too). */
 static int load_as(const hl_io *io, const char *path, const hl_table_opts *o,
                    uint64_t model_fingerprint, const hl_snapshot_meta *expect, int any_shape,
                    hl_table **tblp, hl_snapshot_info *info, char *errbuf, size_t errlen)
@@ -703,7 +752,7 @@ static int load_as(const hl_io *io, const char *path, const hl_table_opts *o,
                  .errbuf = errbuf, .errlen = errlen};
     parse ps = {.info = info ? info : &local, .on_header = load_header,
                 .on_row = load_row, .on_next_user = load_next_user, .arg = &ld,
-                .hist_cap = o->history};
+                .hist_cap = o->history, .nofollow = expect != NULL};
     int rc;
 
     *tblp = NULL;

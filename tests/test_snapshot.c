@@ -10,6 +10,7 @@
 #include "crc32c.h"
 #include "snapshot_util.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 
 /* ---- CRC32C ------------------------------------------------------------- */
@@ -551,6 +552,53 @@ static void test_shorter_history_keeps_newest(void)
 }
 
 
+/* A load that meets a FIFO must not wait for a writer that never comes. */
+static void hung(int sig)
+{
+    static const char msg[] = "FAIL: a load hung opening a FIFO named like a snapshot\n";
+    (void)sig;
+    if (write(2, msg, sizeof msg - 1) < 0) _exit(1);
+    _exit(1);
+}
+
+/* Newest first in dir: a FIFO, a symlink to a good file of this very shard
+ * kept elsewhere, a directory; all named like snapshots, all refused with
+ * what they are, and the real file at offset 100 loads. */
+static void test_special_files_refused(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = table_upto(&o, 1500), *t = NULL;
+    hl_snapshot_meta m = meta_at("ev", 0, 100), far = meta_at("ev", 0, 400);
+    hl_snapshot_result r, rf;
+    hl_snapshot_info in;
+    char err[1024], report[4096], loaded[4200], fifo[700], link[700], sub[700], other[700];
+    fresh_dir();
+    snprintf(other, sizeof other, "%s/elsewhere", dir);
+    CHECK(mkdir(other, 0755) == 0);
+    CHECK(hl_snapshot_write(NULL, dir, &m, a, 5, &r, err, sizeof err) == 0);
+    CHECK(hl_snapshot_write(NULL, other, &far, a, 5, &rf, err, sizeof err) == 0);
+    snprintf(fifo, sizeof fifo, "%s/ev.0.%020d.hls", dir, 500);
+    snprintf(link, sizeof link, "%s/ev.0.%020d.hls", dir, 400);
+    snprintf(sub, sizeof sub, "%s/ev.0.%020d.hls", dir, 300);
+    CHECK(mkfifo(fifo, 0644) == 0 && symlink(rf.path, link) == 0 && mkdir(sub, 0755) == 0);
+    signal(SIGALRM, hung);
+    alarm(60);          /* only a hang reaches it: the loads take milliseconds */
+    int rc = hl_snapshot_load_newest(NULL, dir, "ev", 0, &o, FP, &t, NULL, loaded,
+                                     sizeof loaded, report, sizeof report, err, sizeof err);
+    CHECKF(rc == 0 && t != NULL && strcmp(loaded, r.path) == 0, "loaded '%s': %s", loaded, err);
+    CHECKF(strstr(report, fifo) && strstr(report, "a FIFO, not a regular file"), "report '%s'",
+           report);
+    CHECKF(strstr(report, link) && strstr(report, "a symbolic link"), "report '%s'", report);
+    CHECKF(strstr(report, sub) && strstr(report, "a directory, not a regular file"),
+           "report '%s'", report);
+    hl_table_destroy(t);
+    /* `halflife snapshot inspect` reads through hl_snapshot_read: refused too. */
+    rc = hl_snapshot_read(NULL, fifo, &in, NULL, NULL, err, sizeof err);
+    CHECKF(rc == HL_EFORMAT && strstr(err, "a FIFO"), "%s: %s", hl_strerror(rc), err);
+    alarm(0);
+    hl_table_destroy(a);
+}
+
 static void test_no_snapshot_is_enoent(void)
 {
     hl_table_opts o = opts();
@@ -584,6 +632,7 @@ int main(void)
     RUN(test_renamed_file_refused);
     RUN(test_shorter_history_keeps_newest);
     RUN(test_no_snapshot_is_enoent);
+    RUN(test_special_files_refused);
     remove_dir();
     TEST_EXIT();
 }

@@ -21,9 +21,10 @@
  * re-applies the events of the second life on top of the first, which only
  * an eviction could tell apart.
  *
- * Files are written to a temporary name, fsynced, renamed and the directory
- * fsynced (Redis's rdbSave() scheme), so a crash leaves the old snapshot or
- * the new one, never a torn one under a final name. All file access goes
+ * Files are written to a temporary name of their own (tmp_path), fsynced,
+ * renamed and the directory fsynced (Redis's rdbSave() scheme), so a crash
+ * leaves the old snapshot or the new one, never a torn one under a final
+ * name. All file access goes
  * through an hl_io so tests can fail any call. Nothing here reads the
  * table after the last step, so commit may run on another thread, and with
  * hl_snapshot_async() so may the writes themselves. */
@@ -37,6 +38,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 /* ---- names -------------------------------------------------------------- */
 
@@ -80,9 +83,20 @@ typedef struct file_list {
     size_t            n, cap;
 } file_list;
 
-/* Parses "<20 digits>.hls" or "<20 digits>.hls.tmp" after the prefix. The
- * prefix ends in the partition and a dot, and digits follow at once, so a
- * topic that itself ends in ".<digits>" never matches another's files. */
+/* 1 if s is TMP_TOKEN_LEN lower-case hex digits then ".tmp". */
+static int tmp_token_tail(const char *s)
+{
+    for (int i = 0; i < TMP_TOKEN_LEN; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    return strcmp(s + TMP_TOKEN_LEN, ".tmp") == 0;
+}
+
+/* Parses "<20 digits>.hls" or a temporary "<20 digits>.hls.<token>.tmp"
+ * after the prefix ("<20 digits>.hls.tmp" too: what builds before the
+ * token left, so retention still removes it). The prefix ends in the
+ * partition and a dot, and digits follow at once, so a topic that itself
+ * ends in ".<digits>" never matches another's files. */
 static int parse_tail(const char *s, int64_t *offset, int *tmp)
 {
     uint64_t v = 0;
@@ -95,7 +109,8 @@ static int parse_tail(const char *s, int64_t *offset, int *tmp)
     }
     *offset = (int64_t)v;
     if (!strcmp(s + 20, ".hls")) { *tmp = 0; return 0; }
-    if (!strcmp(s + 20, ".hls.tmp")) { *tmp = 1; return 0; }
+    if (!strcmp(s + 20, ".hls.tmp") ||
+        (!strncmp(s + 20, ".hls.", 5) && tmp_token_tail(s + 25))) { *tmp = 1; return 0; }
     return -1;
 }
 
@@ -342,6 +357,34 @@ static size_t put_row(unsigned char *start, const hl_snapshot_writer *w,
     return hl_snapshot_row_encode(start, w->n_heads, w->dim, row, v);
 }
 
+/* A value no other writer picks: the temporary file's name must be this
+ * writer's alone (see tmp_path). getrandom() is a few hundred ns, once per
+ * snapshot; if it fails, pid, address and a process-wide count still
+ * differ between the writers of one process (core/ reads no clock). */
+static uint64_t tmp_token(const void *w)
+{
+    static _Atomic uint64_t n_writers;
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v)
+        v = ((uint64_t)getpid() << 40) ^ (uint64_t)(uintptr_t)w ^
+            (atomic_fetch_add(&n_writers, 1) * 0x9e3779b97f4a7c15ull);
+    return v;
+}
+
+/* The final path plus ".<token>.tmp". A fixed "<final>.tmp" was shared by
+ * every writer of the shard and offset: a second one (two workers on one
+ * snapshot.dir, a zombie owner after a rebalance) truncated the first's
+ * file, whose rename then published a torn mix; and whatever sat under
+ * the name was opened as is, so a FIFO stalled the owner thread and a
+ * symlink sent the bytes to its target. A fresh name opened O_EXCL (which
+ * never follows a symlink) is a new regular file or an error. */
+static int tmp_path(hl_snapshot_writer *w)
+{
+    int n = snprintf(w->tmp, sizeof w->tmp, "%s.%0*llx.tmp", w->path, TMP_TOKEN_LEN,
+                     (unsigned long long)tmp_token(w));
+    return n < 0 || (size_t)n >= sizeof w->tmp ? -1 : 0;
+}
+
 static int writer_init(hl_snapshot_writer *w, const hl_io *io, const char *dir,
                        const hl_snapshot_meta *meta, const hl_table_opts *o,
                        char *errbuf, size_t errlen)
@@ -362,7 +405,7 @@ static int writer_init(hl_snapshot_writer *w, const hl_io *io, const char *dir,
                       "what the format holds", w->dim, w->history);
     if (snprintf(w->dir, sizeof w->dir, "%s", dir) >= (int)sizeof w->dir ||
         hl_snapshot_join(w->path, sizeof w->path, dir, name) != 0 ||
-        snprintf(w->tmp, sizeof w->tmp, "%s.tmp", w->path) >= (int)sizeof w->tmp)
+        tmp_path(w) != 0)
         return hl_err(errbuf, errlen, HL_EINVAL, "snapshot: path too long: %s", dir);
     w->max_row = row_max(w->n_heads, w->dim, w->history);
     w->cap = 2 * w->max_row > BUF_MIN ? 2 * w->max_row : BUF_MIN;
@@ -388,7 +431,7 @@ int hl_snapshot_begin(const hl_io *io, const char *dir,
         return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot: no memory");
     if ((rc = writer_init(w, io, dir, meta, o, errbuf, errlen)) != 0)
         goto fail;
-    w->fd = io->open(io->ctx, w->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    w->fd = io->open(io->ctx, w->tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
     if (w->fd < 0) {
         rc = hl_err(errbuf, errlen, HL_EIO, "snapshot: open %s: %s", w->tmp,
                     strerror(errno));

@@ -16,6 +16,7 @@ static const unsigned char hl_snapshot_magic[8] = {'H', 'L', 'S', 'N', 'A', 'P',
 #define ROW_FIXED   (2 + 4 + 8 + 8 + 8 + 2)  /* user_len, row id, t_ref, offset, seq, n_hist */
 #define HIST_BYTES_V1 (4 + 8 + 1)         /* item, ts_ms, type */
 #define HIST_BYTES  (4 + 8 + 1 + 8 + 4)   /* + item key, weight (format 2) */
+#define TMP_TOKEN_LEN 16                  /* hex digits naming a writer's .tmp file */
 
 /* ---- little-endian encoding ------------------------------------------- */
 
@@ -126,7 +127,7 @@ int hl_snapshot_topic_ok(const char *t);
 typedef struct hl_snapshot_file {
     int64_t offset;
     int     tmp;
-    char    name[HL_SNAPSHOT_TOPIC_MAX + 48];
+    char    name[HL_SNAPSHOT_TOPIC_MAX + 48 + 1 + TMP_TOKEN_LEN];
 } hl_snapshot_file;
 
 /* dir's files of topic/partition, newest first, into a malloc'd array

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
 
@@ -395,6 +396,80 @@ static void test_async_thread_and_failure(void)
     hl_table_destroy(b);
 }
 
+/* ---- the temporary file --------------------------------------------------- */
+
+static void hung(int sig)
+{
+    static const char msg[] = "FAIL: a snapshot write hung opening its temporary file\n";
+    (void)sig;
+    if (write(2, msg, sizeof msg - 1) < 0) _exit(1);
+    _exit(1);
+}
+
+/* Steps w over tbl to the end and commits it. */
+static int finish(hl_snapshot_writer *w, const hl_table *tbl, hl_snapshot_result *r,
+                  char *err, size_t errlen)
+{
+    int rc;
+    while ((rc = hl_snapshot_step(w, tbl, 0, err, errlen)) == 0)
+        ;
+    if (rc < 0) {
+        hl_snapshot_abort(w);
+        return rc;
+    }
+    return hl_snapshot_commit(w, 5, r, err, errlen);
+}
+
+/* The temporary file is the writer's own. A FIFO or a symlink left under
+ * a shard's temporary name must neither stall the writer nor redirect
+ * its bytes, and two writers of one shard and offset (two workers sharing
+ * snapshot.dir, a zombie after a rebalance) must each publish a whole
+ * file, never one torn by the other's writes. */
+static void test_tmp_is_private(void)
+{
+    hl_table_opts o = opts();
+    hl_table *big = table_upto(&o, 6000), *small = table_upto(&o, 1500), *t = NULL;
+    hl_snapshot_meta m = meta_at("ev", 0, 300);
+    hl_snapshot_writer *wa = NULL, *wb = NULL;
+    hl_snapshot_result r;
+    char err[1024] = "", tmp[700], victim[700];
+    size_t n = 0;
+    fresh_dir();
+    signal(SIGALRM, hung);
+    alarm(60);          /* only a hang reaches it: the writes take milliseconds */
+    snprintf(tmp, sizeof tmp, "%s/ev.0.%020d.hls.tmp", dir, 300);
+    CHECK(mkfifo(tmp, 0644) == 0);
+    CHECKF(hl_snapshot_write(NULL, dir, &m, small, 5, &r, err, sizeof err) == 0, "%s", err);
+    CHECKF(hl_snapshot_load(NULL, r.path, &o, FP, &t, NULL, err, sizeof err) == 0 &&
+           tables_equal(small, t, 1), "fifo: %s", err);
+    hl_table_destroy(t);
+    t = NULL;
+
+    snprintf(victim, sizeof victim, "%s/victim", dir);
+    spit(victim, (const unsigned char *)"keep", 4);
+    snprintf(tmp, sizeof tmp, "%s/ev.0.%020d.hls.tmp", dir, 400);
+    CHECK(symlink(victim, tmp) == 0);
+    m.next_offset = 400;
+    CHECKF(hl_snapshot_write(NULL, dir, &m, small, 5, &r, err, sizeof err) == 0, "%s", err);
+    unsigned char *b = slurp(victim, &n);
+    CHECKF(b && n == 4 && memcmp(b, "keep", 4) == 0, "the symlink's target was written: "
+           "%zu bytes", n);
+    free(b);
+
+    m.next_offset = 500;
+    CHECK(hl_snapshot_begin(NULL, dir, &m, big, &wa, err, sizeof err) == 0);
+    CHECK(hl_snapshot_begin(NULL, dir, &m, small, &wb, err, sizeof err) == 0);
+    CHECKF(wa && finish(wa, big, &r, err, sizeof err) == 0, "first writer: %s", err);
+    CHECKF(wb && finish(wb, small, &r, err, sizeof err) == 0, "second writer: %s", err);
+    CHECKF(hl_snapshot_load(NULL, r.path, &o, FP, &t, NULL, err, sizeof err) == 0 &&
+           tables_equal(small, t, 1), "two writers: %s", err);
+    alarm(0);
+    CHECK(count_files(".tmp") == 0);    /* the FIFO and the link are retired too */
+    hl_table_destroy(t);
+    hl_table_destroy(big);
+    hl_table_destroy(small);
+}
+
 int main(void)
 {
     make_events(SNAP_SEED, 20);
@@ -405,6 +480,7 @@ int main(void)
     RUN(test_fuzzy_snapshot_exact_after_replay);
     RUN(test_replay_from_earlier_offsets);
     RUN(test_fuzzy_duplicate_user_loads);
+    RUN(test_tmp_is_private);
     remove_dir();
     TEST_EXIT();
 }

@@ -82,7 +82,7 @@ static int check_opts(const hl_persist_opts *o, char *errbuf, size_t errlen)
 {
     hl_snapshot_meta meta = {.partition = 0, .next_offset = 0};
     char name[HL_SNAPSHOT_TOPIC_MAX + 48];
-    if (o->dir == NULL || o->dir[0] == '\0' || strlen(o->dir) >= HL_SNAPSHOT_PATH_MAX - 300)
+    if (o->dir == NULL || o->dir[0] == '\0' || strlen(o->dir) >= HL_SNAPSHOT_PATH_MAX - 320)
         return hl_err(errbuf, errlen, HL_EINVAL, "snapshot.dir: empty or too long");
     if (o->interval_ms < 0)
         return hl_err(errbuf, errlen, HL_EINVAL, "snapshot.interval.ms=%lld: want >= 0",

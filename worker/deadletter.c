@@ -50,10 +50,16 @@ static int make_dir(const hl_io *io, const char *dir)
     return io->fsync_dir(io->ctx, parent);
 }
 
+/* The temporary name is predictable, so whatever is there goes first: a
+ * crash's leftover, or a FIFO (opening it would block this consumer
+ * thread for good) or a symlink (the record would go over its target)
+ * put there by anyone who can write the directory. O_EXCL then creates a
+ * new regular file or fails; it never follows a symlink. */
 static int write_file(const hl_io *io, const char *tmp, const char *head, size_t head_len,
                       const void *key, size_t key_len, const void *value, size_t value_len)
 {
-    int fd = io->open(io->ctx, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    io->unlink(io->ctx, tmp);      /* ENOENT as a rule; any other, O_EXCL reports */
+    int fd = io->open(io->ctx, tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
     if (fd < 0)
         return -1;
     int rc = hl_io_write_all(io, fd, head, head_len);

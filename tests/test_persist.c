@@ -143,17 +143,42 @@ static void test_restore_none(void)
     hl_persist_destroy(p);
 }
 
-/* A snapshot dir that does not exist yet is created. */
+/* The directories whose fsync_dir was asked for, ';'-separated. */
+static char synced[4096];
+
+static int note_dirsync(void *ctx, const char *d)
+{
+    size_t n = strlen(synced);
+    snprintf(synced + n, sizeof synced - n, "%s;", d);
+    return hl_io_posix()->fsync_dir(NULL, d);
+}
+
+/* A snapshot dir that does not exist yet is created, durably: each new
+ * directory's entry is fsynced in its parent, or a power loss soon after
+ * the first snapshots could take the whole directory (and every file the
+ * snapshot fsyncs made durable inside it) while the offsets committed to
+ * Kafka stay ahead: the restart would find no snapshot. */
 static void test_creates_dir(void)
 {
-    char err[512], sub[600];
+    char err[512], sub[600], want[1300];
+    hl_io io = *hl_io_posix();
+    io.fsync_dir = note_dirsync;
     fresh_dir();
     snprintf(sub, sizeof sub, "%s/a/b", dir);
-    hl_persist_opts o = {.dir = sub, .topic = TOPIC, .retain = 2, .model_fingerprint = FP};
+    hl_persist_opts o = {.dir = sub, .topic = TOPIC, .retain = 2, .model_fingerprint = FP,
+                         .io = &io};
+    synced[0] = '\0';
     hl_persist *p = hl_persist_create(&o, err, sizeof err);
     CHECKF(p != NULL, "%s", err);
     CHECK(access(sub, W_OK) == 0);
+    snprintf(want, sizeof want, "%s;%s/a;", dir, dir);
+    CHECKF(strcmp(synced, want) == 0, "directories fsynced '%s', want '%s'", synced, want);
     hl_persist_destroy(p);
+    synced[0] = '\0';
+    p = hl_persist_create(&o, err, sizeof err);     /* there already: nothing to sync */
+    CHECKF(p != NULL && synced[0] == '\0', "%s / '%s'", p ? "" : err, synced);
+    hl_persist_destroy(p);
+    o.io = NULL;
     o.dir = dir;
     o.topic = "bad topic";
     CHECK(hl_persist_create(&o, err, sizeof err) == NULL);

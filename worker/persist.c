@@ -40,19 +40,42 @@
 
 /* ---- creation ---------------------------------------------------------- */
 
-/* mkdir -p: a fresh volume has no snapshot directory yet. */
-static int make_dir(const char *dir, char *errbuf, size_t errlen)
+/* Makes the entry of path, just created, durable in its parent: path up
+ * to prev (the slash before its last component), or "/" or "." if none. */
+static int sync_parent(const hl_io *io, const char *path, const char *prev)
 {
-    char path[HL_SNAPSHOT_PATH_MAX];
+    char parent[HL_SNAPSHOT_PATH_MAX];
+    if (prev == NULL)
+        snprintf(parent, sizeof parent, "%s", path[0] == '/' ? "/" : ".");
+    else
+        snprintf(parent, sizeof parent, "%.*s", (int)(prev - path), path);
+    return io->fsync_dir(io->ctx, parent);
+}
+
+/* mkdir -p: a fresh volume has no snapshot directory yet. Each directory
+ * it creates is fsynced in its parent: a snapshot's own directory fsync
+ * makes its name durable inside snapshot.dir, not snapshot.dir's name in
+ * its parent, so a power loss soon after the first snapshots could lose
+ * the directory with every file in it, while the offsets committed to
+ * Kafka have moved on (deadletter.c does the same for its directory). */
+static int make_dir(const hl_io *io, const char *dir, char *errbuf, size_t errlen)
+{
+    char path[HL_SNAPSHOT_PATH_MAX], *prev = NULL;
     snprintf(path, sizeof path, "%s", dir);
     for (char *s = path + 1; ; s++) {
         if (*s != '/' && *s != '\0')
             continue;
         char c = *s;
         *s = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        if (mkdir(path, 0755) == 0) {
+            if (sync_parent(io, path, prev) != 0)
+                return hl_err(errbuf, errlen, HL_EIO, "snapshot.dir %s: fsync the parent "
+                              "of %s: %s", dir, path, strerror(errno));
+        } else if (errno != EEXIST) {
             return hl_err(errbuf, errlen, HL_EIO, "snapshot.dir %s: mkdir %s: %s",
                           dir, path, strerror(errno));
+        }
+        prev = s;
         if ((*s = c) == '\0')
             return 0;
     }
@@ -112,7 +135,8 @@ hl_persist *hl_persist_create(const hl_persist_opts *o, char *errbuf, size_t err
 {
     hl_persist *p;
     pthread_condattr_t ca;
-    if (check_opts(o, errbuf, errlen) != 0 || make_dir(o->dir, errbuf, errlen) != 0 ||
+    if (check_opts(o, errbuf, errlen) != 0 ||
+        make_dir(o->io ? o->io : hl_io_posix(), o->dir, errbuf, errlen) != 0 ||
         check_dir(o->dir, errbuf, errlen) != 0)
         return NULL;
     if ((p = calloc(1, sizeof *p)) == NULL) {

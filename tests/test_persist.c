@@ -412,8 +412,9 @@ static void test_restore_skips_corrupt(void)
 {
     char err[512], path[HL_SNAPSHOT_PATH_MAX];
     hl_persist_restored r;
+    hl_metrics *reg = hl_metrics_create();
     fresh_dir();
-    hl_persist *p = new_persist(0, 0, 0, NULL, NULL);
+    hl_persist *p = new_persist(0, 0, 0, NULL, reg);
     hl_table *tbl = new_table();
     hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
     apply_range(tbl, 0, 3000);
@@ -432,6 +433,13 @@ static void test_restore_skips_corrupt(void)
     CHECK(hl_persist_restore(p, 0, &t2, &r, err, sizeof err) == 0);
     CHECKF(r.next_offset == 3000 && r.n_rejected == 1, "%lld %d", (long long)r.next_offset,
            r.n_rejected);
+    /* Counted where an alert can see it, not only in the log line. */
+    char *txt = NULL;
+    size_t len = 0;
+    CHECK(hl_metrics_render(reg, &txt, &len) == 0);
+    CHECKF(txt && strstr(txt, "\nhalflife_snapshots_rejected_total 1\n"), "metrics: %s",
+           txt ? txt : "");
+    free(txt);
     /* Another model: the newest valid file still loads and says which
      * model it was written under (the worker migrates it, DESIGN.md 10). */
     hl_persist_opts o = {.dir = dir, .topic = TOPIC, .retain = 2, .model_fingerprint = FP + 1};
@@ -447,6 +455,7 @@ static void test_restore_skips_corrupt(void)
     hl_persist_shard_destroy(ps);
     hl_table_destroy(tbl);
     hl_persist_destroy(p);
+    hl_metrics_destroy(reg);
 }
 
 /* Issue 16, item 7: partition 1's snapshot renamed to partition 0's name

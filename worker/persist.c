@@ -128,6 +128,12 @@ static void register_metrics(hl_persist *p)
         "Shard snapshots attempted, by result.", "result=\"ok\"");
     p->m_failed = hl_metrics_counter(reg, "halflife_snapshots_total",
         "Shard snapshots attempted, by result.", "result=\"failed\"");
+    /* A refused file is otherwise only a log line at a restore: damage,
+     * a renamed file or something planted in snapshot.dir, each of which
+     * silently costs a longer replay from an older file. */
+    p->m_rejected = hl_metrics_counter(reg, "halflife_snapshots_rejected_total",
+        "Snapshot files refused at restore (damaged, renamed, another shard's, not a "
+        "regular file); an older one or a replay was used instead.", NULL);
 }
 
 
@@ -325,6 +331,8 @@ static int restore_as(hl_persist *p, int32_t partition, hl_table **tblp, int any
     if (report[0])
         hl_log(HL_LOG_WARN, "snapshot_rejected", "partition=%d n=%d detail=\"%s\"",
                (int)partition, out->n_rejected, report);
+    if (p->m_rejected && out->n_rejected > 0)
+        hl_counter_add(p->m_rejected, (uint64_t)out->n_rejected);
     if (rc == 0) {
         hl_table_destroy(*tblp);
         *tblp = tbl;

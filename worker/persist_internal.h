@@ -52,6 +52,7 @@ struct hl_persist {
     hl_histogram    *m_duration;
     hl_gauge        *m_restore;
     hl_counter      *m_ok, *m_failed;
+    hl_counter      *m_rejected;        /* files refused at restore */
 };
 
 struct hl_persist_shard {

@@ -543,8 +543,14 @@ static int publish(hl_snapshot_writer *w, char *errbuf, size_t errlen)
     return 0;
 }
 
-/* Deletes this shard's files beyond the newest `retain`, and temporary
- * files older than the one just published (left by a crash). */
+/* Deletes this shard's files beyond the newest `retain` at or below the
+ * one just published, and temporary files older than it (left by a
+ * crash). A file named newer than the one just published is not this
+ * writer's to judge (a damaged or planted file, one of another owner's,
+ * a copy renamed to a higher offset): it is left alone and not counted.
+ * Counted, two of them filled retain=2's slots, so every file published
+ * was deleted at once, and the older one the restore had just used too:
+ * a crash then found nothing of the shard to load. */
 static void retain_newest(hl_snapshot_writer *w, int retain, hl_snapshot_result *res)
 {
     char path[HL_SNAPSHOT_PATH_MAX];
@@ -558,6 +564,8 @@ static void retain_newest(hl_snapshot_writer *w, int retain, hl_snapshot_result 
         return;
     }
     for (size_t i = 0; i < n; i++) {
+        if (!f[i].tmp && f[i].offset > w->meta.next_offset)
+            continue;
         int drop = f[i].tmp ? f[i].offset < w->meta.next_offset : ++kept > retain;
         if (!drop)
             continue;

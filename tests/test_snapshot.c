@@ -185,6 +185,38 @@ static void test_retention(void)
     hl_table_destroy(a);
 }
 
+/* Files named newer than the one just written (a damaged or planted file,
+ * a copy renamed to a higher offset, the directory of test_special_files
+ * _refused, another owner's newer snapshot) must not fill the `retain`
+ * slots: that deleted the file just published, every time, while the
+ * write reported success and its path, and the restart had nothing of
+ * this shard to load. */
+static void test_retention_keeps_published(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = table_upto(&o, 500), *t = NULL;
+    hl_snapshot_result r;
+    char err[1024], junk[700], report[4096], loaded[4200];
+    fresh_dir();
+    snprintf(junk, sizeof junk, "%s/ev.0.%020d.hls", dir, 900);
+    spit(junk, (const unsigned char *)"not a snapshot", 14);
+    snprintf(junk, sizeof junk, "%s/ev.0.%020d.hls", dir, 800);
+    CHECK(mkdir(junk, 0755) == 0);
+    for (int k = 1; k <= 3; k++) {
+        hl_snapshot_meta m = meta_at("ev", 0, 100 * k);
+        CHECKF(hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0, "%s", err);
+        CHECKF(access(r.path, F_OK) == 0, "write %d: %s reported written, then deleted by "
+               "retention", k, r.path);
+    }
+    snprintf(junk, sizeof junk, "%s/ev.0.%020d.hls", dir, 100);
+    CHECK(access(junk, F_OK) != 0);     /* its own older ones still go */
+    int rc = hl_snapshot_load_newest(NULL, dir, "ev", 0, &o, FP, &t, NULL, loaded,
+                                     sizeof loaded, report, sizeof report, err, sizeof err);
+    CHECKF(rc == 0 && strcmp(loaded, r.path) == 0, "loaded '%s': %s", loaded, err);
+    hl_table_destroy(t);
+    hl_table_destroy(a);
+}
+
 /* ---- damaged files ----------------------------------------------------- */
 
 /* Writes A at offset 100 and B at 200 and returns B's bytes. */
@@ -622,6 +654,7 @@ int main(void)
     RUN(test_empty_table);
     RUN(test_io_hints_optional);
     RUN(test_retention);
+    RUN(test_retention_keeps_published);
     RUN(test_truncated_refused);
     RUN(test_empty_file_refused);
     RUN(test_bit_flips_refused);

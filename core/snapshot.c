@@ -544,8 +544,9 @@ static int publish(hl_snapshot_writer *w, char *errbuf, size_t errlen)
 }
 
 /* Deletes this shard's files beyond the newest `retain` at or below the
- * one just published, and temporary files older than it (left by a
- * crash). A file named newer than the one just published is not this
+ * one just published, and temporary files at or below it (a crash's, of
+ * this offset too, or a crash loop at one offset piles them up; a writer
+ * of the same offset still running then fails its rename, cleanly). A file named newer than the one just published is not this
  * writer's to judge (a damaged or planted file, one of another owner's,
  * a copy renamed to a higher offset): it is left alone and not counted.
  * Counted, two of them filled retain=2's slots, so every file published
@@ -566,7 +567,7 @@ static void retain_newest(hl_snapshot_writer *w, int retain, hl_snapshot_result 
     for (size_t i = 0; i < n; i++) {
         if (!f[i].tmp && f[i].offset > w->meta.next_offset)
             continue;
-        int drop = f[i].tmp ? f[i].offset < w->meta.next_offset : ++kept > retain;
+        int drop = f[i].tmp ? f[i].offset <= w->meta.next_offset : ++kept > retain;
         if (!drop)
             continue;
         if (hl_snapshot_join(path, sizeof path, w->dir, f[i].name) == 0 &&

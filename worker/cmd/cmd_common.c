@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +88,27 @@ int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv)
     }
     return 0;
 }
+
+static volatile sig_atomic_t stops, stop_signal;
+
+static void on_stop(int sig)
+{
+    if (stops++ == 0)
+        stop_signal = sig;
+}
+
+void hl_cmd_catch_stops(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+int hl_cmd_stops(void) { return (int)stops; }
+int hl_cmd_stop_signal(void) { return (int)stop_signal; }
 
 int hl_cmd_schema_id(const hl_worker_opts *wo, const char *topic, const char *schema,
                      const char *what, int32_t *id, char *errbuf, size_t errlen)

@@ -65,6 +65,17 @@ int hl_cmd_schema_id(const hl_worker_opts *wo, const char *topic, const char *sc
 #define HL_CMD_REACH_MS 15000   /* what produce and items give a cluster to answer */
 int hl_cmd_reach(rd_kafka_t *rk, const hl_config *cfg, int wait_ms, char *errbuf, size_t errlen);
 
+/* SIGINT and SIGTERM for produce and items, whose replays run for
+ * minutes: the first asks the command to stop reading, wait for what it
+ * has sent and say how far it got (a signal killing it outright loses
+ * what librdkafka still queues and reports nothing); a second one ends
+ * that wait too. hl_cmd_stops() is how many have come, 0 if none;
+ * hl_cmd_stop_signal() the first one's number. Like `halflife run`'s stop
+ * flag, the count is a static: a handler has nowhere else to write. */
+void hl_cmd_catch_stops(void);
+int  hl_cmd_stops(void);
+int  hl_cmd_stop_signal(void);
+
 /* JSON output for the commands that print it (snapshot, model): a string
  * with quotes, backslashes and control bytes escaped and each byte that is
  * not part of valid UTF-8 as U+FFFD (ids and versions come from files);

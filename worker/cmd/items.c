@@ -15,10 +15,13 @@
  *
  * Records are keyed by item_id and go through the worker's producer and
  * configuration, as `halflife produce` does; progress is logged every
- * second and the delivered count at the end. With schema.registry.url the
- * ItemUpdate schema is registered under "<topic>-value" (or only looked
- * up with schema.registry.auto.register=false) and every record carries
- * the registry's id instead of items.schema.id. */
+ * second and the delivered count at the end. SIGINT or SIGTERM stops the
+ * reading: what was sent is waited for, the line reached is said and the
+ * exit status is 1 (a second signal gives up the wait). With
+ * schema.registry.url the ItemUpdate schema is registered under
+ * "<topic>-value" (or only looked up with schema.registry.auto.register=
+ * false) and every record carries the registry's id instead of
+ * items.schema.id. */
 #include "cmd.h"
 #include "cmd_common.h"
 #include "codec_item.h"
@@ -29,6 +32,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,7 +226,7 @@ static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
     hl_item_update u;
     if (line == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
-    while (fgets(line, MAX_LINE, in) != NULL) {
+    while (hl_cmd_stops() == 0 && fgets(line, MAX_LINE, in) != NULL) {
         r->line++;
         int whole = whole_line(line, in);           /* a long comment too */
         if (line[0] == '#' || line[0] == '\n')
@@ -312,19 +316,30 @@ int hl_cmd_items(int argc, char **argv)
         snprintf(err, sizeof err, "%s: %s", a.input, strerror(errno));
         goto out;
     }
-    if (open_run(&r, &a, cfg, err, sizeof err) != 0 || send_all(&r, in, err, sizeof err) != 0)
+    if (open_run(&r, &a, cfg, err, sizeof err) != 0)
+        goto out;
+    hl_cmd_catch_stops();       /* as produce: a stop flushes and says how far */
+    if (send_all(&r, in, err, sizeof err) != 0)
         goto out;
     hl_producer_stats ps;
     for (;;) {                  /* every update reported (message.timeout.ms bounds it) */
         hl_producer_stats_get(r.prod, &ps);
         if (ps.delivered + ps.failed >= (uint64_t)r.sent)
             break;
+        if (hl_cmd_stops() > 1)                 /* a second stop: fail the rest */
+            hl_producer_settle(r.prod, 0);
         hl_producer_flush(r.prod, 1000);
         progress(&r, "items_waiting");
     }
     progress(&r, "items_done");
-    rc = ps.failed == 0 && ps.delivered == (uint64_t)r.sent && r.bad == 0 ? 0 : 1;
-    if (rc != 0)
+    rc = ps.failed == 0 && ps.delivered == (uint64_t)r.sent && r.bad == 0 &&
+         hl_cmd_stops() == 0 ? 0 : 1;
+    if (hl_cmd_stops() > 0)
+        snprintf(err, sizeof err, "stopped by %s after line %lld of %s: %llu of %lld "
+                 "updates delivered; the lines after it were not sent",
+                 hl_cmd_stop_signal() == SIGINT ? "SIGINT" : "SIGTERM", (long long)r.line,
+                 a.input, (unsigned long long)ps.delivered, (long long)r.sent);
+    else if (rc != 0)
         snprintf(err, sizeof err, "%lld bad lines, %llu of %lld updates not delivered",
                  (long long)r.bad, (unsigned long long)(r.sent - (int64_t)ps.delivered),
                  (long long)r.sent);

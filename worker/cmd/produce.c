@@ -13,7 +13,10 @@
  * a few defaults of this command's own (make_producer). --rate paces the
  * events per second (worker/pace.c); 0 is as fast as the producer goes. At
  * the end every message is waited for and the delivered and failed counts
- * are reported: the exit status is 1 if any message failed.
+ * are reported: the exit status is 1 if any message failed. SIGINT or
+ * SIGTERM stops the reading there: what was sent is still waited for and
+ * reported, with the line reached, and the exit status is 1 (a second
+ * signal gives up the wait).
  *
  * With schema.registry.url the event schema is registered under
  * "<topic>-value" (or only looked up with schema.registry.auto.register=
@@ -29,6 +32,7 @@
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,7 +184,7 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
     int rc;
 
     hl_pace_init(&pc, a->rate);
-    while (a->limit == 0 || r->sent < a->limit) {
+    while ((a->limit == 0 || r->sent < a->limit) && hl_cmd_stops() == 0) {
         if ((rc = hl_dataset_next(r->rd, &ev, errbuf, errlen)) <= 0)
             return rc;
         /* The worker would refuse these (string_too_long): not worth sending. */
@@ -214,12 +218,18 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
     return 0;
 }
 
-/* Waits until librdkafka has a delivery report for every message. */
+/* Waits until librdkafka has a delivery report for every message; a
+ * second SIGINT or SIGTERM fails those still queued instead. */
 static void wait_delivered(replay *r)
 {
     int64_t last_ms = hl_now_mono_ms();
     int in_flight;
     while ((in_flight = hl_producer_flush(r->prod, 1000)) > 0) {
+        if (hl_cmd_stops() > 1) {
+            hl_log(HL_LOG_WARN, "produce_wait_abandoned", "in_flight=%d", in_flight);
+            hl_producer_settle(r->prod, 0);
+            return;
+        }
         if (hl_now_mono_ms() - last_ms >= 5000) {
             last_ms = hl_now_mono_ms();
             hl_log(HL_LOG_INFO, "produce_waiting", "in_flight=%d", in_flight);
@@ -269,6 +279,20 @@ static void report(const replay *r, const produce_args *a, const hl_producer_sta
                (long long)st.first_bad_line[i], st.first_bad_why[i]);
 }
 
+/* The sentence for a replay a signal stopped: how far into the file it
+ * got, so that the rest can be replayed from there. */
+static void stopped(const replay *r, const produce_args *a, const hl_producer_stats *ps,
+                    char *errbuf, size_t errlen)
+{
+    hl_dataset_stats st;
+    hl_dataset_stats_get(r->rd, &st);
+    snprintf(errbuf, errlen, "stopped by %s after line %lld of %s: %lld events sent, "
+             "%llu delivered, %llu failed; the lines after it were not sent",
+             hl_cmd_stop_signal() == SIGINT ? "SIGINT" : "SIGTERM", (long long)st.lines,
+             a->input, (long long)r->sent, (unsigned long long)ps->delivered,
+             (unsigned long long)ps->failed);
+}
+
 int hl_cmd_produce(int argc, char **argv)
 {
     produce_args a;
@@ -298,12 +322,17 @@ int hl_cmd_produce(int argc, char **argv)
     if (a.partitions > 0 &&
         create_topic(hl_producer_handle(r.prod), r.topic, a.partitions, err, sizeof err) != 0)
         hl_log(HL_LOG_WARN, "create_topic_failed", "topic=%s err=\"%s\"", r.topic, err);
+    hl_cmd_catch_stops();        /* now: a stop before this has nothing to flush */
     replay_rc = replay_all(&r, &a, err, sizeof err);
     wait_delivered(&r);
     hl_producer_stats_get(r.prod, &ps);
     report(&r, &a, &ps);
     if (replay_rc != 0)
         goto out;
+    if (hl_cmd_stops() > 0) {
+        stopped(&r, &a, &ps, err, sizeof err);
+        goto out;
+    }
     rc = (ps.failed == 0 && ps.delivered == (uint64_t)r.sent) ? 0 : 1;
     if (rc != 0)
         snprintf(err, sizeof err, "%lld of %lld events not delivered: %s",

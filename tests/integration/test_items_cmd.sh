@@ -60,4 +60,11 @@ check long_line_is_one_bad_line "$([ $rc = 1 ] && echo $ok || echo 0)" "exit $rc
 check no_input_is_usage "$([ $rc = 2 ] && echo 1 || echo 0)" "exit $rc"
 "$hl" items --input "$tmp/none.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1; rc=$?
 check missing_file "$([ $rc = 1 ] && grep -q 'none.csv' "$tmp/out" && echo 1 || echo 0)" "exit $rc"
+# A directory given as --input: fopen() takes it and its first read fails,
+# which read as an empty file: nothing published and exit 0. It is refused,
+# naming the path.
+mkdir "$tmp/dir.csv"
+"$hl" items --input "$tmp/dir.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1; rc=$?
+check directory_refused "$([ $rc = 1 ] && grep -q "dir.csv: is a directory" "$tmp/out" &&
+  echo 1 || echo 0)" "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 400)"
 exit $fail

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 extern char **environ;
 
@@ -53,6 +54,7 @@ typedef struct items_run {
     const hl_config    *cfg;
     hl_item_codec_opts  co;
     const char         *topic;
+    const char         *input;          /* the path, for messages */
     float              *vec;            /* 2 * MAX_DIM */
     char               *f[4 + 2 * MAX_DIM + 1];   /* one line's fields */
     int64_t             sent, bad, line;
@@ -250,8 +252,34 @@ static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
             progress(r, "items_progress");
         }
     }
+    /* A read error is not the end of the file: the lines after it were
+     * never read. A stop signal interrupting a read is a stop. */
+    int read_errno = errno;
     free(line);
+    if (ferror(in) && hl_cmd_stops() == 0)
+        return hl_err(errbuf, errlen, HL_EIO, "%s: read error after line %lld: %s",
+                      r->input, (long long)r->line, strerror(read_errno));
     return 0;
+}
+
+/* fopen() takes a directory, and its first read fails (EISDIR) as if
+ * the file were empty: the run would publish nothing and exit 0. A FIFO
+ * or '-' is read as a stream. */
+static FILE *open_input(const char *path, char *errbuf, size_t errlen)
+{
+    struct stat st;
+    FILE *in = strcmp(path, "-") ? fopen(path, "r") : stdin;
+    if (in == NULL) {
+        hl_err(errbuf, errlen, HL_EIO, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fstat(fileno(in), &st) == 0 && S_ISDIR(st.st_mode)) {
+        hl_err(errbuf, errlen, HL_EINVAL, "%s: is a directory: give the items file itself",
+               path);
+        fclose(in);
+        return NULL;
+    }
+    return in;
 }
 
 static int open_run(items_run *r, const items_args *a, const hl_config *cfg,
@@ -259,6 +287,7 @@ static int open_run(items_run *r, const items_args *a, const hl_config *cfg,
 {
     hl_worker_opts wo;
     hl_config_worker_opts(cfg, &wo);
+    r->input = a->input;
     r->topic = a->topic != NULL ? a->topic : wo.items_topic;
     if (r->topic == NULL || r->topic[0] == '\0')
         return hl_err(errbuf, errlen, HL_EINVAL, "no topic: items.topic is empty and no --topic");
@@ -312,10 +341,8 @@ int hl_cmd_items(int argc, char **argv)
         snprintf(err, sizeof err, "-X kafka.bootstrap.servers=HOST:PORT is required");
         goto out;
     }
-    if ((in = strcmp(a.input, "-") ? fopen(a.input, "r") : stdin) == NULL) {
-        snprintf(err, sizeof err, "%s: %s", a.input, strerror(errno));
+    if ((in = open_input(a.input, err, sizeof err)) == NULL)
         goto out;
-    }
     if (open_run(&r, &a, cfg, err, sizeof err) != 0)
         goto out;
     hl_cmd_catch_stops();       /* as produce: a stop flushes and says how far */

@@ -13,10 +13,11 @@
  * a few defaults of this command's own (make_producer). --rate paces the
  * events per second (worker/pace.c); 0 is as fast as the producer goes. At
  * the end every message is waited for and the delivered and failed counts
- * are reported: the exit status is 1 if any message failed. SIGINT or
- * SIGTERM stops the reading there: what was sent is still waited for and
- * reported, with the line reached, and the exit status is 1 (a second
- * signal gives up the wait).
+ * are reported: the exit status is 1 if any message failed, or if no line
+ * of a non-empty file was an event (a wrong --format). SIGINT or SIGTERM
+ * stops the reading there: what was sent is still waited for and reported,
+ * with the line reached, and the exit status is 1 (a second signal gives
+ * up the wait).
  *
  * With schema.registry.url the event schema is registered under
  * "<topic>-value" (or only looked up with schema.registry.auto.register=
@@ -293,6 +294,21 @@ static void stopped(const replay *r, const produce_args *a, const hl_producer_st
              (unsigned long long)ps->failed);
 }
 
+/* Whether a file of lines gave no event at all, said in errbuf: most
+ * often a wrong --format, which used to end as a success that sent
+ * nothing. An empty file is not this: it has nothing to send. */
+static int nothing_sent(const replay *r, const produce_args *a, char *errbuf, size_t errlen)
+{
+    hl_dataset_stats st;
+    hl_dataset_stats_get(r->rd, &st);
+    if (r->sent > 0 || st.bad_lines + r->skipped == 0)
+        return 0;
+    snprintf(errbuf, errlen, "%s: no line of it is a %s event (%lld bad lines, %lld with "
+             "ids too long; see the bad_line warnings): is --format right?", a->input,
+             a->format, (long long)st.bad_lines, (long long)r->skipped);
+    return 1;
+}
+
 int hl_cmd_produce(int argc, char **argv)
 {
     produce_args a;
@@ -333,6 +349,8 @@ int hl_cmd_produce(int argc, char **argv)
         stopped(&r, &a, &ps, err, sizeof err);
         goto out;
     }
+    if (nothing_sent(&r, &a, err, sizeof err))
+        goto out;
     rc = (ps.failed == 0 && ps.delivered == (uint64_t)r.sent) ? 0 : 1;
     if (rc != 0)
         snprintf(err, sizeof err, "%lld of %lld events not delivered: %s",

@@ -67,6 +67,13 @@ int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv)
             a->usage(stdout);
             return 1;
         }
+        if (o == NULL && opt[0] != '-') {
+            /* a value whose option was forgotten, or a second file of a
+             * glob: "unknown option" and the usage would not say which */
+            fprintf(stderr, "halflife %s: unexpected argument \"%s\": every value follows "
+                    "its option ('halflife %s --help' lists them)\n", a->cmd, opt, a->cmd);
+            return 2;
+        }
         if (o == NULL && !(a->xs != NULL && !strcmp(opt, "-X")))
             return unknown(a, opt);
         if (val == NULL) {

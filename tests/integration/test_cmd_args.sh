@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# test_cmd_args.sh - argument errors of `halflife broker`, `produce` and
+# `items` (worker/cmd/cmd_common.c): a stray argument (a value whose option
+# was forgotten, or the second file of a shell glob) is named as such with
+# exit 2, not called an unknown option and answered with the whole usage.
+# No broker is needed: each is refused before anything starts.
+set -u
+name=cmd_args
+top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
+hl=${HL_HALFLIFE:-${HL_BUILD:-$top/build}/halflife}
+if [ ! -x "$hl" ]; then
+  echo "SKIP $name: $hl not built"; exit 0
+fi
+fail=0
+check() {  # CASE OK WHY
+  if [ "$2" = 1 ]; then echo "PASS $name.$1"; else echo "FAIL $name.$1: $3"; fail=1; fi
+}
+stray() {  # CASE STRAY ARGS...
+  local case=$1 want=$2 out rc
+  shift 2
+  out=$(timeout 20 "$hl" "$@" 2>&1); rc=$?
+  check "$case" "$([ $rc = 2 ] && echo "$out" | grep -qF "unexpected argument \"$want\"" &&
+    ! echo "$out" | grep -q 'unknown option' && echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
+}
+stray items_glob b.csv items --input a.csv b.csv -X kafka.bootstrap.servers=127.0.0.1:1
+stray produce_forgotten_option 20 produce --input a.csv --format events-csv 20
+stray broker_forgotten_option 5 broker --brokers 2 5
+out=$("$hl" produce --nope 1 2>&1); rc=$?
+check unknown_option_still_named "$([ $rc = 2 ] && echo "$out" | grep -q 'unknown option --nope' &&
+  echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
+exit $fail

@@ -98,7 +98,8 @@ static void usage(FILE *f)
         "  --port P        bootstrap port (a relay to broker 1; default: a free port)\n"
         "  --partitions N  partitions per topic (default 4)\n"
         "  --topics a,b    topics to create (default " DEFAULT_TOPICS ");\n"
-        "                  other topics are created on first use\n"
+        "                  other topics are created on first use; names as real Kafka\n"
+        "                  takes them: 1..249 of letters, digits, '.', '_' and '-'\n"
         "  --brokers B     brokers in the cluster (default 1)\n"
         "  --refuse-produce FILE\n"
         "                  while FILE exists and holds a Kafka error, by name or\n"
@@ -107,6 +108,39 @@ static void usage(FILE *f)
         "                  checked every 50 ms, logged when it changes\n\n"
         "The mock keeps at most 5 MiB and 100,000 message sets per partition and\n"
         "drops older data silently: spread big streams over enough partitions.\n");
+}
+
+/* Why name, the n bytes at t, is no topic name real Kafka takes, NULL if
+ * it is one: the mock takes any bytes, so a test on it would pass with a
+ * topic that a real cluster refuses (Kafka's Topic.validate). */
+static const char *bad_topic(const char *t, size_t n)
+{
+    if (n > 249)
+        return "longer than 249 characters";
+    if ((n == 1 && t[0] == '.') || (n == 2 && t[0] == '.' && t[1] == '.'))
+        return "'.' and '..' are not topic names";
+    if (strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") < n)
+        return "a topic name is made of ASCII letters, digits, '.', '_' and '-'";
+    return NULL;
+}
+
+/* --topics: each name valid for Kafka and given once. 0 or 2 (said). */
+static int check_topics(const char *list)
+{
+    for (const char *t = list; *t != '\0'; ) {
+        size_t n = strcspn(t, ",");
+        const char *why = bad_topic(t, n);
+        for (const char *u = list; why == NULL && u < t; u += strcspn(u, ",") + 1)
+            if (strcspn(u, ",") == n && n > 0 && memcmp(u, t, n) == 0)
+                why = "named twice";
+        if (why != NULL) {
+            fprintf(stderr, "halflife broker: --topics: \"%.*s%s\": %s\n", (int)(n > 60 ? 60 : n),
+                    t, n > 60 ? "..." : "", why);
+            return 2;
+        }
+        t += n + (t[n] == ',');
+    }
+    return 0;
 }
 
 /* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
@@ -122,7 +156,10 @@ static int parse_args(int argc, char **argv, broker_args *a)
     };
     hl_cmd_args args = {.cmd = "broker", .opts = opts, .usage = usage,
                         .n_opts = (int)(sizeof opts / sizeof opts[0])};
-    return hl_cmd_parse_args(&args, argc, argv);
+    int rc = hl_cmd_parse_args(&args, argc, argv);
+    if (rc == 0)
+        rc = check_topics(a->topics);
+    return rc;
 }
 
 /* ---- the --port relay --------------------------------------------------- */

@@ -6,6 +6,9 @@
 #   topic a real cluster would refuse;
 # - a --topics name given twice (it failed later with 'Topic already
 #   exists', which did not say where the second came from);
+# - --refuse-produce FILE in a directory that does not exist, or naming a
+#   directory: the file could never be created, so the refusal a test
+#   waits for never came and nothing said why.
 # Valid names still start a broker (stopped with SIGTERM once it prints
 # its address).
 set -u
@@ -36,8 +39,10 @@ refused topic_space '"a b": a topic name is made of' --topics "a b"
 refused topic_dotdot "'..' are not topic names" --topics ..
 refused topic_long 'longer than 249' --topics "$long"
 refused topic_twice '"items": named twice' --topics items,ev,items
+refused refuse_file_no_dir "directory $tmp/none does not exist" --refuse-produce "$tmp/none/refuse"
+refused refuse_file_is_dir "$tmp: is a directory" --refuse-produce "$tmp"
 
-# Valid: Kafka's characters, a 249-character name.
+# Valid: Kafka's characters, a 249-character name, a file to be created.
 mkfifo "$tmp/addr"
 "$hl" broker --topics "a.b_c-D9,${long:0:249}" --refuse-produce "$tmp/refuse" \
   >"$tmp/addr" 2>"$tmp/log" &

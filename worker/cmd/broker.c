@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,7 +106,8 @@ static void usage(FILE *f)
         "                  while FILE exists and holds a Kafka error, by name or\n"
         "                  number (TOPIC_AUTHORIZATION_FAILED, 29), every Produce\n"
         "                  request, to any topic, is answered with that error;\n"
-        "                  checked every 50 ms, logged when it changes\n\n"
+        "                  checked every 50 ms, logged when it changes; its\n"
+        "                  directory must exist\n\n"
         "The mock keeps at most 5 MiB and 100,000 message sets per partition and\n"
         "drops older data silently: spread big streams over enough partitions.\n");
 }
@@ -143,6 +145,28 @@ static int check_topics(const char *list)
     return 0;
 }
 
+/* --refuse-produce FILE must be creatable: in a missing directory the
+ * refusal the test waits for would never come. 0 or 2 (said). */
+static int check_refuse_file(const char *path)
+{
+    char dir[4096];
+    struct stat st;
+    const char *slash = strrchr(path, '/');
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "halflife broker: --refuse-produce %s: is a directory: name a file "
+                "to create when Produce should be refused\n", path);
+        return 2;
+    }
+    snprintf(dir, sizeof dir, "%.*s", slash == NULL ? 1 : slash == path ? 1 : (int)(slash - path),
+             slash == NULL ? "." : path);
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "halflife broker: --refuse-produce %s: directory %s does not exist, so "
+                "the file could never be created there\n", path, dir);
+        return 2;
+    }
+    return 0;
+}
+
 /* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
 static int parse_args(int argc, char **argv, broker_args *a)
 {
@@ -159,6 +183,8 @@ static int parse_args(int argc, char **argv, broker_args *a)
     int rc = hl_cmd_parse_args(&args, argc, argv);
     if (rc == 0)
         rc = check_topics(a->topics);
+    if (rc == 0 && a->refuse_file != NULL)
+        rc = check_refuse_file(a->refuse_file);
     return rc;
 }
 

@@ -29,6 +29,7 @@
 #include "log.h"
 #include "model.h"
 #include "producer.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <math.h>
@@ -163,6 +164,8 @@ static const char *parse_line(items_run *r, char *line, hl_item_update *u)
     u->id_len = (uint32_t)strlen(f[0]);
     if (u->id_len < 1 || u->id_len > HL_MAX_ID_LEN)
         return "item_id outside 1..256 bytes";
+    if (!hl_utf8_valid(u->id, u->id_len))       /* the worker refuses it: bad_utf8 */
+        return "item_id is not valid UTF-8";
     if (n < 2 || (u->available = parse_available(f[1])) < 0)
         return "available is not true, false, 1, 0 or delete";
     u->tombstone = u->available == 2;

@@ -62,6 +62,15 @@ check long_line_is_one_bad_line "$([ $rc = 1 ] && echo $ok || echo 0)" "exit $rc
 check no_input_is_usage "$([ $rc = 2 ] && echo 1 || echo 0)" "exit $rc"
 "$hl" items --input "$tmp/none.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1; rc=$?
 check missing_file "$([ $rc = 1 ] && grep -q 'none.csv' "$tmp/out" && echo 1 || echo 0)" "exit $rc"
+# Blank lines are skipped also when they hold a CR (a file saved on
+# Windows) or spaces: they were bad lines, and the run exited 1. The one
+# real bad line after them is counted alone.
+printf 'item_id,available\r\n\r\n  \t\n\r\nb,maybe\r\n' >"$tmp/blank.csv"
+"$hl" items --input "$tmp/blank.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1; rc=$?
+check blank_lines_skipped "$([ $rc = 1 ] && grep -q '1 bad lines' "$tmp/out" &&
+  grep -q 'line=5 why="available' "$tmp/out" && echo 1 || echo 0)" \
+  "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 400)"
+
 # A directory given as --input: fopen() takes it and its first read fails,
 # which read as an empty file: nothing published and exit 0. It is refused,
 # naming the path.

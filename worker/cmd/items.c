@@ -234,7 +234,9 @@ static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
     while (hl_cmd_stops() == 0 && fgets(line, MAX_LINE, in) != NULL) {
         r->line++;
         int whole = whole_line(line, in);           /* a long comment too */
-        if (line[0] == '#' || line[0] == '\n')
+        /* A blank line is no update, also with CR or spaces in it (a file
+         * saved on Windows, a trailing empty line): as the dataset reader. */
+        if (line[0] == '#' || line[strspn(line, " \t\r\n")] == '\0')
             continue;
         const char *why = whole ? parse_line(r, line, &u) : "longer than 1 MiB (MAX_LINE)";
         if (why != NULL && r->line == 1 && strstr(why, "available") != NULL)

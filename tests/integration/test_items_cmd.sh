@@ -42,7 +42,8 @@ for want in 'line=2 why="available is not' 'line=3 why="item_id outside' 'line=4
             'line=12 why="item_id is not valid UTF-8' 'line=13 why="item_id is not valid UTF-8'; do
   grep -qF -- "$want" "$tmp/out" || { ok=0; echo "    missing: $want"; }
 done
-grep -q '12 bad lines' "$tmp/out" || ok=0
+grep -q 'bad.csv: 12 bad lines' "$tmp/out" || ok=0
+grep -q 'bad_line file=.*bad.csv line=2 ' "$tmp/out" || { ok=0; echo "    bad_line names no file"; }
 check bad_lines_named "$([ $rc = 1 ] && echo $ok || echo 0)" "exit $rc: $(head -c 400 "$tmp/out")"
 
 # A line longer than the reader's 1 MiB buffer is one bad line: its tail

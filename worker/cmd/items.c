@@ -194,7 +194,8 @@ static int send_update(items_run *r, const hl_item_update *u, char *errbuf, size
         hl_cmd_reach(hl_producer_handle(r->prod), r->cfg, HL_CMD_REACH_MS, errbuf, errlen) != 0)
         return HL_EIO;
     if (!u->tombstone && (len = hl_item_encode(&r->co, u, r->buf, r->cap)) < 0)
-        return hl_err(errbuf, errlen, len, "line %lld: cannot encode", (long long)r->line);
+        return hl_err(errbuf, errlen, len, "%s line %lld: cannot encode", r->input,
+                      (long long)r->line);
     return hl_producer_send(r->prod, r->topic, -1, u->id, u->id_len,
                             u->tombstone ? NULL : r->buf, (size_t)len, NULL, NULL,
                             errbuf, errlen);
@@ -243,7 +244,8 @@ static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
             continue;                                   /* a header */
         if (why != NULL) {
             if (r->bad++ < 20)
-                hl_log(HL_LOG_WARN, "bad_line", "line=%lld why=\"%s\"", (long long)r->line, why);
+                hl_log(HL_LOG_WARN, "bad_line", "file=%s line=%lld why=\"%s\"", r->input,
+                       (long long)r->line, why);
             continue;
         }
         if (send_update(r, &u, errbuf, errlen) != 0) {
@@ -372,8 +374,8 @@ int hl_cmd_items(int argc, char **argv)
                  hl_cmd_stop_signal() == SIGINT ? "SIGINT" : "SIGTERM", (long long)r.line,
                  a.input, (unsigned long long)ps.delivered, (long long)r.sent);
     else if (rc != 0)
-        snprintf(err, sizeof err, "%lld bad lines, %llu of %lld updates not delivered",
-                 (long long)r.bad, (unsigned long long)(r.sent - (int64_t)ps.delivered),
+        snprintf(err, sizeof err, "%s: %lld bad lines (the bad_line warnings name them), "
+                 "%llu of %lld updates not delivered", a.input, (long long)r.bad, (unsigned long long)(r.sent - (int64_t)ps.delivered),
                  (long long)r.sent);
 out:
     if (rc != 0)

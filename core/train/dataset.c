@@ -348,6 +348,16 @@ void hl_dataset_stats_get(const hl_dataset_reader *r, hl_dataset_stats *st)
     *st = r->st;
 }
 
+void hl_dataset_progress(const hl_dataset_reader *r, int64_t *done, int64_t *total)
+{
+    struct stat st;
+    *done = *total = -1;
+    if (fstat(fileno(r->f), &st) != 0 || !S_ISREG(st.st_mode))
+        return;                         /* a stream has no size to be a fraction of */
+    *total = (int64_t)st.st_size;
+    *done = (int64_t)ftello(r->f);
+}
+
 static void bad_line(hl_dataset_reader *r, const char *why)
 {
     hl_dataset_stats *st = &r->st;

@@ -71,6 +71,10 @@ typedef struct hl_dataset_stats {
     int64_t blank_lines;               /* empty or whitespace only; not bad */
 } hl_dataset_stats;
 void hl_dataset_stats_get(const hl_dataset_reader *r, hl_dataset_stats *st);
+/* How far into a regular file reading is: *done bytes of *total; both -1
+ * for stdin, a FIFO or a device. A system call: for progress lines, not
+ * for every event. */
+void hl_dataset_progress(const hl_dataset_reader *r, int64_t *done, int64_t *total);
 void hl_dataset_close(hl_dataset_reader *r);            /* NULL is a no-op */
 
 #endif

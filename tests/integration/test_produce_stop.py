@@ -5,6 +5,9 @@ the signal killed the process outright: records librdkafka still queued
 were lost and nothing said how much of the file had gone out.
 
 Cases, against a `halflife broker`:
+- produce's progress lines say how far into the file it is (done_pct) and
+  the time left at the rate so far (left_s): an hour-long replay said
+  neither.
 - produce: a paced replay of a file far longer than the test; SIGTERM once
   its first progress line is out. It exits 1 naming SIGTERM and the line
   reached, every event it says it sent is delivered, and the topic holds
@@ -85,6 +88,12 @@ def check_produce(tmp, bootstrap):
         if "event=produce_progress" in line:
             break
     p.send_signal(signal.SIGTERM)
+    prog = re.search(r"done_pct=([\d.]+) left_s=(\d+)", seen[-1])
+    # 50,000 lines at 500/s: the first progress line is about 1% in, with
+    # about 100 s left; generous bounds for a slow machine.
+    result("produce_progress_has_time_left",
+           prog is not None and 0 < float(prog.group(1)) < 50 and 10 <= int(prog.group(2)) < 10000,
+           "progress line: %s" % seen[-1].strip())
     rc, err = finish(p)
     err = "".join(seen) + err
     m = re.search(r"stopped by SIGTERM after line (\d+) of \S+: (\d+) events sent, "

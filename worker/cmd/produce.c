@@ -165,14 +165,25 @@ typedef struct replay {
     int64_t            skipped;      /* ids outside 1..HL_MAX_ID_LEN bytes */
 } replay;
 
-static void progress(const replay *r, int64_t start_ms, const char *event)
+/* Once a second: counts, and for a regular file or a --limit how far the
+ * replay is (done_pct) and the time left at the rate so far (left_s), so
+ * that an hour-long replay says when it ends; -1 when unknown (stdin). */
+static void progress(const replay *r, int64_t limit, int64_t start_ms, const char *event)
 {
     hl_producer_stats st;
+    int64_t done, total;
+    double frac = -1, s = (double)(hl_now_mono_ms() - start_ms) / 1000.0;
     hl_producer_stats_get(r->prod, &st);
-    double s = (double)(hl_now_mono_ms() - start_ms) / 1000.0;
-    hl_log(HL_LOG_INFO, event, "topic=%s events=%lld delivered=%llu failed=%llu rate_eps=%.0f",
-           r->topic, (long long)r->sent, (unsigned long long)st.delivered,
-           (unsigned long long)st.failed, s > 0 ? (double)r->sent / s : 0.0);
+    hl_dataset_progress(r->rd, &done, &total);
+    if (total > 0 && done >= 0)
+        frac = (double)done / (double)total;
+    if (limit > 0 && (double)r->sent / (double)limit > frac)
+        frac = (double)r->sent / (double)limit;        /* whichever ends first */
+    hl_log(HL_LOG_INFO, event, "topic=%s events=%lld delivered=%llu failed=%llu rate_eps=%.0f "
+           "done_pct=%.1f left_s=%.0f", r->topic, (long long)r->sent,
+           (unsigned long long)st.delivered, (unsigned long long)st.failed,
+           s > 0 ? (double)r->sent / s : 0.0, frac >= 0 ? 100 * frac : -1.0,
+           frac > 0 ? s * (1 - frac) / frac : -1.0);
 }
 
 /* Reads, encodes and sends every event (up to a->limit). */
@@ -211,7 +222,7 @@ static int replay_all(replay *r, const produce_args *a, char *errbuf, size_t err
             hl_producer_poll(r->prod, 0);
             if (hl_now_mono_ms() - last_ms >= 1000) {
                 last_ms = hl_now_mono_ms();
-                progress(r, start_ms, "produce_progress");
+                progress(r, a->limit, start_ms, "produce_progress");
             }
         }
         hl_pace_sent(&pc);

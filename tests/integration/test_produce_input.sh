@@ -45,4 +45,11 @@ timeout 60 "$hl" produce --input "$tmp/events.csv" --format events-csv --topic e
   >"$tmp/out" 2>&1; rc=$?
 check right_format_sends "$([ $rc = 0 ] && grep -q 'delivered=3 ' "$tmp/out" && echo 1 || echo 0)" \
   "exit $rc: $(grep -v '^%' "$tmp/out" | tail -c 400)"
+# An empty topic name (--topic "", or -X input.topic= from a script's unset
+# variable): the mock took "" as a topic and produce reported every event
+# delivered; a real cluster refuses the name. It is refused before sending.
+timeout 60 "$hl" produce --input "$tmp/events.csv" --format events-csv --topic "" "${x[@]}" \
+  >"$tmp/out" 2>&1; rc=$?
+check empty_topic_refused "$([ $rc = 1 ] && grep -q 'no topic' "$tmp/out" && echo 1 || echo 0)" \
+  "exit $rc: $(grep -v '^%' "$tmp/out" | tail -c 400)"
 exit $fail

@@ -342,6 +342,11 @@ int hl_cmd_produce(int argc, char **argv)
         goto out;
     }
     r.topic = a.topic != NULL ? a.topic : hl_config_str(cfg, "input.topic");
+    if (r.topic == NULL || r.topic[0] == '\0') {    /* the mock would take "" as a topic */
+        snprintf(err, sizeof err, "no topic: --topic is empty, or input.topic is and no "
+                 "--topic was given");
+        goto out;
+    }
     if (open_input(&r, &a, cfg, err, sizeof err) != 0 ||
         (r.prod = make_producer(cfg, err, sizeof err)) == NULL ||
         hl_cmd_reach(hl_producer_handle(r.prod), cfg, HL_CMD_REACH_MS, err, sizeof err) != 0)

@@ -3,7 +3,8 @@
 # `items` (worker/cmd/cmd_common.c): a stray argument (a value whose option
 # was forgotten, or the second file of a shell glob) is named as such with
 # exit 2, not called an unknown option and answered with the whole usage.
-# No broker is needed: each is refused before anything starts.
+# An empty kafka.bootstrap.servers is said to be missing at once. No broker
+# is needed: each is refused before anything starts.
 set -u
 name=cmd_args
 top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -28,4 +29,16 @@ stray broker_forgotten_option 5 broker --brokers 2 5
 out=$("$hl" produce --nope 1 2>&1); rc=$?
 check unknown_option_still_named "$([ $rc = 2 ] && echo "$out" | grep -q 'unknown option --nope' &&
   echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
+# An empty kafka.bootstrap.servers (a script's unset variable) is missing,
+# said at once; it used to wait 15 s for an answer from no address.
+printf 'u1,i1,VIEW,1700000000000\n' >"${TMPDIR:-/tmp}/cmd_args_$$.csv"
+for cmd in "produce --format events-csv" items; do
+  start=$SECONDS
+  out=$(timeout 60 "$hl" $cmd --input "${TMPDIR:-/tmp}/cmd_args_$$.csv" \
+        -X kafka.bootstrap.servers= 2>&1); rc=$?
+  check "empty_bootstrap_${cmd%% *}" "$([ $rc = 1 ] && [ $((SECONDS - start)) -lt 10 ] &&
+    echo "$out" | grep -q 'kafka.bootstrap.servers=HOST:PORT is required' && echo 1 || echo 0)" \
+    "exit $rc after $((SECONDS - start)) s, output: $(echo "$out" | grep -v '^%' | head -c 300)"
+done
+rm -f "${TMPDIR:-/tmp}/cmd_args_$$.csv"
 exit $fail

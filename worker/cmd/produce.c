@@ -336,7 +336,8 @@ int hl_cmd_produce(int argc, char **argv)
     if ((cfg = hl_config_create()) == NULL ||
         hl_config_load(cfg, NULL, environ, a.xs.v, a.xs.n, err, sizeof err) != 0)
         goto out;
-    if (hl_config_kafka_get(cfg, "bootstrap.servers") == NULL) {
+    const char *servers = hl_config_kafka_get(cfg, "bootstrap.servers");
+    if (servers == NULL || servers[0] == '\0') {     /* "" would wait 15 s for nothing */
         snprintf(err, sizeof err, "-X kafka.bootstrap.servers=HOST:PORT is required "
                  "(a 'halflife broker' prints one)");
         goto out;

@@ -31,14 +31,15 @@ check unknown_option_still_named "$([ $rc = 2 ] && echo "$out" | grep -q 'unknow
   echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
 # An empty kafka.bootstrap.servers (a script's unset variable) is missing,
 # said at once; it used to wait 15 s for an answer from no address.
-printf 'u1,i1,VIEW,1700000000000\n' >"${TMPDIR:-/tmp}/cmd_args_$$.csv"
-for cmd in "produce --format events-csv" items; do
+f=${TMPDIR:-/tmp}/cmd_args_$$
+printf 'u1,i1,VIEW,1700000000000\n' >"$f.events"
+printf 'i1,true\n' >"$f.items"
+for cmd in "produce --format events-csv --input $f.events" "items --input $f.items"; do
   start=$SECONDS
-  out=$(timeout 60 "$hl" $cmd --input "${TMPDIR:-/tmp}/cmd_args_$$.csv" \
-        -X kafka.bootstrap.servers= 2>&1); rc=$?
+  out=$(timeout 60 "$hl" $cmd -X kafka.bootstrap.servers= 2>&1); rc=$?
   check "empty_bootstrap_${cmd%% *}" "$([ $rc = 1 ] && [ $((SECONDS - start)) -lt 10 ] &&
     echo "$out" | grep -q 'kafka.bootstrap.servers=HOST:PORT is required' && echo 1 || echo 0)" \
     "exit $rc after $((SECONDS - start)) s, output: $(echo "$out" | grep -v '^%' | head -c 300)"
 done
-rm -f "${TMPDIR:-/tmp}/cmd_args_$$.csv"
+rm -f "$f.events" "$f.items"
 exit $fail

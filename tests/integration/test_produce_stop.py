@@ -100,6 +100,9 @@ def check_produce(tmp, bootstrap):
                   r"(\d+) delivered, 0 failed", err)
     ok = rc == 1 and m is not None and m.group(2) == m.group(3) == m.group(1)
     result("produce_sigterm_says_how_far", ok, "exit %s, stderr tail: %s" % (rc, err[-600:]))
+    result("produce_says_second_signal_gives_up",
+           "event=produce_stopping signal=SIGTERM" in err and "signal again" in err,
+           "stderr tail: %s" % err[-600:])
     if m is not None:
         n = records(bootstrap, "stop-events")
         result("produce_sigterm_flushes", n == int(m.group(2)),
@@ -124,6 +127,9 @@ def check_items(bootstrap):
     p.stdin.close()
     ok = rc == 1 and "stopped by SIGINT after line 3 of -: 3 of 3 updates delivered" in err
     result("items_sigint_says_how_far", ok, "exit %s, stderr tail: %s" % (rc, err[-600:]))
+    result("items_says_second_signal_gives_up",
+           "event=items_stopping signal=SIGINT" in err and "signal again" in err,
+           "stderr tail: %s" % err[-600:])
 
 
 def main():

@@ -114,6 +114,14 @@ void hl_cmd_catch_stops(void)
     sigaction(SIGINT, &sa, NULL);
 }
 
+void hl_cmd_log_stopping(const char *event)
+{
+    if (stops > 0)
+        hl_log(HL_LOG_INFO, event, "signal=%s action=\"waiting for the deliveries of what "
+               "was sent; signal again to give them up\"",
+               stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
 int hl_cmd_stops(void) { return (int)stops; }
 int hl_cmd_stop_signal(void) { return (int)stop_signal; }
 

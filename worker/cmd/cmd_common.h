@@ -73,6 +73,10 @@ int hl_cmd_reach(rd_kafka_t *rk, const hl_config *cfg, int wait_ms, char *errbuf
  * hl_cmd_stop_signal() the first one's number. Like `halflife run`'s stop
  * flag, the count is a static: a handler has nowhere else to write. */
 void hl_cmd_catch_stops(void);
+/* Logs `event` (signal=, then what to do) when a stop has come: the wait
+ * that follows can be minutes with a broker down, and without it nothing
+ * would say that a second signal ends it. */
+void hl_cmd_log_stopping(const char *event);
 int  hl_cmd_stops(void);
 int  hl_cmd_stop_signal(void);
 

@@ -356,6 +356,7 @@ int hl_cmd_items(int argc, char **argv)
     hl_cmd_catch_stops();       /* as produce: a stop flushes and says how far */
     if (send_all(&r, in, err, sizeof err) != 0)
         goto out;
+    hl_cmd_log_stopping("items_stopping");
     hl_producer_stats ps;
     for (;;) {                  /* every update reported (message.timeout.ms bounds it) */
         hl_producer_stats_get(r.prod, &ps);

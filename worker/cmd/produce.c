@@ -357,6 +357,7 @@ int hl_cmd_produce(int argc, char **argv)
         hl_log(HL_LOG_WARN, "create_topic_failed", "topic=%s err=\"%s\"", r.topic, err);
     hl_cmd_catch_stops();        /* now: a stop before this has nothing to flush */
     replay_rc = replay_all(&r, &a, err, sizeof err);
+    hl_cmd_log_stopping("produce_stopping");
     wait_delivered(&r);
     hl_producer_stats_get(r.prod, &ps);
     report(&r, &a, &ps);

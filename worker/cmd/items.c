@@ -377,8 +377,8 @@ int hl_cmd_items(int argc, char **argv)
                  a.input, (unsigned long long)ps.delivered, (long long)r.sent);
     else if (rc != 0)
         snprintf(err, sizeof err, "%s: %lld bad lines (the bad_line warnings name them), "
-                 "%llu of %lld updates not delivered", a.input, (long long)r.bad, (unsigned long long)(r.sent - (int64_t)ps.delivered),
-                 (long long)r.sent);
+                 "%llu of %lld updates not delivered", a.input, (long long)r.bad,
+                 (unsigned long long)(r.sent - (int64_t)ps.delivered), (long long)r.sent);
 out:
     if (rc != 0)
         fprintf(stderr, "halflife items: %s\n", err[0] ? err : "out of memory");

@@ -320,6 +320,25 @@ static int nothing_sent(const replay *r, const produce_args *a, char *errbuf, si
     return 1;
 }
 
+/* The topic to produce to, once a broker is named; NULL and why if not. */
+static const char *target(const hl_config *cfg, const produce_args *a, char *errbuf,
+                          size_t errlen)
+{
+    const char *servers = hl_config_kafka_get(cfg, "bootstrap.servers");
+    const char *topic = a->topic != NULL ? a->topic : hl_config_str(cfg, "input.topic");
+    if (servers == NULL || servers[0] == '\0') {     /* "" would wait 15 s for nothing */
+        snprintf(errbuf, errlen, "-X kafka.bootstrap.servers=HOST:PORT is required "
+                 "(a 'halflife broker' prints one)");
+        return NULL;
+    }
+    if (topic == NULL || topic[0] == '\0') {        /* the mock would take "" as a topic */
+        snprintf(errbuf, errlen, "no topic: --topic is empty, or input.topic is and no "
+                 "--topic was given");
+        return NULL;
+    }
+    return topic;
+}
+
 int hl_cmd_produce(int argc, char **argv)
 {
     produce_args a;
@@ -336,19 +355,8 @@ int hl_cmd_produce(int argc, char **argv)
     if ((cfg = hl_config_create()) == NULL ||
         hl_config_load(cfg, NULL, environ, a.xs.v, a.xs.n, err, sizeof err) != 0)
         goto out;
-    const char *servers = hl_config_kafka_get(cfg, "bootstrap.servers");
-    if (servers == NULL || servers[0] == '\0') {     /* "" would wait 15 s for nothing */
-        snprintf(err, sizeof err, "-X kafka.bootstrap.servers=HOST:PORT is required "
-                 "(a 'halflife broker' prints one)");
-        goto out;
-    }
-    r.topic = a.topic != NULL ? a.topic : hl_config_str(cfg, "input.topic");
-    if (r.topic == NULL || r.topic[0] == '\0') {    /* the mock would take "" as a topic */
-        snprintf(err, sizeof err, "no topic: --topic is empty, or input.topic is and no "
-                 "--topic was given");
-        goto out;
-    }
-    if (open_input(&r, &a, cfg, err, sizeof err) != 0 ||
+    if ((r.topic = target(cfg, &a, err, sizeof err)) == NULL ||
+        open_input(&r, &a, cfg, err, sizeof err) != 0 ||
         (r.prod = make_producer(cfg, err, sizeof err)) == NULL ||
         hl_cmd_reach(hl_producer_handle(r.prod), cfg, HL_CMD_REACH_MS, err, sizeof err) != 0)
         goto out;

@@ -381,6 +381,11 @@ int hl_ivf_nlist(const hl_ivf *ix)
     return ix->nlist;
 }
 
+int hl_ivf_default_nprobe(const hl_ivf *ix)
+{
+    return ix->nlist / 16 > 0 ? ix->nlist / 16 : 1;
+}
+
 void hl_ivf_shape(const hl_ivf *ix, int32_t *n_items, int *dim)
 {
     *n_items = ix->n_items;

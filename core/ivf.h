@@ -39,6 +39,9 @@ typedef struct hl_ivf_opts {
 
 /* 4 sqrt(n_items), at least 1 and at most n_items. */
 int hl_ivf_default_nlist(int32_t n_items);
+/* The lists a search probes by default: nlist / 16, at least 1. Each
+ * index has its own (a model swapped in with more items gets more). */
+int hl_ivf_default_nprobe(const hl_ivf *ix);
 
 /* Builds the index of e_out (n_items, dim) and bias (n_items); both are
  * copied. NULL and a reason in errbuf on failure (bad shape, nlist out of

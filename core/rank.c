@@ -99,8 +99,8 @@ static int check_opts(const hl_model_parts *p, const hl_rank_opts *o,
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "ranker: two-stage scoring handles dim up to %d, the model has %d; "
                       "use recs.scoring=exact", HL_QSCORE_MAX_DIM, p->info.dim);
-    if (o->ivf != NULL && (o->nprobe < 1 || o->shadow_every < 0))
-        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: index nprobe %d (>= 1), "
+    if (o->ivf != NULL && (o->nprobe < 0 || o->shadow_every < 0))
+        return hl_err(errbuf, errlen, HL_EINVAL, "ranker: index nprobe %d (>= 0), "
                       "shadow_every %d (>= 0)", o->nprobe, o->shadow_every);
     if (p->info.n_items < 1 || !p->e_in || !p->e_out || !p->bias)
         return hl_err(errbuf, errlen, HL_EINVAL, "ranker: model has no items");

@@ -63,8 +63,8 @@ typedef struct hl_rank_opts {
                                 them); NULL: the ranker builds its own */
     const hl_ivf *ivf;   /* recs.index=ivf: the approximate index (borrowed, must
                             outlive the ranker); NULL: every item is scored */
-    int nprobe;          /* with ivf: lists probed per user, >= 1 (above the
-                            index's nlist: every list) */
+    int nprobe;          /* with ivf: lists probed per user (above the index's
+                            nlist: every list); 0: hl_ivf_default_nprobe */
     int shadow_every;    /* with ivf: every shadow_every-th user refreshed is
                             also scored over every item and the two lists
                             compared (hl_ranker_index_recall); 0: never */

@@ -40,7 +40,10 @@ int hl_rank_index_create(hl_ranker *r, const hl_rank_opts *o, char *errbuf, size
                       "ranker: the index has %d items of dim %d, the model %d of dim %d",
                       (int)n_items, dim, (int)r->n_items, r->dim);
     r->ivf = o->ivf;
-    r->nprobe = o->nprobe < hl_ivf_nlist(o->ivf) ? o->nprobe : hl_ivf_nlist(o->ivf);
+    /* 0: this index's own default, so a model swapped in with another
+     * catalogue size probes its own share, not the first model's */
+    r->nprobe = o->nprobe == 0 ? hl_ivf_default_nprobe(o->ivf)
+              : o->nprobe < hl_ivf_nlist(o->ivf) ? o->nprobe : hl_ivf_nlist(o->ivf);
     r->shadow_every = o->shadow_every;
     r->istride = r->kc + MAX_RING + IVF_EXTRA;
     if ((r->is = hl_ivf_scan_create(r->ivf, r->max_batch, r->nprobe, r->istride, errbuf,

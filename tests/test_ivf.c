@@ -533,9 +533,14 @@ static void test_refusals(void)
     hl_ivf *ix = hl_ivf_create(t.e_out, t.bias, 100, DIM, &io, err, sizeof err);
     CHECKF(ix != NULL, "create: %s", err);
     if (ix != NULL) {
-        hl_rank_opts o = {.k = 5, .exclude_seen = 1, .max_batch = 4, .ivf = ix, .nprobe = 0};
+        hl_rank_opts o = {.k = 5, .exclude_seen = 1, .max_batch = 4, .ivf = ix, .nprobe = -1};
         CHECK(hl_ranker_create_parts(&t.p, &o, err, sizeof err) == NULL);
-        CHECKF(strstr(err, "nprobe 0") != NULL, "err: %s", err);
+        CHECKF(strstr(err, "nprobe -1") != NULL, "err: %s", err);
+        o.nprobe = 0;                     /* this index's default, nlist / 16 */
+        hl_ranker *r0 = hl_ranker_create_parts(&t.p, &o, err, sizeof err);
+        CHECKF(r0 != NULL && strcmp(hl_ranker_scoring(r0), "ivf/nlist=10/nprobe=1") == 0,
+               "nprobe 0: %s", r0 != NULL ? hl_ranker_scoring(r0) : err);
+        hl_ranker_destroy(r0);
         hl_model_parts p = t.p;
         p.info.n_items = 99;              /* an index of another model */
         o.nprobe = 2;

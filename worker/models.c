@@ -530,9 +530,11 @@ static int scoring_tables(hl_models *ms, hl_mref *r, char *errbuf, size_t errlen
         r->ivf_owned = 1;
         if (r->ivf == NULL)
             return HL_EINVAL;
-        hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d build_s=%.2f bytes=%zu "
-               "model_version=\"%s\" swapped_in=1", (int)mi->n_items,
-               hl_ivf_nlist(r->ivf), hl_now_mono_s() - t0, hl_ivf_bytes(r->ivf), mi->version);
+        int np = ms->o.ivf_nprobe, nl = hl_ivf_nlist(r->ivf);  /* as the rankers clamp it */
+        np = np == 0 ? hl_ivf_default_nprobe(r->ivf) : np < nl ? np : nl;
+        hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f "
+               "bytes=%zu model_version=\"%s\" swapped_in=1", (int)mi->n_items, nl, np,
+               hl_now_mono_s() - t0, hl_ivf_bytes(r->ivf), mi->version);
     }
     return 0;
 }

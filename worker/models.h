@@ -94,6 +94,8 @@ typedef struct hl_models_opts {
                                           models get none either */
     int              ivf_nlist;        /* recs.index.nlist for swapped-in models'
                                           indexes (0: the default for their size) */
+    int              ivf_nprobe;       /* recs.index.nprobe, for their log line
+                                          (0: each index's nlist / 16) */
     /* Called on the main thread once a new model r is validated and ready,
      * just before it goes live (the live catalogue rebinds to it here).
      * Not 0: the swap is refused (counted) and the serving model stays.

@@ -43,7 +43,7 @@ typedef struct hl_worker_opts {
     int         recs_scoring;       /* HL_SCORING_EXACT or _TWO_STAGE (recs.scoring, auto resolved) */
     int         recs_index_ivf;     /* recs.index=ivf: approximate index over e_out */
     int         recs_index_nlist;   /* 0: 4 sqrt(items) */
-    int         recs_index_nprobe;  /* <= the index's nlist; 0: nlist / 16 */
+    int         recs_index_nprobe;  /* <= the index's nlist; 0: each index's nlist / 16 */
     int         recs_index_shadow_every; /* 0: no shadow check */
     int64_t     recs_min_interval_ms; /* 0: refresh after every batch that touched a user */
     int         threads;            /* shard-owning threads, >= 1 */

@@ -84,6 +84,7 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
                          .store_retain = w->o.model_retain > 0 ? w->o.model_retain : 4,
                          .first_qitems = w->qitems, .first_ivf = w->ivf,
                          .ivf_nlist = w->o.recs_index_nlist,
+                         .ivf_nprobe = w->o.recs_index_nprobe,
                          .before_live = rebind_items, .before_live_arg = w,
                          /* every setup follows a reshape (worker/swap.c) */
                          .reshape_refused = NULL};
@@ -425,7 +426,7 @@ static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
 /* Recall@k of the index at load, on INDEX_SAMPLE queries: the e_out rows of
  * items spread over the catalogue (users' real queries are not known yet;
  * the shadow check measures those). Costs INDEX_SAMPLE exact scans. */
-static double index_recall_at_load(hl_worker *w)
+static double index_recall_at_load(hl_worker *w, int nprobe)
 {
     const hl_model_info *mi = hl_model_info_get(w->m);
     int n_q = mi->n_items < INDEX_SAMPLE ? (int)mi->n_items : INDEX_SAMPLE;
@@ -437,7 +438,7 @@ static double index_recall_at_load(hl_worker *w)
         memcpy(Q + (size_t)i * mi->dim, hl_model_e_out(w->m) + (size_t)j * mi->dim,
                (size_t)mi->dim * sizeof(float));
     }
-    double r = hl_ivf_recall(w->ivf, Q, n_q, w->o.recs_k, w->o.recs_index_nprobe);
+    double r = hl_ivf_recall(w->ivf, Q, n_q, w->o.recs_k, nprobe);
     free(Q);
     return r;
 }
@@ -463,17 +464,19 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
                                 mi->dim, &io, why, sizeof why)) == NULL)
         return hl_err(errbuf, errlen, HL_EINVAL, "recs.index=ivf: recs.index.nlist=%d: %s",
                       w->o.recs_index_nlist, why);
-    if (w->o.recs_index_nprobe == 0)
-        w->o.recs_index_nprobe = hl_ivf_nlist(w->ivf) / 16 > 0 ? hl_ivf_nlist(w->ivf) / 16 : 1;
-    if (w->o.recs_index_nprobe > hl_ivf_nlist(w->ivf))
+    /* 0 stays 0 in w->o: each ranker takes its own index's default, so a
+     * model swapped in with another catalogue size gets its own nlist / 16 */
+    int nprobe = w->o.recs_index_nprobe > 0 ? w->o.recs_index_nprobe
+                                            : hl_ivf_default_nprobe(w->ivf);
+    if (nprobe > hl_ivf_nlist(w->ivf))
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "recs.index.nprobe=%d: more than the index's %d lists (recs.index.nlist)",
-                      w->o.recs_index_nprobe, hl_ivf_nlist(w->ivf));
-    double t1 = hl_now_mono_s(), recall = index_recall_at_load(w);
+                      nprobe, hl_ivf_nlist(w->ivf));
+    double t1 = hl_now_mono_s(), recall = index_recall_at_load(w, nprobe);
     hl_gauge_set(at_load, recall);
     hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f bytes=%zu "
            "recall_at_%d=%.4f sample=%d recall_s=%.2f", (int)mi->n_items, hl_ivf_nlist(w->ivf),
-           w->o.recs_index_nprobe, t1 - t0, hl_ivf_bytes(w->ivf), w->o.recs_k, recall,
+           nprobe, t1 - t0, hl_ivf_bytes(w->ivf), w->o.recs_k, recall,
            mi->n_items < INDEX_SAMPLE ? (int)mi->n_items : INDEX_SAMPLE, hl_now_mono_s() - t1);
     return 0;
 }

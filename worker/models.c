@@ -492,6 +492,10 @@ static void install(hl_models *ms, hl_mref *r, double fit_s, double skip_s)
     ms->cur = r;
     atomic_store(&ms->gen, r->gen);
     pthread_mutex_unlock(&ms->mu);
+    if (r->ivf_owned)   /* the served index's recall: left alone, the gauge
+                           would go on showing a model no longer served */
+        hl_gauge_set(hl_metrics_gauge(ms->o.reg, "halflife_index_recall", NULL,
+                                      "check=\"load\""), r->ivf_recall);
     hl_counter_add(ms->swaps, 1);
     show_model(ms, r);
     hl_models_note_migration(ms, r->from_prev, old->mi->n_items);
@@ -505,6 +509,41 @@ static void install(hl_models *ms, hl_mref *r, double fit_s, double skip_s)
     old->held_next = ms->held;
     ms->held = old;
     release_unused(ms);
+}
+
+double hl_models_index_recall(const hl_model *m, const hl_ivf *ix, int k, int nprobe)
+{
+    const hl_model_info *mi = hl_model_info_get(m);
+    int n_q = mi->n_items < HL_INDEX_SAMPLE ? (int)mi->n_items : HL_INDEX_SAMPLE;
+    float *Q = malloc((size_t)n_q * mi->dim * sizeof(float));
+    if (Q == NULL)
+        return -1.0;
+    for (int i = 0; i < n_q; i++) {
+        int64_t j = (int64_t)i * mi->n_items / n_q;       /* evenly spaced rows */
+        memcpy(Q + (size_t)i * mi->dim, hl_model_e_out(m) + (size_t)j * mi->dim,
+               (size_t)mi->dim * sizeof(float));
+    }
+    double r = hl_ivf_recall(ix, Q, n_q, k, nprobe);
+    free(Q);
+    return r;
+}
+
+/* A swapped-in model's index: its recall at load, logged, and kept for
+ * install to export once the model is live (a swap refused after this
+ * must leave the served model's). */
+static void index_loaded(hl_models *ms, hl_mref *r, double build_s)
+{
+    const hl_model_info *mi = r->mi;
+    int np = ms->o.ivf_nprobe, nl = hl_ivf_nlist(r->ivf);   /* as the rankers clamp it */
+    np = np == 0 ? hl_ivf_default_nprobe(r->ivf) : np < nl ? np : nl;
+    double t1 = hl_now_mono_s(), recall = hl_models_index_recall(r->m, r->ivf, ms->o.ivf_k, np);
+    r->ivf_recall = recall;
+    hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f "
+           "bytes=%zu recall_at_%d=%.4f sample=%d recall_s=%.2f model_version=\"%s\" "
+           "swapped_in=1", (int)mi->n_items, nl, np, build_s, hl_ivf_bytes(r->ivf),
+           ms->o.ivf_k, recall, mi->n_items < HL_INDEX_SAMPLE ? (int)mi->n_items
+                                                           : HL_INDEX_SAMPLE,
+           hl_now_mono_s() - t1, mi->version);
 }
 
 /* The new model's scoring tables, before it goes live: a ranker over
@@ -530,11 +569,7 @@ static int scoring_tables(hl_models *ms, hl_mref *r, char *errbuf, size_t errlen
         r->ivf_owned = 1;
         if (r->ivf == NULL)
             return HL_EINVAL;
-        int np = ms->o.ivf_nprobe, nl = hl_ivf_nlist(r->ivf);  /* as the rankers clamp it */
-        np = np == 0 ? hl_ivf_default_nprobe(r->ivf) : np < nl ? np : nl;
-        hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f "
-               "bytes=%zu model_version=\"%s\" swapped_in=1", (int)mi->n_items, nl, np,
-               hl_now_mono_s() - t0, hl_ivf_bytes(r->ivf), mi->version);
+        index_loaded(ms, r, hl_now_mono_s() - t0);
     }
     return 0;
 }

@@ -72,6 +72,8 @@ typedef struct hl_mref {
     int                  owned;        /* the last release closes m */
     int                  qitems_owned; /* the last release destroys qitems */
     int                  ivf_owned;    /* the last release destroys ivf */
+    double               ivf_recall;   /* swapped in: ivf's recall at load, for
+                                          the gauge once m is live */
 } hl_mref;
 
 typedef struct hl_models hl_models;    /* opaque */
@@ -94,8 +96,9 @@ typedef struct hl_models_opts {
                                           models get none either */
     int              ivf_nlist;        /* recs.index.nlist for swapped-in models'
                                           indexes (0: the default for their size) */
-    int              ivf_nprobe;       /* recs.index.nprobe, for their log line
-                                          (0: each index's nlist / 16) */
+    int              ivf_nprobe;       /* recs.index.nprobe (0: each index's
+                                          nlist / 16) and recs.k: their recall at */
+    int              ivf_k;            /* load, logged and exported like the first's */
     /* Called on the main thread once a new model r is validated and ready,
      * just before it goes live (the live catalogue rebinds to it here).
      * Not 0: the swap is refused (counted) and the serving model stays.
@@ -109,6 +112,14 @@ typedef struct hl_models_opts {
      * that reason; NULL: accepted. */
     const char  *reshape_refused;
 } hl_models_opts;
+
+#define HL_INDEX_SAMPLE 200  /* queries of the index's recall check at load */
+
+/* Recall@k of ix (m's index) with nprobe, on HL_INDEX_SAMPLE queries: the
+ * e_out rows of items spread over the catalogue (users' real queries are
+ * not known at load; the shadow check measures those). Costs that many
+ * exact scans; -1 when out of memory. */
+double hl_models_index_recall(const hl_model *m, const hl_ivf *ix, int k, int nprobe);
 
 /* 1 when two models' rows have the same shape (dim, heads, half-lives):
  * a swap between them migrates rows in place. */

@@ -84,7 +84,7 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
                          .store_retain = w->o.model_retain > 0 ? w->o.model_retain : 4,
                          .first_qitems = w->qitems, .first_ivf = w->ivf,
                          .ivf_nlist = w->o.recs_index_nlist,
-                         .ivf_nprobe = w->o.recs_index_nprobe,
+                         .ivf_nprobe = w->o.recs_index_nprobe, .ivf_k = w->o.recs_k,
                          .before_live = rebind_items, .before_live_arg = w,
                          /* every setup follows a reshape (worker/swap.c) */
                          .reshape_refused = NULL};
@@ -421,28 +421,6 @@ static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
-#define INDEX_SAMPLE 200     /* queries of the recall check at load */
-
-/* Recall@k of the index at load, on INDEX_SAMPLE queries: the e_out rows of
- * items spread over the catalogue (users' real queries are not known yet;
- * the shadow check measures those). Costs INDEX_SAMPLE exact scans. */
-static double index_recall_at_load(hl_worker *w, int nprobe)
-{
-    const hl_model_info *mi = hl_model_info_get(w->m);
-    int n_q = mi->n_items < INDEX_SAMPLE ? (int)mi->n_items : INDEX_SAMPLE;
-    float *Q = malloc((size_t)n_q * mi->dim * sizeof(float));
-    if (Q == NULL)
-        return -1.0;
-    for (int i = 0; i < n_q; i++) {
-        int64_t j = (int64_t)i * mi->n_items / n_q;       /* evenly spaced rows */
-        memcpy(Q + (size_t)i * mi->dim, hl_model_e_out(w->m) + (size_t)j * mi->dim,
-               (size_t)mi->dim * sizeof(float));
-    }
-    double r = hl_ivf_recall(w->ivf, Q, n_q, w->o.recs_k, nprobe);
-    free(Q);
-    return r;
-}
-
 /* recs.index=ivf: the index over e_out, built once at load and read by
  * every thread's ranker; its recall at load is logged and exported, the
  * shadow check's as the refreshes go. */
@@ -472,12 +450,12 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "recs.index.nprobe=%d: more than the index's %d lists (recs.index.nlist)",
                       nprobe, hl_ivf_nlist(w->ivf));
-    double t1 = hl_now_mono_s(), recall = index_recall_at_load(w, nprobe);
+    double t1 = hl_now_mono_s(), recall = hl_models_index_recall(w->m, w->ivf, w->o.recs_k, nprobe);
     hl_gauge_set(at_load, recall);
     hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f bytes=%zu "
            "recall_at_%d=%.4f sample=%d recall_s=%.2f", (int)mi->n_items, hl_ivf_nlist(w->ivf),
            nprobe, t1 - t0, hl_ivf_bytes(w->ivf), w->o.recs_k, recall,
-           mi->n_items < INDEX_SAMPLE ? (int)mi->n_items : INDEX_SAMPLE, hl_now_mono_s() - t1);
+           mi->n_items < HL_INDEX_SAMPLE ? (int)mi->n_items : HL_INDEX_SAMPLE, hl_now_mono_s() - t1);
     return 0;
 }
 

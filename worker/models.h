@@ -91,9 +91,11 @@ typedef struct hl_models_opts {
     const hl_qitems *first_qitems;     /* two-stage: the first model's table
                                           (borrowed); NULL: exact scoring, and
                                           swapped-in models get none either */
-    const hl_ivf    *first_ivf;        /* recs.index=ivf: the first model's index
-                                          (borrowed); NULL: none, and swapped-in
-                                          models get none either */
+    const hl_ivf    *first_ivf;        /* recs.index=ivf: the first model's index,
+                                          taken over by a set created (the first
+                                          model's last release destroys it; only
+                                          tested for NULL after); NULL: none, and
+                                          swapped-in models get none either */
     int              ivf_nlist;        /* recs.index.nlist for swapped-in models'
                                           indexes (0: the default for their size) */
     int              ivf_nprobe;       /* recs.index.nprobe (0: each index's

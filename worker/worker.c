@@ -215,7 +215,7 @@ void hl_worker_destroy(hl_worker *w)
     hl_persist_destroy(w->persist);     /* after every shard is gone */
     hl_models_destroy(w->models);       /* after every thread and shard */
     hl_qitems_destroy(w->qitems);       /* after every ranker and the first model's ref */
-    hl_ivf_destroy(w->ivf);             /* the same */
+    hl_ivf_destroy(w->ivf);             /* NULL unless the model set was never made */
     hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);
     hl_wfoldin_destroy(w->foldin);      /* after the threads that feed it */

@@ -94,6 +94,7 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
     }
     if ((w->models = hl_models_create(&mo, (hl_model *)w->m, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
+    w->ivf = NULL;                      /* the set's now (models.h, first_ivf) */
     w->ctx.models = w->models;
     return 0;
 }
@@ -450,7 +451,8 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EINVAL,
                       "recs.index.nprobe=%d: more than the index's %d lists (recs.index.nlist)",
                       nprobe, hl_ivf_nlist(w->ivf));
-    double t1 = hl_now_mono_s(), recall = hl_models_index_recall(w->m, w->ivf, w->o.recs_k, nprobe);
+    double t1 = hl_now_mono_s();
+    double recall = hl_models_index_recall(w->m, w->ivf, w->o.recs_k, nprobe);
     hl_gauge_set(at_load, recall);
     hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f bytes=%zu "
            "recall_at_%d=%.4f sample=%d recall_s=%.2f", (int)mi->n_items, hl_ivf_nlist(w->ivf),

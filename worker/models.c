@@ -440,9 +440,11 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
     ms->cur->qitems = o->first_qitems;
     ms->cur->ivf = o->first_ivf;
     /* Freed with the first model once a swap replaced it and no thread
-     * serves it, as every later index is: kept to the end, it held a copy
-     * of the first model's e_out (256 MB at 1M items, dim 64) for good. */
+     * serves it, as every later index and table is: kept to the end, they
+     * held a copy of the first model's e_out (the index: 256 MB at 1M
+     * items, dim 64; the int8 table: 64 MB) for good. */
     ms->cur->ivf_owned = o->first_ivf != NULL;
+    ms->cur->qitems_owned = o->first_qitems != NULL;
     pthread_mutex_init(&ms->mu, NULL);
     atomic_store(&ms->gen, 1);
     /* The file first served, as it was opened: a periodic check opens only

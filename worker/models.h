@@ -88,8 +88,9 @@ typedef struct hl_models_opts {
                                           written under it can be migrated after
                                           a restart; NULL: none kept */
     int          store_retain;         /* model.retain: newest files kept there */
-    const hl_qitems *first_qitems;     /* two-stage: the first model's table
-                                          (borrowed); NULL: exact scoring, and
+    const hl_qitems *first_qitems;     /* two-stage: the first model's table,
+                                          taken over by a set created (as
+                                          first_ivf); NULL: exact scoring, and
                                           swapped-in models get none either */
     const hl_ivf    *first_ivf;        /* recs.index=ivf: the first model's index,
                                           taken over by a set created (the first

@@ -214,7 +214,7 @@ void hl_worker_destroy(hl_worker *w)
         hl_wthread_destroy(w->th[i]);
     hl_persist_destroy(w->persist);     /* after every shard is gone */
     hl_models_destroy(w->models);       /* after every thread and shard */
-    hl_qitems_destroy(w->qitems);       /* after every ranker and the first model's ref */
+    hl_qitems_destroy(w->qitems);       /* NULL unless the model set was never made */
     hl_ivf_destroy(w->ivf);             /* NULL unless the model set was never made */
     hl_changelog_destroy(w->changelog);
     hl_multipart_destroy(w->ctx.multipart);

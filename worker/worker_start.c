@@ -95,6 +95,7 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
     if ((w->models = hl_models_create(&mo, (hl_model *)w->m, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
     w->ivf = NULL;                      /* the set's now (models.h, first_ivf) */
+    w->qitems = NULL;                   /* and so is this (first_qitems) */
     w->ctx.models = w->models;
     return 0;
 }

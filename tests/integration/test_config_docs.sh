@@ -5,6 +5,7 @@
 # `halflife run --help-markdown` prints, as `make readme-keys` writes it;
 # and the keys of that list and of --help must be the same set, so a key
 # added to, renamed in or removed from the table shows up in both or fails.
+# README.md's metric table names every metric the worker registers.
 set -u
 name=config_docs
 top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -57,6 +58,33 @@ else
   echo "FAIL $name.help_keys_in_readme: README.md lacks keys of the table: $only_help(run make readme-keys)"
   fail=1
 fi
+# The metrics: every name the worker registers (each is a "halflife_..."
+# literal in worker/*.c, passed to hl_metrics_counter/gauge/histogram) has
+# a row in README.md's metric table, between the metrics:begin and
+# metrics:end lines, and every row there names one the worker registers; a
+# metric added or renamed without its row, or a row left behind, fails.
+awk '/^<!-- metrics:end/ {f = 0} f; /^<!-- metrics:begin/ {f = 1}' "$readme" \
+  | sed -n 's/^| `\(halflife_[a-z0-9_]*\)` |.*/\1/p' | sort >"$tmp/readme.metrics"
+grep -ohE '"halflife_[a-z0-9_]+"' "$top"/worker/*.c | tr -d '"' | sort -u >"$tmp/code.metrics"
+if [ ! -s "$tmp/code.metrics" ]; then
+  echo "FAIL $name.metrics: no metric names found in $top/worker/*.c"
+  exit 1
+fi
+undocumented=$(comm -13 "$tmp/readme.metrics" "$tmp/code.metrics" | tr '\n' ' ')
+stale=$(comm -23 "$tmp/readme.metrics" "$tmp/code.metrics" | tr '\n' ' ')
+if [ -z "$undocumented" ]; then
+  echo "PASS $name.metrics_in_readme"
+else
+  echo "FAIL $name.metrics_in_readme: README.md's metric table (<!-- metrics:begin -->) lacks: $undocumented"
+  fail=1
+fi
+if [ -z "$stale" ]; then
+  echo "PASS $name.readme_metrics_exist"
+else
+  echo "FAIL $name.readme_metrics_exist: README.md's metric table lists metrics the worker does not register: $stale"
+  fail=1
+fi
+
 dups=$(uniq -d "$tmp/help.keys" | tr '\n' ' ')
 if [ -z "$dups" ]; then
   echo "PASS $name.keys_unique"

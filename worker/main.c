@@ -56,7 +56,7 @@ static const struct {
     {"items",   hl_cmd_items,    0, "--input FILE [--topic T] [--dim D]", "publish item updates (hide, expire, add with vectors) to the item topic"},
     {"train",   hl_cmd_train,    0, "--input FILE --format F --out MODEL", "fit a model on an event file"},
     {"eval",    hl_cmd_eval,     0, "--model MODEL --input FILE --format F --protocol loo|prequential", "measure a model"},
-    {"snapshot", hl_cmd_snapshot, 0, "inspect FILE", "print a snapshot file's header and counts as JSON"},
+    {"snapshot", hl_cmd_snapshot, 0, "inspect FILE | dump [--values] FILE", "a snapshot file's header and counts, or its users, as JSON"},
     {"model",   hl_cmd_model,    0, "inspect FILE | compare OLD NEW", "check a model file, and what a swap from OLD to NEW would carry"},
 };
 #define N_CMDS (sizeof cmds / sizeof cmds[0])

@@ -5,7 +5,8 @@
 # `halflife run --help-markdown` prints, as `make readme-keys` writes it;
 # and the keys of that list and of --help must be the same set, so a key
 # added to, renamed in or removed from the table shows up in both or fails.
-# README.md's metric table names every metric the worker registers.
+# README.md's metric table names every metric the worker registers, and
+# `halflife --help` names every verb of each command's usage lines.
 set -u
 name=config_docs
 top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -84,6 +85,36 @@ else
   echo "FAIL $name.readme_metrics_exist: README.md's metric table lists metrics the worker does not register: $stale"
   fail=1
 fi
+
+# The commands: each one `halflife --help` lists shows every verb of its
+# own usage lines (`halflife snapshot --help`: inspect and dump) on its
+# line, and has a line in README.md's command list, so a verb or a command
+# added in one place is not missing from where a user looks first.
+"$hl" --help | awk '/^commands:/ {f = 1; next} f && /^  [a-z]/' >"$tmp/top.help"
+cmd_fail=0
+for cmd in $(awk '{print $1}' "$tmp/top.help"); do
+  line=$(awk -v c="$cmd" '$1 == c' "$tmp/top.help")
+  verbs=$("$hl" "$cmd" --help 2>/dev/null \
+    | sed -n "s/^\(usage:\)\{0,1\} *halflife $cmd \([a-z][a-z-]*\)\( .*\)\{0,1\}\$/\2/p" | sort -u)
+  missing=""
+  for v in $verbs; do
+    case " $line " in *" $v "*|*" $v|"*|*"|$v "*) ;; *) missing="$missing $v" ;; esac
+  done
+  if [ -n "$missing" ]; then
+    echo "FAIL $name.top_help_$cmd: 'halflife --help' shows '$line' without the verbs$missing of 'halflife $cmd --help'"
+    cmd_fail=1
+  fi
+  if ! grep -q "^halflife $cmd " "$readme"; then
+    echo "FAIL $name.readme_cmd_$cmd: README.md's command list lacks 'halflife $cmd'"
+    cmd_fail=1
+  fi
+done
+if [ ! -s "$tmp/top.help" ]; then
+  echo "FAIL $name.commands: 'halflife --help' lists no command"
+  cmd_fail=1
+fi
+[ $cmd_fail -eq 0 ] && echo "PASS $name.commands"
+[ $cmd_fail -eq 0 ] || fail=1
 
 dups=$(uniq -d "$tmp/help.keys" | tr '\n' ' ')
 if [ -z "$dups" ]; then

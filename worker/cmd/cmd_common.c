@@ -1,4 +1,4 @@
-/* cmd_common.c - what broker, produce and items share (the contract is
+/* cmd_common.c - what broker, demo, produce and items share (the contract is
  * cmd_common.h). Every option takes exactly one value, so the loop steps
  * by two; a number is refused whole (trailing text, out of range) rather
  * than read as far as it parses. */

@@ -1,9 +1,10 @@
-/* cmd_common.h - what `halflife broker`, `produce` and `items` share: the
- * argument parsing (options that each take one value, `--port 9092`; -h
- * and --help; numbers checked against a range; -X key=value collected for
- * the configuration) and, for the two that write Avro, the Schema
- * Registry id of the schema they write, and the check that the brokers
- * answer before anything is sent; JSON output for snapshot and model.
+/* cmd_common.h - what `halflife broker`, `demo`, `produce` and `items`
+ * share: the argument parsing (options that each take one value,
+ * `--port 9092`; -h and --help; numbers checked against a range; -X
+ * key=value collected for the configuration) and, for the two that write
+ * Avro, the Schema Registry id of the schema they write, and the check
+ * that the brokers answer before anything is sent; JSON output for
+ * snapshot and model.
  * Private to worker/cmd/ (only subcommands include it). */
 #ifndef HL_CMD_COMMON_H
 #define HL_CMD_COMMON_H

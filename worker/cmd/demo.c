@@ -13,6 +13,7 @@
  * mutex, which the producer thread reads. Nothing here is on the worker's
  * hot path except that callback. */
 #include "cmd.h"
+#include "cmd_common.h"
 #include "config.h"
 #include "http.h"
 #include "dataset.h"
@@ -559,29 +560,33 @@ static void demo_usage(FILE *f)
                "  -X key=value   any key of 'halflife run --help'\n");
 }
 
-/* -1 to go on, else the exit status. */
+/* -1 to go on, else the exit status. The options go through the parser
+ * broker, produce and items share, so a number is refused whole: atof()
+ * read "--duration ten" as 0 (run until Ctrl-C), "--duration 1m" as one
+ * second and "--rate -100" as no pacing at all, without a word. */
 static int demo_parse(demo *d, hl_config *cfg, int argc, char **argv)
 {
-    char **args = calloc((size_t)argc + 1, sizeof *args);
+    hl_cmd_xs xs;
     char err[512];
-    int n_args = 0, rc = -1;
+    int rc = -1;
     d->rate = 5000;
-    for (int i = 1; i < argc && rc < 0; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { demo_usage(stdout); rc = 0; }
-        else if (!strcmp(a, "--duration") && v) { d->duration_s = atof(v); i++; }
-        else if (!strcmp(a, "--rate") && v) { d->rate = atof(v); i++; }
-        else if (!strcmp(a, "--model") && v) { d->model_path = v; i++; }
-        else if (!strcmp(a, "--input") && v) { d->input = v; i++; }
-        else if (!strcmp(a, "--format") && v) { d->format = v; i++; }
-        else if (!strcmp(a, "-X") && v) { args[n_args++] = argv[++i]; }
-        else { fprintf(stderr, "halflife demo: unexpected argument '%s'\n", a); rc = 2; }
-    }
-    if (rc < 0 && d->input && !d->format) {
+    const hl_arg opts[] = {
+        {"--duration", HL_ARG_NUM, 0, 1e9, &d->duration_s},
+        {"--rate", HL_ARG_NUM, 0, 1e9, &d->rate},
+        {"--model", HL_ARG_STR, 0, 0, &d->model_path},
+        {"--input", HL_ARG_STR, 0, 0, &d->input},
+        {"--format", HL_ARG_STR, 0, 0, &d->format},
+    };
+    hl_cmd_args args = {.cmd = "demo", .opts = opts, .usage = demo_usage, .xs = &xs,
+                        .n_opts = (int)(sizeof opts / sizeof opts[0])};
+    int prc = hl_cmd_parse_args(&args, argc, argv);
+    if (prc != 0)
+        return prc == 1 ? 0 : 2;
+    if (d->input && !d->format) {
         fprintf(stderr, "halflife demo: --input needs --format\n");
         rc = 2;
     }
-    if (rc < 0 && hl_config_load(cfg, NULL, NULL, args, n_args, err, sizeof err) != 0) {
+    if (rc < 0 && hl_config_load(cfg, NULL, NULL, xs.v, xs.n, err, sizeof err) != 0) {
         fprintf(stderr, "halflife demo: %s\n", err);
         rc = 2;
     }
@@ -596,7 +601,6 @@ static int demo_parse(demo *d, hl_config *cfg, int argc, char **argv)
         d->history = (int)hl_config_int(cfg, "state.history");
     if (rc < 0 && !d->model_path)
         d->model_path = hl_config_str(cfg, "model.path");
-    free(args);
     return rc;
 }
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# test_demo_args.sh - `halflife demo` refuses an option value it cannot
+# read whole, exit 2 with the option named, before it trains or starts
+# anything. It read --duration and --rate with atof(): "--duration ten"
+# ran until Ctrl-C, "--duration 1m" stopped after one second and
+# "--rate -100" replayed with no pacing at all, each without a word.
+# A value that is fine still starts the demo (the last case, a short run).
+set -u
+name=demo_args
+top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
+hl=${HL_HALFLIFE:-${HL_BUILD:-$top/build}/halflife}
+
+if [ ! -x "$hl" ]; then
+  echo "SKIP $name: $hl not built"; exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$tmp" || exit 1
+fail=0
+
+# refused CASE NEEDLE ARGS...: `halflife demo ARGS` exits 2 and says NEEDLE.
+# The timeout only bounds a demo that wrongly starts; a refusal is at once.
+refused() {
+  local case=$1 needle=$2; shift 2
+  timeout 60 "$hl" demo -X metrics.port=0 "$@" >"$tmp/out" 2>&1
+  local rc=$?
+  if [ "$rc" -eq 2 ] && grep -qF -- "$needle" "$tmp/out"; then
+    echo "PASS $name.$case"
+  else
+    echo "FAIL $name.$case: exit $rc, want 2 and \"$needle\": $(tail -c 300 "$tmp/out" | tr '\n' ' ')"
+    fail=1
+  fi
+}
+
+refused duration_word '--duration ten: want a number' --duration ten
+refused duration_unit '--duration 1m: want a number' --duration 1m
+refused rate_negative '--rate -100: want a number' --rate -100 --duration 1
+refused rate_word '--rate fast: want a number' --rate fast --duration 1
+refused no_value '--duration needs a value' --duration
+refused unknown_option 'unknown option --durations' --durations 5
+
+timeout 120 "$hl" demo --duration 1 --rate 1000 -X metrics.port=0 >"$tmp/out" 2>&1
+rc=$?
+if [ "$rc" -eq 0 ] && grep -q 'event=demo_stopped' "$tmp/out"; then
+  echo "PASS $name.valid_runs"
+else
+  echo "FAIL $name.valid_runs: 'demo --duration 1 --rate 1000' exit $rc: $(tail -c 300 "$tmp/out" | tr '\n' ' ')"
+  fail=1
+fi
+exit $fail

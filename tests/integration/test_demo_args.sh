@@ -4,7 +4,8 @@
 # anything. It read --duration and --rate with atof(): "--duration ten"
 # ran until Ctrl-C, "--duration 1m" stopped after one second and
 # "--rate -100" replayed with no pacing at all, each without a word.
-# A value that is fine still starts the demo (the last case, a short run).
+# HALFLIFE_* variables are read and checked as run reads them. A value
+# that is fine still starts the demo (the last case, a short run).
 set -u
 name=demo_args
 top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -38,6 +39,13 @@ refused rate_negative '--rate -100: want a number' --rate -100 --duration 1
 refused rate_word '--rate fast: want a number' --rate fast --duration 1
 refused no_value '--duration needs a value' --duration
 refused unknown_option 'unknown option --durations' --durations 5
+
+# HALFLIFE_<KEY> variables are the configuration's middle layer for demo as
+# for run (README, "Configuration"): demo ignored them, so a misspelt one
+# was not refused and HALFLIFE_METRICS_PORT did not move the endpoint.
+HALFLIFE_NO_SUCH_KEY=1 refused env_unknown_key \
+  'environment variable HALFLIFE_NO_SUCH_KEY names no key' --duration 1
+HALFLIFE_METRICS_PORT=70000 refused env_bad_value 'metrics.port' --duration 1
 
 timeout 120 "$hl" demo --duration 1 --rate 1000 -X metrics.port=0 >"$tmp/out" 2>&1
 rc=$?

@@ -36,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+extern char **environ;
+
 #define SEEN_K      10      /* list items remembered per user for the hit rate */
 #define SAMPLE_LEN  512
 
@@ -557,7 +559,8 @@ static void demo_usage(FILE *f)
                "  --model M      use this .hlm instead of training one\n"
                "  --input FILE   replay a dataset; --format movielens-csv|movielens-dat|seq|taobao|events-csv\n"
                "  --rate N       events per second (default 5000; 0: as fast as possible)\n"
-               "  -X key=value   any key of 'halflife run --help'\n");
+               "  -X key=value   any key of 'halflife run --help'; HALFLIFE_<KEY> variables\n"
+               "                 apply too, as for run (-X wins)\n");
 }
 
 /* -1 to go on, else the exit status. The options go through the parser
@@ -586,7 +589,8 @@ static int demo_parse(demo *d, hl_config *cfg, int argc, char **argv)
         fprintf(stderr, "halflife demo: --input needs --format\n");
         rc = 2;
     }
-    if (rc < 0 && hl_config_load(cfg, NULL, NULL, xs.v, xs.n, err, sizeof err) != 0) {
+    /* The same layers as run's, bar the file: HALFLIFE_* variables, then -X. */
+    if (rc < 0 && hl_config_load(cfg, NULL, environ, xs.v, xs.n, err, sizeof err) != 0) {
         fprintf(stderr, "halflife demo: %s\n", err);
         rc = 2;
     }

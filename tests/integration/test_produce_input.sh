@@ -50,6 +50,6 @@ check right_format_sends "$([ $rc = 0 ] && grep -q 'delivered=3 ' "$tmp/out" && 
 # delivered; a real cluster refuses the name. It is refused before sending.
 timeout 60 "$hl" produce --input "$tmp/events.csv" --format events-csv --topic "" "${x[@]}" \
   >"$tmp/out" 2>&1; rc=$?
-check empty_topic_refused "$([ $rc = 1 ] && grep -q 'no topic' "$tmp/out" && echo 1 || echo 0)" \
+check empty_topic_refused "$([ $rc = 2 ] && grep -q 'no topic' "$tmp/out" && echo 1 || echo 0)" \
   "exit $rc: $(grep -v '^%' "$tmp/out" | tail -c 400)"
 exit $fail

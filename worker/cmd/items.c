@@ -76,7 +76,10 @@ static void usage(FILE *f)
         "  --dim D        floats per vector (default: from the first line with vectors)\n"
         "  -X key=value   configuration; kafka.bootstrap.servers is required; with\n"
         "                 schema.registry.url the schema is registered under\n"
-        "                 <topic>-value and records carry its id\n");
+        "                 <topic>-value and records carry its id\n\n"
+        "Exit status: 0 every line sent and delivered; 1 a bad line (the others are\n"
+        "sent), an update not delivered, the file unreadable or the brokers\n"
+        "unreachable; 2 a usage or configuration error.\n");
 }
 
 /* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
@@ -341,14 +344,17 @@ int hl_cmd_items(int argc, char **argv)
         return rc == 1 ? 0 : 2;
     memset(&r, 0, sizeof r);
     rc = 1;
-    if ((cfg = hl_config_create()) == NULL ||
-        hl_config_load(cfg, NULL, environ, a.xs.v, a.xs.n, err, sizeof err) != 0)
+    if ((cfg = hl_config_create()) == NULL)
+        goto out;
+    rc = 2;                     /* a wrong configuration is a usage error, as for run */
+    if (hl_config_load(cfg, NULL, environ, a.xs.v, a.xs.n, err, sizeof err) != 0)
         goto out;
     const char *servers = hl_config_kafka_get(cfg, "bootstrap.servers");
     if (servers == NULL || servers[0] == '\0') {     /* "" would wait 15 s for nothing */
         snprintf(err, sizeof err, "-X kafka.bootstrap.servers=HOST:PORT is required");
         goto out;
     }
+    rc = 1;
     if ((in = open_input(a.input, err, sizeof err)) == NULL)
         goto out;
     if (open_run(&r, &a, cfg, err, sizeof err) != 0)

@@ -64,7 +64,9 @@ static void usage(FILE *f)
         "  --partitions N    create the topic with N partitions if it does not exist\n"
         "                    (real Kafka only: the mock cluster of 'halflife broker'\n"
         "                    creates only the topics of its --topics)\n"
-        "  -X key=value      configuration; kafka.bootstrap.servers is required\n");
+        "  -X key=value      configuration; kafka.bootstrap.servers is required\n\n"
+        "Exit status: 0 every event delivered; 1 an event not delivered, the input\n"
+        "unreadable or the brokers unreachable; 2 a usage or configuration error.\n");
 }
 
 /* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
@@ -352,11 +354,15 @@ int hl_cmd_produce(int argc, char **argv)
         return rc == 1 ? 0 : 2;
     memset(&r, 0, sizeof r);
     rc = 1;
-    if ((cfg = hl_config_create()) == NULL ||
-        hl_config_load(cfg, NULL, environ, a.xs.v, a.xs.n, err, sizeof err) != 0)
+    if ((cfg = hl_config_create()) == NULL)
         goto out;
-    if ((r.topic = target(cfg, &a, err, sizeof err)) == NULL ||
-        open_input(&r, &a, cfg, err, sizeof err) != 0 ||
+    rc = 2;                     /* a wrong configuration is a usage error, as for run */
+    if (hl_config_load(cfg, NULL, environ, a.xs.v, a.xs.n, err, sizeof err) != 0)
+        goto out;
+    if ((r.topic = target(cfg, &a, err, sizeof err)) == NULL)
+        goto out;               /* a configuration error: 2 */
+    rc = 1;
+    if (open_input(&r, &a, cfg, err, sizeof err) != 0 ||
         (r.prod = make_producer(cfg, err, sizeof err)) == NULL ||
         hl_cmd_reach(hl_producer_handle(r.prod), cfg, HL_CMD_REACH_MS, err, sizeof err) != 0)
         goto out;

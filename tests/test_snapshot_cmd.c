@@ -9,6 +9,8 @@
 #include "snapshot_util.h"
 #include "utf8.h"
 
+#include <ctype.h>
+
 static int count_cb(void *arg, const hl_snapshot_info *info, uint32_t row,
                     const hl_row_view *v)
 {
@@ -98,6 +100,70 @@ static void test_inspect_and_dump_command(void)
     CHECK(run_cmd(out, "inspect", NULL, NULL) == 2);
     CHECK(run_cmd(out, "frobnicate", r.path, NULL) == 2);
     CHECK(run_cmd(out, "--help", NULL, NULL) == 0);
+    hl_table_destroy(a);
+}
+
+/* Whether word occurs in text as a whole word (not inside a longer name). */
+static int has_word(const char *text, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = strstr(text, word); p; p = strstr(p + 1, word)) {
+        int before = p == text || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
+        int after = !(isalnum((unsigned char)p[n]) || p[n] == '_');
+        if (before && after)
+            return 1;
+    }
+    return 0;
+}
+
+/* Every field inspect and dump print is named in --help: the list there
+ * left out file, version, changelog_offset, changelog_epoch, sweep_cursor,
+ * crc32c and dump's hist, so a reader could not tell what they were. */
+static void check_keys_in_help(const char *json, const char *help, const char *what)
+{
+    for (const char *p = json; (p = strstr(p, "\":")) != NULL; p += 2) {
+        const char *q = p;
+        while (q > json && q[-1] != '"') q--;
+        char key[64];
+        snprintf(key, sizeof key, "%.*s", (int)(p - q), q);
+        CHECKF(has_word(help, key), "%s prints \"%s\", which snapshot --help does not name",
+               what, key);
+    }
+}
+
+static void test_help_names_every_field(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = table_upto(&o, 100);
+    hl_snapshot_meta m = meta_at("ev", 1, 100);
+    hl_snapshot_result r;
+    char err[512], out[700], *help, *text;
+    size_t n;
+
+    fresh_dir();
+    CHECK(hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0);
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    CHECK(run_cmd(out, "--help", NULL, NULL) == 0);
+    help = (char *)slurp(out, &n);
+    if (help) help[n] = '\0';          /* slurp leaves room for it, unset */
+    CHECK(run_cmd(out, "inspect", r.path, NULL) == 0);
+    text = (char *)slurp(out, &n);
+    if (text) text[n] = '\0';
+    CHECK(help && text);
+    if (help && text)
+        check_keys_in_help(text, help, "inspect");
+    free(text);
+    CHECK(run_cmd(out, "dump", "--values", r.path) == 0);
+    text = (char *)slurp(out, &n);
+    if (text) text[n] = '\0';
+    CHECK(text != NULL);
+    if (help && text) {
+        char *nl = strchr(text, '\n');
+        if (nl) *nl = '\0';            /* one user's line names every field */
+        check_keys_in_help(text, help, "dump --values");
+    }
+    free(text);
+    free(help);
     hl_table_destroy(a);
 }
 
@@ -250,6 +316,7 @@ int main(void)
     make_events(SNAP_SEED, 20);
     RUN(test_read_info);
     RUN(test_inspect_and_dump_command);
+    RUN(test_help_names_every_field);
     RUN(test_dump_non_finite_and_bad_utf8);
     remove_dir();
     TEST_EXIT();

@@ -5,8 +5,9 @@
 # `halflife run --help-markdown` prints, as `make readme-keys` writes it;
 # and the keys of that list and of --help must be the same set, so a key
 # added to, renamed in or removed from the table shows up in both or fails.
-# README.md's metric table names every metric the worker registers, and
-# `halflife --help` names every verb of each command's usage lines.
+# README.md's metric table names every metric the worker registers,
+# `halflife --help` names every verb of each command's usage lines, and
+# README.md's command list every option of them.
 set -u
 name=config_docs
 top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -106,6 +107,21 @@ for cmd in $(awk '{print $1}' "$tmp/top.help"); do
   fi
   if ! grep -q "^halflife $cmd " "$readme"; then
     echo "FAIL $name.readme_cmd_$cmd: README.md's command list lacks 'halflife $cmd'"
+    cmd_fail=1
+  fi
+  # Every option of the command's usage lines (up to its first blank line;
+  # --help itself aside) is on its lines of README.md's command list, the
+  # one beginning "halflife CMD" and those indented under it.
+  opts=$("$hl" "$cmd" --help 2>/dev/null | awk 'NR == 1, /^$/' \
+    | grep -oE '(^| |\[)-{1,2}[a-zA-Z][-a-zA-Z]*' | tr -d ' [' | grep -v '^--help' | sort -u)
+  awk -v c="$cmd" '/^## The commands of build\/halflife/ {s = 1} s && /^```$/ {b++; next}
+    s && b == 1 { if ($1 == "halflife") f = ($2 == c); if (f) print }' "$readme" >"$tmp/readme.cmd"
+  missing=""
+  for o in $opts; do
+    grep -qE -- "(^| |\[)$o( |\]|\$)" "$tmp/readme.cmd" || missing="$missing $o"
+  done
+  if [ -n "$missing" ]; then
+    echo "FAIL $name.readme_opts_$cmd: README.md's line for 'halflife $cmd' lacks$missing of its usage"
     cmd_fail=1
   fi
 done

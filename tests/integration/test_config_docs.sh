@@ -132,6 +132,23 @@ fi
 [ $cmd_fail -eq 0 ] && echo "PASS $name.commands"
 [ $cmd_fail -eq 0 ] || fail=1
 
+# `halflife run --help` names every exit status README.md gives for run
+# (it named only 1; 2, 0 and a second signal's were in README alone).
+"$hl" run --help >"$tmp/run.help"
+exit_fail=0
+for want in 'Exit status: 0 after a clean stop' '2 a usage or' '1 when it cannot start' \
+            "128 + the signal's number" '142 (SIGALRM)'; do
+  if ! tr '\n' ' ' <"$tmp/run.help" | tr -s ' ' | grep -qF -- "$want"; then
+    echo "FAIL $name.run_help_exit: 'halflife run --help' lacks \"$want\" (README.md gives it)"
+    exit_fail=1
+  fi
+done
+if ! grep -qF "signal's number (143, 130" "$readme"; then
+  echo "FAIL $name.run_help_exit: README.md does not give a second signal's exit status"
+  exit_fail=1
+fi
+[ $exit_fail -eq 0 ] && echo "PASS $name.run_help_exit" || fail=1
+
 dups=$(uniq -d "$tmp/help.keys" | tr '\n' ' ')
 if [ -z "$dups" ]; then
   echo "PASS $name.keys_unique"

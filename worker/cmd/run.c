@@ -43,10 +43,16 @@ static void run_usage(FILE *f)
                "Consumes behaviour events, keeps each user's decayed interest state and\n"
                "publishes refreshed top-K lists. Without kafka.bootstrap.servers an\n"
                "embedded broker runs inside the process. SIGTERM/SIGINT stop gracefully;\n"
-               "a second signal exits at once. Exit status 1 when a partition assigned to\n"
-               "it cannot be served (its restore failed), its producer fails fatally, or\n"
-               "the stop could not snapshot every partition it owned. --help-markdown\n"
-               "prints the keys below as the Markdown table of README.md (make readme-keys).\n\n");
+               "SIGHUP looks at model.path for a new model at once.\n\n"
+               "Exit status: 0 after a clean stop (also one during start-up); 2 a usage or\n"
+               "configuration error; 1 when it cannot start (a model it cannot open, a port\n"
+               "it cannot listen on, ...), when a partition assigned to it cannot be served\n"
+               "(its restore failed), its producer fails fatally, or the stop could not\n"
+               "snapshot every partition it owned; 128 + the signal's number when a second\n"
+               "SIGTERM/SIGINT ends it at once (143, 130), and 142 (SIGALRM) when a stop\n"
+               "runs 5 s past shutdown.timeout.ms.\n\n"
+               "--help-markdown prints the keys below as the Markdown table of README.md\n"
+               "(make readme-keys).\n\n");
     hl_config_print_help(f);
 }
 

@@ -6,8 +6,9 @@
 # and the keys of that list and of --help must be the same set, so a key
 # added to, renamed in or removed from the table shows up in both or fails.
 # README.md's metric table names every metric the worker registers,
-# `halflife --help` names every verb of each command's usage lines, and
-# README.md's command list every option of them.
+# `halflife --help` names every verb of each command's usage lines,
+# README.md's command list every option of them, and its Layout block every
+# source file of core/, worker/ and worker/cmd/.
 set -u
 name=config_docs
 top=${HL_TOP:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -148,6 +149,25 @@ if ! grep -qF "signal's number (143, 130" "$readme"; then
   exit_fail=1
 fi
 [ $exit_fail -eq 0 ] && echo "PASS $name.run_help_exit" || fail=1
+
+# The Layout block of README.md names every source file of core/, worker/
+# and worker/cmd/ (by its name without .c) in that folder's entry, so a
+# reader looking for a file finds where it is and what it does.
+awk '/^## Layout/ {s = 1} s && /^```$/ {b++; next} s && b == 1' "$readme" >"$tmp/layout"
+layout_fail=0
+for dir in core worker worker/cmd; do
+  awk -v d="$dir/" '{ if ($1 ~ /\/$/) f = ($1 == d); if (f) print }' "$tmp/layout" >"$tmp/entry"
+  missing=""
+  for f in "$top/$dir"/*.c; do
+    n=$(basename "$f" .c)
+    grep -qE "(^|[^a-z0-9_])$n([^a-z0-9_]|\$)" "$tmp/entry" || missing="$missing $n"
+  done
+  if [ -n "$missing" ]; then
+    echo "FAIL $name.layout_$dir: README.md's Layout entry for $dir/ does not name$missing"
+    layout_fail=1
+  fi
+done
+[ $layout_fail -eq 0 ] && echo "PASS $name.layout" || fail=1
 
 dups=$(uniq -d "$tmp/help.keys" | tr '\n' ' ')
 if [ -z "$dups" ]; then

@@ -7,7 +7,8 @@
 # added to, renamed in or removed from the table shows up in both or fails.
 # README.md's metric table names every metric the worker registers,
 # `halflife --help` names every verb of each command's usage lines,
-# README.md's command list every option of them, and its Layout block every
+# README.md's command list every option of them, `halflife run --help`
+# every exit status README.md gives, and README.md's Layout block every
 # source file of core/, worker/ and worker/cmd/.
 set -u
 name=config_docs

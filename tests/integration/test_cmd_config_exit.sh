@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_cmd_config_exit.sh - `halflife produce` and `halflife items` exit 2,
 # as run and demo do, on a configuration error: no kafka.bootstrap.servers,
-# an -X or HALFLIFE_* key that does not exist, a value out of range. They
+# an -X or HALFLIFE_* key that does not exist, a value out of range, an
+# unknown dataset format. They
 # exited 1, the status they give for records not delivered, so a script
 # could not tell a typo from a broker that lost data. Each is refused
 # before any broker is contacted, so none is needed.
@@ -41,4 +42,8 @@ for cmd in produce items; do
   HALFLIFE_NO_SUCH_KEY=1 expect "${cmd}_unknown_env" \
     'environment variable HALFLIFE_NO_SUCH_KEY names no key' "$cmd" "${in[@]}" -X "$bs"
 done
+# produce's --format is checked with the other options: it exited 1 for an
+# unknown format, as for a file it could not read.
+expect produce_bad_format 'unknown dataset format "bogus"' \
+  produce --input "$tmp/events.csv" --format bogus -X "$bs"
 exit $fail

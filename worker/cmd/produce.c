@@ -89,6 +89,12 @@ static int parse_args(int argc, char **argv, produce_args *a)
         usage(stderr);
         return 2;
     }
+    hl_dataset_format fmt;
+    char why[256];
+    if (rc == 0 && hl_dataset_format_parse(a->format, &fmt, why, sizeof why) != 0) {
+        fprintf(stderr, "halflife produce: %s\n", why);     /* a usage error: exit 2 */
+        return 2;
+    }
     return rc;
 }
 

@@ -334,6 +334,22 @@ static int open_run(items_run *r, const items_args *a, const hl_config *cfg,
     return r->prod == NULL ? HL_EINVAL : 0;
 }
 
+/* Until every update sent is reported (message.timeout.ms bounds it); a
+ * second stop signal fails the rest instead. */
+static void wait_reported(items_run *r, hl_producer_stats *ps)
+{
+    for (;;) {
+        hl_producer_stats_get(r->prod, ps);
+        if (ps->delivered + ps->failed >= (uint64_t)r->sent)
+            break;
+        if (hl_cmd_stops() > 1)
+            hl_producer_settle(r->prod, 0);
+        hl_producer_flush(r->prod, 1000);
+        progress(r, "items_waiting");
+    }
+    progress(r, "items_done");
+}
+
 int hl_cmd_items(int argc, char **argv)
 {
     items_args a;
@@ -366,16 +382,7 @@ int hl_cmd_items(int argc, char **argv)
         goto out;
     hl_cmd_log_stopping("items_stopping");
     hl_producer_stats ps;
-    for (;;) {                  /* every update reported (message.timeout.ms bounds it) */
-        hl_producer_stats_get(r.prod, &ps);
-        if (ps.delivered + ps.failed >= (uint64_t)r.sent)
-            break;
-        if (hl_cmd_stops() > 1)                 /* a second stop: fail the rest */
-            hl_producer_settle(r.prod, 0);
-        hl_producer_flush(r.prod, 1000);
-        progress(&r, "items_waiting");
-    }
-    progress(&r, "items_done");
+    wait_reported(&r, &ps);
     rc = ps.failed == 0 && ps.delivered == (uint64_t)r.sent && r.bad == 0 &&
          hl_cmd_stops() == 0 ? 0 : 1;
     if (hl_cmd_stops() > 0)

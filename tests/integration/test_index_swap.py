@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_util as U  # noqa: E402
@@ -31,25 +30,36 @@ from test_model_swap import make_model, read_lists, replace, version_of  # noqa:
 N_EVENTS, N_USERS, N_ITEMS, K = 3000, 200, 1000, 20
 
 
+def swap_setup(tmp, items_a, items_b, n_events, n_users, index_opts):
+    """What each live index swap test starts from: models A and B (dim 16,
+    items_a and items_b items) in tmp, A copied to the model.path the
+    worker serves, n_events events of n_users over A's items, a broker, and
+    the worker's options with recs.index=ivf and index_opts.
+    (model_b, model.path, events, broker, extra)."""
+    model_a, model_b = os.path.join(tmp, "a.hlm"), os.path.join(tmp, "b.hlm")
+    live, events_csv = os.path.join(tmp, "live.hlm"), os.path.join(tmp, "e.csv")
+    make_model(model_a, items_a, 16, 12345)
+    make_model(model_b, items_b, 16, 777)
+    shutil.copyfile(model_a, live)
+    U.make_events(events_csv, n_events, n_users, items_a)
+    events = U.read_events_csv(events_csv)
+    broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
+                      os.path.join(tmp, "broker.log"))
+    extra = ["worker.threads=2", "snapshot.dir=" + os.path.join(tmp, "snapshots"),
+             "kafka.fetch.wait.max.ms=10", "model.check.ms=200", "recs.index=ivf"]
+    return model_b, live, events, broker, extra + list(index_opts)
+
+
 def main():
     why = U.have_prereqs()
     if why:
         print("SKIP index_swap.swap: %s" % why)
         return 0
     tmp = tempfile.mkdtemp(prefix="hl_index_swap_")
-    model_a, model_b = os.path.join(tmp, "a.hlm"), os.path.join(tmp, "b.hlm")
-    live, events_csv = os.path.join(tmp, "live.hlm"), os.path.join(tmp, "e.csv")
-    make_model(model_a, N_ITEMS, 16, 12345)
-    make_model(model_b, N_ITEMS, 16, 777)
-    shutil.copyfile(model_a, live)
-    U.make_events(events_csv, N_EVENTS, N_USERS, N_ITEMS)
-    events = U.read_events_csv(events_csv)
+    model_b, live, events, broker, extra = swap_setup(
+        tmp, N_ITEMS, N_ITEMS, N_EVENTS, N_USERS,
+        ["recs.index.nprobe=8", "recs.index.shadow.every=1"])
     half = N_EVENTS // 2
-    broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
-                      os.path.join(tmp, "broker.log"))
-    extra = ["worker.threads=2", "snapshot.dir=" + os.path.join(tmp, "snapshots"),
-             "kafka.fetch.wait.max.ms=10", "model.check.ms=200", "recs.index=ivf",
-             "recs.index.nprobe=8", "recs.index.shadow.every=1"]
     worker, failed = None, 0
 
     def check(name, ok, why):

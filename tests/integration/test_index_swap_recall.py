@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_util as U  # noqa: E402
 from test_items import wait_metric  # noqa: E402
 from test_min_interval import wait_settled  # noqa: E402
-from test_model_swap import make_model, replace  # noqa: E402
+from test_index_swap import swap_setup  # noqa: E402
+from test_model_swap import replace  # noqa: E402
 
 N_EVENTS, N_USERS, ITEMS_A, ITEMS_B = 500, 100, 64, 4096
 LOAD = 'check="load"'
@@ -33,18 +34,8 @@ def main():
         print("SKIP index_swap_recall.swap: %s" % why)
         return 0
     tmp = tempfile.mkdtemp(prefix="hl_index_swap_recall_")
-    model_a, model_b = os.path.join(tmp, "a.hlm"), os.path.join(tmp, "b.hlm")
-    live, events_csv = os.path.join(tmp, "live.hlm"), os.path.join(tmp, "e.csv")
-    make_model(model_a, ITEMS_A, 16, 12345)
-    make_model(model_b, ITEMS_B, 16, 777)
-    shutil.copyfile(model_a, live)
-    U.make_events(events_csv, N_EVENTS, N_USERS, ITEMS_A)
-    events = U.read_events_csv(events_csv)
-    broker = U.Broker(4, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
-                      os.path.join(tmp, "broker.log"))
-    extra = ["worker.threads=2", "snapshot.dir=" + os.path.join(tmp, "snapshots"),
-             "kafka.fetch.wait.max.ms=10", "model.check.ms=200", "recs.index=ivf",
-             "recs.index.nprobe=32"]
+    model_b, live, events, broker, extra = swap_setup(
+        tmp, ITEMS_A, ITEMS_B, N_EVENTS, N_USERS, ["recs.index.nprobe=32"])
     worker, failed = None, 0
 
     def check(name, ok, why):

@@ -124,6 +124,10 @@ def main():
         want, _high = C.read_topic(broker.bootstrap, PARTS)
         expect += has_snapshots(snap_a)
         worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w-final.log"), extra=crashed)
+        # Idle means nothing consumed for 2 s, which is also true before the
+        # assignment (the group waits out the killed member's session): wait
+        # for it first, or the final life may stop before it restored anything.
+        wait_assigned(worker, 30)
         lists, got = E.read_lists(broker.bootstrap, want, time.time() + 60)
         wait_idle(worker)                   # caught up: the final snapshots hold everything
         rc = worker.stop()

@@ -127,4 +127,12 @@ for lives in 1d,1h 1h,1h; do
     echo "$out" | grep -q -- "--half-lives" && [ ! -e "$tmp/order.hlm" ] && echo 1)" \
     "exit $rc, output: $out"
 done
+
+# A trailing comma names a layer or head that is not there: refused, not
+# read as the list without it.
+for opt in "--hidden 8," "--half-lives 1h,"; do
+  out=$("$hl" train "${common[@]}" $opt --out "$tmp/comma.hlm" 2>&1); rc=$?
+  check "trailing_comma_${opt%% *}" "$([ $rc = 2 ] && echo "$out" | grep -q -- "${opt%% *}" &&
+    [ ! -e "$tmp/comma.hlm" ] && echo 1)" "exit $rc, output: $out"
+done
 exit $fail

@@ -284,6 +284,7 @@ static int parse_half_lives(train_args *a, const char *s)
         if (o->n_heads > 0 && !(o->half_life_ms[o->n_heads] > o->half_life_ms[o->n_heads - 1]))
             return HL_EINVAL;
         o->n_heads++;
+        if (s[len] == ',' && s[len + 1] == 0) return HL_EINVAL;  /* "1h,": a head missing */
         s += len + (s[len] == ',');
     }
     return o->n_heads > 0 ? 0 : HL_EINVAL;
@@ -299,8 +300,8 @@ static int parse_hidden(hl_train_opts *o, const char *s)
         if (end == s || v < 1 || v > 65536 || o->n_hidden == HL_MAX_LAYERS - 1)
             return HL_EINVAL;
         o->hidden[o->n_hidden++] = (int)v;
+        if ((*end && *end != ',') || (*end == ',' && end[1] == 0)) return HL_EINVAL;
         s = end + (*end == ',');
-        if (*end && *end != ',') return HL_EINVAL;
     }
     return 0;
 }

@@ -219,6 +219,16 @@ out:
     return rc;
 }
 
+/* The mode open(2) would give a new file: 0666 less the umask. umask(2)
+ * only reads by writing, so it is set back at once; nothing else creates
+ * files while a model is written (train and model are one-shot commands). */
+static mode_t umask_now(void)
+{
+    mode_t m = umask(022);
+    umask(m);
+    return m;
+}
+
 int hl_model_write(const char *path, const hl_model_parts *p,
                    char *errbuf, size_t errlen)
 {
@@ -239,7 +249,7 @@ int hl_model_write(const char *path, const hl_model_parts *p,
         tmp[0] = '\0';                          /* nothing of ours to unlink */
         goto out;
     }
-    if (fchmod(fd, 0644) != 0) {                /* mkstemp's 0600: a worker may be another user */
+    if (fchmod(fd, 0666 & ~umask_now()) != 0) {  /* mkstemp's 0600: a worker may be another user */
         hl_err(errbuf, errlen, rc, "model %s: chmod: %s", tmp, strerror(errno));
         goto out;
     }

@@ -293,6 +293,7 @@ static void test_writers_do_not_share_tmp(void)
     toy_init(&t, 10, 4);
     int fd = open(tpath("c.hlm.tmp"), O_CREAT | O_WRONLY | O_TRUNC, 0644);
     CHECK(fd >= 0 && write(fd, other, sizeof other) == (ssize_t)sizeof other);
+    mode_t was = umask(022);
     CHECKF(hl_model_write(tpath("c.hlm"), &t.p, err, sizeof err) == 0, "%s", err);
     CHECK(fstat(fd, &st) == 0 && st.st_size == (off_t)sizeof other);
     CHECK(access(tpath("c.hlm.tmp"), F_OK) == 0);         /* still the other's to rename */
@@ -300,6 +301,10 @@ static void test_writers_do_not_share_tmp(void)
     CHECKF(m != NULL, "%s", err);
     hl_model_close(m);
     CHECK(stat(tpath("c.hlm"), &st) == 0 && (st.st_mode & 0777) == 0644);
+    umask(077);                                  /* a private model stays private */
+    CHECKF(hl_model_write(tpath("c.hlm"), &t.p, err, sizeof err) == 0, "%s", err);
+    CHECK(stat(tpath("c.hlm"), &st) == 0 && (st.st_mode & 0777) == 0600);
+    umask(was);
     DIR *d = opendir(tmpdir);
     for (struct dirent *de; d && (de = readdir(d)) != NULL;)
         CHECKF(strncmp(de->d_name, "c.hlm.tmp.", 10) != 0, "left behind: %s", de->d_name);

@@ -31,6 +31,7 @@ long=$(printf 'x%.0s' $(seq 1 300))
   echo "h,true,,0.5,1,2,300,4"
   echo "i,true,,1e30,1,2,3,4"
   printf 'j\377,true\nk\300\257,delete\n'
+  echo "s,true,1765000000"
 } >"$tmp/bad.csv"
 "$hl" items --input "$tmp/bad.csv" --dim 2 -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1
 rc=$?
@@ -39,10 +40,11 @@ for want in 'line=2 why="available is not' 'line=3 why="item_id outside' 'line=4
             'line=5 why="vectors: want' 'line=6 why="a vector value' 'line=7 why="bias is not' \
             'line=8 why="delete takes' 'line=9 why="vectors of another dim' \
             'line=10 why="a vector value is not a number within' 'line=11 why="bias is not a number within' \
-            'line=12 why="item_id is not valid UTF-8' 'line=13 why="item_id is not valid UTF-8'; do
+            'line=12 why="item_id is not valid UTF-8' 'line=13 why="item_id is not valid UTF-8' \
+            'line=14 why="expires_at_ms is before 1973: seconds?'; do
   grep -qF -- "$want" "$tmp/out" || { ok=0; echo "    missing: $want"; }
 done
-grep -q 'bad.csv: 12 bad lines' "$tmp/out" || ok=0
+grep -q 'bad.csv: 13 bad lines' "$tmp/out" || ok=0
 grep -q 'bad_line file=.*bad.csv line=2 ' "$tmp/out" || { ok=0; echo "    bad_line names no file"; }
 check bad_lines_named "$([ $rc = 1 ] && echo $ok || echo 0)" "exit $rc: $(head -c 400 "$tmp/out")"
 

@@ -69,10 +69,11 @@ static void usage(FILE *f)
         "usage: halflife items --input FILE [--topic T] [--dim D] [-X key=value]...\n\n"
         "Publishes one ItemUpdate per line of FILE to the item topic, keyed by item_id:\n"
         "  item_id,available[,expires_at_ms[,bias,e_in x dim,e_out x dim]]\n"
-        "available: true|false|1|0, or delete (a tombstone). With the vectors the item\n"
-        "is added (unknown to the model) or its vectors replaced (known). Lines\n"
-        "starting with '#', empty lines and a first line whose available is not one\n"
-        "(a header) are skipped.\n\n"
+        "available: true|false|1|0, or delete (a tombstone); expires_at_ms: milliseconds\n"
+        "since 1970 (from 1973 on: a time in seconds is refused). With the vectors\n"
+        "the item is added (unknown to the model) or its vectors replaced (known).\n"
+        "Lines starting with '#', empty lines and a first line whose available is\n"
+        "not one (a header) are skipped.\n\n"
         "  --input FILE   the file ('-' reads standard input)\n"
         "  --topic T      target topic (default: items.topic, items)\n"
         "  --dim D        floats per vector (default: from the first line with vectors)\n"
@@ -158,6 +159,9 @@ static const char *parse_vectors(items_run *r, char **f, int n, hl_item_update *
     return NULL;
 }
 
+/* 1973-03-03 in ms; as seconds, the year 5138. */
+#define ITEMS_MIN_EXPIRY_MS 100000000000LL
+
 /* The update of one line, or a reason it has none. */
 static const char *parse_line(items_run *r, char *line, hl_item_update *u)
 {
@@ -182,6 +186,10 @@ static const char *parse_line(items_run *r, char *line, hl_item_update *u)
         u->expires_at_ms = strtoll(f[2], &end, 10);
         if (*end != '\0' || errno != 0)
             return "expires_at_ms is not an integer";
+        /* The worker takes any time in its event range (from 1970 by
+         * default), so seconds would hide the item at once, silently. */
+        if (u->expires_at_ms < ITEMS_MIN_EXPIRY_MS)
+            return "expires_at_ms is before 1973: seconds? give milliseconds since 1970";
     }
     if (n > 3)
         return parse_vectors(r, f, n, u);

@@ -4,6 +4,8 @@
 # - a --topics name real Kafka refuses ("x/y", "a b", "..", 250
 #   characters): the mock took any bytes, so a test passed on it with a
 #   topic a real cluster would refuse;
+# - an empty --topics name ("", "a,", "a,,b"): no topic was created for it,
+#   without a word;
 # - a --topics name given twice (it failed later with 'Topic already
 #   exists', which did not say where the second came from);
 # - --refuse-produce FILE in a directory that does not exist, or naming a
@@ -38,6 +40,9 @@ refused topic_slash '"x/y": a topic name is made of' --topics a,x/y
 refused topic_space '"a b": a topic name is made of' --topics "a b"
 refused topic_dotdot "'..' are not topic names" --topics ..
 refused topic_long 'longer than 249' --topics "$long"
+refused topic_none '"": an empty name' --topics ""
+refused topic_trailing_comma '"": an empty name' --topics items,
+refused topic_double_comma '"": an empty name' --topics items,,ev
 refused topic_twice '"items": named twice' --topics items,ev,items
 refused refuse_file_no_dir "directory $tmp/none does not exist" --refuse-produce "$tmp/none/refuse"
 refused refuse_file_is_dir "$tmp: is a directory" --refuse-produce "$tmp"

@@ -117,6 +117,8 @@ static void usage(FILE *f)
  * topic that a real cluster refuses (Kafka's Topic.validate). */
 static const char *bad_topic(const char *t, size_t n)
 {
+    if (n == 0)
+        return "an empty name (an empty list, or two commas in a row, or one at an end)";
     if (n > 249)
         return "longer than 249 characters";
     if ((n == 1 && t[0] == '.') || (n == 2 && t[0] == '.' && t[1] == '.'))
@@ -129,7 +131,7 @@ static const char *bad_topic(const char *t, size_t n)
 /* --topics: each name valid for Kafka and given once. 0 or 2 (said). */
 static int check_topics(const char *list)
 {
-    for (const char *t = list; *t != '\0'; ) {
+    for (const char *t = list; t != NULL; ) {  /* "" and "a," end in an empty name */
         size_t n = strcspn(t, ",");
         const char *why = bad_topic(t, n);
         for (const char *u = list; why == NULL && u < t; u += strcspn(u, ",") + 1)
@@ -140,7 +142,7 @@ static int check_topics(const char *list)
                     t, n > 60 ? "..." : "", why);
             return 2;
         }
-        t += n + (t[n] == ',');
+        t = t[n] == ',' ? t + n + 1 : NULL;
     }
     return 0;
 }

@@ -884,13 +884,22 @@ static void help_row_get(int i, help_row *r)
     allowed_text(d, r->allowed, sizeof r->allowed);
 }
 
+/* Columns as wide as the longest key and default: a fixed width pushed
+ * the defaults of the long registry keys out of line. */
 void hl_config_print_help(FILE *f)
 {
     help_row r;
+    int wk = 0, wd = 0;
+    for (int i = 0; i < N_HELP_ROWS; i++) {
+        help_row_get(i, &r);
+        int k = (int)strlen(r.key), d = (int)strlen(r.def ? r.def : "(none)");
+        wk = k > wk ? k : wk;
+        wd = d > wd ? d : wd;
+    }
     fprintf(f, "configuration keys (properties file < HALFLIFE_<KEY> environment < -X key=value):\n\n");
     for (int i = 0; i < N_HELP_ROWS; i++) {
         help_row_get(i, &r);
-        fprintf(f, "  %-24s %-18s %s\n      %s\n", r.key, r.def ? r.def : "(none)",
+        fprintf(f, "  %-*s  %-*s  %s\n      %s\n", wk, r.key, wd, r.def ? r.def : "(none)",
                 r.help, r.allowed);
     }
 }

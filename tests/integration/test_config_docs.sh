@@ -62,6 +62,16 @@ else
   echo "FAIL $name.help_keys_in_readme: README.md lacks keys of the table: $only_help(run make readme-keys)"
   fail=1
 fi
+# --help's defaults in one column: a fixed width pushed those of the long
+# keys (schema.registry.auto.register) out of line. kafka.* has none.
+cols=$("$hl" run --help | awk '/^configuration keys/ {f = 1; next}
+  f && /^  [^ ]/ && $1 != "kafka.*" {match($0, /^  [^ ]+ +/); print RLENGTH}' | sort -u)
+if [ -n "$cols" ] && [ "$(echo "$cols" | wc -l)" = 1 ]; then
+  echo "PASS $name.help_defaults_aligned"
+else
+  echo "FAIL $name.help_defaults_aligned: the defaults start at columns $(echo $cols)"
+  fail=1
+fi
 # The metrics: every name the worker registers (each is a "halflife_..."
 # literal in worker/*.c, passed to hl_metrics_counter/gauge/histogram) has
 # a row in README.md's metric table, between the metrics:begin and

@@ -40,6 +40,16 @@ run() {
   fi
 }
 
+# ---- every alert named in deploy/README.md's Monitoring list: an alert
+# added without a line there was found only by reading alerts.yml.
+missing=$(grep -o 'alert: [A-Za-z0-9]*' deploy/prometheus/alerts.yml | cut -d' ' -f2 |
+  while read -r a; do grep -q "\`$a\`" deploy/README.md || printf '%s ' "$a"; done)
+if [ -z "$missing" ] && grep -q 'alert: ' deploy/prometheus/alerts.yml; then
+  pass alerts_in_readme
+else
+  fail alerts_in_readme "deploy/README.md's Monitoring list lacks: ${missing:-every alert}"
+fi
+
 # ---- promtool
 if have promtool; then
   run promtool_check_rules promtool check rules deploy/prometheus/alerts.yml

@@ -542,6 +542,13 @@ static void index_loaded(hl_models *ms, hl_mref *r, double build_s)
     const hl_model_info *mi = r->mi;
     int np = ms->o.ivf_nprobe, nl = hl_ivf_nlist(r->ivf);   /* as the rankers clamp it */
     np = np == 0 ? hl_ivf_default_nprobe(r->ivf) : np < nl ? np : nl;
+    /* At start such settings are refused; a model swapped in with fewer
+     * items than they fit is served anyway, with the change said. */
+    if ((ms->o.ivf_nlist > 0 && ms->o.ivf_nlist != nl) || ms->o.ivf_nprobe > nl)
+        hl_log(HL_LOG_WARN, "index_settings_reduced", "model_version=\"%s\" items=%d "
+               "nlist_asked=%d nlist=%d nprobe_asked=%d nprobe=%d why=\"more lists than the "
+               "swapped-in model's items allow\"", mi->version, (int)mi->n_items,
+               ms->o.ivf_nlist, nl, ms->o.ivf_nprobe, np);
     double t1 = hl_now_mono_s(), recall = hl_models_index_recall(r->m, r->ivf, ms->o.ivf_k, np);
     r->ivf_recall = recall;
     hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f "

@@ -9,7 +9,9 @@ is renamed over model.path. Checks:
 - before the swap the load gauge is 1 (A probes every list);
 - after it the gauge is B's recall, below 1, and the one B's index line
   (swapped_in=1) logs as recall_at_20; a gauge left at A's 1 would tell
-  an operator the served index misses nothing.
+  an operator the served index misses nothing;
+- a model C of 16 items (nlist 16) swapped in next is served with 16 of
+  the 32 lists asked, and a warning (index_settings_reduced) says so.
 """
 import os
 import re
@@ -22,7 +24,7 @@ import e2e_util as U  # noqa: E402
 from test_items import wait_metric  # noqa: E402
 from test_min_interval import wait_settled  # noqa: E402
 from test_index_swap import swap_setup  # noqa: E402
-from test_model_swap import replace  # noqa: E402
+from test_model_swap import make_model, replace  # noqa: E402
 
 N_EVENTS, N_USERS, ITEMS_A, ITEMS_B = 500, 100, 64, 4096
 LOAD = 'check="load"'
@@ -62,6 +64,17 @@ def main():
               "after the swap to B (32 of 256 lists probed) the load gauge is %s and B's "
               "index line logs recall_at_20=%s: want B's recall, below 1, in both"
               % (at_b, logged))
+        # C, 16 items (nlist 16): the asked 32 lists cannot be probed. It is
+        # served with 16, and the reduction is said, not done silently.
+        model_c = os.path.join(tmp, "c.hlm")
+        make_model(model_c, 16, 16, 4242)
+        replace(model_c, live)
+        swaps = wait_metric(worker, "halflife_model_swaps_total", 2)
+        said = [x for x in worker.log_text().splitlines() if "event=index_settings_reduced" in x]
+        check("nprobe_reduction_said", swaps == 2 and len(said) == 1 and
+              "nprobe_asked=32 nprobe=16" in said[0] and "level=warn" in said[0],
+              "after the swap to C (16 items, nlist 16, nprobe 32 asked): swaps %s, "
+              "index_settings_reduced lines %s" % (swaps, said))
     finally:
         if worker is not None:
             worker.stop()

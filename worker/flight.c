@@ -167,6 +167,7 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
                                  rkm->payload, rkm->len, path, sizeof path, err, sizeof err);
     if (rc != 0) {
         uint64_t sup = 0;
+        hl_counter_add(t->ctx->mx.dl_not_kept, 1);
         if (hl_log_limit_pass(&t->dl_limit, &sup))
             hl_log(HL_LOG_ERROR, "dead_letter_not_kept", "partition=%d offset=%lld err=\"%s\" "
                    "action=\"offsets held; retrying\" suppressed=%llu", (int)rkm->partition,
@@ -181,7 +182,9 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
 }
 
 /* 1 when every bad record of f is in the DLQ topic or on disk: waits for
- * none, writes the failed ones (each once: a kept one is marked). */
+ * none, writes the failed ones (each once: a kept one is marked). A write
+ * that failed (a full or read-only disk) is tried again after a backoff,
+ * not at each 1 ms poll of a thread waiting for the flight. */
 static int dead_letters_settled(hl_wthread *t, flight *f)
 {
     if (f->hold)
@@ -189,11 +192,19 @@ static int dead_letters_settled(hl_wthread *t, flight *f)
     for (dead_letter *dl = f->dl; dl != NULL; dl = dl->next)
         if (!hl_ticket_done(&dl->t))
             return 0;
+    int64_t now = hl_now_mono_ms();
+    if (now < f->dl_retry_at_ms)
+        return 0;
     for (dead_letter *dl = f->dl; dl != NULL; dl = dl->next) {
         if (!dl->send_failed && atomic_load(&dl->t.failed) == 0)
             continue;
-        if (keep_one(t, dl) != 0)
+        if (keep_one(t, dl) != 0) {
+            f->dl_backoff_ms = f->dl_backoff_ms == 0 ? REFUSED_BACKOFF_MIN_MS
+                             : f->dl_backoff_ms * 2 < REFUSED_BACKOFF_MAX_MS
+                             ? f->dl_backoff_ms * 2 : REFUSED_BACKOFF_MAX_MS;
+            f->dl_retry_at_ms = now + f->dl_backoff_ms;
             return 0;
+        }
         dl->send_failed = 0;            /* kept: never written twice */
         atomic_store(&dl->t.failed, 0);
     }
@@ -449,8 +460,8 @@ flight *hl_flight_begin(hl_wthread *t)
     f->keys.head = NULL;
     f->keys.lost = 0;
     f->t.keys = &f->keys;
-    f->attempts = f->backoff_ms = 0;
-    f->retry_at_ms = 0;
+    f->attempts = f->backoff_ms = f->dl_backoff_ms = 0;
+    f->retry_at_ms = f->dl_retry_at_ms = 0;
     f->offs = rd_kafka_topic_partition_list_new(t->n_own > 0 ? t->n_own : 1);
     f->n_ts = 0;
     t->fl_n++;

@@ -62,7 +62,7 @@ typedef struct hl_wshared {
         hl_counter   *dlq_errors, *unknown, *batches, *lists;
         hl_counter   *applied, *duplicates, *failed, *non_finite;
         hl_counter   *evictions[2];       /* mass, capacity */
-        hl_counter   *dl_kept;
+        hl_counter   *dl_kept, *dl_not_kept;
         hl_counter   *retries, *given_up; /* lists refreshed again after a refusal;
                                              lists given up on (flight.c) */
         hl_counter   *multipart;          /* users seen in two partitions */

@@ -70,6 +70,8 @@ typedef struct flight {
     int       attempts;                      /* times they were refreshed again */
     int       backoff_ms;                    /* before the next time; 0: none yet */
     int64_t   retry_at_ms;                   /* monotonic: the next time, not before */
+    int       dl_backoff_ms;                 /* a dead letter not kept: before the */
+    int64_t   dl_retry_at_ms;                /* next write (monotonic), not every poll */
 } flight;
 
 /* A partition paused until schema_id has an answer (park.c). */

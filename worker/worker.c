@@ -43,6 +43,9 @@ static void register_event_counters(hl_worker *w)
         "position; librdkafka 2.0.2 after a rebalance), dropped before they count.", NULL);
     w->ctx.mx.dl_kept = hl_metrics_counter(reg, "halflife_dead_letters_kept_total",
         "Bad records whose DLQ copy failed, kept in snapshot.dir/dead-letters instead.", NULL);
+    w->ctx.mx.dl_not_kept = hl_metrics_counter(reg, "halflife_dead_letter_write_failures_total",
+        "Writes of a dead letter to snapshot.dir/dead-letters that failed; each is tried again "
+        "after a backoff (0.1 s doubling to 10 s), its partition's offsets held meanwhile.", NULL);
     w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
         "Events applied to a user's state.", NULL);
     w->ctx.mx.duplicates = hl_metrics_counter(reg, "halflife_events_duplicate_total",

@@ -18,6 +18,9 @@ the rest of the record never read) goes through a `halflife broker` into
    block goes, the record lands in snapshot.dir/dead-letters/ with its
    headers and original bytes, and the committed offset moves past it.
    Before the fix the offset moved on at once and nothing was kept.
+   While blocked, the write is tried again after a backoff (0.1 s
+   doubling), counted in halflife_dead_letter_write_failures_total: a few
+   tries in those seconds, not one per 1 ms poll.
 
 The mock broker drops data beyond 5 MiB per partition (DESIGN.md section 9),
 so each part has its own broker.
@@ -171,6 +174,12 @@ def part_disk(tmp, model, check):
               "committed %s (bad record at %d), applied %d, dlq_failed line naming it %s, "
               "not_kept logged %s" % (held, bad_off, applied, bool(named),
                                       "event=dead_letter_not_kept" in log))
+        # About 2.5 s blocked: a backoff from 0.1 s gives 5 or so attempts;
+        # a retry at each 1 ms poll gave thousands.
+        tries = w.metric("halflife_dead_letter_write_failures_total")
+        print("    (%d failed dead-letter writes while blocked)" % tries)
+        check("dlq_disk_retries_backed_off", 1 <= tries <= 20,
+              "%s failed writes while the directory was blocked for about 2.5 s" % tries)
         os.remove(dl_dir)
         kept = os.path.join(dl_dir, "behaviour-events.0.%020d.dead" % bad_off)
         deadline = time.time() + 20

@@ -74,6 +74,8 @@ typedef struct hl_mref {
     int                  ivf_owned;    /* the last release destroys ivf */
     double               ivf_recall;   /* swapped in: ivf's recall at load, for
                                           the gauge once m is live */
+    atomic_ullong        shadow_hits;  /* the shadow check's counts while m was */
+    atomic_ullong        shadow_items; /* served: its recall gauge (publish.c) */
 } hl_mref;
 
 typedef struct hl_models hl_models;    /* opaque */

@@ -126,25 +126,29 @@ static void send_list(hl_wthread *t, const hl_row_view *v, const hl_rec *recs, i
 }
 
 /* The index's shadow check: this ranker's new counts into the shared
- * counters, and the recall gauge from their totals (every thread's). The
- * gauge's series is registered here, at the first check, so it never
- * shows a recall no check measured (registration locks: 1 in
- * recs.index.shadow.every users gets here). */
+ * counters and into its model's, and the recall gauge from the model's
+ * (every thread's): the served index's recall, where the counters' totals
+ * would mix in the models served before it. A thread still on an older
+ * model during a swap leaves the gauge alone. The gauge's series is
+ * registered here, at the first check, so it never shows a recall no
+ * check measured (registration locks: 1 in recs.index.shadow.every users
+ * gets here). */
 static void shadow_report(hl_wthread *t)
 {
     uint64_t hits, items;
     hl_ranker_index_recall(t->ranker, &hits, &items);
     if (items == t->shadow_items)
         return;
-    hl_counter_add(t->ctx->shadow_hits, hits - t->shadow_hits);
-    hl_counter_add(t->ctx->shadow_items, items - t->shadow_items);
+    uint64_t dh = hits - t->shadow_hits, di = items - t->shadow_items;
+    hl_counter_add(t->ctx->shadow_hits, dh);
+    hl_counter_add(t->ctx->shadow_items, di);
     t->shadow_hits = hits;
     t->shadow_items = items;
-    uint64_t all = hl_counter_get(t->ctx->shadow_items);
-    if (all > 0)
+    uint64_t mh = atomic_fetch_add(&t->mref->shadow_hits, dh) + dh;
+    uint64_t mi = atomic_fetch_add(&t->mref->shadow_items, di) + di;
+    if (mi > 0 && t->mref->gen == hl_models_gen(t->ctx->models))
         hl_gauge_set(hl_metrics_gauge(t->ctx->reg, "halflife_index_recall", NULL,
-                                      "check=\"shadow\""),
-                     (double)hl_counter_get(t->ctx->shadow_hits) / (double)all);
+                                      "check=\"shadow\""), (double)mh / (double)mi);
 }
 
 /* Seen items the ranker's ring exclusion cannot see: the ring names model

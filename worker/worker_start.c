@@ -433,7 +433,7 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
     hl_gauge *at_load = hl_metrics_gauge(w->reg, "halflife_index_recall",
         "Recall@k of the approximate index (recs.index=ivf) against exact scoring: "
         "check=\"load\" on a sample at model load, check=\"shadow\" (once a refresh "
-        "was checked) over the refreshes scored both ways.", "check=\"load\"");
+        "was checked) over the refreshes scored both ways since the served model went live.", "check=\"load\"");
     w->ctx.shadow_hits = hl_metrics_counter(w->reg, "halflife_index_shadow_hits_total",
         "Items of the shadow check's exact lists that the index's lists also held.", NULL);
     w->ctx.shadow_items = hl_metrics_counter(w->reg, "halflife_index_shadow_items_total",

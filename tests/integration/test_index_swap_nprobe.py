@@ -8,7 +8,9 @@ renamed over model.path. Its own default is 16 of its 256 lists; the
 first model's 2 would probe under 1% of B's catalogue. Checks:
 - the index line logged for B (swapped_in=1) says nprobe=16;
 - the shadow check's recall over the refreshes after the swap is at least
-  0.4 (measured here: 0.70 with nprobe 16, 0.22 with A's 2).
+  0.4 (measured here: 0.70 with nprobe 16, 0.22 with A's 2);
+- the shadow gauge is that recall, B's since it went live, not the
+  counters' total since the start, which mixes in A's.
 """
 import os
 import re
@@ -67,6 +69,14 @@ def main():
         check("recall_after_swap", since >= 0.4,
               "shadow recall %.4f after the swap to B: B's lists probed with A's nprobe?"
               % since)
+        gauge = worker.metric("halflife_index_recall", 'check="shadow"')
+        total = hits1 / items1 if items1 else 0.0
+        print("    shadow gauge %s, counters since the swap %.4f, since the start %.4f"
+              % (gauge, since, total))
+        check("shadow_gauge_is_served_models", gauge is not None and abs(gauge - since) < 1e-3
+              and abs(total - since) > 1e-3,
+              "gauge %s: want B's recall since it went live, %.4f, not the total %.4f "
+              "that mixes in A's" % (gauge, since, total))
     finally:
         if worker is not None:
             worker.stop()

@@ -414,14 +414,15 @@ static int stop_overdue(hl_wthread *t)
                           hl_producer_fatal(t->ctx->prod, NULL, 0) != 0));
 }
 
-/* Waits for every flight (polling the producer). 0 if told to stop now, or
- * when stopping and shutdown.timeout.ms has run out (the broker is away):
- * the undelivered batches' offsets are then not stored, so they are read
- * and published again after a restart. */
-int hl_flight_drain(hl_wthread *t)
+/* Waits for every flight (polling the producer). 0 if told to stop now,
+ * when stopping and shutdown.timeout.ms has run out (the broker is away),
+ * or at until_ms (monotonic; 0: none): the undelivered batches' offsets
+ * are then not stored, so they are read and published again after a
+ * restart, or by a revoked partition's next owner. */
+int hl_flight_drain(hl_wthread *t, int64_t until_ms)
 {
     while (t->fl_n > 0) {
-        if (stop_overdue(t)) {
+        if (stop_overdue(t) || (until_ms > 0 && hl_now_mono_ms() > until_ms)) {
             hl_log(HL_LOG_WARN, "drain_abandoned", "thread=%d batches_in_flight=%d",
                    t->id, t->fl_n);
             return 0;
@@ -430,6 +431,16 @@ int hl_flight_drain(hl_wthread *t)
         hl_flight_retire(t);
     }
     return 1;
+}
+
+void hl_flight_forget(hl_wthread *t, int32_t partition)
+{
+    for (int i = 0; i < t->fl_n; i++) {
+        flight *f = &t->fl[(t->fl_head + i) % N_FLIGHTS];
+        while (f->offs != NULL &&
+               rd_kafka_topic_partition_list_del(f->offs, t->ctx->o->input_topic, partition))
+            ;
+    }
 }
 
 /* A new flight at the tail; with all N_FLIGHTS in the air, waits for the

@@ -247,11 +247,19 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
 
 /* Lets go of the n_take shards in take_copy: their held-back lists
  * published and delivered, offsets stored, snapshots written, one deadline
- * for all (a stop's, or shutdown.timeout.ms from now). A revocation while
- * stopping is part of the stop: a shard it could not save is noted. */
+ * for all (a stop's; else shutdown.timeout.ms for the deliveries, and as
+ * much again for the snapshots). A revocation while
+ * stopping is part of the stop: a shard it could not save is noted. Lists
+ * still undelivered at the deadline (refused, or the broker away) no
+ * longer hold the group's rebalance: the partitions go with their offsets
+ * and snapshots where they were (snapshot_now refuses to pass undelivered
+ * lists), so the next owner reads those events again and publishes them. */
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
+    int stopping = atomic_load(t->ctx->stop) != 0;
+    int64_t deadline = stopping ? atomic_load(&t->ctx->stop_deadline_ms)
+                                : hl_now_mono_ms() + t->ctx->o->shutdown_timeout_ms;
     for (int i = 0; i < n_take; i++)
         hl_park_drop(t, t->take_copy[i]);   /* the next owner reads them again */
     for (int i = 0; i < n_take; i += 64) {
@@ -260,9 +268,17 @@ static void release(hl_wthread *t, int n_take)
             shs[n_sh++] = hl_wthread_shard_of(t, t->take_copy[j]);
         hl_publish_pending(t, shs, n_sh);
     }
-    hl_flight_drain(t);
-    int64_t deadline = atomic_load(t->ctx->stop) ? atomic_load(&t->ctx->stop_deadline_ms)
-                                                 : hl_now_mono_ms() + t->ctx->o->shutdown_timeout_ms;
+    if (!hl_flight_drain(t, stopping ? 0 : deadline)) {
+        for (int i = 0; i < n_take; i++)
+            hl_flight_forget(t, t->take_copy[i]);
+        if (!stopping)
+            hl_log(HL_LOG_WARN, "release_undelivered", "thread=%d partitions=%d "
+                   "batches_in_flight=%d waited_ms=%d action=\"let go at their last delivered "
+                   "offsets; the next owner reads those events again\"", t->id, n_take,
+                   t->fl_n, t->ctx->o->shutdown_timeout_ms);
+    }
+    if (!stopping)                          /* the snapshots' own budget */
+        deadline = hl_now_mono_ms() + t->ctx->o->shutdown_timeout_ms;
     for (int i = 0; i < n_take; i++) {
         hl_shard *sh = hl_wthread_shard_of(t, t->take_copy[i]);
         if (sh == NULL)
@@ -404,7 +420,7 @@ static void swap_tick(hl_wthread *t)
 static void stop_gracefully(hl_wthread *t)
 {
     hl_publish_pending(t, t->own, t->n_own);
-    if (!hl_flight_drain(t)) {
+    if (!hl_flight_drain(t, 0)) {
         for (int i = 0; i < t->n_own; i++)
             if (hl_shard_unsaved(t->own[i]))
                 note_unsaved(t, t->own[i]);

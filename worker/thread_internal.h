@@ -218,6 +218,10 @@ typedef struct dlq_hdr_buf { char part[16], off[24]; } dlq_hdr_buf;
 void    hl_flight_dlq_headers(const rd_kafka_message_t *rkm, hl_codec_reason r,
                               dlq_hdr_buf *buf, hl_header h[6]);
 void    hl_flight_retire(hl_wthread *t);
-int     hl_flight_drain(hl_wthread *t);
+int     hl_flight_drain(hl_wthread *t, int64_t until_ms);
+/* Drops partition's offsets from the flights in the air: it was let go
+ * with them undelivered, and a flight retiring later must not store an
+ * offset for it (it may have come back by then, read from further on). */
+void    hl_flight_forget(hl_wthread *t, int32_t partition);
 
 #endif

@@ -18,7 +18,9 @@ cases, each on a fresh broker (the second beside the other two):
   events; before it, still refused, a second worker loses partitions to a
   joining member (its release waits for the refused lists) and gets
   SIGTERM then: it must stop within shutdown.timeout.ms, not be killed by
-  the alarm;
+  the alarm; and before that, its release gives up on the refused lists at
+  shutdown.timeout.ms, so the rebalance completes and the joiner gets
+  partitions (their events are read again by their next owner);
 - gives_up: the broker refuses with INVALID_RECORD, an error retrying can
   never fix, and never stops: the worker gives up on each user's list after
   a bounded number of attempts (halflife_delivery_given_up_total counts
@@ -157,7 +159,8 @@ def sigkill_during_refusal(ck):
 
 def term_during_revocation(ck, broker, model, high):
     """Still refused: a worker whose lists are held loses partitions to a
-    new member (its release waits for the refused lists), then gets
+    new member (its release waits for the refused lists up to
+    shutdown.timeout.ms, then lets them go undelivered), then gets
     SIGTERM. It must stop by itself within shutdown.timeout.ms (not be
     killed by run's alarm 5 s later), storing no offset past them."""
     w = worker(ck, broker, model, "worker-b2", "killed", ["shutdown.timeout.ms=2000"])
@@ -167,6 +170,18 @@ def term_during_revocation(ck, broker, model, high):
     while time.time() < deadline and rebalances < 2:    # assigned, then revoking
         rebalances = w.metric_or("halflife_rebalances_total")
         time.sleep(0.1)
+    # The release gives up on the refused lists at shutdown.timeout.ms, so
+    # the group's rebalance completes: the joiner gets partitions. It used
+    # to wait for them for ever (until max.poll.interval.ms, 5 minutes).
+    t0, got = time.time(), 0
+    while time.time() < t0 + 20 and got <= 0:
+        got = joiner.metric_or("halflife_assigned_partitions")
+        time.sleep(0.1)
+    ck.check("b_revocation_not_held", got > 0 and
+             "event=release_undelivered" in open(w.log_path).read(),
+             "the joiner owns %s partitions %.1f s after the revocation began "
+             "(shutdown.timeout.ms=2000); release_undelivered logged: %s"
+             % (got, time.time() - t0, "event=release_undelivered" in open(w.log_path).read()))
     rc, secs = w.term(30)
     ck.check("b_term_during_revocation",
              retries > 0 and rebalances >= 2 and rc in (0, 1) and secs < 6,

@@ -15,6 +15,7 @@
 #include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <time.h>
 
 #define DIM     8
 #define N_ITEMS 50
@@ -272,6 +273,48 @@ static void test_first_table_freed_after_swap(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* 1 when TOP/kept holds the kept copy of m's model. */
+static int kept(const hl_model *m)
+{
+    char path[256];
+    snprintf(path, sizeof path, TOP "/kept/%016llx.hlm",
+             (unsigned long long)hl_model_info_get(m)->fingerprint);
+    return access(path, F_OK) == 0;
+}
+
+/* model.retain=1 and a model whose file is older than the one it
+ * replaces (a rollback to yesterday's file, or a copy that keeps the
+ * time: rsync -t, cp -p, tar): the kept copy is a hard link with the
+ * file's mtime, and pruning the oldest deleted the model just put in
+ * service, so a restart after the next swap rebuilt the users of every
+ * snapshot written under it from their rings. The served model stays. */
+static void test_retain_keeps_served_model(void)
+{
+    char err[512] = "";
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    struct timespec day_ago[2] = {{.tv_sec = time(NULL) - 86400}, {.tv_sec = time(NULL) - 86400}};
+    CHECK(utimensat(AT_FDCWD, TOP "/b.hlm", day_ago, 0) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    hl_model *b = hl_model_open(TOP "/b.hlm", err, sizeof err);
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
+                         .store_dir = TOP "/kept", .store_retain = 1};
+    hl_models *ms = a != NULL && b != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    if (ms != NULL) {
+        CHECK(kept(a));
+        CHECK(rename(TOP "/b.hlm", TOP "/model.hlm") == 0 && hl_models_check(ms, 2000, 0) == 1);
+        CHECKF(kept(b), "model.dir lost B, the model in service (retain 1, A kept: %d)",
+               kept(a));
+    }
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_model_close(b);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -279,5 +322,6 @@ int main(void)
     RUN(test_half_written_counted_once_then_loaded);
     RUN(test_first_index_freed_after_swap);
     RUN(test_first_table_freed_after_swap);
+    RUN(test_retain_keeps_served_model);
     TEST_EXIT();
 }

@@ -112,7 +112,22 @@ done:
     return rc;
 }
 
-/* Deletes the oldest kept models beyond store_retain (by mtime). */
+/* 1 when the kept file name (<fingerprint>.hlm) is the served model's or
+ * a replaced one's still held (users may still be migrating from it). */
+static int in_use(const hl_models *ms, const char *name)
+{
+    uint64_t fp = strtoull(name, NULL, 16);
+    for (const hl_mref *r = ms->cur; r != NULL; r = r == ms->cur ? ms->held : r->held_next)
+        if (r->mi->fingerprint == fp)
+            return 1;
+    return 0;
+}
+
+/* Deletes the oldest kept models beyond store_retain (by mtime), never
+ * one in use: a kept file is a hard link with the model file's own time,
+ * so a model put in service from an older file (a rollback, a copy that
+ * keeps times) would otherwise be the oldest and go at once, and with it
+ * the migration of the snapshots written under it after a restart. */
 static void prune(hl_models *ms)
 {
     DIR *d = opendir(ms->o.store_dir);
@@ -127,13 +142,14 @@ static void prune(hl_models *ms)
             size_t len = strlen(de->d_name);
             struct stat st;
             if (len != 20 || strcmp(de->d_name + 16, ".hlm") != 0) continue;
-            snprintf(path, sizeof path, "%s/%s", ms->o.store_dir, de->d_name);
-            if (stat(path, &st) != 0) continue;
             n++;
+            if (in_use(ms, de->d_name)) continue;
+            snprintf(path, sizeof path, "%s/%s", ms->o.store_dir, de->d_name);
+            if (stat(path, &st) != 0) { n--; continue; }
             int64_t t = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
             if (t < t_old) { t_old = t; snprintf(oldest, sizeof oldest, "%s", path); }
         }
-        if (n <= ms->o.store_retain || unlink(oldest) != 0) break;
+        if (n <= ms->o.store_retain || t_old == INT64_MAX || unlink(oldest) != 0) break;
     }
     closedir(d);
 }

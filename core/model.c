@@ -379,6 +379,11 @@ void hl_model_close(hl_model *m)
 
 const hl_model_info *hl_model_info_get(const hl_model *m) { return &m->info; }
 const hl_model_file *hl_model_file_get(const hl_model *m) { return &m->file; }
+const void *hl_model_bytes(const hl_model *m, size_t *len)
+{
+    *len = m->map_len;
+    return m->map;
+}
 
 int32_t hl_model_item_find(const hl_model *m, const char *id, size_t len)
 {

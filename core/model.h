@@ -87,6 +87,9 @@ typedef struct hl_model_file {
     int64_t  size, mtime_ns;
 } hl_model_file;
 const hl_model_file *hl_model_file_get(const hl_model *m);
+/* The whole file as it was read and validated (*len its bytes): what to
+ * copy once the path may name another file since. */
+const void *hl_model_bytes(const hl_model *m, size_t *len);
 
 /* Row of an item id, or -1 for an item outside the model. No allocation. */
 int32_t     hl_model_item_find(const hl_model *m, const char *id, size_t len);

@@ -315,6 +315,49 @@ static void test_retain_keeps_served_model(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* before_live: a newer file renamed over model.path while the one just
+ * loaded is fitted (a retrain published twice within one load). */
+static int replace_path(void *arg, const hl_mref *r, char *errbuf, size_t errlen)
+{
+    (void)r; (void)errbuf; (void)errlen;
+    return rename((const char *)arg, TOP "/model.hlm") == 0 ? 0 : -1;
+}
+
+/* A file renamed over model.path while the previous one loads (a fit, an
+ * index build of seconds): the model put in service is the one read, and
+ * it is the one kept. keep() copied model.path again afterwards, found
+ * the newer file, and kept nothing (model_keep_failed), so a restart
+ * after the next swap rebuilt the users of the snapshots written under
+ * the served model from their rings. */
+static void test_served_model_kept_when_path_replaced(void)
+{
+    char err[512] = "";
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0 &&
+          write_model(TOP "/c.hlm", "C", 3) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    hl_model *b = hl_model_open(TOP "/b.hlm", err, sizeof err);
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
+                         .store_dir = TOP "/kept", .store_retain = 4,
+                         .before_live = replace_path, .before_live_arg = TOP "/c.hlm"};
+    hl_models *ms = a != NULL && b != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    if (ms != NULL) {
+        CHECK(rename(TOP "/b.hlm", TOP "/model.hlm") == 0 && hl_models_check(ms, 2000, 0) == 1);
+        hl_mref *r = hl_models_acquire(ms);
+        CHECK(strcmp(r->mi->version, "B") == 0);
+        hl_mref_release(r);
+        CHECKF(kept(b), "B is in service and not in model.dir (C was renamed over "
+               "model.path while B loaded)");
+    }
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_model_close(b);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -323,5 +366,6 @@ int main(void)
     RUN(test_first_index_freed_after_swap);
     RUN(test_first_table_freed_after_swap);
     RUN(test_retain_keeps_served_model);
+    RUN(test_served_model_kept_when_path_replaced);
     TEST_EXIT();
 }

@@ -123,6 +123,36 @@ static int in_use(const hl_models *ms, const char *name)
     return 0;
 }
 
+/* buf (len bytes) to a new file dst (never truncating one: copy_file). */
+static int write_new(const char *dst, const void *buf, size_t len)
+{
+    int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644), rc = -1;
+    const char *p = buf;
+    ssize_t n = 0;
+    if (out < 0)
+        return -1;
+    for (size_t off = 0; off < len; off += (size_t)n)
+        if ((n = write(out, p + off, len - off)) <= 0)
+            goto done;
+    rc = fsync(out) == 0 ? 0 : -1;
+done:
+    if (close(out) != 0) rc = -1;
+    return rc;
+}
+
+/* The file m was read from, to a new file dst: a link or copy of path
+ * while path still names that file, else m's own bytes (a newer file
+ * renamed over path while m was fitted and indexed is not m). */
+static int copy_model(const char *path, const hl_model *m, const char *dst)
+{
+    file_id now;
+    size_t len;
+    if (file_stat(path, &now) == 0 && memcmp(&now, hl_model_file_get(m), sizeof now) == 0)
+        return copy_file(path, dst);
+    const void *buf = hl_model_bytes(m, &len);
+    return write_new(dst, buf, len);
+}
+
 /* Deletes the oldest kept models beyond store_retain (by mtime), never
  * one in use: a kept file is a hard link with the model file's own time,
  * so a model put in service from an older file (a rollback, a copy that
@@ -154,10 +184,12 @@ static void prune(hl_models *ms)
     closedir(d);
 }
 
-/* Keeps the file at path (model m, just validated) in the store. A file
- * replaced in between is caught by the fingerprint check of the copy. */
-static void keep(hl_models *ms, const char *path, const hl_model_info *mi)
+/* Keeps model m, read from path and validated, in the store. A file
+ * changed in place since (not renamed over) is caught by the
+ * fingerprint check of the copy. */
+static void keep(hl_models *ms, const char *path, const hl_model *src)
 {
+    const hl_model_info *mi = hl_model_info_get(src);
     char dst[4352], tmp[4352], err[512];
     char suffix[32];
     /* The temporary name is this process's own: workers sharing model.dir
@@ -169,7 +201,7 @@ static void keep(hl_models *ms, const char *path, const hl_model_info *mi)
         return;
     mkdir_p(ms->o.store_dir);
     unlink(tmp);
-    hl_model *m = copy_file(path, tmp) == 0 ? hl_model_open(tmp, err, sizeof err) : NULL;
+    hl_model *m = copy_model(path, src, tmp) == 0 ? hl_model_open(tmp, err, sizeof err) : NULL;
     if (m != NULL && hl_model_info_get(m)->fingerprint == mi->fingerprint &&
         rename(tmp, dst) == 0) {
         hl_log(HL_LOG_INFO, "model_kept", "path=%s fingerprint=%016llx", dst,
@@ -469,7 +501,7 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
     ms->seen = *hl_model_file_get(first);
     ms->seen_set = o->path != NULL;
     if (o->path != NULL)
-        keep(ms, o->path, ms->cur->mi);
+        keep(ms, o->path, first);
     register_metrics(ms);
     show_model(ms, ms->cur);
     return ms;
@@ -644,7 +676,7 @@ static int load(hl_models *ms)
     }
     install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9,
             skip_s);
-    keep(ms, ms->o.path, r->mi);
+    keep(ms, ms->o.path, r->m);
     return 1;
 }
 

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <time.h>
 
@@ -358,6 +359,57 @@ static void test_served_model_kept_when_path_replaced(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* The unreadable-file case as an unprivileged user: 0 when model.path,
+ * chmod 000 when renamed in, is refused, and loaded at the first periodic
+ * check after chmod 644 (no SIGHUP, no new file). */
+static int unreadable_then_readable(void)
+{
+    char err[512] = "";
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0 &&
+          chmod(TOP "/b.hlm", 0) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg};
+    hl_models *ms = a != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    if (ms != NULL) {
+        CHECK(rename(TOP "/b.hlm", TOP "/model.hlm") == 0);
+        CHECK(hl_models_check(ms, 2000, 0) < 0 && failures(reg) == 1);
+        CHECK(chmod(TOP "/model.hlm", 0644) == 0);
+        int rc = hl_models_check(ms, 4000, 0);
+        CHECKF(rc == 1, "the check after chmod 644 returned %d (want 1: B loaded); "
+               "failures %g", rc, failures(reg));
+    }
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    return t_case_failed;
+}
+
+/* A model file the worker may not read (renamed in with mode 000, or
+ * another owner's umask) is refused; once the operator fixes its mode,
+ * the log's "tried again when it changes" held only for content: chmod
+ * leaves size and mtime, so no periodic check opened it again until a
+ * SIGHUP. Root reads a 000 file, so the case runs as nobody. */
+static void test_unreadable_retried_after_chmod(void)
+{
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0777) == 0 && chmod(TOP, 0777) == 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+            _exit(2);
+        int failed = unreadable_then_readable();
+        fflush(stdout);
+        _exit(failed ? 1 : 0);
+    }
+    int status = -1;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the unprivileged case %s",
+           WIFEXITED(status) && WEXITSTATUS(status) == 2 ? "could not drop root" : "failed");
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -367,5 +419,6 @@ int main(void)
     RUN(test_first_table_freed_after_swap);
     RUN(test_retain_keeps_served_model);
     RUN(test_served_model_kept_when_path_replaced);
+    RUN(test_unreadable_retried_after_chmod);
     TEST_EXIT();
 }

@@ -34,6 +34,12 @@
  * whole with memcmp. */
 typedef hl_model_file file_id;
 
+/* Who may read the file: a chmod or chown changes no file_id field, and a
+ * file refused as unreadable must be tried again once it is readable. */
+typedef struct file_access {
+    uint32_t mode, uid, gid;
+} file_access;
+
 struct hl_models {
     hl_models_opts   o;
     pthread_mutex_t  mu;
@@ -43,6 +49,7 @@ struct hl_models {
     atomic_ullong    gen;
     int64_t          next_check_ms;
     file_id          seen;                /* the file last examined */
+    file_access      seen_access;         /* and its mode and owner then */
     int              seen_set;
     hl_counter      *swaps, *failures;
     hl_gauge        *loaded_ts, *file_ts, *info;
@@ -50,13 +57,16 @@ struct hl_models {
     char             info_labels[256];
 };
 
-/* The file's identity into id: 0, or -1 when it cannot be stat'ed. */
-static int file_stat(const char *path, file_id *id)
+/* The file's identity into id, and its access into acc unless NULL: 0,
+ * or -1 when it cannot be stat'ed. */
+static int file_stat(const char *path, file_id *id, file_access *acc)
 {
     struct stat st;
     memset(id, 0, sizeof *id);
     if (stat(path, &st) != 0)
         return -1;
+    if (acc != NULL)
+        *acc = (file_access){(uint32_t)st.st_mode, (uint32_t)st.st_uid, (uint32_t)st.st_gid};
     id->dev = (uint64_t)st.st_dev;
     id->ino = (uint64_t)st.st_ino;
     id->size = (int64_t)st.st_size;
@@ -147,7 +157,7 @@ static int copy_model(const char *path, const hl_model *m, const char *dst)
 {
     file_id now;
     size_t len;
-    if (file_stat(path, &now) == 0 && memcmp(&now, hl_model_file_get(m), sizeof now) == 0)
+    if (file_stat(path, &now, NULL) == 0 && memcmp(&now, hl_model_file_get(m), sizeof now) == 0)
         return copy_file(path, dst);
     const void *buf = hl_model_bytes(m, &len);
     return write_new(dst, buf, len);
@@ -501,6 +511,8 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
     ms->seen = *hl_model_file_get(first);
     ms->seen_set = o->path != NULL;
     if (o->path != NULL)
+        file_stat(o->path, &(file_id){0}, &ms->seen_access);
+    if (o->path != NULL)
         keep(ms, o->path, first);
     register_metrics(ms);
     show_model(ms, ms->cur);
@@ -531,8 +543,8 @@ static int refuse(hl_models *ms, const char *why)
 {
     hl_counter_add(ms->failures, 1);
     hl_log(HL_LOG_WARN, "model_swap_failed", "path=%s err=\"%s\" action=\"the serving "
-           "model stays; the file is tried again when it changes or on SIGHUP\"",
-           ms->o.path, why);
+           "model stays; the file is tried again when it changes (contents, mode or owner) "
+           "or on SIGHUP\"", ms->o.path, why);
     return HL_EFORMAT;
 }
 
@@ -683,21 +695,24 @@ static int load(hl_models *ms)
 int hl_models_check(hl_models *ms, int64_t now_ms, int force)
 {
     file_id id;
+    file_access acc;
     release_unused(ms);             /* every pass: a replaced model goes soon */
     if (ms->o.path == NULL)
         return 0;
     if (!force && (ms->o.check_ms <= 0 || now_ms < ms->next_check_ms))
         return 0;
     ms->next_check_ms = now_ms + ms->o.check_ms;
-    if (file_stat(ms->o.path, &id) != 0) {
+    if (file_stat(ms->o.path, &id, &acc) != 0) {
         if (force)
             hl_log(HL_LOG_WARN, "model_check_failed", "path=%s err=\"cannot stat: the "
                    "serving model stays\"", ms->o.path);
         return 0;                   /* gone for now (a rename in progress?) */
     }
-    if (!force && ms->seen_set && memcmp(&id, &ms->seen, sizeof id) == 0)
+    if (!force && ms->seen_set && memcmp(&id, &ms->seen, sizeof id) == 0 &&
+        memcmp(&acc, &ms->seen_access, sizeof acc) == 0)
         return 0;
     ms->seen = id;
+    ms->seen_access = acc;
     ms->seen_set = 1;
     return load(ms);
 }

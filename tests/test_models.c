@@ -410,6 +410,59 @@ static void test_unreadable_retried_after_chmod(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* Lines of the event in the log of n periodic checks from now_ms. */
+static int logged(hl_models *ms, int64_t now_ms, int n, const char *event)
+{
+    char log[8192] = "";
+    FILE *f = tmpfile();
+    int saved = dup(STDERR_FILENO), count = 0;
+    if (f == NULL || saved < 0 || dup2(fileno(f), STDERR_FILENO) < 0)
+        return -1;
+    hl_log_set_level(HL_LOG_INFO);
+    for (int i = 0; i < n; i++)
+        hl_models_check(ms, now_ms + 1000 * i, 0);
+    hl_log_set_level(HL_LOG_ERROR);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    rewind(f);
+    log[fread(log, 1, sizeof log - 1, f)] = '\0';
+    fclose(f);
+    for (const char *at = log; (at = strstr(at, event)) != NULL; at++)
+        count++;
+    return count;
+}
+
+/* model.path deleted, or made a symlink loop, between checks: the serving
+ * model stays, and the worker says so once (with the cause), not never:
+ * silent, the first sign was a restart that could not start for want of
+ * a model. Once a file is back it is loaded, and a later loss is said
+ * again. */
+static void test_missing_path_said_once(void)
+{
+    char err[512] = "";
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg};
+    hl_models *ms = a != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    if (ms != NULL) {
+        CHECK(unlink(TOP "/model.hlm") == 0);
+        int n = logged(ms, 2000, 5, "event=model_check_failed");
+        CHECKF(n == 1, "model.path deleted: %d model_check_failed lines in 5 checks (want 1)", n);
+        CHECK(rename(TOP "/b.hlm", TOP "/model.hlm") == 0 && hl_models_check(ms, 8000, 0) == 1);
+        CHECK(unlink(TOP "/model.hlm") == 0 && symlink("model.hlm", TOP "/model.hlm") == 0);
+        n = logged(ms, 10000, 5, "Too many levels of symbolic links");
+        CHECKF(n == 1, "model.path a symlink loop: said %d times in 5 checks (want 1)", n);
+        CHECK(failures(reg) == 0);
+    }
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -420,5 +473,6 @@ int main(void)
     RUN(test_retain_keeps_served_model);
     RUN(test_served_model_kept_when_path_replaced);
     RUN(test_unreadable_retried_after_chmod);
+    RUN(test_missing_path_said_once);
     TEST_EXIT();
 }

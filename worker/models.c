@@ -50,6 +50,8 @@ struct hl_models {
     int64_t          next_check_ms;
     file_id          seen;                /* the file last examined */
     file_access      seen_access;         /* and its mode and owner then */
+    int              missing;             /* model.path could not be stat'ed
+                                             at the last check (said once) */
     int              seen_set;
     hl_counter      *swaps, *failures;
     hl_gauge        *loaded_ts, *file_ts, *info;
@@ -703,11 +705,17 @@ int hl_models_check(hl_models *ms, int64_t now_ms, int force)
         return 0;
     ms->next_check_ms = now_ms + ms->o.check_ms;
     if (file_stat(ms->o.path, &id, &acc) != 0) {
-        if (force)
-            hl_log(HL_LOG_WARN, "model_check_failed", "path=%s err=\"cannot stat: the "
-                   "serving model stays\"", ms->o.path);
-        return 0;                   /* gone for now (a rename in progress?) */
+        /* a rename never leaves the path missing: deleted, or a broken or
+         * looping symlink. Said once per loss (and on each SIGHUP), since a
+         * restart would find no model to start with. */
+        if (force || !ms->missing)
+            hl_log(HL_LOG_WARN, "model_check_failed", "path=%s err=\"cannot stat: %s\" "
+                   "action=\"the serving model stays; put a model file back at the path, "
+                   "or the worker cannot start again\"", ms->o.path, strerror(errno));
+        ms->missing = 1;
+        return 0;
     }
+    ms->missing = 0;
     if (!force && ms->seen_set && memcmp(&id, &ms->seen, sizeof id) == 0 &&
         memcmp(&acc, &ms->seen_access, sizeof acc) == 0)
         return 0;

@@ -234,6 +234,25 @@ static int id_offsets_check(const uint64_t *off, int32_t n, uint64_t n_bytes,
 
 /* ---- open ---- */
 
+/* len bytes of fd into buf: 0, or HL_EIO when the file ends early (cut
+ * while read) or read fails. */
+static int read_all(int fd, uint8_t *buf, size_t len, const char *path,
+                    char *errbuf, size_t errlen)
+{
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = read(fd, buf + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return hl_err(errbuf, errlen, HL_EIO, "model %s: %s at byte %zu of %zu", path,
+                          n < 0 ? strerror(errno) : "the file got shorter while it was read "
+                          "(written in place? replace it by rename)", off, len);
+        off += (size_t)n;
+    }
+    return 0;
+}
+
 static int map_file(const char *path, const uint8_t **map, size_t *len, hl_model_file *id,
                     char *errbuf, size_t errlen)
 {
@@ -263,9 +282,23 @@ static int map_file(const char *path, const uint8_t **map, size_t *len, hl_model
                     path, (long long)st.st_size, HLM_HEADER_SIZE);
         goto out;
     }
-    p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    /* A private copy, not a mapping of the file: a file written over in
+     * place (cp, or a truncate) while its model serves would change the
+     * validated bytes under the readers, or kill them with SIGBUS past a
+     * truncation. Anonymous pages cost what the mapped ones did. */
+    p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
-        hl_err(errbuf, errlen, rc, "model %s: mmap: %s", path, strerror(errno));
+        hl_err(errbuf, errlen, rc, "model %s: %lld bytes: no memory: %s", path,
+               (long long)st.st_size, strerror(errno));
+        goto out;
+    }
+    madvise(p, (size_t)st.st_size, MADV_HUGEPAGE);     /* fewer faults and TLB misses */
+    rc = read_all(fd, p, (size_t)st.st_size, path, errbuf, errlen);
+    if (rc == 0 && mprotect(p, (size_t)st.st_size, PROT_READ) != 0)
+        rc = hl_err(errbuf, errlen, HL_EIO, "model %s: mprotect: %s", path, strerror(errno));
+    if (rc != 0) {
+        munmap(p, (size_t)st.st_size);
         goto out;
     }
     *map = p;

@@ -682,6 +682,47 @@ static int roundtrip_env(const char *in, const char *out)
     return rc != 0;
 }
 
+/* A model file overwritten in place while a model read from it serves
+ * (cp new.hlm model.hlm: open with O_TRUNC, then write): the served model
+ * keeps the bytes it validated. Served straight from a mapping of the
+ * file, it read the truncated pages with SIGBUS (the worker died at its
+ * next refresh) or the new file's bytes under the old one's CRC. */
+static void test_served_model_survives_overwrite_in_place(void)
+{
+    toy t;
+    char err[256] = "";
+    pid_t pid;
+    int status = -1;
+    toy_init(&t, 2000, 16);
+    CHECKF(hl_model_write(tpath("inplace.hlm"), &t.p, err, sizeof err) == 0, "%s", err);
+    hl_model *m = hl_model_open(tpath("inplace.hlm"), err, sizeof err);
+    CHECKF(m != NULL, "%s", err);
+    fflush(stdout);
+    if (m != NULL && (pid = fork()) == 0) {
+        int fd = open(tpath("inplace.hlm"), O_WRONLY | O_TRUNC);
+        char junk[4096];
+        memset(junk, 0x7f, sizeof junk);
+        if (fd < 0 || write(fd, junk, sizeof junk) != (ssize_t)sizeof junk)
+            _exit(2);
+        close(fd);
+        const hl_model_info *mi = hl_model_info_get(m);
+        size_t n = (size_t)mi->n_items * (size_t)mi->dim;
+        int same = memcmp(hl_model_e_out(m), t.e_out, n * sizeof(float)) == 0 &&
+                   memcmp(hl_model_e_in(m), t.e_in, n * sizeof(float)) == 0;
+        _exit(same ? 0 : 1);
+    }
+    if (m != NULL) {
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+        CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "reading the served model "
+               "after its file was overwritten in place: %s", WIFSIGNALED(status) ?
+               strsignal(WTERMSIG(status)) : WEXITSTATUS(status) == 1 ?
+               "its vectors changed" : "could not overwrite the file");
+    }
+    hl_model_close(m);
+    toy_free(&t);
+    unlink(tpath("inplace.hlm"));
+}
+
 int main(void)
 {
     const char *in = getenv("HL_HLM_ROUNDTRIP_IN"), *out = getenv("HL_HLM_ROUNDTRIP_OUT");
@@ -708,6 +749,7 @@ int main(void)
     RUN(test_writers_do_not_share_tmp);
     RUN(test_random_damage);
     RUN(test_open_rate);
+    RUN(test_served_model_survives_overwrite_in_place);
     if (t_n_failed == 0) {
         char cmd[128];
         snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

@@ -3,7 +3,8 @@
  * worker joins its group on that signal, so a partition counted as read
  * before it was would let lists go out without its hidden items masked.
  * Here the broker fails the watermark query once (a ListOffsets error, as
- * during a leader change) and is slow to fetch. */
+ * during a leader change) and is slow to fetch. Also: what the reader logs
+ * of a hostile update stays one event. */
 #define T_SUITE "items_load"
 #include "catalogue_test_util.h"
 #include "codec_item.h"
@@ -159,10 +160,84 @@ static void test_foreign_ids_do_not_fill_known(void)
     bed_close(&b);
 }
 
+/* How many "event" keys a key=value reader finds in the line at s: values
+ * in quotes end at the first '"' not escaped with '\\'. */
+static int count_events(const char *s)
+{
+    int n = 0;
+    while (*s != '\0' && *s != '\n') {
+        while (*s == ' ')
+            s++;
+        const char *k = s;
+        while (*s != '\0' && *s != '\n' && *s != '=' && *s != ' ')
+            s++;
+        n += s - k == 5 && strncmp(k, "event", 5) == 0;
+        if (*s != '=')
+            continue;
+        if (*++s == '"') {
+            for (s++; *s != '\0' && *s != '\n' && *s != '"'; s++)
+                if (*s == '\\' && s[1] != '\0')
+                    s++;
+            if (*s == '"')
+                s++;
+        } else
+            while (*s != '\0' && *s != '\n' && *s != ' ')
+                s++;
+    }
+    return n;
+}
+
+/* One bad_item_update line for an update whose id holds '"' (valid UTF-8:
+ * anyone who may write the topic chooses it) and that the catalogue
+ * refuses (catalogue_full names the id): the id must stay inside the
+ * detail value, not end it and add fields of its own. Before the fix the
+ * line read detail="catalogue: item "x" event=forged_event ..." and a
+ * key=value reader saw a second event. */
+static void test_hostile_id_stays_in_its_value(void)
+{
+    static const char id[] = "x\" event=forged_event y=\"";
+    char err[512], got[8192];
+    bed b;
+    bed_open(&b, "quote");
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    send_upd(b.p, id, &co);
+    CHECK(rd_kafka_flush(b.p, 10000) == 0);
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 0, .reg = b.reg};
+    FILE *tmp = tmpfile();
+    int saved = dup(STDERR_FILENO);
+    CHECK(tmp != NULL && saved >= 0);
+    dup2(fileno(tmp), STDERR_FILENO);
+    hl_log_set_level(HL_LOG_WARN);
+    hl_items *it = hl_items_create(&o, err, sizeof err);
+    if (it != NULL && hl_items_start(it, err, sizeof err) == 0)
+        for (int t = 0; t < 600 && !hl_items_loaded(it); t++)
+            usleep(50000);
+    int loaded = it != NULL && hl_items_loaded(it);
+    hl_items_destroy(it);
+    hl_log_set_level(HL_LOG_ERROR);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(got, 1, sizeof got - 1, tmp);
+    got[n] = '\0';
+    fclose(tmp);
+    CHECKF(loaded, "the reader never loaded the topic: %s", err);
+    const char *line = strstr(got, "event=bad_item_update");
+    CHECKF(line != NULL, "no bad_item_update line in: %s", got);
+    int events = line ? count_events(line) : 0;
+    const char *eol = line ? strchr(line, '\n') : NULL;
+    CHECKF(events == 1, "%d event fields (the id ended its value and forged one): %.*s",
+           events, (int)(eol && line ? eol - line : 0), line ? line : "");
+    bed_close(&b);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
     RUN(test_loaded_only_after_reading_to_the_end);
     RUN(test_foreign_ids_do_not_fill_known);
+    RUN(test_hostile_id_stays_in_its_value);
     TEST_EXIT();
 }

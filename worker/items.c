@@ -60,6 +60,7 @@
 #define METADATA_MS      5000
 #define RETRY_TOPIC_MS   5000   /* a missing topic is looked for again this often */
 #define KNOWN_IDS          64   /* registry ids whose schema was checked, kept */
+#define DETAIL_LEN        256   /* a bad update's reason, as a sentence */
 
 typedef struct known_id {
     int32_t id;
@@ -359,11 +360,15 @@ static void bad_update(hl_items *it, const rd_kafka_message_t *rkm, hl_item_reas
                        const char *detail)
 {
     uint64_t sup = 0;
+    char q[2 * DETAIL_LEN + 1];          /* every byte escaped at worst */
     hl_counter_add(it->c_invalid[r], 1);
+    /* detail may name the item (catalogue_full), and an id may hold '"':
+     * quoted, it stays inside its value instead of forging fields */
     if (hl_log_limit_pass(&it->bad_limit, &sup))
         hl_log(HL_LOG_WARN, "bad_item_update", "topic=%s partition=%d offset=%lld reason=%s "
                "detail=\"%s\" dlq=%s suppressed=%llu", it->topic, (int)rkm->partition,
-               (long long)rkm->offset, hl_item_reason_name(r), detail,
+               (long long)rkm->offset, hl_item_reason_name(r),
+               hl_log_quote(q, sizeof q, detail, strlen(detail)),
                it->o.dlq_topic ? it->o.dlq_topic : "off", (unsigned long long)sup);
     dead_letter(it, rkm, r);
 }
@@ -488,7 +493,7 @@ static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_cod
  * destroy it. */
 static int handle(hl_items *it, rd_kafka_message_t *rkm)
 {
-    char detail[256] = "";
+    char detail[DETAIL_LEN] = "";
     hl_item_codec_opts co;
     if (rkm->err) {
         uint64_t sup = 0;
@@ -522,7 +527,7 @@ static int handle(hl_items *it, rd_kafka_message_t *rkm)
 static void retry_kept(hl_items *it)
 {
     for (int p = 0; it->n_kept > 0 && p < it->n_parts; p++) {
-        char detail[256] = "";
+        char detail[DETAIL_LEN] = "";
         hl_item_codec_opts co;
         rd_kafka_message_t *rkm = it->kept[p];
         int r;

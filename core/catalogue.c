@@ -441,7 +441,14 @@ int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_
     if (c->slot[slot] == 0)
         return 0;
     const rec *r = in_effect(&c->ent[c->slot[slot] - 1]);
-    return r == NULL ? 0 : r->foldin_events > 0 ? r->foldin_events : -1;
+    if (r == NULL)
+        return 0;
+    /* A fold-in record whose vectors a swap to another dim dropped lists
+     * the item nowhere: nothing to keep a poorer estimate from replacing,
+     * so fold-in starts over rather than wait for twice its count. */
+    if (r->foldin_events > 0)
+        return r->side >= 0 ? r->foldin_events : 0;
+    return -1;
 }
 
 /* Side slots are (cap_side, dim): another dim starts them afresh (every

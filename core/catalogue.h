@@ -75,8 +75,9 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
 
 /* What the catalogue says about id, for a fold-in publisher: -1 when the
  * model knows it or an operator's record names it (fold-in must not write
- * over it), 0 when nothing, n > 0 when its vectors are a fold-in record
- * built from n interactions. */
+ * over it), 0 when nothing (or a fold-in record whose embedding a model
+ * swap dropped: it serves no vectors), n > 0 when its vectors are a
+ * fold-in record built from n interactions. */
 int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_t len);
 
 /* Model swap (DESIGN.md section 10): re-resolves every kept item by its id

@@ -251,6 +251,43 @@ static void test_rebind_to_other_dim(void)
     tm_free(&c3);
 }
 
+/* A fold-in record whose embedding a swap to another dim dropped serves
+ * nothing: the item is in no list. Fold-in must start over for it, at
+ * catalogue.foldin.min.events, not wait for twice the count the dropped
+ * vectors were built from (before the fix hl_catalogue_foldin_state said
+ * 40 here, so a folded item with 40 interactions left every list until a
+ * worker saw 80 more under the new model). */
+static void test_foldin_dropped_at_dim_swap_starts_afresh(void)
+{
+    tm a, c3;
+    tm_init(&a, N);
+    tm_init_dim(&c3, N, DIM / 2);
+    hl_model *ma = tm_open(&a, "fa"), *mc = tm_open(&c3, "fc");
+    char err[256];
+    float e[DIM] = {1};
+    hl_catalogue *c = hl_catalogue_create(ma, 8, err, sizeof err);
+    hl_item_update u = upd("new-f");
+    u.e_in = u.e_out = e;
+    u.foldin_events = 40;
+    u.foldin_key = 1;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "new-f", 5) == 40);
+    hl_catalogue_rebind_stats rs;
+    CHECK(mc != NULL && hl_catalogue_rebind(c, mc, &rs) == 0 && rs.dropped_dim == 1);
+    int64_t n = hl_catalogue_foldin_state(c, "new-f", 5);
+    CHECKF(n == 0, "foldin state %lld after its vectors were dropped, want 0", (long long)n);
+    float e2[DIM / 2] = {2};                  /* the new dim's publication serves again */
+    u.e_in = u.e_out = e2;
+    u.foldin_events = 3;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "new-f", 5) == 3);
+    hl_catalogue_destroy(c);
+    hl_model_close(ma);
+    hl_model_close(mc);
+    tm_free(&a);
+    tm_free(&c3);
+}
+
 /* Fold-in records (foldin_events > 0) add unknown items and replace one
  * another, but never an operator's record nor a model item; an operator's
  * record replaces a fold-in one. hl_catalogue_foldin_state says which. */
@@ -620,5 +657,6 @@ int main(void)
     RUN(test_expiry_by_event_time);
     RUN(test_rebind_follows_ids);
     RUN(test_rebind_to_other_dim);
+    RUN(test_foldin_dropped_at_dim_swap_starts_afresh);
     TEST_EXIT();
 }

@@ -296,8 +296,10 @@ static int insert(hl_catalogue *c, const hl_item_update *u, uint32_t *slot,
 {
     int32_t row = hl_model_item_find(c->m, u->id, u->id_len);
     if (row < 0 && c->n_new >= c->max_new)
-        return hl_err(errbuf, errlen, HL_EFULL, "catalogue: item \"%.*s\" is not in the "
-                      "model and catalogue.max.new.items=%d such items are kept already",
+        return hl_err(errbuf, errlen, HL_EFULL, "catalogue full: item \"%.*s\" is new to "
+                      "the model and catalogue.max.new.items=%d new ids are kept (added, "
+                      "only hidden, or only named): tombstone unused ones or raise "
+                      "catalogue.max.new.items",
                       (int)(u->id_len < 64 ? u->id_len : 64), u->id, (int)c->max_new);
     if ((uint32_t)(c->n_used + 1) * 2 > c->n_slot) {
         if (rehash(c, c->n_slot * 2) != 0)

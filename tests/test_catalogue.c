@@ -99,6 +99,36 @@ static void test_new_items_are_bounded(void)
     tm_free(&t);
 }
 
+/* Ids the model does not know that a record only hides (or names with
+ * no embedding) count against catalogue.max.new.items as added ones do
+ * (each is an entry kept): the
+ * refusal must say so and what to do, since an operator who hid unknown
+ * ids sees no added item and a full catalogue (before the fix: "...
+ * such items are kept already", no cause, no action). */
+static void test_full_says_what_counts_and_what_to_do(void)
+{
+    tm t;
+    tm_init(&t, N);
+    hl_model *m = tm_open(&t, "full");
+    char err[256], id[32];
+    float e[DIM] = {0};
+    hl_catalogue *c = hl_catalogue_create(m, 2, err, sizeof err);
+    for (int i = 0; i < 2; i++) {
+        snprintf(id, sizeof id, "gone-%d", i);
+        hl_item_update u = upd(id);
+        u.available = 0;
+        CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    }
+    hl_item_update u = upd("new-a");
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_EFULL);
+    CHECKF(strstr(err, "only hidden") != NULL && strstr(err, "tombstone") != NULL &&
+           strstr(err, "raise catalogue.max.new.items") != NULL, "%s", err);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&t);
+}
+
 static void test_expiry_by_event_time(void)
 {
     tm t;
@@ -654,6 +684,7 @@ int main(void)
     RUN(test_two_keys_survive_compaction);
     RUN(test_updates_replace_and_tombstones_forget);
     RUN(test_new_items_are_bounded);
+    RUN(test_full_says_what_counts_and_what_to_do);
     RUN(test_expiry_by_event_time);
     RUN(test_rebind_follows_ids);
     RUN(test_rebind_to_other_dim);

@@ -52,7 +52,7 @@ static const key_def keys[] = {
     {"catalogue.foldin.lift", T_NUM, HL_FOLDIN_LIFT, 0, 1, NULL, "beta: the model items a folded item takes its vectors from are ranked by its users' mean query less beta x the other new items' users' mean query, their biases weighted 1 - beta; 1: by what sets its users apart, not by popularity"},
     {"catalogue.foldin.distinct", T_NUM, HL_FOLDIN_DISTINCT, 0, 1, NULL, "with the lift: a folded item is published only while its lifted mean query keeps at least this share of its users' mean query's length (else again at its next doubling); 0 off. 0.95 keeps ml-latest-small exactly at the frozen catalogue's HR@10 and taobao-sample's gain (tests/quality/RESULTS.md, The lift)"},
     {"catalogue.foldin.e_in.scale", T_NUM, HL_FOLDIN_E_IN_SCALE, 0, 1, NULL, "share of an event's weight with which a folded item's e_in (published by fold-in, not an operator's embedding) enters the user's state; 0: as an unknown item"},
-    {"catalogue.max.new.items", T_INT, "100000", 0, 10000000, NULL, "items unknown to the model the catalogue keeps (added from the item topic); beyond, an update is refused and counted (catalogue_full)"},
+    {"catalogue.max.new.items", T_INT, "100000", 0, 10000000, NULL, "items unknown to the model the catalogue keeps (added from the item topic, or only hidden or named by it); beyond, an update is refused and counted (catalogue_full)"},
     {"input.format",        T_ENUM, "confluent", 0, 0, "confluent|raw", "input framing: Confluent (magic 0, schema id) or plain Avro binary"},
     {"output.format",       T_ENUM, "confluent", 0, 0, "confluent|raw", "output framing"},
     {"schemas.dir",         T_STR,  "schemas", 1, 4095, NULL, "writer schemas by id, <dir>/<id>.avsc"},

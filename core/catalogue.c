@@ -372,10 +372,12 @@ static int set_embedding(hl_catalogue *c, rec *r, const hl_item_update *u,
 }
 
 /* A tombstone under one key: that key's record goes; the entry with it
- * when the other key holds none either. */
-static void tombstone(hl_catalogue *c, uint32_t slot, int k)
+ * when the other key holds none either. 1 when there was a record. */
+static int tombstone(hl_catalogue *c, uint32_t slot, int k)
 {
     entry *e = &c->ent[c->slot[slot] - 1];
+    if (!e->key[k].present)
+        return 0;
     count(c, e, -1);
     set_embedding(c, &e->key[k], NULL, NULL, 0);
     e->key[k].present = 0;
@@ -383,6 +385,7 @@ static void tombstone(hl_catalogue *c, uint32_t slot, int k)
         forget(c, slot);
     else
         count(c, e, +1);
+    return 1;
 }
 
 /* A fold-in record that must not be stored: one for an item the model
@@ -407,9 +410,10 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
     int k = u->foldin_key ? KEY_FOLDIN : KEY_ITEM;
     uint32_t slot = probe(c, u->id, u->id_len);
     if (u->tombstone) {
-        if (c->slot[slot] != 0)
-            tombstone(c, slot, k);
-        c->version++;
+        /* one of nothing (compaction keeps tombstones a while, and they
+         * are read again) changes no view, so it builds none */
+        if (c->slot[slot] != 0 && tombstone(c, slot, k))
+            c->version++;
         return 0;
     }
     if (k == KEY_FOLDIN && u->foldin_events < 1)

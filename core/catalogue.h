@@ -97,7 +97,8 @@ typedef struct hl_catalogue_rebind_stats {
 } hl_catalogue_rebind_stats;
 int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, hl_catalogue_rebind_stats *st);
 
-/* Changes applied since create (each apply that returned 0). */
+/* Changes applied since create: each apply that returned 0, but for a
+ * tombstone that found no record under its key (it changes nothing). */
 uint64_t hl_catalogue_version(const hl_catalogue *c);
 
 typedef struct hl_catalogue_stats {

@@ -345,6 +345,25 @@ static void test_help_lists_every_key(void)
     free(buf);
 }
 
+/* A file saved by a Windows editor: a UTF-8 byte order mark before the
+ * first key and CRLF line ends. The mark is invisible in every editor and
+ * in the error, which read: unknown key "group.id". */
+static void test_bom_and_crlf(void)
+{
+    char err[512] = "";
+    hl_config *cfg = hl_config_create();
+    write_props("\xEF\xBB\xBFgroup.id=from-bom\r\nrecs.k=5\r\n");
+    CHECKF(hl_config_load_file(cfg, path, err, sizeof err) == 0, "%s", err);
+    CHECK(!strcmp(hl_config_str(cfg, "group.id"), "from-bom"));
+    CHECK(hl_config_int(cfg, "recs.k") == 5);
+    /* Only at the very start: a mark on a later line is not a key. */
+    write_props("recs.k=6\n\xEF\xBB\xBFgroup.id=x\n");
+    CHECK(hl_config_load_file(cfg, path, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "line 2"), "%s", err);
+    unlink(path);
+    hl_config_destroy(cfg);
+}
+
 int main(void)
 {
     RUN(test_defaults);
@@ -360,5 +379,6 @@ int main(void)
     RUN(test_worker_opts);
     RUN(test_help_lists_every_key);
     RUN(test_metrics_bind);
+    RUN(test_bom_and_crlf);
     TEST_EXIT();
 }

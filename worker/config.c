@@ -369,7 +369,10 @@ static int set_pair(hl_config *cfg, char *line, const char *origin, char *errbuf
 /* Lines are read whole, however long (getline), so a comment stays one
  * comment: with a fixed buffer the tail of a long comment came back as a
  * line of its own and "# ...group.id=hijacked" set the group. A NUL byte
- * would cut a line short without a word, so it is refused instead. */
+ * would cut a line short without a word, so it is refused instead. A
+ * UTF-8 byte order mark (Windows editors write one) is skipped at the
+ * start of the file only: it is invisible, and the first key was refused
+ * as 'unknown key "group.id"'. */
 int hl_config_load_file(hl_config *cfg, const char *path, char *errbuf, size_t errlen)
 {
     char *line = NULL, origin[512];
@@ -387,7 +390,10 @@ int hl_config_load_file(hl_config *cfg, const char *path, char *errbuf, size_t e
             rc = hl_err(errbuf, errlen, HL_EINVAL, "%s: contains a NUL byte", origin);
             break;
         }
-        s = trim(line);
+        s = line;
+        if (n == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+            s += 3;
+        s = trim(s);
         if (*s == '\0' || *s == '#' || *s == '!')
             continue;
         rc = set_pair(cfg, s, origin, errbuf, errlen);

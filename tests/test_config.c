@@ -364,6 +364,27 @@ static void test_bom_and_crlf(void)
     hl_config_destroy(cfg);
 }
 
+/* kafka.* keys that would let librdkafka commit offsets of events whose
+ * lists were never delivered are refused, whatever the spelling of true. */
+static void test_kafka_guarantees(void)
+{
+    char err[512] = "";
+    hl_config *cfg = hl_config_create();
+    const char *yes[] = {"true", "True", "1", "TRUE"};
+    for (int i = 0; i < 4; i++) {
+        CHECKF(hl_config_set(cfg, "kafka.enable.auto.offset.store", yes[i], "-X", err,
+                             sizeof err) == HL_EINVAL, "enable.auto.offset.store=%s taken", yes[i]);
+        CHECKF(strstr(err, "kafka.enable.auto.offset.store") && strstr(err, "delivered"), "%s", err);
+    }
+    CHECK(hl_config_kafka_get(cfg, "enable.auto.offset.store") == NULL);
+    CHECKF(hl_config_set(cfg, "kafka.enable.auto.offset.store", "false", "-X", err,
+                         sizeof err) == 0, "%s", err);
+    char *env[] = { "HALFLIFE_KAFKA_ENABLE_AUTO_OFFSET_STORE=true", NULL };
+    CHECK(hl_config_load_env(cfg, env, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "HALFLIFE_KAFKA_ENABLE_AUTO_OFFSET_STORE"), "%s", err);
+    hl_config_destroy(cfg);
+}
+
 int main(void)
 {
     RUN(test_defaults);
@@ -380,5 +401,6 @@ int main(void)
     RUN(test_help_lists_every_key);
     RUN(test_metrics_bind);
     RUN(test_bom_and_crlf);
+    RUN(test_kafka_guarantees);
     TEST_EXIT();
 }

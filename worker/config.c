@@ -278,6 +278,23 @@ void hl_config_destroy(hl_config *cfg)
     free(cfg);
 }
 
+/* kafka.* values that would break the worker's at-least-once promise,
+ * refused rather than passed on. enable.auto.offset.store=true lets
+ * librdkafka store (and auto-commit) each event's offset as it is
+ * consumed, before its batch's lists are delivered: a crash then loses
+ * those lists, and the next owner without a snapshot starts past the
+ * events. The value was accepted by librdkafka, so only its bool matters. */
+static int kafka_breaks_guarantee(const char *key, const char *text, const char *origin,
+                                  char *errbuf, size_t errlen)
+{
+    if (strcmp(key, "enable.auto.offset.store") == 0 && parse_bool(text) == 1)
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.enable.auto.offset.store=%s (from %s): "
+                      "the worker stores an offset only once its batch's lists are delivered; "
+                      "librdkafka's own storing would commit events whose lists a crash loses. "
+                      "Remove the key", text, origin);
+    return 0;
+}
+
 /* kafka.<key>: librdkafka must accept it (a scratch conf tells), then it is
  * kept, replacing an earlier value of the same key. */
 static int set_kafka(hl_config *cfg, const char *key, const char *text, const char *origin,
@@ -301,6 +318,8 @@ static int set_kafka(hl_config *cfg, const char *key, const char *text, const ch
         return hl_err(errbuf, errlen, HL_EINVAL, "kafka.%s=\"%.64s%s\" (from %s): librdkafka "
                       "refuses it: %s", key, text, HL_MORE64(len), origin,
                       *key ? why : "empty property name");
+    if (kafka_breaks_guarantee(key, text, origin, errbuf, errlen) != 0)
+        return HL_EINVAL;
     if ((v2 = strdup(text)) == NULL)
         return hl_err(errbuf, errlen, HL_ENOMEM, "config: out of memory");
     for (int i = 0; i < cfg->n_kafka; i++) {
@@ -875,7 +894,12 @@ static void help_row_get(int i, help_row *r)
          "socket.nagle.disable=true (Nagle held small requests for the peer's delayed ACK), "
          "fetch.wait.max.ms=5 on the embedded broker (it holds an empty fetch that long), "
          "and for the lists' producer enable.idempotence=true, linger.ms=0 (1 ms cost a list "
-         "2 ms: librdkafka 2.0.2 rounds the wait up to whole ms)",
+         "2 ms: librdkafka 2.0.2 rounds the wait up to whole ms). Refused: "
+         "enable.auto.offset.store=true (offsets of undelivered lists would be committed). "
+         "Weakened, at your choice: enable.auto.commit=false commits only at a clean stop "
+         "(group lag grows, a new owner without a snapshot reads again), "
+         "enable.idempotence=false may duplicate or reorder a user's lists on a retry, "
+         "isolation.level=read_uncommitted applies events of aborted transactions",
          "as librdkafka documents"},
     };
     const key_def *d;

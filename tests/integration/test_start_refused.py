@@ -8,12 +8,17 @@ start, quickly and with a clear message (issue 16, "Hardening", item 12).
   a FIFO for reading waits for a writer); now it is refused at once:
   exit 1, "not a regular file (a FIFO)". A directory is refused the same
   way.
+- -c naming a FIFO waits for its writer (a process substitution may be
+  slow); a SIGTERM there used to exit 2 with "config file ...: Interrupted
+  system call", a configuration error to an orchestrator; now it is the
+  documented stop during start-up: exit 0, step=configuration.
 
 Each run has a 10 s limit: a hang is a FAIL, not a stuck test. No broker is
 needed: both refusals come before Kafka is touched (the bootstrap address
 points at a closed port, so reaching Kafka would also show as a hang).
 """
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,7 +84,50 @@ def main():
         rc, secs, out = run(tmp, ["model.path=" + tmp, "snapshot.dir=" + os.path.join(tmp, "s")])
         check("model_directory", rc == 1 and "not a regular file (a directory)" in out,
               "exit %s after %.1f s: %s" % (rc, secs, out.strip()[-400:]))
+        config_fifo_sigterm(tmp, model)
     return 1 if failed else 0
+
+
+def blocked_in_open(pid, timeout=10):
+    """Waits until pid's main thread sits in openat(2) (x86_64 number 257,
+    /proc/PID/syscall): there a FIFO with no writer keeps it. False when it
+    never does (or has exited)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open("/proc/%d/syscall" % pid) as f:
+                if f.read().split(" ", 1)[0] == "257":
+                    return True
+        except OSError:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def config_fifo_sigterm(tmp, model):
+    """-c naming a FIFO (a process substitution, /dev/stdin) waits for its
+    writer; a SIGTERM there is a stop during start-up: exit 0 and one
+    step=configuration line, not exit 2 with "Interrupted system call"
+    reported as a configuration error."""
+    fifo = os.path.join(tmp, "config.fifo")
+    os.mkfifo(fifo)
+    args = [U.HL, "run", "-c", fifo, "-X", "model.path=" + model, "-X", "metrics.port=0"]
+    with open(os.path.join(tmp, "fifo.log"), "w+") as log:
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        waiting = blocked_in_open(p.pid)
+        p.send_signal(signal.SIGTERM)
+        try:
+            rc = p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            rc = "hang"
+        log.seek(0)
+        out = log.read()
+    check("config_fifo_sigterm", waiting and rc == 0 and
+          out.count("event=worker_stopped_before_start step=configuration") == 1 and
+          "Interrupted" not in out,
+          "blocked in open: %s; exit %s: %s" % (waiting, rc, out.strip()[-400:]))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@
 #include <string.h>
 #include <unistd.h>
 
+static volatile sig_atomic_t run_signalled;
+static volatile sig_atomic_t run_reload;    /* SIGHUP: look at model.path now */
+static unsigned run_deadline_s;         /* set once before the handlers */
 
 static void run_usage(FILE *f)
 {
@@ -80,8 +83,11 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
             rc = 2;
         }
     }
+    /* A stop while -c is read (a FIFO waits for its writer) interrupts
+     * the read with EINTR: that is the stop, not a bad file to report. */
     if (rc < 0 && hl_config_load(cfg, file, environ, args, n_args, err, sizeof err) != 0) {
-        fprintf(stderr, "halflife run: %s\n", err);
+        if (!run_signalled)
+            fprintf(stderr, "halflife run: %s\n", err);
         rc = 2;
     }
     if (rc < 0 && hl_config_str(cfg, "model.path") == NULL) {
@@ -91,10 +97,6 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
     free(args);
     return rc;
 }
-
-static volatile sig_atomic_t run_signalled;
-static volatile sig_atomic_t run_reload;    /* SIGHUP: look at model.path now */
-static unsigned run_deadline_s;         /* set once before the handlers */
 
 /* The first signal asks for a graceful stop and arms a last-resort alarm a
  * few seconds past shutdown.timeout.ms (SIGALRM's default action ends the
@@ -172,7 +174,7 @@ int hl_cmd_run(int argc, char **argv)
     hl_worker_opts o;
     int prc = cfg ? run_parse(cfg, argc, argv) : 1;
     if (prc >= 0 || run_signalled) {
-        rc = prc >= 0 ? prc : stopped_while_starting("configuration", NULL);
+        rc = run_signalled && prc != 0 ? stopped_while_starting("configuration", NULL) : prc;
         goto out;
     }
     hl_log_set_level(hl_config_log_level(cfg));

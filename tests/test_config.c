@@ -385,6 +385,26 @@ static void test_kafka_guarantees(void)
     hl_config_destroy(cfg);
 }
 
+/* An empty kafka.bootstrap.servers (a variable whose source rendered
+ * empty) is not "unset": it used to start the embedded broker, a worker
+ * that reported ready and never read the real cluster. */
+static void test_empty_bootstrap(void)
+{
+    char err[512] = "";
+    hl_config *cfg = hl_config_create();
+    const char *blank[] = {"", " ", " , "};
+    for (int i = 0; i < 3; i++) {
+        CHECKF(hl_config_set(cfg, "kafka.bootstrap.servers", blank[i], "-X", err,
+                             sizeof err) == HL_EINVAL, "bootstrap \"%s\" taken", blank[i]);
+        CHECKF(strstr(err, "kafka.bootstrap.servers") && strstr(err, "unset"), "%s", err);
+    }
+    CHECK(hl_config_kafka_get(cfg, "bootstrap.servers") == NULL);
+    char *env[] = { "HALFLIFE_KAFKA_BOOTSTRAP_SERVERS=", NULL };
+    CHECK(hl_config_load(cfg, NULL, env, NULL, 0, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "HALFLIFE_KAFKA_BOOTSTRAP_SERVERS"), "%s", err);
+    hl_config_destroy(cfg);
+}
+
 int main(void)
 {
     RUN(test_defaults);
@@ -402,5 +422,6 @@ int main(void)
     RUN(test_metrics_bind);
     RUN(test_bom_and_crlf);
     RUN(test_kafka_guarantees);
+    RUN(test_empty_bootstrap);
     TEST_EXIT();
 }

@@ -307,6 +307,12 @@ static int set_kafka(hl_config *cfg, const char *key, const char *text, const ch
         return hl_err(errbuf, errlen, HL_EINVAL, "kafka.bootstrap.servers (from %s): %zu "
                       "characters, at most %d: list fewer brokers (a few of a cluster's are "
                       "enough to find the rest)", origin, len, HL_BOOTSTRAP_MAX);
+    /* Empty is not unset: a variable whose source rendered empty started
+     * the embedded broker, a worker that reported ready on no real data. */
+    if (strcmp(key, "bootstrap.servers") == 0 && text[strspn(text, " \t,")] == '\0')
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.bootstrap.servers (from %s) is empty: "
+                      "give the brokers (host:port,...), or leave the key unset for the "
+                      "embedded broker", origin);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, key, text, why, sizeof why);
     rd_kafka_conf_destroy(conf);
@@ -888,7 +894,8 @@ static void help_row_get(int i, help_row *r)
 {
     static const help_row kafka_rows[2] = {
         {"kafka.bootstrap.servers", NULL,
-         "Kafka brokers; unset starts an embedded broker in the process", "string"},
+         "Kafka brokers; unset starts an embedded broker in the process (set empty is "
+         "refused)", "string"},
         {"kafka.*", "", "any librdkafka property, passed without the kafka. prefix; the "
          "worker's own defaults unless given: queued.min.messages=1000000, "
          "socket.nagle.disable=true (Nagle held small requests for the peer's delayed ACK), "

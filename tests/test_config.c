@@ -405,6 +405,22 @@ static void test_empty_bootstrap(void)
     hl_config_destroy(cfg);
 }
 
+/* kafka.group.id would move the consumer to another group while the
+ * state topic (<group.id>-state), the logs and the metrics stay with
+ * group.id: refused, naming the key to use. */
+static void test_kafka_group_id(void)
+{
+    char err[512] = "";
+    hl_config *cfg = hl_config_create();
+    CHECK(hl_config_set(cfg, "kafka.group.id", "other", "-X", err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "kafka.group.id") && strstr(err, "set group.id"), "%s", err);
+    CHECK(hl_config_kafka_get(cfg, "group.id") == NULL);
+    char *env[] = { "HALFLIFE_KAFKA_GROUP_ID=other", NULL };
+    CHECK(hl_config_load_env(cfg, env, err, sizeof err) == HL_EINVAL);
+    CHECKF(strstr(err, "HALFLIFE_KAFKA_GROUP_ID") && strstr(err, "HALFLIFE_GROUP_ID"), "%s", err);
+    hl_config_destroy(cfg);
+}
+
 int main(void)
 {
     RUN(test_defaults);
@@ -423,5 +439,6 @@ int main(void)
     RUN(test_bom_and_crlf);
     RUN(test_kafka_guarantees);
     RUN(test_empty_bootstrap);
+    RUN(test_kafka_group_id);
     TEST_EXIT();
 }

@@ -278,8 +278,9 @@ void hl_config_destroy(hl_config *cfg)
     free(cfg);
 }
 
-/* kafka.* values that would break the worker's at-least-once promise,
- * refused rather than passed on. enable.auto.offset.store=true lets
+/* kafka.* keys the worker owns or whose value would break its
+ * at-least-once promise, refused rather than passed on. group.id: below.
+ * enable.auto.offset.store=true lets
  * librdkafka store (and auto-commit) each event's offset as it is
  * consumed, before its batch's lists are delivered: a crash then loses
  * those lists, and the next owner without a snapshot starts past the
@@ -287,6 +288,13 @@ void hl_config_destroy(hl_config *cfg)
 static int kafka_breaks_guarantee(const char *key, const char *text, const char *origin,
                                   char *errbuf, size_t errlen)
 {
+    /* The group is the worker's own key: kafka.group.id moved only the
+     * consumer, while the state topic (<group.id>-state), the logs and
+     * the metrics kept group.id, so two deployments could share state. */
+    if (strcmp(key, "group.id") == 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "kafka.group.id (from %s): the consumer group "
+                      "is the worker's key: set group.id instead (HALFLIFE_GROUP_ID, "
+                      "-X group.id=...), which also names the state topic", origin);
     if (strcmp(key, "enable.auto.offset.store") == 0 && parse_bool(text) == 1)
         return hl_err(errbuf, errlen, HL_EINVAL, "kafka.enable.auto.offset.store=%s (from %s): "
                       "the worker stores an offset only once its batch's lists are delivered; "
@@ -901,8 +909,8 @@ static void help_row_get(int i, help_row *r)
          "socket.nagle.disable=true (Nagle held small requests for the peer's delayed ACK), "
          "fetch.wait.max.ms=5 on the embedded broker (it holds an empty fetch that long), "
          "and for the lists' producer enable.idempotence=true, linger.ms=0 (1 ms cost a list "
-         "2 ms: librdkafka 2.0.2 rounds the wait up to whole ms). Refused: "
-         "enable.auto.offset.store=true (offsets of undelivered lists would be committed). "
+         "2 ms: librdkafka 2.0.2 rounds the wait up to whole ms). Refused: group.id (set "
+         "group.id), enable.auto.offset.store=true (offsets of undelivered lists would be committed). "
          "Weakened, at your choice: enable.auto.commit=false commits only at a clean stop "
          "(group lag grows, a new owner without a snapshot reads again), "
          "enable.idempotence=false may duplicate or reorder a user's lists on a retry, "

@@ -19,7 +19,8 @@
 #    need the model, nlist above the item count and nprobe above nlist,
 #    are in test_index_start.sh);
 #  - recs.exclude.seen.events above state.history (a window the ring
-#    cannot hold would leave out fewer items than asked for).
+#    cannot hold would leave out fewer items than asked for);
+#  - a second -c (it replaced the first file without a word).
 # Each refusal happens before the model is opened, so no broker is needed.
 set -u
 name=config_refusals
@@ -90,5 +91,11 @@ fi
   echo "no equals here"
 } >"$tmp/mb.properties"
 expect mb_comment_line_number 'mb.properties line 3: "no equals here"' -c "$tmp/mb.properties"
+
+# A second -c used to replace the first without a word: a base file and an
+# override file ran with the override's keys alone.
+echo "group.id=base" >"$tmp/base.properties"
+echo "recs.k=5" >"$tmp/override.properties"
+expect two_config_files '-c given twice' -c "$tmp/base.properties" -c "$tmp/override.properties"
 
 exit $fail

@@ -74,6 +74,12 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
         } else if (!strcmp(argv[i], "--help-markdown")) {
             hl_config_print_markdown(stdout);
             rc = 0;
+        } else if (!strcmp(argv[i], "-c") && i + 1 < argc && file != NULL) {
+            /* The second used to replace the first without a word. */
+            fprintf(stderr, "halflife run: -c given twice ('%s', then '%s'): one properties "
+                    "file only; put overrides in HALFLIFE_<KEY> variables or -X\n", file,
+                    argv[i + 1]);
+            rc = 2;
         } else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
             file = argv[++i];
         } else if (!strcmp(argv[i], "-X") && i + 1 < argc) {

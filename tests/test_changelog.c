@@ -703,10 +703,11 @@ static int64_t last_offset_of(const hl_table *tbl, const char *user)
     return v.last_offset;
 }
 
-/* A record whose epoch header is INT64_MAX (the topic is writable by
- * anyone): the next owner's epoch must still be a valid one, and that
- * owner's records must still restore. */
-static void test_epoch_overflow(void)
+/* A record whose epoch header is hostile (the topic is writable by
+ * anyone): INT64_MAX, or HL_CHANGELOG_EPOCH_MAX itself, the highest a
+ * reader accepts. The next owner's epoch must still be one a reader
+ * accepts, and that owner's records must still restore. */
+static void epoch_overflow(const char *hostile)
 {
     char err[512] = "", ep[32];
     hl_table_opts o;
@@ -714,14 +715,13 @@ static void test_epoch_overflow(void)
     hl_changelog *cl = offline(&o, &reg);
     if (cl == NULL)
         return;
-    static const char hostile[] = "9223372036854775807";
     hl_changelog_rec recs[2] = {{.key = "x", .key_len = 1, .epoch = hostile,
                                  .epoch_len = strlen(hostile)}};
     hl_table *t1 = hl_table_create(&o, err, sizeof err), *src = hl_table_create(&o, err, sizeof err);
     hl_changelog_restored out;
     int rc = hl_changelog_replay(cl, t1, NULL, recs, 1, &out, err, sizeof err);
-    CHECKF(rc == 0 && out.epoch > 0, "after an epoch header INT64_MAX the claim's epoch is "
-           "%lld", (long long)out.epoch);
+    CHECKF(rc == 0 && out.epoch > 0 && out.epoch <= HL_CHANGELOG_EPOCH_MAX, "after an epoch "
+           "header %s the claim's epoch is %lld", hostile, (long long)out.epoch);
     /* The new owner (epoch out.epoch) flushes user u; the next restore. */
     snprintf(ep, sizeof ep, "%lld", (long long)out.epoch);
     events(src, NULL, "u", 0, 5);
@@ -729,14 +729,22 @@ static void test_epoch_overflow(void)
     recs[1] = row_rec(src, "u", ep, buf);
     hl_table *t2 = hl_table_create(&o, err, sizeof err);
     rc = hl_changelog_replay(cl, t2, NULL, recs, 2, &out, err, sizeof err);
-    CHECKF(rc == 0 && has(t2, "u"), "the owner's own row (epoch header \"%s\") not "
-           "restored: bad %llu", ep, (unsigned long long)out.n_bad);
+    CHECKF(rc == 0 && has(t2, "u"), "after a header %s the owner's own row (epoch header "
+           "\"%s\") not restored: bad %llu", hostile, ep, (unsigned long long)out.n_bad);
     free(buf);
     hl_table_destroy(t1);
     hl_table_destroy(t2);
     hl_table_destroy(src);
     hl_changelog_destroy(cl);
     hl_metrics_destroy(reg);
+}
+
+static void test_epoch_overflow(void)
+{
+    char at_max[32];
+    snprintf(at_max, sizeof at_max, "%lld", (long long)HL_CHANGELOG_EPOCH_MAX);
+    epoch_overflow("9223372036854775807");
+    epoch_overflow(at_max);
 }
 
 /* A local snapshot at input offset 20 whose cover is the flush before

@@ -18,7 +18,9 @@
  * and every epoch is written and read back as a non-negative int64. A
  * header of INT64_MAX (anyone may write the topic) made the claim
  * INT64_MAX + 1, which wrapped negative: every later record of every
- * owner was then refused as bad, for good. Ownerships never come near. */
+ * owner was then refused as bad, for good. Ownerships never come near;
+ * a record naming MAX itself makes the next claim MAX too, not MAX + 1
+ * (claim_epoch, changelog_restore.c). */
 #define HL_CHANGELOG_EPOCH_MAX ((int64_t)1 << 62)
 #define CK_BYTES 52                 /* a checkpoint's value (changelog.c) */
 #define HL_CHANGELOG_RECORD_MAX 1000000   /* Kafka's default max.message.bytes */

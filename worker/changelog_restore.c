@@ -600,6 +600,24 @@ static int claim(restorer *rs, int32_t p, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* The epoch this owner claims: one above the highest read. A record
+ * naming HL_CHANGELOG_EPOCH_MAX itself (anyone may write the topic) made
+ * that MAX + 1, which every reader refuses: each later record of every
+ * owner was counted bad and the state was lost at each restore. The
+ * claim stays at the ceiling instead; owners there no longer fence one
+ * another by epoch (their records are not stale), which costs fencing,
+ * never state. */
+static int64_t claim_epoch(const hl_changelog *cl, int64_t max_epoch)
+{
+    if (max_epoch < HL_CHANGELOG_EPOCH_MAX)
+        return max_epoch + 1;
+    hl_log(HL_LOG_WARN, "changelog_epoch_ceiling", "topic=%s epoch=%lld reason=\"a record "
+           "names the highest epoch a reader accepts (a foreign writer?)\" action=\"claimed "
+           "at the ceiling: epochs no longer fence owners of this partition; recreate the "
+           "changelog to restore fencing\"", cl->topic, (long long)max_epoch);
+    return HL_CHANGELOG_EPOCH_MAX;
+}
+
 /* After the last record: the shard-wide meta and where the input resumes. */
 static void finish(restorer *rs, const hl_changelog_base *base)
 {
@@ -612,7 +630,7 @@ static void finish(restorer *rs, const hl_changelog_base *base)
         hl_table_meta_set(rs->tbl, &meta);
         out->next_offset = rs->ck.offset;
     }
-    out->epoch = rs->max_epoch + 1;
+    out->epoch = claim_epoch(rs->cl, rs->max_epoch);
 }
 
 static void observe(hl_changelog *cl, int32_t p, const hl_changelog_restored *out)

@@ -47,7 +47,8 @@ typedef struct env {
     hl_table_opts            o;
 } env;
 
-static int env_start(env *e)
+/* The env with extra (a producer property, {NULL}: none). */
+static int env_start_with(env *e, hl_kafka_prop extra)
 {
     char err[512];
     rd_kafka_conf_t *c = rd_kafka_conf_new();
@@ -60,8 +61,8 @@ static int env_start(env *e)
     rd_kafka_mock_topic_create(e->mock, "in", 1, 1);
     rd_kafka_mock_topic_create(e->mock, "st", 1, 1);
     const char *bootstrap = rd_kafka_mock_cluster_bootstraps(e->mock);
-    hl_kafka_prop props[] = {{"bootstrap.servers", bootstrap}};
-    e->prod = hl_producer_create(props, 1, NULL, err, sizeof err);
+    hl_kafka_prop props[] = {{"bootstrap.servers", bootstrap}, extra};
+    e->prod = hl_producer_create(props, extra.key ? 2 : 1, NULL, err, sizeof err);
     rd_kafka_conf_t *cc = rd_kafka_conf_new();
     rd_kafka_conf_set(cc, "bootstrap.servers", bootstrap, err, sizeof err);
     rd_kafka_conf_set(cc, "group.id", "test", err, sizeof err);
@@ -78,6 +79,11 @@ static int env_start(env *e)
     e->cl = e->prod && e->cons ? hl_changelog_create(&co, err, sizeof err) : NULL;
     CHECKF(e->cl != NULL, "changelog: %s", err);
     return e->cl ? 0 : -1;
+}
+
+static int env_start(env *e)
+{
+    return env_start_with(e, (hl_kafka_prop){NULL, NULL});
 }
 
 static void env_stop(env *e)
@@ -653,6 +659,43 @@ static void test_restore_read_stops(void)
     env_stop(&e);
 }
 
+/* A flush one of whose rows the producer refuses at once (here a row
+ * above the producer's message.max.bytes, as an operator's lower
+ * kafka.message.max.bytes makes it): the flush fails, and its checkpoint
+ * must not land, or a restore resumes the input past events of a user
+ * whose row the changelog never got (lost). */
+static void test_refused_row_no_checkpoint(void)
+{
+    env e;
+    char err[512] = "";
+    if (env_start_with(&e, (hl_kafka_prop){"message.max.bytes", "1000"}) != 0) {
+        env_stop(&e);
+        return;
+    }
+    hl_table_opts o = e.o;
+    o.history = 64;                       /* u2's 40 events make a row of 1 KB+ */
+    hl_table *a = hl_table_create(&o, err, sizeof err), *b = hl_table_create(&o, err, sizeof err);
+    hl_changelog_restored ra, rb;
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "%s", err);
+    hl_changelog_shard *cs = hl_changelog_shard_create(e.cl, 0, a, &ra);
+    int64_t far = hl_now_mono_ms() + 10000;
+    events(a, NULL, "u1", 0, 3);
+    CHECK(hl_changelog_flush_now(cs, a, 3, far) == 0);
+    events(a, NULL, "u2", 3, 43);
+    int rc = hl_changelog_flush_now(cs, a, 43, far);
+    CHECKF(rc != 0 && hl_changelog_durable(cs) == 3, "the flush with a refused row: rc %d, "
+           "durable %lld", rc, (long long)hl_changelog_durable(cs));
+    CHECKF(hl_changelog_restore(e.cl, 0, b, NULL, &rb, err, sizeof err) == 0, "%s", err);
+    CHECKF(rb.next_offset == 3 || has(b, "u2"), "the restore resumes the input at %lld "
+           "without u2 (events 3..42): a checkpoint followed a row that was refused",
+           (long long)rb.next_offset);
+    hl_table_on_evict(a, NULL, NULL);
+    hl_changelog_shard_destroy(cs);
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+    env_stop(&e);
+}
+
 static void test_reshape_replay(void)
 {
     reshape_replay(1);      /* the old model at hand: migrated */
@@ -921,6 +964,7 @@ int main(void)
     RUN(test_zombie_new_owner_quiet);
     RUN(test_reshape_replay);
     RUN(test_restore_read_stops);
+    RUN(test_refused_row_no_checkpoint);
     RUN(test_flush_names_encoded_model);
     RUN(test_epoch_overflow);
     RUN(test_cache_then_unfinished_flush);

@@ -304,27 +304,36 @@ static int send_one(hl_changelog_shard *cs, const void *key, size_t key_len,
     return 0;
 }
 
-/* Produces the encoded flush: tombstones, rows, then the checkpoint. */
+/* Produces the encoded flush: tombstones, rows, then the checkpoint.
+ * A record the producer refuses at once (a row above message.max.bytes,
+ * a topic it knows is gone) fails the flush, and ends it: a checkpoint
+ * after it would tell a restore that its input offset is covered, and the
+ * restore would resume past events of a user whose row never landed
+ * (test_refused_row_no_checkpoint). The rest would fail alike, each with
+ * a log line. The next flush takes the same cut again. */
 static void produce(hl_changelog_shard *cs)
 {
     unsigned char ck[CK_BYTES];
+    int rc = 0;
     hl_ticket_reset(&cs->t);
     cs->n_sent = 0;
-    for (size_t i = 0; i < cs->tomb_cut;) {
+    cs->state = SENT;
+    for (size_t i = 0; rc == 0 && i < cs->tomb_cut;) {
         size_t n = cs->tomb[i] | (size_t)cs->tomb[i + 1] << 8;
-        send_one(cs, cs->tomb + i + 2, n, NULL, 0, KIND_TOMBSTONE);
+        rc = send_one(cs, cs->tomb + i + 2, n, NULL, 0, KIND_TOMBSTONE);
         i += 2 + n;
     }
-    for (size_t i = 0; i < cs->len;) {
+    for (size_t i = 0; rc == 0 && i < cs->len;) {
         size_t kl = get_le(cs->buf + i, 4), vl = get_le(cs->buf + i + 4, 4);
-        send_one(cs, cs->buf + i + 8, kl, cs->buf + i + 8 + kl, vl, KIND_ROW);
+        rc = send_one(cs, cs->buf + i + 8, kl, cs->buf + i + 8 + kl, vl, KIND_ROW);
         i += 8 + kl + vl;
     }
+    if (rc != 0)
+        return;
     hl_changelog_ck c = {.offset = cs->offset, .fingerprint = cs->enc_fp,
                          .meta = cs->meta, .epoch = cs->epoch};
     send_one(cs, cs->cl->ck_key, sizeof cs->cl->ck_key, ck, hl_changelog_ck_encode(ck, &c),
          KIND_CHECKPOINT);
-    cs->state = SENT;
 }
 
 void hl_changelog_set_model(hl_changelog *cl, uint64_t fingerprint)

@@ -26,6 +26,7 @@
 #include "migrate.h"
 #include "snapshot.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <librdkafka/rdkafka_mock.h>
@@ -696,6 +697,89 @@ static void test_refused_row_no_checkpoint(void)
     env_stop(&e);
 }
 
+/* The zombie of test_claim_after_foreign_records: A, still holding the
+ * partition as it believes, flushes once B's restorer has taken the
+ * watermarks (its assignment shows it), while B's read is held up by the
+ * broker (Fetch errors pushed); then the read may go on. */
+typedef struct late_flush {
+    env             *e;
+    hl_table        *a;
+    hl_changelog_shard *cs;
+    int              rc;
+} late_flush;
+
+static void *late_flush_run(void *arg)
+{
+    late_flush *lf = arg;
+    int64_t until = hl_now_mono_ms() + 20000;
+    rd_kafka_topic_partition_list_t *l = NULL;
+    lf->rc = -1;
+    while (hl_now_mono_ms() < until) {
+        if (rd_kafka_assignment(lf->e->cl->rk, &l) == 0 && l->cnt == 1)
+            break;
+        if (l) rd_kafka_topic_partition_list_destroy(l);
+        l = NULL;
+        usleep(2000);
+    }
+    if (l != NULL) {
+        rd_kafka_topic_partition_list_destroy(l);
+        events(lf->a, NULL, "k", 5, 10);            /* evicts w: a tombstone */
+        lf->rc = hl_changelog_flush_now(lf->cs, lf->a, 10, hl_now_mono_ms() + 10000);
+    }
+    rd_kafka_mock_clear_request_errors(lf->e->mock, 1 /* Fetch */);
+    return NULL;
+}
+
+/* The changelog's end moves during a restore: A's late flush (a
+ * tombstone of w) lands after the watermarks B reads to and before B's
+ * claim. The next reader takes it as A's (its epoch is not yet fenced),
+ * so B, the owner, must write w again, or the next restore loses w
+ * (B never changes w, so none of its flushes has it). */
+static void test_claim_after_foreign_records(void)
+{
+    env e;
+    char err[512] = "";
+    if (env_start(&e) != 0) {
+        env_stop(&e);
+        return;
+    }
+    hl_table_opts one = e.o;
+    one.max_users = 1;                      /* A evicts w when k arrives */
+    hl_table *a = hl_table_create(&one, err, sizeof err), *b = table(&e), *c = table(&e);
+    hl_changelog_restored ra, rb, rc_;
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "%s", err);
+    late_flush lf = {.e = &e, .a = a, .cs = hl_changelog_shard_create(e.cl, 0, a, &ra)};
+    int64_t far = hl_now_mono_ms() + 10000;
+    events(a, NULL, "w", 0, 5);
+    CHECK(hl_changelog_flush_now(lf.cs, a, 5, far) == 0);
+    rd_kafka_resp_err_t held[1000];          /* B's read waits until they are cleared */
+    for (int i = 0; i < 1000; i++)
+        held[i] = RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION;
+    rd_kafka_mock_push_request_errors_array(e.mock, 1 /* Fetch */, 1000, held);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, late_flush_run, &lf) == 0);
+    int rc = hl_changelog_restore(e.cl, 0, b, NULL, &rb, err, sizeof err);
+    pthread_join(th, NULL);
+    CHECKF(rc == 0 && lf.rc == 0 && rb.claim_end - 1 > rb.high, "B's restore rc %d (%s), "
+           "A's late flush rc %d, B read to %lld and claimed at %lld", rc, err, lf.rc,
+           (long long)rb.high, (long long)rb.claim_end - 1);
+    hl_changelog_shard *csb = hl_changelog_shard_create(e.cl, 0, b, &rb);
+    events(b, NULL, "k", 5, 10);                /* B replays from A's checkpoint at 5 */
+    CHECK(hl_changelog_flush_now(csb, b, 10, hl_now_mono_ms() + 10000) == 0);
+    CHECKF(hl_changelog_restore(e.cl, 0, c, NULL, &rc_, err, sizeof err) == 0, "%s", err);
+    CHECKF(has(b, "w") && has(c, "w") && has(c, "k"), "the owner B holds w %d; the next "
+           "restore: w %d k %d (A's tombstone before B's claim is the last word on w)",
+           has(b, "w"), has(c, "w"), has(c, "k"));
+    hl_table_on_evict(a, NULL, NULL);
+    hl_table_on_evict(b, NULL, NULL);
+    hl_changelog_shard_destroy(lf.cs);
+    hl_changelog_shard_destroy(csb);
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+    hl_table_destroy(c);
+    env_stop(&e);
+}
+
 static void test_reshape_replay(void)
 {
     reshape_replay(1);      /* the old model at hand: migrated */
@@ -965,6 +1049,7 @@ int main(void)
     RUN(test_reshape_replay);
     RUN(test_restore_read_stops);
     RUN(test_refused_row_no_checkpoint);
+    RUN(test_claim_after_foreign_records);
     RUN(test_flush_names_encoded_model);
     RUN(test_epoch_overflow);
     RUN(test_cache_then_unfinished_flush);

@@ -190,6 +190,22 @@ static void on_evict(void *arg, const char *user, uint32_t user_len)
     cs->tomb_len += 2 + user_len;
 }
 
+/* The claim landed after records the restore did not read: the
+ * changelog's end moved between the watermarks and the claim (the
+ * previous owner's flush still in the air, or a zombie's). Every later
+ * reader takes them as that owner's (the claim comes after them), so a
+ * tombstone among them deletes a user this owner holds, and a row sets
+ * one back, for good unless this owner writes the user again: its first
+ * flush writes every row (test_claim_after_foreign_records). */
+static void foreign_before_claim(hl_changelog_shard *cs, const hl_changelog_restored *r)
+{
+    hl_changelog_shard_resave(cs);
+    hl_log(HL_LOG_WARN, "changelog_claim_after_foreign_records", "partition=%d read_to=%lld "
+           "claim=%lld reason=\"records landed after the restore's high watermark, before "
+           "its claim\" action=\"the first flush writes every row\"", (int)cs->partition,
+           (long long)r->high, (long long)(r->claim_end - 1));
+}
+
 hl_changelog_shard *hl_changelog_shard_create(hl_changelog *cl, int32_t p, hl_table *tbl,
                                               const hl_changelog_restored *r)
 {
@@ -206,6 +222,8 @@ hl_changelog_shard *hl_changelog_shard_create(hl_changelog *cl, int32_t p, hl_ta
     cs->limit.interval_ms = 5000;
     remember(cs, r->next_offset, r->claim_end);
     hl_table_on_evict(tbl, on_evict, cs);
+    if (r->claim_end > 0 && r->claim_end - 1 > r->high)
+        foreign_before_claim(cs, r);
     return cs;
 }
 

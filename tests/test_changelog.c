@@ -874,6 +874,40 @@ static void test_epoch_overflow(void)
     epoch_overflow(at_max);
 }
 
+/* Records a foreign producer left on the changelog (no epoch header, a
+ * value that is no row, a key longer than any user id, a checkpoint key
+ * with no value) are skipped, and counted where an alert can see them:
+ * the restored log line alone (INFO) and three warnings per restore left
+ * a restore that dropped users' rows invisible to /metrics. */
+static void test_bad_records_counted(void)
+{
+    char err[512] = "", long_key[300];
+    hl_table_opts o;
+    hl_metrics *reg;
+    hl_changelog *cl = offline(&o, &reg);
+    if (cl == NULL)
+        return;
+    memset(long_key, 'k', sizeof long_key);
+    hl_changelog_rec recs[] = {
+        {.key = "u", .key_len = 1, .value = "garbage", .len = 7},          /* no epoch */
+        {.key = "u", .key_len = 1, .value = "garbage", .len = 7, .epoch = "1", .epoch_len = 1},
+        {.key = long_key, .key_len = sizeof long_key, .epoch = "1", .epoch_len = 1},
+        {.key = cl->ck_key, .key_len = sizeof cl->ck_key, .epoch = "1", .epoch_len = 1},
+    };
+    size_t n = sizeof recs / sizeof recs[0];
+    hl_table *t = hl_table_create(&o, err, sizeof err);
+    hl_changelog_restored out;
+    int rc = hl_changelog_replay(cl, t, NULL, recs, n, &out, err, sizeof err);
+    hl_counter *bad = hl_metrics_counter(reg, "halflife_changelog_bad_records_total",
+        "Changelog records a restore could not use (skipped).", NULL);
+    CHECKF(rc == 0 && out.n_bad == n && hl_counter_get(bad) == n, "rc %d, %llu bad of %zu, "
+           "halflife_changelog_bad_records_total %llu", rc, (unsigned long long)out.n_bad, n,
+           (unsigned long long)hl_counter_get(bad));
+    hl_table_destroy(t);
+    hl_changelog_destroy(cl);
+    hl_metrics_destroy(reg);
+}
+
 /* A local snapshot at input offset 20 whose cover is the flush before
  * one still in flight when the snapshot began (flush F2, cut at 15); F2's
  * rows landed but not its checkpoint (a crash between, or the checkpoint
@@ -1052,6 +1086,7 @@ int main(void)
     RUN(test_claim_after_foreign_records);
     RUN(test_flush_names_encoded_model);
     RUN(test_epoch_overflow);
+    RUN(test_bad_records_counted);
     RUN(test_cache_then_unfinished_flush);
     RUN(test_zombie_then_compaction);
     TEST_EXIT();

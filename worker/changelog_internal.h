@@ -40,6 +40,7 @@ typedef struct changelog_metrics {
     hl_counter   *fenced;            /* halflife_changelog_fenced_writes_total */
     hl_counter   *flush_failed;      /* halflife_changelog_flush_failures_total */
     hl_counter   *stale;             /* halflife_changelog_stale_records_total */
+    hl_counter   *bad;               /* halflife_changelog_bad_records_total */
     hl_counter   *chain_gaps;        /* halflife_changelog_chain_gaps_total */
     hl_histogram *flush_s;           /* halflife_changelog_flush_duration_seconds */
 } changelog_metrics;

@@ -390,6 +390,7 @@ static void apply(restorer *rs, const hl_changelog_rec *m)
         rs->since_ck++;
     if (rc != 0) {
         rs->out->n_bad++;
+        hl_counter_add(cl->mx.bad, 1);
         if (rs->out->n_bad <= 3)
             hl_log(HL_LOG_WARN, "changelog_record_bad", "topic=%s partition=%d offset=%lld "
                    "err=\"%s\" action=skipped", cl->topic, (int)m->partition,

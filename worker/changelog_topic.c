@@ -33,6 +33,9 @@ static void register_metrics(hl_changelog *cl, hl_metrics *reg)
         "Changelog flushes that could not be delivered (retried).", NULL);
     cl->mx.stale = hl_metrics_counter(reg, "halflife_changelog_stale_records_total",
         "Changelog records of an owner that had lost the partition, ignored on restore.", NULL);
+    cl->mx.bad = hl_metrics_counter(reg, "halflife_changelog_bad_records_total",
+        "Changelog records a restore could not use (no or a bad epoch header, a key "
+        "that is no user id, a row or checkpoint that does not parse), skipped.", NULL);
     cl->mx.chain_gaps = hl_metrics_counter(reg, "halflife_changelog_chain_gaps_total",
         "Flushes whose records had another writer's among them (a claim or a fenced "
         "owner's late flush); later local snapshots name the cover before the gap.", NULL);

@@ -697,6 +697,52 @@ static void test_refused_row_no_checkpoint(void)
     env_stop(&e);
 }
 
+/* A flush the broker refuses part of (its first Produce request; as a
+ * topic whose max.message.bytes is below a row refuses that row's batch):
+ * the flush fails, and its checkpoint must not land after the rest, or a
+ * restore resumes the input past the events of the users whose rows were
+ * refused (lost). */
+static void test_broker_refused_rows(void)
+{
+    env e;
+    char err[512] = "", user[32];
+    if (env_start(&e) != 0) {
+        env_stop(&e);
+        return;
+    }
+    hl_table *a = table(&e), *b = table(&e);
+    hl_changelog_restored ra, rb;
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "%s", err);
+    hl_changelog_shard *cs = hl_changelog_shard_create(e.cl, 0, a, &ra);
+    int64_t far = hl_now_mono_ms() + 20000;
+    events(a, NULL, "u1", 0, 3);
+    CHECK(hl_changelog_flush_now(cs, a, 3, far) == 0);
+    enum { USERS = 20000 };                 /* rows of several Produce requests */
+    for (int i = 0; i < USERS; i++) {
+        snprintf(user, sizeof user, "user-%d", i);
+        events(a, NULL, user, 3 + i, 4 + i);
+    }
+    rd_kafka_resp_err_t refused[1] = {RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE};
+    rd_kafka_mock_push_request_errors_array(e.mock, 0 /* Produce */, 1, refused);
+    int rc = hl_changelog_flush_now(cs, a, 3 + USERS, far);
+    CHECKF(rc != 0 && hl_changelog_durable(cs) == 3, "the flush the broker refused part of: "
+           "rc %d, durable %lld", rc, (long long)hl_changelog_durable(cs));
+    CHECKF(hl_changelog_restore(e.cl, 0, b, NULL, &rb, err, sizeof err) == 0, "%s", err);
+    int held = 0;
+    for (int i = 0; i < USERS; i++) {
+        snprintf(user, sizeof user, "user-%d", i);
+        held += has(b, user);
+    }
+    CHECKF(rb.next_offset == 3 || held == USERS, "the restore resumes the input at %lld "
+           "holding %d of the %d users whose events are before it: a checkpoint landed "
+           "after refused rows", (long long)rb.next_offset, held, USERS);
+    hl_table_on_evict(a, NULL, NULL);
+    hl_changelog_shard_destroy(cs);
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+    env_stop(&e);
+}
+
 /* The zombie of test_claim_after_foreign_records: A, still holding the
  * partition as it believes, flushes once B's restorer has taken the
  * watermarks (its assignment shows it), while B's read is held up by the
@@ -1083,6 +1129,7 @@ int main(void)
     RUN(test_reshape_replay);
     RUN(test_restore_read_stops);
     RUN(test_refused_row_no_checkpoint);
+    RUN(test_broker_refused_rows);
     RUN(test_claim_after_foreign_records);
     RUN(test_flush_names_encoded_model);
     RUN(test_epoch_overflow);

@@ -8,7 +8,8 @@
  * the row headers and a copy of the changed rows into one buffer), so it
  * is one consistent cut at one input offset, and produced later from that
  * buffer, once the lists of its events are delivered: the table may move
- * on meanwhile. One flush per shard is in the air at a time.
+ * on meanwhile; its checkpoint follows once its rows are delivered
+ * (produce_checkpoint). One flush per shard is in the air at a time.
  *
  * The checkpoint value, little-endian (CK_BYTES):
  *   0  "HLCK"   4  u32 version (1)   8  i64 input offset
@@ -89,7 +90,9 @@ void hl_changelog_ck_key_init(hl_changelog *cl)
 
 /* ---- the shard's flushes ------------------------------------------------- */
 
-enum { IDLE, ENCODED, SENT };
+/* ROWS: the flush's tombstones and rows sent, its checkpoint not yet (it
+ * goes once they are all delivered: produce_checkpoint). */
+enum { IDLE, ENCODED, ROWS, SENT };
 
 #define N_COVERS 64          /* durable flushes remembered for hl_changelog_cover */
 
@@ -235,7 +238,8 @@ void hl_changelog_shard_destroy(hl_changelog_shard *cs)
      * ticket, which lives in cs. Wait a little; if they still do not come
      * (the broker is away), cs is left allocated on purpose rather than
      * freed under them (the process is usually stopping then). */
-    if (cs->state == SENT && !hl_producer_wait(cs->cl->o.prod, &cs->t, 1000, NULL)) {
+    if ((cs->state == ROWS || cs->state == SENT) &&
+        !hl_producer_wait(cs->cl->o.prod, &cs->t, 1000, NULL)) {
         hl_log(HL_LOG_WARN, "changelog_flush_abandoned", "partition=%d offset=%lld "
                "reason=\"undelivered at hand-back; its offsets were not stored\"",
                (int)cs->partition, (long long)cs->offset);
@@ -322,20 +326,22 @@ static int send_one(hl_changelog_shard *cs, const void *key, size_t key_len,
     return 0;
 }
 
-/* Produces the encoded flush: tombstones, rows, then the checkpoint.
- * A record the producer refuses at once (a row above message.max.bytes,
- * a topic it knows is gone) fails the flush, and ends it: a checkpoint
- * after it would tell a restore that its input offset is covered, and the
- * restore would resume past events of a user whose row never landed
- * (test_refused_row_no_checkpoint). The rest would fail alike, each with
- * a log line. The next flush takes the same cut again. */
+/* Produces the encoded flush's tombstones and rows (ROWS); its checkpoint
+ * follows only once every one of them is delivered (produce_checkpoint).
+ * A checkpoint tells a restore that its input offset is covered: sent
+ * with the rows, it landed even when the broker refused a batch of them
+ * (a row above the topic's max.message.bytes), and the restore resumed
+ * past the events of users whose rows never landed (lost). A record the
+ * producer refuses at once ends the flush there, for the same reason
+ * (test_refused_row_no_checkpoint, test_broker_refused_rows); the rest
+ * would fail alike, each with a log line. The next flush takes the same
+ * cut again. */
 static void produce(hl_changelog_shard *cs)
 {
-    unsigned char ck[CK_BYTES];
     int rc = 0;
     hl_ticket_reset(&cs->t);
     cs->n_sent = 0;
-    cs->state = SENT;
+    cs->state = ROWS;
     for (size_t i = 0; rc == 0 && i < cs->tomb_cut;) {
         size_t n = cs->tomb[i] | (size_t)cs->tomb[i + 1] << 8;
         rc = send_one(cs, cs->tomb + i + 2, n, NULL, 0, KIND_TOMBSTONE);
@@ -347,6 +353,16 @@ static void produce(hl_changelog_shard *cs)
         i += 8 + kl + vl;
     }
     if (rc != 0)
+        cs->state = SENT;           /* failed: settled as such once reported */
+}
+
+/* The rows delivered (ROWS, the ticket done): the checkpoint, under the
+ * same ticket, unless one failed (then the flush settles as failed). */
+static void produce_checkpoint(hl_changelog_shard *cs)
+{
+    unsigned char ck[CK_BYTES];
+    cs->state = SENT;
+    if (atomic_load(&cs->t.failed) > 0)
         return;
     hl_changelog_ck c = {.offset = cs->offset, .fingerprint = cs->enc_fp,
                          .meta = cs->meta, .epoch = cs->epoch};
@@ -493,6 +509,8 @@ static int start_flush(hl_changelog_shard *cs, hl_table *tbl, int64_t applied, i
 int hl_changelog_tick(hl_changelog_shard *cs, hl_table *tbl, int64_t applied_offset,
                       int64_t delivered_offset, int64_t now_ms)
 {
+    if (cs->state == ROWS && hl_ticket_done(&cs->t))
+        produce_checkpoint(cs);
     if (cs->state == SENT && hl_ticket_done(&cs->t))
         settle(cs, delivered_offset, now_ms);
     if (cs->state == ENCODED && delivered_offset >= cs->offset) {
@@ -523,6 +541,8 @@ int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_o
     hl_changelog *cl = cs->cl;
     for (;;) {
         int64_t now = hl_now_mono_ms();
+        if (cs->state == ROWS && hl_ticket_done(&cs->t))
+            produce_checkpoint(cs);
         if (cs->state == SENT && hl_ticket_done(&cs->t) && settle(cs, next_offset, now) != 0)
             return HL_EIO;
         if (cs->state == ENCODED)

@@ -17,11 +17,13 @@
  * A flush, every state.flush.ms per shard: the rows whose last applied
  * offset is at or above the previous flush's input offset (changed since
  * it: no list of dirty rows is kept) and the tombstones of the users
- * evicted since, are encoded at once between batches; they are produced,
- * then the checkpoint, only when every list of the events they hold is
- * delivered (so a restore that skips those events as already applied
- * never loses a list). Input offsets are stored only up to the newest
- * flush whose records are all delivered (hl_changelog_storable).
+ * evicted since, are encoded at once between batches; they are produced
+ * only when every list of the events they hold is delivered (so a restore
+ * that skips those events as already applied never loses a list), and
+ * the checkpoint only once they are all delivered (none when one failed:
+ * a restore would resume past that user's events). Input offsets are
+ * stored only up to the newest flush whose records are all delivered
+ * (hl_changelog_storable).
  *
  * Restore, on assignment: a consumer of its own (outside the group)
  * reads the partition from its low to its high watermark, applies rows

@@ -9,6 +9,7 @@
  * multiplication where the CPU has PCLMULQDQ, slice-by-8 tables elsewhere.
  * No I/O here. */
 #include "model_internal.h"
+#include "utf8.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -167,6 +168,12 @@ int hl_model_info_check(const hl_model_info *mi, const char *path,
     if (memchr(mi->version, '\0', sizeof mi->version) == NULL)
         return hl_err(errbuf, errlen, HL_EFORMAT,
                       "model %s: field version: not NUL-terminated within 64 bytes", path);
+    /* Every list carries it as an Avro string, which consumers decode as
+     * UTF-8. */
+    if (!hl_utf8_valid(mi->version, strlen(mi->version)))
+        return hl_err(errbuf, errlen, HL_EFORMAT,
+                      "model %s: field version: not valid UTF-8 (lists carry it as an Avro "
+                      "string); write the version as UTF-8", path);
     return 0;
 }
 
@@ -285,6 +292,15 @@ int hl_model_index_build(const id_src *src, int32_t n, int32_t **slots_out,
     for (int32_t r = 0; r < n; r++) {
         uint32_t len;
         const char *id = id_get(src, r, &len);
+        /* Lists publish the id as an Avro string: a conforming reader
+         * cannot decode a list naming an id that is not UTF-8. */
+        if (!hl_utf8_valid(id, len)) {
+            free(slots);
+            return hl_err(errbuf, errlen, HL_EFORMAT,
+                          "model %s: item id at row %d is not valid UTF-8 (bad byte at %zu of"
+                          " %u; lists publish ids as Avro strings): re-export the ids as UTF-8",
+                          path, r, hl_utf8_valid_prefix(id, len), len);
+        }
         int32_t prev = hl_model_index_find(slots, cap - 1, src, id, len, &slot);
         if (prev >= 0) {
             free(slots);

@@ -179,6 +179,12 @@ def _check_ids(ids_bytes):
     for r, b in enumerate(ids_bytes):
         if not 1 <= len(b) <= MAX_ID_LEN:
             raise HlmError(f"item id at row {r}: length {len(b)} outside 1..{MAX_ID_LEN}")
+        try:
+            b.decode("utf-8")           # lists publish ids as Avro strings
+        except UnicodeDecodeError as e:
+            raise HlmError(f"item id at row {r} is not valid UTF-8 (bad byte at {e.start}"
+                           f" of {len(b)}; lists publish ids as Avro strings):"
+                           " re-export the ids as UTF-8") from None
         if b in seen:
             raise HlmError(f"duplicate item id {b[:64].decode('utf-8', 'replace')!r}"
                            f" at rows {seen[b]} and {r}")
@@ -223,6 +229,11 @@ def _read_header(buf, path):
     vers = bytes(buf[H_VERSION_STR:H_VERSION_STR + 64])
     if b"\0" not in vers:
         raise HlmError("field version: not NUL-terminated within 64 bytes")
+    try:
+        vers.split(b"\0", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise HlmError("field version: not valid UTF-8 (lists carry it as an Avro string);"
+                       " write the version as UTF-8") from None
     hdr = dict(
         dim=_u32(buf, H_DIM), n_heads=n_heads, n_items=_u32(buf, H_ITEMS),
         layer_out=list(struct.unpack_from(f"<{n_layers}I", buf, H_LAYER_OUT)),
@@ -364,6 +375,10 @@ def _parts(m):
     version = m.version.encode("utf-8", "surrogateescape")
     if len(version) > 63 or b"\0" in version:
         raise HlmError("version: at most 63 bytes, no NUL")
+    try:
+        version.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HlmError("version: not valid UTF-8 (lists carry it as an Avro string)") from None
     return ids, arrays, layer_out, version
 
 

@@ -440,6 +440,39 @@ static void test_refuse_duplicate_id(void)
     free(b);
 }
 
+/* Lists publish item ids and the version as Avro strings, which are
+ * UTF-8: a model holding a Latin-1 id ("caf\xe9") was served, and every
+ * list naming that item was unreadable to python3-avro (UnicodeDecodeError)
+ * and to any conforming consumer. Such a file is refused (reader and
+ * writer alike), naming the row or the field. */
+static void test_refuse_non_utf8(void)
+{
+    size_t len;
+    uint8_t *b = slurp(good_path(), &len);
+    if (b == NULL) { CHECK(0); return; }
+    uint64_t ids = sec_off(b, 1), off1 = rd64(b + sec_off(b, 0) + 8);
+    CHECK(memcmp(b + ids + off1, "item-8", 6) == 0);
+    b[ids + off1 + 5] = 0xe9;                       /* row 1: "item-\xe9" */
+    fix_crc(b, len);
+    spit(tpath("latin1.hlm"), b, len);
+    expect_refused(tpath("latin1.hlm"), "item id at row 1 is not valid UTF-8");
+    b[ids + off1 + 5] = '8';
+    b[160] = 0xff;                                  /* version[0] */
+    fix_crc(b, len);
+    spit(tpath("latin1v.hlm"), b, len);
+    expect_refused(tpath("latin1v.hlm"), "field version: not valid UTF-8");
+    free(b);
+
+    toy t;
+    char err[256] = "";
+    toy_init(&t, 10, 4);
+    t.ids[3][0] = (char)0xc0;                       /* an overlong form */
+    CHECK(hl_model_write(tpath("w5.hlm"), &t.p, err, sizeof err) != 0);
+    CHECKF(strstr(err, "item id at row 3 is not valid UTF-8") != NULL, "%s", err);
+    CHECK(access(tpath("w5.hlm"), F_OK) != 0);
+    toy_free(&t);
+}
+
 static void test_refuse_bad_id_offsets(void)
 {
     size_t len;
@@ -743,6 +776,7 @@ int main(void)
     RUN(test_refuse_huge);
     RUN(test_refuse_duplicate_id);
     RUN(test_refuse_bad_id_offsets);
+    RUN(test_refuse_non_utf8);
     RUN(test_refuse_bad_weights);
     RUN(test_writer_and_trainer_refuse_bad_weights);
     RUN(test_refuse_fifo_and_directory);

@@ -157,6 +157,11 @@ def damage_refused_by_both():
              "field type_weight[VIEW]: expected finite and >= 0, found -5"),
             ("nan_half_life", lambda b: struct.pack_into("<d", b, 64 + 8, float("nan")), True,
              "field half_life_ms[1]: expected finite and > 0, found nan"),
+            # lists publish ids and the version as Avro strings: UTF-8 only
+            ("latin1_id", lambda b: b.__setitem__(id_bytes_off + 11, 0xe9), True,
+             "item id at row 1 is not valid UTF-8 (bad byte at 5 of 6"),
+            ("latin1_version", lambda b: b.__setitem__(160, 0xff), True,
+             "field version: not valid UTF-8"),
             ("denormal_half_life", lambda b: struct.pack_into("<d", b, 64 + 16, 1e-310), True,
              "field half_life_ms[2]: 1e-310 is too short, its rate ln 2 / half-life is not finite"),
         ]

@@ -11,6 +11,9 @@ the unit tests do not reach through the whole worker:
 - a user who saw every item: an empty list (recs.exclude.seen);
 - scores of -0, a denormal and a huge bias (+-256, the model bound).
 
+With worker.threads=4 over 2 partitions (threads owning nothing) as
+with 2; and recs.enabled=false publishes nothing and consumes everything.
+
 And per list: the Kafka key is the user_id's bytes, generated_at is the
 user's newest event time, model_version the model's, source its newest
 event's partition and offset, every because_item_id one of its history's
@@ -141,17 +144,26 @@ def check_list(d, key, evs, last):
     return None
 
 
-def run(tmp):
+def start(tmp, tag, extra):
     model = os.path.join(tmp, "m.hlm")
     write_model(model)
-    evs = events()
     broker = U.Broker(2, ["behaviour-events", "recommendations", "behaviour-events.dlq"],
-                      os.path.join(tmp, "broker.log"))
-    worker = None
+                      os.path.join(tmp, tag + "-broker.log"))
     try:
-        worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"),
+        worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, tag + "-worker.log"),
                           extra=["recs.k=%d" % K, "kafka.fetch.wait.max.ms=10",
-                                 "snapshot.dir=" + os.path.join(tmp, "snap")])
+                                 "snapshot.dir=" + os.path.join(tmp, tag + "-snap")] + extra)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker, worker
+
+
+def run(tmp, tag, extra):
+    """The lists of one worker configuration (tag names the checks)."""
+    evs = events()
+    broker, worker = start(tmp, tag, extra)
+    try:
         last = U.produce_events(broker.bootstrap, "behaviour-events", evs)
         got = read_lists(broker.bootstrap, last, time.time() + 60)
         reader = U.avro.io.DatumReader(U.load_schema("recommendation_list.avsc"))
@@ -166,18 +178,47 @@ def run(tmp):
                     d["items"] == []
             if why:
                 bad.append(why)
-        check("every_list_decodes_and_says_the_truth", got and not bad,
+        check(tag + ".every_list_decodes_and_says_the_truth", got and not bad,
               "%d of %d lists wrong, e.g. %s" % (len(bad), len(got), bad[:3]))
-        check("every_user_listed", set(users) == set(last),
+        check(tag + ".every_user_listed", set(users) == set(last),
               "users without a list: %s" % sorted(set(last) - set(users))[:3])
-        check("saw_all_gets_an_empty_list", empty,
+        check(tag + ".saw_all_gets_an_empty_list", empty,
               "saw-all's last list: %r" % (users.get("saw-all"),))
         full = users.get("plain")
-        check("k_beyond_catalogue", full is not None and 0 < len(full["items"]) <= len(ITEMS) - 3,
+        check(tag + ".k_beyond_catalogue", full is not None and 0 < len(full["items"]) <= len(ITEMS) - 3,
               "plain's list %r" % (full,))
         rc = worker.stop()
         worker = None
-        check("sigterm_exits_0", rc == 0, "exit status %s" % rc)
+        check(tag + ".sigterm_exits_0", rc == 0, "exit status %s" % rc)
+    finally:
+        if worker:
+            worker.stop()
+        broker.stop()
+
+
+def run_disabled(tmp):
+    """recs.enabled=false: state only, every event consumed, no list."""
+    from confluent_kafka import Consumer, TopicPartition
+    evs = events()
+    broker, worker = start(tmp, "disabled", ["recs.enabled=false"])
+    try:
+        U.produce_events(broker.bootstrap, "behaviour-events", evs)
+        deadline, consumed = time.time() + 60, 0
+        while time.time() < deadline and consumed < len(evs):
+            try:
+                consumed = worker.metric("halflife_events_consumed_total")
+            except OSError:
+                pass                        # not listening yet
+            time.sleep(0.2)
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "shapes-wm"})
+        high = sum(c.get_watermark_offsets(TopicPartition("recommendations", p), 10)[1]
+                   for p in range(2))
+        c.close()
+        check("disabled.state_only", consumed == len(evs) and high == 0,
+              "consumed %d of %d, %d lists on the output topic" % (consumed, len(evs), high))
+        rc = worker.stop()
+        worker = None
+        check("disabled.sigterm_exits_0", rc == 0, "exit status %s" % rc)
     finally:
         if worker:
             worker.stop()
@@ -190,7 +231,10 @@ def main():
         print("SKIP %s.all: %s" % (SUITE, why))
         return 0
     tmp = tempfile.mkdtemp(prefix="hl_shapes_")
-    U.run_guarded(check, run, tmp)
+    U.run_guarded(check, run, tmp, "threads2", ["worker.threads=2"])
+    # more threads than partitions: two own nothing
+    U.run_guarded(check, run, tmp, "threads4", ["worker.threads=4"])
+    U.run_guarded(check, run_disabled, tmp)
     return U.end_run(tmp, failed)
 
 

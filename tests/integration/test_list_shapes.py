@@ -11,7 +11,8 @@ the unit tests do not reach through the whole worker:
 - a user who saw every item: an empty list (recs.exclude.seen);
 - scores of -0, a denormal and a huge bias (+-256, the model bound).
 
-With worker.threads=4 over 2 partitions (threads owning nothing) as
+After a swap to a model of another dim, the lists of later events carry
+the new version. With worker.threads=4 over 2 partitions (threads owning nothing) as
 with 2; and recs.enabled=false publishes nothing and consumes everything.
 
 And per list: the Kafka key is the user_id's bytes, generated_at is the
@@ -50,10 +51,10 @@ def check(name, ok, why=""):
     sys.stdout.flush()
 
 
-def write_model(path):
+def write_model(path, dim=8, version=VERSION):
     import hlm
     import numpy as np
-    m = hlm.random_model(len(ITEMS), 8, seed=3, version=VERSION)
+    m = hlm.random_model(len(ITEMS), dim, seed=3, version=version)
     m.item_ids = list(ITEMS)
     # scores: a huge bias either way, one item scoring exactly -0 for any
     # user (no embedding, bias -0), one a denormal bias
@@ -122,13 +123,15 @@ def decode_exact(reader, value):
     return d, None
 
 
-def check_list(d, key, evs, last):
+def check_list(d, key, evs, last, version=VERSION):
     """Why list d (under key) is wrong, or None."""
     u = d["user_id"]
     mine = [e for e in evs if e[0] == u]
     if key != u.encode():
         return "key %r is not user_id %r's bytes" % (key[:20], u[:20])
-    if d["model_version"] != VERSION:
+    # after a swap, only the list of the user's last event must be the new one's
+    if d["model_version"] != version and \
+            (version == VERSION or (d["source"]["partition"], d["source"]["offset"]) == last[u]):
         return "model_version %r" % d["model_version"]
     if len(d["items"]) > len(ITEMS):
         return "%d items from a catalogue of %d" % (len(d["items"]), len(ITEMS))
@@ -196,6 +199,48 @@ def run(tmp, tag, extra):
         broker.stop()
 
 
+def run_swap(tmp):
+    """A model of another dim and version renamed over model.path, then one
+    more event per user: each user's list of that event carries the new
+    version, its newest event time and its position."""
+    evs = events()
+    broker, worker = start(tmp, "swap", ["model.check.ms=100"])
+    try:
+        first = U.produce_events(broker.bootstrap, "behaviour-events", evs)
+        read_lists(broker.bootstrap, first, time.time() + 60)
+        model = os.path.join(tmp, "m.hlm")
+        write_model(model + ".b", dim=12, version="shapes-B-ü")
+        os.rename(model + ".b", model)
+        deadline = time.time() + 60
+        while time.time() < deadline and "event=model_swapped" not in worker.log_text():
+            time.sleep(0.1)
+        ts = max(e[3] for e in evs)
+        more = [(u, ITEMS[0] if u == "saw-all" else ITEMS[7], "PURCHASE", ts - 60000, None)
+                for u in sorted(first)]         # late: generated_at stays the newest
+        last = U.produce_events(broker.bootstrap, "behaviour-events", more)
+        got = read_lists(broker.bootstrap, last, time.time() + 60)
+        reader = U.avro.io.DatumReader(U.load_schema("recommendation_list.avsc"))
+        bad, seen = [], set()
+        for key, value in got:
+            d, why = decode_exact(reader, value)
+            if d is not None and \
+                    (d["source"]["partition"], d["source"]["offset"]) == last[d["user_id"]]:
+                seen.add(d["user_id"])
+                why = check_list(d, key, evs + more, last, "shapes-B-ü")
+            if why:
+                bad.append(why)
+        check("swap.lists_say_the_new_model", not bad and seen == set(last),
+              "%d wrong, e.g. %s; users with their last list %d of %d"
+              % (len(bad), bad[:3], len(seen), len(last)))
+        rc = worker.stop()
+        worker = None
+        check("swap.sigterm_exits_0", rc == 0, "exit status %s" % rc)
+    finally:
+        if worker:
+            worker.stop()
+        broker.stop()
+
+
 def run_disabled(tmp):
     """recs.enabled=false: state only, every event consumed, no list."""
     from confluent_kafka import Consumer, TopicPartition
@@ -234,6 +279,7 @@ def main():
     U.run_guarded(check, run, tmp, "threads2", ["worker.threads=2"])
     # more threads than partitions: two own nothing
     U.run_guarded(check, run, tmp, "threads4", ["worker.threads=4"])
+    U.run_guarded(check, run_swap, tmp)
     U.run_guarded(check, run_disabled, tmp)
     return U.end_run(tmp, failed)
 

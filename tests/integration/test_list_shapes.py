@@ -187,6 +187,9 @@ def run(tmp, tag, extra):
               "users without a list: %s" % sorted(set(last) - set(users))[:3])
         check(tag + ".saw_all_gets_an_empty_list", empty,
               "saw-all's last list: %r" % (users.get("saw-all"),))
+        because = {x["because_item_id"] for d in users.values() for x in d["items"]} - {None}
+        check(tag + ".because_names_long_and_unicode_ids", ITEMS[1] in because or
+              ITEMS[3] in because, "because_item_ids listed: %r" % sorted(because))
         full = users.get("plain")
         check(tag + ".k_beyond_catalogue", full is not None and 0 < len(full["items"]) <= len(ITEMS) - 3,
               "plain's list %r" % (full,))

@@ -285,6 +285,41 @@ static void test_raw_framing(void)
     hl_codec_destroy(c);
 }
 
+/* event.max.future.ms: an event up to max_future_ms ahead of the clock
+ * given once per batch decodes; one ms more is bad_timestamp and says
+ * how far ahead it was; event.max.ts.ms still bounds it; 0 is no bound. */
+static void test_future_bound(void)
+{
+    char detail[160];
+    const int64_t now = 1796000000000LL, ahead = 3600000;
+    hl_codec *c = new_codec(HL_FRAMING_RAW);
+    uint8_t buf[64];
+    hl_codec_event ev;
+    hl_codec_event at = mk_event("u", "i", HL_VIEW, now + ahead, 0, 0);
+    hl_codec_event past = mk_event("u", "i", HL_VIEW, now + ahead + 1, 0, 0);
+    int n_at = hl_codec_encode_event(c, &at, buf, sizeof buf);
+    CHECK(n_at > 0);
+    /* No clock yet: only event.max.ts.ms bounds. */
+    CHECK(hl_codec_decode_event(c, buf, (size_t)n_at, &ev, NULL, 0) == HL_CODEC_OK);
+    hl_codec_set_clock(c, now, ahead);
+    CHECK(hl_codec_decode_event(c, buf, (size_t)n_at, &ev, NULL, 0) == HL_CODEC_OK);
+    int n_past = hl_codec_encode_event(c, &past, buf, sizeof buf);
+    CHECK(n_past > 0);
+    CHECK(hl_codec_decode_event(c, buf, (size_t)n_past, &ev, detail, sizeof detail) ==
+          HL_CODEC_BAD_TIMESTAMP);
+    CHECK(strstr(detail, "3600 s ahead") && strstr(detail, "event.max.future.ms=3600000"));
+    hl_codec_set_clock(c, now, 0);        /* no bound */
+    CHECK(hl_codec_decode_event(c, buf, (size_t)n_past, &ev, NULL, 0) == HL_CODEC_OK);
+    hl_codec_set_clock(c, MAX_TS, ahead); /* the clock past event.max.ts.ms */
+    hl_codec_event late = mk_event("u", "i", HL_VIEW, MAX_TS + 1, 0, 0);
+    int n_late = hl_codec_encode_event(c, &late, buf, sizeof buf);
+    CHECK(hl_codec_decode_event(c, buf, (size_t)n_late, &ev, detail, sizeof detail) ==
+          HL_CODEC_BAD_TIMESTAMP && strstr(detail, "outside"));
+    hl_codec_set_clock(c, INT64_MAX, ahead);  /* no overflow */
+    CHECK(hl_codec_decode_event(c, buf, (size_t)n_late, &ev, NULL, 0) == HL_CODEC_BAD_TIMESTAMP);
+    hl_codec_destroy(c);
+}
+
 static void test_bad_options(void)
 {
     char err[128] = "";
@@ -507,6 +542,7 @@ int main(void)
     RUN(test_own_schema_built_in);
     RUN(test_bogus_ids_do_not_fill_cache);
     RUN(test_raw_framing);
+    RUN(test_future_bound);
     RUN(test_bad_options);
     RUN(test_encode_list);
     remove_schemas_dir();

@@ -453,7 +453,9 @@ void hl_batch_run(hl_wthread *t, int n)
     batch_begin(t);
     double a = hl_now_mono_s();
     f->start_us = (int64_t)(a * 1e6);
-    f->wall_off_ms = hl_now_wall_ms() - f->start_us / 1000;
+    int64_t wall_ms = hl_now_wall_ms();
+    f->wall_off_ms = wall_ms - f->start_us / 1000;
+    hl_codec_set_clock(t->codec, wall_ms, t->ctx->o->max_future_ms);
     for (int i = 0; i < n; i++)
         decode_one(t, &t->msgs[i], t->fetch_us[i], f);
     for (int i = 0; i < n; i++)

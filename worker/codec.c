@@ -191,6 +191,13 @@ static hl_codec_reason check_event(const hl_codec *c, const hl_codec_event *ev,
         return fail(detail, detaillen, HL_CODEC_BAD_TIMESTAMP,
                     "timestamp %lld ms outside [%lld, %lld]", (long long)ev->ts_ms,
                     (long long)c->o.min_ts_ms, (long long)c->o.max_ts_ms);
+    if (ev->ts_ms > c->ts_limit_ms)
+        return fail(detail, detaillen, HL_CODEC_BAD_TIMESTAMP,
+                    "timestamp %lld ms is %lld s ahead of the worker's clock "
+                    "(event.max.future.ms=%lld): fix the producer's clock",
+                    (long long)ev->ts_ms,
+                    (long long)((ev->ts_ms - c->ts_limit_ms + c->max_future_ms) / 1000),
+                    (long long)c->max_future_ms);
     /* Written so that NaN fails too. */
     if (!(ev->weight >= 0 && ev->weight <= c->o.max_weight))
         return fail(detail, detaillen, HL_CODEC_BAD_WEIGHT,
@@ -243,6 +250,22 @@ hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
     return check_event(c, ev, detail, detaillen);
 }
 
+/* One event dated far ahead (a producer clock, a unit bug, or anyone who
+ * can write one record) would otherwise become the stream time: every
+ * other user of its shard decays to it and is evicted, and every item
+ * with an expires_at before it is hidden from every list, snapshots
+ * included. Bounding it by the wall clock leaves replays of the past
+ * untouched, since they are behind the clock. */
+void hl_codec_set_clock(hl_codec *c, int64_t wall_ms, int64_t max_future_ms)
+{
+    int64_t lim = c->o.max_ts_ms;
+    if (max_future_ms > 0 && wall_ms <= INT64_MAX - max_future_ms &&
+        wall_ms + max_future_ms < lim)
+        lim = wall_ms + max_future_ms;
+    c->ts_limit_ms = lim;
+    c->max_future_ms = max_future_ms;
+}
+
 /* ---- create / destroy --------------------------------------------------- */
 
 hl_codec *hl_codec_create(const hl_codec_opts *o, char *errbuf, size_t errlen)
@@ -263,6 +286,7 @@ hl_codec *hl_codec_create(const hl_codec_opts *o, char *errbuf, size_t errlen)
         return NULL;
     }
     c->o = *o;
+    c->ts_limit_ms = o->max_ts_ms;
     if (c->o.max_weight == 0)
         c->o.max_weight = HL_CODEC_DEFAULT_MAX_WEIGHT;
     c->schemas_dir = strdup(o->schemas_dir != NULL ? o->schemas_dir : "schemas");

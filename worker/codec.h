@@ -86,6 +86,12 @@ typedef struct hl_codec_event {
     int         has_weight;
 } hl_codec_event;
 
+/* Events dated more than max_future_ms (event.max.future.ms; 0: no
+ * bound) after wall_ms (ms since 1970) are bad_timestamp from now on.
+ * The caller reads the clock once per batch so the decoder reads none.
+ * Until the first call only min_ts_ms and max_ts_ms bound event times. */
+void hl_codec_set_clock(hl_codec *c, int64_t wall_ms, int64_t max_future_ms);
+
 /* Decodes one Kafka message value. HL_CODEC_OK and *ev filled, or a reason;
  * detail (may be NULL) gets a human sentence for logs. */
 hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,

@@ -53,6 +53,9 @@ typedef struct writer {
 
 struct hl_codec {
     hl_codec_opts       o;
+    int64_t             ts_limit_ms;  /* newest accepted event time: max_ts_ms,
+                                         or the clock + max_future_ms if less */
+    int64_t             max_future_ms;/* hl_codec_set_clock's, for the detail */
     char               *schemas_dir;
     avro_schema_t       reader;
     avro_value_iface_t *reader_iface;

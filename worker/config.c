@@ -67,6 +67,7 @@ static const key_def keys[] = {
     {"schema.registry.fallback.dir", T_STR, NULL, 1, 4095, NULL, "writer schemas <dir>/<id>.avsc used only for ids the registry answers 404 for; unset: none"},
     {"event.min.ts.ms",     T_INT,  "0", -BIG, BIG, NULL, "events before this time (ms since 1970) are invalid (bad_timestamp)"},
     {"event.max.ts.ms",     T_INT,  HL_STR(HL_EVENT_MAX_TS_MS), -BIG, BIG, NULL, "events after this time are invalid (default 2100-01-01)"},
+    {"event.max.future.ms", T_INT,  "3600000", 0, BIG, NULL, "events dated further than this ahead of the worker's wall clock are invalid (bad_timestamp), so one bad producer clock cannot move the stream time every user decays to and expires_at is compared against; 0 = no bound (only event.max.ts.ms)"},
     {"event.max.weight",    T_NUM,  HL_STR(HL_EVENT_MAX_WEIGHT), 1e-6, 1e30, NULL, "events whose weight field is above this (or NaN, infinite, negative) are invalid (bad_weight)"},
     {"model.path",          T_STR,  NULL, 1, 4095, NULL, "the .hlm model file (demo: trains one when unset); replace it by rename to swap models live"},
     {"model.dir",           T_STR,  NULL, 1, 4095, NULL, "where every model served is kept as <fingerprint>.hlm, so snapshots written under it migrate after a restart with another model (default <snapshot.dir>/models)"},
@@ -830,6 +831,7 @@ void hl_config_worker_opts(const hl_config *cfg, hl_worker_opts *o)
     o->output_topic = hl_config_str(cfg, "output.topic");
     o->dlq_topic = hl_config_str(cfg, "dlq.topic");
     codec_opts(cfg, &o->codec);
+    o->max_future_ms = hl_config_int(cfg, "event.max.future.ms");
     o->recs_enabled = hl_config_bool(cfg, "recs.enabled");
     o->recs_k = (int)hl_config_int(cfg, "recs.k");
     o->recs_exclude_seen = hl_config_bool(cfg, "recs.exclude.seen");

@@ -30,6 +30,7 @@ typedef struct hl_worker_opts {
     const char *input_topic, *output_topic;
     const char *dlq_topic;          /* NULL: <input>.dlq; "": disabled */
     hl_codec_opts codec;
+    int64_t     max_future_ms;      /* event.max.future.ms; 0: no bound */
     /* schema.registry.*: urls NULL for none (schemas.dir and
      * output.schema.id then apply). With one, hl_worker_create registers
      * (auto_register) or looks up the lists' schema under

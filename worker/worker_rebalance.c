@@ -408,6 +408,41 @@ static int give_to_thread(hl_worker *w, rd_kafka_t *rk, int32_t p, hl_shard *sh)
     return 0;
 }
 
+/* A restored stream time further ahead of the wall clock than
+ * event.max.future.ms came from an event read before that bound (or with
+ * it off): kept, it would decay every user to it at the next sweep and
+ * hide every expiring item, at every restart, since snapshots and the
+ * changelog keep the rows' times. The shard's stream time becomes the
+ * newest row time within the bound; rows beyond it keep their own time
+ * (only the stream time is shared) and are counted in the log line. */
+static void bound_stream_time(const hl_worker *w, int32_t p, hl_table *tbl)
+{
+    hl_table_meta meta;
+    hl_table_meta_get(tbl, &meta);
+    int64_t fut = w->o.max_future_ms, wall = hl_now_wall_ms();
+    if (fut <= 0 || wall > INT64_MAX - fut || meta.newest_ts_ms <= wall + fut)
+        return;
+    int64_t bound = wall + fut, newest = INT64_MIN;
+    uint64_t ahead = 0;
+    for (uint32_t r = hl_table_next_live(tbl, 0); r != UINT32_MAX;
+         r = hl_table_next_live(tbl, r + 1)) {
+        hl_row_view v;
+        hl_table_view(tbl, r, &v);
+        if (v.t_ref_ms > bound)
+            ahead++;
+        else if (v.t_ref_ms > newest)
+            newest = v.t_ref_ms;
+    }
+    hl_log(HL_LOG_WARN, "stream_time_ahead", "partition=%d restored_ms=%lld wall_ms=%lld "
+           "now_ms=%lld users_ahead=%llu reason=\"the restored stream time is more than "
+           "event.max.future.ms ahead of this worker's clock (an event read before that "
+           "bound); the shard's stream time is its newest user time within the bound\"",
+           (int)p, (long long)meta.newest_ts_ms, (long long)wall, (long long)newest,
+           (unsigned long long)ahead);
+    meta.newest_ts_ms = newest;
+    hl_table_meta_set(tbl, &meta);
+}
+
 static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
 {
     char err[256];
@@ -422,6 +457,7 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr, &moved);
     if (tbl == NULL)
         return HL_EIO;          /* logged as restore_failed */
+    bound_stream_time(w, p, tbl);
     if (w->changelog == NULL)
         on_disk = restored;     /* with the changelog: the cache file's, if one was used */
     hl_persist_shard *ps = w->persist && tbl ? hl_persist_shard_create(w->persist, p, on_disk)

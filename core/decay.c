@@ -10,7 +10,10 @@
  * in double, so a gap of years (or the INT64_MIN of a fresh state) neither
  * overflows nor gives NaN: exp() just underflows to 0. A factor below
  * HL_DECAY_TINY is treated as exactly 0; what is dropped is below 1e-30 of
- * the newest event's own weight. That cut alone does not keep subnormal
+ * the newest event's own weight. Such a head is cleared rather than
+ * multiplied by 0, so an infinity or NaN it held (a migration's map can
+ * scale a head past FLT_MAX) leaves with it instead of becoming a NaN
+ * that every later event would keep. That cut alone does not keep subnormal
  * floats out of the state: factors above it still compound (a head
  * scaled by events of items outside the model every 30 hours), and a
  * weight or an e_in value can itself be tiny. A subnormal left in a row
@@ -248,6 +251,10 @@ void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,
         float a = late ? 1.0f : (float)g;
         float b = late ? (float)((double)w * g) : w;
         float *sh = s + (size_t)h * d->dim;
+        if (a == 0.0f) {    /* dropped, not scaled: 0 x inf would be NaN */
+            memset(sh, 0, sizeof *sh * (size_t)d->dim);
+            m[h] = 0.0f;
+        }
         if (x != NULL) {
             axpby(sh, x, a, b, d->dim, avx2);
             m[h] = (float)((double)a * m[h] + b);
@@ -275,9 +282,10 @@ void hl_decay_add_naive(const hl_decay *d, float *s, float *m,
                                       (double)t_ms - (double)*t_ref_ms);
             for (int j = 0; j < d->dim; j++) {
                 float add = x != NULL ? w * x[j] : 0.0f;
-                s[h * d->dim + j] = (float)f * s[h * d->dim + j] + add;
+                float old = f == 0.0 ? 0.0f : (float)f * s[h * d->dim + j];
+                s[h * d->dim + j] = old + add;
             }
-            m[h] = (float)f * m[h] + (x != NULL ? w : 0.0f);
+            m[h] = (f == 0.0 ? 0.0f : (float)f * m[h]) + (x != NULL ? w : 0.0f);
         } else if (x != NULL) {
             double g = factor(d->lambda_per_ms[h],
                               (double)*t_ref_ms - (double)t_ms);

@@ -391,6 +391,43 @@ static void test_shapes_match_naive(void)
     }
 }
 
+/* A head whose old contents decay by a factor cut to 0 holds the newest
+ * event alone, whatever it held: an infinity (a migration's map can scale
+ * a head past FLT_MAX: encoder.h) or a NaN must not become 0 x inf = NaN
+ * and stay in the row for every later event. Fast path and naive twin. */
+static void test_nonfinite_head_decays_out(void)
+{
+    hl_decay d = default_decay();
+    float x[DIM];
+    for (int j = 0; j < DIM; j++) x[j] = 0.25f;
+    for (int naive = 0; naive <= 1; naive++) {
+        state st = { .t_ref = 0 };
+        for (int h = 0; h < HEADS; h++) {
+            st.m[h] = 1.0f;
+            st.s[h * DIM] = INFINITY;
+            st.s[h * DIM + 1] = NAN;
+        }
+        st.m[1] = NAN;
+        if (naive)
+            hl_decay_add_naive(&d, st.s, st.m, &st.t_ref, 10 * YEAR, 2.0f, x);
+        else
+            hl_decay_add(&d, st.s, st.m, &st.t_ref, 10 * YEAR, 2.0f, x);
+        int bad = 0;
+        for (int i = 0; i < HEADS * DIM; i++) bad += st.s[i] != 0.5f;
+        for (int h = 0; h < HEADS; h++) bad += st.m[h] != 2.0f;
+        CHECKF(bad == 0, "%s: %d values not the newest event's alone (s[0] %g, m[1] %g)",
+               naive ? "naive" : "fast", bad, (double)st.s[0], (double)st.m[1]);
+        state un = st;
+        for (int h = 0; h < HEADS; h++) un.s[h * DIM] = INFINITY;
+        if (naive)
+            hl_decay_add_naive(&d, un.s, un.m, &un.t_ref, 20 * YEAR, 1.0f, NULL);
+        else
+            hl_decay_add(&d, un.s, un.m, &un.t_ref, 20 * YEAR, 1.0f, NULL);
+        CHECKF(un.s[0] == 0.0f && un.m[0] == 0.0f, "%s: unknown item left s[0] %g m %g",
+               naive ? "naive" : "fast", (double)un.s[0], (double)un.m[0]);
+    }
+}
+
 /* A head decayed step by step (events of items outside the model, every
  * 30 hours, so no single factor is below the 1e-30 cut) or fed a weight
  * that is itself subnormal: no element of the state may be left subnormal,
@@ -463,6 +500,7 @@ int main(void)
     RUN(test_shapes_match_naive);
     RUN(test_shape_diff);
     RUN(test_no_subnormal_state);
+    RUN(test_nonfinite_head_decays_out);
     RUN(test_subnormal_timing);
     TEST_EXIT();
 }

@@ -82,6 +82,9 @@ static hl_model *open_with_ids(bench_model *bm, int32_t n)
     return m;
 }
 
+/* ms of this thread's CPU (now_s): the reader's cost per view, what the
+ * README's "at most half of one core" is about; time descheduled by
+ * other processes is not in it. */
 static double view_ms(const hl_catalogue *c, hl_catview **reuse)
 {
     double t0 = now_s();
@@ -141,7 +144,7 @@ static void bench_views(bench_model *bm, int32_t n_items)
     for (int v = 0; v < 2; v++)
         printf("{\"bench\":\"catalogue_view\",\"variant\":\"%s\",\"added\":%d,\"dim\":%d,"
                "\"value\":%.3f,\"unit\":\"ms\",\"ceiling\":%.3f,\"ratio\":%.3f,"
-               "\"clock\":\"wall\"}\n", name[v], n_add, DIM, t[v][REPS / 2], t[2][REPS / 2],
+               "\"clock\":\"thread_cpu\"}\n", name[v], n_add, DIM, t[v][REPS / 2], t[2][REPS / 2],
                t[2][REPS / 2] / t[v][REPS / 2]);
     hl_catview_destroy(w[0]);
     hl_catview_destroy(w[1]);

@@ -3,7 +3,7 @@
  * reading the results (issue 4's benchmarks). One JSON line per figure:
  *
  *  worker_state_only: events/s with list refresh off (recs.enabled=false),
- *    over a whole 1.5M-event topic on 32 partitions, read off the worker's
+ *    over a whole 1.5M-event topic on 32 partitions (100k users), read off the worker's
  *    /metrics (polled every 10 ms). Ceiling: a do-nothing librdkafka consumer (same
  *    queued.min.messages and fetch settings) reading the same topic from
  *    the same broker in the same run. Each repetition is a pair, the
@@ -22,6 +22,10 @@
  *    does: run inside this program, its second and later reads reused the
  *    heap pages the first had faulted in, which on this VM read 20% faster
  *    (median 4.66M vs 3.85M events/s over 9 interleaved reads of each).
+ *    The model is a small one, 1,000 items of dim 16 (STATE_ITEMS,
+ *    STATE_DIM; the line prints them), not the dim-64 shape of bench_state
+ *    and worker_lists: an update's cost grows with heads x dim, so this
+ *    figure says the worker keeps up with its consumer at that shape only.
  *  worker_lists: lists/s with a 100k-item, dim-64 model, k 20, where
  *    nearly every event is a different user (500k users) so every event
  *    triggers a refresh. Ceiling: hl_ranker_refresh in this process on the
@@ -112,6 +116,9 @@
 #define REPS        3
 #define REPS_STATE  7
 #define N_STATE     1500000
+#define STATE_USERS 100000
+#define STATE_ITEMS 1000      /* worker_state_only's model: small (the header) */
+#define STATE_DIM   16
 #define N_LISTS     40000
 #define PARTS       32
 static int THREADS = 2;   /* HL_BENCH_THREADS */
@@ -428,7 +435,7 @@ static void bench_state_only(const char *model)
     double w[REPS_STATE], c[REPS_STATE], r[REPS_STATE];
     char group[32], ratios[REPS_STATE * 8] = "";
     const char *extra[] = {"recs.enabled=false", NULL};
-    fill_topic("b1", N_STATE, 100000, 1000);
+    fill_topic("b1", N_STATE, STATE_USERS, STATE_ITEMS);
     for (int rep = 0; rep < REPS_STATE; rep++) {
         snprintf(group, sizeof group, "ceil%d", rep);
         c[rep] = ceiling_consumer("b1", group, N_STATE);
@@ -440,9 +447,11 @@ static void bench_state_only(const char *model)
     }
     double wm = median(w, REPS_STATE), cm = median(c, REPS_STATE);
     printf("{\"bench\":\"worker_state_only\",\"events\":%d,\"partitions\":%d,\"threads\":%d,"
+           "\"users\":%d,\"items\":%d,\"dim\":%d,"
            "\"value\":%.4g,\"unit\":\"events/s\",\"ceiling\":%.4g,\"ratio\":%.2f,"
            "\"ratios\":[%s]}\n",
-           N_STATE, PARTS, THREADS, wm, cm, median(r, REPS_STATE), ratios);
+           N_STATE, PARTS, THREADS, STATE_USERS, STATE_ITEMS, STATE_DIM, wm, cm,
+           median(r, REPS_STATE), ratios);
     fflush(stdout);
 }
 
@@ -737,7 +746,7 @@ int main(int argc, char **argv)
         THREADS = atoi(getenv("HL_BENCH_THREADS"));
     snprintf(small, sizeof small, "%s/small.hlm", tmp);
     snprintf(big, sizeof big, "%s/big.hlm", tmp);
-    write_model(small, 1000, 16);
+    write_model(small, STATE_ITEMS, STATE_DIM);
     write_model(big, 100000, 64);
     start_broker();
     /* HL_BENCH_ONLY=state|lists|latency runs one figure (latency at

@@ -22,13 +22,20 @@ static int read_long(const uint8_t *p, size_t len, size_t *i, int64_t *out)
     return -1;
 }
 
-/* The wall clock in ms with its fraction: generated_at is whole ms. */
+/* The wall clock in ms with its fraction. generated_at is not: it is the
+ * send time cut to whole ms (wall_ms), so a latency taken against it is
+ * read_latencies' job to centre (GEN_TRUNC_MS). */
 static double wall_ms_f(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec * 1000 + ts.tv_nsec / 1e6;
 }
+
+/* An event stamped t (whole ms, truncated) was sent at t + U[0, 1) ms:
+ * without this, every end-to-end latency read 0.5 ms long on average
+ * (p50 6.5 ms by 8%, and a p99 of 24.9 against the 25 ms target by 2%). */
+#define GEN_TRUNC_MS 0.5
 
 /* Reads a worker's lists: for each, when this reader got it minus its
  * generated_at (the newest event's send time) into lat, the end to end a
@@ -54,7 +61,7 @@ static int read_latencies(rd_kafka_t *rk, double *lat, double *prod, int cap, do
             if (read_long(m->payload, m->len, &i, &gen) == 0) {
                 if (prod)
                     prod[n] = (double)(rd_kafka_message_timestamp(m, NULL) - gen);
-                lat[n++] = wall_ms_f() - (double)gen;
+                lat[n++] = wall_ms_f() - ((double)gen + GEN_TRUNC_MS);
             }
         }
         rd_kafka_message_destroy(m);

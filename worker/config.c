@@ -320,8 +320,8 @@ static int set_kafka(hl_config *cfg, const char *key, const char *text, const ch
      * the embedded broker, a worker that reported ready on no real data. */
     if (strcmp(key, "bootstrap.servers") == 0 && text[strspn(text, " \t,")] == '\0')
         return hl_err(errbuf, errlen, HL_EINVAL, "kafka.bootstrap.servers (from %s) is empty: "
-                      "give the brokers (host:port,...), or leave the key unset for the "
-                      "embedded broker", origin);
+                      "give the brokers as host:port,... (halflife run starts an "
+                      "embedded broker only when the key is unset)", origin);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, key, text, why, sizeof why);
     rd_kafka_conf_destroy(conf);

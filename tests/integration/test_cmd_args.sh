@@ -38,7 +38,8 @@ for cmd in "produce --format events-csv --input $f.events" "items --input $f.ite
   start=$SECONDS
   out=$(timeout 60 "$hl" $cmd -X kafka.bootstrap.servers= 2>&1); rc=$?
   check "empty_bootstrap_${cmd%% *}" "$([ $rc = 2 ] && [ $((SECONDS - start)) -lt 10 ] &&
-    echo "$out" | grep -q 'kafka.bootstrap.servers=HOST:PORT is required' && echo 1 || echo 0)" \
+    echo "$out" | grep -q 'kafka.bootstrap.servers (from -X) is empty: give the brokers' &&
+    echo 1 || echo 0)" \
     "exit $rc after $((SECONDS - start)) s, output: $(echo "$out" | grep -v '^%' | head -c 300)"
 done
 rm -f "$f.events" "$f.items"

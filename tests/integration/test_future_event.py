@@ -31,6 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_util as U  # noqa: E402
 
 USERS, T0 = 50, 1767225600000
+# The mock holds a group's rebalance after a member leaves for the
+# leaver's session timeout: short, so the restart's join is quick.
+FAST = ["kafka.fetch.wait.max.ms=10", "kafka.session.timeout.ms=6000",
+        "kafka.heartbeat.interval.ms=1000"]
 Y2090 = 3786912000000                  # 2090-01-01, inside event.max.ts.ms
 
 
@@ -81,7 +85,7 @@ def restored_stream_time_bounded():
                       os.path.join(tmp, "broker.log"))
     worker = None
     failed = []
-    base = ["kafka.fetch.wait.max.ms=10", "snapshot.dir=" + snap]
+    base = FAST + ["snapshot.dir=" + snap]
     try:
         worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "old.log"),
                           extra=base + ["event.max.future.ms=0", "state.evict.mass=0"])
@@ -130,8 +134,7 @@ def main():
     failed = []
     try:
         worker = U.Worker(broker.bootstrap, model, os.path.join(tmp, "worker.log"),
-                          extra=["kafka.fetch.wait.max.ms=10",
-                                 "snapshot.dir=" + os.path.join(tmp, "snap")])
+                          extra=FAST + ["snapshot.dir=" + os.path.join(tmp, "snap")])
         first_stream(broker, worker, failed)
         marker(broker, worker, failed, T0 + USERS * 1000)
         mass = worker.metric("halflife_evictions_total", 'reason="mass"')

@@ -68,7 +68,14 @@ struct hl_ivf {
                                   i % BLK; lanes past the list's end are 0) */
     float   *bs;               /* (n_items) their biases */
     int32_t *ids;              /* (n_items) their model rows */
+    const volatile sig_atomic_t *stop;  /* while building: hl_ivf_opts.stop */
 };
+
+/* 1 once the build was asked to give up (hl_ivf_opts.stop). */
+static int build_stopped(const hl_ivf *ix)
+{
+    return ix->stop != NULL && *ix->stop;
+}
 
 /* S (m, ld) from nb blocks xt (nb, dim, BLK) and queries Qg (m, dim):
  * S[u ld + b BLK + i] = Qg[u] . item i of block b. */
@@ -161,6 +168,8 @@ static void kmeans_step(hl_ivf *ix, const float *X, int64_t ns, float *S, int32_
 {
     int da = ix->da;
     for (int64_t i = 0; i < ns; i += ASSIGN_BLOCK) {
+        if (build_stopped(ix))
+            return;                     /* train() sees it too: nothing is kept */
         int n = ns - i < ASSIGN_BLOCK ? (int)(ns - i) : ASSIGN_BLOCK;
         assign_block(ix, X + (size_t)i * da, n, S, asg + i);
     }
@@ -226,9 +235,9 @@ static int train(hl_ivf *ix, const float *e_out, const float *bias, const hl_ivf
         memcpy(ix->cent, X, (size_t)ix->nlist * ix->da * sizeof(float));
         for (int c = 0; c < ix->nlist; c++)
             normalise(ix->cent + (size_t)c * ix->da, ix->da);
-        for (int it = 0; it < iters; it++)
+        for (int it = 0; it < iters && !build_stopped(ix); it++)
             kmeans_step(ix, X, ns, S, asg, sum, cnt, &rng);
-        rc = 0;
+        rc = build_stopped(ix) ? HL_EAGAIN : 0;
     }
     free(X);
     free(S);
@@ -277,6 +286,10 @@ static int fill_lists(hl_ivf *ix, const float *e_out, const float *bias)
     if (!asg || !X || !S || !pos)
         goto out;
     for (int32_t j0 = 0; j0 < ix->n_items; j0 += ASSIGN_BLOCK) {
+        if (build_stopped(ix)) {
+            rc = HL_EAGAIN;
+            goto out;
+        }
         int n = ix->n_items - j0 < ASSIGN_BLOCK ? (int)(ix->n_items - j0) : ASSIGN_BLOCK;
         for (int i = 0; i < n; i++)
             aug_row(e_out, bias, ix->dim, j0 + i, X + (size_t)i * da);
@@ -353,10 +366,17 @@ hl_ivf *hl_ivf_create(const float *e_out, const float *bias, int32_t n_items,
     ix->ids = malloc((size_t)n_items * sizeof(int32_t));
     if (!ix->cent || !ix->off || !ix->boff || !ix->bs || !ix->ids)
         goto nomem;
+    ix->stop = o->stop;
     if (train(ix, e_out, bias, o) != 0 || fill_lists(ix, e_out, bias) != 0)
         goto nomem;
+    ix->stop = NULL;                    /* the caller's flag: not kept past the build */
     return ix;
 nomem:
+    if (ix != NULL && build_stopped(ix)) {
+        hl_ivf_destroy(ix);
+        hl_err(errbuf, errlen, HL_EAGAIN, "index: build stopped (a stop was asked for)");
+        return NULL;
+    }
     hl_ivf_destroy(ix);
     hl_err(errbuf, errlen, HL_ENOMEM, "index: out of memory (%d items, dim %d)",
            (int)n_items, dim);

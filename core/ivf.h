@@ -25,6 +25,8 @@
 
 #include "hl.h"
 
+#include <signal.h>
+
 #define HL_IVF_MAX_NLIST 1048576
 
 typedef struct hl_ivf      hl_ivf;        /* opaque: centroids and lists */
@@ -35,6 +37,11 @@ typedef struct hl_ivf_opts {
     int      train_per_list; /* k-means sample: rows per list; 0 = 32 */
     int      iters;        /* k-means iterations; 0 = 8 */
     uint64_t seed;         /* sample and initial centroids */
+    /* Set (by a signal handler) while the build runs: it gives up between
+     * blocks of rows and returns NULL ("index: build stopped"), so a stop
+     * is not held for the build's seconds (about 23 s at 1M items).
+     * NULL: it always finishes. */
+    const volatile sig_atomic_t *stop;
 } hl_ivf_opts;
 
 /* 4 sqrt(n_items), at least 1 and at most n_items. */

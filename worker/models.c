@@ -579,7 +579,11 @@ static void install(hl_models *ms, hl_mref *r, double fit_s, double skip_s)
     release_unused(ms);
 }
 
-double hl_models_index_recall(const hl_model *m, const hl_ivf *ix, int k, int nprobe)
+/* Queries per look at the stop flag: a few hundred ms at 1M items. */
+#define RECALL_CHUNK 20
+
+double hl_models_index_recall(const hl_model *m, const hl_ivf *ix, int k, int nprobe,
+                              const volatile sig_atomic_t *stop)
 {
     const hl_model_info *mi = hl_model_info_get(m);
     int n_q = mi->n_items < HL_INDEX_SAMPLE ? (int)mi->n_items : HL_INDEX_SAMPLE;
@@ -591,9 +595,16 @@ double hl_models_index_recall(const hl_model *m, const hl_ivf *ix, int k, int np
         memcpy(Q + (size_t)i * mi->dim, hl_model_e_out(m) + (size_t)j * mi->dim,
                (size_t)mi->dim * sizeof(float));
     }
-    double r = hl_ivf_recall(ix, Q, n_q, k, nprobe);
+    /* The mean over chunks weighted by their sizes is the mean over all. */
+    double sum = 0.0;
+    for (int i = 0; i < n_q && sum >= 0.0; i += RECALL_CHUNK) {
+        int n = n_q - i < RECALL_CHUNK ? n_q - i : RECALL_CHUNK;
+        double r = stop != NULL && *stop ? -1.0
+                                         : hl_ivf_recall(ix, Q + (size_t)i * mi->dim, n, k, nprobe);
+        sum = r < 0.0 ? -1.0 : sum + r * n;
+    }
     free(Q);
-    return r;
+    return sum < 0.0 ? -1.0 : sum / n_q;
 }
 
 /* A swapped-in model's index: its recall at load, logged, and kept for
@@ -611,7 +622,8 @@ static void index_loaded(hl_models *ms, hl_mref *r, double build_s)
                "nlist_asked=%d nlist=%d nprobe_asked=%d nprobe=%d why=\"more lists than the "
                "swapped-in model's items allow\"", mi->version, (int)mi->n_items,
                ms->o.ivf_nlist, nl, ms->o.ivf_nprobe, np);
-    double t1 = hl_now_mono_s(), recall = hl_models_index_recall(r->m, r->ivf, ms->o.ivf_k, np);
+    double t1 = hl_now_mono_s(), recall = hl_models_index_recall(r->m, r->ivf, ms->o.ivf_k, np,
+                                                                ms->o.stop);
     r->ivf_recall = recall;
     hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f "
            "bytes=%zu recall_at_%d=%.4f sample=%d recall_s=%.2f model_version=\"%s\" "
@@ -637,7 +649,8 @@ static int scoring_tables(hl_models *ms, hl_mref *r, char *errbuf, size_t errlen
             return HL_EINVAL;
     }
     if (ms->o.first_ivf != NULL) {
-        hl_ivf_opts io = {.nlist = ms->o.ivf_nlist <= mi->n_items ? ms->o.ivf_nlist : 0};
+        hl_ivf_opts io = {.nlist = ms->o.ivf_nlist <= mi->n_items ? ms->o.ivf_nlist : 0,
+                          .stop = ms->o.stop};
         double t0 = hl_now_mono_s();
         r->ivf = hl_ivf_create(hl_model_e_out(r->m), hl_model_bias(r->m), mi->n_items,
                                mi->dim, &io, errbuf, errlen);
@@ -646,6 +659,21 @@ static int scoring_tables(hl_models *ms, hl_mref *r, char *errbuf, size_t errlen
             return HL_EINVAL;
         index_loaded(ms, r, hl_now_mono_s() - t0);
     }
+    return 0;
+}
+
+static int stop_asked(const hl_models *ms)
+{
+    return ms->o.stop != NULL && *ms->o.stop;
+}
+
+/* A stop came while a new model's index was built: not a failure (not
+ * counted), and the file is not held against: the next start reads it. */
+static int swap_stopped(hl_models *ms)
+{
+    hl_log(HL_LOG_INFO, "model_swap_stopped", "path=%s why=\"stopping: the index build "
+           "was cut short\" action=\"the serving model stays until the exit; the next "
+           "start loads the file\"", ms->o.path);
     return 0;
 }
 
@@ -679,9 +707,10 @@ static int load(hl_models *ms)
         return refuse(ms, err);
     }
     double skip_s = fit_skips(ms, r, m);
-    if (scoring_tables(ms, r, err, sizeof err) != 0) {
+    if (scoring_tables(ms, r, err, sizeof err) != 0 || stop_asked(ms)) {
+        int stopped = stop_asked(ms);
         hl_mref_release(r);
-        return refuse(ms, err);
+        return stopped ? swap_stopped(ms) : refuse(ms, err);
     }
     if (ms->o.before_live != NULL &&
         ms->o.before_live(ms->o.before_live_arg, r, err, sizeof err) != 0) {

@@ -32,6 +32,7 @@
 #include "qscore.h"
 #include "ivf.h"
 
+#include <signal.h>
 #include <stdatomic.h>
 
 #define HL_MREF_SKIPS 4                /* older models a new one keeps a map from */
@@ -104,6 +105,10 @@ typedef struct hl_models_opts {
     int              ivf_nprobe;       /* recs.index.nprobe (0: each index's
                                           nlist / 16) and recs.k: their recall at */
     int              ivf_k;            /* load, logged and exported like the first's */
+    /* Set by SIGTERM: a swap under way gives up its index build and recall
+     * check (seconds at 1M items, with the main loop waiting), so the stop
+     * starts at once. NULL: a swap always finishes. */
+    const volatile sig_atomic_t *stop;
     /* Called on the main thread once a new model r is validated and ready,
      * just before it goes live (the live catalogue rebinds to it here).
      * Not 0: the swap is refused (counted) and the serving model stays.
@@ -123,8 +128,10 @@ typedef struct hl_models_opts {
 /* Recall@k of ix (m's index) with nprobe, on HL_INDEX_SAMPLE queries: the
  * e_out rows of items spread over the catalogue (users' real queries are
  * not known at load; the shadow check measures those). Costs that many
- * exact scans; -1 when out of memory. */
-double hl_models_index_recall(const hl_model *m, const hl_ivf *ix, int k, int nprobe);
+ * exact scans (seconds at 1M items); -1 when out of memory, or when stop
+ * (NULL: none) is set before it is done. */
+double hl_models_index_recall(const hl_model *m, const hl_ivf *ix, int k, int nprobe,
+                              const volatile sig_atomic_t *stop);
 
 /* 1 when two models' rows have the same shape (dim, heads, half-lives):
  * a swap between them migrates rows in place. */

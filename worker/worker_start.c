@@ -85,6 +85,7 @@ static int start_models(hl_worker *w, char *errbuf, size_t errlen)
                          .first_qitems = w->qitems, .first_ivf = w->ivf,
                          .ivf_nlist = w->o.recs_index_nlist,
                          .ivf_nprobe = w->o.recs_index_nprobe, .ivf_k = w->o.recs_k,
+                         .stop = w->o.start_abort,
                          .before_live = rebind_items, .before_live_arg = w,
                          /* every setup follows a reshape (worker/swap.c) */
                          .reshape_refused = NULL};
@@ -423,13 +424,26 @@ static int start_threads(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* Why the index is not there. A SIGTERM cut the build short (the reason
+ * becomes run.c's event=worker_stopped_before_start why=...), or the
+ * model and recs.index.nlist do not fit. */
+static int index_failed(const hl_worker *w, const char *why, double secs, char *errbuf,
+                        size_t errlen)
+{
+    if (w->o.start_abort != NULL && *w->o.start_abort)
+        return hl_err(errbuf, errlen, HL_EAGAIN, "recs.index=ivf: index build given up after "
+                      "%.1f s: %s", secs, why);
+    return hl_err(errbuf, errlen, HL_EINVAL, "recs.index=ivf: recs.index.nlist=%d: %s",
+                  w->o.recs_index_nlist, why);
+}
+
 /* recs.index=ivf: the index over e_out, built once at load and read by
  * every thread's ranker; its recall at load is logged and exported, the
  * shadow check's as the refreshes go. */
 static int start_index(hl_worker *w, char *errbuf, size_t errlen)
 {
     const hl_model_info *mi = hl_model_info_get(w->m);
-    hl_ivf_opts io = {.nlist = w->o.recs_index_nlist};
+    hl_ivf_opts io = {.nlist = w->o.recs_index_nlist, .stop = w->o.start_abort};
     hl_gauge *at_load = hl_metrics_gauge(w->reg, "halflife_index_recall",
         "Recall@k of the approximate index (recs.index=ivf) against exact scoring: "
         "check=\"load\" on a sample at model load, check=\"shadow\" (once a refresh "
@@ -440,10 +454,13 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
         "Items of the shadow check's exact lists (recs.index.shadow.every).", NULL);
     double t0 = hl_now_mono_s();
     char why[256];
+    /* The build takes seconds to tens of seconds (about 23 s at 1M items):
+     * said before it, so the silence that follows has a reason. */
+    hl_log(HL_LOG_INFO, "index_building", "mode=ivf items=%d dim=%d", (int)mi->n_items,
+           mi->dim);
     if ((w->ivf = hl_ivf_create(hl_model_e_out(w->m), hl_model_bias(w->m), mi->n_items,
                                 mi->dim, &io, why, sizeof why)) == NULL)
-        return hl_err(errbuf, errlen, HL_EINVAL, "recs.index=ivf: recs.index.nlist=%d: %s",
-                      w->o.recs_index_nlist, why);
+        return index_failed(w, why, hl_now_mono_s() - t0, errbuf, errlen);
     /* 0 stays 0 in w->o: each ranker takes its own index's default, so a
      * model swapped in with another catalogue size gets its own nlist / 16 */
     int nprobe = w->o.recs_index_nprobe > 0 ? w->o.recs_index_nprobe
@@ -453,7 +470,9 @@ static int start_index(hl_worker *w, char *errbuf, size_t errlen)
                       "recs.index.nprobe=%d: more than the index's %d lists (recs.index.nlist)",
                       nprobe, hl_ivf_nlist(w->ivf));
     double t1 = hl_now_mono_s();
-    double recall = hl_models_index_recall(w->m, w->ivf, w->o.recs_k, nprobe);
+    double recall = hl_models_index_recall(w->m, w->ivf, w->o.recs_k, nprobe, w->o.start_abort);
+    if (w->o.start_abort != NULL && *w->o.start_abort)
+        return index_failed(w, "recall check stopped", hl_now_mono_s() - t0, errbuf, errlen);
     hl_gauge_set(at_load, recall);
     hl_log(HL_LOG_INFO, "index", "mode=ivf items=%d nlist=%d nprobe=%d build_s=%.2f bytes=%zu "
            "recall_at_%d=%.4f sample=%d recall_s=%.2f", (int)mi->n_items, hl_ivf_nlist(w->ivf),

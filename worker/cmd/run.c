@@ -18,8 +18,8 @@
  * A stop during start-up is a clean stop too (exit 0): main.c blocks
  * SIGTERM, SIGINT and SIGHUP from the program's first instruction until
  * the handlers below are in, and every wait of start-up (the registry,
- * the broker, the item topic, restores between partitions) gives up on
- * it. The worker logs event=worker_stopped_before_start with the step:
+ * the broker, the item topic, restores between partitions) and the
+ * recs.index=ivf index build gives up on it. The worker logs event=worker_stopped_before_start with the step:
  * configuration, model, worker_create, items_topic, group_join or
  * restore. Only the dynamic loader's milliseconds before the first
  * instruction keep the default action (exit 143). */

@@ -652,6 +652,8 @@ static int scoring_tables(hl_models *ms, hl_mref *r, char *errbuf, size_t errlen
         hl_ivf_opts io = {.nlist = ms->o.ivf_nlist <= mi->n_items ? ms->o.ivf_nlist : 0,
                           .stop = ms->o.stop};
         double t0 = hl_now_mono_s();
+        hl_log(HL_LOG_INFO, "index_building", "mode=ivf items=%d dim=%d swap=1",
+               (int)mi->n_items, mi->dim);
         r->ivf = hl_ivf_create(hl_model_e_out(r->m), hl_model_bias(r->m), mi->n_items,
                                mi->dim, &io, errbuf, errlen);
         r->ivf_owned = 1;

@@ -557,6 +557,24 @@ static void test_refusals(void)
     tmodel_free(&t);
 }
 
+/* hl_ivf_opts.stop set: the build gives up (the worker's SIGTERM during
+ * it, test_index_stop.py) and says so; left at 0 it changes nothing. */
+static void test_build_stop(void)
+{
+    tmodel t;
+    char err[256] = "";
+    volatile sig_atomic_t stop = 1;
+    tmodel_init(&t, 3000, 0);
+    hl_ivf_opts io = {.nlist = 50, .stop = &stop};
+    CHECK(hl_ivf_create(t.e_out, t.bias, 3000, DIM, &io, err, sizeof err) == NULL);
+    CHECKF(strstr(err, "build stopped") != NULL, "err: %s", err);
+    stop = 0;
+    hl_ivf *ix = hl_ivf_create(t.e_out, t.bias, 3000, DIM, &io, err, sizeof err);
+    CHECKF(ix != NULL && hl_ivf_nlist(ix) == 50, "create: %s", err);
+    hl_ivf_destroy(ix);
+    tmodel_free(&t);
+}
+
 int main(void)
 {
     RUN(test_batch_lists_exact_scores_no_excluded);
@@ -567,5 +585,6 @@ int main(void)
     RUN(test_catalogue_hidden_and_side);
     RUN(test_catalogue_nearly_all_hidden);
     RUN(test_refusals);
+    RUN(test_build_stop);
     TEST_EXIT();
 }

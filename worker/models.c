@@ -669,13 +669,13 @@ static int stop_asked(const hl_models *ms)
     return ms->o.stop != NULL && *ms->o.stop;
 }
 
-/* A stop came while a new model's index was built: not a failure (not
- * counted), and the file is not held against: the next start reads it. */
+/* A stop came while a new model's scoring tables were built: not a failure
+ * (not counted), and the file is not held against: the next start reads it. */
 static int swap_stopped(hl_models *ms)
 {
-    hl_log(HL_LOG_INFO, "model_swap_stopped", "path=%s why=\"stopping: the index build "
-           "was cut short\" action=\"the serving model stays until the exit; the next "
-           "start loads the file\"", ms->o.path);
+    hl_log(HL_LOG_INFO, "model_swap_stopped", "path=%s why=\"stopping: the swap's scoring "
+           "tables (index build, recall check) were cut short\" action=\"the serving model "
+           "stays until the exit; the next start loads the file\"", ms->o.path);
     return 0;
 }
 

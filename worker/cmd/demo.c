@@ -476,7 +476,14 @@ static void status_line(demo *d, hl_worker_stats *prev, double dt, int show_stag
            st.lat_p99_s * 1000.0, st.worker_p99_s * 1000.0, lag_s, (unsigned long long)st.users, SEEN_K,
            window_hit_rate(d), repeat_share(d), (unsigned long long)produced, (unsigned long long)st.consumed,
            (unsigned long long)st.invalid, (unsigned long long)st.skipped);
-    if (lag_s > 1.0)
+    /* Until the group gives the worker its partition (the embedded broker
+     * holds a new group's first join about 3 s) and it reads, events wait
+     * in the topic: no slowness, and the stage histograms show nothing. */
+    char why[160] = "its partition was just assigned";
+    if (lag_s > 1.0 && (!hl_worker_ready(d->w, why, sizeof why) || st.consumed == 0))
+        printf("  the worker has not started reading yet (%s): the events wait in the "
+               "topic until then, a few seconds after start\n", why);
+    else if (lag_s > 1.0)
         printf("  the worker is %.1f s behind the producer: see halflife_stage_seconds on "
                "/metrics for where the time goes\n", lag_s);
     if (show_stages)

@@ -27,6 +27,7 @@
 #include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -79,10 +80,45 @@ typedef struct demo {
 
 static volatile sig_atomic_t demo_signalled;
 
+/* The demo's scratch files, for a second Ctrl-C: its snapshot directory
+ * and, while it trains, the temporary model file. Set before the handler
+ * can need them and never freed. */
+static char demo_scratch_dir[64], demo_scratch_file[64];
+
+/* Removes dir and the files in it with async-signal-safe calls only
+ * (opendir allocates): open, getdents64, unlinkat, rmdir. */
+static void remove_dir_now(const char *dir)
+{
+    char buf[2048];
+    ssize_t n;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    while (fd >= 0 && (n = getdents64(fd, buf, sizeof buf)) > 0) {
+        for (ssize_t off = 0; off < n;) {
+            const struct dirent64 *de = (const struct dirent64 *)(buf + off);
+            if (de->d_name[0] != '.')
+                unlinkat(fd, de->d_name, 0);
+            off += de->d_reclen;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    rmdir(dir);
+}
+
+/* A second signal quits at once (the first one's stop may wait up to
+ * seconds on the broker), but takes the scratch files along: the demo's
+ * data is gone with its embedded broker, and a newcomer who pressed Ctrl-C
+ * twice found /tmp/halflife-demo-snap-* directories (snapshots of MBs)
+ * piling up. */
 static void on_signal(int sig)
 {
-    if (demo_signalled)
+    if (demo_signalled) {
+        if (demo_scratch_file[0])
+            unlink(demo_scratch_file);
+        if (demo_scratch_dir[0])
+            remove_dir_now(demo_scratch_dir);
         _exit(128 + sig);
+    }
     demo_signalled = 1;
 }
 
@@ -391,16 +427,19 @@ static hl_model *train_model(char *err, size_t errlen)
     hl_train_opts to;
     hl_train_result res;
     hl_model *m = NULL;
-    char path[] = "/tmp/halflife-demo-XXXXXX";
+    char *path = demo_scratch_file;
+    snprintf(path, sizeof demo_scratch_file, "/tmp/halflife-demo-XXXXXX");
     int fd = mkstemp(path);
     if (fd < 0) {
         hl_err(err, errlen, HL_EIO, "demo: temporary model file: %s", strerror(errno));
+        path[0] = '\0';
         return NULL;
     }
     close(fd);
     if (synth_data(&td, 60000, &so) != 0) {
         hl_err(err, errlen, HL_ENOMEM, "demo: out of memory");
         unlink(path);
+        path[0] = '\0';
         return NULL;
     }
     hl_train_opts_default(&to);
@@ -435,6 +474,7 @@ static hl_model *train_model(char *err, size_t errlen)
     hl_log(HL_LOG_INFO, "demo_trained", "seconds=%.1f ok=%d", hl_now_mono_s() - t0, m != NULL);
     free_data(&td);
     unlink(path);
+    path[0] = '\0';
     return m;
 }
 
@@ -715,6 +755,7 @@ static int demo_prepare(demo *d)
         d->snapdir[0] = '\0';
         return -1;
     }
+    memcpy(demo_scratch_dir, d->snapdir, sizeof demo_scratch_dir);
     return 0;
 }
 

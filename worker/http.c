@@ -415,7 +415,10 @@ hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,
                                MHD_OPTION_END);
     http->starting = 0;
     if (http->d == NULL) {
-        hl_err(errbuf, errlen, HL_EIO, "http: cannot serve on %s:%d: %s",
+        /* Most often another process holds the port (a second worker or
+         * demo on one machine): name the way out. */
+        hl_err(errbuf, errlen, HL_EIO, "http: cannot serve on %s:%d: %s; set metrics.port "
+               "to a free port (or 0: no HTTP endpoint)",
                bind_addr && *bind_addr ? bind_addr : "0.0.0.0", port,
                http->start_err[0] ? http->start_err : errno ? strerror(errno) : "unknown error");
         goto fail;

@@ -14,6 +14,7 @@ there are, not whether they are right. Run with /usr/bin/python3.
 """
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -47,6 +48,29 @@ def run(ck):
     told = [x for x in waiting if "has not started reading yet" in x]
     ck.check("says_why_not_reading", len(told) == len(waiting),
              "want every such line to say the worker has not started reading: %r" % waiting[:2])
+
+    busy_port(ck, model)
+
+
+def busy_port(ck, model):
+    """A metrics.port another process holds: the demo goes on without
+    /metrics, and its warning says what to do (it named only the bind
+    error, "Address already in use")."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        out = subprocess.run([U.HL, "demo", "--model", model, "--duration", "1",
+                              "-X", "metrics.port=%d" % port, "-X", "metrics.bind=127.0.0.1"],
+                             cwd=ck.tmp, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.close()
+    warn = [x for x in out.stderr.splitlines() if "event=demo_no_metrics" in x]
+    ck.check("busy_port_goes_on", out.returncode == 0 and len(warn) == 1,
+             "exit %d, warnings %r" % (out.returncode, warn))
+    ck.check("busy_port_says_what_to_do", any("set metrics.port to a free port" in x
+                                              for x in warn), "warning: %r" % warn)
 
 
 if __name__ == "__main__":

@@ -277,8 +277,10 @@ static void release(hl_wthread *t, int n_take)
                    "offsets; the next owner reads those events again\"", t->id, n_take,
                    t->fl_n, t->ctx->o->shutdown_timeout_ms);
     }
-    if (!stopping)                          /* the snapshots' own budget */
-        deadline = hl_now_mono_ms() + t->ctx->o->shutdown_timeout_ms;
+    /* The snapshots' own budget, unless a stop came meanwhile: then its
+     * deadline, or the release would outlast the stop's bound. */
+    deadline = atomic_load(t->ctx->stop) ? atomic_load(&t->ctx->stop_deadline_ms)
+                                         : hl_now_mono_ms() + t->ctx->o->shutdown_timeout_ms;
     for (int i = 0; i < n_take; i++) {
         hl_shard *sh = hl_wthread_shard_of(t, t->take_copy[i]);
         if (sh == NULL)

@@ -765,6 +765,14 @@ static int load_as(const hl_io *io, const char *path, const hl_table_opts *o,
     if (ld.seen.newest_ts_ms > tm.newest_ts_ms) tm.newest_ts_ms = ld.seen.newest_ts_ms;
     if (ld.seen.active_seq > tm.active_seq) tm.active_seq = ld.seen.active_seq;
     hl_table_meta_set(ld.tbl, &tm);
+    /* A file written under a larger state.max.users keeps the pod's
+     * limit: its least recently active users go now, not one batch per
+     * new user (the table would stay past the limit for long). */
+    if ((rc = hl_table_trim(ld.tbl, NULL)) != 0) {
+        hl_table_destroy(ld.tbl);
+        return hl_err(errbuf, errlen, rc, "snapshot %s: no memory to sort its users down "
+                      "to state.max.users=%zu; give the pod more memory", path, o->max_users);
+    }
     *tblp = ld.tbl;
     return 0;
 }

@@ -383,6 +383,38 @@ static int evict_oldest(hl_table *tbl)
     return 0;
 }
 
+static int by_seq(const void *a, const void *b)
+{
+    uint64_t x = ((const hl_lru_ent *)a)->seq, y = ((const hl_lru_ent *)b)->seq;
+    return x < y ? -1 : x > y;
+}
+
+/* Down to max_users after a restore: a file written under a larger limit
+ * loads whole (its rows' recency is known only at the end), then the least
+ * recently active go, exactly as live inserts would have taken them. One
+ * sort rather than the LRU pool: the pool holds max_users/16 candidates a
+ * scan, so a file many times the limit would take a full scan per pool.
+ * Their rows stay mapped for new users; their keys and index entries go. */
+int hl_table_trim(hl_table *tbl, size_t *evicted)
+{
+    size_t cap = tbl->o.max_users, n = 0;
+    if (evicted != NULL) *evicted = 0;
+    if (cap == 0 || tbl->users <= cap) return 0;
+    hl_lru_ent *all = malloc(tbl->users * sizeof *all);
+    if (all == NULL) return HL_ENOMEM;
+    for (uint32_t r = 0; r < tbl->row_limit && n < tbl->users; r++)
+        if (row_is_live(tbl, r))
+            all[n++] = (hl_lru_ent){hdr(row_ptr(tbl, r))->active_seq, r};
+    qsort(all, n, sizeof *all, by_seq);
+    size_t over = n > cap ? n - cap : 0;
+    for (size_t i = 0; i < over; i++)
+        evict(tbl, all[i].row);
+    free(all);
+    tbl->st.evicted_capacity += over;
+    if (evicted != NULL) *evicted = over;
+    return 0;
+}
+
 /* A row for a user not in the table: capacity first, then an id, the key,
  * and the index entry. */
 static int insert_user(hl_table *tbl, uint64_t h, const char *user, size_t len,

@@ -210,6 +210,12 @@ void hl_table_prefetch(const hl_table *tbl, const char *user, size_t user_len);
  * was. No-op on a table that holds users. */
 int hl_table_reserve(hl_table *tbl, size_t users);
 
+/* After a restore: evicts the least recently active users beyond
+ * max_users (a file written under a larger limit), counted as capacity
+ * evictions; *evicted (may be NULL) says how many. The eviction hook is
+ * called for each. 0, or HL_ENOMEM for the sort's scratch. */
+int hl_table_trim(hl_table *tbl, size_t *evicted);
+
 /* A span of a table's row memory (hl_table_map_rows). */
 typedef struct hl_table_span {
     void    *addr;

@@ -954,6 +954,42 @@ static void test_bad_records_counted(void)
     hl_metrics_destroy(reg);
 }
 
+/* A changelog written under a larger state.max.users (the limit lowered,
+ * the partition moved to a smaller pod) restores into the pod's limit: the
+ * least recently active users go, counted as capacity evictions. Before,
+ * every row stayed and the table sat past the limit it was sized for. */
+static void test_replay_into_smaller_limit(void)
+{
+    static const char *const users[] = {"a", "b", "c", "d", "e"};
+    char err[512] = "";
+    hl_table_opts o;
+    hl_metrics *reg;
+    hl_changelog *cl = offline(&o, &reg);
+    if (cl == NULL)
+        return;
+    hl_table *src = hl_table_create(&o, err, sizeof err);
+    unsigned char *buf = malloc(5 * hl_snapshot_row_max(3, DIM, 4));
+    hl_changelog_rec recs[5];
+    for (int i = 0; i < 5; i++)             /* "e" is the most recently active */
+        events(src, NULL, users[i], 10 * i, 10 * i + 3);
+    for (int i = 0; i < 5; i++)
+        recs[i] = row_rec(src, users[i], "1", buf + i * hl_snapshot_row_max(3, DIM, 4));
+    o.max_users = 2;                        /* cl reads o: the pod's new limit */
+    hl_table *t = hl_table_create(&o, err, sizeof err);
+    hl_changelog_restored out;
+    int rc = hl_changelog_replay(cl, t, NULL, recs, 5, &out, err, sizeof err);
+    hl_table_stats st;
+    hl_table_stats_get(t, &st);
+    CHECKF(rc == 0 && st.users == 2 && has(t, "d") && has(t, "e") && st.evicted_capacity == 3,
+           "rc %d (%s): %zu users restored into state.max.users=2, d %d e %d, evicted %llu",
+           rc, err, st.users, has(t, "d"), has(t, "e"), (unsigned long long)st.evicted_capacity);
+    free(buf);
+    hl_table_destroy(t);
+    hl_table_destroy(src);
+    hl_changelog_destroy(cl);
+    hl_metrics_destroy(reg);
+}
+
 /* A local snapshot at input offset 20 whose cover is the flush before
  * one still in flight when the snapshot began (flush F2, cut at 15); F2's
  * rows landed but not its checkpoint (a crash between, or the checkpoint
@@ -1134,6 +1170,7 @@ int main(void)
     RUN(test_flush_names_encoded_model);
     RUN(test_epoch_overflow);
     RUN(test_bad_records_counted);
+    RUN(test_replay_into_smaller_limit);
     RUN(test_cache_then_unfinished_flush);
     RUN(test_zombie_then_compaction);
     TEST_EXIT();

@@ -583,6 +583,47 @@ static void test_shorter_history_keeps_newest(void)
     hl_table_destroy(c);
 }
 
+/* A file holding more users than state.max.users (the limit lowered, or a
+ * pod resized) loads into at most max_users: the least recently active go,
+ * as they would have live, and are counted as capacity evictions. Without
+ * that every row stayed, past the limit the pod was sized for. */
+static void test_load_into_smaller_limit(void)
+{
+    hl_table_opts o = opts(), small = opts_with(DIM, HISTORY, 50);
+    hl_table *a = table_upto(&o, N_EVENTS), *b = NULL;
+    hl_snapshot_meta m = meta_at("ev", 0, N_EVENTS);
+    hl_snapshot_result r;
+    hl_table_stats sa, sb;
+    char err[512];
+    fresh_dir();
+    CHECK(a != NULL && hl_snapshot_write(NULL, dir, &m, a, 2, &r, err, sizeof err) == 0);
+    hl_table_stats_get(a, &sa);
+    CHECK(sa.users > 50);
+    CHECKF(hl_snapshot_load(NULL, r.path, &small, FP, &b, NULL, err, sizeof err) == 0, "%s", err);
+    if (b != NULL) {
+        hl_table_stats_get(b, &sb);
+        CHECKF(sb.users <= 50, "loaded %zu users of %zu into state.max.users=50",
+               sb.users, sa.users);
+        CHECKF(sb.evicted_capacity == sa.users - sb.users, "evicted_capacity %llu",
+               (unsigned long long)sb.evicted_capacity);
+        /* The kept users are the most recently active: each one's
+         * active_seq is above every dropped one's. */
+        uint64_t min_kept = UINT64_MAX, max_dropped = 0;
+        for (uint32_t row = 0; row < hl_table_row_limit(a); row++) {
+            hl_row_view v;
+            if (!hl_table_row_live(a, row)) continue;
+            hl_table_view(a, row, &v);
+            int kept = hl_table_find(b, v.user, v.user_len) >= 0;
+            if (kept && v.active_seq < min_kept) min_kept = v.active_seq;
+            if (!kept && v.active_seq > max_dropped) max_dropped = v.active_seq;
+        }
+        CHECKF(min_kept > max_dropped, "kept down to seq %llu, dropped up to %llu",
+               (unsigned long long)min_kept, (unsigned long long)max_dropped);
+    }
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+}
+
 
 /* A load that meets a FIFO must not wait for a writer that never comes. */
 static void hung(int sig)
@@ -664,6 +705,7 @@ int main(void)
     RUN(test_mismatch_refused);
     RUN(test_renamed_file_refused);
     RUN(test_shorter_history_keeps_newest);
+    RUN(test_load_into_smaller_limit);
     RUN(test_no_snapshot_is_enoent);
     RUN(test_special_files_refused);
     remove_dir();

@@ -762,6 +762,12 @@ static int read_end(restorer *rs, const hl_changelog_base *base, int32_t p, int6
                       (long long)rs->base_epoch, (long long)from, (long long)rs->usurper);
     finish(rs, base);
     models_held(rs);
+    /* A changelog written under a larger state.max.users keeps the pod's
+     * limit: its least recently active users go now (table.h). */
+    if (hl_table_trim(rs->tbl, NULL) != 0)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "changelog %s [%d]: no memory to sort "
+                      "its users down to state.max.users=%zu; give the pod more memory",
+                      cl->topic, (int)p, rs->cl->o.topts->max_users);
     return 0;
 }
 

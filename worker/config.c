@@ -88,7 +88,7 @@ static const key_def keys[] = {
     {"batch.max.messages",  T_INT,  "10000", 1, 1000000, NULL, "most records per batch"},
     {"batch.max.ms",        T_INT,  "5", 0, 60000, NULL, "longest wait to fill a batch"},
     {"state.history",       T_INT,  "32", 1, 255, NULL, "events kept per user (seen items, because, rebuilds)"},
-    {"state.max.users",     T_INT,  "10000000", 1, 1e9, NULL, "users per shard; the least recently active go first beyond"},
+    {"state.max.users",     T_INT,  "10000000", 1, 1e9, NULL, "users per shard; the least recently active go first beyond, and on restore (a snapshot or changelog of more users is cut: event=restore_over_max_users)"},
     {"state.evict.mass",    T_NUM,  "1e-6", 0, 1e30, NULL, "a user whose decayed mass is below this in every head is dropped"},
     {"weight.view",         T_NUM,  NULL, 0, 1e6, NULL, "type weight of VIEW (default: the model's)"},
     {"weight.click",        T_NUM,  NULL, 0, 1e6, NULL, "type weight of CLICK (default: the model's)"},

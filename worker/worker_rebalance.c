@@ -443,6 +443,21 @@ static void bound_stream_time(const hl_worker *w, int32_t p, hl_table *tbl)
     hl_table_meta_set(tbl, &meta);
 }
 
+/* A snapshot or changelog written under a larger state.max.users was cut
+ * to this one on load (hl_table_trim): said once, as the operator lowered
+ * the limit or moved the partition to a smaller pod, and counted in
+ * halflife_evictions_total{reason="capacity"}. */
+static void log_trimmed(const hl_worker *w, int32_t p, const hl_table *tbl)
+{
+    hl_table_stats st;
+    hl_table_stats_get(tbl, &st);
+    if (st.evicted_capacity > 0)
+        hl_log(HL_LOG_WARN, "restore_over_max_users", "partition=%d evicted=%llu users=%zu "
+               "max_users=%zu action=\"kept the most recently active; raise "
+               "state.max.users to keep more\"", (int)p,
+               (unsigned long long)st.evicted_capacity, st.users, w->o.state_max_users);
+}
+
 static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
 {
     char err[256];
@@ -457,6 +472,7 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr, &moved);
     if (tbl == NULL)
         return HL_EIO;          /* logged as restore_failed */
+    log_trimmed(w, p, tbl);
     bound_stream_time(w, p, tbl);
     if (w->changelog == NULL)
         on_disk = restored;     /* with the changelog: the cache file's, if one was used */

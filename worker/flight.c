@@ -45,6 +45,13 @@
 #define REFUSED_BACKOFF_MAX_MS 10000
 #define REFUSED_GIVE_UP        5     /* attempts before a never_fixed error is final */
 
+/* The wait after ms (0: none yet): MIN, then doubling up to MAX. */
+static int next_backoff_ms(int ms)
+{
+    return ms == 0 ? REFUSED_BACKOFF_MIN_MS
+         : ms * 2 < REFUSED_BACKOFF_MAX_MS ? ms * 2 : REFUSED_BACKOFF_MAX_MS;
+}
+
 int hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen)
 {
     size_t bm = (size_t)t->ctx->o->batch_max_messages;
@@ -199,9 +206,7 @@ static int dead_letters_settled(hl_wthread *t, flight *f)
         if (!dl->send_failed && atomic_load(&dl->t.failed) == 0)
             continue;
         if (keep_one(t, dl) != 0) {
-            f->dl_backoff_ms = f->dl_backoff_ms == 0 ? REFUSED_BACKOFF_MIN_MS
-                             : f->dl_backoff_ms * 2 < REFUSED_BACKOFF_MAX_MS
-                             ? f->dl_backoff_ms * 2 : REFUSED_BACKOFF_MAX_MS;
+            f->dl_backoff_ms = next_backoff_ms(f->dl_backoff_ms);
             f->dl_retry_at_ms = now + f->dl_backoff_ms;
             return 0;
         }
@@ -269,7 +274,7 @@ static int lists_settled(hl_wthread *t, flight *f)
         return 1;
     int64_t now = hl_now_mono_ms();
     if (f->backoff_ms == 0) {
-        f->backoff_ms = REFUSED_BACKOFF_MIN_MS;
+        f->backoff_ms = next_backoff_ms(0);
         f->retry_at_ms = now + f->backoff_ms;
     }
     if (now < f->retry_at_ms)
@@ -291,12 +296,9 @@ static int lists_settled(hl_wthread *t, flight *f)
                "attempt=%d err=\"%s\" next_backoff_ms=%d action=\"offsets held until "
                "they land; users not owned any more skipped\" suppressed=%llu", t->id,
                failed, sent, f->attempts + 1, rd_kafka_err2str(err),
-               f->backoff_ms * 2 < REFUSED_BACKOFF_MAX_MS ? f->backoff_ms * 2
-                                                          : REFUSED_BACKOFF_MAX_MS,
-               (unsigned long long)sup);
+               next_backoff_ms(f->backoff_ms), (unsigned long long)sup);
     f->attempts++;
-    f->backoff_ms = f->backoff_ms * 2 < REFUSED_BACKOFF_MAX_MS ? f->backoff_ms * 2
-                                                               : REFUSED_BACKOFF_MAX_MS;
+    f->backoff_ms = next_backoff_ms(f->backoff_ms);
     f->retry_at_ms = now + f->backoff_ms;
     return 0;
 }

@@ -128,6 +128,11 @@ int hl_batch_consume(hl_wthread *t)
         t->fetch_us[n] = now_us;
         t->msgs[n++] = m;
     }
+    /* What waits behind this batch: the prefetch this thread holds in
+     * memory (halflife_consumer_queued_records). A batch cut short found
+     * the queue empty; only a full one pays the queue's lock to ask. */
+    atomic_store_explicit(&t->queued, n < bm ? 0 : rd_kafka_queue_length(t->q),
+                          memory_order_relaxed);
     return n;
 }
 

@@ -67,6 +67,10 @@ void hl_wthread_destroy(hl_wthread *t)
 }
 
 rd_kafka_queue_t *hl_wthread_queue(hl_wthread *t) { return t->q; }
+int hl_wthread_queued(hl_wthread *t)
+{
+    return atomic_load_explicit(&t->queued, memory_order_relaxed);
+}
 int hl_wthread_n_shards(hl_wthread *t) { return atomic_load(&t->n_shards); }
 
 /* Makes *arr (elements of size elem, capacity *cap) hold at least need;

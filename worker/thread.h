@@ -87,6 +87,9 @@ int         hl_wthread_start(hl_wthread *t, char *errbuf, size_t errlen);
 void        hl_wthread_join(hl_wthread *t);
 
 rd_kafka_queue_t *hl_wthread_queue(hl_wthread *t);
+/* Records the thread's queue held behind its last batch: its backlog in
+ * memory while it lags, 0 once it has caught up. Any thread. */
+int         hl_wthread_queued(hl_wthread *t);
 int         hl_wthread_n_shards(hl_wthread *t);
 
 /* Hands sh to the thread (ownership moves on success). Main thread, any

@@ -94,6 +94,8 @@ struct hl_wthread {
     pthread_t    tid;
     int          started;
     rd_kafka_queue_t *q;
+    atomic_int   queued;        /* records left in q when the last batch was taken
+                                   (batch.c; read by the main thread for /metrics) */
 
     /* mailbox, under mu (thread.c); every array grows on demand */
     pthread_mutex_t mu;

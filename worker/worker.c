@@ -131,6 +131,10 @@ static void register_process(hl_worker *w)
         "Rebalance callbacks served (assign and revoke).", NULL);
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
         "Input partitions this worker owns.", NULL);
+    w->queued_g = hl_metrics_gauge(reg, "halflife_consumer_queued_records",
+        "Records fetched and waiting in the shard threads' queues (librdkafka's prefetch); "
+        "at most about kafka.queued.min.messages per shard thread plus one fetch per "
+        "partition, each costing its bytes and about 170 B more of memory.", NULL);
     w->ctx.mx.migrated = hl_metrics_counter(reg, "halflife_users_migrated_total",
         "Users whose state moved into a new model's space (live swap or snapshot).", NULL);
     w->ctx.mx.rebuilt = hl_metrics_counter(reg, "halflife_users_rebuilt_total",
@@ -461,6 +465,26 @@ static void check_model(hl_worker *w)
     }
 }
 
+/* The prefetch waiting in the shard threads' queues, as each thread last
+ * saw it behind a batch (batch.c), summed once a second. Every partition's
+ * queue is forwarded to its thread's (worker_rebalance.c), and librdkafka
+ * 2.0.2 measures a forwarded queue at its destination, so
+ * queued.min.messages and queued.max.messages.kbytes bound each thread's
+ * queue, not each partition's: what a pod must hold for catch-up grows
+ * with worker.threads, not with the partitions it owns (deploy/README.md,
+ * Resources). */
+static void watch_queued(hl_worker *w)
+{
+    int64_t now = hl_now_mono_ms();
+    if (now < w->queued_next_ms)
+        return;
+    w->queued_next_ms = now + 1000;
+    size_t n = 0;
+    for (int i = 0; i < w->n_th; i++)
+        n += (size_t)hl_wthread_queued(w->th[i]);
+    hl_gauge_set(w->queued_g, (double)n);
+}
+
 /* A worker with no partition yet this long after it subscribed says so,
  * and again each time this much longer: an operator sees why a pod that
  * started is not consuming (a coordinator that does not answer, a group
@@ -536,6 +560,7 @@ int hl_worker_run(hl_worker *w, volatile sig_atomic_t *sig)
             hl_worker_stop(w);
         check_model(w);
         watch_join(w, subscribed_ms, &join_warn_ms);
+        watch_queued(w);
         hl_worker_watch_producer(w);
         /* This thread waits on the producer, not the consumer: a delivery
          * report is then served the moment it comes (a batch's delivered

@@ -70,6 +70,8 @@ struct hl_worker {
     atomic_int        restored;
     atomic_int        awaiting;
     hl_gauge         *assigned_g;
+    hl_gauge         *queued_g;       /* halflife_consumer_queued_records */
+    int64_t           queued_next_ms; /* its next reading (main thread only) */
     hl_persist       *persist;        /* NULL without snapshot.dir */
     hl_schema_store  *schemas;        /* NULL without schema.registry.url */
     hl_changelog     *changelog;      /* state.store=kafka; else NULL */

@@ -316,6 +316,55 @@ static void test_retain_keeps_served_model(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* The bytes of file src written over dst in place (cp does this: it
+ * truncates dst and writes, keeping its inode). */
+static int write_in_place(const char *src, const char *dst)
+{
+    char buf[1 << 16];
+    ssize_t n;
+    int in = open(src, O_RDONLY), out = open(dst, O_WRONLY | O_TRUNC), rc = 0;
+    while (in >= 0 && out >= 0 && (n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n)
+            rc = -1;
+    if (in < 0 || out < 0)
+        rc = -1;
+    if (in >= 0) close(in);
+    if (out >= 0 && close(out) != 0) rc = -1;
+    return rc;
+}
+
+/* model.path rewritten in place (cp b.hlm model.hlm) after A was kept: the
+ * kept A must still be A. It was a hard link to model.path, so the
+ * rewrite changed it too; the fingerprint check then refused it ("holds
+ * model B") and a restart with another model rebuilt the users of every
+ * snapshot written under A from their rings instead of migrating them. */
+static void test_kept_model_survives_rewrite_in_place(void)
+{
+    char err[512] = "";
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    uint64_t fp_a = a != NULL ? hl_model_info_get(a)->fingerprint : 0;
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
+                         .store_dir = TOP "/kept", .store_retain = 4};
+    hl_models *ms = a != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    if (ms != NULL) {
+        CHECK(kept(a));
+        CHECK(write_in_place(TOP "/b.hlm", TOP "/model.hlm") == 0);
+        hl_model *old = hl_models_open_kept(ms, fp_a, err, sizeof err);
+        CHECKF(old != NULL && hl_model_info_get(old)->fingerprint == fp_a,
+               "the kept A after model.path was rewritten in place: %s",
+               old != NULL ? "another model" : err);
+        hl_model_close(old);
+    }
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 /* before_live: a newer file renamed over model.path while the one just
  * loaded is fitted (a retrain published twice within one load). */
 static int replace_path(void *arg, const hl_mref *r, char *errbuf, size_t errlen)
@@ -472,6 +521,7 @@ int main(void)
     RUN(test_first_table_freed_after_swap);
     RUN(test_retain_keeps_served_model);
     RUN(test_served_model_kept_when_path_replaced);
+    RUN(test_kept_model_survives_rewrite_in_place);
     RUN(test_unreadable_retried_after_chmod);
     RUN(test_missing_path_said_once);
     TEST_EXIT();

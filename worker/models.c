@@ -98,32 +98,6 @@ static void mkdir_p(const char *dir)
     mkdir(p, 0755);
 }
 
-/* src to a new file dst, byte for byte: a hard link when both are on one
- * mount, else a copy. dst must not exist: it is never opened to truncate,
- * since a file of that name could be a hard link to src itself (another
- * worker's keep of the same model on a shared volume), and truncating it
- * would empty the model being served. */
-static int copy_file(const char *src, const char *dst)
-{
-    if (link(src, dst) == 0)
-        return 0;
-    if (errno == EEXIST)
-        return -1;
-    int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, rc = -1;
-    char buf[1 << 16];
-    ssize_t n;
-    if (in < 0 || (out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
-        goto done;
-    while ((n = read(in, buf, sizeof buf)) > 0)
-        if (write(out, buf, (size_t)n) != n)
-            goto done;
-    rc = n == 0 && fsync(out) == 0 ? 0 : -1;
-done:
-    if (in >= 0) close(in);
-    if (out >= 0 && close(out) != 0) rc = -1;
-    return rc;
-}
-
 /* 1 when the kept file name (<fingerprint>.hlm) is the served model's or
  * a replaced one's still held (users may still be migrating from it). */
 static int in_use(const hl_models *ms, const char *name)
@@ -135,7 +109,10 @@ static int in_use(const hl_models *ms, const char *name)
     return 0;
 }
 
-/* buf (len bytes) to a new file dst (never truncating one: copy_file). */
+/* buf (len bytes) to a new file dst. dst must not exist: it is never
+ * opened to truncate, since a file of that name could be a hard link to
+ * model.path itself (kept by an older worker on a shared volume), and
+ * truncating it would empty the model being served. */
 static int write_new(const char *dst, const void *buf, size_t len)
 {
     int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644), rc = -1;
@@ -152,24 +129,26 @@ done:
     return rc;
 }
 
-/* The file m was read from, to a new file dst: a link or copy of path
- * while path still names that file, else m's own bytes (a newer file
- * renamed over path while m was fitted and indexed is not m). */
-static int copy_model(const char *path, const hl_model *m, const char *dst)
+/* m, to a new file dst: a copy of m's own bytes (validated when m was
+ * read), never a hard link to the file m was read from. A link shares
+ * the inode, so a writer who rewrites model.path in place (cp, which
+ * truncates and writes) rewrote the kept model with it: the fingerprint
+ * check then refused it and the snapshots written under it were rebuilt
+ * from their rings instead of migrated. A copy costs the model's size on
+ * disk once per kept model. */
+static int copy_model(const hl_model *m, const char *dst)
 {
-    file_id now;
     size_t len;
-    if (file_stat(path, &now, NULL) == 0 && memcmp(&now, hl_model_file_get(m), sizeof now) == 0)
-        return copy_file(path, dst);
     const void *buf = hl_model_bytes(m, &len);
     return write_new(dst, buf, len);
 }
 
 /* Deletes the oldest kept models beyond store_retain (by mtime), never
- * one in use: a kept file is a hard link with the model file's own time,
- * so a model put in service from an older file (a rollback, a copy that
- * keeps times) would otherwise be the oldest and go at once, and with it
- * the migration of the snapshots written under it after a restart. */
+ * one in use: a kept file may be an older worker's hard link with the
+ * model file's own time, so a model put in service from an older file (a
+ * rollback, a copy that keeps times) could otherwise be the oldest and go
+ * at once, and with it the migration of the snapshots written under it
+ * after a restart. */
 static void prune(hl_models *ms)
 {
     DIR *d = opendir(ms->o.store_dir);
@@ -196,9 +175,8 @@ static void prune(hl_models *ms)
     closedir(d);
 }
 
-/* Keeps model m, read from path and validated, in the store. A file
- * changed in place since (not renamed over) is caught by the
- * fingerprint check of the copy. */
+/* Keeps model src, read from path and validated, in the store: its own
+ * bytes, read back and fingerprinted before the rename publishes them. */
 static void keep(hl_models *ms, const char *path, const hl_model *src)
 {
     const hl_model_info *mi = hl_model_info_get(src);
@@ -213,7 +191,7 @@ static void keep(hl_models *ms, const char *path, const hl_model *src)
         return;
     mkdir_p(ms->o.store_dir);
     unlink(tmp);
-    hl_model *m = copy_model(path, src, tmp) == 0 ? hl_model_open(tmp, err, sizeof err) : NULL;
+    hl_model *m = copy_model(src, tmp) == 0 ? hl_model_open(tmp, err, sizeof err) : NULL;
     if (m != NULL && hl_model_info_get(m)->fingerprint == mi->fingerprint &&
         rename(tmp, dst) == 0) {
         hl_log(HL_LOG_INFO, "model_kept", "path=%s fingerprint=%016llx", dst,
@@ -223,7 +201,7 @@ static void keep(hl_models *ms, const char *path, const hl_model *src)
         hl_log(HL_LOG_WARN, "model_keep_failed", "dir=%s fingerprint=%016llx err=\"%s\" "
                "action=\"snapshots of this model will be rebuilt from their rings after a "
                "restart with another model\"", ms->o.store_dir,
-               (unsigned long long)mi->fingerprint, m ? "the file changed meanwhile" :
+               (unsigned long long)mi->fingerprint, m ? "the copy read back is another model" :
                errno ? strerror(errno) : err);
         unlink(tmp);
     }

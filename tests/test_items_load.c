@@ -31,7 +31,7 @@ typedef struct bed {
     hl_metrics              *reg;
 } bed;
 
-static void bed_open(bed *b, const char *name)
+static void bed_open_n(bed *b, const char *name, int partitions)
 {
     char err[512];
     tm_init(&b->a, N);
@@ -41,12 +41,17 @@ static void bed_open(bed *b, const char *name)
     b->mrk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
     b->mock = rd_kafka_mock_cluster_new(b->mrk, 1);
     CHECK(b->mock != NULL);
-    rd_kafka_mock_topic_create(b->mock, "items", 1, 1);
+    rd_kafka_mock_topic_create(b->mock, "items", partitions, 1);
     b->bootstrap = rd_kafka_mock_cluster_bootstraps(b->mock);
     rd_kafka_conf_t *pc = rd_kafka_conf_new();
     rd_kafka_conf_set(pc, "bootstrap.servers", b->bootstrap, err, sizeof err);
     b->p = rd_kafka_new(RD_KAFKA_PRODUCER, pc, err, sizeof err);
     b->reg = hl_metrics_create();
+}
+
+static void bed_open(bed *b, const char *name)
+{
+    bed_open_n(b, name, 1);
 }
 
 static void bed_close(bed *b)
@@ -59,17 +64,22 @@ static void bed_close(bed *b)
     tm_free(&b->a);
 }
 
-/* Produces one update hiding item id, framed as co says. */
-static void send_upd(rd_kafka_t *p, const char *id, const hl_item_codec_opts *co)
+/* Produces one update hiding item id to partition part, framed as co says. */
+static void send_upd_to(rd_kafka_t *p, const char *id, const hl_item_codec_opts *co, int part)
 {
     char buf[256];
     hl_item_update u = upd(id);
     u.available = 0;
     int len = hl_item_encode(co, &u, buf, sizeof buf);
     CHECK(len > 0);
-    CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_PARTITION(0),
+    CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_PARTITION(part),
                             RD_KAFKA_V_KEY(id, strlen(id)), RD_KAFKA_V_VALUE(buf, (size_t)len),
                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == 0);
+}
+
+static void send_upd(rd_kafka_t *p, const char *id, const hl_item_codec_opts *co)
+{
+    send_upd_to(p, id, co, 0);
 }
 
 static void test_loaded_only_after_reading_to_the_end(void)
@@ -233,11 +243,73 @@ static void test_hostile_id_stays_in_its_value(void)
     bed_close(&b);
 }
 
+/* The partitions of the topic the cluster reports that the reader is
+ * shown: librdkafka's mock cannot add partitions to a topic (no
+ * CreatePartitions), so the topic has two and the reader sees one until
+ * the test "adds" the second. */
+static atomic_int visible_parts;
+static int parts_seen(void *arg, int n)
+{
+    (void)arg;
+    int v = atomic_load(&visible_parts);
+    return n < v ? n : v;
+}
+
+/* halflife_items_partitions in reg's /metrics text, -1 when absent. */
+static double parts_gauge(hl_metrics *reg)
+{
+    const char *name = "\nhalflife_items_partitions ";
+    char *text = NULL, *at;
+    size_t len = 0;
+    double v = -1;
+    if (hl_metrics_render(reg, &text, &len) == 0 && (at = strstr(text, name)) != NULL)
+        v = strtod(at + strlen(name), NULL);
+    free(text);
+    return v;
+}
+
+/* A partition added to the topic while the worker runs (an operator
+ * raises the partition count) is read from its beginning: before the fix
+ * the reader asked the count once at start, and an update sent to a new
+ * partition (a hide, a tombstone) never reached the running worker. */
+static void test_partition_added_later_is_read(void)
+{
+    char err[512];
+    bed b;
+    bed_open_n(&b, "grow", 2);
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    send_upd_to(b.p, "i0", &co, 0);
+    send_upd_to(b.p, "i1", &co, 1);
+    CHECK(rd_kafka_flush(b.p, 10000) == 0);
+    atomic_store(&visible_parts, 1);
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 100, .reg = b.reg, .partitions_check_ms = 100,
+                       .partitions_seen = parts_seen};
+    hl_items *it = hl_items_create(&o, err, sizeof err);
+    CHECKF(it != NULL, "%s", err);
+    CHECK(hl_items_start(it, err, sizeof err) == 0);
+    for (int t = 0; t < 600 && !(hl_items_loaded(it) && hl_items_applied(it) >= 1); t++)
+        usleep(50000);
+    CHECKF(hl_items_loaded(it) && hl_items_applied(it) == 1, "one partition: %lld updates "
+           "applied, want 1", (long long)hl_items_applied(it));
+    atomic_store(&visible_parts, 2);            /* the topic grows to two */
+    for (int t = 0; t < 400 && hl_items_applied(it) < 2; t++)
+        usleep(50000);
+    CHECKF(hl_items_applied(it) == 2, "the update on the added partition: %lld of 2 "
+           "updates applied 20 s after the topic grew", (long long)hl_items_applied(it));
+    CHECKF(parts_gauge(b.reg) == 2, "halflife_items_partitions %g, want 2",
+           parts_gauge(b.reg));
+    hl_items_destroy(it);
+    bed_close(&b);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
     RUN(test_loaded_only_after_reading_to_the_end);
     RUN(test_foreign_ids_do_not_fill_known);
     RUN(test_hostile_id_stays_in_its_value);
+    RUN(test_partition_added_later_is_read);
     TEST_EXIT();
 }

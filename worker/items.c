@@ -7,7 +7,11 @@
  * reported its end of partition: compaction leaves gaps in offsets). A
  * topic that does not exist yet is an empty catalogue: loaded at once,
  * and the metadata is asked again every few seconds, so a topic created
- * later is followed from its beginning.
+ * later is followed from its beginning. Once read, the topic's partition
+ * count is asked again every partitions_check_ms (30 s): partitions an
+ * operator adds are assigned next to the others (incrementally: those
+ * read keep their positions) and read from their beginning, so the
+ * updates sent to them reach a running worker.
  *
  * Views: after each burst of records (at most BURST, or what was queued)
  * that changed the catalogue, one view is built and becomes current. A
@@ -59,6 +63,7 @@
 #define BURST           10000   /* records applied between two views at most */
 #define METADATA_MS      5000
 #define RETRY_TOPIC_MS   5000   /* a missing topic is looked for again this often */
+#define CHECK_PARTS_MS  30000   /* partitions_check_ms's default: a metadata request */
 #define KNOWN_IDS          64   /* registry ids whose schema was checked, kept */
 #define DETAIL_LEN        256   /* a bad update's reason, as a sentence */
 
@@ -102,6 +107,7 @@ struct hl_items {
     int64_t         next_view_us;       /* no view before (monotonic): pacing */
     uint64_t        pending;            /* updates applied, not yet counted */
     int             absent;             /* the cluster says the topic does not exist */
+    int             fewer;              /* a count below n_parts, said once */
     float          *vec;                /* 2 * vec_dim floats: e_in, e_out */
     int             vec_dim;            /* >= o.codec.dim (decode_dim) */
     rd_kafka_message_t **kept;          /* per partition: the update waiting for its
@@ -110,9 +116,9 @@ struct hl_items {
     known_id        known[KNOWN_IDS];   /* registry ids whose schema was checked */
     int             n_known;
     hl_log_limit    bad_limit;
-    hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded;
+    hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
     hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
-    hl_counter     *c_drop_known, *c_drop_dim;
+    hl_counter     *c_drop_known, *c_drop_dim, *c_parts_added;
 };
 
 /* ---- views ---- */
@@ -255,11 +261,10 @@ static int stopping(const void *arg)
     return atomic_load(&((const hl_items *)arg)->stop);
 }
 
-/* Partitions and their ends; assigns them all from the beginning. 0 with
- * n_parts 0 when the cluster says the topic does not exist (an empty
- * catalogue, asked again later); HL_EIO when the cluster did not answer
- * (not loaded: lists must not go out without the catalogue). */
-static int find_partitions(hl_items *it)
+/* The topic's partition count, from a metadata request, into *n (0 when
+ * the cluster says the topic does not exist, or did not answer: err
+ * says which). */
+static rd_kafka_resp_err_t topic_partitions(hl_items *it, int *n)
 {
     const rd_kafka_metadata_t *md = NULL;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(it->rk, it->topic, NULL);
@@ -268,52 +273,119 @@ static int find_partitions(hl_items *it)
                                   : RD_KAFKA_RESP_ERR__INVALID_ARG;
     if (err == 0 && md->topic_cnt == 1)
         err = md->topics[0].err;
-    int n = err == 0 && md->topic_cnt == 1 ? md->topics[0].partition_cnt : 0;
+    *n = err == 0 && md->topic_cnt == 1 ? md->topics[0].partition_cnt : 0;
+    if (md)
+        rd_kafka_metadata_destroy(md);
     if (rkt)
         rd_kafka_topic_destroy(rkt);
-    if (n == 0) {
-        if (md)
-            rd_kafka_metadata_destroy(md);
-        it->retry_at_ms = hl_now_mono_ms() + RETRY_TOPIC_MS;
-        it->absent = err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || (err == 0 && n == 0);
-        if (!it->absent && err != RD_KAFKA_RESP_ERR__INTR)     /* __INTR: stopping */
-            hl_log(HL_LOG_WARN, "items_metadata_failed", "topic=%s err=\"%s\" action=retry",
-                   it->topic, rd_kafka_err2str(err));
-        return it->absent ? 0 : HL_EIO;
-    }
-    it->absent = 0;
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n);
-    free(it->end);
-    free(it->done);
-    free(it->kept);                     /* n_parts was 0: nothing was kept */
-    it->end = calloc((size_t)n, sizeof *it->end);
-    it->done = calloc((size_t)n, 1);
-    it->kept = calloc((size_t)n, sizeof *it->kept);
+    if (it->o.partitions_seen != NULL)
+        *n = it->o.partitions_seen(it->o.partitions_seen_arg, *n);
+    return err;
+}
+
+/* The per-partition arrays for n partitions, the new ones zeroed. */
+static int grow(hl_items *it, int n)
+{
+    int64_t *end = realloc(it->end, (size_t)n * sizeof *end);
+    uint8_t *done = end ? realloc(it->done, (size_t)n) : NULL;
+    rd_kafka_message_t **kept = done ? realloc(it->kept, (size_t)n * sizeof *kept) : NULL;
+    it->end = end ? end : it->end;
+    it->done = done ? done : it->done;
+    it->kept = kept ? kept : it->kept;
+    if (kept == NULL)
+        return HL_ENOMEM;
+    size_t from = (size_t)it->n_parts, add = (size_t)n - from;
+    memset(it->end + from, 0, add * sizeof *it->end);
+    memset(it->done + from, 0, add);
+    memset(it->kept + from, 0, add * sizeof *it->kept);
+    return 0;
+}
+
+/* Partitions n_parts..n-1 (Kafka numbers them 0..n-1): their ends from
+ * the high watermarks, then assigned from the beginning next to those
+ * already read. 0, or HL_EIO with nothing added (retried later). */
+static int add_partitions(hl_items *it, int n)
+{
+    if (grow(it, n) != 0)
+        return HL_EIO;
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n - it->n_parts);
     rd_kafka_resp_err_t wm = RD_KAFKA_RESP_ERR_NO_ERROR;
-    for (int i = 0; i < n && it->end && it->done && it->kept && !wm; i++) {
-        int32_t p = md->topics[0].partitions[i].id;
+    for (int p = it->n_parts; p < n && !wm; p++) {
         int64_t lo = 0, hi = 0;
-        if (p < 0 || p >= n)
-            continue;       /* partition ids are 0..n-1 in Kafka */
         /* an unanswered query must not read as an empty partition (lo = hi
          * = 0: done at once, the catalogue loaded before it was read) */
         if ((wm = rd_kafka_query_watermark_offsets(it->rk, it->topic, p, &lo, &hi,
                                                    METADATA_MS)) != 0) {
             hl_log(HL_LOG_WARN, "items_metadata_failed", "topic=%s partition=%d err=\"%s\" "
-                   "action=retry", it->topic, (int)p, rd_kafka_err2str(wm));
+                   "action=retry", it->topic, p, rd_kafka_err2str(wm));
             break;
         }
         it->end[p] = hi;
         it->done[p] = hi <= lo;
         rd_kafka_topic_partition_list_add(parts, it->topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
     }
-    rd_kafka_metadata_destroy(md);
-    int ok = it->end && it->done && it->kept && !wm && rd_kafka_assign(it->rk, parts) == 0;
+    /* incremental: the partitions already read keep their positions */
+    rd_kafka_error_t *e = wm ? NULL : rd_kafka_incremental_assign(it->rk, parts);
+    if (e != NULL) {
+        hl_log(HL_LOG_WARN, "items_assign_failed", "topic=%s err=\"%s\" action=retry",
+               it->topic, rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    }
     rd_kafka_topic_partition_list_destroy(parts);
-    it->n_parts = ok ? n : 0;
-    if (!ok)
-        it->retry_at_ms = hl_now_mono_ms() + RETRY_TOPIC_MS;
-    return ok ? 0 : HL_EIO;
+    if (wm || e != NULL)
+        return HL_EIO;
+    it->n_parts = n;
+    hl_gauge_set(it->g_parts, n);
+    return 0;
+}
+
+/* What the reader makes of a count of n partitions, when it already
+ * reads some: partitions added (Kafka can only add) are read from their
+ * beginning; fewer (the topic deleted and made again) is said once. */
+static void follow_count(hl_items *it, int n)
+{
+    int from = it->n_parts;
+    if (n < from && n != it->fewer) {
+        hl_log(HL_LOG_WARN, "items_partitions_fewer", "topic=%s partitions=%d reading=%d "
+               "action=\"the topic was deleted and made again? restart the worker to read "
+               "it afresh\"", it->topic, n, from);
+        it->fewer = n;
+    }
+    if (n <= from || add_partitions(it, n) != 0)
+        return;
+    hl_counter_add(it->c_parts_added, (uint64_t)(n - from));
+    hl_log(HL_LOG_INFO, "items_partitions_added", "topic=%s from=%d to=%d action=\"the new "
+           "partitions are read from their beginning\"", it->topic, from, n);
+}
+
+/* Asks the topic's partition count and reads what is new: every
+ * partition at first, from the beginning; later, partitions added to the
+ * topic. n_parts stays 0 when the cluster says the topic does not exist
+ * (absent: an empty catalogue, asked again later) or did not answer (not
+ * loaded: lists must not go out without the catalogue). Sets when to ask
+ * again. */
+static void find_partitions(hl_items *it)
+{
+    int n;
+    rd_kafka_resp_err_t err = topic_partitions(it, &n);
+    int64_t now = hl_now_mono_ms();
+    int check_ms = it->o.partitions_check_ms > 0 ? it->o.partitions_check_ms : CHECK_PARTS_MS;
+    if (it->n_parts > 0) {                      /* a failed ask is asked again later */
+        if (n > 0)
+            follow_count(it, n);
+        it->retry_at_ms = now + check_ms;
+        return;
+    }
+    if (n == 0) {
+        it->absent = err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == 0;
+        if (!it->absent && err != RD_KAFKA_RESP_ERR__INTR)     /* __INTR: stopping */
+            hl_log(HL_LOG_WARN, "items_metadata_failed", "topic=%s err=\"%s\" action=retry",
+                   it->topic, rd_kafka_err2str(err));
+    } else {
+        it->absent = 0;
+        add_partitions(it, n);
+    }
+    it->retry_at_ms = now + (it->n_parts > 0 ? check_ms : RETRY_TOPIC_MS);
 }
 
 static void check_loaded(hl_items *it)
@@ -589,17 +661,17 @@ static void apply_burst(hl_items *it, rd_kafka_message_t *rkm)
 static void *items_main(void *arg)
 {
     hl_items *it = arg;
-    find_partitions(it);
     while (!atomic_load(&it->stop)) {
-        if (it->n_parts == 0 && hl_now_mono_ms() >= it->retry_at_ms) {
+        /* not under cat_mu: a metadata request may wait METADATA_MS */
+        if (hl_now_mono_ms() >= it->retry_at_ms) {
             find_partitions(it);
             pthread_mutex_lock(&it->cat_mu);
             check_loaded(it);
             pthread_mutex_unlock(&it->cat_mu);
-            if (it->n_parts == 0) {
-                rd_kafka_poll(it->rk, 100);
-                continue;
-            }
+        }
+        if (it->n_parts == 0) {
+            rd_kafka_poll(it->rk, 100);
+            continue;
         }
         pthread_mutex_lock(&it->cat_mu);
         int wait_ms = poll_ms(it);
@@ -693,6 +765,10 @@ static void register_metrics(hl_items *it)
         NULL);
     it->g_loaded = hl_metrics_gauge(reg, "halflife_items_loaded",
         "1 once the whole item topic was read at start.", NULL);
+    it->g_parts = hl_metrics_gauge(reg, "halflife_items_partitions",
+        "Partitions of the item topic the worker reads.", NULL);
+    it->c_parts_added = hl_metrics_counter(reg, "halflife_items_partitions_added_total",
+        "Item topic partitions found added while running, read from their beginning.", NULL);
     it->c_updates = hl_metrics_counter(reg, "halflife_item_updates_total",
         "ItemUpdates applied to the catalogue.", NULL);
     it->c_dlq = hl_metrics_counter(reg, "halflife_item_updates_dlq_total",

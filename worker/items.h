@@ -1,7 +1,9 @@
 /* items.h - the live catalogue's reader (DESIGN.md section 11): a thread
  * that reads the whole item topic (every partition, from the beginning,
  * with assign(), outside the consumer group, as a Kafka Streams global
- * table does), keeps the catalogue (core/catalogue.h), and publishes an
+ * table does; partitions added to the topic later are found by asking its
+ * partition count again every partitions_check_ms, and read from their
+ * beginning), keeps the catalogue (core/catalogue.h), and publishes an
  * immutable view of it after each burst of updates (paced: no sooner than
  * the last view's cost after it, items.c). Shard threads take the current
  * view at a batch boundary (hl_items_local_update), so an update in a view
@@ -39,6 +41,15 @@ typedef struct hl_items_opts {
      * unused. NULL: codec.schema_id alone. */
     hl_codec_schema_fn   schema_fn;
     void                *schema_arg;
+    /* How often the topic's partition count is asked again, so partitions
+     * an operator adds are read (from their beginning) by a running worker;
+     * 0: every 30 s. */
+    int                  partitions_check_ms;
+    /* Tests only: the count the reader takes of the n the cluster reports
+     * (librdkafka's mock cluster cannot add partitions to a topic, so a
+     * test shows the reader fewer first). NULL: n. */
+    int                (*partitions_seen)(void *arg, int n);
+    void                *partitions_seen_arg;
 } hl_items_opts;
 
 /* Creates the reader's consumer and catalogue; the thread starts with

@@ -365,6 +365,53 @@ static void test_kept_model_survives_rewrite_in_place(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* halflife_model_keep_failures_total in reg's /metrics text (-1: none). */
+static double keep_failures(hl_metrics *reg)
+{
+    const char *name = "\nhalflife_model_keep_failures_total ";
+    char *text = NULL, *at;
+    size_t len = 0;
+    double v = -1;
+    if (hl_metrics_render(reg, &text, &len) == 0 && (at = strstr(text, name)) != NULL)
+        v = strtod(at + strlen(name), NULL);
+    free(text);
+    return v;
+}
+
+/* A served model that cannot be copied into model.dir (here a regular
+ * file stands where the directory goes; a full disk does the same) is
+ * counted, and kept at the first check after the cause is gone. Before,
+ * a warn line was all: nothing to alert on, never tried again, and the
+ * first sign was a restart with another model that rebuilt every user of
+ * the snapshots written under it from their rings. */
+static void test_keep_failure_counted_and_retried(void)
+{
+    char err[512] = "";
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0);
+    CHECK(close(open(TOP "/kept", O_WRONLY | O_CREAT, 0644)) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
+                         .store_dir = TOP "/kept", .store_retain = 4};
+    hl_models *ms = a != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    if (ms != NULL) {
+        CHECKF(keep_failures(reg) == 1, "halflife_model_keep_failures_total %g, want 1",
+               keep_failures(reg));
+        hl_models_check(ms, 2000, 0);
+        CHECKF(keep_failures(reg) == 1, "a second failure of the same model counted: %g",
+               keep_failures(reg));
+        CHECK(unlink(TOP "/kept") == 0);
+        hl_models_check(ms, 4000, 0);
+        CHECKF(kept(a), "A not kept at the check after model.dir could take it");
+    }
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 /* before_live: a newer file renamed over model.path while the one just
  * loaded is fitted (a retrain published twice within one load). */
 static int replace_path(void *arg, const hl_mref *r, char *errbuf, size_t errlen)
@@ -522,6 +569,7 @@ int main(void)
     RUN(test_retain_keeps_served_model);
     RUN(test_served_model_kept_when_path_replaced);
     RUN(test_kept_model_survives_rewrite_in_place);
+    RUN(test_keep_failure_counted_and_retried);
     RUN(test_unreadable_retried_after_chmod);
     RUN(test_missing_path_said_once);
     TEST_EXIT();

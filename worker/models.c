@@ -53,7 +53,9 @@ struct hl_models {
     int              missing;             /* model.path could not be stat'ed
                                              at the last check (said once) */
     int              seen_set;
-    hl_counter      *swaps, *failures;
+    hl_counter      *swaps, *failures, *keep_failures;
+    int              unkept;              /* the served model is not in model.dir */
+    uint64_t         unkept_fp;           /* (its fingerprint: said once per model) */
     hl_gauge        *loaded_ts, *file_ts, *info;
     hl_gauge        *fit_residual, *fit_shared, *fit_ratio;   /* note_migration */
     char             info_labels[256];
@@ -175,34 +177,58 @@ static void prune(hl_models *ms)
     closedir(d);
 }
 
-/* Keeps model src, read from path and validated, in the store: its own
- * bytes, read back and fingerprinted before the rename publishes them. */
-static void keep(hl_models *ms, const char *path, const hl_model *src)
+/* A served model not kept: counted and said once per model (the next
+ * checks try again), with what the operator meets later and can do. */
+static void keep_failed(hl_models *ms, uint64_t fp, const char *why)
+{
+    if (ms->unkept && ms->unkept_fp == fp)
+        return;
+    ms->unkept = 1;
+    ms->unkept_fp = fp;
+    hl_counter_add(ms->keep_failures, 1);
+    hl_log(HL_LOG_WARN, "model_keep_failed", "dir=%s fingerprint=%016llx err=\"%s\" "
+           "action=\"free space in model.dir or make it writable; the copy is tried again "
+           "at each model check. Until it is kept, a restart with another model rebuilds the "
+           "users of the snapshots written under this one from their rings instead of "
+           "migrating them (halflife_users_rebuilt_total)\"", ms->o.store_dir,
+           (unsigned long long)fp, why);
+}
+
+/* Keeps the served model src in the store: its own bytes, read back and
+ * fingerprinted before the rename publishes them. */
+static void keep(hl_models *ms, const hl_model *src)
 {
     const hl_model_info *mi = hl_model_info_get(src);
-    char dst[4352], tmp[4352], err[512];
+    char dst[4352], tmp[4352], err[512] = "";
     char suffix[32];
     /* The temporary name is this process's own: workers sharing model.dir
      * (one volume) keep the same model at once, and must not unlink or
      * overwrite each other's temporary file. */
     snprintf(suffix, sizeof suffix, ".%ld.tmp", (long)getpid());
     if (ms->o.store_dir == NULL || kept_path(ms, mi->fingerprint, "", dst, sizeof dst) ||
-        kept_path(ms, mi->fingerprint, suffix, tmp, sizeof tmp) || access(dst, F_OK) == 0)
+        kept_path(ms, mi->fingerprint, suffix, tmp, sizeof tmp))
         return;
+    if (access(dst, F_OK) == 0) {
+        ms->unkept = 0;
+        return;
+    }
     mkdir_p(ms->o.store_dir);
     unlink(tmp);
-    hl_model *m = copy_model(src, tmp) == 0 ? hl_model_open(tmp, err, sizeof err) : NULL;
+    int copied = copy_model(src, tmp) == 0;
+    if (!copied)
+        snprintf(err, sizeof err, "write: %s", strerror(errno));
+    hl_model *m = copied ? hl_model_open(tmp, err, sizeof err) : NULL;
     if (m != NULL && hl_model_info_get(m)->fingerprint == mi->fingerprint &&
         rename(tmp, dst) == 0) {
         hl_log(HL_LOG_INFO, "model_kept", "path=%s fingerprint=%016llx", dst,
                (unsigned long long)mi->fingerprint);
+        ms->unkept = 0;
         prune(ms);
     } else {
-        hl_log(HL_LOG_WARN, "model_keep_failed", "dir=%s fingerprint=%016llx err=\"%s\" "
-               "action=\"snapshots of this model will be rebuilt from their rings after a "
-               "restart with another model\"", ms->o.store_dir,
-               (unsigned long long)mi->fingerprint, m ? "the copy read back is another model" :
-               errno ? strerror(errno) : err);
+        if (m != NULL)
+            snprintf(err, sizeof err, "%s", hl_model_info_get(m)->fingerprint != mi->fingerprint
+                     ? "the copy read back is another model" : strerror(errno));
+        keep_failed(ms, mi->fingerprint, err);
         unlink(tmp);
     }
     hl_model_close(m);
@@ -442,6 +468,10 @@ static void register_metrics(hl_models *ms)
         "New models put in service without a restart.", NULL);
     ms->failures = hl_metrics_counter(reg, "halflife_model_swap_failures_total",
         "Changed model files refused (damaged, half-written, or refused by the setup).", NULL);
+    ms->keep_failures = hl_metrics_counter(reg, "halflife_model_keep_failures_total",
+        "Served models that could not be copied into model.dir (disk full, not writable): "
+        "until one is, a restart with another model rebuilds the users of its snapshots "
+        "from their rings instead of migrating them.", NULL);
     ms->loaded_ts = hl_metrics_gauge(reg, "halflife_model_loaded_timestamp_seconds",
         "Wall time the model in use was loaded.", NULL);
     /* The model's age for a dashboard: the load time restarts with the pod,
@@ -492,9 +522,9 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
     ms->seen_set = o->path != NULL;
     if (o->path != NULL)
         file_stat(o->path, &(file_id){0}, &ms->seen_access);
+    register_metrics(ms);               /* before keep, which may count */
     if (o->path != NULL)
-        keep(ms, o->path, first);
-    register_metrics(ms);
+        keep(ms, first);
     show_model(ms, ms->cur);
     return ms;
 }
@@ -699,7 +729,7 @@ static int load(hl_models *ms)
     }
     install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9,
             skip_s);
-    keep(ms, ms->o.path, r->m);
+    keep(ms, r->m);
     return 1;
 }
 
@@ -713,6 +743,8 @@ int hl_models_check(hl_models *ms, int64_t now_ms, int force)
     if (!force && (ms->o.check_ms <= 0 || now_ms < ms->next_check_ms))
         return 0;
     ms->next_check_ms = now_ms + ms->o.check_ms;
+    if (ms->unkept)
+        keep(ms, ms->cur->m);       /* space freed, permissions fixed: kept now */
     if (file_stat(ms->o.path, &id, &acc) != 0) {
         /* a rename never leaves the path missing: deleted, or a broken or
          * looping symlink. Said once per loss (and on each SIGHUP), since a

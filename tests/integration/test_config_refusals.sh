@@ -20,7 +20,9 @@
 #    are in test_index_start.sh);
 #  - recs.exclude.seen.events above state.history (a window the ring
 #    cannot hold would leave out fewer items than asked for);
-#  - a second -c (it replaced the first file without a word).
+#  - a second -c (it replaced the first file without a word);
+#  - model.dir that is not a directory, and a schemas.dir set to a path
+#    that is not one while events' schemas are read from it.
 # Each refusal happens before the model is opened, so no broker is needed.
 set -u
 name=config_refusals
@@ -97,5 +99,29 @@ expect mb_comment_line_number 'mb.properties line 3: "no equals here"' -c "$tmp/
 echo "group.id=base" >"$tmp/base.properties"
 echo "recs.k=5" >"$tmp/override.properties"
 expect two_config_files '-c given twice' -c "$tmp/base.properties" -c "$tmp/override.properties"
+
+# model.dir naming a regular file (or <snapshot.dir>/models, its default,
+# being one) used to start: each served model's copy failed with a warn
+# line, and the cost showed at a restart with another model (users
+# rebuilt from their rings, not migrated). A schemas.dir set to a path that
+# is no directory started too, and dead-lettered every event of a schema
+# id other than the built-in 1 as unknown_schema.
+: >"$tmp/afile"
+mkdir -p "$tmp/snap" && : >"$tmp/snap/models"
+expect model_dir_file "model.dir $tmp/afile: Not a directory" -X model.dir="$tmp/afile"
+expect model_dir_default_file "model.dir (default <snapshot.dir>/models) $tmp/snap/models: Not a directory" \
+  -X snapshot.dir="$tmp/snap"
+expect schemas_dir_missing "schemas.dir $tmp/nope: No such file or directory" -X schemas.dir="$tmp/nope"
+expect schemas_dir_file "schemas.dir $tmp/afile: Not a directory" -X schemas.dir="$tmp/afile"
+# Where schemas.dir is not read (raw input, a registry) it is not checked:
+# the run goes on to open the model (missing here: exit 1).
+"$hl" run -X model.path="$tmp/none.hlm" -X metrics.port=0 -X schemas.dir="$tmp/nope" \
+  -X input.format=raw >"$tmp/out" 2>&1
+rc=$?
+if [ "$rc" -eq 1 ] && ! grep -q "schemas.dir" "$tmp/out"; then
+  echo "PASS $name.schemas_dir_unused_raw"
+else
+  echo "FAIL $name.schemas_dir_unused_raw: exit $rc, want 1: $(head -c 300 "$tmp/out")"; fail=1
+fi
 
 exit $fail

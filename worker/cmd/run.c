@@ -29,10 +29,12 @@
 #include "log.h"
 #include "worker.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t run_signalled;
@@ -57,6 +59,50 @@ static void run_usage(FILE *f)
                "--help-markdown prints the keys below as the Markdown table of README.md\n"
                "(make readme-keys).\n\n");
     hl_config_print_help(f);
+}
+
+/* model.dir (default <snapshot.dir>/models) must be a directory or not
+ * exist yet (it is then made). A file there was accepted and each served
+ * model's copy failed (model_keep_failed), which showed only at a restart
+ * with another model: the users of the snapshots were rebuilt from their
+ * rings instead of migrated. */
+static int check_model_dir(const hl_config *cfg, char *errbuf, size_t errlen)
+{
+    char dir[4352];
+    const char *set = hl_config_str(cfg, "model.dir");
+    struct stat st;
+    snprintf(dir, sizeof dir, set ? "%s" : "%s/models", set ? set : hl_config_str(cfg,
+             "snapshot.dir"));
+    /* a snapshot.dir that is no directory is persist.c's to refuse */
+    if (set == NULL && (stat(hl_config_str(cfg, "snapshot.dir"), &st) != 0 ||
+                        !S_ISDIR(st.st_mode)))
+        return 0;
+    int bad = stat(dir, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+    if (bad == 0 || bad == ENOENT)
+        return 0;
+    return hl_err(errbuf, errlen, HL_EINVAL, "model.dir%s %s: %s: set model.dir to a "
+                  "directory (made if missing) where the served models are kept",
+                  set ? "" : " (default <snapshot.dir>/models)", dir, strerror(bad));
+}
+
+/* schemas.dir, set, must be a directory when events' writer schemas are
+ * read from it (Confluent framing, no registry). A wrong path was accepted
+ * and every event of a schema id other than the built-in 1 was then
+ * dead-lettered as unknown_schema. The default (schemas) may be missing:
+ * id 1 is built in. */
+static int check_schemas_dir(const hl_config *cfg, char *errbuf, size_t errlen)
+{
+    const char *dir = hl_config_str(cfg, "schemas.dir");
+    struct stat st;
+    if (!hl_config_is_set(cfg, "schemas.dir") || hl_config_str(cfg, "schema.registry.url") ||
+        hl_config_int(cfg, "input.format") == 1)            /* raw: no schema ids */
+        return 0;
+    int bad = stat(dir, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+    if (bad == 0)
+        return 0;
+    return hl_err(errbuf, errlen, HL_EINVAL, "schemas.dir %s: %s: set it to the directory "
+                  "of the events' writer schemas <id>.avsc, or leave it unset", dir,
+                  strerror(bad));
 }
 
 /* Parses argv into cfg. -1 to go on, else the exit status. */
@@ -94,6 +140,11 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
     if (rc < 0 && hl_config_load(cfg, file, environ, args, n_args, err, sizeof err) != 0) {
         if (!run_signalled)
             fprintf(stderr, "halflife run: %s\n", err);
+        rc = 2;
+    }
+    if (rc < 0 && (check_model_dir(cfg, err, sizeof err) != 0 ||
+                   check_schemas_dir(cfg, err, sizeof err) != 0)) {
+        fprintf(stderr, "halflife run: %s\n", err);
         rc = 2;
     }
     if (rc < 0 && hl_config_str(cfg, "model.path") == NULL) {

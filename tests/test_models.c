@@ -365,6 +365,37 @@ static void test_kept_model_survives_rewrite_in_place(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* A kept model an older worker made as a hard link to model.path (the
+ * same inode) is made a file of its own when that model is served again,
+ * so a later rewrite of model.path in place leaves it alone. */
+static void test_kept_hard_link_replaced_by_copy(void)
+{
+    char err[512] = "", linked[256];
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0 && mkdir(TOP "/kept", 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    uint64_t fp_a = a != NULL ? hl_model_info_get(a)->fingerprint : 0;
+    snprintf(linked, sizeof linked, TOP "/kept/%016llx.hlm", (unsigned long long)fp_a);
+    CHECK(link(TOP "/model.hlm", linked) == 0);
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
+                         .store_dir = TOP "/kept", .store_retain = 4};
+    hl_models *ms = a != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    if (ms != NULL) {
+        CHECK(write_in_place(TOP "/b.hlm", TOP "/model.hlm") == 0);
+        hl_model *old = hl_models_open_kept(ms, fp_a, err, sizeof err);
+        CHECKF(old != NULL && hl_model_info_get(old)->fingerprint == fp_a,
+               "the kept A (a hard link when the worker started) after model.path was "
+               "rewritten in place: %s", old != NULL ? "another model" : err);
+        hl_model_close(old);
+    }
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 /* halflife_model_keep_failures_total in reg's /metrics text (-1: none). */
 static double keep_failures(hl_metrics *reg)
 {
@@ -569,6 +600,7 @@ int main(void)
     RUN(test_retain_keeps_served_model);
     RUN(test_served_model_kept_when_path_replaced);
     RUN(test_kept_model_survives_rewrite_in_place);
+    RUN(test_kept_hard_link_replaced_by_copy);
     RUN(test_keep_failure_counted_and_retried);
     RUN(test_unreadable_retried_after_chmod);
     RUN(test_missing_path_said_once);

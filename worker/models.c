@@ -194,8 +194,19 @@ static void keep_failed(hl_models *ms, uint64_t fp, const char *why)
            (unsigned long long)fp, why);
 }
 
+/* 1 when the kept file dst is model.path itself: a hard link, as workers
+ * before 2026-12-07 kept a model, which a rewrite of model.path in place
+ * would rewrite too. */
+static int is_model_path(const hl_models *ms, const char *dst)
+{
+    file_id a, b;
+    return ms->o.path != NULL && file_stat(dst, &a, NULL) == 0 &&
+           file_stat(ms->o.path, &b, NULL) == 0 && a.dev == b.dev && a.ino == b.ino;
+}
+
 /* Keeps the served model src in the store: its own bytes, read back and
- * fingerprinted before the rename publishes them. */
+ * fingerprinted before the rename publishes them (over a kept hard link
+ * to model.path, which the rename replaces with a file of its own). */
 static void keep(hl_models *ms, const hl_model *src)
 {
     const hl_model_info *mi = hl_model_info_get(src);
@@ -208,7 +219,7 @@ static void keep(hl_models *ms, const hl_model *src)
     if (ms->o.store_dir == NULL || kept_path(ms, mi->fingerprint, "", dst, sizeof dst) ||
         kept_path(ms, mi->fingerprint, suffix, tmp, sizeof tmp))
         return;
-    if (access(dst, F_OK) == 0) {
+    if (access(dst, F_OK) == 0 && !is_model_path(ms, dst)) {
         ms->unkept = 0;
         return;
     }

@@ -224,6 +224,66 @@ static void test_cache_then_unfinished_flush(void)
     hl_metrics_destroy(reg);
 }
 
+/* Records that fail validation (a value that is no row, a truncated
+ * checkpoint, a key longer than any user id, a row naming another user
+ * than its key) but name a high epoch, between an honest owner's rows of
+ * epoch 1. Anyone may write the topic: such a record must not move the
+ * fence, or the owner's later rows are ignored as stale (lost), nor make
+ * a base look usurped. */
+static void test_bad_record_moves_nothing(void)
+{
+    char err[512] = "", long_key[300];
+    hl_table_opts o;
+    hl_metrics *reg;
+    hl_changelog *cl = offline(&o, &reg);
+    if (cl == NULL)
+        return;
+    hl_table *src = hl_table_create(&o, err, sizeof err);
+    events(src, NULL, "u1", 0, 5);
+    events(src, NULL, "u2", 5, 10);
+    size_t rm = hl_snapshot_row_max(3, DIM, 4);
+    unsigned char *buf = malloc(3 * rm), ck[CK_BYTES], ck1[CK_BYTES];
+    hl_changelog_ck c = {.offset = 5, .fingerprint = FP, .epoch = 1000};
+    hl_changelog_ck_encode(ck, &c);
+    c = (hl_changelog_ck){.offset = 10, .fingerprint = FP, .epoch = 1};
+    memset(long_key, 'k', sizeof long_key);
+    hl_changelog_rec recs[] = {
+        row_rec(src, "u1", "1", buf),
+        {.key = "x", .key_len = 1, .value = "garbage", .len = 7, .epoch = "1000", .epoch_len = 4},
+        {.key = cl->ck_key, .key_len = sizeof cl->ck_key, .value = ck, .len = CK_BYTES - 8,
+         .epoch = "1000", .epoch_len = 4},
+        {.key = long_key, .key_len = sizeof long_key, .epoch = "1000", .epoch_len = 4},
+        row_rec(src, "u1", "1000", buf + 2 * rm),       /* named u1, keyed u3 */
+        row_rec(src, "u2", "1", buf + rm),
+        {.key = cl->ck_key, .key_len = sizeof cl->ck_key, .value = ck1,
+         .len = hl_changelog_ck_encode(ck1, &c), .epoch = "1", .epoch_len = 1},
+    };
+    recs[4].key = "u3";
+    size_t n = sizeof recs / sizeof recs[0];
+    hl_table *t = hl_table_create(&o, err, sizeof err);
+    hl_changelog_restored out;
+    int rc = hl_changelog_replay(cl, t, NULL, recs, n, &out, err, sizeof err);
+    CHECKF(rc == 0 && has(t, "u1") && has(t, "u2") && out.n_bad == 4 && out.n_stale == 0 &&
+           out.epoch == 2 && out.next_offset == 10, "rc %d: u1 %d u2 %d, bad %llu stale %llu, claim epoch %lld, "
+           "resumes at %lld (want u2 held, 4 bad, 0 stale, epoch 2, at 10)", rc, has(t, "u1"), has(t, "u2"),
+           (unsigned long long)out.n_bad, (unsigned long long)out.n_stale,
+           (long long)out.epoch, (long long)out.next_offset);
+    /* After a base of epoch 1: a bad row of epoch 1000 is no usurper. */
+    hl_table *cache = hl_table_create(&o, err, sizeof err);
+    events(cache, NULL, "u1", 0, 5);
+    hl_changelog_base base = {.next_offset = 5, .changelog_offset = 1, .changelog_epoch = 1};
+    rc = hl_changelog_replay(cl, cache, &base, recs + 1, n - 1, &out, err, sizeof err);
+    CHECKF(rc == 0 && out.used_base && has(cache, "u2") && out.next_offset == 10,
+           "from a base: rc %d (%s), u2 %d, resumes at %lld", rc, err, has(cache, "u2"),
+           (long long)out.next_offset);
+    free(buf);
+    hl_table_destroy(cache);
+    hl_table_destroy(t);
+    hl_table_destroy(src);
+    hl_changelog_destroy(cl);
+    hl_metrics_destroy(reg);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -232,5 +292,6 @@ int main(void)
     RUN(test_bad_records_counted);
     RUN(test_replay_into_smaller_limit);
     RUN(test_cache_then_unfinished_flush);
+    RUN(test_bad_record_moves_nothing);
     TEST_EXIT();
 }

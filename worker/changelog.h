@@ -34,7 +34,8 @@
  *
  * Fencing: the restorer takes epoch = 1 + the highest epoch in the
  * partition and writes a checkpoint under it at once (the claim). Records
- * are read in order keeping the highest epoch seen: one of a lower epoch
+ * are read in order keeping the highest epoch seen (of the records that
+ * pass validation: a bad one moves nothing): one of a lower epoch
  * after it was written by an owner that had already lost the partition (a
  * zombie back from a pause) and is ignored (counted). A writer whose
  * consumer reports its assignment lost refuses to flush (counted). A

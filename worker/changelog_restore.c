@@ -274,19 +274,40 @@ static int placed_elsewhere(restorer *rs, const hl_row_view *v, uint32_t *row)
     return 0;
 }
 
-/* A row: replaces the user's row (later wins) at the id it had. One of
- * another shape is moved into the table's as it is read. */
-static int apply_row(restorer *rs, const hl_changelog_rec *m)
+/* A record checked whole before it touches anything (check, then put):
+ * what put needs of it. */
+typedef struct checked {
+    int                         kind;   /* KIND_ROW, KIND_TOMBSTONE, KIND_CHECKPOINT */
+    hl_row_view                 v;      /* a row, decoded (points into the record
+                                           and the restorer's scratch) */
+    uint32_t                    row;
+    int                         how;    /* decode()'s */
+    uint64_t                    fp;
+    const hl_changelog_reshape *rz;
+    hl_changelog_ck             ck;
+} checked;
+
+/* A row record decoded into c, nothing applied: HL_EFORMAT when it does
+ * not parse or names another user than its key. */
+static int check_row(restorer *rs, const hl_changelog_rec *m, checked *c)
+{
+    c->fp = model_of(m);
+    c->rz = reshape_of(rs, c->fp);
+    if (decode(rs, m, c->rz, &c->row, &c->v, &c->how) != 0 ||
+        c->v.user_len != m->key_len || memcmp(c->v.user, m->key, m->key_len) != 0)
+        return HL_EFORMAT;
+    return 0;
+}
+
+/* A checked row: replaces the user's row (later wins) at the id it had.
+ * One of another shape is moved into the table's as it is read. */
+static int put_row(restorer *rs, checked *c)
 {
     hl_changelog *cl = rs->cl;
-    uint64_t fp = model_of(m);
-    const hl_changelog_reshape *rz = reshape_of(rs, fp);
-    hl_row_view v;
-    uint32_t row;
-    int how;
-    if (decode(rs, m, rz, &row, &v, &how) != 0 ||
-        v.user_len != m->key_len || memcmp(v.user, m->key, m->key_len) != 0)
-        return HL_EFORMAT;
+    hl_row_view v = c->v;
+    uint32_t row = c->row;
+    uint64_t fp = c->fp;
+    int how = c->how;
     /* A shorter configured history keeps each user's newest entries. */
     if (v.n_hist > cl->history) {
         int skip = v.n_hist - cl->history;
@@ -299,7 +320,7 @@ static int apply_row(restorer *rs, const hl_changelog_rec *m)
     }
     v.history = cl->history;
     if (how != 0) {
-        move_row(rs, rz->mg, &v);
+        move_row(rs, c->rz->mg, &v);
         fp = atomic_load(&cl->fp);      /* the row is in the current model now */
     }
     /* Most records name a user not yet restored: try that first, and
@@ -325,28 +346,68 @@ static int apply_row(restorer *rs, const hl_changelog_rec *m)
     return 0;
 }
 
-static int apply_checkpoint(restorer *rs, const hl_changelog_rec *m)
-{
-    hl_changelog_ck ck;
-    if (m->value == NULL || hl_changelog_ck_decode(m->value, m->len, &ck) != 0)
-        return HL_EFORMAT;
-    rs->ck = ck;
-    rs->have_ck = 1;
-    rs->since_ck = 0;
-    rs->out->n_checkpoints++;
-    return 0;
-}
-
 static int is_checkpoint(const hl_changelog *cl, const hl_changelog_rec *m)
 {
     return m->key_len == sizeof cl->ck_key && memcmp(m->key, cl->ck_key, m->key_len) == 0;
 }
 
+/* m checked whole into c, the restore left as it was: HL_EFORMAT for a
+ * checkpoint that does not parse, a key that is no user id, a row that
+ * does not parse. */
+static int check(restorer *rs, const hl_changelog_rec *m, checked *c)
+{
+    if (is_checkpoint(rs->cl, m)) {
+        c->kind = KIND_CHECKPOINT;
+        return m->value == NULL || hl_changelog_ck_decode(m->value, m->len, &c->ck) != 0
+               ? HL_EFORMAT : 0;
+    }
+    if (m->key_len < 1 || m->key_len > HL_MAX_ID_LEN)
+        return HL_EFORMAT;
+    c->kind = m->value == NULL ? KIND_TOMBSTONE : KIND_ROW;
+    return c->kind == KIND_ROW ? check_row(rs, m, c) : 0;
+}
+
+/* A checked record applied (its epoch already taken as the fence). */
+static int put(restorer *rs, const hl_changelog_rec *m, checked *c)
+{
+    if (c->kind == KIND_CHECKPOINT) {
+        rs->ck = c->ck;
+        rs->have_ck = 1;
+        rs->since_ck = 0;
+        rs->out->n_checkpoints++;
+        return 0;
+    }
+    if (c->kind == KIND_ROW)
+        return put_row(rs, c);
+    int64_t r = hl_table_find(rs->tbl, m->key, m->key_len);
+    if (r >= 0 && r < rs->row_bound)
+        rs->moved[r] = 0;       /* its id may hold another user next */
+    hl_table_remove(rs->tbl, m->key, m->key_len);
+    rs->out->n_tombstones++;
+    return 0;
+}
+
+static void count_bad(restorer *rs, const hl_changelog_rec *m, int rc)
+{
+    rs->out->n_bad++;
+    hl_counter_add(rs->cl->mx.bad, 1);
+    if (rs->out->n_bad <= 3)
+        hl_log(HL_LOG_WARN, "changelog_record_bad", "topic=%s partition=%d offset=%lld "
+               "err=\"%s\" action=skipped", rs->cl->topic, (int)m->partition,
+               (long long)m->offset, hl_strerror(rc));
+}
+
+/* One record. It is checked whole before its epoch counts: anyone may
+ * write the topic, and a record that does not parse (foreign, truncated)
+ * but named a high epoch used to raise the fence all the same, so the
+ * honest owner's later records, of a lower epoch, were ignored as stale
+ * (its users lost at every restore) and, after a base, the read was
+ * refused as usurped (test_bad_record_moves_nothing). */
 static void apply(restorer *rs, const hl_changelog_rec *m)
 {
     hl_changelog *cl = rs->cl;
     int64_t epoch = epoch_of(m);
-    int rc = HL_EFORMAT;
+    checked c;
     rs->out->n_records++;
     rs->out->bytes += m->len + m->key_len;
     if (epoch >= 0 && epoch < rs->max_epoch) {
@@ -354,7 +415,8 @@ static void apply(restorer *rs, const hl_changelog_rec *m)
         hl_counter_add(cl->mx.stale, 1);
         return;
     }
-    if (epoch > rs->max_epoch && rs->base_epoch > 0 && !is_checkpoint(cl, m)) {
+    int rc = epoch < 0 ? HL_EFORMAT : check(rs, m, &c);
+    if (rc == 0 && epoch > rs->max_epoch && rs->base_epoch > 0 && c.kind != KIND_CHECKPOINT) {
         /* A new owner's first record is always its claim, a checkpoint.
          * A higher epoch that starts with a row has its claim before the
          * base's offset: the base's owner flushed after it was fenced (a
@@ -370,32 +432,14 @@ static void apply(restorer *rs, const hl_changelog_rec *m)
         rs->usurper = epoch;
         return;
     }
-    if (epoch >= 0) {
+    if (rc == 0) {
         rs->max_epoch = epoch;
-        if (is_checkpoint(cl, m))
-            rc = apply_checkpoint(rs, m);
-        else if (m->key_len < 1 || m->key_len > HL_MAX_ID_LEN)
-            rc = HL_EFORMAT;
-        else if (m->value == NULL) {
-            int64_t r = hl_table_find(rs->tbl, m->key, m->key_len);
-            if (r >= 0 && r < rs->row_bound)
-                rs->moved[r] = 0;       /* its id may hold another user next */
-            hl_table_remove(rs->tbl, m->key, m->key_len);
-            rs->out->n_tombstones++;
-            rc = 0;
-        } else
-            rc = apply_row(rs, m);
+        rc = put(rs, m, &c);
     }
-    if (rc == 0 && !is_checkpoint(cl, m))
+    if (rc == 0 && c.kind != KIND_CHECKPOINT)
         rs->since_ck++;
-    if (rc != 0) {
-        rs->out->n_bad++;
-        hl_counter_add(cl->mx.bad, 1);
-        if (rs->out->n_bad <= 3)
-            hl_log(HL_LOG_WARN, "changelog_record_bad", "topic=%s partition=%d offset=%lld "
-                   "err=\"%s\" action=skipped", cl->topic, (int)m->partition,
-                   (long long)m->offset, hl_strerror(rc));
-    }
+    if (rc != 0)
+        count_bad(rs, m, rc);
 }
 
 /* ---- the table's pages, faulted in beside the read -------------------------- */

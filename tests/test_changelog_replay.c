@@ -284,6 +284,49 @@ static void test_bad_record_moves_nothing(void)
     hl_metrics_destroy(reg);
 }
 
+/* Rows naming their layout (halflife.format): none or "2" are today's
+ * and restore; "3" (a newer worker's, here today's bytes, so a misread
+ * would go unseen) and "x" are refused, counted bad, and move nothing. */
+static void test_unknown_format_refused(void)
+{
+    char err[512] = "";
+    hl_table_opts o;
+    hl_metrics *reg;
+    hl_changelog *cl = offline(&o, &reg);
+    if (cl == NULL)
+        return;
+    hl_table *src = hl_table_create(&o, err, sizeof err);
+    static const char *const users[] = {"u1", "u2", "u3", "u4"};
+    static const char *const formats[] = {NULL, "2", "3", "x"};
+    static const char *const epochs[] = {"1", "1", "9", "9"};
+    size_t rm = hl_snapshot_row_max(3, DIM, 4);
+    unsigned char *buf = malloc(4 * rm);
+    hl_changelog_rec recs[5];
+    for (int i = 0; i < 4; i++) {
+        events(src, NULL, users[i], 5 * i, 5 * i + 5);
+        recs[i] = row_rec(src, users[i], epochs[i], buf + i * rm);
+        recs[i].format = formats[i];
+        recs[i].format_len = formats[i] ? strlen(formats[i]) : 0;
+    }
+    recs[4] = row_rec(src, "u1", "1", buf);         /* the owner goes on */
+    hl_table *t = hl_table_create(&o, err, sizeof err);
+    hl_changelog_restored out;
+    int rc = hl_changelog_replay(cl, t, NULL, recs, 5, &out, err, sizeof err);
+    hl_counter *bad = hl_metrics_counter(reg, "halflife_changelog_bad_records_total",
+        "Changelog records a restore could not use (skipped).", NULL);
+    CHECKF(rc == 0 && has(t, "u1") && has(t, "u2") && !has(t, "u3") && !has(t, "u4") &&
+           out.n_bad == 2 && hl_counter_get(bad) == 2 && out.n_stale == 0 && out.epoch == 2,
+           "rc %d: u1 %d u2 %d u3 (format 3) %d u4 (format x) %d, bad %llu (counter %llu), "
+           "stale %llu, claim epoch %lld", rc, has(t, "u1"), has(t, "u2"), has(t, "u3"),
+           has(t, "u4"), (unsigned long long)out.n_bad, (unsigned long long)hl_counter_get(bad),
+           (unsigned long long)out.n_stale, (long long)out.epoch);
+    free(buf);
+    hl_table_destroy(t);
+    hl_table_destroy(src);
+    hl_changelog_destroy(cl);
+    hl_metrics_destroy(reg);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -293,5 +336,6 @@ int main(void)
     RUN(test_replay_into_smaller_limit);
     RUN(test_cache_then_unfinished_flush);
     RUN(test_bad_record_moves_nothing);
+    RUN(test_unknown_format_refused);
     TEST_EXIT();
 }

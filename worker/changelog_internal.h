@@ -14,6 +14,14 @@
  * the row's heads are in, so a restore knows what it reads even for the
  * rows of a flush whose checkpoint never landed. */
 #define HL_CHANGELOG_MODEL_HDR "halflife.model"
+/* The layout of a record's value, decimal. Absent: the layout every
+ * record has had so far (a row as snapshot format 2 holds it), which is
+ * why this version writes none: no byte added to a row. A later layout
+ * must name itself here; a reader refuses (counts bad, skips) a record
+ * naming one it does not know rather than misread it, so a downgrade
+ * over a newer writer's changelog loses those rows visibly. */
+#define HL_CHANGELOG_FORMAT_HDR "halflife.format"
+#define HL_CHANGELOG_FORMAT     2
 /* The highest epoch a record may name: the next owner claims one more,
  * and every epoch is written and read back as a non-negative int64. A
  * header of INT64_MAX (anyone may write the topic) made the claim
@@ -75,12 +83,14 @@ static inline row_shape shape_of(const hl_table *tbl)
 }
 
 /* One changelog record as a restore reads it: librdkafka's message and the
- * last value of each of its two headers (NULL: absent). */
+ * last value of each of its headers (NULL: absent). */
 typedef struct hl_changelog_rec {
     const void *key, *value;        /* value NULL: a tombstone */
     size_t      key_len, len;
     const void *epoch, *model;      /* HL_CHANGELOG_EPOCH_HDR, HL_CHANGELOG_MODEL_HDR */
     size_t      epoch_len, model_len;
+    const void *format;             /* HL_CHANGELOG_FORMAT_HDR */
+    size_t      format_len;
     int32_t     partition;
     int64_t     offset;
 } hl_changelog_rec;

@@ -24,6 +24,13 @@
 #include <sys/mman.h>
 #include <time.h>
 
+/* A row with no HL_CHANGELOG_FORMAT_HDR is decoded as the snapshot's
+ * current row layout: a new snapshot format must decide what the
+ * changelog's rows become (and name them) before this builds. */
+_Static_assert(HL_SNAPSHOT_VERSION == HL_CHANGELOG_FORMAT,
+               "a new snapshot row layout changes the changelog's: give it a "
+               "halflife.format and keep reading format 2 rows as such");
+
 #define HIST_MAX 255        /* state.history's bound: any writer's rows decode */
 #define RESHAPES 8          /* models of another shape one restore reads rows of */
 #define ROW_FIXED 32        /* a row's bytes besides its user id, numbers and ring
@@ -55,6 +62,7 @@ typedef struct restorer {
     uint64_t               fps[254];
     int                    n_fps;
     int64_t                base_epoch;         /* the base's, 0: no base or unknown */
+    int                    format_logged;      /* format_unknown() said so */
     int64_t                usurper;            /* see apply(): the epoch that shows the
                                                   base was a fenced owner's; 0: none */
     _Atomic uint64_t      *applied;            /* rows applied, for the prefault
@@ -115,6 +123,8 @@ static void rec_of(const rd_kafka_message_t *m, hl_changelog_rec *r)
         r->epoch = NULL;
     if (rd_kafka_header_get_last(h, HL_CHANGELOG_MODEL_HDR, &r->model, &r->model_len) != 0)
         r->model = NULL;
+    if (rd_kafka_header_get_last(h, HL_CHANGELOG_FORMAT_HDR, &r->format, &r->format_len) != 0)
+        r->format = NULL;
 }
 
 /* Remembers the model of the row now at id row (restored there). A row
@@ -351,11 +361,33 @@ static int is_checkpoint(const hl_changelog *cl, const hl_changelog_rec *m)
     return m->key_len == sizeof cl->ck_key && memcmp(m->key, cl->ck_key, m->key_len) == 0;
 }
 
+/* 1 when m names a layout (HL_CHANGELOG_FORMAT_HDR) other than the one
+ * this worker reads: a newer worker's record, refused rather than misread
+ * (logged once per restore; counted bad like any record skipped). */
+static int format_unknown(restorer *rs, const hl_changelog_rec *m)
+{
+    char buf[24], want[24], shown[64];
+    snprintf(want, sizeof want, "%d", HL_CHANGELOG_FORMAT);
+    if (hdr_text(m->format, m->format_len, buf, sizeof buf) && strcmp(buf, want) == 0)
+        return 0;
+    if (!rs->format_logged++)
+        hl_log(HL_LOG_ERROR, "changelog_record_format_unknown", "topic=%s partition=%d "
+               "offset=%lld format=\"%s\" reads=%d reason=\"written by a newer worker\" "
+               "action=\"skipped (halflife_changelog_bad_records_total); upgrade this worker "
+               "to the version that wrote it, or its users' state is lost\"", rs->cl->topic,
+               (int)m->partition, (long long)m->offset,
+               hl_log_quote(shown, sizeof shown, m->format, m->format_len),
+               HL_CHANGELOG_FORMAT);
+    return 1;
+}
+
 /* m checked whole into c, the restore left as it was: HL_EFORMAT for a
  * checkpoint that does not parse, a key that is no user id, a row that
- * does not parse. */
+ * does not parse; HL_EVERSION for a record of a layout it does not read. */
 static int check(restorer *rs, const hl_changelog_rec *m, checked *c)
 {
+    if (m->format != NULL && format_unknown(rs, m))
+        return HL_EVERSION;
     if (is_checkpoint(rs->cl, m)) {
         c->kind = KIND_CHECKPOINT;
         return m->value == NULL || hl_changelog_ck_decode(m->value, m->len, &c->ck) != 0

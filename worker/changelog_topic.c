@@ -35,7 +35,8 @@ static void register_metrics(hl_changelog *cl, hl_metrics *reg)
         "Changelog records of an owner that had lost the partition, ignored on restore.", NULL);
     cl->mx.bad = hl_metrics_counter(reg, "halflife_changelog_bad_records_total",
         "Changelog records a restore could not use (no or a bad epoch header, a key "
-        "that is no user id, a row or checkpoint that does not parse), skipped.", NULL);
+        "that is no user id, a row or checkpoint that does not parse, a halflife.format "
+        "this version does not read), skipped.", NULL);
     cl->mx.chain_gaps = hl_metrics_counter(reg, "halflife_changelog_chain_gaps_total",
         "Flushes whose records had another writer's among them (a claim or a fenced "
         "owner's late flush); later local snapshots name the cover before the gap.", NULL);

@@ -138,6 +138,7 @@ struct hl_changelog_shard {
     size_t         tomb_len, tomb_cap;
     int            tomb_lost;      /* an eviction could not be noted */
     hl_log_limit   limit;
+    hl_log_limit   big_limit;      /* changelog_row_too_large */
     cover          covers[N_COVERS];   /* a ring of the newest durable flushes */
     int            n_covers, next_cover;
 };
@@ -223,6 +224,7 @@ hl_changelog_shard *hl_changelog_shard_create(hl_changelog *cl, int32_t p, hl_ta
     cs->chain_end = r->claim_end > 0 ? r->claim_end : -1;
     cs->pos = cs->chain_end;
     cs->limit.interval_ms = 5000;
+    cs->big_limit.interval_ms = 5000;
     remember(cs, r->next_offset, r->claim_end);
     hl_table_on_evict(tbl, on_evict, cs);
     if (r->claim_end > 0 && r->claim_end - 1 > r->high)
@@ -257,8 +259,31 @@ int64_t hl_changelog_storable(const hl_changelog_shard *cs, int64_t off)
     return off < cs->durable ? off : cs->durable;
 }
 
+/* A row too big for one record (the producer would refuse it at once):
+ * left out of the flush, counted and told (rate-limited, with the user).
+ * It used to fail the flush, and so every later one, for good: the
+ * checkpoint never moved, input offsets were held and each restart
+ * replayed more. Leaving it out lets the checkpoint move past the user's
+ * events: a restore holds the user's last row that fit, or none (README,
+ * "Changelog rows too large"). */
+static void row_too_large(hl_changelog_shard *cs, const hl_row_view *v, size_t rec)
+{
+    uint64_t sup = 0;
+    char user[HL_MAX_ID_LEN * 4 + 1];
+    hl_counter_add(cs->cl->mx.oversized, 1);
+    if (hl_log_limit_pass(&cs->big_limit, &sup))
+        hl_log(HL_LOG_ERROR, "changelog_row_too_large", "partition=%d user=\"%s\" "
+               "bytes=%zu limit=%zu reason=\"the user's row is above the producer's "
+               "message.max.bytes\" action=\"left out of the changelog: a restore holds "
+               "its last row that fit; raise kafka.message.max.bytes and the state topic's "
+               "max.message.bytes, or lower state.history\" suppressed=%llu",
+               (int)cs->partition, hl_log_quote(user, sizeof user, v->user, v->user_len),
+               rec, cs->cl->record_max, (unsigned long long)sup);
+}
+
 /* Appends one row record (key user, value the row, in the shape of the
- * table it comes from: sh) to the flush buffer. */
+ * table it comes from: sh) to the flush buffer, unless it is too big for
+ * one record. */
 static int add_row(hl_changelog_shard *cs, const row_shape *sh, uint32_t row,
                    const hl_row_view *v)
 {
@@ -267,6 +292,11 @@ static int add_row(hl_changelog_shard *cs, const row_shape *sh, uint32_t row,
         return HL_ENOMEM;
     unsigned char *p = cs->buf + cs->len;
     size_t vlen = hl_snapshot_row_encode(p + 8 + v->user_len, sh->n_heads, sh->dim, row, v);
+    size_t rec = v->user_len + vlen + HL_CHANGELOG_RECORD_ROOM;
+    if (rec > cs->cl->record_max) {
+        row_too_large(cs, v, rec);
+        return 0;
+    }
     put_le(p, v->user_len, 4);
     put_le(p + 4, vlen, 4);
     memcpy(p + 8, v->user, v->user_len);
@@ -333,7 +363,8 @@ static int send_one(hl_changelog_shard *cs, const void *key, size_t key_len,
  * (a row above the topic's max.message.bytes), and the restore resumed
  * past the events of users whose rows never landed (lost). A record the
  * producer refuses at once ends the flush there, for the same reason
- * (test_refused_row_no_checkpoint, test_broker_refused_rows); the rest
+ * (test_broker_refused_rows; a row too big for the producer never gets
+ * here: add_row leaves it out, test_oversized_row_left_out); the rest
  * would fail alike, each with a log line. The next flush takes the same
  * cut again. */
 static void produce(hl_changelog_shard *cs)

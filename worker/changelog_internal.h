@@ -32,6 +32,11 @@
 #define HL_CHANGELOG_EPOCH_MAX ((int64_t)1 << 62)
 #define CK_BYTES 52                 /* a checkpoint's value (changelog.c) */
 #define HL_CHANGELOG_RECORD_MAX 1000000   /* Kafka's default max.message.bytes */
+/* What a row record takes beside its key and value in librdkafka's size
+ * check against message.max.bytes: the record's framing (36 bytes at
+ * most) and its headers (about 70), rounded up so a row this lets through
+ * is never refused at once. */
+#define HL_CHANGELOG_RECORD_ROOM 256
 
 enum { KIND_ROW, KIND_TOMBSTONE, KIND_CHECKPOINT, N_KINDS };
 
@@ -50,6 +55,7 @@ typedef struct changelog_metrics {
     hl_counter   *stale;             /* halflife_changelog_stale_records_total */
     hl_counter   *bad;               /* halflife_changelog_bad_records_total */
     hl_counter   *chain_gaps;        /* halflife_changelog_chain_gaps_total */
+    hl_counter   *oversized;         /* halflife_changelog_oversized_rows_total */
     hl_histogram *flush_s;           /* halflife_changelog_flush_duration_seconds */
 } changelog_metrics;
 
@@ -60,6 +66,8 @@ struct hl_changelog {
                                              (shape_of) is what rows are written and
                                              read in, since a live swap may change it */
     size_t       row_max;
+    size_t       record_max;         /* the producer's message.max.bytes: a row
+                                        record above it is left out of flushes */
     int          partitions;         /* of the input topic */
     rd_kafka_t  *rk;                 /* the restorer's consumer */
     changelog_metrics mx;

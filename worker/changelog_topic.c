@@ -40,6 +40,10 @@ static void register_metrics(hl_changelog *cl, hl_metrics *reg)
     cl->mx.chain_gaps = hl_metrics_counter(reg, "halflife_changelog_chain_gaps_total",
         "Flushes whose records had another writer's among them (a claim or a fenced "
         "owner's late flush); later local snapshots name the cover before the gap.", NULL);
+    cl->mx.oversized = hl_metrics_counter(reg, "halflife_changelog_oversized_rows_total",
+        "Rows left out of a changelog flush because their record would exceed the "
+        "producer's message.max.bytes (kafka.message.max.bytes); the user's newest "
+        "changes are not in the changelog.", NULL);
     cl->mx.flush_s = hl_metrics_histogram(reg, "halflife_changelog_flush_duration_seconds",
         "From a flush's cut to the delivery of its checkpoint.", NULL,
         hl_latency_bounds_s, hl_latency_bounds_n);
@@ -241,6 +245,36 @@ int hl_changelog_check_shape(const hl_changelog *cl, int n_heads, int dim, char 
                   "file or a smaller model", rec, dim, n_heads, cl->history);
 }
 
+/* The producer's message.max.bytes (librdkafka refuses a bigger record at
+ * once), HL_CHANGELOG_RECORD_MAX without a producer. A user's row above it
+ * used to fail its flush at every interval: the checkpoint never moved,
+ * input offsets were held and every restart replayed more. */
+static size_t record_max(const hl_changelog_opts *o)
+{
+    char v[32];
+    size_t n = sizeof v;
+    if (o->prod == NULL || rd_kafka_conf_get(rd_kafka_conf(hl_producer_handle(o->prod)),
+                                             "message.max.bytes", v, &n) != RD_KAFKA_CONF_OK)
+        return HL_CHANGELOG_RECORD_MAX;
+    long long m = strtoll(v, NULL, 10);
+    return m > 0 ? (size_t)m : HL_CHANGELOG_RECORD_MAX;
+}
+
+/* Told at start when a full row (state.history events) of the longest
+ * user id would not fit a record: such users' rows are left out of the
+ * changelog once they grow that big (changelog.c, add_row). */
+static void warn_if_rows_may_not_fit(const hl_changelog *cl)
+{
+    size_t rec = cl->row_max + HL_MAX_ID_LEN + HL_CHANGELOG_RECORD_ROOM;
+    if (rec > cl->record_max)
+        hl_log(HL_LOG_WARN, "changelog_rows_may_not_fit", "row_max=%zu limit=%zu dim=%d "
+               "heads=%d history=%d reason=\"a user's row can outgrow one changelog record\" "
+               "action=\"raise kafka.message.max.bytes (and the state topic's "
+               "max.message.bytes) to %zu, or lower state.history; rows above the limit are "
+               "left out of the changelog (halflife_changelog_oversized_rows_total)\"",
+               cl->row_max, cl->record_max, cl->dim, cl->n_heads, cl->history, rec);
+}
+
 hl_changelog *hl_changelog_create_offline(const hl_changelog_opts *o, char *errbuf,
                                           size_t errlen)
 {
@@ -259,12 +293,14 @@ hl_changelog *hl_changelog_create_offline(const hl_changelog_opts *o, char *errb
     cl->dim = o->topts->decay.dim;
     cl->history = o->topts->history;
     cl->row_max = hl_snapshot_row_max(cl->n_heads, cl->dim, cl->history);
+    cl->record_max = record_max(o);
     hl_changelog_ck_key_init(cl);
     register_metrics(cl, o->reg);
     if (hl_changelog_check_shape(cl, cl->n_heads, cl->dim, errbuf, errlen) != 0) {
         hl_changelog_destroy(cl);
         return NULL;
     }
+    warn_if_rows_may_not_fit(cl);
     return cl;
 }
 

@@ -686,6 +686,68 @@ static void test_oversized_row_left_out(void)
     env_stop(&e);
 }
 
+/* A foreign record on the state topic (any producer, over the wire):
+ * headers and bytes as librdkafka hands them to the restore. */
+static void foreign(env *e, const char *key, const void *value, size_t len, const char *epoch,
+                    const char *format)
+{
+    char err[256];
+    hl_ticket t;
+    hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, epoch, strlen(epoch)}, {NULL, NULL, 0},
+                      {NULL, NULL, 0}};
+    if (format != NULL)
+        h[1] = (hl_header){HL_CHANGELOG_FORMAT_HDR, format, strlen(format)};
+    hl_ticket_reset(&t);
+    CHECKF(hl_producer_send(e->prod, "st", 0, key, strlen(key), value, len, h, &t, err,
+                            sizeof err) == 0, "produce: %s", err);
+    CHECK(hl_producer_wait(e->prod, &t, 10000, NULL) && atomic_load(&t.failed) == 0);
+}
+
+/* Written into the topic between an owner's flushes (epoch 1): a record
+ * that is no row naming epoch 1000, and a good row of u2 naming format 3
+ * (a newer writer's layout). The restore must skip both (bad), neither
+ * raising the fence (the owner's later flush, u3 and its checkpoint at 6,
+ * would be stale) nor reading u2 as today's layout. */
+static void test_foreign_records_on_topic(void)
+{
+    env e;
+    char err[512] = "";
+    if (env_start(&e) != 0) {
+        env_stop(&e);
+        return;
+    }
+    hl_table *a = table(&e), *b = table(&e), *src = table(&e);
+    hl_changelog_restored ra, rb;
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "%s", err);
+    hl_changelog_shard *cs = hl_changelog_shard_create(e.cl, 0, a, &ra);
+    int64_t far = hl_now_mono_ms() + 10000;
+    events(a, NULL, "u1", 0, 3);
+    CHECK(hl_changelog_flush_now(cs, a, 3, far) == 0);
+    events(src, NULL, "u2", 0, 3);
+    unsigned char *row = malloc(hl_snapshot_row_max(3, DIM, 4));
+    hl_row_view v;
+    uint32_t r = (uint32_t)hl_table_find(src, "u2", 2);
+    hl_table_view(src, r, &v);
+    size_t len = hl_snapshot_row_encode(row, 3, DIM, r, &v);
+    foreign(&e, "x", "garbage", 7, "1000", NULL);
+    foreign(&e, "u2", row, len, "1", "3");
+    events(a, NULL, "u3", 3, 6);
+    CHECK(hl_changelog_flush_now(cs, a, 6, far) == 0);
+    CHECKF(hl_changelog_restore(e.cl, 0, b, NULL, &rb, err, sizeof err) == 0, "%s", err);
+    CHECKF(has(b, "u1") && has(b, "u3") && !has(b, "u2") && rb.next_offset == 6 &&
+           rb.n_bad == 2 && rb.n_stale == 0 && rb.epoch == 2, "u1 %d u3 %d u2 (format 3) "
+           "%d, resumes at %lld, bad %llu stale %llu, claim epoch %lld (want 1 1 0, 6, "
+           "2 0, 2)", has(b, "u1"), has(b, "u3"), has(b, "u2"), (long long)rb.next_offset,
+           (unsigned long long)rb.n_bad, (unsigned long long)rb.n_stale, (long long)rb.epoch);
+    free(row);
+    hl_table_on_evict(a, NULL, NULL);
+    hl_changelog_shard_destroy(cs);
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+    hl_table_destroy(src);
+    env_stop(&e);
+}
+
 /* A flush the broker refuses part of (its first Produce request; as a
  * topic whose max.message.bytes is below a row refuses that row's batch):
  * the flush fails, and its checkpoint must not land after the rest, or a
@@ -941,6 +1003,7 @@ int main(void)
     RUN(test_reshape_replay);
     RUN(test_restore_read_stops);
     RUN(test_oversized_row_left_out);
+    RUN(test_foreign_records_on_topic);
     RUN(test_broker_refused_rows);
     RUN(test_claim_after_foreign_records);
     RUN(test_flush_names_encoded_model);

@@ -12,7 +12,9 @@
  *                   record covers, the table meta and the model
  *                   fingerprint (changelog.c has the bytes).
  * Every record carries the header halflife.epoch: the writer's ownership
- * epoch of that partition (fencing, below).
+ * epoch of that partition (fencing, below). A record naming a value
+ * layout in halflife.format other than today's (absent: today's) is
+ * refused, counted bad, never misread (changelog_internal.h).
  *
  * A flush, every state.flush.ms per shard: the rows whose last applied
  * offset is at or above the previous flush's input offset (changed since

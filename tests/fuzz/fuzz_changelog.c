@@ -21,7 +21,8 @@
  *
  * Framing: byte 0 says whether a base is given (bit 0; its epoch is byte 1)
  * then records: flags (bit 0 an epoch header, bit 1 a model header, bit 2
- * a tombstone, bit 3 the checkpoint key), then for each present part a
+ * a tombstone, bit 3 the checkpoint key, bit 4 a format header, read
+ * after the model's), then for each present part a
  * length byte (two, little-endian, for the value) and the bytes.
  *
  * With HL_FUZZ_SEEDS=DIR set, LLVMFuzzerInitialize writes seeds into DIR:
@@ -144,6 +145,8 @@ static int next_rec(reader *r, hl_changelog_rec *rec, int64_t offset)
     if ((flags & 1) && (take_len(r, 1, &len) != 0 || take(r, len, &rec->epoch, &rec->epoch_len) != 0))
         return -1;
     if ((flags & 2) && (take_len(r, 1, &len) != 0 || take(r, len, &rec->model, &rec->model_len) != 0))
+        return -1;
+    if ((flags & 16) && (take_len(r, 1, &len) != 0 || take(r, len, &rec->format, &rec->format_len) != 0))
         return -1;
     if (!(flags & 4) && (take_len(r, 2, &len) != 0 || take(r, len, &rec->value, &rec->len) != 0))
         return -1;

@@ -223,6 +223,30 @@ static void test_hide(void)
     hl_metrics_destroy(reg);
 }
 
+/* A dropped series is gone from the text and from the registry: the same
+ * labels registered again start afresh, and the others keep their order. */
+static void test_drop(void)
+{
+    hl_metrics *reg = hl_metrics_create();
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_info", "Info.", "v=\"a\""), 1);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_info", NULL, "v=\"b\""), 2);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_info", NULL, "v=\"c\""), 3);
+    hl_metrics_drop(reg, "halflife_info", "v=\"a\"");
+    hl_metrics_drop(reg, "halflife_nothing", NULL);          /* no-op */
+    hl_metrics_drop(reg, "halflife_info", "v=\"zz\"");      /* no-op */
+    CHECK(hl_metrics_series_count(reg, "halflife_info") == 2);
+    CHECK(hl_metrics_series_count(reg, "halflife_nothing") == 0);
+    char *out = render(reg);
+    CHECKF(out && !strstr(out, "v=\"a\"") &&
+           strstr(out, "halflife_info{v=\"b\"} 2\nhalflife_info{v=\"c\"} 3\n"), "%s", out);
+    free(out);
+    hl_metrics_gauge(reg, "halflife_info", NULL, "v=\"a\"");
+    out = render(reg);
+    CHECKF(out && strstr(out, "halflife_info{v=\"a\"} 0\n"), "%s", out);
+    free(out);
+    hl_metrics_destroy(reg);
+}
+
 /* Runs fn in a child process; 1 if it aborted (SIGABRT). */
 static int aborts(void (*fn)(void))
 {
@@ -573,6 +597,7 @@ int main(void)
     RUN(test_histogram_unlabelled_and_shared_bounds);
     RUN(test_escaping);
     RUN(test_hide);
+    RUN(test_drop);
     RUN(test_registration_mistakes);
     RUN(test_read_back);
     RUN(test_concurrent_updates);

@@ -443,6 +443,42 @@ static void test_keep_failure_counted_and_retried(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* A worker swaps in each retrain for months: the registry must hold one
+ * halflife_model_info series, not one per model ever served. Replaced
+ * ones were hidden, kept in memory and walked at each scrape for the
+ * process's life (41 series after 40 swaps). */
+static void test_model_info_series_do_not_pile_up(void)
+{
+    enum { SWAPS = 40 };
+    char err[512] = "", version[16];
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "v0", 0) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg};
+    hl_models *ms = a != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    int swapped = 0;
+    for (int i = 1; i <= SWAPS && ms != NULL; i++) {
+        snprintf(version, sizeof version, "v%d", i);
+        if (write_model(TOP "/next.hlm", version, i) == 0 &&
+            rename(TOP "/next.hlm", TOP "/model.hlm") == 0)
+            swapped += hl_models_check(ms, 2000 * (int64_t)i, 0) == 1;
+    }
+    CHECKF(swapped == SWAPS, "%d of %d swaps", swapped, SWAPS);
+    int n = hl_metrics_series_count(reg, "halflife_model_info");
+    CHECKF(n == 1, "halflife_model_info: %d series held after %d swaps (1 wanted)", n, swapped);
+    char *text = NULL;
+    size_t len = 0;
+    CHECK(hl_metrics_render(reg, &text, &len) == 0 && text != NULL &&
+          strstr(text, "version=\"v40\"") != NULL && strstr(text, "version=\"v39\"") == NULL);
+    free(text);
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 /* before_live: a newer file renamed over model.path while the one just
  * loaded is fitted (a retrain published twice within one load). */
 static int replace_path(void *arg, const hl_mref *r, char *errbuf, size_t errlen)
@@ -598,6 +634,7 @@ int main(void)
     RUN(test_first_index_freed_after_swap);
     RUN(test_first_table_freed_after_swap);
     RUN(test_retain_keeps_served_model);
+    RUN(test_model_info_series_do_not_pile_up);
     RUN(test_served_model_kept_when_path_replaced);
     RUN(test_kept_model_survives_rewrite_in_place);
     RUN(test_kept_hard_link_replaced_by_copy);

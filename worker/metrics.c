@@ -11,8 +11,9 @@
  * +Inf bucket and _count always agree, which Prometheus expects.
  *
  * Series are allocated one by one and never move or get freed before
- * hl_metrics_destroy(), so a pointer returned by registration stays valid
- * for the registry's life, even across hl_metrics_hide().
+ * hl_metrics_destroy() (or hl_metrics_drop() of that one series), so a
+ * pointer returned by registration stays valid for the registry's life,
+ * even across hl_metrics_hide().
  * This file does no I/O; http.c serves what hl_metrics_render() produces. */
 #include "metrics.h"
 
@@ -329,6 +330,34 @@ void hl_metrics_hide(hl_metrics *reg, const char *name, const char *labels)
         (s = series_find(f, labels ? labels : "")) != NULL)
         s->hidden = 1;
     pthread_mutex_unlock(&reg->mu);
+}
+
+void hl_metrics_drop(hl_metrics *reg, const char *name, const char *labels)
+{
+    family *f;
+
+    pthread_mutex_lock(&reg->mu);
+    if ((f = family_find(reg, name)) != NULL) {
+        for (int i = 0; i < f->n_s; i++) {
+            if (strcmp(f->s[i]->key, labels ? labels : "") != 0) continue;
+            series_free(f->s[i], f->kind);
+            /* keep registration order: it is the rendering order */
+            memmove(&f->s[i], &f->s[i + 1], (size_t)(f->n_s - i - 1) * sizeof *f->s);
+            f->n_s--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&reg->mu);
+}
+
+int hl_metrics_series_count(hl_metrics *reg, const char *name)
+{
+    family *f;
+    int n;
+    pthread_mutex_lock(&reg->mu);
+    n = (f = family_find(reg, name)) != NULL ? f->n_s : 0;
+    pthread_mutex_unlock(&reg->mu);
+    return n;
 }
 
 uint64_t hl_metrics_counter_sum(hl_metrics *reg, const char *name)

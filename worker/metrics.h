@@ -42,6 +42,17 @@ hl_histogram *hl_metrics_histogram(hl_metrics *reg, const char *name,
  * Unknown series: no-op. */
 void hl_metrics_hide(hl_metrics *reg, const char *name, const char *labels);
 
+/* Removes the series (name, labels) and frees it, for a label set that
+ * never comes back (halflife_model_info of a replaced model): hidden, each
+ * would stay in memory, and be walked at each scrape, for the process's
+ * life. The caller must hold no pointer to it and no thread may update it
+ * any more. Unknown series: no-op. */
+void hl_metrics_drop(hl_metrics *reg, const char *name, const char *labels);
+
+/* The series of name, hidden ones too (what the registry holds for it);
+ * 0 for an unknown name. */
+int hl_metrics_series_count(hl_metrics *reg, const char *name);
+
 /* Escapes a label value for the labels argument (backslash, double quote,
  * newline), like snprintf: writes at most dstlen bytes including the NUL
  * and returns the length the whole escaped value needs. */

@@ -442,12 +442,14 @@ static double fit_skips(hl_models *ms, hl_mref *r, const hl_model *m)
 /* ---- metrics ------------------------------------------------------------ */
 
 /* halflife_model_info{version,fingerprint} 1 for the current model only:
- * the previous series leaves /metrics. */
+ * the previous series leaves /metrics, and the registry (dropped, not
+ * hidden: a worker that swaps in each retrain for months would otherwise
+ * keep every old label set, walked at each scrape). */
 static void show_model(hl_models *ms, const hl_mref *r)
 {
     char version[sizeof r->mi->version * 2 + 1];
     if (ms->info != NULL)
-        hl_metrics_hide(ms->o.reg, "halflife_model_info", ms->info_labels);
+        hl_metrics_drop(ms->o.reg, "halflife_model_info", ms->info_labels);
     hl_metrics_escape(version, sizeof version, r->mi->version);
     snprintf(ms->info_labels, sizeof ms->info_labels,
              "version=\"%s\",fingerprint=\"%016llx\",items=\"%d\",dim=\"%d\"", version,

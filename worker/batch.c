@@ -157,12 +157,17 @@ static void send_dlq(hl_wthread *t, rd_kafka_message_t **rkmp, hl_codec_reason r
     if (hl_producer_send(ctx->prod, ctx->dlq_topic, RD_KAFKA_PARTITION_UA,
                          rkm->key, rkm->key_len, rkm->payload, rkm->len, h,
                          &dl->t, dl->err, sizeof dl->err) != 0) {
+        uint64_t sup = 0;
         dl->send_failed = 1;
         hl_counter_add(ctx->mx.dlq_errors, 1);
-        hl_log(HL_LOG_WARN, "dlq_failed", "partition=%d offset=%lld reason=%s bytes=%zu "
-               "err=\"%s\" action=\"kept under %s before the offset moves\"",
-               (int)rkm->partition, (long long)rkm->offset, hl_codec_reason_name(r),
-               rkm->len, dl->err, t->dl_dir);
+        /* one per bad record while the producer refuses them (a full
+         * queue): limited as dead_letter_kept, which follows for each */
+        if (hl_log_limit_pass(&t->dlq_failed_limit, &sup))
+            hl_log(HL_LOG_WARN, "dlq_failed", "partition=%d offset=%lld reason=%s bytes=%zu "
+                   "err=\"%s\" action=\"kept under %s before the offset moves\" "
+                   "suppressed=%llu", (int)rkm->partition, (long long)rkm->offset,
+                   hl_codec_reason_name(r), rkm->len, dl->err, t->dl_dir,
+                   (unsigned long long)sup);
         return;
     }
     hl_counter_add(ctx->mx.dlq[r], 1);

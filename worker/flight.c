@@ -58,6 +58,8 @@ int hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     const char *sd = t->ctx->o->snapshot_dir;
     size_t dl_len = (sd && sd[0] ? strlen(sd) + 1 : 0) + sizeof HL_DEADLETTER_SUBDIR;
     t->dl_limit.interval_ms = 5000;
+    t->dl_kept_limit.interval_ms = 5000;
+    t->dlq_failed_limit.interval_ms = 5000;
     t->refused_limit.interval_ms = 5000;
     for (int i = 0; i < N_FLIGHTS; i++)
         pthread_mutex_init(&t->fl[i].keys.mu, NULL);
@@ -182,9 +184,14 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
         return rc;
     }
     hl_counter_add(t->ctx->mx.dl_kept, 1);
-    hl_log(HL_LOG_WARN, "dead_letter_kept", "partition=%d offset=%lld reason=%s path=%s "
-           "dlq_err=\"%s\"", (int)rkm->partition, (long long)rkm->offset,
-           hl_codec_reason_name(dl->reason), path, why);
+    /* One per bad record while the DLQ is down: anyone who can write to the
+     * input topic could fill the disk with these lines. The files and
+     * halflife_dead_letters_kept_total count each one. */
+    uint64_t sup = 0;
+    if (hl_log_limit_pass(&t->dl_kept_limit, &sup))
+        hl_log(HL_LOG_WARN, "dead_letter_kept", "partition=%d offset=%lld reason=%s path=%s "
+               "dlq_err=\"%s\" suppressed=%llu", (int)rkm->partition, (long long)rkm->offset,
+               hl_codec_reason_name(dl->reason), path, why, (unsigned long long)sup);
     return 0;
 }
 

@@ -149,7 +149,8 @@ struct hl_wthread {
     flight       fl[N_FLIGHTS];                     /* flight.c: a ring */
     int          fl_head, fl_n;
     char        *dl_dir;                            /* local dead letters */
-    hl_log_limit dl_limit;
+    hl_log_limit dl_limit;                          /* dead letters not kept */
+    hl_log_limit dl_kept_limit, dlq_failed_limit;   /* one per bad record otherwise */
     hl_log_limit refused_limit;                     /* flight.c: lists refused */
 };
 

@@ -78,6 +78,19 @@ static void pause_resume(hl_wthread *t, int32_t partition, int pause)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* 1 when a wait line for partition may be written now (sup: the lines
+ * left out since the last). A record that names a schema id of its own
+ * (random bytes after a 0 byte) waits once each: unlimited, a flood of
+ * them would log three lines a record at the registry's pace. Limited per
+ * partition, so one partition's flood hides no other's wait. */
+static int wait_line(hl_wthread *t, int32_t partition, int over, uint64_t *sup)
+{
+    hl_shard *sh = hl_wthread_shard_of(t, partition);
+    if (sh == NULL)
+        return 1;
+    return hl_log_limit_pass(over ? &sh->wait_over_limit : &sh->wait_limit, sup);
+}
+
 /* Starts partition's wait for id: pauses it. 0, or HL_ENOMEM. */
 static int wait_begin(hl_wthread *t, const rd_kafka_message_t *rkm, const char *why)
 {
@@ -93,9 +106,12 @@ static int wait_begin(hl_wthread *t, const rd_kafka_message_t *rkm, const char *
     *pw = (park_wait){rkm->partition, schema_id_of(rkm), hl_now_mono_ms(), 0};
     pause_resume(t, rkm->partition, 1);
     hl_gauge_add(t->ctx->mx.schema_waiting, 1);
-    hl_log(HL_LOG_INFO, "schema_wait", "partition=%d offset=%lld schema_id=%d why=\"%s\" "
-           "action=\"partition paused until the registry answers\"", (int)rkm->partition,
-           (long long)rkm->offset, (int)pw->schema_id, why);
+    uint64_t sup = 0;
+    if (wait_line(t, rkm->partition, 0, &sup))
+        hl_log(HL_LOG_INFO, "schema_wait", "partition=%d offset=%lld schema_id=%d why=\"%s\" "
+               "action=\"partition paused until the registry answers\" suppressed=%llu",
+               (int)rkm->partition, (long long)rkm->offset, (int)pw->schema_id, why,
+               (unsigned long long)sup);
     return 0;
 }
 
@@ -103,22 +119,29 @@ static void wait_end(hl_wthread *t, park_wait *pw, const char *how)
 {
     pause_resume(t, pw->partition, 0);
     hl_gauge_add(t->ctx->mx.schema_waiting, -1);
-    hl_log(HL_LOG_INFO, "schema_wait_over", "partition=%d schema_id=%d waited_ms=%lld how=%s",
-           (int)pw->partition, (int)pw->schema_id,
-           (long long)(hl_now_mono_ms() - pw->since_ms), how);
+    /* an end other than an answer (a revocation) comes once a rebalance */
+    uint64_t sup = 0;
+    if (strcmp(how, "answered") != 0 || wait_line(t, pw->partition, 1, &sup))
+        hl_log(HL_LOG_INFO, "schema_wait_over", "partition=%d schema_id=%d waited_ms=%lld "
+               "how=%s suppressed=%llu", (int)pw->partition, (int)pw->schema_id,
+               (long long)(hl_now_mono_ms() - pw->since_ms), how, (unsigned long long)sup);
     *pw = t->waits[--t->n_waits];
 }
 
 /* A draining partition's handed-back record must wait after all (another
  * unknown id): the partition, still paused, waits for that id now. */
-static void wait_again(park_wait *pw, const rd_kafka_message_t *rkm, const char *why)
+static void wait_again(hl_wthread *t, park_wait *pw, const rd_kafka_message_t *rkm,
+                       const char *why)
 {
+    uint64_t sup = 0;
     pw->schema_id = schema_id_of(rkm);
     pw->since_ms = hl_now_mono_ms();
     pw->ready = 0;
-    hl_log(HL_LOG_INFO, "schema_wait", "partition=%d offset=%lld schema_id=%d why=\"%s\" "
-           "action=\"partition stays paused until the registry answers\"",
-           (int)rkm->partition, (long long)rkm->offset, (int)pw->schema_id, why);
+    if (wait_line(t, rkm->partition, 0, &sup))
+        hl_log(HL_LOG_INFO, "schema_wait", "partition=%d offset=%lld schema_id=%d why=\"%s\" "
+               "action=\"partition stays paused until the registry answers\" suppressed=%llu",
+               (int)rkm->partition, (long long)rkm->offset, (int)pw->schema_id, why,
+               (unsigned long long)sup);
 }
 
 /* Into the park before the first parked record of its partition with a
@@ -150,7 +173,7 @@ void hl_park_add(hl_wthread *t, rd_kafka_message_t **rkmp, const char *why, flig
     }
     park_wait *pw = wait_of(t, rkm->partition);
     if (pw != NULL && pw->ready)
-        wait_again(pw, rkm, why);
+        wait_again(t, pw, rkm, why);
     if (t->n_park == t->cap_park || (pw == NULL && wait_begin(t, rkm, why) != 0)) {
         /* Not kept, not seen; later records of its partition in this batch
          * may be, so the batch's flight is held (it never retires: no

@@ -63,6 +63,7 @@ struct hl_schema_store {
     int64_t         next_try_ms, backoff_ms, last_answer_ms;
     hl_gauge       *up_g;
     hl_counter     *req_ok, *req_missing, *req_error, *req_bad;
+    hl_log_limit    unknown_limit;  /* settle(): records can name a new id each */
 };
 
 /* ---- the table (under mu) ----------------------------------------------- */
@@ -231,8 +232,10 @@ static void settle(hl_schema_store *s, int32_t id, int rc, char *text, const cha
     en->state = E_MISSING;
     snprintf(en->why, sizeof en->why, "%.180s%s", err,
              rc == HL_ENOENT && s->fallback_dir ? "; no file in schema.registry.fallback.dir" : "");
-    hl_log(HL_LOG_WARN, rc == HL_EFORMAT ? "schema_registry_bad_answer" : "schema_unknown",
-           "id=%d err=\"%s\"", (int)id, en->why);
+    uint64_t sup = 0;
+    if (hl_log_limit_pass(&s->unknown_limit, &sup))
+        hl_log(HL_LOG_WARN, rc == HL_EFORMAT ? "schema_registry_bad_answer" : "schema_unknown",
+               "id=%d err=\"%s\" suppressed=%llu", (int)id, en->why, (unsigned long long)sup);
 }
 
 /* Counts an answer by outcome. Under mu. */
@@ -346,6 +349,7 @@ hl_schema_store *hl_schema_store_create(hl_registry *reg, const char *fallback_d
     s->reg = reg;
     hl_registry_set_abort(reg, &s->stop);
     s->probe_id = -1;
+    s->unknown_limit.interval_ms = 5000;
     atomic_store(&s->up, 1);
     s->last_answer_ms = hl_now_mono_ms();
     pthread_mutex_init(&s->mu, NULL);

@@ -38,6 +38,7 @@ hl_shard *hl_shard_create(int32_t partition, hl_table *tbl, int64_t restored_off
     }
     sh->partition = partition;
     sh->tbl = tbl;
+    sh->wait_limit.interval_ms = sh->wait_over_limit.interval_ms = 5000;
     sh->ps = ps;
     sh->next_offset = sh->delivered_offset = sh->noted_offset = restored_offset;
     sh->cap_ev = cap_ev;

@@ -16,6 +16,7 @@
 #include "gate.h"
 #include "models.h"
 #include "changelog.h"
+#include "log.h"
 
 typedef struct hl_shard_series {
     hl_counter *consumed;       /* halflife_events_consumed_total{partition} */
@@ -61,6 +62,7 @@ typedef struct hl_shard {
     int64_t     batch_first_off;     /* offset of this batch's oldest message */
     uint64_t    evicted_mass_seen, evicted_capacity_seen;
     hl_shard_series series;
+    hl_log_limit wait_limit, wait_over_limit;  /* park.c: its schema_wait lines */
 
     hl_gate    *gate;                /* recs.min.interval.ms; NULL when 0 */
 

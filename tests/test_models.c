@@ -11,6 +11,8 @@
 #include "models.h"
 #include "qscore.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
 #include <sys/stat.h>
@@ -479,6 +481,74 @@ static void test_model_info_series_do_not_pile_up(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* access() for the whole binary (models.c's calls included): when armed,
+ * the check of race_dst finds no file and another worker on the shared
+ * model.dir keeps the same model right after (a hard link of race_src at
+ * race_dst), the interleaving that two workers swapping at once hit. */
+static char race_dst[256], race_src[256];
+int access(const char *path, int mode)
+{
+    if (race_dst[0] != '\0' && strcmp(path, race_dst) == 0) {
+        race_dst[0] = '\0';
+        if (link(race_src, path) != 0)
+            printf("    link %s: %s\n", path, strerror(errno));
+        errno = ENOENT;
+        return -1;
+    }
+    return faccessat(AT_FDCWD, path, mode, 0);
+}
+
+/* The names in TOP/kept ending in .tmp. */
+static int tmp_files(void)
+{
+    DIR *d = opendir(TOP "/kept");
+    struct dirent *de;
+    int n = 0;
+    while (d != NULL && (de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        n += len > 4 && strcmp(de->d_name + len - 4, ".tmp") == 0;
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* Workers sharing model.dir (one volume) keep the same model at once:
+ * another's link lands between this one's check and its rename. A
+ * rename() between two links to one file does nothing and succeeds, so
+ * the temporary <fingerprint>.hlm.<pid>.tmp stayed, a model-sized file
+ * left in model.dir at each such swap, never pruned (prune() counts
+ * <fingerprint>.hlm names only). */
+static void test_keep_race_leaves_no_temporary(void)
+{
+    char err[512] = "";
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    hl_model *b = hl_model_open(TOP "/b.hlm", err, sizeof err);
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
+                         .store_dir = TOP "/kept", .store_retain = 4};
+    hl_models *ms = a != NULL && b != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    if (ms != NULL) {
+        snprintf(race_dst, sizeof race_dst, TOP "/kept/%016llx.hlm",
+                 (unsigned long long)hl_model_info_get(b)->fingerprint);
+        snprintf(race_src, sizeof race_src, TOP "/model.hlm");
+        CHECK(rename(TOP "/b.hlm", TOP "/model.hlm") == 0 && hl_models_check(ms, 2000, 0) == 1);
+        CHECKF(race_dst[0] == '\0', "keep() never checked for B's kept copy");
+        CHECK(kept(b));
+        int n = tmp_files();
+        CHECKF(n == 0, "%d temporary file(s) left in model.dir after the race", n);
+    }
+    race_dst[0] = '\0';
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_model_close(b);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 /* before_live: a newer file renamed over model.path while the one just
  * loaded is fitted (a retrain published twice within one load). */
 static int replace_path(void *arg, const hl_mref *r, char *errbuf, size_t errlen)
@@ -635,6 +705,7 @@ int main(void)
     RUN(test_first_table_freed_after_swap);
     RUN(test_retain_keeps_served_model);
     RUN(test_model_info_series_do_not_pile_up);
+    RUN(test_keep_race_leaves_no_temporary);
     RUN(test_served_model_kept_when_path_replaced);
     RUN(test_kept_model_survives_rewrite_in_place);
     RUN(test_kept_hard_link_replaced_by_copy);

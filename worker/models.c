@@ -231,6 +231,10 @@ static void keep(hl_models *ms, const hl_model *src)
     hl_model *m = copied ? hl_model_open(tmp, err, sizeof err) : NULL;
     if (m != NULL && hl_model_info_get(m)->fingerprint == mi->fingerprint &&
         rename(tmp, dst) == 0) {
+        /* Gone already, unless another worker on the volume linked the
+         * same file at dst since the access() above: a rename() between
+         * two links to one file does nothing, and tmp would stay. */
+        unlink(tmp);
         hl_log(HL_LOG_INFO, "model_kept", "path=%s fingerprint=%016llx", dst,
                (unsigned long long)mi->fingerprint);
         ms->unkept = 0;

@@ -116,6 +116,7 @@ struct hl_items {
     known_id        known[KNOWN_IDS];   /* registry ids whose schema was checked */
     int             n_known;
     hl_log_limit    bad_limit;
+    hl_log_limit    wait_limit;     /* item_update_waits: one per update naming a new id */
     hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
     hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
     hl_counter     *c_drop_known, *c_drop_dim, *c_parts_added;
@@ -529,9 +530,13 @@ static void keep(hl_items *it, rd_kafka_message_t *rkm, const char *why)
     set_paused(it, rkm->partition, 1);
     it->kept[rkm->partition] = rkm;
     it->n_kept++;
-    hl_log(HL_LOG_INFO, "item_update_waits", "topic=%s partition=%d offset=%lld why=\"%s\" "
-           "action=\"the partition waits for the schema registry; nothing is dead-lettered "
-           "for it\"", it->topic, (int)rkm->partition, (long long)rkm->offset, why);
+    /* Limited: updates that each name a schema id of their own each wait */
+    uint64_t sup = 0;
+    if (hl_log_limit_pass(&it->wait_limit, &sup))
+        hl_log(HL_LOG_INFO, "item_update_waits", "topic=%s partition=%d offset=%lld why=\"%s\" "
+               "action=\"the partition waits for the schema registry; nothing is "
+               "dead-lettered for it\" suppressed=%llu", it->topic, (int)rkm->partition,
+               (long long)rkm->offset, why, (unsigned long long)sup);
 }
 
 /* Decodes and applies one update whose writer schema is settled. */
@@ -802,6 +807,7 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     pthread_mutex_init(&it->cat_mu, NULL);
     atomic_init(&it->stream_ts_ms, INT64_MIN);
     it->bad_limit.interval_ms = 1000;
+    it->wait_limit.interval_ms = 5000;
     it->topic = strdup(o->topic);
     it->vec = malloc(2 * (size_t)o->codec.dim * sizeof(float));
     it->vec_dim = o->codec.dim;

@@ -1,0 +1,75 @@
+#!/usr/bin/python3
+"""test_item_schema_flood.py - item updates naming schema ids the registry
+never had, each a different one, write a bounded log.
+
+Separate processes over TCP: registry_standin.py (it has no schema), a
+`halflife broker`, `halflife run` with schema.registry.url. N_BAD
+ItemUpdates on the item topic, framed with schema ids 7000, 7001, ...,
+each pause the item reader's partition until the registry answers 404,
+and are counted unknown_schema. Checks: every one is counted
+(halflife_item_updates_invalid_total), and item_update_waits is logged
+at most once per 5 s (plus one), each line with suppressed=. Before the
+fix each update logged its own item_update_waits line.
+
+Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_item_schema_flood.py
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
+import e2e_util as U  # noqa: E402
+from test_items import avro_update  # noqa: E402
+from test_schema_registry import Standin  # noqa: E402
+
+SUITE = "item_schema_flood"
+N_BAD = 12
+
+
+def produce_ids(bootstrap, n):
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i in range(n):
+        p.produce("items", key=b"x%d" % i, value=avro_update("x%d" % i, True, schema_id=7000 + i))
+    if p.flush(20) != 0:
+        raise RuntimeError("item updates not delivered to the item topic")
+
+
+def run(ck):
+    model = os.path.join(ck.tmp, "model.hlm")
+    U.make_model(model)
+    reg = Standin(os.path.join(ck.tmp, "registry"))
+    try:
+        broker = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker.log"),
+                          topics=C.TOPICS + ["items"])
+        w = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "worker.log"),
+                     ["kafka.fetch.wait.max.ms=10", "schema.registry.url=" + reg.url,
+                      "schemas.dir=" + os.path.join(ck.tmp, "none"),
+                      "snapshot.dir=" + os.path.join(ck.tmp, "snap")])
+        if not w.wait_event("worker_started", 20):
+            raise RuntimeError("the worker did not start (see worker.log)")
+        t0 = time.time()
+        produce_ids(broker.bootstrap, N_BAD)
+        deadline, bad = t0 + 25, -1
+        while time.time() < deadline and bad < N_BAD and w.p.poll() is None:
+            bad = w.metric_or("halflife_item_updates_invalid_total", labels="unknown_schema")
+            time.sleep(0.2)
+        secs = time.time() - t0
+        ck.check("every_update_counted", bad == N_BAD,
+                 "halflife_item_updates_invalid_total{reason=unknown_schema} %s of %d"
+                 % (bad, N_BAD))
+        lines = [ln for ln in w.log_text().splitlines() if " event=item_update_waits " in ln]
+        most = 2 + int(secs / 5)
+        ck.check("waits_bounded", 0 < len(lines) <= most and
+                 all("suppressed=" in ln for ln in lines),
+                 "%d item_update_waits lines for %d updates in %.1f s (1..%d wanted, each "
+                 "with suppressed=): %s" % (len(lines), N_BAD, secs, most, lines[:1]))
+        rc, _secs = w.term(30)
+        ck.check("clean_exit", rc == 0, "exit %s" % rc)
+    finally:
+        reg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(C.run_main(SUITE, "ran", run))

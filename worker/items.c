@@ -52,7 +52,7 @@
  * on, is kept and nothing is dead-lettered because the registry is down.
  * Other partitions go on. A kept partition does not count as read to its
  * end, so a worker starting while the registry is down waits for it. */
-#include "items.h"
+#include "items_internal.h"
 #include "framing.h"
 #include "log.h"
 
@@ -64,92 +64,9 @@
 #define METADATA_MS      5000
 #define RETRY_TOPIC_MS   5000   /* a missing topic is looked for again this often */
 #define CHECK_PARTS_MS  30000   /* partitions_check_ms's default: a metadata request */
-#define KNOWN_IDS          64   /* registry ids whose schema was checked, kept */
 #define DETAIL_LEN        256   /* a bad update's reason, as a sentence */
 
-typedef struct known_id {
-    int32_t id;
-    int     ours;               /* the id's schema is schemas/item_update.avsc */
-} known_id;
-#define GEN_SLOTS           4   /* model generations whose last view is kept */
-
-typedef struct catref {
-    hl_catview *v;
-    uint64_t    gen;            /* the model generation its rows are of */
-    atomic_int  refs;
-    struct hl_items *owner;     /* takes v back as its spare */
-} catref;
-
-struct hl_items {
-    hl_items_opts   o;
-    char           *topic;
-    rd_kafka_t     *rk;
-    hl_catalogue   *cat;
-    pthread_t       tid;
-    int             started;
-    atomic_int      stop, loaded;
-    atomic_llong    stream_ts_ms;
-    atomic_llong    applied;        /* updates applied since start (hl_items_applied) */
-    pthread_mutex_t mu;
-    catref         *slot[GEN_SLOTS];    /* under mu: the newest view of each
-                                           generation, at gen % GEN_SLOTS */
-    hl_catview     *spare;              /* under mu: a view no one reads */
-    pthread_mutex_t cat_mu;             /* the catalogue: reader vs. rebind */
-    const hl_model *m;                  /* under cat_mu: what the catalogue is bound to */
-    uint64_t        gen;                /* under cat_mu: m's generation */
-    /* the reader thread's own */
-    int             n_parts;
-    int64_t        *end;                /* offset to reach per partition */
-    uint8_t        *done;
-    int64_t         retry_at_ms;
-    uint64_t        viewed_version;
-    int             published;          /* a view was made current */
-    int64_t         next_view_us;       /* no view before (monotonic): pacing */
-    uint64_t        pending;            /* updates applied, not yet counted */
-    int             absent;             /* the cluster says the topic does not exist */
-    int             fewer;              /* a count below n_parts, said once */
-    float          *vec;                /* 2 * vec_dim floats: e_in, e_out */
-    int             vec_dim;            /* >= o.codec.dim (decode_dim) */
-    rd_kafka_message_t **kept;          /* per partition: the update waiting for its
-                                           schema id (the partition is paused) */
-    int             n_kept;
-    known_id        known[KNOWN_IDS];   /* registry ids whose schema was checked */
-    int             n_known;
-    hl_log_limit    bad_limit;
-    hl_log_limit    wait_limit;     /* item_update_waits: one per update naming a new id */
-    hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
-    hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
-    hl_counter     *c_drop_known, *c_drop_dim, *c_parts_added;
-};
-
 /* ---- views ---- */
-
-static void ref_release(catref *r)
-{
-    if (r == NULL || atomic_fetch_sub(&r->refs, 1) != 1)
-        return;
-    hl_items *it = r->owner;
-    pthread_mutex_lock(&it->mu);
-    hl_catview *drop = it->spare;       /* one spare is enough */
-    it->spare = r->v;
-    pthread_mutex_unlock(&it->mu);
-    hl_catview_destroy(drop);
-    free(r);
-}
-
-/* The newest view of generation gen, one reference for the caller; NULL
- * when none is kept. */
-static catref *ref_acquire(hl_items *it, uint64_t gen)
-{
-    pthread_mutex_lock(&it->mu);
-    catref *r = it->slot[gen % GEN_SLOTS];
-    if (r != NULL && r->gen == gen)
-        atomic_fetch_add(&r->refs, 1);
-    else
-        r = NULL;
-    pthread_mutex_unlock(&it->mu);
-    return r;
-}
 
 /* A view of the catalogue becomes its generation's current one. Under
  * cat_mu. 0, or HL_ENOMEM (logged by the caller). */
@@ -174,7 +91,7 @@ static int publish_view(hl_items *it)
     catref *old = it->slot[r->gen % GEN_SLOTS];
     it->slot[r->gen % GEN_SLOTS] = r;
     pthread_mutex_unlock(&it->mu);
-    ref_release(old);
+    hl_items_ref_release(old);
     it->viewed_version = hl_catalogue_version(it->cat);
     it->published = 1;
     hl_catalogue_stats_get(it->cat, &st);
@@ -848,7 +765,7 @@ void hl_items_destroy(hl_items *it)
         rd_kafka_destroy(it->rk);
     }
     for (int g = 0; g < GEN_SLOTS; g++)
-        ref_release(it->slot[g]);
+        hl_items_ref_release(it->slot[g]);
     hl_catview_destroy(it->spare);
     hl_catalogue_destroy(it->cat);
     pthread_mutex_destroy(&it->mu);
@@ -873,114 +790,6 @@ void hl_items_saw_ts(hl_items *it, int64_t ts_ms)
     long long cur = atomic_load_explicit(&it->stream_ts_ms, memory_order_relaxed);
     while (ts_ms > cur && !atomic_compare_exchange_weak(&it->stream_ts_ms, &cur, ts_ms))
         ;
-}
-
-/* ---- a shard thread's side ---- */
-
-static int recompute(hl_items_local *loc, int64_t now_ms)
-{
-    const hl_catview *v = loc->ref->v;
-    int32_t need = hl_catview_hidden_max(v);
-    if (need > loc->cap_hidden) {
-        int32_t *h = realloc(loc->hidden, (size_t)need * sizeof *h);
-        if (h == NULL)
-            return HL_ENOMEM;
-        loc->hidden = h;
-        loc->cap_hidden = need;
-    }
-    loc->rc = (hl_rank_catalogue){
-        .hidden = loc->hidden, .n_hidden = hl_catview_hidden_at(v, now_ms, loc->hidden,
-                                                                 &loc->next_ms),
-        .e_in = hl_catview_side_e_in(v), .e_out = hl_catview_side_e_out(v),
-        .bias = hl_catview_side_bias(v), .n_side = hl_catview_n_side(v),
-    };
-    return 0;
-}
-
-/* The thread serves generation gen from now on: a view of another
- * generation must not name its rows, and its new ranker has no catalogue
- * yet. */
-static void change_gen(hl_items_local *loc, hl_ranker *r, uint64_t gen)
-{
-    ref_release(loc->ref);
-    loc->ref = NULL;
-    loc->gen = gen;
-    memset(&loc->rc, 0, sizeof loc->rc);
-    if (r != NULL)
-        hl_ranker_set_catalogue(r, NULL);
-}
-
-void hl_items_local_update(hl_items *it, hl_items_local *loc, hl_ranker *r, uint64_t gen)
-{
-    if (it == NULL)
-        return;
-    if (loc->gen != gen)
-        change_gen(loc, r, gen);
-    catref *ref = ref_acquire(it, gen), *old = loc->ref;
-    int64_t now = atomic_load_explicit(&it->stream_ts_ms, memory_order_relaxed);
-    if (ref == NULL && atomic_load(&it->loaded) && !loc->missing) {
-        loc->missing = 1;               /* said once per stretch without one */
-        hl_log(HL_LOG_ERROR, "catalogue_view_missing", "generation=%llu reason=\"the "
-                   "thread serves a model %d swaps behind\" action=\"ranks without the "
-                   "catalogue until its next batch\"", (unsigned long long)gen, GEN_SLOTS);
-    }
-    if (ref == NULL || (ref == old && now < loc->next_ms)) {
-        ref_release(ref);
-        return;
-    }
-    loc->missing = 0;
-    loc->ref = ref;
-    if (recompute(loc, now) != 0) {
-        loc->ref = old;                 /* keep ranking with the previous view */
-        ref_release(ref);
-        hl_log(HL_LOG_ERROR, "catalogue_update_failed", "reason=\"out of memory\"");
-        return;
-    }
-    if (ref != old)
-        ref_release(old);
-    else
-        ref_release(ref);               /* the second reference to the same view */
-    if (r != NULL)
-        hl_ranker_set_catalogue(r, &loc->rc);
-}
-
-const char *hl_items_local_id(const hl_items_local *loc, const hl_model *m, int32_t row,
-                              uint32_t *len)
-{
-    if (loc->ref != NULL)
-        return hl_catview_item_id(loc->ref->v, row, len);
-    return hl_model_item_id(m, row, len);
-}
-
-int32_t hl_items_local_added(const hl_items_local *loc, uint64_t key, const float **e_in)
-{
-    const hl_catview *v = loc->ref ? loc->ref->v : NULL;
-    int32_t row = v ? hl_catview_added_row(v, key) : -1;
-    *e_in = NULL;
-    if (row >= 0) {
-        int32_t s = row - hl_catview_n_model(v);
-        *e_in = hl_catview_side_e_in(v) + (size_t)s * (size_t)hl_catview_dim(v);
-    }
-    return row;
-}
-
-int hl_items_local_folded(const hl_items_local *loc, int32_t row)
-{
-    const hl_catview *v = loc->ref->v;
-    return hl_catview_side_folded(v, row - hl_catview_n_model(v));
-}
-
-int32_t hl_items_local_override(const hl_items_local *loc, int32_t row)
-{
-    return loc->ref != NULL ? hl_catview_override_row(loc->ref->v, row) : -1;
-}
-
-void hl_items_local_reset(hl_items *it, hl_items_local *loc)
-{
-    (void)it;
-    ref_release(loc->ref);
-    free(loc->hidden);
-    memset(loc, 0, sizeof *loc);
 }
 
 long long hl_items_applied(const hl_items *it)

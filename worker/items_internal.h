@@ -1,0 +1,78 @@
+/* items_internal.h - what items.c (the item topic's reader thread) and
+ * items_local.c (the shard threads' side of its views) share. Not part of
+ * the contract: that is items.h. */
+#ifndef HL_ITEMS_INTERNAL_H
+#define HL_ITEMS_INTERNAL_H
+
+#include "items.h"
+#include "log.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define KNOWN_IDS          64   /* registry ids whose schema was checked, kept */
+
+typedef struct known_id {
+    int32_t id;
+    int     ours;               /* the id's schema is schemas/item_update.avsc */
+} known_id;
+
+#define GEN_SLOTS           4   /* model generations whose last view is kept */
+
+typedef struct catref {
+    hl_catview *v;
+    uint64_t    gen;            /* the model generation its rows are of */
+    atomic_int  refs;
+    struct hl_items *owner;     /* takes v back as its spare */
+} catref;
+
+struct hl_items {
+    hl_items_opts   o;
+    char           *topic;
+    rd_kafka_t     *rk;
+    hl_catalogue   *cat;
+    pthread_t       tid;
+    int             started;
+    atomic_int      stop, loaded;
+    atomic_llong    stream_ts_ms;
+    atomic_llong    applied;        /* updates applied since start (hl_items_applied) */
+    pthread_mutex_t mu;
+    catref         *slot[GEN_SLOTS];    /* under mu: the newest view of each
+                                           generation, at gen % GEN_SLOTS */
+    hl_catview     *spare;              /* under mu: a view no one reads */
+    pthread_mutex_t cat_mu;             /* the catalogue: reader vs. rebind */
+    const hl_model *m;                  /* under cat_mu: what the catalogue is bound to */
+    uint64_t        gen;                /* under cat_mu: m's generation */
+    /* the reader thread's own */
+    int             n_parts;
+    int64_t        *end;                /* offset to reach per partition */
+    uint8_t        *done;
+    int64_t         retry_at_ms;
+    uint64_t        viewed_version;
+    int             published;          /* a view was made current */
+    int64_t         next_view_us;       /* no view before (monotonic): pacing */
+    uint64_t        pending;            /* updates applied, not yet counted */
+    int             absent;             /* the cluster says the topic does not exist */
+    int             fewer;              /* a count below n_parts, said once */
+    float          *vec;                /* 2 * vec_dim floats: e_in, e_out */
+    int             vec_dim;            /* >= o.codec.dim (decode_dim) */
+    rd_kafka_message_t **kept;          /* per partition: the update waiting for its
+                                           schema id (the partition is paused) */
+    int             n_kept;
+    known_id        known[KNOWN_IDS];   /* registry ids whose schema was checked */
+    int             n_known;
+    hl_log_limit    bad_limit;
+    hl_log_limit    wait_limit;     /* item_update_waits: one per update naming a new id */
+    hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
+    hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
+    hl_counter     *c_drop_known, *c_drop_dim, *c_parts_added;
+};
+
+/* A reference to a view is dropped; the last one hands the view back to
+ * its reader as the spare. Any thread. */
+void    hl_items_ref_release(catref *r);
+/* The newest view of generation gen, one reference for the caller; NULL
+ * when none is kept. Any thread. */
+catref *hl_items_ref_acquire(hl_items *it, uint64_t gen);
+
+#endif

@@ -14,6 +14,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The users and bytes gauges from the table (and a reshape's old one);
+ * *out: the table's own stats. */
+static void publish_size(hl_shard *sh, hl_table_stats *out)
+{
+    hl_table_stats st;
+    hl_table_stats_get(sh->tbl, &st);
+    *out = st;
+    if (sh->old_tbl != NULL) {          /* a reshape: users not moved yet count */
+        hl_table_stats old;
+        hl_table_stats_get(sh->old_tbl, &old);
+        st.users += old.users;
+        st.bytes += old.bytes;
+    }
+    hl_gauge_set(sh->series.users, (double)st.users);
+    hl_gauge_set(sh->series.state_bytes, (double)st.bytes);
+}
+
 static void register_series(hl_shard *sh, hl_metrics *reg)
 {
     char labels[48];
@@ -52,6 +69,11 @@ hl_shard *hl_shard_create(int32_t partition, hl_table *tbl, int64_t restored_off
     if (min_interval_ms > 0 && (sh->gate = hl_gate_create(min_interval_ms)) == NULL)
         goto nomem;
     register_series(sh, reg);
+    /* Set now, not at the partition's first batch: a restored shard
+     * showed 0 users, or back with a worker that owned it before, that
+     * ownership's figure, until an event came (never, if none does). */
+    hl_table_stats st;
+    publish_size(sh, &st);
     hl_shard_batch_begin(sh);
     return sh;
 nomem:
@@ -148,15 +170,7 @@ static uint64_t eviction_delta(uint64_t now, uint64_t *seen)
 void hl_shard_publish_stats(hl_shard *sh, hl_counter *const evictions[2])
 {
     hl_table_stats st;
-    hl_table_stats_get(sh->tbl, &st);
-    if (sh->old_tbl != NULL) {          /* a reshape: users not moved yet count */
-        hl_table_stats old;
-        hl_table_stats_get(sh->old_tbl, &old);
-        st.users += old.users;
-        st.bytes += old.bytes;
-    }
-    hl_gauge_set(sh->series.users, (double)st.users);
-    hl_gauge_set(sh->series.state_bytes, (double)st.bytes);
+    publish_size(sh, &st);
     hl_counter_add(evictions[0], eviction_delta(st.evicted_mass, &sh->evicted_mass_seen));
     hl_counter_add(evictions[1],
                    eviction_delta(st.evicted_capacity, &sh->evicted_capacity_seen));

@@ -367,6 +367,22 @@ int hl_persist_restore_any(hl_persist *p, int32_t partition, hl_table **tblp,
 
 /* ---- per shard ----------------------------------------------------------- */
 
+/* Size of the partition's file at offset (the one a restore loaded), 0
+ * when there is none. */
+static double file_bytes(const hl_persist *p, int32_t partition, int64_t offset)
+{
+    hl_snapshot_meta meta = {.partition = partition, .next_offset = offset};
+    char name[HL_SNAPSHOT_TOPIC_MAX + 48], path[HL_SNAPSHOT_PATH_MAX + sizeof name], err[160];
+    struct stat st;
+    snprintf(meta.topic, sizeof meta.topic, "%s", p->topic);
+    if (offset < 0 || hl_snapshot_name(&meta, name, sizeof name, err, sizeof err) != 0)
+        return 0;
+    snprintf(path, sizeof path, "%s/%s", p->dir, name);
+    if (stat(path, &st) != 0)
+        return 0;
+    return (double)st.st_size;
+}
+
 hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
                                           int64_t restored_offset)
 {
@@ -387,6 +403,10 @@ hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
             "Wall time at which the shard's newest durable snapshot last held all "
             "its state: when it was written, or a due snapshot since then that found "
             "nothing new.", ps->labels);
+        /* Set now, not at the next write: a restored partition showed 0, or
+         * back with a worker that owned it before, that ownership's size,
+         * until its next snapshot (never, if nothing new comes). */
+        hl_gauge_set(ps->g_bytes, file_bytes(p, partition, restored_offset));
     }
     return ps;
 }

@@ -13,9 +13,10 @@ per process:
 - consumed, applied, invalid and dead letters by reason, unknown items,
   swaps, migrated users equal what was produced;
 - halflife_users{partition} equals the distinct users of the partition's
-  valid events, on each owner right after it restored the partition (no
-  event since) and at the end: a restore must not leave 0, or the value of
-  the worker's earlier ownership, until the next batch;
+  valid events, and halflife_snapshot_bytes{partition} the size of the
+  partition's newest snapshot file, on each owner right after it restored
+  the partition (no event since) and at the end: a restore must not leave
+  0, or the value of the worker's earlier ownership, until the next batch;
 - lists published equal the lists on the output topic, each histogram's
   _count equals its counter, only owned partitions have series, and
   promtool accepts the text.
@@ -141,9 +142,11 @@ def shard_gauge(w, name, truth):
 
 
 def check_shards(ck, name, w, users, snapdir):
-    """The per-partition gauges reach the truth: no event is to come that
-    would refresh them."""
-    gauges = (("users", "halflife_users", lambda p: len(users.get(p, ()))),)
+    """The users and snapshot_bytes gauges reach the truth: no event is
+    to come that would refresh them."""
+    gauges = (("users", "halflife_users", lambda p: len(users.get(p, ()))),
+              ("snapshot_bytes", "halflife_snapshot_bytes",
+               lambda p: newest_sizes(snapdir).get(p, 0)))
     for tag, metric, truth in gauges:
         ok = wait_for(lambda: shard_gauge(w, metric, truth)[0], 8 * SLOW)
         ck.check("%s_%s" % (name, tag), bool(ok), shard_gauge(w, metric, truth)[1])

@@ -649,6 +649,30 @@ static void revoke_parts(hl_worker *w, rd_kafka_topic_partition_list_t *parts)
     }
 }
 
+/* The restored offsets stored as soon as the partitions are assigned (a
+ * snapshot's offset is never past a delivered list), so auto-commit sends
+ * them. librdkafka's consumer_lag, which halflife_consumer_lag exports, is
+ * the high watermark minus this member's last known committed offset, and
+ * an assignment at an explicit offset does not fetch it: a partition back
+ * with a member that owned it before showed the records the other member
+ * applied meanwhile as lag, until a record came (never, if none did). */
+static void store_restored(hl_worker *w, rd_kafka_t *rk,
+                           const rd_kafka_topic_partition_list_t *parts)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(parts->cnt);
+    for (int i = 0; l != NULL && i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *e = &parts->elems[i];
+        if (e->offset >= 0 && strcmp(e->topic, w->o.input_topic) == 0 &&
+            hl_worker_owns_partition(w, e->partition))
+            rd_kafka_topic_partition_list_add(l, e->topic, e->partition)->offset = e->offset;
+    }
+    rd_kafka_resp_err_t err = l && l->cnt > 0 ? rd_kafka_offsets_store(rk, l) : 0;
+    if (err)
+        hl_log(HL_LOG_DEBUG, "offsets_store", "err=\"%s\"", rd_kafka_err2str(err));
+    if (l != NULL)
+        rd_kafka_topic_partition_list_destroy(l);
+}
+
 /* hl_consumer_opts.owns: main thread, like every use of owner[]. */
 int hl_worker_owns_partition(void *opaque, int32_t p)
 {
@@ -677,6 +701,8 @@ void hl_worker_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             error = rd_kafka_incremental_assign(rk, parts);
         else
             rd_kafka_assign(rk, parts);
+        if (error == NULL)
+            store_restored(w, rk, parts);
         atomic_store(&w->awaiting, 0);
         atomic_store(&w->have_assignment, 1);
     } else {

@@ -1,6 +1,8 @@
 # halflife - see README.md. `make` builds build/halflife and build/libhalflife.a;
 # `make test` runs every test; `make test SAN=1` runs them under
-# AddressSanitizer and UBSan; `make bench` prints the benchmarks as JSON lines.
+# AddressSanitizer and UBSan; `make tsan-check` runs the threaded tests under
+# ThreadSanitizer (SAN=thread, build/tsan); `make bench` prints the benchmarks
+# as JSON lines.
 
 CC      ?= cc
 SAN     ?= 0
@@ -8,11 +10,19 @@ ifeq ($(SAN),1)
 BUILD   := build/san
 SANFLAGS:= -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT     := -O1
+else ifeq ($(SAN),thread)
+BUILD   := build/tsan
+SANFLAGS:= -fsanitize=thread -fno-omit-frame-pointer
+OPT     := -O1
+# librdkafka's C11 threads and locks, routed through pthreads so TSan sees
+# them (tests/tsan_threads.c says why); linked into every SAN=thread program.
+SAN_OBJ := build/tsan/tests/tsan_threads.o
 else
 BUILD   := build
 SANFLAGS:=
 OPT     := -O2
 endif
+SAN_OBJ ?=
 
 PKGS     := rdkafka avro-c openblas libmicrohttpd libcurl jansson
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
@@ -69,13 +79,17 @@ $(BUILD)/libhlworker.a: $(WORKER_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/halflife: $(BUILD)/worker/main.o $(WORKER_OBJ) $(BUILD)/libhalflife.a
+$(BUILD)/halflife: $(BUILD)/worker/main.o $(WORKER_OBJ) $(BUILD)/libhalflife.a $(SAN_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(ALL_LIBS)
 
 # Test binaries link both libraries so worker/ parts (codec, config) are testable.
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a tests/test.h
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a tests/test.h $(SAN_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(INCLUDES) -Itests -o $@ $< $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a $(ALL_LIBS)
+	$(CC) $(CFLAGS) $(INCLUDES) -Itests -o $@ $< $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a $(SAN_OBJ) $(ALL_LIBS)
+
+build/tsan/tests/tsan_threads.o: tests/tsan_threads.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libhlworker.a $(BUILD)/libhalflife.a
 	@mkdir -p $(dir $@)
@@ -193,6 +207,15 @@ bench: deps $(BUILD)/halflife $(BENCHES)
 # Builds the benchmarks without running them (make bench runs them all,
 # for many minutes): then run one, e.g. build/bench/bench_swap --help.
 bench-build: deps $(BUILD)/halflife $(BENCHES)
+
+# The tests that start threads, under ThreadSanitizer (README, Testing):
+# builds build/tsan/ whatever SAN says, then tests/tsan_check.sh runs them.
+TSAN_TESTS := test_metrics test_persist test_registry test_snapshot_write \
+              test_changelog test_items_load test_swap test_models test_offline
+.PHONY: tsan-check
+tsan-check: deps
+	@$(MAKE) --no-print-directory SAN=thread build/tsan/halflife $(TSAN_TESTS:%=build/tsan/tests/%)
+	@tests/tsan_check.sh $(abspath build/tsan)
 
 run: deps $(BUILD)/halflife
 	$(BUILD)/halflife demo

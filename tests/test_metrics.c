@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <sys/socket.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -421,12 +422,13 @@ static int http_get(int port, const char *method, const char *path, http_rsp *r)
     return 0;
 }
 
-static int ready_flag;
+/* Set by the test's thread, read by the HTTP thread's callbacks. */
+static atomic_int ready_flag;
 
 static int ready_cb(void *arg, char *why, size_t whylen)
 {
-    int *flag = arg;
-    if (*flag) return 1;
+    atomic_int *flag = arg;
+    if (atomic_load(flag)) return 1;
     snprintf(why, whylen, "partition 3 restoring");
     return 0;
 }
@@ -434,8 +436,8 @@ static int ready_cb(void *arg, char *why, size_t whylen)
 /* Live unless the flag reads 2 (a worker whose producer failed fatally). */
 static int live_cb(void *arg, char *why, size_t whylen)
 {
-    int *flag = arg;
-    if (*flag != 2) return 1;
+    atomic_int *flag = arg;
+    if (atomic_load(flag) != 2) return 1;
     snprintf(why, whylen, "the producer failed fatally");
     return 0;
 }
@@ -446,7 +448,7 @@ static void test_http_endpoints(void)
     http_rsp r;
     hl_metrics *reg = hl_metrics_create();
     fill_sample(reg);
-    ready_flag = 0;
+    atomic_store(&ready_flag, 0);
     hl_http *http = hl_http_start("127.0.0.1", 0, reg, ready_cb, live_cb, &ready_flag, err,
                                   sizeof err);
     CHECKF(http != NULL, "start: %s", err);
@@ -462,13 +464,13 @@ static void test_http_endpoints(void)
     CHECK(http_get(port, "GET", "/healthz", &r) == 0 && r.status == 200);
     CHECK(http_get(port, "GET", "/readyz", &r) == 0 && r.status == 503);
     CHECKF(strstr(r.body, "partition 3 restoring"), "body: %s", r.body);
-    ready_flag = 1;
+    atomic_store(&ready_flag, 1);
     CHECK(http_get(port, "GET", "/readyz", &r) == 0 && r.status == 200);
     CHECK(http_get(port, "GET", "/metrics", &r) == 0 && strstr(r.body, "\nhalflife_ready 1\n"));
-    ready_flag = 2;             /* ready() reads non-zero as ready: only live() fails */
+    atomic_store(&ready_flag, 2);  /* ready() reads non-zero as ready: only live() fails */
     CHECK(http_get(port, "GET", "/healthz", &r) == 0 && r.status == 503);
     CHECKF(strstr(r.body, "not live: the producer failed fatally"), "body: %s", r.body);
-    ready_flag = 1;
+    atomic_store(&ready_flag, 1);
     CHECK(http_get(port, "GET", "/healthz", &r) == 0 && r.status == 200);
     CHECK(http_get(port, "GET", "/nope", &r) == 0 && r.status == 404);
     CHECK(http_get(port, "GET", "/metricsx", &r) == 0 && r.status == 404);

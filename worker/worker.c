@@ -259,8 +259,11 @@ int hl_worker_ready(void *arg, char *why, size_t whylen)
 {
     hl_worker *w = arg;
     int n = atomic_load(&w->restoring);
-    /* start_abort: SIGTERM came and the main loop has not seen it yet */
-    if (atomic_load(&w->stop) || (w->o.start_abort != NULL && *w->o.start_abort))
+    /* start_abort: SIGTERM came and the main loop has not seen it yet. Its
+     * handler stores it with an atomic (a volatile sig_atomic_t alone is no
+     * synchronisation between threads); relaxed: nothing rides on it. */
+    if (atomic_load(&w->stop) ||
+        (w->o.start_abort != NULL && __atomic_load_n(w->o.start_abort, __ATOMIC_RELAXED)))
         snprintf(why, whylen, "stopping");
     else if (n > 0)
         snprintf(why, whylen, "restoring assigned partitions: %d of %d restored",

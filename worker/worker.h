@@ -86,7 +86,8 @@ typedef struct hl_worker_opts {
     void       *on_list_arg;
     /* Looked at while hl_worker_create waits for an unreachable Schema
      * Registry (the lists' schema id is needed before anything is
-     * published): non-zero gives up. NULL: wait until it answers. */
+     * published): non-zero gives up. NULL: wait until it answers. /readyz
+     * reads it from the HTTP thread: set it with __atomic_store_n. */
     volatile sig_atomic_t *start_abort;
 } hl_worker_opts;
 

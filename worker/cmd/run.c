@@ -157,12 +157,14 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
 
 /* The first signal asks for a graceful stop and arms a last-resort alarm a
  * few seconds past shutdown.timeout.ms (SIGALRM's default action ends the
- * process); the second exits at once. */
+ * process); the second exits at once. The flag is stored atomically: it is
+ * the worker's start_abort, which /readyz reads from the HTTP thread, and a
+ * volatile sig_atomic_t is only safe within one thread. */
 static void on_signal(int sig)
 {
     if (run_signalled)
         _exit(128 + sig);
-    run_signalled = 1;
+    __atomic_store_n(&run_signalled, 1, __ATOMIC_RELAXED);
     alarm(run_deadline_s);
 }
 

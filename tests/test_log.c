@@ -4,6 +4,7 @@
 #include "test.h"
 #include "log.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -76,10 +77,46 @@ static void test_quote_cannot_forge_a_field(void)
     CHECKF(strcmp(q, "a\\\" le") == 0, "cut: %s", q);
 }
 
+/* The producer's limiters are shared: on_delivery runs in whichever
+ * thread polls (each shard thread and the main thread). Every call must
+ * be accounted for, as the one line passed or as suppressed: with a plain
+ * read-modify-write, two threads lost each other's increments (and could
+ * both pass in one interval). */
+#define LIMIT_CALLS 200000
+static void *limit_hammer(void *arg)
+{
+    hl_log_limit *lim = arg;
+    long passed = 0;
+    for (int i = 0; i < LIMIT_CALLS; i++)
+        passed += hl_log_limit_pass(lim, NULL);
+    return (void *)passed;
+}
+
+static void test_limit_shared_by_threads(void)
+{
+    hl_log_limit lim = {.interval_ms = 3600 * 1000};   /* one line in the whole test */
+    pthread_t th[4];
+    long passed = 0;
+    for (int i = 0; i < 4; i++)
+        CHECK(pthread_create(&th[i], NULL, limit_hammer, &lim) == 0);
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(th[i], &r);
+        passed += (long)r;
+    }
+    uint64_t sup = 0;
+    lim.interval_ms = 0;                                /* the next call passes */
+    CHECK(hl_log_limit_pass(&lim, &sup) == 1);
+    CHECKF(passed == 1, "%ld calls passed in one interval, want 1", passed);
+    CHECKF(sup == 4 * LIMIT_CALLS - 1, "suppressed %llu, want %d",
+           (unsigned long long)sup, 4 * LIMIT_CALLS - 1);
+}
+
 int main(void)
 {
     RUN(test_value_cannot_forge_a_line);
     RUN(test_printable_kept);
     RUN(test_quote_cannot_forge_a_field);
+    RUN(test_limit_shared_by_threads);
     TEST_EXIT();
 }

@@ -102,16 +102,21 @@ const char *hl_log_quote(char *out, size_t cap, const char *s, size_t n)
     return out;
 }
 
+/* Of threads passing in the same interval, the compare-and-swap lets one
+ * through and counts the others as suppressed, so each call is counted
+ * once: as the line written or in a later line's suppressed=. */
 int hl_log_limit_pass(hl_log_limit *lim, uint64_t *suppressed_out)
 {
     int64_t now = hl_now_mono_ms();
-    if (lim->last_ms != 0 && now - lim->last_ms < lim->interval_ms) {
-        lim->suppressed++;
+    int64_t last = atomic_load_explicit(&lim->last_ms, memory_order_relaxed);
+    if ((last != 0 && now - last < lim->interval_ms) ||
+        !atomic_compare_exchange_strong_explicit(&lim->last_ms, &last, now,
+                                                 memory_order_relaxed, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&lim->suppressed, 1, memory_order_relaxed);
         return 0;
     }
-    lim->last_ms = now;
+    uint64_t sup = atomic_exchange_explicit(&lim->suppressed, 0, memory_order_relaxed);
     if (suppressed_out)
-        *suppressed_out = lim->suppressed;
-    lim->suppressed = 0;
+        *suppressed_out = sup;
     return 1;
 }

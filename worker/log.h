@@ -4,6 +4,7 @@
 #ifndef HL_LOG_H
 #define HL_LOG_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,11 +28,15 @@ const char *hl_log_quote(char *out, size_t cap, const char *s, size_t n);
 
 /* A limiter for lines that bad input could repeat millions of times: at
  * most one line per interval_ms; the next line that passes reports how many
- * were suppressed. Owned by whoever logs (a struct field, not a static). */
+ * were suppressed. Owned by whoever logs (a struct field, not a static).
+ * Any thread may call it at once (the producer's run from the delivery
+ * callback, in whichever thread polls): last_ms and suppressed are relaxed
+ * atomics, only touched on the lines it limits. interval_ms is set before
+ * the limiter is shared. */
 typedef struct hl_log_limit {
-    int64_t  interval_ms;
-    int64_t  last_ms;
-    uint64_t suppressed;
+    int64_t          interval_ms;
+    _Atomic int64_t  last_ms;
+    _Atomic uint64_t suppressed;
 } hl_log_limit;
 
 /* 1 if a line may be written now (and *suppressed_out gets the count

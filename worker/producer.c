@@ -79,9 +79,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
             hl_counter_add(t->fail_counter, 1);
         if (t && t->keys)
             keep_failed_key(t->keys, rkm->key, rkm->key_len, rkm->err);
-        /* The limiter is not thread-safe; a rare race only misreports the
-         * suppressed count of a log line. */
-        uint64_t sup = 0;
+        uint64_t sup = 0;           /* the limiter is shared by the polling threads */
         if (hl_log_limit_pass(&p->err_limit, &sup))
             hl_log(HL_LOG_WARN, "delivery_failed", "topic=%s err=\"%s\" suppressed=%llu",
                    rd_kafka_topic_name(rkm->rkt), rd_kafka_err2str(rkm->err),
@@ -105,8 +103,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     (void)rk;
     if (err == RD_KAFKA_RESP_ERR__FATAL)
         return;
-    /* Not thread-safe, as err_limit: a race misreports a suppressed count.
-     * The reason can carry a broker's text: quoted. */
+    /* The reason can carry a broker's text: quoted. */
     if (hl_log_limit_pass(&p->kafka_limit, &sup))
         hl_log(HL_LOG_WARN, "kafka_error", "client=producer err=%s reason=\"%s\" "
                "suppressed=%llu", rd_kafka_err2name(err),

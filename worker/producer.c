@@ -49,6 +49,22 @@ static void keep_failed_key(hl_ticket_keys *keys, const void *key, size_t len,
     pthread_mutex_unlock(&keys->mu);
 }
 
+/* One of t's records reported. done_us is written before the decrement:
+ * once pending reads 0 its owner may free or reuse t (the changelog's
+ * claim frees it at once), so nothing may touch t after. Each report
+ * raises done_us to its own time, so the last one's stands, whichever
+ * thread's compare-and-swap comes first. */
+static void ticket_report_done(hl_ticket *t)
+{
+    int64_t now = hl_now_mono_us();
+    int64_t cur = atomic_load_explicit(&t->done_us, memory_order_relaxed);
+    while (now > cur &&
+           !atomic_compare_exchange_weak_explicit(&t->done_us, &cur, now,
+                                                  memory_order_relaxed, memory_order_relaxed))
+        ;
+    atomic_fetch_sub_explicit(&t->pending, 1, memory_order_release);
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
     hl_producer *p = opaque;
@@ -85,8 +101,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
                    rd_kafka_topic_name(rkm->rkt), rd_kafka_err2str(rkm->err),
                    (unsigned long long)sup);
     }
-    if (t && atomic_fetch_sub_explicit(&t->pending, 1, memory_order_release) == 1)
-        atomic_store_explicit(&t->done_us, hl_now_mono_us(), memory_order_relaxed);
+    if (t)
+        ticket_report_done(t);
 }
 
 /* librdkafka's error events, from whichever thread polls. A fatal one is

@@ -43,9 +43,10 @@ typedef struct hl_ticket {
     hl_ticket_keys *keys;         /* failed records' keys go here, if not NULL */
     _Atomic int64_t last_offset;  /* highest offset delivered, -1 before any
                                      (the changelog's place in its topic) */
-    _Atomic int64_t done_us;      /* monotonic time the last report took pending
-                                     to zero, 0 before: when the records were in
-                                     the broker, not when a batch loop saw it */
+    _Atomic int64_t done_us;      /* monotonic time of the latest report, 0
+                                     before any: once pending is zero, when the
+                                     records were in the broker, not when a
+                                     batch loop saw it */
 } hl_ticket;
 
 static inline void hl_ticket_reset(hl_ticket *t)

@@ -59,4 +59,20 @@ void hl_decay_add_naive(const hl_decay *d, float *s, float *m,
 /* f[h] = exp(-lambda_h dt_ms) for dt_ms >= 0 (1 for dt_ms <= 0). */
 void hl_decay_factors(const hl_decay *d, int64_t dt_ms, float *f);
 
+/* The age t_ref_ms - t_ms of an event, for hl_decay_factors. Times read
+ * back from a snapshot or the changelog are not bounded the way
+ * event.min/max.ts.ms bound input events, and a plain subtraction of
+ * hostile ones (INT64_MIN, INT64_MAX) overflows int64: undefined, and in
+ * practice a wrapped negative age that counted the entry whole. An event
+ * dated at or after t_ref is 0 (counted whole, as an event at t_ref is);
+ * a gap past int64's range saturates at INT64_MAX, whose factor is 0 for
+ * any half-life under ~10^9 years, as the true gap's is. */
+static inline int64_t hl_decay_age_ms(int64_t t_ref_ms, int64_t t_ms)
+{
+    int64_t dt;
+    if (t_ms >= t_ref_ms)
+        return 0;
+    return __builtin_sub_overflow(t_ref_ms, t_ms, &dt) ? INT64_MAX : dt;
+}
+
 #endif

@@ -519,8 +519,7 @@ static int list_entry(const hl_migration *mg, hl_row_edit *e, int k, float *acc,
     if (x == NULL)
         return 0;       /* g->item is NULL: only the delta path leaves one */
     float f[HL_MAX_HEADS], w = hl_mig_entry_weight(mg, &e->v, k);
-    int64_t dt = e->v.t_ref_ms - e->v.hist_ts_ms[k];
-    hl_decay_factors(&mg->decay, dt > 0 ? dt : 0, f);
+    hl_decay_factors(&mg->decay, hl_decay_age_ms(e->v.t_ref_ms, e->v.hist_ts_ms[k]), f);
     for (int h = 0; h < mg->n_heads; h++) {
         g->c[h] = w * f[h];
         if (in_to)

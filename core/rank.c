@@ -304,7 +304,7 @@ int hl_rank_history_weights(const hl_ranker *r, const hl_row_view *v,
         int type = v->hist_type[slot];
         if (it < 0 || it >= r->n_items || n >= MAX_RING)
             continue;
-        float dt = (float)(v->t_ref_ms - v->hist_ts_ms[slot]), share = 0.0f;
+        float dt = (float)hl_decay_age_ms(v->t_ref_ms, v->hist_ts_ms[slot]), share = 0.0f;
         for (int h = 0; h < r->n_heads; h++)
             share += (dt > 0.0f ? expf(-r->lambda_per_ms[h] * dt) : 1.0f) * inv_m[h];
         item[n] = it;

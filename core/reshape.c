@@ -121,8 +121,7 @@ static double split_ring(const hl_migration *mg, const hl_row_view *v, float *re
             prefetch_pair(mg, v, i + RING_AHEAD, w_pair);
         int k = hl_row_hist_index(v, i);
         int32_t item = v->hist_item[k];
-        int64_t dt = v->t_ref_ms - v->hist_ts_ms[k];
-        dt = dt > 0 ? dt : 0;
+        int64_t dt = hl_decay_age_ms(v->t_ref_ms, v->hist_ts_ms[k]);
         if ((double)dt > a0) a0 = (double)dt;
         float w = hl_mig_entry_weight(mg, v, k), f[HL_MAX_HEADS], c[HL_MAX_HEADS];
         int from_knows = item >= 0 && item < mg->n_from;

@@ -363,6 +363,64 @@ static void test_reshape_tiny_half_life(void)
     hl_model_close(b);
 }
 
+/* u1's row of ta into a new table with ring entries 0 and 1 (in time
+ * order) dated old and young (t_ref is kept). */
+static hl_table *redated(hl_table *ta, int64_t old, int64_t young, int64_t *ts)
+{
+    hl_row_view v;
+    heads_of(ta, &v);
+    memcpy(ts, v.hist_ts_ms, sizeof *ts * (size_t)v.history);
+    ts[hl_row_hist_index(&v, 0)] = old;
+    ts[hl_row_hist_index(&v, 1)] = young;
+    v.hist_ts_ms = ts;
+    hl_table *t = table_for(v.history);
+    CHECK(hl_table_restore(t, &v) == 0);
+    return t;
+}
+
+/* Hostile ring times (a snapshot's or a changelog record's: nothing
+ * bounds them as event.min/max.ts.ms bound events) through a reshape and
+ * a rebuild: t_ref - INT64_MIN overflowed int64 (UBSan stops here; a
+ * plain build wrapped it to a negative age and counted the entry whole).
+ * An entry impossibly far before t_ref counts as one 4e18 ms old
+ * (nothing), one dated after t_ref as one at t_ref (whole). */
+static void test_reshape_hostile_times(void)
+{
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    g_dim = 5;
+    hl_model *b = model_at(PATH_B, 0, 50, 5, NULL, NULL);
+    shape_default();
+    char err[256];
+    hl_migration *mg[2] = {
+        a && b ? hl_migration_create_any(a, b, k_tw, err, sizeof err) : NULL,
+        b ? hl_migration_rebuild(b, k_tw, err, sizeof err) : NULL};
+    CHECKF(mg[0] != NULL && mg[1] != NULL, "%s", err);
+    int item[6] = {1, 2, 3, 4, 5, 6};
+    hl_table *ta = table_for(8);
+    if (a != NULL)
+        apply_all(ta, a, item, 6, 0);
+    hl_row_view v;
+    heads_of(ta, &v);
+    int64_t t_ref = v.t_ref_ms, ts_h[8], ts_p[8];
+    hl_table *th = redated(ta, INT64_MIN, INT64_MAX, ts_h);
+    hl_table *tp = redated(ta, t_ref - 4000000000000000000LL, t_ref, ts_p);
+    for (int i = 0; i < 2 && mg[0] != NULL && mg[1] != NULL; i++) {
+        hl_table *oh = table_of(b, 8), *op = table_of(b, 8);
+        CHECK(hl_migration_table_into(mg[i], th, oh) == 1);
+        CHECK(hl_migration_table_into(mg[i], tp, op) == 1);
+        hl_row_view vh, vp;
+        heads_of(oh, &vh);
+        heads_of(op, &vp);
+        CHECK_CLOSE(vh.m, vp.m, HEADS, 1e-6);
+        CHECK_CLOSE(vh.s, vp.s, HEADS * 5, 1e-6);
+        hl_table_destroy(oh);
+        hl_table_destroy(op);
+    }
+    hl_table_destroy(ta); hl_table_destroy(th); hl_table_destroy(tp);
+    hl_migration_destroy(mg[0]); hl_migration_destroy(mg[1]);
+    hl_model_close(a); hl_model_close(b);
+}
+
 int main(void)
 {
     RUN(test_reshape_full_ring_exact);
@@ -372,6 +430,7 @@ int main(void)
     RUN(test_reshape_wrong_destination);
     RUN(test_any_same_shape_is_in_place);
     RUN(test_reshape_tiny_half_life);
+    RUN(test_reshape_hostile_times);
     unlink(PATH_A);
     unlink(PATH_B);
     TEST_EXIT();

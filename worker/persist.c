@@ -123,7 +123,8 @@ static void register_metrics(hl_persist *p)
         "From the start of a shard snapshot to its commit.", NULL,
         dur_bounds, (int)(sizeof dur_bounds / sizeof dur_bounds[0]));
     p->m_restore = hl_metrics_gauge(reg, "halflife_restore_duration_seconds",
-        "Time the newest shard restore from a snapshot took.", NULL);
+        "Seconds the newest partition restore took: with state.store=kafka all of it "
+        "(snapshot base, changelog replay, migration), else loading the newest snapshot.", NULL);
     p->m_ok = hl_metrics_counter(reg, "halflife_snapshots_total",
         "Shard snapshots attempted, by result.", "result=\"ok\"");
     p->m_failed = hl_metrics_counter(reg, "halflife_snapshots_total",

@@ -322,9 +322,10 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
                          : (r->n_records > 0 ? "changelog" : "none");
     restore_source(w, p, src);
     /* The worker-wide figure the dashboard shows: the whole restore. */
-    hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_duration_seconds",
-                                  "Time the newest shard restore from a snapshot took.", NULL),
-                 (double)(hl_now_mono_us() - t0) / 1e6);
+    hl_gauge *g = hl_metrics_gauge(w->reg, "halflife_restore_duration_seconds",
+        "Seconds the newest partition restore took: with state.store=kafka all of it "
+        "(snapshot base, changelog replay, migration), else loading the newest snapshot.", NULL);
+    hl_gauge_set(g, (double)(hl_now_mono_us() - t0) / 1e6);
     log_restored(p, src, r, bp ? bp->changelog_offset : r->low);
     return tbl;
 fail:

@@ -43,7 +43,7 @@ static int put(int64_t offset, size_t value_len, char *path, size_t path_len, ch
     if (value == NULL) return HL_ENOMEM;
     memset(value, 'v', value_len);
     int rc = hl_deadletter_write(dir, "ev", 0, offset, headers, "k", 1, value, value_len,
-                                 path, path_len, err, errlen);
+                                 path, path_len, NULL, err, errlen);
     free(value);
     return rc;
 }

@@ -8,6 +8,7 @@
 #include "deadletter.h"
 #include "io.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -80,7 +81,8 @@ int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
                         int64_t offset, const hl_header *headers,
                         const void *key, size_t key_len,
                         const void *value, size_t value_len,
-                        char *path, size_t path_len, char *errbuf, size_t errlen)
+                        char *path, size_t path_len, int64_t *bytes,
+                        char *errbuf, size_t errlen)
 {
     const hl_io *io = hl_io_posix();
     char final[PATH_MAX], tmp[PATH_MAX + 8], head[4096];
@@ -106,5 +108,22 @@ int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
     }
     if (path != NULL)
         snprintf(path, path_len, "%s", final);
+    if (bytes != NULL)
+        *bytes = (int64_t)((size_t)head_len + key_len + value_len);
     return 0;
+}
+
+int64_t hl_deadletter_dir_bytes(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return errno == ENOENT ? 0 : -1;
+    int64_t sum = 0;
+    struct dirent *e;
+    struct stat st;
+    while ((e = readdir(d)) != NULL)
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+            sum += (int64_t)st.st_size;
+    closedir(d);
+    return sum;
 }

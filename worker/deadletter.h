@@ -32,11 +32,18 @@
 
 /* Writes one record durably into dir (created if missing, one level).
  * headers ends with a NULL name. The file's path goes to path (may be
- * NULL). 0, or HL_EIO / HL_EINVAL with a reason naming the file. */
+ * NULL), its size to *bytes (may be NULL). 0, or HL_EIO / HL_EINVAL with
+ * a reason naming the file. */
 int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
                         int64_t offset, const hl_header *headers,
                         const void *key, size_t key_len,
                         const void *value, size_t value_len,
-                        char *path, size_t path_len, char *errbuf, size_t errlen);
+                        char *path, size_t path_len, int64_t *bytes,
+                        char *errbuf, size_t errlen);
+
+/* The bytes of the regular files in dir (0 when it does not exist yet),
+ * -1 when it cannot be read. One stat per file: for a count made once
+ * and again only when a cap seems reached, not for each record. */
+int64_t hl_deadletter_dir_bytes(const char *dir);
 
 #endif

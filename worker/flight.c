@@ -12,10 +12,10 @@
  * DLQ topic. A copy that fails (refused at once, or its delivery report
  * says so) is written with its headers to the local dead-letter file
  * (deadletter.h, under snapshot.dir) before the flight retires; while that
- * write fails the flight stays, and so does every later one: the input
- * offset never moves past a bad record that is neither in the DLQ topic
- * nor on disk (a stop then abandons the flights, so a restart reads the
- * record again).
+ * write fails, or the directory is at deadletter.max.bytes (dl_room), the
+ * flight stays, and so does every later one: the input offset never moves
+ * past a bad record that is neither in the DLQ topic nor on disk (a stop
+ * then abandons the flights, so a restart reads the record again).
  *
  * A list the broker refuses for good (librdkafka gives up on it: topic
  * authorisation, a policy, a record too large; transient errors it retries
@@ -158,6 +158,32 @@ dead_letter *hl_flight_dead_letter(hl_wthread *t, flight *f)
     return dl;
 }
 
+/* 0 when n more bytes fit in the dead-letter directory under
+ * deadletter.max.bytes (0: no cap), else HL_EFULL with a reason. Without
+ * a cap, bad records written to the input while the DLQ topic refuses
+ * copies filled the disk (one file each), and with it the snapshots'.
+ * The count is shared by the threads (they write one directory): made by
+ * a scan the first time, kept up by each write, and made again whenever
+ * it says the cap is reached, so files an operator moved out make room at
+ * the next retry. Threads checking at once may pass the cap by a record
+ * each; a directory that cannot be read is left to the write to report. */
+static int dl_room(hl_wthread *t, size_t n, char *err, size_t errlen)
+{
+    int64_t cap = t->ctx->o->deadletter_max_bytes;
+    if (cap <= 0)
+        return 0;
+    int64_t used = atomic_load(&t->ctx->dl_bytes);
+    if (used < 0 || used > cap - (int64_t)n) {
+        used = hl_deadletter_dir_bytes(t->dl_dir);
+        atomic_store(&t->ctx->dl_bytes, used);
+    }
+    if (used < 0 || used <= cap - (int64_t)n)
+        return 0;
+    return hl_err(err, errlen, HL_EFULL, "%s holds %lld bytes, at deadletter.max.bytes=%lld: "
+                  "move its files out (or raise the cap and restart) to let this partition "
+                  "move on", t->dl_dir, (long long)used, (long long)cap);
+}
+
 /* Writes one undelivered copy to the local dead-letter file. 0 once it is
  * durable. */
 static int keep_one(hl_wthread *t, dead_letter *dl)
@@ -171,9 +197,12 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
     h[4] = (hl_header){"halflife.dlq.topic", t->ctx->dlq_topic, strlen(t->ctx->dlq_topic)};
     h[5] = (hl_header){"halflife.dlq.error", why, strlen(why)};
     h[6] = (hl_header){NULL, NULL, 0};
-    int rc = hl_deadletter_write(t->dl_dir, rd_kafka_topic_name(rkm->rkt), rkm->partition,
-                                 rkm->offset, h, rkm->key, rkm->key_len,
-                                 rkm->payload, rkm->len, path, sizeof path, err, sizeof err);
+    int64_t bytes = 0;
+    int rc = dl_room(t, rkm->key_len + rkm->len, err, sizeof err);
+    if (rc == 0)
+        rc = hl_deadletter_write(t->dl_dir, rd_kafka_topic_name(rkm->rkt), rkm->partition,
+                                 rkm->offset, h, rkm->key, rkm->key_len, rkm->payload,
+                                 rkm->len, path, sizeof path, &bytes, err, sizeof err);
     if (rc != 0) {
         uint64_t sup = 0;
         hl_counter_add(t->ctx->mx.dl_not_kept, 1);
@@ -183,6 +212,9 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
                    (long long)rkm->offset, err, (unsigned long long)sup);
         return rc;
     }
+    int64_t used = atomic_load(&t->ctx->dl_bytes);
+    while (used >= 0 && !atomic_compare_exchange_weak(&t->ctx->dl_bytes, &used, used + bytes))
+        ;
     hl_counter_add(t->ctx->mx.dl_kept, 1);
     /* One per bad record while the DLQ is down: anyone who can write to the
      * input topic could fill the disk with these lines. The files and

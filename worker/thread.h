@@ -39,6 +39,8 @@ typedef struct hl_wshared {
     rd_kafka_t           *consumer;
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */
+    atomic_llong          dl_bytes;       /* snapshot.dir/dead-letters' bytes as last
+                                             counted (flight.c); -1: not counted yet */
     atomic_int           *stop;           /* 0 run, 1 drain and stop, 2 stop now */
     atomic_llong          stop_deadline_ms; /* monotonic: a drain for stop gives up then */
     hl_table_opts         topts;

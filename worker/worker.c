@@ -44,8 +44,9 @@ static void register_event_counters(hl_worker *w)
     w->ctx.mx.dl_kept = hl_metrics_counter(reg, "halflife_dead_letters_kept_total",
         "Bad records whose DLQ copy failed, kept in snapshot.dir/dead-letters instead.", NULL);
     w->ctx.mx.dl_not_kept = hl_metrics_counter(reg, "halflife_dead_letter_write_failures_total",
-        "Writes of a dead letter to snapshot.dir/dead-letters that failed; each is tried again "
-        "after a backoff (0.1 s doubling to 10 s), its partition's offsets held meanwhile.", NULL);
+        "Writes of a dead letter to snapshot.dir/dead-letters that failed or that "
+        "deadletter.max.bytes refused; each is tried again after a backoff (0.1 s doubling to "
+        "10 s), its partition's offsets held meanwhile.", NULL);
     w->ctx.mx.applied = hl_metrics_counter(reg, "halflife_events_applied_total",
         "Events applied to a user's state.", NULL);
     w->ctx.mx.duplicates = hl_metrics_counter(reg, "halflife_events_duplicate_total",
@@ -188,6 +189,7 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         snprintf(w->dlq, sizeof w->dlq, "%s", o->dlq_topic);
     w->ctx = (hl_wshared){.o = &w->o, .stop = &w->stop, .reg = reg,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
+    atomic_init(&w->ctx.dl_bytes, -1);
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
     register_metrics(w);
     if ((w->ctx.multipart = hl_multipart_create(MULTIPART_BITS)) == NULL) {

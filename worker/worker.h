@@ -64,6 +64,7 @@ typedef struct hl_worker_opts {
     float       catalogue_foldin_lift;       /* hl_foldin_opts.lift */
     float       catalogue_foldin_distinct;   /* hl_foldin_opts.distinct */
     const char *snapshot_dir;        /* NULL: no snapshots (tests of core only) */
+    int64_t     deadletter_max_bytes;/* deadletter.max.bytes; 0: no cap */
     int64_t     snapshot_interval_ms;/* 0: only on revocation and shutdown */
     int         snapshot_retain;
     int         offset_reset_latest; /* auto.offset.reset=latest; librdkafka gets it too

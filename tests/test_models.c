@@ -696,6 +696,51 @@ static void test_missing_path_said_once(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* An empty file at path. */
+static int touch(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    return f != NULL && fclose(f) == 0 ? 0 : -1;
+}
+
+/* keep()'s temporaries in model.dir (<fingerprint>.hlm.<pid>.tmp): one
+ * left by a worker killed while keeping a model (its pid gone) stayed for
+ * good before, a whole model's size each. Removed at create once old
+ * enough (temp_stale_s < 0 here: at once); kept: a live process's
+ * (another worker on this host mid-keep), one younger than the default
+ * bound (a worker on another host sharing the volume), other names. */
+static void test_crashed_temporary_removed(void)
+{
+    char err[512] = "", gone[256], live[256];
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0 && mkdir(TOP "/kept", 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0);
+    pid_t dead = fork();
+    if (dead == 0)
+        _exit(0);
+    CHECK(dead > 0 && waitpid(dead, NULL, 0) == dead);
+    snprintf(gone, sizeof gone, TOP "/kept/0123456789abcdef.hlm.%ld.tmp", (long)dead);
+    snprintf(live, sizeof live, TOP "/kept/0123456789abcdef.hlm.%ld.tmp", (long)getppid());
+    CHECK(touch(gone) == 0 && touch(live) == 0 && touch(TOP "/kept/notes.tmp") == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    CHECKF(a != NULL, "%s", err);
+    for (int pass = 0; pass < 2 && a != NULL; pass++) {
+        hl_metrics *reg = hl_metrics_create();
+        hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
+                             .store_dir = TOP "/kept", .store_retain = 4,
+                             .temp_stale_s = pass == 0 ? 0 : -1};
+        hl_models *ms = hl_models_create(&mo, a, err, sizeof err);
+        CHECKF(ms != NULL, "set: %s", err);
+        CHECKF((access(gone, F_OK) == 0) == (pass == 0), "pass %d: %s %s", pass, gone,
+               pass == 0 ? "removed while younger than the bound" : "left behind");
+        CHECKF(access(live, F_OK) == 0, "pass %d: a live process's %s removed", pass, live);
+        CHECK(access(TOP "/kept/notes.tmp", F_OK) == 0);
+        hl_models_destroy(ms);
+        hl_metrics_destroy(reg);
+    }
+    hl_model_close(a);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -712,5 +757,6 @@ int main(void)
     RUN(test_keep_failure_counted_and_retried);
     RUN(test_unreadable_retried_after_chmod);
     RUN(test_missing_path_said_once);
+    RUN(test_crashed_temporary_removed);
     TEST_EXIT();
 }

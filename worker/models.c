@@ -24,6 +24,7 @@
 #include <math.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +146,60 @@ static int copy_model(const hl_model *m, const char *dst)
     return write_new(dst, buf, len);
 }
 
+/* The pid in the name of a keep() temporary (<16 hex>.hlm.<pid>.tmp), 0
+ * when name is not one. */
+static long temp_pid(const char *name)
+{
+    size_t len = strlen(name);
+    if (len < 26 || strncmp(name + 16, ".hlm.", 5) != 0 || strcmp(name + len - 4, ".tmp") != 0)
+        return 0;
+    for (int i = 0; i < 16; i++)
+        if (strchr("0123456789abcdef", name[i]) == NULL)
+            return 0;
+    char *end;
+    long pid = strtol(name + 21, &end, 10);
+    return end == name + len - 4 && pid > 0 && pid <= INT32_MAX ? pid : 0;
+}
+
+/* 1 when the keep() temporary name (of pid) is a crashed worker's, which
+ * nothing will rename or remove: not a live process's on this host (ours
+ * is never in flight here: keep() runs on the main thread and renames or
+ * removes its own), and unchanged for temp_stale_s, which leaves a worker
+ * on another host sharing model.dir (whose pid says nothing here) time
+ * to finish a keep() of seconds. ctime, not mtime: a hard link (as
+ * workers before 2026-12-07 kept a model) carries the model file's old
+ * mtime, while linking sets ctime. */
+static int temp_stale(const hl_models *ms, const char *path, long pid, time_t now)
+{
+    struct stat st;
+    int64_t bound = ms->o.temp_stale_s == 0 ? 3600 : ms->o.temp_stale_s;
+    if (pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+        return 0;
+    return lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (int64_t)(now - st.st_ctime) >= bound;
+}
+
+/* Removes the temporaries of workers killed while keeping a model
+ * (temp_stale): each is a whole model's size, and nothing else would ever
+ * remove them. At create and after each keep. */
+static void sweep_temps(const hl_models *ms)
+{
+    DIR *d = opendir(ms->o.store_dir);
+    struct dirent *de;
+    char path[4352];
+    time_t now = time(NULL);
+    while (d != NULL && (de = readdir(d)) != NULL) {
+        long pid = temp_pid(de->d_name);
+        if (pid == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", ms->o.store_dir, de->d_name);
+        if (temp_stale(ms, path, pid, now) && unlink(path) == 0)
+            hl_log(HL_LOG_INFO, "model_temp_removed", "path=%s pid=%ld "
+                   "why=\"a worker killed while keeping this model left it\"", path, pid);
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
 /* Deletes the oldest kept models beyond store_retain (by mtime), never
  * one in use: a kept file may be an older worker's hard link with the
  * model file's own time, so a model put in service from an older file (a
@@ -175,6 +230,7 @@ static void prune(hl_models *ms)
         if (n <= ms->o.store_retain || t_old == INT64_MAX || unlink(oldest) != 0) break;
     }
     closedir(d);
+    sweep_temps(ms);
 }
 
 /* A served model not kept: counted and said once per model (the next
@@ -540,6 +596,8 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
     if (o->path != NULL)
         file_stat(o->path, &(file_id){0}, &ms->seen_access);
     register_metrics(ms);               /* before keep, which may count */
+    if (o->store_dir != NULL)
+        sweep_temps(ms);                /* a crash's, which keep() may not reach */
     if (o->path != NULL)
         keep(ms, first);
     show_model(ms, ms->cur);

@@ -91,6 +91,9 @@ typedef struct hl_models_opts {
                                           written under it can be migrated after
                                           a restart; NULL: none kept */
     int          store_retain;         /* model.retain: newest files kept there */
+    int64_t      temp_stale_s;         /* a crashed worker's keep() temporary there
+                                          is removed once unchanged this long;
+                                          0: 3600, < 0: at once (tests) */
     const hl_qitems *first_qitems;     /* two-stage: the first model's table,
                                           taken over by a set created (as
                                           first_ivf); NULL: exact scoring, and

@@ -10,6 +10,10 @@
  * a tombstone go on free lists, so the arrays never shrink and never move
  * an entry. Memory is bounded by the model's items plus max_new.
  *
+ * Fold-in items (unknown to the model, no operator's record) are also on
+ * a list by the order their newest record came, oldest first: a full
+ * catalogue gives up the head's slot (catalogue.h, "A full catalogue").
+ *
  * A view is built from scratch: side rows packed in entry order, their ids
  * in one buffer, the always-hidden rows sorted, the expiring rows with
  * their times. Nothing in a view points into the table, so the table may
@@ -42,6 +46,8 @@ typedef struct entry {
     int32_t     model_row;     /* -1: unknown to the model */
     int32_t     next_free;     /* free list link while unused */
     uint8_t     used;
+    uint8_t     in_lru;        /* on the fold-in list (evictable) */
+    int32_t     lru_prev, lru_next;  /* toward older / newer records, -1: end */
     rec         key[2];        /* under the item_id key, under the fold-in key */
 } entry;
 
@@ -63,6 +69,9 @@ struct hl_catalogue {
     entry    *ent;     int32_t n_ent, cap_ent, free_ent;
     int32_t  *slot;    uint32_t n_slot;      /* entry + 1 per slot, 0 empty */
     int32_t   n_used, n_new;                 /* live entries; unknown ones */
+    int32_t   lru_old, lru_new;              /* the fold-in list's ends, -1: empty */
+    char      evicted[HL_MAX_ID_LEN];        /* what the last apply evicted */
+    uint32_t  evicted_len;                   /* 0: nothing */
     float    *s_in, *s_out, *s_bias;         /* (cap_side, dim) ... */
     int32_t  *s_next;                        /* free list of slots */
     int32_t   cap_side, n_side_hw, free_side;/* high water: slots ever handed out */
@@ -178,6 +187,7 @@ hl_catalogue *hl_catalogue_create(const hl_model *m, int32_t max_new,
     c->dim = hl_model_info_get(m)->dim;
     c->max_new = max_new;
     c->free_ent = c->free_side = -1;
+    c->lru_old = c->lru_new = -1;
     return c;
 }
 
@@ -274,12 +284,48 @@ static void count(hl_catalogue *c, const entry *e, int sign)
     }
 }
 
+/* ---- the fold-in list ---- */
+
+static void lru_unlink(hl_catalogue *c, int32_t i)
+{
+    entry *e = &c->ent[i];
+    if (!e->in_lru)
+        return;
+    if (e->lru_prev >= 0) c->ent[e->lru_prev].lru_next = e->lru_next;
+    else c->lru_old = e->lru_next;
+    if (e->lru_next >= 0) c->ent[e->lru_next].lru_prev = e->lru_prev;
+    else c->lru_new = e->lru_prev;
+    e->in_lru = 0;
+}
+
+/* Puts entry i on the fold-in list or takes it off, as its records say:
+ * on it when it is unknown to the model and its record in effect is a
+ * fold-in one (so no operator's record names it). written: a fold-in
+ * record of it was just applied, so it goes to the newest end. */
+static void lru_set(hl_catalogue *c, int32_t i, int written)
+{
+    entry *e = &c->ent[i];
+    const rec *r = in_effect(e);
+    int want = e->model_row < 0 && r != NULL && r->foldin_events > 0;
+    if (e->in_lru && (!want || written))
+        lru_unlink(c, i);
+    if (!want || e->in_lru)
+        return;
+    e->lru_prev = c->lru_new;
+    e->lru_next = -1;
+    if (c->lru_new >= 0) c->ent[c->lru_new].lru_next = i;
+    else c->lru_old = i;
+    c->lru_new = i;
+    e->in_lru = 1;
+}
+
 /* Drops slot's entry (no record left under either key: it counts for
  * nothing). */
 static void forget(hl_catalogue *c, uint32_t slot)
 {
     int32_t i = c->slot[slot] - 1;
     entry *e = &c->ent[i];
+    lru_unlink(c, i);
     slot_del(c, slot);
     free((char *)e->id);
     if (e->model_row < 0)
@@ -290,17 +336,43 @@ static void forget(hl_catalogue *c, uint32_t slot)
     c->n_used--;
 }
 
-/* A new entry for id under slot (empty). */
+static int set_embedding(hl_catalogue *c, rec *r, const hl_item_update *u,
+                         char *errbuf, size_t errlen);
+
+/* Gives up the slot of the fold-in item whose newest record is oldest
+ * (its records under both keys go, as if tombstoned). 0, or HL_EFULL when
+ * no fold-in item is kept (operators' records hold every slot). */
+static int evict_foldin(hl_catalogue *c)
+{
+    if (c->lru_old < 0)
+        return HL_EFULL;
+    entry *e = &c->ent[c->lru_old];
+    count(c, e, -1);
+    for (int k = 0; k < 2; k++) {
+        set_embedding(c, &e->key[k], NULL, NULL, 0);
+        e->key[k].present = 0;
+    }
+    c->st.foldin_evicted++;
+    memcpy(c->evicted, e->id, e->id_len);    /* before forget frees it */
+    c->evicted_len = e->id_len;
+    forget(c, probe(c, e->id, e->id_len));
+    return 0;
+}
+
+/* A new entry for id under slot (empty); a full catalogue gives a fold-in
+ * item's slot up for it (*slot is found again: forgetting moves slots). */
 static int insert(hl_catalogue *c, const hl_item_update *u, uint32_t *slot,
                   char *errbuf, size_t errlen)
 {
     int32_t row = hl_model_item_find(c->m, u->id, u->id_len);
-    if (row < 0 && c->n_new >= c->max_new)
+    if (row < 0 && c->n_new >= c->max_new && evict_foldin(c) != 0)
         return hl_err(errbuf, errlen, HL_EFULL, "catalogue full: item \"%.*s\" is new to "
-                      "the model and catalogue.max.new.items=%d new ids are kept (added, "
-                      "only hidden, or only named): tombstone unused ones or raise "
-                      "catalogue.max.new.items",
+                      "the model and catalogue.max.new.items=%d new ids are kept, all "
+                      "an operator's (added, only hidden, or only named): tombstone unused "
+                      "ones or raise catalogue.max.new.items",
                       (int)(u->id_len < 64 ? u->id_len : 64), u->id, (int)c->max_new);
+    if (row < 0)
+        *slot = probe(c, u->id, u->id_len);
     if ((uint32_t)(c->n_used + 1) * 2 > c->n_slot) {
         if (rehash(c, c->n_slot * 2) != 0)
             return hl_err(errbuf, errlen, HL_ENOMEM, "catalogue: out of memory");
@@ -381,10 +453,12 @@ static int tombstone(hl_catalogue *c, uint32_t slot, int k)
     count(c, e, -1);
     set_embedding(c, &e->key[k], NULL, NULL, 0);
     e->key[k].present = 0;
-    if (!e->key[KEY_ITEM].present && !e->key[KEY_FOLDIN].present)
+    if (!e->key[KEY_ITEM].present && !e->key[KEY_FOLDIN].present) {
         forget(c, slot);
-    else
+    } else {
         count(c, e, +1);
+        lru_set(c, c->slot[slot] - 1, 0);
+    }
     return 1;
 }
 
@@ -405,6 +479,7 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
                        char *errbuf, size_t errlen)
 {
     int rc = check_update(c, u, errbuf, errlen);
+    c->evicted_len = 0;
     if (rc != 0)
         return rc;
     int k = u->foldin_key ? KEY_FOLDIN : KEY_ITEM;
@@ -433,10 +508,17 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
     r->expires_at_ms = u->expires_at_ms;
     r->foldin_events = u->foldin_events;
     count(c, e, +1);
+    lru_set(c, c->slot[slot] - 1, u->foldin_events > 0);
     if (in_effect(e) != r)
         return rc != 0 ? rc : HL_CATALOGUE_IGNORED;   /* kept behind the operator's */
     c->version++;
     return rc;
+}
+
+const char *hl_catalogue_evicted(const hl_catalogue *c, uint32_t *len)
+{
+    *len = c->evicted_len;
+    return c->evicted_len > 0 ? c->evicted : NULL;
 }
 
 int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_t len)
@@ -493,6 +575,7 @@ int hl_catalogue_rebind(hl_catalogue *c, const hl_model *m, hl_catalogue_rebind_
         }
         c->n_new += e->model_row < 0;
         count(c, e, +1);
+        lru_set(c, i, 0);
     }
     if (dim != c->dim)
         reshape_side(c, dim);

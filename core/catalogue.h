@@ -62,8 +62,20 @@ void          hl_catalogue_destroy(hl_catalogue *c);        /* NULL is a no-op *
 /* Applies u. 0; HL_EINVAL for an id outside 1..HL_MAX_ID_LEN bytes or a
  * non-finite vector value or bias (the caller's decoder refuses these
  * first; this is the last guard); HL_EFULL when u names an item the model
- * does not know and max_new such items are already kept (nothing changes).
- * The reason goes to errbuf. */
+ * does not know, max_new such items are already kept and an operator's
+ * record names each of them (nothing changes). The reason goes to errbuf.
+ *
+ * A full catalogue: fold-in records are written by workers and deleted by
+ * no one, so over a shop's churn they would hold every slot for good (every
+ * new id refused, an operator's add included, and fold-in learning nothing
+ * new). So when u names a new id (an operator's record or a fold-in one)
+ * and max_new are kept, the fold-in item (unknown to the model, no
+ * operator's record) whose newest record came longest ago gives its slot
+ * up: both its keys' records are dropped as if tombstoned, and
+ * stats.foldin_evicted counts it. An item still bought is published again
+ * at its next doubling. The choice depends only on the order of each key's
+ * newest record, so a topic read again, compacted or not, in the same
+ * order gives it again. */
 int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
                        char *errbuf, size_t errlen);
 /* A fold-in record (u->foldin_events > 0) never overrides an operator:
@@ -72,6 +84,12 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
  * the fold-in key is still kept behind the operator's (it takes effect if
  * that record is deleted), an older worker's under the item_id is not. */
 #define HL_CATALOGUE_IGNORED 1
+
+/* The id of the fold-in item the latest hl_catalogue_apply evicted (see
+ * "A full catalogue"), valid until the next apply; NULL when it evicted
+ * none. The reader tombstones its fold-in key with it, so the topic says
+ * what the catalogue did. */
+const char *hl_catalogue_evicted(const hl_catalogue *c, uint32_t *len);
 
 /* What the catalogue says about id, for a fold-in publisher: -1 when the
  * model knows it or an operator's record names it (fold-in must not write
@@ -107,6 +125,7 @@ typedef struct hl_catalogue_stats {
     int32_t added;         /* items unknown to the model, with an operator's embedding */
     int32_t foldin;        /* items unknown to the model, with a fold-in embedding */
     int32_t overridden;    /* known items whose vectors an embedding replaces */
+    int64_t foldin_evicted;/* fold-in items that gave their slot up (full) */
 } hl_catalogue_stats;
 void hl_catalogue_stats_get(const hl_catalogue *c, hl_catalogue_stats *st);
 

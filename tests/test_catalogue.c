@@ -99,6 +99,79 @@ static void test_new_items_are_bounded(void)
     tm_free(&t);
 }
 
+/* Fold-in records (a worker's, under the fold-in key) are never
+ * tombstoned by anyone, so over a shop's churn they held every new-item
+ * slot for good: then every new id was refused as catalogue_full, an
+ * operator's add included, and fold-in learnt nothing new. A full
+ * catalogue now gives up the fold-in item whose newest record is oldest
+ * (never an operator's), for an operator's record and a fold-in one
+ * alike, and counts it. */
+static void test_full_gives_up_the_stalest_foldin_item(void)
+{
+    tm t;
+    tm_init(&t, N);
+    hl_model *m = tm_open(&t, "evict");
+    char err[256], id[32];
+    float e[DIM] = {1};
+    hl_catalogue *c = hl_catalogue_create(m, 3, err, sizeof err);
+    hl_catalogue_stats st;
+    for (int i = 0; i < 3; i++) {              /* fold-0..2 fill every slot */
+        snprintf(id, sizeof id, "fold-%d", i);
+        hl_item_update u = upd(id);
+        u.e_in = u.e_out = e;
+        u.foldin_events = 2;
+        u.foldin_key = 1;
+        CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    }
+    hl_item_update u = upd("fold-0");          /* fold-0 written again: fold-1 is stalest */
+    u.e_in = u.e_out = e;
+    u.foldin_events = 4;
+    u.foldin_key = 1;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("op-a");                           /* an operator's add is never refused */
+    u.e_in = u.e_out = e;
+    CHECKF(hl_catalogue_apply(c, &u, err, sizeof err) == 0, "%s", err);
+    uint32_t len = 0;
+    const char *gone = hl_catalogue_evicted(c, &len);   /* the reader tombstones it */
+    CHECK(gone != NULL && len == 6 && memcmp(gone, "fold-1", 6) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "fold-1", 6) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "fold-0", 6) == 4);
+    u = upd("fold-new");                       /* nor is fold-in's: fold-2 goes */
+    u.e_in = u.e_out = e;
+    u.foldin_events = 2;
+    u.foldin_key = 1;
+    CHECKF(hl_catalogue_apply(c, &u, err, sizeof err) == 0, "%s", err);
+    CHECK(hl_catalogue_foldin_state(c, "fold-2", 6) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "fold-new", 8) == 2);
+    u = upd("fold-new");                       /* no eviction: nothing named */
+    u.available = 0;
+    u.foldin_events = 3;
+    u.foldin_key = 1;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_evicted(c, &len) == NULL && len == 0);
+    u = upd("fold-0");                         /* an operator takes fold-0 over: not evictable */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("op-b");                           /* fold-new is the only fold-in item left */
+    u.available = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "fold-new", 8) == 0);
+    CHECK(hl_catalogue_evicted(c, &len) != NULL && len == 8);
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.foldin == 0 && st.added == 1 && st.foldin_evicted == 3);
+    u = upd("op-c");                           /* operators hold every slot: refused */
+    u.e_in = u.e_out = e;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_EFULL);
+    u.foldin_events = 2;
+    u.foldin_key = 1;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_EFULL);
+    hl_catview *v = hl_catalogue_view(c);
+    CHECK(hl_catview_n_side(v) == 1 && hl_catview_row_find(v, "op-a", 4) == N);
+    hl_catview_destroy(v);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&t);
+}
+
 /* Ids the model does not know that a record only hides (or names with
  * no embedding) count against catalogue.max.new.items as added ones do
  * (each is an entry kept): the
@@ -723,6 +796,7 @@ int main(void)
     RUN(test_tombstone_of_nothing_keeps_the_version);
     RUN(test_new_items_are_bounded);
     RUN(test_full_says_what_counts_and_what_to_do);
+    RUN(test_full_gives_up_the_stalest_foldin_item);
     RUN(test_expiry_by_event_time);
     RUN(test_rebind_follows_ids);
     RUN(test_rebind_to_other_dim);

@@ -456,6 +456,36 @@ static void keep(hl_items *it, rd_kafka_message_t *rkm, const char *why)
                (long long)rkm->offset, why, (unsigned long long)sup);
 }
 
+/* The catalogue gave a fold-in item's slot up for the update just applied
+ * (catalogue.h, "A full catalogue"): counted, and once the topic was read
+ * to its end, the item's fold-in key is tombstoned, so that the topic says
+ * it too: a worker started later, or one that read the partitions in
+ * another order and gave up another item, drops this one as well. Every
+ * worker sends the same tombstone; the second changes nothing. While
+ * loading, the records read are what running workers decided already. */
+static void foldin_evicted(hl_items *it)
+{
+    uint32_t len;
+    const char *id = hl_catalogue_evicted(it->cat, &len);
+    if (id == NULL)
+        return;
+    hl_counter_add(it->c_foldin_evicted, 1);
+    if (!atomic_load(&it->loaded) || it->o.prod == NULL)
+        return;
+    char key[HL_ITEM_KEY_MAX], err[256], q[160];
+    uint32_t key_len = hl_item_foldin_key(id, len, key);
+    if (hl_producer_send(it->o.prod, it->topic, RD_KAFKA_PARTITION_UA, key, key_len, NULL, 0,
+                         NULL, NULL, err, sizeof err) == 0)
+        return;
+    uint64_t sup = 0;
+    if (hl_log_limit_pass(&it->evict_limit, &sup))
+        hl_log(HL_LOG_WARN, "foldin_evict_tombstone_failed", "item=\"%s\" topic=%s err=\"%s\" "
+               "action=\"this worker dropped it; a worker started later lists it until a "
+               "full catalogue gives its slot up again\" suppressed=%llu",
+               hl_log_quote(q, sizeof q, id, len < 64 ? len : 64), it->topic, err,
+               (unsigned long long)sup);
+}
+
 /* Decodes and applies one update whose writer schema is settled. */
 static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_codec_opts *co,
                   hl_item_reason r, char *detail, size_t dl)
@@ -474,6 +504,7 @@ static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_cod
         /* the decoder checked ids and values: what is left is a full catalogue
          * (anything else the catalogue refuses is counted as out of range) */
         r = rc == HL_EFULL ? HL_ITEM_CATALOGUE_FULL : rc != 0 ? HL_ITEM_OUT_OF_RANGE : r;
+        foldin_evicted(it);
     }
     if (r != HL_ITEM_OK) {
         bad_update(it, rkm, r, detail);
@@ -691,6 +722,9 @@ static void register_metrics(hl_items *it)
         "Partitions of the item topic the worker reads.", NULL);
     it->c_parts_added = hl_metrics_counter(reg, "halflife_items_partitions_added_total",
         "Item topic partitions found added while running, read from their beginning.", NULL);
+    it->c_foldin_evicted = hl_metrics_counter(reg, "halflife_items_foldin_evicted_total",
+        "Fold-in items that gave their slot up to a new item (catalogue.max.new.items "
+        "reached; the least recently published goes, its fold-in key tombstoned).", NULL);
     it->c_updates = hl_metrics_counter(reg, "halflife_item_updates_total",
         "ItemUpdates applied to the catalogue.", NULL);
     it->c_dlq = hl_metrics_counter(reg, "halflife_item_updates_dlq_total",
@@ -725,6 +759,7 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     atomic_init(&it->stream_ts_ms, INT64_MIN);
     it->bad_limit.interval_ms = 1000;
     it->wait_limit.interval_ms = 5000;
+    it->evict_limit.interval_ms = 5000;
     it->topic = strdup(o->topic);
     it->vec = malloc(2 * (size_t)o->codec.dim * sizeof(float));
     it->vec_dim = o->codec.dim;

@@ -1,0 +1,111 @@
+"""test_foldin_full.py - a catalogue full of fold-in items gives their slots
+up (README "Fold-in", "When the catalogue is full"). Fold-in records are
+deleted by no one, so before this they held catalogue.max.new.items for
+good: every new id was then refused as catalogue_full, an operator's add
+included, and fold-in learnt no new item.
+
+With catalogue.max.new.items=5, 12 items the model does not know are each
+bought by 4 users (fold-in publishes each at 2 and 4 interactions):
+- no fold-in record is refused as catalogue_full; at least 7 fold-in items
+  gave their slot up (halflife_items_foldin_evicted_total), 5 are listed;
+- the worker tombstoned the fold-in key of each item it evicted (so the
+  topic says what its catalogue did);
+- an operator's add of a new item, with every slot held by fold-in items,
+  is applied, not refused.
+"""
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e_util as U  # noqa: E402
+from test_items import run_items, wait_metric  # noqa: E402
+from test_min_interval import wait_settled  # noqa: E402
+
+DIM, MAX_NEW, ITEMS, BUYERS = 16, 5, 12, 4
+FOLDIN_KEY = b"\xfffoldin:"
+FULL = 'reason="catalogue_full"'
+
+
+def foldin_tombstones(bootstrap, want, timeout=15):
+    """The item topic's tombstones under fold-in keys, read until there are
+    want of them (they are sent while the worker runs) or timeout."""
+    from confluent_kafka import Consumer, TopicPartition
+    deadline, got = time.time() + timeout, set()
+    while time.time() < deadline:
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "ff-%d" % time.time_ns()})
+        parts = sorted(c.list_topics("items", timeout=10).topics["items"].partitions)
+        hi = {p: c.get_watermark_offsets(TopicPartition("items", p), timeout=10)[1]
+              for p in parts}
+        c.assign([TopicPartition("items", p, 0) for p in parts])
+        n, got = 0, set()
+        while n < sum(hi.values()) and time.time() < deadline:
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            n += 1
+            if msg.value() is None and msg.key().startswith(FOLDIN_KEY):
+                got.add(msg.key()[len(FOLDIN_KEY):].decode())
+        c.close()
+        if len(got) >= want:
+            break
+        time.sleep(0.2)
+    return got
+
+
+def main():
+    why = U.have_prereqs()
+    if why:
+        print("SKIP foldin_full: %s" % why)
+        return 0
+    tmp = tempfile.mkdtemp(prefix="hl_ffull_")
+    model = os.path.join(tmp, "m.hlm")
+    U.make_model(model, 200, DIM)
+    broker = U.Broker(2, ["behaviour-events", "recommendations", "behaviour-events.dlq",
+                          "items"], os.path.join(tmp, "broker.log"))
+    failed = 1
+    try:
+        w = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w.log"),
+                     extra=["kafka.fetch.wait.max.ms=10", "catalogue.foldin.min.events=2",
+                            "catalogue.max.new.items=%d" % MAX_NEW,
+                            "snapshot.dir=" + os.path.join(tmp, "snap")])
+        t0 = 1700000000000
+        # item by item, so each is published (and the catalogue full) in turn
+        ev = [("u%d" % (i * BUYERS + b), "fresh-%02d" % i, "PURCHASE", t0 + 10 * (i * BUYERS + b),
+               None) for i in range(ITEMS) for b in range(BUYERS)]
+        U.produce_events(broker.bootstrap, "behaviour-events", ev)
+        n = wait_settled(w, len(ev))
+        want_ev = ITEMS - MAX_NEW
+        evicted = wait_metric(w, "halflife_items_foldin_evicted_total", want_ev, timeout=15)
+        full = w.metric("halflife_item_updates_invalid_total", FULL)
+        listed = w.metric("halflife_items_added", 'source="foldin"')
+        tomb = foldin_tombstones(broker.bootstrap, int(evicted))
+        ops = os.path.join(tmp, "op.csv")
+        with open(ops, "w") as f:
+            f.write("item_id,available,expires_at_ms\nop-new,true,,0,%s,%s\n" %
+                    (",".join(["0.5"] * DIM), ",".join(["0.5"] * DIM)))
+        rc = run_items(broker.bootstrap, ops, open(os.path.join(tmp, "items.log"), "w"))
+        op = wait_metric(w, "halflife_items_added", 1, timeout=15, labels='source="topic"')
+        full_after = w.metric("halflife_item_updates_invalid_total", FULL)
+        evicted_after = w.metric("halflife_items_foldin_evicted_total")
+        ok = (full == 0 and evicted >= want_ev and listed == MAX_NEW and len(tomb) >= want_ev
+              and len(tomb) == evicted and rc == 0 and op == 1 and full_after == 0
+              and evicted_after == evicted + 1)
+        print(("PASS" if ok else "FAIL") + " foldin_full: %d events settled; "
+              "refused as catalogue_full %s (want 0), fold-in items evicted %s (want >= %d), "
+              "listed %s (want %d), fold-in keys tombstoned %d (want = evicted); "
+              "operator's add with every slot taken: items exit %s, listed %s (want 1), "
+              "catalogue_full %s (want 0), evicted %s (want %s)"
+              % (n, full, evicted, want_ev, listed, MAX_NEW, len(tomb), rc, op, full_after,
+                 evicted_after, evicted + 1))
+        failed = 0 if ok else 1
+        w.stop()
+    finally:
+        broker.stop()
+    print("logs in", tmp)
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

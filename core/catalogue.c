@@ -8,7 +8,8 @@
  * an unknown one's is a copy. Entries with an embedding own a side slot:
  * a row of side_e_in / side_e_out / side_bias. Slots and entries freed by
  * a tombstone go on free lists, so the arrays never shrink and never move
- * an entry. Memory is bounded by the model's items plus max_new.
+ * an entry. Memory is bounded by the model's items plus max_new (plus the
+ * slack while loading, hl_catalogue_set_slack).
  *
  * Fold-in items (unknown to the model, no operator's record) are also on
  * a list by the order their newest record came, oldest first: a full
@@ -65,7 +66,7 @@ static const rec *in_effect(const entry *e)
 
 struct hl_catalogue {
     const hl_model *m;
-    int32_t   n_model, dim, max_new;
+    int32_t   n_model, dim, max_new, slack;   /* slack: hl_catalogue_set_slack */
     entry    *ent;     int32_t n_ent, cap_ent, free_ent;
     int32_t  *slot;    uint32_t n_slot;      /* entry + 1 per slot, 0 empty */
     int32_t   n_used, n_new;                 /* live entries; unknown ones */
@@ -365,7 +366,10 @@ static int insert(hl_catalogue *c, const hl_item_update *u, uint32_t *slot,
                   char *errbuf, size_t errlen)
 {
     int32_t row = hl_model_item_find(c->m, u->id, u->id_len);
-    if (row < 0 && c->n_new >= c->max_new && evict_foldin(c) != 0)
+    /* the slack is for fold-in items whose tombstones may come later: none
+     * kept, every slot is an operator's, and a running worker refuses */
+    int32_t room = c->max_new + (c->lru_old >= 0 ? c->slack : 0);
+    if (row < 0 && c->n_new >= room && evict_foldin(c) != 0)
         return hl_err(errbuf, errlen, HL_EFULL, "catalogue full: item \"%.*s\" is new to "
                       "the model and catalogue.max.new.items=%d new ids are kept, all "
                       "an operator's (added, only hidden, or only named): tombstone unused "
@@ -513,6 +517,20 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
         return rc != 0 ? rc : HL_CATALOGUE_IGNORED;   /* kept behind the operator's */
     c->version++;
     return rc;
+}
+
+void hl_catalogue_set_slack(hl_catalogue *c, int32_t extra)
+{
+    c->slack = extra > 0 ? extra : 0;
+}
+
+int hl_catalogue_trim(hl_catalogue *c)
+{
+    c->evicted_len = 0;
+    if (c->n_new <= c->max_new || evict_foldin(c) != 0)
+        return 0;
+    c->version++;
+    return 1;
 }
 
 const char *hl_catalogue_evicted(const hl_catalogue *c, uint32_t *len)

@@ -54,7 +54,8 @@ typedef struct hl_catview   hl_catview;     /* opaque, immutable */
 
 /* m is borrowed and must outlive the catalogue. max_new bounds the items
  * the model does not know that the catalogue keeps (catalogue.max.new.items):
- * added ones and unknown ids that were only hidden. */
+ * added ones and unknown ids that were only hidden; while loading, fold-in
+ * ones may take the slack more (hl_catalogue_set_slack). */
 hl_catalogue *hl_catalogue_create(const hl_model *m, int32_t max_new,
                                   char *errbuf, size_t errlen);
 void          hl_catalogue_destroy(hl_catalogue *c);        /* NULL is a no-op */
@@ -84,6 +85,18 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
  * the fold-in key is still kept behind the operator's (it takes effect if
  * that record is deleted), an older worker's under the item_id is not. */
 #define HL_CATALOGUE_IGNORED 1
+
+/* Loading: a reader that reads the topic from the start may read an item's
+ * record before the tombstone (in another partition) of the item whose
+ * slot it took, so a full catalogue would give up an item the running
+ * workers kept. While loading, new ids may take extra slots more than
+ * max_new while a fold-in item is kept (none kept, operators hold every
+ * slot and a running worker refuses: so does this); then
+ * hl_catalogue_trim, called until it returns 0, gives up the stalest
+ * fold-in items beyond max_new, one a call (1, the id in
+ * hl_catalogue_evicted), once slack is back to 0. */
+void hl_catalogue_set_slack(hl_catalogue *c, int32_t extra);
+int  hl_catalogue_trim(hl_catalogue *c);
 
 /* The id of the fold-in item the latest hl_catalogue_apply evicted (see
  * "A full catalogue"), valid until the next apply; NULL when it evicted

@@ -172,6 +172,71 @@ static void test_full_gives_up_the_stalest_foldin_item(void)
     tm_free(&t);
 }
 
+/* A worker reading the topic from the start may read fold-in records
+ * before the tombstones (in other partitions) of the items they took the
+ * slots of: while loading, fold-in records take the slack, an operator's
+ * record does not, and the trim at the end gives up the stalest fold-in
+ * items beyond max_new, one a call, naming each. */
+static void test_loading_slack_then_trim(void)
+{
+    tm t;
+    tm_init(&t, N);
+    hl_model *m = tm_open(&t, "slack");
+    char err[256], id[32];
+    float e[DIM] = {1};
+    hl_catalogue *c = hl_catalogue_create(m, 2, err, sizeof err);
+    hl_catalogue_set_slack(c, 2);
+    hl_catalogue_stats st;
+    uint32_t len = 0;
+    for (int i = 0; i < 4; i++) {              /* 4 fold-in items into 2 + 2 slots */
+        snprintf(id, sizeof id, "fold-%d", i);
+        hl_item_update u = upd(id);
+        u.e_in = u.e_out = e;
+        u.foldin_events = 2;
+        u.foldin_key = 1;
+        CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+        CHECK(hl_catalogue_evicted(c, &len) == NULL);
+    }
+    hl_item_update u = upd("fold-4");          /* the slack is used up: fold-0 goes */
+    u.e_in = u.e_out = e;
+    u.foldin_events = 2;
+    u.foldin_key = 1;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    const char *gone = hl_catalogue_evicted(c, &len);
+    CHECK(gone != NULL && len == 6 && memcmp(gone, "fold-0", 6) == 0);
+    u = upd("fold-1");                         /* its tombstone, read late */
+    u.tombstone = 1;
+    u.foldin_key = 1;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = upd("op-a");                           /* an operator's takes the slack too */
+    u.available = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_evicted(c, &len) == NULL);
+    hl_catalogue_set_slack(c, 0);
+    uint64_t ver = hl_catalogue_version(c);
+    CHECK(hl_catalogue_trim(c) == 1);          /* 4 kept: 2 beyond max_new go */
+    gone = hl_catalogue_evicted(c, &len);
+    CHECK(gone != NULL && len == 6 && memcmp(gone, "fold-2", 6) == 0);
+    CHECK(hl_catalogue_trim(c) == 1);
+    gone = hl_catalogue_evicted(c, &len);
+    CHECK(gone != NULL && len == 6 && memcmp(gone, "fold-3", 6) == 0);
+    CHECK(hl_catalogue_trim(c) == 0 && hl_catalogue_evicted(c, &len) == NULL);
+    CHECK(hl_catalogue_version(c) == ver + 2);
+    CHECK(hl_catalogue_foldin_state(c, "fold-4", 6) == 2);
+    hl_catalogue_stats_get(c, &st);
+    CHECK(st.foldin == 1 && st.hidden == 1 && st.foldin_evicted == 3);
+    u = upd("op-b");                           /* no fold-in item left to give up */
+    u.available = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    hl_catalogue_set_slack(c, 2);              /* operators hold every slot: no slack */
+    u = upd("op-c");
+    u.available = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_EFULL);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&t);
+}
+
 /* Ids the model does not know that a record only hides (or names with
  * no embedding) count against catalogue.max.new.items as added ones do
  * (each is an entry kept): the
@@ -797,6 +862,7 @@ int main(void)
     RUN(test_new_items_are_bounded);
     RUN(test_full_says_what_counts_and_what_to_do);
     RUN(test_full_gives_up_the_stalest_foldin_item);
+    RUN(test_loading_slack_then_trim);
     RUN(test_expiry_by_event_time);
     RUN(test_rebind_follows_ids);
     RUN(test_rebind_to_other_dim);

@@ -306,6 +306,36 @@ static void find_partitions(hl_items *it)
     it->retry_at_ms = now + (it->n_parts > 0 ? check_ms : RETRY_TOPIC_MS);
 }
 
+/* The catalogue gave a fold-in item's slot up for the update just applied
+ * (catalogue.h, "A full catalogue"): counted, and once the topic was read
+ * to its end, the item's fold-in key is tombstoned, so that the topic says
+ * it too: a worker started later, or one that read the partitions in
+ * another order and gave up another item, drops this one as well. Every
+ * worker sends the same tombstone; the second changes nothing. While
+ * loading, the records read are what running workers decided already. */
+static void foldin_evicted(hl_items *it, int live)
+{
+    uint32_t len;
+    const char *id = hl_catalogue_evicted(it->cat, &len);
+    if (id == NULL)
+        return;
+    hl_counter_add(it->c_foldin_evicted, 1);
+    if (!live || it->o.prod == NULL)
+        return;
+    char key[HL_ITEM_KEY_MAX], err[256], q[160];
+    uint32_t key_len = hl_item_foldin_key(id, len, key);
+    if (hl_producer_send(it->o.prod, it->topic, RD_KAFKA_PARTITION_UA, key, key_len, NULL, 0,
+                         NULL, NULL, err, sizeof err) == 0)
+        return;
+    uint64_t sup = 0;
+    if (hl_log_limit_pass(&it->evict_limit, &sup))
+        hl_log(HL_LOG_WARN, "foldin_evict_tombstone_failed", "item=\"%s\" topic=%s err=\"%s\" "
+               "action=\"this worker dropped it; a worker started later lists it until a "
+               "full catalogue gives its slot up again\" suppressed=%llu",
+               hl_log_quote(q, sizeof q, id, len < 64 ? len : 64), it->topic, err,
+               (unsigned long long)sup);
+}
+
 static void check_loaded(hl_items *it)
 {
     if (atomic_load(&it->loaded) || (it->n_parts == 0 && !it->absent))
@@ -313,6 +343,12 @@ static void check_loaded(hl_items *it)
     for (int p = 0; p < it->n_parts; p++)
         if (!it->done[p])
             return;
+    /* read to its end, the catalogue is what running workers decided:
+     * fold-in items beyond max_new (the slack loading had) go now, as a
+     * running worker's decision, tombstoned */
+    hl_catalogue_set_slack(it->cat, 0);
+    while (hl_catalogue_trim(it->cat))
+        foldin_evicted(it, 1);
     if (it->viewed_version != hl_catalogue_version(it->cat) || !it->published)
         publish_or_log(it);
     atomic_store(&it->loaded, 1);
@@ -456,36 +492,6 @@ static void keep(hl_items *it, rd_kafka_message_t *rkm, const char *why)
                (long long)rkm->offset, why, (unsigned long long)sup);
 }
 
-/* The catalogue gave a fold-in item's slot up for the update just applied
- * (catalogue.h, "A full catalogue"): counted, and once the topic was read
- * to its end, the item's fold-in key is tombstoned, so that the topic says
- * it too: a worker started later, or one that read the partitions in
- * another order and gave up another item, drops this one as well. Every
- * worker sends the same tombstone; the second changes nothing. While
- * loading, the records read are what running workers decided already. */
-static void foldin_evicted(hl_items *it)
-{
-    uint32_t len;
-    const char *id = hl_catalogue_evicted(it->cat, &len);
-    if (id == NULL)
-        return;
-    hl_counter_add(it->c_foldin_evicted, 1);
-    if (!atomic_load(&it->loaded) || it->o.prod == NULL)
-        return;
-    char key[HL_ITEM_KEY_MAX], err[256], q[160];
-    uint32_t key_len = hl_item_foldin_key(id, len, key);
-    if (hl_producer_send(it->o.prod, it->topic, RD_KAFKA_PARTITION_UA, key, key_len, NULL, 0,
-                         NULL, NULL, err, sizeof err) == 0)
-        return;
-    uint64_t sup = 0;
-    if (hl_log_limit_pass(&it->evict_limit, &sup))
-        hl_log(HL_LOG_WARN, "foldin_evict_tombstone_failed", "item=\"%s\" topic=%s err=\"%s\" "
-               "action=\"this worker dropped it; a worker started later lists it until a "
-               "full catalogue gives its slot up again\" suppressed=%llu",
-               hl_log_quote(q, sizeof q, id, len < 64 ? len : 64), it->topic, err,
-               (unsigned long long)sup);
-}
-
 /* Decodes and applies one update whose writer schema is settled. */
 static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_codec_opts *co,
                   hl_item_reason r, char *detail, size_t dl)
@@ -504,7 +510,7 @@ static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_cod
         /* the decoder checked ids and values: what is left is a full catalogue
          * (anything else the catalogue refuses is counted as out of range) */
         r = rc == HL_EFULL ? HL_ITEM_CATALOGUE_FULL : rc != 0 ? HL_ITEM_OUT_OF_RANGE : r;
-        foldin_evicted(it);
+        foldin_evicted(it, atomic_load(&it->loaded));
     }
     if (r != HL_ITEM_OK) {
         bad_update(it, rkm, r, detail);
@@ -767,8 +773,9 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
         hl_err(errbuf, errlen, HL_ENOMEM, "items: out of memory");
         goto fail;
     }
-    if ((it->cat = hl_catalogue_create(o->m, o->max_new, errbuf, errlen)) == NULL ||
-        make_consumer(it, errbuf, errlen) != 0)
+    if ((it->cat = hl_catalogue_create(o->m, o->max_new, errbuf, errlen)) != NULL)
+        hl_catalogue_set_slack(it->cat, o->max_new);   /* until loaded (catalogue.h) */
+    if (it->cat == NULL || make_consumer(it, errbuf, errlen) != 0)
         goto fail;
     register_metrics(it);
     return it;

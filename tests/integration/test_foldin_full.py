@@ -11,7 +11,10 @@ bought by 4 users (fold-in publishes each at 2 and 4 interactions):
 - the worker tombstoned the fold-in key of each item it evicted (so the
   topic says what its catalogue did);
 - an operator's add of a new item, with every slot held by fold-in items,
-  is applied, not refused.
+  is applied, not refused;
+- a worker started afterwards, reading the topic from its start (two
+  partitions: records and the tombstones that made room for them are read
+  in another order), lists the same: 4 fold-in items and the operator's.
 """
 import os
 import sys
@@ -89,18 +92,30 @@ def main():
         op = wait_metric(w, "halflife_items_added", 1, timeout=15, labels='source="topic"')
         full_after = w.metric("halflife_item_updates_invalid_total", FULL)
         evicted_after = w.metric("halflife_items_foldin_evicted_total")
+        fold_after = w.metric("halflife_items_added", 'source="foldin"')
+        w.stop()
+        w2 = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w2.log"),
+                      extra=["catalogue.max.new.items=%d" % MAX_NEW,
+                             "snapshot.dir=" + os.path.join(tmp, "snap2")])
+        loaded = wait_metric(w2, "halflife_items_loaded", 1, timeout=20)
+        again = (w2.metric("halflife_items_added", 'source="foldin"'),
+                 w2.metric("halflife_items_added", 'source="topic"'),
+                 w2.metric("halflife_item_updates_invalid_total", FULL))
+        w2.stop()
         ok = (full == 0 and evicted >= want_ev and listed == MAX_NEW and len(tomb) >= want_ev
               and len(tomb) == evicted and rc == 0 and op == 1 and full_after == 0
-              and evicted_after == evicted + 1)
+              and evicted_after == evicted + 1 and fold_after == MAX_NEW - 1 and loaded == 1
+              and again == (fold_after, 1, 0))
         print(("PASS" if ok else "FAIL") + " foldin_full: %d events settled; "
               "refused as catalogue_full %s (want 0), fold-in items evicted %s (want >= %d), "
               "listed %s (want %d), fold-in keys tombstoned %d (want = evicted); "
               "operator's add with every slot taken: items exit %s, listed %s (want 1), "
-              "catalogue_full %s (want 0), evicted %s (want %s)"
+              "catalogue_full %s (want 0), evicted %s (want %s), fold-in listed %s (want %d); "
+              "restarted: loaded %s, fold-in, operator's listed and catalogue_full %s (want "
+              "(%s, 1, 0))"
               % (n, full, evicted, want_ev, listed, MAX_NEW, len(tomb), rc, op, full_after,
-                 evicted_after, evicted + 1))
+                 evicted_after, evicted + 1, fold_after, MAX_NEW - 1, loaded, again, fold_after))
         failed = 0 if ok else 1
-        w.stop()
     finally:
         broker.stop()
     print("logs in", tmp)

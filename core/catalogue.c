@@ -302,7 +302,9 @@ static void lru_unlink(hl_catalogue *c, int32_t i)
 /* Puts entry i on the fold-in list or takes it off, as its records say:
  * on it when it is unknown to the model and its record in effect is a
  * fold-in one (so no operator's record names it). written: a fold-in
- * record of it was just applied, so it goes to the newest end. */
+ * record of it was just applied, so it goes to the newest end (as does
+ * one an operator's tombstone hands back to fold-in: its fold-in record
+ * is only now in effect). */
 static void lru_set(hl_catalogue *c, int32_t i, int written)
 {
     entry *e = &c->ent[i];

@@ -106,6 +106,17 @@ static void test_new_items_are_bounded(void)
  * catalogue now gives up the fold-in item whose newest record is oldest
  * (never an operator's), for an operator's record and a fold-in one
  * alike, and counts it. */
+/* A fold-in record of id at events interactions, with vectors e, read
+ * under the item's fold-in key. */
+static hl_item_update fold_upd(const char *id, const float *e, int64_t events)
+{
+    hl_item_update u = upd(id);
+    u.e_in = u.e_out = e;
+    u.foldin_events = events;
+    u.foldin_key = 1;
+    return u;
+}
+
 static void test_full_gives_up_the_stalest_foldin_item(void)
 {
     tm t;
@@ -117,16 +128,10 @@ static void test_full_gives_up_the_stalest_foldin_item(void)
     hl_catalogue_stats st;
     for (int i = 0; i < 3; i++) {              /* fold-0..2 fill every slot */
         snprintf(id, sizeof id, "fold-%d", i);
-        hl_item_update u = upd(id);
-        u.e_in = u.e_out = e;
-        u.foldin_events = 2;
-        u.foldin_key = 1;
+        hl_item_update u = fold_upd(id, e, 2);
         CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
     }
-    hl_item_update u = upd("fold-0");          /* fold-0 written again: fold-1 is stalest */
-    u.e_in = u.e_out = e;
-    u.foldin_events = 4;
-    u.foldin_key = 1;
+    hl_item_update u = fold_upd("fold-0", e, 4);   /* written again: fold-1 is stalest */
     CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
     u = upd("op-a");                           /* an operator's add is never refused */
     u.e_in = u.e_out = e;
@@ -136,10 +141,7 @@ static void test_full_gives_up_the_stalest_foldin_item(void)
     CHECK(gone != NULL && len == 6 && memcmp(gone, "fold-1", 6) == 0);
     CHECK(hl_catalogue_foldin_state(c, "fold-1", 6) == 0);
     CHECK(hl_catalogue_foldin_state(c, "fold-0", 6) == 4);
-    u = upd("fold-new");                       /* nor is fold-in's: fold-2 goes */
-    u.e_in = u.e_out = e;
-    u.foldin_events = 2;
-    u.foldin_key = 1;
+    u = fold_upd("fold-new", e, 2);            /* nor is fold-in's: fold-2 goes */
     CHECKF(hl_catalogue_apply(c, &u, err, sizeof err) == 0, "%s", err);
     CHECK(hl_catalogue_foldin_state(c, "fold-2", 6) == 0);
     CHECK(hl_catalogue_foldin_state(c, "fold-new", 8) == 2);

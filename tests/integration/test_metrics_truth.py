@@ -21,9 +21,13 @@ per process:
   consumed, those back from worker 2 too (its value was this worker's
   earlier committed offset's lag until a record came);
 - lists published equal the lists on the output topic, each histogram's
-  _count equals its counter, and promtool accepts the text.
+  _count equals its counter, and promtool accepts the text;
+- help_is_readme: every HELP line says what README's metric table says of
+  that metric, word for word (a HELP changed without its row, or the
+  reverse, fails here; test_config_docs checks only the names).
 """
 import os
+import re
 import subprocess
 import sys
 import time
@@ -247,6 +251,32 @@ def check_counts(ck, br, s1, s2):
         ck.check("histogram_counts", not bad, "%s" % bad)
 
 
+def readme_rows():
+    """{metric: its description} from README.md's metric table."""
+    rows = {}
+    with open(os.path.join(U.TOP, "README.md")) as f:
+        for line in f:
+            m = re.match(r"\| `(halflife_\w+)` \| \w+ \| [^|]* \| (.*) \|$", line.rstrip("\n"))
+            if m:
+                rows[m.group(1)] = m.group(2).replace("\\|", "|").strip()
+    return rows
+
+
+def check_help(ck, text):
+    rows, bad, n = readme_rows(), [], 0
+    for line in text.splitlines():
+        if not line.startswith("# HELP "):
+            continue
+        name, _, help_text = line[7:].partition(" ")
+        help_text = help_text.replace("\\n", "\n").replace("\\\\", "\\")
+        n += 1
+        if rows.get(name) != help_text:
+            bad.append("%s: HELP %r, README %r" % (name, help_text, rows.get(name)))
+    ck.check("help_is_readme", n > 50 and not bad,
+             "%d of %d HELP lines differ from README's metric table, e.g. %s"
+             % (len(bad), n, bad[:2]))
+
+
 def run(ck):
     br = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker.log"))
     live, snapdir = os.path.join(ck.tmp, "live.hlm"), os.path.join(ck.tmp, "snap")
@@ -266,6 +296,7 @@ def run(ck):
     check_counts(ck, br, s1, s2)
     why = U.promtool_check(text)
     ck.check("promtool", why in (None, "absent"), why)
+    check_help(ck, text)
     rc, _secs = w1.term(30 * SLOW)
     ck.check("w1_stopped", rc == 0, "exit %s" % rc)
 

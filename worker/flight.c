@@ -212,7 +212,7 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
                    (long long)rkm->offset, err, (unsigned long long)sup);
         return rc;
     }
-    int64_t used = atomic_load(&t->ctx->dl_bytes);
+    long long used = atomic_load(&t->ctx->dl_bytes);   /* the atomic's own type: clang checks it */
     while (used >= 0 && !atomic_compare_exchange_weak(&t->ctx->dl_bytes, &used, used + bytes))
         ;
     hl_counter_add(t->ctx->mx.dl_kept, 1);

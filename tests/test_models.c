@@ -22,7 +22,9 @@
 
 #define DIM     8
 #define N_ITEMS 50
-#define TOP     "/tmp/test_models_dir"
+/* Relative: main() first moves into a directory of this process's own
+ * (mkdtemp), so clones running the test at once never share files. */
+#define TOP     "test_models_dir"
 
 /* N_ITEMS items "it<i>" whose vectors depend on seed; version names it. */
 static int write_model(const char *path, const char *version, int seed)
@@ -741,8 +743,27 @@ static void test_crashed_temporary_removed(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* Into a new directory of this run's own, under $TMPDIR or /tmp; its path
+ * into dir. A fixed /tmp/test_models_dir was shared by every clone
+ * running the test at once: one's rm -rf emptied another's. */
+static int private_cwd(char *dir, size_t len)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, len, "%s/test_models.XXXXXX", base != NULL && *base ? base : "/tmp");
+    /* 0711: test_unreadable_retried_after_chmod's child, as nobody, must
+     * reach TOP inside it */
+    if (mkdtemp(dir) == NULL || chmod(dir, 0711) != 0 || chdir(dir) != 0) {
+        printf("FAIL models: no directory of its own under %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int main(void)
 {
+    char dir[4096];
+    if (private_cwd(dir, sizeof dir) != 0)
+        return 1;
     hl_log_set_level(HL_LOG_ERROR);
     RUN(test_projected_path_loaded_once_per_projection);
     RUN(test_half_written_counted_once_then_loaded);
@@ -758,5 +779,7 @@ int main(void)
     RUN(test_unreadable_retried_after_chmod);
     RUN(test_missing_path_said_once);
     RUN(test_crashed_temporary_removed);
+    if (chdir("/") != 0 || rmdir(dir) != 0)
+        printf("    %s left behind: %s\n", dir, strerror(errno));
     TEST_EXIT();
 }

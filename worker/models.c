@@ -17,6 +17,7 @@
 #include "models.h"
 
 #include "log.h"
+#include "tempname.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -59,6 +60,7 @@ struct hl_models {
     uint64_t         unkept_fp;           /* (its fingerprint: said once per model) */
     hl_gauge        *loaded_ts, *file_ts, *info;
     hl_gauge        *fit_residual, *fit_shared, *fit_ratio;   /* note_migration */
+    uint64_t         host;                /* names keep()'s temporaries (tempname.h) */
     char             info_labels[256];
 };
 
@@ -146,9 +148,11 @@ static int copy_model(const hl_model *m, const char *dst)
     return write_new(dst, buf, len);
 }
 
-/* The pid in the name of a keep() temporary (<16 hex>.hlm.<pid>.tmp), 0
- * when name is not one. */
-static long temp_pid(const char *name)
+/* 1 when name is a keep() temporary, with its host tag and pid:
+ * "<16 hex>.hlm.<host>.<pid>.tmp" (tempname.h), or the old-format
+ * "<16 hex>.hlm.<pid>.tmp" of workers before 2026-12-07 (host 0: its pid
+ * may be any host's). */
+static int temp_name(const char *name, uint64_t *host, long *pid)
 {
     size_t len = strlen(name);
     if (len < 26 || strncmp(name + 16, ".hlm.", 5) != 0 || strcmp(name + len - 4, ".tmp") != 0)
@@ -156,45 +160,40 @@ static long temp_pid(const char *name)
     for (int i = 0; i < 16; i++)
         if (strchr("0123456789abcdef", name[i]) == NULL)
             return 0;
+    if (hl_tempname_parse(name + 21, host, pid) == 0)
+        return 1;
     char *end;
-    long pid = strtol(name + 21, &end, 10);
-    return end == name + len - 4 && pid > 0 && pid <= INT32_MAX ? pid : 0;
+    *host = 0;
+    *pid = strtol(name + 21, &end, 10);
+    return end == name + len - 4 && *pid > 0 && *pid <= INT32_MAX;
 }
 
-/* 1 when the keep() temporary name (of pid) is a crashed worker's, which
- * nothing will rename or remove: not a live process's on this host (ours
- * is never in flight here: keep() runs on the main thread and renames or
- * removes its own), and unchanged for temp_stale_s, which leaves a worker
- * on another host sharing model.dir (whose pid says nothing here) time
- * to finish a keep() of seconds. ctime, not mtime: a hard link (as
- * workers before 2026-12-07 kept a model) carries the model file's old
- * mtime, while linking sets ctime. */
-static int temp_stale(const hl_models *ms, const char *path, long pid, time_t now)
-{
-    struct stat st;
-    int64_t bound = ms->o.temp_stale_s == 0 ? 3600 : ms->o.temp_stale_s;
-    if (pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
-        return 0;
-    return lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (int64_t)(now - st.st_ctime) >= bound;
-}
-
-/* Removes the temporaries of workers killed while keeping a model
- * (temp_stale): each is a whole model's size, and nothing else would ever
- * remove them. At create and after each keep. */
+/* Removes the temporaries of workers killed while keeping a model: each
+ * is a whole model's size, and nothing else would ever remove them. Only
+ * those provably abandoned (hl_tempname_abandoned): a crashed one of this
+ * host, this process's own (keep() runs on the main thread and renames
+ * or removes its own, so none is in flight here), and anyone's unchanged
+ * for temp_stale_s, which leaves a worker on another host sharing
+ * model.dir (whose pid says nothing here) time to finish a keep() of
+ * seconds. At create and after each keep. */
 static void sweep_temps(const hl_models *ms)
 {
     DIR *d = opendir(ms->o.store_dir);
     struct dirent *de;
     char path[4352];
     time_t now = time(NULL);
+    int64_t bound = ms->o.temp_stale_s == 0 ? 3600 : ms->o.temp_stale_s;
     while (d != NULL && (de = readdir(d)) != NULL) {
-        long pid = temp_pid(de->d_name);
-        if (pid == 0)
+        uint64_t host;
+        long pid;
+        if (!temp_name(de->d_name, &host, &pid))
             continue;
         snprintf(path, sizeof path, "%s/%s", ms->o.store_dir, de->d_name);
-        if (temp_stale(ms, path, pid, now) && unlink(path) == 0)
-            hl_log(HL_LOG_INFO, "model_temp_removed", "path=%s pid=%ld "
-                   "why=\"a worker killed while keeping this model left it\"", path, pid);
+        if (hl_tempname_abandoned(path, host, pid, ms->host, 1, bound, now) &&
+            unlink(path) == 0)
+            hl_log(HL_LOG_INFO, "model_temp_removed", "path=%s pid=%ld host=%016llx "
+                   "why=\"a worker killed while keeping this model left it\"", path, pid,
+                   (unsigned long long)host);
     }
     if (d != NULL)
         closedir(d);
@@ -267,13 +266,14 @@ static void keep(hl_models *ms, const hl_model *src)
 {
     const hl_model_info *mi = hl_model_info_get(src);
     char dst[4352], tmp[4352], err[512] = "";
-    char suffix[32];
     /* The temporary name is this process's own: workers sharing model.dir
      * (one volume) keep the same model at once, and must not unlink or
-     * overwrite each other's temporary file. */
-    snprintf(suffix, sizeof suffix, ".%ld.tmp", (long)getpid());
+     * overwrite each other's temporary file. Its pid alone was not: pods
+     * all run the worker as pid 1, so one pod's unlink below removed
+     * another's copy in flight (whose rename then failed, counted as a
+     * keep failure) or its rename published the other's half-written one. */
     if (ms->o.store_dir == NULL || kept_path(ms, mi->fingerprint, "", dst, sizeof dst) ||
-        kept_path(ms, mi->fingerprint, suffix, tmp, sizeof tmp))
+        hl_tempname_make(tmp, sizeof tmp, dst, ms->host, (long)getpid()) != 0)
         return;
     if (access(dst, F_OK) == 0 && !is_model_path(ms, dst)) {
         ms->unkept = 0;
@@ -578,6 +578,7 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
         hl_err(errbuf, errlen, HL_ENOMEM, "models: out of memory");
         return NULL;
     }
+    ms->host = o->host_tag != 0 ? o->host_tag : hl_tempname_host();
     ms->cur->qitems = o->first_qitems;
     ms->cur->ivf = o->first_ivf;
     /* Freed with the first model once a swap replaced it and no thread

@@ -94,6 +94,10 @@ typedef struct hl_models_opts {
     int64_t      temp_stale_s;         /* a crashed worker's keep() temporary there
                                           is removed once unchanged this long;
                                           0: 3600, < 0: at once (tests) */
+    uint64_t     host_tag;             /* names keep()'s temporaries and proves
+                                          them abandoned (tempname.h); 0: this
+                                          process's (tests set two to stand for
+                                          two hosts) */
     const hl_qitems *first_qitems;     /* two-stage: the first model's table,
                                           taken over by a set created (as
                                           first_ivf); NULL: exact scoring, and

@@ -1,18 +1,22 @@
 /* test_deadletter.c - the local dead-letter file (worker/deadletter.c): a
  * full disk leaves nothing under either name and a retry succeeds once
  * there is room; whatever sits under the record's temporary name (a
- * leftover, a FIFO, a symlink) neither stalls nor redirects the write. */
+ * leftover, a FIFO, a symlink) neither stalls nor redirects the write;
+ * another writer's temporary of the same record is never touched, and a
+ * killed writer's is swept once provably abandoned. */
 #define T_SUITE "deadletter"
 #include "test.h"
 
 #include "deadletter.h"
 #include "hl.h"
+#include "tempname.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char dir[512];
@@ -48,6 +52,21 @@ static int put(int64_t offset, size_t value_len, char *path, size_t path_len, ch
     return rc;
 }
 
+/* The temporary of the record final by pid on host, into out. */
+static void temp_of(char *out, size_t len, const char *final, uint64_t host, long pid)
+{
+    if (hl_tempname_make(out, len, final, host, pid) != 0)
+        out[0] = '\0';
+}
+
+/* This process's temporary of topic "ev" partition 0 at offset in dir. */
+static void own_temp(char *out, size_t len, int64_t offset)
+{
+    char final[1024];
+    snprintf(final, sizeof final, "%s/ev.0.%020lld.dead", dir, (long long)offset);
+    temp_of(out, len, final, hl_tempname_host(), getpid());
+}
+
 static int exists(const char *path)
 {
     struct stat st;
@@ -62,7 +81,7 @@ static void test_full_disk_leaves_nothing(void)
     struct rlimit old, lim;
     fresh_dir();
     snprintf(final, sizeof final, "%s/ev.0.%020d.dead", dir, 7);
-    snprintf(tmp, sizeof tmp, "%s.tmp", final);
+    own_temp(tmp, sizeof tmp, 7);
     signal(SIGXFSZ, SIG_IGN);
     getrlimit(RLIMIT_FSIZE, &old);
     lim = old;
@@ -86,7 +105,7 @@ static void hung(int sig)
     _exit(1);
 }
 
-/* The temporary name is predictable (the record's final name + ".tmp"),
+/* The temporary name is predictable (the record's final name, host, pid),
  * so anything can be waiting there: a crash's leftover, or a FIFO or a
  * symlink planted by someone who can write snapshot.dir. The consumer
  * thread writes the file; a FIFO must not stall it, a symlink must not
@@ -100,7 +119,7 @@ static void test_tmp_name_taken(void)
     snprintf(dir + strlen(dir), sizeof dir - strlen(dir), "/%s", HL_DEADLETTER_SUBDIR);
     signal(SIGALRM, hung);
     alarm(60);          /* only a hang reaches it: a write takes milliseconds */
-    snprintf(tmp, sizeof tmp, "%s/ev.0.%020lld.dead.tmp", dir, (long long)off);
+    own_temp(tmp, sizeof tmp, off);
     CHECK(mkfifo(tmp, 0644) == 0);
     int rc = put(off, 1000, path, sizeof path, err, sizeof err);
     CHECKF(rc == 0 && !exists(tmp), "fifo: %d %s", rc, err);
@@ -109,7 +128,7 @@ static void test_tmp_name_taken(void)
     int fd = open(victim, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     CHECK(fd >= 0 && write(fd, "keep", 4) == 4);
     if (fd >= 0) close(fd);
-    snprintf(tmp, sizeof tmp, "%s/ev.0.%020lld.dead.tmp", dir, (long long)++off);
+    own_temp(tmp, sizeof tmp, ++off);
     CHECK(symlink(victim, tmp) == 0);
     rc = put(off, 1000, path, sizeof path, err, sizeof err);
     struct stat st;
@@ -119,10 +138,71 @@ static void test_tmp_name_taken(void)
     dir[strlen(dir) - strlen("/" HL_DEADLETTER_SUBDIR)] = '\0';
 }
 
+/* Another worker on the same snapshot.dir writes the same record at once
+ * (the partition's old owner still retrying after a rebalance, the new
+ * owner reading the record again), on another host as pid 1 like this
+ * one, or on this host. Its temporary, in flight, must be left alone:
+ * named "<final>.tmp" by every writer, this write's unlink removed it (the
+ * other's rename then failed) or this rename published its half. */
+static void test_other_writers_temporary_left(void)
+{
+    char path[1024], err[512], final[1024], theirs[2][1100];
+    struct stat st;
+    fresh_dir();
+    snprintf(final, sizeof final, "%s/ev.0.%020d.dead", dir, 5);
+    temp_of(theirs[0], sizeof theirs[0], final, hl_tempname_host() ^ 1, getpid());
+    temp_of(theirs[1], sizeof theirs[1], final, hl_tempname_host(), getppid());
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(theirs[i], "w");
+        CHECK(f != NULL && fputs("halflife dead letter 1\nhalf", f) >= 0 && fclose(f) == 0);
+        int rc = put(5, 1000, path, sizeof path, err, sizeof err);
+        CHECKF(rc == 0, "%s writer: %d %s", i ? "this host's" : "another host's", rc, err);
+        CHECKF(stat(theirs[i], &st) == 0 && st.st_size == 27, "%s writer's temporary %s, in "
+               "flight, was %s", i ? "this host's" : "another host's", theirs[i],
+               exists(theirs[i]) ? "rewritten" : "removed");
+        CHECK(stat(final, &st) == 0 && st.st_size > 1000);
+        CHECK(unlink(theirs[i]) == 0 && unlink(final) == 0);
+    }
+}
+
+/* Writers killed mid-write leave their temporaries: counting the
+ * directory removes (and leaves uncounted) those this host proves dead,
+ * and leaves those of a live process here (another thread of this one
+ * included) and of other hosts younger than the hour. */
+static void test_abandoned_temporaries_swept(void)
+{
+    char final[1024], t[4][1100];
+    fresh_dir();
+    pid_t dead = fork();
+    if (dead == 0)
+        _exit(0);
+    CHECK(dead > 0 && waitpid(dead, NULL, 0) == dead);
+    const uint64_t here = hl_tempname_host();
+    const struct { uint64_t host; long pid; int stays; const char *what; } c[4] = {
+        {here, dead, 0, "this host's, its pid gone"}, {here, getpid(), 1, "this process's"},
+        {here ^ 1, dead, 1, "another host's, young"}, {0, 0, 1, "old-format, young"}};
+    for (int i = 0; i < 4; i++) {
+        snprintf(final, sizeof final, "%s/ev.0.%020d.dead", dir, 20 + i);
+        if (c[i].host != 0)
+            temp_of(t[i], sizeof t[i], final, c[i].host, c[i].pid);
+        else
+            snprintf(t[i], sizeof t[i], "%s.tmp", final);
+        FILE *f = fopen(t[i], "w");
+        CHECK(f != NULL && fputs("0123456789", f) >= 0 && fclose(f) == 0);
+    }
+    int64_t n = hl_deadletter_dir_bytes(dir);
+    CHECKF(n == 30, "counted %lld bytes, want 30 (three temporaries of 10 left)", (long long)n);
+    for (int i = 0; i < 4; i++)
+        CHECKF(exists(t[i]) == c[i].stays, "%s (%s) %s", t[i], c[i].what,
+               c[i].stays ? "removed" : "left behind");
+}
+
 int main(void)
 {
     RUN(test_full_disk_leaves_nothing);
     RUN(test_tmp_name_taken);
+    RUN(test_other_writers_temporary_left);
+    RUN(test_abandoned_temporaries_swept);
     if (dir[0]) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

@@ -7,6 +7,7 @@
  * file under the final name; the caller retries later. */
 #include "deadletter.h"
 #include "io.h"
+#include "tempname.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -15,7 +16,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+/* A temporary of another worker (or of an older build) left unchanged this
+ * long is a crash's: a dead letter is written in well under a second. */
+#define TEMP_STALE_S 3600
 
 /* The text head of the file into buf; its length, or -1 if it does not fit. */
 static int format_head(char *buf, size_t cap, const hl_header *headers,
@@ -52,10 +58,11 @@ static int make_dir(const hl_io *io, const char *dir)
 }
 
 /* The temporary name is predictable, so whatever is there goes first: a
- * crash's leftover, or a FIFO (opening it would block this consumer
- * thread for good) or a symlink (the record would go over its target)
- * put there by anyone who can write the directory. O_EXCL then creates a
- * new regular file or fails; it never follows a symlink. */
+ * leftover of a process of this host and pid (gone: only one thread
+ * writes a partition's records), or a FIFO (opening it would block this
+ * consumer thread for good) or a symlink (the record would go over its
+ * target) put there by anyone who can write the directory. O_EXCL then
+ * creates a new regular file or fails; it never follows a symlink. */
 static int write_file(const hl_io *io, const char *tmp, const char *head, size_t head_len,
                       const void *key, size_t key_len, const void *value, size_t value_len)
 {
@@ -85,7 +92,7 @@ int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
                         char *errbuf, size_t errlen)
 {
     const hl_io *io = hl_io_posix();
-    char final[PATH_MAX], tmp[PATH_MAX + 8], head[4096];
+    char final[PATH_MAX], tmp[PATH_MAX + 40], head[4096];
     int head_len = format_head(head, sizeof head, headers, key_len, value_len);
     if (head_len < 0)
         return hl_err(errbuf, errlen, HL_EINVAL, "dead letter %s/%d/%lld: headers too long",
@@ -93,7 +100,14 @@ int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
     if (snprintf(final, sizeof final, "%s/%s.%d.%020lld.dead", dir, topic, (int)partition,
                  (long long)offset) >= (int)sizeof final)
         return hl_err(errbuf, errlen, HL_EINVAL, "dead letter: path too long in %s", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", final);
+    /* Not "<final>.tmp": two workers on one snapshot.dir write the same
+     * record at once (the partition's old owner, its offsets held, still
+     * retrying after a rebalance; the new owner reading the record again),
+     * and one's unlink removed the other's file in flight, or its rename
+     * published the other's half-written one, torn for good if that
+     * worker was then stopped. */
+    if (hl_tempname_make(tmp, sizeof tmp, final, hl_tempname_host(), (long)getpid()) != 0)
+        return hl_err(errbuf, errlen, HL_EINVAL, "dead letter: path too long in %s", dir);
     if (make_dir(io, dir) != 0)
         return hl_err(errbuf, errlen, HL_EIO, "dead letter: mkdir %s: %s", dir, strerror(errno));
     if (write_file(io, tmp, head, (size_t)head_len, key, key_len, value, value_len) != 0) {
@@ -113,6 +127,26 @@ int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
     return 0;
 }
 
+/* 1 when name is a dead letter's temporary that hl_tempname_abandoned
+ * proves abandoned, and it is removed: "<final>.<host>.<pid>.tmp", or "<final>.tmp" as
+ * builds before 2026-12-07 named it (host 0: only its age tells). Another
+ * thread of this process may be writing one, so this process's own stay
+ * for the hour too. */
+static int abandoned(const char *dir, const char *name, uint64_t own, time_t now)
+{
+    const char *at = strstr(name, ".dead.");
+    uint64_t host = 0;
+    long pid = 0;
+    char path[PATH_MAX];
+    if (at == NULL || (strcmp(at, ".dead.tmp") != 0 &&
+                       hl_tempname_parse(at + strlen(".dead."), &host, &pid) != 0))
+        return 0;
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+        return 0;
+    return hl_tempname_abandoned(path, host, pid, own, 0, TEMP_STALE_S, now) &&
+           unlink(path) == 0;
+}
+
 int64_t hl_deadletter_dir_bytes(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -121,8 +155,11 @@ int64_t hl_deadletter_dir_bytes(const char *dir)
     int64_t sum = 0;
     struct dirent *e;
     struct stat st;
+    uint64_t own = hl_tempname_host();
+    time_t now = time(NULL);
     while ((e = readdir(d)) != NULL)
-        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+        if (!abandoned(dir, e->d_name, own, now) &&
+            fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
             sum += (int64_t)st.st_size;
     closedir(d);
     return sum;

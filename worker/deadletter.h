@@ -3,7 +3,8 @@
  * (DESIGN.md section 2: bad input is never silently lost; issue 16 item 5).
  *
  * One file per record, <dir>/<topic>.<partition>.<offset, 20 digits>.dead,
- * written to a temporary name, fsynced, renamed and the directory fsynced,
+ * written to a temporary name of this process's own (tempname.h),
+ * fsynced, renamed and the directory fsynced,
  * so once hl_deadletter_write() returns 0 the record survives a crash and
  * the input offset may move past it. The file is the DLQ record as it
  * would have been produced, readable with head(1):
@@ -43,7 +44,10 @@ int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
 
 /* The bytes of the regular files in dir (0 when it does not exist yet),
  * -1 when it cannot be read. One stat per file: for a count made once
- * and again only when a cap seems reached, not for each record. */
+ * and again only when a cap seems reached, not for each record. The
+ * temporaries of writers killed mid-write go on the way, uncounted: at
+ * once those of this host whose pid is gone, anyone's once unchanged
+ * for an hour (tempname.h). */
 int64_t hl_deadletter_dir_bytes(const char *dir);
 
 #endif

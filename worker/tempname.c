@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,7 @@ static uint64_t fnv(uint64_t h, const void *p, size_t len)
     return h;
 }
 
-uint64_t hl_tempname_host(void)
+static uint64_t host_tag(void)
 {
     /* The boot id tells machines (and boots) apart, the pid namespace's
      * inode the containers of one machine: together they say where a pid
@@ -42,6 +43,20 @@ uint64_t hl_tempname_host(void)
         h = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
     }
     return h != 0 ? h : 1;
+}
+
+/* Worked out once per process: the dead-letter path asks per record, and
+ * the random fallback (no /proc) must name this process's files the same
+ * way every time, or its own temporaries would look like another host's.
+ * The first value stored wins if two threads race. */
+uint64_t hl_tempname_host(void)
+{
+    static _Atomic uint64_t cached;
+    uint64_t h = atomic_load(&cached), zero = 0;
+    if (h != 0)
+        return h;
+    h = host_tag();
+    return atomic_compare_exchange_strong(&cached, &zero, h) ? h : zero;
 }
 
 int hl_tempname_make(char *out, size_t len, const char *final, uint64_t host, long pid)

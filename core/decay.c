@@ -34,8 +34,6 @@
 #define HAVE_MXCSR 1
 #endif
 
-#define HL_DECAY_TINY 1e-30
-
 /* gcc's "no loop-carried dependence" hint; clang vectorises these loops from
  * restrict alone and warns on the unknown pragma. */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -212,10 +210,10 @@ static void scale(float *restrict s, float a, int dim, int avx2)
 
 /* MXCSR bits: flush-to-zero (15) and denormals-are-zero (6). Setting them
  * costs a few cycles per event; elsewhere (non-x86) this is a no-op and
- * subnormals stay possible. Returns the mode to restore. */
+ * subnormals stay possible. */
 #define FLUSH_BITS 0x8040u
 
-static unsigned flush_subnormals_on(void)
+unsigned hl_decay_flush_on(void)
 {
 #ifdef HAVE_MXCSR
     unsigned csr = _mm_getcsr();
@@ -226,7 +224,7 @@ static unsigned flush_subnormals_on(void)
 #endif
 }
 
-static void flush_subnormals_off(unsigned csr)
+void hl_decay_flush_off(unsigned csr)
 {
 #ifdef HAVE_MXCSR
     if ((csr & FLUSH_BITS) != FLUSH_BITS) _mm_setcsr(csr);
@@ -238,7 +236,7 @@ static void flush_subnormals_off(unsigned csr)
 void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,
                   int64_t t_ms, float w, const float *x)
 {
-    unsigned csr = flush_subnormals_on();
+    unsigned csr = hl_decay_flush_on();
     int late = *t_ref_ms != INT64_MIN && t_ms < *t_ref_ms;
     double gap = late ? (double)*t_ref_ms - (double)t_ms
                       : gap_ms(t_ms, *t_ref_ms);
@@ -264,7 +262,7 @@ void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,
         }
     }
     if (!late) *t_ref_ms = t_ms;
-    flush_subnormals_off(csr);
+    hl_decay_flush_off(csr);
 }
 
 /* The same update written as the formula reads, one element at a time, with

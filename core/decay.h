@@ -22,6 +22,18 @@ typedef struct hl_decay {
     double lambda_per_ms[HL_MAX_HEADS];    /* ln 2 / half_life_ms */
 } hl_decay;
 
+/* A decay factor below this is exactly 0: what it drops is below 1e-30 of
+ * the newest event's own weight (decay.c). */
+#define HL_DECAY_TINY 1e-30
+
+/* The SSE flush-to-zero and denormals-are-zero modes on, returning the
+ * caller's mode for hl_decay_flush_off to put back: results that would be
+ * subnormal become 0, so a decayed sum never holds a subnormal float and
+ * every later update of it keeps the fast path (decay.c). No-ops off x86.
+ * Fold-in's sums (core/foldin.c) decay under the same rule. */
+unsigned hl_decay_flush_on(void);
+void     hl_decay_flush_off(unsigned csr);
+
 /* Default heads: 1 hour, 1 day, 30 days. */
 #define HL_DEFAULT_HEADS 3
 extern const double hl_default_half_life_ms[HL_DEFAULT_HEADS];

@@ -15,6 +15,7 @@
  * The map fit solves the ridge normal equations (dim x dim, in double) by
  * Cholesky. */
 #include "foldin.h"
+#include "decay.h"      /* HL_DECAY_TINY, hl_decay_flush_on */
 #include "index.h"      /* hl_map_huge */
 
 #include <cblas.h>
@@ -439,22 +440,35 @@ int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, fl
     return hl_foldin_add_due(f, id, len, hash_id(id, len), q, w, ts_ms, &due);
 }
 
+/* exp(-lambda dt_ms), 0 below HL_DECAY_TINY, as core/decay.c cuts. */
+static double factor(const hl_foldin *f, int64_t dt_ms)
+{
+    double g = exp(-f->lambda_per_ms * (double)dt_ms);
+    return g < HL_DECAY_TINY ? 0.0 : g;
+}
+
 /* One weighted query into decayed sums S (dim floats) and mass *M at
  * reference time *t_ref (INT64_MIN: empty): the sums decay to a newer ts,
  * a late event is decayed to *t_ref instead. An item's sums and the
- * lift's baseline both go through here. */
+ * lift's baseline both go through here. The rule is users' heads'
+ * (core/decay.c): an item idle for long (a factor of 2^-130 is a
+ * subnormal float, two of 2^-70 make one) or a tiny weight would
+ * otherwise leave subnormal sums, and every later add of the item would
+ * take the slow path; under flush-to-zero they are exactly 0. */
 static void decayed_add(const hl_foldin *f, float *S, double *M, int64_t *t_ref,
                         const float *q, float w, int64_t ts_ms)
 {
+    unsigned csr = hl_decay_flush_on();
     float a = 1.0f, b = w;
     if (*t_ref != INT64_MIN && ts_ms >= *t_ref)
-        a = (float)exp(-f->lambda_per_ms * (double)(ts_ms - *t_ref));
+        a = (float)factor(f, ts_ms - *t_ref);
     else if (*t_ref != INT64_MIN)
-        b = w * (float)exp(-f->lambda_per_ms * (double)(*t_ref - ts_ms));
+        b = w * (float)factor(f, *t_ref - ts_ms);
     axpby(S, q, a, b, f->o.dim);
     *M = a * *M + b;
     if (*t_ref == INT64_MIN || ts_ms > *t_ref)
         *t_ref = ts_ms;
+    hl_decay_flush_off(csr);
 }
 
 void hl_foldin_baseline_add(hl_foldin *f, const float *q, float w, int64_t ts_ms)

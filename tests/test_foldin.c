@@ -536,6 +536,52 @@ static void test_records_match_the_definition(void)
     hl_foldin_destroy(f);
 }
 
+/* A fold-in item idle for long and then touched by an event that adds
+ * nothing to its direction (a zero query, a weight that is itself
+ * subnormal): its sums must be exactly 0, never subnormal floats, which
+ * would put every later add of the item on the slow path, as core/decay.c
+ * keeps users' heads. 130 half-lives is one factor of 2^-130 (subnormal
+ * as a float); 70 + 70 is two normal factors whose product is subnormal. */
+static int idle_subnormals(hl_foldin *f, const char *id, const int64_t *ts, int n, float w0)
+{
+    float ones[D], zero[D] = {0}, S[D];
+    double M;
+    for (int d = 0; d < D; d++)
+        ones[d] = 1.0f;
+    hl_foldin_add(f, id, (uint32_t)strlen(id), ones, w0, 0);
+    for (int i = 0; i < n; i++)
+        hl_foldin_add(f, id, (uint32_t)strlen(id), zero, 1.0f, ts[i]);
+    if (hl_foldin_sums(f, id, (uint32_t)strlen(id), S, &M) != 0)
+        return -1;
+    int bad = 0;
+    for (int d = 0; d < D; d++)
+        bad += S[d] != 0.0f || fpclassify(S[d]) == FP_SUBNORMAL;
+    return bad;
+}
+
+static void test_idle_sums_reach_zero(void)
+{
+    static model m;
+    float W0[D * D] = {0};
+    for (int i = 0; i < D; i++)
+        W0[i * D + i] = 1.0f;
+    model_init(&m, 64, W0);
+    hl_foldin_opts o = {.dim = D, .max_items = 16, .min_events = 1, .half_life_ms = 1000};
+    char err[256];
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    CHECKF(f != NULL, "%s", err);
+    if (f == NULL)
+        return;
+    int64_t one[1] = {130000}, two[2] = {70000, 140000};
+    int a = idle_subnormals(f, "idle", one, 1, 1.0f);
+    int b = idle_subnormals(f, "steps", two, 2, 1.0f);
+    int c = idle_subnormals(f, "tiny", two, 0, 1e-40f);
+    CHECKF(a == 0, "130 half-lives idle: %d of %d sums not exactly 0", a, D);
+    CHECKF(b == 0, "two idle spans of 70 half-lives: %d of %d sums not exactly 0", b, D);
+    CHECKF(c == 0, "a weight of 1e-40: %d of %d sums not exactly 0", c, D);
+    hl_foldin_destroy(f);
+}
+
 int main(void)
 {
     RUN(test_map_recovers_linear_relation);
@@ -549,5 +595,6 @@ int main(void)
     RUN(test_model_bias_and_shrinkage);
     RUN(test_lift_ranks_what_sets_users_apart);
     RUN(test_distinct_gate);
+    RUN(test_idle_sums_reach_zero);
     TEST_EXIT();
 }

@@ -1,9 +1,9 @@
-/* test_config_opts.c - worker/config.c from the key table to its readers:
- * hl_config_worker_opts() maps every key the worker uses (a key added to
- * the table and forgotten there fails here), auto.offset.reset follows
- * kafka.auto.offset.reset, log.level reads as an HL_LOG_* level, and the
- * Markdown listing has a row per key of --help. The README side is
- * tests/integration/test_config_docs.sh. */
+/* test_config_opts.c - worker/config.c and config_opts.c, from the key
+ * table to its readers: hl_config_worker_opts() maps every key the worker
+ * uses (a key added to the table and forgotten there fails here),
+ * auto.offset.reset follows kafka.auto.offset.reset, log.level reads as an
+ * HL_LOG_* level, and the Markdown listing has a row per key of --help.
+ * The README side is tests/integration/test_config_docs.sh. */
 #define T_SUITE "config_opts"
 #include "test.h"
 

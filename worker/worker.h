@@ -18,7 +18,7 @@
 
 typedef struct hl_worker hl_worker;   /* opaque */
 
-/* Everything the worker reads from configuration (worker/config.c fills it
+/* Everything the worker reads from configuration (worker/config_opts.c fills it
  * from the keys of DESIGN.md section 7). Strings are borrowed and must
  * outlive the worker. */
 /* The longest kafka.bootstrap.servers the worker keeps (config refuses more). */

@@ -493,6 +493,13 @@ int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, co
     *due = 0;
     if (!(w >= 0) || !isfinite(w) || len < 1 || len > HL_MAX_ID_LEN || !all_finite(q, d))
         return HL_EINVAL;
+    /* An event of weight 0 (a type weighted 0, a weight field of 0) adds
+     * nothing to S or M: counted, it made an item seen only in such events
+     * ready with S = M = 0, every model item tied at score 0, and it went
+     * out with the vectors of the model's first rows. min.events counts
+     * interactions that carry weight. */
+    if (w == 0.0f)
+        return 0;
     uint32_t slot = probe_h(f, id, len, h);
     int32_t k = f->slot[slot].k1 ? f->slot[slot].k1 - 1 : insert(f, id, len, h, &slot);
     if (k < 0)

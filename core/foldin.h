@@ -9,7 +9,8 @@
  *
  * (lambda = ln 2 / half_life, t_ref the newest t_i; late events are
  * decayed to t_ref, as core/decay does for users). Once j has min_events
- * interactions it has vectors. By default (neighbours T > 0) they are the
+ * interactions of weight w_i > 0 (one of weight 0 adds nothing, so it is
+ * no evidence) it has vectors. By default (neighbours T > 0) they are the
  * model's own: the lifted mean query r_j of its users scores the model's
  * items (r_j . e_out + (1 - beta) b), with
  *
@@ -72,7 +73,8 @@ typedef struct hl_foldin hl_foldin;   /* opaque */
 typedef struct hl_foldin_opts {
     int     dim;
     int32_t max_items;      /* catalogue.max.new.items */
-    int     min_events;     /* catalogue.foldin.min.events, >= 1 */
+    int     min_events;     /* catalogue.foldin.min.events, >= 1: interactions of
+                               weight > 0 */
     double  half_life_ms;   /* of the decayed sums; > 0 */
     float   ridge;          /* of the map fit; 0 = 1e-3 x trace/dim */
     int     neighbours;     /* T; 0 = HL_FOLDIN_NEIGHBOURS, < 0 = the mean-query rule */
@@ -129,7 +131,8 @@ void       hl_foldin_destroy(hl_foldin *f);             /* NULL is a no-op */
 
 /* One interaction with item id by a user with query q (dim floats, finite)
  * and weight w >= 0 at ts_ms. 1 when this made the item ready, 0 when it
- * was counted, HL_EINVAL for a bad id, q or w, HL_ENOMEM. */
+ * was counted (or w is 0: no interaction, nothing changes), HL_EINVAL for
+ * a bad id, q or w, HL_ENOMEM. */
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms);
 

@@ -582,6 +582,37 @@ static void test_idle_sums_reach_zero(void)
     hl_foldin_destroy(f);
 }
 
+/* min.events counts interactions that carry evidence: events of weight 0
+ * (a type weighted 0, a weight field of 0) add nothing to the sums, so
+ * they must not make an item ready: before, an item seen only in such
+ * events became ready with S = 0 and M = 0, every model item tied at
+ * score 0, and it was published with the vectors of the first rows. */
+static void test_zero_weight_is_no_interaction(void)
+{
+    static model m;
+    float W0[D * D] = {0}, q[D] = {1}, S[D];
+    model_init(&m, 50, W0);
+    hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 2, .half_life_ms = 1000};
+    char err[256];
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    CHECKF(f != NULL, "%s", err);
+    if (f == NULL)
+        return;
+    double M = -1.0;
+    for (int i = 0; i < 5; i++)
+        hl_foldin_add(f, "zero", 4, q, 0.0f, i);
+    int rc = hl_foldin_sums(f, "zero", 4, S, &M);
+    CHECKF(hl_foldin_due(f, "zero", 4) == 0 && rc == HL_ENOENT,
+           "5 events of weight 0: due %d, sums rc %d (M %g), want 0 and not ready",
+           (int)hl_foldin_due(f, "zero", 4), rc, M);
+    hl_foldin_add(f, "mixed", 5, q, 0.0f, 1);
+    hl_foldin_add(f, "mixed", 5, q, 1.0f, 2);
+    CHECKF(hl_foldin_due(f, "mixed", 5) == 0, "one weighted event and one of weight 0: "
+           "due %d, want 0 (min.events 2)", (int)hl_foldin_due(f, "mixed", 5));
+    CHECK(hl_foldin_add(f, "mixed", 5, q, 2.0f, 3) == 1 && hl_foldin_due(f, "mixed", 5) == 2);
+    hl_foldin_destroy(f);
+}
+
 int main(void)
 {
     RUN(test_map_recovers_linear_relation);
@@ -596,5 +627,6 @@ int main(void)
     RUN(test_lift_ranks_what_sets_users_apart);
     RUN(test_distinct_gate);
     RUN(test_idle_sums_reach_zero);
+    RUN(test_zero_weight_is_no_interaction);
     TEST_EXIT();
 }

@@ -281,8 +281,9 @@ static void decode_one(hl_wthread *t, rd_kafka_message_t **rkmp, int64_t fetch_u
     /* Fold-in learns the items the model does not know, and goes on
      * learning the folded ones (a record at each doubling), but not an
      * operator's: its embedding is in effect, no fold-in record would go
-     * out for it, and its users are not the lift's baseline. */
-    if (ev.item < 0 && t->ctx->foldin != NULL && (added < 0 || folded))
+     * out for it, and its users are not the lift's baseline. An event of
+     * weight 0 adds nothing and is no interaction (catalogue.foldin.min.events). */
+    if (ev.item < 0 && t->ctx->foldin != NULL && (added < 0 || folded) && w > 0)
         hl_foldin_local_note(&t->fold, sh, sh->n_ev - 1, cev.item, cev.item_len, w);
     f->fetch_us[f->n_ts] = fetch_us;
     f->ts_ms[f->n_ts++] = rd_kafka_message_timestamp(rkm, NULL);

@@ -177,17 +177,21 @@ static int migrate_restored(hl_worker *w, int32_t p, hl_table **tblp, uint64_t f
     return n >= 0 ? 0 : HL_ENOMEM;
 }
 
+/* The values of halflife_restore_source's source label. */
+static const char *const restore_sources[] = {"snapshot", "changelog", "both", "none"};
+#define N_RESTORE_SOURCES (sizeof restore_sources / sizeof restore_sources[0])
+
 /* Marks where the partition's state came from: halflife_restore_source
  * {partition, source} is 1 for the source of the last restore. */
 static void restore_source(hl_worker *w, int32_t p, const char *source)
 {
-    static const char *const all[] = {"snapshot", "changelog", "both", "none"};
     char labels[80];
-    for (int i = 0; i < 4; i++) {
-        snprintf(labels, sizeof labels, "partition=\"%d\",source=\"%s\"", (int)p, all[i]);
+    for (size_t i = 0; i < N_RESTORE_SOURCES; i++) {
+        snprintf(labels, sizeof labels, "partition=\"%d\",source=\"%s\"", (int)p,
+                 restore_sources[i]);
         hl_gauge_set(hl_metrics_gauge(w->reg, "halflife_restore_source",
             "Where the last restore of the partition read its state (1 for that source).",
-            labels), strcmp(all[i], source) == 0);
+            labels), strcmp(restore_sources[i], source) == 0);
     }
 }
 
@@ -592,16 +596,26 @@ static int thread_index(hl_worker *w, hl_wthread *t)
 /* A revoked partition's series leave /metrics with it, so no stale value
  * outlives the assignment. Its consumed counter goes too (another worker
  * now counts that partition); a later assignment registers it again with
- * the value it had, so it never goes down. */
+ * the value it had, so it never goes down. The restore's series went on
+ * showing after the partition left until 2026-12-07: a sum over a pod's
+ * series counted partitions it no longer owned. They are hidden, not
+ * dropped: the next restore of the partition here sets each again. */
 static void hide_series(hl_worker *w, int32_t p)
 {
     static const char *const gauges[] = {"halflife_users", "halflife_state_bytes",
                                          "halflife_consumer_lag",
-                                         "halflife_events_consumed_total"};
-    char labels[48];
+                                         "halflife_events_consumed_total",
+                                         "halflife_restore_records", "halflife_restore_seconds",
+                                         "halflife_restore_records_per_second"};
+    char labels[80];
     snprintf(labels, sizeof labels, "partition=\"%d\"", (int)p);
     for (size_t i = 0; i < sizeof gauges / sizeof gauges[0]; i++)
         hl_metrics_hide(w->reg, gauges[i], labels);
+    for (size_t i = 0; i < N_RESTORE_SOURCES; i++) {
+        snprintf(labels, sizeof labels, "partition=\"%d\",source=\"%s\"", (int)p,
+                 restore_sources[i]);
+        hl_metrics_hide(w->reg, "halflife_restore_source", labels);
+    }
 }
 
 /* While a revocation waits: a SIGTERM that came meanwhile becomes the stop

@@ -401,13 +401,19 @@ hl_persist_shard *hl_persist_shard_create(hl_persist *p, int32_t partition,
             "Size of the shard's newest snapshot file.", ps->labels);
         ps->g_success = hl_metrics_gauge(p->o.reg,
             "halflife_snapshot_last_success_timestamp_seconds",
-            "Wall time at which the shard's newest durable snapshot last held all "
-            "its state: when it was written, or a due snapshot since then that found "
-            "nothing new.", ps->labels);
+            "Wall time at which the shard's durable state last held all of it: its "
+            "restore by this worker, a snapshot written since, or a due snapshot "
+            "that found nothing new.", ps->labels);
         /* Set now, not at the next write: a restored partition showed 0, or
          * back with a worker that owned it before, that ownership's size,
-         * until its next snapshot (never, if nothing new comes). */
+         * until its next snapshot (never, if nothing new comes). The shard
+         * starts from what was restored, durable state (a snapshot, the
+         * changelog, or the input topic itself when there was nothing),
+         * so it holds nothing unsaved now: the success time is now. Before,
+         * a partition back with this worker showed its earlier ownership's
+         * time until its first due snapshot, and looked stale. */
         hl_gauge_set(ps->g_bytes, file_bytes(p, partition, restored_offset));
+        hl_gauge_set(ps->g_success, (double)hl_now_wall_ms() / 1000.0);
     }
     return ps;
 }

@@ -9,6 +9,11 @@ they come back to A. Checks:
   halflife_restore_source, _records, _seconds or _records_per_second
   series for the partitions it gave away. Before, they stayed: a sum over
   a pod's series counted partitions it no longer owned.
+- returned_success_is_current: once they are back, A's
+  halflife_snapshot_last_success_timestamp_seconds for each of them is no
+  older than the moment B was stopped (the state A restored then was all
+  durable). Before, it showed A's earlier ownership's time until the
+  partition's first due snapshot (never, with no periodic snapshot).
 """
 import os
 import re
@@ -26,6 +31,7 @@ COMMON = ["worker.threads=1", "kafka.fetch.wait.max.ms=10", "snapshot.interval.m
           "items.topic="]
 RESTORE = ("halflife_restore_source", "halflife_restore_records",
            "halflife_restore_seconds", "halflife_restore_records_per_second")
+SUCCESS = "halflife_snapshot_last_success_timestamp_seconds"
 
 
 def by_partition(w, name):
@@ -72,6 +78,17 @@ def run(ck):
     left = {name: sorted(set(by_partition(a, name)) & set(moved)) for name in RESTORE}
     ck.check("revoked_restore_series_hidden", moved and not any(left.values()),
              "A gave away partitions %s but still shows their %s" % (moved, left))
+    time.sleep(1.0)             # B's stop is later than anything A did before it
+    t_stop = time.time()
+    rc, _secs = b.term(30)
+    if not wait_for(lambda: owns(a, PARTS), 60 * SLOW):
+        raise RuntimeError("the partitions never came back to A (B exit %s)" % rc)
+    got = by_partition(a, SUCCESS)
+    old = {p: round(t_stop - got.get(p, [0])[0], 1) for p in moved
+           if got.get(p, [0])[0] < t_stop}
+    ck.check("returned_success_is_current", moved and not old,
+             "back with A, partitions' %s is older than B's stop by seconds %s"
+             % (SUCCESS, old))
     a.term(30)
     broker.stop()
 

@@ -31,6 +31,7 @@ struct hl_consumer {
     atomic_int       up;
     atomic_int       fatal;
     int              sticky;         /* cooperative-sticky may be the assignor */
+    int              read_committed; /* isolation.level: consumer_lag's end offset */
     atomic_int       subscribed;
     atomic_int       synced;         /* an assignment reached the rebalance callback */
     hl_log_limit     err_limit;
@@ -123,6 +124,41 @@ static void stats_group(hl_consumer *c, const char *json, const char *end)
                sizeof c->join_state);
 }
 
+/* The integer after key in [p, lim): its value, or -1 when absent (no
+ * offset or lag field of interest is ever below -1 but the "unknown"
+ * -1001, which callers treat as absent too). */
+static long long stat_field(const char *p, const char *lim, const char *key)
+{
+    const char *at = find_key(p, lim, key);
+    return at != NULL ? strtoll(at, NULL, 10) : -1;
+}
+
+/* A partition's lag from its statistics object [p, lim). librdkafka's
+ * consumer_lag is the end offset minus the last committed one; until this
+ * member commits (auto.commit.interval.ms after its first stored offset,
+ * and never for a partition it took nothing from) it is -1, so a new
+ * owner's partition had no halflife_consumer_lag series at all. Until then
+ * the lag is taken from the position the consumer knows: the stored
+ * offset, else that of the last record passed to the worker, else the
+ * next to fetch (where the fetch started: auto.offset.reset or the
+ * restore's offset). -1: neither the end nor a position is known yet. */
+static long long part_lag(const hl_consumer *c, const char *p, const char *lim)
+{
+    long long lag = stat_field(p, lim, "\"consumer_lag\":");
+    if (lag >= 0)
+        return lag;
+    long long end = stat_field(p, lim, c->read_committed ? "\"ls_offset\":"
+                                                         : "\"hi_offset\":");
+    const char *const pos_keys[] = {"\"stored_offset\":", "\"app_offset\":",
+                                    "\"next_offset\":"};
+    long long pos = -1;
+    for (size_t i = 0; i < sizeof pos_keys / sizeof pos_keys[0] && pos < 0; i++)
+        pos = stat_field(p, lim, pos_keys[i]);
+    if (end < 0 || pos < 0)
+        return -1;
+    return end > pos ? end - pos : 0;
+}
+
 static void stats_lag(hl_consumer *c, const char *json, const char *end)
 {
     char key[320];
@@ -130,11 +166,8 @@ static void stats_lag(hl_consumer *c, const char *json, const char *end)
     const char *p = find_key(json, end, key);
     while (p && (p = find_key(p, end, "\"partition\":")) != NULL) {
         long part = strtol(p, NULL, 10);
-        const char *lag_at = find_key(p, end, "\"consumer_lag\":");
         const char *next = find_key(p, end, "\"partition\":");
-        if (lag_at == NULL || (next && lag_at > next))
-            continue;
-        long long lag = strtoll(lag_at, NULL, 10);
+        long long lag = part_lag(c, p, next != NULL ? next : end);
         if (part >= 0 && lag >= 0 &&
             (c->o.owns == NULL || c->o.owns(c->o.opaque, (int32_t)part))) {
             char labels[48];
@@ -185,6 +218,17 @@ static int maybe_sticky(const rd_kafka_conf_t *conf)
     return strstr(s, "cooperative-sticky") != NULL;
 }
 
+/* 1 unless isolation.level is read_uncommitted (librdkafka's default is
+ * read_committed): consumer_lag then ends at the last stable offset. */
+static int read_committed(const rd_kafka_conf_t *conf)
+{
+    char s[32] = "";
+    size_t n = sizeof s;
+    if (rd_kafka_conf_get(conf, "isolation.level", s, &n) != RD_KAFKA_CONF_OK || n > sizeof s)
+        return 1;
+    return strcmp(s, "read_uncommitted") != 0;
+}
+
 static int set_defaults(hl_consumer *c, rd_kafka_conf_t *conf, char *errbuf, size_t errlen)
 {
     const hl_kafka_prop defaults[] = {
@@ -231,6 +275,7 @@ hl_consumer *hl_consumer_create(const hl_consumer_opts *o, char *errbuf, size_t 
     rd_kafka_conf_set_stats_cb(conf, on_stats);
     rd_kafka_conf_set_opaque(conf, c);
     c->sticky = maybe_sticky(conf);
+    c->read_committed = read_committed(conf);
     if ((c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why)) == NULL) {
         hl_err(errbuf, errlen, HL_EINVAL, "consumer: %s", why);
         goto fail;

@@ -208,6 +208,22 @@ fail:
     return NULL;
 }
 
+/* How long hl_worker_destroy waits for the producer's last records: what
+ * is left of a stop's deadline (the final flush of hl_worker_run already
+ * waited until it), else a whole shutdown.timeout.ms (no stop ran: a
+ * worker that failed to start). Before, it was always the whole bound: a
+ * clean stop with records the broker did not take (a fold-in item, which
+ * no offset waits for) took twice shutdown.timeout.ms, with run.c's
+ * last-resort alarm already off. */
+static int settle_ms(hl_worker *w)
+{
+    int64_t deadline = atomic_load(&w->ctx.stop_deadline_ms);
+    if (deadline == 0)
+        return w->o.shutdown_timeout_ms;
+    int64_t left = deadline - hl_now_mono_ms();
+    return left > 0 ? (int)left : 0;
+}
+
 void hl_worker_destroy(hl_worker *w)
 {
     if (w == NULL || w->abandoned)
@@ -215,7 +231,7 @@ void hl_worker_destroy(hl_worker *w)
     /* Delivery reports write into tickets that the threads' flights and
      * dead letters and the item reader own: every report is served (or the
      * record purged) before those are freed. */
-    int purged = w->prod != NULL ? hl_producer_settle(w->prod, w->o.shutdown_timeout_ms) : 0;
+    int purged = w->prod != NULL ? hl_producer_settle(w->prod, settle_ms(w)) : 0;
     if (purged > 0)
         hl_log(HL_LOG_WARN, "producer_purged", "records=%d action=\"undelivered within "
                "shutdown.timeout.ms: given up (no offset was stored past them)\"", purged);

@@ -95,7 +95,7 @@ static const key_def keys[] = {
     {"weight.purchase",     T_NUM,  NULL, 0, 1e6, NULL, "type weight of PURCHASE (default: the model's)"},
     {"weight.rate",         T_NUM,  NULL, 0, 1e6, NULL, "type weight of RATE (default: the model's)"},
     {"snapshot.dir",        T_STR,  "snapshots", 1, 4095, NULL, "directory of shard snapshots"},
-    {"deadletter.max.bytes", T_INT, "1073741824", 0, BIG, NULL, "bytes snapshot.dir/dead-letters may hold (bad records whose dead-letter topic copy failed); at the cap a partition with such a record stops being consumed (its offset held, lag grows) until files are moved out of that directory; 0 = no cap"},
+    {"deadletter.max.bytes", T_INT, "1073741824", 0, BIG, NULL, "bytes snapshot.dir/dead-letters may hold (bad records whose dead-letter topic copy failed); a record is written while the directory is below the cap, so the last one may pass it by its own size (at most receive.message.max.bytes), and a record larger than the cap never holds a partition by itself; at the cap a partition with such a record stops being consumed (its offset held, lag grows) until files are moved out of that directory; 0 = no cap"},
     {"snapshot.interval.ms",T_INT,  "30000", 0, 86400000, NULL, "time between snapshots of a shard; 0 = only on revocation and shutdown"},
     {"snapshot.retain",     T_INT,  "2", 1, 1000, NULL, "snapshots kept per shard"},
     {"state.store",         T_ENUM, "file", 0, 0, "file|kafka", "where a shard's durable state lives: file (snapshot.dir alone; one machine or a shared volume) or kafka (a compacted changelog topic, snapshot.dir a local cache)"},

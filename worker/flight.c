@@ -12,7 +12,7 @@
  * DLQ topic. A copy that fails (refused at once, or its delivery report
  * says so) is written with its headers to the local dead-letter file
  * (deadletter.h, under snapshot.dir) before the flight retires; while that
- * write fails, or the directory is at deadletter.max.bytes (dl_room), the
+ * write fails, or the directory has reached deadletter.max.bytes (dl_room), the
  * flight stays, and so does every later one: the input offset never moves
  * past a bad record that is neither in the DLQ topic nor on disk (a stop
  * then abandons the flights, so a restart reads the record again).
@@ -158,10 +158,15 @@ dead_letter *hl_flight_dead_letter(hl_wthread *t, flight *f)
     return dl;
 }
 
-/* 0 when n more bytes fit in the dead-letter directory under
- * deadletter.max.bytes (0: no cap), else HL_EFULL with a reason. Without
- * a cap, bad records written to the input while the DLQ topic refuses
+/* 0 while the dead-letter directory is below deadletter.max.bytes (0: no
+ * cap), or n more bytes still fit; else HL_EFULL with a reason. Without a
+ * cap, bad records written to the input while the DLQ topic refuses
  * copies filled the disk (one file each), and with it the snapshots'.
+ * The last record let in may pass the cap: a rule of "only if it fits"
+ * held a partition for good on one bad record larger than the cap (or
+ * than the room one small record before it left), which anyone able to
+ * write to the input could send during an outage. The overshoot is one
+ * record, and the consumer takes none above receive.message.max.bytes.
  * The count is shared by the threads (they write one directory): made by
  * a scan the first time, kept up by each write, and made again whenever
  * it says the cap is reached, so files an operator moved out make room at
@@ -173,11 +178,11 @@ static int dl_room(hl_wthread *t, size_t n, char *err, size_t errlen)
     if (cap <= 0)
         return 0;
     int64_t used = atomic_load(&t->ctx->dl_bytes);
-    if (used < 0 || used > cap - (int64_t)n) {
+    if (used < 0 || (used >= cap && used > cap - (int64_t)n)) {
         used = hl_deadletter_dir_bytes(t->dl_dir);
         atomic_store(&t->ctx->dl_bytes, used);
     }
-    if (used < 0 || used <= cap - (int64_t)n)
+    if (used < 0 || used < cap || used <= cap - (int64_t)n)
         return 0;
     return hl_err(err, errlen, HL_EFULL, "%s holds %lld bytes, at deadletter.max.bytes=%lld: "
                   "move its files out (or raise the cap and restart) to let this partition "

@@ -4,7 +4,10 @@
  * and the statistics say so. The worker's event=group_join_waiting line
  * prints these states; a parse that missed librdkafka's layout (its "cgrp"
  * object has a space after each colon, the brokers' objects do not) would
- * print "unknown" forever. */
+ * print "unknown" forever. Also: records of a partition whose queue goes
+ * to no shard thread are counted each and logged a few times, not once
+ * each (a mock cluster in process, the partition assigned, never
+ * forwarded). */
 #define T_SUITE "test_consumer"
 #include "test.h"
 
@@ -12,7 +15,12 @@
 #include "hl.h"
 #include "log.h"
 
+#include <librdkafka/rdkafka_mock.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+
+#define N_UNROUTED 200
 
 static void no_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
@@ -63,8 +71,104 @@ static void test_group_state_from_statistics(void)
     hl_consumer_destroy(c);
 }
 
+/* Takes every partition and forwards none: each record comes back from
+ * hl_consumer_serve as unrouted. */
+static void assign_all(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                       rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    (void)opaque;
+    rd_kafka_error_t *e = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS
+        ? rd_kafka_incremental_assign(rk, parts) : rd_kafka_incremental_unassign(rk, parts);
+    if (e)
+        rd_kafka_error_destroy(e);
+}
+
+/* n records to topic on the mock cluster at bootstrap; 0 once delivered. */
+static int produce_n(const char *bootstrap, const char *topic, int n)
+{
+    char err[256];
+    rd_kafka_conf_t *pc = rd_kafka_conf_new();
+    rd_kafka_conf_set(pc, "bootstrap.servers", bootstrap, err, sizeof err);
+    rd_kafka_conf_set(pc, "log_level", "0", err, sizeof err);
+    rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, pc, err, sizeof err);
+    if (p == NULL)
+        return -1;
+    for (int i = 0; i < n; i++)
+        rd_kafka_producev(p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_VALUE("x", 1), RD_KAFKA_V_END);
+    int left = rd_kafka_flush(p, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : -1;
+    rd_kafka_destroy(p);
+    return left;
+}
+
+/* Serves c until N_UNROUTED records were counted (or 20 s), stderr into
+ * got. The count of the counter. */
+static uint64_t serve_unrouted(hl_consumer *c, hl_counter *n, char *got, size_t cap)
+{
+    FILE *tmp = tmpfile();
+    int saved = dup(STDERR_FILENO);
+    if (tmp == NULL || saved < 0)
+        return 0;
+    dup2(fileno(tmp), STDERR_FILENO);
+    int64_t deadline = hl_now_mono_ms() + 20000;
+    while (hl_counter_get(n) < N_UNROUTED && hl_now_mono_ms() < deadline)
+        hl_consumer_serve(c, 50);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    rewind(tmp);
+    size_t len = fread(got, 1, cap - 1, tmp);
+    got[len] = '\0';
+    fclose(tmp);
+    return hl_counter_get(n);
+}
+
+static int count_lines(const char *s, const char *needle)
+{
+    int k = 0;
+    for (; (s = strstr(s, needle)) != NULL; s += strlen(needle))
+        k++;
+    return k;
+}
+
+static void test_unrouted_records_rate_limited(void)
+{
+    char err[512], got[65536];
+    rd_kafka_conf_t *mc = rd_kafka_conf_new();
+    rd_kafka_conf_set(mc, "log_level", "0", err, sizeof err);
+    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mc, err, sizeof err);
+    rd_kafka_mock_cluster_t *mock = mrk ? rd_kafka_mock_cluster_new(mrk, 1) : NULL;
+    CHECKF(mock != NULL, "mock cluster: %s", err);
+    if (mock == NULL)
+        return;
+    rd_kafka_mock_topic_create(mock, "behaviour-events", 1, 1);
+    const char *bs = rd_kafka_mock_cluster_bootstraps(mock);
+    CHECK(produce_n(bs, "behaviour-events", N_UNROUTED) == 0);
+    hl_metrics *reg = hl_metrics_create();
+    hl_kafka_prop props[] = {{"log_level", "0"}, {"session.timeout.ms", "6000"},
+                             {"heartbeat.interval.ms", "1000"}};
+    hl_consumer_opts o = {.bootstrap = bs, .group_id = "test-unrouted", .kafka = props,
+                          .n_kafka = 3, .rebalance = assign_all, .reg = reg,
+                          .topic = "behaviour-events"};
+    hl_consumer *c = hl_consumer_create(&o, err, sizeof err);
+    CHECKF(c != NULL, "create: %s", err);
+    if (c != NULL && hl_consumer_subscribe(c, "behaviour-events", err, sizeof err) == 0) {
+        hl_counter *n = hl_metrics_counter(reg, "halflife_unrouted_records_total", NULL, NULL);
+        uint64_t counted = serve_unrouted(c, n, got, sizeof got);
+        int lines = count_lines(got, "event=unrouted_record");
+        CHECKF(counted == N_UNROUTED, "halflife_unrouted_records_total %llu of %d",
+               (unsigned long long)counted, N_UNROUTED);
+        CHECKF(lines >= 1 && lines <= 3, "%d unrouted_record lines for %d records",
+               lines, N_UNROUTED);
+        hl_consumer_close(c);
+    }
+    hl_consumer_destroy(c);
+    hl_metrics_destroy(reg);
+    rd_kafka_mock_cluster_destroy(mock);
+    rd_kafka_destroy(mrk);
+}
+
 int main(void)
 {
     RUN(test_group_state_from_statistics);
+    RUN(test_unrouted_records_rate_limited);
     TEST_EXIT();
 }

@@ -35,6 +35,8 @@ struct hl_consumer {
     atomic_int       subscribed;
     atomic_int       synced;         /* an assignment reached the rebalance callback */
     hl_log_limit     err_limit;
+    hl_log_limit     unrouted_limit;
+    hl_counter      *unrouted;       /* halflife_unrouted_records_total */
     /* From the last statistics, on the thread of hl_consumer_serve: the
      * cgrp object's "state" and "join_state" ("" before the first). */
     char             cgrp_state[24], join_state[24];
@@ -263,7 +265,12 @@ hl_consumer *hl_consumer_create(const hl_consumer_opts *o, char *errbuf, size_t 
     }
     c->o = *o;
     c->err_limit.interval_ms = 5000;
+    c->unrouted_limit.interval_ms = 5000;
     atomic_init(&c->up, 1);
+    if (o->reg)
+        c->unrouted = hl_metrics_counter(o->reg, "halflife_unrouted_records_total",
+            "Records the consumer returned from a partition not routed to a shard thread; "
+            "not applied by this worker.", NULL);
     if (o->reg)
         c->broker_up = hl_metrics_gauge(o->reg, "halflife_broker_up",
             "1 while a Kafka broker is reachable, else 0.", NULL);
@@ -358,6 +365,19 @@ int hl_consumer_subscribe(hl_consumer *c, const char *topic, char *errbuf, size_
     return 0;
 }
 
+/* A record of a partition whose queue is not forwarded to a shard thread.
+ * One line each flooded the log with every record of such a partition;
+ * the counter keeps the exact number, the line is rate-limited. */
+static void unrouted(hl_consumer *c, const rd_kafka_message_t *rkm)
+{
+    uint64_t sup = 0;
+    if (c->unrouted)
+        hl_counter_add(c->unrouted, 1);
+    if (hl_log_limit_pass(&c->unrouted_limit, &sup))
+        hl_log(HL_LOG_WARN, "unrouted_record", "partition=%d offset=%lld suppressed=%llu",
+               (int)rkm->partition, (long long)rkm->offset, (unsigned long long)sup);
+}
+
 int hl_consumer_serve(hl_consumer *c, int timeout_ms)
 {
     rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, timeout_ms);
@@ -367,8 +387,7 @@ int hl_consumer_serve(hl_consumer *c, int timeout_ms)
         else if (rkm->err)
             on_error(c->rk, rkm->err, rd_kafka_message_errstr(rkm), c);
         else
-            hl_log(HL_LOG_WARN, "unrouted_record", "partition=%d offset=%lld",
-                   (int)rkm->partition, (long long)rkm->offset);
+            unrouted(c, rkm);
         rd_kafka_message_destroy(rkm);
     }
     return atomic_load(&c->fatal);

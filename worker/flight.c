@@ -61,6 +61,7 @@ int hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen)
     t->dl_kept_limit.interval_ms = 5000;
     t->dlq_failed_limit.interval_ms = 5000;
     t->refused_limit.interval_ms = 5000;
+    t->given_up_limit.interval_ms = 5000;
     for (int i = 0; i < N_FLIGHTS; i++)
         pthread_mutex_init(&t->fl[i].keys.mu, NULL);
     if ((t->dl_dir = malloc(dl_len)) == NULL)
@@ -280,8 +281,22 @@ static int never_fixed(rd_kafka_resp_err_t err)
     }
 }
 
+/* Logs one list given up on. A line per user, unlimited, let a topic that
+ * refuses every list (a max.message.bytes below the lists' size) write one
+ * line per user of the partition: the metric counts each, the line names
+ * one user and how many lines were left out since the last. */
+static void log_given_up(hl_wthread *t, const flight *f, const hl_failed_key *k)
+{
+    uint64_t sup = 0;
+    if (hl_log_limit_pass(&t->given_up_limit, &sup))
+        hl_log(HL_LOG_ERROR, "list_given_up", "thread=%d user=\"%.*s\" attempts=%d err=\"%s\" "
+               "action=\"not sent again; check the output topic's max.message.bytes and "
+               "the broker's log\" suppressed=%llu", t->id, (int)(k->len > 256 ? 256 : k->len),
+               k->key, f->attempts + 1, rd_kafka_err2str(k->err), (unsigned long long)sup);
+}
+
 /* keys without those given up on (after REFUSED_GIVE_UP attempts at a
- * never_fixed error), each logged with its user and counted; lost keys
+ * never_fixed error), each counted and logged (rate-limited); lost keys
  * (not copied: out of memory) are given up on at once. */
 static hl_failed_key *drop_given_up(hl_wthread *t, flight *f, hl_failed_key *keys, int lost)
 {
@@ -300,10 +315,7 @@ static hl_failed_key *drop_given_up(hl_wthread *t, flight *f, hl_failed_key *key
         }
         *pp = k->next;
         hl_counter_add(t->ctx->mx.given_up, 1);
-        hl_log(HL_LOG_ERROR, "list_given_up", "thread=%d user=\"%.*s\" attempts=%d err=\"%s\" "
-               "action=\"not sent again; check the output topic's max.message.bytes and "
-               "the broker's log\"", t->id, (int)(k->len > 256 ? 256 : k->len), k->key,
-               f->attempts + 1, rd_kafka_err2str(k->err));
+        log_given_up(t, f, k);
         free(k);
     }
     return keys;

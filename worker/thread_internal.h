@@ -152,6 +152,7 @@ struct hl_wthread {
     hl_log_limit dl_limit;                          /* dead letters not kept */
     hl_log_limit dl_kept_limit, dlq_failed_limit;   /* one per bad record otherwise */
     hl_log_limit refused_limit;                     /* flight.c: lists refused */
+    hl_log_limit given_up_limit;                    /* flight.c: lists given up on */
 };
 
 /* The shard of partition, NULL when not this thread's (any of the files). */

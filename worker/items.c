@@ -43,9 +43,11 @@
  * so a bad record is dead-lettered again at each start.
  *
  * With a Schema Registry (opts.schema_fn) each update's writer schema id
- * is resolved through the worker's schema store, as the events' are. An id
- * the store cannot answer yet (registry unreachable, 5xx) is not a bad
- * record: the record is kept aside and its partition paused, the way
+ * is resolved through the worker's schema store, as the events' are; a new
+ * id's answer is awaited briefly first (resolve_id_waiting), so a 404 is
+ * dead-lettered without a pause. An id the store cannot answer within that
+ * (registry unreachable, 5xx) is not a bad record: the record is kept
+ * aside and its partition paused, the way
  * park.c holds events (librdkafka drops what it had queued for the
  * partition and fetches again after the kept record on resume), so the
  * partition's order, which compaction and "the newest update wins" rely
@@ -59,12 +61,15 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define BURST           10000   /* records applied between two views at most */
 #define METADATA_MS      5000
 #define RETRY_TOPIC_MS   5000   /* a missing topic is looked for again this often */
 #define CHECK_PARTS_MS  30000   /* partitions_check_ms's default: a metadata request */
 #define DETAIL_LEN        256   /* a bad update's reason, as a sentence */
+#define ID_WAIT_MS        250   /* a new schema id's answer is awaited this long, unpaused */
+#define ID_POLL_US       2000
 
 /* ---- views ---- */
 
@@ -447,21 +452,44 @@ static int resolve_id(hl_items *it, int32_t id, char *why, size_t whylen)
     return rc;
 }
 
+/* resolve_id, waiting up to ID_WAIT_MS for a new id's first answer, cat_mu
+ * released meanwhile (a rebind may go on). The store answers a new id
+ * only on its fetch thread, so the first lookup is always "not yet": each
+ * update naming an id of its own then paused its partition, and the
+ * resume's fetch made the partition drain at about one update a second,
+ * even though a registry that is up answers a 404 within milliseconds.
+ * Waiting here settles those at the registry's pace; a registry that does
+ * not answer within the wait still pauses the partition (handle). */
+static int resolve_id_waiting(hl_items *it, int32_t id, char *why, size_t whylen)
+{
+    int64_t until = hl_now_mono_ms() + ID_WAIT_MS;
+    int rc;
+    while ((rc = resolve_id(it, id, why, whylen)) == HL_EAGAIN &&
+           hl_now_mono_ms() < until && !atomic_load(&it->stop)) {
+        pthread_mutex_unlock(&it->cat_mu);
+        usleep(ID_POLL_US);
+        pthread_mutex_lock(&it->cat_mu);
+    }
+    return rc;
+}
+
 /* The codec options for rkm: with a registry, those of its writer schema
- * id. HL_ITEM_OK, HL_ITEM_UNKNOWN_SCHEMA (detail says why), or -1: the id
- * is not known yet. A record without a valid header is left to the
- * decoder, which names its fault. */
+ * id (waited for first when wait is set: resolve_id_waiting). HL_ITEM_OK,
+ * HL_ITEM_UNKNOWN_SCHEMA (detail says why), or -1: the id is not known
+ * yet. A record without a valid header is left to the decoder, which
+ * names its fault. Under cat_mu. */
 static int writer_opts(hl_items *it, const rd_kafka_message_t *rkm, hl_item_codec_opts *co,
-                       char *detail, size_t dl)
+                       int wait, char *detail, size_t dl)
 {
     int32_t id;
     *co = it->o.codec;
     if (it->o.schema_fn == NULL || co->framing != HL_FRAMING_CONFLUENT || rkm->len == 0 ||
         hl_frame_read(rkm->payload, rkm->len, &id, NULL, 0) != HL_FRAME_OK)
         return HL_ITEM_OK;
-    int rc = resolve_id(it, id, detail, dl);
+    int rc = wait ? resolve_id_waiting(it, id, detail, dl) : resolve_id(it, id, detail, dl);
     if (rc == HL_EAGAIN)
         return -1;
+    *co = it->o.codec;              /* a rebind during the wait may have changed it */
     co->schema_id = id;
     return rc == 0 ? HL_ITEM_OK : HL_ITEM_UNKNOWN_SCHEMA;
 }
@@ -535,7 +563,7 @@ static int handle(hl_items *it, rd_kafka_message_t *rkm)
                    rd_kafka_message_errstr(rkm));
         return 0;
     }
-    int r = writer_opts(it, rkm, &co, detail, sizeof detail);
+    int r = writer_opts(it, rkm, &co, 1, detail, sizeof detail);
     /* A paused partition yields nothing more (librdkafka's pause drops what
      * it had queued), so a second record of a kept partition cannot come;
      * if it did, it is dead-lettered (its bytes kept) rather than applied
@@ -562,7 +590,7 @@ static void retry_kept(hl_items *it)
         hl_item_codec_opts co;
         rd_kafka_message_t *rkm = it->kept[p];
         int r;
-        if (rkm == NULL || (r = writer_opts(it, rkm, &co, detail, sizeof detail)) < 0)
+        if (rkm == NULL || (r = writer_opts(it, rkm, &co, 0, detail, sizeof detail)) < 0)
             continue;
         it->kept[p] = NULL;
         it->n_kept--;

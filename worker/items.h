@@ -37,8 +37,9 @@ typedef struct hl_items_opts {
     /* Set (schema.registry.url): the writer schema id of each update is
      * resolved through it, as the events' are (hl_codec_schema_fn; the
      * schema must be ours, hl_item_schema_is_ours); an id it does not know
-     * yet pauses that partition until it does, and codec.schema_id is
-     * unused. NULL: codec.schema_id alone. */
+     * yet is waited for briefly (polling it), then pauses that partition
+     * until it does, and codec.schema_id is unused. NULL: codec.schema_id
+     * alone. */
     hl_codec_schema_fn   schema_fn;
     void                *schema_arg;
     /* How often the topic's partition count is asked again, so partitions

@@ -5,11 +5,12 @@ never had, each a different one, write a bounded log.
 Separate processes over TCP: registry_standin.py (it has no schema), a
 `halflife broker`, `halflife run` with schema.registry.url. N_BAD
 ItemUpdates on the item topic, framed with schema ids 7000, 7001, ...,
-each pause the item reader's partition until the registry answers 404,
-and are counted unknown_schema. Checks: every one is counted
-(halflife_item_updates_invalid_total), and item_update_waits is logged
-at most once per 5 s (plus one), each line with suppressed=. Before the
-fix each update logged its own item_update_waits line.
+each wait for the registry's 404 (pausing the item reader's partition
+when it takes longer than a brief wait) and are counted unknown_schema.
+Checks: every one is counted (halflife_item_updates_invalid_total), and
+item_update_waits is logged at most once per 5 s (plus one), each line
+with suppressed=. Before the fix each update logged its own
+item_update_waits line.
 
 Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_item_schema_flood.py
 """
@@ -61,9 +62,9 @@ def run(ck):
                  % (bad, N_BAD))
         lines = [ln for ln in w.log_text().splitlines() if " event=item_update_waits " in ln]
         most = 2 + int(secs / 5)
-        ck.check("waits_bounded", 0 < len(lines) <= most and
+        ck.check("waits_bounded", len(lines) <= most and
                  all("suppressed=" in ln for ln in lines),
-                 "%d item_update_waits lines for %d updates in %.1f s (1..%d wanted, each "
+                 "%d item_update_waits lines for %d updates in %.1f s (at most %d wanted, each "
                  "with suppressed=): %s" % (len(lines), N_BAD, secs, most, lines[:1]))
         rc, _secs = w.term(30)
         ck.check("clean_exit", rc == 0, "exit %s" % rc)

@@ -288,11 +288,13 @@ static int never_fixed(rd_kafka_resp_err_t err)
 static void log_given_up(hl_wthread *t, const flight *f, const hl_failed_key *k)
 {
     uint64_t sup = 0;
+    char q[2 * 256 + 1];        /* quoted: a user id is the input's, any bytes */
     if (hl_log_limit_pass(&t->given_up_limit, &sup))
-        hl_log(HL_LOG_ERROR, "list_given_up", "thread=%d user=\"%.*s\" attempts=%d err=\"%s\" "
+        hl_log(HL_LOG_ERROR, "list_given_up", "thread=%d user=\"%s\" attempts=%d err=\"%s\" "
                "action=\"not sent again; check the output topic's max.message.bytes and "
-               "the broker's log\" suppressed=%llu", t->id, (int)(k->len > 256 ? 256 : k->len),
-               k->key, f->attempts + 1, rd_kafka_err2str(k->err), (unsigned long long)sup);
+               "the broker's log\" suppressed=%llu", t->id,
+               hl_log_quote(q, sizeof q, k->key, k->len > 256 ? 256 : k->len),
+               f->attempts + 1, rd_kafka_err2str(k->err), (unsigned long long)sup);
 }
 
 /* keys without those given up on (after REFUSED_GIVE_UP attempts at a

@@ -301,6 +301,11 @@ int hl_producer_settle(hl_producer *p, int timeout_ms)
     return left;
 }
 
+void hl_producer_purge(hl_producer *p)
+{
+    rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+}
+
 void hl_producer_stats_get(hl_producer *p, hl_producer_stats *st)
 {
     st->delivered = atomic_load_explicit(&p->n_delivered, memory_order_relaxed);

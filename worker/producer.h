@@ -122,6 +122,18 @@ int  hl_producer_flush(hl_producer *p, int timeout_ms);
  * failed delivery). For a shutdown: the records are given up on. */
 int  hl_producer_settle(hl_producer *p, int timeout_ms);
 
+/* Drops every record librdkafka holds for p, queued or in flight, from
+ * every thread: each comes back as a failed delivery report
+ * (RD_KAFKA_RESP_ERR__PURGE_QUEUE or _INFLIGHT), served by the next poll,
+ * so its ticket's owner decides again what to send (a list is refreshed
+ * from its user's newest state, if still owned). With message.timeout.ms=0
+ * nothing else ever takes a record out: without this, a list a release
+ * left behind waited for the broker and could land after the partition's
+ * next owner's newer ones. A record already on a stalled connection may
+ * still reach the broker; librdkafka can no longer tell. Blocks until
+ * librdkafka's broker threads have purged. */
+void hl_producer_purge(hl_producer *p);
+
 /* Delivery reports so far, whether or not the records carried a ticket:
  * what a caller without a metrics registry reports. Any thread. */
 typedef struct hl_producer_stats {

@@ -249,6 +249,28 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
         atomic_store(&t->ctx->unsaved[i], sh->partition);
 }
 
+/* A release that gave up on undelivered lists (the broker away, or
+ * refusing): librdkafka would keep them queued for ever (message.timeout.ms
+ * =0) and send them whenever the broker answers again, possibly after
+ * the partitions' next owner published newer lists for the same users; a
+ * compacted output topic then kept the older list for good. So every
+ * record the producer holds is purged before the partitions go: the
+ * moved users' lists come back failed and are dropped (their next owner
+ * reads those events again and publishes them), the lists of partitions
+ * still owned here or by other threads come back failed too and are
+ * refreshed again from their users' newest state (flight.c), and a dead
+ * letter's copy is kept on disk instead. Not while stopping: the
+ * producer is settled on the way out. */
+static void let_go_undelivered(hl_wthread *t, int n_take)
+{
+    hl_producer_purge(t->ctx->prod);
+    hl_log(HL_LOG_WARN, "release_undelivered", "thread=%d partitions=%d "
+           "batches_in_flight=%d waited_ms=%d action=\"let go at their last delivered "
+           "offsets; the next owner reads those events again; unsent records purged, "
+           "lists still owned refreshed again\"", t->id, n_take, t->fl_n,
+           t->ctx->o->shutdown_timeout_ms);
+}
+
 /* Lets go of the n_take shards in take_copy: their held-back lists
  * published and delivered, offsets stored, snapshots written, one deadline
  * for all (a stop's; else shutdown.timeout.ms for the deliveries, and as
@@ -276,10 +298,7 @@ static void release(hl_wthread *t, int n_take)
         for (int i = 0; i < n_take; i++)
             hl_flight_forget(t, t->take_copy[i]);
         if (!stopping)
-            hl_log(HL_LOG_WARN, "release_undelivered", "thread=%d partitions=%d "
-                   "batches_in_flight=%d waited_ms=%d action=\"let go at their last delivered "
-                   "offsets; the next owner reads those events again\"", t->id, n_take,
-                   t->fl_n, t->ctx->o->shutdown_timeout_ms);
+            let_go_undelivered(t, n_take);
     }
     /* The snapshots' own budget, unless a stop came meanwhile: then its
      * deadline, or the release would outlast the stop's bound. */

@@ -250,7 +250,7 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
 }
 
 /* A release that gave up on undelivered lists (the broker away, or
- * refusing): librdkafka would keep them queued for ever (message.timeout.ms
+ * refusing, or the partitions lost): librdkafka would keep them queued for ever (message.timeout.ms
  * =0) and send them whenever the broker answers again, possibly after
  * the partitions' next owner published newer lists for the same users; a
  * compacted output topic then kept the older list for good. So every
@@ -261,14 +261,14 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
  * refreshed again from their users' newest state (flight.c), and a dead
  * letter's copy is kept on disk instead. Not while stopping: the
  * producer is settled on the way out. */
-static void let_go_undelivered(hl_wthread *t, int n_take)
+static void let_go_undelivered(hl_wthread *t, int n_take, int lost)
 {
     hl_producer_purge(t->ctx->prod);
-    hl_log(HL_LOG_WARN, "release_undelivered", "thread=%d partitions=%d "
+    hl_log(HL_LOG_WARN, "release_undelivered", "thread=%d partitions=%d lost=%d "
            "batches_in_flight=%d waited_ms=%d action=\"let go at their last delivered "
            "offsets; the next owner reads those events again; unsent records purged, "
-           "lists still owned refreshed again\"", t->id, n_take, t->fl_n,
-           t->ctx->o->shutdown_timeout_ms);
+           "lists still owned refreshed again\"", t->id, n_take, lost, t->fl_n,
+           lost ? 0 : t->ctx->o->shutdown_timeout_ms);
 }
 
 /* Lets go of the n_take shards in take_copy: their held-back lists
@@ -279,26 +279,34 @@ static void let_go_undelivered(hl_wthread *t, int n_take)
  * still undelivered at the deadline (refused, or the broker away) no
  * longer hold the group's rebalance: the partitions go with their offsets
  * and snapshots where they were (snapshot_now refuses to pass undelivered
- * lists), so the next owner reads those events again and publishes them. */
+ * lists), so the next owner reads those events again and publishes them.
+ * Lost partitions go at once, without their held-back lists. */
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
     int stopping = atomic_load(t->ctx->stop) != 0;
     int64_t deadline = stopping ? atomic_load(&t->ctx->stop_deadline_ms)
                                 : hl_now_mono_ms() + t->ctx->o->shutdown_timeout_ms;
+    /* Lost (a session timeout; librdkafka says so for the whole
+     * revocation): the group has already given the partitions to another
+     * member, which may be publishing newer lists now, so none of ours
+     * may go out any more: no waiting users published, no wait for the
+     * lists in the air (they would land whenever the broker came back
+     * within it), the producer purged at once. */
+    int lost = !stopping && rd_kafka_assignment_lost(t->ctx->consumer);
     for (int i = 0; i < n_take; i++)
         hl_park_drop(t, t->take_copy[i]);   /* the next owner reads them again */
-    for (int i = 0; i < n_take; i += 64) {
+    for (int i = 0; i < n_take && !lost; i += 64) {
         int n_sh = 0;
         for (int j = i; j < n_take && n_sh < 64; j++)
             shs[n_sh++] = hl_wthread_shard_of(t, t->take_copy[j]);
         hl_publish_pending(t, shs, n_sh);
     }
-    if (!hl_flight_drain(t, stopping ? 0 : deadline)) {
+    if (lost ? t->fl_n > 0 : !hl_flight_drain(t, stopping ? 0 : deadline)) {
         for (int i = 0; i < n_take; i++)
             hl_flight_forget(t, t->take_copy[i]);
         if (!stopping)
-            let_go_undelivered(t, n_take);
+            let_go_undelivered(t, n_take, lost);
     }
     /* The snapshots' own budget, unless a stop came meanwhile: then its
      * deadline, or the release would outlast the stop's bound. */

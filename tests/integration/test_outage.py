@@ -12,7 +12,9 @@ the outage, so it also loses and regains its group membership. Checks:
   and 1 again after, and its log says event=broker_down from the outage on
   and, last, event=broker_up;
 - it resumes without loss: every event produced is applied exactly once
-  (applied = produced, nothing invalid or failed), every user's last list
+  (applied = produced, nothing invalid or failed; at least once when the
+  revocation was lost, whose partitions are read again from their last
+  delivered offsets), every user's last list
   equals the offline reference, and the final snapshots equal an
   uninterrupted run's (`halflife snapshot dump` of every partition).
 """
@@ -92,8 +94,17 @@ def run(ck):
     C.wait_committed(broker.bootstrap, "outage", high, 60)
     rc, _secs = w.term(30)
     t = w.totals() or {}
+    # A revocation librdkafka marks lost (the session ran out during the
+    # outage) lets its partitions go at once, at their last delivered
+    # offsets, with the producer purged (a list of ours must not land after
+    # the next owner's): their owner, this worker again, reads the events
+    # after those offsets once more, from the snapshot there. Then applied
+    # counts them twice; the state and lists are still checked exact below.
+    lost = any(kv.get("lost") == "1" for _ts, kv in w.events("release_undelivered"))
+    applied_ok = (t.get("applied", 0) >= len(events) if lost
+                  else t.get("applied") == len(events))
     ck.check("every_event_applied_once",
-             rc == 0 and t.get("applied") == len(events) == sum(high.values()) and
+             rc == 0 and applied_ok and len(events) == sum(high.values()) and
              t.get("invalid") == 0 and t.get("failed") == 0 and
              t.get("consumed") == t.get("applied", 0) + t.get("duplicates", 0),
              "exit %s, totals %s, produced %d (high watermarks %s)" % (rc, t, len(events), high))

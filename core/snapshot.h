@@ -115,6 +115,16 @@ int hl_snapshot_write(const hl_io *io, const char *dir,
                       int retain, hl_snapshot_result *res,
                       char *errbuf, size_t errlen);
 
+/* Renames dir's snapshots of topic/partition named above offset to
+ * <name><suffix>, which no listing matches any more, so they are neither
+ * loaded nor retained (kept for the operator; the input topic they
+ * followed was created again: a worker restoring them would seek past its
+ * end). *n_aside: files renamed. 0, or HL_EIO naming the file that could
+ * not be renamed (the rest are left as they are). */
+int hl_snapshot_set_aside(const hl_io *io, const char *dir, const char *topic,
+                          int32_t partition, int64_t offset, const char *suffix,
+                          int *n_aside, char *errbuf, size_t errlen);
+
 /* The file name (no directory) of a snapshot: fails with HL_EINVAL on a
  * topic outside [A-Za-z0-9._-]{1,249}, a negative partition or offset. */
 int hl_snapshot_name(const hl_snapshot_meta *meta, char *name, size_t len,

@@ -250,6 +250,14 @@ hl_table_evict_fn hl_table_evict_hook(const hl_table *tbl, void **arg);
  * hook. HL_ENOENT if the user has no row. */
 int hl_table_remove(hl_table *tbl, const char *user, size_t user_len);
 
+/* Forgets every row's last applied offset, so the next event of each
+ * user applies whatever its offset: the input topic was deleted and
+ * created again (its offsets start again at 0) and the users' state is
+ * kept while the new topic is read from its start. Without it, every
+ * user's events would be dropped as duplicates until the new topic's
+ * offsets passed the old ones. Owner thread; O(rows). */
+void hl_table_forget_offsets(hl_table *tbl);
+
 /* Shard-wide values a snapshot must carry to make a restored table behave
  * exactly like the original. */
 typedef struct hl_table_meta {

@@ -42,6 +42,15 @@ int hl_table_row_live(const hl_table *tbl, uint32_t row)
     return row < tbl->row_limit && row_is_live(tbl, row);
 }
 
+/* ---- input positions ------------------------------------------------------ */
+
+void hl_table_forget_offsets(hl_table *tbl)
+{
+    /* INT64_MIN: what a new row starts with (table.c), below any offset. */
+    for (uint32_t r = hl_table_next_live(tbl, 0); r != NONE; r = hl_table_next_live(tbl, r + 1))
+        hdr(row_ptr(tbl, r))->last_offset = INT64_MIN;
+}
+
 /* ---- model generations ---------------------------------------------------- */
 
 void hl_table_flip_generation(hl_table *tbl)

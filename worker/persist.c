@@ -702,3 +702,19 @@ int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_off
     pthread_mutex_unlock(&p->mu);
     return rc;
 }
+
+/* ---- a recreated input topic ------------------------------------------- */
+
+int hl_persist_shard_restart_at(hl_persist_shard *ps, const hl_table *tbl, int64_t offset,
+                                int64_t deadline_ms, int *n_aside, char *errbuf,
+                                size_t errlen)
+{
+    *n_aside = 0;
+    ps->fp_changed = 1;     /* written even if a file at offset exists (an old one) */
+    int rc = hl_persist_flush(ps, tbl, offset, deadline_ms, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    hl_persist *p = ps->p;
+    return hl_snapshot_set_aside(p->io, p->dir, p->topic, ps->partition, offset,
+                                 ".topic-recreated", n_aside, errbuf, errlen);
+}

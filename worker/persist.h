@@ -143,6 +143,19 @@ int hl_persist_tick(hl_persist_shard *ps, const hl_table *tbl, int64_t applied_o
 int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_offset,
                      int64_t deadline_ms, char *errbuf, size_t errlen);
 
+/* The input topic was deleted and created again (the restored offset lay
+ * beyond its end): makes a snapshot of tbl at offset, the new topic's
+ * position, durable before deadline_ms, then renames the partition's
+ * files named above offset (the old topic's) to <name>.topic-recreated,
+ * so a restart no longer restores them over the new ones (they sort as
+ * newer). Nothing is renamed when the write fails: the old files are
+ * then still the only copy of the users. *n_aside: files renamed. Before
+ * the shard is handed to its thread. 0, or a negative HL_E* with the
+ * reason (a rename that failed names the file). */
+int hl_persist_shard_restart_at(hl_persist_shard *ps, const hl_table *tbl, int64_t offset,
+                                int64_t deadline_ms, int *n_aside, char *errbuf,
+                                size_t errlen);
+
 /* The next_offset of the newest durable snapshot of this shard (written or
  * restored), HL_PERSIST_NO_OFFSET if none. Any thread. */
 int64_t hl_persist_shard_durable(const hl_persist_shard *ps);

@@ -130,6 +130,10 @@ static void register_process(hl_worker *w)
         "stops and exits 1, and /healthz fails until it does.", NULL);
     w->rebalances = hl_metrics_counter(reg, "halflife_rebalances_total",
         "Rebalance callbacks served (assign and revoke).", NULL);
+    w->recreated = hl_metrics_counter(reg, "halflife_input_topic_recreated_total",
+        "Partitions whose restored input offset lay beyond the topic's end at assignment "
+        "(the input topic deleted and created again): the users were kept and the new "
+        "topic read from auto.offset.reset.", NULL);
     w->assigned_g = hl_metrics_gauge(reg, "halflife_assigned_partitions",
         "Input partitions this worker owns.", NULL);
     w->queued_g = hl_metrics_gauge(reg, "halflife_consumer_queued_records",

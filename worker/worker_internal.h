@@ -77,6 +77,7 @@ struct hl_worker {
     hl_changelog     *changelog;      /* state.store=kafka; else NULL */
     char              state_topic[256];
     hl_counter       *rebalances;
+    hl_counter       *recreated;      /* halflife_input_topic_recreated_total */
     pthread_mutex_t   lat_mu;         /* also guards closed */
     pthread_cond_t    closed_cv;
     int               closed;         /* the consumer has left the group */

@@ -463,6 +463,84 @@ static void log_trimmed(const hl_worker *w, int32_t p, const hl_table *tbl)
                (unsigned long long)st.evicted_capacity, st.users, w->o.state_max_users);
 }
 
+/* How long an assignment waits for a partition's watermarks: a broker
+ * that does not answer in time leaves the restored offset as it was (the
+ * check is skipped and logged), it does not hold the rebalance. */
+#define WATERMARK_TIMEOUT_MS 5000
+
+/* 1 when the restored offset lies beyond the partition's high watermark:
+ * the input topic was deleted and created again under the same name (its
+ * offsets start again at 0) while the state came from the old one. Left
+ * alone, the fetch there is out of range, librdkafka resets it to the log
+ * start and the shard drops every record below the restored offset as
+ * re-delivered: nothing read, silently, until the new topic outgrew the
+ * old one (test_topic_recreated.py). *start: where the new topic is read
+ * from, as auto.offset.reset says. Skipped (0) for an offset that is not
+ * restored or watermarks that cannot be read. */
+static int input_recreated(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t offset,
+                           int64_t *start, int64_t *high)
+{
+    int64_t low = -1;
+    if (offset <= 0)
+        return 0;
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk, w->o.input_topic, p, &low,
+                                                               high, WATERMARK_TIMEOUT_MS);
+    if (err) {
+        hl_log(HL_LOG_WARN, "input_watermarks_unknown", "partition=%d offset=%lld err=\"%s\" "
+               "action=\"resumed at the restored offset unchecked: a topic recreated "
+               "meanwhile would go unnoticed\"", (int)p, (long long)offset,
+               rd_kafka_err2str(err));
+        return 0;
+    }
+    *start = w->o.offset_reset_latest ? *high : low;
+    return offset > *high;
+}
+
+/* A recreated input topic: the users are kept (what they did is still
+ * true; dropping them would lose every idle user) with their applied
+ * offsets forgotten, else each user's events would be dropped as
+ * duplicates until the new topic's offsets passed the old ones; the
+ * partition resumes at *offset = start. The caller writes a snapshot at
+ * start (keep_recreated). Counted and logged loudly: a topic deleted by
+ * mistake and refilled with the same events would count them twice. */
+static void restart_input(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
+                          int64_t *offset, int64_t start, int64_t high)
+{
+    hl_table_stats st;
+    hl_table_stats_get(tbl, &st);
+    hl_table_forget_offsets(tbl);
+    hl_counter_add(w->recreated, 1);
+    hl_log(HL_LOG_ERROR, "input_topic_recreated", "partition=%d restored_offset=%lld "
+           "high_watermark=%lld start=%lld users=%zu reason=\"the state's offset is beyond "
+           "the end of %s: the topic was deleted and created again\" action=\"kept the "
+           "users and read the new topic from auto.offset.reset; if it holds the old "
+           "events again, stop the worker and empty the state (snapshot.dir, state.topic) "
+           "or they count twice\"", (int)p, (long long)*offset, (long long)high,
+           (long long)start, st.users, w->o.input_topic);
+    *restored = *offset = start;
+}
+
+/* The kept users written at the new topic's start, and the old topic's
+ * snapshots renamed aside: named above it, they would be restored again
+ * at the next start. A failure leaves them (logged): the next start then
+ * finds the old topic's state again and says so again. */
+static void keep_recreated(hl_worker *w, int32_t p, hl_persist_shard *ps, const hl_table *tbl,
+                           int64_t start)
+{
+    char err[512];
+    int n_aside = 0;
+    int64_t deadline = hl_now_mono_ms() + w->o.shutdown_timeout_ms;
+    if (ps == NULL)
+        return;
+    if (hl_persist_shard_restart_at(ps, tbl, start, deadline, &n_aside, err, sizeof err) != 0)
+        hl_log(HL_LOG_ERROR, "input_topic_recreated_unsaved", "partition=%d err=\"%s\" "
+               "action=\"the old topic's snapshots stay; the next start reports this again\"",
+               (int)p, err);
+    else
+        hl_log(HL_LOG_INFO, "snapshots_set_aside", "partition=%d next_offset=%lld files=%d "
+               "suffix=.topic-recreated", (int)p, (long long)start, n_aside);
+}
+
 static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
 {
     char err[256];
@@ -477,6 +555,12 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr, &moved);
     if (tbl == NULL)
         return HL_EIO;          /* logged as restore_failed */
+    int64_t start, high;
+    int recreated = input_recreated(w, rk, p, restored, &start, &high);
+    if (recreated) {
+        restart_input(w, p, tbl, &restored, offset, start, high);
+        on_disk = HL_PERSIST_NO_OFFSET;
+    }
     log_trimmed(w, p, tbl);
     bound_stream_time(w, p, tbl);
     if (w->changelog == NULL)
@@ -485,6 +569,8 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
                                              : NULL;
     if (moved)
         hl_persist_shard_resave(ps);    /* the newest file names the old model */
+    if (recreated)
+        keep_recreated(w, p, ps, tbl, start);
     hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
                                    w->o.recs_min_interval_ms, w->reg, err, sizeof err);
     if (sh == NULL) {
@@ -509,8 +595,9 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     }
     if (sh->cl != NULL && sh->ps != NULL)
         hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
-    if (moved)
-        hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's */
+    if (moved || recreated)
+        hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's,
+                                               or hold the old topic's offsets */
     return give_to_thread(w, rk, p, sh);
 }
 

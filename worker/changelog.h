@@ -138,6 +138,9 @@ typedef struct hl_changelog_restored {
     int64_t  epoch;             /* the epoch claimed for this owner */
     int64_t  claim_end;         /* changelog offset after the claim */
     int      used_base;         /* the base was read on top of, not discarded */
+    int      recreated;         /* the changelog was empty below base's changelog
+                                   offset (recreated): base is the whole state, and
+                                   every row must be written again */
     uint64_t n_records, n_rows, n_tombstones, n_checkpoints, n_stale, n_bad;
     uint64_t n_migrated;        /* rows of another shape moved into the table's as
                                    read (opts.reshape), from their model */
@@ -154,9 +157,11 @@ typedef struct hl_changelog_restored {
  * a local snapshot described by base: then only the changelog from
  * base->changelog_offset on is read, and the input resumes at the last
  * checkpoint read, else at base->next_offset. HL_ENOENT when base's
- * changelog offset is not within the partition's watermarks (the topic
- * was recreated, or retention dropped the tail): the caller restores
- * again into an empty table without base. Main thread (the rebalance
+ * changelog offset is not within the partition's watermarks (retention
+ * dropped the tail, or the topic was recreated and written since): the
+ * caller restores again into an empty table without base. A base beyond
+ * the end of an empty partition (the topic recreated) is the whole state:
+ * kept, out->recreated set, the caller rewrites every row. Main thread (the rebalance
  * callback). 0, or a negative HL_E* when the changelog cannot be read
  * (the caller must not serve the partition from an empty table: state
  * would be lost). */

@@ -56,6 +56,7 @@ typedef struct changelog_metrics {
     hl_counter   *bad;               /* halflife_changelog_bad_records_total */
     hl_counter   *chain_gaps;        /* halflife_changelog_chain_gaps_total */
     hl_counter   *oversized;         /* halflife_changelog_oversized_rows_total */
+    hl_counter   *recreated;         /* halflife_changelog_recreated_total */
     hl_histogram *flush_s;           /* halflife_changelog_flush_duration_seconds */
 } changelog_metrics;
 

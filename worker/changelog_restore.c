@@ -781,6 +781,33 @@ static void base_start(restorer *rs, const hl_changelog_base *base)
     rs->out->used_base = 1;
 }
 
+/* An empty changelog whose end lies below the changelog offset base
+ * covers: the state topic was deleted and created again (offsets only
+ * grow). base, the local snapshot, is then the whole state there is:
+ * refused, as a base outside the watermarks is, its users were dropped
+ * and the input read again from auto.offset.reset, which loses every user
+ * whose events retention has deleted since (an idle one). Kept, the
+ * caller writes every row again (out->recreated), so the new topic holds
+ * them all. A recreated topic that holds records already (another owner
+ * wrote since) is still refused: their epochs and the base's do not
+ * order. */
+static int recreated(restorer *rs, int32_t p, const hl_changelog_base *base, int64_t *from)
+{
+    hl_changelog *cl = rs->cl;
+    hl_counter_add(cl->mx.recreated, 1);
+    hl_log(HL_LOG_ERROR, "changelog_recreated", "topic=%s partition=%d covered=%lld "
+           "high=%lld next_offset=%lld reason=\"the state topic is empty below the changelog "
+           "offset the local snapshot covers: deleted and created again\" action=\"kept the "
+           "local snapshot's users and write them all to the new topic; a member without "
+           "this snapshot would have restored nothing\"", cl->topic, (int)p,
+           (long long)base->changelog_offset, (long long)rs->out->high,
+           (long long)base->next_offset);
+    rs->out->recreated = 1;
+    *from = rs->out->high;
+    base_start(rs, base);   /* its epoch too: the claim still outranks the old owners */
+    return 0;
+}
+
 /* The watermarks into out, and the offset the read starts at: the low
  * watermark, or the base's changelog offset (HL_ENOENT when it is not
  * within them), whose epoch and meta the read then goes on from. */
@@ -798,6 +825,8 @@ static int read_start(restorer *rs, int32_t p, const hl_changelog_base *base, in
     *from = out->low;
     if (base == NULL)
         return 0;
+    if (base->changelog_offset > out->high && out->low == out->high)
+        return recreated(rs, p, base, from);
     if (base->changelog_offset < out->low || base->changelog_offset > out->high)
         return hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
                       "covers up to offset %lld, outside the watermarks %lld..%lld",

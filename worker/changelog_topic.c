@@ -40,6 +40,10 @@ static void register_metrics(hl_changelog *cl, hl_metrics *reg)
     cl->mx.chain_gaps = hl_metrics_counter(reg, "halflife_changelog_chain_gaps_total",
         "Flushes whose records had another writer's among them (a claim or a fenced "
         "owner's late flush); later local snapshots name the cover before the gap.", NULL);
+    cl->mx.recreated = hl_metrics_counter(reg, "halflife_changelog_recreated_total",
+        "Restores that found the state topic empty below the local snapshot's changelog "
+        "offset (the topic deleted and created again): the snapshot's users were kept and "
+        "written to the new topic whole.", NULL);
     cl->mx.oversized = hl_metrics_counter(reg, "halflife_changelog_oversized_rows_total",
         "Rows left out of a changelog flush because their record would exceed the "
         "producer's message.max.bytes (kafka.message.max.bytes); the user's newest "

@@ -595,7 +595,7 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     }
     if (sh->cl != NULL && sh->ps != NULL)
         hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
-    if (moved || recreated)
+    if (moved || recreated || cr.recreated)
         hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's,
                                                or hold the old topic's offsets */
     return give_to_thread(w, rk, p, sh);

@@ -1,0 +1,109 @@
+"""test_changelog_recreated.py - state.store=kafka with a state topic that
+was deleted and created again (empty) while a worker's local snapshot
+(the cache) still holds the partition's users.
+
+The recreation is a second, empty state topic named by state.topic on the
+restart (librdkafka 2.0.2's mock cluster answers neither CreateTopics nor
+DeleteTopics, and restarting it would empty the input topic too). One
+partition; 300 events of 40 users, a clean stop (changelog flushed, cache
+written), a restart on the empty state topic, then 20 events of one user.
+Checks:
+- cache_used: the restart serves the cache's users at its input offset
+  (halflife_restore_source is "snapshot", every user held, input read
+  from 300 on: exactly the 20 new events consumed). Before the fix the
+  cache was refused (its changelog offset lies beyond the empty topic's
+  end), the users dropped and the input read again from its start: the
+  users came back only because this input topic still holds every event
+  (retention would have lost the idle ones for good).
+- recreation_reported: event=changelog_recreated is logged and
+  halflife_changelog_recreated_total is 1.
+- changelog_whole: a worker with an empty snapshot.dir restores every
+  user from the new state topic alone, the idle ones too (the restart
+  wrote every row again, not only the rows the new events touched), and
+  consumes no input.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
+import e2e_util as U  # noqa: E402
+
+SLOW = 3 if os.environ.get("HL_SAN") == "1" else 1
+N_OLD, N_NEW = 300, 20
+GROUP = "clr"
+OLD_STATE, NEW_STATE = GROUP + "-state", GROUP + "-state-new"
+
+
+def wait_for(fn, timeout):
+    deadline, v = time.time() + timeout, None
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.2)
+    return v
+
+
+def worker(ck, broker, model, snapdir, state_topic, name):
+    return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
+                    ["snapshot.dir=" + snapdir, "snapshot.interval.ms=0",
+                     "state.store=kafka", "state.topic=" + state_topic,
+                     "state.flush.ms=300", "group.id=" + GROUP,
+                     "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=1000",
+                     "kafka.fetch.wait.max.ms=10"])
+
+
+def ready(w):
+    return wait_for(lambda: w.metric_or("halflife_ready") == 1, 30 * SLOW)
+
+
+def restart_on_new_topic(ck, broker, model, snapdir, n_users, extra):
+    w = worker(ck, broker, model, snapdir, NEW_STATE, "w2")
+    ok = ready(w)
+    src = w.metric_or("halflife_restore_source", labels='source="snapshot"')
+    users = w.metric_or("halflife_users")
+    U.produce_events(broker.bootstrap, C.TOPIC, extra)
+    n = C.wait_consumed([w], N_NEW, 20 * SLOW)
+    ck.check("cache_used", ok and src == 1 and users == n_users and n == N_NEW,
+             "ready %s, restore source snapshot %s, %s users at start (want %d), consumed "
+             "%s (want %d: the input from the cache's offset)" %
+             (ok, src, users, n_users, n, N_NEW))
+    counted = w.metric_or("halflife_changelog_recreated_total")
+    lines = len(w.events("changelog_recreated"))
+    ck.check("recreation_reported", counted == 1 and lines == 1,
+             "halflife_changelog_recreated_total=%s, %d changelog_recreated lines" %
+             (counted, lines))
+    rc, _ = w.term(30)
+    ck.check("stopped", rc == 0, "exit %s" % rc)
+
+
+def run(ck):
+    model, _csv, events = C.prepare(ck.tmp, N_OLD, 40, 200)
+    n_users = len({e[0] for e in events})
+    one = events[0][0]
+    extra = [(one, e[1], e[2], e[3], e[4]) for e in events[:N_NEW]]
+    broker = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker.log"),
+                      topics=C.TOPICS + [OLD_STATE, NEW_STATE])
+    snapdir = os.path.join(ck.tmp, "snap")
+    U.produce_events(broker.bootstrap, C.TOPIC, events)
+    w1 = worker(ck, broker, model, snapdir, OLD_STATE, "w1")
+    n = C.wait_consumed([w1], N_OLD, 30 * SLOW)
+    rc, _ = w1.term(30)
+    if n != N_OLD or rc != 0:
+        raise RuntimeError("first life: consumed %s of %d, exit %s" % (n, N_OLD, rc))
+    restart_on_new_topic(ck, broker, model, snapdir, n_users, extra)
+    w3 = worker(ck, broker, model, os.path.join(ck.tmp, "snap-empty"), NEW_STATE, "w3")
+    ok = ready(w3)
+    users = w3.metric_or("halflife_users")
+    C.wait_idle([w3], 5 * SLOW, quiet=1.0)
+    consumed = w3.metric_or("halflife_events_consumed_total")
+    ck.check("changelog_whole", ok and users == n_users and consumed == 0,
+             "ready %s, %s users from the new state topic alone (want %d), consumed %s "
+             "(want 0)" % (ok, users, n_users, consumed))
+    w3.term(30)
+
+
+if __name__ == "__main__":
+    sys.exit(C.run_main("test_changelog_recreated", "ran", run))

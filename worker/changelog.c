@@ -343,6 +343,8 @@ static int send_one(hl_changelog_shard *cs, const void *key, size_t key_len,
     hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}, {NULL, NULL, 0}};
     if (kind == KIND_ROW)
         h[1] = (hl_header){HL_CHANGELOG_MODEL_HDR, fp, strlen(fp)};
+    else if (kind == KIND_CHECKPOINT)   /* not on rows: no byte added per user */
+        h[1] = (hl_header){HL_CHANGELOG_GROUP_HDR, cl->group, strlen(cl->group)};
     cs->n_sent++;
     if (hl_producer_send(cl->o.prod, cl->topic, cs->partition, key, key_len, value, value_len,
                          h, &cs->t, err, sizeof err) != 0) {

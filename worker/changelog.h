@@ -89,6 +89,8 @@ typedef int (*hl_changelog_reshape_fn)(void *arg, uint64_t fp, hl_changelog_resh
 typedef struct hl_changelog_opts {
     const char    *topic;             /* the changelog topic (copied) */
     const char    *input_topic;       /* copied */
+    const char    *group_id;          /* the worker's group.id (copied), named on
+                                         every checkpoint; NULL: "" */
     const char    *bootstrap;
     const hl_kafka_prop *kafka;       /* kafka.* keys (security etc.) for the restorer */
     int            n_kafka;
@@ -142,6 +144,7 @@ typedef struct hl_changelog_restored {
                                    offset (recreated): base is the whole state, and
                                    every row must be written again */
     uint64_t n_records, n_rows, n_tombstones, n_checkpoints, n_stale, n_bad;
+    uint64_t n_foreign;         /* checkpoints another group.id wrote (logged) */
     uint64_t n_migrated;        /* rows of another shape moved into the table's as
                                    read (opts.reshape), from their model */
     uint64_t n_rebuilt;         /* the same, rebuilt from their rings alone */

@@ -21,6 +21,13 @@
  * naming one it does not know rather than misread it, so a downgrade
  * over a newer writer's changelog loses those rows visibly. */
 #define HL_CHANGELOG_FORMAT_HDR "halflife.format"
+/* On each checkpoint (the claim too): the group.id of the deployment that
+ * wrote it. Two deployments (two consumer groups) pointed at one
+ * state.topic each read the other's users as their own and fence each
+ * other's owners by epoch; nothing else tells them apart, so a restore
+ * that reads another group's checkpoint says so (changelog_shared).
+ * Absent: a writer from before the header, taken as this group's. */
+#define HL_CHANGELOG_GROUP_HDR  "halflife.group"
 #define HL_CHANGELOG_FORMAT     2
 /* The highest epoch a record may name: the next owner claims one more,
  * and every epoch is written and read back as a non-negative int64. A
@@ -57,12 +64,14 @@ typedef struct changelog_metrics {
     hl_counter   *chain_gaps;        /* halflife_changelog_chain_gaps_total */
     hl_counter   *oversized;         /* halflife_changelog_oversized_rows_total */
     hl_counter   *recreated;         /* halflife_changelog_recreated_total */
+    hl_counter   *foreign;           /* halflife_changelog_foreign_checkpoints_total */
     hl_histogram *flush_s;           /* halflife_changelog_flush_duration_seconds */
 } changelog_metrics;
 
 struct hl_changelog {
     hl_changelog_opts o;
     char         topic[256], input_topic[256];
+    char         group[256];         /* o->group_id: HL_CHANGELOG_GROUP_HDR */
     int          n_heads, dim, history;   /* the first model's shape: a table's own
                                              (shape_of) is what rows are written and
                                              read in, since a live swap may change it */
@@ -100,6 +109,8 @@ typedef struct hl_changelog_rec {
     size_t      epoch_len, model_len;
     const void *format;             /* HL_CHANGELOG_FORMAT_HDR */
     size_t      format_len;
+    const void *group;              /* HL_CHANGELOG_GROUP_HDR */
+    size_t      group_len;
     int32_t     partition;
     int64_t     offset;
 } hl_changelog_rec;

@@ -63,6 +63,8 @@ typedef struct restorer {
     int                    n_fps;
     int64_t                base_epoch;         /* the base's, 0: no base or unknown */
     int                    format_logged;      /* format_unknown() said so */
+    char                   foreign[64];        /* the first other group.id read (quoted,
+                                                  cut), for changelog_shared */
     int64_t                usurper;            /* see apply(): the epoch that shows the
                                                   base was a fenced owner's; 0: none */
     _Atomic uint64_t      *applied;            /* rows applied, for the prefault
@@ -125,6 +127,8 @@ static void rec_of(const rd_kafka_message_t *m, hl_changelog_rec *r)
         r->model = NULL;
     if (rd_kafka_header_get_last(h, HL_CHANGELOG_FORMAT_HDR, &r->format, &r->format_len) != 0)
         r->format = NULL;
+    if (rd_kafka_header_get_last(h, HL_CHANGELOG_GROUP_HDR, &r->group, &r->group_len) != 0)
+        r->group = NULL;
 }
 
 /* Remembers the model of the row now at id row (restored there). A row
@@ -435,6 +439,35 @@ static void count_bad(restorer *rs, const hl_changelog_rec *m, int rc)
  * honest owner's later records, of a lower epoch, were ignored as stale
  * (its users lost at every restore) and, after a base, the read was
  * refused as usurped (test_bad_record_moves_nothing). */
+/* A checkpoint another deployment wrote (HL_CHANGELOG_GROUP_HDR naming
+ * another group.id): counted; the first one's group is kept for the log
+ * line at the end (report_foreign). Applied all the same: a group.id
+ * renamed on purpose over the same state.topic reads its own state. */
+static void note_group(restorer *rs, const hl_changelog_rec *m)
+{
+    const char *own = rs->cl->group;
+    if (m->group == NULL || (m->group_len == strlen(own) &&
+                             memcmp(m->group, own, m->group_len) == 0))
+        return;
+    if (rs->out->n_foreign++ == 0)
+        hl_log_quote(rs->foreign, sizeof rs->foreign, (const char *)m->group, m->group_len);
+    hl_counter_add(rs->cl->mx.foreign, 1);
+}
+
+/* Once per restore that read another group's checkpoints: two
+ * deployments share this state.topic. */
+static void report_foreign(const restorer *rs, int32_t p)
+{
+    if (rs->out->n_foreign == 0)
+        return;
+    hl_log(HL_LOG_ERROR, "changelog_shared", "topic=%s partition=%d group=\"%s\" other_group=\"%s\" "
+           "checkpoints=%llu reason=\"another consumer group writes this state topic: each "
+           "deployment reads the other's users as its own and fences its owners\" "
+           "action=\"give each deployment its own state.topic (default <group.id>-state); "
+           "ignore this once after renaming group.id\"", rs->cl->topic, (int)p,
+           rs->cl->group, rs->foreign, (unsigned long long)rs->out->n_foreign);
+}
+
 static void apply(restorer *rs, const hl_changelog_rec *m)
 {
     hl_changelog *cl = rs->cl;
@@ -468,6 +501,8 @@ static void apply(restorer *rs, const hl_changelog_rec *m)
         rs->max_epoch = epoch;
         rc = put(rs, m, &c);
     }
+    if (rc == 0 && c.kind == KIND_CHECKPOINT)
+        note_group(rs, m);
     if (rc == 0 && c.kind != KIND_CHECKPOINT)
         rs->since_ck++;
     if (rc != 0)
@@ -652,7 +687,8 @@ static int claim(restorer *rs, int32_t p, char *errbuf, size_t errlen)
                          .epoch = rs->out->epoch};
     hl_table_meta_get(rs->tbl, &c.meta);
     snprintf(ep, sizeof ep, "%lld", (long long)c.epoch);
-    hl_header h[2] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}};
+    hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)},
+                      {HL_CHANGELOG_GROUP_HDR, cl->group, strlen(cl->group)}, {NULL, NULL, 0}};
     hl_ticket_reset(t);
     t->fail_counter = NULL;
     if (hl_producer_send(cl->o.prod, cl->topic, p, cl->ck_key, sizeof cl->ck_key, ck,
@@ -894,6 +930,7 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
     if ((rc = read_end(&rs, base, p, from, errbuf, errlen)) != 0)
         goto out;
     out->read_s = (double)(hl_now_mono_us() - t_read) / 1e6;
+    report_foreign(&rs, p);
     rc = claim(&rs, p, errbuf, errlen);
 out:
     out->duration_s = (double)(hl_now_mono_ms() - t0) / 1000.0;

@@ -44,6 +44,10 @@ static void register_metrics(hl_changelog *cl, hl_metrics *reg)
         "Restores that found the state topic empty below the local snapshot's changelog "
         "offset (the topic deleted and created again): the snapshot's users were kept and "
         "written to the new topic whole.", NULL);
+    cl->mx.foreign = hl_metrics_counter(reg, "halflife_changelog_foreign_checkpoints_total",
+        "Changelog checkpoints a restore read that another group.id wrote: two deployments "
+        "share the state topic (each reads the other's users); give each its own "
+        "state.topic.", NULL);
     cl->mx.oversized = hl_metrics_counter(reg, "halflife_changelog_oversized_rows_total",
         "Rows left out of a changelog flush because their record would exceed the "
         "producer's message.max.bytes (kafka.message.max.bytes); the user's newest "
@@ -291,6 +295,8 @@ hl_changelog *hl_changelog_create_offline(const hl_changelog_opts *o, char *errb
     atomic_store(&cl->fp, o->model_fingerprint);
     snprintf(cl->topic, sizeof cl->topic, "%s", o->topic);
     snprintf(cl->input_topic, sizeof cl->input_topic, "%s", o->input_topic);
+    snprintf(cl->group, sizeof cl->group, "%s", o->group_id ? o->group_id : "");
+    cl->o.group_id = cl->group;
     cl->o.topic = cl->topic;
     cl->o.input_topic = cl->input_topic;
     cl->n_heads = o->topts->decay.n_heads;

@@ -396,6 +396,7 @@ static int start_changelog(hl_worker *w, char *errbuf, size_t errlen)
         return 0;
     hl_changelog_opts co = {
         .topic = w->state_topic, .input_topic = w->o.input_topic, .bootstrap = w->bootstrap,
+        .group_id = w->o.group_id,
         .kafka = w->o.kafka, .n_kafka = w->o.n_kafka, .flush_ms = w->o.state_flush_ms,
         .model_fingerprint = hl_model_info_get(w->m)->fingerprint, .topts = &w->ctx.topts,
         .prod = w->prod, .consumer = hl_consumer_handle(w->cons), .reg = w->reg,

@@ -586,6 +586,7 @@ int hl_snapshot_set_aside(const hl_io *io, const char *dir, const char *topic,
     char from[HL_SNAPSHOT_PATH_MAX], to[HL_SNAPSHOT_PATH_MAX + 32];
     hl_snapshot_file *f;
     size_t n;
+    io = io_or_posix(io);
     int rc = hl_snapshot_list(io, dir, topic, partition, &f, &n, errbuf, errlen);
     *n_aside = 0;
     for (size_t i = 0; rc == 0 && i < n; i++) {

@@ -119,8 +119,9 @@ int hl_snapshot_write(const hl_io *io, const char *dir,
  * <name><suffix>, which no listing matches any more, so they are neither
  * loaded nor retained (kept for the operator; the input topic they
  * followed was created again: a worker restoring them would seek past its
- * end). *n_aside: files renamed. 0, or HL_EIO naming the file that could
- * not be renamed (the rest are left as they are). */
+ * end). io NULL: hl_io_posix(). *n_aside: files renamed. 0, or HL_EIO
+ * naming the file that could not be renamed (the rest are left as they
+ * are). */
 int hl_snapshot_set_aside(const hl_io *io, const char *dir, const char *topic,
                           int32_t partition, int64_t offset, const char *suffix,
                           int *n_aside, char *errbuf, size_t errlen);

@@ -217,6 +217,42 @@ static void test_retention_keeps_published(void)
     hl_table_destroy(a);
 }
 
+/* A recreated input topic (worker_rebalance.c): the old topic's files,
+ * named above the new topic's offsets, are renamed aside so the newest
+ * load finds the new ones; another shard's and older files stay. The
+ * rows written after hl_table_forget_offsets apply any offset again. */
+static void test_set_aside(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = table_upto(&o, 500), *t = NULL;
+    char err[1024], path[700], report[4096], loaded[4200];
+    int n = -1;
+    fresh_dir();
+    hl_snapshot_meta m = meta_at("ev", 0, 300), other = meta_at("ev", 1, 300);
+    CHECK(hl_snapshot_write(NULL, dir, &m, a, 2, NULL, err, sizeof err) == 0);
+    CHECK(hl_snapshot_write(NULL, dir, &other, a, 2, NULL, err, sizeof err) == 0);
+    hl_table_forget_offsets(a);
+    m = meta_at("ev", 0, 0);
+    CHECK(hl_snapshot_write(NULL, dir, &m, a, 2, NULL, err, sizeof err) == 0);
+    CHECKF(hl_snapshot_set_aside(NULL, dir, "ev", 0, 0, ".old", &n, err, sizeof err) == 0,
+           "%s", err);
+    CHECK(n == 1);
+    snprintf(path, sizeof path, "%s/ev.0.%020d.hls.old", dir, 300);
+    CHECK(access(path, F_OK) == 0);
+    snprintf(path, sizeof path, "%s/ev.1.%020d.hls", dir, 300);
+    CHECK(access(path, F_OK) == 0);
+    CHECK(hl_snapshot_load_newest(NULL, dir, "ev", 0, &o, FP, &t, NULL, loaded,
+                                  sizeof loaded, report, sizeof report, err, sizeof err) == 0);
+    CHECKF(strstr(loaded, ".00000000000000000000.hls") != NULL, "loaded %s", loaded);
+    /* user-0 is held with events up to far above offset 0: one at 0 applies */
+    hl_event ev = {.user = "user-0", .user_len = 6, .item = 0, .type = 0, .w = 1,
+                   .ts_ms = 1, .offset = 0};
+    CHECK(hl_table_find(t, "user-0", 6) >= 0);
+    CHECK(hl_table_apply(t, &ev, 1, e_in, N_ITEMS, NULL) == 1);
+    hl_table_destroy(t);
+    hl_table_destroy(a);
+}
+
 /* ---- damaged files ----------------------------------------------------- */
 
 /* Writes A at offset 100 and B at 200 and returns B's bytes. */
@@ -696,6 +732,7 @@ int main(void)
     RUN(test_io_hints_optional);
     RUN(test_retention);
     RUN(test_retention_keeps_published);
+    RUN(test_set_aside);
     RUN(test_truncated_refused);
     RUN(test_empty_file_refused);
     RUN(test_bit_flips_refused);

@@ -560,6 +560,7 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     if (recreated) {
         restart_input(w, p, tbl, &restored, offset, start, high);
         on_disk = HL_PERSIST_NO_OFFSET;
+        cr.next_offset = start;     /* durable there: the claim named the old topic's */
     }
     log_trimmed(w, p, tbl);
     bound_stream_time(w, p, tbl);

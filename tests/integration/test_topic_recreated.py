@@ -31,6 +31,8 @@ import e2e_util as U  # noqa: E402
 
 SLOW = 3 if os.environ.get("HL_SAN") == "1" else 1
 N_OLD, N_NEW = 300, 100
+# test_topic_recreated_changelog.py runs the same with state.store=kafka
+EXTRA, TOPICS = [], C.TOPICS
 
 
 def wait_for(fn, timeout):
@@ -49,11 +51,11 @@ def worker(ck, broker, model, snapdir, name):
     snapshot's either way, not the group's offsets."""
     return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
                     ["snapshot.dir=" + snapdir, "snapshot.interval.ms=0",
-                     "kafka.fetch.wait.max.ms=10", "group.id=" + name])
+                     "kafka.fetch.wait.max.ms=10", "group.id=" + name] + EXTRA)
 
 
 def first_topic(ck, model, snapdir, events):
-    b1 = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker1.log"))
+    b1 = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker1.log"), topics=TOPICS)
     U.produce_events(b1.bootstrap, C.TOPIC, events[:N_OLD])
     w = worker(ck, b1, model, snapdir, "w1")
     n = C.wait_consumed([w], N_OLD, 30 * SLOW)
@@ -64,7 +66,7 @@ def first_topic(ck, model, snapdir, events):
 
 
 def second_topic(ck, model, snapdir, events, n_users):
-    b2 = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker2.log"))
+    b2 = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker2.log"), topics=TOPICS)
     U.produce_events(b2.bootstrap, C.TOPIC, events[N_OLD:])
     w = worker(ck, b2, model, snapdir, "w2")
 

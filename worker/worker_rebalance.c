@@ -481,15 +481,21 @@ static int input_recreated(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t offs
                            int64_t *start, int64_t *high)
 {
     int64_t low = -1;
-    if (offset <= 0)
+    if (offset <= 0 || w->wm_skip)
         return 0;
     rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk, w->o.input_topic, p, &low,
                                                                high, WATERMARK_TIMEOUT_MS);
     if (err) {
+        /* One unanswered query gives up the rest of this assignment's: the
+         * checks run one partition at a time in the rebalance callback,
+         * and 5 s each for 64 partitions would hold the group's rebalance
+         * for minutes. */
+        w->wm_skip = err == RD_KAFKA_RESP_ERR__TIMED_OUT;
         hl_log(HL_LOG_WARN, "input_watermarks_unknown", "partition=%d offset=%lld err=\"%s\" "
-               "action=\"resumed at the restored offset unchecked: a topic recreated "
+               "action=\"resumed at the restored offset unchecked%s: a topic recreated "
                "meanwhile would go unnoticed\"", (int)p, (long long)offset,
-               rd_kafka_err2str(err));
+               rd_kafka_err2str(err), w->wm_skip ? ", and so are this assignment's "
+               "other partitions" : "");
         return 0;
     }
     *start = w->o.offset_reset_latest ? *high : low;
@@ -654,6 +660,7 @@ static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_
      * while partitions it was given are not served yet. */
     atomic_store(&w->restored, 0);
     atomic_store(&w->restoring, n);
+    w->wm_skip = 0;
     for (int i = 0; i < parts->cnt; i++) {
         if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0)
             continue;

@@ -6,12 +6,14 @@
 # and *.py. Each prints PASS/FAIL/SKIP lines; a program that exits non-zero
 # without printing a FAIL line counts as one failure of its own, so a crash
 # is never silent. Output of every program goes to BUILD_DIR/test-logs/.
-# The integration tests and fuzzers run HL_TEST_JOBS at a time (default 3,
+# The integration tests and fuzzers run HL_TEST_JOBS at a time (default 5,
 # 2 under HL_SAN=1): most of their time is spent waiting on brokers,
-# sessions and timers (two at a time kept 0.7 of one core busy, measured
-# with /usr/bin/time on 2026-12-06), so three at once cut make test's wall
-# time on two cores by about a fifth; sanitized binaries burn several times
-# the CPU, so SAN=1 keeps two. Each has its own ports (free ones) and
+# sessions and timers. Two at a time kept 0.7 of one core busy (measured
+# with /usr/bin/time on 2026-12-06); five at a time kept 1.1 cores busy
+# and ran make test's 1,198 checks in 373 s, nothing left to build
+# (2026-12-07, 97 integration programs), where three took 555 s with the
+# build for 1,152 checks in the CI before. Sanitized binaries burn several
+# times the CPU, so SAN=1 keeps two. Each has its own ports (free ones) and
 # temporary directories. HL_TEST_JOBS=1 runs them one by one.
 set -u
 build=${1:?usage: tests/run.sh BUILD_DIR}
@@ -27,7 +29,7 @@ fi
 [ -n "${HL_DATASETS:-}" ] || echo "note: ../shared/datasets is absent; tests that need it will SKIP"
 
 passed=0 failed=0 skipped=0
-jobs_default=3
+jobs_default=5
 [ "${HL_SAN:-0}" = 1 ] && jobs_default=2
 jobs_max=${HL_TEST_JOBS:-$jobs_default}
 

@@ -129,9 +129,10 @@ int hl_deadletter_write(const char *dir, const char *topic, int32_t partition,
 
 /* 1 when name is a dead letter's temporary that hl_tempname_abandoned
  * proves abandoned, and it is removed: "<final>.<host>.<pid>.tmp", or "<final>.tmp" as
- * builds before 2026-12-07 named it (host 0: only its age tells). Another
- * thread of this process may be writing one, so this process's own stay
- * for the hour too. */
+ * builds before 2026-12-07 named it (host 0: only its age tells). This
+ * process's own are never removed here: another of its threads may be
+ * writing one, and a failed write removes its own; after a restart they
+ * are another host's (a new pid namespace) and go after the hour. */
 static int abandoned(const char *dir, const char *name, uint64_t own, time_t now)
 {
     const char *at = strstr(name, ".dead.");

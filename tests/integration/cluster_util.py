@@ -345,6 +345,18 @@ def state_diff(got, want):
     return diff + [u for u in got if u not in want]
 
 
+def wait_for(fn, timeout, period=0.2):
+    """fn() every period seconds until it returns a true value or timeout
+    passes; its last value."""
+    deadline, v = time.time() + timeout, None
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(period)
+    return v
+
+
 def wait_consumed(workers, want, timeout):
     """Waits until the workers' halflife_events_consumed_total sum to want
     (plus base, e.g. what earlier lives consumed); returns the sum."""

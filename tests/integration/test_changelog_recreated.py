@@ -36,16 +36,6 @@ GROUP = "clr"
 OLD_STATE, NEW_STATE = GROUP + "-state", GROUP + "-state-new"
 
 
-def wait_for(fn, timeout):
-    deadline, v = time.time() + timeout, None
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    return v
-
-
 def worker(ck, broker, model, snapdir, state_topic, name):
     return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
                     ["snapshot.dir=" + snapdir, "snapshot.interval.ms=0",
@@ -56,7 +46,7 @@ def worker(ck, broker, model, snapdir, state_topic, name):
 
 
 def ready(w):
-    return wait_for(lambda: w.metric_or("halflife_ready") == 1, 30 * SLOW)
+    return C.wait_for(lambda: w.metric_or("halflife_ready") == 1, 30 * SLOW)
 
 
 def restart_on_new_topic(ck, broker, model, snapdir, n_users, extra):

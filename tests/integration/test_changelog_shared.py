@@ -28,16 +28,6 @@ STATE = "shared-state"
 METRIC = "halflife_changelog_foreign_checkpoints_total"
 
 
-def wait_for(fn, timeout):
-    deadline, v = time.time() + timeout, None
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    return v
-
-
 def worker(ck, broker, model, group, name):
     return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
                     ["snapshot.dir=" + os.path.join(ck.tmp, name), "snapshot.interval.ms=0",
@@ -50,7 +40,7 @@ def restored(ck, broker, model, group, name):
     """A worker of group with an empty snapshot.dir, once ready: (ready,
     foreign checkpoints counted, its changelog_shared lines)."""
     w = worker(ck, broker, model, group, name)
-    ok = wait_for(lambda: w.metric_or("halflife_ready") == 1, 30 * SLOW)
+    ok = C.wait_for(lambda: w.metric_or("halflife_ready") == 1, 30 * SLOW)
     n = w.metric_or(METRIC)
     lines = w.events("changelog_shared")
     w.term(30)

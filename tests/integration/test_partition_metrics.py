@@ -44,16 +44,6 @@ def by_partition(w, name):
     return out
 
 
-def wait_for(fn, timeout):
-    deadline, v = time.time() + timeout, None
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    return v
-
-
 def worker(ck, broker, model, name):
     return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
                     COMMON + ["group.id=pm", "snapshot.dir=" + os.path.join(ck.tmp, "s-" + name)])
@@ -66,13 +56,14 @@ def run(ck):
     C.U.produce_events(broker.bootstrap, C.TOPIC, events)
     a = worker(ck, broker, model, "a")
     owns = lambda w, n: w.metric_or("halflife_assigned_partitions") == n  # noqa: E731
-    if not (wait_for(lambda: owns(a, PARTS), 60 * SLOW) and
+    if not (C.wait_for(lambda: owns(a, PARTS), 60 * SLOW, period=0.1) and
             C.wait_consumed([a], N_EVENTS, 60 * SLOW) >= N_EVENTS):
         raise RuntimeError("worker A never took every partition and event alone")
     b = worker(ck, broker, model, "b")
-    if not wait_for(lambda: a.metric_or("halflife_assigned_partitions", 0) +
-                    b.metric_or("halflife_assigned_partitions", 0) == PARTS and
-                    0 < a.metric_or("halflife_assigned_partitions") < PARTS, 90 * SLOW):
+    if not C.wait_for(lambda: a.metric_or("halflife_assigned_partitions", 0) +
+                      b.metric_or("halflife_assigned_partitions", 0) == PARTS and
+                      0 < a.metric_or("halflife_assigned_partitions") < PARTS,
+                      90 * SLOW, period=0.1):
         raise RuntimeError("A and B never shared the partitions")
     moved = sorted(int(kv["partition"]) for _t, kv in a.events("partition_revoked"))
     left = {name: sorted(set(by_partition(a, name)) & set(moved)) for name in RESTORE}
@@ -80,7 +71,7 @@ def run(ck):
              "A gave away partitions %s but still shows their %s" % (moved, left))
     t_stop = time.time()        # after A let them go (their snapshot then, if any)
     rc, _secs = b.term(30)
-    if not wait_for(lambda: owns(a, PARTS), 60 * SLOW):
+    if not C.wait_for(lambda: owns(a, PARTS), 60 * SLOW, period=0.1):
         raise RuntimeError("the partitions never came back to A (B exit %s)" % rc)
     got = by_partition(a, SUCCESS)
     old = {p: round(t_stop - got.get(p, [0])[0], 1) for p in moved

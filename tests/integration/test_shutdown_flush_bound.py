@@ -27,15 +27,6 @@ MARGIN_S = 3.5          # the stop itself takes TIMEOUT_MS (its flush waits); tw
 SLOW = 3 if os.environ.get("HL_SAN") == "1" else 1
 
 
-def wait_for(fn, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if fn():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def run(ck):
     model, _csv, events = C.prepare(ck.tmp, 200, 40, 100)
     last = events[-1]
@@ -47,7 +38,8 @@ def run(ck):
     C.U.produce_events(broker.bootstrap, C.TOPIC, events)
     with open(refuse, "w") as f:
         f.write("NOT_ENOUGH_REPLICAS\n")
-    if not wait_for(lambda: "refuse_produce_on" in open(broker.log_path).read(), 20):
+    if not C.wait_for(lambda: "refuse_produce_on" in open(broker.log_path).read(), 20,
+                      period=0.1):
         raise RuntimeError("the broker never started refusing Produce")
     w = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "w.log"),
                  ["worker.threads=1", "kafka.fetch.wait.max.ms=10", "group.id=flushbound",
@@ -55,7 +47,8 @@ def run(ck):
                   "snapshot.dir=" + os.path.join(ck.tmp, "snap"), "items.topic=items",
                   "catalogue.foldin.min.events=2"])
     if not (C.wait_consumed([w], len(events), 60 * SLOW) == len(events) and
-            wait_for(lambda: w.metric_or("halflife_foldin_published_total") >= 1, 30 * SLOW)):
+            C.wait_for(lambda: w.metric_or("halflife_foldin_published_total") >= 1,
+                       30 * SLOW, period=0.1)):
         raise RuntimeError("the worker never consumed every event and published new-1")
     rc, secs = w.term(2 * TIMEOUT_MS / 1000.0 + 10)
     purged = w.events("producer_purged")

@@ -42,17 +42,6 @@ def gauges(w):
     return t, out
 
 
-def wait_for(fn, timeout):
-    """fn() until it returns a true value or timeout; its last value."""
-    deadline, v = time.time() + timeout, None
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    return v
-
-
 def run(ck):
     model, _csv, events = C.prepare(ck.tmp, 400, 40, 200)
     user = events[0][0]
@@ -62,10 +51,10 @@ def run(ck):
     w = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "w.log"),
                  ["snapshot.dir=" + snapdir, "snapshot.interval.ms=%d" % (INTERVAL_S * 1000),
                   "kafka.fetch.wait.max.ms=10"])
-    ready = wait_for(lambda: w.metric_or("halflife_ready") == 1, 60 * SLOW)
+    ready = C.wait_for(lambda: w.metric_or("halflife_ready") == 1, 60 * SLOW)
     U.produce_events(broker.bootstrap, C.TOPIC, mine)
     consumed = C.wait_consumed([w], len(mine), 60 * SLOW)
-    saved = wait_for(lambda: w.metric_or("halflife_snapshots_total", labels="ok") >= 1,
+    saved = C.wait_for(lambda: w.metric_or("halflife_snapshots_total", labels="ok") >= 1,
                      30 * SLOW)
 
     def fresh():
@@ -76,7 +65,7 @@ def run(ck):
     def fresh_or_none():
         r = fresh()
         return r if r[0] else None
-    last = wait_for(fresh_or_none, 30 * SLOW) or fresh()
+    last = C.wait_for(fresh_or_none, 30 * SLOW) or fresh()
     ck.check("quiet_shards_not_stale", ready and consumed == len(mine) and saved and last[0],
              "ready %s, consumed %d of %d, snapshot %s; partitions older than %.0f s at the "
              "last scrape: %s" % (ready, consumed, len(mine), saved, STALE_S, last[2]))
@@ -95,7 +84,7 @@ def run(ck):
         t, g = gauges(w)
         failing = w.metric_or("halflife_snapshots_total", labels="failed") > failed0
         return failing and busy and all(t - g[p] > STALE_S for p in busy)
-    ok = wait_for(stale, 30 * SLOW)
+    ok = C.wait_for(stale, 30 * SLOW)
     _t, after = gauges(w)
     ck.check("unsaved_shard_stale", bool(ok),
              "partition %s with unsaved events: gauge %s then %s, snapshots failed %s -> %s"

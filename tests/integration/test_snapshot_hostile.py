@@ -27,17 +27,6 @@ import e2e_util as U  # noqa: E402
 SLOW = 3 if os.environ.get("HL_SAN") == "1" else 1
 
 
-def wait_for(fn, timeout):
-    """fn() until it returns a true value or timeout; its last value."""
-    deadline, v = time.time() + timeout, None
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    return v
-
-
 def plant(snapdir, outside, real_off, real_path):
     """The three impostors of partition 0, newest first; their paths."""
     def name(off):
@@ -76,7 +65,7 @@ def run(ck):
     fifo, link, sub = plant(snapdir, outside, real_off, real_path)
 
     w2 = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "w2.log"), common)
-    ready = wait_for(lambda: w2.metric_or("halflife_ready") == 1, 60 * SLOW)
+    ready = C.wait_for(lambda: w2.metric_or("halflife_ready") == 1, 60 * SLOW)
     rejected = w2.metric_or("halflife_snapshots_rejected_total")
     detail = " ".join(kv.get("detail", "") for _ts, kv in w2.events("snapshot_rejected"))
     restored = [kv for _ts, kv in w2.events("snapshot_restored") if kv.get("partition") == "0"]

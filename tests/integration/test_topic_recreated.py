@@ -35,16 +35,6 @@ N_OLD, N_NEW = 300, 100
 EXTRA, TOPICS = [], C.TOPICS
 
 
-def wait_for(fn, timeout):
-    deadline, v = time.time() + timeout, None
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    return v
-
-
 def worker(ck, broker, model, snapdir, name):
     """A worker of its own group (name): each life joins at once, never
     waiting for an earlier one's session to end; the state is the
@@ -73,7 +63,7 @@ def second_topic(ck, model, snapdir, events, n_users):
     def seen():     # consumed or dropped: either way the records arrived
         return (max(w.metric_or("halflife_events_consumed_total"), 0) +
                 max(w.metric_or("halflife_input_redelivered_total"), 0)) >= N_NEW
-    wait_for(seen, 20 * SLOW)
+    C.wait_for(seen, 20 * SLOW)
     consumed = w.metric_or("halflife_events_consumed_total")
     applied = w.metric_or("halflife_events_applied_total")
     ck.check("new_topic_consumed", consumed == N_NEW and applied == N_NEW,
@@ -91,7 +81,7 @@ def second_topic(ck, model, snapdir, events, n_users):
 
 def restart(ck, b2, model, snapdir, n_users):
     w = worker(ck, b2, model, snapdir, "w3")
-    ready = wait_for(lambda: w.metric_or("halflife_ready") == 1, 30 * SLOW)
+    ready = C.wait_for(lambda: w.metric_or("halflife_ready") == 1, 30 * SLOW)
     restored = [kv.get("next_offset") for _t, kv in w.events("restored")]
     again = len(w.events("input_topic_recreated"))
     users = w.metric_or("halflife_users")

@@ -456,7 +456,7 @@ static void batch_drop(hl_wthread *t, int n)
 
 void hl_batch_run(hl_wthread *t, int n)
 {
-    flight *f = hl_flight_begin(t);
+    flight *f = hl_flight_begin(t, 0);    /* free: the loop read the batch only then */
     if (f == NULL) {
         batch_drop(t, n);
         return;

@@ -26,7 +26,8 @@
  * same flight's ticket, and so on until every list of the flight has
  * landed. A flight held so holds every later one (they retire in order),
  * the ring fills and the thread stops consuming: backpressure, seen as
- * lag. Errors retrying can never fix (never_fixed) are given up on, user
+ * lag (it still serves its mailbox: a revocation is answered within
+ * shutdown.timeout.ms, hl_flight_slot_free). Errors retrying can never fix (never_fixed) are given up on, user
  * by user, after REFUSED_GIVE_UP attempts, so they cannot wedge the
  * worker; every other error is retried for as long as it lasts, except
  * a producer that failed fatally (every send fails then, for good): the
@@ -503,23 +504,47 @@ void hl_flight_forget(hl_wthread *t, int32_t partition)
     }
 }
 
-/* A new flight at the tail; with all N_FLIGHTS in the air, waits for the
- * oldest to land. NULL when that wait ends with no free slot because the
- * thread must stop (stop_overdue): the caller then publishes nothing and
- * notes no offsets, so that batch's events are read again after a
- * restart. The flights in the air stay in order and may still retire: a
- * flight given up on here would let a later one store offsets past
- * events whose lists were never delivered (offsets are cumulative). */
-flight *hl_flight_begin(hl_wthread *t)
+/* Backpressure without deafness: with all N_FLIGHTS in the air, the loop
+ * reads no batch until one lands, but it must get back to its mailbox
+ * meanwhile. A thread that waited for a free flight inside
+ * hl_flight_begin, as it once did, never served a posted revocation for as
+ * long as the output topic refused its lists, so the group's rebalance
+ * hung until max.poll.interval.ms (test_delivery_refused.py, small
+ * batches). So this waits at most max_ms, and not at all once mail is
+ * posted or the thread must stop; 1 when a batch may be read. */
+int hl_flight_slot_free(hl_wthread *t, int max_ms)
 {
-    while (t->fl_n == N_FLIGHTS && !stop_overdue(t)) {
+    if (t->fl_n < N_FLIGHTS)
+        return 1;               /* the common case reads no clock */
+    int64_t end = hl_now_mono_ms() + max_ms;
+    while (t->fl_n == N_FLIGHTS && !atomic_load(&t->mail) && atomic_load(t->ctx->stop) == 0 &&
+           hl_now_mono_ms() < end) {
+        hl_producer_poll(t->ctx->prod, 1);
+        hl_flight_retire(t);
+    }
+    return t->fl_n < N_FLIGHTS;
+}
+
+/* A new flight at the tail; with all N_FLIGHTS in the air, waits for the
+ * oldest to land. NULL when that wait ends with no free slot, because the
+ * thread must stop (stop_overdue) or at until_ms (monotonic; 0: none; a
+ * release's deadline): the caller then publishes nothing and notes no
+ * offsets, so those events are read again after a restart, or by the
+ * partition's next owner. The flights in the air stay in order and may
+ * still retire: a flight given up on here would let a later one store
+ * offsets past events whose lists were never delivered (offsets are
+ * cumulative). */
+flight *hl_flight_begin(hl_wthread *t, int64_t until_ms)
+{
+    while (t->fl_n == N_FLIGHTS && !stop_overdue(t) &&
+           (until_ms == 0 || hl_now_mono_ms() <= until_ms)) {
         hl_producer_poll(t->ctx->prod, 1);
         hl_flight_retire(t);
     }
     if (t->fl_n == N_FLIGHTS) {
         hl_log(HL_LOG_WARN, "delivery_wait_abandoned", "thread=%d batches_in_flight=%d "
-               "stop=%d action=\"gave up waiting for deliveries; batch not published, its "
-               "offsets not stored\"", t->id, t->fl_n, atomic_load(t->ctx->stop));
+               "stop=%d action=\"gave up waiting for deliveries; nothing published in a new "
+               "flight, no offset stored past it\"", t->id, t->fl_n, atomic_load(t->ctx->stop));
         return NULL;
     }
     flight *f = &t->fl[(t->fl_head + t->fl_n) % N_FLIGHTS];

@@ -286,10 +286,10 @@ void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f)
 /* Into a new flight: the users the gates of shs[0..n_sh) (NULL entries
  * skipped) let go, at each shard's newest event time, or every waiting
  * one (all). */
-static void publish_due(hl_wthread *t, hl_shard **shs, int n_sh, int all)
+static void publish_due(hl_wthread *t, hl_shard **shs, int n_sh, int all, int64_t until_ms)
 {
     uint32_t rows[REFRESH_MAX];
-    flight *f = hl_flight_begin(t);
+    flight *f = hl_flight_begin(t, until_ms);
     if (f == NULL)      /* stopping, deliveries too late: the users stay held back */
         return;
     memset(&t->b, 0, sizeof t->b);
@@ -313,8 +313,10 @@ void hl_publish_overdue(hl_wthread *t)
     int any = 0;
     for (int i = 0; i < t->n_own && !any; i++)
         any = hl_gate_overdue(t->own[i]->gate);
-    if (any && t->ranker != NULL)
-        publish_due(t, t->own, t->n_own, 0);
+    /* Every flight in the air: they wait for the loop's next look, which
+     * reads no batch before a flight is free either (hl_flight_slot_free). */
+    if (any && t->ranker != NULL && t->fl_n < N_FLIGHTS)
+        publish_due(t, t->own, t->n_own, 0, 0);
 }
 
 int hl_publish_again(hl_wthread *t, flight *f, const hl_failed_key *keys)
@@ -342,7 +344,7 @@ int hl_publish_again(hl_wthread *t, flight *f, const hl_failed_key *keys)
     return sent;
 }
 
-void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)
+void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh, int64_t until_ms)
 {
     int any = 0;
     for (int i = 0; i < n_sh; i++)      /* waiting users not moved yet by a reshape */
@@ -351,5 +353,5 @@ void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh)
     for (int i = 0; i < n_sh && !any; i++)
         any = shs[i] != NULL && hl_gate_waiting(shs[i]->gate) > 0;
     if (any && t->ranker != NULL && atomic_load(t->ctx->stop) < 2)
-        publish_due(t, shs, n_sh, 1);
+        publish_due(t, shs, n_sh, 1, until_ms);
 }

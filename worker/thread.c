@@ -300,7 +300,7 @@ static void release(hl_wthread *t, int n_take)
         int n_sh = 0;
         for (int j = i; j < n_take && n_sh < 64; j++)
             shs[n_sh++] = hl_wthread_shard_of(t, t->take_copy[j]);
-        hl_publish_pending(t, shs, n_sh);
+        hl_publish_pending(t, shs, n_sh, stopping ? 0 : deadline);
     }
     if (lost ? t->fl_n > 0 : !hl_flight_drain(t, stopping ? 0 : deadline)) {
         for (int i = 0; i < n_take; i++)
@@ -452,7 +452,7 @@ static void swap_tick(hl_wthread *t)
  * or lists never got delivered, so none was attempted) is noted. */
 static void stop_gracefully(hl_wthread *t)
 {
-    hl_publish_pending(t, t->own, t->n_own);
+    hl_publish_pending(t, t->own, t->n_own, 0);
     if (!hl_flight_drain(t, 0)) {
         for (int i = 0; i < t->n_own; i++)
             if (hl_shard_unsaved(t->own[i]))
@@ -464,6 +464,8 @@ static void stop_gracefully(hl_wthread *t)
         if (hl_shard_snapshot_now(t->own[i], deadline) != 0)
             note_unsaved(t, t->own[i]);
 }
+
+#define FLIGHT_WAIT_MS 100
 
 static void *thread_main(void *arg)
 {
@@ -477,7 +479,9 @@ static void *thread_main(void *arg)
         serve_mail(t, 1);
         if (model_sync(t, 1) != 0)
             break;
-        int n = hl_batch_consume(t);
+        /* No batch while every flight is in the air (backpressure), but
+         * the mailbox is looked at again within FLIGHT_WAIT_MS. */
+        int n = hl_flight_slot_free(t, FLIGHT_WAIT_MS) ? hl_batch_consume(t) : 0;
         serve_mail(t, 0);       /* shards given during the wait own these records */
         if (model_sync(t, 0) != 0) {
             for (int i = 0; i < n; i++)

@@ -180,8 +180,9 @@ void hl_publish_shard(hl_wthread *t, hl_shard *sh, flight *f);
  * were produced. */
 int  hl_publish_again(hl_wthread *t, flight *f, const hl_failed_key *keys);
 /* Revocation and shutdown: refreshes every user recs.min.interval.ms holds
- * back in shs[0..n_sh) (NULL entries skipped) into one flight. */
-void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh);
+ * back in shs[0..n_sh) (NULL entries skipped) into one flight, waiting for
+ * a free one until until_ms at most (monotonic; 0: until a stop is due). */
+void hl_publish_pending(hl_wthread *t, hl_shard **shs, int n_sh, int64_t until_ms);
 /* Between batches, when none came: the held-back users whose wait ran
  * recs.min.interval.ms of the clock (gate.h), into one flight, so a quiet
  * thread does not hold them (and its partitions' offsets) until the next
@@ -207,10 +208,14 @@ void hl_park_free(hl_wthread *t);
 /* flight.c */
 int     hl_flight_alloc(hl_wthread *t, char *errbuf, size_t errlen);
 void    hl_flight_free(hl_wthread *t);
+/* 1 when a flight is free, after polling for one at most max_ms (less
+ * when mail is posted or a stop comes): the loop reads a batch only then. */
+int     hl_flight_slot_free(hl_wthread *t, int max_ms);
 /* A new flight, waiting while all N_FLIGHTS are undelivered; NULL when a
- * stop ends that wait (told to stop now, or shutdown.timeout.ms passed):
- * the caller must then publish nothing and note no offsets. */
-flight *hl_flight_begin(hl_wthread *t);
+ * stop ends that wait (told to stop now, or shutdown.timeout.ms passed) or
+ * until_ms (monotonic; 0: none) passes: the caller must then publish
+ * nothing and note no offsets. */
+flight *hl_flight_begin(hl_wthread *t, int64_t until_ms);
 void    hl_flight_note_offsets(hl_wthread *t, flight *f);
 /* A new DLQ copy in f (ticket reset, fail_counter set), or NULL when out
  * of memory: then f is held (never retires, so its offsets are never

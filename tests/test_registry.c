@@ -5,7 +5,8 @@
  * request to a registry that never answers does not hold up destroy, nor
  * a known id, and ends at schema.registry.timeout.ms; a full table of
  * waiting ids neither refuses a new id nor drops a fetched schema; the
- * fallback file is read after a 404 only, never after a bad answer), the
+ * fallback file is read after a 404 only, never after a bad answer; one
+ * id the registry keeps failing does not starve the others), the
  * codec's schema source (a waiting id decodes as HL_CODEC_WAIT, then as the
  * same event as the file path once the text comes; a refused id is
  * unknown_schema; encode writes event_schema_id), the embedded lists'
@@ -26,6 +27,7 @@
 #include <avro.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -494,6 +496,77 @@ static void test_not_found_reads_the_fallback_file(void)
     fallback_case(oa, "{\"type\":\"long\"}", NULL, "not_found", "bad_answer");
 }
 
+/* A registry that fails one id for good (500, as a broken subject can)
+ * and answers every other one: until stop, each request read and answered
+ * by the id in its path. */
+typedef struct one_id_fails {
+    int         fd;
+    atomic_int  stop, asked_good;
+} one_id_fails;
+
+static void *answer_but_id_5(void *arg)
+{
+    static const char ok[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\"}\"}";
+    static const char bad[] = "{\"error_code\":50001,\"message\":\"store error\"}";
+    one_id_fails *of = arg;
+    while (!atomic_load(&of->stop)) {
+        char req[4096], head[256];
+        int c = accept(of->fd, NULL, NULL);
+        if (c < 0)
+            return NULL;
+        ssize_t n = read(c, req, sizeof req - 1);
+        req[n > 0 ? n : 0] = '\0';
+        int fail = strstr(req, "/schemas/ids/5 ") != NULL;
+        atomic_fetch_add(&of->asked_good, !fail);
+        const char *body = fail ? bad : ok;
+        int hn = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Length: %zu\r\n"
+                          "Connection: close\r\n\r\n", fail ? "500 Internal Server Error"
+                          : "200 OK", strlen(body));
+        if (write(c, head, (size_t)hn) != hn || write(c, body, strlen(body)) < 0)
+            perror("answer_but_id_5");
+        close(c);
+    }
+    return NULL;
+}
+
+/* One id the registry keeps failing must not starve the others: the fetch
+ * thread asked for the first waiting id in table order, so once id 5 was
+ * waiting (500 after 500, behind its backoff), id 6 was never asked for
+ * and its records waited for ever. */
+static void test_one_failing_id_does_not_starve_the_rest(void)
+{
+    char url[64], err[512], why[256] = "", *text = NULL;
+    pthread_t tid;
+    int port;
+    one_id_fails of = {.fd = silent_listener(&port)};
+    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+        SKIP("no loopback listener");
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = 1500};
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
+                                                NULL, err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    if (s != NULL) {
+        CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
+        for (int i = 0; i < 100 && hl_schema_store_up(s); i++)
+            usleep(10000);                      /* 5 failed at least once */
+        int rc = HL_EAGAIN;
+        for (int i = 0; i < 600 && (rc = hl_schema_store_get(s, 6, &text, why, sizeof why)) ==
+                                    HL_EAGAIN; i++)
+            usleep(10000);
+        CHECKF(rc == 0 && text && !strcmp(text, "{\"type\":\"string\"}"),
+               "id 6: rc %d (%s) after 6 s; asked for ids other than 5: %d times", rc, why,
+               atomic_load(&of.asked_good));
+        free(text);
+        CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
+        hl_schema_store_destroy(s);
+    }
+    atomic_store(&of.stop, 1);
+    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
+    pthread_join(tid, NULL);
+    close(of.fd);
+}
+
 /* A schema source for the codec: what a registry would answer, by id. */
 typedef struct source {
     int         rc;          /* 0: text, else what to answer */
@@ -642,6 +715,7 @@ int main(void)
     RUN(test_bad_answer_does_not_read_the_fallback_file);
     RUN(test_not_found_reads_the_fallback_file);
     RUN(test_folded_first_header_after_a_request);
+    RUN(test_one_failing_id_does_not_starve_the_rest);
     RUN(test_codec_waits_then_decodes);
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);

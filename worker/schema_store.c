@@ -5,7 +5,7 @@
  * mutex held for a lookup, never across a request: a slow or dead registry
  * costs a waiting record nothing but its wait, and records with known ids
  * go on (schema_store.h). The fetch thread takes one wanted id at a time,
- * asks the registry without the lock, and writes the answer back. While
+ * the wanted ids in turn, asks the registry without the lock, and writes the answer back. While
  * the registry is away (no answer, 5xx, credentials refused) it retries
  * with a backoff from 100 ms doubling to 2 s, so a registry that comes
  * back is seen within 2 s; halflife_schema_registry_up reads 0 meanwhile
@@ -58,6 +58,7 @@ struct hl_schema_store {
     atomic_int      stop;        /* also ends a request in progress (registry.h) */
     entry          *e;
     int             n_e, cap_e;
+    int             cursor;      /* next_wanted starts here */
     int32_t         probe_id;    /* -1: none */
     atomic_int      up;
     int64_t         next_try_ms, backoff_ms, last_answer_ms;
@@ -246,12 +247,20 @@ static void count_answer(hl_schema_store *s, int rc)
         hl_counter_add(c, 1);
 }
 
-/* The next id to ask for, -1 for none. Under mu. */
+/* The next id to ask for, -1 for none: the wanted ids in turn, from the
+ * one after the last asked. Always the first in table order, one id the
+ * registry keeps failing (a 500 for a broken subject) was asked again and
+ * again behind its backoff and no id after it ever was: their records
+ * waited for ever, though the registry had their schemas. Under mu. */
 static int32_t next_wanted(hl_schema_store *s)
 {
-    for (int i = 0; i < s->n_e; i++)
-        if (s->e[i].state == E_WANTED || s->e[i].recheck)
+    for (int k = 0; k < s->n_e; k++) {
+        int i = (s->cursor + k) % s->n_e;
+        if (s->e[i].state == E_WANTED || s->e[i].recheck) {
+            s->cursor = i + 1;
             return s->e[i].id;
+        }
+    }
     return -1;
 }
 

@@ -165,3 +165,38 @@ int64_t hl_deadletter_dir_bytes(const char *dir)
     closedir(d);
     return sum;
 }
+
+void hl_deadletter_count_init(hl_dlcount *c)
+{
+    atomic_init(&c->files, -1);
+}
+
+/* The count is made by a scan the first time, kept up by each write, and
+ * made again whenever it says the cap is reached. A directory that cannot
+ * be read is left to the write to report. */
+int hl_deadletter_reserve(hl_dlcount *c, const char *dir, int64_t cap, int64_t n,
+                          char *errbuf, size_t errlen)
+{
+    if (cap <= 0)
+        return 0;
+    int64_t used = atomic_load(&c->files);
+    if (used < 0 || (used >= cap && used > cap - n)) {
+        used = hl_deadletter_dir_bytes(dir);
+        atomic_store(&c->files, used);
+    }
+    if (used < 0 || used < cap || used <= cap - n)
+        return 0;
+    return hl_err(errbuf, errlen, HL_EFULL, "%s holds %lld bytes, at deadletter.max.bytes=%lld: "
+                  "move its files out (or raise the cap and restart) to let this partition "
+                  "move on", dir, (long long)used, (long long)cap);
+}
+
+void hl_deadletter_settle(hl_dlcount *c, int64_t n, int64_t written)
+{
+    (void)n;
+    if (written <= 0)
+        return;
+    long long used = atomic_load(&c->files);     /* the atomic's own type: clang checks it */
+    while (used >= 0 && !atomic_compare_exchange_weak(&c->files, &used, used + written))
+        ;
+}

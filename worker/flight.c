@@ -160,37 +160,15 @@ dead_letter *hl_flight_dead_letter(hl_wthread *t, flight *f)
     return dl;
 }
 
-/* 0 while the dead-letter directory is below deadletter.max.bytes (0: no
- * cap), or n more bytes still fit; else HL_EFULL with a reason. Without a
- * cap, bad records written to the input while the DLQ topic refuses
- * copies filled the disk (one file each), and with it the snapshots'.
- * The last record let in may pass the cap: a rule of "only if it fits"
- * held a partition for good on one bad record larger than the cap (or
- * than the room one small record before it left), which anyone able to
- * write to the input could send during an outage. The overshoot is one
- * record, and the consumer takes none above receive.message.max.bytes.
- * The count is shared by the threads (they write one directory): made by
- * a scan the first time, kept up by each write, and made again whenever
- * it says the cap is reached, so files an operator moved out make room at
- * the next retry. Threads checking at once may pass the cap by a record
- * each; a directory that cannot be read is left to the write to report. */
-static int dl_room(hl_wthread *t, size_t n, char *err, size_t errlen)
-{
-    int64_t cap = t->ctx->o->deadletter_max_bytes;
-    if (cap <= 0)
-        return 0;
-    int64_t used = atomic_load(&t->ctx->dl_bytes);
-    if (used < 0 || (used >= cap && used > cap - (int64_t)n)) {
-        used = hl_deadletter_dir_bytes(t->dl_dir);
-        atomic_store(&t->ctx->dl_bytes, used);
-    }
-    if (used < 0 || used < cap || used <= cap - (int64_t)n)
-        return 0;
-    return hl_err(err, errlen, HL_EFULL, "%s holds %lld bytes, at deadletter.max.bytes=%lld: "
-                  "move its files out (or raise the cap and restart) to let this partition "
-                  "move on", t->dl_dir, (long long)used, (long long)cap);
-}
-
+/* Without a cap (deadletter.max.bytes), bad records written to the input
+ * while the DLQ topic refuses copies filled the disk (one file each), and
+ * with it the snapshots'. The last record let in may pass the cap: a rule
+ * of "only if it fits" held a partition for good on one bad record larger
+ * than the cap (or than the room one small record before it left), which
+ * anyone able to write to the input could send during an outage. The
+ * overshoot is one record, and the consumer takes none above
+ * receive.message.max.bytes. The threads share one count (they write one
+ * directory): hl_deadletter_reserve. */
 /* Writes one undelivered copy to the local dead-letter file. 0 once it is
  * durable. */
 static int keep_one(hl_wthread *t, dead_letter *dl)
@@ -204,12 +182,15 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
     h[4] = (hl_header){"halflife.dlq.topic", t->ctx->dlq_topic, strlen(t->ctx->dlq_topic)};
     h[5] = (hl_header){"halflife.dlq.error", why, strlen(why)};
     h[6] = (hl_header){NULL, NULL, 0};
-    int64_t bytes = 0;
-    int rc = dl_room(t, rkm->key_len + rkm->len, err, sizeof err);
-    if (rc == 0)
+    int64_t bytes = 0, n = (int64_t)(rkm->key_len + rkm->len);
+    int rc = hl_deadletter_reserve(&t->ctx->dl_count, t->dl_dir,
+                                   t->ctx->o->deadletter_max_bytes, n, err, sizeof err);
+    if (rc == 0) {
         rc = hl_deadletter_write(t->dl_dir, rd_kafka_topic_name(rkm->rkt), rkm->partition,
                                  rkm->offset, h, rkm->key, rkm->key_len, rkm->payload,
                                  rkm->len, path, sizeof path, &bytes, err, sizeof err);
+        hl_deadletter_settle(&t->ctx->dl_count, n, rc == 0 ? bytes : -1);
+    }
     if (rc != 0) {
         uint64_t sup = 0;
         hl_counter_add(t->ctx->mx.dl_not_kept, 1);
@@ -219,9 +200,6 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
                    (long long)rkm->offset, err, (unsigned long long)sup);
         return rc;
     }
-    long long used = atomic_load(&t->ctx->dl_bytes);   /* the atomic's own type: clang checks it */
-    while (used >= 0 && !atomic_compare_exchange_weak(&t->ctx->dl_bytes, &used, used + bytes))
-        ;
     hl_counter_add(t->ctx->mx.dl_kept, 1);
     /* One per bad record while the DLQ is down: anyone who can write to the
      * input topic could fill the disk with these lines. The files and

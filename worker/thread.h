@@ -13,6 +13,7 @@
 #define HL_THREAD_H
 
 #include "codec.h"
+#include "deadletter.h"
 #include "metrics.h"
 #include "model.h"
 #include "items.h"
@@ -39,8 +40,8 @@ typedef struct hl_wshared {
     rd_kafka_t           *consumer;
     hl_producer          *prod;
     const char           *dlq_topic;      /* NULL: no DLQ */
-    atomic_llong          dl_bytes;       /* snapshot.dir/dead-letters' bytes as last
-                                             counted (flight.c); -1: not counted yet */
+    hl_dlcount            dl_count;       /* snapshot.dir/dead-letters' bytes against
+                                             deadletter.max.bytes (flight.c) */
     atomic_int           *stop;           /* 0 run, 1 drain and stop, 2 stop now */
     atomic_llong          stop_deadline_ms; /* monotonic: a drain for stop gives up then */
     hl_table_opts         topts;

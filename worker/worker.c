@@ -193,7 +193,7 @@ hl_worker *hl_worker_create(const hl_worker_opts *o, const hl_model *m,
         snprintf(w->dlq, sizeof w->dlq, "%s", o->dlq_topic);
     w->ctx = (hl_wshared){.o = &w->o, .stop = &w->stop, .reg = reg,
                           .dlq_topic = w->dlq[0] ? w->dlq : NULL};
-    atomic_init(&w->ctx.dl_bytes, -1);
+    hl_deadletter_count_init(&w->ctx.dl_count);
     openblas_set_num_threads(1);     /* each shard thread runs its own SGEMMs */
     register_metrics(w);
     if ((w->ctx.multipart = hl_multipart_create(MULTIPART_BITS)) == NULL) {

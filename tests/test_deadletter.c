@@ -3,7 +3,8 @@
  * there is room; whatever sits under the record's temporary name (a
  * leftover, a FIFO, a symlink) neither stalls nor redirects the write;
  * another writer's temporary of the same record is never touched, and a
- * killed writer's is swept once provably abandoned. */
+ * killed writer's is swept once provably abandoned; deadletter.max.bytes
+ * bounds the directory across every thread writing it at once. */
 #define T_SUITE "deadletter"
 #include "test.h"
 
@@ -13,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -197,12 +199,89 @@ static void test_abandoned_temporaries_swept(void)
                c[i].stays ? "removed" : "left behind");
 }
 
+#define N_WRITERS 8
+#define CAP       1000
+#define REC       600              /* a record's value bytes; its file is larger */
+
+typedef struct writer {
+    hl_dlcount        *c;
+    pthread_barrier_t *all_checked;
+    int64_t            offset;
+    int                rc;
+} writer;
+
+/* One shard thread keeping one dead letter: reserve, then (once every
+ * writer has reserved: the threads checked at once) write and settle. */
+static void *write_one(void *arg)
+{
+    writer *w = arg;
+    char err[256], path[600];
+    w->rc = hl_deadletter_reserve(w->c, dir, CAP, REC + 1, err, sizeof err);
+    pthread_barrier_wait(w->all_checked);
+    if (w->rc == 0) {
+        int64_t bytes = -1;
+        char *value = malloc(REC);
+        memset(value, 'v', REC);
+        int rc = hl_deadletter_write(dir, "ev", 0, w->offset, headers, "k", 1, value, REC,
+                                     path, sizeof path, &bytes, err, sizeof err);
+        hl_deadletter_settle(w->c, REC + 1, rc == 0 ? bytes : -1);
+        free(value);
+    }
+    return NULL;
+}
+
+/* Threads that checked the cap at once each wrote a record past it: the
+ * count moved only once a write had ended, so N threads held up to N
+ * records over deadletter.max.bytes, not one. */
+static void test_cap_bounds_threads_at_once(void)
+{
+    hl_dlcount c;
+    pthread_t tid[N_WRITERS];
+    writer w[N_WRITERS];
+    pthread_barrier_t b;
+    char err[256];
+    fresh_dir();
+    hl_deadletter_count_init(&c);
+    pthread_barrier_init(&b, NULL, N_WRITERS);
+    for (int i = 0; i < N_WRITERS; i++) {
+        w[i] = (writer){&c, &b, i, -1};
+        pthread_create(&tid[i], NULL, write_one, &w[i]);
+    }
+    int let_in = 0;
+    for (int i = 0; i < N_WRITERS; i++) {
+        pthread_join(tid[i], NULL);
+        let_in += w[i].rc == 0;
+    }
+    pthread_barrier_destroy(&b);
+    int64_t used = hl_deadletter_dir_bytes(dir), file = used / (let_in ? let_in : 1);
+    CHECKF(let_in >= 1 && used < CAP + file, "%d of %d writers let in: %lld bytes for a cap "
+           "of %d (one record of %lld bytes over it at most)", let_in, N_WRITERS,
+           (long long)used, CAP, (long long)file);
+    CHECK(hl_deadletter_reserve(&c, dir, CAP, 1, err, sizeof err) == HL_EFULL);
+}
+
+/* A write that failed gives its reservation back: the record is retried,
+ * and must not find the cap taken by itself. */
+static void test_failed_write_gives_back(void)
+{
+    hl_dlcount c;
+    char err[256];
+    fresh_dir();
+    hl_deadletter_count_init(&c);
+    CHECK(hl_deadletter_reserve(&c, dir, CAP, CAP, err, sizeof err) == 0);
+    hl_deadletter_settle(&c, CAP, -1);
+    CHECKF(hl_deadletter_reserve(&c, dir, CAP, CAP, err, sizeof err) == 0, "%s", err);
+    hl_deadletter_settle(&c, CAP, -1);
+}
+
 int main(void)
 {
     RUN(test_full_disk_leaves_nothing);
     RUN(test_tmp_name_taken);
     RUN(test_other_writers_temporary_left);
     RUN(test_abandoned_temporaries_swept);
+    RUN(test_cap_bounds_threads_at_once);
+    RUN(test_failed_write_gives_back);
     if (dir[0]) {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

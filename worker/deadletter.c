@@ -169,34 +169,71 @@ int64_t hl_deadletter_dir_bytes(const char *dir)
 void hl_deadletter_count_init(hl_dlcount *c)
 {
     atomic_init(&c->files, -1);
+    atomic_init(&c->pending, 0);
 }
 
-/* The count is made by a scan the first time, kept up by each write, and
- * made again whenever it says the cap is reached. A directory that cannot
- * be read is left to the write to report. */
+/* A refusal (used at or over cap, n past it) or not. */
+static int at_cap(int64_t used, int64_t cap, int64_t n)
+{
+    return used >= cap && used > cap - n;
+}
+
+/* files + pending, never less than the bytes they stand for: pending is
+ * read first, and settle adds to files before it takes from pending, so a
+ * settle in between is counted twice at worst, never missed. */
+static int64_t used_now(hl_dlcount *c, int64_t *pending)
+{
+    *pending = atomic_load(&c->pending);
+    int64_t files = atomic_load(&c->files);
+    return files < 0 ? -1 : files + *pending;
+}
+
+/* files from a scan of dir, unless a settle added to them meanwhile (its
+ * file may have been renamed after the scan went by: the scan's count
+ * would miss it; the caller then judges by the count it has). */
+static void rescan(hl_dlcount *c, const char *dir)
+{
+    long long before = atomic_load(&c->files);
+    int64_t scan = hl_deadletter_dir_bytes(dir);
+    atomic_compare_exchange_strong(&c->files, &before, scan);
+}
+
+/* The check and the reservation are one step (a compare-and-swap on
+ * pending): threads that checked at once, each seeing the other's bytes
+ * not written yet, each let a record in, N records over the cap with N
+ * threads. The count of files is made by a scan the first time, kept up
+ * by each settle, and made again whenever the cap seems reached (this
+ * process's temporaries are counted then as well as reserved: too much,
+ * never too little, until the next scan). A directory that cannot be read
+ * is left to the write to report. */
 int hl_deadletter_reserve(hl_dlcount *c, const char *dir, int64_t cap, int64_t n,
                           char *errbuf, size_t errlen)
 {
-    if (cap <= 0)
-        return 0;
-    int64_t used = atomic_load(&c->files);
-    if (used < 0 || (used >= cap && used > cap - n)) {
-        used = hl_deadletter_dir_bytes(dir);
-        atomic_store(&c->files, used);
+    int scanned = 0;
+    long long pending;                  /* the atomic's own type: clang checks it */
+    for (;;) {
+        int64_t p, used = used_now(c, &p);
+        if ((used < 0 || at_cap(used, cap, n)) && !scanned && cap > 0) {
+            rescan(c, dir);
+            scanned = 1;
+            continue;
+        }
+        if (cap > 0 && used >= 0 && at_cap(used, cap, n))
+            return hl_err(errbuf, errlen, HL_EFULL, "%s holds %lld bytes (with writes in "
+                          "progress), at deadletter.max.bytes=%lld: move its files out (or "
+                          "raise the cap and restart) to let this partition move on", dir,
+                          (long long)used, (long long)cap);
+        pending = p;
+        if (atomic_compare_exchange_weak(&c->pending, &pending, pending + n))
+            return 0;
     }
-    if (used < 0 || used < cap || used <= cap - n)
-        return 0;
-    return hl_err(errbuf, errlen, HL_EFULL, "%s holds %lld bytes, at deadletter.max.bytes=%lld: "
-                  "move its files out (or raise the cap and restart) to let this partition "
-                  "move on", dir, (long long)used, (long long)cap);
 }
 
 void hl_deadletter_settle(hl_dlcount *c, int64_t n, int64_t written)
 {
-    (void)n;
-    if (written <= 0)
-        return;
-    long long used = atomic_load(&c->files);     /* the atomic's own type: clang checks it */
-    while (used >= 0 && !atomic_compare_exchange_weak(&c->files, &used, used + written))
+    long long files = atomic_load(&c->files);
+    while (written > 0 && files >= 0 &&
+           !atomic_compare_exchange_weak(&c->files, &files, files + written))
         ;
+    atomic_fetch_sub(&c->pending, n);
 }

@@ -56,21 +56,25 @@ int64_t hl_deadletter_dir_bytes(const char *dir);
 typedef struct hl_dlcount {
     atomic_llong files;     /* bytes of its files as last counted, plus those
                                written since; -1: not counted yet */
+    atomic_llong pending;   /* reserved by writes not settled yet */
 } hl_dlcount;
 
-void hl_deadletter_count_init(hl_dlcount *c);        /* -1: counted at first use */
+void hl_deadletter_count_init(hl_dlcount *c);        /* counted at first use */
 
 /* Before writing a record of n bytes into dir: 0 when it may be written
- * (cap <= 0: no cap), HL_EFULL with a reason when dir holds cap bytes or
- * more. A record is let in while dir is below the cap, so the last one
- * may pass it by its own size. Seemingly at the cap, dir is counted
- * again, so files an operator moved out make room. Any thread; no lock.
- * Every 0 is followed by one hl_deadletter_settle for the same n. */
+ * (cap <= 0: no cap), its n bytes then reserved; HL_EFULL with a reason
+ * when dir holds cap bytes or more, writes in progress included. A record
+ * is let in while dir is below the cap, so the last one may pass it by
+ * its own size (and the files' heads), whatever the number of threads
+ * writing at once. Seemingly at the cap, dir is counted again, so files
+ * an operator moved out make room. Any thread; no lock. Every 0 is
+ * followed by one hl_deadletter_settle for the same n. */
 int  hl_deadletter_reserve(hl_dlcount *c, const char *dir, int64_t cap, int64_t n,
                            char *errbuf, size_t errlen);
 
 /* The write of a record reserved with n ended: written its file's bytes
- * (hl_deadletter_write's *bytes), or -1 when it failed. */
+ * (hl_deadletter_write's *bytes), or -1 when it failed (the reservation
+ * is given back). */
 void hl_deadletter_settle(hl_dlcount *c, int64_t n, int64_t written);
 
 #endif

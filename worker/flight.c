@@ -160,17 +160,18 @@ dead_letter *hl_flight_dead_letter(hl_wthread *t, flight *f)
     return dl;
 }
 
-/* Without a cap (deadletter.max.bytes), bad records written to the input
- * while the DLQ topic refuses copies filled the disk (one file each), and
- * with it the snapshots'. The last record let in may pass the cap: a rule
- * of "only if it fits" held a partition for good on one bad record larger
- * than the cap (or than the room one small record before it left), which
- * anyone able to write to the input could send during an outage. The
- * overshoot is one record, and the consumer takes none above
+/* Writes one undelivered copy to the local dead-letter file. 0 once it is
+ * durable.
+ *
+ * The cap: without one (deadletter.max.bytes), bad records written to the
+ * input while the DLQ topic refuses copies filled the disk (one file
+ * each), and with it the snapshots'. The last record let in may pass the
+ * cap: a rule of "only if it fits" held a partition for good on one bad
+ * record larger than the cap (or than the room one small record before it
+ * left), which anyone able to write to the input could send during an
+ * outage. The overshoot is one record, and the consumer takes none above
  * receive.message.max.bytes. The threads share one count (they write one
  * directory): hl_deadletter_reserve. */
-/* Writes one undelivered copy to the local dead-letter file. 0 once it is
- * durable. */
 static int keep_one(hl_wthread *t, dead_letter *dl)
 {
     const rd_kafka_message_t *rkm = dl->rkm;

@@ -401,6 +401,42 @@ static void test_kept_hard_link_replaced_by_copy(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* A kept model an older worker on the shared volume made as a hard link
+ * to its own model file (another pod's model.path): renewing the lease
+ * on it would set that pod's model file's time, so the pod reopened its
+ * model at every renewal. It is replaced by a copy, whose time is the
+ * lease, and the other pod's file keeps its time. */
+static void test_lease_leaves_other_pods_model_file(void)
+{
+    char err[512] = "", linked[256];
+    struct stat st;
+    hl_metrics *reg = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0 && mkdir(TOP "/kept", 0755) == 0);
+    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 &&
+          write_model(TOP "/theirs.hlm", "A", 1) == 0);
+    struct timespec day_ago[2] = {{.tv_sec = time(NULL) - 86400}, {.tv_sec = time(NULL) - 86400}};
+    CHECK(utimensat(AT_FDCWD, TOP "/theirs.hlm", day_ago, 0) == 0);
+    hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
+    snprintf(linked, sizeof linked, TOP "/kept/%016llx.hlm",
+             (unsigned long long)(a != NULL ? hl_model_info_get(a)->fingerprint : 0));
+    CHECK(link(TOP "/theirs.hlm", linked) == 0);
+    hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
+                         .store_dir = TOP "/kept", .store_retain = 4};
+    hl_models *ms = a != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;
+    CHECKF(ms != NULL, "set: %s", err);
+    if (ms != NULL) {
+        hl_models_check(ms, 60000, 0);
+        CHECKF(stat(TOP "/theirs.hlm", &st) == 0 && st.st_mtime == day_ago[0].tv_sec,
+               "the other pod's model file's time was set by this worker's lease");
+        CHECKF(stat(linked, &st) == 0 && st.st_nlink == 1 && time(NULL) - st.st_mtime < 60,
+               "the kept A is still a link, or its lease is not fresh");
+    }
+    hl_models_destroy(ms);
+    hl_model_close(a);
+    hl_metrics_destroy(reg);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 /* halflife_model_keep_failures_total in reg's /metrics text (-1: none). */
 static double keep_failures(hl_metrics *reg)
 {
@@ -819,6 +855,72 @@ static void test_crashed_temporary_removed(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* TOP/kept's copy of m's model dated a day back: as kept long ago (a
+ * lease nobody refreshed since), or as a pod that stopped serving it. */
+static int age_kept(const hl_model *m)
+{
+    char path[256];
+    struct timespec day_ago[2] = {{.tv_sec = time(NULL) - 86400}, {.tv_sec = time(NULL) - 86400}};
+    snprintf(path, sizeof path, TOP "/kept/%016llx.hlm",
+             (unsigned long long)hl_model_info_get(m)->fingerprint);
+    return utimensat(AT_FDCWD, path, day_ago, 0);
+}
+
+/* Two pods on one model.dir, model.retain 1: pod X lags on A (kept long
+ * ago) while pod Y swaps ahead from B to C. Y pruned A, which X still
+ * served: prune() knew only Y's own models, so X restarted with a newer
+ * model rebuilt the users of its snapshots (written under A) from their
+ * rings instead of migrating them. X's checks refresh its lease on A (the
+ * kept file's time), and a model with a fresh lease is not pruned. Once X
+ * is gone and its lease went stale, A goes at Y's next swap; B and C,
+ * which Y served until then, stay (recently served). */
+static void test_shared_dir_keeps_other_pods_model(void)
+{
+    char err[512] = "";
+    hl_metrics *rx = hl_metrics_create(), *ry = hl_metrics_create();
+    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(write_model(TOP "/x.hlm", "A", 1) == 0 && write_model(TOP "/y.hlm", "B", 2) == 0 &&
+          write_model(TOP "/c.hlm", "C", 3) == 0 && write_model(TOP "/d.hlm", "D", 4) == 0);
+    hl_model *a = hl_model_open(TOP "/x.hlm", err, sizeof err);
+    hl_model *b = hl_model_open(TOP "/y.hlm", err, sizeof err);
+    hl_model *c = hl_model_open(TOP "/c.hlm", err, sizeof err);
+    hl_model *d = hl_model_open(TOP "/d.hlm", err, sizeof err);
+    hl_models_opts mx = {.path = TOP "/x.hlm", .check_ms = 1000, .reg = rx,
+                         .store_dir = TOP "/kept", .store_retain = 1, .host_tag = HOST_A};
+    hl_models_opts my = mx;
+    my.path = TOP "/y.hlm";
+    my.reg = ry;
+    my.host_tag = HOST_B;
+    hl_models *x = a && b && c && d ? hl_models_create(&mx, a, err, sizeof err) : NULL;
+    hl_models *y = x != NULL ? hl_models_create(&my, b, err, sizeof err) : NULL;
+    CHECKF(x != NULL && y != NULL, "sets: %s", err);
+    if (y != NULL) {
+        CHECKF(kept(a), "pod Y's start pruned A, which pod X serves");
+        CHECK(age_kept(a) == 0 || !kept(a));
+        hl_models_check(x, 60000, 0);                   /* X serves A: its lease */
+        CHECK(rename(TOP "/c.hlm", TOP "/y.hlm") == 0 && hl_models_check(y, 60000, 0) == 1);
+        CHECKF(kept(a), "pod Y's swap pruned A, which pod X still serves");
+        CHECK(kept(c));
+        hl_models_destroy(x);                           /* X crashed: no refresh */
+        x = NULL;
+        CHECK(age_kept(a) == 0 || !kept(a));
+        CHECK(rename(TOP "/d.hlm", TOP "/y.hlm") == 0 && hl_models_check(y, 120000, 0) == 1);
+        CHECKF(!kept(a), "A kept with a stale lease (nobody served it for a day)");
+        CHECKF(kept(b) && kept(c), "pruned a model Y served minutes ago: B %d, C %d",
+               kept(b), kept(c));
+        CHECK(kept(d));
+    }
+    hl_models_destroy(x);
+    hl_models_destroy(y);
+    hl_model_close(a);
+    hl_model_close(b);
+    hl_model_close(c);
+    hl_model_close(d);
+    hl_metrics_destroy(rx);
+    hl_metrics_destroy(ry);
+    CHECK(system("rm -rf " TOP) == 0);
+}
+
 /* Into a new directory of this run's own, under $TMPDIR or /tmp; its path
  * into dir. A fixed /tmp/test_models_dir was shared by every clone
  * running the test at once: one's rm -rf emptied another's. */
@@ -856,6 +958,8 @@ int main(void)
     RUN(test_missing_path_said_once);
     RUN(test_crashed_temporary_removed);
     RUN(test_keep_leaves_other_hosts_temporary);
+    RUN(test_shared_dir_keeps_other_pods_model);
+    RUN(test_lease_leaves_other_pods_model_file);
     if (chdir("/") != 0 || rmdir(dir) != 0)
         printf("    %s left behind: %s\n", dir, strerror(errno));
     TEST_EXIT();

@@ -69,7 +69,7 @@ static const key_def keys[] = {
     {"event.max.weight",    T_NUM,  HL_STR(HL_EVENT_MAX_WEIGHT), 1e-6, 1e30, NULL, "events whose weight field is above this (or NaN, infinite, negative) are invalid (bad_weight)"},
     {"model.path",          T_STR,  NULL, 1, 4095, NULL, "the .hlm model file (demo: trains one when unset); replace it by rename to swap models live"},
     {"model.dir",           T_STR,  NULL, 1, 4095, NULL, "where every model served is kept as <fingerprint>.hlm, so snapshots written under it migrate after a restart with another model (default <snapshot.dir>/models)"},
-    {"model.retain",        T_INT,  "4", 1, 1000, NULL, "models kept in model.dir (the oldest go first, never the one served or one users still migrate from)"},
+    {"model.retain",        T_INT,  "4", 1, 1000, NULL, "models kept in model.dir (the least recently served go first, never one served or migrated from here, nor one any worker sharing model.dir served in the last 10 minutes)"},
     {"model.check.ms",      T_INT,  "10000", 0, 86400000, NULL, "how often model.path is checked for a new model (also on SIGHUP); 0 = only on SIGHUP"},
     {"recs.enabled",        T_BOOL, "true", 0, 0, NULL, "publish lists; false keeps state only"},
     {"recs.k",              T_INT,  "20", 1, 1000, NULL, "list length"},

@@ -13,7 +13,11 @@
  * list while anyone else holds it, so that the next model's maps can be
  * fitted from it here (models.h, skip[]); it is released at the first
  * check that finds the set its only holder (every main loop pass), and
- * the maps from it go first. */
+ * the maps from it go first.
+ *
+ * Every model served is kept in model.dir, which pods may share: each
+ * worker renews a lease (the kept file's time) on the models it serves,
+ * and prune() deletes none whose lease is fresh, whoever holds it. */
 #include "models.h"
 
 #include "log.h"
@@ -50,6 +54,8 @@ struct hl_models {
                                              reference each (main thread) */
     atomic_ullong    gen;
     int64_t          next_check_ms;
+    int64_t          next_lease_ms;       /* the next renew_leases (monotonic) */
+    int              lease_failing;       /* a lease could not be renewed (said once) */
     file_id          seen;                /* the file last examined */
     file_access      seen_access;         /* and its mode and owner then */
     int              missing;             /* model.path could not be stat'ed
@@ -199,17 +205,70 @@ static void sweep_temps(const hl_models *ms)
         closedir(d);
 }
 
-/* Deletes the oldest kept models beyond store_retain (by mtime), never
- * one in use: a kept file may be an older worker's hard link with the
- * model file's own time, so a model put in service from an older file (a
- * rollback, a copy that keeps times) could otherwise be the oldest and go
- * at once, and with it the migration of the snapshots written under it
- * after a restart. */
+/* ---- leases: the models other workers on model.dir serve ----------------
+ * model.dir may be one volume shared by many pods, and prune() knows only
+ * this worker's models: a pod that swapped ahead deleted the model a pod
+ * one swap behind still served, whose restart with a newer model then
+ * rebuilt the users of its snapshots from their rings. So the kept file's
+ * time is a lease: every worker sets it to now on the files of the models
+ * it serves (current and replaced ones still held) every LEASE_RENEW_MS,
+ * and prune() deletes no file whose time is within LEASE_S of its own
+ * clock, either way, so clocks minutes apart still agree. A crashed pod
+ * renews nothing, and its leases go stale in LEASE_S; a replaced model
+ * keeps its last lease that long, so a restart soon after a swap still
+ * finds the model its snapshots were written under. The volume is all the
+ * pods share: no coordination service. */
+#define LEASE_S        600         /* ten renewals missed */
+#define LEASE_RENEW_MS 60000
+
+/* 1 when a kept file's time st says some worker renewed its lease (or
+ * kept it) within LEASE_S of now. */
+static int leased(const struct stat *st, time_t now)
+{
+    int64_t age = (int64_t)now - (int64_t)st->st_mtim.tv_sec;
+    return age < LEASE_S && age > -LEASE_S;
+}
+
+/* Renews the leases on the kept files of the models served here (the
+ * current one, and the replaced ones still held): their time to now. A
+ * file gone is not renewed (a replaced model pruned by its age; the
+ * current one is copied again by keep()). One not renewed (model.dir
+ * read-only, the file another uid's) is said once until renewals succeed
+ * again, and serving goes on: another worker may prune that model, as
+ * before leases. */
+static void renew_leases(hl_models *ms)
+{
+    char path[4352], failed[4352] = "";
+    int err = 0;
+    if (ms->o.store_dir == NULL)
+        return;
+    for (const hl_mref *r = ms->cur; r != NULL; r = r == ms->cur ? ms->held : r->held_next)
+        if (kept_path(ms, r->mi->fingerprint, "", path, sizeof path) == 0 &&
+            utimensat(AT_FDCWD, path, NULL, 0) != 0 && errno != ENOENT && err == 0) {
+            err = errno;
+            snprintf(failed, sizeof failed, "%s", path);
+        }
+    if (err != 0 && !ms->lease_failing)
+        hl_log(HL_LOG_WARN, "model_lease_failed", "path=%s err=\"%s\" action=\"make "
+               "model.dir writable by every worker sharing it; until then another worker "
+               "may prune this model while it is served here, and a restart with a newer "
+               "model rebuilds the users of its snapshots from their rings "
+               "(halflife_users_rebuilt_total)\"", failed, strerror(err));
+    ms->lease_failing = err != 0;
+}
+
+/* Deletes the oldest kept models beyond store_retain (by mtime: the last
+ * lease renewed), never one in use here or leased by anyone: a kept file
+ * may be an older worker's hard link with the model file's own time, so
+ * a model put in service from an older file (a rollback, a copy that
+ * keeps times) could otherwise be the oldest and go at once, and with it
+ * the migration of the snapshots written under it after a restart. */
 static void prune(hl_models *ms)
 {
     DIR *d = opendir(ms->o.store_dir);
     struct dirent *de;
     char path[4352], oldest[4352];
+    time_t now = time(NULL);
     for (;;) {
         int n = 0;
         int64_t t_old = INT64_MAX;
@@ -223,6 +282,7 @@ static void prune(hl_models *ms)
             if (in_use(ms, de->d_name)) continue;
             snprintf(path, sizeof path, "%s/%s", ms->o.store_dir, de->d_name);
             if (stat(path, &st) != 0) { n--; continue; }
+            if (leased(&st, now)) continue;
             int64_t t = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
             if (t < t_old) { t_old = t; snprintf(oldest, sizeof oldest, "%s", path); }
         }
@@ -249,12 +309,17 @@ static void keep_failed(hl_models *ms, uint64_t fp, const char *why)
            (unsigned long long)fp, why);
 }
 
-/* 1 when the kept file dst is model.path itself: a hard link, as workers
- * before 2026-12-07 kept a model, which a rewrite of model.path in place
- * would rewrite too. */
-static int is_model_path(const hl_models *ms, const char *dst)
+/* 1 when the kept file dst is a hard link, as workers before 2026-12-07
+ * kept a model: to model.path, which a rewrite in place would rewrite
+ * too, or to another pod's model.path on the shared volume, whose time
+ * renew_leases() must not touch (that pod would reopen its model file at
+ * every renewal, and its model age gauge would lie). A copy replaces it. */
+static int is_link(const hl_models *ms, const char *dst)
 {
     file_id a, b;
+    struct stat st;
+    if (stat(dst, &st) == 0 && st.st_nlink > 1)
+        return 1;
     return ms->o.path != NULL && file_stat(dst, &a, NULL) == 0 &&
            file_stat(ms->o.path, &b, NULL) == 0 && a.dev == b.dev && a.ino == b.ino;
 }
@@ -275,7 +340,7 @@ static void keep(hl_models *ms, const hl_model *src)
     if (ms->o.store_dir == NULL || kept_path(ms, mi->fingerprint, "", dst, sizeof dst) ||
         hl_tempname_make(tmp, sizeof tmp, dst, ms->host, (long)getpid()) != 0)
         return;
-    if (access(dst, F_OK) == 0 && !is_model_path(ms, dst)) {
+    if (access(dst, F_OK) == 0 && !is_link(ms, dst)) {
         ms->unkept = 0;
         return;
     }
@@ -599,8 +664,10 @@ hl_models *hl_models_create(const hl_models_opts *o, hl_model *first,
     register_metrics(ms);               /* before keep, which may count */
     if (o->store_dir != NULL)
         sweep_temps(ms);                /* a crash's, which keep() may not reach */
-    if (o->path != NULL)
+    if (o->path != NULL) {
         keep(ms, first);
+        renew_leases(ms);           /* kept long ago: ours from now */
+    }
     show_model(ms, ms->cur);
     return ms;
 }
@@ -816,6 +883,11 @@ int hl_models_check(hl_models *ms, int64_t now_ms, int force)
     release_unused(ms);             /* every pass: a replaced model goes soon */
     if (ms->o.path == NULL)
         return 0;
+    if (ms->o.store_dir != NULL && now_ms >= ms->next_lease_ms) {
+        ms->next_lease_ms = now_ms + LEASE_RENEW_MS;
+        keep(ms, ms->cur->m);       /* copied again if gone from model.dir */
+        renew_leases(ms);
+    }
     if (!force && (ms->o.check_ms <= 0 || now_ms < ms->next_check_ms))
         return 0;
     ms->next_check_ms = now_ms + ms->o.check_ms;

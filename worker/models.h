@@ -90,7 +90,10 @@ typedef struct hl_models_opts {
                                           there as <fingerprint>.hlm, so a snapshot
                                           written under it can be migrated after
                                           a restart; NULL: none kept */
-    int          store_retain;         /* model.retain: newest files kept there */
+    int          store_retain;         /* model.retain: newest files kept there,
+                                          and any a worker sharing the directory
+                                          served in the last 10 minutes (its
+                                          lease: models.c) */
     int64_t      temp_stale_s;         /* a crashed worker's keep() temporary there
                                           is removed once unchanged this long;
                                           0: 3600, < 0: at once (tests) */

@@ -855,15 +855,30 @@ static void test_crashed_temporary_removed(void)
     CHECK(system("rm -rf " TOP) == 0);
 }
 
+/* TOP/kept's copy of m's model into path. */
+static void kept_at(char *path, size_t len, const hl_model *m)
+{
+    snprintf(path, len, TOP "/kept/%016llx.hlm",
+             (unsigned long long)hl_model_info_get(m)->fingerprint);
+}
+
 /* TOP/kept's copy of m's model dated a day back: as kept long ago (a
  * lease nobody refreshed since), or as a pod that stopped serving it. */
 static int age_kept(const hl_model *m)
 {
     char path[256];
     struct timespec day_ago[2] = {{.tv_sec = time(NULL) - 86400}, {.tv_sec = time(NULL) - 86400}};
-    snprintf(path, sizeof path, TOP "/kept/%016llx.hlm",
-             (unsigned long long)hl_model_info_get(m)->fingerprint);
+    kept_at(path, sizeof path, m);
     return utimensat(AT_FDCWD, path, day_ago, 0);
+}
+
+/* 1 when TOP/kept's copy of m's model has a fresh lease (its time now). */
+static int lease_fresh(const hl_model *m)
+{
+    char path[256];
+    struct stat st;
+    kept_at(path, sizeof path, m);
+    return stat(path, &st) == 0 && labs((long)(time(NULL) - st.st_mtime)) < 60;
 }
 
 /* Two pods on one model.dir, model.retain 1: pod X lags on A (kept long
@@ -873,7 +888,10 @@ static int age_kept(const hl_model *m)
  * rings instead of migrating them. X's checks refresh its lease on A (the
  * kept file's time), and a model with a fresh lease is not pruned. Once X
  * is gone and its lease went stale, A goes at Y's next swap; B and C,
- * which Y served until then, stay (recently served). */
+ * which Y served until then, stay (recently served). A rollback to B,
+ * whose kept file is stale, renews it at once; and Y's served model,
+ * once gone from model.dir (an older worker pruned it), is kept again at
+ * the next renewal. */
 static void test_shared_dir_keeps_other_pods_model(void)
 {
     char err[512] = "";
@@ -908,7 +926,13 @@ static void test_shared_dir_keeps_other_pods_model(void)
         CHECKF(!kept(a), "A kept with a stale lease (nobody served it for a day)");
         CHECKF(kept(b) && kept(c), "pruned a model Y served minutes ago: B %d, C %d",
                kept(b), kept(c));
-        CHECK(kept(d));
+        char path[256];
+        kept_at(path, sizeof path, d);
+        CHECK(age_kept(b) == 0 && unlink(path) == 0);
+        CHECK(write_model(TOP "/b2.hlm", "B", 2) == 0 && rename(TOP "/b2.hlm", TOP "/y.hlm") == 0);
+        CHECK(hl_models_check(y, 180000, 0) == 1);
+        CHECKF(lease_fresh(b), "the lease on B, served again, left stale");
+        CHECKF(kept(d), "D, gone from model.dir while served, not kept again");
     }
     hl_models_destroy(x);
     hl_models_destroy(y);

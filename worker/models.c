@@ -873,6 +873,7 @@ static int load(hl_models *ms)
     install(ms, r, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9,
             skip_s);
     keep(ms, r->m);
+    renew_leases(ms);               /* a rollback's kept file may be long stale */
     return 1;
 }
 

@@ -15,6 +15,7 @@
 #include "changelog.h"
 #include "thread.h"
 #include "fold.h"
+#include "recreated.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -78,7 +79,7 @@ struct hl_worker {
     char              state_topic[256];
     hl_counter       *rebalances;
     hl_counter       *recreated;      /* halflife_input_topic_recreated_total */
-    int               wm_skip;        /* this assignment's watermark checks given up (rebalance thread) */
+    hl_recreated_check wm;            /* the recreated-topic checks (rebalance thread) */
     pthread_mutex_t   lat_mu;         /* also guards closed */
     pthread_cond_t    closed_cv;
     int               closed;         /* the consumer has left the group */

@@ -463,45 +463,6 @@ static void log_trimmed(const hl_worker *w, int32_t p, const hl_table *tbl)
                (unsigned long long)st.evicted_capacity, st.users, w->o.state_max_users);
 }
 
-/* How long an assignment waits for a partition's watermarks: a broker
- * that does not answer in time leaves the restored offset as it was (the
- * check is skipped and logged), it does not hold the rebalance. */
-#define WATERMARK_TIMEOUT_MS 5000
-
-/* 1 when the restored offset lies beyond the partition's high watermark:
- * the input topic was deleted and created again under the same name (its
- * offsets start again at 0) while the state came from the old one. Left
- * alone, the fetch there is out of range, librdkafka resets it to the log
- * start and the shard drops every record below the restored offset as
- * re-delivered: nothing read, silently, until the new topic outgrew the
- * old one (test_topic_recreated.py). *start: where the new topic is read
- * from, as auto.offset.reset says. Skipped (0) for an offset that is not
- * restored or watermarks that cannot be read. */
-static int input_recreated(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t offset,
-                           int64_t *start, int64_t *high)
-{
-    int64_t low = -1;
-    if (offset <= 0 || w->wm_skip)
-        return 0;
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk, w->o.input_topic, p, &low,
-                                                               high, WATERMARK_TIMEOUT_MS);
-    if (err) {
-        /* One unanswered query gives up the rest of this assignment's: the
-         * checks run one partition at a time in the rebalance callback,
-         * and 5 s each for 64 partitions would hold the group's rebalance
-         * for minutes. */
-        w->wm_skip = err == RD_KAFKA_RESP_ERR__TIMED_OUT;
-        hl_log(HL_LOG_WARN, "input_watermarks_unknown", "partition=%d offset=%lld err=\"%s\" "
-               "action=\"resumed at the restored offset unchecked%s: a topic recreated "
-               "meanwhile would go unnoticed\"", (int)p, (long long)offset,
-               rd_kafka_err2str(err), w->wm_skip ? ", and so are this assignment's "
-               "other partitions" : "");
-        return 0;
-    }
-    *start = w->o.offset_reset_latest ? *high : low;
-    return offset > *high;
-}
-
 /* A recreated input topic: the users are kept (what they did is still
  * true; dropping them would lose every idle user) with their applied
  * offsets forgotten, else each user's events would be dropped as
@@ -562,7 +523,7 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     if (tbl == NULL)
         return HL_EIO;          /* logged as restore_failed */
     int64_t start, high;
-    int recreated = input_recreated(w, rk, p, restored, &start, &high);
+    int recreated = hl_recreated_check_partition(&w->wm, p, restored, &start, &high);
     if (recreated) {
         restart_input(w, p, tbl, &restored, offset, start, high);
         on_disk = HL_PERSIST_NO_OFFSET;
@@ -660,7 +621,7 @@ static void assign_parts(hl_worker *w, rd_kafka_t *rk, rd_kafka_topic_partition_
      * while partitions it was given are not served yet. */
     atomic_store(&w->restored, 0);
     atomic_store(&w->restoring, n);
-    w->wm_skip = 0;
+    hl_recreated_init(&w->wm, rk, w->o.input_topic, w->o.offset_reset_latest);
     for (int i = 0; i < parts->cnt; i++) {
         if (strcmp(parts->elems[i].topic, w->o.input_topic) != 0)
             continue;

@@ -383,8 +383,23 @@ static void dead_letter(hl_items *it, const rd_kafka_message_t *rkm, hl_item_rea
         {NULL, NULL, 0},
     };
     if (hl_producer_send(it->o.prod, it->o.dlq_topic, RD_KAFKA_PARTITION_UA, rkm->key,
-                         rkm->key_len, rkm->payload, rkm->len, h, NULL, err, sizeof err) == 0)
+                         rkm->key_len, rkm->payload, rkm->len, h, NULL, err, sizeof err) == 0) {
         hl_counter_add(it->c_dlq, 1);
+        return;
+    }
+    /* Refused at once (a full queue while the broker is away, a record over
+     * kafka.message.max.bytes): the update's copy is gone, and before this
+     * nothing said so. Counted with the events' dead letters that could not
+     * be written; the reader does not hold its offset for it (a catalogue
+     * update is not an event: the item topic keeps it). */
+    uint64_t sup = 0;
+    hl_counter_add(it->c_dlq_errors, 1);
+    if (hl_log_limit_pass(&it->dlq_limit, &sup))
+        hl_log(HL_LOG_WARN, "item_dlq_failed", "topic=%s partition=%d offset=%lld reason=%s "
+               "bytes=%zu err=\"%s\" action=\"not copied to %s; the update stays in %s at "
+               "that offset\" suppressed=%llu", it->topic, (int)rkm->partition,
+               (long long)rkm->offset, rn, rkm->len, err, it->o.dlq_topic, it->topic,
+               (unsigned long long)sup);
 }
 
 static void bad_update(hl_items *it, const rd_kafka_message_t *rkm, hl_item_reason r,
@@ -763,6 +778,8 @@ static void register_metrics(hl_items *it)
         "ItemUpdates applied to the catalogue.", NULL);
     it->c_dlq = hl_metrics_counter(reg, "halflife_item_updates_dlq_total",
         "Bad ItemUpdates copied to the dead-letter topic.", NULL);
+    it->c_dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
+        "Dead letters that could not be written.", NULL);   /* the worker's series */
     it->c_drop_known = hl_metrics_counter(reg, "halflife_item_embeddings_dropped_total",
         "Item topic embeddings dropped at a model swap, by reason: the new model knows the "
         "item (its vectors win), or the embedding's dim is not the new model's.",
@@ -793,6 +810,7 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     atomic_init(&it->stream_ts_ms, INT64_MIN);
     it->bad_limit.interval_ms = 1000;
     it->wait_limit.interval_ms = 5000;
+    it->dlq_limit.interval_ms = 5000;
     it->evict_limit.interval_ms = 5000;
     it->topic = strdup(o->topic);
     it->vec = malloc(2 * (size_t)o->codec.dim * sizeof(float));

@@ -63,9 +63,11 @@ struct hl_items {
     int             n_known;
     hl_log_limit    bad_limit;
     hl_log_limit    wait_limit;     /* item_update_waits: one per update naming a new id */
+    hl_log_limit    dlq_limit;      /* item_dlq_failed: one per bad update while refused */
     hl_log_limit    evict_limit;    /* foldin_evict_tombstone_failed */
     hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
-    hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq;
+    hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq,
+                   *c_dlq_errors;
     hl_counter     *c_drop_known, *c_drop_dim, *c_parts_added, *c_foldin_evicted;
 };
 

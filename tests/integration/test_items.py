@@ -12,7 +12,9 @@ Four phases of one synthetic stream:
    events produced after halflife_item_updates_total showed them) lacks X
    and Z and is still k long, every list whose generated_at is at or after
    Y's expiry lacks Y, and new-a is in lists; the bad records are counted by
-   reason and dead-lettered with the reason in a header;
+   reason and dead-lettered with the reason in a header, and one too large
+   for the worker's producer is counted (halflife_dlq_errors_total) and
+   said (event=item_dlq_failed) instead of being dropped unsaid;
 3. X available again: X is back in lists;
 4. restart (SIGTERM, a new process; the topic is re-read before the worker
    joins the group) and rebalance (a second member joins the group, so
@@ -47,6 +49,8 @@ sys.path.insert(0, U.SCHEMAS)
 import hlm  # noqa: E402
 
 N_EVENTS, N_USERS, N_ITEMS, K = 8000, 300, 1000, 20
+BIG = 1200000           # over MAX_OUT, the worker's kafka.message.max.bytes
+MAX_OUT = 1000000
 PHASE = N_EVENTS // 4
 
 
@@ -98,7 +102,7 @@ def avro_update(item_id, available, expires_at=None, embedding=None, schema_id=3
 
 def produce_raw(bootstrap, topic, records):
     from confluent_kafka import Producer
-    p = Producer({"bootstrap.servers": bootstrap})
+    p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4000000})
     for key, value in records:
         p.produce(topic, key=key.encode(), value=value)
     p.flush(30)
@@ -142,6 +146,9 @@ def phase2(ck, ctx):
         ("bad-1", avro_update("bad-1", True, embedding={"e_in": [1.0, 2.0, 3.0],
                                                         "e_out": [1.0] * 16, "bias": 0.0})),
         ("other-key", avro_update("bad-2", False)),
+        # Not Avro, and over the worker's kafka.message.max.bytes: its
+        # dead-letter copy is refused at once, which used to go unsaid.
+        ("bad-big", b"\x07" * BIG),
     ])
     with open(ctx["cat"], "a") as f:
         f.write("%s,false\n" % z)
@@ -149,8 +156,14 @@ def phase2(ck, ctx):
     n_upd = wait_metric(w, "halflife_item_updates_total", 4)
     n_dim = wait_metric(w, "halflife_item_updates_invalid_total", 1, labels='reason="bad_dim"')
     n_key = wait_metric(w, "halflife_item_updates_invalid_total", 1, labels='reason="bad_key"')
+    n_lost = wait_metric(w, "halflife_dlq_errors_total", 1)
+    with open(w.log_path) as f:
+        said = [ln for ln in f if " event=item_dlq_failed " in ln]
     ck.check("updates_read", rc == 0 and n_upd == 4 and n_dim == 1 and n_key == 1,
              "halflife items exit %s, updates %s, bad_dim %s, bad_key %s" % (rc, n_upd, n_dim, n_key))
+    ck.check("refused_dead_letter_said", n_lost == 1 and len(said) == 1,
+             "halflife_dlq_errors_total %s (want 1), event=item_dlq_failed lines %d (want 1)"
+             % (n_lost, len(said)))
     high = watermarks(ctx["bootstrap"], "behaviour-events")
     U.produce_events(ctx["bootstrap"], "behaviour-events", ctx["events"][PHASE:2 * PHASE])
     wait_settled(w, 2 * PHASE)
@@ -294,7 +307,7 @@ def main():
     ctx["common"] = ["worker.threads=2", "batch.max.messages=50", "kafka.fetch.wait.max.ms=10",
                      "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=500",
                      "snapshot.dir=" + os.path.join(tmp, "snap"), "schemas.dir=" + U.SCHEMAS,
-                     "recs.scoring=two-stage"]
+                     "recs.scoring=two-stage", "kafka.message.max.bytes=%d" % MAX_OUT]
     try:
         ctx["w"] = U.Worker(broker.bootstrap, ctx["model_path"], os.path.join(tmp, "w1.log"),
                             extra=ctx["common"])

@@ -580,28 +580,30 @@ static void retain_newest(hl_snapshot_writer *w, int retain, hl_snapshot_result 
 }
 
 int hl_snapshot_set_aside(const hl_io *io, const char *dir, const char *topic,
-                          int32_t partition, int64_t offset, const char *suffix,
+                          int32_t partition, int64_t keep, const char *suffix,
                           int *n_aside, char *errbuf, size_t errlen)
 {
     char from[HL_SNAPSHOT_PATH_MAX], to[HL_SNAPSHOT_PATH_MAX + 32];
-    hl_snapshot_file *f;
-    size_t n;
+    hl_snapshot_file *f = NULL;
+    size_t n = 0;
     io = io_or_posix(io);
     int rc = hl_snapshot_list(io, dir, topic, partition, &f, &n, errbuf, errlen);
     *n_aside = 0;
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        if (f[i].tmp || f[i].offset <= offset ||
+    /* Every file is tried, one failure or not: each one left is a state
+     * a restore may take for the new topic's. */
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].tmp || f[i].offset == keep ||
             hl_snapshot_join(from, sizeof from, dir, f[i].name) != 0)
             continue;
         snprintf(to, sizeof to, "%s%s", from, suffix);
-        if (io->rename(io->ctx, from, to) != 0)
+        if (io->rename(io->ctx, from, to) == 0)
+            (*n_aside)++;
+        else if (errno != ENOENT)   /* gone meanwhile (retention): nothing left to restore */
             rc = hl_err(errbuf, errlen, HL_EIO, "snapshot: rename %s aside: %s; move it "
                         "out of %s by hand", from, strerror(errno), dir);
-        else
-            (*n_aside)++;
     }
     free(f);
-    if (rc == 0 && *n_aside > 0 && io->fsync_dir(io->ctx, dir) != 0)
+    if (*n_aside > 0 && io->fsync_dir(io->ctx, dir) != 0)
         rc = hl_err(errbuf, errlen, HL_EIO, "snapshot: fsync directory %s: %s", dir,
                     strerror(errno));
     return rc;

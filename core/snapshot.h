@@ -115,15 +115,17 @@ int hl_snapshot_write(const hl_io *io, const char *dir,
                       int retain, hl_snapshot_result *res,
                       char *errbuf, size_t errlen);
 
-/* Renames dir's snapshots of topic/partition named above offset to
- * <name><suffix>, which no listing matches any more, so they are neither
- * loaded nor retained (kept for the operator; the input topic they
- * followed was created again: a worker restoring them would seek past its
- * end). io NULL: hl_io_posix(). *n_aside: files renamed. 0, or HL_EIO
- * naming the file that could not be renamed (the rest are left as they
- * are). */
+/* Renames dir's snapshots of topic/partition, all but the one named
+ * keep (< 0: all of them), to <name><suffix>, which no listing matches
+ * any more, so they are neither loaded nor retained (kept for the
+ * operator; the input topic they followed was created again: a worker
+ * restoring one named above the new topic's end would seek past it, one
+ * named within it would resume that topic with another's state).
+ * Temporary files are left to retention. io NULL: hl_io_posix().
+ * *n_aside: files renamed. 0, or HL_EIO naming the file that could not be
+ * renamed (the rest are still tried). */
 int hl_snapshot_set_aside(const hl_io *io, const char *dir, const char *topic,
-                          int32_t partition, int64_t offset, const char *suffix,
+                          int32_t partition, int64_t keep, const char *suffix,
                           int *n_aside, char *errbuf, size_t errlen);
 
 /* The file name (no directory) of a snapshot: fails with HL_EINVAL on a

@@ -683,6 +683,104 @@ static void test_max_tick_stall(void)
     hl_table_destroy(tbl);
 }
 
+/* ---- a recreated input topic (hl_persist_shard_restart_at) ------------- */
+
+/* The old topic's files: at 1000 and 3000 (retain 2 keeps both), written
+ * by a shard that is then gone; tbl keeps its users, offsets forgotten,
+ * as worker_rebalance.c's restart_input leaves them. */
+static void old_topic_files(hl_persist *p, hl_table *tbl)
+{
+    char err[512];
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    apply_range(tbl, 0, 1000);
+    CHECK(hl_persist_flush(ps, tbl, 1000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    apply_range(tbl, 1000, 3000);
+    CHECK(hl_persist_flush(ps, tbl, 3000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    hl_persist_shard_destroy(ps);
+    hl_table_forget_offsets(tbl);
+}
+
+/* The offset a restore of partition 0 resumes at, HL_PERSIST_NO_OFFSET
+ * when nothing is usable; its file in path. */
+static int64_t restored_at(hl_persist *p, char *path, size_t len)
+{
+    char err[512];
+    hl_persist_restored r;
+    hl_table *t = new_table();
+    CHECK(hl_persist_restore(p, 0, &t, &r, err, sizeof err) == 0);
+    hl_table_destroy(t);
+    snprintf(path, len, "%s", r.path);
+    return r.next_offset;
+}
+
+/* The kept users' file cannot be written (a full disk): the old topic's
+ * files must go aside all the same. Left under their old offsets, they
+ * were restored as soon as the new topic grew past them (its offsets then
+ * look valid, no second report): every event of the new topic below
+ * 3000 was missing from the state, dropped as already applied. The users
+ * are still in memory; the shard's next snapshot writes them. */
+static void test_restart_at_write_fails(void)
+{
+    faulty f;
+    char err[512], path[HL_SNAPSHOT_PATH_MAX];
+    int n_aside = -1;
+    fresh_dir();
+    faulty_init(&f);
+    hl_persist *p = new_persist(0, 0, 0, &f.io, NULL);
+    hl_table *tbl = new_table();
+    old_topic_files(p, tbl);
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    fail_next(&f.n_fsync, &f.fail_fsync, 1);
+    int rc = hl_persist_shard_restart_at(ps, tbl, 0, hl_now_mono_ms() + 5000, &n_aside,
+                                         err, sizeof err);
+    CHECKF(rc == HL_EIO && strstr(err, "fsync"), "%d %s", rc, err);
+    int64_t at = restored_at(p, path, sizeof path);
+    CHECKF(at == HL_PERSIST_NO_OFFSET && n_aside == 2 && count_files(".topic-recreated") == 2,
+           "after a failed write of the kept users a restore loads %s (offset %lld), "
+           "the old topic's; %d files set aside", path, (long long)at, n_aside);
+    /* The disk is back: the shard's next snapshot is the one restored. */
+    CHECK(hl_persist_flush(ps, tbl, 40, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    CHECK(restored_at(p, path, sizeof path) == 40);
+    hl_persist_shard_destroy(ps);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
+/* auto.offset.reset=latest: the new topic starts at 2000, between the old
+ * files. The one below it (1000) is the old topic's too: left to
+ * retention, a restore fell back to it when the kept users' file was
+ * damaged, and resumed the new topic at 1000 with the old topic's state
+ * of that time (its rows' offsets the old topic's). */
+static void test_restart_at_older_files(void)
+{
+    char err[512], path[HL_SNAPSHOT_PATH_MAX];
+    int n_aside = -1;
+    fresh_dir();
+    hl_persist *p = new_persist(0, 0, 0, NULL, NULL);
+    hl_table *tbl = new_table();
+    old_topic_files(p, tbl);
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    int rc = hl_persist_shard_restart_at(ps, tbl, 2000, hl_now_mono_ms() + 5000, &n_aside,
+                                         err, sizeof err);
+    CHECKF(rc == 0, "%s", err);
+    CHECK(restored_at(p, path, sizeof path) == 2000);
+    snprintf(path, sizeof path, "%s/" TOPIC ".0.%020d.hls", dir, 2000);
+    FILE *fp = fopen(path, "r+b");
+    CHECKF(fp != NULL, "%s", path);
+    if (fp) {
+        fseek(fp, 200, SEEK_SET);
+        fputc(0x5a ^ fgetc(fp), fp);
+        fclose(fp);
+    }
+    int64_t at = restored_at(p, path, sizeof path);
+    CHECKF(at == HL_PERSIST_NO_OFFSET && n_aside == 2,
+           "with the kept users' file damaged a restore loads %s (offset %lld), the old "
+           "topic's; %d files set aside", path, (long long)at, n_aside);
+    hl_persist_shard_destroy(ps);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR + 1);     /* the cases provoke warnings on purpose */
@@ -700,6 +798,8 @@ int main(void)
     RUN(test_flush_deadline);
     RUN(test_destroy_with_commit_queued);
     RUN(test_max_tick_stall);
+    RUN(test_restart_at_write_fails);
+    RUN(test_restart_at_older_files);
     remove_dir();
     TEST_EXIT();
 }

@@ -217,10 +217,10 @@ static void test_retention_keeps_published(void)
     hl_table_destroy(a);
 }
 
-/* A recreated input topic (worker_rebalance.c): the old topic's files,
- * named above the new topic's offsets, are renamed aside so the newest
- * load finds the new ones; another shard's and older files stay. The
- * rows written after hl_table_forget_offsets apply any offset again. */
+/* A recreated input topic (worker_rebalance.c): the old topic's files are
+ * renamed aside so the newest load finds the new one, the file kept;
+ * another shard's stay. The rows written after hl_table_forget_offsets
+ * apply any offset again. */
 static void test_set_aside(void)
 {
     hl_table_opts o = opts();

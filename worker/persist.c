@@ -709,12 +709,22 @@ int hl_persist_shard_restart_at(hl_persist_shard *ps, const hl_table *tbl, int64
                                 int64_t deadline_ms, int *n_aside, char *errbuf,
                                 size_t errlen)
 {
-    *n_aside = 0;
+    hl_persist *p = ps->p;
+    char why[512];
     ps->fp_changed = 1;     /* written even if a file at offset exists (an old one) */
     int rc = hl_persist_flush(ps, tbl, offset, deadline_ms, errbuf, errlen);
+    /* The old topic's files go aside even when the kept users could not be
+     * written: left under their offsets, one is restored as the new
+     * topic's state once the new topic grows past it (nothing then looks
+     * wrong), every new event below it dropped as applied; and one below
+     * offset is a fallback a restore takes when the newer files are
+     * damaged. The users are then in memory only, until the shard's next
+     * snapshot (the renamed files hold them for the operator). */
+    int aside = hl_snapshot_set_aside(p->io, p->dir, p->topic, ps->partition,
+                                      rc == 0 ? offset : HL_PERSIST_NO_OFFSET,
+                                      ".topic-recreated", n_aside, why, sizeof why);
     if (rc != 0)
-        return rc;
-    hl_persist *p = ps->p;
-    return hl_snapshot_set_aside(p->io, p->dir, p->topic, ps->partition, offset,
-                                 ".topic-recreated", n_aside, errbuf, errlen);
+        return aside != 0 ? hl_err(errbuf, errlen, rc, "the kept users not written, and %s",
+                                   why) : rc;
+    return aside != 0 ? hl_err(errbuf, errlen, aside, "%s", why) : 0;
 }

@@ -145,13 +145,15 @@ int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_off
 
 /* The input topic was deleted and created again (the restored offset lay
  * beyond its end): makes a snapshot of tbl at offset, the new topic's
- * position, durable before deadline_ms, then renames the partition's
- * files named above offset (the old topic's) to <name>.topic-recreated,
- * so a restart no longer restores them over the new ones (they sort as
- * newer). Nothing is renamed when the write fails: the old files are
- * then still the only copy of the users. *n_aside: files renamed. Before
- * the shard is handed to its thread. 0, or a negative HL_E* with the
- * reason (a rename that failed names the file). */
+ * position, durable before deadline_ms, then renames every other file of
+ * the partition (the old topic's) to <name>.topic-recreated, so a restore
+ * never takes one for the new topic's state: one named above offset
+ * sorts as newer, one below is a fallback from damaged newer files. They
+ * are renamed when the write fails too (the users are then in memory
+ * only, until the shard's next snapshot): left, a restart after the new
+ * topic passed their offsets restored one as valid. *n_aside: files
+ * renamed. Before the shard is handed to its thread. 0, or a negative
+ * HL_E* with the reason (a rename that failed names the file). */
 int hl_persist_shard_restart_at(hl_persist_shard *ps, const hl_table *tbl, int64_t offset,
                                 int64_t deadline_ms, int *n_aside, char *errbuf,
                                 size_t errlen);

@@ -488,9 +488,11 @@ static void restart_input(hl_worker *w, int32_t p, hl_table *tbl, int64_t *resto
 }
 
 /* The kept users written at the new topic's start, and the old topic's
- * snapshots renamed aside: named above it, they would be restored again
- * at the next start. A failure leaves them (logged): the next start then
- * finds the old topic's state again and says so again. */
+ * snapshots renamed aside (hl_persist_shard_restart_at), also when the
+ * write fails: restored, one would pass for the new topic's state once
+ * that topic grew past its offset. A failure is logged: a failed write
+ * leaves the users in memory until the shard's next snapshot; a file
+ * that could not be renamed must be moved by hand. */
 static void keep_recreated(hl_worker *w, int32_t p, hl_persist_shard *ps, const hl_table *tbl,
                            int64_t start)
 {
@@ -500,9 +502,11 @@ static void keep_recreated(hl_worker *w, int32_t p, hl_persist_shard *ps, const 
     if (ps == NULL)
         return;
     if (hl_persist_shard_restart_at(ps, tbl, start, deadline, &n_aside, err, sizeof err) != 0)
-        hl_log(HL_LOG_ERROR, "input_topic_recreated_unsaved", "partition=%d err=\"%s\" "
-               "action=\"the old topic's snapshots stay; the next start reports this again\"",
-               (int)p, err);
+        hl_log(HL_LOG_ERROR, "input_topic_recreated_unsaved", "partition=%d files_aside=%d "
+               "err=\"%s\" action=\"the kept users are saved by the shard's next snapshot, "
+               "lost if the worker dies before it (the files renamed *.topic-recreated hold "
+               "them); a file err names as not renamed must be moved out of snapshot.dir, or "
+               "a restart takes it for the new topic's state\"", (int)p, n_aside, err);
     else
         hl_log(HL_LOG_INFO, "snapshots_set_aside", "partition=%d next_offset=%lld files=%d "
                "suffix=.topic-recreated", (int)p, (long long)start, n_aside);

@@ -492,7 +492,12 @@ static void restart_input(hl_worker *w, int32_t p, hl_table *tbl, int64_t *resto
  * write fails: restored, one would pass for the new topic's state once
  * that topic grew past its offset. A failure is logged: a failed write
  * leaves the users in memory until the shard's next snapshot; a file
- * that could not be renamed must be moved by hand. */
+ * that could not be renamed must be moved by hand. With state.store=kafka
+ * ps's changelog cover must be set first: without it the file covered
+ * changelog offset 0, and a restart from it before the shard's first
+ * flush read the claim checkpoint, which names the old topic's offset,
+ * and resumed the new topic there, skipping its events below it once it
+ * had grown past (test_topic_recreated_changelog.py). */
 static void keep_recreated(hl_worker *w, int32_t p, hl_persist_shard *ps, const hl_table *tbl,
                            int64_t start)
 {
@@ -541,8 +546,6 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
                                              : NULL;
     if (moved)
         hl_persist_shard_resave(ps);    /* the newest file names the old model */
-    if (recreated)
-        keep_recreated(w, p, ps, tbl, start);
     hl_shard *sh = hl_shard_create(p, tbl, restored, ps, w->o.batch_max_messages,
                                    w->o.recs_min_interval_ms, w->reg, err, sizeof err);
     if (sh == NULL) {
@@ -567,6 +570,8 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     }
     if (sh->cl != NULL && sh->ps != NULL)
         hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
+    if (recreated)      /* after the cover: see keep_recreated */
+        keep_recreated(w, p, sh->ps, sh->tbl, start);
     if (moved || recreated || cr.recreated)
         hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's,
                                                or hold the old topic's offsets */

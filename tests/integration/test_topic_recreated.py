@@ -22,6 +22,7 @@ Checks:
   the new ones.
 """
 import os
+import shutil
 import sys
 import time
 
@@ -31,8 +32,9 @@ import e2e_util as U  # noqa: E402
 
 SLOW = 3 if os.environ.get("HL_SAN") == "1" else 1
 N_OLD, N_NEW = 300, 100
-# test_topic_recreated_changelog.py runs the same with state.store=kafka
-EXTRA, TOPICS = [], C.TOPICS
+# test_topic_recreated_changelog.py runs the same with state.store=kafka,
+# and THEN(ck, model, snapdir, events) on a copy of the first topic's files
+EXTRA, TOPICS, THEN = [], C.TOPICS, None
 
 
 def worker(ck, broker, model, snapdir, name):
@@ -96,9 +98,14 @@ def run(ck):
     n_users = len({e[0] for e in events})
     snapdir = os.path.join(ck.tmp, "snap")
     first_topic(ck, model, snapdir, events)
+    if THEN is not None:
+        shutil.copytree(snapdir, snapdir + ".first")
     b2, rc = second_topic(ck, model, snapdir, events, n_users)
     ck.check("stopped", rc == 0, "second worker exit %s" % rc)
     restart(ck, b2, model, snapdir, n_users)
+    if THEN is not None:
+        b2.stop()
+        THEN(ck, model, snapdir + ".first", events)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,58 @@ input topic's end (input_topic_recreated). The users must be kept, the
 new topic read from its start, and the restart must resume at the new
 topic's offset: the changelog rewritten with every row and a checkpoint
 at the new offsets, the old topic's cache files renamed aside.
+
+Then killed_before_flush, from a copy of the first topic's files: the
+worker is killed once the recreation is handled, before any flush of the
+changelog, and the new topic grows past the old offset (300) before the
+restart. The restart must read the new topic from its start: every one
+of its 400 events applied. Before the fix the kept users' file was
+written before the shard's changelog cover was set, so it named
+changelog offset 0: the restart read the changelog from its start, took
+the claim checkpoint's input offset (the old topic's 300) as where to
+resume, found it within the grown topic, and silently skipped the new
+topic's first 300 events.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_util as C  # noqa: E402
+import e2e_util as U  # noqa: E402
 import test_topic_recreated as T  # noqa: E402
 
 STATE = "recreated-state"
 T.EXTRA = ["state.store=kafka", "state.topic=" + STATE, "state.flush.ms=300"]
 T.TOPICS = C.TOPICS + [STATE]
+N_GROWN = 300
+
+
+def killed_before_flush(ck, model, snapdir, events):
+    b3 = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker3.log"), topics=T.TOPICS)
+    U.produce_events(b3.bootstrap, C.TOPIC, events[T.N_OLD:])
+    # no changelog flush in this life (a later -X wins): only the claim
+    # and the kept users' file
+    w = C.Worker(ck.procs, b3.bootstrap, model, os.path.join(ck.tmp, "w4.log"),
+                 ["snapshot.dir=" + snapdir, "snapshot.interval.ms=0", "group.id=w4",
+                  "kafka.fetch.wait.max.ms=10"] + T.EXTRA + ["state.flush.ms=600000"])
+    set_aside = w.wait_event("snapshots_set_aside", 30 * T.SLOW)
+    w.kill()
+    w.wait(10)
+    U.produce_events(b3.bootstrap, C.TOPIC, events[:N_GROWN])
+    w = T.worker(ck, b3, model, snapdir, "w5")
+    want = T.N_NEW + N_GROWN
+    C.wait_consumed([w], want, 20 * T.SLOW)
+    consumed = w.metric_or("halflife_events_consumed_total")
+    restored = [kv.get("next_offset") for _t, kv in w.events("restored")]
+    ck.check("killed_before_flush", set_aside and consumed == want and restored == ["0"],
+             "set aside %s; after a kill before any flush and the topic grown to %d, the "
+             "restart resumed at %s and consumed %s of its %d events" %
+             (set_aside, want, restored, consumed, want))
+    w.term(30)
+    b3.stop()
+
+
+T.THEN = killed_before_flush
 
 if __name__ == "__main__":
     sys.exit(C.run_main("test_topic_recreated_changelog", "ran", T.run))

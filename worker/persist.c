@@ -723,8 +723,11 @@ int hl_persist_shard_restart_at(hl_persist_shard *ps, const hl_table *tbl, int64
     int aside = hl_snapshot_set_aside(p->io, p->dir, p->topic, ps->partition,
                                       rc == 0 ? offset : HL_PERSIST_NO_OFFSET,
                                       ".topic-recreated", n_aside, why, sizeof why);
-    if (rc != 0)
-        return aside != 0 ? hl_err(errbuf, errlen, rc, "the kept users not written, and %s",
-                                   why) : rc;
-    return aside != 0 ? hl_err(errbuf, errlen, aside, "%s", why) : 0;
+    if (aside == 0)
+        return rc;
+    if (rc == 0)
+        return hl_err(errbuf, errlen, aside, "%s", why);
+    char wrote[512];            /* both failed: both reasons */
+    snprintf(wrote, sizeof wrote, "%s", errbuf);
+    return hl_err(errbuf, errlen, rc, "%s; and %s", wrote, why);
 }

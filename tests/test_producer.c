@@ -150,6 +150,63 @@ static void test_settle_serves_every_report(void)
     hl_producer_destroy(p, 0);
 }
 
+/* hl_producer_purge, what a release that lets go of undelivered lists
+ * runs: every record comes back failed with its key (its owner refreshes
+ * it again), and its report is served before the return; but nothing
+ * refused those records, so they are counted as purged, on the ticket and
+ * in the purged counter, and never in delivery_errors nor the ticket's
+ * fail_counter (a DLQ copy's: halflife_dlq_errors_total). Before, a purge
+ * read as a burst of delivery errors, each logged (event=delivery_failed). */
+static void test_purge_not_a_delivery_error(void)
+{
+    char err[256] = "";
+    hl_metrics *reg = hl_metrics_create();
+    hl_counter *errors = hl_metrics_counter(reg, "errors", "e", NULL);
+    hl_counter *purged = hl_metrics_counter(reg, "purged", "p", NULL);
+    hl_counter *fails = hl_metrics_counter(reg, "fails", "f", NULL);
+    hl_kafka_prop props[] = {{"bootstrap.servers", "127.0.0.1:1"}, {"log_level", "0"}};
+    hl_producer *p = hl_producer_create(props, 2, errors, err, sizeof err);
+    CHECKF(p != NULL, "create: %s", err);
+    if (p == NULL) {
+        hl_metrics_destroy(reg);
+        return;
+    }
+    hl_producer_count_purged(p, purged);
+    hl_ticket t;
+    hl_ticket_keys keys = {.mu = PTHREAD_MUTEX_INITIALIZER, .head = NULL, .lost = 0};
+    hl_ticket_reset(&t);
+    t.fail_counter = fails;
+    t.keys = &keys;
+    for (int i = 0; i < 4; i++)
+        CHECK(hl_producer_send(p, "t", -1, "u", 1, "v", 1, NULL, &t, err, sizeof err) == 0);
+    CHECK(hl_producer_flush(p, 100) > 0);       /* still waiting: no timeout */
+    uint64_t n = hl_producer_purge(p);
+    CHECKF(n == 4 && hl_ticket_done(&t), "purge reported %llu, ticket pending %d",
+           (unsigned long long)n, atomic_load(&t.pending));
+    CHECKF(atomic_load(&t.failed) == 4 && atomic_load(&t.purged) == 4,
+           "ticket failed %d purged %d", atomic_load(&t.failed), atomic_load(&t.purged));
+    CHECKF(hl_counter_get(errors) == 0 && hl_counter_get(fails) == 0 &&
+           hl_counter_get(purged) == 4, "delivery_errors %llu fail_counter %llu purged %llu",
+           (unsigned long long)hl_counter_get(errors), (unsigned long long)hl_counter_get(fails),
+           (unsigned long long)hl_counter_get(purged));
+    int n_keys = 0, purge_err = 0;
+    for (hl_failed_key *k = keys.head; k != NULL; n_keys++) {
+        hl_failed_key *next = k->next;
+        purge_err += k->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+                     k->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
+        free(k);
+        k = next;
+    }
+    CHECKF(n_keys == 4 && purge_err == 4, "%d keys kept, %d with a purge error", n_keys,
+           purge_err);
+    hl_producer_stats st;
+    hl_producer_stats_get(p, &st);
+    CHECKF(st.failed == 4 && st.purged == 4, "stats failed %llu purged %llu",
+           (unsigned long long)st.failed, (unsigned long long)st.purged);
+    hl_producer_destroy(p, 0);
+    hl_metrics_destroy(reg);
+}
+
 static int nagle_disabled(hl_producer *p)
 {
     char v[16] = "";
@@ -201,5 +258,6 @@ int main(void)
     RUN(test_failed_keys_kept);
     RUN(test_ticket_done_time);
     RUN(test_settle_serves_every_report);
+    RUN(test_purge_not_a_delivery_error);
     TEST_EXIT();
 }

@@ -475,6 +475,25 @@ static void chain_check(hl_changelog_shard *cs)
            "reported");
 }
 
+/* A flush some of whose records did not land. Taken back by a purge only
+ * (a release let go of undelivered records, event=release_undelivered),
+ * it failed nowhere: logged so, not counted as a failure (an operator's
+ * alert on flush failures means the broker refused). */
+static void log_undone(hl_changelog_shard *cs)
+{
+    int failed = atomic_load(&cs->t.failed), purged = atomic_load(&cs->t.purged);
+    if (purged == failed) {
+        hl_log(HL_LOG_INFO, "changelog_flush_purged", "partition=%d offset=%lld records=%d "
+               "action=\"offsets held; retried next interval\"", (int)cs->partition,
+               (long long)cs->offset, purged);
+        return;
+    }
+    hl_counter_add(cs->cl->mx.flush_failed, 1);
+    hl_log(HL_LOG_ERROR, "changelog_flush_failed", "partition=%d offset=%lld failed=%d "
+           "action=\"offsets held; retried next interval\"", (int)cs->partition,
+           (long long)cs->offset, failed - purged);
+}
+
 /* A delivered flush: durable, its tombstones dropped. A failed one stays
  * undone (the next flush covers its rows again: the cut is taken from the
  * last durable one). */
@@ -484,10 +503,7 @@ static int settle(hl_changelog_shard *cs, int64_t delivered, int64_t now_ms)
     cs->state = IDLE;
     chain_check(cs);
     if (atomic_load(&cs->t.failed) > 0) {
-        hl_counter_add(cl->mx.flush_failed, 1);
-        hl_log(HL_LOG_ERROR, "changelog_flush_failed", "partition=%d offset=%lld "
-               "action=\"offsets held; retried next interval\"", (int)cs->partition,
-               (long long)cs->offset);
+        log_undone(cs);
         return HL_EIO;
     }
     cs->durable = cs->offset;

@@ -176,7 +176,11 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
 {
     const rd_kafka_message_t *rkm = dl->rkm;
     char path[PATH_MAX], err[512];
-    const char *why = dl->send_failed ? dl->err : "delivery failed (see event=delivery_failed)";
+    const char *why = dl->send_failed ? dl->err
+                    : atomic_load(&dl->t.purged) > 0
+                    ? "purged undelivered when a revocation let go of undelivered records "
+                      "(see event=release_undelivered)"
+                    : "delivery failed (see event=delivery_failed)";
     dlq_hdr_buf hb;
     hl_header h[8];
     hl_flight_dlq_headers(rkm, dl->reason, &hb, h);
@@ -237,6 +241,7 @@ static int dead_letters_settled(hl_wthread *t, flight *f)
         }
         dl->send_failed = 0;            /* kept: never written twice */
         atomic_store(&dl->t.failed, 0);
+        atomic_store(&dl->t.purged, 0);
     }
     return 1;
 }
@@ -303,9 +308,38 @@ static hl_failed_key *drop_given_up(hl_wthread *t, flight *f, hl_failed_key *key
     return keys;
 }
 
+/* The first refusal's cause in keys, or 0 when every key was purged. */
+static rd_kafka_resp_err_t first_refusal(const hl_failed_key *keys)
+{
+    for (const hl_failed_key *k = keys; k != NULL; k = k->next)
+        if (k->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE &&
+            k->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
+            return k->err;
+    return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+/* One round of f's failed lists sent again, logged; err is the round's
+ * first refusal. Lists a purge took back (a release let go of undelivered
+ * lists: thread.c logged that once, event=release_undelivered) are no
+ * refusal: a debug line. */
+static void log_refreshed(hl_wthread *t, const flight *f, rd_kafka_resp_err_t err,
+                          int failed, int purged, int sent)
+{
+    uint64_t sup = 0;
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        hl_log(HL_LOG_DEBUG, "lists_purged_refreshed", "thread=%d purged=%d "
+               "refreshed_again=%d", t->id, purged, sent);
+    else if (hl_log_limit_pass(&t->refused_limit, &sup))
+        hl_log(HL_LOG_WARN, "lists_refused", "thread=%d refused=%d refreshed_again=%d "
+               "attempt=%d err=\"%s\" next_backoff_ms=%d action=\"offsets held until "
+               "they land; users not owned any more skipped\" suppressed=%llu", t->id,
+               failed - purged, sent, f->attempts + 1, rd_kafka_err2str(err),
+               next_backoff_ms(f->backoff_ms), (unsigned long long)sup);
+}
+
 /* 1 when every list of f has landed. Else, once the backoff has passed,
- * refreshes the users whose list was refused again onto f's ticket (so f
- * retires only once those land too) and returns 0. */
+ * refreshes the users whose list was refused (or purged) again onto f's
+ * ticket (so f retires only once those land too) and returns 0. */
 static int lists_settled(hl_wthread *t, flight *f)
 {
     if (atomic_load(&f->t.failed) == 0)
@@ -317,25 +351,19 @@ static int lists_settled(hl_wthread *t, flight *f)
     }
     if (now < f->retry_at_ms)
         return 0;
-    int lost, users = 0, sent = 0;
-    int failed = atomic_exchange(&f->t.failed, 0);
+    int lost, sent = 0;
+    int failed = atomic_exchange(&f->t.failed, 0), purged = atomic_exchange(&f->t.purged, 0);
     hl_failed_key *keys = take_keys(f, &lost);
     keys = drop_given_up(t, f, keys, lost);
-    rd_kafka_resp_err_t err = keys != NULL ? keys->err : RD_KAFKA_RESP_ERR_NO_ERROR;
-    for (const hl_failed_key *k = keys; k != NULL; k = k->next)
-        users++;
     if (keys != NULL)
         sent = hl_publish_again(t, f, keys);
-    free_keys(keys);
     hl_counter_add(t->ctx->mx.retries, (uint64_t)sent);
-    uint64_t sup = 0;
-    if (users > 0 && hl_log_limit_pass(&t->refused_limit, &sup))
-        hl_log(HL_LOG_WARN, "lists_refused", "thread=%d refused=%d refreshed_again=%d "
-               "attempt=%d err=\"%s\" next_backoff_ms=%d action=\"offsets held until "
-               "they land; users not owned any more skipped\" suppressed=%llu", t->id,
-               failed, sent, f->attempts + 1, rd_kafka_err2str(err),
-               next_backoff_ms(f->backoff_ms), (unsigned long long)sup);
-    f->attempts++;
+    rd_kafka_resp_err_t err = first_refusal(keys);
+    if (keys != NULL)
+        log_refreshed(t, f, err, failed, purged, sent);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        f->attempts++;          /* a round of purged lists only is no attempt */
+    free_keys(keys);
     f->backoff_ms = next_backoff_ms(f->backoff_ms);
     f->retry_at_ms = now + f->backoff_ms;
     return 0;

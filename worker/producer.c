@@ -23,9 +23,10 @@
 struct hl_producer {
     rd_kafka_t   *rk;
     hl_counter   *delivery_errors;
+    hl_counter   *purged;       /* purged reports: not delivery errors */
     hl_log_limit  err_limit;
     hl_log_limit  kafka_limit;  /* error events (on_error) */
-    atomic_ullong n_delivered, n_failed;
+    atomic_ullong n_delivered, n_failed, n_purged;
     atomic_int    first_err;    /* rd_kafka_resp_err_t; set once, by the first failure */
 };
 
@@ -65,6 +66,46 @@ static void ticket_report_done(hl_ticket *t)
     atomic_fetch_sub_explicit(&t->pending, 1, memory_order_release);
 }
 
+/* A record hl_producer_purge (or settle) took back: nothing refused it. */
+static int purged_err(rd_kafka_resp_err_t err)
+{
+    return err == RD_KAFKA_RESP_ERR__PURGE_QUEUE || err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
+}
+
+/* A failed report. A purge fails every record the producer holds, for
+ * every thread, at once: counting and logging those as delivery errors
+ * (one delivery_failed line, the errors metric, a DLQ error) told an
+ * operator the broker refused what the worker itself took back; the purge's
+ * caller logs one line for all of them instead. The ticket still counts
+ * them failed and keeps their keys: their owner sends those lists again. */
+static void report_failed(hl_producer *p, hl_ticket *t, const rd_kafka_message_t *rkm)
+{
+    int none = 0, purged = purged_err(rkm->err);
+    atomic_compare_exchange_strong(&p->first_err, &none, (int)rkm->err);
+    atomic_fetch_add(&p->n_failed, 1);
+    if (purged) {
+        atomic_fetch_add(&p->n_purged, 1);
+        if (p->purged)
+            hl_counter_add(p->purged, 1);
+    } else if (p->delivery_errors) {
+        hl_counter_add(p->delivery_errors, 1);
+    }
+    if (t) {
+        atomic_fetch_add(&t->failed, 1);
+        if (purged)
+            atomic_fetch_add(&t->purged, 1);
+        else if (t->fail_counter)
+            hl_counter_add(t->fail_counter, 1);
+        if (t->keys)
+            keep_failed_key(t->keys, rkm->key, rkm->key_len, rkm->err);
+    }
+    uint64_t sup = 0;               /* the limiter is shared by the polling threads */
+    if (!purged && hl_log_limit_pass(&p->err_limit, &sup))
+        hl_log(HL_LOG_WARN, "delivery_failed", "topic=%s err=\"%s\" suppressed=%llu",
+               rd_kafka_topic_name(rkm->rkt), rd_kafka_err2str(rkm->err),
+               (unsigned long long)sup);
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
     hl_producer *p = opaque;
@@ -84,22 +125,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
                 ;
         }
     } else {
-        int none = 0;
-        atomic_compare_exchange_strong(&p->first_err, &none, (int)rkm->err);
-        atomic_fetch_add(&p->n_failed, 1);
-        if (p->delivery_errors)
-            hl_counter_add(p->delivery_errors, 1);
-        if (t)
-            atomic_fetch_add(&t->failed, 1);
-        if (t && t->fail_counter)
-            hl_counter_add(t->fail_counter, 1);
-        if (t && t->keys)
-            keep_failed_key(t->keys, rkm->key, rkm->key_len, rkm->err);
-        uint64_t sup = 0;           /* the limiter is shared by the polling threads */
-        if (hl_log_limit_pass(&p->err_limit, &sup))
-            hl_log(HL_LOG_WARN, "delivery_failed", "topic=%s err=\"%s\" suppressed=%llu",
-                   rd_kafka_topic_name(rkm->rkt), rd_kafka_err2str(rkm->err),
-                   (unsigned long long)sup);
+        report_failed(p, t, rkm);
     }
     if (t)
         ticket_report_done(t);
@@ -301,15 +327,24 @@ int hl_producer_settle(hl_producer *p, int timeout_ms)
     return left;
 }
 
-void hl_producer_purge(hl_producer *p)
+uint64_t hl_producer_purge(hl_producer *p)
 {
+    uint64_t before = atomic_load(&p->n_purged);
     rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_poll(p->rk, 0);            /* the purged records' reports, now */
+    return atomic_load(&p->n_purged) - before;
+}
+
+void hl_producer_count_purged(hl_producer *p, hl_counter *purged)
+{
+    p->purged = purged;
 }
 
 void hl_producer_stats_get(hl_producer *p, hl_producer_stats *st)
 {
     st->delivered = atomic_load_explicit(&p->n_delivered, memory_order_relaxed);
     st->failed = atomic_load(&p->n_failed);
+    st->purged = atomic_load(&p->n_purged);
     st->first_err = (rd_kafka_resp_err_t)atomic_load(&p->first_err);
 }
 

@@ -39,6 +39,8 @@ typedef struct hl_ticket_keys {
 typedef struct hl_ticket {
     atomic_int      pending;      /* records sent and not yet reported */
     atomic_int      failed;       /* records whose delivery failed */
+    atomic_int      purged;       /* of those, purged (hl_producer_purge): not
+                                     refused, taken back by this process */
     hl_counter     *fail_counter; /* also counts failures, if not NULL */
     hl_ticket_keys *keys;         /* failed records' keys go here, if not NULL */
     _Atomic int64_t last_offset;  /* highest offset delivered, -1 before any
@@ -53,6 +55,7 @@ static inline void hl_ticket_reset(hl_ticket *t)
 {
     atomic_store(&t->pending, 0);
     atomic_store(&t->failed, 0);
+    atomic_store(&t->purged, 0);
     atomic_store(&t->last_offset, -1);
     atomic_store(&t->done_us, 0);
     t->keys = NULL;
@@ -118,27 +121,39 @@ int  hl_producer_flush(hl_producer *p, int timeout_ms);
 /* hl_producer_flush for at most timeout_ms, then every record still
  * unreported is purged and its report (failed) served at once: on return
  * no report is left that could write into a ticket, so the tickets' owners
- * may be freed. Returns how many were purged (each logged and counted as a
- * failed delivery). For a shutdown: the records are given up on. */
+ * may be freed. Returns how many were purged (counted as purged, as
+ * hl_producer_purge says; the caller logs them). For a shutdown: the
+ * records are given up on. */
 int  hl_producer_settle(hl_producer *p, int timeout_ms);
 
 /* Drops every record librdkafka holds for p, queued or in flight, from
  * every thread: each comes back as a failed delivery report
- * (RD_KAFKA_RESP_ERR__PURGE_QUEUE or _INFLIGHT), served by the next poll,
- * so its ticket's owner decides again what to send (a list is refreshed
- * from its user's newest state, if still owned). With message.timeout.ms=0
+ * (RD_KAFKA_RESP_ERR__PURGE_QUEUE or _INFLIGHT), served here before the
+ * return (any thread may serve some meanwhile), so its ticket's owner
+ * decides again what to send (a list is refreshed from its user's newest
+ * state, if still owned). Purged reports are told apart from refusals:
+ * counted on the ticket's purged too and in the purged counter, never in
+ * delivery_errors nor a ticket's fail_counter, and not logged one by one:
+ * the caller logs the returned count (the purged reports served during the
+ * call, about how many records were taken back). With message.timeout.ms=0
  * nothing else ever takes a record out: without this, a list a release
  * left behind waited for the broker and could land after the partition's
  * next owner's newer ones. A record already on a stalled connection may
  * still reach the broker; librdkafka can no longer tell. Blocks until
  * librdkafka's broker threads have purged. */
-void hl_producer_purge(hl_producer *p);
+uint64_t hl_producer_purge(hl_producer *p);
+
+/* Where purged reports are counted (the worker's
+ * halflife_delivery_purged_total); NULL: nowhere. Before the first send. */
+void hl_producer_count_purged(hl_producer *p, hl_counter *purged);
 
 /* Delivery reports so far, whether or not the records carried a ticket:
  * what a caller without a metrics registry reports. Any thread. */
 typedef struct hl_producer_stats {
     uint64_t            delivered;   /* acknowledged by the broker */
-    uint64_t            failed;      /* given up on (also counted in delivery_errors) */
+    uint64_t            failed;      /* given up on, purged ones included (those
+                                        not purged are counted in delivery_errors) */
+    uint64_t            purged;      /* of failed, purged (hl_producer_purge, settle) */
     rd_kafka_resp_err_t first_err;   /* the first failure's cause; 0 if none */
 } hl_producer_stats;
 

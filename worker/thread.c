@@ -260,15 +260,17 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
  * still owned here or by other threads come back failed too and are
  * refreshed again from their users' newest state (flight.c), and a dead
  * letter's copy is kept on disk instead. Not while stopping: the
- * producer is settled on the way out. */
+ * producer is settled on the way out. The purged records are logged here,
+ * in one line, and counted as purged, not as delivery errors: nothing
+ * refused them (producer.h). */
 static void let_go_undelivered(hl_wthread *t, int n_take, int lost)
 {
-    hl_producer_purge(t->ctx->prod);
+    uint64_t purged = hl_producer_purge(t->ctx->prod);
     hl_log(HL_LOG_WARN, "release_undelivered", "thread=%d partitions=%d lost=%d "
-           "batches_in_flight=%d waited_ms=%d action=\"let go at their last delivered "
-           "offsets; the next owner reads those events again; unsent records purged, "
-           "lists still owned refreshed again\"", t->id, n_take, lost, t->fl_n,
-           lost ? 0 : t->ctx->o->shutdown_timeout_ms);
+           "batches_in_flight=%d waited_ms=%d records_purged=%llu action=\"let go at their "
+           "last delivered offsets; the next owner reads those events again; unsent records "
+           "purged, lists still owned refreshed again\"", t->id, n_take, lost, t->fl_n,
+           lost ? 0 : t->ctx->o->shutdown_timeout_ms, (unsigned long long)purged);
 }
 
 /* Lets go of the n_take shards in take_copy: their held-back lists

@@ -117,8 +117,8 @@ static void register_timings(hl_worker *w)
 static void register_process(hl_worker *w)
 {
     hl_metrics *reg = w->reg;
-    hl_metrics_counter(reg, "halflife_delivery_errors_total",
-        "Records the producer failed to deliver.", NULL);
+    hl_metrics_counter(reg, "halflife_delivery_errors_total", HL_DELIVERY_ERRORS_HELP, NULL);
+    hl_metrics_counter(reg, "halflife_delivery_purged_total", HL_DELIVERY_PURGED_HELP, NULL);
     w->ctx.mx.retries = hl_metrics_counter(reg, "halflife_delivery_retries_total",
         "Lists refreshed and sent again because the broker refused (or the producer "
         "could not take) their user's previous one.", NULL);

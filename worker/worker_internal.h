@@ -27,6 +27,14 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Registered by worker.c and fetched by worker_start.c: one text. */
+#define HL_DELIVERY_ERRORS_HELP "Records the producer failed to deliver: the broker or " \
+    "librdkafka refused them (purged ones are in halflife_delivery_purged_total)."
+#define HL_DELIVERY_PURGED_HELP "Records the worker took back from its producer undelivered: " \
+    "a revocation that let go of undelivered lists purges every record the producer holds, " \
+    "a stop what it could not deliver in time. Not refused by the broker; the lists of " \
+    "partitions still owned are refreshed and sent again."
+
 #define WIN_BUCKETS 64      /* >= hl_live_bounds_n + 1 */
 #define N_WIN (2 + 6)      /* e2p, fetch to delivery, the six live stages */
 #define MULTIPART_BITS 20   /* 2^20 slots, 8 MB: see multipart.h for the odds */

@@ -259,7 +259,7 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
         if (strcmp(w->o.kafka[i].key, "bootstrap.servers") != 0)
             props[n++] = w->o.kafka[i];
     hl_counter *derr = hl_metrics_counter(w->reg, "halflife_delivery_errors_total",
-                                          "Records the producer failed to deliver.", NULL);
+                                          HL_DELIVERY_ERRORS_HELP, NULL);
     int n_prod = n;
     hl_kafka_prop prod_props[261];
     memcpy(prod_props, props, sizeof *props * (size_t)n);
@@ -267,6 +267,8 @@ static int start_kafka(hl_worker *w, char *errbuf, size_t errlen)
         prod_props[n_prod++] = (hl_kafka_prop){"message.max.bytes", dlq_max_bytes(w)};
     if ((w->prod = hl_producer_create(prod_props, n_prod, derr, errbuf, errlen)) == NULL)
         return HL_EINVAL;
+    hl_producer_count_purged(w->prod, hl_metrics_counter(w->reg,
+        "halflife_delivery_purged_total", HL_DELIVERY_PURGED_HELP, NULL));
     hl_consumer_opts co = {
         .bootstrap = w->bootstrap, .group_id = w->o.group_id,
         .kafka = props + 1, .n_kafka = n - 1, .rebalance = hl_worker_on_rebalance, .opaque = w,

@@ -19,7 +19,8 @@ error stays queued in librdkafka, as it does while the broker is away:
 Then, read in log order as compaction keeps it, every user's last list
 in the output topic must come from that user's last event. Before the
 fix A's queued lists of the moved partitions landed after B's, so those
-users' last list was an older one.
+users' last list was an older one. And A's purge is no refusal: counted
+as purged, logged once (check_purge_wording).
 """
 import os
 import signal
@@ -83,6 +84,25 @@ def owned(w):
     return parts
 
 
+def check_purge_wording(ck, a):
+    """A's purge took back records nobody refused: one summary line with
+    the count, halflife_delivery_purged_total, and no delivery error, no
+    lists_refused or delivery_failed line naming the purge (before, each
+    purged list read as a refusal and counted in
+    halflife_delivery_errors_total)."""
+    released = [kv for _ts, kv in a.events("release_undelivered")]
+    purged_lines = int(released[-1].get("records_purged", "0")) if released else 0
+    refusals = [kv for ev in ("delivery_failed", "lists_refused")
+                for _ts, kv in a.events(ev) if "Purged" in kv.get("err", "")]
+    errors = a.metric_or("halflife_delivery_errors_total")
+    purged = a.metric_or("halflife_delivery_purged_total")
+    ck.check("purge_not_refusal", purged_lines > 0 and purged > 0 and errors == 0
+             and not refusals,
+             "release_undelivered records_purged=%d, halflife_delivery_purged_total %s, "
+             "halflife_delivery_errors_total %s, purge logged as a refusal %d times, e.g. %s"
+             % (purged_lines, purged, errors, len(refusals), refusals[:1]))
+
+
 def body(ck):
     model, _csv, events = C.prepare(ck.tmp, N_EVENTS, N_USERS, N_ITEMS)
     events = sorted(events, key=lambda e: e[3])
@@ -129,6 +149,7 @@ def body(ck):
              "e.g. %s: last list from %s, last event at %s (B owns %s); committed %s, high %s"
              % (len(stale), len(last), stale[:3], [got.get(u) for u in stale[:3]],
                 [last[u] for u in stale[:3]], sorted(moved), done, high))
+    check_purge_wording(ck, a)
     for w, name in ((a, "a"), (b, "b")):
         rc, _secs = w.term(30)
         ck.check(name + "_clean_exit", rc == 0, "exit %s" % rc)

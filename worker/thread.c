@@ -273,6 +273,44 @@ static void let_go_undelivered(hl_wthread *t, int n_take, int lost)
            lost ? 0 : t->ctx->o->shutdown_timeout_ms, (unsigned long long)purged);
 }
 
+/* Writes the snapshots of the n_take shards let go: where their next
+ * owner starts. Not of lost ones: the group gave them to another member
+ * before this revocation began, and that member has restored them from
+ * the newest state there was and may have written newer since; a
+ * snapshot of ours would land after its restore. On a shared snapshot.dir
+ * a file at our offset, above the new owner's, became the next restore's
+ * choice: when the new owner had replayed only part of the way to our
+ * offset, the lists it published meanwhile (older state than ours, landed
+ * after ours) stayed those users' last for good, as the restore from our
+ * file skipped the rest of the replay that would have refreshed them; and
+ * our retention deleted the new owner's temporary files at or below our
+ * offset, failing its snapshot in progress. Under
+ * state.store=kafka a flush already encoded went out without the fence
+ * check, after the new owner's claim. The next owner reads those events
+ * again, as it would after a crash. */
+static void snapshot_taken(hl_wthread *t, int n_take, int lost)
+{
+    if (lost) {
+        hl_log(HL_LOG_WARN, "release_lost_not_saved", "thread=%d partitions=%d "
+               "action=\"no snapshot written: another member owns them already\"",
+               t->id, n_take);
+        return;
+    }
+    /* The snapshots' own budget, unless a stop came meanwhile: then its
+     * deadline, or the release would outlast the stop's bound. */
+    int64_t deadline = atomic_load(t->ctx->stop)
+                           ? atomic_load(&t->ctx->stop_deadline_ms)
+                           : hl_now_mono_ms() + t->ctx->o->shutdown_timeout_ms;
+    for (int i = 0; i < n_take; i++) {
+        hl_shard *sh = hl_wthread_shard_of(t, t->take_copy[i]);
+        if (sh == NULL)
+            continue;
+        /* The next owner starts here. */
+        if (hl_shard_snapshot_now(sh, deadline) != 0 && atomic_load(t->ctx->stop))
+            note_unsaved(t, sh);
+    }
+}
+
 /* Lets go of the n_take shards in take_copy: their held-back lists
  * published and delivered, offsets stored, snapshots written, one deadline
  * for all (a stop's; else shutdown.timeout.ms for the deliveries, and as
@@ -282,7 +320,8 @@ static void let_go_undelivered(hl_wthread *t, int n_take, int lost)
  * longer hold the group's rebalance: the partitions go with their offsets
  * and snapshots where they were (snapshot_now refuses to pass undelivered
  * lists), so the next owner reads those events again and publishes them.
- * Lost partitions go at once, without their held-back lists. */
+ * Lost partitions go at once, without their held-back lists and without
+ * snapshots (snapshot_taken). */
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
@@ -310,18 +349,7 @@ static void release(hl_wthread *t, int n_take)
         if (!stopping)
             let_go_undelivered(t, n_take, lost);
     }
-    /* The snapshots' own budget, unless a stop came meanwhile: then its
-     * deadline, or the release would outlast the stop's bound. */
-    deadline = atomic_load(t->ctx->stop) ? atomic_load(&t->ctx->stop_deadline_ms)
-                                         : hl_now_mono_ms() + t->ctx->o->shutdown_timeout_ms;
-    for (int i = 0; i < n_take; i++) {
-        hl_shard *sh = hl_wthread_shard_of(t, t->take_copy[i]);
-        if (sh == NULL)
-            continue;
-        /* The next owner starts here. */
-        if (hl_shard_snapshot_now(sh, deadline) != 0 && atomic_load(t->ctx->stop))
-            note_unsaved(t, sh);
-    }
+    snapshot_taken(t, n_take, lost);
 }
 
 /* Between batches: accepts gives and, with_takes, answers takes. */

@@ -926,6 +926,45 @@ static void test_zombie_then_compaction(void)
     env_stop(&e);
 }
 
+/* A flush a purge took back (a release letting go of undelivered records
+ * purges the whole producer, so the flushes of partitions still owned
+ * too): no flush failure (only a broker's refusal is one), and the next
+ * flush covers it. Before, it counted in flush_failures_total and logged
+ * changelog_flush_failed. Retriable refusals keep the rows queued. */
+static void test_purged_flush_not_failed(void)
+{
+    env e;
+    char err[512] = "";
+    hl_changelog_restored ra;
+    if (env_start(&e) != 0) {
+        env_stop(&e);
+        return;
+    }
+    hl_table *a = table(&e);
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "%s", err);
+    hl_changelog_shard *cs = hl_changelog_shard_create(e.cl, 0, a, &ra);
+    events(a, NULL, "ua", 0, 3);
+    rd_kafka_resp_err_t busy[40];
+    for (int i = 0; i < 40; i++)
+        busy[i] = RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS;
+    rd_kafka_mock_push_request_errors_array(e.mock, 0 /* Produce */, 40, busy);
+    CHECK(hl_changelog_flush_now(cs, a, 3, hl_now_mono_ms() + 300) != 0);  /* queued */
+    hl_producer_purge(e.prod);
+    rd_kafka_mock_clear_request_errors(e.mock, 0);
+    int rc = hl_changelog_flush_now(cs, a, 3, hl_now_mono_ms() + 10000);  /* settles it */
+    uint64_t failed = hl_metrics_counter_sum(e.reg, "halflife_changelog_flush_failures_total");
+    CHECKF(rc != 0 && hl_changelog_durable(cs) < 3 && failed == 0, "the purged flush: rc %d, "
+           "durable %lld, halflife_changelog_flush_failures_total %llu", rc,
+           (long long)hl_changelog_durable(cs), (unsigned long long)failed);
+    CHECKF(hl_changelog_flush_now(cs, a, 3, hl_now_mono_ms() + 10000) == 0 &&
+           hl_changelog_durable(cs) == 3, "the next flush: durable %lld",
+           (long long)hl_changelog_durable(cs));
+    hl_table_on_evict(a, NULL, NULL);
+    hl_changelog_shard_destroy(cs);
+    hl_table_destroy(a);
+    env_stop(&e);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -940,5 +979,6 @@ int main(void)
     RUN(test_claim_after_foreign_records);
     RUN(test_flush_names_encoded_model);
     RUN(test_zombie_then_compaction);
+    RUN(test_purged_flush_not_failed);
     TEST_EXIT();
 }

@@ -14,6 +14,9 @@
 #include "log.h"
 #include "producer.h"
 
+#include <stdio.h>
+#include <unistd.h>
+
 static void test_conf_set_names_key(void)
 {
     char err[256] = "";
@@ -150,13 +153,36 @@ static void test_settle_serves_every_report(void)
     hl_producer_destroy(p, 0);
 }
 
+/* hl_producer_purge(p), what it logged into out (a temporary stderr). */
+static uint64_t purge_logged(hl_producer *p, char *out, size_t cap)
+{
+    FILE *tmp = tmpfile();
+    int saved = dup(STDERR_FILENO);
+    out[0] = '\0';
+    if (tmp == NULL || saved < 0)
+        return hl_producer_purge(p);
+    fflush(stderr);
+    dup2(fileno(tmp), STDERR_FILENO);
+    uint64_t n = hl_producer_purge(p);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    rewind(tmp);
+    size_t got = fread(out, 1, cap - 1, tmp);
+    out[got] = '\0';
+    fclose(tmp);
+    return n;
+}
+
 /* hl_producer_purge, what a release that lets go of undelivered lists
  * runs: every record comes back failed with its key (its owner refreshes
  * it again), and its report is served before the return; but nothing
  * refused those records, so they are counted as purged, on the ticket and
  * in the purged counter, and never in delivery_errors nor the ticket's
- * fail_counter (a DLQ copy's: halflife_dlq_errors_total). Before, a purge
- * read as a burst of delivery errors, each logged (event=delivery_failed). */
+ * fail_counter (a DLQ copy's: halflife_dlq_errors_total), nor logged as
+ * delivery_failed; only a record without a ticket, which nobody sends
+ * again, is logged (record_purged). Before, a purge read as a burst of
+ * delivery errors, each logged (event=delivery_failed). */
 static void test_purge_not_a_delivery_error(void)
 {
     char err[256] = "";
@@ -179,14 +205,22 @@ static void test_purge_not_a_delivery_error(void)
     t.keys = &keys;
     for (int i = 0; i < 4; i++)
         CHECK(hl_producer_send(p, "t", -1, "u", 1, "v", 1, NULL, &t, err, sizeof err) == 0);
+    CHECK(hl_producer_send(p, "t", -1, "x", 1, "v", 1, NULL, NULL, err, sizeof err) == 0);
     CHECK(hl_producer_flush(p, 100) > 0);       /* still waiting: no timeout */
-    uint64_t n = hl_producer_purge(p);
-    CHECKF(n == 4 && hl_ticket_done(&t), "purge reported %llu, ticket pending %d",
+    char logged[8192];
+    uint64_t n = purge_logged(p, logged, sizeof logged);
+    CHECKF(n == 5 && hl_ticket_done(&t), "purge reported %llu, ticket pending %d",
            (unsigned long long)n, atomic_load(&t.pending));
+    /* One line, for the record nobody sends again (no ticket); none for
+     * the lists, whose owner refreshes them and whose caller logs the purge. */
+    CHECKF(strstr(logged, "event=delivery_failed") == NULL &&
+           strstr(logged, "event=record_purged") != NULL &&
+           strstr(strstr(logged, "event=record_purged") + 1, "event=record_purged") == NULL,
+           "logged during the purge: %s", logged);
     CHECKF(atomic_load(&t.failed) == 4 && atomic_load(&t.purged) == 4,
            "ticket failed %d purged %d", atomic_load(&t.failed), atomic_load(&t.purged));
     CHECKF(hl_counter_get(errors) == 0 && hl_counter_get(fails) == 0 &&
-           hl_counter_get(purged) == 4, "delivery_errors %llu fail_counter %llu purged %llu",
+           hl_counter_get(purged) == 5, "delivery_errors %llu fail_counter %llu purged %llu",
            (unsigned long long)hl_counter_get(errors), (unsigned long long)hl_counter_get(fails),
            (unsigned long long)hl_counter_get(purged));
     int n_keys = 0, purge_err = 0;
@@ -201,7 +235,7 @@ static void test_purge_not_a_delivery_error(void)
            purge_err);
     hl_producer_stats st;
     hl_producer_stats_get(p, &st);
-    CHECKF(st.failed == 4 && st.purged == 4, "stats failed %llu purged %llu",
+    CHECKF(st.failed == 5 && st.purged == 5, "stats failed %llu purged %llu",
            (unsigned long long)st.failed, (unsigned long long)st.purged);
     hl_producer_destroy(p, 0);
     hl_metrics_destroy(reg);

@@ -100,9 +100,14 @@ static void report_failed(hl_producer *p, hl_ticket *t, const rd_kafka_message_t
             keep_failed_key(t->keys, rkm->key, rkm->key_len, rkm->err);
     }
     uint64_t sup = 0;               /* the limiter is shared by the polling threads */
-    if (!purged && hl_log_limit_pass(&p->err_limit, &sup))
-        hl_log(HL_LOG_WARN, "delivery_failed", "topic=%s err=\"%s\" suppressed=%llu",
-               rd_kafka_topic_name(rkm->rkt), rd_kafka_err2str(rkm->err),
+    if (purged && t != NULL)
+        return;
+    /* A purged record without a ticket (a fold-in item, an item tombstone,
+     * an item's dead letter) has no owner to send it again: said so. */
+    if (hl_log_limit_pass(&p->err_limit, &sup))
+        hl_log(HL_LOG_WARN, purged ? "record_purged" : "delivery_failed", "topic=%s "
+               "err=\"%s\"%s suppressed=%llu", rd_kafka_topic_name(rkm->rkt),
+               rd_kafka_err2str(rkm->err), purged ? " action=\"not sent again\"" : "",
                (unsigned long long)sup);
 }
 

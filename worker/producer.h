@@ -135,7 +135,9 @@ int  hl_producer_settle(hl_producer *p, int timeout_ms);
  * counted on the ticket's purged too and in the purged counter, never in
  * delivery_errors nor a ticket's fail_counter, and not logged one by one:
  * the caller logs the returned count (the purged reports served during the
- * call, about how many records were taken back). With message.timeout.ms=0
+ * call, about how many records were taken back); only records sent
+ * without a ticket, which nobody sends again, get a rate-limited
+ * event=record_purged line. With message.timeout.ms=0
  * nothing else ever takes a record out: without this, a list a release
  * left behind waited for the broker and could land after the partition's
  * next owner's newer ones. A record already on a stalled connection may

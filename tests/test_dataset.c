@@ -323,6 +323,59 @@ static void test_many_bad_lines(void)
     free(text);
 }
 
+/* A line longer than max_line_bytes is one bad line, wherever the reads
+ * split it, and the lines around it keep their events and numbers. */
+static void test_long_line_is_one_bad_line(void)
+{
+    size_t cap = 3000000, len = 0;
+    char *text = malloc(cap);
+    hl_dataset_opts o = { .format = HL_FMT_EVENTS_CSV, .max_line_bytes = 1000 };
+    char err[256] = "";
+    hl_dataset_event ev;
+    hl_dataset_stats st;
+    int64_t lines[4];
+    int n = 0, rc;
+
+    len += (size_t)snprintf(text, cap, "u1,i1,VIEW,5\n");
+    memset(text + len, 'x', 2500000);       /* longer than a read, too */
+    len += 2500000;
+    len += (size_t)snprintf(text + len, cap - len, ",i2,VIEW,5\nu3,i3,VIEW,5\n");
+    memset(text + len, 'y', 1001);          /* the last line, no LF */
+    text[len + 1001] = '\0';
+    hl_dataset_reader *r = hl_dataset_open(write_file("long.txt", text), &o, err, sizeof err);
+    CHECKF(r != NULL, "%s", err);
+    if (r == NULL) { free(text); return; }
+    while ((rc = hl_dataset_next(r, &ev, err, sizeof err)) == 1 && n < 4)
+        lines[n++] = ev.line;
+    CHECKF(rc == 0, "rc %d: %s", rc, err);
+    hl_dataset_stats_get(r, &st);
+    CHECKF(n == 2 && lines[0] == 1 && lines[1] == 3, "%d events", n);
+    CHECKF(st.lines == 4 && st.bad_lines == 2 && st.first_bad_line[0] == 2 &&
+           st.first_bad_line[1] == 4 && strstr(st.first_bad_why[0], "longer than 1000"),
+           "%lld lines, %lld bad, first %lld: %s", (long long)st.lines,
+           (long long)st.bad_lines, (long long)st.first_bad_line[0], st.first_bad_why[0]);
+    hl_dataset_close(r);
+    free(text);
+}
+
+/* /dev/zero has no line end: getline() grew its buffer until memory ran
+ * out (all the machine's), then read as the end of the file, so `halflife
+ * train` said "no events", or a file's later lines were lost unsaid. It
+ * is refused with an error naming it, having read a bounded amount. */
+static void test_no_line_end(void)
+{
+    hl_dataset_opts o = { .format = HL_FMT_TAOBAO };
+    char err[256] = "";
+    hl_dataset_event ev;
+    hl_dataset_reader *r = hl_dataset_open("/dev/zero", &o, err, sizeof err);
+    CHECKF(r != NULL, "%s", err);
+    if (r == NULL) return;
+    int rc = hl_dataset_next(r, &ev, err, sizeof err);
+    CHECKF(rc == HL_EFORMAT && strstr(err, "/dev/zero") && strstr(err, "no end"),
+           "rc %d: %s", rc, err);
+    hl_dataset_close(r);
+}
+
 /* Random lines of fields picked from valid and invalid tokens, joined by
  * any format's separator, with LF or CRLF ends and the odd NUL byte: no
  * crash (SAN=1), every line accounted for, every event well formed. */
@@ -452,6 +505,8 @@ int main(void)
     RUN(test_headerless_first_line_kept);
     RUN(test_bad_first_line_is_not_a_header);
     RUN(test_many_bad_lines);
+    RUN(test_long_line_is_one_bad_line);
+    RUN(test_no_line_end);
     RUN(test_random_garbage);
     RUN(test_shared_datasets);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

@@ -1,10 +1,12 @@
 /* dataset.c - readers for the event files of DESIGN.md section 7.
  *
- * One reader streams one file line by line through getline() and a single
- * reusable line buffer: nothing is allocated per line, and the events it
- * returns borrow their id strings from that buffer (valid until the next
- * call). Each format is one parse function that splits the line in place
- * and either fills an event or names why the line is bad.
+ * One reader streams one file line by line through a bounded line reader
+ * (lines.h) and its single reusable buffer: nothing is allocated per line,
+ * and the events it returns borrow their id strings from that buffer (valid
+ * until the next call). A line longer than max_line_bytes is a bad line;
+ * one with no end at all (/dev/zero) stops the reading with an error. Each
+ * format is one parse function that splits the line in place and either
+ * fills an event or names why the line is bad.
  *
  * A bad line is counted, the first few are kept with their line number and
  * reason, and reading goes on: a dataset with a few broken rows is still a
@@ -19,25 +21,32 @@
  * per call. A seq line is checked whole before its first event is returned,
  * so a bad token drops the whole user line rather than half of it. */
 #include "dataset.h"
+#include "lines.h"
 #include "utf8.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define DEFAULT_SEQ_STEP_MS 3600000
-#define FILE_BUF_BYTES      (1 << 20)
+/* The longest line read: a seq user of a million items fits. */
+#define DEFAULT_MAX_LINE    (64u << 20)
+/* How far a longer line is read on for its end before the file is taken
+ * for something other than text. */
+#define MAX_SKIP            (256u << 20)
 
 typedef struct tok { uint32_t off, len; } tok;
 
 struct hl_dataset_reader {
-    FILE             *f;
-    char             *fbuf;        /* stdio buffer, FILE_BUF_BYTES */
+    int               fd;          /* 0 for stdin, else ours */
+    char             *path;        /* for messages */
+    hl_lines         *lines;
     hl_dataset_opts   o;
-    char             *line;        /* getline's buffer, reused */
-    size_t            line_cap;
+    char             *line;        /* the current line, in lines' buffer */
     hl_dataset_stats  st;
     /* seq: the tokens of the current line, the next one to return */
     tok              *toks;
@@ -295,6 +304,23 @@ static void seq_emit(hl_dataset_reader *r, hl_dataset_event *ev)
 
 /* ---- the reader ---- */
 
+/* Opens path ("-": stdin) into r->fd; 0 or why not, naming the path. */
+static int open_fd(hl_dataset_reader *r, const char *path, char *errbuf, size_t errlen)
+{
+    struct stat st;
+    if (strcmp(path, "-") == 0) r->fd = 0;
+    else if ((r->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return hl_err(errbuf, errlen, errno == ENOENT ? HL_ENOENT : HL_EIO,
+                      "dataset %s: open: %s", path, strerror(errno));
+    /* open() takes a directory and its first read fails with EISDIR:
+     * refused here, in words. A FIFO or a device is read as a stream, as
+     * stdin is. */
+    if (fstat(r->fd, &st) == 0 && S_ISDIR(st.st_mode))
+        return hl_err(errbuf, errlen, HL_EINVAL, "dataset %s: is a directory: give the "
+                      "event file itself", path);
+    return 0;
+}
+
 hl_dataset_reader *hl_dataset_open(const char *path, const hl_dataset_opts *o,
                                    char *errbuf, size_t errlen)
 {
@@ -304,31 +330,19 @@ hl_dataset_reader *hl_dataset_open(const char *path, const hl_dataset_opts *o,
         hl_err(errbuf, errlen, HL_ENOMEM, "dataset %s: no memory", path);
         return NULL;
     }
+    r->fd = -1;
     r->o = *o;
     if (r->o.seq_step_ms <= 0) r->o.seq_step_ms = DEFAULT_SEQ_STEP_MS;
-    if (strcmp(path, "-") == 0) r->f = stdin;
-    else if ((r->f = fopen(path, "r")) == NULL) {
-        hl_err(errbuf, errlen, errno == ENOENT ? HL_ENOENT : HL_EIO,
-               "dataset %s: open: %s", path, strerror(errno));
-        free(r);
+    if (r->o.max_line_bytes <= 0) r->o.max_line_bytes = DEFAULT_MAX_LINE;
+    if (open_fd(r, path, errbuf, errlen) != 0) {
+        hl_dataset_close(r);
         return NULL;
     }
-    /* fopen() takes a directory and its first read fails with EISDIR, in
-     * a message that cannot name the path: refused here, where it can. A
-     * FIFO or a device is read as a stream, as stdin is. */
-    struct stat st;
-    if (fstat(fileno(r->f), &st) == 0 && S_ISDIR(st.st_mode)) {
-        hl_err(errbuf, errlen, HL_EINVAL, "dataset %s: is a directory: give the event "
-               "file itself", path);
-        fclose(r->f);
-        free(r);
+    if ((r->path = strdup(path)) == NULL ||
+        (r->lines = hl_lines_create(r->fd, (size_t)r->o.max_line_bytes, MAX_SKIP)) == NULL) {
+        hl_err(errbuf, errlen, HL_ENOMEM, "dataset %s: no memory", path);
+        hl_dataset_close(r);
         return NULL;
-    }
-    /* A big stdio buffer: fewer read() calls; a failure only costs speed. */
-    if ((r->fbuf = malloc(FILE_BUF_BYTES)) != NULL &&
-        setvbuf(r->f, r->fbuf, _IOFBF, FILE_BUF_BYTES) != 0) {
-        free(r->fbuf);
-        r->fbuf = NULL;
     }
     return r;
 }
@@ -336,9 +350,9 @@ hl_dataset_reader *hl_dataset_open(const char *path, const hl_dataset_opts *o,
 void hl_dataset_close(hl_dataset_reader *r)
 {
     if (r == NULL) return;
-    if (r->f != NULL && r->f != stdin) fclose(r->f);
-    free(r->fbuf);
-    free(r->line);
+    if (r->fd > 0) close(r->fd);
+    hl_lines_destroy(r->lines);
+    free(r->path);
     free(r->toks);
     free(r);
 }
@@ -352,10 +366,10 @@ void hl_dataset_progress(const hl_dataset_reader *r, int64_t *done, int64_t *tot
 {
     struct stat st;
     *done = *total = -1;
-    if (fstat(fileno(r->f), &st) != 0 || !S_ISREG(st.st_mode))
+    if (fstat(r->fd, &st) != 0 || !S_ISREG(st.st_mode))
         return;                         /* a stream has no size to be a fraction of */
     *total = (int64_t)st.st_size;
-    *done = (int64_t)ftello(r->f);
+    *done = hl_lines_offset(r->lines);
 }
 
 static void bad_line(hl_dataset_reader *r, const char *why)
@@ -435,11 +449,39 @@ static int line_handle(hl_dataset_reader *r, size_t len, hl_dataset_event *ev,
     return 1;
 }
 
+/* The next line into r->line: 1, 0 at the end, or an error naming the
+ * file. A line over the bound is a bad line here, and reading goes on. */
+static int next_line(hl_dataset_reader *r, size_t *len, char *errbuf, size_t errlen)
+{
+    for (;;) {
+        int rc = hl_lines_next(r->lines, &r->line, len);
+        if (rc >= 0 && rc != 1) return rc;
+        if (rc == 1 || rc == HL_ERANGE) r->st.lines++;
+        if (rc == 1) return 1;
+        if (rc == HL_ERANGE) {
+            char why[96];
+            snprintf(why, sizeof why, "line longer than %lld bytes: not an event line",
+                     (long long)r->o.max_line_bytes);
+            bad_line(r, why);
+            continue;
+        }
+        if (rc == HL_EFORMAT)
+            return hl_err(errbuf, errlen, rc, "dataset %s: line %lld has no end within "
+                          "%u MiB: not a text file of events", r->path,
+                          (long long)r->st.lines + 1, (unsigned)(MAX_SKIP >> 20));
+        if (rc == HL_ENOMEM)
+            return hl_err(errbuf, errlen, rc, "dataset %s: no memory for line %lld",
+                          r->path, (long long)r->st.lines + 1);
+        return hl_err(errbuf, errlen, HL_EIO, "dataset %s: read after line %lld: %s",
+                      r->path, (long long)r->st.lines, strerror(errno));
+    }
+}
+
 int hl_dataset_next(hl_dataset_reader *r, hl_dataset_event *ev,
                     char *errbuf, size_t errlen)
 {
     for (;;) {
-        ssize_t len;
+        size_t len;
         int rc;
         if (r->next_tok < r->n_toks) {
             seq_emit(r, ev);
@@ -447,15 +489,8 @@ int hl_dataset_next(hl_dataset_reader *r, hl_dataset_event *ev,
             return 1;
         }
         r->n_toks = r->next_tok = 0;
-        errno = 0;
-        if ((len = getline(&r->line, &r->line_cap, r->f)) < 0) {
-            if (ferror(r->f))
-                return hl_err(errbuf, errlen, HL_EIO, "dataset: read after line %lld: %s",
-                              (long long)r->st.lines, strerror(errno ? errno : EIO));
-            return 0;
-        }
-        r->st.lines++;
-        if ((rc = line_handle(r, (size_t)len, ev, errbuf, errlen)) < 0) return rc;
+        if ((rc = next_line(r, &len, errbuf, errlen)) != 1) return rc;
+        if ((rc = line_handle(r, len, ev, errbuf, errlen)) < 0) return rc;
         if (rc == 1) {
             r->st.events++;
             return 1;

@@ -12,7 +12,10 @@
  *                  line; event_type spelled as the Avro enum (VIEW, ...)
  *
  * A reader turns a file into events with string ids. A bad line is counted
- * and its line number kept (the first few), never a reason to stop. LF and
+ * and its line number kept (the first few), never a reason to stop; a line
+ * longer than max_line_bytes is one too. Only a "line" with no end within
+ * 256 MiB past that (/dev/zero, a binary file) stops the reading, with an
+ * error naming the file: nothing after it could be taken for lines. LF and
  * CRLF line ends both work; blank lines are counted apart and skipped. Line
  * 1 of a format with a header is skipped when it does not parse as data. */
 #ifndef HL_DATASET_H
@@ -55,6 +58,8 @@ typedef struct hl_dataset_opts {
     hl_dataset_format format;
     int64_t           seq_step_ms;    /* seq: event i gets time i x step; <= 0
                                          means the default, 3600000 (1 h) */
+    int64_t           max_line_bytes; /* longest line read, without its end; <= 0
+                                         means the default, 64 MiB */
 } hl_dataset_opts;
 
 /* Opens path ("-" is stdin) for reading; NULL with a reason if it cannot. */

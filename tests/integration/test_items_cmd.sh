@@ -61,6 +61,41 @@ done
 grep -q 'no broker' "$tmp/out" && ok=0
 check long_line_is_one_bad_line "$([ $rc = 1 ] && echo $ok || echo 0)" "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 600)"
 
+# A NUL byte ended the line for fgets(): "z,delete<NUL>junk" deleted item
+# z, and a NUL in the first 1 MiB of a longer line hid its length, so its
+# tail "z,delete" was published as a line of its own. Either is one bad
+# line, and nothing valid is left to ask a broker for.
+printf 'z,delete\0junk\n' >"$tmp/nul.csv"
+{ printf '\0'; head -c 1048574 /dev/zero | tr '\0' x; echo "z,delete"; } >"$tmp/nul_long.csv"
+for f in nul nul_long; do
+  "$hl" items --input "$tmp/$f.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1
+  rc=$?
+  check "${f}_line_is_one_bad_line" "$([ $rc = 1 ] && grep -q '1 bad lines' "$tmp/out" &&
+    ! grep -q 'no broker' "$tmp/out" && echo 1)" \
+    "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 600)"
+done
+# /dev/zero: one line with no end, read 1 MiB at a time as lines of NUL
+# bytes for ever. Refused, naming it, after a bounded read.
+timeout 20 "$hl" items --input /dev/zero -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1
+rc=$?
+check dev_zero_refused "$([ $rc = 1 ] && grep -q '/dev/zero: line 1 has no end' "$tmp/out" &&
+  echo 1)" "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 600)"
+
+# Lines sent before such a read failure are still waited for and said
+# delivered: the run went straight to its exit, destroying the producer
+# with whatever it still held, and never said what had arrived.
+mkfifo "$tmp/addr"
+"$hl" broker >"$tmp/addr" 2>"$tmp/broker.log" &
+broker=$!
+read -r bs <"$tmp/addr"
+{ printf 'a,true\nb,true\n'; head -c 300000000 /dev/zero; } |
+  timeout 60 "$hl" items --input - -X kafka.bootstrap.servers="$bs" >"$tmp/out" 2>&1
+rc=$?
+kill -TERM $broker 2>/dev/null; wait $broker
+check sent_before_read_failure_waited "$([ $rc = 1 ] && grep -q 'line 3 has no end' "$tmp/out" &&
+  grep -q 'event=items_done .*sent=2 delivered=2 ' "$tmp/out" && echo 1)" \
+  "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 600)"
+
 "$hl" items >"$tmp/out" 2>&1; rc=$?
 check no_input_is_usage "$([ $rc = 2 ] && echo 1 || echo 0)" "exit $rc"
 "$hl" items --input "$tmp/none.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1; rc=$?

@@ -10,8 +10,11 @@
  * the item's whole state (the topic is compacted by item_id): hiding an
  * added item means publishing its line again with available=false.
  * A line that starts with '#', or a first line whose second field is not
- * a boolean (a header), is skipped; any other bad line is reported with its
- * number and reason, nothing is sent for it, and the exit status is 1.
+ * a boolean (a header), is skipped; any other bad line (also one with a NUL
+ * byte, or longer than 1 MiB) is reported with its number and reason,
+ * nothing is sent for it, and the exit status is 1. Input with no line end
+ * within 256 MiB (/dev/zero) stops the reading with an error; what was
+ * sent before it is still waited for.
  *
  * Records are keyed by item_id and go through the worker's producer and
  * configuration, as `halflife produce` does; progress is logged every
@@ -26,23 +29,29 @@
 #include "cmd_common.h"
 #include "codec_item.h"
 #include "config.h"
+#include "lines.h"
 #include "log.h"
 #include "model.h"
 #include "producer.h"
 #include "utf8.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 extern char **environ;
 
 #define MAX_DIM     4096
 #define MAX_LINE    (1 << 20)
+/* How far a longer line is read on for its end; beyond, the input is no
+ * text file (/dev/zero) and reading stops. */
+#define MAX_SKIP    (256 << 20)
 
 typedef struct items_args {
     const char *input, *topic;
@@ -59,6 +68,8 @@ typedef struct items_run {
     float              *vec;            /* 2 * MAX_DIM */
     char               *f[4 + 2 * MAX_DIM + 1];   /* one line's fields */
     int64_t             sent, bad, line;
+    int                 fd;             /* the input; 0 is stdin, or none yet */
+    hl_lines           *lines;          /* its lines */
     uint8_t            *buf;
     size_t              cap;
 } items_run;
@@ -223,36 +234,55 @@ static void progress(items_run *r, const char *event)
            (unsigned long long)st.delivered, (unsigned long long)st.failed, (long long)r->bad);
 }
 
-/* Whether line, as fgets read it, is a whole line. One longer than
- * MAX_LINE is read on to its end and dropped: the rest must never be
- * taken for lines of their own, since a tail such as "z,delete" would
- * publish an update the file does not hold. */
-static int whole_line(const char *line, FILE *in)
+/* Why a line read has no update, or NULL to parse it; *skip set for a
+ * line that is none (a comment, a blank line, also with CR or spaces in
+ * it: a file saved on Windows, a trailing empty line; as the dataset
+ * reader). A line longer than MAX_LINE was read on to its end and dropped:
+ * its tail is never taken for a line of its own, since one such as
+ * "z,delete" would publish an update the file does not hold. A NUL byte
+ * would hide the rest of its line from the parser. */
+static const char *line_unfit(int rc, const char *line, size_t len, int *skip)
 {
-    size_t n = strlen(line);
-    int ch;
-    if (n < MAX_LINE - 1 || line[n - 1] == '\n' || (ch = getc(in)) == EOF)
-        return 1;
-    while (ch != '\n' && ch != EOF)
-        ch = getc(in);
-    return 0;
+    *skip = 0;
+    if (rc == HL_ERANGE) return "longer than 1 MiB (MAX_LINE)";
+    if (line[0] == '#') *skip = 1;
+    else if (strlen(line) != len) return "NUL byte in line";
+    else if (line[strspn(line, " \t\r")] == '\0') *skip = 1;
+    return NULL;
 }
 
-static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
+/* A read that failed: 0 if a stop signal interrupted it (a stop), else
+ * an error saying where, since the lines after it were never read. */
+static int read_failed(items_run *r, int rc, char *errbuf, size_t errlen)
 {
-    char *line = malloc(MAX_LINE);
+    int read_errno = errno;
+    if (rc == HL_EIO && hl_cmd_stops() > 0)
+        return 0;
+    if (rc == HL_EFORMAT)
+        return hl_err(errbuf, errlen, rc, "%s: line %lld has no end within %d MiB: not a "
+                      "text file of items", r->input, (long long)r->line + 1, MAX_SKIP >> 20);
+    if (rc == HL_ENOMEM)
+        return hl_err(errbuf, errlen, rc, "out of memory");
+    return hl_err(errbuf, errlen, HL_EIO, "%s: read error after line %lld: %s", r->input,
+                  (long long)r->line, strerror(read_errno));
+}
+
+static int send_all(items_run *r, char *errbuf, size_t errlen)
+{
     int64_t last_ms = hl_now_mono_ms();
     hl_item_update u;
-    if (line == NULL)
-        return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
-    while (hl_cmd_stops() == 0 && fgets(line, MAX_LINE, in) != NULL) {
+    char *line;
+    size_t len;
+    int rc, skip;
+    while (hl_cmd_stops() == 0 && (rc = hl_lines_next(r->lines, &line, &len)) != 0) {
+        if (rc < 0 && rc != HL_ERANGE)
+            return read_failed(r, rc, errbuf, errlen);
         r->line++;
-        int whole = whole_line(line, in);           /* a long comment too */
-        /* A blank line is no update, also with CR or spaces in it (a file
-         * saved on Windows, a trailing empty line): as the dataset reader. */
-        if (line[0] == '#' || line[strspn(line, " \t\r\n")] == '\0')
+        const char *why = line_unfit(rc, line, len, &skip);
+        if (skip)
             continue;
-        const char *why = whole ? parse_line(r, line, &u) : "longer than 1 MiB (MAX_LINE)";
+        if (why == NULL)
+            why = parse_line(r, line, &u);
         if (why != NULL && r->line == 1 && strstr(why, "available") != NULL)
             continue;                                   /* a header */
         if (why != NULL) {
@@ -261,10 +291,8 @@ static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
                        (long long)r->line, why);
             continue;
         }
-        if (send_update(r, &u, errbuf, errlen) != 0) {
-            free(line);
+        if (send_update(r, &u, errbuf, errlen) != 0)
             return HL_EIO;
-        }
         r->sent++;
         hl_producer_poll(r->prod, 0);
         if (hl_now_mono_ms() - last_ms >= 1000) {
@@ -272,34 +300,26 @@ static int send_all(items_run *r, FILE *in, char *errbuf, size_t errlen)
             progress(r, "items_progress");
         }
     }
-    /* A read error is not the end of the file: the lines after it were
-     * never read. A stop signal interrupting a read is a stop. */
-    int read_errno = errno;
-    free(line);
-    if (ferror(in) && hl_cmd_stops() == 0)
-        return hl_err(errbuf, errlen, HL_EIO, "%s: read error after line %lld: %s",
-                      r->input, (long long)r->line, strerror(read_errno));
     return 0;
 }
 
-/* fopen() takes a directory, and its first read fails (EISDIR) as if
+/* open() takes a directory, and its first read fails (EISDIR) as if
  * the file were empty: the run would publish nothing and exit 0. A FIFO
  * or '-' is read as a stream. */
-static FILE *open_input(const char *path, char *errbuf, size_t errlen)
+static int open_input(items_run *r, const char *path, char *errbuf, size_t errlen)
 {
     struct stat st;
-    FILE *in = strcmp(path, "-") ? fopen(path, "r") : stdin;
-    if (in == NULL) {
-        hl_err(errbuf, errlen, HL_EIO, "%s: %s", path, strerror(errno));
-        return NULL;
+    r->fd = strcmp(path, "-") ? open(path, O_RDONLY | O_CLOEXEC) : 0;
+    if (r->fd < 0) {
+        r->fd = 0;
+        return hl_err(errbuf, errlen, HL_EIO, "%s: %s", path, strerror(errno));
     }
-    if (fstat(fileno(in), &st) == 0 && S_ISDIR(st.st_mode)) {
-        hl_err(errbuf, errlen, HL_EINVAL, "%s: is a directory: give the items file itself",
-               path);
-        fclose(in);
-        return NULL;
-    }
-    return in;
+    if (fstat(r->fd, &st) == 0 && S_ISDIR(st.st_mode))
+        return hl_err(errbuf, errlen, HL_EINVAL, "%s: is a directory: give the items file "
+                      "itself", path);
+    if ((r->lines = hl_lines_create(r->fd, MAX_LINE, MAX_SKIP)) == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "out of memory");
+    return 0;
 }
 
 static int open_run(items_run *r, const items_args *a, const hl_config *cfg,
@@ -358,13 +378,31 @@ static void wait_reported(items_run *r, hl_producer_stats *ps)
     progress(r, "items_done");
 }
 
+/* The exit status of a run that read to its end or to a stop, and the
+ * sentence for anything short of every line delivered. */
+static int outcome(const items_run *r, const hl_producer_stats *ps, char *err, size_t errlen)
+{
+    int rc = ps->failed == 0 && ps->delivered == (uint64_t)r->sent && r->bad == 0 &&
+             hl_cmd_stops() == 0 ? 0 : 1;
+    if (hl_cmd_stops() > 0)
+        snprintf(err, errlen, "stopped by %s after line %lld of %s: %llu of %lld "
+                 "updates delivered; the lines after it were not sent",
+                 hl_cmd_stop_signal() == SIGINT ? "SIGINT" : "SIGTERM", (long long)r->line,
+                 r->input, (unsigned long long)ps->delivered, (long long)r->sent);
+    else if (rc != 0)
+        snprintf(err, errlen, "%s: %lld bad lines (the bad_line warnings name them), "
+                 "%llu of %lld updates not delivered", r->input, (long long)r->bad,
+                 (unsigned long long)(r->sent - (int64_t)ps->delivered), (long long)r->sent);
+    return rc;
+}
+
 int hl_cmd_items(int argc, char **argv)
 {
     items_args a;
     items_run r;
     char err[512] = "";
     hl_config *cfg = NULL;
-    FILE *in = NULL;
+    hl_producer_stats ps;
     int rc = parse_args(argc, argv, &a);
     if (rc != 0)
         return rc == 1 ? 0 : 2;
@@ -381,32 +419,27 @@ int hl_cmd_items(int argc, char **argv)
         goto out;
     }
     rc = 1;
-    if ((in = open_input(a.input, err, sizeof err)) == NULL)
-        goto out;
-    if (open_run(&r, &a, cfg, err, sizeof err) != 0)
+    r.input = a.input;
+    if (open_input(&r, a.input, err, sizeof err) != 0 ||
+        open_run(&r, &a, cfg, err, sizeof err) != 0)
         goto out;
     hl_cmd_catch_stops();       /* as produce: a stop flushes and says how far */
-    if (send_all(&r, in, err, sizeof err) != 0)
+    if (send_all(&r, err, sizeof err) != 0) {
+        /* What was sent before the failure is still waited for: exit 1
+         * must not also mean that lines before it were lost. */
+        if (r.sent > 0)
+            wait_reported(&r, &ps);
         goto out;
+    }
     hl_cmd_log_stopping("items_stopping");
-    hl_producer_stats ps;
     wait_reported(&r, &ps);
-    rc = ps.failed == 0 && ps.delivered == (uint64_t)r.sent && r.bad == 0 &&
-         hl_cmd_stops() == 0 ? 0 : 1;
-    if (hl_cmd_stops() > 0)
-        snprintf(err, sizeof err, "stopped by %s after line %lld of %s: %llu of %lld "
-                 "updates delivered; the lines after it were not sent",
-                 hl_cmd_stop_signal() == SIGINT ? "SIGINT" : "SIGTERM", (long long)r.line,
-                 a.input, (unsigned long long)ps.delivered, (long long)r.sent);
-    else if (rc != 0)
-        snprintf(err, sizeof err, "%s: %lld bad lines (the bad_line warnings name them), "
-                 "%llu of %lld updates not delivered", a.input, (long long)r.bad,
-                 (unsigned long long)(r.sent - (int64_t)ps.delivered), (long long)r.sent);
+    rc = outcome(&r, &ps, err, sizeof err);
 out:
     if (rc != 0)
         fprintf(stderr, "halflife items: %s\n", err[0] ? err : "out of memory");
-    if (in != NULL && in != stdin)
-        fclose(in);
+    hl_lines_destroy(r.lines);
+    if (r.fd > 0)
+        close(r.fd);
     hl_producer_destroy(r.prod, 0);
     free(r.buf);
     free(r.vec);

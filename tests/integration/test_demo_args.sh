@@ -40,6 +40,25 @@ refused rate_word '--rate fast: want a number' --rate fast --duration 1
 refused no_value '--duration needs a value' --duration
 refused unknown_option 'unknown option --durations' --durations 5
 
+# --format and --input were first met by the producer thread: a misspelt
+# format or a missing file left the demo running its whole duration (by
+# default until Ctrl-C) with nothing to replay, and exit 0. Both are
+# refused before anything starts, the format as a usage error.
+printf 'user_id,item_id,event_type,timestamp_ms\nu1,i1,VIEW,1000\nu1,i2,JUMP,2000\nu2,i1,VIEW\n' \
+  >"$tmp/in.csv"
+refused format_unknown 'unknown dataset format "bogus"' --input "$tmp/in.csv" --format bogus \
+  --duration 1
+timeout 60 "$hl" demo -X metrics.port=0 --input "$tmp/none.csv" --format events-csv \
+  --duration 1 >"$tmp/out" 2>&1
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q "none.csv: open: No such file" "$tmp/out" &&
+   ! grep -q 'event=demo_stopped' "$tmp/out"; then
+  echo "PASS $name.input_missing"
+else
+  echo "FAIL $name.input_missing: exit $rc: $(tail -c 300 "$tmp/out" | tr '\n' ' ')"
+  fail=1
+fi
+
 # HALFLIFE_<KEY> variables are the configuration's middle layer for demo as
 # for run (README, "Configuration"): demo ignored them, so a misspelt one
 # was not refused and HALFLIFE_METRICS_PORT did not move the endpoint.
@@ -53,6 +72,20 @@ if [ "$rc" -eq 0 ] && grep -q 'event=demo_stopped' "$tmp/out"; then
   echo "PASS $name.valid_runs"
 else
   echo "FAIL $name.valid_runs: 'demo --duration 1 --rate 1000' exit $rc: $(tail -c 300 "$tmp/out" | tr '\n' ' ')"
+  fail=1
+fi
+
+# The replayed file's bad lines are said by number and reason, as
+# `halflife produce` says them: they were skipped without a word.
+timeout 120 "$hl" demo --duration 1 -X metrics.port=0 --input "$tmp/in.csv" \
+  --format events-csv >"$tmp/out" 2>&1
+rc=$?
+if [ "$rc" -eq 0 ] && grep -q 'event=bad_line file=.*in.csv line=3 why="unknown event_type' "$tmp/out" &&
+   grep -q 'event=bad_line file=.*in.csv line=4 why="missing fields' "$tmp/out" &&
+   grep -q 'event=demo_input_done events=1 bad_lines=2' "$tmp/out"; then
+  echo "PASS $name.input_bad_lines_said"
+else
+  echo "FAIL $name.input_bad_lines_said: exit $rc: $(grep -E 'input|bad_line' "$tmp/out" | tail -c 400 | tr '\n' ' ')"
   fail=1
 fi
 exit $fail

@@ -56,6 +56,7 @@ typedef struct demo {
     double       rate;               /* events/s; 0 = as fast as possible */
     const char  *model_path, *input, *format;
     /* parts */
+    hl_dataset_reader *in;           /* --input, opened before anything starts */
     hl_worker   *w;
     hl_producer *prod;
     hl_codec    *codec;
@@ -302,30 +303,54 @@ static void replay_synthetic(demo *d)
     hl_synth_destroy(s);
 }
 
-static void replay_file(demo *d)
+/* --input opened and its --format checked before anything starts: both
+ * were first met by the producer thread, so a misspelt format or a missing
+ * file left the demo running its whole duration (by default until Ctrl-C)
+ * with nothing to replay, and exit 0. 0, or 2 (usage) or 1 said. */
+static int open_input(demo *d)
 {
     char err[512];
     hl_dataset_opts o = {.seq_step_ms = 3600 * 1000};
     if (hl_dataset_format_parse(d->format, &o.format, err, sizeof err) != 0) {
-        hl_log(HL_LOG_ERROR, "demo_input", "err=\"%s\"", err);
-        return;
+        fprintf(stderr, "halflife demo: --format: %s\n", err);
+        return 2;
     }
-    hl_dataset_reader *r = hl_dataset_open(d->input, &o, err, sizeof err);
-    if (r == NULL) {
-        hl_log(HL_LOG_ERROR, "demo_input", "err=\"%s\"", err);
-        return;
+    if ((d->in = hl_dataset_open(d->input, &o, err, sizeof err)) == NULL) {
+        fprintf(stderr, "halflife demo: --input: %s\n", err);
+        return 1;
     }
+    return 0;
+}
+
+/* The end of the replay, said: how many events, and the bad lines the
+ * reader skipped (the first few by number), as `halflife produce` says. */
+static void input_done(demo *d, int rc, const char *err)
+{
+    hl_dataset_stats st;
+    hl_dataset_stats_get(d->in, &st);
+    if (rc < 0)
+        hl_log(HL_LOG_ERROR, "demo_input_failed", "file=%s err=\"%s\"", d->input, err);
+    for (int i = 0; i < 8 && i < st.bad_lines; i++)
+        hl_log(HL_LOG_WARN, "bad_line", "file=%s line=%lld why=\"%s\"", d->input,
+               (long long)st.first_bad_line[i], st.first_bad_why[i]);
+    hl_log(HL_LOG_INFO, "demo_input_done", "events=%llu bad_lines=%lld",
+           (unsigned long long)atomic_load(&d->produced), (long long)st.bad_lines);
+}
+
+static void replay_file(demo *d)
+{
+    char err[512] = "";
     hl_dataset_event de;
     hl_pace pc;
+    int rc = 0;
     hl_pace_init(&pc, d->rate);
-    for (uint64_t n = 0; !atomic_load(&d->stop) && hl_dataset_next(r, &de, err, sizeof err) == 1; n++) {
+    for (uint64_t n = 0; !atomic_load(&d->stop) &&
+                         (rc = hl_dataset_next(d->in, &de, err, sizeof err)) == 1; n++) {
         hl_codec_event ev = {de.user, de.user_len, de.item, de.item_len, de.type,
                              de.ts_ms, de.weight, de.has_weight};
         send_paced(d, &pc, &ev, n);
     }
-    hl_dataset_close(r);
-    hl_log(HL_LOG_INFO, "demo_input_done", "events=%llu",
-           (unsigned long long)atomic_load(&d->produced));
+    input_done(d, rc, err);
 }
 
 static void *producer_main(void *arg)
@@ -635,6 +660,9 @@ static int demo_parse(demo *d, hl_config *cfg, int argc, char **argv)
     if (d->input && !d->format) {
         fprintf(stderr, "halflife demo: --input needs --format\n");
         rc = 2;
+    } else if (d->input) {
+        int irc = open_input(d);
+        rc = irc ? irc : rc;
     }
     /* The same layers as run's, bar the file: HALFLIFE_* variables, then -X. */
     if (rc < 0 && hl_config_load(cfg, NULL, environ, xs.v, xs.n, err, sizeof err) != 0) {
@@ -737,6 +765,7 @@ static void demo_free(demo *d)
     }
     free(d->map);
     hl_codec_destroy(d->codec);
+    hl_dataset_close(d->in);
     pthread_mutex_destroy(&d->mu);
 }
 

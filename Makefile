@@ -131,7 +131,10 @@ endif
 FUZZ_BASE   := -std=c11 -D_GNU_SOURCE -g -O1 $(shell pkg-config --cflags avro-c 2>/dev/null)
 FUZZ_CFLAGS := $(FUZZ_BASE) -fsanitize=fuzzer,address,undefined
 FUZZ_LIB_CFLAGS := $(FUZZ_BASE) -fsanitize=fuzzer-no-link,address,undefined -MMD -MP
-FUZZ_OBJ := $(CORE_SRC:%.c=build/fuzz/obj/%.o) $(WORKER_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/version.o
+# Of core/train/ only the event-file readers (fuzz_dataset.c): the trainer's
+# kernels are not input parsers.
+FUZZ_OBJ := $(CORE_SRC:%.c=build/fuzz/obj/%.o) $(WORKER_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/version.o \
+            build/fuzz/obj/core/train/dataset.o build/fuzz/obj/core/train/lines.o
 build/fuzz/obj/%.o: %.c | deps
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_LIB_CFLAGS) $(INCLUDES) -c $< -o $@

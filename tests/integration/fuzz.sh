@@ -13,7 +13,8 @@
 # from LLVMFuzzerInitialize when HL_FUZZ_SEEDS=DIR is set (fuzz_codec.c's
 # include weights of 1e38, NaN, inf and -1 and ids that are not UTF-8;
 # fuzz_model.c's valid models, fuzz_changelog.c's a real flush's records,
-# fuzz_registry.c's registry answers, fuzz_config.c's properties files),
+# fuzz_registry.c's registry answers, fuzz_config.c's properties files,
+# fuzz_dataset.c's event files of each format),
 # and files in tests/fuzz/corpus/<name>/, if any, are copied in. A crash
 # input is kept in $HL_BUILD/fuzz-artifacts/ for `build/fuzz/fuzz_<name> FILE`.
 # Under HL_SAN=1 (make test SAN=1) it skips: the plain pass already ran them.

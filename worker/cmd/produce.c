@@ -381,7 +381,9 @@ int hl_cmd_produce(int argc, char **argv)
     wait_delivered(&r);
     hl_producer_stats_get(r.prod, &ps);
     report(&r, &a, &ps);
-    if (replay_rc != 0)
+    /* A stop signal interrupts a read of standard input that waits for
+     * its next line (EINTR): that is the stop, not a read error. */
+    if (replay_rc != 0 && hl_cmd_stops() == 0)
         goto out;
     if (hl_cmd_stops() > 0) {
         stopped(&r, &a, &ps, err, sizeof err);

@@ -1,0 +1,120 @@
+/* test_lines.c - the bounded line reader (core/train/lines.c) over a pipe
+ * fed in pieces: lines split across reads, a line of exactly the bound and
+ * one byte over it, a NUL byte kept with its length, a last line without
+ * its LF, the offset of what was consumed, and input with no line end,
+ * which stops after a bounded read instead of growing without end. */
+#define T_SUITE "test_lines"
+#include "test.h"
+#include "lines.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+/* A pipe holding text (len bytes, fewer than the pipe's 64 KiB), its write
+ * end closed: reads see it, then the end of the input. */
+static int pipe_of(const char *text, size_t len)
+{
+    int fd[2];
+    if (pipe(fd) != 0) return -1;
+    if (write(fd[1], text, len) != (ssize_t)len) { close(fd[0]); fd[0] = -1; }
+    close(fd[1]);
+    return fd[0];
+}
+
+/* Each line of text read with bound max: the lines' texts joined by '|',
+ * an over-long line as '#', into out; the last return code in *rc. */
+static void read_all(const char *text, size_t len, size_t max, size_t skip, char *out,
+                     size_t cap, int *rc)
+{
+    int fd = pipe_of(text, len);
+    hl_lines *lr = hl_lines_create(fd, max, skip);
+    char *line;
+    size_t n, used = 0;
+    out[0] = '\0';
+    CHECK(fd >= 0 && lr != NULL);
+    while (lr != NULL && (*rc = hl_lines_next(lr, &line, &n)) != 0) {
+        if (*rc == 1) {
+            CHECK(line[n] == '\0');
+            for (size_t i = 0; i < n && used + 2 < cap; i++)
+                out[used++] = line[i] ? line[i] : '0';        /* a NUL shown as '0' */
+        } else if (*rc == HL_ERANGE && used + 2 < cap) {
+            out[used++] = '#';
+        } else {
+            break;
+        }
+        out[used++] = '|';
+        out[used] = '\0';
+    }
+    hl_lines_destroy(lr);
+    close(fd);
+}
+
+static void test_lines_and_bound(void)
+{
+    char out[256];
+    int rc;
+    /* bound 5: "ab<NUL>d<CR>" is 5 bytes, kept; "abcdef" is one over */
+    static const char text[] = "abcde\nabcdef\n\nab\0d\r\nabcdefgh\nxy";
+    read_all(text, sizeof text - 1, 5, 100, out, sizeof out, &rc);
+    CHECKF(rc == 0 && strcmp(out, "abcde|#||ab0d\r|#|xy|") == 0, "rc %d, \"%s\"", rc, out);
+    read_all("", 0, 4, 100, out, sizeof out, &rc);
+    CHECKF(rc == 0 && out[0] == '\0', "rc %d, \"%s\"", rc, out);
+    read_all("abcdefgh", 8, 4, 100, out, sizeof out, &rc);   /* over-long, no LF */
+    CHECKF(rc == 0 && strcmp(out, "#|") == 0, "rc %d, \"%s\"", rc, out);
+}
+
+/* No LF within max + skip bytes: HL_EFORMAT, not a buffer grown to hold it. */
+static void test_no_line_end(void)
+{
+    static char text[4000];
+    char out[64];
+    int rc;
+    memset(text, 'z', sizeof text);
+    read_all(text, sizeof text, 16, 1000, out, sizeof out, &rc);
+    CHECKF(rc == HL_EFORMAT && out[0] == '\0', "rc %d, \"%s\"", rc, out);
+    text[500] = '\n';                                 /* within the skip: a bad line */
+    read_all(text, 600, 16, 1000, out, sizeof out, &rc);
+    CHECKF(rc == 0 && strcmp(out, "#|#|") == 0, "rc %d, \"%s\"", rc, out);
+}
+
+/* A line in pieces, as a pipe from a slow writer gives it; the offset
+ * counts the bytes consumed, not those read ahead. */
+static void test_pieces_and_offset(void)
+{
+    int fd[2];
+    char *line;
+    size_t n;
+    CHECK(pipe(fd) == 0);
+    hl_lines *lr = hl_lines_create(fd[0], 64, 64);
+    CHECK(write(fd[1], "one\ntw", 6) == 6);
+    CHECK(hl_lines_next(lr, &line, &n) == 1 && n == 3 && !strcmp(line, "one"));
+    CHECK(hl_lines_offset(lr) == 4);
+    CHECK(write(fd[1], "o\nthree", 7) == 7);
+    close(fd[1]);
+    CHECK(hl_lines_next(lr, &line, &n) == 1 && n == 3 && !strcmp(line, "two"));
+    CHECK(hl_lines_next(lr, &line, &n) == 1 && n == 5 && !strcmp(line, "three"));
+    CHECK(hl_lines_next(lr, &line, &n) == 0 && hl_lines_offset(lr) == 13);
+    hl_lines_destroy(lr);
+    close(fd[0]);
+}
+
+/* A read that fails is said with errno, not taken for the end. */
+static void test_read_error(void)
+{
+    char *line;
+    size_t n;
+    hl_lines *lr = hl_lines_create(-1, 64, 64);
+    errno = 0;
+    CHECK(hl_lines_next(lr, &line, &n) == HL_EIO && errno == EBADF);
+    hl_lines_destroy(lr);
+    hl_lines_destroy(NULL);
+}
+
+int main(void)
+{
+    RUN(test_lines_and_bound);
+    RUN(test_no_line_end);
+    RUN(test_pieces_and_offset);
+    RUN(test_read_error);
+    TEST_EXIT();
+}

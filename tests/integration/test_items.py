@@ -218,7 +218,12 @@ def phase4(ck, ctx, expiry):
     wait_metric(w, "halflife_assigned_partitions", 4)
     w3 = U.Worker(ctx["bootstrap"], ctx["model_path"], os.path.join(ctx["tmp"], "w3.log"),
                   extra=ctx["common"])
-    deadline = time.time() + 30
+    # Up to 60 s: the mock's group coordinator takes rounds of up to
+    # session.timeout.ms - 1 s (5 s here) for a cooperative rebalance, and
+    # on a loaded machine (make test runs five programs at once) a member
+    # missing a round costs another; once 25 s went by before the joiner
+    # got partitions, at the edge of the 30 s this waited before.
+    deadline = time.time() + 60
     while time.time() < deadline:
         try:
             split = (w.metric("halflife_assigned_partitions"), w3.metric("halflife_assigned_partitions"))

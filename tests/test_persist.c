@@ -407,6 +407,20 @@ static void test_io_failure_keeps_previous(void)
     hl_persist_destroy(p);
 }
 
+/* Flips a byte inside dir's snapshot of partition 0 named at offset (its
+ * path into path): the file's CRC no longer holds. */
+static void damage(char *path, size_t len, int offset)
+{
+    snprintf(path, len, "%s/" TOPIC ".0.%020d.hls", dir, offset);
+    FILE *fp = fopen(path, "r+b");
+    CHECKF(fp != NULL, "%s", path);
+    if (fp) {
+        fseek(fp, 200, SEEK_SET);
+        fputc(0x5a ^ fgetc(fp), fp);
+        fclose(fp);
+    }
+}
+
 /* A corrupt newest file is rejected (and counted), the older one loads. */
 static void test_restore_skips_corrupt(void)
 {
@@ -421,14 +435,7 @@ static void test_restore_skips_corrupt(void)
     CHECK(hl_persist_flush(ps, tbl, 3000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
     apply_range(tbl, 3000, 6000);
     CHECK(hl_persist_flush(ps, tbl, 6000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
-    snprintf(path, sizeof path, "%s/" TOPIC ".0.%020d.hls", dir, 6000);
-    FILE *fp = fopen(path, "r+b");
-    CHECKF(fp != NULL, "%s", path);
-    if (fp) {
-        fseek(fp, 200, SEEK_SET);
-        fputc(0x5a ^ fgetc(fp), fp);
-        fclose(fp);
-    }
+    damage(path, sizeof path, 6000);
     hl_table *t2 = new_table();
     CHECK(hl_persist_restore(p, 0, &t2, &r, err, sizeof err) == 0);
     CHECKF(r.next_offset == 3000 && r.n_rejected == 1, "%lld %d", (long long)r.next_offset,
@@ -764,14 +771,7 @@ static void test_restart_at_older_files(void)
                                          err, sizeof err);
     CHECKF(rc == 0, "%s", err);
     CHECK(restored_at(p, path, sizeof path) == 2000);
-    snprintf(path, sizeof path, "%s/" TOPIC ".0.%020d.hls", dir, 2000);
-    FILE *fp = fopen(path, "r+b");
-    CHECKF(fp != NULL, "%s", path);
-    if (fp) {
-        fseek(fp, 200, SEEK_SET);
-        fputc(0x5a ^ fgetc(fp), fp);
-        fclose(fp);
-    }
+    damage(path, sizeof path, 2000);
     int64_t at = restored_at(p, path, sizeof path);
     CHECKF(at == HL_PERSIST_NO_OFFSET && n_aside == 2,
            "with the kept users' file damaged a restore loads %s (offset %lld), the old "

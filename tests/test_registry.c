@@ -137,19 +137,28 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* A store asking the registry on the loopback's port, each request given
+ * timeout_ms; NULL (checked) when it cannot be made. */
+static hl_schema_store *store_at(int port, int timeout_ms, const char *dir, hl_metrics *m)
+{
+    char url[64], err[512];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = timeout_ms};
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), dir, m,
+                                                err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    return s;
+}
+
 /* A store's destroy ends a request in progress at once, not after
  * schema.registry.timeout.ms (here 30 s). */
 static void test_destroy_does_not_wait_for_a_silent_registry(void)
 {
-    char url[64], err[512], why[256], *text = NULL;
+    char why[256], *text = NULL;
     int port, fd = silent_listener(&port);
     if (fd < 0)
         SKIP("no loopback listener");
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    hl_registry_opts o = {.urls = url, .timeout_ms = 30000};
-    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
-                                                NULL, err, sizeof err);
-    CHECKF(s != NULL, "%s", err);
+    hl_schema_store *s = store_at(port, 30000, NULL, NULL);
     if (s != NULL) {
         CHECK(hl_schema_store_get(s, 3, &text, why, sizeof why) == HL_EAGAIN);
         usleep(300000);                     /* the request is waiting now */
@@ -271,17 +280,13 @@ static void test_folded_first_header_after_a_request(void)
  * then down and the new id still waits, never "no such id". */
 static void test_known_ids_do_not_wait_for_a_silent_registry(void)
 {
-    char url[64], err[512], why[256], *text = NULL;
+    char why[256], *text = NULL;
     pthread_t tid;
     int port;
     one_answer oa = {silent_listener(&port), NULL, NULL};
     if (oa.fd < 0 || pthread_create(&tid, NULL, answer_once, &oa) != 0)
         SKIP("no loopback listener");
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    hl_registry_opts o = {.urls = url, .timeout_ms = 1500};
-    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
-                                                NULL, err, sizeof err);
-    CHECKF(s != NULL, "%s", err);
+    hl_schema_store *s = store_at(port, 1500, NULL, NULL);
     if (s == NULL)
         goto out;
     int rc = HL_EAGAIN;
@@ -354,7 +359,6 @@ static void test_waiting_ids_do_not_fill_the_store(void)
 static hl_schema_store *store_answering_once(one_answer *oa, pthread_t *tid, const char *dir,
                                              hl_metrics *m)
 {
-    char url[64], err[512];
     int port;
     if ((oa->fd = silent_listener(&port)) < 0)
         return NULL;
@@ -362,11 +366,7 @@ static hl_schema_store *store_answering_once(one_answer *oa, pthread_t *tid, con
         close(oa->fd);
         return NULL;
     }
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    hl_registry_opts o = {.urls = url, .timeout_ms = 1500};
-    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), dir, m,
-                                                err, sizeof err);
-    CHECKF(s != NULL, "%s", err);
+    hl_schema_store *s = store_at(port, 1500, dir, m);
     if (s == NULL) {
         shutdown(oa->fd, SHUT_RDWR);        /* ends the accept */
         pthread_join(*tid, NULL);
@@ -535,17 +535,13 @@ static void *answer_but_id_5(void *arg)
  * and its records waited for ever. */
 static void test_one_failing_id_does_not_starve_the_rest(void)
 {
-    char url[64], err[512], why[256] = "", *text = NULL;
+    char why[256] = "", *text = NULL;
     pthread_t tid;
     int port;
     one_id_fails of = {.fd = silent_listener(&port)};
     if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
         SKIP("no loopback listener");
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    hl_registry_opts o = {.urls = url, .timeout_ms = 1500};
-    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
-                                                NULL, err, sizeof err);
-    CHECKF(s != NULL, "%s", err);
+    hl_schema_store *s = store_at(port, 1500, NULL, NULL);
     if (s != NULL) {
         CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
         for (int i = 0; i < 100 && hl_schema_store_up(s); i++)

@@ -157,8 +157,7 @@ def phase2(ck, ctx):
     n_dim = wait_metric(w, "halflife_item_updates_invalid_total", 1, labels='reason="bad_dim"')
     n_key = wait_metric(w, "halflife_item_updates_invalid_total", 1, labels='reason="bad_key"')
     n_lost = wait_metric(w, "halflife_dlq_errors_total", 1)
-    with open(w.log_path) as f:
-        said = [ln for ln in f if " event=item_dlq_failed " in ln]
+    said = [ln for ln in w.log_text().splitlines() if " event=item_dlq_failed " in ln]
     ck.check("updates_read", rc == 0 and n_upd == 4 and n_dim == 1 and n_key == 1,
              "halflife items exit %s, updates %s, bad_dim %s, bad_key %s" % (rc, n_upd, n_dim, n_key))
     ck.check("refused_dead_letter_said", n_lost == 1 and len(said) == 1,

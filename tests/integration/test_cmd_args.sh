@@ -2,7 +2,8 @@
 # test_cmd_args.sh - argument errors of `halflife broker`, `produce` and
 # `items` (worker/cmd/cmd_common.c): a stray argument (a value whose option
 # was forgotten, or the second file of a shell glob) is named as such with
-# exit 2, not called an unknown option and answered with the whole usage.
+# exit 2, not called an unknown option. An unknown option of any subcommand
+# is called one, wherever it stands.
 # An empty kafka.bootstrap.servers is said to be missing at once. No broker
 # is needed: each is refused before anything starts.
 set -u
@@ -29,6 +30,37 @@ stray broker_forgotten_option 5 broker --brokers 2 5
 out=$("$hl" produce --nope 1 2>&1); rc=$?
 check unknown_option_still_named "$([ $rc = 2 ] && echo "$out" | grep -q 'unknown option --nope' &&
   echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
+# An unknown option is called one, with where the options are listed,
+# by every subcommand and wherever it stands: eval said "--nope needs a
+# value" when it came last, train used getopt's words ("train: unrecognized
+# option"), snapshot and model answered with the usage alone or opened it
+# as a file, run called it an unexpected argument.
+unknown() {  # CASE CMD ARGS...
+  local case=$1 cmd=$2 out rc
+  shift 2
+  out=$(timeout 20 "$hl" "$cmd" "$@" 2>&1); rc=$?
+  check "unknown_$case" "$([ $rc = 2 ] &&
+    echo "$out" | grep -qF "halflife $cmd: unknown option --nope ('halflife $cmd --help'" &&
+    ! echo "$out" | grep -q 'needs a value' && echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
+}
+for known in "train --input" "eval --input" "produce --input" "items --input" \
+             "broker --port" "demo --duration" "run -X"; do
+  cmd=${known%% *}
+  unknown "${cmd}_first" "$cmd" --nope 1
+  unknown "${cmd}_last" "$cmd" "${known#* }" 1 --nope
+done
+unknown snapshot_verb snapshot --nope
+unknown snapshot_last snapshot dump x.snap --nope
+unknown model_verb model --nope
+unknown model_file model inspect --nope
+unknown model_last model inspect x.hlm --nope
+unknown model_compare model compare x.hlm y.hlm --nope
+for cmd in train eval run; do
+  opt=$([ $cmd = run ] && echo -c || echo --input)
+  out=$(timeout 20 "$hl" $cmd $opt 2>&1); rc=$?
+  check "no_value_$cmd" "$([ $rc = 2 ] && echo "$out" | grep -qF -- "halflife $cmd: $opt needs a value" &&
+    echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
+done
 # An empty kafka.bootstrap.servers (a script's unset variable) is missing,
 # said at once; it used to wait 15 s for an answer from no address.
 f=${TMPDIR:-/tmp}/cmd_args_$$

@@ -49,10 +49,12 @@ static const hl_arg *find(const hl_cmd_args *a, const char *name)
     return NULL;
 }
 
-static int unknown(const hl_cmd_args *a, const char *opt)
+/* One line, not the whole usage after it: the usage runs to dozens of
+ * lines and scrolls the one that says what was wrong out of sight. */
+int hl_cmd_unknown_option(const char *cmd, const char *opt)
 {
-    fprintf(stderr, "halflife %s: unknown option %s\n\n", a->cmd, opt);
-    a->usage(stderr);
+    fprintf(stderr, "halflife %s: unknown option %s ('halflife %s --help' lists the "
+            "options)\n", cmd, opt, cmd);
     return 2;
 }
 
@@ -75,7 +77,7 @@ int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv)
             return 2;
         }
         if (o == NULL && !(a->xs != NULL && !strcmp(opt, "-X")))
-            return unknown(a, opt);
+            return hl_cmd_unknown_option(a->cmd, opt);
         if (val == NULL) {
             fprintf(stderr, "halflife %s: %s needs a value\n", a->cmd, opt);
             return 2;

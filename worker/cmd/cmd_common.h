@@ -51,6 +51,11 @@ typedef struct hl_cmd_args {
  * command's to check. */
 int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv);
 
+/* Says on stderr that opt is no option of `halflife cmd` and where the
+ * options are listed; returns 2, the exit status of a usage error. Every
+ * subcommand's parser says it so, wherever the option stands. */
+int hl_cmd_unknown_option(const char *cmd, const char *opt);
+
 /* With schema.registry.url (and Confluent framing): the id of schema
  * under "<topic>-value" (TopicNameStrategy), registered, or only looked
  * up with schema.registry.auto.register=false, logged with `what`

@@ -14,6 +14,7 @@
  * the same protocol and exclusions (eval_pop.c). It needs no model:
  * without --model the catalogue is every item of the file. */
 #include "cmd.h"
+#include "cmd_common.h"
 #include "eval_internal.h"
 #include "decay.h"
 #include "foldin.h"
@@ -336,16 +337,16 @@ static int parse_args(int argc, char **argv, eval_args *a)
             usage(stdout);
             return 1;
         }
+        /* Known or not is asked first, of a scratch copy: an unknown
+         * option last on the line was said to need a value. */
+        eval_args scratch = *a;
+        if (parse_opt(&scratch, argv[i], "") == -1)
+            return hl_cmd_unknown_option("eval", argv[i]);
         if (i + 1 >= argc) {
             fprintf(stderr, "halflife eval: %s needs a value\n", argv[i]);
             return 2;
         }
         int rc = parse_opt(a, argv[i], argv[i + 1]);
-        if (rc == -1) {
-            fprintf(stderr, "halflife eval: unknown option %s\n\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
         if (rc == -2) {
             fprintf(stderr, "halflife eval: %s %s: not an allowed value\n", argv[i], argv[i + 1]);
             return 2;

@@ -152,11 +152,19 @@ int hl_cmd_model(int argc, char **argv)
         {"--min-shared-ratio", HL_ARG_NUM, 0, 1, &min_ratio},
     };
     hl_cmd_args a = {"model", opts, 2, usage, NULL};
-    for (int i = 1; i < argc && i < 4; i++)    /* in place of the command or a FILE */
+    /* The words in place of the command or a FILE (compare's options come
+     * after OLD NEW). One with a '-' is an option, as snapshot takes it:
+     * none but --help is known there, and such a word was opened as a file
+     * or answered with the usage alone. A file named so is ./-x. */
+    int n_words = argc > 1 && !strcmp(argv[1], "compare") ? 4 : argc;
+    for (int i = 1; i < argc && i < n_words; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
             return 0;
         }
+        if (argv[i][0] == '-')
+            return hl_cmd_unknown_option("model", argv[i]);
+    }
     if (argc == 3 && !strcmp(argv[1], "inspect"))
         return inspect(argv[2]);
     if (argc >= 4 && !strcmp(argv[1], "compare")) {

@@ -24,6 +24,7 @@
  * restore. Only the dynamic loader's milliseconds before the first
  * instruction keep the default action (exit 143). */
 #include "cmd.h"
+#include "cmd_common.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -130,6 +131,11 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
             file = argv[++i];
         } else if (!strcmp(argv[i], "-X") && i + 1 < argc) {
             args[n_args++] = argv[++i];
+        } else if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "-X")) {
+            fprintf(stderr, "halflife run: %s needs a value\n", argv[i]);
+            rc = 2;
+        } else if (argv[i][0] == '-') {
+            rc = hl_cmd_unknown_option("run", argv[i]);
         } else {
             fprintf(stderr, "halflife run: unexpected argument '%s' (see --help)\n", argv[i]);
             rc = 2;

@@ -162,6 +162,8 @@ int hl_cmd_snapshot(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (verb != NULL && verb[0] == '-')
+        return hl_cmd_unknown_option("snapshot", verb);
     if (verb == NULL || (strcmp(verb, "inspect") != 0 && strcmp(verb, "dump") != 0)) {
         usage(stderr);
         return 2;
@@ -175,7 +177,9 @@ int hl_cmd_snapshot(int argc, char **argv)
             values = 1;
             continue;
         }
-        if (argv[i][0] == '-' || path != NULL) {
+        if (argv[i][0] == '-')
+            return hl_cmd_unknown_option("snapshot", argv[i]);
+        if (path != NULL) {
             fprintf(stderr, "halflife snapshot %s: unexpected argument '%s'\n", verb, argv[i]);
             return 2;
         }

@@ -421,9 +421,14 @@ static int parse_args(train_args *a, int argc, char **argv)
     a->progress_s = 10;
     snprintf(a->heads_text, sizeof a->heads_text, "15m,1h,4h,1d,30d");
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "i:f:o:h", long_opts, NULL)) != -1) {
+    opterr = 0;         /* getopt's own words named "train", not "halflife train" */
+    while ((opt = getopt_long(argc, argv, ":i:f:o:h", long_opts, NULL)) != -1) {
         if (opt == 'h') { usage(stdout); return 1; }
-        if (opt == '?') { usage(stderr); return 2; }
+        if (opt == '?') return hl_cmd_unknown_option("train", argv[optind - 1]);
+        if (opt == ':') {
+            fprintf(stderr, "halflife train: %s needs a value\n", argv[optind - 1]);
+            return 2;
+        }
         if (set_option(a, opt, optarg)) {
             fprintf(stderr, "halflife train: bad value for --%s: \"%s\"%s\n",
                     opt_name(opt), optarg, opt == O_HL ? " (want up to 8 increasing "

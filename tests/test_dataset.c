@@ -1,6 +1,7 @@
 /* test_dataset.c - every dataset format on small files written to a temp
  * dir, good lines and bad ones (missing fields, non-numeric timestamps,
- * unknown behaviours, ids too long, blank lines, CRLF ends), and, when
+ * unknown behaviours, ids too long, blank lines, CRLF ends, a byte order
+ * mark), and, when
  * HL_DATASETS is set, the event counts of the three shared datasets against
  * datasets/README.md. */
 #define T_SUITE "test_dataset"
@@ -306,6 +307,27 @@ static void test_bad_first_line_is_not_a_header(void)
     CHECK(g.n == 0 && g.st.bad_lines == 1);
 }
 
+/* A file saved by a Windows tool starts with a UTF-8 byte order mark: it
+ * is dropped, not taken into the first user's id (where it was valid
+ * UTF-8, so the user silently became another one), and a header after it
+ * is still a header. */
+static void test_byte_order_mark(void)
+{
+    got g;
+    read_all("\xEF\xBB\xBFu1,i1,VIEW,5\r\n", HL_FMT_EVENTS_CSV, 0, &g);
+    check_event(&g, 0, "u1", "i1", HL_VIEW, 5, 1.0f, 0, 1);
+    read_all("\xEF\xBB\xBFu1::i1::4::5\n", HL_FMT_MOVIELENS_DAT, 0, &g);
+    check_event(&g, 0, "u1", "i1", HL_RATE, 5000, 4.0f, 1, 1);
+    read_all("\xEF\xBB\xBFu1,i1,c,pv,5\n", HL_FMT_TAOBAO, 0, &g);
+    check_event(&g, 0, "u1", "i1", HL_VIEW, 5000, 1.0f, 0, 1);
+    read_all("\xEF\xBB\xBFu1 a b\n", HL_FMT_SEQ, 0, &g);
+    check_event(&g, 0, "u1", "a", HL_VIEW, 0, 1.0f, 0, 1);
+    read_all("\xEF\xBB\xBFuserId,movieId,rating,timestamp\n1,2,3.0,4\n",
+             HL_FMT_MOVIELENS_CSV, 0, &g);
+    CHECK(g.n == 1 && g.st.bad_lines == 0);
+    check_event(&g, 0, "1", "2", HL_RATE, 4000, 3.0f, 1, 2);
+}
+
 /* Many bad lines: all counted, the first 8 kept; a 100 kB line is fine. */
 static void test_many_bad_lines(void)
 {
@@ -504,6 +526,7 @@ int main(void)
     RUN(test_values_the_worker_refuses);
     RUN(test_headerless_first_line_kept);
     RUN(test_bad_first_line_is_not_a_header);
+    RUN(test_byte_order_mark);
     RUN(test_many_bad_lines);
     RUN(test_long_line_is_one_bad_line);
     RUN(test_no_line_end);

@@ -1,7 +1,8 @@
 /* test_lines.c - the bounded line reader (core/train/lines.c) over a pipe
  * fed in pieces: lines split across reads, a line of exactly the bound and
  * one byte over it, a NUL byte kept with its length, a last line without
- * its LF, the offset of what was consumed, and input with no line end,
+ * its LF, the offset of what was consumed, a byte order mark dropped
+ * before the first line only, and input with no line end,
  * which stops after a bounded read instead of growing without end. */
 #define T_SUITE "test_lines"
 #include "test.h"
@@ -98,6 +99,31 @@ static void test_pieces_and_offset(void)
     close(fd[0]);
 }
 
+/* A UTF-8 byte order mark is dropped before the first line only (a mark
+ * further on is text), and the offset counts it as consumed. */
+static void test_byte_order_mark(void)
+{
+    char out[64];
+    int rc, fd[2];
+    char *line;
+    size_t n;
+    static const char text[] = "\xEF\xBB\xBFu1,a\n\xEF\xBB\xBFu2,b\n";
+    read_all(text, sizeof text - 1, 64, 64, out, sizeof out, &rc);
+    CHECKF(rc == 0 && strcmp(out, "u1,a|\xEF\xBB\xBFu2,b|") == 0, "rc %d, \"%s\"", rc, out);
+    read_all("\xEF\xBB\xBF", 3, 64, 64, out, sizeof out, &rc);     /* the mark alone */
+    CHECKF(rc == 0 && strcmp(out, "|") == 0, "rc %d, \"%s\"", rc, out);
+    read_all("\xEF\xBBx\n", 4, 64, 64, out, sizeof out, &rc);      /* not a mark */
+    CHECKF(rc == 0 && strcmp(out, "\xEF\xBBx|") == 0, "rc %d, \"%s\"", rc, out);
+    CHECK(pipe(fd) == 0);
+    hl_lines *lr = hl_lines_create(fd[0], 64, 64);
+    CHECK(write(fd[1], "\xEF\xBB\xBFid\n", 6) == 6);
+    close(fd[1]);
+    CHECK(hl_lines_next(lr, &line, &n) == 1 && n == 2 && !strcmp(line, "id"));
+    CHECK(hl_lines_offset(lr) == 6);
+    hl_lines_destroy(lr);
+    close(fd[0]);
+}
+
 /* A read that fails is said with errno, not taken for the end. */
 static void test_read_error(void)
 {
@@ -115,6 +141,7 @@ int main(void)
     RUN(test_lines_and_bound);
     RUN(test_no_line_end);
     RUN(test_pieces_and_offset);
+    RUN(test_byte_order_mark);
     RUN(test_read_error);
     TEST_EXIT();
 }

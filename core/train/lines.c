@@ -22,6 +22,7 @@ struct hl_lines {
     size_t  scanned;              /* buf[start..scanned) holds no LF */
     size_t  max_bytes, skip_bytes;
     int     eof;
+    int     past_first;           /* a line has been returned or skipped */
     int64_t read_bytes;           /* every byte read(2) gave */
 };
 
@@ -88,6 +89,7 @@ static int skip_line(hl_lines *lr)
 {
     size_t skipped = 0;
     lr->start = lr->end = lr->scanned = 0;
+    lr->past_first = 1;
     for (;;) {
         if (lr->eof) return HL_ERANGE;
         if (skipped > lr->skip_bytes) return HL_EFORMAT;
@@ -102,9 +104,18 @@ static int skip_line(hl_lines *lr)
     }
 }
 
-/* buf[start..start+len) as the line; past is where the next one starts. */
+/* buf[start..start+len) as the line; past is where the next one starts.
+ * The first line loses a UTF-8 byte order mark, EF BB BF, that Windows
+ * tools write at the start of a file: it is no text of the line, and it
+ * became part of the first user's or item's id. Looked for in the whole
+ * line, so a pipe that gives the mark in pieces loses it too. */
 static int take(hl_lines *lr, size_t len, size_t past, char **line, size_t *out_len)
 {
+    if (!lr->past_first && len >= 3 && memcmp(lr->buf + lr->start, "\xEF\xBB\xBF", 3) == 0) {
+        lr->start += 3;
+        len -= 3;
+    }
+    lr->past_first = 1;
     *line = lr->buf + lr->start;
     (*line)[len] = '\0';
     *out_len = len;
@@ -122,6 +133,7 @@ int hl_lines_next(hl_lines *lr, char **line, size_t *len)
             if (n <= lr->max_bytes)
                 return take(lr, n, lr->start + n + 1, line, len);
             lr->start = lr->scanned = lr->start + n + 1;    /* too long, but whole */
+            lr->past_first = 1;
             return HL_ERANGE;
         }
         lr->scanned = lr->end;

@@ -8,7 +8,8 @@
  * the rest of the line is invisible, and a long line's tail is read as a
  * line of its own. Here every line comes with its length, a NUL byte is
  * the caller's to judge, and a line longer than the bound is skipped to
- * its end and said, never kept nor split. */
+ * its end and said, never kept nor split. A byte order mark at the start
+ * of the input is dropped here, once, for every reader of such files. */
 #ifndef HL_LINES_H
 #define HL_LINES_H
 
@@ -24,7 +25,8 @@ typedef struct hl_lines hl_lines;  /* opaque */
 hl_lines *hl_lines_create(int fd, size_t max_bytes, size_t skip_bytes);
 void      hl_lines_destroy(hl_lines *lr);      /* NULL is a no-op */
 
-/* 1: *line is the next line, *len bytes without its LF (a CR stays) and
+/* 1: *line is the next line, *len bytes without its LF (a CR stays; the
+ * first line also without a UTF-8 byte order mark, EF BB BF) and
  * NUL-terminated after them; it may hold NUL bytes of its own (compare
  * strlen). Borrowed until the next call.
  * HL_ERANGE: the next line was longer than max_bytes; it was read to its

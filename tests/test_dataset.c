@@ -174,6 +174,15 @@ static void test_seq(void)
     check_bad(&g, 1, 5, "item id longer than 256 bytes");
     read_all("u a b c\n", HL_FMT_SEQ, 1000, &g);
     check_event(&g, 2, "u", "c", HL_VIEW, 2000, 1.0f, 0, 1);
+    /* Item i is at i x step, and no time after 2100 is an event (the
+     * worker's bound, values_bad() for the other formats): a line that
+     * would reach past it is bad whole; one that ends on it is kept. */
+    read_all("u a b c\nv a b c d\n", HL_FMT_SEQ, HL_EVENT_MAX_TS_MS / 2, &g);
+    CHECK(g.n == 3 && g.st.bad_lines == 1);
+    check_event(&g, 2, "u", "c", HL_VIEW, HL_EVENT_MAX_TS_MS, 1.0f, 0, 1);
+    check_bad(&g, 0, 2, "last item after 2100 at i x --seq-step-ms");
+    read_all("u a b\n", HL_FMT_SEQ, INT64_MAX / 2, &g);
+    CHECK(g.n == 0 && g.st.bad_lines == 1);
 }
 
 static void test_taobao(void)

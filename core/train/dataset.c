@@ -275,6 +275,10 @@ static int seq_tokenise(hl_dataset_reader *r, const char *s, size_t len)
     return 0;
 }
 
+/* Why a seq line gives no events, or NULL. Its last item is at (items - 1)
+ * x step, the time values_bad() bounds for the other formats: a line
+ * whose last one is after 2100 (or beyond int64) is refused whole, as the
+ * worker would refuse those events and the decay of the rest overflows. */
 static const char *seq_check(const hl_dataset_reader *r)
 {
     const char *why;
@@ -283,7 +287,8 @@ static const char *seq_check(const hl_dataset_reader *r)
     if ((why = id_bad(r->line + r->toks[0].off, r->toks[0].len, 1)) != NULL) return why;
     for (size_t i = 1; i < r->n_toks; i++)
         if ((why = id_bad(r->line + r->toks[i].off, r->toks[i].len, 0)) != NULL) return why;
-    if ((int64_t)r->n_toks > INT64_MAX / step) return "too many items for --seq-step";
+    if ((int64_t)r->n_toks - 2 > HL_EVENT_MAX_TS_MS / step)
+        return "last item after 2100 at i x --seq-step-ms: give a smaller step";
     return NULL;
 }
 

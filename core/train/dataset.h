@@ -57,7 +57,9 @@ typedef struct hl_dataset_reader hl_dataset_reader;  /* opaque */
 typedef struct hl_dataset_opts {
     hl_dataset_format format;
     int64_t           seq_step_ms;    /* seq: event i gets time i x step; <= 0
-                                         means the default, 3600000 (1 h) */
+                                         means the default, 3600000 (1 h); a
+                                         line whose last time would be after
+                                         2100 (HL_EVENT_MAX_TS_MS) is bad */
     int64_t           max_line_bytes; /* longest line read, without its end; <= 0
                                          means the default, 64 MiB */
 } hl_dataset_opts;

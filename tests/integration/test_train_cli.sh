@@ -147,4 +147,22 @@ out=$( { [ "${HL_SAN:-0}" = 1 ] || ulimit -v 4000000; } &&
          --out "$tmp/zero.hlm" 2>&1); rc=$?
 check no_line_end "$([ $rc = 1 ] && echo "$out" | grep -q '/dev/zero: line 1 has no end' &&
   [ ! -e "$tmp/zero.hlm" ] && echo 1)" "exit $rc, output: $out"
+
+# seq: item i of a user is at i x --seq-step-ms. A step past 2100 (up to
+# 1e15 was taken) is refused, naming the flag and its bound, by train and
+# eval; a user line whose last item would be after 2100 is a bad line,
+# named, not events the worker refuses.
+for cmd in train eval; do
+  out=$("$hl" $cmd --input "$tmp/e.csv" --format seq --seq-step-ms 4102444800001 \
+        $([ $cmd = train ] && echo --out "$tmp/st.hlm" || echo --model "$tmp/ok.hlm" --protocol loo) 2>&1); rc=$?
+  check "seq_step_bound_$cmd" "$([ $rc = 2 ] && [ ! -e "$tmp/st.hlm" ] &&
+    echo "$out" | grep -q -- '--seq-step-ms.*1\.\.4102444800000' && echo 1)" "exit $rc, output: $out"
+done
+for u in $(seq 0 59); do echo "u$u i$((u % 30)) i$(((u + 1) % 30)) i$(((u + 2) % 30))"; done \
+  >"$tmp/s.seq"
+echo "late i1 i2 i3 i4" >>"$tmp/s.seq"
+out=$("$hl" train --input "$tmp/s.seq" --format seq --seq-step-ms 2000000000000 --dim 4 \
+      --hidden 0 --epochs 1 --threads 1 --out "$tmp/seq.hlm" 2>&1 >/dev/null); rc=$?
+check seq_past_2100_bad_line "$([ $rc = 0 ] && echo "$out" | grep -q 'line 61.*after 2100' &&
+  echo 1)" "exit $rc, stderr: $out"
 exit $fail

@@ -232,7 +232,7 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--batch"))         { bad = parse_int(val, 1, HL_EVAL_MAX_BATCH, &x); a->batch = (int)x; }
     else if (!strcmp(opt, "--threads"))       { bad = parse_int(val, 1, 256, &x); a->threads = (int)x; }
     else if (!strcmp(opt, "--windows"))       { bad = parse_int(val, 1, 1000, &x); a->windows = (int)x; }
-    else if (!strcmp(opt, "--seq-step-ms"))   { bad = parse_int(val, 1, (long)1e15, &x); a->seq_step_ms = x; }
+    else if (!strcmp(opt, "--seq-step-ms"))   { bad = parse_int(val, 1, HL_EVENT_MAX_TS_MS, &x); a->seq_step_ms = x; }
     else if (!strcmp(opt, "--exclude-seen"))  bad = parse_yes_no(val, &a->exclude_seen);
     else if (!strcmp(opt, "--quiet"))         bad = parse_yes_no(val, &a->quiet);
     else if (!strcmp(opt, "--swap-model"))    a->swap_model = val;
@@ -348,7 +348,10 @@ static int parse_args(int argc, char **argv, eval_args *a)
         }
         int rc = parse_opt(a, argv[i], argv[i + 1]);
         if (rc == -2) {
-            fprintf(stderr, "halflife eval: %s %s: not an allowed value\n", argv[i], argv[i + 1]);
+            fprintf(stderr, "halflife eval: %s %s: not an allowed value%s\n", argv[i],
+                    argv[i + 1], strcmp(argv[i], "--seq-step-ms") ? "" : " (want an integer "
+                    "1.." HL_STR(HL_EVENT_MAX_TS_MS) ": event i of a user is at i x MS, and "
+                    "an event after 2100 is refused by the worker)");
             return 2;
         }
     }

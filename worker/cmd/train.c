@@ -363,7 +363,7 @@ static int set_number(train_args *a, int opt, const char *s)
     double v;
     switch (opt) {
     case O_DIM:     if (int_arg(s, 1, 4096, &v)) return HL_EINVAL; o->dim = (int)v; break;
-    case O_STEP:    if (int_arg(s, 1, 1e15, &v)) return HL_EINVAL; a->dopt.seq_step_ms = (int64_t)v; break;
+    case O_STEP:    if (int_arg(s, 1, HL_EVENT_MAX_TS_MS, &v)) return HL_EINVAL; a->dopt.seq_step_ms = (int64_t)v; break;
     case O_EPOCHS:  if (int_arg(s, 0, 1e6, &v)) return HL_EINVAL; o->epochs = (int)v; break;
     case O_BATCH:   if (int_arg(s, 1, 65536, &v)) return HL_EINVAL; o->batch = (int)v; break;
     case O_LR:      if (num_arg(s, 1e-9, 10, &v)) return HL_EINVAL; o->lr = (float)v; break;
@@ -409,6 +409,17 @@ static int set_option(train_args *a, int opt, const char *s)
     }
 }
 
+/* What a bad value of opt is told, where the usage line does not say it. */
+static const char *value_hint(int opt)
+{
+    if (opt == O_HL)
+        return " (want up to 8 increasing durations with units ms s m h d, e.g. 1h,1d,30d)";
+    if (opt == O_STEP)      /* beyond, a user's second event is after 2100 */
+        return " (want an integer 1.." HL_STR(HL_EVENT_MAX_TS_MS) ": event i of a user is at "
+               "i x N, and an event after 2100 is refused by the worker)";
+    return "";
+}
+
 /* 0, 1 after --help (exit 0), or 2 on a usage error (already reported). */
 static int parse_args(train_args *a, int argc, char **argv)
 {
@@ -431,8 +442,7 @@ static int parse_args(train_args *a, int argc, char **argv)
         }
         if (set_option(a, opt, optarg)) {
             fprintf(stderr, "halflife train: bad value for --%s: \"%s\"%s\n",
-                    opt_name(opt), optarg, opt == O_HL ? " (want up to 8 increasing "
-                    "durations with units ms s m h d, e.g. 1h,1d,30d)" : "");
+                    opt_name(opt), optarg, value_hint(opt));
             return 2;
         }
     }

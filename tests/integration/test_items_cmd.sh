@@ -74,6 +74,21 @@ for f in nul nul_long; do
     ! grep -q 'no broker' "$tmp/out" && echo 1)" \
     "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 600)"
 done
+# A line was cut at its first CR, wherever it stood: "z,delete<CR>junk"
+# deleted item z, and a file with lone-CR line ends (old Mac tools) sent
+# its first line alone. Only the CR of a CRLF end is a line end; any other
+# is one bad line, named, and nothing valid is left to ask a broker for.
+printf 'z,delete\rjunk\r\na,true\rb,delete\rc,true\ny,true,\r5\n' >"$tmp/cr.csv"
+"$hl" items --input "$tmp/cr.csv" -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1
+rc=$?
+ok=1
+for want in 'line=1 why="CR inside the line' 'line=2 why="CR inside the line' \
+            'line=3 why="CR inside the line' '3 bad lines'; do
+  grep -qF -- "$want" "$tmp/out" || { ok=0; echo "    missing: $want"; }
+done
+grep -q 'no broker' "$tmp/out" && ok=0
+check cr_inside_line_is_bad "$([ $rc = 1 ] && echo $ok || echo 0)" \
+  "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 600)"
 # /dev/zero: one line with no end, read 1 MiB at a time as lines of NUL
 # bytes for ever. Refused, naming it, after a bounded read.
 timeout 20 "$hl" items --input /dev/zero -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1

@@ -11,7 +11,7 @@
  * added item means publishing its line again with available=false.
  * A line that starts with '#', or a first line whose second field is not
  * a boolean (a header), is skipped; any other bad line (also one with a NUL
- * byte, or longer than 1 MiB) is reported with its number and reason,
+ * byte or a CR other than a CRLF end's, or longer than 1 MiB) is reported with its number and reason,
  * nothing is sent for it, and the exit status is 1. Input with no line end
  * within 256 MiB (/dev/zero) stops the reading with an error; what was
  * sent before it is still waited for.
@@ -118,11 +118,11 @@ static int parse_args(int argc, char **argv, items_args *a)
 
 /* ---- one line ---- */
 
-/* Splits s at commas in place (newline removed); returns the field count. */
+/* Splits s at commas in place (its line end already gone: line_unfit());
+ * returns the field count. */
 static int split(char *s, char **f, int max)
 {
     int n = 0;
-    s[strcspn(s, "\r\n")] = '\0';
     for (char *p = s; n < max; ) {
         f[n++] = p;
         if ((p = strchr(p, ',')) == NULL)
@@ -240,14 +240,21 @@ static void progress(items_run *r, const char *event)
  * reader). A line longer than MAX_LINE was read on to its end and dropped:
  * its tail is never taken for a line of its own, since one such as
  * "z,delete" would publish an update the file does not hold. A NUL byte
- * would hide the rest of its line from the parser. */
-static const char *line_unfit(int rc, const char *line, size_t len, int *skip)
+ * would hide the rest of its line from the parser. The CR of a CRLF end is
+ * dropped here (*len shrinks); any other CR is a bad line: the line was cut
+ * at its first CR, so "z,delete\rjunk" deleted z and a file of lone-CR
+ * line ends (old Mac tools) published its first line alone. */
+static const char *line_unfit(int rc, char *line, size_t *len, int *skip)
 {
     *skip = 0;
     if (rc == HL_ERANGE) return "longer than 1 MiB (MAX_LINE)";
-    if (line[0] == '#') *skip = 1;
-    else if (strlen(line) != len) return "NUL byte in line";
-    else if (line[strspn(line, " \t\r")] == '\0') *skip = 1;
+    if (line[0] == '#') { *skip = 1; return NULL; }
+    if (strlen(line) != *len) return "NUL byte in line";
+    if (*len > 0 && line[*len - 1] == '\r') line[--*len] = '\0';
+    if (line[strspn(line, " \t\r")] == '\0') *skip = 1;
+    else if (memchr(line, '\r', *len) != NULL)
+        return "CR inside the line: only a CR right before its LF (CRLF) is a line end; "
+               "convert lone-CR line ends to LF";
     return NULL;
 }
 
@@ -278,7 +285,7 @@ static int send_all(items_run *r, char *errbuf, size_t errlen)
         if (rc < 0 && rc != HL_ERANGE)
             return read_failed(r, rc, errbuf, errlen);
         r->line++;
-        const char *why = line_unfit(rc, line, len, &skip);
+        const char *why = line_unfit(rc, line, &len, &skip);
         if (skip)
             continue;
         if (why == NULL)

@@ -337,6 +337,21 @@ static void test_byte_order_mark(void)
     check_event(&g, 0, "1", "2", HL_RATE, 4000, 3.0f, 1, 2);
 }
 
+/* Only a CR right before the LF is a line end. Lone-CR line ends made a
+ * seq file one user whose items included "b<CR>u2", and a CR inside an
+ * events-csv field became part of an id; either is a bad line now. */
+static void test_cr_inside_line(void)
+{
+    got g;
+    read_all("u1 a b\ru2 c d\n", HL_FMT_SEQ, 0, &g);
+    CHECK(g.n == 0 && g.st.bad_lines == 1);
+    check_bad(&g, 0, 1, "CR inside the line");
+    read_all("u1\r,i1,VIEW,5\nu2,i2,VIEW,6\r\r\n", HL_FMT_EVENTS_CSV, 0, &g);
+    CHECK(g.n == 1 && g.st.bad_lines == 1);
+    check_bad(&g, 0, 1, "CR inside the line");
+    check_event(&g, 0, "u2", "i2", HL_VIEW, 6, 1.0f, 0, 2);
+}
+
 /* Many bad lines: all counted, the first 8 kept; a 100 kB line is fine. */
 static void test_many_bad_lines(void)
 {
@@ -536,6 +551,7 @@ int main(void)
     RUN(test_headerless_first_line_kept);
     RUN(test_bad_first_line_is_not_a_header);
     RUN(test_byte_order_mark);
+    RUN(test_cr_inside_line);
     RUN(test_many_bad_lines);
     RUN(test_long_line_is_one_bad_line);
     RUN(test_no_line_end);

@@ -433,6 +433,13 @@ static int line_handle(hl_dataset_reader *r, size_t len, hl_dataset_event *ev,
 
     if (line_trim(r->line, &len)) { r->st.blank_lines++; return 0; }
     if (strlen(r->line) != len) { bad_line(r, "NUL byte in line"); return 0; }
+    /* A CR left after the trim is inside the line: lone-CR line ends (old
+     * Mac tools) made the file one line, and seq took "b<CR>u2" for an
+     * item, a CR for part of an id, silently. */
+    if (memchr(r->line, '\r', len) != NULL) {
+        bad_line(r, "CR inside the line: only CRLF ends a line (lone-CR ends? convert to LF)");
+        return 0;
+    }
     if (r->o.format == HL_FMT_SEQ) {
         if (seq_tokenise(r, r->line, len) != 0)
             return hl_err(errbuf, errlen, HL_ENOMEM, "dataset: no memory for line %lld",

@@ -16,7 +16,8 @@
  * longer than max_line_bytes is one too. Only a "line" with no end within
  * 256 MiB past that (/dev/zero, a binary file) stops the reading, with an
  * error naming the file: nothing after it could be taken for lines. LF and
- * CRLF line ends both work; blank lines are counted apart and skipped. Line
+ * CRLF line ends both work, a CR anywhere else makes a bad line; blank
+ * lines are counted apart and skipped. Line
  * 1 of a format with a header is skipped when it does not parse as data. */
 #ifndef HL_DATASET_H
 #define HL_DATASET_H

@@ -7,11 +7,13 @@
  * librdkafka 2.0.2 stalls below it (DESIGN.md section 9).
  *
  * Statistics arrive as JSON every statistics.interval.ms; the only things
- * taken from it are each partition's consumer_lag, whether any broker is
- * UP, and the group's state and join state (for the log line of a worker
- * still waiting for its first assignment). The scan below is deliberately
- * narrow: it finds the input topic's object and walks its
- * "partition"/"consumer_lag" pairs in order.
+ * taken from it are each partition's end and position (its lag, see
+ * part_lag), whether any broker is UP, and the group's state and join
+ * state (for the log line of a worker still waiting for its first
+ * assignment). The scan below is deliberately narrow: it finds the input
+ * topic's object and walks its "partition" objects in order. The lag
+ * needs where each assignment starts, so the rebalance callback passing
+ * through here notes it.
  *
  * Destroying the handle is skipped in one state, where librdkafka 2.0.2
  * would abort (see destroy_would_abort). */
@@ -31,7 +33,7 @@ struct hl_consumer {
     atomic_int       up;
     atomic_int       fatal;
     int              sticky;         /* cooperative-sticky may be the assignor */
-    int              read_committed; /* isolation.level: consumer_lag's end offset */
+    int              read_committed; /* isolation.level: the lag's end offset */
     atomic_int       subscribed;
     atomic_int       synced;         /* an assignment reached the rebalance callback */
     hl_log_limit     err_limit;
@@ -40,6 +42,12 @@ struct hl_consumer {
     /* From the last statistics, on the thread of hl_consumer_serve: the
      * cgrp object's "state" and "join_state" ("" before the first). */
     char             cgrp_state[24], join_state[24];
+    /* Per input partition, where its current assignment starts: the
+     * offset the rebalance callback assigned it at (a restore's, or
+     * RD_KAFKA_OFFSET_BEGINNING/END for auto.offset.reset), else
+     * RD_KAFKA_OFFSET_INVALID. Thread of hl_consumer_serve. */
+    int64_t         *start;
+    int32_t          n_start;
 };
 
 /* Producer-only keys are skipped: librdkafka would warn about each. */
@@ -135,31 +143,57 @@ static long long stat_field(const char *p, const char *lim, const char *key)
     return at != NULL ? strtoll(at, NULL, 10) : -1;
 }
 
-/* A partition's lag from its statistics object [p, lim). librdkafka's
- * consumer_lag is the end offset minus the last committed one; until this
- * member commits (auto.commit.interval.ms after its first stored offset,
- * and never for a partition it took nothing from) it is -1, so a new
- * owner's partition had no halflife_consumer_lag series at all. Until then
- * the lag is taken from the position the consumer knows: the stored
- * offset, else that of the last record passed to the worker, else the
- * next to fetch (where the fetch started: auto.offset.reset or the
- * restore's offset). -1: neither the end nor a position is known yet. */
-static long long part_lag(const hl_consumer *c, const char *p, const char *lim)
+/* Where partition part's assignment starts, as an offset; -1 while not
+ * known. A logical BEGINNING is the log start, which the statistics carry
+ * from the first fetch answer on. For END, and for a partition whose
+ * assignment this consumer did not see, librdkafka's own position is the
+ * best there is: after the last record handed to a shard thread, else the
+ * next to fetch (both ahead of what is applied). */
+static long long start_offset(const hl_consumer *c, long part, const char *p,
+                              const char *lim)
 {
-    long long lag = stat_field(p, lim, "\"consumer_lag\":");
-    if (lag >= 0)
-        return lag;
+    int64_t s = part >= 0 && part < c->n_start ? c->start[part] : RD_KAFKA_OFFSET_INVALID;
+    if (s >= 0)
+        return s;
+    if (s == RD_KAFKA_OFFSET_BEGINNING)
+        return stat_field(p, lim, "\"lo_offset\":");
+    long long pos = stat_field(p, lim, "\"app_offset\":");
+    return pos >= 0 ? pos : stat_field(p, lim, "\"next_offset\":");
+}
+
+/* A partition's lag from its statistics object [p, lim): its end offset
+ * minus the next offset to apply. That is the offset the worker stored
+ * (every record below it applied and its lists delivered; librdkafka
+ * clears it when the partition leaves the assignment, so it is this
+ * assignment's), else where the assignment starts: nothing is applied
+ * before the first store. librdkafka's consumer_lag (the end minus the
+ * last committed offset) is not used: it trails the stored offset by up
+ * to auto.commit.interval.ms and may be a previous assignment's. The
+ * positions librdkafka knows before a store are not used either: the
+ * fetch position runs ahead by the prefetch and the last record handed
+ * to a shard thread by the batch being applied, so a partition with a
+ * backlog and no snapshot read 0 until its first store (for as long as a
+ * registry outage held its records parked). -1: not known yet. */
+static long long part_lag(const hl_consumer *c, long part, const char *p, const char *lim)
+{
     long long end = stat_field(p, lim, c->read_committed ? "\"ls_offset\":"
                                                          : "\"hi_offset\":");
-    const char *const pos_keys[] = {"\"stored_offset\":", "\"app_offset\":",
-                                    "\"next_offset\":"};
-    long long pos = -1;
-    for (size_t i = 0; i < sizeof pos_keys / sizeof pos_keys[0] && pos < 0; i++)
-        pos = stat_field(p, lim, pos_keys[i]);
+    long long pos = stat_field(p, lim, "\"stored_offset\":");
+    if (pos < 0)
+        pos = start_offset(c, part, p, lim);
     if (end < 0 || pos < 0)
         return -1;
     return end > pos ? end - pos : 0;
 }
+
+/* README.md's metrics table says the same, word for word. */
+static const char lag_help[] =
+    "Records behind the partition's end (its high watermark, or its last stable offset "
+    "under isolation.level=read_committed): the end minus the next offset to apply, which "
+    "is the offset stored for commit (every record below it applied and its lists "
+    "delivered) or, before the assignment's first store, where the assignment started "
+    "(the restored offset, else auto.offset.reset's). From librdkafka's statistics, every "
+    "kafka.statistics.interval.ms (5 s).";
 
 static void stats_lag(hl_consumer *c, const char *json, const char *end)
 {
@@ -169,14 +203,13 @@ static void stats_lag(hl_consumer *c, const char *json, const char *end)
     while (p && (p = find_key(p, end, "\"partition\":")) != NULL) {
         long part = strtol(p, NULL, 10);
         const char *next = find_key(p, end, "\"partition\":");
-        long long lag = part_lag(c, p, next != NULL ? next : end);
+        long long lag = part_lag(c, part, p, next != NULL ? next : end);
         if (part >= 0 && lag >= 0 &&
             (c->o.owns == NULL || c->o.owns(c->o.opaque, (int32_t)part))) {
             char labels[48];
             snprintf(labels, sizeof labels, "partition=\"%ld\"", part);
-            hl_gauge_set(hl_metrics_gauge(c->o.reg, "halflife_consumer_lag",
-                         "Records behind the partition's high watermark "
-                         "(librdkafka statistics).", labels), (double)lag);
+            hl_gauge_set(hl_metrics_gauge(c->o.reg, "halflife_consumer_lag", lag_help,
+                                          labels), (double)lag);
         }
     }
 }
@@ -197,6 +230,38 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
     return 0;                   /* librdkafka frees json */
 }
 
+/* Room in c->start for partition p; 0, or -1 when out of memory (its
+ * start is then unknown and its lag read from librdkafka's position). */
+static int start_slot(hl_consumer *c, int32_t p)
+{
+    if (p < c->n_start)
+        return 0;
+    int32_t n = p + 64;
+    int64_t *s = realloc(c->start, sizeof *s * (size_t)n);
+    if (s == NULL)
+        return -1;
+    for (int32_t i = c->n_start; i < n; i++)
+        s[i] = RD_KAFKA_OFFSET_INVALID;
+    c->start = s;
+    c->n_start = n;
+    return 0;
+}
+
+/* After the worker's callback: an assigned input partition starts at the
+ * offset that callback left in the list, the one it was assigned at; a
+ * revoked one has no start. */
+static void note_starts(hl_consumer *c, rd_kafka_resp_err_t err,
+                        const rd_kafka_topic_partition_list_t *parts)
+{
+    for (int i = 0; c->o.topic != NULL && i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *e = &parts->elems[i];
+        if (e->partition >= 0 && strcmp(e->topic, c->o.topic) == 0 &&
+            start_slot(c, e->partition) == 0)
+            c->start[e->partition] = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS
+                                         ? e->offset : RD_KAFKA_OFFSET_INVALID;
+    }
+}
+
 /* The conf's opaque is this struct (the error and stats callbacks need it);
  * the worker's own opaque travels in o.opaque. */
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -206,6 +271,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
         atomic_store(&c->synced, 1);
     c->o.rebalance(rk, err, parts, c->o.opaque);
+    note_starts(c, err, parts);
 }
 
 /* 1 unless the configured strategies surely leave cooperative-sticky out
@@ -221,7 +287,7 @@ static int maybe_sticky(const rd_kafka_conf_t *conf)
 }
 
 /* 1 unless isolation.level is read_uncommitted (librdkafka's default is
- * read_committed): consumer_lag then ends at the last stable offset. */
+ * read_committed): the lag then ends at the last stable offset. */
 static int read_committed(const rd_kafka_conf_t *conf)
 {
     char s[32] = "";
@@ -340,6 +406,7 @@ void hl_consumer_destroy(hl_consumer *c)
     }
     if (c->rk)
         rd_kafka_destroy(c->rk);
+    free(c->start);
     free(c);
 }
 

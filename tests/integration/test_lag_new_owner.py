@@ -12,6 +12,16 @@ so nothing is committed while it runs. Check:
   committed offset) was -1 until the member's first commit, and the series
   did not exist: within auto.commit.interval.ms for a partition with
   records, never for one without.
+- lag_counts_unapplied: a backlog in every partition, a worker with
+  nothing to restore and slow batches (exact scoring of many items),
+  statistics every 100 ms, /metrics scraped from the assignment on: at
+  every scrape each partition's lag plus the events the worker counted
+  consumed there is at least its high watermark, since the next offset to
+  apply is never past the events applied. Before, a partition that had
+  stored no offset yet read the end minus librdkafka's fetch position
+  (ahead by the prefetch) or minus the offset after the last record handed
+  to a shard thread (ahead by the batch being applied): lag 0 while the
+  first batch, or a registry outage's parked records, was not applied.
 """
 import os
 import re
@@ -26,16 +36,79 @@ SLOW = 3 if os.environ.get("HL_SAN") == "1" else 1
 CONF = ["worker.threads=1", "kafka.fetch.wait.max.ms=10", "snapshot.interval.ms=0",
         "kafka.statistics.interval.ms=500", "kafka.auto.commit.interval.ms=600000",
         "group.id=lag", "items.topic="]
+BACKLOG, SLOW_ITEMS = 2000, 200000
+SLOW_CONF = ["worker.threads=1", "recs.scoring=exact", "batch.max.messages=1000",
+             "kafka.statistics.interval.ms=100", "kafka.auto.commit.interval.ms=600000",
+             "snapshot.interval.ms=0", "group.id=lag-slow", "items.topic="]
 
 
 def lags(w):
     """{partition: lag} of w's halflife_consumer_lag series."""
+    return lags_in(w.metrics())
+
+
+def lags_in(text):
+    """{partition: lag} of the halflife_consumer_lag series in a /metrics text."""
     out = {}
-    for line in w.metrics().splitlines():
+    for line in text.splitlines():
         m = re.match(r'halflife_consumer_lag\{partition="(\d+)"\} (\S+)$', line)
         if m:
             out[int(m.group(1))] = float(m.group(2))
     return out
+
+
+def consumed_by_partition(text):
+    """{partition: halflife_events_consumed_total} from a /metrics text."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'halflife_events_consumed_total\{partition="(\d+)"\} (\S+)$', line)
+        if m:
+            out[int(m.group(1))] = float(m.group(2))
+    return out
+
+
+def high_watermarks(bootstrap):
+    """{partition: high watermark} of the input topic."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "lag-reader"})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(C.TOPIC, p), timeout=10)[1]
+                for p in range(PARTS)}
+    finally:
+        c.close()
+
+
+def unapplied_counted(ck):
+    """lag_counts_unapplied (the module's docstring)."""
+    model = os.path.join(ck.tmp, "slow.hlm")
+    csv = os.path.join(ck.tmp, "slow.csv")
+    C.U.make_model(model, SLOW_ITEMS, 64)
+    C.U.make_events(csv, BACKLOG, BACKLOG, SLOW_ITEMS)
+    broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker-slow.log"))
+    C.U.produce_events(broker.bootstrap, C.TOPIC, C.U.read_events_csv(csv))
+    high = high_watermarks(broker.bootstrap)
+    w = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "w-slow.log"),
+                 SLOW_CONF + ["snapshot.dir=" + os.path.join(ck.tmp, "snap-slow")])
+    bad, scrapes, deadline = [], 0, time.time() + 30 * SLOW
+    while time.time() < deadline and not bad:
+        try:
+            text = w.metrics()
+        except OSError:
+            time.sleep(0.05)
+            continue
+        got, done = lags_in(text), consumed_by_partition(text)
+        scrapes += bool(got)
+        bad = ["partition %d: lag %d + consumed %d < high watermark %d"
+               % (p, got[p], done.get(p, 0), high[p])
+               for p in sorted(got) if got[p] + done.get(p, 0) < high[p]]
+        if sum(done.values()) >= BACKLOG:
+            break
+        time.sleep(0.05)
+    ck.check("lag_counts_unapplied", scrapes > 0 and not bad and sum(high.values()) == BACKLOG,
+             "%d scrapes with lag series; %s (backlog %s)"
+             % (scrapes, "; ".join(bad) or "none below", high))
+    w.term(30)
+    broker.stop()
 
 
 def run(ck):
@@ -59,6 +132,7 @@ def run(ck):
              "%d with no commit yet" % (consumed, len(mine), got, PARTS))
     w.term(30)
     broker.stop()
+    unapplied_counted(ck)
 
 
 if __name__ == "__main__":

@@ -145,10 +145,11 @@ static long long stat_field(const char *p, const char *lim, const char *key)
 
 /* Where partition part's assignment starts, as an offset; -1 while not
  * known. A logical BEGINNING is the log start, which the statistics carry
- * from the first fetch answer on. For END, and for a partition whose
- * assignment this consumer did not see, librdkafka's own position is the
- * best there is: after the last record handed to a shard thread, else the
- * next to fetch (both ahead of what is applied). */
+ * from the first fetch answer on. For END (the worker assigns the end
+ * as an explicit offset unless the broker did not answer) and for a
+ * partition whose assignment this consumer did not see, librdkafka's own
+ * position is the best there is: after the last record handed to a shard
+ * thread, else the next to fetch (both ahead of what is applied). */
 static long long start_offset(const hl_consumer *c, long part, const char *p,
                               const char *lim)
 {

@@ -517,6 +517,46 @@ static void keep_recreated(hl_worker *w, int32_t p, hl_persist_shard *ps, const 
                "suffix=.topic-recreated", (int)p, (long long)start, n_aside);
 }
 
+/* A partition with nothing restored under auto.offset.reset=latest starts
+ * at the end it has now, asked of the broker within the assignment's
+ * watermark budget (recreated.h) and assigned as an explicit offset.
+ * Assigned END, librdkafka resolves it after the assignment and where it
+ * did shows nowhere: the lag (consumer.c) had only librdkafka's position,
+ * ahead by the prefetch and the batch in hand, until the first store.
+ * Left END when the broker does not answer. */
+static void resolve_latest(hl_worker *w, int32_t p, int64_t *offset)
+{
+    hl_recreated_check *c = &w->wm;
+    int64_t low = -1, high = -1;
+    if (*offset != RD_KAFKA_OFFSET_END || c->skip)
+        return;
+    rd_kafka_resp_err_t err = c->query(c, p, &low, &high);
+    if (!err && high >= 0) {
+        *offset = high;
+        return;
+    }
+    c->skip = err == RD_KAFKA_RESP_ERR__TIMED_OUT;   /* as recreated.c's ask() */
+    hl_log(HL_LOG_WARN, "input_watermarks_unknown", "partition=%d err=\"%s\" "
+           "action=\"started at auto.offset.reset=latest unresolved: its lag reads "
+           "librdkafka's position until its first offset is stored\"", (int)p,
+           rd_kafka_err2str(err));
+}
+
+/* The restore's offset checked against the topic (a recreated topic:
+ * 1, the users kept, *restored and *offset moved to *start), or a start
+ * at the latest offset made explicit. */
+static int check_start(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
+                       int64_t *offset, int64_t *start)
+{
+    int64_t high;
+    if (hl_recreated_check_partition(&w->wm, p, *restored, start, &high)) {
+        restart_input(w, p, tbl, restored, offset, *start, high);
+        return 1;
+    }
+    resolve_latest(w, p, offset);
+    return 0;
+}
+
 static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
 {
     char err[256];
@@ -531,10 +571,9 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr, &moved);
     if (tbl == NULL)
         return HL_EIO;          /* logged as restore_failed */
-    int64_t start, high;
-    int recreated = hl_recreated_check_partition(&w->wm, p, restored, &start, &high);
+    int64_t start;
+    int recreated = check_start(w, p, tbl, &restored, offset, &start);
     if (recreated) {
-        restart_input(w, p, tbl, &restored, offset, start, high);
         on_disk = HL_PERSIST_NO_OFFSET;
         cr.next_offset = start;     /* durable there: the claim named the old topic's */
     }

@@ -22,9 +22,19 @@ so nothing is committed while it runs. Check:
   (ahead by the prefetch) or minus the offset after the last record handed
   to a shard thread (ahead by the batch being applied): lag 0 while the
   first batch, or a registry outage's parked records, was not applied.
+- lag_counts_unapplied_latest: the same with auto.offset.reset=latest:
+  events before the worker are skipped; once it shows every partition's
+  lag it is stopped (SIGSTOP), a backlog is produced and it goes on
+  (SIGCONT). While it has consumed nothing of a partition, the lag shows 0
+  (statistics from before the backlog came) or the whole backlog, nothing
+  in between, and the whole backlog shows at least once. Before, the end
+  was assigned as librdkafka's logical END, resolved after the
+  assignment, and the lag read librdkafka's position until the first
+  store, ahead of what was applied.
 """
 import os
 import re
+import signal
 import sys
 import time
 
@@ -45,6 +55,14 @@ SLOW_CONF = ["worker.threads=1", "recs.scoring=exact", "batch.max.messages=1000"
 def lags(w):
     """{partition: lag} of w's halflife_consumer_lag series."""
     return lags_in(w.metrics())
+
+
+def lags_or_none(w):
+    """lags(w), or {} while w does not answer yet."""
+    try:
+        return lags(w)
+    except OSError:
+        return {}
 
 
 def lags_in(text):
@@ -78,12 +96,8 @@ def high_watermarks(bootstrap):
         c.close()
 
 
-def unapplied_counted(ck):
+def unapplied_counted(ck, model, csv):
     """lag_counts_unapplied (the module's docstring)."""
-    model = os.path.join(ck.tmp, "slow.hlm")
-    csv = os.path.join(ck.tmp, "slow.csv")
-    C.U.make_model(model, SLOW_ITEMS, 64)
-    C.U.make_events(csv, BACKLOG, BACKLOG, SLOW_ITEMS)
     broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker-slow.log"))
     C.U.produce_events(broker.bootstrap, C.TOPIC, C.U.read_events_csv(csv))
     high = high_watermarks(broker.bootstrap)
@@ -111,6 +125,41 @@ def unapplied_counted(ck):
     broker.stop()
 
 
+def latest_counted(ck, model, csv):
+    """lag_counts_unapplied_latest (the module's docstring)."""
+    events = C.U.read_events_csv(csv)
+    broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker-latest.log"))
+    C.U.produce_events(broker.bootstrap, C.TOPIC, events[:300])
+    start = high_watermarks(broker.bootstrap)
+    w = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "w-latest.log"),
+                 SLOW_CONF + ["auto.offset.reset=latest", "group.id=lag-latest",
+                              "snapshot.dir=" + os.path.join(ck.tmp, "snap-latest")])
+    ready = C.wait_for(lambda: len(lags_or_none(w)) == PARTS, 30 * SLOW)
+    os.kill(w.p.pid, signal.SIGSTOP)
+    try:
+        C.U.produce_events(broker.bootstrap, C.TOPIC, events)
+        high = high_watermarks(broker.bootstrap)
+    finally:
+        os.kill(w.p.pid, signal.SIGCONT)
+    want = {p: high[p] - start[p] for p in range(PARTS)}
+    bad, whole, deadline = [], 0, time.time() + 30 * SLOW
+    while ready and time.time() < deadline and not bad:
+        text = w.metrics()
+        got, done = lags_in(text), consumed_by_partition(text)
+        idle = [p for p in got if done.get(p, 0) == 0 and got[p] > 0]
+        whole += sum(got[p] == want[p] for p in idle)
+        bad = ["partition %d: lag %d with nothing consumed, want 0 or %d"
+               % (p, got[p], want[p]) for p in idle if got[p] != want[p]]
+        if sum(done.values()) >= BACKLOG:
+            break
+        time.sleep(0.05)
+    ck.check("lag_counts_unapplied_latest", ready and whole > 0 and not bad,
+             "lag series for every partition %s; %d scrapes showed a whole backlog; %s "
+             "(backlogs %s)" % (bool(ready), whole, "; ".join(bad) or "none other", want))
+    w.term(30)
+    broker.stop()
+
+
 def run(ck):
     model, _csv, events = C.prepare(ck.tmp, 200, 40, 100)
     mine = [e for e in events if e[0] == events[0][0]]
@@ -132,7 +181,11 @@ def run(ck):
              "%d with no commit yet" % (consumed, len(mine), got, PARTS))
     w.term(30)
     broker.stop()
-    unapplied_counted(ck)
+    model, csv = os.path.join(ck.tmp, "slow.hlm"), os.path.join(ck.tmp, "slow.csv")
+    C.U.make_model(model, SLOW_ITEMS, 64)
+    C.U.make_events(csv, BACKLOG, BACKLOG, SLOW_ITEMS)
+    unapplied_counted(ck, model, csv)
+    latest_counted(ck, model, csv)
 
 
 if __name__ == "__main__":

@@ -361,6 +361,52 @@ static void test_items_gauge_is_the_serving_models(void)
     hl_model_close(m2);
 }
 
+/* A release's purge (a lost assignment) takes back every record the
+ * producer holds, fold-in's publications too. Those used to count as
+ * published: the item waited for twice its count, for good on a worker
+ * whose partitions, and so the item's buyers, had just moved away. Now the
+ * next flush sends each such item again, once, even a flush without a
+ * note. The producer points at no broker, so nothing leaves it unless
+ * purged; the item reader is not started (its catalogue stays empty). */
+static void test_purged_publication_is_sent_again(void)
+{
+    static fixture fx;
+    char err[256];
+    CHECK(fixture_init(&fx) == 0);
+    hl_kafka_prop kp[] = {{"bootstrap.servers", "127.0.0.1:1"}, {"log_level", "0"}};
+    hl_producer *prod = hl_producer_create(kp, 2, NULL, err, sizeof err);
+    hl_metrics *reg = hl_metrics_create();
+    hl_items_opts io = {.bootstrap = "127.0.0.1:1", .topic = "items", .codec = {.dim = DIM},
+                        .m = fx.m, .max_new = 64, .reg = reg, .kafka = kp + 1, .n_kafka = 1};
+    hl_items *items = prod != NULL ? hl_items_create(&io, err, sizeof err) : NULL;
+    CHECKF(items != NULL, "%s", err);
+    if (items == NULL)
+        return;
+    hl_foldin_local_reset(&fx.loc);
+    hl_wfoldin_destroy(fx.wf);
+    hl_wfoldin_opts fo = {.items = items, .m = fx.m, .min_events = 1, .max_items = 64,
+                          .prod = prod, .topic = "items", .codec = {.dim = DIM}, .reg = reg};
+    fx.wf = hl_wfoldin_create(&fo, err, sizeof err);
+    CHECK(fx.wf != NULL && hl_foldin_local_init(fx.wf, &fx.loc, err, sizeof err) == 0);
+    fold_batch(&fx, fx.rk);
+    uint64_t sent = hl_metrics_counter_sum(reg, "halflife_foldin_published_total");
+    CHECKF(sent >= 2, "%llu publications before the purge", (unsigned long long)sent);
+    uint64_t purged = hl_producer_purge(prod);
+    CHECKF(purged == sent, "%llu purged of %llu", (unsigned long long)purged,
+           (unsigned long long)sent);
+    hl_foldin_local_flush(fx.wf, &fx.loc);          /* no note: the purged ones alone */
+    uint64_t again = hl_metrics_counter_sum(reg, "halflife_foldin_published_total") - sent;
+    CHECKF(again == 2, "%llu publications after the purge, want 2 (new-1, new-2 once each)",
+           (unsigned long long)again);
+    hl_foldin_local_flush(fx.wf, &fx.loc);          /* and only once */
+    CHECK(hl_metrics_counter_sum(reg, "halflife_foldin_published_total") == sent + again);
+    hl_producer_settle(prod, 0);    /* reports into the ticket: before it goes */
+    hl_items_destroy(items);        /* before the model it names */
+    fixture_free(&fx);
+    hl_producer_destroy(prod, 0);
+    hl_metrics_destroy(reg);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -369,5 +415,6 @@ int main(void)
     RUN(test_other_model_folds_nothing);
     RUN(test_rebind_follows_the_swap);
     RUN(test_items_gauge_is_the_serving_models);
+    RUN(test_purged_publication_is_sent_again);
     return t_n_failed ? 1 : 0;
 }

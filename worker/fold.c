@@ -57,6 +57,15 @@ struct hl_wfoldin {
     hl_counter      *c_events, *c_published, *c_evicted, *c_failed, *c_skipped, *c_held;
     hl_gauge        *g_items;
     hl_log_limit     err_limit;
+    /* Every publication goes out on this ticket, never waited for: a
+     * record hl_producer_purge takes back (a release's purge is for the
+     * lists of lost partitions, but takes every record the producer holds)
+     * comes back with its key here, and the next flush sends it again
+     * (resend_purged). Without it the item was marked published and waited
+     * for twice its count, for good on a worker whose partitions, and so
+     * the item's buyers, had just moved away. */
+    hl_ticket        ticket;
+    hl_ticket_keys   keys;
 };
 
 static double longest_half_life(const hl_model_info *mi)
@@ -158,19 +167,27 @@ hl_wfoldin *hl_wfoldin_create(const hl_wfoldin_opts *o, char *errbuf, size_t err
     wf->o.topic = wf->topic;
     wf->err_limit.interval_ms = 5000;
     pthread_mutex_init(&wf->gen_mu, NULL);
+    pthread_mutex_init(&wf->keys.mu, NULL);
+    hl_ticket_reset(&wf->ticket);
+    wf->ticket.keys = &wf->keys;
     if ((wf->cur = gen_create(&wf->o, o->m, errbuf, errlen)) == NULL) {
         hl_wfoldin_destroy(wf);
         return NULL;
     }
     register_metrics(wf);
+    wf->ticket.fail_counter = wf->c_failed;     /* a refusal the broker reports */
     return wf;
 }
 
+/* After the producer is settled (worker.c): no report writes into the
+ * ticket any more. */
 void hl_wfoldin_destroy(hl_wfoldin *wf)
 {
     if (wf == NULL)
         return;
     gen_release(wf->cur);
+    hl_failed_keys_free(wf->keys.head);
+    pthread_mutex_destroy(&wf->keys.mu);
     pthread_mutex_destroy(&wf->gen_mu);
     free(wf->topic);
     free(wf);
@@ -336,7 +353,7 @@ static void publish(hl_wfoldin *wf, hl_foldin_local *loc, const fold_pub *p)
     int len = hl_item_encode(&g->codec, &u, loc->enc, loc->enc_cap);
     int rc = len < 0 ? len : hl_producer_send(wf->o.prod, wf->topic, RD_KAFKA_PARTITION_UA,
                                               key, key_len, loc->enc, (size_t)len, NULL,
-                                              NULL, err, sizeof err);
+                                              &wf->ticket, err, sizeof err);
     uint64_t sup = 0;
     if (rc == 0) {
         hl_counter_add(wf->c_published, 1);
@@ -633,6 +650,19 @@ static void note_stats(hl_wfoldin *wf, fold_gen *g)
     pthread_mutex_unlock(&wf->gen_mu);
 }
 
+/* The due items' vectors, made out of the lock from the sums taken under
+ * it, then sent. */
+static void send_due(hl_wfoldin *wf, hl_foldin_local *loc, fold_pub *pub, int n_pub)
+{
+    const fold_gen *g = loc->gen;
+    for (int k = 0; k < n_pub; k++) {
+        float *v = pub[k].vec;
+        hl_foldin_vectors_from(g->f, v + 2 * g->dim + 1, pub[k].mass, v, v + g->dim,
+                               v + 2 * g->dim);
+        publish(wf, loc, &pub[k]);
+    }
+}
+
 static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,
                         fold_pub *pub, float *vecs)
 {
@@ -643,15 +673,99 @@ static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,
     int n_pub = add_chunk(wf, loc, i0, n, pub, vecs, &added, &skipped);
     note_stats(wf, g);
     pthread_mutex_unlock(&g->mu);
-    for (int k = 0; k < n_pub; k++) {
-        float *v = pub[k].vec;
-        hl_foldin_vectors_from(g->f, v + 2 * g->dim + 1, pub[k].mass, v, v + g->dim,
-                               v + 2 * g->dim);
-        publish(wf, loc, &pub[k]);
-    }
+    send_due(wf, loc, pub, n_pub);
     hl_counter_add(wf->c_events, added);
     if (skipped)
         hl_counter_add(wf->c_skipped, skipped);
+}
+
+/* ---- publications a purge took back ---- */
+
+static int purged_key(const hl_failed_key *k)
+{
+    return hl_failed_key_purged(k) && k->len > HL_ITEM_FOLDIN_KEY_LEN &&
+           k->len <= HL_ITEM_KEY_MAX &&
+           memcmp(k->key, HL_ITEM_FOLDIN_KEY, HL_ITEM_FOLDIN_KEY_LEN) == 0;
+}
+
+/* Under g->mu: the items of keys k[*i..n) that are to be sent again
+ * into pub (FOLD_CHUNK at most), their count returned; *i moves past them.
+ * A purged item is due again as if its record had never been sent:
+ * against the count of the topic's record, if one came meanwhile (another
+ * worker's, or the purged one itself, which a purge may still let through),
+ * so a better estimate is not replaced. */
+static int take_purged(hl_wfoldin *wf, fold_gen *g, hl_failed_key **k, int n, int *i,
+                       fold_pub *pub, float *vecs)
+{
+    int n_pub = 0, d = g->dim;
+    for (; *i < n && n_pub < FOLD_CHUNK; (*i)++) {
+        const char *id = k[*i]->key + HL_ITEM_FOLDIN_KEY_LEN;
+        uint32_t len = (uint32_t)(k[*i]->len - HL_ITEM_FOLDIN_KEY_LEN);
+        int64_t on_topic = hl_items_foldin_state(wf->o.items, id, len);
+        if (on_topic < 0)
+            continue;               /* an operator's now */
+        hl_foldin_mark(g->f, id, len, on_topic);
+        pub[n_pub].vec = vecs + (size_t)n_pub * (3 * d + 1);
+        n_pub += take_due(wf, g, id, len, hl_foldin_due(g->f, id, len), &pub[n_pub]);
+    }
+    return n_pub;
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+    const hl_failed_key *x = *(hl_failed_key *const *)a, *y = *(hl_failed_key *const *)b;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return memcmp(x->key, y->key, x->len);
+}
+
+/* The purged fold-in keys of list head, each item once (an item's records
+ * at successive doublings may all have been waiting), into a new array;
+ * its length in *n. NULL when there are none (or no memory: the items
+ * then wait for their next doubling, as before). */
+static hl_failed_key **purged_items(hl_failed_key *head, int *n)
+{
+    int cap = 0;
+    *n = 0;
+    for (const hl_failed_key *k = head; k != NULL; k = k->next)
+        cap += purged_key(k);
+    hl_failed_key **v = cap > 0 ? malloc((size_t)cap * sizeof *v) : NULL;
+    if (v == NULL)
+        return NULL;
+    for (hl_failed_key *k = head; k != NULL; k = k->next)
+        if (purged_key(k))
+            v[(*n)++] = k;
+    qsort(v, (size_t)*n, sizeof *v, key_cmp);
+    int m = 0;
+    for (int i = 0; i < *n; i++)
+        if (m == 0 || key_cmp(&v[m - 1], &v[i]) != 0)
+            v[m++] = v[i];
+    *n = m;
+    return v;
+}
+
+/* Sends again, from the current accumulator, the items whose publication
+ * a purge took back. After the notes are flushed: the buffers may be
+ * reshaped here for the current model. */
+static void resend_purged(hl_wfoldin *wf, hl_foldin_local *loc, fold_pub *pub)
+{
+    hl_failed_key *head = hl_ticket_take_failed(&wf->ticket);
+    int n = 0, i = 0;
+    hl_failed_key **k = purged_items(head, &n);
+    fold_gen *g = k != NULL ? gen_acquire(wf, NULL) : NULL;
+    if (g != NULL && local_shape(loc, g) == 0) {
+        loc->gen = g;               /* publish() encodes with its codec */
+        while (i < n) {
+            pthread_mutex_lock(&g->mu);
+            int n_pub = take_purged(wf, g, k, n, &i, pub, loc->vecs);
+            pthread_mutex_unlock(&g->mu);
+            send_due(wf, loc, pub, n_pub);
+        }
+        loc->gen = NULL;
+    }
+    gen_release(g);
+    free(k);
+    hl_failed_keys_free(head);
 }
 
 void hl_foldin_local_flush(hl_wfoldin *wf, hl_foldin_local *loc)
@@ -665,4 +779,5 @@ void hl_foldin_local_flush(hl_wfoldin *wf, hl_foldin_local *loc)
         flush_chunk(wf, loc, i0, loc->n - i0 < FOLD_CHUNK ? loc->n - i0 : FOLD_CHUNK, pub,
                     loc->vecs);
     forget_notes(loc);
+    resend_purged(wf, loc, pub);
 }

@@ -12,7 +12,11 @@
  * restarts and rebalances keep them (the topic is compacted and re-read at
  * start). A crash loses only what was not published: interactions below
  * min.events or since the last publication. A fresh accumulator (after a
- * restart) publishes again only at twice the count on the topic.
+ * restart) publishes again only at twice the count on the topic. A
+ * publication a purge takes back (hl_producer_purge: a release's, which
+ * takes every record the producer holds) is sent again by the next flush
+ * of any thread, from the sums as they are then, unless the topic's record
+ * for the item is by then built from at least half as many interactions. 
  *
  * An operator's record wins: the worker does not publish for an item the
  * model knows or an operator's record names (hl_items_foldin_state), and

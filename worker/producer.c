@@ -366,3 +366,33 @@ int hl_producer_wait(hl_producer *p, hl_ticket *ticket, int timeout_ms,
     }
     return 1;
 }
+
+hl_failed_key *hl_ticket_take_failed(hl_ticket *t)
+{
+    if (atomic_load_explicit(&t->failed, memory_order_relaxed) == 0)
+        return NULL;                /* the common case: no lock */
+    pthread_mutex_lock(&t->keys->mu);
+    hl_failed_key *head = t->keys->head;
+    int n = t->keys->lost;
+    t->keys->head = NULL;
+    t->keys->lost = 0;
+    pthread_mutex_unlock(&t->keys->mu);
+    for (const hl_failed_key *k = head; k != NULL; k = k->next)
+        n++;
+    atomic_fetch_sub(&t->failed, n);
+    return head;
+}
+
+void hl_failed_keys_free(hl_failed_key *k)
+{
+    while (k != NULL) {
+        hl_failed_key *next = k->next;
+        free(k);
+        k = next;
+    }
+}
+
+int hl_failed_key_purged(const hl_failed_key *k)
+{
+    return purged_err(k->err);
+}

@@ -161,6 +161,17 @@ typedef struct hl_producer_stats {
 
 void hl_producer_stats_get(hl_producer *p, hl_producer_stats *st);
 
+/* For a ticket that is never waited for (records sent one by one, over a
+ * process's life): the keys of its records that failed so far, taken off
+ * t->keys (whose owner frees them with hl_failed_keys_free), and its failed
+ * count lowered by as many, those lost to out of memory included. NULL,
+ * without a lock, while nothing failed. Any thread; reports go on adding
+ * meanwhile. */
+hl_failed_key *hl_ticket_take_failed(hl_ticket *t);
+void           hl_failed_keys_free(hl_failed_key *k);      /* NULL is a no-op */
+/* 1 when k's record came back purged (hl_producer_purge, settle). */
+int            hl_failed_key_purged(const hl_failed_key *k);
+
 /* Polls until ticket is done or timeout_ms passes (-1: no limit, but stop,
  * if not NULL, is checked each poll). 1 if done. */
 int hl_producer_wait(hl_producer *p, hl_ticket *ticket, int timeout_ms,

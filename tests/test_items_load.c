@@ -304,6 +304,81 @@ static void test_partition_added_later_is_read(void)
     bed_close(&b);
 }
 
+/* Produces a fold-in record of new item id (built from 2 interactions)
+ * under its fold-in key. */
+static void send_foldin(rd_kafka_t *p, const char *id, const hl_item_codec_opts *co)
+{
+    char buf[512], key[HL_ITEM_KEY_MAX];
+    float v[DIM];
+    for (int d = 0; d < DIM; d++)
+        v[d] = 0.1f * (float)(d + 1);
+    hl_item_update u = upd(id);
+    u.e_in = u.e_out = v;
+    u.foldin_events = 2;
+    int len = hl_item_encode(co, &u, buf, sizeof buf);
+    uint32_t key_len = hl_item_foldin_key(id, (uint32_t)strlen(id), key);
+    CHECK(len > 0);
+    CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_KEY(key, key_len),
+                            RD_KAFKA_V_VALUE(buf, (size_t)len),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == 0);
+    CHECK(rd_kafka_flush(p, 10000) == 0);
+}
+
+/* Records the worker's producer holds (it points at no broker, so
+ * nothing leaves it but by a purge), after waiting up to ms for want. */
+static int held_after(hl_producer *prod, int want, int ms)
+{
+    int n = 0;
+    for (int t = 0; t <= ms / 50 && (n = hl_producer_flush(prod, 0)) != want; t++)
+        usleep(50000);
+    return n;
+}
+
+/* A full catalogue's eviction tombstone that a purge takes back (a
+ * release's purge takes every record the worker's producer holds) is sent
+ * again, as long as no newer record of the item came meanwhile. Before,
+ * it was logged as record_purged and lost: the item's record stayed on the
+ * topic, and a worker started later listed the item again. */
+static void test_purged_eviction_tombstone_is_sent_again(void)
+{
+    char err[512];
+    bed b;
+    bed_open(&b, "evict");
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    hl_kafka_prop kp[] = {{"bootstrap.servers", "127.0.0.1:1"}, {"log_level", "0"}};
+    hl_producer *prod = hl_producer_create(kp, 2, NULL, err, sizeof err);
+    send_foldin(b.p, "new-a", &co);
+    send_foldin(b.p, "new-b", &co);
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 2, .prod = prod, .reg = b.reg};
+    hl_items *it = prod != NULL ? hl_items_create(&o, err, sizeof err) : NULL;
+    CHECKF(it != NULL, "%s", err);
+    if (it == NULL)
+        return;
+    CHECK(hl_items_start(it, err, sizeof err) == 0);
+    for (int t = 0; t < 600 && !(hl_items_loaded(it) && hl_items_applied(it) == 2); t++)
+        usleep(50000);
+    send_foldin(b.p, "new-c", &co);             /* full: new-a goes, tombstoned */
+    CHECKF(held_after(prod, 1, 10000) == 1, "no eviction tombstone held");
+    CHECK(hl_producer_purge(prod) == 1);
+    int n = held_after(prod, 1, 3000);
+    CHECKF(n == 1, "%d records held 3 s after the purge, want 1: new-a's tombstone again", n);
+    send_foldin(b.p, "new-a", &co);             /* new-a again (new-b goes): newer than */
+    CHECKF(held_after(prod, 2, 10000) == 2, "new-b's tombstone not held");   /* its tombstone */
+    CHECK(hl_producer_purge(prod) == 2);
+    held_after(prod, 1, 3000);
+    usleep(300000);                 /* and nothing more comes */
+    n = hl_producer_flush(prod, 0);
+    CHECKF(n == 1, "%d records held after the second purge, want 1: new-b's tombstone, not "
+           "new-a's (its new record would go)", n);
+    hl_items_stop(it);              /* as the worker does: stopped, settled, freed */
+    hl_producer_purge(prod);
+    hl_items_destroy(it);
+    hl_producer_destroy(prod, 0);
+    bed_close(&b);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -311,5 +386,6 @@ int main(void)
     RUN(test_foreign_ids_do_not_fill_known);
     RUN(test_hostile_id_stays_in_its_value);
     RUN(test_partition_added_later_is_read);
+    RUN(test_purged_eviction_tombstone_is_sent_again);
     TEST_EXIT();
 }

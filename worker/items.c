@@ -330,7 +330,7 @@ static void foldin_evicted(hl_items *it, int live)
     char key[HL_ITEM_KEY_MAX], err[256], q[160];
     uint32_t key_len = hl_item_foldin_key(id, len, key);
     if (hl_producer_send(it->o.prod, it->topic, RD_KAFKA_PARTITION_UA, key, key_len, NULL, 0,
-                         NULL, NULL, err, sizeof err) == 0)
+                         NULL, &it->evict_ticket, err, sizeof err) == 0)
         return;
     uint64_t sup = 0;
     if (hl_log_limit_pass(&it->evict_limit, &sup))
@@ -339,6 +339,30 @@ static void foldin_evicted(hl_items *it, int live)
                "full catalogue gives its slot up again\" suppressed=%llu",
                hl_log_quote(q, sizeof q, id, len < 64 ? len : 64), it->topic, err,
                (unsigned long long)sup);
+}
+
+/* Eviction tombstones a purge took back (a release's purge takes every
+ * record the producer holds) are sent again, each while the catalogue
+ * still holds no record of the item: one that came meanwhile (a worker
+ * published the item again) is newer than the eviction, and the tombstone
+ * would delete it. Without this, a worker alone (or every worker, purged
+ * alike) left the item's record on the topic: a worker started later
+ * listed it again. Refused ones are not retried (logged at the send).
+ * Under cat_mu. */
+static void resend_purged_tombstones(hl_items *it)
+{
+    hl_failed_key *head = hl_ticket_take_failed(&it->evict_ticket);
+    for (const hl_failed_key *k = head; k != NULL; k = k->next) {
+        char err[256];
+        if (!hl_failed_key_purged(k) || k->len <= HL_ITEM_FOLDIN_KEY_LEN ||
+            k->len > HL_ITEM_KEY_MAX ||
+            hl_catalogue_foldin_state(it->cat, k->key + HL_ITEM_FOLDIN_KEY_LEN,
+                                      (uint32_t)(k->len - HL_ITEM_FOLDIN_KEY_LEN)) != 0)
+            continue;
+        hl_producer_send(it->o.prod, it->topic, RD_KAFKA_PARTITION_UA, k->key, k->len, NULL,
+                         0, NULL, &it->evict_ticket, err, sizeof err);
+    }
+    hl_failed_keys_free(head);
 }
 
 static void check_loaded(hl_items *it)
@@ -682,6 +706,7 @@ static void *items_main(void *arg)
         pthread_mutex_lock(&it->cat_mu);
         retry_kept(it);
         apply_burst(it, rkm);
+        resend_purged_tombstones(it);
         pthread_mutex_unlock(&it->cat_mu);
     }
     return NULL;
@@ -812,6 +837,9 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     it->wait_limit.interval_ms = 5000;
     it->dlq_limit.interval_ms = 5000;
     it->evict_limit.interval_ms = 5000;
+    pthread_mutex_init(&it->evict_keys.mu, NULL);
+    hl_ticket_reset(&it->evict_ticket);
+    it->evict_ticket.keys = &it->evict_keys;
     it->topic = strdup(o->topic);
     it->vec = malloc(2 * (size_t)o->codec.dim * sizeof(float));
     it->vec_dim = o->codec.dim;
@@ -838,13 +866,21 @@ int hl_items_start(hl_items *it, char *errbuf, size_t errlen)
     return 0;
 }
 
-void hl_items_destroy(hl_items *it)
+void hl_items_stop(hl_items *it)
 {
     if (it == NULL)
         return;
     atomic_store(&it->stop, 1);
     if (it->started)
         pthread_join(it->tid, NULL);
+    it->started = 0;
+}
+
+void hl_items_destroy(hl_items *it)
+{
+    if (it == NULL)
+        return;
+    hl_items_stop(it);
     for (int p = 0; it->kept != NULL && p < it->n_parts; p++)
         if (it->kept[p] != NULL)        /* before the handle they refer to */
             rd_kafka_message_destroy(it->kept[p]);
@@ -856,6 +892,8 @@ void hl_items_destroy(hl_items *it)
         hl_items_ref_release(it->slot[g]);
     hl_catview_destroy(it->spare);
     hl_catalogue_destroy(it->cat);
+    hl_failed_keys_free(it->evict_keys.head);   /* the producer is settled by now */
+    pthread_mutex_destroy(&it->evict_keys.mu);
     pthread_mutex_destroy(&it->mu);
     free(it->kept);
     pthread_mutex_destroy(&it->cat_mu);

@@ -57,7 +57,11 @@ typedef struct hl_items_opts {
  * hl_items_start. NULL and a reason on failure. */
 hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen);
 int       hl_items_start(hl_items *it, char *errbuf, size_t errlen);
-/* Stops and joins the thread, frees everything. NULL is a no-op. Every
+/* Stops and joins the thread; nothing is read or sent after it returns.
+ * Before the producer is settled: the eviction tombstones the thread sends
+ * carry a ticket that destroy frees. NULL, or a second call, is a no-op. */
+void      hl_items_stop(hl_items *it);
+/* Stops (hl_items_stop) and frees everything. NULL is a no-op. Every
  * hl_items_local must have been reset first. */
 void      hl_items_destroy(hl_items *it);
 

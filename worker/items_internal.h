@@ -65,6 +65,9 @@ struct hl_items {
     hl_log_limit    wait_limit;     /* item_update_waits: one per update naming a new id */
     hl_log_limit    dlq_limit;      /* item_dlq_failed: one per bad update while refused */
     hl_log_limit    evict_limit;    /* foldin_evict_tombstone_failed */
+    hl_ticket       evict_ticket;   /* the eviction tombstones', never waited for:
+                                       a purged one comes back here (items.c) */
+    hl_ticket_keys  evict_keys;
     hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
     hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq,
                    *c_dlq_errors;

@@ -234,7 +234,9 @@ void hl_worker_destroy(hl_worker *w)
         return;                 /* abandoned: librdkafka would block; the process ends */
     /* Delivery reports write into tickets that the threads' flights and
      * dead letters and the item reader own: every report is served (or the
-     * record purged) before those are freed. */
+     * record purged) before those are freed, and the item reader sends
+     * nothing more (its thread would run on until hl_items_destroy). */
+    hl_items_stop(w->items);
     int purged = w->prod != NULL ? hl_producer_settle(w->prod, settle_ms(w)) : 0;
     if (purged > 0)
         hl_log(HL_LOG_WARN, "producer_purged", "records=%d action=\"undelivered within "

@@ -6,7 +6,8 @@
  * a known id, and ends at schema.registry.timeout.ms; a full table of
  * waiting ids neither refuses a new id nor drops a fetched schema; the
  * fallback file is read after a 404 only, never after a bad answer; one
- * id the registry keeps failing does not starve the others), the
+ * id the registry keeps failing does not starve the others, nor makes the
+ * registry read down; a 5xx for every id does), the
  * codec's schema source (a waiting id decodes as HL_CODEC_WAIT, then as the
  * same event as the file path once the text comes; a refused id is
  * unknown_schema; encode writes event_schema_id), the embedded lists'
@@ -502,6 +503,7 @@ static void test_not_found_reads_the_fallback_file(void)
 typedef struct one_id_fails {
     int         fd;
     atomic_int  stop, asked_good;
+    atomic_int  fail_all;       /* set: every id gets the 500 */
 } one_id_fails;
 
 static void *answer_but_id_5(void *arg)
@@ -516,7 +518,7 @@ static void *answer_but_id_5(void *arg)
             return NULL;
         ssize_t n = read(c, req, sizeof req - 1);
         req[n > 0 ? n : 0] = '\0';
-        int fail = strstr(req, "/schemas/ids/5 ") != NULL;
+        int fail = strstr(req, "/schemas/ids/5 ") != NULL || atomic_load(&of->fail_all);
         atomic_fetch_add(&of->asked_good, !fail);
         const char *body = fail ? bad : ok;
         int hn = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Length: %zu\r\n"
@@ -557,6 +559,65 @@ static void test_one_failing_id_does_not_starve_the_rest(void)
         CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
         hl_schema_store_destroy(s);
     }
+    atomic_store(&of.stop, 1);
+    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
+    pthread_join(tid, NULL);
+    close(of.fd);
+}
+
+/* ids first..first+n-1 asked for until each has its schema (up to 6 s),
+ * the store's up read every 2 ms meanwhile and for 1.5 s after: how
+ * many of those reads were 0, or -1 when an id never came. */
+static int downs_while_fetching(hl_schema_store *s, int32_t first, int n)
+{
+    char why[256], *text = NULL;
+    int downs = 0, left = n;
+    unsigned char got[64] = {0};
+    double t0 = now_s(), all_at = 0;
+    while (now_s() - t0 < 6.0 && (left > 0 || now_s() - all_at < 1.5)) {
+        for (int i = 0; i < n; i++)
+            if (!got[i] && hl_schema_store_get(s, first + i, &text, why, sizeof why) == 0) {
+                free(text);
+                got[i] = 1;
+                if (--left == 0)
+                    all_at = now_s();
+            }
+        downs += !hl_schema_store_up(s);
+        usleep(2000);
+    }
+    return left > 0 ? -1 : downs;
+}
+
+/* A registry that fails one id for good (500) and serves the others is
+ * up: each answer set halflife_schema_registry_up and each failure of id
+ * 5 cleared it (a log line each time), and once only 5 was left it read
+ * 0 for good, though the registry answered every other id. */
+static void test_one_failing_id_leaves_the_registry_up(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    int port;
+    one_id_fails of = {.fd = silent_listener(&port)};
+    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+        SKIP("no loopback listener");
+    hl_metrics *m = hl_metrics_create();
+    hl_schema_store *s = store_at(port, 1500, NULL, m);
+    if (s != NULL) {
+        CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
+        int downs = downs_while_fetching(s, 6, 10);
+        CHECKF(downs == 0, "up read 0 %d times while ids 6..15 were fetched (-1: not all "
+               "fetched) and id 5 failed", downs);
+        CHECK(hl_metrics_gauge_sum(m, "halflife_schema_registry_up") == 1);
+        CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
+        CHECKF(strstr(why, "HTTP 500") != NULL, "why: %s", why);
+        /* A 5xx for every id is the registry's: the fetched ones check it. */
+        atomic_store(&of.fail_all, 1);
+        for (int i = 0; i < 300 && hl_schema_store_up(s); i++)
+            usleep(10000);
+        CHECK(!hl_schema_store_up(s));
+        hl_schema_store_destroy(s);
+    }
+    hl_metrics_destroy(m);
     atomic_store(&of.stop, 1);
     shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
     pthread_join(tid, NULL);
@@ -712,6 +773,7 @@ int main(void)
     RUN(test_not_found_reads_the_fallback_file);
     RUN(test_folded_first_header_after_a_request);
     RUN(test_one_failing_id_does_not_starve_the_rest);
+    RUN(test_one_failing_id_leaves_the_registry_up);
     RUN(test_codec_waits_then_decodes);
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);

@@ -28,6 +28,7 @@ struct hl_registry {
     char  *url[HL_REGISTRY_MAX_URLS];        /* without a trailing '/' */
     char  *shown[HL_REGISTRY_MAX_URLS];      /* the same, user info redacted */
     int    n_url, good;                      /* good: the one that answered last */
+    long   status;                           /* HTTP status of the last answer, 0: none */
     char  *user_info, *ssl_ca, *ssl_cert, *ssl_key;
     CURL  *curl;
     struct curl_slist *headers;
@@ -311,6 +312,7 @@ static int request_one(hl_registry *r, int i, const char *path, const char *post
         return hl_err(errbuf, errlen, HL_EINVAL, "schema registry %s: path too long", r->shown[i]);
     b->n = 0;
     b->too_big = 0;
+    r->status = 0;
     if (fresh_handle(r) != 0)
         return hl_err(errbuf, errlen, HL_EAGAIN, "schema registry %s%s: out of memory for "
                       "the request", r->shown[i], path);
@@ -327,6 +329,7 @@ static int request_one(hl_registry *r, int i, const char *path, const char *post
         return hl_err(errbuf, errlen, HL_EAGAIN, "schema registry %s%s: %s", r->shown[i], path,
                       curl_easy_strerror(cc));
     curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+    r->status = status;
     int rc = status_code(status);
     if (rc == 0)
         return 0;
@@ -366,6 +369,11 @@ static int request(hl_registry *r, const char *path, const char *post, json_t **
 }
 
 /* ---- the calls ---------------------------------------------------------- */
+
+long hl_registry_last_status(const hl_registry *r)
+{
+    return r->status;
+}
 
 int hl_registry_schema_by_id(hl_registry *r, int32_t id, char **schema,
                              char *errbuf, size_t errlen)

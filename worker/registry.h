@@ -71,6 +71,11 @@ void hl_registry_set_abort(hl_registry *r, const atomic_int *flag);
  * while the worker starts); NULL to stop looking at it. */
 void hl_registry_set_signal_abort(hl_registry *r, volatile sig_atomic_t *flag);
 
+/* The HTTP status of the last call's last answer (the last URL tried);
+ * 0 when that URL gave none (no connection, timeout, TLS, aborted). Tells
+ * a registry that is away from one that answers 5xx for one request. */
+long hl_registry_last_status(const hl_registry *r);
+
 /* The URLs as given with user info ("user:pw@") replaced by "***@", for
  * logs. */
 void hl_registry_urls_redacted(const hl_registry *r, char *buf, size_t len);

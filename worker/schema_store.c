@@ -9,7 +9,11 @@
  * the registry is away (no answer, 5xx, credentials refused) it retries
  * with a backoff from 100 ms doubling to 2 s, so a registry that comes
  * back is seen within 2 s; halflife_schema_registry_up reads 0 meanwhile
- * and one line is logged per change, not per retry.
+ * and one line is logged per change, not per retry. A 5xx for one id is
+ * not enough to call the registry away: a registry can fail one subject
+ * and serve the rest. Another id checks it first (blame_id); while that
+ * one is answered the failing id waits behind a backoff of its own and
+ * the registry stays up.
  *
  * Which source wins: the registry. A fallback file <dir>/<id>.avsc is read
  * only for an id the registry answered 404 for, and never while the
@@ -35,6 +39,7 @@
 #define BACKOFF_MAX_MS   2000
 #define RECHECK_MS       5000    /* a "no such id" is asked again at most this often */
 #define PROBE_MS         30000   /* idle and up: how often the probe id is asked */
+#define ID_BACKOFF_MAX_MS 10000  /* one id the registry keeps failing: its longest wait */
 
 typedef enum { E_WANTED, E_FOUND, E_MISSING } entry_state;
 
@@ -46,6 +51,8 @@ typedef struct entry {
     char       *text;           /* E_FOUND */
     char        why[240];       /* E_WANTED, E_MISSING: for the record's log line */
     int64_t     checked_ms;     /* when the last answer came */
+    int64_t     retry_ms;       /* E_WANTED after a 5xx of its own: not asked before */
+    int64_t     backoff_ms;     /* E_WANTED: the last wait set into retry_ms */
 } entry;
 
 struct hl_schema_store {
@@ -60,11 +67,14 @@ struct hl_schema_store {
     int             n_e, cap_e;
     int             cursor;      /* next_wanted starts here */
     int32_t         probe_id;    /* -1: none */
+    int32_t         suspect;     /* -1, or an id that got a 5xx, the registry not yet
+                                    checked with another id (blame_id) */
     atomic_int      up;
     int64_t         next_try_ms, backoff_ms, last_answer_ms;
     hl_gauge       *up_g;
     hl_counter     *req_ok, *req_missing, *req_error, *req_bad;
     hl_log_limit    unknown_limit;  /* settle(): records can name a new id each */
+    hl_log_limit    fail_limit;     /* blame_id(): as many ids may fail */
 };
 
 /* ---- the table (under mu) ----------------------------------------------- */
@@ -196,11 +206,13 @@ static void failed(hl_schema_store *s, const char *err)
     s->next_try_ms = now + s->backoff_ms;
     if (s->req_error)
         hl_counter_add(s->req_error, 1);
+    s->suspect = -1;
     set_up(s, 0, err);
 }
 
 static void answered(hl_schema_store *s)
 {
+    s->suspect = -1;
     s->backoff_ms = 0;
     s->next_try_ms = 0;
     set_up(s, 1, "");
@@ -252,16 +264,76 @@ static void count_answer(hl_schema_store *s, int rc)
  * registry keeps failing (a 500 for a broken subject) was asked again and
  * again behind its backoff and no id after it ever was: their records
  * waited for ever, though the registry had their schemas. Under mu. */
-static int32_t next_wanted(hl_schema_store *s)
+static int32_t next_wanted(hl_schema_store *s, int64_t now, int64_t *due_ms)
 {
     for (int k = 0; k < s->n_e; k++) {
         int i = (s->cursor + k) % s->n_e;
-        if (s->e[i].state == E_WANTED || s->e[i].recheck) {
-            s->cursor = i + 1;
-            return s->e[i].id;
+        if (s->e[i].state != E_WANTED && !s->e[i].recheck)
+            continue;
+        if (s->e[i].retry_ms > now) {           /* behind its own backoff (blame_id) */
+            if (s->e[i].retry_ms < *due_ms)
+                *due_ms = s->e[i].retry_ms;
+            continue;
         }
+        s->cursor = i + 1;
+        return s->e[i].id;
     }
     return -1;
+}
+
+/* An id to check the registry with, other than id; -1 for none: the
+ * probe, else a schema fetched before (ids are immutable: it is there).
+ * Under mu. */
+static int32_t check_id(const hl_schema_store *s, int32_t id)
+{
+    if (s->probe_id >= 0 && s->probe_id != id)
+        return s->probe_id;
+    for (int i = 0; i < s->n_e; i++)
+        if (s->e[i].state == E_FOUND && s->e[i].id != id)
+            return s->e[i].id;
+    return -1;
+}
+
+static int other_wanted(const hl_schema_store *s, int32_t id)
+{
+    for (int i = 0; i < s->n_e; i++)
+        if (s->e[i].id != id && (s->e[i].state == E_WANTED || s->e[i].recheck))
+            return 1;
+    return 0;
+}
+
+/* A 5xx for id while the registry is up: the id's own fault (a subject
+ * the registry cannot serve) or the registry's? Another id tells: the
+ * check_id next (fetch_main), else the next waiting id. Until then up
+ * stays 1, and id waits behind a backoff of its own (100 ms doubling to
+ * ID_BACKOFF_MAX_MS) so the others are not held behind it. Each answer
+ * had set up and each failure cleared it: the gauge and the log flapped
+ * while one id failed for good and others were fetched. Returns 0 when
+ * the failure is the registry's: a second id failed, or no other id can
+ * tell. Under mu. */
+static int blame_id(hl_schema_store *s, int32_t id, const char *err)
+{
+    if (!atomic_load(&s->up) || (s->suspect >= 0 && s->suspect != id) ||
+        (check_id(s, id) < 0 && !other_wanted(s, id)))
+        return 0;
+    entry *en = find(s, id);
+    if (en != NULL) {
+        en->backoff_ms = en->backoff_ms ? en->backoff_ms * 2 : BACKOFF_MIN_MS;
+        if (en->backoff_ms > ID_BACKOFF_MAX_MS)
+            en->backoff_ms = ID_BACKOFF_MAX_MS;
+        en->retry_ms = hl_now_mono_ms() + en->backoff_ms;
+        if (en->state == E_WANTED)          /* a "no such id" keeps its answer */
+            snprintf(en->why, sizeof en->why, "schema id %d: the registry failed it (%.160s); "
+                     "asked again", (int)id, err);
+    }
+    s->suspect = id;
+    if (s->req_error)
+        hl_counter_add(s->req_error, 1);
+    uint64_t sup = 0;
+    if (hl_log_limit_pass(&s->fail_limit, &sup))
+        hl_log(HL_LOG_WARN, "schema_fetch_failed", "id=%d err=\"%s\" action=\"its records "
+               "wait; asked again\" suppressed=%llu", (int)id, err, (unsigned long long)sup);
+    return 1;
 }
 
 /* One request for id, the lock released meanwhile. Under mu. */
@@ -278,7 +350,9 @@ static void fetch(hl_schema_store *s, int32_t id, int probe)
      * names the cause. A bad answer is not a 404: the registry answered,
      * so it is never replaced by a fallback file (settle). */
     if (rc != 0 && rc != HL_ENOENT && rc != HL_EFORMAT) {
-        failed(s, err);
+        if (probe || rc != HL_EAGAIN || hl_registry_last_status(s->reg) < 500 ||
+            !blame_id(s, id, err))
+            failed(s, err);
         return;
     }
     answered(s);
@@ -310,15 +384,19 @@ static void *fetch_main(void *arg)
             wait_ms(s, s->next_try_ms - now);
             continue;
         }
-        int32_t id = next_wanted(s);
+        int64_t due_ms = now + 1000;
+        int32_t check = s->suspect >= 0 ? check_id(s, s->suspect) : -1;
+        int32_t id = check >= 0 ? -1 : next_wanted(s, now, &due_ms);
         int idle_probe = s->probe_id >= 0 &&
                          (!atomic_load(&s->up) || now - s->last_answer_ms >= PROBE_MS);
-        if (id >= 0)
+        if (check >= 0)
+            fetch(s, check, 1);
+        else if (id >= 0)
             fetch(s, id, 0);
         else if (idle_probe)
             fetch(s, s->probe_id, 1);
         else
-            wait_ms(s, 1000);
+            wait_ms(s, due_ms - now);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -334,7 +412,9 @@ static void register_metrics(hl_schema_store *s, hl_metrics *m)
     if (m == NULL)
         return;
     s->up_g = hl_metrics_gauge(m, "halflife_schema_registry_up",
-        "1 when the last request to the Schema Registry got an answer.", NULL);
+        "1 while the Schema Registry answers; 0 after a request got no answer, a 401/403 "
+        "or 408/429, or a 5xx for two ids in a row (a 5xx for one id while another is "
+        "answered is that id's).", NULL);
     s->req_ok = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
                                    "result=\"ok\"");
     s->req_missing = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
@@ -358,7 +438,9 @@ hl_schema_store *hl_schema_store_create(hl_registry *reg, const char *fallback_d
     s->reg = reg;
     hl_registry_set_abort(reg, &s->stop);
     s->probe_id = -1;
+    s->suspect = -1;
     s->unknown_limit.interval_ms = 5000;
+    s->fail_limit.interval_ms = 5000;
     atomic_store(&s->up, 1);
     s->last_answer_ms = hl_now_mono_ms();
     pthread_mutex_init(&s->mu, NULL);

@@ -17,8 +17,11 @@
  * the id is seen again, and stays the answer meanwhile (a flood of bad ids
  * never waits on the registry).
  *
- * Metrics: halflife_schema_registry_up (1 when the last request got an
- * answer), halflife_schema_registry_requests_total{result="ok", "not_found",
+ * Metrics: halflife_schema_registry_up (1 while the registry answers: a
+ * request without an answer, 401/403 or 408/429 makes it 0, a 5xx only
+ * when a second id fails too or no other id can check the registry; one
+ * id the registry keeps failing leaves it 1, its records wait),
+ * halflife_schema_registry_requests_total{result="ok", "not_found",
  * "bad_answer", "error"}. */
 #ifndef HL_SCHEMA_STORE_H
 #define HL_SCHEMA_STORE_H
@@ -50,7 +53,7 @@ int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t wh
  * needs fetching. */
 void hl_schema_store_set_probe(hl_schema_store *s, int32_t id);
 
-/* 1 when the last request got an answer (any thread). */
+/* halflife_schema_registry_up's value (any thread). */
 int  hl_schema_store_up(const hl_schema_store *s);
 
 #endif

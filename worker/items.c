@@ -68,7 +68,7 @@
 #define RETRY_TOPIC_MS   5000   /* a missing topic is looked for again this often */
 #define CHECK_PARTS_MS  30000   /* partitions_check_ms's default: a metadata request */
 #define DETAIL_LEN        256   /* a bad update's reason, as a sentence */
-#define ID_WAIT_MS        250   /* a new schema id's answer is awaited this long, unpaused */
+#define ID_WAIT_MS        250   /* new schema ids' answers are awaited this long per burst */
 #define ID_POLL_US       2000
 
 /* ---- views ---- */
@@ -491,20 +491,24 @@ static int resolve_id(hl_items *it, int32_t id, char *why, size_t whylen)
     return rc;
 }
 
-/* resolve_id, waiting up to ID_WAIT_MS for a new id's first answer, cat_mu
- * released meanwhile (a rebind may go on). The store answers a new id
- * only on its fetch thread, so the first lookup is always "not yet": each
- * update naming an id of its own then paused its partition, and the
- * resume's fetch made the partition drain at about one update a second,
- * even though a registry that is up answers a 404 within milliseconds.
- * Waiting here settles those at the registry's pace; a registry that does
- * not answer within the wait still pauses the partition (handle). */
+/* resolve_id, waiting for a new id's first answer until ID_WAIT_MS after
+ * the burst's first such wait, cat_mu released meanwhile (a rebind may go
+ * on). The store answers a new id only on its fetch thread, so the first
+ * lookup is always "not yet": each update naming an id of its own then
+ * paused its partition, and the resume's fetch made the partition drain
+ * at about one update a second, even though a registry that is up answers
+ * a 404 within milliseconds. Waiting here settles those at the registry's
+ * pace; a registry that does not answer within the wait still pauses the
+ * partition (handle). The wait is the burst's, not each update's: with
+ * ID_WAIT_MS for each, a registry outage held the reader that long for
+ * every partition with a new id, and updates of the others behind them. */
 static int resolve_id_waiting(hl_items *it, int32_t id, char *why, size_t whylen)
 {
-    int64_t until = hl_now_mono_ms() + ID_WAIT_MS;
+    if (it->id_wait_end_ms == 0)
+        it->id_wait_end_ms = hl_now_mono_ms() + ID_WAIT_MS;
     int rc;
     while ((rc = resolve_id(it, id, why, whylen)) == HL_EAGAIN &&
-           hl_now_mono_ms() < until && !atomic_load(&it->stop)) {
+           hl_now_mono_ms() < it->id_wait_end_ms && !atomic_load(&it->stop)) {
         pthread_mutex_unlock(&it->cat_mu);
         usleep(ID_POLL_US);
         pthread_mutex_lock(&it->cat_mu);
@@ -673,6 +677,7 @@ static int poll_ms(const hl_items *it)
  * then a view when it changed. Under cat_mu; the wait for rkm was not. */
 static void apply_burst(hl_items *it, rd_kafka_message_t *rkm)
 {
+    it->id_wait_end_ms = 0;
     for (int n = 0; rkm != NULL; n++) {
         if (!handle(it, rkm))
             rd_kafka_message_destroy(rkm);

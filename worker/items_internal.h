@@ -59,6 +59,8 @@ struct hl_items {
     rd_kafka_message_t **kept;          /* per partition: the update waiting for its
                                            schema id (the partition is paused) */
     int             n_kept;
+    int64_t         id_wait_end_ms;     /* this burst's waits for new ids end then;
+                                           0: none waited yet (resolve_id_waiting) */
     known_id        known[KNOWN_IDS];   /* registry ids whose schema was checked */
     int             n_known;
     hl_log_limit    bad_limit;

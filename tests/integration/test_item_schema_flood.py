@@ -12,6 +12,13 @@ item_update_waits is logged at most once per 5 s (plus one), each line
 with suppressed=. Before the fix each update logged its own
 item_update_waits line.
 
+Then an outage (the stand-in stopped): an update with a new id on each of
+N_PARTS - 1 partitions, and 0.3 s later one with the id of our schema,
+seen before, on the last partition. Checks: that one is applied within a
+second (healthy_partition_not_held: the reader waited 250 ms for each new
+id in turn, so it came after (N_PARTS - 1) * 250 ms), and once the
+registry is back every held update is settled (a 404: unknown_schema).
+
 Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_item_schema_flood.py
 """
 import os
@@ -22,10 +29,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_util as C  # noqa: E402
 import e2e_util as U  # noqa: E402
 from test_items import avro_update  # noqa: E402
-from test_schema_registry import Standin  # noqa: E402
+from test_schema_registry import Standin, client  # noqa: E402
 
 SUITE = "item_schema_flood"
 N_BAD = 12
+N_PARTS = 12
 
 
 def produce_ids(bootstrap, n):
@@ -37,12 +45,61 @@ def produce_ids(bootstrap, n):
         raise RuntimeError("item updates not delivered to the item topic")
 
 
+def produce_at(bootstrap, recs):
+    """(partition, key, value) records to the item topic."""
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for part, key, value in recs:
+        p.produce("items", key=key, value=value, partition=part)
+    if p.flush(20) != 0:
+        raise RuntimeError("item updates not delivered to the item topic")
+
+
+def wait_metric(w, name, want, timeout, labels=None):
+    deadline, n = time.time() + timeout, -1
+    while time.time() < deadline and w.p.poll() is None:
+        n = w.metric_or(name, labels=labels)
+        if n >= want:
+            break
+        time.sleep(0.02)
+    return n
+
+
+def outage(ck, w, bootstrap, reg):
+    """New ids on every partition but the last while the registry is away
+    must not hold an update of a known id on the last one."""
+    from confluent_kafka.schema_registry import Schema
+    with open(os.path.join(U.SCHEMAS, "item_update.avsc")) as f:
+        ours = client(reg.url).register_schema("items-value", Schema(f.read(), "AVRO"))
+    last = N_PARTS - 1
+    before = w.metric_or("halflife_item_updates_total")
+    produce_at(bootstrap, [(last, b"i000001", avro_update("i000001", False, schema_id=ours))])
+    base = wait_metric(w, "halflife_item_updates_total", before + 1, 15)
+    reg.stop()
+    produce_at(bootstrap, [(p, b"y%d" % p, avro_update("y%d" % p, True, schema_id=7999))
+                           for p in range(last)])
+    time.sleep(0.3)
+    t0 = time.time()
+    produce_at(bootstrap, [(last, b"i000002", avro_update("i000002", False, schema_id=ours))])
+    n = wait_metric(w, "halflife_item_updates_total", base + 1, 15)
+    secs = time.time() - t0
+    ck.check("healthy_partition_not_held", base == before + 1 and n == base + 1 and secs < 1.0,
+             "updates applied %s -> %s -> %s; the last partition's took %.2f s (under 1 s "
+             "wanted) behind %d partitions waiting for schema id 7999"
+             % (before, base, n, secs, last))
+    reg.start()
+    want = N_BAD + last
+    bad = wait_metric(w, "halflife_item_updates_invalid_total", want, 20, labels="unknown_schema")
+    ck.check("held_updates_settled", bad == want,
+             "unknown_schema %s of %d once the registry was back" % (bad, want))
+
+
 def run(ck):
     model = os.path.join(ck.tmp, "model.hlm")
     U.make_model(model)
     reg = Standin(os.path.join(ck.tmp, "registry"))
     try:
-        broker = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker.log"),
+        broker = C.Broker(ck.procs, N_PARTS, os.path.join(ck.tmp, "broker.log"),
                           topics=C.TOPICS + ["items"])
         w = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "worker.log"),
                      ["kafka.fetch.wait.max.ms=10", "schema.registry.url=" + reg.url,
@@ -66,6 +123,7 @@ def run(ck):
                  all("suppressed=" in ln for ln in lines),
                  "%d item_update_waits lines for %d updates in %.1f s (at most %d wanted, each "
                  "with suppressed=): %s" % (len(lines), N_BAD, secs, most, lines[:1]))
+        outage(ck, w, broker.bootstrap, reg)
         rc, _secs = w.term(30)
         ck.check("clean_exit", rc == 0, "exit %s" % rc)
     finally:

@@ -7,7 +7,8 @@
  * waiting ids neither refuses a new id nor drops a fetched schema; the
  * fallback file is read after a 404 only, never after a bad answer; one
  * id the registry keeps failing does not starve the others, nor makes the
- * registry read down; a 5xx for every id does), the
+ * registry read down; a 5xx for every id does; a table full of fetched
+ * schemas still takes a new id), the
  * codec's schema source (a waiting id decodes as HL_CODEC_WAIT, then as the
  * same event as the file path once the text comes; a refused id is
  * unknown_schema; encode writes event_schema_id), the embedded lists'
@@ -21,6 +22,7 @@
 
 #include "codec.h"
 #include "config.h"
+#include "log.h"
 #include "registry.h"
 #include "schema_store.h"
 
@@ -328,9 +330,12 @@ static int ask_many(hl_schema_store *s, int32_t first, int n)
 {
     char why[256], *text = NULL;
     int not_waiting = 0;
-    for (int i = 0; i < n; i++)
-        if (hl_schema_store_get(s, first + i, &text, why, sizeof why) != HL_EAGAIN)
-            not_waiting++;
+    for (int i = 0; i < n; i++) {
+        int rc = hl_schema_store_get(s, first + i, &text, why, sizeof why);
+        not_waiting += rc != HL_EAGAIN;
+        if (rc == 0)
+            free(text);
+    }
     return not_waiting;
 }
 
@@ -624,6 +629,45 @@ static void test_one_failing_id_leaves_the_registry_up(void)
     close(of.fd);
 }
 
+/* A table full of fetched schemas (records naming that many ids the
+ * registry has) made every later id "no such id" for good: dead-lettered
+ * while the registry had it. The least lately asked schema now gives way,
+ * and comes back when asked again. */
+static void test_fetched_schemas_do_not_fill_the_store(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    int port, left = HL_SCHEMA_STORE_MAX_IDS;
+    one_id_fails of = {.fd = silent_listener(&port)};
+    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+        SKIP("no loopback listener");
+    hl_log_set_level(HL_LOG_WARN);             /* not a schema_fetched line per id */
+    hl_schema_store *s = store_at(port, 1500, NULL, NULL);
+    if (s != NULL) {
+        CHECK(ask_many(s, 1000, HL_SCHEMA_STORE_MAX_IDS) == 0);
+        double t0 = now_s();
+        while (left > 0 && now_s() - t0 < 60) {
+            usleep(50000);
+            left = HL_SCHEMA_STORE_MAX_IDS - ask_many(s, 1000, HL_SCHEMA_STORE_MAX_IDS);
+        }
+        CHECKF(left == 0, "%d ids not fetched after 60 s", left);
+        int rc = get_settled(s, 9, &text, why, sizeof why);
+        CHECKF(rc == 0 && text && !strcmp(text, "{\"type\":\"string\"}"), "id 9 with %d "
+               "schemas fetched: rc %d: %s", HL_SCHEMA_STORE_MAX_IDS, rc, why);
+        free(text);
+        text = NULL;
+        rc = get_settled(s, 1000, &text, why, sizeof why);
+        CHECKF(rc == 0 && text != NULL, "id 1000, dropped for id 9: rc %d: %s", rc, why);
+        free(text);
+        hl_schema_store_destroy(s);
+    }
+    hl_log_set_level(HL_LOG_INFO);
+    atomic_store(&of.stop, 1);
+    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
+    pthread_join(tid, NULL);
+    close(of.fd);
+}
+
 /* A schema source for the codec: what a registry would answer, by id. */
 typedef struct source {
     int         rc;          /* 0: text, else what to answer */
@@ -774,6 +818,7 @@ int main(void)
     RUN(test_folded_first_header_after_a_request);
     RUN(test_one_failing_id_does_not_starve_the_rest);
     RUN(test_one_failing_id_leaves_the_registry_up);
+    RUN(test_fetched_schemas_do_not_fill_the_store);
     RUN(test_codec_waits_then_decodes);
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);

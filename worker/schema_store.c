@@ -23,7 +23,7 @@
  *
  * The table is bounded (HL_SCHEMA_STORE_MAX_IDS). When full, a new id
  * takes the place of a "no such id", else of a wanted id no record has
- * asked for lately; a fetched schema is never dropped. */
+ * asked for lately, else of the fetched schema asked for least lately. */
 #include "schema_store.h"
 #include "codec.h"
 #include "log.h"
@@ -47,7 +47,7 @@ typedef struct entry {
     int32_t     id;
     entry_state state;
     int         recheck;        /* E_MISSING: asked again, answer the old one meanwhile */
-    int64_t     asked_ms;       /* E_WANTED: when a record last asked for it */
+    int64_t     asked_ms;       /* when a record last asked for it */
     char       *text;           /* E_FOUND */
     char        why[240];       /* E_WANTED, E_MISSING: for the record's log line */
     int64_t     checked_ms;     /* when the last answer came */
@@ -88,17 +88,23 @@ static entry *find(hl_schema_store *s, int32_t id)
 }
 
 /* The entry to drop for a new id in a full table, -1 for none: the
- * oldest-checked "no such id", else the wanted id asked for least lately.
+ * oldest-checked "no such id", else the wanted id asked for least lately,
+ * else the fetched schema asked for least lately.
  * Wanted ones must be droppable too: while the registry is away every id
  * stays wanted, and ids written once (a flood of bogus ones) would
  * otherwise fill the table and make every later id "no such id", its
  * records dead-lettered instead of waiting. A dropped wanted id comes back
  * when a record asks again, and waits like any new one (a record that
  * waits asks at each use, so a live one is rarely the least lately asked).
- * A fetched schema never goes: records decode with it. */
+ * A fetched schema goes last: records decode with it. Once kept for good,
+ * a table full of them (records naming that many ids the registry has,
+ * other topics' among them) made every later id "no such id" until a
+ * restart, its records dead-lettered. A dropped one is fetched again
+ * when asked (ids are immutable), and the codecs keep their own copy of
+ * the ids they use most. */
 static int victim(const hl_schema_store *s)
 {
-    int missing = -1, wanted = -1;
+    int missing = -1, wanted = -1, found = -1;
     for (int i = 0; i < s->n_e; i++) {
         const entry *en = &s->e[i];
         if (en->state == E_MISSING &&
@@ -107,12 +113,15 @@ static int victim(const hl_schema_store *s)
         else if (en->state == E_WANTED &&
                  (wanted < 0 || en->asked_ms < s->e[wanted].asked_ms))
             wanted = i;
+        else if (en->state == E_FOUND &&
+                 (found < 0 || en->asked_ms < s->e[found].asked_ms))
+            found = i;
     }
-    return missing >= 0 ? missing : wanted;
+    return missing >= 0 ? missing : wanted >= 0 ? wanted : found;
 }
 
 /* Room for one more entry: grows, or beyond HL_SCHEMA_STORE_MAX_IDS drops
- * victim(). NULL when neither works (every entry a fetched schema). */
+ * victim(). NULL when neither works (out of memory for the first). */
 static entry *add(hl_schema_store *s, int32_t id)
 {
     if (s->n_e == s->cap_e && s->cap_e < HL_SCHEMA_STORE_MAX_IDS) {
@@ -147,12 +156,10 @@ int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t wh
     entry *en = find(s, id);
     if (en == NULL && (en = add(s, id)) == NULL) {
         pthread_mutex_unlock(&s->mu);
-        return hl_err(why, whylen, HL_ENOENT, "schema id %d: %d schemas already fetched, "
-                      "none to drop for it (HL_SCHEMA_STORE_MAX_IDS in schema_store.h is "
-                      "the limit)", (int)id, HL_SCHEMA_STORE_MAX_IDS);
+        return hl_err(why, whylen, HL_EAGAIN, "schema id %d: out of memory to remember it",
+                      (int)id);
     }
-    if (en->state == E_WANTED)
-        en->asked_ms = hl_now_mono_ms();
+    en->asked_ms = hl_now_mono_ms();
     if (en->state == E_FOUND) {
         rc = (*text = strdup(en->text)) != NULL ? 0 : HL_EAGAIN;
     } else {

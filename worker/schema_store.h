@@ -32,7 +32,8 @@
 typedef struct hl_schema_store hl_schema_store;   /* opaque */
 
 /* Ids remembered; beyond, "no such id"s go first, then ids still waiting
- * (asked for least lately), never a fetched schema. */
+ * (asked for least lately), then fetched schemas (asked for least lately:
+ * fetched again when asked). */
 #define HL_SCHEMA_STORE_MAX_IDS  4096
 
 /* Takes reg (ownership moves, also on failure) and starts the fetch

@@ -487,26 +487,71 @@ static void restart_input(hl_worker *w, int32_t p, hl_table *tbl, int64_t *resto
     *restored = *offset = start;
 }
 
-/* The kept users written at the new topic's start, and the old topic's
- * snapshots renamed aside (hl_persist_shard_restart_at), also when the
- * write fails: restored, one would pass for the new topic's state once
- * that topic grew past its offset. A failure is logged: a failed write
- * leaves the users in memory until the shard's next snapshot; a file
- * that could not be renamed must be moved by hand. With state.store=kafka
- * ps's changelog cover must be set first: without it the file covered
- * changelog offset 0, and a restart from it before the shard's first
- * flush read the claim checkpoint, which names the old topic's offset,
- * and resumed the new topic there, skipping its events below it once it
- * had grown past (test_topic_recreated_changelog.py). */
-static void keep_recreated(hl_worker *w, int32_t p, hl_persist_shard *ps, const hl_table *tbl,
-                           int64_t start)
+/* With state.store=kafka, the recreation is made durable in the
+ * changelog before the partition is served: every row (their applied
+ * offsets forgotten) and a checkpoint at start. Until then the changelog
+ * held the old topic's rows, each naming its last old offset as applied,
+ * and the claim checkpoint, which names the old topic's offset: a member
+ * without this worker's local files that restored the partition after a
+ * crash, once the new topic had grown past that offset, resumed there and
+ * skipped the new topic's events below it (test_topic_recreated_changelog.py,
+ * other_member). It costs the rebalance one write of every row (logged
+ * with its duration). A failed flush fails the partition: served, the old
+ * offset would stay the changelog's word until the shard's first flush. */
+static int flush_recreated(int32_t p, hl_shard *sh, int64_t start, int64_t deadline)
+{
+    if (sh->cl == NULL)
+        return 0;
+    int64_t t0 = hl_now_mono_ms();
+    hl_changelog_shard_resave(sh->cl);
+    int rc = hl_changelog_flush_now(sh->cl, sh->tbl, start, deadline);
+    if (rc != 0)
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"the "
+               "recreated input topic's start (%lld) could not be written to the "
+               "changelog\" action=\"partition not served: a member restoring it from the "
+               "changelog would resume at the old topic's offset\"", (int)p,
+               (long long)start);
+    else
+        hl_log(HL_LOG_INFO, "changelog_restarted_at", "partition=%d next_offset=%lld "
+               "seconds=%.3f", (int)p, (long long)start,
+               (double)(hl_now_mono_ms() - t0) / 1000.0);
+    return rc;
+}
+
+/* The recreation saved before the shard is served: in the changelog
+ * first (flush_recreated), then the kept users written at the new topic's
+ * start, and the old topic's snapshots renamed aside
+ * (hl_persist_shard_restart_at), also when the write fails: restored, one
+ * would pass for the new topic's state once that topic grew past its
+ * offset. A failure to write the file is logged: a failed write leaves
+ * the users in memory until the shard's next snapshot; a file that could
+ * not be renamed must be moved by hand. With state.store=kafka the file
+ * covers the changelog's flush at start, so a restart from it reads
+ * nothing older; before the changelog was written first, it covered the
+ * claim, and earlier still changelog offset 0, from which a restart read
+ * the claim checkpoint, which names the old topic's offset, and resumed
+ * the new topic there (test_topic_recreated_changelog.py). Under
+ * state.store=kafka the changelog first also closes the window between
+ * the file's write and the renames: once its checkpoint at start has
+ * landed, a restore from an old file not yet renamed reads the changelog
+ * from that file's cover on, so that checkpoint last, and resumes there
+ * with the rewritten rows. A crash before it lands leaves the old offset
+ * the changelog's word, and nothing of the new topic applied: a restore
+ * detects the recreation again, unless the new topic grew past the old
+ * offset meanwhile. Under state.store=file the write-then-rename window
+ * stays (a crash in it restores the old file's offset). 0, or HL_EIO
+ * (logged). */
+static int keep_recreated(hl_worker *w, int32_t p, hl_shard *sh, int64_t start)
 {
     char err[512];
     int n_aside = 0;
     int64_t deadline = hl_now_mono_ms() + w->o.shutdown_timeout_ms;
-    if (ps == NULL)
-        return;
-    if (hl_persist_shard_restart_at(ps, tbl, start, deadline, &n_aside, err, sizeof err) != 0)
+    if (flush_recreated(p, sh, start, deadline) != 0)
+        return HL_EIO;
+    if (sh->ps == NULL)
+        return 0;
+    if (hl_persist_shard_restart_at(sh->ps, sh->tbl, start, deadline, &n_aside, err,
+                                    sizeof err) != 0)
         hl_log(HL_LOG_ERROR, "input_topic_recreated_unsaved", "partition=%d files_aside=%d "
                "err=\"%s\" action=\"the kept users are saved by the shard's next snapshot, "
                "lost if the worker dies before it (the files renamed *.topic-recreated hold "
@@ -515,6 +560,7 @@ static void keep_recreated(hl_worker *w, int32_t p, hl_persist_shard *ps, const 
     else
         hl_log(HL_LOG_INFO, "snapshots_set_aside", "partition=%d next_offset=%lld files=%d "
                "suffix=.topic-recreated", (int)p, (long long)start, n_aside);
+    return 0;
 }
 
 /* A partition with nothing restored under auto.offset.reset=latest starts
@@ -564,10 +610,9 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
         return HL_ENOMEM;
     if (w->owner[p] != NULL)
         return 1;
-    int64_t restored;
+    int64_t restored, on_disk = -1;
     int moved = 0;
     hl_changelog_restored cr;
-    int64_t on_disk = -1;
     hl_table *tbl = restore(w, p, &restored, offset, &on_disk, &cr, &moved);
     if (tbl == NULL)
         return HL_EIO;          /* logged as restore_failed */
@@ -609,11 +654,12 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     }
     if (sh->cl != NULL && sh->ps != NULL)
         hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
-    if (recreated)      /* after the cover: see keep_recreated */
-        keep_recreated(w, p, sh->ps, sh->tbl, start);
-    if (moved || recreated || cr.recreated)
-        hl_changelog_shard_resave(sh->cl);  /* the changelog's rows are the old model's,
-                                               or hold the old topic's offsets */
+    if (recreated && keep_recreated(w, p, sh, start) != 0) {  /* after the cover */
+        hl_shard_destroy(sh);
+        return HL_EIO;
+    }
+    if (!recreated && (moved || cr.recreated))  /* the old model's rows, or a new state */
+        hl_changelog_shard_resave(sh->cl);      /* topic: all again (keep_recreated did) */
     return give_to_thread(w, rk, p, sh);
 }
 

@@ -17,6 +17,18 @@ changelog offset 0: the restart read the changelog from its start, took
 the claim checkpoint's input offset (the old topic's 300) as where to
 resume, found it within the grown topic, and silently skipped the new
 topic's first 300 events.
+
+other_member, in the same run before that restart: a member with no
+local files (its own empty snapshot.dir) restores the partition from the
+changelog alone after the kill, the topic grown to 400. It must resume at
+the new topic's start and apply all 400. Before the fix the changelog
+held, after the kill, the old topic's rows (each naming its last old
+offset as applied) and the claim checkpoint at the old offset 300: the
+member resumed at 300 and skipped the new topic's first 300 events. The
+recreation is now flushed to the changelog (every row, a checkpoint at
+the new start) before the partition is served. That member is killed
+before any flush of its own (its claim names the new start), so the
+restart from the local files after it still tests what it did.
 """
 import os
 import sys
@@ -44,8 +56,9 @@ def killed_before_flush(ck, model, snapdir, events):
     w.kill()
     w.wait(10)
     U.produce_events(b3.bootstrap, C.TOPIC, events[:N_GROWN])
-    w = T.worker(ck, b3, model, snapdir, "w5")
     want = T.N_NEW + N_GROWN
+    other_member(ck, b3, model, want)
+    w = T.worker(ck, b3, model, snapdir, "w5")
     C.wait_consumed([w], want, 20 * T.SLOW)
     consumed = w.metric_or("halflife_events_consumed_total")
     restored = [kv.get("next_offset") for _t, kv in w.events("restored")]
@@ -55,6 +68,23 @@ def killed_before_flush(ck, model, snapdir, events):
              (set_aside, want, restored, consumed, want))
     w.term(30)
     b3.stop()
+
+
+def other_member(ck, b3, model, want):
+    w = C.Worker(ck.procs, b3.bootstrap, model, os.path.join(ck.tmp, "w4o.log"),
+                 ["snapshot.dir=" + os.path.join(ck.tmp, "snap.other"),
+                  "snapshot.interval.ms=0", "group.id=w4o", "kafka.fetch.wait.max.ms=10"] +
+                 T.EXTRA + ["state.flush.ms=600000"])
+    C.wait_consumed([w], want, 10 * T.SLOW)
+    consumed = w.metric_or("halflife_events_consumed_total")
+    applied = w.metric_or("halflife_events_applied_total")
+    restored = [kv.get("next_offset") for _t, kv in w.events("restored")]
+    ck.check("other_member", consumed == want and applied == want and restored == ["0"],
+             "a member without local files restored the partition at %s and applied %s "
+             "(consumed %s) of the grown topic's %d events" %
+             (restored, applied, consumed, want))
+    w.kill()
+    w.wait(10)
 
 
 T.THEN = killed_before_flush

@@ -535,7 +535,9 @@ static int flush_recreated(int32_t p, hl_shard *sh, int64_t start, int64_t deadl
  * the file's write and the renames: once its checkpoint at start has
  * landed, a restore from an old file not yet renamed reads the changelog
  * from that file's cover on, so that checkpoint last, and resumes there
- * with the rewritten rows. A crash before it lands leaves the old offset
+ * with the rewritten rows (when the state topic is the old one: one
+ * recreated too makes the old file's changelog offset meaningless, and
+ * the window stays). A crash before it lands leaves the old offset
  * the changelog's word, and nothing of the new topic applied: a restore
  * detects the recreation again, unless the new topic grew past the old
  * offset meanwhile. Under state.store=file the write-then-rename window

@@ -487,33 +487,36 @@ static void restart_input(hl_worker *w, int32_t p, hl_table *tbl, int64_t *resto
     *restored = *offset = start;
 }
 
-/* With state.store=kafka, the recreation is made durable in the
- * changelog before the partition is served: every row (their applied
- * offsets forgotten) and a checkpoint at start. Until then the changelog
- * held the old topic's rows, each naming its last old offset as applied,
- * and the claim checkpoint, which names the old topic's offset: a member
- * without this worker's local files that restored the partition after a
- * crash, once the new topic had grown past that offset, resumed there and
- * skipped the new topic's events below it (test_topic_recreated_changelog.py,
- * other_member). It costs the rebalance one write of every row (logged
- * with its duration). A failed flush fails the partition: served, the old
- * offset would stay the changelog's word until the shard's first flush. */
-static int flush_recreated(int32_t p, hl_shard *sh, int64_t start, int64_t deadline)
+/* With state.store=kafka, a recreation is made durable in the changelog
+ * before the partition is served: every row and a checkpoint at offset.
+ * Until the shard's first flush did it, a member without this worker's
+ * local files that restored the partition after a crash found, for an
+ * input topic recreated, the old topic's rows (each naming its old
+ * offset as applied) and the claim checkpoint at the old topic's offset,
+ * resumed there and skipped the new topic's events below it once it had
+ * grown past (test_topic_recreated_changelog.py, other_member); for a
+ * state topic recreated, the claim alone, and restored no user
+ * (test_changelog_recreated.py, killed_before_flush). It costs the
+ * rebalance one write of every row (logged with its duration). A failed
+ * flush fails the partition: served, the window would stay open until the
+ * shard's first flush. */
+static int flush_recreated(int32_t p, hl_shard *sh, int64_t offset, int64_t deadline)
 {
     if (sh->cl == NULL)
         return 0;
     int64_t t0 = hl_now_mono_ms();
+    hl_table_stats st;
+    hl_table_stats_get(sh->tbl, &st);
     hl_changelog_shard_resave(sh->cl);
-    int rc = hl_changelog_flush_now(sh->cl, sh->tbl, start, deadline);
+    int rc = hl_changelog_flush_now(sh->cl, sh->tbl, offset, deadline);
     if (rc != 0)
-        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"the "
-               "recreated input topic's start (%lld) could not be written to the "
-               "changelog\" action=\"partition not served: a member restoring it from the "
-               "changelog would resume at the old topic's offset\"", (int)p,
-               (long long)start);
+        hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"a "
+               "recreated topic: the users and a checkpoint at %lld could not be written to "
+               "the changelog\" action=\"partition not served: a member restoring it from the "
+               "changelog would miss them\"", (int)p, (long long)offset);
     else
-        hl_log(HL_LOG_INFO, "changelog_restarted_at", "partition=%d next_offset=%lld "
-               "seconds=%.3f", (int)p, (long long)start,
+        hl_log(HL_LOG_INFO, "changelog_rewritten", "partition=%d next_offset=%lld "
+               "rows=%zu seconds=%.3f", (int)p, (long long)offset, st.users,
                (double)(hl_now_mono_ms() - t0) / 1000.0);
     return rc;
 }
@@ -605,6 +608,20 @@ static int check_start(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored
     return 0;
 }
 
+/* A recreated topic, before the shard is served: the input topic
+ * (keep_recreated), or the state topic alone (its users written again at
+ * once, flush_recreated). After ps's changelog cover is set: keep_recreated
+ * says why. 0, or HL_EIO (logged). */
+static int save_recreation(hl_worker *w, int32_t p, hl_shard *sh, int input, int state,
+                           int64_t offset)
+{
+    if (input)
+        return keep_recreated(w, p, sh, offset);
+    if (!state)
+        return 0;
+    return flush_recreated(p, sh, offset, hl_now_mono_ms() + w->o.shutdown_timeout_ms);
+}
+
 static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
 {
     char err[256];
@@ -656,12 +673,12 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     }
     if (sh->cl != NULL && sh->ps != NULL)
         hl_persist_shard_set_cover(sh->ps, hl_changelog_cover, sh->cl);
-    if (recreated && keep_recreated(w, p, sh, start) != 0) {  /* after the cover */
+    if (moved)      /* the changelog's rows are the old model's */
+        hl_changelog_shard_resave(sh->cl);
+    if (save_recreation(w, p, sh, recreated, cr.recreated, restored) != 0) {
         hl_shard_destroy(sh);
         return HL_EIO;
     }
-    if (!recreated && (moved || cr.recreated))  /* the old model's rows, or a new state */
-        hl_changelog_shard_resave(sh->cl);      /* topic: all again (keep_recreated did) */
     return give_to_thread(w, rk, p, sh);
 }
 

@@ -21,8 +21,16 @@ Checks:
   user from the new state topic alone, the idle ones too (the restart
   wrote every row again, not only the rows the new events touched), and
   consumes no input.
+- killed_before_flush: from a copy of the first life's cache, a restart
+  on a third, empty state topic is killed before any flush of its own
+  (state.flush.ms=600000), then a member with an empty snapshot.dir
+  restores the partition from that topic alone: it must hold every user.
+  Before the fix the rows were written again only at the shard's first
+  flush: until then the state topic held the claim alone, and that member
+  restored no user (the idle ones lost for good).
 """
 import os
+import shutil
 import sys
 import time
 
@@ -34,6 +42,7 @@ SLOW = 3 if os.environ.get("HL_SAN") == "1" else 1
 N_OLD, N_NEW = 300, 20
 GROUP = "clr"
 OLD_STATE, NEW_STATE = GROUP + "-state", GROUP + "-state-new"
+THIRD_STATE = GROUP + "-state-third"
 
 
 def worker(ck, broker, model, snapdir, state_topic, name):
@@ -69,13 +78,34 @@ def restart_on_new_topic(ck, broker, model, snapdir, n_users, extra):
     ck.check("stopped", rc == 0, "exit %s" % rc)
 
 
+def killed_before_flush(ck, broker, model, snapdir, n_users):
+    """Each member a group of its own: the killed one's session never holds
+    up the next."""
+    def member(snap, name, extra):
+        return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
+                        ["snapshot.dir=" + snap, "snapshot.interval.ms=0",
+                         "state.store=kafka", "state.topic=" + THIRD_STATE,
+                         "group.id=" + name, "kafka.fetch.wait.max.ms=10"] + extra)
+    w = member(snapdir, "w4", ["state.flush.ms=600000"])
+    ok = ready(w) and w.events("changelog_recreated")
+    w.kill()
+    w.wait(10)
+    w = member(os.path.join(ck.tmp, "snap-empty-k"), "w5", [])
+    ok = ok and ready(w)
+    users = w.metric_or("halflife_users")
+    ck.check("killed_before_flush", ok and users == n_users,
+             "ready %s; after a kill before the first flush on the new state topic, a "
+             "member without the cache restored %s users (want %d)" % (ok, users, n_users))
+    w.term(30)
+
+
 def run(ck):
     model, _csv, events = C.prepare(ck.tmp, N_OLD, 40, 200)
     n_users = len({e[0] for e in events})
     one = events[0][0]
     extra = [(one, e[1], e[2], e[3], e[4]) for e in events[:N_NEW]]
     broker = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker.log"),
-                      topics=C.TOPICS + [OLD_STATE, NEW_STATE])
+                      topics=C.TOPICS + [OLD_STATE, NEW_STATE, THIRD_STATE])
     snapdir = os.path.join(ck.tmp, "snap")
     U.produce_events(broker.bootstrap, C.TOPIC, events)
     w1 = worker(ck, broker, model, snapdir, OLD_STATE, "w1")
@@ -83,6 +113,7 @@ def run(ck):
     rc, _ = w1.term(30)
     if n != N_OLD or rc != 0:
         raise RuntimeError("first life: consumed %s of %d, exit %s" % (n, N_OLD, rc))
+    shutil.copytree(snapdir, snapdir + ".first")
     restart_on_new_topic(ck, broker, model, snapdir, n_users, extra)
     w3 = worker(ck, broker, model, os.path.join(ck.tmp, "snap-empty"), NEW_STATE, "w3")
     ok = ready(w3)
@@ -93,6 +124,7 @@ def run(ck):
              "ready %s, %s users from the new state topic alone (want %d), consumed %s "
              "(want 0)" % (ok, users, n_users, consumed))
     w3.term(30)
+    killed_before_flush(ck, broker, model, snapdir + ".first", n_users)
 
 
 if __name__ == "__main__":

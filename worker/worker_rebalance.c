@@ -533,8 +533,8 @@ static void flush_recreated(int32_t p, hl_shard *sh, int64_t offset, int64_t dea
  * offset. A failure to write the file is logged: a failed write leaves
  * the users in memory until the shard's next snapshot; a file that could
  * not be renamed must be moved by hand. With state.store=kafka the file
- * covers the changelog's flush at start, so a restart from it reads
- * nothing older; before the changelog was written first, it covered the
+ * covers the changelog's flush at start (the claim if it did not land),
+ * so a restart from it reads nothing older; before the changelog was written first, it covered the
  * claim, and earlier still changelog offset 0, from which a restart read
  * the claim checkpoint, which names the old topic's offset, and resumed
  * the new topic there (test_topic_recreated_changelog.py). Under

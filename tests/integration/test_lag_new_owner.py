@@ -25,12 +25,15 @@ so nothing is committed while it runs. Check:
 - lag_counts_unapplied_latest: the same with auto.offset.reset=latest:
   events before the worker are skipped; once it shows every partition's
   lag it is stopped (SIGSTOP), a backlog is produced and it goes on
-  (SIGCONT). While it has consumed nothing of a partition, the lag shows 0
-  (statistics from before the backlog came) or the whole backlog, nothing
-  in between, and the whole backlog shows at least once. Before, the end
-  was assigned as librdkafka's logical END, resolved after the
+  (SIGCONT). At every scrape, a partition's lag that is not 0 plus the
+  events consumed there is at least its backlog, and some lag shows. A
+  lag of 0 is not judged: statistics from before the backlog came say 0,
+  and whether fresh ones reach the gauge before the first batch is
+  counted is a race (the statistics are served between batches). Before,
+  the end was assigned as librdkafka's logical END, resolved after the
   assignment, and the lag read librdkafka's position until the first
-  store, ahead of what was applied.
+  store, ahead of what was applied: e.g. lag 56 with nothing consumed,
+  of a backlog of 531.
 """
 import os
 import re
@@ -142,20 +145,21 @@ def latest_counted(ck, model, csv):
     finally:
         os.kill(w.p.pid, signal.SIGCONT)
     want = {p: high[p] - start[p] for p in range(PARTS)}
-    bad, whole, deadline = [], 0, time.time() + 30 * SLOW
+    bad, shown, deadline = [], 0, time.time() + 30 * SLOW
     while ready and time.time() < deadline and not bad:
         text = w.metrics()
         got, done = lags_in(text), consumed_by_partition(text)
-        idle = [p for p in got if done.get(p, 0) == 0 and got[p] > 0]
-        whole += sum(got[p] == want[p] for p in idle)
-        bad = ["partition %d: lag %d with nothing consumed, want 0 or %d"
-               % (p, got[p], want[p]) for p in idle if got[p] != want[p]]
+        live = [p for p in got if got[p] > 0]
+        shown += bool(live)
+        bad = ["partition %d: lag %d + consumed %d < backlog %d"
+               % (p, got[p], done.get(p, 0), want[p])
+               for p in live if got[p] + done.get(p, 0) < want[p]]
         if sum(done.values()) >= BACKLOG:
             break
         time.sleep(0.05)
-    ck.check("lag_counts_unapplied_latest", ready and whole > 0 and not bad,
-             "lag series for every partition %s; %d scrapes showed a whole backlog; %s "
-             "(backlogs %s)" % (bool(ready), whole, "; ".join(bad) or "none other", want))
+    ck.check("lag_counts_unapplied_latest", ready and shown > 0 and not bad,
+             "lag series for every partition %s; %d scrapes showed a lag; %s "
+             "(backlogs %s)" % (bool(ready), shown, "; ".join(bad) or "none below", want))
     w.term(30)
     broker.stop()
 

@@ -389,14 +389,38 @@ static void produce(hl_changelog_shard *cs)
         cs->state = SENT;           /* failed: settled as such once reported */
 }
 
+/* 1 when this process may no longer write the partition: its consumer
+ * says the assignment was lost (session expired while it was cut off). */
+static int fenced(hl_changelog_shard *cs)
+{
+    if (!rd_kafka_assignment_lost(cs->cl->o.consumer))
+        return 0;
+    uint64_t sup = 0;
+    hl_counter_add(cs->cl->mx.fenced, 1);
+    if (hl_log_limit_pass(&cs->limit, &sup))
+        hl_log(HL_LOG_WARN, "changelog_write_fenced", "partition=%d reason=\"assignment "
+               "lost\" action=\"flush refused\" suppressed=%llu", (int)cs->partition,
+               (unsigned long long)sup);
+    return 1;
+}
+
 /* The rows delivered (ROWS, the ticket done): the checkpoint, under the
- * same ticket, unless one failed (then the flush settles as failed). */
+ * same ticket, unless one failed (then the flush settles as failed). Not
+ * once fenced: the assignment may have been lost while the rows were in
+ * the air, and the next owner's claim may be in already. All checkpoints
+ * share one key, so a compacted topic would keep ours, a zombie's, and
+ * drop the claim (test_changelog_fence). The flush is then dropped, not
+ * settled: nothing is durable, and the shard is about to go. */
 static void produce_checkpoint(hl_changelog_shard *cs)
 {
     unsigned char ck[CK_BYTES];
     cs->state = SENT;
     if (atomic_load(&cs->t.failed) > 0)
         return;
+    if (fenced(cs)) {
+        cs->state = IDLE;
+        return;
+    }
     hl_changelog_ck c = {.offset = cs->offset, .fingerprint = cs->enc_fp,
                          .meta = cs->meta, .epoch = cs->epoch};
     send_one(cs, cs->cl->ck_key, sizeof cs->cl->ck_key, ck, hl_changelog_ck_encode(ck, &c),
@@ -521,21 +545,6 @@ static int settle(hl_changelog_shard *cs, int64_t delivered, int64_t now_ms)
     return 0;
 }
 
-/* 1 when this process may no longer write the partition: its consumer
- * says the assignment was lost (session expired while it was cut off). */
-static int fenced(hl_changelog_shard *cs)
-{
-    if (!rd_kafka_assignment_lost(cs->cl->o.consumer))
-        return 0;
-    uint64_t sup = 0;
-    hl_counter_add(cs->cl->mx.fenced, 1);
-    if (hl_log_limit_pass(&cs->limit, &sup))
-        hl_log(HL_LOG_WARN, "changelog_write_fenced", "partition=%d reason=\"assignment "
-               "lost\" action=\"flush refused\" suppressed=%llu", (int)cs->partition,
-               (unsigned long long)sup);
-    return 1;
-}
-
 static int start_flush(hl_changelog_shard *cs, hl_table *tbl, int64_t applied, int64_t now_ms)
 {
     if (cs->tomb_lost) {
@@ -594,8 +603,13 @@ int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_o
             produce_checkpoint(cs);
         if (cs->state == SENT && hl_ticket_done(&cs->t) && settle(cs, next_offset, now) != 0)
             return HL_EIO;
-        if (cs->state == ENCODED)
+        if (cs->state == ENCODED) {
+            if (fenced(cs)) {       /* encoded before the loss: dropped as tick drops it */
+                cs->state = IDLE;
+                return HL_EIO;
+            }
             produce(cs);
+        }
         if (cs->state == IDLE) {
             if (next_offset < 0 || (next_offset <= cs->durable && cs->tomb_len == 0 &&
                                     cs->full_want == cs->full_done))

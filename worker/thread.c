@@ -259,8 +259,9 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
  * reads those events again and publishes them), the lists of partitions
  * still owned here or by other threads come back failed too and are
  * refreshed again from their users' newest state (flight.c), and a dead
- * letter's copy is kept on disk instead. Not while stopping: the
- * producer is settled on the way out. The purged records are logged here,
+ * letter's copy is kept on disk instead. Not while stopping, unless the
+ * partitions are lost: the producer is settled on the way out, and that
+ * flush would send what it holds. The purged records are logged here,
  * in one line, and counted as purged, not as delivery errors: nothing
  * refused them (producer.h). */
 static void let_go_undelivered(hl_wthread *t, int n_take, int lost)
@@ -284,10 +285,9 @@ static void let_go_undelivered(hl_wthread *t, int n_take, int lost)
  * after ours) stayed those users' last for good, as the restore from our
  * file skipped the rest of the replay that would have refreshed them; and
  * our retention deleted the new owner's temporary files at or below our
- * offset, failing its snapshot in progress. Under
- * state.store=kafka a flush already encoded went out without the fence
- * check, after the new owner's claim. The next owner reads those events
- * again, as it would after a crash. */
+ * offset, failing its snapshot in progress. (Under state.store=kafka the
+ * flush would be refused as fenced anyway.) The next owner reads those
+ * events again, as it would after a crash. */
 static void snapshot_taken(hl_wthread *t, int n_take, int lost)
 {
     if (lost) {
@@ -321,7 +321,7 @@ static void snapshot_taken(hl_wthread *t, int n_take, int lost)
  * and snapshots where they were (snapshot_now refuses to pass undelivered
  * lists), so the next owner reads those events again and publishes them.
  * Lost partitions go at once, without their held-back lists and without
- * snapshots (snapshot_taken). */
+ * snapshots (snapshot_taken), stopping or not. */
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
@@ -334,7 +334,7 @@ static void release(hl_wthread *t, int n_take)
      * may go out any more: no waiting users published, no wait for the
      * lists in the air (they would land whenever the broker came back
      * within it), the producer purged at once. */
-    int lost = !stopping && rd_kafka_assignment_lost(t->ctx->consumer);
+    int lost = rd_kafka_assignment_lost(t->ctx->consumer);
     for (int i = 0; i < n_take; i++)
         hl_park_drop(t, t->take_copy[i]);   /* the next owner reads them again */
     for (int i = 0; i < n_take && !lost; i += 64) {
@@ -346,7 +346,7 @@ static void release(hl_wthread *t, int n_take)
     if (lost ? t->fl_n > 0 : !hl_flight_drain(t, stopping ? 0 : deadline)) {
         for (int i = 0; i < n_take; i++)
             hl_flight_forget(t, t->take_copy[i]);
-        if (!stopping)
+        if (lost || !stopping)
             let_go_undelivered(t, n_take, lost);
     }
     snapshot_taken(t, n_take, lost);
@@ -476,14 +476,47 @@ static void swap_tick(hl_wthread *t)
     note_migrating(t);
 }
 
+/* 1 when the thread's shards are no longer this member's: the group
+ * gave them to another while the session was out (librdkafka marks the
+ * whole assignment lost until the revocation has let go, and a stop
+ * holds that revocation back: the main thread serves it only once the
+ * threads are done). */
+static int own_lost(hl_wthread *t)
+{
+    return t->n_own > 0 && rd_kafka_assignment_lost(t->ctx->consumer);
+}
+
+/* A stop that finds the assignment lost, before or while it waits for
+ * the lists: the shards go as a lost release lets them go (release),
+ * nothing more published, the lists in the air not waited for, no
+ * snapshot, and the producer purged: the flush on the way out would
+ * send what it holds, lists and changelog rows, after the new owner's.
+ * Not noted unsaved: nothing of ours was left to save. */
+static void stop_lost(hl_wthread *t)
+{
+    uint64_t purged = hl_producer_purge(t->ctx->prod);
+    hl_log(HL_LOG_WARN, "stop_lost", "thread=%d partitions=%d batches_in_flight=%d "
+           "records_purged=%llu action=\"no list published or waited for, no snapshot "
+           "written: another member owns them already; unsent records purged\"", t->id,
+           t->n_own, t->fl_n, (unsigned long long)purged);
+}
+
 /* A graceful stop: every held-back list out, every list delivered, then a
  * snapshot of each shard, all within one deadline (N shards never take N
  * times shutdown.timeout.ms). A shard left unsaved (its snapshot failed,
- * or lists never got delivered, so none was attempted) is noted. */
+ * or lists never got delivered, so none was attempted) is noted. Lost
+ * shards are let go instead (stop_lost); the drain stops waiting once
+ * they are (flight.c, stop_overdue). */
 static void stop_gracefully(hl_wthread *t)
 {
-    hl_publish_pending(t, t->own, t->n_own, 0);
-    if (!hl_flight_drain(t, 0)) {
+    if (!own_lost(t))
+        hl_publish_pending(t, t->own, t->n_own, 0);
+    int drained = hl_flight_drain(t, 0);
+    if (own_lost(t)) {
+        stop_lost(t);
+        return;
+    }
+    if (!drained) {
         for (int i = 0; i < t->n_own; i++)
             if (hl_shard_unsaved(t->own[i]))
                 note_unsaved(t, t->own[i]);

@@ -333,7 +333,9 @@ static void release(hl_wthread *t, int n_take)
      * member, which may be publishing newer lists now, so none of ours
      * may go out any more: no waiting users published, no wait for the
      * lists in the air (they would land whenever the broker came back
-     * within it), the producer purged at once. */
+     * within it), the producer purged at once, even with no list in the
+     * air: a changelog flush of ours may still be queued, and would land
+     * after the new owner's claim. */
     int lost = rd_kafka_assignment_lost(t->ctx->consumer);
     for (int i = 0; i < n_take; i++)
         hl_park_drop(t, t->take_copy[i]);   /* the next owner reads them again */
@@ -343,7 +345,7 @@ static void release(hl_wthread *t, int n_take)
             shs[n_sh++] = hl_wthread_shard_of(t, t->take_copy[j]);
         hl_publish_pending(t, shs, n_sh, stopping ? 0 : deadline);
     }
-    if (lost ? t->fl_n > 0 : !hl_flight_drain(t, stopping ? 0 : deadline)) {
+    if (lost || !hl_flight_drain(t, stopping ? 0 : deadline)) {
         for (int i = 0; i < n_take; i++)
             hl_flight_forget(t, t->take_copy[i]);
         if (lost || !stopping)

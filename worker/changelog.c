@@ -626,6 +626,8 @@ int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_o
                    (long long)cs->durable);
             return HL_EIO;
         }
+        if (fenced(cs))     /* lost while its records wait: the caller lets them go */
+            return HL_EIO;
         hl_producer_poll(cl->o.prod, 1);
     }
 }

@@ -190,8 +190,9 @@ int hl_changelog_tick(hl_changelog_shard *cs, hl_table *tbl, int64_t applied_off
 
 /* Revocation and shutdown, owner thread, every list delivered: flushes
  * everything up to next_offset and waits for its delivery until
- * deadline_ms (monotonic). 0 once durable, else a negative HL_E*
- * (logged). */
+ * deadline_ms (monotonic), or until the consumer says the assignment is
+ * lost (fenced: then the records still queued are the caller's to purge).
+ * 0 once durable, else a negative HL_E* (logged). */
 int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_offset,
                            int64_t deadline_ms);
 

@@ -489,17 +489,18 @@ static int own_lost(hl_wthread *t)
 }
 
 /* A stop that finds the assignment lost, before or while it waits for
- * the lists: the shards go as a lost release lets them go (release),
- * nothing more published, the lists in the air not waited for, no
- * snapshot, and the producer purged: the flush on the way out would
- * send what it holds, lists and changelog rows, after the new owner's.
- * Not noted unsaved: nothing of ours was left to save. */
+ * the lists or the final changelog flushes: the shards go as a lost
+ * release lets them go (release), nothing more published, nothing in the
+ * air waited for, no more snapshots, and the producer purged: the flush
+ * on the way out would send what it holds, lists and changelog rows,
+ * after the new owner's. Not noted unsaved: nothing of ours was left to
+ * save. */
 static void stop_lost(hl_wthread *t)
 {
     uint64_t purged = hl_producer_purge(t->ctx->prod);
     hl_log(HL_LOG_WARN, "stop_lost", "thread=%d partitions=%d batches_in_flight=%d "
-           "records_purged=%llu action=\"no list published or waited for, no snapshot "
-           "written: another member owns them already; unsent records purged\"", t->id,
+           "records_purged=%llu action=\"nothing more published or waited for, no more "
+           "snapshots: another member owns them already; unsent records purged\"", t->id,
            t->n_own, t->fl_n, (unsigned long long)purged);
 }
 
@@ -525,9 +526,15 @@ static void stop_gracefully(hl_wthread *t)
         return;
     }
     int64_t deadline = atomic_load(&t->ctx->stop_deadline_ms);
-    for (int i = 0; i < t->n_own; i++)
-        if (hl_shard_snapshot_now(t->own[i], deadline) != 0)
+    for (int i = 0; i < t->n_own; i++) {
+        int rc = hl_shard_snapshot_now(t->own[i], deadline);
+        if (own_lost(t)) {      /* a changelog flush stops waiting then */
+            stop_lost(t);
+            return;
+        }
+        if (rc != 0)
             note_unsaved(t, t->own[i]);
+    }
 }
 
 #define FLIGHT_WAIT_MS 100

@@ -43,13 +43,14 @@ GROUP = "lost-rows"
 STATE = GROUP + "-state"
 
 
-def late_records(bootstrap):
+def late_records(bootstrap, topic=STATE):
     """(records read, [(partition, offset, epoch, the highest epoch before
-    it)] of every changelog record whose epoch is below one before it)."""
+    it)] of every record of changelog topic whose epoch is below one before
+    it)."""
     from confluent_kafka import Consumer, TopicPartition
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "lr-%d" % time.time_ns(),
                   "enable.auto.commit": False, "enable.partition.eof": True})
-    c.assign([TopicPartition(STATE, p, 0) for p in range(PARTS)])
+    c.assign([TopicPartition(topic, p, 0) for p in range(PARTS)])
     top, late, eof, n = {}, [], set(), 0
     deadline = time.time() + 15
     try:

@@ -82,7 +82,7 @@ def body(ck):
     # see every list delivered and start the refusal before it.
     common = ["worker.threads=1", "kafka.fetch.wait.max.ms=10",
               "kafka.session.timeout.ms=5000", "kafka.heartbeat.interval.ms=1000",
-              "state.store=kafka", "state.flush.ms=3000", "group.id=" + GROUP]
+              "state.store=kafka", "state.flush.ms=4000", "group.id=" + GROUP]
     a = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "a.log"),
                  common + ["snapshot.dir=" + os.path.join(ck.tmp, "snap-a")])
     _lists, fresh = E.read_lists(broker.bootstrap, last, time.time() + 20)

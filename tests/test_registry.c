@@ -8,7 +8,8 @@
  * fallback file is read after a 404 only, never after a bad answer; one
  * id the registry keeps failing does not starve the others, nor makes the
  * registry read down; a 5xx for every id does; a table full of fetched
- * schemas still takes a new id), the
+ * schemas still takes a new id; a new id goes before rechecks of "no such
+ * id"), the
  * codec's schema source (a waiting id decodes as HL_CODEC_WAIT, then as the
  * same event as the file path once the text comes; a refused id is
  * unknown_schema; encode writes event_schema_id), the embedded lists'
@@ -509,12 +510,15 @@ typedef struct one_id_fails {
     int         fd;
     atomic_int  stop, asked_good;
     atomic_int  fail_all;       /* set: every id gets the 500 */
+    int         missing_from;   /* non-zero: ids from it on get the registry's 404 */
+    int         delay_us;       /* each answer this late: a slow registry */
 } one_id_fails;
 
 static void *answer_but_id_5(void *arg)
 {
     static const char ok[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\"}\"}";
     static const char bad[] = "{\"error_code\":50001,\"message\":\"store error\"}";
+    static const char none[] = "{\"error_code\":40403,\"message\":\"Schema not found\"}";
     one_id_fails *of = arg;
     while (!atomic_load(&of->stop)) {
         char req[4096], head[256];
@@ -523,14 +527,18 @@ static void *answer_but_id_5(void *arg)
             return NULL;
         ssize_t n = read(c, req, sizeof req - 1);
         req[n > 0 ? n : 0] = '\0';
+        const char *at = strstr(req, "/schemas/ids/");
         int fail = strstr(req, "/schemas/ids/5 ") != NULL || atomic_load(&of->fail_all);
+        int missing = of->missing_from && at && atoi(at + 13) >= of->missing_from;
         atomic_fetch_add(&of->asked_good, !fail);
-        const char *body = fail ? bad : ok;
+        const char *body = fail ? bad : missing ? none : ok;
+        usleep((useconds_t)of->delay_us);
         int hn = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Length: %zu\r\n"
                           "Connection: close\r\n\r\n", fail ? "500 Internal Server Error"
-                          : "200 OK", strlen(body));
-        if (write(c, head, (size_t)hn) != hn || write(c, body, strlen(body)) < 0)
-            perror("answer_but_id_5");
+                          : missing ? "404 Not Found" : "200 OK", strlen(body));
+        /* The client may have hung up (a destroy ends its request): no SIGPIPE. */
+        if (send(c, head, (size_t)hn, MSG_NOSIGNAL) == hn)
+            (void)!send(c, body, strlen(body), MSG_NOSIGNAL);
         close(c);
     }
     return NULL;
@@ -662,6 +670,42 @@ static void test_fetched_schemas_do_not_fill_the_store(void)
         hl_schema_store_destroy(s);
     }
     hl_log_set_level(HL_LOG_INFO);
+    atomic_store(&of.stop, 1);
+    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
+    pthread_join(tid, NULL);
+    close(of.fd);
+}
+
+/* A new id waits behind no recheck: "no such id" entries that records
+ * keep naming are asked again every 5 s, and the fetch thread took them
+ * and the waiting ids in one turn, so a valid new id waited for up to
+ * HL_SCHEMA_STORE_MAX_IDS requests (seconds on a slow registry). */
+static void test_new_id_goes_before_rechecks(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    int port, n = 1000, rc = HL_EAGAIN;
+    one_id_fails of = {.fd = silent_listener(&port), .missing_from = 1000, .delay_us = 2000};
+    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+        SKIP("no loopback listener");
+    hl_schema_store *s = store_at(port, 1500, NULL, NULL);
+    if (s != NULL) {
+        double t0 = now_s();
+        while (ask_many(s, 1000, n) < n && now_s() - t0 < 20)
+            usleep(50000);                      /* each one "no such id" */
+        usleep(5200000);                        /* due for a recheck */
+        CHECK(ask_many(s, 1000, n) == n);       /* rechecks asked for */
+        usleep(100000);                         /* and some made: the turn is past 7's place */
+        t0 = now_s();
+        while ((rc = hl_schema_store_get(s, 7, &text, why, sizeof why)) == HL_EAGAIN &&
+               now_s() - t0 < 10)
+            usleep(1000);
+        double took = now_s() - t0;
+        CHECKF(rc == 0 && took < 0.5, "new id 7 behind %d rechecks: rc %d after %.2f s (%s)",
+               n, rc, took, why);
+        free(text);
+        hl_schema_store_destroy(s);
+    }
     atomic_store(&of.stop, 1);
     shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
     pthread_join(tid, NULL);
@@ -819,6 +863,7 @@ int main(void)
     RUN(test_one_failing_id_does_not_starve_the_rest);
     RUN(test_one_failing_id_leaves_the_registry_up);
     RUN(test_fetched_schemas_do_not_fill_the_store);
+    RUN(test_new_id_goes_before_rechecks);
     RUN(test_codec_waits_then_decodes);
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);

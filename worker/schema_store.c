@@ -270,21 +270,26 @@ static void count_answer(hl_schema_store *s, int rc)
  * one after the last asked. Always the first in table order, one id the
  * registry keeps failing (a 500 for a broken subject) was asked again and
  * again behind its backoff and no id after it ever was: their records
- * waited for ever, though the registry had their schemas. Under mu. */
+ * waited for ever, though the registry had their schemas.
+ * Rechecks of "no such id" come only when no wanted id is due: in one
+ * turn with them, a new id waited behind up to HL_SCHEMA_STORE_MAX_IDS
+ * rechecks (seconds on a slow registry) while its records, paused, had
+ * no answer at all, and a recheck's records have one meanwhile. Under mu. */
 static int32_t next_wanted(hl_schema_store *s, int64_t now, int64_t *due_ms)
 {
-    for (int k = 0; k < s->n_e; k++) {
-        int i = (s->cursor + k) % s->n_e;
-        if (s->e[i].state != E_WANTED && !s->e[i].recheck)
-            continue;
-        if (s->e[i].retry_ms > now) {           /* behind its own backoff (blame_id) */
-            if (s->e[i].retry_ms < *due_ms)
-                *due_ms = s->e[i].retry_ms;
-            continue;
+    for (int rechecks = 0; rechecks < 2; rechecks++)
+        for (int k = 0; k < s->n_e; k++) {
+            int i = (s->cursor + k) % s->n_e;
+            if (rechecks ? !s->e[i].recheck : s->e[i].state != E_WANTED)
+                continue;
+            if (s->e[i].retry_ms > now) {       /* behind its own backoff (blame_id) */
+                if (s->e[i].retry_ms < *due_ms)
+                    *due_ms = s->e[i].retry_ms;
+                continue;
+            }
+            s->cursor = i + 1;
+            return s->e[i].id;
         }
-        s->cursor = i + 1;
-        return s->e[i].id;
-    }
     return -1;
 }
 

@@ -9,7 +9,8 @@
  * id the registry keeps failing does not starve the others, nor makes the
  * registry read down; a 5xx for every id does; a table full of fetched
  * schemas still takes a new id; a new id goes before rechecks of "no such
- * id"), the
+ * id"; a proxy's page in the registry's place, a 200 that is not JSON, a
+ * bare 404 or a 5xx of any size, makes records wait, not bad), the
  * codec's schema source (a waiting id decodes as HL_CODEC_WAIT, then as the
  * same event as the file path once the text comes; a refused id is
  * unknown_schema; encode writes event_schema_id), the embedded lists'
@@ -180,6 +181,7 @@ typedef struct one_answer {
     int         fd;
     const char *status;     /* NULL: "200 OK" */
     const char *body;       /* NULL: the string schema */
+    const char *type;       /* NULL: the registry's media type */
 } one_answer;
 
 /* Reads a request up to the end of its headers (the tests' requests are
@@ -207,9 +209,10 @@ static void *answer_once(void *arg)
     if (c < 0)
         return NULL;
     read_head(c);
-    int hn = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Type: "
-                      "application/vnd.schemaregistry.v1+json\r\nContent-Length: %zu\r\n"
-                      "Connection: close\r\n\r\n", oa->status ? oa->status : "200 OK",
+    int hn = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Type: %s\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                      oa->status ? oa->status : "200 OK",
+                      oa->type ? oa->type : "application/vnd.schemaregistry.v1+json",
                       strlen(body));
     if (write(c, head, (size_t)hn) != hn || write(c, body, strlen(body)) < 0)
         perror("answer_once");
@@ -232,8 +235,8 @@ static void *answer_raw(void *arg)
         if (c < 0)
             return NULL;
         read_head(c);
-        if (write(c, ra->raw[i], strlen(ra->raw[i])) < 0)
-            perror("answer_raw");
+        /* The client hangs up on an answer too large: no SIGPIPE, no error. */
+        (void)!send(c, ra->raw[i], strlen(ra->raw[i]), MSG_NOSIGNAL);
         close(c);
     }
     return NULL;
@@ -278,6 +281,76 @@ static void test_folded_first_header_after_a_request(void)
     close(fd);
 }
 
+/* An HTTP answer of status, Content-Type type and a body of n bytes (body,
+ * else that many 'x'), malloc'd. */
+static char *raw_answer(const char *status, const char *type, const char *body, size_t n)
+{
+    char head[256];
+    int hn = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Type: %s\r\n"
+                      "Content-Length: %zu\r\n\r\n", status, type, body ? strlen(body) : n);
+    char *raw = malloc((size_t)hn + (body ? strlen(body) : n) + 1);
+    if (raw == NULL)
+        return NULL;
+    memcpy(raw, head, (size_t)hn);
+    if (body != NULL)
+        strcpy(raw + hn, body);
+    else {
+        memset(raw + hn, 'x', n);
+        raw[hn + n] = '\0';
+    }
+    return raw;
+}
+
+/* Answers that are not the registry's (a proxy's or a load balancer's
+ * page, a captive portal's 200) were its word: a 200 that is not JSON and
+ * anything over HL_REGISTRY_MAX_BODY (a 502 page too: the size was judged
+ * before the status) made the id bad, and a bare 404 "no such id"; their
+ * records were dead-lettered. They are the registry being away now. */
+static void test_proxy_answers_are_not_the_registrys(void)
+{
+    static const char *const html = "<html><body>Sign in to the network</body></html>";
+    static const char *const json = "application/vnd.schemaregistry.v1+json";
+    const size_t big = HL_REGISTRY_MAX_BODY + 4096;
+    struct { char *raw; int want; const char *say; } c[] = {
+        {raw_answer("200 OK", "text/html", html, 0), HL_EAGAIN, "not the registry's"},
+        {raw_answer("404 Not Found", "text/html", html, 0), HL_EAGAIN, "schema.registry.url"},
+        {raw_answer("404 Not Found", json, "{\"error_code\":40403,\"message\":\"Schema 8 not "
+                    "found\"}", 0), HL_ENOENT, "40403"},
+        {raw_answer("502 Bad Gateway", "text/html", NULL, big), HL_EAGAIN, "HTTP 502"},
+        {raw_answer("200 OK", "text/html", NULL, big), HL_EAGAIN, "not the registry's"},
+        {raw_answer("200 OK", json, NULL, big), HL_EFORMAT, "larger than"},
+    };
+    enum { N = sizeof c / sizeof c[0] };
+    const char *raw[N];
+    char url[64], err[512], *text = NULL;
+    int port, fd = silent_listener(&port);
+    for (int i = 0; i < N; i++)
+        raw[i] = c[i].raw ? c[i].raw : "";
+    raw_answers ra = {fd, N, raw};
+    pthread_t tid;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = 5000};
+    hl_registry *r = fd >= 0 ? hl_registry_create(&o, err, sizeof err) : NULL;
+    if (r != NULL && pthread_create(&tid, NULL, answer_raw, &ra) == 0) {
+        for (int i = 0; i < N; i++) {
+            err[0] = '\0';
+            int rc = hl_registry_schema_by_id(r, 8, &text, err, sizeof err);
+            CHECKF(rc == c[i].want && strstr(err, c[i].say), "answer %d: rc %d, want %d "
+                   "naming \"%s\": %s", i, rc, c[i].want, c[i].say, err);
+            free(text);
+            text = NULL;
+        }
+        pthread_join(tid, NULL);
+    } else {
+        CHECK(fd < 0);                          /* else the setup failed */
+    }
+    hl_registry_destroy(r);
+    if (fd >= 0)
+        close(fd);
+    for (int i = 0; i < N; i++)
+        free(c[i].raw);
+}
+
 /* A fetch that hangs on a registry that stopped answering holds up nobody
  * who asks for an id already known (the store's lock is not held across
  * the request), and schema.registry.timeout.ms ends it: the registry is
@@ -287,7 +360,7 @@ static void test_known_ids_do_not_wait_for_a_silent_registry(void)
     char why[256], *text = NULL;
     pthread_t tid;
     int port;
-    one_answer oa = {silent_listener(&port), NULL, NULL};
+    one_answer oa = {silent_listener(&port), NULL, NULL, NULL};
     if (oa.fd < 0 || pthread_create(&tid, NULL, answer_once, &oa) != 0)
         SKIP("no loopback listener");
     hl_schema_store *s = store_at(port, 1500, NULL, NULL);
@@ -405,7 +478,7 @@ static void test_fetched_schema_outlives_waiting_ids(void)
 {
     char why[256] = "", *text = NULL;
     pthread_t tid;
-    one_answer oa = {-1, NULL, NULL};
+    one_answer oa = {-1, NULL, NULL, NULL};
     hl_schema_store *s = store_answering_once(&oa, &tid, NULL, NULL);
     if (s == NULL)
         SKIP("no loopback listener");
@@ -491,7 +564,7 @@ static void fallback_case(one_answer oa, const char *want_text, const char *want
 static void test_bad_answer_does_not_read_the_fallback_file(void)
 {
     one_answer oa = {-1, NULL, "{\"schema\":\"syntax = \\\"proto3\\\";\","
-                               "\"schemaType\":\"PROTOBUF\"}"};
+                               "\"schemaType\":\"PROTOBUF\"}", NULL};
     fallback_case(oa, NULL, "PROTOBUF", "bad_answer", "not_found");
 }
 
@@ -499,8 +572,46 @@ static void test_bad_answer_does_not_read_the_fallback_file(void)
 static void test_not_found_reads_the_fallback_file(void)
 {
     one_answer oa = {-1, "404 Not Found", "{\"error_code\":40403,\"message\":\"Schema 7 not "
-                                          "found\"}"};
+                                          "found\"}", NULL};
     fallback_case(oa, "{\"type\":\"long\"}", NULL, "not_found", "bad_answer");
+}
+
+/* A proxy's page for id 7 (here a bare 404 and a captive portal's 200,
+ * the fallback directory holding 7.avsc): the id waits and the registry
+ * reads down. The 404 had read the file in the registry's place, the 200
+ * made the id unknown and its records dead-lettered. */
+static void proxy_page_case(one_answer oa)
+{
+    char dir[64], why[256] = "", *text = NULL;
+    pthread_t tid;
+    if (fallback_dir(dir, sizeof dir, 7) != 0)
+        SKIP("cannot write a fallback directory in /tmp");
+    hl_schema_store *s = store_answering_once(&oa, &tid, dir, NULL);
+    if (s == NULL) {
+        fallback_dir_remove(dir, 7);
+        SKIP("no loopback listener");
+    }
+    int rc = HL_EAGAIN;
+    for (int i = 0; i < 200 && rc == HL_EAGAIN && hl_schema_store_up(s); i++) {
+        rc = hl_schema_store_get(s, 7, &text, why, sizeof why);
+        usleep(10000);
+    }
+    if (rc == HL_EAGAIN)
+        rc = hl_schema_store_get(s, 7, &text, why, sizeof why);
+    CHECKF(rc == HL_EAGAIN && text == NULL && !hl_schema_store_up(s), "%s: id 7 rc %d (%s), "
+           "text %s, registry up %d", oa.status, rc, why, text ? text : "-",
+           hl_schema_store_up(s));
+    free(text);
+    store_answering_once_end(s, &oa, tid);
+    fallback_dir_remove(dir, 7);
+}
+
+static void test_proxy_pages_make_records_wait(void)
+{
+    proxy_page_case((one_answer){-1, "404 Not Found", "<html>404 Not Found</html>",
+                                 "text/html"});
+    proxy_page_case((one_answer){-1, "200 OK", "<html>Sign in to the network</html>",
+                                 "text/html; charset=utf-8"});
 }
 
 /* A registry that fails one id for good (500, as a broken subject can)
@@ -860,6 +971,8 @@ int main(void)
     RUN(test_bad_answer_does_not_read_the_fallback_file);
     RUN(test_not_found_reads_the_fallback_file);
     RUN(test_folded_first_header_after_a_request);
+    RUN(test_proxy_answers_are_not_the_registrys);
+    RUN(test_proxy_pages_make_records_wait);
     RUN(test_one_failing_id_does_not_starve_the_rest);
     RUN(test_one_failing_id_leaves_the_registry_up);
     RUN(test_fetched_schemas_do_not_fill_the_store);

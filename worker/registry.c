@@ -5,8 +5,11 @@
  * reference (the subset registry.h lists): bodies are
  * application/vnd.schemaregistry.v1+json, errors are
  * {"error_code": N, "message": "..."} with the HTTP status, and 40403 is
- * "schema not found". Only the status decides what a failure means
- * (registry.h); error_code and message are copied into the error text.
+ * "schema not found". The status decides what a failure means (registry.h),
+ * but only an answer that is the registry's own can say "bad" or "no such
+ * id": a proxy or load balancer before it (an HTML error page, a captive
+ * portal's 200, an ingress's bare 404 while the registry restarts) is the
+ * registry being away. error_code and message go into the error text.
  *
  * Secrets: the user info goes to curl as CURLOPT_USERPWD and nowhere else.
  * A URL may itself carry "user:pw@"; every text built here names a URL in
@@ -273,13 +276,37 @@ static void error_words(const body *b, char *out, size_t len)
     json_decref(j);
 }
 
-/* What an HTTP status means to the caller (registry.h). */
-static int status_code(long status)
+/* The body parsed when it is a JSON object, as every answer of the
+ * registry's is (errors too), else NULL. */
+static json_t *json_body(const body *b)
+{
+    json_t *j = b->too_big || b->p == NULL ? NULL : json_loadb(b->p, b->n, 0, NULL);
+    if (j != NULL && !json_is_object(j)) {
+        json_decref(j);
+        j = NULL;
+    }
+    return j;
+}
+
+/* The registry's "not found" carries error_code 404xx (40401 subject,
+ * 40403 schema); a proxy's 404, HTML or JSON of its own, has none. */
+static int registry_not_found(const json_t *j)
+{
+    json_t *code = json_object_get(j, "error_code");
+    json_int_t n = json_is_integer(code) ? json_integer_value(code) : 0;
+    return n >= 40400 && n < 40500;
+}
+
+/* What an HTTP status means to the caller (registry.h), j the body when it
+ * is a JSON object. A 2xx or 404 that is not the registry's JSON waits: it
+ * had made ids bad or unknown, their records dead-lettered, on a proxy's
+ * word. */
+static int status_code(long status, const json_t *j)
 {
     if (status >= 200 && status < 300)
-        return 0;
+        return j != NULL ? 0 : HL_EAGAIN;
     if (status == 404)
-        return HL_ENOENT;
+        return registry_not_found(j) ? HL_ENOENT : HL_EAGAIN;
     if (status == 401 || status == 403)
         return HL_EDENIED;
     if (status >= 500 || status == 408 || status == 429)
@@ -301,12 +328,43 @@ static int tls_failure(CURLcode cc)
     }
 }
 
-/* One request to one URL. 0 with the answer in b, else the code and a
- * sentence. */
-static int request_one(hl_registry *r, int i, const char *path, const char *post,
-                       body *b, char *errbuf, size_t errlen)
+/* The sentence for an answer that is not a success, rc from status_code.
+ * A 2xx too large to read is the registry's (HL_EFORMAT: a schema over
+ * HL_REGISTRY_MAX_BODY is refused) only when its Content-Type says JSON. */
+static int refusal(hl_registry *r, int i, const char *path, const body *b, long status,
+                   int rc, char *errbuf, size_t errlen)
 {
-    char url[4096], words[256];
+    char words[256];
+    const char *type = NULL;
+    curl_easy_getinfo(r->curl, CURLINFO_CONTENT_TYPE, &type);
+    if (status >= 200 && status < 300 && b->too_big && type && strcasestr(type, "json"))
+        return hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: answer larger than "
+                      "%d bytes", r->shown[i], path, HL_REGISTRY_MAX_BODY);
+    if (status >= 200 && status < 300)
+        return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP %ld, but the answer is "
+                      "not the registry's (%.64s, %s); a proxy in the way?", r->shown[i], path,
+                      status, type ? type : "no Content-Type",
+                      b->too_big ? "too large" : "not a JSON object");
+    if (status == 404 && rc == HL_EAGAIN)
+        return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP 404 without the "
+                      "registry's error body: check schema.registry.url (a path missing or "
+                      "extra?), or a proxy has no route to the registry", r->shown[i], path);
+    error_words(b, words, sizeof words);
+    if (rc == HL_EDENIED)
+        return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP %ld, credentials refused "
+                      "(%s); check schema.registry.basic.auth.user.info", r->shown[i], path,
+                      status, words);
+    return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP %ld (%s%s)", r->shown[i],
+                  path, status, words, b->too_big ? ", answer too large to read" : "");
+}
+
+/* One request to one URL. 0 with the answer's JSON object in *out, else
+ * the code and a sentence. The status is read before the size is judged:
+ * an answer too large is a 5xx page as much as a schema. */
+static int request_one(hl_registry *r, int i, const char *path, const char *post,
+                       body *b, json_t **out, char *errbuf, size_t errlen)
+{
+    char url[4096];
     long status = 0;
     if (snprintf(url, sizeof url, "%s%s", r->url[i], path) >= (int)sizeof url)
         return hl_err(errbuf, errlen, HL_EINVAL, "schema registry %s: path too long", r->shown[i]);
@@ -319,8 +377,7 @@ static int request_one(hl_registry *r, int i, const char *path, const char *post
     set_options(r, url, post, b);
     CURLcode cc = curl_easy_perform(r->curl);
     if (b->too_big)
-        return hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: answer larger than %d "
-                      "bytes", r->shown[i], path, HL_REGISTRY_MAX_BODY);
+        cc = CURLE_OK;                      /* the headers came: judged below */
     if (cc != CURLE_OK && tls_failure(cc))
         return hl_err(errbuf, errlen, HL_EDENIED, "schema registry %s%s: TLS: %s; check "
                       "schema.registry.ssl.ca.location, .certificate.location and "
@@ -330,20 +387,18 @@ static int request_one(hl_registry *r, int i, const char *path, const char *post
                       curl_easy_strerror(cc));
     curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
     r->status = status;
-    int rc = status_code(status);
-    if (rc == 0)
+    json_t *j = json_body(b);
+    int rc = status_code(status, j);
+    if (rc == 0) {
+        *out = j;
         return 0;
-    error_words(b, words, sizeof words);
-    if (rc == HL_EDENIED)
-        return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP %ld, credentials refused "
-                      "(%s); check schema.registry.basic.auth.user.info", r->shown[i], path,
-                      status, words);
-    return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP %ld (%s)", r->shown[i], path,
-                  status, words);
+    }
+    json_decref(j);
+    return refusal(r, i, path, b, status, rc, errbuf, errlen);
 }
 
 /* The request on each URL in turn, from the one that answered last, while
- * the answer is transient. The parsed JSON of a 2xx answer in *out. */
+ * the answer is transient. The JSON object of a 2xx answer in *out. */
 static int request(hl_registry *r, const char *path, const char *post, json_t **out,
                    char *errbuf, size_t errlen)
 {
@@ -352,17 +407,8 @@ static int request(hl_registry *r, const char *path, const char *post, json_t **
     /* An aborted request tries no other URL: the caller is stopping. */
     for (int k = 0; k < r->n_url && rc == HL_EAGAIN && !aborted(r); k++) {
         int i = (r->good + k) % r->n_url;
-        if ((rc = request_one(r, i, path, post, &b, errbuf, errlen)) != HL_EAGAIN)
+        if ((rc = request_one(r, i, path, post, &b, out, errbuf, errlen)) != HL_EAGAIN)
             r->good = i;
-    }
-    if (rc == 0) {
-        json_error_t je;
-        if ((*out = json_loadb(b.p ? b.p : "", b.n, 0, &je)) == NULL || !json_is_object(*out)) {
-            json_decref(*out);
-            *out = NULL;
-            rc = hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: answer is not a "
-                        "JSON object (%s)", r->shown[r->good], path, je.text);
-        }
     }
     free(b.p);
     return rc;

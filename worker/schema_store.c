@@ -356,9 +356,10 @@ static void fetch(hl_schema_store *s, int32_t id, int probe)
     int rc = hl_registry_schema_by_id(s->reg, id, &text, err, sizeof err);
     pthread_mutex_lock(&s->mu);
     /* Only the registry saying "no such id" (404) or giving a schema we
-     * cannot use (HL_EFORMAT: not Avro, not JSON, too big) makes a record
-     * bad; anything else (no answer, 5xx, 401, TLS, a refusal of the
-     * request itself) is not the record's fault: it waits. The down line
+     * cannot use (HL_EFORMAT: its JSON holds no Avro schema, or is too
+     * big) makes a record bad; anything else (no answer, 5xx, 401, TLS, a
+     * refusal of the request itself, a proxy's page in the registry's
+     * place: registry.c) is not the record's fault: it waits. The down line
      * names the cause. A bad answer is not a 404: the registry answered,
      * so it is never replaced by a fallback file (settle). */
     if (rc != 0 && rc != HL_ENOENT && rc != HL_EFORMAT) {
@@ -418,8 +419,9 @@ static void *fetch_main(void *arg)
 
 static void register_metrics(hl_schema_store *s, hl_metrics *m)
 {
-    const char *help = "Requests to the Schema Registry by outcome (error: no answer, 5xx or "
-                       "credentials refused; bad_answer: not an Avro schema, not JSON or too "
+    const char *help = "Requests to the Schema Registry by outcome (error: no answer, 5xx, "
+                       "credentials refused or an answer not the registry's, such as a proxy's "
+                       "page; bad_answer: the registry's answer holds no Avro schema or is too "
                        "large).";
     if (m == NULL)
         return;

@@ -7,8 +7,9 @@ Separate processes over TCP: a `halflife broker --refuse-produce FILE`
 (while FILE names an error, every Produce request gets it; every topic, so
 the input is produced before FILE is written), one `halflife run`. Three
 cases, each on a fresh broker (the second beside the other two):
-- refused_then_accepted: the worker consumes every event while its lists
-  are refused; once the refusal ends, every user's newest list comes from
+- refused_then_accepted: the worker consumes events while its lists are
+  refused (all, or until every flight is in the air: it then holds the
+  rest back); once the refusal ends, every user's newest list comes from
   its last event and equals the offline reference, errors were counted
   (halflife_delivery_errors_total > 0) and the offsets reach the end;
 - sigkill_during_refusal: the same, but the worker is killed (SIGKILL)
@@ -117,16 +118,35 @@ def finish(ck, case, broker, w, group, last, high, events_csv, model, events, er
     ck.check(case + "_clean_exit", rc == 0, "exit %s" % rc)
 
 
+def consumed_while_refused(w, n_events, timeout=60):
+    """What w consumes while every list is refused: all n_events, or as far
+    as its flights let it. A thread reads a batch only with one of its
+    N_FLIGHTS flights free (thread.c), and refused ones stay in the air, so
+    with small batches (latency-aware batching; under SAN about 74 events)
+    the worker holds back the rest until the refusal ends: 16 batches of 2
+    threads were 1181 of 2000 events in one run. Waits for the first
+    event, then until all are in or the count stays put for 3 s."""
+    deadline = time.time() + timeout
+    n = C.wait_consumed([w], 1, timeout)
+    while n < n_events and time.time() < deadline:
+        C.wait_idle([w], deadline - time.time(), quiet=3)
+        m = max(w.metric_or("halflife_events_consumed_total"), 0)
+        if m == n:
+            break
+        n = m
+    return n
+
+
 def refused_then_accepted(ck):
     model, events_csv, events, path, broker, last, high, on = setup(ck, "a")
     w = worker(ck, broker, model, "worker-a", "refused")
-    consumed = C.wait_consumed([w], len(events), 60)
+    consumed = consumed_while_refused(w, len(events))
     errs = wait_metric(w, "halflife_delivery_errors_total", 20)
     retries = wait_metric(w, "halflife_delivery_retries_total", 20)
     off = refuse(broker, path, False)
     ck.check("a_refreshed_again", retries > 0,
              "halflife_delivery_retries_total %s during the refusal" % retries)
-    ck.check("a_refusal_applied", on and off and consumed >= len(events),
+    ck.check("a_refusal_applied", on and off and consumed > 0,
              "refusal on %s, off %s; consumed %d of %d meanwhile"
              % (on, off, consumed, len(events)))
     finish(ck, "a", broker, w, "refused", last, high, events_csv, model, events, errs)
@@ -139,7 +159,7 @@ def sigkill_during_refusal(ck):
     # makes the restart resume after their events (no snapshot would make
     # it replay the whole topic and hide the loss).
     w = worker(ck, broker, model, "worker-b1", "killed", ["snapshot.interval.ms=1000"])
-    consumed = C.wait_consumed([w], len(events), 60)
+    consumed = consumed_while_refused(w, len(events))
     errs = wait_metric(w, "halflife_delivery_errors_total", 20)
     # Long enough for auto-commit (5 s) to send what was stored: a worker
     # that stores offsets past refused lists has them committed by then.
@@ -152,7 +172,7 @@ def sigkill_during_refusal(ck):
     w.p.wait()
     term_during_revocation(ck, broker, model, high)
     off = refuse(broker, path, False)
-    ck.check("b_refusal_applied", on and off and consumed >= len(events),
+    ck.check("b_refusal_applied", on and off and consumed > 0,
              "refusal on %s, off %s; consumed %d of %d before the kill"
              % (on, off, consumed, len(events)))
     w3 = worker(ck, broker, model, "worker-b3", "killed")

@@ -66,11 +66,11 @@ static const rec *in_effect(const entry *e)
 
 struct hl_catalogue {
     const hl_model *m;
-    int32_t   n_model, dim, max_new, slack;   /* slack: hl_catalogue_set_slack */
+    int32_t   n_model, dim, max_new, slack;   /* slack: hl_catalogue_set_slack, > 0 loading */
     entry    *ent;     int32_t n_ent, cap_ent, free_ent;
     int32_t  *slot;    uint32_t n_slot;      /* entry + 1 per slot, 0 empty */
     int32_t   n_used, n_new;                 /* live entries; unknown ones */
-    int32_t   lru_old, lru_new;              /* the fold-in list's ends, -1: empty */
+    int32_t   lru_old, lru_new, n_lru;       /* the fold-in list's ends (-1: empty), length */
     char      evicted[HL_MAX_ID_LEN];        /* what the last apply evicted */
     uint32_t  evicted_len;                   /* 0: nothing */
     float    *s_in, *s_out, *s_bias;         /* (cap_side, dim) ... */
@@ -297,6 +297,7 @@ static void lru_unlink(hl_catalogue *c, int32_t i)
     if (e->lru_next >= 0) c->ent[e->lru_next].lru_prev = e->lru_prev;
     else c->lru_new = e->lru_prev;
     e->in_lru = 0;
+    c->n_lru--;
 }
 
 /* Puts entry i on the fold-in list or takes it off, as its records say:
@@ -320,6 +321,7 @@ static void lru_set(hl_catalogue *c, int32_t i, int written)
     else c->lru_old = i;
     c->lru_new = i;
     e->in_lru = 1;
+    c->n_lru++;
 }
 
 /* Drops slot's entry (no record left under either key: it counts for
@@ -362,21 +364,50 @@ static int evict_foldin(hl_catalogue *c)
     return 0;
 }
 
+/* HL_EFULL for u, saying what counts and what to do. */
+static int full(const hl_catalogue *c, const hl_item_update *u, char *errbuf, size_t errlen)
+{
+    return hl_err(errbuf, errlen, HL_EFULL, "catalogue full: item \"%.*s\" is new to "
+                  "the model and catalogue.max.new.items=%d new ids are kept, all "
+                  "an operator's (added, only hidden, or only named): tombstone unused "
+                  "ones or raise catalogue.max.new.items",
+                  (int)(u->id_len < 64 ? u->id_len : 64), u->id, (int)c->max_new);
+}
+
+/* Unknown items an operator's record names: no fold-in item's eviction
+ * frees their slots. */
+static int32_t held_by_operators(const hl_catalogue *c)
+{
+    return c->n_new - c->n_lru;
+}
+
+/* Room for one more new id when max_new or more are kept: 0, or HL_EFULL.
+ * Running, the stalest fold-in item gives its slot up (none kept: full).
+ * Loading, the records read are the ones a running worker read, but the
+ * tombstone of each fold-in item it gave up comes later, so the fold-in
+ * items kept here are its own plus those: the operators' are the same.
+ * So the running worker refused exactly when operators held max_new, and
+ * this refuses then too, even with fold-in items kept (their tombstones
+ * are coming): taking the id into the slack would keep more than max_new
+ * after them, and more than any running worker lists. Otherwise the id
+ * takes the slack while there is some, else the stalest fold-in slot. */
+static int make_room(hl_catalogue *c)
+{
+    if (c->slack > 0 && held_by_operators(c) >= c->max_new)
+        return HL_EFULL;
+    if (c->n_new < c->max_new + c->slack)
+        return 0;
+    return evict_foldin(c);
+}
+
 /* A new entry for id under slot (empty); a full catalogue gives a fold-in
  * item's slot up for it (*slot is found again: forgetting moves slots). */
 static int insert(hl_catalogue *c, const hl_item_update *u, uint32_t *slot,
                   char *errbuf, size_t errlen)
 {
     int32_t row = hl_model_item_find(c->m, u->id, u->id_len);
-    /* the slack is for fold-in items whose tombstones may come later: none
-     * kept, every slot is an operator's, and a running worker refuses */
-    int32_t room = c->max_new + (c->lru_old >= 0 ? c->slack : 0);
-    if (row < 0 && c->n_new >= room && evict_foldin(c) != 0)
-        return hl_err(errbuf, errlen, HL_EFULL, "catalogue full: item \"%.*s\" is new to "
-                      "the model and catalogue.max.new.items=%d new ids are kept, all "
-                      "an operator's (added, only hidden, or only named): tombstone unused "
-                      "ones or raise catalogue.max.new.items",
-                      (int)(u->id_len < 64 ? u->id_len : 64), u->id, (int)c->max_new);
+    if (row < 0 && c->n_new >= c->max_new && make_room(c) != 0)
+        return full(c, u, errbuf, errlen);
     if (row < 0)
         *slot = probe(c, u->id, u->id_len);
     if ((uint32_t)(c->n_used + 1) * 2 > c->n_slot) {
@@ -481,6 +512,17 @@ static int foldin_refused(const hl_catalogue *c, const hl_item_update *u, uint32
     return r->present && r->foldin_events == 0;
 }
 
+/* An operator's record for a kept fold-in item, while loading, with
+ * operators holding max_new already (see make_room): the fold-in item is
+ * one a running worker gave up (it could not have kept it beside them),
+ * so to it the record named a new id, and it refused it. Kept, the record
+ * would hold the slot after the fold-in key's tombstone. */
+static int takeover_refused(const hl_catalogue *c, uint32_t slot)
+{
+    return c->slack > 0 && c->slot[slot] != 0 && c->ent[c->slot[slot] - 1].in_lru &&
+           held_by_operators(c) >= c->max_new;
+}
+
 int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
                        char *errbuf, size_t errlen)
 {
@@ -503,6 +545,8 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
                       u->id);
     if (u->foldin_events > 0 && foldin_refused(c, u, slot))
         return HL_CATALOGUE_IGNORED;
+    if (u->foldin_events == 0 && takeover_refused(c, slot))
+        return full(c, u, errbuf, errlen);
     if (c->slot[slot] == 0 && (rc = insert(c, u, &slot, errbuf, errlen)) != 0)
         return rc;
     entry *e = &c->ent[c->slot[slot] - 1];

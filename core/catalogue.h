@@ -64,7 +64,8 @@ void          hl_catalogue_destroy(hl_catalogue *c);        /* NULL is a no-op *
  * non-finite vector value or bias (the caller's decoder refuses these
  * first; this is the last guard); HL_EFULL when u names an item the model
  * does not know, max_new such items are already kept and an operator's
- * record names each of them (nothing changes). The reason goes to errbuf.
+ * record names each of them (nothing changes; while loading, see
+ * "Loading"). The reason goes to errbuf.
  *
  * A full catalogue: fold-in records are written by workers and deleted by
  * no one, so over a shop's churn they would hold every slot for good (every
@@ -90,11 +91,16 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
  * record before the tombstone (in another partition) of the item whose
  * slot it took, so a full catalogue would give up an item the running
  * workers kept. While loading, new ids may take extra slots more than
- * max_new while a fold-in item is kept (none kept, operators hold every
- * slot and a running worker refuses: so does this); then
+ * max_new, but only while operators' records name fewer than max_new new
+ * ids: a running worker refused an id then (it kept no fold-in item; the
+ * ones kept here are those whose tombstones are still to come), so this
+ * refuses it too (HL_EFULL), and so an operator's record for a kept
+ * fold-in item, which named a new id to the running worker. Then
  * hl_catalogue_trim, called until it returns 0, gives up the stalest
  * fold-in items beyond max_new, one a call (1, the id in
- * hl_catalogue_evicted), once slack is back to 0. */
+ * hl_catalogue_evicted), once slack is back to 0: read in the order a
+ * running worker read it, the topic leaves the items it lists, never
+ * more than max_new. */
 void hl_catalogue_set_slack(hl_catalogue *c, int32_t extra);
 int  hl_catalogue_trim(hl_catalogue *c);
 

@@ -15,6 +15,14 @@ bought by 4 users (fold-in publishes each at 2 and 4 interactions):
 - a worker started afterwards, reading the topic from its start (two
   partitions: records and the tombstones that made room for them are read
   in another order), lists the same: 4 fold-in items and the operator's.
+
+Then, on a topic of one partition with catalogue.max.new.items=2: a
+fold-in item F, then three operator's adds in one burst. The worker gives
+F up for the second add and refuses the third as catalogue_full, so F's
+tombstone lands after the third. A worker started afterwards must refuse
+the third too and list the same 2 adds: before, it took the second and
+third into its loading slack while F was kept, then dropped F at its
+tombstone and listed 3 adds, more than the bound, for good.
 """
 import os
 import sys
@@ -57,6 +65,52 @@ def foldin_tombstones(bootstrap, want, timeout=15):
     return got
 
 
+def op_csv(path, ids):
+    with open(path, "w") as f:
+        f.write("item_id,available,expires_at_ms\n")
+        for i in ids:
+            f.write("%s,true,,0,%s,%s\n" % (i, ",".join(["0.5"] * DIM), ",".join(["0.5"] * DIM)))
+
+
+def restart_refuses_as_running(tmp, model):
+    """The one-partition check in the docstring; True when it passed."""
+    broker = U.Broker(1, ["behaviour-events", "recommendations", "behaviour-events.dlq",
+                          "items"], os.path.join(tmp, "broker1.log"))
+    try:
+        cfg = ["kafka.fetch.wait.max.ms=10", "catalogue.foldin.min.events=2",
+               "catalogue.max.new.items=2"]
+        w = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w1.log"),
+                     extra=cfg + ["snapshot.dir=" + os.path.join(tmp, "snap1")])
+        U.produce_events(broker.bootstrap, "behaviour-events",
+                         [("b%d" % b, "fresh-f", "PURCHASE", 1700000000000 + b, None)
+                          for b in range(2)])
+        fold = wait_metric(w, "halflife_items_added", 1, timeout=15, labels='source="foldin"')
+        ops = os.path.join(tmp, "ops3.csv")
+        op_csv(ops, ["op-1", "op-2", "op-3"])
+        rc = run_items(broker.bootstrap, ops, open(os.path.join(tmp, "items1.log"), "w"))
+        full = wait_metric(w, "halflife_item_updates_invalid_total", 1, timeout=15, labels=FULL)
+        tomb = foldin_tombstones(broker.bootstrap, 1)
+        ran = (w.metric("halflife_items_added", 'source="foldin"'),
+               w.metric("halflife_items_added", 'source="topic"'), full)
+        w.stop()
+        w2 = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w1b.log"),
+                      extra=cfg + ["snapshot.dir=" + os.path.join(tmp, "snap1b")])
+        loaded = wait_metric(w2, "halflife_items_loaded", 1, timeout=20)
+        again = (w2.metric("halflife_items_added", 'source="foldin"'),
+                 w2.metric("halflife_items_added", 'source="topic"'),
+                 w2.metric("halflife_item_updates_invalid_total", FULL))
+        w2.stop()
+    finally:
+        broker.stop()
+    ok = fold == 1 and rc == 0 and tomb == {"fresh-f"} and ran == (0, 2, 1) and loaded == 1 \
+        and again == ran
+    print(("PASS" if ok else "FAIL") + " foldin_full: one partition, max 2: fold-in listed %s "
+          "(want 1), items exit %s, fold-in keys tombstoned %s (want fresh-f); running: fold-in, "
+          "operator's listed and catalogue_full %s (want (0, 2, 1)); restarted: loaded %s, %s "
+          "(want the same)" % (fold, rc, sorted(tomb), ran, loaded, again))
+    return ok
+
+
 def main():
     why = U.have_prereqs()
     if why:
@@ -85,9 +139,7 @@ def main():
         listed = w.metric("halflife_items_added", 'source="foldin"')
         tomb = foldin_tombstones(broker.bootstrap, int(evicted))
         ops = os.path.join(tmp, "op.csv")
-        with open(ops, "w") as f:
-            f.write("item_id,available,expires_at_ms\nop-new,true,,0,%s,%s\n" %
-                    (",".join(["0.5"] * DIM), ",".join(["0.5"] * DIM)))
+        op_csv(ops, ["op-new"])
         rc = run_items(broker.bootstrap, ops, open(os.path.join(tmp, "items.log"), "w"))
         op = wait_metric(w, "halflife_items_added", 1, timeout=15, labels='source="topic"')
         full_after = w.metric("halflife_item_updates_invalid_total", FULL)
@@ -118,6 +170,7 @@ def main():
         failed = 0 if ok else 1
     finally:
         broker.stop()
+    failed |= 0 if restart_refuses_as_running(tmp, model) else 1
     print("logs in", tmp)
     return failed
 

@@ -165,6 +165,15 @@ static void test_no_checkpoint_after_loss(void)
            "after the loss: %lld records written (a checkpoint), durable %lld, "
            "fenced writes %llu", (long long)(after - before),
            (long long)hl_changelog_durable(cs), (unsigned long long)fenced);
+    /* The same flush met again: the stop's flush_now, then ticks past the
+     * next interval. One flush refused, one count. Before, each look at
+     * the lost assignment counted: the checkpoint's refusal and flush_now
+     * starting the flush anew made 2, and every later interval one more. */
+    CHECK(hl_changelog_flush_now(cs, a, 3, hl_now_mono_ms() + 1000) != 0);
+    hl_changelog_tick(cs, a, 3, 3, now + 2000);
+    hl_changelog_tick(cs, a, 3, 3, now + 3000);
+    fenced = hl_metrics_counter_sum(e.reg, "halflife_changelog_fenced_writes_total");
+    CHECKF(fenced == 1, "one fenced flush counted %llu times", (unsigned long long)fenced);
     fenced_done(&e, m, cs, a);
 }
 

@@ -137,6 +137,7 @@ struct hl_changelog_shard {
     unsigned char *tomb;
     size_t         tomb_len, tomb_cap;
     int            tomb_lost;      /* an eviction could not be noted */
+    int            fenced_seen;    /* the loss at hand was counted (fenced) */
     hl_log_limit   limit;
     hl_log_limit   big_limit;      /* changelog_row_too_large */
     cover          covers[N_COVERS];   /* a ring of the newest durable flushes */
@@ -390,11 +391,20 @@ static void produce(hl_changelog_shard *cs)
 }
 
 /* 1 when this process may no longer write the partition: its consumer
- * says the assignment was lost (session expired while it was cut off). */
+ * says the assignment was lost (session expired while it was cut off).
+ * Counted and logged once per loss: the flush it refuses is looked at
+ * again until the shard goes (the refused checkpoint, then flush_now
+ * starting it anew, then each tick's interval), and each look counted
+ * one more refused flush. */
 static int fenced(hl_changelog_shard *cs)
 {
-    if (!rd_kafka_assignment_lost(cs->cl->o.consumer))
+    if (!rd_kafka_assignment_lost(cs->cl->o.consumer)) {
+        cs->fenced_seen = 0;
         return 0;
+    }
+    if (cs->fenced_seen)
+        return 1;
+    cs->fenced_seen = 1;
     uint64_t sup = 0;
     hl_counter_add(cs->cl->mx.fenced, 1);
     if (hl_log_limit_pass(&cs->limit, &sup))

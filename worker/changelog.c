@@ -510,7 +510,8 @@ static void chain_check(hl_changelog_shard *cs)
 }
 
 /* A flush some of whose records did not land. Taken back by a purge only
- * (a release let go of undelivered records, event=release_undelivered),
+ * (a release let go of undelivered records, event=release_undelivered or
+ * release_lost_purged),
  * it failed nowhere: logged so, not counted as a failure (an operator's
  * alert on flush failures means the broker refused). */
 static void log_undone(hl_changelog_shard *cs)

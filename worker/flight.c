@@ -178,8 +178,8 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
     char path[PATH_MAX], err[512];
     const char *why = dl->send_failed ? dl->err
                     : atomic_load(&dl->t.purged) > 0
-                    ? "purged undelivered when a revocation let go of undelivered records "
-                      "(see event=release_undelivered)"
+                    ? "purged undelivered when a revocation or a stop let go of undelivered records "
+                      "(see event=release_undelivered, release_lost_purged or stop_lost)"
                     : "delivery failed (see event=delivery_failed)";
     dlq_hdr_buf hb;
     hl_header h[8];
@@ -320,7 +320,8 @@ static rd_kafka_resp_err_t first_refusal(const hl_failed_key *keys)
 
 /* One round of f's failed lists sent again, logged; err is the round's
  * first refusal. Lists a purge took back (a release let go of undelivered
- * lists: thread.c logged that once, event=release_undelivered) are no
+ * lists: thread.c logged that once, event=release_undelivered or
+ * release_lost_purged) are no
  * refusal: a debug line. */
 static void log_refreshed(hl_wthread *t, const flight *f, rd_kafka_resp_err_t err,
                           int failed, int purged, int sent)

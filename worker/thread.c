@@ -263,15 +263,26 @@ static void note_unsaved(hl_wthread *t, const hl_shard *sh)
  * partitions are lost: the producer is settled on the way out, and that
  * flush would send what it holds. The purged records are logged here,
  * in one line, and counted as purged, not as delivery errors: nothing
- * refused them (producer.h). */
+ * refused them (producer.h). A lost release has its own event: it did not
+ * wait, and may have had nothing undelivered of its own (the purge is
+ * for a queued changelog flush, or other threads' lists); under
+ * release_undelivered its line read "batches_in_flight=0", and only
+ * records_purged told what had happened. */
 static void let_go_undelivered(hl_wthread *t, int n_take, int lost)
 {
     uint64_t purged = hl_producer_purge(t->ctx->prod);
-    hl_log(HL_LOG_WARN, "release_undelivered", "thread=%d partitions=%d lost=%d "
-           "batches_in_flight=%d waited_ms=%d records_purged=%llu action=\"let go at their "
-           "last delivered offsets; the next owner reads those events again; unsent records "
-           "purged, lists still owned refreshed again\"", t->id, n_take, lost, t->fl_n,
-           lost ? 0 : t->ctx->o->shutdown_timeout_ms, (unsigned long long)purged);
+    if (lost)
+        hl_log(HL_LOG_WARN, "release_lost_purged", "thread=%d partitions=%d "
+               "batches_in_flight=%d records_purged=%llu action=\"let go at once at their "
+               "last delivered offsets, nothing more published or waited for: another "
+               "member owns them already; unsent records purged, lists still owned "
+               "refreshed again\"", t->id, n_take, t->fl_n, (unsigned long long)purged);
+    else
+        hl_log(HL_LOG_WARN, "release_undelivered", "thread=%d partitions=%d "
+               "batches_in_flight=%d waited_ms=%d records_purged=%llu action=\"let go at "
+               "their last delivered offsets; the next owner reads those events again; "
+               "unsent records purged, lists still owned refreshed again\"", t->id, n_take,
+               t->fl_n, t->ctx->o->shutdown_timeout_ms, (unsigned long long)purged);
 }
 
 /* Writes the snapshots of the n_take shards let go: where their next

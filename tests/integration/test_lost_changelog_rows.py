@@ -115,7 +115,7 @@ def body(ck):
     ck.check("b_restored", off and took, "refusal off %s, B restored every partition %s"
              % (off, took))
     n, late = late_records(broker.bootstrap)
-    released = [kv for _ts, kv in a.events("release_undelivered")]
+    released = [kv for _ts, kv in a.events("release_lost_purged")]
     ck.check("no_late_changelog_record", n > 0 and not late,
              "%d of %d changelog records landed after a higher epoch's (a zombie's after "
              "the claim), e.g. (partition, offset, epoch, above) %s; A's release: %s"

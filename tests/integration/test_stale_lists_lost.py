@@ -20,7 +20,8 @@ two `halflife run` in one group:
 Then, read in log order as compaction keeps it, every user's last list
 must come from the user's last event. Before the fix A's revocation
 waited shutdown.timeout.ms for its lost partitions' lists, and they
-landed after B's.
+landed after B's. A's release is logged as event=release_lost_purged
+(check_lost_release_logged).
 """
 import os
 import signal
@@ -48,6 +49,18 @@ def wait_for(cond, timeout):
     return cond()
 
 
+def check_lost_release_logged(ck, a):
+    """A's lost release says what it did under its own event, with what it
+    purged. Before, it logged event=release_undelivered lost=1, a line that
+    names a wait it never made (batches_in_flight=0 when nothing of its
+    own was in the air): only records_purged told what had happened."""
+    lost = [kv for _ts, kv in a.events("release_lost_purged")]
+    waited = [kv for _ts, kv in a.events("release_undelivered")]
+    ck.check("lost_release_logged",
+             lost and int(lost[0].get("records_purged", "0")) > 0 and not waited,
+             "release_lost_purged %s; release_undelivered %s" % (lost[:1], waited[:1]))
+
+
 def body(ck):
     model, _csv, events = C.prepare(ck.tmp, S.N_EVENTS, S.N_USERS, S.N_ITEMS)
     events = sorted(events, key=lambda e: e[3])
@@ -69,7 +82,7 @@ def body(ck):
     lost = wait_for(lambda: a.metric_or("halflife_rebalances_total") > rebalances, 15)
     # A revocation that lets go at once has logged it by now; one that
     # waits for its lists is stopped inside that wait.
-    wait_for(lambda: a.events("release_undelivered"), 2)
+    wait_for(lambda: a.events("release_lost_purged"), 2)
     os.kill(a.p.pid, signal.SIGSTOP)
     ck.check("setup", on and consumed >= len(first) and took and lost,
              "refusal %s, A consumed %d of %d, B took every partition %s, A's "
@@ -96,6 +109,7 @@ def body(ck):
              "their last event, e.g. %s: last list from %s, last event at %s"
              % (revoked, len(stale), len(last), stale[:3], [got.get(u) for u in stale[:3]],
                 [last[u] for u in stale[:3]]))
+    check_lost_release_logged(ck, a)
     rc, _secs = b.term(30)
     ck.check("b_clean_exit", rc == 0, "exit %s" % rc)
     broker.stop()

@@ -7,7 +7,8 @@
  * print "unknown" forever. Also: records of a partition whose queue goes
  * to no shard thread are counted each and logged a few times, not once
  * each (a mock cluster in process, the partition assigned, never
- * forwarded). */
+ * forwarded). And a statistics report made while an assignment callback
+ * ran is not the lag of the partitions it assigned. */
 #define T_SUITE "test_consumer"
 #include "test.h"
 
@@ -17,6 +18,7 @@
 
 #include <librdkafka/rdkafka_mock.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -166,9 +168,122 @@ static void test_unrouted_records_rate_limited(void)
     rd_kafka_destroy(mrk);
 }
 
+/* The lag series of partition 0 in reg's /metrics: its value, or -1
+ * while none shows. */
+static double lag0(hl_metrics *reg)
+{
+    char *text = NULL;
+    size_t len = 0;
+    double v = -1;
+    if (hl_metrics_render(reg, &text, &len) != 0)
+        return -1;
+    const char *at = strstr(text, "halflife_consumer_lag{partition=\"0\"} ");
+    if (at != NULL)
+        v = strtod(strchr(at, '}') + 2, NULL);
+    free(text);
+    return v;
+}
+
+typedef struct slow_assign {
+    int64_t at;         /* the offset each assignment starts at */
+    int     sleep_ms;   /* how long the assignment callback takes */
+    int     owned;      /* partition 0 assigned (the worker's owner[]) */
+} slow_assign;
+
+static int owns_assigned(void *opaque, int32_t partition)
+{
+    const slow_assign *sa = opaque;
+    return partition == 0 && sa->owned;
+}
+
+/* Eager (range): assigns at sa->at after sa->sleep_ms, as a restore that
+ * takes that long would; revokes all. */
+static void assign_slowly(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                          rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    slow_assign *sa = opaque;
+    if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        rd_kafka_assign(rk, NULL);
+        sa->owned = 0;
+        return;
+    }
+    usleep((useconds_t)sa->sleep_ms * 1000);
+    for (int i = 0; i < parts->cnt; i++)
+        parts->elems[i].offset = sa->at;
+    rd_kafka_assign(rk, parts);
+    sa->owned = parts->cnt > 0;
+}
+
+/* Serves c until partition 0's lag shows (or ms): the first value seen,
+ * else -1. */
+static double first_lag(hl_consumer *c, hl_metrics *reg, int ms)
+{
+    double v = -1;
+    for (int64_t end = hl_now_mono_ms() + ms; v < 0 && hl_now_mono_ms() < end;) {
+        hl_consumer_serve(c, 10);
+        v = lag0(reg);
+    }
+    return v;
+}
+
+/* Partition 0 holds 10 records and is assigned at 0 (lag 10, read once
+ * fetched: librdkafka then knows the end), revoked, 10 more produced,
+ * and assigned again at 10 by a callback that takes 450 ms while reports
+ * come every 100 ms. Its first lag after that must be 10. Before, the
+ * reports made during the callback came next: no start yet and the
+ * first assignment's end, lag 0 for a statistics interval (one of 5 s
+ * in the worker) with 10 records waiting. */
+static void test_lag_not_from_report_before_assignment(void)
+{
+    char err[512];
+    rd_kafka_conf_t *mc = rd_kafka_conf_new();
+    rd_kafka_conf_set(mc, "log_level", "0", err, sizeof err);
+    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mc, err, sizeof err);
+    rd_kafka_mock_cluster_t *mock = mrk ? rd_kafka_mock_cluster_new(mrk, 1) : NULL;
+    CHECKF(mock != NULL, "mock cluster: %s", err);
+    if (mock == NULL)
+        return;
+    rd_kafka_mock_topic_create(mock, "lagged", 1, 1);
+    const char *bs = rd_kafka_mock_cluster_bootstraps(mock);
+    CHECK(produce_n(bs, "lagged", 10) == 0);
+    hl_metrics *reg = hl_metrics_create();
+    slow_assign sa = {.at = 0, .sleep_ms = 0, .owned = 0};
+    hl_kafka_prop props[] = {{"log_level", "0"}, {"statistics.interval.ms", "100"},
+                             {"partition.assignment.strategy", "range"},
+                             {"session.timeout.ms", "6000"}, {"heartbeat.interval.ms", "500"}};
+    hl_consumer_opts o = {.bootstrap = bs, .group_id = "test-lag", .kafka = props,
+                          .n_kafka = 5, .rebalance = assign_slowly, .opaque = &sa,
+                          .reg = reg, .topic = "lagged", .owns = owns_assigned};
+    hl_consumer *c = hl_consumer_create(&o, err, sizeof err);
+    CHECKF(c != NULL, "create: %s", err);
+    if (c != NULL && hl_consumer_subscribe(c, "lagged", err, sizeof err) == 0) {
+        double first = first_lag(c, reg, 15000);
+        for (int64_t end = hl_now_mono_ms() + 5000; first != 10 && hl_now_mono_ms() < end;)
+            first = first_lag(c, reg, 100);     /* until fetched: the end known */
+        CHECKF(first == 10, "first assignment: lag %g, want 10", first);
+        rd_kafka_unsubscribe(hl_consumer_handle(c));
+        for (int64_t end = hl_now_mono_ms() + 3000; sa.owned && hl_now_mono_ms() < end;)
+            hl_consumer_serve(c, 100);          /* the revocation */
+        hl_metrics_hide(reg, "halflife_consumer_lag", "partition=\"0\"");  /* as worker */
+        CHECK(produce_n(bs, "lagged", 10) == 0);
+        sa.at = 10;
+        sa.sleep_ms = 450;
+        CHECKF(hl_consumer_subscribe(c, "lagged", err, sizeof err) == 0, "%s", err);
+        double again = first_lag(c, reg, 15000);
+        CHECKF(again == 10, "assigned again at 10 with 20 records: first lag %g, want 10",
+               again);
+        hl_consumer_close(c);
+    }
+    hl_consumer_destroy(c);
+    hl_metrics_destroy(reg);
+    rd_kafka_mock_cluster_destroy(mock);
+    rd_kafka_destroy(mrk);
+}
+
 int main(void)
 {
     RUN(test_group_state_from_statistics);
     RUN(test_unrouted_records_rate_limited);
+    RUN(test_lag_not_from_report_before_assignment);
     TEST_EXIT();
 }

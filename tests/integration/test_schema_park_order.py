@@ -17,6 +17,11 @@ events lost (the load-dependent "976 < 1000 events" of
 test_schema_registry_items.py).
 
 Cases:
+  parked_in_lag  while the registry is away, each partition's
+      halflife_consumer_lag counts its parked records (nothing of them is
+      applied). Before 2026-12-07 the lag was the end minus the offset
+      after the last record handed to the shard thread: the parked ones
+      read as done, lag 0 for the whole outage.
   parked_drain_loses_nothing  consumed == applied == produced, none
       invalid (a copy librdkafka hands over twice may be dropped as
       re-delivered: the message names how many were)
@@ -74,6 +79,33 @@ def produce_rounds(bootstrap, w, events, eid):
     return waits
 
 
+def lags(w):
+    """{partition: halflife_consumer_lag} of w."""
+    out = {}
+    for line in w.metrics().splitlines():
+        if line.startswith("halflife_consumer_lag{"):
+            key, _, val = line.rpartition(" ")
+            out[int(key.split('"')[1])] = float(val)
+    return out
+
+
+def check_parked_in_lag(w):
+    """parked_in_lag (the module's docstring). A paused partition is not
+    fetched, so its end stays where its parked round left it: the lag is
+    at least that round's records, not every record produced."""
+    deadline, got = time.time() + 5, {}
+    want = dict(enumerate(ROUNDS))
+    while time.time() < deadline:
+        got = lags(w)
+        if all(got.get(p, 0) >= n for p, n in want.items()):
+            break
+        time.sleep(0.1)
+    applied = w.metric("halflife_events_applied_total")
+    check("parked_in_lag", applied == 0 and all(got.get(p, 0) >= n for p, n in want.items()),
+          "registry away, %d applied: lag by partition %s, want at least the parked %s"
+          % (applied, got, want))
+
+
 def scenario(tmp, model, events):
     from confluent_kafka.schema_registry import Schema
     reg = Standin(os.path.join(tmp, "registry"))
@@ -88,13 +120,14 @@ def scenario(tmp, model, events):
         w = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w.log"),
                      extra=["schema.registry.url=" + reg.url, "schemas.dir=" + empty,
                             "worker.threads=1", "batch.max.messages=4",
-                            "kafka.fetch.wait.max.ms=10",
+                            "kafka.fetch.wait.max.ms=10", "kafka.statistics.interval.ms=200",
                             "snapshot.dir=" + os.path.join(tmp, "snap")])
         deadline = time.time() + 30
         while time.time() < deadline and "event=worker_started" not in w.log_text():
             time.sleep(0.2)
         reg.stop()                      # the events' id is new to the worker
         waits = produce_rounds(broker.bootstrap, w, events, eid)
+        check_parked_in_lag(w)
         reg.start()
         consumed = wait_settled(w, N_EVENTS, timeout=60)
         applied = w.metric("halflife_events_applied_total")

@@ -176,9 +176,10 @@ static void test_full_gives_up_the_stalest_foldin_item(void)
 
 /* A worker reading the topic from the start may read fold-in records
  * before the tombstones (in other partitions) of the items they took the
- * slots of: while loading, fold-in records take the slack, an operator's
- * record does not, and the trim at the end gives up the stalest fold-in
- * items beyond max_new, one a call, naming each. */
+ * slots of: while loading, new ids take the slack (an operator's record
+ * too, while operators name fewer than max_new new ids), and the trim at
+ * the end gives up the stalest fold-in items beyond max_new, one a call,
+ * naming each. */
 static void test_loading_slack_then_trim(void)
 {
     tm t;

@@ -59,8 +59,10 @@ $(BUILD)/%.o: %.c | deps
 	$(CC) $(CFLAGS) $(INCLUDES) -c $< -o $@
 
 # The version (`halflife --version`, halflife_build_info): git describe of
-# the checkout, "unknown" outside one. version.c is rewritten only when the
-# string changes, so a build of the same commit relinks nothing.
+# the checkout, "unknown" outside one; make HL_VERSION=... sets it (the
+# image's build, deploy/Dockerfile, has no checkout). version.c is
+# rewritten only when the string changes, so a build of the same commit
+# relinks nothing.
 HL_VERSION := $(shell git describe --always 2>/dev/null || echo unknown)
 .PHONY: FORCE
 $(BUILD)/version.c: FORCE

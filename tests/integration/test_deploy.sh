@@ -156,15 +156,28 @@ dockerfile_rules
 # list is enough to build the binary, and every shared library the binary
 # needs comes from a package the final stage installs (or the base image).
 dockerfile_build_context() {
-  local ctx="$tmp/ctx" srcs
+  local ctx="$tmp/ctx" srcs cmd want=hl-test-1.2.3 got
   mkdir -p "$ctx"
   srcs=$(awk '/^FROM /{n++} n==1 && /^COPY / && !/--from/ {for (i = 2; i < NF; i++) print $i}' deploy/Dockerfile)
   for s in $srcs; do cp -r "${s%/}" "$ctx/" || { fail dockerfile_build_context "COPY $s: not in the repository"; return; }; done
+  # The build stage's own make command, run as docker would with
+  # --build-arg HL_VERSION=$want (an ARG reaches RUN as a variable).
+  cmd=$(awk '/^FROM /{n++} n==1 && /^RUN make / {sub(/^RUN /, ""); print; exit}' deploy/Dockerfile)
+  [ -n "$cmd" ] || { fail dockerfile_build_context "the build stage has no 'RUN make' line"; return; }
   # -O0: this checks that the sources are all there, not how fast they run.
   # A clean environment: under `make test SAN=1` the outer make's SAN=1 would
   # reach this make through MAKEFLAGS and build build/san/ instead.
-  if (cd "$ctx" && env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make -j2 SAN=0 OPT=-O0 build/halflife >"$tmp/ctx.log" 2>&1); then pass dockerfile_build_context
-  else fail dockerfile_build_context "make build/halflife with only: $(echo $srcs)"; tail -n 10 "$tmp/ctx.log" | sed 's/^/    /'; fi
+  if (cd "$ctx" && env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS HL_VERSION=$want \
+        sh -c "$cmd SAN=0 OPT=-O0" >"$tmp/ctx.log" 2>&1); then pass dockerfile_build_context
+  else fail dockerfile_build_context "$cmd with only: $(echo $srcs)"; tail -n 10 "$tmp/ctx.log" | sed 's/^/    /'; return; fi
+  # The context has no .git (nor the stage git), so the version
+  # (halflife --version, halflife_build_info) comes only from the build
+  # argument: without it every image said "unknown", and the dashboard
+  # could not tell a rollout's old pods from its new ones.
+  got=$("$ctx/build/halflife" --version 2>&1 | head -n 1)
+  if awk '/^FROM /{n++} n==1' deploy/Dockerfile | grep -qE '^ARG +HL_VERSION\b' &&
+     [ "$got" = "halflife $want" ]; then pass dockerfile_version
+  else fail dockerfile_version "docker build --build-arg HL_VERSION=$want gives '$got' (the build stage needs ARG HL_VERSION, passed to make)"; fi
 }
 dockerfile_runtime_libs() {
   # The image ships the plain build, never the sanitizer one (HL_HALFLIFE

@@ -9,7 +9,9 @@
 // metrics the worker exports: the list below (issue 5's names; `up` comes
 // from Prometheus itself) and every "halflife_..." name registered in
 // worker/*.c, read from the sources, so a new metric needs no edit here and
-// a misspelt one in a panel still fails.
+// a misspelt one in a panel still fails; and each panel README.md or
+// deploy/README.md names by row ("the dashboard's Worker row ("Model
+// swaps", ...)") is in that row.
 // It also writes GEN_DIR/dashboard.ts, the dashboard as a literal typed
 // with @grafana/schema's Dashboard, and each panel's options and custom
 // field config typed with its panel type's schema, for tsc to check.
@@ -130,6 +132,37 @@ function checkQueries(errs, panels, dsVar) {
   if (n === 0) errs.push("no queries");
 }
 
+// The row a panel shows under: a collapsed row holds its panels, else a
+// top-level panel belongs to the last row above it (Grafana groups by
+// position, not by the order of the JSON array).
+function rowOf(panel) {
+  let row = null;
+  for (const r of dash.panels ?? []) {
+    if (r.type !== "row") continue;
+    if ((r.panels ?? []).includes(panel)) return r.title;
+    if (r.gridPos.y <= panel.gridPos.y && (!row || r.gridPos.y > row.gridPos.y)) row = r;
+  }
+  return row?.title ?? null;
+}
+
+// The docs send readers to panels by row: `the dashboard's Worker row
+// ("Model swaps", "Users migrated /s", ...)` in deploy/README.md. Each
+// panel so named must be in that row: a row inserted above them once moved
+// four of them under "Live path", where the docs' readers did not look.
+function checkDocRows(errs, panels) {
+  const top = join(dirname(resolve(path)), "..");
+  for (const doc of ["README.md", "deploy/README.md"]) {
+    const text = readFileSync(join(top, doc), "utf8").replace(/\s+/g, " ");
+    for (const m of text.matchAll(/dashboard's ([A-Z][\w ]*?) row \(((?:"[^"]+"(?:, )?)+)\)/g))
+      for (const [, title] of m[2].matchAll(/"([^"]+)"/g)) {
+        const p = panels.find((q) => q.type !== "row" && q.title === title);
+        if (!p) errs.push(`${doc} names a panel "${title}" the dashboard lacks`);
+        else if (rowOf(p) !== m[1])
+          errs.push(`${doc} puts panel "${title}" in the ${m[1]} row; it is in ${rowOf(p)}`);
+      }
+  }
+}
+
 function checkAll() {
   const errs = [];
   if (!(dash.schemaVersion >= 39)) errs.push(`schemaVersion ${dash.schemaVersion} < 39`);
@@ -140,6 +173,7 @@ function checkAll() {
     if (!rows.includes(r)) errs.push(`no "${r}" row`);
   checkLayout(errs, panels);
   checkQueries(errs, panels, dsVar);
+  checkDocRows(errs, panels);
   return errs;
 }
 

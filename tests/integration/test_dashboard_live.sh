@@ -10,7 +10,9 @@
 #     $instance and $__rate_interval substituted as Grafana would, returns
 #     data through the query API: at least one series with a number that is
 #     not NaN. A panel whose metric the worker does not export fails here,
-#     named with its expression.
+#     named with its expression;
+#   - every label a dashboard query or an alert groups by, matches on or
+#     prints (legends, {{ $labels.x }}) is one its metrics carry live.
 # Expressions get until the deadline (about 40 s) to return data, because
 # some only do once the demo has published lists and taken snapshots.
 set -u
@@ -107,6 +109,7 @@ fi
 HL_TOP="$top" PROM="http://127.0.0.1:$prom_port" METRICS="http://127.0.0.1:$metrics_port/metrics" \
 $py - <<'EOF'
 import json, math, os, re, sys, time, urllib.parse, urllib.request
+import yaml
 
 top, prom, metrics_url = os.environ["HL_TOP"], os.environ["PROM"], os.environ["METRICS"]
 deadline = time.time() + 45
@@ -223,8 +226,60 @@ if missing:
 else:
     print("PASS alerts_metrics_exported")
 
+# Label names. A grouping (by, on, ignoring, without), a matcher, a
+# legend's {{label}} or an alert's {{ $labels.label }} naming a label none
+# of its metrics carries still returns data above, as one series with that
+# label empty: a legend or an alert text with a blank where the partition
+# or reason should be. Each must be a label of one of the expression's
+# metrics as the worker exports them, or job or instance (Prometheus's).
+text = fetch(metrics_url)
+labels_of = {"up": set()}
+for line in text.splitlines():
+    m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s", line)
+    if m:
+        names = re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="(?:[^"\\]|\\.)*"', m.group(2) or "")
+        labels_of.setdefault(m.group(1), set()).update(names)
 
-sys.exit(1 if pending or missing or bad_vars or bad_rules else 0)
+def labels_used(expr):
+    used = set()
+    for g in re.findall(r"\b(?:by|on|ignoring|without|group_left|group_right)\s*\(([^)]*)\)", expr):
+        used.update(x.strip() for x in g.split(",") if x.strip())
+    for sel in re.findall(r"\{([^}]*)\}", re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)):
+        used.update(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", sel))
+    return used
+
+def check_labels(where, expr, extra):
+    metrics = {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if w in labels_of}
+    if not metrics or any(m not in labels_of and m + "_bucket" not in labels_of
+                          for m in re.findall(r"\bhalflife_[a-z0-9_]+", expr)):
+        return None                     # a metric this run does not export
+    have = set().union(*(labels_of[m] for m in metrics)) | {"job", "instance"}
+    bad = sorted((labels_used(expr) | extra) - have)
+    return f"{where}: label {', '.join(bad)} not on {', '.join(sorted(metrics))}" if bad else None
+
+label_errs = []
+for key, raw, _ in queries:
+    panel_targets = [t for p in panels(dash.get("panels", [])) for t in p.get("targets", [])
+                     if t.get("expr") == raw]
+    legends = set(re.findall(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}",
+                             " ".join(t.get("legendFormat", "") for t in panel_targets)))
+    e = check_labels(key, raw, legends)
+    if e:
+        label_errs.append(e)
+for g in yaml.safe_load(rules)["groups"]:
+    for r in g["rules"]:
+        ann = " ".join(str(v) for v in r.get("annotations", {}).values())
+        e = check_labels(f'alert {r["alert"]}', r["expr"],
+                         set(re.findall(r"\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)", ann)))
+        if e:
+            label_errs.append(e)
+for e in label_errs:
+    print(f"FAIL labels_live {e}")
+if not label_errs:
+    print("PASS labels_live: every grouping, matcher, legend and alert text names a label "
+          "its metrics carry")
+
+sys.exit(1 if pending or missing or bad_vars or bad_rules or label_errs else 0)
 EOF
 rc=$?
 if [ $rc -ne 0 ]; then

@@ -61,6 +61,58 @@ for cmd in train eval run; do
   check "no_value_$cmd" "$([ $rc = 2 ] && echo "$out" | grep -qF -- "halflife $cmd: $opt needs a value" &&
     echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
 done
+# A value that is an option is refused, naming both: `train --input
+# --bogus` opened "--bogus" as the dataset, `--epochs --quiet` called
+# "--quiet" a bad epoch count, `produce --input --format ...` took the
+# next option for the file. No option takes a value starting with "--".
+as_value() {  # CASE CMD OPT ARGS...
+  local case=$1 cmd=$2 opt=$3 out rc
+  shift 3
+  out=$(timeout 20 "$hl" "$cmd" "$@" 2>&1); rc=$?
+  check "value_is_option_$case" "$([ $rc = 2 ] &&
+    echo "$out" | grep -qF -- "halflife $cmd: $opt needs a value; got the option --bogus" &&
+    echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
+}
+as_value train_input train --input --input --bogus --format seq --out x.hlm
+as_value train_epochs train --epochs --input a --epochs --bogus
+as_value eval_input eval --input --input --bogus --format seq --protocol loo
+as_value eval_k eval --k --k --bogus
+as_value produce_input produce --input --input --bogus --format seq
+as_value items_input items --input --input --bogus
+as_value broker_port broker --port --port --bogus
+as_value demo_duration demo --duration --duration --bogus
+as_value model_compare model --max-residual compare a.hlm b.hlm --max-residual --bogus
+as_value run_config run -c -c --bogus
+as_value run_x run -X -X --bogus
+# train takes exact option names, as every other subcommand: getopt_long
+# took "--inp" for --input and "--e" was ambiguous in getopt's words.
+for abbrev in --inp --epoch --tie=1; do
+  out=$(timeout 20 "$hl" train $abbrev 1 --format seq --out x.hlm 2>&1); rc=$?
+  check "train_exact_${abbrev#--}" "$([ $rc = 2 ] &&
+    echo "$out" | grep -qF -- "halflife train: unknown option $abbrev ('halflife train --help'" &&
+    echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
+done
+# A bad number says the range it must be in, as produce's --rate does:
+# eval said "not an allowed value" and train "bad value for --dim".
+range() {  # CASE WANT CMD ARGS...
+  local case=$1 want=$2 out rc
+  shift 2
+  out=$(timeout 20 "$hl" "$@" 2>&1); rc=$?
+  check "range_$case" "$([ $rc = 2 ] && echo "$out" | grep -qF -- "$want" &&
+    echo 1 || echo 0)" "exit $rc, output: ${out:0:300}"
+}
+range eval_k "halflife eval: --k 0: want an integer in 1..1000" eval --k 0
+range eval_history "halflife eval: --history x: want an integer in 1..255" eval --history x
+range eval_swap_at "halflife eval: --swap-at 2: want a number in 0..1" eval --swap-at 2
+range eval_cap "halflife eval: --foldin-bias-cap -2: want a number in -1..1000000000" \
+  eval --foldin-bias-cap -2
+range eval_words "halflife eval: --exclude-seen maybe: want yes or no" eval --exclude-seen maybe
+range eval_seq_step "4102444800000 (event i of a user is at i x MS, and the worker refuses an event after 2100)" \
+  eval --seq-step-ms 0
+range train_dim "halflife train: --dim 0: want an integer in 1..4096" train --dim 0
+range train_lr "halflife train: --lr 11: want a number in 1e-09..10" train --lr 11
+range train_seed "halflife train: --seed -1: want an integer in 0..18446744073709551615" \
+  train --seed -1
 # An empty kafka.bootstrap.servers (a script's unset variable) is missing,
 # said at once; it used to wait 15 s for an answer from no address.
 f=${TMPDIR:-/tmp}/cmd_args_$$

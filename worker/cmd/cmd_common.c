@@ -7,6 +7,7 @@
 #include "registry.h"
 #include "utf8.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -58,6 +59,57 @@ int hl_cmd_unknown_option(const char *cmd, const char *opt)
     return 2;
 }
 
+int hl_cmd_need_value(const char *cmd, const char *opt, const char *val)
+{
+    if (val == NULL) {
+        fprintf(stderr, "halflife %s: %s needs a value\n", cmd, opt);
+        return 2;
+    }
+    int is_option = strncmp(val, "--", 2) == 0 ||
+                    (val[0] == '-' && isalpha((unsigned char)val[1]) && val[2] == '\0');
+    if (!is_option)
+        return 0;
+    fprintf(stderr, "halflife %s: %s needs a value; got the option %s\n", cmd, opt, val);
+    return 2;
+}
+
+/* A whole number in full ("4102444800000", not "4.1024e+12"), any other
+ * with the fewest significant digits that read back as x ("1e-09", not
+ * "1.0000000000000001e-09"). */
+static void shortest(char *buf, size_t len, double x)
+{
+    if (x == floor(x) && fabs(x) < 1e17) {
+        snprintf(buf, len, "%.0f", x);
+        return;
+    }
+    for (int digits = 1; digits <= 17; digits++) {
+        snprintf(buf, len, "%.*g", digits, x);
+        if (strtod(buf, NULL) == x)
+            return;
+    }
+}
+
+void hl_cmd_range_text(char *buf, size_t len, int integer, double lo, double hi)
+{
+    char l[32], h[32];
+    shortest(l, sizeof l, lo);
+    shortest(h, sizeof h, hi);
+    snprintf(buf, len, "%s in %s..%s", integer ? "an integer" : "a number", l, h);
+}
+
+int hl_cmd_bad_value(const char *cmd, const char *opt, const char *val, const char *want)
+{
+    fprintf(stderr, "halflife %s: %s %s: want %s\n", cmd, opt, val, want);
+    return 2;
+}
+
+static int bad_number(const hl_cmd_args *a, const hl_arg *o, const char *val)
+{
+    char want[96];
+    hl_cmd_range_text(want, sizeof want, o->kind != HL_ARG_NUM, o->lo, o->hi);
+    return hl_cmd_bad_value(a->cmd, o->name, val, want);
+}
+
 int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv)
 {
     if (a->xs != NULL)
@@ -78,10 +130,8 @@ int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv)
         }
         if (o == NULL && !(a->xs != NULL && !strcmp(opt, "-X")))
             return hl_cmd_unknown_option(a->cmd, opt);
-        if (val == NULL) {
-            fprintf(stderr, "halflife %s: %s needs a value\n", a->cmd, opt);
+        if (hl_cmd_need_value(a->cmd, opt, val) != 0)
             return 2;
-        }
         if (o == NULL && a->xs->n == HL_CMD_MAX_X) {
             fprintf(stderr, "halflife %s: more than %d -X options: put them in "
                     "HALFLIFE_* variables\n", a->cmd, HL_CMD_MAX_X);
@@ -89,11 +139,8 @@ int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv)
         }
         if (o == NULL)
             a->xs->v[a->xs->n++] = argv[i + 1];
-        else if (set_value(o, val) != 0) {
-            fprintf(stderr, "halflife %s: %s %s: want %s %.17g..%.17g\n", a->cmd, opt, val,
-                    o->kind == HL_ARG_NUM ? "a number in" : "an integer in", o->lo, o->hi);
-            return 2;
-        }
+        else if (set_value(o, val) != 0)
+            return bad_number(a, o, val);
     }
     return 0;
 }

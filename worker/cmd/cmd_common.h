@@ -56,6 +56,22 @@ int hl_cmd_parse_args(hl_cmd_args *a, int argc, char **argv);
  * subcommand's parser says it so, wherever the option stands. */
 int hl_cmd_unknown_option(const char *cmd, const char *opt);
 
+/* 0 when val may be opt's value; otherwise 2, the exit status of a usage
+ * error, said on stderr: val is NULL (the line ended) or an option. A
+ * value never starts with "--" nor is "-" and one letter (-X, -h, -c):
+ * `--input --format seq` took "--format" for the file and then called
+ * "seq" an unexpected argument. No option of ours takes such a value; a
+ * file so named is given as ./--name. */
+int hl_cmd_need_value(const char *cmd, const char *opt, const char *val);
+
+/* "an integer in 1..1000" or "a number in 1e-09..10" into buf: what a
+ * number out of lo..hi is told, each bound in its shortest exact form. */
+void hl_cmd_range_text(char *buf, size_t len, int integer, double lo, double hi);
+
+/* Says on stderr "halflife cmd: opt val: want <want>" and returns 2: the
+ * one form every subcommand gives a bad value in. */
+int hl_cmd_bad_value(const char *cmd, const char *opt, const char *val, const char *want);
+
 /* With schema.registry.url (and Confluent framing): the id of schema
  * under "<topic>-value" (TopicNameStrategy), registered, or only looked
  * up with schema.registry.auto.register=false, logged with `what`

@@ -139,75 +139,95 @@ static void usage(FILE *f)
         DEFAULT_K, DEFAULT_HISTORY, DEFAULT_BATCH, DEFAULT_WINDOWS);
 }
 
-static int parse_int(const char *s, long lo, long hi, long *out)
+/* The value parsers below return nonzero for a bad value and write what
+ * was wanted into want (WANT_LEN bytes), which the error then says: the
+ * range of a number, the words of a choice. */
+#define WANT_LEN 192
+
+static int parse_int(const char *s, long lo, long hi, long *out, char *want)
 {
     char *end;
     errno = 0;
     *out = strtol(s, &end, 10);
-    return (*s == '\0' || *end != '\0' || errno != 0 || *out < lo || *out > hi) ? -1 : 0;
+    if (*s != '\0' && *end == '\0' && errno == 0 && *out >= lo && *out <= hi)
+        return 0;
+    hl_cmd_range_text(want, WANT_LEN, 1, (double)lo, (double)hi);
+    return -1;
 }
 
-static int parse_yes_no(const char *s, int *out)
+static int parse_yes_no(const char *s, int *out, char *want)
 {
     if (!strcmp(s, "yes") || !strcmp(s, "true") || !strcmp(s, "1")) *out = 1;
     else if (!strcmp(s, "no") || !strcmp(s, "false") || !strcmp(s, "0")) *out = 0;
-    else return -1;
+    else return snprintf(want, WANT_LEN, "yes or no"), -1;
     return 0;
 }
 
-/* One option with its value; -1 if the option is unknown, -2 if the value
- * is bad. */
-/* A fraction 0..1 (of the stream's time order); 1 when it is not one. */
-static int parse_real(const char *s, double lo, double hi, double *out)
+static int parse_real(const char *s, double lo, double hi, double *out, char *want)
 {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || *end != '\0' || !(v >= lo && v <= hi))
+    if (end == s || *end != '\0' || !(v >= lo && v <= hi)) {
+        hl_cmd_range_text(want, WANT_LEN, 0, lo, hi);
         return 1;
+    }
     *out = v;
     return 0;
 }
 
-static int parse_fraction(const char *s, double *out) { return parse_real(s, 0, 1, out); }
+/* A fraction 0..1 (of the stream's time order); 1 when it is not one. */
+static int parse_fraction(const char *s, double *out, char *want)
+{
+    return parse_real(s, 0, 1, out, want);
+}
+
+/* Nonzero, with the choices in want, when s is none of them. */
+static int bad_word(int bad, const char *choices, char *want)
+{
+    if (bad) snprintf(want, WANT_LEN, "%s", choices);
+    return bad;
+}
 
 /* The --foldin* options (fold-in of items the model does not know); the
  * return codes are parse_opt's. */
-static int parse_foldin_opt(eval_args *a, const char *opt, const char *val)
+static int parse_foldin_opt(eval_args *a, const char *opt, const char *val, char *want)
 {
     long x = 0;
     int bad = 0;
 
-    if (!strcmp(opt, "--foldin"))             { bad = parse_int(val, 1, 1000000, &x); a->foldin = (int)x; }
+    if (!strcmp(opt, "--foldin"))             { bad = parse_int(val, 1, 1000000, &x, want); a->foldin = (int)x; }
     else if (!strcmp(opt, "--foldin-bias"))   {
         a->foldin_count = !strcmp(val, "count");
         a->foldin_bias = !strcmp(val, "model") || a->foldin_count ? HL_FOLDIN_BIAS_MODEL
                                                                   : HL_FOLDIN_BIAS_NEIGHBOURS;
-        bad = a->foldin_bias == HL_FOLDIN_BIAS_NEIGHBOURS && strcmp(val, "neighbours");
+        bad = bad_word(a->foldin_bias == HL_FOLDIN_BIAS_NEIGHBOURS && strcmp(val, "neighbours"),
+                       "neighbours, model or count", want);
     }
-    else if (!strcmp(opt, "--foldin-bias-cap"))   bad = parse_real(val, -1, 1e9, &a->foldin_cap);
-    else if (!strcmp(opt, "--foldin-confidence")) bad = parse_real(val, 0, 1e9, &a->foldin_conf);
-    else if (!strcmp(opt, "--foldin-gate"))       bad = parse_real(val, 0, 1e9, &a->foldin_gate);
+    else if (!strcmp(opt, "--foldin-bias-cap"))   bad = parse_real(val, -1, 1e9, &a->foldin_cap, want);
+    else if (!strcmp(opt, "--foldin-confidence")) bad = parse_real(val, 0, 1e9, &a->foldin_conf, want);
+    else if (!strcmp(opt, "--foldin-gate"))       bad = parse_real(val, 0, 1e9, &a->foldin_gate, want);
     else if (!strcmp(opt, "--foldin-max-per-list")) {
-        bad = parse_int(val, 0, 1000, &x);
+        bad = parse_int(val, 0, 1000, &x, want);
         a->foldin_max = (int)x;
     }
     else if (!strcmp(opt, "--foldin-e-in"))
         bad = parse_fraction(!strcmp(val, "yes") ? "1" : !strcmp(val, "no") ? "0" : val,
-                             &a->foldin_e_in);
+                             &a->foldin_e_in, want) &&
+              bad_word(1, "a number in 0..1, yes or no", want);
     else if (!strcmp(opt, "--foldin-count-stride")) {
-        bad = parse_int(val, 1, 1000000, &x);
+        bad = parse_int(val, 1, 1000000, &x, want);
         a->foldin_stride = (int)x;
     }
     else if (!strcmp(opt, "--foldin-lift"))
-        bad = parse_real(val, 0, 1, &a->foldin_lift);
+        bad = parse_real(val, 0, 1, &a->foldin_lift, want);
     else if (!strcmp(opt, "--foldin-distinct"))
-        bad = parse_real(val, 0, 1, &a->foldin_distinct);
+        bad = parse_real(val, 0, 1, &a->foldin_distinct, want);
     else if (!strcmp(opt, "--foldin-lift-base")) {
-        bad = strcmp(val, "all") && strcmp(val, "new");
+        bad = bad_word(strcmp(val, "all") && strcmp(val, "new"), "all or new", want);
         a->foldin_lift_all = !strcmp(val, "all");
     }
     else if (!strcmp(opt, "--foldin-shrink")) {
-        bad = parse_real(val, 0, 1e9, &a->foldin_shrink);
+        bad = parse_real(val, 0, 1e9, &a->foldin_shrink, want);
         if (!bad && a->foldin_shrink == 0)
             a->foldin_shrink = -1;              /* none, not the default */
     }
@@ -215,7 +235,7 @@ static int parse_foldin_opt(eval_args *a, const char *opt, const char *val)
     return bad ? -2 : 0;
 }
 
-static int parse_opt(eval_args *a, const char *opt, const char *val)
+static int parse_opt(eval_args *a, const char *opt, const char *val, char *want)
 {
     long x = 0;
     int bad = 0;
@@ -225,37 +245,37 @@ static int parse_opt(eval_args *a, const char *opt, const char *val)
     else if (!strcmp(opt, "--format"))        a->format = val;
     else if (!strcmp(opt, "--protocol"))      a->protocol = val;
     else if (!strcmp(opt, "--baseline"))      a->baseline = val;
-    else if (!strcmp(opt, "--k"))             { bad = parse_int(val, 1, 1000, &x); a->k = (int)x; }
-    else if (!strcmp(opt, "--history"))       { bad = parse_int(val, 1, 255, &x); a->history = (int)x; }
-    else if (!strcmp(opt, "--seen-history"))  { bad = parse_int(val, 1, 255, &x); a->seen_history = (int)x; }
-    else if (!strcmp(opt, "--seen-window"))   { bad = parse_int(val, 1, 255, &x); a->seen_window = (int)x; }
-    else if (!strcmp(opt, "--batch"))         { bad = parse_int(val, 1, HL_EVAL_MAX_BATCH, &x); a->batch = (int)x; }
-    else if (!strcmp(opt, "--threads"))       { bad = parse_int(val, 1, 256, &x); a->threads = (int)x; }
-    else if (!strcmp(opt, "--windows"))       { bad = parse_int(val, 1, 1000, &x); a->windows = (int)x; }
-    else if (!strcmp(opt, "--seq-step-ms"))   { bad = parse_int(val, 1, HL_EVENT_MAX_TS_MS, &x); a->seq_step_ms = x; }
-    else if (!strcmp(opt, "--exclude-seen"))  bad = parse_yes_no(val, &a->exclude_seen);
-    else if (!strcmp(opt, "--quiet"))         bad = parse_yes_no(val, &a->quiet);
+    else if (!strcmp(opt, "--k"))             { bad = parse_int(val, 1, 1000, &x, want); a->k = (int)x; }
+    else if (!strcmp(opt, "--history"))       { bad = parse_int(val, 1, 255, &x, want); a->history = (int)x; }
+    else if (!strcmp(opt, "--seen-history"))  { bad = parse_int(val, 1, 255, &x, want); a->seen_history = (int)x; }
+    else if (!strcmp(opt, "--seen-window"))   { bad = parse_int(val, 1, 255, &x, want); a->seen_window = (int)x; }
+    else if (!strcmp(opt, "--batch"))         { bad = parse_int(val, 1, HL_EVAL_MAX_BATCH, &x, want); a->batch = (int)x; }
+    else if (!strcmp(opt, "--threads"))       { bad = parse_int(val, 1, 256, &x, want); a->threads = (int)x; }
+    else if (!strcmp(opt, "--windows"))       { bad = parse_int(val, 1, 1000, &x, want); a->windows = (int)x; }
+    else if (!strcmp(opt, "--seq-step-ms"))   { bad = parse_int(val, 1, HL_EVENT_MAX_TS_MS, &x, want); a->seq_step_ms = x; }
+    else if (!strcmp(opt, "--exclude-seen"))  bad = parse_yes_no(val, &a->exclude_seen, want);
+    else if (!strcmp(opt, "--quiet"))         bad = parse_yes_no(val, &a->quiet, want);
     else if (!strcmp(opt, "--swap-model"))    a->swap_model = val;
-    else if (!strcmp(opt, "--swap-at"))       bad = parse_fraction(val, &a->swap_at);
-    else if (!strcmp(opt, "--score-from"))    bad = parse_fraction(val, &a->score_from);
-    else if (!strcmp(opt, "--apply-from"))    bad = parse_fraction(val, &a->apply_from);
+    else if (!strcmp(opt, "--swap-at"))       bad = parse_fraction(val, &a->swap_at, want);
+    else if (!strcmp(opt, "--score-from"))    bad = parse_fraction(val, &a->score_from, want);
+    else if (!strcmp(opt, "--apply-from"))    bad = parse_fraction(val, &a->apply_from, want);
     else if (!strcmp(opt, "--per-user"))      a->per_user = val;
     else if (!strcmp(opt, "--per-target"))    a->per_target = val;
     else if (!strcmp(opt, "--seen-ring"))     {
         a->seen_full = !strcmp(val, "full");
-        bad = !a->seen_full && strcmp(val, "own");
+        bad = bad_word(!a->seen_full && strcmp(val, "own"), "own or full", want);
     }
-    else if (!strcmp(opt, "--swap-local"))    bad = parse_real(val, 0, 4, &a->swap_local);
+    else if (!strcmp(opt, "--swap-local"))    bad = parse_real(val, 0, 4, &a->swap_local, want);
     else if (!strcmp(opt, "--swap-weights"))  {
         a->swap_weights = strcmp(val, "none") ? val : NULL;
-        bad = a->swap_weights && strcmp(val, "count") && strcmp(val, "remainder") &&
-              strcmp(val, "bias");
+        bad = bad_word(a->swap_weights && strcmp(val, "count") && strcmp(val, "remainder") &&
+                       strcmp(val, "bias"), "none, count, remainder or bias", want);
     }
     else if (!strcmp(opt, "--popularity-counts")) {
         a->pop_counts_all = !strcmp(val, "all");
-        bad = !a->pop_counts_all && strcmp(val, "history");
+        bad = bad_word(!a->pop_counts_all && strcmp(val, "history"), "history or all", want);
     }
-    else return parse_foldin_opt(a, opt, val);
+    else return parse_foldin_opt(a, opt, val, want);
     return bad ? -2 : 0;
 }
 
@@ -340,19 +360,21 @@ static int parse_args(int argc, char **argv, eval_args *a)
         /* Known or not is asked first, of a scratch copy: an unknown
          * option last on the line was said to need a value. */
         eval_args scratch = *a;
-        if (parse_opt(&scratch, argv[i], "") == -1)
-            return hl_cmd_unknown_option("eval", argv[i]);
-        if (i + 1 >= argc) {
-            fprintf(stderr, "halflife eval: %s needs a value\n", argv[i]);
+        char want[WANT_LEN] = "";
+        if (parse_opt(&scratch, argv[i], "", want) == -1 && argv[i][0] != '-') {
+            fprintf(stderr, "halflife eval: unexpected argument \"%s\": every value follows "
+                    "its option ('halflife eval --help' lists them)\n", argv[i]);
             return 2;
         }
-        int rc = parse_opt(a, argv[i], argv[i + 1]);
-        if (rc == -2) {
-            fprintf(stderr, "halflife eval: %s %s: not an allowed value%s\n", argv[i],
-                    argv[i + 1], strcmp(argv[i], "--seq-step-ms") ? "" : " (want an integer "
-                    "1.." HL_STR(HL_EVENT_MAX_TS_MS) ": event i of a user is at i x MS, and "
-                    "an event after 2100 is refused by the worker)");
+        if (parse_opt(&scratch, argv[i], "", want) == -1)
+            return hl_cmd_unknown_option("eval", argv[i]);
+        if (hl_cmd_need_value("eval", argv[i], i + 1 < argc ? argv[i + 1] : NULL))
             return 2;
+        if (parse_opt(a, argv[i], argv[i + 1], want) == -2) {
+            if (!strcmp(argv[i], "--seq-step-ms"))
+                snprintf(want + strlen(want), WANT_LEN - strlen(want), " (event i of a user "
+                         "is at i x MS, and the worker refuses an event after 2100)");
+            return hl_cmd_bad_value("eval", argv[i], argv[i + 1], want);
         }
     }
     int rc = check_args(a);

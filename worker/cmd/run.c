@@ -121,19 +121,19 @@ static int run_parse(hl_config *cfg, int argc, char **argv)
         } else if (!strcmp(argv[i], "--help-markdown")) {
             hl_config_print_markdown(stdout);
             rc = 0;
-        } else if (!strcmp(argv[i], "-c") && i + 1 < argc && file != NULL) {
+        } else if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "-X")) &&
+                   hl_cmd_need_value("run", argv[i], i + 1 < argc ? argv[i + 1] : NULL)) {
+            rc = 2;
+        } else if (!strcmp(argv[i], "-c") && file != NULL) {
             /* The second used to replace the first without a word. */
             fprintf(stderr, "halflife run: -c given twice ('%s', then '%s'): one properties "
                     "file only; put overrides in HALFLIFE_<KEY> variables or -X\n", file,
                     argv[i + 1]);
             rc = 2;
-        } else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
+        } else if (!strcmp(argv[i], "-c")) {
             file = argv[++i];
-        } else if (!strcmp(argv[i], "-X") && i + 1 < argc) {
+        } else if (!strcmp(argv[i], "-X")) {
             args[n_args++] = argv[++i];
-        } else if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "-X")) {
-            fprintf(stderr, "halflife run: %s needs a value\n", argv[i]);
-            rc = 2;
         } else if (argv[i][0] == '-') {
             rc = hl_cmd_unknown_option("run", argv[i]);
         } else {

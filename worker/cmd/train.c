@@ -15,7 +15,6 @@
 #include <cblas.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -332,52 +331,74 @@ static int seed_arg(const char *s, uint64_t *seed)
     return 0;
 }
 
-enum { O_DIM = 256, O_HIDDEN, O_HL, O_STEP, O_EPOCHS, O_BATCH, O_LR, O_LRF, O_L2, O_EMA,
-       O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT, O_SEED, O_THREADS, O_QUIET,
-       O_INIT, O_LEARN_HL, O_FIXED_HL, O_NO_TIE, O_PROGRESS };
+enum { O_INPUT = 256, O_FORMAT, O_OUT, O_DIM, O_HIDDEN, O_HL, O_STEP, O_EPOCHS, O_BATCH,
+       O_LR, O_LRF, O_L2, O_EMA, O_DROP, O_HIST, O_FULLMAX, O_NEG, O_TIE, O_HOLDOUT,
+       O_SEED, O_THREADS, O_QUIET, O_INIT, O_LEARN_HL, O_FIXED_HL, O_NO_TIE, O_PROGRESS };
 
-static const struct option long_opts[] = {
-    {"input", 1, 0, 'i'}, {"format", 1, 0, 'f'}, {"out", 1, 0, 'o'}, {"help", 0, 0, 'h'},
-    {"dim", 1, 0, O_DIM}, {"hidden", 1, 0, O_HIDDEN}, {"half-lives", 1, 0, O_HL},
-    {"seq-step-ms", 1, 0, O_STEP}, {"epochs", 1, 0, O_EPOCHS}, {"batch", 1, 0, O_BATCH},
-    {"lr", 1, 0, O_LR}, {"lr-final", 1, 0, O_LRF}, {"l2", 1, 0, O_L2}, {"ema", 1, 0, O_EMA},
-    {"dropout", 1, 0, O_DROP}, {"max-history", 1, 0, O_HIST},
-    {"full-softmax-max", 1, 0, O_FULLMAX}, {"negatives", 1, 0, O_NEG}, {"tie", 0, 0, O_TIE},
-    {"holdout", 1, 0, O_HOLDOUT}, {"seed", 1, 0, O_SEED}, {"threads", 1, 0, O_THREADS},
-    {"quiet", 0, 0, O_QUIET}, {"init", 1, 0, O_INIT}, {"learn-half-lives", 0, 0, O_LEARN_HL},
-    {"fixed-half-lives", 0, 0, O_FIXED_HL}, {"no-tie", 0, 0, O_NO_TIE},
-    {"progress-interval", 1, 0, O_PROGRESS}, {0, 0, 0, 0},
+/* Names are matched whole, as every subcommand's (cmd_common.c): getopt's
+ * abbreviations took "--inp" for --input, and a new option could turn a
+ * working abbreviation into an ambiguous one. */
+static const struct train_opt {
+    const char *name;
+    int         id;
+    int         has_value;
+} train_opts[] = {
+    {"--input", O_INPUT, 1}, {"--format", O_FORMAT, 1}, {"--out", O_OUT, 1},
+    {"--dim", O_DIM, 1}, {"--hidden", O_HIDDEN, 1}, {"--half-lives", O_HL, 1},
+    {"--seq-step-ms", O_STEP, 1}, {"--epochs", O_EPOCHS, 1}, {"--batch", O_BATCH, 1},
+    {"--lr", O_LR, 1}, {"--lr-final", O_LRF, 1}, {"--l2", O_L2, 1}, {"--ema", O_EMA, 1},
+    {"--dropout", O_DROP, 1}, {"--max-history", O_HIST, 1},
+    {"--full-softmax-max", O_FULLMAX, 1}, {"--negatives", O_NEG, 1}, {"--tie", O_TIE, 0},
+    {"--holdout", O_HOLDOUT, 1}, {"--seed", O_SEED, 1}, {"--threads", O_THREADS, 1},
+    {"--quiet", O_QUIET, 0}, {"--init", O_INIT, 1}, {"--learn-half-lives", O_LEARN_HL, 0},
+    {"--fixed-half-lives", O_FIXED_HL, 0}, {"--no-tie", O_NO_TIE, 0},
+    {"--progress-interval", O_PROGRESS, 1},
+};
+#define N_TRAIN_OPTS (sizeof train_opts / sizeof train_opts[0])
+
+/* The numeric options' ranges: both the check and what a bad value is told. */
+static const struct num_range {
+    int    id, integer;
+    double lo, hi;
+} num_ranges[] = {
+    {O_DIM, 1, 1, 4096}, {O_STEP, 1, 1, HL_EVENT_MAX_TS_MS}, {O_EPOCHS, 1, 0, 1e6},
+    {O_BATCH, 1, 1, 65536}, {O_LR, 0, 1e-9, 10}, {O_LRF, 0, 0, 1}, {O_L2, 0, 0, 10},
+    {O_EMA, 0, 0, 0.99999}, {O_DROP, 0, 0, 0.95}, {O_HIST, 1, 1, 1e6},
+    {O_FULLMAX, 1, 1, 1e9}, {O_NEG, 1, 1, 1e6}, {O_PROGRESS, 0, 0, 86400},
+    {O_THREADS, 1, 1, 256},
 };
 
-static const char *opt_name(int opt)
+static const struct num_range *num_range(int opt)
 {
-    for (const struct option *lo = long_opts; lo->name; lo++)
-        if (lo->val == opt) return lo->name;
-    return "?";
+    for (size_t i = 0; i < sizeof num_ranges / sizeof num_ranges[0]; i++)
+        if (num_ranges[i].id == opt) return &num_ranges[i];
+    return NULL;
 }
 
-/* One numeric option into its field; HL_EINVAL if out of range. */
+/* One numeric option into its field; HL_EINVAL if out of its range. */
 static int set_number(train_args *a, int opt, const char *s)
 {
     hl_train_opts *o = &a->o;
+    const struct num_range *r = num_range(opt);
     double v;
+    if (r == NULL) return HL_EINVAL;
+    if (r->integer ? int_arg(s, r->lo, r->hi, &v) : num_arg(s, r->lo, r->hi, &v))
+        return HL_EINVAL;
     switch (opt) {
-    case O_DIM:     if (int_arg(s, 1, 4096, &v)) return HL_EINVAL; o->dim = (int)v; break;
-    case O_STEP:    if (int_arg(s, 1, HL_EVENT_MAX_TS_MS, &v)) return HL_EINVAL; a->dopt.seq_step_ms = (int64_t)v; break;
-    case O_EPOCHS:  if (int_arg(s, 0, 1e6, &v)) return HL_EINVAL; o->epochs = (int)v; break;
-    case O_BATCH:   if (int_arg(s, 1, 65536, &v)) return HL_EINVAL; o->batch = (int)v; break;
-    case O_LR:      if (num_arg(s, 1e-9, 10, &v)) return HL_EINVAL; o->lr = (float)v; break;
-    case O_LRF:     if (num_arg(s, 0, 1, &v)) return HL_EINVAL; o->lr_final = (float)v; break;
-    case O_L2:      if (num_arg(s, 0, 10, &v)) return HL_EINVAL; o->l2 = (float)v; break;
-    case O_EMA:     if (num_arg(s, 0, 0.99999, &v)) return HL_EINVAL; o->ema = (float)v; break;
-    case O_DROP:    if (num_arg(s, 0, 0.95, &v)) return HL_EINVAL; o->dropout = (float)v; break;
-    case O_HIST:    if (int_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->max_history = (int)v; break;
-    case O_FULLMAX: if (int_arg(s, 1, 1e9, &v)) return HL_EINVAL; o->full_softmax_max_items = (int)v; break;
-    case O_NEG:     if (int_arg(s, 1, 1e6, &v)) return HL_EINVAL; o->n_negatives = (int)v; break;
-    case O_SEED:    return seed_arg(s, &o->seed);
-    case O_PROGRESS: if (num_arg(s, 0, 86400, &v)) return HL_EINVAL; a->progress_s = v; break;
-    case O_THREADS: if (int_arg(s, 1, 256, &v)) return HL_EINVAL; a->threads = (int)v; break;
-    default:        return HL_EINVAL;
+    case O_DIM:      o->dim = (int)v; break;
+    case O_STEP:     a->dopt.seq_step_ms = (int64_t)v; break;
+    case O_EPOCHS:   o->epochs = (int)v; break;
+    case O_BATCH:    o->batch = (int)v; break;
+    case O_LR:       o->lr = (float)v; break;
+    case O_LRF:      o->lr_final = (float)v; break;
+    case O_L2:       o->l2 = (float)v; break;
+    case O_EMA:      o->ema = (float)v; break;
+    case O_DROP:     o->dropout = (float)v; break;
+    case O_HIST:     o->max_history = (int)v; break;
+    case O_FULLMAX:  o->full_softmax_max_items = (int)v; break;
+    case O_NEG:      o->n_negatives = (int)v; break;
+    case O_PROGRESS: a->progress_s = v; break;
+    case O_THREADS:  a->threads = (int)v; break;
     }
     return 0;
 }
@@ -385,9 +406,9 @@ static int set_number(train_args *a, int opt, const char *s)
 static int set_option(train_args *a, int opt, const char *s)
 {
     switch (opt) {
-    case 'i':       a->input = s; return 0;
-    case 'f':       a->format = s; return 0;
-    case 'o':       a->out = s; return 0;
+    case O_INPUT:   a->input = s; return 0;
+    case O_FORMAT:  a->format = s; return 0;
+    case O_OUT:     a->out = s; return 0;
     case O_HIDDEN:  return parse_hidden(&a->o, s);
     case O_HL:      return parse_half_lives(a, s);
     case O_TIE:     a->o.tie = 1; return 0;
@@ -396,6 +417,7 @@ static int set_option(train_args *a, int opt, const char *s)
     case O_FIXED_HL: a->o.learn_half_lives = 0; return 0;
     case O_QUIET:   a->quiet = 1; return 0;
     case O_INIT:    a->init = s; return 0;
+    case O_SEED:    return seed_arg(s, &a->o.seed);
     case O_HOLDOUT:
         if (strcmp(s, "loo") == 0) a->o.holdout_loo = 1;
         else if (strcmp(s, "none") == 0) a->o.holdout_loo = 0;
@@ -409,48 +431,72 @@ static int set_option(train_args *a, int opt, const char *s)
     }
 }
 
-/* What a bad value of opt is told, where the usage line does not say it. */
-static const char *value_hint(int opt)
+/* Says what a bad value of opt should have been; returns 2. */
+static int bad_value(int opt, const char *name, const char *val)
 {
-    if (opt == O_HL)
-        return " (want up to 8 increasing durations with units ms s m h d, e.g. 1h,1d,30d)";
+    const struct num_range *r = num_range(opt);
+    char want[256] = "";
+    if (r != NULL)
+        hl_cmd_range_text(want, sizeof want, r->integer, r->lo, r->hi);
     if (opt == O_STEP)      /* beyond, a user's second event is after 2100 */
-        return " (want an integer 1.." HL_STR(HL_EVENT_MAX_TS_MS) ": event i of a user is at "
-               "i x N, and an event after 2100 is refused by the worker)";
-    return "";
+        snprintf(want + strlen(want), sizeof want - strlen(want), " (event i of a user is "
+                 "at i x N, and an event after 2100 is refused by the worker)");
+    else if (opt == O_HL)
+        snprintf(want, sizeof want, "up to %d increasing durations with units ms s m h d, "
+                 "e.g. 1h,1d,30d", HL_MAX_HEADS);
+    else if (opt == O_HIDDEN)
+        snprintf(want, sizeof want, "0, or up to %d widths 1..65536 separated by commas, "
+                 "e.g. 256,128", HL_MAX_LAYERS - 1);
+    else if (opt == O_HOLDOUT)
+        snprintf(want, sizeof want, "loo, none or time:F with F in 0.01..1");
+    else if (opt == O_SEED)
+        snprintf(want, sizeof want, "an integer in 0..%llu", (unsigned long long)UINT64_MAX);
+    return hl_cmd_bad_value("train", name, val, want);
+}
+
+static const struct train_opt *find_opt(const char *name)
+{
+    for (size_t i = 0; i < N_TRAIN_OPTS; i++)
+        if (strcmp(train_opts[i].name, name) == 0) return &train_opts[i];
+    return NULL;
+}
+
+/* The options into a: 0, 1 after --help (exit 0), or 2 on a usage error
+ * (already reported). */
+static int parse_options(train_args *a, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const struct train_opt *t = find_opt(argv[i]);
+        const char *val = t && t->has_value && i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        if (t == NULL && argv[i][0] != '-') {
+            fprintf(stderr, "halflife train: unexpected argument \"%s\": every value "
+                    "follows its option (e.g. --epochs 20)\n", argv[i]);
+            return 2;
+        }
+        if (t == NULL) return hl_cmd_unknown_option("train", argv[i]);
+        if (t->has_value && hl_cmd_need_value("train", t->name, val)) return 2;
+        i += t->has_value;
+        if (set_option(a, t->id, val)) return bad_value(t->id, t->name, val);
+    }
+    return 0;
 }
 
 /* 0, 1 after --help (exit 0), or 2 on a usage error (already reported). */
 static int parse_args(train_args *a, int argc, char **argv)
 {
     char err[256];
-    int opt;
+    int rc;
 
     memset(a, 0, sizeof *a);
     hl_train_opts_default(&a->o);
     a->threads = openblas_get_num_procs();
     a->progress_s = 10;
     snprintf(a->heads_text, sizeof a->heads_text, "15m,1h,4h,1d,30d");
-    optind = 1;
-    opterr = 0;         /* getopt's own words named "train", not "halflife train" */
-    while ((opt = getopt_long(argc, argv, ":i:f:o:h", long_opts, NULL)) != -1) {
-        if (opt == 'h') { usage(stdout); return 1; }
-        if (opt == '?') return hl_cmd_unknown_option("train", argv[optind - 1]);
-        if (opt == ':') {
-            fprintf(stderr, "halflife train: %s needs a value\n", argv[optind - 1]);
-            return 2;
-        }
-        if (set_option(a, opt, optarg)) {
-            fprintf(stderr, "halflife train: bad value for --%s: \"%s\"%s\n",
-                    opt_name(opt), optarg, value_hint(opt));
-            return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "halflife train: unexpected argument \"%s\": every value "
-                "follows its option (e.g. --epochs 20)\n", argv[optind]);
-        return 2;
-    }
+    if ((rc = parse_options(a, argc, argv)) != 0) return rc;
     if (!a->input || !a->format || !a->out) {
         fprintf(stderr, "halflife train: --input, --format and --out are required\n");
         usage(stderr);

@@ -352,6 +352,20 @@ static void test_cr_inside_line(void)
     check_event(&g, 0, "u2", "i2", HL_VIEW, 6, 1.0f, 0, 2);
 }
 
+/* The line rules are those of `halflife items` (lines.h, hl_lines_trim): a
+ * line of spaces, tabs and CRs is blank, wherever its CRs stand; it was a
+ * bad line here when a CR came before a space, and skipped by items. */
+static void test_blank_line_with_cr(void)
+{
+    got g;
+    read_all("u1,i1,VIEW,5\n \r \n\r\t\r\nu2,i2,VIEW,6\n", HL_FMT_EVENTS_CSV, 0, &g);
+    CHECKF(g.n == 2 && g.st.bad_lines == 0 && g.st.blank_lines == 2,
+           "%d events, %lld bad lines, %lld blank", g.n, (long long)g.st.bad_lines,
+           (long long)g.st.blank_lines);
+    read_all("u1 a b\n\r \nu2 c\n", HL_FMT_SEQ, 0, &g);
+    CHECK(g.n == 3 && g.st.bad_lines == 0 && g.st.blank_lines == 1);
+}
+
 /* Many bad lines: all counted, the first 8 kept; a 100 kB line is fine. */
 static void test_many_bad_lines(void)
 {
@@ -547,6 +561,7 @@ int main(void)
     RUN(test_seq);
     RUN(test_taobao);
     RUN(test_events_csv);
+    RUN(test_blank_line_with_cr);
     RUN(test_values_the_worker_refuses);
     RUN(test_headerless_first_line_kept);
     RUN(test_bad_first_line_is_not_a_header);

@@ -3,7 +3,8 @@
  * one byte over it, a NUL byte kept with its length, a last line without
  * its LF, the offset of what was consumed, a byte order mark dropped
  * before the first line only, and input with no line end,
- * which stops after a bounded read instead of growing without end. */
+ * which stops after a bounded read instead of growing without end; and
+ * hl_lines_trim, the line rules every reader shares. */
 #define T_SUITE "test_lines"
 #include "test.h"
 #include "lines.h"
@@ -136,8 +137,32 @@ static void test_read_error(void)
     hl_lines_destroy(NULL);
 }
 
+/* hl_lines_trim: the rules every reader shares. The CRs at the end go,
+ * all of them (CRCRLF); a line of spaces, tabs and CRs, wherever its CRs
+ * stand, is blank; a CR before other text stays for the reader to refuse. */
+static void test_trim(void)
+{
+    static const struct { const char *in; int blank; const char *out; } cases[] = {
+        {"", 1, ""}, {"\r", 1, ""}, {" \r \t", 1, " \r \t"}, {"\r \r", 1, "\r "},
+        {"a,b\r", 0, "a,b"}, {"a,b\r\r", 0, "a,b"}, {"a\rb\r", 0, "a\rb"},
+        {" a \r", 0, " a "}, {"\r a", 0, "\r a"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char buf[16];
+        size_t len = strlen(cases[i].in);
+        memcpy(buf, cases[i].in, len + 1);
+        int blank = hl_lines_trim(buf, &len);
+        CHECKF(blank == cases[i].blank && len == strlen(cases[i].out) &&
+               strcmp(buf, cases[i].out) == 0, "case %zu: blank %d, \"%s\"", i, blank, buf);
+    }
+    char nul[] = {' ', '\0', ' ', '\r'};
+    size_t len = sizeof nul;
+    CHECK(hl_lines_trim(nul, &len) == 0 && len == 3);     /* a NUL byte is no blank */
+}
+
 int main(void)
 {
+    RUN(test_trim);
     RUN(test_lines_and_bound);
     RUN(test_no_line_end);
     RUN(test_pieces_and_offset);

@@ -10,7 +10,8 @@
  *
  * A bad line is counted, the first few are kept with their line number and
  * reason, and reading goes on: a dataset with a few broken rows is still a
- * dataset. Blank lines (empty or whitespace only, e.g. a trailing newline)
+ * dataset. Blank lines (nothing but spaces, tabs and CRs, e.g. a trailing
+ * newline; the rules are hl_lines_trim's, shared with `halflife items`)
  * are counted apart, not as bad. A header line is recognised on line 1 of
  * a format that has one (movielens-csv, events-csv) by failing to parse as
  * data at its rating or type column, so a headerless file loses no event
@@ -387,18 +388,6 @@ static void bad_line(hl_dataset_reader *r, const char *why)
     st->bad_lines++;
 }
 
-/* Strips the line end (LF, CRLF); 1 if nothing but blanks remain. */
-static int line_trim(char *s, size_t *len)
-{
-    size_t n = *len;
-    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r')) n--;
-    s[n] = '\0';
-    *len = n;
-    for (size_t i = 0; i < n; i++)
-        if (!is_space(s[i])) return 0;
-    return 1;
-}
-
 /* Line 1 of a format with a header, failing as data with why: a header
  * only if it failed at the rating or type column ("rating", "event_type").
  * Any failing line 1 used to be one, so a headerless file's first event
@@ -431,7 +420,7 @@ static int line_handle(hl_dataset_reader *r, size_t len, hl_dataset_event *ev,
 {
     const char *why;
 
-    if (line_trim(r->line, &len)) { r->st.blank_lines++; return 0; }
+    if (hl_lines_trim(r->line, &len)) { r->st.blank_lines++; return 0; }
     if (strlen(r->line) != len) { bad_line(r, "NUL byte in line"); return 0; }
     /* A CR left after the trim is inside the line: lone-CR line ends (old
      * Mac tools) made the file one line, and seq took "b<CR>u2" for an

@@ -144,3 +144,14 @@ int hl_lines_next(hl_lines *lr, char **line, size_t *len)
     }
     return skip_line(lr);
 }
+
+int hl_lines_trim(char *line, size_t *len)
+{
+    size_t n = *len;
+    while (n > 0 && line[n - 1] == '\r') n--;
+    line[n] = '\0';
+    *len = n;
+    for (size_t i = 0; i < n; i++)
+        if (line[i] != ' ' && line[i] != '\t' && line[i] != '\r') return 0;
+    return 1;
+}

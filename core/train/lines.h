@@ -38,6 +38,17 @@ void      hl_lines_destroy(hl_lines *lr);      /* NULL is a no-op */
  * HL_ENOMEM: the buffer could not grow. */
 int hl_lines_next(hl_lines *lr, char **line, size_t *len);
 
+/* The line rules every reader of these files shares (the dataset
+ * readers, `halflife items`), so that one file reads alike in each: the
+ * CRs at the end of line are its line end and are dropped, *len
+ * shrinking (CRLF, and CRCRLF: a CRLF file converted once more); 1 if
+ * what is left is blank, nothing but spaces, tabs and CRs, a line that
+ * holds nothing and is skipped; 0 otherwise, and then a CR left in the
+ * line stands inside it (lone-CR line ends, from old Mac tools, made the
+ * file one line), which the reader calls a bad line rather than split
+ * or keep. A NUL byte is not blank. */
+int hl_lines_trim(char *line, size_t *len);
+
 /* Bytes of the input consumed: the lines returned and skipped. */
 int64_t hl_lines_offset(const hl_lines *lr);
 

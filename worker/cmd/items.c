@@ -236,25 +236,25 @@ static void progress(items_run *r, const char *event)
 
 /* Why a line read has no update, or NULL to parse it; *skip set for a
  * line that is none (a comment, a blank line, also with CR or spaces in
- * it: a file saved on Windows, a trailing empty line; as the dataset
- * reader). A line longer than MAX_LINE was read on to its end and dropped:
- * its tail is never taken for a line of its own, since one such as
- * "z,delete" would publish an update the file does not hold. A NUL byte
- * would hide the rest of its line from the parser. The CR of a CRLF end is
- * dropped here (*len shrinks); any other CR is a bad line: the line was cut
- * at its first CR, so "z,delete\rjunk" deleted z and a file of lone-CR
- * line ends (old Mac tools) published its first line alone. */
+ * it: a file saved on Windows, a trailing empty line). The line rules are
+ * hl_lines_trim's, the dataset readers' too. A line longer than MAX_LINE
+ * was read on to its end and dropped: its tail is never taken for a line
+ * of its own, since one such as "z,delete" would publish an update the
+ * file does not hold. A NUL byte would hide the rest of its line from the
+ * parser. The CRs that end a line are dropped (*len shrinks); any other
+ * CR is a bad line: the line was cut at its first CR, so "z,delete\rjunk"
+ * deleted z and a file of lone-CR line ends (old Mac tools) published its
+ * first line alone. */
 static const char *line_unfit(int rc, char *line, size_t *len, int *skip)
 {
     *skip = 0;
     if (rc == HL_ERANGE) return "longer than 1 MiB (MAX_LINE)";
     if (line[0] == '#') { *skip = 1; return NULL; }
     if (strlen(line) != *len) return "NUL byte in line";
-    if (*len > 0 && line[*len - 1] == '\r') line[--*len] = '\0';
-    if (line[strspn(line, " \t\r")] == '\0') *skip = 1;
+    if (hl_lines_trim(line, len)) *skip = 1;
     else if (memchr(line, '\r', *len) != NULL)
-        return "CR inside the line: only a CR right before its LF (CRLF) is a line end; "
-               "convert lone-CR line ends to LF";
+        return "CR inside the line: only the CRs right before its LF (CRLF) are a line "
+               "end; convert lone-CR line ends to LF";
     return NULL;
 }
 

@@ -53,9 +53,9 @@ static const struct {
     {"demo",    hl_cmd_demo,     0, "[--duration S] [-X key=value]...", "the whole system on one machine"},
     {"broker",  hl_cmd_broker,   0, "[--port P] [--partitions N] [--topics a,b]", "a Kafka-protocol broker for tests and development"},
     {"produce", hl_cmd_produce,  0, "--input FILE --format F [--topic T] [--rate N]", "replay a dataset into Kafka as Avro events"},
-    {"items",   hl_cmd_items,    0, "--input FILE [--topic T] [--dim D]", "publish item updates (hide, expire, add with vectors) to the item topic"},
+    {"items",   hl_cmd_items,    0, "--input FILE [--topic T] [--dim D]", "publish item updates (hide, expire, add with vectors)"},
     {"train",   hl_cmd_train,    0, "--input FILE --format F --out MODEL", "fit a model on an event file"},
-    {"eval",    hl_cmd_eval,     0, "--model MODEL --input FILE --format F --protocol loo|prequential", "measure a model"},
+    {"eval",    hl_cmd_eval,     0, "[--model MODEL] --input FILE --format F --protocol loo|prequential", "measure a model's lists (or popularity's: --baseline popularity)"},
     {"snapshot", hl_cmd_snapshot, 0, "inspect FILE | dump [--values] FILE", "a snapshot file's header and counts, or its users, as JSON"},
     {"model",   hl_cmd_model,    0, "inspect FILE | compare OLD NEW", "check a model file, and what a swap from OLD to NEW would carry"},
 };
@@ -66,8 +66,10 @@ static void usage(FILE *f)
     fprintf(f, "usage: halflife COMMAND [ARGS]\n\n"
                "halflife keeps per-user interest vectors that decay with a half-life,\n"
                "fed by Kafka, and publishes each user's refreshed top-K list.\n\ncommands:\n");
+    /* The arguments and what the command is for on lines of their own:
+     * in one row they ran to 150 columns and wrapped in a terminal. */
     for (size_t i = 0; i < N_CMDS; i++)
-        fprintf(f, "  %-9s %-58s %s\n", cmds[i].name, cmds[i].args, cmds[i].help);
+        fprintf(f, "  %-9s %s\n  %-9s %s\n", cmds[i].name, cmds[i].args, "", cmds[i].help);
     fprintf(f, "\n'halflife COMMAND --help' describes a command; 'halflife --version' prints\n"
                "the build's version and its libraries'. See README.md.\n");
 }

@@ -113,6 +113,20 @@ range train_dim "halflife train: --dim 0: want an integer in 1..4096" train --di
 range train_lr "halflife train: --lr 11: want a number in 1e-09..10" train --lr 11
 range train_seed "halflife train: --seed -1: want an integer in 0..18446744073709551615" \
   train --seed -1
+# What a new user reads first fits a terminal: `halflife --help` ran to
+# 150 columns (each command's arguments and purpose in one row), and a
+# usage error of eval or train was followed by its whole usage (100 and
+# 50 lines), which scrolled the line saying what was wrong out of sight.
+out=$("$hl" --help 2>&1); rc=$?
+wide=$(echo "$out" | awk 'length > 80' | head -2)
+check help_fits_80_columns "$([ $rc = 0 ] && [ -z "$wide" ] &&
+  echo "$out" | grep -q -- '--model MODEL\]' && echo 1 || echo 0)" "exit $rc, too wide: $wide"
+for cmd in "eval --input x.csv --format seq --protocol loo" "train --dim 4"; do
+  out=$(timeout 20 "$hl" $cmd 2>&1); rc=$?
+  check "short_usage_error_${cmd%% *}" "$([ $rc = 2 ] && [ $(echo "$out" | wc -l) -le 6 ] &&
+    echo "$out" | grep -qF "'halflife ${cmd%% *} --help' lists the options" &&
+    echo 1 || echo 0)" "exit $rc, $(echo "$out" | wc -l) lines: ${out:0:200}"
+done
 # An empty kafka.bootstrap.servers (a script's unset variable) is missing,
 # said at once; it used to wait 15 s for an answer from no address.
 f=${TMPDIR:-/tmp}/cmd_args_$$

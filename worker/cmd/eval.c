@@ -377,9 +377,13 @@ static int parse_args(int argc, char **argv, eval_args *a)
             return hl_cmd_bad_value("eval", argv[i], argv[i + 1], want);
         }
     }
+    /* The synopsis after the reason, not the 100 lines of usage that
+     * scrolled the reason out of sight. */
     int rc = check_args(a);
     if (rc != 0)
-        usage(stderr);
+        fprintf(stderr, "usage: halflife eval [--model MODEL] --input FILE --format F\n"
+                "                     --protocol loo|prequential [options]\n"
+                "('halflife eval --help' lists the options)\n");
     return rc;
 }
 

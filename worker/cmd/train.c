@@ -498,8 +498,10 @@ static int parse_args(train_args *a, int argc, char **argv)
     snprintf(a->heads_text, sizeof a->heads_text, "15m,1h,4h,1d,30d");
     if ((rc = parse_options(a, argc, argv)) != 0) return rc;
     if (!a->input || !a->format || !a->out) {
-        fprintf(stderr, "halflife train: --input, --format and --out are required\n");
-        usage(stderr);
+        /* The synopsis, not the 50 lines of usage that scroll this one away. */
+        fprintf(stderr, "halflife train: --input, --format and --out are required\n"
+                "usage: halflife train --input FILE --format F --out MODEL [options]\n"
+                "('halflife train --help' lists the options)\n");
         return 2;
     }
     if (a->o.epochs == 0 && !a->init) {

@@ -109,6 +109,8 @@ range eval_cap "halflife eval: --foldin-bias-cap -2: want a number in -1..100000
 range eval_words "halflife eval: --exclude-seen maybe: want yes or no" eval --exclude-seen maybe
 range eval_seq_step "4102444800000 (event i of a user is at i x MS, and the worker refuses an event after 2100)" \
   eval --seq-step-ms 0
+range eval_protocol "halflife eval: --protocol later: want loo or prequential" \
+  eval --input x --format seq --protocol later
 range train_dim "halflife train: --dim 0: want an integer in 1..4096" train --dim 0
 range train_lr "halflife train: --lr 11: want a number in 1e-09..10" train --lr 11
 range train_seed "halflife train: --seed -1: want an integer in 0..18446744073709551615" \

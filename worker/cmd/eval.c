@@ -286,12 +286,11 @@ static int check_args(const eval_args *a)
         return 2;
     }
     if (strcmp(a->protocol, "loo") && strcmp(a->protocol, "prequential")) {
-        fprintf(stderr, "halflife eval: --protocol %s: expected loo or prequential\n", a->protocol);
-        return 2;
+        return hl_cmd_bad_value("eval", "--protocol", a->protocol, "loo or prequential");
     }
     if (a->baseline && strcmp(a->baseline, "popularity")) {
-        fprintf(stderr, "halflife eval: --baseline %s: only popularity exists\n", a->baseline);
-        return 2;
+        return hl_cmd_bad_value("eval", "--baseline", a->baseline, "popularity (the only "
+                                "baseline)");
     }
     if (a->swap_model && (!a->model || strcmp(a->protocol, "prequential") || a->swap_at < 0)) {
         fprintf(stderr, "halflife eval: --swap-model needs --model, --swap-at and the "

@@ -237,7 +237,7 @@ static void usage(FILE *f)
 "                        shapes match; MODEL's dim must equal --dim. A worker\n"
 "                        swapping to the result then migrates users closely;\n"
 "                        MODEL's heads and half-lives are kept, not learned\n"
-"                        (a swap needs them equal)\n"
+"                        (a same-shape swap migrates closer than a reshape)\n"
 "  --seed S              (1)\n"
 "  --threads T           OpenBLAS threads (number of cores)\n"
 "  --progress-interval S within an epoch, a progress line every S seconds\n"

@@ -1,0 +1,567 @@
+/* test_schema_store.c - worker/schema_store.c against stand-in
+ * registries on the loopback: an unknown id waits while the registry is
+ * away; the up gauge says so; a request to a registry that never answers
+ * does not hold up destroy, nor a known id, and ends at
+ * schema.registry.timeout.ms; a full table of waiting ids neither refuses
+ * a new id nor drops a fetched schema; the fallback file is read after a
+ * 404 only, never after a bad answer; one id the registry keeps failing
+ * does not starve the others, nor makes the registry read down; a 5xx for
+ * every id does; a table full of fetched schemas still takes a new id; a
+ * new id goes before rechecks of "no such id"; a proxy's page in the
+ * registry's place makes records wait, not bad. */
+#define T_SUITE "schema_store"
+#include "test.h"
+#include "registry_test_util.h"
+
+#include "log.h"
+#include "registry.h"
+#include "schema_store.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+static void test_store_waits_while_registry_away(void)
+{
+    char err[512] = "", why[256] = "", *text = NULL;
+    hl_registry_opts o = {.urls = DEAD_URL, .timeout_ms = 500};
+    hl_metrics *m = hl_metrics_create();
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
+                                                m, err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    if (s == NULL) {
+        hl_metrics_destroy(m);
+        return;
+    }
+    CHECK(hl_schema_store_get(s, 42, &text, why, sizeof why) == HL_EAGAIN);
+    for (int i = 0; i < 100 && hl_schema_store_up(s); i++)
+        usleep(20000);
+    CHECK(!hl_schema_store_up(s));
+    CHECK(hl_metrics_gauge_sum(m, "halflife_schema_registry_up") == 0);
+    CHECK(hl_metrics_counter_sum(m, "halflife_schema_registry_requests_total") >= 1);
+    /* Still waiting, never "no such id": the registry did not say so. */
+    CHECK(hl_schema_store_get(s, 42, &text, why, sizeof why) == HL_EAGAIN);
+    CHECK(text == NULL);
+    hl_schema_store_destroy(s);
+    hl_metrics_destroy(m);
+}
+/* A store asking the registry on the loopback's port, each request given
+ * timeout_ms; NULL (checked) when it cannot be made. */
+static hl_schema_store *store_at(int port, int timeout_ms, const char *dir, hl_metrics *m)
+{
+    char url[64], err[512];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = timeout_ms};
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), dir, m,
+                                                err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    return s;
+}
+
+/* A store's destroy ends a request in progress at once, not after
+ * schema.registry.timeout.ms (here 30 s). */
+static void test_destroy_does_not_wait_for_a_silent_registry(void)
+{
+    char why[256], *text = NULL;
+    int port, fd = silent_listener(&port);
+    if (fd < 0)
+        SKIP("no loopback listener");
+    hl_schema_store *s = store_at(port, 30000, NULL, NULL);
+    if (s != NULL) {
+        CHECK(hl_schema_store_get(s, 3, &text, why, sizeof why) == HL_EAGAIN);
+        usleep(300000);                     /* the request is waiting now */
+        double t0 = now_s();
+        hl_schema_store_destroy(s);
+        CHECKF(now_s() - t0 < 3.0, "destroy took %.1f s", now_s() - t0);
+    }
+    close(fd);
+}
+
+
+/* A fetch that hangs on a registry that stopped answering holds up nobody
+ * who asks for an id already known (the store's lock is not held across
+ * the request), and schema.registry.timeout.ms ends it: the registry is
+ * then down and the new id still waits, never "no such id". */
+static void test_known_ids_do_not_wait_for_a_silent_registry(void)
+{
+    char why[256], *text = NULL;
+    pthread_t tid;
+    int port;
+    one_answer oa = {silent_listener(&port), NULL, NULL, NULL};
+    if (oa.fd < 0 || pthread_create(&tid, NULL, answer_once, &oa) != 0)
+        SKIP("no loopback listener");
+    hl_schema_store *s = store_at(port, 1500, NULL, NULL);
+    if (s == NULL)
+        goto out;
+    int rc = HL_EAGAIN;
+    for (int i = 0; i < 200 && (rc = hl_schema_store_get(s, 1, &text, why, sizeof why)) ==
+                                HL_EAGAIN; i++)
+        usleep(10000);
+    CHECKF(rc == 0 && text && !strcmp(text, "{\"type\":\"string\"}"), "id 1: %d %s", rc, why);
+    free(text);
+    double t0 = now_s(), worst = 0;
+    CHECK(hl_schema_store_get(s, 2, &text, why, sizeof why) == HL_EAGAIN);   /* hangs now */
+    usleep(200000);
+    for (int i = 0; i < 20000; i++) {
+        double t1 = now_s();
+        rc = hl_schema_store_get(s, 1, &text, why, sizeof why);
+        worst = now_s() - t1 > worst ? now_s() - t1 : worst;
+        free(text);
+        text = NULL;
+        CHECK(rc == 0);
+        if (rc != 0)
+            break;
+    }
+    CHECKF(worst < 0.1, "a known id took %.3f s while another id's fetch hung", worst);
+    CHECKF(hl_schema_store_up(s), "down after %.2f s, before the 1.5 s timeout", now_s() - t0);
+    for (int i = 0; i < 400 && hl_schema_store_up(s); i++)
+        usleep(10000);
+    double down_s = now_s() - t0;
+    CHECKF(!hl_schema_store_up(s) && down_s >= 1.4 && down_s < 4.0,
+           "registry down after %.2f s; schema.registry.timeout.ms is 1.5 s", down_s);
+    CHECK(hl_schema_store_get(s, 2, &text, why, sizeof why) == HL_EAGAIN);
+    hl_schema_store_destroy(s);
+out:
+    pthread_join(tid, NULL);
+    close(oa.fd);
+}
+
+/* Asks for n ids from first on; returns how many were not HL_EAGAIN. */
+static int ask_many(hl_schema_store *s, int32_t first, int n)
+{
+    char why[256], *text = NULL;
+    int not_waiting = 0;
+    for (int i = 0; i < n; i++) {
+        int rc = hl_schema_store_get(s, first + i, &text, why, sizeof why);
+        not_waiting += rc != HL_EAGAIN;
+        if (rc == 0)
+            free(text);
+    }
+    return not_waiting;
+}
+
+/* During an outage every id stays wanted. Ids written once (here a full
+ * table of bogus ones) must not turn a later id into "no such id": its
+ * records would be dead-lettered instead of waiting for the registry. */
+static void test_waiting_ids_do_not_fill_the_store(void)
+{
+    char err[512], why[256] = "", *text = NULL;
+    hl_registry_opts o = {.urls = DEAD_URL, .timeout_ms = 500};
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
+                                                NULL, err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    if (s == NULL)
+        return;
+    CHECK(ask_many(s, 1000, HL_SCHEMA_STORE_MAX_IDS) == 0);
+    int rc = hl_schema_store_get(s, 3, &text, why, sizeof why);
+    CHECKF(rc == HL_EAGAIN && strstr(why, "being fetched"), "id 3: rc %d: %s", rc, why);
+    /* As many again: each takes the place of one asked for less lately. */
+    CHECK(ask_many(s, 100000, HL_SCHEMA_STORE_MAX_IDS + 10) == 0);
+    CHECK(hl_schema_store_get(s, 3, &text, why, sizeof why) == HL_EAGAIN && text == NULL);
+    hl_schema_store_destroy(s);
+}
+
+/* Starts a store on a registry that answers one request as oa says, then
+ * no more. NULL (and no thread) when that cannot be set up. */
+static hl_schema_store *store_answering_once(one_answer *oa, pthread_t *tid, const char *dir,
+                                             hl_metrics *m)
+{
+    int port;
+    if ((oa->fd = silent_listener(&port)) < 0)
+        return NULL;
+    if (pthread_create(tid, NULL, answer_once, oa) != 0) {
+        close(oa->fd);
+        return NULL;
+    }
+    hl_schema_store *s = store_at(port, 1500, dir, m);
+    if (s == NULL) {
+        shutdown(oa->fd, SHUT_RDWR);        /* ends the accept */
+        pthread_join(*tid, NULL);
+        close(oa->fd);
+    }
+    return s;
+}
+
+static void store_answering_once_end(hl_schema_store *s, one_answer *oa, pthread_t tid)
+{
+    hl_schema_store_destroy(s);
+    pthread_join(tid, NULL);
+    close(oa->fd);
+}
+
+/* Asks for id until the answer is no longer "wait" (at most ~2 s). */
+static int get_settled(hl_schema_store *s, int32_t id, char **text, char *why, size_t whylen)
+{
+    int rc = HL_EAGAIN;
+    for (int i = 0; i < 200 && (rc = hl_schema_store_get(s, id, text, why, whylen)) ==
+                                HL_EAGAIN; i++)
+        usleep(10000);
+    return rc;
+}
+
+/* A full table of waiting ids never pushes out a fetched schema: records
+ * still decode with it. */
+static void test_fetched_schema_outlives_waiting_ids(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    one_answer oa = {-1, NULL, NULL, NULL};
+    hl_schema_store *s = store_answering_once(&oa, &tid, NULL, NULL);
+    if (s == NULL)
+        SKIP("no loopback listener");
+    int rc = get_settled(s, 1, &text, why, sizeof why);
+    CHECKF(rc == 0 && text != NULL, "id 1: %d %s", rc, why);
+    free(text);
+    text = NULL;
+    /* The registry is silent now: every new id waits. */
+    CHECK(ask_many(s, 1000, HL_SCHEMA_STORE_MAX_IDS + 10) == 0);
+    rc = hl_schema_store_get(s, 1, &text, why, sizeof why);
+    CHECKF(rc == 0 && text && !strcmp(text, "{\"type\":\"string\"}"), "id 1: %d %s", rc, why);
+    free(text);
+    store_answering_once_end(s, &oa, tid);
+}
+
+/* A directory holding <id>.avsc for id with a schema of its own. */
+static int fallback_dir(char *dir, size_t len, int32_t id)
+{
+    char path[512];
+    snprintf(dir, len, "/tmp/hl-test-registry-XXXXXX");
+    if (mkdtemp(dir) == NULL)
+        return -1;
+    snprintf(path, sizeof path, "%s/%d.avsc", dir, (int)id);
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    fputs("{\"type\":\"long\"}", f);
+    return fclose(f);
+}
+
+static void fallback_dir_remove(const char *dir, int32_t id)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%d.avsc", dir, (int)id);
+    unlink(path);
+    rmdir(dir);
+}
+
+static uint64_t requests(hl_metrics *m, const char *labels)
+{
+    return hl_counter_get(hl_metrics_counter(m, "halflife_schema_registry_requests_total",
+                                             NULL, labels));
+}
+
+/* Asks a store with a fallback directory (7.avsc: "long") for id 7, the
+ * registry answering oa once: the answer is want_text (NULL: unknown,
+ * the reason naming want_why and not "fallback"), counted once under
+ * result=counted and never under result=not_counted. */
+static void fallback_case(one_answer oa, const char *want_text, const char *want_why,
+                          const char *counted, const char *not_counted)
+{
+    char dir[64], why[256] = "", *text = NULL, label[64];
+    pthread_t tid;
+    if (fallback_dir(dir, sizeof dir, 7) != 0)
+        SKIP("cannot write a fallback directory in /tmp");
+    hl_metrics *m = hl_metrics_create();
+    hl_schema_store *s = store_answering_once(&oa, &tid, dir, m);
+    if (s == NULL) {
+        hl_metrics_destroy(m);
+        fallback_dir_remove(dir, 7);
+        SKIP("no loopback listener");
+    }
+    int rc = get_settled(s, 7, &text, why, sizeof why);
+    if (want_text != NULL) {
+        CHECKF(rc == 0 && text && !strcmp(text, want_text), "id 7: rc %d %s", rc, why);
+    } else {
+        CHECKF(rc == HL_ENOENT && text == NULL, "id 7: rc %d text %s", rc, text ? text : "-");
+        CHECKF(strstr(why, want_why) && !strstr(why, "fallback"), "%s", why);
+    }
+    snprintf(label, sizeof label, "result=\"%s\"", counted);
+    CHECK(requests(m, label) == 1);
+    snprintf(label, sizeof label, "result=\"%s\"", not_counted);
+    CHECK(requests(m, label) == 0);
+    free(text);
+    store_answering_once_end(s, &oa, tid);
+    hl_metrics_destroy(m);
+    fallback_dir_remove(dir, 7);
+}
+
+/* The registry answered 200 with a schema that is not Avro: the id is
+ * unknown, counted as a bad answer, and the fallback file is not read (it
+ * is read only after a 404; a file must not shadow the registry's answer). */
+static void test_bad_answer_does_not_read_the_fallback_file(void)
+{
+    one_answer oa = {-1, NULL, "{\"schema\":\"syntax = \\\"proto3\\\";\","
+                               "\"schemaType\":\"PROTOBUF\"}", NULL};
+    fallback_case(oa, NULL, "PROTOBUF", "bad_answer", "not_found");
+}
+
+/* The other side of it: after a 404 the fallback file is the schema. */
+static void test_not_found_reads_the_fallback_file(void)
+{
+    one_answer oa = {-1, "404 Not Found", "{\"error_code\":40403,\"message\":\"Schema 7 not "
+                                          "found\"}", NULL};
+    fallback_case(oa, "{\"type\":\"long\"}", NULL, "not_found", "bad_answer");
+}
+
+/* A proxy's page for id 7 (here a bare 404 and a captive portal's 200,
+ * the fallback directory holding 7.avsc): the id waits and the registry
+ * reads down. The 404 had read the file in the registry's place, the 200
+ * made the id unknown and its records dead-lettered. */
+static void proxy_page_case(one_answer oa)
+{
+    char dir[64], why[256] = "", *text = NULL;
+    pthread_t tid;
+    if (fallback_dir(dir, sizeof dir, 7) != 0)
+        SKIP("cannot write a fallback directory in /tmp");
+    hl_schema_store *s = store_answering_once(&oa, &tid, dir, NULL);
+    if (s == NULL) {
+        fallback_dir_remove(dir, 7);
+        SKIP("no loopback listener");
+    }
+    int rc = HL_EAGAIN;
+    for (int i = 0; i < 200 && rc == HL_EAGAIN && hl_schema_store_up(s); i++) {
+        rc = hl_schema_store_get(s, 7, &text, why, sizeof why);
+        usleep(10000);
+    }
+    if (rc == HL_EAGAIN)
+        rc = hl_schema_store_get(s, 7, &text, why, sizeof why);
+    CHECKF(rc == HL_EAGAIN && text == NULL && !hl_schema_store_up(s), "%s: id 7 rc %d (%s), "
+           "text %s, registry up %d", oa.status, rc, why, text ? text : "-",
+           hl_schema_store_up(s));
+    free(text);
+    store_answering_once_end(s, &oa, tid);
+    fallback_dir_remove(dir, 7);
+}
+
+static void test_proxy_pages_make_records_wait(void)
+{
+    proxy_page_case((one_answer){-1, "404 Not Found", "<html>404 Not Found</html>",
+                                 "text/html"});
+    proxy_page_case((one_answer){-1, "200 OK", "<html>Sign in to the network</html>",
+                                 "text/html; charset=utf-8"});
+}
+
+/* A registry that fails one id for good (500, as a broken subject can)
+ * and answers every other one: until stop, each request read and answered
+ * by the id in its path. */
+typedef struct one_id_fails {
+    int         fd;
+    atomic_int  stop, asked_good;
+    atomic_int  fail_all;       /* set: every id gets the 500 */
+    int         missing_from;   /* non-zero: ids from it on get the registry's 404 */
+    int         delay_us;       /* each answer this late: a slow registry */
+} one_id_fails;
+
+static void *answer_but_id_5(void *arg)
+{
+    static const char ok[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\"}\"}";
+    static const char bad[] = "{\"error_code\":50001,\"message\":\"store error\"}";
+    static const char none[] = "{\"error_code\":40403,\"message\":\"Schema not found\"}";
+    one_id_fails *of = arg;
+    while (!atomic_load(&of->stop)) {
+        char req[4096], head[256];
+        int c = accept(of->fd, NULL, NULL);
+        if (c < 0)
+            return NULL;
+        ssize_t n = read(c, req, sizeof req - 1);
+        req[n > 0 ? n : 0] = '\0';
+        const char *at = strstr(req, "/schemas/ids/");
+        int fail = strstr(req, "/schemas/ids/5 ") != NULL || atomic_load(&of->fail_all);
+        int missing = of->missing_from && at && atoi(at + 13) >= of->missing_from;
+        atomic_fetch_add(&of->asked_good, !fail);
+        const char *body = fail ? bad : missing ? none : ok;
+        usleep((useconds_t)of->delay_us);
+        int hn = snprintf(head, sizeof head, "HTTP/1.1 %s\r\nContent-Length: %zu\r\n"
+                          "Connection: close\r\n\r\n", fail ? "500 Internal Server Error"
+                          : missing ? "404 Not Found" : "200 OK", strlen(body));
+        /* The client may have hung up (a destroy ends its request): no SIGPIPE. */
+        if (send(c, head, (size_t)hn, MSG_NOSIGNAL) == hn)
+            (void)!send(c, body, strlen(body), MSG_NOSIGNAL);
+        close(c);
+    }
+    return NULL;
+}
+
+/* One id the registry keeps failing must not starve the others: the fetch
+ * thread asked for the first waiting id in table order, so once id 5 was
+ * waiting (500 after 500, behind its backoff), id 6 was never asked for
+ * and its records waited for ever. */
+static void test_one_failing_id_does_not_starve_the_rest(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    int port;
+    one_id_fails of = {.fd = silent_listener(&port)};
+    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+        SKIP("no loopback listener");
+    hl_schema_store *s = store_at(port, 1500, NULL, NULL);
+    if (s != NULL) {
+        CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
+        for (int i = 0; i < 100 && hl_schema_store_up(s); i++)
+            usleep(10000);                      /* 5 failed at least once */
+        int rc = HL_EAGAIN;
+        for (int i = 0; i < 600 && (rc = hl_schema_store_get(s, 6, &text, why, sizeof why)) ==
+                                    HL_EAGAIN; i++)
+            usleep(10000);
+        CHECKF(rc == 0 && text && !strcmp(text, "{\"type\":\"string\"}"),
+               "id 6: rc %d (%s) after 6 s; asked for ids other than 5: %d times", rc, why,
+               atomic_load(&of.asked_good));
+        free(text);
+        CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
+        hl_schema_store_destroy(s);
+    }
+    atomic_store(&of.stop, 1);
+    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
+    pthread_join(tid, NULL);
+    close(of.fd);
+}
+
+/* ids first..first+n-1 asked for until each has its schema (up to 6 s),
+ * the store's up read every 2 ms meanwhile and for 1.5 s after: how
+ * many of those reads were 0, or -1 when an id never came. */
+static int downs_while_fetching(hl_schema_store *s, int32_t first, int n)
+{
+    char why[256], *text = NULL;
+    int downs = 0, left = n;
+    unsigned char got[64] = {0};
+    double t0 = now_s(), all_at = 0;
+    while (now_s() - t0 < 6.0 && (left > 0 || now_s() - all_at < 1.5)) {
+        for (int i = 0; i < n; i++)
+            if (!got[i] && hl_schema_store_get(s, first + i, &text, why, sizeof why) == 0) {
+                free(text);
+                got[i] = 1;
+                if (--left == 0)
+                    all_at = now_s();
+            }
+        downs += !hl_schema_store_up(s);
+        usleep(2000);
+    }
+    return left > 0 ? -1 : downs;
+}
+
+/* A registry that fails one id for good (500) and serves the others is
+ * up: each answer set halflife_schema_registry_up and each failure of id
+ * 5 cleared it (a log line each time), and once only 5 was left it read
+ * 0 for good, though the registry answered every other id. */
+static void test_one_failing_id_leaves_the_registry_up(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    int port;
+    one_id_fails of = {.fd = silent_listener(&port)};
+    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+        SKIP("no loopback listener");
+    hl_metrics *m = hl_metrics_create();
+    hl_schema_store *s = store_at(port, 1500, NULL, m);
+    if (s != NULL) {
+        CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
+        int downs = downs_while_fetching(s, 6, 10);
+        CHECKF(downs == 0, "up read 0 %d times while ids 6..15 were fetched (-1: not all "
+               "fetched) and id 5 failed", downs);
+        CHECK(hl_metrics_gauge_sum(m, "halflife_schema_registry_up") == 1);
+        CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
+        CHECKF(strstr(why, "HTTP 500") != NULL, "why: %s", why);
+        /* A 5xx for every id is the registry's: the fetched ones check it. */
+        atomic_store(&of.fail_all, 1);
+        for (int i = 0; i < 300 && hl_schema_store_up(s); i++)
+            usleep(10000);
+        CHECK(!hl_schema_store_up(s));
+        hl_schema_store_destroy(s);
+    }
+    hl_metrics_destroy(m);
+    atomic_store(&of.stop, 1);
+    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
+    pthread_join(tid, NULL);
+    close(of.fd);
+}
+
+/* A table full of fetched schemas (records naming that many ids the
+ * registry has) made every later id "no such id" for good: dead-lettered
+ * while the registry had it. The least lately asked schema now gives way,
+ * and comes back when asked again. */
+static void test_fetched_schemas_do_not_fill_the_store(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    int port, left = HL_SCHEMA_STORE_MAX_IDS;
+    one_id_fails of = {.fd = silent_listener(&port)};
+    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+        SKIP("no loopback listener");
+    hl_log_set_level(HL_LOG_WARN);             /* not a schema_fetched line per id */
+    hl_schema_store *s = store_at(port, 1500, NULL, NULL);
+    if (s != NULL) {
+        CHECK(ask_many(s, 1000, HL_SCHEMA_STORE_MAX_IDS) == 0);
+        double t0 = now_s();
+        while (left > 0 && now_s() - t0 < 60) {
+            usleep(50000);
+            left = HL_SCHEMA_STORE_MAX_IDS - ask_many(s, 1000, HL_SCHEMA_STORE_MAX_IDS);
+        }
+        CHECKF(left == 0, "%d ids not fetched after 60 s", left);
+        int rc = get_settled(s, 9, &text, why, sizeof why);
+        CHECKF(rc == 0 && text && !strcmp(text, "{\"type\":\"string\"}"), "id 9 with %d "
+               "schemas fetched: rc %d: %s", HL_SCHEMA_STORE_MAX_IDS, rc, why);
+        free(text);
+        text = NULL;
+        rc = get_settled(s, 1000, &text, why, sizeof why);
+        CHECKF(rc == 0 && text != NULL, "id 1000, dropped for id 9: rc %d: %s", rc, why);
+        free(text);
+        hl_schema_store_destroy(s);
+    }
+    hl_log_set_level(HL_LOG_INFO);
+    atomic_store(&of.stop, 1);
+    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
+    pthread_join(tid, NULL);
+    close(of.fd);
+}
+
+/* A new id waits behind no recheck: "no such id" entries that records
+ * keep naming are asked again every 5 s, and the fetch thread took them
+ * and the waiting ids in one turn, so a valid new id waited for up to
+ * HL_SCHEMA_STORE_MAX_IDS requests (seconds on a slow registry). */
+static void test_new_id_goes_before_rechecks(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    int port, n = 1000, rc = HL_EAGAIN;
+    one_id_fails of = {.fd = silent_listener(&port), .missing_from = 1000, .delay_us = 2000};
+    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+        SKIP("no loopback listener");
+    hl_schema_store *s = store_at(port, 1500, NULL, NULL);
+    if (s != NULL) {
+        double t0 = now_s();
+        while (ask_many(s, 1000, n) < n && now_s() - t0 < 20)
+            usleep(50000);                      /* each one "no such id" */
+        usleep(5200000);                        /* due for a recheck */
+        CHECK(ask_many(s, 1000, n) == n);       /* rechecks asked for */
+        usleep(100000);                         /* and some made: the turn is past 7's place */
+        t0 = now_s();
+        while ((rc = hl_schema_store_get(s, 7, &text, why, sizeof why)) == HL_EAGAIN &&
+               now_s() - t0 < 10)
+            usleep(1000);
+        double took = now_s() - t0;
+        CHECKF(rc == 0 && took < 0.5, "new id 7 behind %d rechecks: rc %d after %.2f s (%s)",
+               n, rc, took, why);
+        free(text);
+        hl_schema_store_destroy(s);
+    }
+    atomic_store(&of.stop, 1);
+    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
+    pthread_join(tid, NULL);
+    close(of.fd);
+}
+
+int main(void)
+{
+    RUN(test_store_waits_while_registry_away);
+    RUN(test_destroy_does_not_wait_for_a_silent_registry);
+    RUN(test_known_ids_do_not_wait_for_a_silent_registry);
+    RUN(test_waiting_ids_do_not_fill_the_store);
+    RUN(test_fetched_schema_outlives_waiting_ids);
+    RUN(test_bad_answer_does_not_read_the_fallback_file);
+    RUN(test_not_found_reads_the_fallback_file);
+    RUN(test_proxy_pages_make_records_wait);
+    RUN(test_one_failing_id_does_not_starve_the_rest);
+    RUN(test_one_failing_id_leaves_the_registry_up);
+    RUN(test_fetched_schemas_do_not_fill_the_store);
+    RUN(test_new_id_goes_before_rechecks);
+    TEST_EXIT();
+}

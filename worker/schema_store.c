@@ -355,6 +355,12 @@ static void fetch(hl_schema_store *s, int32_t id, int probe)
     pthread_mutex_unlock(&s->mu);
     int rc = hl_registry_schema_by_id(s->reg, id, &text, err, sizeof err);
     pthread_mutex_lock(&s->mu);
+    /* A destroy ends the request ("aborted by an application callback"):
+     * no answer of the registry's, so no outage to log or count. */
+    if (atomic_load(&s->stop)) {
+        free(text);
+        return;
+    }
     /* Only the registry saying "no such id" (404) or giving a schema we
      * cannot use (HL_EFORMAT: its JSON holds no Avro schema, or is too
      * big) makes a record bad; anything else (no answer, 5xx, 401, TLS, a

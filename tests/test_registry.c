@@ -160,7 +160,9 @@ static char *raw_answer(const char *status, const char *type, const char *body, 
  * page, a captive portal's 200) were its word: a 200 that is not JSON and
  * anything over HL_REGISTRY_MAX_BODY (a 502 page too: the size was judged
  * before the status) made the id bad, and a bare 404 "no such id"; their
- * records were dead-lettered. They are the registry being away now. */
+ * records were dead-lettered. So did a 200 with JSON of another service
+ * (a health page's {"status":"UP"}) or a "schema" that is no string. They
+ * are the registry being away now. */
 static void test_proxy_answers_are_not_the_registrys(void)
 {
     static const char *const html = "<html><body>Sign in to the network</body></html>";
@@ -174,6 +176,10 @@ static void test_proxy_answers_are_not_the_registrys(void)
         {raw_answer("502 Bad Gateway", "text/html", NULL, big), HL_EAGAIN, "HTTP 502"},
         {raw_answer("200 OK", "text/html", NULL, big), HL_EAGAIN, "not the registry's"},
         {raw_answer("200 OK", json, NULL, big), HL_EFORMAT, "larger than"},
+        {raw_answer("200 OK", json, "{\"status\":\"UP\"}", 0), HL_EAGAIN,
+         "without a \"schema\" string"},
+        {raw_answer("200 OK", "application/json", "{\"schema\":{\"type\":\"string\"}}", 0),
+         HL_EAGAIN, "without a \"schema\" string"},
     };
     enum { N = sizeof c / sizeof c[0] };
     const char *raw[N];
@@ -204,6 +210,99 @@ static void test_proxy_answers_are_not_the_registrys(void)
         close(fd);
     for (int i = 0; i < N; i++)
         free(c[i].raw);
+}
+
+/* A registry client on the loopback's port; NULL (checked) when it cannot
+ * be made. */
+static hl_registry *registry_at(int port)
+{
+    char url[64], err[512];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = 5000};
+    hl_registry *r = hl_registry_create(&o, err, sizeof err);
+    CHECKF(r != NULL, "%s", err);
+    return r;
+}
+
+/* Registering and looking up read "id": a 2xx JSON object without an
+ * integer "id" is another service's answer and is waited for (it had
+ * failed the worker's start as a bad answer); an "id" out of range is the
+ * registry's own and is refused. */
+static void test_register_answer_without_an_id_waits(void)
+{
+    static const char *const json = "application/vnd.schemaregistry.v1+json";
+    struct { char *raw; int want; const char *say; } c[] = {
+        {raw_answer("200 OK", json, "{\"status\":\"UP\"}", 0), HL_EAGAIN,
+         "without a \"id\" integer"},
+        {raw_answer("200 OK", json, "{\"id\":\"12\"}", 0), HL_EAGAIN, "a proxy in the way"},
+        {raw_answer("200 OK", json, "{\"id\":-3}", 0), HL_EFORMAT, "-3 is not a schema id"},
+        {raw_answer("200 OK", json, "{\"id\":12}", 0), 0, ""},
+    };
+    enum { N = sizeof c / sizeof c[0] };
+    const char *raw[N];
+    char err[512];
+    int port, fd = silent_listener(&port);
+    if (fd < 0)
+        SKIP("no loopback listener");
+    for (int i = 0; i < N; i++)
+        raw[i] = c[i].raw ? c[i].raw : "";
+    raw_answers ra = {fd, N, raw};
+    pthread_t tid;
+    hl_registry *r = registry_at(port);
+    if (r != NULL && pthread_create(&tid, NULL, answer_raw, &ra) == 0) {
+        for (int i = 0; i < N; i++) {
+            int32_t id = -1;
+            err[0] = '\0';
+            int rc = i % 2 ? hl_registry_lookup(r, "t-value", "\"string\"", &id, err, sizeof err)
+                           : hl_registry_register(r, "t-value", "\"string\"", &id, err,
+                                                  sizeof err);
+            CHECKF(rc == c[i].want && strstr(err, c[i].say) && (rc != 0 || id == 12),
+                   "answer %d: rc %d, id %d, want %d naming \"%s\": %s", i, rc, (int)id,
+                   c[i].want, c[i].say, err);
+        }
+        pthread_join(tid, NULL);
+    }
+    hl_registry_destroy(r);
+    close(fd);
+    for (int i = 0; i < N; i++)
+        free(c[i].raw);
+}
+
+/* Another service's JSON on the first URL is not the registry's answer:
+ * the next URL is asked, and its schema is the answer. */
+static void test_next_url_after_another_services_json(void)
+{
+    static const char *const json = "application/json";
+    char *raw_a = raw_answer("200 OK", json, "{\"status\":\"UP\"}", 0);
+    char *raw_b = raw_answer("200 OK", json, "{\"schema\":\"\\\"string\\\"\"}", 0);
+    const char *ra_raw[] = {raw_a ? raw_a : ""}, *rb_raw[] = {raw_b ? raw_b : ""};
+    char url[128], err[512] = "", *text = NULL;
+    int port_a, port_b, fd_a = silent_listener(&port_a), fd_b = silent_listener(&port_b);
+    raw_answers ra = {fd_a, 1, ra_raw}, rb = {fd_b, 1, rb_raw};
+    pthread_t ta, tb;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d,http://127.0.0.1:%d", port_a, port_b);
+    hl_registry_opts o = {.urls = url, .timeout_ms = 5000};
+    hl_registry *r = fd_a >= 0 && fd_b >= 0 ? hl_registry_create(&o, err, sizeof err) : NULL;
+    if (r != NULL && pthread_create(&ta, NULL, answer_raw, &ra) == 0) {
+        if (pthread_create(&tb, NULL, answer_raw, &rb) == 0) {
+            int rc = hl_registry_schema_by_id(r, 4, &text, err, sizeof err);
+            CHECKF(rc == 0 && text && !strcmp(text, "\"string\""), "rc %d text %s: %s", rc,
+                   text ? text : "-", err);
+            shutdown(fd_b, SHUT_RDWR);      /* ends the accept when B was not asked */
+            pthread_join(tb, NULL);
+        }
+        pthread_join(ta, NULL);
+    } else {
+        CHECKF(fd_a < 0 || fd_b < 0, "%s", err);
+    }
+    free(text);
+    hl_registry_destroy(r);
+    if (fd_a >= 0)
+        close(fd_a);
+    if (fd_b >= 0)
+        close(fd_b);
+    free(raw_a);
+    free(raw_b);
 }
 
 /* A schema source for the codec: what a registry would answer, by id. */
@@ -348,6 +447,8 @@ int main(void)
     RUN(test_unreachable_is_transient);
     RUN(test_folded_first_header_after_a_request);
     RUN(test_proxy_answers_are_not_the_registrys);
+    RUN(test_register_answer_without_an_id_waits);
+    RUN(test_next_url_after_another_services_json);
     RUN(test_codec_waits_then_decodes);
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);

@@ -338,10 +338,10 @@ static void test_not_found_reads_the_fallback_file(void)
     fallback_case(oa, "{\"type\":\"long\"}", NULL, "not_found", "bad_answer");
 }
 
-/* A proxy's page for id 7 (here a bare 404 and a captive portal's 200,
- * the fallback directory holding 7.avsc): the id waits and the registry
- * reads down. The 404 had read the file in the registry's place, the 200
- * made the id unknown and its records dead-lettered. */
+/* A proxy's page for id 7 (here a bare 404, a captive portal's 200 and a
+ * health page's JSON, the fallback directory holding 7.avsc): the id waits
+ * and the registry reads down. The 404 had read the file in the registry's
+ * place, the 200s made the id unknown and its records dead-lettered. */
 static void proxy_page_case(one_answer oa)
 {
     char dir[64], why[256] = "", *text = NULL;
@@ -374,6 +374,7 @@ static void test_proxy_pages_make_records_wait(void)
                                  "text/html"});
     proxy_page_case((one_answer){-1, "200 OK", "<html>Sign in to the network</html>",
                                  "text/html; charset=utf-8"});
+    proxy_page_case((one_answer){-1, "200 OK", "{\"status\":\"UP\"}", NULL});
 }
 
 /* A registry that fails one id for good (500, as a broken subject can)

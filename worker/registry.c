@@ -8,7 +8,8 @@
  * "schema not found". The status decides what a failure means (registry.h),
  * but only an answer that is the registry's own can say "bad" or "no such
  * id": a proxy or load balancer before it (an HTML error page, a captive
- * portal's 200, an ingress's bare 404 while the registry restarts) is the
+ * portal's 200, an ingress's bare 404 while the registry restarts) or
+ * another service's JSON (a 2xx without the field the call reads) is the
  * registry being away. error_code and message go into the error text.
  *
  * Secrets: the user info goes to curl as CURLOPT_USERPWD and nowhere else.
@@ -38,6 +39,13 @@ struct hl_registry {
     const atomic_int *abort;                 /* non-zero: stop the request */
     volatile sig_atomic_t *sig_abort;        /* the same, set by a signal handler */
 };
+
+/* The field a call reads from the registry's 2xx answer, and its type:
+ * an answer without it is not the registry's (want_missing). */
+typedef struct want {
+    const char *field;
+    json_type   type;
+} want;
 
 /* An answer being received; full once it passes HL_REGISTRY_MAX_BODY. */
 typedef struct body {
@@ -288,6 +296,26 @@ static json_t *json_body(const body *b)
     return j;
 }
 
+/* Why a 2xx answer is not the registry's, into what; 0 when it is. The
+ * registry answers every call with a JSON object holding the field the
+ * call reads ("schema" a string, "id" an integer). One without it is a
+ * gateway's or another service's (a health page's {"status":"UP"}, a
+ * URL naming the wrong service): it had made the id bad and its records
+ * dead-lettered, on the word of something that is not the registry. */
+static int want_missing(const body *b, const json_t *j, const want *w, char *what,
+                        size_t len)
+{
+    json_t *v = json_object_get(j, w->field);
+    if (j == NULL)
+        snprintf(what, len, "%s", b->too_big ? "too large" : "not a JSON object");
+    else if (v == NULL || json_typeof(v) != w->type)
+        snprintf(what, len, "a JSON object without a \"%s\" %s", w->field,
+                 w->type == JSON_STRING ? "string" : "integer");
+    else
+        return 0;
+    return 1;
+}
+
 /* The registry's "not found" carries error_code 404xx (40401 subject,
  * 40403 schema); a proxy's 404, HTML or JSON of its own, has none. */
 static int registry_not_found(const json_t *j)
@@ -298,13 +326,14 @@ static int registry_not_found(const json_t *j)
 }
 
 /* What an HTTP status means to the caller (registry.h), j the body when it
- * is a JSON object. A 2xx or 404 that is not the registry's JSON waits: it
+ * is a JSON object, foreign set when a 2xx is not the registry's
+ * (want_missing). A 2xx or 404 that is not the registry's JSON waits: it
  * had made ids bad or unknown, their records dead-lettered, on a proxy's
  * word. */
-static int status_code(long status, const json_t *j)
+static int status_code(long status, const json_t *j, int foreign)
 {
     if (status >= 200 && status < 300)
-        return j != NULL ? 0 : HL_EAGAIN;
+        return foreign ? HL_EAGAIN : 0;
     if (status == 404)
         return registry_not_found(j) ? HL_ENOENT : HL_EAGAIN;
     if (status == 401 || status == 403)
@@ -328,11 +357,12 @@ static int tls_failure(CURLcode cc)
     }
 }
 
-/* The sentence for an answer that is not a success, rc from status_code.
- * A 2xx too large to read is the registry's (HL_EFORMAT: a schema over
- * HL_REGISTRY_MAX_BODY is refused) only when its Content-Type says JSON. */
+/* The sentence for an answer that is not a success, rc from status_code,
+ * what why a 2xx is not the registry's (want_missing). A 2xx too large to
+ * read is the registry's (HL_EFORMAT: a schema over HL_REGISTRY_MAX_BODY
+ * is refused) only when its Content-Type says JSON. */
 static int refusal(hl_registry *r, int i, const char *path, const body *b, long status,
-                   int rc, char *errbuf, size_t errlen)
+                   int rc, const char *what, char *errbuf, size_t errlen)
 {
     char words[256];
     const char *type = NULL;
@@ -342,9 +372,9 @@ static int refusal(hl_registry *r, int i, const char *path, const body *b, long 
                       "%d bytes", r->shown[i], path, HL_REGISTRY_MAX_BODY);
     if (status >= 200 && status < 300)
         return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP %ld, but the answer is "
-                      "not the registry's (%.64s, %s); a proxy in the way?", r->shown[i], path,
-                      status, type ? type : "no Content-Type",
-                      b->too_big ? "too large" : "not a JSON object");
+                      "not the registry's (%.64s, %s); a proxy in the way, or "
+                      "schema.registry.url names another service?", r->shown[i], path, status,
+                      type ? type : "no Content-Type", what);
     if (status == 404 && rc == HL_EAGAIN)
         return hl_err(errbuf, errlen, rc, "schema registry %s%s: HTTP 404 without the "
                       "registry's error body: check schema.registry.url (a path missing or "
@@ -358,13 +388,14 @@ static int refusal(hl_registry *r, int i, const char *path, const body *b, long 
                   path, status, words, b->too_big ? ", answer too large to read" : "");
 }
 
-/* One request to one URL. 0 with the answer's JSON object in *out, else
- * the code and a sentence. The status is read before the size is judged:
- * an answer too large is a 5xx page as much as a schema. */
+/* One request to one URL. 0 with the answer's JSON object in *out (w's
+ * field in it), else the code and a sentence. The status is read before
+ * the size is judged: an answer too large is a 5xx page as much as a
+ * schema. */
 static int request_one(hl_registry *r, int i, const char *path, const char *post,
-                       body *b, json_t **out, char *errbuf, size_t errlen)
+                       const want *w, body *b, json_t **out, char *errbuf, size_t errlen)
 {
-    char url[4096];
+    char url[4096], what[96] = "";
     long status = 0;
     if (snprintf(url, sizeof url, "%s%s", r->url[i], path) >= (int)sizeof url)
         return hl_err(errbuf, errlen, HL_EINVAL, "schema registry %s: path too long", r->shown[i]);
@@ -388,26 +419,27 @@ static int request_one(hl_registry *r, int i, const char *path, const char *post
     curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
     r->status = status;
     json_t *j = json_body(b);
-    int rc = status_code(status, j);
+    int rc = status_code(status, j, want_missing(b, j, w, what, sizeof what));
     if (rc == 0) {
         *out = j;
         return 0;
     }
     json_decref(j);
-    return refusal(r, i, path, b, status, rc, errbuf, errlen);
+    return refusal(r, i, path, b, status, rc, what, errbuf, errlen);
 }
 
 /* The request on each URL in turn, from the one that answered last, while
- * the answer is transient. The JSON object of a 2xx answer in *out. */
-static int request(hl_registry *r, const char *path, const char *post, json_t **out,
-                   char *errbuf, size_t errlen)
+ * the answer is transient. The JSON object of a 2xx answer, holding w's
+ * field, in *out. */
+static int request(hl_registry *r, const char *path, const char *post, const want *w,
+                   json_t **out, char *errbuf, size_t errlen)
 {
     body b = {0};
     int rc = HL_EAGAIN;
     /* An aborted request tries no other URL: the caller is stopping. */
     for (int k = 0; k < r->n_url && rc == HL_EAGAIN && !aborted(r); k++) {
         int i = (r->good + k) % r->n_url;
-        if ((rc = request_one(r, i, path, post, &b, out, errbuf, errlen)) != HL_EAGAIN)
+        if ((rc = request_one(r, i, path, post, w, &b, out, errbuf, errlen)) != HL_EAGAIN)
             r->good = i;
     }
     free(b.p);
@@ -424,19 +456,17 @@ long hl_registry_last_status(const hl_registry *r)
 int hl_registry_schema_by_id(hl_registry *r, int32_t id, char **schema,
                              char *errbuf, size_t errlen)
 {
+    static const want w = {"schema", JSON_STRING};
     char path[64];
     json_t *j = NULL;
     if (id < 0)
         return hl_err(errbuf, errlen, HL_ENOENT, "schema id %d is negative", (int)id);
     snprintf(path, sizeof path, "/schemas/ids/%d", (int)id);
-    int rc = request(r, path, NULL, &j, errbuf, errlen);
+    int rc = request(r, path, NULL, &w, &j, errbuf, errlen);
     if (rc != 0)
         return rc;
     json_t *s = json_object_get(j, "schema"), *type = json_object_get(j, "schemaType");
-    if (!json_is_string(s))
-        rc = hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: no \"schema\" string",
-                    r->shown[r->good], path);
-    else if (json_is_string(type) && strcmp(json_string_value(type), "AVRO") != 0)
+    if (json_is_string(type) && strcmp(json_string_value(type), "AVRO") != 0)
         rc = hl_err(errbuf, errlen, HL_EFORMAT, "schema id %d is a %.32s schema, not Avro",
                     (int)id, json_string_value(type));
     else if ((*schema = strdup(json_string_value(s))) == NULL)
@@ -450,6 +480,7 @@ int hl_registry_schema_by_id(hl_registry *r, int32_t id, char **schema,
 static int post_schema(hl_registry *r, const char *subject, const char *suffix,
                        const char *schema, int32_t *id, char *errbuf, size_t errlen)
 {
+    static const want w = {"id", JSON_INTEGER};
     char path[1024];
     json_t *j = NULL, *req = json_pack("{s:s}", "schema", schema);
     char *enc = curl_easy_escape(r->curl, subject, 0);
@@ -459,12 +490,11 @@ static int post_schema(hl_registry *r, const char *subject, const char *suffix,
         rc = hl_err(errbuf, errlen, HL_ENOMEM, "schema registry: out of memory");
     else if (snprintf(path, sizeof path, "/subjects/%s%s", enc, suffix) >= (int)sizeof path)
         rc = hl_err(errbuf, errlen, HL_EINVAL, "subject %.64s...: too long", subject);
-    else if ((rc = request(r, path, post, &j, errbuf, errlen)) == 0) {
-        json_t *v = json_object_get(j, "id");
-        json_int_t n = json_is_integer(v) ? json_integer_value(v) : -1;
+    else if ((rc = request(r, path, post, &w, &j, errbuf, errlen)) == 0) {
+        json_int_t n = json_integer_value(json_object_get(j, "id"));
         if (n < 0 || n > INT32_MAX)
-            rc = hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: no valid \"id\" in "
-                        "the answer", r->shown[r->good], path);
+            rc = hl_err(errbuf, errlen, HL_EFORMAT, "schema registry %s%s: \"id\" %lld is "
+                        "not a schema id", r->shown[r->good], path, (long long)n);
         else
             *id = (int32_t)n;
     }

@@ -12,13 +12,16 @@
  *   HL_ENOENT   the registry has no such id, subject or schema (HTTP 404
  *               with its error_code 404xx)
  *   HL_EAGAIN   no URL answered, or each answered 5xx or an answer that is
- *               not the registry's (a 2xx that is not a JSON object, a 404
- *               without its error body: a proxy's page): transient, retry
+ *               not the registry's (a 2xx that is not a JSON object or has
+ *               no "schema" string, or "id" integer, for the call; a 404
+ *               without its error body: a proxy's page, another service's
+ *               JSON): transient, retry
  *   HL_EDENIED  HTTP 401 or 403: the credentials are wrong; or the TLS
  *               handshake failed (CA, client certificate)
  *   HL_EINVAL   any other refusal (422 invalid schema, 409 incompatible)
- *   HL_EFORMAT  the registry's JSON is not what is documented, or a 2xx
- *               with a JSON Content-Type is over HL_REGISTRY_MAX_BODY
+ *   HL_EFORMAT  the registry's answer is unusable: a schemaType other than
+ *               AVRO, an "id" out of range, or a 2xx with a JSON
+ *               Content-Type over HL_REGISTRY_MAX_BODY
  * Error texts name the URL without its user info and the registry's own
  * error_code and message; the password is never in them.
  *

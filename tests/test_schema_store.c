@@ -586,6 +586,96 @@ static void test_new_id_goes_before_rechecks(void)
     close(of.fd);
 }
 
+/* A registry whose every schema is a string type with a doc of its own
+ * size (text_bytes of schema text): until stop, each request answered. */
+typedef struct big_schemas {
+    int        fd;
+    atomic_int stop;
+    char      *answer;          /* the whole HTTP answer */
+} big_schemas;
+
+static void *answer_big(void *arg)
+{
+    big_schemas *bs = arg;
+    size_t n = strlen(bs->answer);
+    while (!atomic_load(&bs->stop)) {
+        int c = accept(bs->fd, NULL, NULL);
+        if (c < 0)
+            return NULL;
+        read_head(c);
+        (void)!send(c, bs->answer, n, MSG_NOSIGNAL);
+        close(c);
+    }
+    return NULL;
+}
+
+/* The HTTP answer of a schema of exactly text_bytes bytes, malloc'd. */
+static char *big_answer(size_t text_bytes)
+{
+    static const char pre[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\",\\\"doc\\\":\\\"";
+    static const char post[] = "\\\"}\"}";
+    size_t pad = text_bytes - strlen("{\"type\":\"string\",\"doc\":\"\"}");
+    size_t body = strlen(pre) + pad + strlen(post);
+    char head[160], *a;
+    int hn = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n"
+                      "Connection: close\r\n\r\n", body);
+    if ((a = malloc((size_t)hn + body + 1)) == NULL)
+        return NULL;
+    size_t at = (size_t)hn;
+    memcpy(a, head, at);
+    memcpy(a + at, pre, strlen(pre));
+    at += strlen(pre);
+    memset(a + at, 'x', pad);
+    strcpy(a + at + pad, post);
+    return a;
+}
+
+#define BIG_TEXT_BYTES ((size_t)7 << 19)    /* 3.5 MB: 18 fit in 64 MB, not 19 */
+
+/* Fetched schemas are bounded in bytes, not only in count: 4,096 ids of
+ * up to 4 MB each let a registry (broken, hostile, or serving many large
+ * schemas) make the worker hold 16 GB. Past HL_SCHEMA_STORE_MAX_BYTES
+ * the schemas asked for least lately give way, and are fetched again
+ * when asked. */
+static void test_fetched_schemas_stay_within_the_byte_budget(void)
+{
+    char why[256] = "", *text = NULL;
+    pthread_t tid;
+    int port, fit = (int)(HL_SCHEMA_STORE_MAX_BYTES / (BIG_TEXT_BYTES + 1)), n = fit + 2;
+    big_schemas bs = {.fd = silent_listener(&port), .answer = big_answer(BIG_TEXT_BYTES)};
+    if (bs.fd < 0 || bs.answer == NULL || pthread_create(&tid, NULL, answer_big, &bs) != 0)
+        SKIP("no loopback listener");
+    hl_log_set_level(HL_LOG_WARN);             /* not a schema_fetched line per id */
+    hl_schema_store *s = store_at(port, 5000, NULL, NULL);
+    for (int id = 1; s != NULL && id <= n; id++) {
+        int rc = get_settled(s, id, &text, why, sizeof why);
+        CHECKF(rc == 0 && text && strlen(text) == BIG_TEXT_BYTES, "id %d: rc %d %s", id, rc, why);
+        free(text);
+        text = NULL;
+    }
+    for (int id = n; s != NULL && id > n - fit; id--) {     /* the latest still held */
+        int rc = hl_schema_store_get(s, id, &text, why, sizeof why);
+        CHECKF(rc == 0, "id %d, among the %d asked for last: rc %d %s", id, fit, rc, why);
+        free(text);
+        text = NULL;
+    }
+    for (int id = 1; s != NULL && id <= n - fit; id++) {     /* the first ones gave way */
+        int rc = hl_schema_store_get(s, id, &text, why, sizeof why);
+        CHECKF(rc == HL_EAGAIN && strstr(why, "being fetched"), "id %d still held with %d "
+               "schemas of %zu bytes fetched after it (budget %zu): rc %d", id, n - id,
+               BIG_TEXT_BYTES, HL_SCHEMA_STORE_MAX_BYTES, rc);
+        free(text);
+        text = NULL;
+    }
+    hl_schema_store_destroy(s);
+    hl_log_set_level(HL_LOG_INFO);
+    atomic_store(&bs.stop, 1);
+    shutdown(bs.fd, SHUT_RDWR);                 /* ends the accept */
+    pthread_join(tid, NULL);
+    close(bs.fd);
+    free(bs.answer);
+}
+
 int main(void)
 {
     RUN(test_store_waits_while_registry_away);
@@ -600,5 +690,6 @@ int main(void)
     RUN(test_one_failing_id_leaves_the_registry_up);
     RUN(test_fetched_schemas_do_not_fill_the_store);
     RUN(test_new_id_goes_before_rechecks);
+    RUN(test_fetched_schemas_stay_within_the_byte_budget);
     TEST_EXIT();
 }

@@ -23,7 +23,9 @@
  *
  * The table is bounded (HL_SCHEMA_STORE_MAX_IDS). When full, a new id
  * takes the place of a "no such id", else of a wanted id no record has
- * asked for lately, else of the fetched schema asked for least lately. */
+ * asked for lately, else of the fetched schema asked for least lately.
+ * The schema text it holds is bounded too (HL_SCHEMA_STORE_MAX_BYTES):
+ * past it, the fetched schemas asked for least lately give way. */
 #include "schema_store.h"
 #include "codec.h"
 #include "log.h"
@@ -65,6 +67,7 @@ struct hl_schema_store {
     atomic_int      stop;        /* also ends a request in progress (registry.h) */
     entry          *e;
     int             n_e, cap_e;
+    size_t          text_bytes;  /* sum of the E_FOUND texts' sizes, NULs included */
     int             cursor;      /* next_wanted starts here */
     int32_t         probe_id;    /* -1: none */
     int32_t         suspect;     /* -1, or an id that got a 5xx, the registry not yet
@@ -120,6 +123,34 @@ static int victim(const hl_schema_store *s)
     return missing >= 0 ? missing : wanted >= 0 ? wanted : found;
 }
 
+/* Forgets entry i (its text too); the last entry takes its place. */
+static void drop(hl_schema_store *s, int i)
+{
+    if (s->e[i].text != NULL)
+        s->text_bytes -= strlen(s->e[i].text) + 1;
+    free(s->e[i].text);
+    s->e[i] = s->e[--s->n_e];
+}
+
+/* Keeps the fetched texts within HL_SCHEMA_STORE_MAX_BYTES: drops the
+ * fetched schemas asked for least lately, never keep_id's (just fetched:
+ * its records wait for it). Without it 4,096 schemas of up to 4 MB each
+ * (a broken or hostile registry, or a topic naming that many large ones)
+ * could make the worker hold 16 GB. */
+static void trim(hl_schema_store *s, int32_t keep_id)
+{
+    while (s->text_bytes > HL_SCHEMA_STORE_MAX_BYTES) {
+        int oldest = -1;
+        for (int i = 0; i < s->n_e; i++)
+            if (s->e[i].state == E_FOUND && s->e[i].id != keep_id &&
+                (oldest < 0 || s->e[i].asked_ms < s->e[oldest].asked_ms))
+                oldest = i;
+        if (oldest < 0)
+            return;
+        drop(s, oldest);
+    }
+}
+
 /* Room for one more entry: grows, or beyond HL_SCHEMA_STORE_MAX_IDS drops
  * victim(). NULL when neither works (out of memory for the first). */
 static entry *add(hl_schema_store *s, int32_t id)
@@ -137,8 +168,7 @@ static entry *add(hl_schema_store *s, int32_t id)
         if (v < 0)
             return NULL;
         /* A dropped id being fetched is harmless: settle() finds no entry. */
-        free(s->e[v].text);
-        s->e[v] = s->e[--s->n_e];
+        drop(s, v);
     }
     entry *en = &s->e[s->n_e++];
     memset(en, 0, sizeof *en);
@@ -242,11 +272,15 @@ static void settle(hl_schema_store *s, int32_t id, int rc, char *text, const cha
     en->checked_ms = hl_now_mono_ms();
     en->recheck = 0;
     if (rc == 0 || rc == 1) {
+        if (en->text != NULL)
+            s->text_bytes -= strlen(en->text) + 1;
         free(en->text);
         en->text = text;
         en->state = E_FOUND;
+        s->text_bytes += strlen(text) + 1;
         hl_log(HL_LOG_INFO, "schema_fetched", "id=%d source=%s", (int)id,
                rc == 0 ? "registry" : "fallback_dir");
+        trim(s, id);                        /* en may move: not used after */
         return;
     }
     en->state = E_MISSING;

@@ -4,8 +4,9 @@
  *
  * Every shard thread's codec asks the store through hl_schema_store_get
  * (an hl_codec_opts.schema_fn); the answer is immediate:
- *   0          the schema text: fetched before, cached for good (ids are
- *              immutable in a registry)
+ *   0          the schema text: fetched before, cached (ids are immutable
+ *              in a registry) within HL_SCHEMA_STORE_MAX_IDS and
+ *              HL_SCHEMA_STORE_MAX_BYTES, else fetched again
  *   HL_EAGAIN  not known yet: the fetch thread is asking (or waiting to
  *              ask again: registry unreachable, 5xx, credentials refused);
  *              the record must wait, it is not bad
@@ -35,6 +36,12 @@ typedef struct hl_schema_store hl_schema_store;   /* opaque */
  * (asked for least lately), then fetched schemas (asked for least lately:
  * fetched again when asked). */
 #define HL_SCHEMA_STORE_MAX_IDS  4096
+
+/* Bytes of fetched schema text held; beyond, fetched schemas asked for
+ * least lately go (fetched again when asked), never the one just fetched.
+ * A schema is at most HL_REGISTRY_MAX_BODY (4 MB), so the ids alone
+ * allowed 16 GB; typical schemas are a few KB, and 64 MB holds thousands. */
+#define HL_SCHEMA_STORE_MAX_BYTES ((size_t)64 << 20)
 
 /* Takes reg (ownership moves, also on failure) and starts the fetch
  * thread. fallback_dir: files <dir>/<id>.avsc used for ids the registry

@@ -36,6 +36,8 @@ typedef struct rec {
     uint8_t     available;
     int64_t     expires_at_ms;
     int64_t     foldin_events; /* 0: an operator's record; n: a fold-in one */
+    int32_t     partition;     /* where it was read, -1: unknown */
+    int64_t     offset;
 } rec;
 
 enum { KEY_ITEM = 0, KEY_FOLDIN = 1 };
@@ -73,6 +75,8 @@ struct hl_catalogue {
     int32_t   lru_old, lru_new, n_lru;       /* the fold-in list's ends (-1: empty), length */
     char      evicted[HL_MAX_ID_LEN];        /* what the last apply evicted */
     uint32_t  evicted_len;                   /* 0: nothing */
+    int32_t   evicted_part;                  /* its fold-in record's place, */
+    int64_t   evicted_off;                   /* -1: none known */
     float    *s_in, *s_out, *s_bias;         /* (cap_side, dim) ... */
     int32_t  *s_next;                        /* free list of slots */
     int32_t   cap_side, n_side_hw, free_side;/* high water: slots ever handed out */
@@ -352,6 +356,9 @@ static int evict_foldin(hl_catalogue *c)
     if (c->lru_old < 0)
         return HL_EFULL;
     entry *e = &c->ent[c->lru_old];
+    const rec *f = &e->key[KEY_FOLDIN];
+    c->evicted_part = f->present ? f->partition : -1;
+    c->evicted_off = f->offset;
     count(c, e, -1);
     for (int k = 0; k < 2; k++) {
         set_embedding(c, &e->key[k], NULL, NULL, 0);
@@ -432,7 +439,8 @@ static int insert(hl_catalogue *c, const hl_item_update *u, uint32_t *slot,
     e->model_row = row;
     e->used = 1;
     for (int k = 0; k < 2; k++)
-        e->key[k] = (rec){.side = -1, .available = 1, .expires_at_ms = HL_CATALOGUE_NO_EXPIRY};
+        e->key[k] = (rec){.side = -1, .available = 1, .expires_at_ms = HL_CATALOGUE_NO_EXPIRY,
+                          .partition = -1};
     c->slot[*slot] = i + 1;
     c->n_used++;
     return 0;
@@ -499,6 +507,17 @@ static int tombstone(hl_catalogue *c, uint32_t slot, int k)
     return 1;
 }
 
+/* A tombstone that names an older record than the one kept under its key,
+ * or one read from another partition (catalogue.h, "A stale tombstone").
+ * Offsets order records only within a partition, as compaction does. */
+static int stale(const hl_catalogue *c, uint32_t slot, int k, const hl_item_update *u)
+{
+    const rec *r = &c->ent[c->slot[slot] - 1].key[k];
+    if (!u->conditional || !u->positioned || !r->present || r->partition < 0)
+        return 0;
+    return r->partition != u->partition || r->offset > u->evicts_offset;
+}
+
 /* A fold-in record that must not be stored: one for an item the model
  * knows, or an older worker's (under the item_id key) for an item an
  * operator's record names, which it would replace. */
@@ -535,6 +554,8 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
     if (u->tombstone) {
         /* one of nothing (compaction keeps tombstones a while, and they
          * are read again) changes no view, so it builds none */
+        if (c->slot[slot] != 0 && stale(c, slot, k, u))
+            return HL_CATALOGUE_STALE;
         if (c->slot[slot] != 0 && tombstone(c, slot, k))
             c->version++;
         return 0;
@@ -557,6 +578,8 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
     r->available = u->available != 0;
     r->expires_at_ms = u->expires_at_ms;
     r->foldin_events = u->foldin_events;
+    r->partition = u->positioned ? u->partition : -1;
+    r->offset = u->offset;
     count(c, e, +1);
     lru_set(c, c->slot[slot] - 1, u->foldin_events > 0);
     if (in_effect(e) != r)
@@ -583,6 +606,34 @@ const char *hl_catalogue_evicted(const hl_catalogue *c, uint32_t *len)
 {
     *len = c->evicted_len;
     return c->evicted_len > 0 ? c->evicted : NULL;
+}
+
+int hl_catalogue_evicted_at(const hl_catalogue *c, int32_t *partition, int64_t *offset)
+{
+    *partition = c->evicted_part;
+    *offset = c->evicted_off;
+    return c->evicted_len > 0 && c->evicted_part >= 0;
+}
+
+int hl_catalogue_foldin_record(const hl_catalogue *c, const char *id, uint32_t len,
+                               hl_item_update *u, float *vec)
+{
+    uint32_t slot = probe(c, id, len);
+    if (c->slot[slot] == 0)
+        return HL_ENOENT;
+    const rec *r = &c->ent[c->slot[slot] - 1].key[KEY_FOLDIN];
+    if (!r->present || r->side < 0)
+        return HL_ENOENT;
+    size_t d = (size_t)c->dim, off = (size_t)r->side * d;
+    memcpy(vec, c->s_in + off, d * sizeof(float));
+    memcpy(vec + d, c->s_out + off, d * sizeof(float));
+    *u = (hl_item_update){
+        .id = id, .id_len = len, .available = r->available, .expires_at_ms = r->expires_at_ms,
+        .e_in = vec, .e_out = vec + d, .bias = c->s_bias[r->side],
+        .foldin_events = r->foldin_events, .foldin_key = 1,
+        .positioned = r->partition >= 0, .partition = r->partition, .offset = r->offset,
+    };
+    return 0;
 }
 
 int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_t len)

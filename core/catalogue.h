@@ -47,6 +47,15 @@ typedef struct hl_item_update {
                                     worker folded in from n interactions */
     int          foldin_key;     /* 1: read under the item's fold-in key
                                     (codec_item.h), 0: under its item_id */
+    /* Where the record was read on the item topic (the reader sets it; 0
+     * positioned: nowhere known, as in tools and tests). A tombstone may be
+     * conditional: it deletes only its key's record read from its own
+     * partition at evicts_offset or before ("A stale tombstone" below). */
+    int          positioned;
+    int32_t      partition;
+    int64_t      offset;
+    int          conditional;
+    int64_t      evicts_offset;
 } hl_item_update;
 
 typedef struct hl_catalogue hl_catalogue;   /* opaque */
@@ -87,6 +96,18 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
  * that record is deleted), an older worker's under the item_id is not. */
 #define HL_CATALOGUE_IGNORED 1
 
+/* A stale tombstone: a worker that gives an item's slot up tombstones its
+ * fold-in key, and a worker lagging behind the topic may do so after
+ * another one published a newer record of the item; Kafka has no
+ * conditional delete, so such a tombstone would delete the newer record
+ * in every reader (and, once compacted, on the topic). So the tombstone
+ * names the record it evicts (hl_catalogue_evicted_at), and apply
+ * returns HL_CATALOGUE_STALE, changing nothing, for a positioned
+ * conditional tombstone when the key's record was read from another
+ * partition or at a later offset than evicts_offset. A tombstone that
+ * names nothing (an operator's, an older worker's) deletes as before. */
+#define HL_CATALOGUE_STALE 2
+
 /* Loading: a reader that reads the topic from the start may read an item's
  * record before the tombstone (in another partition) of the item whose
  * slot it took, so a full catalogue would give up an item the running
@@ -109,6 +130,20 @@ int  hl_catalogue_trim(hl_catalogue *c);
  * none. The reader tombstones its fold-in key with it, so the topic says
  * what the catalogue did. */
 const char *hl_catalogue_evicted(const hl_catalogue *c, uint32_t *len);
+
+/* Where the evicted item's record under its fold-in key was read: 1 and
+ * *partition, *offset (its tombstone names it and goes to that partition:
+ * compaction deletes within one); 0 when that key held no positioned
+ * record. Valid as long as hl_catalogue_evicted. */
+int hl_catalogue_evicted_at(const hl_catalogue *c, int32_t *partition, int64_t *offset);
+
+/* The record kept under id's fold-in key, as an update (vectors copied
+ * into vec, 2 * dim floats; u->id is id), for a worker that sends it again
+ * after a stale tombstone so that the key's last message is a record and
+ * compaction keeps it. 0, or HL_ENOENT when that key holds no record with
+ * vectors. */
+int hl_catalogue_foldin_record(const hl_catalogue *c, const char *id, uint32_t len,
+                               hl_item_update *u, float *vec);
 
 /* What the catalogue says about id, for a fold-in publisher: -1 when the
  * model knows it or an operator's record names it (fold-in must not write

@@ -922,6 +922,77 @@ static void test_view_reused_through_growth(void)
     tm_free(&b);
 }
 
+/* A tombstone under a fold-in key names the record its eviction gave up
+ * (catalogue.h, "A stale tombstone"): a lagging worker's tombstone sent
+ * after a newer record of the item must not delete that record, while one
+ * that names the record kept, or names none (an older worker's), does. */
+static hl_item_update placed(hl_item_update u, int32_t partition, int64_t offset)
+{
+    u.positioned = 1;
+    u.partition = partition;
+    u.offset = offset;
+    return u;
+}
+
+static hl_item_update evicts(const char *id, int32_t partition, int64_t offset, int64_t named)
+{
+    hl_item_update u = placed(fold_upd(id, NULL, 0), partition, offset);
+    u.e_in = u.e_out = NULL;
+    u.tombstone = 1;
+    u.conditional = 1;
+    u.evicts_offset = named;
+    return u;
+}
+
+static void test_stale_tombstone_keeps_the_newer_record(void)
+{
+    tm t;
+    tm_init(&t, N);
+    hl_model *m = tm_open(&t, "stale");
+    char err[256];
+    float e[DIM] = {1, 2}, vec[2 * DIM];
+    int32_t part;
+    int64_t off;
+    hl_catalogue *c = hl_catalogue_create(m, 2, err, sizeof err);
+    hl_item_update u = placed(fold_upd("fold-x", e, 2), 0, 3);
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = placed(fold_upd("fold-y", e, 2), 1, 4);
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = placed(fold_upd("fold-x", e, 4), 0, 5);     /* the newer record */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    uint64_t version = hl_catalogue_version(c);
+    u = evicts("fold-x", 0, 7, 3);                  /* evicted at offset 3: stale */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_CATALOGUE_STALE);
+    CHECK(hl_catalogue_foldin_state(c, "fold-x", 6) == 4);
+    CHECK(hl_catalogue_version(c) == version);
+    CHECK(hl_catalogue_foldin_record(c, "fold-x", 6, &u, vec) == 0);
+    CHECK(u.foldin_events == 4 && u.foldin_key == 1 && u.positioned && u.partition == 0 &&
+          u.offset == 5 && u.e_out[1] == 2 && u.e_in[0] == 1 && u.available == 1);
+    u = evicts("fold-y", 0, 8, 9);                  /* fold-y's record is in partition 1 */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == HL_CATALOGUE_STALE);
+    u = evicts("fold-x", 0, 9, 5);                  /* names the record kept: deletes it */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "fold-x", 6) == 0);
+    CHECK(hl_catalogue_foldin_record(c, "fold-x", 6, &u, vec) == HL_ENOENT);
+    u = evicts("fold-y", 1, 9, 0);                  /* names nothing: deletes as before */
+    u.conditional = 0;
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_foldin_state(c, "fold-y", 6) == 0);
+    u = placed(fold_upd("fold-a", e, 2), 1, 10);    /* full again: the stalest goes, */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = placed(fold_upd("fold-b", e, 2), 0, 11);
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    u = placed(upd("op-c"), 1, 12);
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_evicted_at(c, &part, &off) == 1 && part == 1 && off == 10);
+    u = upd("op-d");                                /* named by where it was read */
+    CHECK(hl_catalogue_apply(c, &u, err, sizeof err) == 0);
+    CHECK(hl_catalogue_evicted_at(c, &part, &off) == 1 && part == 0 && off == 11);
+    hl_catalogue_destroy(c);
+    hl_model_close(m);
+    tm_free(&t);
+}
+
 int main(void)
 {
     RUN(test_view_rebuilt_in_place_equals_fresh);
@@ -940,5 +1011,6 @@ int main(void)
     RUN(test_rebind_follows_ids);
     RUN(test_rebind_to_other_dim);
     RUN(test_foldin_dropped_at_dim_swap_starts_afresh);
+    RUN(test_stale_tombstone_keeps_the_newer_record);
     TEST_EXIT();
 }

@@ -59,6 +59,12 @@ typedef struct hl_item_codec_opts {
 #define HL_ITEM_FOLDIN_KEY_LEN 8
 #define HL_ITEM_KEY_MAX        (HL_ITEM_FOLDIN_KEY_LEN + HL_MAX_ID_LEN)
 
+/* The header of a worker's eviction tombstone under a fold-in key: the
+ * offset, in decimal, of the record it evicts, in the tombstone's own
+ * partition. A reader ignores the tombstone when it holds a newer record
+ * of the key (core/catalogue.h, "A stale tombstone"). */
+#define HL_ITEM_EVICTS_HEADER  "halflife.evicts.offset"
+
 /* Writes id's fold-in key into out (room for HL_ITEM_KEY_MAX bytes);
  * returns its length. */
 uint32_t hl_item_foldin_key(const char *id, uint32_t len, char *out);

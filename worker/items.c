@@ -327,10 +327,20 @@ static void foldin_evicted(hl_items *it, int live)
     hl_counter_add(it->c_foldin_evicted, 1);
     if (!live || it->o.prod == NULL)
         return;
-    char key[HL_ITEM_KEY_MAX], err[256], q[160];
+    char key[HL_ITEM_KEY_MAX], err[256], q[160], at[24];
     uint32_t key_len = hl_item_foldin_key(id, len, key);
-    if (hl_producer_send(it->o.prod, it->topic, RD_KAFKA_PARTITION_UA, key, key_len, NULL, 0,
-                         NULL, &it->evict_ticket, err, sizeof err) == 0)
+    int32_t part;
+    int64_t off;
+    hl_header h[2] = {{NULL, NULL, 0}, {NULL, NULL, 0}};
+    /* named, so that a worker holding a newer record ignores it; to the
+     * record's partition, where compaction deletes it */
+    if (hl_catalogue_evicted_at(it->cat, &part, &off))
+        h[0] = (hl_header){HL_ITEM_EVICTS_HEADER, at,
+                           (size_t)snprintf(at, sizeof at, "%lld", (long long)off)};
+    else
+        part = RD_KAFKA_PARTITION_UA;
+    if (hl_producer_send(it->o.prod, it->topic, part, key, key_len, NULL, 0, h,
+                         &it->evict_ticket, err, sizeof err) == 0)
         return;
     uint64_t sup = 0;
     if (hl_log_limit_pass(&it->evict_limit, &sup))
@@ -573,7 +583,12 @@ static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_cod
         r = hl_item_decode(co, rkm->key, rkm->key_len, rkm->payload, rkm->len, it->vec, &u,
                            detail, dl);
     if (r == HL_ITEM_OK) {
+        hl_items_place(rkm, &u);
         int rc = hl_catalogue_apply(it->cat, &u, detail, dl);   /* under cat_mu */
+        if (rc == HL_CATALOGUE_STALE) {
+            hl_items_stale_note(it, &u);
+            return;
+        }
         if (rc == HL_CATALOGUE_IGNORED) {   /* fold-in behind an operator: by design */
             hl_counter_add(it->c_ignored, 1);
             return;
@@ -686,6 +701,7 @@ static void apply_burst(hl_items *it, rd_kafka_message_t *rkm)
     if (view_due(it) && view_wait_us(it) == 0)
         publish_or_log(it);
     check_loaded(it);
+    hl_items_stale_resend(it);
     count_updates(it);
 }
 
@@ -804,6 +820,9 @@ static void register_metrics(hl_items *it)
     it->c_foldin_evicted = hl_metrics_counter(reg, "halflife_items_foldin_evicted_total",
         "Fold-in items that gave their slot up to a new item (catalogue.max.new.items "
         "reached; the least recently published goes, its fold-in key tombstoned).", NULL);
+    it->c_stale = hl_metrics_counter(reg, "halflife_items_foldin_stale_tombstones_total",
+        "Fold-in tombstones not applied: they name an older record than the one kept (a "
+        "lagging worker's eviction), which is sent again after them.", NULL);
     it->c_updates = hl_metrics_counter(reg, "halflife_item_updates_total",
         "ItemUpdates applied to the catalogue.", NULL);
     it->c_dlq = hl_metrics_counter(reg, "halflife_item_updates_dlq_total",
@@ -842,6 +861,7 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     it->wait_limit.interval_ms = 5000;
     it->dlq_limit.interval_ms = 5000;
     it->evict_limit.interval_ms = 5000;
+    it->stale_limit.interval_ms = 5000;
     pthread_mutex_init(&it->evict_keys.mu, NULL);
     hl_ticket_reset(&it->evict_ticket);
     it->evict_ticket.keys = &it->evict_keys;
@@ -901,6 +921,7 @@ void hl_items_destroy(hl_items *it)
     pthread_mutex_destroy(&it->evict_keys.mu);
     pthread_mutex_destroy(&it->mu);
     free(it->kept);
+    free(it->stale);
     pthread_mutex_destroy(&it->cat_mu);
     free(it->end);
     free(it->done);

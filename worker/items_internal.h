@@ -1,6 +1,7 @@
-/* items_internal.h - what items.c (the item topic's reader thread) and
- * items_local.c (the shard threads' side of its views) share. Not part of
- * the contract: that is items.h. */
+/* items_internal.h - what items.c (the item topic's reader thread),
+ * items_local.c (the shard threads' side of its views) and items_stale.c
+ * (its answer to stale fold-in tombstones) share. Not part of the
+ * contract: that is items.h. */
 #ifndef HL_ITEMS_INTERNAL_H
 #define HL_ITEMS_INTERNAL_H
 
@@ -18,6 +19,15 @@ typedef struct known_id {
 } known_id;
 
 #define GEN_SLOTS           4   /* model generations whose last view is kept */
+
+/* A stale tombstone the catalogue ignored, its record to be sent again
+ * (items_stale.c). */
+typedef struct stale_note {
+    int32_t  partition;
+    int64_t  offset;            /* the tombstone's */
+    uint32_t len;
+    char     id[HL_MAX_ID_LEN];
+} stale_note;
 
 typedef struct catref {
     hl_catview *v;
@@ -70,10 +80,13 @@ struct hl_items {
     hl_ticket       evict_ticket;   /* the eviction tombstones', never waited for:
                                        a purged one comes back here (items.c) */
     hl_ticket_keys  evict_keys;
+    stale_note     *stale;          /* read, not yet answered (items_stale.c) */
+    int             n_stale, cap_stale;
+    hl_log_limit    stale_limit;    /* foldin_stale_tombstone */
     hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
     hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq,
                    *c_dlq_errors;
-    hl_counter     *c_drop_known, *c_drop_dim, *c_parts_added, *c_foldin_evicted;
+    hl_counter     *c_drop_known, *c_drop_dim, *c_parts_added, *c_foldin_evicted, *c_stale;
 };
 
 /* A reference to a view is dropped; the last one hands the view back to
@@ -82,5 +95,14 @@ void    hl_items_ref_release(catref *r);
 /* The newest view of generation gen, one reference for the caller; NULL
  * when none is kept. Any thread. */
 catref *hl_items_ref_acquire(hl_items *it, uint64_t gen);
+
+/* items_stale.c. Where rkm was read, and its halflife.evicts.offset
+ * header, into u (decoded from it). */
+void    hl_items_place(const rd_kafka_message_t *rkm, hl_item_update *u);
+/* u, a tombstone the catalogue found stale, is counted and noted. */
+void    hl_items_stale_note(hl_items *it, const hl_item_update *u);
+/* Once the topic was read to its end: the records of the noted items sent
+ * again where the tombstone is still the last message read of its key. */
+void    hl_items_stale_resend(hl_items *it);
 
 #endif

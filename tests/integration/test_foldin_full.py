@@ -9,7 +9,9 @@ bought by 4 users (fold-in publishes each at 2 and 4 interactions):
 - no fold-in record is refused as catalogue_full; at least 7 fold-in items
   gave their slot up (halflife_items_foldin_evicted_total), 5 are listed;
 - the worker tombstoned the fold-in key of each item it evicted (so the
-  topic says what its catalogue did);
+  topic says what its catalogue did), each tombstone naming the record it
+  evicts (halflife.evicts.offset: a lagging worker's must not delete a
+  newer record, test_foldin_after_tombstone.py);
 - an operator's add of a new item, with every slot held by fold-in items,
   is applied, not refused;
 - a worker started afterwards, reading the topic from its start (two
@@ -41,28 +43,35 @@ FULL = 'reason="catalogue_full"'
 
 def foldin_tombstones(bootstrap, want, timeout=15):
     """The item topic's tombstones under fold-in keys, read until there are
-    want of them (they are sent while the worker runs) or timeout."""
+    want of them (they are sent while the worker runs) or timeout; and how
+    many of them do not name, in header halflife.evicts.offset, a record of
+    their key read before them in their partition (the record the eviction
+    gave up)."""
     from confluent_kafka import Consumer, TopicPartition
-    deadline, got = time.time() + timeout, set()
+    deadline, got, unnamed = time.time() + timeout, set(), 0
     while time.time() < deadline:
         c = Consumer({"bootstrap.servers": bootstrap, "group.id": "ff-%d" % time.time_ns()})
         parts = sorted(c.list_topics("items", timeout=10).topics["items"].partitions)
         hi = {p: c.get_watermark_offsets(TopicPartition("items", p), timeout=10)[1]
               for p in parts}
         c.assign([TopicPartition("items", p, 0) for p in parts])
-        n, got = 0, set()
+        n, got, unnamed, seen = 0, set(), 0, set()
         while n < sum(hi.values()) and time.time() < deadline:
             msg = c.poll(0.5)
             if msg is None or msg.error():
                 continue
             n += 1
-            if msg.value() is None and msg.key().startswith(FOLDIN_KEY):
+            if msg.value() is not None:
+                seen.add((msg.key(), msg.partition(), msg.offset()))
+            elif msg.key().startswith(FOLDIN_KEY):
                 got.add(msg.key()[len(FOLDIN_KEY):].decode())
+                at = dict(msg.headers() or []).get("halflife.evicts.offset")
+                unnamed += at is None or (msg.key(), msg.partition(), int(at)) not in seen
         c.close()
         if len(got) >= want:
             break
         time.sleep(0.2)
-    return got
+    return got, unnamed
 
 
 def op_csv(path, ids):
@@ -137,7 +146,7 @@ def main():
         evicted = wait_metric(w, "halflife_items_foldin_evicted_total", want_ev, timeout=15)
         full = w.metric("halflife_item_updates_invalid_total", FULL)
         listed = w.metric("halflife_items_added", 'source="foldin"')
-        tomb = foldin_tombstones(broker.bootstrap, int(evicted))
+        tomb, unnamed = foldin_tombstones(broker.bootstrap, int(evicted))
         ops = os.path.join(tmp, "op.csv")
         op_csv(ops, ["op-new"])
         rc = run_items(broker.bootstrap, ops, open(os.path.join(tmp, "items.log"), "w"))
@@ -155,17 +164,19 @@ def main():
                  w2.metric("halflife_item_updates_invalid_total", FULL))
         w2.stop()
         ok = (full == 0 and evicted >= want_ev and listed == MAX_NEW and len(tomb) >= want_ev
-              and len(tomb) == evicted and rc == 0 and op == 1 and full_after == 0
+              and len(tomb) == evicted and unnamed == 0 and rc == 0 and op == 1
+              and full_after == 0
               and evicted_after == evicted + 1 and fold_after == MAX_NEW - 1 and loaded == 1
               and again == (fold_after, 1, 0))
         print(("PASS" if ok else "FAIL") + " foldin_full: %d events settled; "
               "refused as catalogue_full %s (want 0), fold-in items evicted %s (want >= %d), "
-              "listed %s (want %d), fold-in keys tombstoned %d (want = evicted); "
+              "listed %s (want %d), fold-in keys tombstoned %d (want = evicted), not naming "
+              "the record evicted %d (want 0); "
               "operator's add with every slot taken: items exit %s, listed %s (want 1), "
               "catalogue_full %s (want 0), evicted %s (want %s), fold-in listed %s (want %d); "
               "restarted: loaded %s, fold-in, operator's listed and catalogue_full %s (want "
               "(%s, 1, 0))"
-              % (n, full, evicted, want_ev, listed, MAX_NEW, len(tomb), rc, op, full_after,
+              % (n, full, evicted, want_ev, listed, MAX_NEW, len(tomb), unnamed, rc, op, full_after,
                  evicted_after, evicted + 1, fold_after, MAX_NEW - 1, loaded, again, fold_after))
         failed = 0 if ok else 1
     finally:

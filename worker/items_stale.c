@@ -1,0 +1,106 @@
+/* items_stale.c - the item reader's side of conditional fold-in
+ * tombstones (core/catalogue.h, "A stale tombstone").
+ *
+ * Where a record was read goes with it into the catalogue, and a
+ * tombstone's halflife.evicts.offset header (HL_ITEM_EVICTS_HEADER: the
+ * offset of the record the sender's eviction gave up, in the tombstone's
+ * own partition) makes it conditional: the catalogue ignores it when the
+ * key holds a newer record, so every reader keeps that record. On the
+ * topic the tombstone may still be the key's last message, and compaction
+ * keeps only that: a worker started after it would not know the item
+ * until its next doubling. So a reader that ignored one sends the record
+ * it keeps again, to the tombstone's partition, unless a record of the key
+ * came after the tombstone: then the key's last message is a record
+ * again. A reader loading the topic decides once it has read it to its
+ * end, so it sends nothing for a tombstone the running workers answered
+ * already; each running worker sends its copy (the same record; compaction
+ * keeps one). The reader thread's own, under cat_mu. */
+#include "items_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void hl_items_place(const rd_kafka_message_t *rkm, hl_item_update *u)
+{
+    rd_kafka_headers_t *hdrs;
+    const void *v;
+    size_t n;
+    char digits[24], *end;
+    u->positioned = 1;
+    u->partition = rkm->partition;
+    u->offset = rkm->offset;
+    if (!u->tombstone || rd_kafka_message_headers(rkm, &hdrs) != 0 ||
+        rd_kafka_header_get_last(hdrs, HL_ITEM_EVICTS_HEADER, &v, &n) != 0 || v == NULL ||
+        n == 0 || n >= sizeof digits)
+        return;
+    memcpy(digits, v, n);
+    digits[n] = '\0';
+    errno = 0;
+    long long at = strtoll(digits, &end, 10);
+    /* unreadable: the tombstone deletes, as an older worker's does */
+    if (*end != '\0' || errno != 0 || at < 0 || digits[0] < '0' || digits[0] > '9')
+        return;
+    u->conditional = 1;
+    u->evicts_offset = at;
+}
+
+void hl_items_stale_note(hl_items *it, const hl_item_update *u)
+{
+    hl_counter_add(it->c_stale, 1);
+    if (it->o.prod == NULL)
+        return;
+    if (it->n_stale == it->cap_stale) {
+        int cap = it->cap_stale ? 2 * it->cap_stale : 16;
+        stale_note *s = realloc(it->stale, (size_t)cap * sizeof *s);
+        if (s == NULL)
+            return;             /* the record stays until compaction: logged below */
+        it->stale = s;
+        it->cap_stale = cap;
+    }
+    stale_note *s = &it->stale[it->n_stale++];
+    s->partition = u->partition;
+    s->offset = u->offset;
+    s->len = u->id_len;
+    memcpy(s->id, u->id, u->id_len);
+}
+
+/* Sends the kept record of s's item again, to s's partition, when it still
+ * is the last the reader read of its key before the tombstone. */
+static void resend(hl_items *it, const stale_note *s, void *enc, size_t cap)
+{
+    hl_item_update u;
+    char key[HL_ITEM_KEY_MAX], err[256] = "", q[160];
+    if (hl_catalogue_foldin_record(it->cat, s->id, s->len, &u, it->vec) != 0 ||
+        !u.positioned || u.partition != s->partition || u.offset > s->offset)
+        return;
+    uint32_t key_len = hl_item_foldin_key(s->id, s->len, key);
+    int len = hl_item_encode(&it->o.codec, &u, enc, cap);
+    if (len < 0)
+        snprintf(err, sizeof err, "cannot encode (%zu bytes of room)", cap);
+    else if (hl_producer_send(it->o.prod, it->topic, s->partition, key, key_len, enc,
+                              (size_t)len, NULL, NULL, err, sizeof err) == 0)
+        err[0] = '\0';
+    uint64_t sup = 0;
+    if (hl_log_limit_pass(&it->stale_limit, &sup))
+        hl_log(err[0] ? HL_LOG_WARN : HL_LOG_INFO, "foldin_stale_tombstone",
+               "item=\"%s\" topic=%s partition=%d tombstone_offset=%lld record_offset=%lld "
+               "action=\"%s\" err=\"%s\" suppressed=%llu",
+               hl_log_quote(q, sizeof q, s->id, s->len < 64 ? s->len : 64), it->topic,
+               (int)s->partition, (long long)s->offset, (long long)u.offset,
+               err[0] ? "kept here; compaction may delete it, the item waits for its next "
+                        "doubling" : "kept, and sent again after the tombstone",
+               err, (unsigned long long)sup);
+}
+
+void hl_items_stale_resend(hl_items *it)
+{
+    if (it->n_stale == 0 || !atomic_load(&it->loaded))
+        return;
+    size_t cap = 64 + 2 * (HL_MAX_ID_LEN + 10 * 2 + 5 * 2 * (size_t)it->o.codec.dim + 32);
+    void *enc = malloc(cap);
+    for (int i = 0; enc != NULL && i < it->n_stale; i++)
+        resend(it, &it->stale[i], enc, cap);
+    free(enc);
+    it->n_stale = 0;
+}

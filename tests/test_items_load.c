@@ -379,6 +379,90 @@ static void test_purged_eviction_tombstone_is_sent_again(void)
     bed_close(&b);
 }
 
+/* The header of the first tombstone of item id's fold-in key on "items"
+ * (partition 0) at bootstrap, into at ("" without one). 1 when one came
+ * within 10 s. */
+static int evict_header(const char *bootstrap, const char *id, char *at, size_t at_len)
+{
+    char err[512], key[HL_ITEM_KEY_MAX];
+    uint32_t key_len = hl_item_foldin_key(id, (uint32_t)strlen(id), key);
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    rd_kafka_conf_set(c, "bootstrap.servers", bootstrap, err, sizeof err);
+    rd_kafka_conf_set(c, "group.id", "evict-header", err, sizeof err);
+    rd_kafka_conf_set(c, "log_level", "0", err, sizeof err);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, "items", 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    int found = 0;
+    at[0] = '\0';
+    for (int t = 0; t < 100 && !found; t++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+        rd_kafka_headers_t *h;
+        const void *v;
+        size_t n;
+        found = m != NULL && !m->err && m->payload == NULL && m->key_len == key_len &&
+                memcmp(m->key, key, key_len) == 0;
+        if (found && rd_kafka_message_headers(m, &h) == 0 &&
+            rd_kafka_header_get_last(h, HL_ITEM_EVICTS_HEADER, &v, &n) == 0 && n < at_len) {
+            memcpy(at, v, n);
+            at[n] = '\0';
+        }
+        if (m != NULL)
+            rd_kafka_message_destroy(m);
+    }
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return found;
+}
+
+/* An eviction tombstone sent again after a purge names the record it
+ * evicts, as the first send did (halflife.evicts.offset): without it, a
+ * worker's newer record of the item, published meanwhile, would be
+ * deleted by it in every reader. The worker's producer sends to a second
+ * cluster, down until the purge is over. */
+static void test_purged_eviction_tombstone_names_its_record(void)
+{
+    char err[512], at[24];
+    bed b;
+    bed_open(&b, "evictnamed");
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    rd_kafka_mock_cluster_t *to = rd_kafka_mock_cluster_new(b.mrk, 1);
+    rd_kafka_mock_topic_create(to, "items", 1, 1);
+    rd_kafka_mock_broker_set_down(to, 1);
+    hl_kafka_prop kp[] = {{"bootstrap.servers", rd_kafka_mock_cluster_bootstraps(to)},
+                          {"log_level", "0"}};
+    hl_producer *prod = hl_producer_create(kp, 2, NULL, err, sizeof err);
+    send_foldin(b.p, "new-a", &co);             /* offset 0 */
+    send_foldin(b.p, "new-b", &co);
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 2, .prod = prod, .reg = b.reg};
+    hl_items *it = prod != NULL ? hl_items_create(&o, err, sizeof err) : NULL;
+    CHECKF(it != NULL, "%s", err);
+    if (it == NULL)
+        return;
+    CHECK(hl_items_start(it, err, sizeof err) == 0);
+    for (int t = 0; t < 600 && !(hl_items_loaded(it) && hl_items_applied(it) == 2); t++)
+        usleep(50000);
+    send_foldin(b.p, "new-c", &co);             /* full: new-a goes, tombstoned */
+    CHECKF(held_after(prod, 1, 10000) == 1, "no eviction tombstone held");
+    CHECK(hl_producer_purge(prod) == 1);
+    CHECKF(held_after(prod, 1, 3000) == 1, "new-a's tombstone not sent again");
+    rd_kafka_mock_broker_set_up(to, 1);
+    CHECK(hl_producer_flush(prod, 10000) == 0);
+    int found = evict_header(rd_kafka_mock_cluster_bootstraps(to), "new-a", at, sizeof at);
+    CHECKF(found && strcmp(at, "0") == 0, "new-a's tombstone %s, its header \"%s\" (want "
+           "\"0\": the offset of the record it evicts)", found ? "delivered" : "missing", at);
+    hl_items_stop(it);
+    hl_producer_purge(prod);
+    hl_items_destroy(it);
+    hl_producer_destroy(prod, 0);
+    rd_kafka_mock_cluster_destroy(to);
+    bed_close(&b);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -387,5 +471,6 @@ int main(void)
     RUN(test_hostile_id_stays_in_its_value);
     RUN(test_partition_added_later_is_read);
     RUN(test_purged_eviction_tombstone_is_sent_again);
+    RUN(test_purged_eviction_tombstone_names_its_record);
     TEST_EXIT();
 }

@@ -327,20 +327,14 @@ static void foldin_evicted(hl_items *it, int live)
     hl_counter_add(it->c_foldin_evicted, 1);
     if (!live || it->o.prod == NULL)
         return;
-    char key[HL_ITEM_KEY_MAX], err[256], q[160], at[24];
+    char key[HL_ITEM_KEY_MAX], err[256], q[160];
     uint32_t key_len = hl_item_foldin_key(id, len, key);
     int32_t part;
     int64_t off;
-    hl_header h[2] = {{NULL, NULL, 0}, {NULL, NULL, 0}};
-    /* named, so that a worker holding a newer record ignores it; to the
-     * record's partition, where compaction deletes it */
-    if (hl_catalogue_evicted_at(it->cat, &part, &off))
-        h[0] = (hl_header){HL_ITEM_EVICTS_HEADER, at,
-                           (size_t)snprintf(at, sizeof at, "%lld", (long long)off)};
-    else
-        part = RD_KAFKA_PARTITION_UA;
-    if (hl_producer_send(it->o.prod, it->topic, part, key, key_len, NULL, 0, h,
-                         &it->evict_ticket, err, sizeof err) == 0)
+    if (!hl_catalogue_evicted_at(it->cat, &part, &off))
+        part = -1;
+    hl_items_evict_remember(it, key, key_len, part, off);
+    if (hl_items_send_tombstone(it, key, key_len, err, sizeof err) == 0)
         return;
     uint64_t sup = 0;
     if (hl_log_limit_pass(&it->evict_limit, &sup))
@@ -357,8 +351,9 @@ static void foldin_evicted(hl_items *it, int live)
  * published the item again) is newer than the eviction, and the tombstone
  * would delete it. Without this, a worker alone (or every worker, purged
  * alike) left the item's record on the topic: a worker started later
- * listed it again. Refused ones are not retried (logged at the send).
- * Under cat_mu. */
+ * listed it again. Each names the record it evicts, as the first send
+ * did (hl_items_send_tombstone). Refused ones are not retried (logged at
+ * the send). Under cat_mu. */
 static void resend_purged_tombstones(hl_items *it)
 {
     hl_failed_key *head = hl_ticket_take_failed(&it->evict_ticket);
@@ -369,8 +364,7 @@ static void resend_purged_tombstones(hl_items *it)
             hl_catalogue_foldin_state(it->cat, k->key + HL_ITEM_FOLDIN_KEY_LEN,
                                       (uint32_t)(k->len - HL_ITEM_FOLDIN_KEY_LEN)) != 0)
             continue;
-        hl_producer_send(it->o.prod, it->topic, RD_KAFKA_PARTITION_UA, k->key, k->len, NULL,
-                         0, NULL, &it->evict_ticket, err, sizeof err);
+        hl_items_send_tombstone(it, k->key, (uint32_t)k->len, err, sizeof err);
     }
     hl_failed_keys_free(head);
 }

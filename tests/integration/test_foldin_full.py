@@ -98,7 +98,7 @@ def restart_refuses_as_running(tmp, model):
         op_csv(ops, ["op-1", "op-2", "op-3"])
         rc = run_items(broker.bootstrap, ops, open(os.path.join(tmp, "items1.log"), "w"))
         full = wait_metric(w, "halflife_item_updates_invalid_total", 1, timeout=15, labels=FULL)
-        tomb = foldin_tombstones(broker.bootstrap, 1)
+        tomb, unnamed = foldin_tombstones(broker.bootstrap, 1)
         ran = (w.metric("halflife_items_added", 'source="foldin"'),
                w.metric("halflife_items_added", 'source="topic"'), full)
         w.stop()
@@ -111,12 +111,13 @@ def restart_refuses_as_running(tmp, model):
         w2.stop()
     finally:
         broker.stop()
-    ok = fold == 1 and rc == 0 and tomb == {"fresh-f"} and ran == (0, 2, 1) and loaded == 1 \
-        and again == ran
+    ok = fold == 1 and rc == 0 and tomb == {"fresh-f"} and unnamed == 0 and ran == (0, 2, 1) \
+        and loaded == 1 and again == ran
     print(("PASS" if ok else "FAIL") + " foldin_full: one partition, max 2: fold-in listed %s "
-          "(want 1), items exit %s, fold-in keys tombstoned %s (want fresh-f); running: fold-in, "
-          "operator's listed and catalogue_full %s (want (0, 2, 1)); restarted: loaded %s, %s "
-          "(want the same)" % (fold, rc, sorted(tomb), ran, loaded, again))
+          "(want 1), items exit %s, fold-in keys tombstoned %s (want fresh-f), not naming the record evicted %d "
+          "(want 0); running: fold-in, operator's listed and catalogue_full %s (want (0, 2, 1)); "
+          "restarted: loaded %s, %s (want the same)" % (fold, rc, sorted(tomb), unnamed, ran,
+                                                        loaded, again))
     return ok
 
 

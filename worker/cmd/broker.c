@@ -22,6 +22,8 @@
  * input before it creates the file. The mock takes injected errors from a
  * stack, one per request; each tick refills it (REFUSE_STACK), so it
  * never runs dry while the file is there and is cleared when it goes.
+ * --delay-produce FILE answers Produce late instead (a window between a
+ * record in the log and its writer knowing it, held open for a test).
  * They cannot simply be blocked and taken with sigwaitinfo(): OpenBLAS,
  * linked into the binary, starts its threads in a constructor with no
  * signal blocked, and the kernel would deliver a SIGTERM to one of those.
@@ -59,6 +61,7 @@
 #define REFUSE_STACK    1000    /* Produce errors queued per 50 ms tick: more
                                    requests than a tick sees, few enough that
                                    the mock's memmove per request stays small */
+#define DELAY_STACK     8       /* delayed Produce answers queued per broker */
 
 enum { SIG_STOP, SIG_DOWN, SIG_UP, N_SIGS };
 static volatile sig_atomic_t signals_seen[N_SIGS];
@@ -75,6 +78,7 @@ typedef struct broker_args {
     int         brokers;
     const char *topics;
     const char *refuse_file;  /* --refuse-produce; NULL: never */
+    const char *delay_file;   /* --delay-produce; NULL: never */
 } broker_args;
 
 /* --port: client fd i is relayed to upstream fd i. */
@@ -92,7 +96,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: halflife broker [--port P] [--partitions N] [--topics a,b] [--brokers B]\n"
-        "                       [--refuse-produce FILE]\n\n"
+        "                       [--refuse-produce FILE] [--delay-produce FILE]\n\n"
         "Runs librdkafka's mock Kafka cluster on 127.0.0.1 and prints its bootstrap\n"
         "address as one line on stdout. SIGTERM or SIGINT stops it; SIGUSR1 takes all\n"
         "brokers down, SIGUSR2 brings them back up.\n\n"
@@ -107,7 +111,12 @@ static void usage(FILE *f)
         "                  number (TOPIC_AUTHORIZATION_FAILED, 29), every Produce\n"
         "                  request, to any topic, is answered with that error;\n"
         "                  checked every 50 ms, logged when it changes; its\n"
-        "                  directory must exist\n\n"
+        "                  directory must exist\n"
+        "  --delay-produce FILE\n"
+        "                  while FILE exists and holds a number of milliseconds,\n"
+        "                  every Produce request is answered that much later (its\n"
+        "                  records are in the log at once); up to 8 requests per\n"
+        "                  broker after FILE goes are still delayed\n\n"
         "The mock keeps at most 5 MiB and 100,000 message sets per partition and\n"
         "drops older data silently: spread big streams over enough partitions.\n");
 }
@@ -147,23 +156,24 @@ static int check_topics(const char *list)
     return 0;
 }
 
-/* --refuse-produce FILE must be creatable: in a missing directory the
- * refusal the test waits for would never come. 0 or 2 (said). */
-static int check_refuse_file(const char *path)
+/* --refuse-produce FILE (opt) must be creatable: in a missing directory
+ * the refusal the test waits for would never come. 0 or 2 (said). */
+static int check_refuse_file(const char *opt, const char *path)
 {
     char dir[4096];
     struct stat st;
     const char *slash = strrchr(path, '/');
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "halflife broker: --refuse-produce %s: is a directory: name a file "
-                "to create when Produce should be refused\n", path);
+        fprintf(stderr, "halflife broker: %s %s: is a directory: name a file "
+                "to create when Produce should be %s\n", opt, path,
+                strcmp(opt, "--refuse-produce") == 0 ? "refused" : "delayed");
         return 2;
     }
     snprintf(dir, sizeof dir, "%.*s", slash == NULL ? 1 : slash == path ? 1 : (int)(slash - path),
              slash == NULL ? "." : path);
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "halflife broker: --refuse-produce %s: directory %s does not exist, so "
-                "the file could never be created there\n", path, dir);
+        fprintf(stderr, "halflife broker: %s %s: directory %s does not exist, so "
+                "the file could never be created there\n", opt, path, dir);
         return 2;
     }
     return 0;
@@ -172,13 +182,14 @@ static int check_refuse_file(const char *path)
 /* 0, 1 (--help printed) or 2 (usage error, explained on stderr). */
 static int parse_args(int argc, char **argv, broker_args *a)
 {
-    *a = (broker_args){ 0, 4, 1, DEFAULT_TOPICS, NULL };
+    *a = (broker_args){ 0, 4, 1, DEFAULT_TOPICS, NULL, NULL };
     const hl_arg opts[] = {
         {"--port", HL_ARG_INT, 1, 65535, &a->port},
         {"--partitions", HL_ARG_INT, 1, 10000, &a->partitions},
         {"--brokers", HL_ARG_INT, 1, 16, &a->brokers},
         {"--topics", HL_ARG_STR, 0, 0, &a->topics},
         {"--refuse-produce", HL_ARG_STR, 0, 0, &a->refuse_file},
+        {"--delay-produce", HL_ARG_STR, 0, 0, &a->delay_file},
     };
     hl_cmd_args args = {.cmd = "broker", .opts = opts, .usage = usage,
                         .n_opts = (int)(sizeof opts / sizeof opts[0])};
@@ -186,7 +197,9 @@ static int parse_args(int argc, char **argv, broker_args *a)
     if (rc == 0)
         rc = check_topics(a->topics);
     if (rc == 0 && a->refuse_file != NULL)
-        rc = check_refuse_file(a->refuse_file);
+        rc = check_refuse_file("--refuse-produce", a->refuse_file);
+    if (rc == 0 && a->delay_file != NULL)
+        rc = check_refuse_file("--delay-produce", a->delay_file);
     return rc;
 }
 
@@ -428,6 +441,46 @@ static void refuse_tick(rd_kafka_mock_cluster_t *mc, const char *path, int *cur)
     *cur = want;
 }
 
+/* ---- --delay-produce --------------------------------------------------- */
+
+/* The delay FILE names in ms, 0 when FILE is absent, empty or names none. */
+static int delay_read(const char *path)
+{
+    char buf[32] = "", *end;
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    long v = strtol(buf, &end, 10);
+    return end != buf && v > 0 && v <= 600000 ? (int)v : 0;
+}
+
+/* One tick: while FILE names a delay, each broker's stack of Produce
+ * entries is topped up to DELAY_STACK entries of (no error, the delay):
+ * the mock takes one per request, appends its records at once and sends
+ * the answer that much later (a slow disk or replica, as a producer sees
+ * it). librdkafka 2.0.2 has no call that clears a broker's stack, hence a
+ * short one: what is left of it when FILE goes delays that many more. */
+static void delay_tick(rd_kafka_mock_cluster_t *mc, int brokers, const char *path, int *cur)
+{
+    static const int16_t produce_key = 0;   /* ApiKey of Produce */
+    int ms = delay_read(path);
+    if (ms != *cur)
+        hl_log(HL_LOG_INFO, ms ? "delay_produce_on" : "delay_produce_off", "ms=%d file=%s",
+               ms, path);
+    *cur = ms;
+    for (int id = 1; ms > 0 && id <= brokers; id++) {
+        size_t n = 0;
+        if (rd_kafka_mock_broker_error_stack_cnt(mc, id, produce_key, &n) != 0)
+            continue;
+        for (; n < DELAY_STACK; n++)
+            rd_kafka_mock_broker_push_request_error_rtts(mc, id, produce_key, 1,
+                                                         RD_KAFKA_RESP_ERR_NO_ERROR, ms);
+    }
+}
+
 static void install_handlers(void)
 {
     struct sigaction sa;
@@ -446,7 +499,7 @@ static void install_handlers(void)
 static void serve_signals(rd_kafka_mock_cluster_t *mc, const broker_args *a)
 {
     sig_atomic_t seen_down = 0, seen_up = 0;
-    int refusing = 0;
+    int refusing = 0, delaying = 0;
     const struct timespec tick = { 0, 50 * 1000 * 1000 };
     while (signals_seen[SIG_STOP] == 0) {
         int down = signals_seen[SIG_DOWN] != seen_down, up = signals_seen[SIG_UP] != seen_up;
@@ -458,6 +511,8 @@ static void serve_signals(rd_kafka_mock_cluster_t *mc, const broker_args *a)
             set_all(mc, a->brokers, 1);
         if (a->refuse_file != NULL)
             refuse_tick(mc, a->refuse_file, &refusing);
+        if (a->delay_file != NULL)
+            delay_tick(mc, a->brokers, a->delay_file, &delaying);
         nanosleep(&tick, NULL);
     }
     hl_log(HL_LOG_INFO, "broker_stopping", "reason=signal");

@@ -1,8 +1,8 @@
 /* test_changelog_replay.c - the changelog's restore without a broker
  * (hl_changelog_replay over records in memory): hostile epoch headers,
  * records a foreign producer left, a restore into a smaller
- * state.max.users, and a local snapshot followed by a flush that never
- * finished. The cases over the mock broker are test_changelog.c. */
+ * state.max.users, a local snapshot followed by a flush that never
+ * finished, and a recreation claim. The cases over the mock broker are test_changelog.c. */
 #define T_SUITE "test_changelog_replay"
 #include "test.h"
 
@@ -224,6 +224,77 @@ static void test_cache_then_unfinished_flush(void)
     hl_metrics_destroy(reg);
 }
 
+/* A checkpoint record of epoch ep under key (the checkpoints' or the
+ * recreation claims') at input offset off, its value in buf. */
+static hl_changelog_rec ck_rec(const char *key, int64_t off, const char *ep, unsigned char *buf)
+{
+    hl_changelog_ck c = {.offset = off, .fingerprint = FP, .epoch = atoll(ep)};
+    return (hl_changelog_rec){.key = key, .key_len = HL_MAX_ID_LEN + 1, .value = buf,
+                              .len = hl_changelog_ck_encode(buf, &c), .epoch = ep,
+                              .epoch_len = strlen(ep)};
+}
+
+/* The input topic recreated: the old owner's rows (a up to old offset
+ * 299, b up to 199) and checkpoint at 300, the new owner's recreation
+ * claim at the new topic's start (0), its flush of b at new offset 4 cut
+ * by a crash, then the next owner's plain claim (which, on a compacted
+ * topic, makes the old checkpoint go). Read back: the input resumes at 0,
+ * a's old offset is forgotten (the new topic's events of a apply; kept,
+ * they were dropped as applied up to 299), b keeps its new one. */
+static void test_recreation_claim(void)
+{
+    char err[512] = "";
+    hl_table_opts o;
+    hl_metrics *reg;
+    hl_changelog *cl = offline(&o, &reg);
+    if (cl == NULL)
+        return;
+    hl_table *old = hl_table_create(&o, err, sizeof err);
+    hl_table *cur = hl_table_create(&o, err, sizeof err);
+    hl_table *t = hl_table_create(&o, err, sizeof err);
+    events(old, NULL, "a", 0, 300);
+    events(old, NULL, "b", 0, 200);
+    events(cur, NULL, "b", 0, 5);
+    size_t row_max = hl_snapshot_row_max(3, DIM, 4);
+    unsigned char *ba = malloc(row_max), *bb = malloc(row_max), *bn = malloc(row_max);
+    unsigned char c1[CK_BYTES], c2[CK_BYTES], c3[CK_BYTES];
+    hl_changelog_rec recs[] = {row_rec(old, "a", "1", ba), row_rec(old, "b", "1", bb),
+                               ck_rec(cl->ck_key, 300, "1", c1),
+                               ck_rec(cl->recreation_key, 0, "2", c2),
+                               row_rec(cur, "b", "2", bn), ck_rec(cl->ck_key, 0, "3", c3)};
+    hl_changelog_restored out;
+    /* all of it, then as compaction leaves it (the old checkpoint gone) */
+    for (int compacted = 0; compacted < 2; compacted++) {
+        hl_table_destroy(t);
+        t = hl_table_create(&o, err, sizeof err);
+        hl_changelog_rec *r = recs;
+        if (compacted) {
+            recs[2] = recs[1];
+            recs[1] = recs[0];
+            r = recs + 1;
+        }
+        int rc = hl_changelog_replay(cl, t, NULL, r, 6 - (size_t)compacted, &out, err,
+                                     sizeof err);
+        int64_t b_at = last_offset_of(t, "b");
+        int held = has(t, "a");
+        events(t, NULL, "a", 0, 5);
+        CHECKF(rc == 0 && held && out.next_offset == 0 && out.input_recreated &&
+               last_offset_of(t, "a") == 4 && b_at == 4,
+               "compacted %d: rc %d (%s), resumed at %lld, the new topic's events of a "
+               "applied up to %lld (want 4), b at %lld (want 4)", compacted, rc, err,
+               (long long)out.next_offset, (long long)last_offset_of(t, "a"),
+               (long long)b_at);
+    }
+    free(ba);
+    free(bb);
+    free(bn);
+    hl_table_destroy(old);
+    hl_table_destroy(cur);
+    hl_table_destroy(t);
+    hl_changelog_destroy(cl);
+    hl_metrics_destroy(reg);
+}
+
 /* Records that fail validation (a value that is no row, a truncated
  * checkpoint, a key longer than any user id, a row naming another user
  * than its key) but name a high epoch, between an honest owner's rows of
@@ -337,5 +408,6 @@ int main(void)
     RUN(test_cache_then_unfinished_flush);
     RUN(test_bad_record_moves_nothing);
     RUN(test_unknown_format_refused);
+    RUN(test_recreation_claim);
     TEST_EXIT();
 }

@@ -1,6 +1,7 @@
 /* changelog.c - state.store=kafka: flushes of each shard's changed rows to
  * a compacted changelog topic, their effect on the stored input offsets,
- * and the restore of a partition from it (the scheme, the record kinds and
+ * and the claim a new owner writes before them (the restore of a
+ * partition is changelog_restore.c's; the scheme, the record kinds and
  * the fencing rule are in changelog.h; the topic's creation is in
  * changelog_topic.c).
  *
@@ -86,6 +87,50 @@ void hl_changelog_ck_key_init(hl_changelog *cl)
      * row can ever share this key. */
     memset(cl->ck_key, '.', sizeof cl->ck_key);
     memcpy(cl->ck_key, "halflife.checkpoint", 19);
+    memset(cl->recreation_key, '.', sizeof cl->recreation_key);
+    memcpy(cl->recreation_key, "halflife.input-recreated", 24);
+}
+
+/* ---- the claim ------------------------------------------------------------ */
+
+int hl_changelog_claim(hl_changelog *cl, int32_t p, const hl_table *tbl,
+                       hl_changelog_restored *out, int input_recreated, char *errbuf,
+                       size_t errlen)
+{
+    unsigned char ck[CK_BYTES];
+    char ep[24];
+    hl_ticket *t = malloc(sizeof *t);     /* left allocated if never reported */
+    if (t == NULL)
+        return hl_err(errbuf, errlen, HL_ENOMEM, "changelog claim: out of memory");
+    hl_changelog_ck c = {.offset = out->next_offset, .fingerprint = atomic_load(&cl->fp),
+                         .epoch = out->epoch};
+    hl_table_meta_get(tbl, &c.meta);
+    snprintf(ep, sizeof ep, "%lld", (long long)c.epoch);
+    hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)},
+                      {HL_CHANGELOG_GROUP_HDR, cl->group, strlen(cl->group)}, {NULL, NULL, 0}};
+    const char *key = input_recreated ? cl->recreation_key : cl->ck_key;
+    hl_ticket_reset(t);
+    t->fail_counter = NULL;
+    if (hl_producer_send(cl->o.prod, cl->topic, p, key, sizeof cl->ck_key, ck,
+                         hl_changelog_ck_encode(ck, &c), h, t, errbuf, errlen) != 0) {
+        free(t);
+        return HL_EIO;
+    }
+    /* Waited for: the claim must be in the log before this owner's first
+     * flush can matter. A claim that does not land in time fails the
+     * restore; its ticket is then left to the delivery report. */
+    int done = hl_producer_wait(cl->o.prod, t, cl->o.timeout_ms, NULL);
+    if (!done || atomic_load(&t->failed) > 0) {
+        if (done)
+            free(t);
+        return hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: the claim checkpoint "
+                      "(epoch %lld) was not delivered within %d ms", cl->topic, (int)p,
+                      (long long)c.epoch, cl->o.timeout_ms);
+    }
+    out->claim_end = atomic_load(&t->last_offset) + 1;
+    free(t);
+    hl_counter_add(cl->mx.records[KIND_CHECKPOINT], 1);
+    return 0;
 }
 
 /* ---- the shard's flushes ------------------------------------------------- */

@@ -10,7 +10,18 @@
  *   - a checkpoint: key HL_CHANGELOG_CHECKPOINT_KEY (longer than any
  *                   user_id can be), value the input offset every earlier
  *                   record covers, the table meta and the model
- *                   fingerprint (changelog.c has the bytes).
+ *                   fingerprint (changelog.c has the bytes);
+ *   - a recreation claim: key "halflife.input-recreated" padded to the
+ *                   checkpoints' key's length (changelog.c), value
+ *                   a checkpoint: the claim of an owner that found the
+ *                   input topic deleted and created again (its offsets
+ *                   start again), at the new topic's offset. Every row
+ *                   before it names an applied offset of the old topic: a
+ *                   reader forgets them there, so a crash before the
+ *                   owner's rewrite of every row (worker_rebalance.c)
+ *                   costs nothing, and resumes at its offset. A key of its
+ *                   own: compaction keeps it however many checkpoints
+ *                   follow, as long as any row before it is kept.
  * Every record carries the header halflife.epoch: the writer's ownership
  * epoch of that partition (fencing, below). A record naming a value
  * layout in halflife.format other than today's (absent: today's) is
@@ -143,6 +154,8 @@ typedef struct hl_changelog_restored {
     int      recreated;         /* the changelog was empty below base's changelog
                                    offset (recreated): base is the whole state, and
                                    every row must be written again */
+    int      input_recreated;   /* a recreation claim was read: the rows before it
+                                   hold no applied offset any more */
     uint64_t n_records, n_rows, n_tombstones, n_checkpoints, n_stale, n_bad;
     uint64_t n_foreign;         /* checkpoints another group.id wrote (logged) */
     uint64_t n_migrated;        /* rows of another shape moved into the table's as
@@ -150,13 +163,13 @@ typedef struct hl_changelog_restored {
     uint64_t n_rebuilt;         /* the same, rebuilt from their rings alone */
     uint64_t bytes;
     int64_t  low, high;         /* watermarks read between */
-    double   duration_s;        /* the whole restore: watermarks, read, claim */
+    double   duration_s;        /* the whole read: watermarks, records (not the claim) */
     double   read_s;            /* of it, assign to the last record applied */
 } hl_changelog_restored;
 
 /* Reads partition p of the changelog into tbl, as the overview says, and
- * claims it (the claim checkpoint is delivered before this returns; the
- * shard's flushes follow it in order). tbl is empty (base NULL), or holds
+ * claims it (hl_changelog_read, then hl_changelog_claim naming no
+ * recreation). tbl is empty (base NULL), or holds
  * a local snapshot described by base: then only the changelog from
  * base->changelog_offset on is read, and the input resumes at the last
  * checkpoint read, else at base->next_offset. HL_ENOENT when base's
@@ -171,6 +184,27 @@ typedef struct hl_changelog_restored {
 int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
                          const hl_changelog_base *base, hl_changelog_restored *out,
                          char *errbuf, size_t errlen);
+
+/* hl_changelog_restore without the claim: out->next_offset and
+ * out->epoch say what a claim names unless the caller moves the offset.
+ * The worker checks the input topic in between: a claim written first
+ * named the old topic's offset, so a crash before the rewrite of a
+ * recreated topic's rows left that offset the changelog's word, and a
+ * restore after the new topic grew past it skipped the new topic's events
+ * below it (test_changelog_recreated.py, killed_in_rewrite). */
+int hl_changelog_read(hl_changelog *cl, int32_t p, hl_table *tbl,
+                      const hl_changelog_base *base, hl_changelog_restored *out,
+                      char *errbuf, size_t errlen);
+
+/* The claim: a checkpoint under out->epoch at input offset
+ * out->next_offset with tbl's meta, delivered before this returns (the
+ * shard's flushes follow it in order); out->claim_end is set.
+ * input_recreated: a recreation claim (the overview), for an input topic
+ * found recreated since the rows were written, out->next_offset then
+ * naming the new topic's start. Main thread. 0, or HL_EIO / HL_ENOMEM. */
+int hl_changelog_claim(hl_changelog *cl, int32_t p, const hl_table *tbl,
+                       hl_changelog_restored *out, int input_recreated, char *errbuf,
+                       size_t errlen);
 
 /* The shard's flush state: epoch and restored offset from the restore.
  * Installs the eviction hook on tbl (tombstones). NULL on no memory. */

@@ -82,6 +82,7 @@ struct hl_changelog {
     rd_kafka_t  *rk;                 /* the restorer's consumer */
     changelog_metrics mx;
     char         ck_key[HL_MAX_ID_LEN + 1];   /* the checkpoints' key */
+    char         recreation_key[HL_MAX_ID_LEN + 1];   /* the recreation claims' */
     _Atomic uint64_t fp;             /* the current model (hl_changelog_set_model) */
 };
 

@@ -1,6 +1,6 @@
 /* changelog_restore.c - one partition's state read back from the changelog
- * on assignment, and the claim that fences its previous owner (the rules
- * are in changelog.h).
+ * on assignment (the rules are in changelog.h; the claim that fences its
+ * previous owner, written after the caller's checks, is changelog.c's).
  *
  * The restorer's consumer (outside the group) is assigned the partition at
  * its low watermark and reads to the high watermark taken before it
@@ -299,6 +299,8 @@ typedef struct checked {
     uint64_t                    fp;
     const hl_changelog_reshape *rz;
     hl_changelog_ck             ck;
+    int                         recreation;     /* a checkpoint under the recreation
+                                                   claims' key */
 } checked;
 
 /* A row record decoded into c, nothing applied: HL_EFORMAT when it does
@@ -365,6 +367,12 @@ static int is_checkpoint(const hl_changelog *cl, const hl_changelog_rec *m)
     return m->key_len == sizeof cl->ck_key && memcmp(m->key, cl->ck_key, m->key_len) == 0;
 }
 
+static int is_recreation(const hl_changelog *cl, const hl_changelog_rec *m)
+{
+    return m->key_len == sizeof cl->recreation_key &&
+           memcmp(m->key, cl->recreation_key, m->key_len) == 0;
+}
+
 /* 1 when m names a layout (HL_CHANGELOG_FORMAT_HDR) other than the one
  * this worker reads: a newer worker's record, refused rather than misread
  * (logged once per restore; counted bad like any record skipped). */
@@ -392,7 +400,8 @@ static int check(restorer *rs, const hl_changelog_rec *m, checked *c)
 {
     if (m->format != NULL && format_unknown(rs, m))
         return HL_EVERSION;
-    if (is_checkpoint(rs->cl, m)) {
+    c->recreation = is_recreation(rs->cl, m);
+    if (c->recreation || is_checkpoint(rs->cl, m)) {
         c->kind = KIND_CHECKPOINT;
         return m->value == NULL || hl_changelog_ck_decode(m->value, m->len, &c->ck) != 0
                ? HL_EFORMAT : 0;
@@ -407,6 +416,12 @@ static int check(restorer *rs, const hl_changelog_rec *m, checked *c)
 static int put(restorer *rs, const hl_changelog_rec *m, checked *c)
 {
     if (c->kind == KIND_CHECKPOINT) {
+        /* Every row before a recreation claim names an applied offset of
+         * the old input topic: kept, the new topic's events below it
+         * would be dropped as applied (changelog.h). */
+        if (c->recreation)
+            hl_table_forget_offsets(rs->tbl);
+        rs->out->input_recreated |= c->recreation;
         rs->ck = c->ck;
         rs->have_ck = 1;
         rs->since_ck = 0;
@@ -674,45 +689,6 @@ static int read_into(restorer *rs, int32_t p, const hl_changelog_base *base, int
     return rc;
 }
 
-/* The claim: a checkpoint under the new epoch, before any flush of ours. */
-static int claim(restorer *rs, int32_t p, char *errbuf, size_t errlen)
-{
-    hl_changelog *cl = rs->cl;
-    unsigned char ck[CK_BYTES];
-    char ep[24];
-    hl_ticket *t = malloc(sizeof *t);     /* left allocated if never reported */
-    if (t == NULL)
-        return hl_err(errbuf, errlen, HL_ENOMEM, "changelog claim: out of memory");
-    hl_changelog_ck c = {.offset = rs->out->next_offset, .fingerprint = atomic_load(&cl->fp),
-                         .epoch = rs->out->epoch};
-    hl_table_meta_get(rs->tbl, &c.meta);
-    snprintf(ep, sizeof ep, "%lld", (long long)c.epoch);
-    hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)},
-                      {HL_CHANGELOG_GROUP_HDR, cl->group, strlen(cl->group)}, {NULL, NULL, 0}};
-    hl_ticket_reset(t);
-    t->fail_counter = NULL;
-    if (hl_producer_send(cl->o.prod, cl->topic, p, cl->ck_key, sizeof cl->ck_key, ck,
-                         hl_changelog_ck_encode(ck, &c), h, t, errbuf, errlen) != 0) {
-        free(t);
-        return HL_EIO;
-    }
-    /* Waited for: the claim must be in the log before this owner's first
-     * flush can matter. A claim that does not land in time fails the
-     * restore; its ticket is then left to the delivery report. */
-    int done = hl_producer_wait(cl->o.prod, t, cl->o.timeout_ms, NULL);
-    if (!done || atomic_load(&t->failed) > 0) {
-        if (done)
-            free(t);
-        return hl_err(errbuf, errlen, HL_EIO, "changelog %s [%d]: the claim checkpoint "
-                      "(epoch %lld) was not delivered within %d ms", cl->topic, (int)p,
-                      (long long)c.epoch, cl->o.timeout_ms);
-    }
-    rs->out->claim_end = atomic_load(&t->last_offset) + 1;
-    free(t);
-    hl_counter_add(cl->mx.records[KIND_CHECKPOINT], 1);
-    return 0;
-}
-
 /* The epoch this owner claims: one above the highest read. A record
  * naming HL_CHANGELOG_EPOCH_MAX itself (anyone may write the topic) made
  * that MAX + 1, which every reader refuses: each later record of every
@@ -912,9 +888,9 @@ static int read_end(restorer *rs, const hl_changelog_base *base, int32_t p, int6
     return 0;
 }
 
-int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
-                         const hl_changelog_base *base, hl_changelog_restored *out,
-                         char *errbuf, size_t errlen)
+int hl_changelog_read(hl_changelog *cl, int32_t p, hl_table *tbl,
+                      const hl_changelog_base *base, hl_changelog_restored *out,
+                      char *errbuf, size_t errlen)
 {
     int64_t t0 = hl_now_mono_ms(), from = 0;
     restorer rs = {.cl = cl, .tbl = tbl, .out = out};
@@ -931,13 +907,20 @@ int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
         goto out;
     out->read_s = (double)(hl_now_mono_us() - t_read) / 1e6;
     report_foreign(&rs, p);
-    rc = claim(&rs, p, errbuf, errlen);
 out:
     out->duration_s = (double)(hl_now_mono_ms() - t0) / 1000.0;
     if (rc == 0)
         observe(cl, p, out);
     restorer_free(&rs);
     return rc;
+}
+
+int hl_changelog_restore(hl_changelog *cl, int32_t p, hl_table *tbl,
+                         const hl_changelog_base *base, hl_changelog_restored *out,
+                         char *errbuf, size_t errlen)
+{
+    int rc = hl_changelog_read(cl, p, tbl, base, out, errbuf, errlen);
+    return rc != 0 ? rc : hl_changelog_claim(cl, p, tbl, out, 0, errbuf, errlen);
 }
 
 int hl_changelog_replay(hl_changelog *cl, hl_table *tbl, const hl_changelog_base *base,

@@ -283,8 +283,8 @@ static void log_restored(int32_t p, const char *src, const hl_changelog_restored
 }
 
 /* state.store=kafka: the partition's table read from its local snapshot
- * (if any) and the changelog after it, or from the changelog alone, and
- * claimed (changelog.h). NULL when neither can be read: the partition
+ * (if any) and the changelog after it, or from the changelog alone (the
+ * claim follows the input topic's check: claim). NULL when neither can be read: the partition
  * must not be served from an empty table. *on_disk: the local file's
  * offset, when one was used. */
 static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
@@ -298,7 +298,7 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
     if (restore_cache(w, p, &tbl, &base, &base_fp, moved, cache_moved) != 0)
         goto fail;
     const hl_changelog_base *bp = base.next_offset >= 0 ? &base : NULL;
-    int rc = hl_changelog_restore(w->changelog, p, tbl, bp, r, err, sizeof err);
+    int rc = hl_changelog_read(w->changelog, p, tbl, bp, r, err, sizeof err);
     if (rc == HL_ENOENT && bp != NULL) {
         hl_log(HL_LOG_WARN, "snapshot_not_usable", "partition=%d err=\"%s\" "
                "action=\"read the whole changelog\"", (int)p, err);
@@ -306,7 +306,7 @@ static hl_table *restore_changelog(hl_worker *w, int32_t p, hl_table *tbl, int64
         if ((tbl = hl_table_create(&w->ctx.topts, err, sizeof err)) == NULL)
             goto fail;
         bp = NULL;
-        rc = hl_changelog_restore(w->changelog, p, tbl, NULL, r, err, sizeof err);
+        rc = hl_changelog_read(w->changelog, p, tbl, NULL, r, err, sizeof err);
     }
     if (rc != 0) {
         if (w->o.start_abort == NULL || !*w->o.start_abort)   /* else the stop's line */
@@ -538,17 +538,20 @@ static void flush_recreated(int32_t p, hl_shard *sh, int64_t offset, int64_t dea
  * claim, and earlier still changelog offset 0, from which a restart read
  * the claim checkpoint, which names the old topic's offset, and resumed
  * the new topic there (test_topic_recreated_changelog.py). Under
- * state.store=kafka the changelog first also closes the window between
- * the file's write and the renames: once its checkpoint at start has
- * landed, a restore from an old file not yet renamed reads the changelog
- * from that file's cover on, so that checkpoint last, and resumes there
- * with the rewritten rows (when the state topic is the old one: one
- * recreated too makes the old file's changelog offset meaningless, and
- * the window stays). A crash before it lands leaves the old offset
- * the changelog's word, and nothing of the new topic applied: a restore
- * detects the recreation again, unless the new topic grew past the old
- * offset meanwhile. Under state.store=file the write-then-rename window
- * stays (a crash in it restores the old file's offset). */
+ * state.store=kafka the claim (a recreation claim at start, written
+ * before this) also closes the window between the file's write and the
+ * renames: a restore from an old file not yet renamed reads the changelog
+ * from that file's cover on, so that claim too, forgets the rows' old
+ * offsets there and resumes at start (when the state topic is the old
+ * one: one recreated too makes the old file's changelog offset
+ * meaningless, and the window stays). A crash before the claim lands
+ * leaves the old offset the changelog's word, but nothing was done yet:
+ * a restore detects the recreation again, unless the new topic grew past
+ * the old offset meanwhile, as it would with a crash before this restore.
+ * Until the claim followed the check, that was also so of a crash during
+ * the changelog's flush (test_changelog_recreated.py, killed_in_rewrite).
+ * Under state.store=file the write-then-rename window stays (a crash in
+ * it restores the old file's offset). */
 static void keep_recreated(hl_worker *w, int32_t p, hl_shard *sh, int64_t start)
 {
     char err[512];
@@ -622,6 +625,23 @@ static void save_recreation(hl_worker *w, int32_t p, hl_shard *sh, int input, in
         flush_recreated(p, sh, offset, hl_now_mono_ms() + w->o.shutdown_timeout_ms);
 }
 
+/* With state.store=kafka, the claim, once the input topic is checked: a
+ * recreation claim at the new topic's start when it was recreated (its
+ * rows' old offsets are then forgotten by every later reader too,
+ * changelog.h), else a checkpoint at the restored offset. 0, or HL_EIO
+ * (logged): the partition is not served unclaimed. */
+static int claim(hl_worker *w, int32_t p, const hl_table *tbl, hl_changelog_restored *cr,
+                 int recreated)
+{
+    char err[512];
+    if (w->changelog == NULL ||
+        hl_changelog_claim(w->changelog, p, tbl, cr, recreated, err, sizeof err) == 0)
+        return 0;
+    hl_log(HL_LOG_ERROR, "restore_failed", "partition=%d source=changelog err=\"%s\"",
+           (int)p, err);
+    return HL_EIO;
+}
+
 static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
 {
     char err[256];
@@ -639,7 +659,11 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     int recreated = check_start(w, p, tbl, &restored, offset, &start);
     if (recreated) {
         on_disk = HL_PERSIST_NO_OFFSET;
-        cr.next_offset = start;     /* durable there: the claim named the old topic's */
+        cr.next_offset = start;     /* durable there once claimed */
+    }
+    if (claim(w, p, tbl, &cr, recreated) != 0) {
+        hl_table_destroy(tbl);
+        return HL_EIO;
     }
     log_trimmed(w, p, tbl);
     bound_stream_time(w, p, tbl);

@@ -28,6 +28,19 @@ Checks:
   Before the fix the rows were written again only at the shard's first
   flush: until then the state topic held the claim alone, and that member
   restored no user (the idle ones lost for good).
+- killed_in_rewrite: the input topic recreated under the first life's
+  state topic (a second input topic, empty, named by input.topic: the
+  mock cannot delete one): a member with no local files restores the old
+  rows and checkpoint (input offset 300), finds the offset beyond the new
+  topic's end and writes every row again before serving. The broker
+  answers each Produce 2 s late (--delay-produce), so the worker is
+  killed (SIGKILL) once its claim is in the changelog, before that
+  rewrite's checkpoint. The new topic then grows to 400 events and
+  another member restores the partition from the changelog: it must
+  resume at the new topic's start and apply all 400. Before the fix the
+  claim named the old topic's offset 300, written before the recreation
+  was known: that member resumed at 300, within the grown topic, and
+  skipped its first 300 events.
 """
 import os
 import shutil
@@ -43,6 +56,8 @@ N_OLD, N_NEW = 300, 20
 GROUP = "clr"
 OLD_STATE, NEW_STATE = GROUP + "-state", GROUP + "-state-new"
 THIRD_STATE = GROUP + "-state-third"
+NEW_INPUT = "behaviour-events-new"
+DELAY_MS = 2000
 
 
 def worker(ck, broker, model, snapdir, state_topic, name):
@@ -99,13 +114,59 @@ def killed_before_flush(ck, broker, model, snapdir, n_users):
     w.term(30)
 
 
+def state_high(bootstrap, topic):
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "clr-watch"})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)[1]
+    finally:
+        c.close()
+
+
+def killed_in_rewrite(ck, broker, model, events, delay_file):
+    """Each member a group of its own, restoring from the first life's
+    state topic alone (its own empty snapshot.dir)."""
+    def member(name):
+        return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
+                        ["snapshot.dir=" + os.path.join(ck.tmp, "snap-" + name),
+                         "snapshot.interval.ms=0", "state.store=kafka",
+                         "state.topic=" + OLD_STATE, "input.topic=" + NEW_INPUT,
+                         "group.id=" + name, "kafka.fetch.wait.max.ms=10"])
+    before = state_high(broker.bootstrap, OLD_STATE)
+    with open(delay_file, "w") as f:
+        f.write("%d\n" % DELAY_MS)
+    w = member("w6")
+    seen = w.wait_event("input_topic_recreated", 30 * SLOW)
+    claimed = C.wait_for(lambda: state_high(broker.bootstrap, OLD_STATE) > before, 10 * SLOW,
+                         period=0.05)
+    rewritten = bool(w.events("changelog_rewritten"))
+    w.kill()
+    w.wait(10)
+    os.unlink(delay_file)
+    grown = events + events[:100]
+    U.produce_events(broker.bootstrap, NEW_INPUT, grown)
+    w = member("w7")
+    C.wait_consumed([w], len(grown), 20 * SLOW)
+    consumed = w.metric_or("halflife_events_consumed_total")
+    applied = w.metric_or("halflife_events_applied_total")
+    restored = [kv.get("next_offset") for _t, kv in w.events("restored")]
+    ck.check("killed_in_rewrite", seen and claimed and not rewritten and restored == ["0"] and
+             consumed == len(grown) and applied == len(grown),
+             "recreation seen %s, claim in %s, rewrite done before the kill %s; the next "
+             "member resumed at %s and applied %s (consumed %s) of the grown topic's %d events" %
+             (seen, claimed, rewritten, restored, applied, consumed, len(grown)))
+    w.term(30)
+
+
 def run(ck):
     model, _csv, events = C.prepare(ck.tmp, N_OLD, 40, 200)
     n_users = len({e[0] for e in events})
     one = events[0][0]
     extra = [(one, e[1], e[2], e[3], e[4]) for e in events[:N_NEW]]
+    delay_file = os.path.join(ck.tmp, "delay-produce")
     broker = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker.log"),
-                      topics=C.TOPICS + [OLD_STATE, NEW_STATE, THIRD_STATE])
+                      topics=C.TOPICS + [OLD_STATE, NEW_STATE, THIRD_STATE, NEW_INPUT],
+                      extra=["--delay-produce", delay_file])
     snapdir = os.path.join(ck.tmp, "snap")
     U.produce_events(broker.bootstrap, C.TOPIC, events)
     w1 = worker(ck, broker, model, snapdir, OLD_STATE, "w1")
@@ -125,6 +186,7 @@ def run(ck):
              "(want 0)" % (ok, users, n_users, consumed))
     w3.term(30)
     killed_before_flush(ck, broker, model, snapdir + ".first", n_users)
+    killed_in_rewrite(ck, broker, model, events, delay_file)
 
 
 if __name__ == "__main__":

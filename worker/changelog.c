@@ -106,8 +106,13 @@ int hl_changelog_claim(hl_changelog *cl, int32_t p, const hl_table *tbl,
                          .epoch = out->epoch};
     hl_table_meta_get(tbl, &c.meta);
     snprintf(ep, sizeof ep, "%lld", (long long)c.epoch);
-    hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)},
-                      {HL_CHANGELOG_GROUP_HDR, cl->group, strlen(cl->group)}, {NULL, NULL, 0}};
+    char bh[48];
+    snprintf(bh, sizeof bh, "%lld:%lld", (long long)out->base_cover,
+             (long long)out->base_epoch);
+    hl_header h[4] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)},
+                      {HL_CHANGELOG_GROUP_HDR, cl->group, strlen(cl->group)},
+                      {out->recreated ? HL_CHANGELOG_BASE_HDR : NULL, bh, strlen(bh)},
+                      {NULL, NULL, 0}};
     const char *key = input_recreated ? cl->recreation_key : cl->ck_key;
     hl_ticket_reset(t);
     t->fail_counter = NULL;

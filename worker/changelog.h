@@ -156,6 +156,8 @@ typedef struct hl_changelog_restored {
                                    every row must be written again */
     int      input_recreated;   /* a recreation claim was read: the rows before it
                                    hold no applied offset any more */
+    int64_t  base_cover, base_epoch;    /* recreated: base's changelog offset and
+                                           epoch, which the claim names */
     uint64_t n_records, n_rows, n_tombstones, n_checkpoints, n_stale, n_bad;
     uint64_t n_foreign;         /* checkpoints another group.id wrote (logged) */
     uint64_t n_migrated;        /* rows of another shape moved into the table's as
@@ -177,7 +179,10 @@ typedef struct hl_changelog_restored {
  * dropped the tail, or the topic was recreated and written since): the
  * caller restores again into an empty table without base. A base beyond
  * the end of an empty partition (the topic recreated) is the whole state:
- * kept, out->recreated set, the caller rewrites every row. Main thread (the rebalance
+ * kept, out->recreated set, the caller rewrites every row; so is one
+ * beyond the end of a partition from 0 whose first record is the claim of
+ * such a restore from the same base (it died before that rewrite ended:
+ * the claim names base's cover in halflife.base). Main thread (the rebalance
  * callback). 0, or a negative HL_E* when the changelog cannot be read
  * (the caller must not serve the partition from an empty table: state
  * would be lost). */

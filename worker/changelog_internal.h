@@ -28,6 +28,12 @@
  * that reads another group's checkpoint says so (changelog_shared).
  * Absent: a writer from before the header, taken as this group's. */
 #define HL_CHANGELOG_GROUP_HDR  "halflife.group"
+/* On the claim of an owner that kept its local snapshot over a state
+ * topic found recreated (empty): "<changelog offset>:<epoch>" of that
+ * snapshot's cover, so a restart from the same snapshot after a crash
+ * before the rewrite of every row ended knows the topic's records as its
+ * own continuation (changelog_restore.c, adopt). */
+#define HL_CHANGELOG_BASE_HDR   "halflife.base"
 #define HL_CHANGELOG_FORMAT     2
 /* The highest epoch a record may name: the next owner claims one more,
  * and every epoch is written and read back as a non-negative int64. A
@@ -112,6 +118,8 @@ typedef struct hl_changelog_rec {
     size_t      format_len;
     const void *group;              /* HL_CHANGELOG_GROUP_HDR */
     size_t      group_len;
+    const void *base;               /* HL_CHANGELOG_BASE_HDR */
+    size_t      base_len;
     int32_t     partition;
     int64_t     offset;
 } hl_changelog_rec;

@@ -65,6 +65,9 @@ typedef struct restorer {
     int                    format_logged;      /* format_unknown() said so */
     char                   foreign[64];        /* the first other group.id read (quoted,
                                                   cut), for changelog_shared */
+    const hl_changelog_base *adopt;            /* see adopt(): the base, until the
+                                                  first record is read; else NULL */
+    int                    not_ours;           /* adopt() refused the first record */
     int64_t                usurper;            /* see apply(): the epoch that shows the
                                                   base was a fenced owner's; 0: none */
     _Atomic uint64_t      *applied;            /* rows applied, for the prefault
@@ -129,6 +132,8 @@ static void rec_of(const rd_kafka_message_t *m, hl_changelog_rec *r)
         r->format = NULL;
     if (rd_kafka_header_get_last(h, HL_CHANGELOG_GROUP_HDR, &r->group, &r->group_len) != 0)
         r->group = NULL;
+    if (rd_kafka_header_get_last(h, HL_CHANGELOG_BASE_HDR, &r->base, &r->base_len) != 0)
+        r->base = NULL;
 }
 
 /* Remembers the model of the row now at id row (restored there). A row
@@ -483,11 +488,38 @@ static void report_foreign(const restorer *rs, int32_t p)
            rs->cl->group, rs->foreign, (unsigned long long)rs->out->n_foreign);
 }
 
+/* The first record of a topic that ends below base's cover and is not
+ * empty: base's own continuation (1) when it is a claim naming base's
+ * cover (HL_CHANGELOG_BASE_HDR): the state topic was found recreated by
+ * an owner that kept this same snapshot and died before its rewrite of
+ * every row ended. Refused before, the snapshot was dropped, and the
+ * changelog held that claim and a part of the rows: every other user was
+ * lost. The caller then writes every row again (out->recreated). Else 0:
+ * the base is refused (not_ours), as any cover outside the watermarks. */
+static int adopt(restorer *rs, const hl_changelog_rec *m)
+{
+    char want[48], got[48];
+    snprintf(want, sizeof want, "%lld:%lld", (long long)rs->adopt->changelog_offset,
+             (long long)rs->adopt->changelog_epoch);
+    int ok = is_checkpoint(rs->cl, m) && hdr_text(m->base, m->base_len, got, sizeof got) &&
+             strcmp(got, want) == 0;
+    if (ok) {
+        rs->out->recreated = 1;
+        rs->out->base_cover = rs->adopt->changelog_offset;
+        rs->out->base_epoch = rs->adopt->changelog_epoch;
+    }
+    rs->not_ours = !ok;
+    rs->adopt = NULL;
+    return ok;
+}
+
 static void apply(restorer *rs, const hl_changelog_rec *m)
 {
     hl_changelog *cl = rs->cl;
     int64_t epoch = epoch_of(m);
     checked c;
+    if (rs->adopt != NULL && !adopt(rs, m))
+        return;
     rs->out->n_records++;
     rs->out->bytes += m->len + m->key_len;
     if (epoch >= 0 && epoch < rs->max_epoch) {
@@ -649,7 +681,8 @@ static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
             hl_changelog_rec r;
             rec_of(m, &r);
             apply(rs, &r);
-            next = rs->usurper ? high : m->offset + 1;  /* the base is unusable: stop */
+            /* the base is unusable: stop */
+            next = rs->usurper || rs->not_ours ? high : m->offset + 1;
         } else if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
             uint64_t sup = 0;       /* repeated each reconnect while the broker is down */
             char why[256];
@@ -815,6 +848,8 @@ static int recreated(restorer *rs, int32_t p, const hl_changelog_base *base, int
            (long long)base->changelog_offset, (long long)rs->out->high,
            (long long)base->next_offset);
     rs->out->recreated = 1;
+    rs->out->base_cover = base->changelog_offset;
+    rs->out->base_epoch = base->changelog_epoch;
     *from = rs->out->high;
     base_start(rs, base);   /* its epoch too: the claim still outranks the old owners */
     return 0;
@@ -839,6 +874,11 @@ static int read_start(restorer *rs, int32_t p, const hl_changelog_base *base, in
         return 0;
     if (base->changelog_offset > out->high && out->low == out->high)
         return recreated(rs, p, base, from);
+    if (base->changelog_offset > out->high && out->low == 0) {
+        rs->adopt = base;       /* its first record decides (adopt) */
+        base_start(rs, base);
+        return 0;
+    }
     if (base->changelog_offset < out->low || base->changelog_offset > out->high)
         return hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
                       "covers up to offset %lld, outside the watermarks %lld..%lld",
@@ -871,6 +911,11 @@ static int read_end(restorer *rs, const hl_changelog_base *base, int32_t p, int6
                       "the snapshot's input offset %lld", cl->topic, (int)p,
                       (unsigned long long)rs->since_ck, (long long)from,
                       (long long)base->next_offset);
+    if (rs->not_ours)
+        return hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
+                      "covers up to offset %lld, outside the watermarks %lld..%lld",
+                      cl->topic, (int)p, (long long)base->changelog_offset,
+                      (long long)rs->out->low, (long long)rs->out->high);
     if (rs->usurper)
         return hl_err(errbuf, errlen, HL_ENOENT, "changelog %s [%d]: the local snapshot "
                       "covers epoch %lld up to offset %lld, but epoch %lld claimed the "

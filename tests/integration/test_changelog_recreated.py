@@ -41,6 +41,14 @@ Checks:
   claim named the old topic's offset 300, written before the recreation
   was known: that member resumed at 300, within the grown topic, and
   skipped its first 300 events.
+- rewrite_killed_cache: from another copy of the first life's cache, a
+  restart on a fourth, empty state topic is killed the same way, once its
+  claim is in and before its rewrite of every row ended; a restart from
+  the same cache must hold every user and write them all (a member with
+  an empty snapshot.dir then restores every user from that topic). Before
+  the fix that restart refused the cache (its changelog offset beyond the
+  topic's end, which was no longer empty) and read the topic alone: the
+  claim, no row, no user; the next snapshot then replaced the cache.
 """
 import os
 import shutil
@@ -56,6 +64,7 @@ N_OLD, N_NEW = 300, 20
 GROUP = "clr"
 OLD_STATE, NEW_STATE = GROUP + "-state", GROUP + "-state-new"
 THIRD_STATE = GROUP + "-state-third"
+FOURTH_STATE = GROUP + "-state-fourth"
 NEW_INPUT = "behaviour-events-new"
 DELAY_MS = 2000
 
@@ -158,6 +167,38 @@ def killed_in_rewrite(ck, broker, model, events, delay_file):
     w.term(30)
 
 
+def rewrite_killed_cache(ck, broker, model, snapdir, n_users, delay_file):
+    def member(snap, name):
+        return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
+                        ["snapshot.dir=" + snap, "snapshot.interval.ms=0",
+                         "state.store=kafka", "state.topic=" + FOURTH_STATE,
+                         "group.id=" + name, "kafka.fetch.wait.max.ms=10"])
+    with open(delay_file, "w") as f:
+        f.write("%d\n" % DELAY_MS)
+    w = member(snapdir, "w8")
+    seen = w.wait_event("changelog_recreated", 30 * SLOW)
+    claimed = C.wait_for(lambda: state_high(broker.bootstrap, FOURTH_STATE) > 0, 10 * SLOW,
+                         period=0.05)
+    w.kill()
+    w.wait(10)
+    os.unlink(delay_file)
+    w = member(snapdir, "w9")
+    ok = ready(w)
+    users = w.metric_or("halflife_users")
+    rewritten = bool(w.events("changelog_rewritten"))
+    w.term(30)
+    w = member(os.path.join(ck.tmp, "snap-empty-r"), "w10")
+    ok = ready(w) and ok
+    alone = w.metric_or("halflife_users")
+    ck.check("rewrite_killed_cache", seen and claimed and ok and users == n_users and
+             rewritten and alone == n_users,
+             "recreation seen %s, claim in %s, ready %s; after a kill during the rewrite, the "
+             "restart from the same cache held %s users (want %d), rewrote them %s; a member "
+             "without the cache then restored %s" %
+             (seen, claimed, ok, users, n_users, rewritten, alone))
+    w.term(30)
+
+
 def run(ck):
     model, _csv, events = C.prepare(ck.tmp, N_OLD, 40, 200)
     n_users = len({e[0] for e in events})
@@ -165,7 +206,8 @@ def run(ck):
     extra = [(one, e[1], e[2], e[3], e[4]) for e in events[:N_NEW]]
     delay_file = os.path.join(ck.tmp, "delay-produce")
     broker = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker.log"),
-                      topics=C.TOPICS + [OLD_STATE, NEW_STATE, THIRD_STATE, NEW_INPUT],
+                      topics=C.TOPICS + [OLD_STATE, NEW_STATE, THIRD_STATE, FOURTH_STATE,
+                                         NEW_INPUT],
                       extra=["--delay-produce", delay_file])
     snapdir = os.path.join(ck.tmp, "snap")
     U.produce_events(broker.bootstrap, C.TOPIC, events)
@@ -175,6 +217,7 @@ def run(ck):
     if n != N_OLD or rc != 0:
         raise RuntimeError("first life: consumed %s of %d, exit %s" % (n, N_OLD, rc))
     shutil.copytree(snapdir, snapdir + ".first")
+    shutil.copytree(snapdir, snapdir + ".second")
     restart_on_new_topic(ck, broker, model, snapdir, n_users, extra)
     w3 = worker(ck, broker, model, os.path.join(ck.tmp, "snap-empty"), NEW_STATE, "w3")
     ok = ready(w3)
@@ -187,6 +230,7 @@ def run(ck):
     w3.term(30)
     killed_before_flush(ck, broker, model, snapdir + ".first", n_users)
     killed_in_rewrite(ck, broker, model, events, delay_file)
+    rewrite_killed_cache(ck, broker, model, snapdir + ".second", n_users, delay_file)
 
 
 if __name__ == "__main__":

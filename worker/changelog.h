@@ -182,7 +182,9 @@ typedef struct hl_changelog_restored {
  * kept, out->recreated set, the caller rewrites every row; so is one
  * beyond the end of a partition from 0 whose first record is the claim of
  * such a restore from the same base (it died before that rewrite ended:
- * the claim names base's cover in halflife.base). Main thread (the rebalance
+ * the claim names base's cover in halflife.base); when that claim is a
+ * recreation claim (both topics recreated) out->input_recreated is set
+ * too and the caller saves the input topic's recreation again. Main thread (the rebalance
  * callback). 0, or a negative HL_E* when the changelog cannot be read
  * (the caller must not serve the partition from an empty table: state
  * would be lost). */

@@ -501,8 +501,8 @@ static int adopt(restorer *rs, const hl_changelog_rec *m)
     char want[48], got[48];
     snprintf(want, sizeof want, "%lld:%lld", (long long)rs->adopt->changelog_offset,
              (long long)rs->adopt->changelog_epoch);
-    int ok = is_checkpoint(rs->cl, m) && hdr_text(m->base, m->base_len, got, sizeof got) &&
-             strcmp(got, want) == 0;
+    int ok = (is_checkpoint(rs->cl, m) || is_recreation(rs->cl, m)) &&
+             hdr_text(m->base, m->base_len, got, sizeof got) && strcmp(got, want) == 0;
     if (ok) {
         rs->out->recreated = 1;
         rs->out->base_cover = rs->adopt->changelog_offset;

@@ -603,11 +603,19 @@ static void resolve_latest(hl_worker *w, int32_t p, int64_t *offset)
 
 /* The restore's offset checked against the topic (a recreated topic:
  * 1, the users kept, *restored and *offset moved to *start), or a start
- * at the latest offset made explicit. */
-static int check_start(hl_worker *w, int32_t p, hl_table *tbl, int64_t *restored,
-                       int64_t *offset, int64_t *start)
+ * at the latest offset made explicit. A changelog restore that took up
+ * this worker's own unfinished recreation (both topics recreated: the
+ * cache adopted, changelog.h) is one too, already at the new start, its
+ * offsets forgotten: it is saved again whole, its old files set aside. */
+static int check_start(hl_worker *w, int32_t p, hl_table *tbl,
+                       const hl_changelog_restored *cr, int64_t *restored, int64_t *offset,
+                       int64_t *start)
 {
     int64_t high;
+    if (w->changelog != NULL && cr->recreated && cr->input_recreated) {
+        *start = *restored;
+        return 1;
+    }
     if (hl_recreated_check_partition(&w->wm, p, *restored, start, &high)) {
         restart_input(w, p, tbl, restored, offset, *start, high);
         return 1;
@@ -660,7 +668,7 @@ static int assign_one(hl_worker *w, rd_kafka_t *rk, int32_t p, int64_t *offset)
     if (tbl == NULL)
         return HL_EIO;          /* logged as restore_failed */
     int64_t start;
-    int recreated = check_start(w, p, tbl, &restored, offset, &start);
+    int recreated = check_start(w, p, tbl, &cr, &restored, offset, &start);
     if (recreated) {
         on_disk = HL_PERSIST_NO_OFFSET;
         cr.next_offset = start;     /* durable there once claimed */

@@ -29,13 +29,25 @@ recreation is now flushed to the changelog (every row, a checkpoint at
 the new start) before the partition is served. That member is killed
 before any flush of its own (its claim names the new start), so the
 restart from the local files after it still tests what it did.
+
+killed_in_rewrite, from another copy of the first topic's files, on a
+fourth broker that answers each Produce 2 s late (--delay-produce): the
+worker is killed once its claim is in the changelog, before its rewrite
+of every row ended; a restart from the same files must hold every user,
+resume the new topic at its start and apply its 100 events, and set the
+old topic's files aside. Before the fix the restart refused its files
+(their changelog offset beyond the state topic's end, no longer empty),
+read the claim and the rows written before the kill alone, and lost
+every other user.
 """
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_util as C  # noqa: E402
 import e2e_util as U  # noqa: E402
+import test_changelog_recreated as R  # noqa: E402
 import test_topic_recreated as T  # noqa: E402
 
 STATE = "recreated-state"
@@ -45,6 +57,7 @@ N_GROWN = 300
 
 
 def killed_before_flush(ck, model, snapdir, events):
+    shutil.copytree(snapdir, snapdir + ".second")
     b3 = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker3.log"), topics=T.TOPICS)
     U.produce_events(b3.bootstrap, C.TOPIC, events[T.N_OLD:])
     # no changelog flush in this life (a later -X wins): only the claim
@@ -68,6 +81,38 @@ def killed_before_flush(ck, model, snapdir, events):
              (set_aside, want, restored, consumed, want))
     w.term(30)
     b3.stop()
+    killed_in_rewrite(ck, model, snapdir + ".second", events)
+
+
+def killed_in_rewrite(ck, model, snapdir, events):
+    delay = os.path.join(ck.tmp, "delay-produce")
+    b4 = C.Broker(ck.procs, 1, os.path.join(ck.tmp, "broker4.log"), topics=T.TOPICS,
+                  extra=["--delay-produce", delay])
+    U.produce_events(b4.bootstrap, C.TOPIC, events[T.N_OLD:])
+    with open(delay, "w") as f:
+        f.write("2000\n")
+    w = T.worker(ck, b4, model, snapdir, "w6")
+    seen = w.wait_event("input_topic_recreated", 30 * T.SLOW)
+    claimed = C.wait_for(lambda: R.state_high(b4.bootstrap, STATE) > 0, 10 * T.SLOW,
+                         period=0.05)
+    w.kill()
+    w.wait(10)
+    os.unlink(delay)
+    w = T.worker(ck, b4, model, snapdir, "w7")
+    C.wait_consumed([w], T.N_NEW, 20 * T.SLOW)
+    users = w.metric_or("halflife_users")
+    consumed = w.metric_or("halflife_events_consumed_total")
+    restored = [kv.get("next_offset") for _t, kv in w.events("restored")]
+    aside = bool(w.events("snapshots_set_aside"))
+    n_users = len({e[0] for e in events})
+    ck.check("killed_in_rewrite", seen and claimed and users == n_users and
+             consumed == T.N_NEW and restored == ["0"] and aside,
+             "recreation seen %s, claim in %s; after a kill during the rewrite, the restart "
+             "from the same files held %s users (want %d), resumed at %s, consumed %s (want "
+             "%d), old files set aside %s" %
+             (seen, claimed, users, n_users, restored, consumed, T.N_NEW, aside))
+    w.term(30)
+    b4.stop()
 
 
 def other_member(ck, b3, model, want):

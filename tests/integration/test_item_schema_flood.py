@@ -14,9 +14,10 @@ item_update_waits line.
 
 Then an outage (the stand-in stopped): an update with a new id on each of
 N_PARTS - 1 partitions, and 0.3 s later one with the id of our schema,
-seen before, on the last partition. Checks: that one is applied within a
-second (healthy_partition_not_held: the reader waited 250 ms for each new
-id in turn, so it came after (N_PARTS - 1) * 250 ms), and once the
+seen before, on the last partition. Checks: that one is applied within 2 s
+(healthy_partition_not_held: the reader waited 250 ms for each new id in
+turn, so it came after (N_PARTS - 1) * 250 ms = 2.75 s; the time includes a
+new producer's connection, which took 1.03 s once in a loaded make test), and once the
 registry is back every held update is settled (a 404: unknown_schema).
 
 Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_item_schema_flood.py
@@ -83,9 +84,9 @@ def outage(ck, w, bootstrap, reg):
     produce_at(bootstrap, [(last, b"i000002", avro_update("i000002", False, schema_id=ours))])
     n = wait_metric(w, "halflife_item_updates_total", base + 1, 15)
     secs = time.time() - t0
-    ck.check("healthy_partition_not_held", base == before + 1 and n == base + 1 and secs < 1.0,
-             "updates applied %s -> %s -> %s; the last partition's took %.2f s (under 1 s "
-             "wanted) behind %d partitions waiting for schema id 7999"
+    ck.check("healthy_partition_not_held", base == before + 1 and n == base + 1 and secs < 2.0,
+             "updates applied %s -> %s -> %s; the last partition's took %.2f s (under 2 s "
+             "wanted; 11 x 250 ms before the fix) behind %d partitions waiting for schema id 7999"
              % (before, base, n, secs, last))
     reg.start()
     want = N_BAD + last

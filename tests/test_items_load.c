@@ -421,7 +421,10 @@ static int evict_header(const char *bootstrap, const char *id, char *at, size_t 
  * evicts, as the first send did (halflife.evicts.offset): without it, a
  * worker's newer record of the item, published meanwhile, would be
  * deleted by it in every reader. The worker's producer sends to a second
- * cluster, down until the purge is over. */
+ * cluster, down until the purge is over. MORE_EVICTIONS more items are
+ * evicted after new-a before the purge: the reader once kept only its
+ * latest 64 evictions' records, and new-a's resend then named none. */
+#define MORE_EVICTIONS 70
 static void test_purged_eviction_tombstone_names_its_record(void)
 {
     char err[512], at[24];
@@ -447,9 +450,15 @@ static void test_purged_eviction_tombstone_names_its_record(void)
     for (int t = 0; t < 600 && !(hl_items_loaded(it) && hl_items_applied(it) == 2); t++)
         usleep(50000);
     send_foldin(b.p, "new-c", &co);             /* full: new-a goes, tombstoned */
-    CHECKF(held_after(prod, 1, 10000) == 1, "no eviction tombstone held");
-    CHECK(hl_producer_purge(prod) == 1);
-    CHECKF(held_after(prod, 1, 3000) == 1, "new-a's tombstone not sent again");
+    for (int i = 0; i < MORE_EVICTIONS; i++) {  /* and new-b, new-c, more-0, ... */
+        char id[32];
+        snprintf(id, sizeof id, "more-%d", i);
+        send_foldin(b.p, id, &co);
+    }
+    int n = 1 + MORE_EVICTIONS;
+    CHECKF(held_after(prod, n, 10000) == n, "not every eviction tombstone held");
+    CHECK(hl_producer_purge(prod) == (uint64_t)n);
+    CHECKF(held_after(prod, n, 3000) == n, "the eviction tombstones not sent again");
     rd_kafka_mock_broker_set_up(to, 1);
     CHECK(hl_producer_flush(prod, 10000) == 0);
     int found = evict_header(rd_kafka_mock_cluster_bootstraps(to), "new-a", at, sizeof at);

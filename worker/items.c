@@ -331,10 +331,12 @@ static void foldin_evicted(hl_items *it, int live)
     uint32_t key_len = hl_item_foldin_key(id, len, key);
     int32_t part;
     int64_t off;
+    char at[24];
     if (!hl_catalogue_evicted_at(it->cat, &part, &off))
         part = -1;
-    hl_items_evict_remember(it, key, key_len, part, off);
-    if (hl_items_send_tombstone(it, key, key_len, err, sizeof err) == 0)
+    int at_len = snprintf(at, sizeof at, "%lld", (long long)off);
+    if (hl_items_send_tombstone(it, key, key_len, part, at, (size_t)at_len, err,
+                                sizeof err) == 0)
         return;
     uint64_t sup = 0;
     if (hl_log_limit_pass(&it->evict_limit, &sup))
@@ -352,7 +354,8 @@ static void foldin_evicted(hl_items *it, int live)
  * would delete it. Without this, a worker alone (or every worker, purged
  * alike) left the item's record on the topic: a worker started later
  * listed it again. Each names the record it evicts, as the first send
- * did (hl_items_send_tombstone). Refused ones are not retried (logged at
+ * did: the producer kept the header and the partition with the key
+ * (evict_keys.header). Refused ones are not retried (logged at
  * the send). Under cat_mu. */
 static void resend_purged_tombstones(hl_items *it)
 {
@@ -364,7 +367,8 @@ static void resend_purged_tombstones(hl_items *it)
             hl_catalogue_foldin_state(it->cat, k->key + HL_ITEM_FOLDIN_KEY_LEN,
                                       (uint32_t)(k->len - HL_ITEM_FOLDIN_KEY_LEN)) != 0)
             continue;
-        hl_items_send_tombstone(it, k->key, (uint32_t)k->len, err, sizeof err);
+        hl_items_send_tombstone(it, k->key, (uint32_t)k->len, k->partition, k->header,
+                                k->header_len, err, sizeof err);
     }
     hl_failed_keys_free(head);
 }
@@ -858,6 +862,7 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     it->stale_limit.interval_ms = 5000;
     pthread_mutex_init(&it->evict_keys.mu, NULL);
     hl_ticket_reset(&it->evict_ticket);
+    it->evict_keys.header = HL_ITEM_EVICTS_HEADER;  /* a resend names its record */
     it->evict_ticket.keys = &it->evict_keys;
     it->topic = strdup(o->topic);
     it->vec = malloc(2 * (size_t)o->codec.dim * sizeof(float));

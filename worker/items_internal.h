@@ -29,16 +29,6 @@ typedef struct stale_note {
     char     id[HL_MAX_ID_LEN];
 } stale_note;
 
-/* An eviction tombstone's key and the record it names (partition -1:
- * none), kept for a purge's resend (items_stale.c). */
-#define EVICT_NAMED        64
-typedef struct evict_named {
-    int32_t  partition;
-    int64_t  offset;
-    uint32_t len;
-    char     key[HL_ITEM_KEY_MAX];
-} evict_named;
-
 typedef struct catref {
     hl_catview *v;
     uint64_t    gen;            /* the model generation its rows are of */
@@ -93,8 +83,6 @@ struct hl_items {
     stale_note     *stale;          /* read, not yet answered (items_stale.c) */
     int             n_stale, cap_stale;
     hl_log_limit    stale_limit;    /* foldin_stale_tombstone */
-    evict_named     named[EVICT_NAMED]; /* the latest eviction tombstones', a ring */
-    uint64_t        n_named;
     hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
     hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq,
                    *c_dlq_errors;
@@ -111,15 +99,13 @@ catref *hl_items_ref_acquire(hl_items *it, uint64_t gen);
 /* items_stale.c. Where rkm was read, and its halflife.evicts.offset
  * header, into u (decoded from it). */
 void    hl_items_place(const rd_kafka_message_t *rkm, hl_item_update *u);
-/* The eviction tombstone under key names the record at (partition,
- * offset), or none (partition -1); kept for hl_items_send_tombstone. */
-void    hl_items_evict_remember(hl_items *it, const char *key, uint32_t key_len,
-                                int32_t partition, int64_t offset);
-/* Sends the eviction tombstone under key on evict_ticket: naming the
- * record the latest eviction of key remembered, to that record's
- * partition, as a resend after a purge must too. hl_producer_send's
+/* Sends the eviction tombstone under key on evict_ticket, naming the
+ * record it evicts (at, at_len bytes: its offset in decimal, in
+ * HL_ITEM_EVICTS_HEADER) and to that record's partition; partition -1 or
+ * at NULL: unnamed, to the partitioner's choice. hl_producer_send's
  * result. */
 int     hl_items_send_tombstone(hl_items *it, const char *key, uint32_t key_len,
+                                int32_t partition, const char *at, size_t at_len,
                                 char *err, size_t errlen);
 /* u, a tombstone the catalogue found stale, is counted and noted. */
 void    hl_items_stale_note(hl_items *it, const hl_item_update *u);

@@ -2,8 +2,8 @@
  * tombstones (core/catalogue.h, "A stale tombstone").
  *
  * Sent: an eviction tombstone names the record it evicts and goes to its
- * partition; the latest evictions are remembered, so a purge's resend
- * names it too.
+ * partition; a purge's resend names it too (the producer keeps the header
+ * with the purged key).
  *
  * Where a record was read goes with it into the catalogue, and a
  * tombstone's halflife.evicts.offset header (HL_ITEM_EVICTS_HEADER: the
@@ -28,39 +28,22 @@
 
 /* ---- eviction tombstones ---- */
 
-void hl_items_evict_remember(hl_items *it, const char *key, uint32_t key_len,
-                             int32_t partition, int64_t offset)
-{
-    evict_named *e = &it->named[it->n_named++ % EVICT_NAMED];
-    e->partition = partition;
-    e->offset = offset;
-    e->len = key_len;
-    memcpy(e->key, key, key_len);
-}
-
 /* Named, so that a worker holding a newer record ignores it; to the
- * record's partition, where compaction deletes it. A purge's resend
- * names it too (the latest EVICT_NAMED evictions are kept: a purge takes
- * only records still in the producer): unnamed, it would delete a record
- * another worker published meanwhile. */
+ * record's partition, where compaction deletes it. A purge's resend names
+ * it too: the header's value goes back with the purged key
+ * (evict_keys.header), so any number of evictions taken back at once are
+ * sent as they were; unnamed, one would delete a record another worker
+ * published meanwhile. */
 int hl_items_send_tombstone(hl_items *it, const char *key, uint32_t key_len,
+                            int32_t partition, const char *at, size_t at_len,
                             char *err, size_t errlen)
 {
-    char at[24];
     hl_header h[2] = {{NULL, NULL, 0}, {NULL, NULL, 0}};
-    int32_t part = RD_KAFKA_PARTITION_UA;
-    for (uint64_t i = 0; i < EVICT_NAMED && i < it->n_named; i++) {   /* newest first */
-        const evict_named *e = &it->named[(it->n_named - 1 - i) % EVICT_NAMED];
-        if (e->len != key_len || memcmp(e->key, key, key_len) != 0)
-            continue;
-        if (e->partition >= 0) {
-            h[0] = (hl_header){HL_ITEM_EVICTS_HEADER, at,
-                               (size_t)snprintf(at, sizeof at, "%lld", (long long)e->offset)};
-            part = e->partition;
-        }
-        break;
-    }
-    return hl_producer_send(it->o.prod, it->topic, part, key, key_len, NULL, 0, h,
+    if (partition >= 0 && at != NULL)
+        h[0] = (hl_header){HL_ITEM_EVICTS_HEADER, at, at_len};
+    else
+        partition = RD_KAFKA_PARTITION_UA;
+    return hl_producer_send(it->o.prod, it->topic, partition, key, key_len, NULL, 0, h,
                             &it->evict_ticket, err, errlen);
 }
 

@@ -31,23 +31,53 @@ struct hl_producer {
 };
 
 /* A failed record's key onto keys: the rare path, so it may lock and
- * allocate. */
+ * allocate. hv (hv_len bytes, NULL: none) is the value of its header
+ * keys->header, kept in the same block. */
 static void keep_failed_key(hl_ticket_keys *keys, const void *key, size_t len,
+                            int32_t partition, const void *hv, size_t hv_len,
                             rd_kafka_resp_err_t err)
 {
-    hl_failed_key *k = malloc(sizeof *k + len);
+    hl_failed_key *k = malloc(sizeof *k + len + (hv != NULL ? hv_len : 0));
     pthread_mutex_lock(&keys->mu);
     if (k == NULL) {
         keys->lost++;
     } else {
         k->err = err;
+        k->partition = partition;
         k->len = len;
         if (len > 0)
             memcpy(k->key, key, len);
+        k->header = hv != NULL ? k->key + len : NULL;
+        k->header_len = hv != NULL ? hv_len : 0;
+        if (hv != NULL && hv_len > 0)
+            memcpy(k->key + len, hv, hv_len);
         k->next = keys->head;
         keys->head = k;
     }
     pthread_mutex_unlock(&keys->mu);
+}
+
+/* The value of header `name` a reported record carries; NULL when none. */
+static const void *report_header(const rd_kafka_message_t *rkm, const char *name,
+                                 size_t *len)
+{
+    rd_kafka_headers_t *h;
+    const void *v = NULL;
+    if (name == NULL || rd_kafka_message_headers(rkm, &h) != 0 ||
+        rd_kafka_header_get_last(h, name, &v, len) != 0)
+        return NULL;
+    return v;
+}
+
+/* The value of header `name` among headers (may be NULL); NULL when none. */
+static const void *send_header(const hl_header *headers, const char *name, size_t *len)
+{
+    for (int i = 0; name != NULL && headers != NULL && headers[i].name != NULL; i++)
+        if (strcmp(headers[i].name, name) == 0) {
+            *len = headers[i].len;
+            return headers[i].value;
+        }
+    return NULL;
 }
 
 /* One of t's records reported. done_us is written before the decrement:
@@ -96,8 +126,12 @@ static void report_failed(hl_producer *p, hl_ticket *t, const rd_kafka_message_t
             atomic_fetch_add(&t->purged, 1);
         else if (t->fail_counter)
             hl_counter_add(t->fail_counter, 1);
-        if (t->keys)
-            keep_failed_key(t->keys, rkm->key, rkm->key_len, rkm->err);
+        if (t->keys) {
+            size_t hv_len = 0;
+            const void *hv = report_header(rkm, t->keys->header, &hv_len);
+            keep_failed_key(t->keys, rkm->key, rkm->key_len, rkm->partition, hv, hv_len,
+                            rkm->err);
+        }
     }
     uint64_t sup = 0;               /* the limiter is shared by the polling threads */
     if (purged && t != NULL)
@@ -301,7 +335,9 @@ int hl_producer_send(hl_producer *p, const char *topic, int32_t partition,
              * record over message.max.bytes): for a ticket that keeps
              * keys, a failure like one a report brings. */
             if (ticket && ticket->keys) {
-                keep_failed_key(ticket->keys, key, key_len, err);
+                size_t hv_len = 0;
+                const void *hv = send_header(headers, ticket->keys->header, &hv_len);
+                keep_failed_key(ticket->keys, key, key_len, partition, hv, hv_len, err);
                 atomic_fetch_add(&ticket->failed, 1);
             }
             if (ticket)

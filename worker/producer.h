@@ -19,21 +19,29 @@
 #include <librdkafka/rdkafka.h>
 
 /* A record whose delivery failed, its key copied (the owner of the ticket
- * refreshes that user again: flight.c). */
+ * refreshes that user again: flight.c). One block: free() frees it all. */
 typedef struct hl_failed_key {
     struct hl_failed_key *next;
     rd_kafka_resp_err_t   err;
+    int32_t               partition;  /* the record's, -1 when none was chosen */
+    const char           *header;     /* the value of the ticket's keys->header, in
+                                         this block; NULL when the record had none */
+    size_t                header_len;
     size_t                len;
     char                  key[];
 } hl_failed_key;
 
 /* The failed keys of a ticket. Reports run in whichever thread polls, so
  * a mutex; only a failure takes it (and allocates), the success path never
- * does. lost counts failures whose key could not be copied (out of memory). */
+ * does. lost counts failures whose key could not be copied (out of memory).
+ * header (NULL: none) names a header whose value each failed key keeps
+ * with it, for an owner that sends the record again as it was (items.c:
+ * an eviction tombstone names the record it evicts in one). */
 typedef struct hl_ticket_keys {
     pthread_mutex_t mu;
     hl_failed_key  *head;
     int             lost;
+    const char     *header;
 } hl_ticket_keys;
 
 typedef struct hl_ticket {

@@ -472,6 +472,63 @@ static void test_purged_eviction_tombstone_names_its_record(void)
     bed_close(&b);
 }
 
+/* Conditional tombstones of id's fold-in key, n of them, each naming
+ * offset `at` (an older record than the key's: stale), in one flush. */
+static void send_stale_tombstones(rd_kafka_t *p, const char *id, int n, int64_t at)
+{
+    char key[HL_ITEM_KEY_MAX], digits[24];
+    uint32_t key_len = hl_item_foldin_key(id, (uint32_t)strlen(id), key);
+    int len = snprintf(digits, sizeof digits, "%lld", (long long)at);
+    for (int i = 0; i < n; i++)
+        CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_KEY(key, key_len),
+                                RD_KAFKA_V_VALUE(NULL, 0),
+                                RD_KAFKA_V_HEADER(HL_ITEM_EVICTS_HEADER, digits, len),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == 0);
+    CHECK(rd_kafka_flush(p, 10000) == 0);
+}
+
+/* Stale tombstones read while loading are noted and answered once the
+ * topic was read: one per key, however many the topic holds. Before, each
+ * was noted (about 280 bytes) and answered with a copy of the record, so
+ * a topic of millions of them (a lagging worker's, or a hostile writer's)
+ * grew the reader without bound and sent as many copies. */
+#define N_STALE 1000
+static void test_stale_tombstones_noted_once_per_key(void)
+{
+    char err[512];
+    bed b;
+    bed_open(&b, "stalemany");
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    hl_kafka_prop kp[] = {{"bootstrap.servers", "127.0.0.1:1"}, {"log_level", "0"}};
+    hl_producer *prod = hl_producer_create(kp, 2, NULL, err, sizeof err);
+    send_foldin(b.p, "new-a", &co);             /* offset 0 */
+    send_foldin(b.p, "new-a", &co);             /* offset 1: the one kept */
+    send_stale_tombstones(b.p, "new-a", N_STALE, 0);
+    send_foldin(b.p, "new-b", &co);
+    send_stale_tombstones(b.p, "new-b", N_STALE, 0);    /* new-b is later: stale */
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 4, .prod = prod, .reg = b.reg};
+    hl_items *it = prod != NULL ? hl_items_create(&o, err, sizeof err) : NULL;
+    CHECKF(it != NULL, "%s", err);
+    if (it == NULL)
+        return;
+    CHECK(hl_items_start(it, err, sizeof err) == 0);
+    for (int t = 0; t < 600 && !hl_items_loaded(it); t++)
+        usleep(50000);
+    CHECK(hl_items_loaded(it));
+    held_after(prod, 2, 3000);
+    usleep(300000);                 /* and nothing more comes */
+    int n = hl_producer_flush(prod, 0);
+    CHECKF(n == 2, "%d records sent again for %d stale tombstones of 2 keys, want 2 (one "
+           "per key)", n, 2 * N_STALE);
+    hl_items_stop(it);
+    hl_producer_purge(prod);
+    hl_items_destroy(it);
+    hl_producer_destroy(prod, 0);
+    bed_close(&b);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -481,5 +538,6 @@ int main(void)
     RUN(test_partition_added_later_is_read);
     RUN(test_purged_eviction_tombstone_is_sent_again);
     RUN(test_purged_eviction_tombstone_names_its_record);
+    RUN(test_stale_tombstones_noted_once_per_key);
     TEST_EXIT();
 }

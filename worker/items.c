@@ -921,6 +921,7 @@ void hl_items_destroy(hl_items *it)
     pthread_mutex_destroy(&it->mu);
     free(it->kept);
     free(it->stale);
+    free(it->stale_slot);
     pthread_mutex_destroy(&it->cat_mu);
     free(it->end);
     free(it->done);

@@ -82,6 +82,8 @@ struct hl_items {
     hl_ticket_keys  evict_keys;
     stale_note     *stale;          /* read, not yet answered (items_stale.c) */
     int             n_stale, cap_stale;
+    uint32_t       *stale_slot;     /* index of the notes by item id: note + 1, 0 empty */
+    uint32_t        n_stale_slot;   /* 2 * cap_stale, a power of two */
     hl_log_limit    stale_limit;    /* foldin_stale_tombstone */
     hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
     hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq,

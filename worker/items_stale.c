@@ -18,7 +18,10 @@
  * again. A reader loading the topic decides once it has read it to its
  * end, so it sends nothing for a tombstone the running workers answered
  * already; each running worker sends its copy (the same record; compaction
- * keeps one). The reader thread's own, under cat_mu. */
+ * keeps one). The notes awaiting that are one per item (the latest
+ * tombstone in its record's partition), so a topic of any number of
+ * stale tombstones costs no more than the fold-in items kept. The reader
+ * thread's own, under cat_mu. */
 #include "items_internal.h"
 
 #include <errno.h>
@@ -73,20 +76,63 @@ void hl_items_place(const rd_kafka_message_t *rkm, hl_item_update *u)
     u->evicts_offset = at;
 }
 
+/* The slot of id's note in stale_slot, or the empty one where it goes. */
+static uint32_t note_probe(const hl_items *it, const char *id, uint32_t len)
+{
+    uint32_t mask = it->n_stale_slot - 1, i = (uint32_t)hl_item_key(id, len) & mask;
+    for (; it->stale_slot[i] != 0; i = (i + 1) & mask) {
+        const stale_note *s = &it->stale[it->stale_slot[i] - 1];
+        if (s->len == len && memcmp(s->id, id, len) == 0)
+            break;
+    }
+    return i;
+}
+
+/* Room for one more note: the notes and their index (twice as many slots,
+ * so probes stay short) grown. 0, or HL_ENOMEM with the notes as they were. */
+static int note_room(hl_items *it)
+{
+    if (it->n_stale < it->cap_stale)
+        return 0;
+    int cap = it->cap_stale ? 2 * it->cap_stale : 16;
+    stale_note *s = realloc(it->stale, (size_t)cap * sizeof *s);
+    if (s == NULL)
+        return HL_ENOMEM;
+    it->stale = s;
+    uint32_t *slot = calloc(2 * (size_t)cap, sizeof *slot);
+    if (slot == NULL)
+        return HL_ENOMEM;
+    free(it->stale_slot);
+    it->stale_slot = slot;
+    it->n_stale_slot = 2 * (uint32_t)cap;
+    it->cap_stale = cap;
+    for (int i = 0; i < it->n_stale; i++)
+        slot[note_probe(it, it->stale[i].id, it->stale[i].len)] = (uint32_t)i + 1;
+    return 0;
+}
+
+/* One note per item, the latest tombstone in its record's partition: only
+ * that one decides whether the record is the key's last message there
+ * (compaction works per partition; one elsewhere deletes nothing of it).
+ * So the notes are bounded by the fold-in records kept, however many
+ * stale tombstones the topic holds, and each record goes out once. */
 void hl_items_stale_note(hl_items *it, const hl_item_update *u)
 {
+    hl_item_update kept;
     hl_counter_add(it->c_stale, 1);
-    if (it->o.prod == NULL)
+    /* an item-id key's record is never sent again (an operator's) */
+    if (it->o.prod == NULL || !u->foldin_key ||
+        hl_catalogue_foldin_record(it->cat, u->id, u->id_len, &kept, it->vec) != 0 ||
+        !kept.positioned || kept.partition != u->partition)
         return;
-    if (it->n_stale == it->cap_stale) {
-        int cap = it->cap_stale ? 2 * it->cap_stale : 16;
-        stale_note *s = realloc(it->stale, (size_t)cap * sizeof *s);
-        if (s == NULL)
-            return;             /* the record stays until compaction: logged below */
-        it->stale = s;
-        it->cap_stale = cap;
+    uint32_t i = it->stale_slot != NULL ? note_probe(it, u->id, u->id_len) : 0;
+    if (it->stale_slot == NULL || it->stale_slot[i] == 0) {
+        if (note_room(it) != 0)
+            return;             /* the record stays until compaction: as if not sent */
+        i = note_probe(it, u->id, u->id_len);
+        it->stale_slot[i] = (uint32_t)++it->n_stale;
     }
-    stale_note *s = &it->stale[it->n_stale++];
+    stale_note *s = &it->stale[it->stale_slot[i] - 1];
     s->partition = u->partition;
     s->offset = u->offset;
     s->len = u->id_len;
@@ -131,4 +177,5 @@ void hl_items_stale_resend(hl_items *it)
         resend(it, &it->stale[i], enc, cap);
     free(enc);
     it->n_stale = 0;
+    memset(it->stale_slot, 0, it->n_stale_slot * sizeof *it->stale_slot);
 }

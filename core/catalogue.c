@@ -596,7 +596,7 @@ void hl_catalogue_set_slack(hl_catalogue *c, int32_t extra)
 int hl_catalogue_trim(hl_catalogue *c)
 {
     c->evicted_len = 0;
-    if (c->n_new <= c->max_new || evict_foldin(c) != 0)
+    if (c->n_new <= c->max_new + c->slack || evict_foldin(c) != 0)
         return 0;
     c->version++;
     return 1;

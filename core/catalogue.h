@@ -118,7 +118,7 @@ int hl_catalogue_apply(hl_catalogue *c, const hl_item_update *u,
  * refuses it too (HL_EFULL), and so an operator's record for a kept
  * fold-in item, which named a new id to the running worker. Then
  * hl_catalogue_trim, called until it returns 0, gives up the stalest
- * fold-in items beyond max_new, one a call (1, the id in
+ * fold-in items beyond max_new (and the slack), one a call (1, the id in
  * hl_catalogue_evicted), once slack is back to 0: read in the order a
  * running worker read it, the topic leaves the items it lists, never
  * more than max_new. */
@@ -160,7 +160,11 @@ int64_t hl_catalogue_foldin_state(const hl_catalogue *c, const char *id, uint32_
  * item); one of an item m does not know is kept as it is when its dim is
  * m's (it is taken to be in m's space: the writer of the item topic
  * re-publishes it otherwise), else dropped. Dropped embeddings are counted
- * in *st. Items m knows stop counting against max_new. Views built before
+ * in *st. Items m knows stop counting against max_new; items m does not
+ * know count again, so more than max_new may be kept after this returns:
+ * the caller calls hl_catalogue_trim until it returns 0 (fold-in items
+ * give their slots up; operators' records stay, and new ids are refused
+ * until they are under the bound). Views built before
  * name items through the old model: keep it open until they are
  * destroyed. Returns 0. */
 typedef struct hl_catalogue_rebind_stats {

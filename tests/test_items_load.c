@@ -529,6 +529,51 @@ static void test_stale_tombstones_noted_once_per_key(void)
     bed_close(&b);
 }
 
+/* A model swap to a model that no longer knows an item an operator's
+ * record names (it counts against catalogue.max.new.items again) gives up
+ * the stalest fold-in items beyond the bound at once, tombstoned, as the
+ * end of a load does. Before, the catalogue kept max_new + 1 new items
+ * until tombstones came, and so did every list: a worker started on the
+ * new model kept max_new. */
+static void test_swap_keeps_the_bound(void)
+{
+    char err[512];
+    bed b;
+    bed_open(&b, "swapbound");
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    hl_kafka_prop kp[] = {{"bootstrap.servers", "127.0.0.1:1"}, {"log_level", "0"}};
+    hl_producer *prod = hl_producer_create(kp, 2, NULL, err, sizeof err);
+    send_upd(b.p, "i5", &co);                   /* an operator hides i5 (known) */
+    send_foldin(b.p, "new-a", &co);
+    send_foldin(b.p, "new-b", &co);
+    tm small;
+    tm_init(&small, 4);                         /* i0..i3: no i5 */
+    hl_model *m2 = tm_open(&small, "swapbound2");
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 2, .prod = prod, .reg = b.reg};
+    hl_items *it = prod != NULL && m2 != NULL ? hl_items_create(&o, err, sizeof err) : NULL;
+    CHECKF(it != NULL, "%s", err);
+    if (it == NULL)
+        return;
+    CHECK(hl_items_start(it, err, sizeof err) == 0);
+    for (int t = 0; t < 600 && !(hl_items_loaded(it) && hl_items_applied(it) == 3); t++)
+        usleep(50000);
+    CHECK(hl_items_rebind(it, m2, 2) == 0);
+    int64_t a = hl_items_foldin_state(it, "new-a", 5), bb = hl_items_foldin_state(it, "new-b", 5);
+    int held = held_after(prod, 1, 3000);
+    CHECKF(a == 0 && bb == 2 && held == 1, "after the swap: new-a %lld (want 0: given up), "
+           "new-b %lld (want 2), tombstones sent %d (want 1: new-a's)", (long long)a,
+           (long long)bb, held);
+    hl_items_stop(it);
+    hl_producer_purge(prod);
+    hl_items_destroy(it);
+    hl_producer_destroy(prod, 0);
+    hl_model_close(m2);
+    tm_free(&small);
+    bed_close(&b);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
@@ -539,5 +584,6 @@ int main(void)
     RUN(test_purged_eviction_tombstone_is_sent_again);
     RUN(test_purged_eviction_tombstone_names_its_record);
     RUN(test_stale_tombstones_noted_once_per_key);
+    RUN(test_swap_keeps_the_bound);
     TEST_EXIT();
 }

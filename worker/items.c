@@ -373,6 +373,17 @@ static void resend_purged_tombstones(hl_items *it)
     hl_failed_keys_free(head);
 }
 
+/* The catalogue keeps no more new items than max_new (and the slack while
+ * loading): the stalest fold-in items beyond go, as a running worker's
+ * decision (tombstoned once loaded). At the end of a load, and after a
+ * swap to a model that no longer knows items an operator's record names
+ * (they count as new again). Under cat_mu. */
+static void trim_to_bound(hl_items *it)
+{
+    while (hl_catalogue_trim(it->cat))
+        foldin_evicted(it, atomic_load(&it->loaded));
+}
+
 static void check_loaded(hl_items *it)
 {
     if (atomic_load(&it->loaded) || (it->n_parts == 0 && !it->absent))
@@ -384,8 +395,7 @@ static void check_loaded(hl_items *it)
      * fold-in items beyond max_new (the slack loading had) go now, as a
      * running worker's decision, tombstoned */
     hl_catalogue_set_slack(it->cat, 0);
-    while (hl_catalogue_trim(it->cat))
-        foldin_evicted(it, 1);
+    trim_to_bound(it);
     if (it->viewed_version != hl_catalogue_version(it->cat) || !it->published)
         publish_or_log(it);
     atomic_store(&it->loaded, 1);
@@ -771,6 +781,9 @@ int hl_items_rebind(hl_items *it, const hl_model *m, uint64_t gen)
     hl_catalogue_rebind(it->cat, m, &rs);
     it->m = m;
     it->gen = gen;
+    /* before the first view of gen, so no list holds more than the bound;
+     * a refused swap does not bring the items given up back */
+    trim_to_bound(it);
     int rc = publish_view(it);
     if (rc != 0) {              /* bound as before: the old model keeps serving */
         hl_catalogue_rebind(it->cat, was, &back);

@@ -330,10 +330,10 @@ static void foldin_evicted(hl_items *it, int live)
     char key[HL_ITEM_KEY_MAX], err[256], q[160];
     uint32_t key_len = hl_item_foldin_key(id, len, key);
     int32_t part;
-    int64_t off;
+    int64_t off = -1;
     char at[24];
     if (!hl_catalogue_evicted_at(it->cat, &part, &off))
-        part = -1;
+        part = -1;              /* unnamed: the header goes unsent */
     int at_len = snprintf(at, sizeof at, "%lld", (long long)off);
     if (hl_items_send_tombstone(it, key, key_len, part, at, (size_t)at_len, err,
                                 sizeof err) == 0)

@@ -287,6 +287,18 @@ void hl_ranker_destroy(hl_ranker *r)
 
 /* ---- because ---- */
 
+/* The weight ring entry slot was applied with (type weight x its weight
+ * field); where the ring does not know it (NAN: restored from a format-1
+ * snapshot; no hist_w at all), its type's weight, as before rings kept it. */
+static float entry_weight(const hl_ranker *r, const hl_row_view *v, int slot)
+{
+    float w = v->hist_w != NULL ? v->hist_w[slot] : NAN;
+    int type = v->hist_type[slot];
+    if (w == w)
+        return w;
+    return type < HL_N_TYPES ? r->type_weight[type] : 0.0f;
+}
+
 /* Fills bc_item and bc_a with the ring's known entries, newest first (so
  * that the strict argmax below prefers the newest on equal c). Returns
  * their count. */
@@ -301,14 +313,13 @@ int hl_rank_history_weights(const hl_ranker *r, const hl_row_view *v,
     for (int i = v->n_hist - 1; i >= 0; i--) {
         int slot = hl_row_hist_index(v, i);
         int32_t it = v->hist_item[slot];
-        int type = v->hist_type[slot];
         if (it < 0 || it >= r->n_items || n >= MAX_RING)
             continue;
         float dt = (float)hl_decay_age_ms(v->t_ref_ms, v->hist_ts_ms[slot]), share = 0.0f;
         for (int h = 0; h < r->n_heads; h++)
             share += (dt > 0.0f ? expf(-r->lambda_per_ms[h] * dt) : 1.0f) * inv_m[h];
         item[n] = it;
-        a[n++] = share * (type < HL_N_TYPES ? r->type_weight[type] : 0.0f);
+        a[n++] = share * entry_weight(r, v, slot);
     }
     return n;
 }

@@ -26,12 +26,15 @@
  * item i_e (0 <= i_e < n_items), the one maximising
  *
  *     c_e(j) = a_e x (e_in[i_e] . e_out[j]),
- *     a_e    = type_weight[type_e] x sum_h exp(-lambda_h (t_ref - t_e)) / max(m_h, eps)
+ *     a_e    = w_e x sum_h exp(-lambda_h (t_ref - t_e)) / max(m_h, eps)
  *
  * i.e. the event's share of each head's weighted mean (the encoder's input),
- * summed over heads, times how well its item predicts j. The MLP is not
- * linear, so this is an explanation, not an exact attribution. The event's
- * own weight field is not kept in the ring, so only its type weight counts.
+ * summed over heads, times how well its item predicts j. w_e is the weight
+ * the event was applied with (hl_row_view.hist_w: its type weight times its
+ * weight field, so a rating of 5 counts five times a rating of 1), or the
+ * model's type_weight[type_e] where the ring does not know it (NAN, or no
+ * hist_w: a ring restored from a format-1 snapshot). The MLP is not
+ * linear, so this is an explanation, not an exact attribution.
  * because = i_e of the best entry (the newest on equal c), or -1 when no
  * entry has c > 0 (no known history, or nothing in it points towards j).
  * It ranges over the whole ring whatever seen_window is: every entry feeds

@@ -20,6 +20,7 @@ typedef struct tuser {
     int32_t item[T_RING];
     uint8_t type[T_RING];
     int64_t ts[T_RING];
+    float   w[T_RING];
     hl_row_view v;
 } tuser;
 
@@ -45,6 +46,10 @@ static void tuser_init(tuser *u, const tmodel *t, int n_hist)
     u->v.hist_item = u->item;
     u->v.hist_type = u->type;
     u->v.hist_ts_ms = u->ts;
+    /* The weights the events were applied with: mostly known (a rating
+     * times the type weight), some unknown (a ring restored from a
+     * format-1 snapshot), and now and then a view without any (restore). */
+    u->v.hist_w = urand() % 8 == 0 ? NULL : u->w;
     for (int i = 0; i < T_RING; i++) {
         uint32_t z = urand() % 20;
         /* Mostly known items, some unknown (-1) and some beyond the model. */
@@ -52,6 +57,7 @@ static void tuser_init(tuser *u, const tmodel *t, int n_hist)
                    : (int32_t)(urand() % (uint32_t)t->p.info.n_items);
         u->type[i] = (uint8_t)(urand() % HL_N_TYPES);
         u->ts[i] = u->v.t_ref_ms - (int64_t)(urand() % 100000000);
+        u->w[i] = urand() % 6 == 0 ? NAN : 5.0f * (frand() + 1.0f);
     }
 }
 
@@ -231,6 +237,7 @@ static void test_because_by_hand(void)
     u.v.hist_head = 0;
     u.item[0] = 0; u.type[0] = HL_VIEW; u.ts[0] = u.v.t_ref_ms - 3600000;
     u.item[1] = 1; u.type[1] = HL_VIEW; u.ts[1] = u.v.t_ref_ms;
+    u.w[0] = u.w[1] = 1.0f;                     /* VIEW's weight in tmodel */
     u.m[0] = 1.5f;
     hl_ranker *r = make_ranker(&t, 4, 1, 1, 0);
     if (r != NULL) {
@@ -243,6 +250,50 @@ static void test_because_by_hand(void)
         CHECK(out[0].item == 2 && out[0].because == 0);
         CHECK(out[1].item == 3 && out[1].because == -1);
         compare(r, &u, 1, 4, NULL, 1);
+    }
+    hl_ranker_destroy(r);
+    tmodel_free(&t);
+}
+
+/* because weighs each event by the weight it was applied with (its
+ * rating times its type weight), not by its type weight alone: two RATE
+ * events at the same time on items 0 and 1, which item 2 points to
+ * equally, rated 5 and 1. The heavier one explains item 2 although the
+ * lighter one is newer (which wins a tie). An entry whose weight is
+ * unknown (NAN: a ring from a format-1 snapshot) counts with its type
+ * weight, as before. */
+static void test_because_weighs_each_event(void)
+{
+    tmodel t;
+    tuser u;
+    tmodel_init(&t, 4, 2, 1, 0, 0);
+    float e_in[8] = {1, 0, 0, 1, 0, 0, 0, 0};
+    float e_out[8] = {0, 0, 0, 0, 1, 1, -1, -1};
+    float bias[4] = {-100, -100, 5, 4};
+    memcpy(t.e_in, e_in, sizeof e_in);
+    memcpy(t.e_out, e_out, sizeof e_out);
+    memcpy(t.bias, bias, sizeof bias);
+    tuser_init(&u, &t, 2);
+    u.v.hist_head = 0;
+    u.v.hist_w = u.w;
+    float rate_w = t.p.info.type_weight[HL_RATE];
+    u.item[0] = 1; u.type[0] = HL_RATE; u.ts[0] = u.v.t_ref_ms; u.w[0] = 5.0f * rate_w;
+    u.item[1] = 0; u.type[1] = HL_RATE; u.ts[1] = u.v.t_ref_ms; u.w[1] = 1.0f * rate_w;
+    hl_ranker *r = make_ranker(&t, 4, 1, 1, 0);
+    if (r != NULL) {
+        hl_rec out[4];
+        int n_out = 0;
+        CHECK(hl_ranker_refresh(r, &u.v, 1, out, &n_out) == 0);
+        CHECKF(n_out == 2 && out[0].item == 2 && out[0].because == 1,
+               "item %d because %d, want item 2 because 1 (rated 5, not 0 rated 1)",
+               out[0].item, out[0].because);
+        compare(r, &u, 1, 4, NULL, 1);
+        u.w[0] = NAN;                 /* unknown: the type weight, a tie: newest */
+        CHECK(hl_ranker_refresh(r, &u.v, 1, out, &n_out) == 0);
+        CHECK(n_out == 2 && out[0].item == 2 && out[0].because == 0);
+        u.v.hist_w = NULL;            /* a view without weights: the same */
+        CHECK(hl_ranker_refresh(r, &u.v, 1, out, &n_out) == 0);
+        CHECK(n_out == 2 && out[0].item == 2 && out[0].because == 0);
     }
     hl_ranker_destroy(r);
     tmodel_free(&t);
@@ -503,6 +554,7 @@ int main(void)
     RUN(test_short_lists);
     RUN(test_ties_lower_row_first);
     RUN(test_because_by_hand);
+    RUN(test_because_weighs_each_event);
     RUN(test_refresh_is_repeatable);
     RUN(test_same_list_alone_and_in_batch);
     RUN(test_model_file_matches_parts);

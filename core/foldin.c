@@ -67,6 +67,7 @@ struct hl_foldin {
     uint64_t  clock;
     fslot    *slot;  uint32_t n_slot;
     uint64_t  evicted;
+    uint64_t  refused;           /* adds past HL_FOLDIN_MAX_SUM */
     int32_t   ready;
     float    *G;                 /* decayed sum of every noted query (lift) */
     double    G_M;               /* its decayed weight */
@@ -332,6 +333,7 @@ void hl_foldin_stats_get(const hl_foldin *f, hl_foldin_stats *st)
     st->items = f->n;
     st->ready = f->ready;
     st->evicted = f->evicted;
+    st->refused = f->refused;
 }
 
 /* ---- items ---- */
@@ -447,6 +449,19 @@ static double factor(const hl_foldin *f, int64_t dt_ms)
     return g < HL_DECAY_TINY ? 0.0 : g;
 }
 
+/* The coefficients of one add of w q at ts_ms to sums at *t_ref
+ * (INT64_MIN: empty): S' = a S + b q, M' = a M + b. */
+static void add_coeffs(const hl_foldin *f, int64_t t_ref, int64_t ts_ms, float w, float *a,
+                       float *b)
+{
+    *a = 1.0f;
+    *b = w;
+    if (t_ref != INT64_MIN && ts_ms >= t_ref)
+        *a = (float)factor(f, ts_ms - t_ref);
+    else if (t_ref != INT64_MIN)
+        *b = w * (float)factor(f, t_ref - ts_ms);
+}
+
 /* One weighted query into decayed sums S (dim floats) and mass *M at
  * reference time *t_ref (INT64_MIN: empty): the sums decay to a newer ts,
  * a late event is decayed to *t_ref instead. An item's sums and the
@@ -459,11 +474,8 @@ static void decayed_add(const hl_foldin *f, float *S, double *M, int64_t *t_ref,
                         const float *q, float w, int64_t ts_ms)
 {
     unsigned csr = hl_decay_flush_on();
-    float a = 1.0f, b = w;
-    if (*t_ref != INT64_MIN && ts_ms >= *t_ref)
-        a = (float)factor(f, ts_ms - *t_ref);
-    else if (*t_ref != INT64_MIN)
-        b = w * (float)factor(f, *t_ref - ts_ms);
+    float a, b;
+    add_coeffs(f, *t_ref, ts_ms, w, &a, &b);
     axpby(S, q, a, b, f->o.dim);
     *M = a * *M + b;
     if (*t_ref == INT64_MIN || ts_ms > *t_ref)
@@ -471,10 +483,35 @@ static void decayed_add(const hl_foldin *f, float *S, double *M, int64_t *t_ref,
     hl_decay_flush_off(csr);
 }
 
+/* Whether decayed_add would keep every |S_i| and M within
+ * HL_FOLDIN_MAX_SUM (foldin.h says why). S NULL: an empty record, its
+ * sums 0. The flags are or-ed without a branch, as in all_finite. */
+static int add_fits(const hl_foldin *f, const float *S, double M, int64_t t_ref,
+                    const float *q, float w, int64_t ts_ms)
+{
+    float a, b;
+    uint32_t bad = 0;
+    add_coeffs(f, t_ref, ts_ms, w, &a, &b);
+    const float *s = S != NULL ? S : q;
+    a = S != NULL ? a : 0.0f;
+    for (int i = 0; i < f->o.dim; i++)
+        bad |= !(fabsf(a * s[i] + b * q[i]) <= HL_FOLDIN_MAX_SUM);
+    return !bad && a * M + b <= HL_FOLDIN_MAX_SUM;
+}
+
+/* The baseline's add, or a refusal (counted) that leaves it as it was. */
+static void baseline_add(hl_foldin *f, const float *q, float w, int64_t ts_ms)
+{
+    if (add_fits(f, f->G, f->G_M, f->G_t, q, w, ts_ms))
+        decayed_add(f, f->G, &f->G_M, &f->G_t, q, w, ts_ms);
+    else
+        f->refused++;
+}
+
 void hl_foldin_baseline_add(hl_foldin *f, const float *q, float w, int64_t ts_ms)
 {
     if (f->G != NULL && w >= 0 && isfinite(w) && all_finite(q, f->o.dim))
-        decayed_add(f, f->G, &f->G_M, &f->G_t, q, w, ts_ms);
+        baseline_add(f, q, w, ts_ms);
 }
 
 /* hl_foldin_due of a record at hand. */
@@ -501,13 +538,19 @@ int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, co
     if (w == 0.0f)
         return 0;
     uint32_t slot = probe_h(f, id, len, h);
-    int32_t k = f->slot[slot].k1 ? f->slot[slot].k1 - 1 : insert(f, id, len, h, &slot);
-    if (k < 0)
+    int32_t k = f->slot[slot].k1 - 1;
+    item *it = k >= 0 ? at(f, k) : NULL;
+    if (!(it ? add_fits(f, sums(it), it->M, it->t_ref, q, w, ts_ms)
+             : add_fits(f, NULL, 0.0, INT64_MIN, q, w, ts_ms))) {
+        f->refused++;
+        return HL_ERANGE;
+    }
+    if (k < 0 && (k = insert(f, id, len, h, &slot)) < 0)
         return k;
-    item *it = at(f, k);
+    it = at(f, k);
     decayed_add(f, sums(it), &it->M, &it->t_ref, q, w, ts_ms);
     if (f->G != NULL && !f->o.lift_all)     /* w and q were checked above */
-        decayed_add(f, f->G, &f->G_M, &f->G_t, q, w, ts_ms);
+        baseline_add(f, q, w, ts_ms);
     it->touched = ++f->clock;
     int now_ready = ++it->count == f->o.min_events;
     f->ready += now_ready;

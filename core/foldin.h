@@ -129,10 +129,28 @@ hl_foldin *hl_foldin_create(const hl_foldin_opts *o, const float *e_in, const fl
                             const float *bias, int32_t n, char *errbuf, size_t errlen);
 void       hl_foldin_destroy(hl_foldin *f);             /* NULL is a no-op */
 
+/* The most any |S_i| and M (an item's or the lift baseline's) may hold:
+ * an add that would take one past it is refused, and counted
+ * (hl_foldin_stats.refused). The sums are floats with no decay bound: an
+ * event of weight 1e30 (a user's state takes that much, HL_TABLE_MAX_MASS)
+ * by a user whose query sits at the ranker's clamp (2^64) made them inf in
+ * one add, and they stayed so (0 x inf is NaN after a long idle); through
+ * the baseline every other new item's lifted sums went NaN as well, and
+ * their neighbours were picked by NaN scores. Below the bound nothing
+ * downstream overflows: the lifted sums are <= 3 x it (S - c (G - a S),
+ * c <= beta <= 1), and the scan's float scores (M b_j + S . e_out[j], with
+ * every |b_j|, |e_ji| <= 2^8 and dim <= 2^12) stay below 2^22 x 2^104 =
+ * 2^126 < FLT_MAX. With event.max.weight's default (1e6) and a trained
+ * model's queries it is far out of reach. */
+#define HL_FOLDIN_MAX_SUM 0x1p104f
+
 /* One interaction with item id by a user with query q (dim floats, finite)
  * and weight w >= 0 at ts_ms. 1 when this made the item ready, 0 when it
  * was counted (or w is 0: no interaction, nothing changes), HL_EINVAL for
- * a bad id, q or w, HL_ENOMEM. */
+ * a bad id, q or w, HL_ERANGE when it would take the item's sums past
+ * HL_FOLDIN_MAX_SUM (refused: nothing changes), HL_ENOMEM. An add that
+ * would take the lift's baseline past it still counts for the item; the
+ * baseline leaves that one out (both counted in refused). */
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms);
 
@@ -199,6 +217,8 @@ const float *hl_foldin_map(const hl_foldin *f);
 typedef struct hl_foldin_stats {
     int32_t  items, ready;
     uint64_t evicted;
+    uint64_t refused;       /* adds to an item or to the baseline left out:
+                               past HL_FOLDIN_MAX_SUM */
 } hl_foldin_stats;
 void hl_foldin_stats_get(const hl_foldin *f, hl_foldin_stats *st);
 

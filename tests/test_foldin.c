@@ -613,6 +613,65 @@ static void test_zero_weight_is_no_interaction(void)
     hl_foldin_destroy(f);
 }
 
+static int sums_finite(const hl_foldin *f, const char *id, uint32_t len)
+{
+    float S[D];
+    double M = 0.0;
+    int rc = hl_foldin_sums(f, id, len, S, &M);
+    int ok = rc >= 0 && M == M && M < INFINITY;
+    for (int d = 0; rc >= 0 && d < D; d++)
+        ok &= S[d] == S[d] && fabsf(S[d]) < INFINITY;
+    return ok;
+}
+
+/* The extremes the worker lets through: an event weight of 1e30 (the
+ * most a user's state takes, HL_TABLE_MAX_MASS; event.max.weight goes to
+ * 1e30) by a user whose query sits at the ranker's clamp (2^64). w q was
+ * inf in the item's float sums and in the lift's baseline G, and stayed:
+ * decay keeps inf, and 0 x inf after a long idle is NaN. So one such event
+ * spoilt its item's and, through G, every other new item's neighbours for
+ * good. Such an add is refused (counted) and leaves everything finite. */
+static void test_extreme_weight_is_refused(void)
+{
+    static model m;
+    float W0[D * D] = {0}, q[D], big[D];
+    for (int i = 0; i < D; i++)
+        W0[i * D + i] = 1.0f;
+    model_init(&m, 64, W0);
+    for (int d = 0; d < D; d++)
+        big[d] = q[d] = frand();
+    big[0] = 0x1p64f;
+    hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 1, .half_life_ms = 1000,
+                        .lift = 1.0f};
+    char err[256];
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    CHECKF(f != NULL, "%s", err);
+    if (f == NULL)
+        return;
+    CHECK(hl_foldin_add(f, "plain", 5, q, 1.0f, 0) == 1);
+    int rc = hl_foldin_add(f, "hot", 3, big, 1e30f, 0);
+    CHECK(hl_foldin_add(f, "hot", 3, q, 1.0f, 1000) >= 0);
+    CHECK(hl_foldin_add(f, "plain", 5, q, 1.0f, 1000) == 0);
+    CHECKF(sums_finite(f, "hot", 3) && sums_finite(f, "plain", 5),
+           "after one event of weight 1e30 and query 2^64 on \"hot\" (add rc %d): "
+           "hot's sums finite %d, plain's (lifted by G) %d", rc,
+           sums_finite(f, "hot", 3), sums_finite(f, "plain", 5));
+    CHECK(hl_foldin_add(f, "hot", 3, q, 1.0f, 1000000) == 0);   /* 0 x inf was NaN */
+    CHECK(sums_finite(f, "hot", 3));
+    hl_foldin_stats st;
+    hl_foldin_stats_get(f, &st);
+    CHECKF(rc == HL_ERANGE && st.refused == 1, "add rc %d, refused %llu", rc,
+           (unsigned long long)st.refused);
+    /* Two items each within the bound whose sum in the baseline is not:
+     * the second still counts for its item, the baseline leaves it out. */
+    big[0] = 0.6f * HL_FOLDIN_MAX_SUM / 1e30f;
+    CHECK(hl_foldin_add(f, "x", 1, big, 1e30f, 2000000) == 1);
+    CHECK(hl_foldin_add(f, "y", 1, big, 1e30f, 2000000) == 1);
+    hl_foldin_stats_get(f, &st);
+    CHECK(st.refused == 2 && sums_finite(f, "x", 1) && sums_finite(f, "y", 1));
+    hl_foldin_destroy(f);
+}
+
 int main(void)
 {
     RUN(test_map_recovers_linear_relation);
@@ -628,5 +687,6 @@ int main(void)
     RUN(test_distinct_gate);
     RUN(test_idle_sums_reach_zero);
     RUN(test_zero_weight_is_no_interaction);
+    RUN(test_extreme_weight_is_refused);
     TEST_EXIT();
 }

@@ -7,7 +7,8 @@
 # added to, renamed in or removed from the table shows up in both or fails.
 # README.md's metric table names every metric the worker registers,
 # `halflife --help` names every verb of each command's usage lines,
-# README.md's command list every option of them, `halflife run --help`
+# README.md's command list every option of them (optional or required as
+# there), `halflife run --help`
 # every exit status README.md gives, and README.md's Layout block every
 # source file of core/, worker/ and worker/cmd/.
 set -u
@@ -103,6 +104,21 @@ fi
 # own usage lines (`halflife snapshot --help`: inspect and dump) on its
 # line, and has a line in README.md's command list, so a verb or a command
 # added in one place is not missing from where a user looks first.
+# option_depths: "--OPT 1" for each long option inside [ ] of stdin's
+# lines, "--OPT 0" for one outside (required).
+option_depths() {
+  awk '{ d = 0
+    for (i = 1; i <= length($0); i++) {
+      c = substr($0, i, 1)
+      if (c == "[") d++
+      else if (c == "]") d--
+      else if (substr($0, i, 2) == "--" && (i == 1 || substr($0, i - 1, 1) ~ /[ [|]/) &&
+               match(substr($0, i), /^--[a-zA-Z][-a-zA-Z]*/)) {
+        print substr($0, i, RLENGTH), (d > 0 ? 1 : 0)
+        i += RLENGTH - 1
+      }
+    } }' | grep -v '^--help'
+}
 "$hl" --help | awk '/^commands:/ {f = 1; next} f && /^  [a-z]/' >"$tmp/top.help"
 cmd_fail=0
 for cmd in $(awk '{print $1}' "$tmp/top.help"); do
@@ -134,6 +150,18 @@ for cmd in $(awk '{print $1}' "$tmp/top.help"); do
   done
   if [ -n "$missing" ]; then
     echo "FAIL $name.readme_opts_$cmd: README.md's line for 'halflife $cmd' lacks$missing of its usage"
+    cmd_fail=1
+  fi
+  # Each long option is optional (inside [ ]) or required (bare) there as
+  # in the usage lines: README.md gave eval's --model as required long
+  # after --baseline popularity made it optional.
+  "$hl" "$cmd" --help 2>/dev/null | awk 'NR == 1, /^$/' | option_depths | sort -u >"$tmp/usage.depth"
+  wrong=$(option_depths <"$tmp/readme.cmd" | sort -u | while read -r o d; do
+    grep -q -- "^$o " "$tmp/usage.depth" && ! grep -qx -- "$o $d" "$tmp/usage.depth" &&
+      printf ' %s (README: %s, usage: %s)' "$o" "$([ "$d" = 1 ] && echo optional || echo required)" \
+        "$([ "$d" = 1 ] && echo required || echo optional)"; done)
+  if [ -n "$wrong" ]; then
+    echo "FAIL $name.readme_optional_$cmd: README.md's line for 'halflife $cmd' disagrees on$wrong"
     cmd_fail=1
   fi
 done

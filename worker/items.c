@@ -839,7 +839,11 @@ static void register_metrics(hl_items *it)
     it->c_dlq = hl_metrics_counter(reg, "halflife_item_updates_dlq_total",
         "Bad ItemUpdates copied to the dead-letter topic.", NULL);
     it->c_dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
-        "Dead letters that could not be written.", NULL);   /* the worker's series */
+        "Dead-letter copies that did not reach the DLQ topic: a bad input record's "
+        "refused by the producer or the broker (the record is then kept in "
+        "snapshot.dir/dead-letters: halflife_dead_letters_kept_total), a bad ItemUpdate's "
+        "refused by the producer at once (not kept: the item topic still holds it).",
+        NULL);   /* the worker's series */
     it->c_drop_known = hl_metrics_counter(reg, "halflife_item_embeddings_dropped_total",
         "Item topic embeddings dropped at a model swap, by reason: the new model knows the "
         "item (its vectors win), or the embedding's dim is not the new model's.",

@@ -31,7 +31,10 @@ static void register_event_counters(hl_worker *w)
             "Records copied to the dead-letter topic, by reason.", labels);
     }
     w->ctx.mx.dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
-        "Dead letters that could not be written.", NULL);
+        "Dead-letter copies that did not reach the DLQ topic: a bad input record's "
+        "refused by the producer or the broker (the record is then kept in "
+        "snapshot.dir/dead-letters: halflife_dead_letters_kept_total), a bad ItemUpdate's "
+        "refused by the producer at once (not kept: the item topic still holds it).", NULL);
     w->ctx.mx.multipart = hl_metrics_counter(reg, "halflife_users_multi_partition_total",
         "Users inserted in one partition while noted in another (input not keyed by user_id).",
         NULL);

@@ -398,7 +398,8 @@ hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,
     http->live = live;
     http->ready_arg = arg;
     http->ready_gauge = hl_metrics_gauge(reg, "halflife_ready",
-        "1 when /readyz answers 200 (every assigned partition restored), else 0.", NULL);
+        "1 when /readyz answers 200 (the group's assignment in hand and every partition of "
+        "it restored, not stopping), else 0 (the body of /readyz says why).", NULL);
     if (guard_create(http, errbuf, errlen) != 0) goto fail;
     http->starting = 1;
     errno = 0;

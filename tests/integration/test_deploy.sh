@@ -50,6 +50,29 @@ else
   fail alerts_in_readme "deploy/README.md's Monitoring list lacks: ${missing:-every alert}"
 fi
 
+# ---- HalflifeWorkerNotReady names every reason /readyz gives for its 503
+# (hl_worker_ready's texts, up to a number they print): it named an
+# unfinished restore only, and sent whoever it woke to the restore's log
+# lines for a worker that had no assignment yet.
+if out=$(/usr/bin/python3 - <<'PY'
+import re, yaml
+src = open("worker/worker.c").read()
+body = src[src.index("int hl_worker_ready("):]
+body = body[:body.index("\n}\n")]
+texts = re.findall(r'"((?:[^"\\]|\\.)*)"((?:\s*"(?:[^"\\]|\\.)*")*)', body)
+reasons = [(a + "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', b))).split("%")[0].rstrip(": ")
+           for a, b in texts]
+rules = [r for g in yaml.safe_load(open("deploy/prometheus/alerts.yml"))["groups"]
+         for r in g["rules"] if r.get("alert") == "HalflifeWorkerNotReady"]
+desc = " ".join(rules[0]["annotations"]["description"].split()) if rules else ""
+missing = [t for t in reasons if t not in desc]
+print("; ".join(repr(t) for t in missing) if missing or len(reasons) < 3
+      else "", "found only %d reasons" % len(reasons) if len(reasons) < 3 else "")
+raise SystemExit(1 if missing or len(reasons) < 3 else 0)
+PY
+); then pass alert_not_ready_reasons
+else fail alert_not_ready_reasons "HalflifeWorkerNotReady's description lacks /readyz's reason(s) $out"; fi
+
 # ---- promtool
 if have promtool; then
   run promtool_check_rules promtool check rules deploy/prometheus/alerts.yml

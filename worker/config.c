@@ -791,23 +791,54 @@ static void help_row_get(int i, help_row *r)
     allowed_text(d, r->allowed, sizeof r->allowed);
 }
 
-/* Columns as wide as the longest key and default: a fixed width pushed
- * the defaults of the long registry keys out of line. */
+/* text from column indent on, its words wrapped before column width; a
+ * word longer than the room (a long value) stands alone on its line. */
+static void print_wrapped(FILE *f, const char *text, int indent, int width)
+{
+    int col = indent;
+    fprintf(f, "%*s", indent, "");
+    while (*text) {
+        while (*text == ' ') text++;
+        int n = (int)strcspn(text, " ");
+        if (n == 0) break;
+        if (col > indent && col + 1 + n > width) {
+            fprintf(f, "\n%*s", indent, "");
+            col = indent;
+        }
+        if (col > indent) { fputc(' ', f); col++; }
+        fprintf(f, "%.*s", n, text);
+        col += n;
+        text += n;
+    }
+    fputc('\n', f);
+}
+
+/* Each key with its default, then its meaning and allowed values below
+ * it, wrapped to 80 columns: on the key's line, past columns as wide as
+ * the longest key and default, a meaning ran to 900 columns. The columns
+ * stay: a fixed width pushed the defaults of the long registry keys out
+ * of line. */
 void hl_config_print_help(FILE *f)
 {
     help_row r;
-    int wk = 0, wd = 0;
+    int wk = 0;
+    char allowed[128];
     for (int i = 0; i < N_HELP_ROWS; i++) {
         help_row_get(i, &r);
-        int k = (int)strlen(r.key), d = (int)strlen(r.def ? r.def : "(none)");
+        int k = (int)strlen(r.key);
         wk = k > wk ? k : wk;
-        wd = d > wd ? d : wd;
     }
-    fprintf(f, "configuration keys (properties file < HALFLIFE_<KEY> environment < -X key=value):\n\n");
+    fprintf(f, "configuration keys and their defaults (a properties file, then HALFLIFE_<KEY>\n"
+               "environment variables, then -X key=value; the last one given wins):\n\n");
     for (int i = 0; i < N_HELP_ROWS; i++) {
         help_row_get(i, &r);
-        fprintf(f, "  %-*s  %-*s  %s\n      %s\n", wk, r.key, wd, r.def ? r.def : "(none)",
-                r.help, r.allowed);
+        if (r.def != NULL && r.def[0] == '\0')     /* kafka.*: librdkafka's defaults */
+            fprintf(f, "  %s\n", r.key);
+        else
+            fprintf(f, "  %-*s  %s\n", wk, r.key, r.def ? r.def : "(none)");
+        print_wrapped(f, r.help, 6, 80);
+        snprintf(allowed, sizeof allowed, "allowed: %s", r.allowed);
+        print_wrapped(f, allowed, 6, 80);
     }
 }
 

@@ -123,6 +123,15 @@ out=$("$hl" --help 2>&1); rc=$?
 wide=$(echo "$out" | awk 'length > 80' | head -2)
 check help_fits_80_columns "$([ $rc = 0 ] && [ -z "$wide" ] &&
   echo "$out" | grep -q -- '--model MODEL\]' && echo 1 || echo 0)" "exit $rc, too wide: $wide"
+# So does each command's --help: `halflife run --help` printed each key's
+# meaning on its key's line, up to 900 columns, and demo, broker and eval
+# had a line or two past 80. The commands are those `halflife --help` lists.
+for cmd in $("$hl" --help | awk '/^commands:/ {f = 1; next} f && /^  [a-z]/ {print $1}'); do
+  out=$("$hl" $cmd --help 2>&1); rc=$?
+  wide=$(echo "$out" | awk 'length > 80 {print length ": " substr($0, 1, 100)}' | head -2)
+  check "help_fits_80_columns_$cmd" "$([ $rc = 0 ] && [ -z "$wide" ] && [ -n "$out" ] &&
+    echo 1 || echo 0)" "exit $rc, $(echo "$out" | awk 'length > 80' | wc -l) lines too wide: $wide"
+done
 for cmd in "eval --input x.csv --format seq --protocol loo" "train --dim 4"; do
   out=$(timeout 20 "$hl" $cmd 2>&1); rc=$?
   check "short_usage_error_${cmd%% *}" "$([ $rc = 2 ] && [ $(echo "$out" | wc -l) -le 6 ] &&

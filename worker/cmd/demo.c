@@ -629,7 +629,8 @@ static void demo_usage(FILE *f)
                "line each second. Ctrl-C stops it (default: runs until then).\n\n"
                "  --duration S   stop after S seconds (0: until Ctrl-C)\n"
                "  --model M      use this .hlm instead of training one\n"
-               "  --input FILE   replay a dataset; --format movielens-csv|movielens-dat|seq|taobao|events-csv\n"
+               "  --input FILE   replay a dataset; --format movielens-csv|movielens-dat|seq|\n"
+               "                 taobao|events-csv\n"
                "  --rate N       events per second (default 5000; 0: as fast as possible)\n"
                "  -X key=value   any key of 'halflife run --help'; HALFLIFE_<KEY> variables\n"
                "                 apply too, as for run (-X wins)\n");

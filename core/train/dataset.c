@@ -426,7 +426,7 @@ static int line_handle(hl_dataset_reader *r, size_t len, hl_dataset_event *ev,
      * Mac tools) made the file one line, and seq took "b<CR>u2" for an
      * item, a CR for part of an id, silently. */
     if (memchr(r->line, '\r', len) != NULL) {
-        bad_line(r, "CR inside the line: only CRLF ends a line (lone-CR ends? convert to LF)");
+        bad_line(r, HL_LINES_CR_INSIDE);
         return 0;
     }
     if (r->o.format == HL_FMT_SEQ) {

@@ -89,6 +89,15 @@ done
 grep -q 'no broker' "$tmp/out" && ok=0
 check cr_inside_line_is_bad "$([ $rc = 1 ] && echo $ok || echo 0)" \
   "exit $rc: $(grep -v '^%' "$tmp/out" | head -c 600)"
+# ... in the words the dataset readers use for it (train, eval, produce):
+# the two said it differently, as if they were two rules.
+printf 'u1 a b c\rd\nu2 a b c\n' >"$tmp/cr.seq"
+"$hl" train --input "$tmp/cr.seq" --format seq --dim 4 --epochs 1 --out "$tmp/cr.hlm" \
+  >"$tmp/train.out" 2>&1
+items_why=$(sed -n 's/.* line=1 why="\([^"]*\)".*/\1/p' "$tmp/out" | head -n 1)
+train_why=$(sed -n 's/^  line 1: //p' "$tmp/train.out" | head -n 1)
+check cr_inside_line_same_words "$([ -n "$items_why" ] && [ "$items_why" = "$train_why" ] &&
+  echo 1 || echo 0)" "items: '$items_why', train: '$train_why'"
 # /dev/zero: one line with no end, read 1 MiB at a time as lines of NUL
 # bytes for ever. Refused, naming it, after a bounded read.
 timeout 20 "$hl" items --input /dev/zero -X kafka.bootstrap.servers=127.0.0.1:1 >"$tmp/out" 2>&1

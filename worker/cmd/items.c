@@ -253,8 +253,7 @@ static const char *line_unfit(int rc, char *line, size_t *len, int *skip)
     if (strlen(line) != *len) return "NUL byte in line";
     if (hl_lines_trim(line, len)) *skip = 1;
     else if (memchr(line, '\r', *len) != NULL)
-        return "CR inside the line: only the CRs right before its LF (CRLF) are a line "
-               "end; convert lone-CR line ends to LF";
+        return HL_LINES_CR_INSIDE;
     return NULL;
 }
 

@@ -1,6 +1,7 @@
 /* changelog_internal.h - what the files of the Kafka state store share:
- * changelog.c (flushes), changelog_restore.c (reading a partition back)
- * and changelog_topic.c (the topic and the restorer's consumer). Private
+ * changelog.c (flushes), changelog_restore.c (reading a partition back,
+ * its pages faulted in by changelog_prefault.c) and changelog_topic.c (the
+ * topic and the restorer's consumer). Private
  * to them; the contract is changelog.h. */
 #ifndef HL_CHANGELOG_INTERNAL_H
 #define HL_CHANGELOG_INTERNAL_H
@@ -8,6 +9,9 @@
 #include "changelog.h"
 #include "log.h"
 #include "snapshot.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
 
 #define HL_CHANGELOG_EPOCH_HDR "halflife.epoch"
 /* On each row: the fingerprint (16 hex digits) of the model whose space
@@ -144,5 +148,24 @@ void        hl_changelog_ck_key_init(hl_changelog *cl);
 
 /* changelog_topic.c: the checks and the creation of the topic. */
 int  hl_changelog_topic_ready(hl_changelog *cl, char *errbuf, size_t errlen);
+
+/* changelog_prefault.c: a helper thread that faults the row blocks of an
+ * empty table in ahead of a restore's writes, staying within a bound of
+ * the rows applied (the read stores their count in applied). Only a hint:
+ * started 0 when nothing runs, and the read goes on without. */
+#define PREFAULT_SPANS 512                /* table blocks (16384 rows each) */
+
+typedef struct hl_changelog_prefault {
+    hl_table_span    spans[PREFAULT_SPANS];
+    int              n, started;
+    atomic_int       stop;
+    _Atomic uint64_t applied;             /* rows applied so far (the read's) */
+    pthread_t        th;
+} hl_changelog_prefault;
+
+/* Maps the row blocks of n_rows ids and starts faulting them in. */
+void hl_changelog_prefault_start(hl_changelog_prefault *pf, hl_table *tbl, size_t n_rows);
+/* Stops the thread and waits for it; nothing when none was started. */
+void hl_changelog_prefault_stop(hl_changelog_prefault *pf);
 
 #endif

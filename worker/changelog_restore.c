@@ -11,18 +11,15 @@
  * snapshot's restore does; the table is not shared yet. The fetch already
  * runs ahead on librdkafka's threads (a deep queue); into an empty table a
  * helper thread also faults the rows' pages in ahead of the writes
- * (prefault below), the one other part of building the table that can go
+ * (changelog_prefault.c), the one other part of building the table that can go
  * on beside the reading. */
 #include "changelog_internal.h"
 #include "snapshot.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <time.h>
 
 /* A row with no HL_CHANGELOG_FORMAT_HDR is decoded as the snapshot's
  * current row layout: a new snapshot format must decide what the
@@ -556,86 +553,6 @@ static void apply(restorer *rs, const hl_changelog_rec *m)
         count_bad(rs, m, rc);
 }
 
-/* ---- the table's pages, faulted in beside the read -------------------------- */
-
-/* A restore into an empty table writes every row into memory the process
- * never touched: the kernel zeroes each new page on the first write, and
- * on these VMs that costs more than the copy (bench_changelog's
- * ceiling_fresh). A second thread faults the row blocks in ahead of the
- * read (MADV_POPULATE_WRITE), so that zeroing overlaps the fetch and the
- * decoding instead of stalling them. It stays at most PREFAULT_AHEAD rows
- * ahead of the rows applied: the range's record count, which sizes the
- * mapping, can be many times the users on a topic not yet compacted, and
- * faulting all of it in would take memory the table never uses. Only a
- * hint: a kernel without the advice, or a failure, leaves the faults to
- * the first writes. */
-#define PREFAULT_SPANS 512                /* table blocks (16384 rows each) */
-#define PREFAULT_CHUNK ((size_t)4 << 20)  /* per call: stop is checked between */
-#define PREFAULT_AHEAD 65536              /* rows: 4 blocks, about 100 MB at 1.6 KB */
-
-typedef struct prefault {
-    hl_table_span    spans[PREFAULT_SPANS];
-    int              n, started;
-    atomic_int       stop;
-    _Atomic uint64_t applied;             /* rows applied so far (the read's) */
-    pthread_t        th;
-} prefault;
-
-/* Waits until row is within PREFAULT_AHEAD of the rows applied; 0 when
- * told to stop first. */
-static int prefault_wait(prefault *pf, uint64_t row)
-{
-    struct timespec ms = {0, 1000000};
-    while (row > atomic_load_explicit(&pf->applied, memory_order_relaxed) + PREFAULT_AHEAD) {
-        if (atomic_load(&pf->stop))
-            return 0;
-        nanosleep(&ms, NULL);
-    }
-    return !atomic_load(&pf->stop);
-}
-
-static void *prefault_run(void *arg)
-{
-#ifdef MADV_POPULATE_WRITE
-    prefault *pf = arg;
-    for (int i = 0; i < pf->n; i++) {
-        const hl_table_span *sp = &pf->spans[i];
-        size_t bytes = sp->bytes, row_bytes = bytes / sp->n_rows + 1;
-        for (size_t off = 0; off < bytes; off += PREFAULT_CHUNK) {
-            if (!prefault_wait(pf, sp->first_row + off / row_bytes))
-                return NULL;
-            size_t n = bytes - off < PREFAULT_CHUNK ? bytes - off : PREFAULT_CHUNK;
-            if (madvise((char *)sp->addr + off, n, MADV_POPULATE_WRITE) != 0)
-                return NULL;
-        }
-    }
-#else
-    (void)arg;
-#endif
-    return NULL;
-}
-
-/* Maps the row blocks of n_rows ids and starts faulting them in; pf->started
- * 0 when nothing was started (the read goes on without). */
-static void prefault_start(prefault *pf, hl_table *tbl, size_t n_rows)
-{
-    pf->started = 0;
-    atomic_store(&pf->stop, 0);
-    atomic_store(&pf->applied, 0);
-    pf->n = hl_table_map_rows(tbl, n_rows, pf->spans, PREFAULT_SPANS);
-    if (pf->n > 0 && pthread_create(&pf->th, NULL, prefault_run, pf) == 0)
-        pf->started = 1;
-}
-
-static void prefault_stop(prefault *pf)
-{
-    if (!pf->started)
-        return;
-    atomic_store(&pf->stop, 1);
-    pthread_join(pf->th, NULL);
-    pf->started = 0;
-}
-
 /* ---- the partition -------------------------------------------------------- */
 
 /* Reads [low, high) of partition p, applying each record. */
@@ -707,17 +624,17 @@ static int read_into(restorer *rs, int32_t p, const hl_changelog_base *base, int
                      char *errbuf, size_t errlen)
 {
     size_t n = (size_t)(rs->out->high - from);
-    prefault *pf = base == NULL ? malloc(sizeof *pf) : NULL;
+    hl_changelog_prefault *pf = base == NULL ? malloc(sizeof *pf) : NULL;
     if (base == NULL)
         hl_table_reserve(rs->tbl, n);
     if (pf != NULL) {
-        prefault_start(pf, rs->tbl, n);
+        hl_changelog_prefault_start(pf, rs->tbl, n);
         rs->applied = &pf->applied;
     }
     int rc = read_range(rs, p, from, rs->out->high, errbuf, errlen);
     rs->applied = NULL;
     if (pf != NULL)
-        prefault_stop(pf);
+        hl_changelog_prefault_stop(pf);
     free(pf);
     return rc;
 }

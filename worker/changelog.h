@@ -17,9 +17,9 @@
  *                   input topic deleted and created again (its offsets
  *                   start again), at the new topic's offset. Every row
  *                   before it names an applied offset of the old topic: a
- *                   reader forgets them there, so a crash before the
- *                   owner's rewrite of every row (worker_rebalance.c)
- *                   costs nothing, and resumes at its offset. A key of its
+ *                   reader forgets them there and resumes at its offset,
+ *                   so the rows need not be written again
+ *                   (worker_rebalance.c, flush_recreated). A key of its
  *                   own: compaction keeps it however many checkpoints
  *                   follow, as long as any row before it is kept.
  * Every record carries the header halflife.epoch: the writer's ownership

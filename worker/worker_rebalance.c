@@ -497,12 +497,14 @@ static void restart_input(hl_worker *w, int32_t p, hl_table *tbl, int64_t *resto
  * grown past (test_topic_recreated_changelog.py, other_member); for a
  * state topic recreated, the claim alone, and restored no user
  * (test_changelog_recreated.py, killed_before_flush). For an input topic
- * recreated under the old state topic, the recreation claim written
- * before this (claim) now says as much by itself, so a crash during this
- * flush loses nothing there (killed_in_rewrite); the rows are written all
- * the same, as one path serves both cases. It costs the
- * rebalance one write of every row (logged with its duration): about 1.5 s
- * for 70,000 rows of dim 64 here, so a partition of millions of users can
+ * recreated under the old state topic this is not called: the recreation
+ * claim written before it (claim) says as much by itself (a reader forgets
+ * the applied offsets of every row before it and resumes at its offset,
+ * killed_in_rewrite), and the state topic still holds every row. Writing
+ * them all again cost the rebalance about 1.5 s per 70,000 rows of dim 64
+ * for nothing (test_input_recreated_state.py, kafka_no_rewrite). For a
+ * recreated state topic it costs the rebalance one write of every row
+ * (logged with its duration), so a partition of millions of users can
  * take longer than the deadline. A flush that fails or runs out of time is
  * logged and the partition served all the same, its flush left to the
  * shard's thread to finish or retry (its rows are still all wanted):
@@ -530,14 +532,16 @@ static void flush_recreated(int32_t p, hl_shard *sh, int64_t offset, int64_t dea
 }
 
 /* The recreation saved before the shard is served: in the changelog
- * first (flush_recreated), then the kept users written at the new topic's
- * start, and the old topic's snapshots renamed aside
+ * first when the state topic was recreated too (state: flush_recreated;
+ * else the recreation claim holds it), then the kept users written at the
+ * new topic's start, and the old topic's snapshots renamed aside
  * (hl_persist_shard_restart_at), also when the write fails: restored, one
  * would pass for the new topic's state once that topic grew past its
  * offset. A failure to write the file is logged: a failed write leaves
  * the users in memory until the shard's next snapshot; a file that could
  * not be renamed must be moved by hand. With state.store=kafka the file
- * covers the changelog's flush at start (the claim if it did not land),
+ * covers the changelog's flush at start (the claim when there is none, or
+ * it did not land),
  * so a restart from it reads nothing older; before the changelog was written first, it covered the
  * claim, and earlier still changelog offset 0, from which a restart read
  * the claim checkpoint, which names the old topic's offset, and resumed
@@ -556,11 +560,12 @@ static void flush_recreated(int32_t p, hl_shard *sh, int64_t offset, int64_t dea
  * the changelog's flush (test_changelog_recreated.py, killed_in_rewrite).
  * Under state.store=file the write-then-rename window stays (a crash in
  * it restores the old file's offset). */
-static void keep_recreated(hl_worker *w, int32_t p, hl_shard *sh, int64_t start)
+static void keep_recreated(hl_worker *w, int32_t p, hl_shard *sh, int64_t start, int state)
 {
     char err[512];
     int n_aside = 0;
-    flush_recreated(p, sh, start, hl_now_mono_ms() + w->o.shutdown_timeout_ms);
+    if (state)
+        flush_recreated(p, sh, start, hl_now_mono_ms() + w->o.shutdown_timeout_ms);
     if (sh->ps == NULL)
         return;
     int64_t deadline = hl_now_mono_ms() + w->o.shutdown_timeout_ms;
@@ -632,7 +637,7 @@ static void save_recreation(hl_worker *w, int32_t p, hl_shard *sh, int input, in
                             int64_t offset)
 {
     if (input)
-        keep_recreated(w, p, sh, offset);
+        keep_recreated(w, p, sh, offset, state);
     else if (state)
         flush_recreated(p, sh, offset, hl_now_mono_ms() + w->o.shutdown_timeout_ms);
 }

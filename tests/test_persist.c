@@ -737,7 +737,7 @@ static void test_restart_at_write_fails(void)
     hl_table *tbl = new_table();
     old_topic_files(p, tbl);
     hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
-    fail_next(&f.n_fsync, &f.fail_fsync, 1);
+    fail_next(&f.n_fsync, &f.fail_fsync, 2);    /* the first is the intent file's */
     int rc = hl_persist_shard_restart_at(ps, tbl, 0, hl_now_mono_ms() + 5000, &n_aside,
                                          err, sizeof err);
     CHECKF(rc == HL_EIO && strstr(err, "fsync"), "%d %s", rc, err);
@@ -781,6 +781,70 @@ static void test_restart_at_older_files(void)
     hl_persist_destroy(p);
 }
 
+/* Renames aside fail (as if the worker died before them): the rest of
+ * hl_io_posix. */
+static int no_aside_rename(void *ctx, const char *from, const char *to)
+{
+    size_t n = strlen(to), k = strlen(".topic-recreated");
+    if (n >= k && strcmp(to + n - k, ".topic-recreated") == 0) {
+        errno = EIO;
+        return -1;
+    }
+    return hl_io_posix()->rename(ctx, from, to);
+}
+
+/* A crash after the kept users' file at the new topic's offset (0) was
+ * written and before the old topic's files (1000, 3000) were renamed
+ * aside: the renames fail here, which leaves the same files. A restart's
+ * restore must take the kept users' file and set the old ones aside.
+ * Before the fix it took the highest, the old topic's 3000: once the new
+ * topic had grown past it nothing looked recreated, and its events below
+ * 3000 were never applied. */
+static void test_restart_at_cut_before_renames(void)
+{
+    char err[512], path[HL_SNAPSHOT_PATH_MAX];
+    int n_aside = -1;
+    fresh_dir();
+    hl_io io = *hl_io_posix();
+    io.rename = no_aside_rename;
+    hl_persist *p = new_persist(0, 0, 0, &io, NULL);
+    hl_table *tbl = new_table();
+    old_topic_files(p, tbl);
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    int rc = hl_persist_shard_restart_at(ps, tbl, 0, hl_now_mono_ms() + 5000, &n_aside,
+                                         err, sizeof err);
+    CHECKF(rc == HL_EIO && n_aside == 0, "%d %s", rc, err);
+    hl_persist_shard_destroy(ps);
+    hl_persist_destroy(p);
+    p = new_persist(0, 0, 0, NULL, NULL);      /* the restart */
+    int64_t at = restored_at(p, path, sizeof path);
+    CHECKF(at == 0 && count_files(".topic-recreated") == 2 && count_files(".recreating") == 0,
+           "after a crash before the renames a restore loads %s (offset %lld); %ld files "
+           "set aside", path, (long long)at, count_files(".topic-recreated"));
+    CHECK(restored_at(p, path, sizeof path) == 0);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
+/* An intent with no kept users' file (the crash came before it was
+ * written): nothing was done, the old files are the state and stay. */
+static void test_restart_intent_alone(void)
+{
+    char path[HL_SNAPSHOT_PATH_MAX];
+    fresh_dir();
+    hl_persist *p = new_persist(0, 0, 0, NULL, NULL);
+    hl_table *tbl = new_table();
+    old_topic_files(p, tbl);
+    snprintf(path, sizeof path, "%s/%s.0.recreating", dir, TOPIC);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL && fputs("0\n", f) >= 0 && fclose(f) == 0);
+    int64_t at = restored_at(p, path, sizeof path);
+    CHECKF(at == 3000 && count_files(".topic-recreated") == 0 &&
+           count_files(".recreating") == 0, "restored at %lld from %s", (long long)at, path);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR + 1);     /* the cases provoke warnings on purpose */
@@ -800,6 +864,8 @@ int main(void)
     RUN(test_max_tick_stall);
     RUN(test_restart_at_write_fails);
     RUN(test_restart_at_older_files);
+    RUN(test_restart_at_cut_before_renames);
+    RUN(test_restart_intent_alone);
     remove_dir();
     TEST_EXIT();
 }

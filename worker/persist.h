@@ -151,9 +151,14 @@ int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_off
  * sorts as newer, one below is a fallback from damaged newer files. They
  * are renamed when the write fails too (the users are then in memory
  * only, until the shard's next snapshot): left, a restart after the new
- * topic passed their offsets restored one as valid. *n_aside: files
- * renamed. Before the shard is handed to its thread. 0, or a negative
- * HL_E* with the reason (a rename that failed names the file). */
+ * topic passed their offsets restored one as valid. An intent file
+ * (<topic>.<partition>.recreating) is durable before the write and gone
+ * once every rename is done: a restore that finds it with the file at
+ * offset written finishes the renames first, so a crash between the two
+ * never restores the old topic's file. *n_aside: files renamed. Before
+ * the shard is handed to its thread. 0, or a negative HL_E* with the
+ * reason (a rename that failed names the file; the intent then stays,
+ * and the next restore tries the renames again). */
 int hl_persist_shard_restart_at(hl_persist_shard *ps, const hl_table *tbl, int64_t offset,
                                 int64_t deadline_ms, int *n_aside, char *errbuf,
                                 size_t errlen);

@@ -558,8 +558,9 @@ static void flush_recreated(int32_t p, hl_shard *sh, int64_t offset, int64_t dea
  * the old offset meanwhile, as it would with a crash before this restore.
  * Until the claim followed the check, that was also so of a crash during
  * the changelog's flush (test_changelog_recreated.py, killed_in_rewrite).
- * Under state.store=file the write-then-rename window stays (a crash in
- * it restores the old file's offset). */
+ * Under state.store=file an intent file closes the write-then-rename
+ * window (hl_persist_shard_restart_at): a crash in it restored the old
+ * file's offset. */
 static void keep_recreated(hl_worker *w, int32_t p, hl_shard *sh, int64_t start, int state)
 {
     char err[512];

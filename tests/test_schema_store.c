@@ -8,17 +8,22 @@
  * does not starve the others, nor makes the registry read down; a 5xx for
  * every id does; a table full of fetched schemas still takes a new id; a
  * new id goes before rechecks of "no such id"; a proxy's page in the
- * registry's place makes records wait, not bad. */
+ * registry's place makes records wait, not bad; a schema over
+ * HL_CODEC_MAX_SCHEMA_BYTES, the registry's or the fallback file's, is
+ * refused saying so; a copy that finds no memory makes the record wait
+ * with a reason. */
 #define T_SUITE "schema_store"
 #include "test.h"
 #include "registry_test_util.h"
 
+#include "codec.h"
 #include "log.h"
 #include "registry.h"
 #include "schema_store.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 
 static void test_store_waits_while_registry_away(void)
 {
@@ -630,10 +635,11 @@ static char *big_answer(size_t text_bytes)
     return a;
 }
 
-#define BIG_TEXT_BYTES ((size_t)7 << 19)    /* 3.5 MB: 18 fit in 64 MB, not 19 */
+/* The largest schema taken: 63 fit in 64 MB, not 64. */
+#define BIG_TEXT_BYTES ((size_t)HL_CODEC_MAX_SCHEMA_BYTES)
 
 /* Fetched schemas are bounded in bytes, not only in count: 4,096 ids of
- * up to 4 MB each let a registry (broken, hostile, or serving many large
+ * up to 4 MB each (1 MiB now) let a registry (broken, hostile, or serving many large
  * schemas) make the worker hold 16 GB. Past HL_SCHEMA_STORE_MAX_BYTES
  * the schemas asked for least lately give way, and are fetched again
  * when asked. */
@@ -676,6 +682,189 @@ static void test_fetched_schemas_stay_within_the_byte_budget(void)
     free(bs.answer);
 }
 
+/* A store whose registry answers every request with a schema of
+ * text_bytes bytes, into *bs (stop_big ends it); NULL when that cannot be
+ * set up. */
+static hl_schema_store *store_big(big_schemas *bs, pthread_t *tid, size_t text_bytes,
+                                  const char *dir, hl_metrics *m)
+{
+    int port;
+    *bs = (big_schemas){.fd = silent_listener(&port), .answer = big_answer(text_bytes)};
+    if (bs->fd < 0 || bs->answer == NULL || pthread_create(tid, NULL, answer_big, bs) != 0) {
+        if (bs->fd >= 0)
+            close(bs->fd);
+        free(bs->answer);
+        return NULL;
+    }
+    return store_at(port, 5000, dir, m);
+}
+
+static void stop_big(hl_schema_store *s, big_schemas *bs, pthread_t tid)
+{
+    hl_schema_store_destroy(s);
+    atomic_store(&bs->stop, 1);
+    shutdown(bs->fd, SHUT_RDWR);                /* ends the accept */
+    pthread_join(tid, NULL);
+    close(bs->fd);
+    free(bs->answer);
+}
+
+/* A registry's schema is held to the limit of a schemas.dir file
+ * (HL_CODEC_MAX_SCHEMA_BYTES): it was taken up to HL_REGISTRY_MAX_BODY
+ * (4 MB), and every shard's codec keeps up to 256 parsed ones, each many
+ * times its text. One byte over is the registry's bad answer: logged and
+ * counted as such, the id unknown (its records dead-lettered) with a
+ * reason naming the id, the size and the limit. One at the limit is taken. */
+static void test_schema_over_the_limit_is_refused(void)
+{
+    char why[256] = "", log[8192] = "", *text = NULL, size[32];
+    big_schemas bs;
+    pthread_t tid;
+    int saved;
+    hl_metrics *m = hl_metrics_create();
+    hl_schema_store *s = store_big(&bs, &tid, HL_CODEC_MAX_SCHEMA_BYTES + 1, NULL, m);
+    if (s == NULL) {
+        hl_metrics_destroy(m);
+        SKIP("no loopback listener");
+    }
+    FILE *f = log_begin(&saved);
+    int rc = get_settled(s, 7, &text, why, sizeof why);
+    if (f != NULL)
+        log_end(f, saved, log, sizeof log);
+    snprintf(size, sizeof size, "%d bytes", HL_CODEC_MAX_SCHEMA_BYTES + 1);
+    CHECKF(rc == HL_ENOENT && text == NULL, "id 7 of %s: rc %d", size, rc);
+    CHECKF(strstr(why, "schema id 7") && strstr(why, size), "why: %s", why);
+    snprintf(size, sizeof size, "%d", HL_CODEC_MAX_SCHEMA_BYTES);
+    CHECKF(strstr(why, size) != NULL, "why names no limit: %s", why);
+    CHECK(requests(m, "result=\"bad_answer\"") == 1 && requests(m, "result=\"ok\"") == 0);
+    CHECKF(strstr(log, "event=schema_registry_bad_answer") && strstr(log, "id=7"), "%s", log);
+    free(text);
+    stop_big(s, &bs, tid);
+    hl_metrics_destroy(m);
+
+    s = store_big(&bs, &tid, HL_CODEC_MAX_SCHEMA_BYTES, NULL, NULL);
+    if (s == NULL)
+        SKIP("no loopback listener");
+    text = NULL;
+    rc = get_settled(s, 7, &text, why, sizeof why);
+    CHECKF(rc == 0 && text && strlen(text) == HL_CODEC_MAX_SCHEMA_BYTES, "at the limit: rc %d %s",
+           rc, why);
+    free(text);
+    stop_big(s, &bs, tid);
+}
+
+/* The fallback directory's file over the limit says so: the reason was
+ * "no file in schema.registry.fallback.dir" beside a file that is there. */
+static void test_fallback_file_over_the_limit_says_so(void)
+{
+    char dir[64], path[600], why[256] = "", *text = NULL, size[32];
+    pthread_t tid;
+    one_answer oa = {-1, "404 Not Found", "{\"error_code\":40403,\"message\":\"Schema 7 not "
+                                          "found\"}", NULL};
+    if (fallback_dir(dir, sizeof dir, 7) != 0)
+        SKIP("cannot write a fallback directory in /tmp");
+    snprintf(path, sizeof path, "%s/7.avsc", dir);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; f != NULL && i <= HL_CODEC_MAX_SCHEMA_BYTES; i++)
+        fputc(' ', f);
+    if (f == NULL || fclose(f) != 0) {
+        fallback_dir_remove(dir, 7);
+        SKIP("cannot write a fallback file");
+    }
+    hl_schema_store *s = store_answering_once(&oa, &tid, dir, NULL);
+    if (s == NULL) {
+        fallback_dir_remove(dir, 7);
+        SKIP("no loopback listener");
+    }
+    int rc = get_settled(s, 7, &text, why, sizeof why);
+    snprintf(size, sizeof size, "%d bytes", HL_CODEC_MAX_SCHEMA_BYTES + 1);
+    CHECKF(rc == HL_ENOENT && text == NULL, "id 7: rc %d", rc);
+    CHECKF(strstr(why, "7.avsc") && strstr(why, size) && !strstr(why, "no file"), "%s", why);
+    free(text);
+    store_answering_once_end(s, &oa, tid);
+    fallback_dir_remove(dir, 7);
+}
+
+/* Pages of this process's address space (the first field of
+ * /proc/self/statm), 0 when unknown. */
+static size_t vm_pages(void)
+{
+    size_t pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%zu", &pages) != 1)
+            pages = 0;
+        fclose(f);
+    }
+    return pages;
+}
+
+/* Takes memory in 64 KB pieces until none is left, into hold (cap
+ * pieces at most); returns how many. What free() gave back to malloc
+ * stays in the process, so holding the address space alone does not
+ * make the next allocation fail. */
+static int exhaust(void **hold, int cap)
+{
+    int n = 0;
+    while (n < cap && (hold[n] = malloc(64 << 10)) != NULL)
+        n++;
+    return n;
+}
+
+/* A copy of a fetched schema that cannot be made (out of memory) makes
+ * the record wait, and says why: it returned HL_EAGAIN with why left as
+ * it was, so the record's wait had no reason to log. The address space
+ * is held to what the process has and the memory in it taken, so the
+ * 1 MiB copy cannot be had. */
+static void test_copy_out_of_memory_says_why(void)
+{
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    SKIP("a sanitizer's shadow memory needs more address space than a limit allows");
+#endif
+    enum { CAP = 1 << 16 };
+    char why[256] = "", *text = NULL;
+    big_schemas bs;
+    pthread_t tid;
+    struct rlimit old, low;
+    void **hold = calloc(CAP, sizeof *hold);
+    hl_schema_store *s = hold ? store_big(&bs, &tid, HL_CODEC_MAX_SCHEMA_BYTES, NULL, NULL)
+                              : NULL;
+    if (s == NULL) {
+        free(hold);
+        SKIP("no loopback listener");
+    }
+    int rc = get_settled(s, 3, &text, why, sizeof why);
+    CHECKF(rc == 0 && text != NULL, "id 3: rc %d %s", rc, why);
+    free(text);
+    text = NULL;
+    size_t vm = vm_pages() * (size_t)sysconf(_SC_PAGESIZE);
+    if (vm == 0 || getrlimit(RLIMIT_AS, &old) != 0) {
+        stop_big(s, &bs, tid);
+        free(hold);
+        SKIP("no /proc/self/statm or RLIMIT_AS");
+    }
+    low = (struct rlimit){vm, old.rlim_max};
+    snprintf(why, sizeof why, "(left as it was)");
+    int held = 0;
+    rc = -1000;
+    if (setrlimit(RLIMIT_AS, &low) == 0) {
+        held = exhaust(hold, CAP);
+        rc = hl_schema_store_get(s, 3, &text, why, sizeof why);
+    }
+    setrlimit(RLIMIT_AS, &old);
+    for (int i = 0; i < held; i++)
+        free(hold[i]);
+    CHECKF(rc == HL_EAGAIN && text == NULL && strstr(why, "schema id 3") &&
+           strstr(why, "out of memory"), "rc %d, why: %s", rc, why);
+    free(text);
+    text = NULL;
+    rc = hl_schema_store_get(s, 3, &text, why, sizeof why);
+    CHECKF(rc == 0 && text && strlen(text) == HL_CODEC_MAX_SCHEMA_BYTES, "after: rc %d", rc);
+    free(text);
+    stop_big(s, &bs, tid);
+    free(hold);
+}
+
 int main(void)
 {
     RUN(test_store_waits_while_registry_away);
@@ -691,5 +880,8 @@ int main(void)
     RUN(test_fetched_schemas_do_not_fill_the_store);
     RUN(test_new_id_goes_before_rechecks);
     RUN(test_fetched_schemas_stay_within_the_byte_budget);
+    RUN(test_schema_over_the_limit_is_refused);
+    RUN(test_fallback_file_over_the_limit_says_so);
+    RUN(test_copy_out_of_memory_says_why);
     TEST_EXIT();
 }

@@ -113,10 +113,15 @@ typedef enum {
 } hl_codec_writer_kind;
 hl_codec_writer_kind hl_codec_writer(hl_codec *c, int32_t id);
 
+/* The longest writer schema text taken, from a file or a registry: a
+ * schema's parsed form is many times its text (avro-c: up to about 40
+ * times, for a record of small unions), and each codec keeps up to 256. */
+#define HL_CODEC_MAX_SCHEMA_BYTES (1 << 20)
+
 /* <dir>/<id>.avsc, a writer schema file, as a malloc'd NUL-terminated
  * string (the caller frees it); NULL, with why saying so, when it is
- * absent, unreadable or over 1 MiB. Shared with schema_store.c's fallback
- * directory, so both read a schema file alike. */
+ * absent, unreadable or over HL_CODEC_MAX_SCHEMA_BYTES. Shared with
+ * schema_store.c's fallback directory, so both read a schema file alike. */
 char *hl_codec_schema_file(const char *dir, int32_t id, char *why, size_t whylen);
 
 /* The reader schema's JSON (schemas/behaviour_event.avsc): what

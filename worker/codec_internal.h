@@ -21,7 +21,6 @@
 enum { F_USER, F_ITEM, F_TYPE, F_TS, F_WEIGHT, F_CONTEXT };
 
 #define EVENT_WRITER_ID   1         /* the id hl_codec_encode_event writes */
-#define MAX_SCHEMA_BYTES  (1 << 20) /* a writer schema file larger is refused */
 #define MAX_WRITERS       256       /* cached ids; more are loaded per call */
 #define MAX_DEPTH         32        /* nesting the walker follows */
 #define MAX_EMPTY_ITEMS   4096      /* zero-byte array items per record */

@@ -237,7 +237,13 @@ char *hl_codec_schema_file(const char *dir, int32_t id, char *why, size_t whylen
         hl_err(why, whylen, HL_ENOENT, "no writer schema %s", path);
         return NULL;
     }
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || n > MAX_SCHEMA_BYTES ||
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > HL_CODEC_MAX_SCHEMA_BYTES) {
+        hl_err(why, whylen, HL_ENOENT, "writer schema %s is %ld bytes, over the %d-byte limit",
+               path, n, HL_CODEC_MAX_SCHEMA_BYTES);
+        fclose(f);
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
         fseek(f, 0, SEEK_SET) != 0 || (text = malloc((size_t)n + 1)) == NULL ||
         fread(text, 1, (size_t)n, f) != (size_t)n) {
         hl_err(why, whylen, HL_ENOENT, "cannot read writer schema %s", path);

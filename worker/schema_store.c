@@ -16,7 +16,8 @@
  * the registry stays up.
  *
  * Which source wins: the registry. A fallback file <dir>/<id>.avsc is read
- * only for an id the registry answered 404 for, and never while the
+ * (by the fetch thread, without the lock) only for an id the registry
+ * answered 404 for, and never while the
  * registry is away (its answer is awaited: a file must not shadow an id
  * the registry has), nor when it answered with something that is not an
  * Avro schema (a bad answer is still the registry's: the id is unknown).
@@ -25,7 +26,9 @@
  * takes the place of a "no such id", else of a wanted id no record has
  * asked for lately, else of the fetched schema asked for least lately.
  * The schema text it holds is bounded too (HL_SCHEMA_STORE_MAX_BYTES):
- * past it, the fetched schemas asked for least lately give way. */
+ * past it, the fetched schemas asked for least lately give way. Each
+ * schema is at most HL_CODEC_MAX_SCHEMA_BYTES, as a schema file is: one
+ * larger is the registry's bad answer, its id unknown. */
 #include "schema_store.h"
 #include "codec.h"
 #include "log.h"
@@ -45,12 +48,27 @@
 
 typedef enum { E_WANTED, E_FOUND, E_MISSING } entry_state;
 
+/* A fetched schema's text, held by its entry and, while it copies it, by
+ * each hl_schema_store_get. The copy is made without the lock: a text of
+ * up to HL_CODEC_MAX_SCHEMA_BYTES copied under it held every shard
+ * thread's lookup, known ids too, for the malloc and the copy. Meanwhile
+ * the fetch thread may drop the entry (trim, a full table) and let go of
+ * its reference; the text lives on until the reader lets go of its own.
+ * The entry's reference is taken and let go of under mu, a reader's is
+ * taken under mu (while the entry's is still held, so never from zero),
+ * and whoever lets go last frees it. The text never changes once made. */
+typedef struct shared_text {
+    atomic_int refs;
+    size_t     len;             /* strlen(s) */
+    char       s[];
+} shared_text;
+
 typedef struct entry {
     int32_t     id;
     entry_state state;
     int         recheck;        /* E_MISSING: asked again, answer the old one meanwhile */
     int64_t     asked_ms;       /* when a record last asked for it */
-    char       *text;           /* E_FOUND */
+    shared_text *text;          /* E_FOUND */
     char        why[240];       /* E_WANTED, E_MISSING: for the record's log line */
     int64_t     checked_ms;     /* when the last answer came */
     int64_t     retry_ms;       /* E_WANTED after a 5xx of its own: not asked before */
@@ -81,6 +99,27 @@ struct hl_schema_store {
 };
 
 /* ---- the table (under mu) ----------------------------------------------- */
+
+/* A shared copy of len bytes of s, one reference held; NULL when out of
+ * memory. */
+static shared_text *text_new(const char *s, size_t len)
+{
+    shared_text *t = malloc(sizeof *t + len + 1);
+    if (t == NULL)
+        return NULL;
+    atomic_init(&t->refs, 1);
+    t->len = len;
+    memcpy(t->s, s, len);
+    t->s[len] = '\0';
+    return t;
+}
+
+/* Lets go of one reference (NULL is a no-op); the last frees t. */
+static void text_release(shared_text *t)
+{
+    if (t != NULL && atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
+        free(t);
+}
 
 static entry *find(hl_schema_store *s, int32_t id)
 {
@@ -127,16 +166,16 @@ static int victim(const hl_schema_store *s)
 static void drop(hl_schema_store *s, int i)
 {
     if (s->e[i].text != NULL)
-        s->text_bytes -= strlen(s->e[i].text) + 1;
-    free(s->e[i].text);
+        s->text_bytes -= s->e[i].text->len + 1;
+    text_release(s->e[i].text);
     s->e[i] = s->e[--s->n_e];
 }
 
 /* Keeps the fetched texts within HL_SCHEMA_STORE_MAX_BYTES: drops the
  * fetched schemas asked for least lately, never keep_id's (just fetched:
- * its records wait for it). Without it 4,096 schemas of up to 4 MB each
+ * its records wait for it). Without it 4,096 schemas of up to 1 MiB each
  * (a broken or hostile registry, or a topic naming that many large ones)
- * could make the worker hold 16 GB. */
+ * could make the worker hold 4 GB. */
 static void trim(hl_schema_store *s, int32_t keep_id)
 {
     while (s->text_bytes > HL_SCHEMA_STORE_MAX_BYTES) {
@@ -178,10 +217,22 @@ static entry *add(hl_schema_store *s, int32_t id)
     return en;
 }
 
+/* The caller's malloc'd copy of t (held), made without the lock. Out of
+ * memory the record waits, and its wait line says why. */
+static int copy_out(const shared_text *t, int32_t id, char **text, char *why, size_t whylen)
+{
+    if ((*text = malloc(t->len + 1)) == NULL)
+        return hl_err(why, whylen, HL_EAGAIN, "schema id %d: out of memory for a copy of its "
+                      "%zu-byte schema; asked again", (int)id, t->len);
+    memcpy(*text, t->s, t->len + 1);
+    return 0;
+}
+
 int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t whylen)
 {
     hl_schema_store *s = arg;
-    int rc;
+    shared_text *found = NULL;
+    int rc = 0;
     pthread_mutex_lock(&s->mu);
     entry *en = find(s, id);
     if (en == NULL && (en = add(s, id)) == NULL) {
@@ -191,7 +242,8 @@ int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t wh
     }
     en->asked_ms = hl_now_mono_ms();
     if (en->state == E_FOUND) {
-        rc = (*text = strdup(en->text)) != NULL ? 0 : HL_EAGAIN;
+        found = en->text;
+        atomic_fetch_add_explicit(&found->refs, 1, memory_order_relaxed);
     } else {
         rc = en->state == E_WANTED ? HL_EAGAIN : HL_ENOENT;
         if (en->state == E_MISSING && !en->recheck &&
@@ -202,6 +254,10 @@ int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t wh
     if (en->state == E_WANTED || en->recheck)
         pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    if (found != NULL) {
+        rc = copy_out(found, id, text, why, whylen);
+        text_release(found);
+    }
     return rc;
 }
 
@@ -256,36 +312,33 @@ static void answered(hl_schema_store *s)
     s->last_answer_ms = hl_now_mono_ms();
 }
 
-/* Writes the registry's answer rc for id (text taken on 0) into its entry:
- * 0 a schema, HL_ENOENT no such id (404; only then is the fallback
- * directory read), HL_EFORMAT an answer that is no Avro schema. Under mu. */
-static void settle(hl_schema_store *s, int32_t id, int rc, char *text, const char *err)
+/* Writes the answer rc for id (text taken on 0 and 1) into its entry:
+ * 0 the registry's schema, 1 the fallback file's (after a 404),
+ * HL_ENOENT no such id, HL_EFORMAT an answer that is no Avro schema or
+ * too large. Under mu. */
+static void settle(hl_schema_store *s, int32_t id, int rc, shared_text *text, const char *err)
 {
     entry *en = find(s, id);
-    if (rc == HL_ENOENT && s->fallback_dir != NULL &&
-        (text = hl_codec_schema_file(s->fallback_dir, id, NULL, 0)) != NULL)
-        rc = 1;                                     /* found in the fallback directory */
     if (en == NULL) {
-        free(text);
+        text_release(text);
         return;
     }
     en->checked_ms = hl_now_mono_ms();
     en->recheck = 0;
     if (rc == 0 || rc == 1) {
         if (en->text != NULL)
-            s->text_bytes -= strlen(en->text) + 1;
-        free(en->text);
+            s->text_bytes -= en->text->len + 1;
+        text_release(en->text);
         en->text = text;
         en->state = E_FOUND;
-        s->text_bytes += strlen(text) + 1;
+        s->text_bytes += text->len + 1;
         hl_log(HL_LOG_INFO, "schema_fetched", "id=%d source=%s", (int)id,
                rc == 0 ? "registry" : "fallback_dir");
         trim(s, id);                        /* en may move: not used after */
         return;
     }
     en->state = E_MISSING;
-    snprintf(en->why, sizeof en->why, "%.180s%s", err,
-             rc == HL_ENOENT && s->fallback_dir ? "; no file in schema.registry.fallback.dir" : "");
+    snprintf(en->why, sizeof en->why, "%.239s", err);
     uint64_t sup = 0;
     if (hl_log_limit_pass(&s->unknown_limit, &sup))
         hl_log(HL_LOG_WARN, rc == HL_EFORMAT ? "schema_registry_bad_answer" : "schema_unknown",
@@ -382,17 +435,75 @@ static int blame_id(hl_schema_store *s, int32_t id, const char *err)
     return 1;
 }
 
+/* What one request for an id brought, made ready without the lock. */
+typedef struct answer {
+    int          rc;            /* the registry's (registry.h); 1: after its 404,
+                                   the fallback file's schema */
+    int          no_room;       /* a schema came, but no memory to keep it */
+    shared_text *text;          /* rc 0 or 1 */
+    char         err[512];
+} answer;
+
+/* The request for id, and what needs no lock after it: the size limit,
+ * the fallback file after a 404 (a disk read under mu held up every
+ * shard thread's lookup) and the shared copy. Without mu. */
+static void ask(hl_schema_store *s, int32_t id, int probe, answer *a)
+{
+    char *text = NULL, why[200], reg[120];
+    a->text = NULL;
+    a->no_room = 0;
+    a->rc = hl_registry_schema_by_id(s->reg, id, &text, a->err, sizeof a->err);
+    /* A schemas.dir file's limit holds for the registry's schemas too
+     * (codec.h): each shard's codec keeps up to 256 parsed ones, each many
+     * times its text, and the registry's answer may be 4 MB. A bad answer
+     * like a schema that is not Avro: the registry's, no fallback file. */
+    if (a->rc == 0 && strlen(text) > HL_CODEC_MAX_SCHEMA_BYTES)
+        a->rc = hl_err(a->err, sizeof a->err, HL_EFORMAT, "schema id %d is %zu bytes, over "
+                       "the %d-byte limit of a writer schema", (int)id, strlen(text),
+                       HL_CODEC_MAX_SCHEMA_BYTES);
+    if (a->rc == HL_ENOENT && !probe && s->fallback_dir != NULL) {
+        if ((text = hl_codec_schema_file(s->fallback_dir, id, why, sizeof why)) != NULL) {
+            a->rc = 1;
+        } else {                /* the file's reason too: absent, unreadable, too large */
+            snprintf(reg, sizeof reg, "%.119s", a->err);
+            snprintf(a->err, sizeof a->err, "%s; schema.registry.fallback.dir: %s", reg, why);
+        }
+    }
+    if (!probe && (a->rc == 0 || a->rc == 1) && (a->text = text_new(text, strlen(text))) == NULL)
+        a->no_room = 1;
+    free(text);
+}
+
+/* A schema came for id but there was no memory to keep it: the id stays
+ * as it was, asked again after ID_BACKOFF_MAX_MS, and its records wait
+ * saying so. Under mu. */
+static void no_room(hl_schema_store *s, int32_t id)
+{
+    uint64_t sup = 0;
+    entry *en = find(s, id);
+    if (en == NULL)
+        return;
+    en->retry_ms = hl_now_mono_ms() + ID_BACKOFF_MAX_MS;
+    if (en->state == E_WANTED)
+        snprintf(en->why, sizeof en->why, "schema id %d: out of memory to keep its schema; "
+                 "asked again", (int)id);
+    if (hl_log_limit_pass(&s->fail_limit, &sup))
+        hl_log(HL_LOG_WARN, "schema_fetch_failed", "id=%d err=\"out of memory to keep its "
+               "schema\" action=\"its records wait; asked again\" suppressed=%llu", (int)id,
+               (unsigned long long)sup);
+}
+
 /* One request for id, the lock released meanwhile. Under mu. */
 static void fetch(hl_schema_store *s, int32_t id, int probe)
 {
-    char err[512], *text = NULL;
+    answer a;
     pthread_mutex_unlock(&s->mu);
-    int rc = hl_registry_schema_by_id(s->reg, id, &text, err, sizeof err);
+    ask(s, id, probe, &a);
     pthread_mutex_lock(&s->mu);
     /* A destroy ends the request ("aborted by an application callback"):
      * no answer of the registry's, so no outage to log or count. */
     if (atomic_load(&s->stop)) {
-        free(text);
+        text_release(a.text);
         return;
     }
     /* Only the registry saying "no such id" (404) or giving a schema we
@@ -401,19 +512,20 @@ static void fetch(hl_schema_store *s, int32_t id, int probe)
      * refusal of the request itself, a proxy's page in the registry's
      * place: registry.c) is not the record's fault: it waits. The down line
      * names the cause. A bad answer is not a 404: the registry answered,
-     * so it is never replaced by a fallback file (settle). */
+     * so it is never replaced by a fallback file (ask). */
+    int rc = a.rc == 1 ? HL_ENOENT : a.rc;      /* the registry said 404 */
     if (rc != 0 && rc != HL_ENOENT && rc != HL_EFORMAT) {
         if (probe || rc != HL_EAGAIN || hl_registry_last_status(s->reg) < 500 ||
-            !blame_id(s, id, err))
-            failed(s, err);
+            !blame_id(s, id, a.err))
+            failed(s, a.err);
         return;
     }
     answered(s);
     count_answer(s, rc);
-    if (probe)
-        free(text);
-    else
-        settle(s, id, rc, text, err);
+    if (a.no_room)
+        no_room(s, id);
+    else if (!probe)
+        settle(s, id, a.rc, a.text, a.err);
 }
 
 /* Waits under mu until now_ms + ms at most (or a signal). */
@@ -528,7 +640,7 @@ void hl_schema_store_destroy(hl_schema_store *s)
         pthread_join(s->tid, NULL);     /* a request in progress ends within ~1 s */
     }
     for (int i = 0; i < s->n_e; i++)
-        free(s->e[i].text);
+        text_release(s->e[i].text);
     free(s->e);
     free(s->fallback_dir);
     hl_registry_destroy(s->reg);

@@ -8,12 +8,14 @@
  *              in a registry) within HL_SCHEMA_STORE_MAX_IDS and
  *              HL_SCHEMA_STORE_MAX_BYTES, else fetched again
  *   HL_EAGAIN  not known yet: the fetch thread is asking (or waiting to
- *              ask again: registry unreachable, 5xx, credentials refused);
- *              the record must wait, it is not bad
+ *              ask again: registry unreachable, 5xx, credentials refused;
+ *              or no memory to keep or copy the schema); the record must
+ *              wait, it is not bad
  *   HL_ENOENT  the registry has no such id (404) and the fallback
- *              directory has no <id>.avsc, or the answer was not an Avro
- *              schema (the fallback directory is not read then): the
- *              record is bad (unknown_schema)
+ *              directory has no usable <id>.avsc, or the answer was not an
+ *              Avro schema or was over HL_CODEC_MAX_SCHEMA_BYTES (1 MiB,
+ *              the limit of a schema file; the fallback directory is not
+ *              read then): the record is bad (unknown_schema)
  * A "no such id" is asked again in the background at most every 5 s when
  * the id is seen again, and stays the answer meanwhile (a flood of bad ids
  * never waits on the registry).
@@ -39,8 +41,8 @@ typedef struct hl_schema_store hl_schema_store;   /* opaque */
 
 /* Bytes of fetched schema text held; beyond, fetched schemas asked for
  * least lately go (fetched again when asked), never the one just fetched.
- * A schema is at most HL_REGISTRY_MAX_BODY (4 MB), so the ids alone
- * allowed 16 GB; typical schemas are a few KB, and 64 MB holds thousands. */
+ * A schema is at most HL_CODEC_MAX_SCHEMA_BYTES (1 MiB), so the ids alone
+ * allow 4 GB; typical schemas are a few KB, and 64 MB holds thousands. */
 #define HL_SCHEMA_STORE_MAX_BYTES ((size_t)64 << 20)
 
 /* Takes reg (ownership moves, also on failure) and starts the fetch
@@ -50,8 +52,9 @@ hl_schema_store *hl_schema_store_create(hl_registry *reg, const char *fallback_d
                                         hl_metrics *metrics, char *errbuf, size_t errlen);
 void hl_schema_store_destroy(hl_schema_store *s);        /* NULL is a no-op; joins */
 
-/* Any thread. *text is a malloc'd copy the caller frees (on 0 only); why
- * gets a sentence for HL_EAGAIN and HL_ENOENT. arg is the store (the
+/* Any thread. *text is a malloc'd copy the caller frees (on 0 only), made
+ * without the store's lock; why gets a sentence for HL_EAGAIN and
+ * HL_ENOENT. arg is the store (the
  * signature of hl_codec_opts.schema_fn). */
 int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t whylen);
 

@@ -16,6 +16,7 @@
 
 #include <avro.h>
 #include <float.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -269,6 +270,89 @@ static void test_bogus_ids_do_not_fill_cache(void)
     }
     CHECKF(calls5 == 1, "id 5 was loaded %d times for 10 uses, want once", calls5);
     EXPECT(c, 5, HL_CODEC_OK, 0xd0, 0x0f, 0x00, 0x02, 'i', 0x02, 'u', 0x00, 0x02, 0x00);
+    hl_codec_destroy(c);
+}
+
+/* Bytes malloc has handed out and not had back (small and large blocks). */
+static size_t heap_used(void)
+{
+    struct mallinfo2 m = mallinfo2();
+    return m.uordblks + m.hblkhd;
+}
+
+/* A writer schema of about text_bytes: user_id, item_id and timestamp,
+ * then fields of small unions, the shape avro-c parses into the most
+ * memory per byte of text (about 40 times); without user_id when bad, so
+ * that it parses but is refused. malloc'd. */
+static char *union_schema(size_t text_bytes, int bad)
+{
+    char *t = malloc(text_bytes + 256);
+    size_t n = 0;
+    if (t == NULL)
+        return NULL;
+    n += (size_t)sprintf(t, "{\"type\":\"record\",\"name\":\"BehaviourEvent\",\"namespace\":"
+                         "\"halflife\",\"fields\":[%s{\"name\":\"item_id\",\"type\":\"string\"},"
+                         "{\"name\":\"timestamp\",\"type\":\"long\"}",
+                         bad ? "" : "{\"name\":\"user_id\",\"type\":\"string\"},");
+    for (int i = 0; n < text_bytes; i++)
+        n += (size_t)sprintf(t + n, ",{\"name\":\"f%d\",\"type\":[\"null\",\"int\"]}", i);
+    strcpy(t + n, "]}");
+    return t;
+}
+
+/* Ids from 100 on are union_schema()s of UNION_TEXT bytes, bad from 200. */
+#define UNION_TEXT ((size_t)256 << 10)
+static int union_fn(void *arg, int32_t id, char **text, char *why, size_t whylen)
+{
+    if (id < 100) {
+        *text = strdup(hl_codec_event_schema());
+        return *text ? 0 : HL_EAGAIN;
+    }
+    *text = union_schema(UNION_TEXT, id >= 200);
+    return *text ? 0 : HL_EAGAIN;
+}
+
+/* A codec keeps up to 256 writer schemas, parsed; avro-c's form of one is
+ * up to about 40 times its text, and a schema may be 1 MiB: 256 of them
+ * held 10 GB in each shard's codec. The ids used least lately now give
+ * way past a budget of text (fetched and parsed again when used), and a
+ * refused schema is not kept parsed at all. Here 32 schemas of 256 KB
+ * (8 MB of text, about 320 MB parsed) and 8 refused ones. */
+static void test_writer_schemas_stay_within_a_byte_budget(void)
+{
+    char err[256];
+    hl_codec_opts o = { .input_framing = HL_FRAMING_CONFLUENT,
+                        .output_framing = HL_FRAMING_CONFLUENT, .output_schema_id = 2,
+                        .min_ts_ms = MIN_TS, .max_ts_ms = MAX_TS, .schema_fn = union_fn };
+    hl_codec *c = hl_codec_create(&o, err, sizeof err);
+    CHECKF(c != NULL, "%s", err);
+    if (c == NULL)
+        return;
+    size_t before = heap_used();
+    for (int32_t id = 100; id < 132; id++)
+        CHECK(hl_codec_writer(c, id) == HL_CODEC_WRITER_RESOLVED);
+    size_t held = heap_used() - before;
+    CHECKF(held < ((size_t)120 << 20), "32 writer schemas of %zu KB hold %zu MB",
+           UNION_TEXT >> 10, held >> 20);
+    for (int32_t id = 200; id < 208; id++)
+        CHECK(hl_codec_writer(c, id) == HL_CODEC_WRITER_UNKNOWN);
+    size_t refused = heap_used() - before - held;
+    CHECKF(refused < ((size_t)16 << 20), "8 refused writer schemas of %zu KB hold %zu MB",
+           UNION_TEXT >> 10, refused >> 20);
+    /* The first, given way long ago, and the last, still held, both
+     * decode: user "u", item "i", ts 1000, then a null for each union. */
+    static uint8_t body[UNION_TEXT / 16], buf[sizeof body + 5];
+    const uint8_t head[] = {0x02, 'u', 0x02, 'i', 0xd0, 0x0f};
+    size_t n = sizeof head;
+    char *text = union_schema(UNION_TEXT, 0);
+    for (const char *p = text; p && (p = strstr(p, "[\"null\"")) != NULL && n < sizeof body; p++)
+        body[n++] = 0;                      /* union branch 0: null */
+    memcpy(body, head, sizeof head);
+    free(text);
+    for (int32_t id = 100; id < 132; id += 31) {
+        hl_codec_reason r = decode(c, buf, frame(buf, id, body, n));
+        CHECKF(r == HL_CODEC_OK, "id %d: %s", (int)id, hl_codec_reason_name(r));
+    }
     hl_codec_destroy(c);
 }
 
@@ -541,6 +625,7 @@ int main(void)
     RUN(test_schema_deployed_later);
     RUN(test_own_schema_built_in);
     RUN(test_bogus_ids_do_not_fill_cache);
+    RUN(test_writer_schemas_stay_within_a_byte_budget);
     RUN(test_raw_framing);
     RUN(test_future_bound);
     RUN(test_bad_options);

@@ -104,7 +104,9 @@ hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
  * HL_CODEC_WRITER_RESOLVED when avro-c resolves it, HL_CODEC_WRITER_UNKNOWN
  * when it is missing or does not resolve (payloads get
  * HL_CODEC_UNKNOWN_SCHEMA). For logs and tests. Writer schemas are cached
- * per id; an id found missing or broken is looked up again by the decoder
+ * per id, up to 256 ids and 2 MiB of the schema text they were parsed
+ * from (the ids used least lately give way, loaded again when used); an
+ * id found missing or broken is looked up again by the decoder
  * at most every 5 s (a schema file deployed late is picked up without a
  * restart), and by this call every time. */
 typedef enum {

@@ -22,6 +22,8 @@ enum { F_USER, F_ITEM, F_TYPE, F_TS, F_WEIGHT, F_CONTEXT };
 
 #define EVENT_WRITER_ID   1         /* the id hl_codec_encode_event writes */
 #define MAX_WRITERS       256       /* cached ids; more are loaded per call */
+#define MAX_WRITER_TEXT   (2 << 20) /* schema text behind the cached writers
+                                       (codec_writer.c's fit() says why) */
 #define MAX_DEPTH         32        /* nesting the walker follows */
 #define MAX_EMPTY_ITEMS   4096      /* zero-byte array items per record */
 #define MAX_FREE_NODES    65536     /* schema nodes per record beyond its bytes */
@@ -48,6 +50,9 @@ typedef struct writer {
     int                 has_values;
     char                why[200];     /* W_BAD: why the id is refused */
     int64_t             retry_at_ms;  /* W_BAD: when to look at the file again */
+    size_t              text_bytes;   /* W_FAST, W_RESOLVE: the text schema was
+                                         parsed from, its share of MAX_WRITER_TEXT */
+    uint64_t            used;         /* c->uses when it last became c->last */
 } writer;
 
 struct hl_codec {
@@ -62,6 +67,7 @@ struct hl_codec {
     writer            **w;            /* cached ids, n_w of cap_w */
     int                 n_w, cap_w;
     writer             *last;         /* the id seen last: one-entry fast cache */
+    uint64_t            uses;         /* times c->last changed: writer.used's clock */
     writer              scratch;      /* an id loaded when the cache is full */
 };
 

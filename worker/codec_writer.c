@@ -4,7 +4,11 @@
  *
  * A writer schema comes from <schemas_dir>/<id>.avsc or from the codec's
  * schema_fn (a Schema Registry), is cached per id whatever its source,
- * failures included, and a refused id is looked at again after RETRY_MS.
+ * failures included (by their reason alone: no parsed schema is kept for
+ * them), and a refused id is looked at again after RETRY_MS. The cache
+ * holds MAX_WRITERS ids and MAX_WRITER_TEXT bytes of the schema text its
+ * writers were parsed from: parsed, a schema is up to 40 times its text
+ * (fit).
  * Its records are first walked by check_value(), which checks every varint,
  * length, union and enum index against the payload, and only then read by
  * avro-c's resolved writer, which trusts its input. Same thread rule as
@@ -323,16 +327,94 @@ static void writer_load_once(hl_codec *c, writer *w, int32_t id);
  * worker should not need a restart to see it. */
 static void writer_load(hl_codec *c, writer *w, int32_t id)
 {
+    char why[sizeof w->why];
     writer_load_once(c, w, id);
-    if (w->kind == W_BAD)
-        w->retry_at_ms = hl_now_mono_ms() + RETRY_MS;
+    if (w->kind != W_BAD)
+        return;
+    /* A refused schema is kept by its reason alone: parsed (one that does
+     * not resolve), it held up to 40 times its text until its id came
+     * again, in each of 256 entries. */
+    memcpy(why, w->why, sizeof why);
+    hl_codec_writer_clear(w);
+    w->id = id;
+    w->kind = W_BAD;
+    memcpy(w->why, why, sizeof why);
+    w->retry_at_ms = hl_now_mono_ms() + RETRY_MS;
+}
+
+/* Keeps the schema text behind the cached writers within MAX_WRITER_TEXT:
+ * the writers used least lately give way, never keep (just loaded, for
+ * the record in hand). One given way is cleared to a waiting entry,
+ * loaded again at its next use (hl_codec_writer_get), as a waiting id is.
+ * avro-c's parsed form of a schema measured 5 to 40 times its text (40
+ * for a record of small unions), and a schema may be
+ * HL_CODEC_MAX_SCHEMA_BYTES: 256 such entries held 10 GB in each shard's
+ * codec. Typical schemas are a few KB, so 256 of them fit. */
+static void fit(hl_codec *c, const writer *keep)
+{
+    for (;;) {
+        size_t total = 0;
+        int oldest = -1;
+        for (int i = 0; i < c->n_w; i++) {
+            const writer *w = c->w[i];
+            total += w->text_bytes;
+            if (w != keep && w->text_bytes > 0 &&
+                (oldest < 0 || w->used < c->w[oldest]->used))
+                oldest = i;
+        }
+        if (total <= MAX_WRITER_TEXT || oldest < 0)
+            return;
+        writer *w = c->w[oldest];
+        int32_t id = w->id;
+        hl_codec_writer_clear(w);
+        w->id = id;
+        w->kind = W_WAIT;
+        snprintf(w->why, sizeof w->why, "writer schema id %d: given way to others", (int)id);
+    }
+}
+
+/* w, now c->last, stamped as used now. */
+static writer *use(hl_codec *c, writer *w)
+{
+    w->used = ++c->uses;
+    return c->last = w;
+}
+
+/* The schema text of id, malloc'd, from schema_fn or the schemas
+ * directory; NULL with w->why (and W_WAIT when schema_fn does not know
+ * it yet) when there is none to use. */
+static char *writer_text(hl_codec *c, writer *w, int32_t id)
+{
+    char *text = NULL;
+    if (c->o.schema_fn != NULL) {
+        int rc = c->o.schema_fn(c->o.schema_arg, id, &text, w->why, sizeof w->why);
+        if (rc == HL_EAGAIN)
+            w->kind = W_WAIT;
+        if (rc != 0)
+            return NULL;
+    } else if ((text = hl_codec_schema_file(c->schemas_dir, id, w->why, sizeof w->why)) == NULL) {
+        /* Id 1 is the schema halflife itself writes (hl_codec_encode_event,
+         * halflife produce): built in, so a worker started outside the
+         * source tree still reads it. A file of that id overrides it. */
+        if (id != EVENT_WRITER_ID || (text = strdup(hl_codec_event_schema())) == NULL)
+            return NULL;
+    }
+    /* A schema file's limit, whatever the source (schema_fn's store keeps
+     * to it too): parsed, a schema is many times its text. */
+    if (strlen(text) > HL_CODEC_MAX_SCHEMA_BYTES) {
+        hl_err(w->why, sizeof w->why, HL_EINVAL, "writer schema id %d is %zu bytes, over the "
+               "%d-byte limit", (int)id, strlen(text), HL_CODEC_MAX_SCHEMA_BYTES);
+        free(text);
+        return NULL;
+    }
+    return text;
 }
 
 /* Fills w for id: W_FAST if the writer schema is the reader's, W_RESOLVE if
  * avro-c can resolve it, W_BAD (with w->why) otherwise. */
 static void writer_load_once(hl_codec *c, writer *w, int32_t id)
 {
-    char *text;
+    char *text, why[160];
     memset(w, 0, sizeof *w);
     w->id = id;
     w->kind = W_BAD;
@@ -340,26 +422,16 @@ static void writer_load_once(hl_codec *c, writer *w, int32_t id)
         hl_err(w->why, sizeof w->why, HL_EINVAL, "schema id %d is negative", (int)id);
         return;
     }
-    if (c->o.schema_fn != NULL) {
-        int rc = c->o.schema_fn(c->o.schema_arg, id, &text, w->why, sizeof w->why);
-        if (rc == HL_EAGAIN)
-            w->kind = W_WAIT;
-        if (rc != 0)
-            return;
-    } else if ((text = hl_codec_schema_file(c->schemas_dir, id, w->why, sizeof w->why)) == NULL) {
-        /* Id 1 is the schema halflife itself writes (hl_codec_encode_event,
-         * halflife produce): built in, so a worker started outside the
-         * source tree still reads it. A file of that id overrides it. */
-        if (id != EVENT_WRITER_ID || (text = strdup(hl_codec_event_schema())) == NULL)
-            return;
-    }
-    char why[160];
-    if (hl_avsc_parse(text, strlen(text), &w->schema, why, sizeof why) != 0) {
+    if ((text = writer_text(c, w, id)) == NULL)
+        return;
+    size_t len = strlen(text);
+    if (hl_avsc_parse(text, len, &w->schema, why, sizeof why) != 0) {
         hl_err(w->why, sizeof w->why, HL_EINVAL, "writer schema id %d: %s", (int)id, why);
         free(text);
         return;
     }
     free(text);
+    w->text_bytes = len;
     if (avro_schema_equal(w->schema, c->reader)) {
         w->kind = W_FAST;
         return;
@@ -391,7 +463,8 @@ static void writer_load_once(hl_codec *c, writer *w, int32_t id)
  * would otherwise hold every entry for good, so that a real schema seen
  * after them were parsed and resolved again for each of its records (in
  * the scratch entry). Such an entry holds no avro-c values and costs one
- * lookup to fill again; a loaded schema is never dropped. */
+ * lookup to fill again; a loaded schema is dropped only past
+ * MAX_WRITER_TEXT (fit), to such a waiting entry. */
 static int reusable(const hl_codec *c)
 {
     for (int i = 0; i < c->n_w; i++)
@@ -412,7 +485,7 @@ static writer *writer_find(hl_codec *c, int32_t id)
         return c->last;
     for (int i = 0; i < c->n_w; i++)
         if (c->w[i]->id == id)
-            return c->last = c->w[i];
+            return use(c, c->w[i]);
     if (c->n_w == c->cap_w && c->cap_w < MAX_WRITERS) {
         int cap = c->cap_w ? c->cap_w * 2 : 8;
         writer **nw = realloc(c->w, (size_t)cap * sizeof *nw);
@@ -424,14 +497,16 @@ static writer *writer_find(hl_codec *c, int32_t id)
     if (c->n_w < c->cap_w && (w = malloc(sizeof *w)) != NULL) {
         writer_load(c, w, id);
         c->w[c->n_w++] = w;
-        return c->last = w;
+        fit(c, w);
+        return use(c, w);
     }
     int v = reusable(c);
     if (v >= 0) {
         w = c->w[v];
         hl_codec_writer_clear(w);
         writer_load(c, w, id);
-        return c->last = w;
+        fit(c, w);
+        return use(c, w);
     }
     hl_codec_writer_clear(&c->scratch);
     writer_load(c, &c->scratch, id);
@@ -447,6 +522,9 @@ writer *hl_codec_writer_get(hl_codec *c, int32_t id, int force)
         (w->kind == W_BAD && (force || hl_now_mono_ms() >= w->retry_at_ms))) {
         hl_codec_writer_clear(w);
         writer_load(c, w, id);
+        if (w != &c->scratch)
+            fit(c, w);
+        use(c, w);                  /* the load cleared its stamp */
     }
     return w;
 }

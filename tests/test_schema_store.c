@@ -49,6 +49,34 @@ static void test_store_waits_while_registry_away(void)
     hl_schema_store_destroy(s);
     hl_metrics_destroy(m);
 }
+/* A negative id is no registry's (ids are 0..2^31-1): "no such id" at
+ * once, with no entry and no request. It took a table entry that the
+ * fetch thread, reading a negative id as "none", never asked for: it
+ * waited for good ("being fetched"), and an item update whose header
+ * named it held its partition paused. */
+static void test_negative_id_is_unknown_at_once(void)
+{
+    char err[512], why[256] = "", *text = NULL;
+    hl_registry_opts o = {.urls = DEAD_URL, .timeout_ms = 500};
+    hl_metrics *m = hl_metrics_create();
+    hl_schema_store *s = hl_schema_store_create(hl_registry_create(&o, err, sizeof err), NULL,
+                                                m, err, sizeof err);
+    CHECKF(s != NULL, "%s", err);
+    if (s == NULL) {
+        hl_metrics_destroy(m);
+        return;
+    }
+    int rc = hl_schema_store_get(s, -5, &text, why, sizeof why);
+    CHECKF(rc == HL_ENOENT && text == NULL && strstr(why, "-5"), "id -5: rc %d: %s", rc, why);
+    usleep(200000);
+    rc = hl_schema_store_get(s, -5, &text, why, sizeof why);
+    CHECKF(rc == HL_ENOENT, "id -5 after 200 ms: rc %d: %s", rc, why);
+    CHECK(hl_metrics_counter_sum(m, "halflife_schema_registry_requests_total") == 0);
+    CHECK(hl_schema_store_up(s));
+    hl_schema_store_destroy(s);
+    hl_metrics_destroy(m);
+}
+
 /* A store asking the registry on the loopback's port, each request given
  * timeout_ms; NULL (checked) when it cannot be made. */
 static hl_schema_store *store_at(int port, int timeout_ms, const char *dir, hl_metrics *m)
@@ -868,6 +896,7 @@ static void test_copy_out_of_memory_says_why(void)
 int main(void)
 {
     RUN(test_store_waits_while_registry_away);
+    RUN(test_negative_id_is_unknown_at_once);
     RUN(test_destroy_does_not_wait_for_a_silent_registry);
     RUN(test_known_ids_do_not_wait_for_a_silent_registry);
     RUN(test_waiting_ids_do_not_fill_the_store);

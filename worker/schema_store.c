@@ -233,6 +233,13 @@ int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t wh
     hl_schema_store *s = arg;
     shared_text *found = NULL;
     int rc = 0;
+    /* Registry ids are 0..2^31-1, and the fetch thread takes a negative
+     * id for "none" (next_wanted): one in the table was never asked for,
+     * its records waited for good (an item update's header of ff ff ff ff
+     * held its partition paused until a restart, and after it). */
+    if (id < 0)
+        return hl_err(why, whylen, HL_ENOENT, "schema id %d is negative: no registry's id",
+                      (int)id);
     pthread_mutex_lock(&s->mu);
     entry *en = find(s, id);
     if (en == NULL && (en = add(s, id)) == NULL) {

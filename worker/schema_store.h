@@ -15,7 +15,8 @@
  *              directory has no usable <id>.avsc, or the answer was not an
  *              Avro schema or was over HL_CODEC_MAX_SCHEMA_BYTES (1 MiB,
  *              the limit of a schema file; the fallback directory is not
- *              read then): the record is bad (unknown_schema)
+ *              read then), or the id is negative: the record is bad
+ *              (unknown_schema)
  * A "no such id" is asked again in the background at most every 5 s when
  * the id is seen again, and stays the answer meanwhile (a flood of bad ids
  * never waits on the registry).

@@ -17,6 +17,11 @@ test_schema_registry_items's items_outage_loses_nothing). Checks: every
 bad update is counted unknown_schema and the good one is applied within
 DEADLINE_S, a tenth of the old pace.
 
+The first bad update is framed with ff ff ff ff, a negative id (-1): the
+schema store's fetch thread read it as "no id" and never asked for it,
+so it stayed "being fetched" for good and held the partition paused
+until a restart (and after it); now the store says "no such id" at once.
+
 Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_item_schema_unknown.py
 """
 import os
@@ -38,7 +43,8 @@ def produce(bootstrap, good_id):
     from confluent_kafka import Producer
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for i in range(N_BAD):
-        p.produce("items", key=b"x%d" % i, value=avro_update("x%d" % i, True, schema_id=7000 + i),
+        sid = 0xFFFFFFFF if i == 0 else 7000 + i            # 0xFFFFFFFF: id -1
+        p.produce("items", key=b"x%d" % i, value=avro_update("x%d" % i, True, schema_id=sid),
                   partition=0)
     p.produce("items", key=b"good", value=avro_update("good", False, schema_id=good_id),
               partition=0)

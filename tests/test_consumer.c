@@ -8,7 +8,8 @@
  * to no shard thread are counted each and logged a few times, not once
  * each (a mock cluster in process, the partition assigned, never
  * forwarded). And a statistics report made while an assignment callback
- * ran is not the lag of the partitions it assigned. */
+ * ran is not the lag of the partitions it assigned, and the lag of a
+ * paused partition (not fetched) follows its end. */
 #define T_SUITE "test_consumer"
 #include "test.h"
 
@@ -280,10 +281,70 @@ static void test_lag_not_from_report_before_assignment(void)
     rd_kafka_destroy(mrk);
 }
 
+/* Serves c for up to ms until partition 0's lag reads want: the last value. */
+static double lag_reaches(hl_consumer *c, hl_metrics *reg, double want, int ms)
+{
+    double v = lag0(reg);
+    for (int64_t end = hl_now_mono_ms() + ms; v != want && hl_now_mono_ms() < end;) {
+        hl_consumer_serve(c, 10);
+        v = lag0(reg);
+    }
+    return v;
+}
+
+/* A paused partition is not fetched, so librdkafka's statistics keep the
+ * end it had when it was paused (a registry outage pauses a partition
+ * whose records wait for their schema, park.c). Partition 0 holds 10
+ * records, assigned at 0 and fetched (lag 10), then paused, and 10 more
+ * produced: the lag must reach 20. Before, it read 10 for as long as the
+ * pause lasted: an alert on lag never saw the backlog grow. */
+static void test_lag_of_paused_partition_grows(void)
+{
+    char err[512];
+    rd_kafka_conf_t *mc = rd_kafka_conf_new();
+    rd_kafka_conf_set(mc, "log_level", "0", err, sizeof err);
+    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mc, err, sizeof err);
+    rd_kafka_mock_cluster_t *mock = mrk ? rd_kafka_mock_cluster_new(mrk, 1) : NULL;
+    CHECKF(mock != NULL, "mock cluster: %s", err);
+    if (mock == NULL)
+        return;
+    rd_kafka_mock_topic_create(mock, "paused", 1, 1);
+    const char *bs = rd_kafka_mock_cluster_bootstraps(mock);
+    CHECK(produce_n(bs, "paused", 10) == 0);
+    hl_metrics *reg = hl_metrics_create();
+    slow_assign sa = {.at = 0, .sleep_ms = 0, .owned = 0};
+    hl_kafka_prop props[] = {{"log_level", "0"}, {"statistics.interval.ms", "100"},
+                             {"partition.assignment.strategy", "range"},
+                             {"session.timeout.ms", "6000"}, {"heartbeat.interval.ms", "500"}};
+    hl_consumer_opts o = {.bootstrap = bs, .group_id = "test-paused", .kafka = props,
+                          .n_kafka = 5, .rebalance = assign_slowly, .opaque = &sa,
+                          .reg = reg, .topic = "paused", .owns = owns_assigned};
+    hl_consumer *c = hl_consumer_create(&o, err, sizeof err);
+    CHECKF(c != NULL, "create: %s", err);
+    if (c != NULL && hl_consumer_subscribe(c, "paused", err, sizeof err) == 0) {
+        double before = lag_reaches(c, reg, 10, 15000);   /* assigned and fetched */
+        CHECKF(before == 10, "before the pause: lag %g, want 10", before);
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, "paused", 0);
+        CHECK(rd_kafka_pause_partitions(hl_consumer_handle(c), l) == 0);
+        CHECK(produce_n(bs, "paused", 10) == 0);
+        double during = lag_reaches(c, reg, 20, 3000);
+        CHECKF(during == 20, "paused, 20 records in, none applied: lag %g, want 20", during);
+        rd_kafka_resume_partitions(hl_consumer_handle(c), l);
+        rd_kafka_topic_partition_list_destroy(l);
+        hl_consumer_close(c);
+    }
+    hl_consumer_destroy(c);
+    hl_metrics_destroy(reg);
+    rd_kafka_mock_cluster_destroy(mock);
+    rd_kafka_destroy(mrk);
+}
+
 int main(void)
 {
     RUN(test_group_state_from_statistics);
     RUN(test_unrouted_records_rate_limited);
     RUN(test_lag_not_from_report_before_assignment);
+    RUN(test_lag_of_paused_partition_grows);
     TEST_EXIT();
 }

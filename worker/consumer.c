@@ -13,15 +13,21 @@
  * assignment). The scan below is deliberately narrow: it finds the input
  * topic's object and walks its "partition" objects in order. The lag
  * needs where each assignment starts, so the rebalance callback passing
- * through here notes it, and when (a report made before is stale).
+ * through here notes it, and when (a report made before is stale). The
+ * end in the statistics is the one librdkafka's last fetch answer carried,
+ * and a paused partition is not fetched, so the owned partitions' ends are
+ * also asked of the broker, off this thread (watermark.c), and the newer
+ * of the two is used.
  *
  * Destroying the handle is skipped in one state, where librdkafka 2.0.2
  * would abort (see destroy_would_abort). */
 #include "consumer.h"
 #include "kafka_conf.h"
 #include "log.h"
+#include "watermark.h"
 
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +57,12 @@ struct hl_consumer {
     /* When the last assignment callback returned (hl_now_mono_us, the
      * clock of the statistics' "ts"). Thread of hl_consumer_serve. */
     int64_t          assigned_us;
+    /* The ends asked of the broker (NULL: none, the statistics' alone;
+     * it locks its own), and the owned partitions of the last report,
+     * the ones it asks about (thread of hl_consumer_serve). */
+    hl_watermarks   *wm;
+    int32_t         *owned;
+    int              n_owned, cap_owned;
 };
 
 /* Producer-only keys are skipped: librdkafka would warn about each. */
@@ -166,7 +178,10 @@ static long long start_offset(const hl_consumer *c, long part, const char *p,
 }
 
 /* A partition's lag from its statistics object [p, lim): its end offset
- * minus the next offset to apply. That is the offset the worker stored
+ * (the statistics', or the broker's last answer to watermark.c when that
+ * is newer: librdkafka learns the end only from fetching, and a paused
+ * partition, or one whose queue is full, is not fetched) minus the next
+ * offset to apply. That is the offset the worker stored
  * (every record below it applied and its lists delivered; librdkafka
  * clears it when the partition leaves the assignment, so it is this
  * assignment's), else where the assignment starts: nothing is applied
@@ -182,6 +197,9 @@ static long long part_lag(const hl_consumer *c, long part, const char *p, const 
 {
     long long end = stat_field(p, lim, c->read_committed ? "\"ls_offset\":"
                                                          : "\"hi_offset\":");
+    long long asked = part <= INT32_MAX ? hl_watermarks_end(c->wm, (int32_t)part) : -1;
+    if (asked > end)
+        end = asked;
     long long pos = stat_field(p, lim, "\"stored_offset\":");
     if (pos < 0)
         pos = start_offset(c, part, p, lim);
@@ -197,25 +215,47 @@ static const char lag_help[] =
     "is the offset stored for commit (every record below it applied and its lists "
     "delivered) or, before the assignment's first store, where the assignment started "
     "(the restored offset, else auto.offset.reset's). From librdkafka's statistics, every "
-    "kafka.statistics.interval.ms (5 s).";
+    "kafka.statistics.interval.ms (5 s), with the end asked of the broker as often when that "
+    "is newer (librdkafka learns it only from fetching, and a partition paused while its "
+    "records wait for their schema is not fetched).";
+
+/* Notes p as owned, for the next round of watermark.c; out of memory
+ * leaves it out (its lag then from the statistics alone). */
+static void note_owned(hl_consumer *c, int32_t p)
+{
+    if (c->n_owned == c->cap_owned) {
+        int n = c->cap_owned ? c->cap_owned * 2 : 64;
+        int32_t *o = realloc(c->owned, sizeof *o * (size_t)n);
+        if (o == NULL)
+            return;
+        c->owned = o;
+        c->cap_owned = n;
+    }
+    c->owned[c->n_owned++] = p;
+}
 
 static void stats_lag(hl_consumer *c, const char *json, const char *end)
 {
     char key[320];
     snprintf(key, sizeof key, "\"topic\":\"%s\"", c->o.topic);
     const char *p = find_key(json, end, key);
+    c->n_owned = 0;
     while (p && (p = find_key(p, end, "\"partition\":")) != NULL) {
         long part = strtol(p, NULL, 10);
         const char *next = find_key(p, end, "\"partition\":");
+        if (part < 0 || part > INT32_MAX ||
+            (c->o.owns != NULL && !c->o.owns(c->o.opaque, (int32_t)part)))
+            continue;
+        note_owned(c, (int32_t)part);
         long long lag = part_lag(c, part, p, next != NULL ? next : end);
-        if (part >= 0 && lag >= 0 &&
-            (c->o.owns == NULL || c->o.owns(c->o.opaque, (int32_t)part))) {
+        if (lag >= 0) {
             char labels[48];
             snprintf(labels, sizeof labels, "partition=\"%ld\"", part);
             hl_gauge_set(hl_metrics_gauge(c->o.reg, "halflife_consumer_lag", lag_help,
                                           labels), (double)lag);
         }
     }
+    hl_watermarks_want(c->wm, c->owned, c->n_owned);
 }
 
 /* 1 when the report was made before the last assignment was in place. A
@@ -311,6 +351,17 @@ static int maybe_sticky(const rd_kafka_conf_t *conf)
     return strstr(s, "cooperative-sticky") != NULL;
 }
 
+/* statistics.interval.ms as configured (0: none). */
+static int stats_interval_ms(const rd_kafka_conf_t *conf)
+{
+    char s[32] = "";
+    size_t n = sizeof s;
+    if (rd_kafka_conf_get(conf, "statistics.interval.ms", s, &n) != RD_KAFKA_CONF_OK ||
+        n > sizeof s)
+        return 0;
+    return atoi(s);
+}
+
 /* 1 unless isolation.level is read_uncommitted (librdkafka's default is
  * read_committed): the lag then ends at the last stable offset. */
 static int read_committed(const rd_kafka_conf_t *conf)
@@ -374,12 +425,18 @@ hl_consumer *hl_consumer_create(const hl_consumer_opts *o, char *errbuf, size_t 
     rd_kafka_conf_set_opaque(conf, c);
     c->sticky = maybe_sticky(conf);
     c->read_committed = read_committed(conf);
+    int stats_ms = stats_interval_ms(conf);
     if ((c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why)) == NULL) {
         hl_err(errbuf, errlen, HL_EINVAL, "consumer: %s", why);
         goto fail;
     }
     conf = NULL;                /* owned and freed by the handle now */
     rd_kafka_poll_set_consumer(c->rk);
+    /* The lag's ends, as often as the statistics that export it. */
+    if (o->reg && o->topic && stats_ms > 0 &&
+        (c->wm = hl_watermarks_start(c->rk, o->topic, stats_ms)) == NULL)
+        hl_log(HL_LOG_WARN, "watermarks_not_started", "action=\"the lag of a partition "
+               "not fetched (paused) stands still\"");
     return c;
 fail:
     if (conf)
@@ -416,6 +473,8 @@ void hl_consumer_destroy(hl_consumer *c)
 {
     if (c == NULL)
         return;
+    hl_watermarks_stop(c->wm);  /* before the handle it asks through goes */
+    c->wm = NULL;
     if (c->rk && destroy_would_abort(c)) {
         /* Closed by now, its threads only idle until the process ends.
          * abandoned keeps it reachable, and LeakSanitizer from counting
@@ -432,6 +491,7 @@ void hl_consumer_destroy(hl_consumer *c)
     if (c->rk)
         rd_kafka_destroy(c->rk);
     free(c->start);
+    free(c->owned);
     free(c);
 }
 
@@ -487,6 +547,10 @@ int hl_consumer_serve(hl_consumer *c, int timeout_ms)
 
 void hl_consumer_close(hl_consumer *c)
 {
+    /* A query under way ends within HL_WATERMARK_QUERY_MS: no longer
+     * than that is added to the stop. */
+    hl_watermarks_stop(c->wm);
+    c->wm = NULL;
     rd_kafka_resp_err_t err = rd_kafka_commit(c->rk, NULL, 0);
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
         hl_log(HL_LOG_WARN, "commit_failed", "err=\"%s\"", rd_kafka_err2str(err));

@@ -18,10 +18,15 @@ test_schema_registry_items.py).
 
 Cases:
   parked_in_lag  while the registry is away, each partition's
-      halflife_consumer_lag counts its parked records (nothing of them is
-      applied). Before 2026-12-07 the lag was the end minus the offset
-      after the last record handed to the shard thread: the parked ones
-      read as done, lag 0 for the whole outage.
+      halflife_consumer_lag counts every record produced to it, parked
+      or not yet fetched (nothing of them is applied). Before 2026-12-07
+      the lag was the end minus the offset after the last record handed
+      to the shard thread: the parked ones read as done, lag 0 for the
+      whole outage. Until 2026-12-07 (later) the end was librdkafka's,
+      which it learns only from fetching, and a paused partition is not
+      fetched: the lag stood at the parked records (10 in all) while all
+      400 events were in the input, so an alert on lag never saw the
+      backlog grow during the outage.
   parked_drain_loses_nothing  consumed == applied == produced, none
       invalid (a copy librdkafka hands over twice may be dropped as
       re-delivered: the message names how many were)
@@ -51,7 +56,8 @@ def check(name, ok, why):
 def produce_rounds(bootstrap, w, events, eid):
     """Each user's events go to partition (its first appearance) mod 4.
     The rounds of ROUNDS, one partition's records each, then the rest;
-    returns how many partitions logged a wait."""
+    returns how many partitions logged a wait, and {partition: records
+    produced to it}."""
     from confluent_kafka import Producer
     part, by_part = {}, {p: [] for p in range(4)}
     for e in events:
@@ -76,7 +82,7 @@ def produce_rounds(bootstrap, w, events, eid):
     waits = w.log_text().count("event=schema_wait ")
     for k, n in enumerate(ROUNDS):
         send(k, by_part[k][n:])
-    return waits
+    return waits, {p: len(evs) for p, evs in by_part.items()}
 
 
 def lags(w):
@@ -89,20 +95,18 @@ def lags(w):
     return out
 
 
-def check_parked_in_lag(w):
-    """parked_in_lag (the module's docstring). A paused partition is not
-    fetched, so its end stays where its parked round left it: the lag is
-    at least that round's records, not every record produced."""
+def check_parked_in_lag(w, want):
+    """parked_in_lag (the module's docstring): want is {partition: records
+    produced to it}, the paused partitions' rest included."""
     deadline, got = time.time() + 5, {}
-    want = dict(enumerate(ROUNDS))
     while time.time() < deadline:
         got = lags(w)
-        if all(got.get(p, 0) >= n for p, n in want.items()):
+        if got == want:
             break
         time.sleep(0.1)
     applied = w.metric("halflife_events_applied_total")
-    check("parked_in_lag", applied == 0 and all(got.get(p, 0) >= n for p, n in want.items()),
-          "registry away, %d applied: lag by partition %s, want at least the parked %s"
+    check("parked_in_lag", applied == 0 and got == want,
+          "registry away, %d applied: lag by partition %s, want every record produced %s"
           % (applied, got, want))
 
 
@@ -126,8 +130,8 @@ def scenario(tmp, model, events):
         while time.time() < deadline and "event=worker_started" not in w.log_text():
             time.sleep(0.2)
         reg.stop()                      # the events' id is new to the worker
-        waits = produce_rounds(broker.bootstrap, w, events, eid)
-        check_parked_in_lag(w)
+        waits, produced = produce_rounds(broker.bootstrap, w, events, eid)
+        check_parked_in_lag(w, produced)
         reg.start()
         consumed = wait_settled(w, N_EVENTS, timeout=60)
         applied = w.metric("halflife_events_applied_total")

@@ -472,7 +472,8 @@ void hl_flight_retire(hl_wthread *t)
  * output partition is away) or the producer failed fatally (nothing in
  * the air will land: worker.c stops the worker then) or the assignment
  * is lost (what is in the air must not land: thread.c, stop_lost; the
- * revocation waits for the stop, so the mark stays). The one deadline
+ * revocation waits for the stop, so the mark stays), or a release's
+ * membership is gone (thread.c, hl_wthread_moved). The one deadline
  * for the drain and for a batch waiting for a free flight, so neither
  * outlasts the other. A fatal producer alone, before the stop, is not
  * enough: a batch dropped while the thread goes on consuming could let a
@@ -480,7 +481,7 @@ void hl_flight_retire(hl_wthread *t)
 static int stop_overdue(hl_wthread *t)
 {
     int stop = atomic_load(t->ctx->stop);
-    return stop >= 2 ||
+    return stop >= 2 || hl_wthread_moved(t) ||
            (stop == 1 && (hl_now_mono_ms() > atomic_load(&t->ctx->stop_deadline_ms) ||
                           hl_producer_fatal(t->ctx->prod, NULL, 0) != 0 ||
                           rd_kafka_assignment_lost(t->ctx->consumer)));

@@ -322,6 +322,77 @@ static void snapshot_taken(hl_wthread *t, int n_take, int lost)
     }
 }
 
+/* ---- the membership a release began under ----------------------------- */
+
+#define MEMBER_CHECK_MS 100     /* a look costs a round trip to librdkafka's thread */
+
+/* The group membership now (group, generation, member id), serialized; NULL
+ * when unknown. Free with rd_kafka_mem_free. */
+static void *membership(hl_wthread *t, size_t *len)
+{
+    void *buf = NULL;
+    rd_kafka_consumer_group_metadata_t *m = rd_kafka_consumer_group_metadata(t->ctx->consumer);
+    if (m == NULL)
+        return NULL;
+    rd_kafka_error_t *e = rd_kafka_consumer_group_metadata_write(m, &buf, len);
+    if (e != NULL) {
+        rd_kafka_error_destroy(e);
+        buf = NULL;
+    }
+    rd_kafka_consumer_group_metadata_destroy(m);
+    return buf;
+}
+
+/* librdkafka 2.0.2 never marks an assignment lost while a revocation
+ * callback runs, and a release runs inside one: every path that would
+ * (a session timeout, an unknown member id, a fenced generation,
+ * max.poll.interval.ms) goes through rd_kafka_cgrp_revoke_all_rejoin_maybe(),
+ * which does nothing while the group is rebalancing, and waiting for the
+ * application's unassign is such a state. So rd_kafka_assignment_lost()
+ * read again during the wait stays 0, and a release that waited to its
+ * deadline (shutdown.timeout.ms above session.timeout.ms) then let the
+ * partitions go as an ordinary one, snapshots written, though the
+ * coordinator evicts a member whose session ran out and gives its
+ * partitions to another (test_lost_mid_release.py). Each of those resets
+ * the member id or the generation: that is what is compared. Unknown
+ * (NULL) is not a change. */
+int hl_wthread_moved(hl_wthread *t)
+{
+    if (t->rel_member == NULL || t->rel_moved)
+        return t->rel_moved;
+    int64_t now = hl_now_mono_ms();
+    if (now - t->rel_checked_ms < MEMBER_CHECK_MS)
+        return 0;
+    t->rel_checked_ms = now;
+    size_t len = 0;
+    void *m = membership(t, &len);
+    t->rel_moved = m != NULL && (len != t->rel_member_len ||
+                                 memcmp(m, t->rel_member, len) != 0);
+    if (m != NULL)
+        rd_kafka_mem_free(NULL, m);
+    return t->rel_moved;
+}
+
+/* Notes the membership a release begins under (none when lost already). */
+static void member_note(hl_wthread *t, int lost)
+{
+    t->rel_moved = 0;
+    t->rel_checked_ms = hl_now_mono_ms();
+    t->rel_member = lost ? NULL : membership(t, &t->rel_member_len);
+}
+
+/* 1 when the release lost its partitions after all: looks once more, now. */
+static int member_lost(hl_wthread *t)
+{
+    t->rel_checked_ms = INT64_MIN / 2;
+    int moved = hl_wthread_moved(t);
+    if (t->rel_member != NULL)
+        rd_kafka_mem_free(NULL, t->rel_member);
+    t->rel_member = NULL;
+    t->rel_moved = 0;
+    return moved;
+}
+
 /* Lets go of the n_take shards in take_copy: their held-back lists
  * published and delivered, offsets stored, snapshots written, one deadline
  * for all (a stop's; else shutdown.timeout.ms for the deliveries, and as
@@ -332,7 +403,9 @@ static void snapshot_taken(hl_wthread *t, int n_take, int lost)
  * and snapshots where they were (snapshot_now refuses to pass undelivered
  * lists), so the next owner reads those events again and publishes them.
  * Lost partitions go at once, without their held-back lists and without
- * snapshots (snapshot_taken), stopping or not. */
+ * snapshots (snapshot_taken), stopping or not; so do partitions whose
+ * membership is gone while the release waits (hl_wthread_moved): the
+ * wait ends on it. */
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
@@ -348,15 +421,18 @@ static void release(hl_wthread *t, int n_take)
      * air: a changelog flush of ours may still be queued, and would land
      * after the new owner's claim. */
     int lost = rd_kafka_assignment_lost(t->ctx->consumer);
+    member_note(t, lost);
     for (int i = 0; i < n_take; i++)
         hl_park_drop(t, t->take_copy[i]);   /* the next owner reads them again */
-    for (int i = 0; i < n_take && !lost; i += 64) {
+    for (int i = 0; i < n_take && !lost && !hl_wthread_moved(t); i += 64) {
         int n_sh = 0;
         for (int j = i; j < n_take && n_sh < 64; j++)
             shs[n_sh++] = hl_wthread_shard_of(t, t->take_copy[j]);
         hl_publish_pending(t, shs, n_sh, stopping ? 0 : deadline);
     }
-    if (lost || !hl_flight_drain(t, stopping ? 0 : deadline)) {
+    int drained = !lost && hl_flight_drain(t, stopping ? 0 : deadline);
+    lost |= member_lost(t);
+    if (lost || !drained) {
         for (int i = 0; i < n_take; i++)
             hl_flight_forget(t, t->take_copy[i]);
         if (lost || !stopping)

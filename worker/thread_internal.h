@@ -113,6 +113,11 @@ struct hl_wthread {
     int          swap_cap;                          /* thread.c: records per batch
                                                        meanwhile (swap.c sizes it) */
     int32_t     *take_copy; int cap_take_copy;      /* thread.c */
+    void        *rel_member; size_t rel_member_len; /* thread.c: the group membership
+                                                       a release began under (NULL
+                                                       outside one), serialized */
+    int64_t      rel_checked_ms;                    /* when it was last compared */
+    int          rel_moved;                         /* it changed meanwhile */
     hl_shard   **own;     int n_own, cap_own;       /* thread.c */
     hl_shard   **by_part; int cap_part;             /* thread.c: by partition */
 
@@ -154,6 +159,11 @@ struct hl_wthread {
     hl_log_limit refused_limit;                     /* flight.c: lists refused */
     hl_log_limit given_up_limit;                    /* flight.c: lists given up on */
 };
+
+/* thread.c: 1 once the group membership differs from the one the running
+ * release began under (0 outside a release); the waits of a release end
+ * on it (flight.c). */
+int  hl_wthread_moved(hl_wthread *t);
 
 /* The shard of partition, NULL when not this thread's (any of the files). */
 static inline hl_shard *hl_wthread_shard_of(hl_wthread *t, int32_t p)

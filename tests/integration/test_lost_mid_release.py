@@ -1,0 +1,88 @@
+"""test_lost_mid_release.py - a member whose membership is lost while an
+ordinary (not lost) revocation waits for its lists stops waiting and lets
+the partitions go as a lost release does: no snapshot of them, nothing
+more published (test_lost_no_snapshot.py is the loss before the
+revocation began).
+
+librdkafka 2.0.2 never marks an assignment lost while a revocation
+callback runs (rd_kafka_cgrp_revoke_all_rejoin_maybe does nothing while
+the group is rebalancing), so rd_kafka_assignment_lost() stays 0 however
+long the release waits; what changes is the membership: a session that
+timed out resets the member id. Reachable with shutdown.timeout.ms above
+session.timeout.ms. A real coordinator evicts the member then and gives
+its partitions to another; the mock cluster here waits for the
+revocation to end first (B gets them after A lets go), so what is
+checked is what A does once its session is gone: it can no longer know
+whose the partitions are, and a snapshot it skips only costs the next
+owner a replay, while one it writes may land after that owner's.
+
+Separate processes over TCP: a `halflife broker --refuse-produce FILE`,
+two `halflife run` in one group sharing one snapshot.dir,
+snapshot.interval.ms=0 (snapshots on revocation and shutdown only):
+- the events are in the input; the broker refuses every Produce with
+  NOT_ENOUGH_REPLICAS (retriable: librdkafka keeps the lists);
+- worker A consumes them all, its lists queued; worker B joins, and A's
+  revocation of the partitions B is to get waits for those lists
+  (shutdown.timeout.ms=20000);
+- A is stopped (SIGSTOP) for longer than session.timeout.ms, then
+  continues: its session has timed out meanwhile.
+A's revocation must end within a few seconds, logged as
+event=release_lost_purged, with no snapshot written. Before the fix it
+had not ended 6 s after A continued: it waited on to its deadline (20 s
+after it began), then let the partitions go as an ordinary revocation
+does, snapshots included.
+"""
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
+import e2e_util as U  # noqa: E402
+import test_delivery_refused as R  # noqa: E402
+
+N_EVENTS, N_USERS, N_ITEMS, PARTS = 200, 40, 500, 4
+GROUP = "lost-mid-release"
+
+
+def body(ck):
+    model, _csv, events = C.prepare(ck.tmp, N_EVENTS, N_USERS, N_ITEMS)
+    path = os.path.join(ck.tmp, "refuse")
+    common = ["worker.threads=1", "kafka.fetch.wait.max.ms=10",
+              "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=1000",
+              "shutdown.timeout.ms=20000", "snapshot.interval.ms=0",
+              "snapshot.dir=" + os.path.join(ck.tmp, "snap"), "group.id=" + GROUP]
+    broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker.log"),
+                      extra=["--refuse-produce", path])
+    U.produce_events(broker.bootstrap, C.TOPIC, events)
+    on = R.refuse(broker, path, True, "NOT_ENOUGH_REPLICAS")
+    a = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "a.log"), common)
+    consumed = C.wait_consumed([a], len(events), 30)
+    rebalances = a.metric_or("halflife_rebalances_total")
+    C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "b.log"), common)
+    began = C.wait_for(lambda: a.metric_or("halflife_rebalances_total") > rebalances, 20)
+    time.sleep(0.5)             # inside the release's wait for the refused lists
+    waiting = not a.events("partition_revoked")
+    ck.check("setup", on and consumed >= len(events) and began and waiting,
+             "refusal %s, A consumed %d of %d, A's revocation began %s and waits %s"
+             % (on, consumed, len(events), began, waiting))
+    os.kill(a.p.pid, signal.SIGSTOP)
+    time.sleep(8)               # above session.timeout.ms
+    os.kill(a.p.pid, signal.SIGCONT)
+    t0 = time.time()
+    ended = C.wait_for(lambda: a.events("partition_revoked"), 6, 0.05)
+    secs = time.time() - t0
+    a.kill()
+    text = a.log_text()
+    lost = a.events("release_lost_purged")
+    written = text.count(" event=snapshot_written ")
+    ck.check("lost_mid_release", ended and lost and written == 0,
+             "A's revocation ended %s (%.1f s after it continued); release_lost_purged %s; "
+             "%d snapshots written of partitions another member owns"
+             % (bool(ended), secs, lost[:1], written))
+    broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(C.run_main("test_lost_mid_release", "ran", body))

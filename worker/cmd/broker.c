@@ -385,20 +385,32 @@ static void set_all(rd_kafka_mock_cluster_t *mc, int brokers, int up)
     hl_log(HL_LOG_INFO, up ? "brokers_up" : "brokers_down", "brokers=%d", brokers);
 }
 
+/* ---- the control files ------------------------------------------------ */
+
+/* The first word of the small file at path into buf (size bytes), blanks
+ * before it skipped: "" when the file is absent or holds none. */
+static void control_read(const char *path, char *buf, size_t size)
+{
+    FILE *f = fopen(path, "r");
+    size_t n = 0, skip;
+    if (f != NULL) {
+        n = fread(buf, 1, size - 1, f);
+        fclose(f);
+    }
+    buf[n] = '\0';
+    skip = strspn(buf, " \t\r\n");
+    memmove(buf, buf + skip, n - skip + 1);
+    buf[strcspn(buf, " \t\r\n")] = '\0';
+}
+
 /* ---- --refuse-produce --------------------------------------------------- */
 
 /* The error FILE names (a name from rd_kafka_get_err_descs or a number),
  * 0 when FILE is absent or empty, -1 when it names none. */
 static int refuse_read(const char *path)
 {
-    char buf[96] = "", *end;
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    buf[strcspn(buf, " \t\r\n")] = '\0';
+    char buf[96], *end;
+    control_read(path, buf, sizeof buf);
     if (buf[0] == '\0')
         return 0;
     long v = strtol(buf, &end, 10);
@@ -447,13 +459,8 @@ static void refuse_tick(rd_kafka_mock_cluster_t *mc, const char *path, int *cur)
 /* The delay FILE names in ms, 0 when FILE is absent, empty or names none. */
 static int delay_read(const char *path)
 {
-    char buf[32] = "", *end;
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
+    char buf[32], *end;
+    control_read(path, buf, sizeof buf);
     long v = strtol(buf, &end, 10);
     return end != buf && v > 0 && v <= 600000 ? (int)v : 0;
 }

@@ -5,7 +5,9 @@ and python3-avro (the reference implementation) decodes every value.
 Cases: every produced event is in the topic, keyed by its user, each user on
 one partition in file order; raw framing; the --port relay; SIGUSR1/SIGUSR2
 take the brokers down and up (a produce started while they are down finishes
-once they are back); SIGTERM stops the broker.
+once they are back); SIGTERM stops the broker; --delay-produce FILE answers
+Produce late while FILE is there and not once it is gone (before, up to 8
+requests per broker were still answered late after it went).
 
 Run with /usr/bin/python3 (Debian's python3-avro and python3-confluent-kafka).
 """
@@ -194,6 +196,44 @@ def check_topic(name, bootstrap, topic, partitions, events, framing):
     result(name, why is None, why or "")
 
 
+def produce_seconds(p, n):
+    """Seconds each of n produce-and-flush rounds of one record took."""
+    took = []
+    for i in range(n):
+        t0 = time.time()
+        p.produce("behaviour-events", key=b"k", value=b"%d" % i)
+        p.flush(30)
+        took.append(round(time.time() - t0, 2))
+    return took
+
+
+def delay_produce(tmp):
+    """--delay-produce: each Produce answered 500 ms late while the file is
+    there; once it is gone (the broker looks every 50 ms), none."""
+    from confluent_kafka import Producer
+    path = os.path.join(tmp, "delay")
+    broker, bootstrap = start_broker("--partitions", "1", "--delay-produce", path)
+    try:
+        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0,
+                      "log.connection.close": False})
+        produce_seconds(p, 1)               # connected before the delay starts
+        with open(path, "w") as f:
+            f.write("500\n")
+        time.sleep(0.3)
+        on = produce_seconds(p, 2)
+        os.unlink(path)
+        time.sleep(0.3)
+        off = produce_seconds(p, 8)
+    finally:
+        rc, err = stop_broker(broker)
+    result("delay_produce_while_file", all(t >= 0.45 for t in on),
+           "with the file there, produce rounds took %s s (want >= 0.45 each)" % on)
+    result("delay_produce_stops_with_file", all(t < 0.3 for t in off) and
+           "event=delay_produce_off" in err,
+           "after the file went, produce rounds took %s s (want < 0.3 each); broker log: %s" %
+           (off, err[-300:]))
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -254,6 +294,7 @@ def main():
     result("outage_signals_logged", "event=brokers_down" in err and "event=brokers_up" in err,
            err[-500:])
 
+    delay_produce(tmp)
     port = free_port()
     broker, bootstrap = start_broker("--port", str(port), "--partitions", "2")
     try:

@@ -23,8 +23,11 @@
  * stack, one per request; each tick refills it (REFUSE_STACK), so it
  * never runs dry while the file is there and is cleared when it goes.
  * --delay-produce FILE answers Produce late instead (a window between a
- * record in the log and its writer knowing it, held open for a test).
- * They cannot simply be blocked and taken with sigwaitinfo(): OpenBLAS,
+ * record in the log and its writer knowing it, held open for a test),
+ * from a stack per broker topped up each tick; when FILE goes, what is
+ * left of it is used up by requests of this process's own, so the next
+ * writer is not held up (drain_delays).
+ * Signals cannot simply be blocked and taken with sigwaitinfo(): OpenBLAS,
  * linked into the binary, starts its threads in a constructor with no
  * signal blocked, and the kernel would deliver a SIGTERM to one of those.
  * So a handler counts each signal in a file-static array (a signal handler
@@ -62,6 +65,7 @@
                                    requests than a tick sees, few enough that
                                    the mock's memmove per request stays small */
 #define DELAY_STACK     8       /* delayed Produce answers queued per broker */
+#define PRODUCE_KEY     0       /* the ApiKey of Produce */
 
 enum { SIG_STOP, SIG_DOWN, SIG_UP, N_SIGS };
 static volatile sig_atomic_t signals_seen[N_SIGS];
@@ -116,8 +120,8 @@ static void usage(FILE *f)
         "  --delay-produce FILE\n"
         "                  while FILE exists and holds a number of milliseconds,\n"
         "                  every Produce request is answered that much later (its\n"
-        "                  records are in the log at once); up to 8 requests per\n"
-        "                  broker after FILE goes are still delayed\n\n"
+        "                  records are in the log at once); checked every 50 ms,\n"
+        "                  logged when it changes\n\n"
         "The mock keeps at most 5 MiB and 100,000 message sets per partition and\n"
         "drops older data silently: spread big streams over enough partitions.\n");
 }
@@ -430,14 +434,13 @@ static int refuse_read(const char *path)
  * it never runs dry and a removed FILE stops the refusals at once. */
 static void refuse_tick(rd_kafka_mock_cluster_t *mc, const char *path, int *cur)
 {
-    static const int16_t produce_key = 0;   /* ApiKey of Produce */
     rd_kafka_resp_err_t errs[REFUSE_STACK];
     int want = refuse_read(path);
     if (want < 0) {
         if (*cur != -1)
             hl_log(HL_LOG_WARN, "refuse_produce_unknown", "file=%s action=\"not refusing; "
                    "write an error name (TOPIC_AUTHORIZATION_FAILED) or number\"", path);
-        rd_kafka_mock_clear_request_errors(mc, produce_key);
+        rd_kafka_mock_clear_request_errors(mc, PRODUCE_KEY);
         *cur = -1;
         return;
     }
@@ -445,11 +448,11 @@ static void refuse_tick(rd_kafka_mock_cluster_t *mc, const char *path, int *cur)
         hl_log(HL_LOG_INFO, want ? "refuse_produce_on" : "refuse_produce_off",
                "err=\"%s\" file=%s", want ? rd_kafka_err2name(want) : "", path);
     if (*cur > 0 || want > 0)
-        rd_kafka_mock_clear_request_errors(mc, produce_key);
+        rd_kafka_mock_clear_request_errors(mc, PRODUCE_KEY);
     if (want > 0) {
         for (int i = 0; i < REFUSE_STACK; i++)
             errs[i] = (rd_kafka_resp_err_t)want;
-        rd_kafka_mock_push_request_errors_array(mc, produce_key, REFUSE_STACK, errs);
+        rd_kafka_mock_push_request_errors_array(mc, PRODUCE_KEY, REFUSE_STACK, errs);
     }
     *cur = want;
 }
@@ -465,26 +468,95 @@ static int delay_read(const char *path)
     return end != buf && v > 0 && v <= 600000 ? (int)v : 0;
 }
 
+/* Entries (delays) left on the brokers' Produce stacks. */
+static size_t delays_left(rd_kafka_mock_cluster_t *mc, int brokers)
+{
+    size_t left = 0;
+    for (int id = 1; id <= brokers; id++) {
+        size_t n = 0;
+        if (rd_kafka_mock_broker_error_stack_cnt(mc, id, PRODUCE_KEY, &n) == 0)
+            left += n;
+    }
+    return left;
+}
+
+/* A socket to the broker at addr ("127.0.0.1:port") that has sent it n
+ * Produce requests naming no topic, or -1. The mock takes a stack entry
+ * for each (none when the stack is empty); its answers are never read. */
+static int send_empty_produces(const char *addr, int n)
+{
+    static const unsigned char req[] = {
+        0, 0, 0, 20,            /* size of what follows */
+        0, 0, 0, 0,             /* ApiKey Produce, ApiVersion 0 */
+        0, 0, 0, 0,             /* correlation id */
+        0, 0,                   /* client id "" */
+        0, 1,                   /* acks */
+        0, 0, 0x03, 0xe8,       /* timeout 1000 ms */
+        0, 0, 0, 0,             /* no topics */
+    };
+    struct sockaddr_in sin;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || parse_bootstrap(addr, &sin) != 0 ||
+        connect(fd, (struct sockaddr *)&sin, sizeof sin) != 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        if (send(fd, req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req)
+            break;
+    return fd;
+}
+
+/* FILE went or changed: the entries still on the stacks would delay as
+ * many more Produce requests of whoever writes next, up to DELAY_STACK
+ * times the old delay per broker (a test's next worker waited 16 s), and
+ * librdkafka 2.0.2 has no call that clears a broker's stack. So they are
+ * used up here by requests of our own to every broker; the sockets stay
+ * open until the mock has read them (a close with their late answers
+ * unread would reset the connection) and are never read. */
+static void drain_delays(rd_kafka_mock_cluster_t *mc, int brokers)
+{
+    char *list = strdup(rd_kafka_mock_cluster_bootstraps(mc)), *save = NULL;
+    int fds[16], n = 0;
+    const struct timespec nap = { 0, 5 * 1000 * 1000 };
+    for (char *a = list ? strtok_r(list, ",", &save) : NULL; a != NULL && n < 16;
+         a = strtok_r(NULL, ",", &save))
+        if ((fds[n] = send_empty_produces(a, DELAY_STACK)) >= 0)
+            n++;
+    free(list);
+    for (int waited_ms = 0; waited_ms < 1000 && delays_left(mc, brokers) > 0; waited_ms += 5)
+        nanosleep(&nap, NULL);
+    size_t left = delays_left(mc, brokers);
+    if (left > 0)
+        hl_log(HL_LOG_WARN, "delay_produce_left", "entries=%zu reason=\"a broker did not "
+               "take the requests that use them up (down?)\" action=\"that many more Produce "
+               "requests are answered late\"", left);
+    while (n > 0)
+        close(fds[--n]);
+}
+
 /* One tick: while FILE names a delay, each broker's stack of Produce
  * entries is topped up to DELAY_STACK entries of (no error, the delay):
  * the mock takes one per request, appends its records at once and sends
  * the answer that much later (a slow disk or replica, as a producer sees
- * it). librdkafka 2.0.2 has no call that clears a broker's stack, hence a
- * short one: what is left of it when FILE goes delays that many more. */
+ * it). When FILE goes or names another delay, what is left of the stacks
+ * is used up at once (drain_delays). */
 static void delay_tick(rd_kafka_mock_cluster_t *mc, int brokers, const char *path, int *cur)
 {
-    static const int16_t produce_key = 0;   /* ApiKey of Produce */
     int ms = delay_read(path);
-    if (ms != *cur)
+    if (ms != *cur) {
         hl_log(HL_LOG_INFO, ms ? "delay_produce_on" : "delay_produce_off", "ms=%d file=%s",
                ms, path);
+        if (*cur > 0)
+            drain_delays(mc, brokers);
+    }
     *cur = ms;
     for (int id = 1; ms > 0 && id <= brokers; id++) {
         size_t n = 0;
-        if (rd_kafka_mock_broker_error_stack_cnt(mc, id, produce_key, &n) != 0)
+        if (rd_kafka_mock_broker_error_stack_cnt(mc, id, PRODUCE_KEY, &n) != 0)
             continue;
         for (; n < DELAY_STACK; n++)
-            rd_kafka_mock_broker_push_request_error_rtts(mc, id, produce_key, 1,
+            rd_kafka_mock_broker_push_request_error_rtts(mc, id, PRODUCE_KEY, 1,
                                                          RD_KAFKA_RESP_ERR_NO_ERROR, ms);
     }
 }

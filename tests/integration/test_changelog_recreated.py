@@ -35,7 +35,9 @@ Checks:
   topic's end and writes every row again before serving. The broker
   answers each Produce 2 s late (--delay-produce), so the worker is
   killed (SIGKILL) once its claim is in the changelog, before that
-  rewrite's checkpoint. The new topic then grows to 400 events and
+  rewrite's checkpoint (checked: the claim is the only record past the
+  topic's old end when it dies; a kill after the rewrite landed would
+  pass without testing anything). The new topic then grows to 400 events and
   another member restores the partition from the changelog: it must
   resume at the new topic's start and apply all 400. Before the fix the
   claim named the old topic's offset 300, written before the recreation
@@ -66,6 +68,11 @@ OLD_STATE, NEW_STATE = GROUP + "-state", GROUP + "-state-new"
 THIRD_STATE = GROUP + "-state-third"
 FOURTH_STATE = GROUP + "-state-fourth"
 NEW_INPUT = "behaviour-events-new"
+# The window between the claim landing and the rewrite's first record
+# (the claim's late answer). It costs no wall time: the worker is killed
+# within about 50 ms of its claim, and the broker uses up its leftover
+# delays when the file goes. Long, so a loaded machine (make test, SAN=1)
+# still kills inside it.
 DELAY_MS = 2000
 
 
@@ -132,6 +139,18 @@ def state_high(bootstrap, topic):
         c.close()
 
 
+def kill_after_claim(w, bootstrap, topic, before):
+    """Kills w once its claim (one record) is in topic, whose end was
+    before; (claim seen, the kill landed in the window: the claim alone
+    after before when w died, none of the rewrite's rows and checkpoint).
+    The broker answers Produce late, so w waits that long for the claim's
+    answer before it writes the rest: the window."""
+    claimed = C.wait_for(lambda: state_high(bootstrap, topic) > before, 10 * SLOW, period=0.02)
+    w.kill()
+    w.wait(10)
+    return claimed, claimed and state_high(bootstrap, topic) == before + 1
+
+
 def killed_in_rewrite(ck, broker, model, events, delay_file):
     """Each member a group of its own, restoring from the first life's
     state topic alone (its own empty snapshot.dir)."""
@@ -146,11 +165,8 @@ def killed_in_rewrite(ck, broker, model, events, delay_file):
         f.write("%d\n" % DELAY_MS)
     w = member("w6")
     seen = w.wait_event("input_topic_recreated", 30 * SLOW)
-    claimed = C.wait_for(lambda: state_high(broker.bootstrap, OLD_STATE) > before, 10 * SLOW,
-                         period=0.05)
+    claimed, in_window = kill_after_claim(w, broker.bootstrap, OLD_STATE, before)
     rewritten = bool(w.events("changelog_rewritten"))
-    w.kill()
-    w.wait(10)
     os.unlink(delay_file)
     grown = events + events[:100]
     U.produce_events(broker.bootstrap, NEW_INPUT, grown)
@@ -159,11 +175,12 @@ def killed_in_rewrite(ck, broker, model, events, delay_file):
     consumed = w.metric_or("halflife_events_consumed_total")
     applied = w.metric_or("halflife_events_applied_total")
     restored = [kv.get("next_offset") for _t, kv in w.events("restored")]
-    ck.check("killed_in_rewrite", seen and claimed and not rewritten and restored == ["0"] and
-             consumed == len(grown) and applied == len(grown),
-             "recreation seen %s, claim in %s, rewrite done before the kill %s; the next "
-             "member resumed at %s and applied %s (consumed %s) of the grown topic's %d events" %
-             (seen, claimed, rewritten, restored, applied, consumed, len(grown)))
+    ck.check("killed_in_rewrite", seen and claimed and in_window and not rewritten and
+             restored == ["0"] and consumed == len(grown) and applied == len(grown),
+             "recreation seen %s, claim in %s, killed before the rewrite's first record %s, "
+             "rewrite done before the kill %s; the next member resumed at %s and applied %s "
+             "(consumed %s) of the grown topic's %d events" %
+             (seen, claimed, in_window, rewritten, restored, applied, consumed, len(grown)))
     w.term(30)
 
 
@@ -177,10 +194,7 @@ def rewrite_killed_cache(ck, broker, model, snapdir, n_users, delay_file):
         f.write("%d\n" % DELAY_MS)
     w = member(snapdir, "w8")
     seen = w.wait_event("changelog_recreated", 30 * SLOW)
-    claimed = C.wait_for(lambda: state_high(broker.bootstrap, FOURTH_STATE) > 0, 10 * SLOW,
-                         period=0.05)
-    w.kill()
-    w.wait(10)
+    claimed, in_window = kill_after_claim(w, broker.bootstrap, FOURTH_STATE, 0)
     os.unlink(delay_file)
     w = member(snapdir, "w9")
     ok = ready(w)
@@ -190,12 +204,12 @@ def rewrite_killed_cache(ck, broker, model, snapdir, n_users, delay_file):
     w = member(os.path.join(ck.tmp, "snap-empty-r"), "w10")
     ok = ready(w) and ok
     alone = w.metric_or("halflife_users")
-    ck.check("rewrite_killed_cache", seen and claimed and ok and users == n_users and
-             rewritten and alone == n_users,
-             "recreation seen %s, claim in %s, ready %s; after a kill during the rewrite, the "
-             "restart from the same cache held %s users (want %d), rewrote them %s; a member "
-             "without the cache then restored %s" %
-             (seen, claimed, ok, users, n_users, rewritten, alone))
+    ck.check("rewrite_killed_cache", seen and claimed and in_window and ok and
+             users == n_users and rewritten and alone == n_users,
+             "recreation seen %s, claim in %s, killed before the rewrite's first record %s, "
+             "ready %s; after a kill during the rewrite, the restart from the same cache held "
+             "%s users (want %d), rewrote them %s; a member without the cache then restored %s" %
+             (seen, claimed, in_window, ok, users, n_users, rewritten, alone))
     w.term(30)
 
 

@@ -33,7 +33,8 @@ restart from the local files after it still tests what it did.
 killed_in_rewrite, from another copy of the first topic's files, on a
 fourth broker that answers each Produce 2 s late (--delay-produce): the
 worker is killed once its claim is in the changelog, before its rewrite
-of every row ended; a restart from the same files must hold every user,
+of every row (checked: the claim is the only record in the state topic
+when it dies); a restart from the same files must hold every user,
 resume the new topic at its start and apply its 100 events, and set the
 old topic's files aside. Before the fix the restart refused its files
 (their changelog offset beyond the state topic's end, no longer empty),
@@ -90,13 +91,10 @@ def killed_in_rewrite(ck, model, snapdir, events):
                   extra=["--delay-produce", delay])
     U.produce_events(b4.bootstrap, C.TOPIC, events[T.N_OLD:])
     with open(delay, "w") as f:
-        f.write("2000\n")
+        f.write("%d\n" % R.DELAY_MS)
     w = T.worker(ck, b4, model, snapdir, "w6")
     seen = w.wait_event("input_topic_recreated", 30 * T.SLOW)
-    claimed = C.wait_for(lambda: R.state_high(b4.bootstrap, STATE) > 0, 10 * T.SLOW,
-                         period=0.05)
-    w.kill()
-    w.wait(10)
+    claimed, in_window = R.kill_after_claim(w, b4.bootstrap, STATE, 0)
     os.unlink(delay)
     w = T.worker(ck, b4, model, snapdir, "w7")
     C.wait_consumed([w], T.N_NEW, 20 * T.SLOW)
@@ -105,12 +103,12 @@ def killed_in_rewrite(ck, model, snapdir, events):
     restored = [kv.get("next_offset") for _t, kv in w.events("restored")]
     aside = bool(w.events("snapshots_set_aside"))
     n_users = len({e[0] for e in events})
-    ck.check("killed_in_rewrite", seen and claimed and users == n_users and
+    ck.check("killed_in_rewrite", seen and claimed and in_window and users == n_users and
              consumed == T.N_NEW and restored == ["0"] and aside,
-             "recreation seen %s, claim in %s; after a kill during the rewrite, the restart "
-             "from the same files held %s users (want %d), resumed at %s, consumed %s (want "
-             "%d), old files set aside %s" %
-             (seen, claimed, users, n_users, restored, consumed, T.N_NEW, aside))
+             "recreation seen %s, claim in %s, killed before the rewrite's first record %s; "
+             "after a kill during the rewrite, the restart from the same files held %s users "
+             "(want %d), resumed at %s, consumed %s (want %d), old files set aside %s" %
+             (seen, claimed, in_window, users, n_users, restored, consumed, T.N_NEW, aside))
     w.term(30)
     b4.stop()
 

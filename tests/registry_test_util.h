@@ -1,7 +1,8 @@
 /* registry_test_util.h - what test_registry.c (the REST client) and
  * test_schema_store.c (the fetched-schema table and its fetch thread)
  * share: a URL nothing listens on, a loopback listener that never
- * answers, and a stand-in registry answering one request. Header-only,
+ * answers, a stand-in registry (a thread answering on such a listener)
+ * started and stopped, and one answering one request. Header-only,
  * static inline. */
 #ifndef HL_REGISTRY_TEST_UTIL_H
 #define HL_REGISTRY_TEST_UTIL_H
@@ -10,6 +11,8 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -35,6 +38,33 @@ static inline int silent_listener(int *port)
     }
     *port = ntohs(a.sin_port);
     return fd;
+}
+
+/* A stand-in registry: fn(arg) in a thread of its own, answering on a
+ * new loopback listener, *fd (set before the thread starts, so arg may
+ * hold it), at *port. 0, or -1 with nothing left open. */
+static inline int standin_start(int *fd, int *port, void *(*fn)(void *), void *arg,
+                                pthread_t *tid)
+{
+    if ((*fd = silent_listener(port)) < 0)
+        return -1;
+    if (pthread_create(tid, NULL, fn, arg) != 0) {
+        close(*fd);
+        *fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+/* Ends a stand-in: *stop set (NULL: fn ends by itself), its accept ended
+ * by shutting the listener, the thread joined, the listener closed. */
+static inline void standin_stop(int fd, atomic_int *stop, pthread_t tid)
+{
+    if (stop != NULL)
+        atomic_store(stop, 1);
+    shutdown(fd, SHUT_RDWR);
+    pthread_join(tid, NULL);
+    close(fd);
 }
 
 static inline double now_s(void)

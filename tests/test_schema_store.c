@@ -155,8 +155,8 @@ static void test_known_ids_do_not_wait_for_a_silent_registry(void)
     char why[256], *text = NULL;
     pthread_t tid;
     int port;
-    one_answer oa = {silent_listener(&port), NULL, NULL, NULL};
-    if (oa.fd < 0 || pthread_create(&tid, NULL, answer_once, &oa) != 0)
+    one_answer oa = {-1, NULL, NULL, NULL};
+    if (standin_start(&oa.fd, &port, answer_once, &oa, &tid) != 0)
         SKIP("no loopback listener");
     hl_schema_store *s = store_at(port, 1500, NULL, NULL);
     if (s == NULL)
@@ -190,8 +190,7 @@ static void test_known_ids_do_not_wait_for_a_silent_registry(void)
     CHECK(hl_schema_store_get(s, 2, &text, why, sizeof why) == HL_EAGAIN);
     hl_schema_store_destroy(s);
 out:
-    pthread_join(tid, NULL);
-    close(oa.fd);
+    standin_stop(oa.fd, NULL, tid);
 }
 
 /* Asks for n ids from first on; returns how many were not HL_EAGAIN. */
@@ -235,26 +234,18 @@ static hl_schema_store *store_answering_once(one_answer *oa, pthread_t *tid, con
                                              hl_metrics *m)
 {
     int port;
-    if ((oa->fd = silent_listener(&port)) < 0)
+    if (standin_start(&oa->fd, &port, answer_once, oa, tid) != 0)
         return NULL;
-    if (pthread_create(tid, NULL, answer_once, oa) != 0) {
-        close(oa->fd);
-        return NULL;
-    }
     hl_schema_store *s = store_at(port, 1500, dir, m);
-    if (s == NULL) {
-        shutdown(oa->fd, SHUT_RDWR);        /* ends the accept */
-        pthread_join(*tid, NULL);
-        close(oa->fd);
-    }
+    if (s == NULL)
+        standin_stop(oa->fd, NULL, *tid);
     return s;
 }
 
 static void store_answering_once_end(hl_schema_store *s, one_answer *oa, pthread_t tid)
 {
     hl_schema_store_destroy(s);
-    pthread_join(tid, NULL);
-    close(oa->fd);
+    standin_stop(oa->fd, NULL, tid);
 }
 
 /* Asks for id until the answer is no longer "wait" (at most ~2 s). */
@@ -460,8 +451,8 @@ static void test_one_failing_id_does_not_starve_the_rest(void)
     char why[256] = "", *text = NULL;
     pthread_t tid;
     int port;
-    one_id_fails of = {.fd = silent_listener(&port)};
-    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+    one_id_fails of = {0};
+    if (standin_start(&of.fd, &port, answer_but_id_5, &of, &tid) != 0)
         SKIP("no loopback listener");
     hl_schema_store *s = store_at(port, 1500, NULL, NULL);
     if (s != NULL) {
@@ -479,10 +470,7 @@ static void test_one_failing_id_does_not_starve_the_rest(void)
         CHECK(hl_schema_store_get(s, 5, &text, why, sizeof why) == HL_EAGAIN);
         hl_schema_store_destroy(s);
     }
-    atomic_store(&of.stop, 1);
-    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
-    pthread_join(tid, NULL);
-    close(of.fd);
+    standin_stop(of.fd, &of.stop, tid);
 }
 
 /* ids first..first+n-1 asked for until each has its schema (up to 6 s),
@@ -517,8 +505,8 @@ static void test_one_failing_id_leaves_the_registry_up(void)
     char why[256] = "", *text = NULL;
     pthread_t tid;
     int port;
-    one_id_fails of = {.fd = silent_listener(&port)};
-    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+    one_id_fails of = {0};
+    if (standin_start(&of.fd, &port, answer_but_id_5, &of, &tid) != 0)
         SKIP("no loopback listener");
     hl_metrics *m = hl_metrics_create();
     hl_schema_store *s = store_at(port, 1500, NULL, m);
@@ -538,10 +526,7 @@ static void test_one_failing_id_leaves_the_registry_up(void)
         hl_schema_store_destroy(s);
     }
     hl_metrics_destroy(m);
-    atomic_store(&of.stop, 1);
-    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
-    pthread_join(tid, NULL);
-    close(of.fd);
+    standin_stop(of.fd, &of.stop, tid);
 }
 
 /* A table full of fetched schemas (records naming that many ids the
@@ -553,8 +538,8 @@ static void test_fetched_schemas_do_not_fill_the_store(void)
     char why[256] = "", *text = NULL;
     pthread_t tid;
     int port, left = HL_SCHEMA_STORE_MAX_IDS;
-    one_id_fails of = {.fd = silent_listener(&port)};
-    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+    one_id_fails of = {0};
+    if (standin_start(&of.fd, &port, answer_but_id_5, &of, &tid) != 0)
         SKIP("no loopback listener");
     hl_log_set_level(HL_LOG_WARN);             /* not a schema_fetched line per id */
     hl_schema_store *s = store_at(port, 1500, NULL, NULL);
@@ -577,10 +562,7 @@ static void test_fetched_schemas_do_not_fill_the_store(void)
         hl_schema_store_destroy(s);
     }
     hl_log_set_level(HL_LOG_INFO);
-    atomic_store(&of.stop, 1);
-    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
-    pthread_join(tid, NULL);
-    close(of.fd);
+    standin_stop(of.fd, &of.stop, tid);
 }
 
 /* A new id waits behind no recheck: "no such id" entries that records
@@ -592,8 +574,8 @@ static void test_new_id_goes_before_rechecks(void)
     char why[256] = "", *text = NULL;
     pthread_t tid;
     int port, n = 1000, rc = HL_EAGAIN;
-    one_id_fails of = {.fd = silent_listener(&port), .missing_from = 1000, .delay_us = 2000};
-    if (of.fd < 0 || pthread_create(&tid, NULL, answer_but_id_5, &of) != 0)
+    one_id_fails of = {.missing_from = 1000, .delay_us = 2000};
+    if (standin_start(&of.fd, &port, answer_but_id_5, &of, &tid) != 0)
         SKIP("no loopback listener");
     hl_schema_store *s = store_at(port, 1500, NULL, NULL);
     if (s != NULL) {
@@ -613,10 +595,7 @@ static void test_new_id_goes_before_rechecks(void)
         free(text);
         hl_schema_store_destroy(s);
     }
-    atomic_store(&of.stop, 1);
-    shutdown(of.fd, SHUT_RDWR);                 /* ends the accept */
-    pthread_join(tid, NULL);
-    close(of.fd);
+    standin_stop(of.fd, &of.stop, tid);
 }
 
 /* A registry whose every schema is a string type with a doc of its own
@@ -676,8 +655,8 @@ static void test_fetched_schemas_stay_within_the_byte_budget(void)
     char why[256] = "", *text = NULL;
     pthread_t tid;
     int port, fit = (int)(HL_SCHEMA_STORE_MAX_BYTES / (BIG_TEXT_BYTES + 1)), n = fit + 2;
-    big_schemas bs = {.fd = silent_listener(&port), .answer = big_answer(BIG_TEXT_BYTES)};
-    if (bs.fd < 0 || bs.answer == NULL || pthread_create(&tid, NULL, answer_big, &bs) != 0)
+    big_schemas bs = {.answer = big_answer(BIG_TEXT_BYTES)};
+    if (bs.answer == NULL || standin_start(&bs.fd, &port, answer_big, &bs, &tid) != 0)
         SKIP("no loopback listener");
     hl_log_set_level(HL_LOG_WARN);             /* not a schema_fetched line per id */
     hl_schema_store *s = store_at(port, 5000, NULL, NULL);
@@ -703,10 +682,7 @@ static void test_fetched_schemas_stay_within_the_byte_budget(void)
     }
     hl_schema_store_destroy(s);
     hl_log_set_level(HL_LOG_INFO);
-    atomic_store(&bs.stop, 1);
-    shutdown(bs.fd, SHUT_RDWR);                 /* ends the accept */
-    pthread_join(tid, NULL);
-    close(bs.fd);
+    standin_stop(bs.fd, &bs.stop, tid);
     free(bs.answer);
 }
 

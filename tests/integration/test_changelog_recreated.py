@@ -77,11 +77,14 @@ DELAY_MS = 2000
 
 
 def worker(ck, broker, model, snapdir, state_topic, name):
+    """A life of the group: the next one joins the session timeout less
+    1 s after this one left (librdkafka 2.0.2's mock holds the emptied
+    group that long), so the timeout is short (3 s, as test_rebalance.py's)."""
     return C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, name + ".log"),
                     ["snapshot.dir=" + snapdir, "snapshot.interval.ms=0",
                      "state.store=kafka", "state.topic=" + state_topic,
                      "state.flush.ms=300", "group.id=" + GROUP,
-                     "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=1000",
+                     "kafka.session.timeout.ms=3000", "kafka.heartbeat.interval.ms=1000",
                      "kafka.fetch.wait.max.ms=10"])
 
 

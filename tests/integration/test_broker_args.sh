@@ -10,7 +10,9 @@
 #   exists', which did not say where the second came from);
 # - --refuse-produce FILE in a directory that does not exist, or naming a
 #   directory: the file could never be created, so the refusal a test
-#   waits for never came and nothing said why.
+#   waits for never came and nothing said why;
+# - --refuse-produce with --delay-produce: once a delay was set, the mock
+#   never refused again, silently.
 # Valid names still start a broker (stopped with SIGTERM once it prints
 # its address).
 set -u
@@ -46,6 +48,8 @@ refused topic_double_comma '"": an empty name' --topics items,,ev
 refused topic_twice '"items": named twice' --topics items,ev,items
 refused refuse_file_no_dir "directory $tmp/none does not exist" --refuse-produce "$tmp/none/refuse"
 refused refuse_file_is_dir "$tmp: is a directory" --refuse-produce "$tmp"
+refused refuse_and_delay "cannot be used together" --refuse-produce "$tmp/r" \
+  --delay-produce "$tmp/d"
 
 # Valid: Kafka's characters, a 249-character name, a file to be created.
 mkfifo "$tmp/addr"

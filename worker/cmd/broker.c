@@ -121,7 +121,7 @@ static void usage(FILE *f)
         "                  while FILE exists and holds a number of milliseconds,\n"
         "                  every Produce request is answered that much later (its\n"
         "                  records are in the log at once); checked every 50 ms,\n"
-        "                  logged when it changes\n\n"
+        "                  logged when it changes; not with --refuse-produce\n\n"
         "The mock keeps at most 5 MiB and 100,000 message sets per partition and\n"
         "drops older data silently: spread big streams over enough partitions.\n");
 }
@@ -205,6 +205,15 @@ static int parse_args(int argc, char **argv, broker_args *a)
         rc = check_refuse_file("--refuse-produce", a->refuse_file);
     if (rc == 0 && a->delay_file != NULL)
         rc = check_refuse_file("--delay-produce", a->delay_file);
+    if (rc == 0 && a->refuse_file != NULL && a->delay_file != NULL) {
+        /* rd_kafka_mock_next_request_error reads a broker's own stack (the
+         * delays) instead of the cluster's (the refusals) once the broker
+         * has one, even an empty one: the refusals would never come. */
+        fprintf(stderr, "halflife broker: --refuse-produce and --delay-produce cannot be "
+                "used together: once a delay was set, librdkafka 2.0.2's mock would never "
+                "answer with the refusal\n");
+        rc = 2;
+    }
     return rc;
 }
 

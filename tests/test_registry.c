@@ -110,30 +110,27 @@ static void test_folded_first_header_after_a_request(void)
         "HTTP/1.1 200 OK\r\n folded: 1\r\nContent-Length: 14\r\n\r\n{\"schema\":\"2\"}",
     };
     char url[64], err[512], *text = NULL;
-    int port, fd = silent_listener(&port);
-    if (fd < 0)
-        SKIP("no loopback listener");
-    raw_answers ra = {fd, 2, raw};
+    int port;
+    raw_answers ra = {-1, 2, raw};
     pthread_t tid;
+    if (standin_start(&ra.fd, &port, answer_raw, &ra, &tid) != 0)
+        SKIP("no loopback listener");
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
     hl_registry_opts o = {.urls = url, .timeout_ms = 5000};
     hl_registry *r = hl_registry_create(&o, err, sizeof err);
     CHECKF(r != NULL, "%s", err);
-    if (r == NULL || pthread_create(&tid, NULL, answer_raw, &ra) != 0) {
-        hl_registry_destroy(r);
-        close(fd);
-        return;
+    if (r != NULL) {
+        int rc = hl_registry_schema_by_id(r, 1, &text, err, sizeof err);
+        CHECKF(rc == 0 && text != NULL && !strcmp(text, "1"), "first answer: rc %d %s", rc,
+               err);
+        free(text);
+        text = NULL;
+        rc = hl_registry_schema_by_id(r, 2, &text, err, sizeof err);
+        CHECKF(rc != 0 && err[0] != '\0', "folded answer: rc %d", rc);
+        free(text);
     }
-    int rc = hl_registry_schema_by_id(r, 1, &text, err, sizeof err);
-    CHECKF(rc == 0 && text != NULL && !strcmp(text, "1"), "first answer: rc %d %s", rc, err);
-    free(text);
-    text = NULL;
-    rc = hl_registry_schema_by_id(r, 2, &text, err, sizeof err);
-    CHECKF(rc != 0 && err[0] != '\0', "folded answer: rc %d", rc);
-    free(text);
-    pthread_join(tid, NULL);
+    standin_stop(ra.fd, NULL, tid);
     hl_registry_destroy(r);
-    close(fd);
 }
 
 /* An HTTP answer of status, Content-Type type and a body of n bytes (body,
@@ -241,15 +238,15 @@ static void test_register_answer_without_an_id_waits(void)
     enum { N = sizeof c / sizeof c[0] };
     const char *raw[N];
     char err[512];
-    int port, fd = silent_listener(&port);
-    if (fd < 0)
-        SKIP("no loopback listener");
+    int port;
     for (int i = 0; i < N; i++)
         raw[i] = c[i].raw ? c[i].raw : "";
-    raw_answers ra = {fd, N, raw};
+    raw_answers ra = {-1, N, raw};
     pthread_t tid;
+    if (standin_start(&ra.fd, &port, answer_raw, &ra, &tid) != 0)
+        SKIP("no loopback listener");
     hl_registry *r = registry_at(port);
-    if (r != NULL && pthread_create(&tid, NULL, answer_raw, &ra) == 0) {
+    if (r != NULL) {
         for (int i = 0; i < N; i++) {
             int32_t id = -1;
             err[0] = '\0';
@@ -260,10 +257,9 @@ static void test_register_answer_without_an_id_waits(void)
                    "answer %d: rc %d, id %d, want %d naming \"%s\": %s", i, rc, (int)id,
                    c[i].want, c[i].say, err);
         }
-        pthread_join(tid, NULL);
     }
+    standin_stop(ra.fd, NULL, tid);
     hl_registry_destroy(r);
-    close(fd);
     for (int i = 0; i < N; i++)
         free(c[i].raw);
 }

@@ -32,12 +32,15 @@ Checks:
   state topic (a second input topic, empty, named by input.topic: the
   mock cannot delete one): a member with no local files restores the old
   rows and checkpoint (input offset 300), finds the offset beyond the new
-  topic's end and writes every row again before serving. The broker
+  topic's end and writes its recreation claim; the rows are not written
+  again (the state topic still holds them all, and the claim makes every
+  reader forget their old applied offsets: the rewrite was dropped on
+  2026-12-07, and no changelog_rewritten line may appear). The broker
   answers each Produce 2 s late (--delay-produce), so the worker is
-  killed (SIGKILL) once its claim is in the changelog, before that
-  rewrite's checkpoint (checked: the claim is the only record past the
-  topic's old end when it dies; a kill after the rewrite landed would
-  pass without testing anything). The new topic then grows to 400 events and
+  killed (SIGKILL) once its claim is in the changelog, before anything
+  after it (checked: the claim is the only record past the topic's old
+  end when it dies; a kill later would pass without testing the claim
+  alone). The case keeps its name from when a rewrite followed. The new topic then grows to 400 events and
   another member restores the partition from the changelog: it must
   resume at the new topic's start and apply all 400. Before the fix the
   claim named the old topic's offset 300, written before the recreation

@@ -144,7 +144,8 @@ void       hl_foldin_destroy(hl_foldin *f);             /* NULL is a no-op */
  * model's queries it is far out of reach. */
 #define HL_FOLDIN_MAX_SUM 0x1p104f
 
-/* One interaction with item id by a user with query q (dim floats, finite)
+/* One interaction with item id by a user with query q (dim floats, finite,
+ * each within HL_QUERY_MAX_ABS, the encoder's clamp)
  * and weight w >= 0 at ts_ms. 1 when this made the item ready, 0 when it
  * was counted (or w is 0: no interaction, nothing changes), HL_EINVAL for
  * a bad id, q or w, HL_ERANGE when it would take the item's sums past

@@ -92,6 +92,12 @@ static void test_order_independent_and_ready(void)
     CHECK(fabsf(bias - bias2) < 1e-5f);
     float nan_q[D] = {NAN};
     CHECK(hl_foldin_add(a, "x", 1, nan_q, 1.0f, 0) == HL_EINVAL);
+    /* beyond the encoder's clamp: the sums' quick bound assumes it */
+    float far_q[D] = {0};
+    far_q[D - 1] = -0x1p65f;
+    CHECK(hl_foldin_add(a, "x", 1, far_q, 1.0f, 0) == HL_EINVAL);
+    far_q[D - 1] = -0x1p64f;
+    CHECK(hl_foldin_add(a, "x", 1, far_q, 1.0f, 0) >= 0);
     CHECK(hl_foldin_add(a, "x", 1, q[0], -1.0f, 0) == HL_EINVAL);
     CHECK(hl_foldin_add(a, "", 0, q[0], 1.0f, 0) == HL_EINVAL);
     hl_foldin_destroy(a);
@@ -649,6 +655,8 @@ static void test_extreme_weight_is_refused(void)
     if (f == NULL)
         return;
     CHECK(hl_foldin_add(f, "plain", 5, q, 1.0f, 0) == 1);
+    /* a mass past the quick bound (2^36) whose sums fit: read and taken */
+    CHECK(hl_foldin_add(f, "mid", 3, q, 1e12f, 0) == 1);
     int rc = hl_foldin_add(f, "hot", 3, big, 1e30f, 0);
     CHECK(hl_foldin_add(f, "hot", 3, q, 1.0f, 1000) >= 0);
     CHECK(hl_foldin_add(f, "plain", 5, q, 1.0f, 1000) == 0);

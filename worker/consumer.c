@@ -15,8 +15,9 @@
  * needs where each assignment starts, so the rebalance callback passing
  * through here notes it, and when (a report made before is stale). The
  * end in the statistics is the one librdkafka's last fetch answer carried,
- * and a paused partition is not fetched, so the owned partitions' ends are
- * also asked of the broker, off this thread (watermark.c), and the newer
+ * and a paused partition is not fetched, so the ends of owned partitions
+ * whose end stood still are asked of the broker, off this thread
+ * (watermark.c, end_stands_still), and the newer
  * of the two is used.
  *
  * Destroying the handle is skipped in one state, where librdkafka 2.0.2

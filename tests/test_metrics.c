@@ -475,6 +475,10 @@ static void test_http_endpoints(void)
     CHECK(http_get(port, "GET", "/nope", &r) == 0 && r.status == 404);
     CHECK(http_get(port, "GET", "/metricsx", &r) == 0 && r.status == 404);
     CHECK(http_get(port, "POST", "/metrics", &r) == 0 && r.status == 405);
+    /* A 405 must name the methods that work (RFC 9110 15.5.6). */
+    CHECKF(strstr(r.head, "\r\nAllow: GET, HEAD") != NULL, "405 head:\n%s", r.head);
+    CHECK(http_get(port, "OPTIONS", "/healthz", &r) == 0 && r.status == 405);
+    CHECKF(strstr(r.head, "\r\nAllow: GET, HEAD") != NULL, "405 head:\n%s", r.head);
 
     /* The same port again fails with a reason naming it. */
     char want[32];

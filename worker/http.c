@@ -81,6 +81,7 @@ struct hl_http {
 
 #define CT_TEXT     "text/plain; charset=utf-8"
 #define CT_METRICS  "text/plain; version=0.0.4; charset=utf-8"
+#define NOT_ALLOWED "method not allowed: only GET and HEAD\n"
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -184,9 +185,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (id >= 0) hl_http_guard_idle(http->guard, id, hl_now_mono_ms());
 }
 
-/* Queues body (taking ownership if must_free) with status and type. */
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status,
-                             const char *type, char *body, size_t len, int must_free)
+/* Queues body (taking ownership if must_free) with status and type, and
+ * an Allow header when allow is not NULL. */
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
+                             char *body, size_t len, int must_free, const char *allow)
 {
     struct MHD_Response *rsp;
     enum MHD_Result ret;
@@ -199,6 +201,7 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status,
     }
     MHD_add_response_header(rsp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     MHD_add_response_header(rsp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (allow != NULL) MHD_add_response_header(rsp, MHD_HTTP_HEADER_ALLOW, allow);
     ret = MHD_queue_response(conn, status, rsp);
     MHD_destroy_response(rsp);
     return ret;
@@ -207,7 +210,7 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status,
 static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status,
                                   const char *text)
 {
-    return reply(conn, status, CT_TEXT, (char *)text, strlen(text), 0);
+    return reply(conn, status, CT_TEXT, (char *)text, strlen(text), 0, NULL);
 }
 
 static int is_ready(hl_http *http, char *why, size_t whylen)
@@ -226,7 +229,7 @@ static enum MHD_Result serve_metrics(hl_http *http, struct MHD_Connection *conn)
     hl_gauge_set(http->ready_gauge, is_ready(http, why, sizeof why));
     if (hl_metrics_render(http->reg, &body, &len) != 0)
         return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
-    return reply(conn, MHD_HTTP_OK, CT_METRICS, body, len, 1);
+    return reply(conn, MHD_HTTP_OK, CT_METRICS, body, len, 1, NULL);
 }
 
 /* 200 "ready", or 503 with the reason ready() wrote, so `curl /readyz`
@@ -240,7 +243,7 @@ static enum MHD_Result serve_ready(hl_http *http, struct MHD_Connection *conn)
     if (ok) return reply_text(conn, MHD_HTTP_OK, "ready\n");
     n = asprintf(&body, "not ready: %s\n", why[0] ? why : "no reason given");
     if (n < 0) return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
-    return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, CT_TEXT, body, (size_t)n, 1);
+    return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, CT_TEXT, body, (size_t)n, 1, NULL);
 }
 
 /* 200 "ok", or 503 with the reason live() wrote: the liveness probe then
@@ -254,7 +257,7 @@ static enum MHD_Result serve_health(hl_http *http, struct MHD_Connection *conn)
         return reply_text(conn, MHD_HTTP_OK, "ok\n");
     n = asprintf(&body, "not live: %s\n", why[0] ? why : "no reason given");
     if (n < 0) return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not live\n");
-    return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, CT_TEXT, body, (size_t)n, 1);
+    return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, CT_TEXT, body, (size_t)n, 1, NULL);
 }
 
 /* Any method but GET and HEAD: 405, once the body has been read and
@@ -273,8 +276,11 @@ static enum MHD_Result refuse_method(struct MHD_Connection *conn, size_t *upload
         *con_cls = (void *)(uintptr_t)1;
         return MHD_YES;         /* libmicrohttpd calls again with the body */
     }
+    /* Allow is what RFC 9110 requires of a 405: the client learns what
+     * works instead of guessing. */
     if (*upload_data_size == 0)
-        return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+        return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, CT_TEXT, (char *)NOT_ALLOWED,
+                     sizeof NOT_ALLOWED - 1, 0, "GET, HEAD");
     seen += *upload_data_size;
     *upload_data_size = 0;
     *con_cls = (void *)seen;

@@ -389,20 +389,25 @@ typedef struct http_rsp {
     char body[16384];
 } http_rsp;
 
-/* GET path (HTTP/1.0, so the server closes when done) from 127.0.0.1:port. */
-static int http_get(int port, const char *method, const char *path, http_rsp *r)
+/* GET path (HTTP/1.0, so the server closes when done) from addr:port
+ * (IPv4 or IPv6 text). */
+static int http_get_at(const char *addr, int port, const char *method, const char *path,
+                       http_rsp *r)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in6 sa6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
+    int v6 = inet_pton(AF_INET6, addr, &sa6.sin6_addr) == 1;
     struct timeval tv = {5, 0};
     char req[256], all[sizeof r->head + sizeof r->body];
     size_t got = 0;
     ssize_t n;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
 
     memset(r, 0, sizeof *r);
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    inet_pton(AF_INET, addr, &sa.sin_addr);
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    if (fd < 0 || connect(fd, v6 ? (struct sockaddr *)&sa6 : (struct sockaddr *)&sa,
+                          v6 ? sizeof sa6 : sizeof sa) != 0) {
         if (fd >= 0) close(fd);
         return -1;
     }
@@ -420,6 +425,11 @@ static int http_get(int port, const char *method, const char *path, http_rsp *r)
     memcpy(r->head, all, hlen + 1);
     memcpy(r->body, sep + 4, blen + 1);
     return 0;
+}
+
+static int http_get(int port, const char *method, const char *path, http_rsp *r)
+{
+    return http_get_at("127.0.0.1", port, method, path, r);
 }
 
 /* Set by the test's thread, read by the HTTP thread's callbacks. */
@@ -492,6 +502,38 @@ static void test_http_endpoints(void)
     hl_http_stop(http);
     hl_http_stop(NULL);
     CHECK(http_get(port, "GET", "/healthz", &r) != 0);      /* stopped: refused */
+    hl_metrics_destroy(reg);
+}
+
+/* metrics.bind=:: is every interface of both families, as a socket bound
+ * to :: is on Linux unless told otherwise. libmicrohttpd made it IPv6 only,
+ * so the kubelet's probes of a dual-stack pod's IPv4 address, and the
+ * image's health check on 127.0.0.1, were refused and the pod restarted. */
+static void test_http_bind_any_ipv6(void)
+{
+    char err[256] = "";
+    http_rsp r;
+    hl_metrics *reg = hl_metrics_create();
+    hl_http *http = hl_http_start("::", 0, reg, NULL, NULL, NULL, err, sizeof err);
+    if (http == NULL) {
+        printf("SKIP test_metrics.test_http_bind_any_ipv6: no IPv6 here (%s)\n", err);
+        hl_metrics_destroy(reg);
+        return;
+    }
+    int port = hl_http_port(http);
+    CHECK(http_get_at("::1", port, "GET", "/healthz", &r) == 0 && r.status == 200);
+    CHECKF(http_get_at("127.0.0.1", port, "GET", "/healthz", &r) == 0 && r.status == 200,
+           "bound to :: port %d: IPv4 client refused", port);
+    hl_http_stop(http);
+    /* One IPv6 address is that address only. */
+    http = hl_http_start("::1", 0, reg, NULL, NULL, NULL, err, sizeof err);
+    CHECKF(http != NULL, "start on ::1: %s", err);
+    if (http != NULL) {
+        port = hl_http_port(http);
+        CHECK(http_get_at("::1", port, "GET", "/healthz", &r) == 0 && r.status == 200);
+        CHECK(http_get_at("127.0.0.1", port, "GET", "/healthz", &r) != 0);
+        hl_http_stop(http);
+    }
     hl_metrics_destroy(reg);
 }
 
@@ -609,5 +651,6 @@ int main(void)
     RUN(test_concurrent_updates);
     RUN(test_http_endpoints);
     RUN(test_http_idle_connections_and_bodies);
+    RUN(test_http_bind_any_ipv6);
     TEST_EXIT();
 }

@@ -103,7 +103,7 @@ static const key_def keys[] = {
     {"state.flush.ms",      T_INT,  NULL, 1, 86400000, NULL, "time between changelog flushes of a shard (default snapshot.interval.ms, or 1000 when that is 0)"},
     {"shutdown.timeout.ms", T_INT,  "30000", 0, 3600000, NULL, "graceful stop bound; also how long a revocation waits for its partitions' undelivered lists (refused, or the broker away) before it lets them go, their events left for the next owner to read again; every record the producer still holds is then purged (lists still owned are refreshed again), so no old list lands after the next owner's newer one; partitions lost by session timeout go at once"},
     {"metrics.port",        T_INT,  "9464", 0, 65535, NULL, "HTTP port of /metrics, /healthz, /readyz; 0 disables"},
-    {"metrics.bind",        T_STR,  "0.0.0.0", 1, 45, NULL, "IP address the HTTP endpoint listens on: 0.0.0.0 every IPv4 interface (Kubernetes probes and scrapes reach the pod IP), 127.0.0.1 this host only, :: IPv6"},
+    {"metrics.bind",        T_STR,  "0.0.0.0", 1, 45, NULL, "IP address the HTTP endpoint listens on: 0.0.0.0 every IPv4 interface (Kubernetes probes and scrapes reach the pod IP), 127.0.0.1 this host only, :: every IPv6 and IPv4 interface, ::1 IPv6 loopback only"},
     {"auto.offset.reset",   T_ENUM, "earliest", 0, 0, "earliest|latest", "where a partition with nothing to restore (no snapshot, no changelog) starts; the group's committed offset is not used (kafka.auto.offset.reset wins if set)"},
     {"log.level",           T_ENUM, "info", 0, 0, "debug|info|warn|error", "lowest level logged"},
     {"embedded.partitions", T_INT,  "4", 1, 1000, NULL, "partitions per topic of the embedded broker (no kafka.bootstrap.servers)"},

@@ -313,7 +313,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 }
 
 /* Fills *ss from "a.b.c.d", "::1"-style text or NULL/"" (every IPv4
- * interface). *flags gets MHD_USE_IPv6 for an IPv6 address. */
+ * interface). *flags gets MHD_USE_IPv6 for an IPv6 address; for "::" it
+ * gets MHD_USE_DUAL_STACK: "::" is every interface, and a socket bound to
+ * it takes IPv4 clients too on Linux, except that libmicrohttpd makes it
+ * IPv6 only unless told. IPv6 only, the kubelet's probes of a dual-stack
+ * pod's IPv4 address were refused and the pod restarted. */
 static int parse_addr(const char *addr, int port, struct sockaddr_storage *ss,
                       unsigned *flags, char *errbuf, size_t errlen)
 {
@@ -332,7 +336,7 @@ static int parse_addr(const char *addr, int port, struct sockaddr_storage *ss,
     if (inet_pton(AF_INET6, addr, &in6->sin6_addr) == 1) {
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons((uint16_t)port);
-        *flags |= MHD_USE_IPv6;
+        *flags |= IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
         return 0;
     }
     return hl_err(errbuf, errlen, HL_EINVAL, "metrics address '%s': not an IP address", addr);

@@ -14,9 +14,10 @@
  * It registers the gauge halflife_ready in reg and sets it from ready()
  * before each /metrics render. ready() runs on the HTTP thread, never under
  * the registry lock. bind_addr is an IPv4 or IPv6 address (NULL or "":
- * 0.0.0.0). Whoever reaches the port cannot starve the probes: connections
- * are bounded per client address and in total, and one that has not sent a
- * whole request in 3 s makes room for a newcomer (http_guard.c). */
+ * 0.0.0.0; "::" takes IPv4 clients too). Whoever reaches the port cannot
+ * starve the probes: connections are bounded per client address and in
+ * total, and one that has not sent a whole request in 3 s makes room for a
+ * newcomer (http_guard.c). */
 typedef struct hl_http hl_http;
 typedef int (*hl_ready_fn)(void *arg, char *why, size_t whylen);
 hl_http *hl_http_start(const char *bind_addr, int port, hl_metrics *reg,

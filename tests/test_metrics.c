@@ -54,6 +54,12 @@ static void fill_sample(hl_metrics *reg)
     hl_metrics_escape(esc, sizeof esc, "v1 \"quoted\" back\\slash\nnewline");
     snprintf(labels, sizeof labels, "version=\"%s\",items=\"1000\",dim=\"64\"", esc);
     hl_gauge_set(hl_metrics_gauge(reg, "halflife_model_info", "The model in use.", labels), 1);
+    /* Bytes that are not UTF-8, escaped and not: either way one such label
+     * value made Prometheus refuse the whole scrape. */
+    hl_metrics_escape(esc, sizeof esc, "latin1 caf\xe9 \xff\xfe");
+    snprintf(labels, sizeof labels, "version=\"%s\"", esc);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_build_info", "The running build.", labels), 1);
+    hl_gauge_set(hl_metrics_gauge(reg, "halflife_build_info", NULL, "version=\"raw \xc3\x28\""), 1);
     hl_histogram *h = hl_metrics_histogram(reg, "halflife_stage_duration_seconds",
                                            "Time per batch stage.", "stage=\"decode\"",
                                            hl_latency_bounds_s, hl_latency_bounds_n);
@@ -192,11 +198,21 @@ static void test_escaping(void)
     n = hl_metrics_escape(buf, 4, "\"\"\"");          /* truncates like snprintf */
     CHECK(n == 6 && strcmp(buf, "\\\"\\") == 0);
     CHECK(hl_metrics_escape(NULL, 0, "ab\n") == 4);
+    /* Not UTF-8: each bad byte becomes '?', a valid character stays. */
+    n = hl_metrics_escape(buf, sizeof buf, "caf\xc3\xa9 \xe9\xff\xc3\x28");
+    CHECKF(strcmp(buf, "caf\xc3\xa9 ??" "?(") == 0, "got %s", buf);
+    CHECK(n == strlen(buf));
 
     hl_metrics *reg = hl_metrics_create();
     hl_metrics_counter(reg, "halflife_e_total", "Line one\nback\\slash", NULL);
     char *out = render(reg);
     CHECKF(out && strstr(out, "# HELP halflife_e_total Line one\\nback\\\\slash\n"), "got:\n%s", out);
+    free(out);
+    /* Labels given unescaped bytes that are not UTF-8 are quarantined. */
+    hl_metrics_counter(reg, "halflife_f_total", NULL, "v=\"a\xff" "b\"");
+    out = render(reg);
+    CHECKF(out && strstr(out, "halflife_f_total{invalid_labels=\"v=\\\"a?b\\\"\"} 0\n"),
+           "got:\n%s", out);
     free(out);
     hl_metrics_destroy(reg);
 }

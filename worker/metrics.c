@@ -18,6 +18,7 @@
 #include "metrics.h"
 
 #include "hl.h"
+#include "utf8.h"
 
 #include <assert.h>
 #include <math.h>
@@ -182,6 +183,7 @@ static int valid_name(const char *s)
  * the whole scrape, so a bad string is caught at registration. */
 static int valid_labels(const char *s)
 {
+    if (!hl_utf8_valid(s, strlen(s))) return 0;
     while (*s) {
         const char *start = s;
         while ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_' ||
@@ -386,12 +388,17 @@ double hl_metrics_gauge_sum(hl_metrics *reg, const char *name)
     return sum;
 }
 
+/* A byte that does not belong to a valid UTF-8 character becomes '?':
+ * Prometheus refuses a whole scrape over one such label value, and '?'
+ * keeps the escaped value within twice the input, as callers size it. */
 size_t hl_metrics_escape(char *dst, size_t dstlen, const char *value)
 {
-    size_t need = 0;
-    for (const char *p = value; *p; p++) {
+    size_t need = 0, left = strlen(value), run = 0;
+    for (const char *p = value; *p; p++, left--) {
         const char *rep = *p == '\\' ? "\\\\" : *p == '"' ? "\\\"" : *p == '\n' ? "\\n" : NULL;
         char one[2] = {*p, 0};
+        if (run == 0 && (run = hl_utf8_char_len(p, left)) == 0) one[0] = '?';
+        else run--;
         for (const char *r = rep ? rep : one; *r; r++, need++)
             if (need + 1 < dstlen) dst[need] = *r;
     }

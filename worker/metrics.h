@@ -23,8 +23,9 @@ void        hl_metrics_destroy(hl_metrics *reg);          /* NULL is a no-op */
  * NULL: aborts on out-of-memory at registration (which happens at start or
  * on assignment) and on a programmer's mistake that would break every
  * scrape (an invalid metric name, one name registered as two kinds).
- * Malformed labels do not abort: the series is exported with the one label
- * invalid_labels="<the string, escaped>" and stderr says so. */
+ * Malformed labels (bytes that are not UTF-8 included) do not abort: the
+ * series is exported with the one label invalid_labels="<the string,
+ * escaped>" and stderr says so. */
 hl_counter   *hl_metrics_counter(hl_metrics *reg, const char *name,
                                  const char *help, const char *labels);
 hl_gauge     *hl_metrics_gauge(hl_metrics *reg, const char *name,
@@ -54,8 +55,10 @@ void hl_metrics_drop(hl_metrics *reg, const char *name, const char *labels);
 int hl_metrics_series_count(hl_metrics *reg, const char *name);
 
 /* Escapes a label value for the labels argument (backslash, double quote,
- * newline), like snprintf: writes at most dstlen bytes including the NUL
- * and returns the length the whole escaped value needs. */
+ * newline; a byte that is not part of valid UTF-8 becomes '?', so the
+ * result is at most twice as long as value), like snprintf: writes at most
+ * dstlen bytes including the NUL and returns the length the whole escaped
+ * value needs. */
 size_t hl_metrics_escape(char *dst, size_t dstlen, const char *value);
 
 void hl_counter_add(hl_counter *c, uint64_t n);

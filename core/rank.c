@@ -193,7 +193,8 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
     r->n_heads = p->info.n_heads;
     for (int h = 0; h < r->n_heads; h++)
         r->lambda_per_ms[h] = (float)(log(2.0) / p->info.half_life_ms[h]);
-    memcpy(r->type_weight, p->info.type_weight, sizeof r->type_weight);
+    memcpy(r->type_weight, o->type_weight ? o->type_weight : p->info.type_weight,
+           sizeof r->type_weight);
     r->k = o->k;
     r->kc = o->k + DET_PAD;
     r->exclude_seen = o->exclude_seen;
@@ -289,7 +290,10 @@ void hl_ranker_destroy(hl_ranker *r)
 
 /* The weight ring entry slot was applied with (type weight x its weight
  * field); where the ring does not know it (NAN: restored from a format-1
- * snapshot; no hist_w at all), its type's weight, as before rings kept it. */
+ * snapshot; no hist_w at all), the weight its type is applied with: the
+ * worker's weight.* override when set (hl_rank_opts.type_weight), as the
+ * heads took it. The model's alone put a type the operator weighs up or
+ * down back at the trainer's weight, for old entries only. */
 static float entry_weight(const hl_ranker *r, const hl_row_view *v, int slot)
 {
     float w = v->hist_w != NULL ? v->hist_w[slot] : NAN;

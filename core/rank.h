@@ -32,9 +32,11 @@
  * summed over heads, times how well its item predicts j. w_e is the weight
  * the event was applied with (hl_row_view.hist_w: its type weight times its
  * weight field, so a rating of 5 counts five times a rating of 1), or the
- * model's type_weight[type_e] where the ring does not know it (NAN, or no
- * hist_w: a ring restored from a format-1 snapshot). The MLP is not
- * linear, so this is an explanation, not an exact attribution.
+ * weight its type is applied with (hl_rank_opts.type_weight: the worker's
+ * weight.* override, else the model's type_weight[type_e]) where the ring
+ * does not know it (NAN, or no hist_w: a ring restored from a format-1
+ * snapshot). The MLP is not linear, so this is an explanation, not an
+ * exact attribution.
  * because = i_e of the best entry (the newest on equal c), or -1 when no
  * entry has c > 0 (no known history, or nothing in it points towards j).
  * It ranges over the whole ring whatever seen_window is: every entry feeds
@@ -71,6 +73,10 @@ typedef struct hl_rank_opts {
     int shadow_every;    /* with ivf: every shadow_every-th user refreshed is
                             also scored over every item and the two lists
                             compared (hl_ranker_index_recall); 0: never */
+    const float *type_weight; /* HL_N_TYPES: the weight each event type is
+                            applied with (the worker's weight.* overrides),
+                            for `because` where the ring does not know an
+                            entry's own; copied at create. NULL: the model's */
 } hl_rank_opts;
 
 /* How candidates are found; the list is the same either way (rank.c,

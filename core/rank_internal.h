@@ -40,7 +40,7 @@ struct hl_ranker {
     int32_t        n_items;
     int            dim, n_heads;
     float          lambda_per_ms[HL_MAX_HEADS];
-    float          type_weight[HL_N_TYPES];
+    float          type_weight[HL_N_TYPES];  /* applied, by type: hl_rank_opts's */
     int            k, exclude_seen, max_batch, block;
     int            seen_window; /* hl_rank_opts.seen_window: 0 = the whole ring */
     int            kc;         /* candidates per user: k + DET_PAD */

@@ -299,6 +299,52 @@ static void test_because_weighs_each_event(void)
     tmodel_free(&t);
 }
 
+/* An entry whose weight the ring does not know (NAN or no hist_w: a ring
+ * from a format-1 snapshot) counts with the weight the worker applies to
+ * its type (hl_rank_opts.type_weight, its weight.* override), not the
+ * model's: a VIEW on item 1 and a PURCHASE on item 0 at the same time,
+ * item 2 pointing to both alike. The model weighs PURCHASE 5 and VIEW 1,
+ * the worker VIEW 10, so the VIEW explains item 2. It used to fall back to
+ * the model's weights: the PURCHASE did, in both paths. */
+static void test_because_unknown_weight_is_the_served_types(void)
+{
+    tmodel t;
+    tuser u;
+    tmodel_init(&t, 4, 2, 1, 0, 0);
+    float e_in[8] = {1, 0, 0, 1, 0, 0, 0, 0};
+    float e_out[8] = {0, 0, 0, 0, 1, 1, -1, -1};
+    float bias[4] = {-100, -100, 5, 4}, tw[HL_N_TYPES];
+    memcpy(t.e_in, e_in, sizeof e_in);
+    memcpy(t.e_out, e_out, sizeof e_out);
+    memcpy(t.bias, bias, sizeof bias);
+    memcpy(tw, t.p.info.type_weight, sizeof tw);
+    tw[HL_VIEW] = 2.0f * t.p.info.type_weight[HL_PURCHASE];
+    tuser_init(&u, &t, 2);
+    u.v.hist_head = 0;
+    u.v.hist_w = u.w;
+    u.item[0] = 1; u.type[0] = HL_VIEW; u.ts[0] = u.v.t_ref_ms; u.w[0] = NAN;
+    u.item[1] = 0; u.type[1] = HL_PURCHASE; u.ts[1] = u.v.t_ref_ms; u.w[1] = NAN;
+    char err[256] = "";
+    hl_rank_opts o = {.k = 4, .exclude_seen = 1, .max_batch = 1, .type_weight = tw};
+    hl_ranker *r = hl_ranker_create_parts(&t.p, &o, err, sizeof err);
+    CHECKF(r != NULL, "create: %s", err);
+    for (int pass = 0; r != NULL && pass < 2; pass++) {
+        hl_rec out[4], ref[4];
+        int n_out = 0, n_ref = 0;
+        u.v.hist_w = pass ? NULL : u.w;         /* a view without weights: the same */
+        CHECK(hl_ranker_refresh(r, &u.v, 1, out, &n_out) == 0);
+        CHECK(hl_ranker_refresh_naive(r, &u.v, 1, NULL, ref, &n_ref) == 0);
+        int j = n_out == 2 && out[1].item == 2, i = n_ref == 2 && ref[1].item == 2;
+        CHECKF(n_out == 2 && out[j].item == 2 && out[j].because == 1,
+               "item 2 because %d, want 1 (the VIEW at weight.view 10, not the model's 1)",
+               out[j].because);
+        CHECKF(n_ref == 2 && ref[i].item == 2 && ref[i].because == 1,
+               "naive: item 2 because %d, want 1", ref[i].because);
+    }
+    hl_ranker_destroy(r);
+    tmodel_free(&t);
+}
+
 static void test_refresh_is_repeatable(void)
 {
     tmodel t;
@@ -555,6 +601,7 @@ int main(void)
     RUN(test_ties_lower_row_first);
     RUN(test_because_by_hand);
     RUN(test_because_weighs_each_event);
+    RUN(test_because_unknown_weight_is_the_served_types);
     RUN(test_refresh_is_repeatable);
     RUN(test_same_list_alone_and_in_batch);
     RUN(test_model_file_matches_parts);

@@ -40,7 +40,8 @@ int hl_publish_alloc(hl_wthread *t, char *errbuf, size_t errlen)
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
                        .qitems = t->mref->qitems, .ivf = t->mref->ivf,
                        .nprobe = o->recs_index_nprobe,
-                       .shadow_every = o->recs_index_shadow_every};
+                       .shadow_every = o->recs_index_shadow_every,
+                       .type_weight = t->mref->tw};     /* weight.*, as applied */
     if ((t->ranker = hl_ranker_create(t->mref->m, &ro, errbuf, errlen)) == NULL)
         return HL_ENOMEM;
     return 0;
@@ -58,7 +59,8 @@ int hl_publish_model(hl_wthread *t, const hl_mref *r, char *errbuf, size_t errle
                        .max_batch = REFRESH_MAX, .scoring = o->recs_scoring,
                        .qitems = r->qitems, .ivf = r->ivf,
                        .nprobe = o->recs_index_nprobe,
-                       .shadow_every = o->recs_index_shadow_every};
+                       .shadow_every = o->recs_index_shadow_every,
+                       .type_weight = r->tw};
     hl_ranker *rk = hl_ranker_create(r->m, &ro, errbuf, errlen);
     if (rk == NULL)
         return HL_ENOMEM;

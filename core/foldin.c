@@ -68,7 +68,8 @@ struct hl_foldin {
     uint64_t  clock;
     fslot    *slot;  uint32_t n_slot;
     uint64_t  evicted;
-    uint64_t  refused;           /* adds past HL_FOLDIN_MAX_SUM */
+    uint64_t  refused;           /* adds past HL_FOLDIN_MAX_SUM (HL_ERANGE) */
+    uint64_t  baseline_refused;  /* adds the baseline left out, their item's taken */
     int32_t   ready;
     float    *G;                 /* decayed sum of every noted query (lift) */
     double    G_M;               /* its decayed weight */
@@ -335,6 +336,7 @@ void hl_foldin_stats_get(const hl_foldin *f, hl_foldin_stats *st)
     st->ready = f->ready;
     st->evicted = f->evicted;
     st->refused = f->refused;
+    st->baseline_refused = f->baseline_refused;
 }
 
 /* ---- items ---- */
@@ -523,13 +525,14 @@ static int add_fits(const hl_foldin *f, const float *S, double M, int64_t t_ref,
     return !bad && a * M + b <= HL_FOLDIN_MAX_SUM;
 }
 
-/* The baseline's add, or a refusal (counted) that leaves it as it was. */
+/* The baseline's add, or a refusal (counted apart from the items': the
+ * event was taken, its item's add returns 0 or 1) that leaves it as it was. */
 static void baseline_add(hl_foldin *f, const float *q, float w, int64_t ts_ms)
 {
     if (add_fits(f, f->G, f->G_M, f->G_t, q, w, ts_ms))
         decayed_add(f, f->G, &f->G_M, &f->G_t, q, w, ts_ms);
     else
-        f->refused++;
+        f->baseline_refused++;
 }
 
 void hl_foldin_baseline_add(hl_foldin *f, const float *q, float w, int64_t ts_ms)

@@ -131,7 +131,7 @@ void       hl_foldin_destroy(hl_foldin *f);             /* NULL is a no-op */
 
 /* The most any |S_i| and M (an item's or the lift baseline's) may hold:
  * an add that would take one past it is refused, and counted
- * (hl_foldin_stats.refused). The sums are floats with no decay bound: an
+ * (hl_foldin_stats.refused, or baseline_refused). The sums are floats with no decay bound: an
  * event of weight 1e30 (a user's state takes that much, HL_TABLE_MAX_MASS)
  * by a user whose query sits at the ranker's clamp (2^64) made them inf in
  * one add, and they stayed so (0 x inf is NaN after a long idle); through
@@ -149,9 +149,10 @@ void       hl_foldin_destroy(hl_foldin *f);             /* NULL is a no-op */
  * and weight w >= 0 at ts_ms. 1 when this made the item ready, 0 when it
  * was counted (or w is 0: no interaction, nothing changes), HL_EINVAL for
  * a bad id, q or w, HL_ERANGE when it would take the item's sums past
- * HL_FOLDIN_MAX_SUM (refused: nothing changes), HL_ENOMEM. An add that
- * would take the lift's baseline past it still counts for the item; the
- * baseline leaves that one out (both counted in refused). */
+ * HL_FOLDIN_MAX_SUM (refused: nothing changes; counted in refused),
+ * HL_ENOMEM. An add that would take the lift's baseline past it still
+ * counts for the item; the baseline leaves that one out (counted in
+ * baseline_refused, not in refused: the add returned 0 or 1). */
 int hl_foldin_add(hl_foldin *f, const char *id, uint32_t len, const float *q, float w,
                   int64_t ts_ms);
 
@@ -218,8 +219,9 @@ const float *hl_foldin_map(const hl_foldin *f);
 typedef struct hl_foldin_stats {
     int32_t  items, ready;
     uint64_t evicted;
-    uint64_t refused;       /* adds to an item or to the baseline left out:
-                               past HL_FOLDIN_MAX_SUM */
+    uint64_t refused;       /* adds refused (HL_ERANGE): past HL_FOLDIN_MAX_SUM */
+    uint64_t baseline_refused;  /* adds to the lift's baseline left out (past it),
+                               their item's taken: an event lands in one count */
 } hl_foldin_stats;
 void hl_foldin_stats_get(const hl_foldin *f, hl_foldin_stats *st);
 

@@ -210,6 +210,23 @@ static hl_foldin *reference(fixture *fx)
     return ref;
 }
 
+/* The value of one series in the rendered /metrics text, -1 if absent. */
+static double scraped(hl_metrics *reg, const char *series)
+{
+    char *text = NULL, *at;
+    size_t len;
+    double v = -1;
+    if (hl_metrics_render(reg, &text, &len) != 0)
+        return -1;
+    for (at = text; (at = strstr(at, series)) != NULL; at++)
+        if ((at == text || at[-1] == '\n') && at[strlen(series)] == ' ') {
+            v = strtod(at + strlen(series) + 1, NULL);
+            break;
+        }
+    free(text);
+    return v;
+}
+
 static void test_queries_are_the_refreshs(void)
 {
     static fixture fx;
@@ -332,8 +349,11 @@ static void test_rebind_follows_the_swap(void)
 }
 
 /* A thread that resolved its notes under m1 flushes them after the
- * rebind to m2: its sums go to m1's generation, which no longer serves,
- * and halflife_foldin_items stays m2's count (0), not m1's. */
+ * rebind to m2: m1's generation no longer serves, so they are skipped
+ * (reason model_swapped), as a thread that resolved after the rebind
+ * skips them, and halflife_foldin_items stays m2's count (0), not m1's.
+ * They used to be added to m1's sums, which the rebind had dropped
+ * (items_dropped), and counted as folded in. */
 static void test_items_gauge_is_the_serving_models(void)
 {
     static fixture fx;
@@ -354,11 +374,104 @@ static void test_items_gauge_is_the_serving_models(void)
     CHECK(hl_wfoldin_rebind(fx.wf, m2, err, sizeof err) == 0);
     CHECK(hl_metrics_gauge_sum(fx.reg, "halflife_foldin_items") == 0);
     hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
+    uint64_t events = hl_metrics_counter_sum(fx.reg, "halflife_foldin_events_total");
     hl_foldin_local_flush(fx.wf, &fx.loc);          /* ... flushed after the swap */
     double after = hl_metrics_gauge_sum(fx.reg, "halflife_foldin_items");
     CHECKF(after == 0, "halflife_foldin_items %g after the swap: the old model's count", after);
+    uint64_t added = hl_metrics_counter_sum(fx.reg, "halflife_foldin_events_total") - events;
+    double swapped = scraped(fx.reg,
+                             "halflife_foldin_skipped_total{reason=\"model_swapped\"}");
+    CHECKF(added == 0 && swapped == 18, "flushed after the swap: %llu folded in (want 0), "
+           "skipped{reason=\"model_swapped\"} %g (want 18)", (unsigned long long)added,
+           swapped);
     fixture_free(&fx);
     hl_model_close(m2);
+}
+
+/* The skip counts by reason, summed. */
+static uint64_t skipped_total(fixture *fx)
+{
+    return hl_metrics_counter_sum(fx->reg, "halflife_foldin_skipped_total");
+}
+
+/* An event on an unknown item (known row 0 for the table) whose note
+ * carries weight w, not the event's. */
+static void push_weighted(fixture *fx, int u, const char *id, float w)
+{
+    push(fx, u, -1, fx->offset[u]++, 0, NULL);
+    fx->ev_id[fx->sh->n_ev - 1] = id;
+    hl_foldin_local_note(&fx->loc, fx->sh, fx->sh->n_ev - 1, id, (uint32_t)strlen(id), w);
+}
+
+/* Every noted event lands in exactly one counter: folded in
+ * (halflife_foldin_events_total) or skipped under one reason. The batch's
+ * duplicate (not applied) used to land in none; an add past the sums'
+ * bound (HL_FOLDIN_MAX_SUM: an extreme weight) landed among the other
+ * skips, with nothing to tell it from a lost note. */
+static void test_every_note_counted_once(void)
+{
+    static fixture fx;
+    CHECK(fixture_init(&fx) == 0);
+    if (fx.rk == NULL)
+        return;
+    fold_batch(&fx, fx.rk);                 /* 19 notes, one a duplicate */
+    uint64_t events = hl_metrics_counter_sum(fx.reg, "halflife_foldin_events_total");
+    CHECKF(events == 18 && skipped_total(&fx) == 1,
+           "19 notes: %llu folded in, %llu skipped (want 18 and 1)",
+           (unsigned long long)events, (unsigned long long)skipped_total(&fx));
+    double dup = scraped(fx.reg, "halflife_foldin_skipped_total{reason=\"not_applied\"}");
+    CHECKF(dup == 1, "the duplicate: skipped{reason=\"not_applied\"} %g on /metrics", dup);
+    hl_shard_batch_begin(fx.sh);
+    push_weighted(&fx, 1, "hot", 1e38f);    /* M alone is past the bound */
+    push_weighted(&fx, 2, "new-1", 1.0f);
+    int d, fl;
+    hl_shard_apply(fx.sh, fx.m, &d, &fl);
+    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);
+    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
+    hl_foldin_local_flush(fx.wf, &fx.loc);
+    double refused = scraped(fx.reg, "halflife_foldin_skipped_total{reason=\"refused\"}");
+    CHECKF(refused == 1, "an add past the sums' bound: skipped{reason=\"refused\"} %g on "
+           "/metrics, want 1", refused);
+    CHECK(hl_metrics_counter_sum(fx.reg, "halflife_foldin_events_total") == events + 1);
+    CHECK(skipped_total(&fx) == 2);
+    fixture_free(&fx);
+}
+
+/* With the lift, an add its item takes but the lift's baseline leaves out
+ * (their sum past the bound) is folded in, and counted apart: eight items,
+ * each noted once at 0.15 of the bound, so the baseline's mass passes it
+ * at the seventh. */
+static void test_baseline_refusal_is_counted_apart(void)
+{
+    static fixture fx;
+    char err[256];
+    CHECK(fixture_init(&fx) == 0);
+    if (fx.rk == NULL)
+        return;
+    hl_foldin_local_reset(&fx.loc);
+    hl_wfoldin_destroy(fx.wf);
+    hl_wfoldin_opts fo = {.m = fx.m, .min_events = 1, .max_items = 64, .lift = 1.0f,
+                          .topic = "items", .codec = {.dim = DIM}, .reg = fx.reg};
+    fx.wf = hl_wfoldin_create(&fo, err, sizeof err);
+    CHECK(fx.wf != NULL && hl_foldin_local_init(fx.wf, &fx.loc, err, sizeof err) == 0);
+    if (fx.wf == NULL)
+        return;
+    static const char *ids[8] = {"b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"};
+    hl_shard_batch_begin(fx.sh);
+    for (int i = 0; i < 8; i++)
+        push_weighted(&fx, i, ids[i], 0.15f * HL_FOLDIN_MAX_SUM);
+    int d, fl;
+    hl_shard_apply(fx.sh, fx.m, &d, &fl);
+    hl_foldin_local_resolve(fx.wf, &fx.loc, fx.m);
+    hl_foldin_local_fill(fx.wf, &fx.loc, fx.sh, fx.rk);
+    hl_foldin_local_flush(fx.wf, &fx.loc);
+    uint64_t events = hl_metrics_counter_sum(fx.reg, "halflife_foldin_events_total");
+    double left = scraped(fx.reg, "halflife_foldin_baseline_refused_total");
+    CHECKF(events == 8 && skipped_total(&fx) == 0 && left >= 2,
+           "8 notes: %llu folded in, %llu skipped, %g left out of the baseline on /metrics "
+           "(want 8, 0, >= 2)", (unsigned long long)events,
+           (unsigned long long)skipped_total(&fx), left);
+    fixture_free(&fx);
 }
 
 /* A release's purge (a lost assignment) takes back every record the
@@ -416,5 +529,7 @@ int main(void)
     RUN(test_rebind_follows_the_swap);
     RUN(test_items_gauge_is_the_serving_models);
     RUN(test_purged_publication_is_sent_again);
+    RUN(test_every_note_counted_once);
+    RUN(test_baseline_refusal_is_counted_apart);
     return t_n_failed ? 1 : 0;
 }

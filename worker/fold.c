@@ -42,6 +42,9 @@ typedef struct fold_gen {
     pthread_mutex_t     mu;
     hl_foldin          *f;              /* under mu */
     uint64_t            evicted_seen;   /* under mu */
+    uint64_t            baseline_refused_seen;  /* under mu */
+    int                 retired;        /* under mu: a rebind replaced it, so its
+                                           sums are dropped: no note goes in */
     hl_encoder_net      net;
     int                 dim, in_dim;
     size_t              act_floats;     /* FOLD_CHUNK users' encoder activations */
@@ -49,12 +52,38 @@ typedef struct fold_gen {
     atomic_int          refs;
 } fold_gen;
 
+/* Why a noted event was not folded in: the reason label of
+ * halflife_foldin_skipped_total. Every note lands once, there or in
+ * halflife_foldin_events_total (test_fold, test_every_note_counted_once). */
+enum {
+    SKIP_MODEL_SWAPPED,     /* its batch's model has no accumulator (a swap) */
+    SKIP_NOT_APPLIED,       /* the state took no event: a duplicate, or refused */
+    SKIP_NO_QUERY,          /* its user was not encoded, or left the table */
+    SKIP_BAD_QUERY,         /* a query fold-in takes not (hl_foldin_add: HL_EINVAL) */
+    SKIP_REFUSED,           /* past the sums' bound (HL_ERANGE) */
+    SKIP_OUT_OF_MEMORY,
+    SKIP_N
+};
+
+static const char *const skip_reason[SKIP_N] = {
+    "model_swapped", "not_applied", "no_query", "bad_query", "refused", "out_of_memory",
+};
+
+static const char skip_help[] =
+    "Unknown-item interactions not folded in, by reason: model_swapped (the batch's model "
+    "is not the newest, or its map could not be fitted), not_applied (a duplicate, or an "
+    "event the state refused), no_query (its user was not encoded or left the table), "
+    "bad_query (a query not finite or past the encoder's clamp), refused (it would take "
+    "the item's sums past 2^104: an extreme weight), out_of_memory.";
+
 struct hl_wfoldin {
     hl_wfoldin_opts  o;
     char            *topic;
     pthread_mutex_t  gen_mu;
     fold_gen        *cur;           /* under gen_mu: the newest model's */
-    hl_counter      *c_events, *c_published, *c_evicted, *c_failed, *c_skipped, *c_held;
+    hl_counter      *c_events, *c_published, *c_evicted, *c_failed, *c_held;
+    hl_counter      *c_skipped[SKIP_N];     /* by reason */
+    hl_counter      *c_baseline_refused;
     hl_gauge        *g_items;
     hl_log_limit     err_limit;
     /* Every publication goes out on this ticket, never waited for: a
@@ -90,9 +119,16 @@ static void register_metrics(hl_wfoldin *wf)
     wf->c_failed = hl_metrics_counter(reg, "halflife_foldin_failed_total",
         "Fold-in ItemUpdates that could not be sent (logged; sent again at the next "
         "doubling of the item's count).", NULL);
-    wf->c_skipped = hl_metrics_counter(reg, "halflife_foldin_skipped_total",
-        "Unknown-item interactions not folded in (a batch served by a model that is no "
-        "longer the newest, out of memory, or a bad query).", NULL);
+    for (int r = 0; r < SKIP_N; r++) {
+        char lab[48];
+        snprintf(lab, sizeof lab, "reason=\"%s\"", skip_reason[r]);
+        wf->c_skipped[r] = hl_metrics_counter(reg, "halflife_foldin_skipped_total",
+                                              skip_help, lab);
+    }
+    wf->c_baseline_refused = hl_metrics_counter(reg, "halflife_foldin_baseline_refused_total",
+        "Interactions folded into their item but left out of the lift's baseline "
+        "(catalogue.foldin.lift): they would take its sums past 2^104 (an extreme weight).",
+        NULL);
     wf->c_held = hl_metrics_counter(reg, "halflife_foldin_held_total",
         "Fold-in publications held back by catalogue.foldin.distinct (the item's users "
         "are not set apart from other new items' users; tried again at its next doubling).",
@@ -211,6 +247,7 @@ int hl_wfoldin_rebind(hl_wfoldin *wf, const hl_model *m, char *errbuf, size_t er
     if (old != NULL) {
         hl_foldin_stats st;
         pthread_mutex_lock(&old->mu);
+        old->retired = 1;           /* a flush still on it counts its notes skipped */
         hl_foldin_stats_get(old->f, &st);
         pthread_mutex_unlock(&old->mu);
         dropped = st.items;
@@ -495,6 +532,32 @@ static void forget_notes(hl_foldin_local *loc)
     loc->gen = NULL;
 }
 
+/* Ties each note to its user (add_user); a note that gets none adds
+ * nothing, and is counted here: its event was not applied, or its user
+ * left the table later in the apply (state.max.users). */
+static void resolve_users(hl_wfoldin *wf, hl_foldin_local *loc)
+{
+    uint64_t not_applied = 0, gone = 0;
+    for (int k = 0; k < loc->n; k++) {
+        fold_note *nt = &loc->note[k];
+        const hl_event *e = &nt->sh->ev[nt->ev];
+        int64_t row = nt->sh->row[nt->ev];      /* the apply's, when it vouches for it */
+        if (nt->sh->status[nt->ev] <= 0) {
+            row = -1;
+            not_applied++;
+        } else if (row == HL_TABLE_NO_ROW) {
+            row = hl_table_find(nt->sh->tbl, e->user, e->user_len);
+            gone += row < 0;
+        }
+        nt->user = row < 0 ? -1 : add_user(loc, nt->sh, (uint32_t)row);
+        nt->ts_ms = e->ts_ms;
+    }
+    if (not_applied)
+        hl_counter_add(wf->c_skipped[SKIP_NOT_APPLIED], not_applied);
+    if (gone)
+        hl_counter_add(wf->c_skipped[SKIP_NO_QUERY], gone);
+}
+
 void hl_foldin_local_resolve(hl_wfoldin *wf, hl_foldin_local *loc, const hl_model *m)
 {
     if (loc->n == 0)
@@ -506,21 +569,12 @@ void hl_foldin_local_resolve(hl_wfoldin *wf, hl_foldin_local *loc, const hl_mode
     if (loc->gen == NULL)           /* held until the flush */
         loc->gen = gen_acquire(wf, m);
     if (loc->gen == NULL || local_shape(loc, loc->gen) != 0 || users_room(loc, loc->n) != 0) {
-        hl_counter_add(wf->c_skipped, (uint64_t)loc->n);
+        int r = loc->gen == NULL ? SKIP_MODEL_SWAPPED : SKIP_OUT_OF_MEMORY;
+        hl_counter_add(wf->c_skipped[r], (uint64_t)loc->n);
         forget_notes(loc);
         return;
     }
-    for (int k = 0; k < loc->n; k++) {
-        fold_note *nt = &loc->note[k];
-        const hl_event *e = &nt->sh->ev[nt->ev];
-        int64_t row = nt->sh->row[nt->ev];      /* the apply's, when it vouches for it */
-        if (nt->sh->status[nt->ev] <= 0)
-            row = -1;
-        else if (row == HL_TABLE_NO_ROW)
-            row = hl_table_find(nt->sh->tbl, e->user, e->user_len);
-        nt->user = row < 0 ? -1 : add_user(loc, nt->sh, (uint32_t)row);
-        nt->ts_ms = e->ts_ms;
-    }
+    resolve_users(wf, loc);
 }
 
 void hl_foldin_local_take(hl_foldin_local *loc, const hl_shard *sh, const uint32_t *rows,
@@ -600,10 +654,21 @@ prefetch_users(const hl_foldin_local *loc, int i0, int n)
     }
 }
 
+/* The skip reason of an add that failed with rc (HL_ENOENT: no query). */
+static int skip_of(int rc)
+{
+    return rc == HL_ENOENT ? SKIP_NO_QUERY : rc == HL_ERANGE ? SKIP_REFUSED :
+           rc == HL_ENOMEM ? SKIP_OUT_OF_MEMORY : SKIP_BAD_QUERY;
+}
+
 /* Adds notes [i0, i0+n) under the lock; the due items into pub (room for
  * n), their count returned. A note without a user (its event not applied,
- * or its user gone) adds nothing; one whose user has no query (no fill
- * ran for its shard) is counted as skipped. */
+ * or its user gone) adds nothing (resolve counted it); one whose user has
+ * no query (no fill ran for its shard) or whose add fails is counted in
+ * skipped[reason]. Into a generation a rebind retired (its sums dropped,
+ * the items logged) nothing goes: its notes are skipped, as those of a
+ * thread that resolved after the rebind, and publish nothing of the old
+ * model's. */
 static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, fold_pub *pub,
                      float *vecs, uint64_t *added, uint64_t *skipped)
 {
@@ -613,6 +678,10 @@ static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, fold_p
     for (int k = 0; k < n; k++)
         if (loc->note[i0 + k].user >= 0)
             hs[m++] = loc->note[i0 + k].hash;
+    if (g->retired) {
+        skipped[SKIP_MODEL_SWAPPED] += (uint64_t)m;
+        return 0;
+    }
     hl_foldin_prefetch(g->f, hs, m);
     for (int k = 0; k < n; k++) {
         const fold_note *nt = &loc->note[i0 + k];
@@ -620,10 +689,11 @@ static int add_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n, fold_p
             continue;
         const char *id = loc->ids + nt->off;
         int32_t due;
-        if (!loc->user[nt->user].has_q ||
-            hl_foldin_add_due(g->f, id, nt->len, nt->hash, loc->uq + (size_t)nt->user * d,
-                              nt->w, nt->ts_ms, &due) < 0) {
-            (*skipped)++;
+        int rc = !loc->user[nt->user].has_q ? HL_ENOENT :
+                 hl_foldin_add_due(g->f, id, nt->len, nt->hash, loc->uq + (size_t)nt->user * d,
+                                   nt->w, nt->ts_ms, &due);
+        if (rc < 0) {
+            skipped[skip_of(rc)]++;
             continue;
         }
         (*added)++;
@@ -640,6 +710,10 @@ static void note_stats(hl_wfoldin *wf, fold_gen *g)
     if (st.evicted > g->evicted_seen) {
         hl_counter_add(wf->c_evicted, st.evicted - g->evicted_seen);
         g->evicted_seen = st.evicted;
+    }
+    if (st.baseline_refused > g->baseline_refused_seen) {
+        hl_counter_add(wf->c_baseline_refused, st.baseline_refused - g->baseline_refused_seen);
+        g->baseline_refused_seen = st.baseline_refused;
     }
     /* A thread that resolved its notes before a swap flushes them into
      * the old generation; the gauge is the serving one's (rebind set it
@@ -667,16 +741,17 @@ static void flush_chunk(hl_wfoldin *wf, hl_foldin_local *loc, int i0, int n,
                         fold_pub *pub, float *vecs)
 {
     fold_gen *g = loc->gen;
-    uint64_t added = 0, skipped = 0;
+    uint64_t added = 0, skipped[SKIP_N] = {0};
     prefetch_users(loc, i0, n);     /* thread-local: before the lock */
     pthread_mutex_lock(&g->mu);
-    int n_pub = add_chunk(wf, loc, i0, n, pub, vecs, &added, &skipped);
+    int n_pub = add_chunk(wf, loc, i0, n, pub, vecs, &added, skipped);
     note_stats(wf, g);
     pthread_mutex_unlock(&g->mu);
     send_due(wf, loc, pub, n_pub);
     hl_counter_add(wf->c_events, added);
-    if (skipped)
-        hl_counter_add(wf->c_skipped, skipped);
+    for (int r = 0; r < SKIP_N; r++)
+        if (skipped[r])
+            hl_counter_add(wf->c_skipped[r], skipped[r]);
 }
 
 /* ---- publications a purge took back ---- */
@@ -771,7 +846,7 @@ static void resend_purged(hl_wfoldin *wf, hl_foldin_local *loc, fold_pub *pub)
 void hl_foldin_local_flush(hl_wfoldin *wf, hl_foldin_local *loc)
 {
     if (loc->dropped > 0) {
-        hl_counter_add(wf->c_skipped, loc->dropped);
+        hl_counter_add(wf->c_skipped[SKIP_OUT_OF_MEMORY], loc->dropped);
         loc->dropped = 0;
     }
     fold_pub pub[FOLD_CHUNK];

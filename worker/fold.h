@@ -33,7 +33,8 @@
  * queries and the map is fitted over its items, so neither carries over.
  * A thread's notes go to the accumulator of the model it served the batch
  * with, and only while that is the newest (a thread still on the old model
- * counts them as skipped). An item the old accumulator was counting starts
+ * counts them as skipped, even those it resolved before the rebind: the
+ * old accumulator takes nothing once replaced). An item the old accumulator was counting starts
  * again; one it published is sent again at twice its count on the topic. */
 #ifndef HL_FOLD_H
 #define HL_FOLD_H
@@ -156,6 +157,10 @@ void hl_foldin_local_note(hl_foldin_local *loc, hl_shard *sh, int ev, const char
  * flush: each resolved note adds its user's query, with the event's
  * weight and time, to the accumulator under one lock per FOLD_CHUNK notes;
  * items that became due are published. Forgets the notes.
+ *
+ * Each note is counted once: folded in (halflife_foldin_events_total) or
+ * skipped, by reason (halflife_foldin_skipped_total{reason}; a note of an
+ * event not applied, at the resolve).
  *
  * So the query of an event is its user's after the batch that carried it,
  * whichever path encoded it (DESIGN.md 11; README "Fold-in"). */

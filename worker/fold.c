@@ -112,7 +112,8 @@ static void register_metrics(hl_wfoldin *wf)
         "Interactions with items unknown to the model (and not served by an operator's "
         "embedding) added to the fold-in sums.", NULL);
     wf->c_published = hl_metrics_counter(reg, "halflife_foldin_published_total",
-        "Fold-in ItemUpdates this worker sent to the item topic.", NULL);
+        "Fold-in ItemUpdates this worker handed to its producer for the item topic (one the "
+        "broker then refuses is counted in halflife_foldin_failed_total as well).", NULL);
     wf->c_evicted = hl_metrics_counter(reg, "halflife_foldin_evicted_total",
         "Items dropped from the fold-in sums (least recently seen, "
         "catalogue.max.new.items).", NULL);

@@ -59,7 +59,7 @@ enum {
     SKIP_MODEL_SWAPPED,     /* its batch's model has no accumulator (a swap) */
     SKIP_NOT_APPLIED,       /* the state took no event: a duplicate, or refused */
     SKIP_NO_QUERY,          /* its user was not encoded, or left the table */
-    SKIP_BAD_QUERY,         /* a query fold-in takes not (hl_foldin_add: HL_EINVAL) */
+    SKIP_BAD_QUERY,         /* a query fold-in does not take (HL_EINVAL) */
     SKIP_REFUSED,           /* past the sums' bound (HL_ERANGE) */
     SKIP_OUT_OF_MEMORY,
     SKIP_N
@@ -716,9 +716,10 @@ static void note_stats(hl_wfoldin *wf, fold_gen *g)
         hl_counter_add(wf->c_baseline_refused, st.baseline_refused - g->baseline_refused_seen);
         g->baseline_refused_seen = st.baseline_refused;
     }
-    /* A thread that resolved its notes before a swap flushes them into
-     * the old generation; the gauge is the serving one's (rebind set it
-     * to 0), so the old one's count must not put it back. */
+    /* A thread that resolved its notes before a swap flushes them on the
+     * old generation (add_chunk skips them there); the gauge is the
+     * serving one's (rebind set it to 0), so the old one's count must not
+     * put it back. */
     pthread_mutex_lock(&wf->gen_mu);
     if (wf->cur == g)
         hl_gauge_set(wf->g_items, st.items);

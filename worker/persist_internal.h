@@ -1,7 +1,8 @@
 /* persist_internal.h - what persist.c (the owner threads' side: restore,
- * begin, step, tick, flush) and persist_commit.c (the committer thread and
- * the hand-offs to it) share: the two structs, the commit job, and the few
- * calls that cross between the sides. Private to those two files. */
+ * begin, step, tick, flush), persist_commit.c (the committer thread and
+ * the hand-offs to it) and persist_restart.c (a restart at a recreated
+ * topic's offset) share: the two structs, the commit job, and the few
+ * calls that cross between them. Private to those three files. */
 #ifndef HL_PERSIST_INTERNAL_H
 #define HL_PERSIST_INTERNAL_H
 
@@ -93,6 +94,10 @@ void hl_persist_push_done(hl_persist *p, const hl_persist_done *d);
  * logged, counted, reported; returns rc. */
 int  hl_persist_owner_failed(hl_persist_shard *ps, int64_t offset, int rc,
                              const char *stage, const char *why);
+
+/* persist_restart.c. Before a restore: finishes a restart at a recreated
+ * topic's offset that its intent file shows cut short. */
+void hl_persist_finish_restart(hl_persist *p, int32_t partition);
 
 /* persist_commit.c. The committer thread's body; arg is the hl_persist. */
 void *hl_persist_committer_main(void *arg);

@@ -845,6 +845,52 @@ static void test_restart_intent_alone(void)
     hl_persist_destroy(p);
 }
 
+/* Removing the intent fails (as if the file could not be unlinked):
+ * the rest of hl_io_posix. */
+static int keep_intent_unlink(void *ctx, const char *path)
+{
+    size_t n = strlen(path), k = strlen(".recreating");
+    if (n >= k && strcmp(path + n - k, ".recreating") == 0) {
+        errno = EIO;
+        return -1;
+    }
+    return hl_io_posix()->unlink(ctx, path);
+}
+
+/* The restart at 0 succeeded but its intent could not be removed; the
+ * new topic then grew and the shard wrote its snapshot at 1000 (the old
+ * topic had one of that name too, set aside). A restore must take 1000
+ * and drop the intent as done. Before the fix it took the intent for a
+ * restart cut short: it set the new 1000 aside and replayed the new
+ * topic from 0. */
+static void test_restart_intent_outlived(void)
+{
+    char err[512], path[HL_SNAPSHOT_PATH_MAX];
+    int n_aside = -1;
+    fresh_dir();
+    hl_io io = *hl_io_posix();
+    io.unlink = keep_intent_unlink;
+    hl_persist *p = new_persist(0, 0, 0, &io, NULL);
+    hl_table *tbl = new_table();
+    old_topic_files(p, tbl);
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    int rc = hl_persist_shard_restart_at(ps, tbl, 0, hl_now_mono_ms() + 5000, &n_aside,
+                                         err, sizeof err);
+    CHECKF(rc == 0 && n_aside == 2 && count_files(".recreating") == 1, "%d %s", rc, err);
+    apply_range(tbl, 0, 1000);
+    CHECK(hl_persist_flush(ps, tbl, 1000, hl_now_mono_ms() + 5000, err, sizeof err) == 0);
+    hl_persist_shard_destroy(ps);
+    hl_persist_destroy(p);
+    p = new_persist(0, 0, 0, NULL, NULL);      /* the restart */
+    int64_t at = restored_at(p, path, sizeof path);
+    CHECKF(at == 1000 && count_files(".topic-recreated") == 2 &&
+           count_files(".recreating") == 0, "an intent that outlived its restart: restored "
+           "at %lld from %s; %ld files set aside, %ld intents", (long long)at, path,
+           count_files(".topic-recreated"), count_files(".recreating"));
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR + 1);     /* the cases provoke warnings on purpose */
@@ -866,6 +912,7 @@ int main(void)
     RUN(test_restart_at_older_files);
     RUN(test_restart_at_cut_before_renames);
     RUN(test_restart_intent_alone);
+    RUN(test_restart_intent_outlived);
     remove_dir();
     TEST_EXIT();
 }

@@ -155,7 +155,10 @@ int hl_persist_flush(hl_persist_shard *ps, const hl_table *tbl, int64_t next_off
  * (<topic>.<partition>.recreating) is durable before the write and gone
  * once every rename is done: a restore that finds it with the file at
  * offset written finishes the renames first, so a crash between the two
- * never restores the old topic's file. *n_aside: files renamed. Before
+ * never restores the old topic's file. It names the old files (name and
+ * inode): one left behind once its restart finished (its unlink failed)
+ * moves none of the new topic's later files and is dropped with
+ * event=snapshot_intent_stale. *n_aside: files renamed. Before
  * the shard is handed to its thread. 0, or a negative HL_E* with the
  * reason (a rename that failed names the file; the intent then stays,
  * and the next restore tries the renames again). */

@@ -891,6 +891,36 @@ static void test_restart_intent_outlived(void)
     hl_persist_destroy(p);
 }
 
+/* An intent of a version before the list (the offset alone) of a restart
+ * cut short before the renames: every file but the kept users' still
+ * goes aside. */
+static void test_restart_intent_unlisted(void)
+{
+    char err[512], path[HL_SNAPSHOT_PATH_MAX];
+    int n_aside = -1;
+    fresh_dir();
+    hl_io io = *hl_io_posix();
+    io.rename = no_aside_rename;
+    hl_persist *p = new_persist(0, 0, 0, &io, NULL);
+    hl_table *tbl = new_table();
+    old_topic_files(p, tbl);
+    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
+    int rc = hl_persist_shard_restart_at(ps, tbl, 0, hl_now_mono_ms() + 5000, &n_aside,
+                                         err, sizeof err);
+    CHECKF(rc == HL_EIO && n_aside == 0, "%d %s", rc, err);
+    hl_persist_shard_destroy(ps);
+    hl_persist_destroy(p);
+    snprintf(path, sizeof path, "%s/%s.0.recreating", dir, TOPIC);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL && fputs("0\n", f) >= 0 && fclose(f) == 0);
+    p = new_persist(0, 0, 0, NULL, NULL);
+    int64_t at = restored_at(p, path, sizeof path);
+    CHECKF(at == 0 && count_files(".topic-recreated") == 2 && count_files(".recreating") == 0,
+           "an unlisted intent: restored at %lld from %s", (long long)at, path);
+    hl_table_destroy(tbl);
+    hl_persist_destroy(p);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR + 1);     /* the cases provoke warnings on purpose */
@@ -913,6 +943,7 @@ int main(void)
     RUN(test_restart_at_cut_before_renames);
     RUN(test_restart_intent_alone);
     RUN(test_restart_intent_outlived);
+    RUN(test_restart_intent_unlisted);
     remove_dir();
     TEST_EXIT();
 }

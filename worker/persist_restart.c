@@ -327,7 +327,7 @@ void hl_persist_finish_restart(hl_persist *p, int32_t partition)
         return;
     int kept = r > 0 && file_at(p, partition, in.offset, path, sizeof path);
     int rc = kept ? finish_kept(p, partition, &in, &n_left) : 0;
-    if (rc == 0 && in.listed && (n_left == 0 || (!kept && in.n == 0)))
+    if (kept && rc == 0 && in.listed && n_left == 0)
         hl_log(HL_LOG_INFO, "snapshot_intent_stale", "partition=%d next_offset=%lld "
                "reason=\"a restart at a recreated input topic's offset had finished; its "
                "intent file was left behind\" action=\"removed, no file moved\"",

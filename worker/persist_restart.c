@@ -213,6 +213,8 @@ static int intent_read(const hl_persist *p, int32_t partition, intent *in)
     char *text = calloc(1, cap + 1);
     ssize_t n = text ? hl_io_read_full(p->io, fd, text, cap) : -1;
     p->io->close(p->io->ctx, fd);
+    if (text == NULL)
+        return 0;               /* no memory: left for the next restore */
     long long v = n > 0 ? strtoll(text, &end, 10) : -1;
     int r = n <= 0 || end == text || *end != '\n' || v < 0 ? -1 : 1;
     if (r == 1) {

@@ -153,6 +153,18 @@ static char *raw_answer(const char *status, const char *type, const char *body, 
     return raw;
 }
 
+/* A registry client on the loopback's port; NULL (checked) when it cannot
+ * be made. */
+static hl_registry *registry_at(int port)
+{
+    char url[64], err[512];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    hl_registry_opts o = {.urls = url, .timeout_ms = 5000};
+    hl_registry *r = hl_registry_create(&o, err, sizeof err);
+    CHECKF(r != NULL, "%s", err);
+    return r;
+}
+
 /* Answers that are not the registry's (a proxy's or a load balancer's
  * page, a captive portal's 200) were its word: a 200 that is not JSON and
  * anything over HL_REGISTRY_MAX_BODY (a 502 page too: the size was judged
@@ -180,45 +192,30 @@ static void test_proxy_answers_are_not_the_registrys(void)
     };
     enum { N = sizeof c / sizeof c[0] };
     const char *raw[N];
-    char url[64], err[512], *text = NULL;
-    int port, fd = silent_listener(&port);
+    char err[512], *text = NULL;
+    int port;
     for (int i = 0; i < N; i++)
         raw[i] = c[i].raw ? c[i].raw : "";
-    raw_answers ra = {fd, N, raw};
+    raw_answers ra = {-1, N, raw};
     pthread_t tid;
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    hl_registry_opts o = {.urls = url, .timeout_ms = 5000};
-    hl_registry *r = fd >= 0 ? hl_registry_create(&o, err, sizeof err) : NULL;
-    if (r != NULL && pthread_create(&tid, NULL, answer_raw, &ra) == 0) {
-        for (int i = 0; i < N; i++) {
-            err[0] = '\0';
-            int rc = hl_registry_schema_by_id(r, 8, &text, err, sizeof err);
-            CHECKF(rc == c[i].want && strstr(err, c[i].say), "answer %d: rc %d, want %d "
-                   "naming \"%s\": %s", i, rc, c[i].want, c[i].say, err);
-            free(text);
-            text = NULL;
-        }
-        pthread_join(tid, NULL);
-    } else {
-        CHECK(fd < 0);                          /* else the setup failed */
+    if (standin_start(&ra.fd, &port, answer_raw, &ra, &tid) != 0) {
+        for (int i = 0; i < N; i++)
+            free(c[i].raw);
+        SKIP("no loopback listener");
     }
+    hl_registry *r = registry_at(port);
+    for (int i = 0; r != NULL && i < N; i++) {
+        err[0] = '\0';
+        int rc = hl_registry_schema_by_id(r, 8, &text, err, sizeof err);
+        CHECKF(rc == c[i].want && strstr(err, c[i].say), "answer %d: rc %d, want %d "
+               "naming \"%s\": %s", i, rc, c[i].want, c[i].say, err);
+        free(text);
+        text = NULL;
+    }
+    standin_stop(ra.fd, NULL, tid);
     hl_registry_destroy(r);
-    if (fd >= 0)
-        close(fd);
     for (int i = 0; i < N; i++)
         free(c[i].raw);
-}
-
-/* A registry client on the loopback's port; NULL (checked) when it cannot
- * be made. */
-static hl_registry *registry_at(int port)
-{
-    char url[64], err[512];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    hl_registry_opts o = {.urls = url, .timeout_ms = 5000};
-    hl_registry *r = hl_registry_create(&o, err, sizeof err);
-    CHECKF(r != NULL, "%s", err);
-    return r;
 }
 
 /* Registering and looking up read "id": a 2xx JSON object without an
@@ -273,30 +270,31 @@ static void test_next_url_after_another_services_json(void)
     char *raw_b = raw_answer("200 OK", json, "{\"schema\":\"\\\"string\\\"\"}", 0);
     const char *ra_raw[] = {raw_a ? raw_a : ""}, *rb_raw[] = {raw_b ? raw_b : ""};
     char url[128], err[512] = "", *text = NULL;
-    int port_a, port_b, fd_a = silent_listener(&port_a), fd_b = silent_listener(&port_b);
-    raw_answers ra = {fd_a, 1, ra_raw}, rb = {fd_b, 1, rb_raw};
+    int port_a, port_b;
+    raw_answers ra = {-1, 1, ra_raw}, rb = {-1, 1, rb_raw};
     pthread_t ta, tb;
+    if (standin_start(&ra.fd, &port_a, answer_raw, &ra, &ta) != 0) {
+        free(raw_a);
+        free(raw_b);
+        SKIP("no loopback listener");
+    }
+    if (standin_start(&rb.fd, &port_b, answer_raw, &rb, &tb) != 0) {
+        standin_stop(ra.fd, NULL, ta);
+        free(raw_a);
+        free(raw_b);
+        SKIP("no loopback listener");
+    }
     snprintf(url, sizeof url, "http://127.0.0.1:%d,http://127.0.0.1:%d", port_a, port_b);
     hl_registry_opts o = {.urls = url, .timeout_ms = 5000};
-    hl_registry *r = fd_a >= 0 && fd_b >= 0 ? hl_registry_create(&o, err, sizeof err) : NULL;
-    if (r != NULL && pthread_create(&ta, NULL, answer_raw, &ra) == 0) {
-        if (pthread_create(&tb, NULL, answer_raw, &rb) == 0) {
-            int rc = hl_registry_schema_by_id(r, 4, &text, err, sizeof err);
-            CHECKF(rc == 0 && text && !strcmp(text, "\"string\""), "rc %d text %s: %s", rc,
-                   text ? text : "-", err);
-            shutdown(fd_b, SHUT_RDWR);      /* ends the accept when B was not asked */
-            pthread_join(tb, NULL);
-        }
-        pthread_join(ta, NULL);
-    } else {
-        CHECKF(fd_a < 0 || fd_b < 0, "%s", err);
-    }
+    hl_registry *r = hl_registry_create(&o, err, sizeof err);
+    CHECKF(r != NULL, "%s", err);
+    int rc = r != NULL ? hl_registry_schema_by_id(r, 4, &text, err, sizeof err) : -1;
+    CHECKF(rc == 0 && text && !strcmp(text, "\"string\""), "rc %d text %s: %s", rc,
+           text ? text : "-", err);
+    standin_stop(rb.fd, NULL, tb);              /* ends the accept when B was not asked */
+    standin_stop(ra.fd, NULL, ta);
     free(text);
     hl_registry_destroy(r);
-    if (fd_a >= 0)
-        close(fd_a);
-    if (fd_b >= 0)
-        close(fd_b);
     free(raw_a);
     free(raw_b);
 }

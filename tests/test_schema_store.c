@@ -693,10 +693,8 @@ static hl_schema_store *store_big(big_schemas *bs, pthread_t *tid, size_t text_b
                                   const char *dir, hl_metrics *m)
 {
     int port;
-    *bs = (big_schemas){.fd = silent_listener(&port), .answer = big_answer(text_bytes)};
-    if (bs->fd < 0 || bs->answer == NULL || pthread_create(tid, NULL, answer_big, bs) != 0) {
-        if (bs->fd >= 0)
-            close(bs->fd);
+    *bs = (big_schemas){.fd = -1, .answer = big_answer(text_bytes)};
+    if (bs->answer == NULL || standin_start(&bs->fd, &port, answer_big, bs, tid) != 0) {
         free(bs->answer);
         return NULL;
     }
@@ -706,10 +704,7 @@ static hl_schema_store *store_big(big_schemas *bs, pthread_t *tid, size_t text_b
 static void stop_big(hl_schema_store *s, big_schemas *bs, pthread_t tid)
 {
     hl_schema_store_destroy(s);
-    atomic_store(&bs->stop, 1);
-    shutdown(bs->fd, SHUT_RDWR);                /* ends the accept */
-    pthread_join(tid, NULL);
-    close(bs->fd);
+    standin_stop(bs->fd, &bs->stop, tid);
     free(bs->answer);
 }
 

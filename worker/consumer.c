@@ -371,14 +371,20 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         c->assigned_us = hl_now_mono_us();
 }
 
+/* conf's value of key into s (cap bytes): 0, or -1 when it has none or
+ * it does not fit (librdkafka then leaves s as it was). */
+static int conf_value(const rd_kafka_conf_t *conf, const char *key, char *s, size_t cap)
+{
+    size_t n = cap;
+    return rd_kafka_conf_get(conf, key, s, &n) == RD_KAFKA_CONF_OK && n <= cap ? 0 : -1;
+}
+
 /* 1 unless the configured strategies surely leave cooperative-sticky out
  * (librdkafka refuses to mix it with the eager ones, so it is then alone). */
 static int maybe_sticky(const rd_kafka_conf_t *conf)
 {
     char s[256] = "";
-    size_t n = sizeof s;
-    if (rd_kafka_conf_get(conf, "partition.assignment.strategy", s, &n) != RD_KAFKA_CONF_OK ||
-        n > sizeof s)
+    if (conf_value(conf, "partition.assignment.strategy", s, sizeof s) != 0)
         return 1;
     return strstr(s, "cooperative-sticky") != NULL;
 }
@@ -387,9 +393,7 @@ static int maybe_sticky(const rd_kafka_conf_t *conf)
 static int stats_interval_ms(const rd_kafka_conf_t *conf)
 {
     char s[32] = "";
-    size_t n = sizeof s;
-    if (rd_kafka_conf_get(conf, "statistics.interval.ms", s, &n) != RD_KAFKA_CONF_OK ||
-        n > sizeof s)
+    if (conf_value(conf, "statistics.interval.ms", s, sizeof s) != 0)
         return 0;
     return atoi(s);
 }
@@ -399,8 +403,7 @@ static int stats_interval_ms(const rd_kafka_conf_t *conf)
 static int read_committed(const rd_kafka_conf_t *conf)
 {
     char s[32] = "";
-    size_t n = sizeof s;
-    if (rd_kafka_conf_get(conf, "isolation.level", s, &n) != RD_KAFKA_CONF_OK || n > sizeof s)
+    if (conf_value(conf, "isolation.level", s, sizeof s) != 0)
         return 1;
     return strcmp(s, "read_uncommitted") != 0;
 }

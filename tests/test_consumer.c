@@ -103,6 +103,40 @@ static int produce_n(const char *bootstrap, const char *topic, int n)
     return left;
 }
 
+/* A mock cluster in this process holding topic (one partition) with n
+ * records. */
+typedef struct mock_topic {
+    rd_kafka_t              *mrk;       /* the handle the cluster lives in */
+    rd_kafka_mock_cluster_t *mock;
+    const char              *bs;        /* its bootstrap address */
+} mock_topic;
+
+/* 0, or -1 (checked) with nothing left to stop. */
+static int mock_start(mock_topic *mt, const char *topic, int n)
+{
+    char err[512] = "";
+    rd_kafka_conf_t *mc = rd_kafka_conf_new();
+    rd_kafka_conf_set(mc, "log_level", "0", err, sizeof err);
+    *mt = (mock_topic){.mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mc, err, sizeof err)};
+    mt->mock = mt->mrk ? rd_kafka_mock_cluster_new(mt->mrk, 1) : NULL;
+    CHECKF(mt->mock != NULL, "mock cluster: %s", err);
+    if (mt->mock == NULL) {
+        if (mt->mrk != NULL)
+            rd_kafka_destroy(mt->mrk);
+        return -1;
+    }
+    rd_kafka_mock_topic_create(mt->mock, topic, 1, 1);
+    mt->bs = rd_kafka_mock_cluster_bootstraps(mt->mock);
+    CHECK(produce_n(mt->bs, topic, n) == 0);
+    return 0;
+}
+
+static void mock_stop(mock_topic *mt)
+{
+    rd_kafka_mock_cluster_destroy(mt->mock);
+    rd_kafka_destroy(mt->mrk);
+}
+
 /* Serves c until N_UNROUTED records were counted (or 20 s), stderr into
  * got. The count of the counter. */
 static uint64_t serve_unrouted(hl_consumer *c, hl_counter *n, char *got, size_t cap)
@@ -135,20 +169,13 @@ static int count_lines(const char *s, const char *needle)
 static void test_unrouted_records_rate_limited(void)
 {
     char err[512], got[65536];
-    rd_kafka_conf_t *mc = rd_kafka_conf_new();
-    rd_kafka_conf_set(mc, "log_level", "0", err, sizeof err);
-    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mc, err, sizeof err);
-    rd_kafka_mock_cluster_t *mock = mrk ? rd_kafka_mock_cluster_new(mrk, 1) : NULL;
-    CHECKF(mock != NULL, "mock cluster: %s", err);
-    if (mock == NULL)
+    mock_topic mt;
+    if (mock_start(&mt, "behaviour-events", N_UNROUTED) != 0)
         return;
-    rd_kafka_mock_topic_create(mock, "behaviour-events", 1, 1);
-    const char *bs = rd_kafka_mock_cluster_bootstraps(mock);
-    CHECK(produce_n(bs, "behaviour-events", N_UNROUTED) == 0);
     hl_metrics *reg = hl_metrics_create();
     hl_kafka_prop props[] = {{"log_level", "0"}, {"session.timeout.ms", "6000"},
                              {"heartbeat.interval.ms", "1000"}};
-    hl_consumer_opts o = {.bootstrap = bs, .group_id = "test-unrouted", .kafka = props,
+    hl_consumer_opts o = {.bootstrap = mt.bs, .group_id = "test-unrouted", .kafka = props,
                           .n_kafka = 3, .rebalance = assign_all, .reg = reg,
                           .topic = "behaviour-events"};
     hl_consumer *c = hl_consumer_create(&o, err, sizeof err);
@@ -165,8 +192,7 @@ static void test_unrouted_records_rate_limited(void)
     }
     hl_consumer_destroy(c);
     hl_metrics_destroy(reg);
-    rd_kafka_mock_cluster_destroy(mock);
-    rd_kafka_destroy(mrk);
+    mock_stop(&mt);
 }
 
 /* The lag series of partition 0 in reg's /metrics: its value, or -1
@@ -227,6 +253,29 @@ static double first_lag(hl_consumer *c, hl_metrics *reg, int ms)
     return v;
 }
 
+/* A consumer of topic (on the mock cluster at bs) in group, subscribed,
+ * assigned by assign_slowly(sa), statistics every 100 ms into reg. NULL
+ * (checked) when it cannot be made or subscribed. */
+static hl_consumer *lag_consumer(const char *bs, const char *topic, const char *group,
+                                 slow_assign *sa, hl_metrics *reg)
+{
+    char err[512];
+    hl_kafka_prop props[] = {{"log_level", "0"}, {"statistics.interval.ms", "100"},
+                             {"partition.assignment.strategy", "range"},
+                             {"session.timeout.ms", "6000"}, {"heartbeat.interval.ms", "500"}};
+    hl_consumer_opts o = {.bootstrap = bs, .group_id = group, .kafka = props,
+                          .n_kafka = 5, .rebalance = assign_slowly, .opaque = sa,
+                          .reg = reg, .topic = topic, .owns = owns_assigned};
+    hl_consumer *c = hl_consumer_create(&o, err, sizeof err);
+    CHECKF(c != NULL, "create: %s", err);
+    if (c != NULL && hl_consumer_subscribe(c, topic, err, sizeof err) != 0) {
+        CHECKF(0, "subscribe: %s", err);
+        hl_consumer_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
 /* Partition 0 holds 10 records and is assigned at 0 (lag 10, read once
  * fetched: librdkafka then knows the end), revoked, 10 more produced,
  * and assigned again at 10 by a callback that takes 450 ms while reports
@@ -237,27 +286,13 @@ static double first_lag(hl_consumer *c, hl_metrics *reg, int ms)
 static void test_lag_not_from_report_before_assignment(void)
 {
     char err[512];
-    rd_kafka_conf_t *mc = rd_kafka_conf_new();
-    rd_kafka_conf_set(mc, "log_level", "0", err, sizeof err);
-    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mc, err, sizeof err);
-    rd_kafka_mock_cluster_t *mock = mrk ? rd_kafka_mock_cluster_new(mrk, 1) : NULL;
-    CHECKF(mock != NULL, "mock cluster: %s", err);
-    if (mock == NULL)
+    mock_topic mt;
+    if (mock_start(&mt, "lagged", 10) != 0)
         return;
-    rd_kafka_mock_topic_create(mock, "lagged", 1, 1);
-    const char *bs = rd_kafka_mock_cluster_bootstraps(mock);
-    CHECK(produce_n(bs, "lagged", 10) == 0);
     hl_metrics *reg = hl_metrics_create();
     slow_assign sa = {.at = 0, .sleep_ms = 0, .owned = 0};
-    hl_kafka_prop props[] = {{"log_level", "0"}, {"statistics.interval.ms", "100"},
-                             {"partition.assignment.strategy", "range"},
-                             {"session.timeout.ms", "6000"}, {"heartbeat.interval.ms", "500"}};
-    hl_consumer_opts o = {.bootstrap = bs, .group_id = "test-lag", .kafka = props,
-                          .n_kafka = 5, .rebalance = assign_slowly, .opaque = &sa,
-                          .reg = reg, .topic = "lagged", .owns = owns_assigned};
-    hl_consumer *c = hl_consumer_create(&o, err, sizeof err);
-    CHECKF(c != NULL, "create: %s", err);
-    if (c != NULL && hl_consumer_subscribe(c, "lagged", err, sizeof err) == 0) {
+    hl_consumer *c = lag_consumer(mt.bs, "lagged", "test-lag", &sa, reg);
+    if (c != NULL) {
         double first = first_lag(c, reg, 15000);
         for (int64_t end = hl_now_mono_ms() + 5000; first != 10 && hl_now_mono_ms() < end;)
             first = first_lag(c, reg, 100);     /* until fetched: the end known */
@@ -266,7 +301,7 @@ static void test_lag_not_from_report_before_assignment(void)
         for (int64_t end = hl_now_mono_ms() + 3000; sa.owned && hl_now_mono_ms() < end;)
             hl_consumer_serve(c, 100);          /* the revocation */
         hl_metrics_hide(reg, "halflife_consumer_lag", "partition=\"0\"");  /* as worker */
-        CHECK(produce_n(bs, "lagged", 10) == 0);
+        CHECK(produce_n(mt.bs, "lagged", 10) == 0);
         sa.at = 10;
         sa.sleep_ms = 450;
         CHECKF(hl_consumer_subscribe(c, "lagged", err, sizeof err) == 0, "%s", err);
@@ -277,8 +312,7 @@ static void test_lag_not_from_report_before_assignment(void)
     }
     hl_consumer_destroy(c);
     hl_metrics_destroy(reg);
-    rd_kafka_mock_cluster_destroy(mock);
-    rd_kafka_destroy(mrk);
+    mock_stop(&mt);
 }
 
 /* Serves c for up to ms until partition 0's lag reads want: the last value. */
@@ -300,34 +334,19 @@ static double lag_reaches(hl_consumer *c, hl_metrics *reg, double want, int ms)
  * pause lasted: an alert on lag never saw the backlog grow. */
 static void test_lag_of_paused_partition_grows(void)
 {
-    char err[512];
-    rd_kafka_conf_t *mc = rd_kafka_conf_new();
-    rd_kafka_conf_set(mc, "log_level", "0", err, sizeof err);
-    rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mc, err, sizeof err);
-    rd_kafka_mock_cluster_t *mock = mrk ? rd_kafka_mock_cluster_new(mrk, 1) : NULL;
-    CHECKF(mock != NULL, "mock cluster: %s", err);
-    if (mock == NULL)
+    mock_topic mt;
+    if (mock_start(&mt, "paused", 10) != 0)
         return;
-    rd_kafka_mock_topic_create(mock, "paused", 1, 1);
-    const char *bs = rd_kafka_mock_cluster_bootstraps(mock);
-    CHECK(produce_n(bs, "paused", 10) == 0);
     hl_metrics *reg = hl_metrics_create();
     slow_assign sa = {.at = 0, .sleep_ms = 0, .owned = 0};
-    hl_kafka_prop props[] = {{"log_level", "0"}, {"statistics.interval.ms", "100"},
-                             {"partition.assignment.strategy", "range"},
-                             {"session.timeout.ms", "6000"}, {"heartbeat.interval.ms", "500"}};
-    hl_consumer_opts o = {.bootstrap = bs, .group_id = "test-paused", .kafka = props,
-                          .n_kafka = 5, .rebalance = assign_slowly, .opaque = &sa,
-                          .reg = reg, .topic = "paused", .owns = owns_assigned};
-    hl_consumer *c = hl_consumer_create(&o, err, sizeof err);
-    CHECKF(c != NULL, "create: %s", err);
-    if (c != NULL && hl_consumer_subscribe(c, "paused", err, sizeof err) == 0) {
+    hl_consumer *c = lag_consumer(mt.bs, "paused", "test-paused", &sa, reg);
+    if (c != NULL) {
         double before = lag_reaches(c, reg, 10, 15000);   /* assigned and fetched */
         CHECKF(before == 10, "before the pause: lag %g, want 10", before);
         rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
         rd_kafka_topic_partition_list_add(l, "paused", 0);
         CHECK(rd_kafka_pause_partitions(hl_consumer_handle(c), l) == 0);
-        CHECK(produce_n(bs, "paused", 10) == 0);
+        CHECK(produce_n(mt.bs, "paused", 10) == 0);
         double during = lag_reaches(c, reg, 20, 3000);
         CHECKF(during == 20, "paused, 20 records in, none applied: lag %g, want 20", during);
         rd_kafka_resume_partitions(hl_consumer_handle(c), l);
@@ -336,8 +355,7 @@ static void test_lag_of_paused_partition_grows(void)
     }
     hl_consumer_destroy(c);
     hl_metrics_destroy(reg);
-    rd_kafka_mock_cluster_destroy(mock);
-    rd_kafka_destroy(mrk);
+    mock_stop(&mt);
 }
 
 int main(void)

@@ -378,6 +378,11 @@ void hl_dataset_progress(const hl_dataset_reader *r, int64_t *done, int64_t *tot
     *done = hl_lines_offset(r->lines);
 }
 
+/* Every reason is a fixed sentence, or "line longer than N bytes" (at
+ * most 65), so none is cut; the shared one is the longest, 94 bytes. */
+_Static_assert(sizeof HL_LINES_CR_INSIDE <= sizeof ((hl_dataset_stats *)0)->first_bad_why[0],
+               "HL_LINES_CR_INSIDE would be cut in first_bad_why");
+
 static void bad_line(hl_dataset_reader *r, const char *why)
 {
     hl_dataset_stats *st = &r->st;

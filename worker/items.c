@@ -39,8 +39,9 @@
  * one batch to find none (it then ranks without the catalogue, logged).
  *
  * Bad records are counted by reason, logged (rate-limited) and copied to
- * the dead-letter topic with the reason in a header. Nothing is committed,
- * so a bad record is dead-lettered again at each start.
+ * the dead-letter topic with the reason in a header (items_dlq.c).
+ * Nothing is committed, so a bad record is dead-lettered again at each
+ * start.
  *
  * With a Schema Registry (opts.schema_fn) each update's writer schema id
  * is resolved through the worker's schema store, as the events' are; a new
@@ -67,7 +68,6 @@
 #define METADATA_MS      5000
 #define RETRY_TOPIC_MS   5000   /* a missing topic is looked for again this often */
 #define CHECK_PARTS_MS  30000   /* partitions_check_ms's default: a metadata request */
-#define DETAIL_LEN        256   /* a bad update's reason, as a sentence */
 #define ID_WAIT_MS        250   /* new schema ids' answers are awaited this long per burst */
 #define ID_POLL_US       2000
 
@@ -409,58 +409,6 @@ static void check_loaded(hl_items *it)
 
 /* ---- one record ---- */
 
-static void dead_letter(hl_items *it, const rd_kafka_message_t *rkm, hl_item_reason r)
-{
-    char part[16], off[24], err[256];
-    const char *rn = hl_item_reason_name(r);
-    if (it->o.dlq_topic == NULL || it->o.prod == NULL)
-        return;
-    snprintf(part, sizeof part, "%d", (int)rkm->partition);
-    snprintf(off, sizeof off, "%lld", (long long)rkm->offset);
-    hl_header h[5] = {
-        {"halflife.reason", rn, strlen(rn)},
-        {"halflife.source.topic", it->topic, strlen(it->topic)},
-        {"halflife.source.partition", part, strlen(part)},
-        {"halflife.source.offset", off, strlen(off)},
-        {NULL, NULL, 0},
-    };
-    if (hl_producer_send(it->o.prod, it->o.dlq_topic, RD_KAFKA_PARTITION_UA, rkm->key,
-                         rkm->key_len, rkm->payload, rkm->len, h, NULL, err, sizeof err) == 0) {
-        hl_counter_add(it->c_dlq, 1);
-        return;
-    }
-    /* Refused at once (a full queue while the broker is away, a record over
-     * kafka.message.max.bytes): the update's copy is gone, and before this
-     * nothing said so. Counted with the events' dead letters that could not
-     * be written; the reader does not hold its offset for it (a catalogue
-     * update is not an event: the item topic keeps it). */
-    uint64_t sup = 0;
-    hl_counter_add(it->c_dlq_errors, 1);
-    if (hl_log_limit_pass(&it->dlq_limit, &sup))
-        hl_log(HL_LOG_WARN, "item_dlq_failed", "topic=%s partition=%d offset=%lld reason=%s "
-               "bytes=%zu err=\"%s\" action=\"not copied to %s; the update stays in %s at "
-               "that offset\" suppressed=%llu", it->topic, (int)rkm->partition,
-               (long long)rkm->offset, rn, rkm->len, err, it->o.dlq_topic, it->topic,
-               (unsigned long long)sup);
-}
-
-static void bad_update(hl_items *it, const rd_kafka_message_t *rkm, hl_item_reason r,
-                       const char *detail)
-{
-    uint64_t sup = 0;
-    char q[2 * DETAIL_LEN + 1];          /* every byte escaped at worst */
-    hl_counter_add(it->c_invalid[r], 1);
-    /* detail may name the item (catalogue_full), and an id may hold '"':
-     * quoted, it stays inside its value instead of forging fields */
-    if (hl_log_limit_pass(&it->bad_limit, &sup))
-        hl_log(HL_LOG_WARN, "bad_item_update", "topic=%s partition=%d offset=%lld reason=%s "
-               "detail=\"%s\" dlq=%s suppressed=%llu", it->topic, (int)rkm->partition,
-               (long long)rkm->offset, hl_item_reason_name(r),
-               hl_log_quote(q, sizeof q, detail, strlen(detail)),
-               it->o.dlq_topic ? it->o.dlq_topic : "off", (unsigned long long)sup);
-    dead_letter(it, rkm, r);
-}
-
 static void note_position(hl_items *it, int32_t p, int64_t next, int eof)
 {
     if (p >= 0 && p < it->n_parts && it->kept[p] == NULL && (eof || next >= it->end[p]))
@@ -607,7 +555,7 @@ static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_cod
         foldin_evicted(it, atomic_load(&it->loaded));
     }
     if (r != HL_ITEM_OK) {
-        bad_update(it, rkm, r, detail);
+        hl_items_bad_update(it, rkm, r, detail);
         return;
     }
     atomic_fetch_add(&it->applied, 1);
@@ -618,7 +566,7 @@ static void apply(hl_items *it, const rd_kafka_message_t *rkm, const hl_item_cod
  * destroy it. */
 static int handle(hl_items *it, rd_kafka_message_t *rkm)
 {
-    char detail[DETAIL_LEN] = "";
+    char detail[HL_ITEM_DETAIL_LEN] = "";
     hl_item_codec_opts co;
     if (rkm->err) {
         uint64_t sup = 0;
@@ -652,7 +600,7 @@ static int handle(hl_items *it, rd_kafka_message_t *rkm)
 static void retry_kept(hl_items *it)
 {
     for (int p = 0; it->n_kept > 0 && p < it->n_parts; p++) {
-        char detail[DETAIL_LEN] = "";
+        char detail[HL_ITEM_DETAIL_LEN] = "";
         hl_item_codec_opts co;
         rd_kafka_message_t *rkm = it->kept[p];
         int r;
@@ -736,6 +684,7 @@ static void *items_main(void *arg)
         retry_kept(it);
         apply_burst(it, rkm);
         resend_purged_tombstones(it);
+        hl_items_dlq_failed(it);
         pthread_mutex_unlock(&it->cat_mu);
     }
     return NULL;
@@ -842,7 +791,8 @@ static void register_metrics(hl_items *it)
         "Dead-letter copies that did not reach the DLQ topic: a bad input record's "
         "refused by the producer or the broker (the record is then kept in "
         "snapshot.dir/dead-letters: halflife_dead_letters_kept_total), a bad ItemUpdate's "
-        "refused by the producer at once (not kept: the item topic still holds it).",
+        "refused by the producer or the broker or purged undelivered (not kept: the item "
+        "topic still holds it).",
         NULL);   /* the worker's series */
     it->c_drop_known = hl_metrics_counter(reg, "halflife_item_embeddings_dropped_total",
         "Item topic embeddings dropped at a model swap, by reason: the new model knows the "
@@ -881,6 +831,10 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     hl_ticket_reset(&it->evict_ticket);
     it->evict_keys.header = HL_ITEM_EVICTS_HEADER;  /* a resend names its record */
     it->evict_ticket.keys = &it->evict_keys;
+    pthread_mutex_init(&it->dlq_keys.mu, NULL);
+    hl_ticket_reset(&it->dlq_ticket);
+    it->dlq_keys.header = HL_ITEM_DLQ_OFFSET_HEADER;   /* where the update is, said */
+    it->dlq_ticket.keys = &it->dlq_keys;
     it->topic = strdup(o->topic);
     it->vec = malloc(2 * (size_t)o->codec.dim * sizeof(float));
     it->vec_dim = o->codec.dim;
@@ -935,6 +889,9 @@ void hl_items_destroy(hl_items *it)
     hl_catalogue_destroy(it->cat);
     hl_failed_keys_free(it->evict_keys.head);   /* the producer is settled by now */
     pthread_mutex_destroy(&it->evict_keys.mu);
+    if (it->c_dlq_errors != NULL)
+        hl_items_dlq_failed(it);        /* copies the settle purged: said at last */
+    pthread_mutex_destroy(&it->dlq_keys.mu);
     pthread_mutex_destroy(&it->mu);
     free(it->kept);
     free(it->stale);

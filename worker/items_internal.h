@@ -1,7 +1,8 @@
 /* items_internal.h - what items.c (the item topic's reader thread),
- * items_local.c (the shard threads' side of its views) and items_stale.c
- * (its answer to stale fold-in tombstones) share. Not part of the
- * contract: that is items.h. */
+ * items_local.c (the shard threads' side of its views), items_stale.c
+ * (its answer to stale fold-in tombstones) and items_dlq.c (its bad
+ * updates and their dead-letter copies) share. Not part of the contract:
+ * that is items.h. */
 #ifndef HL_ITEMS_INTERNAL_H
 #define HL_ITEMS_INTERNAL_H
 
@@ -12,6 +13,9 @@
 #include <stdatomic.h>
 
 #define KNOWN_IDS          64   /* registry ids whose schema was checked, kept */
+#define HL_ITEM_DETAIL_LEN 256   /* a bad update's reason, as a sentence */
+/* the dead-letter copy's header that a failed copy's key keeps (items_dlq.c) */
+#define HL_ITEM_DLQ_OFFSET_HEADER "halflife.source.offset"
 
 typedef struct known_id {
     int32_t id;
@@ -75,7 +79,10 @@ struct hl_items {
     int             n_known;
     hl_log_limit    bad_limit;
     hl_log_limit    wait_limit;     /* item_update_waits: one per update naming a new id */
-    hl_log_limit    dlq_limit;      /* item_dlq_failed: one per bad update while refused */
+    hl_log_limit    dlq_limit;      /* item_dlq_failed: one per copy that failed */
+    hl_ticket       dlq_ticket;     /* the dead-letter copies', never waited for:
+                                       a failed one comes back here (items_dlq.c) */
+    hl_ticket_keys  dlq_keys;
     hl_log_limit    evict_limit;    /* foldin_evict_tombstone_failed */
     hl_ticket       evict_ticket;   /* the eviction tombstones', never waited for:
                                        a purged one comes back here (items.c) */
@@ -97,6 +104,14 @@ void    hl_items_ref_release(catref *r);
 /* The newest view of generation gen, one reference for the caller; NULL
  * when none is kept. Any thread. */
 catref *hl_items_ref_acquire(hl_items *it, uint64_t gen);
+
+/* items_dlq.c. A bad update (reason r, detail a sentence) is counted,
+ * logged and copied to the dead-letter topic. */
+void    hl_items_bad_update(hl_items *it, const rd_kafka_message_t *rkm, hl_item_reason r,
+                            const char *detail);
+/* The copies that failed since the last call are said and counted
+ * (halflife_dlq_errors_total). */
+void    hl_items_dlq_failed(hl_items *it);
 
 /* items_stale.c. Where rkm was read, and its halflife.evicts.offset
  * header, into u (decoded from it). */

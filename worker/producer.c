@@ -136,10 +136,12 @@ static void report_failed(hl_producer *p, hl_ticket *t, const rd_kafka_message_t
     uint64_t sup = 0;               /* the limiter is shared by the polling threads */
     if (purged && t != NULL)
         return;
-    /* A purged record without a ticket has no owner to send it again:
-     * said so. That is an item update's dead letter (the next start
-     * re-reads the item topic and dead-letters it again); fold-in items and
-     * eviction tombstones have tickets and are sent again (fold.c, items.c). */
+    /* A purged record without a ticket has no owner to send it again or
+     * say it: said here. That is a stale tombstone's resend (items_stale.c)
+     * or a record of `halflife produce` or the demo. A ticket's owner says
+     * its own: fold-in items and eviction tombstones are sent again
+     * (fold.c, items.c), an item update's dead-letter copy is logged as
+     * item_dlq_failed (items_dlq.c). */
     if (hl_log_limit_pass(&p->err_limit, &sup))
         hl_log(HL_LOG_WARN, purged ? "record_purged" : "delivery_failed", "topic=%s "
                "err=\"%s\"%s suppressed=%llu", rd_kafka_topic_name(rkm->rkt),

@@ -34,7 +34,8 @@ static void register_event_counters(hl_worker *w)
         "Dead-letter copies that did not reach the DLQ topic: a bad input record's "
         "refused by the producer or the broker (the record is then kept in "
         "snapshot.dir/dead-letters: halflife_dead_letters_kept_total), a bad ItemUpdate's "
-        "refused by the producer at once (not kept: the item topic still holds it).", NULL);
+        "refused by the producer or the broker or purged undelivered (not kept: the item "
+        "topic still holds it).", NULL);
     w->ctx.mx.multipart = hl_metrics_counter(reg, "halflife_users_multi_partition_total",
         "Users inserted in one partition while noted in another (input not keyed by user_id).",
         NULL);

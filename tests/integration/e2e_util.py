@@ -43,12 +43,14 @@ def free_port():
 
 
 class Broker:
-    """`halflife broker` as a process; .bootstrap is what it printed."""
+    """`halflife broker` as a process; .bootstrap is what it printed. extra
+    are more arguments (--refuse-produce FILE)."""
 
-    def __init__(self, partitions, topics, log_path):
+    def __init__(self, partitions, topics, log_path, extra=()):
         self.log = open(log_path, "w")
+        self.log_path = log_path
         self.p = subprocess.Popen([HL, "broker", "--partitions", str(partitions),
-                                   "--topics", ",".join(topics)],
+                                   "--topics", ",".join(topics)] + list(extra),
                                   stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.p.stdout.readline().strip()
         if not line:

@@ -25,6 +25,14 @@ Four phases of one synthetic stream:
    with the same catalogue: the same items in the same order, the same
    scores, added item included.
 
+Then, on a broker of its own that refuses every Produce request
+(--refuse-produce, TOPIC_AUTHORIZATION_FAILED) once the item topic holds two
+bad updates, a worker reading them: each dead-letter copy the broker
+refuses is counted in halflife_dlq_errors_total and said
+(event=item_dlq_failed, naming the update's offset and the error); before,
+they went to halflife_delivery_errors_total alone, whose alert speaks of
+lists, and the item reader said nothing.
+
 The workers score two-stage (recs.scoring=two-stage: int8 candidates with
 the catalogue's hidden rows excluded inside the scan, side items scored
 exactly) and the offline reference scores exact fp32 over every item, so
@@ -280,6 +288,48 @@ def phase4(ck, ctx, expiry):
     ck.check("second_exit_0", rc2 == 0 and w3_rc == 0, "SIGTERM exit status %s, %s" % (rc2, w3_rc))
 
 
+def broker_said(broker, event, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(broker.log_path) as f:
+            if " event=%s " % event in f.read():
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def refused_copies(ck, tmp, model):
+    """Dead-letter copies the broker refuses count as DLQ errors and are said."""
+    refuse = os.path.join(tmp, "refuse")
+    broker = U.Broker(1, ["behaviour-events", "recommendations", "behaviour-events.dlq", "items"],
+                      os.path.join(tmp, "broker-refusing.log"), extra=["--refuse-produce", refuse])
+    w = None
+    try:
+        # the refusal covers every topic: the updates go in first
+        produce_raw(broker.bootstrap, "items", [
+            ("bad-1", avro_update("bad-1", True, embedding={"e_in": [1.0, 2.0, 3.0],
+                                                            "e_out": [1.0] * 16, "bias": 0.0})),
+            ("other-key", avro_update("bad-2", False))])
+        with open(refuse, "w") as f:
+            f.write("TOPIC_AUTHORIZATION_FAILED\n")
+        on = broker_said(broker, "refuse_produce_on")
+        w = U.Worker(broker.bootstrap, model, os.path.join(tmp, "w-refused.log"),
+                     extra=["snapshot.dir=" + os.path.join(tmp, "snap-refused"),
+                            "kafka.fetch.wait.max.ms=10"])
+        invalid = wait_metric(w, "halflife_item_updates_invalid_total", 2, timeout=15)
+        errs = wait_metric(w, "halflife_dlq_errors_total", 2, timeout=10)
+        said = [ln for ln in w.log_text().splitlines() if " event=item_dlq_failed " in ln]
+        named = [ln for ln in said if "offset=0 " in ln or "offset=1 " in ln]
+        ck.check("refused_copies_counted_and_said",
+                 on and invalid == 2 and errs == 2 and named and "authorization" in named[0],
+                 "refusal on %s, bad updates %s (want 2), halflife_dlq_errors_total %s (want 2), "
+                 "event=item_dlq_failed lines %s" % (on, invalid, errs, said[:2]))
+    finally:
+        if w is not None:
+            w.stop()
+        broker.stop()
+
+
 def main():
     why = U.have_prereqs()
     if why:
@@ -324,6 +374,8 @@ def main():
         expiry = phase2(ck, ctx)
         phase3(ck, ctx)
         phase4(ck, ctx, expiry)
+        ctx["w"].stop()
+        refused_copies(ck, tmp, ctx["model_path"])
     except Exception as e:  # noqa: BLE001
         import traceback
         traceback.print_exc()

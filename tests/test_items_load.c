@@ -517,7 +517,7 @@ static void test_stale_tombstones_noted_once_per_key(void)
     for (int t = 0; t < 600 && !hl_items_loaded(it); t++)
         usleep(50000);
     CHECK(hl_items_loaded(it));
-    held_after(prod, 2, 3000);
+    held_after(prod, 2, 8000);      /* each note waits a random delay below 5 s */
     usleep(300000);                 /* and nothing more comes */
     int n = hl_producer_flush(prod, 0);
     CHECKF(n == 2, "%d records sent again for %d stale tombstones of 2 keys, want 2 (one "

@@ -827,6 +827,7 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     it->dlq_limit.interval_ms = 5000;
     it->evict_limit.interval_ms = 5000;
     it->stale_limit.interval_ms = 5000;
+    hl_items_stale_seed(it);
     pthread_mutex_init(&it->evict_keys.mu, NULL);
     hl_ticket_reset(&it->evict_ticket);
     it->evict_keys.header = HL_ITEM_EVICTS_HEADER;  /* a resend names its record */

@@ -29,6 +29,7 @@ typedef struct known_id {
 typedef struct stale_note {
     int32_t  partition;
     int64_t  offset;            /* the tombstone's */
+    int64_t  due_ms;            /* monotonic: sent no sooner (items_stale.c) */
     uint32_t len;
     char     id[HL_MAX_ID_LEN];
 } stale_note;
@@ -91,6 +92,8 @@ struct hl_items {
     int             n_stale, cap_stale;
     uint32_t       *stale_slot;     /* index of the notes by item id: note + 1, 0 empty */
     uint32_t        n_stale_slot;   /* 2 * cap_stale, a power of two */
+    int64_t         stale_due_ms;   /* the earliest note's due_ms */
+    uint64_t        stale_rng;      /* the notes' delays: this worker's own draw */
     hl_log_limit    stale_limit;    /* foldin_stale_tombstone */
     hl_gauge       *g_hidden, *g_added, *g_added_foldin, *g_loaded, *g_parts;
     hl_counter     *c_updates, *c_ignored, *c_invalid[HL_ITEM_N_REASONS], *c_dlq,
@@ -126,8 +129,11 @@ int     hl_items_send_tombstone(hl_items *it, const char *key, uint32_t key_len,
                                 char *err, size_t errlen);
 /* u, a tombstone the catalogue found stale, is counted and noted. */
 void    hl_items_stale_note(hl_items *it, const hl_item_update *u);
-/* Once the topic was read to its end: the records of the noted items sent
- * again where the tombstone is still the last message read of its key. */
+/* Once the topic was read to its end: the records of the noted items whose
+ * delay is over sent again where the tombstone is still the last message
+ * read of its key; the notes not due yet are kept. */
 void    hl_items_stale_resend(hl_items *it);
+/* The notes' delays drawn from a seed of this process's own. */
+void    hl_items_stale_seed(hl_items *it);
 
 #endif

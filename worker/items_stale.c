@@ -17,17 +17,30 @@
  * came after the tombstone: then the key's last message is a record
  * again. A reader loading the topic decides once it has read it to its
  * end, so it sends nothing for a tombstone the running workers answered
- * already; each running worker sends its copy (the same record; compaction
- * keeps one). The notes awaiting that are one per item (the latest
+ * already. The running workers all read the tombstone at about the same
+ * moment, and each sent its copy at once: N workers wrote N records per
+ * stale tombstone, each read by all. So a note waits a delay of its own,
+ * drawn at random below STALE_SPREAD_MS: the worker whose delay ends first
+ * sends, and the others, once they have read its copy (a record of the key
+ * after the tombstone), send nothing. Two copies go out only when two
+ * delays end within the time a record takes to reach the other readers
+ * (tens of ms against seconds); compaction keeps one of them. The delay
+ * costs nothing meanwhile: every reader keeps the record, and compaction
+ * never touches the active segment. The notes awaiting that are one per
+ * item (the latest
  * tombstone in its record's partition), so a topic of any number of
  * stale tombstones costs no more than the fold-in items kept. The reader
  * thread's own, under cat_mu. */
 #include "items_internal.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#define STALE_SPREAD_MS 5000    /* a note's delay is drawn below this */
 
 /* ---- eviction tombstones ---- */
 
@@ -111,6 +124,23 @@ static int note_room(hl_items *it)
     return 0;
 }
 
+void hl_items_stale_seed(hl_items *it)
+{
+    /* workers started together on one host still differ in pid and in
+     * the microsecond they start at */
+    it->stale_rng = (uint64_t)hl_now_wall_ms() * 1000003u ^ (uint64_t)hl_now_mono_us() ^
+                    ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)it;
+}
+
+/* A delay in [0, STALE_SPREAD_MS): splitmix64's next draw. */
+static int64_t stale_delay_ms(hl_items *it)
+{
+    uint64_t z = (it->stale_rng += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    return (int64_t)((z ^ (z >> 31)) % STALE_SPREAD_MS);
+}
+
 /* One note per item, the latest tombstone in its record's partition: only
  * that one decides whether the record is the key's last message there
  * (compaction works per partition; one elsewhere deletes nothing of it).
@@ -126,13 +156,19 @@ void hl_items_stale_note(hl_items *it, const hl_item_update *u)
         !kept.positioned || kept.partition != u->partition)
         return;
     uint32_t i = it->stale_slot != NULL ? note_probe(it, u->id, u->id_len) : 0;
-    if (it->stale_slot == NULL || it->stale_slot[i] == 0) {
+    int fresh = it->stale_slot == NULL || it->stale_slot[i] == 0;
+    if (fresh) {
         if (note_room(it) != 0)
             return;             /* the record stays until compaction: as if not sent */
         i = note_probe(it, u->id, u->id_len);
         it->stale_slot[i] = (uint32_t)++it->n_stale;
     }
     stale_note *s = &it->stale[it->stale_slot[i] - 1];
+    if (fresh) {                /* a later tombstone keeps the note's delay */
+        s->due_ms = hl_now_mono_ms() + stale_delay_ms(it);
+        if (it->n_stale == 1 || s->due_ms < it->stale_due_ms)
+            it->stale_due_ms = s->due_ms;
+    }
     s->partition = u->partition;
     s->offset = u->offset;
     s->len = u->id_len;
@@ -169,13 +205,26 @@ static void resend(hl_items *it, const stale_note *s, void *enc, size_t cap)
 
 void hl_items_stale_resend(hl_items *it)
 {
-    if (it->n_stale == 0 || !atomic_load(&it->loaded))
+    int64_t now = hl_now_mono_ms(), next = INT64_MAX;
+    if (it->n_stale == 0 || !atomic_load(&it->loaded) || now < it->stale_due_ms)
         return;
     size_t cap = 64 + 2 * (HL_MAX_ID_LEN + 10 * 2 + 5 * 2 * (size_t)it->o.codec.dim + 32);
     void *enc = malloc(cap);
-    for (int i = 0; enc != NULL && i < it->n_stale; i++)
-        resend(it, &it->stale[i], enc, cap);
+    if (enc == NULL)
+        return;                 /* tried again after the next burst */
+    int kept = 0;
+    for (int i = 0; i < it->n_stale; i++) {
+        if (it->stale[i].due_ms <= now) {
+            resend(it, &it->stale[i], enc, cap);
+            continue;
+        }
+        next = it->stale[i].due_ms < next ? it->stale[i].due_ms : next;
+        it->stale[kept++] = it->stale[i];
+    }
     free(enc);
-    it->n_stale = 0;
+    it->n_stale = kept;
+    it->stale_due_ms = next;
     memset(it->stale_slot, 0, it->n_stale_slot * sizeof *it->stale_slot);
+    for (int i = 0; i < kept; i++)
+        it->stale_slot[note_probe(it, it->stale[i].id, it->stale[i].len)] = (uint32_t)i + 1;
 }

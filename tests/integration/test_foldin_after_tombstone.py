@@ -15,7 +15,12 @@ record (2 events), record (4 events), tombstone naming the first.
   record again after it, so the key's last message is a record;
 - a worker started afterwards, reading from the start, keeps stale-x too
   and sends nothing more (the running worker answered already);
-- a tombstone naming the key's newest record deletes it in both.
+- a tombstone naming the key's newest record deletes it in both;
+- with both workers running, stale tombstones of four more items: each
+  worker ignores each one, and the records sent again after them are one
+  per item, or a few: each worker waits a random delay of its own and
+  sends nothing once it has read another's copy. Before, every running
+  worker sent its copy at once: two workers, two records per tombstone.
 """
 import io
 import os
@@ -36,24 +41,24 @@ ADDED, FOLD = "halflife_items_added", 'source="foldin"'
 STALE = "halflife_items_foldin_stale_tombstones_total"
 
 
-def fold_record(events):
-    """stale-x's fold-in ItemUpdate (Confluent framing, id 3)."""
+def fold_record(events, item="stale-x"):
+    """item's fold-in ItemUpdate (Confluent framing, id 3)."""
     v = [1.0] + [0.0] * (DIM - 1)
     buf = io.BytesIO()
     buf.write(b"\x00" + struct.pack(">I", 3))
     U.avro.io.DatumWriter(U.load_schema("item_update.avsc")).write(
-        {"item_id": "stale-x", "available": True, "expires_at": None,
+        {"item_id": item, "available": True, "expires_at": None,
          "embedding": {"e_in": v, "e_out": v, "bias": 0.0}, "foldin": {"events": events}},
         U.avro.io.BinaryEncoder(buf))
     return buf.getvalue()
 
 
-def produce_stale_key(bootstrap, value, evicts=None):
-    """One message under stale-x's fold-in key to partition 0; its offset."""
+def produce_stale_key(bootstrap, value, evicts=None, key=STALE_KEY):
+    """One message under key (stale-x's fold-in key) to partition 0; its offset."""
     from confluent_kafka import Producer
     p, got = Producer({"bootstrap.servers": bootstrap}), []
     headers = None if evicts is None else [("halflife.evicts.offset", str(evicts).encode())]
-    p.produce("items", key=STALE_KEY, value=value, partition=0, headers=headers,
+    p.produce("items", key=key, value=value, partition=0, headers=headers,
               on_delivery=lambda err, msg: got.append(-1 if err else msg.offset()))
     p.flush(30)
     return got[0] if got else -1
@@ -83,6 +88,58 @@ def stale_key_messages(bootstrap, want, timeout=10):
     return got
 
 
+def partition0(bootstrap):
+    """Every (offset, key, is a record) of the item topic's partition 0."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "fat-%d" % time.time_ns()})
+    hi = c.get_watermark_offsets(TopicPartition("items", 0), timeout=10)[1]
+    c.assign([TopicPartition("items", 0, 0)])
+    got, deadline = [], time.time() + 10
+    while len(got) < hi and time.time() < deadline:
+        msg = c.poll(0.5)
+        if msg is not None and not msg.error():
+            got.append((msg.offset(), msg.key(), msg.value() is not None))
+    c.close()
+    return got
+
+
+def resends(bootstrap, tombstones):
+    """Records of each key after its tombstone's offset (tombstones: key
+    -> offset)."""
+    n = dict.fromkeys(tombstones, 0)
+    for off, key, record in partition0(bootstrap):
+        if key in tombstones and record and off > tombstones[key]:
+            n[key] += 1
+    return n
+
+
+def two_readers(bootstrap, w, w2):
+    """Stale tombstones read by two running workers: one copy each, or a few."""
+    items = ["twin-%d" % i for i in range(4)]
+    keys = {i: b"\xfffoldin:" + i.encode() for i in items}
+    base = (w.metric(STALE), w2.metric(STALE))
+    first = {}
+    for i in items:
+        first[i] = produce_stale_key(bootstrap, fold_record(2, i), key=keys[i])
+        produce_stale_key(bootstrap, fold_record(4, i), key=keys[i])
+    tombs = {keys[i]: produce_stale_key(bootstrap, None, evicts=first[i], key=keys[i])
+             for i in items}
+    stale = (wait_metric(w, STALE, base[0] + len(items), timeout=10),
+             wait_metric(w2, STALE, base[1] + len(items), timeout=10))
+    deadline = time.time() + 15
+    while time.time() < deadline and min(resends(bootstrap, tombs).values()) < 1:
+        time.sleep(0.3)
+    time.sleep(6)           # past every worker's delay: a late copy would be there
+    n = resends(bootstrap, tombs)
+    ok = (stale == (base[0] + len(items), base[1] + len(items)) and min(n.values()) >= 1
+          and sum(n.values()) <= len(items) + 1)
+    print(("PASS" if ok else "FAIL") + " foldin_after_tombstone.stale_two_readers: stale "
+          "tombstones counted %s (want %s), records sent again after each %s (want 1 each, "
+          "%d in all at most)" % (stale, (base[0] + len(items), base[1] + len(items)),
+                                  sorted(n.values()), len(items) + 1))
+    return ok
+
+
 def wait_below(workers, want, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -110,12 +167,13 @@ def stale_tombstone(tmp, bootstrap, model, w):
         msgs2 = stale_key_messages(bootstrap, len(msgs))
         newest = produce_stale_key(bootstrap, None, evicts=msgs2[-1][0] if msgs2 else 0)
         gone = wait_below([w, w2], f0)
+        twins = two_readers(bootstrap, w, w2)
     finally:
         w2.stop()
     last_is_record = [r for _, r in msgs] == [True, True, False, True]
     ok = (held == f0 + 1 and stale == 1 and kept == f0 + 1 and last_is_record
           and loaded == 1 and late == (f0 + 1, 1) and msgs2 == msgs and newest > 0
-          and gone == [f0, f0])
+          and gone == [f0, f0] and twins)
     print(("PASS" if ok else "FAIL") + " foldin_after_tombstone.stale: fold-in items %s, "
           "with stale-x %s (want %s); after a tombstone naming its older record: stale "
           "tombstones %s (want 1), fold-in items %s (want %s), the key's messages "

@@ -255,17 +255,23 @@ static int parts_seen(void *arg, int n)
     return n < v ? n : v;
 }
 
-/* halflife_items_partitions in reg's /metrics text, -1 when absent. */
-static double parts_gauge(hl_metrics *reg)
+/* The sample of metric name (no labels) in reg's /metrics text, -1 when
+ * absent. */
+static double metric_value(hl_metrics *reg, const char *name)
 {
-    const char *name = "\nhalflife_items_partitions ";
-    char *text = NULL, *at;
+    char *text = NULL, *at, line[128];
     size_t len = 0;
     double v = -1;
-    if (hl_metrics_render(reg, &text, &len) == 0 && (at = strstr(text, name)) != NULL)
-        v = strtod(at + strlen(name), NULL);
+    snprintf(line, sizeof line, "\n%s ", name);
+    if (hl_metrics_render(reg, &text, &len) == 0 && (at = strstr(text, line)) != NULL)
+        v = strtod(at + strlen(line), NULL);
     free(text);
     return v;
+}
+
+static double parts_gauge(hl_metrics *reg)
+{
+    return metric_value(reg, "halflife_items_partitions");
 }
 
 /* A partition added to the topic while the worker runs (an operator
@@ -529,6 +535,78 @@ static void test_stale_tombstones_noted_once_per_key(void)
     bed_close(&b);
 }
 
+/* Sends a record under key "bad" that no decoder takes. */
+static void send_garbage(rd_kafka_t *p)
+{
+    CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC("items"), RD_KAFKA_V_PARTITION(0),
+                            RD_KAFKA_V_KEY("bad", 3), RD_KAFKA_V_VALUE("\x07\x07\x07", 3),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) == 0);
+}
+
+/* halflife_dlq_errors_total once it reads want, or what it reads after ms. */
+static double dlq_errors_after(hl_metrics *reg, double want, int ms)
+{
+    double v = -1;
+    for (int t = 0; t <= ms / 50 && (v = metric_value(reg, "halflife_dlq_errors_total")) != want;
+         t++)
+        usleep(50000);
+    return v;
+}
+
+/* A bad update's dead-letter copy that a purge takes back (a release's, or
+ * the stop's settle after the reader stopped) did not reach the DLQ topic:
+ * counted in halflife_dlq_errors_total and said (event=item_dlq_failed).
+ * Before, the copy went without a ticket: purged, it counted nowhere but
+ * in the purged records, and only the producer's record_purged line, not
+ * naming the update, said it. */
+static void test_purged_dead_letter_copy_is_counted_and_said(void)
+{
+    char err[512], got[16384];
+    bed b;
+    bed_open(&b, "dlqpurge");
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    hl_kafka_prop kp[] = {{"bootstrap.servers", "127.0.0.1:1"}, {"log_level", "0"}};
+    hl_producer *prod = hl_producer_create(kp, 2, NULL, err, sizeof err);
+    send_garbage(b.p);
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 4, .prod = prod, .dlq_topic = "items.dlq", .reg = b.reg};
+    FILE *tmp = tmpfile();
+    int saved = dup(STDERR_FILENO);
+    CHECK(tmp != NULL && saved >= 0);
+    dup2(fileno(tmp), STDERR_FILENO);
+    hl_log_set_level(HL_LOG_WARN);
+    hl_items *it = prod != NULL ? hl_items_create(&o, err, sizeof err) : NULL;
+    if (it != NULL && hl_items_start(it, err, sizeof err) == 0)
+        for (int t = 0; t < 600 && !hl_items_loaded(it); t++)
+            usleep(50000);
+    int held = held_after(prod, 1, 10000);
+    uint64_t purged = hl_producer_purge(prod);
+    double running = dlq_errors_after(b.reg, 1, 3000);
+    send_garbage(b.p);                          /* held when the reader stops */
+    int held2 = held_after(prod, 1, 10000);
+    hl_items_stop(it);                          /* as the worker does: stopped, settled, freed */
+    hl_producer_purge(prod);
+    hl_items_destroy(it);
+    double stopped = dlq_errors_after(b.reg, 2, 0);
+    hl_producer_destroy(prod, 0);
+    hl_log_set_level(HL_LOG_ERROR);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(got, 1, sizeof got - 1, tmp);
+    got[n] = '\0';
+    fclose(tmp);
+    const char *line = strstr(got, "event=item_dlq_failed");
+    CHECKF(held == 1 && purged == 1 && held2 == 1, "copies held %d and %d, purged %llu (want "
+           "1 each)", held, held2, (unsigned long long)purged);
+    CHECKF(running == 1 && stopped == 2, "halflife_dlq_errors_total %g after the purge (want "
+           "1), %g after the stop's (want 2)", running, stopped);
+    CHECKF(line != NULL && strstr(line, "key=\"bad\"") != NULL && strstr(line, "purged"),
+           "no item_dlq_failed line naming the purged copy in: %s", got);
+    bed_close(&b);
+}
+
 /* A model swap to a model that no longer knows an item an operator's
  * record names (it counts against catalogue.max.new.items again) gives up
  * the stalest fold-in items beyond the bound at once, tombstoned, as the
@@ -585,5 +663,6 @@ int main(void)
     RUN(test_purged_eviction_tombstone_names_its_record);
     RUN(test_stale_tombstones_noted_once_per_key);
     RUN(test_swap_keeps_the_bound);
+    RUN(test_purged_dead_letter_copy_is_counted_and_said);
     TEST_EXIT();
 }

@@ -21,6 +21,7 @@
 #include "registry.h"
 
 #include <avro.h>
+#include <jansson.h>
 #include <pthread.h>
 
 static const char *top(void)
@@ -434,6 +435,73 @@ static void test_config_never_prints_the_password(void)
     hl_config_destroy(cfg);
 }
 
+/* {"schema": text} as the registry's 200 answer, malloc'd; text laid out
+ * again (keys sorted, no spaces) when relaid, as a registry may store it. */
+static char *schema_answer(const char *text, int relaid)
+{
+    json_t *j = relaid ? json_loads(text, 0, NULL) : NULL;
+    char *laid = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_t *ans = json_pack("{s:s}", "schema", laid ? laid : text);
+    char *body = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
+    char *raw = body ? raw_answer("200 OK", "application/vnd.schemaregistry.v1+json", body, 0)
+                     : NULL;
+    free(body);
+    json_decref(ans);
+    free(laid);
+    json_decref(j);
+    return raw;
+}
+
+/* A register or lookup answered with another schema's id (a proxy's stale
+ * cache, a registry's bug) was trusted: every list went out under it. The
+ * id's schema is fetched and compared parsed: the same schema laid out
+ * again is taken; another one, or text that is no Avro schema, is
+ * HL_EMISMATCH naming the id and both schemas; an id the registry does not
+ * have yet (a replica behind) is waited for. */
+static void test_registered_id_is_checked(void)
+{
+    static const char *const json = "application/vnd.schemaregistry.v1+json";
+    const char *ours = hl_codec_list_schema();
+    struct { char *raw; int want; const char *say; } c[] = {
+        {raw_answer("200 OK", json, "{\"id\":7}", 0), 0, ""},
+        {schema_answer(ours, 1), 0, ""},
+        {raw_answer("200 OK", json, "{\"id\":7}", 0), 0, ""},
+        {schema_answer(hl_codec_event_schema(), 0), HL_EMISMATCH,
+         "halflife.BehaviourEvent (fingerprint "},
+        {raw_answer("200 OK", json, "{\"id\":7}", 0), 0, ""},
+        {schema_answer("{\"type\":\"nope\"}", 0), HL_EMISMATCH, "no Avro schema"},
+        {raw_answer("200 OK", json, "{\"id\":7}", 0), 0, ""},
+        {raw_answer("404 Not Found", json, "{\"error_code\":40403,\"message\":\"Schema 7 not "
+                    "found\"}", 0), HL_EAGAIN, "not in the registry yet"},
+    };
+    enum { N = sizeof c / sizeof c[0] };
+    const char *raw[N];
+    char err[1024];
+    int port;
+    for (int i = 0; i < N; i++)
+        raw[i] = c[i].raw ? c[i].raw : "";
+    raw_answers ra = {-1, N, raw};
+    pthread_t tid;
+    if (standin_start(&ra.fd, &port, answer_raw, &ra, &tid) != 0)
+        SKIP("no loopback listener");
+    hl_registry *r = registry_at(port);
+    for (int i = 0; r != NULL && i < N; i += 2) {
+        int32_t id = -1;
+        err[0] = '\0';
+        int rc = hl_registry_subject_id(r, "recommendations-value", ours, i % 4 == 0, &id, err,
+                                        sizeof err);
+        CHECKF(rc == c[i + 1].want && id == 7 && strstr(err, c[i + 1].say) &&
+               (rc != HL_EMISMATCH || (strstr(err, "id 7") &&
+                                       strstr(err, "record halflife.RecommendationList"))),
+               "answer %d: rc %d, want %d naming \"%s\": %s", i + 1, rc, c[i + 1].want,
+               c[i + 1].say, err);
+    }
+    standin_stop(ra.fd, NULL, tid);
+    hl_registry_destroy(r);
+    for (int i = 0; i < N; i++)
+        free(c[i].raw);
+}
+
 int main(void)
 {
     RUN(test_urls_checked);
@@ -447,5 +515,6 @@ int main(void)
     RUN(test_codec_refused_id_is_unknown_schema);
     RUN(test_list_schema_matches_file);
     RUN(test_config_never_prints_the_password);
+    RUN(test_registered_id_is_checked);
     TEST_EXIT();
 }

@@ -11,12 +11,15 @@
  * portal's 200, an ingress's bare 404 while the registry restarts) or
  * another service's JSON (a 2xx without the field the call reads) is the
  * registry being away. error_code and message go into the error text.
+ * An id that a register or lookup gives is fetched back and compared with
+ * the schema, parsed (hl_registry_check_id), before anyone writes it.
  *
  * Secrets: the user info goes to curl as CURLOPT_USERPWD and nowhere else.
  * A URL may itself carry "user:pw@"; every text built here names a URL in
  * its redacted form. Redirects are not followed (a redirect would send the
  * credentials elsewhere), and only http and https are spoken. */
 #include "registry.h"
+#include "avsc.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -515,4 +518,81 @@ int hl_registry_lookup(hl_registry *r, const char *subject, const char *schema,
                        int32_t *id, char *errbuf, size_t errlen)
 {
     return post_schema(r, subject, "", schema, id, errbuf, errlen);
+}
+
+/* ---- checking an id ----------------------------------------------------- */
+
+/* FNV-1a 64 of text's JSON with its keys sorted and no spaces: one value
+ * for texts that differ in layout alone, for the mismatch sentence; 0 for
+ * text that is not JSON. */
+static uint64_t fingerprint(const char *text)
+{
+    json_t *j = json_loads(text, JSON_DECODE_ANY, NULL);
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
+    uint64_t h = s ? 0xcbf29ce484222325ULL : 0;
+    for (const char *p = s; p != NULL && *p != '\0'; p++)
+        h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+    free(s);
+    json_decref(j);
+    return h;
+}
+
+/* "record halflife.RecommendationList (fingerprint 0123...)" into buf. */
+static void describe(avro_schema_t s, const char *text, char *buf, size_t len)
+{
+    const char *space = s != NULL ? avro_schema_namespace(s) : NULL;
+    const char *kind = s == NULL ? "no Avro schema" : is_avro_record(s) ? "record "
+                     : is_avro_enum(s) ? "enum " : is_avro_fixed(s) ? "fixed " : "";
+    snprintf(buf, len, "%s%s%s%.128s (fingerprint %016llx)", kind,
+             space != NULL && *space != '\0' ? space : "",
+             space != NULL && *space != '\0' ? "." : "",
+             s != NULL ? avro_schema_type_name(s) : "",
+             (unsigned long long)fingerprint(text));
+}
+
+/* ours and theirs (the registry's schema of id) compared, both parsed. */
+static int compare(hl_registry *r, int32_t id, const char *ours, const char *theirs,
+                   char *errbuf, size_t errlen)
+{
+    avro_schema_t a = NULL, b = NULL;
+    char why[200], mine[256], other[256];
+    int rc = 0;
+    if (hl_avsc_parse(ours, strlen(ours), &a, why, sizeof why) != 0)
+        rc = hl_err(errbuf, errlen, HL_EINVAL, "our own schema does not parse: %s", why);
+    else if (hl_avsc_parse(theirs, strlen(theirs), &b, why, sizeof why) != 0 ||
+             !avro_schema_equal(a, b)) {
+        describe(a, ours, mine, sizeof mine);
+        describe(b, theirs, other, sizeof other);
+        rc = hl_err(errbuf, errlen, HL_EMISMATCH, "schema registry %s: id %d, given for our "
+                    "%s, is %s there: another schema's id", r->shown[r->good], (int)id, mine,
+                    other);
+    }
+    if (a != NULL)
+        avro_schema_decref(a);
+    if (b != NULL)
+        avro_schema_decref(b);
+    return rc;
+}
+
+int hl_registry_check_id(hl_registry *r, int32_t id, const char *schema,
+                         char *errbuf, size_t errlen)
+{
+    char *theirs = NULL, why[400];
+    int rc = hl_registry_schema_by_id(r, id, &theirs, why, sizeof why);
+    if (rc == HL_ENOENT)
+        return hl_err(errbuf, errlen, HL_EAGAIN, "schema id %d, just given for our schema, is "
+                      "not in the registry yet (%s)", (int)id, why);
+    if (rc != 0)
+        return hl_err(errbuf, errlen, rc, "%s", why);
+    rc = compare(r, id, schema, theirs, errbuf, errlen);
+    free(theirs);
+    return rc;
+}
+
+int hl_registry_subject_id(hl_registry *r, const char *subject, const char *schema,
+                           int auto_register, int32_t *id, char *errbuf, size_t errlen)
+{
+    int rc = auto_register ? hl_registry_register(r, subject, schema, id, errbuf, errlen)
+                           : hl_registry_lookup(r, subject, schema, id, errbuf, errlen);
+    return rc != 0 ? rc : hl_registry_check_id(r, *id, schema, errbuf, errlen);
 }

@@ -69,6 +69,26 @@ int hl_registry_register(hl_registry *r, const char *subject, const char *schema
 int hl_registry_lookup(hl_registry *r, const char *subject, const char *schema,
                        int32_t *id, char *errbuf, size_t errlen);
 
+/* Whether id is schema in the registry: fetches /schemas/ids/{id} and
+ * compares the two parsed, by avro-c's equality (types, full names, field
+ * names in order; not layout, key order, docs or defaults, which a
+ * registry may rewrite). A register or lookup answered with another
+ * schema's id (a proxy's cache, a registry's bug) had every list written
+ * under that id, and consumers read it with the wrong schema.
+ *   0             the same schema
+ *   HL_EMISMATCH  another one: the text names the id and both schemas (full
+ *                 name and fingerprint)
+ *   HL_EAGAIN     as hl_registry_schema_by_id, and when the registry has
+ *                 no such id (a replica behind the one that gave it)
+ *   else          hl_registry_schema_by_id's code */
+int hl_registry_check_id(hl_registry *r, int32_t id, const char *schema,
+                         char *errbuf, size_t errlen);
+
+/* The id of schema under subject: registered (auto_register) or looked
+ * up, then checked (hl_registry_check_id); the codes of the three. */
+int hl_registry_subject_id(hl_registry *r, const char *subject, const char *schema,
+                           int auto_register, int32_t *id, char *errbuf, size_t errlen);
+
 /* flag (may be NULL; borrowed) stops a request in progress within about a
  * second once it reads non-zero: the call then returns HL_EAGAIN. For a
  * thread that must not wait schema.registry.timeout.ms per URL to stop. */

@@ -576,26 +576,24 @@ static void *fetch_main(void *arg)
 
 /* ---- create / destroy --------------------------------------------------- */
 
+static hl_counter *requests(hl_metrics *m, const char *labels)
+{
+    return hl_metrics_counter(m, "halflife_schema_registry_requests_total",
+                              HL_SCHEMA_REGISTRY_REQUESTS_HELP, labels);
+}
+
 static void register_metrics(hl_schema_store *s, hl_metrics *m)
 {
-    const char *help = "Requests to the Schema Registry by outcome (error: no answer, 5xx, "
-                       "credentials refused or an answer not the registry's, such as a proxy's "
-                       "page; bad_answer: the registry's answer holds no Avro schema or is too "
-                       "large).";
     if (m == NULL)
         return;
     s->up_g = hl_metrics_gauge(m, "halflife_schema_registry_up",
         "1 while the Schema Registry answers; 0 after a request got no answer, a 401/403 "
         "or 408/429, or a 5xx for two ids in a row (a 5xx for one id while another is "
         "answered is that id's).", NULL);
-    s->req_ok = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
-                                   "result=\"ok\"");
-    s->req_missing = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
-                                        "result=\"not_found\"");
-    s->req_error = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
-                                      "result=\"error\"");
-    s->req_bad = hl_metrics_counter(m, "halflife_schema_registry_requests_total", help,
-                                    "result=\"bad_answer\"");
+    s->req_ok = requests(m, "result=\"ok\"");
+    s->req_missing = requests(m, "result=\"not_found\"");
+    s->req_error = requests(m, "result=\"error\"");
+    s->req_bad = requests(m, "result=\"bad_answer\"");
     hl_gauge_set(s->up_g, 1);
 }
 

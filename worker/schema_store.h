@@ -35,6 +35,15 @@
 
 typedef struct hl_schema_store hl_schema_store;   /* opaque */
 
+/* halflife_schema_registry_requests_total's help: the store registers it,
+ * and the worker's start counts result="mismatch" (registry.h,
+ * hl_registry_check_id) in it too. */
+#define HL_SCHEMA_REGISTRY_REQUESTS_HELP "Requests to the Schema Registry by outcome (error: " \
+    "no answer, 5xx, credentials refused or an answer not the registry's, such as a proxy's " \
+    "page; bad_answer: the registry's answer holds no Avro schema or is too large; " \
+    "mismatch: an id given for our own schema is another schema's)."
+
+
 /* Ids remembered; beyond, "no such id"s go first, then ids still waiting
  * (asked for least lately), then fetched schemas (asked for least lately:
  * fetched again when asked). */

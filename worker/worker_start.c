@@ -290,8 +290,20 @@ static int nap_or_abort(const hl_worker *w, int64_t ms)
     return w->o.start_abort != NULL && *w->o.start_abort;
 }
 
+/* The registry gave subject an id that is another schema's: said and
+ * counted. Nothing is published under it: the lists' id ends the start as
+ * any refusal of the registry's does, the item updates' turns fold-in off. */
+static void id_mismatch(hl_worker *w, const char *subject, int32_t id, const char *err)
+{
+    hl_counter_add(hl_metrics_counter(w->reg, "halflife_schema_registry_requests_total",
+                                      HL_SCHEMA_REGISTRY_REQUESTS_HELP,
+                                      "result=\"mismatch\""), 1);
+    hl_log(HL_LOG_ERROR, "schema_registry_id_mismatch", "subject=%s id=%d err=\"%s\" "
+           "action=\"nothing is published under that id\"", subject, (int)id, err);
+}
+
 /* The id of schema under "<topic>-value" (TopicNameStrategy): registered,
- * or only looked up. An unreachable registry (or 5xx) is waited for, 1, 2,
+ * or only looked up, then checked to be that schema's (registry.h). An unreachable registry (or 5xx) is waited for, 1, 2,
  * 4 then 5 s apart, one line each, until it answers or start_abort is set;
  * anything else (credentials refused, not registered) ends the call. file
  * names the schema in messages, event the log line of the id. */
@@ -303,9 +315,8 @@ static int topic_schema_id(hl_worker *w, hl_registry *r, const char *topic, cons
     int rc;
     snprintf(subject, sizeof subject, "%s-value", topic);
     for (int64_t backoff_ms = 1000; ; backoff_ms = backoff_ms < 4000 ? backoff_ms * 2 : 5000) {
-        rc = w->o.registry_auto_register
-                 ? hl_registry_register(r, subject, schema, id, errbuf, errlen)
-                 : hl_registry_lookup(r, subject, schema, id, errbuf, errlen);
+        rc = hl_registry_subject_id(r, subject, schema, w->o.registry_auto_register, id,
+                                    errbuf, errlen);
         if (rc != HL_EAGAIN)
             break;
         if (w->o.start_abort != NULL && *w->o.start_abort)   /* the request was cut short */
@@ -320,6 +331,8 @@ static int topic_schema_id(hl_worker *w, hl_registry *r, const char *topic, cons
         return hl_err(errbuf, errlen, rc, "%s is not registered under subject %s "
                       "(schema.registry.auto.register=false): register it there, or allow "
                       "auto.register", file, subject);
+    if (rc == HL_EMISMATCH)
+        id_mismatch(w, subject, *id, errbuf);
     if (rc == 0)
         hl_log(HL_LOG_INFO, event, "subject=%s id=%d how=%s", subject, (int)*id,
                w->o.registry_auto_register ? "registered" : "looked_up");

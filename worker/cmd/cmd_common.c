@@ -187,9 +187,8 @@ int hl_cmd_schema_id(const hl_worker_opts *wo, const char *topic, const char *sc
     if (reg == NULL)
         return HL_EINVAL;
     snprintf(subject, sizeof subject, "%s-value", topic);
-    rc = wo->registry_auto_register
-             ? hl_registry_register(reg, subject, schema, id, why, sizeof why)
-             : hl_registry_lookup(reg, subject, schema, id, why, sizeof why);
+    rc = hl_registry_subject_id(reg, subject, schema, wo->registry_auto_register, id, why,
+                                sizeof why);
     hl_registry_destroy(reg);
     if (rc != 0)
         return hl_err(errbuf, errlen, rc, "%s under subject %s: %s", what, subject, why);

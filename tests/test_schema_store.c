@@ -604,6 +604,7 @@ typedef struct big_schemas {
     int        fd;
     atomic_int stop;
     char      *answer;          /* the whole HTTP answer */
+    atomic_int served;          /* requests answered */
 } big_schemas;
 
 static void *answer_big(void *arg)
@@ -617,6 +618,7 @@ static void *answer_big(void *arg)
         read_head(c);
         (void)!send(c, bs->answer, n, MSG_NOSIGNAL);
         close(c);
+        atomic_fetch_add(&bs->served, 1);
     }
     return NULL;
 }
@@ -864,6 +866,33 @@ static void test_copy_out_of_memory_says_why(void)
     free(hold);
 }
 
+/* A schema over the size limit is the registry's word on an immutable id:
+ * its "no such id" is asked again after 30 s, not 5 s. Records naming it
+ * had it fetched again (1 MiB and more, up to 4 MB) every 5 s for as long
+ * as they came. Here records name it every 50 ms for 6.5 s: one fetch. */
+static void test_bad_answer_is_not_fetched_every_5_s(void)
+{
+    char why[256] = "", *text = NULL;
+    big_schemas bs;
+    pthread_t tid;
+    hl_schema_store *s = store_big(&bs, &tid, HL_CODEC_MAX_SCHEMA_BYTES + 1, NULL, NULL);
+    if (s == NULL)
+        SKIP("no loopback listener");
+    hl_log_set_level(HL_LOG_ERROR);            /* not a bad_answer line per recheck */
+    int rc = get_settled(s, 7, &text, why, sizeof why);
+    CHECKF(rc == HL_ENOENT && text == NULL, "id 7: rc %d %s", rc, why);
+    for (double t0 = now_s(); now_s() - t0 < 6.5; usleep(50000)) {
+        rc = hl_schema_store_get(s, 7, &text, why, sizeof why);
+        CHECKF(rc == HL_ENOENT && text == NULL, "id 7 meanwhile: rc %d %s", rc, why);
+        free(text);
+        text = NULL;
+    }
+    int served = atomic_load(&bs.served);
+    CHECKF(served == 1, "id 7, over the limit, fetched %d times in 6.5 s (want 1)", served);
+    hl_log_set_level(HL_LOG_INFO);
+    stop_big(s, &bs, tid);
+}
+
 int main(void)
 {
     RUN(test_store_waits_while_registry_away);
@@ -883,5 +912,6 @@ int main(void)
     RUN(test_schema_over_the_limit_is_refused);
     RUN(test_fallback_file_over_the_limit_says_so);
     RUN(test_copy_out_of_memory_says_why);
+    RUN(test_bad_answer_is_not_fetched_every_5_s);
     TEST_EXIT();
 }

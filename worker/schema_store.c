@@ -43,6 +43,8 @@
 #define BACKOFF_MIN_MS   100
 #define BACKOFF_MAX_MS   2000
 #define RECHECK_MS       5000    /* a "no such id" is asked again at most this often */
+#define BAD_RECHECK_MS   30000   /* a bad answer (no Avro schema, too large): the first */
+#define BAD_RECHECK_MAX_MS 300000 /* wait before asking again, doubling to this */
 #define PROBE_MS         30000   /* idle and up: how often the probe id is asked */
 #define ID_BACKOFF_MAX_MS 10000  /* one id the registry keeps failing: its longest wait */
 
@@ -67,6 +69,7 @@ typedef struct entry {
     int32_t     id;
     entry_state state;
     int         recheck;        /* E_MISSING: asked again, answer the old one meanwhile */
+    int64_t     recheck_ms;     /* E_MISSING: the wait before a recheck (settle) */
     int64_t     asked_ms;       /* when a record last asked for it */
     shared_text *text;          /* E_FOUND */
     char        why[240];       /* E_WANTED, E_MISSING: for the record's log line */
@@ -254,7 +257,7 @@ int hl_schema_store_get(void *arg, int32_t id, char **text, char *why, size_t wh
     } else {
         rc = en->state == E_WANTED ? HL_EAGAIN : HL_ENOENT;
         if (en->state == E_MISSING && !en->recheck &&
-            hl_now_mono_ms() - en->checked_ms >= RECHECK_MS)
+            hl_now_mono_ms() - en->checked_ms >= en->recheck_ms)
             en->recheck = 1;
         hl_err(why, whylen, rc, "%s", en->why);
     }
@@ -319,6 +322,21 @@ static void answered(hl_schema_store *s)
     s->last_answer_ms = hl_now_mono_ms();
 }
 
+/* How long en, answered rc (HL_ENOENT or HL_EFORMAT), waits before a
+ * recheck. A 404 may end (a producer ahead of this registry's replica):
+ * RECHECK_MS. A bad answer is the registry's word on an immutable id, the
+ * same at each recheck: BAD_RECHECK_MS, doubled while it repeats, to
+ * BAD_RECHECK_MAX_MS. Each recheck of a schema over the size limit
+ * fetched up to 4 MB every 5 s for as long as records named the id. */
+static int64_t recheck_wait(const entry *en, int rc)
+{
+    if (rc != HL_EFORMAT)
+        return RECHECK_MS;
+    if (en->state != E_MISSING || en->recheck_ms < BAD_RECHECK_MS)
+        return BAD_RECHECK_MS;
+    return en->recheck_ms * 2 < BAD_RECHECK_MAX_MS ? en->recheck_ms * 2 : BAD_RECHECK_MAX_MS;
+}
+
 /* Writes the answer rc for id (text taken on 0 and 1) into its entry:
  * 0 the registry's schema, 1 the fallback file's (after a 404),
  * HL_ENOENT no such id, HL_EFORMAT an answer that is no Avro schema or
@@ -344,6 +362,7 @@ static void settle(hl_schema_store *s, int32_t id, int rc, shared_text *text, co
         trim(s, id);                        /* en may move: not used after */
         return;
     }
+    en->recheck_ms = recheck_wait(en, rc);
     en->state = E_MISSING;
     snprintf(en->why, sizeof en->why, "%.239s", err);
     uint64_t sup = 0;

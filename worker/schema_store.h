@@ -19,7 +19,9 @@
  *              (unknown_schema)
  * A "no such id" is asked again in the background at most every 5 s when
  * the id is seen again, and stays the answer meanwhile (a flood of bad ids
- * never waits on the registry).
+ * never waits on the registry). A bad answer (no Avro schema, over the
+ * size limit) the same way, but after 30 s, doubling to 5 min while it
+ * stays bad: ids are immutable, and each answer may be 4 MB.
  *
  * Metrics: halflife_schema_registry_up (1 while the registry answers: a
  * request without an answer, 401/403 or 408/429 makes it 0, a 5xx only

@@ -4,8 +4,8 @@
  * Writer schemas come from a Schema Registry or a schemas directory: text
  * halflife does not write. avro-c (1.11) leaks the type it was building
  * when a schema defines one name twice ("Cannot save enum schema"): about
- * a kilobyte per parse, and a refused id is parsed again every 5 s while
- * payloads name it (fuzz_registry found it). Such a schema is never valid
+ * a kilobyte per parse, and a refused id is parsed again now and then
+ * while payloads name it (fuzz_registry found it). Such a schema is never valid
  * Avro (a full name is defined once), so it is refused here, by name, and
  * avro-c never sees it. */
 #ifndef HL_AVSC_H

@@ -108,7 +108,8 @@ hl_codec_reason hl_codec_decode_event(hl_codec *c, const void *buf, size_t len,
  * from (the ids used least lately give way, loaded again when used); an
  * id found missing or broken is looked up again by the decoder
  * at most every 5 s (a schema file deployed late is picked up without a
- * restart), and by this call every time. */
+ * restart; a schema_fn's text that the codec refuses, after 30 s doubling
+ * to 5 min: the text does not change), and by this call every time. */
 typedef enum {
     HL_CODEC_WRITER_UNKNOWN, HL_CODEC_WRITER_FAST, HL_CODEC_WRITER_RESOLVED,
     HL_CODEC_WRITER_WAIT        /* schema_fn does not know yet (HL_EAGAIN) */

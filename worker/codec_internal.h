@@ -28,6 +28,8 @@ enum { F_USER, F_ITEM, F_TYPE, F_TS, F_WEIGHT, F_CONTEXT };
 #define MAX_EMPTY_ITEMS   4096      /* zero-byte array items per record */
 #define MAX_FREE_NODES    65536     /* schema nodes per record beyond its bytes */
 #define RETRY_MS          5000      /* a refused id is looked up again after */
+#define TEXT_RETRY_MS     30000     /* a registry's text refused (codec_writer.c's */
+#define TEXT_RETRY_MAX_MS 300000    /* writer_load): looked at again after, doubling */
 
 /* W_WAIT: schema_fn does not know the id yet; asked again on each use. */
 typedef enum { W_FAST, W_RESOLVE, W_BAD, W_WAIT } writer_kind;
@@ -50,6 +52,8 @@ typedef struct writer {
     int                 has_values;
     char                why[200];     /* W_BAD: why the id is refused */
     int64_t             retry_at_ms;  /* W_BAD: when to look at the file again */
+    int64_t             retry_wait_ms;/* W_BAD: the wait that set retry_at_ms */
+    int                 text_refused; /* W_BAD: schema_fn gave a text, refused */
     size_t              text_bytes;   /* W_FAST, W_RESOLVE: the text schema was
                                          parsed from, its share of MAX_WRITER_TEXT */
     uint64_t            used;         /* c->uses when it last became c->last */

@@ -5,7 +5,8 @@
  * A writer schema comes from <schemas_dir>/<id>.avsc or from the codec's
  * schema_fn (a Schema Registry), is cached per id whatever its source,
  * failures included (by their reason alone: no parsed schema is kept for
- * them), and a refused id is looked at again after RETRY_MS. The cache
+ * them), and a refused id is looked at again after RETRY_MS (a text
+ * schema_fn gave and the codec refused: later, writer_load). The cache
  * holds MAX_WRITERS ids and MAX_WRITER_TEXT bytes of the schema text its
  * writers were parsed from: parsed, a schema is up to 40 times its text
  * (fit).
@@ -322,15 +323,33 @@ static int reader_for(hl_codec *c, writer *w)
 
 static void writer_load_once(hl_codec *c, writer *w, int32_t id);
 
-/* writer_load_once, and for a refused id the time to look again: a schema
- * file may be deployed after the first record that needs it, and the
- * worker should not need a restart to see it. */
-static void writer_load(hl_codec *c, writer *w, int32_t id)
+/* The wait before a refused id is looked at again, last_ms the one before
+ * (0: none). A schema file may be deployed, or fixed, after the first
+ * record that needs it, and the worker should not need a restart to see
+ * it: RETRY_MS. A text schema_fn gave and the codec refused (does not
+ * parse, does not resolve) is the same at each look, as a registry's ids
+ * are immutable and the store keeps the text: TEXT_RETRY_MS, doubled to
+ * TEXT_RETRY_MAX_MS while it stays refused. Each look at such a schema of
+ * up to 1 MiB copied and parsed it again (50 to 300 ms) every 5 s in each
+ * shard thread whose records named it. */
+static int64_t retry_wait(const writer *w, int64_t last_ms)
+{
+    if (!w->text_refused)
+        return RETRY_MS;
+    if (last_ms < TEXT_RETRY_MS)
+        return TEXT_RETRY_MS;
+    return last_ms * 2 < TEXT_RETRY_MAX_MS ? last_ms * 2 : TEXT_RETRY_MAX_MS;
+}
+
+/* writer_load_once, and for a refused id the time to look again
+ * (retry_wait; last_ms the last wait, 0 for none). */
+static void writer_load(hl_codec *c, writer *w, int32_t id, int64_t last_ms)
 {
     char why[sizeof w->why];
     writer_load_once(c, w, id);
     if (w->kind != W_BAD)
         return;
+    int64_t wait_ms = retry_wait(w, last_ms);
     /* A refused schema is kept by its reason alone: parsed (one that does
      * not resolve), it held up to 40 times its text until its id came
      * again, in each of 256 entries. */
@@ -339,7 +358,8 @@ static void writer_load(hl_codec *c, writer *w, int32_t id)
     w->id = id;
     w->kind = W_BAD;
     memcpy(w->why, why, sizeof why);
-    w->retry_at_ms = hl_now_mono_ms() + RETRY_MS;
+    w->retry_wait_ms = wait_ms;
+    w->retry_at_ms = hl_now_mono_ms() + wait_ms;
 }
 
 /* Keeps the schema text behind the cached writers within MAX_WRITER_TEXT:
@@ -424,6 +444,7 @@ static void writer_load_once(hl_codec *c, writer *w, int32_t id)
     }
     if ((text = writer_text(c, w, id)) == NULL)
         return;
+    w->text_refused = c->o.schema_fn != NULL;   /* until it is taken below */
     size_t len = strlen(text);
     if (hl_avsc_parse(text, len, &w->schema, why, sizeof why) != 0) {
         hl_err(w->why, sizeof w->why, HL_EINVAL, "writer schema id %d: %s", (int)id, why);
@@ -495,7 +516,7 @@ static writer *writer_find(hl_codec *c, int32_t id)
         }
     }
     if (c->n_w < c->cap_w && (w = malloc(sizeof *w)) != NULL) {
-        writer_load(c, w, id);
+        writer_load(c, w, id, 0);
         c->w[c->n_w++] = w;
         fit(c, w);
         return use(c, w);
@@ -504,12 +525,12 @@ static writer *writer_find(hl_codec *c, int32_t id)
     if (v >= 0) {
         w = c->w[v];
         hl_codec_writer_clear(w);
-        writer_load(c, w, id);
+        writer_load(c, w, id, 0);
         fit(c, w);
         return use(c, w);
     }
     hl_codec_writer_clear(&c->scratch);
-    writer_load(c, &c->scratch, id);
+    writer_load(c, &c->scratch, id, 0);
     return c->last = &c->scratch;
 }
 
@@ -520,8 +541,9 @@ writer *hl_codec_writer_get(hl_codec *c, int32_t id, int force)
     writer *w = writer_find(c, id);
     if (w->kind == W_WAIT ||
         (w->kind == W_BAD && (force || hl_now_mono_ms() >= w->retry_at_ms))) {
+        int64_t last_ms = w->kind == W_BAD ? w->retry_wait_ms : 0;
         hl_codec_writer_clear(w);
-        writer_load(c, w, id);
+        writer_load(c, w, id, last_ms);
         if (w != &c->scratch)
             fit(c, w);
         use(c, w);                  /* the load cleared its stamp */

@@ -473,8 +473,18 @@ static void test_registered_id_is_checked(void)
         {raw_answer("200 OK", json, "{\"id\":7}", 0), 0, ""},
         {raw_answer("404 Not Found", json, "{\"error_code\":40403,\"message\":\"Schema 7 not "
                     "found\"}", 0), HL_EAGAIN, "not in the registry yet"},
+        /* the last pair's id asked again five times, 200 ms apart (a
+         * replica catching up), before "not yet"; then one that catches up */
+        {raw_answer("404 Not Found", json, "{\"error_code\":40403}", 0), 0, ""},
+        {raw_answer("404 Not Found", json, "{\"error_code\":40403}", 0), 0, ""},
+        {raw_answer("404 Not Found", json, "{\"error_code\":40403}", 0), 0, ""},
+        {raw_answer("404 Not Found", json, "{\"error_code\":40403}", 0), 0, ""},
+        {raw_answer("404 Not Found", json, "{\"error_code\":40403}", 0), 0, ""},
+        {raw_answer("200 OK", json, "{\"id\":7}", 0), 0, ""},
+        {raw_answer("404 Not Found", json, "{\"error_code\":40403}", 0), 0, ""},
+        {schema_answer(ours, 0), 0, ""},
     };
-    enum { N = sizeof c / sizeof c[0] };
+    enum { N = sizeof c / sizeof c[0], N_PAIRS = 4 };   /* a register or lookup, a check */
     const char *raw[N];
     char err[1024];
     int port;
@@ -485,7 +495,7 @@ static void test_registered_id_is_checked(void)
     if (standin_start(&ra.fd, &port, answer_raw, &ra, &tid) != 0)
         SKIP("no loopback listener");
     hl_registry *r = registry_at(port);
-    for (int i = 0; r != NULL && i < N; i += 2) {
+    for (int i = 0; r != NULL && i < 2 * N_PAIRS; i += 2) {
         int32_t id = -1;
         err[0] = '\0';
         int rc = hl_registry_subject_id(r, "recommendations-value", ours, i % 4 == 0, &id, err,
@@ -496,6 +506,10 @@ static void test_registered_id_is_checked(void)
                "answer %d: rc %d, want %d naming \"%s\": %s", i + 1, rc, c[i + 1].want,
                c[i + 1].say, err);
     }
+    int32_t id = -1;
+    int rc = r != NULL ? hl_registry_subject_id(r, "recommendations-value", ours, 1, &id, err,
+                                                sizeof err) : 0;
+    CHECKF(rc == 0 && id == 7, "a 404 then the schema: rc %d id %d: %s", rc, (int)id, err);
     standin_stop(ra.fd, NULL, tid);
     hl_registry_destroy(r);
     for (int i = 0; i < N; i++)

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MEDIA "application/vnd.schemaregistry.v1+json"
 
@@ -579,6 +580,14 @@ int hl_registry_check_id(hl_registry *r, int32_t id, const char *schema,
 {
     char *theirs = NULL, why[400];
     int rc = hl_registry_schema_by_id(r, id, &theirs, why, sizeof why);
+    /* A replica behind the one that gave the id (a load balancer before
+     * several) has it within moments: asked again for up to a second
+     * before the caller hears "not yet" (`halflife produce` does not
+     * retry). */
+    for (int k = 0; k < 5 && rc == HL_ENOENT && !aborted(r); k++) {
+        usleep(200000);
+        rc = hl_registry_schema_by_id(r, id, &theirs, why, sizeof why);
+    }
     if (rc == HL_ENOENT)
         return hl_err(errbuf, errlen, HL_EAGAIN, "schema id %d, just given for our schema, is "
                       "not in the registry yet (%s)", (int)id, why);

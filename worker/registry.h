@@ -79,7 +79,8 @@ int hl_registry_lookup(hl_registry *r, const char *subject, const char *schema,
  *   HL_EMISMATCH  another one: the text names the id and both schemas (full
  *                 name and fingerprint)
  *   HL_EAGAIN     as hl_registry_schema_by_id, and when the registry has
- *                 no such id (a replica behind the one that gave it)
+ *                 no such id (a replica behind the one that gave it),
+ *                 asked again for up to a second first
  *   else          hl_registry_schema_by_id's code */
 int hl_registry_check_id(hl_registry *r, int32_t id, const char *schema,
                          char *errbuf, size_t errlen);

@@ -62,9 +62,10 @@ run_bg() {
 
 # The unit tests run one by one, but for these, which spend their time
 # waiting on a mock broker's group or a stand-in registry (16-20 s each,
-# 80 of the unit tests' 103 s in make test on 2026-12-07): they join the
-# pool below, after the slowest integration programs.
-unit_waiting=" test_items_load test_schema_store test_consumer test_changelog test_changelog_fence "
+# 80 of the unit tests' 103 s in make test on 2026-12-07; test_registry
+# 7 s, most of it a codec's retry clock): they join the pool below, after
+# the slowest integration programs.
+unit_waiting=" test_items_load test_schema_store test_consumer test_changelog test_changelog_fence test_registry "
 names=()
 for t in "$build"/tests/test_*; do
   [ -x "$t" ] || continue

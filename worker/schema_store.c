@@ -613,6 +613,7 @@ static void register_metrics(hl_schema_store *s, hl_metrics *m)
     s->req_missing = requests(m, "result=\"not_found\"");
     s->req_error = requests(m, "result=\"error\"");
     s->req_bad = requests(m, "result=\"bad_answer\"");
+    requests(m, "result=\"mismatch\"");      /* counted by the start (registry.h) */
     hl_gauge_set(s->up_g, 1);
 }
 

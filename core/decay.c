@@ -1,10 +1,15 @@
 /* decay.c - the exact decayed-sum update of DESIGN.md section 4.
  *
- * Every head h keeps s_h and m_h at the user's reference time t_ref. An event
- * at t >= t_ref scales the state by f = exp(-lambda_h (t - t_ref)) and adds
- * w x; a late event (t < t_ref) adds w exp(-lambda_h (t_ref - t)) x. Both
- * cases are one fused kernel, s = a s + b x, with (a, b) = (f, w) on time and
+ * Every head h keeps s_h and m_h at its base B_h, the user's reference time
+ * t_ref rounded down to the head's grid (decay.h says why). An event at
+ * t >= t_ref moves the head to t's base B' (a factor f = exp(-lambda_h
+ * (B' - B)), exactly 1 inside one cell) and adds w exp(lambda_h (t - B')) x;
+ * a late event (t < t_ref) adds w exp(-lambda_h (B - t)) x. Both cases are
+ * one fused kernel, s = a s + b x, with (a, b) = (f, w g) on time and
  * (1, w g) late, so the hot loop is a single pass the compiler vectorises.
+ * The on-time g is exp of at most 2^-12, whose Taylor series to degree 2
+ * is within 2^-38: a few multiplies, and the one full factor an event
+ * paid before is now paid only when t enters a later cell.
  *
  * Exponents are computed in double from int64 millisecond differences taken
  * in double, so a gap of years (or the INT64_MIN of a fresh state) neither
@@ -78,8 +83,17 @@ int hl_decay_init(hl_decay *d, int n_heads, int dim, const double *half_life_ms,
     for (int h = 0; h < n_heads; h++) {
         d->half_life_ms[h] = half_life_ms[h];
         d->lambda_per_ms[h] = M_LN2 / half_life_ms[h];
+        d->grid_ms[h] = hl_decay_grid_ms(d->lambda_per_ms[h]);
     }
     return 0;
+}
+
+int64_t hl_decay_grid_ms(double lambda_per_ms)
+{
+    int64_t g = 1;
+    while (g < ((int64_t)1 << 52) && lambda_per_ms * (double)(2 * g) <= 0x1p-12)
+        g *= 2;
+    return g;
 }
 
 /* exp(-lambda dt_ms) in double, 0 below HL_DECAY_TINY; dt_ms >= 0. */
@@ -105,7 +119,8 @@ static const double exp2_sixteenths[16] = {
  * within 4e-11 relative: far below the float the result is rounded to.
  * Several times cheaper than glibc's exp(), which cost 25 ns of the ~100
  * an event takes in cache. The naive twin keeps libm's exp(), and the tests
- * compare the two. */
+ * compare the two. A late event just after a head's base asks for a small
+ * y > 0 (at most 2^-12 / ln 2): k is then 0 and the series covers it. */
 static double fast_factor(double lambda_per_ms, double dt_ms)
 {
     double y16 = -lambda_per_ms * dt_ms * (16.0 / M_LN2);
@@ -134,6 +149,35 @@ void hl_decay_factors(const hl_decay *d, int64_t dt_ms, float *f)
     for (int h = 0; h < d->n_heads; h++)
         f[h] = dt_ms <= 0 ? 1.0f
                           : (float)factor(d->lambda_per_ms[h], (double)dt_ms);
+}
+
+void hl_decay_weights(const hl_decay *d, int64_t t_ref_ms, int64_t t_ms, float *f)
+{
+    if (t_ms > t_ref_ms) t_ms = t_ref_ms;
+    for (int h = 0; h < d->n_heads; h++) {
+        double gap = (double)hl_decay_base_ms(d, h, t_ref_ms) - (double)t_ms;
+        f[h] = gap == 0 ? 1.0f : (float)factor(d->lambda_per_ms[h], gap);  /* inf x 0 */
+    }
+}
+
+void hl_decay_to(const hl_decay *d, int64_t t_ref_ms, int64_t t_ms, float *f)
+{
+    for (int h = 0; h < d->n_heads; h++) {
+        int64_t base = hl_decay_base_ms(d, h, t_ref_ms);
+        f[h] = t_ms <= base ? 1.0f
+                            : (float)factor(d->lambda_per_ms[h], (double)t_ms - (double)base);
+    }
+}
+
+void hl_decay_rebase(const hl_decay *d, int64_t t_ref_ms, float *s, float *m)
+{
+    for (int h = 0; h < d->n_heads; h++) {
+        int64_t base = hl_decay_base_ms(d, h, t_ref_ms);
+        if (base == t_ref_ms) continue;        /* a grid of 1 (lambda may be inf) */
+        float g = (float)exp(d->lambda_per_ms[h] * (double)(t_ref_ms - base));
+        for (int j = 0; j < d->dim; j++) s[(size_t)h * d->dim + j] *= g;
+        m[h] *= g;
+    }
 }
 
 /* s[0..dim) = a s + b x: the hot loop. gcc 12's -O2 vectorises only loops
@@ -233,21 +277,38 @@ void hl_decay_flush_off(unsigned csr)
 #endif
 }
 
+/* One head's (a, b) for an event of weight w at t to a state at t_ref
+ * (decay.c's header). Fresh state (t_ref INT64_MIN): a = 0 from the
+ * infinite gap. */
+static inline void coeffs(const hl_decay *d, int h, int64_t t_ref, int64_t t, int late,
+                          float w, float *a, float *b)
+{
+    double lambda = d->lambda_per_ms[h];
+    int64_t mask = -d->grid_ms[h], base = t_ref & mask;
+    if (late) {         /* t may be after the base, by less than a cell */
+        *a = 1.0f;
+        *b = (float)((double)w * fast_factor(lambda, (double)base - (double)t));
+        return;
+    }
+    int64_t to = t & mask;
+    *a = to == base ? 1.0f : (float)fast_factor(lambda, gap_ms(to, base));
+    /* 0 .. 2^-12; a grid of 1 is 0 even for a lambda of inf (a denormal
+     * half-life), which times 0 would be NaN */
+    double x = d->grid_ms[h] > 1 ? lambda * (double)(t - to) : 0.0;
+    *b = (float)((double)w * (1.0 + x * (1.0 + 0.5 * x)));
+}
+
 void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,
                   int64_t t_ms, float w, const float *x)
 {
     unsigned csr = hl_decay_flush_on();
     int late = *t_ref_ms != INT64_MIN && t_ms < *t_ref_ms;
-    double gap = late ? (double)*t_ref_ms - (double)t_ms
-                      : gap_ms(t_ms, *t_ref_ms);
     int avx2 = use_avx2();
-    double gs[HL_MAX_HEADS];
+    float as[HL_MAX_HEADS], bs[HL_MAX_HEADS];
     for (int h = 0; h < d->n_heads; h++)   /* independent: they overlap */
-        gs[h] = fast_factor(d->lambda_per_ms[h], gap);
+        coeffs(d, h, *t_ref_ms, t_ms, late, w, &as[h], &bs[h]);
     for (int h = 0; h < d->n_heads; h++) {
-        double g = gs[h];
-        float a = late ? 1.0f : (float)g;
-        float b = late ? (float)((double)w * g) : w;
+        float a = as[h], b = bs[h];
         float *sh = s + (size_t)h * d->dim;
         if (a == 0.0f) {    /* dropped, not scaled: 0 x inf would be NaN */
             memset(sh, 0, sizeof *sh * (size_t)d->dim);
@@ -274,19 +335,20 @@ void hl_decay_add_naive(const hl_decay *d, float *s, float *m,
 {
     int fresh = *t_ref_ms == INT64_MIN;
     for (int h = 0; h < d->n_heads; h++) {
+        double lambda = d->lambda_per_ms[h];
+        int64_t base = hl_decay_base_ms(d, h, *t_ref_ms);
         if (fresh || t_ms >= *t_ref_ms) {
-            double f = fresh ? 0.0
-                             : factor(d->lambda_per_ms[h],
-                                      (double)t_ms - (double)*t_ref_ms);
+            int64_t to = hl_decay_base_ms(d, h, t_ms);
+            double f = fresh ? 0.0 : factor(lambda, (double)to - (double)base);
+            float wg = to == t_ms ? w : (float)((double)w * exp(lambda * (double)(t_ms - to)));
             for (int j = 0; j < d->dim; j++) {
-                float add = x != NULL ? w * x[j] : 0.0f;
+                float add = x != NULL ? wg * x[j] : 0.0f;
                 float old = f == 0.0 ? 0.0f : (float)f * s[h * d->dim + j];
                 s[h * d->dim + j] = old + add;
             }
-            m[h] = (f == 0.0 ? 0.0f : (float)f * m[h]) + (x != NULL ? w : 0.0f);
+            m[h] = (f == 0.0 ? 0.0f : (float)f * m[h]) + (x != NULL ? wg : 0.0f);
         } else if (x != NULL) {
-            double g = factor(d->lambda_per_ms[h],
-                              (double)*t_ref_ms - (double)t_ms);
+            double g = factor(lambda, (double)base - (double)t_ms);
             for (int j = 0; j < d->dim; j++)
                 s[h * d->dim + j] += (float)((double)w * g) * x[j];
             m[h] += (float)((double)w * g);

@@ -9,7 +9,25 @@
  * An event at t >= t_ref decays s and m to t, adds w x and moves t_ref to t;
  * a late event (t < t_ref) adds w exp(-lambda_h (t_ref - t)) x and leaves
  * t_ref. Both are exact, so every arrival order gives the same state up to
- * float rounding. Time is an argument; nothing here reads a clock. */
+ * float rounding. Time is an argument; nothing here reads a clock.
+ *
+ * Stored heads are kept at a base time, not at t_ref itself: head h's
+ * floats are s_h and m_h at B_h = t_ref rounded down to a multiple of
+ * grid_ms[h] (hl_decay_base_ms), the largest power of two with
+ * lambda_h grid_ms[h] <= 2^-12. Why: a head decayed straight to each
+ * event multiplies by a factor rounded to float, and for lambda dt below
+ * 2^-25 that factor is exactly 1: a 30-day head fed an event every 100 ms
+ * never decayed at all, and every 5 s left its mass 1% high after 10^6
+ * events. With a base, a head moves only when t_ref enters a later cell,
+ * by exp(-lambda (B' - B)), at least 2^-13 below 1 unless the grid is
+ * 1 ms (float holds that step to 2^-12 of itself), and an
+ * event in the cell is added with weight w exp(lambda (t - B)), at most
+ * w (1 + 2^-12). A head of half-life under ~3 s has grid 1: its base is
+ * t_ref, as before. s_h / m_h, the mean the encoder reads, is the same at
+ * either time; m_h at t_ref is m_h exp(-lambda_h (t_ref - B_h)), within
+ * 2^-12 of the stored one. The encoder's mass feature reads the stored
+ * m_h, in training as in serving. Snapshots before format 3 and changelog
+ * rows before format 3 held heads at t_ref; hl_decay_rebase converts. */
 #ifndef HL_DECAY_H
 #define HL_DECAY_H
 
@@ -20,7 +38,20 @@ typedef struct hl_decay {
     int    dim;                            /* floats per head vector */
     double half_life_ms[HL_MAX_HEADS];
     double lambda_per_ms[HL_MAX_HEADS];    /* ln 2 / half_life_ms */
+    int64_t grid_ms[HL_MAX_HEADS];         /* hl_decay_grid_ms(lambda_per_ms) */
 } hl_decay;
+
+/* The largest power of two G (1 .. 2^52) with lambda_per_ms G <= 2^-12:
+ * a head's base grid (above). Whoever sets lambda_per_ms sets this too. */
+int64_t hl_decay_grid_ms(double lambda_per_ms);
+
+/* B_h: where head h of a row with reference time t_ref_ms is stored.
+ * The grid is a power of two, so the mask rounds down for negative times
+ * too, and INT64_MIN (a fresh row) stays INT64_MIN. */
+static inline int64_t hl_decay_base_ms(const hl_decay *d, int h, int64_t t_ref_ms)
+{
+    return t_ref_ms & -d->grid_ms[h];
+}
 
 /* A decay factor below this is exactly 0: what it drops is below 1e-30 of
  * the newest event's own weight (decay.c). */
@@ -70,6 +101,24 @@ void hl_decay_add_naive(const hl_decay *d, float *s, float *m,
 
 /* f[h] = exp(-lambda_h dt_ms) for dt_ms >= 0 (1 for dt_ms <= 0). */
 void hl_decay_factors(const hl_decay *d, int64_t dt_ms, float *f);
+
+/* f[h] = exp(-lambda_h (B_h - t)) with t = min(t_ms, t_ref_ms): the weight
+ * an event of weight 1 at t_ms carries in the stored heads of a row with
+ * reference time t_ref_ms (what a reader of the ring subtracts or adds);
+ * up to 1 + 2^-12 for an event after the base. An event dated after
+ * t_ref counts as one at t_ref (hl_decay_age_ms). Hostile times are safe:
+ * the gap is taken in double. */
+void hl_decay_weights(const hl_decay *d, int64_t t_ref_ms, int64_t t_ms, float *f);
+
+/* f[h] = exp(-lambda_h (t_ms - B_h)) for t_ms > B_h, else 1: what takes the
+ * stored heads of a row with reference time t_ref_ms to time t_ms (the
+ * mass eviction's look at a row decayed to the shard's newest event). */
+void hl_decay_to(const hl_decay *d, int64_t t_ref_ms, int64_t t_ms, float *f);
+
+/* Heads s (n_heads, dim) and m held at t_ref_ms itself (snapshot files
+ * and changelog rows before format 3) moved to their bases, in place:
+ * each scaled by exp(lambda_h (t_ref_ms - B_h)) <= 1 + 2^-12. */
+void hl_decay_rebase(const hl_decay *d, int64_t t_ref_ms, float *s, float *m);
 
 /* The age t_ref_ms - t_ms of an event, for hl_decay_factors. Times read
  * back from a snapshot or the changelog are not bounded the way

@@ -3,7 +3,8 @@
  * (the contract and the math are in migrate.h; what is approximated is in
  * schemas/model.md).
  *
- * The row update, per head h, with f_i = exp(-lambda_h (t_ref - t_i)) and
+ * The row update, per head h, with f_i = exp(-lambda_h (B_h - t_i)) (B_h the
+ * head's base, decay.h) and
  * w_i the weight of the ring's i-th event:
  *
  *     R_old = sum_i w_i f_i e_old[item_i]     the ring's part, old space
@@ -519,7 +520,7 @@ static int list_entry(const hl_migration *mg, hl_row_edit *e, int k, float *acc,
     if (x == NULL)
         return 0;       /* g->item is NULL: only the delta path leaves one */
     float f[HL_MAX_HEADS], w = hl_mig_entry_weight(mg, &e->v, k);
-    hl_decay_factors(&mg->decay, hl_decay_age_ms(e->v.t_ref_ms, e->v.hist_ts_ms[k]), f);
+    hl_decay_weights(&mg->decay, e->v.t_ref_ms, e->v.hist_ts_ms[k], f);
     for (int h = 0; h < mg->n_heads; h++) {
         g->c[h] = w * f[h];
         if (in_to)

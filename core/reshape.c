@@ -127,7 +127,7 @@ static double split_ring(const hl_migration *mg, const hl_row_view *v, float *re
         int from_knows = item >= 0 && item < mg->n_from;
         const float *pr = from_knows ? mg->pair + (size_t)item * w_pair : NULL;
         if (from_knows) {
-            hl_decay_factors(&mg->decay_from, dt, f);
+            hl_decay_weights(&mg->decay_from, v->t_ref_ms, v->hist_ts_ms[k], f);
             for (int h = 0; h < na; h++) {
                 c[h] = -w * f[h];
                 rmass[h] += c[h];
@@ -136,7 +136,7 @@ static double split_ring(const hl_migration *mg, const hl_row_view *v, float *re
         }
         int32_t to = from_knows ? mg->row_map[item]
                                 : v->hist_key ? hl_mig_key_find(mg, v->hist_key[k]) : -1;
-        hl_decay_factors(&mg->decay, dt, f);
+        hl_decay_weights(&mg->decay, v->t_ref_ms, v->hist_ts_ms[k], f);
         /* the masses follow what s' counts: + an item only to knows, - one
          * to drops (as in place, hl_migration_rows) */
         float sign = !from_knows && item != HL_ITEM_ADDED && to >= 0 ? 1.0f

@@ -25,9 +25,12 @@
 #include "io.h"
 #include "table.h"
 
-#define HL_SNAPSHOT_VERSION    2        /* 2 added the changelog fields to the
+#define HL_SNAPSHOT_VERSION    3        /* 2 added the changelog fields to the
                                            header and each history entry's item
-                                           key and weight; 1 is still read */
+                                           key and weight; 3 holds each head at
+                                           its base (decay.h), not at t_ref, in
+                                           the same bytes. 1 and 2 are still
+                                           read: their heads are rebased */
 #define HL_SNAPSHOT_TOPIC_MAX  249      /* Kafka's limit on a topic name */
 #define HL_SNAPSHOT_MAX_DIM    65536    /* what a reader accepts */
 #define HL_SNAPSHOT_STEP_ROWS  1024     /* default budget of one step: about
@@ -159,9 +162,11 @@ typedef struct hl_snapshot_row_scratch {
 } hl_snapshot_row_scratch;
 
 /* Decodes exactly len bytes at p as one row of this shape, in the row
- * layout of file format version (1 or HL_SNAPSHOT_VERSION; the changelog
+ * layout of file format version (1..HL_SNAPSHOT_VERSION; the changelog
  * always writes HL_SNAPSHOT_VERSION), into v (user points into p, the
- * numbers into sc; hist_head 0, history = history). A version 1 row has no
+ * numbers into sc; hist_head 0, history = history). The heads are as
+ * stored: before version 3 at t_ref, which the caller rebases
+ * (hl_decay_rebase). A version 1 row has no
  * item keys or weights: v->hist_key and v->hist_w are then NULL.
  * HL_EFORMAT when the lengths do not add up to len (or a user_len outside
  * 1..HL_MAX_ID_LEN, more history entries than history), HL_ERANGE for an

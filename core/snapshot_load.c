@@ -141,6 +141,8 @@ typedef struct parse {
     int               hist_cap;       /* history scratch at least this long:
                                          hl_table_restore copies a whole ring */
     uint64_t          file_bytes;     /* the file's size, 0 if unknown */
+    hl_decay          decay;          /* the file's heads: a row of a version
+                                         before 3 is rebased with it */
 } parse;
 
 static int bad(char *errbuf, size_t errlen, const reader *r, const char *fmt, long long a,
@@ -258,6 +260,8 @@ static int alloc_scratch(parse *ps, reader *r, char *errbuf, size_t errlen)
         !ps->hist_w)
         return hl_err(errbuf, errlen, HL_ENOMEM, "snapshot %s: no memory", r->path);
     ps->s = ps->m + in->n_heads;
+    if (hl_decay_init(&ps->decay, in->n_heads, in->dim, in->half_life_ms, errbuf, errlen) != 0)
+        return HL_EFORMAT;          /* read_shape checked them: not reached */
     return rd_grow(r, 2 * row_max(in->n_heads, in->dim, in->history), errbuf, errlen);
 }
 
@@ -363,6 +367,8 @@ static int decode_row(reader *r, parse *ps, const unsigned char *p, size_t full,
                    (long long)in->n_rows, 0);
     if (rc != 0)
         return bad(errbuf, errlen, r, "row %lld: malformed", (long long)in->n_rows, 0);
+    if (in->version < 3)    /* heads at t_ref: to their bases (decay.h) */
+        hl_decay_rebase(&ps->decay, ps->v.t_ref_ms, ps->s, ps->m);
     return 0;
 }
 

@@ -636,7 +636,7 @@ static int mass_gone(const hl_table *tbl, uint8_t *p)
 {
     float f[HL_MAX_HEADS];
     int64_t t_ref = hdr(p)->t_ref_ms, now = tbl->newest_ts_ms;
-    hl_decay_factors(&tbl->o.decay, hl_decay_age_ms(now, t_ref), f);
+    hl_decay_to(&tbl->o.decay, t_ref, now, f);     /* from the heads' bases */
     const float *m = row_m(tbl, p);
     for (int h = 0; h < tbl->n_heads; h++)
         if (!(m[h] * f[h] < tbl->o.evict_mass)) return 0;

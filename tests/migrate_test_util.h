@@ -31,6 +31,16 @@ static inline void shape_default(void)
     memcpy(g_hl, hl, sizeof hl);
 }
 
+/* exp(-lambda (B - t)) for a head of this half-life: what an event of
+ * weight 1 at t weighs in the stored heads of a row with reference time
+ * t_ref, which sit at their base B (decay.h). */
+static inline double stored_weight(double half_life_ms, int64_t t_ref, int64_t t)
+{
+    double lambda = log(2.0) / half_life_ms;
+    int64_t base = t_ref & -hl_decay_grid_ms(lambda);
+    return exp(-lambda * ((double)base - (double)t));
+}
+
 static inline float frand(uint64_t *s)
 {
     *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
@@ -233,7 +243,7 @@ static inline void plain_heads(const hl_model *a, const hl_model *b, const float
         int32_t ra = hl_model_item_find(a, id, (size_t)len), rb = hl_model_item_find(b, id, (size_t)len);
         const float *xa = hl_model_e_in(a) + (size_t)ra * da, *xb = hl_model_e_in(b) + (size_t)rb * db;
         for (int h = 0; h < nh; h++) {
-            double c = v->hist_w[k] * exp(-log(2.0) / hl[h] * (double)(v->t_ref_ms - v->hist_ts_ms[k]));
+            double c = v->hist_w[k] * stored_weight(hl[h], v->t_ref_ms, v->hist_ts_ms[k]);
             rem_m[h] -= ra >= 0 ? c : 0;
             kept_m[h] += ra >= 0 ? c : 0;
             for (int j = 0; j < da && ra >= 0; j++)

@@ -355,9 +355,9 @@ static void test_bad_record_moves_nothing(void)
     hl_metrics_destroy(reg);
 }
 
-/* Rows naming their layout (halflife.format): none or "2" are today's
- * and restore; "3" (a newer worker's, here today's bytes, so a misread
- * would go unseen) and "x" are refused, counted bad, and move nothing. */
+/* Rows naming their layout (halflife.format): none, "2" and "3" restore;
+ * "4" (a newer worker's, here today's bytes, so a misread would go
+ * unseen) and "x" are refused, counted bad, and move nothing. */
 static void test_unknown_format_refused(void)
 {
     char err[512] = "";
@@ -368,7 +368,7 @@ static void test_unknown_format_refused(void)
         return;
     hl_table *src = hl_table_create(&o, err, sizeof err);
     static const char *const users[] = {"u1", "u2", "u3", "u4"};
-    static const char *const formats[] = {NULL, "2", "3", "x"};
+    static const char *const formats[] = {NULL, "2", "4", "x"};
     static const char *const epochs[] = {"1", "1", "9", "9"};
     size_t rm = hl_snapshot_row_max(3, DIM, 4);
     unsigned char *buf = malloc(4 * rm);
@@ -387,12 +387,64 @@ static void test_unknown_format_refused(void)
         "Changelog records a restore could not use (skipped).", NULL);
     CHECKF(rc == 0 && has(t, "u1") && has(t, "u2") && !has(t, "u3") && !has(t, "u4") &&
            out.n_bad == 2 && hl_counter_get(bad) == 2 && out.n_stale == 0 && out.epoch == 2,
-           "rc %d: u1 %d u2 %d u3 (format 3) %d u4 (format x) %d, bad %llu (counter %llu), "
+           "rc %d: u1 %d u2 %d u3 (format 4) %d u4 (format x) %d, bad %llu (counter %llu), "
            "stale %llu, claim epoch %lld", rc, has(t, "u1"), has(t, "u2"), has(t, "u3"),
            has(t, "u4"), (unsigned long long)out.n_bad, (unsigned long long)hl_counter_get(bad),
            (unsigned long long)out.n_stale, (long long)out.epoch);
     free(buf);
     hl_table_destroy(t);
+    hl_table_destroy(src);
+    hl_changelog_destroy(cl);
+    hl_metrics_destroy(reg);
+}
+
+/* A format 2 row (no halflife.format: every writer before format 3) holds
+ * its heads at t_ref; it restores with them moved to their bases (decay.h),
+ * which a format 3 row already holds: the same bytes restore as the
+ * source's row times exp(lambda_h (t_ref - B_h)) and as the source's row. */
+static void test_format2_rows_rebased(void)
+{
+    char err[512] = "";
+    hl_table_opts o;
+    hl_metrics *reg;
+    hl_changelog *cl = offline(&o, &reg);
+    if (cl == NULL)
+        return;
+    hl_table *src = hl_table_create(&o, err, sizeof err);
+    events(src, NULL, "u1", 0, 7);
+    size_t rm = hl_snapshot_row_max(3, DIM, 4);
+    unsigned char *buf = malloc(rm);
+    hl_row_view sv, rv;
+    hl_table_view(src, (uint32_t)hl_table_find(src, "u1", 2), &sv);
+    for (int format = 2; format <= 3; format++) {
+        hl_changelog_rec rec = row_rec(src, "u1", "1", buf);
+        rec.format = format == 3 ? "3" : NULL;
+        rec.format_len = format == 3 ? 1 : 0;
+        hl_table *t = hl_table_create(&o, err, sizeof err);
+        hl_changelog_restored out;
+        int rc = hl_changelog_replay(cl, t, NULL, &rec, 1, &out, err, sizeof err);
+        CHECKF(rc == 0 && has(t, "u1"), "format %d: rc %d %s", format, rc, err);
+        if (rc != 0 || !has(t, "u1")) {
+            hl_table_destroy(t);
+            continue;
+        }
+        hl_table_view(t, (uint32_t)hl_table_find(t, "u1", 2), &rv);
+        int moved = 0;
+        for (int h = 0; h < 3; h++) {
+            int64_t base = hl_decay_base_ms(&o.decay, h, sv.t_ref_ms);
+            double g = format == 3 ? 1.0
+                     : exp(o.decay.lambda_per_ms[h] * (double)(sv.t_ref_ms - base));
+            double want = sv.m[h] * g;
+            moved += base != sv.t_ref_ms;
+            CHECKF(fabs(rv.m[h] - want) <= 1e-6 * want, "format %d head %d: mass %.9g want "
+                   "%.9g", format, h, (double)rv.m[h], want);
+            CHECKF(fabs(rv.s[h * DIM] - sv.s[h * DIM] * g) <= 1e-6 * fabs(sv.s[h * DIM] * g),
+                   "format %d head %d: s[0] %.9g", format, h, (double)rv.s[h * DIM]);
+        }
+        CHECK(moved > 0);       /* else the row says nothing */
+        hl_table_destroy(t);
+    }
+    free(buf);
     hl_table_destroy(src);
     hl_changelog_destroy(cl);
     hl_metrics_destroy(reg);
@@ -408,6 +460,7 @@ int main(void)
     RUN(test_cache_then_unfinished_flush);
     RUN(test_bad_record_moves_nothing);
     RUN(test_unknown_format_refused);
+    RUN(test_format2_rows_rebased);
     RUN(test_recreation_claim);
     TEST_EXIT();
 }

@@ -384,6 +384,10 @@ static int encode(hl_changelog_shard *cs, const hl_table *tbl, int64_t applied)
     return 0;
 }
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define FORMAT_TEXT STR(HL_CHANGELOG_FORMAT)
+
 static int send_one(hl_changelog_shard *cs, const void *key, size_t key_len,
                 const void *value, size_t value_len, int kind)
 {
@@ -391,10 +395,13 @@ static int send_one(hl_changelog_shard *cs, const void *key, size_t key_len,
     char ep[24], fp[24], err[256];
     snprintf(ep, sizeof ep, "%" PRId64, cs->epoch);
     snprintf(fp, sizeof fp, "%016" PRIx64, cs->enc_fp);
-    hl_header h[3] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}, {NULL, NULL, 0}};
-    if (kind == KIND_ROW)
+    hl_header h[4] = {{HL_CHANGELOG_EPOCH_HDR, ep, strlen(ep)}, {NULL, NULL, 0}, {NULL, NULL, 0},
+                      {NULL, NULL, 0}};
+    if (kind == KIND_ROW) {
         h[1] = (hl_header){HL_CHANGELOG_MODEL_HDR, fp, strlen(fp)};
-    else if (kind == KIND_CHECKPOINT)   /* not on rows: no byte added per user */
+        /* the heads' meaning (changelog_internal.h); a reader takes none as 2 */
+        h[2] = (hl_header){HL_CHANGELOG_FORMAT_HDR, FORMAT_TEXT, sizeof FORMAT_TEXT - 1};
+    } else if (kind == KIND_CHECKPOINT)   /* not on rows: no byte added per user */
         h[1] = (hl_header){HL_CHANGELOG_GROUP_HDR, cl->group, strlen(cl->group)};
     cs->n_sent++;
     if (hl_producer_send(cl->o.prod, cl->topic, cs->partition, key, key_len, value, value_len,

@@ -18,12 +18,12 @@
  * the row's heads are in, so a restore knows what it reads even for the
  * rows of a flush whose checkpoint never landed. */
 #define HL_CHANGELOG_MODEL_HDR "halflife.model"
-/* The layout of a record's value, decimal. Absent: the layout every
- * record has had so far (a row as snapshot format 2 holds it), which is
- * why this version writes none: no byte added to a row. A later layout
- * must name itself here; a reader refuses (counts bad, skips) a record
- * naming one it does not know rather than misread it, so a downgrade
- * over a newer writer's changelog loses those rows visibly. */
+/* The layout of a row record's value, decimal. Absent (or "2"): a row as
+ * snapshot format 2 holds it, the heads at t_ref; "3", what this version
+ * writes on every row: the same bytes with the heads at their bases
+ * (decay.h, snapshot format 3). A reader refuses (counts bad, skips) a
+ * record naming one it does not know rather than misread it, so a
+ * downgrade over a newer writer's changelog loses those rows visibly. */
 #define HL_CHANGELOG_FORMAT_HDR "halflife.format"
 /* On each checkpoint (the claim too): the group.id of the deployment that
  * wrote it. Two deployments (two consumer groups) pointed at one
@@ -38,7 +38,7 @@
  * before the rewrite of every row ended knows the topic's records as its
  * own continuation (changelog_restore.c, adopt). */
 #define HL_CHANGELOG_BASE_HDR   "halflife.base"
-#define HL_CHANGELOG_FORMAT     2
+#define HL_CHANGELOG_FORMAT     3
 /* The highest epoch a record may name: the next owner claims one more,
  * and every epoch is written and read back as a non-negative int64. A
  * header of INT64_MAX (anyone may write the topic) made the claim
@@ -51,7 +51,7 @@
 #define HL_CHANGELOG_RECORD_MAX 1000000   /* Kafka's default max.message.bytes */
 /* What a row record takes beside its key and value in librdkafka's size
  * check against message.max.bytes: the record's framing (36 bytes at
- * most) and its headers (about 70), rounded up so a row this lets through
+ * most) and its headers (about 90), rounded up so a row this lets through
  * is never refused at once. */
 #define HL_CHANGELOG_RECORD_ROOM 256
 

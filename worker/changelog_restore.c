@@ -21,12 +21,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A row with no HL_CHANGELOG_FORMAT_HDR is decoded as the snapshot's
- * current row layout: a new snapshot format must decide what the
- * changelog's rows become (and name them) before this builds. */
+/* A row with no HL_CHANGELOG_FORMAT_HDR, or "2", is format 2: the bytes of
+ * today's layout with the heads at t_ref, rebased as read (rebase_old);
+ * "3" is today's. A new snapshot format must decide what the changelog's
+ * rows become (and name them) before this builds. */
 _Static_assert(HL_SNAPSHOT_VERSION == HL_CHANGELOG_FORMAT,
                "a new snapshot row layout changes the changelog's: give it a "
-               "halflife.format and keep reading format 2 rows as such");
+               "halflife.format and keep reading format 2 and 3 rows as such");
 
 #define HIST_MAX 255        /* state.history's bound: any writer's rows decode */
 #define RESHAPES 8          /* models of another shape one restore reads rows of */
@@ -38,6 +39,7 @@ typedef struct reshape_slot {
     uint64_t             fp;
     int                  rc;        /* opts.reshape's: 0 reshape with r, else as is */
     hl_changelog_reshape r;
+    hl_decay             decay;     /* r.from's heads (not rebuilt): rebase_old's */
 } reshape_slot;
 
 typedef struct restorer {
@@ -190,6 +192,11 @@ static const hl_changelog_reshape *reshape_of(restorer *rs, uint64_t fp)
     z->rc = cl->o.reshape(cl->o.reshape_arg, fp, &z->r);
     if (z->rc == 0 && z->r.mg == NULL)
         z->rc = HL_ENOMEM;
+    if (z->rc == 0 && !z->r.rebuilt) {
+        const hl_model_info *mi = hl_model_info_get(z->r.from);
+        if (hl_decay_init(&z->decay, mi->n_heads, mi->dim, mi->half_life_ms, NULL, 0) != 0)
+            z->rc = HL_EINVAL;      /* a model file checks them: not reached */
+    }
     if (z->rc == 0) {
         size_t need = hl_migration_scratch_floats(z->r.mg);
         float *sc = need > rs->mv_floats ? realloc(rs->mv_scratch, sizeof *sc * need) : NULL;
@@ -303,7 +310,22 @@ typedef struct checked {
     hl_changelog_ck             ck;
     int                         recreation;     /* a checkpoint under the recreation
                                                    claims' key */
+    int                         format;         /* a row's layout: 2 or 3 */
 } checked;
+
+/* A format 2 row's heads, at t_ref, moved to their bases (decay.h) where
+ * decode() left them: the restorer's scratch, hence the casts. A ring-only
+ * decode (how 2) has no heads to move. */
+static void rebase_old(restorer *rs, checked *c)
+{
+    const hl_decay *d = &hl_table_opts_get(rs->tbl)->decay;
+    if (c->format != 2 || c->how == 2)
+        return;
+    for (int i = 0; c->how == 1 && i < rs->n_rz; i++)
+        if (&rs->rz[i].r == c->rz)
+            d = &rs->rz[i].decay;
+    hl_decay_rebase(d, c->v.t_ref_ms, (float *)c->v.s, (float *)c->v.m);
+}
 
 /* A row record decoded into c, nothing applied: HL_EFORMAT when it does
  * not parse or names another user than its key. */
@@ -314,6 +336,7 @@ static int check_row(restorer *rs, const hl_changelog_rec *m, checked *c)
     if (decode(rs, m, c->rz, &c->row, &c->v, &c->how) != 0 ||
         c->v.user_len != m->key_len || memcmp(c->v.user, m->key, m->key_len) != 0)
         return HL_EFORMAT;
+    rebase_old(rs, c);
     return 0;
 }
 
@@ -375,15 +398,18 @@ static int is_recreation(const hl_changelog *cl, const hl_changelog_rec *m)
            memcmp(m->key, cl->recreation_key, m->key_len) == 0;
 }
 
-/* 1 when m names a layout (HL_CHANGELOG_FORMAT_HDR) other than the one
- * this worker reads: a newer worker's record, refused rather than misread
- * (logged once per restore; counted bad like any record skipped). */
-static int format_unknown(restorer *rs, const hl_changelog_rec *m)
+/* The layout m names (HL_CHANGELOG_FORMAT_HDR): 2 when it names none or
+ * "2", 3 for "3"; 0 for any other: a newer worker's record, refused
+ * rather than misread (logged once per restore; counted bad like any
+ * record skipped). */
+static int format_of(restorer *rs, const hl_changelog_rec *m)
 {
-    char buf[24], want[24], shown[64];
-    snprintf(want, sizeof want, "%d", HL_CHANGELOG_FORMAT);
-    if (hdr_text(m->format, m->format_len, buf, sizeof buf) && strcmp(buf, want) == 0)
-        return 0;
+    char buf[24], shown[64];
+    if (m->format == NULL)
+        return 2;
+    if (hdr_text(m->format, m->format_len, buf, sizeof buf) &&
+        (strcmp(buf, "2") == 0 || strcmp(buf, "3") == 0))
+        return buf[0] - '0';
     if (!rs->format_logged++)
         hl_log(HL_LOG_ERROR, "changelog_record_format_unknown", "topic=%s partition=%d "
                "offset=%lld format=\"%s\" reads=%d reason=\"written by a newer worker\" "
@@ -392,7 +418,7 @@ static int format_unknown(restorer *rs, const hl_changelog_rec *m)
                (int)m->partition, (long long)m->offset,
                hl_log_quote(shown, sizeof shown, m->format, m->format_len),
                HL_CHANGELOG_FORMAT);
-    return 1;
+    return 0;
 }
 
 /* m checked whole into c, the restore left as it was: HL_EFORMAT for a
@@ -400,7 +426,7 @@ static int format_unknown(restorer *rs, const hl_changelog_rec *m)
  * does not parse; HL_EVERSION for a record of a layout it does not read. */
 static int check(restorer *rs, const hl_changelog_rec *m, checked *c)
 {
-    if (m->format != NULL && format_unknown(rs, m))
+    if ((c->format = format_of(rs, m)) == 0)
         return HL_EVERSION;
     c->recreation = is_recreation(rs->cl, m);
     if (c->recreation || is_checkpoint(rs->cl, m)) {

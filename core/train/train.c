@@ -518,6 +518,7 @@ static void decay_from_theta(hl_decay *dec, const float *th)
     for (int h = 0; h < dec->n_heads; h++) {
         dec->lambda_per_ms[h] = exp((double)th[h]);
         dec->half_life_ms[h] = M_LN2 / dec->lambda_per_ms[h];
+        dec->grid_ms[h] = hl_decay_grid_ms(dec->lambda_per_ms[h]);
     }
 }
 

@@ -168,13 +168,15 @@ void hl_train_heads_input(const hl_decay *dec, const float *e_in, const seqs *sq
     hl_encoder_features(nh, dim, s, m, x);    /* the serving definition */
     if (coef == NULL)
         return;
-    for (int h = 0; h < nh; h++) {
-        float inv = 1.0f / fmaxf(m[h], HL_ENCODER_EPS);
-        for (int64_t i = first; i <= last; i++) {
-            double dt = (double)(t_ref - sq->ts_ms[i]);
-            coef[(i - first) * nh + h] =
-                (float)(sq->w[i] * exp(-dec->lambda_per_ms[h] * dt)) * inv;
-        }
+    /* each event's share of the stored heads, which sit at their bases
+     * (decay.h), not at t_ref */
+    float inv[HL_MAX_HEADS], f[HL_MAX_HEADS];
+    for (int h = 0; h < nh; h++)
+        inv[h] = 1.0f / fmaxf(m[h], HL_ENCODER_EPS);
+    for (int64_t i = first; i <= last; i++) {
+        hl_decay_weights(dec, t_ref, sq->ts_ms[i], f);
+        for (int h = 0; h < nh; h++)
+            coef[(i - first) * nh + h] = sq->w[i] * f[h] * inv[h];
     }
 }
 

@@ -472,14 +472,15 @@ static void push_history(hl_table *tbl, uint8_t *p, const hl_event *e)
 }
 
 /* Could an event of weight w take one of row p's masses past
- * HL_TABLE_MAX_MASS? A mass moves by at most |w| per event (every decay
- * factor is <= 1), so |m| + |w| bounds it; a NaN anywhere says yes. Checked
- * before the update, so a refused event needs no undo; n_heads floats on
- * lines the update reads anyway. */
+ * HL_TABLE_MAX_MASS? A mass moves by at most |w| (1 + 2^-12) per event
+ * (every decay factor is <= 1; an event after its head's base weighs up
+ * to 1 + 2^-12, decay.h), so |m| + that bounds it; a NaN anywhere says
+ * yes. Checked before the update, so a refused event needs no undo;
+ * n_heads floats on lines the update reads anyway. */
 static int mass_would_overflow(const hl_table *tbl, uint8_t *p, float w)
 {
     const float *m = row_m(tbl, p);
-    float aw = fabsf(w);
+    float aw = fabsf(w) * (1.0f + 0x1p-12f);
     for (int h = 0; h < tbl->n_heads; h++)
         if (!(fabsf(m[h]) + aw <= HL_TABLE_MAX_MASS)) return 1;
     return 0;

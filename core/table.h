@@ -111,10 +111,10 @@ const hl_table_opts *hl_table_opts_get(const hl_table *tbl);
  * nothing to the heads but are still recorded in the history. An event whose
  * offset is not above its user's last_offset changes nothing (idempotence).
  * An event that could take one of its user's masses past HL_TABLE_MAX_MASS
- * (|m| + |w| above it, or w or m not finite) changes nothing either and is
- * counted in stats.non_finite: so every mass stays finite, and every head
- * vector too while the model's embeddings are below 1e8 in magnitude
- * (|s_h[j]| <= m_h max|x[j]| for weights >= 0).
+ * (|m| + |w| (1 + 2^-12) above it, or w or m not finite) changes nothing
+ * either and is counted in stats.non_finite: so every mass stays finite,
+ * and every head vector too while the model's embeddings are below 1e8 in
+ * magnitude (|s_h[j]| <= m_h max|x[j]| for weights >= 0).
  * status[i], if status is not NULL: 1 applied, 2 applied to a user this
  * event inserted (its first in the table: what the worker checks for a
  * user in two partitions), 0 duplicate, or a negative

@@ -317,7 +317,7 @@ static int all_finite(const float *x, int n)
 /* Issue 16: one event of weight 1e38 (a valid Avro float) made a user's
  * masses inf and NaN, and its list noise. The guard refuses, before
  * anything changes, every event that could take a mass past
- * HL_TABLE_MAX_MASS (|m| + |w| > 1e30, or a weight that is not finite):
+ * HL_TABLE_MAX_MASS (|m| + |w| (1 + 2^-12) > 1e30, or a weight that is not finite):
  * on time, late or for an unknown item, for an existing user or a new one
  * (which is then not created). Each is counted in non_finite and reported
  * as HL_ERANGE. Below the bound weights add up as before. */
@@ -364,6 +364,31 @@ static void test_non_finite_guard(void)
     hl_table_stats_get(tbl, &sts);
     CHECKF(sts.non_finite == 8 && sts.applied == 3, "non_finite %llu applied %llu",
            (unsigned long long)sts.non_finite, (unsigned long long)sts.applied);
+    hl_table_destroy(tbl);
+}
+
+/* An event late in its head's grid cell adds w exp(lambda (t - B)), up to
+ * w (1 + 2^-12) (decay.h): one that |m| + |w| let through just below the
+ * bound crossed it, and the row would then be refused on restore (its
+ * mass past the guard). ts 1023 is the end of the 1-hour head's first
+ * 1024 ms cell. */
+static void test_guard_allows_for_base_weight(void)
+{
+    hl_table_opts o = small_opts(0, 0);
+    hl_table *tbl = hl_table_create(&o, NULL, 0);
+    fill_items();
+    hl_row_view v;
+    float s[HEADS * DIM], m[HEADS];
+    hl_event edge[2] = { one("walt", 3, 1023, 20), one("walt", 4, 1023, 21) };
+    edge[0].w = 5e29f;
+    CHECK(hl_table_apply(tbl, &edge[0], 1, e_in, N_ITEMS, NULL) == 1);
+    snapshot_row(tbl, "walt", &v, s, m);
+    edge[1].w = (float)((double)HL_TABLE_MAX_MASS - (double)m[0] - 5e25);
+    hl_table_apply(tbl, &edge[1], 1, e_in, N_ITEMS, NULL);
+    snapshot_row(tbl, "walt", &v, s, m);
+    for (int h = 0; h < HEADS; h++)
+        CHECKF(m[h] <= HL_TABLE_MAX_MASS, "head %d: mass %.9g past the guard's %.9g", h,
+               (double)m[h], (double)HL_TABLE_MAX_MASS);
     hl_table_destroy(tbl);
 }
 
@@ -419,6 +444,7 @@ int main(void)
     RUN(test_long_user_ids);
     RUN(test_bad_user_len);
     RUN(test_non_finite_guard);
+    RUN(test_guard_allows_for_base_weight);
     RUN(test_create_rejects);
     RUN(test_stats_bytes);
     RUN(test_evict_hook_and_remove);

@@ -87,10 +87,10 @@ int hl_decay_shape_diff(int dim_a, int n_heads_a, const double *half_life_ms_a,
                         int dim_b, int n_heads_b, const double *half_life_ms_b);
 
 /* Applies one event of weight w at time t_ms to the state s (n_heads, dim),
- * m (n_heads), *t_ref_ms. x is the item's input vector (dim floats); NULL
- * means an item outside the model: the state is decayed to t_ms when
- * t_ms > *t_ref_ms but nothing is added. A fresh state is all zeros with
- * *t_ref_ms = INT64_MIN. */
+ * m (n_heads), *t_ref_ms, each head held at its base (above). x is the
+ * item's input vector (dim floats); NULL means an item outside the model:
+ * the state is decayed to t_ms's bases when t_ms > *t_ref_ms but nothing is
+ * added. A fresh state is all zeros with *t_ref_ms = INT64_MIN. */
 void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,
                   int64_t t_ms, float w, const float *x);
 

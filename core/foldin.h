@@ -8,7 +8,9 @@
  *     S_j = sum_i w_i exp(-lambda (t_ref - t_i)) q_i,   M_j = the same of w_i
  *
  * (lambda = ln 2 / half_life, t_ref the newest t_i; late events are
- * decayed to t_ref, as core/decay does for users). Once j has min_events
+ * decayed to t_ref, as core/decay does for users; like users' heads, the
+ * sums are held at t_ref rounded down to a grid with lambda grid <=
+ * 2^-12, so M_j is within 2^-12 of its value at t_ref). Once j has min_events
  * interactions of weight w_i > 0 (one of weight 0 adds nothing, so it is
  * no evidence) it has vectors. By default (neighbours T > 0) they are the
  * model's own: the lifted mean query r_j of its users scores the model's

@@ -683,6 +683,64 @@ static void test_extreme_weight_is_refused(void)
     hl_foldin_destroy(f);
 }
 
+/* Sums fed an event every 100 ms by a 30-day half-life: decayed straight
+ * to each add, the float factor was exactly 1 (lambda dt < 2^-25) and the
+ * item (or the lift's baseline, which takes every new item's events)
+ * never decayed: M was 1e6 after 1e6 adds, 1.3% above the decayed sum.
+ * Held at a base on a grid, M is within 2^-12 of its value at the newest
+ * add, and a late add in or before the cell lands where an on-time one
+ * would (the same sums in any order). */
+static void test_dense_adds_keep_decaying(void)
+{
+    static model m;
+    float W0[D * D] = {0}, q[D];
+    for (int i = 0; i < D; i++)
+        W0[i * D + i] = 1.0f;
+    model_init(&m, 200, W0);
+    for (int d = 0; d < D; d++)
+        q[d] = frand();
+    hl_foldin_opts o = {.dim = D, .max_items = 16, .min_events = 1,
+                        .half_life_ms = 30 * 86400e3};
+    char err[256];
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    CHECKF(f != NULL, "%s", err);
+    if (f == NULL)
+        return;
+    const int n = 1000000;
+    const int64_t t0 = 1700000000000, step = 100;
+    double lambda = log(2.0) / o.half_life_ms, want = 0.0, M;
+    float got_s[D];
+    for (int i = 0; i < n; i++)
+        hl_foldin_add(f, "hot", 3, q, 1.0f, t0 + i * step);
+    for (int i = 0; i < n; i++)
+        want += exp(-lambda * (double)((int64_t)(n - 1 - i) * step));
+    CHECK(hl_foldin_sums(f, "hot", 3, got_s, &M) == 0);
+    CHECKF(fabs(M / want - 1.0) < 1e-3, "after %d adds every %lld ms: M %.1f, want %.1f (%+.4f)",
+           n, (long long)step, M, want, M / want - 1.0);
+    hl_foldin_destroy(f);
+
+    /* the same dense adds in two orders: late ones in and before the cell */
+    hl_foldin *a = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    hl_foldin *b = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    float qs[64][D], sa[D], sb[D];
+    double ma, mb;
+    int64_t ts[64];
+    for (int i = 0; i < 64; i++) {
+        ts[i] = t0 + (int64_t)(frand() * 4e8f);        /* cells of 2^28 ms at 30 days */
+        for (int d = 0; d < D; d++)
+            qs[i][d] = frand();
+    }
+    for (int i = 0; i < 64; i++)
+        hl_foldin_add(a, "x", 1, qs[i], 1.0f, ts[i]);
+    for (int i = 63; i >= 0; i--)
+        hl_foldin_add(b, "x", 1, qs[i], 1.0f, ts[i]);
+    CHECK(hl_foldin_sums(a, "x", 1, sa, &ma) == 0 && hl_foldin_sums(b, "x", 1, sb, &mb) == 0);
+    CHECKF(fabs(ma / mb - 1.0) < 1e-5, "M %.6f in time order, %.6f reversed", ma, mb);
+    CHECK_CLOSE(sa, sb, D, 1e-4);
+    hl_foldin_destroy(a);
+    hl_foldin_destroy(b);
+}
+
 int main(void)
 {
     RUN(test_map_recovers_linear_relation);
@@ -699,5 +757,6 @@ int main(void)
     RUN(test_idle_sums_reach_zero);
     RUN(test_zero_weight_is_no_interaction);
     RUN(test_extreme_weight_is_refused);
+    RUN(test_dense_adds_keep_decaying);
     TEST_EXIT();
 }

@@ -419,8 +419,11 @@ static void release(hl_wthread *t, int n_take)
      * lists in the air (they would land whenever the broker came back
      * within it), the producer purged at once, even with no list in the
      * air: a changelog flush of ours may still be queued, and would land
-     * after the new owner's claim. */
-    int lost = rd_kafka_assignment_lost(t->ctx->consumer);
+     * after the new owner's claim. So too when this member's id changed
+     * since the partitions were assigned (revoke_gone, which librdkafka
+     * does not mark lost). */
+    int lost = rd_kafka_assignment_lost(t->ctx->consumer) ||
+               atomic_load(&t->ctx->revoke_gone);
     member_note(t, lost);
     for (int i = 0; i < n_take; i++)
         hl_park_drop(t, t->take_copy[i]);   /* the next owner reads them again */

@@ -44,6 +44,12 @@ typedef struct hl_wshared {
                                              deadletter.max.bytes (flight.c) */
     atomic_int           *stop;           /* 0 run, 1 drain and stop, 2 stop now */
     atomic_llong          stop_deadline_ms; /* monotonic: a drain for stop gives up then */
+    /* The revocation being served came after this member's id changed
+     * since the partitions were last assigned: the group may have given
+     * them to another member already; released as lost partitions are
+     * (thread.c, release). Set by the main thread before it posts the
+     * takes, read by the threads under their mailbox's lock or after. */
+    atomic_int            revoke_gone;
     hl_table_opts         topts;
     hl_persist           *persist;        /* NULL: no snapshots */
     hl_multipart         *multipart;      /* users seen in two partitions; never NULL */

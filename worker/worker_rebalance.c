@@ -896,6 +896,51 @@ static void store_restored(hl_worker *w, rd_kafka_t *rk,
         rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* ---- the membership the partitions were assigned under ----------------- */
+
+/* At every assignment callback: the partitions owned from here on are this
+ * member id's. The cooperative protocol's callback ends every rebalance,
+ * with nothing new too, so a partition kept through a rebalance is
+ * confirmed along with the new ones; the eager protocol revokes and
+ * assigns everything each time. */
+static void note_member(hl_worker *w, rd_kafka_t *rk)
+{
+    rd_kafka_mem_free(rk, w->member_id);
+    w->member_id = rd_kafka_memberid(rk);
+}
+
+/* 1 when this member's id is not the one its partitions were last assigned
+ * under: the session ran out meanwhile (librdkafka resets the id), so the
+ * coordinator forgot this member and may have given them to another. When
+ * that happened inside a revocation callback, librdkafka 2.0.2 does not
+ * mark the rest lost (rd_kafka_cgrp_revoke_all_rejoin_maybe skips it while
+ * rebalancing) and rejoins as a new member: a later revocation of the
+ * partitions kept outside that callback came as an ordinary one, lists
+ * published and snapshots written though another member had served them
+ * since (test_lost_mid_release.py; a broker that asks for a member id,
+ * MEMBER_ID_REQUIRED, has librdkafka revoke them as lost instead). An id
+ * unknown (NULL) now or then is no change; an empty one (reset) is. */
+static int member_gone(hl_worker *w, rd_kafka_t *rk)
+{
+    char *now = rd_kafka_memberid(rk);
+    int gone = now != NULL && w->member_id != NULL &&
+               (now[0] == '\0' || strcmp(now, w->member_id) != 0);
+    rd_kafka_mem_free(rk, now);
+    return gone;
+}
+
+/* Before a revocation is served: whether its partitions go as lost ones. */
+static void note_revocation(hl_worker *w, rd_kafka_t *rk, int n)
+{
+    int gone = !rd_kafka_assignment_lost(rk) && member_gone(w, rk);
+    if (gone)
+        hl_log(HL_LOG_WARN, "revocation_member_changed", "partitions=%d was=\"%s\" "
+               "action=\"let go as lost: this member's id changed since they were "
+               "assigned, so the group may have given them to another member\"", n,
+               w->member_id);
+    atomic_store(&w->ctx.revoke_gone, gone);
+}
+
 /* hl_consumer_opts.owns: main thread, like every use of owner[]. */
 int hl_worker_owns_partition(void *opaque, int32_t p)
 {
@@ -926,11 +971,13 @@ void hl_worker_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_assign(rk, parts);
         if (error == NULL)
             store_restored(w, rk, parts);
+        note_member(w, rk);
         atomic_store(&w->awaiting, 0);
         atomic_store(&w->have_assignment, 1);
     } else {
         if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
             hl_log(HL_LOG_WARN, "rebalance_error", "err=\"%s\"", rd_kafka_err2str(err));
+        note_revocation(w, rk, parts->cnt);
         revoke_parts(w, parts);
         /* Left with nothing (always so with the eager protocol): not
          * ready until the next assignment is in hand and restored. A

@@ -31,6 +31,17 @@ event=release_lost_purged, with no snapshot written. Before the fix it
 had not ended 6 s after A continued: it waited on to its deadline (20 s
 after it began), then let the partitions go as an ordinary revocation
 does, snapshots included.
+
+The partitions A kept outside that revocation: A stays stopped until B
+owns all four (the coordinator gave them away once A's session was
+gone), then A continues; once its revocation ended, so does the refusal. A rejoins as a new member
+(the mock gives it a new member id at once; a real broker answers
+MEMBER_ID_REQUIRED and librdkafka revokes them as lost), and the
+assignment B leads leaves them out (B's claim is of a newer
+generation): an ordinary revocation for librdkafka. It must be let go as
+lost too: no snapshot, release_lost_purged again. Before the fix it was
+an ordinary release: their lists published and two snapshot_written
+lines, of partitions B had been serving since.
 """
 import os
 import signal
@@ -50,7 +61,7 @@ def body(ck):
     model, _csv, events = C.prepare(ck.tmp, N_EVENTS, N_USERS, N_ITEMS)
     path = os.path.join(ck.tmp, "refuse")
     common = ["worker.threads=1", "kafka.fetch.wait.max.ms=10",
-              "kafka.session.timeout.ms=6000", "kafka.heartbeat.interval.ms=1000",
+              "kafka.session.timeout.ms=4000", "kafka.heartbeat.interval.ms=1000",
               "shutdown.timeout.ms=20000", "snapshot.interval.ms=0",
               "snapshot.dir=" + os.path.join(ck.tmp, "snap"), "group.id=" + GROUP]
     broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker.log"),
@@ -60,7 +71,7 @@ def body(ck):
     a = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "a.log"), common)
     consumed = C.wait_consumed([a], len(events), 30)
     rebalances = a.metric_or("halflife_rebalances_total")
-    C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "b.log"), common)
+    b = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(ck.tmp, "b.log"), common)
     began = C.wait_for(lambda: a.metric_or("halflife_rebalances_total") > rebalances, 20)
     time.sleep(0.5)             # inside the release's wait for the refused lists
     waiting = not a.events("partition_revoked")
@@ -68,19 +79,38 @@ def body(ck):
              "refusal %s, A consumed %d of %d, A's revocation began %s and waits %s"
              % (on, consumed, len(events), began, waiting))
     os.kill(a.p.pid, signal.SIGSTOP)
-    time.sleep(8)               # above session.timeout.ms
+    # Past session.timeout.ms, until the group gave B every partition.
+    b_all = C.wait_for(lambda: b.metric_or("halflife_assigned_partitions") == PARTS, 20)
     os.kill(a.p.pid, signal.SIGCONT)
     t0 = time.time()
     ended = C.wait_for(lambda: a.events("partition_revoked"), 6, 0.05)
     secs = time.time() - t0
-    a.kill()
-    text = a.log_text()
-    lost = a.events("release_lost_purged")
-    written = text.count(" event=snapshot_written ")
-    ck.check("lost_mid_release", ended and lost and written == 0,
+    first = a.events("release_lost_purged")[:1]
+    written = a.log_text().count(" event=snapshot_written ")
+    # Lists of the kept partitions now land: an ordinary release of them
+    # would publish and snapshot.
+    off = R.refuse(broker, path, False)
+    ck.check("lost_mid_release", ended and first and written == 0 and b_all and off,
              "A's revocation ended %s (%.1f s after it continued); release_lost_purged %s; "
+             "%d snapshots written; B owned all %d partitions before A continued %s; "
+             "refusal off %s" % (bool(ended), secs, first, written, PARTS, bool(b_all), off))
+    # The partitions A kept, revoked once A rejoined as a new member. The
+    # assignment B's leader makes does not always take them from A
+    # (librdkafka 2.0.2's sticky assignor ranks the two claims by
+    # generation, then the cooperative step moves what two members claim):
+    # in about one run of four A kept them, confirmed its own again (the
+    # assignment callback under the new member id), and nothing is revoked.
+    kept_gone = C.wait_for(lambda: len(a.events("partition_revoked")) == PARTS, 8, 0.1)
+    a.kill()
+    lost = a.events("release_lost_purged")
+    written = a.log_text().count(" event=snapshot_written ")
+    if not kept_gone:
+        print("NOTE test_lost_mid_release.kept_lost: A kept its partitions this run "
+              "(not revoked): the case was not reached", flush=True)
+    ck.check("kept_lost", not kept_gone or (len(lost) == 2 and written == 0),
+             "A's kept partitions revoked %s; release_lost_purged %d times (want 2); "
              "%d snapshots written of partitions another member owns"
-             % (bool(ended), secs, lost[:1], written))
+             % (bool(kept_gone), len(lost), written))
     broker.stop()
 
 

@@ -373,6 +373,25 @@ int hl_wthread_moved(hl_wthread *t)
     return t->rel_moved;
 }
 
+uint64_t hl_member_mark(const char *member_id)
+{
+    if (member_id == NULL)
+        return 0;
+    uint64_t h = 14695981039346656037ULL;       /* FNV-1a */
+    for (const unsigned char *c = (const unsigned char *)member_id; *c; c++)
+        h = (h ^ *c) * 1099511628211ULL;
+    return member_id[0] == '\0' ? 1 : h > 1 ? h : h + 2;
+}
+
+int hl_member_gone(hl_wshared *ctx)
+{
+    uint64_t then = atomic_load(&ctx->member_mark);
+    char *id = then != 0 ? rd_kafka_memberid(ctx->consumer) : NULL;
+    uint64_t now = hl_member_mark(id);
+    rd_kafka_mem_free(ctx->consumer, id);
+    return now != 0 && (now == 1 || now != then);
+}
+
 /* Notes the membership a release begins under (none when lost already). */
 static void member_note(hl_wthread *t, int lost)
 {
@@ -572,10 +591,15 @@ static void swap_tick(hl_wthread *t)
  * gave them to another while the session was out (librdkafka marks the
  * whole assignment lost until the revocation has let go, and a stop
  * holds that revocation back: the main thread serves it only once the
- * threads are done). */
+ * threads are done), or may have: this member's id changed since they
+ * were assigned (a session that ran out inside a revocation callback,
+ * which librdkafka does not mark lost; worker_rebalance.c,
+ * note_revocation). A stop then wrote snapshots of partitions another
+ * member had been serving since (test_lost_mid_release.py). */
 static int own_lost(hl_wthread *t)
 {
-    return t->n_own > 0 && rd_kafka_assignment_lost(t->ctx->consumer);
+    return t->n_own > 0 && (rd_kafka_assignment_lost(t->ctx->consumer) ||
+                            hl_member_gone(t->ctx));
 }
 
 /* A stop that finds the assignment lost, before or while it waits for

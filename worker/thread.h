@@ -44,6 +44,10 @@ typedef struct hl_wshared {
                                              deadletter.max.bytes (flight.c) */
     atomic_int           *stop;           /* 0 run, 1 drain and stop, 2 stop now */
     atomic_llong          stop_deadline_ms; /* monotonic: a drain for stop gives up then */
+    /* This member's id at the last assignment callback, as hl_member_mark
+     * makes it (0: unknown); the main thread writes it, any thread reads
+     * it (hl_member_gone). */
+    atomic_ullong         member_mark;
     /* The revocation being served came after this member's id changed
      * since the partitions were last assigned: the group may have given
      * them to another member already; released as lost partitions are
@@ -87,6 +91,17 @@ typedef struct hl_wshared {
 } hl_wshared;
 
 typedef struct hl_wthread hl_wthread;   /* opaque */
+
+/* A member id (rd_kafka_memberid's) as a number: 0 for NULL (unknown), 1
+ * for "" (reset after the session ran out, not joined again), else a
+ * 64-bit hash of it above 1. */
+uint64_t    hl_member_mark(const char *member_id);
+/* 1 when this member's id now is not ctx->member_mark's, the one its
+ * partitions were last assigned under, or is reset: the coordinator forgot
+ * this member meanwhile and may have given them to another. Unknown (0
+ * or NULL) either side is no change. Any thread; a round trip to
+ * librdkafka's thread. */
+int         hl_member_gone(hl_wshared *ctx);
 
 hl_wthread *hl_wthread_create(int id, hl_wshared *ctx, char *errbuf, size_t errlen);
 /* Joins the thread if it runs (set *ctx->stop first), frees. */

@@ -264,7 +264,6 @@ void hl_worker_destroy(hl_worker *w)
     free(w->th);
     free(w->th_load);
     free(w->owner);
-    rd_kafka_mem_free(NULL, w->member_id);
     hl_metrics_destroy(w->own_reg);
     free(w);
 }

@@ -86,9 +86,6 @@ struct hl_worker {
     hl_changelog     *changelog;      /* state.store=kafka; else NULL */
     char              state_topic[256];
     hl_counter       *rebalances;
-    char             *member_id;      /* this member's id at the last assignment
-                                         callback (worker_rebalance.c, member_gone);
-                                         NULL: none read; rd_kafka_mem_free */
     hl_counter       *recreated;      /* halflife_input_topic_recreated_total */
     hl_recreated_check wm;            /* the recreated-topic checks (rebalance thread) */
     pthread_mutex_t   lat_mu;         /* also guards closed */

@@ -905,39 +905,27 @@ static void store_restored(hl_worker *w, rd_kafka_t *rk,
  * assigns everything each time. */
 static void note_member(hl_worker *w, rd_kafka_t *rk)
 {
-    rd_kafka_mem_free(rk, w->member_id);
-    w->member_id = rd_kafka_memberid(rk);
+    char *id = rd_kafka_memberid(rk);
+    atomic_store(&w->ctx.member_mark, hl_member_mark(id));
+    rd_kafka_mem_free(rk, id);
 }
 
-/* 1 when this member's id is not the one its partitions were last assigned
- * under: the session ran out meanwhile (librdkafka resets the id), so the
- * coordinator forgot this member and may have given them to another. When
- * that happened inside a revocation callback, librdkafka 2.0.2 does not
- * mark the rest lost (rd_kafka_cgrp_revoke_all_rejoin_maybe skips it while
- * rebalancing) and rejoins as a new member: a later revocation of the
- * partitions kept outside that callback came as an ordinary one, lists
- * published and snapshots written though another member had served them
- * since (test_lost_mid_release.py; a broker that asks for a member id,
- * MEMBER_ID_REQUIRED, has librdkafka revoke them as lost instead). An id
- * unknown (NULL) now or then is no change; an empty one (reset) is. */
-static int member_gone(hl_worker *w, rd_kafka_t *rk)
-{
-    char *now = rd_kafka_memberid(rk);
-    int gone = now != NULL && w->member_id != NULL &&
-               (now[0] == '\0' || strcmp(now, w->member_id) != 0);
-    rd_kafka_mem_free(rk, now);
-    return gone;
-}
-
-/* Before a revocation is served: whether its partitions go as lost ones. */
+/* Before a revocation is served: whether its partitions go as lost ones.
+ * A session that ran out inside a revocation callback resets the member
+ * id, and librdkafka 2.0.2 does not mark the rest of the assignment lost
+ * (rd_kafka_cgrp_revoke_all_rejoin_maybe skips it while rebalancing): it
+ * rejoins as a new member, and a later revocation of the partitions kept
+ * outside that callback came as an ordinary one, lists published and
+ * snapshots written though another member had served them since
+ * (test_lost_mid_release.py; a broker that asks for a member id,
+ * MEMBER_ID_REQUIRED, has librdkafka revoke them as lost instead). */
 static void note_revocation(hl_worker *w, rd_kafka_t *rk, int n)
 {
-    int gone = !rd_kafka_assignment_lost(rk) && member_gone(w, rk);
+    int gone = !rd_kafka_assignment_lost(rk) && hl_member_gone(&w->ctx);
     if (gone)
-        hl_log(HL_LOG_WARN, "revocation_member_changed", "partitions=%d was=\"%s\" "
-               "action=\"let go as lost: this member's id changed since they were "
-               "assigned, so the group may have given them to another member\"", n,
-               w->member_id);
+        hl_log(HL_LOG_WARN, "revocation_member_changed", "partitions=%d action=\"let go "
+               "as lost: this member's id changed since they were assigned, so the group "
+               "may have given them to another member\"", n);
     atomic_store(&w->ctx.revoke_gone, gone);
 }
 

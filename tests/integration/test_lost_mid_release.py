@@ -57,13 +57,15 @@ N_EVENTS, N_USERS, N_ITEMS, PARTS = 200, 40, 500, 4
 GROUP = "lost-mid-release"
 
 
-def body(ck):
+def lost_mid_release(ck, group):
+    """The setup and the lost revocation (checked); then the refusal ends.
+    Returns the broker and the two workers, A just past that revocation."""
     model, _csv, events = C.prepare(ck.tmp, N_EVENTS, N_USERS, N_ITEMS)
     path = os.path.join(ck.tmp, "refuse")
     common = ["worker.threads=1", "kafka.fetch.wait.max.ms=10",
               "kafka.session.timeout.ms=4000", "kafka.heartbeat.interval.ms=1000",
               "shutdown.timeout.ms=20000", "snapshot.interval.ms=0",
-              "snapshot.dir=" + os.path.join(ck.tmp, "snap"), "group.id=" + GROUP]
+              "snapshot.dir=" + os.path.join(ck.tmp, "snap"), "group.id=" + group]
     broker = C.Broker(ck.procs, PARTS, os.path.join(ck.tmp, "broker.log"),
                       extra=["--refuse-produce", path])
     U.produce_events(broker.bootstrap, C.TOPIC, events)
@@ -94,6 +96,11 @@ def body(ck):
              "A's revocation ended %s (%.1f s after it continued); release_lost_purged %s; "
              "%d snapshots written; B owned all %d partitions before A continued %s; "
              "refusal off %s" % (bool(ended), secs, first, written, PARTS, bool(b_all), off))
+    return broker, a, b
+
+
+def body(ck):
+    broker, a, _b = lost_mid_release(ck, GROUP)
     # The partitions A kept, revoked once A rejoined as a new member. The
     # assignment B's leader makes does not always take them from A
     # (librdkafka 2.0.2's sticky assignor ranks the two claims by

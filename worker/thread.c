@@ -285,6 +285,25 @@ static void let_go_undelivered(hl_wthread *t, int n_take, int lost)
                t->fl_n, t->ctx->o->shutdown_timeout_ms, (unsigned long long)purged);
 }
 
+/* The membership went while the snapshots of a release were written
+ * (hl_wthread_moved; they take long for big shards, and a session can
+ * run out meanwhile as it can during the wait for the lists): the shards
+ * from the n_done-th on get none, as a lost release's get none, and the
+ * producer is purged (a changelog flush of ours may be queued). Those
+ * written before the change were written while this member knew itself
+ * their owner; the one being written when it came is finished whole or
+ * dropped whole (persist.c writes a temporary file and renames it), so
+ * stopping between two leaves no half-written file. Before, the release
+ * stopped watching the membership once its lists were delivered, and
+ * wrote on. */
+static void snapshots_moved(hl_wthread *t, int n_take, int n_done)
+{
+    let_go_undelivered(t, n_take, 1);
+    hl_log(HL_LOG_WARN, "release_lost_not_saved", "thread=%d partitions=%d saved_before=%d "
+           "action=\"no more snapshots written: the membership changed while they were "
+           "written, another member may own them already\"", t->id, n_take - n_done, n_done);
+}
+
 /* Writes the snapshots of the n_take shards let go: where their next
  * owner starts. Not of lost ones: the group gave them to another member
  * before this revocation began, and that member has restored them from
@@ -316,6 +335,10 @@ static void snapshot_taken(hl_wthread *t, int n_take, int lost)
         hl_shard *sh = hl_wthread_shard_of(t, t->take_copy[i]);
         if (sh == NULL)
             continue;
+        if (hl_wthread_moved(t)) {
+            snapshots_moved(t, n_take, i);
+            return;
+        }
         /* The next owner starts here. */
         if (hl_shard_snapshot_now(sh, deadline) != 0 && atomic_load(t->ctx->stop))
             note_unsaved(t, sh);
@@ -404,12 +427,16 @@ static void member_note(hl_wthread *t, int lost)
 static int member_lost(hl_wthread *t)
 {
     t->rel_checked_ms = INT64_MIN / 2;
-    int moved = hl_wthread_moved(t);
+    return hl_wthread_moved(t);
+}
+
+/* The release is over: its membership is no longer watched. */
+static void member_forget(hl_wthread *t)
+{
     if (t->rel_member != NULL)
         rd_kafka_mem_free(NULL, t->rel_member);
     t->rel_member = NULL;
     t->rel_moved = 0;
-    return moved;
 }
 
 /* Lets go of the n_take shards in take_copy: their held-back lists
@@ -424,7 +451,8 @@ static int member_lost(hl_wthread *t)
  * Lost partitions go at once, without their held-back lists and without
  * snapshots (snapshot_taken), stopping or not; so do partitions whose
  * membership is gone while the release waits (hl_wthread_moved): the
- * wait ends on it. */
+ * wait ends on it; or while their snapshots are written: the rest are
+ * not written (snapshots_moved). */
 static void release(hl_wthread *t, int n_take)
 {
     hl_shard *shs[64];
@@ -461,6 +489,7 @@ static void release(hl_wthread *t, int n_take)
             let_go_undelivered(t, n_take, lost);
     }
     snapshot_taken(t, n_take, lost);
+    member_forget(t);
 }
 
 /* Between batches: accepts gives and, with_takes, answers takes. */

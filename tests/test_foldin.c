@@ -723,7 +723,7 @@ static void test_dense_adds_keep_decaying(void)
     hl_foldin *a = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
     hl_foldin *b = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
     float qs[64][D], sa[D], sb[D];
-    double ma, mb;
+    double ma = 0.0, mb = 0.0;
     int64_t ts[64];
     for (int i = 0; i < 64; i++) {
         ts[i] = t0 + (int64_t)(frand() * 4e8f);        /* cells of 2^28 ms at 30 days */

@@ -331,6 +331,7 @@ static int r_reshape(void *arg, uint64_t fp, hl_changelog_reshape *out)
     CHECK(fp == mi->fingerprint);
     *out = (hl_changelog_reshape){.mg = r_migration(rp), .rebuilt = !rp->kept,
                                   .n_heads = mi->n_heads, .dim = mi->dim};
+    memcpy(out->half_life_ms, mi->half_life_ms, sizeof out->half_life_ms);
     return 0;
 }
 
@@ -382,6 +383,10 @@ static void r_check_user(int kept, hl_table *old, hl_table *tbl, hl_migration *m
            kept, user, got.s[0], s[0], got.m[0], m[0], (long long)r, row);
 }
 
+#define R_TEXT(x)  #x
+#define R_TEXT2(x) R_TEXT(x)
+#define R_FORMAT   R_TEXT2(HL_CHANGELOG_FORMAT)   /* today's rows' header */
+
 /* Each user of old as a changelog row record under model fingerprint fp
  * (hex), its table row in rows; returns the encoded bytes recs point
  * into (the caller frees them). */
@@ -397,7 +402,8 @@ static unsigned char *r_records(hl_table *old, const hl_model_info *ma,
         hl_table_view(old, rows[u], &v);
         recs[u] = (hl_changelog_rec){.key = users[u], .key_len = strlen(users[u]),
             .value = bytes + max * u, .epoch = "1", .epoch_len = 1, .model = fp,
-            .model_len = strlen(fp), .offset = u};
+            .model_len = strlen(fp), .format = R_FORMAT, .format_len = strlen(R_FORMAT),
+            .offset = u};
         recs[u].len = hl_snapshot_row_encode(bytes + max * u, ma->n_heads, ma->dim,
                                              rows[u], &v);
     }
@@ -636,7 +642,7 @@ static void foreign(env *e, const char *key, const void *value, size_t len, cons
 }
 
 /* Written into the topic between an owner's flushes (epoch 1): a record
- * that is no row naming epoch 1000, and a good row of u2 naming format 3
+ * that is no row naming epoch 1000, and a good row of u2 naming format 4
  * (a newer writer's layout). The restore must skip both (bad), neither
  * raising the fence (the owner's later flush, u3 and its checkpoint at 6,
  * would be stale) nor reading u2 as today's layout. */
@@ -662,12 +668,12 @@ static void test_foreign_records_on_topic(void)
     hl_table_view(src, r, &v);
     size_t len = hl_snapshot_row_encode(row, 3, DIM, r, &v);
     foreign(&e, "x", "garbage", 7, "1000", NULL);
-    foreign(&e, "u2", row, len, "1", "3");
+    foreign(&e, "u2", row, len, "1", "4");
     events(a, NULL, "u3", 3, 6);
     CHECK(hl_changelog_flush_now(cs, a, 6, far) == 0);
     CHECKF(hl_changelog_restore(e.cl, 0, b, NULL, &rb, err, sizeof err) == 0, "%s", err);
     CHECKF(has(b, "u1") && has(b, "u3") && !has(b, "u2") && rb.next_offset == 6 &&
-           rb.n_bad == 2 && rb.n_stale == 0 && rb.epoch == 2, "u1 %d u3 %d u2 (format 3) "
+           rb.n_bad == 2 && rb.n_stale == 0 && rb.epoch == 2, "u1 %d u3 %d u2 (format 4) "
            "%d, resumes at %lld, bad %llu stale %llu, claim epoch %lld (want 1 1 0, 6, "
            "2 0, 2)", has(b, "u1"), has(b, "u3"), has(b, "u2"), (long long)rb.next_offset,
            (unsigned long long)rb.n_bad, (unsigned long long)rb.n_stale, (long long)rb.epoch);

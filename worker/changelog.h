@@ -89,6 +89,8 @@ typedef struct hl_changelog_reshape {
                                  not at hand, so neither is its shape (the row
                                  is decoded for its ring only) */
     int           n_heads, dim;   /* the rows' shape (not rebuilt) */
+    double        half_life_ms[HL_MAX_HEADS];   /* their heads' (not rebuilt): a
+                                 row before format 3 is rebased with them */
 } hl_changelog_reshape;
 
 /* Fills out for the rows naming model fp (not the current one): 0, 1 when

@@ -193,8 +193,7 @@ static const hl_changelog_reshape *reshape_of(restorer *rs, uint64_t fp)
     if (z->rc == 0 && z->r.mg == NULL)
         z->rc = HL_ENOMEM;
     if (z->rc == 0 && !z->r.rebuilt) {
-        const hl_model_info *mi = hl_model_info_get(z->r.from);
-        if (hl_decay_init(&z->decay, mi->n_heads, mi->dim, mi->half_life_ms, NULL, 0) != 0)
+        if (hl_decay_init(&z->decay, z->r.n_heads, z->r.dim, z->r.half_life_ms, NULL, 0) != 0)
             z->rc = HL_EINVAL;      /* a model file checks them: not reached */
     }
     if (z->rc == 0) {

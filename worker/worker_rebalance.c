@@ -82,6 +82,8 @@ int hl_worker_changelog_reshape(void *arg, uint64_t fp, hl_changelog_reshape *ou
         out->mg = hl_migration_create_any(old, cur->m, tw, why, sizeof why);
         out->n_heads = hl_model_info_get(old)->n_heads;
         out->dim = hl_model_info_get(old)->dim;
+        memcpy(out->half_life_ms, hl_model_info_get(old)->half_life_ms,
+               sizeof out->half_life_ms);
         if (out->mg != NULL)
             out->from = old, old = NULL;    /* mg reads it: closed after mg */
     }

@@ -60,6 +60,8 @@ static int reshape(void *arg, uint64_t fp, hl_changelog_reshape *out)
         out->mg = hl_migration_create_any(other_m, cur_m, tw, err, sizeof err);
         out->n_heads = 1;
         out->dim = OTHER_DIM;
+        memcpy(out->half_life_ms, hl_model_info_get(other_m)->half_life_ms,
+               sizeof out->half_life_ms);
     } else {
         out->mg = hl_migration_rebuild(cur_m, tw, err, sizeof err);
         out->rebuilt = 1;

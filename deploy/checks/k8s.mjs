@@ -10,6 +10,7 @@
 //                    objects: static membership from the pod name, probes on
 //                    /readyz and /healthz on the metrics port, a grace period
 //                    longer than shutdown.timeout.ms plus the preStop wait,
+//                    worker.threads set and within the CPU limit,
 //                    snapshot.dir on one ReadWriteMany volume (state.store=file)
 //                    or on a per-pod volume with no shared claim (kafka), selectors
 //                    that select, KEDA on this group's lag with
@@ -132,11 +133,32 @@ function checkWorker(errs, sts, props) {
   for (const kind of ["requests", "limits"])
     for (const r of ["cpu", "memory"])
       if (!c.resources?.[kind]?.[r]) errs.push(`${id(sts)}: resources.${kind}.${r} missing`);
+  checkThreads(errs, sts, c, env, props);
   if (pod.enableServiceLinks !== false)
     errs.push(`${id(sts)}: enableServiceLinks must be false (Service env vars HALFLIFE_* would be read as configuration)`);
   if (pod.securityContext?.runAsNonRoot !== true && c.securityContext?.runAsNonRoot !== true)
     errs.push(`${id(sts)}: must run as non-root`);
   return c;
+}
+
+// Kubernetes CPU quantity ("2", "1.5", "500m") in cores; NaN if unset.
+const cores = (q) => q === undefined ? NaN :
+  String(q).endsWith("m") ? Number(String(q).slice(0, -1)) / 1000 : Number(q);
+
+// worker.threads 0 (the default) is sysconf's online cores: in a container
+// that is the node's count, not the pod's CPU limit, so a 64-core node
+// started 64 shard threads throttled into 2 CPUs, each holding up to
+// kafka.queued.min.messages prefetched records (deploy/README.md,
+// Resources). The environment overrides the file, as in the worker.
+function checkThreads(errs, sts, c, env, props) {
+  const key = "worker.threads";
+  const v = env[envName(key)]?.value ?? props[key];
+  const n = Number(v ?? 0);
+  const limit = cores(c.resources?.limits?.cpu ?? c.resources?.requests?.cpu);
+  if (!(Number.isInteger(n) && n >= 1))
+    errs.push(`${id(sts)}: ${key} ${v ?? "unset"}: set it to the CPU the pod gets (0 is the node's online cores, not the pod's)`);
+  else if (n > limit)
+    errs.push(`${id(sts)}: ${key} ${n} exceeds the container's CPU limit ${limit}`);
 }
 
 // state.store=file: one ReadWriteMany volume holds snapshot.dir, so a

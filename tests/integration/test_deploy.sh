@@ -7,6 +7,8 @@
 #                 compose Prometheus config (with its rule file) is valid;
 #   kubectl       `kubectl kustomize` builds the base and the example overlay;
 #   docker-compose `config -q` accepts deploy/docker-compose.yml;
+#   the worker    `halflife run` accepts the properties and HALFLIFE_*
+#                 variables of every k8s and compose worker (config_accepted);
 #   the image     the build stage's COPY list builds build/halflife, and every
 #                 shared library the binary needs is installed by the final stage;
 #   npm packages  (installed into build/node from deploy/package-lock.json)
@@ -147,6 +149,78 @@ if have docker-compose; then
 else
   skip compose_config "docker-compose not installed (Debian package docker-compose)"
 fi
+
+# ---- the worker accepts each configuration the manifests give it: the
+# properties file and HALFLIFE_* variables of every StatefulSet worker and
+# compose worker, run through `halflife run` as the container would start
+# it. Paths that exist only in the image are overridden with -X (which
+# wins), and model.path names no file, so a configuration the worker
+# accepts ends at event=model_open_failed (exit 1) before any network,
+# while a misspelt key, a HALFLIFE_* variable that names no key or a
+# refused value is exit 2 at start: a pod in CrashLoopBackOff that
+# nothing here saw.
+config_accepted() {   # NAME KIND(k8s|compose) BUILT_YAML
+  HL_BIN="$hl_bin" HL_TOP="$top" /usr/bin/python3 - "$@" "$tmp" <<'PY'
+import os, subprocess, sys, yaml
+name, kind, path, tmp = sys.argv[1:5]
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+work = os.path.join(tmp, "cfg-" + name)
+os.makedirs(os.path.join(work, "snapshots"), exist_ok=True)
+def workers_k8s():
+    cms = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "ConfigMap"}
+    for sts in (d for d in docs if d.get("kind") == "StatefulSet"):
+        pod = sts["spec"]["template"]["spec"]
+        c = next((x for x in pod["containers"] if x["name"] == "halflife"), pod["containers"][0])
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        args = list(c.get("command", [])[1:] + c.get("args", []))
+        for m in c.get("volumeMounts", []):
+            cm = cms.get(vols.get(m["name"], {}).get("configMap", {}).get("name"))
+            for key, text in (cm or {}).get("data", {}).items():
+                f = os.path.join(work, key)
+                open(f, "w").write(text)
+                args = [f if a == m["mountPath"] + "/" + key else a for a in args]
+        env = {}
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {})
+            env[e["name"]] = (e["value"] if "value" in e else sts["metadata"]["name"] + "-0"
+                              if ref.get("fieldRef") else "from-a-secret")
+        yield "StatefulSet/" + sts["metadata"]["name"], args, env
+def workers_compose():
+    for svc, s in docs[0].get("services", {}).items():
+        cmd = s.get("command") or []
+        if cmd[:1] == ["run"]:
+            yield "service " + svc, list(cmd), {k: str(v) for k, v in (s.get("environment") or {}).items()}
+errs, n = [], 0
+for who, args, env in (workers_k8s() if kind == "k8s" else workers_compose()):
+    n += 1
+    over = ["-X", "model.path=" + os.path.join(work, "no-model.hlm"),
+            "-X", "schemas.dir=" + os.path.join(os.environ["HL_TOP"], "schemas"),
+            "-X", "snapshot.dir=" + os.path.join(work, "snapshots")]
+    env = dict(env, PATH="/usr/bin:/bin", ASAN_OPTIONS="detect_leaks=0")
+    p = subprocess.run([os.environ["HL_BIN"]] + args + over, env=env, capture_output=True,
+                       text=True, timeout=30)
+    out = p.stdout + p.stderr
+    if p.returncode != 1 or "event=model_open_failed" not in out:
+        errs.append("%s: halflife %s exits %d: %s" % (who, " ".join(args), p.returncode,
+                    " ".join(out.split())[:300]))
+if n == 0:
+    errs.append("no worker found")
+print("; ".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+# The plain build when there is one; a sanitizer build (HL_HALFLIFE under
+# SAN=1) runs with leak checks off, since this exit path is not under test.
+hl_bin=$top/build/halflife
+[ -x "$hl_bin" ] || hl_bin=${HL_HALFLIFE:-$hl_bin}
+for n in base example compose; do
+  f=$tmp/$n.yaml; kind=k8s
+  [ $n = compose ] && kind=compose
+  if [ ! -x "$hl_bin" ]; then skip "config_accepted_$n" "$hl_bin not built"; continue; fi
+  if [ ! -f "$f" ]; then skip "config_accepted_$n" "its configuration was not built above"; continue; fi
+  if out=$(config_accepted "$n" "$kind" "$f" 2>&1); then pass "config_accepted_$n"
+  else fail "config_accepted_$n" "$out"; fi
+done
 
 # ---- Dockerfile rules that need no linter: bookworm stages, a runtime stage
 # with only runtime packages, a non-root user and a health check.

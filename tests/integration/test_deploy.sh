@@ -97,11 +97,13 @@ done
 
 # ---- the model volume: a CronJob that writes a model (the daily retrain)
 # must write it where the workers read model.path, i.e. the worker
-# container mounts the same claim and subPath at model.path's directory.
+# container mounts the same claim and subPath at model.path's directory,
+# and the job's script names model.path's file in that mount (a rename to
+# another name there passed when only the directory was compared).
 # Otherwise the job succeeds every night and no worker ever swaps.
 model_volume() {   # NAME BUILT_YAML
   /usr/bin/python3 - "$2" <<'PY'
-import os, sys, yaml
+import os, re, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 kind = lambda k: [d for d in docs if d.get("kind") == k]
 props = {}
@@ -126,11 +128,20 @@ for sts in kind("StatefulSet"):
         for c in jpod["containers"]:
             script = " ".join(c.get("command", []) + c.get("args", []))
             for m, src in claims(jpod, c):
-                if src and not m.get("readOnly") and m["mountPath"] in script and src not in read:
+                if not (src and not m.get("readOnly") and m["mountPath"] in script):
+                    continue
+                if src not in read:
                     errs.append("CronJob %s writes %s (claim %s, subPath %r) but the workers "
                                 "read model.path %s from %s" % (cj["metadata"]["name"],
                                 m["mountPath"], src[0], src[1], props.get("model.path"),
                                 sorted(read) or "no claim (an emptyDir or image copy)"))
+                target = os.path.join(m["mountPath"], os.path.basename(props.get("model.path", "")))
+                # what it renames (mv) or writes (train --out) onto
+                onto = r"(\bmv\s+(-\S+\s+)*\S+|--out)\s+" + re.escape(target) + r"(\s|;|$)"
+                if not re.search(onto, script):
+                    errs.append("CronJob %s neither moves nor writes a model onto %s, the "
+                                "workers' model.path %s in its mount" % (cj["metadata"]["name"],
+                                target, props.get("model.path")))
 print("; ".join(errs))
 sys.exit(1 if errs else 0)
 PY

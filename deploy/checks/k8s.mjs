@@ -96,10 +96,16 @@ const selects = (selector, labels) =>
 // HALFLIFE_ + key upper-cased with dots as underscores (DESIGN.md section 7).
 const envName = (key) => "HALFLIFE_" + key.toUpperCase().replaceAll(".", "_");
 
-function checkWorker(errs, sts, props) {
+function checkWorker(errs, sts, fileProps) {
   const pod = sts.spec.template.spec;
   const c = pod.containers.find((x) => x.name === "halflife") ?? pod.containers[0];
   const env = Object.fromEntries((c.env ?? []).map((e) => [e.name, e]));
+  // The container's HALFLIFE_<KEY> variables override the file, as in the
+  // worker: a grace period checked against the file's shutdown.timeout.ms
+  // passed while the variable set a longer one.
+  const props = { ...fileProps };
+  for (const k of ["metrics.port", "shutdown.timeout.ms", "worker.threads"])
+    if (env[envName(k)]?.value !== undefined) props[k] = env[envName(k)].value;
   const gid = env[envName("kafka.group.instance.id")];
   if (gid?.valueFrom?.fieldRef?.fieldPath !== "metadata.name")
     errs.push(`${id(sts)}: ${envName("kafka.group.instance.id")} must come from fieldRef metadata.name`);
@@ -133,7 +139,7 @@ function checkWorker(errs, sts, props) {
   for (const kind of ["requests", "limits"])
     for (const r of ["cpu", "memory"])
       if (!c.resources?.[kind]?.[r]) errs.push(`${id(sts)}: resources.${kind}.${r} missing`);
-  checkThreads(errs, sts, c, env, props);
+  checkThreads(errs, sts, c, props);
   if (pod.enableServiceLinks !== false)
     errs.push(`${id(sts)}: enableServiceLinks must be false (Service env vars HALFLIFE_* would be read as configuration)`);
   if (pod.securityContext?.runAsNonRoot !== true && c.securityContext?.runAsNonRoot !== true)
@@ -149,10 +155,10 @@ const cores = (q) => q === undefined ? NaN :
 // that is the node's count, not the pod's CPU limit, so a 64-core node
 // started 64 shard threads throttled into 2 CPUs, each holding up to
 // kafka.queued.min.messages prefetched records (deploy/README.md,
-// Resources). The environment overrides the file, as in the worker.
-function checkThreads(errs, sts, c, env, props) {
+// Resources).
+function checkThreads(errs, sts, c, props) {
   const key = "worker.threads";
-  const v = env[envName(key)]?.value ?? props[key];
+  const v = props[key];
   const n = Number(v ?? 0);
   const limit = cores(c.resources?.limits?.cpu ?? c.resources?.requests?.cpu);
   if (!(Number.isInteger(n) && n >= 1))

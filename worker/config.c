@@ -13,6 +13,7 @@
  * refused at start like any other key, then kept (prefix removed) in the
  * order first set. */
 #include "config.h"
+#include "cpus.h"
 #include "foldin.h"
 #include "kafka_conf.h"
 
@@ -81,7 +82,7 @@ static const key_def keys[] = {
     {"recs.index.nprobe",   T_INT,  "0", 0, 1048576, NULL, "clusters scored per refresh with recs.index=ivf, at most recs.index.nlist: more is slower and closer to exact; 0 = nlist/16 of each model's index, a model swapped in included (recall@20 0.996 on bench_index's clustered model at 1M items with the inner-product partition; nlist/64 already gives 0.97)"},
     {"recs.index.shadow.every", T_INT, "1000", 0, 1000000000, NULL, "with recs.index=ivf, every Nth refreshed user is also scored exactly and the lists compared (halflife_index_recall); 0 disables"},
     {"recs.min.interval.ms",T_INT,  "0", 0, BIG, NULL, "refresh a user at most this often (event time; a held list also goes out once it has waited this long on the worker's clock); 0 = after every batch that touched it"},
-    {"worker.threads",      T_INT,  "0", 0, 256, NULL, "shard-owning threads; 0 = number of online cores"},
+    {"worker.threads",      T_INT,  "0", 0, 256, NULL, "shard-owning threads; 0 = the CPUs this process may use (affinity, cgroup CPU quota)"},
     {"worker.io.slice.us",  T_INT,  "0", 0, 100000, NULL, "scheduler time slice in microseconds of the thread that starts the worker and of librdkafka's threads (fetches, sends, delivery reports), e.g. 100; shard threads keep the kernel's default. A short slice lets them run soon after they wake instead of waiting out a refresh, with the same CPU share (Linux 6.12+; older kernels ignore it). Experimental: A/B runs on a shared machine disagreed (tests/bench/RESULTS.md); 0 = the kernel's default"},
     {"batch.max.messages",  T_INT,  "10000", 1, 1000000, NULL, "most records per batch"},
     {"batch.max.ms",        T_INT,  "5", 0, 60000, NULL, "longest wait to fill a batch"},
@@ -697,10 +698,8 @@ const char *hl_config_str(const hl_config *cfg, const char *key)
 int64_t hl_config_int(const hl_config *cfg, const char *key)
 {
     const setting *v = slot_of(cfg, key, T_INT);
-    if (v->i == 0 && strcmp(key, "worker.threads") == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        return n > 0 ? n : 1;
-    }
+    if (v->i == 0 && strcmp(key, "worker.threads") == 0)
+        return hl_cpus_available();
     return v->i;
 }
 

@@ -53,8 +53,9 @@ int hl_config_load(hl_config *cfg, const char *file, char *const *envp,
  * else is a programming error and aborts. Strings are borrowed from cfg.
  *  - hl_config_str: NULL for a key without default that was not set
  *    (model.path); dlq.topic defaults to "<input.topic>.dlq".
- *  - hl_config_int: worker.threads 0 (the default) reads as the number of
- *    online cores.
+ *  - hl_config_int: worker.threads 0 (the default) reads as the CPUs this
+ *    process may use (hl_cpus_available: online cores, affinity, cgroup
+ *    CPU quota, the least).
  *  - hl_config_num: NAN for a key without default that was not set
  *    (weight.*: the model's type weight applies). */
 const char *hl_config_str(const hl_config *cfg, const char *key);

@@ -151,18 +151,20 @@ function checkWorker(errs, sts, fileProps) {
 const cores = (q) => q === undefined ? NaN :
   String(q).endsWith("m") ? Number(String(q).slice(0, -1)) / 1000 : Number(q);
 
-// worker.threads 0 (the default) is sysconf's online cores: in a container
-// that is the node's count, not the pod's CPU limit, so a 64-core node
-// started 64 shard threads throttled into 2 CPUs, each holding up to
-// kafka.queued.min.messages prefetched records (deploy/README.md,
-// Resources).
+// worker.threads 0 (the default) counts the CPUs the process may use: its
+// affinity and its cgroup's CPU quota, i.e. the CPU limit rounded up
+// (worker/cpus.c). Workers before that counted the node's online cores, so
+// a 64-core node started 64 shard threads throttled into 2 CPUs, each
+// holding up to kafka.queued.min.messages prefetched records
+// (deploy/README.md, Resources). Set explicitly, threads match the CPU
+// request, which is what the scheduler guarantees.
 function checkThreads(errs, sts, c, props) {
   const key = "worker.threads";
   const v = props[key];
   const n = Number(v ?? 0);
   const limit = cores(c.resources?.limits?.cpu ?? c.resources?.requests?.cpu);
   if (!(Number.isInteger(n) && n >= 1))
-    errs.push(`${id(sts)}: ${key} ${v ?? "unset"}: set it to the CPU the pod gets (0 is the node's online cores, not the pod's)`);
+    errs.push(`${id(sts)}: ${key} ${v ?? "unset"}: set it to the pod's CPU request (0 follows the CPU limit, rounded up, and older workers counted the node's cores)`);
   else if (n > limit)
     errs.push(`${id(sts)}: ${key} ${n} exceeds the container's CPU limit ${limit}`);
 }

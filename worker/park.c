@@ -9,7 +9,9 @@
  * and on resume it fetches from the offset after the last record handed to
  * us, which is the last one parked: no record is read twice or skipped
  * (librdkafka 2.0.2, rd_kafka_toppar_pause_resume: a pause sets the next
- * fetch offset to the application's). An application pause outlives an
+ * fetch offset to the application's). The resume is followed by a seek to
+ * that same offset, for its wake-up of the fetcher (seek_resumed). An
+ * application pause outlives an
  * unassignment (only the library's own pause is cleared on assign), so a
  * partition let go of while waiting is resumed first (hl_park_drop).
  * Parked records are never "seen" by their shard (hl_shard_saw), so no
@@ -103,7 +105,8 @@ static int wait_begin(hl_wthread *t, const rd_kafka_message_t *rkm, const char *
         t->cap_waits = cap;
     }
     park_wait *pw = &t->waits[t->n_waits++];
-    *pw = (park_wait){rkm->partition, schema_id_of(rkm), hl_now_mono_ms(), 0};
+    *pw = (park_wait){rkm->partition, schema_id_of(rkm), hl_now_mono_ms(), 0,
+                      RD_KAFKA_OFFSET_INVALID};
     pause_resume(t, rkm->partition, 1);
     hl_gauge_add(t->ctx->mx.schema_waiting, 1);
     uint64_t sup = 0;
@@ -115,9 +118,40 @@ static int wait_begin(hl_wthread *t, const rd_kafka_message_t *rkm, const char *
     return 0;
 }
 
+/* After the resume of an answered wait, a seek to the offset the fetch
+ * resumes from anyway (the one after the last record handed back, which
+ * the pause saved), for its wake-up alone. librdkafka 2.0.2's resume only
+ * clears the pause flag, on its main thread (rd_kafka_toppar_pause_resume);
+ * the broker thread sees that at its next wake-up, up to
+ * rd_kafka_max_block_ms (1 s) away when it fetches nothing else, so each
+ * wait cost its partition up to a second more than the registry took
+ * (test_schema_id_flood counted one record a second). A seek wakes it
+ * (rd_kafka_toppar_seek, "seek done"). Its version barrier drops whatever
+ * the resume alone fetched before it, from the same offset; a seek that
+ * comes too late (a rebalance's pause first) is dropped as outdated, and
+ * the resume works as before. Asynchronous: nothing waits for it. */
+static void seek_resumed(hl_wthread *t, const park_wait *pw)
+{
+    if (pw->resume_at < 0)
+        return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, t->ctx->o->input_topic, pw->partition)->offset =
+        pw->resume_at;
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(t->ctx->consumer, l, 0);
+    rd_kafka_resp_err_t err = e ? rd_kafka_error_code(e) : l->elems[0].err;
+    if (err && err != RD_KAFKA_RESP_ERR__IN_PROGRESS)
+        hl_log(HL_LOG_WARN, "resume_seek_failed", "partition=%d offset=%lld err=\"%s\" "
+               "action=\"fetched at librdkafka's next wake-up, within a second\"",
+               (int)pw->partition, (long long)pw->resume_at, rd_kafka_err2str(err));
+    rd_kafka_error_destroy(e);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 static void wait_end(hl_wthread *t, park_wait *pw, const char *how)
 {
     pause_resume(t, pw->partition, 0);
+    if (strcmp(how, "answered") == 0)   /* a revoked one is not fetched here again */
+        seek_resumed(t, pw);
     hl_gauge_add(t->ctx->mx.schema_waiting, -1);
     /* an end other than an answer (a revocation) comes once a rebalance */
     uint64_t sup = 0;
@@ -204,9 +238,10 @@ static int move_ready(hl_wthread *t, rd_kafka_message_t **out, int max)
     for (int i = 0; i < t->n_park; i++) {
         rd_kafka_message_t *m = t->park[i];
         park_wait *pw = wait_of(t, m->partition);
-        if (n < max && pw != NULL && pw->ready)
+        if (n < max && pw != NULL && pw->ready) {
             out[n++] = m;
-        else
+            pw->resume_at = m->offset + 1;  /* each partition's in offset order */
+        } else
             t->park[kept++] = m;
     }
     t->n_park = kept;

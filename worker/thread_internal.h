@@ -79,6 +79,7 @@ typedef struct park_wait {
     int32_t partition, schema_id;
     int64_t since_ms;
     int     ready;                           /* answered, at the last look */
+    int64_t resume_at;   /* after the last record handed back: where its fetch resumes */
 } park_wait;
 
 /* What one batch counted, added to the registry once at its end (batch.c). */

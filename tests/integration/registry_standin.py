@@ -18,7 +18,9 @@ registry assigns them; versions count per subject from 1.
 
 SIGUSR1 makes every GET /schemas/ids/{id} answer 503 + 50001 (the error of
 a registry whose backing store is away) until SIGUSR2; registration still
-works, so a test can play a registry that half fails.
+works, so a test can play a registry that half fails. With --slow ID MS,
+GET /schemas/ids/{id} for an id of ID or more answers after MS ms (a
+registry under load).
 
 State (schemas, subjects) lives in --state FILE, rewritten after each
 registration, so a stopped and restarted stand-in keeps its ids (tests stop
@@ -28,7 +30,7 @@ With --tls CERT KEY it serves HTTPS, and with --client-ca CA it also
 requires a client certificate signed by CA (mutual TLS).
 
 Run: /usr/bin/python3 registry_standin.py --port 0 --state FILE [--user u:pw]
-         [--tls CERT KEY [--client-ca CA]]
+         [--tls CERT KEY [--client-ca CA]] [--slow ID MS]
 """
 import argparse
 import base64
@@ -38,6 +40,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -74,6 +77,7 @@ class State:
 
 
 FAILING = threading.Event()     # set: schema reads answer 503
+SLOW = [0, 0]                   # ids from SLOW[0] (0: none) answer after SLOW[1] ms
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -87,7 +91,7 @@ class Handler(BaseHTTPRequestHandler):
     user = None                    # "user:password" or None
 
     def log_message(self, fmt, *args):
-        sys.stderr.write("standin: %s %s\n" % (self.address_string(), fmt % args))
+        sys.stderr.write("standin: %.3f %s %s\n" % (time.time(), self.address_string(), fmt % args))
 
     def answer(self, status, obj):
         body = json.dumps(obj).encode()
@@ -124,6 +128,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         p = self.path_parts()
         st = self.state
+        if len(p) == 3 and p[:2] == ["schemas", "ids"] and p[2].isdigit() and \
+                0 < SLOW[0] <= int(p[2]):
+            time.sleep(SLOW[1] / 1000.0)    # outside the lock: the others answer meanwhile
         with st.lock:
             if len(p) == 3 and p[:2] == ["schemas", "ids"] and p[2].isdigit():
                 if FAILING.is_set():
@@ -192,7 +199,10 @@ def main():
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve HTTPS")
     ap.add_argument("--client-ca", default=None, help="with --tls: require a client "
                     "certificate signed by this CA")
+    ap.add_argument("--slow", nargs=2, type=int, metavar=("ID", "MS"), default=[0, 0],
+                    help="schema reads of ids from ID on answer after MS ms")
     a = ap.parse_args()
+    SLOW[:] = a.slow
     Handler.state = State(a.state)
     Handler.user = a.user
     signal.signal(signal.SIGUSR1, lambda *_: FAILING.set())

@@ -65,8 +65,8 @@ class Standin:
     """registry_standin.py as a process; stop() and start() keep its port
     and its state file, so ids survive an outage."""
 
-    def __init__(self, tmp, user=None):
-        self.tmp, self.user, self.port = tmp, user, 0
+    def __init__(self, tmp, user=None, extra=()):
+        self.tmp, self.user, self.port, self.extra = tmp, user, 0, list(extra)
         os.makedirs(tmp, exist_ok=True)
         self.state = os.path.join(tmp, "registry.json")
         self.n = 0
@@ -76,7 +76,8 @@ class Standin:
         self.n += 1
         self.log = open(os.path.join(self.tmp, "registry%d.log" % self.n), "w")
         args = [PY, os.path.join(HERE, "registry_standin.py"), "--port", str(self.port),
-                "--state", self.state] + (["--user", self.user] if self.user else [])
+                "--state", self.state] + (["--user", self.user] if self.user else []) + \
+            self.extra
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.port = int(self.p.stdout.readline().strip().split("=")[1])
         self.url = "http://127.0.0.1:%d" % self.port

@@ -50,7 +50,8 @@
  * (registry unreachable, 5xx) is not a bad record: the record is kept
  * aside and its partition paused, the way
  * park.c holds events (librdkafka drops what it had queued for the
- * partition and fetches again after the kept record on resume), so the
+ * partition and fetches again after the kept record on resume, woken by
+ * a seek there: seek_resumed), so the
  * partition's order, which compaction and "the newest update wins" rely
  * on, is kept and nothing is dead-lettered because the registry is down.
  * Other partitions go on. A kept partition does not count as read to its
@@ -514,6 +515,20 @@ static void set_paused(hl_items *it, int32_t p, int paused)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* After the resume of partition p, a seek to next, the offset its fetch
+ * resumes from anyway (the one after the kept record, the last the
+ * partition handed out), for its wake-up alone: librdkafka 2.0.2 hears of
+ * a resume at its broker thread's next wake-up, up to a second away when
+ * every partition of that broker is paused, as in a registry outage
+ * (park.c, seek_resumed). Asynchronous. */
+static void seek_resumed(hl_items *it, int32_t p, int64_t next)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, it->topic, p)->offset = next;
+    rd_kafka_error_destroy(rd_kafka_seek_partitions(it->rk, l, 0));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 /* Keeps rkm (ownership moves here) and pauses its partition. */
 static void keep(hl_items *it, rd_kafka_message_t *rkm, const char *why)
 {
@@ -609,8 +624,9 @@ static void retry_kept(hl_items *it)
         it->kept[p] = NULL;
         it->n_kept--;
         apply(it, rkm, &co, (hl_item_reason)r, detail, sizeof detail);
-        rd_kafka_message_destroy(rkm);
         set_paused(it, p, 0);
+        seek_resumed(it, p, rkm->offset + 1);
+        rd_kafka_message_destroy(rkm);
     }
 }
 

@@ -579,6 +579,29 @@ static void retain_newest(hl_snapshot_writer *w, int retain, hl_snapshot_result 
     free(f);
 }
 
+/* Whether path names an entry (open succeeds, or fails for another
+ * reason than its absence: such a name is not free either). Non-blocking:
+ * a fifo planted under the name must not hang the worker. */
+static int taken(const hl_io *io, const char *path)
+{
+    int fd = io->open(io->ctx, path, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0);
+    if (fd >= 0)
+        io->close(io->ctx, fd);
+    return fd >= 0 || errno != ENOENT;
+}
+
+int hl_snapshot_aside_name(const hl_io *io, const char *from, const char *suffix,
+                           char *to, size_t len)
+{
+    io = io_or_posix(io);
+    if (snprintf(to, len, "%s%s", from, suffix) >= (int)len)
+        return HL_EINVAL;
+    for (int k = 2; k <= HL_SNAPSHOT_ASIDE_MAX && taken(io, to); k++)
+        if (snprintf(to, len, "%s%s.%d", from, suffix, k) >= (int)len)
+            return HL_EINVAL;
+    return 0;
+}
+
 int hl_snapshot_set_aside(const hl_io *io, const char *dir, const char *topic,
                           int32_t partition, int64_t keep, const char *suffix,
                           int *n_aside, char *errbuf, size_t errlen)
@@ -595,8 +618,9 @@ int hl_snapshot_set_aside(const hl_io *io, const char *dir, const char *topic,
         if (f[i].tmp || f[i].offset == keep ||
             hl_snapshot_join(from, sizeof from, dir, f[i].name) != 0)
             continue;
-        snprintf(to, sizeof to, "%s%s", from, suffix);
-        if (io->rename(io->ctx, from, to) == 0)
+        int moved = hl_snapshot_aside_name(io, from, suffix, to, sizeof to) == 0
+                  ? io->rename(io->ctx, from, to) == 0 : (errno = ENAMETOOLONG, 0);
+        if (moved)
             (*n_aside)++;
         else if (errno != ENOENT)   /* gone meanwhile (retention): nothing left to restore */
             rc = hl_err(errbuf, errlen, HL_EIO, "snapshot: rename %s aside: %s; move it "

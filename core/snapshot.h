@@ -126,10 +126,22 @@ int hl_snapshot_write(const hl_io *io, const char *dir,
  * named within it would resume that topic with another's state).
  * Temporary files are left to retention. io NULL: hl_io_posix().
  * *n_aside: files renamed. 0, or HL_EIO naming the file that could not be
- * renamed (the rest are still tried). */
+ * renamed (the rest are still tried). An earlier copy of the same name
+ * is kept: hl_snapshot_aside_name. */
 int hl_snapshot_set_aside(const hl_io *io, const char *dir, const char *topic,
                           int32_t partition, int64_t keep, const char *suffix,
                           int *n_aside, char *errbuf, size_t errlen);
+
+/* The name a file at path from goes aside under: <from><suffix>, or,
+ * when an earlier copy holds that name (the topic was recreated again
+ * after the new topic's file reached the same offset), <from><suffix>.2
+ * and on, so no copy is renamed over another; past
+ * HL_SNAPSHOT_ASIDE_MAX copies of one name the last is reused (the file
+ * must still leave the listing). io NULL: hl_io_posix(). 0, or HL_EINVAL
+ * when the name does not fit len. */
+#define HL_SNAPSHOT_ASIDE_MAX 64
+int hl_snapshot_aside_name(const hl_io *io, const char *from, const char *suffix,
+                           char *to, size_t len);
 
 /* The file name (no directory) of a snapshot: fails with HL_EINVAL on a
  * topic outside [A-Za-z0-9._-]{1,249}, a negative partition or offset. */

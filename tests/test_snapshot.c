@@ -253,6 +253,36 @@ static void test_set_aside(void)
     hl_table_destroy(a);
 }
 
+/* A topic recreated twice: the new topic's file at the same offset as
+ * the first recreation's copy went aside over that copy (rename replaces
+ * it), so the operator lost the first topic's state for good. Each copy
+ * now gets a name of its own. */
+static void test_set_aside_twice(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = table_upto(&o, 500), *b = table_upto(&o, 20);
+    char err[1024], path[700];
+    int n = -1;
+    fresh_dir();
+    hl_snapshot_meta m = meta_at("ev", 0, 300);
+    CHECK(hl_snapshot_write(NULL, dir, &m, a, 2, NULL, err, sizeof err) == 0);
+    CHECK(hl_snapshot_set_aside(NULL, dir, "ev", 0, -1, ".old", &n, err, sizeof err) == 0);
+    CHECK(hl_snapshot_write(NULL, dir, &m, b, 2, NULL, err, sizeof err) == 0);
+    CHECKF(hl_snapshot_set_aside(NULL, dir, "ev", 0, -1, ".old", &n, err, sizeof err) == 0 &&
+           n == 1, "second set-aside: n %d, %s", n, err);
+    struct stat first, second;
+    snprintf(path, sizeof path, "%s/ev.0.%020d.hls.old", dir, 300);
+    int had_first = stat(path, &first) == 0;
+    snprintf(path, sizeof path, "%s/ev.0.%020d.hls.old.2", dir, 300);
+    int had_second = stat(path, &second) == 0;
+    CHECKF(had_first && had_second && first.st_size > second.st_size,
+           "the first copy (500 users) is .old, the second (20) .old.2: %d %d, sizes %lld %lld",
+           had_first, had_second, had_first ? (long long)first.st_size : -1LL,
+           had_second ? (long long)second.st_size : -1LL);
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+}
+
 /* ---- damaged files ----------------------------------------------------- */
 
 /* Writes A at offset 100 and B at 200 and returns B's bytes. */
@@ -791,6 +821,7 @@ int main(void)
     RUN(test_retention);
     RUN(test_retention_keeps_published);
     RUN(test_set_aside);
+    RUN(test_set_aside_twice);
     RUN(test_truncated_refused);
     RUN(test_empty_file_refused);
     RUN(test_bit_flips_refused);

@@ -276,8 +276,10 @@ static int aside_listed(const hl_persist *p, int32_t partition, const intent *in
             (f->ino != 0 && inode_of(path) != f->ino))
             continue;           /* aside already, deleted, or the new topic's */
         (*n_left)++;
-        snprintf(to, sizeof to, "%s.topic-recreated", path);
-        if (p->io->rename(p->io->ctx, path, to) == 0)
+        /* not over an earlier recreation's copy of the same name */
+        int moved = hl_snapshot_aside_name(p->io, path, ".topic-recreated", to, sizeof to) == 0
+                  ? p->io->rename(p->io->ctx, path, to) == 0 : (errno = ENAMETOOLONG, 0);
+        if (moved)
             (*n_aside)++;
         else
             rc = hl_err(errbuf, errlen, HL_EIO, "snapshot: rename %s aside: %s; move it "

@@ -192,6 +192,23 @@ int hl_index_presize(hl_index *ix, size_t expected)
     return 0;
 }
 
+int hl_index_fit(hl_index *ix)
+{
+    hl_index_tab fresh;
+    if (ix->growing) migrate(ix, SIZE_MAX);
+    uint32_t bits = bits_for(ix->cur.used) + 1;
+    if (bits >= ix->cur.bits) return 0;
+    if (tab_alloc(&fresh, bits) != 0) return HL_ENOMEM;
+    size_t end = (size_t)1 << ix->cur.bits;
+    for (size_t i = 0; i < end; i++)    /* cur alone holds no tombstones */
+        if (ix->cur.slot[i] != SLOT_EMPTY) tab_put(&fresh, ix->cur.slot[i]);
+    tab_free(&ix->cur);
+    tab_free(&ix->spare);       /* sized to double the old cur */
+    ix->prefault_pos = 0;
+    ix->cur = fresh;
+    return 0;
+}
+
 void hl_index_put(hl_index *ix, uint32_t tag, uint32_t row)
 {
     tab_put(&ix->cur, make_slot(tag, row));

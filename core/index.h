@@ -77,6 +77,14 @@ int64_t hl_index_put_absent(hl_index *ix, uint32_t tag, uint32_t row,
  * large enough. 0 or HL_ENOMEM (the index is then unchanged). */
 int hl_index_presize(hl_index *ix, size_t expected);
 
+/* Shrinks cur to its entries with room for as many again (load <= 0.35)
+ * when it is at least twice that: a presize for more entries than came
+ * (a changelog restore sizes for every record of its range, many times
+ * the users on a topic not yet compacted) held that memory for good.
+ * Finishes a doubling first. 0, or HL_ENOMEM with the index unchanged
+ * (only a doubling finished). */
+int hl_index_fit(hl_index *ix);
+
 /* Bounded background work, once per batch: migration, or faulting in the
  * spare table. */
 void hl_index_step(hl_index *ix);

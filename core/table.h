@@ -210,6 +210,11 @@ void hl_table_prefetch(const hl_table *tbl, const char *user, size_t user_len);
  * was. No-op on a table that holds users. */
 int hl_table_reserve(hl_table *tbl, size_t users);
 
+/* After a load that reserved: gives back the index a reserve sized
+ * beyond the users that came (hl_index_fit). 0, or HL_ENOMEM with the
+ * table as it was. */
+int hl_table_fit(hl_table *tbl);
+
 /* After a restore: evicts the least recently active users beyond
  * max_users (a file written under a larger limit), counted as capacity
  * evictions; *evicted (may be NULL) says how many. The eviction hook is

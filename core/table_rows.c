@@ -239,6 +239,11 @@ int hl_table_reserve(hl_table *tbl, size_t users)
     return hl_index_presize(&tbl->ix, users);
 }
 
+int hl_table_fit(hl_table *tbl)
+{
+    return hl_index_fit(&tbl->ix);
+}
+
 void hl_table_meta_get(const hl_table *tbl, hl_table_meta *meta)
 {
     *meta = (hl_table_meta){ .newest_ts_ms = tbl->newest_ts_ms,

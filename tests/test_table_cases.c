@@ -431,6 +431,36 @@ static void test_stats_bytes(void)
     hl_table_destroy(tbl);
 }
 
+/* A reserve for far more users than came, then hl_table_fit: the index
+ * shrinks to the users, every one is still found, and the table grows
+ * past the fitted size as before (a doubling from the small index). */
+static void test_fit_after_reserve(void)
+{
+    hl_table_opts o = small_opts(0, 0);
+    hl_table *tbl = hl_table_create(&o, NULL, 0);
+    char nm[32];
+    hl_table_stats big, fit;
+    CHECK(hl_table_reserve(tbl, 1000000) == 0);
+    for (int u = 0; u < 3000; u++) {
+        hl_event e = one(nm, u % N_ITEMS, u, u);
+        e.user_len = (uint32_t)snprintf(nm, sizeof nm, "user-%07d", u);
+        hl_table_apply(tbl, &e, 1, e_in, N_ITEMS, NULL);
+        if (u == 99) {
+            hl_table_stats_get(tbl, &big);
+            CHECK(hl_table_fit(tbl) == 0);
+            hl_table_stats_get(tbl, &fit);
+        }
+    }
+    CHECKF(big.bytes - fit.bytes > 8000000, "fit gave back %zu bytes of %zu",
+           big.bytes - fit.bytes, big.bytes);
+    int found = 0;
+    for (int u = 0; u < 3000; u++) {
+        int n = snprintf(nm, sizeof nm, "user-%07d", u);
+        found += hl_table_find(tbl, nm, (size_t)n) >= 0;
+    }
+    CHECKF(found == 3000, "%d of 3000 users found after the fit and the growth", found);
+    hl_table_destroy(tbl);
+}
 
 int main(void)
 {
@@ -448,5 +478,6 @@ int main(void)
     RUN(test_create_rejects);
     RUN(test_stats_bytes);
     RUN(test_evict_hook_and_remove);
+    RUN(test_fit_after_reserve);
     TEST_EXIT();
 }

@@ -644,7 +644,11 @@ static int read_range(restorer *rs, int32_t p, int64_t low, int64_t high,
 
 /* read_range from from to the high watermark. Into an empty table the
  * index is sized once for what the range can hold, so it never doubles
- * mid-read, and the rows' pages are faulted in beside the read. */
+ * mid-read, and the rows' pages are faulted in beside the read. On a
+ * topic not yet compacted the range holds many times the users (up to
+ * state.max.users' worth, 128 MiB of index at the default), so the index
+ * is fitted to the users read afterwards: it used to keep that size for
+ * good. */
 static int read_into(restorer *rs, int32_t p, const hl_changelog_base *base, int64_t from,
                      char *errbuf, size_t errlen)
 {
@@ -661,6 +665,8 @@ static int read_into(restorer *rs, int32_t p, const hl_changelog_base *base, int
     if (pf != NULL)
         hl_changelog_prefault_stop(pf);
     free(pf);
+    if (base == NULL)
+        hl_table_fit(rs->tbl);      /* a hint: on failure the index stays as it is */
     return rc;
 }
 

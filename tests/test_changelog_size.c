@@ -1,6 +1,6 @@
 /* test_changelog_size.c - what the changelog's sizes cost: the memory a
  * restore keeps for its table's index, and the record limit a flush
- * holds its rows to.
+ * holds its rows to (the state topic's max.message.bytes too).
  *
  * Over TCP to librdkafka's mock cluster (in this process, as
  * test_changelog.c runs it). A restore sizes an empty table's index once
@@ -83,10 +83,63 @@ static void test_restore_index_fits_users(void)
     env_stop(&e);
 }
 
+/* A state topic whose max.message.bytes is below the producer's
+ * message.max.bytes (kafka.message.max.bytes raised, as
+ * changelog_rows_may_not_fit advises, over a topic made before, or
+ * created with the broker's default). The broker refuses a record above
+ * the topic's limit, so a flush holding one failed at every interval, for
+ * good: the checkpoint never moved and each restart replayed more. The
+ * limit a broker describes lowers the record limit, and the row is left
+ * out as one above the producer's is (test_changelog.c,
+ * test_oversized_row_left_out). librdkafka's mock cluster neither
+ * answers DescribeConfigs nor enforces max.message.bytes, so the limit
+ * is handed in as a broker would describe it. */
+static void test_topic_limit_lowers_record_max(void)
+{
+    env e;
+    char err[512] = "";
+    if (env_start(&e) != 0) {
+        env_stop(&e);
+        return;
+    }
+    /* the mock does not tell: the producer's limit stays */
+    CHECKF(e.cl->record_max == HL_CHANGELOG_RECORD_MAX, "record_max %zu", e.cl->record_max);
+    CHECK(hl_changelog_topic_limit(e.cl, "5000000") == HL_CHANGELOG_RECORD_MAX);
+    CHECK(hl_changelog_topic_limit(e.cl, "12x") == HL_CHANGELOG_RECORD_MAX);
+    CHECK(hl_changelog_topic_limit(e.cl, "-1") == HL_CHANGELOG_RECORD_MAX);
+    CHECK(hl_changelog_topic_limit(e.cl, "1000") == 1000);
+    e.o.history = 64;           /* u2's 40 events make a row of 1 KB+ */
+    e.cl->history = 64;
+    e.cl->row_max = hl_snapshot_row_max(3, DIM, 64);
+    hl_table *a = table(&e), *b = table(&e);
+    hl_changelog_restored ra, rb;
+    CHECKF(hl_changelog_restore(e.cl, 0, a, NULL, &ra, err, sizeof err) == 0, "%s", err);
+    hl_changelog_shard *cs = hl_changelog_shard_create(e.cl, 0, a, &ra);
+    events(a, NULL, "u1", 0, 3);
+    events(a, NULL, "u2", 3, 43);
+    int rc = hl_changelog_flush_now(cs, a, 43, hl_now_mono_ms() + 10000);
+    hl_counter *big = hl_metrics_counter(e.reg, "halflife_changelog_oversized_rows_total",
+                                         "x", NULL);
+    CHECKF(rc == 0 && hl_changelog_durable(cs) == 43 && hl_counter_get(big) == 1,
+           "a row above the topic's limit: rc %d, durable %lld (want 43), oversized %llu "
+           "(want 1)", rc, (long long)hl_changelog_durable(cs),
+           (unsigned long long)hl_counter_get(big));
+    CHECKF(hl_changelog_restore(e.cl, 0, b, NULL, &rb, err, sizeof err) == 0, "%s", err);
+    CHECKF(rb.next_offset == 43 && has(b, "u1") && !has(b, "u2"),
+           "restored at %lld: u1 %d u2 %d (want 43 1 0)", (long long)rb.next_offset,
+           has(b, "u1"), has(b, "u2"));
+    hl_table_on_evict(a, NULL, NULL);
+    hl_changelog_shard_destroy(cs);
+    hl_table_destroy(a);
+    hl_table_destroy(b);
+    env_stop(&e);
+}
+
 int main(void)
 {
     hl_log_set_level(HL_LOG_ERROR);
     ct_init_e_in();
     RUN(test_restore_index_fits_users);
+    RUN(test_topic_limit_lowers_record_max);
     TEST_EXIT();
 }

@@ -325,7 +325,7 @@ static void row_too_large(hl_changelog_shard *cs, const hl_row_view *v, size_t r
     if (hl_log_limit_pass(&cs->big_limit, &sup))
         hl_log(HL_LOG_ERROR, "changelog_row_too_large", "partition=%d user=\"%s\" "
                "bytes=%zu limit=%zu reason=\"the user's row is above the producer's "
-               "message.max.bytes\" action=\"left out of the changelog: a restore holds "
+               "message.max.bytes or the state topic's max.message.bytes\" action=\"left out of the changelog: a restore holds "
                "its last row that fit; raise kafka.message.max.bytes and the state topic's "
                "max.message.bytes, or lower state.history\" suppressed=%llu",
                (int)cs->partition, hl_log_quote(user, sizeof user, v->user, v->user_len),

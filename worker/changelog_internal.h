@@ -86,8 +86,9 @@ struct hl_changelog {
                                              (shape_of) is what rows are written and
                                              read in, since a live swap may change it */
     size_t       row_max;
-    size_t       record_max;         /* the producer's message.max.bytes: a row
-                                        record above it is left out of flushes */
+    size_t       record_max;         /* the producer's message.max.bytes, or the
+                                        topic's max.message.bytes when lower: a
+                                        row record above it is left out of flushes */
     int          partitions;         /* of the input topic */
     rd_kafka_t  *rk;                 /* the restorer's consumer */
     changelog_metrics mx;
@@ -146,8 +147,17 @@ size_t      hl_changelog_ck_encode(unsigned char *buf, const hl_changelog_ck *ck
 int         hl_changelog_ck_decode(const unsigned char *p, size_t len, hl_changelog_ck *ck);
 void        hl_changelog_ck_key_init(hl_changelog *cl);
 
-/* changelog_topic.c: the checks and the creation of the topic. */
+/* changelog_topic.c: the checks and the creation of the topic (created
+ * with a max.message.bytes that holds record_max; an existing one's is
+ * read and applied with hl_changelog_topic_limit). */
 int  hl_changelog_topic_ready(hl_changelog *cl, char *errbuf, size_t errlen);
+/* The state topic's max.message.bytes, as a broker describes it (text),
+ * applied: below the producer's limit, record_max drops to it, so a row
+ * above it is left out of flushes (counted, told) instead of failing each
+ * one at the broker; told once with what to do. Anything else (larger,
+ * not a number) changes nothing. Returns record_max. Before the shards
+ * exist only (record_max is read unlocked). */
+size_t hl_changelog_topic_limit(hl_changelog *cl, const char *value);
 
 /* changelog_prefault.c: a helper thread that faults the row blocks of an
  * empty table in ahead of a restore's writes, staying within a bound of

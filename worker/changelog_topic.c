@@ -6,7 +6,8 @@
  * librdkafka's mock cluster (halflife broker, the embedded broker) answers
  * no CreateTopics: there the topic is made by the broker (its --topics, or
  * the embedded broker's own list) and a missing one is refused like on a
- * cluster that forbids creation. */
+ * cluster that forbids creation. Nor DescribeConfigs: there rows are held
+ * to the producer's limit alone (check_topic_max). */
 #include "changelog_internal.h"
 #include "snapshot.h"
 
@@ -50,8 +51,8 @@ static void register_metrics(hl_changelog *cl, hl_metrics *reg)
         "state.topic.", NULL);
     cl->mx.oversized = hl_metrics_counter(reg, "halflife_changelog_oversized_rows_total",
         "Rows left out of a changelog flush because their record would exceed the "
-        "producer's message.max.bytes (kafka.message.max.bytes); the user's newest "
-        "changes are not in the changelog.", NULL);
+        "producer's message.max.bytes (kafka.message.max.bytes) or the state topic's "
+        "max.message.bytes; the user's newest changes are not in the changelog.", NULL);
     cl->mx.flush_s = hl_metrics_histogram(reg, "halflife_changelog_flush_duration_seconds",
         "From a flush's cut to the delivery of its checkpoint.", NULL,
         hl_latency_bounds_s, hl_latency_bounds_n);
@@ -123,6 +124,10 @@ fail:
 
 /* ---- the topic ----------------------------------------------------------- */
 
+/* Kafka's default for a topic's max.message.bytes: 1 MiB and the 12 bytes
+ * of a batch's log overhead. */
+#define KAFKA_TOPIC_MAX_DEFAULT ((size_t)1048588)
+
 /* Partitions of topic in md, 0 when absent, a negative HL_E* when the
  * broker reported an error for it other than "unknown". */
 static int partitions_of(const rd_kafka_metadata_t *md, const char *topic)
@@ -137,14 +142,17 @@ static int partitions_of(const rd_kafka_metadata_t *md, const char *topic)
     return 0;
 }
 
+static size_t topic_max_wanted(const hl_changelog *cl);
+
 static int how_to_create(const hl_changelog *cl, const char *why, char *errbuf, size_t errlen)
 {
     return hl_err(errbuf, errlen, HL_EINVAL,
                   "state.store=kafka: changelog topic %s %s; create it with %d partitions "
                   "(the input topic's) and cleanup.policy=compact, e.g. kafka-topics.sh "
                   "--create --topic %s --partitions %d --config cleanup.policy=compact "
-                  "(halflife broker: --topics ...,%s), or set state.topic to one that exists",
-                  cl->topic, why, cl->partitions, cl->topic, cl->partitions, cl->topic);
+                  "--config max.message.bytes=%zu (halflife broker: --topics ...,%s), or set "
+                  "state.topic to one that exists", cl->topic, why, cl->partitions, cl->topic,
+                  cl->partitions, topic_max_wanted(cl), cl->topic);
 }
 
 /* ---- the topic ---------------------------------------------------------- */
@@ -165,6 +173,16 @@ static rd_kafka_event_t *admin_answer(const hl_changelog *cl, rd_kafka_queue_t *
     return ev;
 }
 
+/* The max.message.bytes a created topic gets: the producer's limit, so
+ * every row the flushes let through fits (the broker's default, 1 MiB,
+ * refused each flush that held a bigger one, for good, when
+ * kafka.message.max.bytes was raised as changelog_rows_may_not_fit
+ * advises); never below Kafka's own default. */
+static size_t topic_max_wanted(const hl_changelog *cl)
+{
+    return cl->record_max > KAFKA_TOPIC_MAX_DEFAULT ? cl->record_max : KAFKA_TOPIC_MAX_DEFAULT;
+}
+
 /* CreateTopics through the admin API, waiting up to the timeout. */
 static int create_topic(hl_changelog *cl, char *errbuf, size_t errlen)
 {
@@ -172,7 +190,10 @@ static int create_topic(hl_changelog *cl, char *errbuf, size_t errlen)
     rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(cl->topic, cl->partitions, -1, why, sizeof why);
     if (nt == NULL)
         return how_to_create(cl, why, errbuf, errlen);
+    char limit[32];
+    snprintf(limit, sizeof limit, "%zu", topic_max_wanted(cl));
     rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+    rd_kafka_NewTopic_set_config(nt, "max.message.bytes", limit);
     rd_kafka_queue_t *q = rd_kafka_queue_new(cl->rk);
     rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(cl->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_request_timeout(ao, cl->o.timeout_ms, why, sizeof why);
@@ -201,8 +222,104 @@ static int create_topic(hl_changelog *cl, char *errbuf, size_t errlen)
     if (rc != 0)
         return how_to_create(cl, reason, errbuf, errlen);
     hl_log(HL_LOG_INFO, "changelog_topic_created", "topic=%s partitions=%d "
-           "cleanup.policy=compact", cl->topic, cl->partitions);
+           "cleanup.policy=compact max.message.bytes=%s", cl->topic, cl->partitions, limit);
     return 0;
+}
+
+/* max.message.bytes of the one topic a DescribeConfigs answer ev
+ * describes, as text; NULL with why when it does not tell. */
+static const char *described_max(rd_kafka_event_t *ev, char *why, size_t whylen)
+{
+    const rd_kafka_DescribeConfigs_result_t *res = rd_kafka_event_DescribeConfigs_result(ev);
+    size_t n = 0, n_ce = 0;
+    const rd_kafka_ConfigResource_t **rs =
+        res ? rd_kafka_DescribeConfigs_result_resources(res, &n) : NULL;
+    const char *es = rd_kafka_event_error(ev) ? rd_kafka_event_error_string(ev)
+                   : n != 1 ? "no answer for the topic"
+                   : rd_kafka_ConfigResource_error(rs[0])
+                   ? rd_kafka_ConfigResource_error_string(rs[0]) : NULL;
+    if (es != NULL || n != 1) {
+        snprintf(why, whylen, "%s", es ? es : "refused");
+        return NULL;
+    }
+    const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(rs[0], &n_ce);
+    for (size_t i = 0; i < n_ce; i++)
+        if (strcmp(rd_kafka_ConfigEntry_name(ce[i]), "max.message.bytes") == 0 &&
+            rd_kafka_ConfigEntry_value(ce[i]) != NULL)
+            return rd_kafka_ConfigEntry_value(ce[i]);
+    snprintf(why, whylen, "max.message.bytes is not among the topic's configs");
+    return NULL;
+}
+
+/* Whether the cluster names a controller among its brokers: the admin
+ * API sends DescribeConfigs there and, without one, waits out its whole
+ * timeout (librdkafka's mock cluster names broker 0, which it never has;
+ * a start waited 11 s for nothing). */
+static int controller_known(rd_kafka_t *rk, const rd_kafka_metadata_t *md)
+{
+    int32_t id = rd_kafka_controllerid(rk, 0);
+    for (int i = 0; id >= 0 && i < md->broker_cnt; i++)
+        if (md->brokers[i].id == id)
+            return 1;
+    return 0;
+}
+
+static void limit_unknown(const hl_changelog *cl, const char *why)
+{
+    char q[600];
+    hl_log(HL_LOG_INFO, "changelog_topic_limit_unknown", "topic=%s err=\"%s\" "
+           "consequence=\"rows are held to the producer's message.max.bytes (%zu); the "
+           "topic's max.message.bytes must be as high\"", cl->topic,
+           hl_log_quote(q, sizeof q, why, strlen(why)), cl->record_max);
+}
+
+/* The existing topic's max.message.bytes (DescribeConfigs) applied to
+ * record_max. A broker that does not tell (librdkafka's mock cluster has
+ * no DescribeConfigs and no controller; an ACL may forbid it) leaves the
+ * producer's limit, said once. */
+static void check_topic_max(hl_changelog *cl, int has_controller)
+{
+    char why[512] = "no answer";
+    if (!has_controller) {
+        limit_unknown(cl, "the cluster names no controller to ask");
+        return;
+    }
+    rd_kafka_ConfigResource_t *cr = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC,
+                                                                cl->topic);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(cl->rk);
+    rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(cl->rk,
+                                                            RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+    rd_kafka_AdminOptions_set_request_timeout(ao, cl->o.timeout_ms, why, sizeof why);
+    rd_kafka_DescribeConfigs(cl->rk, &cr, 1, ao, q);
+    rd_kafka_event_t *ev = admin_answer(cl, q, cl->o.timeout_ms + 1000);
+    snprintf(why, sizeof why, "%s", stopping(cl) ? "stopped while waiting" : "no answer");
+    const char *v = ev != NULL ? described_max(ev, why, sizeof why) : NULL;
+    if (v != NULL)
+        hl_changelog_topic_limit(cl, v);
+    else
+        limit_unknown(cl, why);
+    if (ev != NULL)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(ao);
+    rd_kafka_ConfigResource_destroy(cr);
+    rd_kafka_queue_destroy(q);
+}
+
+size_t hl_changelog_topic_limit(hl_changelog *cl, const char *value)
+{
+    char *end;
+    long long m = strtoll(value, &end, 10);
+    if (end == value || *end != '\0' || m <= 0 || (unsigned long long)m >= cl->record_max)
+        return cl->record_max;
+    hl_log(HL_LOG_WARN, "changelog_topic_limit_low", "topic=%s max.message.bytes=%lld "
+           "producer_limit=%zu reason=\"the broker refuses a record above the topic's "
+           "max.message.bytes: a flush holding one failed at every interval\" action=\"rows "
+           "above %lld are left out of the changelog (halflife_changelog_oversized_rows_total); "
+           "raise the topic's max.message.bytes to %zu, e.g. kafka-configs.sh --alter "
+           "--entity-type topics --entity-name %s --add-config max.message.bytes=%zu\"",
+           cl->topic, m, cl->record_max, m, cl->record_max, cl->topic, cl->record_max);
+    cl->record_max = (size_t)m;
+    return cl->record_max;
 }
 
 int hl_changelog_topic_ready(hl_changelog *cl, char *errbuf, size_t errlen)
@@ -217,6 +334,7 @@ int hl_changelog_topic_ready(hl_changelog *cl, char *errbuf, size_t errlen)
         return hl_err(errbuf, errlen, HL_EIO, "state.store=kafka: cannot read the topics "
                       "of %s: %s", cl->o.bootstrap, rd_kafka_err2str(err));
     int in = partitions_of(md, cl->input_topic), st = partitions_of(md, cl->topic);
+    int has_controller = controller_known(cl->rk, md);
     rd_kafka_metadata_destroy(md);
     if (in <= 0)
         return hl_err(errbuf, errlen, HL_EINVAL, "state.store=kafka: input topic %s not "
@@ -233,6 +351,7 @@ int hl_changelog_topic_ready(hl_changelog *cl, char *errbuf, size_t errlen)
         snprintf(why, sizeof why, "has %d partitions, the input %d", st, in);
         return how_to_create(cl, why, errbuf, errlen);
     }
+    check_topic_max(cl, has_controller);
     return 0;
 }
 

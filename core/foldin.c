@@ -559,7 +559,10 @@ void hl_foldin_baseline_add(hl_foldin *f, const float *q, float w, int64_t ts_ms
 static int32_t due_of(const hl_foldin *f, const item *it)
 {
     int32_t n = it->count;
-    if (n < f->o.min_events || (it->published > 0 && n < 2 * (int64_t)it->published))
+    /* a count at its cap (hl_foldin_add_due) stands for 2^31, so the
+     * doubling from 2^30 still comes, once */
+    int64_t seen = (int64_t)n + (n == INT32_MAX);
+    if (n < f->o.min_events || (it->published > 0 && seen < 2 * (int64_t)it->published))
         return 0;
     return n;
 }
@@ -593,7 +596,9 @@ int hl_foldin_add_due(hl_foldin *f, const char *id, uint32_t len, uint32_t h, co
     if (f->G != NULL && !f->o.lift_all)     /* w and q were checked above */
         baseline_add(f, q, w, ts_ms);
     it->touched = ++f->clock;
-    int now_ready = ++it->count == f->o.min_events;
+    /* an int32 in the one-line head: 2^31 events on one item would
+     * overflow it (undefined); it stops at the cap instead */
+    int now_ready = it->count < INT32_MAX && ++it->count == f->o.min_events;
     f->ready += now_ready;
     *due = due_of(f, it);
     return now_ready;

@@ -3,10 +3,13 @@
  * depend on arrival order, an item is ready after min_events, memory stays
  * within max_items (least recently touched go, counted), and an item bought
  * by users of one interest cluster ranks high for other users of that
- * cluster and low for the rest. */
+ * cluster and low for the rest, and an item's interaction count stops at
+ * INT32_MAX instead of overflowing. */
 #define T_SUITE "foldin"
 #include "test.h"
-#include "foldin.h"
+/* The file itself, to reach a record's counters (test_count_saturates);
+ * the library's copy is then never pulled in, as in test_train.c. */
+#include "foldin.c"
 
 #include <stdint.h>
 
@@ -741,6 +744,47 @@ static void test_dense_adds_keep_decaying(void)
     hl_foldin_destroy(b);
 }
 
+/* An item's interaction count is an int32 in its 64-byte head: 2^31
+ * events on one item in one worker took ++count past INT32_MAX (undefined;
+ * in practice INT32_MIN, and the item left the ready set for good: its
+ * sums answered HL_ENOENT, it was never due again and the ready gauge
+ * lost it). The count stops at INT32_MAX; the sums keep taking events. */
+static void test_count_saturates(void)
+{
+    float q[D] = {1, 0.5f}, S[D];
+    double M0 = 0, M1 = 0;
+    float W0[D * D] = {0};
+    char err[256];
+    static model m;
+    for (int d = 0; d < D; d++) W0[d * D + d] = 1.0f;
+    model_init(&m, 16, W0);
+    hl_foldin_opts o = {.dim = D, .max_items = 8, .min_events = 2, .half_life_ms = 1e12,
+                        .neighbours = -1};
+    hl_foldin *f = hl_foldin_create(&o, m.e_in, m.e_out, m.bias, m.n, err, sizeof err);
+    CHECKF(f != NULL, "%s", err);
+    if (f == NULL) return;
+    hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+    hl_foldin_add(f, "x", 1, q, 1.0f, 0);
+    hl_foldin_mark(f, "x", 1, 1 << 30);
+    at(f, find(f, "x", 1))->count = INT32_MAX - 1;     /* 2^31 - 2 events so far */
+    CHECK(hl_foldin_sums(f, "x", 1, S, &M0) == 0);
+    int32_t due[3];
+    for (int i = 0; i < 3; i++)
+        CHECK(hl_foldin_add_due(f, "x", 1, hl_foldin_hash("x", 1), q, 1.0f, 0, &due[i]) == 0);
+    hl_foldin_stats st;
+    hl_foldin_stats_get(f, &st);
+    int32_t n = at(f, find(f, "x", 1))->count;
+    CHECKF(n == INT32_MAX, "count %d after 2^31 + 1 events", (int)n);
+    CHECKF(due[0] == INT32_MAX && due[2] == INT32_MAX, "due %d, %d (published at 2^30)",
+           (int)due[0], (int)due[2]);
+    CHECKF(hl_foldin_sums(f, "x", 1, S, &M1) == 0 && M1 == M0 + 3, "sums: M %g, was %g",
+           M1, M0);
+    CHECKF(st.ready == 1, "%d ready", (int)st.ready);
+    hl_foldin_mark(f, "x", 1, n);
+    CHECK(hl_foldin_due(f, "x", 1) == 0);       /* published at the cap: not again */
+    hl_foldin_destroy(f);
+}
+
 int main(void)
 {
     RUN(test_map_recovers_linear_relation);
@@ -758,5 +802,6 @@ int main(void)
     RUN(test_zero_weight_is_no_interaction);
     RUN(test_extreme_weight_is_refused);
     RUN(test_dense_adds_keep_decaying);
+    RUN(test_count_saturates);
     TEST_EXIT();
 }

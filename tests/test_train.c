@@ -31,11 +31,16 @@ typedef struct synth {
     hl_train_data d;
 } synth;
 
+/* The events' spacing (each jittered by up to a second, less when the
+ * spacing is shorter, so they stay in time order). */
+static int64_t g_step_ms = HOUR_MS;
+
 /* n_users users of len events; the next item is (item + 7) mod n_items (one
  * cycle through every item, so a target is never a seen item), the first
  * one random. Types cycle so type weights matter. */
 static void synth_rule(synth *s, int n_users, int len, int n_items, uint64_t seed)
 {
+    uint64_t jitter = g_step_ms < 1000 ? (uint64_t)g_step_ms : 1000;
     rng r = {seed};
     s->n = 0;
     for (int u = 0; u < n_users; u++) {
@@ -44,7 +49,7 @@ static void synth_rule(synth *s, int n_users, int len, int n_items, uint64_t see
             s->user[s->n] = u;
             s->item[s->n] = it;
             s->type[s->n] = (uint8_t)(k % 3 == 2 ? HL_PURCHASE : HL_VIEW);
-            s->ts[s->n] = k * HOUR_MS + (int64_t)(rng_next(&r) % 1000);
+            s->ts[s->n] = k * g_step_ms + (int64_t)(rng_next(&r) % jitter);
             s->weight[s->n] = 1.0f + 0.25f * (float)(k % 2);
             s->n++;
             it = (it + 7) % n_items;
@@ -186,6 +191,76 @@ static void test_grad_decay_rates(void)
     }
     CHECKF(bad == 0, "%d of %d decay-rate gradients disagree with finite differences",
            bad, o.n_heads);
+    trainer_free(&t);
+}
+
+/* Head h's features (mean, log1p of the mass) of row r's history under
+ * rate lambda, in double, from the definition: each event weighs
+ * w exp(-lambda (B_h - t)), B_h the head's base at the newest event's
+ * time under the trainer's grid (decay.h), as the stored heads do. */
+static void features_at(const trainer *t, int64_t first, int64_t last, int h, double lambda,
+                        double *x)
+{
+    int dim = t->p.dim;
+    int64_t base = hl_decay_base_ms(&t->dec, h, t->sq.ts_ms[last]);
+    double m = 0;
+    memset(x, 0, sizeof *x * (size_t)(dim + 1));
+    for (int64_t i = first; i <= last; i++) {
+        double u = t->sq.w[i] * exp(-lambda * (double)(base - t->sq.ts_ms[i]));
+        m += u;
+        for (int j = 0; j < dim; j++) x[j] += u * t->p.e_in[(size_t)t->sq.item[i] * dim + j];
+    }
+    for (int j = 0; j < dim; j++) x[j] /= fmax(m, HL_ENCODER_EPS);
+    x[dim] = log1p(m);
+}
+
+/* The gradient through the decay rates where events are closer than a
+ * head's base grid (a session of clicks 300 ms apart; grids 1 s and
+ * 16 s): decay_grad against the features' derivative in d log lambda,
+ * taken by central differences of the double definition, for a random
+ * dX. Before, decay_grad took each event's age from t_ref while the
+ * features read the heads at their bases, so the mass feature's part was
+ * off by lambda (t_ref - B_h) m / (1 + m): small beside an age of hours,
+ * but the whole gradient, even of the wrong sign, within a session. */
+static void test_grad_decay_rates_dense(void)
+{
+    hl_train_opts o;
+    synth s;
+    trainer t;
+    char err[256];
+    tiny_opts(&o);
+    o.learn_half_lives = 1;
+    g_step_ms = 300;
+    synth_rule(&s, 4, 9, 11, 5);
+    g_step_ms = HOUR_MS;
+    int rc = trainer_init(&t, &o, &s.d, err, sizeof err);
+    CHECKF(rc == 0, "trainer_init: %s", err);
+    if (rc) { trainer_free(&t); return; }
+    enum { B = 6 };
+    int64_t idx[B] = {0, 3, 7, 12, 20, 25};
+    int in = t.p.in_dim, dim = t.p.dim;         /* tiny_opts: 4, within xp's 16 */
+    float *dX = malloc(sizeof *dX * (size_t)B * in);
+    double xp[16], xm[16], want[HL_MAX_HEADS] = {0};
+    rng r = {7};
+    for (int i = 0; i < B * in; i++) dX[i] = 2.0f * (float)rng_unit(&r) - 1.0f;
+    batch_inputs(&t, idx, B, 0);
+    memset(t.th_g, 0, sizeof t.th_g);
+    decay_grad(&t, B, dX);
+    for (int k = 0; k < B; k++) {
+        int64_t last = t.ex_last[idx[k]], first = t.sq.off[t.ex_user[idx[k]]];
+        if (last - first + 1 > t.H) first = last - t.H + 1;
+        for (int h = 0; h < o.n_heads; h++) {
+            double l = t.dec.lambda_per_ms[h], e = 1e-4;
+            features_at(&t, first, last, h, l * exp(e), xp);
+            features_at(&t, first, last, h, l * exp(-e), xm);
+            for (int j = 0; j <= dim; j++)
+                want[h] += dX[(size_t)k * in + h * (dim + 1) + j] * (xp[j] - xm[j]) / (2 * e);
+        }
+    }
+    for (int h = 0; h < o.n_heads; h++)
+        CHECKF(fabs(t.th_g[h] - want[h]) <= 1e-2 * fabs(want[h]) + 1e-9,
+               "head %d: d/d log lambda %.6g, the definition's %.6g", h, t.th_g[h], want[h]);
+    free(dX);
     trainer_free(&t);
 }
 
@@ -599,6 +674,7 @@ int main(void)
     RUN(test_grad_sampled_softmax);
     RUN(test_grad_tied_no_hidden);
     RUN(test_grad_decay_rates);
+    RUN(test_grad_decay_rates_dense);
     RUN(test_half_lives_are_learned);
     RUN(test_same_seed_same_bytes);
     RUN(test_sequence_rule_is_learned);

@@ -10,8 +10,8 @@
  *
  * Backward: through the MLP into the encoder input, then into e_in: the
  * mean part of head h is sum_i c_ih e_in[item_i] with
- * c_ih = w_i exp(-lambda_h (t_ref - t_i)) / max(m_h, eps), so
- * d e_in[item_i] += c_ih d x_h. The mass feature log(1 + m_h) has no
+ * c_ih = w_i exp(-lambda_h (B_h - t_i)) / max(m_h, eps), B_h the head's
+ * base (decay.h), so d e_in[item_i] += c_ih d x_h. The mass feature log(1 + m_h) has no
  * parameters. AdamW updates every parameter densely after each batch.
  *
  * Determinism: one seeded generator drives the initialisation, the
@@ -61,7 +61,8 @@ typedef struct trainer {
     int32_t  *train_len;            /* events per user used for training */
     /* learn_half_lives: theta_h = log lambda_h (per ms), its gradient, Adam
      * moments and the best epoch's; x before dropout and each history
-     * event's age (t_ref - t_i, ms), for the gradient through lambda */
+     * event's age per head (B_h - t_i, ms: hist_ages), for the gradient
+     * through lambda */
     float     th[HL_MAX_HEADS], th_g[HL_MAX_HEADS], th_m[HL_MAX_HEADS],
               th_v[HL_MAX_HEADS], th_best[HL_MAX_HEADS];
     float    *x_raw, *hist_age;
@@ -244,7 +245,7 @@ static int alloc_scratch(trainer *t)
     ALLOC(t->target, B);
     if (t->o->learn_half_lives) {
         ALLOC(t->x_raw, (size_t)B * n->in_dim);
-        ALLOC(t->hist_age, (size_t)B * t->H);
+        ALLOC(t->hist_age, (size_t)B * t->H * n->n_heads);
     }
     if (t->sampled) {
         ALLOC(t->cand, t->n_cols);
@@ -341,6 +342,25 @@ static int trainer_init(trainer *t, const hl_train_opts *o, const hl_train_data 
 
 /* ---- one batch ---------------------------------------------------------------------------- */
 
+/* age (H, n_heads): each history event's age B_h - t_i in each head, from
+ * the head's base B_h (decay.h), where the stored heads the features read
+ * sit: from t_ref, the mass feature's gradient was off by
+ * lambda (t_ref - B_h) m / (1 + m), the whole of it within a session of
+ * events closer than the grid. B_h - t_i is below 0 for an event after
+ * the base. */
+static void hist_ages(const trainer *t, int64_t first, int64_t last, float *age)
+{
+    int nh = t->dec.n_heads;
+    int64_t t_ref = t->sq.ts_ms[first];
+    for (int64_t i = first + 1; i <= last; i++)
+        t_ref = t->sq.ts_ms[i] > t_ref ? t->sq.ts_ms[i] : t_ref;
+    for (int h = 0; h < nh; h++) {
+        int64_t base = hl_decay_base_ms(&t->dec, h, t_ref);
+        for (int64_t i = first; i <= last; i++)
+            age[(i - first) * nh + h] = (float)((double)base - (double)t->sq.ts_ms[i]);
+    }
+}
+
 static void batch_inputs(trainer *t, const int64_t *idx, int B, int train)
 {
     const net *n = &t->p;
@@ -359,9 +379,7 @@ static void batch_inputs(trainer *t, const int64_t *idx, int B, int train)
         if (t->x_raw) {
             memcpy(t->x_raw + (size_t)r * n->in_dim, t->x + (size_t)r * n->in_dim,
                    (size_t)n->in_dim * sizeof(float));
-            for (int64_t i = first; i <= last; i++)
-                t->hist_age[(size_t)r * t->H + (i - first)] =
-                    (float)(t->sq.ts_ms[last] - t->sq.ts_ms[i]);
+            hist_ages(t, first, last, t->hist_age + (size_t)r * t->H * n->n_heads);
         }
     }
     size_t nx = (size_t)B * n->in_dim;
@@ -431,7 +449,8 @@ static double output_sampled(trainer *t, const float *q, int B)
 }
 
 /* The gradient through each head's decay rate, into th_g (d/d log lambda).
- * With a_i = t_ref - t_i, u_i = w_i exp(-lambda a_i), m = sum u_i and
+ * With a_i = B - t_i (B the head's base, decay.h: the features read the
+ * heads stored there), u_i = w_i exp(-lambda a_i), m = sum u_i and
  * c_i = u_i / max(m, eps) (hist_coef), the head's mean part x = sum c_i e_i
  * moves as dx/dlambda = -sum c_i a_i (e_i - x) while m >= eps (the
  * normalisation) and -sum c_i a_i e_i below it; its mass feature
@@ -443,7 +462,7 @@ static void decay_grad(trainer *t, int B, const float *dX)
     int dim = n->dim, nh = n->n_heads;
     for (int r = 0; r < B; r++) {
         const float *dx = dX + (size_t)r * n->in_dim, *x = t->x_raw + (size_t)r * n->in_dim;
-        const float *age = t->hist_age + (size_t)r * t->H;
+        const float *age = t->hist_age + (size_t)r * t->H * nh;
         for (int h = 0; h < nh; h++) {
             const float *dxh = dx + (size_t)h * (dim + 1), *xh = x + (size_t)h * (dim + 1);
             float m = expm1f(xh[dim]);                  /* the mass feature's inverse */
@@ -452,7 +471,8 @@ static void decay_grad(trainer *t, int B, const float *dX)
             for (int j = 0; normed && j < dim; j++) dxx += (double)dxh[j] * xh[j];
             for (int i = 0; i < t->hist_n[r]; i++) {
                 const float *e = n->e_in + (size_t)t->hist_item[(size_t)r * t->H + i] * dim;
-                double ca = (double)t->hist_coef[((size_t)r * t->H + i) * nh + h] * age[i];
+                double ca = (double)t->hist_coef[((size_t)r * t->H + i) * nh + h] *
+                            age[(size_t)i * nh + h];
                 double de = 0;
                 if (ca == 0) continue;
                 for (int j = 0; j < dim; j++) de += (double)dxh[j] * e[j];

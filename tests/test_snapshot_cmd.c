@@ -311,6 +311,68 @@ static void test_dump_non_finite_and_bad_utf8(void)
     hl_table_destroy(a);
 }
 
+/* The n floats of the JSON array after key in text, into x; their count. */
+static int json_floats(const char *text, const char *key, double *x, int n)
+{
+    const char *p = text ? strstr(text, key) : NULL;
+    int k = 0;
+    if (p == NULL) return 0;
+    p += strlen(key);
+    while (k < n) {
+        char *end;
+        x[k] = strtod(p, &end);
+        if (end == p) break;
+        k++;
+        p = *end == ',' ? end + 1 : end;
+    }
+    return k;
+}
+
+/* dump's masses: the heads are stored at their bases (decay.h), up to
+ * 2^-12 above their masses at t_ref, and "m" printed those bytes alone,
+ * which a reader took for the masses at t_ref_ms. m_at_t_ref is the sum
+ * of the decayed event weights at t_ref (in double), and "m" the stored
+ * masses as they were. Three events in the 30-day head's first cell, t_ref
+ * near its end: the base is 524 s before t_ref. */
+static void test_dump_masses_at_t_ref(void)
+{
+    hl_table_opts o = opts();
+    hl_table *a = hl_table_create(&o, NULL, 0);
+    hl_snapshot_meta meta = meta_at("ev", 2, 10);
+    hl_snapshot_result r;
+    char err[512], out[700], *text;
+    size_t n;
+    const int64_t t0 = (int64_t)1 << 32, dt[3] = {0, 200000, 524000};
+    const float w[3] = {1.0f, 2.5f, 4.0f};
+    double want[N_HEADS] = {0}, got[N_HEADS] = {0}, stored[N_HEADS] = {0};
+    fresh_dir();
+    for (int i = 0; i < 3 && a != NULL; i++) {
+        hl_event ev = {.user = "u", .user_len = 1, .item = i, .type = HL_VIEW, .w = w[i],
+                       .ts_ms = t0 + dt[i], .offset = i};
+        hl_table_apply(a, &ev, 1, e_in, N_ITEMS, NULL);
+        for (int h = 0; h < N_HEADS; h++)
+            want[h] += w[i] * exp(-o.decay.lambda_per_ms[h] * (double)(dt[2] - dt[i]));
+    }
+    CHECK(a != NULL && hl_snapshot_write(NULL, dir, &meta, a, 2, &r, err, sizeof err) == 0);
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    CHECK(run_cmd(out, "dump", r.path, NULL) == 0);
+    text = (char *)slurp(out, &n);
+    if (text) text[n] = 0;
+    CHECKF(json_floats(text, "\"m_at_t_ref\":[", got, N_HEADS) == N_HEADS &&
+           json_floats(text, "\"m\":[", stored, N_HEADS) == N_HEADS, "%s",
+           text ? text : "(none)");
+    for (int h = 0; text && h < N_HEADS; h++) {
+        int64_t base = hl_decay_base_ms(&o.decay, h, t0 + dt[2]);
+        double up = exp(o.decay.lambda_per_ms[h] * (double)(t0 + dt[2] - base));
+        CHECKF(fabs(got[h] / want[h] - 1) < 1e-6, "head %d: m_at_t_ref %.9g, want %.9g",
+               h, got[h], want[h]);
+        CHECKF(fabs(stored[h] / (want[h] * up) - 1) < 1e-6, "head %d: m %.9g, stored %.9g",
+               h, stored[h], want[h] * up);
+    }
+    free(text);
+    hl_table_destroy(a);
+}
+
 int main(void)
 {
     make_events(SNAP_SEED, 20);
@@ -318,6 +380,7 @@ int main(void)
     RUN(test_inspect_and_dump_command);
     RUN(test_help_names_every_field);
     RUN(test_dump_non_finite_and_bad_utf8);
+    RUN(test_dump_masses_at_t_ref);
     remove_dir();
     TEST_EXIT();
 }

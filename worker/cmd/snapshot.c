@@ -37,9 +37,12 @@ static void usage(FILE *f)
         "         without users), newest_ts_ms, active_seq, sweep_cursor, crc32c\n"
         "         (as stored) and crc_ok.\n"
         "dump     prints one JSON line per user in file order: user, row,\n"
-        "         t_ref_ms, last_offset, active_seq, m (masses), s_hash (FNV-1a of\n"
-        "         the head vectors' bytes; --values prints s itself) and hist,\n"
-        "         the history as [item, type, ts_ms] oldest first.\n\n"
+        "         t_ref_ms, last_offset, active_seq, m (the masses as stored: each\n"
+        "         head at its base time, t_ref_ms rounded down to the head's grid,\n"
+        "         up to 2^-12 above), m_at_t_ref (the masses at t_ref_ms), s_hash\n"
+        "         (FNV-1a of the head vectors' bytes, stored at the bases too;\n"
+        "         --values prints s itself) and hist, the history as\n"
+        "         [item, type, ts_ms] oldest first.\n\n"
         "Floats that are not finite print as null, bytes that are not valid\n"
         "UTF-8 as U+FFFD, so both always print valid JSON.\n\n"
         "A damaged file (truncated, bit flips, wrong version) is reported on\n"
@@ -108,6 +111,20 @@ static void print_floats(FILE *f, const float *x, size_t n)
         hl_cmd_json_num(f, i ? "," : "", 9, (double)x[i]);
 }
 
+/* The row's masses decayed from the heads' bases to t_ref (what "m", the
+ * stored bytes, is up to 2^-12 above: decay.h); nulls if the file's
+ * half-lives make no decay, which the reader has refused already. */
+static void print_masses_at_t_ref(FILE *f, const hl_snapshot_info *in, const hl_row_view *v)
+{
+    hl_decay d;
+    float g[HL_MAX_HEADS];
+    int ok = hl_decay_init(&d, in->n_heads, in->dim, in->half_life_ms, NULL, 0) == 0;
+    if (ok)
+        hl_decay_to(&d, v->t_ref_ms, v->t_ref_ms, g);
+    for (int h = 0; h < in->n_heads; h++)
+        hl_cmd_json_num(f, h ? "," : "", 9, ok ? (double)v->m[h] * g[h] : NAN);
+}
+
 static int dump_row(void *arg, const hl_snapshot_info *in, uint32_t row,
                     const hl_row_view *v)
 {
@@ -121,6 +138,8 @@ static int dump_row(void *arg, const hl_snapshot_info *in, uint32_t row,
             row, (long long)v->t_ref_ms, (long long)v->last_offset,
             (unsigned long long)v->active_seq);
     print_floats(f, v->m, (size_t)in->n_heads);
+    fprintf(f, "],\"m_at_t_ref\":[");
+    print_masses_at_t_ref(f, in, v);
     if (values) {
         fprintf(f, "],\"s\":[");
         print_floats(f, v->s, n_s);

@@ -191,8 +191,9 @@ hl_ranker *hl_ranker_create_parts(const hl_model_parts *p,
     r->n_items = p->info.n_items;
     r->dim = p->info.dim;
     r->n_heads = p->info.n_heads;
-    for (int h = 0; h < r->n_heads; h++)
-        r->lambda_per_ms[h] = (float)(log(2.0) / p->info.half_life_ms[h]);
+    if (hl_decay_init(&r->decay, r->n_heads, r->dim, p->info.half_life_ms, errbuf,
+                      errlen) != 0)
+        goto fail;
     memcpy(r->type_weight, o->type_weight ? o->type_weight : p->info.type_weight,
            sizeof r->type_weight);
     r->k = o->k;
@@ -309,11 +310,21 @@ static float entry_weight(const hl_ranker *r, const hl_row_view *v, int slot)
 int hl_rank_history_weights(const hl_ranker *r, const hl_row_view *v,
                             int32_t *item, float *a)
 {
-    float inv_m[HL_MAX_HEADS];
+    float inv_m[HL_MAX_HEADS], lambda[HL_MAX_HEADS];
     int n = 0;
 
-    for (int h = 0; h < r->n_heads; h++)
-        inv_m[h] = 1.0f / fmaxf(v->m[h], HL_ENCODER_EPS);
+    /* Event e weighs exp(-lambda_h (B_h - t_e)) in head h, B_h its base,
+     * where m sits (decay.h): exp(-lambda_h (t_ref - t_e)) times the
+     * head's lag g_h = exp(lambda_h (t_ref - B_h)), one exp per head here,
+     * so each head's shares sum to 1 (from t_ref alone they fell short by
+     * up to 2^-12, the slow heads most) at the cost they had. */
+    for (int h = 0; h < r->n_heads; h++) {
+        int64_t base = hl_decay_base_ms(&r->decay, h, v->t_ref_ms);
+        double g = base == v->t_ref_ms ? 1.0     /* a grid of 1: lambda may be inf */
+                 : exp(r->decay.lambda_per_ms[h] * ((double)v->t_ref_ms - (double)base));
+        inv_m[h] = (float)g / fmaxf(v->m[h], HL_ENCODER_EPS);
+        lambda[h] = (float)r->decay.lambda_per_ms[h];
+    }
     for (int i = v->n_hist - 1; i >= 0; i--) {
         int slot = hl_row_hist_index(v, i);
         int32_t it = v->hist_item[slot];
@@ -321,7 +332,7 @@ int hl_rank_history_weights(const hl_ranker *r, const hl_row_view *v,
             continue;
         float dt = (float)hl_decay_age_ms(v->t_ref_ms, v->hist_ts_ms[slot]), share = 0.0f;
         for (int h = 0; h < r->n_heads; h++)
-            share += (dt > 0.0f ? expf(-r->lambda_per_ms[h] * dt) : 1.0f) * inv_m[h];
+            share += (dt > 0.0f ? expf(-lambda[h] * dt) : 1.0f) * inv_m[h];
         item[n] = it;
         a[n++] = share * entry_weight(r, v, slot);
     }

@@ -39,7 +39,8 @@ struct hl_ranker {
     const float   *e_in, *e_out, *bias;     /* (n_items, dim), (n_items) */
     int32_t        n_items;
     int            dim, n_heads;
-    float          lambda_per_ms[HL_MAX_HEADS];
+    hl_decay       decay;      /* the model's heads: because's shares weigh the
+                                  ring's events as the stored heads hold them */
     float          type_weight[HL_N_TYPES];  /* applied, by type: hl_rank_opts's */
     int            k, exclude_seen, max_batch, block;
     int            seen_window; /* hl_rank_opts.seen_window: 0 = the whole ring */

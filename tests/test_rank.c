@@ -7,6 +7,7 @@
 #define RNG_SEED 0x9E3779B97F4A7C15ull
 #include "rank_util.h"
 #include "encoder.h"
+#include "rank_internal.h"     /* hl_rank_history_weights */
 
 #include <stdint.h>
 #include <unistd.h>
@@ -594,6 +595,51 @@ static void test_bad_arguments(void)
     tmodel_free(&t);
 }
 
+/* because's shares against the definition: event e's share of head h is
+ * w_e f_he / m_h, f_he its weight in the stored heads, which sit at the
+ * heads' bases B_h (decay.h), as m_h does; the shares of a head whose
+ * events are all in the ring sum to 1. They weighed from t_ref (f =
+ * exp(-lambda (t_ref - t))) over the mass at B_h: each head's sum fell
+ * short by up to 2^-12, more for the slower heads, whose bases lag more.
+ * Heads built by hl_decay_add, t_ref 65 s into the slowest head's cell;
+ * the shares in double from the event times. */
+static void test_because_shares_match_the_heads(void)
+{
+    tmodel t;
+    tmodel_init(&t, 8, 4, 3, 0, 0);
+    hl_decay d;
+    char err[256];
+    CHECK(hl_decay_init(&d, 3, 4, t.p.info.half_life_ms, err, sizeof err) == 0);
+    const int64_t t_ref = ((int64_t)1 << 32) + 65000, age[4] = {60000, 30000, 10000, 0};
+    float s[3 * 4] = {0}, m[3] = {0}, w[4] = {1, 3, 2, 5}, a[4];
+    int32_t item[4] = {0, 1, 2, 3}, got_item[4];
+    uint8_t type[4] = {0};
+    int64_t ts[4], tr = INT64_MIN;
+    for (int i = 0; i < 4; i++) {
+        ts[i] = t_ref - age[i];
+        hl_decay_add(&d, s, m, &tr, ts[i], w[i], t.e_in + (size_t)item[i] * 4);
+    }
+    hl_row_view v = {.user = "u", .user_len = 1, .s = s, .m = m, .t_ref_ms = tr,
+                     .history = 4, .n_hist = 4, .hist_item = item, .hist_type = type,
+                     .hist_ts_ms = ts, .hist_w = w};
+    hl_ranker *r = make_ranker(&t, 4, 0, 1, 0);
+    int n = r != NULL ? hl_rank_history_weights(r, &v, got_item, a) : 0;
+    CHECK(n == 4);
+    for (int e = 0; e < n; e++) {           /* newest first */
+        int i = 3 - e;
+        double want = 0;
+        for (int h = 0; h < 3; h++) {
+            double base = (double)hl_decay_base_ms(&d, h, t_ref), mh = 0;
+            for (int k = 0; k < 4; k++) mh += w[k] * exp(-d.lambda_per_ms[h] * (base - ts[k]));
+            want += w[i] * exp(-d.lambda_per_ms[h] * (base - ts[i])) / mh;
+        }
+        CHECKF(got_item[e] == item[i] && fabs(a[e] / want - 1) < 1e-5,
+               "event %d: share %.9g, want %.9g", i, a[e], want);
+    }
+    hl_ranker_destroy(r);
+    tmodel_free(&t);
+}
+
 int main(void)
 {
     RUN(test_random_models_match_naive);
@@ -602,6 +648,7 @@ int main(void)
     RUN(test_because_by_hand);
     RUN(test_because_weighs_each_event);
     RUN(test_because_unknown_weight_is_the_served_types);
+    RUN(test_because_shares_match_the_heads);
     RUN(test_refresh_is_repeatable);
     RUN(test_same_list_alone_and_in_batch);
     RUN(test_model_file_matches_parts);

@@ -13,21 +13,32 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* lambda_h (t_ref - B_h): the log of how far head h's stored floats, at
+ * its base B_h (decay.h), stand above their values at t_ref. 0 on a grid
+ * of 1 (B_h = t_ref), also for a lambda of inf. */
+static double base_lag(const hl_decay *d, int h, int64_t t_ref)
+{
+    int64_t base = hl_decay_base_ms(d, h, t_ref);
+    return base == t_ref ? 0.0 : d->lambda_per_ms[h] * ((double)t_ref - (double)base);
+}
+
 /* The remainder under lambda from one old head h alone: its mean vector
  * kept, its mass moved as if it all sat at age a0 (the ring's oldest
  * event's, a lower bound on every remainder event's age when events come
  * in time order): exact for a
  * remainder just older than the ring, and on the safe side otherwise
  * (an upper bound of the mass for a shorter half-life, a lower one for
- * a longer). out += scale x rem_h. */
+ * a longer). out += scale x rem_h. shift: the new head's base_lag less
+ * the old head's, which moves the remainder from the old base to the
+ * new (ages are from t_ref). */
 static float from_one(const hl_migration *mg, const float *rem, const float *rmass, int h,
-                      double lambda, double a0, float *out)
+                      double lambda, double a0, double shift, float *out)
 {
     int da = mg->dim_from;
     /* at age 0 every head counts an event whole (hl_decay_factors): a
      * lambda of inf (a denormal half-life passes the format's "> 0") then
      * gave inf * 0 = NaN, which the clamp below read as e^80 */
-    double e = a0 > 0 ? -(lambda - mg->decay_from.lambda_per_ms[h]) * a0 : 0.0;
+    double e = (a0 > 0 ? -(lambda - mg->decay_from.lambda_per_ms[h]) * a0 : 0.0) + shift;
     float sc = (float)exp(e < 80 ? e : 80);
     for (int j = 0; j < da; j++) out[j] = sc * rem[(size_t)h * da + j];
     return sc * rmass[h];
@@ -38,9 +49,13 @@ static float from_one(const hl_migration *mg, const float *rem, const float *rma
  * (rates lo < lambda < hi), log-mass and mean vector interpolated linearly
  * in lambda (a remainder of one age a has log-mass log w - lambda a:
  * linear, so exact then); outside the old heads' range, the nearest one's
- * (from_one). m: the old masses (for hl_mig_usable()). */
+ * (from_one). m: the old masses (for hl_mig_usable()). The log-masses
+ * are taken at t_ref (lag: each old head's base_lag) and the result is
+ * at the new head's base (lag_new), so a remainder of one age moves
+ * exactly whatever the heads' grids. */
 static float between(const hl_migration *mg, const float *rem, const float *rmass,
-                     const float *m, double lambda, double a0, float *out)
+                     const float *m, double lambda, double a0, const double *lag,
+                     double lag_new, float *out)
 {
     const hl_decay *d = &mg->decay_from;
     int lo = -1, hi = -1, da = mg->dim_from;
@@ -53,7 +68,8 @@ static float between(const hl_migration *mg, const float *rem, const float *rmas
     if (ok_lo && ok_hi) {
         double t = (lambda - d->lambda_per_ms[lo]) /
                    (d->lambda_per_ms[hi] - d->lambda_per_ms[lo]);
-        double rm = exp((1 - t) * log(rmass[lo]) + t * log(rmass[hi]));
+        double rm = exp((1 - t) * (log(rmass[lo]) - lag[lo]) +
+                        t * (log(rmass[hi]) - lag[hi]) + lag_new);
         double a = rm * (1 - t) / rmass[lo], b = rm * t / rmass[hi];
         for (int j = 0; j < da; j++)
             out[j] = (float)(a * rem[(size_t)lo * da + j] + b * rem[(size_t)hi * da + j]);
@@ -66,7 +82,7 @@ static float between(const hl_migration *mg, const float *rem, const float *rmas
         memset(out, 0, sizeof *out * (size_t)da);
         return 0;
     }
-    return from_one(mg, rem, rmass, h, lambda, a0, out);
+    return from_one(mg, rem, rmass, h, lambda, a0, lag_new - lag[h], out);
 }
 
 /* The old head with half-life hl, -1 when none. */
@@ -192,7 +208,9 @@ static void reshape_row(const hl_migration *mg, const hl_row_view *v, float *s, 
     memcpy(rem, v->s, sizeof *rem * (size_t)na * da);
     memcpy(rmass, v->m, sizeof *rmass * (size_t)na);
     memset(rs.acc, 0, sizeof *rs.acc * (size_t)nb * (2 * db + da));
-    double a0 = split_ring(mg, v, rem, rmass, &rs, out_item);
+    double a0 = split_ring(mg, v, rem, rmass, &rs, out_item), lag[HL_MAX_HEADS];
+    for (int h = 0; h < na; h++)
+        lag[h] = base_lag(&mg->decay_from, h, v->t_ref_ms);
     for (int h = 0; h < nb; h++) {
         int o = same_half_life(&mg->decay_from, mg->decay.half_life_ms[h]);
         float *out = rv + (size_t)h * da, rm;
@@ -201,7 +219,8 @@ static void reshape_row(const hl_migration *mg, const hl_row_view *v, float *s, 
             m[h] = v->m[o];
             rm = rmass[o];
         } else {
-            rm = between(mg, rem, rmass, v->m, mg->decay.lambda_per_ms[h], a0, out);
+            rm = between(mg, rem, rmass, v->m, mg->decay.lambda_per_ms[h], a0, lag,
+                         base_lag(&mg->decay, h, v->t_ref_ms), out);
             m[h] = rm + rs.ring_m[h];
         }
         m[h] = m[h] + rs.adj_m[h] > 0.0f ? m[h] + rs.adj_m[h] : 0.0f;

@@ -223,6 +223,57 @@ out:
     hl_model_close(a); hl_model_close(b);
 }
 
+/* A remainder of one age moves exactly into a head of a new half-life,
+ * between two old ones (5d: between() from 1d and 30d) or beyond them
+ * (90d: from_one() from 30d), as the comments of both promise, up to
+ * float rounding: 6 events into a ring of 5, the first two at one time
+ * t0 (one falls out: a0 is its age), the last near the end of the 30-day
+ * head's cell. The old remainders sit at their heads' bases and the new
+ * head's at its own (decay.h): taken as if at t_ref, the new masses were
+ * off by up to 2^-12 of the remainder (1e-5 of these masses). */
+static void check_one_age(const double *hl_b)
+{
+    static const int64_t t0 = (int64_t)1 << 32;
+    static const int64_t at[6] = {0, 0, 100000, 200000, 300000, 520000};
+    hl_model *a = model_at(PATH_A, 0, 50, 11, NULL, NULL);
+    memcpy(g_hl, hl_b, sizeof(double) * HEADS);
+    hl_model *b = model_at(PATH_B, 0, 50, 11, NULL, NULL);
+    shape_default();
+    char err[256];
+    hl_migration *mg = a && b ? hl_migration_create_any(a, b, k_tw, err, sizeof err) : NULL;
+    CHECKF(mg != NULL, "%s", a && b ? err : "no model");
+    hl_table *ta = table_for(5), *tb = b ? table_of(b, 5) : NULL;
+    for (int i = 0; mg != NULL && i < 6; i++) {
+        char id[16];
+        int len = snprintf(id, sizeof id, "it%d", 3 * i + 1);
+        hl_event ev = {.user = "u1", .user_len = 2, .item = hl_model_item_find(a, id, (size_t)len),
+                       .item_key = hl_item_key(id, (size_t)len), .type = HL_VIEW,
+                       .w = 1.0f + (float)i, .ts_ms = t0 + at[i], .offset = i};
+        hl_table_apply(ta, &ev, 1, hl_model_e_in(a), 50, NULL);
+        hl_table_apply(tb, &ev, 1, hl_model_e_in(b), 50, NULL);
+    }
+    if (mg != NULL) {
+        hl_table *tm = moved(mg, ta, b, 5);
+        hl_row_view vm, vb;
+        heads_of(tm, &vm);
+        heads_of(tb, &vb);
+        CHECK_CLOSE(vm.m, vb.m, HEADS, 2e-6);
+        CHECK_CLOSE(vm.s, vb.s, HEADS * DIM, 2e-5);
+        hl_table_destroy(tm);
+    }
+    hl_table_destroy(ta); hl_table_destroy(tb);
+    hl_migration_destroy(mg);
+    hl_model_close(a); hl_model_close(b);
+}
+
+static void test_reshape_one_age_remainder_exact(void)
+{
+    static const double between[HEADS] = {3600e3, 5 * 86400e3, 30 * 86400e3};
+    static const double beyond[HEADS] = {3600e3, 86400e3, 90 * 86400e3};
+    check_one_age(between);
+    check_one_age(beyond);
+}
+
 /* A rebuild (no old model) into another shape: heads and masses are the
  * ring's events alone under the new model (the plain sum, in double). */
 static void test_reshape_rebuild(void)
@@ -426,6 +477,7 @@ int main(void)
     RUN(test_reshape_full_ring_exact);
     RUN(test_reshape_other_dim_maps_remainder);
     RUN(test_reshape_new_head_between);
+    RUN(test_reshape_one_age_remainder_exact);
     RUN(test_reshape_rebuild);
     RUN(test_reshape_wrong_destination);
     RUN(test_any_same_shape_is_in_place);

@@ -3,6 +3,7 @@
 #define T_SUITE "log"
 #include "test.h"
 #include "log.h"
+#include "utf8.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -77,6 +78,33 @@ static void test_quote_cannot_forge_a_field(void)
     CHECKF(strcmp(q, "a\\\" le") == 0, "cut: %s", q);
 }
 
+/* A value longer than the line is cut at 2,046 bytes, and the cut falls
+ * between characters: a line ending in half a character is not UTF-8, and
+ * a reader that decodes lines (Python's, jq) fails on it or drops it.
+ * Each width of character is tried at every offset from the cut. */
+static void test_long_line_cut_between_characters(void)
+{
+    static const char *const chars[] = {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"};
+    static char user[3000], got[4096];
+    for (int c = 0; c < 3; c++) {
+        size_t w = strlen(chars[c]);
+        for (size_t pad = 0; pad < w; pad++) {
+            size_t len = pad;
+            memset(user, 'a', pad);
+            while (len + w <= sizeof user) {
+                memcpy(user + len, chars[c], w);
+                len += w;
+            }
+            size_t n = log_one(got, sizeof got, user, (int)len);
+            CHECKF(n > 2040 && got[n - 1] == '\n', "%zu bytes", n);
+            CHECKF(n > 0 && hl_utf8_valid(got, n - 1),
+                   "width %zu pad %zu: the line ends in %02x %02x %02x", w, pad,
+                   (unsigned char)got[n - 4], (unsigned char)got[n - 3],
+                   (unsigned char)got[n - 2]);
+        }
+    }
+}
+
 /* The producer's limiters are shared: on_delivery runs in whichever
  * thread polls (each shard thread and the main thread). Every call must
  * be accounted for, as the one line passed or as suppressed: with a plain
@@ -117,6 +145,7 @@ int main(void)
     RUN(test_value_cannot_forge_a_line);
     RUN(test_printable_kept);
     RUN(test_quote_cannot_forge_a_field);
+    RUN(test_long_line_cut_between_characters);
     RUN(test_limit_shared_by_threads);
     TEST_EXIT();
 }

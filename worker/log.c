@@ -52,6 +52,20 @@ int64_t hl_now_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Where to cut line[0..n) so that no character is split: n itself when
+ * line[n] starts a character, else the start of the character line[n] is
+ * inside of (at most 3 bytes back). A byte that continues nothing (the
+ * value was not UTF-8) leaves the cut where it was. */
+static int char_start(const char *line, int n)
+{
+    for (int i = n; i > 0 && i > n - 4; i--) {
+        unsigned char c = (unsigned char)line[i];
+        if ((c & 0xc0) != 0x80)
+            return c >= 0xc0 ? i : n;
+    }
+    return n;
+}
+
 void hl_log(int level, const char *event, const char *fmt, ...)
 {
     static const char *const lv[] = {"debug", "info", "warn", "error"};
@@ -76,7 +90,7 @@ void hl_log(int level, const char *event, const char *fmt, ...)
         n += m;
     }
     if (n > (int)sizeof line - 2)
-        n = (int)sizeof line - 2;
+        n = char_start(line, (int)sizeof line - 2);
     /* Values come from records too (an id is whatever a producer wrote):
      * one event stays one line, so no control byte (a newline followed by
      * a forged "ts=... level=error" line, a terminal escape) is written as

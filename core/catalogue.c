@@ -18,6 +18,7 @@
  * The views are built in catalogue_view.c; the struct both files read is
  * catalogue_internal.h. */
 #include "catalogue_internal.h"
+#include "fnv.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -27,10 +28,7 @@
 
 static uint32_t hash_id(const char *s, size_t len)
 {
-    uint32_t h = 2166136261u;                /* FNV-1a 32 */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
+    return hl_fnv1a32(s, len);
 }
 
 static int same_id(const entry *e, const char *id, size_t len)

@@ -1,5 +1,6 @@
 /* hl.c - error formatting and the event type names shared by core/ and worker/. */
 #include "hl.h"
+#include "fnv.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -55,10 +56,6 @@ int hl_type_parse(const char *s, size_t len)
 
 uint64_t hl_item_key(const char *id, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)id[i];
-        h *= 0x100000001b3ull;
-    }
+    uint64_t h = hl_fnv1a64(HL_FNV64_BASIS, id, len);
     return h ? h : 1;
 }

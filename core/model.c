@@ -134,7 +134,7 @@ static void header_decode(const uint8_t *h, hl_model_info *mi)
     for (int t = 0; t < HL_N_TYPES; t++)
         mi->type_weight[t] = get_f32(h + H_TYPE_WEIGHT + 4 * t);
     memcpy(mi->version, h + H_VERSION_STR, sizeof mi->version);
-    mi->fingerprint = fnv1a64(h, HLM_HEADER_SIZE);
+    mi->fingerprint = hl_fnv1a64(HL_FNV64_HLM, h, HLM_HEADER_SIZE);
 }
 
 /* Counts that do not fit an int32 (bit 31 set) are refused before decode. */

@@ -268,7 +268,7 @@ static const char *id_get(const id_src *src, int32_t row, uint32_t *len)
 int32_t hl_model_index_find(const int32_t *slots, uint64_t mask, const id_src *src,
                             const char *id, size_t len, uint64_t *slot)
 {
-    uint64_t i = fnv1a64(id, len) & mask;
+    uint64_t i = hl_fnv1a64(HL_FNV64_HLM, id, len) & mask;
     for (;; i = (i + 1) & mask) {
         uint32_t l;
         const char *s;

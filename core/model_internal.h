@@ -6,6 +6,7 @@
 #ifndef HL_MODEL_INTERNAL_H
 #define HL_MODEL_INTERNAL_H
 
+#include "fnv.h"
 #include "model.h"
 
 #include <stdint.h>
@@ -70,14 +71,6 @@ void     hl_model_crc_init(crc_tab *ct);
 /* crc of (previous bytes, p[0..n)) given crc of the previous bytes; start
  * with 0. Same value as zlib.crc32(data, crc). */
 uint32_t hl_model_crc_update(const crc_tab *ct, uint32_t crc, const void *p, size_t n);
-
-static inline uint64_t fnv1a64(const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
-    return h;
-}
 
 static inline int layer_in(const hl_model_info *mi, int l)
 {

@@ -12,6 +12,7 @@
  * telling anyone, so a mark also holds a hash of its user id: a row whose
  * user hashes differently is a new user and starts unmarked. */
 #include "gate.h"
+#include "fnv.h"
 #include "hl.h"
 #include "log.h"
 
@@ -75,10 +76,7 @@ void hl_gate_destroy(hl_gate *g)
 
 static uint32_t user_tag(const char *user, uint32_t len)
 {
-    uint32_t h = 2166136261u;                       /* FNV-1a */
-    for (uint32_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)user[i]) * 16777619u;
-    return h;
+    return hl_fnv1a32(user, len);
 }
 
 /* The mark of row, the array grown to reach it; NULL when out of memory. */

@@ -7,6 +7,7 @@
  * one, so relaxed ordering suffices. The hash is FNV-1a 64 with a final
  * mix, independent of the table's own index hash. */
 #include "multipart.h"
+#include "fnv.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -41,9 +42,7 @@ void hl_multipart_destroy(hl_multipart *mp)
 
 static uint64_t hash_user(const char *user, size_t len)
 {
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)user[i]) * 1099511628211ull;
+    uint64_t h = hl_fnv1a64(HL_FNV64_BASIS, user, len);
     h ^= h >> 33;                       /* fmix64: spread into the low bits */
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;

@@ -20,6 +20,7 @@
  * credentials elsewhere), and only http and https are spoken. */
 #include "registry.h"
 #include "avsc.h"
+#include "fnv.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -530,9 +531,7 @@ static uint64_t fingerprint(const char *text)
 {
     json_t *j = json_loads(text, JSON_DECODE_ANY, NULL);
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
-    uint64_t h = s ? 0xcbf29ce484222325ULL : 0;
-    for (const char *p = s; p != NULL && *p != '\0'; p++)
-        h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+    uint64_t h = s ? hl_fnv1a64(HL_FNV64_BASIS, s, strlen(s)) : 0;
     free(s);
     json_decref(j);
     return h;

@@ -3,6 +3,7 @@
  * tempname.h). Not on any hot path: a model kept, a dead letter written,
  * a directory swept. */
 #include "tempname.h"
+#include "fnv.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -13,15 +14,6 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* FNV-1a over len bytes of p, continuing from h. */
-static uint64_t fnv(uint64_t h, const void *p, size_t len)
-{
-    const unsigned char *s = p;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ s[i]) * 0x100000001b3ull;
-    return h;
-}
 
 static uint64_t host_tag(void)
 {
@@ -37,8 +29,8 @@ static uint64_t host_tag(void)
     ssize_t n = readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
     uint64_t h = 0;
     if (ok && n > 0) {
-        h = fnv(0xcbf29ce484222325ull, boot, strlen(boot));
-        h = fnv(h, ns, (size_t)n);
+        h = hl_fnv1a64(HL_FNV64_BASIS, boot, strlen(boot));
+        h = hl_fnv1a64(h, ns, (size_t)n);
     } else if (getrandom(&h, sizeof h, 0) != (ssize_t)sizeof h) {
         h = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
     }

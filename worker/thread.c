@@ -11,6 +11,7 @@
  * Every array here grows on demand (a thread may be given any number of
  * partitions); growth happens at assignment time, never inside a batch. */
 #include "thread_internal.h"
+#include "fnv.h"
 
 #include "slice.h"
 
@@ -400,9 +401,7 @@ uint64_t hl_member_mark(const char *member_id)
 {
     if (member_id == NULL)
         return 0;
-    uint64_t h = 14695981039346656037ULL;       /* FNV-1a */
-    for (const unsigned char *c = (const unsigned char *)member_id; *c; c++)
-        h = (h ^ *c) * 1099511628211ULL;
+    uint64_t h = hl_fnv1a64(HL_FNV64_BASIS, member_id, strlen(member_id));
     return member_id[0] == '\0' ? 1 : h > 1 ? h : h + 2;
 }
 

@@ -18,6 +18,7 @@
 #include "http.h"
 #include "dataset.h"
 #include "decay.h"
+#include "fnv.h"
 #include "log.h"
 #include "pace.h"
 #include "synth.h"
@@ -127,10 +128,7 @@ static void on_signal(int sig)
 
 static uint64_t hash(const char *s, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
+    return hl_fnv1a64(HL_FNV64_HLM, s, n);
 }
 
 /* Under mu. The entry of user, created if absent (NULL when out of memory). */

@@ -18,6 +18,7 @@
 #include "eval_internal.h"
 #include "decay.h"
 #include "foldin.h"
+#include "fnv.h"
 #include "log.h"
 #include "migrate.h"
 
@@ -391,9 +392,7 @@ static int parse_args(int argc, char **argv, eval_args *a)
 
 static uint64_t hash_bytes(const char *s, uint32_t len)
 {
-    uint64_t h = 1469598103934665603ull;          /* FNV-1a */
-    for (uint32_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    uint64_t h = hl_fnv1a64(HL_FNV64_HLM, s, len);
     return h ^ (h >> 29);
 }
 

@@ -16,6 +16,7 @@
  * the line and find the broken row. */
 #include "cmd.h"
 #include "cmd_common.h"
+#include "fnv.h"
 
 #include "snapshot.h"
 
@@ -94,17 +95,6 @@ static int inspect(const char *path)
     return 0;
 }
 
-static uint64_t fnv1a(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 static void print_floats(FILE *f, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -146,7 +136,7 @@ static int dump_row(void *arg, const hl_snapshot_info *in, uint32_t row,
         fprintf(f, "]");
     } else {
         fprintf(f, "],\"s_hash\":\"%016llx\"",
-                (unsigned long long)fnv1a(v->s, n_s * sizeof(float)));
+                (unsigned long long)hl_fnv1a64(HL_FNV64_BASIS, v->s, n_s * sizeof(float)));
     }
     fprintf(f, ",\"hist\":[");
     for (int i = 0; i < v->n_hist; i++) {

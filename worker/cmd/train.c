@@ -8,6 +8,7 @@
 #include "cmd.h"
 #include "cmd_common.h"
 #include "dataset.h"
+#include "fnv.h"
 #include "log.h"
 #include "model.h"
 #include "train.h"
@@ -40,9 +41,7 @@ typedef struct idmap {
 
 static uint64_t id_hash(const char *s, size_t len)
 {
-    uint64_t h = 1469598103934665603ULL;                   /* FNV-1a */
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
+    return hl_fnv1a64(HL_FNV64_HLM, s, len);
 }
 
 static void idmap_free(idmap *m)

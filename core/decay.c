@@ -292,10 +292,7 @@ static inline void coeffs(const hl_decay *d, int h, int64_t t_ref, int64_t t, in
     }
     int64_t to = t & mask;
     *a = to == base ? 1.0f : (float)fast_factor(lambda, gap_ms(to, base));
-    /* 0 .. 2^-12; a grid of 1 is 0 even for a lambda of inf (a denormal
-     * half-life), which times 0 would be NaN */
-    double x = d->grid_ms[h] > 1 ? lambda * (double)(t - to) : 0.0;
-    *b = (float)((double)w * (1.0 + x * (1.0 + 0.5 * x)));
+    *b = hl_decay_cell_weight(lambda, d->grid_ms[h], t, w);
 }
 
 void hl_decay_add(const hl_decay *d, float *s, float *m, int64_t *t_ref_ms,

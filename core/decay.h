@@ -53,6 +53,19 @@ static inline int64_t hl_decay_base_ms(const hl_decay *d, int h, int64_t t_ref_m
     return t_ref_ms & -d->grid_ms[h];
 }
 
+/* w exp(lambda (t_ms - B)), the weight an event of weight w at t_ms
+ * carries in sums held at the base B = t_ms rounded down to grid_ms (a
+ * head, core/foldin.c's sums): at most w (1 + 2^-12), so its Taylor series
+ * to degree 2 is within 2^-38 of it. A grid of 1 gives w even for a lambda
+ * of inf (a denormal half-life), whose product with 0 would be NaN. Inline:
+ * hl_decay_add takes it per head per event. */
+static inline float hl_decay_cell_weight(double lambda_per_ms, int64_t grid_ms, int64_t t_ms,
+                                         float w)
+{
+    double x = grid_ms > 1 ? lambda_per_ms * (double)(t_ms - (t_ms & -grid_ms)) : 0.0;
+    return (float)((double)w * (1.0 + x * (1.0 + 0.5 * x)));
+}
+
 /* A decay factor below this is exactly 0: what it drops is below 1e-30 of
  * the newest event's own weight (decay.c). */
 #define HL_DECAY_TINY 1e-30

@@ -15,7 +15,7 @@
  * The map fit solves the ridge normal equations (dim x dim, in double) by
  * Cholesky. */
 #include "foldin.h"
-#include "decay.h"      /* HL_DECAY_TINY, hl_decay_flush_on */
+#include "decay.h"      /* HL_DECAY_TINY, hl_decay_flush_on, hl_decay_cell_weight */
 #include "encoder.h"    /* HL_QUERY_MAX_ABS */
 #include "index.h"      /* hl_map_huge */
 
@@ -477,18 +477,17 @@ static double factor(const hl_foldin *f, int64_t dt_ms)
  * closer than 112 ms (a 30-day half-life; the baseline takes every new
  * item's) never decayed at all. The sums move only when an add enters a
  * later cell; an add in the cell weighs w exp(lambda (ts - base)), at
- * most w (1 + 2^-12), its Taylor series to degree 2 within 2^-38. */
+ * most w (1 + 2^-12): hl_decay_cell_weight, as a head's add does. */
 static void add_coeffs(const hl_foldin *f, int64_t t_ref, int64_t ts_ms, float w, float *a,
                        float *b)
 {
     int64_t mask = -f->grid_ms, to = ts_ms & mask, base = t_ref & mask;
-    double x = f->grid_ms > 1 ? f->lambda_per_ms * (double)(ts_ms - to) : 0.0;
     *a = 1.0f;
     *b = w;
     if (t_ref == INT64_MIN || ts_ms >= t_ref) {
         if (t_ref != INT64_MIN && to != base)
             *a = (float)factor(f, to - base);
-        *b = (float)((double)w * (1.0 + x * (1.0 + 0.5 * x)));
+        *b = hl_decay_cell_weight(f->lambda_per_ms, f->grid_ms, ts_ms, w);
     } else {            /* late: ts may be after the base, by less than a cell */
         *b = (float)((double)w * factor(f, base - ts_ms));
     }

@@ -48,13 +48,13 @@ class Checks:
             self.failed += 0 if ok else 1
 
 
-def run_main(suite, skip_case, body):
+def run_main(suite, skip_case, body, prereqs=U.have_prereqs):
     """The main() of a cluster test: prints SKIP suite.skip_case without the
-    prerequisites; else runs body(ck) with a fresh Checks ck, reports an
-    exception as the FAIL of suite.ran, kills every process it started, and
-    removes the scratch directory unless a check failed. Returns the exit
-    status."""
-    why = U.have_prereqs()
+    prerequisites (prereqs() says why not, None when they are there); else
+    runs body(ck) with a fresh Checks ck, reports an exception as the FAIL
+    of suite.ran, kills every process it started, and removes the scratch
+    directory unless a check failed. Returns the exit status."""
+    why = prereqs()
     if why:
         print("SKIP %s.%s: %s" % (suite, skip_case, why))
         return 0

@@ -19,21 +19,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 SUITE = "broker_produce"
-failed = 0
-
-
-def result(name, ok, why=""):
-    global failed
-    if ok:
-        print("PASS %s.%s" % (SUITE, name))
-    else:
-        failed += 1
-        print("FAIL %s.%s: %s" % (SUITE, name, why))
-    sys.stdout.flush()
 
 
 try:
@@ -49,6 +37,9 @@ TOP = os.environ.get("HL_TOP", os.path.join(os.path.dirname(__file__), "..", "..
 if not HALFLIFE or not os.access(HALFLIFE, os.X_OK):
     print("SKIP %s.all: HL_HALFLIFE is not set to the built binary" % SUITE)
     sys.exit(0)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 TYPES = ["VIEW", "CLICK", "FAVORITE", "ADD_TO_CART", "PURCHASE", "RATE"]
@@ -157,13 +148,14 @@ def decode(value, framing):
     return (rec["user_id"], rec["item_id"], rec["event_type"], ts, rec["weight"])
 
 
-def check_topic(name, bootstrap, topic, partitions, events, framing):
+def check_topic(ck, name, bootstrap, topic, partitions, events, framing):
     try:
         recs = read_topic(bootstrap, topic, partitions)
     except RuntimeError as e:
-        return result(name, False, str(e))
+        return ck.check(name, False, str(e))
     if len(recs) != len(events):
-        return result(name, False, "%d records in %s, %d produced" % (len(recs), topic, len(events)))
+        return ck.check(name, False, "%d records in %s, %d produced" %
+                        (len(recs), topic, len(events)))
     got, where, why = [], {}, None
     for part, off, key, value in recs:
         try:
@@ -193,7 +185,7 @@ def check_topic(name, bootstrap, topic, partitions, events, framing):
             why = "per-user order differs for %d users, e.g. %s" % (len(bad), bad[0])
     if why is None and len(set(where.values())) < 2:
         why = "all users on one partition: keys are not partitioning"
-    result(name, why is None, why or "")
+    ck.check(name, why is None, why or "")
 
 
 def produce_seconds(p, n):
@@ -207,7 +199,7 @@ def produce_seconds(p, n):
     return took
 
 
-def delay_produce(tmp):
+def delay_produce(ck, tmp):
     """--delay-produce: each Produce answered 500 ms late while the file is
     there; once it is gone (the broker looks every 50 ms), none."""
     from confluent_kafka import Producer
@@ -226,12 +218,12 @@ def delay_produce(tmp):
         off = produce_seconds(p, 8)
     finally:
         rc, err = stop_broker(broker)
-    result("delay_produce_while_file", all(t >= 0.45 for t in on),
-           "with the file there, produce rounds took %s s (want >= 0.45 each)" % on)
-    result("delay_produce_stops_with_file", all(t < 0.3 for t in off) and
-           "event=delay_produce_off" in err,
-           "after the file went, produce rounds took %s s (want < 0.3 each); broker log: %s" %
-           (off, err[-300:]))
+    ck.check("delay_produce_while_file", all(t >= 0.45 for t in on),
+             "with the file there, produce rounds took %s s (want >= 0.45 each)" % on)
+    ck.check("delay_produce_stops_with_file", all(t < 0.3 for t in off) and
+             "event=delay_produce_off" in err,
+             "after the file went, produce rounds took %s s (want < 0.3 each); broker log: %s" %
+             (off, err[-300:]))
 
 
 def free_port():
@@ -242,30 +234,30 @@ def free_port():
     return port
 
 
-def main():
-    tmp = tempfile.mkdtemp(prefix="hl_test_bp_")
+def main(ck):
+    tmp = ck.tmp
     path = os.path.join(tmp, "events.csv")
     events = write_events(path, 600, 40, 1)
     broker, bootstrap = start_broker("--partitions", "3", "--topics", "behaviour-events,raw-events")
     try:
         r = produce(bootstrap, path)
         ok = r.returncode == 0 and "delivered=600 failed=0" in r.stderr
-        result("produce_reports_delivery", ok, "rc %d: %s" % (r.returncode, r.stderr[-500:]))
-        check_topic("events_keyed_ordered_decodable", bootstrap, "behaviour-events", 3, events,
+        ck.check("produce_reports_delivery", ok, "rc %d: %s" % (r.returncode, r.stderr[-500:]))
+        check_topic(ck, "events_keyed_ordered_decodable", bootstrap, "behaviour-events", 3, events,
                     "confluent")
 
         r = produce(bootstrap, path, "--topic", "raw-events", "-X", "input.format=raw",
                     "--limit", "200", "--rate", "2000")
         ok = r.returncode == 0 and "delivered=200" in r.stderr
-        result("produce_raw_limit_rate", ok, "rc %d: %s" % (r.returncode, r.stderr[-500:]))
-        check_topic("raw_framing_decodable", bootstrap, "raw-events", 3, events[:200], "raw")
+        ck.check("produce_raw_limit_rate", ok, "rc %d: %s" % (r.returncode, r.stderr[-500:]))
+        check_topic(ck, "raw_framing_decodable", bootstrap, "raw-events", 3, events[:200], "raw")
 
         r = produce(bootstrap, path, "--format", "nonsense")
-        result("produce_refuses_bad_format", r.returncode != 0 and "nonsense" in r.stderr,
-               r.stderr[-300:])
+        ck.check("produce_refuses_bad_format", r.returncode != 0 and "nonsense" in r.stderr,
+                 r.stderr[-300:])
         r = produce(bootstrap, path, "-X", "recs.kk=1")
-        result("produce_refuses_unknown_key", r.returncode != 0 and "recs.kk" in r.stderr,
-               r.stderr[-300:])
+        ck.check("produce_refuses_unknown_key", r.returncode != 0 and "recs.kk" in r.stderr,
+                 r.stderr[-300:])
 
         # Outage: brokers down, a produce waits, brokers up, it completes.
         small = os.path.join(tmp, "small.csv")
@@ -285,16 +277,16 @@ def main():
             p.kill()
             out, err = p.communicate()
             done = False
-        result("outage_then_recovery", waiting and done,
-               "waiting while down: %s, rc %s: %s" % (waiting, p.returncode, err[-300:]))
+        ck.check("outage_then_recovery", waiting and done,
+                 "waiting while down: %s, rc %s: %s" % (waiting, p.returncode, err[-300:]))
         del small_events
     finally:
         rc, err = stop_broker(broker)
-    result("sigterm_stops_broker", rc == 0, "rc %s" % rc)
-    result("outage_signals_logged", "event=brokers_down" in err and "event=brokers_up" in err,
-           err[-500:])
+    ck.check("sigterm_stops_broker", rc == 0, "rc %s" % rc)
+    ck.check("outage_signals_logged", "event=brokers_down" in err and "event=brokers_up" in err,
+             err[-500:])
 
-    delay_produce(tmp)
+    delay_produce(ck, tmp)
     port = free_port()
     broker, bootstrap = start_broker("--port", str(port), "--partitions", "2")
     try:
@@ -303,16 +295,14 @@ def main():
         few_events = write_events(few, 30, 6, 3)
         r = produce(bootstrap, few)
         ok = ok and r.returncode == 0
-        result("port_relay_bootstrap", ok, "address %s, rc %d: %s" % (bootstrap, r.returncode,
-                                                                      r.stderr[-300:]))
-        check_topic("port_relay_events", bootstrap, "behaviour-events", 2, few_events, "confluent")
+        ck.check("port_relay_bootstrap", ok, "address %s, rc %d: %s" % (bootstrap, r.returncode,
+                                                                        r.stderr[-300:]))
+        check_topic(ck, "port_relay_events", bootstrap, "behaviour-events", 2, few_events,
+                    "confluent")
     finally:
         stop_broker(broker)
-    for f in os.listdir(tmp):
-        os.unlink(os.path.join(tmp, f))
-    os.rmdir(tmp)
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(1 if failed else 0)
+    # The SKIPs are above: this test needs the binary and both Python packages.
+    sys.exit(C.run_main(SUITE, "all", main, prereqs=lambda: None))

@@ -12,24 +12,11 @@ import io
 import json
 import os
 import random
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 
 SUITE = "codec_python"
-failed = 0
-
-
-def result(name, ok, why=""):
-    global failed
-    if ok:
-        print("PASS %s.%s" % (SUITE, name))
-    else:
-        failed += 1
-        print("FAIL %s.%s: %s" % (SUITE, name, why))
-    sys.stdout.flush()
 
 
 try:
@@ -45,6 +32,9 @@ PROG = os.path.join(BUILD, "tests", "test_codec")
 if not os.access(PROG, os.X_OK):
     print("SKIP %s.all: %s is not built" % (SUITE, PROG))
     sys.exit(0)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster_util as C  # noqa: E402
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 TYPES = ["VIEW", "CLICK", "FAVORITE", "ADD_TO_CART", "PURCHASE", "RATE"]
@@ -124,27 +114,27 @@ def as_tuple(d):
     return (d["user"], d["item"], d["type"], d["ts"], d["weight"])
 
 
-def check_decode(name, tmp, schemas_dir, schema, events, framing, schema_id):
+def check_decode(ck, name, tmp, schemas_dir, schema, events, framing, schema_id):
     path = os.path.join(tmp, name + ".bin")
     write_payloads(path, [encode(schema, ev, framing, schema_id) for ev in events])
     try:
         got = run_decode(path, schemas_dir, framing)
     except Exception as e:               # noqa: BLE001
-        return result(name, False, str(e))
+        return ck.check(name, False, str(e))
     if len(got) != len(events):
-        return result(name, False, "%d results for %d payloads" % (len(got), len(events)))
+        return ck.check(name, False, "%d results for %d payloads" % (len(got), len(events)))
     for i, (g, ev) in enumerate(zip(got, events)):
         if not g.get("ok"):
-            return result(name, False, "event %d: %s" % (i, g.get("reason")))
+            return ck.check(name, False, "event %d: %s" % (i, g.get("reason")))
         want = expected(ev)
         have = as_tuple(g)
         if have[:4] != want[:4] or (want[4] is None) != (have[4] is None) or \
                 (want[4] is not None and f32(have[4]) != want[4]):
-            return result(name, False, "event %d: got %r, want %r" % (i, have, want))
-    result(name, True)
+            return ck.check(name, False, "event %d: got %r, want %r" % (i, have, want))
+    ck.check(name, True, "")
 
 
-def check_malformed(tmp, schemas_dir, schema):
+def check_malformed(ck, tmp, schemas_dir, schema):
     good = encode(schema, make_events(1, 9)[0], "confluent", 1)
     cases = [
         ("too_short", b"\0\0\0"),
@@ -157,7 +147,7 @@ def check_malformed(tmp, schemas_dir, schema):
     write_payloads(path, [c[1] for c in cases])
     got = run_decode(path, schemas_dir, "confluent")
     bad = [(c[0], g) for c, g in zip(cases, got) if g.get("reason") != c[0]]
-    result("malformed_named_reasons", len(got) == len(cases) and not bad, repr(bad))
+    ck.check("malformed_named_reasons", len(got) == len(cases) and not bad, repr(bad))
 
 
 LIST_SPECS = [
@@ -167,7 +157,7 @@ LIST_SPECS = [
 ]
 
 
-def check_lists(tmp, framing):
+def check_lists(ck, tmp, framing):
     name = "lists_read_by_python_avro_" + framing
     spec = os.path.join(tmp, "lists.txt")
     out = os.path.join(tmp, "lists.bin")
@@ -180,7 +170,7 @@ def check_lists(tmp, framing):
                HL_CODEC_OUTPUT_FORMAT=framing)
     r = subprocess.run([PROG], env=env, capture_output=True, timeout=60)
     if r.returncode != 0:
-        return result(name, False, "test_codec exited %d: %s" % (r.returncode, r.stderr[-300:]))
+        return ck.check(name, False, "test_codec exited %d: %s" % (r.returncode, r.stderr[-300:]))
     schema = avro.schema.parse(read_text(os.path.join(TOP, "schemas", "recommendation_list.avsc")))
     data = open(out, "rb").read()
     pos, got = 0, []
@@ -190,14 +180,14 @@ def check_lists(tmp, framing):
         pos += 4 + n
         if framing == "confluent":
             if payload[0] != 0 or struct.unpack(">I", payload[1:5])[0] != 2:
-                return result(name, False, "bad Confluent header %r" % payload[:5])
+                return ck.check(name, False, "bad Confluent header %r" % payload[:5])
             payload = payload[5:]
         buf = io.BytesIO(payload)
         got.append(avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(buf)))
         if buf.tell() != len(payload):
-            return result(name, False, "trailing bytes after list %d" % len(got))
+            return ck.check(name, False, "trailing bytes after list %d" % len(got))
     if len(got) != len(LIST_SPECS):
-        return result(name, False, "%d lists for %d" % (len(got), len(LIST_SPECS)))
+        return ck.check(name, False, "%d lists for %d" % (len(got), len(LIST_SPECS)))
     for rec, (user, gen, mv, topic, part, off, items) in zip(got, LIST_SPECS):
         ga = rec["generated_at"]
         if isinstance(ga, datetime.datetime):
@@ -208,12 +198,12 @@ def check_lists(tmp, framing):
         have = (rec["user_id"], ga, rec["model_version"], rec["source"]["topic"],
                 rec["source"]["partition"], rec["source"]["offset"], have_items)
         if have != want:
-            return result(name, False, "got %r, want %r" % (have, want))
-    result(name, True)
+            return ck.check(name, False, "got %r, want %r" % (have, want))
+    ck.check(name, True, "")
 
 
-def main():
-    tmp = tempfile.mkdtemp(prefix="hl_test_codec_py_")
+def main(ck):
+    tmp = ck.tmp
     schemas_dir = os.path.join(tmp, "schemas")
     os.mkdir(schemas_dir)
     ours = read_text(os.path.join(TOP, "schemas", "behaviour_event.avsc"))
@@ -224,22 +214,19 @@ def main():
     schema = avro.schema.parse(ours)
     evolved = avro.schema.parse(json.dumps(EVOLVED))
     events = make_events(400, 1)
-    try:
-        check_decode("python_events_decode_fast_path", tmp, schemas_dir, schema, events,
-                     "confluent", 1)
-        check_decode("python_events_decode_raw", tmp, schemas_dir, schema, events, "raw", 0)
-        evolved_events = [dict(ev, session="s%d" % i if i % 2 else None) for i, ev in enumerate(events)]
-        for ev in evolved_events:
-            ev.pop("context")
-        check_decode("evolved_writer_schema_resolves", tmp, schemas_dir, evolved, evolved_events,
-                     "confluent", 7)
-        check_malformed(tmp, schemas_dir, schema)
-        check_lists(tmp, "confluent")
-        check_lists(tmp, "raw")
-    finally:
-        shutil.rmtree(tmp)
+    check_decode(ck, "python_events_decode_fast_path", tmp, schemas_dir, schema, events,
+                 "confluent", 1)
+    check_decode(ck, "python_events_decode_raw", tmp, schemas_dir, schema, events, "raw", 0)
+    evolved_events = [dict(ev, session="s%d" % i if i % 2 else None) for i, ev in enumerate(events)]
+    for ev in evolved_events:
+        ev.pop("context")
+    check_decode(ck, "evolved_writer_schema_resolves", tmp, schemas_dir, evolved, evolved_events,
+                 "confluent", 7)
+    check_malformed(ck, tmp, schemas_dir, schema)
+    check_lists(ck, tmp, "confluent")
+    check_lists(ck, tmp, "raw")
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(1 if failed else 0)
+    # The SKIPs are above: this test needs python3-avro and test_codec only.
+    sys.exit(C.run_main(SUITE, "all", main, prereqs=lambda: None))

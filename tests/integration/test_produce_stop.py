@@ -26,28 +26,17 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SUITE = "produce_stop"
-failed = 0
-
-
-def result(name, ok, why=""):
-    global failed
-    if ok:
-        print("PASS %s.%s" % (SUITE, name))
-    else:
-        failed += 1
-        print("FAIL %s.%s: %s" % (SUITE, name, why))
-    sys.stdout.flush()
 
 
 try:
     from confluent_kafka import Consumer, TopicPartition
     import e2e_util as U
+    import cluster_util as C
 except ImportError as e:
     print("SKIP %s.all: needs python3-avro and python3-confluent-kafka (%s)" % (SUITE, e))
     sys.exit(0)
@@ -75,7 +64,7 @@ def finish(p, timeout=60):
         return None, p.communicate()[1]
 
 
-def check_produce(tmp, bootstrap):
+def check_produce(ck, tmp, bootstrap):
     path = os.path.join(tmp, "events.csv")
     with open(path, "w") as f:
         for i in range(50000):
@@ -93,27 +82,28 @@ def check_produce(tmp, bootstrap):
     prog = re.search(r"done_pct=([\d.]+) left_s=(\d+)", seen[-1])
     # 50,000 lines at 500/s: the first progress line is about 1% in, with
     # about 100 s left; generous bounds for a slow machine.
-    result("produce_progress_has_time_left",
-           prog is not None and 0 < float(prog.group(1)) < 50 and 10 <= int(prog.group(2)) < 10000,
-           "progress line: %s" % seen[-1].strip())
+    ck.check("produce_progress_has_time_left",
+             prog is not None and 0 < float(prog.group(1)) < 50 and
+             10 <= int(prog.group(2)) < 10000,
+             "progress line: %s" % seen[-1].strip())
     rc, err = finish(p)
     err = "".join(seen) + err
     m = re.search(r"stopped by SIGTERM after line (\d+) of \S+: (\d+) events sent, "
                   r"(\d+) delivered, 0 failed", err)
     ok = rc == 1 and m is not None and m.group(2) == m.group(3) == m.group(1)
-    result("produce_sigterm_says_how_far", ok, "exit %s, stderr tail: %s" % (rc, err[-600:]))
-    result("produce_says_second_signal_gives_up",
-           "event=produce_stopping signal=SIGTERM" in err and "signal again" in err,
-           "stderr tail: %s" % err[-600:])
+    ck.check("produce_sigterm_says_how_far", ok, "exit %s, stderr tail: %s" % (rc, err[-600:]))
+    ck.check("produce_says_second_signal_gives_up",
+             "event=produce_stopping signal=SIGTERM" in err and "signal again" in err,
+             "stderr tail: %s" % err[-600:])
     if m is not None:
         n = records(bootstrap, "stop-events")
-        result("produce_sigterm_flushes", n == int(m.group(2)),
-               "topic holds %d records, produce said %s sent" % (n, m.group(2)))
+        ck.check("produce_sigterm_flushes", n == int(m.group(2)),
+                 "topic holds %d records, produce said %s sent" % (n, m.group(2)))
     else:
-        result("produce_sigterm_flushes", False, "no count to compare")
+        ck.check("produce_sigterm_flushes", False, "no count to compare")
 
 
-def check_items(bootstrap):
+def check_items(ck, bootstrap):
     p = subprocess.Popen([U.HL, "items", "--input", "-", "--topic", "stop-items",
                           "-X", "kafka.bootstrap.servers=" + bootstrap],
                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -128,10 +118,10 @@ def check_items(bootstrap):
     rc, err = finish(p)
     p.stdin.close()
     ok = rc == 1 and "stopped by SIGINT after line 3 of -: 3 of 3 updates delivered" in err
-    result("items_sigint_says_how_far", ok, "exit %s, stderr tail: %s" % (rc, err[-600:]))
-    result("items_says_second_signal_gives_up",
-           "event=items_stopping signal=SIGINT" in err and "signal again" in err,
-           "stderr tail: %s" % err[-600:])
+    ck.check("items_sigint_says_how_far", ok, "exit %s, stderr tail: %s" % (rc, err[-600:]))
+    ck.check("items_says_second_signal_gives_up",
+             "event=items_stopping signal=SIGINT" in err and "signal again" in err,
+             "stderr tail: %s" % err[-600:])
 
 
 def reading_stdin(pid):
@@ -148,7 +138,7 @@ def reading_stdin(pid):
     return len(fields) > 1 and fields[0] == "0" and fields[1] == "0x0"
 
 
-def check_produce_stdin(bootstrap):
+def check_produce_stdin(ck, bootstrap):
     """--input - left open after three lines: SIGINT lands in the read of a
     fourth, which failed with EINTR and was reported as a read error
     ("read after line 3: Interrupted system call"), not as the stop it is."""
@@ -168,21 +158,20 @@ def check_produce_stdin(bootstrap):
     rc, err = finish(p)
     p.stdin.close()
     ok = rc == 1 and "stopped by SIGINT after line 3 of -: 3 events sent, 3 delivered" in err
-    result("produce_stdin_sigint_says_how_far", ok, "exit %s, stderr tail: %s" % (rc, err[-600:]))
+    ck.check("produce_stdin_sigint_says_how_far", ok, "exit %s, stderr tail: %s" % (rc, err[-600:]))
 
 
-def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = U.Broker(2, ["stop-events", "stop-items", "stop-stdin"],
-                          os.path.join(tmp, "broker.log"))
-        try:
-            check_produce(tmp, broker.bootstrap)
-            check_items(broker.bootstrap)
-            check_produce_stdin(broker.bootstrap)
-        finally:
-            broker.stop()
-    return 1 if failed else 0
+def main(ck):
+    broker = U.Broker(2, ["stop-events", "stop-items", "stop-stdin"],
+                      os.path.join(ck.tmp, "broker.log"))
+    try:
+        check_produce(ck, ck.tmp, broker.bootstrap)
+        check_items(ck, broker.bootstrap)
+        check_produce_stdin(ck, broker.bootstrap)
+    finally:
+        broker.stop()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The SKIPs are above: this test needs the binary and both Python packages.
+    sys.exit(C.run_main(SUITE, "all", main, prereqs=lambda: None))

@@ -793,16 +793,12 @@ static int no_aside_rename(void *ctx, const char *from, const char *to)
     return hl_io_posix()->rename(ctx, from, to);
 }
 
-/* A crash after the kept users' file at the new topic's offset (0) was
- * written and before the old topic's files (1000, 3000) were renamed
- * aside: the renames fail here, which leaves the same files. A restart's
- * restore must take the kept users' file and set the old ones aside.
- * Before the fix it took the highest, the old topic's 3000: once the new
- * topic had grown past it nothing looked recreated, and its events below
- * 3000 were never applied. */
-static void test_restart_at_cut_before_renames(void)
+/* The old topic's files (old_topic_files) and a restart at 0 cut short
+ * after the kept users' file was written, before the renames (they fail).
+ * Returns the table the files were written from; the caller frees it. */
+static hl_table *restart_cut_before_renames(void)
 {
-    char err[512], path[HL_SNAPSHOT_PATH_MAX];
+    char err[512];
     int n_aside = -1;
     fresh_dir();
     hl_io io = *hl_io_posix();
@@ -816,7 +812,29 @@ static void test_restart_at_cut_before_renames(void)
     CHECKF(rc == HL_EIO && n_aside == 0, "%d %s", rc, err);
     hl_persist_shard_destroy(ps);
     hl_persist_destroy(p);
-    p = new_persist(0, 0, 0, NULL, NULL);      /* the restart */
+    return tbl;
+}
+
+/* A restart's intent file for offset 0 with the given text; its path in path. */
+static void write_intent(char *path, size_t cap, const char *text)
+{
+    snprintf(path, cap, "%s/%s.0.recreating", dir, TOPIC);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL && fputs(text, f) >= 0 && fclose(f) == 0);
+}
+
+/* A crash after the kept users' file at the new topic's offset (0) was
+ * written and before the old topic's files (1000, 3000) were renamed
+ * aside: the renames fail here, which leaves the same files. A restart's
+ * restore must take the kept users' file and set the old ones aside.
+ * Before the fix it took the highest, the old topic's 3000: once the new
+ * topic had grown past it nothing looked recreated, and its events below
+ * 3000 were never applied. */
+static void test_restart_at_cut_before_renames(void)
+{
+    char path[HL_SNAPSHOT_PATH_MAX];
+    hl_table *tbl = restart_cut_before_renames();
+    hl_persist *p = new_persist(0, 0, 0, NULL, NULL);      /* the restart */
     int64_t at = restored_at(p, path, sizeof path);
     CHECKF(at == 0 && count_files(".topic-recreated") == 2 && count_files(".recreating") == 0,
            "after a crash before the renames a restore loads %s (offset %lld); %ld files "
@@ -835,9 +853,7 @@ static void test_restart_intent_alone(void)
     hl_persist *p = new_persist(0, 0, 0, NULL, NULL);
     hl_table *tbl = new_table();
     old_topic_files(p, tbl);
-    snprintf(path, sizeof path, "%s/%s.0.recreating", dir, TOPIC);
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL && fputs("0\n", f) >= 0 && fclose(f) == 0);
+    write_intent(path, sizeof path, "0\n");
     int64_t at = restored_at(p, path, sizeof path);
     CHECKF(at == 3000 && count_files(".topic-recreated") == 0 &&
            count_files(".recreating") == 0, "restored at %lld from %s", (long long)at, path);
@@ -896,24 +912,10 @@ static void test_restart_intent_outlived(void)
  * goes aside. */
 static void test_restart_intent_unlisted(void)
 {
-    char err[512], path[HL_SNAPSHOT_PATH_MAX];
-    int n_aside = -1;
-    fresh_dir();
-    hl_io io = *hl_io_posix();
-    io.rename = no_aside_rename;
-    hl_persist *p = new_persist(0, 0, 0, &io, NULL);
-    hl_table *tbl = new_table();
-    old_topic_files(p, tbl);
-    hl_persist_shard *ps = hl_persist_shard_create(p, 0, HL_PERSIST_NO_OFFSET);
-    int rc = hl_persist_shard_restart_at(ps, tbl, 0, hl_now_mono_ms() + 5000, &n_aside,
-                                         err, sizeof err);
-    CHECKF(rc == HL_EIO && n_aside == 0, "%d %s", rc, err);
-    hl_persist_shard_destroy(ps);
-    hl_persist_destroy(p);
-    snprintf(path, sizeof path, "%s/%s.0.recreating", dir, TOPIC);
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL && fputs("0\n", f) >= 0 && fclose(f) == 0);
-    p = new_persist(0, 0, 0, NULL, NULL);
+    char path[HL_SNAPSHOT_PATH_MAX];
+    hl_table *tbl = restart_cut_before_renames();
+    write_intent(path, sizeof path, "0\n");
+    hl_persist *p = new_persist(0, 0, 0, NULL, NULL);
     int64_t at = restored_at(p, path, sizeof path);
     CHECKF(at == 0 && count_files(".topic-recreated") == 2 && count_files(".recreating") == 0,
            "an unlisted intent: restored at %lld from %s", (long long)at, path);

@@ -57,6 +57,20 @@ static inline int write_model(const char *path, const char *version, int seed)
     return rc;
 }
 
+/* TOP removed and made again, empty: each case starts from its own. */
+static inline int fresh_top(void)
+{
+    return system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0;
+}
+
+/* A fresh TOP holding the two models most cases swap between: A (seed 1)
+ * at model.path, TOP/model.hlm, and B (seed 2) at TOP/b.hlm. */
+static inline int top_with_a_and_b(void)
+{
+    return fresh_top() && write_model(TOP "/model.hlm", "A", 1) == 0 &&
+           write_model(TOP "/b.hlm", "B", 2) == 0;
+}
+
 /* Into a new directory of this run's own, under $TMPDIR or /tmp; its path
  * into dir. A fixed /tmp/test_models_dir was shared by every clone
  * running the test at once: one's rm -rf emptied another's. */

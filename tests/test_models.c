@@ -32,16 +32,12 @@ static double failures(hl_metrics *reg)
     return v;
 }
 
-/* Periodic checks at now_ms, now_ms + 1000, ... (n of them): how many
- * opened model.path, read from the lines they log (a file reopened with
- * the model already served says model_unchanged, which is no load). */
-static int opens(hl_models *ms, int64_t now_ms, int n)
+/* The log of n periodic checks at now_ms, now_ms + 1000, ... into
+ * log[0..cap), NUL-ended; -1 if stderr could not be redirected. */
+static int check_log(hl_models *ms, int64_t now_ms, int n, char *log, size_t cap)
 {
-    static const char *const said[] = {"event=model_unchanged", "event=model_swapped",
-                                       "event=model_swap_failed"};
-    char log[4096] = "";
     FILE *f = tmpfile();
-    int saved = dup(STDERR_FILENO), count = 0;
+    int saved = dup(STDERR_FILENO);
     if (f == NULL || saved < 0 || dup2(fileno(f), STDERR_FILENO) < 0)
         return -1;
     hl_log_set_level(HL_LOG_INFO);
@@ -51,12 +47,29 @@ static int opens(hl_models *ms, int64_t now_ms, int n)
     dup2(saved, STDERR_FILENO);
     close(saved);
     rewind(f);
-    log[fread(log, 1, sizeof log - 1, f)] = '\0';
+    log[fread(log, 1, cap - 1, f)] = '\0';
     fclose(f);
-    for (size_t k = 0; k < sizeof said / sizeof said[0]; k++)
-        for (const char *at = log; (at = strstr(at, said[k])) != NULL; at++)
-            count++;
+    return 0;
+}
+
+static int count_of(const char *log, const char *event)
+{
+    int count = 0;
+    for (const char *at = log; (at = strstr(at, event)) != NULL; at++)
+        count++;
     return count;
+}
+
+/* Periodic checks at now_ms, now_ms + 1000, ... (n of them): how many
+ * opened model.path, read from the lines they log (a file reopened with
+ * the model already served says model_unchanged, which is no load). */
+static int opens(hl_models *ms, int64_t now_ms, int n)
+{
+    char log[4096];
+    if (check_log(ms, now_ms, n, log, sizeof log) != 0)
+        return -1;
+    return count_of(log, "event=model_unchanged") + count_of(log, "event=model_swapped") +
+           count_of(log, "event=model_swap_failed");
 }
 
 /* A set over TOP/model.hlm, a symlink into the projection ..data. */
@@ -167,8 +180,7 @@ static void test_first_index_freed_after_swap(void)
     hl_ivf *ix = hl_ivf_create(e, bias, BIG_ROWS, DIM, &io, err, sizeof err);
     free(e);
     free(bias);
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
-    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    CHECK(top_with_a_and_b());
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
     hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
                          .first_ivf = ix, .ivf_k = 10};
@@ -207,8 +219,7 @@ static void test_first_table_freed_after_swap(void)
     hl_qitems *qi = hl_qitems_create(e, bias, BIG_ROWS, DIM, HL_QKERNEL_AUTO, err, sizeof err);
     free(e);
     free(bias);
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
-    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    CHECK(top_with_a_and_b());
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
     hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
                          .first_qitems = qi};
@@ -243,7 +254,7 @@ static void test_model_info_series_do_not_pile_up(void)
     enum { SWAPS = 40 };
     char err[512] = "", version[16];
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(fresh_top());
     CHECK(write_model(TOP "/model.hlm", "v0", 0) == 0);
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
     hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg};
@@ -324,23 +335,8 @@ static void test_unreadable_retried_after_chmod(void)
 /* Lines of the event in the log of n periodic checks from now_ms. */
 static int logged(hl_models *ms, int64_t now_ms, int n, const char *event)
 {
-    char log[8192] = "";
-    FILE *f = tmpfile();
-    int saved = dup(STDERR_FILENO), count = 0;
-    if (f == NULL || saved < 0 || dup2(fileno(f), STDERR_FILENO) < 0)
-        return -1;
-    hl_log_set_level(HL_LOG_INFO);
-    for (int i = 0; i < n; i++)
-        hl_models_check(ms, now_ms + 1000 * i, 0);
-    hl_log_set_level(HL_LOG_ERROR);
-    dup2(saved, STDERR_FILENO);
-    close(saved);
-    rewind(f);
-    log[fread(log, 1, sizeof log - 1, f)] = '\0';
-    fclose(f);
-    for (const char *at = log; (at = strstr(at, event)) != NULL; at++)
-        count++;
-    return count;
+    char log[8192];
+    return check_log(ms, now_ms, n, log, sizeof log) != 0 ? -1 : count_of(log, event);
 }
 
 /* model.path deleted, or made a symlink loop, between checks: the serving
@@ -352,8 +348,7 @@ static void test_missing_path_said_once(void)
 {
     char err[512] = "";
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
-    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    CHECK(top_with_a_and_b());
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
     hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg};
     hl_models *ms = a != NULL ? hl_models_create(&mo, a, err, sizeof err) : NULL;

@@ -40,8 +40,7 @@ static void test_retain_keeps_served_model(void)
 {
     char err[512] = "";
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
-    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    CHECK(top_with_a_and_b());
     struct timespec day_ago[2] = {{.tv_sec = time(NULL) - 86400}, {.tv_sec = time(NULL) - 86400}};
     CHECK(utimensat(AT_FDCWD, TOP "/b.hlm", day_ago, 0) == 0);
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
@@ -89,8 +88,7 @@ static void test_kept_model_survives_rewrite_in_place(void)
 {
     char err[512] = "";
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
-    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    CHECK(top_with_a_and_b());
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
     uint64_t fp_a = a != NULL ? hl_model_info_get(a)->fingerprint : 0;
     hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
@@ -119,7 +117,7 @@ static void test_kept_hard_link_replaced_by_copy(void)
 {
     char err[512] = "", linked[256];
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0 && mkdir(TOP "/kept", 0755) == 0);
+    CHECK(fresh_top() && mkdir(TOP "/kept", 0755) == 0);
     CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
     uint64_t fp_a = a != NULL ? hl_model_info_get(a)->fingerprint : 0;
@@ -153,7 +151,7 @@ static void test_lease_leaves_other_pods_model_file(void)
     char err[512] = "", linked[256];
     struct stat st;
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0 && mkdir(TOP "/kept", 0755) == 0);
+    CHECK(fresh_top() && mkdir(TOP "/kept", 0755) == 0);
     CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 &&
           write_model(TOP "/theirs.hlm", "A", 1) == 0);
     struct timespec day_ago[2] = {{.tv_sec = time(NULL) - 86400}, {.tv_sec = time(NULL) - 86400}};
@@ -202,7 +200,7 @@ static void test_keep_failure_counted_and_retried(void)
 {
     char err[512] = "";
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(fresh_top());
     CHECK(write_model(TOP "/model.hlm", "A", 1) == 0);
     CHECK(close(open(TOP "/kept", O_WRONLY | O_CREAT, 0644)) == 0);
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
@@ -268,8 +266,7 @@ static void test_keep_race_leaves_no_temporary(void)
 {
     char err[512] = "";
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
-    CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0);
+    CHECK(top_with_a_and_b());
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
     hl_model *b = hl_model_open(TOP "/b.hlm", err, sizeof err);
     hl_models_opts mo = {.path = TOP "/model.hlm", .check_ms = 1000, .reg = reg,
@@ -312,7 +309,7 @@ static void test_served_model_kept_when_path_replaced(void)
 {
     char err[512] = "";
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(fresh_top());
     CHECK(write_model(TOP "/model.hlm", "A", 1) == 0 && write_model(TOP "/b.hlm", "B", 2) == 0 &&
           write_model(TOP "/c.hlm", "C", 3) == 0);
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
@@ -370,7 +367,7 @@ static void test_keep_leaves_other_hosts_temporary(void)
     char err[512] = "", theirs[512];
     struct stat st;
     hl_metrics *reg = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0 && mkdir(TOP "/kept", 0755) == 0);
+    CHECK(fresh_top() && mkdir(TOP "/kept", 0755) == 0);
     CHECK(write_model(TOP "/model.hlm", "A", 1) == 0);
     hl_model *a = hl_model_open(TOP "/model.hlm", err, sizeof err);
     CHECKF(a != NULL, "%s", err);
@@ -416,7 +413,7 @@ static void test_crashed_temporary_removed(void)
 {
     char err[512] = "";
     const uint64_t fp = 0x0123456789abcdefull;
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0 && mkdir(TOP "/kept", 0755) == 0);
+    CHECK(fresh_top() && mkdir(TOP "/kept", 0755) == 0);
     CHECK(write_model(TOP "/model.hlm", "A", 1) == 0);
     pid_t dead = fork();
     if (dead == 0)
@@ -498,7 +495,7 @@ static void test_shared_dir_keeps_other_pods_model(void)
 {
     char err[512] = "";
     hl_metrics *rx = hl_metrics_create(), *ry = hl_metrics_create();
-    CHECK(system("rm -rf " TOP) == 0 && mkdir(TOP, 0755) == 0);
+    CHECK(fresh_top());
     CHECK(write_model(TOP "/x.hlm", "A", 1) == 0 && write_model(TOP "/y.hlm", "B", 2) == 0 &&
           write_model(TOP "/c.hlm", "C", 3) == 0 && write_model(TOP "/d.hlm", "D", 4) == 0);
     hl_model *a = hl_model_open(TOP "/x.hlm", err, sizeof err);

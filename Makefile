@@ -216,8 +216,8 @@ bench-build: deps $(BUILD)/halflife $(BENCHES)
 # The tests that start threads, under ThreadSanitizer (README, Testing):
 # builds build/tsan/ whatever SAN says, then tests/tsan_check.sh runs them.
 TSAN_TESTS := test_log test_metrics test_persist test_registry test_schema_store \
-              test_snapshot_write test_changelog test_items_load test_swap test_models \
-              test_models_keep test_offline
+              test_snapshot_write test_changelog test_changelog_reshape test_items_load test_swap \
+              test_swap_chain test_models test_models_keep test_offline
 .PHONY: tsan-check
 tsan-check: deps
 	@$(MAKE) --no-print-directory SAN=thread build/tsan/halflife $(TSAN_TESTS:%=build/tsan/tests/%)

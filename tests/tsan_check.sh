@@ -20,7 +20,8 @@ logs="$build/tsan-logs"
 rm -rf "$logs"; mkdir -p "$logs"
 
 UNITS="test_log test_metrics test_persist test_registry test_schema_store test_snapshot_write
-       test_changelog test_items_load test_swap test_models test_models_keep"
+       test_changelog test_changelog_reshape test_items_load test_swap test_swap_chain
+       test_models test_models_keep"
 # A live model swap, a rebalance, item-topic catalogue updates under a
 # swap, a reshape swap through a rebalance (changelog claims), refused
 # deliveries (reports served by several polling threads); each waits on

@@ -1,8 +1,9 @@
-/* worker_internal.h - the worker's state, shared by the three files that
+/* worker_internal.h - the worker's state, shared by the four files that
  * make up the worker: worker.c (create, run, stop, stats, metrics),
- * worker_start.c (the embedded broker and each part started in turn) and
- * worker_rebalance.c (partitions restored, handed to threads and taken
- * back). Not part of any interface: worker.h is. */
+ * worker_start.c (the embedded broker and each part started in turn),
+ * worker_rebalance.c (partitions handed to threads and taken back) and
+ * worker_restore.c (their state restored). Not part of any interface:
+ * worker.h is. */
 #ifndef HL_WORKER_INTERNAL_H
 #define HL_WORKER_INTERNAL_H
 
@@ -114,8 +115,18 @@ void hl_worker_watch_producer(hl_worker *w);
 void hl_worker_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                             rd_kafka_topic_partition_list_t *parts, void *opaque);
 int  hl_worker_owns_partition(void *opaque, int32_t p);
+
+/* worker_restore.c, for worker_rebalance.c: partition p's table, restored
+ * (a snapshot, the changelog, or both), with the offset to start from;
+ * NULL when that failed (logged). hl_worker_state_fits: 1 when tbl is
+ * in mi's state shape, else 0 (logged). hl_worker_restore_hide: p's
+ * restore-source series leave /metrics (its revocation). */
+hl_table *hl_worker_restore(hl_worker *w, int32_t p, int64_t *restored, int64_t *offset,
+                            int64_t *on_disk, hl_changelog_restored *cr, int *moved);
+int  hl_worker_state_fits(const hl_table *tbl, const hl_model_info *mi, int32_t p);
+void hl_worker_restore_hide(hl_worker *w, int32_t p);
 /* hl_changelog_opts.reshape: how a restore reads changelog rows of a
- * model of another shape (worker_rebalance.c). */
+ * model of another shape (worker_restore.c). */
 int  hl_worker_changelog_reshape(void *arg, uint64_t fp, hl_changelog_reshape *out);
 
 #endif

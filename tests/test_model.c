@@ -11,6 +11,8 @@
  * tests/integration/test_hlm.py, which compares the arrays in Python). */
 #define T_SUITE "test_model"
 #include "test.h"
+#include "fnv.h"
+#include "hl.h"
 #include "model.h"
 #include "train.h"
 
@@ -756,6 +758,18 @@ static void test_served_model_survives_overwrite_in_place(void)
     unlink(tpath("inplace.hlm"));
 }
 
+/* The hashes kept in files keep their values: an item key (history rings
+ * in snapshots and changelog rows) is FNV-1a 64's published value, and
+ * a .hlm index slot comes from the basis schemas/hlm.py starts from
+ * (0x26771a5134c554aa is its fnv1a64(b"it0")). */
+static void test_hash_values_fixed(void)
+{
+    CHECK(hl_item_key("a", 1) == 0xaf63dc4c8601ec8cull);
+    CHECK(hl_item_key("foobar", 6) == 0x85944171f73967e8ull);
+    CHECK(hl_fnv1a64(HL_FNV64_HLM, "it0", 3) == 0x26771a5134c554aaull);
+    CHECK(hl_fnv1a32("foobar", 6) == 0xbf9cf968u);
+}
+
 int main(void)
 {
     const char *in = getenv("HL_HLM_ROUNDTRIP_IN"), *out = getenv("HL_HLM_ROUNDTRIP_OUT");
@@ -763,6 +777,7 @@ int main(void)
     snprintf(tmpdir, sizeof tmpdir, "/tmp/hl_test_model.XXXXXX");
     if (mkdtemp(tmpdir) == NULL) { perror("mkdtemp"); return 1; }
     RUN(test_roundtrip);
+    RUN(test_hash_values_fixed);
     RUN(test_item_find_misses);
     RUN(test_fingerprint);
     RUN(test_writer_refuses);

@@ -78,6 +78,29 @@ static void test_quote_cannot_forge_a_field(void)
     CHECKF(strcmp(q, "a\\\" le") == 0, "cut: %s", q);
 }
 
+/* A quoted value cut to its buffer, or given cut (callers quote the first
+ * 64 bytes of an id), ends between characters too: ids are UTF-8, and one
+ * cut mid-character made the whole line invalid UTF-8. */
+static void test_quote_cut_between_characters(void)
+{
+    static const char *const ids[] = {"abc\xc3\xa9\xc3\xa9\xc3\xa9", "ab\xe2\x82\xac\xe2\x82\xac",
+                                      "a\xf0\x9f\x98\x80\xf0\x9f\x98\x80"};
+    static const char *const want[] = {"abc\xc3\xa9", "ab\xe2\x82\xac", "a\xf0\x9f\x98\x80"};
+    char q[8];
+    for (int i = 0; i < 3; i++) {
+        hl_log_quote(q, sizeof q, ids[i], strlen(ids[i]));
+        CHECKF(strcmp(q, want[i]) == 0 && hl_utf8_valid(q, strlen(q)),
+               "id %d cut to %zu bytes, the last %02x", i, strlen(q),
+               (unsigned char)q[strlen(q) - 1]);
+    }
+    hl_log_quote(q, sizeof q, "a\"\xc3\xa9\xc3\xa9", 6);    /* an escape before the cut */
+    CHECKF(strcmp(q, "a\\\"\xc3\xa9") == 0, "cut: %s", q);
+    char big[32];       /* the caller's prefix (64 bytes of an id) ends mid-character */
+    hl_log_quote(big, sizeof big, "\xc3\xa9\xc3\xa9", 3);
+    CHECKF(strcmp(big, "\xc3\xa9") == 0, "a prefix cut mid-character quoted as %zu bytes",
+           strlen(big));
+}
+
 /* A value longer than the line is cut at 2,046 bytes, and the cut falls
  * between characters: a line ending in half a character is not UTF-8, and
  * a reader that decodes lines (Python's, jq) fails on it or drops it.
@@ -146,6 +169,7 @@ int main(void)
     RUN(test_printable_kept);
     RUN(test_quote_cannot_forge_a_field);
     RUN(test_long_line_cut_between_characters);
+    RUN(test_quote_cut_between_characters);
     RUN(test_limit_shared_by_threads);
     TEST_EXIT();
 }

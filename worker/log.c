@@ -52,16 +52,18 @@ int64_t hl_now_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Where to cut line[0..n) so that no character is split: n itself when
- * line[n] starts a character, else the start of the character line[n] is
- * inside of (at most 3 bytes back). A byte that continues nothing (the
- * value was not UTF-8) leaves the cut where it was. */
-static int char_start(const char *line, int n)
+/* n, less the last character of s[0..n) when it is incomplete (a lead
+ * byte followed by fewer continuation bytes than it announces): where to
+ * end a value or a line that was cut, so that no character is split.
+ * Bytes that are not UTF-8 anyway are left as they are. */
+static size_t whole_chars(const char *s, size_t n)
 {
-    for (int i = n; i > 0 && i > n - 4; i--) {
-        unsigned char c = (unsigned char)line[i];
-        if ((c & 0xc0) != 0x80)
-            return c >= 0xc0 ? i : n;
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned char c = (unsigned char)s[n - k];
+        if ((c & 0xc0) == 0x80)
+            continue;
+        size_t want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+        return k < want ? n - k : n;
     }
     return n;
 }
@@ -90,7 +92,7 @@ void hl_log(int level, const char *event, const char *fmt, ...)
         n += m;
     }
     if (n > (int)sizeof line - 2)
-        n = char_start(line, (int)sizeof line - 2);
+        n = (int)whole_chars(line, sizeof line - 2);
     /* Values come from records too (an id is whatever a producer wrote):
      * one event stays one line, so no control byte (a newline followed by
      * a forged "ts=... level=error" line, a terminal escape) is written as
@@ -111,6 +113,7 @@ const char *hl_log_quote(char *out, size_t cap, const char *s, size_t n)
             out[j++] = '\\';
         out[j++] = s[i] != '\0' ? s[i] : '?';
     }
+    j = whole_chars(out, j);    /* cut here or by the caller (a 64-byte prefix) */
     if (cap > 0)
         out[j] = '\0';
     return out;

@@ -21,7 +21,8 @@ void hl_log(int level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* s[0..n) for a value between quotes ("%s" in fmt): '"' and '\\' escaped
- * with '\\', a NUL written as '?', cut to fit cap (never mid-escape).
+ * with '\\', a NUL written as '?', cut to fit cap (never mid-escape, nor
+ * mid-character: a character s itself ends in the middle of is dropped).
  * Returns out. Ids come from records: quoted raw, one holding '"' would
  * end its value early and forge fields on the line. */
 const char *hl_log_quote(char *out, size_t cap, const char *s, size_t n);

@@ -607,6 +607,97 @@ static void test_purged_dead_letter_copy_is_counted_and_said(void)
     bed_close(&b);
 }
 
+/* stderr into a temporary file from here on, at HL_LOG_WARN. */
+static FILE *stderr_to_tmp(int *saved)
+{
+    FILE *tmp = tmpfile();
+    *saved = dup(STDERR_FILENO);
+    CHECK(tmp != NULL && *saved >= 0);
+    dup2(fileno(tmp), STDERR_FILENO);
+    hl_log_set_level(HL_LOG_WARN);
+    return tmp;
+}
+
+/* stderr back; what it got into got (cap bytes, NUL-terminated). */
+static void stderr_back(FILE *tmp, int saved, char *got, size_t cap)
+{
+    hl_log_set_level(HL_LOG_ERROR);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(got, 1, cap - 1, tmp);
+    got[n] = '\0';
+    fclose(tmp);
+}
+
+/* Serves prod's reports until metric name reads want or ms pass; what it
+ * reads then. */
+static double served_until(hl_producer *prod, hl_metrics *reg, const char *name,
+                           double want, int ms)
+{
+    double v = -1;
+    for (int t = 0; t <= ms / 50 && (v = metric_value(reg, name)) != want; t++)
+        hl_producer_poll(prod, 50);
+    return v;
+}
+
+/* A bad update's dead-letter copy the broker refuses: counted in
+ * halflife_dlq_errors_total alone and said once, by item_dlq_failed, which
+ * names the update's partition, offset and reason. Before, the producer
+ * also counted it in halflife_delivery_errors_total (whose alert says the
+ * worker fails to publish lists) with a delivery_failed line of its own,
+ * halflife_item_updates_dlq_total counted it when it was queued, and
+ * item_dlq_failed named no partition nor reason. A copy the broker takes
+ * counts in halflife_item_updates_dlq_total. */
+static void test_refused_dead_letter_copy_counted_once(void)
+{
+    char err[512], got[16384];
+    int saved;
+    bed b;
+    bed_open(&b, "dlqrefused");
+    rd_kafka_mock_topic_create(b.mock, "items.dlq", 1, 1);
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    hl_kafka_prop kp[] = {{"bootstrap.servers", b.bootstrap}, {"log_level", "0"}};
+    hl_counter *derr = hl_metrics_counter(b.reg, "halflife_delivery_errors_total",
+                                          "refused records", NULL);
+    hl_producer *prod = hl_producer_create(kp, 2, derr, err, sizeof err);
+    send_garbage(b.p);
+    CHECK(rd_kafka_flush(b.p, 10000) == 0);     /* the bed's own produce is not refused */
+    /* a refusal librdkafka does not remember: after a topic authorisation
+     * error it fails the topic's next sends at once, and the second copy
+     * below would not get there */
+    rd_kafka_mock_push_request_errors(b.mock, 0 /* Produce */, 1,
+                                      RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 4, .prod = prod, .dlq_topic = "items.dlq", .reg = b.reg};
+    FILE *tmp = stderr_to_tmp(&saved);
+    hl_items *it = prod != NULL ? hl_items_create(&o, err, sizeof err) : NULL;
+    if (it != NULL && hl_items_start(it, err, sizeof err) == 0)
+        for (int t = 0; t < 600 && !hl_items_loaded(it); t++)
+            usleep(50000);
+    double lost = served_until(prod, b.reg, "halflife_dlq_errors_total", 1, 10000);
+    double as_list = metric_value(b.reg, "halflife_delivery_errors_total");
+    double copied = metric_value(b.reg, "halflife_item_updates_dlq_total");
+    send_garbage(b.p);                          /* this copy gets there */
+    double copied2 = served_until(prod, b.reg, "halflife_item_updates_dlq_total", 1, 10000);
+    hl_items_stop(it);
+    hl_producer_purge(prod);
+    hl_items_destroy(it);
+    hl_producer_destroy(prod, 0);
+    stderr_back(tmp, saved, got, sizeof got);
+    const char *line = strstr(got, "event=item_dlq_failed");
+    CHECKF(lost == 1 && as_list == 0, "halflife_dlq_errors_total %g (want 1), "
+           "halflife_delivery_errors_total %g (want 0)", lost, as_list);
+    CHECKF(copied == 0 && copied2 == 1, "halflife_item_updates_dlq_total %g with the copy "
+           "refused (want 0), %g once one got there (want 1)", copied, copied2);
+    CHECKF(line != NULL && strstr(line, " partition=0 offset=0 reason=") != NULL &&
+           strstr(line, " reason=? ") == NULL && strstr(line, "too large") != NULL,
+           "no item_dlq_failed line naming partition, offset, reason and cause in: %s", got);
+    CHECKF(strstr(got, "event=delivery_failed") == NULL, "the refusal said twice: %s", got);
+    bed_close(&b);
+}
+
 /* A model swap to a model that no longer knows an item an operator's
  * record names (it counts against catalogue.max.new.items again) gives up
  * the stalest fold-in items beyond the bound at once, tombstoned, as the
@@ -664,5 +755,6 @@ int main(void)
     RUN(test_stale_tombstones_noted_once_per_key);
     RUN(test_swap_keeps_the_bound);
     RUN(test_purged_dead_letter_copy_is_counted_and_said);
+    RUN(test_refused_dead_letter_copy_counted_once);
     TEST_EXIT();
 }

@@ -154,6 +154,9 @@ static void send_dlq(hl_wthread *t, rd_kafka_message_t **rkmp, hl_codec_reason r
     dl->reason = r;
     *rkmp = NULL;
     hl_flight_dlq_headers(rkm, r, &hb, h);
+    /* counted in halflife_dlq_records_total once delivered: counted here,
+     * a copy the broker refused counted as copied and as failed */
+    dl->t.ok_counter = ctx->mx.dlq[r];
     if (hl_producer_send(ctx->prod, ctx->dlq_topic, RD_KAFKA_PARTITION_UA,
                          rkm->key, rkm->key_len, rkm->payload, rkm->len, h,
                          &dl->t, dl->err, sizeof dl->err) != 0) {
@@ -168,9 +171,7 @@ static void send_dlq(hl_wthread *t, rd_kafka_message_t **rkmp, hl_codec_reason r
                    "suppressed=%llu", (int)rkm->partition, (long long)rkm->offset,
                    hl_codec_reason_name(r), rkm->len, dl->err, t->dl_dir,
                    (unsigned long long)sup);
-        return;
     }
-    hl_counter_add(ctx->mx.dlq[r], 1);
 }
 
 static void bad_record(hl_wthread *t, rd_kafka_message_t **rkmp, hl_codec_reason r,

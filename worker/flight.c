@@ -155,9 +155,20 @@ dead_letter *hl_flight_dead_letter(hl_wthread *t, flight *f)
     }
     hl_ticket_reset(&dl->t);
     dl->t.fail_counter = t->ctx->mx.dlq_errors;
+    dl->t.dead_letter = 1;      /* a refusal is counted there and said by keep_one */
     dl->next = f->dl;
     f->dl = dl;
     return dl;
+}
+
+/* Why the broker refused dl's copy, in dl->err: the producer does not say
+ * a dead-letter copy's refusal (a delivery_failed line was the lists'
+ * alert's), so this is where its cause is read. */
+static const char *refused_why(dead_letter *dl)
+{
+    snprintf(dl->err, sizeof dl->err, "delivery failed: %s",
+             rd_kafka_err2str((rd_kafka_resp_err_t)atomic_load(&dl->t.err)));
+    return dl->err;
 }
 
 /* Writes one undelivered copy to the local dead-letter file. 0 once it is
@@ -180,7 +191,7 @@ static int keep_one(hl_wthread *t, dead_letter *dl)
                     : atomic_load(&dl->t.purged) > 0
                     ? "purged undelivered when a revocation or a stop let go of undelivered records "
                       "(see event=release_undelivered, release_lost_purged or stop_lost)"
-                    : "delivery failed (see event=delivery_failed)";
+                    : refused_why(dl);
     dlq_hdr_buf hb;
     hl_header h[8];
     hl_flight_dlq_headers(rkm, dl->reason, &hb, h);

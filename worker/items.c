@@ -368,8 +368,8 @@ static void resend_purged_tombstones(hl_items *it)
             hl_catalogue_foldin_state(it->cat, k->key + HL_ITEM_FOLDIN_KEY_LEN,
                                       (uint32_t)(k->len - HL_ITEM_FOLDIN_KEY_LEN)) != 0)
             continue;
-        hl_items_send_tombstone(it, k->key, (uint32_t)k->len, k->partition, k->header,
-                                k->header_len, err, sizeof err);
+        hl_items_send_tombstone(it, k->key, (uint32_t)k->len, k->partition, k->header[0],
+                                k->header_len[0], err, sizeof err);
     }
     hl_failed_keys_free(head);
 }
@@ -802,7 +802,8 @@ static void register_metrics(hl_items *it)
     it->c_updates = hl_metrics_counter(reg, "halflife_item_updates_total",
         "ItemUpdates applied to the catalogue.", NULL);
     it->c_dlq = hl_metrics_counter(reg, "halflife_item_updates_dlq_total",
-        "Bad ItemUpdates copied to the dead-letter topic.", NULL);
+        "Bad ItemUpdates whose copy the dead-letter topic acknowledged (a copy that did not "
+        "get there is in halflife_dlq_errors_total instead).", NULL);
     it->c_dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
         "Dead-letter copies that did not reach the DLQ topic: a bad input record's "
         "refused by the producer or the broker (the record is then kept in "
@@ -846,12 +847,15 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     hl_items_stale_seed(it);
     pthread_mutex_init(&it->evict_keys.mu, NULL);
     hl_ticket_reset(&it->evict_ticket);
-    it->evict_keys.header = HL_ITEM_EVICTS_HEADER;  /* a resend names its record */
+    it->evict_keys.header[0] = HL_ITEM_EVICTS_HEADER;  /* a resend names its record */
     it->evict_ticket.keys = &it->evict_keys;
     pthread_mutex_init(&it->dlq_keys.mu, NULL);
     hl_ticket_reset(&it->dlq_ticket);
-    it->dlq_keys.header = HL_ITEM_DLQ_OFFSET_HEADER;   /* where the update is, said */
+    it->dlq_keys.header[0] = HL_ITEM_DLQ_OFFSET_HEADER;     /* which update failed, */
+    it->dlq_keys.header[1] = HL_ITEM_DLQ_PARTITION_HEADER;  /* said */
+    it->dlq_keys.header[2] = HL_ITEM_DLQ_REASON_HEADER;
     it->dlq_ticket.keys = &it->dlq_keys;
+    it->dlq_ticket.dead_letter = 1;     /* counted and said here, not as a list */
     it->topic = strdup(o->topic);
     it->vec = malloc(2 * (size_t)o->codec.dim * sizeof(float));
     it->vec_dim = o->codec.dim;
@@ -864,6 +868,7 @@ hl_items *hl_items_create(const hl_items_opts *o, char *errbuf, size_t errlen)
     if (it->cat == NULL || make_consumer(it, errbuf, errlen) != 0)
         goto fail;
     register_metrics(it);
+    it->dlq_ticket.ok_counter = it->c_dlq;      /* a copy counts once delivered */
     return it;
 fail:
     hl_items_destroy(it);

@@ -14,8 +14,11 @@
 
 #define KNOWN_IDS          64   /* registry ids whose schema was checked, kept */
 #define HL_ITEM_DETAIL_LEN 256   /* a bad update's reason, as a sentence */
-/* the dead-letter copy's header that a failed copy's key keeps (items_dlq.c) */
-#define HL_ITEM_DLQ_OFFSET_HEADER "halflife.source.offset"
+/* the dead-letter copy's headers that a failed copy's key keeps, in its
+ * header[0], [1] and [2]: what item_dlq_failed says (items_dlq.c) */
+#define HL_ITEM_DLQ_OFFSET_HEADER    "halflife.source.offset"
+#define HL_ITEM_DLQ_PARTITION_HEADER "halflife.source.partition"
+#define HL_ITEM_DLQ_REASON_HEADER    "halflife.reason"
 
 typedef struct known_id {
     int32_t id;

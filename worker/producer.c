@@ -31,13 +31,16 @@ struct hl_producer {
 };
 
 /* A failed record's key onto keys: the rare path, so it may lock and
- * allocate. hv (hv_len bytes, NULL: none) is the value of its header
- * keys->header, kept in the same block. */
+ * allocate. hv[i] (hv_len[i] bytes, NULL: none) is the value of its
+ * header keys->header[i], kept in the same block. */
 static void keep_failed_key(hl_ticket_keys *keys, const void *key, size_t len,
-                            int32_t partition, const void *hv, size_t hv_len,
+                            int32_t partition, const void *const *hv, const size_t *hv_len,
                             rd_kafka_resp_err_t err)
 {
-    hl_failed_key *k = malloc(sizeof *k + len + (hv != NULL ? hv_len : 0));
+    size_t extra = 0;
+    for (int i = 0; i < HL_KEY_HEADERS; i++)
+        extra += hv[i] != NULL ? hv_len[i] : 0;
+    hl_failed_key *k = malloc(sizeof *k + len + extra);
     pthread_mutex_lock(&keys->mu);
     if (k == NULL) {
         keys->lost++;
@@ -47,10 +50,14 @@ static void keep_failed_key(hl_ticket_keys *keys, const void *key, size_t len,
         k->len = len;
         if (len > 0)
             memcpy(k->key, key, len);
-        k->header = hv != NULL ? k->key + len : NULL;
-        k->header_len = hv != NULL ? hv_len : 0;
-        if (hv != NULL && hv_len > 0)
-            memcpy(k->key + len, hv, hv_len);
+        char *at = k->key + len;
+        for (int i = 0; i < HL_KEY_HEADERS; i++) {
+            k->header[i] = hv[i] != NULL ? at : NULL;
+            k->header_len[i] = hv[i] != NULL ? hv_len[i] : 0;
+            if (k->header_len[i] > 0)
+                memcpy(at, hv[i], hv_len[i]);
+            at += k->header_len[i];
+        }
         k->next = keys->head;
         keys->head = k;
     }
@@ -102,46 +109,64 @@ static int purged_err(rd_kafka_resp_err_t err)
     return err == RD_KAFKA_RESP_ERR__PURGE_QUEUE || err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
 }
 
+/* A failed report onto its ticket: counted failed (and purged), the
+ * first refusal's cause kept, the key kept if the ticket keeps keys. */
+static void ticket_failed(hl_ticket *t, const rd_kafka_message_t *rkm, int purged)
+{
+    atomic_fetch_add(&t->failed, 1);
+    if (purged) {
+        atomic_fetch_add(&t->purged, 1);
+    } else {
+        int none = 0;
+        atomic_compare_exchange_strong(&t->err, &none, (int)rkm->err);
+        if (t->fail_counter)
+            hl_counter_add(t->fail_counter, 1);
+    }
+    if (t->keys) {
+        size_t hv_len[HL_KEY_HEADERS] = {0};
+        const void *hv[HL_KEY_HEADERS];
+        for (int i = 0; i < HL_KEY_HEADERS; i++)
+            hv[i] = report_header(rkm, t->keys->header[i], &hv_len[i]);
+        keep_failed_key(t->keys, rkm->key, rkm->key_len, rkm->partition, hv, hv_len,
+                        rkm->err);
+    }
+}
+
 /* A failed report. A purge fails every record the producer holds, for
  * every thread, at once: counting and logging those as delivery errors
  * (one delivery_failed line, the errors metric, a DLQ error) told an
  * operator the broker refused what the worker itself took back; the purge's
  * caller logs one line for all of them instead. The ticket still counts
- * them failed and keeps their keys: their owner sends those lists again. */
+ * them failed and keeps their keys: their owner sends those lists again.
+ * A dead-letter copy's refusal is not output the worker failed to
+ * publish: counted in delivery_errors it fired the alert on failing lists
+ * (HalflifeDeliveryErrors) for bad input, and was said twice (here and by
+ * its owner). Its owner counts it (halflife_dlq_errors_total) and says it. */
 static void report_failed(hl_producer *p, hl_ticket *t, const rd_kafka_message_t *rkm)
 {
     int none = 0, purged = purged_err(rkm->err);
+    int dead_letter = t != NULL && t->dead_letter;
     atomic_compare_exchange_strong(&p->first_err, &none, (int)rkm->err);
     atomic_fetch_add(&p->n_failed, 1);
     if (purged) {
         atomic_fetch_add(&p->n_purged, 1);
         if (p->purged)
             hl_counter_add(p->purged, 1);
-    } else if (p->delivery_errors) {
+    } else if (p->delivery_errors && !dead_letter) {
         hl_counter_add(p->delivery_errors, 1);
     }
-    if (t) {
-        atomic_fetch_add(&t->failed, 1);
-        if (purged)
-            atomic_fetch_add(&t->purged, 1);
-        else if (t->fail_counter)
-            hl_counter_add(t->fail_counter, 1);
-        if (t->keys) {
-            size_t hv_len = 0;
-            const void *hv = report_header(rkm, t->keys->header, &hv_len);
-            keep_failed_key(t->keys, rkm->key, rkm->key_len, rkm->partition, hv, hv_len,
-                            rkm->err);
-        }
-    }
+    if (t)
+        ticket_failed(t, rkm, purged);
     uint64_t sup = 0;               /* the limiter is shared by the polling threads */
-    if (purged && t != NULL)
+    if ((purged && t != NULL) || dead_letter)
         return;
     /* A purged record without a ticket has no owner to send it again or
      * say it: said here. That is a stale tombstone's resend (items_stale.c)
      * or a record of `halflife produce` or the demo. A ticket's owner says
      * its own: fold-in items and eviction tombstones are sent again
-     * (fold.c, items.c), an item update's dead-letter copy is logged as
-     * item_dlq_failed (items_dlq.c). */
+     * (fold.c, items.c), a bad record's or item update's dead-letter copy
+     * is logged as dead_letter_kept (flight.c) or item_dlq_failed
+     * (items_dlq.c). */
     if (hl_log_limit_pass(&p->err_limit, &sup))
         hl_log(HL_LOG_WARN, purged ? "record_purged" : "delivery_failed", "topic=%s "
                "err=\"%s\"%s suppressed=%llu", rd_kafka_topic_name(rkm->rkt),
@@ -159,6 +184,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
          * threads, the main loop, the changelog), and one ticket's message
          * sets can be reported in two of them at once: a compare-and-swap
          * max, so neither lowers what the other raised. */
+        if (t && t->ok_counter)
+            hl_counter_add(t->ok_counter, 1);   /* before the report is done: see
+                                                   ticket_report_done */
         if (t) {
             int64_t cur = atomic_load_explicit(&t->last_offset, memory_order_relaxed);
             while (rkm->offset > cur &&
@@ -337,8 +365,10 @@ int hl_producer_send(hl_producer *p, const char *topic, int32_t partition,
              * record over message.max.bytes): for a ticket that keeps
              * keys, a failure like one a report brings. */
             if (ticket && ticket->keys) {
-                size_t hv_len = 0;
-                const void *hv = send_header(headers, ticket->keys->header, &hv_len);
+                size_t hv_len[HL_KEY_HEADERS] = {0};
+                const void *hv[HL_KEY_HEADERS];
+                for (int i = 0; i < HL_KEY_HEADERS; i++)
+                    hv[i] = send_header(headers, ticket->keys->header[i], &hv_len[i]);
                 keep_failed_key(ticket->keys, key, key_len, partition, hv, hv_len, err);
                 atomic_fetch_add(&ticket->failed, 1);
             }

@@ -18,15 +18,18 @@
 #include <stdatomic.h>
 #include <librdkafka/rdkafka.h>
 
+#define HL_KEY_HEADERS 3    /* headers a failed key keeps the values of */
+
 /* A record whose delivery failed, its key copied (the owner of the ticket
  * refreshes that user again: flight.c). One block: free() frees it all. */
 typedef struct hl_failed_key {
     struct hl_failed_key *next;
     rd_kafka_resp_err_t   err;
     int32_t               partition;  /* the record's, -1 when none was chosen */
-    const char           *header;     /* the value of the ticket's keys->header, in
-                                         this block; NULL when the record had none */
-    size_t                header_len;
+    const char           *header[HL_KEY_HEADERS]; /* the values of the ticket's
+                                         keys->header, in this block; NULL when
+                                         the record had none */
+    size_t                header_len[HL_KEY_HEADERS];
     size_t                len;
     char                  key[];
 } hl_failed_key;
@@ -34,14 +37,15 @@ typedef struct hl_failed_key {
 /* The failed keys of a ticket. Reports run in whichever thread polls, so
  * a mutex; only a failure takes it (and allocates), the success path never
  * does. lost counts failures whose key could not be copied (out of memory).
- * header (NULL: none) names a header whose value each failed key keeps
- * with it, for an owner that sends the record again as it was (items.c:
- * an eviction tombstone names the record it evicts in one). */
+ * header (NULL entries: none) names headers whose values each failed key
+ * keeps with it, for an owner that sends the record again as it was
+ * (items.c: an eviction tombstone names the record it evicts in one) or
+ * says which record failed (items_dlq.c: a dead-letter copy's source). */
 typedef struct hl_ticket_keys {
     pthread_mutex_t mu;
     hl_failed_key  *head;
     int             lost;
-    const char     *header;
+    const char     *header[HL_KEY_HEADERS];
 } hl_ticket_keys;
 
 typedef struct hl_ticket {
@@ -50,6 +54,14 @@ typedef struct hl_ticket {
     atomic_int      purged;       /* of those, purged (hl_producer_purge): not
                                      refused, taken back by this process */
     hl_counter     *fail_counter; /* also counts failures, if not NULL */
+    hl_counter     *ok_counter;   /* counts delivered records, if not NULL */
+    int             dead_letter;  /* 1: dead-letter copies. A refusal is not a
+                                     failed delivery of output: counted in
+                                     fail_counter (or by the owner), never in
+                                     delivery_errors, and said by the owner,
+                                     not in a delivery_failed line */
+    atomic_int      err;          /* the first refusal a delivery report
+                                     brought (a purge is not one); 0 before any */
     hl_ticket_keys *keys;         /* failed records' keys go here, if not NULL */
     _Atomic int64_t last_offset;  /* highest offset delivered, -1 before any
                                      (the changelog's place in its topic) */
@@ -66,7 +78,10 @@ static inline void hl_ticket_reset(hl_ticket *t)
     atomic_store(&t->purged, 0);
     atomic_store(&t->last_offset, -1);
     atomic_store(&t->done_us, 0);
+    atomic_store(&t->err, 0);
     t->keys = NULL;
+    t->ok_counter = NULL;
+    t->dead_letter = 0;
 }
 
 static inline int hl_ticket_done(hl_ticket *t)
@@ -80,7 +95,8 @@ typedef struct hl_producer hl_producer;   /* opaque */
  * socket.nagle.disable=true and message.timeout.ms=0 (a list is never given up on: with the broker away
  * the worker waits instead of losing output) unless props say otherwise.
  * props are set in order, so a later key overrides an earlier one;
- * consumer-only keys are skipped. delivery_errors may be NULL. */
+ * consumer-only keys are skipped. delivery_errors (may be NULL) counts the
+ * records refused, but for those of a dead-letter ticket (its dead_letter). */
 hl_producer *hl_producer_create(const hl_kafka_prop *props, int n_props,
                                 hl_counter *delivery_errors,
                                 char *errbuf, size_t errlen);

@@ -28,7 +28,8 @@ static void register_event_counters(hl_worker *w)
         w->ctx.mx.invalid[r] = hl_metrics_counter(reg, "halflife_events_invalid_total",
             "Input records that could not be decoded, by reason.", labels);
         w->ctx.mx.dlq[r] = hl_metrics_counter(reg, "halflife_dlq_records_total",
-            "Records copied to the dead-letter topic, by reason.", labels);
+            "Bad records whose copy the dead-letter topic acknowledged, by reason (a copy "
+            "that did not get there is in halflife_dlq_errors_total instead).", labels);
     }
     w->ctx.mx.dlq_errors = hl_metrics_counter(reg, "halflife_dlq_errors_total",
         "Dead-letter copies that did not reach the DLQ topic: a bad input record's "

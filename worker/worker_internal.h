@@ -30,7 +30,8 @@
 
 /* Registered by worker.c and fetched by worker_start.c: one text. */
 #define HL_DELIVERY_ERRORS_HELP "Records the producer failed to deliver: the broker or " \
-    "librdkafka refused them (purged ones are in halflife_delivery_purged_total)."
+    "librdkafka refused them (purged ones are in halflife_delivery_purged_total, " \
+    "dead-letter copies in halflife_dlq_errors_total)."
 #define HL_DELIVERY_PURGED_HELP "Records the worker took back from its producer undelivered: " \
     "a revocation that let go of undelivered lists purges every record the producer holds, " \
     "a stop what it could not deliver in time. Not refused by the broker; the lists of " \

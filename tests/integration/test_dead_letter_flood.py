@@ -13,6 +13,14 @@ its own dead_letter_kept line (and a DLQ copy refused at the send, a
 dlq_failed line): anyone able to write to the input topic while the DLQ
 is down could fill the worker's disk with its log.
 
+The refused copies count as dead-letter errors and nowhere else: each in
+halflife_dlq_errors_total, none in halflife_dlq_records_total (copies the
+DLQ topic took) nor in halflife_delivery_errors_total (whose alert says
+the worker fails to publish lists), and the producer adds no
+delivery_failed line: dead_letter_kept names the broker's error. Before,
+each counted in all three (copied when queued, and the producer counted
+every refusal as a failed delivery).
+
 Run: HL_HALFLIFE=build/halflife HL_BUILD=build /usr/bin/python3 tests/integration/test_dead_letter_flood.py
 """
 import os
@@ -60,7 +68,20 @@ def run(ck):
     ck.check("every_record_kept", kept == N_BAD and len(files) >= N_BAD,
              "halflife_dead_letters_kept_total %s, %d files, %d bad records"
              % (kept, len(files), N_BAD))
-    lines = [ln for ln in w.log_text().splitlines()
+    counts = {n: w.metric_or(n) for n in ("halflife_dlq_errors_total",
+              "halflife_dlq_records_total", "halflife_delivery_errors_total")}
+    ck.check("counted_as_dead_letters_only",
+             counts == {"halflife_dlq_errors_total": N_BAD, "halflife_dlq_records_total": 0,
+                        "halflife_delivery_errors_total": 0},
+             "%s for %d refused copies" % (counts, N_BAD))
+    text = w.log_text()
+    kept_lines = [ln for ln in text.splitlines() if " event=dead_letter_kept " in ln]
+    ck.check("said_once_with_cause",
+             " event=delivery_failed " not in text and kept_lines and
+             all('dlq_err="delivery failed: Broker: ' in ln for ln in kept_lines),
+             "delivery_failed lines %d, dead_letter_kept lines: %s"
+             % (text.count(" event=delivery_failed "), kept_lines[:2]))
+    lines = [ln for ln in text.splitlines()
              if " event=dead_letter_kept " in ln or " event=dlq_failed " in ln]
     ck.check("log_bounded", len(lines) <= MAX_LINES,
              "%d dead_letter_kept/dlq_failed lines for %d records (at most %d wanted)"

@@ -535,6 +535,41 @@ static void test_stale_tombstones_noted_once_per_key(void)
     bed_close(&b);
 }
 
+/* A stop sends the notes still waiting for their delay: the record a
+ * stale tombstone would let compaction delete is sent again at once.
+ * Before, a reader stopped within a note's delay (below 5 s) dropped it,
+ * and if no other worker answered, the item was lost to the next start
+ * until its next doubling. */
+static void test_stop_sends_waiting_notes(void)
+{
+    char err[512];
+    bed b;
+    bed_open(&b, "stalestop");
+    hl_item_codec_opts co = {.framing = HL_FRAMING_RAW, .dim = DIM,
+                             .min_ts_ms = INT64_MIN, .max_ts_ms = INT64_MAX};
+    hl_kafka_prop kp[] = {{"bootstrap.servers", "127.0.0.1:1"}, {"log_level", "0"}};
+    hl_producer *prod = hl_producer_create(kp, 2, NULL, err, sizeof err);
+    send_foldin(b.p, "new-a", &co);             /* offset 0 */
+    send_foldin(b.p, "new-a", &co);             /* offset 1: the one kept */
+    send_stale_tombstones(b.p, "new-a", 1, 0);
+    hl_items_opts o = {.bootstrap = b.bootstrap, .topic = "items", .codec = co, .m = b.m,
+                       .max_new = 4, .prod = prod, .reg = b.reg};
+    hl_items *it = prod != NULL ? hl_items_create(&o, err, sizeof err) : NULL;
+    CHECKF(it != NULL, "%s", err);
+    if (it == NULL)
+        return;
+    CHECK(hl_items_start(it, err, sizeof err) == 0);
+    for (int t = 0; t < 600 && !hl_items_loaded(it); t++)
+        usleep(10000);
+    hl_items_stop(it);              /* most likely within the note's delay */
+    int n = hl_producer_flush(prod, 0);
+    CHECKF(n == 1, "%d records sent again by the stop for 1 stale tombstone, want 1", n);
+    hl_producer_purge(prod);
+    hl_items_destroy(it);
+    hl_producer_destroy(prod, 0);
+    bed_close(&b);
+}
+
 /* Sends a record under key "bad" that no decoder takes. */
 static void send_garbage(rd_kafka_t *p)
 {
@@ -753,6 +788,7 @@ int main(void)
     RUN(test_purged_eviction_tombstone_is_sent_again);
     RUN(test_purged_eviction_tombstone_names_its_record);
     RUN(test_stale_tombstones_noted_once_per_key);
+    RUN(test_stop_sends_waiting_notes);
     RUN(test_swap_keeps_the_bound);
     RUN(test_purged_dead_letter_copy_is_counted_and_said);
     RUN(test_refused_dead_letter_copy_counted_once);

@@ -703,6 +703,9 @@ static void *items_main(void *arg)
         hl_items_dlq_failed(it);
         pthread_mutex_unlock(&it->cat_mu);
     }
+    pthread_mutex_lock(&it->cat_mu);
+    hl_items_stale_resend_all(it);      /* a note waiting for its delay is not dropped */
+    pthread_mutex_unlock(&it->cat_mu);
     return NULL;
 }
 

@@ -136,6 +136,8 @@ void    hl_items_stale_note(hl_items *it, const hl_item_update *u);
  * delay is over sent again where the tombstone is still the last message
  * read of its key; the notes not due yet are kept. */
 void    hl_items_stale_resend(hl_items *it);
+/* The reader stops: every note is due now (hl_items_stale_resend). */
+void    hl_items_stale_resend_all(hl_items *it);
 /* The notes' delays drawn from a seed of this process's own. */
 void    hl_items_stale_seed(hl_items *it);
 

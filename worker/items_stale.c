@@ -26,7 +26,8 @@
  * delays end within the time a record takes to reach the other readers
  * (tens of ms against seconds); compaction keeps one of them. The delay
  * costs nothing meanwhile: every reader keeps the record, and compaction
- * never touches the active segment. The notes awaiting that are one per
+ * never touches the active segment; a stop sends the notes still waiting
+ * (hl_items_stale_resend_all). The notes awaiting that are one per
  * item (the latest
  * tombstone in its record's partition), so a topic of any number of
  * stale tombstones costs no more than the fold-in items kept. The reader
@@ -227,4 +228,19 @@ void hl_items_stale_resend(hl_items *it)
     memset(it->stale_slot, 0, it->n_stale_slot * sizeof *it->stale_slot);
     for (int i = 0; i < kept; i++)
         it->stale_slot[note_probe(it, it->stale[i].id, it->stale[i].len)] = (uint32_t)i + 1;
+}
+
+/* A note dropped at a stop is a record compaction may delete when no other
+ * worker answers its tombstone (the last one of the group to stop, or the
+ * only one): the item is then unknown to the next start until its next
+ * doubling. Sent now instead, its delay cut short: at worst one copy more
+ * than the other workers send, and compaction keeps one. The producer is
+ * settled after (worker.c), so it gets the stop's time left to land. */
+void hl_items_stale_resend_all(hl_items *it)
+{
+    int64_t now = hl_now_mono_ms();
+    for (int i = 0; i < it->n_stale; i++)
+        it->stale[i].due_ms = now;
+    it->stale_due_ms = now;
+    hl_items_stale_resend(it);
 }

@@ -448,14 +448,25 @@ static void produce(hl_changelog_shard *cs)
 }
 
 /* 1 when this process may no longer write the partition: its consumer
- * says the assignment was lost (session expired while it was cut off).
+ * says the assignment was lost (session expired while it was cut off), or
+ * its member id changed since the partitions were assigned (opts.
+ * member_gone): a session that ran out inside a revocation callback resets
+ * the id, and librdkafka 2.0.2 does not mark the assignment lost then
+ * (rd_kafka_cgrp_revoke_all_rejoin_maybe does nothing while rebalancing),
+ * so a release's flush looking at the mark alone sent its checkpoint
+ * after the next owner's claim (test_changelog_fence,
+ * test_no_checkpoint_after_member_reset). The id is a round trip to
+ * librdkafka's thread, looked at only where a write is decided (a few
+ * times per flush) and every GONE_LOOK_MS of flush_now's wait.
  * Counted and logged once per loss: the flush it refuses is looked at
  * again until the shard goes (the refused checkpoint, then flush_now
  * starting it anew, then each tick's interval), and each look counted
  * one more refused flush. */
 static int fenced(hl_changelog_shard *cs)
 {
-    if (!rd_kafka_assignment_lost(cs->cl->o.consumer)) {
+    const hl_changelog_opts *o = &cs->cl->o;
+    int lost = rd_kafka_assignment_lost(o->consumer);
+    if (!lost && (o->member_gone == NULL || !o->member_gone(o->member_arg))) {
         cs->fenced_seen = 0;
         return 0;
     }
@@ -465,8 +476,9 @@ static int fenced(hl_changelog_shard *cs)
     uint64_t sup = 0;
     hl_counter_add(cs->cl->mx.fenced, 1);
     if (hl_log_limit_pass(&cs->limit, &sup))
-        hl_log(HL_LOG_WARN, "changelog_write_fenced", "partition=%d reason=\"assignment "
-               "lost\" action=\"flush refused\" suppressed=%llu", (int)cs->partition,
+        hl_log(HL_LOG_WARN, "changelog_write_fenced", "partition=%d reason=\"%s\" "
+               "action=\"flush refused\" suppressed=%llu", (int)cs->partition,
+               lost ? "assignment lost" : "member id changed since the assignment",
                (unsigned long long)sup);
     return 1;
 }
@@ -661,10 +673,13 @@ int hl_changelog_tick(hl_changelog_shard *cs, hl_table *tbl, int64_t applied_off
     return start_flush(cs, tbl, applied_offset, now_ms);
 }
 
+#define GONE_LOOK_MS 10      /* flush_now's wait: how often it looks for a fence */
+
 int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_offset,
                            int64_t deadline_ms)
 {
     hl_changelog *cl = cs->cl;
+    int64_t looked = hl_now_mono_ms();
     for (;;) {
         int64_t now = hl_now_mono_ms();
         if (cs->state == ROWS && hl_ticket_done(&cs->t))
@@ -694,8 +709,12 @@ int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_o
                    (long long)cs->durable);
             return HL_EIO;
         }
-        if (fenced(cs))     /* lost while its records wait: the caller lets them go */
-            return HL_EIO;
+        /* lost while its records wait: the caller lets them go */
+        if (now - looked >= GONE_LOOK_MS) {
+            looked = now;
+            if (fenced(cs))
+                return HL_EIO;
+        }
         hl_producer_poll(cl->o.prod, 1);
     }
 }

@@ -51,7 +51,8 @@
  * pass validation: a bad one moves nothing): one of a lower epoch
  * after it was written by an owner that had already lost the partition (a
  * zombie back from a pause) and is ignored (counted). A writer whose
- * consumer reports its assignment lost refuses to flush (counted). A
+ * consumer reports its assignment lost, or whose member id changed since
+ * its partitions were assigned, refuses to flush (counted). A
  * local snapshot's cover (the changelog offset a restart from it reads
  * from) is only ever a flush whose records follow the writer's claim with
  * nothing of another writer's between (the chain, changelog.c): a late
@@ -112,6 +113,12 @@ typedef struct hl_changelog_opts {
     const hl_table_opts *topts;       /* the shards' table options (borrowed) */
     hl_producer   *prod;              /* the worker's idempotent producer (borrowed) */
     rd_kafka_t    *consumer;          /* the group consumer (borrowed): offsets, fencing */
+    /* 1 when this member's id changed since its partitions were assigned
+     * (hl_member_gone): fenced as a lost assignment is. librdkafka 2.0.2
+     * does not mark the assignment lost when the session runs out inside a
+     * revocation callback, where a release's flushes run. NULL: never */
+    int          (*member_gone)(void *arg);
+    void          *member_arg;
     hl_metrics    *reg;
     int            create;            /* 1: create a missing topic with the admin API */
     int            timeout_ms;        /* metadata, admin and restore stall bound */
@@ -234,7 +241,8 @@ int hl_changelog_tick(hl_changelog_shard *cs, hl_table *tbl, int64_t applied_off
 /* Revocation and shutdown, owner thread, every list delivered: flushes
  * everything up to next_offset and waits for its delivery until
  * deadline_ms (monotonic), or until the consumer says the assignment is
- * lost (fenced: then the records still queued are the caller's to purge).
+ * lost or the member id changed (fenced: then the records still queued
+ * are the caller's to purge).
  * 0 once durable, else a negative HL_E* (logged). */
 int hl_changelog_flush_now(hl_changelog_shard *cs, hl_table *tbl, int64_t next_offset,
                            int64_t deadline_ms);

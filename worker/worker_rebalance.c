@@ -582,6 +582,9 @@ void hl_worker_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * meanwhile); once stopping, the threads take no new shard, so the
          * partitions are only acknowledged, left unserved and uncommitted:
          * their next owner resumes where they were. */
+        /* Noted first: the restores' flushes (flush_recreated) are
+         * fenced by a member id other than the noted one (member_gone). */
+        note_member(w, rk);
         if (atomic_load(&w->stop) == 0)
             assign_parts(w, rk, parts);
         else
@@ -593,7 +596,6 @@ void hl_worker_on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_assign(rk, parts);
         if (error == NULL)
             store_restored(w, rk, parts);
-        note_member(w, rk);
         atomic_store(&w->awaiting, 0);
         atomic_store(&w->have_assignment, 1);
     } else {

@@ -427,6 +427,12 @@ static int start_registry(hl_worker *w, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* hl_changelog_opts.member_gone (arg: the threads' shared context). */
+static int changelog_member_gone(void *arg)
+{
+    return hl_member_gone(arg);
+}
+
 /* state.store=kafka: the changelog topic checked (or created) before the
  * worker joins its group. The embedded broker made it already. */
 static int start_changelog(hl_worker *w, char *errbuf, size_t errlen)
@@ -439,6 +445,7 @@ static int start_changelog(hl_worker *w, char *errbuf, size_t errlen)
         .kafka = w->o.kafka, .n_kafka = w->o.n_kafka, .flush_ms = w->o.state_flush_ms,
         .model_fingerprint = hl_model_info_get(w->m)->fingerprint, .topts = &w->ctx.topts,
         .prod = w->prod, .consumer = hl_consumer_handle(w->cons), .reg = w->reg,
+        .member_gone = changelog_member_gone, .member_arg = &w->ctx,
         .create = w->mock == NULL, .timeout_ms = 10000,
         .reshape = hl_worker_changelog_reshape, .reshape_arg = w,
         .start_abort = w->o.start_abort,

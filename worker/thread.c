@@ -21,6 +21,20 @@
 
 /* ---- creation ---------------------------------------------------------- */
 
+/* A duration of the consumer's configuration (session.timeout.ms: a
+ * release that did not run for longer was cut off from the coordinator
+ * as long, stalled). Unknown: never reached. */
+static int64_t conf_ms(rd_kafka_t *consumer, const char *key)
+{
+    char buf[32];
+    size_t n = sizeof buf;
+    if (consumer == NULL ||
+        rd_kafka_conf_get(rd_kafka_conf(consumer), key, buf, &n) != RD_KAFKA_CONF_OK)
+        return INT64_MAX / 4;
+    long long ms = atoll(buf);
+    return ms > 0 ? ms : INT64_MAX / 4;
+}
+
 hl_wthread *hl_wthread_create(int id, hl_wshared *ctx, char *errbuf, size_t errlen)
 {
     hl_wthread *t = calloc(1, sizeof *t);
@@ -33,6 +47,10 @@ hl_wthread *hl_wthread_create(int id, hl_wshared *ctx, char *errbuf, size_t errl
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
     t->mref = hl_models_acquire(ctx->models);
+    t->stall_ms = conf_ms(ctx->consumer, "session.timeout.ms");
+    t->verdict_ms = conf_ms(ctx->consumer, "heartbeat.interval.ms");
+    if (t->verdict_ms > t->stall_ms)
+        t->verdict_ms = t->stall_ms;
     if (hl_batch_alloc(t, errbuf, errlen) != 0 || hl_publish_alloc(t, errbuf, errlen) != 0 ||
         hl_flight_alloc(t, errbuf, errlen) != 0)
         goto fail;
@@ -286,6 +304,23 @@ static void let_go_undelivered(hl_wthread *t, int n_take, int lost)
                t->fl_n, t->ctx->o->shutdown_timeout_ms, (unsigned long long)purged);
 }
 
+/* This thread's CPU time, ms: work between two looks is not a stall. */
+static int64_t cpu_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The release's own work (publishing, a snapshot: disk waits too) ended:
+ * not a stall. */
+static void member_busy_end(hl_wthread *t)
+{
+    t->rel_seen_ms = hl_now_mono_ms();
+    t->rel_seen_cpu_ms = cpu_ms();
+}
+
 /* The membership went while the snapshots of a release were written
  * (hl_wthread_moved; they take long for big shards, and a session can
  * run out meanwhile as it can during the wait for the lists): the shards
@@ -343,6 +378,7 @@ static void snapshot_taken(hl_wthread *t, int n_take, int lost)
         /* The next owner starts here. */
         if (hl_shard_snapshot_now(sh, deadline) != 0 && atomic_load(t->ctx->stop))
             note_unsaved(t, sh);
+        member_busy_end(t);
     }
 }
 
@@ -367,6 +403,50 @@ static void *membership(hl_wthread *t, size_t *len)
     return buf;
 }
 
+/* A release that did not run for longer than session.timeout.ms (gap_ms:
+ * between two of its looks, less its CPU time and its disk waits between
+ * them, member_busy_end): the whole process was stopped (SIGSTOP, a
+ * frozen VM or container), and the coordinator has evicted this member
+ * meanwhile, but the member id is reset only when a heartbeat's answer
+ * comes back, a few ms after the process runs again. The lists a release
+ * waited for are often in its socket by then: it went on and wrote the
+ * snapshots of partitions another member owned before that answer
+ * (test_lost_mid_release, resumed_delivered). So the stall is taken as
+ * the answer: let go as lost. If the session survived after all, the
+ * cost is the next owner's replay, never state. */
+static int stalled(hl_wthread *t, int64_t gap_ms)
+{
+    if (gap_ms <= t->stall_ms)
+        return 0;
+    hl_log(HL_LOG_WARN, "release_stalled", "thread=%d stalled_ms=%lld "
+           "session_timeout_ms=%lld action=\"let go as lost: the group evicted this "
+           "member meanwhile\"", t->id, (long long)gap_ms, (long long)t->stall_ms);
+    return 1;
+}
+
+/* After a stall: waits (up to heartbeat.interval.ms; the heartbeat is
+ * overdue, so it goes at once) for the coordinator's answer to change the
+ * membership, inside the revocation. The partitions this member keeps are
+ * released later as lost only when their revocation finds the id changed
+ * (worker_rebalance.c, note_revocation); a release that ended before the
+ * answer let librdkafka rejoin under the old id (the mock takes an
+ * evicted member back under it), and the kept ones were then revoked as
+ * ordinary ones, snapshots written (test_lost_mid_release, kept_lost). */
+static void await_verdict(hl_wthread *t)
+{
+    for (int64_t end = hl_now_mono_ms() + t->verdict_ms; hl_now_mono_ms() < end;) {
+        size_t len = 0;
+        void *m = membership(t, &len);
+        int changed = m != NULL && (len != t->rel_member_len ||
+                                    memcmp(m, t->rel_member, len) != 0);
+        if (m != NULL)
+            rd_kafka_mem_free(NULL, m);
+        if (changed)
+            return;
+        hl_producer_poll(t->ctx->prod, 10);
+    }
+}
+
 /* librdkafka 2.0.2 never marks an assignment lost while a revocation
  * callback runs, and a release runs inside one: every path that would
  * (a session timeout, an unknown member id, a fenced generation,
@@ -384,7 +464,13 @@ int hl_wthread_moved(hl_wthread *t)
 {
     if (t->rel_member == NULL || t->rel_moved)
         return t->rel_moved;
-    int64_t now = hl_now_mono_ms();
+    int64_t now = hl_now_mono_ms(), cpu = cpu_ms();
+    if (stalled(t, now - t->rel_seen_ms - (cpu - t->rel_seen_cpu_ms))) {
+        await_verdict(t);
+        return t->rel_moved = 1;
+    }
+    t->rel_seen_ms = now;
+    t->rel_seen_cpu_ms = cpu;
     if (now - t->rel_checked_ms < MEMBER_CHECK_MS)
         return 0;
     t->rel_checked_ms = now;
@@ -417,9 +503,10 @@ int hl_member_gone(hl_wshared *ctx)
 /* Notes the membership a release begins under (none when lost already). */
 static void member_note(hl_wthread *t, int lost)
 {
-    t->rel_moved = 0;
     t->rel_checked_ms = hl_now_mono_ms();
+    member_busy_end(t);
     t->rel_member = lost ? NULL : membership(t, &t->rel_member_len);
+    t->rel_moved = 0;
 }
 
 /* 1 when the release lost its partitions after all: looks once more, now. */
@@ -478,6 +565,7 @@ static void release(hl_wthread *t, int n_take)
         for (int j = i; j < n_take && n_sh < 64; j++)
             shs[n_sh++] = hl_wthread_shard_of(t, t->take_copy[j]);
         hl_publish_pending(t, shs, n_sh, stopping ? 0 : deadline);
+        member_busy_end(t);
     }
     int drained = !lost && hl_flight_drain(t, stopping ? 0 : deadline);
     lost |= member_lost(t);

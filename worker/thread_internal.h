@@ -119,6 +119,13 @@ struct hl_wthread {
                                                        outside one), serialized */
     int64_t      rel_checked_ms;                    /* when it was last compared */
     int          rel_moved;                         /* it changed meanwhile */
+    int64_t      rel_seen_ms, rel_seen_cpu_ms;      /* thread.c: the release's last
+                                                       look, or the end of its last
+                                                       work, and the thread's CPU
+                                                       time then (a stall is a gap
+                                                       between them) */
+    int64_t      stall_ms, verdict_ms;              /* thread.c: session.timeout.ms,
+                                                       heartbeat.interval.ms */
     hl_shard   **own;     int n_own, cap_own;       /* thread.c */
     hl_shard   **by_part; int cap_part;             /* thread.c: by partition */
 

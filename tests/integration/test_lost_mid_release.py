@@ -42,6 +42,15 @@ generation): an ordinary revocation for librdkafka. It must be let go as
 lost too: no snapshot, release_lost_purged again. Before the fix it was
 an ordinary release: their lists published and two snapshot_written
 lines, of partitions B had been serving since.
+
+resumed_delivered: the lists the release waits for are answered while A
+is stopped (a broker started with --delay-produce answers each Produce
+7 s late), so they are in A's socket when it continues and the release
+could go on at once, before the answer to A's first heartbeat tells it
+its member id is gone. The stall is that answer: A must let the
+partitions go as lost (event=release_stalled, release_lost_not_saved),
+no snapshot written. Before the fix the release wrote both snapshots
+within 2 ms of continuing, then librdkafka learnt the member was gone.
 """
 import os
 import signal
@@ -99,8 +108,57 @@ def lost_mid_release(ck, group):
     return broker, a, b
 
 
+DELAY_MS = 7000
+
+
+def resumed_delivered(ck):
+    """A stopped past its session while its release waits for lists the
+    broker answers during the stop; see the overview."""
+    tmp = os.path.join(ck.tmp, "resumed")
+    os.makedirs(tmp)
+    model, _csv, events = C.prepare(tmp, N_EVENTS, N_USERS, N_ITEMS)
+    path = os.path.join(tmp, "delay")
+    common = ["worker.threads=1", "kafka.fetch.wait.max.ms=10",
+              "kafka.session.timeout.ms=4000", "kafka.heartbeat.interval.ms=1000",
+              "shutdown.timeout.ms=20000", "snapshot.interval.ms=0",
+              "snapshot.dir=" + os.path.join(tmp, "snap"), "group.id=" + GROUP + "-resumed"]
+    broker = C.Broker(ck.procs, PARTS, os.path.join(tmp, "broker.log"),
+                      extra=["--delay-produce", path])
+    U.produce_events(broker.bootstrap, C.TOPIC, events)
+    with open(path, "w") as f:
+        f.write("%d\n" % DELAY_MS)
+    on = R.broker_event(broker, "delay_produce_on")
+    a = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(tmp, "a.log"), common)
+    consumed = C.wait_consumed([a], len(events), 30)
+    sent = time.time()          # the lists went out by now, answered DELAY_MS later
+    rebalances = a.metric_or("halflife_rebalances_total")
+    b = C.Worker(ck.procs, broker.bootstrap, model, os.path.join(tmp, "b.log"), common)
+    began = C.wait_for(lambda: a.metric_or("halflife_rebalances_total") > rebalances, 20)
+    time.sleep(0.3)             # inside the release's wait for the delayed lists
+    waiting = not a.events("partition_revoked") and time.time() < sent + DELAY_MS / 1000.0
+    ck.check("resumed_setup", on and consumed >= len(events) and began and waiting,
+             "delay %s, A consumed %d of %d, A's revocation began %s and waits %s"
+             % (on, consumed, len(events), began, waiting))
+    os.kill(a.p.pid, signal.SIGSTOP)
+    os.unlink(path)
+    b_all = C.wait_for(lambda: b.metric_or("halflife_assigned_partitions") == PARTS, 20)
+    while time.time() < sent + DELAY_MS / 1000.0 + 1.0:    # the answers are in
+        time.sleep(0.1)
+    os.kill(a.p.pid, signal.SIGCONT)
+    ended = C.wait_for(lambda: a.events("partition_revoked"), 6, 0.05)
+    a.kill()
+    written = a.log_text().count(" event=snapshot_written ")
+    stalled = a.events("release_stalled")[:1]
+    ck.check("resumed_delivered", ended and written == 0 and stalled and b_all,
+             "A's revocation ended %s; %d snapshots written (want 0); release_stalled %s; "
+             "B owned all %d partitions before A continued %s"
+             % (bool(ended), written, stalled, PARTS, bool(b_all)))
+    b.kill()
+    broker.stop()
+
+
 def body(ck):
-    broker, a, _b = lost_mid_release(ck, GROUP)
+    broker, a, b = lost_mid_release(ck, GROUP)
     # The partitions A kept, revoked once A rejoined as a new member. The
     # assignment B's leader makes does not always take them from A
     # (librdkafka 2.0.2's sticky assignor ranks the two claims by
@@ -118,7 +176,9 @@ def body(ck):
              "A's kept partitions revoked %s; release_lost_purged %d times (want 2); "
              "%d snapshots written of partitions another member owns"
              % (bool(kept_gone), len(lost), written))
+    b.kill()
     broker.stop()
+    resumed_delivered(ck)
 
 
 if __name__ == "__main__":

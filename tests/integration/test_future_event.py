@@ -140,6 +140,9 @@ def main():
         mass = worker.metric("halflife_evictions_total", 'reason="mass"')
         users = worker.metric("halflife_users")
         bad = worker.metric("halflife_events_invalid_total", 'reason="bad_timestamp"')
+        # counted once the DLQ topic acknowledged the copy, not at its send
+        wait_for(worker, lambda w: w.metric("halflife_dlq_records_total",
+                                            'reason="bad_timestamp"') >= 1, timeout=15)
         dlq = worker.metric("halflife_dlq_records_total", 'reason="bad_timestamp"')
         if mass != 0:
             failed.append("evictions{mass} %d after one 2090 event, want 0" % mass)

@@ -48,9 +48,9 @@ def make_certs(d):
 
 class TlsStandin(S.Standin):
     def __init__(self, tmp, d):
-        self.extra = ["--tls", os.path.join(d, "server.pem"), os.path.join(d, "server.key"),
-                      "--client-ca", os.path.join(d, "ca.pem")]
-        super().__init__(tmp)
+        super().__init__(tmp, extra=["--tls", os.path.join(d, "server.pem"),
+                                     os.path.join(d, "server.key"),
+                                     "--client-ca", os.path.join(d, "ca.pem")])
 
     def start(self):
         self.n += 1
